@@ -374,7 +374,7 @@ class LedgerAdmission:
             return f"cannot check the connection on the ledger: {exc}"
 
     def take_admitted(self, connection_id: str) -> Admitted | None:
-        """The connection, escrow and cap as read when ``connection_id`` was accepted
+        """The connection and its escrow as read when ``connection_id`` was accepted
         (once; None when not remembered)."""
         key = normalize_id(connection_id, "connection ID")
         with self._admitted_lock:
@@ -394,7 +394,7 @@ class LedgerAdmission:
             return "no connection ID: open a connection on the ledger first"
         if peer.port is not None and peer.port != self.port:
             return f"this server serves port {self.port}, not {peer.port}"
-        # the connection, its escrow and the host (and for the gate the cap) in one read
+        # the connection, its escrow and the host in one read
         view = self._view(cid)
         if view is None:
             return f"unknown connection {cid}"

@@ -107,11 +107,20 @@ class ServedConnections:
                 self._live[connection_id] = (client, -1 if limits is None else limits.port)
         return None
 
-    def release(self, connection_id: str) -> None:
-        """The DTP connection on ``connection_id`` ended. Never blocks: a settlement is
-        queued for the settling thread, which frees the ID when it is done."""
+    def ended(self, connection_id: str) -> None:
+        """The DTP connection on ``connection_id`` ended: it no longer counts against
+        the connection limits, while its ID stays taken until :meth:`release` (a server
+        that settles the connection first calls this as it ends: a settlement is three
+        transactions on Sui, and its client, reconnecting at once, was refused as over
+        its limit by the very connection it had closed)."""
         with self._live_lock:
             self._live.pop(connection_id, None)
+
+    def release(self, connection_id: str) -> None:
+        """The DTP connection on ``connection_id`` ended (:meth:`ended`), and its ID is
+        given back. Never blocks: a settlement is queued for the settling thread, which
+        gives the ID back when it is done."""
+        self.ended(connection_id)
         if not self._settle:
             self._ids.release(connection_id)
             return

@@ -89,12 +89,14 @@ def test_a_failure_is_explained_by_running_out_only_when_the_gas_is_gone(
     it holds is below one budget (read again at once, wrapped errors included); a
     deposit the coins cannot cover while the gas can is not, nor is any other error."""
     monkeypatch.setattr(gas_mod, "RECHECK", 0.0)
-    gas = watch(tmp_path, [500_000, 500, 500])
+    gas = watch(tmp_path, [500_000, 500_000, 500, 500])
     asyncio.run(gas.check(fresh=True))
     shortfall = InsufficientFunds("coins", name="InsufficientCoinBalance", module="sui")
     wrapped = TunnelError("cannot connect")
     wrapped.__cause__ = shortfall
     assert not asyncio.run(gas.explains(LedgerUnavailable("away")))
+    # an open whose deposit the coins cannot cover: read again, the gas is there
+    assert not asyncio.run(gas.explains(wrapped)) and gas.state == "ok"
     assert asyncio.run(gas.explains(wrapped))  # (read again: 500)
     assert asyncio.run(gas.explains(shortfall)) and gas.out
 
@@ -120,3 +122,26 @@ def test_the_error_of_running_out_is_insufficient_funds() -> None:
     error = insufficient_gas(ADDRESS, 5, BUDGET)
     assert isinstance(error, InsufficientFunds) and error.name == "InsufficientGas"
     assert ADDRESS in str(error) and "1000 MIST" in str(error)
+
+
+def test_being_funded_again_after_running_out_calls_back_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``on_funded`` callbacks run when a read finds the daemon, out of gas, able to pay
+    again (to ``low`` or ``ok``): once per recovery, not at every read, and not for
+    ``low`` to ``ok`` or a first read; a read that fails while out calls nothing. A
+    callback that raises is logged, and the others and the watch go on."""
+    away = LedgerUnavailable("away")
+    gas = watch(tmp_path, [200_000, 500, away, 500, 50_000, 60_000, 200_000, 900, 300_000])
+    calls: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    gas.on_funded(broken)
+    gas.on_funded(lambda: calls.append(gas.state))
+    states = [asyncio.run(gas.check(fresh=True)) for _ in range(9)]
+    assert states == ["ok", "out", "out", "out", "low", "low", "ok", "out", "ok"]
+    assert calls == ["low", "ok"]  # (out -> low, out -> ok)
+    failed = [r for r in caplog.records if r.getMessage() == "gas funded: a follow-up failed"]
+    assert len(failed) == 2 and "boom" in failed[0].__dict__["fields"]["error"]

@@ -12,29 +12,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import dtp.aio
 import dtp.daemon.gas as gas_mod
 import dtp.daemon.runner as runner_mod
 import dtp.daemon.services as services_mod
 from dtp.chain import sui, sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.connection import ConnectionConfig
-from dtp.daemon.config import load_config
+from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.runner import Daemon
-from dtp.daemon.tunnel import read_status
+from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
 from dtp.keys import HostIdentity
+from tests.daemon_inproc import BOUND, Client, echo_backend, running, through, tunnel, until
 from tests.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000
-BOUND = 20.0  # seconds: generous bounds on waits that take well under one
 
 
 @pytest.fixture(autouse=True)
@@ -87,33 +85,6 @@ PAID = "price_per_kib = 100\nprice_per_request = 1000\nmin_deposit = 1000000"
 
 
 @contextlib.asynccontextmanager
-async def echo_backend() -> AsyncIterator[int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
-@contextlib.asynccontextmanager
-async def running(config: Path) -> AsyncIterator[Daemon]:
-    """A started daemon, drained at the end."""
-    daemon = Daemon(load_config(config))
-    try:
-        await daemon.start()
-        yield daemon
-    finally:
-        await asyncio.wait_for(daemon.drain(), 4 * BOUND)
-
-
-@contextlib.asynccontextmanager
 async def provider(
     tmp: Path, node: SuiNodeStandIn, service_extra: str = "", **options: Any
 ) -> AsyncIterator[Daemon]:
@@ -124,65 +95,12 @@ async def provider(
             yield daemon
 
 
-async def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + BOUND
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
-    return value
-
-
-async def through(address: tuple[str, int], data: bytes) -> bytes:
-    """One TCP client of a forwarder: ``data`` there and its echo back."""
-    reader, writer = await asyncio.open_connection(*address)
-    writer.write(data)
-    writer.write_eof()
-    got = await reader.read()
-    writer.close()
-    return got
-
-
-class Client:
+def client_of(node: SuiNodeStandIn, daemon: Daemon) -> Client:
     """A client with its own SuiLedger (its own connection to the node: another full
-    node, as far as the stand-in's ``index_lag`` goes), opening ledger connections and
-    connecting on them as any client of a host may."""
-
-    def __init__(self, node: SuiNodeStandIn, daemon: Daemon) -> None:
-        self.identity = HostIdentity.generate()
-        node.faucet(self.identity.sui_address, 10 * SUI)
-        self.ledger = SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
-        assert daemon.host_id is not None and daemon.endpoint is not None
-        self.host_id = daemon.host_id
-        self.endpoint = daemon.endpoint
-        self.server_key = daemon.identity.noise_public
-
-    def open_ledger(self) -> str:
-        cap = self.ledger.create_spending_cap(self.identity, DEPOSIT)
-        return self.ledger.open_connection(
-            self.identity, self.host_id, 7000, cap, DEPOSIT
-        ).connection_id
-
-    async def connect(self, cid: str) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        config = ConnectionConfig(
-            identity=self.identity,
-            is_client=True,
-            connection_id=bytes.fromhex(cid[2:]),
-            port=7000,
-        )
-        return await dtp.aio.open_connection(
-            *self.endpoint, identity=self.identity, server_key=self.server_key, config=config
-        )
-
-    def close(self) -> None:
-        self.ledger.close()
-
-
-async def tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
-    reader, stream = await writer.open_stream()
-    await read_status(reader)
-    stream.write(payload)
-    stream.write_eof()
-    return await reader.read()
+    node, as far as the stand-in's ``index_lag`` goes), funded by the faucet."""
+    identity = HostIdentity.generate()
+    node.faucet(identity.sui_address, 10 * SUI)
+    return Client(SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0)), identity, daemon)
 
 
 # -- the data path -------------------------------------------------------------------------
@@ -234,6 +152,72 @@ deposit = {DEPOSIT}"""
     asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
 
 
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_a_forwards_open_timeout_bounds_its_ledger_open_too(
+    node: SuiNodeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str
+) -> None:
+    """The node stalls -- it takes calls and answers none -- as a forward's first
+    connection is to open: its ledger work (the Host's read, the spending cap, the
+    open) waits on it. The forward's ``open_timeout`` bounds all of it, not only the
+    carrier connect and the handshake: the local client is refused (a TCP client's
+    connection closed; a UDP flow's open counted as an error) within it, where it
+    waited DTP_SUI_TIMEOUT (30 s) per node call, and its retries. Once the node answers
+    again, the forward's next connection goes through (the one given up is abandoned
+    in the background)."""
+    open_timeout = 2.0
+    refused_within = open_timeout + 3.0
+
+    async def main() -> None:
+        async with provider(tmp_path, node) as daemon:
+            forward = f"""
+[[forward]]
+name = "svc"
+listen = "127.0.0.1:0"
+target = "dtp://{daemon.host_id}:7000"
+deposit = {DEPOSIT}
+protocol = "{protocol}"
+open_timeout = {open_timeout}"""
+            async with running(write_config(tmp_path, node, "client", forward)) as client:
+                fwd = client.forwarders["svc"]
+                row = client.book.forward("svc")
+                node.stall()
+                try:
+                    started = time.monotonic()
+                    if protocol == "tcp":
+                        assert isinstance(fwd, Forwarder) and fwd.server is not None
+                        address = fwd.server.sockets[0].getsockname()[:2]
+                        # refused: closed unanswered (reset, the data unread)
+                        with contextlib.suppress(ConnectionResetError):
+                            got = await asyncio.wait_for(through(address, b"x"), refused_within)
+                            assert got == b""
+                    else:
+                        assert isinstance(fwd, UdpForward)
+                        assert fwd._forwarder is not None
+                        await udp_send(fwd._forwarder.address, b"x")
+                        await until(lambda: row.errors, "the flow's open given up", refused_within)
+                    assert time.monotonic() - started >= open_timeout
+                finally:
+                    node.unstall()
+                said = [f"{r.getMessage()} {r.__dict__.get('fields')}" for r in caplog.records]
+                assert [m for m in said if "forward's open_timeout (2 s)" in m]  # (named)
+                if protocol == "tcp":
+                    await asyncio.sleep(1.0)  # (past the forward's backoff, 0.5 s)
+                    assert await asyncio.wait_for(through(address, b"again"), BOUND) == b"again"
+                    assert row.connections == 1
+
+    asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
+
+
+async def udp_send(address: tuple[str, int], data: bytes) -> None:
+    """One datagram to ``address`` from a socket of its own."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=address
+    )
+    transport.sendto(data)
+    transport.close()
+
+
 # -- read after write across nodes ---------------------------------------------------------
 
 
@@ -251,10 +235,10 @@ def test_the_admission_waits_for_an_open_its_node_does_not_show_yet(
 
     async def main() -> None:
         async with provider(tmp_path, node, extra=extra) as daemon:
-            client = Client(node, daemon)
+            client = client_of(node, daemon)
             try:
                 node.index_lag = 1.0
-                cid = await asyncio.to_thread(client.open_ledger)
+                cid = await asyncio.to_thread(client.open_ledger, DEPOSIT)
                 if admitted:
                     _, writer = await client.connect(cid)
                     assert await tunnel(writer) == b"ping"
@@ -298,10 +282,10 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
 
     async def main() -> None:
         async with provider(tmp_path, node) as daemon:
-            client = Client(node, daemon)
+            client = client_of(node, daemon)
             try:
-                first = await asyncio.to_thread(client.open_ledger)
-                second = await asyncio.to_thread(client.open_ledger)
+                first = await asyncio.to_thread(client.open_ledger, DEPOSIT)
+                second = await asyncio.to_thread(client.open_ledger, DEPOSIT)
                 _, writer = await client.connect(first)
                 assert await tunnel(writer) == b"ping"
                 await asyncio.to_thread(begin)
@@ -351,9 +335,9 @@ def test_transactions_cancelled_for_congestion_are_sent_again(
             assert daemon.host_id is not None
             host = await asyncio.to_thread(daemon.ledger.get_host, daemon.host_id)
             assert 7000 in host.services
-            client = Client(node, daemon)
+            client = client_of(node, daemon)
             try:
-                cid = await asyncio.to_thread(client.open_ledger)
+                cid = await asyncio.to_thread(client.open_ledger, DEPOSIT)
                 _, writer = await client.connect(cid)
                 assert await tunnel(writer) == b"ping"
                 node.cancel_next(6)  # (one try and five more: SuiLedger's)
@@ -380,22 +364,25 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
     """The provider's gas runs out (its coins spent elsewhere) while two connections
     are served: they go on; as they end their settlements fail, and the daemon says so
     once -- an InsufficientFunds named InsufficientGas -- not once per connection, its
-    status showing it. Funded again, both are settled, the deposits refunded."""
+    status showing it. Funded again, both are settled at once, the deposits refunded:
+    the gas watch's next read (every GAS_CHECK_OUT, 5 s, while out) wakes them, where
+    they waited out their backoff (SETTLE_RETRY, 30 s, and up) -- the Host's reads,
+    whose coming back after an outage also wakes them, never failed. (The real
+    backoff: with it shortened, the settlements went through without the wake.)"""
     caplog.set_level(logging.DEBUG, logger="dtp.daemon")
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY", 0.3)
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY_MAX", 0.3)
-    monkeypatch.setattr(gas_mod, "GAS_CHECK", 0.2)
-    monkeypatch.setattr(gas_mod, "GAS_CHECK_OUT", 0.2)
+    monkeypatch.setattr(gas_mod, "GAS_CHECK", 0.2)  # (the watch sees the coins go soon)
+    woken_within = gas_mod.GAS_CHECK_OUT + 5.0
+    assert woken_within < services_mod.SETTLE_RETRY  # (or the backoff could do it)
 
     async def main() -> None:
         async with provider(tmp_path, node, funds=2 * SUI) as daemon:
             assert daemon.gas.state == "low"  # 2 SUI: under 100 budgets of 0.05
             budget = daemon.gas.budget
-            client = Client(node, daemon)
+            client = client_of(node, daemon)
             # the provider's key, used elsewhere: its coins go into a sponsor pool
             spender = SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
             try:
-                cids = [await asyncio.to_thread(client.open_ledger) for _ in range(2)]
+                cids = [await asyncio.to_thread(client.open_ledger, DEPOSIT) for _ in range(2)]
                 writers = [(await client.connect(cid))[1] for cid in cids]
                 me = daemon.identity
                 pool = await asyncio.to_thread(
@@ -410,12 +397,13 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
                 services = daemon.services
                 assert services is not None
                 await until(lambda: len(services._retries) == 2, "both settlements failing")
-                await asyncio.sleep(1.0)  # (tried again, and failing, meanwhile)
                 status = daemon.book.to_json()["gas"]
                 assert status["state"] == "out" and status["balance"] < budget
+                assert services._ledger_away is None  # (the Host was read all along)
                 node.faucet(me.sui_address, 10 * SUI)
                 row = daemon.book.service("svc")
-                await until(lambda: row.refunded == 2 * DEPOSIT, "both settled")
+                await until(lambda: row.refunded == 2 * DEPOSIT, "both settled", woken_within)
+                assert not services._retries
             finally:
                 spender.close()
                 client.close()

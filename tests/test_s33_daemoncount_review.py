@@ -292,11 +292,13 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
     if path == "terms-unreadable":
         real_terms = ServerFees.terms
 
-        async def flaky_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+        async def flaky_terms(
+            self: ServerFees, connection_id: str, admitted: Any = None
+        ) -> ConnectionTerms:
             if failed_terms == ["armed"]:
                 failed_terms[0] = connection_id
                 raise ChainError("ledger RPC timed out")
-            return await real_terms(self, connection_id)
+            return await real_terms(self, connection_id, admitted)
 
         monkeypatch.setattr(ServerFees, "terms", flaky_terms)
 

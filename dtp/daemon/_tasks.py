@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from dtp.daemon.logs import log_failure
+from dtp.daemon.logs import kv, log_failure
+from dtp.errors import DTPError, DTPTimeoutError
 
-__all__ = ["cancel_and_wait", "end_for_cleanup"]
+__all__ = ["cancel_and_wait", "end_for_cleanup", "within"]
 
 logger = logging.getLogger("dtp.daemon.tasks")
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Future[Any]) -> Exception | None:
@@ -73,6 +77,50 @@ async def end_for_cleanup(
             raise error
         errors.append(error)
     return errors, cancelled
+
+
+async def within(
+    timeout: float,
+    work: Coroutine[Any, Any, T],
+    unwinding: set[asyncio.Task[Any]],
+    why: str,
+) -> T:
+    """``await work``, given up after ``timeout`` seconds (:class:`DTPTimeoutError`,
+    saying ``why``): the caller waits no longer, even while ``work`` unwinds. Past the
+    timeout (or at the caller's cancel) ``work`` is cancelled and left to finish its
+    unwinding in the background -- an open on the ledger abandoned, which is a
+    half-close, a transaction that a stalled node holds up for as long as it stalls --
+    kept in ``unwinding`` until it ends (a drain waits for those), an error it dies of
+    then logged. (``asyncio.timeout`` around ``work`` waits for that unwinding: a bound
+    on an open became the open's timeout plus the abandoning transaction's.)"""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        _leave_unwinding(task, unwinding)
+        raise
+    if task.done():
+        return task.result()
+    _leave_unwinding(task, unwinding)
+    raise DTPTimeoutError(why)
+
+
+def _leave_unwinding(task: asyncio.Task[Any], unwinding: set[asyncio.Task[Any]]) -> None:
+    task.cancel()
+    unwinding.add(task)
+    task.add_done_callback(unwinding.discard)
+    task.add_done_callback(_log_abandoned)
+
+
+def _log_abandoned(task: asyncio.Task[Any]) -> None:
+    """An abandoned work's end: a DTPError (the open failing as it was given up) is
+    what the caller reported already, the timeout; anything else is a fault, logged."""
+    if task.cancelled() or (error := task.exception()) is None:
+        return
+    if isinstance(error, DTPError):
+        logger.debug("abandoned work ended with an error", extra=kv(error=str(error)))
+        return
+    _log_late_failure(task)
 
 
 def _watch_unwatched(task: asyncio.Future[Any]) -> None:

@@ -49,7 +49,8 @@ OPEN_GRACE = 2.0
 OPEN_GRACE_SUI = 3.0
 #: ``[[forward]] open_timeout`` by default: seconds a new DTP connection of a forward
 #: may take, its ledger open and handshake included; on Sui the open is two
-#: transactions, each of which may take seconds under load (retries included).
+#: transactions, each of which may take seconds under load (retries included). One
+#: value for TCP and UDP forwards: a UDP flow's connection opens as a TCP forward's.
 OPEN_TIMEOUT = 10.0
 OPEN_TIMEOUT_SUI = 30.0
 
@@ -156,9 +157,11 @@ class ForwardConfig:
     """Seconds without anything from the target host (its keepalives included) before
     a DTP connection of this forward is given up (and its tunnels end)."""
     open_timeout: float = OPEN_TIMEOUT
-    """Seconds a new DTP connection to the target may take: its ledger open (a spending
-    cap and the open: two transactions on Sui), the carrier connect and the handshake
-    (:data:`OPEN_TIMEOUT`, or :data:`OPEN_TIMEOUT_SUI` on a Sui ledger, by default)."""
+    """Seconds a new DTP connection to the target may take, all of it: its ledger work
+    (the Host's and the balance's reads, a spending cap and the open: two transactions
+    on Sui), the carrier connect and the handshake (:data:`OPEN_TIMEOUT`, or
+    :data:`OPEN_TIMEOUT_SUI` on a Sui ledger, by default). Past it the open is given up
+    (and abandoned in the background: one that lands is half-closed)."""
 
 
 @dataclass(frozen=True)

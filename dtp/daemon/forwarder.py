@@ -17,6 +17,7 @@ import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
+from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
 from dtp.daemon.gas import GasWatch
@@ -184,7 +185,7 @@ class Forwarder:
                 # host) and the ledger asked once per client
                 raise TunnelError(f"{failure} (tried again later)") from failure
             try:
-                link = await self._open_link()
+                link = await self._open_link_within()
             except Exception as exc:
                 # out of gas: said once by the gas watch, not at every try
                 quiet = self.gas is not None and await self.gas.explains(exc)
@@ -211,6 +212,22 @@ class Forwarder:
                 error=str(exc) if isinstance(exc, DTPError | OSError) else repr(exc),
                 retry_in=self._backoff,
             ),
+        )
+
+    async def _open_link_within(self) -> _Link:
+        """:meth:`_open_link` within the forward's ``open_timeout``, all of it: the
+        ledger work (the Host's and the balance's reads, the spending cap, the open)
+        as well as the carrier connect and the handshake, which alone
+        ``open_connection``'s ``timeout`` bounds. Given up, it is abandoned in the
+        background (the open half-closed once it landed: dtp.aio), and the local
+        clients waiting for it are refused at once (DTPTimeoutError)."""
+        timeout = self.config.open_timeout
+        return await within(
+            timeout,
+            self._open_link(),
+            self._watchers,
+            f"cannot connect to {self.config.target}: no connection within the "
+            f"forward's open_timeout ({timeout:g} s)",
         )
 
     async def _open_link(self) -> _Link:

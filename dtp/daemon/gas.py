@@ -6,8 +6,9 @@ On a Sui ledger every transaction needs coins covering its gas budget
 (``SuiConfig.gas_budget``) before it is sent. Below ``low_gas`` MIST (by default enough
 for :data:`LOW_GAS_TRANSACTIONS` transactions at that budget) the daemon warns; below
 one budget it can send none: its claims and settlements wait (they are tried again:
-``dtp.daemon.services``) and its forwarders open no new connection, while what is open
-and paid for goes on, its receipts off the ledger. A LocalLedger charges no gas: the
+``dtp.daemon.services``, at once when a read finds it funded again) and its forwarders
+open no new connection, while what is open and paid for goes on, its receipts off the
+ledger. A LocalLedger charges no gas: the
 balance is shown, never warned about.
 
 States (``dtp status``'s ``gas.state``): ``unknown`` (not read yet, or the ledger cannot
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dtp.daemon.logs import kv
+from dtp.daemon.logs import kv, log_failure
 from dtp.daemon.state import StatusBook
 from dtp.errors import ChainError, InsufficientFunds
 
@@ -71,7 +72,11 @@ class GasWatch:
     """Reads what ``address`` holds (``read()``, blocking: run in a thread), keeps it
     in ``book.info["gas"]`` and logs each change of state once. ``budget``: MIST one
     transaction may cost (0: the ledger charges no gas); ``low``: the warning threshold
-    (None: :data:`LOW_GAS_TRANSACTIONS` budgets). Use from one event loop."""
+    (None: :data:`LOW_GAS_TRANSACTIONS` budgets). Use from one event loop.
+
+    :meth:`on_funded` registers what is to run when the daemon, out of gas, is funded
+    again (the settlements waiting on their backoff are tried then: a fee waits for
+    none of it, docs/daemon.md "On Sui")."""
 
     def __init__(
         self,
@@ -93,7 +98,13 @@ class GasWatch:
         self._read_at = 0.0
         self._checked: float | None = None  # (wall time of the last good read)
         self._reading: asyncio.Future[None] | None = None
+        self._funded: list[Callable[[], None]] = []
         self._show()
+
+    def on_funded(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (in the watch's event loop) each time a read finds the
+        daemon, out of gas until then, able to pay for a transaction again."""
+        self._funded.append(callback)
 
     @property
     def out(self) -> bool:
@@ -180,6 +191,12 @@ class GasWatch:
             )
         elif was in ("low", "out"):
             logger.info("gas funded again", extra=kv(**fields))
+        if was == "out":
+            for callback in self._funded:
+                try:
+                    callback()
+                except Exception as exc:  # (the watch goes on: it is the status's too)
+                    log_failure(logger, "gas funded: a follow-up failed", exc)
 
     def _show(self) -> None:
         self.book.info["gas"] = {

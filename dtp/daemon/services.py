@@ -71,13 +71,25 @@ ledger, once their tunnels are closed."""
 
 SETTLE_RETRY = 30.0
 """Seconds after a failed settlement (the ledger away, a refusal) before it is tried
-again, doubled after each failure up to :data:`SETTLE_RETRY_MAX`. Left for the next
-start, it could come too late: ``HALF_CLOSE_TIMEOUT_MS`` (10 min) after a half-close
-the client may settle alone and take its whole deposit back, the receipted fee lost."""
+again, doubled after each failure up to :data:`SETTLE_RETRY_MAX`
+(:func:`next_settle_retry`); tried at once when the Host can be read again after an
+outage, or the daemon's gas is funded again. Left for the next start, it could come
+too late: ``HALF_CLOSE_TIMEOUT_MS`` (10 min) after a half-close the client may settle
+alone and take its whole deposit back, the receipted fee lost."""
 
-SETTLE_RETRY_MAX = 240.0
-"""The longest wait between two tries of a settlement: at least two within a client's
-half-close timeout."""
+SETTLE_RETRY_MAX = 60.0
+"""The longest wait between two tries of a settlement: whenever the client's
+half-close timeout ends, the last try before it came at most this long before (with 4
+minutes, the tries after a failure at a half-close came at 30, 90, 210, 450 and 690 s:
+a ledger back at 460 s waited past the 600 s at which the client could settle alone,
+tests/test_daemon_settle_retry.py)."""
+
+
+def next_settle_retry(delay: float) -> float:
+    """Seconds before the next try of a settlement that failed again, ``delay`` the
+    wait before this try: twice that, at most :data:`SETTLE_RETRY_MAX`."""
+    return min(2 * delay, SETTLE_RETRY_MAX)
+
 
 UDP_TALLY = 0.5
 """Seconds between copies of a UDP flow's counters into its service's status row (the
@@ -170,7 +182,10 @@ class ServiceHost:
         self.ledger = ledger
         self.gas = gas
         """The daemon's gas watch: a settlement failing for want of gas is its to report
-        (once), not each connection's."""
+        (once), not each connection's; funded again, it has the waiting ones tried at
+        once (the Host reads that end an outage never failed meanwhile)."""
+        if gas is not None:
+            gas.on_funded(self._retry_now)
         self.identity = identity
         self.book = book
         self.open_grace = open_grace
@@ -193,8 +208,11 @@ class ServiceHost:
         self._handlers: set[asyncio.Future[Any]] = set()
         """Connection handlers and ledger settlements still running."""
         self._served = ServedConnections()
-        """The ledger connections admitted, each until its handler ended (settlement
-        included): one DTP connection per ledger connection. dtp.aio keeps this for a
+        """The ledger connections admitted: each counted against the Host's connection
+        limits until its DTP connection ends (:meth:`ServedConnections.ended`, before its
+        settlement: three transactions on Sui, seconds, minutes against a stalled node),
+        its ID reserved until its handler ended, settlement included -- one DTP
+        connection per ledger connection. dtp.aio keeps this for a
         LedgerAdmission hook only, and ours is not one: every DTP connection a client
         opened on one ledger connection was served (past the service's
         ``max_connections``), each under the same key of :attr:`conns`, and the first to
@@ -566,7 +584,7 @@ class ServiceHost:
             entry.escrow_id = entry.escrow_id or escrow_id
             entry.service = entry.service or service
             entry.served = entry.served or served
-            entry.delay = min(2 * entry.delay, SETTLE_RETRY_MAX)
+            entry.delay = next_settle_retry(entry.delay)
             entry.due = now + entry.delay
             logger.debug(
                 "settlement failed again",
@@ -617,8 +635,10 @@ class ServiceHost:
                     log_failure(logger, "settlement retry failed", error, connection=cid)
 
     def _retry_now(self) -> None:
-        """The ledger is back after an outage: the settlements that failed meanwhile
-        are tried again now rather than at their backoff's end (minutes, by then)."""
+        """The ledger is back after an outage, or the daemon's gas funded again: the
+        settlements that failed meanwhile are tried again now rather than at their
+        backoff's end (up to :data:`SETTLE_RETRY_MAX` later: a client's half-close
+        timeout may end meanwhile)."""
         if not self._retries or self._draining:
             return
         now = asyncio.get_running_loop().time()
@@ -666,6 +686,7 @@ class ServiceHost:
             # removed by a reload since its admission: refunded now, as one refused at
             # admission is (its deposit stayed in escrow until the close timeout)
             writer.abort("service removed")
+            self._served.ended(connection_id)
             await self._settle(connection_id)
             return
         client: str = writer.get_extra_info("peer_address")
@@ -673,6 +694,7 @@ class ServiceHost:
             terms = await self.fees.terms(connection_id, admitted)
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
+            self._served.ended(connection_id)
             # (settled all the same: the ledger connection stayed Open, the deposit
             # locked until the client's own timeout)
             await self._settle(connection_id, service=service)
@@ -726,6 +748,9 @@ class ServiceHost:
             self.conns.pop(connection_id, None)
             self.limiter.release(client)
             writer.close()
+            # ended: its limit slot is free for the client's next connection while the
+            # settlement runs (docs/escrow.md §2: live connections are counted)
+            self._served.ended(connection_id)
             settled = await self._settle_served(conn, service, stats)
             self._count_held()
             logger.info(
@@ -838,6 +863,7 @@ class ServiceHost:
             # users only grew and its buckets were never let go)
             self.limiter.release(conn.client)
             writer.close()
+            self._served.ended(conn.connection_id)  # (as a TCP connection's: see _handle)
             if billing is not None:
                 # the newest receipt accepted (the billing's, checked and queued for the
                 # disk), read before the settlement forgets it: as a TCP connection's

@@ -14,6 +14,7 @@ import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
+from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
 from dtp.daemon.forwarder import close_on_ledger
@@ -58,7 +59,8 @@ class UdpForward:
         # on trial and closed again put its zeros over the TCP forwarder it was to
         # replace, whose open tunnel then counted -1 active tunnels when it ended)
         self._counted = (0, 0, 0, 0, 0, 0)
-        #: the tasks half-closing ended flows' connections on the ledger
+        #: the tasks half-closing ended flows' connections on the ledger (and opens
+        #: given up, unwinding: see :meth:`_connect`)
         self._watchers: set[asyncio.Task[None]] = set()
 
     @property
@@ -67,6 +69,28 @@ class UdpForward:
         return self.book.forward(self.config.name)
 
     async def _connect(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        """A new flow's DTP connection, all of it within the forward's ``open_timeout``
+        (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the ledger work
+        too, which ``open_connection``'s ``timeout`` leaves out)."""
+        timeout = self.config.open_timeout
+        try:
+            return await within(
+                timeout,
+                self._open(),
+                self._watchers,
+                f"cannot connect to {self.config.target}: no connection within the "
+                f"forward's open_timeout ({timeout:g} s)",
+            )
+        except ConnectionRefused:
+            raise  # (counted as a denial)
+        except DTPError:
+            # (any other failure, a give-up included: the open failing, or the read of
+            # the escrow it made)
+            self.stats.errors += 1
+            self.book.touch()
+            raise
+
+    async def _open(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
         stats = self.stats
         try:
             reader, writer = await dtp.aio.open_connection(
@@ -88,21 +112,16 @@ class UdpForward:
             logger.warning("refused", extra=kv(forward=self.config.name, reason=str(exc)))
             raise
         except DTPError as exc:
-            stats.errors += 1
-            self.book.touch()
             if self.gas is not None:
                 await self.gas.explains(exc)
             raise
         assert writer.connection_id is not None and writer.escrow_id is not None
         try:
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
-        except BaseException as exc:
+        except BaseException:
             # (failed or cancelled) the forwarder never sees this connection: closed
             # here, or it stayed open for good, kept alive by its keepalives
             writer.close()
-            if isinstance(exc, DTPError):
-                stats.errors += 1
-                self.book.touch()
             raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited

@@ -1,0 +1,123 @@
+"""Services daemons run in the test's own process (``dtp.daemon.runner.Daemon``), on a
+LocalLedger file or the Sui node stand-in, and what their tests drive them with: an echo
+backend, a client that opens its ledger connections itself and connects on them (as any
+client of a host may), TCP clients of a forwarder, and waits bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import dtp.aio
+from dtp.chain.ledger import Ledger
+from dtp.connection import ConnectionConfig
+from dtp.daemon.config import load_config
+from dtp.daemon.runner import Daemon
+from dtp.daemon.tunnel import read_status
+from dtp.keys import HostIdentity
+
+BOUND = 20.0
+"""Seconds: a generous bound on waits that take well under one."""
+
+
+@contextlib.asynccontextmanager
+async def echo_backend() -> AsyncIterator[int]:
+    """A TCP backend echoing every byte until EOF; yields its port."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def running(config: Path) -> AsyncIterator[Daemon]:
+    """A started daemon, drained at the end."""
+    daemon = Daemon(load_config(config))
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await asyncio.wait_for(daemon.drain(), 4 * BOUND)
+
+
+async def until(check: Callable[[], Any], what: str, bound: float = BOUND) -> Any:
+    """``check()``'s first true value, looked for every 20 ms for up to ``bound`` s."""
+    deadline = time.monotonic() + bound
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def through(address: tuple[str, int], data: bytes) -> bytes:
+    """One TCP client of a forwarder: ``data`` there and its echo back."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(data)
+    writer.write_eof()
+    got = await reader.read()
+    writer.close()
+    return got
+
+
+async def tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
+    """One tunnel on a client's DTP connection to a daemon's echo service."""
+    reader, stream = await writer.open_stream()
+    await read_status(reader)
+    stream.write(payload)
+    stream.write_eof()
+    return await reader.read()
+
+
+class Client:
+    """A client of a daemon's host (``identity``, funded, reading and writing through
+    ``ledger``, which it closes), opening ledger connections and connecting on them."""
+
+    def __init__(self, ledger: Ledger, identity: HostIdentity, daemon: Daemon) -> None:
+        self.identity = identity
+        self.ledger = ledger
+        assert daemon.host_id is not None and daemon.endpoint is not None
+        self.host_id = daemon.host_id
+        self.endpoint = daemon.endpoint
+        self.server_key = daemon.identity.noise_public
+
+    @property
+    def address(self) -> str:
+        return self.identity.sui_address
+
+    def open_ledger(self, deposit: int, port: int = 7000) -> str:
+        """A connection opened on the ledger to ``port`` (a spending cap for it, then
+        the open); its ID."""
+        cap = self.ledger.create_spending_cap(self.identity, deposit)
+        return self.ledger.open_connection(
+            self.identity, self.host_id, port, cap, deposit
+        ).connection_id
+
+    async def connect(
+        self, cid: str, port: int = 7000
+    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        """A DTP connection on the ledger connection ``cid``."""
+        config = ConnectionConfig(
+            identity=self.identity,
+            is_client=True,
+            connection_id=bytes.fromhex(cid[2:]),
+            port=port,
+        )
+        return await dtp.aio.open_connection(
+            *self.endpoint, identity=self.identity, server_key=self.server_key, config=config
+        )
+
+    def close(self) -> None:
+        self.ledger.close()
