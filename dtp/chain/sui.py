@@ -99,7 +99,6 @@ from dtp.chain.sui_gas import (
     GasPool,
     Lease,
     PriceCache,
-    select_gas,
     settle_from_effects,
     split_transaction,
 )
@@ -132,7 +131,6 @@ __all__ = [
     "event_from_proto",
     "execution_error",
     "parse_executed",
-    "select_gas",
 ]
 
 logger = logging.getLogger(__name__)
