@@ -70,11 +70,17 @@ def client_settles_at(connection: TransportControl) -> int | None:
 
 def claimable_with(receipt: Receipt | None, escrow: Escrow) -> int:
     """MIST the server would get by claiming ``receipt`` on ``escrow`` now: what it adds
-    to the claims so far, within the deposit. Nothing for a receipt the escrow has seen
-    (its nonce is not above the latest claimed), for none, and once settled."""
-    if receipt is None or escrow.settled or receipt.nonce <= escrow.latest_nonce:
+    to the claims so far. Nothing for a receipt the escrow has seen (its nonce is not
+    above the latest claimed), for one beyond the deposit (the ledger refuses it:
+    ``EReceiptExceedsDeposit``, docs/escrow.md §6), for none, and once settled."""
+    if (
+        receipt is None
+        or escrow.settled
+        or receipt.nonce <= escrow.latest_nonce
+        or receipt.total_amount > escrow.deposited
+    ):
         return 0
-    return max(0, min(receipt.total_amount, escrow.deposited) - escrow.claimed)
+    return max(0, receipt.total_amount - escrow.claimed)
 
 
 @dataclass(frozen=True)
