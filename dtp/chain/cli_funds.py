@@ -398,7 +398,7 @@ def register(subparsers: Any, leaf: Callable[..., argparse.ArgumentParser]) -> N
         "--limit",
         type=_positive,
         default=10_000,
-        help="read at most this many ledger events (default 10000)",
+        help="read at most this many of the connections' ConnectionOpened events (default 10000)",
     )
 
     refund = leaf(subparsers, "refund", _refund, "half-close a connection and get the rest back")

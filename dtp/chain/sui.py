@@ -53,6 +53,7 @@ from dtp.chain.objects import (
     Escrow,
     Event,
     EventFilter,
+    EventRead,
     Host,
     OpenedConnection,
     Pipe,
@@ -1379,6 +1380,18 @@ class SuiLedger(Ledger):
         filter: EventFilter | None = None,
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
+        read = self.read_events(cursor, filter, limit)
+        return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        """At the end when the node ended the stream at its indexed tip
+        (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
+        cursor did not move."""
         after = self._cursor_bytes(cursor)
         # as LocalLedger checks them (a str limit raised TypeError, a str filter
         # AttributeError at the first event)
@@ -1387,19 +1400,23 @@ class SuiLedger(Ledger):
         if filter is not None and not isinstance(filter, EventFilter):
             raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
         if limit <= 0:
-            return [], cursor
-        frames, last = self._node.list_events(
+            return EventRead([], cursor, False)
+        page = self._node.scan_events(
             self.config.type_package or self.package, after, limit, **narrowing(filter)
         )
         out: list[Event] = []
-        for ev, position in frames:
+        for ev, position in page.frames:
             event = event_from_proto(ev, self._packages, position.hex())
             if event is None or (filter is not None and not filter.matches(event)):
                 continue
             # the timestamp is a GetCheckpoint each: read for the events returned only (the
             # filter looks at no timestamp), not for every event the filter drops
             out.append(dataclasses.replace(event, timestamp_ms=self._timestamp(ev.checkpoint)))
-        return out, (last.hex() if last else cursor)
+        reasons = sui_prot.QueryEndReason
+        at_end = page.end == reasons.LEDGER_TIP or (
+            page.end in (None, reasons.UNKNOWN) and page.last == after
+        )
+        return EventRead(out, page.last.hex() if page.last else cursor, at_end)
 
     def head_cursor(self) -> str | None:
         """The cursor after the newest event now on the network (None: no events yet).
