@@ -261,7 +261,8 @@ class SpendingCap:
     version: int
     owner: str
     max_per_epoch: int
-    #: Charged during :attr:`epoch`.
+    #: Reserved during :attr:`epoch`: the deposits and top-ups paid in then, less the
+    #: refunds settlements released (docs/escrow.md §4).
     spent: int
     epoch: int
 
