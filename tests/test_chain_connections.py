@@ -158,8 +158,8 @@ def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
 
 
 def test_a_scan_ends_while_unrelated_transactions_land(place: Place) -> None:
-    """One open and a busy ledger: the scan is complete and read one event (before, it
-    read on as long as the cursor moved, and said it stopped after its whole limit)."""
+    """One open and a busy ledger, whose cursor never stops moving: the scan is
+    complete, and read one event."""
     opened = place.open()
     busy = place.busy()
     scan = find_connections(busy, client=place.client.sui_address, limit=3_000)  # type: ignore[arg-type]

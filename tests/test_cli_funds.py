@@ -449,8 +449,8 @@ class _ClientSettlesMeanwhile(LocalLedger):
 def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """claim_and_settle finds it settled: said as such (not a cap refusing the claim),
-    the receipt written off and marked in the store."""
+    """claim_and_settle finds it settled: the command says so, and the receipt is
+    written off and marked in the store."""
     import argparse
 
     from dtp.chain.cli_funds import _claim_from
