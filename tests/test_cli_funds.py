@@ -432,6 +432,61 @@ def test_claim_refusals(place: Place) -> None:
     assert escrow.claimed == 0  # none of them claimed anything
 
 
+class _ClientSettlesMeanwhile(LocalLedger):
+    """The client settles (its half-close timeout passed) just after ``dtp claim``
+    read the escrow, before its own settlement."""
+
+    client: HostIdentity | None = None
+
+    def get_escrow(self, escrow_id: str) -> Any:
+        escrow = super().get_escrow(escrow_id)
+        if self.client is not None:
+            client, self.client = self.client, None
+            super().settle(client, escrow.connection)
+        return escrow
+
+
+def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """claim_and_settle finds it settled: the command says so, and the receipt is
+    written off and marked in the store."""
+    import argparse
+
+    from dtp.chain.cli_funds import _claim_from
+
+    ledger = _ClientSettlesMeanwhile(tmp_path / "ledger.sqlite")
+    server, client = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client.sui_address, SUI)
+    host = ledger.create_host(server, server.noise_public, [])
+    ledger.add_service(server, host, 7, "raw", SLA)
+    cap = ledger.create_spending_cap(client, SUI)
+    opened = ledger.open_connection(client, host, 7, cap, DEPOSIT).connection_id
+    store = tmp_path / "receipts.sqlite"
+    with ReceiptStore(store) as receipts:
+        assert receipts.keep(Receipt(opened, 0, 2, 200, 1).sign(client))
+    ledger.close_connection(client, opened)
+    ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    ledger.client = client
+    args = argparse.Namespace(connection=opened, settle=True, json=True)
+    assert _claim_from(args, ledger, server, store) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said == {
+        "connection": opened,
+        "receipt_mist": 200,
+        "claimed_mist": 0,
+        "total_claimed_mist": 0,
+        "settled": True,
+        "already_claimed": False,
+        "already_settled": True,
+    }
+    escrow = ledger.get_escrow(ledger.get_connection(opened).escrow)
+    assert escrow.settled and escrow.refunded == DEPOSIT  # the client took it all back
+    with ReceiptStore(store) as receipts:
+        assert list(receipts.unclaimed()) == []  # written off: no recovery tries again
+    ledger.close()
+
+
 def test_claim_is_refused_while_a_daemon_runs_on_the_state_dir(place: Place) -> None:
     """A real ``dtp daemon`` holding its state directory."""
     config = place.tmp / "daemon.toml"

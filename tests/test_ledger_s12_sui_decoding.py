@@ -4,7 +4,7 @@ reader stuck at them; objects whose BCS holds a value the typed view has no memb
 aborts located in a package the node names oddly; an answer missing the event a call
 reads its result from; table entries and epochs that are not what they claim. Every one
 is a typed ChainError, never a KeyError/ValueError/AttributeError traceback. The fakes
-stand where the node answers (SuiNode._unary, SuiNode.list_events)."""
+stand where the node answers (SuiNode._unary, SuiNode.scan_events)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.chain.sui import SuiConfig, SuiLedger, execution_error, parse_executed
-from dtp.chain.sui_client import LedgerUnavailable, SuiNode
+from dtp.chain.sui_client import EventPage, LedgerUnavailable, SuiNode
 from dtp.chain.sui_codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
 from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import ChainError, FirewallDenied, InvalidArgument
@@ -37,10 +37,8 @@ class FakeNode(SuiNode):
     async def _unary(self, request: Any) -> Any:
         return self.answers.pop(0)
 
-    def list_events(
-        self, package: str, after: bytes | None, limit: int
-    ) -> tuple[list[tuple[Any, bytes]], bytes | None]:
-        return self.frames, (self.frames[-1][1] if self.frames else after)
+    def scan_events(self, package: str, after: bytes | None, limit: int) -> EventPage:
+        return EventPage(self.frames, self.frames[-1][1] if self.frames else after, None)
 
 
 def ledger_on(node: FakeNode) -> SuiLedger:

@@ -433,7 +433,15 @@ class Runner:
             spec = dict(step["escrow"])
             escrow = ledger.get_escrow(ledger.get_connection(self.conns[spec.pop("conn")]).escrow)
             for key, expected in spec.items():
-                assert key in {"balance", "claimed", "refunded", "latest_nonce", "settled"}, key
+                assert key in {
+                    "balance",
+                    "claimed",
+                    "refunded",
+                    "latest_nonce",
+                    "settled",
+                    "reserved",
+                    "reserved_epoch",
+                }, key
                 assert getattr(escrow, key) == expected, f"escrow.{key}"
             assert escrow.balance == escrow.deposited - escrow.claimed - escrow.refunded
         if "connection" in step:

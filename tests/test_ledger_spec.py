@@ -19,7 +19,7 @@ from pysui.sui.sui_crypto import SignatureScheme, create_new_keypair
 from dtp.chain import LedgerSpec, open_ledger, parse_ledger_spec
 from dtp.chain.local import LocalLedger, default_ledger_path
 from dtp.chain.objects import EventFilter
-from dtp.chain.spec import ledger_spec_from_env, resolve_package
+from dtp.chain.spec import default_local_path, ledger_spec_from_env, resolve_package
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.chain.sui_client import SuiNode, narrowing
 from dtp.chain.sui_keystore import active_address, keystore_identity
@@ -88,6 +88,30 @@ def test_local_is_the_default_file(environment: Path, monkeypatch: pytest.Monkey
     # naming a network, it leaves the embedded ledger at its usual file
     monkeypatch.setenv("DTP_LEDGER", "testnet")
     assert parse_ledger_spec("local").path == default == default_ledger_path()
+
+
+@pytest.mark.parametrize("value", ["local ", " local", "\tlocal\n", "local\u00a0"])
+def test_dtp_ledger_naming_local_with_spaces_is_the_default_file(
+    environment: Path, value: str
+) -> None:
+    default = environment / "data" / "dtp" / "localnet.sqlite"
+    env = {"DTP_LEDGER": value, "XDG_DATA_HOME": str(environment / "data")}
+    assert default_local_path(env) == default
+    assert parse_ledger_spec("local", env=env).path == default
+    assert ledger_spec_from_env(env).path == default
+
+
+@pytest.mark.parametrize("value", [" ", "local:", " local\0", "tesnet ", "sui"])
+def test_a_dtp_ledger_mistake_leaves_local_at_the_default_file(
+    environment: Path, value: str
+) -> None:
+    """``local`` is the default file whatever $DTP_LEDGER holds; its mistakes are said
+    where $DTP_LEDGER itself is used, as a LedgerSpecError."""
+    default = environment / "data" / "dtp" / "localnet.sqlite"
+    env = {"DTP_LEDGER": value, "XDG_DATA_HOME": str(environment / "data")}
+    assert parse_ledger_spec("local", env=env).path == default
+    with pytest.raises(LedgerSpecError, match=r"^DTP_LEDGER: "):
+        ledger_spec_from_env(env)
 
 
 def test_relative_paths_are_relative_to_base(environment: Path) -> None:

@@ -31,7 +31,6 @@ from dtp.chain.sui import (
     event_from_proto,
     execution_error,
     parse_executed,
-    select_gas,
 )
 from dtp.chain.sui_client import LedgerUnavailable, parse_endpoint
 from dtp.chain.sui_codec import (
@@ -607,17 +606,6 @@ def test_event_from_other_package_is_ignored() -> None:
     assert event_from_proto(ev, ["0x" + "ee" * 32]) is None
     got = event_from_proto(ev, [PACKAGE], "ab01", 42)
     assert got is not None and got.cursor == "ab01" and got.timestamp_ms == 42
-
-
-def test_select_gas() -> None:
-    coins = [(GAS_COIN, 100), (GAS_COIN_2, 900)]
-    assert select_gas(coins, 500, OTHER) == (GAS_COIN_2,)
-    assert select_gas(coins, 1000, OTHER) == (GAS_COIN_2, GAS_COIN)
-    with pytest.raises(InsufficientFunds) as info:
-        select_gas(coins, 1001, OTHER)
-    assert info.value.name == "InsufficientCoinBalance" and "1000 MIST" in str(info.value)
-    with pytest.raises(InsufficientFunds):
-        select_gas([], 1, OTHER)
 
 
 # -- configuration and offline behaviour -----------------------------------------------------------

@@ -318,14 +318,24 @@ def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path
                     "the daemon's identity file with --identity."
                 )
             escrow = ledger.get_escrow(tc.escrow)
-            done = {"connection": cid, "receipt_mist": stored.receipt.total_amount}
-            if tc.settled or claimable_with(stored.receipt, escrow) == 0:
-                # nothing more to get from it: marked, so that no recovery tries again
-                store.mark_claimed(cid, max(escrow.claimed, stored.receipt.total_amount))
-                if args.settle and not tc.settled:
-                    settlement = ledger.settle(identity, cid)
-                    _emit(args, {**done, **_settled(settlement), "claimed_mist": 0})
+            receipt = stored.receipt
+            done = {"connection": cid, "receipt_mist": receipt.total_amount}
+            if args.settle and not tc.settled:
+                settlement = claim_and_settle(ledger, identity, cid, store, escrow=escrow)
+                if settlement is not None:
+                    _emit(args, {**done, **_settled(settlement), "claimed_mist": settlement.paid})
                     return 0
+                # None: settled since it was read (by its client, once the half-close
+                # timeout passed), the receipt written off: said below
+                tc = ledger.get_connection(cid)
+                escrow = ledger.get_escrow(tc.escrow)
+            # a receipt beyond the deposit claims nothing, yet is not done with: the
+            # ledger's refusal of the claim below says why
+            beyond = receipt.total_amount > escrow.deposited
+            if tc.settled or (not beyond and claimable_with(receipt, escrow) == 0):
+                # nothing more to get from it: marked, so that no recovery tries again
+                store.mark_claimed(cid, max(escrow.claimed, receipt.total_amount))
+                seen = receipt.nonce <= escrow.latest_nonce
                 _emit(
                     args,
                     {
@@ -333,18 +343,10 @@ def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path
                         "claimed_mist": 0,
                         "total_claimed_mist": escrow.claimed,
                         "settled": tc.settled,
-                        "already_claimed": True,
+                        "already_claimed": seen or escrow.claimed >= receipt.total_amount,
+                        "already_settled": tc.settled,
                     },
                 )
-                return 0
-            if args.settle:
-                settlement = claim_and_settle(ledger, identity, cid, store, escrow=escrow)
-                if settlement is None:  # (logged: the client's cap refuses it this epoch)
-                    raise _CliError(
-                        f"The spending cap of {cid}'s client refuses the claim in this epoch: "
-                        "the receipt stays in the store; try again in a later epoch."
-                    )
-                _emit(args, {**done, **_settled(settlement), "claimed_mist": settlement.paid})
                 return 0
             paid = ledger.claim(identity, tc.escrow, stored.receipt)
             store.mark_claimed(cid, stored.receipt.total_amount)
@@ -396,7 +398,7 @@ def register(subparsers: Any, leaf: Callable[..., argparse.ArgumentParser]) -> N
         "--limit",
         type=_positive,
         default=10_000,
-        help="read at most this many ledger events (default 10000)",
+        help="read at most this many of the connections' ConnectionOpened events (default 10000)",
     )
 
     refund = leaf(subparsers, "refund", _refund, "half-close a connection and get the rest back")

@@ -5,7 +5,7 @@ Connections are found through their ``ConnectionOpened`` events (docs/escrow.md 
 they carry the client, the host and the escrow), read with a filter the ledger applies
 itself where it can (a Sui node filters on the sender and the event type, so a client's
 own opens are found without reading every event of the package), and bounded: a scan
-reads at most ``limit`` events and says whether it reached the end. Each connection's
+reads at most ``limit`` of them and says whether it reached the end. Each connection's
 TransportControl and Escrow are then read as they are now.
 
 The timing rule is the Move package's (``transport_control::settle``): the server may
@@ -70,11 +70,17 @@ def client_settles_at(connection: TransportControl) -> int | None:
 
 def claimable_with(receipt: Receipt | None, escrow: Escrow) -> int:
     """MIST the server would get by claiming ``receipt`` on ``escrow`` now: what it adds
-    to the claims so far, within the deposit. Nothing for a receipt the escrow has seen
-    (its nonce is not above the latest claimed), for none, and once settled."""
-    if receipt is None or escrow.settled or receipt.nonce <= escrow.latest_nonce:
+    to the claims so far. Nothing for a receipt the escrow has seen (its nonce is not
+    above the latest claimed), for one beyond the deposit (the ledger refuses it:
+    ``EReceiptExceedsDeposit``, docs/escrow.md §6), for none, and once settled."""
+    if (
+        receipt is None
+        or escrow.settled
+        or receipt.nonce <= escrow.latest_nonce
+        or receipt.total_amount > escrow.deposited
+    ):
         return 0
-    return max(0, min(receipt.total_amount, escrow.deposited) - escrow.claimed)
+    return max(0, receipt.total_amount - escrow.claimed)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,8 @@ class ConnectionScan:
     complete: bool
     """False when the scan stopped at its limit with events left unread."""
     events_read: int
-    """Events the scan asked the ledger for (its budget spent)."""
+    """The ``ConnectionOpened`` events of the client or host the scan read (at most
+    its limit)."""
 
 
 def find_connections(
@@ -155,9 +162,11 @@ def find_connections(
     receipt_of: Callable[[str], Receipt | None] | None = None,
 ) -> ConnectionScan:
     """The connections ``client`` opened, or those opened on ``host`` (exactly one of
-    them), not yet settled unless ``settled``. At most ``limit`` events are read (a Sui
-    node filtering on the client as the sender, on the event type for a host); the scan
-    says whether it got to the end. ``receipt_of(connection_id)`` gives the latest
+    them), not yet settled unless ``settled``. At most ``limit`` of their
+    ``ConnectionOpened`` events are read (a Sui node filtering on the client as the
+    sender, on the event type for a host); the scan says whether it got to the end,
+    which is the ledger's end when the scan began (``Ledger.read_events``): events that
+    land meanwhile do not keep it going. ``receipt_of(connection_id)`` gives the latest
     receipt the server holds (a receipt store's), from which each report's claimable
     amount is computed; without it that amount is unknown."""
     if (client is None) == (host is None):
@@ -172,22 +181,26 @@ def find_connections(
         wanted = EventFilter(type=OPENED, object_id=who)
     found: dict[str, str] = {}  # connection -> escrow, in the order opened
     cursor: str | None = None
-    budget = limit
+    read = 0
     complete = False
-    while budget > 0:
-        page = min(_PAGE, budget)
-        events, after = ledger.events(cursor, wanted, page)
-        budget -= page
-        for event in events:
+    while True:
+        room = limit - read
+        # the limit reached, one more is asked for: whether any is left unread
+        got = ledger.read_events(cursor, wanted, min(_PAGE, room) if room > 0 else 1)
+        if room <= 0 and got.events:
+            break
+        read += len(got.events)
+        for event in got.events:
             if event.fields.get(key) == who:
                 found.setdefault(str(event["connection"]), str(event["escrow"]))
-        if after == cursor:
+        if got.at_end:
+            # the end as the ledger stood at this read: every open before the scan
+            # began is read (a cursor alone never stops moving on a busy ledger)
             complete = True
             break
-        cursor = after
-    if not complete:
-        # the budget is spent: done only if nothing follows (one event asked for)
-        complete = ledger.events(cursor, wanted, 1)[1] == cursor
+        if got.cursor == cursor and not got.events:
+            break  # (a read that neither moves nor ends: nothing more to read now)
+        cursor = got.cursor
     now = ledger.clock_ms()
     reports: list[ConnectionReport] = []
     for connection_id, escrow_id in found.items():
@@ -203,4 +216,4 @@ def find_connections(
         if receipt_of is not None:
             claimable = claimable_with(receipt_of(connection_id), escrow)
         reports.append(ConnectionReport(tc, escrow, now, claimable))
-    return ConnectionScan(reports, complete, limit - max(budget, 0))
+    return ConnectionScan(reports, complete, read)

@@ -43,6 +43,7 @@ from dtp.chain.objects import (
     Escrow,
     Event,
     EventFilter,
+    EventRead,
     Host,
     OpenedConnection,
     Pipe,
@@ -579,6 +580,19 @@ class Ledger(PaymentModels, abc.ABC):
     ) -> tuple[list[Event], str | None]:
         """Events after ``cursor`` (from the start when None), oldest first, at most
         ``limit``. Returns them and the cursor to pass next time (unchanged if none)."""
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        """:meth:`events`, and whether the read got to the end (:class:`EventRead`), which
+        a reader of a busy ledger cannot tell from the cursor: it moves over the events
+        (on Sui, the checkpoints) the filter leaves out as long as they are made. This
+        default says so only once the cursor stops moving; the ledgers know better."""
+        events, after = self.events(cursor, filter, limit)
+        return EventRead(events, after, after == cursor)
 
     @abc.abstractmethod
     def wait_events(

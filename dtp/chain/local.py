@@ -80,6 +80,7 @@ from dtp.chain.objects import (
     Escrow,
     Event,
     EventFilter,
+    EventRead,
     Host,
     ObjectRef,
     OpenedConnection,
@@ -2000,6 +2001,16 @@ class LocalLedger(Ledger):
         filter: EventFilter | None = None,
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
+        read = self.read_events(cursor, filter, limit)
+        return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        # a read stops at `limit` events or at the newest row: fewer is the end
         start = self._cursor(cursor)
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
@@ -2008,9 +2019,9 @@ class LocalLedger(Ledger):
         if limit <= 0:
             # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
             # before it compares with limit)
-            return [], cursor
+            return EventRead([], cursor, False)
 
-        def read() -> tuple[list[Event], str | None]:
+        def read() -> EventRead:
             out: list[Event] = []
             last = start
             rows = self._db.execute(
@@ -2032,7 +2043,7 @@ class LocalLedger(Ledger):
                     out.append(event)
                     if len(out) >= limit:
                         break
-            return out, (str(last) if last else cursor)
+            return EventRead(out, str(last) if last else cursor, len(out) < limit)
 
         return self._read(read)
 

@@ -78,6 +78,7 @@ __all__ = [
     "Escrow",
     "Event",
     "EventFilter",
+    "EventRead",
     "Firewall",
     "FirewallMode",
     "Host",
@@ -260,7 +261,8 @@ class SpendingCap:
     version: int
     owner: str
     max_per_epoch: int
-    #: Charged during :attr:`epoch`.
+    #: Reserved during :attr:`epoch`: the deposits and top-ups paid in then, less the
+    #: refunds settlements released (docs/escrow.md §4).
     spent: int
     epoch: int
 
@@ -481,6 +483,20 @@ class EventFilter:
         if self.sender is not None and self.sender != event.sender:
             return False
         return self.object_id is None or self.object_id in event.fields.values()
+
+
+@dataclass(frozen=True)
+class EventRead:
+    """One read of events (``Ledger.read_events``): what ``Ledger.events`` returns, and
+    whether the read got to the end."""
+
+    #: The events read, oldest first.
+    events: list[Event]
+    #: The cursor to pass next time (unchanged if none).
+    cursor: str | None
+    #: The read got to the newest event the ledger held when it was made: every event
+    #: the filter matches up to then is in ``events`` or before the cursor passed in.
+    at_end: bool
 
 
 def object_from_fields(

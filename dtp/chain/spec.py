@@ -120,7 +120,9 @@ def default_local_path(env: Mapping[str, str] | None = None) -> Path:
     ``$DTP_LEDGER`` names when it names one (``/var/dtp/l.sqlite``, ``local:PATH``), else
     ``$XDG_DATA_HOME/dtp/localnet.sqlite``."""
     env = os.environ if env is None else env
-    text = env.get(LEDGER_ENV, "")
+    # stripped as parse_ledger_spec strips it: " local" parsed would name this default
+    # again, and ask for it here again (tests/test_ledger_spec.py)
+    text = env.get(LEDGER_ENV, "").strip()
     if text and text != "local":
         try:
             spec = parse_ledger_spec(text, setting=LEDGER_ENV, env=env)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -52,6 +53,7 @@ from dtp.chain.objects import (
     Escrow,
     Event,
     EventFilter,
+    EventRead,
     Host,
     OpenedConnection,
     Pipe,
@@ -99,7 +101,6 @@ from dtp.chain.sui_gas import (
     GasPool,
     Lease,
     PriceCache,
-    select_gas,
     settle_from_effects,
     split_transaction,
 )
@@ -107,7 +108,6 @@ from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
 from dtp.errors import (
     ChainError,
     InvalidArgument,
-    InvalidTransaction,
     ObjectNotFound,
     SuiConfigError,
     WrongSigner,
@@ -132,7 +132,6 @@ __all__ = [
     "event_from_proto",
     "execution_error",
     "parse_executed",
-    "select_gas",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,6 +174,24 @@ def _key(signer: HostIdentity, key: bytes | None, what: str) -> bytes:
 #: How Sui refuses, before executing it, a transaction naming an owned object at a
 #: version that is not its current one (``ObjectVersionUnavailableForConsumption``).
 _STALE_INPUT: Final = "is not available for consumption"
+
+
+class _InputMoved(Exception):
+    """A transaction refused before executing because an owned input was at another
+    version, or a gas coin was deleted (``ObjectNotFound``): another SuiLedger or process
+    signing with the same key used it. The gas lease is forgotten, so the transaction
+    built again gets coins the node has now."""
+
+    def __init__(self, error: ChainError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _names_object(text: str, object_id: str) -> bool:
+    """Whether a node's message names ``object_id`` (Sui writes IDs in full; a form
+    without leading zeros is matched too)."""
+    digits = object_id[2:].lstrip("0") or "0"
+    return re.search(rf"0x0*{digits}(?![0-9a-f])", text, re.IGNORECASE) is not None
 
 
 def _unique_budget(budget: int) -> int:
@@ -341,14 +358,14 @@ class SuiLedger(Ledger):
                 time.sleep(delay / 2 + random.uniform(0.0, delay / 2))
             try:
                 executed = self._send(signer, what, build, spend)
-            except InvalidTransaction as exc:
-                # refused before executing: an owned input (the gas coin, mostly) was at
-                # another version, moved on by another SuiLedger or process signing with
-                # this key; the pool forgot it, so once more with what the node has now
-                if _STALE_INPUT not in str(exc):
-                    raise
-                logger.debug("%s named an owned object at an old version: again", what)
-                executed = self._send(signer, what, build, spend)
+            except _InputMoved as moved:
+                # the pool forgot the coins and reads the node before the next lease:
+                # once more with what the node has now (tests/test_sui_ledger_shared_key.py)
+                logger.debug("%s refused (%s): sent again", what, moved.error)
+                try:
+                    executed = self._send(signer, what, build, spend)
+                except _InputMoved as again:
+                    raise again.error from None
             if not cancelled_for_congestion(executed):
                 outcome = parse_executed(executed, self._packages, what)
                 self._local.outcome = outcome
@@ -417,18 +434,27 @@ class SuiLedger(Ledger):
         try:
             executed = self._node.execute(tx_bytes, signature)
         except ChainError as exc:
-            text = str(exc).lower()
-            if isinstance(exc, LedgerUnavailable | MalformedResponse) or (
-                "not available for consumption" in text or "gas object" in text
-            ):
+            text = str(exc)
+            lowered = text.lower()
+            # refused for an input another signer of this key moved on (a stale version)
+            # or deleted (a gas coin merged into another: ObjectNotFound naming it)
+            moved = _STALE_INPUT in lowered or (
+                isinstance(exc, ObjectNotFound)
+                and any(_names_object(text, ref.object_id) for ref in lease.coins)
+            )
+            if moved:
+                pool.forget(lease, moved_elsewhere=True)
+            elif isinstance(exc, LedgerUnavailable | MalformedResponse) or "gas object" in lowered:
                 pool.forget(lease)  # maybe executed, or the coins were not what we thought
             else:
                 pool.release(lease)  # refused before execution: the coins are unchanged
-            if "reference gas price" in text:
+            if "reference gas price" in lowered:
                 self._price.invalidate()
             if isinstance(exc, ObjectNotFound):
                 with self._shared_lock:
                     self._shared_refs.clear()  # an input was deleted: forget the refs
+            if moved:
+                raise _InputMoved(exc) from exc
             raise
         except BaseException:
             pool.forget(lease)
@@ -1354,6 +1380,18 @@ class SuiLedger(Ledger):
         filter: EventFilter | None = None,
         limit: int = 1000,
     ) -> tuple[list[Event], str | None]:
+        read = self.read_events(cursor, filter, limit)
+        return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        """At the end when the node ended the stream at its indexed tip
+        (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
+        cursor did not move."""
         after = self._cursor_bytes(cursor)
         # as LocalLedger checks them (a str limit raised TypeError, a str filter
         # AttributeError at the first event)
@@ -1362,19 +1400,23 @@ class SuiLedger(Ledger):
         if filter is not None and not isinstance(filter, EventFilter):
             raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
         if limit <= 0:
-            return [], cursor
-        frames, last = self._node.list_events(
+            return EventRead([], cursor, False)
+        page = self._node.scan_events(
             self.config.type_package or self.package, after, limit, **narrowing(filter)
         )
         out: list[Event] = []
-        for ev, position in frames:
+        for ev, position in page.frames:
             event = event_from_proto(ev, self._packages, position.hex())
             if event is None or (filter is not None and not filter.matches(event)):
                 continue
             # the timestamp is a GetCheckpoint each: read for the events returned only (the
             # filter looks at no timestamp), not for every event the filter drops
             out.append(dataclasses.replace(event, timestamp_ms=self._timestamp(ev.checkpoint)))
-        return out, (last.hex() if last else cursor)
+        reasons = sui_prot.QueryEndReason
+        at_end = page.end == reasons.LEDGER_TIP or (
+            page.end in (None, reasons.UNKNOWN) and page.last == after
+        )
+        return EventRead(out, page.last.hex() if page.last else cursor, at_end)
 
     def head_cursor(self) -> str | None:
         """The cursor after the newest event now on the network (None: no events yet).

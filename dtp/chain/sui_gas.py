@@ -35,7 +35,6 @@ __all__ = [
     "GasPool",
     "Lease",
     "PriceCache",
-    "select_gas",
     "settle_from_effects",
     "split_transaction",
 ]
@@ -48,37 +47,14 @@ POOL_TARGET: Final = 8
 _SPLIT_BUDGETS: Final = 4
 
 
-def select_gas(
-    coins: Sequence[tuple[OwnedRef, int]], needed: int, owner: str
-) -> tuple[OwnedRef, ...]:
-    """The fewest of ``coins`` (largest first) covering ``needed`` MIST (budget plus
-    what the transaction splits off); raises :class:`InsufficientFunds`."""
-    chosen: list[OwnedRef] = []
-    total = 0
-    for ref, value in sorted(coins, key=lambda c: -c[1]):
-        if total >= needed or len(chosen) >= MAX_GAS_COINS:
-            break
-        chosen.append(ref)
-        total += value
-    if total < needed or not chosen:
-        available = sum(v for _, v in coins)
-        raise InsufficientFunds(
-            f"Address {owner} has {available} MIST in SUI coins"
-            + ("" if total == available else f" ({total} usable as gas)")
-            + f", {needed} are needed (including the gas budget).",
-            name="InsufficientCoinBalance",
-            module="sui",
-        )
-    return tuple(chosen)
-
-
 @dataclass
 class _Coin:
     ref: OwnedRef
     balance: int
     leased: bool = False
-    #: Learned from a transaction's effects (a listing may not show it yet).
-    from_effects: bool = False
+    #: Learned from a transaction's effects (a listing may not show it yet), after this
+    #: many reads of the node had begun.
+    learned: int | None = None
 
 
 @dataclass
@@ -96,8 +72,12 @@ class GasPool:
     """The SUI coins of one address, leased to transactions (see the module docs).
 
     ``list_coins`` reads them from the node (``(ref, balance)`` pairs); it is called on the
-    first lease and again when the coins known cannot cover a lease (others may have
-    arrived: payments received, faucet coins)."""
+    first lease, after a transaction was refused for a coin another signer of the same
+    key moved or deleted, and again when the coins known cannot cover a lease (others
+    may have arrived: payments received, faucet coins). The node is read without the
+    pool's lock held (a read may take a whole timeout): other threads lease, settle and
+    return coins meanwhile, and what they learned is kept over the listing, which may
+    predate it."""
 
     def __init__(
         self, owner: str, list_coins: Callable[[], Sequence[tuple[OwnedRef, int]]]
@@ -105,30 +85,66 @@ class GasPool:
         self.owner = owner
         self._list = list_coins
         self._coins: dict[str, _Coin] = {}
-        self._cond = threading.Condition()
-        self._loaded = False
-        #: Coins may exist that the pool does not know (received, or forgotten).
+        self._cond = threading.Condition(threading.Lock())
+        #: The next lease reads the node before it chooses (none read yet, or the node
+        #: named a coin known here as moved or deleted by another signer).
+        self._must_read = True
+        #: Coins may exist that the pool does not know (received, or forgotten) since
+        #: the last read began.
         self._stale = True
+        #: Reads of the node begun so far; one at a time (``_reading``).
+        self._reads = 0
+        self._reading = False
+        #: Coins dropped while the node was being read (merged away, forgotten): the
+        #: listing may still show them.
+        self._dropped: set[str] = set()
 
-    def _reload(self) -> None:
-        listed = {ref.object_id: (ref, balance) for ref, balance in self._list()}
+    def _read(self) -> None:
+        """Read the node's listing (the lock released meanwhile) and merge it."""
+        self._reads += 1
+        started = self._reads
+        self._reading = True
+        self._dropped.clear()
+        stale, self._stale = self._stale, False
+        self._cond.release()
+        try:
+            listed = self._list()
+        except BaseException:
+            self._cond.acquire()
+            self._stale = self._stale or stale
+            raise
+        else:
+            self._cond.acquire()
+            self._merge(listed, started)
+        finally:
+            self._reading = False
+            self._cond.notify_all()
+
+    def _merge(self, listed: Sequence[tuple[OwnedRef, int]], started: int) -> None:
+        """The coins the node listed in read number ``started``, over what the pool
+        learned while that read ran (leases taken and settled, coins dropped)."""
+        found = {ref.object_id: (ref, balance) for ref, balance in listed}
         for object_id, coin in list(self._coins.items()):
-            found = listed.pop(object_id, None)
+            listing = found.pop(object_id, None)
             if coin.leased:
                 continue  # the transaction using it reports its new version
-            if found is None:
-                if not coin.from_effects:
-                    del self._coins[object_id]  # spent elsewhere
+            if listing is None:
+                # spent elsewhere; a coin learned from effects only once a listing
+                # begun after it leaves it out (an earlier one may not show it yet)
+                if coin.learned is None or coin.learned < started:
+                    del self._coins[object_id]
                 continue
-            ref, balance = found
-            if ref.version >= coin.ref.version:
+            ref, balance = listing
+            if ref.version >= coin.ref.version:  # (else the pool's is newer)
                 self._coins[object_id] = _Coin(ref, balance)
-        for object_id, (ref, balance) in listed.items():
-            self._coins[object_id] = _Coin(ref, balance)
-        self._loaded = True
-        self._stale = False
+        for object_id, (ref, balance) in found.items():
+            if object_id not in self._dropped:
+                self._coins[object_id] = _Coin(ref, balance)
+        self._must_read = False
 
     def _choose(self, needed: int) -> list[_Coin] | None:
+        """The fewest free coins (largest first, at most :data:`MAX_GAS_COINS`) covering
+        ``needed``; None when the free ones cannot."""
         chosen: list[_Coin] = []
         total = 0
         for coin in sorted(self._coins.values(), key=lambda c: -c.balance):
@@ -140,11 +156,19 @@ class GasPool:
             total += coin.balance
         return chosen if chosen and total >= needed else None
 
+    def _usable(self) -> int:
+        """MIST one transaction could pay with once every coin is back: the
+        :data:`MAX_GAS_COINS` largest."""
+        balances = sorted((c.balance for c in self._coins.values()), reverse=True)
+        return sum(balances[:MAX_GAS_COINS])
+
     def _insufficient(self, needed: int) -> InsufficientFunds:
         available = sum(c.balance for c in self._coins.values())
+        usable = self._usable()
         return InsufficientFunds(
-            f"Address {self.owner} has {available} MIST in SUI coins, {needed} are needed "
-            "(including the gas budget).",
+            f"Address {self.owner} has {available} MIST in SUI coins"
+            + ("" if usable == available else f" ({usable} usable as gas in one transaction)")
+            + f", {needed} are needed (including the gas budget).",
             name="InsufficientCoinBalance",
             module="sui",
         )
@@ -155,15 +179,17 @@ class GasPool:
         :class:`InsufficientFunds` when all the address's coins together cannot cover
         it; :class:`LedgerUnavailable` when none came back in time."""
         deadline = time.monotonic() + timeout
-        waited = reread = False
+        waited = read = False
         with self._cond:
             while True:
-                if not self._loaded:
-                    self._reload()
-                chosen = self._choose(needed)
-                if chosen is None and self._stale:
-                    self._reload()
-                    chosen = self._choose(needed)
+                if self._reading:
+                    self._cond.wait()  # another lease reads the node: its listing serves
+                    continue
+                chosen = None if self._must_read else self._choose(needed)
+                if chosen is None and (self._must_read or self._stale):
+                    self._read()
+                    read = True
+                    continue
                 if chosen is not None:
                     for coin in chosen:
                         coin.leased = True
@@ -171,13 +197,11 @@ class GasPool:
                     return Lease(
                         tuple(c.ref for c in chosen), sum(c.balance for c in chosen), split
                     )
-                if sum(c.balance for c in self._coins.values()) < needed:
-                    if not reread:
-                        reread = True
-                        # once more from the node before refusing: coins may have come
-                        # since it was read (a faucet, a payment), and a signer that ran
-                        # out of gas stayed out, however well funded, until something
-                        # else made the pool read again
+                if self._usable() < needed:
+                    if not read:
+                        # the node once more before refusing: the pool knows the coins
+                        # of its last read, and coins may have come since (a faucet, a
+                        # payment)
                         self._stale = True
                         continue
                     raise self._insufficient(needed)
@@ -196,6 +220,11 @@ class GasPool:
         lease.done = True
         self._cond.notify_all()
 
+    def _drop(self, object_id: str) -> None:
+        self._coins.pop(object_id, None)
+        if self._reading:
+            self._dropped.add(object_id)
+
     def release(self, lease: Lease) -> None:
         """The transaction was not executed (refused, or never sent): the coins are as
         they were."""
@@ -206,13 +235,18 @@ class GasPool:
                     coin.leased = False
             self._finish(lease)
 
-    def forget(self, lease: Lease) -> None:
+    def forget(self, lease: Lease, *, moved_elsewhere: bool = False) -> None:
         """What became of the coins is unknown (the answer was lost, or the node found
-        them stale): drop them, to be read again from the node."""
+        them stale or gone): drop them, to be read again from the node.
+        ``moved_elsewhere``: the node named one as moved or deleted by another signer of
+        this key, whose other coins the pool may know as old: the next lease reads the
+        node first."""
         with self._cond:
             for ref in lease.coins:
-                self._coins.pop(ref.object_id, None)
+                self._drop(ref.object_id)
             self._stale = True
+            if moved_elsewhere:
+                self._must_read = True
             self._finish(lease)
 
     def settle(
@@ -227,16 +261,18 @@ class GasPool:
         for the owner (balance None when the effects do not tell)."""
         with self._cond:
             for ref in lease.coins:
-                self._coins.pop(ref.object_id, None)
+                self._drop(ref.object_id)
+            learned = self._reads
             if balance >= 0:
-                self._coins[gas.object_id] = _Coin(gas, balance, from_effects=True)
+                self._dropped.discard(gas.object_id)
+                self._coins[gas.object_id] = _Coin(gas, balance, learned=learned)
             else:  # (cannot happen with a consistent node: read it again)
                 self._stale = True
             for ref, amount in received:
                 if amount is None:
                     self._stale = True
                 else:
-                    self._coins[ref.object_id] = _Coin(ref, amount, from_effects=True)
+                    self._coins[ref.object_id] = _Coin(ref, amount, learned=learned)
             self._finish(lease)
 
     def split_amounts(self, balance: int, budget: int) -> list[int]:

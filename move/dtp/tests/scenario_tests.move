@@ -158,6 +158,13 @@ fun settlement_releases_the_refund() {
     assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
     th::settle_as(&mut scenario, &clock, conn, th::server());
     assert!(th::cap_spent(&mut scenario, cap_id) == 120);
+    scenario.next_tx(th::client());
+    {
+        // The escrow keeps reserved only what was claimed.
+        let e = scenario.take_shared<Escrow>();
+        assert!(e.reserved() == 120);
+        ts::return_shared(e);
+    };
     // 120 + 1000 fits under 1120 only because the 880 refunded were released.
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     assert!(th::cap_spent(&mut scenario, cap_id) == 1120);
