@@ -376,6 +376,9 @@ class _BrokenLedger:
     def get_connection(self, connection_id: str) -> Any:
         raise self.error
 
+    def get_escrow(self, escrow_id: str) -> Any:
+        raise self.error
+
     def close_connection(self, *args: object) -> None:
         raise AssertionError("not reached")
 
@@ -408,7 +411,9 @@ def test_a_ledger_failure_fails_the_link_cleanly(
     ledger = cast(Ledger, _BrokenLedger(error))
     closed: list[bool] = []
     writer = types.SimpleNamespace(
-        connection_id="0x" + "ef" * 32, close=lambda: closed.append(True)
+        connection_id="0x" + "ef" * 32,
+        escrow_id="0x" + "ee" * 32,
+        close=lambda: closed.append(True),
     )
 
     async def open_connection(*args: object, **kwargs: object) -> tuple[object, object]:
