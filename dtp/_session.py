@@ -16,11 +16,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
-from dtp.errors import ConnectionClosed, DTPError, StreamReset
+from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
 from dtp.events import (
     ConnectionAccepted,
     ConnectionTerminated,
@@ -77,6 +77,25 @@ def check_connect_timeout(timeout: float | None) -> None:
         raise OverflowError(
             f"a connect's timeout is at most {threading.TIMEOUT_MAX:.0f} s, got {timeout!r}"
         )
+
+
+def bounded_by_caller(cfg: ConnectionConfig, timeout: float | None) -> ConnectionConfig:
+    """A client's config for a connect the caller bounds with ``timeout`` (both APIs):
+    the caller's bound, not the config's ``handshake_timeout``, ends the handshake, and
+    the connect raises DTPTimeoutError at it. A timer of the connection's own below the
+    caller's bound failed the connect early with HandshakeError ("handshake timed
+    out"): 10 s into a 25 s connect. The handshake timer is kept one second past the
+    caller's bound, so the driver's deadline always fires first; None (no bound)
+    leaves the config's timeout in force."""
+    if timeout is None or cfg.handshake_timeout > timeout + 1.0:
+        return cfg
+    return replace(cfg, handshake_timeout=min(float(timeout) + 1.0, threading.TIMEOUT_MAX))
+
+
+def connect_timed_out(target: str, timeout: float) -> DTPTimeoutError:
+    """What a connect to ``target`` raises when the caller's ``timeout`` passed (both
+    APIs, the carrier connect and the handshake alike)."""
+    return DTPTimeoutError(f"connecting to {target} timed out after {timeout:g} s")
 
 
 T = TypeVar("T")

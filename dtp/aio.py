@@ -46,7 +46,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dtp._session import UNSENT, Session, StreamSink, check_connect_timeout
+from dtp._session import (
+    UNSENT,
+    Session,
+    StreamSink,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -68,7 +75,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any
+from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any, endpoint_text
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.errors import (
@@ -1477,7 +1484,7 @@ async def _open(
     ``while_waiting(protocol)`` runs once the first handshake message is out, while the
     server works on it; what it raises fails the connect."""
     loop = asyncio.get_running_loop()
-    session = Session(cfg, now=loop.time())
+    session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
     proto = _Protocol(session, loop)
 
     async def establish() -> None:
@@ -1510,7 +1517,9 @@ async def _open(
     except BaseException as exc:
         _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
         if isinstance(exc, TimeoutError):
-            raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
+            if timeout is None:  # (a ledger call's, in while_waiting)
+                raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
+            raise connect_timed_out(endpoint_text(host, port), timeout) from None
         raise
     return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
 

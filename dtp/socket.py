@@ -44,7 +44,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from dtp._poll import wait_ready
-from dtp._session import CALLBACK_FAILED, UNSENT, Session, check_connect_timeout
+from dtp._session import (
+    CALLBACK_FAILED,
+    UNSENT,
+    Session,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
@@ -67,7 +74,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import connect_any, connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
 from dtp.connection import (
     DATAGRAM_SEND_BACKLOG,
     CloseCode,
@@ -2769,6 +2776,7 @@ def _connect(
     the caller starts the engine's timers (``_Engine.start_timer``) once it has set the
     engine up (a metered client's payment: its passes come more often)."""
     start = time.monotonic()
+    cfg = bounded_by_caller(cfg, timeout)
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     try:
         session = Session(cfg)  # (starts the handshake: a bad server key fails here)
@@ -2817,6 +2825,12 @@ def _connect(
                 )
             if not session.accepted:
                 raise HandshakeError.for_client(session.error)
+    except DTPTimeoutError:
+        engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
+        if timeout is None:
+            raise  # (a ledger call's, in while_waiting)
+        # (the pump's "timed out" names neither the server nor the bound)
+        raise connect_timed_out(name or endpoint_text(*address), timeout) from None
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
