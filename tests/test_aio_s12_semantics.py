@@ -181,6 +181,9 @@ class _AlwaysPaid:
     def room(self, nbytes: int) -> int:
         return nbytes
 
+    async def pace(self, nbytes: int) -> int:
+        return nbytes
+
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         return None
 
@@ -307,6 +310,12 @@ class _RateLimited:
 
     def in_debt(self) -> bool:  # (the bytes/s limit: none here, only reads are held)
         return False
+
+    def held_back(self, nbytes: int) -> bool:
+        return False
+
+    async def pace(self, nbytes: int) -> int:
+        return nbytes
 
     def send_slice(self) -> int:
         return 1 << 18
