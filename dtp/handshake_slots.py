@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_MAX_HANDSHAKES_PER_ADDRESS",
     "DEFAULT_MAX_WAITING_PER_ADDRESS",
+    "SERVER_BUSY",
     "AddressSlots",
     "ServerSlots",
     "Verdict",
@@ -52,6 +53,11 @@ client that opens a few connections at once (a pool, a NAT'd office) is not refu
 DEFAULT_MAX_WAITING_PER_ADDRESS = 64
 """Connections from one address that may wait for its handshake slots (each holds only
 a socket meanwhile); beyond that they are closed at once."""
+
+
+SERVER_BUSY = "server busy"
+"""The reason a server refuses a client with (ConnectionRefused at the client) when it
+cannot take it: its application takes connections slower than they come."""
 
 
 class Verdict(enum.Enum):

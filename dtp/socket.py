@@ -96,6 +96,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
+    SERVER_BUSY,
     AddressSlots,
     ServerSlots,
     Verdict,
@@ -212,6 +213,8 @@ class _Engine:
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        # a server's accepted connection holding one of its accept() queue's places
+        self.holds_place = False
         # the next connect's keys still to make (_NextConnectKeys), made while we would
         # wait on the carrier (_make_ahead)
         self.ahead: _NextConnectKeys | None = None
@@ -2941,6 +2944,15 @@ _SLOT_POLL = 0.5
 """Seconds between two looks at whether the server closed, while waiting for a
 handshake slot (so a wait ends at most this long after its deadline or the close)."""
 
+_PLACE_POLL = 0.05
+"""Seconds between two looks for a free place in the accept() queue, while a client
+waits in its handshake for one (DTPServer._take_place)."""
+
+_REFUSAL_MARGIN = 0.5
+"""Seconds (a quarter of the handshake timeout at most) before its handshake timeout
+that a client still waiting for a place in the accept() queue is refused "server busy":
+at the timeout itself the connection would end with no reply."""
+
 
 class _Waited(NamedTuple):
     """A connection waiting in its address's line for that address's handshake slot,
@@ -3112,7 +3124,11 @@ class DTPServer:
             host, tcp_port = self._listener.getsockname()[:2]
             self._address = (str(host), int(tcp_port))
         self._ledger_listener: LedgerListener | None = None
-        self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
+        # connections accept() may take; each holds one of max_pending places, taken
+        # before its client is told it is in (_take_place) and given back as accept()
+        # takes it (the queue itself is unbounded: its end-of-server mark always fits)
+        self._ready: queue.Queue[DTPSocket | None] = queue.Queue()
+        self._places = threading.BoundedSemaphore(max_pending)
         self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._slots = threading.BoundedSemaphore(max_handshakes)
@@ -3130,7 +3146,6 @@ class DTPServer:
         # engines whose handshake is in progress: close() wakes them, so that their
         # threads and descriptors go at once rather than at the handshake timeout
         self._handshaking: set[_Engine] = set()
-        self._parked = 0  # connections waiting for room in _ready (_serve_one)
         self.handshakes_failed = 0
         self.refused = 0
         #: Connections closed unserved: their address's line was full, or they waited
@@ -3400,30 +3415,12 @@ class DTPServer:
             return
         dispatch = self._dispatch
         if dispatch is not None:
+            if sock._engine.holds_place:  # (serve_forever began during its handshake)
+                sock._engine.holds_place = False
+                self._places.release()
             dispatch(sock)
             return
-        try:
-            self._ready.put_nowait(sock)
-        except queue.Full:
-            # a burst waits a while for accept() to catch up, but as many connections
-            # at most as the queue holds: freed of its slots, each such thread let the
-            # next handshake run, and a client nobody accepted held a thread and its
-            # descriptors for the handshake timeout, without bound (500 from one address)
-            with self._stats_lock:
-                parked = self._parked < self._ready.maxsize
-                if parked:
-                    self._parked += 1
-            if not parked:
-                sock.abort("server busy")
-                return
-            try:
-                self._ready.put(sock, timeout=self._config.handshake_timeout)
-            except queue.Full:
-                sock.abort("server busy")
-                return
-            finally:
-                with self._stats_lock:
-                    self._parked -= 1
+        self._ready.put(sock)  # (its place was taken before its client was told it is in)
         if self._closed.is_set():
             self._drain_ready()  # close() ran meanwhile and may have missed it
 
@@ -3440,10 +3437,10 @@ class DTPServer:
             if sock is None:
                 ended = True
             else:
+                self._give_place(sock)
                 sock.abort("the server is closed")
         if ended:
-            with contextlib.suppress(queue.Full):
-                self._ready.put_nowait(None)
+            self._ready.put_nowait(None)
 
     def _handshake(
         self, tcp: _socket.socket, peer: Any, config: ConnectionConfig
@@ -3492,14 +3489,23 @@ class DTPServer:
                 self.refused += 1
             engine.abort(CloseCode.REFUSED, reason)
             return None
+        if outcome == "busy":
+            with self._stats_lock:
+                self.busy_refused += 1
+            engine.abort(CloseCode.REFUSED, reason)
+            return None
         engine.start_timer()
         return DTPSocket(engine, 0, primary=True)
 
     def _authenticate(self, engine: _Engine) -> tuple[str, str]:
-        """Run the handshake and the accept hook: ("accepted" | "refused" | "failed" |
-        "replayed" | "closed", reason)."""
+        """Run the handshake and the accept hook: ("accepted" | "refused" | "busy" |
+        "failed" | "replayed" | "closed", reason)."""
         session = engine.session
         conn = session.conn
+        # (a wait for a place ends a little before the connection's own handshake timer,
+        # so that the refusal still goes out: _take_place)
+        timeout = conn.config.handshake_timeout
+        deadline = time.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
         with engine.lock:
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
@@ -3534,11 +3540,14 @@ class DTPServer:
             verdict = self._run_hook(peer)
             if verdict is None and isinstance(self._admit_hook, LedgerAdmission):
                 verdict = self._serve_once(engine, peer)
+            outcome = "refused"
+            if verdict is None and not self._take_place(engine, deadline):
+                outcome, verdict = "busy", SERVER_BUSY
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
                 engine.pump(lambda: not engine.out, 1.0)
-                return "refused", verdict
+                return outcome, verdict
             session.conn.accept()
             self._replays.accepted(conn)
             engine.flush()
@@ -3548,6 +3557,45 @@ class DTPServer:
             prepare_ephemeral_key()
             prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
             return "accepted", ""
+
+    def _take_place(self, engine: _Engine, deadline: float) -> bool:
+        """Before a client is told it is in: one of the ``max_pending`` places in the
+        queue :meth:`accept` takes from (none is needed under :meth:`serve_forever`,
+        whose handler runs in this thread). While none is free -- the application takes
+        connections slower than they come -- the client waits in its handshake, until
+        ``deadline`` (its handshake timeout): False then, and it is refused "server
+        busy". Told it was in and then dropped, a client of a burst died on its first
+        write (42-55 % of 1,000 connects to an accept() loop, uncounted); and this
+        handshake's slot, held meanwhile, holds the next clients in the listen backlog.
+        Lock held (the engine's: pumped while waiting, so a client that gives up is
+        seen)."""
+        if self._dispatch is not None:
+            return True
+        session = engine.session
+        if self._places.acquire(blocking=False):
+            engine.holds_place = True
+            return True
+        # (IK without hooks: message 2 waited for the verdict; the client works on it
+        # while we wait. A no-op where it went already)
+        session.conn.answer()
+        engine.flush()
+        while not self._places.acquire(blocking=False):
+            if self._dispatch is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed.is_set() or session.terminated is not None:
+                return False
+            with contextlib.suppress(DTPTimeoutError):
+                engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
+        engine.holds_place = True
+        return True
+
+    def _give_place(self, sock: DTPSocket) -> None:
+        """``sock`` left the accept() queue: its place is free for the next client."""
+        engine = sock._engine
+        if engine.holds_place:
+            engine.holds_place = False
+            self._places.release()
 
     def _serve_once(self, engine: _Engine, peer: PeerInfo) -> str | None:
         """A client the ledger admitted: one DTP connection per ledger connection at a
@@ -3630,9 +3678,9 @@ class DTPServer:
         if sock is None:
             # the end-of-server mark stays for the next waiter: every thread blocked in
             # accept() wakes, not only the first
-            with contextlib.suppress(queue.Full):
-                self._ready.put_nowait(None)
+            self._ready.put_nowait(None)
             raise SocketClosed("the server was closed")
+        self._give_place(sock)  # (the next client may be told it is in)
         assert sock.peer_address is not None
         return sock, sock.peer_address
 
@@ -3708,8 +3756,7 @@ class DTPServer:
             with contextlib.suppress(OSError):
                 self._listener.close()
         self._drain_ready()
-        with contextlib.suppress(queue.Full):
-            self._ready.put_nowait(None)
+        self._ready.put_nowait(None)
 
     def __enter__(self) -> DTPServer:
         return self
