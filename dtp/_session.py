@@ -53,6 +53,13 @@ UNSENT = "closed before all that was written was sent"
 #: as when a server's stream handler fails: the peer reads an error, not a vanished
 #: carrier, and is told no more than that.
 CALLBACK_FAILED = "internal error"
+#: How long a closed connection's carrier, half-closed once it wrote what it holds,
+#: waits for the peer to close its side (reading and dropping what still comes) before
+#: it closes anyway (both APIs). Closed at once, a socket with the peer's late bytes
+#: unread (its flow-control credit, sent as it read our last data; what a client in a
+#: sendall loop still sends) was reset, and the reset threw away what the peer had not
+#: read yet: the end of our data, and the CLOSE.
+CARRIER_DRAIN = 2.0
 #: How many of the closed streams still waiting for the connection to be done with them
 #: each :meth:`Session.forget` looks at again (see there): more than one, so that those
 #: the connection is done with leave the queue faster than closed streams join it.

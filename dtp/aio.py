@@ -47,6 +47,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dtp._session import (
+    CARRIER_DRAIN,
     UNSENT,
     Session,
     StreamSink,
@@ -133,12 +134,6 @@ CLOSE_LINGER = 5.0
 #: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
-#: How long a closed connection's carrier, half-closed once it wrote what it holds,
-#: waits for the peer to close its side (reading and dropping what still comes) before
-#: it closes anyway. Closed at once, a socket with the peer's late bytes unread (its
-#: flow-control credit, sent as it read our last data) was reset, and the reset threw
-#: away what the peer had not read yet: the end of our data, and the CLOSE.
-CARRIER_DRAIN = 2.0
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
@@ -296,7 +291,7 @@ class _Protocol(asyncio.Protocol):
             drain
             and not transport.is_closing()
             and transport.can_write_eof()
-            and self.conn.peer_may_send_credit()
+            and (self.conn.peer_may_send_credit() or self._peer_may_send_more())
         ):
             try:
                 transport.write_eof()  # (after what the transport holds)
@@ -308,6 +303,22 @@ class _Protocol(asyncio.Protocol):
                     self._abort_after_grace(transport.get_write_buffer_size())
                 return
         self._close_transport()
+
+    def _peer_may_send_more(self) -> bool:
+        """Whether the client, not told yet that we closed, may still be sending: a
+        server ended an established connection for a reason (a firewall, payment or rate
+        close, an abort). Its bytes, unread at our close, reset the carrier, and the
+        reset overtook our CLOSE: a client denied in a sendall loop read a bare
+        ConnectionLost (tests/test_close_code_delivery.py). (A client's abort closes at
+        once, as asyncio's transport.abort(): the loop may end right after it.)"""
+        ended = self.conn.termination  # (the session learns of it at its next events)
+        return (
+            ended is not None
+            and not ended.by_peer
+            and ended.error_code != CloseCode.NO_ERROR
+            and not self.conn.is_client
+            and self.conn.handshake_hash is not None
+        )
 
     def _end_drain(self) -> None:
         """The peer did not close its side within CARRIER_DRAIN: close ours."""
@@ -2019,6 +2030,8 @@ class DTPServer:
                 await result
         except asyncio.CancelledError:
             writer.abort("the server is shutting down")
+            # (the loop is ending: no drain can run on it, the carrier closes now)
+            proto.close_carrier(drain=False)
             raise
         except DTPError as exc:
             if isinstance(exc, LocalProtocolError) and session.terminated is None:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 from dtp._poll import wait_ready
 from dtp._session import (
     CALLBACK_FAILED,
+    CARRIER_DRAIN,
     UNSENT,
     Session,
     bounded_by_caller,
@@ -853,21 +854,43 @@ class _Engine:
             carrier = self.sock.dup()
         except OSError:
             return
-        try:
-            carrier.shutdown(_socket.SHUT_WR)
-        except OSError:
-            carrier.close()
-            return
         _TIMERS.drain(carrier, patience)
 
     def abort(self, code: int, reason: str) -> None:
+        """Close the connection at once with ``code`` and ``reason``, dropping queued
+        data. A server's CLOSE for a reason, once the handshake is done, still reaches
+        the client whatever it is doing: the carrier goes to the timer thread, which
+        writes what is left of the CLOSE, half-closes, and reads (dropping) what the
+        client still sends until it closes its side or CARRIER_DRAIN passes
+        (:meth:`_TimerService.drain`). Closed with the client's bytes unread, the
+        carrier was reset, and the reset overtook the CLOSE: a client denied in a
+        sendall loop read a bare ConnectionLost (tests/test_close_code_delivery.py)."""
         with self.lock:
             if self.closed:
                 return
             self.conn.close(code, reason)
             self.flush()
             self.session.process_events()
+            if (
+                code != CloseCode.NO_ERROR
+                and not self.conn.is_client
+                and self.conn.handshake_hash is not None
+            ):
+                self._drain_closing()
             self._release()
+
+    def _drain_closing(self) -> None:
+        """Leave the carrier to the timer thread's drain (lock held; :meth:`abort`):
+        a duplicate of it, with the output still queued, so that :meth:`_release` closes
+        ours as it would."""
+        if self.carrier_closed:
+            return
+        try:
+            carrier = self.sock.dup()
+        except OSError:
+            return  # (out of descriptors: closed at once, as before)
+        out, self.out = self.out, []
+        _TIMERS.drain(carrier, CARRIER_DRAIN, out)
 
     def _release(self, closing: bool = False) -> None:
         """Close the carrier and wake every waiter (lock held). ``closing``: the
@@ -933,26 +956,32 @@ class _TimerService:
         self._closers: dict[threading.Thread, float] = {}
         # closed with a file still open: closed at exit if no file's close did it
         self._deferred: weakref.WeakSet[DTPSocket] = weakref.WeakSet()
-        # carriers abandoned with the peer still reading (_Engine._drain_detached): read
-        # and discarded until the peer closes its side or the deadline, then closed
-        self._draining: dict[int, tuple[_socket.socket, float]] = {}
+        # carriers abandoned with the peer still reading (_Engine._drain_detached) or
+        # still sending (_Engine._drain_closing): their output written, then half-closed,
+        # read and discarded until the peer closes its side or the deadline, then closed
+        self._draining: dict[int, tuple[_socket.socket, float, list[memoryview]]] = {}
         self._drain_buf = bytearray(64 * 1024)  # (the thread's alone)
 
     def add(self, engine: _Engine) -> None:
         with self._lock:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
-            if self._thread is None or not self._thread.is_alive():
-                if self._wake_fds is None or self._pid != os.getpid():
-                    # (a forked child: the pipe it inherited is its parent's thread's too)
-                    self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                    self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
-                self._thread.start()
-            elif head is None or self._heap[0][0] < head:
-                # the thread sleeps until the old head: wake it only for an earlier one
-                # (every connect would otherwise wake it, on both sides)
+            # (a thread just started needs no wake; one asleep until the old head is
+            # woken only for an earlier one: every connect would wake it, on both sides)
+            if self._started() and (head is None or self._heap[0][0] < head):
                 self._wake()
+
+    def _started(self) -> bool:
+        """Start the thread unless it runs (lock held): whether it ran already."""
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        if self._wake_fds is None or self._pid != os.getpid():
+            # (a forked child: the pipe it inherited is its parent's thread's too)
+            self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
+        self._thread.start()
+        return False
 
     def watch(self, engine: _Engine) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
@@ -975,25 +1004,49 @@ class _TimerService:
         self._closing.append(sock)
         self._wake()
 
-    def drain(self, carrier: _socket.socket, patience: float) -> None:
-        """Read (discarding) from the non-blocking, half-closed ``carrier`` until its
-        peer closes its side, an error, or ``patience`` seconds; then close it."""
+    def drain(
+        self, carrier: _socket.socket, patience: float, out: list[memoryview] | None = None
+    ) -> None:
+        """Write ``out`` (what its engine had queued) to the non-blocking ``carrier``,
+        half-close it, and read (discarding) from it until its peer closes its side, an
+        error, or ``patience`` seconds; then close it."""
+        pending = out or []
+        if not pending and not self._half_close(carrier):
+            return
         with self._lock:
-            # (the thread runs: the engine that abandoned this carrier started it)
-            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience)
+            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience, pending)
+            self._started()  # (a refused client's engine never started it)
         self._wake()
+
+    @staticmethod
+    def _half_close(carrier: _socket.socket) -> bool:
+        """Shut ``carrier``'s sending side (closed when that fails: False)."""
+        try:
+            carrier.shutdown(_socket.SHUT_WR)
+        except OSError:
+            carrier.close()
+            return False
+        return True
 
     def _drain_ready(self, fd: int) -> None:
         with self._lock:
             entry = self._draining.get(fd)
         if entry is None:
             return
-        carrier = entry[0]
+        carrier, _, pending = entry
         try:
+            while pending:
+                n = carrier.send(pending[0])
+                if n < len(pending[0]):
+                    pending[0] = pending[0][n:]
+                    break
+                pending.pop(0)
+                if not pending and not self._half_close(carrier):
+                    raise OSError  # (closed: dropped below)
             while carrier.recv_into(self._drain_buf):
                 pass
         except (BlockingIOError, InterruptedError):
-            return  # all read for now
+            return  # all written and read for now
         except OSError:
             pass
         with self._lock:
@@ -1117,13 +1170,13 @@ class _TimerService:
                     _, _, due = heapq.heappop(self._heap)
                 else:
                     until = self._heap[0][0] if self._heap else None
-                    for fd, (carrier, deadline) in list(self._draining.items()):
+                    for fd, (carrier, deadline, pending) in list(self._draining.items()):
                         if deadline <= now:
                             del self._draining[fd]
                             carrier.close()
                         else:
                             until = deadline if until is None else min(until, deadline)
-                            poller.register(fd, select.POLLIN)
+                            poller.register(fd, select.POLLIN | (select.POLLOUT if pending else 0))
                     for key, (ref, after, _, _) in list(self._watched.items()):
                         engine = ref()
                         if engine is None or engine.closed or engine.carrier_closed:
