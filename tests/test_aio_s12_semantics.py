@@ -406,13 +406,13 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
     """The client gives up (its connect timed out) while the server's async accept
     hook runs: the server counts a failed handshake and ends the connection. Its task
     died with accept()'s LocalProtocolError ("Task exception was never retrieved")."""
-    protos: list[dtp.aio._Protocol] = []
+    protos: list[dtp.aio._Arrival] = []
     make = dtp.aio.DTPServer._protocol_factory
 
-    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Protocol:
-        proto = make(self, *args, **kw)
-        protos.append(proto)
-        return proto
+    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Arrival:
+        arrival = make(self, *args, **kw)
+        protos.append(arrival)
+        return arrival
 
     monkeypatch.setattr(dtp.aio.DTPServer, "_protocol_factory", recording)
     problems: list[dict[str, Any]] = []
@@ -424,7 +424,8 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
 
         async def hook(address: str) -> None:
             # until the client's end has reached the server
-            while protos[0].session.terminated is None:
+            proto = protos[0].proto  # (its handshake began: the hook runs)
+            while proto is not None and proto.session.terminated is None:
                 await asyncio.sleep(0.01)
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
