@@ -101,6 +101,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     address_key,
 )
+from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.replay_guard import ReplayGuard
@@ -1730,6 +1731,9 @@ class DTPServer:
         self._handshake_slots = self._admission.server_slots
         self._address_slots = self._admission.address_slots
         self._expiry: asyncio.TimerHandle | None = None  # the next first-message timeout
+        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        self._heap = HeapRelease()
+        self._heap_look: asyncio.TimerHandle | None = None
         self._serving = served_connections(admit, identity, settle_on_close)
         self._limit = limit
         self._callback = callback
@@ -1880,6 +1884,9 @@ class DTPServer:
         arrival.deadline = now + arrival.config.handshake_timeout
         if self._loop is None:
             self._loop = asyncio.get_running_loop()  # (made outside it: its first connection)
+        self._heap.connected(now)
+        if self._heap_look is None:
+            self._look_at_heap()
         if not arrival.by_address:
             transport.pause_reading()  # (its first record is read as its handshake starts)
             self._admission.proven(arrival, None, arrival.deadline, now)
@@ -1918,6 +1925,20 @@ class DTPServer:
                 return  # (it fires first: then it looks again)
             self._expiry.cancel()
         self._expiry = loop.call_later(delay, self._expire)
+
+    def _look_at_heap(self) -> None:
+        """Trim the heap when :class:`~dtp.heap_release.HeapRelease` says so, and look
+        again when it says (one timer, made only while connections come)."""
+        self._heap_look = None
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._closed.is_set():
+            return
+        now = time.monotonic()
+        if self._heap.due(now):
+            release_free_heap()
+        look = self._heap.next_look(now)
+        if look is not None:
+            self._heap_look = loop.call_later(max(look - now, 0.0), self._look_at_heap)
 
     def _expire(self) -> None:
         self._expiry = None
@@ -2233,6 +2254,9 @@ class DTPServer:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._heap_look is not None:
+            self._heap_look.cancel()
+            self._heap_look = None
         # those waiting for their first record or for a slot (the slots those in the
         # server's line held free again: nobody is left to take them)
         for arrival in self._admission.drain(time.monotonic()):

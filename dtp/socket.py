@@ -110,6 +110,7 @@ from dtp.handshake_slots import (
     ServerSlots,
     address_key,
 )
+from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     next_ephemeral_public,
@@ -3217,6 +3218,8 @@ class DTPServer:
         self._address_slots = self._admission.address_slots
         # unproven connections the reader thread watches, by descriptor (_read_loop)
         self._reading: dict[int, _Arrival] = {}
+        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        self._heap = HeapRelease()
         # the accepting thread's own next connection, when the admission starts it at
         # once (leader/follower: _accept_next)
         self._local = threading.local()
@@ -3397,6 +3400,7 @@ class DTPServer:
         now = time.monotonic()
         arrival.deadline = now + arrival.config.handshake_timeout
         self._admission.arrived(arrival, arrival.key, now)
+        self._heap.connected(now)
         progress = _read_first(arrival)
         if progress is Progress.NEED_MORE:
             self._watch(arrival)
@@ -3455,10 +3459,13 @@ class DTPServer:
                         with self._stats_lock:
                             self._reading.pop(fd, None)
                         self._guarded_first_read(arrival, progress)
+                now = time.monotonic()
                 try:
-                    self._admission.expire(time.monotonic())
+                    self._admission.expire(now)
                 except Exception:  # (as _guarded_first_read: never the thread)
                     logger.exception("closing connections past their first-message timeout")
+                if self._heap.due(now):
+                    release_free_heap()  # (after churn, at a quiet moment: dtp.heap_release)
         except Exception:
             # (its end would leave the first records unread and the lines unexpired)
             logger.exception("the admission thread failed")
@@ -3545,6 +3552,7 @@ class DTPServer:
         arrival = _Arrival(carrier, peer, config, None)
         now = time.monotonic()
         arrival.deadline = now + config.handshake_timeout
+        self._heap.connected(now)
         self._admission.proven(arrival, None, arrival.deadline, now)
         return carrier.fileno() >= 0  # (closed: no thread for it, or its line was full)
 

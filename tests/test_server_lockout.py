@@ -13,7 +13,6 @@ refused every client at once (0 of 75 got in), the blocking one let them time ou
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from dtp.errors import DTPError
 from dtp.keys import HostIdentity
 from tests.half_handshakes import half_handshake, silent
 from tests.polling import wait_for
-from tests.procs import server_process
+from tests.procs import descriptors, rss_kib, server_process
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 TRIES = 50
@@ -121,17 +120,6 @@ def connect_and_echo(address: tuple[str, int]) -> float:
     return took
 
 
-def process_descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def process_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def connect_and_echo_to(address: tuple[str, int], key: bytes) -> float:
     """One genuine client of a server with Noise key ``key``: connect, one echo; the
     connect's time."""
@@ -151,7 +139,7 @@ def test_a_client_connects_within_a_second_while_200_addresses_attack(api: str) 
     with server_process("echo", api=api) as srv:
         pid = srv.proc.pid
         connect_and_echo_to(srv.endpoint, srv.key)  # (warm: keys made, threads started)
-        fds, rss = process_descriptors(pid), process_rss_kib(pid)
+        fds, rss = descriptors(pid), rss_kib(pid)
         took: list[float] = []
         peak_fds = peak_rss = 0
         with attack(srv.endpoint, 120):
@@ -161,8 +149,8 @@ def test_a_client_connects_within_a_second_while_200_addresses_attack(api: str) 
                 except DTPError as exc:
                     took.append(float("inf"))
                     print("failed:", exc)
-                peak_fds = max(peak_fds, process_descriptors(pid))
-                peak_rss = max(peak_rss, process_rss_kib(pid))
+                peak_fds = max(peak_fds, descriptors(pid))
+                peak_rss = max(peak_rss, rss_kib(pid))
                 time.sleep(0.05)
         assert max(took) < 1.0, (api, sorted(took)[-5:])
         # the attacker's 400 connections cost at most the bounds' worth of descriptors
