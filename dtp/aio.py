@@ -1611,7 +1611,7 @@ class _Arrival(asyncio.Protocol):
     holds its socket and what the client sent -- no Session, task or timer -- and is the
     connection's entry in the server's :class:`~dtp.handshake_gate.Admission` for good
     (its handshake's end releases its slots by it). Once the handshake may start, the
-    transport goes to the connection's :class:`_Protocol` (:meth:`DTPServer._start`)."""
+    transport goes to the connection's :class:`_Protocol` (:meth:`DTPServer._begin`)."""
 
     def __init__(
         self, server: DTPServer, config: ConnectionConfig, by_address: bool, peername: Any = None
@@ -1675,9 +1675,10 @@ class DTPServer:
 
     * until it has sent its complete first handshake record, within
       ``first_message_timeout`` (3 s), a connection holds only its socket: at most
-      ``backlog`` of them on the server and ``max_waiting_per_address`` from one
-      address, the oldest closed to make room for a newcomer (counted in
-      :attr:`unproven_closed`, as those that time out);
+      ``backlog`` of them on the server and ``max_handshakes_per_address +
+      max_waiting_per_address`` from one address, the oldest (of the address holding
+      the most) closed to make room for a newcomer (counted in :attr:`unproven_closed`,
+      as those that time out);
     * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
       the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
       that cap), or waits for them, unread, in a line of at most ``backlog`` (the
@@ -1730,7 +1731,7 @@ class DTPServer:
         )
         self._handshake_slots = self._admission.server_slots
         self._address_slots = self._admission.address_slots
-        self._expiry: asyncio.TimerHandle | None = None  # the next first-message timeout
+        self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
         # the heap's free pages go back to the system after churn (dtp.heap_release)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
