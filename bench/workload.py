@@ -19,6 +19,13 @@ class Workload:
     bar: float | None = None
     note: str = ""
     close: Callable[[], None] | None = None  # stops servers the workload started
+    #: ``ours()`` and ``peer()`` each return the figure itself (a memory size, say),
+    #: measured once a round, rather than doing ``units`` of work a call to be timed
+    measured: bool = False
+    #: the figure is a cost: the row's ratio is peer / ours (still "higher is better")
+    lower_is_better: bool = False
+    #: rounds for this row (None: compare.py's), for rows whose one round takes minutes
+    rounds: int | None = None
 
 
 def run_side(benchmark: Any, w: Workload, side: str) -> None:

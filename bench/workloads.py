@@ -254,6 +254,10 @@ from bench.hostid_rows import HOSTID_ROWS  # noqa: E402
 
 ALL.update(HOSTID_ROWS)
 
+from bench.churn_rows import churn_memory  # noqa: E402
+
+ALL["churn_memory"] = churn_memory
+
 from bench.retention_rows import ledger_retention_bulk  # noqa: E402
 
 ALL["ledger_retention_bulk"] = ledger_retention_bulk

@@ -16,11 +16,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
-from dtp.errors import ConnectionClosed, DTPError, StreamReset
+from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
 from dtp.events import (
     ConnectionAccepted,
     ConnectionTerminated,
@@ -53,6 +53,13 @@ UNSENT = "closed before all that was written was sent"
 #: as when a server's stream handler fails: the peer reads an error, not a vanished
 #: carrier, and is told no more than that.
 CALLBACK_FAILED = "internal error"
+#: How long a closed connection's carrier, half-closed once it wrote what it holds,
+#: waits for the peer to close its side (reading and dropping what still comes) before
+#: it closes anyway (both APIs). Closed at once, a socket with the peer's late bytes
+#: unread (its flow-control credit, sent as it read our last data; what a client in a
+#: sendall loop still sends) was reset, and the reset threw away what the peer had not
+#: read yet: the end of our data, and the CLOSE.
+CARRIER_DRAIN = 2.0
 #: How many of the closed streams still waiting for the connection to be done with them
 #: each :meth:`Session.forget` looks at again (see there): more than one, so that those
 #: the connection is done with leave the queue faster than closed streams join it.
@@ -77,6 +84,25 @@ def check_connect_timeout(timeout: float | None) -> None:
         raise OverflowError(
             f"a connect's timeout is at most {threading.TIMEOUT_MAX:.0f} s, got {timeout!r}"
         )
+
+
+def bounded_by_caller(cfg: ConnectionConfig, timeout: float | None) -> ConnectionConfig:
+    """A client's config for a connect the caller bounds with ``timeout`` (both APIs):
+    the caller's bound, not the config's ``handshake_timeout``, ends the handshake, and
+    the connect raises DTPTimeoutError at it. A timer of the connection's own below the
+    caller's bound failed the connect early with HandshakeError ("handshake timed
+    out"): 10 s into a 25 s connect. The handshake timer is kept one second past the
+    caller's bound, so the driver's deadline always fires first; None (no bound)
+    leaves the config's timeout in force."""
+    if timeout is None or cfg.handshake_timeout > timeout + 1.0:
+        return cfg
+    return replace(cfg, handshake_timeout=min(float(timeout) + 1.0, threading.TIMEOUT_MAX))
+
+
+def connect_timed_out(target: str, timeout: float) -> DTPTimeoutError:
+    """What a connect to ``target`` raises when the caller's ``timeout`` passed (both
+    APIs, the carrier connect and the handshake alike)."""
+    return DTPTimeoutError(f"connecting to {target} timed out after {timeout:g} s")
 
 
 T = TypeVar("T")

@@ -46,7 +46,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dtp._session import UNSENT, Session, StreamSink, check_connect_timeout
+from dtp._session import (
+    CARRIER_DRAIN,
+    UNSENT,
+    Session,
+    StreamSink,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -68,7 +76,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any
+from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any, endpoint_text
 from dtp.chain.objects import OpenedConnection
 from dtp.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.errors import (
@@ -79,15 +87,21 @@ from dtp.errors import (
     LocalProtocolError,
     StreamReset,
 )
+from dtp.handshake_gate import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    Admission,
+    FirstMessage,
+    Progress,
+    Why,
+    checked_first_message_timeout,
+)
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
-    AddressSlots,
-    ServerSlots,
-    Verdict,
     address_key,
 )
+from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.replay_guard import ReplayGuard
@@ -126,12 +140,6 @@ CLOSE_LINGER = 5.0
 #: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
-#: How long a closed connection's carrier, half-closed once it wrote what it holds,
-#: waits for the peer to close its side (reading and dropping what still comes) before
-#: it closes anyway. Closed at once, a socket with the peer's late bytes unread (its
-#: flow-control credit, sent as it read our last data) was reset, and the reset threw
-#: away what the peer had not read yet: the end of our data, and the CLOSE.
-CARRIER_DRAIN = 2.0
 _LIMIT = 2**16  # asyncio.StreamReader's default line limit
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
@@ -168,9 +176,6 @@ class _Protocol(asyncio.Protocol):
         #: Keep the carrier open once the session ended, until its owner closes it (a
         #: paid server settles first: the client waits for our end before it looks)
         self.hold_carrier = False
-        #: Called once the transport is set (a server decides by the peer's address
-        #: whether to serve the connection at all)
-        self.on_connected: Callable[[], None] | None = None
         #: What ``get_extra_info("peername")`` reports when the transport's own would
         #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
         #: transport is a local socket pair
@@ -198,8 +203,6 @@ class _Protocol(asyncio.Protocol):
                 with contextlib.suppress(OSError):
                     tune(sock)
             self.flush()
-            if self.on_connected is not None:
-                self.on_connected()
         except BaseException as exc:
             # left to asyncio's log, the connection was half-made: a client's first
             # handshake message never went (its open waited for its timeout, or for
@@ -289,7 +292,7 @@ class _Protocol(asyncio.Protocol):
             drain
             and not transport.is_closing()
             and transport.can_write_eof()
-            and self.conn.peer_may_send_credit()
+            and (self.conn.peer_may_send_credit() or self._peer_may_send_more())
         ):
             try:
                 transport.write_eof()  # (after what the transport holds)
@@ -301,6 +304,22 @@ class _Protocol(asyncio.Protocol):
                     self._abort_after_grace(transport.get_write_buffer_size())
                 return
         self._close_transport()
+
+    def _peer_may_send_more(self) -> bool:
+        """Whether the client, not told yet that we closed, may still be sending: a
+        server ended an established connection for a reason (a firewall, payment or rate
+        close, an abort). Its bytes, unread at our close, reset the carrier, and the
+        reset overtook our CLOSE: a client denied in a sendall loop read a bare
+        ConnectionLost (tests/test_close_code_delivery.py). (A client's abort closes at
+        once, as asyncio's transport.abort(): the loop may end right after it.)"""
+        ended = self.conn.termination  # (the session learns of it at its next events)
+        return (
+            ended is not None
+            and not ended.by_peer
+            and ended.error_code != CloseCode.NO_ERROR
+            and not self.conn.is_client
+            and self.conn.handshake_hash is not None
+        )
 
     def _end_drain(self) -> None:
         """The peer did not close its side within CARRIER_DRAIN: close ours."""
@@ -1476,7 +1495,7 @@ async def _open(
     ``while_waiting(protocol)`` runs once the first handshake message is out, while the
     server works on it; what it raises fails the connect."""
     loop = asyncio.get_running_loop()
-    session = Session(cfg, now=loop.time())
+    session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
     proto = _Protocol(session, loop)
 
     async def establish() -> None:
@@ -1509,7 +1528,9 @@ async def _open(
     except BaseException as exc:
         _abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
         if isinstance(exc, TimeoutError):
-            raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
+            if timeout is None:  # (a ledger call's, in while_waiting)
+                raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
+            raise connect_timed_out(endpoint_text(host, port), timeout) from None
         raise
     return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
 
@@ -1583,46 +1604,95 @@ def _being_cancelled() -> bool:
     return task is None or task.cancelling() > 0
 
 
-def _waiting_gone(proto: _Protocol) -> bool:
-    """Whether a connection waiting for a handshake slot was closed meanwhile (its
-    session's handshake timer closes it, unread, when its timeout passes)."""
-    return proto.transport is None or proto.transport.is_closing()
+class _Arrival(asyncio.Protocol):
+    """A server's new connection until its handshake starts (dtp.handshake_gate): it
+    reads the client's first record, then waits for its handshake slots unread. It
+    holds its socket and what the client sent -- no Session, task or timer -- and is the
+    connection's entry in the server's :class:`~dtp.handshake_gate.Admission` for good
+    (its handshake's end releases its slots by it). Once the handshake may start, the
+    transport goes to the connection's :class:`_Protocol` (:meth:`DTPServer._begin`)."""
+
+    def __init__(
+        self, server: DTPServer, config: ConnectionConfig, by_address: bool, peername: Any = None
+    ) -> None:
+        self.server = server
+        self.config = config
+        #: capped by the client's address (TCP); else a ledger bridge, a local socket
+        self.by_address = by_address
+        self.peername = peername
+        self.transport: asyncio.Transport | None = None
+        self.reader = FirstMessage()
+        self.key: str | None = None
+        self.deadline = 0.0  # its accept plus its handshake timeout (monotonic)
+        self.proto: _Protocol | None = None  # made as its handshake starts
+        self.lost = False
+        self.gave_way = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                from dtp.carriers.tcp import tune
+
+                with contextlib.suppress(OSError):
+                    tune(sock)
+            self.server._arrived(self)
+        except Exception:
+            # (a server fault at a connection's start: closed, the server goes on)
+            logger.exception("dtp: a new connection could not be taken in")
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        progress = self.reader.feed(data)
+        if progress is Progress.COMPLETE:
+            assert self.transport is not None
+            self.transport.pause_reading()  # (until its handshake starts)
+            self.server._proven(self)
+        elif progress is Progress.INVALID:
+            self.server._not_dtp(self)
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server._admission.dropped(self)
 
 
-def _close_waiting(protos: list[_Protocol]) -> None:
-    """Close connections taken out of a line unserved (most are closed already)."""
-    for proto in protos:
-        if proto.transport is not None:
-            proto.transport.close()
+def _waiting_gone(arrival: _Arrival) -> bool:
+    """Whether a connection waiting for a handshake slot was closed meanwhile."""
+    return arrival.lost or arrival.transport is None or arrival.transport.is_closing()
 
 
 class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
-    Each handshake in progress costs a socket, a task and the handshake's state until
-    ``handshake_timeout``, so they are bounded as in :class:`dtp.socket.DTPServer`:
+    New connections are admitted as :class:`dtp.socket.DTPServer` admits them, by the
+    same engine (:class:`dtp.handshake_gate.Admission`, docs/protocol.md §8):
 
-    * at most ``max_handshakes`` (32) on the whole server, so that many client addresses
-      (or one client with many IPv6 /64s) cannot open them without bound. Further
-      connections -- over the ledger carrier too -- wait for one to end, unread and
-      holding only their socket (no task), in one line in the order they reach it (one
-      that waited in its address's line joins it when its address's turn comes), of at
-      most ``backlog`` connections (what the blocking server's listen backlog holds
-      while its handshakes are all taken); the first in line starts as a handshake ends;
-    * at most ``max_handshakes_per_address`` from one client IP address (an IPv6 /64),
-      so a single client cannot take all of those. Its further TCP connections wait,
-      unread, in a line of their own of at most ``max_waiting_per_address``, checked
-      first (as the blocking server does: an address at its cap never waits in, nor
-      fills, the server's line); None lifts that cap. Connections that come over the
-      ledger carrier have no IP address and are not capped by it.
+    * until it has sent its complete first handshake record, within
+      ``first_message_timeout`` (3 s), a connection holds only its socket: at most
+      ``backlog`` of them on the server and ``max_handshakes_per_address +
+      max_waiting_per_address`` from one address, the oldest (of the address holding
+      the most) closed to make room for a newcomer (counted in :attr:`unproven_closed`,
+      as those that time out);
+    * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
+      the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
+      that cap), or waits for them, unread, in a line of at most ``backlog`` (the
+      server's) or ``max_waiting_per_address`` (its address's), in arrival order, until
+      its accept plus its handshake timeout. A proven connection that has to wait makes
+      the oldest *half-handshake* -- one waiting for its client's next message -- give
+      way (closed, counted in :attr:`half_handshakes_evicted`), so clients that stopped
+      midway cannot hold the slots against clients that speak;
+    * one that finds a line full, or waited past its deadline, is closed with no DTP
+      reply, counted in :attr:`busy_refused`.
 
-    A connection that finds its line full, or whose wait outlasted its handshake timeout
-    (counted from its accept) by the time its turn comes, is closed with no DTP reply and
-    counted in :attr:`busy_refused`; a newcomer that finds a line full first clears it
-    of those (and of those closed meanwhile), so a line of connections nobody can serve
-    any more turns nobody away. A handshake's slots are free again however it ends
-    (accepted, refused, failed, timed out, cancelled), and :meth:`close` closes the
-    connections still waiting (and any whose accept completes after it)."""
+    Connections over the ledger carrier skip the first step and the address cap. A
+    handshake's slots are free again however it ends (accepted, refused, failed, timed
+    out, given way, cancelled), and :meth:`close` closes the connections still waiting
+    (and any whose accept completes after it)."""
 
     def __init__(
         self,
@@ -1637,25 +1707,35 @@ class DTPServer:
         settle_on_close: bool = False,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         backlog: int = 128,
+        first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
     ) -> None:
         """``max_handshakes`` (ValueError unless an int of at least 1, as the blocking
-        server's) and ``backlog`` (the longest line of connections waiting for one of
-        them to end; at least one): see the class docstring."""
+        server's), ``backlog`` (the longest line of connections waiting for one of
+        them to end, and of those waiting for their first message; at least one) and
+        ``first_message_timeout``: see the class docstring."""
         # first: a bad bound, or settle_on_close without ledger admission, fails before
         # anything starts (a backlog listen() refuses too: it left a bound socket open)
         _check_backlog(backlog)
-        self._handshake_slots: ServerSlots[tuple[_Protocol, str | None]] = ServerSlots(
-            max_handshakes, max(backlog, 1)
+        self._admission: Admission[_Arrival] = Admission(
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            max_waiting=max(backlog, 1),
+            max_unproven=max(backlog, 1),
+            first_message_timeout=checked_first_message_timeout(first_message_timeout),
+            start=self._begin,
+            close=self._close_unserved,
+            give_way=self._give_way,
+            gone=_waiting_gone,
         )
+        self._handshake_slots = self._admission.server_slots
+        self._address_slots = self._admission.address_slots
+        self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
+        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        self._heap = HeapRelease()
+        self._heap_look: asyncio.TimerHandle | None = None
         self._serving = served_connections(admit, identity, settle_on_close)
         self._limit = limit
-        # (each waiting connection with its deadline: it takes that into the server's
-        # line once its address's turn comes)
-        self._address_slots: AddressSlots[tuple[_Protocol, float]] | None = (
-            None
-            if max_handshakes_per_address is None
-            else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
-        )
         self._callback = callback
         self.identity = identity
         self._accept = accept
@@ -1677,6 +1757,12 @@ class DTPServer:
         #: Connections closed unserved: their address's line, or the server's, was full,
         #: or they waited in it past the handshake timeout
         self.busy_refused = 0
+        #: Connections closed before their complete first handshake record: timed out
+        #: (``first_message_timeout``), or the oldest, making room for newer ones
+        self.unproven_closed = 0
+        #: Half-handshakes (waiting for their client's next message) ended to make room
+        #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
+        self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
         # never holds a client's ledger connection (dtp.replay_guard)
         self._replays = ReplayGuard()
@@ -1684,13 +1770,18 @@ class DTPServer:
     @property
     def handshakes_in_progress(self) -> int:
         """Handshakes in progress now (at most ``max_handshakes``)."""
-        return self._handshake_slots.in_progress
+        return self._admission.in_progress
 
     @property
     def handshakes_waiting(self) -> int:
         """Connections waiting for one of the ``max_handshakes`` slots (not those
-        waiting in their own address's line)."""
-        return self._handshake_slots.waiting
+        waiting in their own address's line, nor for their first message)."""
+        return self._admission.waiting
+
+    @property
+    def unproven(self) -> int:
+        """Connections waiting for their complete first handshake record now."""
+        return len(self._admission.unproven)
 
     @property
     def replays_refused(self) -> int:
@@ -1751,11 +1842,11 @@ class DTPServer:
     def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
         loop = asyncio.get_running_loop()
 
-        def factory() -> _Protocol:
+        def factory() -> _Arrival:
             # by_address=False: the bridge is a local socket, not the client's IP
-            proto = self._protocol_factory(config, by_address=False)
-            proto.peername = bridge.peername
-            return proto
+            arrival = self._protocol_factory(config, by_address=False)
+            arrival.peername = bridge.peername
+            return arrival
 
         async def attach() -> None:
             try:
@@ -1770,221 +1861,173 @@ class DTPServer:
 
     def _protocol_factory(
         self, config: ConnectionConfig | None = None, *, by_address: bool = True
-    ) -> _Protocol:
-        """A connection's protocol; its task starts once the transport is there, when
-        the peer's address is known (``by_address``: capped by it)."""
-        loop = asyncio.get_running_loop()
-        session = Session(config or self._config, now=loop.time())
-        proto = _Protocol(session, loop)
-        proto.limit = self._limit
-        proto.on_connected = lambda: self._connected(proto, by_address)
-        return proto
+    ) -> _Arrival:
+        """A new connection's protocol until its handshake starts (``by_address``: a TCP
+        client, capped by its address and held to its first message; else a ledger
+        bridge)."""
+        return _Arrival(self, config or self._config, by_address)
 
-    def _connected(self, proto: _Protocol, by_address: bool) -> None:
-        """Serve a new connection, unless its address has its cap of handshakes in
-        progress, or the server its ``max_handshakes``: then it waits in that line, not
-        read meanwhile (or is closed at once when the line is full)."""
-        assert proto.transport is not None
+    def _arrived(self, arrival: _Arrival) -> None:
+        """A new connection (its transport just made): it waits for its first record
+        (TCP), or for its slots at once (a ledger bridge)."""
+        transport = arrival.transport
+        assert transport is not None
         if self._closed.is_set():
             # accepted as close() ran (a ledger bridge handed over just before it, its
             # attach still under way): closed unserved, as the blocking server closes
             # what it accepted once closed, rather than started after the server's end
-            proto.transport.close()
+            transport.close()
             return
-        key: str | None = None
-        slots = self._address_slots
         now = time.monotonic()
         # the connection's own handshake timeout: a ledger connection's is longer (its
-        # records take ledger transactions), and its session's timer counts that from
-        # now; the server's would turn it away while its handshake had time left
-        deadline = now + proto.conn.config.handshake_timeout
-        if by_address and slots is not None:
-            peer = proto.transport.get_extra_info("peername")
-            # no peername: the client is gone already and its handshake fails at once
-            if peer:
-                key = address_key(str(peer[0]))
-                if slots.waiting(key) >= slots.max_waiting:
-                    expired, left = slots.purge(key, now, lambda waited: _waiting_gone(waited[0]))
-                    self._refuse_busy([p for p, _ in expired], "it waited too long")
-                    _close_waiting([p for p, _ in left])
-                verdict = slots.take_or_wait(key, (proto, deadline), deadline)
-                if verdict is Verdict.WAITING:
-                    proto.transport.pause_reading()  # its handshake starts in its turn
-                    return
-                if verdict is Verdict.FULL:
-                    self._refuse_busy([proto], "its address's line is full")
-                    return
-        # the address's slot first, then the server's, as the blocking server takes
-        # them: an address at its cap never waits in (nor fills) the server's line
-        started = False
-        try:
-            self._purge_server_line(now)
-            started = self._take_server_slot(proto, key, deadline)
-        finally:
-            # (not started, or KeyboardInterrupt say: its address slot is free again)
-            if not started and key is not None:
-                self._release_address(key)
-
-    def _purge_server_line(self, now: float) -> None:
-        """A newcomer is about to find the server's line full: first take out of it the
-        connections that waited past their deadline (closed, counted in
-        :attr:`busy_refused`) or were closed meanwhile (by their own handshake timer),
-        and free the address slots they held. Left there they kept their places until
-        their turn -- a handshake timeout or more, a handshake in progress taking its
-        hooks' time -- and every newcomer meanwhile was turned away, by a line of
-        connections nobody could serve any more. Their addresses' next connections,
-        which came before the newcomer, take those places first."""
-        line = self._handshake_slots
-        if line.waiting < line.max_waiting:
+        # records take ledger transactions)
+        arrival.deadline = now + arrival.config.handshake_timeout
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # (made outside it: its first connection)
+        self._heap.connected(now)
+        if self._heap_look is None:
+            self._look_at_heap()
+        if not arrival.by_address:
+            transport.pause_reading()  # (its first record is read as its handshake starts)
+            self._admission.proven(arrival, None, arrival.deadline, now)
+            self._arm_expiry()
             return
-        expired, left = line.purge(now, lambda waited: _waiting_gone(waited[0]))
-        self._refuse_busy([proto for proto, _ in expired], "it waited too long")
-        _close_waiting([proto for proto, _ in left])
-        for _, key in expired + left:
-            if key is not None:
-                self._release_address(key)
+        peer = transport.get_extra_info("peername")
+        if not peer:
+            transport.close()  # the client is gone already
+            return
+        arrival.key = address_key(str(peer[0]))
+        self._admission.arrived(arrival, arrival.key, now)
+        self._arm_expiry()
 
-    def _take_server_slot(self, proto: _Protocol, key: str | None, deadline: float) -> bool:
-        """Start ``proto``'s handshake (it holds ``key``'s address slot, if any) once it
-        has one of the server's ``max_handshakes`` slots: at once, or in its turn in the
-        server's line (until ``deadline``), unread meanwhile. False when it did not
-        start and will not: the line was full (it is closed) or it could not start; its
-        address slot is then the caller's to release."""
-        transport = proto.transport
-        assert transport is not None
-        verdict = self._handshake_slots.take_or_wait((proto, key), deadline)
-        if verdict is Verdict.WAITING:
-            transport.pause_reading()
-            return True
-        if verdict is Verdict.FULL:
-            self._refuse_busy([proto], "the server's line is full")
+    def _proven(self, arrival: _Arrival) -> None:
+        """``arrival`` sent its complete first record: on to the handshake slots."""
+        self._admission.proven(arrival, arrival.key, arrival.deadline, time.monotonic())
+        self._arm_expiry()  # (it may wait in a line, until its deadline)
+
+    def _not_dtp(self, arrival: _Arrival) -> None:
+        """``arrival``'s first bytes are not a DTP handshake record: closed, no reply."""
+        if self._admission.dropped(arrival):
+            self.handshakes_failed += 1
+        if arrival.transport is not None:
+            arrival.transport.close()
+
+    def _arm_expiry(self) -> None:
+        """Have the next deadline -- a first-message timeout, a wait in a line -- met on
+        time (one timer for them all)."""
+        deadline = self._admission.next_deadline()
+        loop = self._loop
+        if deadline is None or loop is None or not loop.is_running():
+            return  # (nothing waits; or the loop is ending: close() closes them)
+        delay = max(deadline - time.monotonic(), 0.0)
+        if self._expiry is not None:
+            if self._expiry.when() <= loop.time() + delay:
+                return  # (it fires first: then it looks again)
+            self._expiry.cancel()
+        self._expiry = loop.call_later(delay, self._expire)
+
+    def _look_at_heap(self) -> None:
+        """Trim the heap when :class:`~dtp.heap_release.HeapRelease` says so, and look
+        again when it says (one timer, made only while connections come)."""
+        self._heap_look = None
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._closed.is_set():
+            return
+        now = time.monotonic()
+        if self._heap.due(now):
+            release_free_heap()
+        look = self._heap.next_look(now)
+        if look is not None:
+            self._heap_look = loop.call_later(max(look - now, 0.0), self._look_at_heap)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self._admission.expire(time.monotonic())
+        self._arm_expiry()
+
+    def _begin(self, arrival: _Arrival) -> bool:
+        """The admission's ``start``: ``arrival`` holds its slots; its handshake begins
+        (a Session, the transport handed to its :class:`_Protocol`, its first record
+        read). False when it cannot (the server closed, the client left): closed."""
+        transport = arrival.transport
+        if self._closed.is_set() or _waiting_gone(arrival) or transport is None:
+            if transport is not None:
+                transport.close()
             return False
-        transport.resume_reading()  # (it may have waited in its address's line)
+        proto: _Protocol | None = None
         try:
-            self._start_serving(proto, key)
-        except BaseException as exc:
-            # the slot it took would stay taken for good, and the server locked out once
-            # that happened max_handshakes times
-            self._release_server_slot()
-            if not isinstance(exc, Exception):
-                raise
-            proto._fail(exc)  # (out of memory for a task, say: the connection ends)
+            loop = asyncio.get_running_loop()
+            session = Session(arrival.config, now=loop.time())
+            proto = _Protocol(session, loop)
+            proto.limit = self._limit
+            proto.peername = arrival.peername
+            arrival.proto = proto
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
+            first = arrival.reader.take()
+            if first:
+                proto.data_received(first)
+            transport.resume_reading()
+            self._start_serving(arrival)
+        except Exception as exc:  # (out of memory for a task, say: the connection ends)
+            if proto is not None:
+                proto._fail(exc)
+            else:
+                transport.close()
             return False
         return True
 
-    def _start_serving(self, proto: _Protocol, key: str | None) -> None:
+    def _start_serving(self, arrival: _Arrival) -> None:
         started: list[bool] = []  # set by _serve's first step
-        task = proto.loop.create_task(self._serve(proto, key, started))
+        assert arrival.proto is not None
+        proto = arrival.proto
+        task = proto.loop.create_task(self._serve(arrival, started))
 
         def done(task: asyncio.Task[None]) -> None:
             self._tasks.discard(task)
             if task.cancelled() and not started:
                 # cancelled before its first step (the loop shutting down): none of
                 # _serve ran, its finally blocks included
-                self._handshake_ended(key, start_next=False)
+                self._admission.ended(arrival, time.monotonic(), start_next=False)
                 _abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
 
         self._tasks.add(task)
         task.add_done_callback(done)
 
-    def _handshake_ended(self, key: str | None, start_next: bool = True) -> None:
-        """A handshake ended, however: its server slot goes to the first connection in
-        the server's line, then its address slot (``key``; None: it holds none) to the
-        first in that address's line. ``start_next`` False (its task was cancelled: the
-        loop is ending): the connections waiting are closed instead, as a task started
-        now would never end (asyncio.run waits only for the tasks it cancelled) and
-        left them, and their slots, held."""
-        self._release_server_slot(start_next)
-        if key is not None:
-            self._release_address(key, start_next)
-
-    def _release_server_slot(self, start_next: bool = True) -> None:
-        """Free one of the server's ``max_handshakes`` slots: the first connection in
-        its line that is still there and within its deadline takes it and starts
-        (``start_next`` False: all are closed); those that waited too long are closed.
-        Each one that leaves the line unserved frees the address slot it held."""
-        # (released once the server's line is settled: an address's next connection
-        # then queues behind those already waiting, rather than jump in mid hand-on)
-        freed: list[str] = []
-
-        def start(waited: tuple[_Protocol, str | None]) -> bool:
-            proto, key = waited
-            if self._can_start(proto, start_next):
-                assert proto.transport is not None
-                proto.transport.resume_reading()
-                try:
-                    self._start_serving(proto, key)
-                except Exception as exc:  # (out of memory for a task, say)
-                    proto._fail(exc)
-                else:
-                    return True
-            if key is not None:
-                freed.append(key)
-            return False
-
-        def refuse(expired: list[tuple[_Protocol, str | None]]) -> None:
-            self._refuse_busy([proto for proto, _ in expired], "it waited too long")
-            freed.extend(key for _, key in expired if key is not None)
-
-        self._handshake_slots.hand_on(start, refuse)
-        for key in freed:
-            self._release_address(key, start_next)
-
-    def _can_start(self, proto: _Protocol, start_next: bool) -> bool:
-        """Whether a connection whose turn in a line came may go on: not when the loop
-        is ending (``start_next`` False), the server closed, or it closed meanwhile --
-        then it is closed."""
-        transport = proto.transport
-        if (
-            start_next
-            and not self._closed.is_set()
-            and transport is not None
-            and not transport.is_closing()
-        ):
-            return True
-        if transport is not None:
-            transport.close()
-        return False
-
-    def _release_address(self, key: str, start_next: bool = True) -> None:
-        """A handshake from ``key`` ended (or a connection holding its slot left the
-        server's line): the next connection waiting in its line takes the slot and goes
-        on to the server's; those that waited too long are closed."""
-        assert self._address_slots is not None
-
-        def start(waited: tuple[_Protocol, float]) -> bool:
-            proto, deadline = waited
-            return self._can_start(proto, start_next) and self._take_server_slot(
-                proto, key, deadline
-            )
-
-        def refuse(expired: list[tuple[_Protocol, float]]) -> None:
-            self._refuse_busy([proto for proto, _ in expired], "it waited too long")
-
-        self._address_slots.hand_on(key, start, refuse)
-
-    def _refuse_busy(self, protos: list[_Protocol], why: str) -> None:
-        """Close connections that found their address's line (or the server's) full, or
-        waited in it past the handshake timeout."""
-        if not protos:
+    def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
+        """The admission's ``close``: connections it turned away (``why``)."""
+        if not arrivals:
             return
-        self.busy_refused += len(protos)
-        for proto in protos:
-            transport = proto.transport
-            if transport is None:
-                continue
-            logger.debug("closed a connection from %s unserved: %s", _peer_label(proto), why)
-            transport.close()
+        if why == "busy":
+            self.busy_refused += len(arrivals)
+        elif why != "gone":
+            self.unproven_closed += len(arrivals)
+        for arrival in arrivals:
+            transport = arrival.transport
+            if transport is not None:
+                logger.debug("closed a connection from %s unserved: %s", arrival.key, why)
+                transport.close()
 
-    async def _serve(self, proto: _Protocol, key: str | None, started: list[bool]) -> None:
+    def _give_way(self, arrival: _Arrival) -> None:
+        """The admission's ``give_way``: end a half-handshake, for a proven connection
+        waiting for a slot (its task ends it, and its slot goes on)."""
+        self.half_handshakes_evicted += 1
+        arrival.gave_way = True
+        if arrival.proto is not None:
+            _abort(arrival.proto, CloseCode.HANDSHAKE_FAILED, "gave way to a waiting client")
+            arrival.proto._notify()
+
+    async def _serve(self, arrival: _Arrival, started: list[bool]) -> None:
         """One connection: the handshake and hooks, then the client callback. It holds
-        one of the server's slots, and ``key``'s address slot (None: none), until its
-        handshake ends. Cancelled (the loop shutting down), it aborts the connection
-        rather than leave the transport open."""
+        its slots (one of the server's, one of its address's) until its handshake ends.
+        Cancelled (the loop shutting down), it aborts the connection rather than leave
+        the transport open."""
         started.append(True)
         cancelled = False
+        proto = arrival.proto
+        assert proto is not None
         try:
-            accepted = await self._handshake(proto)
+            accepted = await self._handshake(proto, arrival)
         except asyncio.CancelledError:
             # (only a cancel of this task -- the loop ending -- closes those waiting: a
             # CancelledError of something it awaited leaves the server serving them)
@@ -1994,7 +2037,9 @@ class DTPServer:
         finally:
             # however the handshake ended (accepted, refused, failed, timed out, an error
             # or a cancellation): its slots are free for the next connections
-            self._handshake_ended(key, start_next=not cancelled)
+            self._admission.ended(arrival, time.monotonic(), start_next=not cancelled)
+            if not cancelled and not self._closed.is_set():
+                self._arm_expiry()  # (those it handed on may wait in a line now)
         if not accepted:
             return
         session = proto.session
@@ -2009,6 +2054,8 @@ class DTPServer:
                 await result
         except asyncio.CancelledError:
             writer.abort("the server is shutting down")
+            # (the loop is ending: no drain can run on it, the carrier closes now)
+            proto.close_carrier(drain=False)
             raise
         except DTPError as exc:
             if isinstance(exc, LocalProtocolError) and session.terminated is None:
@@ -2047,9 +2094,14 @@ class DTPServer:
             }
         )
 
-    async def _handshake(self, proto: _Protocol) -> bool:
+    async def _handshake(self, proto: _Protocol, arrival: _Arrival) -> bool:
         """The handshake and the hooks: True once the client is accepted."""
         session = proto.session
+        if arrival.by_address and session.authenticated_address is None:
+            # its first record, read, got our reply: its client's next message is due.
+            # (A ledger bridge's first record comes over the ledger, slowly: it passed
+            # the ledger carrier's own admission, and never gives way)
+            self._admission.waiting_for_client(arrival)
         # asyncio.timeout, not wait_for: on Python 3.11 a cancel (the loop ending) that
         # came as the handshake completed was swallowed by wait_for, and the callback ran
         # in a task asyncio.run then waited on for good
@@ -2057,9 +2109,15 @@ class DTPServer:
             async with asyncio.timeout(session.conn.config.handshake_timeout):
                 await proto.wait_for(
                     lambda: (
-                        session.authenticated_address is not None or session.terminated is not None
+                        session.authenticated_address is not None
+                        or session.terminated is not None
+                        or arrival.gave_way
                     )
                 )
+        self._admission.authenticated(arrival)
+        if arrival.gave_way:
+            self.handshakes_failed += 1
+            return False
         if session.terminated is not None or session.authenticated_address is None:
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
@@ -2193,18 +2251,17 @@ class DTPServer:
         are closed)."""
         if self._server is not None:
             self._server.close()
-        in_line = self._handshake_slots.drain()
-        waiting = [proto for proto, _ in in_line]
-        if self._address_slots is not None:
-            waiting += [proto for proto, _ in self._address_slots.drain()]
-            # those in the server's line held their address's slot: free now (its line
-            # is empty, so nobody takes it), the count goes back to zero
-            for _, key in in_line:
-                if key is not None:
-                    self._release_address(key)
-        for proto in waiting:
-            if proto.transport is not None:
-                proto.transport.close()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._heap_look is not None:
+            self._heap_look.cancel()
+            self._heap_look = None
+        # those waiting for their first record or for a slot (the slots those in the
+        # server's line held free again: nobody is left to take them)
+        for arrival in self._admission.drain(time.monotonic()):
+            if arrival.transport is not None:
+                arrival.transport.close()
         if self._ledger_listener is not None:
             # told to stop, not joined: its thread may be in a ledger read for seconds
             # (a Sui node's event poll), which would hold the event loop; wait_closed()
@@ -2272,6 +2329,7 @@ async def start_server(
     start_serving: bool = True,
     limit: int = _LIMIT,
     settle_on_close: bool = False,
+    first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -2301,8 +2359,10 @@ async def start_server(
     1, before anything listens); further connections wait for one to end in a line of at
     most ``backlog``. ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
     most that many handshakes from one client IP address in progress at once (None: no
-    cap), and at most that many of its connections waiting for one to end; see
-    :class:`DTPServer`.
+    cap), and at most that many of its connections waiting for one to end.
+    ``first_message_timeout``: seconds a new connection has to send its complete first
+    handshake record (ValueError unless a number > 0); at most ``backlog`` connections
+    wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
 
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
@@ -2337,6 +2397,7 @@ async def start_server(
         settle_on_close=settle_on_close,
         max_handshakes=max_handshakes,
         backlog=backlog,
+        first_message_timeout=first_message_timeout,
     )
     if host is not None and port is not None:
         await server._start(host, port, backlog, start_serving)

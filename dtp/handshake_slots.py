@@ -1,20 +1,17 @@
-"""How many handshakes each client address has in progress on a server.
+"""How many handshakes a server, and each client address, has in progress.
 
-A handshake holds server resources from the TCP accept until the client is accepted
-or refused, up to ``ConnectionConfig.handshake_timeout``. A client that opens many
-connections and sends nothing (slowloris) would otherwise hold every one of them: in
-:class:`dtp.socket.DTPServer` that is every handshake slot (``max_handshakes``), which
-stalls the handshakes of everyone else; in :mod:`dtp.aio` a socket and a task each.
-:class:`AddressSlots` caps that per address, so one address can hold at most its share
-and its further connections wait in a short line of their own -- holding a socket,
-but no slot, thread or task -- for one of its handshakes to end. A client that opens
-many connections at once (a pool warming up, a forwarder opening a flow per source)
-is served in turn rather than refused; a line that is full, or a wait longer than the
-handshake timeout, closes the connection.
+A handshake holds server resources from its start until the client is accepted or
+refused, up to ``ConnectionConfig.handshake_timeout``. :class:`ServerSlots` bounds them
+on the whole server (``max_handshakes``), :class:`AddressSlots` per client address, so
+one address can hold at most its share; further connections wait in a line -- holding
+a socket, but no slot, thread or task -- for one of the handshakes to end. A client
+that opens many connections at once (a pool warming up, a forwarder opening a flow per
+source) is served in turn rather than refused; a line that is full, or a wait longer
+than the handshake timeout, closes the connection.
 
-Used by both servers, so the blocking and asyncio ones count the same way.
-:class:`ServerSlots` bounds the asyncio server's handshakes in progress as a whole, as
-``max_handshakes`` bounds the blocking server's.
+Only connections that proved they speak DTP take these slots, and half-handshakes give
+way to them: :class:`dtp.handshake_gate.Admission`, which both servers use, so they
+count the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_HANDSHAKES",
     "DEFAULT_MAX_HANDSHAKES_PER_ADDRESS",
     "DEFAULT_MAX_WAITING_PER_ADDRESS",
+    "SERVER_BUSY",
     "AddressSlots",
     "ServerSlots",
     "Verdict",
@@ -52,6 +50,11 @@ client that opens a few connections at once (a pool, a NAT'd office) is not refu
 DEFAULT_MAX_WAITING_PER_ADDRESS = 64
 """Connections from one address that may wait for its handshake slots (each holds only
 a socket meanwhile); beyond that they are closed at once."""
+
+
+SERVER_BUSY = "server busy"
+"""The reason a server refuses a client with (ConnectionRefused at the client) when it
+cannot take it: its application takes connections slower than they come."""
 
 
 class Verdict(enum.Enum):
@@ -187,14 +190,19 @@ class AddressSlots(Generic[T]):
             return None, expired
 
     def hand_on(
-        self, address: str, start: Callable[[T], bool], refuse: Callable[[list[T]], None]
+        self,
+        address: str,
+        start: Callable[[T], bool],
+        refuse: Callable[[list[T]], None],
+        now: float | None = None,
     ) -> None:
         """:meth:`release` one handshake of ``address`` and hand its slot on: ``refuse``
-        (close) the connections that waited past their deadline, and ``start`` the next
-        one in line -- which returns False when that one cannot start (it is gone, or
-        the server is closing): the slot then goes to the one after it."""
+        (close) the connections that waited past their deadline (``now``; by default
+        the monotonic clock's), and ``start`` the next one in line -- which returns
+        False when that one cannot start (it is gone, or the server is closing): the
+        slot then goes to the one after it."""
         while True:
-            waited, expired = self.release(address, time.monotonic())
+            waited, expired = self.release(address, time.monotonic() if now is None else now)
             if expired:
                 refuse(expired)
             if waited is None or start(waited):
@@ -238,6 +246,30 @@ class AddressSlots(Generic[T]):
             lines, self._waiting = self._waiting, {}
         return [item for line in lines.values() for _, item in line]
 
+    def expire(self, now: float) -> list[T]:
+        """Take out of every line the connections whose deadline is not after ``now``
+        (the caller closes them): they wait no longer than their deadline for a turn
+        that would refuse them anyway."""
+        expired: list[T] = []
+        with self._lock:
+            for address in [a for a, line in self._waiting.items() if line[0][0] <= now]:
+                line = self._waiting[address]
+                kept = deque(entry for entry in line if entry[0] > now)
+                expired += [item for deadline, item in line if deadline <= now]
+                if kept:
+                    self._waiting[address] = kept
+                else:
+                    del self._waiting[address]
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of those waiting in the lines' heads (None: nobody
+        waits). A line is in arrival order, its deadlines too but for connections of a
+        longer handshake timeout (over the ledger carrier), met at their turn."""
+        with self._lock:
+            heads = [line[0][0] for line in self._waiting.values() if line]
+        return min(heads, default=None)
+
     def in_progress(self, address: str) -> int:
         """Handshakes from ``address`` in progress now."""
         with self._lock:
@@ -248,6 +280,11 @@ class AddressSlots(Generic[T]):
         with self._lock:
             line = self._waiting.get(address)
             return len(line) if line else 0
+
+    def waiting_total(self) -> int:
+        """Connections waiting for a slot, from every address."""
+        with self._lock:
+            return sum(map(len, self._waiting.values()))
 
     def __len__(self) -> int:
         """Addresses with a handshake in progress."""
@@ -285,10 +322,15 @@ class ServerSlots(Generic[T]):
         """As :meth:`AddressSlots.take_or_wait`, for the server as a whole."""
         return self._slots.take_or_wait(self._ALL, item, deadline)
 
-    def hand_on(self, start: Callable[[T], bool], refuse: Callable[[list[T]], None]) -> None:
+    def hand_on(
+        self,
+        start: Callable[[T], bool],
+        refuse: Callable[[list[T]], None],
+        now: float | None = None,
+    ) -> None:
         """As :meth:`AddressSlots.hand_on`: one handshake ended (ValueError when none
         was in progress)."""
-        self._slots.hand_on(self._ALL, start, refuse)
+        self._slots.hand_on(self._ALL, start, refuse, now)
 
     def purge(self, now: float, gone: Callable[[T], bool] | None = None) -> tuple[list[T], list[T]]:
         """As :meth:`AddressSlots.purge`: ``(expired, left)`` taken out of the line."""
@@ -297,6 +339,14 @@ class ServerSlots(Generic[T]):
     def drain(self) -> list[T]:
         """Every waiting connection, taken out of the line (the server is closing)."""
         return self._slots.drain()
+
+    def expire(self, now: float) -> list[T]:
+        """As :meth:`AddressSlots.expire`."""
+        return self._slots.expire(now)
+
+    def next_deadline(self) -> float | None:
+        """As :meth:`AddressSlots.next_deadline`."""
+        return self._slots.next_deadline()
 
     @property
     def in_progress(self) -> int:

@@ -755,6 +755,30 @@ class _PaidConnection:
         now = time.monotonic()
         with self.limit_lock:
             delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+        self._hold(delay, lambda now: max(buckets.bytes.delay(now), buckets.requests.delay(now)))
+
+    def pace(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` stream bytes goes now under the
+        client's bytes/s limit: at most the bucket's take, once the bucket holds it
+        (waits until then, and while the requests/s limit is in debt). Unlimited: all of
+        it at once (no clock read, no lock). See :attr:`dtp.ratelimit.TokenBucket.take`."""
+        buckets = self.buckets
+        bucket = buckets.bytes
+        if not bucket.rate:
+            return nbytes
+        size = max(bucket.take_of(nbytes), 0)
+
+        def wait(now: float) -> float:
+            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+
+        with self.limit_lock:
+            delay = wait(time.monotonic())
+        self._hold(delay, wait)
+        return size
+
+    def _hold(self, delay: float, again: Callable[[float], float]) -> None:
+        """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
+        limits' lock), or until the connection ends."""
         # a wait the connection's end cuts short: a large chunk's debt at a low rate
         # lasts long, and a plain sleep held the handler -- and so the settlement and
         # the server's release -- for all of it after the client had gone. Looked at
@@ -771,9 +795,8 @@ class _PaidConnection:
                 engine.pump(ended, min(delay, step))
             if ended():
                 return
-            now = time.monotonic()
             with self.limit_lock:
-                delay = max(buckets.bytes.delay(now), buckets.requests.delay(now))
+                delay = again(time.monotonic())
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
@@ -840,7 +863,7 @@ class PaidSocket:
         paid = self._paid
         if paid._credit <= 0:
             paid.wait_paid(self._sock)
-        data = self._sock.recv(paid.room(bufsize), flags)
+        data = self._sock.recv(paid.pace(paid.room(bufsize)), flags)
         paid.throttle(len(data))
         return data
 
@@ -865,11 +888,16 @@ class PaidSocket:
             # (a size past the buffer, cut to the credit, escaped them: read)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
+        buckets = paid.buckets
+        if buckets.bytes.rate:
+            paced = paid.pace(size)
+            if paced < size:
+                recv_into_target(buffer, nbytes, flags)  # (as the gate's cut, above)
+            size = paced
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)
         n: int = self._sock.recv_into(buffer, size, flags)
         paid._credit -= n if n > _CALL_COST else _CALL_COST
-        buckets = paid.buckets
         if buckets.bytes.rate or buckets.requests.rate:
             paid.limit(n)
         return n
@@ -881,7 +909,9 @@ class PaidSocket:
         paid = self._paid
         paid.wait_send(self._sock)
         view = memoryview(data).cast("B")
-        size = len(view)
+        size = paid.pace(len(view))
+        if size < len(view):
+            view = view[:size]
         room = paid.reserve(size)
         try:
             n = self._sock.send(view if room == size else view[:room], flags)

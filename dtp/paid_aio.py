@@ -419,9 +419,13 @@ class _PaidConnection:
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
         now = time.monotonic()
-        await self._hold(
-            max(self.buckets.bytes.charge(nbytes, now), self.buckets.requests.charge(requests, now))
-        )
+        buckets = self.buckets
+        delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+        await self._hold(delay, self._debt)
+
+    def _debt(self, now: float) -> float:
+        """Seconds until neither rate limit is in debt."""
+        return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
 
     def charged_already(self, datagram: bytes) -> bool:
         """Whether ``datagram``, just read, is one a cancelled read put back, charged
@@ -435,11 +439,12 @@ class _PaidConnection:
 
     def send_slice(self) -> int:
         """The most bytes to let out between two looks at the rate limits: dtp.paid's
-        sendall slice, or the bytes/s limit's burst when smaller."""
+        sendall slice, or the bytes/s limit's take when smaller
+        (:attr:`dtp.ratelimit.TokenBucket.take`)."""
         bucket = self.buckets.bytes
         if not bucket.rate:
             return _SEND_SLICE
-        return min(_SEND_SLICE, max(4096, int(bucket.capacity)))
+        return min(_SEND_SLICE, bucket.take_of(_SEND_SLICE))
 
     def write_slice(self) -> int:
         """The most bytes of a write to let out at once: :meth:`send_slice` under a
@@ -451,6 +456,28 @@ class _PaidConnection:
         for by a wait before more goes)."""
         bucket = self.buckets.bytes
         return bool(bucket.rate) and bucket.delay(time.monotonic()) > 0
+
+    def held_back(self, nbytes: int) -> bool:
+        """Whether the client's bytes/s limit holds back a write of ``nbytes`` now: its
+        bucket does not hold the first piece of it yet (:meth:`pace` waits for that)."""
+        bucket = self.buckets.bytes
+        return bool(bucket.rate) and bucket.wait_for(nbytes, time.monotonic()) > 0
+
+    async def pace(self, nbytes: int) -> int:
+        """As :meth:`dtp.paid._PaidConnection.pace`: how much of a read or write of
+        ``nbytes`` goes now, once the bytes/s limit's bucket holds it (waits until then,
+        and while the requests/s limit is in debt)."""
+        buckets = self.buckets
+        bucket = buckets.bytes
+        if not bucket.rate:
+            return nbytes
+        size = max(bucket.take_of(nbytes), 0)
+
+        def wait(now: float) -> float:
+            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+
+        await self._hold(wait(time.monotonic()), wait)
+        return size
 
     def charge(self, nbytes: int) -> bool:
         """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
@@ -467,11 +494,10 @@ class _PaidConnection:
         a :meth:`throttle` of nothing does not wait for it)."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
-        now = time.monotonic()
-        await self._hold(max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now)))
+        await self._hold(self._debt(time.monotonic()), self._debt)
 
-    async def _hold(self, delay: float) -> None:
-        """Wait ``delay`` seconds, and then while the rate limits are still in debt."""
+    async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
+        """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
         # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held the
         # handler, and so the settlement, for a large chunk's whole debt after the
         # client had gone. Looked at again each refresh interval (as dtp.paid's): a
@@ -484,8 +510,7 @@ class _PaidConnection:
                     await self.proto.wait_for(lambda: session.terminated is not None)
             if session.terminated is not None:
                 return
-            now = time.monotonic()
-            delay = max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+            delay = again(time.monotonic())
 
     def deny(self) -> None:
         logger.info(
@@ -525,7 +550,7 @@ class PaidReader:
         paid = self._paid
         await paid.wait_paid()
         # the connection may have ended while paused: a read of 1 reports it
-        data = await self._reader.read(paid.room(n) or 1)
+        data = await self._reader.read(await paid.pace(paid.room(n) or 1))
         return await self._throttled(data)
 
     async def _throttled(self, data: bytes) -> bytes:
@@ -670,11 +695,12 @@ class PaidWriter:
         paid = self._paid
         # what the gate allows goes now and is charged to the rate limits at once: left
         # to drain(), a callback that never drains (write, write, close) went past the
-        # client's bytes/s limit for good. While the limit is in debt, nothing goes:
-        # the bytes are held, and let out at the rate (_release); else a burst's worth
-        # at most (one large write went whole, a 4 MiB one in 6 ms to a client limited
-        # to 100 kB/s, whose limit then held back only the connection's end)
-        room = 0 if paid.in_debt() else min(paid.send_room(size), paid.write_slice())
+        # client's bytes/s limit for good. While the limit's bucket has not refilled
+        # for a piece, nothing goes: the bytes are held, and let out at the rate
+        # (_release); else one piece at most (TokenBucket.take: one large write went
+        # whole, a 4 MiB one in 6 ms to a client limited to 100 kB/s, whose limit then
+        # held back only the connection's end)
+        room = 0 if paid.held_back(size) else min(paid.send_room(size), paid.write_slice())
         if room == size:
             self._writer.write(data)
             self._charged(size)
@@ -712,8 +738,8 @@ class PaidWriter:
                 # twice the rate)
                 # (the debt first: wait_send waits for payment only, and a slice let
                 # out while in debt went past the limit by as much)
-                await paid.wait_limits()
-                n = await paid.wait_send(min(len(self._held) - start, paid.send_slice()))
+                paced = await paid.pace(min(len(self._held) - start, paid.send_slice()))
+                n = await paid.wait_send(paced)
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held
                 with memoryview(self._held) as held, held[start : start + n] as piece:

@@ -3,6 +3,9 @@
 - :class:`TokenBucket` — a rate in units per second; :meth:`TokenBucket.charge` says
   how long to wait so that what was used stays within the rate. Callers wait *before*
   serving more (and so before returning flow-control credit): back-pressure, never drops.
+  A stream's bytes move in pieces of at most :attr:`TokenBucket.take`, each once the
+  bucket has refilled for it (:meth:`TokenBucket.wait_for`), so every one-second window
+  carries the rate within 15 % (tests/test_ratelimit_smoothness.py).
 - :class:`RateLimiter` — one pair of buckets (bytes/s, requests/s) per client address,
   shared by all of that client's connections, as the Host's ``Firewall`` publishes them.
 - :class:`HostPolicy` — the Host as last read, re-read every ``refresh_interval``;
@@ -68,6 +71,40 @@ class TokenBucket:
         # request ran a full bucket into debt, so every request, the first one and those
         # of a client well within the rate, waited (3/4 s each at 1 request/s)
         return max(self.rate * self.burst_seconds, 1.0)
+
+    @property
+    def take(self) -> float:
+        """The most one move of a stream's bytes takes at once under a limit: a fifth of
+        the burst (a twentieth of a second of the rate by default; one unit at least).
+        See :meth:`wait_for`."""
+        return max(self.capacity / 5, 1.0)
+
+    def take_of(self, amount: int) -> int:
+        """How much of a move of ``amount`` units goes in one piece: all of it when
+        unlimited or within :attr:`take`, else :attr:`take` (one unit at least)."""
+        if not self.rate or amount <= self.take:
+            return amount
+        return int(self.take)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds to wait before a stream moves a piece of ``amount`` units (at most
+        :attr:`take`; more counts as that): until the bucket has refilled to within one
+        take of full (and holds the piece). 0 when it has, or when unlimited.
+
+        A sustained stream then moves one take per take's worth of time, after at most
+        two at its start, and the bytes of any one-second window stay within the rate
+        plus three takes (two at the start, one a window boundary may split): 15 % at
+        the default burst (tests/test_ratelimit_smoothness.py). What the rest of the
+        burst holds serves short exchanges at once. Charged after the fact instead, a
+        read of whatever had arrived (1.1 MB at 200 kB/s) went at once and was paid for
+        by a 5.5 s wait: 5.6 times the rate in that second, nothing in the next five."""
+        rate = self.rate  # (read once: see delay)
+        if rate == 0:
+            return 0.0
+        self._refill(now)
+        take = self.take
+        need = max(self.capacity - take, min(amount, take)) - self.tokens
+        return 0.0 if need <= 0 else need / rate
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:

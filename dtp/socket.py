@@ -41,10 +41,18 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dtp._poll import wait_ready
-from dtp._session import CALLBACK_FAILED, UNSENT, Session, check_connect_timeout
+from dtp._session import (
+    CALLBACK_FAILED,
+    CARRIER_DRAIN,
+    UNSENT,
+    Session,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 from dtp._state import SendState
 from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
@@ -67,7 +75,7 @@ from dtp.carriers.ledger_bridge import (
     connect_ledger_carrier,
     ledger_config,
 )
-from dtp.carriers.tcp import connect_any, connect_tcp, listen_tcp, tune
+from dtp.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
 from dtp.connection import (
     DATAGRAM_SEND_BACKLOG,
     CloseCode,
@@ -85,15 +93,24 @@ from dtp.errors import (
     SendAfterShutdown,
     SocketClosed,
 )
+from dtp.handshake_gate import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    Admission,
+    FirstMessage,
+    Progress,
+    Why,
+    checked_first_message_timeout,
+)
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
+    SERVER_BUSY,
     AddressSlots,
     ServerSlots,
-    Verdict,
     address_key,
 )
+from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.keys import HostIdentity
 from dtp.keys_ahead import (
     next_ephemeral_public,
@@ -205,6 +222,8 @@ class _Engine:
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
         self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        # a server's accepted connection holding one of its accept() queue's places
+        self.holds_place = False
         # the next connect's keys still to make (_NextConnectKeys), made while we would
         # wait on the carrier (_make_ahead)
         self.ahead: _NextConnectKeys | None = None
@@ -843,21 +862,43 @@ class _Engine:
             carrier = self.sock.dup()
         except OSError:
             return
-        try:
-            carrier.shutdown(_socket.SHUT_WR)
-        except OSError:
-            carrier.close()
-            return
         _TIMERS.drain(carrier, patience)
 
     def abort(self, code: int, reason: str) -> None:
+        """Close the connection at once with ``code`` and ``reason``, dropping queued
+        data. A server's CLOSE for a reason, once the handshake is done, still reaches
+        the client whatever it is doing: the carrier goes to the timer thread, which
+        writes what is left of the CLOSE, half-closes, and reads (dropping) what the
+        client still sends until it closes its side or CARRIER_DRAIN passes
+        (:meth:`_TimerService.drain`). Closed with the client's bytes unread, the
+        carrier was reset, and the reset overtook the CLOSE: a client denied in a
+        sendall loop read a bare ConnectionLost (tests/test_close_code_delivery.py)."""
         with self.lock:
             if self.closed:
                 return
             self.conn.close(code, reason)
             self.flush()
             self.session.process_events()
+            if (
+                code != CloseCode.NO_ERROR
+                and not self.conn.is_client
+                and self.conn.handshake_hash is not None
+            ):
+                self._drain_closing()
             self._release()
+
+    def _drain_closing(self) -> None:
+        """Leave the carrier to the timer thread's drain (lock held; :meth:`abort`):
+        a duplicate of it, with the output still queued, so that :meth:`_release` closes
+        ours as it would."""
+        if self.carrier_closed:
+            return
+        try:
+            carrier = self.sock.dup()
+        except OSError:
+            return  # (out of descriptors: closed at once, as before)
+        out, self.out = self.out, []
+        _TIMERS.drain(carrier, CARRIER_DRAIN, out)
 
     def _release(self, closing: bool = False) -> None:
         """Close the carrier and wake every waiter (lock held). ``closing``: the
@@ -923,26 +964,32 @@ class _TimerService:
         self._closers: dict[threading.Thread, float] = {}
         # closed with a file still open: closed at exit if no file's close did it
         self._deferred: weakref.WeakSet[DTPSocket] = weakref.WeakSet()
-        # carriers abandoned with the peer still reading (_Engine._drain_detached): read
-        # and discarded until the peer closes its side or the deadline, then closed
-        self._draining: dict[int, tuple[_socket.socket, float]] = {}
+        # carriers abandoned with the peer still reading (_Engine._drain_detached) or
+        # still sending (_Engine._drain_closing): their output written, then half-closed,
+        # read and discarded until the peer closes its side or the deadline, then closed
+        self._draining: dict[int, tuple[_socket.socket, float, list[memoryview]]] = {}
         self._drain_buf = bytearray(64 * 1024)  # (the thread's alone)
 
     def add(self, engine: _Engine) -> None:
         with self._lock:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
-            if self._thread is None or not self._thread.is_alive():
-                if self._wake_fds is None or self._pid != os.getpid():
-                    # (a forked child: the pipe it inherited is its parent's thread's too)
-                    self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                    self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
-                self._thread.start()
-            elif head is None or self._heap[0][0] < head:
-                # the thread sleeps until the old head: wake it only for an earlier one
-                # (every connect would otherwise wake it, on both sides)
+            # (a thread just started needs no wake; one asleep until the old head is
+            # woken only for an earlier one: every connect would wake it, on both sides)
+            if self._started() and (head is None or self._heap[0][0] < head):
                 self._wake()
+
+    def _started(self) -> bool:
+        """Start the thread unless it runs (lock held): whether it ran already."""
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        if self._wake_fds is None or self._pid != os.getpid():
+            # (a forked child: the pipe it inherited is its parent's thread's too)
+            self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
+        self._thread.start()
+        return False
 
     def watch(self, engine: _Engine) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
@@ -965,25 +1012,49 @@ class _TimerService:
         self._closing.append(sock)
         self._wake()
 
-    def drain(self, carrier: _socket.socket, patience: float) -> None:
-        """Read (discarding) from the non-blocking, half-closed ``carrier`` until its
-        peer closes its side, an error, or ``patience`` seconds; then close it."""
+    def drain(
+        self, carrier: _socket.socket, patience: float, out: list[memoryview] | None = None
+    ) -> None:
+        """Write ``out`` (what its engine had queued) to the non-blocking ``carrier``,
+        half-close it, and read (discarding) from it until its peer closes its side, an
+        error, or ``patience`` seconds; then close it."""
+        pending = out or []
+        if not pending and not self._half_close(carrier):
+            return
         with self._lock:
-            # (the thread runs: the engine that abandoned this carrier started it)
-            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience)
+            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience, pending)
+            self._started()  # (a refused client's engine never started it)
         self._wake()
+
+    @staticmethod
+    def _half_close(carrier: _socket.socket) -> bool:
+        """Shut ``carrier``'s sending side (closed when that fails: False)."""
+        try:
+            carrier.shutdown(_socket.SHUT_WR)
+        except OSError:
+            carrier.close()
+            return False
+        return True
 
     def _drain_ready(self, fd: int) -> None:
         with self._lock:
             entry = self._draining.get(fd)
         if entry is None:
             return
-        carrier = entry[0]
+        carrier, _, pending = entry
         try:
+            while pending:
+                n = carrier.send(pending[0])
+                if n < len(pending[0]):
+                    pending[0] = pending[0][n:]
+                    break
+                pending.pop(0)
+                if not pending and not self._half_close(carrier):
+                    raise OSError  # (closed: dropped below)
             while carrier.recv_into(self._drain_buf):
                 pass
         except (BlockingIOError, InterruptedError):
-            return  # all read for now
+            return  # all written and read for now
         except OSError:
             pass
         with self._lock:
@@ -1107,13 +1178,13 @@ class _TimerService:
                     _, _, due = heapq.heappop(self._heap)
                 else:
                     until = self._heap[0][0] if self._heap else None
-                    for fd, (carrier, deadline) in list(self._draining.items()):
+                    for fd, (carrier, deadline, pending) in list(self._draining.items()):
                         if deadline <= now:
                             del self._draining[fd]
                             carrier.close()
                         else:
                             until = deadline if until is None else min(until, deadline)
-                            poller.register(fd, select.POLLIN)
+                            poller.register(fd, select.POLLIN | (select.POLLOUT if pending else 0))
                     for key, (ref, after, _, _) in list(self._watched.items()):
                         engine = ref()
                         if engine is None or engine.closed or engine.carrier_closed:
@@ -2768,6 +2839,7 @@ def _connect(
     the caller starts the engine's timers (``_Engine.start_timer``) once it has set the
     engine up (a metered client's payment: its passes come more often)."""
     start = time.monotonic()
+    cfg = bounded_by_caller(cfg, timeout)
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
     try:
         session = Session(cfg)  # (starts the handshake: a bad server key fails here)
@@ -2816,6 +2888,12 @@ def _connect(
                 )
             if not session.accepted:
                 raise HandshakeError.for_client(session.error)
+    except DTPTimeoutError:
+        engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
+        if timeout is None:
+            raise  # (a ledger call's, in while_waiting)
+        # (the pump's "timed out" names neither the server nor the bound)
+        raise connect_timed_out(name or endpoint_text(*address), timeout) from None
     except BaseException:
         engine.abort(CloseCode.HANDSHAKE_FAILED, "client gave up")
         raise
@@ -2917,40 +2995,80 @@ class _AcceptTurn:
 
 
 _ACCEPT_TURN = _AcceptTurn()
-# what a connection thread is given: the turn to accept, or a carrier to serve (with
-# the client IP address whose per-address handshake slot it holds, if any), or a
-# connection whose turn in its address's line came (it still needs a global slot)
-_Serve = tuple[_socket.socket, Any, ConnectionConfig, str | None]
 
-_SLOT_POLL = 0.5
-"""Seconds between two looks at whether the server closed, while waiting for a
-handshake slot (so a wait ends at most this long after its deadline or the close)."""
+_ACCEPT_POLL = 0.5
+"""Seconds at most the accepting thread waits before it looks whether the server was
+closed (DTPServer._accept_next)."""
 
+_EXPIRY_POLL = 0.25
+"""Seconds at most between two looks for connections waiting in a line for a slot past
+their deadline (DTPServer._read_loop): they are closed at most this late."""
 
-class _Waited(NamedTuple):
-    """A connection waiting in its address's line for that address's handshake slot,
-    and then, once it holds that, for one of the server's."""
+_PLACE_POLL = 0.05
+"""Seconds between two looks for a free place in the accept() queue, while a client
+waits in its handshake for one (DTPServer._take_place)."""
 
-    tcp: _socket.socket
-    peer: Any
-    key: str
-    #: its accept plus the handshake timeout (monotonic): not served by then, closed
-    deadline: float
+_REFUSAL_MARGIN = 0.5
+"""Seconds (a quarter of the handshake timeout at most) before its handshake timeout
+that a client still waiting for a place in the accept() queue is refused "server busy":
+at the timeout itself the connection would end with no reply."""
 
 
-_Job = _AcceptTurn | _Serve | _Waited
+class _Arrival:
+    """A blocking server's new connection until its handshake starts (dtp.handshake_gate):
+    its first record is read (by the accepting thread, or the server's reader thread),
+    then it waits for its handshake slots unread, holding its socket and what the
+    client sent -- no thread, engine or Noise state. It stays the connection's entry in
+    the server's :class:`~dtp.handshake_gate.Admission` (its handshake's end releases
+    its slots by it)."""
+
+    __slots__ = ("config", "deadline", "engine", "gave_way", "key", "peer", "reader", "tcp")
+
+    def __init__(
+        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig, key: str | None
+    ) -> None:
+        self.tcp = tcp
+        self.peer = peer
+        self.config = config
+        self.key = key  # its address's (None: a ledger bridge, not capped)
+        self.deadline = 0.0  # its accept plus its handshake timeout (monotonic)
+        self.reader = FirstMessage()
+        self.engine: _Engine | None = None  # made as its handshake starts
+        self.gave_way = False
 
 
-def _waiting_gone(waited: _Waited) -> bool:
-    """Whether the client of a connection waiting, unread, in its address's line has
-    left already: it closed its end (a peek reads end of file) or reset it. Nothing is
-    consumed (its handshake reads what came, in its turn), and nothing waits -- it runs
-    under the line's lock: a look with no timeout first, as a peek on a socket with a
-    timeout (``socket.setdefaulttimeout``) would wait for data up to that timeout. The
-    peek itself runs with the socket's timeout at 0: with one, a peek that finds no
-    data (poll woke for a TCP urgent byte alone, which a peek skips) waits for some up
-    to that timeout, MSG_DONTWAIT or not, and then counted the live client as gone."""
-    tcp = waited.tcp
+# what a connection thread is given: the turn to accept, or a connection whose handshake
+# may start (it holds its slots)
+_Job = _AcceptTurn | _Arrival
+
+
+def _read_first(arrival: _Arrival) -> Progress | None:
+    """Read what has come of ``arrival``'s first record, without waiting: its progress,
+    or None when the client closed (or reset) its end first."""
+    tcp = arrival.tcp
+    try:
+        while arrival.reader.state is Progress.NEED_MORE:
+            data = tcp.recv(max(arrival.reader.wanted, 1))
+            if not data:
+                return None
+            arrival.reader.feed(data)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return None
+    return arrival.reader.state
+
+
+def _waiting_gone(arrival: _Arrival) -> bool:
+    """Whether the client of a connection waiting, unread, in a line for a handshake
+    slot has left already: it closed its end (a peek reads end of file) or reset it.
+    Nothing is consumed (its handshake reads what came, in its turn), and nothing waits
+    -- it runs under the line's lock: a look with no timeout first, as a peek on a
+    socket with a timeout would wait for data up to that timeout. The peek itself runs
+    with the socket's timeout at 0: with one, a peek that finds no data (poll woke for
+    a TCP urgent byte alone, which a peek skips) waits for some up to that timeout,
+    MSG_DONTWAIT or not, and then counted the live client as gone."""
+    tcp = arrival.tcp
     try:
         if not wait_ready([tcp], [], 0)[0]:
             return False  # nothing came yet: still there
@@ -2958,7 +3076,7 @@ def _waiting_gone(waited: _Waited) -> bool:
         if timeout:
             tcp.settimeout(0.0)
         try:
-            # (its first bytes, or the FIN that ends them: one byte tells which)
+            # (more bytes, or the FIN that ends them: one byte tells which)
             return tcp.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == b""
         finally:
             if timeout:
@@ -3013,38 +3131,41 @@ def _check_backlog(backlog: int) -> None:
 
 class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
-    own (at most ``max_handshakes`` at once), so a slow or hostile client cannot stall
-    :meth:`accept` for others; under :meth:`serve_forever` that thread then runs the
-    handler. The thread that accepts a TCP connection serves it itself and passes the
-    accepting on to another (leader/follower), so a connection reaches its handshake
-    with no thread hand-off. Threads are reused: one whose connection is done waits a
-    while (:attr:`WORKER_IDLE`) for the next turn to accept (or a ledger connection), so
-    a steady stream of connections costs no thread start each. ``address`` None: no TCP
-    listener (see :meth:`listen_ledger`).
+    own, so a slow or hostile client cannot stall :meth:`accept` for others; under
+    :meth:`serve_forever` that thread then runs the handler. A connection whose first
+    record came with its connect is served by the thread that accepted it, which passes
+    the accepting on to another (leader/follower): no thread hand-off. Threads are
+    reused: one whose connection is done waits a while (:attr:`WORKER_IDLE`) for the
+    next turn to accept (or a connection to serve), so a steady stream of connections
+    costs no thread start each. ``address`` None: no TCP listener (see
+    :meth:`listen_ledger`).
 
-    A single client must not be able to hold every handshake slot (open
-    ``max_handshakes`` TCP connections, send nothing, and stall every other client's
-    handshake until ``handshake_timeout``), so at most ``max_handshakes_per_address``
-    handshakes from one IP address (an IPv6 /64) are in progress at once. Its further
-    TCP connections wait, unread and holding no slot or thread, in a line of at most
-    ``max_waiting_per_address`` for one of its handshakes to end; one that finds the
-    line full, or waits longer than the handshake timeout, is closed and counted in
-    :attr:`busy_refused`. None lifts the cap. Connections that come over the ledger
-    carrier have no IP address and are not capped by it.
+    New connections are admitted by :class:`dtp.handshake_gate.Admission`, as the
+    asyncio server admits them (docs/protocol.md §8):
 
-    Waiting for one of the ``max_handshakes`` slots has a deadline too: a connection
-    handed on from its address's line (which waits in a thread of its own, holding its
-    address's slot) and one that came over the ledger carrier (whose wait holds the
-    ledger listener's thread) are closed unserved once their accept plus their own
-    handshake timeout has passed, counted in :attr:`busy_refused`; the address's slot
-    then goes to the next in its line. The accepting thread alone waits for a slot
-    without one: it holds one connection (the first of its address), and while it
-    waits, nothing more is accepted -- the clients behind it wait in the listen backlog,
-    which is the server's backpressure. Closing that connection at its deadline would
-    free nothing (the thread would take the next client from the backlog, which waited
-    there at least as long) and would turn away a client that was never behind anyone
-    of ours; it takes the next slot the accepting thread gets, and its handshake ends
-    at once if its client gave up meanwhile."""
+    * until it has sent its complete first handshake record, within
+      ``first_message_timeout`` (3 s), a connection holds only its socket (one reader
+      thread watches them all): at most ``backlog`` of them on the server and
+      ``max_handshakes_per_address + max_waiting_per_address`` from one address, the
+      oldest (of the address holding the most) closed to make room for a newcomer
+      (counted in :attr:`unproven_closed`, as those that time out). The
+      accepting thread never waits for a slot: silent connections cannot hold the
+      listen backlog, nor the handshake slots, against clients that speak;
+    * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
+      the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
+      that cap), or waits for them, unread and holding no thread, in a line of at most
+      ``backlog`` (the server's) or ``max_waiting_per_address`` (its address's), in
+      arrival order, until its accept plus its handshake timeout. A proven connection
+      that has to wait makes the oldest *half-handshake* -- one waiting for its
+      client's next message -- give way (closed, counted in
+      :attr:`half_handshakes_evicted`);
+    * one that finds a line full, or waited past its deadline, is closed with no DTP
+      reply, counted in :attr:`busy_refused`.
+
+    Connections over the ledger carrier skip the first step and the address cap.
+    Accepted connections wait for :meth:`accept` in a queue of ``max_pending`` (128):
+    a client the queue has no room for waits in its handshake, and is refused "server
+    busy" at its handshake timeout (:meth:`_take_place`)."""
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -3063,12 +3184,14 @@ class DTPServer:
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         settle_on_close: bool = False,
+        first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
     ) -> None:
         """``accept``: hook given the client's verified Sui address; ``admit``: hook
         given a :class:`PeerInfo` (address plus the ledger connection ID and port the
         client named). Both run when both are given, ``accept`` first.
-        ``max_handshakes_per_address`` / ``max_waiting_per_address``: see the class
-        docstring (ValueError below 1 / below 0). ``settle_on_close``: with a
+        ``max_handshakes_per_address`` / ``max_waiting_per_address`` /
+        ``first_message_timeout``: see the class docstring (ValueError below 1 / below
+        0 / not above 0). ``settle_on_close``: with a
         :class:`~dtp.admission.LedgerAdmission` hook, close and settle each client's
         ledger connection on the ledger as its DTP connection ends (see
         :func:`create_server`; ValueError with another hook)."""
@@ -3080,11 +3203,26 @@ class DTPServer:
                 raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
         if address is not None:
             _check_backlog(backlog)
-        self._address_slots: AddressSlots[_Waited] | None = (
-            None
-            if max_handshakes_per_address is None
-            else AddressSlots(max_handshakes_per_address, max_waiting_per_address)
+        self._admission: Admission[_Arrival] = Admission(
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            max_waiting=max(backlog, 1),
+            max_unproven=max(backlog, 1),
+            first_message_timeout=checked_first_message_timeout(first_message_timeout),
+            start=self._begin,
+            close=self._close_unserved,
+            give_way=self._give_way,
+            gone=_waiting_gone,
         )
+        self._address_slots = self._admission.address_slots
+        # unproven connections the reader thread watches, by descriptor (_read_loop)
+        self._reading: dict[int, _Arrival] = {}
+        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        self._heap = HeapRelease()
+        # the accepting thread's own next connection, when the admission starts it at
+        # once (leader/follower: _accept_next)
+        self._local = threading.local()
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
@@ -3092,15 +3230,21 @@ class DTPServer:
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
+        if self._listener is not None:
+            # (the accepting thread waits for it and for orphans at once: _accept_next)
+            self._listener.setblocking(False)
         self._address: tuple[str, int] | None = None
         if self._listener is not None:
             host, tcp_port = self._listener.getsockname()[:2]
             self._address = (str(host), int(tcp_port))
         self._ledger_listener: LedgerListener | None = None
-        self._ready: queue.Queue[DTPSocket | None] = queue.Queue(max_pending)
+        # connections accept() may take; each holds one of max_pending places, taken
+        # before its client is told it is in (_take_place) and given back as accept()
+        # takes it (the queue itself is unbounded: its end-of-server mark always fits)
+        self._ready: queue.Queue[DTPSocket | None] = queue.Queue()
+        self._places = threading.BoundedSemaphore(max_pending)
         self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
-        self._slots = threading.BoundedSemaphore(max_handshakes)
         self._closed = threading.Event()
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
@@ -3109,21 +3253,41 @@ class DTPServer:
         self._idle = 0
         self._idle_lock = threading.Lock()
         self._turn_left = False  # the accepting, for the next thread free (_work)
+        # connections whose handshake may start but no thread could be started for: the
+        # next thread free serves them (the accepting one is woken for it)
+        self._orphans: deque[_Arrival] = deque()
+        self._orphan_wake, self._orphan_sender = _socket.socketpair()
+        self._orphan_wake.setblocking(False)
+        self._orphan_sender.setblocking(False)
         # connection threads count at once: += on an attribute is a read and a write,
         # and two threads could each write back the same count
         self._stats_lock = threading.Lock()
         # engines whose handshake is in progress: close() wakes them, so that their
         # threads and descriptors go at once rather than at the handshake timeout
         self._handshaking: set[_Engine] = set()
-        self._parked = 0  # connections waiting for room in _ready (_serve_one)
         self.handshakes_failed = 0
         self.refused = 0
-        #: Connections closed unserved: their address's line was full, or they waited
-        #: in it, or for one of the ``max_handshakes`` slots, past their deadline
+        #: Connections closed unserved: their address's line, or the server's, was
+        #: full, or they waited in it past their deadline; and clients refused "server
+        #: busy" for want of room in the accept() queue
         self.busy_refused = 0
+        #: Connections closed before their complete first handshake record: timed out
+        #: (``first_message_timeout``), or the oldest, making room for newer ones
+        self.unproven_closed = 0
+        #: Half-handshakes (waiting for their client's next message) ended to make room
+        #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
+        self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
         # never holds a client's ledger connection (dtp.replay_guard)
         self._replays = ReplayGuard()
+        # one thread reads the first records still coming and closes what waited too
+        # long (for its first record, or in a line for a slot); made last, so that a
+        # listener that failed leaves none of it behind
+        self._reader_wake, self._reader_waker = _socket.socketpair()
+        self._reader_wake.setblocking(False)
+        self._reader_waker.setblocking(False)
+        self._reader = threading.Thread(target=self._read_loop, name="dtp-admission", daemon=True)
+        self._reader.start()
         if self._listener is not None:
             self._give(_ACCEPT_TURN)
 
@@ -3163,144 +3327,234 @@ class DTPServer:
         """The key clients pass as ``server_key``."""
         return self.identity.noise_public
 
-    def _accept_next(self) -> _Serve | None:
-        """The accepting thread's turn: the next TCP connection, with a handshake slot
-        (and its address's slot) taken for it; None once the server is closed."""
-        assert self._listener is not None
+    @property
+    def handshakes_in_progress(self) -> int:
+        """Handshakes in progress now (at most ``max_handshakes``)."""
+        return self._admission.in_progress
+
+    @property
+    def handshakes_waiting(self) -> int:
+        """Connections waiting for one of the ``max_handshakes`` slots (not those
+        waiting in their own address's line, nor for their first message)."""
+        return self._admission.waiting
+
+    @property
+    def unproven(self) -> int:
+        """Connections waiting for their complete first handshake record now."""
+        return len(self._admission.unproven)
+
+    def _accept_next(self) -> _Arrival | None:
+        """The accepting thread's turn: the next TCP connection whose handshake may
+        start at once (its first record came with its connect, and its slots were
+        free), for this thread to serve; the others go to the reader thread, or to the
+        lines, and this thread accepts on. None once the server is closed."""
+        listener = self._listener
+        assert listener is not None
         while not self._closed.is_set():
+            with self._idle_lock:
+                if self._orphans:
+                    return self._orphans.popleft()
             try:
-                tcp, peer = self._listener.accept()
-            except OSError:
+                # (woken by a connection, by an orphan, or by close()'s shutdown; and
+                # every _ACCEPT_POLL at the latest: close() closes what this waits on,
+                # whose numbers a new descriptor may take before this poll begins)
+                ready = wait_ready([listener, self._orphan_wake], [], _ACCEPT_POLL)[0]
+                if listener not in ready:
+                    with contextlib.suppress(OSError):
+                        self._orphan_wake.recv(4096)
+                    continue
+                tcp, peer = listener.accept()
+            except BlockingIOError:
+                continue  # (another took it: none here)
+            except (OSError, ValueError):
                 if self._closed.is_set():
                     return None
                 time.sleep(0.05)
                 continue
-            with contextlib.suppress(OSError):
+            try:
+                tcp.setblocking(False)
                 tune(tcp)
-            key: str | None = None
-            slots = self._address_slots
-            if slots is not None:
-                # checked before the global slot: an address at its cap must not make
-                # us wait for a slot on its behalf (and so hold up the clients behind
-                # it); its further connections wait in its own line instead
-                key = address_key(str(peer[0]))
-                now = time.monotonic()
-                deadline = now + self._config.handshake_timeout
-                if slots.waiting(key) >= slots.max_waiting:
-                    # those that waited past their deadline go first, and those whose
-                    # client hung up meanwhile: left in line until their turn (a
-                    # handshake in progress taking its hooks' time), they turned every
-                    # newcomer away for connections nobody would serve. The gone ones
-                    # were not turned away by us: closed, not counted (as aio's)
-                    expired, left = slots.purge(key, now, _waiting_gone)
-                    self._refuse_busy([(w.tcp, w.peer) for w in expired], "it waited too long")
-                    for waited in left:
-                        logger.debug("closed a connection from %s: its client left", waited.peer)
-                        waited.tcp.close()
-                verdict = slots.take_or_wait(key, _Waited(tcp, peer, key, deadline), deadline)
-                if verdict is Verdict.WAITING:
-                    continue  # started when one of its address's handshakes ends
-                if verdict is Verdict.FULL:
-                    self._refuse_busy([(tcp, peer)], "its address's line is full")
-                    continue
-            # at most max_handshakes at once: while none is free we hold this one and
-            # further clients wait in the backlog. With no deadline (see the class
-            # docstring): this one thread waiting is the backpressure, and closing the
-            # connection in hand would only let in the next, which waited longer
-            if not self._take_slot():
-                self._release_address(key)
+            except OSError:
+                tcp.close()  # (reset already)
+                continue
+            arrival = _Arrival(tcp, peer, self._config, address_key(str(peer[0])))
+            mine: list[_Arrival] = []
+            self._local.mine = mine
+            try:
+                self._take_in(arrival)
+            except Exception:
+                # (a fault of ours at one connection: it goes, the accepting goes on --
+                # escaping, it ended this thread and all accepting with it)
+                logger.exception("a connection from %s could not be taken in", peer)
                 tcp.close()
-                return None
-            return tcp, peer, self._config, key
+                continue
+            finally:
+                self._local.mine = None
+            if mine:
+                return mine[0]
         return None
 
-    def _release_address(self, key: str | None) -> None:
-        """Free the per-address slot a connection holds (``key`` None: it holds none):
-        the next connection waiting in that address's line takes it and goes to a
-        connection thread; those that waited too long are closed."""
-        if key is None:
+    def _take_in(self, arrival: _Arrival) -> None:
+        """A new TCP connection: its first record is read now if it came with the
+        connect (as a genuine client's does), else the reader thread waits for it."""
+        now = time.monotonic()
+        arrival.deadline = now + arrival.config.handshake_timeout
+        self._admission.arrived(arrival, arrival.key, now)
+        self._heap.connected(now)
+        progress = _read_first(arrival)
+        if progress is Progress.NEED_MORE:
+            self._watch(arrival)
+        else:
+            self._first_read(arrival, progress)
+
+    def _first_read(self, arrival: _Arrival, progress: Progress | None) -> None:
+        """``arrival``'s first record is in (COMPLETE: on to the slots), or is not DTP
+        (INVALID), or its client left first (None): closed."""
+        if progress is Progress.COMPLETE:
+            self._admission.proven(arrival, arrival.key, arrival.deadline, time.monotonic())
             return
-        assert self._address_slots is not None
+        if self._admission.dropped(arrival) and progress is Progress.INVALID:
+            with self._stats_lock:
+                self.handshakes_failed += 1
+        arrival.tcp.close()
 
-        def start(waited: _Waited) -> bool:
+    def _watch(self, arrival: _Arrival) -> None:
+        """Leave ``arrival``'s first record to the reader thread."""
+        with self._stats_lock:
             if self._closed.is_set():
-                waited.tcp.close()
-                return False
-            try:
-                self._give(waited)
-            except RuntimeError as exc:  # the process is out of threads
-                logger.warning("no thread for a connection from %s: %s", waited.peer, exc)
-                waited.tcp.close()
-                return False
+                arrival.tcp.close()
+                return
+            self._reading[arrival.tcp.fileno()] = arrival
+        with contextlib.suppress(OSError):
+            self._reader_waker.send(b"\0")
+
+    def _read_loop(self) -> None:
+        """The reader thread: the first records of the connections that are still
+        sending theirs, read as they come, until their first-message timeout; and the
+        connections waiting in a line for a slot, closed once past their deadline
+        (looked at every :data:`_EXPIRY_POLL` seconds at most)."""
+        wake = self._reader_wake
+        try:
+            while not self._closed.is_set():
+                poller = select.poll()
+                poller.register(wake, select.POLLIN)
+                with self._stats_lock:
+                    for fd in self._reading:
+                        poller.register(fd, select.POLLIN)
+                deadline = self._admission.next_deadline()
+                wait = _EXPIRY_POLL
+                if deadline is not None:
+                    wait = min(max(deadline - time.monotonic(), 0.0), wait)
+                for fd, _ in poller.poll(wait * 1000.0 + 1):
+                    if fd == wake.fileno():
+                        with contextlib.suppress(OSError):
+                            wake.recv(4096)
+                        continue
+                    with self._stats_lock:
+                        arrival = self._reading.get(fd)
+                    if arrival is None:
+                        continue  # (closed meanwhile: it gave way, or timed out)
+                    progress = _read_first(arrival)
+                    if progress is not Progress.NEED_MORE:
+                        with self._stats_lock:
+                            self._reading.pop(fd, None)
+                        self._guarded_first_read(arrival, progress)
+                now = time.monotonic()
+                try:
+                    self._admission.expire(now)
+                except Exception:  # (as _guarded_first_read: never the thread)
+                    logger.exception("closing connections past their first-message timeout")
+                if self._heap.due(now):
+                    release_free_heap()  # (after churn, at a quiet moment: dtp.heap_release)
+        except Exception:
+            # (its end would leave the first records unread and the lines unexpired)
+            logger.exception("the admission thread failed")
+            raise
+        finally:
+            self._reader_waker.close()
+            wake.close()
+
+    def _guarded_first_read(self, arrival: _Arrival, progress: Progress | None) -> None:
+        """:meth:`_first_read` in the reader thread: what it raises (a thread that could
+        not start, say) closes that connection, never the thread."""
+        try:
+            self._first_read(arrival, progress)
+        except Exception:
+            logger.exception("a connection from %s could not be taken in", arrival.peer)
+            arrival.tcp.close()
+
+    def _begin(self, arrival: _Arrival) -> bool:
+        """The admission's ``start``: ``arrival`` holds its slots; its handshake begins
+        in a connection thread -- this one, when the accepting thread asked for it
+        (:meth:`_accept_next`). False when it cannot (the server closed, the client
+        left, no thread): closed."""
+        if self._closed.is_set():
+            arrival.tcp.close()
+            return False
+        mine: list[_Arrival] | None = getattr(self._local, "mine", None)
+        if mine is not None and not mine:
+            mine.append(arrival)
             return True
+        try:
+            self._give(arrival)
+        except RuntimeError as exc:
+            # the process is out of threads: the first thread free serves it -- the
+            # accepting one, woken for it, at the latest (as it serves what it accepts).
+            # A ledger connection is closed: a server on the ledger alone has no
+            # accepting thread, and its client's ledger connection is not held meanwhile
+            logger.warning("no thread for a connection from %s: %s", arrival.peer, exc)
+            if arrival.key is None:
+                arrival.tcp.close()
+                return False
+            with self._idle_lock:
+                self._orphans.append(arrival)
+            with contextlib.suppress(OSError):
+                self._orphan_sender.send(b"\0")
+        return True
 
-        def refuse(expired: list[_Waited]) -> None:
-            self._refuse_busy([(w.tcp, w.peer) for w in expired], "it waited too long")
-
-        self._address_slots.hand_on(key, start, refuse)
-
-    def _refuse_busy(self, connections: list[tuple[_socket.socket, Any]], why: str) -> None:
-        """Close connections that found their address's line full, or waited in it (or
-        for a handshake slot) past their deadline (``why``: which)."""
-        if not connections:
+    def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
+        """The admission's ``close``: connections it turned away (``why``)."""
+        if not arrivals:
             return
         with self._stats_lock:
-            self.busy_refused += len(connections)
-        for tcp, peer in connections:
-            logger.debug("closed a connection from %s unserved: %s", peer, why)
-            tcp.close()
+            if why == "busy":
+                self.busy_refused += len(arrivals)
+            elif why != "gone":
+                self.unproven_closed += len(arrivals)
+            for arrival in arrivals:
+                with contextlib.suppress(OSError):
+                    self._reading.pop(arrival.tcp.fileno(), None)
+        for arrival in arrivals:
+            logger.debug("closed a connection from %s unserved: %s", arrival.peer, why)
+            arrival.tcp.close()
 
-    def _take_slot(self, deadline: float | None = None) -> bool:
-        """Wait for a handshake slot: True once taken; False (no slot taken) once the
-        server is closed, or once ``deadline`` (a monotonic time; None: none) passed
-        with no slot free -- looked at every :data:`_SLOT_POLL` seconds at most, so the
-        wait ends by then."""
-        while True:
-            wait = _SLOT_POLL
-            if deadline is not None:
-                # (0 once it passed: one last look, not a wait)
-                wait = min(wait, max(deadline - time.monotonic(), 0.0))
-            if self._slots.acquire(timeout=wait):
-                break
-            if self._closed.is_set():
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-        if self._closed.is_set():
-            self._slots.release()
-            return False
-        return True
-
-    def _give_up(self, tcp: _socket.socket, peer: Any) -> None:
-        """Close a connection whose wait for a handshake slot ended without one: closed
-        by the server's close (nothing counted, as the lines' connections), or past its
-        deadline (counted in :attr:`busy_refused`)."""
-        if self._closed.is_set():
-            tcp.close()
-        else:
-            self._refuse_busy([(tcp, peer)], "no handshake slot came free before its deadline")
+    def _give_way(self, arrival: _Arrival) -> None:
+        """The admission's ``give_way``: end a half-handshake, for a proven connection
+        waiting for a slot (its thread ends it, and its slot goes on)."""
+        with self._stats_lock:
+            self.half_handshakes_evicted += 1
+        arrival.gave_way = True
+        engine = arrival.engine
+        if engine is not None:
+            engine._wake()  # its pump looks at gave_way
 
     def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
-        """Serve a carrier connection that came from elsewhere (a ledger bridge) in a
-        connection thread; False (and the carrier closed) once the server is closed,
-        when no handshake slot came free within ``config``'s handshake timeout, or when
-        no thread can be started for it. It waits in the caller's thread -- the ledger
-        listener's, which takes no other connection meanwhile -- so until the deadline
-        its own handshake would have had, not for as long as every slot stays taken."""
-        # (the ledger config's timeout: longer, as its records take ledger transactions)
-        deadline = time.monotonic() + config.handshake_timeout
-        if not self._take_slot(deadline):
-            self._give_up(carrier, peer)
-            return False
-        try:
-            # no IP address to cap by: the ledger bridge is a local socket
-            self._give((carrier, peer, config, None))
-        except RuntimeError as exc:  # the process is out of threads
-            logger.warning("no thread for a ledger connection from %s: %s", peer, exc)
-            self._slots.release()
+        """Serve a carrier connection that came from elsewhere (a ledger bridge): it
+        waits for a handshake slot as a proven TCP connection does, until ``config``'s
+        handshake timeout (a ledger connection's is longer, as its records take ledger
+        transactions), holding no thread meanwhile. False (the carrier closed) once the
+        server is closed, when the server's line is full, or when no thread can be
+        started for it."""
+        if self._closed.is_set():
             carrier.close()
             return False
-        return True
+        # no IP address to cap by: the ledger bridge is a local socket
+        arrival = _Arrival(carrier, peer, config, None)
+        now = time.monotonic()
+        arrival.deadline = now + config.handshake_timeout
+        self._heap.connected(now)
+        self._admission.proven(arrival, None, arrival.deadline, now)
+        return carrier.fileno() >= 0  # (closed: no thread for it, or its line was full)
 
     def _give(self, job: _Job) -> None:
         """Hand ``job`` to a waiting connection thread, or to a new one."""
@@ -3317,17 +3571,7 @@ class DTPServer:
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
         while job is not None:
-            if isinstance(job, _Waited):
-                # its turn in its address's line came: it needs a global slot too, by
-                # the deadline it had in line. Without one, this thread waited (holding
-                # the address's slot) for as long as every slot stayed taken -- a
-                # hook taking its time -- and each address could pile up its cap of them
-                if not self._take_slot(job.deadline):
-                    self._give_up(job.tcp, job.peer)
-                    self._release_address(job.key)  # the next in its line
-                    return
-                job = (job.tcp, job.peer, self._config, job.key)
-            elif isinstance(job, _AcceptTurn):
+            if isinstance(job, _AcceptTurn):
                 accepted = self._accept_next()
                 if accepted is None:
                     return  # closed: nobody accepts any more
@@ -3347,8 +3591,11 @@ class DTPServer:
                         else:
                             self._turn_left = True
                 job = accepted
-            self._serve_one(*job)
+            self._serve_one(job)
             with self._idle_lock:
+                if self._orphans:  # (one no thread could be started for)
+                    job = self._orphans.popleft()
+                    continue
                 if self._turn_left:
                     self._turn_left = False
                     job = _ACCEPT_TURN
@@ -3366,18 +3613,15 @@ class DTPServer:
                 # every waiting thread was promised a job, we included: it is queued
                 job = self._jobs.get()
 
-    def _serve_one(
-        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig, key: str | None
-    ) -> None:
+    def _serve_one(self, arrival: _Arrival) -> None:
         """One connection's thread: the handshake, then (under serve_forever) the
-        handler, with no thread hand-off between them. ``key``: the address whose
-        per-address slot this connection holds."""
+        handler, with no thread hand-off between them. It holds its handshake slots
+        until the handshake ends."""
         try:
-            sock = self._handshake(tcp, peer, config)
+            sock = self._handshake(arrival)
         finally:
             # however the handshake ended: its slots are free for the next client
-            self._slots.release()
-            self._release_address(key)
+            self._admission.ended(arrival, time.monotonic())
         if sock is None:
             return
         if self._closed.is_set():
@@ -3385,30 +3629,12 @@ class DTPServer:
             return
         dispatch = self._dispatch
         if dispatch is not None:
+            if sock._engine.holds_place:  # (serve_forever began during its handshake)
+                sock._engine.holds_place = False
+                self._places.release()
             dispatch(sock)
             return
-        try:
-            self._ready.put_nowait(sock)
-        except queue.Full:
-            # a burst waits a while for accept() to catch up, but as many connections
-            # at most as the queue holds: freed of its slots, each such thread let the
-            # next handshake run, and a client nobody accepted held a thread and its
-            # descriptors for the handshake timeout, without bound (500 from one address)
-            with self._stats_lock:
-                parked = self._parked < self._ready.maxsize
-                if parked:
-                    self._parked += 1
-            if not parked:
-                sock.abort("server busy")
-                return
-            try:
-                self._ready.put(sock, timeout=self._config.handshake_timeout)
-            except queue.Full:
-                sock.abort("server busy")
-                return
-            finally:
-                with self._stats_lock:
-                    self._parked -= 1
+        self._ready.put(sock)  # (its place was taken before its client was told it is in)
         if self._closed.is_set():
             self._drain_ready()  # close() ran meanwhile and may have missed it
 
@@ -3425,15 +3651,14 @@ class DTPServer:
             if sock is None:
                 ended = True
             else:
+                self._give_place(sock)
                 sock.abort("the server is closed")
         if ended:
-            with contextlib.suppress(queue.Full):
-                self._ready.put_nowait(None)
+            self._ready.put_nowait(None)
 
-    def _handshake(
-        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig
-    ) -> DTPSocket | None:
-        session = Session(config)
+    def _handshake(self, arrival: _Arrival) -> DTPSocket | None:
+        tcp, peer = arrival.tcp, arrival.peer
+        session = Session(arrival.config)
         try:
             engine = _Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
         except OSError as exc:
@@ -3445,6 +3670,7 @@ class DTPServer:
             tcp.close()
             return None
         engine.peername = peer
+        arrival.engine = engine
         with self._stats_lock:
             self._handshaking.add(engine)
         try:
@@ -3452,7 +3678,7 @@ class DTPServer:
             if self._closed.is_set():
                 outcome, reason = "closed", "the server is closed"
             else:
-                outcome, reason = self._authenticate(engine)
+                outcome, reason = self._authenticate(engine, arrival)
         except DTPError as exc:
             logger.debug("handshake with %s failed: %s", peer, exc)
             outcome, reason = "failed", "handshake failed"
@@ -3467,7 +3693,7 @@ class DTPServer:
         if outcome == "closed":
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
             return None
-        if outcome in ("failed", "replayed"):
+        if outcome in ("failed", "replayed", "gave way"):
             with self._stats_lock:
                 self.handshakes_failed += 1
             engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
@@ -3477,28 +3703,49 @@ class DTPServer:
                 self.refused += 1
             engine.abort(CloseCode.REFUSED, reason)
             return None
+        if outcome == "busy":
+            engine.abort(CloseCode.REFUSED, reason)
+            return None
         engine.start_timer()
         return DTPSocket(engine, 0, primary=True)
 
-    def _authenticate(self, engine: _Engine) -> tuple[str, str]:
-        """Run the handshake and the accept hook: ("accepted" | "refused" | "failed" |
-        "replayed" | "closed", reason)."""
+    def _authenticate(self, engine: _Engine, arrival: _Arrival) -> tuple[str, str]:
+        """Run the handshake and the accept hook: ("accepted" | "refused" | "busy" |
+        "failed" | "replayed" | "gave way" | "closed", reason)."""
         session = engine.session
         conn = session.conn
+        # (a wait for a place ends a little before the connection's own handshake timer,
+        # so that the refusal still goes out: _take_place)
+        timeout = conn.config.handshake_timeout
+        deadline = time.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
         with engine.lock:
+            first = arrival.reader.take()
+            if first:
+                # (the first record, read before the slots: the handshake's first input)
+                conn.receive_data(first, time.monotonic())
+                engine._after_io()
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
             closed = self._closed
+            if arrival.key is not None and session.authenticated_address is None:
+                # its first record, read, got our reply: its client's next message is
+                # due. (A ledger bridge's first record comes over the ledger, slowly: it
+                # passed the ledger carrier's own admission, and never gives way)
+                self._admission.waiting_for_client(arrival)
             engine.pump(
                 lambda: (
                     session.authenticated_address is not None
                     or session.terminated is not None
                     or closed.is_set()
+                    or arrival.gave_way
                 ),
                 conn.config.handshake_timeout,
             )
+            self._admission.authenticated(arrival)
             if closed.is_set():
                 return "closed", "the server is closed"
+            if arrival.gave_way:
+                return "gave way", "gave way to a waiting client"
             if session.terminated is not None or session.authenticated_address is None:
                 return "failed", "handshake failed"
             # before the hooks: a replay must not reserve the client's ledger connection
@@ -3519,11 +3766,16 @@ class DTPServer:
             verdict = self._run_hook(peer)
             if verdict is None and isinstance(self._admit_hook, LedgerAdmission):
                 verdict = self._serve_once(engine, peer)
+            outcome = "refused"
+            if verdict is None and not self._take_place(engine, deadline):
+                outcome, verdict = "busy", SERVER_BUSY
+                with self._stats_lock:  # (counted before the client can read it)
+                    self.busy_refused += 1
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
                 engine.pump(lambda: not engine.out, 1.0)
-                return "refused", verdict
+                return outcome, verdict
             session.conn.accept()
             self._replays.accepted(conn)
             engine.flush()
@@ -3533,6 +3785,45 @@ class DTPServer:
             prepare_ephemeral_key()
             prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
             return "accepted", ""
+
+    def _take_place(self, engine: _Engine, deadline: float) -> bool:
+        """Before a client is told it is in: one of the ``max_pending`` places in the
+        queue :meth:`accept` takes from (none is needed under :meth:`serve_forever`,
+        whose handler runs in this thread). While none is free -- the application takes
+        connections slower than they come -- the client waits in its handshake, until
+        ``deadline`` (its handshake timeout): False then, and it is refused "server
+        busy". Told it was in and then dropped, a client of a burst died on its first
+        write (42-55 % of 1,000 connects to an accept() loop, uncounted); and this
+        handshake's slot, held meanwhile, holds the next clients in the listen backlog.
+        Lock held (the engine's: pumped while waiting, so a client that gives up is
+        seen)."""
+        if self._dispatch is not None:
+            return True
+        session = engine.session
+        if self._places.acquire(blocking=False):
+            engine.holds_place = True
+            return True
+        # (IK without hooks: message 2 waited for the verdict; the client works on it
+        # while we wait. A no-op where it went already)
+        session.conn.answer()
+        engine.flush()
+        while not self._places.acquire(blocking=False):
+            if self._dispatch is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed.is_set() or session.terminated is not None:
+                return False
+            with contextlib.suppress(DTPTimeoutError):
+                engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
+        engine.holds_place = True
+        return True
+
+    def _give_place(self, sock: DTPSocket) -> None:
+        """``sock`` left the accept() queue: its place is free for the next client."""
+        engine = sock._engine
+        if engine.holds_place:
+            engine.holds_place = False
+            self._places.release()
 
     def _serve_once(self, engine: _Engine, peer: PeerInfo) -> str | None:
         """A client the ledger admitted: one DTP connection per ledger connection at a
@@ -3615,9 +3906,9 @@ class DTPServer:
         if sock is None:
             # the end-of-server mark stays for the next waiter: every thread blocked in
             # accept() wakes, not only the first
-            with contextlib.suppress(queue.Full):
-                self._ready.put_nowait(None)
+            self._ready.put_nowait(None)
             raise SocketClosed("the server was closed")
+        self._give_place(sock)  # (the next client may be told it is in)
         assert sock.peer_address is not None
         return sock, sock.peer_address
 
@@ -3676,25 +3967,39 @@ class DTPServer:
             handshaking = list(self._handshaking)
         for engine in handshaking:
             engine._wake()  # its pump sees _closed and gives up (_authenticate)
-        if self._address_slots is not None:
-            for waited in self._address_slots.drain():  # (waiting: never served)
-                waited.tcp.close()
+        # those waiting for their first record or for a slot (never served)
+        for arrival in self._admission.drain(time.monotonic()):
+            arrival.tcp.close()
+        with self._stats_lock:
+            self._reading.clear()
+        with contextlib.suppress(OSError):
+            self._reader_waker.send(b"\0")  # the reader thread sees _closed: it ends
         with self._idle_lock:
             idle, self._idle = self._idle, 0
+            orphans = list(self._orphans)
+            self._orphans.clear()
         for _ in range(idle):
             self._jobs.put(None)  # waiting connection threads end now
+        for arrival in orphans:  # (no thread came free for them: never served)
+            arrival.tcp.close()
+            self._admission.ended(arrival, time.monotonic())
         if self._ledger_listener is not None:
             self._ledger_listener.close()
         if self._listener is not None:
             with contextlib.suppress(OSError):
-                # wakes the thread blocked in accept() (close() alone would not, and
+                # wakes the thread waiting to accept (close() alone would not, and
                 # would leave the port listening until that thread ends)
                 self._listener.shutdown(_socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 self._listener.close()
+        with contextlib.suppress(OSError):
+            # (the accepting thread waits on the listener and on this: a listener's
+            # shutdown alone does not always end a poll on it)
+            self._orphan_sender.send(b"\0")
+        for end in (self._orphan_sender, self._orphan_wake):
+            end.close()
         self._drain_ready()
-        with contextlib.suppress(queue.Full):
-            self._ready.put_nowait(None)
+        self._ready.put_nowait(None)
 
     def __enter__(self) -> DTPServer:
         return self
@@ -3725,6 +4030,7 @@ def create_server(
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     settle_on_close: bool = False,
+    first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -3753,8 +4059,10 @@ def create_server(
     ``max_handshakes`` / ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
     most that many handshakes in progress at once, and at most that many from one client
     IP address (an IPv6 /64), whose further connections wait in a line of at most that
-    many, so one client cannot hold every handshake slot; see :class:`DTPServer` (None:
-    no per-address cap).
+    many, so one client cannot hold every handshake slot (None: no per-address cap).
+    ``first_message_timeout``: seconds a new connection has to send its complete first
+    handshake record (ValueError unless a number > 0); at most ``backlog`` connections
+    wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
     """
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
@@ -3781,6 +4089,7 @@ def create_server(
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
         settle_on_close=settle_on_close,
+        first_message_timeout=first_message_timeout,
     )
     if "ledger" in carriers:
         assert ledger is not None and host_id is not None and port is not None

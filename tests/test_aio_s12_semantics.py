@@ -181,6 +181,9 @@ class _AlwaysPaid:
     def room(self, nbytes: int) -> int:
         return nbytes
 
+    async def pace(self, nbytes: int) -> int:
+        return nbytes
+
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         return None
 
@@ -308,6 +311,12 @@ class _RateLimited:
     def in_debt(self) -> bool:  # (the bytes/s limit: none here, only reads are held)
         return False
 
+    def held_back(self, nbytes: int) -> bool:
+        return False
+
+    async def pace(self, nbytes: int) -> int:
+        return nbytes
+
     def send_slice(self) -> int:
         return 1 << 18
 
@@ -397,13 +406,13 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
     """The client gives up (its connect timed out) while the server's async accept
     hook runs: the server counts a failed handshake and ends the connection. Its task
     died with accept()'s LocalProtocolError ("Task exception was never retrieved")."""
-    protos: list[dtp.aio._Protocol] = []
+    protos: list[dtp.aio._Arrival] = []
     make = dtp.aio.DTPServer._protocol_factory
 
-    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Protocol:
-        proto = make(self, *args, **kw)
-        protos.append(proto)
-        return proto
+    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Arrival:
+        arrival = make(self, *args, **kw)
+        protos.append(arrival)
+        return arrival
 
     monkeypatch.setattr(dtp.aio.DTPServer, "_protocol_factory", recording)
     problems: list[dict[str, Any]] = []
@@ -415,7 +424,8 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
 
         async def hook(address: str) -> None:
             # until the client's end has reached the server
-            while protos[0].session.terminated is None:
+            proto = protos[0].proto  # (its handshake began: the hook runs)
+            while proto is not None and proto.session.terminated is None:
                 await asyncio.sleep(0.01)
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:

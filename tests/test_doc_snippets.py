@@ -51,13 +51,13 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
     return [
         (
             "README.md",
-            "Either kind of server runs at most `max_handshakes` (32) handshakes at once",
+            "`max_handshakes`: handshakes in progress on the server | 32 |",
             {_default(f, "max_handshakes") for f in servers},
             {32},
         ),
         (
             "README.md",
-            "and at most `max_handshakes_per_address` (8) from one client address",
+            "`max_handshakes_per_address` (IPv6: per /64; None: no cap) | 8 |",
             {_default(f, "max_handshakes_per_address") for f in servers},
             {8},
         ),
@@ -66,6 +66,40 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
             "a line of `max_waiting_per_address` (64)",
             {_default(f, "max_waiting_per_address") for f in servers},
             {64},
+        ),
+        (
+            "README.md",
+            "`first_message_timeout`: a new connection's time to send its first handshake "
+            "record | 3 s |",
+            {_default(f, "first_message_timeout") for f in servers},
+            {3.0},
+        ),
+        (
+            "README.md",
+            "`backlog`: connections waiting for their first record, and each line below | 128 |",
+            {_default(f, "backlog") for f in servers},
+            {128},
+        ),
+        (
+            "README.md",
+            "`max_pending` (blocking `DTPServer`: accepted, not yet taken by `accept()`) | 128 |",
+            _default(dtp.socket.DTPServer, "max_pending"),
+            128,
+        ),
+        (
+            "docs/protocol.md",
+            "`first_message_timeout` (3 s)",
+            {_default(f, "first_message_timeout") for f in servers},
+            {3.0},
+        ),
+        (
+            "docs/protocol.md",
+            "`max_handshakes_per_address + max_waiting_per_address` (72; 8 at least)",
+            {
+                _default(f, "max_handshakes_per_address") + _default(f, "max_waiting_per_address")
+                for f in servers
+            },
+            {72},
         ),
         (
             "docs/protocol.md",

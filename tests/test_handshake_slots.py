@@ -1,6 +1,8 @@
 """The per-address cap on handshakes in progress (slowloris hardening) and the line its
 further connections wait in: the AddressSlots helper, then the blocking and asyncio
-servers over real sockets.
+servers over real sockets. A connection takes a slot once it has sent its first
+handshake record (dtp.handshake_gate): the idle connections here are half-handshakes
+(that record, then nothing).
 
 Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
 come from a second client address while real clients connect from 127.0.0.1."""
@@ -19,7 +21,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionRefused, DTPTimeoutError, HandshakeError
+from dtp.errors import ConnectionRefused, HandshakeError
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
@@ -27,6 +29,7 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.keys import HostIdentity
+from tests.half_handshakes import first_record, half_handshake, silent
 from tests.polling import wait_for
 
 SERVER = HostIdentity.generate()
@@ -45,19 +48,25 @@ async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bo
 
 
 def closed_by_peer(sock: socket.socket, within: float = 2.0) -> bool:
-    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds."""
-    sock.settimeout(within)
+    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds (what
+    it sends before, its handshake reply, is read and dropped)."""
+    deadline = time.monotonic() + within
     try:
-        return sock.recv(1) == b""
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if sock.recv(4096) == b"":
+                return True
     except ConnectionResetError:
         return True
     except TimeoutError:
-        return False
+        pass
+    return False
 
 
 def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
-    """A raw TCP connection that never sends a byte."""
-    return socket.create_connection(address, timeout=5, source_address=(source, 0))
+    """A half-handshake: a raw TCP connection that sends a genuine first handshake
+    record, then nothing (it holds a handshake slot until its handshake times out)."""
+    return half_handshake(address, source)
 
 
 # -- AddressSlots ----------------------------------------------------------------------
@@ -210,7 +219,7 @@ def test_the_default_cap_leaves_room_for_other_clients() -> None:
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         assert server._address_slots is not None
         assert server._address_slots.cap == DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
-        assert server._slots._value == 32
+        assert server._admission.server_slots.cap == 32
 
 
 # -- the blocking server ---------------------------------------------------------------
@@ -275,7 +284,7 @@ def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_close
             assert wait_for(lambda: slots.waiting("127.0.0.1") == 1)
             assert not closed_by_peer(third, within=0.3)
             assert slots.in_progress("127.0.0.1") == 2
-            assert server._slots._value == 6
+            assert server.handshakes_in_progress == 2
             fourth = idle(server.address)
             with fourth:
                 started = time.monotonic()
@@ -291,8 +300,7 @@ def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_close
             held[0].close()  # its handshake ends: the third takes its slot
             assert wait_for(lambda: slots.waiting("127.0.0.1") == 0)
             assert slots.in_progress("127.0.0.1") == 2
-            # (its thread takes the global slot a moment later)
-            assert wait_for(lambda: server._slots._value == 6)
+            assert wait_for(lambda: server.handshakes_in_progress == 2)
     finally:
         for sock in held:
             sock.close()
@@ -342,31 +350,35 @@ def test_closing_the_server_closes_the_connections_waiting_in_line() -> None:
 
 
 @pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
-def test_idle_connections_from_one_address_stall_others_only_without_the_cap(
+def test_idle_connections_from_one_address_stall_nobody(
     serve: Callable[..., dtp.socket.DTPServer], cap: int | None
 ) -> None:
     server = serve(max_handshakes=4, max_handshakes_per_address=cap)
-    # one client (127.0.0.2) opens as many idle connections as there are slots
+    # one client (127.0.0.2) opens as many half-handshakes as there are slots
     held = [idle(server.address, OTHER_IP) for _ in range(4)]
     try:
         if cap is None:
-            # all four hold a slot; the server then waits for one before it serves more
-            assert wait_for(lambda: server._slots._value == 0)
-            with pytest.raises(DTPTimeoutError):
-                echo_once(server, b"stalled", timeout=1.0)
+            # all four hold a slot; a client that speaks makes the oldest give way
+            # (before, the server waited for one to time out before it served more)
+            assert wait_for(lambda: server.handshakes_in_progress == 4)
+            started = time.monotonic()
+            assert echo_once(server, b"not stalled", timeout=5.0) == b"not stalled"
+            assert time.monotonic() - started < 2.0
+            assert server.half_handshakes_evicted == 1
             assert server.busy_refused == 0
         else:
             # two hold a slot, the other two wait in their address's line
             assert server._address_slots is not None
             assert wait_for(lambda: server._address_slots.waiting(OTHER_IP) == 2)  # type: ignore[union-attr]
             assert server._address_slots.in_progress(OTHER_IP) == 2
-            assert server._slots._value == 2
+            assert server.handshakes_in_progress == 2
             assert server.busy_refused == 0
             started = time.monotonic()
             assert echo_once(server, b"from 127.0.0.1", timeout=5.0) == b"from 127.0.0.1"
             assert time.monotonic() - started < 2.0  # promptly, not after a timeout
             assert server._address_slots.in_progress(OTHER_IP) == 2  # still held meanwhile
             assert server._address_slots.waiting(OTHER_IP) == 2
+            assert server.half_handshakes_evicted == 0  # (a slot was free: none gave way)
     finally:
         for sock in held:
             sock.close()
@@ -393,22 +405,22 @@ def test_the_count_returns_to_zero_however_a_handshake_ends(
     assert sorted(echo_from_threads(server, b"c", 2)) == [b"c0", b"c1"]
     assert settled()
 
-    # garbage, then closed
-    with idle(server.address) as raw:
+    # garbage, then closed (it never took a slot: not a first record)
+    with silent(server.address) as raw:
         raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
     assert wait_for(lambda: server.handshakes_failed == 1)
     assert settled()
 
-    # closed before sending anything
-    idle(server.address).close()
-    assert wait_for(lambda: server.handshakes_failed == 2)
+    # closed before sending anything: no slot taken, no handshake failed
+    silent(server.address).close()
+    assert wait_for(lambda: server.unproven == 0)
     assert settled()
 
-    # silent until the server's handshake timeout closes it
+    # its first record, then silent until the server's handshake timeout closes it
     with idle(server.address) as raw:
         assert wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
         assert closed_by_peer(raw, within=5.0)
-    assert wait_for(lambda: server.handshakes_failed == 3)
+    assert wait_for(lambda: server.handshakes_failed == 2)
     assert settled()
 
     # refused by the accept hook
@@ -481,8 +493,12 @@ async def aio_echo_once(server: dtp.aio.DTPServer, data: bytes) -> bytes:
 
 
 async def aio_closed_by_peer(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
+    """:func:`closed_by_peer` for an asyncio stream."""
     try:
-        return await asyncio.wait_for(reader.read(1), within) == b""
+        async with asyncio.timeout(within):
+            while await reader.read(4096):
+                pass
+        return True
     except ConnectionResetError:
         return True
     except TimeoutError:
@@ -490,10 +506,14 @@ async def aio_closed_by_peer(reader: asyncio.StreamReader, within: float = 2.0) 
 
 
 async def aio_idle(
-    server: dtp.aio.DTPServer, source: str = "127.0.0.1"
+    server: dtp.aio.DTPServer, source: str = "127.0.0.1", *, first: bool = True
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """:func:`idle` (``first`` False: silent, nothing sent)."""
     host, port = server.address
-    return await asyncio.open_connection(host, port, local_addr=(source, 0))
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    if first:
+        writer.write(first_record())
+    return reader, writer
 
 
 def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed() -> None:
@@ -599,14 +619,14 @@ def test_aio_the_count_returns_to_zero_however_a_handshake_ends() -> None:
             assert list(replies) == [b"a", b"b"]
             assert await settled()
 
-            reader, writer = await aio_idle(server)
+            reader, writer = await aio_idle(server, first=False)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
             await writer.drain()
             writer.close()
             assert await async_wait_for(lambda: server.handshakes_failed == 1)
             assert await settled()
 
-            reader, writer = await aio_idle(server)  # silent: the handshake times out
+            reader, writer = await aio_idle(server)  # then silent: the handshake times out
             assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
             assert await aio_closed_by_peer(reader, within=5.0)
             writer.close()

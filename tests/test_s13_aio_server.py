@@ -12,6 +12,7 @@ import pytest
 import dtp.aio
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
+from tests.half_handshakes import first_record
 
 
 async def _until(ready: Callable[[], bool]) -> None:
@@ -70,11 +71,13 @@ def test_a_cancelled_serve_forever_closes_the_server() -> None:
             max_handshakes_per_address=1,
         )
         task = asyncio.ensure_future(server.serve_forever())
-        # the first holds the address's one handshake slot, saying nothing; the second
-        # waits in line behind it
+        # the first holds the address's one handshake slot, a half-handshake (its first
+        # record, then nothing); the second waits in line behind it
         _r1, w1 = await asyncio.open_connection(*server.address)
+        w1.write(first_record())
         await _until(lambda: server._tasks != set())
         r2, w2 = await asyncio.open_connection(*server.address)
+        w2.write(first_record())
         slots = server._address_slots
         assert slots is not None
         await _until(lambda: slots.waiting("127.0.0.1") == 1)

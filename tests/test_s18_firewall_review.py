@@ -114,11 +114,15 @@ def paid_server(api: str, ledger: LocalLedger, host_id: str) -> Any:
     return echo_server(api, ledger, host_id, port=PORT, identity=SERVER, policy=POLICY)
 
 
-def debt_of(server: PaidServer | PaidAioServer, client: str) -> float:
-    """Seconds the client's bytes bucket holds it back now (0 when it has none)."""
+def held_back(server: PaidServer | PaidAioServer, client: str) -> bool:
+    """Whether the client's bytes bucket holds back its stream now: the handler's next
+    piece waits for it (dtp.ratelimit.TokenBucket.wait_for), mid-way through 30 kB at
+    SLOW -- 300 s of it."""
     limiter = server.limiter
     buckets = limiter.clients.get(client) or limiter.idle.get(client)
-    return 0.0 if buckets is None else buckets.bytes.delay(time.monotonic())
+    if buckets is None:
+        return False
+    return buckets.bytes.wait_for(buckets.bytes.take, time.monotonic()) > 0
 
 
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
@@ -131,12 +135,12 @@ def test_a_paid_client_is_not_held_to_a_debt_from_before_an_unlimited_spell(
     address = f"dtp://{host_id}:{PORT}"
     client = CLIENT.sui_address
     with paid_server(api, ledger, host_id) as server:
-        # a connection runs up minutes of debt, and ends during its wait
+        # a connection held back by the rate with minutes of bytes to go ends mid-way
         with dtp.socket.create_connection(
             address, timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
         ) as first:
             first.sendall(b"x" * 30_000)
-            assert wait_for(lambda: debt_of(server, client) > 100, timeout=30)
+            assert wait_for(lambda: held_back(server, client), timeout=30)
         assert wait_for(lambda: server.open_connections == 0, timeout=30)
         # the Host lifts the limit; the client comes back, unlimited
         ledger.set_client_limits(SERVER, host_id, 0, 0, 0)
@@ -174,7 +178,7 @@ def test_a_client_denied_while_held_back_by_its_rate_is_cut_off(
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"x" * 30_000)
-        assert wait_for(lambda: debt_of(server, CLIENT.sui_address) > 100, timeout=30)
+        assert wait_for(lambda: held_back(server, CLIENT.sui_address), timeout=30)
         ledger.deny(SERVER, host_id, CLIENT.sui_address)
         started = time.monotonic()
         with pytest.raises(ConnectionClosed) as closed:
@@ -204,7 +208,7 @@ def test_a_limit_lifted_during_a_wait_reaches_the_wait(ledger: LocalLedger, api:
         ) as sock,
     ):
         sock.sendall(b"x" * 30_000)
-        assert wait_for(lambda: debt_of(server, CLIENT.sui_address) > 100, timeout=30)
+        assert wait_for(lambda: held_back(server, CLIENT.sui_address), timeout=30)
         ledger.set_client_limits(SERVER, host_id, 0, 0, 0)  # lifted
         got = 0
         while got < 30_000:  # (the socket's timeout, 30 s, bounds each read)

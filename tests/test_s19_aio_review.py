@@ -115,14 +115,20 @@ def test_a_server_connection_cancelled_as_its_handshake_completes_ends(
             def cancel(task: asyncio.Task[None]) -> None:
                 reached.append(task.cancel())
 
-            def then(proto: dtp.aio._Protocol) -> None:
-                session = proto.session
-                if not proto.conn.is_client and session.authenticated_address and not cancelled:
+            # the server reads the client's first record as its handshake starts (its
+            # first record was read before it took a slot): in IK it completes then,
+            # the connection's task made right behind it
+            real = server._start_serving
+
+            def start_then_cancel(arrival: dtp.aio._Arrival) -> None:
+                real(arrival)
+                assert arrival.proto is not None and arrival.proto.session.authenticated_address
+                if not cancelled:
                     (task,) = server._tasks
                     cancelled.append(task)
                     loop.call_soon(cancel, task)
 
-            _after_data(monkeypatch, then)
+            monkeypatch.setattr(server, "_start_serving", start_then_cancel)
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public, timeout=60
             )

@@ -93,9 +93,10 @@ async def _close(writer: dtp.aio.DTPStreamWriter) -> None:
 
 
 def test_a_server_connection_whose_start_raises_is_aborted_not_left_unserved() -> None:
-    """The server's ``on_connected`` (its handshake slot, its task) raises: the client
-    reads a HandshakeError at once. Before, the connection was never served nor
-    closed: the client waited out its 600 s. The server goes on serving."""
+    """The server's taking in of a new connection (its admission, its handshake slot,
+    its task) raises: the client reads a HandshakeError at once. Before, the connection
+    was never served nor closed: the client waited out its 600 s. The server goes on
+    serving."""
     fault = RuntimeError("a fault as the connection starts")
     raised: list[BaseException] = []
 
@@ -104,13 +105,13 @@ def test_a_server_connection_whose_start_raises_is_aborted_not_left_unserved() -
             _echo, "127.0.0.1", 0, identity=SERVER_ID, config=_server_config()
         )
         async with server:
-            served = server._connected
+            served = server._arrived
 
-            def fail(proto: Any, by_address: bool) -> None:
+            def fail(arrival: Any) -> None:
                 raised.append(fault)
                 raise fault
 
-            server._connected = fail  # type: ignore[method-assign]
+            server._arrived = fail  # type: ignore[method-assign]
             with pytest.raises(HandshakeError):
                 async with asyncio.timeout(WAIT):
                     await dtp.aio.open_connection(
@@ -120,7 +121,7 @@ def test_a_server_connection_whose_start_raises_is_aborted_not_left_unserved() -
                         timeout=LONG,
                     )
             assert raised == [fault]
-            server._connected = served  # type: ignore[method-assign]
+            server._arrived = served  # type: ignore[method-assign]
             await _close(await _open(server))
 
     asyncio.run(main())

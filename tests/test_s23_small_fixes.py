@@ -61,12 +61,12 @@ def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
             real = server._start_serving
             failures: list[str | None] = []
 
-            def fails_once(proto: dtp.aio._Protocol, key: str | None) -> None:
+            def fails_once(arrival: dtp.aio._Arrival) -> None:
                 if not failures:
-                    failures.append(key)
+                    failures.append(arrival.key)
                     # (what a loop that no longer takes tasks raises)
                     raise RuntimeError("cannot start serving")
-                real(proto, key)
+                real(arrival)
 
             server._start_serving = fails_once  # type: ignore[method-assign]
             with pytest.raises(DTPError):

@@ -1,10 +1,11 @@
 """The blocking server's bounds, found by a second reader: connections nobody accepts
 beyond ``max_pending`` each held a thread and descriptors for the handshake timeout
-(the handshake slots freed, without bound); bad ``max_handshakes`` / ``max_pending``
-values were taken (0 served nobody; a queue of 0 or less is unbounded); an engine that
-could not be made (out of descriptors) ended its thread with a traceback, uncounted;
-and a settling thread that could not start left ServedConnections busy for good. Real
-connections on 127.0.0.1."""
+(the handshake slots freed, without bound; now they wait in their handshakes, each
+holding its slot, and are refused "server busy" -- tests/test_server_accept_burst.py);
+bad ``max_handshakes`` / ``max_pending`` values were taken (0 served nobody; a queue of
+0 or less is unbounded); an engine that could not be made (out of descriptors) ended
+its thread with a traceback, uncounted; and a settling thread that could not start
+left ServedConnections busy for good. Real connections on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 
 import dtp.served
 import dtp.socket
-from dtp.errors import DTPError
+from dtp.connection import ConnectionConfig
+from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.keys import HostIdentity
 from dtp.served import ServedConnections
 
@@ -23,32 +25,56 @@ SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
 
 def test_connections_nobody_accepts_beyond_the_queue_are_refused() -> None:
+    config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=2.0)
     with dtp.socket.DTPServer(
-        ("127.0.0.1", 0), SERVER, max_pending=2, max_handshakes=4, max_handshakes_per_address=4
+        ("127.0.0.1", 0),
+        SERVER,
+        max_pending=2,
+        max_handshakes=4,
+        max_handshakes_per_address=4,
+        config=config,
     ) as server:
         before = threading.active_count()
-        clients = [
-            dtp.socket.create_connection(
-                server.address, identity=CLIENT, server_key=SERVER.noise_public, timeout=5
-            )
-            for _ in range(24)
-        ]
+        outcomes: list[object] = []
+        peak: list[int] = []
+
+        def connect() -> None:
+            try:
+                outcomes.append(
+                    dtp.socket.create_connection(
+                        server.address, identity=CLIENT, server_key=SERVER.noise_public, timeout=10
+                    )
+                )
+            except DTPError as exc:
+                outcomes.append(exc)
+
+        clients = [threading.Thread(target=connect) for _ in range(24)]
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            peak.append(threading.active_count() - before - len(clients))
+            time.sleep(0.05)
+        for client in clients:
+            client.join(30)
         try:
-            # the queue (2) and as many waiting for room; the others "server busy" at once
-            refused = 0
-            deadline = time.monotonic() + 3  # (well within the handshake timeout, 10 s)
-            for client in clients:
-                client.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    client.recv(1)
-                except DTPError as exc:
-                    refused += "busy" in str(exc)
-            assert refused >= len(clients) - 4
-            # (handshakes, the parked, the accepting turn, the timer thread: not one a client)
-            assert threading.active_count() - before <= 12
+            # the queue (2) took two; the others waited in their handshakes -- at most
+            # max_handshakes at once, each holding its slot, and were refused "server
+            # busy" there -- or for a slot, closed unanswered at their handshake timeout
+            # (HandshakeError): none let in, then dropped, and every one counted
+            connected = [o for o in outcomes if isinstance(o, dtp.socket.DTPSocket)]
+            refused = [o for o in outcomes if isinstance(o, ConnectionRefused)]
+            unanswered = [o for o in outcomes if isinstance(o, HandshakeError)]
+            assert len(connected) == 2
+            assert len(refused) >= 4 and all(exc.reason == "server busy" for exc in refused)
+            assert len(refused) + len(unanswered) == 22
+            assert server.busy_refused == 22
+            # (handshakes, the accepting turn, the timer thread: not one a client)
+            assert max(peak) <= 8
         finally:
-            for client in clients:
-                client.close()
+            for sock in outcomes:
+                if isinstance(sock, dtp.socket.DTPSocket):
+                    sock.close()
 
 
 @pytest.mark.parametrize(

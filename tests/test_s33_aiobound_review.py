@@ -5,7 +5,10 @@ way a handshake ends frees its slot. And the reader's read-all on a stream the p
 clean close cut short keeps what it gathered, as its docstring now says.
 
 The per-address cap is lifted (or left above the bound) where it would get in the way:
-all these connections come from 127.0.0.1."""
+all these connections come from 127.0.0.1. A connection takes a slot once it has sent
+its first handshake record (dtp.handshake_gate); the slots are held here by
+half-handshakes (that record, then nothing: they give way to a client that speaks) or,
+where a line must form, by clients the accept hook keeps deciding on."""
 
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
 from dtp.keys import HostIdentity
+from tests.half_handshakes import first_record
 
 SERVER = HostIdentity.generate()
 FIRST = HostIdentity.generate()
 SECOND = HostIdentity.generate()
 DENIED = HostIdentity.generate()
+HELD = HostIdentity.generate()
 BOUND = 5.0  # seconds any one step may take
 
 
@@ -66,18 +71,56 @@ async def echo_once(
     return reply
 
 
-async def silent(server: dtp.aio.DTPServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw TCP connection that never sends a byte (a handshake that never goes on)."""
-    return await asyncio.open_connection(*server.address)
+async def half(
+    server: dtp.aio.DTPServer, record: bytes | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A half-handshake: a raw TCP connection that sends a genuine first handshake
+    record (XX; ``record``: another), then nothing."""
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(record or first_record())
+    return reader, writer
+
+
+async def held(server: dtp.aio.DTPServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection whose IK first record authenticates a client (HELD) that the
+    accept hook then keeps deciding on: it holds its slot, and never gives way."""
+    return await half(server, first_record(server.noise_public_key, HELD))
+
+
+class Holding:
+    """An accept hook's hold on HELD's connections: each waits until :meth:`release`
+    lets one go, refused."""
+
+    def __init__(self) -> None:
+        self._turns = asyncio.Semaphore(0)
+
+    async def decide(self) -> bool:
+        await self._turns.acquire()
+        return False
+
+    def release(self) -> None:
+        self._turns.release()
 
 
 async def closed_by_peer(reader: asyncio.StreamReader, within: float = BOUND) -> bool:
+    """Whether the server closes the connection within ``within`` seconds (what it
+    sends before, its handshake reply, is read and dropped)."""
     try:
-        return await asyncio.wait_for(reader.read(1), within) == b""
+        async with asyncio.timeout(within):
+            while await reader.read(4096):
+                pass
+        return True
     except ConnectionResetError:
         return True
     except TimeoutError:
         return False
+
+
+async def hold_forever(address: str) -> bool:
+    """An accept hook that decides on nobody (their slots stay taken, until the loop
+    ends)."""
+    await asyncio.Event().wait()
+    return True
 
 
 def settled(server: dtp.aio.DTPServer) -> Callable[[], bool]:
@@ -113,31 +156,34 @@ def test_the_default_and_bad_values_mirror_the_blocking_server() -> None:
 
 
 def test_by_default_many_addresses_together_run_at_most_32_handshakes() -> None:
-    """Five client addresses, each within its per-address cap of 8, open 40 silent
-    connections: only 32 handshakes (tasks) run, the other 8 wait holding a socket
-    (unbounded before: 40 tasks, one per connection, until the handshake timeout)."""
+    """Five client addresses, each within its per-address cap of 8, open 40
+    half-handshakes: only 32 handshakes (tasks) run, and the 8 beyond make the oldest
+    8 give way (unbounded before: 40 tasks, one per connection, until the handshake
+    timeout)."""
 
     async def main() -> None:
         server = await dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER)
-        held = []
+        opened = []
+        peak = 0
         async with server:
             try:
                 for host in range(2, 7):  # (all of 127.0.0.0/8 is loopback on Linux)
                     for _ in range(8):
-                        held.append(
+                        opened.append(
                             await asyncio.open_connection(
                                 *server.address, local_addr=(f"127.0.0.{host}", 0)
                             )
                         )
-                assert await until(
-                    lambda: len(server._tasks) + getattr(server, "handshakes_waiting", 0) == 40
-                )
-                assert len(server._tasks) == 32
+                        opened[-1][1].write(first_record())
+                        await asyncio.sleep(0.005)
+                        peak = max(peak, len(server._tasks))
+                assert await until(lambda: server.half_handshakes_evicted == 8)
+                assert await until(lambda: len(server._tasks) == 32)
+                assert peak <= 32
                 assert server.handshakes_in_progress == 32
-                assert server.handshakes_waiting == 8
                 assert server.busy_refused == 0
             finally:
-                for _, writer in held:
+                for _, writer in opened:
                     writer.close()
             assert await until(settled(server))
             assert server.busy_refused == 0
@@ -152,13 +198,18 @@ def test_beyond_the_bound_connections_wait_in_arrival_order_and_start_as_slots_f
     gates: dict[str, asyncio.Event] = {}
     entered: dict[str, asyncio.Event] = {}
 
+    holding: list[Holding] = []
+
     async def hook(address: str) -> bool:
+        if address == HELD.sui_address:
+            return await holding[0].decide()
         order.append(address)
         entered[address].set()
         await gates[address].wait()
         return True
 
     async def main() -> None:
+        holding.append(Holding())
         for who in (FIRST, SECOND):
             gates[who.sui_address] = asyncio.Event()
             entered[who.sui_address] = asyncio.Event()
@@ -172,7 +223,7 @@ def test_beyond_the_bound_connections_wait_in_arrival_order_and_start_as_slots_f
             max_handshakes_per_address=None,
         )
         async with server:
-            held = [await silent(server), await silent(server)]
+            holders = [await held(server), await held(server)]
             assert await until(lambda: server.handshakes_in_progress == 2)
             tasks_before = len(server._tasks)
             first = asyncio.create_task(echo_once(server, b"first", FIRST))
@@ -183,7 +234,7 @@ def test_beyond_the_bound_connections_wait_in_arrival_order_and_start_as_slots_f
             assert len(server._tasks) == tasks_before  # the waiting hold no task
             assert server.busy_refused == 0
 
-            held[0][1].close()  # its handshake fails: the first in line takes its slot
+            holding[0].release()  # one is refused: the first in line takes its slot
             await asyncio.wait_for(entered[FIRST.sui_address].wait(), BOUND)
             assert order == [FIRST.sui_address]
             assert server.handshakes_waiting == 1 and server.handshakes_in_progress == 2
@@ -194,16 +245,26 @@ def test_beyond_the_bound_connections_wait_in_arrival_order_and_start_as_slots_f
             gates[SECOND.sui_address].set()
             assert await asyncio.wait_for(second, BOUND) == b"second"
 
-            held[1][1].close()
+            holding[0].release()
             assert await until(settled(server))
             assert server.busy_refused == 0
-            assert server.handshakes_failed == 2  # the two silent ones
+            assert server.refused == 2  # the two held
+            for _, writer in holders:
+                writer.close()
 
     asyncio.run(main())
 
 
 def test_a_full_line_closes_the_newcomer_and_the_waiting_one_gets_the_next_slot() -> None:
+    holding: list[Holding] = []
+
+    async def hook(address: str) -> bool:
+        if address == HELD.sui_address:
+            return await holding[0].decide()
+        return True
+
     async def main() -> None:
+        holding.append(Holding())
         server = await dtp.aio.start_server(
             echo,
             "127.0.0.1",
@@ -212,18 +273,20 @@ def test_a_full_line_closes_the_newcomer_and_the_waiting_one_gets_the_next_slot(
             max_handshakes=1,
             backlog=1,
             max_handshakes_per_address=None,
+            accept=hook,
         )
         async with server:
-            holder = await silent(server)
+            holder = await held(server)  # (decided on: it never gives way)
             assert await until(lambda: server.handshakes_in_progress == 1)
-            waiter = await silent(server)
+            waiter = await half(server)
             assert await until(lambda: server.handshakes_waiting == 1)
-            late_reader, late_writer = await silent(server)
+            late_reader, late_writer = await half(server)
             assert await closed_by_peer(late_reader)  # the line (backlog=1) is full
             late_writer.close()
             assert server.busy_refused == 1
             assert not await closed_by_peer(waiter[0], within=0.2)  # still waiting
 
+            holding[0].release()  # refused: the waiting one takes the slot
             holder[1].close()
             assert await until(lambda: server.handshakes_waiting == 0)
             assert server.handshakes_in_progress == 1  # the waiting one's handshake
@@ -241,13 +304,20 @@ def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
 
     async def main() -> None:
         config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
+        decided = asyncio.Event()
+
+        async def hook(address: str) -> bool:
+            if address == HELD.sui_address:
+                await decided.wait()
+            return address != DENIED.sui_address
+
         server = await dtp.aio.start_server(
             echo,
             "127.0.0.1",
             0,
             identity=SERVER,
             config=config,
-            accept=lambda address: address != DENIED.sui_address,
+            accept=hook,
             max_handshakes=1,
             max_handshakes_per_address=None,
         )
@@ -262,7 +332,7 @@ def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
             assert await until(lambda: server.refused == 1)
             assert await until(settled(server))
 
-            reader, writer = await silent(server)
+            reader, writer = await asyncio.open_connection(*server.address)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
             await writer.drain()
             assert await closed_by_peer(reader)
@@ -270,16 +340,13 @@ def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
             assert await until(lambda: server.handshakes_failed == 1)
             assert await until(settled(server))
 
-            # a silent one times out; the one waiting behind it, silent too, is closed
-            # as well: unserved, when its wait outlived its handshake timeout by the
-            # time the slot came free, else by its own handshake's timeout once started
-            # (which of the two depends on a few ms of timer order: either way it ends,
-            # and its slot is free again)
-            timed_out = await silent(server)
+            # a half-handshake; the one behind it makes it give way, and then times out
+            # itself: both end, and their slot is free again
+            timed_out = await half(server)
             assert await until(lambda: server.handshakes_in_progress == 1)
-            behind = await silent(server)
+            behind = await half(server)
             try:
-                assert await until(lambda: server.handshakes_waiting == 1)
+                assert await until(lambda: server.half_handshakes_evicted == 1)
                 assert await closed_by_peer(timed_out[0])
                 assert await closed_by_peer(behind[0])
                 assert await until(lambda: server.busy_refused + server.handshakes_failed == 3)
@@ -289,15 +356,16 @@ def test_the_count_returns_to_zero_however_a_handshake_ends() -> None:
             assert await until(settled(server))
 
             # closing the server closes those in its line; the handshake under way ends
-            in_progress = await silent(server)
+            in_progress = await held(server)
             assert await until(lambda: server.handshakes_in_progress == 1)
-            waiting = await silent(server)
+            waiting = await half(server)
             assert await until(lambda: server.handshakes_waiting == 1)
             server.close()
             assert server.handshakes_waiting == 0
             assert await closed_by_peer(waiting[0])
             in_progress[1].close()
             waiting[1].close()
+            decided.set()
             assert await until(settled(server))
         finally:
             server.close()
@@ -315,11 +383,19 @@ def test_the_loop_ending_frees_the_slots_and_closes_those_waiting() -> None:
 
     async def main() -> None:
         server = await dtp.aio.start_server(
-            echo, "127.0.0.1", 0, identity=SERVER, max_handshakes=1, max_handshakes_per_address=2
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            max_handshakes=1,
+            max_handshakes_per_address=2,
+            accept=hold_forever,
         )
         servers.append(server)
         for _ in range(3):  # one in progress, one in the server's line, one in the address's
             raw.append(socket.create_connection(server.address, timeout=BOUND))
+            raw[-1].sendall(first_record(server.noise_public_key))
+            await asyncio.sleep(0.05)
         slots = server._address_slots
         assert slots is not None
         assert await until(lambda: slots.waiting("127.0.0.1") == 1)
@@ -334,7 +410,8 @@ def test_the_loop_ending_frees_the_slots_and_closes_those_waiting() -> None:
         for sock in raw:
             sock.settimeout(BOUND)
             with contextlib.suppress(ConnectionResetError):
-                assert sock.recv(1) == b""
+                while sock.recv(4096):  # (its handshake reply, then the end)
+                    pass
     finally:
         for sock in raw:
             sock.close()

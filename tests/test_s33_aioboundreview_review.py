@@ -30,8 +30,8 @@ from tests.test_s33_aiobound_review import (
     closed_by_peer,
     echo,
     echo_once,
+    half,
     settled,
-    silent,
     until,
 )
 
@@ -85,12 +85,12 @@ def test_a_dead_connection_in_the_full_server_line_does_not_turn_a_newcomer_away
         holder = await ledger_connection(server)
         try:
             assert server.handshakes_in_progress == 1
-            dead = await silent(server)
+            dead = await half(server)
             assert await until(lambda: server.handshakes_waiting == 1)
             assert await closed_by_peer(dead[0])  # its handshake timeout passed, unread
             dead[1].close()
 
-            newcomer = await silent(server)
+            newcomer = await half(server)
             assert not await closed_by_peer(newcomer[0], within=0.3)  # it waits
             assert server.handshakes_waiting == 1
             assert server.busy_refused <= 1  # (the dead one, when it had expired by then)
@@ -135,12 +135,12 @@ def test_a_dead_connection_in_an_address_full_line_does_not_turn_a_newcomer_away
         holder = asyncio.create_task(echo_once(server, b"held", FIRST))
         try:
             assert await until(lambda: slots.in_progress("127.0.0.1") == 1)
-            dead = await silent(server)
+            dead = await half(server)
             assert await until(lambda: slots.waiting("127.0.0.1") == 1)
             assert await closed_by_peer(dead[0])
             dead[1].close()
 
-            newcomer = await silent(server)
+            newcomer = await half(server)
             assert not await closed_by_peer(newcomer[0], within=0.3)
             assert slots.waiting("127.0.0.1") == 1
 

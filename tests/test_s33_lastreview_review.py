@@ -1,6 +1,6 @@
 """Second-reader review of the line purge's look at a waiting client (dtp.socket).
 
-``_waiting_gone`` runs under the address line's lock, in the accepting thread: it must
+``_waiting_gone`` runs under a line's lock, in the server's threads: it must
 neither wait nor call a live client gone. A waiting socket with a timeout (one that
 ``socket.setdefaulttimeout`` gave it at accept) whose client sent a TCP urgent byte
 alone woke poll (POLLPRI) while a peek finds no data: CPython's recv then waited for
@@ -17,7 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 from dtp._poll import wait_ready
-from dtp.socket import _Waited, _waiting_gone
+from dtp.connection import ConnectionConfig
+from dtp.keys import HostIdentity
+from dtp.socket import _Arrival, _waiting_gone
 
 SOCKET_TIMEOUT = 3.0
 
@@ -45,7 +47,8 @@ def test_an_urgent_byte_alone_neither_waits_nor_makes_the_client_gone(
     # the urgent byte has arrived once poll says so (POLLPRI): no sleep
     assert wait_ready([served], [], 2.0)[0] == [served]
     started = time.monotonic()
-    waited = _Waited(served, ("127.0.0.1", 1), "k", time.monotonic() + 60)
+    config = ConnectionConfig(identity=HostIdentity.generate(), is_client=False)
+    waited = _Arrival(served, ("127.0.0.1", 1), config, "k")
     gone = _waiting_gone(waited)
     took = time.monotonic() - started
     assert took < 0.5, f"the look under the line's lock waited {took:.2f} s"

@@ -1,11 +1,12 @@
 """The blocking server's waits for one of its ``max_handshakes`` slots had no deadline: a
 connection handed on from its address's line held a thread (and its address's slot)
 until a slot came free or the server closed, and a ledger carrier connection held the
-ledger listener's thread as long. Each now gives up at its connection's deadline (its
-accept plus its handshake timeout): closed unserved, counted in ``busy_refused``, its
-address slot handed on, its thread gone. And the paid servers' ``serve()`` take the
-handshake bounds the plain servers take. Real servers and sockets on 127.0.0.1 (the
-waiting connections from 127.0.0.2, a second address)."""
+ledger listener's thread as long. Each now waits in the server's line, holding no
+thread (dtp.handshake_gate), until its connection's deadline (its accept plus its
+handshake timeout): closed unserved, counted in ``busy_refused``, its address slot
+handed on. And the paid servers' ``serve()`` take the handshake bounds the plain
+servers take. Real servers and sockets on 127.0.0.1 (the waiting connections from
+127.0.0.2, a second address)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 OTHER_IP = "127.0.0.2"
 TIMEOUT = 0.5  # the server's handshake timeout: each waiter's deadline is this after its accept
-SLACK = 0.5  # how late past its deadline a waiter may still be open (the wait's poll)
+SLACK = 0.5  # how late past its deadline a waiter may still be open (the expiry's poll)
 
 
 def handshake_threads() -> set[threading.Thread]:
@@ -104,10 +105,11 @@ def test_a_waiter_handed_on_is_closed_at_its_deadline_and_the_next_one_too(held:
         assert wait_for(lambda: slots.waiting(OTHER_IP) == 2)
         deadlines = [deadline for deadline, _ in slots._waiting[OTHER_IP]]
         before = handshake_threads()
-        # that handshake ends: the first in line takes the address slot and waits, in a
-        # thread, for the global one, which the hooked client holds all along
-        server._release_address(OTHER_IP)
-        assert wait_for(lambda: handshake_threads() - before, timeout=2.0)
+        # that handshake ends: the first in line takes the address slot and waits in the
+        # server's line for the global one, which the hooked client holds all along
+        server._admission._release_address(OTHER_IP, time.monotonic())
+        assert wait_for(lambda: server.handshakes_waiting == 1, timeout=2.0)
+        assert not handshake_threads() - before  # (no thread waits for it)
         for sock, deadline in zip((first, second), deadlines, strict=True):
             # (room for a loaded machine's scheduling: the old wait never ended at all)
             assert closed_by_peer(sock, within=max(deadline - time.monotonic(), 0) + SLACK + 2.0)
@@ -115,7 +117,7 @@ def test_a_waiter_handed_on_is_closed_at_its_deadline_and_the_next_one_too(held:
         assert server.busy_refused == 2
         # the address slot was handed on from the first to the second, then freed
         assert wait_for(lambda: slots.in_progress(OTHER_IP) == 0, timeout=2.0)
-        assert wait_for(lambda: not handshake_threads() - before, timeout=2.0)
+        assert server.handshakes_waiting == 0
     # the hooked client, let go, is served as ever
     held.release.set()
     held.client.join(10)
@@ -127,21 +129,14 @@ def test_a_ledger_connection_waits_for_a_slot_until_its_deadline(held: Held) -> 
     server = held.server
     ours, theirs = socket.socketpair()
     with theirs:
-        outcome: list[bool] = []
-        handoff = threading.Thread(
-            target=lambda: outcome.append(
-                server._handoff(ours, ("ledger", "0xabc"), server._config)
-            ),
-            daemon=True,
-        )
         started = time.monotonic()
-        handoff.start()
-        # the ledger listener's thread (here, ours) is back by the deadline + the poll
-        handoff.join(TIMEOUT + SLACK + 0.5)
-        assert not handoff.is_alive()
-        assert outcome == [False]
+        # the ledger listener's thread (here, ours) is back at once: the connection
+        # waits in the server's line, holding no thread
+        assert server._handoff(ours, ("ledger", "0xabc"), server._config)
+        assert time.monotonic() - started < 0.2
+        assert server.handshakes_waiting == 1
+        assert closed_by_peer(theirs, within=TIMEOUT + SLACK + 1.0)
         assert time.monotonic() - started >= TIMEOUT - 0.05
-        assert closed_by_peer(theirs, within=1.0)
         assert server.busy_refused == 1
     held.release.set()
     held.client.join(10)
@@ -212,7 +207,8 @@ def test_blocking_paid_serve_takes_the_handshake_bounds(world: World) -> None:
     )
     try:
         assert server.server is not None
-        assert server.server._slots._value == 3  # (none in progress)
+        assert server.server._admission.server_slots.cap == 3
+        assert server.server.handshakes_in_progress == 0
         second_of_an_address_is_refused(server.address, server.server)
     finally:
         server.close()

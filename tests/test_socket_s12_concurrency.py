@@ -18,6 +18,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
+from tests.half_handshakes import half_handshake, silent
 from tests.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
@@ -177,18 +178,22 @@ def _handshake_threads() -> list[threading.Thread]:
 
 
 def test_close_ends_handshakes_in_progress_at_once() -> None:
-    """A TCP client that connected but has not finished its handshake: close() ends it
-    at once, with the thread serving it and its descriptors. They used to stay until
-    the handshake timeout (10 s), nobody left to accept the connection."""
+    """A TCP client that connected but has not finished its handshake (its first record,
+    then nothing), and one that has sent nothing yet: close() ends both at once, with
+    the thread serving the first and their descriptors. They used to stay until the
+    handshake timeout (10 s), nobody left to accept the connection."""
     assert wait_for(lambda: not _handshake_threads())
     fds = _fds()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
-    with socket.create_connection(server.address) as silent:
+    with half_handshake(server.address) as half, silent(server.address) as quiet:
         # its handshake has started once the accepting was passed on to a new thread
         assert wait_for(lambda: len(_handshake_threads()) == 2)
+        assert wait_for(lambda: server.unproven == 1)
         server.close()
-        silent.settimeout(3)
-        assert silent.recv(100) == b""  # closed by the server
+        for sock in (half, quiet):
+            sock.settimeout(3)
+            while sock.recv(100):  # (the handshake's reply, then the end)
+                pass
         assert wait_for(lambda: not _handshake_threads(), 3)
     assert wait_for(lambda: _fds() <= fds, 3), _fds() - fds
     assert server.handshakes_failed == 0  # (the client did nothing wrong)

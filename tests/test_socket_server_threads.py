@@ -1,16 +1,18 @@
-"""DTPServer's connection threads: the one that accepts a connection serves it and
-passes the accepting on (two threads take turns for one client at a time), one per
-concurrent connection, reused across connections, ended by close() and (all but the one
-accepting) after WORKER_IDLE without work."""
+"""DTPServer's connection threads: the one that accepts a connection whose first record
+came with it serves it and passes the accepting on (else an idle thread serves it once
+the record is in), one per concurrent connection, reused across connections, ended by
+close() and (all but the one accepting) after WORKER_IDLE without work."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
 import pytest
 
 import dtp.socket
+from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity
 from tests.leaks import resource_warnings
 from tests.polling import wait_for
@@ -56,11 +58,11 @@ def test_serve_forever_reuses_the_thread_of_a_finished_connection() -> None:
             # the other one waits in accept()
             assert wait_for(lambda: server._idle == 1)
         assert len(served) == 6
-        # two threads take turns: each serves what it accepted, then waits for the
+        # two threads take turns: each serves what it accepted (or the idle one serves
+        # a connection whose first record came after its accept), then waits for the
         # next turn; no thread was started after the first connection. (Which of them
-        # takes a turn is up to the job queue: the one that just served may take it
-        # before the one woken for it runs, so the order need not alternate.)
-        assert len(set(served)) == 2 and served[0] != served[1]
+        # takes a turn is up to the job queue and to when the records come.)
+        assert 1 <= len(set(served)) <= 2
         assert len(connection_threads(before)) == 2
     # close() ends waiting threads at once, not after WORKER_IDLE, and the accepting one
     assert wait_for(lambda: not connection_threads(before), timeout=5.0)
@@ -146,7 +148,9 @@ def test_a_thread_that_cannot_be_started_does_not_stop_the_accepting(
     """Out of threads (Thread.start raises RuntimeError, as it does when the process may
     start no more), the thread that accepted a connection cannot pass the accepting on:
     it keeps the turn and accepts again once it served that connection, so later
-    clients still connect and nothing leaks (its handshake slot is free again)."""
+    clients still connect and nothing leaks (its handshake slot is free again). A
+    connection whose first record came after its accept, which a new thread would have
+    served, is closed at once (HandshakeError at its client), never left hanging."""
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
         sock.sendall(sock.recv(100))
@@ -168,11 +172,12 @@ def test_a_thread_that_cannot_be_started_does_not_stop_the_accepting(
         monkeypatch.setattr(threading.Thread, "start", start)
         refusing.set()
         for i in range(4):
-            assert echo_once(server, b"n%d" % i) == b"n%d" % i
-        assert refused  # the accepting thread did try to pass its turn on, and could not
+            with contextlib.suppress(HandshakeError):  # (no thread for it: closed at once)
+                assert echo_once(server, b"n%d" % i) == b"n%d" % i
+        assert refused  # a thread was asked for, and could not start
         refusing.clear()
         assert echo_once(server, b"after") == b"after"
-        assert wait_for(lambda: server._slots._value == 32)  # type: ignore[attr-defined]
+        assert wait_for(lambda: server.handshakes_in_progress == 0)
 
 
 def test_a_ledger_connection_without_a_thread_is_closed_and_frees_its_slot(
@@ -195,7 +200,7 @@ def test_a_ledger_connection_without_a_thread_is_closed_and_frees_its_slot(
             assert handed is False
             theirs.settimeout(5)
             assert theirs.recv(1) == b""  # closed on our side
-        assert server._slots._value == 32  # type: ignore[attr-defined]
+        assert server.handshakes_in_progress == 0
 
 
 def test_close_ends_connections_that_accept_never_took() -> None:

@@ -1,0 +1,235 @@
+"""A client's bytes/s limit arrives smoothly: every one-second window within 20 % of the
+limit, over 10 s of sustained transfer, both ways, on both paid servers
+(:attr:`dtp.ratelimit.TokenBucket.take`). Before, a read took whatever had arrived and
+paid for it afterwards: at 200,000 B/s a handler's ``recv(4 MiB)`` got 1.1 MB at once
+and then waited 5.5 s -- 5.6 times the limit in that second, nothing in the next five.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError
+from dtp.paid import PaidSocket
+from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.ratelimit import TokenBucket
+from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+
+RATE = 200_000  # B/s: the issue's limit
+WINDOWS = 10  # one-second windows measured
+TOLERANCE = 0.2
+BLOCKING_SERVER, AIO_SERVER = ident(0x91), ident(0x94)
+UPLOADER, DOWNLOADER = ident(0x92), ident(0x93)
+PORT = 21
+SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
+CHUNK = b"r" * (256 << 10)
+
+Events = list[tuple[float, int]]
+
+
+def windows(events: Events) -> list[float]:
+    """Bytes per one-second window from the first event, as fractions of RATE: the
+    first WINDOWS of them."""
+    start = events[0][0]
+    totals = [0] * WINDOWS
+    for at, n in events:
+        index = int(at - start)
+        if index < WINDOWS:
+            totals[index] += n
+    return [total / RATE for total in totals]
+
+
+def assert_smooth(events: Events, what: str) -> None:
+    assert events and events[-1][0] - events[0][0] >= WINDOWS, (what, "too short a run")
+    shares = windows(events)
+    assert all(abs(share - 1) <= TOLERANCE for share in shares), (what, shares)
+
+
+# -- the bucket alone, on a simulated clock --------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [1_000, 200_000, 10_000_000])
+def test_pieces_moved_when_the_bucket_holds_them_keep_every_window_within_a_fifth(
+    rate: int,
+) -> None:
+    # a reader that always wants 4 MiB, with up to 5 ms of lateness on each wake-up (a
+    # busy loop or thread): each piece is at most the take, moved once the bucket holds it
+    draw = random.Random(rate)
+    bucket = TokenBucket(rate, now=0.0)
+    now, moved = 0.0, []
+    while now < WINDOWS + 1:
+        size = bucket.take_of(4 << 20)
+        assert size <= rate * bucket.burst_seconds / 5 + 1
+        wait = bucket.wait_for(size, now)
+        if wait:
+            now += wait + draw.uniform(0, 0.005)
+            continue
+        bucket.charge(size, now)
+        moved.append((now, size))
+    shares = [sum(n for at, n in moved if i <= at < i + 1) / rate for i in range(WINDOWS)]
+    assert all(abs(share - 1) <= TOLERANCE for share in shares), shares
+
+
+def test_the_take_is_a_fifth_of_the_burst_and_one_unit_at_least() -> None:
+    assert TokenBucket(400, 0.0).take == pytest.approx(20)  # a quarter second, a fifth
+    assert TokenBucket(1, 0.0).take == 1.0
+    assert TokenBucket(400, 0.0).take_of(10) == 10  # within it: whole
+    assert TokenBucket(400, 0.0).take_of(10**6) == 20
+    assert TokenBucket(0, 0.0).take_of(10**9) == 10**9  # unlimited: whole
+    bucket = TokenBucket(400, 0.0)
+    assert bucket.wait_for(20, 0.0) == 0.0  # a full bucket: a piece goes
+    bucket.charge(20, 0.0)
+    assert bucket.wait_for(20, 0.0) == 0.0  # and a second one (within a take of full)
+    bucket.charge(20, 0.0)
+    assert bucket.wait_for(20, 0.0) == pytest.approx(0.05)  # then one per take's time
+    assert bucket.wait_for(10**6, 0.0) == pytest.approx(0.05)  # (more counts as a take)
+    assert bucket.wait_for(1, 0.0) == pytest.approx(0.05)  # (so does less)
+
+
+# -- end to end: both paid servers, both directions, side by side -----------------------
+
+
+@pytest.fixture
+def worlds(tmp_path: Path) -> Iterator[tuple[PaidWorld, PaidWorld]]:
+    """The blocking server's host and the asyncio server's, on one ledger file."""
+    with hosted_ledgers(tmp_path, BLOCKING_SERVER, UPLOADER, PORT, SLA) as (
+        ledger,
+        server_ledger,
+        host_id,
+    ):
+        ledger.faucet(DOWNLOADER.sui_address, 10_000_000)
+        other = ledger.create_host(AIO_SERVER, AIO_SERVER.noise_public)
+        ledger.add_service(AIO_SERVER, other, PORT, "echo", SLA)
+        for server, host in ((BLOCKING_SERVER, host_id), (AIO_SERVER, other)):
+            ledger.set_client_limits(server, host, 0, RATE, 0)
+        yield (
+            PaidWorld(ledger, server_ledger, host_id, tmp_path),
+            PaidWorld(ledger, server_ledger, other, tmp_path),
+        )
+
+
+def _until() -> float:
+    return time.monotonic() + WINDOWS + 1.5
+
+
+def blocking_handler(seen: dict[str, Events]) -> object:
+    def handle(sock: PaidSocket) -> None:
+        verb = sock.recv(2)
+        events = seen.setdefault(f"blocking {verb.decode()}", [])
+        end = _until()
+        with pytest.raises(DTPError) if verb == b"dn" else _nothing():
+            while time.monotonic() < end:
+                if verb == b"up":
+                    # the issue's reader: a large buffer, taking whatever has arrived
+                    data = sock.recv(4 << 20)
+                    if not data:
+                        return
+                    events.append((time.monotonic(), len(data)))
+                else:
+                    sock.sendall(CHUNK)
+            if verb == b"dn":
+                raise DTPError("done")
+
+    return handle
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def aio_handler(seen: dict[str, Events]) -> object:
+    async def handle(reader: PaidReader, writer: PaidWriter) -> None:
+        verb = await reader.readexactly(2)
+        events = seen.setdefault(f"asyncio {verb.decode()}", [])
+        end = _until()
+        while time.monotonic() < end:
+            if verb == b"up":
+                data = await reader.read(4 << 20)
+                if not data:
+                    return
+                events.append((time.monotonic(), len(data)))
+            else:
+                writer.write(CHUNK)
+                await writer.drain()
+
+    return handle
+
+
+def upload(world: PaidWorld) -> None:
+    with world.connect_as(UPLOADER, PORT, 1_000_000) as sock:
+        sock.sendall(b"up")
+        with pytest.raises(DTPError):
+            while True:
+                sock.sendall(CHUNK)
+
+
+def download(world: PaidWorld, events: Events) -> None:
+    with world.connect_as(DOWNLOADER, PORT, 1_000_000) as sock:
+        sock.sendall(b"dn")
+        end = _until()
+        while time.monotonic() < end:
+            data = sock.recv(4 << 20)
+            if not data:
+                break
+            events.append((time.monotonic(), len(data)))
+
+
+@pytest.mark.timeout(120)
+def test_every_second_carries_the_limit_within_a_fifth_both_ways_on_both_servers(
+    worlds: tuple[PaidWorld, PaidWorld],
+) -> None:
+    blocking, aio = worlds
+    seen: dict[str, Events] = {}
+    client_seen: dict[str, Events] = {"blocking dn": [], "asyncio dn": []}
+    failures: list[BaseException] = []
+
+    def run(target: object, *args: object) -> None:
+        try:
+            target(*args)  # type: ignore[operator]
+        except BaseException as exc:  # (reported by the test)
+            failures.append(exc)
+
+    with (
+        dtp.socket.serve(
+            blocking.host_id,
+            PORT,
+            blocking_handler(seen),  # type: ignore[arg-type]
+            ledger=blocking.server_ledger,
+            identity=BLOCKING_SERVER,
+        ),
+        loop_in_thread() as loop,
+    ):
+        aio_server = aio.serve_aio(loop, PORT, aio_handler(seen), AIO_SERVER)
+        try:
+            # one client uploads to both servers, another downloads from both: each
+            # server's limiter holds one bucket per client, so no two flows share one
+            threads = [
+                threading.Thread(target=run, args=(upload, blocking)),
+                threading.Thread(target=run, args=(upload, aio)),
+                threading.Thread(target=run, args=(download, blocking, client_seen["blocking dn"])),
+                threading.Thread(target=run, args=(download, aio, client_seen["asyncio dn"])),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
+    assert not failures, failures
+    assert_smooth(seen["blocking up"], "blocking server, its handler's reads")
+    assert_smooth(seen["asyncio up"], "asyncio server, its handler's reads")
+    assert_smooth(client_seen["blocking dn"], "blocking server, what the client reads")
+    assert_smooth(client_seen["asyncio dn"], "asyncio server, what the client reads")

@@ -1,0 +1,188 @@
+"""Silent and half-handshake connections from 200 addresses cannot lock a server's
+clients out (docs/protocol.md §8, "Admission"; dtp.handshake_gate): a connection costs
+a handshake slot only once it has sent its complete first handshake record, the oldest
+of those still silent give way to newcomers, and the oldest half-handshakes give way
+to clients that proved themselves. Both servers, an attacker in a process of its own
+(tests/lockout_attack.py), a genuine client connecting 50 times meanwhile: each in
+under a second, and the server's descriptors and memory bounded throughout.
+
+Before, 160 silent connections over 20 addresses, reopened as the handshake timeout
+freed them, filled the 32 handshake slots and the lines behind them: the asyncio server
+refused every client at once (0 of 75 got in), the blocking one let them time out."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.errors import DTPError
+from dtp.keys import HostIdentity
+from tests.half_handshakes import half_handshake, silent
+from tests.polling import wait_for
+from tests.procs import descriptors, rss_kib, server_process
+
+SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
+TRIES = 50
+BACKLOG = 128
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def blocking_server() -> Iterator[Any]:
+    def echo(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(64))
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, backlog=BACKLOG) as server:
+        threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
+        yield server
+
+
+@contextmanager
+def asyncio_server() -> Iterator[Any]:
+    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        writer.write(await reader.read(64))
+        await writer.drain()
+        writer.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(
+        dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=BACKLOG), loop
+    ).result(10)
+    try:
+        yield server
+    finally:
+
+        async def stop() -> None:
+            server.close()
+            await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
+
+
+@contextmanager
+def attack(
+    address: tuple[str, int], seconds: float, keep_open: int = 400, rate: float = 200.0
+) -> Iterator[None]:
+    """tests/lockout_attack.py against ``address`` for up to ``seconds``, its
+    connections up before the block runs."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.lockout_attack",
+            *map(str, address),
+            str(seconds),
+            *("--open", str(keep_open), "--rate", str(rate)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def connect_and_echo(address: tuple[str, int]) -> float:
+    """One genuine client: connect, one echo; the connect's time."""
+    started = time.monotonic()
+    with dtp.socket.create_connection(
+        address, timeout=10, identity=CLIENT, server_key=SERVER.noise_public
+    ) as sock:
+        took = time.monotonic() - started
+        sock.sendall(b"ping")
+        assert sock.recv(64) == b"ping"
+    return took
+
+
+def connect_and_echo_to(address: tuple[str, int], key: bytes) -> float:
+    """One genuine client of a server with Noise key ``key``: connect, one echo; the
+    connect's time."""
+    started = time.monotonic()
+    with dtp.socket.create_connection(address, timeout=10, identity=CLIENT, server_key=key) as sock:
+        took = time.monotonic() - started
+        sock.sendall(b"ping")
+        assert sock.recv(64) == b"ping"
+    return took
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_client_connects_within_a_second_while_200_addresses_attack(api: str) -> None:
+    # the server, the attacker and the client each in a process of its own: the
+    # client's times are the server's, not a share of one interpreter's lock
+    with server_process("echo", api=api) as srv:
+        pid = srv.proc.pid
+        connect_and_echo_to(srv.endpoint, srv.key)  # (warm: keys made, threads started)
+        fds, rss = descriptors(pid), rss_kib(pid)
+        took: list[float] = []
+        peak_fds = peak_rss = 0
+        with attack(srv.endpoint, 120):
+            for _ in range(TRIES):
+                try:
+                    took.append(connect_and_echo_to(srv.endpoint, srv.key))
+                except DTPError as exc:
+                    took.append(float("inf"))
+                    print("failed:", exc)
+                peak_fds = max(peak_fds, descriptors(pid))
+                peak_rss = max(peak_rss, rss_kib(pid))
+                time.sleep(0.05)
+        assert max(took) < 1.0, (api, sorted(took)[-5:])
+        # the attacker's 400 connections cost at most the bounds' worth of descriptors
+        # (those waiting for their first record, the slots, the lines: each at most the
+        # backlog, 128, or 32), not one each for as long as it likes
+        assert peak_fds - fds <= 3 * BACKLOG + 32 + 32, (fds, peak_fds)
+        assert peak_rss - rss < 64 * 1024, (rss, peak_rss)
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_silent_connections_wait_without_a_slot_and_time_out(kind: str) -> None:
+    with SERVERS[kind]() as server:
+        held = [silent(server.address, f"127.0.0.{2 + i % 4}") for i in range(40)]
+        try:
+            assert wait_for(lambda: server.unproven == 40)
+            assert server.handshakes_in_progress == 0  # (32 slots; 40 silent: none taken)
+            assert connect_and_echo(server.address) < 1.0
+        finally:
+            for sock in held:
+                sock.close()
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_the_oldest_half_handshakes_give_way_to_a_client_that_speaks(kind: str) -> None:
+    with SERVERS[kind]() as server:
+        # 32 half-handshakes from 8 addresses: every slot taken, each waiting for its
+        # client's next message
+        held = [half_handshake(server.address, f"127.0.0.{2 + i % 8}") for i in range(32)]
+        try:
+            assert wait_for(lambda: server.handshakes_in_progress == 32)
+            assert connect_and_echo(server.address) < 1.0
+            assert server.half_handshakes_evicted >= 1
+        finally:
+            for sock in held:
+                sock.close()
