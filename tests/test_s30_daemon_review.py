@@ -6,8 +6,8 @@ left open, and backend host names that broke the balancer.
   peer's full buffer, was never told the transport was lost, so the far side stayed
   blocked in ``drain()``. With the far side idle, the reset was not even seen (after
   EOF asyncio reads no more): the tunnel stayed open until the far side next sent.
-* The forwarder's ledger reads right after opening a DTP connection (its terms and
-  escrow) raising left that connection open and never closed on the ledger: the paid
+* The forwarder's ledger read right after opening a DTP connection (its escrow)
+  raising left that connection open and never closed on the ledger: the paid
   connection and its deposit leaked.
 * A backend host name with an empty label or one over 63 bytes passed the config, and
   ``getaddrinfo`` raises ``UnicodeError`` for it (not a socket error): it killed the
@@ -15,7 +15,7 @@ left open, and backend host names that broke the balancer.
   the pool's ``stop()``.
 
 Real sockets on 127.0.0.1 and real LocalLedger files; the one fake is a ledger whose
-first read of a connection fails (a ledger RPC timing out).
+first read of a connection's escrow fails (a ledger RPC timing out).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pytest
 import dtp.aio
 from dtp.address import HostAddress
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla, TransportControl
+from dtp.chain.objects import ConnectionState, Escrow, Sla, TransportControl
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ForwardConfig, parse_config
 from dtp.daemon.forwarder import Forwarder
@@ -149,16 +149,18 @@ SERVER, CLIENT = ident(0x30), ident(0x31)
 
 
 class _FlakyReads(LocalLedger):
-    """Its first read of a connection fails, as a ledger RPC timing out would."""
+    """Its first read of a connection's escrow fails, as a ledger RPC timing out would
+    (the forwarder's one read after its open: the escrow holds the SLA and deposit)."""
 
     read_ids: list[str]
+    """The connections whose escrow was asked for, in order."""
 
-    def get_connection(self, connection_id: str) -> TransportControl:
-        if not self.read_ids:
-            self.read_ids.append(connection_id)
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        escrow = super().get_escrow(escrow_id)
+        self.read_ids.append(escrow.connection)
+        if len(self.read_ids) == 1:
             raise ChainError("ledger RPC timed out")
-        self.read_ids.append(connection_id)
-        return super().get_connection(connection_id)
+        return escrow
 
 
 async def _plain_host_and_forwarder(

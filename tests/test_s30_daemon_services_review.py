@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
+from dtp.admission import Admitted
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
@@ -222,10 +223,14 @@ def test_a_drain_closes_a_connection_admitted_as_it_began(
     go_on = asyncio.Event()
     real_terms = ServerFees.terms
 
-    async def slow_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+    async def slow_terms(
+        self: ServerFees, connection_id: str, admitted: Admitted | None = None
+    ) -> ConnectionTerms:
         reading.set()
-        await go_on.wait()  # a slow ledger read, until the drain is under way
-        return await real_terms(self, connection_id)
+        # held until the drain is under way (a ledger read, where the admission kept no
+        # view; the firewall's first read: the handler's awaits before it registers)
+        await go_on.wait()
+        return await real_terms(self, connection_id, admitted)
 
     monkeypatch.setattr(ServerFees, "terms", slow_terms)
 
@@ -324,11 +329,13 @@ def test_a_connection_whose_terms_cannot_be_read_is_settled(
     failed: list[str] = []
     real_terms = ServerFees.terms
 
-    async def flaky_terms(self: ServerFees, connection_id: str) -> ConnectionTerms:
+    async def flaky_terms(
+        self: ServerFees, connection_id: str, admitted: Admitted | None = None
+    ) -> ConnectionTerms:
         if not failed:
             failed.append(connection_id)
             raise ChainError("ledger RPC timed out")
-        return await real_terms(self, connection_id)
+        return await real_terms(self, connection_id, admitted)
 
     monkeypatch.setattr(ServerFees, "terms", flaky_terms)
 

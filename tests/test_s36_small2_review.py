@@ -25,6 +25,7 @@ import pytest
 import dtp.aio
 import dtp.daemon.services as services_module
 from dtp.address import HostAddress, InvalidAddress
+from dtp.admission import Admitted
 from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig, parse_config
 from dtp.daemon.fees import Settled
@@ -162,7 +163,10 @@ def serve_free(
     settled: list[str] = []
 
     class Fees:
-        async def terms(self, connection_id: str) -> ConnectionTerms:
+        # (ServerFees.terms' signature: the handler passes what the admission read)
+        async def terms(
+            self, connection_id: str, admitted: Admitted | None = None
+        ) -> ConnectionTerms:
             return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000)
 
     async def settle_served(conn: _Conn, *_: Any) -> Settled:
