@@ -227,8 +227,10 @@ class _Engine:
         # the next connect's keys still to make (_NextConnectKeys), made while we would
         # wait on the carrier (_make_ahead)
         self.ahead: _NextConnectKeys | None = None
-        # run once as the engine is released (lock held: it must not block)
-        self.on_release: Callable[[], None] | None = None
+        # run once as the engine is released (lock held: it must not block), or handed
+        # to the timer thread by DTPSocket.__del__; a list, taken with one pop (a single
+        # step under the GIL), so that whichever of the two comes first runs it, once
+        self.on_release: list[Callable[[], None]] = []
         # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
         # are closed at the next I/O, under the lock (see _close_dropped)
         self.dropped: deque[int] = deque()
@@ -887,6 +889,13 @@ class _Engine:
                 self._drain_closing()
             self._release()
 
+    def take_release_hook(self) -> Callable[[], None] | None:
+        """The :attr:`on_release` hook, taken (None when there is none, or it was taken)."""
+        try:
+            return self.on_release.pop()
+        except IndexError:
+            return None
+
     def _drain_closing(self) -> None:
         """Leave the carrier to the timer thread's drain (lock held; :meth:`abort`):
         a duplicate of it, with the output still queued, so that :meth:`_release` closes
@@ -913,7 +922,7 @@ class _Engine:
             with contextlib.suppress(OSError):
                 s.close()
         self.cond.notify_all()
-        hook, self.on_release = self.on_release, None
+        hook = self.take_release_hook()
         if hook is not None:
             hook()
         if closing and ahead is not None:
@@ -960,6 +969,9 @@ class _TimerService:
         self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
+        # release hooks of engines whose first socket was garbage-collected unclosed
+        # (DTPSocket.__del__, which takes no lock: release_later)
+        self._releases: deque[Callable[[], None]] = deque()
         # ... closing in threads of their own, with their lingers
         self._closers: dict[threading.Thread, float] = {}
         # closed with a file still open: closed at exit if no file's close did it
@@ -1060,6 +1072,20 @@ class _TimerService:
         with self._lock:
             self._draining.pop(fd, None)
         carrier.close()  # the peer closed its side too, or the carrier failed
+
+    def release_later(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` in the timer thread, soon. Safe from a finalizer: an append to a
+        deque and a write to the wake pipe, no lock."""
+        self._releases.append(hook)
+        self._wake()
+
+    def _run_releases(self) -> None:
+        while True:
+            try:
+                hook = self._releases.popleft()
+            except IndexError:
+                return
+            self._guarded(hook)
 
     def _start_closes(self) -> None:
         """Start a closing thread for each socket close_later() queued."""
@@ -1167,6 +1193,8 @@ class _TimerService:
         while True:
             if self._closing:
                 self._start_closes()
+            if self._releases:
+                self._run_releases()
             due: weakref.ref[_Engine] | None = None
             until: float | None = None
             watched: dict[int, _Engine] = {}
@@ -2302,6 +2330,12 @@ class DTPSocket:
             for s in (engine.sock, engine._wake_r, engine._wake_w):
                 with contextlib.suppress(OSError):
                     s.close()
+            # the release hook (a server's: its count of the connections it serves)
+            # takes locks, so it runs in the timer thread; never run, the connection
+            # held its place under the Host's connection limits for good
+            hook = engine.take_release_hook()
+            if hook is not None:
+                _TIMERS.release_later(hook)
         else:
             # another stream: the connection closes it at its next I/O (an append to a
             # deque is safe from here; the timer's next look at the latest)
@@ -3834,7 +3868,7 @@ class DTPServer:
         assert isinstance(self._admit_hook, LedgerAdmission)
         refusal = self._serving.reserve(cid, peer.address, self._admit_hook.limits)
         if refusal is None:
-            engine.on_release = functools.partial(self._serving.release, cid)
+            engine.on_release.append(functools.partial(self._serving.release, cid))
         return refusal
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
