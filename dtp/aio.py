@@ -2346,9 +2346,11 @@ async def start_server(
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.
     ``settle_on_close=True`` closes and settles each ledger connection as its DTP
-    connection ends, refunding the client its whole deposit at once (by default the
-    ledger connection stays Open, for the client to reconnect on, until the half-close
-    timeout); see :func:`dtp.socket.create_server`.
+    connection ends, and each one refused at one of the Host's connection limits as it
+    is refused, refunding the client its whole deposit at once (by default the ledger
+    connection stays Open, for the client to reconnect on, until the half-close
+    timeout; a client refused at a limit half-closes it and collects its refund after
+    that timeout); see :func:`dtp.socket.create_server`.
 
     ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
     when ``host`` is None) the server also accepts connections that come over the ledger

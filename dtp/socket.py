@@ -4073,16 +4073,21 @@ def create_server(
     through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
     host's firewall must permit them; others get ConnectionRefused with the reason. One
-    DTP connection is served per ledger connection at a time. Such a server only
-    admits: it claims nothing. By default it does not close its side of the ledger
+    DTP connection is served per ledger connection at a time, within the Host's
+    connection limits (``max_connections_per_client``, the service's
+    ``max_connections``), counted over the DTP connections the server serves now: one
+    beyond them is refused (``ConnectionLimitReached`` at the client). Such a server
+    only admits: it claims nothing. By default it does not close its side of the ledger
     connection either, so a client may reconnect on the same ledger connection, but its
-    deposit waits for the half-close timeout (10 minutes) and the connection counts
-    against the host's limits until then. ``settle_on_close=True`` closes and settles
-    each ledger connection as its DTP connection ends (in a thread of the server's: the
-    client is refunded its whole deposit at once; :meth:`DTPServer.wait_settled`);
-    ``identity`` must then be the host's authority. A paid service is :func:`serve`'s
-    (which claims what the client's receipts say and settles each connection as it
-    ends).
+    deposit waits for the half-close timeout (10 minutes) -- as does that of a client
+    refused at a limit, which half-closes its ledger connection as it meets the refusal
+    and collects its refund once the timeout has passed (``dtp refund``).
+    ``settle_on_close=True`` closes and settles each ledger connection as its DTP
+    connection ends, and each one refused at a limit as it is refused (in a thread of
+    the server's: the client is refunded its whole deposit at once;
+    :meth:`DTPServer.wait_settled`); ``identity`` must then be the host's authority. A
+    paid service is :func:`serve`'s (which claims what the client's receipts say and
+    settles each connection as it ends, and refunds one refused at a limit at once).
 
     ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
     ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts

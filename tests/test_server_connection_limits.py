@@ -30,9 +30,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
-from dtp.errors import ConnectionLimitReached
+from dtp.chain.objects import ConnectionState, EventFilter, Sla
+from dtp.errors import ConnectionLimitReached, ConnectionStateError
 from dtp.served import ServedConnections
+from dtp.settlement import collect_refund
 from tests.ledger_server import identity_from_seed
 from tests.paid_twins import loop_in_thread
 from tests.polling import wait_for
@@ -214,3 +215,63 @@ def test_an_accepted_socket_garbage_collected_unclosed_gives_its_place_back(
     # every ledger connection opened was served: none refused at the limit
     opened, _ = world.ledger.events(filter=EventFilter(type="ConnectionOpened"))
     assert [e["client"] for e in opened] == [ALICE.sui_address] * 3
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_settling_server_refunds_a_connection_refused_at_a_limit_at_once(
+    world: World, api: str
+) -> None:
+    """``settle_on_close``: Alice is served, her second connection is refused at the
+    per-client limit, Bob's second at the per-service one; each refused connection is
+    closed and settled by the server as it refuses it -- nothing claimed, the deposit
+    back whole -- not left half-closed for the half-close timeout. The connection
+    served goes on meanwhile, and is settled in turn as it ends."""
+    world.ledger.set_client_limits(SERVER, world.host_id, 1, 0, 0)
+    world.ledger.update_service(SERVER, world.host_id, PORT, SLA, 2)
+    with echo_server(world, api, settle_on_close=True) as serving:
+        alice = world.connect(ALICE)
+        refused = [world.refused(ALICE)]
+        bob = world.connect(BOB)
+        world.ledger.set_client_limits(SERVER, world.host_id, 0, 0, 0)
+        refused.append(world.refused(BOB))  # (the service serves 2 of 2 now)
+        for cid in refused:
+            assert wait_for(_settled_refunded(world, cid), timeout=10), cid
+            tc = world.ledger.get_connection(cid)
+            assert tc.state is ConnectionState.CLOSED
+            escrow = world.ledger.get_escrow(tc.escrow)
+            assert escrow.claimed == 0 and escrow.settled
+            assert cid not in serving  # (its ID given back once settled)
+        alice.sendall(b"still")  # served on
+        assert alice.recv(5) == b"still"
+        alice.close()
+        bob.close()
+
+        def settlements() -> int:
+            done, _ = world.ledger.events(filter=EventFilter(type="ConnectionSettled"))
+            return len(done)
+
+        # the two refused, and the two served as they ended
+        assert wait_for(lambda: settlements() == 4, timeout=10)
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_server_that_does_not_settle_leaves_a_refused_connection_to_its_client(
+    world: World, api: str
+) -> None:
+    """Without ``settle_on_close`` the server claims and settles nothing: the client
+    half-closes the refused connection as it meets the refusal, and its deposit comes
+    back through its own settlement once the half-close timeout has passed
+    (``collect_refund``, the ``dtp refund`` command): refused before, whole after."""
+    world.ledger.set_client_limits(SERVER, world.host_id, 1, 0, 0)
+    with echo_server(world, api, settle_on_close=False):
+        alice = world.connect(ALICE)
+        cid = world.refused(ALICE)
+        tc = world.ledger.get_connection(cid)
+        assert tc.state is ConnectionState.HALF_CLOSED and tc.half_closed_by == ALICE.sui_address
+        assert not tc.settled
+        with pytest.raises(ConnectionStateError) as info:
+            collect_refund(world.ledger, ALICE, cid)
+        assert info.value.name == "ETimeoutNotReached"
+        alice.close()
+    world.ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    assert collect_refund(world.ledger, ALICE, cid) == DEPOSIT
