@@ -345,6 +345,9 @@ class _AdmittedIds(ServedConnections):
         super().release(connection_id)
         self._server._unreserved(connection_id)
 
+    def refused_at_limit(self, connection_id: str) -> None:
+        self._server._refused_at_limit(connection_id)
+
 
 class _PaidConnection:
     """The server's state of one paid connection (shared by its streams)."""
@@ -1722,7 +1725,9 @@ class PaidServer:
 
     def _reserved(self, cid: str, reserved: bool) -> None:
         """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
-        refused it (one is served on it already: the admission's count ends here)."""
+        refused it -- one is served on it already, or the Host's connection limits
+        leave no room for it (:meth:`_refused_at_limit` has its settlement under way
+        then) -- and the admission's count ends here."""
         if not reserved:
             self._done()
             return
@@ -1739,6 +1744,20 @@ class PaidServer:
         if served:
             self._done()
             return
+        self._settle_aside(cid)
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
+        handshake's thread, the admission still counted): a valid, funded connection
+        nobody will serve, settled now, nothing claimed, in a thread of its own, so that
+        the client's deposit comes back whole at once rather than after the half-close
+        timeout (docs/escrow.md §2, as the daemon does)."""
+        with self._live_lock:
+            self._handling += 1  # (the release waits for the settlement)
+        self._settle_aside(cid)
+
+    def _settle_aside(self, cid: str) -> None:
+        """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
         try:
             threading.Thread(
                 target=self._settle_dropped, args=(cid,), name="dtp-paid-settle", daemon=True
@@ -1887,6 +1906,10 @@ class PaidServer:
             client_closed = (
                 ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
             )
+            # it no longer counts against the Host's connection limits: the client may
+            # connect again at once, while the settlement (three transactions on Sui)
+            # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
+            self.admission.served.ended(cid)
             if client_closed:
                 # settle (closing the connection on the ledger in the same transaction)
                 # before our end of the carrier closes: the client waits for that end
