@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
-from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission
+from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
@@ -310,8 +310,15 @@ class _PaidAdmission(LedgerAdmission):
     ledger connection closed, nothing claimed: its whole deposit refunded) rather than
     left Open until the half-close timeout."""
 
-    def __init__(self, server: PaidServer, ledger: Ledger, host_id: str, port: int) -> None:
-        super().__init__(ledger, host_id, port, remember=True)
+    def __init__(
+        self,
+        server: PaidServer,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        open_grace: float | None = None,
+    ) -> None:
+        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
         self._server = server
         #: The DTPServer's served connections (dtp.served.served_connections takes them):
         #: they tell the paid server of every DTP connection it admitted ending
@@ -1568,7 +1575,10 @@ class PaidServer:
     ``max_handshakes_per_address``, ``max_waiting_per_address``: the listen backlog and
     the bounds on handshakes in progress, as :func:`dtp.socket.create_server`'s (same
     defaults; refused as there -- ValueError, TypeError for a backlog that is no
-    integer -- but before the ledger is read or written).
+    integer -- but before the ledger is read or written). ``open_grace``: seconds the
+    admission looks for a connection a client names whose open may still be landing,
+    as :func:`dtp.socket.create_server`'s (InvalidArgument, also before the ledger is
+    read or written).
     """
 
     def __init__(
@@ -1588,6 +1598,7 @@ class PaidServer:
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        open_grace: float | None = None,
     ) -> None:
         from dtp.socket import _check_handshake_bounds, create_server
 
@@ -1597,6 +1608,7 @@ class PaidServer:
         _check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
         )
+        checked_open_grace(open_grace)
         if endpoint is not None:
             check_address(endpoint, "endpoint")
         self.ledger = ledger
@@ -1657,7 +1669,7 @@ class PaidServer:
             )
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
-            self.admission = _PaidAdmission(self, ledger, self.host_id, port)
+            self.admission = _PaidAdmission(self, ledger, self.host_id, port, open_grace)
             self.server = create_server(
                 address,
                 identity=identity,

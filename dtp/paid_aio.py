@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp._session import CALLBACK_FAILED
-from dtp.admission import LedgerAdmission
+from dtp.admission import LedgerAdmission, checked_open_grace
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
@@ -1025,8 +1025,15 @@ class _PaidAdmission(LedgerAdmission):
     runs: from there to the server's callback nothing yields to the loop, so close()
     cannot come between an admission and the callback."""
 
-    def __init__(self, server: PaidAioServer, ledger: Ledger, host_id: str, port: int) -> None:
-        super().__init__(ledger, host_id, port)
+    def __init__(
+        self,
+        server: PaidAioServer,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        open_grace: float | None = None,
+    ) -> None:
+        super().__init__(ledger, host_id, port, open_grace=open_grace)
         self._server = server
         #: The DTPServer's served connections (dtp.served.served_connections takes them):
         #: the paid server ends a connection's count there before settling it, and
@@ -1064,8 +1071,10 @@ class PaidAioServer:
         store: ReceiptStore,
         policy: ServicePolicy,
         close_store: bool = False,
+        open_grace: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
@@ -1151,7 +1160,9 @@ class PaidAioServer:
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
         )
-        self.admission = _PaidAdmission(self, self.ledger, self.host_id, self.port)
+        self.admission = _PaidAdmission(
+            self, self.ledger, self.host_id, self.port, self._open_grace
+        )
         self.server = await start_server(
             self._handle,
             address[0],
@@ -1689,6 +1700,7 @@ async def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client.
@@ -1698,6 +1710,8 @@ async def serve(
     ``max_waiting_per_address``: the bounds on handshakes in progress, as
     :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
     TypeError for a backlog that is no integer -- but before the ledger is read or
+    written). ``open_grace``: the admission's grace for an open still landing, as
+    :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
     written)."""
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
     # failed only after the listener started and the store was recovered; so did a
@@ -1709,6 +1723,7 @@ async def serve(
     check_address(address, "address")
     if endpoint is not None:
         check_address(endpoint, "endpoint")
+    checked_open_grace(open_grace)
     store, opened = open_store(receipts)
     try:
         server = PaidAioServer(
@@ -1720,6 +1735,7 @@ async def serve(
             store=store,
             policy=policy or ServicePolicy(),
             close_store=closes_store(receipts),
+            open_grace=open_grace,
         )
     except BaseException:
         if opened:

@@ -63,6 +63,7 @@ from dtp.admission import (
     PeerInfo,
     abandon_host_connection,
     check_connect_options,
+    check_open_grace_use,
     peer_info,
     pinned_host_key,
     prepare_connecting_early,
@@ -4065,6 +4066,7 @@ def create_server(
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     settle_on_close: bool = False,
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    open_grace: float | None = None,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -4102,7 +4104,16 @@ def create_server(
     ``first_message_timeout``: seconds a new connection has to send its complete first
     handshake record (ValueError unless a number > 0); at most ``backlog`` connections
     wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
+
+    ``open_grace``: with ledger admission, seconds a connection a client names is looked
+    for on the ledger before it is refused as unknown (its open may still be landing:
+    the client's open overlaps its handshake); by default
+    :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` (2 s). On Sui, where the host's
+    full node may show an open later than the client's did, a longer one spares clients
+    a refusal (the daemon's default there is 3 s). InvalidArgument unless None or a
+    finite number >= 0, or when given without ledger admission.
     """
+    check_open_grace_use(open_grace, ledger)
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
     if not carriers or not set(carriers) <= {"tcp", "ledger"}:
@@ -4116,7 +4127,7 @@ def create_server(
             raise ValueError("ledger admission needs ledger, host_id and port together")
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/port, not both")
-        admit = LedgerAdmission(ledger, host_id, port)
+        admit = LedgerAdmission(ledger, host_id, port, open_grace=open_grace)
     server = DTPServer(
         address,
         identity,
@@ -4156,16 +4167,18 @@ def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
 ) -> PaidServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
     and Noise key in the Host, admit clients through the ledger, meter them, apply the
     host's firewall at runtime and settle each connection when it ends. Returns the
     running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`.
 
-    ``backlog``, ``max_handshakes``, ``max_handshakes_per_address`` and
-    ``max_waiting_per_address``: the listen backlog and the bounds on handshakes in
-    progress, as :func:`create_server`'s (same defaults; refused as there, but before
-    the ledger is read or written)."""
+    ``backlog``, ``max_handshakes``, ``max_handshakes_per_address``,
+    ``max_waiting_per_address`` and ``open_grace``: the listen backlog, the bounds on
+    handshakes in progress and the admission's grace for an open still landing, as
+    :func:`create_server`'s (same defaults; refused as there, but before the ledger is
+    read or written)."""
     from dtp.paid import PaidServer
 
     # before the ledger is read or written (PaidServer checks the handshake bounds first)
@@ -4185,4 +4198,5 @@ def serve(
         max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
     )
