@@ -24,6 +24,12 @@ and a client the firewall now denies is closed with
 :data:`~dtp.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
 or the client vanished), the server claims its latest receipt and the client is refunded
 the rest (:func:`~dtp.settlement.claim_and_settle`).
+
+The Host's connection limits (``max_connections_per_client``, a service's
+``max_connections``) are counted over the connections being served
+(:mod:`dtp.served`): one counts until it ends, not until its settlement is done, and a
+client refused at a limit has its ledger connection settled at once, its deposit
+refunded whole (docs/escrow.md §2).
 """
 
 from __future__ import annotations
