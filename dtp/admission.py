@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar
 
+from dtp._checks import finite_float
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import LedgerCarrierOptions, ledger_config
 from dtp.carriers.tcp import PendingTcp
@@ -63,6 +64,8 @@ __all__ = [
     "PreparedConnection",
     "ResolvedService",
     "abandon_host_connection",
+    "check_open_grace_use",
+    "checked_open_grace",
     "prepare_connecting_early",
     "prepare_host_connection",
     "refusal_reason",
@@ -309,6 +312,32 @@ class Admitted(NamedTuple):
     escrow: Escrow
 
 
+def checked_open_grace(open_grace: float | None) -> float | None:
+    """A server's ``open_grace`` as :class:`LedgerAdmission` takes it: None (its default,
+    :attr:`LedgerAdmission.OPEN_GRACE`), or a finite number of seconds, 0 or more
+    (:class:`~dtp.errors.InvalidArgument` naming the argument otherwise). Checked by
+    the servers before they touch the ledger or listen."""
+    if open_grace is None:
+        return None
+    seconds = finite_float(open_grace)
+    if seconds is None or seconds < 0:
+        raise InvalidArgument(
+            f"open_grace must be a finite number of seconds, 0 or more, not {open_grace!r}"
+        )
+    return seconds
+
+
+def check_open_grace_use(open_grace: float | None, ledger: object | None) -> None:
+    """A server factory's ``open_grace`` (:func:`checked_open_grace`), given with the
+    ``ledger`` its admission reads: InvalidArgument with none (the grace is that
+    admission's; a server admitting by a hook of its own would ignore it)."""
+    checked_open_grace(open_grace)
+    if open_grace is not None and ledger is None:
+        raise InvalidArgument(
+            "open_grace is the ledger admission's: give it with ledger and host_id"
+        )
+
+
 class LedgerAdmission:
     """Server admission against the ledger, for ``DTPServer(admit=...)``.
 
@@ -317,12 +346,14 @@ class LedgerAdmission:
     ``ConnectionRefused(reason)``). Every decision reads the ledger afresh.
 
     ``open_grace``: seconds an unknown connection is looked for before it is refused
-    (default :attr:`OPEN_GRACE`).
+    (default :attr:`OPEN_GRACE`; :func:`checked_open_grace`).
 
     ``remember``: keep the TransportControl and Escrow read for each
-    accepted connection, for :meth:`take_admitted` (a paid server builds its receipt gate
-    from them instead of reading them again a moment later); at most :attr:`REMEMBERED`
-    connections not yet taken are kept.
+    accepted connection, for :meth:`take_admitted` (the blocking paid server,
+    :class:`dtp.paid.PaidServer`, builds its receipt gate from them, and settles a
+    connection it does not serve from them, instead of reading them again a moment
+    later; so does the daemon; the asyncio paid server reads them again); at most
+    :attr:`REMEMBERED` connections not yet taken are kept.
 
     A decision takes one read where the ledger can: the connection with its escrow and
     the host together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
@@ -359,6 +390,7 @@ class LedgerAdmission:
         #: before the first): the server counts its live connections against them as
         #: it takes each one in (:meth:`dtp.served.ServedConnections.reserve`).
         self.limits: ConnectionLimits | None = None
+        open_grace = checked_open_grace(open_grace)
         if open_grace is not None:
             # (an instance's own: a full node whose indexes lag behind the one the
             # client's open executed on needs longer than a LocalLedger file)

@@ -64,6 +64,7 @@ from dtp.admission import (
     PreparedConnection,
     abandon_host_connection,
     check_connect_options,
+    check_open_grace_use,
     peer_info,
     pinned_host_key,
     prepare_connecting_early,
@@ -2330,6 +2331,7 @@ async def start_server(
     limit: int = _LIMIT,
     settle_on_close: bool = False,
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    open_grace: float | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -2346,9 +2348,11 @@ async def start_server(
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.
     ``settle_on_close=True`` closes and settles each ledger connection as its DTP
-    connection ends, refunding the client its whole deposit at once (by default the
-    ledger connection stays Open, for the client to reconnect on, until the half-close
-    timeout); see :func:`dtp.socket.create_server`.
+    connection ends, and each one refused at one of the Host's connection limits as it
+    is refused, refunding the client its whole deposit at once (by default the ledger
+    connection stays Open, for the client to reconnect on, until the half-close
+    timeout; a client refused at a limit half-closes it and collects its refund after
+    that timeout); see :func:`dtp.socket.create_server`.
 
     ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
     when ``host`` is None) the server also accepts connections that come over the ledger
@@ -2364,11 +2368,15 @@ async def start_server(
     handshake record (ValueError unless a number > 0); at most ``backlog`` connections
     wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
 
+    ``open_grace``: with ledger admission, seconds a connection a client names is looked
+    for on the ledger before it is refused as unknown, as :func:`dtp.socket.create_server`'s.
+
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
     limit, as there (64 KiB).
     """
     _check_limit(limit)
+    check_open_grace_use(open_grace, ledger)
     if carriers is None:
         carriers = ("tcp",) if host is not None else ("ledger",)
     if not carriers or not set(carriers) <= {"tcp", "ledger"}:
@@ -2382,7 +2390,7 @@ async def start_server(
             raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/dtp_port, not both")
-        admit = LedgerAdmission(ledger, host_id, dtp_port)
+        admit = LedgerAdmission(ledger, host_id, dtp_port, open_grace=open_grace)
     base = config or ConnectionConfig(identity=identity, is_client=False)
     cfg = replace(base, identity=identity, is_client=False)
     server = DTPServer(
@@ -2432,12 +2440,13 @@ async def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
 ) -> PaidAioServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
     :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
     The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
-    ``max_waiting_per_address``) are :func:`start_server`'s. Returns the running
-    :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
+    ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s. Returns
+    the running :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
     from dtp.paid_aio import serve as serve_paid
 
     return await serve_paid(
@@ -2455,4 +2464,5 @@ async def serve(
         max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
     )

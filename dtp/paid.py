@@ -24,6 +24,12 @@ and a client the firewall now denies is closed with
 :data:`~dtp.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
 or the client vanished), the server claims its latest receipt and the client is refunded
 the rest (:func:`~dtp.settlement.claim_and_settle`).
+
+The Host's connection limits (``max_connections_per_client``, a service's
+``max_connections``) are counted over the connections being served
+(:mod:`dtp.served`): one counts until it ends, not until its settlement is done, and a
+client refused at a limit has its ledger connection settled at once, its deposit
+refunded whole (docs/escrow.md §2).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
-from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission
+from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
 from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
@@ -310,8 +316,15 @@ class _PaidAdmission(LedgerAdmission):
     ledger connection closed, nothing claimed: its whole deposit refunded) rather than
     left Open until the half-close timeout."""
 
-    def __init__(self, server: PaidServer, ledger: Ledger, host_id: str, port: int) -> None:
-        super().__init__(ledger, host_id, port, remember=True)
+    def __init__(
+        self,
+        server: PaidServer,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        open_grace: float | None = None,
+    ) -> None:
+        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
         self._server = server
         #: The DTPServer's served connections (dtp.served.served_connections takes them):
         #: they tell the paid server of every DTP connection it admitted ending
@@ -344,6 +357,9 @@ class _AdmittedIds(ServedConnections):
     def release(self, connection_id: str) -> None:
         super().release(connection_id)
         self._server._unreserved(connection_id)
+
+    def refused_at_limit(self, connection_id: str) -> None:
+        self._server._refused_at_limit(connection_id)
 
 
 class _PaidConnection:
@@ -1565,7 +1581,10 @@ class PaidServer:
     ``max_handshakes_per_address``, ``max_waiting_per_address``: the listen backlog and
     the bounds on handshakes in progress, as :func:`dtp.socket.create_server`'s (same
     defaults; refused as there -- ValueError, TypeError for a backlog that is no
-    integer -- but before the ledger is read or written).
+    integer -- but before the ledger is read or written). ``open_grace``: seconds the
+    admission looks for a connection a client names whose open may still be landing,
+    as :func:`dtp.socket.create_server`'s (InvalidArgument, also before the ledger is
+    read or written).
     """
 
     def __init__(
@@ -1585,6 +1604,7 @@ class PaidServer:
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        open_grace: float | None = None,
     ) -> None:
         from dtp.socket import _check_handshake_bounds, create_server
 
@@ -1594,6 +1614,7 @@ class PaidServer:
         _check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
         )
+        checked_open_grace(open_grace)
         if endpoint is not None:
             check_address(endpoint, "endpoint")
         self.ledger = ledger
@@ -1654,7 +1675,7 @@ class PaidServer:
             )
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
-            self.admission = _PaidAdmission(self, ledger, self.host_id, port)
+            self.admission = _PaidAdmission(self, ledger, self.host_id, port, open_grace)
             self.server = create_server(
                 address,
                 identity=identity,
@@ -1722,7 +1743,9 @@ class PaidServer:
 
     def _reserved(self, cid: str, reserved: bool) -> None:
         """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
-        refused it (one is served on it already: the admission's count ends here)."""
+        refused it -- one is served on it already, or the Host's connection limits
+        leave no room for it (:meth:`_refused_at_limit` has its settlement under way
+        then) -- and the admission's count ends here."""
         if not reserved:
             self._done()
             return
@@ -1739,6 +1762,20 @@ class PaidServer:
         if served:
             self._done()
             return
+        self._settle_aside(cid)
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
+        handshake's thread, the admission still counted): a valid, funded connection
+        nobody will serve, settled now, nothing claimed, in a thread of its own, so that
+        the client's deposit comes back whole at once rather than after the half-close
+        timeout (docs/escrow.md §2, as the daemon does)."""
+        with self._live_lock:
+            self._handling += 1  # (the release waits for the settlement)
+        self._settle_aside(cid)
+
+    def _settle_aside(self, cid: str) -> None:
+        """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
         try:
             threading.Thread(
                 target=self._settle_dropped, args=(cid,), name="dtp-paid-settle", daemon=True
@@ -1887,6 +1924,10 @@ class PaidServer:
             client_closed = (
                 ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
             )
+            # it no longer counts against the Host's connection limits: the client may
+            # connect again at once, while the settlement (three transactions on Sui)
+            # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
+            self.admission.served.ended(cid)
             if client_closed:
                 # settle (closing the connection on the ledger in the same transaction)
                 # before our end of the carrier closes: the client waits for that end

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dtp._session import CALLBACK_FAILED
-from dtp.admission import LedgerAdmission
+from dtp.admission import LedgerAdmission, checked_open_grace
 from dtp.chain.objects import normalize_id
 from dtp.connection import CloseCode
 from dtp.errors import (
@@ -76,6 +76,7 @@ from dtp.paid import (
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from dtp.served import ServedConnections
 from dtp.settlement import publish_endpoint
 from dtp.socket import _check_handshake_bounds, _check_server_identity
 
@@ -1024,12 +1025,36 @@ class _PaidAdmission(LedgerAdmission):
     runs: from there to the server's callback nothing yields to the loop, so close()
     cannot come between an admission and the callback."""
 
-    def __init__(self, server: PaidAioServer, ledger: Ledger, host_id: str, port: int) -> None:
-        super().__init__(ledger, host_id, port)
+    def __init__(
+        self,
+        server: PaidAioServer,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        open_grace: float | None = None,
+    ) -> None:
+        super().__init__(ledger, host_id, port, open_grace=open_grace)
         self._server = server
+        #: The DTPServer's served connections (dtp.served.served_connections takes them):
+        #: the paid server ends a connection's count there before settling it, and
+        #: settles one refused at a connection limit
+        self.served = _ServedIds(server)
 
     def __call__(self, peer: PeerInfo) -> Awaitable[str | None]:  # type: ignore[override]
         return self._server._admit(peer, super().__call__)
+
+
+class _ServedIds(ServedConnections):
+    """A :class:`PaidAioServer`'s count of the DTP connections it serves (the DTPServer
+    reserves and releases them on the event loop), which has the server settle a
+    connection refused at one of the Host's connection limits."""
+
+    def __init__(self, server: PaidAioServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def refused_at_limit(self, connection_id: str) -> None:
+        self._server._refused_at_limit(connection_id)
 
 
 class PaidAioServer:
@@ -1046,8 +1071,10 @@ class PaidAioServer:
         store: ReceiptStore,
         policy: ServicePolicy,
         close_store: bool = False,
+        open_grace: float | None = None,
     ) -> None:
         self.ledger = ledger
+        self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
@@ -1057,6 +1084,11 @@ class PaidAioServer:
         self.receipt_writer = ReceiptWriter(store)
         self.policy = policy
         self.server: DTPServer | None = None
+        #: The ledger admission (made as the server starts)
+        self.admission: _PaidAdmission | None = None
+        # settlements of connections refused at a connection limit (held: the loop
+        # keeps only weak references to tasks)
+        self._refunds: set[asyncio.Task[None]] = set()
         self.host_policy: HostPolicy | None = None
         self.limiter = RateLimiter()
         self.recovered: list[tuple[str, Settlement]] = []
@@ -1128,13 +1160,16 @@ class PaidAioServer:
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
         )
+        self.admission = _PaidAdmission(
+            self, self.ledger, self.host_id, self.port, self._open_grace
+        )
         self.server = await start_server(
             self._handle,
             address[0],
             address[1],
             identity=self.identity,
             config=config,
-            admit=_PaidAdmission(self, self.ledger, self.host_id, self.port),
+            admit=self.admission,
             backlog=backlog,
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,
@@ -1203,6 +1238,23 @@ class PaidAioServer:
             await self._settle(key, None)
         finally:
             self._serving.release(key)
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
+        loop, in the step that ran the admission): a valid, funded connection nobody
+        will serve, settled now, nothing claimed, so that the client's deposit comes
+        back whole at once rather than after the half-close timeout (docs/escrow.md §2,
+        as the daemon does). Counted until settled: the release waits for it."""
+        self._handling += 1
+        task = asyncio.ensure_future(self._settle_refused(cid))
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
+
+    async def _settle_refused(self, cid: str) -> None:
+        try:
+            await self._settle_unserved(cid)
+        finally:
+            self._done()
 
     def _done(self) -> None:
         """One _handle call, admission or settlement ended: the last one after close()
@@ -1330,6 +1382,11 @@ class PaidAioServer:
         finally:
             self._live.discard(paid)
             self.limiter.release(client)
+            # it no longer counts against the Host's connection limits: the client may
+            # connect again at once, while the settlement (three transactions on Sui)
+            # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
+            if self.admission is not None:
+                self.admission.served.ended(cid)
         ended = proto.session.terminated
         if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
             # the client closed: settle before our end of the carrier closes (as
@@ -1643,6 +1700,7 @@ async def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client.
@@ -1652,6 +1710,8 @@ async def serve(
     ``max_waiting_per_address``: the bounds on handshakes in progress, as
     :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
     TypeError for a backlog that is no integer -- but before the ledger is read or
+    written). ``open_grace``: the admission's grace for an open still landing, as
+    :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
     written)."""
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
     # failed only after the listener started and the store was recovered; so did a
@@ -1663,6 +1723,7 @@ async def serve(
     check_address(address, "address")
     if endpoint is not None:
         check_address(endpoint, "endpoint")
+    checked_open_grace(open_grace)
     store, opened = open_store(receipts)
     try:
         server = PaidAioServer(
@@ -1674,6 +1735,7 @@ async def serve(
             store=store,
             policy=policy or ServicePolicy(),
             close_store=closes_store(receipts),
+            open_grace=open_grace,
         )
     except BaseException:
         if opened:

@@ -13,10 +13,10 @@ ledger counted connections still Open while they waited out a half-close timeout
 An unpaid server that admits through the ledger (``create_server(ledger=...)``) claims
 nothing. Left alone, its clients' ledger connections stay Open until the half-close
 timeout (10 minutes): the deposits wait that long. With ``settle_on_close`` the server
-closes and settles each one as its DTP connection ends -- the client is refunded its
-whole deposit at once -- in a thread of its own, as a settlement is a ledger
-transaction (seconds on Sui) and the release comes from whichever thread closed the
-connection, or from an event loop.
+closes and settles each one as its DTP connection ends, and each it refuses at a
+connection limit as it refuses it -- the client is refunded its whole deposit at once --
+in a thread of its own, as a settlement is a ledger transaction (seconds on Sui) and the
+release comes from whichever thread closed the connection, or from an event loop.
 """
 
 from __future__ import annotations
@@ -90,22 +90,36 @@ class ServedConnections:
         among the connections served now: ``client``'s to the host, and those of the
         limits' port."""
         with self._live_lock:
+            refusal = None
             if limits is not None and client is not None and connection_id not in self._ids:
                 of_client = of_service = 0
                 for live_client, port in self._live.values():
                     of_client += live_client == client
                     of_service += port == limits.port
                 refusal = limits.refusal(client, of_client, of_service)
-                if refusal is not None:
-                    return refusal
-            if not self._ids.reserve(connection_id):
-                return (
-                    f"connection {connection_id} is already served: "
-                    "one DTP connection per ledger connection"
-                )
-            if client is not None:
-                self._live[connection_id] = (client, -1 if limits is None else limits.port)
-        return None
+            if refusal is None:
+                if not self._ids.reserve(connection_id):
+                    return (
+                        f"connection {connection_id} is already served: "
+                        "one DTP connection per ledger connection"
+                    )
+                if client is not None:
+                    self._live[connection_id] = (client, -1 if limits is None else limits.port)
+                return None
+        self.refused_at_limit(connection_id)  # (outside the lock: it may start a thread)
+        return refusal
+
+    def refused_at_limit(self, connection_id: str) -> None:
+        """:meth:`reserve` refused ``connection_id`` -- admitted by the ledger, funded,
+        and served by no DTP connection -- at a connection limit. With ``settle=True``
+        it is closed and settled now, in the settling thread, its ID taken until that is
+        done: the client is refunded its whole deposit at once, as the daemon refunds
+        one (docs/escrow.md §2). Without, nothing: the client half-closes the ledger
+        connection as it meets the refusal, and takes its deposit back once the
+        half-close timeout has passed (``dtp refund``, docs/escrow.md §7). A paid
+        server's own count settles it its own way (it overrides this)."""
+        if self._settle and self._ids.reserve(connection_id):
+            self._queue(connection_id)
 
     def ended(self, connection_id: str) -> None:
         """The DTP connection on ``connection_id`` ended: it no longer counts against
@@ -124,6 +138,11 @@ class ServedConnections:
         if not self._settle:
             self._ids.release(connection_id)
             return
+        self._queue(connection_id)
+
+    def _queue(self, connection_id: str) -> None:
+        """Settle ``connection_id`` (its ID taken) in the settling thread, which gives
+        the ID back when it is done."""
         with self._lock:
             self._due.append(connection_id)
             if self._busy:

@@ -63,6 +63,7 @@ from dtp.admission import (
     PeerInfo,
     abandon_host_connection,
     check_connect_options,
+    check_open_grace_use,
     peer_info,
     pinned_host_key,
     prepare_connecting_early,
@@ -227,8 +228,10 @@ class _Engine:
         # the next connect's keys still to make (_NextConnectKeys), made while we would
         # wait on the carrier (_make_ahead)
         self.ahead: _NextConnectKeys | None = None
-        # run once as the engine is released (lock held: it must not block)
-        self.on_release: Callable[[], None] | None = None
+        # run once as the engine is released (lock held: it must not block), or handed
+        # to the timer thread by DTPSocket.__del__; a list, taken with one pop (a single
+        # step under the GIL), so that whichever of the two comes first runs it, once
+        self.on_release: list[Callable[[], None]] = []
         # streams whose sockets were garbage-collected unclosed (DTPSocket.__del__): they
         # are closed at the next I/O, under the lock (see _close_dropped)
         self.dropped: deque[int] = deque()
@@ -887,6 +890,13 @@ class _Engine:
                 self._drain_closing()
             self._release()
 
+    def take_release_hook(self) -> Callable[[], None] | None:
+        """The :attr:`on_release` hook, taken (None when there is none, or it was taken)."""
+        try:
+            return self.on_release.pop()
+        except IndexError:
+            return None
+
     def _drain_closing(self) -> None:
         """Leave the carrier to the timer thread's drain (lock held; :meth:`abort`):
         a duplicate of it, with the output still queued, so that :meth:`_release` closes
@@ -913,7 +923,7 @@ class _Engine:
             with contextlib.suppress(OSError):
                 s.close()
         self.cond.notify_all()
-        hook, self.on_release = self.on_release, None
+        hook = self.take_release_hook()
         if hook is not None:
             hook()
         if closing and ahead is not None:
@@ -960,6 +970,9 @@ class _TimerService:
         self._watched: dict[int, tuple[weakref.ref[_Engine], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
+        # release hooks of engines whose first socket was garbage-collected unclosed
+        # (DTPSocket.__del__, which takes no lock: release_later)
+        self._releases: deque[Callable[[], None]] = deque()
         # ... closing in threads of their own, with their lingers
         self._closers: dict[threading.Thread, float] = {}
         # closed with a file still open: closed at exit if no file's close did it
@@ -1060,6 +1073,20 @@ class _TimerService:
         with self._lock:
             self._draining.pop(fd, None)
         carrier.close()  # the peer closed its side too, or the carrier failed
+
+    def release_later(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` in the timer thread, soon. Safe from a finalizer: an append to a
+        deque and a write to the wake pipe, no lock."""
+        self._releases.append(hook)
+        self._wake()
+
+    def _run_releases(self) -> None:
+        while True:
+            try:
+                hook = self._releases.popleft()
+            except IndexError:
+                return
+            self._guarded(hook)
 
     def _start_closes(self) -> None:
         """Start a closing thread for each socket close_later() queued."""
@@ -1167,6 +1194,8 @@ class _TimerService:
         while True:
             if self._closing:
                 self._start_closes()
+            if self._releases:
+                self._run_releases()
             due: weakref.ref[_Engine] | None = None
             until: float | None = None
             watched: dict[int, _Engine] = {}
@@ -2302,6 +2331,12 @@ class DTPSocket:
             for s in (engine.sock, engine._wake_r, engine._wake_w):
                 with contextlib.suppress(OSError):
                     s.close()
+            # the release hook (a server's: its count of the connections it serves)
+            # takes locks, so it runs in the timer thread; never run, the connection
+            # held its place under the Host's connection limits for good
+            hook = engine.take_release_hook()
+            if hook is not None:
+                _TIMERS.release_later(hook)
         else:
             # another stream: the connection closes it at its next I/O (an append to a
             # deque is safe from here; the timer's next look at the latest)
@@ -3834,7 +3869,7 @@ class DTPServer:
         assert isinstance(self._admit_hook, LedgerAdmission)
         refusal = self._serving.reserve(cid, peer.address, self._admit_hook.limits)
         if refusal is None:
-            engine.on_release = functools.partial(self._serving.release, cid)
+            engine.on_release.append(functools.partial(self._serving.release, cid))
         return refusal
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
@@ -4031,6 +4066,7 @@ def create_server(
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     settle_on_close: bool = False,
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    open_grace: float | None = None,
 ) -> DTPServer:
     """Listen for DTP connections on ``address`` with the host's ``identity``.
 
@@ -4039,16 +4075,21 @@ def create_server(
     through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
     host's firewall must permit them; others get ConnectionRefused with the reason. One
-    DTP connection is served per ledger connection at a time. Such a server only
-    admits: it claims nothing. By default it does not close its side of the ledger
+    DTP connection is served per ledger connection at a time, within the Host's
+    connection limits (``max_connections_per_client``, the service's
+    ``max_connections``), counted over the DTP connections the server serves now: one
+    beyond them is refused (``ConnectionLimitReached`` at the client). Such a server
+    only admits: it claims nothing. By default it does not close its side of the ledger
     connection either, so a client may reconnect on the same ledger connection, but its
-    deposit waits for the half-close timeout (10 minutes) and the connection counts
-    against the host's limits until then. ``settle_on_close=True`` closes and settles
-    each ledger connection as its DTP connection ends (in a thread of the server's: the
-    client is refunded its whole deposit at once; :meth:`DTPServer.wait_settled`);
-    ``identity`` must then be the host's authority. A paid service is :func:`serve`'s
-    (which claims what the client's receipts say and settles each connection as it
-    ends).
+    deposit waits for the half-close timeout (10 minutes) -- as does that of a client
+    refused at a limit, which half-closes its ledger connection as it meets the refusal
+    and collects its refund once the timeout has passed (``dtp refund``).
+    ``settle_on_close=True`` closes and settles each ledger connection as its DTP
+    connection ends, and each one refused at a limit as it is refused (in a thread of
+    the server's: the client is refunded its whole deposit at once;
+    :meth:`DTPServer.wait_settled`); ``identity`` must then be the host's authority. A
+    paid service is :func:`serve`'s (which claims what the client's receipts say and
+    settles each connection as it ends, and refunds one refused at a limit at once).
 
     ``carriers``: ``("tcp",)``, ``("ledger",)`` or both (default: ``("tcp",)``, or
     ``("ledger",)`` when ``address`` is None). With ``"ledger"`` the server also accepts
@@ -4063,7 +4104,16 @@ def create_server(
     ``first_message_timeout``: seconds a new connection has to send its complete first
     handshake record (ValueError unless a number > 0); at most ``backlog`` connections
     wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
+
+    ``open_grace``: with ledger admission, seconds a connection a client names is looked
+    for on the ledger before it is refused as unknown (its open may still be landing:
+    the client's open overlaps its handshake); by default
+    :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` (2 s). On Sui, where the host's
+    full node may show an open later than the client's did, a longer one spares clients
+    a refusal (the daemon's default there is 3 s). InvalidArgument unless None or a
+    finite number >= 0, or when given without ledger admission.
     """
+    check_open_grace_use(open_grace, ledger)
     if carriers is None:
         carriers = ("tcp",) if address is not None else ("ledger",)
     if not carriers or not set(carriers) <= {"tcp", "ledger"}:
@@ -4077,7 +4127,7 @@ def create_server(
             raise ValueError("ledger admission needs ledger, host_id and port together")
         if admit is not None:
             raise ValueError("pass either admit or ledger/host_id/port, not both")
-        admit = LedgerAdmission(ledger, host_id, port)
+        admit = LedgerAdmission(ledger, host_id, port, open_grace=open_grace)
     server = DTPServer(
         address,
         identity,
@@ -4117,16 +4167,18 @@ def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    open_grace: float | None = None,
 ) -> PaidServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
     and Noise key in the Host, admit clients through the ledger, meter them, apply the
     host's firewall at runtime and settle each connection when it ends. Returns the
     running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`.
 
-    ``backlog``, ``max_handshakes``, ``max_handshakes_per_address`` and
-    ``max_waiting_per_address``: the listen backlog and the bounds on handshakes in
-    progress, as :func:`create_server`'s (same defaults; refused as there, but before
-    the ledger is read or written)."""
+    ``backlog``, ``max_handshakes``, ``max_handshakes_per_address``,
+    ``max_waiting_per_address`` and ``open_grace``: the listen backlog, the bounds on
+    handshakes in progress and the admission's grace for an open still landing, as
+    :func:`create_server`'s (same defaults; refused as there, but before the ledger is
+    read or written)."""
     from dtp.paid import PaidServer
 
     # before the ledger is read or written (PaidServer checks the handshake bounds first)
@@ -4146,4 +4198,5 @@ def serve(
         max_handshakes=max_handshakes,
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
     )

@@ -103,14 +103,17 @@ async def _close(*streams: Streams) -> None:
         await writer.wait_closed()
 
 
-async def _served_again(world: World, client: HostIdentity) -> Streams:
-    """A connection of ``client``, tried until the server has let the ended ones go."""
-    for _ in range(100):
-        try:
+async def _served_again(
+    world: World, server: dtp.aio.DTPServer, client: HostIdentity, serving: int
+) -> Streams:
+    """A connection of ``client`` once the server has let the ended ones go (it serves
+    ``serving`` connections): one connect, one ledger connection. (Connecting until
+    served opened a ledger connection at each refusal, each one more open to count.)"""
+    for _ in range(500):
+        if len(server._serving) == serving:
             return await world.connect(client)
-        except ConnectionLimitReached:
-            await asyncio.sleep(0.05)
-    raise AssertionError("never served again")
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server still serves {len(server._serving)} connections")
 
 
 def test_the_per_client_limit_counts_one_clients_live_connections(world: World) -> None:
@@ -128,7 +131,7 @@ def test_the_per_client_limit_counts_one_clients_live_connections(world: World) 
             await world.served(*alice)  # (the first one is served on)
             await _close(alice)
             # Alice's connection ended: her place is free again
-            again = await _served_again(world, ALICE)
+            again = await _served_again(world, server, ALICE, serving=1)  # (Bob's)
             await _close(again, bob)
         finally:
             server.close()
