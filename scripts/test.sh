@@ -4,6 +4,7 @@
 # decoders briefly. Any failure fails the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 bash scripts/bootstrap.sh
 PYBIN=.venv/bin
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
@@ -47,27 +48,29 @@ done
 step "benchmark bodies (run once each, no timing)"
 $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
-step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in 4 processes"
-# Each backend's test files in two halves (alternate files, by name), the four runs side
-# by side: much of the suite waits (sockets, timers, other processes), so together
-# they take little longer than the longest one. Each writes its own log under build/,
-# shown once all ended; any failing fails the run.
+step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
+# Each backend's test files in parts (every Nth file, by name; DTP_TEST_PARTS, default 3),
+# all parts side by side: much of the suite waits (sockets, timers, other processes), so
+# together they take little longer than the longest one. Each writes its own log under
+# build/, shown once all ended; any failing fails the run.
 mkdir -p build
+parts=${DTP_TEST_PARTS:-3}
 files=(tests/test_*.py)
-halves=("" "")
-for i in "${!files[@]}"; do halves[i % 2]+=" ${files[i]}"; done
+chunks=()
+for ((p = 0; p < parts; p++)); do chunks+=(""); done
+for i in "${!files[@]}"; do chunks[i % parts]+=" ${files[i]}"; done
 pids=()
 logs=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
 for backend in c pure; do
-  for half in 0 1; do
-    log="build/suite-$backend-$half.log"
+  for ((part = 0; part < parts; part++)); do
+    log="build/suite-$backend-$part.log"
     logs+=("$log")
-    # shellcheck disable=SC2086  # (the half is a list of file names, without spaces)
+    # shellcheck disable=SC2086  # (a part is a list of file names, without spaces)
     if [ "$backend" = pure ]; then
-      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider ${halves[half]} >"$log" 2>&1 &
+      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
     else
-      $PYBIN/python -m pytest -q -p no:cacheprovider ${halves[half]} >"$log" 2>&1 &
+      $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done
@@ -79,4 +82,19 @@ for log in "${logs[@]}"; do
   printf '\n-- %s --\n' "$log"
   cat "$log"
 done
+# the last line: the whole run's total (every part's pytest summary added up)
+$PYBIN/python - "$status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
+import re, sys
+status, seconds, logs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+totals: dict[str, int] = {}
+for log in logs:
+    lines = [line for line in open(log, errors="replace").read().splitlines() if line.strip()]
+    summary = lines[-1] if lines else ""
+    for count, what in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary):
+        what = "errors" if what.startswith("error") else what
+        totals[what] = totals.get(what, 0) + int(count)
+shown = ", ".join(f"{n} {what}" for what, n in totals.items()) or "no test summary found"
+print(f"TOTAL (both backends, {len(logs)} parts): {shown}; the whole run took "
+      f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == 0 else 'FAIL'}")
+PY
 exit "$status"
