@@ -55,7 +55,7 @@ step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1)
 # build/, shown once all ended; any failing fails the run.
 mkdir -p build
 parts=${DTP_TEST_PARTS:-3}
-files=(tests/test_*.py)
+mapfile -t files < <(find tests -name 'test_*.py' -not -path 'tests/support/*' -not -path 'tests/sui_node/*' | sort)
 chunks=()
 for ((p = 0; p < parts; p++)); do chunks+=(""); done
 for i in "${!files[@]}"; do chunks[i % parts]+=" ${files[i]}"; done

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.netns import in_namespace
+from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
     from tests.netns import TwoMachines
 
-ROOT = Path(__file__).resolve().parent.parent
 # (without the caller's passphrase variable: the test identities are unencrypted, and
 # one set but empty is refused)
 ENV = {

@@ -40,12 +40,12 @@ from dtp.chain.objects import normalize_id
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ObjectNotFound
 from dtp.keys import HostIdentity
+from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
     from dtp.chain.sui_tx import TxContext
     from tests.sui_node import SuiNodeStandIn
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The variables that point the tests at a real node (all three, or none is used).
 REAL_NODE_ENV = ("DTP_SUI_RPC", "DTP_SUI_PACKAGE", "DTP_SUI_KEY")
 #: MIST the stand-in's faucet gives the funding key.

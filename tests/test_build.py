@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _preflight(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -5,13 +5,11 @@ and the codes the table says are never sent, or sent silently, are not."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from dtp import metering
 from dtp.connection import CloseCode
+from tests.support.paths import PROTOCOL_MD
 from tests.test_connection import connect
-
-PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 
 def _table() -> dict[int, str]:

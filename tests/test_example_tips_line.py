@@ -8,7 +8,6 @@ from __future__ import annotations
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter
 from dtp.keys import HostIdentity
 from dtp.messaging.sealed import seal, send_sealed
+from tests.support.paths import ROOT
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tips_line.py"
+EXAMPLE = ROOT / "examples" / "tips_line.py"
 
 
 @pytest.fixture

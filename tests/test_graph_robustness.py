@@ -27,8 +27,7 @@ from dtp.graph import Change, Graph, GraphServer, connect
 from dtp.graph.persist import GraphStorageError
 from dtp.keys import HostIdentity
 from tests.leaks import open_fds
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _flushers() -> list[threading.Thread]:

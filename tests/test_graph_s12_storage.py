@@ -26,8 +26,7 @@ from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph
 from tests.leaks import open_fds
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _storage_error(exc: BaseException) -> bool:

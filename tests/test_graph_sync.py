@@ -29,8 +29,8 @@ from dtp.errors import DTPError, RemoteProtocolError
 from dtp.graph import Graph, GraphServer, GraphSyncError, SyncSession, connect, sync_stream
 from dtp.graph.sync import DATA, END, HELLO, SUM
 from dtp.keys import HostIdentity
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_000_000.0
 
 

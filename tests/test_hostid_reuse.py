@@ -29,10 +29,10 @@ from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy, gate_for
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClientPayment, claim_and_settle, recover_unclaimed
+from tests.support.paths import ROOT
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 PORT = 7000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def ident(seed: int) -> HostIdentity:

@@ -45,8 +45,8 @@ from dtp.errors import (
 from tests.ledger_faults import impair
 from tests.ledger_server import identity_from_seed
 from tests.polling import wait_for
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SLA = Sla(10, 5, 1000)
 PORT = 7
 SERVER_SEED = 0x51

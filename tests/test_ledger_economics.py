@@ -46,9 +46,10 @@ from dtp.errors import (
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from tests.sui_network import SuiNetwork
+from tests.support.paths import GOLDEN as GOLDEN_DIR
 from tests.test_ledger_sui import CTX, PACKAGE, SENDER
 
-GOLDEN = Path(__file__).parent / "golden" / "economics_transactions.json"
+GOLDEN = GOLDEN_DIR / "economics_transactions.json"
 SLA = Sla(10, 5, 1000)
 
 

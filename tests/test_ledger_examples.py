@@ -9,7 +9,6 @@ import re
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,8 @@ import pytest
 from dtp.chain.ledger import Ledger
 from dtp.chain.sui import SuiLedger
 from tests.sui_network import SuiNetwork, sui_network
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "payment_models.py"
 
 

@@ -37,6 +37,7 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from tests.support.paths import MOVE_SOURCES
 
 SLA = Sla(10, 5, 1000)
 
@@ -91,7 +92,7 @@ def test_error_table_matches_move_sources() -> None:
     import re
 
     found = {}
-    for path in Path(__file__).parent.parent.joinpath("move/dtp/sources").glob("*.move"):
+    for path in MOVE_SOURCES.glob("*.move"):
         text = path.read_text()
         for code, name in re.findall(r"#\[error\(code = (\d+)\)\]\s*const (\w+)", text):
             found[(path.stem, name)] = int(code)

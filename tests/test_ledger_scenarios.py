@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -26,8 +25,9 @@ from dtp.chain.objects import Event, Sla
 from dtp.errors import ChainError, ObjectNotFound
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from tests.support.paths import SCENARIOS
 
-SCENARIO_DIR = Path(__file__).parent / "scenarios"
+SCENARIO_DIR = SCENARIOS
 
 SEEDS = {
     "client": 0x11,

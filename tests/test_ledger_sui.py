@@ -14,7 +14,6 @@ import json
 import socket
 import struct
 import sys
-from pathlib import Path
 from typing import Any
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
@@ -57,8 +56,9 @@ from dtp.errors import (
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity, verify_transaction
 from tests.sui_network import SuiNetwork, transfer
+from tests.support.paths import GOLDEN as GOLDEN_DIR
 
-GOLDEN = Path(__file__).parent / "golden" / "sui_transactions.json"
+GOLDEN = GOLDEN_DIR / "sui_transactions.json"
 
 # -- deterministic inputs -----------------------------------------------------------------------
 

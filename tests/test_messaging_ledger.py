@@ -8,7 +8,6 @@ import json
 import re
 import sys
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.sui_tx import SharedRef
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
 from dtp.keys import HostIdentity
+from tests.support.paths import ROOT
 from tests.test_ledger_sui import CTX, SENDER
 
-ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
     "messaging_scenario"
 ]

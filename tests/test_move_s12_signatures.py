@@ -36,8 +36,9 @@ import tests.test_messaging_ledger as msg_cases
 from dtp.chain import sui_tx
 from dtp.chain.sui_tx import CLOCK_ID
 from dtp.errors import InvalidArgument
+from tests.support.paths import MOVE_SOURCES
 
-SOURCES = Path(__file__).resolve().parent.parent / "move" / "dtp" / "sources"
+SOURCES = MOVE_SOURCES
 
 
 # -- a light Move parser --------------------------------------------------------------------------

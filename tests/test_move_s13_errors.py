@@ -5,11 +5,11 @@ row has its constant: the SDK names and explains an abort as the package does.""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from dtp.errors import _MOVE_ERROR_ROWS
+from tests.support.paths import MOVE_SOURCES
 
-SOURCES = Path(__file__).resolve().parent.parent / "move" / "dtp" / "sources"
+SOURCES = MOVE_SOURCES
 CONSTANT = re.compile(
     r'#\[error\(code = (\d+)\)\]\s*const (E\w+): vector<u8> = b"((?:[^"\\]|\\.)*)";'
 )

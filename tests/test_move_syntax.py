@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 CHECKER = ROOT / "tools" / "move-syntax" / "check.sh"
 FIXTURES = ROOT / "tools" / "move-syntax" / "fixtures"
 PACKAGE = ROOT / "move" / "dtp"

@@ -38,8 +38,8 @@ from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, Metering
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import collect_refund
 from tests.polling import wait_for
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
 SERVER_SEED = bytes([0x71]) * 32

@@ -20,7 +20,6 @@ import json
 import struct
 import sys
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,9 +37,9 @@ from dtp.crypto import Handshake, make_auth_proof, verify_auth_proof
 from dtp.events import ConnectionTerminated, StreamDataReceived
 from dtp.keys import HostIdentity, personal_message_digest
 from tests.conftest import BACKENDS
+from tests.support.paths import ROOT
 from tests.vectors import load_vectors
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = {p: ROOT / "tests" / "golden" / f"conformance_{p.lower()}.json" for p in ("IK", "XX")}
 APPENDIX = ROOT / "docs" / "protocol-vectors.md"
 REGENERATE = "python -m tests.test_protocol_conformance --regenerate"

@@ -14,8 +14,7 @@ from pathlib import Path
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.graph import Graph
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_states_issued_before_a_crash_stay_below_every_state_after_it(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from dtp.daemon.status import _table
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _processes_under(path: Path) -> list[str]:

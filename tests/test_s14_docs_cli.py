@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
+
 
 def _dtp(
     *argv: str, cwd: Path, env: dict[str, str] | None = None
@@ -72,9 +74,6 @@ def test_bad_arguments_are_one_typed_line(
     errors = [line for line in done.stderr.splitlines() if not line.startswith(("usage:", " "))]
     assert len(errors) == 1, done.stderr
     assert done.stdout == ""
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _readme_daemon_configs() -> tuple[str, str]:

@@ -52,7 +52,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 OWNED = ["README.md", "docs/protocol.md", "docs/udp.md", "docs/ledger-carrier.md", "docs/daemon.md"]
 READ_ONLY = ["docs/escrow.md", "docs/graph.md", "docs/messaging.md", "docs/sui.md"]
 TIMEOUT = 60.0

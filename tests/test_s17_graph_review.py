@@ -29,8 +29,7 @@ from dtp.keys import HostIdentity
 from tests.conftest import require_native
 from tests.graph_wire import frame
 from tests.polling import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def _wait(check: Callable[[], object], timeout: float = 60.0) -> bool:

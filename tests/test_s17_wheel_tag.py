@@ -15,15 +15,13 @@ import sys
 import sysconfig
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import setuptools  # noqa: F401 - first, so that `distutils` below is setuptools' copy
 
 from distutils.core import run_setup  # isort: skip
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 # cffi itself leaves the limited API off for these builds (the .so is then not abi3)
 pytestmark = pytest.mark.skipif(

@@ -19,8 +19,9 @@ import pytest
 from dtp.keys import HostIdentity
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal
 from tests.sealed_world import SealedWorld, sealed_world
+from tests.support.paths import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 
 # The recipient's process: fetches its mailbox, handing each message to a handler that
 # stores the body (one fsynced line) -- except the message numbered ``kill_at``, where it

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -34,9 +33,9 @@ import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
+from tests.support.paths import ROOT
 
 SERVER_ID = HostIdentity.generate()
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

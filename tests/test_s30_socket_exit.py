@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from dtp.keys import HostIdentity
 from tests.test_s29_socket_makefile import run_client_process
 
 SERVER_ID = HostIdentity.generate()
-ROOT = Path(__file__).resolve().parents[1]
 
 _RESET = """
 import sys

@@ -29,10 +29,10 @@ from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import TunnelError
 from dtp.events import ConnectionTerminated, StopSendingReceived
 from dtp.keys import HostIdentity
+from tests.support.paths import ROOT
 from tests.test_connection import CLIENT_ID, Side, _sealed_by, connect, run
 
 #: The tree under test (its ``dtp`` is the one a child process must import).
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _child_env(**extra: str) -> dict[str, str]:

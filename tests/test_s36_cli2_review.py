@@ -17,10 +17,10 @@ import pytest
 
 from dtp.cli import main
 from dtp.keys import HostIdentity
+from tests.support.paths import ROOT
 
 #: A host ID that names nothing on the test's ledger.
 NO_HOST = "0x" + "ab" * 32
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,11 +30,11 @@ from dtp.keys import HostIdentity
 from tests.half_handshakes import half_handshake, silent
 from tests.polling import wait_for
 from tests.procs import descriptors, rss_kib, server_process
+from tests.support.paths import ROOT
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 TRIES = 50
 BACKLOG = 128
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager

@@ -40,8 +40,8 @@ from dtp.keys import HostIdentity
 from tests.sui_node import SuiNodeStandIn
 from tests.sui_node.execute import gas_rates
 from tests.sui_node.objects import COIN_TYPE
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 FUNDS = 10**10
 KINDS = sui_prot.ExecutionErrorExecutionErrorKind

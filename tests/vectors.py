@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+from tests.support.paths import PROTOCOL_MD
+
 _BLOCK = re.compile(r"```dtp-vector\n(.*?)\n```", re.S)
 
 
