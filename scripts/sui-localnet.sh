@@ -36,8 +36,8 @@ LIVE_TESTS=(
   tests/test_ledger_sui.py
   tests/test_sui_ledger_shared_key.py
   tests/test_ledger_economics.py
-  tests/test_cli_funds.py
-  tests/test_chain_cli.py
+  tests/cli/test_funds_commands.py
+  tests/cli/test_chain_commands.py
   tests/test_doc_snippets.py
   tests/test_ledger_examples.py
   tests/test_daemon_two_machines.py

@@ -17,7 +17,7 @@ from dtp.chain.local import LocalLedger
 from dtp.cli import main
 from dtp.errors import KeyFileError
 from dtp.keys import IDENTITY_FILE_KIND, IDENTITY_FILE_VERSION, HostIdentity, _associated_data
-from tests.test_s18_cli_review import _dtp, _env, _errors
+from tests.cli.test_usage_errors import _dtp, _env, _errors
 
 #: Stands for secret key material in a damaged secret part.
 MARKER = "SECRETMARKER-9f3c1a"

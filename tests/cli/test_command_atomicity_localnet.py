@@ -1,4 +1,4 @@
-"""The ``dtp`` command as a user runs it (session 35 review): a failed command leaves no
+"""The ``dtp`` command as a user runs it: a failed command leaves no
 new ledger and no half-done transactions, ``localnet status`` counts every event,
 ``deploy`` survives sui output that is not UTF-8 and takes its ``sui`` child with it on
 SIGTERM, and a reader that goes away is no error. Each test fails on the code before."""

@@ -1,4 +1,4 @@
-"""The chain layer after a second reader's review of a27fb0d.
+"""The chain commands that pay and then read back: the ID of what was paid for is never lost.
 
 Before: ``service sponsor [--fund]``, ``service subscription``, ``service retention``
 and ``subscription buy|renew`` made the paid transaction, then read the new object back
@@ -27,8 +27,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.chain.sui import SuiLedger
 from dtp.errors import ChainError, InvalidArgument, InvalidObjectId, LedgerUnavailable
-from tests.test_chain_cli import Cli, make_parser
-from tests.test_cli_s12_deploy import PUBLISHED, deploy, fake_sui
+from tests.cli.test_chain_commands import Cli, make_parser
+from tests.cli.test_deploy import PUBLISHED, deploy, fake_sui
 from tests.test_s29_sui_arguments import (  # noqa: F401 - sui is a fixture
     HOST,
     PIPE,
@@ -174,7 +174,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with LocalLedger(tmp_path_factory.mktemp("s30") / "l.sqlite") as local:
+    with LocalLedger(tmp_path_factory.mktemp("ledger") / "l.sqlite") as local:
         local.faucet(SIGNER.sui_address, 10**12)
         host = local.create_host(SIGNER, SIGNER.noise_public)
         local.add_service(SIGNER, host, 7, "raw", Sla(0, 0, 0))

@@ -1,4 +1,4 @@
-"""Second reading of the session 36 chain CLI fixes: a missing host is named as one
+"""The chain commands' refusals: a missing host is named as one
 without hiding what the command said before (a port, a price, a missing identity file),
 ``host create`` refused for its Noise key makes no ledger, and ``dtp daemon
 --passphrase-env NAME`` with $NAME unset writes no unencrypted identity on its first

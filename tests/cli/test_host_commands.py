@@ -1,4 +1,4 @@
-"""The ``dtp`` command as a user meets it (S17 review): a host published with an endpoint
+"""The ``dtp`` command as a user meets it: a host published with an endpoint
 its clients cannot read, and ``dtp status`` given an empty path."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``dtp`` chain commands as a user runs them (session 36 review): a mistyped
+"""The ``dtp`` chain commands as a user runs them: a mistyped
 --ledger-path makes no new ledger (``localnet advance-epoch|advance-clock``, and a
 ``faucet`` or ``host create`` that fails), a named passphrase variable that is unset
 writes no unencrypted key, a missing host is named as one, and ``--ledger sui`` says

@@ -1,4 +1,4 @@
-"""The ``dtp`` chain commands, a second reading of the session 35 review: a deploy
+"""The ``dtp`` chain commands, when stopped or fed odd output: a deploy
 stopped by SIGTERM once ``sui client publish`` has succeeded still records and prints
 the package it paid for, one stopped during the publish says that it may have
 happened, and ``host set`` checks its endpoints before its first transaction. Each
@@ -16,9 +16,9 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
+from tests.cli.test_command_atomicity_localnet import a_host, dtp, fake_sui, place  # noqa: F401 (a fixture)
 from tests.daemon_procs import ENV, ROOT
 from tests.polling import wait_for
-from tests.test_s35_cli_review import a_host, dtp, fake_sui, place  # noqa: F401 (a fixture)
 
 # -- host set: the endpoints are checked before the first transaction ------------------
 
