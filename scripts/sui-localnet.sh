@@ -38,8 +38,8 @@ LIVE_TESTS=(
   tests/test_ledger_economics.py
   tests/cli/test_funds_commands.py
   tests/cli/test_chain_commands.py
-  tests/test_doc_snippets.py
-  tests/test_ledger_examples.py
+  tests/project/test_docs_match_code.py
+  tests/project/test_payment_model_examples.py
   tests/test_daemon_two_machines.py
 )
 LIVE_SELECTION="live or sui"

@@ -1,7 +1,7 @@
 """The payment-model examples are real: examples/payment_models.py runs as a program, its
 functions return the amounts docs/escrow.md §13-16 predict on the embedded ledger and on a
 Sui node (tests/sui_network.py), and the README's "Payment models" snippets execute in
-order against an embedded ledger (on Sui: tests/test_doc_snippets.py)."""
+order against an embedded ledger (on Sui: tests/project/test_docs_match_code.py)."""
 
 from __future__ import annotations
 
