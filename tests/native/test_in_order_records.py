@@ -6,7 +6,7 @@ remove a whole record from the byte stream, or move it later, and the connection
 on -- an application CONTROL message, a DATAGRAM or a RESET_STREAM dropped or reordered
 without a trace (stream data alone was covered, by its offsets). TLS and SSH end the
 connection on any gap. ``Aead.set_in_order`` (C and twin) makes every counter but the
-next a replay; connections over reliable carriers set it. Found by a second reader.
+next a replay; connections over reliable carriers set it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dtp.connection import CloseCode
 from dtp.errors import LocalProtocolError
 from dtp.events import ControlReceived
 from tests.conftest import BACKENDS
+from tests.native.test_lane import SID, take
 from tests.test_connection import Side, connect
-from tests.test_lane import SID, take
 
 KEY = os.urandom(32)
 

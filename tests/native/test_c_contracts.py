@@ -1,4 +1,4 @@
-"""Three C-core contracts a second reader found broken (each reachable only through the
+"""Three C-core contracts held at the C API itself (each reachable only through the
 C API itself or a wrong argument; the Python wrappers never hit them).
 
 - dtp_lane_take refusing an argument dropped the lane's pending bytes (the start of a
