@@ -29,8 +29,8 @@ from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from tests.ledger_faults import impair
 from tests.polling import wait_for
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
 from tests.test_carrier_ledger import ImpairedLedger, _exchange, _frozen, _stepper
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
 from tests.test_ledger_carrier_sockets import (
     CLIENT,
     DEPOSIT,

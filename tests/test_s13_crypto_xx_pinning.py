@@ -8,7 +8,7 @@ import pytest
 
 from dtp.connection import CloseCode
 from dtp.keys import HostIdentity
-from tests.test_connection import make_pair
+from tests.protocol.test_connection import make_pair
 
 
 @pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])

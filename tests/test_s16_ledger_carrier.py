@@ -53,7 +53,7 @@ from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import ChainError
 from dtp.events import DatagramReceived, PeerAuthenticated
 from tests.polling import wait_for
-from tests.test_connection import Side
+from tests.protocol.test_connection import Side
 from tests.test_ledger_carrier_sockets import CLIENT, PORT, SERVER
 from tests.test_s15_ledger_carrier import _bridge, _record, _World
 from tests.test_s15_ledger_carrier import world as world  # the fixture

@@ -31,7 +31,7 @@ from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import ObjectNotFound
 from dtp.events import StreamDataReceived, StreamOpened
 from dtp.keys import HostIdentity
-from tests.test_connection import (
+from tests.protocol.test_connection import (
     CLIENT_ID,
     SERVER_ID,
     answered_pair,

@@ -50,7 +50,7 @@ from dtp.events import (
 from dtp.keys import HostIdentity
 from tests.ledger_faults import impair
 from tests.polling import wait_for
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, answered_pair, make_pair
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, answered_pair, make_pair
 
 #: What a server's application must not see before it accepts.
 APP_EVENTS = (

@@ -32,7 +32,7 @@ from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ConnectionClosed
-from tests.test_connection import CLIENT_ID, SERVER_ID
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
 from tests.test_ledger_retention import World
 
 

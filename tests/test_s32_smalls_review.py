@@ -29,8 +29,8 @@ from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import TunnelError
 from dtp.events import ConnectionTerminated, StopSendingReceived
 from dtp.keys import HostIdentity
+from tests.protocol.test_connection import CLIENT_ID, Side, _sealed_by, connect, run
 from tests.support.paths import ROOT
-from tests.test_connection import CLIENT_ID, Side, _sealed_by, connect, run
 
 #: The tree under test (its ``dtp`` is the one a child process must import).
 

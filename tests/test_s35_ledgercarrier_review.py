@@ -32,7 +32,7 @@ import pytest
 from dtp.carriers.ledger import LedgerCarrier
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
-from tests.test_connection import CLIENT_ID, SERVER_ID
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
 from tests.test_ledger_retention import World
 
 

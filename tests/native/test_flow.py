@@ -23,7 +23,7 @@ from dtp.connection import Connection
 from dtp.errors import LocalProtocolError
 from dtp.events import StreamDataReceived
 from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.test_connection import connect
+from tests.protocol.test_connection import connect
 
 SID = 4
 BIG = 1 << 40

@@ -22,7 +22,7 @@ from dtp.errors import LocalProtocolError
 from dtp.events import ControlReceived
 from tests.conftest import BACKENDS
 from tests.native.test_lane import SID, take
-from tests.test_connection import Side, connect
+from tests.protocol.test_connection import Side, connect
 
 KEY = os.urandom(32)
 

@@ -23,7 +23,7 @@ from dtp.connection import (
 from dtp.crypto import Handshake, make_auth_proof
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
-from tests.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, make_pair
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, make_pair
 
 
 def _with_counter(records: bytes, counter: int) -> bytes:

@@ -1,7 +1,7 @@
-"""What the protocol-violation checks of session 19 must still take from an honest peer:
+"""What the protocol-violation checks must still take from an honest peer:
 late copies on a lossy carrier after a stream both finished and was reset, frames on
 our streams opened and forgotten after a reset. Driven through a pair of real
-Connections (real handshake) in memory, as tests/test_s19_protocol_abuse.py does."""
+Connections (real handshake) in memory, as tests/protocol/test_protocol_abuse.py does."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.events import StreamDataReceived
-from tests.test_connection import connect
-from tests.test_s19_protocol_abuse import _send
+from tests.protocol.test_connection import connect
+from tests.protocol.test_protocol_abuse import _send
 
 
 def test_late_copies_after_a_fin_and_a_reset_at_its_size_are_taken() -> None:

@@ -53,8 +53,15 @@ from dtp.events import (
     StreamResetReceived,
 )
 from tests.frame_strategies import any_frame
-from tests.test_connection import CLIENT_ID, SERVER_ID, Side, _sealed_by, connect, make_pair
-from tests.test_connection_s12_hostile import _xx_authenticated_server
+from tests.protocol.test_connection import (
+    CLIENT_ID,
+    SERVER_ID,
+    Side,
+    _sealed_by,
+    connect,
+    make_pair,
+)
+from tests.protocol.test_hostile_peer import _xx_authenticated_server
 
 _CARRIERS = pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
 _PROTOCOL_CODES = {

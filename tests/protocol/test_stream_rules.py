@@ -2,7 +2,7 @@
 frame naming a peer stream opens every lower one, in order; an empty STREAM frame
 announces a stream; and stream data on an in-order carrier must be exactly
 contiguous, where a lossy carrier reassembles it. An authenticated client seals the
-frames (tests/test_s19_protocol_abuse.py's harness)."""
+frames (tests/protocol/test_protocol_abuse.py's harness)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
 from dtp.connection import CloseCode
 from dtp.events import StreamDataReceived, StreamOpened, StreamResetReceived
-from tests.test_connection import connect
-from tests.test_s19_protocol_abuse import _run, _send
+from tests.protocol.test_connection import connect
+from tests.protocol.test_protocol_abuse import _run, _send
 
 
 @pytest.mark.parametrize("opener", [FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM])

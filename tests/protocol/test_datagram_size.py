@@ -12,7 +12,7 @@ from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT
 from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
-from tests.test_connection import connect, run
+from tests.protocol.test_connection import connect, run
 from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
 from tests.test_ledger_carrier_sockets import host as host  # the fixture
 

@@ -42,7 +42,7 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
-from tests.test_connection import CLIENT_ID, Side, _sealed_by, connect, make_pair
+from tests.protocol.test_connection import CLIENT_ID, Side, _sealed_by, connect, make_pair
 
 
 def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
@@ -459,7 +459,7 @@ def test_a_lossy_stream_window_the_reassembly_cannot_hold_is_refused_up_front(
     window: int,
 ) -> None:
     # it made the first stream frame raise LocalProtocolError out of receive_data
-    # (refused by the config itself since S34: a ValueError, as for its other values)
+    # (refused by the config itself: a ValueError, as for its other values)
     with pytest.raises(ValueError, match="stream_window"):
         make_pair(reliable_carrier=False, stream_window=window)
     make_pair(reliable_carrier=False, stream_window=(1 << 32) - 1)
@@ -473,7 +473,7 @@ def test_a_record_size_the_connection_cannot_pack_is_refused_up_front(
 ) -> None:
     # lossy, 21 bytes: no room for a stream byte, and sending looped forever; 10: a
     # negative length; above 16384: data_to_send failed to seal the records it packed
-    # (refused by the config itself since S34: a ValueError)
+    # (refused by the config itself: a ValueError)
     with pytest.raises(ValueError, match="max_record_plaintext"):
         make_pair(reliable_carrier=reliable, max_record_plaintext=size)
 
@@ -564,6 +564,6 @@ def test_transport_parameters_the_peer_would_refuse_are_refused_up_front(
     change: dict[str, object], error: type[Exception]
 ) -> None:
     # the server's handshake failed on them, and the client saw only a timeout (refused
-    # by the config itself since S34, as its other values: TypeError or ValueError)
+    # by the config itself, as its other values: TypeError or ValueError)
     with pytest.raises(error, match=next(iter(change))):
         make_pair(**change)

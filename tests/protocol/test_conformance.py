@@ -10,7 +10,7 @@ msgpack, hashlib and cryptography, none of dtp's handshake code -- to the same b
 Regenerate the transcripts and the appendix (only after a deliberate change to the
 wire format)::
 
-    python -m tests.test_protocol_conformance --regenerate
+    python -m tests.protocol.test_conformance --regenerate
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tests.vectors import load_vectors
 
 GOLDEN = {p: ROOT / "tests" / "golden" / f"conformance_{p.lower()}.json" for p in ("IK", "XX")}
 APPENDIX = ROOT / "docs" / "protocol-vectors.md"
-REGENERATE = "python -m tests.test_protocol_conformance --regenerate"
+REGENERATE = "python -m tests.protocol.test_conformance --regenerate"
 
 
 def _run_of(first: int) -> bytes:
@@ -741,7 +741,7 @@ def render_appendix(transcripts: dict[str, dict[str, Any]]) -> str:
         "every key fixed, so that an implementation can be checked against it byte for byte.",
         "Both connections use the default transport parameters and the prologue `DTP/1`.",
         "The same data is in `tests/golden/conformance_ik.json` and `conformance_xx.json`;",
-        "`tests/test_protocol_conformance.py` replays each side of this implementation",
+        "`tests/protocol/test_conformance.py` replays each side of this implementation",
         "against it on both core backends, rebuilds the handshake from the spec alone, and",
         f"checks that this page shows exactly that data (`{REGENERATE}` rewrites both).",
         "",

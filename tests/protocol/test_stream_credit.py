@@ -1,4 +1,4 @@
-"""A reviewer's finds in the connection core: credit a paused stream sink held when its
+"""Edge cases of the connection core: credit a paused stream sink held when its
 stream ended, frames an XX server took before the client's AUTH, advertised limits past
 the varint range, the reassembly's range limit against an honest sender on a lossy
 carrier, and ACK-only records sent when nothing new arrived. Driven in memory with
@@ -34,7 +34,7 @@ from dtp.connection import CloseCode, Connection, ConnectionConfig, _split_recor
 from dtp.crypto import make_auth_proof
 from dtp.errors import LocalProtocolError
 from dtp.events import ControlReceived
-from tests.test_connection import (
+from tests.protocol.test_connection import (
     CLIENT_ID,
     SERVER_ID,
     Side,

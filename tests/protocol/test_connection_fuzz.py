@@ -14,7 +14,7 @@ from dtp._types import (
 )
 from dtp.connection import CloseCode
 from tests.frame_strategies import any_frame
-from tests.test_connection import _sealed_by, connect
+from tests.protocol.test_connection import _sealed_by, connect
 
 _FRAMES = any_frame(
     big=[0, 1, 2, 16383, 16384, 65536, 2**30, 2**62 - 1],

@@ -8,8 +8,8 @@ import re
 
 from dtp import metering
 from dtp.connection import CloseCode
+from tests.protocol.test_connection import connect
 from tests.support.paths import PROTOCOL_MD
-from tests.test_connection import connect
 
 
 def _table() -> dict[int, str]:

@@ -27,7 +27,7 @@ from dtp._types import (
 )
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.events import SendWindowOpened
-from tests.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, connect
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, connect
 
 
 def _session_pair(max_streams: int) -> tuple[Connection, Session]:
@@ -324,12 +324,12 @@ def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
     only from the last acknowledgement: a server that had sent nothing to acknowledge
     for two minutes (the client's PINGs kept the connection alive) replied into a 5 s
     outage both ways and closed ~9 s later, its reply lost, where a link down both ways
-    is given the idle timeout (docs/protocol.md section 9). (Second reader.)"""
+    is given the idle timeout (docs/protocol.md section 9)."""
     import heapq
 
     from dtp.carriers.memory import MemoryLink
     from dtp.events import PeerAuthenticated
-    from tests.test_connection import Side
+    from tests.protocol.test_connection import Side
 
     client = Connection(
         ConnectionConfig(
