@@ -1,6 +1,6 @@
-"""Review of 03d3e92 (a metered client signs no receipt for usage the SLA prices at 0).
+"""Usage the SLA prices at 0: a metered client signs no receipt for it.
 
-The server side was found to hold: its gate judges receipts by their amount, so free
+On the server side, its gate judges receipts by their amount, so free
 bytes never pause a connection nor keep a closing server waiting for a final receipt
 (a service priced by the request, closed by the server first, waited as long before
 and after), and a subscribed connection settles with no receipt at all. What the

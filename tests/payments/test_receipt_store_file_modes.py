@@ -1,4 +1,4 @@
-"""Review of how a paid server keeps and settles receipts (dtp.receipt_store).
+"""How a paid server keeps and settles receipts (dtp.receipt_store).
 
 - A new store file, its ``-wal`` and ``-shm`` files and its lock files were made with
   the umask's mode (0o644): every local user could read every client's receipts, and --

@@ -1,6 +1,7 @@
-"""Second reader's finds in dtp.escrow: an object ID with whitespace between its
+"""Bad input to dtp.escrow: an object ID with whitespace between its
 digits was read as a shorter ID (bytes.fromhex skips whitespace; the chain's parser
-refuses it), and a meter past the last receipt nonce raised a bare ValueError."""
+refuses it), and a meter past the last receipt nonce (a typed error, not a bare
+ValueError)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Review of the paid server's durable receipts (dtp.receipt_store, dtp.receipt_writer).
+"""The paid server's durable receipts against files it did not
+make (dtp.receipt_store, dtp.receipt_writer).
 
 - A SQLite file whose ``receipts`` table another program made opened as a store, and
   every keep failed after it ("no column named ..."): the writer retried it for good and
