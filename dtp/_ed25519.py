@@ -5,7 +5,7 @@ receipt and the escrow claim rule's).
 With fastcrypto when it is installed (``pysui_fastcrypto``, pysui's native module, which
 pysui brings): the library Sui validators verify with, at about half the cost of OpenSSL
 here; else with cryptography's OpenSSL. Both refuse every malformed key or signature and
-every changed bit (tests/test_ed25519.py pins that they agree).
+every changed bit (tests/identity/test_ed25519.py pins that they agree).
 
 The two libraries verify by different rules: fastcrypto by ZIP-215's (the cofactored
 equation, non-canonical point encodings accepted), OpenSSL by RFC 8032's cofactorless

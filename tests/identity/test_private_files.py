@@ -1,5 +1,5 @@
 """Local files the daemon and the inbox keep, against what another user or a damaged file
-can do (found by a second reader):
+can do:
 
 - the daemon's lock file was opened through a symlink (or another name of a file) and
   truncated to take the daemon's pid: a link planted in a state directory someone else

@@ -1,4 +1,4 @@
-"""Session 34's review of identity files' directory checks:
+"""Identity files' directory checks:
 
 - save() checked none of the directories load() checks, so it wrote a key that load()
   then refused, found out only at the next start; it refuses them up front now, with

@@ -1,6 +1,10 @@
 """The DTP handshake: Noise IK/XX between two in-memory sides, keys that pair up and
 work, every kind of bad message failing with HandshakeError only, and the Sui-signed
-channel binding."""
+channel binding.
+
+A client that pins the server's key in XX (``expected_server_static``) checks the key
+message 2 reveals before it writes message 3, which carries its own static key: an
+impostor learns nothing of the client."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.connection import Keypair, NoiseConnection
 
+from dtp.connection import CloseCode
 from dtp.crypto import (
     AUTH_PROOF_SIZE,
     MAX_MESSAGE_SIZE,
@@ -29,6 +34,7 @@ from dtp.crypto import (
 )
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, noise_key_object
+from tests.protocol.test_connection import make_pair
 
 KEYS = st.binary(min_size=32, max_size=32)
 PATTERNS = st.sampled_from([PATTERN_IK, PATTERN_XX])
@@ -789,3 +795,24 @@ def test_early_proof_round_trip_and_its_own_domain() -> None:
     other = pair(PATTERN_IK, e_client=bytes([7]) * 32)[0].auth_binding
     with pytest.raises(HandshakeError):
         verify_auth_proof(proof, other, early=True)
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
+def test_pinned_xx_client_sends_no_message_3_to_an_impostor(reliable: bool) -> None:
+    expected = HostIdentity.generate().noise_public  # the server is not its holder
+    client, impostor = make_pair(
+        ik=False, expected_server_static=expected, reliable_carrier=reliable
+    )
+    impostor.receive_data(client.data_to_send(0.0), 0.0)
+    client.receive_data(impostor.data_to_send(0.0), 0.0)
+    assert client.closed
+    term = client.termination
+    assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED
+    assert "expected" in term.reason
+    sent = client.data_to_send(0.0)
+    assert sent == b""  # no HS_FINAL (record kind 3) with the client's static key
+    timer = client.get_timer()
+    if timer is not None:  # nor later, from a resend timer
+        client.handle_timer(timer)
+    assert client.data_to_send(1e9) == b""
+    assert impostor._hs.remote_static is None and not impostor._hs.complete

@@ -1,7 +1,7 @@
-"""Session 31's review of keys, handshakes and Ed25519: a failed HostIdentity.save()
+"""Keys, handshakes and Ed25519 under misuse: a failed HostIdentity.save()
 leaves no secret in its traceback; load() refuses a key file everyone could replace (a
-group-writable directory, or root reading a user's key, are taken: a second reader's
-find); a prologue the IK identity proof cannot bind is refused up front; the daemon's
+group-writable directory, or root reading a user's key, are taken); a prologue the IK
+identity proof cannot bind is refused up front; the daemon's
 passphrase error names the variable it read; both Ed25519 verifiers refuse points of
 small order."""
 

@@ -1,4 +1,4 @@
-"""Session 34's second reading of the identity files' directory checks (0bba330):
+"""The directories save() checks on the way to an identity file:
 
 - save() checked the directories on the way to the file only up to the first one
   missing, and made the rest; but a ".." after the missing one leads back to
@@ -26,7 +26,7 @@ import pytest
 
 from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity
-from tests.test_s34_keys_review import run_as
+from tests.identity.test_key_file_permissions import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")
 

@@ -1,4 +1,4 @@
-"""Adversarial checks of the handshake's key handling (s15): no ephemeral key outlives
+"""Adversarial checks of the handshake's key handling: no ephemeral key outlives
 its handshake (in the Handshake object or in the DH results dtp.keys_ahead made for
 it), and a passphrase that has no UTF-8 form is a clear error that does not quote it."""
 
