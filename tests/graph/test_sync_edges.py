@@ -1,4 +1,4 @@
-"""Graph sync edges found by a second reader.
+"""Graph sync at its edges: a HELLO racing a commit, and big messages refused undecoded.
 
 - A session started while another thread commits a change sent that change's DATA
   before its HELLO (the listener was registered, the HELLO queued only after), and the

@@ -1,4 +1,4 @@
-"""A live graph sync survives idleness (s22).
+"""A live graph sync survives idleness.
 
 ``sync_blocking`` read with the socket's timeout for the whole session: on a socket made
 with ``create_connection(..., timeout=...)``, or through ``connect(..., until_synced=False,

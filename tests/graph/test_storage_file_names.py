@@ -1,4 +1,4 @@
-"""Review of the graph's SQLite persistence and value encoding (dtp.graph.persist,
+"""The graph's SQLite persistence and value encoding (dtp.graph.persist,
 dtp.graph.values): a database file reached by a second name, and values nested deeper
 than put() writes."""
 

@@ -1,4 +1,4 @@
-"""Graph sync, session 14: a dropped update is asked for again (WANT); the first exchange
+"""Graph sync: a dropped update is asked for again (WANT); the first exchange
 is pushed as the peer reads; GraphServer caps its sessions.
 
 1. An update ahead of the clock that finds the deferred queue full (a hostile peer keeps

@@ -1,4 +1,4 @@
-"""Graph sync: two defects a reviewer found.
+"""Graph sync: a peer's END before its answers, and pushes made a batch at a time.
 
 - A peer's END that came before its answer to one of our SUMs was taken: the runners
   stopped reading at it and waited for our own END, which waits for that answer -- a

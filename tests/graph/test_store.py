@@ -1,11 +1,30 @@
 """dtp.graph: values, hybrid clock, the Graph API, subscriptions, persistence, deferral
-and the signed user space (docs/graph.md)."""
+and the signed user space (docs/graph.md).
+
+Graph store: subscribers hear of every committed change, also when the put() or
+merge() that applied it fails afterwards.
+
+put() and merge() first apply the deferred updates now due, then their own batch.
+When that batch failed (a peer's malformed batch; a value too large, or a user-space
+write without the identity), the exception skipped the delivery: the deferred updates
+were in the table, logged and forwarded to sync peers, but no subscriber ever heard of
+them.
+
+Graph store: change streams end when the graph is closed; a damaged log
+entry is a storage error.
+
+``Graph.changes()`` readers waited for ever once the graph was closed (no change can
+come any more): an ``async for`` over a closed graph's changes never ended.
+
+put() of nested mappings that reach one node's field by two paths is refused whole
+(it wrote both at one state, and the merge kept one of them by its bytes)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,6 +37,7 @@ from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import (
     Change,
     Graph,
+    MergeReport,
     decode_value,
     encode_value,
     link,
@@ -26,6 +46,7 @@ from dtp.graph import (
     user_soul,
 )
 from dtp.graph.clock import STEP, HybridClock
+from dtp.graph.persist import GraphStorageError
 from dtp.keys import HostIdentity
 
 HAMS = ["c", "python"]
@@ -348,3 +369,141 @@ def test_local_writes_to_foreign_user_space_are_refused() -> None:
         g.set("~0x" + "A" * 64, "a", 1)
     g.set("~bob", "a", 1)  # not a Sui address: a public soul
     assert g.get("~bob") == {"a": 1}
+
+
+T0 = 1_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _graph_with_a_due_update(ham: str) -> tuple[Graph, Clock, list[Change]]:
+    clock = Clock()
+    graph = Graph(now_ms=clock, max_drift_ms=0, ham=ham)
+    seen: list[Change] = []
+    graph.subscribe("s", seen.append)
+    report = graph.merge(encode_ham_batch([HamUpdate(b"s", b"f", T0 + 500, b'"later"')]))
+    assert report.deferred == 1
+    clock.now += 1000  # now due: the next put() or merge() applies it first
+    return graph, clock, seen
+
+
+@pytest.mark.parametrize("ham", ["c", "python"])
+def test_a_malformed_batch_does_not_swallow_the_deferred_changes_it_applied(ham: str) -> None:
+    graph, _, seen = _graph_with_a_due_update(ham)
+    with pytest.raises(RemoteProtocolError):
+        graph.merge(b"\x01\x05\x00\x00\x00garbage")
+    assert graph.get_field("s", "f") == "later"
+    assert [(c.soul, c.field, c.value) for c in seen] == [("s", "f", "later")]
+    graph.close()
+
+
+@pytest.mark.parametrize(
+    ("soul", "fields"),
+    [
+        ("t", {"big": "x" * 2_000_000}),  # a value beyond HAM's 1 MiB
+        ("~0x" + "ab" * 32, {"name": "no identity"}),  # user space, no identity
+    ],
+)
+def test_a_failing_put_does_not_swallow_the_deferred_changes_it_applied(
+    soul: str, fields: dict[str, str]
+) -> None:
+    graph, _, seen = _graph_with_a_due_update("c")
+    with pytest.raises(LocalProtocolError):
+        graph.put(soul, fields)
+    assert graph.get_field("s", "f") == "later"
+    assert [(c.soul, c.field, c.value) for c in seen] == [("s", "f", "later")]
+    graph.close()
+
+
+def test_change_streams_end_when_the_graph_closes() -> None:
+    async def main() -> None:
+        graph = Graph()
+        stream = graph.changes("a")
+        other = graph.changes("b", field="x")
+        got: list[Change] = []
+
+        async def read() -> None:
+            async for change in stream:
+                got.append(change)
+
+        reader = asyncio.create_task(read())
+        graph.put("a", {"x": 1})
+        graph.put("a", {"x": 2})
+        graph.close()
+        # what was queued is still read, then the iteration ends
+        await asyncio.wait_for(reader, 2)
+        assert [c.value for c in got] == [1, 2]
+        assert [c async for c in other] == []
+        stream.close()  # (idempotent, also after the graph closed it)
+
+    asyncio.run(main())
+
+
+def test_a_change_stream_closed_from_another_thread_at_graph_close() -> None:
+    async def main() -> None:
+        graph = Graph()
+        stream = graph.changes("a")
+        waiting = asyncio.ensure_future(anext(stream, None))
+        await asyncio.sleep(0)
+        await asyncio.to_thread(graph.close)  # from a thread: woken through the loop
+        assert await asyncio.wait_for(waiting, 2) is None
+
+    asyncio.run(main())
+
+
+def test_merge_reports_stay_hashable() -> None:
+    """MergeReport gained dropped_leaves (a dict): a frozen dataclass hashes its fields,
+    so hash() of any report raised TypeError, as it had not before."""
+    graph = Graph(max_deferred_bytes=0)  # every update ahead of the clock is dropped
+    report = graph.merge(encode_ham_batch([HamUpdate(b"a", b"f", 1e15, b"1")]))
+    assert report.dropped == 1 and len(report.dropped_leaves) == 1
+    assert hash(report) == hash(MergeReport(dropped=1))
+    graph.close()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b"\x01\x05\x00\x00\x00garbage",  # a count far beyond what follows
+        b"\x07\x00\x00\x00\x00",  # an unknown batch version
+        b"",  # nothing at all
+    ],
+)
+def test_a_damaged_log_entry_is_a_storage_error(tmp_path: Path, row: bytes) -> None:
+    """A log row that is not a HAM batch raised RemoteProtocolError at open -- blaming
+    a peer for the file's damage -- where a corrupt file is a GraphStorageError."""
+    path = tmp_path / "g.db"
+    with Graph(path) as graph:
+        graph.put("a", {"x": 1})
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO log (batch) VALUES (?)", (row,))
+    db.commit()
+    db.close()
+    with pytest.raises(GraphStorageError, match="corrupt"):
+        Graph(path)
+    # the failed open let go of the file: repaired, it opens
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM log WHERE batch = ?", (row,))
+    db.commit()
+    db.close()
+    with Graph(path) as graph:
+        assert graph.get("a") == {"x": 1}
+
+
+def test_two_paths_to_one_child_field_are_refused(tmp_path: Path) -> None:
+    graph = Graph(tmp_path / "g.db")
+    try:
+        with pytest.raises(LocalProtocolError, match="twice"):
+            graph.put("a", {"b": {"c": {"x": "first"}}, "b/c": {"x": "second"}})
+        assert graph.get("a/b/c") is None and graph.get("a") is None  # nothing written
+        graph.put("a", {"b": {"c": {"x": "first"}}, "b/d": {"x": "second"}})
+        assert graph.get("a/b/c") == {"x": "first"}
+        assert graph.get("a/b/d") == {"x": "second"}
+    finally:
+        graph.close()

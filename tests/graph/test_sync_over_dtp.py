@@ -1,4 +1,4 @@
-"""Review of the replicated graph store (s17): convergence over real DTP while both sides
+"""The replicated graph store: convergence over real DTP while both sides
 write, a session cut mid-sync and resumed, a crash between merge and flush repaired by
 sync, hostile peers (typed errors, the session ended, other peers unaffected), and the
 two HAM backends agreeing on equal-state ties and ``null`` values at the graph level."""

@@ -1,4 +1,4 @@
-"""The asyncio graph sync (``sync_stream``) against silent peers and cancellation (s19),
+"""The asyncio graph sync (``sync_stream``) against silent peers and cancellation,
 over real DTP on 127.0.0.1:
 
 1. A peer that connected and never sent HELLO held its session -- task, change
