@@ -1,6 +1,10 @@
 """UDP through DTP (dtp.udp, dtp.udp_aio): the relay's end reaches the forwarder, and a
 forwarder's close() with many flows does not take final_timeout per flow. Real UDP
-sockets and DTP connections on 127.0.0.1."""
+sockets and DTP connections on 127.0.0.1.
+
+The blocking UDP forwarder sends nothing more on a flow once its end has begun: a
+batch going out after the final-report request was never paid for (the relay's final
+count was taken before it), one batch per flow end."""
 
 from __future__ import annotations
 
@@ -8,18 +12,21 @@ import asyncio
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
 import dtp.aio
 import dtp.socket
 from dtp.errors import TunnelError
-from dtp.udp import UdpForwarder
+from dtp.socket import DTPSocket
+from dtp.udp import UdpForwarder, UdpStats, _Session
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
-from tests.test_s13_carrier_udp import SERVER, _meter
-from tests.test_udp import DnsLikeBackend
+from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.udp.test_stalled_flows import SERVER, _meter
 
 
 @pytest.fixture
@@ -206,3 +213,33 @@ def test_async_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer)
 
     took = asyncio.run(main())
     assert took < FLOWS * FINAL_TIMEOUT - 2.0, f"close() took {took:.2f} s"
+
+
+def _forwarder() -> UdpForwarder:
+    def connect() -> DTPSocket:
+        raise AssertionError("not used")
+
+    return UdpForwarder(("127.0.0.1", 0), connect)
+
+
+def test_a_flow_that_is_ending_sends_nothing_more() -> None:
+    sent: list[list[bytes]] = []
+
+    def send_datagrams(out: list[bytes]) -> int:
+        sent.append(list(out))
+        return len(out)
+
+    sock: Any = types.SimpleNamespace(max_datagram_size=1200, send_datagrams=send_datagrams)
+    fwd = _forwarder()
+    try:
+        session = _Session(("127.0.0.1", 9), cast(DTPSocket, sock), None, UdpStats())
+        with session.lock:
+            assert fwd._send_locked(session, [b"a", b"b"])
+        assert sent == [[b"a", b"b"]]
+        with session.lock:
+            session.closed = True  # (as _end_all marks it, before the final request)
+            assert not fwd._send_locked(session, [b"c"])
+        assert sent == [[b"a", b"b"]]
+        assert fwd.stats.snapshot()["dropped_no_session"] == 1
+    finally:
+        fwd.close()

@@ -1,4 +1,10 @@
-"""Session 35, a second reading of the UDP number checks and closes (bee9ce1, 23be684).
+"""The blocking UDP forwarder and relay check their numbers up front, as
+the asyncio ones now do (tests/udp/test_asyncio_relay_ends.py): ``UdpForwarder`` took an
+``idle_timeout`` of None (its thread died silently at the first sweep), 0 or NaN, and a
+float ``max_pending`` (every new source's datagrams lost, an "unexpected error" logged
+per batch); ``relay_udp`` took ``idle_timeout=None`` and failed inside its loop.
+
+The UDP number checks and closes in both APIs.
 
 ``dtp.udp.check_seconds`` takes infinity as "never", for both APIs' forwarders. The
 asyncio forwarder's close() waits for a flow's final report with
@@ -22,17 +28,68 @@ import contextlib
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.errors import InvalidArgument
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
-from dtp.udp import UdpForwarder
+from dtp.udp import UdpForwarder, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder
-from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID
+from tests.leaks import resource_warnings
+from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
+from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
+
+
+@pytest.mark.parametrize("kw", BAD_FORWARDER_ARGS, ids=repr)
+def test_a_blocking_forwarder_refuses_bad_numbers(kw: dict[str, Any]) -> None:
+    def connect() -> Any:
+        raise AssertionError("no flow is made")
+
+    def make() -> None:
+        with pytest.raises(InvalidArgument, match=next(iter(kw))):
+            UdpForwarder(("127.0.0.1", 0), connect, **kw).close()
+
+    assert resource_warnings(make) == []  # (refused before the bind)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"idle_timeout": None}, {"idle_timeout": 0}, {"report_every": 0}], ids=repr
+)
+def test_a_blocking_relay_refuses_a_bad_number_and_closes_its_connection(
+    kw: dict[str, Any],
+) -> None:
+    identity = HostIdentity.generate()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
+    raised: list[BaseException] = []
+    done = threading.Event()
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        try:
+            relay_udp(sock, ("127.0.0.1", 9), **kw)
+        except BaseException as exc:  # the error is the result
+            raised.append(exc)
+        done.set()
+
+    threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
+    client = dtp.socket.create_connection(
+        server.address, server_key=identity.noise_public, timeout=5
+    )
+    try:
+        assert done.wait(20)
+        assert len(raised) == 1 and isinstance(raised[0], InvalidArgument), raised
+        assert next(iter(kw)) in str(raised[0])
+        client.settimeout(10)
+        with contextlib.suppress(ConnectionError):
+            assert client.recv(1) == b""  # closed by the relay
+    finally:
+        client.close()
+        server.close()
+
 
 BOUND = 5.0
 _FINAL_ASKED = 5  # the forwarder's control frame b"F": 4-byte length, then the kind

@@ -4,7 +4,15 @@ direction ends the connection at once with the reason in its CLOSE. Before, the 
 of the control stream returned quietly and everything else went on: a relay kept
 forwarding for a client whose receipts nobody read any more (served on credit, then
 dropped as unpaid for good), a forwarder kept a flow whose usage reports nobody signed.
-Real UDP sockets and DTP connections on 127.0.0.1."""
+Real UDP sockets and DTP connections on 127.0.0.1.
+
+A UDP relay (blocking and asyncio) against a client that abuses the control stream:
+a request for the final report sent again and again was
+answered each time (5 bytes in, 21 out, never drained: the relay's buffer grew without
+bound, or its control thread blocked in a send), and forged receipts were only counted,
+each a verification and a log line (a client sending nothing else kept the relay's event
+loop busy). A second final-report request now ends the connection, and so do refused
+receipts past a few; one refused receipt is still no fault (below)."""
 
 from __future__ import annotations
 
@@ -23,11 +31,11 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
-from dtp.udp import _USAGE, UdpBilling, UdpForwarder, _control, relay_udp
+from dtp.udp import _REFUSED_RECEIPTS_MAX, _USAGE, UdpBilling, UdpForwarder, _control, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
-from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID, SERVER, _meter
-from tests.test_udp import DnsLikeBackend
+from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER, _meter
 
 #: Far beyond any bound below: a relay or flow that does not end on its own in the
 #: test's time is one that did not notice the bad frame.
@@ -277,3 +285,61 @@ def test_an_async_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
     finally:
         server.close()
         serving.join(BOUND)
+
+
+__all__ = ["dns"]  # (the fixture, imported for the tests below)
+
+
+def _forged() -> bytes:
+    """A receipt signed by someone other than the connection's client."""
+    stranger = Meter(SERVER, CONNECTION_ID, Sla(0, 1, 0), 10**6)
+    now = int(time.time() * 1000)
+    receipt = stranger.record(now, requests=1) or stranger.flush(now)
+    assert receipt is not None
+    return _control(b"R", receipt.encode())
+
+
+ABUSE = {
+    "final report asked twice": (
+        lambda: _control(b"F") + _control(b"F"),
+        "a second request for the final report",
+    ),
+    "refused receipts past the bound": (
+        lambda: _forged() * (_REFUSED_RECEIPTS_MAX + 1),
+        "receipts refused",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABUSE))
+def test_a_relay_ends_a_connection_that_abuses_the_control_stream(
+    dns: DnsLikeBackend, name: str
+) -> None:
+    frames, reason = ABUSE[name]
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        relay_udp(sock, dns.address, billing=_billing(), idle_timeout=HOURS)
+
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    try:
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            assert _served(sock, b"\x00\x01abuse")
+            sock.sendall(_forged())  # (one refused receipt: served on)
+            assert _served(sock, b"\x00\x02still")
+            sock.sendall(frames())
+            assert reason in _closed_reason(sock)
+    finally:
+        server.close()
+        serving.join(BOUND)
+
+
+@pytest.mark.parametrize("name", sorted(ABUSE))
+def test_an_async_relay_ends_a_connection_that_abuses_the_control_stream(
+    dns: DnsLikeBackend, name: str
+) -> None:
+    frames, reason = ABUSE[name]
+    async_relay_ends(dns, frames(), reason)

@@ -25,7 +25,7 @@ from dtp.udp import _USAGE, UdpBilling, UdpForwarder, UdpStats, _control, relay_
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
 from tests.procs import server_process
-from tests.test_udp import DnsLikeBackend
+from tests.udp.test_end_to_end import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x62" * 32, b"\x62" * 32)

@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.udp, dtp.udp_aio) reviewed as a datagram socket user would:
+"""UDP through DTP (dtp.udp, dtp.udp_aio) as a datagram socket user meets it:
 an ICMP error on the backend's socket, addresses the socket module cannot take, the
 threads and ports left after close(), and datagrams lost on a flow whose connection had
 ended. Real UDP sockets and DTP connections on 127.0.0.1."""
@@ -25,8 +25,8 @@ from dtp.udp import UdpBilling, UdpForwarder, UdpStats, _Session, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, _Flow, relay_udp_async
 from tests.leaks import resource_warnings
 from tests.polling import wait_for
-from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID, SERVER
-from tests.test_udp import DnsLikeBackend
+from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 10.0
 

@@ -1,4 +1,4 @@
-"""Second reading of the UDP relay/forwarder and rate-limit changes (dtp.udp,
+"""What the UDP relay and forwarder charge to rate limits (dtp.udp,
 dtp.udp_aio, dtp.ratelimit):
 
 - a relay charged a backend's replies to the client's bytes/s limit by payload alone,
@@ -25,7 +25,7 @@ from dtp.errors import TunnelError
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.udp import UdpForwarder, UdpStats, relay_udp
 from tests.polling import wait_for
-from tests.test_s13_carrier_udp import SERVER
+from tests.udp.test_stalled_flows import SERVER
 
 BOUND = 5.0
 REPLIES = 50

@@ -1,4 +1,4 @@
-"""dtp.udp_aio reviewed against what it promises (docs/udp.md) and against its blocking
+"""dtp.udp_aio held to what it promises (docs/udp.md) and against its blocking
 twin dtp.udp:
 
 - a draining relay (``finish``) took the backend's later replies off its reader and
@@ -30,7 +30,7 @@ from dtp.errors import InvalidArgument
 from dtp.udp import UdpBilling, UdpStats
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.leaks import resource_warnings
-from tests.test_s13_carrier_udp import CLIENT, CONNECTION_ID, SERVER
+from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 5.0
 
