@@ -40,7 +40,7 @@ LIVE_TESTS=(
   tests/cli/test_chain_commands.py
   tests/project/test_docs_match_code.py
   tests/project/test_payment_model_examples.py
-  tests/test_daemon_two_machines.py
+  tests/daemon/test_two_machines.py
 )
 LIVE_SELECTION="live or sui"
 

@@ -32,7 +32,7 @@ from dtp.errors import DTPError
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.test_s33_daemoncount_review import BOUND, _Client, _run, _until
+from tests.daemon.test_settlement_retries import BOUND, _Client, _run, _until
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 

@@ -82,7 +82,7 @@ SETTLE_RETRY_MAX = 60.0
 half-close timeout ends, the last try before it came at most this long before (with 4
 minutes, the tries after a failure at a half-close came at 30, 90, 210, 450 and 690 s:
 a ledger back at 460 s waited past the 600 s at which the client could settle alone,
-tests/test_daemon_settle_retry.py)."""
+tests/daemon/test_settlement_retry_deadline.py)."""
 
 
 def next_settle_retry(delay: float) -> float:

@@ -22,7 +22,7 @@ NEEDS = (
     "or set SUI_BIN to its path.\n"
 )
 #: The daemon pair's tests: every one of them runs on Sui, so the selection picks them all.
-DAEMON_PAIR = "tests/test_daemon_two_machines.py"
+DAEMON_PAIR = "tests/daemon/test_two_machines.py"
 #: Commands the script would run first, were sui there: spies record any call.
 _SPIED = ("python", "python3", "dirname", "mkdir", "seq", "sleep", "tail", "grep", "git", "curl")
 
@@ -76,7 +76,7 @@ def test_it_parses_and_is_shellcheck_clean() -> None:
 
 def test_its_live_suite_names_tests_that_run_on_either_node() -> None:
     """Every file of LIVE_TESTS exists and holds tests the selection picks; of
-    tests/test_daemon_two_machines.py, every test (all of them run on Sui)."""
+    tests/daemon/test_two_machines.py, every test (all of them run on Sui)."""
     text = SCRIPT.read_text()
     listed = re.search(r"LIVE_TESTS=\(\n(.*?)\n\)", text, re.S)
     selection = re.search(r'LIVE_SELECTION="([^"]+)"', text)

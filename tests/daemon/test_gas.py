@@ -1,7 +1,7 @@
 """The daemon's gas watch (dtp/daemon/gas.py): what its address holds, the states it
 goes through (ok, low, out) each logged once, the typed error of running out, and how
 ``dtp status`` shows them. The balance comes from a function here; the daemon running
-out of gas on the Sui node stand-in is in tests/test_daemon_on_sui.py."""
+out of gas on the Sui node stand-in is in tests/daemon/test_on_sui.py."""
 
 from __future__ import annotations
 

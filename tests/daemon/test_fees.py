@@ -1,6 +1,21 @@
 """The daemon's receipt keeping (dtp.daemon.fees.ServerFees): receipts are checked at
 once, stored by a writer thread (the event loop never waits for the fsync), and count
-only once stored; a settle claims the newest one on the ledger."""
+only once stored; a settle claims the newest one on the ledger.
+
+The daemon settles, at its next start, a connection whose claim reached the ledger
+but whose "claimed" mark did not reach the receipt store.
+
+The daemon claims, then closes and settles, in separate transactions, and the mark
+waits for the writer's next write: killed in between, its restart claimed the receipt
+again, was refused (the escrow had that nonce), and stopped there -- the connection left
+Open (the client's deposit held until its own timeout) and the receipt "unclaimed" for
+every later start to fail on again. (A SIGKILL right after the
+claim leaves it so); here the claim is made on the ledger directly, as the killed run left it.
+
+The daemon's ServerFees.close() leaves the receipt store open under a writer still
+writing, as a paid server's release does: it closed the store after the writer's wait
+whatever the writer said, and a receipt still on its way to a slow disk was dropped
+(this test failed so on the old code)."""
 
 from __future__ import annotations
 
@@ -11,12 +26,16 @@ from pathlib import Path
 import pytest
 
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.fees import ServerFees
 from dtp.errors import InvalidReceipt
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
+from dtp.receipt_writer import ReceiptWriter
+from tests.paid_twins import ident
+from tests.polling import wait_for
+from tests.test_s18_paid_release import StallingStore
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000
@@ -152,3 +171,74 @@ def test_a_udp_flows_receipt_pays_only_once_it_is_on_disk(tmp_path: Path) -> Non
     finally:
         locker.close()
         fees.close()
+
+
+SERVER, CLIENT = ident(0x11), ident(0x22)
+
+
+def test_a_claim_whose_mark_was_lost_is_settled_at_the_next_start(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    try:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, 80, "raw", SLA)
+        ledger.faucet(CLIENT.sui_address, 10 * DEPOSIT)
+        cap = ledger.create_spending_cap(CLIENT, 10 * DEPOSIT)
+        opened = ledger.open_connection(CLIENT, host_id, 80, cap, DEPOSIT)
+        cid = opened.connection_id
+        receipt = Receipt(cid, 40960, 0, fee(SLA, 40960, 0), 1).sign(CLIENT)
+
+        # the first run: the receipt stored, then claimed on the ledger -- and killed
+        fees = ServerFees(ledger, SERVER, host_id, tmp_path / "receipts.db")
+        terms = ConnectionTerms.from_ledger(ledger, cid)
+
+        async def accept() -> None:
+            fees.accept(terms, receipt.encode(), lambda _: None)
+            await asyncio.to_thread(fees.writer.flush)
+
+        asyncio.run(accept())
+        fees.close()
+        assert ledger.claim(SERVER, opened.escrow_id, receipt) == receipt.total_amount
+
+        # the next start
+        fees = ServerFees(ledger, SERVER, host_id, tmp_path / "receipts.db")
+        try:
+            done = asyncio.run(fees.claim_leftovers())
+        finally:
+            fees.close()
+        assert [cid for cid, _ in done] == [cid]
+        tc = ledger.get_connection(cid)
+        assert tc.settled and tc.state == ConnectionState.CLOSED
+        escrow = ledger.get_escrow(opened.escrow_id)
+        assert escrow.claimed == receipt.total_amount
+        assert escrow.refunded == DEPOSIT - receipt.total_amount
+        with ReceiptStore(tmp_path / "receipts.db") as store:
+            assert list(store.unclaimed()) == []  # the start after finds nothing to do
+    finally:
+        ledger.close()
+
+
+def test_close_leaves_the_store_open_under_a_writer_still_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, server, client, host_id, cid = _setup(tmp_path)
+    fees = ServerFees(ledger, server, host_id, tmp_path / "unused.db")
+    fees.writer.close()
+    fees.store.close()
+    store = StallingStore(tmp_path / "receipts.db")
+    fees.store, fees.writer = store, ReceiptWriter(store)
+    # the writer's wait, whatever the caller asks, is short here: the disk stalls longer
+    real_close = ReceiptWriter.close
+    monkeypatch.setattr(ReceiptWriter, "close", lambda self, timeout=30.0: real_close(self, 0.3))
+    store.stall.set()
+    receipt = _receipt(client, cid, 4096, 1)
+    fees.writer.submit(receipt, lambda r: None)
+    assert store.stalled.wait(10)
+    fees.close()
+    assert not store.closed  # still in use by the writer
+    store.resume.set()
+    assert wait_for(lambda: fees.writer.stopped, 10)
+    assert store.closed  # closed by the writer's last step, once nothing writes to it
+    with ReceiptStore(tmp_path / "receipts.db") as again:
+        stored = again.latest(cid)
+    assert stored is not None and stored.receipt == receipt
+    ledger.close()

@@ -7,7 +7,7 @@ soon enough to land before then.
 The schedule is the daemon's own (``ServiceHost._follow_up`` after each failed try,
 with the real ``SETTLE_RETRY`` and ``SETTLE_RETRY_MAX``), read from its retry entries
 rather than waited out: the minutes it spans are not slept here. The wake at the gas
-funded again is tests/test_daemon_on_sui.py (the stand-in, in real time)."""
+funded again is tests/daemon/test_on_sui.py (the stand-in, in real time)."""
 
 from __future__ import annotations
 

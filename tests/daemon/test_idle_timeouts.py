@@ -1,4 +1,4 @@
-"""The services daemon (session 16): what QA found.
+"""The services daemon: its connections' idle timeout, port swaps in a reload, the ready line.
 
 * The idle timeout of the daemon's DTP connections (its service listener's, and each
   forward's to its target) was fixed at 60 s in code: now ``[daemon]
@@ -27,8 +27,8 @@ from dtp.daemon.config import load_config
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
+from tests.daemon.test_reload import echo_server
 from tests.daemon_procs import SUI, Proc, daemon, wait_until
-from tests.test_s13_daemon_reload import echo_server
 
 FAKE_HOST = "0x" + "ab" * 32
 

@@ -21,7 +21,7 @@ from dtp.daemon.state import StatusBook
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
-from tests.test_daemon_tunnels import (
+from tests.daemon.test_tunnels_end_to_end import (
     PAID,
     Setup,
     conserved,

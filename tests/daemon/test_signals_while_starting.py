@@ -1,4 +1,4 @@
-"""The services daemon (session 15): signals while it starts, and what QA found.
+"""The services daemon: signals while it starts.
 
 A SIGTERM (or SIGINT) that reached ``dtp daemon`` before its ready line took Python's
 default action: the process died on the spot (exit -15, 130 for SIGINT), the status

@@ -1,4 +1,4 @@
-"""The services daemon (session 30 review of dtp/daemon/services.py and runner.py):
+"""The services daemon (dtp/daemon/services.py and runner.py):
 
 * Several DTP connections on one ledger connection were all served: dtp.aio keeps one
   per ledger connection for a LedgerAdmission hook only, and the daemon's hook is its

@@ -1,10 +1,10 @@
-"""The services daemon's UDP services and forwards, after a review: a stop right after
+"""The services daemon's UDP services and forwards: a stop right after
 traffic bills the flow's last datagrams (they went unclaimed), the forward's status
 shows its payments and its unpaid drops, the service's status counts while a flow is
 open, each UDP service has its own round robin, a reload that turns a service UDP stops
 its TCP health checks, a backend's host name is looked up off the event loop, and ports
 out of range are typed errors that leave no socket open. Real daemon processes, UDP
-sockets and a LocalLedger file, as in tests/test_daemon_tunnels.py."""
+sockets and a LocalLedger file, as in tests/daemon/test_tunnels_end_to_end.py."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.udp import UdpForwarder, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+from tests.daemon.test_tunnels_end_to_end import Setup, _connections, conserved, status
 from tests.daemon_procs import Proc, wait_until
 from tests.polling import wait_for
-from tests.test_daemon_tunnels import Setup, _connections, conserved, status
 
 PRICED = "price_per_request = 1\nprice_per_kib = 1\nmin_deposit = 100000"
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=100000)
@@ -305,7 +305,7 @@ def test_a_backend_name_is_looked_up_off_the_event_loop() -> None:
     lookup on the event loop: every other flow and tunnel of the daemon waited for it.
     Now the loop's getaddrinfo (a thread) looks it up; here a slow one, answering
     127.0.0.1 for a name no resolver knows, while the loop goes on running."""
-    name = "dtp-s23-backend.invalid"
+    name = "dtp-udp-backend.invalid"
 
     async def main() -> None:
         identity = HostIdentity.generate()

@@ -1,4 +1,4 @@
-"""The services daemon (session 17 review): reloads that trade ports and fail.
+"""The services daemon: reloads that trade ports and fail.
 
 * A port trade whose bind fails is rolled back: the forwarders started on trial are
   closed again and the old ones serve. But the trial forwarders share the status row
@@ -18,10 +18,16 @@ import time
 from pathlib import Path
 
 from dtp.daemon.state import read_status
+from tests.daemon.test_idle_timeouts import (
+    FAKE_HOST,
+    client_config,
+    forward,
+    forward_rows,
+    free_port,
+)
+from tests.daemon.test_idle_timeouts import provider as provider_config
+from tests.daemon.test_reload import echo_server
 from tests.daemon_procs import Proc, daemon, wait_until
-from tests.test_s13_daemon_reload import echo_server
-from tests.test_s16_daemon import FAKE_HOST, client_config, forward, forward_rows, free_port
-from tests.test_s16_daemon import provider as provider_config
 
 
 def _two_ports(kind: int = socket.SOCK_STREAM) -> tuple[int, int]:

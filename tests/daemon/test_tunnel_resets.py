@@ -1,4 +1,4 @@
-"""The services daemon (session 30 review): tunnels that never ended, a paid connection
+"""The services daemon: tunnels that never ended, a paid connection
 left open, and backend host names that broke the balancer.
 
 * A TCP peer that half-closed (its request complete), did not read a large response

@@ -2,7 +2,7 @@
 (requests) are ahead of its receipts, as it holds bytes past ``unpaid_slack``, and the
 forwarder signs for its tunnels every few: a service priced only by the request served
 every tunnel free (the hold looked at bytes alone, and not at all without a byte price),
-and a mixed one took receipts that covered the bytes only (found by a second reader)."""
+and a mixed one took receipts that covered the bytes only."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dtp.daemon.services import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT, Serv
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
-from tests.test_s26_daemon_unpaid_hold import host
+from tests.daemon.test_unpaid_hold import host
 
 __all__ = ["host"]  # (the fixture, imported for the tests below)
 

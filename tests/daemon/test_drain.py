@@ -1,5 +1,4 @@
-"""Session 35, second reading of 56207c3 (the daemon's shut-down going on past a forward's
-failed drain):
+"""The daemon's shut-down going on past a forward's failed drain:
 
 * a services' drain that raised (its firewall watcher died of a ledger's surprise, which
   the drain's await let out) still ended the daemon's shut-down there: the fees' close
@@ -9,23 +8,31 @@ failed drain):
 * a forward whose own drain ended cancelled (its CancelledError, not the shut-down's)
   was taken for the shut-down's cancellation and re-raised: the services were never
   drained, their connections never settled.
-"""
+
+A daemon UDP forward whose forwarder took longer to close than the drain
+timeout (a connect's ledger clean-up, flows waiting for final reports) let the wait's
+TimeoutError out of ``UdpForward.drain``, and with it out of the daemon's shut-down:
+the services' drain (their settlements), the status save, the ledger's close and the
+state lock's release were all skipped. The drain now logs it and goes on."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from dtp.daemon.config import load_config
+from dtp.daemon.config import Backend, ForwardConfig, HostAddress, load_config
 from dtp.daemon.runner import Daemon
-from dtp.daemon.state import STATUS_FILE
+from dtp.daemon.state import STATUS_FILE, StatusBook
+from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import LedgerUnavailable
 from dtp.keys import HostIdentity
+from dtp.udp import UdpStats
 
 BOUND = 4.0
 
@@ -155,3 +162,48 @@ def test_a_forward_drain_ending_cancelled_on_its_own_still_drains_the_services(
     assert _ledger_closed(daemon)
     assert daemon._lock is None
     assert "draining a forward failed" in caplog.text
+
+
+class _SlowClose:
+    """A forwarder whose close outlasts the drain (its port is closed all the same)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.cancelled = False
+        self.stats = UdpStats()
+        self.sessions = 0
+
+    async def close(self) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        finally:
+            self.closed = True
+
+
+def test_a_udp_forward_slow_to_close_does_not_end_the_drain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ForwardConfig(
+        name="f",
+        listen=Backend("127.0.0.1", 0),
+        target=HostAddress.parse("dtp://0x" + "ab" * 32 + ":53"),
+        deposit=5000,
+        protocol="udp",
+    )
+    forward = UdpForward(config, None, HostIdentity.generate(), StatusBook(tmp_path))  # type: ignore[arg-type]
+    slow = _SlowClose()
+    forward._forwarder = slow  # type: ignore[assignment]
+
+    async def main() -> float:
+        began = time.monotonic()
+        await forward.drain(0.0)  # (waits its 1 s floor)
+        return time.monotonic() - began
+
+    with caplog.at_level(logging.WARNING, logger="dtp.daemon.udp_forward"):
+        took = asyncio.run(main())
+    assert slow.cancelled and slow.closed
+    assert took < 10
+    assert "did not close within the drain timeout" in caplog.text
