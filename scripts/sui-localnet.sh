@@ -33,9 +33,9 @@ LOG="$ROOT/build/sui-localnet.log"
 FUNDS_SUI="${DTP_LIVE_FUNDS_SUI:-200}"
 # the tests the CI runs on the stand-in that also run on a real node (tests/sui_network.py)
 LIVE_TESTS=(
-  tests/test_ledger_sui.py
-  tests/test_sui_ledger_shared_key.py
-  tests/test_ledger_economics.py
+  tests/ledger/test_sui_transactions.py
+  tests/ledger/test_sui_shared_key.py
+  tests/ledger/test_payment_models.py
   tests/cli/test_funds_commands.py
   tests/cli/test_chain_commands.py
   tests/project/test_docs_match_code.py

@@ -121,7 +121,7 @@ def default_local_path(env: Mapping[str, str] | None = None) -> Path:
     ``$XDG_DATA_HOME/dtp/localnet.sqlite``."""
     env = os.environ if env is None else env
     # stripped as parse_ledger_spec strips it: " local" parsed would name this default
-    # again, and ask for it here again (tests/test_ledger_spec.py)
+    # again, and ask for it here again (tests/ledger/test_spec.py)
     text = env.get(LEDGER_ENV, "").strip()
     if text and text != "local":
         try:

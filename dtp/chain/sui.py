@@ -360,7 +360,7 @@ class SuiLedger(Ledger):
                 executed = self._send(signer, what, build, spend)
             except _InputMoved as moved:
                 # the pool forgot the coins and reads the node before the next lease:
-                # once more with what the node has now (tests/test_sui_ledger_shared_key.py)
+                # once more with what the node has now (tests/ledger/test_sui_shared_key.py)
                 logger.debug("%s refused (%s): sent again", what, moved.error)
                 try:
                     executed = self._send(signer, what, build, spend)

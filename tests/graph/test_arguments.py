@@ -24,7 +24,7 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError, InvalidArgument, LocalProtocolError
 from dtp.graph import Graph
-from tests.test_ledger_arguments import CLIENT, SERVER, SLA, World
+from tests.ledger.test_local_arguments import CLIENT, SERVER, SLA, World
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ OTHER_SKIP: dict[str, tuple[str, str]] = {
     "docs/sui.md#3": (
         "from dtp.chain.sui import SuiConfig, SuiLedger",
         "imports the node stand-in from the repository's tests/ (run from the checkout); "
-        "tests/test_ledger_sui_standin.py does the same",
+        "tests/ledger/test_sui_on_standin.py does the same",
     ),
 }
 

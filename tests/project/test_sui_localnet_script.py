@@ -82,7 +82,10 @@ def test_its_live_suite_names_tests_that_run_on_either_node() -> None:
     selection = re.search(r'LIVE_SELECTION="([^"]+)"', text)
     assert listed is not None and selection is not None
     names = listed.group(1).split()
-    assert "tests/test_ledger_sui.py" in names and "tests/cli/test_funds_commands.py" in names
+    assert (
+        "tests/ledger/test_sui_transactions.py" in names
+        and "tests/cli/test_funds_commands.py" in names
+    )
     assert DAEMON_PAIR in names
     for name in names:
         assert (ROOT / name).is_file(), name

@@ -8,7 +8,7 @@ the commands dtp builds (SplitCoins from the gas coin, TransferObjects, MoveCall
 package's functions), keeps Sui's object model (IDs, Lamport versions, digests, owners,
 ``Coin<SUI>`` objects, dynamic fields) and charges gas by a simple, exact formula; it
 compiles no Move. That SuiLedger works on a real network is shown only on a real node
-(tests/test_ledger_sui.py's live tests with DTP_SUI_RPC, DTP_SUI_PACKAGE, DTP_SUI_KEY).
+(tests/ledger/test_sui_transactions.py's live tests with DTP_SUI_RPC, DTP_SUI_PACKAGE, DTP_SUI_KEY).
 
 In a test::
 

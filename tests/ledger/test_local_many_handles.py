@@ -1,4 +1,4 @@
-"""Review of the embedded LocalLedger: several handles and processes on one file, close()
+"""The embedded LocalLedger: several handles and processes on one file, close()
 racing other threads and the background checkpoints, the wall clock across a reopen,
 and a file whose rows were damaged. Everything runs on real SQLite files."""
 

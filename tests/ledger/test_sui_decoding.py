@@ -4,7 +4,10 @@ reader stuck at them; objects whose BCS holds a value the typed view has no memb
 aborts located in a package the node names oddly; an answer missing the event a call
 reads its result from; table entries and epochs that are not what they claim. Every one
 is a typed ChainError, never a KeyError/ValueError/AttributeError traceback. The fakes
-stand where the node answers (SuiNode._unary, SuiNode.scan_events)."""
+stand where the node answers (SuiNode._unary, SuiNode.scan_events).
+
+SuiLedger decoding: a malformed object ID or address in the node's answer is the
+node's fault (MalformedResponse naming the field), not the caller's InvalidObjectId."""
 
 from __future__ import annotations
 
@@ -13,11 +16,11 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain.sui import SuiConfig, SuiLedger, execution_error, parse_executed
-from dtp.chain.sui_client import EventPage, LedgerUnavailable, SuiNode
+from dtp.chain.sui import SuiConfig, SuiLedger, event_from_proto, execution_error, parse_executed
+from dtp.chain.sui_client import EventPage, LedgerUnavailable, MalformedResponse, SuiNode
 from dtp.chain.sui_codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
 from dtp.chain.sui_tx import OwnedRef
-from dtp.errors import ChainError, FirewallDenied, InvalidArgument
+from dtp.errors import ChainError, FirewallDenied, InvalidArgument, InvalidObjectId
 from dtp.keys import HostIdentity
 
 PACKAGE = "0x" + "d7" * 32
@@ -230,3 +233,48 @@ def test_checkpoint_timestamps_read_for_events_are_not_all_kept() -> None:
         assert ledger._timestamp(4_999) == 4_999_000 and node.asked == 5_000
     finally:
         ledger.close()
+
+
+HOST = "0x" + "a1" * 32
+
+
+@pytest.mark.parametrize("bad", ["not-an-id", "0x" + "zz" * 32, "0x" + "11" * 33])
+def test_a_created_object_with_a_malformed_id_is_a_malformed_response(bad: str) -> None:
+    executed = sui_prot.ExecutedTransaction(
+        digest="Digest111",
+        effects=sui_prot.TransactionEffects(
+            status=OK,
+            changed_objects=[
+                sui_prot.ChangedObject(
+                    object_id=bad,
+                    object_type=f"{PACKAGE}::host::Host",
+                    id_operation=sui_prot.ChangedObjectIdOperation.CREATED,
+                )
+            ],
+        ),
+    )
+    with pytest.raises(MalformedResponse, match="created object ID") as caught:
+        parse_executed(executed, [PACKAGE], "host::create")
+    assert not isinstance(caught.value, InvalidObjectId)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "0x" + "zz" * 32])
+def test_an_event_with_a_malformed_sender_is_a_malformed_response(bad: str) -> None:
+    ev = dtp_event("host", "HostCreated", bytes.fromhex(HOST[2:]) + b"\x00" * 32)
+    ev.sender = bad
+    with pytest.raises(MalformedResponse, match="event sender address") as caught:
+        event_from_proto(ev, [PACKAGE])
+    assert not isinstance(caught.value, InvalidObjectId)
+    executed = sui_prot.ExecutedTransaction(
+        digest="Digest111",
+        effects=sui_prot.TransactionEffects(status=OK),
+        events=sui_prot.TransactionEvents(events=[ev]),
+    )
+    with pytest.raises(MalformedResponse, match="event sender address"):
+        parse_executed(executed, [PACKAGE], "host::create")
+
+
+def test_well_formed_ids_still_decode() -> None:
+    ev = dtp_event("host", "HostCreated", bytes.fromhex(HOST[2:]) + b"\x00" * 32)
+    event = event_from_proto(ev, [PACKAGE])
+    assert event is not None and event["host"] == HOST

@@ -1,4 +1,4 @@
-"""LocalLedger against the Move package: faults found by adversarial QA (session 15).
+"""LocalLedger against the Move package: its clock, epochs and adversarial input.
 
 Every test runs on a real SQLite file, most of them with a second handle on the same
 file reading back what the first one wrote.

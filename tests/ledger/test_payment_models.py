@@ -4,7 +4,7 @@ their objects and events checked against what LocalLedger produces.
 
 Regenerate the golden vectors (only after a deliberate change to the builders)::
 
-    python -m tests.test_ledger_economics --regenerate
+    python -m tests.ledger.test_payment_models --regenerate
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from dtp.errors import (
 )
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
+from tests.ledger.test_sui_transactions import CTX, PACKAGE, SENDER
 from tests.sui_network import SuiNetwork
 from tests.support.paths import GOLDEN as GOLDEN_DIR
-from tests.test_ledger_sui import CTX, PACKAGE, SENDER
 
 GOLDEN = GOLDEN_DIR / "economics_transactions.json"
 SLA = Sla(10, 5, 1000)
@@ -488,7 +488,7 @@ def test_economics_golden_bytes(name: str) -> None:
     golden = json.loads(GOLDEN.read_text())["transactions"]
     built = build_all()[name]
     assert built == golden[name], (
-        "run python -m tests.test_ledger_economics --regenerate after a deliberate change"
+        "run python -m tests.ledger.test_payment_models --regenerate after a deliberate change"
     )
     _, kinds, mutable = CASES[name]
     data = bcs.TransactionData.from_bytes(bytes.fromhex(built)).value
@@ -625,7 +625,7 @@ def test_sui_ledger_payment_models_need_a_node() -> None:
     from dtp.chain.sui import SuiConfig, SuiLedger
     from dtp.chain.sui_client import LedgerUnavailable
     from dtp.errors import InvalidArgument
-    from tests.test_ledger_sui import _closed_port
+    from tests.ledger.test_sui_transactions import _closed_port
 
     ledger = SuiLedger(SuiConfig(f"http://127.0.0.1:{_closed_port()}", PACKAGE, timeout=5))
     with pytest.raises(LedgerUnavailable):
@@ -657,8 +657,8 @@ def regenerate() -> None:
         "description": (
             "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx payment-model "
             "builders (subscription, sponsor, tickets, retention) for the fixed inputs of "
-            "tests/test_ledger_economics.py. Regenerate with "
-            "`python -m tests.test_ledger_economics --regenerate` after a deliberate change."
+            "tests/ledger/test_payment_models.py. Regenerate with "
+            "`python -m tests.ledger.test_payment_models --regenerate` after a deliberate change."
         ),
         "transactions": build_all(),
     }
@@ -670,5 +670,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--regenerate"]:
         regenerate()
     else:
-        print("usage: python -m tests.test_ledger_economics --regenerate", file=sys.stderr)
+        print("usage: python -m tests.ledger.test_payment_models --regenerate", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,7 @@ runner supports the whole table or says what it lacks.
 
 The runner drives a :class:`World`: the ledger plus what a scenario does around it
 (funding, the clock, epochs, balances net of gas, conservation, the state a failed step
-must leave alone). :class:`LocalWorld` is LocalLedger's; tests/test_ledger_sui_standin.py
+must leave alone). :class:`LocalWorld` is LocalLedger's; tests/ledger/test_sui_on_standin.py
 runs the same scenarios through SuiLedger on the Sui node stand-in.
 """
 

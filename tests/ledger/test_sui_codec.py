@@ -1,4 +1,4 @@
-"""Review of the Sui BCS codec and transaction builders (session 34): canonical ULEB128 on
+"""The Sui BCS codec and transaction builders: canonical ULEB128 on
 decode, typed errors and exact widths on encode, base58-only object digests, and object
 inputs that Sui would refuse (a gas coin twice, an object both owned and shared)."""
 

@@ -1,11 +1,11 @@
 """A ledger that does not answer, or whose storage fails, raises one public class,
-``dtp.errors.LedgerUnavailable``, whichever ledger it is (QA, session 19).
+``dtp.errors.LedgerUnavailable``, whichever ledger it is.
 
 Before, LocalLedger raised a plain ChainError whose ``name`` was "LedgerUnavailable" and
 SuiLedger a class of ``dtp.chain.sui_client``: user code could only test ``.name``. Every
 case here is a real failure: a closed or foreign SQLite file, a row rewritten behind the
 ledger's back, a writer holding the file's lock, a Sui endpoint on 127.0.0.1 that refuses
-connections (one that never answers is tests/test_s15_sui.py's close test). ``.name``
+connections (one that never answers is tests/ledger/test_sui_node_faults.py's close test). ``.name``
 and ``.module`` stay what they were.
 """
 
@@ -26,8 +26,8 @@ from dtp.chain.sui import LedgerUnavailable as SuiLedgerUnavailable
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.chain.sui_client import SuiNode
 from dtp.keys import HostIdentity
+from tests.ledger.test_sui_transactions import PACKAGE, _closed_port
 from tests.ledger_files import damage
-from tests.test_ledger_sui import PACKAGE, _closed_port
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x91]) * 32, bytes([0x92]) * 32)
 

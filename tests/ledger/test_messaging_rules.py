@@ -22,8 +22,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.sui_tx import SharedRef
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
 from dtp.keys import HostIdentity
+from tests.ledger.test_sui_transactions import CTX, SENDER
 from tests.support.paths import ROOT
-from tests.test_ledger_sui import CTX, SENDER
 
 SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
     "messaging_scenario"
@@ -223,7 +223,7 @@ def test_messaging_builders_cover_the_new_ledger_methods() -> None:
 def test_messaging_golden_bytes(name: str) -> None:
     golden = json.loads(GOLDEN.read_text())["transactions"]
     assert build_messaging()[name] == golden[name], (
-        "run python -m tests.test_messaging_ledger --regenerate after a deliberate change"
+        "run python -m tests.ledger.test_messaging_rules --regenerate after a deliberate change"
     )
     data = bcs.TransactionData.from_bytes(bytes.fromhex(golden[name])).value
     calls = [c.value for c in data.TransactionKind.value.Command if c.enum_name == "MoveCall"]
@@ -267,9 +267,10 @@ def regenerate() -> None:
     doc = {
         "description": (
             "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx messaging builders "
-            "(mailbox, response_escrow) for the fixed inputs of tests/test_messaging_ledger.py "
-            "and tests/test_ledger_sui.py. Regenerate with "
-            "`python -m tests.test_messaging_ledger --regenerate` after a deliberate change."
+            "(mailbox, response_escrow) for the fixed inputs of "
+            "tests/ledger/test_messaging_rules.py and tests/ledger/test_sui_transactions.py. "
+            "Regenerate with "
+            "`python -m tests.ledger.test_messaging_rules --regenerate` after a deliberate change."
         ),
         "transactions": build_messaging(),
     }
@@ -281,5 +282,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--regenerate"]:
         regenerate()
     else:
-        print("usage: python -m tests.test_messaging_ledger --regenerate", file=sys.stderr)
+        print("usage: python -m tests.ledger.test_messaging_rules --regenerate", file=sys.stderr)
         sys.exit(2)

@@ -5,7 +5,7 @@ otherwise on the node stand-in of tests/sui_node (which proves the flow, not Sui
 
 Regenerate the golden vectors (only after a deliberate change to the builders)::
 
-    python -m tests.test_ledger_sui --regenerate
+    python -m tests.ledger.test_sui_transactions --regenerate
 """
 
 from __future__ import annotations
@@ -263,7 +263,8 @@ def test_golden_bytes(name: str) -> None:
     built = sui_tx.BUILDERS[name](CTX, *args)
     golden = load_golden()
     assert name in golden, (
-        f"no golden vector for {name}; run python -m tests.test_ledger_sui --regenerate"
+        f"no golden vector for {name}; run "
+        "python -m tests.ledger.test_sui_transactions --regenerate"
     )
     assert built.hex() == golden[name]
 
@@ -797,8 +798,8 @@ def regenerate() -> None:
     doc = {
         "description": (
             "Sui TransactionData V1 bytes (hex) of dtp.chain.sui_tx builders for the fixed "
-            "inputs of tests/test_ledger_sui.py. Regenerate with "
-            "`python -m tests.test_ledger_sui --regenerate` after a deliberate change."
+            "inputs of tests/ledger/test_sui_transactions.py. Regenerate with "
+            "`python -m tests.ledger.test_sui_transactions --regenerate` after a deliberate change."
         ),
         "package": PACKAGE,
         "sender": SENDER.sui_address,
@@ -813,5 +814,5 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--regenerate"]:
         regenerate()
     else:
-        print("usage: python -m tests.test_ledger_sui --regenerate", file=sys.stderr)
+        print("usage: python -m tests.ledger.test_sui_transactions --regenerate", file=sys.stderr)
         sys.exit(2)

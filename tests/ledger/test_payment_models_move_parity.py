@@ -1,4 +1,4 @@
-"""Three payment-model mismatches a review found, each test failing on the old code:
+"""Three payment-model rules where LocalLedger must abort as Move does:
 
 - ``tickets::create`` takes its title as a ``vector<u8>`` and calls ``string::utf8`` on it
   after its terms check, so a title that is not UTF-8 aborts in ``std::string`` on Sui;
@@ -33,7 +33,7 @@ from dtp.errors import (
     move_error_from_abort_code,
 )
 from dtp.keys import HostIdentity
-from tests.test_ledger_sui import CTX, PACKAGE
+from tests.ledger.test_sui_transactions import CTX, PACKAGE
 
 SLA = Sla(10, 5, 1000)
 NOT_UTF8 = b"\xff\xfe"

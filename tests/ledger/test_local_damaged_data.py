@@ -1,4 +1,4 @@
-"""Review of LocalLedger: rows of a real SQLite ledger file rewritten behind its back into
+"""LocalLedger: rows of a real SQLite ledger file rewritten behind its back into
 shapes the ledger never writes (a field missing, a list for an object, text for a number)
 must fail as ``DamagedData`` naming the file and the object, never as a bare KeyError,
 TypeError or AttributeError; and handles reaching one file through different spellings of

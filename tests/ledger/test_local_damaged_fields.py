@@ -1,4 +1,4 @@
-"""Review of LocalLedger's plain reads: a field of a stored object rewritten behind the
+"""LocalLedger's plain reads: a field of a stored object rewritten behind the
 ledger's back to a value of the wrong type (text or a float for a number, a bool for an
 int, a negative for a u64, a missing key, a wrong nested value) must fail as
 ``DamagedData`` naming the file and the object. The typed views copied such fields as

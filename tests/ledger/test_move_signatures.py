@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-import tests.test_ledger_economics as econ_cases
-import tests.test_ledger_sui as sui_cases
-import tests.test_messaging_ledger as msg_cases
+import tests.ledger.test_messaging_rules as msg_cases
+import tests.ledger.test_payment_models as econ_cases
+import tests.ledger.test_sui_transactions as sui_cases
 from dtp.chain import sui_tx
 from dtp.chain.sui_tx import CLOCK_ID
 from dtp.errors import InvalidArgument

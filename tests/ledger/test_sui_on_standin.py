@@ -18,9 +18,9 @@ from dtp.chain.sui import SharedObjectCongestion, SuiConfig, SuiLedger
 from dtp.chain.sui_client import MalformedResponse
 from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
+from tests.ledger.test_scenarios import ACTORS, SCENARIOS, Runner
 from tests.sui_node import SuiNodeStandIn
 from tests.sui_node.objects import COIN_TYPE
-from tests.test_ledger_scenarios import ACTORS, SCENARIOS, Runner
 
 #: MIST each actor gets for gas, apart from what a scenario funds.
 GAS_ALLOWANCE = 10**10

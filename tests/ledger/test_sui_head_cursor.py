@@ -1,4 +1,4 @@
-"""SuiLedger second review (session 36): the head cursor's read of a node whose watermark
+"""SuiLedger: the head cursor's read of a node whose watermark
 goes back, and configuration numbers too large for a float.
 
 Before: ``SuiLedger.head_cursor`` read for ever from a node whose ``ListEvents``

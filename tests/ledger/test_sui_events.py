@@ -1,4 +1,4 @@
-"""SuiLedger review (session 36): reading events, the head cursor, node answers missing a
+"""SuiLedger reading events, the head cursor, node answers missing a
 field, configuration checks, and what an unreadable ExecuteTransaction answer says.
 
 Before: ``events()`` read a checkpoint timestamp (one GetCheckpoint each) for every event
@@ -26,7 +26,7 @@ from dtp.chain.objects import EventFilter
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger, parse_executed
 from dtp.chain.sui_client import MalformedResponse, NodeObject, SuiNode
 from dtp.keys import HostIdentity
-from tests.test_s15_sui import grpc_node, sui_node
+from tests.ledger.test_sui_node_faults import grpc_node, sui_node
 
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 

@@ -2,7 +2,10 @@
 in ``std::string`` on LocalLedger as on Sui when it is not UTF-8, where the Move code calls
 it: ``host::add_service``'s kind (after the authority and ``EServiceExists`` checks) and
 ``broadcast::create``'s channel (after ``EInvalidSlot``). LocalLedger refused both before
-the call as InvalidArgument; these tests failed on the old code."""
+the call as InvalidArgument; these tests failed on the old code.
+
+LocalLedger's money rules: bad input to the transaction builder is refused with a
+typed error."""
 
 from __future__ import annotations
 
@@ -13,7 +16,13 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ChainError, InvalidArgument
-from tests.test_s31_economics_review import NOT_UTF8, OTHER, SERVER, SLA, _sui_string_abort
+from tests.ledger.test_payment_models_move_parity import (
+    NOT_UTF8,
+    OTHER,
+    SERVER,
+    SLA,
+    _sui_string_abort,
+)
 
 
 @pytest.fixture
@@ -65,3 +74,15 @@ def test_a_channel_that_is_not_utf8_aborts_in_std_string(ledger: LocalLedger) ->
     assert info.value.qualified_name == "broadcast::EInvalidSlot"
     b = ledger.create_broadcast(SERVER, "ch ✓", 10, 1000)
     assert ledger.get_broadcast(b).channel == "ch ✓"
+
+
+SENDER = "0x" + "11" * 32
+
+
+@pytest.mark.parametrize("field", ["module", "function"])
+def test_a_name_with_a_lone_surrogate_is_invalid_argument(field: str) -> None:
+    # such a name has no UTF-8 form: build_tx raised a bare UnicodeEncodeError
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    names = {"module": "escrow", "function": "top_up", field: "top\udc80up"}
+    with pytest.raises(InvalidArgument, match="not valid Unicode"):
+        ledger.build_tx(SENDER, names["module"], names["function"], [])

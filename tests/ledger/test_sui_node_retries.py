@@ -1,4 +1,4 @@
-"""SuiNode retries reads that fail transiently (QA, session 17).
+"""SuiNode retries reads that fail transiently.
 
 The node is real over 127.0.0.1: the grpclib server of ``test_s15_sui`` (``GrpcNode``)
 answering gRPC statuses as ``test_s16_sui_errors`` does, the bare HTTP/2 server of
@@ -24,18 +24,18 @@ from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
 from dtp.chain.sui_client import LedgerUnavailable, MalformedResponse, SuiNode
 from dtp.errors import ChainError, ObjectNotFound
-from tests.sui_proxies import ResettingProxy
-from tests.test_s15_sui import (
+from tests.ledger.test_sui_node_faults import (
     JOIN,
     NODE_TIMEOUT,
     PACKAGE,
     Answer,
+    Http2Status,
     _const,
     _error,
     grpc_node,
     sui_node,
 )
-from tests.test_s16_sui_errors import Http2Status
+from tests.sui_proxies import ResettingProxy
 
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
