@@ -56,12 +56,12 @@ from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
+from tests.hostid.test_connect_by_host_id import CLIENT as HOSTID_CLIENT
+from tests.hostid.test_connect_by_host_id import PORT as HOSTID_PORT
+from tests.hostid.test_connect_by_host_id import SERVER as HOSTID_SERVER
+from tests.hostid.test_connect_by_host_id import World, world
 from tests.paid_twins import loop_in_thread
 from tests.polling import raised_within, wait_for
-from tests.test_hostid import CLIENT as HOSTID_CLIENT
-from tests.test_hostid import PORT as HOSTID_PORT
-from tests.test_hostid import SERVER as HOSTID_SERVER
-from tests.test_hostid import World, world
 from tests.test_s16_paid_gate import CLIENT, METERING, PORT, conserved
 from tests.test_s17_money_review import DEPOSIT, SLA, host_id, ledger, quiet_handlers, serve
 

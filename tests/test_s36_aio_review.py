@@ -24,7 +24,7 @@ import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.test_s13_aio_ledger_server import (
+from tests.hostid.test_aio_ledger_server import (
     PORT,
     SERVER,
     ledger,  # noqa: F401 (a fixture)

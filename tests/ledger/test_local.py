@@ -378,7 +378,7 @@ def test_closing_rules(ledger: LocalLedger, world: World) -> None:
         == "ENotHalfClosed"
     )
     # an Open connection: the client must half-close first (the server may settle it at
-    # once, closing it in the same transaction: tests/test_hostid_reuse.py)
+    # once, closing it in the same transaction: tests/hostid/test_memoized_checks.py)
     assert (
         unchanged(ledger, ConnectionStateError, ledger.settle, CLIENT, conn).name
         == "EConnectionOpen"

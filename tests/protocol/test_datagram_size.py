@@ -12,9 +12,9 @@ from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT
 from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
+from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
+from tests.hostid.test_ledger_carrier_sockets import host as host  # the fixture
 from tests.protocol.test_connection import connect, run
-from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
-from tests.test_ledger_carrier_sockets import host as host  # the fixture
 
 
 def test_a_lossy_connection_reports_the_datagram_size_it_takes() -> None:

@@ -1,5 +1,6 @@
-"""Second review of client-side metering (session 35, after 320bafa's request cadence):
-usage that the SLA prices at 0 -- the bytes of a service priced by the request, all of a
+"""Client-side metering: no receipt for usage that pays nothing.
+
+Usage that the SLA prices at 0 -- the bytes of a service priced by the request, all of a
 subscribed connection's usage -- made the client sign receipts that pay nothing more
 than the last one (the time cadence every second, every ask of the server, the close),
 each a signature here and a check and a write at the server. With the request cadence
@@ -19,8 +20,8 @@ from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
+from tests.hostid.test_meter_cadence_requests import echo_streams
 from tests.paid_inprocess import ident, paid_service
-from tests.test_s35_metering_review import echo_streams
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)

@@ -1,6 +1,10 @@
 """The ledger carrier under the socket APIs: nonsense options are refused when made,
 before any connection (and any money) is attempted; a listener rides out a ledger that
-fails it once."""
+fails it once.
+
+LedgerCarrierOptions refuses a seconds option that is not a number, by its name: True
+was taken as 1 s, and a string failed at a comparison with a TypeError naming no option
+(the old code: no error for True, a bare TypeError for the string)."""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ from dtp.carriers.ledger import MAX_PIPE_DATA, frame_record
 from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
+from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 from tests.polling import wait_for
-from tests.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 
 
 @pytest.mark.parametrize(
@@ -122,3 +126,27 @@ def test_a_listener_retries_a_connection_the_ledger_failed_it_on(
         serving.join(5)
         assert wait_for(lambda: not bridge_threads(), 30)
         own.close()
+
+
+SECONDS = (
+    "sync_interval",
+    "gap_timeout",
+    "poll_min",
+    "poll_max",
+    "peer_close_grace",
+    "outage_timeout",
+)
+
+
+@pytest.mark.parametrize("name", SECONDS)
+@pytest.mark.parametrize("value", [True, "0.5", None])
+def test_a_seconds_option_that_is_not_a_number_is_refused_by_name(name: str, value: object) -> None:
+    # (a TypeError, as the messaging checks)
+    with pytest.raises(TypeError, match=rf"^{name} must be a number of seconds"):
+        LedgerCarrierOptions(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", SECONDS)
+def test_int_seconds_are_still_taken(name: str) -> None:
+    options = LedgerCarrierOptions(**{name: 2, **({"poll_max": 2} if name == "poll_min" else {})})
+    assert getattr(options, name) == 2

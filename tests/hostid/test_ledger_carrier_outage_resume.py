@@ -20,8 +20,8 @@ import dtp.socket
 from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.ledger import Ledger
 from dtp.errors import ChainError, ConnectionLost
-from tests.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
-from tests.test_s13_followup_ledger_cause import _Echo, _says_why
+from tests.hostid.test_ledger_carrier_outage import _Echo, _says_why
+from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
 
 __all__ = ["host"]  # (the fixture, imported)
 

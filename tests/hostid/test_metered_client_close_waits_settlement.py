@@ -1,7 +1,7 @@
 """A paid client's close waits for the server's settlement (its end of the carrier closes
 once it has settled) rather than half-closing the connection on the ledger itself; it
 gave up after a quiet 20 ms and sent a transaction of its own, and paid its gas,
-whenever the settlement took longer (tests/test_hostid_reuse.py checks the wait, in
+whenever the settlement took longer (tests/hostid/test_memoized_checks.py checks the wait, in
 both APIs). Here: the wait is bounded."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ledger carrier (session 35 review): argument types, SYNCs, timeouts, threads.
+"""The ledger carrier: argument types, SYNCs, timeouts, threads.
 
 * ``send(b"...")`` (bytes in place of a list of records) posted one payload per byte,
   each a zero-filled "record" as long as the byte's value, and ``send([7])`` posted
@@ -32,8 +32,8 @@ import pytest
 from dtp.carriers.ledger import LedgerCarrier
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
+from tests.hostid.test_ledger_carrier_retention import World
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
-from tests.test_ledger_retention import World
 
 
 def _carrier(ledger: Any, world: World, who: str, **kw: Any) -> LedgerCarrier:

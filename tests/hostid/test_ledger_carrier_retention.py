@@ -27,11 +27,8 @@ from dtp.carriers.ledger_bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOp
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
-from tests.ledger_faults import impair
-from tests.polling import wait_for
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
-from tests.test_carrier_ledger import ImpairedLedger, _exchange, _frozen, _stepper
-from tests.test_ledger_carrier_sockets import (
+from tests.hostid.test_ledger_carrier import ImpairedLedger, _exchange, _frozen, _stepper
+from tests.hostid.test_ledger_carrier_sockets import (
     CLIENT,
     DEPOSIT,
     PORT,
@@ -41,6 +38,9 @@ from tests.test_ledger_carrier_sockets import (
     echo_exchange,
     server_in_thread,
 )
+from tests.ledger_faults import impair
+from tests.polling import wait_for
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
 
 SLA = Sla(10, 5, 1000)
 RETENTION_MS = 60_000

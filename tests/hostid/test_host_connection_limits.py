@@ -3,7 +3,7 @@
 connections it serves at that moment; the ledger counts none, so that the opens of a
 busy host never wait on one another on Sui (docs/escrow.md §2). A client beyond a limit
 is refused at its handshake with ``host::EMaxConnections`` (ConnectionLimitReached at the
-client); the blocking server's twin is tests/test_s13_admission_connect.py.
+client); the blocking server's twin is tests/hostid/test_refused_before_money_moves.py.
 
 A real LocalLedger file, a real dtp.aio server on TCP, real clients connecting by host ID."""
 

@@ -1,4 +1,4 @@
-"""Connecting by host ID: refusals found in the session-13 admission pass, each a typed
+"""Connecting by host ID: refusals at admission, each a typed
 error at the client before any money moves (docs/escrow.md §6.1)."""
 
 from __future__ import annotations

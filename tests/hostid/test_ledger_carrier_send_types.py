@@ -1,4 +1,4 @@
-"""The ledger carrier (session 35, second review of the send/receive fixes).
+"""The ledger carrier's send and receive: the record types and counts they take.
 
 * ``send()``'s new type check took only ``bytes``, ``bytearray`` and ``memoryview``
   records: an ``array.array`` record, which is bytes-like (and was posted before the
@@ -28,8 +28,8 @@ import pytest
 from dtp.carriers.ledger import LedgerCarrier
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
+from tests.hostid.test_ledger_carrier_retention import World
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
-from tests.test_ledger_retention import World
 
 
 def _carrier(ledger: Any, world: World, who: str, **kw: Any) -> LedgerCarrier:

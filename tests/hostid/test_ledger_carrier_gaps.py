@@ -1,4 +1,4 @@
-"""The ledger carrier (session 30 review): gaps, resuming, reclaiming, options.
+"""The ledger carrier: gaps, resuming, reclaiming, options.
 
 * Gaps: a lane gave up one gap per ``gap_timeout`` (up to the smallest seq seen) and
   started the next timer afresh, so under steady loss the seen-above sets grew without
@@ -32,8 +32,8 @@ from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ConnectionClosed
+from tests.hostid.test_ledger_carrier_retention import World
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
-from tests.test_ledger_retention import World
 
 
 class _Clock:
@@ -309,14 +309,14 @@ def test_two_reclaims_deleting_one_record_do_not_fail(tmp_path: Path) -> None:
 )
 def test_options_refuse_counts_that_are_not_integers(bad: dict[str, Any]) -> None:
     """Taken, these failed only when a carrier was made for a connection (a server: in
-    its listener thread, logged for each one). A TypeError since s32 (was ValueError)."""
+    its listener thread, logged for each one). A TypeError."""
     with pytest.raises(TypeError, match=next(iter(bad))):
         LedgerCarrierOptions(**bad)
 
 
 def test_a_carrier_refuses_a_max_payload_that_is_no_integer(tmp_path: Path) -> None:
     world = World(tmp_path / "ledger.db")
-    with pytest.raises(TypeError, match="max_payload"):  # (ValueError before s32)
+    with pytest.raises(TypeError, match="max_payload"):
         _carrier(world.ledger, world, "client", max_payload=1000.5)
 
 

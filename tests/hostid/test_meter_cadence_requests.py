@@ -1,4 +1,4 @@
-"""Review of client-side metering (session 35): a client paying on cadence also signs
+"""Client-side metering: a client paying on cadence also signs
 for the requests it opens before their fees reach the server's allowance -- the byte
 cadence alone let a client opening streams with few bytes each (RPC calls) be paused
 for a receipt every ``min_deposit`` worth of requests."""
