@@ -5,7 +5,7 @@
   serving more (and so before returning flow-control credit): back-pressure, never drops.
   A stream's bytes move in pieces of at most :attr:`TokenBucket.take`, each once the
   bucket has refilled for it (:meth:`TokenBucket.wait_for`), so every one-second window
-  carries the rate within 15 % (tests/test_ratelimit_smoothness.py).
+  carries the rate within 15 % (tests/paid/test_rate_smoothness.py).
 - :class:`RateLimiter` — one pair of buckets (bytes/s, requests/s) per client address,
   shared by all of that client's connections, as the Host's ``Firewall`` publishes them.
 - :class:`HostPolicy` — the Host as last read, re-read every ``refresh_interval``;
@@ -94,7 +94,7 @@ class TokenBucket:
         A sustained stream then moves one take per take's worth of time, after at most
         two at its start, and the bytes of any one-second window stay within the rate
         plus three takes (two at the start, one a window boundary may split): 15 % at
-        the default burst (tests/test_ratelimit_smoothness.py). What the rest of the
+        the default burst (tests/paid/test_rate_smoothness.py). What the rest of the
         burst holds serves short exchanges at once. Charged after the fact instead, a
         read of whatever had arrived (1.1 MB at 200 kB/s) went at once and was paid for
         by a 5.5 s wait: 5.6 times the rate in that second, nothing in the next five."""

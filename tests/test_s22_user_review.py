@@ -60,10 +60,10 @@ from tests.hostid.test_connect_by_host_id import CLIENT as HOSTID_CLIENT
 from tests.hostid.test_connect_by_host_id import PORT as HOSTID_PORT
 from tests.hostid.test_connect_by_host_id import SERVER as HOSTID_SERVER
 from tests.hostid.test_connect_by_host_id import World, world
+from tests.paid.test_top_up import CLIENT, METERING, PORT, conserved
+from tests.paid.test_top_up_over_deposit import DEPOSIT, SLA, host_id, ledger, quiet_handlers, serve
 from tests.paid_twins import loop_in_thread
 from tests.polling import raised_within, wait_for
-from tests.test_s16_paid_gate import CLIENT, METERING, PORT, conserved
-from tests.test_s17_money_review import DEPOSIT, SLA, host_id, ledger, quiet_handlers, serve
 
 __all__ = ["host_id", "ledger", "serve", "world"]  # (fixtures, used by name)
 

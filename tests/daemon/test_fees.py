@@ -33,9 +33,9 @@ from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from tests.paid.test_server_release import StallingStore
 from tests.paid_twins import ident
 from tests.polling import wait_for
-from tests.test_s18_paid_release import StallingStore
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000

@@ -28,9 +28,9 @@ from dtp.escrow import Receipt
 from dtp.paid import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClaimBackoff
+from tests.paid.test_shared_receipt_store import SERVER, World, world  # noqa: F401 (a fixture)
 from tests.paid_twins import OutageLedger
 from tests.receipt_stores import receipt
-from tests.test_s31_shared_store_recovery import SERVER, World, world  # noqa: F401 (a fixture)
 
 
 def _mode(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""Paid serving (dtp.paid_aio, dtp.paid) after the s24 review: a callback that closes
+"""Paid serving (dtp.paid_aio, dtp.paid) at a connection's end: a callback that closes
 the connection itself still asks for the final receipt; an asyncio datagram sender
 learns that the client left; the loop's end still settles a connection in its end
 phase; the canonical echo's close() + wait_closed() after the client's close does not
@@ -25,7 +25,7 @@ from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.escrow import fee
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy
-from tests.paid_review_harness import PORT, SLA, World
+from tests.paid.world import PORT, SLA, World
 
 REPLY = 30_000
 
@@ -290,7 +290,7 @@ def test_aio_wait_released_in_the_callback_raises(tmp_path: Path) -> None:
 def test_aio_an_admin_stop_task_the_callback_started_may_wait_released(
     tmp_path: Path,
 ) -> None:
-    """Review (second readers): the refusal went by a context variable that the tasks
+    """The refusal went by a context variable that the tasks
     a callback starts inherit, so an admin "stop" task (close, wait for the release,
     exit), started while the callback still ran, got LocalProtocolError and nothing
     after the release happened. Only the callback's own task is refused now."""

@@ -5,7 +5,7 @@ Stream bytes the gate's credit covered went out at once and were charged to the 
 limit only in drain(): a callback that wrote and closed (a usual asyncio pattern) sent
 512 KiB to a client limited to 100 kB/s in 2 ms, where the blocking server took the
 4.7 s the limit asks. Bytes are now charged as they go, and while the limit is in debt
-they are held and let out in slices of its burst. Found by a second reader; real
+they are held and let out in slices of its burst. Real
 LocalLedger file, real connections on 127.0.0.1.
 """
 

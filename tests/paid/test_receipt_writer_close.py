@@ -1,4 +1,4 @@
-"""Review of the paid server's durable receipts after s31 (dtp.receipt_writer,
+"""The paid server's durable receipts as it closes (dtp.receipt_writer,
 dtp.receipt_store, dtp.settlement, dtp.paid).
 
 - A receipt still failing to be written as the writer closed (a store locked by another

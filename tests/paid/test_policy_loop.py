@@ -1,4 +1,4 @@
-"""Review of the paid servers' policy loop and the asyncio server's start.
+"""The paid servers' policy loop and the asyncio server's start.
 
 1. The policy loop (PaidServer's thread, PaidAioServer's task) re-reads the Host every
    refresh interval and applies its firewall and limits to open connections. It

@@ -1,4 +1,4 @@
-"""Money faults found reviewing the top-up while connected (blocking and asyncio servers).
+"""A top-up while connected, at its edges (blocking and asyncio servers).
 
 1. A receipt the client signed above the deposit the server read at admission (it had
    topped the escrow up) waits in the gate's ``over_deposit`` until the server reads the
@@ -38,9 +38,8 @@ from dtp.errors import (
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.settlement import ClientPayment
-from tests import test_s16_paid_gate as gate
-from tests.polling import wait_for
-from tests.test_s16_paid_gate import (
+from tests.paid import test_top_up as gate
+from tests.paid.test_top_up import (
     CLIENT,
     METERING,
     PORT,
@@ -48,6 +47,7 @@ from tests.test_s16_paid_gate import (
     CountingLedger,
     conserved,
 )
+from tests.polling import wait_for
 
 # that module's fixtures: a funded LocalLedger file, and its paid server of each kind
 ledger = gate.ledger
@@ -197,7 +197,7 @@ def test_a_top_up_above_u64_moves_nothing(
     ledger: LocalLedger, host_id: str, serve: Callable[..., tuple[CountingLedger, Any]]
 ) -> None:
     """An amount past u64 is InvalidArgument (the ledger's) and changes neither the
-    escrow nor what the client signs up to. (Not a fault: checked as reviewed.)"""
+    escrow nor what the client signs up to."""
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with connect(ledger, host_id, cap) as sock:

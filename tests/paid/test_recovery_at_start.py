@@ -1,4 +1,4 @@
-"""Session 35: a paid server's start-up recovery (``recover_unclaimed`` without a
+"""A paid server's start-up recovery (``recover_unclaimed`` without a
 backoff) let any exception but ChainError and ReceiptStoreError out of one receipt's
 claim -- a ledger's surprise (a value it should not return), a bug -- which ended the
 recovery, so the receipts after it went unclaimed and the server did not start, on
@@ -16,7 +16,7 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import recover_unclaimed
-from tests.test_s31_receipts_review import SERVER, World, world  # noqa: F401 (fixture)
+from tests.paid.test_receipt_writer_close import SERVER, World, world  # noqa: F401 (fixture)
 
 
 class _Surprising:

@@ -1,5 +1,5 @@
-"""A live paid server retries its own failed settlements (a reviewer's find: it never
-did). A connection whose settlement failed as it ended (the ledger briefly unavailable)
+"""A live paid server retries its own failed settlements. A connection whose
+settlement failed as it ended (the ledger briefly unavailable)
 stays Open on the ledger, its final receipt kept in the store; the recovery thread
 claimed only the receipts of dead server runs, so the kept one waited for the server's
 next start -- while the client, which half-closed the connection as it left, could

@@ -22,8 +22,8 @@ from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
+from tests.paid.test_end_to_end import METERING, PORT, SERVER, SLA, World, fund, ident, paid_server
 from tests.polling import wait_for
-from tests.test_paid_e2e import METERING, PORT, SERVER, SLA, World, fund, ident, paid_server
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""A live paid server recovers dead runs' receipts in a thread of its own (a second
-reader's finds in the first version, which ran it in the policy loop):
+"""A live paid server recovers dead runs' receipts in a thread of its own (not in
+the policy loop):
 
 - the policy refreshes (the firewall's enforcement on open connections) went on only
   once every claim of a round was made: 8 s without a refresh for 8 slow claims;
@@ -25,9 +25,7 @@ import dtp.socket
 from dtp.paid import ServicePolicy
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.paid_twins import funded_ledger, streams_forever
-from tests.polling import wait_for
-from tests.test_s31_shared_store_recovery import (
+from tests.paid.test_shared_receipt_store import (
     CLIENT,
     PORT,
     SERVER,
@@ -36,6 +34,8 @@ from tests.test_s31_shared_store_recovery import (
     kill,
     server_run,
 )
+from tests.paid_twins import funded_ledger, streams_forever
+from tests.polling import wait_for
 
 CLAIM = 0.3  # seconds a claim takes here (on a real chain: seconds)
 LOST = 6  # receipts the killed run left

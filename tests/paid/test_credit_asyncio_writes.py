@@ -2,7 +2,7 @@
 client's flow-control window (docs/escrow.md §6.1: "each [call] moves at most what the
 remaining credit covers"), while ``PaidWriter.write()`` still never waits, and a read
 never waits for writes the client has not read yet. The twin of
-tests/test_paid_s12_credit.py. Real LocalLedger files, real DTP connections on
+tests/paid/test_credit.py. Real LocalLedger files, real DTP connections on
 127.0.0.1, the server in this process."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shared set-up for tests/test_s24_paid_review.py: a LocalLedger file, a host with a
+"""Shared set-up for the asyncio paid server's tests (test_final_receipt.py,
+test_datagram_pause.py): a LocalLedger file, a host with a
 service, an asyncio paid server and asyncio clients by host ID (the clients and the
 server on separate LocalLedger handles of one file, as separate processes would be)."""
 

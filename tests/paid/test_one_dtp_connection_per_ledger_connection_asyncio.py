@@ -1,5 +1,6 @@
 """One ledger connection, one DTP connection at a time, on the asyncio paid server too
-(docs/escrow.md §6.1; the twin of tests/test_paid_s12_twice.py): a second DTP
+(docs/escrow.md §6.1; the twin of
+tests/paid/test_one_dtp_connection_per_ledger_connection.py): a second DTP
 connection naming a connection ID the server is serving, or one whose receipts its
 store holds, is refused. Served on a gate of its own, it counted the first one's
 receipts again -- a client paid once for 1 MiB was served 2. Real LocalLedger file,

@@ -1,4 +1,4 @@
-"""A review of three changes on the money and trust paths: datagrams metered on paid
+"""Three changes on the money and trust paths: datagrams metered on paid
 connections (a datagram the allowance can never cover must close the connection after
 the pause timeout, whatever other threads do meanwhile), and the memo of this
 process's own transaction signatures (it must never vouch for a signature that does

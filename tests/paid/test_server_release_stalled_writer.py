@@ -31,10 +31,10 @@ from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy, recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from tests.paid.test_server_release import StallingStore
 from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread
 from tests.polling import wait_for
 from tests.receipt_stores import CONN, receipt
-from tests.test_s18_paid_release import StallingStore
 
 T = TypeVar("T")
 

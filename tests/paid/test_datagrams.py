@@ -1,4 +1,4 @@
-"""A review of the paid server (docs/escrow.md §6.1): how a paused call keeps its
+"""The paid server (docs/escrow.md §6.1): how a paused call keeps its
 socket's timeout, and what datagrams cost the rate limits.
 
 - A handler's socket timeout (and non-blocking mode) was ignored while the connection
@@ -8,7 +8,10 @@ socket's timeout, and what datagrams cost the rate limits.
   never as a request): a client sent them as fast as the connection carried them.
 
 Real paid servers on 127.0.0.1 and real LocalLedger files.
-"""
+
+A paid handler's recv_datagram(timeout) waits at most ``timeout`` in all: the wait
+for payment comes out of it. It waited out a pause and then the whole timeout again for
+the datagram (here 2.5 s for a 1.5 s timeout on the old code)."""
 
 from __future__ import annotations
 
@@ -316,7 +319,7 @@ def test_a_pause_after_payment_is_a_new_one(world: World) -> None:
     """A datagram send paused and timed out keeps its pause's start for the next try;
     the client then paid, and the connection was served again -- but the start stayed,
     so the next datagram pause, a pause timeout later, closed the connection at once
-    (PaymentRequired) without asking the client for a receipt. (Second reader.)"""
+    (PaymentRequired) without asking the client for a receipt."""
 
     def pay(sock: PaidSocket, extra: int, nonce: int) -> None:
         paid = sock._paid
@@ -344,3 +347,50 @@ def test_a_pause_after_payment_is_a_new_one(world: World) -> None:
     assert first[1] == "DTPTimeoutError" and served[1] == "returned"
     # the client gets the pause timeout to pay (it does not here: then closed)
     assert second[1] == "PaymentRequired" and second[0] >= PAUSE - 0.5, second
+
+
+TIMEOUT = 1.5
+PAYS_AFTER = 1.0  # the client takes in the server's receipt request only then
+#: A client that signs a receipt only when the server asks for one
+ON_REQUEST = MeteringConfig(every_bytes=0, every_ms=0)
+
+
+@pytest.mark.parametrize("how", ["recv_datagram", "recv_datagrams"])
+def test_the_pause_for_payment_comes_out_of_the_datagram_timeout(world: World, how: str) -> None:
+    out: queue.Queue[Any] = queue.Queue()
+
+    def handler(sock: PaidSocket) -> None:
+        _spend_allowance(sock)
+        began = time.monotonic()
+        try:
+            if how == "recv_datagram":
+                sock.recv_datagram(TIMEOUT)
+            else:
+                sock.recv_datagrams(8, TIMEOUT)
+            out.put(("returned", time.monotonic() - began, True))
+        except DTPTimeoutError:
+            paid = sock.gate.serving(*sock._paid.engine.conn.usage)
+            out.put(("DTPTimeoutError", time.monotonic() - began, paid))
+
+    policy = ServicePolicy(allowance=100, pause_timeout=WAIT, request_interval=1.0)
+    with world.serve(handler, policy) as server:
+        client = world.connect_as(CLIENT, PORT, 1_000_000, metering=ON_REQUEST, timeout=WAIT)
+        with client:
+            # nothing of the client's runs meanwhile (its timer thread would answer the
+            # server's request within a fraction of a second): the pause lasts as long
+            with client._engine.lock:
+                time.sleep(PAYS_AFTER)
+            client.settimeout(0.1)
+            deadline = time.monotonic() + WAIT
+            while out.empty() and time.monotonic() < deadline:
+                try:
+                    if not client.recv(65536):
+                        break
+                except DTPTimeoutError:
+                    pass
+            outcome, took, paid = out.get(timeout=WAIT)
+        server.close()
+    assert outcome == "DTPTimeoutError"
+    assert paid  # the pause ended within the timeout: the wait for the datagram followed
+    # (the old code took TIMEOUT + the pause: about 2.5 s)
+    assert took < TIMEOUT + PAYS_AFTER / 2, took

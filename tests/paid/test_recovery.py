@@ -1,5 +1,5 @@
 """A live paid server's recovery spaces out the claims of a dead run's receipt that keep
-failing (a reviewer's find). A receipt a dead server run left whose claim the ledger
+failing. A receipt a dead server run left whose claim the ledger
 refuses for good (the ledger unreachable, a connection that cannot be read) was tried
 again in every recovery round (RECOVERY_INTERVAL, 30 s) by every live server on the
 store, each time with a ledger call and a warning. Now each server remembers its failed
@@ -35,6 +35,7 @@ from dtp.chain.objects import Settlement, Sla
 from dtp.escrow import Receipt, fee
 from dtp.paid import Recovery, recover_store
 from dtp.receipt_store import ReceiptStore
+from tests.paid.test_shared_receipt_store import kill, server_run
 from tests.paid_twins import (
     OutageLedger,
     funded_ledger,
@@ -44,7 +45,6 @@ from tests.paid_twins import (
     streams_forever,
     streams_forever_aio,
 )
-from tests.test_s31_shared_store_recovery import kill, server_run
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7100

@@ -2,8 +2,8 @@
 serves it gets the connection closed (CLOSE_LEDGER_CLOSED) and settled at once, the
 server claiming its latest receipt. Claims came only at the end of a connection: once
 the half-close timeout had passed, the client settled first and took the whole escrow
-back, while it went on being served (found by a second reader, reproduced with a
-served connection and the ledger's clock moved on).
+back, while it went on being served (here: a served connection and the ledger's clock
+moved on).
 
 Both paid servers: the blocking one and the asyncio one.
 """
