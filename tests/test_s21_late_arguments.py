@@ -36,8 +36,8 @@ from dtp.graph._batch import entries
 from dtp.graph.store import LEAF_LEVEL, soul_leaf
 from dtp.keys import HostIdentity
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, RpcServer
+from tests.messaging.test_rpc import Served
 from tests.polling import raised_within
-from tests.test_messaging_rpc import Served
 
 #: Bound on a refusal, which is at once (a check that waited for the graph's lock, held
 #: by another thread here, would wait until the end of the test).

@@ -40,10 +40,10 @@ from dtp.messaging.discovery import DiscoveryGossip, encode_announcement
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcServer
 from dtp.messaging.sealed import seal, send_sealed
+from tests.messaging.test_pubsub import Mesh
+from tests.messaging.test_rpc import Served
 from tests.polling import wait_for
 from tests.sealed_world import sealed_world
-from tests.test_messaging_pubsub import Mesh
-from tests.test_messaging_rpc import Served
 
 #: Generous bound on anything that should happen at once (a slow CI machine).
 PROMPT = 30.0

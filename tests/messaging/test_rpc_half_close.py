@@ -1,0 +1,165 @@
+"""A client that sends its requests and then ends its side of the stream (a half-close:
+it still reads) gets every answer, from a server with a worker pool and from the
+asyncio server, as from an inline one (docs/messaging.md §2: every request a server
+takes gets an answer unless cancelled or past its deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.keys
+import dtp.socket
+from dtp.messaging.protocol import ResponseReceived, RpcProtocol
+from dtp.messaging.rpc import AsyncRpcServer, RpcServer
+from tests.messaging.test_rpc import Served
+
+
+def _ask_then_half_close(sock: Any, count: int) -> list[Any]:
+    """Send ``count`` sleep requests, end our side, read the answers until the end."""
+    proto = RpcProtocol()
+    for _ in range(count):
+        proto.send_request("sleep", 0.2, timeout=5)
+    sock.sendall(proto.data_to_send())
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(5)
+    got: list[Any] = []
+    while len(got) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        proto.receive_data(data)
+        got += proto.events()
+    return got
+
+
+@pytest.mark.parametrize("workers", [0, 4])
+def test_a_half_closed_client_gets_its_answers(workers: int) -> None:
+    """With a pool, the server took the end of the client's side for the end of the
+    stream: it closed the connection with the handlers still running (no answer)."""
+    rpc = RpcServer(workers=workers)
+    rpc.register("sleep", lambda p: time.sleep(p) or "slept")
+    s = Served(rpc)
+    try:
+        sock = dtp.socket.create_connection(
+            s.server.address, server_key=s.identity.noise_public, timeout=10
+        )
+        s.socks.append(sock)
+        got = _ask_then_half_close(sock, 3)
+        assert [type(e) for e in got] == [ResponseReceived] * 3
+        assert [e.result for e in got] == ["slept"] * 3
+    finally:
+        s.close()
+
+
+def test_a_half_closed_client_gets_its_answers_from_the_asyncio_server() -> None:
+    """AsyncRpcServer cancelled the handlers' tasks at the end of the client's side."""
+
+    async def main() -> list[Any]:
+        rpc = AsyncRpcServer()
+
+        async def sleep(p: float) -> str:
+            await asyncio.sleep(p)
+            return "slept"
+
+        rpc.register("sleep", sleep)
+        served: list[asyncio.Task[None]] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served.append(asyncio.current_task())  # type: ignore[arg-type]
+            try:
+                await rpc.serve(reader, writer)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            got = await asyncio.to_thread(_ask_then_half_close, sock, 3)
+        server.close()
+        await server.wait_closed()
+        await asyncio.gather(*served, return_exceptions=True)
+        return got
+
+    got = asyncio.run(main())
+    assert [type(e) for e in got] == [ResponseReceived] * 3
+
+
+def test_a_client_closing_for_good_still_ends_long_handlers() -> None:
+    """Waiting for a half-closed client's answers must not keep a handler that waits
+    for ctx.cancelled (or the stream) going once the client closed for good: the
+    blocking server sets ctx.cancelled at the end of the client's side, as before."""
+    import threading
+
+    from dtp.messaging.rpc import CallContext
+
+    rpc = RpcServer(workers=2)
+    started, ended = threading.Event(), threading.Event()
+
+    def long_poll(p: Any, ctx: CallContext) -> bool:
+        started.set()
+        told = ctx.cancelled.wait(600)  # not told: the handler would wait 10 minutes
+        ended.set()
+        return told
+
+    rpc.register("long_poll", long_poll, context=True)
+    s = Served(rpc)
+    try:
+        sock = dtp.socket.create_connection(
+            s.server.address, server_key=s.identity.noise_public, timeout=10
+        )
+        proto = RpcProtocol()
+        proto.send_request("long_poll", None)
+        sock.sendall(proto.data_to_send())
+        assert started.wait(5)
+        began = time.monotonic()
+        sock.close()
+        assert ended.wait(60)
+        assert time.monotonic() - began < 30
+    finally:
+        s.close()
+
+
+def test_the_asyncio_server_cancels_long_handlers_when_the_client_closes_for_good() -> None:
+    async def main() -> float:
+        rpc = AsyncRpcServer()
+        started = asyncio.Event()
+
+        async def forever(p: Any) -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        rpc.register("forever", forever)
+        identity = dtp.keys.HostIdentity.generate()
+        done = asyncio.Event()
+
+        async def serve(reader: Any, writer: Any) -> None:
+            try:
+                await rpc.serve(reader, writer)
+            finally:
+                done.set()
+
+        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=identity)
+        host, port = server.sockets[0].getsockname()[:2]
+        _reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=identity.noise_public
+        )
+        proto = RpcProtocol()
+        proto.send_request("forever", None)
+        writer.write(proto.data_to_send())
+        await writer.drain()
+        await asyncio.wait_for(started.wait(), 5)
+        began = time.monotonic()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(done.wait(), 5)
+        server.close()
+        await server.wait_closed()
+        return time.monotonic() - began
+
+    assert asyncio.run(main()) < 2

@@ -1,0 +1,306 @@
+"""AsyncRpcClient: a prepaid call that fails because the client closed (or the stream
+ended) leaves its escrow in ``prepay.unanswered`` for ``refund_due``, as the blocking
+client does; before, the escrow was forgotten and its fee locked for good.
+
+A ledger error while a server checks response fees refuses or skips that one thing;
+it no longer ends the stream, failing every call in flight on it.
+
+ResponseFeePolicy forgets the escrow of a paid request that ended with no response
+(its handler failed, it was cancelled or timed out): before, each left an entry in
+``answered`` for good (a server's memory grew with every failed paid request).
+
+AsyncRpcServer: a paid request cancelled while its prepaid response escrow is being
+checked (in a worker thread, which a cancel cannot stop) leaves no entry: before, the
+check finished after the cancel and kept the escrow as used for good (a request naming
+it again was refused, and each such request grew the server's memory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+import dtp.aio
+from dtp.chain.local import LocalLedger
+from dtp.errors import ChainError
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, ResponsePrepay
+from tests.messaging.test_rpc import Served, make_rpc
+
+
+def test_a_prepaid_call_failed_by_close_keeps_its_escrow_for_refund() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    rpc = AsyncRpcServer(response_fees=policy)
+
+    async def main() -> ResponsePrepay:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(p: object) -> object:
+            started.set()
+            await release.wait()
+            return p
+
+        rpc.register("slow", slow)
+        served: list[asyncio.Task[None]] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            served.append(asyncio.current_task())  # type: ignore[arg-type]
+            # (a plain socket proves no identity: the client's escrows are served only
+            # to their requester)
+            writer.peer_address = client_id.sui_address  # type: ignore[attr-defined]
+            try:
+                await rpc.serve(reader, writer)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)
+        call = asyncio.ensure_future(client.call("slow", 1))
+        await asyncio.wait_for(started.wait(), 5)
+        await client.close()
+        with pytest.raises(E.RpcConnectionLost):
+            await call
+        release.set()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await asyncio.gather(*served, return_exceptions=True)
+        return prepay
+
+    prepay = asyncio.run(main())
+    assert len(prepay.unanswered) == 1
+    ledger.advance_clock(10_000)
+    assert prepay.refund_due() == 10
+    assert ledger.balance(client_id.sui_address) == 1_000
+
+
+def test_a_ledger_error_checking_an_ack_does_not_end_the_stream() -> None:
+    """The ACK of one call is checked against its escrow on the ledger; a ChainError
+    there went up through the read loop and closed the connection: the other call in
+    flight ended in RpcConnectionLost."""
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    read = ledger.get_response_escrow
+    reads = 0
+    failed = threading.Event()
+
+    def flaky(escrow_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 3:  # the admits of the two calls, then the first ACK's check
+            failed.set()
+            raise ChainError("ledger unreachable")
+        return read(escrow_id)
+
+    ledger.get_response_escrow = flaky  # type: ignore[method-assign]
+    s = Served(make_rpc(workers=4, response_fees=policy))
+    try:
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = s.connect(timeout=5, prepay=prepay)
+        slow = client.start("sleep", [0.5, "slow"])
+        assert client.call("echo", 1) == 1
+        assert failed.wait(5)
+        assert slow.result() == "slow"
+        assert client.call("echo", 2) == 2
+    finally:
+        s.close()
+
+
+def test_a_ledger_clock_error_refuses_the_request() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 1_000)
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    escrow_id = ledger.response_escrow_deposit(client_id, server_id.sui_address, b"r", 10, 60_000)
+
+    def broken_clock() -> int:
+        raise ChainError("ledger unreachable")
+
+    ledger.clock_ms = broken_clock  # type: ignore[method-assign]
+    with pytest.raises(E.PaymentRequired):
+        policy.admit({"re": escrow_id})
+
+
+def test_a_failing_on_receipt_fails_its_request_not_the_stream() -> None:
+    """RequestPayments' on_receipt raising (a receipt store with the disk full) went up
+    through the read loop: the connection closed, every call in flight failed."""
+    from dtp.chain.objects import Sla
+    from dtp.escrow import Meter
+    from dtp.messaging.rpc import RequestPayments
+
+    ledger = LocalLedger(":memory:", clock_ms=0)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
+    host = ledger.create_host(server_id, server_id.noise_public)
+    ledger.add_service(server_id, host, 9, "echo", sla)
+    cap = ledger.create_spending_cap(client_id, 10_000)
+    ledger.faucet(client_id.sui_address, 1_000)
+    opened = ledger.open_connection(client_id, host, 9, cap, 100)
+    kept = 0
+
+    def keep(receipt: object) -> None:
+        nonlocal kept
+        kept += 1
+        if kept == 2:
+            raise OSError(28, "No space left on device")
+
+    payments = RequestPayments(
+        opened.connection_id, sla, client_id.ed25519_public, 100, on_receipt=keep
+    )
+    s = Served(make_rpc(workers=4, payments=payments))
+    try:
+        meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
+        client = s.connect(timeout=5, meter=meter)
+        slow = client.start("sleep", [0.5, "slow"])
+        with pytest.raises(E.InternalError):
+            client.call("echo", 1)  # its receipt could not be kept
+        assert client.call("echo", 2) == 2
+        assert slow.result() == "slow"
+    finally:
+        s.close()
+
+
+def _ledger() -> tuple[LocalLedger, HostIdentity, HostIdentity]:
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 100_000)
+    return ledger, server_id, client_id
+
+
+def _unanswered_entries(policy: ResponseFeePolicy) -> int:
+    return sum(1 for digest, _ in policy.answered.values() if not digest)
+
+
+@pytest.mark.parametrize("workers", [0, 4])
+def test_failed_paid_requests_leave_no_entry(workers: int) -> None:
+    ledger, server_id, client_id = _ledger()
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = Served(make_rpc(workers=workers, response_fees=policy))
+    try:
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = s.connect(timeout=5, prepay=prepay)
+        for i in range(5):
+            with pytest.raises(E.InvalidParams):
+                client.call("fail", i)
+            with pytest.raises(E.InternalError):
+                client.call("crash", i)
+        assert client.call("echo", 1) == 1
+        assert _unanswered_entries(policy) == 0
+        assert len(policy.answered) + len(policy.acks) == 1  # the one answered call
+    finally:
+        s.close()
+
+
+def test_failed_paid_requests_leave_no_entry_asyncio() -> None:
+    ledger, server_id, client_id = _ledger()
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    rpc = AsyncRpcServer(response_fees=policy)
+
+    def crash(p: Any) -> Any:
+        raise RuntimeError("secret")
+
+    rpc.register("crash", crash)
+    rpc.register("echo", lambda p: p)
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        host, port = server.sockets[0].getsockname()[:2]
+        reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=server_id.noise_public, identity=client_id
+        )
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)
+        try:
+            for i in range(5):
+                with pytest.raises(E.InternalError):
+                    await client.call("crash", i)
+            assert await client.call("echo", 1) == 1
+        finally:
+            await client.close()
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert _unanswered_entries(policy) == 0
+
+
+class _SlowFirstCheck(ResponseFeePolicy):
+    """The first escrow check waits for ``proceed`` (a slow ledger)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.entered = threading.Event()
+        self.proceed = threading.Event()
+        self.finished = threading.Event()
+        self._first = True
+
+    def admit(self, meta: Mapping[str, Any] | None, peer: str | None = None) -> str | None:
+        first, self._first = self._first, False
+        if not first:
+            return super().admit(meta, peer)
+        self.entered.set()
+        self.proceed.wait(5)
+        try:
+            return super().admit(meta, peer)
+        finally:
+            self.finished.set()
+
+
+def test_a_request_cancelled_during_its_fee_check_leaves_no_entry() -> None:
+    ledger = LocalLedger(":memory:", clock_ms=1_000)
+    server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
+    ledger.faucet(client_id.sui_address, 100_000)
+    policy = _SlowFirstCheck(ledger, server_id, min_amount=10)
+    rpc = AsyncRpcServer(response_fees=policy)
+    rpc.register("echo", lambda p: p)
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        host, port = server.sockets[0].getsockname()[:2]
+        reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=server_id.noise_public, identity=client_id
+        )
+        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+        client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)
+        try:
+            first = asyncio.ensure_future(client.call("echo", 1))
+            assert await asyncio.to_thread(policy.entered.wait, 5)
+            first.cancel()  # (its CANCEL goes out)
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            # answered after the server took the CANCEL (the stream is in order)
+            assert await client.call("echo", 2) == 2
+            policy.proceed.set()
+            assert await asyncio.to_thread(policy.finished.wait, 5)
+            for _ in range(200):  # (the loop runs what the check's end leaves it)
+                if len(policy.answered) + len(policy.acks) == 1:
+                    break
+                await asyncio.sleep(0.01)
+            # only the answered call's entry: the cancelled one's escrow is free
+            assert len(policy.answered) + len(policy.acks) == 1
+        finally:
+            policy.proceed.set()
+            await client.close()
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
