@@ -311,7 +311,7 @@ class _Protocol(asyncio.Protocol):
         server ended an established connection for a reason (a firewall, payment or rate
         close, an abort). Its bytes, unread at our close, reset the carrier, and the
         reset overtook our CLOSE: a client denied in a sendall loop read a bare
-        ConnectionLost (tests/test_close_code_delivery.py). (A client's abort closes at
+        ConnectionLost (tests/transport/test_close_code_delivery.py). (A client's abort closes at
         once, as asyncio's transport.abort(): the loop may end right after it.)"""
         ended = self.conn.termination  # (the session learns of it at its next events)
         return (

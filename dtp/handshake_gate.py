@@ -24,7 +24,7 @@ handshake proved the address already -- the cost that matters is a slot held by 
 client that has stopped, and that is what gives way.
 
 Both servers drive these classes with their own clocks and sockets; they decide
-nothing themselves (tests/test_handshake_gate.py, tests/test_server_lockout.py).
+nothing themselves (tests/transport/test_handshake_gate.py, tests/transport/test_lockout.py).
 """
 
 from __future__ import annotations

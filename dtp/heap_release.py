@@ -15,7 +15,7 @@ collection of the reference cycles the connections left -- brought it back to 50
 churn that leaves no quiet moment, every :data:`CHURN` connections at most every
 :data:`INTERVAL` seconds. A trim walks the heap holding malloc's lock (a few ms for a
 few hundred MiB; the collection as long), so it is not done per connection. Both servers drive it
-(bench/compare.py ``churn_memory``; tests/test_server_memory_churn.py).
+(bench/compare.py ``churn_memory``; tests/transport/test_memory_churn.py).
 """
 
 from __future__ import annotations

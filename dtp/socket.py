@@ -875,7 +875,7 @@ class _Engine:
         client still sends until it closes its side or CARRIER_DRAIN passes
         (:meth:`_TimerService.drain`). Closed with the client's bytes unread, the
         carrier was reset, and the reset overtook the CLOSE: a client denied in a
-        sendall loop read a bare ConnectionLost (tests/test_close_code_delivery.py)."""
+        sendall loop read a bare ConnectionLost (tests/transport/test_close_code_delivery.py)."""
         with self.lock:
             if self.closed:
                 return

@@ -1,4 +1,4 @@
-"""An attacker that tries to lock a DTP server's clients out (tests/test_server_lockout.py),
+"""An attacker that tries to lock a DTP server's clients out (tests/transport/test_lockout.py),
 run as a process of its own: ``python -m tests.lockout_attack HOST PORT SECONDS``.
 
 It keeps ``--open`` TCP connections to the server, spread over ``--addresses`` source

@@ -47,7 +47,7 @@ from dtp.messaging.errors import RpcConnectionLost
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from dtp.paid import ServicePolicy, gate_for
-from tests.test_handshake_slots import aio_echo_once, aio_server, async_wait_for
+from tests.transport.test_handshake_slots import aio_echo_once, aio_server, async_wait_for
 
 
 def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(

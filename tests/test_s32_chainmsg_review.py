@@ -40,8 +40,8 @@ from dtp.keys import HostIdentity
 from dtp.messaging.protocol import _check_wait
 from dtp.replay_guard import ReplayGuard
 from tests.polling import wait_for
-from tests.test_handshake_slots import CLIENT, SERVER
-from tests.test_s16_ik_replay import Recorder, closed_within, replay
+from tests.transport.test_handshake_slots import CLIENT, SERVER
+from tests.transport.test_replay_guard import Recorder, closed_within, replay
 
 BOUND = 30.0
 STD = "0x" + "0" * 63 + "1"  # the Move standard library's package, as Sui writes it

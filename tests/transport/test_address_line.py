@@ -1,0 +1,375 @@
+"""The blocking server's per-address line kept a connection whose wait had passed the
+handshake timeout until its turn came -- which, behind a handshake whose accept hook
+takes its time, is much later -- and every newcomer from that address meanwhile found
+the line full and was closed. A newcomer that finds the line full now first closes
+those that waited too long (counted in ``busy_refused``) and takes a place. Real
+servers and sockets on 127.0.0.1.
+
+The line purge's look at a waiting client (dtp.socket).
+
+``_waiting_gone`` runs under a line's lock, in the server's threads: it must
+neither wait nor call a live client gone. A waiting socket with a timeout (one that
+``socket.setdefaulttimeout`` gave it at accept) whose client sent a TCP urgent byte
+alone woke poll (POLLPRI) while a peek finds no data: CPython's recv then waited for
+data up to the socket's timeout, MSG_DONTWAIT or not, and its TimeoutError counted the
+live client as gone.
+
+The blocking server's waits for one of its ``max_handshakes`` slots had no deadline: a
+connection handed on from its address's line held a thread (and its address's slot)
+until a slot came free or the server closed, and a ledger carrier connection held the
+ledger listener's thread as long. Each now waits in the server's line, holding no
+thread (dtp.handshake_gate), until its connection's deadline (its accept plus its
+handshake timeout): closed unserved, counted in ``busy_refused``, its address slot
+handed on. And the paid servers' ``serve()`` take the handshake bounds the plain
+servers take. Real servers and sockets on 127.0.0.1 (the waiting connections from
+127.0.0.2, a second address)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.paid_aio
+import dtp.socket
+from dtp._poll import wait_ready
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
+from dtp.keys import HostIdentity
+from dtp.paid import PaidSocket
+from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.socket import _Arrival, _waiting_gone
+from tests.polling import wait_for
+from tests.transport.test_address_line_gone_clients import held_address
+from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
+
+
+def test_a_connection_that_waited_too_long_leaves_its_place_to_a_newcomer() -> None:
+    # (the first client's handshake holds the address's slot in its accept hook)
+    with held_address(1, handshake_timeout=0.3) as (server, slots):
+        stale = idle(server.address)  # waits in line, then past its deadline
+        assert wait_for(lambda: slots.waiting("127.0.0.1") == 1)
+        with stale:
+            deadline = slots._waiting["127.0.0.1"][0][0]
+            assert wait_for(lambda: time.monotonic() > deadline + 0.05)
+            newcomer = idle(server.address)
+            with newcomer:
+                # the stale one is closed and counted; the newcomer waits in its place
+                assert closed_by_peer(stale, within=2.0)
+                assert not closed_by_peer(newcomer, within=0.3)
+                assert server.busy_refused == 1
+                assert slots.waiting("127.0.0.1") == 1
+
+
+SOCKET_TIMEOUT = 3.0
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(client, server side) of a loopback TCP connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    served, _ = listener.accept()
+    listener.close()
+    try:
+        yield client, served
+    finally:
+        client.close()
+        served.close()
+
+
+def test_an_urgent_byte_alone_neither_waits_nor_makes_the_client_gone(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, served = pair
+    served.settimeout(SOCKET_TIMEOUT)  # (as setdefaulttimeout gives an accepted socket)
+    client.send(b"!", socket.MSG_OOB)
+    # the urgent byte has arrived once poll says so (POLLPRI): no sleep
+    assert wait_ready([served], [], 2.0)[0] == [served]
+    started = time.monotonic()
+    config = ConnectionConfig(identity=HostIdentity.generate(), is_client=False)
+    waited = _Arrival(served, ("127.0.0.1", 1), config, "k")
+    gone = _waiting_gone(waited)
+    took = time.monotonic() - started
+    assert took < 0.5, f"the look under the line's lock waited {took:.2f} s"
+    assert gone is False  # its client is still there
+    assert served.gettimeout() == SOCKET_TIMEOUT  # (left as it was)
+    # and its hanging up is still seen, nothing consumed on the way
+    client.sendall(b"hello")
+    client.shutdown(socket.SHUT_WR)
+    assert served.recv(5, socket.MSG_PEEK) == b"hello"
+    assert _waiting_gone(waited) is False  # (its first bytes came before the FIN)
+    assert served.recv(5) == b"hello"
+    assert wait_ready([served], [], 2.0)[0] == [served]
+    assert _waiting_gone(waited) is True
+
+
+SERVER = HostIdentity.generate()
+CLIENT = HostIdentity.generate()
+OTHER_IP = "127.0.0.2"
+TIMEOUT = 0.5  # the server's handshake timeout: each waiter's deadline is this after its accept
+SLACK = 0.5  # how late past its deadline a waiter may still be open (the expiry's poll)
+
+
+def handshake_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "dtp-handshake" and t.is_alive()}
+
+
+@dataclass
+class Held:
+    """A server whose only handshake slot (``max_handshakes=1``) a client from
+    127.0.0.1 holds in its accept hook until ``release`` is set."""
+
+    server: dtp.socket.DTPServer
+    release: threading.Event
+    client: threading.Thread
+    replies: list[bytes]
+
+
+@pytest.fixture
+def held() -> Iterator[Held]:
+    release = threading.Event()
+    hooked = threading.Event()
+
+    def accept(address: str) -> bool:
+        hooked.set()
+        return release.wait(10)
+
+    server = dtp.socket.DTPServer(
+        ("127.0.0.1", 0),
+        SERVER,
+        accept=accept,
+        config=ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=TIMEOUT),
+        max_handshakes=1,
+        max_handshakes_per_address=1,
+    )
+    threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
+    replies: list[bytes] = []
+
+    def first() -> None:
+        with dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+        ) as sock:
+            sock.sendall(b"first")
+            replies.append(sock.recv(100))
+
+    client = threading.Thread(target=first, daemon=True)
+    client.start()
+    try:
+        assert hooked.wait(5)
+        yield Held(server, release, client, replies)
+    finally:
+        release.set()
+        client.join(10)
+        server.close()
+
+
+def test_a_waiter_handed_on_is_closed_at_its_deadline_and_the_next_one_too(held: Held) -> None:
+    server = held.server
+    slots = server._address_slots
+    assert slots is not None
+    # a handshake from OTHER_IP in progress (its global slot since handed back): its
+    # further connections wait in its line
+    assert slots.try_take(OTHER_IP)
+    first, second = idle(server.address, OTHER_IP), idle(server.address, OTHER_IP)
+    with first, second:
+        assert wait_for(lambda: slots.waiting(OTHER_IP) == 2)
+        deadlines = [deadline for deadline, _ in slots._waiting[OTHER_IP]]
+        before = handshake_threads()
+        # that handshake ends: the first in line takes the address slot and waits in the
+        # server's line for the global one, which the hooked client holds all along
+        server._admission._release_address(OTHER_IP, time.monotonic())
+        assert wait_for(lambda: server.handshakes_waiting == 1, timeout=2.0)
+        assert not handshake_threads() - before  # (no thread waits for it)
+        for sock, deadline in zip((first, second), deadlines, strict=True):
+            # (room for a loaded machine's scheduling: the old wait never ended at all)
+            assert closed_by_peer(sock, within=max(deadline - time.monotonic(), 0) + SLACK + 2.0)
+            assert time.monotonic() < deadline + SLACK + 1.5
+        assert server.busy_refused == 2
+        # the address slot was handed on from the first to the second, then freed
+        assert wait_for(lambda: slots.in_progress(OTHER_IP) == 0, timeout=2.0)
+        assert server.handshakes_waiting == 0
+    # the hooked client, let go, is served as ever
+    held.release.set()
+    held.client.join(10)
+    assert held.replies == [b"first"]
+    assert server.busy_refused == 2
+
+
+def test_a_ledger_connection_waits_for_a_slot_until_its_deadline(held: Held) -> None:
+    server = held.server
+    ours, theirs = socket.socketpair()
+    with theirs:
+        started = time.monotonic()
+        # the ledger listener's thread (here, ours) is back at once: the connection
+        # waits in the server's line, holding no thread
+        assert server._handoff(ours, ("ledger", "0xabc"), server._config)
+        assert time.monotonic() - started < 0.2
+        assert server.handshakes_waiting == 1
+        assert closed_by_peer(theirs, within=TIMEOUT + SLACK + 1.0)
+        assert time.monotonic() - started >= TIMEOUT - 0.05
+        assert server.busy_refused == 1
+    held.release.set()
+    held.client.join(10)
+    assert held.replies == [b"first"]
+
+
+# -- the paid servers ------------------------------------------------------------------
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+
+
+def ident(seed: int) -> HostIdentity:
+    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
+
+
+HOST = ident(0x5A)
+
+
+@dataclass
+class World:
+    ledger: LocalLedger
+    host_id: str
+    receipts: Path
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(HOST, HOST.noise_public)
+    ledger.add_service(HOST, host_id, PORT, "bounds", SLA)
+    try:
+        yield World(ledger, host_id, tmp_path / "receipts.db")
+    finally:
+        ledger.close()
+
+
+def paid_echo(sock: PaidSocket) -> None:
+    sock.sendall(sock.recv(100))
+
+
+async def paid_aio_echo(reader: PaidReader, writer: PaidWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+
+
+def second_of_an_address_is_refused(address: tuple[str, int], busy: object) -> None:
+    """With one handshake per address and no line: an idle connection holds the
+    address's slot and the next one from there is closed at once, counted."""
+    with idle(address) as first, idle(address) as second:
+        assert closed_by_peer(second, within=2.0)
+        assert not closed_by_peer(first, within=0.1)
+        assert wait_for(lambda: getattr(busy, "busy_refused", 0) == 1, timeout=2.0)
+
+
+def test_blocking_paid_serve_takes_the_handshake_bounds(world: World) -> None:
+    server = dtp.socket.serve(
+        world.host_id,
+        PORT,
+        paid_echo,
+        ledger=world.ledger,
+        identity=HOST,
+        receipts=world.receipts,
+        max_handshakes=3,
+        max_handshakes_per_address=1,
+        max_waiting_per_address=0,
+        backlog=16,
+    )
+    try:
+        assert server.server is not None
+        assert server.server._admission.server_slots.cap == 3
+        assert server.server.handshakes_in_progress == 0
+        second_of_an_address_is_refused(server.address, server.server)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"max_handshakes": 0},
+        {"max_handshakes": True},
+        {"max_handshakes_per_address": 0},
+        {"max_waiting_per_address": -1},
+    ],
+)
+def test_blocking_paid_serve_checks_the_bounds_before_the_ledger(
+    world: World, bounds: dict[str, object]
+) -> None:
+    with pytest.raises(ValueError):
+        dtp.socket.serve(
+            world.host_id,
+            PORT,
+            paid_echo,
+            ledger=world.ledger,
+            identity=HOST,
+            receipts=world.receipts,
+            **bounds,  # type: ignore[arg-type]
+        )
+    assert not world.receipts.exists()  # (the store is not even opened)
+    assert world.ledger.get_host(world.host_id).endpoints == ()
+
+
+@pytest.mark.parametrize("serve", [dtp.paid_aio.serve, dtp.aio.serve])
+def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> None:
+    async def main() -> None:
+        server = await serve(
+            world.host_id,
+            PORT,
+            paid_aio_echo,
+            ledger=world.ledger,
+            identity=HOST,
+            receipts=world.receipts,
+            max_handshakes=3,
+            max_handshakes_per_address=1,
+            max_waiting_per_address=0,
+            backlog=5,
+        )
+        try:
+            assert server.server is not None
+            assert server.server._handshake_slots.cap == 3
+            assert server.server._handshake_slots.max_waiting == 5
+            await asyncio.to_thread(second_of_an_address_is_refused, server.address, server.server)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"max_handshakes": 0},
+        {"max_handshakes_per_address": 0},
+        {"max_waiting_per_address": -1},
+    ],
+)
+def test_aio_paid_serve_checks_the_bounds_before_the_ledger(
+    world: World, bounds: dict[str, object]
+) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError):
+            await dtp.paid_aio.serve(
+                world.host_id,
+                PORT,
+                paid_aio_echo,
+                ledger=world.ledger,
+                identity=HOST,
+                receipts=world.receipts,
+                **bounds,  # type: ignore[arg-type]
+            )
+
+    asyncio.run(main())
+    assert not world.receipts.exists()
+    assert world.ledger.get_host(world.host_id).endpoints == ()

@@ -1,0 +1,880 @@
+"""A replayed Noise IK first message must not hold a ledger connection.
+
+Anyone who recorded a client's IK message 1 can send it again: it authenticates the
+client a second time (inherent to IK). A server admitting through the ledger serves one
+DTP connection per ledger connection, so before the fix the replay reserved the client's
+ledger connection until the server's connection timed out, and the real client,
+reconnecting meanwhile, was refused ("already served"). Both servers now remember the
+ephemeral keys of the IK first messages they saw and turn a repeat away before the
+hooks run. The timeouts here are huge (600 s): a replay that held the connection would
+hold it for the whole test.
+
+The servers' handshake path: the replay guard (a replayed Noise IK message 1
+refused on both servers, also while the original still waits for its verdict, from
+many threads at once; a refused client's retry not refused; XX left alone) and the
+per-address handshake slots under a flood of half-open connections. Real servers on
+127.0.0.1, real handshakes; a replay writes captured bytes on a plain TCP socket.
+
+The replay guard keeps accepted connections' keys apart from the others.
+
+Authenticating costs a client nothing but a fresh static key, and the guard remembered
+the keys of every authenticated IK first message in one pool: throw-away identities the
+ledger then refused pushed a real client's recorded key out, and its replay held the
+client's ledger connection again (dtp.replay_guard). Now only accepted connections push
+out accepted keys. Before the fix each test here saw the replay reserve the ledger
+connection (or, for the guard alone, the key come through again)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.connection import ConnectionConfig
+from dtp.errors import ConnectionRefused, DTPError
+from dtp.keys import HostIdentity
+from dtp.replay_guard import DEFAULT_CAPACITY, ReplayGuard
+from dtp.socket import DTPSocket
+from tests.polling import wait_for
+from tests.transport.test_handshake_slots import (
+    CLIENT,
+    SERVER,
+    async_wait_for,
+    closed_by_peer,
+    idle,
+)
+
+PORT = 443
+HUGE = 600.0  # the server's handshake and idle timeouts: what a held slot would last
+BOUND = 30.0  # how long the test waits for anything
+
+
+@dataclass
+class Opened:
+    """A LocalLedger file with the server's host and service, and a ledger connection
+    the client opened to it."""
+
+    ledger: LocalLedger
+    host_id: str
+    client_config: ConnectionConfig
+    server_config: ConnectionConfig
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[Opened]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host, PORT, "echo", Sla(10, 5, 1000))
+    ledger.faucet(CLIENT.sui_address, 100_000)
+    cap = ledger.create_spending_cap(CLIENT, 10**6)
+    connection = ledger.open_connection(CLIENT, host, PORT, cap, 1000)
+    client = ConnectionConfig(
+        identity=CLIENT,
+        is_client=True,
+        connection_id=bytes.fromhex(connection.connection_id[2:]),
+        port=PORT,
+    )
+    server = ConnectionConfig(
+        identity=SERVER, is_client=False, handshake_timeout=HUGE, idle_timeout=HUGE
+    )
+    try:
+        yield Opened(ledger, host, client, server)
+    finally:
+        ledger.close()
+
+
+class Recorder:
+    """A TCP proxy to ``upstream`` for one connection at a time, which records what the
+    client sent before the server's first reply: its handshake message 1."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.first_messages: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self.upstream, timeout=BOUND)
+            server.settimeout(None)
+            self._sockets += (client, server)
+            self.first_messages.append(b"")
+            self._relay(client, server, len(self.first_messages) - 1)
+
+    def _relay(self, client: socket.socket, server: socket.socket, index: int) -> None:
+        """Relay one connection both ways, recording its message 1 at ``index``."""
+        replied = threading.Event()
+        captured = bytearray()
+
+        def up() -> None:
+            # the client waits for message 2 before it sends anything more, so what comes
+            # before the reply is message 1 (in one chunk or several)
+            with contextlib.suppress(OSError):
+                while data := client.recv(65536):
+                    if not replied.is_set():
+                        captured.extend(data)
+                        self.first_messages[index] = bytes(captured)
+                    server.sendall(data)
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_WR)
+
+        def down() -> None:
+            with contextlib.suppress(OSError):
+                while data := server.recv(65536):
+                    replied.set()
+                    client.sendall(data)
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_WR)
+
+        for target in (up, down):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop listening and end every proxied connection."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # (wakes the thread in accept)
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # (wakes the threads in recv)
+        for thread in self._threads:
+            thread.join(BOUND)
+        for sock in self._sockets:
+            sock.close()
+
+
+def replay(address: tuple[str, int], message: bytes) -> socket.socket:
+    """A new TCP connection that sends ``message`` and then stays open, silent."""
+    sock = socket.create_connection(address, timeout=BOUND)
+    sock.sendall(message)
+    return sock
+
+
+def closed_within(sock: socket.socket, within: float = BOUND) -> bool:
+    """Whether the peer ends ``sock`` (EOF or reset) within ``within`` seconds, whatever
+    it sends first."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+# -- the guard ---------------------------------------------------------------------------
+
+
+def test_the_guard_refuses_a_key_seen_and_forgets_the_oldest_beyond_its_capacity(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = ReplayGuard(capacity=3)
+    keys = [bytes([i]) * 32 for i in range(5)]
+    assert guard.first_sight(keys[0])
+    with caplog.at_level(logging.INFO, logger="dtp.replay_guard"):
+        assert not guard.first_sight(keys[0], "10.0.0.1")
+        assert not guard.first_sight(keys[0], "10.0.0.1")  # a flood: one log line
+    assert guard.refused == 2
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "10.0.0.1" in caplog.records[0].getMessage()
+    for key in keys[1:4]:
+        assert guard.first_sight(key)
+    # keys[0], the oldest, was forgotten to keep three: it comes through again (as it
+    # did before the guard); the three newest are still refused
+    assert len(guard) == 3
+    assert guard.first_sight(keys[0])
+    assert not guard.first_sight(keys[3])
+    assert len(guard) == 3
+
+
+def test_a_guard_that_remembers_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ReplayGuard(capacity=0)
+
+
+# -- the blocking server -----------------------------------------------------------------
+
+
+@pytest.fixture
+def blocking(opened: Opened) -> Iterator[dtp.socket.DTPServer]:
+    def echo(sock: DTPSocket) -> None:
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0),
+        identity=SERVER,
+        ledger=opened.ledger,
+        host_id=opened.host_id,
+        port=PORT,
+        config=opened.server_config,
+    )
+    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(BOUND)
+
+
+def connect(address: tuple[str, int], opened: Opened) -> DTPSocket:
+    return dtp.socket.create_connection(
+        address,
+        timeout=BOUND,
+        server_key=SERVER.noise_public,
+        identity=CLIENT,
+        config=opened.client_config,
+    )
+
+
+def echoes(sock: DTPSocket, data: bytes) -> bool:
+    sock.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got == data
+
+
+def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
+    opened: Opened, blocking: dtp.socket.DTPServer
+) -> None:
+    server = blocking
+    proxy = Recorder(server.address)
+    try:
+        with connect(proxy.address, opened) as sock:
+            assert echoes(sock, b"first")
+        first = proxy.first_messages[0]
+        assert first
+    finally:
+        proxy.close()
+    assert wait_for(lambda: len(server._serving) == 0, BOUND)  # the client left
+    replayed = replay(server.address, first)
+    try:
+        # the server has decided on the replay: turned it away, or (the bug) reserved
+        # the client's ledger connection for it
+        assert wait_for(
+            lambda: getattr(server, "replays_refused", 0) == 1 or len(server._serving) == 1,
+            BOUND,
+        )
+        # the real client reconnects on the same ledger connection, with a new key
+        with connect(server.address, opened) as again:
+            assert echoes(again, b"again")
+        assert server.replays_refused == 1
+        assert closed_within(replayed)
+    finally:
+        replayed.close()
+
+
+def test_a_client_that_reconnects_sends_a_new_first_message_each_time(
+    opened: Opened, blocking: dtp.socket.DTPServer
+) -> None:
+    server = blocking
+    proxy = Recorder(server.address)
+    try:
+        for n in range(3):
+            with connect(proxy.address, opened) as sock:
+                assert echoes(sock, b"round %d" % n)
+            assert wait_for(lambda: len(server._serving) == 0, BOUND)
+        messages = proxy.first_messages
+    finally:
+        proxy.close()
+    assert len(messages) == 3 and all(messages)
+    assert len(set(messages)) == 3  # a fresh ephemeral key each time: none is a replay
+    assert server.replays_refused == 0
+
+
+# -- the asyncio server ------------------------------------------------------------------
+
+
+def test_the_asyncio_server_refuses_a_replayed_first_message_too(opened: Opened) -> None:
+    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def connect_aio(
+        address: tuple[str, int],
+    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        return await dtp.aio.open_connection(
+            *address,
+            server_key=SERVER.noise_public,
+            identity=CLIENT,
+            config=opened.client_config,
+            timeout=BOUND,
+        )
+
+    async def round_trip(address: tuple[str, int], data: bytes) -> None:
+        reader, writer = await connect_aio(address)
+        writer.write(data)
+        assert await reader.readexactly(len(data)) == data
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            ledger=opened.ledger,
+            host_id=opened.host_id,
+            dtp_port=PORT,
+            config=opened.server_config,
+        )
+        proxy = Recorder(server.address)
+        try:
+            await round_trip(proxy.address, b"first")
+            first = proxy.first_messages[0]
+            assert first
+            assert await async_wait_for(lambda: len(server._serving) == 0, BOUND)
+            reader, writer = await asyncio.open_connection(*server.address)
+            try:
+                writer.write(first)
+                await writer.drain()
+                assert await async_wait_for(
+                    lambda: getattr(server, "replays_refused", 0) == 1 or len(server._serving) == 1,
+                    BOUND,
+                )
+                await round_trip(server.address, b"again")
+                assert server.replays_refused == 1
+                # the server ended the replayed connection
+                await asyncio.wait_for(reader.read(), BOUND)
+            finally:
+                writer.close()
+        finally:
+            proxy.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def server_config(handshake_timeout: float = HUGE) -> ConnectionConfig:
+    return ConnectionConfig(
+        identity=SERVER, is_client=False, handshake_timeout=handshake_timeout, idle_timeout=HUGE
+    )
+
+
+def echo(sock: dtp.socket.DTPSocket) -> None:
+    sock.sendall(sock.recv(100))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., dtp.socket.DTPServer]]:
+    """Start an echoing blocking DTPServer on 127.0.0.1 with the given keywords."""
+    servers: list[dtp.socket.DTPServer] = []
+    threads: list[threading.Thread] = []
+
+    def start(**kw: Any) -> dtp.socket.DTPServer:
+        kw.setdefault("config", server_config())
+        server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, **kw)
+        servers.append(server)
+        thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+        thread.start()
+        threads.append(thread)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+    for thread in threads:
+        thread.join(BOUND)
+
+
+@pytest.fixture
+def recorders() -> Iterator[Callable[[tuple[str, int]], Recorder]]:
+    """Recording proxies, closed at the end."""
+    made: list[Recorder] = []
+
+    def make(upstream: tuple[str, int]) -> Recorder:
+        made.append(Recorder(upstream))
+        return made[-1]
+
+    yield make
+    for recorder in made:
+        recorder.close()
+
+
+def echo_once(address: tuple[str, int], data: bytes, *, ik: bool = True) -> bytes:
+    """Connect (IK, or XX without the server's key), echo ``data``, return the reply."""
+    with dtp.socket.create_connection(
+        address,
+        timeout=BOUND,
+        server_key=SERVER.noise_public if ik else None,
+        identity=CLIENT,
+    ) as sock:
+        sock.sendall(data)
+        return sock.recv(100)
+
+
+async def aio_echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+    writer.write(await reader.read(100))
+    await writer.drain()
+    writer.close()
+
+
+async def aio_closed_within(address: tuple[str, int], message: bytes) -> bool:
+    """Replay ``message`` on a plain TCP connection: whether the server ends it in time."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(message)
+        await writer.drain()
+
+        async def until_eof() -> None:
+            while await reader.read(65536):
+                pass
+
+        try:
+            await asyncio.wait_for(until_eof(), BOUND)
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+# -- the replay guard, blocking server ------------------------------------------------------------
+
+
+def test_a_replay_while_the_original_awaits_its_verdict_is_refused_before_the_hook(
+    serve: Callable[..., dtp.socket.DTPServer],
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    deciding = threading.Event()
+    go = threading.Event()
+    calls: list[str] = []
+
+    def hook(address: str) -> bool:
+        calls.append(address)
+        deciding.set()
+        go.wait(BOUND)  # the original waits here for its verdict
+        return True
+
+    server = serve(accept=hook)
+    recorder = recorders(server.address)
+    replies: list[bytes] = []
+    client = threading.Thread(target=lambda: replies.append(echo_once(recorder.address, b"hi")))
+    client.start()
+    try:
+        assert deciding.wait(BOUND)
+        # the server read all of message 1 before its hook ran: the capture is whole
+        message = recorder.first_messages[0]
+        replayed = replay(server.address, message)
+        with replayed:
+            assert closed_within(replayed)
+        assert server.replays_refused == 1
+        assert calls == [CLIENT.sui_address]  # the replay never reached the hook
+    finally:
+        go.set()
+        client.join(BOUND)
+    assert replies == [b"hi"]
+
+
+def test_concurrent_handshakes_and_concurrent_replays_are_counted_exactly(
+    serve: Callable[..., dtp.socket.DTPServer],
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    server = serve(max_handshakes_per_address=None)
+    clients = 16
+    replies: list[bytes] = []
+    barrier = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        barrier.wait(BOUND)
+        replies.append(echo_once(server.address, b"c%d" % i))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(BOUND * 2)
+    assert sorted(replies) == sorted(b"c%d" % i for i in range(clients))
+    assert server.replays_refused == 0
+    assert len(server._replays) == clients  # one key each, none mistaken for another
+
+    recorder = recorders(server.address)
+    assert echo_once(recorder.address, b"original") == b"original"
+    message = recorder.first_messages[0]
+    replays = 12
+    closed: list[bool] = []
+    start = threading.Barrier(replays)
+
+    def replayer() -> None:
+        start.wait(BOUND)
+        with replay(server.address, message) as sock:
+            closed.append(closed_within(sock))
+
+    threads = [threading.Thread(target=replayer) for _ in range(replays)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(BOUND * 2)
+    assert closed == [True] * replays
+    assert server.replays_refused == replays
+    assert server._replays.capacity == DEFAULT_CAPACITY
+
+
+def test_a_refused_client_is_served_on_its_retry_and_its_refused_message_stays_refused(
+    serve: Callable[..., dtp.socket.DTPServer],
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    verdicts = ["not yet"]  # the firewall refuses once, then lets the client in
+
+    def hook(address: str) -> str | None:
+        return verdicts.pop() if verdicts else None
+
+    server = serve(accept=hook)
+    recorder = recorders(server.address)
+    with pytest.raises(DTPError):
+        echo_once(recorder.address, b"first")
+    # the retry opens with a new ephemeral key: the refusal did not poison the guard
+    assert echo_once(server.address, b"retry") == b"retry"
+    assert server.replays_refused == 0
+    # a replay of the refused first message is still a replay
+    with replay(server.address, recorder.first_messages[0]) as sock:
+        assert closed_within(sock)
+    assert server.replays_refused == 1
+    assert echo_once(server.address, b"again") == b"again"
+
+
+def test_an_xx_handshake_leaves_the_guard_alone_and_its_replay_never_authenticates(
+    serve: Callable[..., dtp.socket.DTPServer],
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    calls: list[str] = []
+
+    def hook(address: str) -> None:
+        calls.append(address)
+
+    # a replayed XX message 1 only gets message 2 back: it waits for a message 3 that
+    # never comes, until the handshake timeout
+    server = serve(accept=hook, config=server_config(handshake_timeout=2.0))
+    recorder = recorders(server.address)
+    assert echo_once(recorder.address, b"xx", ik=False) == b"xx"
+    assert len(server._replays) == 0  # XX: nothing to remember
+    assert calls == [CLIENT.sui_address]
+    with replay(server.address, recorder.first_messages[0]) as sock:
+        assert closed_within(sock)
+    assert calls == [CLIENT.sui_address]  # never authenticated: no hook ran
+    assert server.replays_refused == 0
+    assert wait_for(lambda: server.handshakes_failed == 1, BOUND)
+
+
+# -- the replay guard, asyncio server -------------------------------------------------------------
+
+
+def test_aio_a_replay_while_the_original_awaits_its_verdict_is_refused_and_a_retry_served(
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    async def main() -> None:
+        deciding = asyncio.Event()
+        go = asyncio.Event()
+        calls: list[str] = []
+        verdicts: list[str | None] = [None, "not yet"]
+
+        async def hook(address: str) -> str | None:
+            calls.append(address)
+            verdict = verdicts.pop()
+            if verdict is None:
+                deciding.set()
+                await asyncio.wait_for(go.wait(), BOUND)
+            return verdict
+
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, accept=hook, config=server_config()
+        )
+        recorder = recorders(server.address)
+        try:
+            # refused first: the retry, with a new ephemeral key, is not taken for a replay
+            with pytest.raises(DTPError):
+                await asyncio.to_thread(echo_once, recorder.address, b"first")
+            original = asyncio.create_task(asyncio.to_thread(echo_once, recorder.address, b"hi"))
+            await asyncio.wait_for(deciding.wait(), BOUND)
+            assert len(recorder.first_messages) == 2
+            # the original still awaits its verdict: its replay is refused meanwhile, and
+            # so is a replay of the refused attempt
+            for message in recorder.first_messages:
+                assert await aio_closed_within(server.address, message)
+            assert server.replays_refused == 2
+            assert calls == [CLIENT.sui_address] * 2
+            go.set()
+            assert await asyncio.wait_for(original, BOUND) == b"hi"
+        finally:
+            go.set()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+# -- half-open handshakes -------------------------------------------------------------------------
+
+FLOOD = "127.0.0.2"  # another address on the loopback network
+
+
+def partial_first_message(address: tuple[str, int], message: bytes) -> socket.socket:
+    """A connection that sends the first part of a message 1, then nothing."""
+    sock = idle(address, FLOOD)
+    sock.sendall(message[: len(message) // 2])
+    return sock
+
+
+def test_a_flood_of_half_open_handshakes_is_timed_out_and_others_are_served(
+    serve: Callable[..., dtp.socket.DTPServer],
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    server = serve(config=server_config(handshake_timeout=3.0))
+    recorder = recorders(server.address)
+    assert echo_once(recorder.address, b"x") == b"x"
+    message = recorder.first_messages[0]
+    flood = [idle(server.address, FLOOD) for _ in range(30)]
+    flood += [partial_first_message(server.address, message) for _ in range(30)]
+    try:
+        # the flood holds its own address's slots, not the others'
+        assert echo_once(server.address, b"served") == b"served"
+        # and every one of its connections is closed, at the latest once it waited
+        # past the handshake timeout
+        for sock in flood:
+            assert closed_by_peer(sock, BOUND)
+        assert echo_once(server.address, b"after") == b"after"
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+def test_aio_a_flood_of_half_open_handshakes_is_timed_out_and_others_are_served(
+    recorders: Callable[[tuple[str, int]], Recorder],
+) -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            aio_echo, "127.0.0.1", 0, identity=SERVER, config=server_config(3.0)
+        )
+        recorder = recorders(server.address)
+        flood: list[socket.socket] = []
+        try:
+            assert await asyncio.to_thread(echo_once, recorder.address, b"x") == b"x"
+            message = recorder.first_messages[0]
+            for _ in range(30):
+                flood.append(await asyncio.to_thread(idle, server.address, FLOOD))
+                flood.append(
+                    await asyncio.to_thread(partial_first_message, server.address, message)
+                )
+            reply = await asyncio.to_thread(echo_once, server.address, b"served")
+            assert reply == b"served"
+            for sock in flood:
+                assert await asyncio.to_thread(closed_by_peer, sock, BOUND)
+        finally:
+            for sock in flood:
+                sock.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+__all__ = ["opened"]  # (the fixture, imported for the tests below)
+
+CAPACITY = 2
+THROWAWAY = 3  # more than the guard's capacity
+
+
+def test_keys_of_accepted_connections_are_pushed_out_only_by_accepted_ones() -> None:
+    guard = ReplayGuard(capacity=CAPACITY)
+    kept = b"k" * 32
+    assert guard.first_sight(kept)
+    guard.accept(kept)
+    for i in range(10):  # throw-away identities: authenticated, never accepted
+        assert guard.first_sight(bytes([i]) * 32)
+    assert not guard.first_sight(kept)  # still remembered: a replay
+    assert len(guard) == 1 + CAPACITY  # the accepted key, and the newest others
+    # accepted connections do push it out, oldest first
+    for i in range(CAPACITY):
+        key = bytes([100 + i]) * 32
+        assert guard.first_sight(key)
+        guard.accept(key)
+    assert guard.first_sight(kept)
+
+
+def test_accepting_a_key_the_flood_pushed_out_still_keeps_it() -> None:
+    guard = ReplayGuard(capacity=1)
+    key = b"a" * 32
+    assert guard.first_sight(key)
+    assert guard.first_sight(b"b" * 32)  # pushes ``key`` out of the unaccepted pool
+    guard.accept(key)  # (the verdict came after)
+    assert not guard.first_sight(key)
+
+
+def _throwaway_config(opened: Opened) -> tuple[HostIdentity, ConnectionConfig]:
+    """A new identity naming the real client's ledger connection: authenticated by the
+    handshake, then refused by the ledger admission (the connection names another)."""
+    identity = HostIdentity.generate()
+    config = ConnectionConfig(
+        identity=identity,
+        is_client=True,
+        connection_id=opened.client_config.connection_id,
+        port=PORT,
+    )
+    return identity, config
+
+
+@pytest.fixture
+def small_guard_server(opened: Opened) -> Iterator[dtp.socket.DTPServer]:
+    def echo(sock: dtp.socket.DTPSocket) -> None:
+        while data := sock.recv(65536):
+            sock.sendall(data)
+
+    server = dtp.socket.create_server(
+        ("127.0.0.1", 0),
+        identity=SERVER,
+        ledger=opened.ledger,
+        host_id=opened.host_id,
+        port=PORT,
+        config=opened.server_config,
+    )
+    server._replays = ReplayGuard(capacity=CAPACITY)
+    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.close()
+        thread.join(BOUND)
+
+
+def test_throwaway_identities_do_not_unlock_a_replay_on_the_blocking_server(
+    opened: Opened, small_guard_server: dtp.socket.DTPServer
+) -> None:
+    server = small_guard_server
+    proxy = Recorder(server.address)
+    try:
+        with connect(proxy.address, opened) as sock:
+            assert echoes(sock, b"first")
+        first = proxy.first_messages[0]
+        assert first
+    finally:
+        proxy.close()
+    assert wait_for(lambda: len(server._serving) == 0, BOUND)
+    for _ in range(THROWAWAY):
+        identity, config = _throwaway_config(opened)
+        with pytest.raises(ConnectionRefused):
+            dtp.socket.create_connection(
+                server.address,
+                timeout=BOUND,
+                server_key=SERVER.noise_public,
+                identity=identity,
+                config=config,
+            ).close()
+    # (counted once the refusal is out: the client may read it first)
+    assert wait_for(lambda: server.refused >= THROWAWAY, BOUND)
+    replayed = replay(server.address, first)
+    try:
+        assert wait_for(lambda: server.replays_refused == 1 or len(server._serving) == 1, BOUND)
+        assert server.replays_refused == 1
+        assert len(server._serving) == 0  # the client's ledger connection is free
+        with connect(server.address, opened) as again:
+            assert echoes(again, b"again")
+        assert closed_within(replayed)
+    finally:
+        replayed.close()
+
+
+def test_throwaway_identities_do_not_unlock_a_replay_on_the_asyncio_server(
+    opened: Opened,
+) -> None:
+    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def round_trip(
+        address: tuple[str, int], identity: HostIdentity, config: ConnectionConfig
+    ) -> None:
+        reader, writer = await dtp.aio.open_connection(
+            *address,
+            server_key=SERVER.noise_public,
+            identity=identity,
+            config=config,
+            timeout=BOUND,
+        )
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            ledger=opened.ledger,
+            host_id=opened.host_id,
+            dtp_port=PORT,
+            config=opened.server_config,
+        )
+        server._replays = ReplayGuard(capacity=CAPACITY)
+        proxy = Recorder(server.address)
+        client = opened.client_config.identity
+        assert client is not None
+        try:
+            await round_trip(proxy.address, client, opened.client_config)
+            first = proxy.first_messages[0]
+            assert first
+            assert await async_wait_for(lambda: len(server._serving) == 0, BOUND)
+            for _ in range(THROWAWAY):
+                with pytest.raises(ConnectionRefused):
+                    await round_trip(server.address, *_throwaway_config(opened))
+            reader, writer = await asyncio.open_connection(*server.address)
+            try:
+                writer.write(first)
+                await writer.drain()
+                assert await async_wait_for(
+                    lambda: server.replays_refused == 1 or len(server._serving) == 1, BOUND
+                )
+                assert server.replays_refused == 1
+                assert len(server._serving) == 0
+                await round_trip(server.address, client, opened.client_config)
+                await asyncio.wait_for(reader.read(), BOUND)  # the replay was ended
+            finally:
+                writer.close()
+        finally:
+            proxy.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

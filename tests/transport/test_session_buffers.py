@@ -1,0 +1,132 @@
+"""Session.forget in linear time: a call must not look again at every stream closed
+earlier that the connection is not done with (closing N such streams would cost O(N**2)).
+Driven in memory with real Connections and virtual clocks; the work is counted (the
+membership checks on the connection's stream table), not timed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dtp._session import Session
+from dtp.carriers.memory import MemoryLink
+from dtp.connection import ConnectionConfig
+from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
+
+#: Streams the client may open (the server's max_streams): room for the N below.
+MAX_STREAMS = 4096
+
+
+def _session_link() -> tuple[Session, Session, MemoryLink, Callable[[], None]]:
+    """Two Sessions wired in memory, established; returns them, the link and the step
+    to run it with."""
+    client = Session(
+        ConnectionConfig(identity=CLIENT_ID, is_client=True, server_static=SERVER_ID.noise_public),
+        now=0.0,
+    )
+    server = Session(
+        ConnectionConfig(identity=SERVER_ID, is_client=False, max_streams=MAX_STREAMS),
+        now=0.0,
+    )
+    link = MemoryLink(client.conn, server.conn)
+
+    def step() -> None:
+        client.process_events()
+        server.process_events()
+        if server.authenticated_address and not server.conn.established:
+            server.conn.accept()
+        while server.incoming_streams:
+            server.incoming_streams.popleft()  # (taken: its place in the limit comes back)
+
+    assert link.run(lambda: client.conn.established, on_round=step)
+    link.run(None, on_round=step)
+    return client, server, link, step
+
+
+class _CountingStreams(dict[int, Any]):
+    """The connection's stream table, counting the membership checks made on it while
+    :attr:`counting` is set (forget's look at whether the connection is done with a
+    stream)."""
+
+    counting = False
+    checks = 0
+
+    def __contains__(self, key: object) -> bool:
+        if self.counting:
+            self.checks += 1
+        return super().__contains__(key)
+
+
+def _close(session: Session, stream_id: int) -> None:
+    """What the adapters' close() does with the receiving side, after the end went out."""
+    session.discard(stream_id)
+    session.forget(stream_id)
+
+
+def test_closing_many_streams_the_connection_still_tracks_is_linear() -> None:
+    # Each stream's end is queued but not sent (the link is not run): the connection is
+    # not done with any of them. Each forget looked at every one closed before it: some
+    # N**2 / 2 = 2,001,000 checks for N = 2000 (now at most 3 per call).
+    n = 2000
+    client, _server, _link, _step = _session_link()
+    table = _CountingStreams(client.conn._streams)
+    client.conn._streams = table
+    sids = []
+    for _ in range(n):
+        sid = client.conn.open_stream()
+        client.conn.send_stream_data(sid, b"request", end_stream=True)
+        sids.append(sid)
+        table.counting = True
+        try:
+            _close(client, sid)
+        finally:
+            table.counting = False
+    checks = table.checks
+    assert checks <= 4 * n, f"{checks} checks for {n} streams closed"
+    # (unchanged: their buffers stay, discarding what comes, and their reads end)
+    for sid in sids:
+        assert sid in table
+        assert client.streams[sid].discarded
+        assert client.readable(sid)
+        assert client.take(sid, 100) == b""
+
+
+def test_buffers_of_closed_streams_go_once_the_connection_is_done_with_them() -> None:
+    # (passes on the old code too: the behaviour the change keeps)
+    k = 10
+    client, server, link, step = _session_link()
+    lingering = []
+    for _ in range(k):
+        sid = client.conn.open_stream()
+        client.conn.send_stream_data(sid, b"request", end_stream=True)
+        lingering.append(sid)
+    link.run(None, on_round=step)
+    for sid in lingering:
+        # the server has not ended its side: the connection is not done with them
+        _close(client, sid)
+    for sid in lingering:
+        assert sid in client.conn._streams
+        assert client.streams[sid].discarded
+    for sid in lingering:
+        server.conn.send_stream_data(sid, b"reply", end_stream=True)
+    assert link.run(lambda: not any(s in client.conn._streams for s in lingering), on_round=step)
+    for sid in lingering:
+        assert client.readable(sid)
+        assert client.take(sid, 100) == b""
+
+    # More streams close, each one the connection is done with at once: on the way,
+    # the buffers of those closed earlier go too.
+    short = []
+    for _ in range(k):
+        sid = client.conn.open_stream()
+        client.conn.send_stream_data(sid, b"request", end_stream=True)
+        link.run(None, on_round=step)
+        server.conn.send_stream_data(sid, b"reply", end_stream=True)
+        assert link.run(lambda sid=sid: sid not in client.conn._streams, on_round=step)
+        _close(client, sid)
+        short.append(sid)
+    left = sorted(sid for sid in client.streams if sid in lingering + short)
+    assert left == [], left
+    for sid in lingering + short:
+        assert client.readable(sid)
+        assert client.take(sid, 100) == b""
