@@ -381,3 +381,55 @@ def test_a_held_tunnel_that_ended_is_counted_no_more() -> None:
             theirs.close()
 
     assert asyncio.run(run()) == []
+
+
+def test_an_interrupt_while_a_demo_daemon_is_made_leaves_it_in_the_list_to_stop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dtp.daemon.demo_step as step
+
+    made: list[subprocess.Popen[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen_interrupted(*_args: object, **kwargs: object) -> subprocess.Popen[str]:
+        # a real child, and the interrupt in the middle of making it (after the fork)
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs)  # type: ignore[call-overload]
+        made.append(child)
+        signal.raise_signal(signal.SIGINT)
+        return child
+
+    monkeypatch.setattr(step.subprocess, "Popen", popen_interrupted)
+    procs: list[subprocess.Popen[str]] = []
+    # (Python's own SIGINT handler, whatever this process was started with: a suite run
+    # in the background by a shell, as CI's may be, inherits SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            step._start(tmp_path / "daemon.toml", procs)
+        assert procs == made  # the caller's cleanup stops it
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+        for child in made:
+            step._stop(child)
+    assert all(child.poll() is not None for child in made)
+
+
+def test_the_demo_starts_its_daemons_without_the_callers_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, str] | None] = []
+
+    class Started(Exception):
+        pass
+
+    def popen(*args: object, **kwargs: object) -> None:
+        seen.append(kwargs.get("env"))  # type: ignore[arg-type]
+        raise Started
+
+    monkeypatch.setenv("DTP_PASSPHRASE", "")
+    monkeypatch.setattr(demo_step.subprocess, "Popen", popen)
+    with pytest.raises(Started):
+        demo_step._start(tmp_path / "provider.toml", [])
+    assert len(seen) == 1 and seen[0] is not None
+    assert "DTP_PASSPHRASE" not in seen[0] and "PATH" in seen[0]

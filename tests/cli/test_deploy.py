@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from dtp.chain.cli import register
+from tests.cli import test_usage_errors
+
+home = test_usage_errors.home  # a fixture
 
 
 def deploy(*argv: str) -> int:
@@ -95,3 +98,38 @@ def test_odd_publish_output_is_one_line(
     assert capsys.readouterr().err.splitlines() == [
         "dtp: `sui client publish` reported no published package."
     ]
+
+
+def test_deploy_hands_its_sui_children_no_passphrase(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dtp.chain.cli import register
+
+    (home / "pkg").mkdir()
+    (home / "pkg" / "Move.toml").write_text('[package]\nname = "dtp"\n')
+    seen = home / "env.txt"
+    sui = home / "sui"
+    sui.write_text(
+        "#!/bin/sh\n"
+        f"env >> {seen}\n"
+        'case "$1 $2" in\n'
+        '  "client active-env") echo localnet ;;\n'
+        '  "move build") echo built ;;\n'
+        '  "client publish") echo \'{"digest": "D", "objectChanges": '
+        '[{"type": "published", "packageId": "0xabc"}]}\' ;;\n'
+        "esac\n"
+    )
+    sui.chmod(0o755)
+    monkeypatch.setenv("DTP_PASSPHRASE", "default-variable-secret")
+    monkeypatch.setenv("MY_SECRET", "named-variable-secret")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    parser = argparse.ArgumentParser(prog="dtp")
+    register(parser.add_subparsers(dest="command"))
+    argv = ["deploy", "--network", "localnet", "--sui-bin", str(sui)]
+    argv += ["--package-path", str(home / "pkg"), "--passphrase-env", "MY_SECRET"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    env = seen.read_text()
+    assert env.count("SOMETHING_ELSE=kept") == 3  # each of the three calls ran
+    assert "default-variable-secret" not in env and "named-variable-secret" not in env
+    assert "DTP_PASSPHRASE" not in env and "MY_SECRET" not in env

@@ -580,3 +580,48 @@ def test_a_signal_without_an_action_is_raised_again_at_the_stop() -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     assert got == [signal.SIGINT]  # once, not the SIGHUP it acted on
+
+
+def test_pool_stop_does_not_swallow_the_callers_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        pool = BackendPool("web", (Backend("127.0.0.1", 1),), 2.0, 2.0)
+        cleaning = asyncio.Event()
+
+        async def checks() -> None:
+            # health checks whose end takes a moment (a probe's close, say)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cleaning.set()
+                await asyncio.sleep(3)
+                raise
+
+        pool._task = asyncio.create_task(checks())
+        await asyncio.sleep(0)
+        stopper = asyncio.create_task(pool.stop())
+        await cleaning.wait()
+        stopper.cancel()
+        await asyncio.wait({stopper}, timeout=4)
+        assert stopper.done()
+        assert stopper.cancelled()  # (old: it returned, the cancellation lost)
+
+        # (as before) checks that died of a fault are logged, not raised; others are
+        # cancelled and waited for
+        async def broken() -> None:
+            raise RuntimeError("boom")
+
+        pool._task = asyncio.create_task(broken())
+        await asyncio.sleep(0)
+        await pool.stop()
+        assert pool._task is None
+
+        pool._task = waiting = asyncio.create_task(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        await pool.stop()
+        assert waiting.cancelled()
+
+    with caplog.at_level("ERROR", logger="dtp.daemon.balancer"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records] == ["health checks failed"]

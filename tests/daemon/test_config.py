@@ -7,13 +7,15 @@ through this very daemon's service."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dtp.daemon.config import parse_config
+from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
 from tests.daemon_procs import SUI, daemon, run_daemon, wait_until
@@ -146,3 +148,78 @@ target = "dtp://{host_id}:80"
     assert done.returncode == 2, done.stderr
     assert "forward[0].target" in done.stderr and "a loop" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+CONFIG = """\
+[daemon]
+ledger = "ledger"
+identity = "host.key"
+{daemon}
+
+[[service]]
+name = "web"
+port = 80
+backends = [{backend}]
+{service}
+"""
+
+
+def parse(daemon: str = "", service: str = "", backend: str = '"127.0.0.1:8080"') -> Any:
+    text = CONFIG.format(daemon=daemon, service=service, backend=backend)
+    return parse_config(text, Path("/etc/dtp/dtp.toml"))
+
+
+@pytest.mark.parametrize(
+    ("daemon", "service", "where"),
+    [
+        ("drain_timeout = 1" + "0" * 400, "", "dtp.toml:4: daemon.drain_timeout"),
+        ("", "health_interval = 1" + "0" * 400, "dtp.toml:10: service[0].health_interval"),
+        ("", "loss_allowance = 1" + "0" * 400, "dtp.toml:10: service[0].loss_allowance"),
+    ],
+)
+def test_config_integer_beyond_the_float_range_is_a_config_error(
+    daemon: str, service: str, where: str
+) -> None:
+    with pytest.raises(DaemonConfigError, match=re.escape(where)) as info:
+        parse(daemon, service)
+    assert len(str(info.value)) < 300  # the value is cut short in the message
+
+
+def test_config_integer_literal_past_python_digit_limit_is_a_config_error() -> None:
+    with pytest.raises(DaemonConfigError, match=r"dtp\.toml"):
+        parse("faucet = 1" + "0" * 5000)
+
+
+def test_config_port_of_thousands_of_digits_is_a_config_error() -> None:
+    with pytest.raises(DaemonConfigError, match=r"dtp.toml:4: daemon.listen: port 9+\.\.\."):
+        parse('listen = "127.0.0.1:' + "9" * 5000 + '"')
+    # leading zeros as before
+    assert parse('listen = "127.0.0.1:' + "0" * 5000 + '80"').daemon.listen.port == 80
+
+
+@pytest.mark.parametrize(
+    "backend", ['" 127.0.0.1:8080"', '"127.0.0.1 :8080"', '"web 1:8080"', '"web\\t1:8080"']
+)
+def test_config_host_with_whitespace_is_refused(backend: str) -> None:
+    with pytest.raises(DaemonConfigError, match=r"service\[0\]\.backends: .*no valid host name"):
+        parse(backend=backend)
+
+
+@pytest.mark.parametrize("listen", ["[localhost]:80", "[[::1]]:80", "[127.0.0.1]:80", "[]:80"])
+def test_config_brackets_hold_an_ipv6_address_alone(listen: str) -> None:
+    with pytest.raises(DaemonConfigError, match=r"daemon\.listen: expected an IPv6 address"):
+        parse(f'listen = "{listen}"')
+    # (as before)
+    config = parse('listen = "[::1]:7700"', backend='"[2001:db8::1]:8080"')
+    assert config.daemon.listen == Backend("::1", 7700)
+    assert config.services[0].backends == (Backend("2001:db8::1", 8080),)
+
+
+def test_config_public_endpoint_port_zero_is_refused() -> None:
+    with pytest.raises(DaemonConfigError, match=r"daemon\.public_endpoint: port 0"):
+        parse('public_endpoint = "dtp.example.com:0"')
+    # listening on port 0 (any free port) stays allowed
+    assert parse('listen = "127.0.0.1:0"').daemon.listen.port == 0
+    assert parse('public_endpoint = "dtp.example.com:7700"').daemon.public_endpoint == (
+        "dtp.example.com:7700"
+    )

@@ -20,19 +20,26 @@ whatever the writer said, and a receipt still on its way to a slow disk was drop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import dtp.daemon.fees as fees_mod
+import dtp.daemon.services as services_mod
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.fees import ServerFees
-from dtp.errors import InvalidReceipt
+from dtp.daemon.runner import Daemon
+from dtp.errors import DTPError, InvalidReceipt
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from tests.daemon.test_settlement_retries import BOUND, _Client, _run, _until
 from tests.paid.test_server_release import StallingStore
 from tests.paid_twins import ident
 from tests.polling import wait_for
@@ -242,3 +249,70 @@ def test_close_leaves_the_store_open_under_a_writer_still_writing(
         stored = again.latest(cid)
     assert stored is not None and stored.receipt == receipt
     ledger.close()
+
+
+def _udp_service(port: int, backend: int) -> str:
+    return f"""
+[[service]]
+name = "svc{port}"
+port = {port}
+protocol = "udp"
+backends = ["127.0.0.1:{backend}"]
+price_per_kib = 10
+min_deposit = 1000
+"""
+
+
+def test_a_udp_receipt_claimed_before_its_write_is_earned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paid UDP flow's billing accepts one receipt; its write to the store is held past
+    the settlement's wait for it, so the settlement claims it from the writer's queue,
+    and then the write fails for good (dropped: its "kept" never runs). The TCP path
+    counts such a claim as earned (fdd5672); the UDP path did not, and since the claim
+    no longer raises fees_earned for a served connection, the fee was claimed but never
+    earned. Earned once now (nothing more when a write lands is the TCP test's)."""
+    monkeypatch.setattr(fees_mod, "SETTLE_FLUSH_WAIT", 0.05)
+    hold, held, let_go = threading.Event(), threading.Event(), threading.Event()
+    real_keep_many = ReceiptStore.keep_many
+
+    def keep_many(self: ReceiptStore, *args: Any, **kwargs: Any) -> Any:
+        if hold.is_set():
+            held.set()
+            let_go.wait(BOUND)
+            raise RuntimeError("the write fails for good (a test)")  # (dropped at once)
+        return real_keep_many(self, *args, **kwargs)
+
+    monkeypatch.setattr(ReceiptStore, "keep_many", keep_many)
+    to_send: list[Receipt] = []
+
+    async def relay(reader: Any, writer: Any, backend: Any, **kwargs: Any) -> None:
+        """The relay's part: its billing accepts the client's receipt, then the flow
+        lasts until the client closes."""
+        billing = kwargs["billing"]
+        assert billing is not None
+        billing.on_receipt(to_send[0])  # (what the billing does with a checked one)
+        with contextlib.suppress(DTPError):
+            await writer.wait_closed()
+
+    monkeypatch.setattr(services_mod, "relay_udp_async", relay)
+
+    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
+        cid = await client.open_ledger(7000)
+        receipt = client.receipt(cid)
+        to_send.append(receipt)
+        hold.set()
+        _, writer = await client.connect(cid, 7000)
+        await _until(held.is_set, "the receipt's write under way")
+        writer.close()
+        row = daemon.book.service("svc7000")
+        await _until(lambda: row.fees_claimed, "claimed and counted")
+        let_go.set()  # the write fails: the receipt is dropped, its "kept" never runs
+        assert daemon.fees is not None
+        await asyncio.to_thread(daemon.fees.writer.flush)
+        await asyncio.sleep(0)  # (a callback, had one been posted before flush ended)
+        assert client.ledger.get_connection(cid).settled
+        assert row.fees_claimed == receipt.total_amount
+        assert row.fees_earned == receipt.total_amount
+
+    _run(tmp_path, lambda backend: _udp_service(7000, backend), scenario)

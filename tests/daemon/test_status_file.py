@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.status import main as status_main
 from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
+from tests.cli.test_usage_errors import _child_env
 
 
 def test_counters_of_the_wrong_type_are_dropped(tmp_path: Path) -> None:
@@ -232,3 +237,71 @@ def test_a_renamed_service_counts_its_backend_errors_under_its_new_name(
     assert book.services["new"].backend_errors == 1
     assert book.services["old"].backend_errors == 0
     assert book.services["old"].healthy_backends == 0
+
+
+_HOST_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from types import SimpleNamespace
+from dtp.daemon.runner import Daemon
+
+state, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
+# Python ignores SIGXFSZ from its start: put the default (death) back for a crash
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL if crash else signal.SIG_IGN)
+
+def create_host(identity, key, endpoints):
+    # the Host is made; from here no file may grow past 16 bytes (a full disk)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))
+    return "0x" + "ab" * 32
+
+daemon = SimpleNamespace(
+    config=SimpleNamespace(daemon=SimpleNamespace(host_id=None, state_dir=state)),
+    ledger=SimpleNamespace(create_host=create_host),
+    identity=SimpleNamespace(noise_public=b"k" * 32),
+)
+try:
+    Daemon._host_id(daemon, "127.0.0.1:1")
+except Exception as exc:  # (HostConfigError: the Host was made, its record not written)
+    print("write failed:", exc)
+"""
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["write-error", "killed"])
+def test_host_json_is_never_left_damaged(tmp_path: Path, crash: bool) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", _HOST_WRITE, str(state), "crash" if crash else "error"],
+        cwd=tmp_path,
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode != 0 if crash else done.stdout.startswith("write failed"), done
+    if not crash:
+        # the error names the Host made, for [daemon] host_id (a next start without a
+        # record would create another)
+        assert "set [daemon] host_id = '0x" + "ab" * 32 + "'" in done.stdout, done
+    from dtp.daemon.runner import HOST_FILE, Daemon, _recorded_host_id
+
+    record = state / HOST_FILE
+    # the old record (none here) stays, whole: never a truncated one, which the next
+    # start refuses as damaged
+    if record.exists():
+        _recorded_host_id(record)
+    if not crash:
+        assert os.listdir(state) == []  # no temporary file left behind either
+    # and with room on the disk, the record is written whole
+    record.unlink(missing_ok=True)
+    host_id = "0x" + "cd" * 32
+    daemon = types.SimpleNamespace(
+        config=types.SimpleNamespace(daemon=types.SimpleNamespace(host_id=None, state_dir=state)),
+        ledger=types.SimpleNamespace(create_host=lambda *_: host_id),
+        identity=types.SimpleNamespace(noise_public=b"k" * 32),
+    )
+    assert Daemon._host_id(daemon, "127.0.0.1:1") == host_id  # type: ignore[arg-type]
+    assert _recorded_host_id(record) == host_id

@@ -37,7 +37,7 @@ from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ForwardConfig, parse_config
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.state import StatusBook
-from dtp.daemon.tunnel import TcpLeg, splice_leg
+from dtp.daemon.tunnel import TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DaemonConfigError, TunnelError
 from dtp.keys import HostIdentity
 from tests.paid_inprocess import ident
@@ -352,3 +352,12 @@ def test_the_config_refuses_a_host_name_getaddrinfo_cannot_encode(host: str) -> 
         text = HEAD + f'\n[[service]]\nname = "a"\nport = 80\nbackends = ["{good}:8080"]\n'
         config = parse_config(text, Path("dtp.toml"))
         assert config.services[0].backends[0].host == good.strip("[]")
+
+
+def test_a_long_tunnel_refusal_is_cut_on_a_character_boundary() -> None:
+    raw = refusal("é" * 600)  # 1200 bytes of 2-byte characters
+    (length,) = struct.unpack(">H", raw[1:3])
+    reason = raw[3:].decode("utf-8")  # (strict: a split character raises)
+    assert length == len(raw) - 3 <= 1024
+    assert reason == "é" * 512
+    assert refusal("\ud800")[3:] == b"?"

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from dtp._reference.ham import decode_ham_batch
 from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError, InvalidArgument, LocalProtocolError
 from dtp.graph import Graph
@@ -147,3 +148,10 @@ def test_ledger_refuses_a_signer_that_is_not_an_identity(
         LEDGER_CASES[name](world, signer)
     assert world.ledger.dump() == before
     world.ledger.top_up(CLIENT, world.escrow, 1)  # still works
+
+
+def test_graph_export_with_a_huge_batch_size(tmp_path: object) -> None:
+    with Graph() as graph:
+        graph.put("alice", {"name": "Alice", "age": 30})
+        got = [u for batch in graph.export(1 << 40) for u in decode_ham_batch(batch)]
+        assert {u.field for u in got if u.soul == b"alice"} >= {b"name", b"age"}

@@ -10,12 +10,13 @@ GraphServer that closes as the session sends its part of the exchange) returns a
 session whose peer left: the clean close is no failure. The writer took the
 ConnectionClosed for one, and a reader that came back to its loop's top before the
 end of the stream raised it (seen once in CI, under load:
-test_s23_graph_server_close's with-block test). Driven here by a stream double that
+tests/graph/test_sync_server.py's with-block test). Driven here by a stream double that
 orders the two threads so: the server's side is a real SyncSession."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
@@ -29,7 +30,8 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.errors import ConnectionClosed, DTPTimeoutError
+from dtp.connection import ConnectionConfig
+from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError
 from dtp.graph import Graph, GraphSyncError, SyncSession, connect, sync_blocking, sync_stream
 from dtp.graph.sync import END, HELLO, VERSION
 from dtp.keys import HostIdentity
@@ -184,3 +186,64 @@ def test_a_clean_close_during_a_send_ends_a_live_session_without_error(tmp_path:
         server.close()
         served.close()
         peer.close()
+
+
+SERVER = HostIdentity.generate()
+
+
+BOUND = 10.0
+
+
+def test_an_asyncio_catch_up_cut_off_mid_push_raises_graph_sync_error() -> None:
+    """The peer sends its HELLO and END, reads nothing more and closes the connection
+    cleanly: our pushes, held by its small window, never all go (drain() raises a
+    ConnectionClosed with code 0). It raised that ConnectionClosed; the blocking
+    runner (whose writer takes code 0 for the end) raises GraphSyncError."""
+    ours, theirs = Graph(), Graph()
+    for i in range(400):
+        ours.put(f"n{i}", {"v": "x" * 2000})  # about 800 KB: past the writer's high water
+
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        session = SyncSession(theirs)
+        session.start()
+        try:
+            writer.write(session.data_to_send())  # HELLO
+            await writer.drain()
+            while session.peer_root is None:
+                data = await reader.read(4096)
+                assert data
+                session.receive_data(data)
+            writer.write(session.data_to_send())  # END: it has nothing to push
+            await writer.drain()
+        finally:
+            session.close()
+        writer.close()  # clean, our pushes unread
+        with contextlib.suppress(DTPError):
+            await writer.wait_closed()
+
+    async def main() -> None:
+        config = ConnectionConfig(
+            identity=SERVER, is_client=False, stream_window=16384, connection_window=32768
+        )
+        server = await dtp.aio.start_server(handler, "127.0.0.1", 0, identity=SERVER, config=config)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=BOUND
+            )
+            try:
+                async with asyncio.timeout(BOUND):
+                    with pytest.raises(GraphSyncError, match="before the sync completed"):
+                        await sync_stream(ours, reader, writer, until_synced=True)
+            finally:
+                writer.close()
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        ours.close()
+        theirs.close()

@@ -82,3 +82,15 @@ def test_leading_zeros_still_name_the_port() -> None:
 def test_the_constructor_refuses_a_bad_host_id_with_invalid_address(host_id: object) -> None:
     with pytest.raises(InvalidAddress):
         HostAddress(host_id, 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"dtp:// {FULL}:80", f"dtp://{FULL} :80", f"dtp://{FULL}\t:80", f"dtp://\u00a0{FULL}:80"],
+)
+def test_address_with_whitespace_inside_is_refused(text: str) -> None:
+    with pytest.raises(InvalidAddress):
+        HostAddress.parse(text)
+    assert not is_dtp_address(text)
+    # around it, as before
+    assert HostAddress.parse(f"  dtp://{FULL}:80\n") == HostAddress(FULL, 80)

@@ -13,7 +13,13 @@ import pytest
 
 import dtp.socket
 from dtp.address import HostAddress
-from dtp.admission import LedgerAdmission, NoCarrierEndpoint, PeerInfo, tcp_endpoints
+from dtp.admission import (
+    LedgerAdmission,
+    NoCarrierEndpoint,
+    PeerInfo,
+    resolve_service,
+    tcp_endpoints,
+)
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, FirewallMode, Sla
 from dtp.connection import ConnectionConfig, _parse_params
@@ -430,3 +436,36 @@ def test_asyncio_server_ledger_admission(tmp_path: Path) -> None:
     asyncio.run(main())
     with pytest.raises(ValueError, match="together"):
         asyncio.run(dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER, ledger=ledger))
+
+
+@pytest.mark.parametrize(
+    "published", ["127.0.0.1", "127.0.0.1:99999", "tcp://127.0.0.1", "localhost"]
+)
+def test_an_endpoint_meant_as_tcp_that_does_not_parse_is_named_before_the_deposit(
+    world: World, published: str
+) -> None:
+    world.ledger.set_endpoints(SERVER, world.host_id, [published])
+    before = world.balances()
+    with pytest.raises(NoCarrierEndpoint, match="carrier='ledger'") as info:
+        dtp.socket.create_connection(
+            world.address(), ledger=world.ledger, identity=CLIENT, deposit=5000, timeout=30
+        )
+    assert repr(published) in str(info.value)
+    assert world.balances() == before
+
+
+def test_endpoints_of_other_kinds_still_leave_the_ledger_carrier(world: World) -> None:
+    world.ledger.set_endpoints(
+        SERVER,
+        world.host_id,
+        [
+            "udp:127.0.0.1:4000",
+            "quic://127.0.0.1:1",
+            "http://x:1",
+            "/ip4/1.2.3.4/udp/9000/quic",
+            "/dns4/node.example.com/tcp/443",
+            "relay.example.com/ledger",
+        ],
+    )
+    resolved = resolve_service(world.ledger, world.host_id, PORT, CLIENT.sui_address, 5000)
+    assert resolved.endpoint is None  # the ledger carrier, as before

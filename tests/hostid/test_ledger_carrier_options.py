@@ -8,6 +8,7 @@ was taken as 1 s, and a string failed at a comparison with a TypeError naming no
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +151,31 @@ def test_a_seconds_option_that_is_not_a_number_is_refused_by_name(name: str, val
 def test_int_seconds_are_still_taken(name: str) -> None:
     options = LedgerCarrierOptions(**{name: 2, **({"poll_max": 2} if name == "poll_min" else {})})
     assert getattr(options, name) == 2
+
+
+WRONG_TYPES: list[dict[str, Any]] = [
+    {"inner_count": 2.5},
+    {"inner_count": True},
+    {"sync_every": "4"},
+    {"max_payload": 1000.5},
+    {"poll_min": "0.1"},
+    {"gap_timeout": None},
+    {"outage_timeout": True},
+]
+
+
+OUT_OF_RANGE: list[dict[str, Any]] = [
+    {"inner_count": 9},
+    {"sync_every": 0},
+    {"max_payload": 10},
+    {"poll_min": math.nan},
+]
+
+
+def test_carrier_options_of_a_wrong_type_are_a_type_error_out_of_range_a_value_error() -> None:
+    for bad in WRONG_TYPES:
+        with pytest.raises(TypeError, match=next(iter(bad))):  # (ValueError before)
+            LedgerCarrierOptions(**bad)
+    for bad in OUT_OF_RANGE:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            LedgerCarrierOptions(**bad)

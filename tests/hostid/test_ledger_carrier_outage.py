@@ -108,7 +108,8 @@ def _options() -> tuple[LedgerCarrierOptions, list[_Breakable]]:
         made.append(_Breakable(ledger))
         return made[-1]  # type: ignore[return-value]
 
-    # (outage_timeout 0: the first failure ends the carrier; see test_s14_ledger_outage)
+    # (outage_timeout 0: the first failure ends the carrier; see
+    # tests/hostid/test_ledger_carrier_outage_resume.py)
     return LedgerCarrierOptions(ledger_filter=wrap, peer_close_grace=0.2, outage_timeout=0), made
 
 

@@ -23,6 +23,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_save_accepts_the_usual_places(
     """A key in a private directory of /tmp itself (sticky, world-writable), the default
     path under the home directory, a relative path, a new nested path: all saved and
     loaded. And save() refuses a group-writable shared directory, which it wrote to."""
-    private = Path(tempfile.mkdtemp(prefix="dtp-s34-", dir="/tmp"))
+    private = Path(tempfile.mkdtemp(prefix="dtp-keys-", dir="/tmp"))
     try:
         assert os.stat("/tmp").st_mode & stat.S_ISVTX
         identity.save(private / "identity.json")
@@ -280,7 +281,7 @@ def test_as_another_user_own_directories_pass_and_a_third_users_do_not(
     """In a child that runs as uid 65534: a key in its own 0700 directory under /tmp is
     saved and loaded (its directory is neither root's nor the child's: it was refused
     if the owner check took root only); one under a directory of a third user is not."""
-    base = Path(tempfile.mkdtemp(prefix="dtp-s34-", dir="/tmp"))  # root's, 0755 below
+    base = Path(tempfile.mkdtemp(prefix="dtp-keys-", dir="/tmp"))  # root's, 0755 below
     try:
         os.chmod(base, 0o755)
         own = base / "own"
@@ -311,3 +312,72 @@ def _no_leftover_temporary_files(tmp_path: Path) -> Iterator[None]:
     yield
     # a refused or failed save leaves no ".identity.json.<hex>.tmp" behind
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+
+
+@posix_only
+def test_a_key_through_a_symlinked_directory_in_a_shared_one_is_refused(
+    tmp_path: Path, identity: HostIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    identity.save(private / "identity.json")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone may replace the link below with their own
+    (shared / "keys").symlink_to(private)
+    path = shared / "keys" / "identity.json"
+    # (it loaded: only private, tmp_path and above were checked)
+    with pytest.raises(KeyFileError, match=rf"{shared}, which holds {path}, is writable"):
+        HostIdentity.load(path)
+    # a relative path through it, too
+    monkeypatch.chdir(shared)
+    with pytest.raises(KeyFileError, match="writable by others"):
+        HostIdentity.load("keys/identity.json")
+    # a link whose target is relative, met further down: its directory counts too
+    deeper = tmp_path / "deeper"
+    deeper.mkdir(mode=0o700)
+    (deeper / "via").symlink_to(Path("..") / "shared" / "keys")
+    with pytest.raises(KeyFileError, match=f"{shared}, which holds"):
+        HostIdentity.load(deeper / "via" / "identity.json")
+    # the sticky bit: others may not replace the link they do not own
+    os.chmod(shared, 0o1777)
+    assert HostIdentity.load(path) == identity
+    assert HostIdentity.load("keys/identity.json") == identity
+    assert HostIdentity.load(deeper / "via" / "identity.json") == identity
+    os.chmod(shared, 0o755)
+    assert HostIdentity.load(path) == identity
+    assert HostIdentity.load(path, allow_insecure=True) == identity
+    # a symlink loop on the way: the open's error, a KeyFileError (not a walk for good)
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(KeyFileError):
+        HostIdentity.load(tmp_path / "a" / "identity.json")
+
+
+@posix_only
+def test_a_deep_key_path_is_checked_in_one_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 names deep, behind a symlinked directory: the check looks each name up once
+    (and each of the link's target), not every prefix again (11 000 lstats before)."""
+    depth = 150
+    identity = HostIdentity.generate()
+    deep = tmp_path.joinpath(*(["d"] * depth))
+    deep.mkdir(parents=True, mode=0o700)
+    identity.save(deep / "identity.json")
+    (tmp_path / "via").symlink_to(tmp_path / "d")
+    path = tmp_path.joinpath("via", *(["d"] * (depth - 1)), "identity.json")
+    calls = [0]
+    real_lstat = os.lstat
+
+    def lstat(*args: Any, **kwargs: Any) -> os.stat_result:
+        calls[0] += 1
+        return real_lstat(*args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert HostIdentity.load(path) == identity
+    names = len(path.parts) + len(tmp_path.parts) + 1  # (the link's target's too)
+    assert calls[0] <= 2 * names, calls[0]

@@ -30,7 +30,7 @@ from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
 from tests.daemon_procs import ENV, ROOT
 
-PASSPHRASE = "s31 correct horse battery"
+PASSPHRASE = "correct horse battery"
 
 # -- save(): no secret in a failed save's traceback ------------------------------------------
 

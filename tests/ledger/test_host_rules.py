@@ -1,4 +1,4 @@
-"""LocalLedger rules found wrong in the session-13 admission pass (docs/escrow.md §2)."""
+"""LocalLedger's host and admission rules (docs/escrow.md §2)."""
 
 from __future__ import annotations
 

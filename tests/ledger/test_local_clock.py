@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import dtp.chain.local as local
 from dtp.chain.local import CLOCK_MAX_MS, LocalLedger
 from dtp.chain.local_tx import Address
 from dtp.chain.objects import MAX_PURE_BYTES, Sla
@@ -286,3 +287,47 @@ def test_a_host_stops_growing_at_the_object_size_limit(
     first.set_endpoints(ALICE, host, [b"tcp://127.0.0.1:7000"])
     assert second.get_host(host).firewall.allow == (BOB.sui_address,)
     assert _host_size(second, host) <= MAX_OBJECT
+
+
+HOUR_MS = 3_600_000
+
+
+def _step_wall_clock_back(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
+    """The machine's clock cannot be stepped in a test: the ledger's one reader of it is."""
+    real = local._wall_ms
+    monkeypatch.setattr(local, "_wall_ms", lambda: real() - ms)
+
+
+def test_clock_reads_do_not_go_back_when_the_wall_clock_steps_back(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalLedger(path) as ledger:
+        assert not ledger.clock_frozen()
+        first = ledger.clock_ms()  # served, not saved: no transaction has run yet
+        _step_wall_clock_back(monkeypatch, HOUR_MS)
+        second = ledger.clock_ms()
+        assert second >= first  # read an hour earlier before the fix
+        assert ledger.clock_ms() >= second
+
+
+def test_a_transaction_after_the_wall_clock_stepped_back_saves_no_earlier_time(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalLedger(path) as ledger:
+        served = ledger.clock_ms()
+        _step_wall_clock_back(monkeypatch, HOUR_MS)
+        ledger.create_host(ALICE, b"\x09" * 32)
+        events, _ = ledger.events()
+        (created,) = [e for e in events if e.name == "HostCreated"]
+        assert created.timestamp_ms >= served  # dated an hour back before the fix
+        # saved with the transaction: another handle (another process) reads no earlier
+        with LocalLedger(path) as other:
+            assert other.clock_ms() >= created.timestamp_ms
+
+
+def test_a_clock_set_back_on_purpose_is_not_held_by_earlier_reads(path: Path) -> None:
+    with LocalLedger(path) as ledger:
+        assert ledger.clock_ms() > 10 * HOUR_MS  # wall time: decades since the epoch
+        ledger.set_clock(1_000, allow_backwards=True)
+        ledger.unfreeze_clock()
+        assert ledger.clock_ms() < HOUR_MS  # goes on from 1 s, not from the reads before

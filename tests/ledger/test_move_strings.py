@@ -9,13 +9,17 @@ typed error."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
+import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.chain.sui import execution_error
 from dtp.errors import ChainError, InvalidArgument
+from dtp.keys import HostIdentity
 from tests.ledger.test_payment_models_move_parity import (
     NOT_UTF8,
     OTHER,
@@ -86,3 +90,63 @@ def test_a_name_with_a_lone_surrogate_is_invalid_argument(field: str) -> None:
     names = {"module": "escrow", "function": "top_up", field: "top\udc80up"}
     with pytest.raises(InvalidArgument, match="not valid Unicode"):
         ledger.build_tx(SENDER, names["module"], names["function"], [])
+
+
+STD = "0x" + "0" * 63 + "1"  # the Move standard library's package, as Sui writes it
+
+
+PACKAGE = "0x" + "ab" * 32
+
+
+def test_a_foreign_abort_names_the_full_package_id_as_sui_does(tmp_path: Path) -> None:
+    signer = HostIdentity.from_private_bytes(b"\x33" * 32, b"\x33" * 32)
+    ledger = LocalLedger(tmp_path / "ledger.sqlite", clock_ms=0)
+    try:
+        ledger.faucet(signer.sui_address, 100_000)
+        with pytest.raises(ChainError) as info:
+            ledger.create_ticket_sale(signer, b"\xff\xfe", 10, 1, 0, 1000)
+    finally:
+        ledger.close()
+    error = sui_prot.ExecutionError(
+        kind=sui_prot.ExecutionErrorExecutionErrorKind.MOVE_ABORT,
+        abort=sui_prot.MoveAbort(
+            abort_code=1, location=sui_prot.MoveLocation(package=STD, module="string")
+        ),
+    )
+    sui = execution_error(error, [PACKAGE], "tickets::create")
+    where = f"Transaction aborted in {STD}::string with code 1: "
+    assert str(sui).startswith(where)
+    assert str(info.value).startswith(where), str(info.value)  # was "0x1::string"
+    assert (info.value.name, info.value.module, info.value.code) == ("MoveAbort", "string", 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "argument"),
+    [("create_ticket_sale", "title"), ("add_service", "kind"), ("create_broadcast", "channel")],
+)
+def test_the_utf8_arguments_of_the_local_ledger_say_they_take_bytes(
+    method: str, argument: str
+) -> None:
+    annotation = inspect.signature(getattr(LocalLedger, method)).parameters[argument].annotation
+    assert annotation == "str | bytes"
+
+
+def test_bytes_given_for_a_kind_and_a_channel_are_taken_or_abort_in_std_string(
+    tmp_path: Path,
+) -> None:
+    signer = HostIdentity.from_private_bytes(b"\x33" * 32, b"\x33" * 32)
+    ledger = LocalLedger(tmp_path / "ledger.sqlite", clock_ms=0)
+    try:
+        ledger.faucet(signer.sui_address, 100_000)
+        host = ledger.create_host(signer, b"\x01" * 32)
+        ledger.add_service(signer, host, 7, "café".encode(), Sla(10, 5, 1000))
+        assert ledger.get_host(host).services[7].kind == "café"
+        for call in (
+            lambda: ledger.add_service(signer, host, 8, b"\xff", Sla(10, 5, 1000)),
+            lambda: ledger.create_broadcast(signer, b"\xff", 10, 1000),
+        ):
+            with pytest.raises(ChainError) as info:
+                call()
+            assert str(info.value).startswith(f"Transaction aborted in {STD}::string")
+    finally:
+        ledger.close()

@@ -9,8 +9,8 @@ blocked for ever.
 
 SuiNode's error statuses and the reference gas price.
 
-The node is real over 127.0.0.1: the grpclib server of ``test_s15_sui`` (``GrpcNode``,
-imported with its fixtures) for gRPC statuses and answers, and a bare HTTP/2 server here
+The node is real over 127.0.0.1: the grpclib server below (``GrpcNode``, with its
+fixtures) for gRPC statuses and answers, and a bare HTTP/2 server here
 for an HTTP status that is not 200 (a rate-limiting proxy's 429 in front of a node)."""
 
 from __future__ import annotations
@@ -395,7 +395,7 @@ def test_a_rate_limited_read_is_ledger_unavailable(
     passing outage it is (LedgerUnavailable is what ledger_bridge rides out)."""
     node = grpc_node({method: _error(Status.RESOURCE_EXHAUSTED, "too many requests")})
     client = sui_node(node.url)
-    client.retries = 0  # the error's class here; its retries: test_s17_sui_retries
+    client.retries = 0  # the error's class here; its retries: tests/ledger/test_sui_node_retries.py
     with pytest.raises(LedgerUnavailable) as info:
         READS[method](client)
     assert info.value.name == "LedgerUnavailable"
@@ -518,7 +518,7 @@ def test_an_http_429_says_the_node_is_rate_limiting(http_429: Http2Status, sui_n
     """grpclib reports an HTTP 429 as UNAVAILABLE "Received :status = '429'": it was a
     LedgerUnavailable that said only "unavailable"."""
     client = sui_node(http_429.url)
-    client.retries = 0  # the error's class here; its retries: test_s17_sui_retries
+    client.retries = 0  # the error's class here; its retries: tests/ledger/test_sui_node_retries.py
     with pytest.raises(LedgerUnavailable, match="rate limiting"):
         client.epoch_info()
     assert http_429.requests == ["/sui.rpc.v2.LedgerService/GetEpoch"]

@@ -1,11 +1,10 @@
 """SuiNode retries reads that fail transiently.
 
-The node is real over 127.0.0.1: the grpclib server of ``test_s15_sui`` (``GrpcNode``)
-answering gRPC statuses as ``test_s16_sui_errors`` does, the bare HTTP/2 server of
-``test_s16_sui_errors`` for an HTTP 429, and here a TCP proxy that resets connections in
-front of the grpclib server. Before, one UNAVAILABLE, reset connection or rate limit
-failed the caller at once.
-"""
+The node is real over 127.0.0.1: the grpclib server of
+``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``) answering gRPC statuses as its
+error tests do, the bare HTTP/2 server of the same file for an HTTP 429, and here a TCP
+proxy that resets connections in front of the grpclib server. Before, one UNAVAILABLE,
+reset connection or rate limit failed the caller at once."""
 
 from __future__ import annotations
 

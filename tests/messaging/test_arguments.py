@@ -17,20 +17,35 @@ failed in its reader thread at the first announcement. Real DTP connections on
 
 from __future__ import annotations
 
+import asyncio
 import math
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import dtp
 from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.errors import InvalidObjectId
+from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import BroadcastStation
 from dtp.messaging.discovery import DiscoveryGossip, list_services
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
+from dtp.messaging.protocol import _check_wait
 from dtp.messaging.pubsub import PubSubNode
-from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.rpc import (
+    AsyncRpcClient,
+    AsyncRpcServer,
+    RequestPayments,
+    ResponseFeePolicy,
+    RpcClient,
+    RpcServer,
+)
 from dtp.messaging.sealed import MAX_SEALED, SealedInbox, seal, send_sealed
 from tests.messaging.test_broadcast_money import CASTERS, FANS, Radio, _radio
 from tests.messaging.test_rpc import Served
@@ -332,3 +347,175 @@ def test_rpc_client_limits_are_refused_up_front(
     with pytest.raises(error):
         RpcClient(rpc.sock, **options)
     rpc.works()
+
+
+SERVER_CASES: dict[str, tuple[dict[str, Any], type[Exception]]] = {
+    "max_pending 0": ({"max_pending": 0}, ValueError),
+    "max_pending -1": ({"max_pending": -1}, ValueError),
+    "max_pending bool": ({"max_pending": True}, TypeError),
+    "max_pending float": ({"max_pending": 8.0}, TypeError),
+    "max_pending str": ({"max_pending": "8"}, TypeError),
+    "max_message_size 0": ({"max_message_size": 0}, ValueError),
+    "max_message_size bool": ({"max_message_size": True}, TypeError),
+    "max_message_size str": ({"max_message_size": "65536"}, TypeError),
+    "payments int": ({"payments": 5}, TypeError),
+    "response_fees object": ({"response_fees": object()}, TypeError),
+}
+
+
+#: The blocking server's own option: the size of its handler pool (0: inline).
+WORKER_CASES: dict[str, tuple[dict[str, Any], type[Exception]]] = {
+    "workers bool": ({"workers": True}, TypeError),
+    "workers float": ({"workers": 2.0}, TypeError),
+    "workers str": ({"workers": "2"}, TypeError),
+    "workers -1": ({"workers": -1}, ValueError),  # (refused before, by the pool: kept)
+}
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_CASES | WORKER_CASES))
+def test_rpc_server_refuses_bad_options_when_made(name: str) -> None:
+    options, error = (SERVER_CASES | WORKER_CASES)[name]
+    threads = set(threading.enumerate())
+    with pytest.raises(error, match=next(iter(options))):
+        RpcServer(**options)
+    assert not set(threading.enumerate()) - threads  # nothing started (others may end)
+
+
+@pytest.mark.parametrize("name", sorted(SERVER_CASES))
+def test_async_rpc_server_refuses_bad_options_when_made(name: str) -> None:
+    options, error = SERVER_CASES[name]
+    threads = set(threading.enumerate())
+    with pytest.raises(error, match=next(iter(options))):
+        AsyncRpcServer(**options)
+    assert not set(threading.enumerate()) - threads
+
+
+def test_rpc_server_at_the_lowest_limits_serves(tmp_path: Path) -> None:
+    """The smallest values the checks let through serve a real connection: one request
+    pending, an inline server, a real fee policy (prepaying optional: served free)."""
+    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
+    try:
+        policy = ResponseFeePolicy(ledger, HostIdentity.generate(), 10, required=False)
+        rpc = RpcServer(workers=0, max_pending=1, payments=None, response_fees=policy)
+        rpc.register("echo", _echo)
+        served = Served(rpc)
+        try:
+            client = served.connect(timeout=PROMPT)
+            assert client.call("echo", [1, "a"]) == [1, "a"]
+            assert client.call("echo", "b") == "b"
+        finally:
+            served.close()
+    finally:
+        ledger.close()
+
+
+def test_async_rpc_server_at_the_lowest_limits_serves() -> None:
+    identity = HostIdentity.generate()
+
+    async def main() -> None:
+        rpc = AsyncRpcServer(max_pending=1, payments=lambda connection_id: None)
+        rpc.register("echo", _echo)
+        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            async with AsyncRpcClient(reader, writer, timeout=PROMPT) as client:
+                assert await client.call("echo", [1, "a"]) == [1, "a"]
+                assert await client.call("echo", "b") == "b"
+            writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), PROMPT * 2))
+
+
+_CID = "0x" + "ab" * 32
+
+
+_SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=10)
+
+
+_KEY = bytes(32)
+
+
+_BAD_PAYMENTS: dict[str, tuple[type[Exception], dict[str, Any]]] = {
+    "sla None": (TypeError, {"sla": None}),
+    "key short": (TypeError, {"client_public_key": bytes(31)}),
+    "key str": (TypeError, {"client_public_key": "00" * 32}),
+    "deposited negative": (ValueError, {"deposited": -1}),
+    "deposited float": (TypeError, {"deposited": 1.5}),
+    "credit negative": (ValueError, {"credit_requests": -1}),
+    "credit bool": (TypeError, {"credit_requests": True}),
+    "on_receipt not callable": (TypeError, {"on_receipt": 5}),
+    "connection id": (InvalidObjectId, {"connection_id": "connection-1"}),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_PAYMENTS))
+def test_request_payments_refuses_bad_options(case: str) -> None:
+    error, change = _BAD_PAYMENTS[case]
+    args: dict[str, Any] = {
+        "connection_id": _CID,
+        "sla": _SLA,
+        "client_public_key": _KEY,
+        "deposited": 100,
+    }
+    args.update(change)
+    with pytest.raises(error):
+        RequestPayments(**args)
+
+
+def test_request_payments_takes_good_options() -> None:
+    payments = RequestPayments("0x" + "AB" * 32, _SLA, _KEY, 0, credit_requests=3)
+    assert payments.connection_id == _CID  # (as receipts name it)
+    assert payments.credit_requests == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"min_amount": -1}, ValueError),
+        ({"min_amount": "5"}, TypeError),
+        ({"required": "yes"}, TypeError),
+    ],
+)
+def test_response_fee_policy_refuses_bad_options(
+    tmp_path: Any, change: dict[str, Any], error: type[Exception]
+) -> None:
+    args: dict[str, Any] = {"min_amount": 5}
+    args.update(change)
+    with LocalLedger(str(tmp_path / "ledger.db")) as ledger, pytest.raises(error):
+        ResponseFeePolicy(ledger, HostIdentity.generate(), **args)
+
+
+WAITS: list[Any] = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    -1,
+    -0.5,
+    threading.TIMEOUT_MAX * 2,
+    2**64,
+    -(2**64),
+    threading.TIMEOUT_MAX,
+    0,
+    1.5,
+]
+
+
+def _raised(call: Callable[[], object]) -> type[BaseException] | None:
+    try:
+        call()
+    except Exception as exc:
+        return type(exc)
+    return None
+
+
+def test_a_messaging_wait_refuses_a_timeout_as_socket_settimeout_does() -> None:
+    with socket.socket() as sock:
+        expected = {repr(t): _raised(lambda t=t: sock.settimeout(t)) for t in WAITS}
+    got = {repr(t): _raised(lambda t=t: _check_wait(t)) for t in WAITS}
+    assert got == expected  # (inf and -inf: ValueError before)
+    assert expected["inf"] is OverflowError

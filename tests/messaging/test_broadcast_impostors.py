@@ -6,17 +6,23 @@ HELLO)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.errors import ChainError
+from dtp.chain.objects import Broadcast
+from dtp.errors import ChainError, InvalidObjectId
 from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
 from dtp.messaging.broadcast import (
     MESSAGE,
+    AirChange,
     BroadcastListener,
     BroadcastMessage,
     BroadcastStation,
@@ -25,6 +31,8 @@ from dtp.messaging.broadcast import (
 from dtp.messaging.errors import StationError
 from dtp.messaging.framing import encode_frame
 from tests.messaging.test_broadcast import PRICE, SLOT_MS, World, hello_frame
+from tests.messaging.test_rpc import PROMPT
+from tests.polling import wait_for
 
 
 @pytest.fixture
@@ -128,3 +136,145 @@ def test_wait_hello_returns_when_an_impostor_closes_the_listener(world: World) -
         assert listener.close_reason == "an impostor station"
     finally:
         listener.close()
+
+
+class _FaultyLedger(LocalLedger):
+    """A ledger whose broadcast look-up fails with an error of no known kind, once
+    ``faulty`` is set: a remote ledger's client may fail so on an answer it did not
+    expect (the fault the listener's reader must report, not take for the stream's end)."""
+
+    faulty = False
+
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        if self.faulty:
+            raise KeyError("an answer without a broadcaster")
+        return super().get_broadcast(broadcast_id)
+
+
+@dataclass
+class Radio:
+    ledger: _FaultyLedger
+    caster: HostIdentity
+    broadcast_id: str
+    server: dtp.socket.DTPServer
+    socks: list[dtp.socket.DTPSocket]
+
+    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+        """A DTP connection: (station side, listener side)."""
+        client = dtp.socket.create_connection(
+            self.server.address, server_key=self.caster.noise_public, timeout=PROMPT
+        )
+        server_side, _ = self.server.accept(timeout=PROMPT)
+        client.settimeout(None)
+        server_side.settimeout(None)
+        self.socks += [client, server_side]
+        return server_side, client
+
+
+@pytest.fixture
+def radio(tmp_path: Path) -> Iterator[Radio]:
+    ledger = _FaultyLedger(str(tmp_path / "ledger.db"), clock_ms=0)
+    caster = HostIdentity.generate()
+    b_id = ledger.create_broadcast(caster, "radio", 100, 1000)
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=caster)
+    r = Radio(ledger, caster, b_id, server, [])
+    yield r
+    for sock in r.socks:
+        sock.abort("test over")
+    server.close()
+    ledger.close()
+
+
+def _upper(address: str) -> str:
+    return "0x" + address[2:].upper()
+
+
+def test_a_listener_pinned_to_an_upper_case_address_accepts_the_genuine_station(
+    radio: Radio,
+) -> None:
+    station = BroadcastStation(radio.ledger, radio.caster, radio.broadcast_id)
+    s_side, l_side = radio.pair()
+    listener = BroadcastListener(l_side, broadcaster=_upper(radio.caster.sui_address))
+    try:
+        assert listener.broadcaster == radio.caster.sui_address  # canonical form
+        station.attach(s_side, "fan")
+        assert listener.wait_hello(PROMPT), listener.close_reason
+        assert (listener.forged, listener.close_reason) == (0, None)
+        fan = HostIdentity.generate()
+        radio.ledger.faucet(fan.sui_address, 10_000)
+        radio.ledger.broadcast_contribute(fan, radio.broadcast_id, 10_000)
+        seq = station.send(b"on air")
+        items = [listener.get(timeout=PROMPT) for _ in range(2)]
+        assert isinstance(items[0], AirChange) and items[0].on_air  # (it went on air)
+        item = items[1]
+        assert isinstance(item, BroadcastMessage) and (item.seq, item.payload) == (seq, b"on air")
+    finally:
+        listener.close()
+        station.close()
+
+
+def test_a_listener_pinned_in_upper_case_still_refuses_an_impostor(radio: Radio) -> None:
+    station = BroadcastStation(radio.ledger, radio.caster, radio.broadcast_id)
+    s_side, l_side = radio.pair()
+    someone = HostIdentity.generate()
+    listener = BroadcastListener(l_side, broadcaster=_upper(someone.sui_address))
+    try:
+        station.attach(s_side, "fan")
+        assert not listener.wait_hello(PROMPT)
+        assert (listener.forged, listener.close_reason) == (1, "an impostor station")
+    finally:
+        listener.close()
+        station.close()
+
+
+def test_a_listener_refuses_an_address_or_broadcast_id_that_is_no_id(radio: Radio) -> None:
+    _, l_side = radio.pair()
+    for kw in ({"broadcaster": "0xzz"}, {"broadcaster": "radio"}, {"broadcast_id": "radio"}):
+        with pytest.raises(InvalidObjectId):
+            BroadcastListener(l_side, **kw)  # type: ignore[arg-type]
+
+
+def test_a_broadcast_stream_that_is_no_stream_is_refused_up_front(radio: Radio) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(TypeError, match="needs a stream"):
+        BroadcastListener(b"not a stream", broadcaster=radio.caster.sui_address)  # type: ignore[arg-type]
+    station = BroadcastStation(radio.ledger, radio.caster, radio.broadcast_id)
+    try:
+        with pytest.raises(TypeError, match="needs a stream"):
+            station.attach(None, "x")  # type: ignore[arg-type]
+        assert station.listeners == 0
+        # no thread was started for either (they died with an AttributeError)
+        assert not [
+            t
+            for t in threading.enumerate()
+            if t.ident not in before and t.name in ("bcast-listener", "bcast-r-x", "bcast-w-x")
+        ]
+        # the station stays usable
+        s_side, l_side = radio.pair()
+        listener = BroadcastListener(l_side, broadcaster=radio.caster.sui_address)
+        station.attach(s_side, "fan")
+        assert listener.wait_hello(PROMPT), listener.close_reason
+        listener.close()
+    finally:
+        station.close()
+
+
+def test_an_unexpected_error_in_the_listener_says_what_happened(radio: Radio) -> None:
+    station = BroadcastStation(radio.ledger, radio.caster, radio.broadcast_id)
+    s_side, l_side = radio.pair()
+    # nothing pinned: the listener asks its ledger whose broadcast the HELLO names
+    listener = BroadcastListener(l_side, ledger=radio.ledger)
+    radio.ledger.faulty = True
+    try:
+        station.attach(s_side, "fan")
+        assert not listener.wait_hello(PROMPT)
+        assert wait_for(lambda: listener.close_reason is not None, PROMPT)
+        reason = listener.close_reason or ""
+        assert "KeyError" in reason and "an answer without a broadcaster" in reason, reason
+        assert "stream ended" not in reason
+        with pytest.raises(E.StationError, match="KeyError"):
+            listener.get(timeout=PROMPT)
+    finally:
+        radio.ledger.faulty = False
+        listener.close()
+        station.close()

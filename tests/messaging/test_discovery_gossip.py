@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -30,6 +31,8 @@ from dtp.messaging.discovery import (
     encode_announcement,
 )
 from dtp.messaging.pubsub import PubSubNode
+from tests.messaging.test_pubsub import Mesh
+from tests.messaging.test_rpc import PROMPT
 
 HOST = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32
@@ -240,3 +243,78 @@ def test_garbage_and_forgeries_cost_no_clock_read(node: PubSubNode) -> None:
         assert reads == 1  # (a genuine one is checked against the clock, once)
     finally:
         gossip.close()
+
+
+def _sentinel(gossip: DiscoveryGossip, node: PubSubNode) -> None:
+    """Publish another host's announcement on ``node`` and wait until ``gossip`` has it:
+    the gossip thread takes deliveries in order, so it has handled every earlier one."""
+    other = HostIdentity.generate()
+    host = "0x" + "cd" * 32
+    data = encode_announcement(other, host, [(1, "other")], [], gossip.clock_ms(), 60_000)
+    node.publish(gossip.topic, data)
+    assert gossip.wait_for(host, PROMPT) is not None
+
+
+def test_announce_records_the_announcement_before_it_returns() -> None:
+    provider = HostIdentity.generate()
+    for _ in range(5):  # the bug was a race the gossip thread always lost: 20 of 20
+        node = PubSubNode()
+        gossip = DiscoveryGossip(node)
+        try:
+            ann = gossip.announce(provider, HOST, [(7000, "echo")], ["127.0.0.1:7000"])
+            assert gossip.host(HOST) == ann
+            assert [(r.host_id, r.port) for r in gossip.lookup("echo")] == [(HOST, 7000)]
+            assert gossip.accepted == 1
+            # its own copy, coming back from the node, is no news and no duplicate
+            _sentinel(gossip, node)
+            assert (gossip.accepted, gossip.duplicates) == (2, 0)
+            assert gossip.host(HOST) == ann
+        finally:
+            gossip.close()
+            node.close()
+
+
+def test_announce_with_a_ledger_records_only_what_the_gossip_thread_would(
+    tmp_path: Path,
+) -> None:
+    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=1_000_000)
+    provider, stranger = HostIdentity.generate(), HostIdentity.generate()
+    host = ledger.create_host(provider, provider.noise_public)
+    node = PubSubNode()
+    gossip = DiscoveryGossip(node, ledger=ledger)
+    try:
+        # signed by someone who is not the host's authority: every peer with a ledger
+        # would drop it as forged -- the caller is told, and nothing is gossiped
+        with pytest.raises(E.DiscoveryError, match="authority") as refused:
+            gossip.announce(stranger, host, [(80, "http")])
+        assert not isinstance(refused.value, E.ForgedAnnouncement)  # (ours, not a peer's)
+        assert gossip.host(host) is None and gossip.forged == 0
+        ann = gossip.announce(provider, host, [(80, "http")])
+        assert gossip.host(host) == ann and gossip.accepted == 1
+        # once the gossip thread has seen its copy come back, nothing changed
+        other = HostIdentity.generate()
+        other_host = ledger.create_host(other, other.noise_public)
+        data = encode_announcement(other, other_host, [(1, "x")], [], ledger.clock_ms(), 60_000)
+        node.publish(gossip.topic, data)
+        assert gossip.wait_for(other_host, PROMPT) is not None
+        assert (gossip.accepted, gossip.forged, gossip.duplicates) == (2, 0, 0)
+        assert gossip.host(host) == ann
+    finally:
+        gossip.close()
+        node.close()
+        ledger.close()
+
+
+def test_an_announcement_recorded_locally_still_reaches_the_peers() -> None:
+    mesh = Mesh(2, [(0, 1)])
+    gossips = [DiscoveryGossip(node) for node in mesh.nodes]
+    try:
+        mesh.settle("dtp/discovery")
+        provider = HostIdentity.generate()
+        ann = gossips[0].announce(provider, HOST, [(7000, "echo")])
+        assert gossips[0].host(HOST) == ann
+        assert gossips[1].wait_for(HOST, PROMPT) == ann
+    finally:
+        for gossip in gossips:
+            gossip.close()
+        mesh.close()

@@ -19,14 +19,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import sqlite3
 import threading
+import types
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 import dtp.socket
+from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
 from dtp.messaging import pubsub
 from dtp.messaging.framing import decode_body, read_frames
@@ -344,3 +350,74 @@ def test_close_returns_once_the_frame_being_handled_is_done(
         assert link not in n1.links
     finally:
         mesh.close()
+
+
+class _BrokenLedger:
+    """A ledger whose reads fail below the chain layer (a database error)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def get_connection(self, connection_id: str) -> Any:
+        raise self.error
+
+    def get_escrow(self, escrow_id: str) -> Any:
+        raise self.error
+
+    def close_connection(self, *args: object) -> None:
+        raise AssertionError("not reached")
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(5, "Input/output error"), sqlite3.OperationalError("disk I/O error")],
+    ids=["oserror", "sqlite"],
+)
+def test_a_ledger_failure_fails_the_link_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    import dtp.aio
+    from dtp.address import HostAddress
+    from dtp.chain.ledger import Ledger
+    from dtp.daemon.config import Backend, ForwardConfig
+    from dtp.daemon.forwarder import Forwarder, close_on_ledger
+    from dtp.daemon.state import StatusBook
+
+    identity = HostIdentity.generate()
+    ledger = cast(Ledger, _BrokenLedger(error))
+    closed: list[bool] = []
+    writer = types.SimpleNamespace(
+        connection_id="0x" + "ef" * 32,
+        escrow_id="0x" + "ee" * 32,
+        close=lambda: closed.append(True),
+    )
+
+    async def open_connection(*args: object, **kwargs: object) -> tuple[object, object]:
+        return object(), writer
+
+    monkeypatch.setattr(dtp.aio, "open_connection", open_connection)
+    config = ForwardConfig("fwd", Backend("127.0.0.1", 0), HostAddress("0x" + "12" * 32, 7))
+    forwarder = Forwarder(config, ledger, identity, StatusBook(tmp_path / "state"))
+    records = _Records()
+    log = logging.getLogger("dtp.daemon.forwarder")
+    log.addHandler(records)
+    try:
+        # the close alone: logged, not raised (a watcher's task ended with it)
+        asyncio.run(close_on_ledger(ledger, identity, writer.connection_id))
+        assert [r.getMessage() for r in records.records] == ["ledger close failed"]
+        # the link: the TunnelError _tunnel reports, not the ledger's exception
+        with pytest.raises(TunnelError, match="cannot read connection"):
+            asyncio.run(forwarder._open_link())
+    finally:
+        log.removeHandler(records)
+    assert closed == [True]
+    assert forwarder._links == set() and forwarder._watchers == set()

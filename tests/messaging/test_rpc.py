@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
+import socket
 import struct
 import threading
 import time
@@ -30,10 +32,11 @@ from dtp.chain.ledger import (
 )
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import InsufficientFunds, PaymentError
+from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, PaymentError
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
+from dtp.messaging.errors import RpcConnectionLost
 from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
 from dtp.messaging.jsonrpc import (
     JsonRpcClient,
@@ -1156,3 +1159,227 @@ def test_claim_all_claims_each_fee_on_its_own() -> None:
     assert policy.acks == {} and policy.claimed == 40
     assert base.balance(server_id.sui_address) == 40
     assert base.balance(client_id.sui_address) == 1_000 - 40
+
+
+def _serve_once(peer_address: Any) -> tuple[Any, BaseException | None]:
+    """serve_stream on one end of a socketpair with ``peer_address``; returns what a
+    handler saw as its peer address and what serve_stream raised."""
+    server = RpcServer(workers=0)
+    server.register("who", lambda params, ctx: ctx.peer_address, context=True)
+    a, b = socket.socketpair()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.serve_stream(a, peer_address=peer_address)
+        except BaseException as exc:
+            raised.append(exc)
+        finally:
+            a.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    seen: Any = None
+    try:
+        with RpcClient(b, timeout=30) as client:
+            seen = client.call("who")
+    except Exception as exc:  # the stream closed at once: the refusal is the server's
+        seen = exc
+    finally:
+        b.close()
+        thread.join(30)
+        server.close()
+    assert not thread.is_alive()
+    return seen, (raised[0] if raised else None)
+
+
+def test_serve_stream_refuses_a_peer_address_that_is_not_one() -> None:
+    _, raised = _serve_once(5)
+    assert isinstance(raised, InvalidObjectId)
+    _, raised = _serve_once("alice")
+    assert isinstance(raised, InvalidObjectId)
+
+
+def test_serve_stream_gives_handlers_the_address_in_its_usual_form() -> None:
+    seen, raised = _serve_once("0x5")
+    assert raised is None
+    assert seen == "0x" + "0" * 63 + "5"
+
+
+#: Generous bound on anything that should happen at once (a slow CI machine).
+PROMPT = 30.0
+
+
+def test_a_bare_method_decorator_registers_the_function_under_its_name() -> None:
+    rpc = RpcServer()
+
+    @rpc.method
+    def add(params: list[int]) -> int:
+        return sum(params)
+
+    @rpc.method()
+    def sub(params: list[int]) -> int:
+        return params[0] - params[1]
+
+    assert sorted(rpc.methods) == ["add", "sub"]
+    assert add([1, 2]) == 3  # the function itself, not the decorator's wrapper
+    served = Served(rpc)
+    try:
+        client = served.connect(timeout=PROMPT)
+        assert client.call("add", [1, 2]) == 3
+        assert client.call("sub", [3, 1]) == 2
+        client.close()
+    finally:
+        served.close()
+
+
+def test_a_bare_method_decorator_makes_the_checks_the_parenthesized_one_makes() -> None:
+    rpc = RpcServer()
+
+    @rpc.method
+    def echo(params: Any) -> Any:
+        return params
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @rpc.method
+        def echo(params: Any) -> Any:  # (the same name: the clash is the point)
+            return params
+
+    with pytest.raises(ValueError, match="already registered"):
+        rpc.method()(echo)
+    # a callable with no name of its own is said so (not an AttributeError)
+    with pytest.raises(TypeError, match="no name of its own"):
+        rpc.method(functools.partial(echo))
+    assert rpc.method("partial")(functools.partial(echo)) is not None
+    with pytest.raises(TypeError, match="a method name is a str"):
+        rpc.method(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bytes of UTF-8"):
+        rpc.method("x" * 300)(echo)
+    assert sorted(rpc.methods) == ["echo", "partial"]
+
+
+def test_a_bare_method_decorator_registers_on_the_asyncio_server_too() -> None:
+    rpc = AsyncRpcServer()
+
+    @rpc.method
+    async def echo(value: str) -> str:
+        return value
+
+    assert list(rpc.methods) == ["echo"]
+    assert asyncio.iscoroutinefunction(echo)
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        srv = await dtp.aio.start_server(rpc.serve_connection, "127.0.0.1", 0, identity=identity)
+        try:
+            host, port = srv.address
+            reader, writer = await dtp.aio.open_connection(
+                host, port, server_key=srv.noise_public_key, timeout=PROMPT
+            )
+            async with AsyncRpcClient(reader, writer, timeout=PROMPT) as client:
+                assert await client.call("echo", "hi") == "hi"
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    asyncio.run(main())
+
+
+OLD_ANSWER = "the answer to the first client's call"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_client_on_a_stream_another_client_used_gets_its_own_answers(workers: int) -> None:
+    rpc = RpcServer(workers=workers)
+
+    @rpc.method()
+    def slow(_: object) -> str:
+        time.sleep(0.3)
+        return OLD_ANSWER
+
+    @rpc.method()
+    def echo(value: str) -> str:
+        return value
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
+        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
+            old = RpcClient(s, timeout=30)
+            old.start("slow")
+            time.sleep(0.1)
+            old.close()  # (the stream stays open: the call's answer is still to come)
+            new = RpcClient(s, timeout=30)
+            assert new.call("echo", "fresh") == "fresh"
+            time.sleep(0.5)  # the old answer has come now
+            assert new.call("echo", "again") == "again"
+            new.close()
+        rpc.close()
+
+
+def test_an_asyncio_client_on_a_stream_another_client_used_gets_its_own_answers() -> None:
+    rpc = AsyncRpcServer()
+
+    @rpc.method()
+    async def slow(_: object) -> str:
+        await asyncio.sleep(0.3)
+        return OLD_ANSWER
+
+    @rpc.method()
+    async def echo(value: str) -> str:
+        return value
+
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        srv = await dtp.aio.start_server(rpc.serve_connection, "127.0.0.1", 0, identity=identity)
+        host, port = srv.address
+        reader, writer = await dtp.aio.open_connection(
+            host, port, server_key=srv.noise_public_key, timeout=30
+        )
+        old = AsyncRpcClient(reader, writer, timeout=30)
+        task = asyncio.create_task(old.call("slow"))
+        await asyncio.sleep(0.1)
+        await old.close()
+        with pytest.raises(DTPError):
+            await task
+        await asyncio.sleep(0.5)  # the old answer came, unread
+        new = AsyncRpcClient(reader, writer, timeout=30)
+        assert await new.call("echo", "fresh") == "fresh"
+        await new.close()
+        writer.close()
+        await writer.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_first_request_ids_differ_between_protocols_unless_given() -> None:
+    firsts = {RpcProtocol().send_request("m") for _ in range(20)}
+    assert len(firsts) > 1
+    assert RpcProtocol(first_id=5).send_request("m") == 5
+    for bad in (0, -1, 2**63, 1.0, True):
+        with pytest.raises(ValueError, match="first_id"):
+            RpcProtocol(first_id=bad)  # type: ignore[arg-type]
+
+
+def test_a_lost_rpc_stream_is_a_connection_error_as_a_lost_connection_is() -> None:
+    rpc = RpcServer()
+
+    @rpc.method()
+    def echo(value: str) -> str:
+        return value
+
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
+        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
+            client = RpcClient(s, timeout=30)
+            assert client.call("echo", "x") == "x"
+            rpc.close()
+            srv.close()
+            s.close()
+            with pytest.raises(ConnectionError) as caught:
+                client.call("echo", "y")
+            assert isinstance(caught.value, RpcConnectionLost)

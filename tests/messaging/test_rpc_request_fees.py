@@ -65,8 +65,23 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
+from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from tests.messaging.test_rpc import OFF, Served, make_rpc
+from tests.paid import test_top_up_over_deposit as paid_world
+from tests.paid.test_top_up import CLIENT
+from tests.paid.test_top_up_over_deposit import (
+    DEPOSIT,
+    SLA,
+    paid_connect,
+    paid_open,
+    quiet_handlers,
+)
+
+# the paid server fixtures the meter tests below run on
+ledger = paid_world.ledger
+host_id = paid_world.host_id
+serve = paid_world.serve
 
 #: Calls that fail in the client, before anything is sent.
 BAD_CALLS: list[tuple[Any, Any, type[BaseException]]] = [
@@ -1112,3 +1127,77 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     finally:
         client.close()
         served.close()
+
+
+def test_an_rpc_meter_on_a_transport_metered_connection_is_refused(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    with paid_connect(ledger, host_id) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        meter = Meter(CLIENT, cid, SLA, DEPOSIT)
+        with pytest.raises(ValueError, match="metered by its transport"):
+            RpcClient(sock, meter=meter)
+
+        async def aio() -> None:
+            _reader, writer = await paid_open(ledger, host_id)
+            try:
+                with pytest.raises(ValueError, match="metered by its transport"):
+                    AsyncRpcClient(_reader, writer, meter=meter)
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        asyncio.run(aio())
+        RpcClient(sock)  # without a meter: the transport's receipts pay
+        release.set()
+
+
+def test_an_rpc_meter_on_an_unmetered_connection_is_taken(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    with paid_connect(ledger, host_id, metering=MeteringConfig(enabled=False)) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        client = RpcClient(sock, meter=Meter(CLIENT, cid, SLA, DEPOSIT))
+        assert client.meter is not None
+        release.set()
+
+
+def test_rpc_clients_refuse_the_wrong_kind_of_stream() -> None:
+    with pytest.raises(TypeError, match="sendall, recv and settimeout"):
+        RpcClient(object())  # type: ignore[arg-type]
+    server = RpcServer(workers=0)
+    try:
+        with pytest.raises(TypeError, match="sendall, recv and settimeout"):
+            server.serve_stream(object())  # type: ignore[arg-type]
+    finally:
+        server.close()
+    a, b = socket.socketpair()
+    with a, b:
+        RpcClient(a).close()  # a socket is a blocking stream
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        problems: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: problems.append(context))
+        reader, writer = await asyncio.open_connection(sock=b_async)
+        try:
+            with pytest.raises(TypeError, match="AsyncRpcClient"):
+                RpcClient(writer)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="AsyncRpcClient's reader"):
+                AsyncRpcClient(a_async, writer)
+            with pytest.raises(TypeError, match="AsyncRpcClient's writer"):
+                AsyncRpcClient(reader, a_async)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert problems == []
+
+    a_async, b_async = socket.socketpair()
+    with a_async:
+        asyncio.run(main())

@@ -19,7 +19,8 @@ import pytest
 import dtp.socket
 from dtp.chain.ledger import MAX_MAIL_PAYLOAD
 from dtp.chain.local import LocalLedger
-from dtp.errors import ChainError, ObjectNotFound, RemoteProtocolError
+from dtp.chain.objects import EventFilter
+from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, RemoteProtocolError
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import FrameDecoder, encode_frame, read_frames
@@ -33,6 +34,8 @@ from dtp.messaging.sealed import (
     seal,
     send_sealed,
 )
+from tests.messaging.test_rpc import PROMPT, Served
+from tests.sealed_world import sealed_world
 
 
 @pytest.fixture
@@ -409,3 +412,54 @@ def test_open_sealed_checks_the_size_before_copying() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * MAX_SEALED
+
+
+ALICE = HostIdentity.from_private_bytes(bytes([0x41]) * 32, bytes([0x41]) * 32)
+
+
+BOB = HostIdentity.from_private_bytes(bytes([0x42]) * 32, bytes([0x42]) * 32)
+
+
+HOST = "0x" + "ab" * 32
+
+
+def test_seal_refuses_a_sender_host_without_a_sender() -> None:
+    # an N message has no field for the host: it was sealed and the host silently lost
+    with pytest.raises(InvalidArgument, match="sender_host needs sender") as caught:
+        seal(BOB.noise_public, b"hi", sender_host=HOST)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_seal_still_carries_the_sender_host_with_a_sender_and_none_without() -> None:
+    proven = open_sealed(BOB, seal(BOB.noise_public, b"hi", sender=ALICE, sender_host=HOST))
+    assert proven.sender_host == HOST and proven.sender_address == ALICE.sui_address
+    anonymous = open_sealed(BOB, seal(BOB.noise_public, b"hi"))
+    assert anonymous.anonymous and anonymous.sender_host is None
+
+
+def test_send_sealed_with_a_ledger_but_no_signer_is_refused_up_front(tmp_path: Path) -> None:
+    with sealed_world(tmp_path) as (ledger, alice, bob, hb):
+        ledger.faucet(alice.sui_address, 10**9)
+        message = seal(bob.noise_public, b"hi", recipient_host=hb)
+        with pytest.raises(ValueError, match="signer"):
+            send_sealed(message, recipient_host=hb, ledger=ledger)
+        events, _ = ledger.events(None, EventFilter(type="MailDeposited"), 10)
+        assert events == []
+        # given a signer, the same call goes to the mailbox
+        assert send_sealed(message, recipient_host=hb, ledger=ledger, signer=alice) == "mailbox"
+
+
+def test_send_sealed_says_the_signer_is_missing_when_the_direct_delivery_fails(
+    tmp_path: Path,
+) -> None:
+    with sealed_world(tmp_path) as (ledger, _alice, bob, hb):
+        served = Served(RpcServer())
+        client = served.connect(timeout=PROMPT)
+        served.close()  # bob is gone: the direct delivery fails
+        message = seal(bob.noise_public, b"hi", recipient_host=hb)
+        with pytest.raises(ValueError, match="signer") as caught:
+            send_sealed(message, recipient_host=hb, client=client, ledger=ledger, timeout=5)
+        assert isinstance(caught.value.__cause__, E.RpcError | OSError)
+        events, _ = ledger.events(None, EventFilter(type="MailDeposited"), 10)
+        assert events == []
+        client.close()

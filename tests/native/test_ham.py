@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from dtp import _core
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
+from dtp._reference.limits import HAM_EXPORT_MAX_BATCH
 from dtp._types import (
     FULL,
     HAM_APPLIED,
@@ -677,3 +678,30 @@ def test_a_whole_export_then_changes(b: SimpleNamespace) -> None:
     batches = list(g.export(1))
     g.merge(encode_ham_batch([HamUpdate(b"new", b"f", 1.0, b"")]), 5.0)
     assert sum(len(decode_ham_batch(x)) for x in batches) == 12
+
+
+def _updates() -> list[HamUpdate]:
+    return [HamUpdate(b"soul%d" % i, b"f", 1.0, b"v%d" % i) for i in range(50)]
+
+
+@each_backend
+@pytest.mark.parametrize("size", [HAM_EXPORT_MAX_BATCH + 1, 1 << 40, 2**63])
+def test_a_huge_batch_size_exports_the_table(b: SimpleNamespace, size: int) -> None:
+    g = b.HamGraph(seed=bytes(16))
+    g.merge(encode_ham_batch(_updates()), 5.0)
+    batches = list(g.export(size))
+    assert len(batches) == 1
+    assert sorted(decode_ham_batch(batches[0])) == sorted(_updates())
+
+
+@each_backend
+def test_batches_stop_at_the_cap(b: SimpleNamespace) -> None:
+    # 70 values of 1 MiB: more than one capped batch holds
+    g = b.HamGraph(seed=bytes(16))
+    big = [HamUpdate(b"s%d" % i, b"f", 1.0, bytes(1 << 20)) for i in range(70)]
+    for i in range(0, 70, 10):
+        g.merge(encode_ham_batch(big[i : i + 10]), 5.0)
+    batches = list(g.export(1 << 40))
+    assert len(batches) == 2
+    assert all(len(batch) <= HAM_EXPORT_MAX_BATCH for batch in batches)
+    assert sum(len(decode_ham_batch(batch)) for batch in batches) == 70

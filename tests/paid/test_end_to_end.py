@@ -35,10 +35,20 @@ from dtp.errors import (
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.paid import PaidSocket
+from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import collect_refund
+from tests.paid import test_top_up_over_deposit as paid_world
+from tests.paid.test_top_up import conserved
+from tests.paid.test_top_up_over_deposit import paid_connect
 from tests.polling import wait_for
 from tests.support.paths import ROOT
+
+# the paid server fixtures the handler test below runs on
+ledger = paid_world.ledger
+host_id = paid_world.host_id
+serve = paid_world.serve
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -650,3 +660,34 @@ def test_server_that_closes_first_asks_for_a_final_receipt(world: World, api: st
     # the server asked for covers everything, the reply included
     assert world.claimed(cid) == fee(SLA, 100_000 + len(reply), 1)
     assert world.conserved()
+
+
+def test_a_paid_handler_that_raises_ends_the_connection_with_an_error(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    def handler(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        sock.sendall(b"half a rep")
+        raise RuntimeError("the handler's bug")
+
+    async def aio_handler(reader: PaidReader, writer: PaidWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        writer.write(b"half a rep")
+        await writer.drain()
+        raise RuntimeError("the callback's bug")
+
+    serve(handler, aio_handler)  # type: ignore[operator]
+    with paid_connect(ledger, host_id) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        got = b""
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                data = sock.recv(1024)
+                assert data, f"a clean end after {got!r}"
+                got += data
+        assert info.value.reason == "internal error"
+        assert got == b"half a rep"
+    assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
+    assert conserved(ledger)

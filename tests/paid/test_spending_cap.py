@@ -19,9 +19,10 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, SpendingCapExceeded
-from dtp.escrow import fee
+from dtp.escrow import Receipt, fee
+from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
+from dtp.paid import PaidSocket, ServicePolicy, gate_for
 from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
@@ -215,3 +216,49 @@ def test_a_settled_connection_releases_its_unspent_deposit(
     assert _escrow_of(ledger, second) == (DEPOSIT, PAID, DEPOSIT - PAID)
     assert ledger.get_cap(cap).spent == 2 * PAID
     assert _conserved(ledger)
+
+
+COLLECTABLE_SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
+
+
+COLLECTABLE_PORT = 7400
+
+
+def test_a_receipt_stays_collectable_when_the_client_spends_its_cap_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """Two providers' connections on one cap: the other provider's claim cannot make the
+    first one's receipt uncollectable -- each deposit was reserved on the cap at its
+    open (docs/escrow.md §4), and a claim charges the cap nothing."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    client = HostIdentity.generate()
+    provider_a, provider_b = HostIdentity.generate(), HostIdentity.generate()
+    try:
+        ledger.faucet(client.sui_address, 1 << 40)
+        cap = ledger.create_spending_cap(client, 20_000)
+        opened = {}
+        for provider in (provider_a, provider_b):
+            host = ledger.create_host(provider, provider.noise_public)
+            ledger.add_service(provider, host, COLLECTABLE_PORT, "svc", COLLECTABLE_SLA)
+            opened[provider] = ledger.prepare_open_connection(
+                client, host, COLLECTABLE_PORT, cap, 10_000
+            ).execute()
+        a, b = opened[provider_a], opened[provider_b]
+        gate = gate_for(ledger, a.connection_id, ServicePolicy())
+        usage = (600 * 1024, 1)
+        amount = fee(COLLECTABLE_SLA, *usage)  # 6005 MIST
+        receipt_a = Receipt(a.connection_id, *usage, amount, 1).sign(client)
+        gate.receive(receipt_a.encode())
+        assert gate.payable() == amount
+
+        # the other server claims as much on the same cap, and the client lowers it
+        receipt_b = Receipt(b.connection_id, *usage, amount, 1).sign(client)
+        assert ledger.claim(provider_b, b.escrow_id, receipt_b) == amount
+        ledger.set_max_per_epoch(client, cap, 0)
+
+        # the receipt the gate holds is collectable in whole, as it counted it
+        assert ledger.claim(provider_a, a.escrow_id, receipt_a) == amount
+        assert gate.payable() == amount
+        assert gate.owed(*usage) == 0 and gate.serving(*usage)
+    finally:
+        ledger.close()

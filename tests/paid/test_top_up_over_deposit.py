@@ -35,6 +35,7 @@ from dtp.errors import (
     LocalProtocolError,
     SpendingCapExceeded,
 )
+from dtp.metering import MeteringConfig
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.settlement import ClientPayment
@@ -319,4 +320,123 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
     assert limit == DEPOSIT + TOP_UP
     assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
     assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT + TOP_UP
+    assert conserved(ledger)
+
+
+def _paid_args(ledger: LocalLedger, cap: str | None, metering: MeteringConfig) -> dict[str, Any]:
+    """The client's side of a paid connection with DEPOSIT (and spending cap ``cap``)."""
+    return {
+        "timeout": 20,
+        "ledger": ledger,
+        "identity": CLIENT,
+        "deposit": DEPOSIT,
+        "cap_id": cap,
+        "metering": metering,
+    }
+
+
+def paid_connect(
+    ledger: LocalLedger, host_id: str, cap: str | None = None, metering: MeteringConfig = METERING
+) -> dtp.socket.DTPSocket:
+    """A blocking client's paid connection to the module's service."""
+    return dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering)
+    )
+
+
+async def paid_open(
+    ledger: LocalLedger, host_id: str, cap: str | None = None
+) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+    """:func:`paid_connect` through the asyncio client."""
+    return await dtp.aio.open_connection(
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
+    )
+
+
+def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:
+    return ledger.get_escrow(ledger.get_connection(cid).escrow).deposited
+
+
+def test_a_top_up_on_the_default_cap_is_refused_and_moves_nothing(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    """No cap_id: the cap is the deposit, so no top-up can be served."""
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    balance = ledger.balance(CLIENT.sui_address)
+    with paid_connect(ledger, host_id) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        spent = balance - ledger.balance(CLIENT.sui_address)  # the deposit (and gas: none)
+        sock.sendall(b"go")
+        with pytest.raises(SpendingCapExceeded, match="cap_id="):
+            sock.top_up(1_000_000)
+        assert _escrow_deposit(ledger, cid) == DEPOSIT
+        assert balance - ledger.balance(CLIENT.sui_address) == spent
+        sock.sendall(b"still usable")
+        release.set()
+    assert conserved(ledger)
+
+
+def test_an_asyncio_top_up_past_the_cap_is_refused_and_one_within_it_goes(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    cap = ledger.create_spending_cap(CLIENT, DEPOSIT + 1000)
+
+    async def main() -> None:
+        _reader, writer = await paid_open(ledger, host_id, cap)
+        try:
+            cid = writer.connection_id
+            assert cid is not None
+            writer.write(b"go")
+            await writer.drain()
+            with pytest.raises(SpendingCapExceeded, match="1001 more asked"):
+                await writer.top_up(1001)
+            assert _escrow_deposit(ledger, cid) == DEPOSIT
+            await writer.top_up(1000)
+            assert _escrow_deposit(ledger, cid) == DEPOSIT + 1000
+            with pytest.raises(SpendingCapExceeded, match="1 more asked"):
+                await writer.top_up(1)
+        finally:
+            release.set()
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
+    assert conserved(ledger)
+
+
+def test_concurrent_top_ups_share_the_caps_room(
+    ledger: LocalLedger, host_id: str, serve: object
+) -> None:
+    """Two threads topping up at once: the ledger reserves each on the cap in turn, so
+    at most one of two that each fit alone goes through."""
+    release = threading.Event()
+    serve(*quiet_handlers(release))  # type: ignore[operator]
+    cap = ledger.create_spending_cap(CLIENT, DEPOSIT + 1500)
+    results: list[BaseException | None] = []
+    with paid_connect(ledger, host_id, cap) as sock:
+        cid = sock.connection_id
+        assert cid is not None
+        sock.sendall(b"go")
+        start = threading.Barrier(2)
+
+        def top_up() -> None:
+            start.wait(30)
+            try:
+                sock.top_up(1000)
+                results.append(None)
+            except SpendingCapExceeded as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=top_up) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        release.set()
+        assert sorted(r is None for r in results) == [False, True]
+        assert _escrow_deposit(ledger, cid) == DEPOSIT + 1000
     assert conserved(ledger)

@@ -69,7 +69,7 @@ class MeterAndGate(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="s19-meter-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="dtp-meter-"))
         self.ledger = LocalLedger(self.dir / "ledger.db")
         self.store = ReceiptStore(self.dir / "receipts.db")
         self.now = 0

@@ -28,19 +28,19 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed
 from dtp.metering import CLOSE_FIREWALL_DENIED
 from dtp.paid import PaidServer, ServicePolicy
 from dtp.paid_aio import PaidAioServer
-from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
+from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, TokenBucket, datagram_charge
 from tests.paid_twins import echo_server, funded_ledger, ident
 from tests.polling import wait_for
 
@@ -334,3 +334,42 @@ def test_idle_buckets_of_many_distinct_clients_are_bounded() -> None:
     # a client back while remembered still finds its debt
     again = limiter.acquire(clients[-1], 1.0)
     assert again.bytes.delay(1.0) > 60_000
+
+
+def test_rate_beyond_the_float_range_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        TokenBucket(10**400, 0.0)
+    limiter = RateLimiter()
+    with pytest.raises(ValueError, match="finite"):
+        limiter.set_limits(10**400, 0, 0.0)
+    assert (limiter.bytes_per_sec, limiter.requests_per_sec) == (0, 0)
+
+
+def test_bool_is_no_rate() -> None:
+    with pytest.raises(TypeError):
+        TokenBucket(True, 0.0)
+    with pytest.raises(TypeError):
+        RateLimiter().set_limits(0, True, 0.0)
+
+
+@pytest.mark.parametrize("limits", [(-1, 0), (0, math.nan), (math.inf, 0)])
+def test_rate_limiter_refuses_a_bad_limit_when_made(limits: tuple[float, float]) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(*limits)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("interval", [math.nan, math.inf, 10**400], ids=["nan", "inf", "huge"])
+def test_host_policy_refuses_a_refresh_interval_that_is_no_positive_finite_number(
+    interval: float,
+) -> None:
+    with pytest.raises(ValueError, match="refresh_interval"):
+        HostPolicy(cast(Host, None), 0.0, interval)
+
+
+def test_nan_charge_does_not_poison_the_bucket() -> None:
+    bucket = TokenBucket(100, 0.0)
+    assert bucket.charge(math.nan, 0.0) == 0.0
+    # within the same instant (no refill to wash a NaN out) the debt is still seen
+    delay = bucket.charge(125, 0.0)
+    assert delay == pytest.approx(1.0)
+    assert bucket.delay(0.0) == pytest.approx(1.0)

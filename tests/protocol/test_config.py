@@ -28,7 +28,7 @@ from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived, StreamResetReceived
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
-from tests.test_s32_smalls_review import _sent
+from tests.protocol.test_stream_credit import _sent
 
 # -- 1. idle_timeout and max_datagram_size, checked when the config is made --------------
 
@@ -295,3 +295,28 @@ def test_a_bytearray_connection_id_is_kept_as_it_was_checked() -> None:
     assert server.peer_connection_id == b"\x01" * 32
     assert server.peer_params["port"] == 7
     assert not client.closed and not server.closed
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, ValueError),
+        (0.0, ValueError),
+        (-1.0, ValueError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        (1e300, ValueError),  # beyond what a thread can wait for (OverflowError there)
+        ("10", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
+    ids=["zero", "zero-float", "negative", "nan", "inf", "huge", "str", "none", "bool"],
+)
+def test_a_bad_handshake_timeout_is_refused_when_the_config_is_made(
+    value: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="handshake_timeout"):
+        ConnectionConfig(identity=CLIENT_ID, is_client=True, handshake_timeout=value)  # type: ignore[arg-type]
+    good = ConnectionConfig(identity=CLIENT_ID, is_client=True, handshake_timeout=0.25)
+    with pytest.raises(error, match="handshake_timeout"):
+        replace(good, handshake_timeout=value)  # type: ignore[arg-type]

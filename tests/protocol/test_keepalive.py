@@ -9,10 +9,13 @@ only sent on, whose other end answered nothing -- although both ends were alive:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from dataclasses import replace
+
+import pytest
 
 import dtp.socket
 from dtp.carriers.memory import MemoryLink
@@ -122,3 +125,23 @@ def test_over_real_sockets_a_quiet_connection_survives_a_short_idle_timeout() ->
         done.set()
         server.close()
         serving.join(30)
+
+
+ID = HostIdentity.generate()
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0, 0.0, math.nan, math.inf])
+def test_a_bad_keepalive_interval_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="keepalive_interval"):
+        ConnectionConfig(identity=ID, is_client=True, keepalive_interval=bad)
+
+
+@pytest.mark.parametrize("bad", ["15", True])
+def test_a_keepalive_interval_of_the_wrong_type_is_refused(bad: object) -> None:
+    with pytest.raises(TypeError, match="keepalive_interval"):
+        ConnectionConfig(identity=ID, is_client=True, keepalive_interval=bad)  # type: ignore[arg-type]
+
+
+def test_good_keepalive_intervals_are_taken() -> None:
+    for good in (None, 0.25, 15, 3600.0):
+        assert ConnectionConfig(identity=ID, is_client=True, keepalive_interval=good)

@@ -8,6 +8,7 @@ virtual clocks; a peer that holds its keys seals whatever frames it likes
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 
@@ -33,7 +34,7 @@ from dtp.carriers.memory import MemoryLink
 from dtp.connection import CloseCode, Connection, ConnectionConfig, _split_records
 from dtp.crypto import make_auth_proof
 from dtp.errors import LocalProtocolError
-from dtp.events import ControlReceived
+from dtp.events import ConnectionTerminated, ControlReceived, StopSendingReceived
 from tests.protocol.test_connection import (
     CLIENT_ID,
     SERVER_ID,
@@ -409,3 +410,102 @@ def test_an_ack_due_rides_in_the_stream_record() -> None:
     kinds = _opened(s.conn, c.conn.datagrams_to_send(link.now))
     assert sum(kind.count(FRAME_ACK) for kind in kinds) == 1
     assert all(kind in ([FRAME_STREAM], [FRAME_ACK], [FRAME_ACK, FRAME_STREAM]) for kind in kinds)
+
+
+def _peer_reason(c: Side, s: Side, link: Any) -> str:
+    run(link, c, s, until=lambda: s.conn.closed)
+    terms = s.of(ConnectionTerminated)
+    assert len(terms) == 1
+    return cast(ConnectionTerminated, terms[0]).reason
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["a" * 1023 + "é", "ab" + "😀" * 300, "€" * 400],
+    ids=["2-byte", "4-byte", "3-byte"],
+)
+def test_a_long_close_reason_is_cut_on_a_character_boundary(reason: str) -> None:
+    # cut at byte 1024, a multi-byte character split there reached the peer as a
+    # U+FFFD (it decodes with "replace")
+    c, s, link = connect()
+    c.conn.close(CloseCode.NO_ERROR, reason)
+    got = _peer_reason(c, s, link)
+    assert "\ufffd" not in got
+    assert reason.startswith(got)
+    assert 1024 - 3 <= len(got.encode("utf-8")) <= 1024
+
+
+def test_a_failure_reason_is_cut_on_a_character_boundary() -> None:
+    # the connection's own failures (_fail) cut their reason the same way
+    c, s, link = connect()
+    reason = "a" + "é" * 600
+    c.conn._fail(CloseCode.PROTOCOL_VIOLATION, reason, link.now)
+    got = _peer_reason(c, s, link)
+    assert got == "a" + "é" * 511  # 1023 bytes: the 512th "é" did not fit whole
+
+
+def _feed(c: Side, s: Side, frames: list[RawFrame], reliable: bool, now: float) -> None:
+    """Frames from the server (sealed with its keys) into the client."""
+    record = _sealed_by(s.conn, _core.encode_frames(frames))
+    if reliable:
+        c.conn.receive_data(record, now)
+    else:
+        c.conn.receive_datagram(record, now)
+
+
+def _sent(c: Side, s: Side, reliable: bool, now: float) -> list[RawFrame]:
+    """The frames the client sends now, opened with the server's keys (not delivered)."""
+    records = [c.conn.data_to_send(now)] if reliable else c.conn.datagrams_to_send(now)
+    opened = [s.conn._recv_aead.open_frames(bytearray(r)) for r in records if r]
+    return [frame for result in opened for record in result.records for frame in record.frames]
+
+
+def _resets(frames: list[RawFrame]) -> list[int]:
+    return [f.a for f in frames if f.type == FRAME_RESET_STREAM]
+
+
+@pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
+def test_stop_sending_after_our_fin_was_acknowledged_sends_no_reset(reliable: bool) -> None:
+    c, s, link = connect(reliable_carrier=reliable)
+    # a stream still sending: the STOP_SENDING resets it, as ever
+    busy = c.conn.open_stream()
+    c.conn.send_stream_data(busy, b"more to come")
+    # a stream whose data and FIN the server has (acknowledged, on a lossy carrier);
+    # its receiving half stays open, so the client keeps it
+    done = c.conn.open_stream()
+    c.conn.send_stream_data(done, b"hello", end_stream=True)
+
+    def acknowledged() -> bool:
+        stream = c.conn._streams[done]
+        return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
+
+    assert run(link, c, s, until=acknowledged)
+    _sent(c, s, reliable, link.now)  # (whatever was due: ACKs on a lossy carrier)
+    c.events.clear()
+    frames = [RawFrame(FRAME_STOP_SENDING, busy, 7), RawFrame(FRAME_STOP_SENDING, done, 9)]
+    _feed(c, s, frames, reliable, link.now)
+    c.drain()
+    assert _resets(_sent(c, s, reliable, link.now)) == [busy]
+    # nothing of ours was stopped on ``done``: no event saying our sending was reset
+    stops = [cast(StopSendingReceived, e).stream_id for e in c.of(StopSendingReceived)]
+    assert stops == [busy]
+    assert not c.conn.closed and not s.conn.closed
+    if not reliable:
+        # a FIN not yet acknowledged may be lost: that stream is reset still (RFC 9000
+        # 3.5: only "Data Recvd" needs no RESET_STREAM)
+        sid = c.conn.open_stream()
+        c.conn.send_stream_data(sid, b"x", end_stream=True)
+        assert any(f.type == FRAME_STREAM_FIN for f in _sent(c, s, False, link.now))  # lost
+        _feed(c, s, [RawFrame(FRAME_STOP_SENDING, sid, 9)], False, link.now)
+        assert _resets(_sent(c, s, False, link.now)) == [sid]
+
+
+def test_a_fin_sealed_with_the_data_is_sent_once() -> None:
+    # send_stream_data's fast path sealed the FIN with the last byte, then queued it
+    # again: a second, empty STREAM_FIN followed (and the stream was not "done" until)
+    c, s, link = connect()
+    sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"hello", end_stream=True)
+    fins = [(f.a, f.b, f.data) for f in _sent(c, s, True, link.now) if f.type == FRAME_STREAM_FIN]
+    assert fins == [(sid, 0, b"hello")]
+    assert c.conn._streams[sid].send_state.value == "fin-sent"

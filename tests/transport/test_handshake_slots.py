@@ -27,6 +27,7 @@ already refused anything but an int. Each test here failed on the old code."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 import threading
@@ -39,7 +40,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import ConnectionRefused, HandshakeError
+from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
@@ -785,3 +786,34 @@ def test_the_asyncio_server_refuses_them(keywords: dict[str, float]) -> None:
 def test_a_replay_guard_capacity_that_is_no_int_is_refused(capacity: object) -> None:
     with pytest.raises(ValueError, match="replay guard"):
         ReplayGuard(capacity)  # type: ignore[arg-type]
+
+
+def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        server = await aio_server(max_handshakes_per_address=1)
+        async with server:
+            slots = server._address_slots
+            assert slots is not None
+            real = server._start_serving
+            failures: list[str | None] = []
+
+            def fails_once(arrival: dtp.aio._Arrival) -> None:
+                if not failures:
+                    failures.append(arrival.key)
+                    # (what a loop that no longer takes tasks raises)
+                    raise RuntimeError("cannot start serving")
+                real(arrival)
+
+            server._start_serving = fails_once  # type: ignore[method-assign]
+            with pytest.raises(DTPError):
+                await aio_echo_once(server, b"first")
+            assert failures == ["127.0.0.1"]
+            assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 0)
+            # the address's one slot is free: the next connection is served at once
+            assert await aio_echo_once(server, b"after") == b"after"
+            assert server.busy_refused == 0
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())

@@ -20,6 +20,7 @@ import dtp.socket
 from dtp.connection import CloseCode
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.keys import HostIdentity
+from tests.graph.test_sync_end import BOUND, SERVER
 
 
 class Boom(Exception):
@@ -163,3 +164,47 @@ def test_a_receipt_handler_that_raises_closes_with_an_error(
                 sock.recv(1)
             assert go.wait(5)
     _check(caplog, ours.value, theirs[0])
+
+
+def test_a_sink_attached_to_a_stream_closed_here_ends_at_once() -> None:
+    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        for _ in range(2):
+            r, w = await writer.accept_stream()
+            assert await r.readexactly(3) == b"req"
+            with contextlib.suppress(DTPError):  # (the client may have stopped reading)
+                w.write(b"partial")  # never ended
+                await w.drain()
+        await reader.read()  # until the client closes
+
+    async def client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        for read_first in (False, True):
+            r, w = await writer.open_stream()
+            w.write(b"req")
+            await w.drain()
+            if read_first:
+                assert await r.readexactly(7) == b"partial"
+            w.close()  # both ways: its reads give b"" from now on
+            assert await r.read() == b""
+            ends: list[BaseException | None] = []
+            r.set_sink(lambda data: None, ends.append)
+            # (it never ended while the connection lasted)
+            assert ends == [None]
+
+    async def main() -> None:
+        server = await dtp.aio.start_server(handler, "127.0.0.1", 0, identity=SERVER)
+        try:
+            reader, writer = await dtp.aio.open_connection(
+                *server.address, server_key=SERVER.noise_public, timeout=BOUND
+            )
+            try:
+                async with asyncio.timeout(BOUND):
+                    await client(reader, writer)
+            finally:
+                writer.close()
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

@@ -34,15 +34,17 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp._state import ConnState
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
+from dtp.connection import Connection, ConnectionConfig
+from dtp.crypto import PATTERN_IK
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.keys import HostIdentity
 from dtp.replay_guard import DEFAULT_CAPACITY, ReplayGuard
@@ -878,3 +880,152 @@ def test_throwaway_identities_do_not_unlock_a_replay_on_the_asyncio_server(
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+class _Conn:
+    """What the guard reads of a server connection: its state and its message 1."""
+
+    def __init__(self, key: bytes) -> None:
+        self.state = ConnState.SERVER_DECIDING
+        self.first_handshake_message = bytes([PATTERN_IK]) + key + b"rest of message 1"
+
+
+def _sight(guard: ReplayGuard, conn: _Conn) -> bool:
+    """Whether the guard refuses ``conn`` as a replay."""
+    return guard.is_replay(cast(Connection, conn))
+
+
+def test_a_key_under_decision_survives_a_flood_and_its_replay_is_refused() -> None:
+    capacity = 4
+    guard = ReplayGuard(capacity=capacity)
+    held = _Conn(b"h" * 32)
+    assert not _sight(guard, held)
+    held.state = ConnState.AUTHENTICATING  # message 2 went out; the ledger decides
+    flood = [_Conn(i.to_bytes(32, "big")) for i in range(10 * capacity)]
+    for conn in flood:
+        assert not _sight(guard, conn)
+        conn.state = ConnState.CLOSED  # refused
+    # the old guard had pushed the held key out of its unaccepted pool by now
+    assert _sight(guard, _Conn(b"h" * 32))
+    # accepted at last: kept among the accepted keys, which no refused flood pushes out
+    held.state = ConnState.ESTABLISHED
+    guard.accepted(cast(Connection, held))
+    for i in range(10 * capacity):
+        conn = _Conn((1000 + i).to_bytes(32, "big"))
+        assert not _sight(guard, conn)
+        conn.state = ConnState.CLOSED
+    assert _sight(guard, _Conn(b"h" * 32))
+    assert guard.refused == 2
+    # the refused ones went on to the unaccepted pool: its capacity bounds them again
+    assert len(guard) <= 1 + capacity + 2 * 1 + 2
+
+
+def test_keys_under_decision_stay_about_the_admissions_in_progress() -> None:
+    guard = ReplayGuard(capacity=8)
+    deciding = [_Conn(b"d" + bytes([i]) * 31) for i in range(5)]
+    for conn in deciding:
+        assert not _sight(guard, conn)
+    for i in range(1000):
+        conn = _Conn(i.to_bytes(32, "big"))
+        assert not _sight(guard, conn)
+        conn.state = ConnState.CLOSED
+        # (those in progress now: the five, and this one until the next comes)
+        assert len(guard._deciding) <= 2 * (len(deciding) + 1) + 2
+    for conn in deciding:  # none was pushed out meanwhile
+        assert _sight(guard, _Conn(conn.first_handshake_message[1:33]))
+    # a refused one, decided, is forgotten with the unaccepted pool as before
+    deciding[0].state = ConnState.CLOSED
+    for i in range(100):
+        _sight(guard, _Conn((5000 + i).to_bytes(32, "big")))
+    assert not _sight(guard, _Conn(deciding[0].first_handshake_message[1:33]))
+
+
+def test_a_connection_gone_undecided_leaves_the_keys_under_decision() -> None:
+    guard = ReplayGuard(capacity=8)
+    gone = _Conn(b"g" * 32)
+    assert not _sight(guard, gone)
+    del gone  # (no reference kept by the guard: its key leaves for the unaccepted pool)
+    assert not _sight(guard, _Conn(b"n" * 32))
+    assert list(guard._deciding) == [b"n" * 32]
+    assert _sight(guard, _Conn(b"g" * 32))  # still remembered
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[dtp.socket.DTPServer, threading.Event, threading.Event]]:
+    """A blocking server with a small guard whose accept hook holds CLIENT's admission
+    (``entered`` set, until ``release``) and refuses every other identity."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hook(address: str) -> str | None:
+        if address != CLIENT.sui_address:
+            return "a throw-away identity"
+        entered.set()
+        release.wait(BOUND)
+        return None
+
+    def echo(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100))
+
+    config = ConnectionConfig(
+        identity=SERVER, is_client=False, handshake_timeout=BOUND, idle_timeout=BOUND
+    )
+    server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, config=config, accept=hook)
+    server._replays = ReplayGuard(capacity=2)
+    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
+    thread.start()
+    try:
+        yield server, entered, release
+    finally:
+        release.set()
+        server.close()
+        thread.join(BOUND)
+
+
+def _throwaway(address: tuple[str, int]) -> None:
+    with pytest.raises(ConnectionRefused):
+        dtp.socket.create_connection(
+            address, timeout=BOUND, server_key=SERVER.noise_public, identity=HostIdentity.generate()
+        ).close()
+
+
+def test_a_flood_while_a_client_is_admitted_does_not_unlock_its_replay(
+    server: tuple[dtp.socket.DTPServer, threading.Event, threading.Event],
+) -> None:
+    srv, entered, release = server
+    recorder = Recorder(srv.address)
+    replies: list[bytes] = []
+
+    def client() -> None:
+        with dtp.socket.create_connection(
+            recorder.address, timeout=BOUND, server_key=SERVER.noise_public, identity=CLIENT
+        ) as sock:
+            sock.sendall(b"held")
+            replies.append(sock.recv(100))
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    replayed: list[socket.socket] = []
+    try:
+        assert entered.wait(BOUND)  # its admission runs, its message 1 recorded
+        message = recorder.first_messages[0]
+        for _ in range(3):  # more than the guard's capacity
+            _throwaway(srv.address)
+        assert wait_for(lambda: srv.refused >= 3, BOUND)
+        replayed.append(replay(srv.address, message))
+        # (the old guard let it through to the hook, where it waited with the original)
+        assert wait_for(lambda: srv.replays_refused == 1, 5.0)
+        assert closed_within(replayed[0])
+        release.set()
+        thread.join(BOUND)
+        assert replies == [b"held"]
+        for _ in range(3):
+            _throwaway(srv.address)
+        replayed.append(replay(srv.address, message))
+        assert closed_within(replayed[1])
+        assert srv.replays_refused == 2
+    finally:
+        release.set()
+        for sock in replayed:
+            sock.close()
+        thread.join(BOUND)
+        recorder.close()

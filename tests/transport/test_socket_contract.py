@@ -22,10 +22,13 @@ Real servers and clients on 127.0.0.1 with real handshakes."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import errno
 import gc
+import hashlib
 import io
+import os
 import pickle
 import select
 import selectors
@@ -34,13 +37,24 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.errors import DTPTimeoutError, LocalProtocolError, SendAfterShutdown, SocketClosed
+from dtp.errors import (
+    CarrierRefused,
+    ConnectionLost,
+    DTPTimeoutError,
+    LocalProtocolError,
+    SendAfterShutdown,
+    SocketClosed,
+    StreamReset,
+)
 from dtp.keys import HostIdentity
+from tests.paid_twins import loop_in_thread
+from tests.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)
@@ -379,3 +393,156 @@ def test_an_empty_sendall_after_shut_wr_raises_epipe(lent: bool) -> None:
         assert peer.recv(100) == b""  # the peer saw the end, and nothing else
         peer.sendall(b"reply")  # the other half is open
         assert client.recv(100) == b"reply"
+
+
+def _read_with_nbytes(total: int, bufsize: int, sizes: list[int]) -> tuple[int, int]:
+    """Read ``total`` bytes from a DTP server with recv_into(buf, n) into a buffer of
+    ``bufsize``, n cycling through ``sizes``, checking that each read stays within its
+    n and that the data arrives whole and in order; returns (the reads, how many went
+    through the general path's lane read)."""
+    server_id = HostIdentity.generate()
+    payload = os.urandom(total)
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id) as server:
+
+        def serve() -> None:
+            sock, _ = server.accept(timeout=30)
+            with sock:
+                for i in range(0, len(payload), 65536):
+                    sock.sendall(payload[i : i + 65536])
+                sock.recv(1)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=30, server_key=server.noise_public_key
+        ) as sock:
+            engine = sock._engine
+            general = 0
+            recv_lent = engine.recv_lent
+
+            def counting_recv_lent(*args: Any) -> int:
+                nonlocal general
+                general += 1
+                return recv_lent(*args)
+
+            engine.recv_lent = counting_recv_lent  # type: ignore[method-assign]
+            buf = bytearray(bufsize)
+            received = hashlib.sha256()
+            got = calls = 0
+            while got < len(payload):
+                want = min(sizes[calls % len(sizes)], len(payload) - got)
+                buf[want:] = b"\xee" * (len(buf) - want)
+                n = sock.recv_into(buf, want)
+                assert 0 < n <= want
+                assert buf[want:] == b"\xee" * (len(buf) - want)  # past nbytes: untouched
+                received.update(memoryview(buf)[:n])
+                got += n
+                calls += 1
+            sock.sendall(b"x")
+            assert received.digest() == hashlib.sha256(payload).digest()
+        thread.join(30)
+        assert not thread.is_alive()
+    return calls, general
+
+
+def test_recv_into_with_nbytes_reads_through_the_lane() -> None:
+    calls, general = _read_with_nbytes(32 << 20, 1 << 20, [1 << 20, (1 << 20) - 1])
+    # the one-call lane read, as for recv_into(buf): the general path only when the
+    # lane handed the stream back (about a read in four here; before, every read)
+    assert general * 2 <= calls, (general, calls)
+
+
+def test_recv_into_with_small_nbytes_keeps_the_rest() -> None:
+    # reads that end inside a record: the rest of it waits for the next read
+    _read_with_nbytes(8 << 20, 1 << 16, [1, 100, 4096, 65535, 1 << 16])
+
+
+def _closed_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
+    port = _closed_port()
+    key = HostIdentity.generate().noise_public
+    with pytest.raises(ConnectionRefusedError) as info:
+        dtp.socket.create_connection(("127.0.0.1", port), server_key=key, timeout=30)
+    assert isinstance(info.value, CarrierRefused) and isinstance(info.value, ConnectionLost)
+    assert info.value.errno == errno.ECONNREFUSED  # (as a socket's error carries it)
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError) as info:
+            await dtp.aio.open_connection("127.0.0.1", port, server_key=key, timeout=30)
+        assert isinstance(info.value, CarrierRefused)
+
+    asyncio.run(main())
+
+
+def test_a_send_after_shut_wr_is_a_broken_pipe_as_on_a_socket() -> None:
+    server_id = HostIdentity.generate()
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=server_id) as server:
+        accepted: list[dtp.socket.DTPSocket] = []
+        thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=30)[0]))
+        thread.start()
+        with dtp.socket.create_connection(
+            server.address, timeout=30, server_key=server.noise_public_key
+        ) as sock:
+            thread.join(30)
+            sock.shutdown(socket.SHUT_WR)
+            for send in (
+                lambda: sock.sendall(b"late"),
+                lambda: sock.send(b"late"),
+                lambda: sock.send_recv(b"late", 10),  # (it returned None)
+            ):
+                with pytest.raises(BrokenPipeError) as info:
+                    send()
+                assert isinstance(info.value, LocalProtocolError)
+                assert info.value.errno == errno.EPIPE
+            held = threading.Lock()
+            held.acquire()
+            with pytest.raises(BrokenPipeError):
+                sock.send_recv(b"late", 10, release=held)
+            assert not held.locked()  # let go of, as when it raises for any reason
+            assert accepted[0].recv(10) == b""  # the peer read the end, and nothing after
+            accepted[0].close()
+        with pytest.raises(SocketClosed):
+            sock.send_recv(b"late", 10)  # (it returned None)
+
+
+def test_an_asyncio_reset_gives_the_peers_sends_its_code() -> None:
+    server_id = HostIdentity.generate()
+    reset_done = threading.Event()
+
+    async def on_client(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        stream_reader, stream_writer = await writer.accept_stream()
+        assert await stream_reader.readexactly(2) == b"hi"
+        stream_writer.reset(5)
+        reset_done.set()
+        await reader.read()  # until the client closes
+
+    with loop_in_thread() as loop:
+        server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.start_server(on_client, "127.0.0.1", 0, identity=server_id), loop
+        ).result(30)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            with dtp.socket.create_connection(
+                ("127.0.0.1", port), timeout=30, server_key=server_id.noise_public
+            ) as sock:
+                stream = sock.open_stream()
+                stream.sendall(b"hi")
+                assert reset_done.wait(30)
+
+                def send_until_it_fails() -> None:
+                    while True:
+                        stream.sendall(b"x" * 65536)
+
+                raised = raised_within(send_until_it_fails, 60, sock.abort)
+                assert isinstance(raised, StreamReset) and raised.code == 5, raised
+        finally:
+            server.close()
+            asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(30)

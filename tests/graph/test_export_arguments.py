@@ -1,26 +1,8 @@
-"""Bad arguments found out late are refused where they are given: an RPC server's
-options when it is made, a graph's export sizes and summary nodes at the call, before
-any work and without taking the graph's lock; and the same objects, given good values,
-go on working.
-
-What was wrong: ``RpcServer(max_pending=0)`` (and a str, a bool or 0 as
-``max_message_size``) was taken, and every client that connected then failed, as each
-stream's RpcProtocol checked its limits; ``AsyncRpcServer`` likewise. ``workers=True``
-or ``2.0`` made a pool, a payments source that is not callable refused every request
-(logged at the first connection), a ``response_fees`` that is no ResponseFeePolicy
-failed at the first prepaid request. ``Graph.export(0)``, ``export(-1)`` and
-``export(True)`` (``export_stream`` too) were taken as the smallest batches, and a str
-or float failed only at the first batch; ``child_summaries(2, 0)`` failed with "negative
-shift count" and ``child_summaries("0", 0)`` with a str concatenation error, both under
-the graph's lock; ``child_summaries(True, 0)`` answered for level 1 and
-``child_summaries(1, 256)`` / ``(0, None)`` answered for nodes that do not exist;
-``node_batches(None)`` failed only at the first next(). Real DTP connections on
-127.0.0.1 (blocking and asyncio) and real SQLite graph files.
-"""
+"""Graph.export's arguments: bad batch sizes and node levels refused at the call, good
+ones still reading the whole table (dtp.graph)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,109 +10,14 @@ from typing import Any
 
 import pytest
 
-import dtp.aio
-import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.graph import Graph
 from dtp.graph._batch import entries
 from dtp.graph.store import LEAF_LEVEL, soul_leaf
-from dtp.keys import HostIdentity
-from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, RpcServer
-from tests.messaging.test_rpc import Served
 from tests.polling import raised_within
 
 #: Bound on a refusal, which is at once (a check that waited for the graph's lock, held
 #: by another thread here, would wait until the end of the test).
 PROMPT = 30.0
-
-# -- RPC servers: options checked when the server is made ---------------------------------------
-
-SERVER_CASES: dict[str, tuple[dict[str, Any], type[Exception]]] = {
-    "max_pending 0": ({"max_pending": 0}, ValueError),
-    "max_pending -1": ({"max_pending": -1}, ValueError),
-    "max_pending bool": ({"max_pending": True}, TypeError),
-    "max_pending float": ({"max_pending": 8.0}, TypeError),
-    "max_pending str": ({"max_pending": "8"}, TypeError),
-    "max_message_size 0": ({"max_message_size": 0}, ValueError),
-    "max_message_size bool": ({"max_message_size": True}, TypeError),
-    "max_message_size str": ({"max_message_size": "65536"}, TypeError),
-    "payments int": ({"payments": 5}, TypeError),
-    "response_fees object": ({"response_fees": object()}, TypeError),
-}
-
-#: The blocking server's own option: the size of its handler pool (0: inline).
-WORKER_CASES: dict[str, tuple[dict[str, Any], type[Exception]]] = {
-    "workers bool": ({"workers": True}, TypeError),
-    "workers float": ({"workers": 2.0}, TypeError),
-    "workers str": ({"workers": "2"}, TypeError),
-    "workers -1": ({"workers": -1}, ValueError),  # (refused before, by the pool: kept)
-}
-
-
-def _echo(params: Any) -> Any:
-    return params
-
-
-@pytest.mark.parametrize("name", sorted(SERVER_CASES | WORKER_CASES))
-def test_rpc_server_refuses_bad_options_when_made(name: str) -> None:
-    options, error = (SERVER_CASES | WORKER_CASES)[name]
-    threads = set(threading.enumerate())
-    with pytest.raises(error, match=next(iter(options))):
-        RpcServer(**options)
-    assert not set(threading.enumerate()) - threads  # nothing started (others may end)
-
-
-@pytest.mark.parametrize("name", sorted(SERVER_CASES))
-def test_async_rpc_server_refuses_bad_options_when_made(name: str) -> None:
-    options, error = SERVER_CASES[name]
-    threads = set(threading.enumerate())
-    with pytest.raises(error, match=next(iter(options))):
-        AsyncRpcServer(**options)
-    assert not set(threading.enumerate()) - threads
-
-
-def test_rpc_server_at_the_lowest_limits_serves(tmp_path: Path) -> None:
-    """The smallest values the checks let through serve a real connection: one request
-    pending, an inline server, a real fee policy (prepaying optional: served free)."""
-    ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
-    try:
-        policy = ResponseFeePolicy(ledger, HostIdentity.generate(), 10, required=False)
-        rpc = RpcServer(workers=0, max_pending=1, payments=None, response_fees=policy)
-        rpc.register("echo", _echo)
-        served = Served(rpc)
-        try:
-            client = served.connect(timeout=PROMPT)
-            assert client.call("echo", [1, "a"]) == [1, "a"]
-            assert client.call("echo", "b") == "b"
-        finally:
-            served.close()
-    finally:
-        ledger.close()
-
-
-def test_async_rpc_server_at_the_lowest_limits_serves() -> None:
-    identity = HostIdentity.generate()
-
-    async def main() -> None:
-        rpc = AsyncRpcServer(max_pending=1, payments=lambda connection_id: None)
-        rpc.register("echo", _echo)
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
-        try:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=identity.noise_public
-            )
-            async with AsyncRpcClient(reader, writer, timeout=PROMPT) as client:
-                assert await client.call("echo", [1, "a"]) == [1, "a"]
-                assert await client.call("echo", "b") == "b"
-            writer.close()
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(asyncio.wait_for(main(), PROMPT * 2))
-
-
-# -- the graph: export sizes and summary nodes, checked at the call -------------------------------
 
 
 @pytest.fixture
