@@ -49,16 +49,17 @@ step "benchmark bodies (run once each, no timing)"
 $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
 step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
-# Each backend's test files in parts (every Nth file, by name; DTP_TEST_PARTS, default 3),
-# all parts side by side: much of the suite waits (sockets, timers, other processes), so
-# together they take little longer than the longest one. Each writes its own log under
-# build/, shown once all ended; any failing fails the run.
+# Each backend's test files in parts of about equal time (scripts/split_tests.py, from
+# the times in tests/durations.txt; DTP_TEST_PARTS, default 3), all parts side by side:
+# much of the suite waits (sockets, timers, other processes), so together they take
+# little longer than the longest one. Each writes its own log under build/, shown once
+# all ended, and a JUnit report (build/junit-*.xml: `python scripts/split_tests.py
+# --record build/junit-*.xml` refreshes the times); any failing fails the run. The files
+# in tests/core_independent.txt never reach the core: the C backend runs them (and checks
+# that), the pure-Python one leaves them out ("deselected" in its summary).
 mkdir -p build
 parts=${DTP_TEST_PARTS:-3}
-files=(tests/test_*.py)
-chunks=()
-for ((p = 0; p < parts; p++)); do chunks+=(""); done
-for i in "${!files[@]}"; do chunks[i % parts]+=" ${files[i]}"; done
+mapfile -t chunks < <($PYBIN/python scripts/split_tests.py "$parts")
 pids=()
 logs=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
@@ -66,11 +67,13 @@ for backend in c pure; do
   for ((part = 0; part < parts; part++)); do
     log="build/suite-$backend-$part.log"
     logs+=("$log")
+    junit="--junitxml=build/junit-$backend-$part.xml"
     # shellcheck disable=SC2086  # (a part is a list of file names, without spaces)
     if [ "$backend" = pure ]; then
-      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
+      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" \
+        -m "not core_independent" ${chunks[part]} >"$log" 2>&1 &
     else
-      $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
+      $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" ${chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done
@@ -90,7 +93,7 @@ totals: dict[str, int] = {}
 for log in logs:
     lines = [line for line in open(log, errors="replace").read().splitlines() if line.strip()]
     summary = lines[-1] if lines else ""
-    for count, what in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary):
+    for count, what in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)", summary):
         what = "errors" if what.startswith("error") else what
         totals[what] = totals.get(what, 0) + int(count)
 shown = ", ".join(f"{n} {what}" for what, n in totals.items()) or "no test summary found"
