@@ -810,7 +810,7 @@ class Connection:
         on it (two Diffie-Hellman operations and the key derivation) while the server
         decides; :meth:`accept` or :meth:`refuse` then adds only the verdict. It gives
         the client nothing the verdict would not: a refusal sends message 2 as well, so
-        that its reason travels under the session's keys. Nothing happens in any other
+        that its reason travels under the connection's transport keys. Nothing happens in any other
         state (XX answers as the messages come)."""
         if self.is_client or self._state is not ConnState.SERVER_DECIDING:
             return
@@ -826,7 +826,7 @@ class Connection:
         self._held_events.clear()
         if self._state is ConnState.SERVER_DECIDING:
             # IK: the verdict goes out as a CLOSE right behind message 2, so that the
-            # client reads the reason under the session's keys
+            # client reads the reason under the connection's transport keys
             self._answer_hello()
             self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)

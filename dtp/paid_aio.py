@@ -303,9 +303,9 @@ class _PaidConnection:
         escrow read again when a top-up would help (in a task); once they have been
         dropped for want of payment for ``pause_timeout`` -- or at once on a bad
         receipt -- the connection closes, and :class:`~dtp.errors.PaymentRequired` is
-        raised. (Dropped for good before: a sender of datagrams alone to a client that
-        paid nothing went on for the life of the connection, which never closed, and
-        one that pays when asked was never asked.)"""
+        raised. (Dropping them for good instead would let a sender of datagrams alone to a
+        client that pays nothing go on for the life of the connection, which would never
+        close, and never ask one that pays when asked.)"""
         now = time.monotonic()
         if self.unpaid_datagrams_since is None:
             self.unpaid_datagrams_since = now

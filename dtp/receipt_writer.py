@@ -136,8 +136,8 @@ class ReceiptWriter:
         :data:`MARK_DELAY`)."""
         key = normalize_id(connection_id, "connection ID")
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**64:
-            # refused here: found by the writer thread, it ended the thread, and no
-            # receipt was written after it
+            # refused here: found by the writer thread, it would end the thread, and no
+            # receipt would be written after it
             raise ValueError(f"a claimed amount is a u64, got {amount!r}")
         with self._cond:
             if self._closed:

@@ -1314,9 +1314,9 @@ class _TimerService:
                     engine.poll()
                     queued = engine.queued_output()
             except BaseException as exc:
-                # ended (closed: no longer watched): left watched, its carrier stayed
-                # ready, and the thread came straight back to a pass that raised again,
-                # spinning (and logging each time) for as long as the connection lived
+                # ended (closed: no longer watched): left watched, its carrier would stay
+                # ready, and the thread would come straight back to a pass that raises
+                # again, spinning (and logging each time) for as long as the connection lives
                 self._fail(engine, exc)
             finally:
                 engine.lock.release()

@@ -31,8 +31,8 @@ relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay),
 request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
 A frame either side never sends (too long, an unknown kind, a kind meant for the other
 direction) ends the connection at once, its reason in the CLOSE: a peer that breaks the
-control protocol can no longer be paid or billed, and serving it on meant forwarding its
-datagrams with nobody reading its receipts.
+control protocol can no longer be paid or billed, and serving it on would mean forwarding
+its datagrams with nobody reading its receipts.
 """
 
 from __future__ import annotations
@@ -795,8 +795,8 @@ class _Session(FlowAccount):
         self.closed = False
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
-        # reading stream 0 held `lock` too, and with it every datagram of the forwarder
-        # (its loop waits for a session's lock) and close()
+        # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
+        # the forwarder (its loop waits for the lock of each session) and close()
         self.wlock = threading.Lock()
         self.final = threading.Event()
 
@@ -903,7 +903,7 @@ class UdpForwarder:
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._retry_at: dict[tuple[str, int], float] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
-        # each session's reply and control threads, while they run: close() waits for
+        # the reply and control threads of each session, while they run: close() waits for
         # them (they end once its connection is closed), and returned with them still
         # alive
         self._workers: set[threading.Thread] = set()
@@ -1015,7 +1015,7 @@ class UdpForwarder:
             self._end(session)
 
     def _start_worker(self, target: Callable[[], None], name: str) -> None:
-        """Run a session's ``target`` in a thread :meth:`close` waits for."""
+        """Run ``target`` of a session in a thread :meth:`close` waits for."""
 
         def run() -> None:
             try:
@@ -1165,7 +1165,7 @@ class UdpForwarder:
     def close(self) -> None:
         """Stop forwarding; each session settles its final receipt and closes. Connects
         in progress are waited for (up to 10 s) and their connections closed; so are the
-        idle sessions still ending, and every session's threads. A close() called while
+        idle sessions still ending, and the threads of every session. A close() called while
         another is at work waits for it."""
         if self._closed.is_set():
             if not self._own_thread():

@@ -178,7 +178,7 @@ def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) ->
 class CarrierClosed(ConnectionClosed, RuntimeError):
     """A send on a carrier that was closed (:meth:`LedgerCarrier.close`): a
     :class:`~dtp.errors.ConnectionClosed`, as a write on a closed connection raises, and
-    still the RuntimeError it used to be."""
+    a RuntimeError too, for callers that catch that."""
 
 
 @dataclass

@@ -1823,9 +1823,9 @@ class _Registry:
         returns the function itself.
 
         The bare form is taken because it is how such decorators are commonly written:
-        the function used to arrive here as ``name``, the decorator returned its inner
-        wrapper in the function's place and registered nothing (clients got
-        MethodNotFound, and calling the function raised a puzzling TypeError)."""
+        without it the function would arrive here as ``name``, and the decorator would
+        return its inner wrapper in the function's place and register nothing (clients
+        would get MethodNotFound, and calling the function a puzzling TypeError)."""
 
         def wrap_as(given: str | None) -> Callable[[Handler], Handler]:
             def wrap(fn: Handler) -> Handler:

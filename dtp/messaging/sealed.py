@@ -385,8 +385,8 @@ def send_sealed(
     if not recipient_host:
         raise ValueError("recipient_host is empty")
     _check_our_timeout(timeout)
-    # a ledger without a signer cannot pay for the mailbox: this used to surface only
-    # after the direct try, as "no ledger mailbox was given" (one was: the signer was
+    # a ledger without a signer cannot pay for the mailbox: said here, not after the
+    # direct try as "no ledger mailbox was given" (one was: the signer is what is
     # missing). Without a client it is refused before anything is done; with one, the
     # direct delivery may still go (a caller may pass the ledger along out of habit)
     no_signer = ledger is not None and signer is None
