@@ -230,12 +230,12 @@ class ConnectionConfig:
         # in force is less -- so any size from 1 byte can be sent. No upper limit: the
         # record's room caps it.
         self._check_int("max_datagram_size", self.max_datagram_size, 1)
-        # The rest were checked only by Connection() (a LocalProtocolError), so a bad
-        # config was found at a connection: inside a server's accept, or after a ledger
-        # deposit for a connect by host ID. The windows and the stream limit go to the
-        # peer as transport parameters ("md", "msd", "ms"), which it takes from 0 to
-        # 2**62 - 1 (_parse_params): beyond that its handshake failed and we saw only a
-        # handshake timeout (or msgpack's OverflowError from 2**64).
+        # Checked here, not only by Connection() (a LocalProtocolError), so a bad config
+        # is found when it is made, not at a connection: inside a server's accept, or
+        # after a ledger deposit for a connect by host ID. The windows and the stream
+        # limit go to the peer as transport parameters ("md", "msd", "ms"), which it
+        # takes from 0 to 2**62 - 1 (_parse_params): beyond that its handshake would fail
+        # and we would see only a handshake timeout (or msgpack's OverflowError from 2**64).
         for name in ("connection_window", "stream_window", "max_streams"):
             self._check_int(name, getattr(self, name), 0, VARINT_MAX)
         lossy = "" if self.reliable_carrier else " over a lossy carrier (reliable_carrier=False)"

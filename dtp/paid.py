@@ -592,9 +592,9 @@ class _PaidConnection:
         """Read the escrow again when the gate wants it (the deposit holds a paused
         connection, or a receipt waits above it: the client may have topped it up while
         the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
-        with what it holds now. The gate kept the deposit admission read: a client that
-        topped up was held to the old one, and its first receipt above it closed the
-        connection as invalid. Called without the engine lock (a ledger read).
+        with what it holds now. A gate that kept the deposit admission read would hold a
+        client that topped up to the old one, and close the connection as invalid at its
+        first receipt above it. Called without the engine lock (a ledger read).
 
         ``ending`` (the connection is over, the settlement next): read it whenever a
         receipt still waits above the deposit, whatever the interval. A connection that
@@ -796,10 +796,10 @@ class _PaidConnection:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
         limits' lock), or until the connection ends."""
         # a wait the connection's end cuts short: a large chunk's debt at a low rate
-        # lasts long, and a plain sleep held the handler -- and so the settlement and
-        # the server's release -- for all of it after the client had gone. Looked at
+        # lasts long, and a plain sleep would hold the handler -- and so the settlement
+        # and the server's release -- for all of it after the client had gone. Looked at
         # again each refresh interval: the Host may raise or lift the limit meanwhile,
-        # and the wait worked out at the old rate went on (300 s for 30 kB at 100 B/s)
+        # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
         engine = self.engine
 
         def ended() -> bool:

@@ -356,10 +356,10 @@ class _PaidConnection:
 
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
-        under way, and let no send start another. (Left running, the settlement went on
-        meanwhile -- a receipt the read found waiting above the old deposit came after
-        it, unclaimed -- and the server was released with the read still on the
-        ledger.)"""
+        under way, and let no send start another. (Left running, the settlement would go
+        on meanwhile -- a receipt the read found waiting above the old deposit would come
+        after it, unclaimed -- and the server would be released with the read still on
+        the ledger.)"""
         self._deposit_reads_over = True
         task = self._deposit_task
         if task is None:

@@ -280,9 +280,9 @@ class RateLimiter:
 
     def set_limits(self, bytes_per_sec: int, requests_per_sec: int, now: float) -> None:
         """New limits, applied to every client's buckets at once."""
-        # checked before anything changes: a bad limit was stored, then refused by the
-        # first bucket given it, so open clients were left some at the new limit and
-        # some at the old, and every new client's buckets failed to be made
+        # checked before anything changes: a bad limit stored, then refused by the first
+        # bucket given it, would leave open clients some at the new limit and some at
+        # the old, and every new client's buckets would fail to be made
         _checked_rate(bytes_per_sec)
         _checked_rate(requests_per_sec)
         self.bytes_per_sec, self.requests_per_sec = bytes_per_sec, requests_per_sec

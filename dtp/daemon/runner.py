@@ -192,9 +192,9 @@ class Daemon:
         """Set with ``_stop``; read by the start's ledger work in its worker thread."""
         self.endpoint: tuple[str, int] | None = None
         self._reloading = asyncio.Lock()
-        """Held by a reload: two at once (SIGHUPs close together) synced the ledger side
-        by side, the slower one failed on what the other had just published, and
-        published the old settings again while the other served the new ones."""
+        """Held by a reload: two at once (SIGHUPs close together) would sync the ledger
+        side by side, the slower one failing on what the other had just published, and
+        publish the old settings again while the other serves the new ones."""
 
     def _gas_watch(self) -> GasWatch:
         """The watch on what the identity holds: on Sui its gas coins, against the

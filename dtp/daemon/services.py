@@ -262,10 +262,10 @@ class ServiceHost:
         for port in list(self.pools):
             old = self.services[port]
             new = wanted.get(port)
-            # (the protocol too: a service turned UDP kept its TCP health checks, which
-            # connected to its UDP backends every health_interval, for good; and the
-            # name: a service renamed kept a pool that logged under the old name and
-            # counted its backend errors into the old name's status row)
+            # (the protocol too: a service turned UDP would keep its TCP health checks,
+            # connecting to its UDP backends every health_interval, for good; and the
+            # name: a service renamed would keep a pool that logs under the old name and
+            # counts its backend errors into the old name's status row)
             if new is None or (
                 new.name,
                 new.protocol,
@@ -995,8 +995,8 @@ class ServiceHost:
             receipts lagging, the client's byte rate), None for not at all. At most
             POLICY_REFRESH at a time: the tunnel asks again (``n`` 0) when a hold ends,
             and the client's debt is then looked at under the limits in force (a
-            limit the Host lifted or raised while a tunnel waited out a long hold at
-            the old rate reached it only once that hold was over)."""
+            limit the Host lifts or raises while a tunnel waits out a long hold at the
+            old rate reaches it without waiting for that hold to end)."""
             unpaid = self._count(conn, service, n)
             rate = 0.0
             if buckets:
