@@ -605,9 +605,9 @@ def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None)
 def check_connect_options(metering: object, ledger_options: object) -> None:
     """The adapters' own arguments to a connect by host ID (``metering``,
     ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
-    ledger: TypeError for one of another type. (Found where they were first used, they
-    failed after the spending cap or the deposit, and a wrong ``metering`` escaped
-    before the connection was abandoned: the deposit stayed locked.)"""
+    ledger: TypeError for one of another type. (Found where they are first used, they
+    would fail after the spending cap or the deposit, and a wrong ``metering`` would
+    escape before the connection is abandoned, the deposit left locked.)"""
     if metering is not None and not isinstance(metering, MeteringConfig):
         raise TypeError(f"metering must be a MeteringConfig or None, got {type(metering).__name__}")
     if ledger_options is not None and not isinstance(ledger_options, LedgerCarrierOptions):

@@ -1443,7 +1443,7 @@ class Connection:
         to be accepted. The adapters' Session calls this: it keeps a buffer for each
         stream until the application accepts it, and a peer that opened a stream,
         finished it at once and had us stop sending on it (the connection then forgets
-        it) got its place back while that buffer stayed -- without end."""
+        it) would otherwise get its place back while that buffer stays -- without end."""
         if self._untaken is None:
             self._untaken = set()
 

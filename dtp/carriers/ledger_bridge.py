@@ -578,8 +578,8 @@ class LedgerBridge:
         """The adapter closed its end: post what it wrote last and the ledger did not
         take (its CLOSE), then destroy our pipe, so the peer sees the connection end.
         An outage is ridden out for these as for any call (``outage_timeout``): given up
-        at the first failure, the peer learnt nothing until its idle timeout and the
-        pipe stayed on the ledger."""
+        at the first failure, the peer would learn nothing until its idle timeout and the
+        pipe would stay on the ledger."""
         while True:
             try:
                 self._post(unsent)
@@ -790,7 +790,7 @@ class LedgerListener:
                     self._consider(event, before)
                 except ChainError as exc:  # (_unavailable only)
                     # looked at again after a pause, from this event: skipped, the
-                    # client's connection was lost to one failed ledger read
+                    # client's connection would be lost to one failed ledger read
                     logger.warning("ledger listener: %s; retrying", exc)
                     self.cursor = before
                     self._stop.wait(self.poll)

@@ -332,8 +332,8 @@ class ServerFees:
         if refunded is None:
             # not settled: the receipt stays unclaimed in the store, for a retry or the
             # next start to settle (its claim refused as made, then found on the
-            # ledger). Marked now, the connection was left Open for good, its deposit
-            # held until the client's own timeout
+            # ledger). Marked now, the connection would be left Open for good, its
+            # deposit held until the client's own timeout
             return outcome(claimed, 0, False)
         if mark:
             self._mark_claimed(connection_id, mark)
@@ -413,7 +413,7 @@ class ServerFees:
     def close(self) -> None:
         """Stop the receipt writer, then close the store, as a paid server's release
         does (:func:`dtp.paid.release_receipts`): a writer still writing after the wait
-        keeps the store open under it (closed, the receipts it held were dropped), and
+        keeps the store open under it (closed, the receipts it holds would be dropped), and
         receipts it gave up are logged whole for a claim by hand."""
         from dtp.paid import release_receipts  # (the paid servers' module: loaded late)
 

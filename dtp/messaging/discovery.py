@@ -450,7 +450,7 @@ class DiscoveryGossip:
         It is issued later than the cached announcement of the host by the same key (a
         millisecond later when the clock has not moved past it): one issued at the same
         time is a duplicate, so a re-announcement within a millisecond -- or within a
-        ledger clock's tick, a Sui checkpoint -- was dropped here and by every peer,
+        ledger clock's tick, a Sui checkpoint -- would be dropped here and by every peer,
         while announce() returned it as if recorded."""
         with self._announcing:
             issued = self.clock_ms()
