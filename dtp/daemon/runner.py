@@ -528,7 +528,7 @@ class Daemon:
                 await self._sync(new, public)
             except ChainError as exc:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
-                # the transactions before the refused one stayed: a service published
+                # the transactions before the refused one stay: a service published
                 # that is not served (clients paid deposits into connections refused at
                 # once), a firewall half changed. The settings still served go back
                 await self._republish(public)
@@ -873,7 +873,7 @@ class Daemon:
         try:
             await self._shut_down(timeout)
         finally:
-            # also when the shut-down was cut short (cancelled): the ledger stayed open
+            # also when the shut-down is cut short (cancelled): else the ledger stays open
             # and the state directory locked, for another daemon of this process too
             try:
                 self.book.info["stopped"] = time.time()

@@ -86,8 +86,8 @@ def daemon_running(status: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         # alive, run by another user: the daemon, or a process given its pid after it
-        # died (returned True at once, a crashed daemon's pid reused by another user's
-        # program showed it running): the recorded identity tells, /proc is readable
+        # died (True at once would show a crashed daemon running once another user's
+        # program reuses its pid): the recorded identity tells, /proc is readable
         pass
     recorded = status.get("process")
     if isinstance(recorded, str) and process_identity(pid) not in (None, recorded):

@@ -1168,10 +1168,10 @@ class Graph:
 
         The state goes out at once -- returned, forwarded to sync peers -- while its
         batch and the clock reach the file only with the next flush. After a crash in
-        between, the clock restarted from the last flushed state: with the wall clock
-        behind, the next write of that field took a lower state than the lost one a
-        peer still held, so the peer's older value came back and won over the new one
-        everywhere. Reserving 250 ms ahead costs one small SQLite write per 250 ms of
+        between, a clock restarted from the last flushed state, with the wall clock
+        behind, would give the next write of that field a lower state than the lost one
+        a peer still holds, so the peer's older value would come back and win over the
+        new one everywhere. Reserving 250 ms ahead costs one small SQLite write per 250 ms of
         states, not one per write.
         """
         reserved = state + _CLOCK_RESERVE
@@ -1212,9 +1212,9 @@ class Graph:
             except GraphStorageError as exc:
                 # the flush is done: every change is on disk, in the log. A compaction
                 # only rewrites it smaller, and one that fails (a full disk: it writes
-                # the whole table once more) rolled back whole. Raised, it failed the
-                # flush -- and close(), which then left the graph open, for good while
-                # the disk stayed full -- and each later flush exported the table again
+                # the whole table once more) rolls back whole. Raised, it would fail the
+                # flush -- and close(), which would then leave the graph open, for good
+                # while the disk stays full -- and each later flush export the table again
                 self._compact_after = time.monotonic() + _COMPACT_RETRY
                 logger.warning(
                     "graph: compacting the log failed (%s); the log is kept as it is, "

@@ -360,8 +360,8 @@ class _StationLink:
             return True
 
     def offer_air(self, frame: bytes) -> None:
-        """Queue an AIR frame, full queue or not: dropped, it was never sent again and
-        the listener stayed on air after a cancel. In a full queue it takes the place of
+        """Queue an AIR frame, full queue or not: dropped, it would never be sent again
+        and the listener would stay on air after a cancel. In a full queue it takes the place of
         the newest message (counted in :attr:`dropped`, which the listener sees as a gap
         in sequence numbers), else of the newest AIR frame (older news of the air state),
         else (the HELLO and AIR frames only) goes in above the bound: at most once, since
@@ -1179,8 +1179,8 @@ class BroadcastListener:
 
     def _replace_air(self, item: AirChange) -> None:
         """(queue lock held) Put ``item`` in place of the newest queued AirChange (older
-        news of the air state), as a station link does with AIR frames: past the slack
-        the newest was dropped, and the application ended on a stale state (there are
+        news of the air state), as a station link does with AIR frames: dropping the
+        newest past the slack would leave the application on a stale state (there are
         at least ``_AIR_SLACK`` queued: messages go in only below the bound)."""
         with self._queue.mutex:  # (the consumer's get() takes it)
             items = self._queue.queue
