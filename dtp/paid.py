@@ -1422,9 +1422,9 @@ class Recovery:
     """A live paid server's recovery of what dead server runs left unclaimed in its
     store (:func:`recover_store`), and of its own settlements that failed
     (``retries``: :class:`SettlementRetries`), every :data:`RECOVERY_INTERVAL`, in a
-    thread of its own: its ledger transactions (one per receipt) held up the policy
-    refreshes -- the firewall's enforcement on open connections -- for as long as they
-    took, and went on after the server closed. :meth:`stop` ends it between two claims;
+    thread of its own: elsewhere its ledger transactions (one per receipt) would hold
+    up the policy refreshes -- the firewall's enforcement on open connections -- for as
+    long as they take, and go on after the server closed. :meth:`stop` ends it between two claims;
     :meth:`join` waits for that, before the store is released. What it settles of dead
     runs is appended to ``recovered``; ``retries`` appends its own to the server's
     settlements. A dead run's receipt whose claim fails is tried again after 1, 2, 4

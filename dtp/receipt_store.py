@@ -527,9 +527,9 @@ class ReceiptStore:
 
     def _lock_shared(self, fd: int) -> None:
         """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT` for an exclusive
-        holder. Another server holds it for an instant; a blocking wait hung a server's
-        start (and, in the asyncio server, its event loop) for good behind a holder that
-        did not let go: a process stopped in that instant, another program."""
+        holder. Another server holds it for an instant; a blocking wait would hang a
+        server's start (and, in the asyncio server, its event loop) for good behind a
+        holder that does not let go: a process stopped in that instant, another program."""
         assert fcntl is not None
         deadline = time.monotonic() + BUSY_TIMEOUT
         delay = 0.001
@@ -711,9 +711,9 @@ class ReceiptStore:
     def close(self) -> None:
         """Close the store, once the write in progress (a statement or a whole
         :meth:`keep_many` transaction) and the reads in progress are done: the handle
-        closed under a statement crashed the process (CPython's sqlite3 finalized it
-        while another thread ran it) or failed the write half-way, which its writer then
-        retried against the closed store for good. Every call after it raises
+        closed under a statement can crash the process (CPython's sqlite3 finalizes it
+        while another thread runs it) or fail the write half-way, which its writer would
+        then retry against the closed store for good. Every call after it raises
         :class:`ReceiptStoreError` ("closed")."""
         with self._write_lock:
             with self._reads_done:

@@ -447,8 +447,8 @@ def _lower_priority(increment: int) -> None:
 
 def _queue(pending: dict[str, tuple[Receipt, Done]], key: str, item: tuple[Receipt, Done]) -> None:
     """Put ``item`` in ``pending`` unless the receipt waiting there is newer (a higher
-    nonce): replaced by an older one, a newer receipt was never written -- the store
-    then held the older one, and the fees the newer one covered were lost."""
+    nonce): replaced by an older one, a newer receipt would never be written -- the
+    store would hold the older one, and the fees the newer one covered be lost."""
     waiting = pending.get(key)
     if waiting is None or item[0].nonce > waiting[0].nonce:
         pending[key] = item

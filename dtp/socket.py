@@ -530,7 +530,7 @@ class _Engine:
             if status in _READ_ON:
                 # (only here, before a wait: a status below has bytes the lane took from
                 # the carrier and the connection must take back -- raised past, they
-                # were lost, and the stream after them out of order)
+                # would be lost, and the stream after them out of order)
                 if self.interrupted:
                     self.take_interrupt(stream_id)
                 if self.ahead is not None:
@@ -1242,9 +1242,9 @@ class _TimerService:
     def _fail(engine: _Engine, exc: BaseException) -> None:
         """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
 
-        Left as it was, it lived on half-alive: never scheduled again, so none of its
-        timers ran (keepalive, idle timeout, retransmission), a peer that vanished went
-        unnoticed and the carrier was never released. Aborted, the peer reads
+        Left as it is, it would live on half-alive: never scheduled again, so none of its
+        timers would run (keepalive, idle timeout, retransmission), a peer that vanished
+        would go unnoticed and the carrier never be released. Aborted, the peer reads
         INTERNAL_ERROR (as when a server's handshake code raises) and the application's
         calls raise ConnectionClosed, ``exc`` its cause. ``exc`` may be any exception,
         SystemExit too (a push callback's sys.exit() runs here): what escapes the pass
@@ -2263,8 +2263,8 @@ class DTPSocket:
     def _flush_files(self) -> None:
         """Flush the files of this socket still open (at the interpreter's exit, before
         it closes the socket: their finalizers flush them only in the teardown, after
-        that, and the bytes an application wrote without flushing were lost while the
-        peer read a clean end). Each waits for the peer up to the linger at most."""
+        that, and the bytes an application wrote without flushing would be lost while the
+        peer reads a clean end). Each waits for the peer up to the linger at most."""
         files = [f for f in self._files if not f.closed]
         if not files:
             return
@@ -2315,7 +2315,7 @@ class DTPSocket:
         # allocation, possibly in the middle of sealing on this or another connection.
         # So it does no protocol work (no seal, no flush, no lock): it only closes the
         # carrier, as a garbage-collected socket.socket does; the peer sees the
-        # connection end. (Sealing a CLOSE from here crashed the C-core suite once.)
+        # connection end. (Sealing a CLOSE from here could re-enter a seal in progress.)
         # The connection's other streams may live on (and be in use in other threads):
         # their next call must end with a typed error, not read a closed descriptor's
         # number, which the process may already have given to another socket (the C

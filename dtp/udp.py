@@ -1187,8 +1187,8 @@ class UdpForwarder:
 
     def _close(self) -> None:
         # none of the joins below is of this thread: a close() from connect() (or from
-        # any thread of ours) raised RuntimeError on joining itself, past the sessions
-        # and the local port, which were left open
+        # any thread of ours) would raise RuntimeError on joining itself, past the
+        # sessions and the local port, which would be left open
         current = threading.current_thread()
         if self._thread is not current:
             self._thread.join(5)
@@ -1229,9 +1229,9 @@ def _port_ok(port: object) -> bool:
 
 def _check_listen(listen: tuple[str, int]) -> None:
     """Refuse a local address whose port is out of range before a socket is made for
-    it: bind() raised OverflowError (untyped) and the socket was left open. (The same
-    error and words as :func:`dtp.paid.check_address`.) One that is no (host, port)
-    tuple with a str host is a TypeError: a None or bytes host failed on the family
+    it: bind() raises OverflowError (untyped) and the socket would be left open. (The
+    same error and words as :func:`dtp.paid.check_address`.) One that is no (host, port)
+    tuple with a str host is a TypeError: a None or bytes host would fail on the family
     test with words about something else (``argument of type 'NoneType' is not
     iterable``)."""
     if (
@@ -1250,7 +1250,7 @@ def _bind_udp(listen: tuple[str, int], *, blocking: bool) -> _socket.socket:
     """The forwarders' local UDP socket, bound to ``listen`` (checked first). Closed on
     any failure, not only an OSError: bind() raises TypeError for an address it cannot
     take (a null character in the host, an IPv4 address with flowinfo), and the socket
-    was left to the garbage collector."""
+    would be left to the garbage collector."""
     _check_listen(listen)
     family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
     udp = _socket.socket(family, _socket.SOCK_DGRAM)
@@ -1371,9 +1371,9 @@ def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     except OSError as exc:
         # the kernel reports an earlier datagram's ICMP error once, on this read, and
         # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
-        # another host gone away). Raised, it ended the blocking relay's reply thread
-        # for good -- requests still forwarded and billed, no reply ever back -- and
-        # the replies read before it were lost uncounted
+        # another host gone away). Raised, it would end the blocking relay's reply
+        # thread for good -- requests still forwarded and billed, no reply ever back --
+        # and the replies read before it would be lost uncounted
         logger.debug("UDP backend %s: %s", _peer_name(udp), exc)
     return out
 

@@ -2175,7 +2175,7 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             # the stream is done for: its reading ends too (run_general), and what was
             # queued meanwhile, or is later, is let go (flush): left with the sending
-            # role, the read loop went on taking requests and queuing their answers
+            # role, the read loop would go on taking requests and queuing their answers
             # for good
             logger.debug("RPC answers not sent: %s", exc)
             with self.lock:
@@ -2654,8 +2654,8 @@ class _ServerStream:
 async def _deposit(prepay: ResponsePrepay, timeout: float) -> str:
     """``prepay.deposit(timeout)`` in a worker thread. A call cancelled meanwhile cannot
     stop the thread: the escrow it then makes is left in ``prepay.unanswered``, for
-    :meth:`ResponsePrepay.refund_due` (it was lost, the fee locked until someone
-    found it)."""
+    :meth:`ResponsePrepay.refund_due` (else it would be lost, the fee locked until
+    someone found it)."""
     work = asyncio.ensure_future(asyncio.to_thread(prepay.deposit, timeout))
     try:
         return await asyncio.shield(work)

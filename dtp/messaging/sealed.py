@@ -718,9 +718,9 @@ class SealedInbox:
                 # a failed append whose undo failed too left part of a line there)
                 journal.write_bytes(b"")
         except OSError as exc:
-            # the new state is in place: raised, the caller undid in memory what the
+            # the new state is in place: raised, the caller would undo in memory what the
             # file already holds (its cursor moved on), and the messages it did not hand
-            # over were lost at the next start. A journal left as it was only repeats
+            # over would be lost at the next start. A journal left as it was only repeats
             # ids the snapshot has; the journal is emptied at the next snapshot.
             logger.warning("inbox state %s written, then: %s", self._path, exc)
             return
