@@ -1521,7 +1521,7 @@ async def _open(
 
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result
     # when a cancel comes as the handshake completes, so a cancelled open_connection
-    # returned a live connection (the cancellation swallowed); here establish() runs
+    # would return a live connection (the cancellation swallowed); here establish() runs
     # in the caller's task, which the cancel reaches directly.
     try:
         async with asyncio.timeout(timeout):
@@ -2103,9 +2103,9 @@ class DTPServer:
             # (A ledger bridge's first record comes over the ledger, slowly: it passed
             # the ledger carrier's own admission, and never gives way)
             self._admission.waiting_for_client(arrival)
-        # asyncio.timeout, not wait_for: on Python 3.11 a cancel (the loop ending) that
-        # came as the handshake completed was swallowed by wait_for, and the callback ran
-        # in a task asyncio.run then waited on for good
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (the
+        # loop ending) that comes as the handshake completes, and the callback would run
+        # in a task asyncio.run then waits on for good
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(session.conn.config.handshake_timeout):
                 await proto.wait_for(

@@ -423,7 +423,7 @@ class Meter:
         # the deposit first: a fee past u64 is past every escrow's deposit (a u64), and
         # that is usage the deposit cannot cover -- InsufficientFunds, which the
         # ClientMeter answers with its last receipt for the whole deposit; refused as
-        # InvalidArgument it escaped the ClientMeter and the connection's I/O
+        # InvalidArgument it would escape the ClientMeter and the connection's I/O
         if cost > self.deposit:
             raise InsufficientFunds(
                 f"Usage would cost {cost} MIST but connection {self.connection_id} has a "

@@ -901,7 +901,7 @@ class PaidSocket:
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
             # the socket's checks of the call as made, before the gate cuts its size
-            # (a size past the buffer, cut to the credit, escaped them: read)
+            # (a size past the buffer, cut to the credit, would escape them: read)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         buckets = paid.buckets

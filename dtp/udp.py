@@ -1300,7 +1300,7 @@ def _backend_socket(
         udp.connect(address)
     except (OSError, ValueError, TypeError) as exc:
         # (ValueError: UnicodeError of a bad name; TypeError: an address connect()
-        # cannot take, such as a null character in the host -- it escaped untyped,
+        # cannot take, such as a null character in the host -- it would escape untyped,
         # past this socket and the relay's connection, both left open)
         udp.close()
         raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc

@@ -275,7 +275,7 @@ async def relay_udp_async(
                         # the stream may still hold the final receipt: read it to the
                         # end first. (asyncio.wait: a cancellation of ours is raised, not
                         # swallowed with the task's outcome -- a relay cancelled here
-                        # returned as if it had ended on its own)
+                        # would return as if it had ended on its own)
                         await asyncio.wait([control_task], timeout=2.0)
                 finally:
                     control_task.cancel()

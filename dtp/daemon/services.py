@@ -607,9 +607,9 @@ class ServiceHost:
             due = [cid for cid, entry in self._retries.items() if entry.due <= now]
             if not due:
                 nearest = min((entry.due for entry in self._retries.values()), default=None)
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the
-                # wake's result when the drain's cancel came as the wake was set, the
-                # cancel swallowed, and the drain waited for this loop for good)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # wake's result when the drain's cancel comes as the wake is set, the
+                # cancel swallowed, and the drain would wait for this loop for good)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(None if nearest is None else nearest - now):
                         await self._retry_wake.wait()

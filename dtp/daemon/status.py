@@ -177,8 +177,8 @@ def state_dir_of(config: str | None, state_dir: str | None) -> Path:
 def _state_dir_despite(path: Path) -> Path | None:
     """``[daemon] state_dir`` of a config file that is valid TOML but fails validation
     elsewhere (a forward's target, a service's backends): the running daemon refused
-    that edit at its reload and goes on, and ``dtp status --config`` refused to show
-    its status until the file was fixed. None when the file does not say."""
+    that edit at its reload and goes on, so ``dtp status --config`` shows its status
+    even before the file is fixed. None when the file does not say."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
