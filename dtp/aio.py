@@ -226,7 +226,7 @@ class _Protocol(asyncio.Protocol):
                 self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
             self.session.process_events()
         except Exception as fault:
-            # ending the session raised: closed here, else its reads waited for good
+            # ending the session raised: closed here, else its reads would wait for good
             self._fail(fault)
         finally:
             # whatever that raised: its timers stop, and wait_closed() returns
@@ -430,7 +430,7 @@ class _Protocol(asyncio.Protocol):
             owner = _Owner()
             self._owner = weakref.ref(owner)
             # (the protocol weakly: the finalizer registry is global, and a pinned owner
-            # lives as long as its protocol, so a strong one kept both for good)
+            # lives as long as its protocol, so a strong one would keep both for good)
             weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
         return owner
 
@@ -908,8 +908,8 @@ class DTPStreamWriter:
 
         def room() -> bool:
             # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
-            # and a peer not reading held a writing task's drain() for good, or for the
-            # first stream's CLOSE_LINGER)
+            # and a peer not reading would hold a writing task's drain() for good, or for
+            # the first stream's CLOSE_LINGER)
             return (
                 self._closing
                 or self._session.terminated is not None
@@ -965,8 +965,8 @@ class DTPStreamWriter:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
             # asked to stop sending, and what is unread (and what comes before it stops)
-            # is dropped, its flow-control credit returned; reads give b"". Kept, it was
-            # held for good: two such streams stalled every other stream.
+            # is dropped, its flow-control credit returned; reads give b"". Kept, it would
+            # be held for good: two such streams would stall every other stream.
             session = self._session
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
@@ -975,7 +975,7 @@ class DTPStreamWriter:
             session.discard(self._stream_id)
             # its buffer goes once the connection is done with the stream too (as the
             # blocking API's): kept, a connection carrying many short streams (the
-            # daemon's tunnels) held one for each, for good
+            # daemon's tunnels) would hold one for each, for good
             session.forget(self._stream_id)
             self._proto._notify()
             self._proto.flush()

@@ -289,7 +289,7 @@ def _keep_final(writer: ReceiptWriter, final: Receipt) -> None:
     """Keep a final receipt the settlement did not claim, for a later claim: through the
     writer, or -- the writer closed meanwhile (a server stopped before this settlement
     ended) -- straight in its store; failing that, it is logged whole, for an operator
-    to claim by hand (the RuntimeError from the closed writer lost it silently)."""
+    to claim by hand (the RuntimeError from the closed writer would lose it silently)."""
     try:
         writer.submit(final, _stored)
         return
@@ -1847,8 +1847,8 @@ class PaidServer:
         admitted = self.admission.take_admitted(cid)
         key = normalize_id(cid, "connection ID")
         # A second DTP connection on the same ledger connection: on a gate of its own it
-        # counted the first one's receipts again (the client paid once for twice the
-        # service) and took another allowance from one escrow. Nor may one come back
+        # would count the first one's receipts again (the client paying once for twice
+        # the service) and take another allowance from one escrow. Nor may one come back
         # after its receipts (its settlement failed: still Open), or when they cannot
         # be read: its new gate would count them once more (served_refusal).
         if not self._serving.reserve(key):

@@ -224,8 +224,8 @@ class ReceiptStore:
 
     def _check_writable(self) -> None:
         """Refuse a store that cannot be written (a read-only file, an immutable one, a
-        read-only mount): it opened and read, a paid server attached and served, and
-        every keep failed after it, for good (no receipt ever counted). BEGIN
+        read-only mount): it opens and reads, so a paid server would attach and serve,
+        and every keep fail after it, for good (no receipt ever counted). BEGIN
         IMMEDIATE does not tell (SQLite takes the lock of a read-only file all the
         same); a write that changes no row does, before it takes any lock."""
         timeout_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]

@@ -323,8 +323,8 @@ class ReceiptWriter:
         self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
     ) -> None:
         """A write failed because the store is closed: every call on it fails from now
-        on, and retried, the batch was logged every :data:`RETRY_DELAY` seconds for good
-        while :meth:`flush` waited out its whole timeout. Drop it, and what was
+        on, and retried, the batch would be logged every :data:`RETRY_DELAY` seconds for
+        good while :meth:`flush` waits out its whole timeout. Drop it, and what was
         submitted meanwhile (it meets the same closed store): each receipt logged whole
         and kept in :attr:`given_up` (one error naming only its connection lost the fee
         an operator could have claimed by hand).

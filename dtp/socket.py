@@ -2145,8 +2145,8 @@ class DTPSocket:
                         engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
             finally:
                 # the read side is shut even when the write side raised: else close()
-                # after a reset left the peer sending into a stream nobody reads, its
-                # credit never returned -- the peer's sendall() waited for good
+                # after a reset would leave the peer sending into a stream nobody reads,
+                # its credit never returned -- the peer's sendall() waiting for good
                 if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                     self._shut_reading()
                 engine.flush()
@@ -2333,7 +2333,7 @@ class DTPSocket:
                     s.close()
             # the release hook (a server's: its count of the connections it serves)
             # takes locks, so it runs in the timer thread; never run, the connection
-            # held its place under the Host's connection limits for good
+            # would hold its place under the Host's connection limits for good
             hook = engine.take_release_hook()
             if hook is not None:
                 _TIMERS.release_later(hook)
@@ -3928,7 +3928,7 @@ class DTPServer:
         server's own (:meth:`settimeout`), with which 0 raises BlockingIOError. A
         ``timeout`` :meth:`settimeout` refuses raises as there."""
         own = isinstance(timeout, _Own)
-        # (checked first: NaN waited for good, and a negative one raised queue's error)
+        # (checked first: NaN would wait for good, and a negative one raise queue's error)
         wait = self._timeout if isinstance(timeout, _Own) else _checked_timeout(timeout)
         if self._closed.is_set():
             raise SocketClosed("accept() on a closed server")

@@ -167,7 +167,7 @@ class UdpBilling:
     ``loss_allowance``: the share of the reply bytes the relay writes off as lost on
     the way back. The forwarder signs for no more than it received, so each reply lost
     after the relay counted it stays unreceipted for good; without the write-off those
-    bytes added up until the credit was gone and a lossy flow was served nothing more.
+    bytes would add up until the credit is gone and a lossy flow is served nothing more.
     A client that claims losses it did not have gets at most this share of its replies
     for free: the relay's risk, with ``credit_bytes``.
 
@@ -882,8 +882,8 @@ class UdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        # before the bind (a None idle_timeout ended the forwarder's thread silently, a
-        # float max_pending lost every new source's datagrams uncounted)
+        # before the bind (a None idle_timeout would end the forwarder's thread silently,
+        # a float max_pending lose every new source's datagrams uncounted)
         check_seconds("idle_timeout", idle_timeout)
         check_seconds("final_timeout", final_timeout, zero=True)
         check_seconds("retry_after", retry_after, zero=True)

@@ -478,8 +478,8 @@ class LedgerBridge:
         peer_closed_at: float | None = None
         outage: float | None = None  # when the ledger stopped answering
         # records the ledger did not take (an outage), posted again at each turn: the
-        # outage lasts until a post goes through, reads answering or not (a ledger
-        # that took reads but no transaction was ridden out forever, each read
+        # outage lasts until a post goes through, reads answering or not (else a ledger
+        # that takes reads but no transaction would be ridden out forever, each read
         # ending the outage); and at close they are the adapter's last (its CLOSE)
         unsent: list[bytes] = []
         while not self._stop.is_set():

@@ -269,7 +269,7 @@ class ServerFees:
         or the next start's :meth:`claim_leftovers`: a receipt is marked claimed only
         once its connection is settled, so a claim made but not followed by its
         settlement is settled then (its claim found on the ledger, not made twice, not
-        counted twice). Raised, it skipped the caller's bookkeeping after it, and ended
+        counted twice). Raised, it would skip the caller's bookkeeping after it, and end
         a start's recovery before the other connections."""
         level = logging.DEBUG if quiet else logging.WARNING
         ports: list[int] = []  # the connection's port, as read on the ledger here

@@ -499,8 +499,8 @@ class ServiceHost:
             # a receipt of an earlier run, stored just before it ended, may not have
             # reached the saved status: what was claimed was earned. Not for one served
             # here: its receipts count as they are kept, and one claimed while still on
-            # its way to the disk (the store slow) was counted twice, raised to here by
-            # the claim and added again by its "kept" callback (_earn)
+            # its way to the disk (the store slow) would be counted twice, raised to here
+            # by the claim and added again by its "kept" callback (_earn)
             row.fees_earned = max(row.fees_earned, row.fees_claimed)
         self.book.touch()
 
@@ -816,7 +816,7 @@ class ServiceHost:
 
         tallying = asyncio.ensure_future(tally_often())
         # a TCP forward pointed at this UDP service opens streams nobody would answer:
-        # its local client waited for the tunnel's status for good
+        # its local client would wait for the tunnel's status for good
         refuser = asyncio.ensure_future(
             self._refuse_tunnels(
                 conn,

@@ -367,7 +367,7 @@ async def splice_leg(
             error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
             if error is None:
                 # ... or for the TCP side's loss (a reset after its EOF): the DTP side,
-                # paused for the lost transport's full buffer or idle, waited for good
+                # paused for the lost transport's full buffer or idle, would wait for good
                 await asyncio.wait([back, leg.lost], return_when=asyncio.FIRST_COMPLETED)
                 if back.done():
                     back.result()

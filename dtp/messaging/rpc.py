@@ -2341,7 +2341,7 @@ class _ServerStream:
             if data == b"":
                 # the client ended its side: it may still read (a half-close after its
                 # last request), so what it asked is still answered. Handlers watching
-                # ctx.cancelled are told at once, as before: the client may as well have
+                # ctx.cancelled are told at once: the client may as well have
                 # closed for good (nothing tells the two apart), and a long one waiting
                 # for it would hold the stream for good
                 for ctx in list(self.contexts.values()):
@@ -3091,7 +3091,7 @@ class AsyncRpcServer(_Registry):
         # its connection's users, released at the end below -- or, when this task is
         # cancelled meanwhile (a connection's first stream ending while its second
         # resolves), once the resolution is done; left counted, a failure cached for
-        # the connection (its open still landing) refused its later streams for good
+        # the connection (its open still landing) would refuse its later streams for good
         connection_id = getattr(writer, "peer_connection_id", None)
         resolving = loop.run_in_executor(None, _stream_payments, self._payments, writer)
         try:
