@@ -628,7 +628,7 @@ class PubSubNode:
         (``gettimeout()`` 0) is refused, ValueError. A link without a ``name`` is
         ``<node_id>-<n>``, ``n`` counting the links this node has attached."""
         if not all(callable(getattr(stream, m, None)) for m in ("recv", "sendall")):
-            # (None or a bytes object crashed the link's reader thread instead)
+            # (None or a bytes object would crash the link's reader thread instead)
             raise TypeError(
                 f"attach() needs a stream (recv, sendall), not {type(stream).__name__!r}"
             )
