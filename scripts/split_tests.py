@@ -1,6 +1,9 @@
 """Split the test files into parts of about equal running time, for scripts/test.sh.
 
     python scripts/split_tests.py PARTS           one line per part: its files
+    python scripts/split_tests.py PARTS --core    the same without the files listed in
+                                                  tests/core_independent.txt (the
+                                                  pure-Python core's run leaves them out)
     python scripts/split_tests.py --record XML... write tests/durations.txt from the
                                                   JUnit reports of a run
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = ROOT / "tests" / "durations.txt"
+CORE_INDEPENDENT = ROOT / "tests" / "core_independent.txt"
 
 
 def test_files() -> list[str]:
@@ -41,6 +45,15 @@ def recorded() -> dict[str, float]:
                 seconds, path = line.split(maxsplit=1)
                 weights[path] = float(seconds)
     return weights
+
+
+def core_independent() -> set[str]:
+    """The files tests/core_independent.txt lists (they never reach the core)."""
+    return {
+        name
+        for line in CORE_INDEPENDENT.read_text().splitlines()
+        if (name := line.split("#", 1)[0].strip())
+    }
 
 
 def split(files: list[str], parts: int, weights: dict[str, float]) -> list[list[str]]:
@@ -83,10 +96,18 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "--record":
         record(argv[1:])
         return 0
-    if len(argv) != 1 or not argv[0].isdigit() or int(argv[0]) < 1:
+    core_only = argv[1:] == ["--core"]
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not core_only):
         print(__doc__, file=sys.stderr)
         return 2
-    for chunk in split(test_files(), int(argv[0]), recorded()):
+    if not argv[0].isdigit() or int(argv[0]) < 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    files = test_files()
+    if core_only:
+        skipped = core_independent()
+        files = [path for path in files if path not in skipped]
+    for chunk in split(files, int(argv[0]), recorded()):
         print(" ".join(chunk))
     return 0
 

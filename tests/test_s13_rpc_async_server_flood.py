@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import statistics
 import threading
 import time
 
@@ -52,17 +53,17 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
             async def calls() -> float:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 client = AsyncRpcClient(reader, writer)
-                worst = 0.0
+                times: list[float] = []
                 try:
                     for i in range(10):
                         started = time.monotonic()
                         assert await client.call("echo", i, timeout=10) == i
-                        worst = max(worst, time.monotonic() - started)
+                        times.append(time.monotonic() - started)
                 finally:
                     await client.close()
                     writer.close()
                     await writer.wait_closed()
-                return worst
+                return statistics.median(times)
 
             flooding.wait(5)
             return asyncio.run(calls())
@@ -82,6 +83,7 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
                 task.cancel()
             await asyncio.gather(*served, return_exceptions=True)
 
-    # the flood held each call 1-2.5 s before the fix and about 0.15 s after; the
-    # bound sits below the old times, with room for a loaded machine (0.5 failed in CI)
-    assert asyncio.run(main()) < 1.0
+    # a loop held by the flood holds every call 1-2.5 s; a fair one answers in about
+    # 0.15 s. The median of the ten, so that one call slowed by a loaded machine (1.2 s
+    # seen) does not decide
+    assert asyncio.run(main()) < 0.6
