@@ -605,9 +605,9 @@ def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None)
 def check_connect_options(metering: object, ledger_options: object) -> None:
     """The adapters' own arguments to a connect by host ID (``metering``,
     ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
-    ledger: TypeError for one of another type. (Found where they were first used, they
-    failed after the spending cap or the deposit, and a wrong ``metering`` escaped
-    before the connection was abandoned: the deposit stayed locked.)"""
+    ledger: TypeError for one of another type. (Found where they are first used, they
+    would fail after the spending cap or the deposit, and a wrong ``metering`` would
+    escape before the connection is abandoned, the deposit left locked.)"""
     if metering is not None and not isinstance(metering, MeteringConfig):
         raise TypeError(f"metering must be a MeteringConfig or None, got {type(metering).__name__}")
     if ledger_options is not None and not isinstance(ledger_options, LedgerCarrierOptions):
@@ -685,15 +685,15 @@ def prepare_host_connection(
     :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
     """
     # before any ledger read, with the errors the ledger gives the same mistakes (a
-    # str identity used to surface as an AttributeError deep in the resolution)
+    # str identity would otherwise surface as an AttributeError deep in the resolution)
     if not isinstance(identity, HostIdentity):
         raise TypeError(
             f"identity must be a HostIdentity (the paying client's keys), "
             f"got {type(identity).__name__}"
         )
     if config is not None and not isinstance(config, ConnectionConfig):
-        # else found by replace() below, after the spending cap was created and (paying
-        # by subscription or sponsor pool) the deposit moved, with nothing half-closed
+        # else replace() below finds it, after the spending cap is created and (paying by
+        # subscription or sponsor pool) the deposit moved, with nothing half-closed
         raise TypeError(f"config must be a ConnectionConfig or None, got {type(config).__name__}")
     # the keys the caller was told the host has: each must be the one it publishes (the
     # handshake runs IK to the published key, so one not compared was dropped unseen)

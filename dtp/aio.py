@@ -205,9 +205,9 @@ class _Protocol(asyncio.Protocol):
                     tune(sock)
             self.flush()
         except BaseException as exc:
-            # left to asyncio's log, the connection was half-made: a client's first
-            # handshake message never went (its open waited for its timeout, or for
-            # good), a server's connection was never served (its client waited as long)
+            # left to asyncio's log, the connection would be half-made: a client's first
+            # handshake message would never go (its open waiting for its timeout, or for
+            # good), a server's connection never be served (its client waiting as long)
             self._fail(exc)
             if not isinstance(exc, Exception):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
@@ -226,7 +226,7 @@ class _Protocol(asyncio.Protocol):
                 self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
             self.session.process_events()
         except Exception as fault:
-            # ending the session raised: closed here, else its reads waited for good
+            # ending the session raised: closed here, else its reads would wait for good
             self._fail(fault)
         finally:
             # whatever that raised: its timers stop, and wait_closed() returns
@@ -378,10 +378,10 @@ class _Protocol(asyncio.Protocol):
         connection, as the blocking sockets' timer thread does
         (``_TimerService._fail``).
 
-        Left to asyncio, it was logged and the connection lived on half-alive: its
-        timer, cleared before the pass, was armed again only by the next write or
-        input, so a silent peer was never timed out (keepalive, idle timeout,
-        retransmission, the close linger) and ``wait_closed()`` or a read waited for
+        Left to asyncio, it would be logged and the connection live on half-alive: its
+        timer, cleared before the pass, is armed again only by the next write or input,
+        so a silent peer would never be timed out (keepalive, idle timeout,
+        retransmission, the close linger) and ``wait_closed()`` or a read would wait for
         good. Aborted, the peer reads INTERNAL_ERROR, the carrier is released and the
         application's calls raise ConnectionClosed, ``exc`` its cause."""
         logger.error(
@@ -430,7 +430,7 @@ class _Protocol(asyncio.Protocol):
             owner = _Owner()
             self._owner = weakref.ref(owner)
             # (the protocol weakly: the finalizer registry is global, and a pinned owner
-            # lives as long as its protocol, so a strong one kept both for good)
+            # lives as long as its protocol, so a strong one would keep both for good)
             weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
         return owner
 
@@ -493,10 +493,10 @@ class DTPStreamReader:
         back in front of the stream, for the next read (consuming nothing, as asyncio's
         reads). Its flow-control credit stays given: the stream's buffer counts it as
         credited, so no later take, sink or close returns it again (twice given, each
-        wait_for(readexactly(n), t) that timed out let the peer send that much again
+        wait_for(readexactly(n), t) that timed out would let the peer send that much again
         beyond the window). Not into a stream closed here meanwhile (a task cancelled,
         then its writer closed, before it ran): its reads give b"" from then on, and
-        the bytes came back after the close."""
+        the bytes would come back after the close."""
         buf = self._session.streams.get(self._stream_id)
         if buf is not None and buf.discarded:
             return
@@ -573,7 +573,7 @@ class DTPStreamReader:
             except BaseException:
                 # cancelled (asyncio.wait_for timing out), or the stream reset / the
                 # connection failed: what was taken goes back in front of the stream,
-                # for the next read (it was lost)
+                # for the next read (dropped, it would be lost)
                 self._unread(b"".join(chunks))
                 raise
         if not self._session.readable(self._stream_id):
@@ -611,7 +611,7 @@ class DTPStreamReader:
                 # a cancelled read (e.g. by asyncio.wait_for) consumes nothing, as
                 # asyncio's: what was gathered goes back in front of the stream. So does
                 # one refused (RuntimeError) because another task's read waits: it took
-                # what was buffered before it had to wait (the bytes were lost)
+                # what was buffered before it had to wait (dropped, those bytes are lost)
                 self._unread(b"".join(chunks))
                 raise
             if self._buffer():
@@ -693,8 +693,8 @@ class DTPStreamReader:
             start = max(0, len(buf) - len(separator) + 1)
             # What is buffered stays (a cancelled or failing readuntil consumes nothing,
             # and a LimitOverrunError leaves it, as asyncio's), but its credit goes back
-            # now: held until the separator came, a line longer than the stream's
-            # window was never reached, the peer stopped at the window. The limit
+            # now: held until the separator came, the end of a line longer than the
+            # stream's window would never arrive, the peer stopped at the window. The limit
             # bounds what this lets the peer send ahead (as asyncio's buffer).
             if self._session.credit_buffered(self._stream_id):
                 self._proto.flush()
@@ -908,8 +908,8 @@ class DTPStreamWriter:
 
         def room() -> bool:
             # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
-            # and a peer not reading held a writing task's drain() for good, or for the
-            # first stream's CLOSE_LINGER)
+            # and a peer not reading would hold a writing task's drain() for good, or for
+            # the first stream's CLOSE_LINGER)
             return (
                 self._closing
                 or self._session.terminated is not None
@@ -965,8 +965,8 @@ class DTPStreamWriter:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
             # asked to stop sending, and what is unread (and what comes before it stops)
-            # is dropped, its flow-control credit returned; reads give b"". Kept, it was
-            # held for good: two such streams stalled every other stream.
+            # is dropped, its flow-control credit returned; reads give b"". Kept, it would
+            # be held for good: two such streams would stall every other stream.
             session = self._session
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
@@ -975,7 +975,7 @@ class DTPStreamWriter:
             session.discard(self._stream_id)
             # its buffer goes once the connection is done with the stream too (as the
             # blocking API's): kept, a connection carrying many short streams (the
-            # daemon's tunnels) held one for each, for good
+            # daemon's tunnels) would hold one for each, for good
             session.forget(self._stream_id)
             self._proto._notify()
             self._proto.flush()
@@ -1002,9 +1002,9 @@ class DTPStreamWriter:
         ``close()`` without ``wait_closed()``), perhaps before its first step: abort
         instead, so the transport is not left open (asyncio's ``close()`` closes it at
         once). A metered connection's final receipt goes out first, as in the graceful
-        close (the server was left unpaid for the usage since the last receipt: a
-        ``close()`` without ``wait_closed()`` at the end of ``asyncio.run`` paid
-        nothing of it)."""
+        close (else the server would be left unpaid for the usage since the last
+        receipt: a ``close()`` without ``wait_closed()`` at the end of ``asyncio.run``
+        would pay nothing of it)."""
         if task.cancelled():
             payment = self._proto.payment
             if payment is not None:
@@ -1027,8 +1027,8 @@ class DTPStreamWriter:
         else:
             # over a lossy carrier (the ledger) data has left only once acknowledged, and
             # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
-            # not wait_for: on Python 3.11 wait_for swallowed a cancel that came as a
-            # change did, and the close went on for those 30 s, the loop's end with it.)
+            # not wait_for: on Python 3.11 wait_for swallows a cancel that comes as a
+            # change does, and the close would go on for those 30 s, the loop's end with it.)
             deadline = self._proto.loop.time() + 30.0
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
@@ -1098,9 +1098,9 @@ class DTPStreamWriter:
         self._proto.close_carrier()
         payment = self._proto.payment
         if self._primary and payment is not None and not was_closing:
-            # the ledger half-close, as the blocking API's abort() (and close()) does: the
-            # ledger connection stayed Open, the half-close timeout never started, and
-            # the deposit stayed locked until the client settled by hand. wait_closed()
+            # the ledger half-close, as the blocking API's abort() (and close()) does: else
+            # the ledger connection stays Open, the half-close timeout never starts, and
+            # the deposit stays locked until the client settles by hand. wait_closed()
             # waits for it.
             self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
 
@@ -1452,7 +1452,7 @@ async def _open_by_host_id(
 async def _threaded_or_released(make: Callable[[], T], release: Callable[[T], None]) -> T:
     """``make()`` in a worker thread, which a cancelled await cannot stop: cancelled
     meanwhile, what it makes is released once it is there (a ledger bridge's thread and
-    socket pair, a connected TCP socket: they leaked, the thread running on)."""
+    socket pair, a connected TCP socket: else they leak, the thread running on)."""
     job = asyncio.ensure_future(asyncio.to_thread(make))
     try:
         return await asyncio.shield(job)
@@ -1521,7 +1521,7 @@ async def _open(
 
     # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the inner result
     # when a cancel comes as the handshake completes, so a cancelled open_connection
-    # returned a live connection (the cancellation swallowed); here establish() runs
+    # would return a live connection (the cancellation swallowed); here establish() runs
     # in the caller's task, which the cancel reaches directly.
     try:
         async with asyncio.timeout(timeout):
@@ -1557,8 +1557,8 @@ _FINISHING: set[asyncio.Task[None]] = set()
 def _abandoned(ref: weakref.ref[_Protocol]) -> None:
     """The last reader and writer of a client connection were garbage-collected with the
     connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
-    transport (nobody could use or close it, and keepalives held off the idle timeout:
-    it stayed open for good, as the peer's end). A finalizer runs wherever the garbage
+    transport (nobody can use or close it, and keepalives hold off the idle timeout:
+    it would stay open for good, as the peer's end). A finalizer runs wherever the garbage
     collector starts, perhaps inside a seal on this very loop: it only schedules."""
     proto = ref()
     if proto is None:
@@ -1574,7 +1574,7 @@ def _close_abandoned(proto: _Protocol) -> None:
     """:func:`_abandoned`'s close, on the loop, at once (no task: the loop may be
     ending). What flow control still holds is cut short: the peer reads an error then,
     not a clean end. A metered connection pays its final receipt first and is
-    half-closed on the ledger afterwards, as its writer's close() does (it was left
+    half-closed on the ledger afterwards, as its writer's close() does (else it stays
     open for good, keepalives holding off the idle timeout, its deposit locked)."""
     if proto.session.terminated is not None or proto.conn.closed:
         return
@@ -1592,8 +1592,8 @@ def _close_abandoned(proto: _Protocol) -> None:
         else:
             _abort(proto, CloseCode.NO_ERROR, "")
     except Exception as exc:
-        # left to asyncio's log, it stayed open for good: nobody holds it to close it,
-        # and its keepalives hold off the peer's idle timeout
+        # left to asyncio's log, it would stay open for good: nobody holds it to close
+        # it, and its keepalives hold off the peer's idle timeout
         proto._fail(exc)
 
 
@@ -2103,9 +2103,9 @@ class DTPServer:
             # (A ledger bridge's first record comes over the ledger, slowly: it passed
             # the ledger carrier's own admission, and never gives way)
             self._admission.waiting_for_client(arrival)
-        # asyncio.timeout, not wait_for: on Python 3.11 a cancel (the loop ending) that
-        # came as the handshake completed was swallowed by wait_for, and the callback ran
-        # in a task asyncio.run then waited on for good
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel (the
+        # loop ending) that comes as the handshake completes, and the callback would run
+        # in a task asyncio.run then waits on for good
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(session.conn.config.handshake_timeout):
                 await proto.wait_for(
@@ -2144,7 +2144,7 @@ class DTPServer:
         verdict = await self._run_hook(peer)
         if session.terminated is not None or conn.closed:
             # the client gave up (or vanished) while the hooks ran: nothing to accept
-            # (accept() raised, and the task's error was never retrieved)
+            # (accept() would raise, and the task's error never be retrieved)
             self.handshakes_failed += 1
             _abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False

@@ -230,12 +230,12 @@ class ConnectionConfig:
         # in force is less -- so any size from 1 byte can be sent. No upper limit: the
         # record's room caps it.
         self._check_int("max_datagram_size", self.max_datagram_size, 1)
-        # The rest were checked only by Connection() (a LocalProtocolError), so a bad
-        # config was found at a connection: inside a server's accept, or after a ledger
-        # deposit for a connect by host ID. The windows and the stream limit go to the
-        # peer as transport parameters ("md", "msd", "ms"), which it takes from 0 to
-        # 2**62 - 1 (_parse_params): beyond that its handshake failed and we saw only a
-        # handshake timeout (or msgpack's OverflowError from 2**64).
+        # Checked here, not only by Connection() (a LocalProtocolError), so a bad config
+        # is found when it is made, not at a connection: inside a server's accept, or
+        # after a ledger deposit for a connect by host ID. The windows and the stream
+        # limit go to the peer as transport parameters ("md", "msd", "ms"), which it
+        # takes from 0 to 2**62 - 1 (_parse_params): beyond that its handshake would fail
+        # and we would see only a handshake timeout (or msgpack's OverflowError from 2**64).
         for name in ("connection_window", "stream_window", "max_streams"):
             self._check_int(name, getattr(self, name), 0, VARINT_MAX)
         lossy = "" if self.reliable_carrier else " over a lossy carrier (reliable_carrier=False)"
@@ -810,7 +810,7 @@ class Connection:
         on it (two Diffie-Hellman operations and the key derivation) while the server
         decides; :meth:`accept` or :meth:`refuse` then adds only the verdict. It gives
         the client nothing the verdict would not: a refusal sends message 2 as well, so
-        that its reason travels under the session's keys. Nothing happens in any other
+        that its reason travels under the connection's transport keys. Nothing happens in any other
         state (XX answers as the messages come)."""
         if self.is_client or self._state is not ConnState.SERVER_DECIDING:
             return
@@ -826,7 +826,7 @@ class Connection:
         self._held_events.clear()
         if self._state is ConnState.SERVER_DECIDING:
             # IK: the verdict goes out as a CLOSE right behind message 2, so that the
-            # client reads the reason under the session's keys
+            # client reads the reason under the connection's transport keys
             self._answer_hello()
             self._finish_handshake(ConnState.AUTHENTICATING)
         self.close(code, reason)
@@ -1443,7 +1443,7 @@ class Connection:
         to be accepted. The adapters' Session calls this: it keeps a buffer for each
         stream until the application accepts it, and a peer that opened a stream,
         finished it at once and had us stop sending on it (the connection then forgets
-        it) got its place back while that buffer stayed -- without end."""
+        it) would otherwise get its place back while that buffer stays -- without end."""
         if self._untaken is None:
             self._untaken = set()
 

@@ -50,7 +50,7 @@ Channel binding: the client proves its Sui address with :func:`make_auth_proof`,
 personal-message signature, and the server checks it with :func:`verify_auth_proof`.
 
 - In XX the proof is sent once the handshake is complete and signs ``b"DTP-AUTH-V1" ||
-  handshake_hash``. The handshake hash is unique to this session, so the proof cannot be
+  handshake_hash``. The handshake hash is unique to this handshake, so the proof cannot be
   replayed into another one.
 - In IK it travels in the payload of message 1 (``early=True``), so that the server can
   decide on the client before it answers and the client learns the verdict with message
@@ -816,7 +816,7 @@ class Handshake:
             self._noise = None  # drop Noise state (and its copies of the keys)
             # DH results made ahead with our ephemeral key for another server (the
             # connect went elsewhere) were never taken: dropped, or the table would
-            # keep the private key of this session on after it
+            # keep this handshake's private key on after it
             forget_shared_secrets(state.e.private)
 
 
@@ -892,7 +892,7 @@ def prepare_auth_proof(
 
 
 def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: bool = False) -> bytes:
-    """The client's proof of its Sui address for this session (97 bytes).
+    """The client's proof of its Sui address for this handshake (97 bytes).
 
     A Sui personal-message signature by ``identity`` over ``b"DTP-AUTH-V1" ||
     handshake_hash`` (XX: sent once the handshake is complete), or with ``early`` over
@@ -910,7 +910,7 @@ def make_auth_proof(identity: HostIdentity, session_digest: bytes, *, early: boo
 
 
 def verify_auth_proof(proof: bytes, session_digest: bytes, *, early: bool = False) -> str:
-    """Check a client's identity proof for this session; return the client's Sui address.
+    """Check a client's identity proof for this handshake; return its Sui address.
 
     ``session_digest`` and ``early`` as for :func:`make_auth_proof`. Raises
     :class:`HandshakeError` if the proof is malformed, is not Ed25519, or was not made

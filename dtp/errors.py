@@ -201,8 +201,8 @@ class HandshakeError(DTPError, ConnectionError):
 
     @classmethod
     def for_client(cls, error: BaseException | None) -> BaseException:
-        """What a client raises when its handshake ended with ``error`` (its session's
-        error, None when there is none): a carrier that closed, or bytes that are not
+        """What a client raises when its handshake ended with ``error`` (the error of its
+        session, None when there is none): a carrier that closed, or bytes that are not
         DTP at all (an HTTP, TLS or SSH server on that port), become a HandshakeError
         that says so; anything else (a refusal, a timeout, a handshake the server
         failed) is raised as it is."""

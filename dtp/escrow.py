@@ -216,10 +216,10 @@ def check_receipt(
         raise move_error("escrow", "EReplayedReceipt", f"nonce {receipt.nonce} <= {latest_nonce}")
     # The signature is checked over this connection's ID, but the receipt names one of its
     # own, and that is the one it is stored and later claimed under: a receipt signed for
-    # this connection that named another was counted here and kept under the other's
-    # row, whose claim then failed on its signature -- the client's own connection was
+    # this connection that named another would be counted here and kept under the
+    # other's row, whose claim then fails on its signature -- the client's own connection
     # served on a receipt never claimable, and any other connection's genuine receipts
-    # (nonces below the planted one) were refused by the store for good.
+    # (nonces below the planted one) refused by the store for good.
     if object_id_bytes(receipt.connection_id) != object_id_bytes(connection_id):
         raise move_error(
             "escrow",
@@ -423,7 +423,7 @@ class Meter:
         # the deposit first: a fee past u64 is past every escrow's deposit (a u64), and
         # that is usage the deposit cannot cover -- InsufficientFunds, which the
         # ClientMeter answers with its last receipt for the whole deposit; refused as
-        # InvalidArgument it escaped the ClientMeter and the connection's I/O
+        # InvalidArgument it would escape the ClientMeter and the connection's I/O
         if cost > self.deposit:
             raise InsufficientFunds(
                 f"Usage would cost {cost} MIST but connection {self.connection_id} has a "

@@ -28,7 +28,7 @@ class HandshakeCompleted(Event):
 
 @dataclass(frozen=True)
 class PeerAuthenticated(Event):
-    """Server side: the client proved its Sui address over this session.
+    """Server side: the client proved its Sui address over this connection's handshake.
 
     The connection now waits for :meth:`~dtp.connection.Connection.accept` or
     :meth:`~dtp.connection.Connection.refuse`; application data that arrives

@@ -406,7 +406,7 @@ class Admission(Generic[T]):
         if key is not None and slots is not None:
             if slots.waiting(key) >= slots.max_waiting:
                 # those that waited past their deadline go first, and those whose client
-                # hung up meanwhile: left in line until their turn, they turned live
+                # hung up meanwhile: left in line until their turn, they would turn live
                 # newcomers away for connections nobody would serve
                 expired, left = slots.purge(key, now, self._gone)
                 self._close(expired, "busy")

@@ -77,7 +77,7 @@ def release_free_heap() -> bool:
     system (``malloc_trim(0)``): whether any page was released (False too where the C
     library has no such call). The collection first: a connection's objects refer to
     each other (protocol, session, streams), and freed only by the cyclic collector,
-    whose oldest generation runs rarely, they held a third of the heap that stayed
+    whose oldest generation runs rarely, they would hold a third of the heap that stays
     resident after churn (20,000 objects after 5,000 connections)."""
     gc.collect()
     if _TRIM is None:

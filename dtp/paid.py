@@ -289,7 +289,7 @@ def _keep_final(writer: ReceiptWriter, final: Receipt) -> None:
     """Keep a final receipt the settlement did not claim, for a later claim: through the
     writer, or -- the writer closed meanwhile (a server stopped before this settlement
     ended) -- straight in its store; failing that, it is logged whole, for an operator
-    to claim by hand (the RuntimeError from the closed writer lost it silently)."""
+    to claim by hand (the RuntimeError from the closed writer would lose it silently)."""
     try:
         writer.submit(final, _stored)
         return
@@ -592,9 +592,9 @@ class _PaidConnection:
         """Read the escrow again when the gate wants it (the deposit holds a paused
         connection, or a receipt waits above it: the client may have topped it up while
         the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
-        with what it holds now. The gate kept the deposit admission read: a client that
-        topped up was held to the old one, and its first receipt above it closed the
-        connection as invalid. Called without the engine lock (a ledger read).
+        with what it holds now. A gate that kept the deposit admission read would hold a
+        client that topped up to the old one, and close the connection as invalid at its
+        first receipt above it. Called without the engine lock (a ledger read).
 
         ``ending`` (the connection is over, the settlement next): read it whenever a
         receipt still waits above the deposit, whatever the interval. A connection that
@@ -796,10 +796,10 @@ class _PaidConnection:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
         limits' lock), or until the connection ends."""
         # a wait the connection's end cuts short: a large chunk's debt at a low rate
-        # lasts long, and a plain sleep held the handler -- and so the settlement and
-        # the server's release -- for all of it after the client had gone. Looked at
+        # lasts long, and a plain sleep would hold the handler -- and so the settlement
+        # and the server's release -- for all of it after the client had gone. Looked at
         # again each refresh interval: the Host may raise or lift the limit meanwhile,
-        # and the wait worked out at the old rate went on (300 s for 30 kB at 100 B/s)
+        # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
         engine = self.engine
 
         def ended() -> bool:
@@ -901,7 +901,7 @@ class PaidSocket:
         size = nbytes or memoryview(buffer).nbytes
         if size > paid._credit:
             # the socket's checks of the call as made, before the gate cuts its size
-            # (a size past the buffer, cut to the credit, escaped them: read)
+            # (a size past the buffer, cut to the credit, would escape them: read)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         buckets = paid.buckets
@@ -1422,9 +1422,9 @@ class Recovery:
     """A live paid server's recovery of what dead server runs left unclaimed in its
     store (:func:`recover_store`), and of its own settlements that failed
     (``retries``: :class:`SettlementRetries`), every :data:`RECOVERY_INTERVAL`, in a
-    thread of its own: its ledger transactions (one per receipt) held up the policy
-    refreshes -- the firewall's enforcement on open connections -- for as long as they
-    took, and went on after the server closed. :meth:`stop` ends it between two claims;
+    thread of its own: elsewhere its ledger transactions (one per receipt) would hold
+    up the policy refreshes -- the firewall's enforcement on open connections -- for as
+    long as they take, and go on after the server closed. :meth:`stop` ends it between two claims;
     :meth:`join` waits for that, before the store is released. What it settles of dead
     runs is appended to ``recovered``; ``retries`` appends its own to the server's
     settlements. A dead run's receipt whose claim fails is tried again after 1, 2, 4
@@ -1847,8 +1847,8 @@ class PaidServer:
         admitted = self.admission.take_admitted(cid)
         key = normalize_id(cid, "connection ID")
         # A second DTP connection on the same ledger connection: on a gate of its own it
-        # counted the first one's receipts again (the client paid once for twice the
-        # service) and took another allowance from one escrow. Nor may one come back
+        # would count the first one's receipts again (the client paying once for twice
+        # the service) and take another allowance from one escrow. Nor may one come back
         # after its receipts (its settlement failed: still Open), or when they cannot
         # be read: its new gate would count them once more (served_refusal).
         if not self._serving.reserve(key):

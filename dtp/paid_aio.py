@@ -303,9 +303,9 @@ class _PaidConnection:
         escrow read again when a top-up would help (in a task); once they have been
         dropped for want of payment for ``pause_timeout`` -- or at once on a bad
         receipt -- the connection closes, and :class:`~dtp.errors.PaymentRequired` is
-        raised. (Dropped for good before: a sender of datagrams alone to a client that
-        paid nothing went on for the life of the connection, which never closed, and
-        one that pays when asked was never asked.)"""
+        raised. (Dropping them for good instead would let a sender of datagrams alone to a
+        client that pays nothing go on for the life of the connection, which would never
+        close, and never ask one that pays when asked.)"""
         now = time.monotonic()
         if self.unpaid_datagrams_since is None:
             self.unpaid_datagrams_since = now
@@ -356,10 +356,10 @@ class _PaidConnection:
 
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
-        under way, and let no send start another. (Left running, the settlement went on
-        meanwhile -- a receipt the read found waiting above the old deposit came after
-        it, unclaimed -- and the server was released with the read still on the
-        ledger.)"""
+        under way, and let no send start another. (Left running, the settlement would go
+        on meanwhile -- a receipt the read found waiting above the old deposit would come
+        after it, unclaimed -- and the server would be released with the read still on
+        the ledger.)"""
         self._deposit_reads_over = True
         task = self._deposit_task
         if task is None:
@@ -557,7 +557,7 @@ class PaidReader:
     async def _throttled(self, data: bytes) -> bytes:
         """``data`` once the rate limits let it go (it was just read). A read cancelled
         while it waits here consumes nothing, as asyncio's: ``data`` goes back in front
-        of the stream (it was lost), charged already, so not charged again."""
+        of the stream (dropped, it would be lost), charged already, so not charged again."""
         again = min(self._charged, len(data))
         self._charged -= again
         try:
@@ -582,8 +582,8 @@ class PaidReader:
         except BaseException:
             # cancelled (asyncio.wait_for timing out), or the stream reset / the
             # connection failed: what was taken goes back in front of the stream for the
-            # next read, as dtp.aio's read() does (it was lost), charged to the rate
-            # limits already
+            # next read, as dtp.aio's read() does (dropped, it would be lost), charged to
+            # the rate limits already
             self._put_back(b"".join(chunks))
             raise
         return b"".join(chunks)
@@ -969,8 +969,8 @@ class PaidWriter:
             await paid.throttle(requests=0 if charged else 1)
         except asyncio.CancelledError:
             # cancelled while the request rate holds it: the stream goes back for the
-            # next accept_stream() (it was lost, its client waiting on it for good),
-            # charged already
+            # next accept_stream() (dropped, it would be lost, its client waiting on it
+            # for good), charged already
             self._writer._session.incoming_streams.appendleft(reader.stream_id)
             paid.charged_streams.add(reader.stream_id)
             # a task waiting in accept_stream() found the line empty: dtp.aio wakes it
@@ -1188,8 +1188,8 @@ class PaidAioServer:
         )
         self._recovery.start()
         # The server lives no longer than its event loop: asyncio.run ending with it
-        # open (this task cancelled) closes it as close() does. Its receipt writer's
-        # thread ran on, and the store it opened stayed open. The connections' tasks,
+        # open (this task cancelled) closes it as close() does, or its receipt writer's
+        # thread would run on, and the store it opened stay open. The connections' tasks,
         # cancelled with it, still settle (_end waits for the settlement through the
         # cancellation, then re-raises it).
         self._lifetime = asyncio.ensure_future(self._closing.wait())
@@ -1372,7 +1372,7 @@ class PaidAioServer:
         receipt is asked for, the connection closes and is settled. A cancellation
         (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
         but not the settlement: it is re-raised once settled. (Skipped, the ledger
-        connection stayed Open and the deposit locked until the half-close timeout.)"""
+        connection would stay Open and the deposit locked until the half-close timeout.)"""
         proto = paid.proto
         cancelled = False
         try:

@@ -124,9 +124,9 @@ class TokenBucket:
         rate = _checked_rate(rate)
         if not self.rate:
             # from unlimited: as good as a new bucket. An unlimited bucket never refills
-            # (nor is it charged), so the debt it had when the limit was lifted came back
-            # whole with the next limit, however long ago: a client waited then for
-            # bytes moved hours before, and even a fresh one started with no burst
+            # (nor is it charged), so kept, the debt it had when the limit was lifted would
+            # come back whole with the next limit, however long ago: a client would wait
+            # for bytes moved hours before, and even a fresh one start with no burst
             self.rate = rate
             self.tokens = self.capacity
             self.stamp = max(self.stamp, now)
@@ -280,9 +280,9 @@ class RateLimiter:
 
     def set_limits(self, bytes_per_sec: int, requests_per_sec: int, now: float) -> None:
         """New limits, applied to every client's buckets at once."""
-        # checked before anything changes: a bad limit was stored, then refused by the
-        # first bucket given it, so open clients were left some at the new limit and
-        # some at the old, and every new client's buckets failed to be made
+        # checked before anything changes: a bad limit stored, then refused by the first
+        # bucket given it, would leave open clients some at the new limit and some at
+        # the old, and every new client's buckets would fail to be made
         _checked_rate(bytes_per_sec)
         _checked_rate(requests_per_sec)
         self.bytes_per_sec, self.requests_per_sec = bytes_per_sec, requests_per_sec
@@ -310,7 +310,7 @@ class HostPolicy:
     ``refresh_interval`` seconds."""
 
     def __init__(self, host: Host, now: float, refresh_interval: float = 2.0) -> None:
-        # (a NaN passed "<= 0", and the Host was never read again: due() always False)
+        # (a NaN passes "<= 0", and the Host would never be read again: due() always False)
         if _checked_rate(refresh_interval, "refresh_interval") == 0:
             raise ValueError("refresh_interval must be positive")
         self.refresh_interval = refresh_interval

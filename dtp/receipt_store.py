@@ -224,8 +224,8 @@ class ReceiptStore:
 
     def _check_writable(self) -> None:
         """Refuse a store that cannot be written (a read-only file, an immutable one, a
-        read-only mount): it opened and read, a paid server attached and served, and
-        every keep failed after it, for good (no receipt ever counted). BEGIN
+        read-only mount): it opens and reads, so a paid server would attach and serve,
+        and every keep fail after it, for good (no receipt ever counted). BEGIN
         IMMEDIATE does not tell (SQLite takes the lock of a read-only file all the
         same); a write that changes no row does, before it takes any lock."""
         timeout_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
@@ -527,9 +527,9 @@ class ReceiptStore:
 
     def _lock_shared(self, fd: int) -> None:
         """``flock(fd, LOCK_SH)``, waiting at most :data:`BUSY_TIMEOUT` for an exclusive
-        holder. Another server holds it for an instant; a blocking wait hung a server's
-        start (and, in the asyncio server, its event loop) for good behind a holder that
-        did not let go: a process stopped in that instant, another program."""
+        holder. Another server holds it for an instant; a blocking wait would hang a
+        server's start (and, in the asyncio server, its event loop) for good behind a
+        holder that does not let go: a process stopped in that instant, another program."""
         assert fcntl is not None
         deadline = time.monotonic() + BUSY_TIMEOUT
         delay = 0.001
@@ -711,9 +711,9 @@ class ReceiptStore:
     def close(self) -> None:
         """Close the store, once the write in progress (a statement or a whole
         :meth:`keep_many` transaction) and the reads in progress are done: the handle
-        closed under a statement crashed the process (CPython's sqlite3 finalized it
-        while another thread ran it) or failed the write half-way, which its writer then
-        retried against the closed store for good. Every call after it raises
+        closed under a statement can crash the process (CPython's sqlite3 finalizes it
+        while another thread runs it) or fail the write half-way, which its writer would
+        then retry against the closed store for good. Every call after it raises
         :class:`ReceiptStoreError` ("closed")."""
         with self._write_lock:
             with self._reads_done:

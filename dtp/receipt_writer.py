@@ -136,8 +136,8 @@ class ReceiptWriter:
         :data:`MARK_DELAY`)."""
         key = normalize_id(connection_id, "connection ID")
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**64:
-            # refused here: found by the writer thread, it ended the thread, and no
-            # receipt was written after it
+            # refused here: found by the writer thread, it would end the thread, and no
+            # receipt would be written after it
             raise ValueError(f"a claimed amount is a u64, got {amount!r}")
         with self._cond:
             if self._closed:
@@ -323,8 +323,8 @@ class ReceiptWriter:
         self, batch: dict[str, tuple[Receipt, Done]], marks: dict[str, int], exc: Exception
     ) -> None:
         """A write failed because the store is closed: every call on it fails from now
-        on, and retried, the batch was logged every :data:`RETRY_DELAY` seconds for good
-        while :meth:`flush` waited out its whole timeout. Drop it, and what was
+        on, and retried, the batch would be logged every :data:`RETRY_DELAY` seconds for
+        good while :meth:`flush` waits out its whole timeout. Drop it, and what was
         submitted meanwhile (it meets the same closed store): each receipt logged whole
         and kept in :attr:`given_up` (one error naming only its connection lost the fee
         an operator could have claimed by hand).
@@ -447,8 +447,8 @@ def _lower_priority(increment: int) -> None:
 
 def _queue(pending: dict[str, tuple[Receipt, Done]], key: str, item: tuple[Receipt, Done]) -> None:
     """Put ``item`` in ``pending`` unless the receipt waiting there is newer (a higher
-    nonce): replaced by an older one, a newer receipt was never written -- the store
-    then held the older one, and the fees the newer one covered were lost."""
+    nonce): replaced by an older one, a newer receipt would never be written -- the
+    store would hold the older one, and the fees the newer one covered be lost."""
     waiting = pending.get(key)
     if waiting is None or item[0].nonce > waiting[0].nonce:
         pending[key] = item

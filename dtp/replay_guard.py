@@ -19,15 +19,15 @@ wire change to stop.
 
 The keys of connections the server went on to accept are kept apart from the others
 (refused, failed, replayed), each with its own :data:`DEFAULT_CAPACITY`: authenticating
-costs nothing but a fresh static key, so one pool of both let anyone push a client's
-recorded key out with that many throw-away identities the ledger then refused, and
-replay it. Now only accepted connections push accepted keys out -- on a server that
+costs nothing but a fresh static key, so one pool of both would let anyone push a
+client's recorded key out with that many throw-away identities the ledger then refuses,
+and replay it. Only accepted connections push accepted keys out -- on a server that
 admits through the ledger, each one a funded ledger connection of its own.
 
 While a connection's admission is being decided (the ledger read, up to its grace), its
 key is held in a third set that nothing pushes out: in the unaccepted pool meanwhile, a
-flood of :data:`DEFAULT_CAPACITY` throw-away handshakes in that window pushed it out
-before :meth:`ReplayGuard.accepted` could keep it, and its replay came through. That set
+flood of :data:`DEFAULT_CAPACITY` throw-away handshakes in that window would push it out
+before :meth:`ReplayGuard.accepted` could keep it, and let its replay through. That set
 holds one key per admission in progress, which the blocking server bounds
 (``max_handshakes``); a key whose connection was decided -- accepted, refused, failed or
 gone -- leaves it for the pool of its verdict, found by looking at the oldest two keys

@@ -151,8 +151,8 @@ class ServedConnections:
         try:
             threading.Thread(target=self._run, name="dtp-settle", daemon=True).start()
         except RuntimeError:  # no thread to be had: settled here, late but done
-            # (left busy with no thread, no settlement ran again, every ID released
-            # stayed reserved, and the caller's close() raised the RuntimeError)
+            # (left busy with no thread, no settlement would run again, every ID released
+            # would stay reserved, and the caller's close() raise the RuntimeError)
             logger.warning("no thread to settle %s in: settling it in this one", connection_id)
             self._run()
 

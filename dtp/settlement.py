@@ -367,8 +367,8 @@ def _write_off(
                 escrow.claimed,
             )
         # a settled escrow pays nothing more: the receipt is done with, as a whole
-        # (marked with the escrow's claims only, it stayed unclaimed in the store,
-        # and every start read the ledger for it and warned again, for good)
+        # (marked with the escrow's claims only, it would stay unclaimed in the store,
+        # and every start read the ledger for it and warn again, for good)
         _mark_claimed(store, connection_id, max(escrow.claimed, stored.receipt.total_amount))
 
 

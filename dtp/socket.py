@@ -530,7 +530,7 @@ class _Engine:
             if status in _READ_ON:
                 # (only here, before a wait: a status below has bytes the lane took from
                 # the carrier and the connection must take back -- raised past, they
-                # were lost, and the stream after them out of order)
+                # would be lost, and the stream after them out of order)
                 if self.interrupted:
                     self.take_interrupt(stream_id)
                 if self.ahead is not None:
@@ -1242,9 +1242,9 @@ class _TimerService:
     def _fail(engine: _Engine, exc: BaseException) -> None:
         """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
 
-        Left as it was, it lived on half-alive: never scheduled again, so none of its
-        timers ran (keepalive, idle timeout, retransmission), a peer that vanished went
-        unnoticed and the carrier was never released. Aborted, the peer reads
+        Left as it is, it would live on half-alive: never scheduled again, so none of its
+        timers would run (keepalive, idle timeout, retransmission), a peer that vanished
+        would go unnoticed and the carrier never be released. Aborted, the peer reads
         INTERNAL_ERROR (as when a server's handshake code raises) and the application's
         calls raise ConnectionClosed, ``exc`` its cause. ``exc`` may be any exception,
         SystemExit too (a push callback's sys.exit() runs here): what escapes the pass
@@ -1314,9 +1314,9 @@ class _TimerService:
                     engine.poll()
                     queued = engine.queued_output()
             except BaseException as exc:
-                # ended (closed: no longer watched): left watched, its carrier stayed
-                # ready, and the thread came straight back to a pass that raised again,
-                # spinning (and logging each time) for as long as the connection lived
+                # ended (closed: no longer watched): left watched, its carrier would stay
+                # ready, and the thread would come straight back to a pass that raises
+                # again, spinning (and logging each time) for as long as the connection lives
                 self._fail(engine, exc)
             finally:
                 engine.lock.release()
@@ -2145,8 +2145,8 @@ class DTPSocket:
                         engine.conn.send_stream_data(self._stream_id, b"", end_stream=True)
             finally:
                 # the read side is shut even when the write side raised: else close()
-                # after a reset left the peer sending into a stream nobody reads, its
-                # credit never returned -- the peer's sendall() waited for good
+                # after a reset would leave the peer sending into a stream nobody reads,
+                # its credit never returned -- the peer's sendall() waiting for good
                 if how in (SHUT_RD, SHUT_RDWR) and not self._rd_shut:
                     self._shut_reading()
                 engine.flush()
@@ -2263,8 +2263,8 @@ class DTPSocket:
     def _flush_files(self) -> None:
         """Flush the files of this socket still open (at the interpreter's exit, before
         it closes the socket: their finalizers flush them only in the teardown, after
-        that, and the bytes an application wrote without flushing were lost while the
-        peer read a clean end). Each waits for the peer up to the linger at most."""
+        that, and the bytes an application wrote without flushing would be lost while the
+        peer reads a clean end). Each waits for the peer up to the linger at most."""
         files = [f for f in self._files if not f.closed]
         if not files:
             return
@@ -2315,7 +2315,7 @@ class DTPSocket:
         # allocation, possibly in the middle of sealing on this or another connection.
         # So it does no protocol work (no seal, no flush, no lock): it only closes the
         # carrier, as a garbage-collected socket.socket does; the peer sees the
-        # connection end. (Sealing a CLOSE from here crashed the C-core suite once.)
+        # connection end. (Sealing a CLOSE from here could re-enter a seal in progress.)
         # The connection's other streams may live on (and be in use in other threads):
         # their next call must end with a typed error, not read a closed descriptor's
         # number, which the process may already have given to another socket (the C
@@ -2333,7 +2333,7 @@ class DTPSocket:
                     s.close()
             # the release hook (a server's: its count of the connections it serves)
             # takes locks, so it runs in the timer thread; never run, the connection
-            # held its place under the Host's connection limits for good
+            # would hold its place under the Host's connection limits for good
             hook = engine.take_release_hook()
             if hook is not None:
                 _TIMERS.release_later(hook)
@@ -3928,7 +3928,7 @@ class DTPServer:
         server's own (:meth:`settimeout`), with which 0 raises BlockingIOError. A
         ``timeout`` :meth:`settimeout` refuses raises as there."""
         own = isinstance(timeout, _Own)
-        # (checked first: NaN waited for good, and a negative one raised queue's error)
+        # (checked first: NaN would wait for good, and a negative one raise queue's error)
         wait = self._timeout if isinstance(timeout, _Own) else _checked_timeout(timeout)
         if self._closed.is_set():
             raise SocketClosed("accept() on a closed server")

@@ -31,8 +31,8 @@ relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay),
 request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
 A frame either side never sends (too long, an unknown kind, a kind meant for the other
 direction) ends the connection at once, its reason in the CLOSE: a peer that breaks the
-control protocol can no longer be paid or billed, and serving it on meant forwarding its
-datagrams with nobody reading its receipts.
+control protocol can no longer be paid or billed, and serving it on would mean forwarding
+its datagrams with nobody reading its receipts.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class UdpBilling:
     ``loss_allowance``: the share of the reply bytes the relay writes off as lost on
     the way back. The forwarder signs for no more than it received, so each reply lost
     after the relay counted it stays unreceipted for good; without the write-off those
-    bytes added up until the credit was gone and a lossy flow was served nothing more.
+    bytes would add up until the credit is gone and a lossy flow is served nothing more.
     A client that claims losses it did not have gets at most this share of its replies
     for free: the relay's risk, with ``credit_bytes``.
 
@@ -795,8 +795,8 @@ class _Session(FlowAccount):
         self.closed = False
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
-        # reading stream 0 held `lock` too, and with it every datagram of the forwarder
-        # (its loop waits for a session's lock) and close()
+        # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
+        # the forwarder (its loop waits for the lock of each session) and close()
         self.wlock = threading.Lock()
         self.final = threading.Event()
 
@@ -882,8 +882,8 @@ class UdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        # before the bind (a None idle_timeout ended the forwarder's thread silently, a
-        # float max_pending lost every new source's datagrams uncounted)
+        # before the bind (a None idle_timeout would end the forwarder's thread silently,
+        # a float max_pending lose every new source's datagrams uncounted)
         check_seconds("idle_timeout", idle_timeout)
         check_seconds("final_timeout", final_timeout, zero=True)
         check_seconds("retry_after", retry_after, zero=True)
@@ -903,7 +903,7 @@ class UdpForwarder:
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._retry_at: dict[tuple[str, int], float] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
-        # each session's reply and control threads, while they run: close() waits for
+        # the reply and control threads of each session, while they run: close() waits for
         # them (they end once its connection is closed), and returned with them still
         # alive
         self._workers: set[threading.Thread] = set()
@@ -1015,7 +1015,7 @@ class UdpForwarder:
             self._end(session)
 
     def _start_worker(self, target: Callable[[], None], name: str) -> None:
-        """Run a session's ``target`` in a thread :meth:`close` waits for."""
+        """Run ``target`` of a session in a thread :meth:`close` waits for."""
 
         def run() -> None:
             try:
@@ -1165,7 +1165,7 @@ class UdpForwarder:
     def close(self) -> None:
         """Stop forwarding; each session settles its final receipt and closes. Connects
         in progress are waited for (up to 10 s) and their connections closed; so are the
-        idle sessions still ending, and every session's threads. A close() called while
+        idle sessions still ending, and the threads of every session. A close() called while
         another is at work waits for it."""
         if self._closed.is_set():
             if not self._own_thread():
@@ -1187,8 +1187,8 @@ class UdpForwarder:
 
     def _close(self) -> None:
         # none of the joins below is of this thread: a close() from connect() (or from
-        # any thread of ours) raised RuntimeError on joining itself, past the sessions
-        # and the local port, which were left open
+        # any thread of ours) would raise RuntimeError on joining itself, past the
+        # sessions and the local port, which would be left open
         current = threading.current_thread()
         if self._thread is not current:
             self._thread.join(5)
@@ -1229,9 +1229,9 @@ def _port_ok(port: object) -> bool:
 
 def _check_listen(listen: tuple[str, int]) -> None:
     """Refuse a local address whose port is out of range before a socket is made for
-    it: bind() raised OverflowError (untyped) and the socket was left open. (The same
-    error and words as :func:`dtp.paid.check_address`.) One that is no (host, port)
-    tuple with a str host is a TypeError: a None or bytes host failed on the family
+    it: bind() raises OverflowError (untyped) and the socket would be left open. (The
+    same error and words as :func:`dtp.paid.check_address`.) One that is no (host, port)
+    tuple with a str host is a TypeError: a None or bytes host would fail on the family
     test with words about something else (``argument of type 'NoneType' is not
     iterable``)."""
     if (
@@ -1250,7 +1250,7 @@ def _bind_udp(listen: tuple[str, int], *, blocking: bool) -> _socket.socket:
     """The forwarders' local UDP socket, bound to ``listen`` (checked first). Closed on
     any failure, not only an OSError: bind() raises TypeError for an address it cannot
     take (a null character in the host, an IPv4 address with flowinfo), and the socket
-    was left to the garbage collector."""
+    would be left to the garbage collector."""
     _check_listen(listen)
     family = _socket.AF_INET6 if ":" in listen[0] else _socket.AF_INET
     udp = _socket.socket(family, _socket.SOCK_DGRAM)
@@ -1300,7 +1300,7 @@ def _backend_socket(
         udp.connect(address)
     except (OSError, ValueError, TypeError) as exc:
         # (ValueError: UnicodeError of a bad name; TypeError: an address connect()
-        # cannot take, such as a null character in the host -- it escaped untyped,
+        # cannot take, such as a null character in the host -- it would escape untyped,
         # past this socket and the relay's connection, both left open)
         udp.close()
         raise TunnelError(f"UDP backend {backend} cannot be used: {exc}") from exc
@@ -1371,9 +1371,9 @@ def _drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
     except OSError as exc:
         # the kernel reports an earlier datagram's ICMP error once, on this read, and
         # clears it: ECONNREFUSED, but also EHOSTUNREACH, ENETUNREACH... (a backend on
-        # another host gone away). Raised, it ended the blocking relay's reply thread
-        # for good -- requests still forwarded and billed, no reply ever back -- and
-        # the replies read before it were lost uncounted
+        # another host gone away). Raised, it would end the blocking relay's reply
+        # thread for good -- requests still forwarded and billed, no reply ever back --
+        # and the replies read before it would be lost uncounted
         logger.debug("UDP backend %s: %s", _peer_name(udp), exc)
     return out
 

@@ -113,7 +113,7 @@ async def relay_udp_async(
     ledger carrier; replies lost on the way back are never
     signed for, so such a flow's receipt stays short of the count). The caller
     bounds the wait by closing the connection. Cut at once instead, the usage since
-    the last report was never billed: the client had been served, and the server
+    the last report would never be billed: the client has been served, and the server
     could claim none of it."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
@@ -275,7 +275,7 @@ async def relay_udp_async(
                         # the stream may still hold the final receipt: read it to the
                         # end first. (asyncio.wait: a cancellation of ours is raised, not
                         # swallowed with the task's outcome -- a relay cancelled here
-                        # returned as if it had ended on its own)
+                        # would return as if it had ended on its own)
                         await asyncio.wait([control_task], timeout=2.0)
                 finally:
                     control_task.cancel()
@@ -285,9 +285,9 @@ async def relay_udp_async(
                     logger.error("UDP relay: its control reader failed", exc_info=exc)
         finally:
             # the relay has ended (idle, or the connection or control stream did): left
-            # open, the connection took the client's datagrams for good -- its
-            # forwarder, whose own sends keep the flow from idling out, was never told
-            # to reconnect
+            # open, the connection would take the client's datagrams for good -- its
+            # forwarder, whose own sends keep the flow from idling out, never told to
+            # reconnect
             writer.close()
     return stats
 
@@ -567,7 +567,7 @@ class AsyncUdpForwarder:
         finally:
             # also when cancelled midway (a close() or the sweeper cancelled while the
             # final receipt was awaited): the flow is gone from the table already, so
-            # its connection must close now or it stayed open for good
+            # its connection must close now or it would stay open for good
             if writer is not None:
                 writer.close()  # (a no-op once closing)
                 self.stats.add(sessions_closed=1)

@@ -49,16 +49,18 @@ step "benchmark bodies (run once each, no timing)"
 $PYBIN/python -m pytest -q -p no:cacheprovider bench
 
 step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
-# Each backend's test files in parts (every Nth file, by name; DTP_TEST_PARTS, default 3),
-# all parts side by side: much of the suite waits (sockets, timers, other processes), so
-# together they take little longer than the longest one. Each writes its own log under
-# build/, shown once all ended; any failing fails the run.
+# Each backend's test files in parts of about equal time (scripts/split_tests.py, from
+# the times in tests/durations.txt; DTP_TEST_PARTS, default 3), all parts side by side:
+# much of the suite waits (sockets, timers, other processes), so together they take
+# little longer than the longest one. Each writes its own log under build/, shown once
+# all ended, and a JUnit report (build/junit-*.xml: `python scripts/split_tests.py
+# --record build/junit-*.xml` refreshes the times); any failing fails the run. The files
+# in tests/core_independent.txt never reach the core: the C backend runs them (and checks
+# that), the pure-Python one leaves them out.
 mkdir -p build
 parts=${DTP_TEST_PARTS:-3}
-mapfile -t files < <(find tests -name 'test_*.py' -not -path 'tests/support/*' -not -path 'tests/sui_node/*' | sort)
-chunks=()
-for ((p = 0; p < parts; p++)); do chunks+=(""); done
-for i in "${!files[@]}"; do chunks[i % parts]+=" ${files[i]}"; done
+mapfile -t c_chunks < <($PYBIN/python scripts/split_tests.py "$parts")
+mapfile -t pure_chunks < <($PYBIN/python scripts/split_tests.py "$parts" --core)
 pids=()
 logs=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
@@ -66,11 +68,13 @@ for backend in c pure; do
   for ((part = 0; part < parts; part++)); do
     log="build/suite-$backend-$part.log"
     logs+=("$log")
+    junit="--junitxml=build/junit-$backend-$part.xml"
     # shellcheck disable=SC2086  # (a part is a list of file names, without spaces)
     if [ "$backend" = pure ]; then
-      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
+      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" \
+        ${pure_chunks[part]} >"$log" 2>&1 &
     else
-      $PYBIN/python -m pytest -q -p no:cacheprovider ${chunks[part]} >"$log" 2>&1 &
+      $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" ${c_chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done
@@ -82,6 +86,8 @@ for log in "${logs[@]}"; do
   printf '\n-- %s --\n' "$log"
   cat "$log"
 done
+printf '\n(the pure-Python core ran every test file but the %s in tests/core_independent.txt, which\nnever reach the core: the C backend ran them, checking that)\n' \
+  "$(grep -c '^tests/' tests/core_independent.txt)"
 # the last line: the whole run's total (every part's pytest summary added up)
 $PYBIN/python - "$status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
 import re, sys

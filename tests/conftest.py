@@ -1,13 +1,19 @@
 """Shared fixtures. ``backend`` runs a test once per core backend: the C extension
-(``dtp._core`` native names) and the pure-Python twin (``dtp._reference``)."""
+(``dtp._core`` native names) and the pure-Python twin (``dtp._reference``).
+
+The files listed in ``tests/core_independent.txt`` never reach the core (ledger rules,
+the Sui codec, command lines, docs): they are marked ``core_independent``, and
+scripts/test.sh runs them on the C backend only, where the fixture below checks the
+claim at every run (the C core's entry points are counted while such a test runs)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -85,3 +91,55 @@ def sui_network() -> Iterator[SuiNetwork]:
 
     with networks.sui_network() as network:
         yield network
+
+
+CORE_INDEPENDENT = Path(__file__).resolve().parent / "core_independent.txt"
+
+
+def _core_independent_files(root: Path) -> set[Path]:
+    listed: set[Path] = set()
+    for line in CORE_INDEPENDENT.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            path = (root / name).resolve()
+            if not path.exists():
+                raise pytest.UsageError(f"{CORE_INDEPENDENT} names {name}, which does not exist")
+            listed.add(path)
+    return listed
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    listed = _core_independent_files(Path(config.rootpath))
+    for item in items:
+        if Path(item.path).resolve() in listed:
+            item.add_marker("core_independent")
+
+
+class _CountedCore:
+    """dtp._core's ``lib`` with each entry point looked up recorded."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.used: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.used.add(name)
+        return getattr(self._lib, name)
+
+
+@pytest.fixture(autouse=True)
+def _core_independence_checked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A ``core_independent`` test (run on one backend only) fails if it reaches the C
+    core in this process."""
+    if request.node.get_closest_marker("core_independent") is None or _core.PUREPYTHON:
+        yield
+        return
+    counted = _CountedCore(_core.lib)
+    monkeypatch.setattr(_core, "lib", counted)
+    yield
+    assert not counted.used, (
+        f"{request.node.nodeid} is listed in tests/core_independent.txt (run on the C "
+        f"backend only) but reached the C core: {sorted(counted.used)}"
+    )

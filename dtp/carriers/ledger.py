@@ -26,7 +26,7 @@ the old one used ids the snapshot does not know of. Each carrier therefore count
 ids from a random 32-bit start (a resumed one: from the snapshot's ``next_fragment_id``
 plus a random jump of 2**20..2**31, so never onto ids the old carrier used in its next
 million fragmented records), instead of every carrier from 0: two writers' pieces under
-one id were joined into one garbled record, or one writer's record was lost. The
+one id would be joined into one garbled record, or one writer's record lost. The
 receiver drops, never joins, pieces of an id that turns out to carry two records (a
 piece for an index it holds other bytes for): counted in ``fragment_clashes``.
 - ``0x02`` SYNC: ``pipe id (32) || u8 n || n × u64le prefix``: the receiver's report that
@@ -178,7 +178,7 @@ def frame_record(record: bytes, fragment_id: int, limit: int = MAX_PIPE_DATA) ->
 class CarrierClosed(ConnectionClosed, RuntimeError):
     """A send on a carrier that was closed (:meth:`LedgerCarrier.close`): a
     :class:`~dtp.errors.ConnectionClosed`, as a write on a closed connection raises, and
-    still the RuntimeError it used to be."""
+    a RuntimeError too, for callers that catch that."""
 
 
 @dataclass
@@ -354,8 +354,8 @@ class LedgerCarrier:
             restored_at = clock()
             for pid, lanes in state.lanes.items():
                 self._lanes[pid] = [_Lane(p, set(above)) for p, above in lanes]
-                # (a gap pending in the snapshot had no timer: it was never given up,
-                # and the peer's pipe never acknowledged past it)
+                # (a gap pending in the snapshot has no timer: without one it would never
+                # be given up, and the peer's pipe never acknowledged past it)
                 for lane in self._lanes[pid]:
                     lane.start_gap_timer(restored_at)
         if pipe_id is None:
@@ -403,8 +403,8 @@ class LedgerCarrier:
         # life), and a confirmation repeated that late is skipped (confirm_records)
         self._offered: OrderedDict[str, None] = OrderedDict()
         if state is not None:
-            # (not restored, they were never confirmed: the cursor is past their
-            # RecordRetained events, and the sender's deposits stayed)
+            # (not restored, they would never be confirmed: the cursor is past their
+            # RecordRetained events, and the sender's deposits would stay)
             for record, (peer_pipe, inner, seq) in state.retained_pending.items():
                 self._retained_pending[record] = (str(peer_pipe), int(inner), int(seq), restored_at)
             for record in state.to_confirm:
@@ -579,8 +579,8 @@ class LedgerCarrier:
                     self._on_event(event, now, out)
                 held += sum(len(record) for record in out[start:])
                 # (the peer destroyed its pipe: nothing more is coming, so the wait ends
-                # as it did before it went on past record-less events; a caller reading
-                # until peer_closed sat out its whole timeout)
+                # here rather than going on past record-less events; a caller reading
+                # until peer_closed would sit out its whole timeout)
                 if len(events) < limit and (
                     out or deadline is None or self.peer_closed or time.monotonic() >= deadline
                 ):

@@ -478,8 +478,8 @@ class LedgerBridge:
         peer_closed_at: float | None = None
         outage: float | None = None  # when the ledger stopped answering
         # records the ledger did not take (an outage), posted again at each turn: the
-        # outage lasts until a post goes through, reads answering or not (a ledger
-        # that took reads but no transaction was ridden out forever, each read
+        # outage lasts until a post goes through, reads answering or not (else a ledger
+        # that takes reads but no transaction would be ridden out forever, each read
         # ending the outage); and at close they are the adapter's last (its CLOSE)
         unsent: list[bytes] = []
         while not self._stop.is_set():
@@ -578,8 +578,8 @@ class LedgerBridge:
         """The adapter closed its end: post what it wrote last and the ledger did not
         take (its CLOSE), then destroy our pipe, so the peer sees the connection end.
         An outage is ridden out for these as for any call (``outage_timeout``): given up
-        at the first failure, the peer learnt nothing until its idle timeout and the
-        pipe stayed on the ledger."""
+        at the first failure, the peer would learn nothing until its idle timeout and the
+        pipe would stay on the ledger."""
         while True:
             try:
                 self._post(unsent)
@@ -790,7 +790,7 @@ class LedgerListener:
                     self._consider(event, before)
                 except ChainError as exc:  # (_unavailable only)
                     # looked at again after a pause, from this event: skipped, the
-                    # client's connection was lost to one failed ledger read
+                    # client's connection would be lost to one failed ledger read
                     logger.warning("ledger listener: %s; retrying", exc)
                     self.cursor = before
                     self._stop.wait(self.poll)

@@ -28,7 +28,7 @@ def connect_tcp(address: tuple[str, int], timeout: float | None) -> socket.socke
     except UnicodeError as exc:
         # a name the IDNA codec refuses (an empty label, one past 63 characters), as a
         # host may publish it: not found, as getaddrinfo says of a name it cannot
-        # resolve (a UnicodeError escaped connect_any, and no later endpoint was tried)
+        # resolve (a UnicodeError would escape connect_any, and no later endpoint be tried)
         raise connect_error(address, _unresolvable(exc)) from exc
 
 

@@ -188,7 +188,7 @@ def parse_endpoint(url: str) -> tuple[str, int, bool]:
     """``(host, port, tls)`` of a gRPC endpoint: ``https://host[:port]`` (TLS, default
     443), ``http://host[:port]`` (plain text, default 9000) or ``host:port`` (TLS)."""
     if not isinstance(url, str):
-        # (an AttributeError from .strip() said nothing of which setting was wrong)
+        # (an AttributeError from .strip() would say nothing of which setting is wrong)
         raise ValueError(f"{shown(url)} is not a gRPC endpoint (http(s)://host[:port])")
     text = url.strip()
     if "://" not in text:

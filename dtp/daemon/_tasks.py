@@ -26,8 +26,8 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> Exception | None:
     dies of then is logged). The usual ``task.cancel()`` then ``await task`` in a
     ``suppress(CancelledError)`` cannot tell the task's CancelledError from the
     caller's, and swallows both: worse, a caller's cancel while it awaits a task is
-    passed on to that task, so the caller's own cancellation was lost outright, and a
-    drain cancelled (or timed out by ``wait_for``) went on as if nothing had happened.
+    passed on to that task, so the caller's own cancellation is lost outright, and a
+    drain cancelled (or timed out by ``wait_for``) goes on as if nothing had happened.
     ``asyncio.wait`` raises only the caller's. A task ending with a BaseException that
     is no Exception (SystemExit, KeyboardInterrupt) has it raised here, as ``await
     task`` did."""
@@ -53,9 +53,8 @@ async def end_for_cleanup(
     ``tasks``, wait for them to end, and return the errors they died of and the
     caller's own cancellation, should it come meanwhile -- not raised here: the caller
     finishes its cleanup and raises it then (the tasks still ending end unwatched: the
-    wait is over; an error one dies of then is logged). Raised at once, the settlement
-    and the rest were skipped; swallowed, as before cancel_and_wait, the cancellation
-    was lost."""
+    wait is over; an error one dies of then is logged). Raised at once, it would skip
+    the settlement and the rest; swallowed, the cancellation would be lost."""
     for task in tasks:
         task.cancel()
     cancelled: asyncio.CancelledError | None = None
@@ -125,8 +124,8 @@ def _log_abandoned(task: asyncio.Task[Any]) -> None:
 
 def _watch_unwatched(task: asyncio.Future[Any]) -> None:
     """Have the error ``task`` may yet die of logged, once nobody waits for it: left
-    alone, the error was lost, and asyncio said only "Task exception was never
-    retrieved" when the task was collected (if ever)."""
+    alone, the error would be lost, and asyncio say only "Task exception was never
+    retrieved" when the task is collected (if ever)."""
     task.add_done_callback(_log_late_failure)
 
 

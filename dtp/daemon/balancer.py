@@ -53,7 +53,7 @@ class BackendPool:
         task, self._task = self._task, None
         if task is not None:
             # (not "await task" in a suppress(CancelledError): a drain or reload
-            # cancelled, or timed out, during this wait went on as if nothing had happened)
+            # cancelled, or timed out, during this wait would go on as if nothing happened)
             exc = await cancel_and_wait(task)
             if exc is not None:
                 # the checks died of a fault: raised here, it cut the daemon's drain short
@@ -120,14 +120,14 @@ class BackendPool:
         tried: list[str] = []
         for backend in self.order():
             try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the
-                # connection when the tunnel's cancel (the drain cutting it) came as the
-                # connect ended, the cancel swallowed: the tunnel went on past the cut
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # connection when the tunnel's cancel (the drain cutting it) comes as the
+                # connect ends, the cancel swallowed: the tunnel would go on past the cut
                 # (its connection's handler waits on its tunnels before the settlement)
                 async with asyncio.timeout(self.connect_timeout):
                     _, protocol = await loop.create_connection(factory, backend.host, backend.port)
             except (OSError, TimeoutError, ValueError) as exc:
-                # (ValueError, as in _probe: escaping, the tunnel was never answered)
+                # (ValueError, as in _probe: escaping, the tunnel would never be answered)
                 tried.append(f"{backend} ({_why(exc)})")
                 self._mark(backend, False)
                 if self._on_failure is not None:

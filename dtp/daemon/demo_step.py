@@ -94,9 +94,9 @@ def _start(config: Path, procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
     """Start a daemon and return its ready line. It joins ``procs`` (which the caller
     stops) before the wait, so that an interrupt while it starts leaves no daemon
     running: SIGINT and SIGTERM are held from before the process is made until it is
-    in ``procs``. (An interrupt inside Popen, after the fork, lost the Popen object: the
-    daemon was never stopped, went on after the demo had removed its directory,
-    recreated part of it and failed on the empty ledger it found there.)"""
+    in ``procs``. (An interrupt inside Popen, after the fork, would lose the Popen
+    object: the daemon would never be stopped, go on after the demo had removed its
+    directory, recreate part of it and fail on the empty ledger it found there.)"""
     held: list[int] = []
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -146,8 +146,8 @@ def _stop_all(procs: list[subprocess.Popen[str]]) -> None:
     """Stop the daemons, the last started first (the forwarders' final receipts reach
     the provider before it stops and claims them). A second interrupt while they drain
     (Ctrl-C pressed again, a supervisor's second SIGTERM) ends the waiting, not the
-    stopping: those still running are killed before it goes on. (It broke out of the
-    loop, and the daemons not yet stopped went on running after the demo had removed
+    stopping: those still running are killed before it goes on. (Breaking out of the
+    loop would leave the daemons not yet stopped running after the demo had removed
     their directory, recreating part of it.)"""
     try:
         for proc in reversed(procs):

@@ -269,7 +269,7 @@ class ServerFees:
         or the next start's :meth:`claim_leftovers`: a receipt is marked claimed only
         once its connection is settled, so a claim made but not followed by its
         settlement is settled then (its claim found on the ledger, not made twice, not
-        counted twice). Raised, it skipped the caller's bookkeeping after it, and ended
+        counted twice). Raised, it would skip the caller's bookkeeping after it, and end
         a start's recovery before the other connections."""
         level = logging.DEBUG if quiet else logging.WARNING
         ports: list[int] = []  # the connection's port, as read on the ledger here
@@ -332,8 +332,8 @@ class ServerFees:
         if refunded is None:
             # not settled: the receipt stays unclaimed in the store, for a retry or the
             # next start to settle (its claim refused as made, then found on the
-            # ledger). Marked now, the connection was left Open for good, its deposit
-            # held until the client's own timeout
+            # ledger). Marked now, the connection would be left Open for good, its
+            # deposit held until the client's own timeout
             return outcome(claimed, 0, False)
         if mark:
             self._mark_claimed(connection_id, mark)
@@ -413,7 +413,7 @@ class ServerFees:
     def close(self) -> None:
         """Stop the receipt writer, then close the store, as a paid server's release
         does (:func:`dtp.paid.release_receipts`): a writer still writing after the wait
-        keeps the store open under it (closed, the receipts it held were dropped), and
+        keeps the store open under it (closed, the receipts it holds would be dropped), and
         receipts it gave up are logged whole for a claim by hand."""
         from dtp.paid import release_receipts  # (the paid servers' module: loaded late)
 

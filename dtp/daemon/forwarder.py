@@ -146,8 +146,8 @@ class Forwarder:
 
     def show_listen(self) -> None:
         """Put the bound address and our target in the status (the row is shared by
-        name: a forwarder started in our place, then closed again, had put its own
-        there; its target stayed after a failed port trade rolled it back)."""
+        name: a forwarder started in our place, then closed again, may have put its own
+        there, and its target would stay after a failed port trade rolled it back)."""
         if self.server is not None and self.server.sockets:
             name = self.server.sockets[0].getsockname()
             self.stats.listen = join_host_port(name[0], name[1])
@@ -260,8 +260,8 @@ class Forwarder:
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException as exc:
             # open and paid, but no link holds it and no watcher settles it: left so,
-            # the connection and its deposit stayed locked (a ledger read failing, or a
-            # stopping daemon cancelling us)
+            # the connection and its deposit would stay locked (a ledger read failing,
+            # or a stopping daemon cancelling us)
             writer.close()
             closing = asyncio.ensure_future(
                 close_on_ledger(self.ledger, self.identity, connection_id)
@@ -325,7 +325,7 @@ class Forwarder:
         link.tunnels -= 1
         self._send_receipt(link, link.fees.flush())
         # (a retired forwarder's too: one opened after the retirement, for a client
-        # accepted before it, was left open and paid until the daemon stopped)
+        # accepted before it, would be left open and paid until the daemon stopped)
         if (link.retired or self._retired) and link.tunnels == 0:
             self._retire(link)
 

@@ -116,8 +116,8 @@ class LoopSignals:
             signal.set_wakeup_fd(current)
         # those that came while it ran but never reached their action (still on the
         # wakeup fd, the loop not back to read it): raised again too, as those caught
-        # during the stop (only those were: one with an action that came just before
-        # was lost)
+        # during the stop (raising only those would lose one with an action that came
+        # just before)
         unseen: set[int] = set()
         if own is not None:
             with contextlib.suppress(OSError):  # (BlockingIOError: none left)
@@ -133,9 +133,9 @@ class LoopSignals:
             finally:
                 # (even when the put-back raised: for the handlers back in place; what
                 # one of them raises goes on once the others have been raised too). Those
-                # without an action are theirs whenever they came: only those caught
-                # during the stop were raised, one that came while it ran (a SIGINT, to
-                # a caller acting on SIGHUP only) was lost. (since(0): all it caught, a
+                # without an action are theirs whenever they came: raising only those
+                # caught during the stop would lose one that came while it ran (a SIGINT,
+                # to a caller acting on SIGHUP only). (since(0): all it caught, a
                 # recorder of its own, installed by start())
                 late = own.since(caught)
                 _raise_again(

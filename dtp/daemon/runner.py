@@ -192,9 +192,9 @@ class Daemon:
         """Set with ``_stop``; read by the start's ledger work in its worker thread."""
         self.endpoint: tuple[str, int] | None = None
         self._reloading = asyncio.Lock()
-        """Held by a reload: two at once (SIGHUPs close together) synced the ledger side
-        by side, the slower one failed on what the other had just published, and
-        published the old settings again while the other served the new ones."""
+        """Held by a reload: two at once (SIGHUPs close together) would sync the ledger
+        side by side, the slower one failing on what the other had just published, and
+        publish the old settings again while the other serves the new ones."""
 
     def _gas_watch(self) -> GasWatch:
         """The watch on what the identity holds: on Sui its gas coins, against the
@@ -528,7 +528,7 @@ class Daemon:
                 await self._sync(new, public)
             except ChainError as exc:
                 logger.error("reload refused by the ledger", extra=kv(error=str(exc)))
-                # the transactions before the refused one stayed: a service published
+                # the transactions before the refused one stay: a service published
                 # that is not served (clients paid deposits into connections refused at
                 # once), a firewall half changed. The settings still served go back
                 await self._republish(public)
@@ -873,7 +873,7 @@ class Daemon:
         try:
             await self._shut_down(timeout)
         finally:
-            # also when the shut-down was cut short (cancelled): the ledger stayed open
+            # also when the shut-down is cut short (cancelled): else the ledger stays open
             # and the state directory locked, for another daemon of this process too
             try:
                 self.book.info["stopped"] = time.time()

@@ -262,10 +262,10 @@ class ServiceHost:
         for port in list(self.pools):
             old = self.services[port]
             new = wanted.get(port)
-            # (the protocol too: a service turned UDP kept its TCP health checks, which
-            # connected to its UDP backends every health_interval, for good; and the
-            # name: a service renamed kept a pool that logged under the old name and
-            # counted its backend errors into the old name's status row)
+            # (the protocol too: a service turned UDP would keep its TCP health checks,
+            # connecting to its UDP backends every health_interval, for good; and the
+            # name: a service renamed would keep a pool that logs under the old name and
+            # counts its backend errors into the old name's status row)
             if new is None or (
                 new.name,
                 new.protocol,
@@ -350,7 +350,7 @@ class ServiceHost:
             if peer.port is not None and peer.connection_id is not None:
                 # a client may have opened a ledger connection to a service a reload
                 # removed (before the removal landed, or published by another tool):
-                # refused here, its deposit stayed in escrow for good. One the ledger
+                # refused here, its deposit would stay in escrow for good. One the ledger
                 # admits (this client's, Open, to this host and port) is settled now
                 admission = LedgerAdmission(
                     self.ledger, self.host_id, peer.port, open_grace=self.open_grace
@@ -499,8 +499,8 @@ class ServiceHost:
             # a receipt of an earlier run, stored just before it ended, may not have
             # reached the saved status: what was claimed was earned. Not for one served
             # here: its receipts count as they are kept, and one claimed while still on
-            # its way to the disk (the store slow) was counted twice, raised to here by
-            # the claim and added again by its "kept" callback (_earn)
+            # its way to the disk (the store slow) would be counted twice, raised to here
+            # by the claim and added again by its "kept" callback (_earn)
             row.fees_earned = max(row.fees_earned, row.fees_claimed)
         self.book.touch()
 
@@ -607,9 +607,9 @@ class ServiceHost:
             due = [cid for cid, entry in self._retries.items() if entry.due <= now]
             if not due:
                 nearest = min((entry.due for entry in self._retries.values()), default=None)
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the
-                # wake's result when the drain's cancel came as the wake was set, the
-                # cancel swallowed, and the drain waited for this loop for good)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # wake's result when the drain's cancel comes as the wake is set, the
+                # cancel swallowed, and the drain would wait for this loop for good)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(None if nearest is None else nearest - now):
                         await self._retry_wake.wait()
@@ -650,8 +650,8 @@ class ServiceHost:
         """Stop trying failed settlements again (a try under way goes on: it is one of
         the handlers the drain waits for)."""
         task, self._retry_task = self._retry_task, None
-        # (cancel_and_wait, not "await task" in a suppress(CancelledError), which took
-        # the drain's own cancellation for the loop's, and the drain went on)
+        # (cancel_and_wait, not "await task" in a suppress(CancelledError), which takes
+        # the drain's own cancellation for the loop's, and the drain would go on)
         if task is not None and (error := await cancel_and_wait(task)) is not None:
             # logged, not raised: raised, it cut the drain short, its settlements unmade
             log_failure(logger, "settlement retries failed", error)
@@ -684,7 +684,7 @@ class ServiceHost:
         task.add_done_callback(self._handlers.discard)
         if service is None:
             # removed by a reload since its admission: refunded now, as one refused at
-            # admission is (its deposit stayed in escrow until the close timeout)
+            # admission is (else its deposit stays in escrow until the close timeout)
             writer.abort("service removed")
             self._served.ended(connection_id)
             await self._settle(connection_id)
@@ -695,7 +695,7 @@ class ServiceHost:
         except DTPError as exc:
             writer.abort(f"cannot read the connection: {exc}")
             self._served.ended(connection_id)
-            # (settled all the same: the ledger connection stayed Open, the deposit
+            # (settled all the same: else the ledger connection stays Open, the deposit
             # locked until the client's own timeout)
             await self._settle(connection_id, service=service)
             return
@@ -816,7 +816,7 @@ class ServiceHost:
 
         tallying = asyncio.ensure_future(tally_often())
         # a TCP forward pointed at this UDP service opens streams nobody would answer:
-        # its local client waited for the tunnel's status for good
+        # its local client would wait for the tunnel's status for good
         refuser = asyncio.ensure_future(
             self._refuse_tunnels(
                 conn,
@@ -859,8 +859,8 @@ class ServiceHost:
             conn.bytes = snap["bytes_in"] + snap["bytes_out"]
             self.conns.pop(conn.connection_id, None)
             # (taken by _handle for this connection, as for a TCP one, which releases
-            # them in its own end: a flow's were never given back, the client's count of
-            # users only grew and its buckets were never let go)
+            # them in its own end: else a flow's would never be given back, the client's
+            # count of users only grow and its buckets never be let go)
             self.limiter.release(conn.client)
             writer.close()
             self._served.ended(conn.connection_id)  # (as a TCP connection's: see _handle)
@@ -995,8 +995,8 @@ class ServiceHost:
             receipts lagging, the client's byte rate), None for not at all. At most
             POLICY_REFRESH at a time: the tunnel asks again (``n`` 0) when a hold ends,
             and the client's debt is then looked at under the limits in force (a
-            limit the Host lifted or raised while a tunnel waited out a long hold at
-            the old rate reached it only once that hold was over)."""
+            limit the Host lifts or raises while a tunnel waits out a long hold at the
+            old rate reaches it without waiting for that hold to end)."""
             unpaid = self._count(conn, service, n)
             rate = 0.0
             if buckets:
@@ -1047,7 +1047,7 @@ class ServiceHost:
         except DTPError as exc:
             # the client's connection ended (or it dropped the stream) while the backend
             # was connecting or the tunnel waited out the rate limits: the backend's
-            # connection, never attached, stayed open for good
+            # connection, never attached, would otherwise stay open for good
             leg.close()
             logger.info(
                 "tunnel abandoned by the client",
@@ -1080,9 +1080,9 @@ class ServiceHost:
         usage; past that, how long its tunnels hold their reading before they look
         again -- back-pressure: a receipt on its way (or on its way to the disk, where
         it starts to count) catches up, and the tunnels go on. Raises TunnelError once
-        the receipts stayed behind for :data:`UNPAID_PAUSE`. (The tunnels were cut at
-        once: eight tunnels at full speed ran 16 MiB past the receipts while the last
-        one was being written, and two of a paying client's tunnels were reset.)"""
+        the receipts stay behind for :data:`UNPAID_PAUSE`. (Not cut at once: eight
+        tunnels at full speed run 16 MiB past the receipts while the last one is being
+        written, and a paying client's tunnels would be reset.)"""
         sla = conn.terms.sla
         bytes_behind = sla.price_per_kib > 0 and conn.bytes - conn.paid_bytes > service.unpaid_slack
         # (each tunnel is a request, and its receipt comes right behind it: a few may be

@@ -212,7 +212,7 @@ class StatusBook:
                 self._writer = None
             else:
                 return
-        self._write_all()  # here, then: left pending, it was never written
+        self._write_all()  # here, then: left pending, it would never be written
 
     def _write_pending(self) -> None:
         """The writer thread's work."""

@@ -86,8 +86,8 @@ def daemon_running(status: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         # alive, run by another user: the daemon, or a process given its pid after it
-        # died (returned True at once, a crashed daemon's pid reused by another user's
-        # program showed it running): the recorded identity tells, /proc is readable
+        # died (True at once would show a crashed daemon running once another user's
+        # program reuses its pid): the recorded identity tells, /proc is readable
         pass
     recorded = status.get("process")
     if isinstance(recorded, str) and process_identity(pid) not in (None, recorded):
@@ -177,8 +177,8 @@ def state_dir_of(config: str | None, state_dir: str | None) -> Path:
 def _state_dir_despite(path: Path) -> Path | None:
     """``[daemon] state_dir`` of a config file that is valid TOML but fails validation
     elsewhere (a forward's target, a service's backends): the running daemon refused
-    that edit at its reload and goes on, and ``dtp status --config`` refused to show
-    its status until the file was fixed. None when the file does not say."""
+    that edit at its reload and goes on, so ``dtp status --config`` shows its status
+    even before the file is fixed. None when the file does not say."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):

@@ -143,9 +143,9 @@ class TcpLeg(asyncio.Protocol):
     def _unthrottle(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing() or self.lost.done():
-            # the tunnel ended while held: nothing more to count or resume. (It went on
-            # asking the count every few ms -- a status write each time -- while the
-            # connection stayed unpaid, and then recorded a denial for a tunnel gone.)
+            # the tunnel ended while held: nothing more to count or resume. (Else it would
+            # go on asking the count every few ms -- a status write each time -- while the
+            # connection stays unpaid, and then record a denial for a tunnel gone.)
             self._throttled = False
             return
         try:
@@ -181,9 +181,9 @@ class TcpLeg(asyncio.Protocol):
 
     def _check_reset(self) -> None:
         """After the peer's EOF the transport reads no more, so a reset from the peer
-        (a client giving up on a response) went unseen until the next write -- never,
-        while the far side sent nothing: the tunnel stayed open. The socket's pending
-        error tells."""
+        (a client giving up on a response) would go unseen until the next write -- never,
+        while the far side sends nothing: the tunnel would stay open. The socket's
+        pending error tells."""
         transport = self.transport
         if transport is None or transport.is_closing() or self.lost.done():
             return
@@ -367,7 +367,7 @@ async def splice_leg(
             error = leg.error  # the TCP side failed, or sent EOF: wait for the DTP side
             if error is None:
                 # ... or for the TCP side's loss (a reset after its EOF): the DTP side,
-                # paused for the lost transport's full buffer or idle, waited for good
+                # paused for the lost transport's full buffer or idle, would wait for good
                 await asyncio.wait([back, leg.lost], return_when=asyncio.FIRST_COMPLETED)
                 if back.done():
                     back.result()

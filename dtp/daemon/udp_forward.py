@@ -120,7 +120,7 @@ class UdpForward:
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException:
             # (failed or cancelled) the forwarder never sees this connection: closed
-            # here, or it stayed open for good, kept alive by its keepalives
+            # here, or it would stay open for good, kept alive by its keepalives
             writer.close()
             raise
         self._slas[writer.connection_id] = escrow.sla
@@ -176,10 +176,9 @@ class UdpForward:
 
     def refresh(self) -> None:
         """Copy the forwarder's datagram counters into the status book: bytes, open
-        flows, receipts sent and MIST paid (which stayed 0: only bytes and flows were
-        copied), and datagrams dropped as unpaid, beyond the deposit, as denials (the
-        column a UDP service counts its unpaid drops in; a forward whose deposit pays
-        for nothing showed no sign of it)."""
+        flows, receipts sent and MIST paid, and datagrams dropped as unpaid, beyond the
+        deposit, as denials (the column a UDP service counts its unpaid drops in, so a
+        forward whose deposit pays for nothing shows it)."""
         if self._forwarder is None:
             return
         snap = self._forwarder.stats.snapshot()

@@ -117,7 +117,7 @@ def _check_number(
 
 
 def check_int(what: str, value: object, low: int) -> None:
-    """An int argument (of a Graph method, a sync session's), at least ``low``:
+    """An int argument (of a Graph method or of a sync session), at least ``low``:
     TypeError for a bool, a float or a str (``True`` would pass for 1, NaN for no cap
     at all), ValueError below ``low`` -- a local error, not one blamed on a peer later."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -172,7 +172,7 @@ def _check_names(soul: object, field: object) -> None:
 
 def _check_listener(listener: object) -> None:
     """A listener that is not callable would fail only at the next merge, in the thread
-    that made it (a sync session's), rather than here where the mistake is."""
+    that made it (that of a sync session), rather than here where the mistake is."""
     if not callable(listener):
         raise LocalProtocolError(
             f"a listener must be callable, not {type(listener).__name__}", ErrorCode.ARG
@@ -1127,8 +1127,8 @@ class Graph:
 
     def export_stream(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as canonical batches, made one at a time as they are asked
-        for (each under the lock), so that at most one is held; for a sync session's
-        push, which must not hold a copy of the table while its peer reads.
+        for (each under the lock), so that at most one is held; for the push of a sync
+        session, which must not hold a copy of the table while its peer reads.
 
         ``max_batch_bytes`` as for :meth:`export` (checked at the call). Values may
         change between batches (each carries the value current when it is made). A
@@ -1168,10 +1168,10 @@ class Graph:
 
         The state goes out at once -- returned, forwarded to sync peers -- while its
         batch and the clock reach the file only with the next flush. After a crash in
-        between, the clock restarted from the last flushed state: with the wall clock
-        behind, the next write of that field took a lower state than the lost one a
-        peer still held, so the peer's older value came back and won over the new one
-        everywhere. Reserving 250 ms ahead costs one small SQLite write per 250 ms of
+        between, a clock restarted from the last flushed state, with the wall clock
+        behind, would give the next write of that field a lower state than the lost one
+        a peer still holds, so the peer's older value would come back and win over the
+        new one everywhere. Reserving 250 ms ahead costs one small SQLite write per 250 ms of
         states, not one per write.
         """
         reserved = state + _CLOCK_RESERVE
@@ -1212,9 +1212,9 @@ class Graph:
             except GraphStorageError as exc:
                 # the flush is done: every change is on disk, in the log. A compaction
                 # only rewrites it smaller, and one that fails (a full disk: it writes
-                # the whole table once more) rolled back whole. Raised, it failed the
-                # flush -- and close(), which then left the graph open, for good while
-                # the disk stayed full -- and each later flush exported the table again
+                # the whole table once more) rolls back whole. Raised, it would fail the
+                # flush -- and close(), which would then leave the graph open, for good
+                # while the disk stays full -- and each later flush export the table again
                 self._compact_after = time.monotonic() + _COMPACT_RETRY
                 logger.warning(
                     "graph: compacting the log failed (%s); the log is kept as it is, "

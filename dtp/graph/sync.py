@@ -30,7 +30,7 @@ straight from the HAM export (batches of about 1 MiB, one C call each side).
 Framing: each message is a 4-byte big-endian length, then a msgpack array whose first
 item is the message type. Every message is bounded (``max_message``); anything
 malformed raises :class:`GraphSyncError` (a :class:`~dtp.errors.RemoteProtocolError`),
-which ends this session only.
+which ends that sync session only.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class GraphSyncError(RemoteProtocolError):
 
 
 class SyncBacklogExceeded(DTPError):
-    """The peer reads too slowly: live changes for it passed the session's backlog
-    limit, so the session ended. Reconnecting catches up through the summaries."""
+    """The peer reads too slowly: live changes for it passed the backlog limit of
+    the session, so the session ended. Reconnecting catches up through the summaries."""
 
 
 MAX_BACKLOG = 64 << 20  # bytes of live changes queued for one peer before giving up
@@ -319,7 +319,7 @@ class SyncSession:
     def _send_batch(self, batch: bytes) -> None:
         if len(batch) + 64 > self.max_message and batch_count(batch) > 1:
             # a local put bigger than a message: split it (down to single updates: one
-            # update larger than this session's cap goes alone, for the peer's cap to
+            # update larger than the cap of the session goes alone, for the peer's cap to
             # judge -- splitting on would recurse until RecursionError, raised out of the
             # put() that made the change)
             items = entries(batch)
@@ -650,7 +650,7 @@ def _is_digest(value: object) -> bool:
 
 
 def _left_cleanly(exc: ConnectionClosed) -> bool:
-    """True when ``exc``, raised by a read of the session's stream, is the peer's clean
+    """True when ``exc``, raised by a read of the session stream, is the peer's clean
     close of the connection (code 0) before it ended that stream: the runners take it
     for the end of the stream, as they take a read of b"".
 
@@ -806,7 +806,7 @@ def sync_blocking(
             except ConnectionClosed as exc:
                 if not _left_cleanly(exc):
                     raise
-                n = 0  # the peer left: the session's end, as the stream's would be
+                n = 0  # the peer left: the end of the session, as the stream's end would be
             if not n:
                 break
             session.receive_data(view[:n])
@@ -817,7 +817,7 @@ def sync_blocking(
         ended = exc
         if failure and not session.lagging:
             raise failure[0] from None  # the writer's failure ended the read
-        if not session.lagging:  # a lagging session's abort ends the read: reported below
+        if not session.lagging:  # the abort of a lagging session ends the read: reported below
             raise
     except BaseException as exc:
         ended = exc
@@ -975,8 +975,8 @@ class GraphServer:
                 self._count_lock.notify_all()
 
     def counts(self) -> dict[str, int]:
-        """``sessions``, ``errors``, ``refused`` and ``active``, read together (each
-        session's end updates its counters at once: ``errors <= sessions`` holds)."""
+        """``sessions``, ``errors``, ``refused`` and ``active``, read together (the end of
+        each session updates its counters at once: ``errors <= sessions`` holds)."""
         with self._count_lock:
             return {
                 "sessions": self.sessions,
@@ -1005,7 +1005,7 @@ class GraphServer:
             running = list(self._running.values())
         # each in a thread of its own: a close waits up to its linger (5 s) for what is
         # queued to a peer that does not read, and the sessions' ends must not queue up
-        # behind one another. Each session's thread then raises SocketClosed in its read
+        # behind one another. The thread of each session then raises SocketClosed in its read
         # or its send, which ends the session; its peer reads the end of the stream.
         for sock in running:
             threading.Thread(
@@ -1044,8 +1044,8 @@ async def sync_stream(
     As :func:`sync_blocking`: returns when synced (``until_synced``; GraphSyncError if
     the peer closes the stream before) or when the peer closes the stream -- or, on any
     stream, closes the connection cleanly (a stream other than the first is cut short
-    then, its reads raising ConnectionClosed with code 0: the session's end all the
-    same; a close with an error code raises as before). The writer is left open for
+    then, its reads raising ConnectionClosed with code 0: the end of the session all
+    the same; a close with an error code raises as before). The writer is left open for
     the caller to close, except when the peer broke the protocol (GraphSyncError): the
     stream is then aborted with the reason "graph sync protocol error", as
     :func:`sync_blocking` does.
@@ -1167,7 +1167,7 @@ async def sync_stream(
             except ConnectionClosed as exc:
                 if not _left_cleanly(exc):
                     raise
-                data = b""  # the peer left: the session's end, as the stream's would be
+                data = b""  # the peer left: the end of the session, as the stream's end would be
             if overdue:
                 raise overdue[0]  # (what came at the deadline is not taken)
             if not data:
@@ -1184,7 +1184,7 @@ async def sync_stream(
             failed = out.exception()
             if failed is not None:
                 raise failed from None  # the write side's failure ended the read
-        if not session.lagging:  # a lagging session's abort ends the read: reported below
+        if not session.lagging:  # the abort of a lagging session ends the read: reported below
             if isinstance(exc, RemoteProtocolError):
                 # as sync_blocking does: the peer learns why, and pump() cannot stay
                 # blocked sending to a peer that broke the protocol and does not read

@@ -210,10 +210,10 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
             f"graph value is not a JSON value in UTF-8: {exc}", ErrorCode.HAM_MALFORMED
         ) from None
     if raw.count(b"[") + raw.count(b"{") > _MAX_DEPTH and _too_deep(value):
-        # (fewer brackets cannot nest that deep.) Only a RecursionError refused deeper
-        # values before: one nested a few hundred levels was read or refused as the
-        # caller's stack happened to be deep (a sync thread, a callback), so replicas
-        # disagreed on whether the field existed; and put() refused to write it back
+        # (fewer brackets cannot nest that deep.) A fixed depth, not RecursionError: left
+        # to it, a value nested a few hundred levels would be read or refused as the
+        # caller's stack happens to be deep (a sync thread, a callback), so replicas would
+        # disagree on whether the field exists, and put() could refuse to write it back
         raise RemoteProtocolError(
             f"graph value nested too deeply (more than {_MAX_DEPTH} levels)",
             ErrorCode.HAM_MALFORMED,

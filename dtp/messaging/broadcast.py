@@ -8,14 +8,14 @@ station session, sequence number and payload, so a message can be checked by any
 knows the broadcaster's Sui address, whoever relayed it. A *session* is one station
 instance: a random 16-byte nonce and its start time, announced in a HELLO the broadcaster
 signs (with the sequence number the listener starts from), so a restarted station, which
-numbers its messages from 1 again, cannot have an earlier session's messages passed off
-as its own, nor can a relay rewind a listener that is listening. A HELLO carries no
+numbers its messages from 1 again, cannot have the messages of an earlier session passed
+off as its own, nor can a relay rewind a listener that is listening. A HELLO carries no
 time of its own, though: a relay that recorded one, and what followed it, can replay
-that to a listener joining later (of this session or an earlier one), as it can delay
+that to a listener joining later (of the current session or an earlier one), as it can delay
 anything; ``session_started_ms`` tells the listener how old the session is.
 :class:`BroadcastListener`
 verifies the HELLO and each message and rejects forged ones
-(:class:`~dtp.messaging.errors.ForgedBroadcast`: another session's messages too) and
+(:class:`~dtp.messaging.errors.ForgedBroadcast`: the messages of another session too) and
 replayed or out-of-order ones (:class:`~dtp.messaging.errors.ReplayedBroadcast`); it
 counts both and never delivers them.
 
@@ -112,7 +112,7 @@ MAX_PAYLOAD: Final = 64 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest tip message (bytes of UTF-8).
 MAX_TIP_MESSAGE: Final = 280
-#: Size of a station session's nonce (bytes).
+#: Size of the nonce of a station session (bytes).
 SESSION_BYTES: Final = 16
 #: Tip IDs a station remembers per tipper at most (beyond, the oldest are forgotten and
 #: every ID at or below them refused).
@@ -177,7 +177,7 @@ def signed_message(
     """The bytes a broadcaster signs for one message: a domain tag, then the broadcast ID,
     channel, station session nonce, sequence number and payload, each length-prefixed or
     fixed-size. (The session is what keeps a restarted station's seq 1 from verifying
-    as an earlier session's seq 1.)"""
+    as seq 1 of an earlier session.)"""
     return (
         _MSG_DOMAIN
         + _field(broadcast_id.lower().encode())
@@ -360,8 +360,8 @@ class _StationLink:
             return True
 
     def offer_air(self, frame: bytes) -> None:
-        """Queue an AIR frame, full queue or not: dropped, it was never sent again and
-        the listener stayed on air after a cancel. In a full queue it takes the place of
+        """Queue an AIR frame, full queue or not: dropped, it would never be sent again
+        and the listener would stay on air after a cancel. In a full queue it takes the place of
         the newest message (counted in :attr:`dropped`, which the listener sees as a gap
         in sequence numbers), else of the newest AIR frame (older news of the air state),
         else (the HELLO and AIR frames only) goes in above the bound: at most once, since
@@ -494,7 +494,8 @@ class BroadcastStation:
         self._attached = 0
         #: This station's session nonce (random; in the HELLO and every signature).
         self.session = os.urandom(SESSION_BYTES)
-        #: When this session started (ms since the epoch, the host's clock; in the HELLO).
+        #: When the station's session started (ms since the epoch, the host's clock; in the
+        #: HELLO).
         self.session_started_ms = time.time_ns() // 1_000_000
         self._seq = 1
         self._on_air = False
@@ -508,9 +509,9 @@ class BroadcastStation:
                     raise ValueError(f"a tipped total is an int of MIST >= 0, not {total!r}")
                 key = normalize_id(address, "tipper address")
                 self._tipped[key] = max(self._tipped.get(key, 0), total)
-        # per tipper, the tip IDs (as 128-bit numbers) accepted in this session, a
-        # bounded window of them (a set of every ID grew by one entry per 1-MIST tip
-        # for the station's life)
+        # per tipper, the tip IDs (as 128-bit numbers) accepted in the station's session,
+        # a bounded window of them (a set of every ID would grow by one entry per 1-MIST
+        # tip for the station's life)
         self._tip_ids: dict[str, _TipIds] = {}
         # held while the tip state file is written (not _lock: send() needs that one,
         # and a slow disk must not stall the broadcast)
@@ -816,7 +817,7 @@ class BroadcastStation:
             except (ChainError, OSError) as exc:
                 # the ledger failed to say what the tipper contributed (or the tip state
                 # could not be saved): the listener did nothing wrong, so its link stays
-                # up (the error used to end the reader)
+                # up and its reader goes on
                 self.unchecked_tips += 1
                 logger.warning("broadcast: a tip could not be checked: %s", exc)
             return
@@ -1083,7 +1084,7 @@ class BroadcastListener:
         self.broadcaster = broadcaster
         self.channel: str | None = None
         self._public: bytes | None = None
-        #: The station session's nonce, from its verified HELLO (None before).
+        #: The nonce of the station's session, from its verified HELLO (None before).
         self.session: bytes | None = None
         #: When the station's session started (ms since the epoch, the station host's
         #: clock, signed in its HELLO; None before): how fresh the stream is, for the
@@ -1178,8 +1179,8 @@ class BroadcastListener:
 
     def _replace_air(self, item: AirChange) -> None:
         """(queue lock held) Put ``item`` in place of the newest queued AirChange (older
-        news of the air state), as a station link does with AIR frames: past the slack
-        the newest was dropped, and the application ended on a stale state (there are
+        news of the air state), as a station link does with AIR frames: dropping the
+        newest past the slack would leave the application on a stale state (there are
         at least ``_AIR_SLACK`` queued: messages go in only below the bound)."""
         with self._queue.mutex:  # (the consumer's get() takes it)
             items = self._queue.queue
@@ -1245,8 +1246,8 @@ class BroadcastListener:
             reason = f"reading failed: {type(exc).__name__}"
         except Exception as exc:
             # a fault of no known kind (in the stream, the ledger, a bug): the listener
-            # cannot go on, and says so -- this used to leave a thread traceback and the
-            # reason "the station's stream ended", sending one looking at the peer
+            # cannot go on, and says so, rather than leave a thread traceback and the
+            # reason "the station's stream ended", which would send one looking at the peer
             logger.exception("broadcast listener: stopped by an unexpected error")
             reason = f"the listener failed: {type(exc).__name__}: {exc}"[:300]
         finally:

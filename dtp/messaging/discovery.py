@@ -445,12 +445,12 @@ class DiscoveryGossip:
         that outlive it (a received announcement would be refused instead): this node's
         own is one it knows to be genuine, and its owner decides how many it makes. One
         larger than ``max_bytes`` cannot be recorded: a DiscoveryError, and not gossiped
-        (it used to be evicted at once, unsaid, while announce() returned as usual).
+        (rather than evicted at once, unsaid, while announce() returns as usual).
 
         It is issued later than the cached announcement of the host by the same key (a
         millisecond later when the clock has not moved past it): one issued at the same
         time is a duplicate, so a re-announcement within a millisecond -- or within a
-        ledger clock's tick, a Sui checkpoint -- was dropped here and by every peer,
+        ledger clock's tick, a Sui checkpoint -- would be dropped here and by every peer,
         while announce() returned it as if recorded."""
         with self._announcing:
             issued = self.clock_ms()
@@ -472,8 +472,8 @@ class DiscoveryGossip:
                             f"cannot announce host {host_id} as {identity.sui_address}: {exc}"
                         ) from exc
                 # the same checks as the gossip thread's: the node keeps what its peers keep.
-                # It used to be recorded only once the thread took it from the subscription,
-                # some time after announce() returned.
+                # Recorded here, not when the thread takes it from the subscription: it is
+                # in the cache once announce() returns.
                 self._receive(data, own=True)
             except E.DiscoveryError:
                 raise
@@ -579,10 +579,10 @@ class DiscoveryGossip:
         the soonest to expire -- only ones that expire before ``ann``, unless it is
         this node's ``own``. False, and no live record dropped, when it does not fit.
 
-        (It used to be inserted first and the soonest to expire evicted after: ``ann``
-        itself when it was that one, while counted accepted and returned, so anyone
-        could fill the cache with day-long announcements and every genuine host, with
-        a shorter lifetime, was dropped on arrival, unseen.)"""
+        (Inserting first and evicting the soonest to expire after would evict ``ann``
+        itself when it is that one, while counting it accepted, so anyone could fill the
+        cache with day-long announcements and every genuine host, with a shorter
+        lifetime, would be dropped on arrival, unseen.)"""
         count = len(self._records) + (ann.host_id not in self._records)
         total = self._bytes - self._sizes.get(ann.host_id, 0) + size
         if count <= self.max_records and total <= self.max_bytes:

@@ -170,8 +170,8 @@ RESPONSE_TOO_LARGE_TEXT: Final = "response exceeds the size cap"
 class ResponseTooLarge(RequestTooLarge):
     """The remote handler's result exceeded the remote side's size cap, so it answered
     with an error instead (wire code ``MESSAGE_TOO_LARGE``, message
-    :data:`RESPONSE_TOO_LARGE_TEXT`). A :class:`RequestTooLarge` (the class this error
-    was raised as before it had its own), so ``except RequestTooLarge`` still catches it.
+    :data:`RESPONSE_TOO_LARGE_TEXT`). A :class:`RequestTooLarge`, so code written
+    ``except RequestTooLarge`` catches it too.
     An answer over *our* cap is :class:`MessageTooLarge` instead."""
 
 

@@ -347,8 +347,8 @@ class JsonRpcHttpProxy:
         socket before it connects, so that close() can shut it down: the connect does
         not block but is waited for with poll, which the shutdown ends at once whenever
         it comes -- before the connect starts too (a blocking connect started after it
-        went on regardless: with timeout=None, for the kernel's whole SYN retries; a
-        backend that does not answer the SYN held the call, and close(), that long).
+        would go on regardless: with timeout=None, for the kernel's whole SYN retries; a
+        backend that does not answer the SYN would hold the call, and close(), that long).
         An HTTPS connection's TLS wrapping takes this socket object's descriptor over
         before its handshake, so for HTTPS a duplicate of it is noted (the same
         connection: its shutdown ends the handshake too), closed once the connection is

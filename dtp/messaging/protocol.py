@@ -836,7 +836,7 @@ class RpcProtocol:
             self._violation(exc, request_id, reply=kind != ERROR)
             if kind in (RESPONSE, ERROR) and len(message) > 1:
                 # a broken answer to one of our requests, its id readable: that call
-                # fails now (it waited for its deadline, or for good without one)
+                # fails now (rather than wait for its deadline, or for good without one)
                 answered = message[1]
                 if _valid_id(answered) and self._outgoing.pop(answered, _MISSING) is not _MISSING:
                     self._event(ErrorReceived(answered, exc))

@@ -229,8 +229,8 @@ class Link:
         self.name = name
         # Unbounded underneath, bounded by offer (in frames and bytes, under _drop_lock):
         # the writer's wake-up marker (at most one waits) and _STOP then always fit, and
-        # take no place of a frame. In a queue of maxsize, a wake-up took the place of
-        # the next message, which was dropped although the peer read everything.
+        # take no place of a frame. In a queue of maxsize, a wake-up would take the place
+        # of the next message, dropped although the peer read everything.
         self._out: queue.Queue[bytes] = queue.Queue()
         self._maxsize = maxsize
         self._max_bytes = max_bytes
@@ -416,8 +416,8 @@ class Link:
     def _read_loop(self) -> None:
         cap = self.node.max_message_size
         # a peer's SUBSCRIBE frame of 512 topics (up to 134 KB) does not depend on this
-        # node's max_message_size, and one skipped as too large lost that interest for
-        # good (its subscribers were never sent those topics): control frames are read
+        # node's max_message_size, and one skipped as too large would lose that interest
+        # for good (its subscribers never sent those topics): control frames are read
         # up to _CONTROL_CAP, and anything else above the node's cap is still refused
         reads = _PatientReads(self.stream, self.closed)
         frames = read_frames(reads, max(cap, _CONTROL_CAP), self.closed, 256 * 1024)
@@ -575,8 +575,8 @@ class PubSubNode:
         ``node_id`` (the origin of this node's messages; default: 16 random hex digits)
         is a str of 1..:data:`MAX_ORIGIN_LENGTH` characters of text (a TypeError when not
         a str, else a ValueError): peers refuse a PUBLISH with any other origin, so
-        every message of such a node was lost at the first hop while publish() went on
-        returning ids."""
+        every message of such a node would be lost at the first hop while publish() goes
+        on returning ids."""
         for name, value, low, high in (
             ("max_hops", max_hops, 0, 255),
             ("link_queue", link_queue, 1, None),
@@ -628,22 +628,22 @@ class PubSubNode:
         (``gettimeout()`` 0) is refused, ValueError. A link without a ``name`` is
         ``<node_id>-<n>``, ``n`` counting the links this node has attached."""
         if not all(callable(getattr(stream, m, None)) for m in ("recv", "sendall")):
-            # (None or a bytes object crashed the link's reader thread instead)
+            # (None or a bytes object would crash the link's reader thread instead)
             raise TypeError(
                 f"attach() needs a stream (recv, sendall), not {type(stream).__name__!r}"
             )
         gettimeout = getattr(stream, "gettimeout", None)
         if callable(gettimeout) and gettimeout() == 0:
-            # Its first recv raised BlockingIOError: the link closed at once (logged at
-            # debug only) while publish() went on returning ids that reached nobody.
+            # Its first recv would raise BlockingIOError: the link would close at once
+            # (logged at debug only) while publish() goes on returning ids for nobody.
             raise ValueError(
                 "attach() needs a blocking stream (a timeout of None or above 0), not a "
                 "non-blocking one: its reads would end the link at once"
             )
         with self._lock:
             # two readers on one stream split its frames between them: each decoder
-            # saw parts of frames, the link skipped or misread nearly every frame and
-            # stayed up, silently (1 message of 100 got through). A closed link's
+            # sees parts of frames, and the link skips or misreads nearly every frame
+            # and stays up, silently (1 message of 100 gets through). A closed link's
             # reader discards what it reads next, frames and part of one, so the
             # stream no longer starts at a frame for a new link either.
             if self._was_read(stream) or any(lk.stream is stream for lk in self._links):

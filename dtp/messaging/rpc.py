@@ -1823,9 +1823,9 @@ class _Registry:
         returns the function itself.
 
         The bare form is taken because it is how such decorators are commonly written:
-        the function used to arrive here as ``name``, the decorator returned its inner
-        wrapper in the function's place and registered nothing (clients got
-        MethodNotFound, and calling the function raised a puzzling TypeError)."""
+        without it the function would arrive here as ``name``, and the decorator would
+        return its inner wrapper in the function's place and register nothing (clients
+        would get MethodNotFound, and calling the function a puzzling TypeError)."""
 
         def wrap_as(given: str | None) -> Callable[[Handler], Handler]:
             def wrap(fn: Handler) -> Handler:
@@ -2175,7 +2175,7 @@ class _ServerStream:
         except (DTPError, OSError) as exc:
             # the stream is done for: its reading ends too (run_general), and what was
             # queued meanwhile, or is later, is let go (flush): left with the sending
-            # role, the read loop went on taking requests and queuing their answers
+            # role, the read loop would go on taking requests and queuing their answers
             # for good
             logger.debug("RPC answers not sent: %s", exc)
             with self.lock:
@@ -2341,7 +2341,7 @@ class _ServerStream:
             if data == b"":
                 # the client ended its side: it may still read (a half-close after its
                 # last request), so what it asked is still answered. Handlers watching
-                # ctx.cancelled are told at once, as before: the client may as well have
+                # ctx.cancelled are told at once: the client may as well have
                 # closed for good (nothing tells the two apart), and a long one waiting
                 # for it would hold the stream for good
                 for ctx in list(self.contexts.values()):
@@ -2654,8 +2654,8 @@ class _ServerStream:
 async def _deposit(prepay: ResponsePrepay, timeout: float) -> str:
     """``prepay.deposit(timeout)`` in a worker thread. A call cancelled meanwhile cannot
     stop the thread: the escrow it then makes is left in ``prepay.unanswered``, for
-    :meth:`ResponsePrepay.refund_due` (it was lost, the fee locked until someone
-    found it)."""
+    :meth:`ResponsePrepay.refund_due` (else it would be lost, the fee locked until
+    someone found it)."""
     work = asyncio.ensure_future(asyncio.to_thread(prepay.deposit, timeout))
     try:
         return await asyncio.shield(work)
@@ -3091,7 +3091,7 @@ class AsyncRpcServer(_Registry):
         # its connection's users, released at the end below -- or, when this task is
         # cancelled meanwhile (a connection's first stream ending while its second
         # resolves), once the resolution is done; left counted, a failure cached for
-        # the connection (its open still landing) refused its later streams for good
+        # the connection (its open still landing) would refuse its later streams for good
         connection_id = getattr(writer, "peer_connection_id", None)
         resolving = loop.run_in_executor(None, _stream_payments, self._payments, writer)
         try:

@@ -385,8 +385,8 @@ def send_sealed(
     if not recipient_host:
         raise ValueError("recipient_host is empty")
     _check_our_timeout(timeout)
-    # a ledger without a signer cannot pay for the mailbox: this used to surface only
-    # after the direct try, as "no ledger mailbox was given" (one was: the signer was
+    # a ledger without a signer cannot pay for the mailbox: said here, not after the
+    # direct try as "no ledger mailbox was given" (one was: the signer is what is
     # missing). Without a client it is refused before anything is done; with one, the
     # direct delivery may still go (a caller may pass the ledger along out of habit)
     no_signer = ledger is not None and signer is None
@@ -718,9 +718,9 @@ class SealedInbox:
                 # a failed append whose undo failed too left part of a line there)
                 journal.write_bytes(b"")
         except OSError as exc:
-            # the new state is in place: raised, the caller undid in memory what the
+            # the new state is in place: raised, the caller would undo in memory what the
             # file already holds (its cursor moved on), and the messages it did not hand
-            # over were lost at the next start. A journal left as it was only repeats
+            # over would be lost at the next start. A journal left as it was only repeats
             # ids the snapshot has; the journal is emptied at the next snapshot.
             logger.warning("inbox state %s written, then: %s", self._path, exc)
             return

@@ -448,14 +448,17 @@ def test_contention_cancels_a_transaction_writing_a_busy_shared_object(
     a, b = funded(node), funded(node)
     cap_a, cap_b = ledger.create_spending_cap(a, 1), ledger.create_spending_cap(a, 2)
     ref = SharedRef(cap_a, client.get_object(cap_a).initial_shared_version or 0)
-    node.tx_latency, node.contention = 0.5, 1.0
-    first: list[Any] = []
+    # (both built before the first is sent, and the first in flight for 2 s: the second
+    # meets it there even on a loaded machine)
     tx = sui_tx.set_max_per_epoch(ctx_for(client, node, a), ref, 7)
+    tx_b = sui_tx.set_max_per_epoch(ctx_for(client, node, b), ref, 8)
+    node.tx_latency, node.contention = 2.0, 1.0
+    first: list[Any] = []
     thread = threading.Thread(target=lambda: first.append(send(client, a, tx)))
     thread.start()
     while node.peak_in_flight[a.sui_address] == 0:
         time.sleep(0.01)
-    second = send(client, b, sui_tx.set_max_per_epoch(ctx_for(client, node, b), ref, 8))
+    second = send(client, b, tx_b)
     thread.join(30)
     error = second.effects.status.error
     assert error.kind == KINDS.EXECUTION_CANCELED_DUE_TO_CONSENSUS_OBJECT_CONGESTION

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -64,17 +65,17 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
             async def calls() -> float:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 client = AsyncRpcClient(reader, writer)
-                worst = 0.0
+                times: list[float] = []
                 try:
                     for i in range(10):
                         started = time.monotonic()
                         assert await client.call("echo", i, timeout=10) == i
-                        worst = max(worst, time.monotonic() - started)
+                        times.append(time.monotonic() - started)
                 finally:
                     await client.close()
                     writer.close()
                     await writer.wait_closed()
-                return worst
+                return statistics.median(times)
 
             flooding.wait(5)
             return asyncio.run(calls())
@@ -94,9 +95,10 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
                 task.cancel()
             await asyncio.gather(*served, return_exceptions=True)
 
-    # the flood held each call 1-2.5 s before the fix and about 0.15 s after; the
-    # bound sits below the old times, with room for a loaded machine (0.5 failed in CI)
-    assert asyncio.run(main()) < 1.0
+    # a loop held by the flood holds every call 1-2.5 s; a fair one answers in about
+    # 0.15 s. The median of the ten, so that one call slowed by a loaded machine (1.2 s
+    # seen) does not decide
+    assert asyncio.run(main()) < 0.6
 
 
 #: For junk, the work a call did past its deadline, in CPU seconds of its thread: a
@@ -407,7 +409,7 @@ def test_answers_to_a_peer_that_never_reads_are_bounded(
     try:
         call = client.start("x")  # no deadline: it waits as long as the stream lives
         with pytest.raises(E.RpcConnectionLost, match="takes none of our answers"):
-            call.result(timeout=8)
+            call.result(timeout=30)  # (a bound for a loaded machine: 8 s was seen to pass)
         # the cap, and the answers to what one more read held (about 3 bytes a byte)
         assert sum(map(len, client._proto._out)) < 256 * 1024 + 4 * rpc_module.RECV_SIZE
     finally:
