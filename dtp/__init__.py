@@ -35,7 +35,11 @@ __all__ = ["__version__"]
 # Modules that moved into the layer folders (docs/architecture.md, "Layout"), old name ->
 # new name. A name that is a package maps its submodules too (``dtp.chain.local`` ->
 # ``dtp.ledger.local``); the longest matching old name wins.
-MOVED: dict[str, str] = {}
+MOVED: dict[str, str] = {
+    "dtp._core": "dtp.native.core",
+    "dtp._types": "dtp.native.types",
+    "dtp._reference": "dtp.native.reference",
+}
 
 
 class _MovedModuleLoader:

@@ -54,7 +54,7 @@ class _VersionAction(argparse.Action):
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    from dtp import _core
+    from dtp.native import core as _core
 
     print(f"dtp {package_version()} (core backend: {_core.BACKEND})")
     return 0

@@ -43,10 +43,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from dtp import _core
 from dtp._buffers import bytes_like
 from dtp._recovery import MAX_PTO_COUNT, AckTracker, LossRecovery, RangeSet, SentRecord
-from dtp._reference.varint import varint_encode
 from dtp._state import (
     CloseCode,
     ConnState,
@@ -55,31 +53,6 @@ from dtp._state import (
     SendState,
     stream_initiator_is_client,
     transition,
-)
-from dtp._types import (
-    FRAME_ACK,
-    FRAME_CLOSE,
-    FRAME_CONTROL,
-    FRAME_DATAGRAM,
-    FRAME_MAX_DATA,
-    FRAME_MAX_STREAM_DATA,
-    FRAME_MAX_STREAMS,
-    FRAME_PADDING,
-    FRAME_PING,
-    FRAME_RECEIPT,
-    FRAME_RESET_STREAM,
-    FRAME_STOP_SENDING,
-    FRAME_STREAM,
-    FRAME_STREAM_FIN,
-    FULL,
-    REC_DATA,
-    REC_HS_FINAL,
-    REC_HS_INIT,
-    REC_HS_RESP,
-    STOP,
-    OpenedFrames,
-    RawFrame,
-    TakeResult,
 )
 from dtp.crypto import (
     AUTH_PROOF_SIZE,
@@ -119,6 +92,33 @@ from dtp.events import (
 )
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_PAYMENT_REQUIRED
+from dtp.native import core as _core
+from dtp.native.reference.varint import varint_encode
+from dtp.native.types import (
+    FRAME_ACK,
+    FRAME_CLOSE,
+    FRAME_CONTROL,
+    FRAME_DATAGRAM,
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAM_DATA,
+    FRAME_MAX_STREAMS,
+    FRAME_PADDING,
+    FRAME_PING,
+    FRAME_RECEIPT,
+    FRAME_RESET_STREAM,
+    FRAME_STOP_SENDING,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    FULL,
+    REC_DATA,
+    REC_HS_FINAL,
+    REC_HS_INIT,
+    REC_HS_RESP,
+    STOP,
+    OpenedFrames,
+    RawFrame,
+    TakeResult,
+)
 
 __all__ = ["CloseCode", "Connection", "ConnectionConfig", "error_for_termination"]
 
@@ -955,7 +955,7 @@ class Connection:
     # ----------------------------------------------------------------------------------
     # the lane: an I/O adapter's fast path for the established streams of a connection
     # over a reliable carrier. Same records and state changes as the general path, in
-    # one C call each way (dtp._core.Lane), with the bytes going straight between the
+    # one C call each way (dtp.native.core.Lane), with the bytes going straight between the
     # carrier and the application's buffers.
 
     def _get_lane(self) -> Any:

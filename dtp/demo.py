@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from dtp import _core
-from dtp._types import (
+from dtp.errors import ConnectionRefused, DecryptionError
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_STREAM,
@@ -28,7 +29,6 @@ from dtp._types import (
     HamUpdate,
     RawFrame,
 )
-from dtp.errors import ConnectionRefused, DecryptionError
 
 _TTY = sys.stdout.isatty()
 

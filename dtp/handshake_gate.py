@@ -36,10 +36,10 @@ from collections.abc import Callable, Hashable
 from typing import Generic, Literal, TypeVar
 
 from dtp._checks import finite_float
-from dtp._core import RECORD_HEADER_LEN
-from dtp._types import REC_HS_INIT
 from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
 from dtp.handshake_slots import AddressSlots, ServerSlots, Verdict
+from dtp.native.core import RECORD_HEADER_LEN
+from dtp.native.types import REC_HS_INIT
 
 __all__ = [
     "DEFAULT_FIRST_MESSAGE_TIMEOUT",

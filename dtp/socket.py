@@ -54,7 +54,6 @@ from dtp._session import (
     connect_timed_out,
 )
 from dtp._state import SendState
-from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -121,6 +120,7 @@ from dtp.keys_ahead import (
     take_anonymous_identity,
 )
 from dtp.metering import MeteringConfig
+from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment

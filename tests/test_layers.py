@@ -22,9 +22,7 @@ PACKAGE = ROOT / "dtp"
 LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
     "dtp._checks": "errors",
-    "dtp._core": "native",
-    "dtp._types": "native",
-    "dtp._reference": "native",
+    "dtp.native": "native",
     "dtp.keys": "identity",
     "dtp.keys_ahead": "identity",
     "dtp.crypto": "identity",
@@ -298,6 +296,6 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert cycles(graph) == {("dtp.chain.objects", "dtp.connection")}
     real = import_graph()
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
-    assert "dtp._core" in real["dtp.cli"]
+    assert "dtp.native.core" in real["dtp.cli"]
     # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
     assert "dtp.chain.ledger" not in real["dtp.served"]

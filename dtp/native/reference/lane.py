@@ -1,5 +1,5 @@
 """The established-stream fast path: the twin of ``dtp_rx_take`` (aead.c) and of
-:class:`dtp._core.NativeLane`.
+:class:`dtp.native.core.NativeLane`.
 
 A connection over a reliable carrier spends most of its life moving one stream's bytes
 in order. The lane seals them (``dtp_stream_seal``) and, on the way in, takes the run of
@@ -20,16 +20,17 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from dtp._reference.aead import (
+from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.native.reference.aead import (
     COUNTER_RESERVED,
     MAX_STREAM_CHUNK,
     Aead,
     next_data_record,
     nonce,
 )
-from dtp._reference.limits import AEAD_TAG_LEN, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
-from dtp._reference.varint import varint_decode
-from dtp._types import (
+from dtp.native.reference.limits import AEAD_TAG_LEN, MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
+from dtp.native.reference.varint import varint_decode
+from dtp.native.types import (
     DUE,
     EOF,
     FRAME_STREAM,
@@ -41,7 +42,6 @@ from dtp._types import (
     WAKE,
     TakeResult,
 )
-from dtp.errors import ErrorCode, LocalProtocolError
 
 _STREAM_RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN + 25
 _MAX_RECORD = RECORD_HEADER_LEN + AEAD_TAG_LEN + MAX_RECORD_PLAINTEXT  # on the wire
@@ -144,7 +144,7 @@ class Io:
 
 class Lane:
     """The fast path of an established stream (pure Python); same methods and results
-    as :class:`dtp._core.NativeLane`."""
+    as :class:`dtp.native.core.NativeLane`."""
 
     def __init__(
         self, send: Aead, recv: Aead, seal_cap: int = 1 << 18, recv_cap: int = 1 << 18
@@ -177,7 +177,7 @@ class Lane:
         return memoryview(sealed), n
 
     def release_output(self) -> None:
-        """As :meth:`dtp._core.NativeLane.release_output`; each seal here returns bytes
+        """As :meth:`dtp.native.core.NativeLane.release_output`; each seal here returns bytes
         of its own already."""
 
     def take(

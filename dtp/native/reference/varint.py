@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dtp._reference.limits import VARINT_MAX
+from dtp.native.reference.limits import VARINT_MAX
 
 
 def varint_size(value: int) -> int:

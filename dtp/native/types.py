@@ -1,5 +1,5 @@
-"""Value types shared by the C-backed core (``dtp._core``) and its pure-Python twin
-(``dtp._reference``): both backends return exactly these, so results compare equal."""
+"""Value types shared by the C-backed core (``dtp.native.core``) and its pure-Python twin
+(``dtp.native.reference``): both backends return exactly these, so results compare equal."""
 
 from __future__ import annotations
 

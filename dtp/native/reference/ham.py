@@ -14,7 +14,8 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator
 
-from dtp._reference.limits import (
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from dtp.native.reference.limits import (
     HAM_BATCH_HEADER_LEN,
     HAM_BATCH_VERSION,
     HAM_EXPORT_MAX_BATCH,
@@ -23,8 +24,8 @@ from dtp._reference.limits import (
     HAM_MAX_UPDATES,
     HAM_MAX_VALUE,
 )
-from dtp._reference.varint import varint_decode, varint_encode, varint_size
-from dtp._types import (
+from dtp.native.reference.varint import varint_decode, varint_encode, varint_size
+from dtp.native.types import (
     HAM_APPLIED,
     HAM_DEFERRED,
     HAM_HISTORICAL,
@@ -33,7 +34,6 @@ from dtp._types import (
     HamUpdate,
     MergeResult,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 _HEADER = struct.Struct("<BI")
 _F64 = struct.Struct("<d")
@@ -317,7 +317,7 @@ class HamGraph:
     def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
         """The whole table as a sequence of batches of at most ``max_batch_bytes``
         (never less than one maximal entry needs, nor more than
-        :data:`~dtp._reference.limits.HAM_EXPORT_MAX_BATCH`); the order is unspecified.
+        :data:`~dtp.native.reference.limits.HAM_EXPORT_MAX_BATCH`); the order is unspecified.
         Fields may change value while the batches are consumed; a merge that adds a
         field makes the next batch raise RuntimeError (the dict's own check)."""
         limit = min(max(max_batch_bytes, HAM_EXPORT_MIN_BATCH), HAM_EXPORT_MAX_BATCH)

@@ -16,16 +16,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from dtp._reference.limits import (
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from dtp.native.reference.limits import (
     MAX_ACK_RANGES,
     MAX_CLOSE_REASON,
     MAX_FRAME_DATA,
     MAX_RECEIPT,
     VARINT_MAX,
 )
-from dtp._reference.records import parse_records, write_record_header
-from dtp._reference.varint import varint_decode, varint_encode
-from dtp._types import (
+from dtp.native.reference.records import parse_records, write_record_header
+from dtp.native.reference.varint import varint_decode, varint_encode
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_CONTROL,
@@ -46,7 +47,6 @@ from dtp._types import (
     FrameBatch,
     RawFrame,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Typed wrappers over the C core. The only module that touches cffi's ``lib``/``ffi``.
 
-Every public name here has a pure-Python twin in :mod:`dtp._reference` with the same
+Every public name here has a pure-Python twin in :mod:`dtp.native.reference` with the same
 signature and results. ``DTP_PUREPYTHON=1`` makes the public names below *be* the
 twins (the extension is then not needed); the ``Native*``/``native_*`` names always
 refer to the C code, so tests can compare both backends in one process.
@@ -19,14 +19,15 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, overload
 
-from dtp import _types as t
-from dtp._reference.limits import (
+from dtp.errors import ErrorCode, LocalProtocolError, error_for
+from dtp.native import types as t
+from dtp.native.reference.limits import (
     HAM_EXPORT_MAX_BATCH,
     HAM_EXPORT_MIN_BATCH,
     MAX_ACK_RANGES,
     MAX_FRAME_DATA,
 )
-from dtp._types import (
+from dtp.native.types import (
     FrameBatch,
     HamUpdate,
     MergeResult,
@@ -39,7 +40,6 @@ from dtp._types import (
     RecordHeader,
     TakeResult,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, error_for
 
 PUREPYTHON = os.environ.get("DTP_PUREPYTHON") == "1"
 
@@ -337,7 +337,7 @@ def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
 _OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
 # dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
 _OPENED_REC = struct.Struct("=QQIiII")
-MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp._reference.aead.MAX_STREAM_CHUNK
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp.native.reference.aead.MAX_STREAM_CHUNK
 # a record of one STREAM frame: header, tag and at most 25 bytes of frame header
 _STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
 OPEN_FRAMES_MAX = 1024
@@ -524,7 +524,7 @@ class NativeAead:
         max_ranges: int = OPEN_FRAMES_MAX,
     ) -> OpenFramesResult:
         """Open the DATA records at the start of ``buf`` and decode their frames in one
-        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp._reference.aead`.
+        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference.aead`.
         Frame data are memoryviews into a scratch buffer, valid until the next call."""
         if max_records < 0 or max_frames < 0 or max_ranges < 0:
             raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
@@ -1336,7 +1336,7 @@ def native_zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[
 # --------------------------------------------------------------------------------------
 # backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
 
-from dtp._reference.ham import decode_ham_batch, encode_ham_batch  # noqa: E402
+from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch  # noqa: E402
 
 if TYPE_CHECKING or not PUREPYTHON:
     write_record_header = native_write_record_header
@@ -1350,7 +1350,7 @@ if TYPE_CHECKING or not PUREPYTHON:
     find_ham_souls = native_find_ham_souls
     zero_negative_states = native_zero_negative_states
 else:
-    from dtp._reference import (
+    from dtp.native.reference import (
         Aead,
         HamGraph,
         Lane,

@@ -21,7 +21,15 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from dtp._reference.limits import (
+from dtp.errors import (
+    DecryptionError,
+    DTPError,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    error_for,
+)
+from dtp.native.reference.limits import (
     AEAD_KEY_LEN,
     AEAD_TAG_LEN,
     MAX_FRAME_DATA,
@@ -30,9 +38,9 @@ from dtp._reference.limits import (
     REPLAY_WINDOW,
     VARINT_MAX,
 )
-from dtp._reference.records import check_header
-from dtp._reference.varint import varint_encode, varint_size
-from dtp._types import (
+from dtp.native.reference.records import check_header
+from dtp.native.reference.varint import varint_encode, varint_size
+from dtp.native.types import (
     FRAME_STREAM,
     FRAME_STREAM_FIN,
     FULL,
@@ -45,14 +53,6 @@ from dtp._types import (
     OpenFramesResult,
     OpenResult,
     RecordHeader,
-)
-from dtp.errors import (
-    DecryptionError,
-    DTPError,
-    ErrorCode,
-    LocalProtocolError,
-    ProtocolError,
-    error_for,
 )
 
 RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
@@ -136,7 +136,7 @@ class ReplayWindow:
 class Aead:
     """One direction's ChaCha20-Poly1305 key and receive replay window (pure Python).
 
-    Same methods and results as :class:`dtp._core.NativeAead`.
+    Same methods and results as :class:`dtp.native.core.NativeAead`.
     """
 
     def __init__(self, key: bytes) -> None:
@@ -306,7 +306,7 @@ class Aead:
     def _open_frames(
         self, view: memoryview, cap: int, max_frames: int, max_ranges: int
     ) -> OpenFramesResult:
-        from dtp._reference.frames import decode_frames
+        from dtp.native.reference.frames import decode_frames
 
         records: list[OpenedFrames] = []
         pos = 0

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import struct
 
-from dtp._reference.limits import (
+from dtp.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from dtp.native.reference.limits import (
     AEAD_TAG_LEN,
     MAX_HANDSHAKE_RECORD,
     MAX_RECORD_PLAINTEXT,
     RECORD_HEADER_LEN,
 )
-from dtp._types import (
+from dtp.native.types import (
     FULL,
     NEED_MORE,
     OK,
@@ -25,7 +26,6 @@ from dtp._types import (
     RecordBatch,
     RecordHeader,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 _HEADER = struct.Struct("<BBHQ")
 _HANDSHAKE_KINDS = (REC_HS_INIT, REC_HS_RESP, REC_HS_FINAL)
