@@ -13,7 +13,7 @@ from bench.workload import Workload
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["sponsored_cycle", "subscribed_open_close"]
 

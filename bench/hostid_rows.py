@@ -32,7 +32,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.metering import MeteringConfig
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import dtp.socket
 from bench.workload import Workload
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["ledger_carrier_bulk"]
 

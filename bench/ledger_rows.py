@@ -16,7 +16,7 @@ from dtp import escrow
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, check_receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["ledger_open_close", "receipt_verify"]
 

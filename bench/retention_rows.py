@@ -23,7 +23,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import Connection, ConnectionConfig
 from dtp.events import PeerAuthenticated, StreamDataReceived
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["ledger_retention_bulk"]
 

@@ -39,6 +39,14 @@ MOVED: dict[str, str] = {
     "dtp._core": "dtp.native.core",
     "dtp._types": "dtp.native.types",
     "dtp._reference": "dtp.native.reference",
+    "dtp.keys": "dtp.identity.keys",
+    "dtp.keys_ahead": "dtp.identity.ahead",
+    "dtp.crypto": "dtp.identity.noise",
+    "dtp._ed25519": "dtp.identity.ed25519",
+    "dtp._uleb128": "dtp.identity.bcs",
+    "dtp._paths": "dtp.identity.files",
+    "dtp._filelock": "dtp.identity.files",
+    "dtp._durable": "dtp.identity.files",
 }
 
 

@@ -36,7 +36,7 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.keys_ahead import new_ephemeral_key
+from dtp.identity.ahead import new_ephemeral_key
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from dtp.errors import (
     connection_limit_refusal,
     move_error,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.metering import MeteringConfig
 
 if TYPE_CHECKING:

@@ -103,7 +103,7 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.heap_release import HeapRelease, release_free_heap
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections

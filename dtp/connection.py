@@ -11,7 +11,7 @@ Life of a connection (see :mod:`dtp._state`):
 1. Noise handshake in handshake records (IK when the client knows the server's static
    key, XX otherwise); each side's first handshake payload carries its transport
    parameters (flow-control windows, stream limit, idle timeout).
-2. The client proves its Sui address (:mod:`dtp.crypto`, channel binding). In IK the
+2. The client proves its Sui address (:mod:`dtp.identity.noise`, channel binding). In IK the
    proof rides in message 1: the server reports :class:`~dtp.events.PeerAuthenticated`
    and answers only once the application calls :meth:`Connection.accept` (message 2
    and an ACCEPT in one flight) or :meth:`Connection.refuse` (message 2 and a CLOSE),
@@ -54,13 +54,6 @@ from dtp._state import (
     stream_initiator_is_client,
     transition,
 )
-from dtp.crypto import (
-    AUTH_PROOF_SIZE,
-    PATTERN_IK,
-    Handshake,
-    make_auth_proof,
-    verify_auth_proof,
-)
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -90,7 +83,14 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import (
+    AUTH_PROOF_SIZE,
+    PATTERN_IK,
+    Handshake,
+    make_auth_proof,
+    verify_auth_proof,
+)
 from dtp.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.native import core as _core
 from dtp.native.reference.varint import varint_encode

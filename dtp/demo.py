@@ -225,7 +225,7 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
     import threading
 
     import dtp.socket
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     server_id, client_id, stranger = (HostIdentity.generate() for _ in range(3))
 
@@ -292,7 +292,7 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     from dtp.chain.local import LocalLedger
     from dtp.chain.objects import Sla
     from dtp.escrow import fee
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.metering import MeteringConfig
     from dtp.paid import PaidSocket
     from dtp.receipt_store import ReceiptStore
@@ -450,7 +450,7 @@ def demo_udp(tour: Tour) -> None:
     from dtp.chain.local import LocalLedger
     from dtp.chain.objects import Sla
     from dtp.escrow import Meter, Receipt, fee
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.metering import MeteringConfig
     from dtp.udp import UdpBilling, UdpForwarder, relay_udp
 

@@ -33,7 +33,7 @@ from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.receipt_store import ReceiptStore
 
 __all__ = [

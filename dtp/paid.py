@@ -106,7 +106,7 @@ if TYPE_CHECKING:
     from dtp.admission import PeerInfo
     from dtp.chain.ledger import Ledger
     from dtp.connection import ConnectionConfig
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.socket import DTPServer, DTPSocket
 
 __all__ = [

@@ -86,7 +86,7 @@ if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Settlement
     from dtp.connection import ConnectionConfig
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 

@@ -35,7 +35,7 @@ from dtp.settlement import claim_and_settle
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Settlement
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = ["ServedConnections", "served_connections"]
 

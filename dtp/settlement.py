@@ -54,7 +54,7 @@ from dtp.receipt_store import StoredReceipt
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
     from dtp.escrow import Receipt
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.receipt_store import ReceiptStore
     from dtp.receipt_writer import ReceiptWriter
 

@@ -23,7 +23,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1_000)
 

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 
 from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, seal, send_sealed
 
 #: What the newsroom pays for a tip it uses (MIST).

@@ -91,7 +91,7 @@ from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
 from dtp.connection import Connection
 from dtp.errors import ChainError, ConnectionClosed, ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "KIND_FRAGMENT",

@@ -61,7 +61,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "LEDGER_HANDSHAKE_TIMEOUT",

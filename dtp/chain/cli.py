@@ -33,7 +33,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from dtp._durable import write_durably
 from dtp.chain.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
@@ -52,6 +51,7 @@ from dtp.chain.spec import (
     read_deployments,
 )
 from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
+from dtp.identity.files import write_durably
 
 __all__ = ["SUI_INSTALL_HINT", "EnvNameGiven", "register", "unset_passphrase_env"]
 
@@ -154,7 +154,7 @@ def _given_path(text: str | None, option: str, what: str = "a file") -> Path | N
 
 
 def _identity_path(args: argparse.Namespace) -> Path:
-    from dtp.keys import default_identity_path
+    from dtp.identity.keys import default_identity_path
 
     return _given_path(args.identity, "--identity") or default_identity_path()
 
@@ -188,7 +188,7 @@ def _sui_key() -> Any:
     """``$DTP_SUI_KEY``'s identity, else the Sui CLI keystore's active one."""
     keystring = os.environ.get("DTP_SUI_KEY", "").strip()
     if keystring:
-        from dtp.keys import HostIdentity
+        from dtp.identity.keys import HostIdentity
 
         try:
             return HostIdentity.from_sui_keystring(keystring)
@@ -214,7 +214,7 @@ def _address(args: argparse.Namespace) -> str:
 
 def _identity(args: argparse.Namespace) -> Any:
     from dtp.errors import KeyFileError
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     if _uses_sui_keys(args):
         return _sui_key()
@@ -283,8 +283,8 @@ class _UsageError(_CliError):
 
 def _env_passphrase(args: argparse.Namespace) -> str | None:
     """The identity passphrase the variable named by ``--passphrase-env`` holds
-    (:func:`dtp.keys.passphrase_from_env`: set but empty is a usage error)."""
-    from dtp.keys import passphrase_from_env
+    (:func:`dtp.identity.keys.passphrase_from_env`: set but empty is a usage error)."""
+    from dtp.identity.keys import passphrase_from_env
 
     try:
         return passphrase_from_env(args.passphrase_env)
@@ -425,7 +425,7 @@ def _parse_endpoint(text: str) -> str:
 
 
 def _keys_new(args: argparse.Namespace) -> int:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     path = _identity_path(args)
     if not args.force and os.path.lexists(path):

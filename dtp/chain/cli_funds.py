@@ -257,8 +257,8 @@ def _wait_for(ledger: Any, at_ms: int) -> None:
 
 
 def _claim(args: argparse.Namespace) -> int:
-    from dtp._filelock import lock_exclusive
     from dtp.daemon.state import LOCK_FILE, RECEIPTS_FILE, lock_holder
+    from dtp.identity.files import lock_exclusive
 
     state_dir = _given_path(args.state_dir, "--state-dir", "a directory")
     assert state_dir is not None  # (required)

@@ -25,7 +25,7 @@ from dtp.chain.objects import OpenedConnection
 from dtp.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "BPS",

@@ -9,7 +9,7 @@ subclasses with the same ``.name`` (the Move error constant; see
 Conventions:
 
 - The first argument of every state-changing method is the *signer*, the
-  :class:`~dtp.keys.HostIdentity` whose address is the transaction sender (Move's
+  :class:`~dtp.identity.keys.HostIdentity` whose address is the transaction sender (Move's
   ``ctx.sender()``). The ledger builds the transaction, signs it with
   ``signer.sign_transaction`` and executes it (``LocalLedger``, running it in this
   process with the signer's key in hand, runs a plain ``HostIdentity``'s as its address
@@ -56,7 +56,7 @@ from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "MAX_MAIL_PAYLOAD",

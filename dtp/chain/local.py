@@ -10,7 +10,7 @@ What it models of Sui:
   :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
   (``identity.sign_transaction``) against the claimed sender before it runs (one a
   HostIdentity of this process has just made is known to verify:
-  :func:`dtp.keys.verify_transaction` looks it up instead), while the ledger's own calls
+  :func:`dtp.identity.keys.verify_transaction` looks it up instead), while the ledger's own calls
   with a HostIdentity in hand run as its address without a signature made to be found;
   each (sender, nonce) pair executes at most once.
   :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
@@ -107,7 +107,7 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.escrow import Receipt
-from dtp.keys import (
+from dtp.identity.keys import (
     HostIdentity,
     InvalidSignature,
     verify_transaction,

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from dtp._uleb128 import uleb128
 from dtp.chain.local_tx import Address, TxValue, derive_object_id
 from dtp.chain.objects import (
     HALF_CLOSE_TIMEOUT_MS,
@@ -39,7 +38,8 @@ from dtp.errors import (
     foreign_abort,
     move_error,
 )
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.bcs import uleb128
+from dtp.identity.keys import sui_address_from_public_key
 
 __all__ = [
     "FUNCTIONS",

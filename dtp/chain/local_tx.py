@@ -25,8 +25,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-from dtp._uleb128 import uleb128
 from dtp.errors import InvalidTransaction
+from dtp.identity.bcs import uleb128
 
 __all__ = [
     "TX_TAG",

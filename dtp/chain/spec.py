@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp._paths import data_home
 from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, LedgerSpecError
+from dtp.identity.files import data_home
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger

@@ -115,7 +115,7 @@ from dtp.errors import (
 from dtp.escrow import Receipt
 
 if TYPE_CHECKING:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "DEFAULT_GAS_BUDGET",

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from dtp._uleb128 import BCS_MAX_ULEB, bcs_uleb128
 from dtp.chain.objects import (
     ChainObject,
     ConnectionState,
@@ -33,6 +32,7 @@ from dtp.chain.objects import (
     object_from_fields,
 )
 from dtp.errors import ChainError, InvalidArgument
+from dtp.identity.bcs import BCS_MAX_ULEB, bcs_uleb128
 
 __all__ = [
     "EVENT_LAYOUTS",

@@ -17,7 +17,7 @@ from dtp.chain.sui_client import parse_endpoint, positive_seconds
 from dtp.errors import ChainError, SuiConfigError
 
 if TYPE_CHECKING:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = ["DEFAULT_GAS_BUDGET", "SuiConfig", "SuiConfigError"]
 
@@ -116,7 +116,7 @@ class SuiConfig:
         key = None
         keystring = env.get("DTP_SUI_KEY", "").strip()
         if keystring:
-            from dtp.keys import HostIdentity
+            from dtp.identity.keys import HostIdentity
 
             try:
                 key = HostIdentity.from_sui_keystring(keystring)

@@ -6,7 +6,7 @@ The Sui CLI keeps its settings in ``$SUI_CONFIG_DIR`` (default ``~/.sui/sui_conf
 PATH``, by default ``sui.keystore`` beside it), a JSON list of base64 strings, each a
 scheme flag byte followed by the private key. DTP signs with Ed25519 keys only (flag
 0x00); the Noise static key is derived from the Ed25519 seed by
-:meth:`dtp.keys.HostIdentity.from_sui_keystring` (keyed BLAKE2b-256, key
+:meth:`dtp.identity.keys.HostIdentity.from_sui_keystring` (keyed BLAKE2b-256, key
 ``DTP/noise-static/v1``: one-way, and the same keystore always gives the same identity).
 
 The key is read into memory only; nothing is written.
@@ -27,7 +27,7 @@ from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, LedgerSpecError
 
 if TYPE_CHECKING:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = ["SUI_CONFIG_ENV", "active_address", "keystore_identity", "sui_config_dir"]
 
@@ -118,11 +118,11 @@ def _address_of(scheme: int, private: bytes) -> str | None:
 
 
 def keystore_identity(env: Mapping[str, str] | None = None) -> HostIdentity:
-    """The Sui CLI's active address's key as a :class:`~dtp.keys.HostIdentity` (its
+    """The Sui CLI's active address's key as a :class:`~dtp.identity.keys.HostIdentity` (its
     Noise key derived from it, see the module docs). Raises :class:`LedgerSpecError`,
     one sentence naming the file, when there is no configuration or keystore, no active
     address, no key for it in the keystore, or a key that is not Ed25519."""
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     config, doc = _client_config(env)
     address = active_address(env)

@@ -27,10 +27,10 @@ from typing import Any, Final
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
-from dtp._uleb128 import bcs_uleb128
 from dtp.chain.ledger import Endpoint
 from dtp.chain.objects import MAX_PURE_BYTES, Sla, as_bytes, as_bytes_list, normalize_id
 from dtp.errors import InvalidArgument
+from dtp.identity.bcs import bcs_uleb128
 
 __all__ = [
     "BUILDERS",

@@ -30,7 +30,7 @@ from typing import Any
 
 from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["DaemonStepResult", "run_daemon_step"]
 

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from dtp.admission import Admitted
     from dtp.chain.ledger import Ledger
     from dtp.daemon.gas import GasWatch
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
 __all__ = ["OWN_BILLING", "RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
 

@@ -31,7 +31,7 @@ from dtp.errors import (
     TunnelError,
 )
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["Forwarder"]
 

@@ -33,8 +33,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dtp._durable import write_durably
-from dtp._filelock import lock_exclusive
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode, Sla
@@ -72,7 +70,8 @@ from dtp.errors import (
     LedgerUnavailable,
     ObjectNotFound,
 )
-from dtp.keys import HostIdentity, passphrase_from_env
+from dtp.identity.files import lock_exclusive, write_durably
+from dtp.identity.keys import HostIdentity, passphrase_from_env
 
 __all__ = ["Daemon", "StopSignals", "main"]
 

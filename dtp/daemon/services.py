@@ -33,7 +33,7 @@ from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.metering import ended_on_ledger, ledger_checks_due
 from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.served import ServedConnections

@@ -23,7 +23,7 @@ from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.escrow import Meter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.udp_aio import AsyncUdpForwarder
 
 __all__ = ["UdpForward"]

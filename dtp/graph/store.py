@@ -41,7 +41,7 @@ from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.persist import GraphStorage, GraphStorageError, IdleFlusher
 from dtp.graph.values import JSON, decode_value, encode_value, link_soul
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native import reference as _reference
 from dtp.native.core import encode_ham_batch, zero_negative_states

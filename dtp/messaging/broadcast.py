@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 from dtp.messaging.protocol import _check_wait
@@ -73,7 +73,7 @@ from dtp.messaging.pubsub import _PatientReads
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.messaging.rpc import BlockingStream
 
 __all__ = [

@@ -10,7 +10,7 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Meter, Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed

@@ -35,7 +35,7 @@ import msgpack
 
 from dtp.chain.objects import EventFilter, normalize_id
 from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import decode_body
 from dtp.messaging.protocol import _check_count, _check_wait
@@ -43,7 +43,7 @@ from dtp.messaging.protocol import _check_count, _check_wait
 if TYPE_CHECKING:
     from dtp.chain.ledger import Endpoint, Ledger
     from dtp.chain.objects import Sla
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.messaging.pubsub import PubSubNode
 
 __all__ = [

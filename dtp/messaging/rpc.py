@@ -74,7 +74,7 @@ from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.receipt_store import ReceiptStore
 
 __all__ = [

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 from noise.connection import Keypair, NoiseConnection
 
-from dtp._filelock import companion, lock_exclusive
 from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.errors import InvalidArgument
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.files import companion, lock_exclusive
+from dtp.identity.keys import sui_address_from_public_key
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
 from dtp.messaging.protocol import _check_our_timeout
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
     from dtp.messaging.rpc import RpcClient, RpcServer
 
 logger = logging.getLogger(__name__)
@@ -683,7 +683,7 @@ class SealedInbox:
         """Write the whole state (cursor and ids) and empty the journal."""
         if self._path is None:
             return
-        from dtp.keys import _fsync_directory
+        from dtp.identity.keys import _fsync_directory
 
         epoch = os.urandom(8).hex()
         state = {

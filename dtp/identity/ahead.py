@@ -2,7 +2,7 @@
 previous connect waits on the network instead of on the next connect's critical path.
 
 A connection needs a fresh Noise ephemeral key (its public half is an X25519 scalar
-multiplication) and, for an anonymous client, a fresh :class:`~dtp.keys.HostIdentity`
+multiplication) and, for an anonymous client, a fresh :class:`~dtp.identity.keys.HostIdentity`
 (an Ed25519 and an X25519 key pair). Both are made by :func:`prepare_ephemeral_key` /
 :func:`prepare_anonymous_identity` whenever a side is idle (e.g. a client waiting for
 the server's handshake reply) and taken by the next connection.
@@ -29,7 +29,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from noise.backends.default.keypairs import KeyPair25519
 
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = [
     "forget_shared_secrets",
@@ -112,7 +112,7 @@ def prepare_ephemeral_key(peer_static: bytes | None = None) -> None:
 def next_ephemeral_public() -> bytes | None:
     """The public half of the ephemeral key :func:`new_ephemeral_key` hands out next
     (None when none is made ahead): what a later handshake's IK identity proof binds,
-    so it can be signed ahead too (:func:`dtp.crypto.prepare_auth_proof`)."""
+    so it can be signed ahead too (:func:`dtp.identity.noise.prepare_auth_proof`)."""
     try:
         public: bytes = _ephemeral[0][1].public_bytes
     except IndexError:

@@ -67,11 +67,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from dtp import _ed25519
-from dtp._ed25519 import has_small_order
-from dtp._paths import data_home
-from dtp._uleb128 import uleb128
 from dtp.errors import DTPError, KeyFileError
+from dtp.identity import ed25519 as _ed25519
+from dtp.identity.bcs import uleb128
+from dtp.identity.ed25519 import has_small_order
+from dtp.identity.files import data_home
 
 __all__ = [
     "ED25519_FLAG",

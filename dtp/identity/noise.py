@@ -91,12 +91,17 @@ from noise.exceptions import (
 from noise.functions.hash import hkdf as noise_hkdf
 
 from dtp.errors import HandshakeError
-from dtp.keys import HostIdentity, InvalidSignature, noise_key_object, verify_personal_message
-from dtp.keys_ahead import (
+from dtp.identity.ahead import (
     _bounded_put,
     forget_shared_secrets,
     take_ephemeral_keypair,
     take_shared_secret,
+)
+from dtp.identity.keys import (
+    HostIdentity,
+    InvalidSignature,
+    noise_key_object,
+    verify_personal_message,
 )
 
 __all__ = [
@@ -349,7 +354,7 @@ def static_secret_kept(identity: HostIdentity, peer_public: bytes) -> bool:
 
 class _X25519(ED25519):  # type: ignore[misc]
     """X25519 for Noise that first takes a result made ahead for exactly these two keys
-    (dtp.keys_ahead: a client's IK ``es``/``ss`` computed while it waited on its
+    (dtp.identity.ahead: a client's IK ``es``/``ss`` computed while it waited on its
     previous connect), or one kept for a static key (:func:`_static_dh`), else
     computes it."""
 
@@ -389,7 +394,7 @@ _BACKEND = _Backend()
 
 def _static_keypair(private: bytes) -> Any:
     """The Noise keypair of a static key. The key object of a live
-    :class:`~dtp.keys.HostIdentity` is reused: building one from the bytes derives the
+    :class:`~dtp.identity.keys.HostIdentity` is reused: building one from the bytes derives the
     public key, a scalar multiplication as costly as a DH, on every handshake."""
     key = noise_key_object(private)
     if key is None:
@@ -502,7 +507,7 @@ class Handshake:
         # whoever later reads this process's memory could rebuild the session keys
         ephemeral = _check_key("ephemeral_private", ephemeral_private)
         self._ephemeral: bytes | None = ephemeral
-        # made ahead by dtp.keys_ahead (None otherwise): its public half is known already
+        # made ahead by dtp.identity.ahead (None otherwise): its public half is known already
         self._ephemeral_keypair: Any = take_ephemeral_keypair(ephemeral)
         self._remote_static: bytes | None = (
             None if remote_static is None else _check_key("remote_static", remote_static)
@@ -873,7 +878,7 @@ def prepare_auth_proof(
 ) -> None:
     """Make ahead of need (while waiting on the network) the identity proof of a later IK
     handshake of ``identity`` with ``server_static`` whose ephemeral key is the one
-    with ``ephemeral_public`` (one dtp.keys_ahead made): it signs nothing else than the
+    with ``ephemeral_public`` (one dtp.identity.ahead made): it signs nothing else than the
     binding of those keys (:attr:`Handshake.auth_binding`), so the proof made now is
     the one :func:`make_auth_proof` would make then, and takes instead (once). Only for
     a plain :class:`HostIdentity`, whose signing is known (a subclass may sign
