@@ -21,9 +21,9 @@ from dtp.carriers.ledger import LedgerCarrier, LedgerLink
 from dtp.carriers.ledger_bridge import ledger_config
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.connection import Connection, ConnectionConfig
-from dtp.events import PeerAuthenticated, StreamDataReceived
 from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import Connection, ConnectionConfig
+from dtp.protocol.events import PeerAuthenticated, StreamDataReceived
 
 __all__ = ["ledger_retention_bulk"]
 

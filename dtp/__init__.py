@@ -47,6 +47,11 @@ MOVED: dict[str, str] = {
     "dtp._paths": "dtp.identity.files",
     "dtp._filelock": "dtp.identity.files",
     "dtp._durable": "dtp.identity.files",
+    "dtp._state": "dtp.protocol.state",
+    "dtp.events": "dtp.protocol.events",
+    "dtp._recovery": "dtp.protocol.recovery",
+    "dtp._buffers": "dtp.protocol.buffers",
+    "dtp.connection": "dtp.protocol.connection",
 }
 
 

@@ -37,7 +37,6 @@ from dtp.chain.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.connection import ConnectionConfig, checked_noise_key
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -49,6 +48,7 @@ from dtp.errors import (
 )
 from dtp.identity.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from dtp.protocol.connection import ConnectionConfig, checked_noise_key
 
 if TYPE_CHECKING:
     from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen

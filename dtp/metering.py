@@ -11,7 +11,7 @@
 
 What is metered: application bytes in both directions -- new bytes of every stream the
 connection sent plus received, and the payloads of the datagrams it sent and received,
-as :attr:`dtp.connection.Connection.usage` counts them -- and requests = streams opened
+as :attr:`dtp.protocol.connection.Connection.usage` counts them -- and requests = streams opened
 by the client. Both sides count the same bytes (a datagram as it is framed to go, and
 as it is accepted, before any queue drops it), so over an ordered carrier they disagree
 only by what is in flight.

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import LedgerAdmission, checked_open_grace
 from dtp.chain.objects import normalize_id
-from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
     ConnectionClosed,
@@ -73,6 +72,7 @@ from dtp.paid import (
     served_refusal,
     settle_ended,
 )
+from dtp.protocol.connection import CloseCode
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -85,8 +85,8 @@ if TYPE_CHECKING:
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
     from dtp.chain.ledger import Ledger
     from dtp.chain.objects import Settlement
-    from dtp.connection import ConnectionConfig
     from dtp.identity.keys import HostIdentity
+    from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 

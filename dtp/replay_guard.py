@@ -47,11 +47,11 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
-from dtp._state import ConnState
 from dtp.identity.noise import PATTERN_IK
+from dtp.protocol.state import ConnState
 
 if TYPE_CHECKING:
-    from dtp.connection import Connection
+    from dtp.protocol.connection import Connection
 
 __all__ = ["DEFAULT_CAPACITY", "LOG_EVERY", "ReplayGuard", "first_message_key"]
 
@@ -68,7 +68,8 @@ LOG_EVERY: Final = 60.0
 """Seconds between two log lines about refused replays (a flood gets one a minute)."""
 
 #: States of a server connection whose verdict is still to come (IK: SERVER_DECIDING, then
-#: AUTHENTICATING once :meth:`~dtp.connection.Connection.answer` sent message 2 ahead of it).
+#: AUTHENTICATING once :meth:`~dtp.protocol.connection.Connection.answer` sent message 2
+#: ahead of it).
 _UNDECIDED: Final = frozenset({ConnState.SERVER_DECIDING, ConnState.AUTHENTICATING})
 
 #: Keys under decision looked at each time one comes in: more than one, so that the set

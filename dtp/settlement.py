@@ -38,7 +38,6 @@ from dtp.chain.objects import (
     TransportControl,
     normalize_id,
 )
-from dtp.connection import Connection
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -49,6 +48,7 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.metering import ClientMeter, MeteringConfig
+from dtp.protocol.connection import Connection
 from dtp.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:

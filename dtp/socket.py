@@ -53,7 +53,6 @@ from dtp._session import (
     check_connect_timeout,
     connect_timed_out,
 )
-from dtp._state import SendState
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -76,13 +75,6 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
-from dtp.connection import (
-    DATAGRAM_SEND_BACKLOG,
-    CloseCode,
-    Connection,
-    ConnectionConfig,
-    direct_client_config,
-)
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -121,6 +113,14 @@ from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.metering import MeteringConfig
 from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
+from dtp.protocol.connection import (
+    DATAGRAM_SEND_BACKLOG,
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    direct_client_config,
+)
+from dtp.protocol.state import SendState
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
@@ -2348,7 +2348,7 @@ class DTPSocket:
         """Send one unreliable datagram on this connection (not on a stream): it arrives
         whole or not at all, unordered, never retransmitted. At most
         ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError). Never
-        blocks: while more than ``dtp.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
+        blocks: while more than ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
         or 256 writes, wait for the carrier (the peer is stalled or slow), the datagram
         is dropped and counted in :attr:`datagrams_send_dropped`, as UDP drops what
         does not fit its socket buffer."""

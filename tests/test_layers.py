@@ -24,11 +24,7 @@ LAYER_OF: dict[str, str] = {
     "dtp._checks": "errors",
     "dtp.native": "native",
     "dtp.identity": "identity",
-    "dtp._state": "protocol",
-    "dtp.events": "protocol",
-    "dtp._recovery": "protocol",
-    "dtp._buffers": "protocol",
-    "dtp.connection": "protocol",
+    "dtp.protocol": "protocol",
     "dtp.chain": "ledger",
     "dtp.chain.cli": "cli",
     "dtp.chain.cli_funds": "cli",
@@ -98,6 +94,8 @@ MAY_IMPORT: dict[str, set[str]] = {
 # Known imports against the table, each with the step of issue 42 that removes it. An
 # entry that no longer exists fails the test: delete it.
 _RECEIPT_DOWN = "1a: the receipt's wire format moves from escrow.py to ledger/receipt.py"
+_CLOSE_CODES = "1a: the payment close codes move to protocol/state.py"
+_CLIENT_PAYMENT = "1a: payments' ClientPayment types its connection with a Protocol"
 _HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
 _FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
 ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
@@ -105,8 +103,8 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
     ("dtp.chain.local", "dtp.escrow"): _RECEIPT_DOWN,
     ("dtp.chain.local_rules", "dtp.escrow"): _RECEIPT_DOWN,
     ("dtp.chain.sui", "dtp.escrow"): _RECEIPT_DOWN,
-    ("dtp.connection", "dtp.metering"): "1a: the payment close codes move to protocol/state.py",
-    ("dtp.settlement", "dtp.connection"): "1a: ClientPayment types its connection with a Protocol",
+    ("dtp.protocol.connection", "dtp.metering"): _CLOSE_CODES,
+    ("dtp.settlement", "dtp.protocol.connection"): _CLIENT_PAYMENT,
     ("dtp.daemon.loop_signals", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.daemon.runner", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.socket", "dtp.paid"): _FACES,
@@ -279,14 +277,14 @@ def test_the_checks_see_what_they_look_for() -> None:
     """The walker finds a lazy import, skips a TYPE_CHECKING one, and reports a cycle and
     an upward arrow, so a silent pass means a clean tree and not a blind test."""
     graph = {
-        "dtp.connection": {"dtp.chain.objects"},
-        "dtp.chain.objects": {"dtp.connection"},
+        "dtp.protocol.connection": {"dtp.chain.objects"},
+        "dtp.chain.objects": {"dtp.protocol.connection"},
     }
     assert violations(graph) == {
-        ("dtp.connection", "dtp.chain.objects"),
-        ("dtp.chain.objects", "dtp.connection"),
+        ("dtp.protocol.connection", "dtp.chain.objects"),
+        ("dtp.chain.objects", "dtp.protocol.connection"),
     }
-    assert cycles(graph) == {("dtp.chain.objects", "dtp.connection")}
+    assert cycles(graph) == {("dtp.chain.objects", "dtp.protocol.connection")}
     real = import_graph()
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]

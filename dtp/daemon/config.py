@@ -744,7 +744,7 @@ def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
 
 
 #: The connection window a paying client may fill before its receipts catch up
-#: (dtp.connection.ConnectionConfig.connection_window) plus a forward's default
+#: (dtp.protocol.connection.ConnectionConfig.connection_window) plus a forward's default
 #: ``receipt_every``: a slack this small or smaller holds paid tunnels back, then cuts them.
 MIN_UNPAID_SLACK = (8 << 20) + (256 << 10)
 

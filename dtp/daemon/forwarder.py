@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import ConnectionState
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
@@ -32,6 +31,7 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
 

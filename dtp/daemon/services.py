@@ -23,7 +23,6 @@ import dtp.aio
 from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Firewall
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
@@ -35,6 +34,7 @@ from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
 from dtp.identity.keys import HostIdentity
 from dtp.metering import ended_on_ledger, ledger_checks_due
+from dtp.protocol.connection import ConnectionConfig
 from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.served import ServedConnections
 from dtp.udp import UdpStats

@@ -13,7 +13,6 @@ import logging
 import dtp.aio
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
@@ -24,6 +23,7 @@ from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.escrow import Meter
 from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.udp_aio import AsyncUdpForwarder
 
 __all__ = ["UdpForward"]

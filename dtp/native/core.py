@@ -750,7 +750,7 @@ class NativeLane:
         self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
         self._scratch_view = memoryview(ffi.buffer(self._scratch))
         #: The state of the stream the connection lends (``dtp_flow``): see
-        #: :meth:`dtp.connection.Connection.lend`.
+        #: :meth:`dtp.protocol.connection.Connection.lend`.
         self.flow = ffi.new("dtp_flow *")
         #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap``
         #: bytes; pages are touched only as reads fill them).

@@ -1,4 +1,4 @@
-"""Events a :class:`~dtp.connection.Connection` reports to the layer above.
+"""Events a :class:`~dtp.protocol.connection.Connection` reports to the layer above.
 
 Events are immutable facts about what already happened; the I/O adapters
 (:mod:`dtp.socket`, :mod:`dtp.aio`) and the messaging layers turn them into reads,
@@ -30,8 +30,8 @@ class HandshakeCompleted(Event):
 class PeerAuthenticated(Event):
     """Server side: the client proved its Sui address over this connection's handshake.
 
-    The connection now waits for :meth:`~dtp.connection.Connection.accept` or
-    :meth:`~dtp.connection.Connection.refuse`; application data that arrives
+    The connection now waits for :meth:`~dtp.protocol.connection.Connection.accept` or
+    :meth:`~dtp.protocol.connection.Connection.refuse`; application data that arrives
     meanwhile is held, not delivered.
     """
 
@@ -60,7 +60,7 @@ class StreamOpened(Event):
 @dataclass(frozen=True)
 class StreamDataReceived(Event):
     """Bytes arrived on a stream, in order. Give them back to flow control with
-    :meth:`~dtp.connection.Connection.acknowledge_read` once the application has
+    :meth:`~dtp.protocol.connection.Connection.acknowledge_read` once the application has
     consumed them."""
 
     stream_id: int
@@ -121,7 +121,7 @@ class ConnectionTerminated(Event):
     """The connection is over. Always the last event."""
 
     error_code: int
-    """A :class:`~dtp.connection.CloseCode` value, or an application code."""
+    """A :class:`~dtp.protocol.connection.CloseCode` value, or an application code."""
     reason: str
     by_peer: bool
     """True when the peer closed (or misbehaved), False when we did."""

@@ -6,13 +6,13 @@ It never opens a socket, reads the clock or draws randomness: bytes go in with
 and time is passed in (``now``, in seconds, from any monotonic clock). Timers are
 :meth:`Connection.get_timer` / :meth:`Connection.handle_timer`.
 
-Life of a connection (see :mod:`dtp._state`):
+Life of a connection (see :mod:`dtp.protocol.state`):
 
 1. Noise handshake in handshake records (IK when the client knows the server's static
    key, XX otherwise); each side's first handshake payload carries its transport
    parameters (flow-control windows, stream limit, idle timeout).
 2. The client proves its Sui address (:mod:`dtp.identity.noise`, channel binding). In IK the
-   proof rides in message 1: the server reports :class:`~dtp.events.PeerAuthenticated`
+   proof rides in message 1: the server reports :class:`~dtp.protocol.events.PeerAuthenticated`
    and answers only once the application calls :meth:`Connection.accept` (message 2
    and an ACCEPT in one flight) or :meth:`Connection.refuse` (message 2 and a CLOSE),
    so the client has its verdict after one round trip; the client's first stream (0)
@@ -27,7 +27,7 @@ Life of a connection (see :mod:`dtp._state`):
 Records are sealed and opened in batches by the C core (one call per batch). Over a
 reliable, ordered carrier (TCP) records are not acknowledged; over any other carrier
 (``reliable_carrier=False``) the connection acknowledges, detects loss and retransmits
-(:mod:`dtp._recovery`), and reorders stream data with the C reassembly buffer.
+(:mod:`dtp.protocol.recovery`), and reorders stream data with the C reassembly buffer.
 """
 
 from __future__ import annotations
@@ -43,17 +43,6 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from dtp._buffers import bytes_like
-from dtp._recovery import MAX_PTO_COUNT, AckTracker, LossRecovery, RangeSet, SentRecord
-from dtp._state import (
-    CloseCode,
-    ConnState,
-    ControlKind,
-    RecvState,
-    SendState,
-    stream_initiator_is_client,
-    transition,
-)
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -67,21 +56,6 @@ from dtp.errors import (
     RemoteProtocolError,
     ReplayError,
     refusal_error,
-)
-from dtp.events import (
-    ConnectionAccepted,
-    ConnectionTerminated,
-    ControlReceived,
-    DatagramReceived,
-    Event,
-    HandshakeCompleted,
-    PeerAuthenticated,
-    ReceiptReceived,
-    SendWindowOpened,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamOpened,
-    StreamResetReceived,
 )
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import (
@@ -118,6 +92,32 @@ from dtp.native.types import (
     OpenedFrames,
     RawFrame,
     TakeResult,
+)
+from dtp.protocol.buffers import bytes_like
+from dtp.protocol.events import (
+    ConnectionAccepted,
+    ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
+    Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    SendWindowOpened,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamOpened,
+    StreamResetReceived,
+)
+from dtp.protocol.recovery import MAX_PTO_COUNT, AckTracker, LossRecovery, RangeSet, SentRecord
+from dtp.protocol.state import (
+    CloseCode,
+    ConnState,
+    ControlKind,
+    RecvState,
+    SendState,
+    stream_initiator_is_client,
+    transition,
 )
 
 __all__ = ["CloseCode", "Connection", "ConnectionConfig", "error_for_termination"]
