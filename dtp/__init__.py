@@ -8,10 +8,11 @@ the ``dtp`` command); users import from the modules, as README.md shows:
 - ``dtp.socket`` (blocking: ``create_server``, ``create_connection``, ``serve``) and
   ``dtp.aio`` (asyncio: ``start_server``, ``open_connection``, ``serve``): connections,
   by address or by host ID (``dtp://0x<host id>:<port>``);
-- ``dtp.keys.HostIdentity``: a host's or client's Sui (Ed25519) and Noise (X25519) keys;
-- ``dtp.chain.local.LocalLedger`` (embedded, SQLite) and ``dtp.chain.sui.SuiLedger``
+- ``dtp.identity.keys.HostIdentity``: a host's or client's Sui (Ed25519) and Noise
+  (X25519) keys;
+- ``dtp.ledger.local.LocalLedger`` (embedded, SQLite) and ``dtp.ledger.sui.SuiLedger``
   (a Sui node): the ledger, either opened from a ledger spec by
-  ``dtp.chain.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.chain.objects`` has
+  ``dtp.ledger.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.ledger.objects`` has
   its objects (``Sla``, ...);
 - ``dtp.escrow`` (``Meter``, ``Receipt``): per-byte and per-request fees;
 - ``dtp.errors``: every exception the package raises;
@@ -19,7 +20,8 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   ``dtp.graph`` (the replicated graph), ``dtp.udp`` (UDP through DTP) and
   ``dtp.daemon`` (the services daemon, ``dtp daemon``).
 
-Docs: README.md and docs/*.md in the source tree.
+Docs: README.md and docs/*.md in the source tree; docs/architecture.md has the layers
+and the old module paths that still import (:data:`MOVED`).
 """
 
 import importlib
@@ -52,6 +54,8 @@ MOVED: dict[str, str] = {
     "dtp._recovery": "dtp.protocol.recovery",
     "dtp._buffers": "dtp.protocol.buffers",
     "dtp.connection": "dtp.protocol.connection",
+    "dtp.chain": "dtp.ledger",
+    "dtp.chain.ledger": "dtp.ledger.interface",
 }
 
 

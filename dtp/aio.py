@@ -78,7 +78,6 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any, endpoint_text
-from dtp.chain.objects import OpenedConnection
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -103,6 +102,7 @@ from dtp.handshake_slots import (
 )
 from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import OpenedConnection
 from dtp.metering import MeteringConfig
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.replay_guard import ReplayGuard
@@ -113,7 +113,7 @@ from dtp.socket import PAID_CLOSE_WAIT, _check_backlog, _readable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
     from dtp.paid import ServicePolicy
     from dtp.paid_aio import PaidAioServer, PaidCallback
     from dtp.receipt_store import ReceiptStore

@@ -289,10 +289,10 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.chain.local import LocalLedger
-    from dtp.chain.objects import Sla
     from dtp.escrow import fee
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.local import LocalLedger
+    from dtp.ledger.objects import Sla
     from dtp.metering import MeteringConfig
     from dtp.paid import PaidSocket
     from dtp.receipt_store import ReceiptStore
@@ -404,9 +404,9 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
 
 def demo_daemon(tour: Tour, quick: bool) -> None:
     tour.step("An existing TCP server behind DTP: the services daemon and a forwarder")
-    from dtp.chain.objects import Sla
     from dtp.daemon.demo_step import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
     from dtp.escrow import fee
+    from dtp.ledger.objects import Sla
 
     result = run_daemon_step(quick=quick, say=tour.say)
     if not (result.intact and result.conserved and result.denied):
@@ -447,10 +447,10 @@ def demo_udp(tour: Tour) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.chain.local import LocalLedger
-    from dtp.chain.objects import Sla
     from dtp.escrow import Meter, Receipt, fee
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.local import LocalLedger
+    from dtp.ledger.objects import Sla
     from dtp.metering import MeteringConfig
     from dtp.udp import UdpBilling, UdpForwarder, relay_udp
 

@@ -27,13 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
+from dtp.ledger.objects import ConnectionState, Sla
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.receipt_store import ReceiptStore
 
 __all__ = [

@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
-from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -67,6 +66,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.ledger.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -104,8 +104,8 @@ from dtp.socket import (
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
-    from dtp.chain.ledger import Ledger
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.protocol.connection import ConnectionConfig
     from dtp.socket import DTPServer, DTPSocket
 

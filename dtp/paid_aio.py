@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import LedgerAdmission, checked_open_grace
-from dtp.chain.objects import normalize_id
 from dtp.errors import (
     ChainError,
     ConnectionClosed,
@@ -41,6 +40,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.ledger.objects import normalize_id
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -83,9 +83,9 @@ from dtp.socket import _check_handshake_bounds, _check_server_identity
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Settlement
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Settlement
     from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dtp._checks import finite_float, shown
-from dtp.chain.objects import Firewall, Host
+from dtp.ledger.objects import Firewall, Host
 from dtp.native.reference.varint import varint_size
 
 __all__ = [

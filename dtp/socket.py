@@ -128,7 +128,7 @@ from dtp.settlement import ClientPayment
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
     from dtp.paid import PaidServer, PaidSocket, ServicePolicy
     from dtp.receipt_store import ReceiptStore
 

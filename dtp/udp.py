@@ -70,8 +70,8 @@ from dtp.ratelimit import datagram_charge
 
 if TYPE_CHECKING:
     from dtp.aio import DTPStreamWriter
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Sla
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Sla
     from dtp.ratelimit import ClientBuckets
     from dtp.socket import DTPSocket
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dtp.chain.local import LocalLedger
+from dtp.ledger.local import LocalLedger
 from dtp.identity.keys import HostIdentity
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, seal, send_sealed
 

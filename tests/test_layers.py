@@ -25,9 +25,9 @@ LAYER_OF: dict[str, str] = {
     "dtp.native": "native",
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",
-    "dtp.chain": "ledger",
-    "dtp.chain.cli": "cli",
-    "dtp.chain.cli_funds": "cli",
+    "dtp.ledger": "ledger",
+    "dtp.ledger.cli": "cli",  # the ledger commands, bound for cli/
+    "dtp.ledger.cli_funds": "cli",
     "dtp.escrow": "payments",
     "dtp.metering": "payments",
     "dtp.ratelimit": "payments",
@@ -99,10 +99,10 @@ _CLIENT_PAYMENT = "1a: payments' ClientPayment types its connection with a Proto
 _HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
 _FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
 ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("dtp.chain.ledger", "dtp.escrow"): _RECEIPT_DOWN,
-    ("dtp.chain.local", "dtp.escrow"): _RECEIPT_DOWN,
-    ("dtp.chain.local_rules", "dtp.escrow"): _RECEIPT_DOWN,
-    ("dtp.chain.sui", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.interface", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.local", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.local_rules", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.sui", "dtp.escrow"): _RECEIPT_DOWN,
     ("dtp.protocol.connection", "dtp.metering"): _CLOSE_CODES,
     ("dtp.settlement", "dtp.protocol.connection"): _CLIENT_PAYMENT,
     ("dtp.daemon.loop_signals", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
@@ -118,7 +118,7 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
     ("dtp.aio", "dtp.address"): _HOOKS,
     ("dtp.aio", "dtp.admission"): _HOOKS,
     ("dtp.aio", "dtp.carriers.ledger_bridge"): _HOOKS,
-    ("dtp.aio", "dtp.chain.objects"): _HOOKS,
+    ("dtp.aio", "dtp.ledger.objects"): _HOOKS,
     ("dtp.aio", "dtp.metering"): _HOOKS,
     ("dtp.aio", "dtp.served"): _HOOKS,
     ("dtp.aio", "dtp.settlement"): _HOOKS,
@@ -126,8 +126,8 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
 
 # Known import cycles (their modules, sorted), each with the step that breaks it.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    ("dtp.chain.local", "dtp.chain.spec"): "1a: open_ledger moves from spec.py to open.py",
-    ("dtp.chain.cli", "dtp.chain.cli_funds"): "1c: their shared helpers move to cli/common.py",
+    ("dtp.ledger.local", "dtp.ledger.spec"): "1a: open_ledger moves from spec.py to open.py",
+    ("dtp.ledger.cli", "dtp.ledger.cli_funds"): "1c: their shared helpers move to cli/common.py",
     ("dtp.aio", "dtp.paid_aio"): _FACES,
     ("dtp.paid", "dtp.socket"): _FACES,
     ("dtp.daemon.cli", "dtp.daemon.loop_signals", "dtp.daemon.runner"): (
@@ -277,16 +277,16 @@ def test_the_checks_see_what_they_look_for() -> None:
     """The walker finds a lazy import, skips a TYPE_CHECKING one, and reports a cycle and
     an upward arrow, so a silent pass means a clean tree and not a blind test."""
     graph = {
-        "dtp.protocol.connection": {"dtp.chain.objects"},
-        "dtp.chain.objects": {"dtp.protocol.connection"},
+        "dtp.protocol.connection": {"dtp.ledger.objects"},
+        "dtp.ledger.objects": {"dtp.protocol.connection"},
     }
     assert violations(graph) == {
-        ("dtp.protocol.connection", "dtp.chain.objects"),
-        ("dtp.chain.objects", "dtp.protocol.connection"),
+        ("dtp.protocol.connection", "dtp.ledger.objects"),
+        ("dtp.ledger.objects", "dtp.protocol.connection"),
     }
-    assert cycles(graph) == {("dtp.chain.objects", "dtp.protocol.connection")}
+    assert cycles(graph) == {("dtp.ledger.objects", "dtp.protocol.connection")}
     real = import_graph()
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]
     # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
-    assert "dtp.chain.ledger" not in real["dtp.served"]
+    assert "dtp.ledger.interface" not in real["dtp.served"]

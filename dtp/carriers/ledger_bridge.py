@@ -57,10 +57,10 @@ from dtp.carriers.ledger import (
     _check_number,
     confirm_records,
 )
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
 from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = [

@@ -16,14 +16,14 @@ from typing import Any
 
 from dtp._checks import finite_float, shown
 from dtp.address import HostAddress
-from dtp.chain.objects import (
+from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_FIREWALL_ENTRIES,
     MAX_PURE_BYTES,
     normalize_id,
 )
-from dtp.chain.spec import LedgerSpec, parse_ledger_spec
-from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.ledger.spec import LedgerSpec, parse_ledger_spec
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE
 
 __all__ = [

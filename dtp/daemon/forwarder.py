@@ -14,8 +14,6 @@ import logging
 from dataclasses import dataclass, field
 
 import dtp.aio
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import ConnectionState
 from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
@@ -31,6 +29,8 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt
 from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import ConnectionState
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]

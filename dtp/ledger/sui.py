@@ -1,12 +1,12 @@
-"""SuiLedger: the :class:`~dtp.chain.ledger.Ledger` interface on a real Sui network.
+"""SuiLedger: the :class:`~dtp.ledger.interface.Ledger` interface on a real Sui network.
 
 Every state-changing method reads the object references it needs from a full node
 (shared objects' initial shared versions, once per object; owned objects' versions and
-digests), leases gas coins from the signer's pool (:mod:`dtp.chain.sui_gas`; the
+digests), leases gas coins from the signer's pool (:mod:`dtp.ledger.sui_gas`; the
 reference gas price is read once an epoch), builds the programmable transaction offline
-(:mod:`dtp.chain.sui_tx`), signs it with ``signer.sign_transaction`` and executes it over
-gRPC (:mod:`dtp.chain.sui_client`). Results come from the effects (created objects by
-type) and the events (amounts, sequence numbers; :mod:`dtp.chain.sui_effects`); Move
+(:mod:`dtp.ledger.sui_tx`), signs it with ``signer.sign_transaction`` and executes it over
+gRPC (:mod:`dtp.ledger.sui_client`). Results come from the effects (created objects by
+type) and the events (amounts, sequence numbers; :mod:`dtp.ledger.sui_effects`); Move
 aborts become the same :class:`~dtp.errors.ChainError` subclasses as in ``LocalLedger``,
 through ``dtp.errors.move_error_from_abort_code``. Threads may share a ledger: their
 transactions run side by side, each with gas coins of its own.
@@ -17,8 +17,8 @@ on top of deposits (``SuiLedger.last_outcome.gas_cost`` tells how much, per thre
 cursors are opaque hex strings of ``ListEvents`` watermarks; a transaction Sui's
 congestion control cancels is sent again, then :class:`SharedObjectCongestion`.
 
-Configuration (:class:`~dtp.chain.sui_config.SuiConfig`): a ledger spec through
-:func:`dtp.chain.open_ledger` (``testnet``, ``localnet@http://127.0.0.1:9000``...;
+Configuration (:class:`~dtp.ledger.sui_config.SuiConfig`): a ledger spec through
+:func:`dtp.ledger.open_ledger` (``testnet``, ``localnet@http://127.0.0.1:9000``...;
 docs/sui.md), or :meth:`SuiLedger.from_env`: ``DTP_SUI_RPC`` (gRPC endpoint,
 ``https://fullnode.testnet.sui.io:443`` or ``http://127.0.0.1:9000``), ``DTP_SUI_PACKAGE``
 (the published ``move/dtp`` package ID) and optionally ``DTP_SUI_KEY`` (a Sui keystring of
@@ -40,14 +40,22 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.chain import sui_tx
-from dtp.chain.economics import (
+from dtp.errors import (
+    ChainError,
+    InvalidArgument,
+    ObjectNotFound,
+    SuiConfigError,
+    WrongSigner,
+)
+from dtp.escrow import Receipt
+from dtp.ledger import sui_tx
+from dtp.ledger.economics import (
     ECONOMICS_MODULES,
     EconomicsObject,
     Subscription,
 )
-from dtp.chain.ledger import Endpoint, Ledger, ResponseEscrow
-from dtp.chain.objects import (
+from dtp.ledger.interface import Endpoint, Ledger, ResponseEscrow
+from dtp.ledger.objects import (
     Broadcast,
     ChainObject,
     Escrow,
@@ -64,7 +72,7 @@ from dtp.chain.objects import (
     check_signer,
     normalize_id,
 )
-from dtp.chain.sui_client import (
+from dtp.ledger.sui_client import (
     LedgerUnavailable,
     MalformedResponse,
     NodeObject,
@@ -72,7 +80,7 @@ from dtp.chain.sui_client import (
     SuiNode,
     narrowing,
 )
-from dtp.chain.sui_codec import (
+from dtp.ledger.sui_codec import (
     MESSAGING_EVENT_LAYOUTS,
     OBJECT_LAYOUTS,
     OBJECT_MODULES,
@@ -82,12 +90,12 @@ from dtp.chain.sui_codec import (
     decode_object,
     table_id,
 )
-from dtp.chain.sui_config import DEFAULT_GAS_BUDGET, SuiConfig
-from dtp.chain.sui_economics import (
+from dtp.ledger.sui_config import DEFAULT_GAS_BUDGET, SuiConfig
+from dtp.ledger.sui_economics import (
     decode_economics_object,
     economics_table_id,
 )
-from dtp.chain.sui_effects import (
+from dtp.ledger.sui_effects import (
     MissingEvent,
     TxOutcome,
     cancelled_for_congestion,
@@ -96,7 +104,7 @@ from dtp.chain.sui_effects import (
     parse_executed,
     short_type,
 )
-from dtp.chain.sui_gas import (
+from dtp.ledger.sui_gas import (
     MAX_GAS_COINS,
     GasPool,
     Lease,
@@ -104,15 +112,7 @@ from dtp.chain.sui_gas import (
     settle_from_effects,
     split_transaction,
 )
-from dtp.chain.sui_tx import OwnedRef, SharedRef, TxContext
-from dtp.errors import (
-    ChainError,
-    InvalidArgument,
-    ObjectNotFound,
-    SuiConfigError,
-    WrongSigner,
-)
-from dtp.escrow import Receipt
+from dtp.ledger.sui_tx import OwnedRef, SharedRef, TxContext
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

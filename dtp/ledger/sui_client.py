@@ -48,9 +48,6 @@ from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
 from dtp._checks import finite_float, shown
-from dtp.chain.objects import EventFilter, normalize_id
-from dtp.chain.sui_codec import BcsDecodeError
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
@@ -59,6 +56,9 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.errors import LedgerUnavailable as _LedgerUnavailable
+from dtp.ledger.objects import EventFilter, normalize_id
+from dtp.ledger.sui_codec import BcsDecodeError
+from dtp.ledger.sui_tx import OwnedRef
 
 __all__ = [
     "SUI_COIN_TYPE",

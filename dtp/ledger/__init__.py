@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dtp.chain.economics import (
+from dtp.ledger.economics import (
     RetainedRecord,
     RetentionTerms,
     SponsorPool,
@@ -21,8 +21,8 @@ from dtp.chain.economics import (
     SubscriptionOffer,
     TicketSale,
 )
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import (
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import (
     Broadcast,
     ChainObject,
     ConnectionState,
@@ -43,10 +43,10 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
-from dtp.chain.spec import LedgerSpec, open_ledger, parse_ledger_spec
+from dtp.ledger.spec import LedgerSpec, open_ledger, parse_ledger_spec
 
 if TYPE_CHECKING:
-    from dtp.chain.local import LocalLedger
+    from dtp.ledger.local import LocalLedger
 
 __all__ = [
     "Broadcast",
@@ -84,7 +84,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "LocalLedger":
-        from dtp.chain.local import LocalLedger
+        from dtp.ledger.local import LocalLedger
 
         return LocalLedger
-    raise AttributeError(f"module 'dtp.chain' has no attribute {name!r}")
+    raise AttributeError(f"module 'dtp.ledger' has no attribute {name!r}")

@@ -1,10 +1,10 @@
 """``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
 ``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
 docs/escrow.md §13-16; ``balance``, ``connections``, ``refund`` and ``claim`` live in
-:mod:`dtp.chain.cli_funds`).
+:mod:`dtp.ledger.cli_funds`).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
-``--ledger SPEC`` (a ledger spec, :mod:`dtp.chain.spec`: ``local``, the embedded
+``--ledger SPEC`` (a ledger spec, :mod:`dtp.ledger.spec`: ``local``, the embedded
 LocalLedger at its default file, unless ``$DTP_LEDGER`` names another; ``local:PATH``;
 ``testnet``, ``NETWORK@URL``, ``sui:URL`` for Sui), ``--ledger-path PATH`` (the same as
 ``--ledger local:PATH``), ``--sui-package`` (a Sui ledger's package: default
@@ -33,7 +33,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from dtp.chain.objects import (
+from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
+from dtp.identity.files import write_durably
+from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
     FirewallMode,
@@ -42,7 +44,7 @@ from dtp.chain.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.chain.spec import (
+from dtp.ledger.spec import (
     LedgerSpec,
     deployments_path,
     ledger_spec_from_env,
@@ -50,8 +52,6 @@ from dtp.chain.spec import (
     parse_ledger_spec,
     read_deployments,
 )
-from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
-from dtp.identity.files import write_durably
 
 __all__ = ["SUI_INSTALL_HINT", "EnvNameGiven", "register", "unset_passphrase_env"]
 
@@ -194,7 +194,7 @@ def _sui_key() -> Any:
             return HostIdentity.from_sui_keystring(keystring)
         except ValueError as exc:
             raise LedgerSpecError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
-    from dtp.chain.sui_keystore import keystore_identity
+    from dtp.ledger.sui_keystore import keystore_identity
 
     return keystore_identity()
 
@@ -206,7 +206,7 @@ def _address(args: argparse.Namespace) -> str:
     if _uses_sui_keys(args):
         if os.environ.get("DTP_SUI_KEY", "").strip():
             return str(_sui_key().sui_address)
-        from dtp.chain.sui_keystore import active_address
+        from dtp.ledger.sui_keystore import active_address
 
         return active_address()
     return str(_identity(args).sui_address)
@@ -251,7 +251,7 @@ def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
         raise _CliError(
             f"No ledger at {spec.path}: check {option}, or create one with `dtp localnet faucet`."
         )
-    from dtp.chain.local import LocalLedger
+    from dtp.ledger.local import LocalLedger
 
     return _closed_after(args, LocalLedger(spec.path))
 
@@ -917,7 +917,7 @@ def _deploy_package(args: argparse.Namespace, stop: _Stop) -> int:
 
 
 def _read_deployments(path: Path) -> dict[str, Any]:
-    """The deployment records at ``path`` (:func:`dtp.chain.spec.read_deployments`),
+    """The deployment records at ``path`` (:func:`dtp.ledger.spec.read_deployments`),
     read before anything is published: a publish costs gas, and its package ID would
     have nowhere to go."""
     try:
@@ -1153,7 +1153,7 @@ def register(subparsers: Any) -> None:
     sshow = leaf(sub_sub, "show", _subscription_show, "show a subscription")
     sshow.add_argument("subscription", help="Subscription ID")
 
-    from dtp.chain.cli_funds import register as register_funds
+    from dtp.ledger.cli_funds import register as register_funds
 
     register_funds(subparsers, leaf)
 

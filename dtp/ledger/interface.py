@@ -1,6 +1,6 @@
 """The ledger interface: one method per entry point of the ``move/dtp`` package.
 
-Two implementations follow it: :class:`dtp.chain.local.LocalLedger` (embedded, SQLite)
+Two implementations follow it: :class:`dtp.ledger.local.LocalLedger` (embedded, SQLite)
 and ``SuiLedger`` (real Sui through pysui). Both execute the rules of docs/escrow.md with
 the same checks, in the same order, raising the same :class:`dtp.errors.ChainError`
 subclasses with the same ``.name`` (the Move error constant; see
@@ -34,8 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.chain.economics import PaymentModels
-from dtp.chain.objects import (
+from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
+from dtp.ledger.economics import PaymentModels
+from dtp.ledger.objects import (
     MAX_PURE_BYTES,
     Broadcast,
     ChainObject,
@@ -52,7 +53,6 @@ from dtp.chain.objects import (
     SpendingCap,
     TransportControl,
 )
-from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
 
 if TYPE_CHECKING:
     from dtp.escrow import Receipt
@@ -225,7 +225,7 @@ class PendingOpen:
 
 class Ledger(PaymentModels, abc.ABC):
     """A DTP control-plane ledger (see the module docs for the conventions; the payment
-    models' methods come from :class:`~dtp.chain.economics.PaymentModels`)."""
+    models' methods come from :class:`~dtp.ledger.economics.PaymentModels`)."""
 
     # -- host (dtp::host) -----------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
 ``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
 ``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
-``.move`` files. Registered into :data:`dtp.chain.local_rules.FUNCTIONS` at the end of
+``.move`` files. Registered into :data:`dtp.ledger.local_rules.FUNCTIONS` at the end of
 that module.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dtp.chain.economics import BPS, MAX_PAYMENT_MEMO
-from dtp.chain.local_rules import SHARED, Exec, Handler, add_u64, new_broadcast, tc_open, utf8
 from dtp.errors import move_error
+from dtp.ledger.economics import BPS, MAX_PAYMENT_MEMO
+from dtp.ledger.local_rules import SHARED, Exec, Handler, add_u64, new_broadcast, tc_open, utf8
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
@@ -600,7 +600,7 @@ def retention_create_terms(
 def retention_send(
     x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
 ) -> str:
-    from dtp.chain.local_rules import pipe_send
+    from dtp.ledger.local_rules import pipe_send
 
     pipe = x.load(pipe_id, "Pipe")
     tc = x.load(tc_id, "TransportControl")
@@ -708,7 +708,7 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
 
 
 #: ``(module, function)`` -> (argument kinds, handler), in the format of
-#: :data:`dtp.chain.local_rules.FUNCTIONS`.
+#: :data:`dtp.ledger.local_rules.FUNCTIONS`.
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
     ("subscription", "subscribe"): (("obj:SubscriptionOffer", "u64", "coin"), subscribe),

@@ -13,7 +13,7 @@ settle at any time; the client only once ``HALF_CLOSE_TIMEOUT_MS`` has passed si
 first close, which leaves the server that long to claim its last receipt. Times are the
 ledger's clock.
 
-Only the :class:`~dtp.chain.ledger.Ledger` interface is used: it works on either ledger.
+Only the :class:`~dtp.ledger.interface.Ledger` interface is used: it works on either ledger.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dtp.chain.objects import (
+from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.ledger.objects import (
     HALF_CLOSE_TIMEOUT_MS,
     ConnectionState,
     Escrow,
@@ -31,11 +32,10 @@ from dtp.chain.objects import (
     TransportControl,
     normalize_id,
 )
-from dtp.errors import InvalidArgument, ObjectNotFound
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
     from dtp.escrow import Receipt
+    from dtp.ledger.interface import Ledger
 
 __all__ = [
     "ConnectionReport",

@@ -6,7 +6,7 @@ What it models of Sui:
   digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
   its sender and unusable by anyone else); versions (1 at creation, +1 on every
   transaction that changes the object).
-- **Transactions**: every call is encoded canonically (:mod:`dtp.chain.local_tx`);
+- **Transactions**: every call is encoded canonically (:mod:`dtp.ledger.local_tx`);
   :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
   (``identity.sign_transaction``) against the claimed sender before it runs (one a
   HostIdentity of this process has just made is known to verify:
@@ -49,13 +49,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from dtp.chain import local_economics
-from dtp.chain import local_rules as rules
-from dtp.chain.economics import (
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    InvalidArgument,
+    InvalidTransaction,
+    LedgerUnavailable,
+    ObjectNotFound,
+    WrongSigner,
+)
+from dtp.escrow import Receipt
+from dtp.identity.keys import (
+    HostIdentity,
+    InvalidSignature,
+    verify_transaction,
+)
+from dtp.ledger import local_economics
+from dtp.ledger import local_rules as rules
+from dtp.ledger.economics import (
     EconomicsObject,
     economics_object_from_fields,
 )
-from dtp.chain.ledger import (
+from dtp.ledger.interface import (
     ConnectionView,
     Endpoint,
     Ledger,
@@ -63,7 +78,7 @@ from dtp.chain.ledger import (
     ResponseEscrow,
     _connection_view,
 )
-from dtp.chain.local_tx import (
+from dtp.ledger.local_tx import (
     Address,
     Tx,
     TxValue,
@@ -73,7 +88,7 @@ from dtp.chain.local_tx import (
     encode_tx,
     tx_digest,
 )
-from dtp.chain.objects import (
+from dtp.ledger.objects import (
     Broadcast,
     ChainObject,
     ConnectionState,
@@ -96,22 +111,7 @@ from dtp.chain.objects import (
     normalize_id,
     object_from_fields,
 )
-from dtp.chain.spec import default_local_path
-from dtp.errors import (
-    ChainError,
-    DTPError,
-    InvalidArgument,
-    InvalidTransaction,
-    LedgerUnavailable,
-    ObjectNotFound,
-    WrongSigner,
-)
-from dtp.escrow import Receipt
-from dtp.identity.keys import (
-    HostIdentity,
-    InvalidSignature,
-    verify_transaction,
-)
+from dtp.ledger.spec import default_local_path
 
 __all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
 
@@ -203,7 +203,7 @@ _ESCROW_LIKE: Final = {
 
 
 def default_ledger_path() -> Path:
-    """The file the ledger spec ``local`` names (:func:`dtp.chain.spec.default_local_path`):
+    """The file the ledger spec ``local`` names (:func:`dtp.ledger.spec.default_local_path`):
     the one ``$DTP_LEDGER`` names when it names a file, else
     ``$XDG_DATA_HOME/dtp/localnet.sqlite`` (``~/.local/share`` when XDG_DATA_HOME is
     unset or relative)."""
@@ -1045,7 +1045,7 @@ class LocalLedger(Ledger):
         """Run ``run(x)`` -- the rule calls of one transaction that the caller has already
         verified (signature, inputs, gas) -- atomically as ``sender``'s transaction
         ``digest`` (32 bytes), at the ledger's clock and epoch; ``run`` calls handlers of
-        :data:`~dtp.chain.local_rules.FUNCTIONS` on ``x`` and returns the call's value.
+        :data:`~dtp.ledger.local_rules.FUNCTIONS` on ``x`` and returns the call's value.
 
         For a node stand-in that checks Sui transactions as a node does and executes
         their Move calls with these rules (tests/sui_node). As :meth:`execute`: a

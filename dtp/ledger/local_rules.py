@@ -17,17 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from dtp.chain.local_tx import Address, TxValue, derive_object_id
-from dtp.chain.objects import (
-    HALF_CLOSE_TIMEOUT_MS,
-    MAX_DATA_LENGTH,
-    MAX_ENDPOINT_LENGTH,
-    MAX_ENDPOINTS,
-    MAX_FIREWALL_ENTRIES,
-    MAX_INNERS,
-    MAX_PURE_BYTES,
-    is_low_order_noise_key,
-)
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
@@ -40,6 +29,17 @@ from dtp.errors import (
 )
 from dtp.identity.bcs import uleb128
 from dtp.identity.keys import sui_address_from_public_key
+from dtp.ledger.local_tx import Address, TxValue, derive_object_id
+from dtp.ledger.objects import (
+    HALF_CLOSE_TIMEOUT_MS,
+    MAX_DATA_LENGTH,
+    MAX_ENDPOINT_LENGTH,
+    MAX_ENDPOINTS,
+    MAX_FIREWALL_ENTRIES,
+    MAX_INNERS,
+    MAX_PURE_BYTES,
+    is_low_order_noise_key,
+)
 
 __all__ = [
     "FUNCTIONS",
@@ -1250,7 +1250,7 @@ def broadcast_withdraw(x: Exec, b_id: str) -> int:
 
 
 def mailbox_send(x: Exec, host_id: str, payload: bytes) -> None:
-    from dtp.chain.ledger import MAX_MAIL_PAYLOAD
+    from dtp.ledger.interface import MAX_MAIL_PAYLOAD
 
     x.load(host_id, "Host")
     if not payload:
@@ -1268,7 +1268,7 @@ def mailbox_send(x: Exec, host_id: str, payload: bytes) -> None:
 def response_escrow_deposit(
     x: Exec, server: str, request_id: bytes, public_key: bytes, deadline_ms: int, amount: int
 ) -> str:
-    from dtp.chain.ledger import MAX_REQUEST_ID_LENGTH, RESPONSE_ESCROW_OPEN
+    from dtp.ledger.interface import MAX_REQUEST_ID_LENGTH, RESPONSE_ESCROW_OPEN
 
     x.take_coin(amount)
     if len(public_key) != 32:
@@ -1315,7 +1315,7 @@ def response_escrow_deposit(
 
 
 def _open_response_escrow(x: Exec, escrow_id: str, role: str) -> dict[str, Any]:
-    from dtp.chain.ledger import RESPONSE_ESCROW_OPEN
+    from dtp.ledger.interface import RESPONSE_ESCROW_OPEN
 
     e = x.load(escrow_id, "ResponseEscrow")
     if role == "server" and x.sender != e["server"]:
@@ -1336,7 +1336,7 @@ def _pay_out(x: Exec, e: dict[str, Any], to: str, state: int) -> int:
 
 
 def response_escrow_claim(x: Exec, escrow_id: str, response_hash: bytes, signature: bytes) -> int:
-    from dtp.chain.ledger import RESPONSE_ESCROW_PAID, response_ack_message
+    from dtp.ledger.interface import RESPONSE_ESCROW_PAID, response_ack_message
 
     e = _open_response_escrow(x, escrow_id, "server")
     if len(response_hash) != 32:
@@ -1359,7 +1359,7 @@ def response_escrow_claim(x: Exec, escrow_id: str, response_hash: bytes, signatu
 
 
 def response_escrow_deliver(x: Exec, escrow_id: str, response: bytes) -> int:
-    from dtp.chain.ledger import MAX_RESPONSE_LENGTH, RESPONSE_ESCROW_DELIVERED
+    from dtp.ledger.interface import MAX_RESPONSE_LENGTH, RESPONSE_ESCROW_DELIVERED
 
     e = _open_response_escrow(x, escrow_id, "server")
     if x.now_ms > e["deadline_ms"]:
@@ -1384,7 +1384,7 @@ def response_escrow_deliver(x: Exec, escrow_id: str, response: bytes) -> int:
 
 
 def response_escrow_refund(x: Exec, escrow_id: str) -> int:
-    from dtp.chain.ledger import RESPONSE_ESCROW_REFUNDED
+    from dtp.ledger.interface import RESPONSE_ESCROW_REFUNDED
 
     e = _open_response_escrow(x, escrow_id, "requester")
     if x.now_ms <= e["deadline_ms"]:

@@ -1,7 +1,7 @@
-"""Where and how :class:`~dtp.chain.sui.SuiLedger` reaches Sui: :class:`SuiConfig`, from
+"""Where and how :class:`~dtp.ledger.sui.SuiLedger` reaches Sui: :class:`SuiConfig`, from
 the ``DTP_SUI_*`` variables (:meth:`SuiConfig.from_env`) or from a node and a package
 that a ledger spec named (:meth:`SuiConfig.for_node`, used by
-:func:`dtp.chain.open_ledger`; docs/sui.md).
+:func:`dtp.ledger.open_ledger`; docs/sui.md).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dtp._checks import shown
-from dtp.chain.objects import normalize_id
-from dtp.chain.sui_client import parse_endpoint, positive_seconds
 from dtp.errors import ChainError, SuiConfigError
+from dtp.ledger.objects import normalize_id
+from dtp.ledger.sui_client import parse_endpoint, positive_seconds
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

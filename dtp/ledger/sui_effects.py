@@ -15,17 +15,17 @@ from typing import Any, Final
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.chain.objects import Event, normalize_id
-from dtp.chain.sui_client import _node_id, timestamp_ms
-from dtp.chain.sui_codec import EVENT_LAYOUTS, MESSAGING_EVENT_LAYOUTS, decode
-from dtp.chain.sui_economics import ECONOMICS_EVENT_LAYOUTS
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
     foreign_abort,
     move_error_from_abort_code,
 )
+from dtp.ledger.objects import Event, normalize_id
+from dtp.ledger.sui_client import _node_id, timestamp_ms
+from dtp.ledger.sui_codec import EVENT_LAYOUTS, MESSAGING_EVENT_LAYOUTS, decode
+from dtp.ledger.sui_economics import ECONOMICS_EVENT_LAYOUTS
+from dtp.ledger.sui_tx import OwnedRef
 
 __all__ = [
     "MissingEvent",

@@ -24,10 +24,10 @@ from typing import Any, Final
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
-from dtp.chain.sui_client import LedgerUnavailable, MalformedResponse
-from dtp.chain.sui_effects import gas_used, sui_coins_created
-from dtp.chain.sui_tx import OwnedRef, TxContext, encode_address, encode_u64
 from dtp.errors import ChainError, InsufficientFunds
+from dtp.ledger.sui_client import LedgerUnavailable, MalformedResponse
+from dtp.ledger.sui_effects import gas_used, sui_coins_created
+from dtp.ledger.sui_tx import OwnedRef, TxContext, encode_address, encode_u64
 
 __all__ = [
     "MAX_GAS_COINS",

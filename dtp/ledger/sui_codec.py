@@ -1,5 +1,5 @@
 """BCS layouts of the ``move/dtp`` structs and events, and their conversion to the typed
-views of :mod:`dtp.chain.objects` (offline; used by ``SuiLedger`` on node answers).
+views of :mod:`dtp.ledger.objects` (offline; used by ``SuiLedger`` on node answers).
 
 Sui returns an object's Move contents and an event's payload as BCS bytes. The layouts
 below are written from the Move sources (field order is BCS order): ``ID``/``UID`` and
@@ -9,7 +9,7 @@ below are written from the Move sources (field order is BCS order): ``ID``/``UID
 dynamic fields, read separately), enums a ``uleb128`` variant index then its fields,
 ``Option<T>`` a vector of zero or one ``T`` (decoded as None or the value).
 
-Decoded values follow :class:`dtp.chain.objects.Event`: IDs and addresses as ``0x`` + 64
+Decoded values follow :class:`dtp.ledger.objects.Event`: IDs and addresses as ``0x`` + 64
 lowercase hex, integers as int, ``vector<u8>`` as bytes, ``String`` as str, ``Sla`` as a
 dict — the same as ``LocalLedger`` gives.
 """
@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from dtp.chain.objects import (
+from dtp.errors import ChainError, InvalidArgument
+from dtp.identity.bcs import BCS_MAX_ULEB, bcs_uleb128
+from dtp.ledger.objects import (
     ChainObject,
     ConnectionState,
     Escrow,
@@ -31,8 +33,6 @@ from dtp.chain.objects import (
     normalize_id,
     object_from_fields,
 )
-from dtp.errors import ChainError, InvalidArgument
-from dtp.identity.bcs import BCS_MAX_ULEB, bcs_uleb128
 
 __all__ = [
     "EVENT_LAYOUTS",

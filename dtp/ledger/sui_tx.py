@@ -27,10 +27,10 @@ from typing import Any, Final
 from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
-from dtp.chain.ledger import Endpoint
-from dtp.chain.objects import MAX_PURE_BYTES, Sla, as_bytes, as_bytes_list, normalize_id
 from dtp.errors import InvalidArgument
 from dtp.identity.bcs import bcs_uleb128
+from dtp.ledger.interface import Endpoint
+from dtp.ledger.objects import MAX_PURE_BYTES, Sla, as_bytes, as_bytes_list, normalize_id
 
 __all__ = [
     "BUILDERS",
@@ -1102,14 +1102,14 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
 }
 
 #: Builders of the payment models' entry points (apart from :data:`BUILDERS`, which lists
-#: exactly the abstract methods of :class:`~dtp.chain.ledger.Ledger`).
+#: exactly the abstract methods of :class:`~dtp.ledger.interface.Ledger`).
 ECONOMICS_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
     name: globals()[name] for name in ECONOMICS_TARGETS
 }
 
 
 #: Builders of the messaging entry points (kept apart from :data:`BUILDERS`, which lists
-#: exactly the abstract methods of :class:`~dtp.chain.ledger.Ledger`).
+#: exactly the abstract methods of :class:`~dtp.ledger.interface.Ledger`).
 MESSAGING_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
     fn.__name__: fn
     for fn in (

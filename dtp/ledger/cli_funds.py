@@ -4,15 +4,15 @@ ledger, and getting it back (docs/cli.md).
 - ``balance [ADDRESS]``: SUI in MIST and in SUI (on Sui, the number of gas coins too);
 - ``connections``: the identity's connections as a client, or a host's (``--host``),
   with deposit, claims, refunds, what is claimable and refundable, and when
-  (:mod:`dtp.chain.connections`);
+  (:mod:`dtp.ledger.connections`);
 - ``refund CONNECTION_ID``: the client half-closes and, once the timeout allows,
   settles (``--wait`` waits for it);
 - ``claim CONNECTION_ID --state-dir DIR``: the server claims the latest receipt its
   daemon's receipt store holds (``--settle``: and settles), never while a daemon runs
   on that store.
 
-Every command takes the ledger options of :mod:`dtp.chain.cli` (``--ledger SPEC``...)
-and works through the :class:`~dtp.chain.ledger.Ledger` interface alone, so on either
+Every command takes the ledger options of :mod:`dtp.ledger.cli` (``--ledger SPEC``...)
+and works through the :class:`~dtp.ledger.interface.Ledger` interface alone, so on either
 ledger. Read-only ones need no key: the address comes from the identity file, or on
 Sui without one from ``$DTP_SUI_KEY`` or the Sui CLI's active address.
 """
@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from dtp.chain.cli import (
+from dtp.ledger.cli import (
     _address,
     _CliError,
     _emit,
@@ -37,13 +37,13 @@ from dtp.chain.cli import (
     _identity,
     _ledger,
 )
-from dtp.chain.connections import (
+from dtp.ledger.connections import (
     ConnectionReport,
     client_settles_at,
     find_connections,
     format_ms,
 )
-from dtp.chain.objects import ConnectionState, normalize_id
+from dtp.ledger.objects import ConnectionState, normalize_id
 
 __all__ = ["register"]
 
@@ -293,7 +293,7 @@ def _claim(args: argparse.Namespace) -> int:
 
 
 def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path) -> int:
-    from dtp.chain.connections import claimable_with
+    from dtp.ledger.connections import claimable_with
     from dtp.receipt_store import ReceiptStore
     from dtp.settlement import claim_and_settle
 

@@ -11,7 +11,7 @@ ledger methods behind them.
   a storage deposit per byte, returned when the sender deletes it after the retention
   time and the receiver's confirmation.
 
-:class:`PaymentModels` is mixed into :class:`~dtp.chain.ledger.Ledger`; its methods raise
+:class:`PaymentModels` is mixed into :class:`~dtp.ledger.interface.Ledger`; its methods raise
 NotImplementedError unless a ledger implements them (both built-in ledgers do).
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from dtp.chain.objects import OpenedConnection
 from dtp.errors import InvalidArgument
+from dtp.ledger.objects import OpenedConnection
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, LedgerSpecError
+from dtp.ledger.objects import normalize_id
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

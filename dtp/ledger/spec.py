@@ -3,7 +3,7 @@ command, ``$DTP_LEDGER``, ``ledger = ...`` in the daemon's config and
 :func:`open_ledger` in Python (docs/sui.md, "Ledger specs", is the grammar's one
 description):
 
-- ``local``: the embedded :class:`~dtp.chain.local.LocalLedger` at its default file;
+- ``local``: the embedded :class:`~dtp.ledger.local.LocalLedger` at its default file;
 - ``local:PATH``, or any other value that is none of the forms below: a LocalLedger file;
 - ``localnet``, ``devnet``, ``testnet``, ``mainnet``: that Sui network through its
   default full node;
@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, LedgerSpecError
 from dtp.identity.files import data_home
+from dtp.ledger.objects import normalize_id
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
 
 __all__ = [
     "DEFAULT_NODES",
@@ -345,7 +345,7 @@ def open_ledger(
     Sui ledger's package is resolved by :func:`resolve_package` (``package`` overrides
     ``$DTP_SUI_PACKAGE`` and the deploy records); its optional key, gas budget, timeout
     and retries come from ``DTP_SUI_KEY``, ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``
-    and ``DTP_SUI_RETRIES`` (:meth:`~dtp.chain.sui_config.SuiConfig.for_node`); opening
+    and ``DTP_SUI_RETRIES`` (:meth:`~dtp.ledger.sui_config.SuiConfig.for_node`); opening
     it does no I/O (the first call reaches the node). ``setting`` names a string
     ``spec`` in errors. Raises :class:`LedgerSpecError` (or the ``SuiConfigError`` of
     a ``DTP_SUI_*`` setting) before anything is opened."""
@@ -359,12 +359,12 @@ def open_ledger(
     if parsed.path is not None:
         if not create and not parsed.path.exists():
             raise parsed.error(f"no ledger file at {parsed.path}")
-        from dtp.chain.local import LocalLedger
+        from dtp.ledger.local import LocalLedger
 
         return LocalLedger(parsed.path)
     assert parsed.node is not None
     package_id = resolve_package(parsed, package, package_setting=package_setting, env=env)
-    from dtp.chain.sui import SuiLedger
-    from dtp.chain.sui_config import SuiConfig
+    from dtp.ledger.sui import SuiLedger
+    from dtp.ledger.sui_config import SuiConfig
 
     return SuiLedger(SuiConfig.for_node(parsed.node, package_id, env))
