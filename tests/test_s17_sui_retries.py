@@ -40,7 +40,7 @@ from tests.test_s16_sui_errors import Http2Status
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
-LOGGER = "dtp.chain.sui_client"
+LOGGER = "dtp.ledger.sui_client"
 
 
 @pytest.fixture
