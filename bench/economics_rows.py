@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.workload import Workload
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 
 __all__ = ["sponsored_cycle", "subscribed_open_close"]
 

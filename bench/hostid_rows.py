@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dtp.socket
 from bench.net import MB, Peer, _pingpong, _send_bulk, _tls_connect
 from bench.workload import Workload
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.metering import MeteringConfig
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ HOSTID_ROWS: dict[str, Callable[[], Workload]] = {
 def _serve(
     spec: str, package: str, state: str, host_id: str, port: int, seed_hex: str, mode: str
 ) -> None:
-    from dtp.chain import open_ledger
+    from dtp.ledger import open_ledger
     from dtp.paid import PaidSocket
 
     seed = bytes.fromhex(seed_hex)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import dtp.socket
 from bench.workload import Workload
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 
 __all__ = ["ledger_carrier_bulk"]
 

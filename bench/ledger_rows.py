@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.workload import Workload
 from dtp import escrow
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, check_receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 
 __all__ = ["ledger_open_close", "receipt_verify"]
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dtp.socket
 from bench.net import Peer, _tls_connect
 from bench.workload import Workload
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import QUICK_RECV_SIZE, RpcClient, RpcServer
 

@@ -91,7 +91,7 @@ def _announce(port: int, key: bytes = b"", extra: dict[str, str] | None = None) 
 
 def serve_dtp_blocking(mode: str) -> None:
     import dtp.socket
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     identity = HostIdentity.generate()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
@@ -143,7 +143,7 @@ async def _sink_async(reader: object) -> int:
 
 def serve_dtp_asyncio(mode: str) -> None:
     import dtp.aio
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     identity = HostIdentity.generate()
 

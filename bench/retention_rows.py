@@ -19,11 +19,11 @@ from dataclasses import replace
 from bench.workload import Workload
 from dtp.carriers.ledger import LedgerCarrier, LedgerLink
 from dtp.carriers.ledger_bridge import ledger_config
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import Connection, ConnectionConfig
-from dtp.events import PeerAuthenticated, StreamDataReceived
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import Connection, ConnectionConfig
+from dtp.protocol.events import PeerAuthenticated, StreamDataReceived
 
 __all__ = ["ledger_retention_bulk"]
 

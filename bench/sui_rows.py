@@ -27,7 +27,7 @@ from bench.hostid_rows import _PaidPeer
 from bench.net import _pingpong
 from bench.tunnel_rows import MB, _bulk, _peer, _Proc
 from bench.workload import Workload
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 __all__ = ["SUI_ROWS", "daemon_bulk_sui", "hostid_connect_rate_sui", "sui_latency"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.udp import relay_udp
 
 

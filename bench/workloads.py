@@ -17,8 +17,9 @@ import subprocess
 from collections.abc import Callable
 
 from bench.workload import Workload
-from dtp import _core, _reference
-from dtp._types import FRAME_STREAM, HamUpdate, RawFrame
+from dtp.native import core as _core
+from dtp.native import reference as _reference
+from dtp.native.types import FRAME_STREAM, HamUpdate, RawFrame
 
 MB = 1_000_000
 

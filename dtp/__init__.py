@@ -8,10 +8,11 @@ the ``dtp`` command); users import from the modules, as README.md shows:
 - ``dtp.socket`` (blocking: ``create_server``, ``create_connection``, ``serve``) and
   ``dtp.aio`` (asyncio: ``start_server``, ``open_connection``, ``serve``): connections,
   by address or by host ID (``dtp://0x<host id>:<port>``);
-- ``dtp.keys.HostIdentity``: a host's or client's Sui (Ed25519) and Noise (X25519) keys;
-- ``dtp.chain.local.LocalLedger`` (embedded, SQLite) and ``dtp.chain.sui.SuiLedger``
+- ``dtp.identity.keys.HostIdentity``: a host's or client's Sui (Ed25519) and Noise
+  (X25519) keys;
+- ``dtp.ledger.local.LocalLedger`` (embedded, SQLite) and ``dtp.ledger.sui.SuiLedger``
   (a Sui node): the ledger, either opened from a ledger spec by
-  ``dtp.chain.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.chain.objects`` has
+  ``dtp.ledger.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.ledger.objects`` has
   its objects (``Sla``, ...);
 - ``dtp.escrow`` (``Meter``, ``Receipt``): per-byte and per-request fees;
 - ``dtp.errors``: every exception the package raises;
@@ -19,9 +20,94 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   ``dtp.graph`` (the replicated graph), ``dtp.udp`` (UDP through DTP) and
   ``dtp.daemon`` (the services daemon, ``dtp daemon``).
 
-Docs: README.md and docs/*.md in the source tree.
+Docs: README.md and docs/*.md in the source tree; docs/architecture.md has the layers
+and the old module paths that still import (:data:`MOVED`).
 """
+
+import importlib
+import importlib.machinery
+import sys
+import types
+from collections.abc import Sequence
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# Modules that moved into the layer folders (docs/architecture.md, "Layout"), old name ->
+# new name. A name that is a package maps its submodules too (``dtp.chain.local`` ->
+# ``dtp.ledger.local``); the longest matching old name wins.
+MOVED: dict[str, str] = {
+    "dtp._core": "dtp.native.core",
+    "dtp._types": "dtp.native.types",
+    "dtp._reference": "dtp.native.reference",
+    "dtp.keys": "dtp.identity.keys",
+    "dtp.keys_ahead": "dtp.identity.ahead",
+    "dtp.crypto": "dtp.identity.noise",
+    "dtp._ed25519": "dtp.identity.ed25519",
+    "dtp._uleb128": "dtp.identity.bcs",
+    "dtp._paths": "dtp.identity.files",
+    "dtp._filelock": "dtp.identity.files",
+    "dtp._durable": "dtp.identity.files",
+    "dtp._state": "dtp.protocol.state",
+    "dtp.events": "dtp.protocol.events",
+    "dtp._recovery": "dtp.protocol.recovery",
+    "dtp._buffers": "dtp.protocol.buffers",
+    "dtp.connection": "dtp.protocol.connection",
+    "dtp.chain": "dtp.ledger",
+    "dtp.chain.ledger": "dtp.ledger.interface",
+}
+
+
+class _MovedModuleLoader:
+    """Hands out the module at its new name, so the old name is the same object."""
+
+    def __init__(self, new_name: str) -> None:
+        self.new_name = new_name
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        # importlib keeps the attributes a module already has (__name__, __spec__,
+        # __path__), so the module stays what it is at its new name.
+        return importlib.import_module(self.new_name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing to run: the module was run once, at its new name."""
+
+
+class _MovedModuleFinder:
+    """Resolves an old module name of :data:`MOVED` to the module at its new name.
+
+    A meta path finder and its loader by protocol (PEP 451) rather than by subclassing
+    ``importlib.abc``, whose import costs ``import dtp`` about 10 ms.
+
+    It goes first in ``sys.meta_path``: otherwise ``dtp.chain.local`` would be found
+    through the aliased package's ``__path__`` and run a second time under the old name,
+    a copy that monkeypatching and ``isinstance`` would tell apart.
+    """
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        new_name = moved_to(fullname)
+        if new_name is None:
+            return None
+        # typeshed asks for an importlib.abc.Loader; the protocol is all importlib uses.
+        loader = _MovedModuleLoader(new_name)
+        return importlib.machinery.ModuleSpec(fullname, loader)  # type: ignore[arg-type]
+
+
+def moved_to(name: str) -> str | None:
+    """The new name of module ``name`` if it moved (see :data:`MOVED`), else None."""
+    old = name
+    while old not in MOVED:
+        old, dot, _ = old.rpartition(".")
+        if not dot:
+            return None
+    return MOVED[old] + name[len(old) :]
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModuleFinder())

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
-from dtp.events import (
+from dtp.identity.ahead import new_ephemeral_key
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.protocol.events import (
     ConnectionAccepted,
     ConnectionTerminated,
     ControlReceived,
@@ -36,7 +37,6 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.keys_ahead import new_ephemeral_key
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import InvalidObjectId
+from dtp.ledger.objects import normalize_id
 
 SCHEME = "dtp://"
 

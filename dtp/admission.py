@@ -27,17 +27,6 @@ from dtp._checks import finite_float
 from dtp.address import HostAddress
 from dtp.carriers.ledger_bridge import LedgerCarrierOptions, ledger_config
 from dtp.carriers.tcp import PendingTcp
-from dtp.chain.objects import (
-    ConnectionState,
-    Escrow,
-    Host,
-    OpenedConnection,
-    Service,
-    TransportControl,
-    is_low_order_noise_key,
-    normalize_id,
-)
-from dtp.connection import ConnectionConfig, checked_noise_key
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -47,11 +36,22 @@ from dtp.errors import (
     connection_limit_refusal,
     move_error,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import (
+    ConnectionState,
+    Escrow,
+    Host,
+    OpenedConnection,
+    Service,
+    TransportControl,
+    is_low_order_noise_key,
+    normalize_id,
+)
 from dtp.metering import MeteringConfig
+from dtp.protocol.connection import ConnectionConfig, checked_noise_key
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import ConnectionView, Ledger, PendingOpen
+    from dtp.ledger.interface import ConnectionView, Ledger, PendingOpen
 
 __all__ = [
     "HOOK_FAILED",
@@ -356,7 +356,7 @@ class LedgerAdmission:
     :attr:`REMEMBERED` connections not yet taken are kept.
 
     A decision takes one read where the ledger can: the connection with its escrow and
-    the host together (:meth:`~dtp.chain.ledger.Ledger.connection_view`).
+    the host together (:meth:`~dtp.ledger.interface.Ledger.connection_view`).
     """
 
     REMEMBERED = 256
@@ -678,7 +678,7 @@ def prepare_host_connection(
     caller starts its carrier connect there, to overlap with them).
 
     ``defer_open``: where the ledger can tell the connection's ID before the open lands
-    (:meth:`~dtp.chain.ledger.Ledger.prepare_open_connection`), and for a paid open over
+    (:meth:`~dtp.ledger.interface.Ledger.prepare_open_connection`), and for a paid open over
     the TCP carrier, the open is only signed here: the result's ``pending_open`` is to be
     executed by the caller while the server works on its first handshake message (the
     server's admission gives a connection still landing a moment:

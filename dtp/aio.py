@@ -78,8 +78,6 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any, endpoint_text
-from dtp.chain.objects import OpenedConnection
-from dtp.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -103,8 +101,10 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.heap_release import HeapRelease, release_free_heap
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import OpenedConnection
 from dtp.metering import MeteringConfig
+from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
@@ -113,7 +113,7 @@ from dtp.socket import PAID_CLOSE_WAIT, _check_backlog, _readable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
     from dtp.paid import ServicePolicy
     from dtp.paid_aio import PaidAioServer, PaidCallback
     from dtp.receipt_store import ReceiptStore
@@ -1107,7 +1107,7 @@ class DTPStreamWriter:
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on the connection (see
         :meth:`dtp.socket.DTPSocket.send_datagram`). Never waits: while the transport
-        holds more than ``dtp.connection.DATAGRAM_SEND_BACKLOG`` unsent bytes (the peer
+        holds more than ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` unsent bytes (the peer
         is stalled or slow) it is dropped and counted in
         :attr:`datagrams_send_dropped`."""
         session = self._session

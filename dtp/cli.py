@@ -54,7 +54,7 @@ class _VersionAction(argparse.Action):
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
-    from dtp import _core
+    from dtp.native import core as _core
 
     print(f"dtp {package_version()} (core backend: {_core.BACKEND})")
     return 0
@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version and core backend")
     version.set_defaults(func=_cmd_version)
 
-    from dtp.chain.cli import register as register_chain
     from dtp.daemon.cli import register as register_daemon
+    from dtp.ledger.cli import register as register_chain
 
     register_chain(sub)
     register_daemon(sub)
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
     """For ``dtp daemon``: its stop signals caught before the parser is built (the
-    parser's imports, ``dtp.chain.cli``'s above all, took most of the first tenth of a
+    parser's imports, ``dtp.ledger.cli``'s above all, took most of the first tenth of a
     second, in which a SIGTERM killed the daemon and a SIGINT printed a traceback).
     The command is the first argument that is no option (``-v``, the one option
     before it, takes no value)."""

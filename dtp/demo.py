@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from dtp import _core
-from dtp._types import (
+from dtp.errors import ConnectionRefused, DecryptionError
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_STREAM,
@@ -28,7 +29,6 @@ from dtp._types import (
     HamUpdate,
     RawFrame,
 )
-from dtp.errors import ConnectionRefused, DecryptionError
 
 _TTY = sys.stdout.isatty()
 
@@ -225,7 +225,7 @@ def demo_connection(tour: Tour, quick: bool, shared: dict[str, object]) -> None:
     import threading
 
     import dtp.socket
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     server_id, client_id, stranger = (HostIdentity.generate() for _ in range(3))
 
@@ -289,10 +289,10 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.chain.local import LocalLedger
-    from dtp.chain.objects import Sla
     from dtp.escrow import fee
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.local import LocalLedger
+    from dtp.ledger.objects import Sla
     from dtp.metering import MeteringConfig
     from dtp.paid import PaidSocket
     from dtp.receipt_store import ReceiptStore
@@ -404,9 +404,9 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
 
 def demo_daemon(tour: Tour, quick: bool) -> None:
     tour.step("An existing TCP server behind DTP: the services daemon and a forwarder")
-    from dtp.chain.objects import Sla
     from dtp.daemon.demo_step import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
     from dtp.escrow import fee
+    from dtp.ledger.objects import Sla
 
     result = run_daemon_step(quick=quick, say=tour.say)
     if not (result.intact and result.conserved and result.denied):
@@ -447,10 +447,10 @@ def demo_udp(tour: Tour) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.chain.local import LocalLedger
-    from dtp.chain.objects import Sla
     from dtp.escrow import Meter, Receipt, fee
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.local import LocalLedger
+    from dtp.ledger.objects import Sla
     from dtp.metering import MeteringConfig
     from dtp.udp import UdpBilling, UdpForwarder, relay_udp
 

@@ -301,7 +301,7 @@ class PaymentRequired(ConnectionClosed, PaymentError):
 
 # -- chain ---------------------------------------------------------------------------------
 #
-# Errors of the control plane (dtp.chain, dtp.escrow). Every abort of the Move package
+# Errors of the control plane (dtp.ledger, dtp.escrow). Every abort of the Move package
 # `move/dtp` has one row in MOVE_ERRORS (module, constant name, numeric code of its
 # `#[error(code = N)]` attribute, the class raised), so that LocalLedger and SuiLedger
 # raise the same class with the same `.name` for the same rule.
@@ -369,7 +369,7 @@ class SuiConfigError(ChainError):
 
 class LedgerSpecError(SuiConfigError, DaemonConfigError):
     """A ledger spec (``--ledger``, ``$DTP_LEDGER``, ``ledger`` in a daemon config,
-    :func:`dtp.chain.open_ledger`), the package ID it resolves to, the ``dtp deploy``
+    :func:`dtp.ledger.open_ledger`), the package ID it resolves to, the ``dtp deploy``
     record it reads or the Sui CLI keystore it falls back to cannot be used (docs/sui.md,
     "Ledger specs"). Raised before anything runs; the message is one sentence naming
     the setting. Both a :class:`SuiConfigError` and a :class:`DaemonConfigError`, as

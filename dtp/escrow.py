@@ -19,14 +19,14 @@ import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from dtp import _ed25519
-from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import InsufficientFunds, InvalidArgument, MalformedReceipt, move_error
+from dtp.identity import ed25519 as _ed25519
+from dtp.ledger.objects import Sla, normalize_id
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Escrow, TransportControl
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Escrow, TransportControl
 
 __all__ = [
     "RECEIPT_DOMAIN",

@@ -2,7 +2,7 @@
 share (docs/protocol.md §8, "Admission"), sans I/O.
 
 A TCP connection proves it speaks DTP by sending its complete first handshake record
-(an ``HS_INIT`` of at most :data:`~dtp.crypto.MAX_MESSAGE_SIZE` bytes, whose first byte
+(an ``HS_INIT`` of at most :data:`~dtp.identity.noise.MAX_MESSAGE_SIZE` bytes, whose first byte
 names a pattern: docs/protocol.md §2, §8). Until then it is *unproven*: it costs its
 socket and the bytes it sent, no handshake slot, thread, task or Noise state, and it
 has :data:`DEFAULT_FIRST_MESSAGE_TIMEOUT` to finish (nginx's ``client_header_timeout``
@@ -36,10 +36,10 @@ from collections.abc import Callable, Hashable
 from typing import Generic, Literal, TypeVar
 
 from dtp._checks import finite_float
-from dtp._core import RECORD_HEADER_LEN
-from dtp._types import REC_HS_INIT
-from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
 from dtp.handshake_slots import AddressSlots, ServerSlots, Verdict
+from dtp.identity.noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
+from dtp.native.core import RECORD_HEADER_LEN
+from dtp.native.types import REC_HS_INIT
 
 __all__ = [
     "DEFAULT_FIRST_MESSAGE_TIMEOUT",
@@ -89,7 +89,7 @@ class Progress(enum.Enum):
 class FirstMessage:
     """Reads a connection's first record, resumable (fed any split of its bytes) and
     capped: the header is checked as soon as its 12 bytes are in -- kind ``HS_INIT``,
-    flags 0, a body of 1 to :data:`~dtp.crypto.MAX_MESSAGE_SIZE` bytes -- and the
+    flags 0, a body of 1 to :data:`~dtp.identity.noise.MAX_MESSAGE_SIZE` bytes -- and the
     body's first byte must name a pattern (IK or XX). Only the framing is looked at;
     the Noise message itself is the handshake's to judge, once a slot is spent on it."""
 

@@ -11,7 +11,7 @@
 
 What is metered: application bytes in both directions -- new bytes of every stream the
 connection sent plus received, and the payloads of the datagrams it sent and received,
-as :attr:`dtp.connection.Connection.usage` counts them -- and requests = streams opened
+as :attr:`dtp.protocol.connection.Connection.usage` counts them -- and requests = streams opened
 by the client. Both sides count the same bytes (a datagram as it is framed to go, and
 as it is accepted, before any queue drops it), so over an ordered carrier they disagree
 only by what is in flight.
@@ -27,13 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
 from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
+from dtp.ledger.objects import ConnectionState, Sla
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.receipt_store import ReceiptStore
 
 __all__ = [

@@ -49,8 +49,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
-from dtp.chain.objects import Escrow, Settlement, TransportControl, normalize_id
-from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -68,6 +66,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.ledger.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -81,6 +80,7 @@ from dtp.metering import (
     ended_on_ledger,
     ledger_checks_due,
 )
+from dtp.protocol.connection import CloseCode
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -104,9 +104,9 @@ from dtp.socket import (
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
-    from dtp.chain.ledger import Ledger
-    from dtp.connection import ConnectionConfig
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.protocol.connection import ConnectionConfig
     from dtp.socket import DTPServer, DTPSocket
 
 __all__ = [

@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from dtp._session import CALLBACK_FAILED
 from dtp.admission import LedgerAdmission, checked_open_grace
-from dtp.chain.objects import normalize_id
-from dtp.connection import CloseCode
 from dtp.errors import (
     ChainError,
     ConnectionClosed,
@@ -42,6 +40,7 @@ from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.ledger.objects import normalize_id
 from dtp.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -73,6 +72,7 @@ from dtp.paid import (
     served_refusal,
     settle_ended,
 )
+from dtp.protocol.connection import CloseCode
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -83,10 +83,10 @@ from dtp.socket import _check_handshake_bounds, _check_server_identity
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
     from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Settlement
-    from dtp.connection import ConnectionConfig
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Settlement
+    from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dtp._checks import finite_float, shown
-from dtp._reference.varint import varint_size
-from dtp.chain.objects import Firewall, Host
+from dtp.ledger.objects import Firewall, Host
+from dtp.native.reference.varint import varint_size
 
 __all__ = [
     "DEFAULT_MAX_IDLE",

@@ -28,10 +28,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dtp._filelock import make_private
-from dtp.chain.objects import normalize_id
 from dtp.errors import MalformedReceipt, ReceiptStoreError
 from dtp.escrow import Receipt
+from dtp.identity.files import make_private
+from dtp.ledger.objects import normalize_id
 
 try:
     import fcntl

@@ -37,8 +37,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from dtp.chain.objects import normalize_id
 from dtp.escrow import Receipt
+from dtp.ledger.objects import normalize_id
 from dtp.receipt_store import ReceiptStore, StoredReceipt
 
 __all__ = ["ReceiptWriter"]

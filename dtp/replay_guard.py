@@ -2,14 +2,14 @@
 
 An IK message 1 carries the client's identity proof and is encrypted to the server's
 static key alone, so anyone who recorded one can send it again and the server
-authenticates the client a second time (inherent to Noise IK: see :mod:`dtp.crypto`).
+authenticates the client a second time (inherent to Noise IK: see :mod:`dtp.identity.noise`).
 The replayer cannot finish the handshake, but the server decides on it first: a server
 admitting through the ledger would reserve the client's ledger connection (one DTP
 connection each) for it and hold that reservation until the connection times out, so
 the real client, reconnecting meanwhile, is refused.
 
 A genuine message 1 opens with a fresh ephemeral public key (every connect takes a new
-one: :func:`dtp.keys_ahead.new_ephemeral_key`), and no one without the matching private
+one: :func:`dtp.identity.ahead.new_ephemeral_key`), and no one without the matching private
 key can make another valid message 1 with it (Noise's ``es``). So a server remembers the
 ephemeral keys of the IK first messages it authenticated and refuses one it has seen.
 :class:`ReplayGuard` holds the most recent :data:`DEFAULT_CAPACITY` of them, oldest
@@ -47,11 +47,11 @@ import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
-from dtp._state import ConnState
-from dtp.crypto import PATTERN_IK
+from dtp.identity.noise import PATTERN_IK
+from dtp.protocol.state import ConnState
 
 if TYPE_CHECKING:
-    from dtp.connection import Connection
+    from dtp.protocol.connection import Connection
 
 __all__ = ["DEFAULT_CAPACITY", "LOG_EVERY", "ReplayGuard", "first_message_key"]
 
@@ -68,7 +68,8 @@ LOG_EVERY: Final = 60.0
 """Seconds between two log lines about refused replays (a flood gets one a minute)."""
 
 #: States of a server connection whose verdict is still to come (IK: SERVER_DECIDING, then
-#: AUTHENTICATING once :meth:`~dtp.connection.Connection.answer` sent message 2 ahead of it).
+#: AUTHENTICATING once :meth:`~dtp.protocol.connection.Connection.answer` sent message 2
+#: ahead of it).
 _UNDECIDED: Final = frozenset({ConnState.SERVER_DECIDING, ConnState.AUTHENTICATING})
 
 #: Keys under decision looked at each time one comes in: more than one, so that the set
@@ -76,7 +77,7 @@ _UNDECIDED: Final = frozenset({ConnState.SERVER_DECIDING, ConnState.AUTHENTICATI
 _SETTLE_PER_SIGHT: Final = 2
 
 # where the ephemeral public key sits in the wire form of message 1: after the
-# pattern byte (dtp.crypto: "one byte, the pattern id, then the Noise message", and a
+# pattern byte (dtp.identity.noise: "one byte, the pattern id, then the Noise message", and a
 # Noise IK message opens with ``e``)
 _KEY_START: Final = 1
 _KEY_END: Final = _KEY_START + 32

@@ -33,9 +33,9 @@ from dtp.metering import ConnectionIds
 from dtp.settlement import claim_and_settle
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Settlement
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Settlement
 
 __all__ = ["ServedConnections", "served_connections"]
 

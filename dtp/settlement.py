@@ -30,15 +30,6 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import (
-    ConnectionState,
-    Escrow,
-    OpenedConnection,
-    Settlement,
-    TransportControl,
-    normalize_id,
-)
-from dtp.connection import Connection
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -48,13 +39,22 @@ from dtp.errors import (
     ReplayedReceipt,
     SpendingCapExceeded,
 )
+from dtp.ledger.objects import (
+    ConnectionState,
+    Escrow,
+    OpenedConnection,
+    Settlement,
+    TransportControl,
+    normalize_id,
+)
 from dtp.metering import ClientMeter, MeteringConfig
+from dtp.protocol.connection import Connection
 from dtp.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
     from dtp.escrow import Receipt
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.receipt_store import ReceiptStore
     from dtp.receipt_writer import ReceiptWriter
 

@@ -53,8 +53,6 @@ from dtp._session import (
     check_connect_timeout,
     connect_timed_out,
 )
-from dtp._state import SendState
-from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.address import HostAddress
 from dtp.admission import (
     HOOK_FAILED,
@@ -77,14 +75,6 @@ from dtp.carriers.ledger_bridge import (
     ledger_config,
 )
 from dtp.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
-from dtp.connection import (
-    DATAGRAM_SEND_BACKLOG,
-    CloseCode,
-    Connection,
-    ConnectionConfig,
-    direct_client_config,
-)
-from dtp.crypto import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -112,15 +102,25 @@ from dtp.handshake_slots import (
     address_key,
 )
 from dtp.heap_release import HeapRelease, release_free_heap
-from dtp.keys import HostIdentity
-from dtp.keys_ahead import (
+from dtp.identity.ahead import (
     next_ephemeral_public,
     prepare_anonymous_identity,
     prepare_ephemeral_key,
     prepare_static_secret,
     take_anonymous_identity,
 )
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.metering import MeteringConfig
+from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
+from dtp.protocol.connection import (
+    DATAGRAM_SEND_BACKLOG,
+    CloseCode,
+    Connection,
+    ConnectionConfig,
+    direct_client_config,
+)
+from dtp.protocol.state import SendState
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
 from dtp.settlement import ClientPayment
@@ -128,7 +128,7 @@ from dtp.settlement import ClientPayment
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
     from dtp.paid import PaidServer, PaidSocket, ServicePolicy
     from dtp.receipt_store import ReceiptStore
 
@@ -2348,7 +2348,7 @@ class DTPSocket:
         """Send one unreliable datagram on this connection (not on a stream): it arrives
         whole or not at all, unordered, never retransmitted. At most
         ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError). Never
-        blocks: while more than ``dtp.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
+        blocks: while more than ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
         or 256 writes, wait for the carrier (the peer is stalled or slow), the datagram
         is dropped and counted in :attr:`datagrams_send_dropped`, as UDP drops what
         does not fit its socket buffer."""
@@ -2947,12 +2947,12 @@ def _connect(
 
 
 class _NextConnectKeys:
-    """Keys for a next connect like this one (dtp.keys_ahead), made in steps while this
+    """Keys for a next connect like this one (dtp.identity.ahead), made in steps while this
     connect waits: an ephemeral key and, in IK, its DH with the server's key; an
     anonymous identity (a process that connects anonymously once usually does again),
-    or our static key's DH with the server's (unless dtp.crypto keeps it already); and
+    or our static key's DH with the server's (unless dtp.identity.noise keeps it already); and
     in IK the Noise state started for that identity and server, and the identity proof
-    for that ephemeral key (dtp.crypto.prepare_auth_proof).
+    for that ephemeral key (dtp.identity.noise.prepare_auth_proof).
 
     :meth:`make` stops between steps once the server's reply is here: the reply is
     worked on first, and the rest is made during the next wait (for the verdict), or
@@ -3123,12 +3123,12 @@ def _waiting_gone(arrival: _Arrival) -> bool:
 
 
 def _check_server_identity(identity: Any) -> None:
-    """TypeError unless ``identity`` is a :class:`~dtp.keys.HostIdentity`: anything else
+    """TypeError unless ``identity`` is a :class:`~dtp.identity.keys.HostIdentity`: anything else
     listened, then failed each client's handshake (an AttributeError in a handshake
     thread, a misleading HandshakeError at the client)."""
     if not isinstance(identity, HostIdentity):
         raise TypeError(
-            f"identity must be a dtp.keys.HostIdentity (the server's keys), "
+            f"identity must be a dtp.identity.keys.HostIdentity (the server's keys), "
             f"not {type(identity).__name__}"
         )
 

@@ -70,8 +70,8 @@ from dtp.ratelimit import datagram_charge
 
 if TYPE_CHECKING:
     from dtp.aio import DTPStreamWriter
-    from dtp.chain.ledger import Ledger
-    from dtp.chain.objects import Sla
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Sla
     from dtp.ratelimit import ClientBuckets
     from dtp.socket import DTPSocket
 
@@ -119,7 +119,7 @@ class UdpStats:
     #: Dropped: over the client's rate limits, the host firewall's (relay).
     dropped_rate_limited: int = 0
     #: Dropped: the DTP connection's carrier was backed up (more than
-    #: ``dtp.connection.DATAGRAM_SEND_BACKLOG`` unsent): never queued behind it.
+    #: ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` unsent): never queued behind it.
     dropped_backlog: int = 0
     #: Dropped: the UDP socket refused the send -- the backend's port is closed (an ICMP
     #: error left by an earlier datagram), unreachable or the buffer full (relay; such

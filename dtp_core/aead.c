@@ -7,7 +7,7 @@
  *     header (12 bytes: kind 16, flags 0, body length u16le, counter u64le)
  *     || ChaCha20-Poly1305(key, nonce(counter), ad = header, plaintext)   (ct || tag)
  *
- * docs/protocol.md section 4 is the normative description; dtp/_reference/aead.py is
+ * docs/protocol.md section 4 is the normative description; dtp/native/reference/aead.py is
  * the pure-Python twin that the tests compare this file against.
  *
  * One EVP_CIPHER_CTX is created per dtp_aead and keyed once. Each record only sets the

@@ -4,7 +4,7 @@
  * The C core has no I/O, no Python API and no global state: every function works on
  * buffers the caller owns and on context objects the caller creates and frees.
  * docs/protocol.md is the normative description of every byte format used here;
- * dtp/_reference/ holds a pure-Python twin of every entry point.
+ * dtp/native/reference/ holds a pure-Python twin of every entry point.
  *
  * Return convention: 0 (DTP_OK) or a small positive status on success, a negative
  * DTP_ERR_* code on failure. Output parameters are only meaningful as documented per
@@ -56,7 +56,7 @@
 #define DTP_ERR_HAM_STATE -51     /* state is NaN or infinite */
 #define DTP_ERR_HAM_SIZE -52      /* soul, field, value or count beyond its cap */
 
-/* ---- limits (mirrored in dtp/_reference/limits.py) --------------------------------- */
+/* ---- limits (mirrored in dtp/native/reference/limits.py) --------------------------------- */
 #define DTP_VARINT_MAX 4611686018427387903 /* 2^62 - 1 (RFC 9000 section 16) */
 #define DTP_RECORD_HEADER_LEN 12
 #define DTP_AEAD_TAG_LEN 16

@@ -17,9 +17,10 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from dtp import _core, _reference
-    from dtp._types import FULL, NEED_MORE, OK
     from dtp.errors import RemoteProtocolError
+    from dtp.native import core as _core
+    from dtp.native import reference as _reference
+    from dtp.native.types import FULL, NEED_MORE, OK
 
 
 def _records(parse: Callable[..., Any], data: bytes, max_records: int) -> object:

@@ -22,10 +22,11 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from dtp import _core, _reference
-    from dtp._reference.ham import encode_ham_batch
-    from dtp._types import HamUpdate
     from dtp.errors import ProtocolError
+    from dtp.native import core as _core
+    from dtp.native import reference as _reference
+    from dtp.native.reference.ham import encode_ham_batch
+    from dtp.native.types import HamUpdate
 
 SEED = bytes(range(16))
 SOULS = (b"a", b"b", b"\x00" * 3)

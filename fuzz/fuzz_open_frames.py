@@ -19,8 +19,9 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    from dtp import _core, _reference
-    from dtp._types import FULL, NEED_MORE, OK, STOP
+    from dtp.native import core as _core
+    from dtp.native import reference as _reference
+    from dtp.native.types import FULL, NEED_MORE, OK, STOP
 
 KEY = bytes(range(32))
 _SEALER = _reference.Aead(KEY)

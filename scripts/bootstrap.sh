@@ -44,5 +44,5 @@ if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml set
   PYTHONWARNINGS=ignore .venv/bin/pip install -q -e '.[test,dev,bench]' 2>&1 | grep -v '^WARNING: Location' || true
   touch "$stamp"
 fi
-.venv/bin/python -c 'import dtp._core as c; assert c.HAVE_NATIVE' \
+.venv/bin/python -c 'import dtp.native.core as c; assert c.HAVE_NATIVE' \
   || { echo "the C core did not build; see the pip output above" >&2; exit 1; }

@@ -127,7 +127,7 @@ move_tests=ok
 
 say "a fresh key for the live suite, funded with $FUNDS_SUI SUI from the faucet"
 read -r key address < <("$PY" -c '
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 identity = HostIdentity.generate()
 print(identity.to_sui_bech32(), identity.sui_address)')
 [[ "$address" == 0x* ]] || fail "no fresh key"

@@ -85,13 +85,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtp._buffers import bytes_like
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import MAX_DATA_LENGTH, Event, EventFilter
-from dtp.connection import Connection
 from dtp.errors import ChainError, ConnectionClosed, ObjectNotFound, PaymentModelError, PipeError
 from dtp.escrow import object_id_bytes
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import MAX_DATA_LENGTH, Event, EventFilter
+from dtp.protocol.buffers import bytes_like
+from dtp.protocol.connection import Connection
 
 __all__ = [
     "KIND_FRAGMENT",

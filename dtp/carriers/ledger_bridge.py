@@ -57,11 +57,11 @@ from dtp.carriers.ledger import (
     _check_number,
     confirm_records,
 )
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import ConnectionState, Event, EventFilter, normalize_id
-from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import ConnectionState, Event, EventFilter, normalize_id
+from dtp.protocol.connection import ConnectionConfig
 
 __all__ = [
     "LEDGER_HANDSHAKE_TIMEOUT",
@@ -77,7 +77,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Handshake timeout of ledger-carrier connections. A lossy handshake is resent after
-#: 0.5 s, doubling up to 8 s (dtp.connection): 30 s leaves room for six resends, so a
+#: 0.5 s, doubling up to 8 s (dtp.protocol.connection): 30 s leaves room for six resends, so a
 #: handshake survives a 15 % event loss with a failure chance well below 1e-3.
 LEDGER_HANDSHAKE_TIMEOUT = 30.0
 

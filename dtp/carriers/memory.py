@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from typing import Literal, get_args
 
-from dtp.connection import Connection
+from dtp.protocol.connection import Connection
 
 Split = Literal["whole", "bytes", "random"]
 

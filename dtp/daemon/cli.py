@@ -4,7 +4,7 @@ daemon's signals caught from the moment the command starts).
 This module stays light (the standard library only): the ``dtp`` parser imports it for
 every command, and ``dtp daemon`` installs its signal handlers here before importing
 the rest of the daemon. (:func:`register` takes ``--passphrase-env``'s action from
-``dtp.chain.cli``, which the parser has imported by then.)
+``dtp.ledger.cli``, which the parser has imported by then.)
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _unset_for_a_new_identity(args: argparse.Namespace, signals: StopSignals) ->
     The first start wrote the new secret key unencrypted, with nothing said. The
     default variable unset still means an unencrypted identity, and an identity already
     there is read as before (an unencrypted one needs no passphrase)."""
-    from dtp.chain.cli import unset_passphrase_env
+    from dtp.ledger.cli import unset_passphrase_env
 
     unset = unset_passphrase_env(args)
     if unset is None or signals.stop is not None:
@@ -207,7 +207,7 @@ def register(sub: Any) -> None:
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
     # the chain commands' action: it records that the option was given, for the rule
     # that a variable so named must be set when a new identity is written
-    from dtp.chain.cli import EnvNameGiven
+    from dtp.ledger.cli import EnvNameGiven
 
     daemon.add_argument(
         "--passphrase-env",

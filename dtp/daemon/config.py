@@ -16,14 +16,14 @@ from typing import Any
 
 from dtp._checks import finite_float, shown
 from dtp.address import HostAddress
-from dtp.chain.objects import (
+from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_FIREWALL_ENTRIES,
     MAX_PURE_BYTES,
     normalize_id,
 )
-from dtp.chain.spec import LedgerSpec, parse_ledger_spec
-from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.ledger.spec import LedgerSpec, parse_ledger_spec
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE
 
 __all__ = [
@@ -744,7 +744,7 @@ def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
 
 
 #: The connection window a paying client may fill before its receipts catch up
-#: (dtp.connection.ConnectionConfig.connection_window) plus a forward's default
+#: (dtp.protocol.connection.ConnectionConfig.connection_window) plus a forward's default
 #: ``receipt_every``: a slack this small or smaller holds paid tunnels back, then cuts them.
 MIN_UNPAID_SLACK = (8 << 20) + (256 << 10)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 
 __all__ = ["DaemonStepResult", "run_daemon_step"]
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dtp.chain.objects import ConnectionState, Sla, TransportControl
 from dtp.errors import ChainError, DTPError
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
@@ -39,6 +38,7 @@ from dtp.escrow import (
     check_receipt,
     fee,
 )
+from dtp.ledger.objects import ConnectionState, Sla, TransportControl
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -46,9 +46,9 @@ from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:
     from dtp.admission import Admitted
-    from dtp.chain.ledger import Ledger
     from dtp.daemon.gas import GasWatch
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
 
 __all__ = ["OWN_BILLING", "RECEIPT_SIZE", "ClientFees", "ConnectionTerms", "ServerFees", "Settled"]
 

@@ -14,9 +14,6 @@ import logging
 from dataclasses import dataclass, field
 
 import dtp.aio
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import ConnectionState
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
@@ -31,7 +28,10 @@ from dtp.errors import (
     TunnelError,
 )
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import ConnectionState
+from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
 

@@ -33,12 +33,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dtp._durable import write_durably
-from dtp._filelock import lock_exclusive
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import FirewallMode, Sla
-from dtp.chain.spec import open_ledger, resolve_package
 from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
@@ -72,7 +66,12 @@ from dtp.errors import (
     LedgerUnavailable,
     ObjectNotFound,
 )
-from dtp.keys import HostIdentity, passphrase_from_env
+from dtp.identity.files import lock_exclusive, write_durably
+from dtp.identity.keys import HostIdentity, passphrase_from_env
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import FirewallMode, Sla
+from dtp.ledger.spec import open_ledger, resolve_package
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
@@ -202,7 +201,7 @@ class Daemon:
         address = self.identity.sui_address
         ledger = self.ledger
         if self.config.daemon.ledger.is_sui:
-            from dtp.chain.sui import SuiLedger  # (loaded already: open_ledger made one)
+            from dtp.ledger.sui import SuiLedger  # (loaded already: open_ledger made one)
 
             if isinstance(ledger, SuiLedger):
                 sui = ledger
@@ -353,7 +352,7 @@ class Daemon:
         (``SharedObjectCongestion``; never on a LocalLedger)."""
         if not self.config.daemon.ledger.is_sui:
             return False
-        from dtp.chain.sui_client import SharedObjectCongestion  # (loaded: a Sui ledger)
+        from dtp.ledger.sui_client import SharedObjectCongestion  # (loaded: a Sui ledger)
 
         return isinstance(exc, SharedObjectCongestion)
 

@@ -21,9 +21,6 @@ from typing import Any
 
 import dtp.aio
 from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, PeerInfo
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import Firewall
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
@@ -33,8 +30,11 @@ from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
 from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import Firewall
 from dtp.metering import ended_on_ledger, ledger_checks_due
+from dtp.protocol.connection import ConnectionConfig
 from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.served import ServedConnections
 from dtp.udp import UdpStats

@@ -1,7 +1,7 @@
 """The daemon's counters and the status file ``dtp status`` reads.
 
 Counters live in memory (one event loop writes them) and are written to
-``<state_dir>/status.json`` atomically and durably (:func:`dtp._durable.write_durably`:
+``<state_dir>/status.json`` atomically and durably (:func:`dtp.identity.files.write_durably`:
 temp file synced, renamed, directory synced) at most every ``interval`` seconds and at
 exit. The periodic writes happen in a thread of their own, off the event loop (their
 two fsyncs held up every tunnel for as long as the disk took); the one at exit, forced,
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from dtp._durable import write_durably
 from dtp.daemon.logs import kv
+from dtp.identity.files import write_durably
 
 logger = logging.getLogger("dtp.daemon")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
-from dtp.connection import close_reason_bytes
 from dtp.errors import DTPError, TunnelError
+from dtp.protocol.connection import close_reason_bytes
 
 __all__ = [
     "CHUNK",

@@ -11,9 +11,6 @@ import contextlib
 import logging
 
 import dtp.aio
-from dtp.chain.ledger import Ledger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig
 from dtp.daemon.fees import OWN_BILLING
@@ -23,7 +20,10 @@ from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.escrow import Meter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import ConnectionConfig
 from dtp.udp_aio import AsyncUdpForwarder
 
 __all__ = ["UdpForward"]

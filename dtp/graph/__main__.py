@@ -23,7 +23,7 @@ import sys
 from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Graph
 from dtp.graph.sync import GraphServer
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 
 def fill(graph: Graph, fields: int, prefix: str = "node") -> None:

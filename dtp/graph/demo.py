@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from dtp.graph.store import Graph
 from dtp.graph.sync import GraphServer, connect
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 
 def demo_graph_story(say: Callable[[str], None]) -> None:

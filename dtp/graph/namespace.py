@@ -32,12 +32,12 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from dtp._core import decode_ham_batch, encode_ham_batch, find_ham_souls
-from dtp._reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
-from dtp._types import HamUpdate
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph._batch import batch_count
-from dtp.keys import HostIdentity, sui_address_from_public_key
+from dtp.identity.keys import HostIdentity, sui_address_from_public_key
+from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
+from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.types import HamUpdate
 
 USER_SPACE = b"~0x"
 DOMAIN = b"dtp-graph-v1/signed-field\x00"

@@ -51,10 +51,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from dtp._filelock import companion, lock_exclusive
-from dtp._reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph._batch import batch_count
+from dtp.identity.files import companion, lock_exclusive
+from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The graph: nodes ("souls") with fields, over the HAM table (docs/graph.md).
 
 :class:`Graph` is the user-facing store. Each field is one entry of the HAM table
-(``dtp._core.HamGraph``: C by default, the pure-Python twin with ``DTP_PUREPYTHON=1`` or
+(``dtp.native.core.HamGraph``: C by default, the pure-Python twin with ``DTP_PUREPYTHON=1`` or
 ``ham="python"``), keyed by (soul, field) and holding (state, canonical value bytes).
 Writes take their state from a :class:`~dtp.graph.clock.HybridClock`; updates from peers
 go through the ownership check (:mod:`dtp.graph.namespace`) and then one C merge per
@@ -35,16 +35,24 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dtp import _core, _reference
-from dtp._core import encode_ham_batch, zero_negative_states
-from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_HISTORICAL, HAM_REJECTED, HAM_SAME, HamUpdate
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.graph import namespace
 from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.persist import GraphStorage, GraphStorageError, IdleFlusher
 from dtp.graph.values import JSON, decode_value, encode_value, link_soul
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native import core as _core
+from dtp.native import reference as _reference
+from dtp.native.core import encode_ham_batch, zero_negative_states
+from dtp.native.types import (
+    HAM_APPLIED,
+    HAM_DEFERRED,
+    HAM_HISTORICAL,
+    HAM_REJECTED,
+    HAM_SAME,
+    HamUpdate,
+)
 
 LEAF_BITS = 16
 """Souls are spread over 2**16 leaves by ``blake2b(soul, digest_size=2)``."""
@@ -458,7 +466,7 @@ class Graph:
     ``now_ms``: the wall clock (injectable for tests); ``max_drift_ms``: how far ahead of
     it a peer's state may be before the update is deferred (0 to 2**44 ms). ``ham``: ``"c"``,
     ``"python"`` (the twin) or None for the process-wide backend
-    (``dtp._core.HamGraph``). ``max_deferred_bytes``: cap of the deferred queue.
+    (``dtp.native.core.HamGraph``). ``max_deferred_bytes``: cap of the deferred queue.
 
     Thread-safe: sync sessions in other threads merge while the application reads.
     """

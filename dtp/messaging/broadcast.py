@@ -63,17 +63,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError, DTPError, InvalidObjectId, ObjectNotFound
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.keys import sui_address_from_public_key
+from dtp.ledger.objects import normalize_id
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 from dtp.messaging.protocol import _check_wait
 from dtp.messaging.pubsub import _PatientReads
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.messaging.rpc import BlockingStream
 
 __all__ = [

@@ -7,10 +7,10 @@ import threading
 from collections.abc import Callable
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.escrow import Meter, Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed

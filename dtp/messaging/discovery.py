@@ -33,17 +33,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from dtp.chain.objects import EventFilter, normalize_id
 from dtp.errors import DTPError, InvalidObjectId, ObjectNotFound
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.keys import sui_address_from_public_key
+from dtp.ledger.objects import EventFilter, normalize_id
 from dtp.messaging import errors as E
 from dtp.messaging.framing import decode_body
 from dtp.messaging.protocol import _check_count, _check_wait
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Endpoint, Ledger
-    from dtp.chain.objects import Sla
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Endpoint, Ledger
+    from dtp.ledger.objects import Sla
     from dtp.messaging.pubsub import PubSubNode
 
 __all__ = [

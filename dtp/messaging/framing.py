@@ -18,8 +18,8 @@ from typing import Any, Final
 
 import msgpack
 
-from dtp._buffers import bytes_like
 from dtp.messaging.errors import MalformedMessage, PayloadTooLarge, not_encodable
+from dtp.protocol.buffers import bytes_like
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE",

@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from dtp.admission import LedgerAdmission, while_opening
-from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import DTPError, LocalProtocolError, ObjectNotFound
 from dtp.escrow import ConnectionTerms, Meter, Receipt, check_next_receipt
+from dtp.ledger.objects import Sla, normalize_id
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
@@ -73,8 +73,8 @@ from dtp.messaging.protocol import (
 from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
-    from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.receipt_store import ReceiptStore
 
 __all__ = [
@@ -867,8 +867,8 @@ class ResponseFeePolicy:
         plain socket). An escrow's ID is public (a shared object, its deposit event):
         served to anyone naming it, a third party had the server paid with the
         requester's fee for its own response; so only its requester may use it."""
-        from dtp.chain.ledger import RESPONSE_ESCROW_OPEN
         from dtp.errors import ChainError
+        from dtp.ledger.interface import RESPONSE_ESCROW_OPEN
 
         escrow_id = None if meta is None else meta.get("re")
         if escrow_id is None:
@@ -922,9 +922,9 @@ class ResponseFeePolicy:
 
     def acknowledged(self, escrow_id: str, signature: bytes) -> bool:
         """Keep a requester's acknowledgement if it verifies; returns whether it did."""
-        from dtp.chain.ledger import response_ack_message
         from dtp.errors import ChainError
         from dtp.escrow import _verify_ed25519
+        from dtp.ledger.interface import response_ack_message
 
         with self._lock:
             entry = self.answered.get(escrow_id)
@@ -1440,7 +1440,7 @@ class RpcClient:
         self._wake_followers()
 
     def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
-        from dtp.chain.ledger import response_ack_message
+        from dtp.ledger.interface import response_ack_message
 
         assert self.prepay is not None and call.escrow_id is not None
         message = response_ack_message(call.escrow_id, response_hash(event.body))
@@ -2960,7 +2960,7 @@ class AsyncRpcClient:
             future = self._futures.pop(event.request_id, None)
             escrow_id = self._escrows.pop(event.request_id, None)
             if escrow_id is not None and self.prepay is not None:
-                from dtp.chain.ledger import response_ack_message
+                from dtp.ledger.interface import response_ack_message
 
                 message = response_ack_message(escrow_id, response_hash(event.body))
                 self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 from noise.connection import Keypair, NoiseConnection
 
-from dtp._filelock import companion, lock_exclusive
-from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.errors import InvalidArgument
-from dtp.keys import sui_address_from_public_key
+from dtp.identity.files import companion, lock_exclusive
+from dtp.identity.keys import sui_address_from_public_key
+from dtp.ledger.objects import MAX_PURE_BYTES
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
 from dtp.messaging.protocol import _check_our_timeout
@@ -49,8 +49,8 @@ from dtp.messaging.protocol import _check_our_timeout
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from dtp.chain.ledger import Ledger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
     from dtp.messaging.rpc import RpcClient, RpcServer
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ _NAMES: Final = {
 PROLOGUE: Final = b"DTP-SEALED-V1"
 SIGN_DOMAIN: Final = b"DTP-SEALED-SENDER-V1"
 #: Largest sealed message (it must fit one ``mailbox::send``).
-MAX_SEALED: Final = MAX_PURE_BYTES  # dtp.chain.ledger.MAX_MAIL_PAYLOAD
+MAX_SEALED: Final = MAX_PURE_BYTES  # dtp.ledger.interface.MAX_MAIL_PAYLOAD
 #: Largest body: the sealed size minus the worst-case overhead (X header, address,
 #: signature, ids and msgpack framing).
 MAX_BODY: Final = MAX_SEALED - 512
@@ -342,8 +342,8 @@ def open_sealed(
 def _canonical(host_id: str) -> str:
     """``host_id`` as the ledger spells object IDs (``0x`` + 64 lower-case hex); other
     text (not an object ID) as it is."""
-    from dtp.chain.objects import normalize_id
     from dtp.errors import InvalidObjectId
+    from dtp.ledger.objects import normalize_id
 
     try:
         return normalize_id(host_id, "host ID")
@@ -500,8 +500,8 @@ class SealedInbox:
         if not isinstance(host_id, str):
             raise TypeError(f"host_id must be a str, not {type(host_id).__name__!r}")
         if ledger is not None:
-            from dtp.chain.objects import normalize_id
             from dtp.errors import InvalidObjectId
+            from dtp.ledger.objects import normalize_id
 
             # fetch reads the mailbox by it: with anything but an object ID it skipped
             # all the mail, moving (and saving) the cursor past it
@@ -683,7 +683,7 @@ class SealedInbox:
         """Write the whole state (cursor and ids) and empty the journal."""
         if self._path is None:
             return
-        from dtp.keys import _fsync_directory
+        from dtp.identity.keys import _fsync_directory
 
         epoch = os.urandom(8).hex()
         state = {
@@ -965,7 +965,7 @@ class SealedInbox:
         ended; the wait for something new is not part of a turn. A fetch from an
         ``on_message`` handler (see :meth:`register`) while another fetch waits for that
         handler's message returns [] at once: the other fetch delivers the mail."""
-        from dtp.chain.objects import EventFilter
+        from dtp.ledger.objects import EventFilter
 
         if self.ledger is None:
             raise E.SealedError("this inbox has no ledger")

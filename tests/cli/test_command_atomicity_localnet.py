@@ -231,7 +231,7 @@ def test_deploy_stopped_by_sigterm_takes_its_sui_child_with_it(place: Path) -> N
         )
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
-        assert wait_for(lambda: _gone(child), timeout=2)
+        assert wait_for(lambda: _gone(child), timeout=10)
         assert "Traceback" not in err, err
         assert proc.returncode == 128 + signal.SIGTERM
     finally:

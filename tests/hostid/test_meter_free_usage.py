@@ -22,6 +22,7 @@ from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
 from tests.hostid.test_meter_cadence_requests import echo_streams
 from tests.paid_inprocess import ident, paid_service
+from tests.polling import wait_for
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)
@@ -126,5 +127,9 @@ def test_a_service_priced_by_the_request_gets_a_receipt_per_request_at_most(
         assert signed[-1].total_requests == requests
         assert signed[-1].total_amount == fee(BY_REQUEST, 0, requests)
         # the server counted the requests as the client did: it claimed the last one
-        escrow = ledger.get_escrow(ledger.get_connection(connection_id).escrow)
-        assert escrow.claimed == fee(BY_REQUEST, 0, requests)
+        # (after the client's close, in its own time)
+        escrow_id = ledger.get_connection(connection_id).escrow
+        assert wait_for(
+            lambda: ledger.get_escrow(escrow_id).claimed == fee(BY_REQUEST, 0, requests),
+            timeout=20,
+        ), ledger.get_escrow(escrow_id)

@@ -39,7 +39,7 @@ from tests.sui_proxies import ResettingProxy
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
-LOGGER = "dtp.chain.sui_client"
+LOGGER = "dtp.ledger.sui_client"
 
 
 @pytest.fixture

@@ -61,11 +61,11 @@ TIMEOUT = 60.0
 #: Blocks of the READ_ONLY docs that are not run: key -> (its first line, why).
 OTHER_SKIP: dict[str, tuple[str, str]] = {
     "docs/sui.md#2": (
-        "from dtp.chain.sui import SuiLedger, SuiConfig",
+        "from dtp.ledger.sui import SuiLedger, SuiConfig",
         "needs a Sui full node (DTP_SUI_RPC, DTP_SUI_PACKAGE); the live tests cover it",
     ),
     "docs/sui.md#3": (
-        "from dtp.chain.sui import SuiConfig, SuiLedger",
+        "from dtp.ledger.sui import SuiConfig, SuiLedger",
         "imports the node stand-in from the repository's tests/ (run from the checkout); "
         "tests/ledger/test_sui_on_standin.py does the same",
     ),

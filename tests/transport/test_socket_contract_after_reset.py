@@ -239,7 +239,7 @@ def test_a_raising_handler_aborts_the_connection_and_is_logged(
 @pytest.mark.parametrize("make", ["create_server", "DTPServer"])
 def test_a_server_identity_that_is_no_host_identity_is_refused(identity: Any, make: str) -> None:
     before = {t.ident for t in threading.enumerate()}
-    with pytest.raises(TypeError, match=r"dtp\.keys\.HostIdentity"):
+    with pytest.raises(TypeError, match=r"dtp\.identity\.keys\.HostIdentity"):
         if make == "create_server":
             dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
         else:
@@ -255,7 +255,7 @@ def test_serve_refuses_an_identity_before_touching_the_ledger(tmp_path: Path) ->
         host = ledger.create_host(SERVER_ID, SERVER_ID.noise_public)
         ledger.add_service(SERVER_ID, host, 443, "echo", Sla(10, 5, 1000))
         endpoint = ledger.get_host(host).endpoints
-        with pytest.raises(TypeError, match=r"dtp\.keys\.HostIdentity"):
+        with pytest.raises(TypeError, match=r"dtp\.identity\.keys\.HostIdentity"):
             dtp.socket.serve(
                 host,
                 443,

@@ -1,0 +1,636 @@
+"""The ledger interface: one method per entry point of the ``move/dtp`` package.
+
+Two implementations follow it: :class:`dtp.ledger.local.LocalLedger` (embedded, SQLite)
+and ``SuiLedger`` (real Sui through pysui). Both execute the rules of docs/escrow.md with
+the same checks, in the same order, raising the same :class:`dtp.errors.ChainError`
+subclasses with the same ``.name`` (the Move error constant; see
+``dtp.errors.MOVE_ERRORS``).
+
+Conventions:
+
+- The first argument of every state-changing method is the *signer*, the
+  :class:`~dtp.identity.keys.HostIdentity` whose address is the transaction sender (Move's
+  ``ctx.sender()``). The ledger builds the transaction, signs it with
+  ``signer.sign_transaction`` and executes it (``LocalLedger``, running it in this
+  process with the signer's key in hand, runs a plain ``HostIdentity``'s as its address
+  without the signature; its ``execute`` of raw bytes checks one).
+- Object IDs and addresses are ``0x`` + 64 hex digits (a shorter hex form is padded like
+  Sui does; anything else raises :class:`~dtp.errors.InvalidObjectId`).
+- Money: SUI balances per address, in MIST. Deposits, top-ups and contributions are taken
+  from the signer's balance; payments and refunds are added to the receiver's balance.
+  Gas is not modelled by this interface (``LocalLedger`` charges none; ``SuiLedger`` pays
+  it from the signer's gas coins on top).
+- Where Move takes several related objects (a connection's escrow, its cap) the method
+  takes the main ID and looks the others up; the optional keyword arguments
+  ``escrow_id`` / ``cap_id`` pass a different object explicitly, which is exactly what
+  Move would receive (and refuses with ``EWrongEscrow`` / ``EWrongSpendingCap``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
+from dtp.ledger.economics import PaymentModels
+from dtp.ledger.objects import (
+    MAX_PURE_BYTES,
+    Broadcast,
+    ChainObject,
+    ConnectionState,
+    Escrow,
+    Event,
+    EventFilter,
+    EventRead,
+    Host,
+    OpenedConnection,
+    Pipe,
+    Settlement,
+    Sla,
+    SpendingCap,
+    TransportControl,
+)
+
+if TYPE_CHECKING:
+    from dtp.escrow import Receipt
+    from dtp.identity.keys import HostIdentity
+
+__all__ = [
+    "MAX_MAIL_PAYLOAD",
+    "MAX_REQUEST_ID_LENGTH",
+    "MAX_RESPONSE_LENGTH",
+    "RESPONSE_ACK_DOMAIN",
+    "RESPONSE_ESCROW_DELIVERED",
+    "RESPONSE_ESCROW_OPEN",
+    "RESPONSE_ESCROW_PAID",
+    "RESPONSE_ESCROW_REFUNDED",
+    "ConnectionView",
+    "Endpoint",
+    "Ledger",
+    "PendingOpen",
+    "ResponseEscrow",
+    "response_ack_message",
+]
+
+#: An endpoint as given by callers: bytes, or text encoded as UTF-8.
+Endpoint = bytes | str
+
+# -- messaging: mailbox and response escrow (move/dtp/sources/mailbox.move,
+# -- response_escrow.move; docs/escrow.md "Mailbox and response escrow") ----------------------
+
+#: Largest sealed message one ``mailbox::send`` may carry (bytes).
+MAX_MAIL_PAYLOAD: Final = MAX_PURE_BYTES
+#: Largest response ``response_escrow::deliver`` may post (bytes).
+MAX_RESPONSE_LENGTH: Final = MAX_PURE_BYTES
+#: Longest request id a ResponseEscrow records (bytes).
+MAX_REQUEST_ID_LENGTH: Final = 64
+#: ``ResponseEscrow.state`` values.
+RESPONSE_ESCROW_OPEN: Final = 0
+RESPONSE_ESCROW_PAID: Final = 1
+RESPONSE_ESCROW_DELIVERED: Final = 2
+RESPONSE_ESCROW_REFUNDED: Final = 3
+#: Domain tag of response acknowledgements.
+RESPONSE_ACK_DOMAIN: Final = b"DTP-RESPONSE-V1"
+
+
+def response_ack_message(escrow_id: str, response_hash: bytes) -> bytes:
+    """The 80 bytes a requester signs (raw Ed25519) to acknowledge a response: BCS of
+    ``RESPONSE_ACK_DOMAIN`` (length-prefixed) || escrow ID (32) || response hash (32)."""
+    from dtp.escrow import object_id_bytes
+
+    if len(response_hash) != 32:
+        raise ValueError("a response hash is 32 bytes")
+    return (
+        bytes([len(RESPONSE_ACK_DOMAIN)])
+        + RESPONSE_ACK_DOMAIN
+        + object_id_bytes(escrow_id)
+        + bytes(response_hash)
+    )
+
+
+@dataclass(frozen=True)
+class ResponseEscrow:
+    """A prepaid response fee (``dtp::response_escrow::ResponseEscrow``)."""
+
+    object_id: str
+    version: int
+    #: Who prepaid and gets the fee back after the deadline.
+    requester: str
+    #: The requester's Ed25519 key: acknowledgements verify against it.
+    requester_public_key: bytes
+    #: The server's address: the only one that can claim or deliver.
+    server: str
+    #: Opaque id chosen by the requester (at most 64 bytes).
+    request_id: bytes
+    #: Ledger clock (ms) after which the requester may take the fee back.
+    deadline_ms: int
+    #: MIST held (0 once paid or refunded).
+    funds: int
+    #: MIST deposited.
+    amount: int
+    #: RESPONSE_ESCROW_OPEN / _PAID / _DELIVERED / _REFUNDED.
+    state: int
+
+    @classmethod
+    def from_fields(cls, object_id: str, version: int, d: Mapping[str, Any]) -> ResponseEscrow:
+        """The escrow from its Move fields by name (decoded BCS or stored JSON); KeyError
+        for a field missing."""
+        return cls(
+            object_id,
+            version,
+            d["requester"],
+            d["requester_public_key"],
+            d["server"],
+            d["request_id"],
+            d["deadline_ms"],
+            d["funds"],
+            d["amount"],
+            d["state"],
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    """A connection and what deciding on it takes (:meth:`Ledger.connection_view`)."""
+
+    connection: TransportControl
+    escrow: Escrow
+    host: Host
+    cap: SpendingCap | None = None
+    """The escrow's SpendingCap (None unless asked for)."""
+    epoch: int | None = None
+    """The epoch, read with the cap."""
+
+
+def _connection_view(
+    tc: TransportControl, found: Sequence[ChainObject], host_id: str, epoch: int | None
+) -> ConnectionView:
+    """A :class:`ConnectionView` from the objects read for ``tc``: its escrow, the host
+    and maybe its cap, in that order (each checked to be of its type)."""
+    escrow, host = found[0], found[1]
+    cap = found[2] if len(found) > 2 else None
+    if not isinstance(escrow, Escrow):
+        raise ObjectNotFound(f"Object {tc.escrow} is not an Escrow.")
+    if not isinstance(host, Host):
+        raise ObjectNotFound(f"Object {host_id} is not a Host.")
+    if cap is not None and not isinstance(cap, SpendingCap):
+        raise ObjectNotFound(f"Object {tc.spending_cap} is not a SpendingCap.")
+    return ConnectionView(tc, escrow, host, cap, epoch)
+
+
+class PendingOpen:
+    """A signed ``transport_control::open`` not yet executed, with the IDs it creates
+    (derived from the transaction's digest, as Sui derives them): a client can name the
+    connection in its handshake while the open lands (:meth:`execute`, once)."""
+
+    def __init__(
+        self, connection_id: str, escrow_id: str, run: Callable[[], OpenedConnection]
+    ) -> None:
+        self.connection_id = connection_id
+        self.escrow_id = escrow_id
+        self._run: Callable[[], OpenedConnection] | None = run
+        self._failed: BaseException | None = None
+        self.opened: OpenedConnection | None = None
+        """What :meth:`execute` returned (None before it succeeded)."""
+
+    def execute(self) -> OpenedConnection:
+        """Execute the open (the ledger's errors as ``open_connection`` raises them);
+        the IDs are checked to be the ones announced (ChainError otherwise). Once only:
+        after a failure, a further call raises InvalidTransaction (the signed
+        transaction is spent or stale; prepare a new open)."""
+        if self.opened is not None:
+            return self.opened
+        run, self._run = self._run, None
+        if run is None:
+            raise InvalidTransaction(
+                f"this open was executed already and failed ({self._failed!r}): prepare a new one"
+            )
+        try:
+            opened = run()
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        if (opened.connection_id, opened.escrow_id) != (self.connection_id, self.escrow_id):
+            self._failed = ChainError(
+                f"the open created {opened.connection_id}, not the {self.connection_id} "
+                "it announced"
+            )
+            raise self._failed
+        self.opened = opened
+        return opened
+
+
+class Ledger(PaymentModels, abc.ABC):
+    """A DTP control-plane ledger (see the module docs for the conventions; the payment
+    models' methods come from :class:`~dtp.ledger.economics.PaymentModels`)."""
+
+    # -- host (dtp::host) -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_host(
+        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+    ) -> str:
+        """``host::create``: a shared Host with authority = signer. Returns the host ID.
+
+        The Noise key must be 32 bytes and not a low-order X25519 point (the all-zero key,
+        say), with which no handshake could succeed: ``HostConfigError``
+        (``EInvalidNoiseKey``)."""
+
+    @abc.abstractmethod
+    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        """``host::set_authority`` (authority only)."""
+
+    @abc.abstractmethod
+    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        """``host::set_noise_static_key`` (authority only; 32 bytes, not a low-order
+        point: ``EInvalidNoiseKey``)."""
+
+    @abc.abstractmethod
+    def set_endpoints(
+        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
+    ) -> None:
+        """``host::set_endpoints`` (authority only; at most 16, each at most 256 bytes)."""
+
+    @abc.abstractmethod
+    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        """``host::set_firewall_mode``: 0 allow-all, 1 allow-listed."""
+
+    @abc.abstractmethod
+    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::allow``: add ``client`` to the allow list (idempotent)."""
+
+    @abc.abstractmethod
+    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::disallow``: remove ``client`` from the allow list (idempotent)."""
+
+    @abc.abstractmethod
+    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::deny``: add ``client`` to the deny list (idempotent)."""
+
+    @abc.abstractmethod
+    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        """``host::undeny``: remove ``client`` from the deny list (idempotent)."""
+
+    @abc.abstractmethod
+    def set_client_limits(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        max_connections_per_client: int,
+        max_bytes_per_sec: int,
+        max_requests_per_sec: int,
+    ) -> None:
+        """``host::set_client_limits`` (0 = unlimited)."""
+
+    @abc.abstractmethod
+    def add_service(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        kind: str | bytes,
+        sla: Sla,
+        max_connections: int = 0,
+    ) -> None:
+        """``host::add_service`` on ``port`` (u16). ``kind`` is text, or bytes taken as
+        given: the Move call gets a ``vector<u8>`` and makes it a String with
+        ``string::utf8``, which aborts on bytes that are not UTF-8 (``std::string``'s
+        ``EInvalidUTF8``, a :class:`~dtp.errors.ChainError` named ``"MoveAbort"``)."""
+
+    @abc.abstractmethod
+    def update_service(
+        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
+    ) -> None:
+        """``host::update_service``: new terms for connections opened afterwards."""
+
+    @abc.abstractmethod
+    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        """``host::remove_service``: no new connections; open ones go on under their SLA."""
+
+    # -- spending cap (dtp::spending_cap) ---------------------------------------------------
+
+    @abc.abstractmethod
+    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        """``spending_cap::create``: a shared cap owned by the signer. Returns its ID."""
+
+    @abc.abstractmethod
+    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups
+        from now on, what is reserved stays reserved)."""
+
+    # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
+
+    @abc.abstractmethod
+    def open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> OpenedConnection:
+        """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
+        new escrow, and are reserved on the spending cap ``cap_id`` for this epoch (the
+        Host is only read). ``client_public_key`` defaults to the signer's Ed25519 key."""
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen | None:
+        """:meth:`open_connection` signed now and executed later
+        (:meth:`PendingOpen.execute`), its connection and escrow IDs known at once; None
+        where the ledger does not tell them ahead (then call :meth:`open_connection`)."""
+        return None
+
+    @abc.abstractmethod
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
+    ) -> None:
+        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance,
+        reserved on the spending cap (``cap_id``, by default the escrow's)."""
+
+    @abc.abstractmethod
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
+        """``escrow::claim`` (server only): returns the MIST paid to the server. The
+        spending cap is not involved: the deposit was reserved on it."""
+
+    @abc.abstractmethod
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
+        """``transport_control::close``: half-close, or complete the peer's half-close."""
+
+    @abc.abstractmethod
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
+        """``transport_control::finalize``: close a half-closed connection after the timeout."""
+
+    @abc.abstractmethod
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        """``transport_control::settle``: refund the escrow's remainder to the client and
+        release it on the spending cap (``escrow_id`` and ``cap_id`` default to the
+        connection's)."""
+
+    @abc.abstractmethod
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        """``transport_control::settle_with_receipt``: claim ``receipt``, then settle."""
+
+    # -- pipes (dtp::pipe, dtp::inner_pipe) -------------------------------------------------
+
+    @abc.abstractmethod
+    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        """``pipe::create``: a Pipe owned by the signer. Returns its ID."""
+
+    @abc.abstractmethod
+    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        """``pipe::send`` (owner only): emits ``PipeDataSent``; returns the record's seq."""
+
+    @abc.abstractmethod
+    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        """``pipe::sync`` (owner only): every seq below ``acked`` was received."""
+
+    @abc.abstractmethod
+    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        """``pipe::destroy`` (owner only)."""
+
+    # -- broadcast (dtp::broadcast) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_broadcast(
+        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
+    ) -> str:
+        """``broadcast::create``: slot 0 starts now. Returns the broadcast ID.
+        ``channel`` is text, or bytes taken as given: ``string::utf8`` aborts on bytes
+        that are not UTF-8, as for :meth:`add_service`'s ``kind``."""
+
+    @abc.abstractmethod
+    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        """``broadcast::contribute``: ``amount`` MIST from the signer's balance to the pool."""
+
+    @abc.abstractmethod
+    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        """``broadcast::transmit`` (broadcaster, on air): returns the message's seq."""
+
+    @abc.abstractmethod
+    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::claim`` (broadcaster): returns the MIST paid out."""
+
+    @abc.abstractmethod
+    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        """``broadcast::cancel`` (broadcaster)."""
+
+    @abc.abstractmethod
+    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+
+    # -- payment (dtp::payment) -----------------------------------------------------------------
+    # Not abstract, as the messaging calls below; both built-in ledgers implement it.
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        """``payment::pay``: send ``amount`` MIST (> 0) from the signer's balance to the
+        address ``recipient``, with a ``memo`` of at most ``MAX_PAYMENT_MEMO`` (256) bytes
+        carried by its ``PaymentSent`` event: a tip, a reward, a bounty."""
+        raise NotImplementedError(f"{type(self).__name__} has no payment call")
+
+    # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
+    # Not abstract: ledgers written before these modules keep working; both built-in
+    # ledgers implement them.
+
+    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        """``mailbox::send``: emit ``MailDeposited { recipient_host, payload }`` for the Host
+        ``host_id`` (1..MAX_MAIL_PAYLOAD bytes; anyone may send)."""
+        raise NotImplementedError(f"{type(self).__name__} has no mailbox")
+
+    def response_escrow_deposit(
+        self,
+        signer: HostIdentity,
+        server: str,
+        request_id: bytes,
+        amount: int,
+        deadline_ms: int,
+        requester_public_key: bytes | None = None,
+    ) -> str:
+        """``response_escrow::deposit``: prepay ``amount`` MIST for a response from
+        ``server`` by ``deadline_ms`` (ledger clock). Returns the ResponseEscrow ID."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_claim(
+        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
+    ) -> int:
+        """``response_escrow::claim`` (server): paid with the requester's acknowledgement
+        (signature over :func:`response_ack_message`). Returns the MIST paid."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        """``response_escrow::deliver`` (server, before the deadline): post the response
+        as an event and take the fee. Returns the MIST paid."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        """``response_escrow::refund`` (requester, after the deadline). Returns the refund."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
+        """The ResponseEscrow ``escrow_id``."""
+        raise NotImplementedError(f"{type(self).__name__} has no response escrow")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_object(self, object_id: str) -> ChainObject:
+        """Any object by ID, typed (raises :class:`~dtp.errors.ObjectNotFound`)."""
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        """The connection ``connection_id`` with its escrow and the Host ``host_id`` (and,
+        ``with_cap``, its SpendingCap and the epoch), read together where the ledger can
+        (LocalLedger: one statement, one snapshot). None when there is no such connection;
+        :class:`~dtp.errors.ObjectNotFound` when one of the others is missing."""
+        try:
+            tc = self.get_connection(connection_id)
+        except ObjectNotFound:
+            return None
+        wanted = [tc.escrow, host_id] + ([tc.spending_cap] if with_cap else [])
+        found = self.get_objects(wanted)
+        return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        """Several objects by ID, typed, in the order asked (raises
+        :class:`~dtp.errors.ObjectNotFound` for a missing one). One read where the ledger
+        can (LocalLedger: one statement, one snapshot); here: one :meth:`get_object` each."""
+        return [self.get_object(object_id) for object_id in object_ids]
+
+    @abc.abstractmethod
+    def get_host(self, host_id: str) -> Host:
+        """The Host ``host_id``."""
+
+    @abc.abstractmethod
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        """The SpendingCap ``cap_id``."""
+
+    @abc.abstractmethod
+    def get_connection(self, connection_id: str) -> TransportControl:
+        """The TransportControl ``connection_id``."""
+
+    def connection_state(self, connection_id: str) -> ConnectionState:
+        """The state of the TransportControl ``connection_id`` alone (a paid client's
+        close asks only this: whether the server settled). Ledgers that can read one
+        field for less than the whole object override it."""
+        return self.get_connection(connection_id).state
+
+    @abc.abstractmethod
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        """The Escrow ``escrow_id``."""
+
+    @abc.abstractmethod
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        """The Pipe ``pipe_id``."""
+
+    @abc.abstractmethod
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        """The Broadcast ``broadcast_id`` (pool and earnings as last accounted)."""
+
+    @abc.abstractmethod
+    def balance(self, address: str) -> int:
+        """The SUI balance of ``address``, in MIST."""
+
+    def gas_coin_count(self, address: str) -> int | None:
+        """How many SUI coins ``address`` owns (on Sui, a transaction pays its gas from
+        them); None on a ledger that keeps balances, not coin objects (LocalLedger)."""
+        return None
+
+    @abc.abstractmethod
+    def clock_ms(self) -> int:
+        """The ledger clock (Sui's ``Clock``), in milliseconds."""
+
+    @abc.abstractmethod
+    def epoch(self) -> int:
+        """The current epoch."""
+
+    # -- events ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """Events after ``cursor`` (from the start when None), oldest first, at most
+        ``limit``. Returns them and the cursor to pass next time (unchanged if none)."""
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        """:meth:`events`, and whether the read got to the end (:class:`EventRead`), which
+        a reader of a busy ledger cannot tell from the cursor: it moves over the events
+        (on Sui, the checkpoints) the filter leaves out as long as they are made. This
+        default says so only once the cursor stops moving; the ledgers know better."""
+        events, after = self.events(cursor, filter, limit)
+        return EventRead(events, after, after == cursor)
+
+    @abc.abstractmethod
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """Like :meth:`events`, but block up to ``timeout`` seconds until at least one
+        matching event exists; returns an empty list on timeout."""
+
+    def head_cursor(self) -> str | None:
+        """The cursor after the newest event now on the ledger (None: no events yet):
+        reading from it returns only events that come later."""
+        never = EventFilter(type="\x00no event has this type")
+        cursor: str | None = None
+        while True:
+            _, after = self.events(cursor, never, 1000)
+            if after == cursor:
+                return cursor
+            cursor = after
+
+    async def wait_events_async(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        """:meth:`wait_events` for asyncio code (runs it in a worker thread)."""
+        return await asyncio.to_thread(self.wait_events, cursor, timeout, filter, limit)
+
+    def close(self) -> None:  # optional hook: nothing to release by default
+        """Release resources (database handles, network clients)."""
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

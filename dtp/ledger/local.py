@@ -1,0 +1,2161 @@
+"""LocalLedger: the embedded ledger, persisted in SQLite, following the Move rules exactly.
+
+What it models of Sui:
+
+- **Objects** with 32-byte IDs (``0x`` + 64 hex) derived like Sui's from the transaction
+  digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
+  its sender and unusable by anyone else); versions (1 at creation, +1 on every
+  transaction that changes the object).
+- **Transactions**: every call is encoded canonically (:mod:`dtp.ledger.local_tx`);
+  :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
+  (``identity.sign_transaction``) against the claimed sender before it runs (one a
+  HostIdentity of this process has just made is known to verify:
+  :func:`dtp.identity.keys.verify_transaction` looks it up instead), while the ledger's own calls
+  with a HostIdentity in hand run as its address without a signature made to be found;
+  each (sender, nonce) pair executes at most once.
+  :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
+  transactions can be tried.
+- **Atomicity**: each call is one SQLite transaction; a failing call (any check, any
+  error) changes nothing, not even the nonce. A transaction reads and runs its rule
+  first and takes the write lock only to write its effects: should another writer have
+  committed in between, it runs again from the start. The file is in WAL mode with a
+  busy timeout, so every process on the machine can share it.
+- **Money**: SUI balances per address in MIST. Coins are not modelled one by one: a
+  ``Coin<SUI>`` argument is split off the sender's balance, payments are added to the
+  receiver's. **Gas is free.** :meth:`LocalLedger.faucet` mints test SUI and counts it,
+  so conservation can be audited: minted == balances + escrows + broadcast pools and
+  earnings (:meth:`LocalLedger.audit`).
+- **Events** in one global order; cursors are decimal strings of their position.
+- **Time**: the clock follows wall time (ms since the Unix epoch) plus an offset, never
+  going backwards, unless frozen (:meth:`freeze_clock`, :meth:`set_clock`, or
+  ``LocalLedger(path, clock_ms=0)``), in which case it moves only by
+  :meth:`advance_clock` / :meth:`set_clock`. It ends at :data:`CLOCK_MAX_MS` (2**63-1,
+  what SQLite stores). Epochs start at 0 and advance only by :meth:`advance_epoch`.
+  Clock and epoch are ledger state, shared by all processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    InvalidArgument,
+    InvalidTransaction,
+    LedgerUnavailable,
+    ObjectNotFound,
+    WrongSigner,
+)
+from dtp.escrow import Receipt
+from dtp.identity.keys import (
+    HostIdentity,
+    InvalidSignature,
+    verify_transaction,
+)
+from dtp.ledger import local_economics
+from dtp.ledger import local_rules as rules
+from dtp.ledger.economics import (
+    EconomicsObject,
+    economics_object_from_fields,
+)
+from dtp.ledger.interface import (
+    ConnectionView,
+    Endpoint,
+    Ledger,
+    PendingOpen,
+    ResponseEscrow,
+    _connection_view,
+)
+from dtp.ledger.local_tx import (
+    Address,
+    Tx,
+    TxValue,
+    base58,
+    decode_tx,
+    derive_object_id,
+    encode_tx,
+    tx_digest,
+)
+from dtp.ledger.objects import (
+    Broadcast,
+    ChainObject,
+    ConnectionState,
+    Escrow,
+    Event,
+    EventFilter,
+    EventRead,
+    Host,
+    ObjectRef,
+    OpenedConnection,
+    Pipe,
+    Settlement,
+    Sla,
+    SpendingCap,
+    TransportControl,
+    as_bytes,
+    as_bytes_list,
+    check_fields,
+    check_signer,
+    normalize_id,
+    object_from_fields,
+)
+from dtp.ledger.spec import default_local_path
+
+__all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
+
+logger = logging.getLogger(__name__)
+
+U64_MAX: Final = 2**64 - 1
+#: The largest event position SQLite can hold (a signed 64-bit INTEGER).
+_SEQ_MAX: Final = 2**63 - 1
+#: The latest time the clock can show: every event stores its time in a signed 64-bit
+#: INTEGER column, so a clock past it (a u64 still, as Sui's is) would make every
+#: transaction that emits an event fail in SQLite instead of running.
+CLOCK_MAX_MS: Final = _SEQ_MAX
+#: How long a call waits for another writer (any process) to finish before failing.
+_BUSY_TIMEOUT_S: Final = 30.0
+# Waits between tries while another writer holds the file. SQLite's own busy handler
+# sleeps 1, 2, 5, 10... ms, which is long next to the sub-millisecond transactions
+# here: two processes taking turns (a client opening while its server settles) would
+# wait a millisecond or more for a lock that is free after a fraction of that. So the
+# tries come every _FIRST_BACKOFF_S for as long as one other transaction could hold the
+# lock (_STEADY_BACKOFF_S), and only then further and further apart.
+_FIRST_BACKOFF_S: Final = 0.0001
+_STEADY_BACKOFF_S: Final = 0.002
+_MAX_BACKOFF_S: Final = 0.005
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, owner TEXT NOT NULL,
+    version INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS balances (address TEXT PRIMARY KEY, amount TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, sender TEXT NOT NULL,
+    tx_digest TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, fields TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS transactions (
+    sender TEXT NOT NULL, nonce TEXT NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (sender, nonce));
+"""
+
+#: The schema's version, in the file's user_version (0: a ledger from before it was kept).
+_SCHEMA_VERSION: Final = 1
+#: The tables of a ledger file.
+_TABLES: Final = frozenset({"meta", "objects", "balances", "events", "transactions"})
+
+# Upserts, not INSERT OR REPLACE: REPLACE deletes the row and inserts it again under a
+# new rowid, dirtying the table's and the key index's pages; an in-place update dirties
+# one page, so each transaction's commit writes fewer WAL frames.
+_UPSERT_META: Final = (
+    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+_UPSERT_BALANCE: Final = (
+    "INSERT INTO balances VALUES (?, ?) ON CONFLICT(address) DO UPDATE SET amount = excluded.amount"
+)
+
+_META_DEFAULTS: Final = {
+    "epoch": "0",
+    "minted": "0",
+    "clock_frozen": "0",
+    "clock_ms": "0",
+    "clock_offset": "0",
+    "clock_floor": "0",
+}
+
+T = TypeVar("T")
+
+# LocalLedger.connection_view: a connection (?1), the escrow and cap its data names, a
+# host (?2), and with ?3 the epoch (under the empty ID)
+_CONNECTION_VIEW: Final = """
+SELECT id, type, version, data FROM objects WHERE id IN (
+    ?1, ?2,
+    (SELECT json_extract(data, '$.escrow') FROM objects WHERE id = ?1),
+    (SELECT json_extract(data, '$.spending_cap') FROM objects WHERE id = ?1 AND ?3))
+UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
+"""
+
+# LocalLedger's own calls skip decoding the bytes they just encoded below this size (far
+# below the decoder's limits: 64 arguments, 1 MiB a field)
+_DIRECT_TX_MAX: Final = 4096
+_DIRECT_ARGS_MAX: Final = 16
+
+# The payment models' rules (docs/escrow.md §13-16) join the call table.
+rules.FUNCTIONS.update(local_economics.FUNCTIONS)
+rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
+#: Escrow-like money holders of the payment models: Move type -> the balance field.
+_ESCROW_LIKE: Final = {
+    rules.OBJECT_TYPES["Subscription"]: "funds",
+    rules.OBJECT_TYPES["SponsorPool"]: "funds",
+    rules.OBJECT_TYPES["RetainedRecord"]: "deposit",
+}
+
+
+def default_ledger_path() -> Path:
+    """The file the ledger spec ``local`` names (:func:`dtp.ledger.spec.default_local_path`):
+    the one ``$DTP_LEDGER`` names when it names a file, else
+    ``$XDG_DATA_HOME/dtp/localnet.sqlite`` (``~/.local/share`` when XDG_DATA_HOME is
+    unset or relative)."""
+    return default_local_path()
+
+
+def _u64(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+        raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
+    return value
+
+
+def _wall_ms() -> int:
+    """The wall clock in ms since the epoch: the one place the ledger reads it (a test
+    steps it back here, as no test can step the machine's clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def _clock(value: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= CLOCK_MAX_MS:
+        raise InvalidArgument(
+            f"{what} must be an integer from 0 to 2**63-1 ms (the ledger's latest time), "
+            f"got {value!r}."
+        )
+    return value
+
+
+def _endpoints(values: Sequence[Endpoint]) -> list[TxValue]:
+    return list[TxValue](as_bytes_list(values))
+
+
+def _tx_value(value: Any, depth: int) -> TxValue:
+    """A :meth:`LocalLedger.build_tx` argument checked as the decoder reads it back: an
+    Address of a whole ID (a short one would be encoded short and its bytes read as the
+    next value's), a u64, bytes, or a vector (two levels at most)."""
+    if isinstance(value, Address):
+        return Address(normalize_id(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _u64(value, "A transaction argument")
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, list) and depth < 2:
+        return [_tx_value(item, depth + 1) for item in value]
+    raise InvalidArgument(
+        f"A transaction argument must be an Address, a u64, bytes or a list of them (two "
+        f"levels at most), got {value!r}."
+    )
+
+
+def _encodes_as_utf8(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (no lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _replayed(tx: Tx) -> InvalidTransaction:
+    return InvalidTransaction(
+        f"Sender {tx.sender} already executed a transaction with nonce {tx.nonce} "
+        "(replayed transaction)."
+    )
+
+
+class _Checkpointer:
+    """Checkpoints of file ledgers, off the transactions' path.
+
+    In WAL mode SQLite checkpoints from the connection whose commit takes the WAL past
+    ``wal_autocheckpoint`` pages: that commit then waits for the copy into the database
+    and two fsyncs, often milliseconds, where a transaction otherwise takes a fraction of
+    one. Here every :data:`_CHECKPOINT_EVERY` commits of a ledger handle start a short
+    thread that runs a PASSIVE checkpoint on a connection of its own (SQLite leaves the
+    GIL while it copies and syncs; PASSIVE neither waits for nor blocks readers and
+    writers); at most one at a time per file. SQLite's own checkpoint still restarts the
+    WAL, but only every :data:`_WAL_AUTOCHECKPOINT_PAGES` pages, and finds little left to
+    copy by then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        # ledger files by real path: handles reaching one file through different
+        # spellings (a relative path, a symlink, "x/../") share its checkpoints
+        self._running: set[str] = set()
+
+    def forked(self) -> None:
+        """In the child of fork(): the parent's checkpoint threads are not there, and one
+        may have held the lock or left its path marked as running."""
+        self._lock = threading.Condition()
+        self._running = set()
+
+    def wait(self, path: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a checkpoint of ``path`` (a real path, as
+        :func:`os.path.realpath` gives) still running to end; whether none is running now."""
+        with self._lock:
+            return self._lock.wait_for(lambda: path not in self._running, timeout)
+
+    def request(self, path: str) -> None:
+        """Start a checkpoint of ``path`` (a real path) unless one is running."""
+        with self._lock:
+            if path in self._running:
+                return
+            self._running.add(path)
+        threading.Thread(target=self._run, args=(path,), name="dtp-checkpoint", daemon=True).start()
+
+    def _run(self, path: str) -> None:
+        try:
+            # mode=rw: a file removed meanwhile is not created again
+            uri = Path(path).absolute().as_uri() + "?mode=rw"
+            db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # busy or gone: a later request tries again
+            logger.debug("checkpoint of %s skipped: %s", path, exc)
+        finally:
+            with self._lock:
+                self._running.discard(path)
+                self._lock.notify_all()
+
+
+_CHECKPOINTER: Final = _Checkpointer()
+#: Commits of one ledger handle between two background checkpoints.
+_CHECKPOINT_EVERY: Final = 64
+#: How long close() waits for a background checkpoint of its file to end.
+_CLOSE_WAITS_FOR_CHECKPOINT_S: Final = 5.0
+#: SQLite's own checkpoint threshold (pages), a bound should the background ones lag.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 8000
+
+
+def _nonces() -> itertools.count[int]:
+    # from a random start: two instances signing for one sender (threads, processes
+    # sharing the file, a parent and its forked child) never reuse a nonce
+    return itertools.count(int.from_bytes(os.urandom(8)) >> 1)
+
+
+def _unavailable(message: str) -> LedgerUnavailable:
+    return LedgerUnavailable(message, module="ledger")
+
+
+class _LedgerLocked(LedgerUnavailable, sqlite3.OperationalError):
+    """Another writer held the file past the busy timeout: LedgerUnavailable like every
+    failure of the file, and still the sqlite3.OperationalError ("database is locked")
+    callers caught before it was typed."""
+
+
+class _ClosedConnection:
+    """Held by a closed LocalLedger in place of its SQLite connection: any use raises a
+    typed error naming the ledger (not sqlite3.ProgrammingError); closing again is fine."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        raise _unavailable(f"The ledger {self._path} is closed: open a new LocalLedger.")
+
+    def close(self) -> None:
+        pass
+
+
+class _ReopenInChild:
+    """Held by a file LocalLedger in the child of fork() in place of the connection it
+    inherited, which must not be used there (its locks and WAL index state belong to the
+    parent): the first use opens the child's own connection to the same file."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        ledger = self._ledger
+        with ledger._lock:
+            if ledger._db is cast(sqlite3.Connection, self):
+                ledger._db = ledger._connect()
+        return getattr(ledger._db, name)
+
+    def close(self) -> None:
+        pass  # nothing of the child's own is open yet
+
+
+# Connections inherited across fork(), kept referenced in the child so that they are
+# never closed there: closing one would have SQLite release POSIX locks and maybe
+# checkpoint on the parent's behalf.
+_INHERITED: list[sqlite3.Connection] = []
+# Every live LocalLedger, for the fork handler below.
+_LEDGERS: weakref.WeakSet[LocalLedger] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _CHECKPOINTER.forked()
+    for ledger in list(_LEDGERS):
+        ledger._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(frozen=True)
+class TxResult:
+    """The effects of one executed transaction."""
+
+    digest: str
+    #: The Move function's return value (an ID, MIST amount, seq), or None.
+    value: Any
+    events: tuple[Event, ...]
+    created: tuple[str, ...]
+    #: The data of every object the transaction read or wrote, as it left them.
+    objects: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The epoch it ran in.
+    epoch: int = 0
+
+
+class _SqlStore:
+    """The rules' view of storage inside the current SQLite transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def load(self, object_id: str) -> tuple[str, str, int, dict[str, Any]] | None:
+        row = self.load_stored(object_id)
+        return None if row is None else row[:4]
+
+    def load_stored(self, object_id: str) -> tuple[str, str, int, dict[str, Any], str] | None:
+        row = self.db.execute(
+            "SELECT type, owner, version, data FROM objects WHERE id = ?", (object_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        version, data = _decoded(object_id, row[2], row[3])
+        return row[0], row[1], version, data, row[3]
+
+    def balance(self, address: str) -> int:
+        row = self.db.execute(
+            "SELECT amount FROM balances WHERE address = ?", (address,)
+        ).fetchone()
+        return _balance(address, row[0]) if row else 0
+
+    def balances(self, addresses: Sequence[str]) -> dict[str, int]:
+        """The balances of ``addresses`` that are not zero (one statement)."""
+        marks = ",".join("?" * len(addresses))
+        rows = self.db.execute(
+            f"SELECT address, amount FROM balances WHERE address IN ({marks})", addresses
+        )
+        return {address: _balance(address, amount) for address, amount in rows}
+
+
+class LocalLedger(Ledger):
+    """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
+    or ``":memory:"``: a ``str`` or ``os.PathLike`` (TypeError otherwise);
+    ``clock_ms`` freezes the clock at that time when given. Bad arguments are refused
+    before anything is created.
+
+    A handle may be used from many threads. It also survives ``fork()``: in the child, a
+    file ledger opens a connection of its own at its first use (SQLite connections must
+    not cross a fork, so the inherited one is left untouched) and draws fresh nonces,
+    so parent and child keep sharing the file as any two processes do. A ``:memory:``
+    ledger's child goes on with its own copy, which diverges from the parent's from
+    then on. After :meth:`close` every call raises :class:`~dtp.errors.LedgerUnavailable`.
+
+    A file that is not a ledger (not SQLite, or another program's SQLite database, left
+    untouched), that a newer schema wrote, or that fails under the handle (damaged, a
+    writer holding it past the busy timeout) raises
+    :class:`~dtp.errors.LedgerUnavailable` naming it, never a bare sqlite3 error."""
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
+        if not isinstance(path, str | os.PathLike):
+            # str(None) would be a file named "None" in the working directory
+            raise TypeError(f"The ledger path must be str or os.PathLike, got {path!r}.")
+        self.path = os.fspath(path)
+        if not isinstance(self.path, str):
+            raise TypeError(f"The ledger path must be text, got {self.path!r}.")
+        if not self.path:
+            # SQLite would open a private temporary file: a ledger nobody can share
+            raise InvalidArgument("The ledger path is empty.")
+        if "\0" in self.path:
+            # no file can be named so: SQLite and mkdir raise a bare ValueError
+            raise InvalidArgument(f"The ledger path {self.path!r} holds a NUL character.")
+        if clock_ms is not None:
+            _clock(clock_ms, "clock_ms")
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._commits = 0
+        self._nonce_counter = _nonces()
+        #: (clock_offset, ms): the latest wall-mode time this handle read (see _now)
+        self._clock_served: tuple[str, int] = ("", 0)
+        # the file's checkpoints are keyed by its real path, resolved once (not per
+        # commit): two handles on one file share them whatever path each was given
+        self._real_path = self.path if self.path == ":memory:" else os.path.realpath(self.path)
+        self._db = self._connect()
+        if self.path != ":memory:":
+            # again now that the file and its directories exist (a symlink among them)
+            self._real_path = os.path.realpath(self.path)
+        _LEDGERS.add(self)
+        if clock_ms is not None:
+            self.set_clock(clock_ms, allow_backwards=True)
+
+    def _forked(self) -> None:
+        """In the child of fork() (see the class docs): the threads that may have held
+        the locks are gone, and the parent goes on drawing the same nonces."""
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._nonce_counter = _nonces()
+        if self.path != ":memory:" and isinstance(self._db, sqlite3.Connection):
+            _INHERITED.append(self._db)
+            self._db = cast(sqlite3.Connection, _ReopenInChild(self))
+
+    def _connect(self) -> sqlite3.Connection:
+        """:meth:`_open`, with failures as a typed error naming the file."""
+        previous = getattr(self, "_db", None)
+        try:
+            return self._open()
+        except (sqlite3.Error, OSError, ChainError) as error:
+            if previous is not None:
+                self._db = previous  # a child's reopening: the next use tries again
+            exc = error.__cause__ if isinstance(error.__cause__, sqlite3.Error) else error
+            if isinstance(exc, ChainError):
+                raise  # typed and worded already (not a ledger, a newer schema)
+            # a typed one-line error naming the file, not SQLite's bare "file is not a
+            # database" (callers such as the CLI report ChainError as it is)
+            reason = str(exc)
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+            elif os.path.isdir(self.path):
+                reason = "it is a directory"  # SQLite only says "unable to open database file"
+            raise _unavailable(f"cannot open the ledger {self.path}: {reason}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect to ``self.path`` and set the file up (WAL, schema)."""
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # no SQLite busy handler: _retry waits for other writers, with finer steps
+        self._db = sqlite3.connect(
+            self.path, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            with self._lock:
+                self._db.execute("PRAGMA busy_timeout = 0")
+                if self.path != ":memory:":
+                    # before anything is written: not even WAL mode for a foreign file
+                    self._retry(self._check_schema)
+                    self._retry(lambda: self._db.execute("PRAGMA journal_mode = WAL").fetchone())
+                    self._db.execute("PRAGMA synchronous = NORMAL")
+                    # checkpoints run in the background (see _Checkpointer); this is only
+                    # the bound on the WAL should they not keep up
+                    self._db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+                self._write(self._init_schema)
+        except BaseException:
+            self._db.close()
+            raise
+        return self._db
+
+    def _check_schema(self) -> None:
+        """Refuse (LedgerUnavailable) a SQLite file that is not a ledger (its tables
+        would have been added to someone else's database) or that a newer version of
+        this module wrote (its rows could mean something else); an empty file is fine."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master")}
+        if version > _SCHEMA_VERSION:
+            raise _unavailable(
+                f"cannot open the ledger {self.path}: it was written by a newer version "
+                f"(schema {version}; this one knows up to {_SCHEMA_VERSION})"
+            )
+        # a ledger (one from before the schema version was kept too) holds all of these
+        if tables and not tables >= _TABLES:
+            raise _unavailable(
+                f"cannot open the ledger {self.path}: it is a SQLite database but not a "
+                f"ledger (tables: {', '.join(sorted(tables)) or 'none'})"
+            )
+
+    def _init_schema(self) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        for key, value in _META_DEFAULTS.items():
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        """Close the database handle (again: nothing happens).
+
+        A background checkpoint of the file still running is waited for first (up to
+        :data:`_CLOSE_WAITS_FOR_CHECKPOINT_S`): its connection would keep this close from
+        being the file's last, which is the one that empties the WAL into the database
+        and removes it, and its copying would go on writing the file after close returned.
+        """
+        with self._lock:
+            # under the handle's lock: a transaction of another thread that was running
+            # when close() was called commits first, and its commit may be the one that
+            # starts a checkpoint, which must be waited for too
+            if self.path != ":memory:" and not isinstance(self._db, _ClosedConnection):
+                _CHECKPOINTER.wait(self._real_path, _CLOSE_WAITS_FOR_CHECKPOINT_S)
+            self._db.close()
+            self._db = cast(sqlite3.Connection, _ClosedConnection(self.path))
+
+    # -- transactions around SQLite ---------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, again while another connection holds the database (up to
+        _BUSY_TIMEOUT_S); ``fn`` is a whole transaction, so a retry starts it afresh."""
+        delay = _FIRST_BACKOFF_S
+        deadline: float | None = None
+        while True:
+            try:
+                return fn()
+            except rules.DamagedData as exc:
+                # typed already; worded here to name the file, as the other failures are
+                if exc.ledger is not None:
+                    raise
+                raise self._damaged(exc) from exc
+            except sqlite3.DatabaseError as exc:
+                message = str(exc).lower()
+                if "malformed json" in message:
+                    # SQLite's json_extract (connection_view) met data that does not parse
+                    damaged = rules.DamagedData(f"stored data does not parse ({exc})")
+                    raise self._damaged(damaged) from exc
+                if not isinstance(exc, sqlite3.OperationalError) or (
+                    "locked" not in message and "busy" not in message
+                ):
+                    # the file itself failed (damaged, truncated, disk full, read-only):
+                    # typed and naming it, as at open
+                    raise _unavailable(f"the ledger {self.path} failed: {exc}") from exc
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _BUSY_TIMEOUT_S
+                elif now >= deadline:
+                    raise _LedgerLocked(
+                        f"the ledger {self.path} stayed locked by another writer for "
+                        f"{_BUSY_TIMEOUT_S:g} s (database is locked)",
+                        module="ledger",
+                    ) from exc
+                if getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY_SNAPSHOT":
+                    continue  # another writer committed since our reads: again, at once
+                time.sleep(delay * (0.5 + random.random()))
+                if now > deadline - _BUSY_TIMEOUT_S + _STEADY_BACKOFF_S:
+                    delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def _damaged(self, exc: rules.DamagedData) -> rules.DamagedData:
+        """``exc`` worded to name this ledger's file (still DamagedData, so callers can
+        tell a damaged row from a file that cannot be opened or stays locked)."""
+        named = rules.DamagedData(f"the ledger {self.path} failed: {exc}")
+        named.ledger = self.path
+        return named
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction; roll back on any error."""
+        return self._retry(lambda: self._transaction("BEGIN IMMEDIATE", fn))
+
+    def _transaction(self, begin: str, fn: Callable[[], T]) -> T:
+        """One attempt: ``fn`` between ``begin`` and COMMIT under the handle's lock,
+        rolled back on any error (:meth:`_retry` decides whether to try again)."""
+        with self._lock:
+            self._db.execute(begin)
+            try:
+                result = fn()
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._committed()
+            return result
+
+    def _committed(self) -> None:
+        """After a commit (lock held): wake waiters for events, and now and then ask for a
+        checkpoint."""
+        self._changed.notify_all()
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY == 0 and self.path != ":memory:":
+            _CHECKPOINTER.request(self._real_path)
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one read transaction (a consistent snapshot)."""
+
+        def attempt() -> T:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    return fn()
+                finally:
+                    self._db.execute("COMMIT")
+
+        return self._retry(attempt)
+
+    def _read_one(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, which reads with a single statement: that statement is a
+        transaction of its own (autocommit), so no BEGIN and COMMIT around it."""
+
+        def attempt() -> T:
+            with self._lock:
+                return fn()
+
+        return self._retry(attempt)
+
+    def _meta(self, key: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else _META_DEFAULTS[key]
+
+    def _metas(self) -> dict[str, str]:
+        """Every meta value (one statement; missing keys have their defaults)."""
+        return {**_META_DEFAULTS, **dict(self._db.execute("SELECT key, value FROM meta"))}
+
+    def _set_meta(self, key: str, value: int | str) -> None:
+        self._db.execute(_UPSERT_META, (key, str(value)))
+
+    # -- clock, epoch, faucet -----------------------------------------------------------------
+
+    def _now(self, meta: dict[str, str] | None = None) -> int:
+        """The clock, from ``meta`` (:meth:`_metas`) or read now (lock held).
+
+        In wall mode it never reads below the floor (the time the last transaction
+        saved) nor below the last time this handle served under the same offset: a read
+        does not write, so without the latter a wall clock stepping back between two
+        reads made the second earlier than the first. Another process's reads are not
+        seen here; its transactions are, through the floor."""
+        if meta is None:
+            meta = self._metas()
+        if meta["clock_frozen"] == "1":
+            return rules.stored_int(meta["clock_ms"])
+        offset = meta["clock_offset"]
+        now = max(_wall_ms() + rules.stored_int(offset), rules.stored_int(meta["clock_floor"]))
+        served_offset, served = self._clock_served
+        # a new offset is a clock set on purpose (unfreeze_clock, advance_clock), which
+        # saved its own floor: what was served before it no longer holds the clock
+        if served_offset == offset:
+            now = max(now, served)
+        # a clock set or advanced close to the end runs into it in wall mode: it stops
+        # there rather than pass what the event log can store
+        now = min(now, CLOCK_MAX_MS)
+        self._clock_served = (offset, now)
+        return now
+
+    def clock_ms(self) -> int:
+        """The ledger clock in ms (see the module docs for wall and frozen modes)."""
+        return self._read_one(self._now)
+
+    def clock_frozen(self) -> bool:
+        """Whether the clock is frozen."""
+        return self._read_one(lambda: self._meta("clock_frozen") == "1")
+
+    def set_clock(self, ms: int, *, allow_backwards: bool = False) -> None:
+        """Freeze the clock at ``ms``. Going backwards raises InvalidArgument (a
+        ValueError) unless ``allow_backwards`` (for setting up a fresh test ledger); so
+        does a time past :data:`CLOCK_MAX_MS`."""
+        _clock(ms, "the clock")
+
+        def apply() -> None:
+            if not allow_backwards and ms < self._now():
+                raise InvalidArgument(f"The clock cannot go back from {self._now()} to {ms} ms.")
+            self._set_meta("clock_frozen", 1)
+            self._set_meta("clock_ms", ms)
+            self._set_meta("clock_floor", ms)
+
+        self._write(apply)
+
+    def freeze_clock(self) -> int:
+        """Freeze the clock at its current time; returns it."""
+
+        def apply() -> int:
+            now = self._now()
+            self._set_meta("clock_frozen", 1)
+            self._set_meta("clock_ms", now)
+            return now
+
+        return self._write(apply)
+
+    def unfreeze_clock(self) -> None:
+        """Let the clock follow wall time again, continuing from its current value."""
+
+        def apply() -> None:
+            now = self._now()
+            self._set_meta("clock_offset", now - _wall_ms())
+            self._set_meta("clock_floor", now)
+            self._set_meta("clock_frozen", 0)
+
+        self._write(apply)
+
+    def advance_clock(self, ms: int) -> int:
+        """Move the clock forward by ``ms`` (in either mode); returns the new time. A step
+        past :data:`CLOCK_MAX_MS` raises InvalidArgument and moves nothing."""
+        _u64(ms, "the clock step")
+
+        def apply() -> int:
+            meta = self._metas()
+            now = self._now(meta) + ms
+            if now > CLOCK_MAX_MS:
+                raise InvalidArgument(
+                    f"The clock cannot advance {ms} ms from {now - ms}: that is past "
+                    f"2**63-1 ms, the ledger's latest time."
+                )
+            if meta["clock_frozen"] == "1":
+                self._set_meta("clock_ms", now)
+            else:
+                # from the clock as it reads, not by adding to the offset: when the wall
+                # clock has stepped back, the floor holds the clock, and an offset moved
+                # by ms alone would leave it under the floor (no step at all)
+                self._set_meta("clock_offset", now - _wall_ms())
+            self._set_meta("clock_floor", now)
+            return now
+
+        return self._write(apply)
+
+    def epoch(self) -> int:
+        """The current epoch."""
+        return self._read_one(lambda: rules.stored_int(self._meta("epoch")))
+
+    def advance_epoch(self) -> int:
+        """Start the next epoch; returns it."""
+
+        def apply() -> int:
+            epoch = rules.stored_int(self._meta("epoch")) + 1
+            self._set_meta("epoch", epoch)
+            return epoch
+
+        return self._write(apply)
+
+    def faucet(self, address: str, amount: int) -> int:
+        """Mint ``amount`` test MIST to ``address``; returns its new balance. The total ever
+        minted may not exceed 2**64-1 (so no u64 sum of MIST can overflow)."""
+        address = normalize_id(address, "address")
+        _u64(amount, "the faucet amount")
+
+        def apply() -> int:
+            minted = rules.stored_int(self._meta("minted")) + amount
+            if minted > U64_MAX:
+                raise InvalidArgument(
+                    f"The faucet cannot mint {amount} MIST: the total would pass 2**64-1."
+                )
+            self._set_meta("minted", minted)
+            new = _SqlStore(self._db).balance(address) + amount
+            self._db.execute(_UPSERT_BALANCE, (address, str(new)))
+            return new
+
+        return self._write(apply)
+
+    def minted(self) -> int:
+        """Total MIST ever minted by the faucet."""
+        return self._read_one(lambda: rules.stored_int(self._meta("minted")))
+
+    def audit(self) -> dict[str, int]:
+        """Where all MIST is: ``minted``, ``balances``, ``escrows`` (connection escrows,
+        prepaid response fees, unearned subscription money, sponsor pools and retained
+        records' storage deposits), ``broadcasts`` (pools plus unclaimed earnings, and ticket
+        money of events not yet on air). Conservation holds iff minted == the other three."""
+
+        def read() -> dict[str, int]:
+            rows = self._db.execute("SELECT address, amount FROM balances")
+            balances = sum(_balance(address, amount) for address, amount in rows)
+            escrows = broadcasts = 0
+            for object_id, type_, data in self._db.execute("SELECT id, type, data FROM objects"):
+                obj = rules.from_json(data)
+                try:
+                    if type_ == rules.OBJECT_TYPES["Escrow"]:
+                        escrows += obj["funds"]
+                    elif type_ == rules.OBJECT_TYPES["Broadcast"]:
+                        broadcasts += obj["pool"] + obj["earned"]
+                    elif type_ == rules.OBJECT_TYPES["ResponseEscrow"]:
+                        escrows += obj["funds"]  # prepaid response fees count as escrow
+                    elif type_ in _ESCROW_LIKE:
+                        escrows += obj[_ESCROW_LIKE[type_]]
+                    elif type_ == rules.OBJECT_TYPES["TicketSale"]:
+                        broadcasts += obj["funds"]  # ticket money waits for an event to air
+                except _SHAPE_ERRORS as exc:
+                    raise rules.wrong_shape(f"object {object_id}", exc) from exc
+            return {
+                "minted": rules.stored_int(self._meta("minted")),
+                "balances": balances,
+                "escrows": escrows,
+                "broadcasts": broadcasts,
+            }
+
+        return self._read(read)
+
+    def dump(self) -> dict[str, Any]:
+        """Every row of every table (for tests comparing states)."""
+
+        def read() -> dict[str, Any]:
+            return {
+                table: sorted(self._db.execute(f"SELECT * FROM {table}").fetchall())
+                for table in ("meta", "objects", "balances", "events", "transactions")
+            }
+
+        return self._read(read)
+
+    # -- executing transactions ---------------------------------------------------------------
+
+    def build_tx(self, sender: str, module: str, function: str, args: Sequence[TxValue]) -> bytes:
+        """Transaction bytes for ``module::function(args)`` from ``sender`` with a fresh nonce."""
+        for what, name in (("module", module), ("function", function)):
+            if not isinstance(name, str):
+                raise InvalidArgument(f"The {what} must be a str, got {name!r}.")
+            if not name.isascii() and not _encodes_as_utf8(name):
+                # a lone surrogate has no UTF-8 form: encode_tx would raise a bare
+                # UnicodeEncodeError where every other bad argument is InvalidArgument
+                raise InvalidArgument(f"The {what} name {name!r:.60} is not valid Unicode text.")
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise InvalidArgument(f"args must be a sequence of values, got {args!r}.")
+        nonce = next(self._nonce_counter) & U64_MAX
+        values = tuple(_tx_value(arg, 0) for arg in args)
+        tx = Tx(normalize_id(sender, "address"), nonce, module, function, values)
+        return encode_tx(tx)
+
+    def execute(self, tx_bytes: bytes, signature: bytes) -> TxResult:
+        """Verify ``signature`` (a serialized Sui signature) over ``tx_bytes`` against the
+        transaction's sender, then run it atomically. Raises :class:`WrongSigner` for a bad
+        or foreign signature, :class:`InvalidTransaction` for malformed bytes or a reused
+        nonce, and the rule's ChainError if the Move call aborts."""
+        if not isinstance(tx_bytes, bytes | bytearray | memoryview):
+            # bytes(5) would be five zero bytes, bytes(None) a TypeError
+            raise InvalidTransaction(f"Transaction bytes must be bytes, got {tx_bytes!r:.60}.")
+        if not isinstance(signature, bytes | bytearray | memoryview):
+            raise WrongSigner(f"The transaction signature must be bytes, got {signature!r:.60}.")
+        tx_bytes, signature = bytes(tx_bytes), bytes(signature)
+        return self._execute(decode_tx(tx_bytes), tx_bytes, signature)
+
+    def _execute(self, tx: Tx, tx_bytes: bytes, signature: bytes | None) -> TxResult:
+        """:meth:`execute` of ``tx_bytes``, already decoded as ``tx``; a ``signature`` of
+        None is :meth:`_signed`'s for a sender whose own key made the transaction here."""
+        if signature is not None:
+            try:
+                signer = verify_transaction(tx_bytes, signature)
+            except InvalidSignature as exc:
+                raise WrongSigner(
+                    f"The transaction signature is invalid ({exc}); sender {tx.sender}."
+                ) from None
+            if signer != tx.sender:
+                raise WrongSigner(
+                    f"The transaction is signed by {signer}, but its sender is {tx.sender}."
+                )
+        args = rules.check_args(tx.module, tx.function, tx.args)
+        handler = rules.FUNCTIONS[(tx.module, tx.function)][1]
+        digest = tx_digest(tx_bytes)
+        return self._apply(tx, digest, handler, args)
+
+    def _apply(
+        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+    ) -> TxResult:
+        """Run a verified transaction: its reads and its rule first, in a read transaction
+        (another writer, say another process, is not kept waiting meanwhile), then its
+        writes all together. The first write takes the write lock; when another writer
+        holds it, or committed since this one's reads (SQLite's BUSY_SNAPSHOT), it fails
+        as "locked" and :meth:`_retry` runs the whole transaction again, reads included:
+        what it writes always follows from what the ledger holds when it commits."""
+        return self._retry(
+            lambda: self._transaction("BEGIN", lambda: self._apply_in(tx, digest, handler, args))
+        )
+
+    def _apply_in(
+        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+    ) -> TxResult:
+        db = self._db
+        digest_text = base58(digest)
+        # (sender, nonce) executes once: a replay fails here, before the rule runs; the
+        # row itself is written with the effects (the primary key guards it too)
+        if db.execute(
+            "SELECT 1 FROM transactions WHERE sender = ? AND nonce = ?",
+            (tx.sender, str(tx.nonce)),
+        ).fetchone():
+            raise _replayed(tx)
+        store = _SqlStore(db)
+        meta = self._metas()
+        now = self._now(meta)
+        epoch = rules.stored_int(meta["epoch"])
+        x = rules.Exec(store, tx.sender, digest, now, epoch)
+        try:
+            value = handler(x, *args)
+        except _SHAPE_ERRORS as exc:
+            # the arguments were checked (check_args) and the rules raise typed errors:
+            # a bare one comes from stored data that is not what the ledger writes (a
+            # field missing, text for a number)
+            stored = [obj.id for obj in x.objects.values() if obj.before is not None]
+            if isinstance(exc, DTPError) or not stored:
+                raise
+            what = f"object {stored[0]}" if len(stored) == 1 else f"objects {', '.join(stored)}"
+            raise rules.wrong_shape(what, exc) from exc
+        # The effects, computed from what was read ...
+        created: list[str] = []
+        deleted: list[tuple[str]] = []
+        inserted: list[tuple[str, str, str, str]] = []
+        updated: list[tuple[str, str]] = []
+        for obj in x.objects.values():
+            if obj.deleted:
+                deleted.append((obj.id,))
+                continue
+            data = rules.to_json(obj.data)
+            if obj.before is None:
+                created.append(obj.id)
+                inserted.append((obj.id, obj.type, obj.owner, data))
+            elif data != obj.before:
+                updated.append((data, obj.id))
+        balances = []
+        if x.credits:
+            held = store.balances(list(x.credits))
+            for address, delta in x.credits.items():
+                new = held.get(address, 0) + delta
+                assert new >= 0, "take_coin guards every withdrawal"
+                balances.append((address, str(new)))
+        event_values: list[Any] = []
+        for type_, fields in x.events:
+            event_values += (type_, tx.sender, digest_text, now, rules.to_json(fields))
+        # ... then written, one statement for each kind of change
+        try:
+            db.execute(
+                "INSERT INTO transactions VALUES (?, ?, ?)", (tx.sender, str(tx.nonce), digest_text)
+            )
+        except sqlite3.IntegrityError:
+            raise _replayed(tx) from None
+        if now != rules.stored_int(meta["clock_floor"]):
+            self._set_meta("clock_floor", now)
+        if deleted:
+            db.executemany("DELETE FROM objects WHERE id = ?", deleted)
+        if inserted:
+            db.executemany("INSERT INTO objects VALUES (?, ?, ?, 1, ?)", inserted)
+        if updated:
+            db.executemany(
+                "UPDATE objects SET data = ?, version = version + 1 WHERE id = ?", updated
+            )
+        if balances:
+            db.executemany(_UPSERT_BALANCE, balances)
+        events = []
+        if x.events:
+            # one INSERT of all rows: they get consecutive sequence numbers, the last one
+            # reported as lastrowid
+            rows = ",".join(["(?, ?, ?, ?, ?)"] * len(x.events))
+            cursor = db.execute(
+                "INSERT INTO events (type, sender, tx_digest, timestamp_ms, fields) VALUES " + rows,
+                event_values,
+            )
+            seq = int(cursor.lastrowid or 0) - len(x.events)
+            for type_, fields in x.events:
+                seq += 1
+                events.append(Event(str(seq), type_, fields, tx.sender, digest_text, now))
+        touched = {obj.id: obj.data for obj in x.objects.values() if not obj.deleted}
+        return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
+
+    def apply_verified(
+        self, sender: str, digest: bytes, run: Callable[[rules.Exec], Any]
+    ) -> TxResult:
+        """Run ``run(x)`` -- the rule calls of one transaction that the caller has already
+        verified (signature, inputs, gas) -- atomically as ``sender``'s transaction
+        ``digest`` (32 bytes), at the ledger's clock and epoch; ``run`` calls handlers of
+        :data:`~dtp.ledger.local_rules.FUNCTIONS` on ``x`` and returns the call's value.
+
+        For a node stand-in that checks Sui transactions as a node does and executes
+        their Move calls with these rules (tests/sui_node). As :meth:`execute`: a
+        ChainError from ``run`` changes nothing; a digest executes at most once
+        (InvalidTransaction)."""
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise InvalidTransaction(f"A transaction digest is 32 bytes, got {digest!r:.80}.")
+        # the digest is the replay key (the transactions table's nonce column)
+        tx = Tx(normalize_id(sender, "address"), int.from_bytes(digest, "big"), "", "", ())
+        return self._apply(tx, digest, run, [])
+
+    def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
+        return self._execute(*self._signed(signer, module, function, *args))
+
+    def _signed(
+        self, signer: HostIdentity, module: str, function: str, *args: TxValue
+    ) -> tuple[Tx, bytes, bytes | None]:
+        """The transaction, its bytes and ``signer``'s signature, ready for _execute (None
+        for the signature of a plain :class:`HostIdentity`: see below)."""
+        # The bytes are encoded from this Tx here: decoding them again would give it back
+        # (everything else execute() does still runs).
+        # Vectors and oversized transactions go through the decoder all the same: it alone
+        # enforces the nesting and size limits.
+        check_signer(signer)
+        nonce = next(self._nonce_counter) & U64_MAX
+        tx = Tx(normalize_id(signer.sui_address, "address"), nonce, module, function, args)
+        tx_bytes = encode_tx(tx)
+        if (
+            len(tx_bytes) > _DIRECT_TX_MAX
+            or len(args) > _DIRECT_ARGS_MAX
+            or any(isinstance(a, list) for a in args)
+        ):
+            tx = decode_tx(tx_bytes)
+        if type(signer) is HostIdentity:
+            # The sender's own key is in hand and the sender is its address: a signature
+            # would be made only for _execute to find it made here (keys' memo of own
+            # signatures) -- an Ed25519 signing and two hashes of the bytes, some 30 us
+            # of every call, on the critical path of connecting by host ID (the open) and
+            # of a paid server's close (the settlement). A subclass may sign otherwise
+            # (another key, a changed bit): its signatures are made and checked.
+            return tx, tx_bytes, None
+        return tx, tx_bytes, signer.sign_transaction(tx_bytes)
+
+    @staticmethod
+    def _id(value: str, what: str = "object ID") -> Address:
+        return Address(normalize_id(value, what))
+
+    # -- host -----------------------------------------------------------------------------------
+
+    def create_host(
+        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
+    ) -> str:
+        key = as_bytes(noise_static_key, "noise_static_key")
+        result = self._call(signer, "host", "create", key, _endpoints(endpoints))
+        return str(result.value)
+
+    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
+        self._call(
+            signer, "host", "set_authority", self._id(host_id), self._id(new_authority, "address")
+        )
+
+    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
+        self._call(signer, "host", "set_noise_static_key", self._id(host_id), as_bytes(key, "key"))
+
+    def set_endpoints(
+        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
+    ) -> None:
+        self._call(signer, "host", "set_endpoints", self._id(host_id), _endpoints(endpoints))
+
+    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
+            raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
+        self._call(signer, "host", "set_firewall_mode", self._id(host_id), int(mode))
+
+    def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._call(signer, "host", fn, self._id(host_id), self._id(client, "address"))
+
+    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("allow", signer, host_id, client)
+
+    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("disallow", signer, host_id, client)
+
+    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("deny", signer, host_id, client)
+
+    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
+        self._firewall_list("undeny", signer, host_id, client)
+
+    def set_client_limits(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        max_connections_per_client: int,
+        max_bytes_per_sec: int,
+        max_requests_per_sec: int,
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "set_client_limits",
+            self._id(host_id),
+            _u64(max_connections_per_client, "max_connections_per_client"),
+            _u64(max_bytes_per_sec, "max_bytes_per_sec"),
+            _u64(max_requests_per_sec, "max_requests_per_sec"),
+        )
+
+    @staticmethod
+    def _port(port: int) -> int:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+            raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
+        return port
+
+    @staticmethod
+    def _sla_args(sla: Sla) -> tuple[int, int, int]:
+        if not isinstance(sla, Sla):
+            raise InvalidArgument(f"sla must be an Sla, got {type(sla).__name__}.")
+        return (
+            _u64(sla.price_per_kib, "price_per_kib"),
+            _u64(sla.price_per_request, "price_per_request"),
+            _u64(sla.min_deposit, "min_deposit"),
+        )
+
+    def add_service(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        kind: str | bytes,
+        sla: Sla,
+        max_connections: int = 0,
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "add_service",
+            self._id(host_id),
+            self._port(port),
+            as_bytes(kind, "kind"),
+            *self._sla_args(sla),
+            _u64(max_connections, "max_connections"),
+        )
+
+    def update_service(
+        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
+    ) -> None:
+        self._call(
+            signer,
+            "host",
+            "update_service",
+            self._id(host_id),
+            self._port(port),
+            *self._sla_args(sla),
+            _u64(max_connections, "max_connections"),
+        )
+
+    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
+        self._call(signer, "host", "remove_service", self._id(host_id), self._port(port))
+
+    # -- spending cap ----------------------------------------------------------------------------
+
+    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
+        result = self._call(signer, "spending_cap", "create", _u64(max_per_epoch, "max_per_epoch"))
+        return str(result.value)
+
+    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
+        self._call(
+            signer,
+            "spending_cap",
+            "set_max_per_epoch",
+            self._id(cap_id),
+            _u64(max_per_epoch, "max_per_epoch"),
+        )
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> OpenedConnection:
+        pending = self.prepare_open_connection(
+            signer, host_id, port, cap_id, deposit, client_public_key
+        )
+        return pending.execute()
+
+    def prepare_open_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+    ) -> PendingOpen:
+        check_signer(signer)
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else as_bytes(client_public_key, "client_public_key")
+        )
+        signed = self._signed(
+            signer,
+            "transport_control",
+            "open",
+            self._id(host_id),
+            self._port(port),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+
+        def run() -> OpenedConnection:
+            result = self._execute(*signed)
+            opened = next(e for e in result.events if e.name == "ConnectionOpened")
+            return OpenedConnection(
+                str(result.value),
+                str(opened["escrow"]),
+                Sla.from_fields(opened["sla"]),
+                int(opened["deposit"]),
+            )
+
+        # transport_control::open creates the connection first, then its escrow
+        digest = tx_digest(signed[1])
+        return PendingOpen(derive_object_id(digest, 0), derive_object_id(digest, 1), run)
+
+    def top_up(
+        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
+    ) -> None:
+        if cap_id is None:
+            cap_id = self.get_escrow(escrow_id).spending_cap
+        self._call(
+            signer,
+            "escrow",
+            "top_up",
+            self._id(escrow_id),
+            self._id(cap_id),
+            _u64(amount, "the top-up amount"),
+        )
+
+    @staticmethod
+    def _receipt_args(receipt: Receipt) -> tuple[int, int, int, int, bytes]:
+        if not isinstance(receipt, Receipt):
+            raise InvalidArgument(f"receipt must be a Receipt, got {type(receipt).__name__}.")
+        return (
+            _u64(receipt.total_bytes, "total_bytes"),
+            _u64(receipt.total_requests, "total_requests"),
+            _u64(receipt.total_amount, "total_amount"),
+            _u64(receipt.nonce, "nonce"),
+            as_bytes(receipt.signature, "signature"),
+        )
+
+    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
+        result = self._call(
+            signer, "escrow", "claim", self._id(escrow_id), *self._receipt_args(receipt)
+        )
+        return int(result.value)
+
+    def _escrow_and_cap(
+        self, connection_id: str, escrow_id: str | None, cap_id: str | None
+    ) -> tuple[Address, Address, Address]:
+        # the connection is read only for what the caller did not give (the rule loads
+        # and checks every object itself; a missing connection fails there, ObjectNotFound
+        # alike)
+        if escrow_id is None or cap_id is None:
+            tc = self.get_connection(connection_id)
+            escrow_id = tc.escrow if escrow_id is None else escrow_id
+            cap_id = tc.spending_cap if cap_id is None else cap_id
+        return self._id(connection_id), self._id(escrow_id), self._id(cap_id)
+
+    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
+        self._call(signer, "transport_control", "close", self._id(connection_id))
+
+    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
+        self._call(signer, "transport_control", "finalize", self._id(connection_id))
+
+    def settle(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
+        result = self._call(signer, "transport_control", "settle", tc, escrow, cap)
+        return self._settlement(result, 0)
+
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
+        result = self._call(
+            signer,
+            "transport_control",
+            "settle_with_receipt",
+            tc,
+            escrow,
+            cap,
+            *self._receipt_args(receipt),
+        )
+        return self._settlement(result, int(result.value))
+
+    @staticmethod
+    def _settlement(result: TxResult, paid: int) -> Settlement:
+        settled = next(e for e in result.events if e.name == "ConnectionSettled")
+        return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+
+    # -- pipes -----------------------------------------------------------------------------------
+
+    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
+        result = self._call(
+            signer,
+            "pipe",
+            "create",
+            self._id(connection_id),
+            _u64(inner_count, "inner_count"),
+        )
+        return str(result.value)
+
+    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
+        result = self._call(
+            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), as_bytes(data, "data")
+        )
+        return int(result.value)
+
+    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
+        self._call(
+            signer,
+            "pipe",
+            "sync",
+            self._id(pipe_id),
+            _u64(inner, "inner"),
+            _u64(acked, "acked"),
+        )
+
+    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
+        self._call(signer, "pipe", "destroy", self._id(pipe_id))
+
+    # -- broadcast -------------------------------------------------------------------------------
+
+    def create_broadcast(
+        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
+    ) -> str:
+        result = self._call(
+            signer,
+            "broadcast",
+            "create",
+            as_bytes(channel, "channel"),
+            _u64(slot_price, "slot_price"),
+            _u64(slot_ms, "slot_ms"),
+        )
+        return str(result.value)
+
+    def create_ticketed_broadcast(
+        self,
+        signer: HostIdentity,
+        sale_id: str,
+        channel: str | bytes,
+        slot_price: int,
+        slot_ms: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "broadcast",
+            "create_ticketed",
+            self._id(sale_id),
+            as_bytes(channel, "channel"),
+            _u64(slot_price, "slot_price"),
+            _u64(slot_ms, "slot_ms"),
+        )
+        return str(result.value)
+
+    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
+        self._call(
+            signer,
+            "broadcast",
+            "contribute",
+            self._id(broadcast_id),
+            _u64(amount, "the contribution"),
+        )
+
+    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
+        result = self._call(
+            signer, "broadcast", "transmit", self._id(broadcast_id), as_bytes(data, "data")
+        )
+        return int(result.value)
+
+    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "claim", self._id(broadcast_id)).value)
+
+    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
+        self._call(signer, "broadcast", "cancel", self._id(broadcast_id))
+
+    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
+
+    # -- payment ---------------------------------------------------------------------------------
+
+    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
+        self._call(
+            signer,
+            "payment",
+            "pay",
+            _u64(amount, "the amount"),
+            self._id(recipient, "recipient address"),
+            as_bytes(memo, "memo"),
+        )
+
+    # -- mailbox and response escrow ------------------------------------------------------------
+
+    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
+        self._call(signer, "mailbox", "send", self._id(host_id), as_bytes(payload, "payload"))
+
+    def response_escrow_deposit(
+        self,
+        signer: HostIdentity,
+        server: str,
+        request_id: bytes,
+        amount: int,
+        deadline_ms: int,
+        requester_public_key: bytes | None = None,
+    ) -> str:
+        check_signer(signer)
+        key = signer.ed25519_public if requester_public_key is None else requester_public_key
+        result = self._call(
+            signer,
+            "response_escrow",
+            "deposit",
+            self._id(server, "address"),
+            as_bytes(request_id, "request_id"),
+            as_bytes(key, "requester_public_key"),
+            _u64(deadline_ms, "the deadline"),
+            _u64(amount, "the response fee"),
+        )
+        return str(result.value)
+
+    def response_escrow_claim(
+        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
+    ) -> int:
+        result = self._call(
+            signer,
+            "response_escrow",
+            "claim",
+            self._id(escrow_id),
+            as_bytes(response_hash, "response_hash"),
+            as_bytes(signature, "signature"),
+        )
+        return int(result.value)
+
+    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
+        result = self._call(
+            signer,
+            "response_escrow",
+            "deliver",
+            self._id(escrow_id),
+            as_bytes(response, "response"),
+        )
+        return int(result.value)
+
+    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
+        return int(self._call(signer, "response_escrow", "refund", self._id(escrow_id)).value)
+
+    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
+        object_id = normalize_id(escrow_id)
+
+        def read() -> ResponseEscrow:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None or row[0] != rules.OBJECT_TYPES["ResponseEscrow"]:
+                raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
+            _type, _owner, version, d = row
+            try:
+                escrow = ResponseEscrow.from_fields(object_id, version, d)
+                # from_fields copies the fields as stored: their types are checked here
+                check_fields(escrow)
+                return escrow
+            except _SHAPE_ERRORS as exc:
+                raise rules.wrong_shape(f"object {object_id}", exc) from exc
+
+        return self._read_one(read)
+
+    # -- payment models (docs/escrow.md §13-16) -----------------------------------------------
+
+    def _model(self, object_id: str, struct: str) -> EconomicsObject:
+        object_id = normalize_id(object_id)
+
+        def read() -> EconomicsObject:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None or row[0] != rules.OBJECT_TYPES[struct]:
+                raise ObjectNotFound(f"No {struct} with ID {object_id} exists.")
+            _type, _owner, version, data = row
+            try:
+                model = economics_object_from_fields(struct, object_id, version, data)
+                # it copies the fields as stored: their types are checked here
+                check_fields(model)
+                return model
+            except _SHAPE_ERRORS as exc:
+                # the struct is one it builds (the type matched): the data is at fault
+                raise rules.wrong_shape(f"object {object_id}", exc) from exc
+
+        return self._read_one(read)
+
+    def create_subscription_offer(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        price_per_epoch: int,
+        period_epochs: int = 1,
+    ) -> str:
+        result = self._call(
+            signer,
+            "subscription",
+            "create_offer",
+            self._id(host_id),
+            self._port(port),
+            _u64(price_per_epoch, "price_per_epoch"),
+            _u64(period_epochs, "period_epochs"),
+        )
+        return str(result.value)
+
+    def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
+        offer = self.get_subscription_offer(offer_id)
+        payment = _u64(_u64(epochs, "epochs") * offer.price_per_epoch, "the payment")
+        result = self._call(
+            signer, "subscription", "subscribe", self._id(offer_id), epochs, payment
+        )
+        return str(result.value)
+
+    def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
+        sub = self.get_subscription(subscription_id)
+        payment = _u64(_u64(epochs, "epochs") * sub.price_per_epoch, "the payment")
+        result = self._call(
+            signer,
+            "subscription",
+            "renew",
+            self._id(subscription_id),
+            self._id(sub.offer),
+            epochs,
+            payment,
+        )
+        return int(result.value)
+
+    def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        sub = self.get_subscription(subscription_id)
+        result = self._call(
+            signer, "subscription", "claim", self._id(subscription_id), self._id(sub.offer)
+        )
+        return int(result.value)
+
+    def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
+        self._call(signer, "subscription", "withdraw_offer", self._id(offer_id))
+
+    def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
+        sub = self.get_subscription(subscription_id)
+        result = self._call(
+            signer, "subscription", "refund", self._id(subscription_id), self._id(sub.offer)
+        )
+        return int(result.value)
+
+    def open_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        subscription_id: str,
+        cap_id: str,
+        deposit: int = 0,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        check_signer(signer)
+        sub = self.get_subscription(subscription_id)
+        host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else as_bytes(client_public_key, "client_public_key")
+        )
+        result = self._call(
+            signer,
+            "subscription",
+            "open_connection",
+            self._id(subscription_id),
+            self._id(sub.offer),
+            self._id(host),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+        return self._opened(result)
+
+    @staticmethod
+    def _opened(result: TxResult) -> OpenedConnection:
+        opened = next(e for e in result.events if e.name == "ConnectionOpened")
+        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+
+    def create_sponsor_pool(
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+    ) -> str:
+        result = self._call(
+            signer,
+            "sponsor",
+            "create",
+            self._id(host_id),
+            self._port(port),
+            _u64(share_bps, "share_bps"),
+        )
+        return str(result.value)
+
+    def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        self._call(signer, "sponsor", "fund", self._id(pool_id), _u64(amount, "the amount"))
+
+    def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
+        self._call(signer, "sponsor", "withdraw", self._id(pool_id), _u64(amount, "the amount"))
+
+    def open_sponsored_connection(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        cap_id: str,
+        deposit: int,
+        client_public_key: bytes | None = None,
+        host_id: str | None = None,
+    ) -> OpenedConnection:
+        check_signer(signer)
+        host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
+        key = (
+            signer.ed25519_public
+            if client_public_key is None
+            else as_bytes(client_public_key, "client_public_key")
+        )
+        result = self._call(
+            signer,
+            "sponsor",
+            "open_connection",
+            self._id(pool_id),
+            self._id(host),
+            self._id(cap_id),
+            key,
+            _u64(deposit, "the deposit"),
+        )
+        return self._opened(result)
+
+    def reimburse(
+        self,
+        signer: HostIdentity,
+        pool_id: str,
+        connection_id: str,
+        escrow_id: str | None = None,
+    ) -> int:
+        escrow = escrow_id if escrow_id is not None else self.get_connection(connection_id).escrow
+        result = self._call(
+            signer,
+            "sponsor",
+            "reimburse",
+            self._id(pool_id),
+            self._id(connection_id),
+            self._id(escrow),
+        )
+        return int(result.value)
+
+    def create_ticket_sale(
+        self,
+        signer: HostIdentity,
+        title: str | bytes,
+        ticket_price: int,
+        min_tickets: int,
+        max_tickets: int,
+        deadline_ms: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "tickets",
+            "create",
+            as_bytes(title, "title"),
+            _u64(ticket_price, "ticket_price"),
+            _u64(min_tickets, "min_tickets"),
+            _u64(max_tickets, "max_tickets"),
+            _u64(deadline_ms, "deadline_ms"),
+        )
+        return str(result.value)
+
+    def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
+        sale = self.get_ticket_sale(sale_id)
+        payment = _u64(_u64(count, "count") * sale.ticket_price, "the payment")
+        self._call(signer, "tickets", "buy", self._id(sale_id), count, payment)
+
+    def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
+        return int(self._call(signer, "tickets", "go_on_air", self._id(sale_id)).value)
+
+    def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
+        self._call(signer, "tickets", "cancel", self._id(sale_id))
+
+    def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
+        return int(self._call(signer, "tickets", "refund", self._id(sale_id)).value)
+
+    def create_retention_terms(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        result = self._call(
+            signer,
+            "retention",
+            "create_terms",
+            self._id(host_id),
+            self._port(port),
+            _u64(retention_ms, "retention_ms"),
+            _u64(storage_price_per_byte, "storage_price_per_byte"),
+        )
+        return str(result.value)
+
+    def send_retained(
+        self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
+    ) -> str:
+        payload = as_bytes(data, "data")  # before len(): the deposit is for what is sent
+        pipe = self.get_pipe(pipe_id)
+        terms = self.get_retention_terms(terms_id)
+        deposit = _u64(terms.deposit_for(len(payload)), "the storage deposit")
+        result = self._call(
+            signer,
+            "retention",
+            "send",
+            self._id(pipe_id),
+            self._id(pipe.connection),
+            self._id(terms_id),
+            _u64(inner, "inner"),
+            payload,
+            deposit,
+        )
+        return str(result.value)
+
+    def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
+        self._call(signer, "retention", "confirm", self._id(record_id))
+
+    def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
+        return int(self._call(signer, "retention", "delete", self._id(record_id)).value)
+
+    def is_on_air(self, broadcast_id: str) -> bool:
+        """``broadcast::is_on_air`` at the current clock."""
+
+        def read() -> bool:
+            b = self._typed(broadcast_id, "Broadcast")
+            assert isinstance(b, Broadcast)
+            return b.is_on_air(self._now())
+
+        return self._read(read)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def object_ref(self, object_id: str) -> ObjectRef:
+        """ID, version, owner and type of a live object."""
+        object_id = normalize_id(object_id)
+
+        def read() -> ObjectRef:
+            row = _SqlStore(self._db).load(object_id)
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            return ObjectRef(object_id, row[2], row[1], row[0])
+
+        return self._read_one(read)
+
+    def _typed(self, object_id: str, struct: str | None) -> ChainObject:
+        object_id = normalize_id(object_id)
+        row = _SqlStore(self._db).load(object_id)
+        if row is None:
+            raise _not_found(object_id, None, struct)
+        type_, _owner, version, data = row
+        name = type_.rsplit("::", 1)[-1]
+        if struct is not None and name != struct:
+            raise _not_found(object_id, name, struct)
+        return _build(name, object_id, version, data)
+
+    def get_object(self, object_id: str) -> ChainObject:
+        return self._read_one(lambda: self._typed(object_id, None))
+
+    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
+        if isinstance(object_ids, str | bytes) or not isinstance(object_ids, Iterable):
+            # one ID given as the list would be read as IDs of one character each
+            raise InvalidArgument(f"object_ids must be a sequence of IDs, got {object_ids!r}.")
+        ids = [normalize_id(object_id) for object_id in object_ids]
+        marks = ",".join("?" * len(ids))
+
+        def read() -> dict[str, tuple[str, Any, Any]]:
+            rows = self._db.execute(
+                f"SELECT id, type, version, data FROM objects WHERE id IN ({marks})", ids
+            )
+            return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+        found = self._read_one(read) if ids else {}
+        out: list[ChainObject] = []
+        # built outside the read (and its lock), so not named by _retry: named here
+        try:
+            for object_id in ids:
+                row = found.get(object_id)
+                if row is None:
+                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                version, data = _decoded(object_id, row[1], row[2])
+                out.append(_build(row[0].rsplit("::", 1)[-1], object_id, version, data))
+        except rules.DamagedData as exc:
+            raise self._damaged(exc) from exc
+        return out
+
+    def connection_view(
+        self, connection_id: str, host_id: str, *, with_cap: bool = False
+    ) -> ConnectionView | None:
+        # One statement: the connection, the escrow and cap it names, the host (and the
+        # epoch) from one snapshot. Each object's type is checked as the typed reads do.
+        cid = normalize_id(connection_id, "connection ID")
+        hid = normalize_id(host_id, "host ID")
+
+        def read() -> dict[str, tuple[str, Any, Any]]:
+            rows = self._db.execute(_CONNECTION_VIEW, (cid, hid, 1 if with_cap else 0))
+            return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+        found = self._read_one(read)
+        row = found.get(cid)
+        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            return None
+        # built outside the read (and its lock), so not named by _retry: named here
+        try:
+            tc = _build("TransportControl", cid, *_decoded(cid, row[1], row[2]))
+            assert isinstance(tc, TransportControl)
+            wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
+            objects: list[ChainObject] = []
+            for object_id in wanted:
+                row = found.get(object_id)
+                if row is None:
+                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+                name = row[0].rsplit("::", 1)[-1]
+                objects.append(_build(name, object_id, *_decoded(object_id, row[1], row[2])))
+            epoch_row = found.get("") if with_cap else None
+            epoch = (
+                rules.stored_int(epoch_row[2])
+                if epoch_row is not None
+                else (0 if with_cap else None)
+            )
+        except rules.DamagedData as exc:
+            raise self._damaged(exc) from exc
+        return _connection_view(tc, objects, hid, epoch)
+
+    def change_marker(self) -> tuple[int, int]:
+        """A token that differs once any transaction committed on this ledger file since
+        it was taken, by this handle or any other, in any process (SQLite's
+        ``data_version`` and this handle's commit count): a cheap check, no object read,
+        for a watcher that would otherwise read an object again and again to see it
+        appear (a paid server waiting for a client's open to land)."""
+
+        def read() -> tuple[int, int]:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+            return int(row[0]), self._commits
+
+        return self._read_one(read)
+
+    def object_version(self, object_id: str) -> int:
+        """The version of a live object: it changes with every transaction that changes
+        the object (a cheap way to watch one)."""
+        object_id = normalize_id(object_id)
+
+        def read() -> int:
+            row = self._db.execute(
+                "SELECT version FROM objects WHERE id = ?", (object_id,)
+            ).fetchone()
+            if row is None:
+                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
+            return _version(object_id, row[0])
+
+        return self._read_one(read)
+
+    def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
+        obj = self._read_one(lambda: self._typed(object_id, struct))
+        assert isinstance(obj, cls)
+        return obj
+
+    def get_host(self, host_id: str) -> Host:
+        return self._get(host_id, "Host", Host)
+
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        return self._get(cap_id, "SpendingCap", SpendingCap)
+
+    def get_connection(self, connection_id: str) -> TransportControl:
+        return self._get(connection_id, "TransportControl", TransportControl)
+
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        return self._get(escrow_id, "Escrow", Escrow)
+
+    def connection_state(self, connection_id: str) -> ConnectionState:
+        # one field, read by SQLite: not the whole object parsed, built and checked
+        cid = normalize_id(connection_id, "connection ID")
+
+        def read() -> tuple[Any, Any] | None:
+            row = self._db.execute(
+                "SELECT type, json_extract(data, '$.state.kind') FROM objects WHERE id = ?",
+                (cid,),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        row = self._read_one(read)
+        if row is None:
+            raise _not_found(cid, None, "TransportControl")
+        if row[0] != rules.OBJECT_TYPES["TransportControl"]:
+            raise _not_found(cid, str(row[0]).rsplit("::", 1)[-1], "TransportControl")
+        state = _CONNECTION_STATES.get(row[1]) if isinstance(row[1], str) else None
+        if state is None:
+            raise self._damaged(
+                rules.DamagedData(f"object {cid}: a stored connection state {row[1]!r:.30}")
+            )
+        return state
+
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        return self._get(pipe_id, "Pipe", Pipe)
+
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        return self._get(broadcast_id, "Broadcast", Broadcast)
+
+    def balance(self, address: str) -> int:
+        address = normalize_id(address, "address")
+        return self._read_one(lambda: _SqlStore(self._db).balance(address))
+
+    def objects(self, type_name: str | None = None) -> list[ObjectRef]:
+        """Every live object (optionally only structs named ``type_name``)."""
+        if type_name is not None and not isinstance(type_name, str):
+            # no type name equals a non-str: the answer would be an empty list, as if
+            # no such object existed
+            raise InvalidArgument(f"type_name must be a struct name or None, got {type_name!r}.")
+
+        def read() -> list[ObjectRef]:
+            rows = self._db.execute("SELECT id, version, owner, type FROM objects ORDER BY rowid")
+            refs = [ObjectRef(r[0], _version(r[0], r[1]), r[2], r[3]) for r in rows]
+            if type_name is None:
+                return refs
+            return [r for r in refs if r.type.rsplit("::", 1)[-1] == type_name]
+
+        return self._read(read)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        read = self.read_events(cursor, filter, limit)
+        return read.events, read.cursor
+
+    def read_events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> EventRead:
+        # a read stops at `limit` events or at the newest row: fewer is the end
+        start = self._cursor(cursor)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
+        if filter is not None and not isinstance(filter, EventFilter):
+            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
+        if limit <= 0:
+            # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
+            # before it compares with limit)
+            return EventRead([], cursor, False)
+
+        def read() -> EventRead:
+            out: list[Event] = []
+            last = start
+            rows = self._db.execute(
+                "SELECT seq, type, sender, tx_digest, timestamp_ms, fields FROM events "
+                "WHERE seq > ? ORDER BY seq",
+                (start,),
+            )
+            # the type and sender are columns: rows they rule out are not decoded
+            pre = filter if filter is not None and filter.object_id is None else None
+            for seq, type_, sender, digest, ts, fields in rows:
+                last = int(seq)
+                if pre is not None and not pre.matches(Event("", type_, {}, sender, digest, 0)):
+                    continue
+                data = rules.from_json(fields)
+                if type(data) is not dict or type(ts) is not int:
+                    raise rules.DamagedData(f"event {seq} is not stored as the ledger writes it")
+                event = Event(str(seq), type_, data, sender, digest, ts)
+                if filter is None or filter.matches(event):
+                    out.append(event)
+                    if len(out) >= limit:
+                        break
+            return EventRead(out, str(last) if last else cursor, len(out) < limit)
+
+        return self._read(read)
+
+    def head_cursor(self) -> str | None:
+        row = self._read_one(lambda: self._db.execute("SELECT max(seq) FROM events").fetchone())
+        return None if row is None or row[0] is None else str(row[0])
+
+    @staticmethod
+    def _cursor(cursor: str | None) -> int:
+        if cursor is None:
+            return 0
+        # the decimal positions events() hands out; int() alone would take " 3", "-0"
+        # and "1_0", and a value past SQLite's 64-bit INTEGER raised OverflowError
+        if (
+            not isinstance(cursor, str)
+            or not (cursor.isascii() and cursor.isdecimal())
+            or len(cursor) > 19
+            or int(cursor) > _SEQ_MAX
+        ):
+            raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.")
+        return int(cursor)
+
+    def wait_events(
+        self,
+        cursor: str | None,
+        timeout: float,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
+            # NaN would never pass the deadline check: the call would not return
+            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            events, cursor = self.events(cursor, filter, limit)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return events, cursor
+            # Woken at once by commits of this process; other processes are polled.
+            with self._changed:
+                self._changed.wait(min(remaining, 0.05))
+
+
+# -- building typed objects ----------------------------------------------------------------------
+
+
+#: What reading stored data of the wrong shape raises: a field missing (KeyError), a list
+#: for an object or text for a number (TypeError, AttributeError, ValueError), too
+#: short a list (IndexError), a number too large (OverflowError).
+_SHAPE_ERRORS: Final = (
+    KeyError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    IndexError,
+    OverflowError,
+)
+#: A TransportControl's stored ``state.kind`` (its Move variant's name) as read alone.
+_CONNECTION_STATES: Final = {state.label: state for state in ConnectionState}
+#: The structs object_from_fields builds (its ValueError for any other name means an
+#: object of another kind, not damaged data).
+_BUILT: Final = frozenset(
+    {"Host", "SpendingCap", "TransportControl", "Escrow", "Pipe", "Broadcast"}
+)
+
+
+def _balance(address: str, amount: Any) -> int:
+    """A stored balance, which the ledger writes as the decimal text of a u64 (an INTEGER
+    read as well); :class:`rules.DamagedData` naming the address for anything else."""
+    value = rules.parse_stored_int(amount)
+    if value is None or not 0 <= value <= rules.U64_MAX:
+        raise rules.DamagedData(f"the balance of {address}: a stored amount {amount!r:.30}")
+    return value
+
+
+def _version(object_id: str, version: Any) -> int:
+    """A stored version, which the ledger writes as an INTEGER."""
+    if type(version) is not int:
+        raise rules.DamagedData(f"object {object_id}: a stored version {version!r:.30}")
+    return version
+
+
+def _decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, Any]]:
+    """The version and data of a stored object, :class:`rules.DamagedData` naming the
+    object when either is not of the type the ledger writes (one type check each: this
+    is on every read)."""
+    try:
+        data = rules.from_json(text)
+    except rules.DamagedData as exc:
+        raise rules.DamagedData(f"object {object_id}: {exc}") from None
+    if type(data) is not dict or type(version) is not int:
+        if type(data) is not dict:
+            raise rules.wrong_shape(
+                f"object {object_id}", TypeError(f"a JSON {type(data).__name__}, not an object")
+            )
+        _version(object_id, version)
+    return version, data
+
+
+def _not_found(object_id: str, found: str | None, struct: str | None) -> ObjectNotFound:
+    """The error for a read of ``object_id`` as a ``struct`` (None: any object) that
+    found none (``found`` None) or a ``found`` instead."""
+    if found is None:
+        return ObjectNotFound(f"No {struct or 'object'} with ID {object_id} exists on this ledger.")
+    return ObjectNotFound(f"Object {object_id} is a {found}, not a {struct}.")
+
+
+def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
+    try:
+        table = d.get("contributions") if name == "Broadcast" else None
+        return object_from_fields(name, object_id, version, d, table or {})
+    except _SHAPE_ERRORS as exc:
+        if name not in _BUILT:
+            raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.") from None
+        raise rules.wrong_shape(f"object {object_id}", exc) from exc

@@ -1,0 +1,1384 @@
+"""Typed wrappers over the C core. The only module that touches cffi's ``lib``/``ffi``.
+
+Every public name here has a pure-Python twin in :mod:`dtp.native.reference` with the same
+signature and results. ``DTP_PUREPYTHON=1`` makes the public names below *be* the
+twins (the extension is then not needed); the ``Native*``/``native_*`` names always
+refer to the C code, so tests can compare both backends in one process.
+
+``DTP_CORE_LIB=/path/to/_dtp_core.so`` loads a specific build of the extension (the
+sanitizer build used by CI) instead of the installed one.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib.util
+import math
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, overload
+
+from dtp.errors import ErrorCode, LocalProtocolError, error_for
+from dtp.native import types as t
+from dtp.native.reference.limits import (
+    HAM_EXPORT_MAX_BATCH,
+    HAM_EXPORT_MIN_BATCH,
+    MAX_ACK_RANGES,
+    MAX_FRAME_DATA,
+)
+from dtp.native.types import (
+    FrameBatch,
+    HamUpdate,
+    MergeResult,
+    OpenedFrames,
+    OpenedRecord,
+    OpenFramesResult,
+    OpenResult,
+    RawFrame,
+    RecordBatch,
+    RecordHeader,
+    TakeResult,
+)
+
+PUREPYTHON = os.environ.get("DTP_PUREPYTHON") == "1"
+
+
+def _load_extension() -> tuple[Any, Any] | None:
+    path = os.environ.get("DTP_CORE_LIB")
+    if path and not os.path.exists(path):
+        raise ImportError(f"DTP_CORE_LIB={path!r} does not exist")
+    try:
+        if path:
+            spec = importlib.util.spec_from_file_location("dtp._dtp_core", path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"DTP_CORE_LIB={path!r} is not a loadable extension")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module("dtp._dtp_core")
+    except ImportError:
+        if PUREPYTHON:
+            return None
+        raise ImportError(
+            "DTP's C core (dtp._dtp_core) is not built: install the package with "
+            "'pip install -e .' (needs gcc and libssl-dev), or set DTP_PUREPYTHON=1 "
+            "to use the pure-Python core."
+        ) from None
+    return module.ffi, module.lib
+
+
+_ext = _load_extension()
+HAVE_NATIVE = _ext is not None
+if _ext is not None:
+    ffi, lib = _ext
+else:  # pragma: no cover - only without a built extension
+    ffi = lib = None
+
+MAX_RECORD_PLAINTEXT = 16384
+RECORD_HEADER_LEN = 12
+AEAD_TAG_LEN = 16
+RECORD_OVERHEAD = RECORD_HEADER_LEN + AEAD_TAG_LEN
+HAM_BATCH_HEADER_LEN = 5
+
+
+def _check(rc: int, *, remote: bool | None = None, context: str = "") -> int:
+    if rc < 0:
+        raise error_for(rc, remote=remote, context=context)
+    return rc
+
+
+def _from(data: bytes | bytearray | memoryview) -> Any:
+    """``data``'s bytes for a C call. Its ``len()`` is the size in bytes: take lengths
+    from it, not from ``data`` (an ``array('I')`` or a memoryview of another format has
+    fewer items than bytes). It holds an export of ``data`` while it lives: drop it
+    (``del``) before raising, or a caller's bytearray cannot be resized in its except
+    clause (the traceback keeps the frame's locals)."""
+    return ffi.from_buffer("uint8_t[]", data)
+
+
+# --------------------------------------------------------------------------------------
+# records and frames
+
+
+def native_write_record_header(kind: int, flags: int, body_len: int, counter: int) -> bytes:
+    """The 12-byte header of a record."""
+    if not (0 <= kind <= 0xFF and 0 <= flags <= 0xFF and 0 <= counter < 2**64):
+        raise LocalProtocolError("record header field out of range", ErrorCode.ARG)
+    if not 0 <= body_len <= 0xFFFF:
+        raise LocalProtocolError(code=ErrorCode.RECORD_SIZE)
+    out = bytearray(RECORD_HEADER_LEN)
+    _check(
+        lib.dtp_record_header_write(kind, flags, body_len, counter, _from(out), len(out)),
+        remote=False,
+    )
+    return bytes(out)
+
+
+def native_parse_records(
+    buf: bytes | bytearray | memoryview, max_records: int = 1024
+) -> RecordBatch:
+    """Split a byte stream into record headers; raises on a malformed header."""
+    data = _from(buf)
+    size = len(data)  # in bytes, whatever the buffer's item size
+    cap = max(1, min(max_records, size // RECORD_HEADER_LEN + 1))
+    out = ffi.new("dtp_record[]", cap)
+    n = ffi.new("size_t *")
+    consumed = ffi.new("size_t *")
+    rc = lib.dtp_records_parse(data, size, out, cap, n, consumed)
+    del data  # (see _from)
+    _check(rc, remote=True)
+    records = [
+        RecordHeader(r.kind, r.flags, r.body_len, r.counter, r.offset)
+        for r in (out[i] for i in range(n[0]))
+    ]
+    return RecordBatch(records, consumed[0], rc)
+
+
+# dtp_frame and dtp_ack_range as C lays them out (native byte order, no padding):
+# type u8, reserved0 u8, reserved1 u16, data_len u32, data_off, a, b, c u64 / lo, hi u64.
+# Unpacking them with struct is far cheaper than reading cdata fields one by one.
+_CFRAME = struct.Struct("=BxxxIQQQQ")
+_CFRAME_OUT = struct.Struct("=BBHIQQQQ")  # the same with the reserved fields (encode input)
+_CRANGE = struct.Struct("=QQ")
+if ffi is not None and (
+    ffi.sizeof("dtp_frame") != _CFRAME.size
+    or ffi.offsetof("dtp_frame", "data_len") != 4
+    or ffi.sizeof("dtp_ack_range") != _CRANGE.size
+):  # pragma: no cover - only on an ABI this code was not written for
+    raise ImportError("unexpected dtp_frame / dtp_ack_range layout")
+
+
+class NativeFrameBatch(FrameBatch):
+    """Frames decoded by the C core; each :class:`RawFrame` is built on first access
+    (iterating builds them all at once)."""
+
+    def __init__(
+        self, buf: bytes, frames: Any, ranges: Any, n: int, status: int, consumed: int
+    ) -> None:
+        self._buf = buf
+        self._cframes = frames
+        self._cranges = ranges
+        self._n = n
+        self._cache: list[RawFrame | None] = [None] * n
+        self._built = n == 0
+        self.status = status
+        self.consumed = consumed
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _make(self, fields: tuple[int, ...]) -> RawFrame:
+        ftype, data_len, data_off, a, b, c = fields
+        # RawFrame._make skips __new__'s argument handling: twice as fast per frame
+        if ftype == t.FRAME_ACK:
+            raw = ffi.buffer(self._cranges + a, b * _CRANGE.size)
+            return RawFrame._make((ftype, 0, 0, c, b"", tuple(_CRANGE.iter_unpack(raw))))
+        data = self._buf[data_off : data_off + data_len] if data_len else b""
+        return RawFrame._make((ftype, a, b, c, data, ()))
+
+    def _all(self) -> list[RawFrame]:
+        if not self._built:
+            raw = ffi.buffer(self._cframes, self._n * _CFRAME.size)
+            self._cache = [
+                have if have is not None else self._make(fields)
+                for have, fields in zip(self._cache, _CFRAME.iter_unpack(raw), strict=True)
+            ]
+            self._built = True
+        return self._cache  # type: ignore[return-value]
+
+    @overload
+    def __getitem__(self, index: int) -> RawFrame: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[RawFrame]: ...
+    def __getitem__(self, index: int | slice) -> RawFrame | Sequence[RawFrame]:
+        if isinstance(index, slice):
+            return self._all()[index]
+        if index < 0:
+            index += self._n
+        if not 0 <= index < self._n:
+            raise IndexError("frame index out of range")
+        frame = self._cache[index]
+        if frame is None:
+            fields = _CFRAME.unpack(ffi.buffer(self._cframes + index, _CFRAME.size))
+            frame = self._cache[index] = self._make(fields)
+        return frame
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        return iter(self._all())
+
+
+_U64_MAX = 2**64 - 1
+# Decode outputs are written by C before they are read; skipping the zero-fill keeps
+# the per-call cost independent of max_frames / max_ranges.
+_new_uninit: Any = ffi.new_allocator(should_clear_after_alloc=False) if ffi is not None else None
+
+
+def native_decode_frames(
+    buf: bytes | bytearray | memoryview,
+    complete: bool = True,
+    max_frames: int = 4096,
+    max_ranges: int = 4096,
+) -> FrameBatch:
+    """Decode the frames in ``buf`` (a whole record body when ``complete``)."""
+    if max_frames < 0 or max_ranges < 0:
+        raise LocalProtocolError("max_frames and max_ranges must be >= 0", ErrorCode.ARG)
+    data = bytes(buf)
+    size = len(data)
+    # Capping the arrays at len(data) never changes the result: every frame takes at
+    # least one byte, and an ACK with k ranges takes more than k bytes.
+    fcap = min(max_frames, size)
+    rcap = min(max_ranges, size)
+    frames = _new_uninit("dtp_frame[]", max(1, fcap))
+    ranges = _new_uninit("dtp_ack_range[]", max(1, rcap))
+    counts = ffi.new("size_t[3]")
+    rc = lib.dtp_frames_decode(
+        data, size, int(complete), frames, fcap, ranges, rcap, counts, counts + 1, counts + 2
+    )
+    if rc < 0:
+        raise error_for(rc, remote=True)
+    return NativeFrameBatch(data, frames, ranges, counts[0], rc, counts[2])
+
+
+def _u64(value: int) -> int:
+    """``value`` if it fits a uint64_t, else UINT64_MAX: out of range for every field,
+    so C reports the same code the twin does for a negative or huge value."""
+    return value if 0 <= value <= _U64_MAX else _U64_MAX
+
+
+def native_encode_frames(frames: Sequence[RawFrame]) -> bytes:
+    """Encode frames canonically; raises LocalProtocolError on an invalid frame."""
+    # The frames and ranges are packed into C's layout with struct and handed over as
+    # arrays (ffi.from_buffer): setting cdata fields one by one cost about 1.7 us a
+    # frame, more than the encoding itself.
+    n = len(frames)
+    size = _CFRAME_OUT.size
+    fbuf = bytearray(size * max(1, n))
+    pack = _CFRAME_OUT.pack_into
+    payloads: list[bytes | bytearray | memoryview] = []
+    all_ranges: list[tuple[int, int]] = []
+    data_len = 0
+    budget = 0
+    off = 0
+    for ftype, a, b, c, data, ranges in frames:
+        dlen = len(data)
+        if ftype == t.FRAME_ACK:
+            # C keeps the ranges' place in a and b: the Python-level a, b must be 0,
+            # which the reserved byte carries to C's "unused field" check.
+            reserved0 = 1 if (a or b) else 0
+            a, b = len(all_ranges), len(ranges)
+            all_ranges.extend(ranges)
+            # type, largest, delay, count, then two varints per range, 8 bytes each max
+            budget += 27 + 16 * min(b, MAX_ACK_RANGES)
+        else:
+            reserved0 = 1 if ranges else 0
+            if ftype == t.FRAME_PADDING:
+                budget += min(_u64(a), MAX_FRAME_DATA)
+            # type, three varints, a data length
+            budget += 33 + min(dlen, MAX_FRAME_DATA)
+        doff = 0
+        if dlen:
+            doff = data_len
+            payloads.append(data)
+            data_len += dlen
+        try:
+            pack(fbuf, off, ftype, reserved0, 0, dlen, doff, a, b, c)
+        except struct.error:
+            # a value out of its field's range: clamped as _u64 does, so that C reports
+            # the code the twin does
+            pack(
+                fbuf,
+                off,
+                ftype if 0 <= ftype <= 0xFF else 0xFF,
+                reserved0,
+                0,
+                min(dlen, 0xFFFFFFFF),
+                doff,
+                _u64(a),
+                _u64(b),
+                _u64(c),
+            )
+        off += size
+    joined = b"".join(payloads)
+    if len(joined) != data_len:
+        # some frame's data has items wider than a byte (len() counted items): encode
+        # the bytes it holds, as the twin does
+        return native_encode_frames(
+            [RawFrame(ft, a, b, c, bytes(d), r) for ft, a, b, c, d, r in frames]
+        )
+    rbuf = bytearray(_CRANGE.size * max(1, len(all_ranges)))
+    rpack = _CRANGE.pack_into
+    for j, (lo, hi) in enumerate(all_ranges):
+        try:
+            rpack(rbuf, j * _CRANGE.size, lo, hi)
+        except struct.error:
+            rpack(rbuf, j * _CRANGE.size, _u64(lo), _u64(hi))
+    out = bytearray(budget)
+    written = ffi.new("size_t *")
+    rc = lib.dtp_frames_encode(
+        ffi.from_buffer("dtp_frame[]", fbuf),
+        n,
+        joined,
+        len(joined),
+        ffi.from_buffer("dtp_ack_range[]", rbuf),
+        len(all_ranges),
+        _from(out),
+        len(out),
+        written,
+    )
+    _check(rc, remote=False)
+    return memoryview(out)[: written[0]].tobytes()
+
+
+# --------------------------------------------------------------------------------------
+# AEAD
+
+
+_OPENED = struct.Struct("=QQIi")  # dtp_opened: counter, plain_off, plain_len, status
+# dtp_opened_rec: counter, plain_off, plain_len, status, first_frame, n_frames
+_OPENED_REC = struct.Struct("=QQIiII")
+MAX_STREAM_CHUNK = MAX_RECORD_PLAINTEXT - 21  # as dtp.native.reference.aead.MAX_STREAM_CHUNK
+# a record of one STREAM frame: header, tag and at most 25 bytes of frame header
+_STREAM_RECORD_OVERHEAD = RECORD_OVERHEAD + 25
+OPEN_FRAMES_MAX = 1024
+_SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
+_tuple_new = tuple.__new__
+
+
+class NativeAead:
+    """One direction's ChaCha20-Poly1305 key and receive replay window (C core).
+
+    Output goes through scratch buffers owned by the instance (grown on demand, kept
+    up to 4 MiB) so that a batch costs one copy into the returned ``bytes`` and no
+    fresh page-faulting allocation. Not thread-safe: give each thread its own, or lock
+    around it.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise LocalProtocolError("AEAD key must be 32 bytes", ErrorCode.ARG)
+        ctx = lib.dtp_aead_new(_from(key), len(key))
+        if ctx == ffi.NULL:
+            raise MemoryError("could not allocate an AEAD context")
+        self._ctx = ffi.gc(ctx, lib.dtp_aead_free)
+        self._scratch = ffi.new("uint8_t[]", 1)
+        self._scratch_len = 1
+        self._opened = ffi.new("dtp_opened[]", 1)
+        self._opened_len = 1
+        self._sizes = ffi.new("size_t[4]")
+        self._recs: Any = None  # open_frames arrays, allocated on first use
+        self._recs_len = 0
+        self._recs_view: memoryview
+        self._frames: Any = None
+        self._frames_len = 0
+        self._frames_view: memoryview
+        self._ranges: Any = None
+        self._ranges_len = 0
+        self._ranges_view: memoryview
+
+    def _buffer(self, size: int) -> Any:
+        """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
+        if size <= self._scratch_len:
+            return self._scratch
+        buf = ffi.new("uint8_t[]", size)
+        if size <= _SCRATCH_KEEP:
+            self._scratch, self._scratch_len = buf, size
+        return buf
+
+    def seal(self, first_counter: int, plaintexts: Sequence[bytes | memoryview]) -> bytes:
+        """Seal each plaintext as one DATA record, counters from ``first_counter``."""
+        if not plaintexts:
+            return self._seal(first_counter, b"", array.array("I", [0]), 0)
+        plain = b"".join(plaintexts)
+        lens = array.array("I", map(len, plaintexts))
+        if sum(lens) != len(plain):
+            # some plaintext's items are wider than a byte: count its bytes
+            lens = array.array("I", (memoryview(p).nbytes for p in plaintexts))
+        if max(lens) > MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("record plaintext too large", ErrorCode.RECORD_SIZE)
+        return self._seal(first_counter, plain, lens, len(plaintexts))
+
+    def seal_chunks(
+        self,
+        first_counter: int,
+        data: bytes | bytearray | memoryview,
+        chunk: int = MAX_RECORD_PLAINTEXT,
+    ) -> tuple[bytes, int]:
+        """Split ``data`` into records of ``chunk`` bytes (the last may be shorter; empty
+        data gives one empty record) and seal them all in one call. Returns (sealed
+        bytes, number of records)."""
+        if not 0 < chunk <= MAX_RECORD_PLAINTEXT:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        total = len(_from(data))  # bytes (the temporary's export ends at once)
+        n = max(1, -(-total // chunk))
+        lens = array.array("I", [chunk]) * n
+        lens[n - 1] = total - chunk * (n - 1)
+        return self._seal(first_counter, data, lens, n), n
+
+    def _seal(self, first_counter: int, data: Any, lens: array.array[int], n: int) -> bytes:
+        """Seal the bytes of ``data`` cut as ``lens`` says."""
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        plain = _from(data)
+        size = len(plain) + n * RECORD_OVERHEAD
+        out = self._buffer(size)
+        written = self._sizes
+        rc = lib.dtp_aead_seal_batch(
+            self._ctx,
+            first_counter,
+            plain,
+            len(plain),
+            ffi.from_buffer("uint32_t[]", lens),
+            n,
+            out,
+            size,
+            written,
+        )
+        del plain  # (see _from)
+        _check(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
+
+    def open(self, buf: bytes | bytearray | memoryview, max_records: int = 1024) -> OpenResult:
+        """Open the DATA records at the start of ``buf`` (which may end mid-record).
+
+        Stops at the end (OK), an incomplete record (NEED_MORE), ``max_records``
+        reported (FULL), a record of another kind (STOP), a malformed header (its code,
+        with ``error`` set) or a record that fails authentication (DECRYPT). Replayed
+        records are reported with ``replayed=True`` and no plaintext.
+        """
+        data = _from(buf)
+        size = len(data)
+        cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
+        if cap > self._opened_len:
+            self._opened = ffi.new("dtp_opened[]", cap)
+            self._opened_len = cap
+        out = self._opened
+        plain = self._buffer(size)
+        counts = self._sizes
+        rc = lib.dtp_aead_open_batch(
+            self._ctx, data, size, out, cap, plain, size, counts, counts + 1
+        )
+        del data  # (see _from)
+        n, consumed = counts[0], counts[1]
+        records: list[OpenedRecord] = []
+        if n:
+            view = ffi.buffer(plain, size)
+            append = records.append
+            for counter, off, plen, status in _OPENED.iter_unpack(
+                ffi.buffer(out, n * _OPENED.size)
+            ):
+                append(_tuple_new(OpenedRecord, (counter, view[off : off + plen], status != 0)))
+        if rc < 0:
+            return OpenResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
+        return OpenResult(records, consumed, rc)
+
+    def seal_stream(
+        self,
+        first_counter: int,
+        stream_id: int,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        fin: bool = False,
+        max_chunk: int = MAX_STREAM_CHUNK,
+    ) -> tuple[bytes, int]:
+        """Seal stream bytes as records of one STREAM frame each, straight from ``data``
+        (``dtp_stream_seal``): chunks of ``max_chunk`` (one empty record for empty
+        data), the last frame STREAM_FIN when ``fin``. Returns (sealed bytes, records)."""
+        if not 0 <= first_counter < 2**64:
+            raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER)
+        if max_chunk <= 0:
+            raise LocalProtocolError("chunk size out of range", ErrorCode.ARG)
+        sid, off, chunk = _u64(stream_id), _u64(offset), _u64(max_chunk)
+        src = _from(data)
+        size = len(src)
+        # an upper bound on dtp_stream_seal_size: 28 bytes of record overhead and at
+        # most 25 of frame header per record
+        cap = size + (size // chunk + 1) * 53
+        out = self._buffer(cap)
+        counts = self._sizes
+        rc = lib.dtp_stream_seal(
+            self._ctx,
+            first_counter,
+            sid,
+            off,
+            src,
+            size,
+            int(fin),
+            chunk,
+            out,
+            cap,
+            counts,
+            counts + 1,
+        )
+        del src  # (see _from)
+        _check(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, counts[0])[:]
+        return sealed, counts[1]
+
+    def open_frames(
+        self,
+        buf: bytes | bytearray | memoryview,
+        max_records: int = 1024,
+        max_frames: int = OPEN_FRAMES_MAX,
+        max_ranges: int = OPEN_FRAMES_MAX,
+    ) -> OpenFramesResult:
+        """Open the DATA records at the start of ``buf`` and decode their frames in one
+        call (``dtp_aead_open_frames``); see the twin in :mod:`dtp.native.reference.aead`.
+        Frame data are memoryviews into a scratch buffer, valid until the next call."""
+        if max_records < 0 or max_frames < 0 or max_ranges < 0:
+            raise LocalProtocolError("limits must be >= 0", ErrorCode.ARG)
+        data = _from(buf)
+        size = len(data)
+        cap = max(1, min(max_records, size // RECORD_OVERHEAD + 1))
+        result = self._open_frames(data, size, cap, max_frames, max_ranges)
+        if result.status == t.FULL and not result.records:
+            result = self._open_frames(data, size, 1, MAX_RECORD_PLAINTEXT, MAX_RECORD_PLAINTEXT)
+        return result
+
+    def _open_frames(
+        self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
+        # every frame and range takes at least one byte of plaintext: more slots than
+        # input bytes never change the result
+        fcap = min(max_frames, size)
+        rcap = min(max_ranges, size)
+        if cap > self._recs_len:
+            self._recs = _new_uninit("dtp_opened_rec[]", cap)
+            self._recs_len = cap
+            self._recs_view = memoryview(ffi.buffer(self._recs))
+        # each array is stored before its length: a length is never larger than the
+        # array it describes, even to a caller that breaks the one-thread rule
+        if fcap > self._frames_len or self._frames is None:
+            frames_len = max(1, fcap, min(max_frames, 64))
+            self._frames = _new_uninit("dtp_frame[]", frames_len)
+            self._frames_view = memoryview(ffi.buffer(self._frames))
+            self._frames_len = frames_len
+        if rcap > self._ranges_len or self._ranges is None:
+            ranges_len = max(1, rcap, min(max_ranges, 64))
+            self._ranges = _new_uninit("dtp_ack_range[]", ranges_len)
+            self._ranges_view = memoryview(ffi.buffer(self._ranges))
+            self._ranges_len = ranges_len
+        plain = self._buffer(max(1, size))
+        counts = self._sizes
+        rc = lib.dtp_aead_open_frames(
+            self._ctx,
+            data,
+            size,
+            self._recs,
+            cap,
+            plain,
+            size,
+            self._frames,
+            fcap,
+            self._ranges,
+            rcap,
+            counts,
+            counts + 1,
+            counts + 2,
+            counts + 3,
+        )
+        n, nf, consumed = counts[0], counts[1], counts[3]
+        records: list[OpenedFrames] = []
+        if n:
+            view = ffi.buffer(plain, size)
+            if nf == 1:
+                cframes = [_CFRAME.unpack_from(self._frames_view)]
+            else:
+                cframes = list(_CFRAME.iter_unpack(self._frames_view[: nf * _CFRAME.size]))
+            append = records.append
+            recs = self._recs_view[: n * _OPENED_REC.size]
+            for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
+                out: list[RawFrame] = []
+                for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
+                    if ftype == t.FRAME_ACK:
+                        raw = self._ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
+                        ack = tuple(_CRANGE.iter_unpack(raw))
+                        out.append(_tuple_new(RawFrame, (ftype, 0, 0, c, b"", ack)))
+                    else:
+                        data = view[data_off : data_off + data_len] if data_len else b""
+                        out.append(_tuple_new(RawFrame, (ftype, a, b, c, data, ())))
+                append(_tuple_new(OpenedFrames, (counter, status != 0, out)))
+        if rc < 0:
+            return OpenFramesResult(records, consumed, rc, error_for(rc, remote=True))  # type: ignore[arg-type]
+        return _tuple_new(OpenFramesResult, (records, consumed, rc, None))
+
+    def encrypt(self, counter: int, ad: bytes, plaintext: bytes) -> bytes:
+        """Seal one message (ciphertext || tag), as Noise's ChaChaPoly ``encrypt``."""
+        if not 0 <= counter < 2**64 - 1:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad_buf, plain = _from(ad), _from(plaintext)
+        size = len(plain) + AEAD_TAG_LEN
+        out = self._buffer(size)
+        written = self._sizes
+        rc = lib.dtp_aead_seal_one(
+            self._ctx,
+            counter,
+            ad_buf,
+            len(ad_buf),
+            plain,
+            len(plain),
+            out,
+            size,
+            written,
+        )
+        del ad_buf, plain  # (see _from)
+        _check(rc, remote=False)
+        sealed: bytes = ffi.buffer(out, written[0])[:]
+        return sealed
+
+    def decrypt(self, counter: int, ad: bytes, ciphertext: bytes) -> bytes:
+        """Open one message; any failure raises :class:`~dtp.errors.DecryptionError`."""
+        if not 0 <= counter < 2**64 - 1:
+            raise LocalProtocolError("counter out of range", ErrorCode.COUNTER)
+        ad_buf, sealed = _from(ad), _from(ciphertext)
+        size = max(1, len(sealed))
+        out = self._buffer(size)
+        written = self._sizes
+        rc = lib.dtp_aead_open_one(
+            self._ctx,
+            counter,
+            ad_buf,
+            len(ad_buf),
+            sealed,
+            len(sealed),
+            out,
+            size,
+            written,
+        )
+        del ad_buf, sealed  # (see _from)
+        _check(rc, remote=True)
+        opened: bytes = ffi.buffer(out, written[0])[:]
+        return opened
+
+    @property
+    def replay_top(self) -> int | None:
+        """Highest counter accepted so far (None before the first)."""
+        top = ffi.new("uint64_t *")
+        return top[0] if lib.dtp_aead_replay_top(self._ctx, top) else None
+
+    def set_in_order(self) -> None:
+        """From now on accept records in counter order only (any other counter is
+        refused as a replay): for carriers that deliver records as they were sent, where
+        one removed or moved on the way must not go unnoticed. Only before the first
+        record is accepted (LocalProtocolError after)."""
+        if lib.dtp_aead_set_in_order(self._ctx) != 0:
+            raise LocalProtocolError("records were accepted already", ErrorCode.ARG)
+
+
+# --------------------------------------------------------------------------------------
+# reassembly
+
+
+_U8 = ffi.typeof("uint8_t[]")
+
+
+def _writable(dst: bytearray | memoryview) -> Any:
+    """A C pointer into a writable buffer (read-only ones are refused)."""
+    try:
+        return ffi.from_buffer(_U8, dst, True)
+    except (TypeError, BufferError):
+        raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+
+
+_READY: int = lib.DTP_READY
+_WAKE: int = lib.DTP_WAKE
+_ERR_IO: int = lib.DTP_ERR_IO
+_ERR_QUEUE: int = lib.DTP_ERR_QUEUE
+_MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
+OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+_from_buffer = ffi.from_buffer
+
+
+def _bytes_like(data: Any) -> Any:
+    """``data``'s buffer for a C call, or the TypeError a socket raises for it."""
+    try:
+        return _from_buffer(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
+
+
+_lane_recv = lib.dtp_lane_recv
+_lane_send = lib.dtp_lane_send
+_wait_readable = lib.dtp_wait_readable
+
+
+def _lane_failed(rc: int, err: int) -> NoReturn:
+    """Raise for a lane call's negative result ``rc``: OSError (``err``: the errno)
+    when the carrier's wait, read or write failed, else the code's DTPError."""
+    if rc == _ERR_IO:
+        raise OSError(err, os.strerror(err))
+    raise error_for(rc, remote=False)
+
+
+class NativeLane:
+    """The fast path of an established stream over a reliable carrier (C core).
+
+    :meth:`seal` seals stream bytes into a buffer the lane owns (``dtp_stream_seal``);
+    :meth:`take` takes one stream's in-order bytes out of received records straight
+    into the caller's buffer (``dtp_rx_take``). Each is one C call with every buffer and
+    result slot allocated once, so a small message costs little more than the crypto.
+    The AEADs are the connection's own (their counters and replay window are shared
+    with its general path). Not thread-safe.
+    """
+
+    def __init__(
+        self,
+        send: NativeAead,
+        recv: NativeAead,
+        seal_cap: int = 1 << 18,
+        recv_cap: int = 1 << 18,
+    ) -> None:
+        per_record = MAX_STREAM_CHUNK + _STREAM_RECORD_OVERHEAD
+        if seal_cap < per_record:
+            raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
+        if recv_cap <= _MAX_RECORD:
+            raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
+        self._send = send
+        self._recv = recv
+        self._send_ctx = send._ctx
+        self._recv_ctx = recv._ctx
+        #: Most bytes one :meth:`seal` call takes.
+        self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
+        self._out = _new_uninit("uint8_t[]", seal_cap)
+        self._out_cap = seal_cap
+        self._out_view = memoryview(ffi.buffer(self._out))
+        self._counts = ffi.new("size_t[2]")
+        self._counts1 = self._counts + 1
+        self._rx = ffi.new("dtp_rx *")
+        self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+        self._scratch_view = memoryview(ffi.buffer(self._scratch))
+        #: The state of the stream the connection lends (``dtp_flow``): see
+        #: :meth:`dtp.protocol.connection.Connection.lend`.
+        self.flow = ffi.new("dtp_flow *")
+        #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap``
+        #: bytes; pages are touched only as reads fill them).
+        self._rbuf = _new_uninit("uint8_t[]", recv_cap)
+        self._rbuf_cap = recv_cap
+        self.rview = memoryview(ffi.buffer(self._rbuf))
+        #: The carrier I/O's context (``dtp_lane``): the buffers, and what the last
+        #: :meth:`recv` / :meth:`send` did (``got``, ``end``, ``sent``, ``status``,
+        #: ``err``; ``pending``: the start of a record kept at ``rview[:pending]``).
+        #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes;
+        #: pages are touched only as reads fill them).
+        self._own = _new_uninit("uint8_t[]", OWN_CAP)
+        self.own = memoryview(ffi.buffer(self._own))
+        self.own_cap = OWN_CAP
+        self.io = io = ffi.new("dtp_lane *")
+        io.send = self._send_ctx
+        io.recv = self._recv_ctx
+        io.flow = self.flow
+        io.out = self._out
+        io.out_cap = seal_cap
+        io.max_chunk = MAX_STREAM_CHUNK
+        io.rbuf = self._rbuf
+        io.rbuf_cap = recv_cap
+        io.scratch = self._scratch
+        io.scratch_cap = MAX_RECORD_PLAINTEXT
+        self._err = ffi.new("int *")
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a record the carrier has only begun to bring, kept at
+        ``rview[:pending]`` for :meth:`recv` to complete (the connection moves them to
+        and from its own input buffer when it lends or takes back a stream)."""
+        n: int = self.io.pending
+        return n
+
+    @pending.setter
+    def pending(self, n: int) -> None:
+        if not 0 <= n <= _MAX_RECORD or n > len(self.rview):
+            raise LocalProtocolError("not the start of one record", ErrorCode.ARG)
+        self.io.pending = n
+
+    @property
+    def status(self) -> int:
+        """The status of the last :meth:`recv` or :meth:`wait_read`."""
+        n: int = self.io.status
+        return n
+
+    def seal(
+        self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview
+    ) -> tuple[memoryview, int]:
+        """Seal ``data`` (at most :attr:`max_seal` bytes) as STREAM records from
+        ``counter``; returns the sealed bytes (a view valid until the next call) and
+        the number of records."""
+        src = _from_buffer(data)
+        size = len(src)
+        counts = self._counts
+        try:
+            if size > self.max_seal:
+                raise LocalProtocolError("more data than one seal takes", ErrorCode.ARG)
+            rc = lib.dtp_stream_seal(
+                self._send_ctx,
+                counter,
+                stream_id,
+                offset,
+                src,
+                size,
+                0,
+                MAX_STREAM_CHUNK,
+                self._out,
+                self._out_cap,
+                counts,
+                self._counts1,
+            )
+        except OverflowError:
+            # a number outside uint64_t: the code the twin gives (caught, not checked
+            # first, to keep the checks off the per-call path)
+            if not 0 <= counter < 2**64:
+                raise LocalProtocolError("record counter out of range", ErrorCode.COUNTER) from None
+            raise LocalProtocolError("value out of varint range", ErrorCode.VARINT) from None
+        finally:
+            del src  # (see _from)
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        return self._out_view[: counts[0]], counts[1]
+
+    def release_output(self) -> None:
+        """Leave the buffer the last seal returned a view of to whoever holds that view
+        and seal into a new one from now on (an asyncio transport of Python 3.12 and
+        later queues what it is given as it is: the next seal must not overwrite it)."""
+        self._out = _new_uninit("uint8_t[]", self._out_cap)
+        self._out_view = memoryview(ffi.buffer(self._out))  # (the old one keeps its own)
+        self.io.out = self._out
+
+    def take(
+        self,
+        buf: bytes | bytearray | memoryview,
+        stream_id: int,
+        offset: int,
+        stream_limit: int,
+        conn_received: int,
+        conn_limit: int,
+        dst: bytearray | memoryview,
+    ) -> TakeResult:
+        """Take the records at the start of ``buf`` that carry ``stream_id``'s next
+        bytes within both flow-control limits, their data into ``dst``; stops before
+        anything else (see ``dtp_rx_take``). ``dst`` past ``taken`` is unspecified
+        afterwards (data decrypted in place there is zeroed when its record fails
+        authentication)."""
+        rx = self._rx
+        rx.stream_id = stream_id
+        rx.offset = offset
+        rx.stream_limit = stream_limit
+        rx.conn_received = conn_received
+        rx.conn_limit = conn_limit
+        src = _from_buffer(buf)
+        try:  # (inline _writable: one call less per take)
+            out = _from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            del src  # (see _from)
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        rc = lib.dtp_rx_take(
+            self._recv_ctx,
+            src,
+            len(src),
+            rx,
+            out,
+            len(out),
+            self._scratch,
+            MAX_RECORD_PLAINTEXT,
+        )
+        del src, out  # (see _from)
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        spill: bytes | memoryview = b""
+        if rx.spill_len:
+            start = rx.spill_off
+            spill = self._scratch_view[start : start + rx.spill_len]
+        return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
+
+    def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
+        """Seal the start of ``data`` on the lent stream, as much as its limits allow
+        (``dtp_flow_seal``); returns the records (a view valid until the next call;
+        empty when nothing was sealed). ``flow.taken``: how much of ``data`` they hold."""
+        flow = self.flow
+        src = _from_buffer(data)
+        rc = lib.dtp_flow_seal(
+            self._send_ctx,
+            flow,
+            src,
+            len(src),  # bytes, whatever the buffer's item size
+            MAX_STREAM_CHUNK,
+            self._out,
+            self._out_cap,
+            now,
+        )
+        del src  # (see _from)
+        if rc:
+            if rc < 0:
+                raise error_for(rc, remote=False)
+            return self._out_view[:0]
+        return self._out_view[: flow.written]
+
+    def flow_take(self, n: int, dst: bytearray | memoryview, now: float) -> int:
+        """Take the lent stream's next bytes from the records at the start of
+        ``rview[:n]`` (the carrier read there) into ``dst`` (``dtp_flow_take``); returns
+        the status (OK, DUE, NEED_MORE, FULL, STOP). ``flow.rx`` holds what was taken
+        and consumed; :meth:`flow_spill` the data of a record that did not fit."""
+        if not 0 <= n <= len(self.rview):
+            raise LocalProtocolError("more than the receive buffer holds", ErrorCode.ARG)
+        out = _writable(dst)
+        rc: int = lib.dtp_flow_take(
+            self._recv_ctx,
+            self.flow,
+            self._rbuf,
+            n,
+            out,
+            len(out),
+            self._scratch,
+            MAX_RECORD_PLAINTEXT,
+            now,
+        )
+        del out  # (see _from)
+        if rc < 0:
+            raise error_for(rc, remote=False)
+        return rc
+
+    def wait_read(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        timeout_ms: int,
+        dst: bytearray | memoryview | int,
+        stream_id: int,
+    ) -> int:
+        """Release ``lock`` while waiting up to ``timeout_ms`` (negative: forever) for
+        the carrier ``fd`` or ``wake_fd`` (-1: none) to be readable
+        (``dtp_wait_readable``), then, lock held again, :meth:`recv` -- if the flow is
+        still lent ``stream_id`` (another thread may have lent another stream
+        meanwhile). Returns what :meth:`recv` does; 0 with :attr:`status` WAKE (also
+        when the flow changed hands: nothing was read) or WAIT after the wait alone.
+        Raises OSError if the wait or the read fails."""
+        io = self.io
+        err = self._err
+        lock.release()
+        try:
+            rc: int = _wait_readable(fd, wake_fd, timeout_ms, err)
+        finally:
+            lock.acquire()
+        if rc == _READY:
+            flow = self.flow
+            if flow.stream_id == stream_id and flow.can_recv:
+                if type(dst) is int:
+                    return self.recv(fd, dst)
+                try:
+                    out = _from_buffer(_U8, dst, True)
+                except (TypeError, BufferError):
+                    return self.recv(fd, dst)  # (raises)
+                n: int = _lane_recv(io, fd, out, len(out))
+                del out  # (see _from)
+                if n < 0:
+                    _lane_failed(n, io.err)
+                return n
+            rc = _WAKE
+        elif rc < 0:
+            _lane_failed(rc, err[0])
+        io.status = rc
+        return 0
+
+    def recv(self, fd: int, dst: bytearray | memoryview | int) -> int:
+        """Read the carrier ``fd`` (non-blocking) once, after the :attr:`pending` bytes,
+        and :meth:`flow_take` what is there into ``dst`` (``dtp_lane_recv``) -- a
+        writable buffer, or a size: then into :attr:`own` (at most :attr:`own_cap`).
+        Returns the bytes taken (:attr:`status` OK, or NEED_MORE with a record kept
+        pending); 0 with :attr:`status` NEED_MORE (no record whole yet), WAIT (nothing
+        to read), EOF, or FULL / STOP / DUE, when ``flow.rx`` tells what was taken and
+        consumed and ``rview[flow.rx.consumed : io.end]`` is the general path's (nothing
+        stays pending then; after DUE, only what stays :attr:`pending` is, which the
+        connection takes when it takes the stream back). Raises OSError if the read
+        fails."""
+        if type(dst) is int:
+            if not 0 <= dst <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            n: int = _lane_recv(self.io, fd, self._own, dst)
+        else:
+            try:
+                out = _from_buffer(_U8, dst, True)
+            except (TypeError, BufferError):
+                raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+            n = _lane_recv(self.io, fd, out, len(out))
+            del out  # (see _from)
+        if n < 0:
+            _lane_failed(n, self.io.err)
+        return n
+
+    def feed(self, n: int, dst: bytearray | memoryview) -> int:
+        """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
+        n]``: take them as :meth:`recv` takes what it reads (``dtp_lane_take``)."""
+        try:
+            out = _from_buffer(_U8, dst, True)
+        except (TypeError, BufferError):
+            raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
+        got: int = lib.dtp_lane_take(self.io, n, out, len(out))
+        del out  # (see _from)
+        if got < 0:
+            raise error_for(got, remote=False)
+        return got
+
+    def send(
+        self, fd: int, data: bytes | bytearray | memoryview, queue: list[memoryview] | None = None
+    ) -> int:
+        """:meth:`flow_seal` the start of ``data`` (stamped with the monotonic clock)
+        and write the records to the carrier ``fd`` (``dtp_lane_send``); returns how
+        many bytes of ``data`` are left (not sealed: 0 when all were). ``io.sent`` of
+        ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
+        when given, for the caller to write later. Raises OSError if the write
+        fails."""
+        if type(data) is bytes:
+            size = len(data)
+            n: int = _lane_send(self.io, fd, data, size)
+        else:
+            buf = _bytes_like(data)
+            size = len(buf)
+            n = _lane_send(self.io, fd, buf, size)
+            del buf  # (see _from)
+        if n >= 0:
+            return size - n
+        return self._unsent(n, size, queue)
+
+    def _unsent(self, n: int, size: int, queue: list[memoryview] | None) -> int:
+        """:meth:`send` after ``dtp_lane_send`` returned the error ``n`` for ``size``
+        bytes: the bytes left (a partial write queued), or raise."""
+        io = self.io
+        if n == _ERR_QUEUE:
+            if queue is not None:
+                queue.append(memoryview(self._out_view[io.sent : self.flow.written].tobytes()))
+            taken: int = self.flow.taken
+            return size - taken
+        _lane_failed(n, io.err)
+
+    def exchange(
+        self,
+        lock: Any,
+        fd: int,
+        wake_fd: int,
+        data: bytes,
+        queue: list[memoryview],
+        release: Any,
+        timeout_ms: int,
+        size: int,
+        stream_id: int,
+    ) -> int:
+        """:meth:`send` ``data`` and, when every record of all of it went out,
+        :meth:`wait_read` up to ``size`` bytes (at most :attr:`own_cap`) into
+        :attr:`own` -- a request and its answer in one call, the wait first (the answer
+        cannot have come yet). ``release`` (a lock the caller holds, or None) is
+        released once the records are written, or when this raises before. Returns what
+        :meth:`wait_read` does; when not all of ``data`` went on the wire, -1 - the
+        bytes of it left unsealed (the records sealed but not written are appended to
+        ``queue``, as :meth:`send` does), and nothing waited. Raises OSError if the
+        write, the wait or the read fails."""
+        # (wait_read inline: one Python frame for the whole exchange, which is most of
+        # a small call's cost when two processes share a CPU)
+        io = self.io
+        size_in = len(data)
+        try:
+            if not 0 <= size <= OWN_CAP:
+                raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
+            n: int = _lane_send(io, fd, data if type(data) is bytes else _bytes_like(data), size_in)
+        finally:
+            if release is not None:
+                release.release()
+        if n != size_in:
+            return -1 - (size_in - n if n >= 0 else self._unsent(n, size_in, queue))
+        err = self._err
+        lock.release()
+        try:
+            rc: int = _wait_readable(fd, wake_fd, timeout_ms, err)
+        finally:
+            lock.acquire()
+        if rc == _READY:
+            flow = self.flow
+            if flow.stream_id == stream_id and flow.can_recv:
+                n = _lane_recv(io, fd, self._own, size)
+                if n < 0:
+                    _lane_failed(n, io.err)
+                return n
+            rc = _WAKE
+        elif rc < 0:
+            _lane_failed(rc, err[0])
+        io.status = rc
+        return 0
+
+    def flow_spill(self) -> memoryview:
+        """After :meth:`flow_take` returned FULL: the data of the last record that did
+        not fit in ``dst`` (valid until the next call)."""
+        rx = self.flow.rx
+        return self._scratch_view[rx.spill_off : rx.spill_off + rx.spill_len]
+
+
+class NativeReassembler:
+    """Reorder buffer over a byte sequence space (C core); memory capped by ``window``."""
+
+    def __init__(self, start_seq: int = 0, window: int = 1 << 20, max_ranges: int = 1024) -> None:
+        if not (0 <= start_seq < 2**64 and 0 < window < 2**32 and 0 < max_ranges < 2**32):
+            raise LocalProtocolError("reassembler parameters out of range", ErrorCode.ARG)
+        r = lib.dtp_reasm_new(start_seq, window, max_ranges)
+        if r == ffi.NULL:
+            raise MemoryError("could not allocate a reassembly buffer")
+        self._r = ffi.gc(r, lib.dtp_reasm_free)
+
+    def push(self, seq: int, data: bytes | bytearray | memoryview) -> None:
+        """Insert one chunk whose first byte has sequence number ``seq``."""
+        self.push_many([(seq, data)])
+
+    def push_many(self, chunks: Sequence[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """Insert chunks in one call; on error nothing is inserted."""
+        n = len(chunks)
+        joined = b"".join([d for _, d in chunks])
+        cchunks = ffi.new("dtp_chunk[]", max(1, n))
+        off = 0
+        try:
+            for i, (seq, data) in enumerate(chunks):
+                size = len(data)
+                c = cchunks[i]
+                c.seq = seq
+                c.data_off = off
+                c.len = size
+                off += size
+            if off != len(joined):
+                # a chunk's items are wider than a byte: place the chunks by their bytes
+                off = 0
+                for i, (_, data) in enumerate(chunks):
+                    size = memoryview(data).nbytes
+                    cchunks[i].data_off = off
+                    cchunks[i].len = size
+                    off += size
+        except OverflowError:
+            raise LocalProtocolError("chunk sequence out of range", ErrorCode.ARG) from None
+        # each code on its usual side: ARG is our misuse, WINDOW/FRAGMENTED the peer's
+        _check(lib.dtp_reasm_push(self._r, cchunks, n, _from(joined), len(joined)))
+
+    def pop(self, max_bytes: int | None = None) -> bytes:
+        """Release contiguous bytes (all that are ready, or at most ``max_bytes``)."""
+        ready = lib.dtp_reasm_readable(self._r)
+        size = ready if max_bytes is None else min(ready, max_bytes)
+        if size <= 0:
+            return b""
+        out = bytearray(size)
+        written = ffi.new("size_t *")
+        _check(lib.dtp_reasm_pop(self._r, _from(out), size, written), remote=False)
+        return bytes(out[: written[0]])
+
+    @property
+    def next_seq(self) -> int:
+        """Sequence number of the first byte not yet released."""
+        return int(lib.dtp_reasm_next_seq(self._r))
+
+    @property
+    def readable(self) -> int:
+        """Contiguous bytes ready to pop."""
+        return int(lib.dtp_reasm_readable(self._r))
+
+    @property
+    def buffered(self) -> int:
+        """All bytes held, contiguous or not."""
+        return int(lib.dtp_reasm_buffered(self._r))
+
+
+# --------------------------------------------------------------------------------------
+# HAM
+
+
+# the buffer NativeHamGraph.advance tries first
+_ADVANCE_ROOM = 4096
+
+
+class NativeHamGraph:
+    """The HAM field table (C core): merge batches, hold deferred updates, look up."""
+
+    def __init__(self, max_deferred_bytes: int = 64 << 20, seed: bytes | None = None) -> None:
+        seed = os.urandom(16) if seed is None else seed
+        if not 0 <= max_deferred_bytes < 2**64:
+            raise LocalProtocolError("max_deferred_bytes out of range", ErrorCode.ARG)
+        if len(seed) != 16:
+            raise LocalProtocolError("HAM hash seed must be 16 bytes", ErrorCode.ARG)
+        g = lib.dtp_ham_new(max_deferred_bytes, _from(seed), len(seed))
+        if g == ffi.NULL:
+            raise MemoryError("could not allocate a HAM table")
+        self._g = ffi.gc(g, lib.dtp_ham_free)
+
+    def merge(self, batch: bytes | bytearray | memoryview, machine_state: float) -> MergeResult:
+        """Merge an encoded batch against the machine clock ``machine_state``."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        data = _from(batch)
+        size = len(data)
+        status = bytearray(max(1, size // 12 + 1))
+        changed = bytearray(max(size, HAM_BATCH_HEADER_LEN))
+        counts = ffi.new("size_t[2]")
+        rc = lib.dtp_ham_merge(
+            self._g,
+            machine_state,
+            data,
+            size,
+            _from(status),
+            len(status),
+            counts,
+            _from(changed),
+            len(changed),
+            counts + 1,
+        )
+        del data  # (see _from)
+        _check(rc, remote=True)
+        # one copy each: slicing the memoryview does not copy, bytes() does
+        return MergeResult(
+            bytes(memoryview(status)[: counts[0]]), bytes(memoryview(changed)[: counts[1]])
+        )
+
+    def advance(self, machine_state: float) -> bytes:
+        """Apply deferred updates now due; returns those applied, as a batch."""
+        if not math.isfinite(machine_state):
+            raise LocalProtocolError("machine state must be finite", ErrorCode.HAM_STATE)
+        # One call with a small buffer does for the usual case (nothing or little due):
+        # sizing it for the whole queue cost 16 MiB zeroed per call with the queue full.
+        # When more is due, the C changes nothing and reports the room it needs.
+        changed = bytearray(_ADVANCE_ROOM)
+        written = ffi.new("size_t *")
+        rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
+        if rc == ErrorCode.BUFFER:
+            changed = bytearray(written[0])
+            rc = lib.dtp_ham_advance(self._g, machine_state, _from(changed), len(changed), written)
+        _check(rc, remote=False)
+        return bytes(memoryview(changed)[: written[0]])
+
+    def get(self, soul: bytes, field: bytes) -> tuple[float, bytes] | None:
+        """(state, value) of one field, or None."""
+        if type(soul) is not bytes or type(field) is not bytes:
+            # cffi passes bytes as they are; any other bytes-like key as its bytes
+            soul, field = bytes(soul), bytes(field)
+        state = ffi.new("double *")
+        value = ffi.new("uint8_t **")
+        vlen = ffi.new("size_t *")
+        found = lib.dtp_ham_get(self._g, soul, len(soul), field, len(field), state, value, vlen)
+        if not found:
+            return None
+        return state[0], bytes(ffi.buffer(value[0], vlen[0]))
+
+    def export(self, max_batch_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The whole table as a sequence of batches of at most ``max_batch_bytes`` (as
+        the twin bounds them: never less than one maximal entry needs, nor more than
+        ``HAM_EXPORT_MAX_BATCH``, the buffer being allocated whole).
+
+        Fields may change value while the batches are consumed, but a merge that adds a
+        field (the table grows and moves its entries: the cursor would skip some and
+        repeat others) makes the next batch raise RuntimeError, as a dict's iteration
+        does in the twin."""
+        cursor = ffi.new("uint64_t *")
+        written = ffi.new("size_t *")
+        size = min(max(max_batch_bytes, HAM_EXPORT_MIN_BATCH), HAM_EXPORT_MAX_BATCH)
+        out = bytearray(size)
+        count = lib.dtp_ham_count(self._g)
+        while True:
+            rc = _check(
+                lib.dtp_ham_export(self._g, cursor, _from(out), len(out), written), remote=False
+            )
+            if written[0] > HAM_BATCH_HEADER_LEN:
+                yield bytes(out[: written[0]])
+            if rc == t.OK:
+                return
+            if lib.dtp_ham_count(self._g) != count:
+                raise RuntimeError("HAM table changed size during export")
+
+    def __len__(self) -> int:
+        return int(lib.dtp_ham_count(self._g))
+
+    @property
+    def deferred_count(self) -> int:
+        return int(lib.dtp_ham_deferred_count(self._g))
+
+    @property
+    def deferred_bytes(self) -> int:
+        return int(lib.dtp_ham_deferred_bytes(self._g))
+
+
+# the spans native_find_ham_souls makes room for at first (more: a second call)
+_SOUL_SPANS = 64
+
+
+def native_find_ham_souls(
+    batch: bytes | bytearray | memoryview, prefix: bytes
+) -> list[tuple[int, int]]:
+    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return the
+    byte spans ``(start, end)`` of the updates whose soul starts with ``prefix``."""
+    data = _from(batch)
+    prefix = bytes(prefix)
+    found = ffi.new("size_t *")
+    cap = 2 * _SOUL_SPANS
+    spans = ffi.new("uint64_t[]", cap)
+    rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
+    if rc == ErrorCode.BUFFER:
+        cap = 2 * found[0]
+        spans = ffi.new("uint64_t[]", cap)
+        rc = lib.dtp_ham_find_souls(data, len(data), prefix, len(prefix), spans, cap, found)
+    del data  # (see _from)
+    _check(rc, remote=True)
+    flat = ffi.unpack(spans, 2 * found[0])
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+def native_zero_negative_states(batch: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """Validate a whole batch (RemoteProtocolError as ``decode_ham_batch``) and return it
+    with every state that is ``-0.0`` written as ``0.0``, and how many were."""
+    out = bytearray(batch)
+    changed = ffi.new("size_t *")
+    buf = _from(out)
+    rc = lib.dtp_ham_zero_states(buf, len(buf), changed)
+    del buf  # (see _from)
+    _check(rc, remote=True)
+    return bytes(out), int(changed[0])
+
+
+# --------------------------------------------------------------------------------------
+# backend selection: mypy sees the native names; DTP_PUREPYTHON=1 swaps in the twins.
+
+from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch  # noqa: E402
+
+if TYPE_CHECKING or not PUREPYTHON:
+    write_record_header = native_write_record_header
+    parse_records = native_parse_records
+    decode_frames = native_decode_frames
+    encode_frames = native_encode_frames
+    Aead = NativeAead
+    Reassembler = NativeReassembler
+    HamGraph = NativeHamGraph
+    Lane = NativeLane
+    find_ham_souls = native_find_ham_souls
+    zero_negative_states = native_zero_negative_states
+else:
+    from dtp.native.reference import (
+        Aead,
+        HamGraph,
+        Lane,
+        Reassembler,
+        decode_frames,
+        encode_frames,
+        find_ham_souls,
+        parse_records,
+        write_record_header,
+        zero_negative_states,
+    )
+
+BACKEND = "python" if PUREPYTHON else "c"
+
+__all__ = [
+    "BACKEND",
+    "HAVE_NATIVE",
+    "Aead",
+    "HamGraph",
+    "HamUpdate",
+    "Lane",
+    "Reassembler",
+    "decode_frames",
+    "decode_ham_batch",
+    "encode_frames",
+    "encode_ham_batch",
+    "find_ham_souls",
+    "parse_records",
+    "write_record_header",
+    "zero_negative_states",
+]

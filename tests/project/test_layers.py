@@ -1,0 +1,293 @@
+"""The layers of ``dtp/`` import only downward (docs/architecture.md, "Layout").
+
+The import graph is read from the source with ``ast``: every ``import`` in a module counts,
+lazy ones inside functions included (they are how a cycle hides), except those under
+``if TYPE_CHECKING:``, which carry no arrow at run time. The test fails on an import cycle
+among dtp modules and on an import that the layer table forbids, unless the allow-list
+names it; and it fails on an allow-listed entry that no longer exists, so the list only
+shrinks.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+from tests.support.paths import ROOT
+
+PACKAGE = ROOT / "dtp"
+
+# Which layer a module belongs to: the longest matching prefix wins. Modules still at
+# their old flat paths are listed under the layer they move to.
+LAYER_OF: dict[str, str] = {
+    "dtp.errors": "errors",
+    "dtp._checks": "errors",
+    "dtp.native": "native",
+    "dtp.identity": "identity",
+    "dtp.protocol": "protocol",
+    "dtp.ledger": "ledger",
+    "dtp.ledger.cli": "cli",  # the ledger commands, bound for cli/
+    "dtp.ledger.cli_funds": "cli",
+    "dtp.escrow": "payments",
+    "dtp.metering": "payments",
+    "dtp.ratelimit": "payments",
+    "dtp.receipt_store": "payments",
+    "dtp.receipt_writer": "payments",
+    "dtp.settlement": "payments",
+    "dtp._session": "transport",
+    "dtp._poll": "transport",
+    "dtp.handshake_slots": "transport",
+    "dtp.handshake_gate": "transport",
+    "dtp.heap_release": "transport",
+    "dtp.replay_guard": "transport",
+    "dtp.carriers": "transport",
+    "dtp.carriers.tcp": "transport",
+    "dtp.carriers.memory": "transport",
+    # socket.py and aio.py hold the blocking and asyncio transports until those move to
+    # transport/ and the two become thin faces.
+    "dtp.socket": "transport",
+    "dtp.aio": "transport",
+    "dtp.address": "hostid",
+    "dtp.admission": "hostid",
+    "dtp.served": "hostid",
+    "dtp.carriers.ledger": "hostid",
+    "dtp.carriers.ledger_bridge": "hostid",
+    "dtp.paid": "paid",
+    "dtp.paid_aio": "paid",
+    "dtp.udp": "udp",
+    "dtp.udp_aio": "udp",
+    "dtp.messaging": "messaging",
+    "dtp.graph": "graph",
+    "dtp.daemon": "daemon",
+    "dtp.daemon.cli": "cli",
+    "dtp.daemon.demo_step": "cli",
+    "dtp.cli": "cli",
+    "dtp.demo": "cli",
+    "dtp.__main__": "cli",
+}
+
+_BELOW_TRANSPORT = {"errors", "native", "identity", "protocol"}
+_BELOW_HOSTID = {"errors", "native", "identity", "protocol", "ledger", "payments", "transport"}
+_BELOW_APPS = _BELOW_HOSTID | {"hostid", "paid", "udp", "faces"}
+
+# What each layer may import besides itself (the table of docs/architecture.md).
+# protocol and ledger/payments sit side by side and never import each other; the
+# transport imports no money.
+MAY_IMPORT: dict[str, set[str]] = {
+    "errors": set(),
+    "native": {"errors"},
+    "identity": {"errors", "native"},
+    "protocol": {"errors", "native", "identity"},
+    "ledger": {"errors", "native", "identity"},
+    "payments": {"errors", "native", "identity", "ledger"},
+    "transport": _BELOW_TRANSPORT,
+    "hostid": _BELOW_HOSTID,
+    "paid": _BELOW_HOSTID | {"hostid"},
+    "udp": _BELOW_HOSTID | {"hostid"},
+    "faces": _BELOW_HOSTID | {"hostid", "paid", "udp"},
+    "messaging": _BELOW_APPS,
+    "graph": _BELOW_APPS - {"paid", "udp"},
+    "daemon": _BELOW_APPS,
+    "cli": _BELOW_APPS | {"messaging", "graph", "daemon"},
+}
+
+# Known imports against the table, each with the step of issue 42 that removes it. An
+# entry that no longer exists fails the test: delete it.
+_RECEIPT_DOWN = "1a: the receipt's wire format moves from escrow.py to ledger/receipt.py"
+_CLOSE_CODES = "1a: the payment close codes move to protocol/state.py"
+_CLIENT_PAYMENT = "1a: payments' ClientPayment types its connection with a Protocol"
+_HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
+_FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
+ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
+    ("dtp.ledger.interface", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.local", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.local_rules", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.ledger.sui", "dtp.escrow"): _RECEIPT_DOWN,
+    ("dtp.protocol.connection", "dtp.metering"): _CLOSE_CODES,
+    ("dtp.settlement", "dtp.protocol.connection"): _CLIENT_PAYMENT,
+    ("dtp.daemon.loop_signals", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
+    ("dtp.daemon.runner", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
+    ("dtp.socket", "dtp.paid"): _FACES,
+    ("dtp.aio", "dtp.paid_aio"): _FACES,
+    ("dtp.socket", "dtp.address"): _HOOKS,
+    ("dtp.socket", "dtp.admission"): _HOOKS,
+    ("dtp.socket", "dtp.carriers.ledger_bridge"): _HOOKS,
+    ("dtp.socket", "dtp.metering"): _HOOKS,
+    ("dtp.socket", "dtp.served"): _HOOKS,
+    ("dtp.socket", "dtp.settlement"): _HOOKS,
+    ("dtp.aio", "dtp.address"): _HOOKS,
+    ("dtp.aio", "dtp.admission"): _HOOKS,
+    ("dtp.aio", "dtp.carriers.ledger_bridge"): _HOOKS,
+    ("dtp.aio", "dtp.ledger.objects"): _HOOKS,
+    ("dtp.aio", "dtp.metering"): _HOOKS,
+    ("dtp.aio", "dtp.served"): _HOOKS,
+    ("dtp.aio", "dtp.settlement"): _HOOKS,
+}
+
+# Known import cycles (their modules, sorted), each with the step that breaks it.
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
+    ("dtp.ledger.local", "dtp.ledger.spec"): "1a: open_ledger moves from spec.py to open.py",
+    ("dtp.ledger.cli", "dtp.ledger.cli_funds"): "1c: their shared helpers move to cli/common.py",
+    ("dtp.aio", "dtp.paid_aio"): _FACES,
+    ("dtp.paid", "dtp.socket"): _FACES,
+    ("dtp.daemon.cli", "dtp.daemon.loop_signals", "dtp.daemon.runner"): (
+        "1c: StopSignals moves to daemon/signals.py"
+    ),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@functools.cache
+def import_graph() -> dict[str, set[str]]:
+    """Each dtp module's run-time imports of other dtp modules (read once per run)."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+    def known(name: str) -> str | None:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str | None] = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(known(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                for alias in node.names:
+                    targets.add(known(f"{base}.{alias.name}") or known(base))
+        graph[name] = {target for target in targets if target and target != name}
+    return graph
+
+
+def layer(module: str) -> str | None:
+    """The layer of ``module`` (None for the package root ``dtp``, which anyone may import)."""
+    name = module
+    while name:
+        if name in LAYER_OF:
+            return LAYER_OF[name]
+        name = name.rpartition(".")[0]
+    return None
+
+
+def violations(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    found = set()
+    for source, targets in graph.items():
+        for target in targets:
+            here, there = layer(source), layer(target)
+            if there is None or here == there:
+                continue
+            if here is None or there not in MAY_IMPORT[here]:
+                found.add((source, target))
+    return found
+
+
+def cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
+    """The strongly connected components of more than one module (Tarjan, iterative),
+    less a package and the submodules its ``__init__`` re-exports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[tuple[str, ...]] = set()
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                first = min(component)
+                if len(component) > 1 and not all(
+                    m == first or m.startswith(first + ".") for m in component
+                ):
+                    found.add(tuple(sorted(component)))
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = sorted(m for m in import_graph() if m != "dtp" and layer(m) is None)
+    assert not unplaced, f"modules with no layer in LAYER_OF: {unplaced}"
+
+
+def test_imports_only_point_down() -> None:
+    found = violations(import_graph())
+    new = sorted(found - ALLOWED_VIOLATIONS.keys())
+    gone = sorted(ALLOWED_VIOLATIONS.keys() - found)
+    assert not new, "imports against the layer table: " + ", ".join(f"{a} -> {b}" for a, b in new)
+    assert not gone, "fixed, delete from ALLOWED_VIOLATIONS: " + ", ".join(
+        f"{a} -> {b}" for a, b in gone
+    )
+
+
+def test_no_import_cycles() -> None:
+    found = cycles(import_graph())
+    new = sorted(found - ALLOWED_CYCLES.keys())
+    gone = sorted(ALLOWED_CYCLES.keys() - found)
+    assert not new, "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
+    assert not gone, "broken, delete from ALLOWED_CYCLES: " + "; ".join(
+        " <-> ".join(c) for c in gone
+    )
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    """The walker finds a lazy import, skips a TYPE_CHECKING one, and reports a cycle and
+    an upward arrow, so a silent pass means a clean tree and not a blind test."""
+    graph = {
+        "dtp.protocol.connection": {"dtp.ledger.objects"},
+        "dtp.ledger.objects": {"dtp.protocol.connection"},
+    }
+    assert violations(graph) == {
+        ("dtp.protocol.connection", "dtp.ledger.objects"),
+        ("dtp.ledger.objects", "dtp.protocol.connection"),
+    }
+    assert cycles(graph) == {("dtp.ledger.objects", "dtp.protocol.connection")}
+    real = import_graph()
+    # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
+    assert "dtp.native.core" in real["dtp.cli"]
+    # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
+    assert "dtp.ledger.interface" not in real["dtp.served"]

@@ -1,0 +1,59 @@
+"""Old module paths keep working after a move into the layer folders.
+
+``dtp/__init__.py`` maps each old name (``dtp.keys``, ``dtp.chain.local``...) to the module
+at its new path, so the old name is the very same module object: ``from dtp.keys import
+HostIdentity`` works, and monkeypatching through either name patches the one module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import dtp
+
+
+@pytest.mark.parametrize("old", sorted(dtp.MOVED))
+def test_an_old_name_is_the_module_at_its_new_name(old: str) -> None:
+    new = dtp.MOVED[old]
+    assert importlib.import_module(old) is importlib.import_module(new)
+    assert sys.modules[old] is sys.modules[new]
+    assert sys.modules[old].__name__ == new
+
+
+@pytest.fixture
+def probe_alias() -> Iterator[str]:
+    """A throwaway old name for the package ``dtp.graph``, removed afterwards."""
+    dtp.MOVED["dtp._moved_probe"] = "dtp.graph"
+    yield "dtp._moved_probe"
+    del dtp.MOVED["dtp._moved_probe"]
+    for name in [n for n in sys.modules if n.startswith("dtp._moved_probe")]:
+        del sys.modules[name]
+
+
+def test_a_package_alias_maps_its_submodules_to_the_same_objects(probe_alias: str) -> None:
+    import dtp.graph.clock
+
+    old_clock = importlib.import_module(f"{probe_alias}.clock")
+    assert old_clock is dtp.graph.clock
+    assert importlib.import_module(probe_alias).clock is dtp.graph.clock
+    assert dtp.moved_to(f"{probe_alias}.clock") == "dtp.graph.clock"
+    assert dtp.moved_to("dtp.graph.clock") is None
+
+
+def test_patching_through_the_old_name_patches_the_module(
+    probe_alias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dtp.graph.clock
+
+    old_clock = importlib.import_module(f"{probe_alias}.clock")
+    monkeypatch.setattr(old_clock, "_probe_value", 7, raising=False)
+    assert vars(dtp.graph.clock)["_probe_value"] == 7
+
+
+def test_a_name_that_never_existed_still_fails_to_import() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("dtp.no_such_module")
