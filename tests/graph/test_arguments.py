@@ -4,8 +4,8 @@ ledger's dump() stay as they were, and both keep working.
 
 Before: ``Graph.walk(None)`` returned None; ``subscribe("")`` registered a subscription no
 change can reach; ``changes(3)`` outside an event loop said "no running event loop";
-``add_listener``/``listen`` took a non-callable (failing later, in a sync session's
-thread); ``Graph(path)`` of another application's SQLite file switched it to WAL and
+``add_listener``/``listen`` took a non-callable (failing later, in the thread of a sync
+session); ``Graph(path)`` of another application's SQLite file switched it to WAL and
 added the graph's tables to it. LocalLedger calls given ``signer=None`` (or a str) raised
 AttributeError from deep inside.
 """

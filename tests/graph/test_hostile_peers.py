@@ -1,7 +1,7 @@
 """dtp.graph against misbehaving peers and bad local arguments: names that are not
 UTF-8 cannot pose as other names (reads were decoded with errors="replace"), a SUM
 listing a child twice is a protocol error, a protocol error ends the session object, an
-update larger than a session's cap does not recurse, a failing change listener fails
+update larger than the cap of a session does not recurse, a failing change listener fails
 nothing else, session and runner arguments are checked up front, and a graph file
 reached through a symlink is still one graph."""
 
@@ -84,7 +84,7 @@ def test_a_graph_file_reached_through_a_symlink_is_still_one_graph(tmp_path: Pat
 
 
 def test_a_protocol_error_ends_the_session_object_too() -> None:
-    """GraphSyncError "ends this session only" -- but the sans-I/O session went on: the
+    """GraphSyncError means the session is over -- but the sans-I/O session went on: the
     next receive_data() handled the bytes after the bad message (a DATA the peer sent
     after breaking the protocol was merged) and local changes were still queued for
     that peer. Now the session stops listening and refuses further input."""
@@ -120,7 +120,7 @@ def test_an_update_larger_than_a_sessions_cap_is_sent_alone() -> None:
     """A session splits batches larger than its max_message; a single update larger than
     the cap was split on and on until RecursionError -- raised out of the put() that
     made the change (after it was committed, and before the subscribers heard of it),
-    or out of the session's first push. It now goes alone, for the peer's cap to
+    or out of the first push of the session. It now goes alone, for the peer's cap to
     judge."""
     a, b = Graph(), Graph()
     a.put("big", {"v": "x" * 2000})

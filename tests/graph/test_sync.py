@@ -376,7 +376,7 @@ def test_server_survives_a_misbehaving_peer() -> None:
             s.sendall(_frame([HELLO, 1, b"r" * 16, 0, 0]) + _frame([77]))
             with pytest.raises(DTPError, match="graph sync protocol error"):
                 while s.recv(65536):
-                    pass  # the server aborts this session only
+                    pass  # the server aborts only the session at fault
         other = Graph()
         connect(other, server.address, server_key=server.noise_public_key, timeout=10)
         assert other.snapshot() == server_graph.snapshot()

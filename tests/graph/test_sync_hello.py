@@ -40,7 +40,7 @@ async def _serve(
 ) -> tuple[dtp.aio.DTPServer, bytes, asyncio.Queue[Outcome], asyncio.Event]:
     """An asyncio DTP server running ``sync_stream(graph, ..., **kw)`` per connection.
 
-    Returns the server, its key, a queue of each session's outcome, and an event set
+    Returns the server, its key, a queue of the outcome of each session, and an event set
     once a handler is inside ``sync_stream`` (its HELLO deadline armed)."""
     outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
     started = asyncio.Event()
@@ -223,7 +223,7 @@ def test_hello_timeout_is_checked(bad: object, exc: type[Exception]) -> None:
 
 def test_a_session_cancelled_before_the_deadline_leaves_the_stream_alone() -> None:
     """The HELLO deadline belongs to its session: cancelled (or ended) before it, the
-    session's listener goes, and the stream -- the caller's to close -- is not aborted
+    listener of the session goes, and the stream -- the caller's to close -- is not aborted
     at the deadline."""
 
     async def main() -> None:

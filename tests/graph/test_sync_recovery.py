@@ -378,8 +378,8 @@ def _lag_while_pushing() -> None:
 
 def test_a_session_lagging_while_its_writer_pushes_does_not_deadlock() -> None:
     """A lagging session closes itself from _on_change, under the graph's lock; the
-    writer's push step holds the session's lock and asks the graph for the next batch.
-    close() took the session's lock too: the two threads waited for each other."""
+    writer's push step holds the lock of the session and asks the graph for the next batch.
+    close() took the lock of the session too: the two threads waited for each other."""
     for _ in range(20):  # (a race: it deadlocked in about one run in two)
         _lag_while_pushing()
 

@@ -2,7 +2,7 @@
 
 1. ``GraphServer.errors`` was counted outside the lock that guards the other counters
    (two sessions failing at once could lose a count); it is now counted under it, with
-   the session's other counters, and :meth:`GraphServer.counts` reads them together.
+   the other counters of the session, and :meth:`GraphServer.counts` reads them together.
 2. A peer that connected and never sent HELLO held its session slot for good (DTP
    keepalives keep the connection from its idle timeout): ``max_sessions`` such peers
    locked every other peer out. The server now cuts off a peer without a HELLO after
@@ -17,7 +17,7 @@
 It used to stop accepting only: every live session went on in its thread, holding its
 connection and writing to the graph, after ``close()`` and after a ``with GraphServer``
 block -- the graph could not be closed safely, and nothing could end those sessions but
-their peers. Now each running session's connection is closed (its peer sees the server
+their peers. Now the connection of each running session is closed (its peer sees the server
 leave: a live sync returns), and ``close()`` waits up to ``timeout`` for the session
 threads to be done with the graph.
 
@@ -88,7 +88,7 @@ def test_a_failed_session_is_counted_under_the_counters_lock() -> None:
                 with pytest.raises(DTPError, match="graph sync protocol error"):
                     while s.recv(65536):
                         pass
-                # the session's thread is past its abort: a count made outside the lock
+                # the thread of the session is past its abort: a count made outside the lock
                 # shows within moments; made under it, not while we hold it
                 assert not _wait(lambda: server.errors != 0, 5.0)
         assert _wait(
@@ -348,7 +348,7 @@ def test_the_with_block_ends_the_sessions_too(tmp_path: Path) -> None:
 
 def test_close_ends_a_session_whose_peer_does_not_read(tmp_path: Path) -> None:
     # a peer that sent HELLO and reads nothing: what the session sent it stays
-    # unacknowledged, and the session's close waits out its linger (5 s) for it
+    # unacknowledged, and the close of the session waits out its linger (5 s) for it
     served = Graph(tmp_path / "served.db")
     blob = "x" * 1000
     for i in range(4000):

@@ -117,7 +117,7 @@ def test_a_dh_made_ahead_for_another_server_does_not_outlive_the_handshake() -> 
     assert client.read_message(server.write_message(b"two")) == b"two"
     assert client.complete
     # the connect went to SERVER: the DH with `other` is never taken, and it was the
-    # last thing holding the session's ephemeral private key
+    # last thing holding the ephemeral private key of the session
     assert not any(key[0] == ephemeral for key in keys_ahead._shared)
 
 

@@ -1,7 +1,7 @@
 """Broadcast (docs/messaging.md §5):
 
 1. Station sessions: a restarted station numbered its messages from 1 again and signed
-   only (broadcast, channel, seq, payload), so a relay passed an earlier session's seq 1
+   only (broadcast, channel, seq, payload), so a relay passed the seq 1 of an earlier session
    off as the new one's; and the HELLO was unsigned, so a relay rewound ``next_seq`` and
    replayed what was sent before the listener joined. The HELLO is now signed and names
    the session (nonce, start time), which every message's signature covers.
@@ -405,7 +405,7 @@ def test_a_restarted_station_refuses_old_tips_and_keeps_the_totals(
     try:
         l_side.sendall(frame)
         assert wait_for(lambda: second.invalid_tips == 1, timeout=PROMPT)
-        # a new tip for this session is not covered: the 100 MIST were tipped before
+        # a new tip for the current session is not covered: the 100 MIST were tipped before
         l_side.sendall(_tip_frame(w, second, b"\x00" * 15 + b"\x02", 1))
         assert wait_for(lambda: second.invalid_tips == 2, timeout=PROMPT)
         assert second.tips.empty() and second.tipped == {fan: 100}

@@ -629,7 +629,7 @@ def test_a_dead_connection_in_an_address_full_line_does_not_turn_a_newcomer_away
 
 
 def test_a_ledger_connection_waits_for_its_own_handshake_timeout() -> None:
-    """The server's handshake timeout is 0.3 s, a ledger connection's 30 s (its session's
+    """The server's handshake timeout is 0.3 s, a ledger connection's 30 s (its
     timer keeps it open that long): still within it when its turn comes, it starts; it
     was closed unserved, counted busy, by the TCP timeout."""
     gate = asyncio.Event()

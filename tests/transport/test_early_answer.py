@@ -8,7 +8,7 @@ LocalLedger files: ``connection_state`` agrees with the whole object through a
 connection's life, and refuses what is not a TransportControl or is damaged.
 
 Adversarial probes of the early IK answer: a server sends message 2 before its hooks
-decide, so between message 2 and the verdict the client holds the session's keys and
+decide, so between message 2 and the verdict the client holds the keys of the session and
 may send anything while the server is still deciding.
 
 What must still hold, and is checked here: the server's application sees nothing from
