@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (and CI's): set up what is missing, then lint, type-check,
-# run the suite on both core backends, run the C tests under ASan+UBSan, and fuzz the
-# decoders briefly. Any failure fails the whole run.
+# and then side by side: the suite on both core backends; the C tests under ASan+UBSan,
+# a brief fuzz of the decoders and the benchmark bodies. Any failure fails the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -15,40 +15,45 @@ $PYBIN/ruff check dtp tests bench fuzz dtp_core
 $PYBIN/ruff format --check dtp tests bench fuzz dtp_core
 $PYBIN/mypy dtp
 
-step "C core under AddressSanitizer + UndefinedBehaviorSanitizer"
-rm -rf build/asan
-$PYBIN/python dtp_core/build_ffi.py --out build/asan --sanitize >/dev/null
-ASAN_LIB=$(ls build/asan/dtp/_dtp_core*.so | head -n1)
-CORE_TESTS=$(find tests/native -name 'test_*.py' | sort)
-# detect_leaks=0 here: CPython itself keeps allocations alive at exit. Leaks in the C
-# core are caught by the standalone driver below, which has no Python in the process.
-LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
-  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  DTP_CORE_LIB="$ASAN_LIB" HYPOTHESIS_PROFILE=sanitizer \
-  $PYBIN/python -m pytest -q -p no:cacheprovider -x $CORE_TESTS
+# The C core under the sanitizers, the fuzzers and the benchmark bodies: one job, run
+# beside the suite's parts (the suite waits more than it computes: sockets, timers,
+# other processes), into build/checks.log.
+checks() {
+  step "C core under AddressSanitizer + UndefinedBehaviorSanitizer"
+  rm -rf build/asan
+  $PYBIN/python dtp_core/build_ffi.py --out build/asan --sanitize >/dev/null
+  ASAN_LIB=$(ls build/asan/dtp/_dtp_core*.so | head -n1)
+  CORE_TESTS=$(find tests/native -name 'test_*.py' | sort)
+  # detect_leaks=0 here: CPython itself keeps allocations alive at exit. Leaks in the C
+  # core are caught by the standalone driver below, which has no Python in the process.
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    DTP_CORE_LIB="$ASAN_LIB" HYPOTHESIS_PROFILE=sanitizer \
+    $PYBIN/python -m pytest -q -p no:cacheprovider -x $CORE_TESTS
 
-step "C core alone under ASan + UBSan + LeakSanitizer (no Python in the process)"
-gcc -std=c11 -Wall -Wextra -Werror -Wshadow -Wvla \
-  -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1 \
-  -Idtp_core dtp_core/tests/sanitize_driver.c dtp_core/{frame,aead,flowio,reasm,ham,util}.c \
-  -lcrypto -o build/sanitize_driver
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  build/sanitize_driver
+  step "C core alone under ASan + UBSan + LeakSanitizer (no Python in the process)"
+  gcc -std=c11 -Wall -Wextra -Werror -Wshadow -Wvla \
+    -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1 \
+    -Idtp_core dtp_core/tests/sanitize_driver.c dtp_core/{frame,aead,flowio,reasm,ham,util}.c \
+    -lcrypto -o build/sanitize_driver
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    build/sanitize_driver
 
-step "fuzz the decoders (atheris)"
-# A fixed seed, so that a run is reproducible (a failure here is the code's, not the
-# draw's); DTP_FUZZ_SEED=0 draws one, and longer runs explore more:
-#   .venv/bin/python fuzz/fuzz_open_frames.py -runs=2000000
-for target in fuzz/fuzz_*.py; do
-  $PYBIN/python "$target" -runs=30000 -seed="${DTP_FUZZ_SEED:-20261122}" \
-    -print_final_stats=0 2>&1 | tail -n 2
-done
+  step "fuzz the decoders (atheris)"
+  # A fixed seed, so that a run is reproducible (a failure here is the code's, not the
+  # draw's); DTP_FUZZ_SEED=0 draws one, and longer runs explore more:
+  #   .venv/bin/python fuzz/fuzz_open_frames.py -runs=2000000
+  for target in fuzz/fuzz_*.py; do
+    $PYBIN/python "$target" -runs=30000 -seed="${DTP_FUZZ_SEED:-20261122}" \
+      -print_final_stats=0 2>&1 | tail -n 2
+  done
 
-step "benchmark bodies (run once each, no timing)"
-$PYBIN/python -m pytest -q -p no:cacheprovider bench
+  step "benchmark bodies (run once each, no timing)"
+  $PYBIN/python -m pytest -q -p no:cacheprovider bench
+}
 
-step "suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
+step "sanitizers, fuzzers and benchmark bodies; beside them the suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
 # Each backend's test files in parts of about equal time (scripts/split_tests.py, from
 # the times in tests/durations.txt; DTP_TEST_PARTS, default 3), all parts side by side:
 # much of the suite waits (sockets, timers, other processes), so together they take
@@ -63,7 +68,9 @@ mapfile -t c_chunks < <($PYBIN/python scripts/split_tests.py "$parts")
 mapfile -t pure_chunks < <($PYBIN/python scripts/split_tests.py "$parts" --core)
 pids=()
 logs=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+trap 'kill "${pids[@]}" "${checks_pid:-}" 2>/dev/null || true' EXIT INT TERM
+(set -e; checks) >build/checks.log 2>&1 &
+checks_pid=$!
 for backend in c pure; do
   for ((part = 0; part < parts; part++)); do
     log="build/suite-$backend-$part.log"
@@ -80,8 +87,12 @@ for backend in c pure; do
   done
 done
 status=0
+checks_status=0
+wait "$checks_pid" || checks_status=1
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 trap - EXIT INT TERM
+printf '\n-- build/checks.log --\n'
+cat build/checks.log
 for log in "${logs[@]}"; do
   printf '\n-- %s --\n' "$log"
   cat "$log"
@@ -89,9 +100,9 @@ done
 printf '\n(the pure-Python core ran every test file but the %s in tests/core_independent.txt, which\nnever reach the core: the C backend ran them, checking that)\n' \
   "$(grep -c '^tests/' tests/core_independent.txt)"
 # the last line: the whole run's total (every part's pytest summary added up)
-$PYBIN/python - "$status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
+$PYBIN/python - "$status" "$checks_status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
 import re, sys
-status, seconds, logs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+status, checks, seconds, logs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 totals: dict[str, int] = {}
 for log in logs:
     lines = [line for line in open(log, errors="replace").read().splitlines() if line.strip()]
@@ -100,7 +111,8 @@ for log in logs:
         what = "errors" if what.startswith("error") else what
         totals[what] = totals.get(what, 0) + int(count)
 shown = ", ".join(f"{n} {what}" for what, n in totals.items()) or "no test summary found"
-print(f"TOTAL (both backends, {len(logs)} parts): {shown}; the whole run took "
-      f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == 0 else 'FAIL'}")
+print(f"TOTAL (both backends, {len(logs)} parts): {shown}; sanitizers, fuzzers and "
+      f"benchmark bodies {'passed' if checks == 0 else 'FAILED'}; the whole run took "
+      f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == checks == 0 else 'FAIL'}")
 PY
-exit "$status"
+[ "$status" -eq 0 ] && [ "$checks_status" -eq 0 ]
