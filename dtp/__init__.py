@@ -64,14 +64,21 @@ class _MovedModuleLoader:
 
     def __init__(self, new_name: str) -> None:
         self.new_name = new_name
+        self._spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        # importlib keeps the attributes a module already has (__name__, __spec__,
-        # __path__), so the module stays what it is at its new name.
-        return importlib.import_module(self.new_name)
+        # importlib keeps the attributes a module already has (__name__, __path__), but
+        # always sets __spec__ to the old name's: kept here, put back by exec_module, so
+        # that the module's repr, importlib.reload() and pickling see its real name
+        module = importlib.import_module(self.new_name)
+        self._spec = module.__spec__
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        """Nothing to run: the module was run once, at its new name."""
+        """Nothing to run (the module was run once, at its new name): its own spec goes
+        back in place of the old name's."""
+        if self._spec is not None:
+            module.__spec__ = self._spec
 
 
 class _MovedModuleFinder:

@@ -66,11 +66,19 @@ mkdir -p build
 parts=${DTP_TEST_PARTS:-3}
 mapfile -t c_chunks < <($PYBIN/python scripts/split_tests.py "$parts")
 mapfile -t pure_chunks < <($PYBIN/python scripts/split_tests.py "$parts" --core)
+for chunk in "${c_chunks[@]}" "${pure_chunks[@]}"; do
+  [ -n "$chunk" ] || { echo "scripts/split_tests.py made an empty part: fewer test files than DTP_TEST_PARTS=$parts?" >&2; exit 2; }
+done
+[ "${#c_chunks[@]}" -eq "$parts" ] && [ "${#pure_chunks[@]}" -eq "$parts" ] \
+  || { echo "scripts/split_tests.py did not split the test files in $parts parts" >&2; exit 2; }
 pids=()
 logs=()
-trap 'kill "${pids[@]}" "${checks_pid:-}" 2>/dev/null || true' EXIT INT TERM
+# (the checks job in a process group of its own: an interrupted run ends its children too)
+trap 'kill "${pids[@]}" 2>/dev/null; [ -z "${checks_pid:-}" ] || kill -- "-$checks_pid" 2>/dev/null || true' EXIT INT TERM
+set -m
 (set -e; checks) >build/checks.log 2>&1 &
 checks_pid=$!
+set +m
 for backend in c pure; do
   for ((part = 0; part < parts; part++)); do
     log="build/suite-$backend-$part.log"

@@ -14,6 +14,7 @@ import ast
 import functools
 from pathlib import Path
 
+import dtp
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "dtp"
@@ -150,6 +151,7 @@ def import_graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
     def known(name: str) -> str | None:
+        name = dtp.moved_to(name) or name  # (an old path counts as the module it names)
         while name and name not in paths:
             name = name.rpartition(".")[0]
         return name or None
@@ -157,11 +159,15 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        # the body of ``if TYPE_CHECKING:`` only (its else, and a test that also asks
+        # something else, run)
         typing_only = {
             id(inner)
             for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for inner in ast.walk(node)
+            if isinstance(node, ast.If)
+            and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for statement in node.body
+            for inner in ast.walk(statement)
         }
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets: set[str | None] = set()

@@ -22,6 +22,10 @@ def test_an_old_name_is_the_module_at_its_new_name(old: str) -> None:
     assert importlib.import_module(old) is importlib.import_module(new)
     assert sys.modules[old] is sys.modules[new]
     assert sys.modules[old].__name__ == new
+    # its spec stays its own (importlib sets the old name's on it), so that its repr
+    # and importlib.reload() see its real name
+    assert sys.modules[old].__spec__.name == new
+    assert repr(sys.modules[old]).startswith(f"<module '{new}'")
 
 
 @pytest.fixture

@@ -94,12 +94,12 @@ def _lowest_rss(pid: int, seconds: float) -> int:
 
 
 def _rss_back_within(pid: int, bound: int, seconds: float) -> int:
-    """The server's resident size (KiB) once it is at most ``bound``, or the last seen
+    """The server's resident size (KiB) once it is below ``bound``, or the last seen
     after ``seconds``."""
     end = time.monotonic() + seconds
     while True:
         rss = rss_kib(pid)
-        if rss <= bound or time.monotonic() >= end:
+        if rss < bound or time.monotonic() >= end:
             return rss
         time.sleep(0.25)
 
