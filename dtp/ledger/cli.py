@@ -830,27 +830,52 @@ def _child_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def _sui(sui: str, *argv: str, env: dict[str, str], cwd: Path | None = None) -> str:
+def _sui(
+    sui: str,
+    *argv: str,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    stop: _Stop | None = None,
+) -> str:
+    """Run ``sui argv...`` and return what it printed; a failure is a :class:`_CliError`.
+    Stopped meanwhile (``stop``'s SIGTERM, Ctrl-C), the child is killed before the
+    exception goes on; a SIGTERM that lands while the child is being started is held
+    until it is ours to kill (raised inside Popen's construction, it left the child
+    running, orphaned)."""
+    if stop is not None:
+        stop.holding = True
     try:
-        result = subprocess.run(
+        process = subprocess.Popen(
             [sui, *argv],
             cwd=cwd,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             # sui speaks UTF-8 whatever the locale; a byte that is not (a path in a
             # compiler diagnostic) raised UnicodeDecodeError, a traceback, after a publish
             # too, its package ID lost
             encoding="utf-8",
             errors="replace",
-            check=False,
-            timeout=900,
         )
-    except subprocess.TimeoutExpired:
-        raise _CliError(f"`sui {' '.join(argv)}` did not finish within 900 seconds.") from None
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
+    finally:
+        if stop is not None:
+            stop.holding = False
+    with process:
+        try:
+            if stop is not None:
+                stop.raise_held()
+            stdout, stderr = process.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise _CliError(f"`sui {' '.join(argv)}` did not finish within 900 seconds.") from None
+        except BaseException:
+            process.kill()  # (stopped: SIGTERM, Ctrl-C)
+            raise
+    if process.returncode != 0:
+        detail = (stderr or stdout).strip().splitlines()
         raise _CliError(f"`sui {' '.join(argv)}` failed: {detail[-1] if detail else 'no output'}")
-    return result.stdout
+    return stdout
 
 
 class _Stop:
@@ -869,13 +894,20 @@ class _Stop:
         """The first SIGTERM received, if any."""
         self.deferred = False
         """Whether a SIGTERM waits for the deploy's end (set once the publish is done)."""
+        self.holding = False
+        """Whether a SIGTERM waits for a ``sui`` child being started (:func:`_sui`)."""
 
     def __call__(self, signum: int, _frame: object) -> None:
         if self.signum is not None:
             return  # a repeat: the first one's exit is under way (the cleanup with it)
         self.signum = signum
-        if not self.deferred:
+        if not (self.deferred or self.holding):
             raise SystemExit(128 + signum)
+
+    def raise_held(self) -> None:
+        """Raise the SIGTERM held while a child was being started, if one was."""
+        if self.signum is not None and not self.deferred:
+            raise SystemExit(128 + self.signum)
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -974,13 +1006,13 @@ def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> 
     record_path = deployments_path()
     records = _read_deployments(record_path)
     env = _child_env(args)
-    active = _sui(sui, "client", "active-env", env=env).strip()
+    active = _sui(sui, "client", "active-env", env=env, stop=stop).strip()
     if active != args.network:
         raise _CliError(
             f"The Sui CLI's active environment is {active!r}, not {args.network!r}; run "
             f"`sui client switch --env {args.network}` first."
         )
-    _sui(sui, "move", "build", env=env, cwd=package)
+    _sui(sui, "move", "build", env=env, cwd=package, stop=stop)
     try:
         output = _sui(
             sui,
@@ -991,6 +1023,7 @@ def _publish(args: argparse.Namespace, sui: str, package: Path, stop: _Stop) -> 
             str(args.gas_budget),
             env=env,
             cwd=package,
+            stop=stop,
         )
         # published: a SIGTERM from now on waits until the package is recorded and printed
         stop.deferred = True

@@ -11,8 +11,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,6 +207,42 @@ def _gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+def test_a_sigterm_while_sui_is_being_started_still_takes_it(
+    place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM that lands while ``sui client publish`` is being started (Popen not yet
+    returned) is held until the child is the deploy's to kill: raised inside the
+    construction, it left the child running, orphaned."""
+    sui = fake_sui(place, "exec sleep 30")
+    real = subprocess.Popen
+    children: list[subprocess.Popen[str]] = []
+
+    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
+        child = real(*args, **kwargs)
+        children.append(child)
+        if "publish" in args[0]:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # (the handler runs here, before Popen has returned)
+        return child
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(
+                [
+                    *("deploy", "--network", "localnet", "--sui-bin", str(sui)),
+                    *("--package-path", str(place / "pkg")),
+                ]
+            )
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert children[-1].poll() is not None  # killed, and waited for
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 def test_deploy_stopped_by_sigterm_takes_its_sui_child_with_it(place: Path) -> None:
