@@ -448,11 +448,12 @@ def test_contention_cancels_a_transaction_writing_a_busy_shared_object(
     a, b = funded(node), funded(node)
     cap_a, cap_b = ledger.create_spending_cap(a, 1), ledger.create_spending_cap(a, 2)
     ref = SharedRef(cap_a, client.get_object(cap_a).initial_shared_version or 0)
-    # (both built before the first is sent, and the first in flight for 2 s: the second
-    # meets it there even on a loaded machine)
+    # (both built before the first is sent, and the first in flight for 5 s: the second
+    # meets it there even on a loaded machine, where 2 s was seen to pass before the
+    # second's signing and call reached the node)
     tx = sui_tx.set_max_per_epoch(ctx_for(client, node, a), ref, 7)
     tx_b = sui_tx.set_max_per_epoch(ctx_for(client, node, b), ref, 8)
-    node.tx_latency, node.contention = 2.0, 1.0
+    node.tx_latency, node.contention = 5.0, 1.0
     first: list[Any] = []
     thread = threading.Thread(target=lambda: first.append(send(client, a, tx)))
     thread.start()
