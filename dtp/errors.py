@@ -277,7 +277,7 @@ class TunnelError(DTPError):
 
 
 class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
-    """A paid server's receipt store (:mod:`dtp.receipt_store`) cannot be opened, read
+    """A paid server's receipt store (:mod:`dtp.payments.receipt_store`) cannot be opened, read
     or written, or is closed; the message names the file, :attr:`path` holds it. Also a
     :class:`sqlite3.DatabaseError`, as the bare error it replaces: code that caught
     ``sqlite3.Error`` goes on catching it."""
@@ -301,7 +301,7 @@ class PaymentRequired(ConnectionClosed, PaymentError):
 
 # -- chain ---------------------------------------------------------------------------------
 #
-# Errors of the control plane (dtp.ledger, dtp.escrow). Every abort of the Move package
+# Errors of the control plane (dtp.ledger, dtp.payments). Every abort of the Move package
 # `move/dtp` has one row in MOVE_ERRORS (module, constant name, numeric code of its
 # `#[error(code = N)]` attribute, the class raised), so that LocalLedger and SuiLedger
 # raise the same class with the same `.name` for the same rule.

@@ -65,7 +65,6 @@ from dtp.identity.noise import (
     make_auth_proof,
     verify_auth_proof,
 )
-from dtp.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.native import core as _core
 from dtp.native.reference.varint import varint_encode
 from dtp.native.types import (
@@ -93,6 +92,7 @@ from dtp.native.types import (
     RawFrame,
     TakeResult,
 )
+from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.protocol.buffers import bytes_like
 from dtp.protocol.events import (
     ConnectionAccepted,

@@ -47,16 +47,16 @@ from dtp.ledger.objects import (
     TransportControl,
     normalize_id,
 )
-from dtp.metering import ClientMeter, MeteringConfig
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipt_store import StoredReceipt
 from dtp.protocol.connection import Connection
-from dtp.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.receipt_store import ReceiptStore
-    from dtp.receipt_writer import ReceiptWriter
+    from dtp.ledger.receipt import Receipt
+    from dtp.payments.receipt_store import ReceiptStore
+    from dtp.payments.receipt_writer import ReceiptWriter
 
 __all__ = [
     "ClaimBackoff",

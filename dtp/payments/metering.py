@@ -2,11 +2,11 @@
 
 - :class:`MeteringConfig` — the client's knobs: on/off and the receipt cadence.
 - :class:`ClientMeter` — the client side: the connection's usage counters in, signed
-  cumulative receipts out (wraps :class:`dtp.escrow.Meter`); when the deposit runs out
+  cumulative receipts out (wraps :class:`dtp.payments.receipts.Meter`); when the deposit runs out
   it signs one last receipt for the whole deposit and pays nothing beyond it.
 - :class:`ReceiptGate` — the server side: checks every RECEIPT frame with
-  :func:`dtp.escrow.check_receipt` against the connection's escrow, keeps it durably
-  (:class:`dtp.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
+  :func:`dtp.payments.receipts.check_receipt` against the connection's escrow, keeps it durably
+  (:class:`dtp.payments.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
   pause or close given the usage the server has seen.
 
 What is metered: application bytes in both directions -- new bytes of every stream the
@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
-from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
 from dtp.ledger.objects import ConnectionState, Sla
+from dtp.ledger.receipt import U64_MAX, Receipt, fee
+from dtp.payments.receipts import Meter, check_receipt
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "CLOSE_FIREWALL_DENIED",
