@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dtp.errors import (
     ChainError,
@@ -49,7 +49,6 @@ from dtp.ledger.objects import (
 )
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
-from dtp.protocol.connection import Connection
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -61,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ClaimBackoff",
     "ClientPayment",
+    "MeteredConnection",
     "claim_and_settle",
     "collect_refund",
     "publish_endpoint",
@@ -68,6 +68,26 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class MeteredConnection(Protocol):
+    """What :class:`ClientPayment` needs of its connection: the usage to sign for and a
+    way to send a receipt. :class:`dtp.protocol.connection.Connection` is one; payments
+    never import the protocol, which sits beside them (docs/architecture.md, "Layout")."""
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """Application bytes sent plus received, and requests (docs/escrow.md §6.1)."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (no receipt can be sent any more)."""
+        ...
+
+    def send_receipt(self, receipt: bytes) -> None:
+        """Send a RECEIPT frame carrying ``receipt`` (an encoded receipt)."""
+        ...
 
 
 class ClientPayment:
@@ -86,7 +106,7 @@ class ClientPayment:
         identity: HostIdentity,
         host_id: str,
         connection_id: str,
-        conn: Connection,
+        conn: MeteredConnection,
         config: MeteringConfig | None = None,
         *,
         now: float = 0.0,
