@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dtp.errors import (
+    CLOSE_PAYMENT_REQUIRED,
     ConnectionClosed,
     ConnectionLost,
     DecryptionError,
@@ -92,7 +93,6 @@ from dtp.native.types import (
     RawFrame,
     TakeResult,
 )
-from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.protocol.buffers import bytes_like
 from dtp.protocol.events import (
     ConnectionAccepted,

@@ -89,11 +89,9 @@ MAY_IMPORT: dict[str, set[str]] = {
 
 # Known imports against the table, each with the step of issue 42 that removes it. An
 # entry that no longer exists fails the test: delete it.
-_CLOSE_CODES = "1a: the payment close codes move to protocol/state.py"
 _HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
 _FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
 ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("dtp.protocol.connection", "dtp.payments.metering"): _CLOSE_CODES,
     ("dtp.daemon.loop_signals", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.daemon.runner", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.socket", "dtp.paid"): _FACES,
