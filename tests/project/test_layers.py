@@ -113,7 +113,6 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
 
 # Known import cycles (their modules, sorted), each with the step that breaks it.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    ("dtp.ledger.local", "dtp.ledger.spec"): "1a: open_ledger moves from spec.py to open.py",
     ("dtp.ledger.cli", "dtp.ledger.cli_funds"): "1c: their shared helpers move to cli/common.py",
     ("dtp.aio", "dtp.paid_aio"): _FACES,
     ("dtp.paid", "dtp.socket"): _FACES,
