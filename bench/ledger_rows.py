@@ -12,8 +12,8 @@ import tempfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.workload import Workload
-from dtp import escrow
 from dtp.escrow import Receipt, check_receipt
+from dtp.identity import ed25519
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
@@ -36,9 +36,9 @@ def receipt_verify() -> Workload:
     key = client.ed25519_public
 
     def ours() -> object:
-        # every pass verifies for real: the batch repeats, and escrow remembers the
+        # every pass verifies for real: the batch repeats, and the verifier remembers the
         # signatures it verified (a server's memo for the same receipt checked twice)
-        escrow._verified.clear()
+        ed25519._verified.clear()
         for raw in encoded:
             check_receipt(
                 Receipt.decode(raw),

@@ -14,7 +14,8 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   (a Sui node): the ledger, either opened from a ledger spec by
   ``dtp.ledger.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.ledger.objects`` has
   its objects (``Sla``, ...);
-- ``dtp.escrow`` (``Meter``, ``Receipt``): per-byte and per-request fees;
+- ``dtp.payments.receipts`` (``Meter``, ``Receipt``): per-byte and per-request fees;
+  ``dtp.payments`` has the rest of the money layer (metering, settlement, receipt store);
 - ``dtp.errors``: every exception the package raises;
 - ``dtp.messaging`` (RPC, pub/sub, sealed messages, broadcast, discovery),
   ``dtp.graph`` (the replicated graph), ``dtp.udp`` (UDP through DTP) and
@@ -56,6 +57,12 @@ MOVED: dict[str, str] = {
     "dtp.connection": "dtp.protocol.connection",
     "dtp.chain": "dtp.ledger",
     "dtp.chain.ledger": "dtp.ledger.interface",
+    "dtp.escrow": "dtp.payments.receipts",
+    "dtp.metering": "dtp.payments.metering",
+    "dtp.ratelimit": "dtp.payments.ratelimit",
+    "dtp.receipt_store": "dtp.payments.receipt_store",
+    "dtp.receipt_writer": "dtp.payments.receipt_writer",
+    "dtp.settlement": "dtp.payments.settlement",
 }
 
 

@@ -47,7 +47,7 @@ from dtp.ledger.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig, checked_noise_key
 
 if TYPE_CHECKING:

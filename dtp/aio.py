@@ -103,11 +103,11 @@ from dtp.handshake_slots import (
 from dtp.heap_release import HeapRelease, release_free_heap
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
-from dtp.settlement import ClientPayment
 from dtp.socket import PAID_CLOSE_WAIT, _check_backlog, _readable
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
     from dtp.paid import ServicePolicy
     from dtp.paid_aio import PaidAioServer, PaidCallback
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "DTPServer",

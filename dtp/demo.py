@@ -289,13 +289,13 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.escrow import fee
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
     from dtp.ledger.objects import Sla
-    from dtp.metering import MeteringConfig
+    from dtp.ledger.receipt import fee
     from dtp.paid import PaidSocket
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.metering import MeteringConfig
+    from dtp.payments.receipt_store import ReceiptStore
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sui = 1_000_000_000
@@ -405,8 +405,8 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
 def demo_daemon(tour: Tour, quick: bool) -> None:
     tour.step("An existing TCP server behind DTP: the services daemon and a forwarder")
     from dtp.daemon.demo_step import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
-    from dtp.escrow import fee
     from dtp.ledger.objects import Sla
+    from dtp.ledger.receipt import fee
 
     result = run_daemon_step(quick=quick, say=tour.say)
     if not (result.intact and result.conserved and result.denied):
@@ -447,11 +447,12 @@ def demo_udp(tour: Tour) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.escrow import Meter, Receipt, fee
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
     from dtp.ledger.objects import Sla
-    from dtp.metering import MeteringConfig
+    from dtp.ledger.receipt import Receipt, fee
+    from dtp.payments.metering import MeteringConfig
+    from dtp.payments.receipts import Meter
     from dtp.udp import UdpBilling, UdpForwarder, relay_udp
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()

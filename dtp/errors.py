@@ -19,6 +19,7 @@ from __future__ import annotations
 import enum
 import errno
 import sqlite3
+from typing import Final
 
 
 class ErrorCode(enum.IntEnum):
@@ -277,7 +278,7 @@ class TunnelError(DTPError):
 
 
 class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
-    """A paid server's receipt store (:mod:`dtp.receipt_store`) cannot be opened, read
+    """A paid server's receipt store (:mod:`dtp.payments.receipt_store`) cannot be opened, read
     or written, or is closed; the message names the file, :attr:`path` holds it. Also a
     :class:`sqlite3.DatabaseError`, as the bare error it replaces: code that caught
     ``sqlite3.Error`` goes on catching it."""
@@ -299,9 +300,25 @@ class PaymentRequired(ConnectionClosed, PaymentError):
     receipt was invalid (docs/escrow.md §6.1)."""
 
 
+# The CLOSE codes of paid connections (application range, docs/escrow.md "Close codes").
+# Here, in the bottom layer, because both sides need them and may not import each other:
+# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.metering
+# re-exports them) decide when to close with them.
+
+#: CLOSE code a paid server uses when receipts stop covering usage.
+CLOSE_PAYMENT_REQUIRED: Final = 0x1402
+#: CLOSE code a paid server uses when the host's firewall now denies the client.
+CLOSE_FIREWALL_DENIED: Final = 0x1403
+#: CLOSE code a paid server uses when the connection is no longer Open on the ledger
+#: while it is served (the client half-closed it there): the server settles it at once,
+#: as once the half-close timeout passed the client could settle first and take the
+#: whole escrow back, the usage served meanwhile unpaid.
+CLOSE_LEDGER_CLOSED: Final = 0x1404
+
+
 # -- chain ---------------------------------------------------------------------------------
 #
-# Errors of the control plane (dtp.ledger, dtp.escrow). Every abort of the Move package
+# Errors of the control plane (dtp.ledger, dtp.payments). Every abort of the Move package
 # `move/dtp` has one row in MOVE_ERRORS (module, constant name, numeric code of its
 # `#[error(code = N)]` attribute, the class raised), so that LocalLedger and SuiLedger
 # raise the same class with the same `.name` for the same rule.

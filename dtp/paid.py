@@ -10,10 +10,10 @@ receipts a previous run left unclaimed, and admits a client only through
 :class:`~dtp.admission.LedgerAdmission`. Each handler gets a :class:`PaidSocket`: the
 connection's first stream, which before every read and write
 
-- checks the client's receipts (:class:`~dtp.metering.ReceiptGate`): when the usage no
+- checks the client's receipts (:class:`~dtp.payments.metering.ReceiptGate`): when the usage no
   receipt covers exceeds the allowance it stops reading and writing — the client's sends
   then block on flow control — asks for a receipt, resumes when one arrives, and closes
-  the connection with :data:`~dtp.metering.CLOSE_PAYMENT_REQUIRED` if none comes within
+  the connection with :data:`~dtp.payments.metering.CLOSE_PAYMENT_REQUIRED` if none comes within
   the pause timeout. When it is the escrow's deposit that holds the connection (or a
   receipt comes above it), the escrow is read again, at most once a second: a client
   that topped it up while connected is served on;
@@ -21,9 +21,9 @@ connection's first stream, which before every read and write
 
 The Host is re-read every ``refresh_interval``: new limits apply to open connections,
 and a client the firewall now denies is closed with
-:data:`~dtp.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
+:data:`~dtp.payments.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
 or the client vanished), the server claims its latest receipt and the client is refunded
-the rest (:func:`~dtp.settlement.claim_and_settle`).
+the rest (:func:`~dtp.payments.settlement.claim_and_settle`).
 
 The Host's connection limits (``max_connections_per_client``, a service's
 ``max_connections``) are counted over the connections being served
@@ -60,14 +60,14 @@ from dtp.errors import (
     ReceiptStoreError,
     move_error,
 )
-from dtp.escrow import Receipt
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
 from dtp.ledger.objects import Escrow, Settlement, TransportControl, normalize_id
-from dtp.metering import (
+from dtp.ledger.receipt import Receipt
+from dtp.payments.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
@@ -80,12 +80,10 @@ from dtp.metering import (
     ended_on_ledger,
     ledger_checks_due,
 )
-from dtp.protocol.connection import CloseCode
-from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
-from dtp.served import ServedConnections
-from dtp.settlement import (
+from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.settlement import (
     ClaimBackoff,
     claim_and_settle,
     claimed,
@@ -93,6 +91,8 @@ from dtp.settlement import (
     publish_endpoint,
     recover_unclaimed,
 )
+from dtp.protocol.connection import CloseCode
+from dtp.served import ServedConnections
 from dtp.socket import (
     _SSIZE_MAX,
     _checked_flags,
@@ -777,7 +777,7 @@ class _PaidConnection:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
         (waits until then, and while the requests/s limit is in debt). Unlimited: all of
-        it at once (no clock read, no lock). See :attr:`dtp.ratelimit.TokenBucket.take`."""
+        it at once (no clock read, no lock). See :attr:`dtp.payments.ratelimit.TokenBucket.take`."""
         buckets = self.buckets
         bucket = buckets.bytes
         if not bucket.rate:

@@ -34,25 +34,13 @@ from dtp.errors import (
     PaymentRequired,
     move_error,
 )
-from dtp.escrow import Receipt
 from dtp.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
 from dtp.ledger.objects import normalize_id
-from dtp.metering import (
-    CLOSE_FIREWALL_DENIED,
-    CLOSE_LEDGER_CLOSED,
-    CLOSE_PAYMENT_REQUIRED,
-    RECEIPT_REQUEST,
-    ConnectionIds,
-    GateState,
-    GateVerdict,
-    ReceiptGate,
-    ended_on_ledger,
-    ledger_checks_due,
-)
+from dtp.ledger.receipt import Receipt
 from dtp.paid import (
     _CREDIT_MAX,
     _SEND_SLICE,
@@ -72,12 +60,24 @@ from dtp.paid import (
     served_refusal,
     settle_ended,
 )
+from dtp.payments.metering import (
+    CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
+    CLOSE_PAYMENT_REQUIRED,
+    RECEIPT_REQUEST,
+    ConnectionIds,
+    GateState,
+    GateVerdict,
+    ReceiptGate,
+    ended_on_ledger,
+    ledger_checks_due,
+)
+from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.settlement import publish_endpoint
 from dtp.protocol.connection import CloseCode
-from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
 from dtp.served import ServedConnections
-from dtp.settlement import publish_endpoint
 from dtp.socket import _check_handshake_bounds, _check_server_identity
 
 if TYPE_CHECKING:
@@ -441,7 +441,7 @@ class _PaidConnection:
     def send_slice(self) -> int:
         """The most bytes to let out between two looks at the rate limits: dtp.paid's
         sendall slice, or the bytes/s limit's take when smaller
-        (:attr:`dtp.ratelimit.TokenBucket.take`)."""
+        (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
         bucket = self.buckets.bytes
         if not bucket.rate:
             return _SEND_SLICE

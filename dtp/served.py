@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 from dtp.admission import ConnectionLimits, LedgerAdmission
 from dtp.errors import DTPError
-from dtp.metering import ConnectionIds
-from dtp.settlement import claim_and_settle
+from dtp.payments.metering import ConnectionIds
+from dtp.payments.settlement import claim_and_settle
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

@@ -111,8 +111,9 @@ from dtp.identity.ahead import (
 )
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
-from dtp.metering import MeteringConfig
 from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import (
     DATAGRAM_SEND_BACKLOG,
     CloseCode,
@@ -123,14 +124,13 @@ from dtp.protocol.connection import (
 from dtp.protocol.state import SendState
 from dtp.replay_guard import ReplayGuard
 from dtp.served import served_connections
-from dtp.settlement import ClientPayment
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from dtp.ledger.interface import Ledger
     from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "SHUT_RD",

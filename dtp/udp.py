@@ -19,7 +19,7 @@ plus its bytes, and each reply the relay sent back counts by its bytes. The rela
 (:class:`UdpBilling`) and reports its totals on the connection's first stream every few
 datagrams; the forwarder checks a report against what it sent and received (a relay
 cannot bill more than that), signs a cumulative receipt for it with its
-:class:`~dtp.escrow.Meter` and sends it back. Datagrams lost on the way, before the relay
+:class:`~dtp.payments.receipts.Meter` and sends it back. Datagrams lost on the way, before the relay
 counted them, are never billed. The relay forwards a datagram only while the datagrams no
 receipt covers stay below ``credit_datagrams``; others are dropped and counted as unpaid.
 On close the forwarder asks for a final report and signs it, so the latest receipt
@@ -58,21 +58,15 @@ from dtp.errors import (
     RemoteProtocolError,
     TunnelError,
 )
-from dtp.escrow import (
-    RECEIPT_ENCODED_SIZE,
-    ConnectionTerms,
-    Meter,
-    Receipt,
-    check_next_receipt,
-    fee,
-)
-from dtp.ratelimit import datagram_charge
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.payments.ratelimit import datagram_charge
+from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
 
 if TYPE_CHECKING:
     from dtp.aio import DTPStreamWriter
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Sla
-    from dtp.ratelimit import ClientBuckets
+    from dtp.payments.ratelimit import ClientBuckets
     from dtp.socket import DTPSocket
 
 __all__ = [
@@ -173,7 +167,7 @@ class UdpBilling:
 
     ``counts_when_kept``: a receipt accepted counts (pays, extends the credit) only once
     the caller passes it to :meth:`kept`, for a caller whose ``on_receipt`` only queues
-    it for the disk (a :class:`~dtp.receipt_writer.ReceiptWriter`): counted at once, the
+    it for the disk (a :class:`~dtp.payments.receipt_writer.ReceiptWriter`): counted at once, the
     relay served on a receipt a crash could still lose, a receipt interval beyond the
     credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
     """
@@ -577,9 +571,9 @@ def relay_udp(
     ``billing``, usage is reported every ``report_every`` datagrams (and when traffic
     pauses), receipts are read from the connection's first stream and unpaid datagrams
     are dropped. With ``limits`` (the client's firewall buckets, see
-    :meth:`dtp.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
+    :meth:`dtp.payments.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
     and replies count by their bytes (both with their frame headers,
-    :func:`dtp.ratelimit.datagram_charge`); datagrams over the rate are dropped and counted
+    :func:`dtp.payments.ratelimit.datagram_charge`); datagrams over the rate are dropped and counted
     (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
     holding it back would only add delay the application did not ask for. A datagram
     the backend's socket refuses (its port closed, say) is dropped, counted
@@ -855,7 +849,7 @@ class UdpForwarder:
 
     ``connect()`` returns a new DTP connection to the relaying service (e.g. a
     ``functools.partial`` of :func:`dtp.socket.create_connection` with a ``dtp://``
-    address). ``meter_for(sock)`` returns the :class:`~dtp.escrow.Meter` of a new
+    address). ``meter_for(sock)`` returns the :class:`~dtp.payments.receipts.Meter` of a new
     connection (None: unmetered): the forwarder signs the relay's usage reports with it
     and asks for a final one when a session ends (waiting up to ``final_timeout``).
     Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in

@@ -16,8 +16,8 @@ from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, InsufficientFunds, TunnelError
-from dtp.escrow import Meter
-from dtp.ratelimit import ClientBuckets
+from dtp.payments.ratelimit import ClientBuckets
+from dtp.payments.receipts import Meter
 from dtp.udp import (
     _CLOSE_WAIT,
     _LEN,

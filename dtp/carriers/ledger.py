@@ -86,10 +86,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dtp.errors import ChainError, ConnectionClosed, ObjectNotFound, PaymentModelError, PipeError
-from dtp.escrow import object_id_bytes
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import MAX_DATA_LENGTH, Event, EventFilter
+from dtp.ledger.receipt import object_id_bytes
 from dtp.protocol.buffers import bytes_like
 from dtp.protocol.connection import Connection
 

@@ -2,12 +2,12 @@
 shared in-band metering runtime can replace them later without touching the tunnels.
 
 - :class:`ClientFees` (forwarder side): counts tunnel bytes and tunnels (one request
-  each) on a :class:`dtp.escrow.Meter` and hands out signed cumulative receipts, which
+  each) on a :class:`dtp.payments.receipts.Meter` and hands out signed cumulative receipts, which
   the forwarder sends on the connection's control stream (stream 0) as
-  :meth:`dtp.escrow.Receipt.encode` records of :data:`RECEIPT_SIZE` bytes.
+  :meth:`dtp.ledger.receipt.Receipt.encode` records of :data:`RECEIPT_SIZE` bytes.
 - :class:`ServerFees` (daemon side): checks each receipt with
-  :func:`dtp.escrow.check_receipt`, keeps the newest in a :class:`ReceiptStore` (durable
-  before it counts anywhere: written by a :class:`dtp.receipt_writer.ReceiptWriter`
+  :func:`dtp.payments.receipts.check_receipt`, keeps the newest in a :class:`ReceiptStore` (durable
+  before it counts anywhere: written by a :class:`dtp.payments.receipt_writer.ReceiptWriter`
   thread, so that the fsync never stalls the event loop), and on connection end claims
   it on the ledger, closes the connection and settles it so the client is refunded the
   rest. :meth:`ServerFees.claim_leftovers` claims what a crashed daemon left behind, and
@@ -30,18 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.errors import ChainError, DTPError
-from dtp.escrow import (
-    RECEIPT_ENCODED_SIZE,
-    ConnectionTerms,
-    Meter,
-    Receipt,
-    check_receipt,
-    fee,
-)
 from dtp.ledger.objects import ConnectionState, Sla, TransportControl
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import ConnectionTerms, Meter, check_receipt
 from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:

@@ -27,10 +27,10 @@ from dtp.errors import (
     InsufficientFunds,
     TunnelError,
 )
-from dtp.escrow import Receipt
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState
+from dtp.ledger.receipt import Receipt
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]

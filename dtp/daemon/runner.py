@@ -71,7 +71,8 @@ from dtp.identity.keys import HostIdentity, passphrase_from_env
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import FirewallMode, Sla
-from dtp.ledger.spec import open_ledger, resolve_package
+from dtp.ledger.open import open_ledger
+from dtp.ledger.spec import resolve_package
 
 __all__ = ["Daemon", "StopSignals", "main"]
 

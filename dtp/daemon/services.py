@@ -29,13 +29,13 @@ from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
-from dtp.escrow import Receipt
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Firewall
-from dtp.metering import ended_on_ledger, ledger_checks_due
+from dtp.ledger.receipt import Receipt
+from dtp.payments.metering import ended_on_ledger, ledger_checks_due
+from dtp.payments.ratelimit import ClientBuckets, RateLimiter
 from dtp.protocol.connection import ConnectionConfig
-from dtp.ratelimit import ClientBuckets, RateLimiter
 from dtp.served import ServedConnections
 from dtp.udp import UdpStats
 from dtp.udp_aio import relay_udp_async

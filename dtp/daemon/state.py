@@ -43,7 +43,7 @@ __all__ = [
 
 STATUS_FILE = "status.json"
 RECEIPTS_FILE = "receipts.sqlite"
-"""The receipt store of the daemon's paid services (:mod:`dtp.receipt_store`)."""
+"""The receipt store of the daemon's paid services (:mod:`dtp.payments.receipt_store`)."""
 LOCK_FILE = "daemon.lock"
 """Held (``flock``) by the daemon using a state directory, and holding its pid."""
 

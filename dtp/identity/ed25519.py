@@ -23,13 +23,14 @@ of the private key can make one, so it lets no one sign for another's key.
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["has_small_order", "verify"]
+__all__ = ["has_small_order", "verify", "verify_memoized"]
 
 _FASTCRYPTO_ED25519 = 0  # fastcrypto's scheme number for Ed25519 (Sui's flag)
 _ED25519_P: Final = 2**255 - 19
@@ -132,3 +133,33 @@ verify: Callable[[bytes, bytes, bytes], bool] = verify_fastcrypto or verify_open
 """``verify(public_key, signature, message)``: True when the 64-byte ``signature`` over
 ``message`` verifies under the 32-byte ``public_key``; False otherwise, and always for a
 public key or R of small order (never raises)."""
+
+
+# Signatures this process has verified: a paid server checks a connection's final
+# receipt when it arrives and the ledger's claim rule checks it again at settlement, in
+# the same process (LocalLedger). Ed25519 verification is deterministic, so a success for
+# the exact (key, signature, message) bytes holds for good; only successes are kept, and
+# only of short messages (receipts are 79 bytes), so the memo stays small.
+_VERIFIED_MAX: Final = 1024
+_MEMO_MESSAGE_MAX: Final = 256
+_verified: dict[tuple[bytes, bytes, bytes], None] = {}
+_verified_lock = threading.Lock()
+
+
+def verify_memoized(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """:data:`verify`, remembering the successes of short messages (receipts, identity
+    proofs), which are often checked twice in one process (tests/hostid/test_memoized_checks.py)."""
+    if len(public_key) != 32 or len(signature) != 64:
+        return False
+    key = (bytes(public_key), bytes(signature), bytes(message))
+    if key in _verified:
+        return True
+    if not verify(*key):
+        return False
+    if len(message) > _MEMO_MESSAGE_MAX:
+        return True
+    with _verified_lock:
+        _verified[key] = None
+        if len(_verified) > _VERIFIED_MAX:
+            del _verified[next(iter(_verified))]  # the oldest
+    return True

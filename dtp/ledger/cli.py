@@ -44,11 +44,11 @@ from dtp.ledger.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
+from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import (
     LedgerSpec,
     deployments_path,
     ledger_spec_from_env,
-    open_ledger,
     parse_ledger_spec,
     read_deployments,
 )

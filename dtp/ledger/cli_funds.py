@@ -131,7 +131,7 @@ def _receipts(args: argparse.Namespace) -> Any:
     if state_dir is None:
         return None
     from dtp.daemon.state import RECEIPTS_FILE
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
     path = state_dir / RECEIPTS_FILE
     if not path.is_file():
@@ -200,7 +200,7 @@ def _connections(args: argparse.Namespace) -> int:
 
 def _refund(args: argparse.Namespace) -> int:
     from dtp.errors import ConnectionStateError
-    from dtp.settlement import collect_refund
+    from dtp.payments.settlement import collect_refund
 
     identity = _identity(args)
     ledger = _ledger(args, create=False)
@@ -294,8 +294,8 @@ def _claim(args: argparse.Namespace) -> int:
 
 def _claim_from(args: argparse.Namespace, ledger: Any, identity: Any, path: Path) -> int:
     from dtp.ledger.connections import claimable_with
-    from dtp.receipt_store import ReceiptStore
-    from dtp.settlement import claim_and_settle
+    from dtp.payments.receipt_store import ReceiptStore
+    from dtp.payments.settlement import claim_and_settle
 
     cid = args.connection
     store = ReceiptStore(path)

@@ -34,8 +34,8 @@ from dtp.ledger.objects import (
 )
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.ledger.interface import Ledger
+    from dtp.ledger.receipt import Receipt
 
 __all__ = [
     "ConnectionReport",

@@ -55,8 +55,8 @@ from dtp.ledger.objects import (
 )
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.identity.keys import HostIdentity
+    from dtp.ledger.receipt import Receipt
 
 __all__ = [
     "MAX_MAIL_PAYLOAD",
@@ -99,7 +99,7 @@ RESPONSE_ACK_DOMAIN: Final = b"DTP-RESPONSE-V1"
 def response_ack_message(escrow_id: str, response_hash: bytes) -> bytes:
     """The 80 bytes a requester signs (raw Ed25519) to acknowledge a response: BCS of
     ``RESPONSE_ACK_DOMAIN`` (length-prefixed) || escrow ID (32) || response hash (32)."""
-    from dtp.escrow import object_id_bytes
+    from dtp.ledger.receipt import object_id_bytes
 
     if len(response_hash) != 32:
         raise ValueError("a response hash is 32 bytes")

@@ -58,7 +58,6 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.escrow import Receipt
 from dtp.identity.keys import (
     HostIdentity,
     InvalidSignature,
@@ -111,6 +110,7 @@ from dtp.ledger.objects import (
     normalize_id,
     object_from_fields,
 )
+from dtp.ledger.receipt import Receipt
 from dtp.ledger.spec import default_local_path
 
 __all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]

@@ -624,15 +624,15 @@ def fee(sla: dict[str, int], total_bytes: int, total_requests: int) -> int:
 
 
 def receipt_message(connection: str, b: int, r: int, amount: int, nonce: int) -> bytes:
-    from dtp.escrow import receipt_message as message
+    from dtp.ledger.receipt import receipt_message as message
 
     return message(connection, b, r, amount, nonce)
 
 
 def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    from dtp.escrow import _verify_ed25519
+    from dtp.identity.ed25519 import verify_memoized
 
-    return _verify_ed25519(public_key, signature, message)
+    return verify_memoized(public_key, signature, message)
 
 
 def escrow_claim(

@@ -1,6 +1,6 @@
 """Ledger specs: one string names the ledger everywhere -- ``--ledger`` of every ``dtp``
 command, ``$DTP_LEDGER``, ``ledger = ...`` in the daemon's config and
-:func:`open_ledger` in Python (docs/sui.md, "Ledger specs", is the grammar's one
+:func:`~dtp.ledger.open.open_ledger` in Python (docs/sui.md, "Ledger specs", is the grammar's one
 description):
 
 - ``local``: the embedded :class:`~dtp.ledger.local.LocalLedger` at its default file;
@@ -12,10 +12,10 @@ description):
   given explicitly.
 
 :func:`parse_ledger_spec` only reads the string (no file, no network): callers check a
-setting before anything runs. :func:`open_ledger` resolves the package of a Sui spec
-(the explicit one, ``$DTP_SUI_PACKAGE``, else what ``dtp deploy`` recorded) and opens the
-ledger. Every mistake is a :class:`~dtp.errors.LedgerSpecError` whose message is one
-sentence naming the setting.
+setting before anything runs. :func:`~dtp.ledger.open.open_ledger` resolves the package
+of a Sui spec (the explicit one, ``$DTP_SUI_PACKAGE``, else what ``dtp deploy``
+recorded) and opens the ledger. Every mistake is a :class:`~dtp.errors.LedgerSpecError`
+whose message is one sentence naming the setting.
 
 This module imports neither SQLite nor pysui until a ledger is opened.
 """
@@ -30,14 +30,11 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from dtp.errors import ChainError, LedgerSpecError
 from dtp.identity.files import data_home
 from dtp.ledger.objects import normalize_id
-
-if TYPE_CHECKING:
-    from dtp.ledger.interface import Ledger
 
 __all__ = [
     "DEFAULT_NODES",
@@ -46,7 +43,6 @@ __all__ = [
     "default_local_path",
     "deployments_path",
     "ledger_spec_from_env",
-    "open_ledger",
     "parse_ledger_spec",
     "read_deployments",
     "resolve_package",
@@ -326,45 +322,3 @@ def resolve_package(
             f"run `dtp deploy --network {network}`, or set {_PACKAGE_SETTINGS}."
         )
     return _package_id(record["package_id"], f"{path}: {network}")
-
-
-def open_ledger(
-    spec: str | LedgerSpec | None = None,
-    *,
-    package: str | None = None,
-    package_setting: str = "package",
-    setting: str = "ledger spec",
-    create: bool = True,
-    env: Mapping[str, str] | None = None,
-) -> Ledger:
-    """Open the ledger ``spec`` names (a string, or a :class:`LedgerSpec` already
-    parsed); None: ``$DTP_LEDGER``, else ``local``.
-
-    A LocalLedger file is created unless ``create`` is False (then a missing one is a
-    :class:`LedgerSpecError`: a mistyped path must not become a new, empty ledger). A
-    Sui ledger's package is resolved by :func:`resolve_package` (``package`` overrides
-    ``$DTP_SUI_PACKAGE`` and the deploy records); its optional key, gas budget, timeout
-    and retries come from ``DTP_SUI_KEY``, ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``
-    and ``DTP_SUI_RETRIES`` (:meth:`~dtp.ledger.sui_config.SuiConfig.for_node`); opening
-    it does no I/O (the first call reaches the node). ``setting`` names a string
-    ``spec`` in errors. Raises :class:`LedgerSpecError` (or the ``SuiConfigError`` of
-    a ``DTP_SUI_*`` setting) before anything is opened."""
-    env = os.environ if env is None else env
-    if spec is None:
-        parsed = ledger_spec_from_env(env)
-    elif isinstance(spec, LedgerSpec):
-        parsed = spec
-    else:
-        parsed = parse_ledger_spec(spec, setting=setting, env=env)
-    if parsed.path is not None:
-        if not create and not parsed.path.exists():
-            raise parsed.error(f"no ledger file at {parsed.path}")
-        from dtp.ledger.local import LocalLedger
-
-        return LocalLedger(parsed.path)
-    assert parsed.node is not None
-    package_id = resolve_package(parsed, package, package_setting=package_setting, env=env)
-    from dtp.ledger.sui import SuiLedger
-    from dtp.ledger.sui_config import SuiConfig
-
-    return SuiLedger(SuiConfig.for_node(parsed.node, package_id, env))

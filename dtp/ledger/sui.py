@@ -47,7 +47,6 @@ from dtp.errors import (
     SuiConfigError,
     WrongSigner,
 )
-from dtp.escrow import Receipt
 from dtp.ledger import sui_tx
 from dtp.ledger.economics import (
     ECONOMICS_MODULES,
@@ -72,6 +71,7 @@ from dtp.ledger.objects import (
     check_signer,
     normalize_id,
 )
+from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui_client import (
     LedgerUnavailable,
     MalformedResponse,

@@ -567,7 +567,7 @@ def _receipt_args(tx: _Tx, receipt: Any) -> list[bcs.Argument]:
 
 def claim(ctx: TxContext, escrow: SharedRef, receipt: Any) -> bytes:
     """``escrow::claim(&mut escrow, total_bytes, total_requests, total_amount, nonce,
-    signature)`` (``receipt`` is a :class:`dtp.escrow.Receipt`)."""
+    signature)`` (``receipt`` is a :class:`dtp.ledger.receipt.Receipt`)."""
     tx = _Tx(ctx)
     e = tx.shared(escrow, mutable=True)
     tx.call("escrow", "claim", [e, *_receipt_args(tx, receipt)])

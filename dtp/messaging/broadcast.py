@@ -244,9 +244,9 @@ def _same_id(a: str, b: str) -> bool:
 
 
 def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    from dtp.escrow import _verify_ed25519
+    from dtp.identity.ed25519 import verify_memoized
 
-    return _verify_ed25519(public_key, signature, message)
+    return verify_memoized(public_key, signature, message)
 
 
 def verify_message(

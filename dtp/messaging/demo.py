@@ -7,14 +7,15 @@ import threading
 from collections.abc import Callable
 
 import dtp.socket
-from dtp.escrow import Meter, Receipt
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
+from dtp.ledger.receipt import Receipt
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Meter
 
 __all__ = ["demo_messaging_story"]
 

@@ -305,7 +305,7 @@ def _check_valid_at(ann: Announcement, now_ms: int) -> None:
 def _signed_announcement(data: bytes) -> Announcement:
     """The announcement in ``data`` if well-formed and signed by the key it holds,
     whatever the time (:class:`MalformedMessage`, :class:`ForgedAnnouncement`)."""
-    from dtp.escrow import _verify_ed25519
+    from dtp.identity.ed25519 import verify_memoized
 
     if len(data) > _MAX_ANNOUNCEMENT:
         raise E.MalformedMessage("announcement too large")
@@ -352,7 +352,7 @@ def _signed_announcement(data: bytes) -> Announcement:
         and all(isinstance(e, bytes) and len(e) <= _MAX_ENDPOINT for e in endpoints)
     ):
         raise E.MalformedMessage("invalid announcement fields")
-    if not _verify_ed25519(public, signature, _DOMAIN + body):
+    if not verify_memoized(public, signature, _DOMAIN + body):
         raise E.ForgedAnnouncement()
     return Announcement(
         _canonical_host(host_id),

@@ -20,7 +20,7 @@ timer or event; anything else makes it an ordinary call. Likewise a server answe
 inline (``workers=0``, no fees) answers a read that is one request for a plain handler
 straight away. Both fall back to the general path for everything else.
 
-Money (docs/escrow.md): a client with a :class:`~dtp.escrow.Meter` attaches a signed
+Money (docs/escrow.md): a client with a :class:`~dtp.payments.receipts.Meter` attaches a signed
 cumulative receipt to every request, and a server with :class:`RequestPayments` refuses
 requests that no valid receipt covers. With :class:`ResponsePrepay` the client prepays the
 response fee into a ledger ``ResponseEscrow`` per request; the server checks it
@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from dtp.admission import LedgerAdmission, while_opening
 from dtp.errors import DTPError, LocalProtocolError, ObjectNotFound
-from dtp.escrow import ConnectionTerms, Meter, Receipt, check_next_receipt
 from dtp.ledger.objects import Sla, normalize_id
+from dtp.ledger.receipt import Receipt
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
@@ -70,12 +70,13 @@ from dtp.messaging.protocol import (
     _check_our_timeout,
     _check_wait,
 )
+from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
 from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "AsyncRpcClient",
@@ -309,7 +310,8 @@ class RequestPayments:
     """The server's per-request fee check for one connection's escrow.
 
     Each request may carry a receipt (meta ``"r"``); it is checked with
-    :func:`dtp.escrow.check_receipt` (the rules of ``escrow::claim``) and kept when valid.
+    :func:`dtp.payments.receipts.check_receipt` (the rules of ``escrow::claim``) and kept
+    when valid.
     A request is served only while ``served < latest.total_requests + credit_requests``;
     otherwise it fails with :class:`~dtp.messaging.errors.PaymentRequired`. Claim
     :attr:`latest` on the ledger whenever convenient.
@@ -382,7 +384,7 @@ class RequestPayments:
 
     def resume(self, latest: Receipt) -> None:
         """Carry on from ``latest``, a receipt accepted earlier on this connection
-        (kept in a :class:`~dtp.receipt_store.ReceiptStore`): every request it pays for
+        (kept in a :class:`~dtp.payments.receipt_store.ReceiptStore`): every request it pays for
         counts as served, so the client's receipts up to it pay for nothing more."""
         with self._lock:
             if self.latest is None or latest.nonce > self.latest.nonce:
@@ -422,7 +424,7 @@ class RequestPayments:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
         ledger read, perhaps over the network) runs in a worker thread; requests
         waiting for it wait on the loop. ``on_receipt`` runs in a worker thread too
-        (:meth:`ReceiptStore.keep <dtp.receipt_store.ReceiptStore.keep>` syncs the
+        (:meth:`ReceiptStore.keep <dtp.payments.receipt_store.ReceiptStore.keep>` syncs the
         disk), and the request waits for it; concurrent requests' calls may overlap
         and end in any order (``keep`` stores the highest nonce whatever the order)."""
         raw = None if meta is None else meta.get("r")
@@ -612,7 +614,7 @@ def ledger_payments(
     (a few hundred bytes per ledger connection that paid, for the source's life): a
     server forgets the checks of connections gone quiet, and a client coming back
     after that must not be served again for the receipts it sent before."""
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
     if receipts is None and isinstance(getattr(on_receipt, "__self__", None), ReceiptStore):
         receipts = on_receipt.__self__  # type: ignore[union-attr]
@@ -923,7 +925,7 @@ class ResponseFeePolicy:
     def acknowledged(self, escrow_id: str, signature: bytes) -> bool:
         """Keep a requester's acknowledgement if it verifies; returns whether it did."""
         from dtp.errors import ChainError
-        from dtp.escrow import _verify_ed25519
+        from dtp.identity.ed25519 import verify_memoized
         from dtp.ledger.interface import response_ack_message
 
         with self._lock:
@@ -938,7 +940,7 @@ class ResponseFeePolicy:
             logger.info("cannot check the acknowledgement for %s: %s", escrow_id, exc)
             return False
         message = response_ack_message(escrow_id, entry[0])
-        if not _verify_ed25519(esc.requester_public_key, signature, message):
+        if not verify_memoized(esc.requester_public_key, signature, message):
             return False
         with self._lock:
             self.answered.pop(escrow_id, None)

@@ -306,12 +306,12 @@ def open_sealed(
         or not (sender_host is None or isinstance(sender_host, str))
     ):
         raise E.MalformedSealed("invalid sender fields")
-    from dtp.escrow import _verify_ed25519
+    from dtp.identity.ed25519 import verify_memoized
 
     signed = _sender_message(
         identity.noise_public, sender_static, message_id, body, sender_host or ""
     )
-    if not _verify_ed25519(public_key, proof, signed):
+    if not verify_memoized(public_key, proof, signed):
         raise E.ForgedSender("the sender's signature does not bind its key to this message")
     address = sui_address_from_public_key(public_key)
     if sender_host is not None:

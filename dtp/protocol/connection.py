@@ -44,6 +44,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from dtp.errors import (
+    CLOSE_PAYMENT_REQUIRED,
     ConnectionClosed,
     ConnectionLost,
     DecryptionError,
@@ -65,7 +66,6 @@ from dtp.identity.noise import (
     make_auth_proof,
     verify_auth_proof,
 )
-from dtp.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.native import core as _core
 from dtp.native.reference.varint import varint_encode
 from dtp.native.types import (

@@ -104,7 +104,7 @@ class ControlReceived(Event):
 
 @dataclass(frozen=True)
 class ReceiptReceived(Event):
-    """A RECEIPT frame (a client-signed cumulative fee receipt, see dtp.escrow)."""
+    """A RECEIPT frame (a client-signed cumulative fee receipt, see dtp.ledger.receipt)."""
 
     data: bytes
 

@@ -52,7 +52,9 @@ def transition(current: ConnState, new: ConnState) -> ConnState:
 
 
 class CloseCode(enum.IntEnum):
-    """Codes carried by CLOSE frames. Values >= APPLICATION belong to applications."""
+    """Codes carried by CLOSE frames. Values >= APPLICATION belong to applications;
+    paid connections' 0x1402-0x1404 are :data:`dtp.errors.CLOSE_PAYMENT_REQUIRED` and its
+    neighbours, defined with the errors they map to."""
 
     NO_ERROR = 0
     INTERNAL_ERROR = 1

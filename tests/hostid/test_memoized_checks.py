@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from dtp import escrow as escrow_module
 from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionStateError, InvalidReceipt, LedgerUnavailable, move_error
 from dtp.escrow import Receipt, check_receipt, fee, receipt_message
+from dtp.identity import ed25519 as memo_module
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy, gate_for
@@ -79,28 +79,28 @@ def test_memo_never_accepts_what_was_not_verified() -> None:
     cid = "0x" + "ab" * 32
     good = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(CLIENT)
     message = receipt_message(cid, 2048, 1, fee(SLA, 2048, 1), 7)
-    assert escrow_module._verify_ed25519(CLIENT.ed25519_public, good.signature, message)
+    assert memo_module.verify_memoized(CLIENT.ed25519_public, good.signature, message)
     # the good triple is remembered now: every other combination is still verified
     forged = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(MALLORY)
-    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, forged.signature, message)
-    assert not escrow_module._verify_ed25519(MALLORY.ed25519_public, good.signature, message)
+    assert not memo_module.verify_memoized(CLIENT.ed25519_public, forged.signature, message)
+    assert not memo_module.verify_memoized(MALLORY.ed25519_public, good.signature, message)
     other = receipt_message(cid, 4096, 1, fee(SLA, 4096, 1), 7)
-    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, good.signature, other)
+    assert not memo_module.verify_memoized(CLIENT.ed25519_public, good.signature, other)
     flipped = bytes([good.signature[0] ^ 1]) + good.signature[1:]
-    assert not escrow_module._verify_ed25519(CLIENT.ed25519_public, flipped, message)
-    assert (CLIENT.ed25519_public, flipped, message) not in escrow_module._verified
+    assert not memo_module.verify_memoized(CLIENT.ed25519_public, flipped, message)
+    assert (CLIENT.ed25519_public, flipped, message) not in memo_module._verified
 
 
 def test_memo_is_bounded_and_skips_long_messages() -> None:
     key = CLIENT.ed25519_public
-    for i in range(escrow_module._VERIFIED_MAX + 50):
+    for i in range(memo_module._VERIFIED_MAX + 50):
         message = i.to_bytes(8, "little")
-        assert escrow_module._verify_ed25519(key, CLIENT.sign(message), message)
-    assert len(escrow_module._verified) == escrow_module._VERIFIED_MAX
-    long_message = b"x" * (escrow_module._MEMO_MESSAGE_MAX + 1)
+        assert memo_module.verify_memoized(key, CLIENT.sign(message), message)
+    assert len(memo_module._verified) == memo_module._VERIFIED_MAX
+    long_message = b"x" * (memo_module._MEMO_MESSAGE_MAX + 1)
     signature = CLIENT.sign(long_message)
-    assert escrow_module._verify_ed25519(key, signature, long_message)
-    assert (key, signature, long_message) not in escrow_module._verified
+    assert memo_module.verify_memoized(key, signature, long_message)
+    assert (key, signature, long_message) not in memo_module._verified
 
 
 def test_ledger_claim_refuses_a_receipt_the_gate_never_accepted(world: World) -> None:

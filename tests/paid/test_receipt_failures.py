@@ -151,7 +151,7 @@ def test_a_failed_receipt_write_is_tried_again_and_claimable_meanwhile(
     counted = threading.Event()
     try:
         receipt = signed(cid, 300 * 1024, 1)
-        with caplog.at_level(logging.ERROR, logger="dtp.receipt_writer"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
             writer.submit(receipt, lambda r: counted.set())
             _wait_for(
                 lambda: any("cannot store receipts" in r.message for r in caplog.records),
@@ -194,7 +194,7 @@ def test_a_settlement_while_the_store_fails_claims_the_newest_receipt(
     writer = ReceiptWriter(store)
     try:
         newer = signed(cid, 400 * 1024, 2)
-        with caplog.at_level(logging.ERROR, logger="dtp.receipt_writer"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
             writer.submit(newer, lambda r: None)
             _wait_for(
                 lambda: any("cannot store receipts" in r.message for r in caplog.records),
@@ -244,7 +244,7 @@ def test_a_writer_whose_store_keeps_failing_still_closes(
             )
             writer = ReceiptWriter(store)
             cid = "0x" + "cd" * 32
-            with caplog.at_level(logging.ERROR, logger="dtp.receipt_writer"):
+            with caplog.at_level(logging.ERROR, logger="dtp.payments.receipt_writer"):
                 receipt = signed(cid, 2048, 1)
                 writer.submit(receipt, lambda r: None)
                 assert not writer.flush(cid, timeout=0.2)  # still failing: not idle

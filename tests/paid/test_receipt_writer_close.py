@@ -67,7 +67,9 @@ def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "dtp.receipt_writer" and "trying again" in r.getMessage() and r.created > since
+        if r.name == "dtp.payments.receipt_writer"
+        and "trying again" in r.getMessage()
+        and r.created > since
     ]
 
 
@@ -75,7 +77,7 @@ def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]
 def test_a_receipt_failing_as_the_writer_closes_is_retried_until_the_close_times_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.receipt_writer")
+    caplog.set_level(logging.INFO, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     try:
@@ -108,7 +110,7 @@ def test_a_receipt_failing_as_the_writer_closes_is_retried_until_the_close_times
 def test_a_receipt_given_up_at_close_is_logged_whole_and_close_says_false(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.receipt_writer")
+    caplog.set_level(logging.INFO, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     given = receipt(2, 200)  # e.g. the final receipt a refused claim handed over
@@ -178,7 +180,7 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
 def test_a_failed_write_of_many_connections_names_a_few_of_them(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="dtp.receipt_writer")
+    caplog.set_level(logging.ERROR, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)

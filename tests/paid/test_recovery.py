@@ -159,14 +159,14 @@ def _lines(caplog: pytest.LogCaptureFixture, cid: str, level: int) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "dtp.settlement" and r.levelno == level and cid in r.getMessage()
+        if r.name == "dtp.payments.settlement" and r.levelno == level and cid in r.getMessage()
     ]
 
 
 def test_a_dead_runs_receipt_the_ledger_cannot_take_is_tried_with_backoff(
     world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dtp.settlement")
+    caplog.set_level(logging.DEBUG, logger="dtp.payments.settlement")
     rounds = Rounds(monkeypatch)
     ledger = CountingLedger(world.ledger)
     ledger.down.set()
@@ -207,7 +207,7 @@ def test_a_dead_runs_receipt_the_ledger_cannot_take_is_tried_with_backoff(
 def test_a_live_servers_failing_claim_waits_and_warns_once(
     world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, api: str
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dtp.settlement")
+    caplog.set_level(logging.DEBUG, logger="dtp.payments.settlement")
     rounds = Rounds(monkeypatch)
     ledger = CountingLedger(world.ledger)
     lost = world.receipt(world.ledger.create_spending_cap(CLIENT, 10**9))

@@ -57,7 +57,7 @@ def test_close_waits_for_the_write_in_progress(
     # the writer's transaction waits for another process's lock as long as it takes
     # (not SQLite's busy timeout): the test, not the timeout, decides when it goes on
     monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 600.0)
-    caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
+    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)

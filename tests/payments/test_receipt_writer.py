@@ -47,7 +47,7 @@ def _closed_errors(caplog: pytest.LogCaptureFixture, since: int) -> list[logging
     return [
         r
         for r in caplog.records[since:]
-        if r.name == "dtp.receipt_writer"
+        if r.name == "dtp.payments.receipt_writer"
         and r.levelno == logging.ERROR
         and "is closed" in r.getMessage()
     ]
@@ -77,7 +77,7 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
     # the first write fails at once on the lock another process holds: the batch then
     # waits in the writer for its retry, and the store is closed meanwhile
     monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 0.2)
-    caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
+    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
@@ -117,7 +117,7 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
 def test_receipts_and_marks_submitted_after_the_store_closed_are_dropped_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dtp.receipt_writer")
+    caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
@@ -159,7 +159,7 @@ class BrokenStore(ReceiptStore):
 def test_a_write_failing_otherwise_gives_the_receipts_up_whole(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="dtp.receipt_writer")
+    caplog.set_level(logging.ERROR, logger="dtp.payments.receipt_writer")
     store = BrokenStore(tmp_path / "r.db")
     writer = ReceiptWriter(store)
     kept: list[Receipt] = []

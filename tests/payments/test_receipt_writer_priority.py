@@ -88,7 +88,7 @@ def test_a_refused_priority_change_leaves_the_writes_working(
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(dtp.receipt_writer.os, "setpriority", refuse)
-    caplog.set_level(logging.DEBUG, logger="dtp.receipt_writer")
+    caplog.set_level(logging.DEBUG, logger="dtp.payments.receipt_writer")
     before = _nice(threading.get_native_id())
     store = ReceiptStore(tmp_path / "receipts.db")
     writer = ReceiptWriter(store)

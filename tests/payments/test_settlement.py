@@ -46,7 +46,7 @@ def test_a_receipt_of_a_settled_connection_is_tried_once(
         ledger.close_connection(CLIENT, cid)
         ledger.advance_clock(600_001)
         assert collect_refund(ledger, CLIENT, cid) == DEPOSIT
-        with caplog.at_level(logging.WARNING, logger="dtp.settlement"):
+        with caplog.at_level(logging.WARNING, logger="dtp.payments.settlement"):
             for _ in range(3):  # three starts of the server
                 with ReceiptStore(tmp_path / "r.db") as store:
                     assert recover_unclaimed(ledger, SERVER, store) == []

@@ -61,3 +61,14 @@ def test_patching_through_the_old_name_patches_the_module(
 def test_a_name_that_never_existed_still_fails_to_import() -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("dtp.no_such_module")
+
+
+def test_open_ledger_still_imports_from_the_spec_module() -> None:
+    """open_ledger moved from dtp.ledger.spec to dtp.ledger.open (spec cannot import it:
+    open imports spec); the names it had keep giving the same function."""
+    from dtp.chain.spec import open_ledger as old
+    from dtp.ledger.open import open_ledger
+    from dtp.ledger.spec import open_ledger as spec_name
+
+    assert old is spec_name is open_ledger
+    assert dtp.ledger.open_ledger is open_ledger

@@ -28,7 +28,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dtp.errors import (
     ChainError,
@@ -47,20 +47,20 @@ from dtp.ledger.objects import (
     TransportControl,
     normalize_id,
 )
-from dtp.metering import ClientMeter, MeteringConfig
-from dtp.protocol.connection import Connection
-from dtp.receipt_store import StoredReceipt
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipt_store import StoredReceipt
 
 if TYPE_CHECKING:
-    from dtp.escrow import Receipt
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.receipt_store import ReceiptStore
-    from dtp.receipt_writer import ReceiptWriter
+    from dtp.ledger.receipt import Receipt
+    from dtp.payments.receipt_store import ReceiptStore
+    from dtp.payments.receipt_writer import ReceiptWriter
 
 __all__ = [
     "ClaimBackoff",
     "ClientPayment",
+    "MeteredConnection",
     "claim_and_settle",
     "collect_refund",
     "publish_endpoint",
@@ -68,6 +68,26 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class MeteredConnection(Protocol):
+    """What :class:`ClientPayment` needs of its connection: the usage to sign for and a
+    way to send a receipt. :class:`dtp.protocol.connection.Connection` is one; payments
+    never import the protocol, which sits beside them (docs/architecture.md, "Layout")."""
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """Application bytes sent plus received, and requests (docs/escrow.md §6.1)."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed (no receipt can be sent any more)."""
+        ...
+
+    def send_receipt(self, receipt: bytes) -> None:
+        """Send a RECEIPT frame carrying ``receipt`` (an encoded receipt)."""
+        ...
 
 
 class ClientPayment:
@@ -86,7 +106,7 @@ class ClientPayment:
         identity: HostIdentity,
         host_id: str,
         connection_id: str,
-        conn: Connection,
+        conn: MeteredConnection,
         config: MeteringConfig | None = None,
         *,
         now: float = 0.0,

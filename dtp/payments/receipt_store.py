@@ -1,7 +1,7 @@
 """The server's durable record of what it has earned: the latest valid receipt of
 every connection, in SQLite.
 
-A receipt is kept only after :func:`dtp.escrow.check_receipt` accepted it, and only
+A receipt is kept only after :func:`dtp.payments.receipts.check_receipt` accepted it, and only
 if its nonce is higher than the one stored and its amount not lower (one atomic
 statement, so concurrent writers cannot go backwards). Every write is committed
 before :meth:`ReceiptStore.keep` returns: a crash right after it loses no earned fee.
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.errors import MalformedReceipt, ReceiptStoreError
-from dtp.escrow import Receipt
 from dtp.identity.files import make_private
 from dtp.ledger.objects import normalize_id
+from dtp.ledger.receipt import Receipt
 
 try:
     import fcntl
@@ -173,7 +173,7 @@ class ReceiptStore:
     def closed(self) -> bool:
         """Whether :meth:`close` was called: every call raises
         :class:`ReceiptStoreError` from then on, so a caller holding writes (the
-        :class:`~dtp.receipt_writer.ReceiptWriter`) stops trying them."""
+        :class:`~dtp.payments.receipt_writer.ReceiptWriter`) stops trying them."""
         return self._closed
 
     @contextlib.contextmanager
@@ -253,7 +253,7 @@ class ReceiptStore:
         True when no other live server uses the store -- on this handle, another handle
         or in another process (a shared ``flock`` on the companion file
         ``<path>-lock``) -- so that its unclaimed receipts are all what earlier runs
-        left, for :func:`dtp.settlement.recover_unclaimed`. False when another one is
+        left, for :func:`dtp.payments.settlement.recover_unclaimed`. False when another one is
         serving: some of them are its live connections' receipts, and claiming them
         would settle those connections under it (the client refunded, the service it
         goes on giving never paid).

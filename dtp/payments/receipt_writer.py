@@ -19,7 +19,7 @@ let go of it), some tens of microseconds a write: the window in which a busier c
 preempting it would keep the other threads waiting is small.
 
 The writer also stands in for its store in the settlement
-(:func:`dtp.settlement.claim_and_settle`): :meth:`ReceiptWriter.latest` knows the
+(:func:`dtp.payments.settlement.claim_and_settle`): :meth:`ReceiptWriter.latest` knows the
 receipts still on their way to the disk, so a claim need not wait for the fsync (a claim
 on the ledger is what the durable copy is for), and :meth:`ReceiptWriter.mark_claimed`
 marks the claim once the receipt it is for has been written (with the next receipts'
@@ -37,9 +37,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from dtp.escrow import Receipt
 from dtp.ledger.objects import normalize_id
-from dtp.receipt_store import ReceiptStore, StoredReceipt
+from dtp.ledger.receipt import Receipt
+from dtp.payments.receipt_store import ReceiptStore, StoredReceipt
 
 __all__ = ["ReceiptWriter"]
 

@@ -2,11 +2,11 @@
 
 - :class:`MeteringConfig` — the client's knobs: on/off and the receipt cadence.
 - :class:`ClientMeter` — the client side: the connection's usage counters in, signed
-  cumulative receipts out (wraps :class:`dtp.escrow.Meter`); when the deposit runs out
+  cumulative receipts out (wraps :class:`dtp.payments.receipts.Meter`); when the deposit runs out
   it signs one last receipt for the whole deposit and pays nothing beyond it.
 - :class:`ReceiptGate` — the server side: checks every RECEIPT frame with
-  :func:`dtp.escrow.check_receipt` against the connection's escrow, keeps it durably
-  (:class:`dtp.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
+  :func:`dtp.payments.receipts.check_receipt` against the connection's escrow, keeps it durably
+  (:class:`dtp.payments.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
   pause or close given the usage the server has seen.
 
 What is metered: application bytes in both directions -- new bytes of every stream the
@@ -27,14 +27,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from dtp.errors import InsufficientFunds, InvalidArgument, InvalidReceipt, move_error
-from dtp.escrow import U64_MAX, Meter, Receipt, check_receipt, fee
+from dtp.errors import (
+    CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
+    CLOSE_PAYMENT_REQUIRED,
+    InsufficientFunds,
+    InvalidArgument,
+    InvalidReceipt,
+    move_error,
+)
 from dtp.ledger.objects import ConnectionState, Sla
+from dtp.ledger.receipt import U64_MAX, Receipt, fee
+from dtp.payments.receipts import Meter, check_receipt
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
     "CLOSE_FIREWALL_DENIED",
@@ -53,15 +62,6 @@ __all__ = [
     "ledger_checks_due",
 ]
 
-#: CLOSE code (application range) a paid server uses when receipts stop covering usage.
-CLOSE_PAYMENT_REQUIRED: Final = 0x1402
-#: CLOSE code a paid server uses when the host's firewall now denies the client.
-CLOSE_FIREWALL_DENIED: Final = 0x1403
-#: CLOSE code a paid server uses when the connection is no longer Open on the ledger
-#: while it is served (the client half-closed it there): the server settles it at once,
-#: as once the half-close timeout passed the client could settle first and take the
-#: whole escrow back, the usage served meanwhile unpaid.
-CLOSE_LEDGER_CLOSED: Final = 0x1404
 #: How often (ms) a paid server reads a connection's escrow again while the deposit is
 #: what holds the connection (a top-up is seen within this delay).
 DEPOSIT_READ_INTERVAL_MS: Final = 1000

@@ -1,0 +1,9 @@
+"""The money layer, sans-I/O (docs/escrow.md): receipts and the client's meter
+(:mod:`~dtp.payments.receipts`), metering and the server's receipt gate
+(:mod:`~dtp.payments.metering`), rate limits (:mod:`~dtp.payments.ratelimit`), the
+durable receipt store and its writer (:mod:`~dtp.payments.receipt_store`,
+:mod:`~dtp.payments.receipt_writer`) and settlement (:mod:`~dtp.payments.settlement`).
+
+It imports the ledger and the layers below it, never the protocol or the transport
+(docs/architecture.md, "Layout").
+"""
