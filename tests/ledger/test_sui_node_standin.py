@@ -37,6 +37,7 @@ from dtp.errors import (
     move_error_from_abort_code,
 )
 from dtp.keys import HostIdentity
+from tests.polling import wait_for
 from tests.sui_node import SuiNodeStandIn
 from tests.sui_node.execute import gas_rates
 from tests.sui_node.objects import COIN_TYPE
@@ -448,17 +449,16 @@ def test_contention_cancels_a_transaction_writing_a_busy_shared_object(
     a, b = funded(node), funded(node)
     cap_a, cap_b = ledger.create_spending_cap(a, 1), ledger.create_spending_cap(a, 2)
     ref = SharedRef(cap_a, client.get_object(cap_a).initial_shared_version or 0)
-    # (both built before the first is sent, and the first in flight for 5 s: the second
-    # meets it there even on a loaded machine, where 2 s was seen to pass before the
-    # second's signing and call reached the node)
+    # (both built before the first is sent; the second goes once the node holds the
+    # first in flight, writing the cap -- a's earlier calls count in its peak_in_flight
+    # already, so that is no cue -- and the first stays there 2 s)
     tx = sui_tx.set_max_per_epoch(ctx_for(client, node, a), ref, 7)
     tx_b = sui_tx.set_max_per_epoch(ctx_for(client, node, b), ref, 8)
-    node.tx_latency, node.contention = 5.0, 1.0
+    node.tx_latency, node.contention = 2.0, 1.0
     first: list[Any] = []
     thread = threading.Thread(target=lambda: first.append(send(client, a, tx)))
     thread.start()
-    while node.peak_in_flight[a.sui_address] == 0:
-        time.sleep(0.01)
+    assert wait_for(lambda: node.writing(cap_a), 10)
     second = send(client, b, tx_b)
     thread.join(30)
     error = second.effects.status.error

@@ -513,6 +513,11 @@ class SuiNodeStandIn:
         executed = answers.masked(executed, request.read_mask, "ExecuteTransaction")
         return sui_prot.ExecuteTransactionResponse(transaction=executed)
 
+    def writing(self, object_id: str) -> bool:
+        """Whether a transaction in flight writes ``object_id`` (a test's cue that the
+        next one touching it meets contention)."""
+        return bool(self._writing.get(object_id))
+
     def _congested(self, checked: execute.Checked) -> list[str]:
         """The shared objects ``checked`` is cancelled on: all it writes when a
         :meth:`cancel_next` is pending, else (with probability ``contention``) those that
