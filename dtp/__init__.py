@@ -63,6 +63,8 @@ MOVED: dict[str, str] = {
     "dtp.receipt_store": "dtp.payments.receipt_store",
     "dtp.receipt_writer": "dtp.payments.receipt_writer",
     "dtp.settlement": "dtp.payments.settlement",
+    # the dtp command in cli/, the daemon's signals in daemon/signals.py
+    "dtp.daemon.loop_signals": "dtp.daemon.signals",
 }
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from dtp import __version__
 
 if TYPE_CHECKING:
-    from dtp.daemon.cli import StopSignals
+    from dtp.daemon.signals import StopSignals
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command != "daemon" or threading.current_thread() is not threading.main_thread():
         return None
-    from dtp.daemon.cli import StopSignals  # (the standard library only)
+    from dtp.daemon.signals import StopSignals  # (the standard library only)
 
     signals = StopSignals()
     signals.install()

@@ -1,27 +1,22 @@
-"""The ``dtp daemon`` and ``dtp status`` subcommands, and :class:`StopSignals` (the
-daemon's signals caught from the moment the command starts).
+"""The ``dtp daemon`` and ``dtp status`` subcommands.
 
 This module stays light (the standard library only): the ``dtp`` parser imports it for
-every command, and ``dtp daemon`` installs its signal handlers here before importing
-the rest of the daemon. (:func:`register` takes ``--passphrase-env``'s action from
-``dtp.ledger.cli``, which the parser has imported by then.)
+every command, and ``dtp daemon`` installs its signal handlers
+(:class:`~dtp.daemon.signals.StopSignals`) before importing the rest of the daemon.
+(:func:`register` takes ``--passphrase-env``'s action from ``dtp.ledger.cli``, which the
+parser has imported by then.)
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Any
 
-__all__ = ["CAUGHT_SIGNALS", "STOP_SIGNALS", "StopSignals", "register"]
+from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 
-#: The signals that stop the daemon (drain, then exit 0).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-#: What StopSignals catches: the stops, and SIGHUP (a reload).
-CAUGHT_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
-# how many of the latest arrivals a StopSignals keeps for since()
-_ARRIVALS_KEPT = 16
+# (the signal names live in dtp.daemon.signals; listed here for the old import path)
+__all__ = ["CAUGHT_SIGNALS", "STOP_SIGNALS", "StopSignals", "register"]
 
 #: What to give instead of an empty value, by option.
 _INSTEAD: dict[str, str] = {
@@ -45,93 +40,6 @@ def _empty_option(command: str, values: dict[str, str | None]) -> int | None:
             )
             return 2
     return None
-
-
-class StopSignals:
-    """SIGTERM, SIGINT and SIGHUP caught before the event loop's handlers are in place.
-
-    Python's default actions would otherwise apply while ``dtp daemon`` reads its
-    config, opens the ledger and starts: SIGTERM and SIGHUP end the process on the spot
-    and SIGINT raises KeyboardInterrupt wherever the main thread is (asyncio.run turns
-    it into a cancel of the start at any await). Either way nothing was cleaned up: the
-    status file never written, listeners and the receipt store closed by the exit
-    alone, and exit status -15, -1 or 130 instead of 0. Here each signal is only
-    recorded; ``dtp.daemon.runner.Daemon.run`` acts on it once its loop handles the
-    signals.
-
-    It lives here, not in the runner, so that ``dtp daemon`` can install it before it
-    imports the runner: those imports (asyncio, the ledger, the crypto) take a few
-    tenths of a second, during which a supervisor's SIGTERM killed the process (exit
-    143) and a Ctrl-C printed a KeyboardInterrupt traceback.
-    """
-
-    def __init__(self) -> None:
-        self.stop: int | None = None
-        """The first SIGTERM or SIGINT received, if any."""
-        self.reload = False
-        """Whether a SIGHUP arrived (a reload is due once the daemon is ready)."""
-        self.caught = 0
-        """How many of the three signals arrived (any of them, each time)."""
-        self.last: int | None = None
-        """The latest of them."""
-        # the latest arrivals, (count, signal), for since(): a few, whatever the storm
-        self._arrivals: list[tuple[int, int]] = []
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        """Catch the three signals from now on (main thread only)."""
-        for sig in CAUGHT_SIGNALS:
-            previous = signal.signal(sig, self._record)
-            self._previous.setdefault(sig, previous)
-
-    def _record(self, signum: int, _frame: object) -> None:
-        self.caught += 1
-        self.last = signum
-        self._arrivals.append((self.caught, signum))
-        if len(self._arrivals) > _ARRIVALS_KEPT:
-            del self._arrivals[0]
-        if signum == signal.SIGHUP:
-            self.reload = True
-        elif self.stop is None:
-            self.stop = signum
-
-    def ignore(self) -> None:
-        """Ignore the three signals from now on: for a process that only exits from here
-        (a supervisor's repeated SIGTERM during the interpreter's shutdown took the
-        default action and turned exit status 0 into death by that signal)."""
-        for sig in CAUGHT_SIGNALS:
-            previous = signal.signal(sig, signal.SIG_IGN)
-            self._previous.setdefault(sig, previous)
-
-    def since(self, mark: int) -> list[int]:
-        """The signals that arrived after :attr:`caught` was ``mark``: each kind once,
-        in the order they first came (of the latest arrivals only, which hold every
-        kind that came unless a storm of one pushed another out)."""
-        kinds: dict[int, None] = {}
-        for count, signum in self._arrivals:
-            if count > mark:
-                kinds.setdefault(signum, None)
-        return list(kinds)
-
-    def restore(self) -> None:
-        """Put back the handlers :meth:`install` replaced: all of them, even when one
-        raises on the way (a SIGINT landing once Python's own handler is back raises
-        KeyboardInterrupt out of the next :func:`signal.signal`, which left the signals
-        after it with this recorder for good); the first such exception is raised
-        once they are back."""
-        error: BaseException | None = None
-        try:
-            for sig, previous in self._previous.items():
-                try:
-                    # None: a handler not set from Python (the default, to the interpreter)
-                    signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-                except BaseException as exc:
-                    if error is None:
-                        error = exc
-        finally:
-            self._previous.clear()
-        if error is not None:
-            raise error
 
 
 def _unset_for_a_new_identity(args: argparse.Namespace, signals: StopSignals) -> int | None:

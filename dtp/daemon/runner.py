@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from dtp.daemon._tasks import cancel_and_wait
-from dtp.daemon.cli import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 from dtp.daemon.config import (
     Backend,
     DaemonConfig,
@@ -47,8 +46,8 @@ from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv, setup_logging
-from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
+from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
 from dtp.daemon.state import (
     LOCK_FILE,
     RECEIPTS_FILE,

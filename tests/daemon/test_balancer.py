@@ -41,10 +41,9 @@ import dtp.daemon.state as state_module
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import MAX_PURE_BYTES, Sla
 from dtp.daemon.balancer import BackendPool
-from dtp.daemon.cli import CAUGHT_SIGNALS
 from dtp.daemon.config import Backend, parse_config
 from dtp.daemon.logs import setup_logging
-from dtp.daemon.loop_signals import LoopSignals
+from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals
 from dtp.daemon.state import STATUS_FILE, StatusBook, process_identity
 from dtp.daemon.status import daemon_running
 from dtp.errors import DaemonConfigError, DTPError, TunnelError

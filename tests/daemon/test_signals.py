@@ -28,8 +28,7 @@ from typing import Any
 
 import pytest
 
-from dtp.daemon.cli import CAUGHT_SIGNALS, StopSignals
-from dtp.daemon.loop_signals import LoopSignals
+from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals, StopSignals
 from tests.daemon.test_signals_while_starting import stop_daemon_script
 
 # a thread of the process's own that does not block the signals, and the SIGTERM sent

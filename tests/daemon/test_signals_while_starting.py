@@ -449,8 +449,8 @@ def test_the_daemon_loops_workers_block_the_stop_signals() -> None:
     "stopping before ready"): the main thread blocks the signals across the loop's
     close, but an executor worker just joined can outlive its join for a moment and
     took the SIGTERM while its default action was back. The workers block them now."""
-    from dtp.daemon.cli import CAUGHT_SIGNALS
     from dtp.daemon.runner import _signal_free_executor
+    from dtp.daemon.signals import CAUGHT_SIGNALS
 
     with _signal_free_executor() as pool:
         blocked = pool.submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result(30)

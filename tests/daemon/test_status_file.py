@@ -24,8 +24,8 @@ import pytest
 import dtp.daemon.state as state_module
 from dtp.chain.local import LocalLedger
 from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.loop_signals import LoopSignals
 from dtp.daemon.services import ServiceHost
+from dtp.daemon.signals import LoopSignals
 from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.status import main as status_main
 from dtp.errors import TunnelError

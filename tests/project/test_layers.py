@@ -93,8 +93,6 @@ MAY_IMPORT: dict[str, set[str]] = {
 _HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
 _FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
 ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("dtp.daemon.loop_signals", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
-    ("dtp.daemon.runner", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.socket", "dtp.paid"): _FACES,
     ("dtp.aio", "dtp.paid_aio"): _FACES,
     ("dtp.socket", "dtp.address"): _HOOKS,
@@ -117,9 +115,6 @@ ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
     ("dtp.ledger.cli", "dtp.ledger.cli_funds"): "1c: their shared helpers move to cli/common.py",
     ("dtp.aio", "dtp.paid_aio"): _FACES,
     ("dtp.paid", "dtp.socket"): _FACES,
-    ("dtp.daemon.cli", "dtp.daemon.loop_signals", "dtp.daemon.runner"): (
-        "1c: StopSignals moves to daemon/signals.py"
-    ),
 }
 
 
