@@ -65,6 +65,11 @@ MOVED: dict[str, str] = {
     "dtp.settlement": "dtp.payments.settlement",
     # the dtp command in cli/, the daemon's signals in daemon/signals.py
     "dtp.daemon.loop_signals": "dtp.daemon.signals",
+    "dtp.ledger.cli": "dtp.cli.ledger",
+    "dtp.ledger.cli_funds": "dtp.cli.funds",
+    "dtp.daemon.cli": "dtp.cli.daemon",
+    "dtp.demo": "dtp.cli.demo",
+    "dtp.daemon.demo_step": "dtp.cli.demo_daemon",
 }
 
 

@@ -4,7 +4,8 @@ forward local TCP ports to remote ones, through DTP (docs/daemon.md).
 Modules: config (the TOML file), services (exposing side), forwarder (client side),
 balancer (backends, health, failover), tunnel (wire format and byte pump), fees
 (receipts and claims), state / status (counters and ``dtp status``), runner
-(``dtp daemon``), demo_step (a self-contained run for ``dtp demo``).
+(``dtp daemon``), signals (its signal handling); the ``dtp daemon`` command itself is
+:mod:`dtp.cli.daemon`.
 """
 
 from dtp.daemon.config import DaemonConfig, load_config

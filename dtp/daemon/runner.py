@@ -6,7 +6,7 @@ Once everything listens, one JSON line ``{"event": "ready", ...}`` goes to stdou
 forwards are TCP or UDP); logs go to stderr.
 
 The signals are caught from the moment ``dtp daemon`` has read its command line
-(``dtp.daemon.cli`` installs :class:`StopSignals` before importing this module), or
+(``dtp.cli.daemon`` installs :class:`StopSignals` before importing this module), or
 :func:`main` runs, not only once the daemon is ready: a SIGTERM or SIGINT while it is
 starting ends the start at its next step (what was started is stopped, the status
 written) and the exit status is 0, as for a stop after the ready line; a SIGHUP while

@@ -1,4 +1,4 @@
-"""The chain CLI (dtp.chain.cli.register) against a temporary ledger and identity."""
+"""The chain CLI (dtp.cli.ledger.register) against a temporary ledger and identity."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.cli import SUI_INSTALL_HINT, register
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
+from dtp.cli.ledger import SUI_INSTALL_HINT, register
 from dtp.errors import ChainError
 from tests.daemon_procs import ENV, SUI
 from tests.sui_network import SuiNetwork
@@ -274,7 +274,7 @@ def test_deploy_the_bundled_package_from_a_copy(
 ) -> None:
     """An installed dtp (no checkout beside it) deploys the Move package it carries, built
     in a temporary copy: sui writes build/ and Move.lock there, not into site-packages."""
-    import dtp.chain.cli as chain_cli
+    import dtp.cli.ledger as chain_cli
 
     bundled = tmp_path / "site-packages" / "dtp" / "move" / "dtp"
     shutil.copytree(chain_cli.CHECKOUT_PACKAGE, bundled)

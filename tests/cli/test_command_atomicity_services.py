@@ -118,7 +118,7 @@ def test_a_failed_read_back_names_what_the_transaction_made(
 
     def lagging(self: LocalLedger, object_id: str) -> Any:
         # the CLI's read fails; the ledger's own (renew reads the subscription) does not
-        if sys._getframe(1).f_globals["__name__"] != "dtp.ledger.cli":
+        if sys._getframe(1).f_globals["__name__"] != "dtp.cli.ledger":
             return real(self, object_id)
         raise LedgerUnavailable("the Sui node did not answer within 30 s")
 

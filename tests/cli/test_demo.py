@@ -49,10 +49,10 @@ from pathlib import Path
 
 import pytest
 
-import dtp.demo as demo
+import dtp.cli.demo as demo
 from dtp.chain.objects import Sla
-from dtp.daemon import demo_step
-from dtp.daemon.demo_step import run_daemon_step
+from dtp.cli import demo_daemon
+from dtp.cli.demo_daemon import run_daemon_step
 from dtp.daemon.status import _table
 from dtp.daemon.tunnel import TcpLeg
 from dtp.escrow import fee
@@ -299,7 +299,7 @@ def test_a_second_interrupt_while_the_daemons_stop_leaves_none_running(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     started: list[subprocess.Popen[str]] = []
-    real_start, real_stop = demo_step._start, demo_step._stop
+    real_start, real_stop = demo_daemon._start, demo_daemon._stop
     stops: list[int] = []
 
     def start(config: Path, procs: list[subprocess.Popen[str]]) -> dict[str, object]:
@@ -317,13 +317,13 @@ def test_a_second_interrupt_while_the_daemons_stop_leaves_none_running(
             raise _Stop  # Ctrl-C again while the first daemon drains
         real_stop(proc)
 
-    monkeypatch.setattr(demo_step, "_start", start)
-    monkeypatch.setattr(demo_step, "_stop", stop)
-    monkeypatch.setattr(demo_step, "LocalLedger", first_interrupt)
+    monkeypatch.setattr(demo_daemon, "_start", start)
+    monkeypatch.setattr(demo_daemon, "_stop", stop)
+    monkeypatch.setattr(demo_daemon, "LocalLedger", first_interrupt)
     lines: list[str] = []
     try:
         with pytest.raises(_Stop):
-            demo_step.run_daemon_step(quick=True, say=lines.append)
+            demo_daemon.run_daemon_step(quick=True, say=lines.append)
         assert len(started) == 2
         assert [proc.poll() for proc in started].count(None) == 0
         assert list(tmp_path.iterdir()) == []
@@ -386,7 +386,7 @@ def test_a_held_tunnel_that_ended_is_counted_no_more() -> None:
 def test_an_interrupt_while_a_demo_daemon_is_made_leaves_it_in_the_list_to_stop(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import dtp.daemon.demo_step as step
+    import dtp.cli.demo_daemon as step
 
     made: list[subprocess.Popen[str]] = []
     real_popen = subprocess.Popen
@@ -428,8 +428,8 @@ def test_the_demo_starts_its_daemons_without_the_callers_passphrase(
         raise Started
 
     monkeypatch.setenv("DTP_PASSPHRASE", "")
-    monkeypatch.setattr(demo_step.subprocess, "Popen", popen)
+    monkeypatch.setattr(demo_daemon.subprocess, "Popen", popen)
     with pytest.raises(Started):
-        demo_step._start(tmp_path / "provider.toml", [])
+        demo_daemon._start(tmp_path / "provider.toml", [])
     assert len(seen) == 1 and seen[0] is not None
     assert "DTP_PASSPHRASE" not in seen[0] and "PATH" in seen[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.cli import register
+from dtp.cli.ledger import register
 from tests.cli import test_usage_errors
 
 home = test_usage_errors.home  # a fixture
@@ -103,7 +103,7 @@ def test_odd_publish_output_is_one_line(
 def test_deploy_hands_its_sui_children_no_passphrase(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp.chain.cli import register
+    from dtp.cli.ledger import register
 
     (home / "pkg").mkdir()
     (home / "pkg" / "Move.toml").write_text('[package]\nname = "dtp"\n')

@@ -26,10 +26,10 @@ import pytest
 
 import dtp
 from dtp._filelock import lock_exclusive
-from dtp.chain.cli_funds import sui_text
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
+from dtp.cli.funds import sui_text
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
@@ -453,7 +453,7 @@ def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
     written off and marked in the store."""
     import argparse
 
-    from dtp.chain.cli_funds import _claim_from
+    from dtp.cli.funds import _claim_from
 
     ledger = _ClientSettlesMeanwhile(tmp_path / "ledger.sqlite")
     server, client = HostIdentity.generate(), HostIdentity.generate()

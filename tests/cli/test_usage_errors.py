@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.cli import register
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import FirewallMode
 from dtp.cli import main
+from dtp.cli.ledger import register
 from dtp.keys import HostIdentity
 from tests.support.paths import ROOT
 

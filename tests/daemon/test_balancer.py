@@ -163,12 +163,12 @@ health_interval = 30
     return config
 
 
-@pytest.mark.parametrize("trigger", ["dtp.ledger.cli", "dtp.daemon.runner", "dtp.ledger.local"])
+@pytest.mark.parametrize("trigger", ["dtp.cli.ledger", "dtp.daemon.runner", "dtp.ledger.local"])
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_while_the_daemon_loads_exits_0_creating_nothing(
     tmp_path: Path, sig: str, trigger: str
 ) -> None:
-    """A stop that arrives while ``dtp`` builds its parser (``dtp.ledger.cli``) or
+    """A stop that arrives while ``dtp`` builds its parser (``dtp.cli.ledger``) or
     ``dtp daemon`` imports the runner (where the first few tenths of a second go) ends
     it with status 0, no ready line, no traceback, and no file created (before: SIGTERM
     killed it, 143; SIGINT exited 130)."""

@@ -28,8 +28,6 @@ LAYER_OF: dict[str, str] = {
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",
     "dtp.ledger": "ledger",
-    "dtp.ledger.cli": "cli",  # the ledger commands, bound for cli/
-    "dtp.ledger.cli_funds": "cli",
     "dtp.payments": "payments",
     "dtp._session": "transport",
     "dtp._poll": "transport",
@@ -56,10 +54,7 @@ LAYER_OF: dict[str, str] = {
     "dtp.messaging": "messaging",
     "dtp.graph": "graph",
     "dtp.daemon": "daemon",
-    "dtp.daemon.cli": "cli",
-    "dtp.daemon.demo_step": "cli",
     "dtp.cli": "cli",
-    "dtp.demo": "cli",
     "dtp.__main__": "cli",
 }
 
@@ -112,7 +107,6 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
 
 # Known import cycles (their modules, sorted), each with the step that breaks it.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    ("dtp.ledger.cli", "dtp.ledger.cli_funds"): "1c: their shared helpers move to cli/common.py",
     ("dtp.aio", "dtp.paid_aio"): _FACES,
     ("dtp.paid", "dtp.socket"): _FACES,
 }

@@ -1,7 +1,7 @@
 """``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
 ``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
 docs/escrow.md §13-16; ``balance``, ``connections``, ``refund`` and ``claim`` live in
-:mod:`dtp.ledger.cli_funds`).
+:mod:`dtp.cli.funds`).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
 ``--ledger SPEC`` (a ledger spec, :mod:`dtp.ledger.spec`: ``local``, the embedded
@@ -28,11 +28,20 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dtp.cli.common import CliError as _CliError
+from dtp.cli.common import UsageError as _UsageError
+from dtp.cli.common import emit as _emit
+from dtp.cli.common import env_passphrase as _env_passphrase
+from dtp.cli.common import given_path as _given_path
+from dtp.cli.common import identity as _identity
+from dtp.cli.common import identity_path as _identity_path
+from dtp.cli.common import ledger as _ledger
+from dtp.cli.common import ledger_spec as _spec
+from dtp.cli.common import plain as _plain
 from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
 from dtp.identity.files import write_durably
 from dtp.ledger.objects import (
@@ -44,14 +53,7 @@ from dtp.ledger.objects import (
     is_low_order_noise_key,
     normalize_id,
 )
-from dtp.ledger.open import open_ledger
-from dtp.ledger.spec import (
-    LedgerSpec,
-    deployments_path,
-    ledger_spec_from_env,
-    parse_ledger_spec,
-    read_deployments,
-)
+from dtp.ledger.spec import deployments_path, read_deployments
 
 __all__ = ["SUI_INSTALL_HINT", "EnvNameGiven", "register", "unset_passphrase_env"]
 
@@ -143,126 +145,6 @@ def unset_passphrase_env(args: argparse.Namespace) -> str | None:
     )
 
 
-def _given_path(text: str | None, option: str, what: str = "a file") -> Path | None:
-    """The path an option names (None when it was not given). An empty one is an error:
-    ``--ledger-path "$UNSET"`` would otherwise act on the default file."""
-    if text is None:
-        return None
-    if not text:
-        raise _CliError(f"{option} is empty: give {what}, or leave the option out.")
-    return Path(text)
-
-
-def _identity_path(args: argparse.Namespace) -> Path:
-    from dtp.identity.keys import default_identity_path
-
-    return _given_path(args.identity, "--identity") or default_identity_path()
-
-
-def _spec(args: argparse.Namespace) -> LedgerSpec:
-    """The ledger spec of ``args``: ``--ledger``, ``--ledger-path`` (``local:PATH``),
-    else ``$DTP_LEDGER``, else ``local``; checked, nothing opened."""
-    ledger, path = getattr(args, "ledger", None), getattr(args, "ledger_path", None)
-    if ledger is not None and path is not None:
-        raise _UsageError(
-            "Give --ledger or --ledger-path, not both (--ledger-path PATH is --ledger local:PATH)."
-        )
-    given = _given_path(path, "--ledger-path")
-    if given is not None:
-        return LedgerSpec(str(path), "--ledger-path", path=given)
-    if ledger is not None:
-        return parse_ledger_spec(ledger, setting="--ledger")
-    return ledger_spec_from_env()
-
-
-def _uses_sui_keys(args: argparse.Namespace) -> bool:
-    """Whether a command signs with a Sui key rather than a DTP identity file: no
-    ``--identity``, no default identity file, and a Sui ledger (docs/sui.md, "Signing
-    keys")."""
-    return (
-        args.identity is None and not os.path.lexists(_identity_path(args)) and _spec(args).is_sui
-    )
-
-
-def _sui_key() -> Any:
-    """``$DTP_SUI_KEY``'s identity, else the Sui CLI keystore's active one."""
-    keystring = os.environ.get("DTP_SUI_KEY", "").strip()
-    if keystring:
-        from dtp.identity.keys import HostIdentity
-
-        try:
-            return HostIdentity.from_sui_keystring(keystring)
-        except ValueError as exc:
-            raise LedgerSpecError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
-    from dtp.ledger.sui_keystore import keystore_identity
-
-    return keystore_identity()
-
-
-def _address(args: argparse.Namespace) -> str:
-    """The identity's Sui address, for commands that only read: on a Sui ledger without
-    an identity file, ``$DTP_SUI_KEY``'s or the Sui CLI's active address (its key is
-    not read)."""
-    if _uses_sui_keys(args):
-        if os.environ.get("DTP_SUI_KEY", "").strip():
-            return str(_sui_key().sui_address)
-        from dtp.ledger.sui_keystore import active_address
-
-        return active_address()
-    return str(_identity(args).sui_address)
-
-
-def _identity(args: argparse.Namespace) -> Any:
-    from dtp.errors import KeyFileError
-    from dtp.identity.keys import HostIdentity
-
-    if _uses_sui_keys(args):
-        return _sui_key()
-    passphrase = _env_passphrase(args)
-    try:
-        return HostIdentity.load(_identity_path(args), passphrase)
-    except KeyFileError as exc:
-        # The library cannot know where a command line takes its passphrase from: say it,
-        # or the user is left to find --passphrase-env in --help.
-        if passphrase is not None or not str(exc).endswith("a passphrase is required"):
-            raise
-        message = str(exc)
-    raise KeyFileError(
-        f"{message}: set ${args.passphrase_env} or name another variable with --passphrase-env"
-    )
-
-
-def _ledger(args: argparse.Namespace, *, create: bool = True) -> Any:
-    """The ledger of ``args`` (:func:`_spec`); read-only commands, and those acting on an
-    object that must already be on it (a host, an offer), pass ``create=False``, so that
-    a mistyped LocalLedger path is an error rather than a new, empty ledger (left behind
-    by a command that then failed with "No object with ID ...")."""
-    spec = _spec(args)
-    if spec.path is None:
-        ledger = open_ledger(spec, package=args.sui_package, package_setting="--sui-package")
-        return _closed_after(args, ledger)
-    if args.sui_package is not None:
-        raise _UsageError(
-            f"--sui-package names a package on a Sui ledger; {spec.setting} names "
-            f"{spec.describe()}."
-        )
-    if not create and not spec.path.exists():
-        option = spec.setting if spec.setting in ("--ledger-path", "DTP_LEDGER") else "--ledger"
-        raise _CliError(
-            f"No ledger at {spec.path}: check {option}, or create one with `dtp localnet faucet`."
-        )
-    from dtp.ledger.local import LocalLedger
-
-    return _closed_after(args, LocalLedger(spec.path))
-
-
-def _closed_after(args: argparse.Namespace, ledger: _T) -> _T:
-    """``ledger``, to be closed once the command is done (:func:`_run`): a SuiLedger
-    keeps a thread, an event loop and a channel to its node until closed."""
-    args.__dict__.setdefault("opened_ledgers", []).append(ledger)
-    return ledger
-
-
 def _local_only(args: argparse.Namespace, what: str) -> None:
     """Refuse a command of the embedded ledger alone on a Sui spec, in one sentence."""
     spec = _spec(args)
@@ -271,52 +153,6 @@ def _local_only(args: argparse.Namespace, what: str) -> None:
             f"`dtp localnet {what}` works on the embedded ledger only, and {spec.setting} "
             f"names {spec.describe()}: on Sui, {_ON_SUI[what]}."
         )
-
-
-class _CliError(Exception):
-    """A problem to report in one line, exiting with status 1."""
-
-
-class _UsageError(_CliError):
-    """A command line (or environment) that cannot be used as given: exit status 2."""
-
-
-def _env_passphrase(args: argparse.Namespace) -> str | None:
-    """The identity passphrase the variable named by ``--passphrase-env`` holds
-    (:func:`dtp.identity.keys.passphrase_from_env`: set but empty is a usage error)."""
-    from dtp.identity.keys import passphrase_from_env
-
-    try:
-        return passphrase_from_env(args.passphrase_env)
-    except ValueError as exc:
-        raise _UsageError(f"{exc}.") from None
-
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, FirewallMode):
-        return value.name.lower().replace("_", "-")
-    return value
-
-
-def _emit(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    data = _plain(data)
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-        return
-    for key, value in data.items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value, sort_keys=True)
-        print(f"{key.replace('_', ' ')}: {value}")
 
 
 def _run(handler: Handler) -> Handler:
@@ -1186,7 +1022,7 @@ def register(subparsers: Any) -> None:
     sshow = leaf(sub_sub, "show", _subscription_show, "show a subscription")
     sshow.add_argument("subscription", help="Subscription ID")
 
-    from dtp.ledger.cli_funds import register as register_funds
+    from dtp.cli.funds import register as register_funds
 
     register_funds(subparsers, leaf)
 

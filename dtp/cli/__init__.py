@@ -1,4 +1,5 @@
-"""The ``dtp`` command."""
+"""The ``dtp`` command: its parser and :func:`main`; the subcommands live in the
+modules beside this one (ledger, funds, daemon, demo)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from dtp.demo import run_demo
+    from dtp.cli.demo import run_demo
 
     return run_demo(quick=args.quick)
 
@@ -76,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version and core backend")
     version.set_defaults(func=_cmd_version)
 
-    from dtp.daemon.cli import register as register_daemon
-    from dtp.ledger.cli import register as register_chain
+    from dtp.cli.daemon import register as register_daemon
+    from dtp.cli.ledger import register as register_chain
 
     register_chain(sub)
     register_daemon(sub)
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
     """For ``dtp daemon``: its stop signals caught before the parser is built (the
-    parser's imports, ``dtp.ledger.cli``'s above all, took most of the first tenth of a
+    parser's imports, ``dtp.cli.ledger``'s above all, took most of the first tenth of a
     second, in which a SIGTERM killed the daemon and a SIGINT printed a traceback).
     The command is the first argument that is no option (``-v``, the one option
     before it, takes no value)."""
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     if early is not None:
         if args.command == "daemon":
-            args.stop_signals = early  # (dtp.daemon.cli._cmd_daemon takes them over)
+            args.stop_signals = early  # (dtp.cli.daemon._cmd_daemon takes them over)
         else:
             early.restore()
     logging.basicConfig(
@@ -137,7 +138,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 128 + signal.SIGPIPE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

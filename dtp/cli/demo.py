@@ -404,7 +404,7 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
 
 def demo_daemon(tour: Tour, quick: bool) -> None:
     tour.step("An existing TCP server behind DTP: the services daemon and a forwarder")
-    from dtp.daemon.demo_step import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
+    from dtp.cli.demo_daemon import PRICE_PER_KIB, PRICE_PER_TUNNEL, run_daemon_step
     from dtp.ledger.objects import Sla
     from dtp.ledger.receipt import fee
 

@@ -11,7 +11,7 @@ ledger, and getting it back (docs/cli.md).
   daemon's receipt store holds (``--settle``: and settles), never while a daemon runs
   on that store.
 
-Every command takes the ledger options of :mod:`dtp.ledger.cli` (``--ledger SPEC``...)
+Every command takes the ledger options of :mod:`dtp.cli.ledger` (``--ledger SPEC``...)
 and works through the :class:`~dtp.ledger.interface.Ledger` interface alone, so on either
 ledger. Read-only ones need no key: the address comes from the identity file, or on
 Sui without one from ``$DTP_SUI_KEY`` or the Sui CLI's active address.
@@ -29,14 +29,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from dtp.ledger.cli import (
-    _address,
-    _CliError,
-    _emit,
-    _given_path,
-    _identity,
-    _ledger,
-)
+from dtp.cli.common import CliError as _CliError
+from dtp.cli.common import address as _address
+from dtp.cli.common import emit as _emit
+from dtp.cli.common import given_path as _given_path
+from dtp.cli.common import identity as _identity
+from dtp.cli.common import ledger as _ledger
 from dtp.ledger.connections import (
     ConnectionReport,
     client_settles_at,

@@ -3,7 +3,7 @@
 This module stays light (the standard library only): the ``dtp`` parser imports it for
 every command, and ``dtp daemon`` installs its signal handlers
 (:class:`~dtp.daemon.signals.StopSignals`) before importing the rest of the daemon.
-(:func:`register` takes ``--passphrase-env``'s action from ``dtp.ledger.cli``, which the
+(:func:`register` takes ``--passphrase-env``'s action from ``dtp.cli.ledger``, which the
 parser has imported by then.)
 """
 
@@ -49,7 +49,7 @@ def _unset_for_a_new_identity(args: argparse.Namespace, signals: StopSignals) ->
     The first start wrote the new secret key unencrypted, with nothing said. The
     default variable unset still means an unencrypted identity, and an identity already
     there is read as before (an unencrypted one needs no passphrase)."""
-    from dtp.ledger.cli import unset_passphrase_env
+    from dtp.cli.ledger import unset_passphrase_env
 
     unset = unset_passphrase_env(args)
     if unset is None or signals.stop is not None:
@@ -115,7 +115,7 @@ def register(sub: Any) -> None:
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
     # the chain commands' action: it records that the option was given, for the rule
     # that a variable so named must be set when a new identity is written
-    from dtp.ledger.cli import EnvNameGiven
+    from dtp.cli.ledger import EnvNameGiven
 
     daemon.add_argument(
         "--passphrase-env",
