@@ -27,6 +27,7 @@ and the old module paths that still import (:data:`MOVED`).
 
 import importlib
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Sequence
@@ -94,6 +95,19 @@ class _MovedModuleLoader:
         if self._spec is not None:
             module.__spec__ = self._spec
 
+    def get_code(self, fullname: str) -> types.CodeType | None:
+        """The new module's code, for ``python -m <old name>`` (runpy runs it as
+        ``__main__``, a fresh module, so nothing is run twice under the old name)."""
+        spec = importlib.util.find_spec(self.new_name)
+        loader = spec.loader if spec is not None else None
+        get_code = getattr(loader, "get_code", None)
+        return get_code(self.new_name) if get_code is not None else None
+
+    def is_package(self, fullname: str) -> bool:
+        """runpy asks, to run a package's ``__main__``."""
+        spec = importlib.util.find_spec(self.new_name)
+        return spec is not None and spec.submodule_search_locations is not None
+
 
 class _MovedModuleFinder:
     """Resolves an old module name of :data:`MOVED` to the module at its new name.
@@ -115,9 +129,19 @@ class _MovedModuleFinder:
         new_name = moved_to(fullname)
         if new_name is None:
             return None
+        # None for an old name whose new module does not exist, so the import fails with
+        # the old name in ModuleNotFoundError; the origin gives ``python -m <old>`` a __file__
+        found = importlib.util.find_spec(new_name)
+        if found is None:
+            return None
         # typeshed asks for an importlib.abc.Loader; the protocol is all importlib uses.
         loader = _MovedModuleLoader(new_name)
-        return importlib.machinery.ModuleSpec(fullname, loader)  # type: ignore[arg-type]
+        return importlib.machinery.ModuleSpec(
+            fullname,
+            loader,  # type: ignore[arg-type]
+            origin=found.origin,
+            is_package=found.submodule_search_locations is not None,
+        )
 
 
 def moved_to(name: str) -> str | None:

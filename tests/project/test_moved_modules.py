@@ -8,6 +8,8 @@ HostIdentity`` works, and monkeypatching through either name patches the one mod
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -61,6 +63,33 @@ def test_patching_through_the_old_name_patches_the_module(
 def test_a_name_that_never_existed_still_fails_to_import() -> None:
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("dtp.no_such_module")
+
+
+def test_a_missing_submodule_of_an_old_package_name_is_not_found(probe_alias: str) -> None:
+    """The finder answers only for a new module that exists: the error names the old name,
+    and find_spec says None as for any missing module."""
+    assert importlib.util.find_spec(f"{probe_alias}.no_such_module") is None
+    with pytest.raises(ModuleNotFoundError, match=f"{probe_alias}.no_such_module"):
+        importlib.import_module(f"{probe_alias}.no_such_module")
+
+
+def test_python_m_runs_a_module_by_its_old_name(probe_alias: str) -> None:
+    """``python -m <old name>`` runs the module at its new path as __main__ (runpy needs
+    the loader's get_code and a __file__)."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy, dtp; dtp.MOVED['dtp._moved_probe'] = 'dtp.graph';"
+            " g = runpy.run_module('dtp._moved_probe.clock', run_name='__main__');"
+            " print(g['__file__'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.strip().endswith("graph/clock.py")
 
 
 def test_open_ledger_still_imports_from_the_spec_module() -> None:
