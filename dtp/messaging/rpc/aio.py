@@ -23,8 +23,8 @@ from dtp.messaging.protocol import (
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
-    _check_our_timeout,
 )
+from dtp.messaging.rpc.client import check_client_options
 from dtp.messaging.rpc.fees import (
     FEE_META_RESERVE,
     PaymentsCache,
@@ -35,7 +35,6 @@ from dtp.messaging.rpc.fees import (
     check_one_meter,
     deposit,
     meter_request,
-    response_hash,
     stream_payments,
 )
 from dtp.messaging.rpc.server import (
@@ -82,12 +81,7 @@ class AsyncRpcClient:
         meter: Meter | None = None,
         prepay: ResponsePrepay | None = None,
     ) -> None:
-        if timeout is not None:
-            _check_our_timeout(timeout)  # as RpcClient's
-        if on_notification is not None and not callable(on_notification):
-            raise TypeError(
-                f"on_notification must be callable, not {type(on_notification).__name__!r}"
-            )
+        check_client_options(timeout, on_notification)
         check_async_streams(reader, writer)
         check_one_meter(meter, writer)
         self._reader = reader
@@ -330,10 +324,8 @@ class AsyncRpcClient:
             future = self._futures.pop(event.request_id, None)
             escrow_id = self._escrows.pop(event.request_id, None)
             if escrow_id is not None and self.prepay is not None:
-                from dtp.ledger.interface import response_ack_message
-
-                message = response_ack_message(escrow_id, response_hash(event.body))
-                self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
+                ack = self.prepay.acknowledgement(escrow_id, event.body)
+                self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):

@@ -32,7 +32,6 @@ from dtp.messaging.rpc.fees import (
     ResponsePrepay,
     check_one_meter,
     meter_request,
-    response_hash,
 )
 from dtp.messaging.rpc.streams import (
     DEFAULT,
@@ -108,6 +107,18 @@ class RpcCall:
         return self._client._cancel(self)
 
 
+def check_client_options(timeout: float | None, on_notification: object) -> None:
+    """The options both clients take, checked as the client is made (RpcClient's and
+    AsyncRpcClient's)."""
+    if timeout is not None:
+        # refused now: every call and notification would fail with it, a
+        # notification perhaps with its frame half written
+        _check_our_timeout(timeout)
+    if on_notification is not None and not callable(on_notification):
+        # found out only when a notification came: in the reader, failing its call
+        raise TypeError(f"on_notification must be callable, not {type(on_notification).__name__!r}")
+
+
 class RpcClient:
     """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
 
@@ -129,15 +140,7 @@ class RpcClient:
         on_notification: Callable[[str, Any], None] | None = None,
         close_stream: bool = False,
     ) -> None:
-        if timeout is not None:
-            # refused now: every call and notification would fail with it, a
-            # notification perhaps with its frame half written
-            _check_our_timeout(timeout)
-        if on_notification is not None and not callable(on_notification):
-            # found out only when a notification came: in the reader, failing its call
-            raise TypeError(
-                f"on_notification must be callable, not {type(on_notification).__name__!r}"
-            )
+        check_client_options(timeout, on_notification)
         check_blocking_stream(stream)
         check_one_meter(meter, stream)
         self._stream = stream
@@ -491,11 +494,10 @@ class RpcClient:
         self._wake_followers()
 
     def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
-        from dtp.ledger.interface import response_ack_message
-
         assert self.prepay is not None and call.escrow_id is not None
-        message = response_ack_message(call.escrow_id, response_hash(event.body))
-        self._proto.send_ack(event.request_id, self.prepay.identity.sign(message))
+        self._proto.send_ack(
+            event.request_id, self.prepay.acknowledgement(call.escrow_id, event.body)
+        )
 
     def _run_notes(self, limit: float | None = None) -> None:
         """Run ``on_notification`` for the notifications read (``_lock`` not held), in

@@ -599,6 +599,15 @@ class ResponsePrepay:
             self.unanswered.extend(keep)
         return total
 
+    def acknowledgement(self, escrow_id: str, body: bytes) -> bytes:
+        """The signature acknowledging ``body`` (the response's encoded result) as the
+        answer to the call that prepaid ``escrow_id``: the client sends it in an ACK and
+        the server claims the escrow with it (docs/escrow.md). Both clients sign so."""
+        from dtp.ledger.interface import response_ack_message
+
+        message = response_ack_message(escrow_id, response_hash(body))
+        return self.identity.sign(message)
+
 
 def _claim_refused_for_good(exc: BaseException) -> bool:
     """Whether a failed claim would fail again: a Move abort, an unknown or malformed

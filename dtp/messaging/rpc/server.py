@@ -82,6 +82,9 @@ Handler = Callable[..., Any]
 
 
 class Registry:
+    """The handlers a server answers with, by name: methods and notifications (the
+    blocking and the asyncio server register theirs so)."""
+
     def __init__(self) -> None:
         self.methods: dict[str, tuple[Handler, bool]] = {}
         self.notifications: dict[str, tuple[Handler, bool]] = {}
@@ -168,6 +171,8 @@ def check_server_options(
 
 
 def error_reply(exc: BaseException) -> tuple[int, str, Any]:
+    """The error (code, message, data) a request is answered with when its handler
+    raised ``exc``: both servers answer so."""
     if isinstance(exc, E.RemoteError):
         return exc.code, exc.message, exc.data
     if isinstance(exc, TypeError):
