@@ -24,10 +24,10 @@ import pytest
 import dtp.aio
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging import rpc as rpc_module
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
+from dtp.messaging.rpc import client as rpc_client
 from tests.messaging.test_rpc import ScriptedPeer, Served
 from tests.polling import wait_for
 
@@ -496,7 +496,7 @@ def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund
 def setup(monkeypatch: pytest.MonkeyPatch) -> Any:
     # reads of 10 minutes: a call that waited for the end of the reader's read would
     # wait that long, so the bounds below need no tighter than "not held up"
-    monkeypatch.setattr(rpc_module, "_READ_SLICE", 600.0)
+    monkeypatch.setattr(rpc_client, "_READ_SLICE", 600.0)
     gate = threading.Event()
     cancelled = threading.Event()
     rpc = RpcServer(workers=4)

@@ -20,9 +20,9 @@ import msgpack
 import pytest
 
 from dtp.messaging import errors as E
-from dtp.messaging import rpc as rpc_module
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient
+from dtp.messaging.rpc import client as rpc_client
 
 #: Empty frames: the costliest bytes to take (each is a violation).
 JUNK = b"\x00\x00\x00\x00" * 16384
@@ -402,7 +402,7 @@ def test_answers_to_a_peer_that_never_reads_are_bounded(
     """Malformed requests (each answered by its id) from a peer that never reads: the
     answers the stream would not take piled up in memory without bound while a call
     waited; past the cap every call fails, clearly."""
-    monkeypatch.setattr(rpc_module, "_UNSENT_CAP", 256 * 1024)
+    monkeypatch.setattr(rpc_client, "UNSENT_CAP", 256 * 1024)  # (RpcClient's)
     chunk = b"".join(frame([0, i, "m"]) for i in range(1, 2001))
     f = flood_of(chunk)
     client = RpcClient(f.client)
@@ -411,6 +411,6 @@ def test_answers_to_a_peer_that_never_reads_are_bounded(
         with pytest.raises(E.RpcConnectionLost, match="takes none of our answers"):
             call.result(timeout=30)  # (a bound for a loaded machine: 8 s was seen to pass)
         # the cap, and the answers to what one more read held (about 3 bytes a byte)
-        assert sum(map(len, client._proto._out)) < 256 * 1024 + 4 * rpc_module.RECV_SIZE
+        assert sum(map(len, client._proto._out)) < 256 * 1024 + 4 * rpc_client.RECV_SIZE
     finally:
         client.close()

@@ -54,7 +54,6 @@ from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
-from dtp.messaging import rpc as rpc_module
 from dtp.messaging.rpc import (
     AsyncRpcClient,
     AsyncRpcServer,
@@ -65,6 +64,8 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
+from dtp.messaging.rpc import client as rpc_client
+from dtp.messaging.rpc import fees as rpc_fees
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from tests.messaging.test_rpc import OFF, Served, make_rpc
@@ -429,7 +430,7 @@ def test_a_fresh_server_resumes_from_the_receipt_store(tmp_path: Path) -> None:
 
 def test_kept_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Checks outlive their streams, but only the most recently used few."""
-    monkeypatch.setattr(rpc_module, "_KEPT_PAYMENTS", 2)
+    monkeypatch.setattr(rpc_fees, "_KEPT_PAYMENTS", 2)
     built: list[str] = []
 
     def source(connection_id: str | None) -> RequestPayments:
@@ -438,7 +439,7 @@ def test_kept_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         _, _, client_id, meter = _setup()
         return RequestPayments(connection_id, meter.sla, client_id.ed25519_public, 0)
 
-    cache = rpc_module._PaymentsCache(source)
+    cache = rpc_fees.PaymentsCache(source)
     ids = [f"0x{n:064x}" for n in range(1, 4)]
     for cid in ids:
         payments = cache.resolve(cid)
@@ -458,12 +459,12 @@ def test_a_forgotten_check_does_not_serve_old_receipts_again(
     """With no ReceiptStore, a connection whose check the
     server forgot (beyond _KEPT_PAYMENTS other connections) came back to a fresh
     check, and its last receipt paid for its requests a second time."""
-    monkeypatch.setattr(rpc_module, "_KEPT_PAYMENTS", 1)
+    monkeypatch.setattr(rpc_fees, "_KEPT_PAYMENTS", 1)
     ledger, _, client_id, sla, host, cap = _per_request_service()
     first = ledger.open_connection(client_id, host, 9, cap, 50)
     other = ledger.open_connection(client_id, host, 9, cap, 1)
     seen: list[Any] = []
-    cache = rpc_module._PaymentsCache(
+    cache = rpc_fees.PaymentsCache(
         ledger_payments(ledger, on_receipt=seen.append if on_receipt == "callable" else None)
     )
     meter = Meter(client_id, first.connection_id, sla, 50, every_requests=1)
@@ -879,7 +880,7 @@ def test_waiting_for_a_reread_takes_no_executor_thread(monkeypatch: pytest.Monke
     """Requests waiting for a re-read each waited in a thread
     of the loop's executor, queued ahead of the read itself: with as many waiters as
     threads, the read ran only after every waiter had timed out and been refused."""
-    monkeypatch.setattr(rpc_module, "_REREAD_WAIT", 5.0)
+    monkeypatch.setattr(rpc_fees, "_REREAD_WAIT", 5.0)
     _, _, payments, meter, reads = _stale_deposit_payments()
     receipts = [meter.record(0, requests=1) for _ in range(4)]
 
@@ -1098,7 +1099,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     )
     served = Served(make_rpc(payments=payments))
     client = served.connect(timeout=20, meter=meter)
-    real = rpc_module._meter_request
+    real = rpc_client.meter_request
     closer: list[threading.Thread] = []
 
     def metering(*args: Any) -> Any:
@@ -1112,7 +1113,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
             time.sleep(0.01)
         return real(*args)
 
-    monkeypatch.setattr(rpc_module, "_meter_request", metering)
+    monkeypatch.setattr(rpc_client, "meter_request", metering)  # (where RpcClient looks it up)
     try:
         try:
             # (answered a second late: the close, waiting for the lock the metering

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import dtp.messaging.rpc as rpc_module
+import dtp.messaging.rpc.client as rpc_client_module
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.keys import HostIdentity
@@ -101,7 +101,7 @@ def test_an_interruption_with_no_read_waiting_ends_the_next_one(
 
 @pytest.fixture
 def rpc_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[RpcClient]:
-    monkeypatch.setattr(rpc_module, "_READ_SLICE", 600.0)
+    monkeypatch.setattr(rpc_client_module, "_READ_SLICE", 600.0)
     rpc = RpcServer(workers=4)
     rpc.register("sleep", lambda p: threading.Event().wait(p) or "slept")
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)

@@ -1,0 +1,599 @@
+"""The asyncio RPC client and server (:class:`AsyncRpcClient`, :class:`AsyncRpcServer`),
+on the same protocol, fees and checks as the blocking ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from dtp.errors import DTPError
+from dtp.messaging import errors as E
+from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging.protocol import (
+    AckReceived,
+    ErrorReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestCancelled,
+    RequestReceived,
+    ResponseReceived,
+    RpcEvent,
+    RpcProtocol,
+)
+from dtp.messaging.rpc.client import check_client_options
+from dtp.messaging.rpc.fees import (
+    FEE_META_RESERVE,
+    PaymentsCache,
+    RequestPayments,
+    ResponseFeePolicy,
+    ResponsePrepay,
+    admit_fee,
+    check_one_meter,
+    deposit,
+    meter_request,
+    stream_payments,
+)
+from dtp.messaging.rpc.server import (
+    CallContext,
+    Handler,
+    Registry,
+    check_server_options,
+    error_reply,
+)
+from dtp.messaging.rpc.streams import (
+    DEFAULT,
+    RECV_SIZE,
+    TAKE_PIECE,
+    check_async_streams,
+    meta_copy,
+    send_failed,
+)
+from dtp.payments.receipts import Meter
+
+logger = logging.getLogger(__name__)
+#: The asyncio client lets the loop run after this long (seconds) of notification
+#: handlers (AsyncRpcClient._take).
+_TAKE_TIME = 0.01
+
+
+class AsyncRpcClient:
+    """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
+    :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
+
+    ``meter`` and ``prepay`` work as for :class:`RpcClient` (per-request receipts;
+    prepaid response fees, acknowledged on each response); the ledger calls of
+    ``prepay`` run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        writer: Any,
+        *,
+        timeout: float | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_in_flight: int = 4096,
+        on_notification: Callable[[str, Any], Any] | None = None,
+        meter: Meter | None = None,
+        prepay: ResponsePrepay | None = None,
+    ) -> None:
+        check_client_options(timeout, on_notification)
+        check_async_streams(reader, writer)
+        check_one_meter(meter, writer)
+        self._reader = reader
+        self._writer = writer
+        self.timeout = timeout
+        self.meter = meter
+        self.prepay = prepay
+        #: request ID -> the ResponseEscrow its call prepaid
+        self._escrows: dict[int, str] = {}
+        self.on_notification = on_notification
+        self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._closed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        # the tasks of calls and notifications waiting in _send for the peer to take
+        # their frame, which close() cancels (_closing: those it cancelled, which end
+        # in RpcConnectionLost): the writer stays open, so a peer that does not read
+        # would hold them for good
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
+        self.violations = 0
+
+    def _start(self) -> None:
+        # (not once closed: the reader would take the stream, which is not ours, for good)
+        if self._task is None and self._closed is None:
+            self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def call(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = DEFAULT,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Call ``method`` and await its result (raises the typed error otherwise)."""
+        self._start()
+        if timeout is DEFAULT:
+            timeout = self.timeout
+        if self._closed is not None:
+            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+        loop = asyncio.get_running_loop()
+        extra = meta_copy(meta)
+        escrow_id = None
+        if self.meter is not None or self.prepay is not None:
+            # a request that cannot be sent is found out before it is paid for
+            self._proto.check_request(
+                method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
+            )
+        # the escrow first, as in RpcClient.start: a refused deposit leaves the meter
+        # as it was
+        if self.prepay is not None:
+            escrow_id = await deposit(self.prepay, timeout if timeout is not None else 60.0)
+            extra = extra or {}
+            extra["re"] = escrow_id
+            try:
+                if self._closed is not None:  # closed while the deposit was made
+                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                if self.meter is not None:
+                    # other calls may have filled the in-flight limit meanwhile: refused
+                    # now, before the meter counts a request never sent
+                    self._proto.check_request(
+                        method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
+                    )
+            except BaseException:
+                self.prepay.unanswered.append(escrow_id)
+                raise
+        # (metering to sending runs with no await: receipts go out in nonce order)
+        if self.meter is not None:
+            extra = meter_request(self.meter, self.prepay, escrow_id, extra)
+        # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
+        # would expire (one per call, kept for good)
+        try:
+            request_id = self._proto.send_request(
+                method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
+            )
+        except BaseException:
+            if escrow_id is not None and self.prepay is not None:
+                self.prepay.unanswered.append(escrow_id)  # (refund_due, after its deadline)
+            raise
+        future: asyncio.Future[Any] = loop.create_future()
+        self._futures[request_id] = future
+        if escrow_id is not None:
+            self._escrows[request_id] = escrow_id
+        deadline = asyncio.timeout(timeout)
+        try:
+            # the deadline covers the send too: a peer that does not read holds the
+            # drain (the frame is whole in the writer's buffer: ending the wait loses
+            # nothing of it)
+            async with deadline:
+                await self._send(request_id)
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._futures.pop(request_id, None)
+            self._give_up(request_id)
+            if future.done() and not future.cancelled():
+                return future.result()  # it came as the deadline passed
+            self._unanswered(request_id)
+            raise E.RpcTimeout(f"no answer to call {request_id}") from None
+        except asyncio.CancelledError:
+            self._futures.pop(request_id, None)
+            self._unanswered(request_id)
+            self._give_up(request_id)
+            if future.done() and not future.cancelled():
+                future.exception()  # seen: no 'Future exception was never retrieved'
+            if self._ended_by_close():
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
+            raise
+
+    def _give_up(self, request_id: int) -> None:
+        """Cancel our request at the peer (CANCEL) without waiting for the peer's flow
+        control: the writer buffers the frame, and the next write's drain waits for it
+        (a call that gave up, for its deadline or cancelled, must not wait on)."""
+        if self._proto.cancel(request_id) and self._closed is None:
+            data = self._proto.data_to_send()
+            with contextlib.suppress(Exception):
+                self._writer.write(data)
+
+    def _unanswered(self, request_id: int) -> None:
+        """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
+        escrow_id = self._escrows.pop(request_id, None)
+        if escrow_id is not None and self.prepay is not None:
+            self.prepay.unanswered.append(escrow_id)
+
+    async def notify(
+        self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send a notification. Waiting for the peer to take it lasts the client's
+        ``timeout`` at most (as the blocking client's): then RpcTimeout, the
+        notification staying whole in the writer's buffer, to leave when the peer
+        reads."""
+        self._start()
+        if self._closed is not None:
+            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+        self._proto.send_notification(method, params, meta=meta)
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self._send()
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise E.RpcTimeout(
+                "the peer took no data before the timeout (the notification is queued)"
+            ) from None
+        except asyncio.CancelledError:
+            if self._ended_by_close():
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
+            raise
+
+    def _ended_by_close(self) -> bool:
+        """In a task cancelled while it called or notified: whether close() cancelled
+        it (its wait in :meth:`_send`) and nobody else did -- a cancellation of the
+        caller's own stays one."""
+        task = asyncio.current_task()
+        if task is None or task not in self._closing:
+            return False
+        self._closing.discard(task)
+        return task.uncancel() == 0
+
+    async def _send(self, request_id: int | None = None) -> None:
+        """:meth:`_flush` for a call (``request_id``) or a notification: a failed write
+        fails every call (RpcConnectionLost, as the blocking client's), and this one's
+        error is raised here. :meth:`close` cancels the wait."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
+        try:
+            await self._flush()
+        except (DTPError, OSError) as exc:
+            if request_id is not None:
+                self._futures.pop(request_id, None)
+                self._unanswered(request_id)
+            error = send_failed(exc)
+            self._fail_all(error)
+            raise error from exc
+        finally:
+            if task is not None:
+                self._sending.discard(task)
+
+    async def _flush(self) -> None:
+        data = self._proto.data_to_send()
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await self._reader.read(RECV_SIZE)
+                if not data:
+                    raise E.RpcConnectionLost("the peer closed the stream")
+                if len(data) <= TAKE_PIECE and self.on_notification is None:
+                    self._proto.receive_data(data, loop.time())
+                    for event in self._proto.events():
+                        self._dispatch(event)
+                else:
+                    await self._take(data, loop)
+                await self._flush()
+        except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
+            error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
+            self._fail_all(error)
+        except BaseException as exc:
+            # cancelled (close(), or the loop shutting down) or failed: nobody reads any
+            # more, so the calls waiting and those to come fail now, not at their
+            # deadlines (or never, without one)
+            if self._closed is None:
+                if isinstance(exc, asyncio.CancelledError):
+                    self._fail_all(E.RpcConnectionLost("the client stopped reading (cancelled)"))
+                else:
+                    self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
+            raise
+
+    async def _take(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Take a large read, or one that may hold notifications, letting the loop run
+        (the calls' deadlines among others) every :data:`TAKE_PIECE` bytes and every
+        :data:`_TAKE_TIME` seconds of notification handlers: a peer that sends frames
+        costly to take, or notifications faster than the handler takes them, would
+        otherwise hold the loop, and every call's deadline with it, for a whole read."""
+        proto, dispatch = self._proto, self._dispatch
+        pieces = len(data) > TAKE_PIECE
+        since = loop.time()
+        for pos in range(0, len(data), TAKE_PIECE):
+            proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, loop.time())
+            for event in proto.events():
+                dispatch(event)
+                if type(event) is NotificationReceived and loop.time() - since >= _TAKE_TIME:
+                    await asyncio.sleep(0)
+                    since = loop.time()
+            if pieces:
+                await asyncio.sleep(0)
+                since = loop.time()
+
+    def _dispatch(self, event: RpcEvent) -> None:
+        if isinstance(event, ResponseReceived):
+            future = self._futures.pop(event.request_id, None)
+            escrow_id = self._escrows.pop(event.request_id, None)
+            if escrow_id is not None and self.prepay is not None:
+                ack = self.prepay.acknowledgement(escrow_id, event.body)
+                self._proto.send_ack(event.request_id, ack)
+            if future is not None and not future.done():
+                future.set_result(event.result)
+        elif isinstance(event, ErrorReceived):
+            future = self._futures.pop(event.request_id, None)
+            self._unanswered(event.request_id)
+            if future is not None and not future.done():
+                future.set_exception(event.error)
+        elif isinstance(event, NotificationReceived) and self.on_notification is not None:
+            try:
+                outcome = self.on_notification(event.method, event.params)
+                if inspect.isawaitable(outcome):
+                    task = asyncio.ensure_future(outcome)
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                logger.exception("notification handler failed")
+        elif isinstance(event, RequestReceived):
+            self._proto.send_error(event.request_id, E.METHOD_NOT_FOUND, "no methods here")
+        elif isinstance(event, ProtocolViolation):
+            self.violations += 1
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._closed = error
+        futures, self._futures = self._futures, {}
+        for request_id, future in futures.items():
+            # a prepaid call failing so got no response: its fee comes back (refund_due)
+            self._unanswered(request_id)
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        """Stop reading and fail calls in flight (the stream stays open): calls and
+        notifications waiting for the peer to take their frame end too, with
+        RpcConnectionLost (what they wrote stays in the writer's buffer). A
+        notification handler (a coroutine: its own task) may await it."""
+        self._fail_all(E.RpcConnectionLost("the client was closed"))
+        sending, self._sending = self._sending, set()
+        for task in sending:
+            self._closing.add(task)
+            task.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def __aenter__(self) -> AsyncRpcClient:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncRpcServer(Registry):
+    """asyncio RPC server: handlers may be coroutines or plain functions; each request
+    runs as its own task, so answers go out in completion order. Notifications are
+    handled in order by the stream's reading loop (an async notification handler is
+    awaited there: a slow one delays the requests behind it). Use :meth:`serve` as a
+    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``), or
+    :meth:`serve_connection` to also answer on every stream the client opens.
+
+    ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
+    a worker thread. The options are checked here, as :class:`RpcServer`'s are.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_pending: int = 1024,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
+        response_fees: ResponseFeePolicy | None = None,
+    ) -> None:
+        check_server_options(max_message_size, max_pending, payments, response_fees)
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.payments = payments
+        self._payments = PaymentsCache(payments)
+        self.response_fees = response_fees
+        self.violations = 0
+        self.served = 0
+
+    async def serve_connection(self, reader: Any, writer: Any) -> None:
+        """:meth:`serve` on the connection's first stream and on every stream the client
+        opens on it (``writer.accept_stream()``), until the first stream ends; a
+        :func:`dtp.aio.start_server` callback."""
+        streams: set[asyncio.Task[None]] = set()
+
+        async def accept_streams() -> None:
+            while True:
+                try:
+                    r, w = await writer.accept_stream()
+                except (DTPError, OSError):
+                    return
+                task = asyncio.get_running_loop().create_task(self.serve(r, w))
+                streams.add(task)
+                task.add_done_callback(streams.discard)
+
+        acceptor = asyncio.get_running_loop().create_task(accept_streams())
+        try:
+            await self.serve(reader, writer)
+        finally:
+            acceptor.cancel()
+            for task in list(streams):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(acceptor, *streams, return_exceptions=True)
+
+    async def serve(self, reader: Any, writer: Any) -> None:
+        """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
+        proto = RpcProtocol(max_message_size=self.max_message_size, max_incoming=self.max_pending)
+        tasks: dict[int, asyncio.Task[None]] = {}
+        loop = asyncio.get_running_loop()
+        peer = getattr(writer, "peer_address", None)
+
+        async def flush() -> None:
+            data = proto.data_to_send()
+            if data:
+                writer.write(data)
+                await writer.drain()
+
+        escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
+        # resolved in a thread, shielded: the resolution counts this stream as one of
+        # its connection's users, released at the end below -- or, when this task is
+        # cancelled meanwhile (a connection's first stream ending while its second
+        # resolves), once the resolution is done; left counted, a failure cached for
+        # the connection (its open still landing) would refuse its later streams for good
+        connection_id = getattr(writer, "peer_connection_id", None)
+        resolving = loop.run_in_executor(None, stream_payments, self._payments, writer)
+        try:
+            payments, payments_error = await asyncio.shield(resolving)
+        except asyncio.CancelledError:
+            resolving.add_done_callback(lambda _: self._payments.release(connection_id))
+            raise
+
+        async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
+            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            try:
+                if payments_error is not None:
+                    raise E.PaymentRequired(payments_error)
+                if payments is not None:
+                    await payments.admit_async(event.meta)
+                if self.response_fees is not None:
+                    ctx.escrow_id = await admit_fee(self.response_fees, event.meta, peer)
+                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
+                if inspect.isawaitable(outcome):
+                    remaining = None if event.deadline is None else event.deadline - loop.time()
+                    outcome = await asyncio.wait_for(outcome, remaining)
+                # (only its own request: the client may have ended it and reused its id)
+                body = proto.send_response(event.request_id, outcome, request=event)
+                self.served += 1
+                if body is not None and ctx.escrow_id is not None and self.response_fees:
+                    self.response_fees.responded(ctx.escrow_id, body)
+                    escrows[event.request_id] = ctx.escrow_id
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    return  # this task was cancelled: the caller cancelled, or serve ended
+                # the handler's own (it awaited something cancelled): a failure like any
+                logger.warning("handler %s failed: cancelled (%r)", event.method, exc)
+                proto.send_error(event.request_id, *error_reply(exc), request=event)
+            except Exception as exc:
+                if (
+                    isinstance(exc, TimeoutError)
+                    and event.deadline is not None
+                    and loop.time() >= event.deadline
+                ):
+                    return  # the request's deadline (wait_for's): the caller stopped waiting
+                # (a TimeoutError of the handler's own is its failure, answered as any)
+                if not isinstance(exc, E.RemoteError | TypeError):
+                    logger.exception("handler %s failed", event.method)
+                code, message, data = error_reply(exc)
+                proto.send_error(event.request_id, code, message, data, request=event)
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+                # answered as any failure (written: a loop that stops at once may
+                # close the connection before it leaves), then on up: asyncio stops
+                # the loop with it
+                proto.send_error(event.request_id, *error_reply(exc), request=event)
+                with contextlib.suppress(Exception):
+                    await flush()
+                raise
+            finally:
+                # only this task's entry: once the client cancelled its request, it may
+                # have reused the id, and the later request's task is listed under it
+                # now (removed, a CANCEL of it, or the end of the stream, missed it)
+                if tasks.get(event.request_id) is asyncio.current_task():
+                    del tasks[event.request_id]
+                if ctx.escrow_id is not None and self.response_fees is not None:
+                    # (forgets it only when no response was made: ended otherwise)
+                    self.response_fees.release(ctx.escrow_id)
+            with contextlib.suppress(DTPError, OSError):
+                await flush()
+
+        since = loop.time()  # the loop last ran other tasks (about)
+        try:
+            while True:
+                # no wait_for around read(): cancelling a read can lose what it took;
+                # deadlines are enforced per request in run() instead
+                data = await reader.read(RECV_SIZE)
+                if data == b"":
+                    # the client ended its side: it may still read (a half-close after
+                    # its last request), so what it asked is still answered -- unless
+                    # the connection ended (the client closed for good): the handlers
+                    # left are cancelled then (finally), as a long one would hold the
+                    # stream for good
+                    while tasks and not writer.is_closing():
+                        await asyncio.wait(list(tasks.values()), timeout=0.1)
+                    return
+                # requests whose deadline passed first: they count against max_pending
+                # until then, and nothing here wakes up at a deadline
+                now = loop.time()
+                timer = proto.get_timer()
+                if timer is not None and timer <= now:
+                    proto.handle_timer(now)
+                # a large read is taken in pieces, the loop running in between (as in
+                # AsyncRpcClient._take): frames costly to take (junk, a flood of tiny
+                # ones) held the loop, and every other stream it serves, for a whole read
+                pieces = len(data) > TAKE_PIECE
+                for pos in range(0, len(data), TAKE_PIECE):
+                    if pos:  # (pieces only)
+                        await asyncio.sleep(0)
+                        since = now = loop.time()
+                    proto.receive_data(data[pos : pos + TAKE_PIECE] if pieces else data, now)
+                    for event in proto.events():
+                        if isinstance(event, RequestReceived):
+                            entry = self.methods.get(event.method)
+                            if entry is None:
+                                missing = f"no method {event.method!r}"
+                                proto.send_error(
+                                    event.request_id, E.METHOD_NOT_FOUND, missing, request=event
+                                )
+                                continue
+                            tasks[event.request_id] = loop.create_task(run(event, *entry))
+                        elif isinstance(event, RequestCancelled):
+                            task = tasks.pop(event.request_id, None)
+                            if task is not None:
+                                task.cancel()
+                        elif isinstance(event, NotificationReceived):
+                            n_entry = self.notifications.get(event.method)
+                            if n_entry is not None:
+                                fn, wants_ctx = n_entry
+                                ctx = CallContext(0, event.method, None, event.meta, peer)
+                                try:
+                                    outcome = (
+                                        fn(event.params, ctx) if wants_ctx else fn(event.params)
+                                    )
+                                    if inspect.isawaitable(outcome):
+                                        await outcome
+                                except Exception:
+                                    logger.exception("notification handler failed")
+                        elif isinstance(event, AckReceived):
+                            acked = escrows.pop(event.request_id, None)
+                            if acked is not None and self.response_fees is not None:
+                                await asyncio.to_thread(
+                                    self.response_fees.acknowledged, acked, event.signature
+                                )
+                        elif isinstance(event, ProtocolViolation):
+                            self.violations += 1
+                await flush()
+                if loop.time() - since >= _TAKE_TIME:
+                    # reads back to back (the reader's buffer full) never wait: let the
+                    # loop run now and then
+                    await asyncio.sleep(0)
+                    since = loop.time()
+        except (DTPError, OSError) as exc:
+            logger.debug("RPC stream ended: %s", exc)
+        finally:
+            self._payments.release(connection_id)
+            for task in list(tasks.values()):
+                task.cancel()

@@ -1,0 +1,150 @@
+"""The streams RPC runs on: what the blocking client and server need of one
+(:class:`BlockingStream`), the checks of what they are given, read sizes and sending;
+shared by the blocking and asyncio clients and servers."""
+
+from __future__ import annotations
+
+import select
+import socket as _socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from dtp.messaging import errors as E
+
+RECV_SIZE = 256 * 1024
+#: The fast paths' reads (the quiet call's answer, the inline server's next request)
+#: while messages are small: a DTPSocket reads up to 64 KiB into its lane's own buffer,
+#: cheaper than a read into a buffer of the caller's size (about 4 us a call both sides
+#: together on one CPU). After a message that did not come whole in one short read they
+#: read RECV_SIZE, which takes large messages faster (what does not fit a read goes
+#: through the general path), until one comes whole and short again.
+QUICK_RECV_SIZE = 64 * 1024
+
+
+def next_read_size(data: bytes, whole: bool) -> int:
+    """A fast path's next read size after the read ``data`` was (``whole``) or was not
+    one whole message."""
+    return QUICK_RECV_SIZE if whole and len(data) < QUICK_RECV_SIZE else RECV_SIZE
+
+
+DEFAULT: Any = object()
+
+
+class BlockingStream(Protocol):
+    """What the blocking client and server need from a stream (a DTPSocket has it)."""
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+    def settimeout(self, timeout: float | None, /) -> None: ...
+
+
+def meta_copy(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A call's ``meta`` to add to (None when empty); TypeError when not a mapping."""
+    if meta is None:
+        return None
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta is a mapping or None, not {type(meta).__name__!r}")
+    return dict(meta) if meta else None
+
+
+def check_blocking_stream(stream: object) -> None:
+    """A blocking client's or server's stream has what it uses (BlockingStream): an
+    object without them (an asyncio writer, say) failed at the first call, in the
+    reader, with an AttributeError about one of them."""
+    missing = [name for name in ("sendall", "recv", "settimeout") if not hasattr(stream, name)]
+    if missing:
+        hint = (
+            " (an asyncio stream: use AsyncRpcClient / AsyncRpcServer)"
+            if hasattr(stream, "drain")
+            else ""
+        )
+        raise TypeError(
+            f"a blocking RPC stream needs sendall, recv and settimeout (a DTPSocket or a "
+            f"socket); {type(stream).__name__!r} has no {', '.join(missing)}{hint}"
+        )
+
+
+def check_async_streams(reader: object, writer: object) -> None:
+    """The asyncio client's (reader, writer) have what it uses: a DTPSocket given as
+    both failed in the read loop's task, and again at each call."""
+    if not callable(getattr(reader, "read", None)):
+        raise TypeError(
+            "AsyncRpcClient's reader must be an asyncio stream reader (dtp.aio "
+            f"open_connection's), not {type(reader).__name__!r}; a blocking DTPSocket "
+            "takes RpcClient"
+        )
+    if not callable(getattr(writer, "write", None)) or not callable(getattr(writer, "drain", None)):
+        raise TypeError(
+            "AsyncRpcClient's writer must be an asyncio stream writer (dtp.aio "
+            f"open_connection's), not {type(writer).__name__!r}; a blocking DTPSocket "
+            "takes RpcClient"
+        )
+
+
+def send_answer(stream: BlockingStream, data: bytes, closed: threading.Event) -> None:
+    """``stream.sendall(data)`` whatever read timeout the stream has. A connection's
+    first stream reads with short timeouts, to look for the streams the client opens
+    in between (and the general loop waits for deadlines the same way), and the
+    timeout is the stream's, shared by its reads and writes: an answer that a client
+    is slow to take must wait for its flow-control window instead, or the stream would
+    end with the answer half sent. It waits until the server closes."""
+    send = getattr(stream, "send", None)
+    if send is None:
+        stream.sendall(data)
+        return
+    view = memoryview(data)
+    while view:
+        try:
+            n: int = send(view)  # a timeout means nothing of this call was taken
+        except TimeoutError:
+            if closed.is_set():
+                raise
+            continue
+        except BlockingIOError:
+            # the first stream's thread set timeout 0 for a moment (to look for new
+            # streams without waiting): it sets its own again at once
+            if closed.is_set():
+                raise
+            time.sleep(0.001)
+            continue
+        view = view[n:]
+
+
+def can_send(sock: _socket.socket) -> bool:
+    """Whether ``sock`` (a plain socket) takes data now. A socket with a timeout waits
+    for room up to that timeout before it tries, even with MSG_DONTWAIT, so it is asked
+    first (a DTPSocket does what the flag says). poll where there is one: select
+    refuses a descriptor past FD_SETSIZE (1024), which a busy server has."""
+    if not sock.gettimeout() or sock.fileno() < 0:
+        # no timeout: the flag is obeyed (no poll per send); closed: the send says so
+        # (OSError), as it did before
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    return bool(select.select((), (sock,), (), 0)[1])
+
+
+#: A client takes a large read in pieces of this many bytes, looking at the clock in
+#: between: a peer that sends frames costly to take (junk, a flood of tiny ones: up to
+#: about 1 us a byte) would otherwise keep a call's thread past its deadline by a whole
+#: read's worth of work. What is left when the deadline passes waits for the next reader.
+TAKE_PIECE = 16 * 1024
+#: Bytes of answers a server queues for a client that does not take them before it
+#: reads no more of its requests (_ServerStream.backed_up).
+UNSENT_CAP = 4 << 20
+
+
+def send_failed(exc: BaseException) -> E.RpcConnectionLost:
+    """The error of every call once a write failed with ``exc``."""
+    if isinstance(exc, TimeoutError):
+        return E.RpcConnectionLost(
+            "sending timed out: the peer took no data before the call's deadline, and the "
+            "stream may hold part of a message"
+        )
+    return E.RpcConnectionLost(f"sending failed: {exc}")
