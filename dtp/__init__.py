@@ -63,6 +63,8 @@ MOVED: dict[str, str] = {
     "dtp.receipt_store": "dtp.payments.receipt_store",
     "dtp.receipt_writer": "dtp.payments.receipt_writer",
     "dtp.settlement": "dtp.payments.settlement",
+    # the argument checks, into the errors they raise
+    "dtp._checks": "dtp.errors",
 }
 
 
