@@ -306,7 +306,7 @@ class PaymentRequired(ConnectionClosed, PaymentError):
 
 # The CLOSE codes of paid connections (application range, docs/escrow.md "Close codes").
 # Here, in the bottom layer, because both sides need them and may not import each other:
-# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.metering
+# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.gate
 # re-exports them) decide when to close with them.
 
 #: CLOSE code a paid server uses when receipts stop covering usage.
