@@ -71,6 +71,8 @@ MOVED: dict[str, str] = {
     "dtp.daemon.cli": "dtp.cli.daemon",
     "dtp.demo": "dtp.cli.demo",
     "dtp.daemon.demo_step": "dtp.cli.demo_daemon",
+    # the argument checks, into the errors they raise
+    "dtp._checks": "dtp.errors",
 }
 
 

@@ -12,12 +12,16 @@ The tree follows what users catch:
 
 The numeric codes mirror the ``DTP_ERR_*`` constants of ``dtp_core/dtp_core.h``; the
 C wrappers and the pure-Python twins raise the same type with the same code.
+
+At the end, the checks of values users pass in (:func:`finite_float`, :func:`shown`),
+which the modules that take settings share to raise these errors with clear messages.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
+import math
 import sqlite3
 from typing import Final
 
@@ -302,7 +306,7 @@ class PaymentRequired(ConnectionClosed, PaymentError):
 
 # The CLOSE codes of paid connections (application range, docs/escrow.md "Close codes").
 # Here, in the bottom layer, because both sides need them and may not import each other:
-# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.metering
+# the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.gate
 # re-exports them) decide when to close with them.
 
 #: CLOSE code a paid server uses when receipts stop covering usage.
@@ -1093,3 +1097,34 @@ def move_error_from_abort_code(abort_code: int, detail: str = "") -> ChainError:
             code=code,
         )
     return info.error(detail)
+
+
+# --------------------------------------------------------------------------------------
+# checks of values users pass in (settings, limits, timeouts), shared by the modules
+# that take them: a number made a finite float without the exceptions Python raises on
+# the way, and a value shown in an error message without raising one of its own
+
+
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or None for a bool (``True`` is a mistake, not 1), a
+    non-number, NaN, infinity, or an int beyond the float range (``float()`` raised
+    OverflowError for it, and ``math.isfinite`` too, where the caller wanted its own
+    error naming the setting)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def shown(value: object) -> str:
+    """``value``'s repr for an error message, cut short: an int past Python's 4300-digit
+    limit has no repr (a ValueError of its own, naming no setting), and one of hundreds
+    of digits says nothing more than its first few."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer of more than 4300 digits"
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,6 +1,7 @@
 """The money layer, sans-I/O (docs/escrow.md): receipts and the client's meter
-(:mod:`~dtp.payments.receipts`), metering and the server's receipt gate
-(:mod:`~dtp.payments.metering`), rate limits (:mod:`~dtp.payments.ratelimit`), the
+(:mod:`~dtp.payments.receipts`), the client's metering of a connection
+(:mod:`~dtp.payments.metering`), the server's receipt gate (:mod:`~dtp.payments.gate`),
+rate limits (:mod:`~dtp.payments.ratelimit`), the
 durable receipt store and its writer (:mod:`~dtp.payments.receipt_store`,
 :mod:`~dtp.payments.receipt_writer`) and settlement (:mod:`~dtp.payments.settlement`).
 

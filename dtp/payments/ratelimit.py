@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dtp._checks import finite_float, shown
+from dtp.errors import finite_float, shown
 from dtp.ledger.objects import Firewall, Host
 from dtp.native.reference.varint import varint_size
 

@@ -187,7 +187,7 @@ class Meter:
     due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
     nothing more than the last one, and costs a signature here and a check and a
     write at the server. Only for a peer that judges receipts by their amount (a paid
-    server's :class:`dtp.payments.metering.ReceiptGate`): one that counts the usage a receipt
+    server's :class:`dtp.payments.gate.ReceiptGate`): one that counts the usage a receipt
     covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.udp.UdpBilling`)
     waits for receipts for free usage too.
     """

@@ -1,4 +1,4 @@
-"""A paid server's credit stops at what the escrow can still pay (dtp.metering.ReceiptGate;
+"""A paid server's credit stops at what the escrow can still pay (dtp.payments.gate.ReceiptGate;
 docs/escrow.md §6.1: the allowance exists because "the server never serves more on credit
 than the minimum escrow guarantees it can be paid"). The gate compared unreceipted usage
 with the allowance alone: once a client's receipts had reached its deposit, the escrow
@@ -21,8 +21,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
-from dtp.metering import GateState, ReceiptGate
 from dtp.paid import ServicePolicy
+from dtp.payments.gate import GateState, ReceiptGate
 from tests.paid_twins import (
     funded_ledger,
     ident,

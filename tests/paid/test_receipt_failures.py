@@ -20,7 +20,7 @@ from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, Trans
 from dtp.errors import ConnectionStateError, InvalidReceipt, MalformedReceipt
 from dtp.escrow import Receipt, check_receipt, fee
 from dtp.keys import HostIdentity
-from dtp.metering import ReceiptGate
+from dtp.payments.gate import ReceiptGate
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed

@@ -1,11 +1,11 @@
 """The set of ledger connection IDs a paid server serves, one DTP connection per ledger
-connection at a time (dtp.metering.ConnectionIds, used by dtp.paid and dtp.paid_aio)."""
+connection at a time (dtp.payments.gate.ConnectionIds, used by dtp.paid and dtp.paid_aio)."""
 
 from __future__ import annotations
 
 import threading
 
-from dtp.metering import ConnectionIds
+from dtp.payments.gate import ConnectionIds
 
 CID = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32

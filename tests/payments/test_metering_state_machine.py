@@ -1,8 +1,8 @@
 """The client's meter and the server's receipt gate under random schedules: money
 properties (docs/escrow.md §3, §4, §6, §6.1, §7).
 
-A hypothesis state machine drives a :class:`dtp.metering.ClientMeter` and the
-:class:`dtp.metering.ReceiptGate` a paid server builds for the same connection
+A hypothesis state machine drives a :class:`dtp.payments.metering.ClientMeter` and the
+:class:`dtp.payments.gate.ReceiptGate` a paid server builds for the same connection
 (:func:`dtp.paid.gate_for`, a real :class:`dtp.receipt_store.ReceiptStore` file), in
 memory: the receipts the meter signs are handed to the gate late, twice, out of order
 or never, and the usage grows only as far as the gate lets it (as the paid server moves
@@ -34,8 +34,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidReceipt, ReplayedReceipt, SpendingCapExceeded
 from dtp.escrow import U64_MAX, Meter, Receipt, fee
-from dtp.metering import ClientMeter, MeteringConfig, ReceiptGate
 from dtp.paid import ServicePolicy, gate_for
+from dtp.payments.gate import ReceiptGate
+from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle
 from tests.paid_twins import ident

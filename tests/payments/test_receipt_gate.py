@@ -18,7 +18,8 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, GateState, MeteringConfig, ReceiptGate
+from dtp.payments.gate import GateState, ReceiptGate
+from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.ratelimit import HostPolicy, RateLimiter, TokenBucket
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed

@@ -16,7 +16,7 @@ import pytest
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, fee
-from dtp.metering import ReceiptGate
+from dtp.payments.gate import ReceiptGate
 from tests.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

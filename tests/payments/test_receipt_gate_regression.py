@@ -1,4 +1,4 @@
-"""The receipt gate's judgement of a regression (dtp.metering.ReceiptGate, docs/escrow.md
+"""The receipt gate's judgement of a regression (dtp.payments.gate.ReceiptGate, docs/escrow.md
 §6.1): a receipt for less than one it checked before is a violation."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
-from dtp.metering import GateState, ReceiptGate
+from dtp.payments.gate import GateState, ReceiptGate
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 CID = "0x" + "ab" * 32

@@ -28,7 +28,7 @@ import dtp.receipt_store
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, InvalidReceipt
 from dtp.escrow import Receipt
-from dtp.metering import ReceiptGate
+from dtp.payments.gate import ReceiptGate
 from dtp.receipt_store import ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
 from tests.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt

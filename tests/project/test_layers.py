@@ -23,7 +23,7 @@ PACKAGE = ROOT / "dtp"
 # their old flat paths are listed under the layer they move to.
 LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
-    "dtp._checks": "errors",
+    "dtp._checks": "errors",  # the old path's names, for type checkers (dtp.MOVED)
     "dtp.native": "native",
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",

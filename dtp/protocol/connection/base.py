@@ -1,0 +1,129 @@
+"""``_ConnectionState``: the attributes ``Connection.__init__`` sets, and the methods one
+mixin of :class:`~dtp.protocol.connection.core.Connection` calls in another, declared once
+so that each mixin type-checks on its own. Declarations only: at run time the class is
+empty, and every attribute lives in the connection's own ``__dict__`` as before."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dtp.identity.noise import Handshake
+    from dtp.native.types import OpenedFrames, RawFrame
+    from dtp.protocol.connection.config import ConnectionConfig
+    from dtp.protocol.connection.streams import Stream
+    from dtp.protocol.events import ConnectionTerminated, Event
+    from dtp.protocol.recovery import AckTracker, LossRecovery
+    from dtp.protocol.state import CloseCode, ConnState
+
+
+class _ConnectionState:
+    """What the mixins of ``Connection`` share; ``Connection.__init__`` says what each
+    attribute holds."""
+
+    config: ConnectionConfig
+    is_client: bool
+    _state: ConnState
+    _events: deque[Event]
+    _out: list[bytes]
+    _inbuf: bytearray
+    _created: float
+    _last_received: float
+    _last_sent: float
+    _keepalive: float | None
+    _hs: Handshake
+    _hs_messages: list[tuple[int, bytes]]
+    _hs_resend_at: float | None
+    _hs_resend_interval: float
+    _hs_init: bytes | None
+    _send_aead: Any
+    _recv_aead: Any
+    _send_counter: int
+    _lane: Any
+    _lane_sid: int | None
+    _lane_buf: memoryview | None
+    lent_lane: Any
+    lent_stream_id: int | None
+    lent_timer: float | None
+    lent_can_recv: bool
+    _lent: Stream | None
+    _early_records: list[bytes]
+    peer_static: bytes | None
+    handshake_hash: bytes | None
+    peer_address: str | None
+    peer_public_key: bytes | None
+    _auth_proof: bytes | None
+    pattern: str | None
+    _streams: dict[int, Stream]
+    _streams_dirty: bool
+    _next_stream_id: int
+    _peer_params: dict[str, Any]
+    _conn_send_credit: int
+    _conn_sent: int
+    _conn_recv_limit: int
+    _conn_received: int
+    _conn_consumed: int
+    _conn_credit_at: int
+    _stream_credit_at: int
+    _peer_max_streams: int
+    _opened_by_us: int
+    _local_max_streams: int
+    _peer_opened: int
+    _peer_streams_done: int
+    _untaken: set[int] | None
+    _first_stream_unclaimed: bool
+    _ctrl: list[RawFrame]
+    _pending_max_data: bool
+    _pending_stream_credit: set[int]
+    _pending_max_streams: bool
+    _held_events: list[Event]
+    _held_bytes: int
+    _ping_pending: bool
+    _close_frame: RawFrame | None
+    _closing: bytes | None
+    _closing_until: float
+    _closing_inputs: int
+    _closing_next: int
+    _terminated: ConnectionTerminated | None
+    _acks: AckTracker | None
+    _ack_lead: bytes | None
+    _recovery: LossRecovery | None
+    _unacked: int
+    _unacked_blocked: bool
+    stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None
+    bytes_sent: int
+    bytes_received: int
+    records_sent: int
+    records_received: int
+    datagrams_send_dropped: int
+    records_dropped_fragmented: int
+    datagram_bytes: int
+
+    if TYPE_CHECKING:
+        # defined in core.py (Connection itself)
+        def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
+        def _receive(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
+        def get_timer(self) -> float | None: ...
+        def close(self, error_code: int = CloseCode.NO_ERROR, reason: str = "") -> None: ...
+        def _process_input(self, now: float) -> None: ...
+        def _handle_records(self, records: list[OpenedFrames], now: float) -> bool: ...
+
+        # defined in handshake.py
+        def _deliver(self, event: Event) -> None: ...
+
+        # defined in streams.py
+        def acknowledge_read(self, stream_id: int, nbytes: int) -> None: ...
+        def _return_credit(self, stream: Stream | None) -> None: ...
+        def _require_open(self) -> None: ...
+        def _open_peer_streams_up_to(self, stream_id: int) -> Stream: ...
+        def _get_stream(self, stream_id: int, create: bool) -> Stream: ...
+        def _maybe_forget(self, stream: Stream) -> None: ...
+
+        # defined in fastpath.py
+        def _can_seal_now(self) -> bool: ...
+        def _seal_stream_now(
+            self, stream: Stream, data: bytes | bytearray | memoryview, end_stream: bool
+        ) -> bytes | bytearray | memoryview: ...
+        def _take_back(self, unread: int = 0) -> None: ...

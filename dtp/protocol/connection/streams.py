@@ -1,0 +1,496 @@
+"""The streams of a connection (:class:`_Streams`): opening, sending, resetting and
+reading them, flow-control credit, and the peer's STREAM and RESET_STREAM frames; the
+state of one stream (:class:`Stream`) and the close codes and reasons of the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dtp.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from dtp.native import core as _core
+from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
+from dtp.protocol.connection.base import _ConnectionState
+from dtp.protocol.connection.config import MAX_CLOSE_REASON, VARINT_MAX
+from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
+from dtp.protocol.recovery import RangeSet
+from dtp.protocol.state import (
+    CloseCode,
+    ConnState,
+    RecvState,
+    SendState,
+    stream_initiator_is_client,
+)
+
+
+@dataclass
+class Stream:
+    """One stream's state: its sending half and its receiving half."""
+
+    stream_id: int
+    # sending half: buf holds bytes from base_offset (unacked or unsent)
+    send_state: SendState = SendState.OPEN
+    send_buf: bytearray = field(default_factory=bytearray)
+    base_offset: int = 0
+    next_offset: int = 0  # first byte never sent
+    send_credit: int = 0  # peer's MAX_STREAM_DATA
+    retransmit: RangeSet = field(default_factory=RangeSet)  # offsets to send again
+    acked: RangeSet = field(default_factory=RangeSet)
+    fin_pending_resend: bool = False
+    fin_acked: bool = False
+    announce: bool = False  # opened by us: tell the peer even before any data
+    # receiving half
+    recv_state: RecvState = RecvState.OPEN
+    delivered: int = 0  # bytes handed to the application (in events)
+    consumed: int = 0  # bytes the application has read (acknowledge_read)
+    recv_highest: int = 0  # highest offset + 1 seen (flow-control accounting)
+    recv_limit: int = 0  # our advertised MAX_STREAM_DATA
+    final_size: int | None = None
+    reasm: Any = None  # C reassembly buffer, lossy carriers only
+
+    @property
+    def end_offset(self) -> int:
+        return self.base_offset + len(self.send_buf)
+
+    def unsent(self) -> int:
+        return self.end_offset - self.next_offset
+
+
+class _FlowControlViolation(RemoteProtocolError):
+    pass
+
+
+def close_code_for(exc: ProtocolError) -> CloseCode:
+    """The CLOSE code for a peer's protocol error ``exc``."""
+    if isinstance(exc, _FlowControlViolation):
+        return CloseCode.FLOW_CONTROL_ERROR
+    if exc.code in (
+        ErrorCode.VARINT,
+        ErrorCode.FRAME_TYPE,
+        ErrorCode.FRAME_SIZE,
+        ErrorCode.FRAME_TRUNCATED,
+        ErrorCode.RECORD_KIND,
+        ErrorCode.RECORD_FLAGS,
+        ErrorCode.RECORD_SIZE,
+    ):
+        return CloseCode.FRAME_ENCODING_ERROR
+    return CloseCode.PROTOCOL_VIOLATION
+
+
+def send_done(stream: Stream) -> bool:
+    """Whether ``stream``'s FIN and every byte before it were acknowledged (RFC 9000's
+    "Data Recvd"; on a reliable carrier, handed to it). On a lossy carrier the FIN's
+    record can be acknowledged before a resent chunk, hence the other checks."""
+    return (
+        stream.send_state is SendState.FIN_SENT
+        and stream.fin_acked
+        and stream.base_offset == stream.end_offset
+        and not stream.retransmit
+    )
+
+
+def close_reason_bytes(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
+    """``reason`` as a CLOSE frame carries it: UTF-8, at most ``limit`` bytes
+    (:data:`MAX_CLOSE_REASON`), cut at a character boundary. A cut at the byte limit
+    could split a multi-byte character, which the peer (decoding with "replace") showed
+    as a U+FFFD at the end.
+    A lone surrogate (no UTF-8 form) becomes "?": raising here would leave a close (or
+    a failure on its way out) half done."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return encoded
+    cut = limit
+    # the first byte left out is a continuation byte (0b10xxxxxx): the character it
+    # belongs to started before the cut, and goes whole
+    while cut > 0 and encoded[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return encoded[:cut]
+
+
+def check_code(code: int) -> None:
+    """An error code for the wire: checked when the application passes it, not when
+    data_to_send encodes it (which then failed on every call)."""
+    if not 0 <= code < 1 << 62:
+        raise LocalProtocolError(f"error code {code} is outside 0 .. 2**62 - 1", ErrorCode.VARINT)
+
+
+class _Streams(_ConnectionState):
+    """The streams of a :class:`~dtp.protocol.connection.core.Connection` (a mixin): the
+    streams API, flow-control credit, the peer's stream frames, and stream bookkeeping.
+
+    Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
+    ``_state``, ``_send_aead``, ``_lane_sid``, ``lent_lane``, ``peer_address``,
+    ``_streams``, ``_streams_dirty``, ``_next_stream_id``, ``_peer_params``,
+    ``_conn_send_credit``, ``_conn_sent``, ``_conn_recv_limit``, ``_conn_received``,
+    ``_conn_consumed``, ``_conn_credit_at``, ``_stream_credit_at``,
+    ``_peer_max_streams``, ``_opened_by_us``, ``_local_max_streams``, ``_peer_opened``,
+    ``_peer_streams_done``, ``_untaken``, ``_first_stream_unclaimed``, ``_ctrl``,
+    ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
+    ``_unacked``, ``stream_data_handler``.
+    """
+
+    def can_open_stream(self) -> bool:
+        """True when :meth:`open_stream` would not hit the peer's stream limit (a
+        read-only look: the adapters wait on it for a stream slot to free)."""
+        return self._first_stream_unclaimed or self._opened_by_us < self._peer_max_streams
+
+    def open_stream(self) -> int:
+        """Open a new stream; returns its ID."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        if self._first_stream_unclaimed:
+            self._first_stream_unclaimed = False
+            return 0
+        if self._opened_by_us >= self._peer_max_streams:
+            raise LocalProtocolError(
+                f"peer allows {self._peer_max_streams} streams; wait for one to finish"
+            )
+        stream_id = self._next_stream_id
+        self._next_stream_id += 2
+        self._opened_by_us += 1
+        self._get_stream(stream_id, create=True).announce = True
+        self._streams_dirty = True
+        return stream_id
+
+    def peer_may_send_credit(self) -> bool:
+        """Whether the peer, as it reads what we sent, will still send flow-control
+        credit: it does each time it has read a quarter of a window past its last
+        update (Connection._return_credit), so while what we sent reaches beyond that
+        point of the window it last gave us, its reading is not over. (A carrier closed
+        under such a peer is reset by its late bytes, and the reset destroys what it has
+        not read yet: the end of our data, RFC 1122 4.2.2.13.) A lent stream's counts
+        must be taken back first."""
+        params = self._peer_params
+        md, msd = params.get("md"), params.get("msd")
+        if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
+            return True
+        if isinstance(msd, int):
+            at = msd * 3 // 4
+            for stream in self._streams.values():
+                # (a stream whose end we sent gets no more credit)
+                if stream.send_state is SendState.OPEN and stream.next_offset > (
+                    stream.send_credit - at
+                ):
+                    return True
+        return False
+
+    def send_stream_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> None:
+        """Queue bytes on a stream (and optionally its end). Never blocks: callers
+        bound their own buffering with :meth:`send_buffered`."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        stream = self._get_stream(stream_id, create=False)
+        if stream.send_state is not SendState.OPEN:
+            raise LocalProtocolError(f"stream {stream_id} is closed for sending")
+        if not stream.send_buf and self._can_seal_now():
+            # Fast path: nothing queued anywhere that must go first, so seal what flow
+            # control allows straight from the caller's buffer (the bytes and records
+            # are the ones _pack_streams would produce) and queue only the rest.
+            data = self._seal_stream_now(stream, data, end_stream)
+            if not data:
+                # all of it sealed, and the FIN with the last byte if asked for (queued
+                # again here, as it was, a second empty STREAM_FIN followed)
+                return
+        if data:
+            stream.send_buf += data
+        if end_stream:
+            stream.send_state = SendState.FIN_QUEUED
+        self._streams_dirty = True
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
+        """Abandon sending on a stream; unsent bytes are dropped. Nothing is sent when
+        its sending was reset already or is done (its FIN and every byte before it
+        acknowledged; on a reliable carrier, handed to it)."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        check_code(error_code)
+        stream = self._get_stream(stream_id, create=False)
+        # Nothing to abandon once our sending is reset already, or done (RFC 9000 3.1,
+        # "Data Recvd": the peer has every byte and the FIN, and a RESET_STREAM then
+        # is only a frame to send and drop), as for the peer's STOP_SENDING
+        if stream.send_state is SendState.RESET or send_done(stream):
+            return
+        stream.send_state = SendState.RESET
+        final = stream.next_offset
+        self._unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
+        stream.send_buf.clear()
+        stream.base_offset = final
+        stream.retransmit = RangeSet()
+        self._ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
+        self._maybe_forget(stream)
+
+    def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
+        """Ask the peer to stop sending on a stream (we will not read it)."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        check_code(error_code)
+        stream = self._get_stream(stream_id, create=False)
+        if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
+            self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
+
+    def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
+        """The application consumed ``nbytes`` of a stream: return flow-control credit."""
+        if self.lent_lane is not None:
+            self._take_back()
+        if nbytes <= 0 or self._state is ConnState.CLOSED:
+            return
+        self._conn_consumed += nbytes
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.consumed += nbytes
+        self._return_credit(stream)
+
+    def _return_credit(self, stream: Stream | None) -> None:
+        """After the application consumed bytes (of ``stream``): queue credit updates
+        for the windows that are used up enough."""
+        # Credit goes back once a quarter of the window is used: a sender on a fast
+        # carrier then always has most of a window to go on while the update travels.
+        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
+        # reaches that once some bytes are read), so they stop there.
+        if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
+            limit = min(self._conn_consumed + self.config.connection_window, VARINT_MAX)
+            if limit > self._conn_recv_limit:
+                self._conn_recv_limit = limit
+                self._pending_max_data = True
+        if (
+            stream is not None
+            and stream.recv_state is RecvState.OPEN
+            and stream.recv_limit - stream.consumed < self._stream_credit_at
+        ):
+            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
+            if limit > stream.recv_limit:
+                stream.recv_limit = limit
+                self._pending_stream_credit.add(stream.stream_id)
+
+    def defer_stream_credit(self) -> None:
+        """From now on a stream the peer opens is given back to its stream limit
+        (MAX_STREAMS) only once it ended *and* the application took it
+        (:meth:`stream_taken`), so that ``max_streams`` also bounds the streams waiting
+        to be accepted. The adapters' Session calls this: it keeps a buffer for each
+        stream until the application accepts it, and a peer that opened a stream,
+        finished it at once and had us stop sending on it (the connection then forgets
+        it) would otherwise get its place back while that buffer stays -- without end."""
+        if self._untaken is None:
+            self._untaken = set()
+
+    def stream_taken(self, stream_id: int) -> None:
+        """The application took the peer's stream ``stream_id`` (after
+        :meth:`defer_stream_credit`): if it ended already, its place in the stream
+        limit goes back to the peer now."""
+        untaken = self._untaken
+        if untaken is None or stream_id not in untaken:
+            return
+        untaken.discard(stream_id)
+        if stream_id not in self._streams and self._state is not ConnState.CLOSED:
+            if self.lent_lane is not None:
+                self._take_back()
+            self._peer_streams_done += 1
+            self._pending_max_streams = True
+
+    def send_buffered(self, stream_id: int | None = None) -> int:
+        """Bytes queued but not yet sent (on one stream, or on all)."""
+        if stream_id is not None:
+            stream = self._streams.get(stream_id)
+            return stream.unsent() if stream else 0
+        return sum(s.unsent() for s in self._streams.values())
+
+    def _on_stream_frame(self, stream_id: int, offset: int, data: bytes, fin: bool) -> None:
+        if self._state is ConnState.AUTHENTICATING and (self.is_client or not self.peer_address):
+            raise RemoteProtocolError("stream data before authentication", ErrorCode.FRAME_VALUE)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_ours(stream_id):
+                self._check_not_unopened(stream_id)
+                return  # a late frame for a stream we already forgot
+            if stream_id < self._peer_next_id():
+                return  # a late frame for a finished peer stream
+            stream = self._open_peer_streams_up_to(stream_id)
+        end = offset + len(data)
+        # checked before a finished stream's frames are let go: a late copy of what was
+        # sent is fine, but data past the final size (or a second, other FIN) never is
+        if stream.final_size is not None and (
+            end > stream.final_size or (fin and end != stream.final_size)
+        ):
+            raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
+        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
+            return
+        if fin and end < stream.recv_highest:
+            # a lossy carrier's reassembly would drop the bytes past the end, and a FIN
+            # below what was already delivered would leave the stream never finishing
+            raise RemoteProtocolError("data beyond the stream's final size", ErrorCode.FRAME_VALUE)
+        if end > stream.recv_limit:
+            raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
+        grown = end - stream.recv_highest
+        if grown > 0 and self._conn_received + grown > self._conn_recv_limit:
+            raise _FlowControlViolation("connection exceeded its flow-control window")
+        reasm = None
+        if self.config.reliable_carrier:
+            if offset != stream.delivered:
+                raise RemoteProtocolError("stream data out of order", ErrorCode.FRAME_VALUE)
+        elif stream.reasm is not None or offset != stream.delivered:
+            reasm = stream.reasm
+            if reasm is None:
+                reasm = stream.reasm = _core.Reassembler(
+                    start_seq=stream.delivered, window=self.config.stream_window
+                )
+            if data:
+                # Before anything is counted: a push past the reassembly's range limit
+                # changes nothing, and its record is dropped (see _handle_record).
+                reasm.push(offset, data)
+        if grown > 0:
+            self._conn_received += grown
+            stream.recv_highest = end
+        if fin:
+            stream.final_size = end
+            if stream.recv_state is RecvState.OPEN:
+                stream.recv_state = RecvState.FIN_RECEIVED
+        if reasm is None:
+            chunk = data  # in order with nothing held: no reassembly needed
+        else:
+            chunk = reasm.pop()
+            if not reasm.buffered:
+                # its ring grew to the widest gap it bridged and never shrinks: kept once
+                # it holds nothing, every stream a peer sent last byte first held up to
+                # a stream window for good (max_streams of them: 512 MiB by default)
+                stream.reasm = None
+        stream.delivered += len(chunk)
+        if chunk:
+            self._lane_sid = stream_id
+        done = stream.final_size is not None and stream.delivered == stream.final_size
+        if chunk or (done and stream.recv_state is not RecvState.DONE):
+            if done:
+                stream.recv_state = RecvState.DONE
+            handler = self.stream_data_handler
+            if handler is not None and (
+                self.is_client or self._state is not ConnState.AUTHENTICATING
+            ):
+                handler(stream_id, chunk, done)
+            else:
+                self._deliver(StreamDataReceived(stream_id, chunk, done))
+            if done:
+                self._maybe_forget(stream)
+
+    def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._check_not_unopened(stream_id)
+            if self._is_ours(stream_id) or stream_id < self._peer_next_id():
+                return
+            stream = self._open_peer_streams_up_to(stream_id)
+        if stream.final_size is not None and final_size != stream.final_size:
+            # the FIN (or an earlier reset) fixed the stream's size: a reset may not
+            # move it (QUIC's FINAL_SIZE_ERROR), nor charge the windows for bytes past it
+            raise RemoteProtocolError(
+                "reset with a final size other than the stream's", ErrorCode.FRAME_VALUE
+            )
+        if stream.recv_state in (RecvState.DONE, RecvState.RESET):
+            return
+        if final_size < stream.recv_highest:
+            raise RemoteProtocolError("reset below data already received", ErrorCode.FRAME_VALUE)
+        # the final size counts against the windows as data up to it would: the peer may
+        # not claim to have sent more than it was allowed to
+        if final_size > stream.recv_limit:
+            raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
+        unsent = final_size - stream.recv_highest
+        self._conn_received += unsent
+        if self._conn_received > self._conn_recv_limit:
+            raise _FlowControlViolation("connection exceeded its flow-control window")
+        stream.recv_highest = final_size
+        stream.final_size = final_size  # later frames past it are violations
+        stream.recv_state = RecvState.RESET
+        # bytes never delivered will never be read: their credit comes back now (what was
+        # delivered is still read, and acknowledged then). On a lossy carrier these
+        # include bytes the reassembly held behind a gap, which it now lets go.
+        undelivered = final_size - stream.delivered
+        stream.reasm = None
+        if undelivered:
+            self._conn_consumed += undelivered
+            self._return_credit(None)
+        self._deliver(StreamResetReceived(stream_id, error_code))
+        self._maybe_forget(stream)
+
+    # ----------------------------------------------------------------------------------
+    # stream bookkeeping
+
+    def _require_open(self) -> None:
+        if self._state is ConnState.CLOSED:
+            raise ConnectionClosed("the connection is closed")
+        if self._send_aead is None:
+            raise LocalProtocolError("the handshake has not finished")
+
+    def _is_ours(self, stream_id: int) -> bool:
+        return stream_initiator_is_client(stream_id) == self.is_client
+
+    def stream_ended(self, stream_id: int) -> bool:
+        """Whether ``stream_id`` was opened (by either side) and the connection is done
+        with it (forgotten: both ways ended)."""
+        if stream_id in self._streams or stream_id < 0:
+            return False
+        if self._is_ours(stream_id):
+            return stream_id < self._next_stream_id
+        return stream_id < self._peer_next_id()
+
+    def _check_not_unopened(self, stream_id: int) -> None:
+        """A frame naming a stream of our own parity that we never opened: no honest
+        peer can know of it (STREAM on one always failed; the other stream frames were
+        dropped unnoticed)."""
+        if self._is_ours(stream_id) and stream_id >= self._next_stream_id:
+            raise RemoteProtocolError(
+                f"a frame on stream {stream_id}, which we never opened", ErrorCode.FRAME_VALUE
+            )
+
+    def _peer_next_id(self) -> int:
+        first = 1 if self.is_client else 0
+        return first + 2 * self._peer_opened
+
+    def _open_peer_streams_up_to(self, stream_id: int) -> Stream:
+        """A peer stream ID implicitly opens every lower peer stream ID (as in QUIC)."""
+        new_total = (stream_id - (1 if self.is_client else 0)) // 2 + 1
+        if new_total > self._local_max_streams + self._peer_streams_done:
+            raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
+        stream: Stream | None = None
+        untaken = self._untaken
+        for sid in range(self._peer_next_id(), stream_id + 1, 2):
+            stream = self._get_stream(sid, create=True)
+            self._peer_opened += 1
+            if untaken is not None:
+                untaken.add(sid)
+            self._deliver(StreamOpened(sid))
+        assert stream is not None
+        return stream
+
+    def _get_stream(self, stream_id: int, create: bool) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if not create:
+                raise LocalProtocolError(f"no stream {stream_id}")
+            stream = Stream(
+                stream_id,
+                send_credit=self._peer_params.get("msd", 0),
+                recv_limit=self.config.stream_window,
+            )
+            self._streams[stream_id] = stream
+        return stream
+
+    def _maybe_forget(self, stream: Stream) -> None:
+        done_sending = stream.send_state is SendState.RESET or send_done(stream)
+        recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
+        if done_sending and recv_done and stream.stream_id in self._streams:
+            del self._streams[stream.stream_id]
+            if not self._is_ours(stream.stream_id) and (
+                self._untaken is None or stream.stream_id not in self._untaken
+            ):
+                self._peer_streams_done += 1
+                self._pending_max_streams = True
