@@ -21,8 +21,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import GateState, ReceiptGate
-from dtp.paid import ServicePolicy
 from tests.paid_twins import (
     funded_ledger,
     ident,
