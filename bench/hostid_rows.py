@@ -179,8 +179,8 @@ HOSTID_ROWS: dict[str, Callable[[], Workload]] = {
 def _serve(
     spec: str, package: str, state: str, host_id: str, port: int, seed_hex: str, mode: str
 ) -> None:
+    from dtp.hostid.paid import PaidSocket
     from dtp.ledger import open_ledger
-    from dtp.paid import PaidSocket
 
     seed = bytes.fromhex(seed_hex)
     identity = HostIdentity.from_private_bytes(seed, seed)

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
+from dtp.hostid.udp import relay_udp
 from dtp.identity.keys import HostIdentity
-from dtp.udp import relay_udp
 
 
 def echo_backend() -> tuple[str, int]:
@@ -66,7 +66,7 @@ def serve_aio(backend: tuple[str, int]) -> None:
     import asyncio
 
     import dtp.aio
-    from dtp.udp_aio import relay_udp_async
+    from dtp.hostid.udp.asyncio import relay_udp_async
 
     identity = HostIdentity.generate()
 

@@ -18,7 +18,7 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   ``dtp.payments`` has the rest of the money layer (metering, settlement, receipt store);
 - ``dtp.errors``: every exception the package raises;
 - ``dtp.messaging`` (RPC, pub/sub, sealed messages, broadcast, discovery),
-  ``dtp.graph`` (the replicated graph), ``dtp.udp`` (UDP through DTP) and
+  ``dtp.graph`` (the replicated graph), ``dtp.hostid.udp`` (UDP through DTP) and
   ``dtp.daemon`` (the services daemon, ``dtp daemon``).
 
 Docs: README.md and docs/*.md in the source tree; docs/architecture.md has the layers
@@ -73,6 +73,11 @@ MOVED: dict[str, str] = {
     "dtp.daemon.demo_step": "dtp.cli.demo_daemon",
     # the argument checks, into the errors they raise
     "dtp._checks": "dtp.errors",
+    # paid connections and UDP flows, under hostid/ (the server's receipts: payments)
+    "dtp.paid": "dtp.hostid.paid",
+    "dtp.paid_aio": "dtp.hostid.paid.aio",
+    "dtp.udp": "dtp.hostid.udp",
+    "dtp.udp_aio": "dtp.hostid.udp.asyncio",
 }
 
 

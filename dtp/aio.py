@@ -113,9 +113,9 @@ from dtp.socket import PAID_CLOSE_WAIT, _check_backlog, _readable
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from dtp.hostid.paid import ServicePolicy
+    from dtp.hostid.paid.aio import PaidAioServer, PaidCallback
     from dtp.ledger.interface import Ledger
-    from dtp.paid import ServicePolicy
-    from dtp.paid_aio import PaidAioServer, PaidCallback
     from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
@@ -2447,7 +2447,7 @@ async def serve(
     The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
     ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s. Returns
     the running :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
-    from dtp.paid_aio import serve as serve_paid
+    from dtp.hostid.paid.aio import serve as serve_paid
 
     return await serve_paid(
         host_id,

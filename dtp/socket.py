@@ -128,8 +128,8 @@ from dtp.served import served_connections
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
     from dtp.ledger.interface import Ledger
-    from dtp.paid import PaidServer, PaidSocket, ServicePolicy
     from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
@@ -4179,7 +4179,7 @@ def serve(
     handshakes in progress and the admission's grace for an open still landing, as
     :func:`create_server`'s (same defaults; refused as there, but before the ledger is
     read or written)."""
-    from dtp.paid import PaidServer
+    from dtp.hostid.paid import PaidServer
 
     # before the ledger is read or written (PaidServer checks the handshake bounds first)
     _check_server_identity(identity)

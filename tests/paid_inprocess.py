@@ -12,8 +12,8 @@ from pathlib import Path
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity
-from dtp.paid import PaidSocket, ServicePolicy
 
 
 def ident(seed: int) -> HostIdentity:

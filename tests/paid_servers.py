@@ -21,9 +21,9 @@ import threading
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid import PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 
 
 def _announce(port: int, recovered: int) -> None:

@@ -22,9 +22,9 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, LedgerUnavailable
 from dtp.escrow import object_id_bytes
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 
 CHUNK = b"x" * (64 << 10)
 

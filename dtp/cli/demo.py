@@ -289,11 +289,11 @@ def demo_ledger(tour: Tour, shared: dict[str, object]) -> None:
     from pathlib import Path
 
     import dtp.socket
+    from dtp.hostid.paid import PaidSocket
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
     from dtp.ledger.objects import Sla
     from dtp.ledger.receipt import fee
-    from dtp.paid import PaidSocket
     from dtp.payments.metering import MeteringConfig
     from dtp.payments.receipt_store import ReceiptStore
 
@@ -447,13 +447,13 @@ def demo_udp(tour: Tour) -> None:
     from pathlib import Path
 
     import dtp.socket
+    from dtp.hostid.udp import UdpBilling, UdpForwarder, relay_udp
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
     from dtp.ledger.objects import Sla
     from dtp.ledger.receipt import Receipt, fee
     from dtp.payments.metering import MeteringConfig
     from dtp.payments.receipts import Meter
-    from dtp.udp import UdpBilling, UdpForwarder, relay_udp
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sla = Sla(price_per_kib=8, price_per_request=3, min_deposit=10_000)

@@ -17,6 +17,7 @@ from typing import Any
 from dtp._checks import finite_float, shown
 from dtp.address import HostAddress
 from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_FIREWALL_ENTRIES,
@@ -24,7 +25,6 @@ from dtp.ledger.objects import (
     normalize_id,
 )
 from dtp.ledger.spec import LedgerSpec, parse_ledger_spec
-from dtp.udp import DEFAULT_LOSS_ALLOWANCE
 
 __all__ = [
     "Backend",

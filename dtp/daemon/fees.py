@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.errors import ChainError, DTPError
+from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 from dtp.ledger.objects import ConnectionState, Sla, TransportControl
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import ConnectionTerms, Meter, check_receipt
-from dtp.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 
 if TYPE_CHECKING:
     from dtp.admission import Admitted
@@ -406,10 +406,10 @@ class ServerFees:
 
     def close(self) -> None:
         """Stop the receipt writer, then close the store, as a paid server's release
-        does (:func:`dtp.paid.release_receipts`): a writer still writing after the wait
+        does (:func:`dtp.payments.serving.release_receipts`): a writer still writing after the wait
         keeps the store open under it (closed, the receipts it holds would be dropped), and
         receipts it gave up are logged whole for a claim by hand."""
-        from dtp.paid import release_receipts  # (the paid servers' module: loaded late)
+        from dtp.payments.serving import release_receipts  # (the paid servers': loaded late)
 
         release_receipts(self.writer, self.store, own_store=True)
 

@@ -29,6 +29,8 @@ from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
+from dtp.hostid.udp import UdpStats
+from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Firewall
@@ -37,8 +39,6 @@ from dtp.payments.metering import ended_on_ledger, ledger_checks_due
 from dtp.payments.ratelimit import ClientBuckets, RateLimiter
 from dtp.protocol.connection import ConnectionConfig
 from dtp.served import ServedConnections
-from dtp.udp import UdpStats
-from dtp.udp_aio import relay_udp_async
 
 __all__ = ["ServiceHost"]
 
@@ -52,7 +52,7 @@ _UDP_ROW = {
     "dropped_unpaid": "denials",
     "dropped_rate_limited": "rate_limited",
 }
-"""A UDP relay's counters (:class:`dtp.udp.UdpStats`) and the service status columns
+"""A UDP relay's counters (:class:`dtp.hostid.udp.UdpStats`) and the service status columns
 they add to."""
 
 POLICY_REFRESH = 2.0
@@ -63,7 +63,7 @@ LEDGER_CHECK = 30.0
 refreshes): one its client half-closed there while still served is closed and settled
 at once. Claims come when a connection ends; once ``HALF_CLOSE_TIMEOUT_MS`` (10 min)
 had passed since that half-close, the client could settle first and take the whole
-escrow back, the usage served meanwhile unpaid (dtp.paid's ``ledger_check_interval``)."""
+escrow back, the usage served meanwhile unpaid (dtp.hostid.paid's ``ledger_check_interval``)."""
 
 SETTLE_TIMEOUT = 30.0
 """Seconds a stopping daemon gives its connections' claims and settlements on the
@@ -105,7 +105,7 @@ are held like bytes past ``unpaid_slack`` (a forwarder signs for each as it open
 
 UNPAID_PAUSE = 10.0
 """Seconds a connection's tunnels wait, held, for its receipts to come back within
-``unpaid_slack`` before they are cut (dtp.paid's ``pause_timeout``, the same
+``unpaid_slack`` before they are cut (dtp.hostid.paid's ``pause_timeout``, the same
 default)."""
 
 MAX_TUNNELS_PER_CONNECTION = 1024

@@ -19,12 +19,12 @@ from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.errors import ConnectionRefused, DTPError
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
-from dtp.udp_aio import AsyncUdpForwarder
 
 __all__ = ["UdpForward"]
 

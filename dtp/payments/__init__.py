@@ -3,7 +3,9 @@
 (:mod:`~dtp.payments.metering`), the server's receipt gate (:mod:`~dtp.payments.gate`),
 rate limits (:mod:`~dtp.payments.ratelimit`), the
 durable receipt store and its writer (:mod:`~dtp.payments.receipt_store`,
-:mod:`~dtp.payments.receipt_writer`) and settlement (:mod:`~dtp.payments.settlement`).
+:mod:`~dtp.payments.receipt_writer`), settlement (:mod:`~dtp.payments.settlement`) and a
+paid server's receipts: its store's lifecycle, its settlements and their retries
+(:mod:`~dtp.payments.serving`).
 
 It imports the ledger and the layers below it, never the protocol or the transport
 (docs/architecture.md, "Layout").

@@ -188,7 +188,7 @@ class Meter:
     nothing more than the last one, and costs a signature here and a check and a
     write at the server. Only for a peer that judges receipts by their amount (a paid
     server's :class:`dtp.payments.gate.ReceiptGate`): one that counts the usage a receipt
-    covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.udp.UdpBilling`)
+    covers (:class:`dtp.messaging.rpc.RequestPayments`, :class:`dtp.hostid.udp.UdpBilling`)
     waits for receipts for free usage too.
     """
 

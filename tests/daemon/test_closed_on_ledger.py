@@ -2,7 +2,7 @@
 ledger while it was served (its end then settles it, claiming what the receipts
 cover): it read only the Host, and a client that half-closed mid-connection could,
 once the half-close timeout passed, settle first and take its whole escrow back while
-still served (dtp.paid's servers are held to the same)."""
+still served (dtp.hostid.paid's servers are held to the same)."""
 
 from __future__ import annotations
 

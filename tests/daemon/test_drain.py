@@ -31,8 +31,8 @@ from dtp.daemon.runner import Daemon
 from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import LedgerUnavailable
+from dtp.hostid.udp import UdpStats
 from dtp.keys import HostIdentity
-from dtp.udp import UdpStats
 
 BOUND = 4.0
 

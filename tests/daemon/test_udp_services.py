@@ -25,9 +25,9 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument, TunnelError
 from dtp.escrow import fee
+from dtp.hostid.udp import UdpForwarder, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
-from dtp.udp import UdpForwarder, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.daemon.test_tunnels_end_to_end import Setup, _connections, conserved, status
 from tests.daemon_procs import Proc, wait_until
 from tests.polling import wait_for

@@ -23,10 +23,10 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionStateError, InvalidReceipt, LedgerUnavailable, move_error
 from dtp.escrow import Receipt, check_receipt, fee, receipt_message
+from dtp.hostid.paid import ServicePolicy, gate_for
 from dtp.identity import ed25519 as memo_module
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy, gate_for
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClientPayment, claim_and_settle, recover_unclaimed
 from tests.support.paths import ROOT
@@ -454,12 +454,12 @@ def test_paid_server_settles_before_the_client_is_done_closing(
     """Two transactions per connection the client closes: its open and the server's
     settlement, which lands before the client's close() returns (the client waits for
     the server's end of the carrier, which closes after the settlement)."""
-    import dtp.paid
+    import dtp.payments.serving
     import dtp.socket
-    from dtp.paid import PaidSocket
+    from dtp.hostid.paid import PaidSocket
 
     # a slow settlement: a client that did not wait for it would half-close meanwhile
-    monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
+    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", _slow(claim_and_settle))
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
@@ -513,7 +513,7 @@ def test_a_final_receipt_the_settlement_could_not_claim_is_stored(world: World) 
     settlement did not claim it: here the ledger is away as the server settles, and the
     receipt waits in the store for recover_unclaimed."""
     import dtp.socket
-    from dtp.paid import PaidSocket
+    from dtp.hostid.paid import PaidSocket
 
     def echo(sock: PaidSocket) -> None:
         while data := sock.recv(1024):
@@ -776,18 +776,18 @@ def test_a_known_connection_is_read_again_only_once_it_moved(world: World) -> No
 def test_aio_paid_pair_settles_before_the_clients_close_returns(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dtp.paid_aio settles a connection its client closed before its end of the
+    """dtp.hostid.paid.aio settles a connection its client closed before its end of the
     carrier closes, and dtp.aio's client waits for that end: two transactions per
     connection, as with the blocking pair."""
     import asyncio
 
     import dtp.aio
-    import dtp.paid
-    import dtp.paid_aio
+    import dtp.hostid.paid.aio
+    import dtp.payments.serving
 
-    # a slow settlement (dtp.paid.settle_ended, shared by both servers, makes it): a
+    # a slow settlement (dtp.payments.serving.settle_ended, shared by both servers, makes it): a
     # client that did not wait for it would half-close meanwhile
-    monkeypatch.setattr(dtp.paid, "claim_and_settle", _slow(claim_and_settle))
+    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", _slow(claim_and_settle))
 
     async def echo(reader: Any, writer: Any) -> None:
         while data := await reader.read(1024):
@@ -796,7 +796,7 @@ def test_aio_paid_pair_settles_before_the_clients_close_returns(
 
     async def main() -> list[str]:
         cids: list[str] = []
-        server = await dtp.paid_aio.serve(
+        server = await dtp.hostid.paid.aio.serve(
             world.host_id, PORT, echo, ledger=world.ledger, identity=SERVER
         )
         async with server:

@@ -12,8 +12,8 @@ import pytest
 
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.hostid.paid import PaidSocket
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket
 from tests.paid_inprocess import PaidService, ident, paid_service
 
 # 1 MIST per KiB; an allowance far above any receipt interval here, so the meter's

@@ -12,9 +12,9 @@ import pytest
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
-from dtp.paid import PaidSocket
 from dtp.settlement import ClientPayment
 from tests.paid_inprocess import ident, paid_service
 

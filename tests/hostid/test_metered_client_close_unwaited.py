@@ -16,8 +16,8 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
 from tests.ledger_server import identity_from_seed
 
 PORT = 7

@@ -18,8 +18,8 @@ import pytest
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
+from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.keys import HostIdentity
-from dtp.paid import PaidServer, PaidSocket
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

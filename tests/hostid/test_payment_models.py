@@ -22,8 +22,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import SubscriptionExpired, WrongSubscription
+from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.keys import HostIdentity
-from dtp.paid import PaidServer, PaidSocket
 from tests.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)

@@ -1,5 +1,5 @@
-"""The paid stream wrappers against the plain ones (dtp.paid_aio's PaidReader /
-PaidWriter against dtp.aio's reader and writer, dtp.paid's PaidSocket against
+"""The paid stream wrappers against the plain ones (dtp.hostid.paid.aio's PaidReader /
+PaidWriter against dtp.aio's reader and writer, dtp.hostid.paid's PaidSocket against
 dtp.socket's DTPSocket): a cancelled paid read of all consumes nothing, what moves no
 data is there, and sendfile() is metered. Real LocalLedger files, real DTP connections
 on 127.0.0.1, the server in this process."""
@@ -21,9 +21,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid_twins import ident
 from tests.polling import wait_for
 

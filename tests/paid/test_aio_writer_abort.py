@@ -18,9 +18,9 @@ import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.ledger_server import identity_from_seed
 
 PORT = 7

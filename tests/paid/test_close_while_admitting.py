@@ -26,8 +26,8 @@ import dtp.socket
 from dtp.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread
 
 PORT = 7

@@ -23,9 +23,9 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.errors import ChainError, ConnectionClosed, ConnectionLost
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import CLOSE_LEDGER_CLOSED, MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.settlement import collect_refund
 from tests.paid_inprocess import ident, paid_service
 from tests.paid_twins import funded_ledger, loop_in_thread, stop

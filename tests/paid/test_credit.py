@@ -21,9 +21,9 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
 from tests.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

@@ -21,7 +21,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
-from dtp.paid import ServicePolicy
+from dtp.hostid.paid import ServicePolicy
 from dtp.payments.gate import GateState, ReceiptGate
 from tests.paid_twins import (
     funded_ledger,

@@ -1,5 +1,5 @@
-"""The asyncio paid server (dtp.paid_aio) held to what the blocking one (dtp.paid) does
-where a user sees it:
+"""The asyncio paid server (dtp.hostid.paid.aio) held to what the blocking one
+(dtp.hostid.paid) does where a user sees it:
 
 - a handler sending datagrams alone went past the client's bytes/s limit without bound
   (each was charged, but nothing it did ever waited for the debt): a send made while
@@ -16,7 +16,7 @@ where a user sees it:
 Real connections on 127.0.0.1, a LocalLedger file in tmp_path, real handshakes by host
 ID.
 
-The asyncio paid server's datagram pause (dtp.paid_aio):
+The asyncio paid server's datagram pause (dtp.hostid.paid.aio):
 
 - the escrow read a dropped datagram starts in a task was left running when the
   connection ended: the settlement went on meanwhile (and what the read found -- a
@@ -25,7 +25,7 @@ The asyncio paid server's datagram pause (dtp.paid_aio):
 - the pause of datagram sends was over only when a datagram send went whole: payment
   that came otherwise (a receipt, the credit then spent on stream bytes) left it
   running, so a datagram dropped long after closed the connection at once, though the
-  client had paid since (dtp.paid's look finds it served: a pause after is a new one);
+  client had paid since (dtp.hostid.paid's look finds it served: a pause after is a new one);
 - an empty ``send_datagrams([])`` ended the pause (it went "whole"): a handler sending
   batches, some empty, to a client that pays nothing never closed the connection.
 
@@ -45,9 +45,9 @@ from typing import Any
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid.world import CLIENT, SERVER, SLA, World
 
 WAIT = 20.0  # bound on anything waited for (the defects' waits are unbounded)

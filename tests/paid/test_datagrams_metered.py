@@ -25,9 +25,9 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 

@@ -33,10 +33,10 @@ from dtp.errors import (
     SpendingCapExceeded,
 )
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import collect_refund
 from tests.paid import test_top_up_over_deposit as paid_world

@@ -1,4 +1,4 @@
-"""Paid serving (dtp.paid_aio, dtp.paid) at a connection's end: a callback that closes
+"""Paid serving (dtp.hostid.paid.aio, dtp.hostid.paid) at a connection's end: a callback that closes
 the connection itself still asks for the final receipt; an asyncio datagram sender
 learns that the client left; the loop's end still settles a connection in its end
 phase; the canonical echo's close() + wait_closed() after the client's close does not
@@ -23,8 +23,8 @@ import dtp.socket
 from dtp.chain.objects import ConnectionState
 from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.escrow import fee
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
 from tests.paid.world import PORT, SLA, World
 
 REPLY = 30_000

@@ -13,8 +13,8 @@ from pathlib import Path
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
 from dtp.socket import _TIMERS
 from tests.paid_inprocess import ident, paid_service
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import dtp.aio
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy
 from tests.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)

@@ -17,8 +17,8 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
 from tests.paid_twins import again, funded_ledger, ident, streams_forever
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

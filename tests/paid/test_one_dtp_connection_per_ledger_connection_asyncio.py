@@ -21,9 +21,9 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import DTPError
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidAioServer
 from tests.paid_twins import (
     again,
     funded_ledger,
@@ -124,7 +124,7 @@ def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
     # of reach, say: done here by a settlement that does nothing), so its receipts wait
     # in the store for a later claim. A new DTP connection on the same ID was served on
     # a fresh gate, which counted the amount of the stored receipt once more
-    monkeypatch.setattr("dtp.paid_aio.settle_ended", lambda *args: None)
+    monkeypatch.setattr("dtp.hostid.paid.asyncio_server.settle_ended", lambda *args: None)
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
     server_ledger = LocalLedger(tmp_path / "ledger.db")

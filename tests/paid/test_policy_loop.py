@@ -32,8 +32,8 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from dtp.paid import ServicePolicy
 from tests.paid_twins import echo_aio, echo_server, funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
 from tests.receipt_stores import held_by_another_process

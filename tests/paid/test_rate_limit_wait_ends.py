@@ -1,4 +1,4 @@
-"""A rate-limit wait ends with the connection (dtp.paid, dtp.paid_aio; docs/escrow.md
+"""A rate-limit wait ends with the connection (dtp.hostid.paid, dtp.hostid.paid.aio; docs/escrow.md
 §6.1 "Runtime firewall"). A write is charged after the fact, so a large chunk at a low
 rate leaves a long debt -- 256 KiB at 10 kB/s is 26 s -- and the paid server slept it
 off in the handler: a client that had closed meanwhile was settled only that much later,
@@ -20,8 +20,8 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)

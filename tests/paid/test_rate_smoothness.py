@@ -19,8 +19,8 @@ import pytest
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidReader, PaidWriter
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.ratelimit import TokenBucket
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 

@@ -433,7 +433,7 @@ def test_a_settlement_racing_the_clients_own_settles_as_already_settled(
 def test_a_damaged_row_counts_as_served_at_admission(tmp_path: Path, ledger: LocalLedger) -> None:
     """The paid servers refuse a connection ID the store holds receipts of; a damaged row
     is held too (its MalformedReceipt ended the handler with a traceback instead)."""
-    from dtp.paid import _receipts_held
+    from dtp.payments.serving import _receipts_held
 
     host_id = setup_host(ledger)
     damaged = open_for(ledger, host_id, CLIENT)
@@ -461,7 +461,7 @@ def test_a_final_receipt_left_after_the_writer_closed_goes_to_the_store(
     """settle_ended hands an unclaimed final receipt to the writer; one closed meanwhile
     raised RuntimeError and the receipt was lost. It goes to the store itself now, and
     with the store gone too it is logged whole."""
-    from dtp.paid import _keep_final
+    from dtp.payments.serving import _keep_final
 
     host_id = setup_host(ledger)
     cid = open_for(ledger, host_id, CLIENT)
@@ -473,7 +473,7 @@ def test_a_final_receipt_left_after_the_writer_closed_goes_to_the_store(
         kept = store.latest(cid)
         assert kept is not None and kept.receipt.nonce == 3
     later = signed(cid, 20 * 1024, 4)
-    with caplog.at_level(logging.ERROR, logger="dtp.paid"):
+    with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
         _keep_final(writer, later)  # the store is closed as well
     assert later.encode().hex() in caplog.text
 

@@ -28,10 +28,10 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
 from dtp.escrow import fee
+from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

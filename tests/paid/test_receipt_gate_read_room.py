@@ -9,7 +9,8 @@ from typing import Any
 
 import dtp.socket
 from dtp.chain.objects import Sla
-from dtp.paid import _CREDIT_MAX, PaidSocket
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.policy import CREDIT_MAX
 from tests.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
@@ -45,5 +46,5 @@ def test_a_read_past_the_credit_left_asks_the_gate_rather_than_stop(tmp_path: Pa
     # what the gate allows now (up to the bound between looks)
     assert seen["gate"] > 1 << 20
     assert seen["room"] == 1 << 20
-    assert seen["credit"] == min(seen["gate"], _CREDIT_MAX)
-    assert seen["room_beyond"] == min(seen["gate"], _CREDIT_MAX)
+    assert seen["credit"] == min(seen["gate"], CREDIT_MAX)
+    assert seen["room_beyond"] == min(seen["gate"], CREDIT_MAX)

@@ -1,5 +1,5 @@
 """The paid server's durable receipts as it closes (dtp.receipt_writer,
-dtp.receipt_store, dtp.settlement, dtp.paid).
+dtp.receipt_store, dtp.settlement, dtp.hostid.paid).
 
 - A receipt still failing to be written as the writer closed (a store locked by another
   process past the busy timeout) got one last try, then was dropped with only its
@@ -33,13 +33,13 @@ from pathlib import Path
 
 import pytest
 
-import dtp.paid
+import dtp.payments.serving
 import dtp.receipt_store
 import dtp.receipt_writer
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
-from dtp.paid import release_receipts, settle_ended
+from dtp.payments.serving import release_receipts, settle_ended
 from dtp.receipt_store import ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import claim_and_settle, recover_unclaimed
@@ -150,7 +150,7 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
     # machine a try can outlast the 3 s, and the release then finishes in the writer's
     # thread, as it stops)
     monkeypatch.setattr(dtp.receipt_writer, "RETRY_DELAY", 0.5)
-    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 3.0)
+    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 3.0)
     caplog.set_level(logging.INFO)
     path = tmp_path / "r.db"
     store = ReceiptStore(path)
@@ -168,7 +168,9 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
         summary = [
             r
             for r in caplog.records
-            if r.name == "dtp.paid" and r.levelno == logging.ERROR and "given up" in r.message
+            if r.name == "dtp.payments.serving"
+            and r.levelno == logging.ERROR
+            and "given up" in r.message
         ]
         assert len(summary) == 1 and summary[0].getMessage().startswith("1 receipt(s)")
         assert given.encode().hex() in caplog.text

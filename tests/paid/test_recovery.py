@@ -10,10 +10,11 @@ no longer unclaimed.
 
 Real LocalLedger files, real receipt stores, a real dead run (another process attached
 to the store and killed with SIGKILL), real paid servers (blocking and asyncio); the
-recovery rounds are let through one at a time (a wrapper of dtp.paid.recover_store in the
-recovery thread), RECOVERY_INTERVAL short. A failing claim is a ledger wrapper raising
-LedgerUnavailable at the settlement calls only (a claim is never refused by the client's
-spending cap: the deposit was reserved against it at open, docs/escrow.md section 4)."""
+recovery rounds are let through one at a time (a wrapper of
+dtp.payments.serving.recover_store in the recovery thread), RECOVERY_INTERVAL short. A
+failing claim is a ledger wrapper raising LedgerUnavailable at the settlement calls only
+(a claim is never refused by the client's spending cap: the deposit was reserved against
+it at open, docs/escrow.md section 4)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.paid
+import dtp.payments.serving
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Settlement, Sla
 from dtp.escrow import Receipt, fee
-from dtp.paid import Recovery, recover_store
+from dtp.payments.serving import Recovery, recover_store
 from dtp.receipt_store import ReceiptStore
 from tests.paid.test_shared_receipt_store import kill, server_run
 from tests.paid_twins import (
@@ -85,12 +86,12 @@ class Rounds:
     in another thread, is not held)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._real = dtp.paid.recover_store
+        self._real = dtp.payments.serving.recover_store
         self._go = threading.Semaphore(0)
         self._done = threading.Semaphore(0)
         self.count = 0
-        monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.01, raising=False)
-        monkeypatch.setattr(dtp.paid, "recover_store", self._round)
+        monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.01, raising=False)
+        monkeypatch.setattr(dtp.payments.serving, "recover_store", self._round)
 
     def _round(self, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name != "dtp-paid-recovery":

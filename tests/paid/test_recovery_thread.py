@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
-import dtp.paid
+import dtp.hostid.paid
+import dtp.hostid.paid.server
+import dtp.payments.serving
 import dtp.settlement
 import dtp.socket
-from dtp.paid import ServicePolicy
+from dtp.hostid.paid import ServicePolicy
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.paid.test_shared_receipt_store import (
@@ -56,7 +58,7 @@ def _slow_claims(
     monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
 
 
-def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.paid.PaidServer]:
+def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.hostid.paid.PaidServer]:
     """A host with a paid service on ``ledger`` and its server (``options`` to serve())."""
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host_id, PORT, "x", SLA)
@@ -76,7 +78,7 @@ def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.paid
 def test_recovery_holds_up_neither_the_policy_nor_close(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
+    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path, policy=ServicePolicy(refresh_interval=0.05))
         refreshes: list[float] = []
@@ -123,8 +125,8 @@ def test_close_does_not_wait_for_a_slow_claim(
     """close() waits RECOVERY_CLOSE_WAIT at most for a claim under way (the first
     Recovery version joined it without limit: a ledger that stalled hung close()), and
     the release follows the claim: wait_released() is True once it has."""
-    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2)
-    monkeypatch.setattr(dtp.paid, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
+    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid.server, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path)
         lost = world.receipt()

@@ -17,7 +17,7 @@ import pytest
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.paid import PaidSocket
+from dtp.hostid.paid import PaidSocket
 from dtp.ratelimit import RateLimiter, TokenBucket
 from tests.paid_twins import funded_ledger, ident
 

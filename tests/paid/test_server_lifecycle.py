@@ -22,9 +22,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument, ReceiptStoreError, ServiceNotFound
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.leaks import resource_warnings

@@ -17,14 +17,15 @@ from typing import Any, TypeVar
 import pytest
 
 import dtp.aio
-import dtp.paid
+import dtp.hostid.paid.aio
+import dtp.payments.serving
 import dtp.socket
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import LocalProtocolError
 from dtp.escrow import Receipt
+from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from dtp.paid import Handler, PaidServer, PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
@@ -189,7 +190,7 @@ def test_not_released_while_the_receipt_writer_still_writes(
     2 s here), then goes on with the writer still writing (a stalled disk):
     wait_released() said True then, and the caller closing its store lost what the
     writer held (here the settlement's claimed mark). It waits for the writer too."""
-    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 2.0)
+    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
     server = world.serve(_echo, store)
     try:
@@ -223,7 +224,7 @@ def test_the_asyncio_server_waits_for_the_receipt_writer_too(
     """PaidAioServer.wait_released() had the same gap: True once the release ran,
     though the release had left the receipt writer still writing to the caller's
     store."""
-    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 2.0)
+    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
 
     async def echo(reader: PaidReader, writer: PaidWriter) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from tests.ledger_server import identity_from_seed
 

@@ -18,7 +18,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
-from dtp.paid_aio import PaidAioServer
+from dtp.hostid.paid.aio import PaidAioServer
 from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
 
 PORT = 7

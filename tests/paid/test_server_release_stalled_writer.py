@@ -21,14 +21,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-import dtp.paid
+import dtp.hostid.paid
+import dtp.payments.serving
 import dtp.socket
 from dtp.carriers.memory import MemoryLink
 from dtp.chain.objects import Sla
 from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import LedgerUnavailable
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy, recover_store
+from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.paid.test_server_release import StallingStore
@@ -96,7 +98,7 @@ def _story(
     up waiting for the writer. Another server starting on the store meanwhile must not
     take the run for a dead one; once the writer is done, the newest receipt is what a
     recovery claims."""
-    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 0.3)
+    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 0.3)
     down = _ledger_down(world, monkeypatch)
     path = world.tmp_path / "receipts.db"
     store = StallingStore(path)
@@ -150,7 +152,7 @@ def _story(
 def test_the_blocking_server_detaches_only_once_the_writer_stopped(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def start(store: StallingStore) -> dtp.paid.PaidServer:
+    def start(store: StallingStore) -> dtp.hostid.paid.PaidServer:
         return dtp.socket.serve(
             world.host_id,
             PORT,
@@ -204,14 +206,14 @@ def test_an_own_store_left_to_a_stalled_writer_is_closed_once_it_stops(
 ) -> None:
     """release_receipts() left a store it was to close open for good when the writer
     was still writing after the wait; it is closed once the writer stops."""
-    monkeypatch.setattr(dtp.paid, "RELEASE_WRITER_WAIT", 0.1)
+    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 0.1)
     store = StallingStore(tmp_path / "r.db")
     writer = ReceiptWriter(store)
     try:
         store.stall.set()
         writer.submit(receipt(1, 100), lambda r: None)
         assert wait_for(store.stalled.is_set, 10)
-        dtp.paid.release_receipts(writer, store, own_store=True)
+        dtp.payments.serving.release_receipts(writer, store, own_store=True)
         assert not store.closed  # (the writer still writes)
         store.resume.set()
         assert writer.close(10)

@@ -31,8 +31,8 @@ from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
 from dtp.escrow import Receipt, fee, object_id_bytes
-from dtp.paid import PaidServer, PaidSocket
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid import PaidServer, PaidSocket
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import OutageLedger, PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-import dtp.paid
+import dtp.payments.serving
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
-from dtp.paid import settle_ended
+from dtp.payments.serving import settle_ended
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread, stop
@@ -87,7 +87,7 @@ def _failing_settlements(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(dtp.paid, "claim_and_settle", fail)
+    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", fail)
 
 
 def test_the_blocking_server_releases_a_connection_whose_settlement_raised(
@@ -102,7 +102,7 @@ def test_the_blocking_server_releases_a_connection_whose_settlement_raised(
         identity=SERVER,
         receipts=world.tmp_path / "r.db",
     ) as server:
-        with caplog.at_level(logging.ERROR, logger="dtp.paid"):
+        with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
             for _ in range(2):
                 with world.connect_as(CLIENT, PORT, DEPOSIT) as sock:
                     sock.sendall(b"ping")
@@ -118,7 +118,7 @@ def test_the_asyncio_server_lets_the_carrier_go_when_its_settlement_raised(
     with loop_in_thread() as loop:
         server = world.serve_aio(loop, PORT, echo_aio, SERVER, receipts=world.tmp_path / "r.db")
         try:
-            with caplog.at_level(logging.ERROR, logger="dtp.paid_aio"):
+            with caplog.at_level(logging.ERROR, logger="dtp.payments.serving"):
                 with world.connect_as(CLIENT, PORT, DEPOSIT) as sock:
                     sock.sendall(b"ping")
                     assert sock.recv(4) == b"ping"

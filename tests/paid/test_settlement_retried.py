@@ -26,13 +26,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.paid
+import dtp.hostid.paid.aio
+import dtp.hostid.paid.server
+import dtp.payments.serving
 import dtp.socket
 from dtp.chain.objects import ConnectionState, Settlement, Sla
 from dtp.errors import ConnectionStateError
 from dtp.escrow import Receipt, fee
-from dtp.paid import PaidServer, PaidSocket
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid import PaidServer, PaidSocket
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import collect_refund
@@ -71,7 +73,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.fixture(autouse=True)
 def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", ROUND)
+    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", ROUND)
 
 
 def _echo(sock: PaidSocket) -> None:
@@ -173,7 +175,7 @@ def test_a_failed_settlement_is_claimed_by_the_live_server(
     receipts = world.tmp_path / "receipts.db"
     outage = OutageLedger(world.server_ledger)
     with (
-        caplog.at_level(logging.DEBUG, logger="dtp.paid"),
+        caplog.at_level(logging.DEBUG, logger="dtp.payments.serving"),
         _serving(api, world, outage, receipts) as server,
     ):
         outage.down.set()
@@ -252,12 +254,12 @@ def test_close_stops_the_retries_between_claims(
     """close() during a retry's claim: the claim under way ends, no other is made (the
     other kept receipt is claimed by the next start), and the blocking close() does not
     wait for the claim."""
-    monkeypatch.setattr(dtp.paid, "RECOVERY_CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid.server, "RECOVERY_CLOSE_WAIT", 0.2)
     claim = 2.0
     receipts = world.tmp_path / "receipts.db"
     outage = OutageLedger(world.server_ledger)
     started = threading.Event()
-    real = dtp.paid.claim_and_settle
+    real = dtp.payments.serving.claim_and_settle
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         if threading.current_thread().name == "dtp-paid-recovery" and not outage.down.is_set():
@@ -265,7 +267,7 @@ def test_close_stops_the_retries_between_claims(
             time.sleep(claim)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dtp.paid, "claim_and_settle", slow)
+    monkeypatch.setattr(dtp.payments.serving, "claim_and_settle", slow)
     with _serving(api, world, outage, receipts) as server:
         outage.down.set()
         first, _ = _failed_settlement(world, server, outage)

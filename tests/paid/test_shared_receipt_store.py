@@ -1,5 +1,5 @@
 """Two or more paid servers on one receipt store, one of them killed (dtp.receipt_store's
-server runs, dtp.paid.recover_store, the servers' policy loops).
+server runs, dtp.payments.serving.recover_store, the servers' policy loops).
 
 A server killed while another was live on the same store left its unclaimed receipts
 for a start when none was: its restart was not alone, so it claimed nothing, and the
@@ -49,13 +49,15 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-import dtp.paid
+import dtp.hostid.paid
+import dtp.payments.serving
 import dtp.receipt_store as receipt_store
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
-from dtp.paid import ServicePolicy, recover_store
+from dtp.hostid.paid import ServicePolicy
+from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore, StoredReceipt
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
 from tests.polling import wait_for
@@ -172,7 +174,7 @@ def test_a_live_server_claims_what_a_run_killed_beside_it_left(
     world: World, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:
     # (raising=False: the old code had no such interval, nor any recovery while live)
-    monkeypatch.setattr(dtp.paid, "RECOVERY_INTERVAL", 0.2, raising=False)
+    monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2, raising=False)
     policy = ServicePolicy(refresh_interval=0.05)
     options = {
         "ledger": world.ledger,
@@ -199,10 +201,10 @@ def test_a_live_server_claims_what_a_run_killed_beside_it_left(
                 assert wait_for(lambda: len(recovered) == 1, 10)
                 assert recovered[0][0] == lost.connection_id
                 # rounds later, the live run's connection is still its own
-                rounds = 3 * dtp.paid.RECOVERY_INTERVAL
+                rounds = 3 * dtp.payments.serving.RECOVERY_INTERVAL
                 assert not wait_for(lambda: world.settled(live), rounds)
         finally:
-            if isinstance(server, dtp.paid.PaidServer):
+            if isinstance(server, dtp.hostid.paid.PaidServer):
                 server.close()
                 assert server.wait_released(30)
             else:

@@ -21,8 +21,8 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
 from dtp.receipt_store import ReceiptStore
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
 

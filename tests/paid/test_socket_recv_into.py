@@ -14,8 +14,9 @@ import pytest
 
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.policy import CALL_COST
 from dtp.keys import HostIdentity
-from dtp.paid import _CALL_COST, PaidSocket, ServicePolicy
 from tests.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
@@ -77,9 +78,9 @@ def test_each_read_counts_against_the_credit_and_keeps_a_sockets_errors(tmp_path
         assert s.recv(2) == b"ok"
     assert seen["first"] == b"abcdefgh"
     assert seen["rest"] == b"ijklmnop"
-    # each read counts as _CALL_COST at least (what moves around the wrapper is still
+    # each read counts as CALL_COST at least (what moves around the wrapper is still
     # looked at within a bounded number of calls)
-    assert seen["counted"] == seen["reads"] * _CALL_COST
+    assert seen["counted"] == seen["reads"] * CALL_COST
     assert seen["ints"] == b"\x01\x00\x00\x00\x02\x00\x00\x00"
 
 

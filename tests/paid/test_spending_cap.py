@@ -20,10 +20,10 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy, gate_for
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket, ServicePolicy, gate_for
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.polling import wait_for
 

@@ -35,6 +35,8 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import (
     DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,
@@ -42,8 +44,6 @@ from dtp.metering import (
     MeteringConfig,
     ReceiptGate,
 )
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidAioServer
 from tests.paid_twins import (
     funded_ledger,
     ident,

@@ -35,9 +35,9 @@ from dtp.errors import (
     LocalProtocolError,
     SpendingCapExceeded,
 )
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.settlement import ClientPayment
 from tests.paid import test_top_up as gate
 from tests.paid.test_top_up import (

@@ -11,8 +11,8 @@ from typing import Any
 import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.paid import PaidServer, ServicePolicy
-from dtp.paid_aio import PaidAioServer
+from dtp.hostid.paid import PaidServer, ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer
 from tests.ledger_server import identity_from_seed
 
 PORT = 7

@@ -1,5 +1,6 @@
 """The set of ledger connection IDs a paid server serves, one DTP connection per ledger
-connection at a time (dtp.payments.gate.ConnectionIds, used by dtp.paid and dtp.paid_aio)."""
+connection at a time (dtp.payments.gate.ConnectionIds, used by dtp.hostid.paid and
+dtp.hostid.paid.aio)."""
 
 from __future__ import annotations
 

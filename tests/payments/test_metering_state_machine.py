@@ -3,7 +3,7 @@ properties (docs/escrow.md §3, §4, §6, §6.1, §7).
 
 A hypothesis state machine drives a :class:`dtp.payments.metering.ClientMeter` and the
 :class:`dtp.payments.gate.ReceiptGate` a paid server builds for the same connection
-(:func:`dtp.paid.gate_for`, a real :class:`dtp.receipt_store.ReceiptStore` file), in
+(:func:`dtp.hostid.paid.gate_for`, a real :class:`dtp.receipt_store.ReceiptStore` file), in
 memory: the receipts the meter signs are handed to the gate late, twice, out of order
 or never, and the usage grows only as far as the gate lets it (as the paid server moves
 at most what the credit covers). The escrow and the spending cap live in a real
@@ -34,7 +34,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidReceipt, ReplayedReceipt, SpendingCapExceeded
 from dtp.escrow import U64_MAX, Meter, Receipt, fee
-from dtp.paid import ServicePolicy, gate_for
+from dtp.hostid.paid import ServicePolicy, gate_for
 from dtp.payments.gate import ReceiptGate
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.receipt_store import ReceiptStore
@@ -143,7 +143,7 @@ class MeterAndGate(RuleBasedStateMachine):
         return (gate.latest, gate.latest_nonce, gate.latest_amount, gate.payable())
 
     def read_deposit(self, *, ending: bool = False) -> None:
-        """The server's read of the escrow when the gate wants one (dtp.paid's path)."""
+        """The server's read of the escrow when the gate wants one (dtp.hostid.paid's path)."""
         gate = self.gate
         if not gate.wants_deposit(self.now, *self.used, ending=ending):
             return

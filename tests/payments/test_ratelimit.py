@@ -37,9 +37,9 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed
+from dtp.hostid.paid import PaidServer, ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from dtp.paid import PaidServer, ServicePolicy
-from dtp.paid_aio import PaidAioServer
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, TokenBucket, datagram_charge
 from tests.paid_twins import echo_server, funded_ledger, ident
 from tests.polling import wait_for

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from dtp.escrow import Receipt
-from dtp.paid import recover_store
+from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClaimBackoff
 from tests.paid.test_shared_receipt_store import SERVER, World, world  # noqa: F401 (a fixture)

@@ -38,15 +38,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.paid_aio
+import dtp.hostid.paid.aio
 import dtp.socket
 from dtp._poll import wait_ready
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
+from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid import PaidSocket
-from dtp.paid_aio import PaidReader, PaidWriter
 from dtp.socket import _Arrival, _waiting_gone
 from tests.polling import wait_for
 from tests.transport.test_address_line_gone_clients import held_address
@@ -321,7 +321,7 @@ def test_blocking_paid_serve_checks_the_bounds_before_the_ledger(
     assert world.ledger.get_host(world.host_id).endpoints == ()
 
 
-@pytest.mark.parametrize("serve", [dtp.paid_aio.serve, dtp.aio.serve])
+@pytest.mark.parametrize("serve", [dtp.hostid.paid.aio.serve, dtp.aio.serve])
 def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> None:
     async def main() -> None:
         server = await serve(
@@ -361,7 +361,7 @@ def test_aio_paid_serve_checks_the_bounds_before_the_ledger(
 ) -> None:
     async def main() -> None:
         with pytest.raises(ValueError):
-            await dtp.paid_aio.serve(
+            await dtp.hostid.paid.aio.serve(
                 world.host_id,
                 PORT,
                 paid_aio_echo,

@@ -25,7 +25,7 @@ from typing import Any, cast
 import pytest
 
 import dtp.aio
-import dtp.paid_aio
+import dtp.hostid.paid.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.handshake_slots import AddressSlots
@@ -215,7 +215,7 @@ def test_a_paid_aio_server_refuses_such_a_backlog_before_the_ledger(
         async def callback(reader: Any, writer: Any) -> None:
             writer.close()
 
-        await dtp.paid_aio.serve(
+        await dtp.hostid.paid.aio.serve(
             "0x" + "11" * 32,
             80,
             callback,

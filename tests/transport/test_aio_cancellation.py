@@ -31,8 +31,8 @@ import dtp.aio
 from dtp.carriers.ledger_bridge import ledger_config
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings
 from tests.procs import ServerProc, server_process
 
@@ -208,7 +208,7 @@ def test_cancelled_readexactly_calls_give_no_credit_twice(kind: str) -> None:
     again must not return their flow-control credit a second time. It did: each
     ``wait_for(reader.readexactly(n), t)`` that timed out let the peer send as much
     again beyond the window, so a reader polling that way buffered without bound.
-    (``paid``: the same through dtp.paid_aio's PaidReader, which puts back alike.)"""
+    (``paid``: the same through dtp.hostid.paid.aio's PaidReader, which puts back alike.)"""
     window = 64 * 1024
 
     async def main() -> None:
@@ -308,7 +308,8 @@ class _RateLimited:
         self.charged = 0
         self.requests = 0
         self.limited = True
-        # what a put-back needs of the connection's state (dtp.paid_aio._PaidConnection)
+        # what a put-back needs of the connection's state
+        # (dtp.hostid.paid.asyncio_streams.PaidConnection)
         self.charged_streams: set[int] = set()
         self.charged_datagrams: deque[bytes] = deque()
         self.proto: Any = None
@@ -350,7 +351,7 @@ class _RateLimited:
 
 @pytest.mark.parametrize("method", ["read", "readexactly", "readline", "readuntil"])
 def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) -> None:
-    """dtp.paid_aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
+    """dtp.hostid.paid.aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
     after it took its bytes puts them back, charged once (they were lost: the stream
     went on without them)."""
 
@@ -384,7 +385,7 @@ def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) 
 
 
 def test_a_paid_accept_stream_cancelled_while_rate_limited_keeps_the_stream() -> None:
-    """dtp.paid_aio: accept_stream() cancelled while the request rate holds it puts
+    """dtp.hostid.paid.aio: accept_stream() cancelled while the request rate holds it puts
     the stream it had taken back for the next accept_stream(), charged once (it was
     lost: its client waited on it for good)."""
 

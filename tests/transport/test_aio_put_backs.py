@@ -13,8 +13,9 @@
 - a stream a cancelled paid ``accept_stream`` put back was known as charged only to its
   writer: accepted through another writer of the connection, it was charged again.
 
-The last two live in ``dtp/paid_aio.py`` (``PaidWriter``), not in ``dtp/aio.py``, whose
-own ``accept_stream`` / ``recv_datagram`` take the item with no await after the wait.
+The last two live in ``dtp/hostid/paid/asyncio_streams.py`` (``PaidWriter``), not in
+``dtp/aio.py``, whose own ``accept_stream`` / ``recv_datagram`` take the item with no await
+after the wait.
 
 The faults are injected where they cannot be made to happen for real (a method of the
 real server, the socket tuning); real sockets on 127.0.0.1, real handshakes, a real
@@ -40,10 +41,10 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, HandshakeError
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SERVER_ID = HostIdentity.generate()
@@ -169,7 +170,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
     asyncio.run(main())
 
 
-# -- paid put-backs (dtp/paid_aio.py) ----------------------------------------------------
+# -- paid put-backs (dtp/hostid/paid/asyncio_streams.py) ----------------------------------
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

@@ -19,10 +19,10 @@ import pytest
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from dtp.paid import PaidSocket, ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.polling import wait_for
 

@@ -128,7 +128,7 @@ def test_the_udp_forwarder_counts_what_the_backed_up_carrier_dropped() -> None:
     datagram the forwarder read is accounted for once."""
     import socket
 
-    from dtp.udp import UdpForwarder
+    from dtp.hostid.udp import UdpForwarder
 
     with server_process("slow") as srv:
         conns: list[dtp.socket.DTPSocket] = []

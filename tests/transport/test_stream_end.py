@@ -22,9 +22,9 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
+from dtp.hostid.paid import ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.paid import ServicePolicy
-from dtp.paid_aio import PaidReader, PaidWriter
 from tests.paid_twins import ident
 
 SERVER = HostIdentity.generate()

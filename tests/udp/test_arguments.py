@@ -6,7 +6,7 @@ per batch); ``relay_udp`` took ``idle_timeout=None`` and failed inside its loop.
 
 The UDP number checks and closes in both APIs.
 
-``dtp.udp.check_seconds`` takes infinity as "never", for both APIs' forwarders. The
+``dtp.hostid.udp.check_seconds`` takes infinity as "never", for both APIs' forwarders. The
 asyncio forwarder's close() waits for a flow's final report with
 ``asyncio.wait_for(..., inf)``, which waits for good; the blocking one's with
 ``threading.Event.wait(inf)``, which raises OverflowError at once: its close() failed
@@ -37,9 +37,9 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
 from dtp.escrow import Meter
+from dtp.hostid.udp import UdpForwarder, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.keys import HostIdentity
-from dtp.udp import UdpForwarder, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder
 from tests.leaks import resource_warnings
 from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID

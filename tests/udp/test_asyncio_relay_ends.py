@@ -1,5 +1,5 @@
-"""dtp.udp_aio held to what it promises (docs/udp.md) and against its blocking
-twin dtp.udp:
+"""dtp.hostid.udp.asyncio held to what it promises (docs/udp.md) and against its blocking
+twin dtp.hostid.udp:
 
 - a draining relay (``finish``) took the backend's later replies off its reader and
   left them in the socket's buffer, lost uncounted: the docs count them as
@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.udp_aio
+import dtp.hostid.udp.asyncio
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
-from dtp.udp import UdpBilling, UdpStats
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp import UdpBilling, UdpStats
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from tests.leaks import resource_warnings
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
 
@@ -206,13 +206,13 @@ def test_a_relay_cancelled_while_it_ends_is_cancelled(monkeypatch: pytest.Monkey
     cancelled then (the daemon stopping), it swallowed the cancellation and returned
     its counters as if it had ended on its own."""
     made: list[socket.socket] = []
-    real = dtp.udp_aio._open_backend
+    real = dtp.hostid.udp.asyncio._open_backend
 
     async def open_backend(backend: tuple[str, int]) -> socket.socket:
         made.append(await real(backend))
         return made[-1]
 
-    monkeypatch.setattr(dtp.udp_aio, "_open_backend", open_backend)
+    monkeypatch.setattr(dtp.hostid.udp.asyncio, "_open_backend", open_backend)
     billing = UdpBilling(CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
 
     async def main() -> bool:

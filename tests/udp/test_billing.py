@@ -18,14 +18,16 @@ import time
 import pytest
 
 import dtp.aio
+import dtp.hostid.udp.asyncio
+import dtp.hostid.udp.engine
 import dtp.socket
-import dtp.udp_aio
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
 from dtp.escrow import Meter
-from dtp.udp import FlowAccount, UdpBilling, UdpStats, _control, relay_udp
-from dtp.udp_aio import relay_udp_async
+from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import relay_udp_async
+from dtp.hostid.udp.engine import control_frame
 from tests.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
@@ -54,7 +56,7 @@ def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:
             now = int(time.time() * 1000)
             receipt = meter.record(now, requests=2**40) or meter.flush(now)
             assert receipt is not None and receipt.total_amount == 0
-            sock.sendall(_control(b"R", receipt.encode()))
+            sock.sendall(control_frame(b"R", receipt.encode()))
             assert wait_for(lambda: billing.latest is not None, 5)
             for i in range(500):
                 sock.send_datagram(b"\x00" * 1000)
@@ -221,8 +223,8 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
     does; the relay waited out its idle timeout (60 s here) before it ended. Over a
     lossy carrier (the ledger: round trips of seconds) it waits longer."""
     if not reliable:
-        monkeypatch.setattr(dtp.udp_aio, "FINAL_RECEIPT_WAIT", 30.0)
-        monkeypatch.setattr(dtp.udp_aio, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
+        monkeypatch.setattr(dtp.hostid.udp.asyncio, "FINAL_RECEIPT_WAIT", 30.0)
+        monkeypatch.setattr(dtp.hostid.udp.asyncio, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
     server_config = ConnectionConfig(SERVER, False, reliable_carrier=reliable)
     client_config = ConnectionConfig(CLIENT, True, reliable_carrier=reliable)
     backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -265,7 +267,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
                 now = int(time.time() * 1000)
                 receipt = meter.record(now, nbytes=2, requests=1) or meter.flush(now)
                 assert receipt is not None
-                sock.sendall(_control(b"R", receipt.encode()))
+                sock.sendall(control_frame(b"R", receipt.encode()))
                 replied.set()
                 deadline = time.monotonic() + 30
                 while not ended and time.monotonic() < deadline:
@@ -281,7 +283,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
             finish.set()
             await asyncio.wait_for(job, 40)
             assert ended, "the relay did not end"
-            assert ended[0] - started < dtp.udp_aio.FINAL_RECEIPT_WAIT + 5
+            assert ended[0] - started < dtp.hostid.udp.asyncio.FINAL_RECEIPT_WAIT + 5
         finally:
             server.close()
             await server.wait_closed()

@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.udp, dtp.udp_aio) against a peer that breaks the control
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio) against a peer that breaks the control
 protocol on stream 0: a frame too long, of an unknown kind, or meant for the other
 direction ends the connection at once with the reason in its CLOSE. Before, the reader
 of the control stream returned quietly and everything else went on: a relay kept
@@ -31,8 +31,9 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
-from dtp.udp import _REFUSED_RECEIPTS_MAX, _USAGE, UdpBilling, UdpForwarder, _control, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp import UdpBilling, UdpForwarder, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
 from tests.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER, _meter
@@ -44,9 +45,9 @@ BOUND = 30.0
 
 #: Control frames a client never sends to a relay, and the reason the relay gives.
 BAD_FOR_RELAY = {
-    "unknown kind": (_control(b"X", b"junk"), "unexpected UDP control frame b'X'"),
+    "unknown kind": (control_frame(b"X", b"junk"), "unexpected UDP control frame b'X'"),
     "usage report the wrong way": (
-        _control(b"U", _USAGE.pack(1, 1)),
+        control_frame(b"U", USAGE.pack(1, 1)),
         "unexpected UDP control frame b'U'",
     ),
     # declared 2 GiB, then a few bytes and nothing more: never waited for nor buffered
@@ -123,7 +124,7 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
             now = int(time.time() * 1000)
             forged = stranger.record(now, requests=1) or stranger.flush(now)
             assert forged is not None
-            rogue.sendall(_control(b"R", forged.encode()))
+            rogue.sendall(control_frame(b"R", forged.encode()))
             assert wait_for(lambda: sum(b.refused_receipts for b in billings) == 1, BOUND)
             assert _served(rogue, b"\x00\x03still")
 
@@ -191,7 +192,7 @@ def _rogue_relay(dns: DnsLikeBackend, reasons: list[str], sock: dtp.socket.DTPSo
     try:
         backend.send(sock.recv_datagram(BOUND))
         sock.send_datagram(backend.recv(65535))
-        sock.sendall(_control(b"R", b"\x00" * 32))
+        sock.sendall(control_frame(b"R", b"\x00" * 32))
         reasons.append(_closed_reason(sock))
     except DTPError as exc:
         reasons.append(f"failed: {exc!r}")
@@ -296,12 +297,12 @@ def _forged() -> bytes:
     now = int(time.time() * 1000)
     receipt = stranger.record(now, requests=1) or stranger.flush(now)
     assert receipt is not None
-    return _control(b"R", receipt.encode())
+    return control_frame(b"R", receipt.encode())
 
 
 ABUSE = {
     "final report asked twice": (
-        lambda: _control(b"F") + _control(b"F"),
+        lambda: control_frame(b"F") + control_frame(b"F"),
         "a second request for the final report",
     ),
     "refused receipts past the bound": (

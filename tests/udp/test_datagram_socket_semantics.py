@@ -1,4 +1,4 @@
-"""UDP through DTP (dtp.udp, dtp.udp_aio) as a datagram socket user meets it:
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio) as a datagram socket user meets it:
 an ICMP error on the backend's socket, addresses the socket module cannot take, the
 threads and ports left after close(), and datagrams lost on a flow whose connection had
 ended. Real UDP sockets and DTP connections on 127.0.0.1."""
@@ -17,12 +17,15 @@ from typing import Any, ClassVar
 import pytest
 
 import dtp.aio
+import dtp.hostid.udp.asyncio
+import dtp.hostid.udp.blocking
+import dtp.hostid.udp.sockets
 import dtp.socket
-import dtp.udp
 from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
-from dtp.udp import UdpBilling, UdpForwarder, UdpStats, _Session, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder, _Flow, relay_udp_async
+from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
+from dtp.hostid.udp.blocking import _Session
 from tests.leaks import resource_warnings
 from tests.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
@@ -48,15 +51,15 @@ class _Unreachable(socket.socket):
 
 @pytest.fixture
 def unreachable_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    real = dtp.udp._backend_socket
+    real = dtp.hostid.udp.sockets.backend_socket
 
     def backend_socket(*args: Any, **kw: Any) -> socket.socket:
         udp = real(*args, **kw)
         udp.__class__ = _Unreachable
         return udp
 
-    monkeypatch.setattr(dtp.udp, "_backend_socket", backend_socket)
-    monkeypatch.setattr("dtp.udp_aio._backend_socket", backend_socket)
+    monkeypatch.setattr(dtp.hostid.udp.blocking, "backend_socket", backend_socket)
+    monkeypatch.setattr("dtp.hostid.udp.asyncio.backend_socket", backend_socket)
     _Unreachable.errors[:] = [errno.EHOSTUNREACH]
     yield
     _Unreachable.errors.clear()
@@ -251,13 +254,13 @@ def test_a_relay_that_idles_out_leaves_no_control_thread(
     """The billed relay waited for its control thread before closing the connection,
     not after: one still reading (the client had not closed) was left behind."""
     readers: dict[int, threading.Thread] = {}
-    run = dtp.udp._RelayControl.run
+    run = dtp.hostid.udp.blocking._RelayControl.run
 
-    def control_run(self: dtp.udp._RelayControl) -> None:
+    def control_run(self: dtp.hostid.udp.blocking._RelayControl) -> None:
         readers[id(self.sock)] = threading.current_thread()
         run(self)
 
-    monkeypatch.setattr(dtp.udp._RelayControl, "run", control_run)
+    monkeypatch.setattr(dtp.hostid.udp.blocking._RelayControl, "run", control_run)
     left: list[bool] = []
 
     def handler(sock: dtp.socket.DTPSocket) -> None:

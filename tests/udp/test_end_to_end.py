@@ -19,9 +19,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
 from dtp.escrow import Meter, Receipt, fee
+from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 
 OFF = MeteringConfig(enabled=False)  # billed per datagram instead (UdpBilling)
 
@@ -350,7 +350,7 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
     import asyncio
 
     import dtp.aio
-    from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
+    from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 
     ledger = LocalLedger(tmp_path / "ledger.db")
     sla = Sla(price_per_kib=3, price_per_request=2, min_deposit=500)

@@ -1,4 +1,4 @@
-"""dtp.udp_aio's forwarder under asyncio cancellation: a close() cancelled midway
+"""dtp.hostid.udp.asyncio's forwarder under asyncio cancellation: a close() cancelled midway
 (asyncio.wait_for) leaves no socket open, and a later close() ends what is left. Real
 UDP sockets and DTP connections on 127.0.0.1."""
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import dtp.aio
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 
 
 def _udp_socket() -> socket.socket:

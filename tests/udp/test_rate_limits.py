@@ -15,10 +15,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+from dtp.hostid.udp import UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket
-from dtp.udp import UdpStats, relay_udp
-from dtp.udp_aio import relay_udp_async
 from tests.udp.test_end_to_end import DnsLikeBackend, backend
 
 __all__ = ["backend"]  # the fixture, shared with test_udp

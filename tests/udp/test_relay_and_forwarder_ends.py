@@ -1,5 +1,5 @@
-"""UDP through DTP (dtp.udp, dtp.udp_aio): the relay's end reaches the forwarder, and a
-forwarder's close() with many flows does not take final_timeout per flow. Real UDP
+"""UDP through DTP (dtp.hostid.udp, dtp.hostid.udp.asyncio): the relay's end reaches the
+forwarder, and a forwarder's close() with many flows does not take final_timeout per flow. Real UDP
 sockets and DTP connections on 127.0.0.1.
 
 The blocking UDP forwarder sends nothing more on a flow once its end has begun: a
@@ -21,9 +21,10 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import TunnelError
+from dtp.hostid.udp import UdpForwarder, UdpStats
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.blocking import _Session
 from dtp.socket import DTPSocket
-from dtp.udp import UdpForwarder, UdpStats, _Session
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import SERVER, _meter

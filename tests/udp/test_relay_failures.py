@@ -21,9 +21,9 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
+from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
-from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.udp.test_end_to_end import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x71" * 32, b"\x71" * 32)

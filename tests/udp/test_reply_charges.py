@@ -1,5 +1,5 @@
-"""What the UDP relay and forwarder charge to rate limits (dtp.udp,
-dtp.udp_aio, dtp.ratelimit):
+"""What the UDP relay and forwarder charge to rate limits (dtp.hostid.udp,
+dtp.hostid.udp.asyncio, dtp.ratelimit):
 
 - a relay charged a backend's replies to the client's bytes/s limit by payload alone,
   while the client's own datagrams (ClientBuckets.admit) and a paid server's sent ones
@@ -22,8 +22,8 @@ import pytest
 
 import dtp.socket
 from dtp.errors import TunnelError
+from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
-from dtp.udp import UdpForwarder, UdpStats, relay_udp
 from tests.polling import wait_for
 from tests.udp.test_stalled_flows import SERVER
 

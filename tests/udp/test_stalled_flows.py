@@ -20,9 +20,10 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
+from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.engine import USAGE, control_frame
 from dtp.keys import HostIdentity
-from dtp.udp import _USAGE, UdpBilling, UdpForwarder, UdpStats, _control, relay_udp
-from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.polling import wait_for
 from tests.procs import server_process
 from tests.udp.test_end_to_end import DnsLikeBackend
@@ -560,7 +561,7 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
     def resetting(sock: dtp.socket.DTPSocket) -> None:
         data = sock.recv_datagram(5)
         sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
-        sock.sendall(_control(b"U", _USAGE.pack(1, len(data))))
+        sock.sendall(control_frame(b"U", USAGE.pack(1, len(data))))
         release.wait(120)
         sock.close()
 

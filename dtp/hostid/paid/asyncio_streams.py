@@ -1,101 +1,47 @@
-"""Serving a paid DTP service with asyncio: :func:`dtp.aio.serve`, the twin of
-:mod:`dtp.paid` (same policy, gate, rate limits, host refresh and settlement).
-
-The callback gets a :class:`PaidReader` / :class:`PaidWriter` pair: reads and
-``drain()`` wait for payment and for the rate limits first (no flow-control credit goes
-back meanwhile, so the client's writes block), and ``write()`` lets out only what the
-receipt gate allows, holding the rest until payment comes. Ledger calls and
-receipt-store writes run in threads, never on the event loop.
-"""
+"""A paid connection on asyncio: :class:`PaidReader` and :class:`PaidWriter`, the
+pair a :func:`dtp.hostid.paid.aio.serve` callback gets, and the connection state its
+streams share (the twin of :mod:`dtp.hostid.paid.blocking`; docs/escrow.md §6.1)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import logging
 import math
 import operator
-import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import CALLBACK_FAILED
-from dtp.admission import LedgerAdmission, checked_open_grace
 from dtp.errors import (
     ChainError,
     ConnectionClosed,
     DTPError,
     LocalProtocolError,
     PaymentRequired,
-    move_error,
 )
-from dtp.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
-from dtp.ledger.objects import normalize_id
+from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
-from dtp.paid import (
-    _CREDIT_MAX,
-    _SEND_SLICE,
-    CLOSED_REFUSAL,
-    RECOVERY_CLOSE_WAIT,
-    SERVED_REFUSAL,
-    Recovery,
-    ServicePolicy,
-    SettlementRetries,
-    check_address,
-    closes_store,
-    datagram_sizes,
-    gate_for,
-    open_store,
-    recover_store,
-    release_receipts,
-    served_refusal,
-    settle_ended,
-)
 from dtp.payments.metering import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
-    ConnectionIds,
     GateState,
     GateVerdict,
     ReceiptGate,
-    ended_on_ledger,
-    ledger_checks_due,
 )
-from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter, datagram_charge
-from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.ratelimit import ClientBuckets, datagram_charge
 from dtp.payments.receipt_writer import ReceiptWriter
-from dtp.payments.settlement import publish_endpoint
-from dtp.protocol.connection import CloseCode
-from dtp.served import ServedConnections
-from dtp.socket import _check_handshake_bounds, _check_server_identity
 
 if TYPE_CHECKING:
-    from dtp.admission import PeerInfo
-    from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
-    from dtp.identity.keys import HostIdentity
+    from dtp.aio import DTPStreamReader, DTPStreamWriter, _Protocol
     from dtp.ledger.interface import Ledger
-    from dtp.ledger.objects import Settlement
-    from dtp.protocol.connection import ConnectionConfig
 
-__all__ = ["PaidAioServer", "PaidReader", "PaidWriter", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
-# seconds between wait_released()'s looks at a receipt writer still writing after the
-# release (a stalled disk: rare, and then long)
-_WRITER_POLL = 0.05
 #: How many put-back datagrams a connection remembers as charged already
 _CHARGED_KEPT = 64
 
@@ -103,7 +49,7 @@ _CHARGED_KEPT = 64
 PaidCallback = Callable[["PaidReader", "PaidWriter"], "Awaitable[None] | None"]
 
 
-class _PaidConnection:
+class PaidConnection:
     """The server's state of one paid connection (shared by its streams)."""
 
     def __init__(
@@ -118,7 +64,7 @@ class _PaidConnection:
         self.proto = proto
         self.receipt_writer = writer
         #: Where the escrow is read again (in a thread) when the deposit holds the
-        #: connection (as dtp.paid's); None: never
+        #: connection (as dtp.hostid.paid's); None: never
         self.ledger = ledger
         self.conn = proto.conn
         self.client = proto.conn.peer_address or ""
@@ -130,7 +76,7 @@ class _PaidConnection:
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
         #: The receipt that came with the end of the connection, claimed by the settlement
-        #: instead of written first (as dtp.paid's)
+        #: instead of written first (as dtp.hostid.paid's)
         self.final: Receipt | None = None
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
@@ -145,7 +91,7 @@ class _PaidConnection:
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
         #: Since when (monotonic) datagram sends drop for want of credit (None: they do
-        #: not): a send never waits, so this is its pause, timed here as dtp.paid times
+        #: not): a send never waits, so this is its pause, timed here as dtp.hostid.paid times
         #: a datagram's (the gate's own clock restarts whenever a call finds the usage
         #: served, and datagram_room looks at it on every send)
         self.unpaid_datagrams_since: float | None = None
@@ -192,7 +138,7 @@ class _PaidConnection:
         self.proto.close_carrier()
 
     async def wait_paid(self) -> None:
-        """As :meth:`dtp.paid._PaidConnection.wait_paid`."""
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid`."""
         if self.gate.serving(*self.conn.usage):
             return
         await self.read_deposit()
@@ -223,8 +169,8 @@ class _PaidConnection:
             raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
 
     async def read_deposit(self, *, ending: bool = False) -> None:
-        """As :meth:`dtp.paid._PaidConnection.read_deposit`: the escrow read again (in
-        a thread) when the deposit holds the connection -- the client may have topped
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
+        read again (in a thread) when the deposit holds the connection -- the client may have topped
         it up while the connection was open -- or, ``ending``, when a receipt still
         waits above it before the settlement."""
         gate = self.gate
@@ -247,13 +193,13 @@ class _PaidConnection:
 
     def room(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` may go now: what the gate still
-        allows on the usage seen (at most _CREDIT_MAX, so a read takes a bounded chunk per
+        allows on the usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per
         look), at least 1 byte when it serves, 0 when it does not."""
         total_bytes, total_requests = self.conn.usage
         gate = self.gate
         if not gate.serving(total_bytes, total_requests):
             return 0
-        credit = min(gate.credit_bytes(total_bytes, total_requests), _CREDIT_MAX)
+        credit = min(gate.credit_bytes(total_bytes, total_requests), CREDIT_MAX)
         return nbytes if nbytes <= credit else max(1, credit)
 
     def send_room(self, nbytes: int) -> int:
@@ -265,14 +211,14 @@ class _PaidConnection:
         (:meth:`wait_send` then waits for the client to read them); at least 1 byte
         when it serves and nothing is queued. Reads keep :meth:`room`: what they take is
         in the usage already, and a read waiting for writes that wait for the client to
-        read could wait for good (as dtp.paid's)."""
+        read could wait for good (as dtp.hostid.paid's)."""
         conn = self.conn
         total_bytes, total_requests = conn.usage
         gate = self.gate
         if not gate.serving(total_bytes, total_requests):
             return 0
         queued = conn.send_buffered()
-        credit = min(gate.credit_bytes(total_bytes + queued, total_requests), _CREDIT_MAX)
+        credit = min(gate.credit_bytes(total_bytes + queued, total_requests), CREDIT_MAX)
         if nbytes <= credit:
             return nbytes
         return credit if credit or queued else 1
@@ -347,7 +293,7 @@ class _PaidConnection:
     def credit_grew(self) -> None:
         """Payment came (a receipt kept, a top-up read, a cap raised): once the credit
         covers the datagram a send last dropped, a pause of datagram sends is over, as
-        dtp.paid's look finding the usage served ends one. (Only a send that went whole
+        dtp.hostid.paid's look finding the usage served ends one. (Only a send that went whole
         ended it: a client that paid, its credit then spent on stream bytes before the
         next datagram, had that one close the connection at once, its pause timed from
         the first drop, before the payment.)"""
@@ -397,7 +343,7 @@ class _PaidConnection:
             await self.proto.wait_for(moved)
 
     async def request_final_receipt(self) -> None:
-        """As :meth:`dtp.paid._PaidConnection.request_final_receipt`."""
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.request_final_receipt`."""
         session = self.proto.session
 
         def done() -> bool:
@@ -439,18 +385,18 @@ class _PaidConnection:
         return False
 
     def send_slice(self) -> int:
-        """The most bytes to let out between two looks at the rate limits: dtp.paid's
+        """The most bytes to let out between two looks at the rate limits: dtp.hostid.paid's
         sendall slice, or the bytes/s limit's take when smaller
         (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
         bucket = self.buckets.bytes
         if not bucket.rate:
-            return _SEND_SLICE
-        return min(_SEND_SLICE, bucket.take_of(_SEND_SLICE))
+            return SEND_SLICE
+        return min(SEND_SLICE, bucket.take_of(SEND_SLICE))
 
     def write_slice(self) -> int:
         """The most bytes of a write to let out at once: :meth:`send_slice` under a
         bytes/s limit, else all of it."""
-        return self.send_slice() if self.buckets.bytes.rate else _CREDIT_MAX
+        return self.send_slice() if self.buckets.bytes.rate else CREDIT_MAX
 
     def in_debt(self) -> bool:
         """Whether the client's bytes/s limit is in debt now (what was sent must be paid
@@ -465,7 +411,7 @@ class _PaidConnection:
         return bool(bucket.rate) and bucket.wait_for(nbytes, time.monotonic()) > 0
 
     async def pace(self, nbytes: int) -> int:
-        """As :meth:`dtp.paid._PaidConnection.pace`: how much of a read or write of
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
         ``nbytes`` goes now, once the bytes/s limit's bucket holds it (waits until then,
         and while the requests/s limit is in debt)."""
         buckets = self.buckets
@@ -499,9 +445,9 @@ class _PaidConnection:
 
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
-        # a wait the connection's end cuts short (as dtp.paid's): a plain sleep held the
+        # a wait the connection's end cuts short (as dtp.hostid.paid's): a plain sleep held the
         # handler, and so the settlement, for a large chunk's whole debt after the
-        # client had gone. Looked at again each refresh interval (as dtp.paid's): a
+        # client had gone. Looked at again each refresh interval (as dtp.hostid.paid's): a
         # limit the Host raised or lifted meanwhile reaches a wait already under way
         session = self.proto.session
         step = self.policy.refresh_interval
@@ -520,7 +466,7 @@ class _PaidConnection:
         self.close(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
 
     def closed_on_ledger(self) -> None:
-        """As :meth:`dtp.paid._PaidConnection.closed_on_ledger`."""
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.closed_on_ledger`."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         self.close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
 
@@ -539,7 +485,7 @@ class PaidReader:
     past the allowance. Push delivery (``set_sink``) is refused: it would pass the gate.
     """
 
-    def __init__(self, reader: DTPStreamReader, paid: _PaidConnection) -> None:
+    def __init__(self, reader: DTPStreamReader, paid: PaidConnection) -> None:
         self._reader = reader
         self._paid = paid
         #: Bytes at the front of the stream charged to the rate limits already: what a
@@ -577,7 +523,7 @@ class PaidReader:
             return await self._chunk(n)
         chunks: list[bytes] = []
         try:
-            while chunk := await self._chunk(_CREDIT_MAX):
+            while chunk := await self._chunk(CREDIT_MAX):
                 chunks.append(chunk)
         except BaseException:
             # cancelled (asyncio.wait_for timing out), or the stream reset / the
@@ -657,7 +603,7 @@ class PaidWriter:
     before the connection ends (for up to the pause timeout, when unpaid).
     """
 
-    def __init__(self, writer: DTPStreamWriter, paid: _PaidConnection) -> None:
+    def __init__(self, writer: DTPStreamWriter, paid: PaidConnection) -> None:
         self._writer = writer
         self._paid = paid
         # written, not let out yet: _held[_held_from:] (a bytearray, not a queue of the
@@ -1016,748 +962,3 @@ _WRITER_FORWARDED = frozenset(
         "escrow_id",
     }
 )
-
-
-class _PaidAdmission(LedgerAdmission):
-    """A :class:`PaidAioServer`'s admission: the DTPServer runs a plain hook in a worker
-    thread, and awaits what it returns there; this one returns a coroutine, so that the
-    verdict is given on the event loop (:meth:`PaidAioServer._admit`), where close()
-    runs: from there to the server's callback nothing yields to the loop, so close()
-    cannot come between an admission and the callback."""
-
-    def __init__(
-        self,
-        server: PaidAioServer,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        open_grace: float | None = None,
-    ) -> None:
-        super().__init__(ledger, host_id, port, open_grace=open_grace)
-        self._server = server
-        #: The DTPServer's served connections (dtp.served.served_connections takes them):
-        #: the paid server ends a connection's count there before settling it, and
-        #: settles one refused at a connection limit
-        self.served = _ServedIds(server)
-
-    def __call__(self, peer: PeerInfo) -> Awaitable[str | None]:  # type: ignore[override]
-        return self._server._admit(peer, super().__call__)
-
-
-class _ServedIds(ServedConnections):
-    """A :class:`PaidAioServer`'s count of the DTP connections it serves (the DTPServer
-    reserves and releases them on the event loop), which has the server settle a
-    connection refused at one of the Host's connection limits."""
-
-    def __init__(self, server: PaidAioServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def refused_at_limit(self, connection_id: str) -> None:
-        self._server._refused_at_limit(connection_id)
-
-
-class PaidAioServer:
-    """The asyncio paid server (see :func:`serve`)."""
-
-    def __init__(
-        self,
-        host_id: str,
-        port: int,
-        callback: PaidCallback,
-        *,
-        ledger: Ledger,
-        identity: HostIdentity,
-        store: ReceiptStore,
-        policy: ServicePolicy,
-        close_store: bool = False,
-        open_grace: float | None = None,
-    ) -> None:
-        self.ledger = ledger
-        self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
-        self.identity = identity
-        self.host_id = normalize_id(host_id, "host ID")
-        self.port = port
-        self.callback = callback
-        self.store = store
-        self._own_store = close_store  # closed with the server (one serve() opened)
-        self.receipt_writer = ReceiptWriter(store)
-        self.policy = policy
-        self.server: DTPServer | None = None
-        #: The ledger admission (made as the server starts)
-        self.admission: _PaidAdmission | None = None
-        # settlements of connections refused at a connection limit (held: the loop
-        # keeps only weak references to tasks)
-        self._refunds: set[asyncio.Task[None]] = set()
-        self.host_policy: HostPolicy | None = None
-        self.limiter = RateLimiter()
-        self.recovered: list[tuple[str, Settlement]] = []
-        self._attached = False  # attach_server() made: detach_server() at the release
-        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
-        self._live: set[_PaidConnection] = set()
-        #: the tasks running a callback (wait_released() there would wait for its own
-        #: connection; a task a callback starts is another, free to wait)
-        self._callback_tasks: set[asyncio.Task[Any]] = set()
-        #: Connection IDs being served or settled: one DTP connection per ledger
-        #: connection at a time
-        self._serving = ConnectionIds()
-        #: The settlements that failed, retried by the recovery thread (it reserves
-        #: each connection ID in ``_serving`` as a DTP connection would)
-        self.retries = SettlementRetries(
-            ledger, identity, self.receipt_writer, self._serving, self.settlements
-        )
-        self._policy_task: asyncio.Task[None] | None = None
-        self._recovery: Recovery | None = None  # (started with the policy task)
-        self._closed = False
-        self._closing = asyncio.Event()
-        self._lifetime: asyncio.Task[bool] | None = None
-        #: The loop is ending (asyncio.run cancelled the lifetime task): the release
-        #: runs inline then, not in a thread
-        self._loop_ending = False
-        #: The release started (the receipt writer stopping): nothing is served now
-        self._releasing = False
-        # _handle calls, admissions and settlement threads running (they may still use
-        # the store)
-        self._handling = 0
-        #: Set by the release: closed, every connection ended and settled, the receipt
-        #: writer stopped (what wait_released() waits for)
-        self._released = asyncio.Event()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        assert self.server is not None
-        return self.server.address
-
-    async def _start(
-        self,
-        address: tuple[str, int],
-        config: ConnectionConfig | None,
-        endpoint: tuple[str, int] | None,
-        *,
-        backlog: int = 128,
-        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-    ) -> None:
-        """Recover the store, listen on ``address`` (with the handshake bounds given, as
-        :func:`dtp.aio.start_server`'s) and publish the endpoint."""
-        from dtp.aio import start_server
-
-        host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        if self.port not in host.services:
-            raise move_error("host", "EServiceNotFound", f"port {self.port} of host {self.host_id}")
-        # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
-        # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
-        # cannot stop the thread, so an attach it makes after we stopped waiting is
-        # undone when it ends (else the store would count this server for good).
-        attaching = asyncio.ensure_future(asyncio.to_thread(self.store.attach_server))
-        try:
-            alone = await asyncio.shield(attaching)
-        except asyncio.CancelledError:
-            attaching.add_done_callback(self._attached_too_late)
-            raise
-        self._attached = True
-        self.recovered = await asyncio.to_thread(
-            recover_store, self.ledger, self.identity, self.store, alone
-        )
-        self.admission = _PaidAdmission(
-            self, self.ledger, self.host_id, self.port, self._open_grace
-        )
-        self.server = await start_server(
-            self._handle,
-            address[0],
-            address[1],
-            identity=self.identity,
-            config=config,
-            admit=self.admission,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
-        )
-        await asyncio.to_thread(
-            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
-        )
-        self.host_policy = HostPolicy(host, time.monotonic(), self.policy.refresh_interval)
-        self.limiter.set_limits(
-            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
-        )
-        self._policy_task = asyncio.ensure_future(self._policy_loop())
-        self._recovery = Recovery(
-            self.ledger, self.identity, self.store, self.recovered, self.retries
-        )
-        self._recovery.start()
-        # The server lives no longer than its event loop: asyncio.run ending with it
-        # open (this task cancelled) closes it as close() does, or its receipt writer's
-        # thread would run on, and the store it opened stay open. The connections' tasks,
-        # cancelled with it, still settle (_end waits for the settlement through the
-        # cancellation, then re-raises it).
-        self._lifetime = asyncio.ensure_future(self._closing.wait())
-        self._lifetime.add_done_callback(self._lifetime_ended)
-
-    def _lifetime_ended(self, lifetime: asyncio.Task[bool]) -> None:
-        """close() was called, or the loop is ending (the task cancelled): then the
-        release runs on the loop at once, so that the store is closed before the loop
-        is (in a thread, it raced the loop's end)."""
-        if lifetime.cancelled():
-            self._loop_ending = True
-        self.close()
-
-    def _attached_too_late(self, attaching: asyncio.Future[bool]) -> None:
-        """The start was cancelled while attach_server() ran in its thread: what it
-        attached, nobody detaches at the release, so it is detached here."""
-        if not attaching.cancelled() and attaching.exception() is None:
-            self.store.detach_server()
-
-    async def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
-        """The admission of ``peer`` on the loop (``check``, the ledger's verdict, in a
-        thread), counted as work the release waits for. Admitted as the server closes,
-        nobody will serve it: it is settled at once (nothing claimed, the whole deposit
-        refunded) and refused, rather than left Open until the half-close timeout."""
-        if self._releasing:
-            return CLOSED_REFUSAL
-        self._handling += 1
-        try:
-            verdict = await asyncio.to_thread(check, peer)
-            if verdict is not None or peer.connection_id is None or not self._closed:
-                # (the callback, _handle, counts it next without yielding to the loop)
-                return verdict
-            await self._settle_unserved(peer.connection_id)
-            return CLOSED_REFUSAL
-        finally:
-            self._done()
-
-    async def _settle_unserved(self, cid: str) -> None:
-        """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve (no receipt came on it: nothing is claimed), unless another
-        DTP connection on it is being served or settled (its settlement closes it)."""
-        key = normalize_id(cid, "connection ID")
-        if not self._serving.reserve(key):
-            return
-        try:
-            await self._settle(key, None)
-        finally:
-            self._serving.release(key)
-
-    def _refused_at_limit(self, cid: str) -> None:
-        """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
-        loop, in the step that ran the admission): a valid, funded connection nobody
-        will serve, settled now, nothing claimed, so that the client's deposit comes
-        back whole at once rather than after the half-close timeout (docs/escrow.md §2,
-        as the daemon does). Counted until settled: the release waits for it."""
-        self._handling += 1
-        task = asyncio.ensure_future(self._settle_refused(cid))
-        self._refunds.add(task)
-        task.add_done_callback(self._refunds.discard)
-
-    async def _settle_refused(self, cid: str) -> None:
-        try:
-            await self._settle_unserved(cid)
-        finally:
-            self._done()
-
-    def _done(self) -> None:
-        """One _handle call, admission or settlement ended: the last one after close()
-        releases the server."""
-        self._handling -= 1
-        if self._closed and not self._handling:
-            self._release()
-
-    async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self._releasing:
-            writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
-            return
-        self._handling += 1
-        try:
-            if self._closed:
-                # a handshake that finished as the server closed (_admit refuses those
-                # it sees): settled at once, as _admit does
-                writer.abort(CLOSED_REFUSAL)
-                raw_cid = writer._proto.conn.peer_connection_id
-                if raw_cid is not None:
-                    await self._settle_unserved("0x" + raw_cid.hex())
-                return
-            await self._serve(reader, writer)
-        finally:
-            self._done()
-
-    async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        proto = writer._proto  # the connection's I/O driver: the gate waits on it
-        conn = proto.conn
-        client = conn.peer_address
-        raw_cid = conn.peer_connection_id
-        if client is None or raw_cid is None:
-            writer.abort("no ledger connection")
-            return
-        cid = "0x" + raw_cid.hex()
-        # One DTP connection per ledger connection (as dtp.paid's): a second one naming
-        # a connection ID being served or settled, on a gate of its own, counted the
-        # first one's receipts again (a client paid once for twice the service) and
-        # took another allowance from one escrow. Nor may one come back after its
-        # receipts were kept (its settlement failed), or when they cannot be read: its
-        # new gate would count them once more (served_refusal). The ID is reserved
-        # before the store is read (in a thread), so that two cannot both pass.
-        if not self._serving.reserve(cid):
-            logger.warning("refused connection %s: already served", cid)
-            writer.abort(SERVED_REFUSAL)
-            return
-        try:
-            refusal = await asyncio.to_thread(served_refusal, self.receipt_writer, cid)
-            if refusal is not None:
-                writer.abort(refusal)
-                return
-            await self._serve_paid(reader, writer, proto, cid, client)
-        finally:
-            self._serving.release(cid)
-
-    async def _serve_paid(
-        self,
-        reader: DTPStreamReader,
-        writer: DTPStreamWriter,
-        proto: _Protocol,
-        cid: str,
-        client: str,
-    ) -> None:
-        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
-        try:
-            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
-        except ChainError as exc:
-            logger.warning("cannot meter connection %s: %s", cid, exc)
-            writer.abort("the server cannot read the connection on the ledger")
-            return
-        paid = _PaidConnection(
-            proto,
-            gate,
-            self.limiter.acquire(client, time.monotonic()),
-            self.policy,
-            self.receipt_writer,
-            self.ledger,
-        )
-        proto.session.on_receipt = paid.on_receipt
-        while proto.session.receipts:
-            paid.on_receipt(proto.session.receipts.popleft())
-        proto.hold_carrier = True  # until settled, should the client close
-        self._live.add(paid)
-        # a callback that failed while the connection goes on: the client must read an
-        # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
-        failed = False
-        task = asyncio.current_task()
-        if task is not None:
-            self._callback_tasks.add(task)
-        try:
-            await paid.throttle(requests=1)
-            result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
-            if inspect.isawaitable(result):
-                await result
-        except DTPError as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-            failed = proto.session.terminated is None
-        except Exception:
-            logger.exception("callback failed for connection %s", cid)
-            failed = True
-        finally:
-            if task is not None:
-                self._callback_tasks.discard(task)
-            await self._end(writer, paid, cid, client, failed)
-
-    async def _end(
-        self,
-        writer: DTPStreamWriter,
-        paid: _PaidConnection,
-        cid: str,
-        client: str,
-        failed: bool,
-    ) -> None:
-        """The end phase of a served connection: what is held goes out, the final
-        receipt is asked for, the connection closes and is settled. A cancellation
-        (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
-        but not the settlement: it is re-raised once settled. (Skipped, the ledger
-        connection would stay Open and the deposit locked until the half-close timeout.)"""
-        proto = paid.proto
-        cancelled = False
-        try:
-            await self._wind_up(paid, cid)
-        except asyncio.CancelledError:
-            cancelled = True
-        finally:
-            self._live.discard(paid)
-            self.limiter.release(client)
-            # it no longer counts against the Host's connection limits: the client may
-            # connect again at once, while the settlement (three transactions on Sui)
-            # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
-            if self.admission is not None:
-                self.admission.served.ended(cid)
-        ended = proto.session.terminated
-        if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
-            # the client closed: settle before our end of the carrier closes (as
-            # dtp.paid does)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
-            self._release_carrier(proto)
-        else:
-            self._release_carrier(proto)
-            if proto.session.terminated is None:
-                if failed or cancelled:
-                    # (cancelled: the loop is ending, no graceful close can finish)
-                    writer.abort(CALLBACK_FAILED if failed else CLOSED_REFUSAL)
-                else:
-                    writer.close()
-                    try:
-                        with contextlib.suppress(DTPError):
-                            await writer.wait_closed()
-                    except asyncio.CancelledError:
-                        cancelled = True
-                        writer.abort(CLOSED_REFUSAL)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _wind_up(self, paid: _PaidConnection, cid: str) -> None:
-        """Before the close: what the callback wrote and the gate held back goes out, the
-        first stream's close (PaidWriter.close) finishes, the final receipt is asked
-        for, and a top-up is read."""
-        proto = paid.proto
-        # what the callback wrote and the gate held back goes out before the end: a
-        # client that does not pay is closed after the pause timeout; one that does
-        # not read gets as long again as a closing stream waits for its queued data
-        if paid.releasing:
-            left = set(paid.releasing)
-            _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
-            for task in late:
-                task.cancel()
-        if paid.closing is not None:
-            # (it asks for the final receipt itself, then closes)
-            with contextlib.suppress(DTPError):
-                await asyncio.shield(paid.closing)
-        if proto.session.terminated is None:
-            await paid.request_final_receipt()
-        # a receipt the client signed above the deposit as admission read it (it
-        # topped up) is judged before the settlement, or it goes unclaimed (a read a
-        # datagram send started ends first: what it finds counts, and the settlement
-        # and the release come after it)
-        await paid.deposit_reads_ended()
-        try:
-            await paid.read_deposit(ending=True)
-        except Exception:  # (the settlement must run all the same)
-            logger.exception("connection %s: reading its escrow at the end failed", cid)
-
-    async def _settle_surely(self, cid: str, final: Receipt | None) -> bool:
-        """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
-        try:
-            await self._settle(cid, final)
-        except asyncio.CancelledError:
-            return True
-        return False
-
-    @staticmethod
-    def _release_carrier(proto: _Protocol) -> None:
-        proto.hold_carrier = False
-        if proto.session.terminated is not None:
-            proto.close_carrier()
-
-    async def _settle(self, cid: str, final: Receipt | None) -> None:
-        # The settlement reads and marks the receipt store from its thread, which goes
-        # on when this task is cancelled (asyncio.run ending the loop with the server
-        # still settling): it counts as a handler until the thread is done, so that the
-        # store is not closed under it (a crash in SQLite, or the claim's mark lost).
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            None,
-            functools.partial(
-                settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
-            ),
-        )
-        self._handling += 1
-        job.add_done_callback(self._settled)
-        cancelled = False
-        while True:
-            try:
-                settlement = await asyncio.shield(job)
-                break
-            except asyncio.CancelledError:
-                # waited for all the same (the thread goes on: what it settled is
-                # recorded), the cancellation re-raised after
-                if job.cancelled():
-                    raise
-                cancelled = True
-        if settlement is not None:
-            self.settlements.append((cid, settlement))
-        else:
-            # (the ID still reserved: the retry cannot start before we are done)
-            self.retries.add(cid)
-        if cancelled:
-            raise asyncio.CancelledError
-
-    def _settled(self, job: asyncio.Future[Settlement | None]) -> None:
-        self._done()
-
-    async def _policy_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.policy.refresh_interval)
-            try:
-                await self.refresh_policy()
-            except Exception:
-                # (a ChainError is handled in there) Anything else -- a bug, a value
-                # a ledger should not return -- must not end the task: the firewall
-                # and the limits of open connections would go unenforced for the life
-                # of the server, and nobody retrieves the task's exception. One
-                # refresh, so one log, per interval. (A cancellation passes.)
-                logger.exception(
-                    "refreshing the policy of host %s failed; trying again in %g s",
-                    self.host_id,
-                    self.policy.refresh_interval,
-                )
-
-    async def refresh_policy(self) -> None:
-        """Read the Host now and apply its firewall to open connections."""
-        assert self.host_policy is not None
-        try:
-            host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        except ChainError as exc:
-            logger.warning("cannot read host %s: %s", self.host_id, exc)
-            return
-        now = time.monotonic()
-        live = list(self._live)
-        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
-        if change.limits_changed:
-            self.limiter.set_limits(
-                change.firewall.max_bytes_per_sec, change.firewall.max_requests_per_sec, now
-            )
-        for paid in live:
-            if paid.client in change.denied:
-                paid.deny()
-        await self._check_on_ledger(live, now)
-
-    async def _check_on_ledger(self, live: list[_PaidConnection], now: float) -> None:
-        """As :meth:`dtp.paid.PaidServer._check_on_ledger` (the reads in a thread)."""
-        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
-        if not due:
-            return
-        try:
-            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
-        except ChainError as exc:
-            logger.warning("cannot read the state of open connections: %s", exc)
-            return
-        for paid in ended:
-            paid.closed_on_ledger()
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._live)
-
-    def close(self) -> None:
-        """Stop accepting and refreshing. Open connections finish and settle; once the
-        last has (at once when there are none), the receipt writer writes what it holds
-        and stops (waited for in a thread, not on the event loop; inline only when the
-        loop is ending), and a store :func:`serve` opened from ``receipts`` (a path) is
-        closed. A :class:`ReceiptStore` passed in stays open: the caller's to close, once
-        :meth:`wait_released` returned True. A client admitted as the server closes is
-        refused and its ledger connection settled at once, nothing claimed, before the
-        release."""
-        if self._closed:
-            return
-        self._closed = True
-        self._closing.set()
-        if self._policy_task is not None:
-            self._policy_task.cancel()
-        if self._recovery is not None:
-            self._recovery.stop()
-        if self.server is not None:
-            self.server.close()
-        if not self._handling:
-            self._release()
-        else:
-            # what is waiting is written now (the last connection to end stops the
-            # writer). Waited for in a thread: a commit held up (a stalled disk, another
-            # process holding the store's lock) froze the loop, every connection's I/O
-            # and timers with it, for the flush's timeout.
-            threading.Thread(
-                target=self.receipt_writer.flush,
-                kwargs={"timeout": 5.0},
-                name="dtp-paid-aio-flush",
-                daemon=True,
-            ).start()
-
-    def _release(self) -> None:
-        """Stop the receipt writer and close our own store (once, when the server is
-        closed and no connection can write any more): in the loop's executor (joining
-        the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
-        waits for the executor's jobs before it returns, so the store is closed by
-        then -- unless the writer is still writing after that wait: then its thread
-        detaches and closes, once it stops), which sets ``_released`` when done; inline
-        when no loop runs or it is ending (its executor shut down)."""
-        if self._releasing:
-            return
-        self._releasing = True
-        job: asyncio.Future[None] | None = None
-        if not self._loop_ending:
-            with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
-                job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
-        if job is None:
-            try:
-                self._release_store(inline=True)
-            finally:
-                # (as the executor's job: set when it failed too, the failure raised
-                # here where the job's is logged; unset, wait_released() said False)
-                self._released.set()
-        else:
-            job.add_done_callback(self._store_released)
-
-    def _store_released(self, job: asyncio.Future[None]) -> None:
-        if not job.cancelled() and job.exception() is not None:
-            logger.error("releasing the receipt store failed", exc_info=job.exception())
-        self._released.set()
-
-    def _release_store(self, inline: bool = False) -> None:
-        # (a recovery under way first, then the writer, as dtp.paid's; bounded, for
-        # the loop's own thread runs this when the loop is ending: a claim that takes
-        # longer has its "claimed" mark logged as not written, the claim made)
-        if self._recovery is not None:
-            self._recovery.join(RECOVERY_CLOSE_WAIT if inline else None)
-        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
-
-    def _detach(self) -> None:
-        """Leave the store once the receipt writer has stopped (as dtp.paid's: until
-        then the run's lock file says its rows are a live server's)."""
-        if self._attached:
-            self._attached = False
-            self.store.detach_server()
-
-    async def wait_closed(self) -> None:
-        """Wait until the listener is closed (connections being served go on: see
-        :meth:`wait_released`)."""
-        if self.server is not None:
-            await self.server.wait_closed()
-
-    def wait_released(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
-        """After :meth:`close`: wait until every connection the server was serving
-        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
-        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
-        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
-        client keeps its connection open, and for a receipt writer the release left
-        still writing. (False at once when the server is not closed.)
-
-        Not from a callback: it would wait for its own connection
-        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's; raised by
-        the call itself, so ``asyncio.wait_for(server.wait_released(), t)`` there is
-        refused too). A task the callback started (an admin "stop": close, wait, exit)
-        may call it: it waits for the callback's connection too, which ends once the
-        callback returns. So a callback must not await such a task: it would wait
-        until ``timeout``."""
-        # (checked at the call, in the caller's task: wait_for() on Python 3.11 runs
-        # the coroutine in a task of its own)
-        try:
-            caller = asyncio.current_task()
-        except RuntimeError:  # (made off the loop, for run_coroutine_threadsafe())
-            caller = None
-        if caller is not None and caller in self._callback_tasks:
-            raise LocalProtocolError("wait_released() in a callback waits for its own connection")
-        return self._await_released(timeout)
-
-    async def _await_released(self, timeout: float | None) -> bool:
-        if not self._closed:
-            return False
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._released.wait(), timeout)
-        if not self._released.is_set():
-            return False
-        # The release waits for the receipt writer only so long (release_receipts); one
-        # still writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (close(0) only looks: the thread is told already;
-        # a writer that gave receipts up has stopped, its close() False all the same.)
-        while not self.receipt_writer.close(0) and not self.receipt_writer.stopped:
-            if deadline is not None and loop.time() >= deadline:
-                return False
-            await asyncio.sleep(_WRITER_POLL)
-        return True
-
-    async def serve_forever(self) -> None:
-        assert self.server is not None
-        await self.server.serve_forever()
-
-    async def __aenter__(self) -> PaidAioServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-
-async def serve(
-    host_id: str,
-    port: int,
-    callback: PaidCallback,
-    *,
-    ledger: Ledger,
-    identity: HostIdentity,
-    address: tuple[str, int] = ("127.0.0.1", 0),
-    receipts: ReceiptStore | str | Path | None = None,
-    policy: ServicePolicy | None = None,
-    config: ConnectionConfig | None = None,
-    endpoint: tuple[str, int] | None = None,
-    backlog: int = 128,
-    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-    open_grace: float | None = None,
-) -> PaidAioServer:
-    """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
-    ``callback(reader, writer)`` runs per admitted client.
-
-    ``max_handshakes``, ``backlog`` (the longest line of connections waiting for one of
-    those handshakes to end), ``max_handshakes_per_address`` and
-    ``max_waiting_per_address``: the bounds on handshakes in progress, as
-    :func:`dtp.aio.start_server`'s (same defaults; refused as there -- ValueError,
-    TypeError for a backlog that is no integer -- but before the ledger is read or
-    written). ``open_grace``: the admission's grace for an open still landing, as
-    :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
-    written)."""
-    # before the ledger is read or written (as dtp.socket.serve): a wrong identity
-    # failed only after the listener started and the store was recovered; so did a
-    # bound start_server refuses, after the recovery claimed on the ledger
-    _check_server_identity(identity)
-    _check_handshake_bounds(
-        max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
-    )
-    check_address(address, "address")
-    if endpoint is not None:
-        check_address(endpoint, "endpoint")
-    checked_open_grace(open_grace)
-    store, opened = open_store(receipts)
-    try:
-        server = PaidAioServer(
-            host_id,
-            port,
-            callback,
-            ledger=ledger,
-            identity=identity,
-            store=store,
-            policy=policy or ServicePolicy(),
-            close_store=closes_store(receipts),
-            open_grace=open_grace,
-        )
-    except BaseException:
-        if opened:
-            store.close()
-        raise
-    try:
-        await server._start(
-            address,
-            config,
-            endpoint,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
-        )
-    except BaseException:
-        # whatever started so far stops with the error, the store too (in memory as
-        # well: nobody gets this server); closed by the release, which waits for a
-        # connection admitted while the endpoint was being published
-        server._own_store = opened
-        server.close()
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
-        raise
-    return server

@@ -1,7 +1,8 @@
 """UDP through DTP on asyncio: :func:`relay_udp_async` and :class:`AsyncUdpForwarder`,
-the asyncio twins of :func:`dtp.udp.relay_udp` and :class:`dtp.udp.UdpForwarder`, with
-the same wire (DATAGRAM frames; usage reports and receipts on stream 0) and the same
-per-datagram billing (docs/udp.md). The services daemon uses them for UDP services.
+the asyncio twins of :func:`dtp.hostid.udp.blocking.relay_udp` and
+:class:`dtp.hostid.udp.blocking.UdpForwarder`, with the same wire (DATAGRAM frames;
+usage reports and receipts on stream 0) and the same per-datagram billing (docs/udp.md).
+The services daemon uses them for UDP services.
 """
 
 from __future__ import annotations
@@ -16,30 +17,32 @@ from typing import Any
 
 from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, InsufficientFunds, TunnelError
-from dtp.payments.ratelimit import ClientBuckets
-from dtp.payments.receipts import Meter
-from dtp.udp import (
-    _CLOSE_WAIT,
-    _LEN,
-    _USAGE,
+from dtp.hostid.udp.engine import (
+    CLOSE_WAIT,
+    LEN,
+    USAGE,
+    BadControlFrame,
     FlowAccount,
     UdpBilling,
     UdpStats,
-    _abort_control,
-    _backend_socket,
-    _BadControlFrame,
-    _bind_udp,
-    _check_backend,
-    _check_control_size,
-    _check_final,
-    _control,
-    _drain,
-    _drain_by_source,
-    _pass_replies,
-    _take_receipt,
+    abort_control,
+    check_control_size,
+    check_final,
+    control_frame,
+    take_receipt,
+)
+from dtp.hostid.udp.sockets import (
+    backend_socket,
+    bind_udp,
+    check_backend,
     check_count,
     check_seconds,
+    drain,
+    drain_by_source,
+    pass_replies,
 )
+from dtp.payments.ratelimit import ClientBuckets
+from dtp.payments.receipts import Meter
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
 
@@ -54,23 +57,23 @@ LOSSY_FINAL_RECEIPT_WAIT = 30.0
 
 async def _read_control(reader: DTPStreamReader) -> bytes | None:
     """The next control frame's body, or None at the end of the stream (or its error).
-    Raises :class:`dtp.udp._BadControlFrame` for a length out of bounds."""
+    Raises :class:`dtp.hostid.udp.engine.BadControlFrame` for a length out of bounds."""
     try:
         header = await reader.readexactly(4)
-        (size,) = _LEN.unpack(header)
-        _check_control_size(size)
+        (size,) = LEN.unpack(header)
+        check_control_size(size)
         return await reader.readexactly(size)
-    except _BadControlFrame:
+    except BadControlFrame:
         raise
     except (asyncio.IncompleteReadError, DTPError):
         return None
 
 
 async def _open_backend(backend: tuple[str, int]) -> socket.socket:
-    """:func:`dtp.udp._backend_socket`, its name looked up off the event loop: a
+    """:func:`dtp.hostid.udp.sockets.backend_socket`, its name looked up off the event loop: a
     blocking lookup (connect() on a host name) held up every flow and tunnel of the
     daemon for as long as DNS took. Raises :class:`~dtp.errors.TunnelError` as it does."""
-    _check_backend(backend)
+    check_backend(backend)
     # the family the blocking version used (a name resolves to IPv4 there), so that a
     # backend "localhost:53" listening on 127.0.0.1 only is still reached
     family = socket.AF_INET6 if ":" in backend[0] else socket.AF_INET
@@ -83,7 +86,7 @@ async def _open_backend(backend: tuple[str, int]) -> socket.socket:
     if not infos:
         raise TunnelError(f"UDP backend {backend} cannot be used: no address")
     found, _, _, _, address = infos[0]
-    return _backend_socket(backend, blocking=False, resolved=(found, address))
+    return backend_socket(backend, blocking=False, resolved=(found, address))
 
 
 async def relay_udp_async(
@@ -99,12 +102,12 @@ async def relay_udp_async(
     finish: asyncio.Event | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and back (see
-    :func:`dtp.udp.relay_udp`, billing and ``limits`` included), until the connection
-    ends or sits idle; then the connection is closed, as :func:`dtp.udp.relay_udp`
-    closes its socket (a client sending on would otherwise be heard by nobody, and
-    never told). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be
-    used as a UDP destination at all (the connection closed too); a host name is
-    looked up without blocking the event loop.
+    :func:`dtp.hostid.udp.blocking.relay_udp`, billing and ``limits`` included), until the
+    connection ends or sits idle; then the connection is closed, as
+    :func:`dtp.hostid.udp.blocking.relay_udp` closes its socket (a client sending on would
+    otherwise be heard by nobody, and never told). Raises :class:`~dtp.errors.TunnelError`
+    when ``backend`` cannot be used as a UDP destination at all (the connection closed
+    too); a host name is looked up without blocking the event loop.
 
     ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
     and replies from then on are dropped, ``dropped_finishing``), reports its final
@@ -134,7 +137,7 @@ async def relay_udp_async(
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
         try:
-            if not _pass_replies(_drain(udp), limit, writer.send_datagrams, stats, billing, limits):
+            if not pass_replies(drain(udp), limit, writer.send_datagrams, stats, billing, limits):
                 return
         except DTPError:
             return
@@ -151,7 +154,7 @@ async def relay_udp_async(
         totals = billing.report_due(report_every, force)
         if totals is not None:
             try:
-                writer.write(_control(b"U", _USAGE.pack(*totals)))
+                writer.write(control_frame(b"U", USAGE.pack(*totals)))
             except DTPError as exc:
                 # the client reset the control stream: no more usage reports, so the
                 # relay ends, as relay_udp does. (Raised in the connection's datagram
@@ -169,7 +172,7 @@ async def relay_udp_async(
     def replies_finishing() -> None:
         # read and counted, as the client's datagrams are: left unread, they vanished
         # with the socket, counted nowhere (docs/udp.md counts them)
-        stats.add(dropped_finishing=len(_drain(udp)))
+        stats.add(dropped_finishing=len(drain(udp)))
 
     async def control() -> None:
         assert billing is not None
@@ -177,17 +180,17 @@ async def relay_udp_async(
         try:
             while (body := await _read_control(reader)) is not None:
                 if body[:1] == b"R":
-                    _take_receipt(billing, body[1:])
+                    take_receipt(billing, body[1:])
                 elif body == b"F":
                     finals += 1
-                    _check_final(finals)
-                    writer.write(_control(b"Z", _USAGE.pack(*billing.final_totals())))
+                    check_final(finals)
+                    writer.write(control_frame(b"Z", USAGE.pack(*billing.final_totals())))
                 else:
-                    raise _BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
-        except _BadControlFrame as exc:
+                    raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+        except BadControlFrame as exc:
             # returning quietly left the relay forwarding with nobody reading the
             # receipts: the client was served on credit, then dropped as unpaid for good
-            _abort_control(writer, exc)
+            abort_control(writer, exc)
         except DTPError:
             pass  # (the connection ended, or the client reset the stream)
         finally:
@@ -309,7 +312,7 @@ class _Flow(FlowAccount):
 
 class AsyncUdpForwarder:
     """A local UDP endpoint whose flows go through DTP (see
-    :class:`dtp.udp.UdpForwarder`). Create with :meth:`start`.
+    :class:`dtp.hostid.udp.blocking.UdpForwarder`). Create with :meth:`start`.
 
     ``connect()`` is a coroutine function returning a new ``(reader, writer)`` to the
     relaying service (e.g. :func:`dtp.aio.open_connection` with a ``dtp://`` address);
@@ -367,7 +370,7 @@ class AsyncUdpForwarder:
         """Bind ``listen`` and start forwarding."""
         loop = asyncio.get_running_loop()
         forwarder = cls(connect, **kw)
-        sock = _bind_udp(listen, blocking=False)
+        sock = bind_udp(listen, blocking=False)
         forwarder._sock = sock
         forwarder.address = sock.getsockname()[:2]
         loop.add_reader(sock.fileno(), forwarder._readable)
@@ -384,7 +387,7 @@ class AsyncUdpForwarder:
     def _readable(self) -> None:
         """Every datagram waiting, grouped by source: one seal and write per flow."""
         assert self._sock is not None
-        for source, batch in _drain_by_source(self._sock, _BATCH).items():
+        for source, batch in drain_by_source(self._sock, _BATCH).items():
             self._datagrams_from(source, batch)
 
     def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
@@ -516,24 +519,24 @@ class AsyncUdpForwarder:
         assert flow.reader is not None
         try:
             await self._control_loop(flow)
-        except _BadControlFrame as exc:
+        except BadControlFrame as exc:
             # the flow ends with its connection (_replies): serving on, the relay
             # billed reports nobody signed until its credit ran out
             if flow.writer is not None:
-                _abort_control(flow.writer, exc)
+                abort_control(flow.writer, exc)
         flow.final.set()
 
     async def _control_loop(self, flow: _Flow) -> None:
-        """(_control's loop) Raises :class:`dtp.udp._BadControlFrame` for a frame the
+        """(_control's loop) Raises :class:`dtp.hostid.udp.engine.BadControlFrame` for a frame the
         relay never sends."""
         assert flow.reader is not None
         while (body := await _read_control(flow.reader)) is not None:
             kind = body[:1]
-            if kind not in (b"U", b"Z") or len(body) != 1 + _USAGE.size:
-                raise _BadControlFrame(f"unexpected UDP control frame {kind!r}")
+            if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
+                raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
             try:
                 paid = flow.paid
-                frame = flow.sign(*_USAGE.unpack(body[1:]))
+                frame = flow.sign(*USAGE.unpack(body[1:]))
                 if frame is not None and flow.writer is not None:
                     flow.writer.write(frame)
                     flow.signed(self.stats, paid)
@@ -559,7 +562,7 @@ class AsyncUdpForwarder:
             if writer is not None:
                 if flow.meter is not None:
                     with contextlib.suppress(DTPError, OSError):
-                        writer.write(_control(b"F"))
+                        writer.write(control_frame(b"F"))
                         await asyncio.wait_for(flow.final.wait(), self.final_timeout)
                 with contextlib.suppress(DTPError, OSError):
                     writer.close()
@@ -661,7 +664,7 @@ class AsyncUdpForwarder:
             if left:
                 # (bounded as the blocking close's wait for connects: a connect that
                 # ignores its cancellation does not hold the close for good)
-                await asyncio.wait(left, timeout=_CLOSE_WAIT)
+                await asyncio.wait(left, timeout=CLOSE_WAIT)
         finally:
             self._closer = None
             # nothing uses it once taken (replies find no socket and are dropped): a

@@ -1,0 +1,63 @@
+"""Paid connections by host ID (docs/escrow.md §6.1): what ``dtp.paid`` held, the blocking
+paid server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
+
+``policy`` has what both drivers apply, ``blocking`` the paid stream, ``server`` the
+blocking server, ``asyncio_streams`` and ``asyncio_server`` their asyncio twins; the
+server's receipt store and settlements are the payments layer's
+(:mod:`dtp.payments.serving`).
+"""
+
+from dtp.hostid.paid.blocking import Handler, PaidSocket
+from dtp.hostid.paid.policy import (
+    CLOSED_REFUSAL,
+    ServicePolicy,
+    check_address,
+    datagram_sizes,
+    gate_for,
+)
+from dtp.hostid.paid.server import PaidServer
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.serving import (
+    RECOVERY_CLOSE_WAIT,
+    RECOVERY_INTERVAL,
+    RELEASE_WRITER_WAIT,
+    RETRY_MAX_ROUNDS,
+    SERVED_REFUSAL,
+    UNKNOWN_RECEIPTS_REFUSAL,
+    Recovery,
+    SettlementRetries,
+    closes_store,
+    open_store,
+    recover_store,
+    release_receipts,
+    served_refusal,
+    settle_ended,
+)
+from dtp.payments.settlement import collect_refund
+
+__all__ = [
+    "CLOSED_REFUSAL",
+    "RECOVERY_CLOSE_WAIT",
+    "RECOVERY_INTERVAL",
+    "RELEASE_WRITER_WAIT",
+    "RETRY_MAX_ROUNDS",
+    "SERVED_REFUSAL",
+    "UNKNOWN_RECEIPTS_REFUSAL",
+    "Handler",
+    "MeteringConfig",
+    "PaidServer",
+    "PaidSocket",
+    "Recovery",
+    "ServicePolicy",
+    "SettlementRetries",
+    "check_address",
+    "closes_store",
+    "collect_refund",
+    "datagram_sizes",
+    "gate_for",
+    "open_store",
+    "recover_store",
+    "release_receipts",
+    "served_refusal",
+    "settle_ended",
+]

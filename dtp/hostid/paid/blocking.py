@@ -1,0 +1,832 @@
+"""A paid connection with blocking sockets: :class:`PaidSocket`, the stream a
+:class:`~dtp.hostid.paid.server.PaidServer` handler gets, and the connection state
+its streams share (receipt gate, rate limits; docs/escrow.md §6.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import operator
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    DTPTimeoutError,
+    PaymentRequired,
+)
+from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.ledger.receipt import Receipt
+from dtp.payments.metering import (
+    CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
+    CLOSE_PAYMENT_REQUIRED,
+    RECEIPT_REQUEST,
+    GateState,
+    GateVerdict,
+    ReceiptGate,
+)
+from dtp.payments.ratelimit import ClientBuckets, datagram_charge
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.socket import (
+    _SSIZE_MAX,
+    _checked_flags,
+    _checked_size,
+    _checked_timeout,
+    recv_into_target,
+    stream_file,
+)
+
+if TYPE_CHECKING:
+    from dtp.ledger.interface import Ledger
+    from dtp.socket import DTPSocket
+
+
+logger = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class PaidConnection:
+    """The server's state of one paid connection (shared by its streams)."""
+
+    def __init__(
+        self,
+        sock: DTPSocket,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        limit_lock: threading.Lock,
+        policy: ServicePolicy,
+        writer: ReceiptWriter,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.sock = sock
+        self.receipt_writer = writer
+        #: Where the escrow is read again when the deposit holds the connection (a
+        #: top-up while it is open); None: never
+        self.ledger = ledger
+        # the engine is the connection's I/O driver; the paid layer waits on it while
+        # paused, as the socket's own calls do
+        self.engine = sock._engine
+        self.client = sock.peer_address or ""
+        self.connection_id = sock.peer_connection_id or ""
+        self.gate = gate
+        self.buckets = buckets
+        self.limit_lock = limit_lock
+        self.policy = policy
+        self.receipts = 0
+        #: When (monotonic) the connection's state on the ledger is read next
+        self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
+        # Bytes that may still move before the gate is asked again: what it allowed at
+        # its last look (at most CREDIT_MAX), less every read and write since, each also
+        # counted as CALL_COST at least (what a handler moves around the PaidSocket is
+        # then looked at within CREDIT_MAX / CALL_COST calls all the same)
+        self._credit = 0
+        # Writes have a credit of their own. The connection's streams may be driven from
+        # several threads at once: a write takes its bytes from it before it sends
+        # (reserve), and until they are in the usage (sent) they count as _sending, which
+        # a look at the gate meanwhile deducts, with the bytes queued beyond the client's
+        # window (the usage counts a byte once sent). Checked after and counted after,
+        # each of N writers took the whole credit (a client paying nothing got N times
+        # the allowance). Reads keep the plain credit: what they take is in the usage
+        # already, and one waiting for writes that wait for the client to read could
+        # wait for good.
+        self._send_credit = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._sending = 0
+        self._waiters = 0
+        # when a paused call last asked the client for a receipt (monotonic)
+        self._asked_at = -math.inf
+        # when the pause of a datagram send its timeout ended began (see _look)
+        self._whole_paused_at: float | None = None
+        #: The receipt that came with the end of the connection (the client's final one,
+        #: in the read that brought its CLOSE): nothing is served on it any more, so it is
+        #: not written first but claimed by the settlement at once, whose claim on the
+        #: ledger is its durable copy; written only should the settlement not claim it
+        self.final: Receipt | None = None
+
+    def on_receipt(self, data: bytes) -> None:
+        """A RECEIPT frame from the client (engine lock held): check it here, store it
+        in the writer thread, count it once stored."""
+        try:
+            receipt = self.gate.check(data)
+        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
+            # a violation closes the connection at the next look
+            self._credit = self._send_credit = 0
+            logger.warning("connection %s: %s", self.connection_id, exc)
+            return
+        if self.engine.conn.closed:
+            self.final = receipt
+            return
+        self.receipt_writer.submit(receipt, self._kept)
+
+    def _kept(self, receipt: Receipt) -> None:
+        """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
+        self.gate.kept(receipt)
+        self.receipts += 1
+        self.engine._wake()
+
+    def verdict(self, whole: int = 0) -> GateVerdict:
+        """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
+        :meth:`reserve_datagrams`)."""
+        total_bytes, total_requests = self.engine.conn.usage
+        return self.gate.verdict(_now_ms(), total_bytes + whole, total_requests)
+
+    def wait_paid(
+        self,
+        sock: DTPSocket | None = None,
+        timeout: float | Literal["socket"] | None = "socket",
+    ) -> None:
+        """Return when the receipts cover the usage (within the allowance); while they
+        do not, neither read nor write (so no flow-control credit goes back) and ask the
+        client for a receipt. Raises PaymentRequired after closing the connection when
+        none comes within the pause timeout.
+
+        ``sock``: the socket whose call waits, and ``timeout`` the call's own
+        (``"socket"``: ``sock``'s, as for recv; a number or None: recv_datagram's): a
+        pause is waited out within it, then raises as the unpaid call would when nothing
+        comes (:meth:`_look`). The gate's pause clock goes on across such calls:
+        the connection closes once paused ``pause_timeout``, at the next call that looks."""
+        if self._credit > 0:
+            return  # within what the gate allowed at its last look
+        self._look(False, 0, sock, timeout)
+
+    def wait_send(self, sock: DTPSocket) -> None:
+        """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
+        queued bytes to go is waiting for the client to read, as a plain send waits:
+        within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
+        and so is a pause for payment."""
+        if self._send_credit > 0:
+            return
+        start = time.monotonic()
+        while not self._look(True, 0, sock, "socket", start):
+            timeout = sock.gettimeout()
+            if timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
+            if timeout is not None and time.monotonic() - start >= timeout:
+                raise DTPTimeoutError("timed out")
+
+    def _look(
+        self,
+        writing: bool,
+        whole: int = 0,
+        sock: DTPSocket | None = None,
+        timeout: float | Literal["socket"] | None = "socket",
+        began: float | None = None,
+    ) -> bool:
+        """One look at the gate for :meth:`wait_paid` (:meth:`wait_send` if
+        ``writing``): False when the credit it allows is all held by writes under way or
+        queued (after waiting a little for some of them to go), so that the writer looks
+        again. ``whole``: bytes of a write that cannot go in part (a datagram), judged
+        as if in the usage already: paused until the credit covers all of them.
+        ``sock``, ``timeout``: the call's timeout, which a pause is waited out within
+        (:meth:`wait_paid`; None ``sock``: until the pause ends), counted from ``began``
+        (the call's start; by default the pause's), then BlockingIOError (the socket's
+        timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
+        total_bytes, total_requests = self.engine.conn.usage
+        gate = self.gate
+        if gate.serving(total_bytes + whole, total_requests):
+            # served again: a pause that comes later is a new one (kept, a datagram
+            # send's timed-out pause made the next one, hours later, close at once)
+            self._whole_paused_at = None
+            self._asked_at = -math.inf
+            return self._refill(writing, whole)
+        self.read_deposit()
+        verdict = self.verdict(whole)
+        engine = self.engine
+        # A pause for ``whole`` bytes is timed here: the gate's own pause clock restarts
+        # whenever another call (a read in another thread) finds the usage without them
+        # served, so a datagram no credit can cover waited for as long as others moved
+        # data, never closing the connection. A call its timeout ended leaves the clock
+        # running for the next one: a non-blocking sender that tried again never closed
+        now = time.monotonic()
+        paused_at = now
+        if whole and self._whole_paused_at is not None:
+            paused_at = self._whole_paused_at
+        # the caller's timeout (the socket's, or recv_datagram's): the pause waited out
+        # pause_timeout whatever it was, and a non-blocking handler's call blocked
+        deadline = None
+        nonblocking = False
+        if sock is not None and verdict.state is GateState.PAUSE:
+            if timeout == "socket":
+                timeout = sock.gettimeout()
+                nonblocking = timeout == 0
+            else:
+                timeout = _checked_timeout(timeout)  # (recv_datagram's, as it checks it)
+            if timeout is not None:
+                deadline = (now if began is None else began) + timeout
+        while verdict.state is GateState.PAUSE:
+            if whole and time.monotonic() - paused_at >= self.policy.pause_timeout:
+                verdict = GateVerdict(
+                    GateState.CLOSE,
+                    verdict.owed,
+                    f"payment required: no credit covered a datagram of {whole} bytes "
+                    f"within {self.policy.pause_timeout} s",
+                )
+                break
+            with engine.lock:
+                if engine.session.terminated is not None or engine.closed:
+                    return True  # the caller's own call reports how the connection ended
+                now = time.monotonic()
+                interval = self.policy.request_interval
+                # (once an interval or so in one pause: a non-blocking handler trying
+                # again at once asked the client for a receipt on every call)
+                if now - self._asked_at >= interval / 2:
+                    self._asked_at = now
+                    with contextlib.suppress(DTPError):
+                        engine.conn.send_receipt(RECEIPT_REQUEST)
+                engine.flush()
+                wait = interval if deadline is None else min(interval, deadline - now)
+                if wait > 0:
+                    with contextlib.suppress(DTPTimeoutError):
+                        engine.pump(
+                            lambda: (
+                                self.verdict(whole).state is not GateState.PAUSE
+                                or engine.session.terminated is not None
+                            ),
+                            wait,
+                        )
+                else:
+                    engine.poll()  # one look at what came (a receipt, say)
+            # (the engine lock let go: the escrow is read in this thread, not under it)
+            self.read_deposit()
+            verdict = self.verdict(whole)
+            if (
+                verdict.state is GateState.PAUSE
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):
+                if whole:
+                    self._whole_paused_at = paused_at
+                if nonblocking:
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+                raise DTPTimeoutError("timed out")
+        # the pause is over: the next one asks for a receipt at once
+        self._asked_at = -math.inf
+        if whole:
+            self._whole_paused_at = None
+        if verdict.state is GateState.CLOSE:
+            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
+            engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
+            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+        if verdict.state is GateState.SERVE:
+            return self._refill(writing, whole)
+        return True
+
+    def read_deposit(self, *, ending: bool = False) -> None:
+        """Read the escrow again when the gate wants it (the deposit holds a paused
+        connection, or a receipt waits above it: the client may have topped it up while
+        the connection was open; at most once per DEPOSIT_READ_INTERVAL_MS), and go on
+        with what it holds now. A gate that kept the deposit admission read would hold a
+        client that topped up to the old one, and close the connection as invalid at its
+        first receipt above it. Called without the engine lock (a ledger read).
+
+        ``ending`` (the connection is over, the settlement next): read it whenever a
+        receipt still waits above the deposit, whatever the interval. A connection that
+        was serving never looked at it, and the settlement claimed an older receipt: the
+        client had topped up and signed for more, and the server lost the difference."""
+        gate = self.gate
+        ledger = self.ledger
+        now = _now_ms()
+        if ledger is None or gate.escrow_id is None:
+            return
+        if not gate.wants_deposit(now, *self.engine.conn.usage, ending=ending):
+            return
+        gate.deposit_reading(now)
+        try:
+            deposited = ledger.get_escrow(gate.escrow_id).deposited
+        except ChainError as exc:
+            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            return
+        pending = gate.deposit_read(deposited)
+        if pending is not None:
+            # the receipt that waited above the old deposit: through the usual path now
+            with self.engine.lock:
+                self.on_receipt(pending.encode())
+        if gate.violation is not None:
+            self._credit = self._send_credit = 0
+
+    def _refill(self, writing: bool, whole: int = 0) -> bool:
+        """Set the credit to what the gate allows (the connection serving); for writes,
+        less the bytes written but not in the usage yet: those of writes under way, and
+        those queued in the connection beyond the client's flow-control window (the
+        usage counts a byte once it is sent). False when they hold all of it (or, for a
+        write of ``whole`` bytes, too much of it for them), after waiting up to
+        ``request_interval`` for some of them to go."""
+        engine = self.engine
+        if not writing:
+            self._credit = min(self.gate.credit_bytes(*engine.conn.usage), CREDIT_MAX)
+            return True
+        with self._cond:
+            # usage and queue first, then _sending, all under this lock: a write that
+            # ends in between (in them, not yet released) is counted twice, never not
+            # at all
+            with engine.lock:
+                total_bytes, total_requests = engine.conn.usage
+                queued = engine.conn.send_buffered()
+                ended = engine.session.terminated is not None or engine.closed
+            sending = self._sending
+            credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
+            if credit >= max(whole, 1) or not (sending or queued) or ended:
+                self._send_credit = min(max(credit, 0), CREDIT_MAX)
+                return True
+            if not queued:
+                self._waiters += 1
+                try:
+                    self._cond.wait(self.policy.request_interval)
+                finally:
+                    self._waiters -= 1
+                return False
+        # the queued bytes go out as the client reads: drive the I/O until some did
+        with engine.lock, contextlib.suppress(DTPTimeoutError):
+            engine.pump(
+                lambda: (
+                    engine.conn.send_buffered() < queued
+                    or engine.session.terminated is not None
+                    or engine.closed
+                ),
+                self.policy.request_interval,
+            )
+        return False
+
+    def reserve(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now (after :meth:`wait_send`), taken
+        from the credit at once and held as under way until :meth:`sent`."""
+        with self._cond:
+            credit = self._send_credit
+            take = nbytes if nbytes <= credit else max(1, credit)
+            self._send_credit = credit - max(take, CALL_COST)
+            self._credit -= max(take, CALL_COST)  # reads look again as they did
+            self._sending += take
+        return take
+
+    def reserve_datagrams(self, sock: DTPSocket, sizes: list[int], start: int) -> tuple[int, int]:
+        """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
+        (a datagram cannot go in part: its bytes are metered as they go), pausing for a
+        receipt as a write does at the end of the credit; then take from the credit as
+        many datagrams from ``start`` on as it covers, as :meth:`reserve` does. Returns
+        (how many, their bytes held as under way until :meth:`sent`); (0, 0) once the
+        connection ended (the send then reports how). Waits within ``sock``'s timeout,
+        as :meth:`wait_send`."""
+        engine = self.engine
+        first = sizes[start]
+        began = time.monotonic()
+        while True:
+            with self._cond:
+                credit = self._send_credit
+                if credit > 0 and credit >= first:
+                    count = taken = 0
+                    for i in range(start, len(sizes)):
+                        size = sizes[i]
+                        if count and (credit < size or credit <= 0):
+                            break
+                        credit -= max(size, CALL_COST)
+                        taken += size
+                        count += 1
+                    self._send_credit = credit
+                    self._credit -= max(taken, CALL_COST)  # reads look again as they did
+                    self._sending += taken
+                    return count, taken
+            if engine.session.terminated is not None or engine.closed:
+                return 0, 0
+            if not self._look(True, first, sock, "socket", began):
+                timeout = sock.gettimeout()
+                if timeout == 0:
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+                if timeout is not None and time.monotonic() - began >= timeout:
+                    raise DTPTimeoutError("timed out")
+
+    def sent(self, reserved: int) -> None:
+        """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
+        with self._cond:
+            self._sending -= reserved
+            if self._waiters:
+                self._cond.notify_all()
+
+    def room(self, nbytes: int) -> int:
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`):
+        no more than the gate's credit, so that one call cannot carry a client that pays
+        nothing far past the allowance; at least 1 byte, since the gate said serve."""
+        credit = self._credit
+        if nbytes <= credit:
+            return nbytes
+        # Short of the read: ask the gate again before cutting it. Cut by the credit's
+        # own bookkeeping (every CREDIT_MAX bytes of a bulk read), the lane stopped
+        # with the rest of a carrier read in hand, and that went the general path --
+        # copied into the stream's buffer, then out again -- a few percent of a
+        # metered bulk transfer's bytes. Now only what the gate allows cuts a read.
+        credit = min(self.gate.credit_bytes(*self.engine.conn.usage), CREDIT_MAX)
+        self._credit = credit
+        return nbytes if nbytes <= credit else max(1, credit)
+
+    def request_final_receipt(self) -> None:
+        """Before the server closes: ask for a receipt for all usage, and wait up to
+        ``final_receipt_timeout`` for one (while the client is still there)."""
+        engine = self.engine
+        session = engine.session
+
+        def done() -> bool:
+            return session.terminated is not None or self.gate.settled_up(*engine.conn.usage)
+
+        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        with engine.lock:
+            while not engine.closed and not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(DTPError):
+                    engine.conn.send_receipt(RECEIPT_REQUEST)
+                    engine.flush()
+                    engine.pump(done, min(left, self.policy.request_interval))
+
+    def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Charge the client's rate limits and wait as long as they say (and count what
+        moved against the gate's last look; a request ends it)."""
+        if requests:
+            self._credit = self._send_credit = 0
+        else:
+            self._credit -= max(nbytes, CALL_COST)
+        self.limit(nbytes, requests)
+
+    def limit(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Charge the client's rate limits and wait as long as they say."""
+        buckets = self.buckets
+        if not buckets.bytes.rate and not buckets.requests.rate:
+            return  # unlimited: the common case costs no clock read and no lock
+        now = time.monotonic()
+        with self.limit_lock:
+            delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+        self._hold(delay, lambda now: max(buckets.bytes.delay(now), buckets.requests.delay(now)))
+
+    def pace(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` stream bytes goes now under the
+        client's bytes/s limit: at most the bucket's take, once the bucket holds it
+        (waits until then, and while the requests/s limit is in debt). Unlimited: all of
+        it at once (no clock read, no lock). See :attr:`dtp.payments.ratelimit.TokenBucket.take`."""
+        buckets = self.buckets
+        bucket = buckets.bytes
+        if not bucket.rate:
+            return nbytes
+        size = max(bucket.take_of(nbytes), 0)
+
+        def wait(now: float) -> float:
+            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+
+        with self.limit_lock:
+            delay = wait(time.monotonic())
+        self._hold(delay, wait)
+        return size
+
+    def _hold(self, delay: float, again: Callable[[float], float]) -> None:
+        """Wait ``delay`` seconds, and then as long as ``again(now)`` says (under the
+        limits' lock), or until the connection ends."""
+        # a wait the connection's end cuts short: a large chunk's debt at a low rate
+        # lasts long, and a plain sleep would hold the handler -- and so the settlement
+        # and the server's release -- for all of it after the client had gone. Looked at
+        # again each refresh interval: the Host may raise or lift the limit meanwhile,
+        # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
+        engine = self.engine
+
+        def ended() -> bool:
+            return engine.session.terminated is not None or engine.closed
+
+        step = self.policy.refresh_interval
+        while delay > 0:
+            with engine.lock, contextlib.suppress(DTPTimeoutError):
+                engine.pump(ended, min(delay, step))
+            if ended():
+                return
+            with self.limit_lock:
+                delay = again(time.monotonic())
+
+    def deny(self) -> None:
+        """The host's firewall now denies the client: close the connection."""
+        logger.info(
+            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
+        )
+        self.engine.abort(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+
+    def closed_on_ledger(self) -> None:
+        """The client closed the connection on the ledger while it is served: close it,
+        for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
+        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
+        self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+
+
+def _left_of(
+    sock: DTPSocket, timeout: float | Literal["socket"] | None, began: float
+) -> float | Literal["socket"] | None:
+    """What is left, at the wait for the datagram, of a receive's ``timeout`` (as
+    :meth:`dtp.socket.DTPSocket.recv_datagram` takes it) that began at ``began`` and
+    waited for payment first: the pause came out of it (the whole timeout again, the
+    call lasted up to twice as long). None (no limit) and a non-blocking socket's
+    "socket" stay as they are; 0 left is one look."""
+    limit = _checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
+    if limit is None or limit == 0:
+        return timeout
+    return max(0.0, limit - (time.monotonic() - began))
+
+
+class PaidSocket:
+    """A stream of a paid connection: a :class:`dtp.socket.DTPSocket` whose reads and
+    writes wait for payment and for the rate limits first. Each read and write moves at
+    most what the gate still allows (so a client that pays nothing gets no more than the
+    allowance's worth, give or take the flow-control window it may fill unasked), and
+    every call that moves stream bytes goes through them: :meth:`makefile`'s file too.
+    The wrapped socket's attributes that move no data (timeouts, addresses, counters,
+    shutdown) are forwarded; the others are refused."""
+
+    def __init__(self, sock: DTPSocket, paid: PaidConnection) -> None:
+        self._sock = sock
+        self._paid = paid
+
+    @property
+    def gate(self) -> ReceiptGate:
+        """The connection's receipt gate (latest receipt, allowance)."""
+        return self._paid.gate
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """:meth:`dtp.socket.DTPSocket.recv`, once the connection is paid up (it waits
+        while paused for a receipt) and within the rate limits: at most what the gate
+        still allows."""
+        if (
+            flags
+            or type(bufsize) is not int
+            or type(flags) is not int
+            or not 0 <= bufsize <= _SSIZE_MAX
+        ):
+            # the socket's checks, before the wait (and the size as the int it stands
+            # for: one that is an int only through __index__ failed the gate's
+            # comparison with the credit, and one past what a socket takes was cut to
+            # the credit and read)
+            bufsize = _checked_size(bufsize, "recv")
+            _checked_flags(flags)
+        paid = self._paid
+        if paid._credit <= 0:
+            paid.wait_paid(self._sock)
+        data = self._sock.recv(paid.pace(paid.room(bufsize)), flags)
+        paid.throttle(len(data))
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """:meth:`dtp.socket.DTPSocket.recv_into`, metered as :meth:`recv`."""
+        # wait_paid, room and throttle inline for the usual read that the credit
+        # covers: a bulk reader makes one of these calls per carrier read, and the
+        # three method calls were about a third of what the wrapper cost it
+        if flags or type(nbytes) is not int or type(flags) is not int:
+            # the socket's checks of the call as made, first (as a socket makes them
+            # before it waits), then the size as the int it stands for: None or 0.0
+            # read the whole buffer while the credit lasted, and a size that is an int
+            # only through __index__ failed the comparison with the credit
+            recv_into_target(buffer, nbytes, flags)
+            nbytes, flags = operator.index(nbytes), operator.index(flags)
+        paid = self._paid
+        if paid._credit <= 0:
+            paid.wait_paid(self._sock)
+        size = nbytes or memoryview(buffer).nbytes
+        if size > paid._credit:
+            # the socket's checks of the call as made, before the gate cuts its size
+            # (a size past the buffer, cut to the credit, would escape them: read)
+            recv_into_target(buffer, nbytes, flags)
+            size = paid.room(size)
+        buckets = paid.buckets
+        if buckets.bytes.rate:
+            paced = paid.pace(size)
+            if paced < size:
+                recv_into_target(buffer, nbytes, flags)  # (as the gate's cut, above)
+            size = paced
+        if type(buffer) is bytearray and size == len(buffer):
+            size = 0  # the whole buffer: the socket's one-call path (no size to check)
+        n: int = self._sock.recv_into(buffer, size, flags)
+        paid._credit -= n if n > CALL_COST else CALL_COST
+        if buckets.bytes.rate or buckets.requests.rate:
+            paid.limit(n)
+        return n
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """:meth:`dtp.socket.DTPSocket.send`, once the connection is paid up and within
+        the rate limits: sends at most what the gate still allows and returns how much
+        was sent."""
+        paid = self._paid
+        paid.wait_send(self._sock)
+        view = memoryview(data).cast("B")
+        size = paid.pace(len(view))
+        if size < len(view):
+            view = view[:size]
+        room = paid.reserve(size)
+        try:
+            n = self._sock.send(view if room == size else view[:room], flags)
+        finally:
+            paid.sent(room)
+        paid.limit(n)
+        return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data`` through :meth:`send`, piece by piece (waiting for payment
+        and the rate limits between the pieces)."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            n = self.send(view[:SEND_SLICE])
+            view = view[n:]
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """:meth:`dtp.socket.DTPSocket.sendfile`, metered: the file goes out through
+        :meth:`send`, piece by piece, so the gate and the rate limits act between the
+        pieces (the wrapped socket's would send it all past them). Returns the bytes
+        sent, the file's position left after the last of them. The socket's timeout
+        bounds each piece, as for :meth:`sendall`."""
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        if self._sock.gettimeout() == 0:
+            raise ValueError("non-blocking sockets are not supported")
+        if offset:
+            file.seek(offset)
+        sent = 0
+        try:
+            while count is None or sent < count:
+                want = SEND_SLICE if count is None else min(SEND_SLICE, count - sent)
+                data = file.read(want)
+                if not data:
+                    break
+                view = memoryview(data).cast("B")
+                while len(view):
+                    n = self.send(view)
+                    view = view[n:]
+                    sent += n
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+        return sent
+
+    def send_recv(self, data: bytes, bufsize: int, *, release: Any = None) -> bytes | None:
+        """Always None, nothing sent (``release`` kept): the socket's one-call exchange
+        would carry both ways past the gate; callers then :meth:`sendall` and
+        :meth:`recv`, as its contract says, which look at the gate each."""
+        return None
+
+    def makefile(
+        self,
+        mode: str = "rb",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object over this stream, as :meth:`socket.socket.makefile`, whose
+        reads and writes are this socket's (the wrapped socket's file would skip the
+        gate)."""
+        return stream_file(self, mode, buffering, encoding, errors, newline)
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`dtp.socket.DTPSocket.send_datagram`, metered as :meth:`send`: the
+        datagram goes once the gate's credit covers all of it (it waits while the
+        connection is paused for payment) and within the rate limits."""
+        self.send_datagrams((data,))
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
+        """:meth:`dtp.socket.DTPSocket.send_datagrams`, metered as :meth:`send_datagram`
+        (in runs the credit covers, each after waiting for it): all of them, or (on a
+        TypeError or LocalProtocolError for any one) none. Returns how many were
+        queued. Those the carrier's backlog drops (``datagrams_send_dropped``) are not
+        charged to the rate limits: they never go."""
+        items = list(datagrams)
+        sock = self._sock
+        sizes = datagram_sizes(items, sock.max_datagram_size)
+        paid = self._paid
+        queued = start = 0
+        while start < len(items):
+            count, reserved = paid.reserve_datagrams(sock, sizes, start)
+            if not count:
+                # the connection ended: the socket's own call says how
+                return queued + sock.send_datagrams(items[start:])
+            try:
+                sent = sock.send_datagrams(items[start : start + count])
+            finally:
+                paid.sent(reserved)
+            queued += sent
+            # the limits charged for the queued ones alone (as send() charges what went):
+            # charged for all, a handler sending to a client that stopped reading waited
+            # out the rate of datagrams the backlog dropped (the credit they took comes
+            # back at the gate's next look: they are not in the usage)
+            paid.limit(sum(map(datagram_charge, sizes[start : start + sent])))
+            start += count
+        return queued
+
+    def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
+        """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
+        datagram is in the usage since it arrived), then within the rate limits."""
+        paid = self._paid
+        if paid._credit > 0:
+            data = self._sock.recv_datagram(timeout)
+        else:
+            began = time.monotonic()
+            paid.wait_paid(self._sock, timeout)
+            data = self._sock.recv_datagram(_left_of(self._sock, timeout, began))
+        paid.throttle(datagram_charge(len(data)))
+        return data
+
+    def recv_datagrams(
+        self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
+    ) -> list[bytes]:
+        """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
+        paid = self._paid
+        if paid._credit > 0:
+            batch = self._sock.recv_datagrams(max_count, timeout)
+        else:
+            began = time.monotonic()
+            paid.wait_paid(self._sock, timeout)
+            batch = self._sock.recv_datagrams(max_count, _left_of(self._sock, timeout, began))
+        paid.throttle(sum(datagram_charge(len(data)) for data in batch))
+        return batch
+
+    def accept_stream(self) -> PaidSocket:
+        """Wait for the client to open a stream (one request) and return it."""
+        self._paid.wait_paid(self._sock)
+        stream = self._sock.accept_stream()
+        self._paid.throttle(requests=1)
+        return PaidSocket(stream, self._paid)
+
+    def open_stream(self) -> PaidSocket:
+        """Open another stream of this connection, metered as this one."""
+        return PaidSocket(self._sock.open_stream(), self._paid)
+
+    def close(self) -> None:
+        """Close this stream (:meth:`dtp.socket.DTPSocket.close`; the first stream's
+        close ends the connection, which the server then settles -- after asking the
+        client for a receipt for all its usage, the final receipt of docs/escrow.md
+        6.1: closed at once, the usage since its last receipt went unpaid)."""
+        sock = self._sock
+        if getattr(sock, "_primary", False) and not getattr(sock, "_closed", True):
+            with contextlib.suppress(DTPError):
+                self._paid.request_final_receipt()
+        sock.close()
+
+    def reset(self, code: int = 0) -> None:
+        """:meth:`dtp.socket.DTPSocket.reset`: the client reads
+        :class:`~dtp.errors.StreamReset` (a reset moves no data: no gate). On the first
+        stream the connection ends without a final receipt (none comes over a reset
+        stream): it is settled with the latest receipt, as after any abort."""
+        self._sock.reset(code)
+
+    def __enter__(self) -> PaidSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _FORWARDED:
+            return getattr(self._sock, name)
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
+            f"forwards only what moves no data, so that nothing passes the receipt gate)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<PaidSocket of {self._sock!r}>"
+
+
+#: What PaidSocket takes from the wrapped socket as it is: none of it moves stream bytes
+#: or datagrams. Anything else (a method added to DTPSocket later, say) is refused rather
+#: than forwarded past the gate.
+_FORWARDED = frozenset(
+    {
+        "stream_id",
+        "peer_address",
+        "peer_connection_id",
+        "peer_port",
+        "peer_static_key",
+        "getpeername",
+        "getsockname",
+        "connection_stats",
+        "settimeout",
+        "gettimeout",
+        "setblocking",
+        "getblocking",
+        "shutdown",
+        "abort",
+        "max_datagram_size",
+        "datagrams_dropped",
+        "datagrams_send_dropped",
+        "connection_id",
+        "escrow_id",
+    }
+)
+
+
+Handler = Callable[[PaidSocket], None]

@@ -1,0 +1,704 @@
+"""Serving a paid DTP service on a host, with blocking sockets (docs/escrow.md §6.1).
+
+    server = dtp.socket.serve(host_id, 7000, handler, ledger=ledger, identity=host_key,
+                              receipts="receipts.db")
+    ...
+    server.close()
+
+:class:`PaidServer` publishes its endpoint and Noise key in the Host, claims whatever
+receipts a previous run left unclaimed, and admits a client only through
+:class:`~dtp.admission.LedgerAdmission`. Each handler gets a :class:`PaidSocket`: the
+connection's first stream, which before every read and write
+
+- checks the client's receipts (:class:`~dtp.payments.metering.ReceiptGate`): when the usage no
+  receipt covers exceeds the allowance it stops reading and writing — the client's sends
+  then block on flow control — asks for a receipt, resumes when one arrives, and closes
+  the connection with :data:`~dtp.payments.metering.CLOSE_PAYMENT_REQUIRED` if none comes within
+  the pause timeout. When it is the escrow's deposit that holds the connection (or a
+  receipt comes above it), the escrow is read again, at most once a second: a client
+  that topped it up while connected is served on;
+- applies the host's per-client rate limits by waiting (back-pressure, never drops).
+
+The Host is re-read every ``refresh_interval``: new limits apply to open connections,
+and a client the firewall now denies is closed with
+:data:`~dtp.payments.metering.CLOSE_FIREWALL_DENIED`. When a connection ends (either side closed,
+or the client vanished), the server claims its latest receipt and the client is refunded
+the rest (:func:`~dtp.payments.settlement.claim_and_settle`).
+
+The Host's connection limits (``max_connections_per_client``, a service's
+``max_connections``) are counted over the connections being served
+(:mod:`dtp.served`): one counts until it ends, not until its settlement is done, and a
+client refused at a limit has its ledger connection settled at once, its deposit
+refunded whole (docs/escrow.md §2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dtp._session import CALLBACK_FAILED
+from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
+from dtp.errors import (
+    ChainError,
+    DTPError,
+    LocalProtocolError,
+    PaymentRequired,
+    move_error,
+)
+from dtp.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
+from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
+from dtp.ledger.objects import Settlement, normalize_id
+from dtp.ledger.receipt import Receipt
+from dtp.payments.metering import (
+    ConnectionIds,
+    ended_on_ledger,
+    ledger_checks_due,
+)
+from dtp.payments.ratelimit import HostPolicy, RateLimiter
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.serving import (
+    RECOVERY_CLOSE_WAIT,
+    SERVED_REFUSAL,
+    Recovery,
+    SettlementRetries,
+    closes_store,
+    open_store,
+    recover_store,
+    release_receipts,
+    served_refusal,
+    settle_ended,
+)
+from dtp.payments.settlement import (
+    publish_endpoint,
+)
+from dtp.protocol.connection import CloseCode
+from dtp.served import ServedConnections
+
+if TYPE_CHECKING:
+    from dtp.admission import PeerInfo
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.interface import Ledger
+    from dtp.protocol.connection import ConnectionConfig
+    from dtp.socket import DTPServer, DTPSocket
+
+
+logger = logging.getLogger(__name__)
+
+
+class _PaidAdmission(LedgerAdmission):
+    """A :class:`PaidServer`'s admission: each decision counts as work its release waits
+    for, and a client admitted as the server closes is refused and settled at once (its
+    ledger connection closed, nothing claimed: its whole deposit refunded) rather than
+    left Open until the half-close timeout."""
+
+    def __init__(
+        self,
+        server: PaidServer,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        open_grace: float | None = None,
+    ) -> None:
+        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
+        self._server = server
+        #: The DTPServer's served connections (dtp.served.served_connections takes them):
+        #: they tell the paid server of every DTP connection it admitted ending
+        self.served = _AdmittedIds(server)
+
+    def __call__(self, peer: PeerInfo) -> str | None:
+        return self._server._admit(peer, super().__call__)
+
+
+class _AdmittedIds(ServedConnections):
+    """The ledger connections of the DTP connections a :class:`PaidServer` admitted
+    (reserved after its admission, released as the engine goes), reported to it: one the
+    server never served -- its handshake finished as the server closed, and the
+    DTPServer or :meth:`PaidServer._handle` aborted it -- is settled then."""
+
+    def __init__(self, server: PaidServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def reserve(
+        self,
+        connection_id: str,
+        client: str | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> str | None:
+        refusal = super().reserve(connection_id, client, limits)
+        self._server._reserved(connection_id, refusal is None)
+        return refusal
+
+    def release(self, connection_id: str) -> None:
+        super().release(connection_id)
+        self._server._unreserved(connection_id)
+
+    def refused_at_limit(self, connection_id: str) -> None:
+        self._server._refused_at_limit(connection_id)
+
+
+#: How long one wait of :meth:`PaidServer.wait_released` without a timeout lasts for a
+#: receipt writer still writing, before it waits again (seconds).
+_WRITER_WAIT = 60.0
+
+
+class PaidServer:
+    """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
+    in background threads from construction until :meth:`close`.
+
+    ``identity`` must be the host's authority (it publishes the endpoint and signs the
+    claims). ``receipts``: a :class:`ReceiptStore` or its file path (keep it across
+    restarts: that is what makes earned fees survive a crash); None keeps them in
+    memory only. ``endpoint``: what to publish when it differs from the listening
+    address (e.g. listening on 0.0.0.0). ``backlog``, ``max_handshakes``,
+    ``max_handshakes_per_address``, ``max_waiting_per_address``: the listen backlog and
+    the bounds on handshakes in progress, as :func:`dtp.socket.create_server`'s (same
+    defaults; refused as there -- ValueError, TypeError for a backlog that is no
+    integer -- but before the ledger is read or written). ``open_grace``: seconds the
+    admission looks for a connection a client names whose open may still be landing,
+    as :func:`dtp.socket.create_server`'s (InvalidArgument, also before the ledger is
+    read or written).
+    """
+
+    def __init__(
+        self,
+        host_id: str,
+        port: int,
+        handler: Handler,
+        *,
+        ledger: Ledger,
+        identity: HostIdentity,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+        receipts: ReceiptStore | str | Path | None = None,
+        policy: ServicePolicy | None = None,
+        config: ConnectionConfig | None = None,
+        endpoint: tuple[str, int] | None = None,
+        backlog: int = 128,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        open_grace: float | None = None,
+    ) -> None:
+        from dtp.socket import _check_handshake_bounds, create_server
+
+        check_address(address, "address")
+        # (create_server checks them too, but only after the store's recovery claimed
+        # on the ledger)
+        _check_handshake_bounds(
+            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        )
+        checked_open_grace(open_grace)
+        if endpoint is not None:
+            check_address(endpoint, "endpoint")
+        self.ledger = ledger
+        self.identity = identity
+        self.host_id = normalize_id(host_id, "host ID")
+        self.port = port
+        self.handler = handler
+        self.policy = policy or ServicePolicy()
+        self._live: dict[int, PaidConnection] = {}
+        #: Connection IDs being served or settled: one DTP connection per ledger
+        #: connection at a time
+        self._serving = ConnectionIds()
+        self._live_lock = threading.Lock()
+        self._closed = threading.Event()
+        # _handle calls, admissions and settlements of connections admitted but not
+        # served running (they may still use the receipt writer): the release waits
+        # until none is left
+        self._handling = 0
+        self._releasing = False  # the release is decided: nothing may count in any more
+        #: The DTP connections admitted (by ledger connection ID) whose engine is not
+        #: released yet: True once _handle took it (its settlement is _serve_paid's)
+        self._admitted: dict[str, bool] = {}
+        #: Set by the release: closed, every connection ended and settled, the receipt
+        #: writer stopped (what wait_released() waits for)
+        self._released = threading.Event()
+        # marks the threads running _handle: wait_released() there waits for itself
+        self._in_handler = threading.local()
+        self._threads: list[threading.Thread] = []
+        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
+        """The most recent settlements: (connection ID, outcome)."""
+        self.store, opened = open_store(receipts)
+        self._own_store = closes_store(receipts)
+        try:
+            self.receipt_writer = ReceiptWriter(self.store)
+        except BaseException:
+            if opened:
+                self.store.close()
+            raise
+        #: The settlements that failed, retried by the recovery thread
+        self.retries = SettlementRetries(
+            ledger, identity, self.receipt_writer, self._serving, self.settlements
+        )
+        self.server: DTPServer | None = None
+        self._attached = False  # attach_server() made: detach_server() at the release
+        self._recovery: Recovery | None = None  # (once the start's recovery is done)
+        try:
+            host = ledger.get_host(self.host_id)
+            if port not in host.services:
+                raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
+            alone = self.store.attach_server()
+            self._attached = True
+            self.recovered = recover_store(ledger, identity, self.store, alone)
+            """(connection ID, settlement) of what dead server runs left unclaimed: at
+            the start, then every :data:`RECOVERY_INTERVAL` (this server's own
+            settlements retried then go to :attr:`settlements`)."""
+            self._recovery = recovery = Recovery(
+                ledger, identity, self.store, self.recovered, self.retries
+            )
+            # our own LedgerAdmission (what create_server would make from ledger,
+            # host_id and port), remembering what it read for the gate
+            self.admission = _PaidAdmission(self, ledger, self.host_id, port, open_grace)
+            self.server = create_server(
+                address,
+                identity=identity,
+                admit=self.admission,
+                config=config,
+                backlog=backlog,
+                max_handshakes=max_handshakes,
+                max_handshakes_per_address=max_handshakes_per_address,
+                max_waiting_per_address=max_waiting_per_address,
+            )
+            self.address = self.server.address
+            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
+            now = time.monotonic()
+            self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+            self.limiter = RateLimiter(
+                host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
+            )
+            self._limit_lock = threading.Lock()
+            self._threads = [
+                threading.Thread(
+                    target=self.server.serve_forever,
+                    args=(self._handle,),
+                    name="dtp-paid",
+                    daemon=True,
+                ),
+                threading.Thread(target=self._policy_loop, name="dtp-paid-policy", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
+            recovery.start()
+        except BaseException:
+            # nothing was served yet: whatever started so far stops with the error, the
+            # store too (in memory as well: nobody gets this server)
+            self._own_store = opened
+            self.close()
+            raise
+
+    # -- connections -------------------------------------------------------------------
+
+    def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` (``check``: the ledger's verdict). Counted until
+        the DTP connection it admits ends (:meth:`_unreserved`), so that the release
+        cannot stop the receipt writer before that connection is served or settled."""
+        with self._live_lock:
+            if self._releasing:
+                return CLOSED_REFUSAL
+            self._handling += 1
+        carried = False
+        try:
+            verdict = check(peer)
+            if verdict is not None or peer.connection_id is None:
+                return verdict
+            if not self._closed.is_set():
+                # the DTPServer reserves the connection ID next, in this thread, and the
+                # count goes on with that reservation (_reserved)
+                carried = True
+                return None
+            # admitted as the server closes: nobody will serve it. Settled before the
+            # refusal goes out, so the client finds its deposit refunded.
+            self._settle_unserved(peer.connection_id)
+            return CLOSED_REFUSAL
+        finally:
+            if not carried:
+                self._done()
+
+    def _reserved(self, cid: str, reserved: bool) -> None:
+        """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
+        refused it -- one is served on it already, or the Host's connection limits
+        leave no room for it (:meth:`_refused_at_limit` has its settlement under way
+        then) -- and the admission's count ends here."""
+        if not reserved:
+            self._done()
+            return
+        with self._live_lock:
+            self._admitted[normalize_id(cid, "connection ID")] = False
+
+    def _unreserved(self, cid: str) -> None:
+        """The engine of an admitted DTP connection is released (under its lock, in
+        whichever thread ended it). Never served -- its handshake finished as the server
+        closed, and it was aborted -- it is settled now, in a thread of its own (a
+        ledger transaction); the admission's count ends once it is."""
+        with self._live_lock:
+            served = self._admitted.pop(normalize_id(cid, "connection ID"), True)
+        if served:
+            self._done()
+            return
+        self._settle_aside(cid)
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
+        handshake's thread, the admission still counted): a valid, funded connection
+        nobody will serve, settled now, nothing claimed, in a thread of its own, so that
+        the client's deposit comes back whole at once rather than after the half-close
+        timeout (docs/escrow.md §2, as the daemon does)."""
+        with self._live_lock:
+            self._handling += 1  # (the release waits for the settlement)
+        self._settle_aside(cid)
+
+    def _settle_aside(self, cid: str) -> None:
+        """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
+        try:
+            threading.Thread(
+                target=self._settle_dropped, args=(cid,), name="dtp-paid-settle", daemon=True
+            ).start()
+        except RuntimeError:  # the process is out of threads
+            self._settle_dropped(cid)
+
+    def _settle_dropped(self, cid: str) -> None:
+        try:
+            self._settle_unserved(cid)
+        finally:
+            self._done()
+
+    def _settle_unserved(self, cid: str) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve: no receipt came on it, so nothing is claimed and the
+        client is refunded its whole deposit at once. Left alone when another DTP
+        connection on it is being served or settled (that one's settlement closes it)."""
+        key = normalize_id(cid, "connection ID")
+        with self._live_lock:
+            live = key in self._admitted
+        if live or not self._serving.reserve(key):
+            return
+        try:
+            known = self.admission.take_admitted(key)
+            self._settle(cid, known if known is not None and known[0].id == key else None)
+        finally:
+            self._serving.release(key)
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        with self._live_lock:
+            self._handling -= 1
+            last = self._closed.is_set() and self._handling == 0 and not self._releasing
+            if last:
+                self._releasing = True
+        if last:
+            self._release()
+
+    def _handle(self, sock: DTPSocket) -> None:
+        cid = sock.peer_connection_id
+        key = None if cid is None else normalize_id(cid, "connection ID")
+        with self._live_lock:
+            closed = self._closed.is_set()
+            if not closed:
+                self._handling += 1
+                if key in self._admitted:
+                    self._admitted[key] = True  # its settlement is ours now
+        if closed:
+            # a handshake that finished as the server closed: aborted, its admission
+            # settles it once the engine is released (_unreserved)
+            sock.abort(CLOSED_REFUSAL)
+            return
+        self._in_handler.active = True
+        try:
+            self._serve(sock)
+        finally:
+            # (the DTPServer's threads serve one connection after another)
+            self._in_handler.active = False
+            self._done()
+
+    def _serve(self, sock: DTPSocket) -> None:
+        cid = sock.peer_connection_id
+        client = sock.peer_address
+        if cid is None or client is None:  # LedgerAdmission refuses these already
+            sock.abort("no ledger connection")
+            return
+        admitted = self.admission.take_admitted(cid)
+        key = normalize_id(cid, "connection ID")
+        # A second DTP connection on the same ledger connection: on a gate of its own it
+        # would count the first one's receipts again (the client paying once for twice
+        # the service) and take another allowance from one escrow. Nor may one come back
+        # after its receipts (its settlement failed: still Open), or when they cannot
+        # be read: its new gate would count them once more (served_refusal).
+        if not self._serving.reserve(key):
+            logger.warning("refused connection %s: already served", cid)
+            sock.abort(SERVED_REFUSAL)
+            return
+        try:
+            refusal = served_refusal(self.receipt_writer, key)
+            if refusal is not None:
+                sock.abort(refusal)
+                return
+            self._serve_paid(sock, cid, client, admitted)
+        finally:
+            self._serving.release(key)
+
+    def _serve_paid(
+        self, sock: DTPSocket, cid: str, client: str, admitted: Admitted | None
+    ) -> None:
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
+        try:
+            gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
+        except ChainError as exc:
+            logger.warning("cannot meter connection %s: %s", cid, exc)
+            sock.abort("the server cannot read the connection on the ledger")
+            return
+        with self._limit_lock:
+            buckets = self.limiter.acquire(client, time.monotonic())
+        paid = PaidConnection(
+            sock,
+            gate,
+            buckets,
+            self._limit_lock,
+            self.policy,
+            self.receipt_writer,
+            self.ledger,
+        )
+        engine = paid.engine
+        with engine.lock:
+            engine.session.on_receipt = paid.on_receipt
+            while engine.session.receipts:  # those that came before the callback was set
+                paid.on_receipt(engine.session.receipts.popleft())
+        with self._live_lock:
+            self._live[id(paid)] = paid
+        # a handler that failed while the connection goes on: the client must read an
+        # error, not a clean end that makes a reply cut short look whole
+        failed = False
+        try:
+            paid.throttle(requests=1)  # the first stream is the first request
+            self.handler(PaidSocket(sock, paid))
+        except PaymentRequired as exc:
+            logger.info("connection %s ended: %s", cid, exc)
+        except DTPError as exc:
+            logger.info("connection %s ended: %s", cid, exc)
+            failed = engine.session.terminated is None
+        except Exception:
+            logger.exception("handler failed for connection %s", cid)
+            failed = True
+        finally:
+            with contextlib.suppress(DTPError):
+                paid.request_final_receipt()
+            # a receipt the client signed above the deposit as admission read it (it
+            # topped up) is judged before the settlement, or it goes unclaimed
+            try:
+                paid.read_deposit(ending=True)
+            except Exception:  # (the settlement must run all the same)
+                logger.exception("connection %s: reading its escrow at the end failed", cid)
+            # the connection and escrow as admission read them: only we claim from the
+            # escrow, so it is current; the connection is read again once it changed
+            known = (
+                admitted if admitted is not None and admitted[0].id == gate.connection_id else None
+            )
+            ended = engine.session.terminated
+            client_closed = (
+                ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
+            )
+            # it no longer counts against the Host's connection limits: the client may
+            # connect again at once, while the settlement (three transactions on Sui)
+            # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
+            self.admission.served.ended(cid)
+            if client_closed:
+                # settle (closing the connection on the ledger in the same transaction)
+                # before our end of the carrier closes: the client waits for that end
+                # and then finds nothing left to do on the ledger
+                self._settle(cid, known, paid.final)
+            if failed:
+                sock.abort(CALLBACK_FAILED)  # (as dtp.socket's and dtp.aio's servers)
+            else:
+                sock.close()
+            with self._live_lock:
+                self._live.pop(id(paid), None)
+            with self._limit_lock:
+                self.limiter.release(client)
+            if not client_closed:
+                self._settle(cid, known, paid.final)
+
+    def _settle(
+        self, cid: str, known: Admitted | None = None, final: Receipt | None = None
+    ) -> None:
+        settlement = settle_ended(
+            self.ledger,
+            self.identity,
+            cid,
+            self.receipt_writer,
+            final,
+            escrow=known[1] if known is not None else None,
+            connection=known[0] if known is not None else None,
+        )
+        if settlement is not None:
+            self.settlements.append((cid, settlement))
+        else:
+            # (the ID still reserved: the retry cannot start before we are done)
+            self.retries.add(cid)
+
+    # -- the host's policy -------------------------------------------------------------
+
+    def _policy_loop(self) -> None:
+        while not self._closed.wait(self.policy.refresh_interval):
+            try:
+                self.refresh_policy()
+            except Exception:
+                # (a ChainError is handled in there) Anything else -- a bug, a value
+                # a ledger should not return -- must not end the loop: the firewall
+                # and the limits of open connections would go unenforced for the life
+                # of the server, silently. One refresh, so one log, per interval.
+                logger.exception(
+                    "refreshing the policy of host %s failed; trying again in %g s",
+                    self.host_id,
+                    self.policy.refresh_interval,
+                )
+
+    def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        try:
+            host = self.ledger.get_host(self.host_id)
+        except ChainError as exc:
+            logger.warning("cannot read host %s: %s", self.host_id, exc)
+            return
+        with self._live_lock:
+            live = list(self._live.values())
+        now = time.monotonic()
+        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        if change.limits_changed:
+            with self._limit_lock:
+                self.limiter.set_limits(
+                    change.firewall.max_bytes_per_sec, change.firewall.max_requests_per_sec, now
+                )
+        for paid in live:
+            if paid.client in change.denied:
+                paid.deny()
+        self._check_on_ledger(live, now)
+
+    def _check_on_ledger(self, live: list[PaidConnection], now: float) -> None:
+        """Close the open connections no longer Open on the ledger (each read every
+        policy ``ledger_check_interval``)."""
+        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
+        if not due:
+            return
+        try:
+            ended = ended_on_ledger(self.ledger, due)
+        except ChainError as exc:
+            logger.warning("cannot read the state of open connections: %s", exc)
+            return
+        for paid in ended:
+            paid.closed_on_ledger()
+
+    @property
+    def open_connections(self) -> int:
+        with self._live_lock:
+            return len(self._live)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close`."""
+        self._closed.wait()
+
+    def close(self) -> None:
+        """Stop accepting and refreshing. Open connections finish and settle (in their
+        own threads, after this returns); once the last has (at once when there are
+        none), the receipt writer writes what it holds and stops, and a store the server
+        opened from ``receipts`` (a path) is closed. A :class:`ReceiptStore` passed in
+        stays open: the caller's to close, once :meth:`wait_released` returned True.
+        A client whose admission or handshake ends as the server closes is refused (or
+        its connection aborted) and its ledger connection settled at once, nothing
+        claimed, before the release. May be called from a handler (its own connection
+        is then one still served)."""
+        with self._live_lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            idle = self._handling == 0
+            if idle:
+                self._releasing = True
+        if self._recovery is not None:
+            self._recovery.stop()
+        if self.server is not None:
+            self.server.close()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(5.0)
+        if idle:
+            if self._recovery is None or self._recovery.join(RECOVERY_CLOSE_WAIT):
+                self._release()
+            else:
+                # a claim under way takes longer (a ledger slow to answer): released
+                # once it ends, in a thread of its own -- close() returns, and
+                # wait_released() is the wait with a bound of the caller's choosing
+                threading.Thread(target=self._release, name="dtp-paid-release", daemon=True).start()
+        else:
+            # what is waiting is written now; the last connection to end stops the writer
+            self.receipt_writer.flush(timeout=5.0)
+
+    def _release(self) -> None:
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more)."""
+        # (a recovery under way first: it claims from the store; then the writer, and
+        # the detach only once it stopped: release_receipts)
+        if self._recovery is not None:
+            self._recovery.join()
+        try:
+            release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+        finally:
+            # also when the detach (or the store's close) raised: the writer has stopped
+            # all the same, and unset, wait_released() said False for good (while the
+            # same failure in the writer's last step is only logged)
+            self._released.set()
+
+    def _detach(self) -> None:
+        """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer
+        has stopped: until then the run's lock file says its rows are a live server's."""
+        if self._attached:
+            self._attached = False
+            self.store.detach_server()
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open. (False at once when the server is not
+        closed.) Not from a handler: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`)."""
+        if getattr(self._in_handler, "active", False):
+            raise LocalProtocolError("wait_released() in a handler waits for its own connection")
+        if not self._closed.is_set():
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._released.wait(timeout):
+            return False
+        # The release waits for the writer only so long (release_receipts); one still
+        # writing then (a stalled disk) uses the store yet: closed under it, the
+        # receipts it holds are lost. (A writer that gave receipts up has stopped: its
+        # close() says False, but it no longer uses the store.)
+        while True:
+            left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+            if self.receipt_writer.close(left) or self.receipt_writer.stopped:
+                return True
+            if deadline is not None:
+                return False
+
+    def __enter__(self) -> PaidServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """:meth:`close` (connections still served settle after it: see
+        :meth:`wait_released`)."""
+        self.close()

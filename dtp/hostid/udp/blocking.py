@@ -1,0 +1,730 @@
+"""UDP through DTP: a local UDP flow's datagrams carried as DTP DATAGRAM frames.
+
+Two halves, both blocking (threads), on :mod:`dtp.socket` connections:
+
+- :func:`relay_udp` — the exposing side. For one accepted DTP connection it forwards each
+  DTP datagram to a UDP backend from a UDP socket of its own (so the backend's replies
+  come back to it), and each reply back as a DTP datagram, until the connection ends or
+  sits idle.
+- :class:`UdpForwarder` — the client side. A local UDP socket; each distinct source
+  address gets a DTP connection of its own from a ``connect`` function (direct, or by
+  host ID), NAT-style, closed after ``idle_timeout``; replies go back to that source.
+
+UDP semantics are kept: nothing is retransmitted and nothing queues without bound;
+every drop is counted in :class:`UdpStats`.
+
+**Metering, per datagram** (docs/escrow.md §3 fees): the client pays exactly for what
+the relay forwarded — each datagram the relay delivered to the backend is one request
+plus its bytes, and each reply the relay sent back counts by its bytes. The relay counts
+(:class:`UdpBilling`) and reports its totals on the connection's first stream every few
+datagrams; the forwarder checks a report against what it sent and received (a relay
+cannot bill more than that), signs a cumulative receipt for it with its
+:class:`~dtp.payments.receipts.Meter` and sends it back. Datagrams lost on the way, before the relay
+counted them, are never billed. The relay forwards a datagram only while the datagrams no
+receipt covers stay below ``credit_datagrams``; others are dropped and counted as unpaid.
+On close the forwarder asks for a final report and signs it, so the latest receipt
+equals the relay's count.
+
+Control stream (stream 0, both ways): frames of a 4-byte big-endian length and a body
+whose first byte is the kind — ``U`` a usage report (u64 datagrams, u64 bytes, big-endian;
+relay to forwarder), ``R`` a receipt (``Receipt.encode()``; forwarder to relay), ``F`` a
+request for the final report (forwarder to relay), ``Z`` the final report (as ``U``).
+A frame either side never sends (too long, an unknown kind, a kind meant for the other
+direction) ends the connection at once, its reason in the CLOSE: a peer that breaks the
+control protocol can no longer be paid or billed, and serving it on would mean forwarding
+its datagrams with nobody reading its receipts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dtp._poll import wait_ready
+from dtp.errors import (
+    DTPError,
+    DTPTimeoutError,
+    InsufficientFunds,
+)
+from dtp.hostid.udp.engine import (
+    CLOSE_WAIT,
+    LEN,
+    USAGE,
+    BadControlFrame,
+    FlowAccount,
+    UdpBilling,
+    UdpStats,
+    abort_control,
+    check_control_size,
+    check_final,
+    control_frame,
+    take_receipt,
+)
+from dtp.hostid.udp.sockets import (
+    backend_socket,
+    bind_udp,
+    check_count,
+    check_seconds,
+    drain,
+    drain_by_source,
+    pass_replies,
+)
+from dtp.payments.receipts import Meter
+
+if TYPE_CHECKING:
+    from dtp.payments.ratelimit import ClientBuckets
+    from dtp.socket import DTPSocket
+
+
+logger = logging.getLogger(__name__)
+
+
+def _ended(sock: DTPSocket) -> bool:
+    """Whether ``sock``'s connection has ended. Its idle timeout is a DTPTimeoutError
+    too, as a read that timed out is, but raised at once by every later read: taken
+    for a pause, the loop reading would spin on it."""
+    return sock._engine.session.terminated is not None
+
+
+def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        try:
+            data = sock.recv(n - len(chunks))
+        except DTPTimeoutError:
+            if _ended(sock):
+                raise
+            # the socket's timeout (a client's is its connect timeout): a pause on the
+            # control stream, not its end. Giving up here stopped the receipts for good
+            # once traffic paused that long (the relay then dropped all as unpaid).
+            continue
+        if not data:
+            return None
+        chunks += data
+    return bytes(chunks)
+
+
+def _read_control(sock: DTPSocket) -> bytes | None:
+    """The next control frame's body, or None at the end of the stream. Raises
+    :class:`BadControlFrame` for a length out of bounds."""
+    header = _read_exact(sock, 4)
+    if header is None:
+        return None
+    (size,) = LEN.unpack(header)
+    check_control_size(size)
+    return _read_exact(sock, size)
+
+
+class _RelayControl:
+    """The relay's end of the control stream: reports out, receipts in."""
+
+    def __init__(self, sock: DTPSocket, billing: UdpBilling, report_every: int) -> None:
+        self.sock = sock
+        self.billing = billing
+        self.report_every = report_every
+        self.wlock = threading.Lock()
+        #: Set when the control stream ended (its end, an error, a bad frame): the
+        #: relay ends with it -- no receipt can come any more.
+        self.ended = threading.Event()
+
+    def report(self, force: bool = False) -> None:
+        totals = self.billing.report_due(self.report_every, force)
+        if totals is not None:
+            with self.wlock:
+                self.sock.sendall(control_frame(b"U", USAGE.pack(*totals)))
+
+    def run(self) -> None:
+        finals = 0
+        try:
+            while (body := _read_control(self.sock)) is not None:
+                if body[:1] == b"R":
+                    take_receipt(self.billing, body[1:])
+                elif body == b"F":
+                    finals += 1
+                    check_final(finals)
+                    totals = self.billing.final_totals()
+                    with self.wlock:
+                        self.sock.sendall(control_frame(b"Z", USAGE.pack(*totals)))
+                else:
+                    # (a usage report, say: the relay's own frame, sent back at it)
+                    raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+        except BadControlFrame as exc:
+            # returning quietly left the relay forwarding with nobody reading the
+            # receipts: the client was served on credit, then dropped as unpaid for good
+            abort_control(self.sock, exc)
+        except (DTPError, OSError):
+            pass
+        finally:
+            self.ended.set()
+
+
+def relay_udp(
+    sock: DTPSocket,
+    backend: tuple[str, int],
+    *,
+    billing: UdpBilling | None = None,
+    stats: UdpStats | None = None,
+    idle_timeout: float = 60.0,
+    report_every: int = 32,
+    limits: ClientBuckets | None = None,
+) -> UdpStats:
+    """Relay one DTP connection's datagrams to ``backend`` and its replies back, until
+    the connection ends or no datagram passes for ``idle_timeout`` seconds. Use it as a
+    :meth:`dtp.socket.DTPServer.serve_forever` handler (``functools.partial``). With
+    ``billing``, usage is reported every ``report_every`` datagrams (and when traffic
+    pauses), receipts are read from the connection's first stream and unpaid datagrams
+    are dropped. With ``limits`` (the client's firewall buckets, see
+    :meth:`dtp.payments.ratelimit.RateLimiter.acquire`), each datagram is a request of its bytes
+    and replies count by their bytes (both with their frame headers,
+    :func:`dtp.payments.ratelimit.datagram_charge`); datagrams over the rate are dropped and counted
+    (``dropped_rate_limited``) before they are billed -- a datagram cannot wait, and
+    holding it back would only add delay the application did not ask for. A datagram
+    the backend's socket refuses (its port closed, say) is dropped, counted
+    (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
+    shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
+    as a UDP destination at all (``sock`` is closed then too, as at the end)."""
+    stats = stats if stats is not None else UdpStats()
+    try:
+        # (before the backend socket: a None idle_timeout failed in the relay's loop,
+        # its reply thread left running on the socket)
+        check_seconds("idle_timeout", idle_timeout)
+        check_count("report_every", report_every, 1)
+        udp = backend_socket(backend)
+    except BaseException:  # (TunnelError, InvalidArgument, or no (host, port) at all)
+        with contextlib.suppress(DTPError, OSError):
+            sock.close()
+        raise
+    done = threading.Event()
+    last = [time.monotonic()]
+    if billing is not None:
+        report_every = billing.report_interval(report_every)
+    control = None if billing is None else _RelayControl(sock, billing, report_every)
+
+    limit = sock.max_datagram_size
+
+    def replies() -> None:
+        with contextlib.suppress(OSError, DTPError):
+            while not done.is_set():
+                ready, _ = wait_ready([udp], [], 0.2)
+                if not ready:
+                    continue
+                if pass_replies(drain(udp), limit, sock.send_datagrams, stats, billing, limits):
+                    last[0] = time.monotonic()
+                    if control is not None:
+                        control.report()  # (replies alone may make one due)
+
+    threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
+    if control is not None:
+        threads.append(threading.Thread(target=control.run, name="dtp-udp-control", daemon=True))
+    for thread in threads:
+        thread.start()
+    # short waits while billing, so a pause in traffic flushes the report promptly
+    wait = 0.05 if control is not None else min(1.0, idle_timeout)
+    try:
+        while time.monotonic() - last[0] < idle_timeout:
+            if control is not None and control.ended.is_set():
+                break  # no receipts any more: the relay ends (docs/udp.md)
+            try:
+                batch = sock.recv_datagrams(256, wait)
+            except TimeoutError:
+                if _ended(sock):
+                    break  # (its idle timeout)
+                if control is not None:
+                    control.report(force=True)
+                continue
+            except DTPError:
+                break  # the connection ended
+            last[0] = time.monotonic()
+            limited = 0
+            if limits is not None:
+                admitted = limits.admit([len(d) for d in batch], last[0])
+                limited = len(batch) - admitted
+                del batch[admitted:]
+            sent = nbytes = unpaid = failed = 0
+            for data in batch:
+                if billing is not None and not billing.may_forward(len(data)):
+                    unpaid += 1
+                    continue
+                try:
+                    udp.send(data)
+                except OSError:
+                    # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
+                    # this send, which the kernel then discards -- nothing to bill
+                    failed += 1
+                    if billing is not None:
+                        billing.not_forwarded(len(data))
+                    continue
+                if billing is not None:
+                    billing.forwarded(len(data))
+                sent += 1
+                nbytes += len(data)
+            stats.add(
+                datagrams_in=sent,
+                bytes_in=nbytes,
+                dropped_unpaid=unpaid,
+                dropped_rate_limited=limited,
+                dropped_send_failed=failed,
+            )
+            if control is not None:
+                control.report()
+    except (DTPError, OSError) as exc:
+        logger.info("UDP relay ended: %s", exc)
+    finally:
+        done.set()
+        # the control stream may still hold the final receipt: let it be read to its
+        # end (the peer's close) before closing our side
+        for thread in threads:
+            thread.join(2)
+        with contextlib.suppress(DTPError, OSError):
+            sock.close()
+        # a control thread still reading (the peer had not closed) ends with the close:
+        # returned before it did, the relay left it behind
+        for thread in threads:
+            thread.join(2)
+        udp.close()
+    return stats
+
+
+# -- the client side -----------------------------------------------------------------------
+
+
+class _Session(FlowAccount):
+    """One source address's DTP connection, and what it owes."""
+
+    def __init__(
+        self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None, stats: UdpStats
+    ) -> None:
+        super().__init__(meter)
+        self.source = source
+        self.sock = sock
+        self.stats = stats  # the forwarder's
+        self.last = time.monotonic()
+        self.closed = False
+        self.lock = threading.Lock()  # counters, meter
+        # the control stream's writes, apart: a send held up by a relay that stopped
+        # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
+        # the forwarder (its loop waits for the lock of each session) and close()
+        self.wlock = threading.Lock()
+        self.final = threading.Event()
+
+    def read_control(self) -> None:
+        """Usage reports in, receipts out, until the stream ends."""
+        try:
+            self._control_loop()
+        except BadControlFrame as exc:
+            abort_control(self.sock, exc)
+        except (DTPError, OSError):
+            pass
+        self.final.set()
+
+    def _control_loop(self) -> None:
+        """(read_control's loop) Raises :class:`BadControlFrame` for a frame the relay
+        never sends."""
+        while (body := _read_control(self.sock)) is not None:
+            kind = body[:1]
+            if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
+                # the flow is aborted (its reply reader ends it): serving on, the
+                # relay billed reports nobody signed until its credit ran out
+                raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
+            datagrams, nbytes = USAGE.unpack(body[1:])
+            try:
+                with self.lock:
+                    paid = self.paid
+                    frame = self.sign(datagrams, nbytes)
+                if frame is not None:
+                    # (this thread alone signs: its receipts go out in nonce order)
+                    with self.wlock:
+                        self.sock.sendall(frame)
+                    with self.lock:
+                        self.signed(self.stats, paid)
+            except InsufficientFunds as exc:
+                logger.warning("UDP flow from %s: %s", self.source, exc)
+            if kind == b"Z":
+                self.final.set()
+
+
+class _Connecting:
+    """A source whose DTP connection is being made; its datagrams wait here."""
+
+    def __init__(self, source: tuple[str, int]) -> None:
+        self.source = source
+        self.pending: list[bytes] = []
+        self.thread: threading.Thread | None = None
+
+
+class UdpForwarder:
+    """A local UDP endpoint whose flows go through DTP to a remote UDP service.
+
+    ``connect()`` returns a new DTP connection to the relaying service (e.g. a
+    ``functools.partial`` of :func:`dtp.socket.create_connection` with a ``dtp://``
+    address). ``meter_for(sock)`` returns the :class:`~dtp.payments.receipts.Meter` of a new
+    connection (None: unmetered): the forwarder signs the relay's usage reports with it
+    and asks for a final one when a session ends (waiting up to ``final_timeout``).
+    Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in
+    threads from construction until :meth:`close`.
+
+    A new source's connection is made in a thread of its own, so a slow or unreachable
+    service holds up only that source: up to ``max_pending`` of its datagrams wait for
+    the connection, more are dropped (``dropped_no_session``). When ``connect()`` or
+    ``meter_for()`` fails (any exception; unexpected ones are logged with their
+    traceback) the waiting datagrams are dropped and counted, and that source's next
+    attempt waits ``retry_after`` seconds (its datagrams meanwhile dropped and counted):
+    each attempt at an unreachable service costs a connect timeout.
+    """
+
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        connect: Callable[[], DTPSocket],
+        *,
+        meter_for: Callable[[DTPSocket], Meter | None] | None = None,
+        idle_timeout: float = 30.0,
+        max_sessions: int = 256,
+        final_timeout: float = 2.0,
+        max_pending: int = 256,
+        retry_after: float = 1.0,
+    ) -> None:
+        # before the bind (a None idle_timeout would end the forwarder's thread silently,
+        # a float max_pending lose every new source's datagrams uncounted)
+        check_seconds("idle_timeout", idle_timeout)
+        check_seconds("final_timeout", final_timeout, zero=True)
+        check_seconds("retry_after", retry_after, zero=True)
+        check_count("max_sessions", max_sessions, 1)
+        check_count("max_pending", max_pending, 0)
+        self._connect = connect
+        self._meter_for = meter_for
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self.final_timeout = final_timeout
+        self.max_pending = max_pending
+        self.retry_after = retry_after
+        self.stats = UdpStats()
+        self._udp = bind_udp(listen, blocking=True)
+        self.address: tuple[str, int] = self._udp.getsockname()[:2]
+        self._sessions: dict[tuple[str, int], _Session] = {}
+        self._connecting: dict[tuple[str, int], _Connecting] = {}
+        self._retry_at: dict[tuple[str, int], float] = {}
+        self._ending: set[threading.Thread] = set()  # idle sessions being ended
+        # the reply and control threads of each session, while they run: close() waits for
+        # them (they end once its connection is closed), and returned with them still
+        # alive
+        self._workers: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        # set when a close() has finished: a close() called while another is at work
+        # waits for it, as AsyncUdpForwarder.close() does (returning at once, it left
+        # the port bound and the flows open behind a caller that took them as closed)
+        self._close_done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
+        self._thread.start()
+
+    @property
+    def sessions(self) -> int:
+        """Open sessions (source addresses with a DTP connection)."""
+        with self._lock:
+            return len(self._sessions)
+
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+        while not self._closed.is_set():
+            try:
+                ready, _ = wait_ready([self._udp], [], 0.2)
+                if ready:
+                    for source, batch in drain_by_source(self._udp).items():
+                        self._forward(batch, source)
+            except OSError:
+                if self._closed.is_set():
+                    return
+            except Exception:
+                # this thread reads for every flow: it must outlive any one flow's bug
+                logger.exception("UDP forwarder on %s: unexpected error", self.address)
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+
+    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
+        with self._lock:
+            session = self._sessions.get(source)
+            if session is None:
+                self._hold(batch, source)
+                return
+        self._send(session, batch)
+
+    def _hold(self, batch: list[bytes], source: tuple[str, int]) -> None:
+        """Keep a batch from a source without a session until its connection is made,
+        starting the connect if none is in progress (called holding ``_lock``)."""
+        connecting = self._connecting.get(source)
+        if connecting is None:
+            busy = len(self._sessions) + len(self._connecting) >= self.max_sessions
+            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
+            if busy or waiting or self._closed.is_set():
+                self.stats.add(dropped_no_session=len(batch))
+                return
+            connecting = _Connecting(source)
+            self._connecting[source] = connecting
+            connecting.thread = threading.Thread(
+                target=self._open, args=(connecting,), name="dtp-udp-connect", daemon=True
+            )
+            connecting.thread.start()
+        room = max(0, self.max_pending - len(connecting.pending))
+        connecting.pending.extend(batch[:room])
+        if len(batch) > room:
+            self.stats.add(dropped_no_session=len(batch) - room)
+
+    def _open(self, connecting: _Connecting) -> None:
+        """Connect a new source (in a thread of its own), then send what it queued."""
+        source = connecting.source
+        sock: DTPSocket | None = None
+        try:
+            sock = self._connect()
+            meter = self._meter_for(sock) if self._meter_for is not None else None
+        except Exception as exc:
+            if isinstance(exc, (DTPError, OSError)):
+                logger.warning("UDP flow from %s: cannot reach the service: %s", source, exc)
+            else:
+                logger.exception("UDP flow from %s: connect() or meter_for() failed", source)
+            if sock is not None:
+                with contextlib.suppress(DTPError, OSError):
+                    sock.close()
+            with self._lock:
+                del self._connecting[source]
+                self._retry_at[source] = time.monotonic() + self.retry_after
+                dropped = len(connecting.pending)
+            self.stats.add(dropped_no_session=dropped)
+            return
+        session = _Session(source, sock, meter, self.stats)
+        # held until the queued datagrams are sent: later ones from this source wait
+        # for them in _send, so the flow keeps its order
+        with session.lock:
+            with self._lock:
+                del self._connecting[source]
+                closed = self._closed.is_set()
+                if not closed:
+                    self._sessions[source] = session
+                pending, connecting.pending = connecting.pending, []
+            if closed:
+                # close() has taken its list of sessions: this one is ours to close
+                with contextlib.suppress(DTPError, OSError):
+                    sock.close()
+                self.stats.add(dropped_no_session=len(pending))
+                return
+            self.stats.add(sessions_opened=1)
+            self._start_worker(functools.partial(self._replies, session), "dtp-udp-session")
+            if meter is not None:
+                self._start_worker(session.read_control, "dtp-udp-control")
+            sent = self._send_locked(session, pending)
+        if not sent:
+            self._end(session)
+
+    def _start_worker(self, target: Callable[[], None], name: str) -> None:
+        """Run ``target`` of a session in a thread :meth:`close` waits for."""
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                with self._lock:
+                    self._workers.discard(threading.current_thread())
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        with self._lock:
+            self._workers.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            # (never started: close() joining it raised RuntimeError)
+            with self._lock:
+                self._workers.discard(thread)
+            raise
+
+    def _send(self, session: _Session, batch: list[bytes]) -> None:
+        with session.lock:
+            sent = self._send_locked(session, batch)
+        if not sent:
+            self._end(session)
+
+    def _send_locked(self, session: _Session, batch: list[bytes]) -> bool:
+        """Send a batch on a session (holding ``session.lock``); False when its
+        connection has ended."""
+        if session.closed:
+            # ending: its final report was asked for, and what went after it would
+            # never be paid for
+            self.stats.add(dropped_no_session=len(batch))
+            return False
+        session.last = time.monotonic()
+        out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
+        sent = 0
+        if out:
+            try:
+                sent = session.sock.send_datagrams(out)
+            except DTPError as exc:
+                logger.info("UDP flow from %s ended: %s", session.source, exc)
+                # none of them left: counted as dropped (they vanished uncounted), and
+                # not as sent, which a relay's final report may not bill
+                session.unsent(out)
+                self.stats.add(
+                    dropped_no_session=len(out),
+                    dropped_oversized=oversized,
+                    dropped_unpaid=unpaid,
+                )
+                return False
+            if sent < len(out):
+                session.unsent(out[sent:])
+        self.stats.add(
+            datagrams_out=sent,
+            bytes_out=sum(map(len, out[:sent])),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+            dropped_backlog=len(out) - sent,
+        )
+        return True
+
+    def _replies(self, session: _Session) -> None:
+        sock = session.sock
+        while not session.closed:
+            try:
+                batch = sock.recv_datagrams(256, 0.5)
+            except TimeoutError:
+                if _ended(sock):
+                    break  # (its idle timeout)
+                continue
+            except DTPError:
+                break
+            session.last = time.monotonic()
+            with session.lock:
+                session.received_bytes += sum(map(len, batch))
+            delivered = nbytes = failed = 0
+            for data in batch:
+                try:
+                    self._udp.sendto(data, session.source)
+                except OSError:
+                    failed += 1
+                    continue
+                delivered += 1
+                nbytes += len(data)
+            self.stats.add(datagrams_in=delivered, bytes_in=nbytes, dropped_send_failed=failed)
+        self._end(session)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.last >= self.idle_timeout]
+            for source in [s for s, t in self._retry_at.items() if t <= now]:
+                del self._retry_at[source]
+        for session in idle:
+            # ending waits for the relay's final report (up to final_timeout) and for
+            # the close: not in this thread, which forwards every other flow meanwhile
+            thread = threading.Thread(
+                target=self._end_idle, args=(session,), name="dtp-udp-end", daemon=True
+            )
+            with self._lock:
+                self._ending.add(thread)
+            thread.start()
+
+    def _end_idle(self, session: _Session) -> None:
+        try:
+            self._end(session)
+        finally:
+            with self._lock:
+                self._ending.discard(threading.current_thread())
+
+    def _end(self, session: _Session) -> None:
+        self._end_all([session])
+
+    def _end_all(self, sessions: list[_Session]) -> None:
+        """End these sessions (those still open), together: each asks its relay for
+        the final report and all wait for theirs at once, up to ``final_timeout`` in
+        all. One after the other, a close() with many flows to a relay gone quiet took
+        ``final_timeout`` per flow (256 flows: over 8 minutes)."""
+        with self._lock:
+            mine = [s for s in sessions if self._sessions.get(s.source) is s]
+            for session in mine:
+                del self._sessions[session.source]
+        asked: list[_Session] = []
+        for session in mine:
+            with session.lock:  # (a batch being sent goes out before the final report)
+                session.closed = True
+            if session.meter is not None:
+                # the relay's final count, signed, before the connection goes
+                with contextlib.suppress(DTPError, OSError):
+                    with session.wlock:
+                        session.sock.sendall(control_frame(b"F"))
+                    asked.append(session)
+        deadline = time.monotonic() + self.final_timeout
+        for session in asked:
+            # at most what a thread can wait for: an infinite final_timeout
+            # (check_seconds: "never" gives up), or a finite one past TIMEOUT_MAX, made
+            # Event.wait raise OverflowError, and close() failed past every session and
+            # the local port, all left open
+            left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            if not session.final.wait(left):
+                logger.info("UDP flow from %s: no final report from the relay", session.source)
+        for session in mine:
+            with contextlib.suppress(DTPError, OSError):
+                session.sock.close()
+            self.stats.add(sessions_closed=1)
+
+    def close(self) -> None:
+        """Stop forwarding; each session settles its final receipt and closes. Connects
+        in progress are waited for (up to 10 s) and their connections closed; so are the
+        idle sessions still ending, and the threads of every session. A close() called while
+        another is at work waits for it."""
+        if self._closed.is_set():
+            if not self._own_thread():
+                self._close_done.wait()
+            return
+        self._closed.set()
+        try:
+            self._close()
+        finally:
+            self._close_done.set()
+
+    def _own_thread(self) -> bool:
+        """Whether this is one of the forwarder's threads (a close() from one, e.g. in
+        ``connect()``, must not wait for the close() that waits for it)."""
+        current = threading.current_thread()
+        with self._lock:
+            connects = {c.thread for c in self._connecting.values()}
+            return current is self._thread or current in (self._workers | self._ending | connects)
+
+    def _close(self) -> None:
+        # none of the joins below is of this thread: a close() from connect() (or from
+        # any thread of ours) would raise RuntimeError on joining itself, past the
+        # sessions and the local port, which would be left open
+        current = threading.current_thread()
+        if self._thread is not current:
+            self._thread.join(5)
+        with self._lock:
+            # no session is added after this: a connect that returns sees _closed
+            sessions = list(self._sessions.values())
+            connects = [
+                c.thread
+                for c in self._connecting.values()
+                if c.thread is not None and c.thread is not current
+            ]
+            # the reader has stopped: no session starts ending after this
+            ending = list(self._ending - {current})
+        deadline = time.monotonic() + CLOSE_WAIT
+        for thread in connects:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._end_all(sessions)
+        for thread in ending:
+            thread.join()  # (bounded: final_timeout and the connection's close)
+        self._udp.close()
+        with self._lock:
+            workers = list(self._workers - {current})
+        # (each ends once its connection is closed: a read fails at once)
+        deadline = time.monotonic() + CLOSE_WAIT
+        for thread in workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> UdpForwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

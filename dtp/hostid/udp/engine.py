@@ -1,0 +1,497 @@
+"""UDP through DTP, what both drivers share: the counters (:class:`UdpStats`), the
+relay's and the forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`) and
+the control stream's codec (docs/udp.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from dtp.errors import (
+    DTPError,
+    RemoteProtocolError,
+)
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
+
+if TYPE_CHECKING:
+    from dtp.aio import DTPStreamWriter
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Sla
+    from dtp.socket import DTPSocket
+
+
+DEFAULT_LOSS_ALLOWANCE: Final = 0.02
+"""A paid UDP server's default ``loss_allowance``: the share of its reply bytes written
+off as lost on the way back, which the client never signs for (docs/udp.md)."""
+
+logger = logging.getLogger(__name__)
+
+#: Largest datagram relayed (a UDP payload over IPv4 is at most 65507 bytes; DTP's
+#: default ``max_datagram_size`` is lower, 16000, and wins when smaller).
+MAX_UDP_PAYLOAD = 65507
+LEN = struct.Struct(">I")
+#: :class:`UdpBilling`'s default byte credit per datagram of credit.
+_CREDIT_BYTES_PER_DATAGRAM = 16 * 1024
+
+
+@dataclass
+class UdpStats:
+    """Counters of one relay or forwarder (all sessions)."""
+
+    #: Datagrams (and bytes) from the UDP side sent into DTP.
+    datagrams_out: int = 0
+    bytes_out: int = 0
+    #: Datagrams (and bytes) from DTP delivered to the UDP side.
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    #: Dropped: too large for a DTP datagram.
+    dropped_oversized: int = 0
+    #: Dropped: not covered by a receipt (relay) or beyond the deposit (forwarder).
+    dropped_unpaid: int = 0
+    #: Dropped: the session limit was reached, its connection could not be made or had
+    #: ended (forwarder).
+    dropped_no_session: int = 0
+    #: Dropped: over the client's rate limits, the host firewall's (relay).
+    dropped_rate_limited: int = 0
+    #: Dropped: the DTP connection's carrier was backed up (more than
+    #: ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` unsent): never queued behind it.
+    dropped_backlog: int = 0
+    #: Dropped: the UDP socket refused the send -- the backend's port is closed (an ICMP
+    #: error left by an earlier datagram), unreachable or the buffer full (relay; such
+    #: datagrams are not billed), or the same for the local client (forwarder).
+    dropped_send_failed: int = 0
+    #: Dropped: the relay was finishing (its daemon stopping): its final usage was
+    #: reported, and a datagram forwarded after that would go unpaid.
+    dropped_finishing: int = 0
+    sessions_opened: int = 0
+    #: Receipts signed and sent to relays (forwarder), and the MIST they added: the
+    #: payments a forwarder made, for its owner's status.
+    receipts_sent: int = 0
+    fees_paid: int = 0
+    sessions_closed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Add to counters atomically (sessions run in threads of their own)."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+# -- the exposing side ---------------------------------------------------------------------
+
+
+class UdpBilling:
+    """The relay's check of one connection's per-datagram payments.
+
+    ``credit_datagrams``: datagrams served ahead of the receipts covering them — the
+    relay's risk, and the slack a fast stream needs while reports and receipts make
+    their round trip (at 512 bytes, 1024 datagrams are 0.5 MB of traffic).
+    ``credit_bytes`` (by default ``credit_datagrams`` x 16 KiB): the same for the bytes
+    both ways, requests and replies, served ahead of the receipts covering them. A
+    receipt pays for requests and bytes apart, and counting requests alone let a client
+    sign for its datagrams but no bytes (on a service priced by the byte, nothing at
+    all) and be served without bound, replies included. ``on_receipt`` sees every
+    accepted receipt (e.g. ``ReceiptStore.keep``).
+
+    ``loss_allowance``: the share of the reply bytes the relay writes off as lost on
+    the way back. The forwarder signs for no more than it received, so each reply lost
+    after the relay counted it stays unreceipted for good; without the write-off those
+    bytes would add up until the credit is gone and a lossy flow is served nothing more.
+    A client that claims losses it did not have gets at most this share of its replies
+    for free: the relay's risk, with ``credit_bytes``.
+
+    ``counts_when_kept``: a receipt accepted counts (pays, extends the credit) only once
+    the caller passes it to :meth:`kept`, for a caller whose ``on_receipt`` only queues
+    it for the disk (a :class:`~dtp.payments.receipt_writer.ReceiptWriter`): counted at once, the
+    relay served on a receipt a crash could still lose, a receipt interval beyond the
+    credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
+    """
+
+    def __init__(
+        self,
+        connection_id: str,
+        sla: Sla,
+        client_public_key: bytes,
+        deposited: int,
+        *,
+        credit_datagrams: int = 1024,
+        credit_bytes: int | None = None,
+        on_receipt: Callable[[Receipt], None] | None = None,
+        counts_when_kept: bool = False,
+        loss_allowance: float = DEFAULT_LOSS_ALLOWANCE,
+    ) -> None:
+        if not 0.0 <= loss_allowance < 1.0:
+            raise ValueError(f"loss_allowance must be in [0, 1), got {loss_allowance!r}")
+        if credit_datagrams < 0:
+            raise ValueError("credit_datagrams cannot be negative")
+        if credit_bytes is None:
+            credit_bytes = credit_datagrams * _CREDIT_BYTES_PER_DATAGRAM
+        if credit_bytes < 0:
+            raise ValueError("credit_bytes cannot be negative")
+        self.connection_id = connection_id
+        self.sla = sla
+        self.client_public_key = client_public_key
+        self.deposited = deposited
+        self.credit_datagrams = credit_datagrams
+        self.credit_bytes = credit_bytes
+        self.on_receipt = on_receipt
+        self.counts_when_kept = counts_when_kept
+        self.loss_allowance = loss_allowance
+        #: The newest receipt counted: what pays for the traffic served.
+        self.latest: Receipt | None = None
+        #: The newest receipt accepted (counted, or waiting for :meth:`kept`): the one a
+        #: next receipt must follow.
+        self.checked: Receipt | None = None
+        #: What the relay forwarded for this client: its datagrams (requests) and the
+        #: bytes both ways, i.e. what an exact receipt covers.
+        self.datagrams = 0
+        self.bytes = 0
+        #: Of ``bytes``, those of replies sent to the client.
+        self.reply_bytes = 0
+        self.refused_receipts = 0
+        self._reported = (0, 0)
+        # allowed and not counted yet (a datagram on its way to the backend, replies
+        # on their way to the client): the request path and the reply path run in
+        # different threads, and each judged what the other was about to send as not
+        # there -- together they served past the deposit
+        self._pending_datagrams = 0
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger, connection_id: str, **kw: object) -> UdpBilling:
+        """The check for a ledger connection (SLA, client key, deposit from the ledger)."""
+        terms = ConnectionTerms.from_ledger(ledger, connection_id)
+        return cls(connection_id, terms.sla, terms.client_public_key, terms.deposited, **kw)  # type: ignore[arg-type]
+
+    @property
+    def owed(self) -> int:
+        """The fee of what was forwarded so far."""
+        return fee(self.sla, self.bytes, self.datagrams)
+
+    @property
+    def paid_up(self) -> bool:
+        """Whether the latest receipt covers everything forwarded so far (a relay
+        finishing waits for this before it ends)."""
+        with self._lock:
+            latest = self.latest
+            paid = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+            return paid[0] >= self.datagrams and paid[1] >= self.bytes
+
+    def receipt(self, encoded: bytes) -> bool:
+        """Check and keep a receipt; False (and counted) when it is refused."""
+        try:
+            receipt = Receipt.decode(encoded)
+            with self._lock:
+                check_next_receipt(
+                    receipt,
+                    self.checked,
+                    connection_id=self.connection_id,
+                    sla=self.sla,
+                    public_key=self.client_public_key,
+                    deposited=self.deposited,
+                )
+                self.checked = receipt
+                if not self.counts_when_kept:
+                    self.latest = receipt
+        except DTPError as exc:
+            self.refused_receipts += 1
+            logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
+            return False
+        if self.on_receipt is not None:
+            try:
+                self.on_receipt(receipt)
+            except Exception:
+                logger.exception("on_receipt failed for %s", self.connection_id)
+        return True
+
+    def kept(self, receipt: Receipt) -> None:
+        """Count a receipt :meth:`receipt` accepted, now kept durably (with
+        ``counts_when_kept``). One older than the newest counted changes nothing (a
+        writer that replaced it with a newer one may report either first)."""
+        with self._lock:
+            if self.latest is None or receipt.nonce > self.latest.nonce:
+                self.latest = receipt
+
+    def may_forward(self, nbytes: int = 0) -> bool:
+        """Whether a datagram of ``nbytes`` from the client may go: the receipts so far
+        leave credit for one more (its request and its bytes), and the deposit pays
+        for it on top of everything served (beyond it, no receipt could). The relays
+        ask this before sending and count with :meth:`forwarded` only once the
+        backend's socket took the datagram: a send that fails is not billed (call
+        :meth:`not_forwarded`). True reserves the datagram until then, so that the
+        replies allowed meanwhile leave room for it."""
+        with self._lock:
+            if not self._may_serve(nbytes, 1):
+                return False
+            self._pending_datagrams += 1
+            self._pending_bytes += nbytes
+            return True
+
+    def not_forwarded(self, nbytes: int) -> None:
+        """A datagram :meth:`may_forward` allowed was not delivered: not billed."""
+        with self._lock:
+            self._unreserve(nbytes, 1)
+
+    def _unreserve(self, nbytes: int, datagrams: int) -> None:
+        self._pending_bytes = max(0, self._pending_bytes - nbytes)
+        self._pending_datagrams = max(0, self._pending_datagrams - datagrams)
+
+    def _may_serve(self, nbytes: int, requests: int) -> bool:
+        """(lock held) Credit and deposit left for ``nbytes`` and ``requests`` more,
+        beyond what is counted and what is reserved."""
+        latest = self.latest
+        paid, paid_bytes = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+        datagrams = self.datagrams + self._pending_datagrams
+        served = self.bytes + self._pending_bytes
+        return (
+            datagrams - paid < self.credit_datagrams
+            and served - paid_bytes < self._byte_credit()
+            and fee(self.sla, served + nbytes, datagrams + requests) <= self.deposited
+        )
+
+    def _byte_credit(self) -> int:
+        """(lock held) The bytes that may go unreceipted: the credit, and the replies
+        written off as lost."""
+        return self.credit_bytes + int(self.reply_bytes * self.loss_allowance)
+
+    def replies_allowed(self, sizes: list[int]) -> int:
+        """How many of the replies of these sizes (the first ones) may go: each while
+        the bytes no receipt covers stay below ``credit_bytes`` and the deposit pays
+        for it. Their bytes are reserved until the relays count those sent with
+        :meth:`replied` (passing what was reserved)."""
+        with self._lock:
+            paid_bytes = 0 if self.latest is None else self.latest.total_bytes
+            start = nbytes = self.bytes + self._pending_bytes
+            datagrams = self.datagrams + self._pending_datagrams
+            credit = self._byte_credit()
+            allowed = 0
+            for size in sizes:
+                if nbytes - paid_bytes >= credit:
+                    break
+                if fee(self.sla, nbytes + size, datagrams) > self.deposited:
+                    break
+                nbytes += size
+                allowed += 1
+            self._pending_bytes += nbytes - start
+        return allowed
+
+    def forwarded(self, nbytes: int) -> None:
+        """Count a datagram of ``nbytes`` delivered to the backend."""
+        with self._lock:
+            self._unreserve(nbytes, 1)
+            self.datagrams += 1
+            self.bytes += nbytes
+
+    def admit(self, nbytes: int) -> bool:
+        """Whether a datagram of ``nbytes`` from the client may be forwarded, counting
+        it when it may (for a caller whose delivery cannot fail; the relays use
+        :meth:`may_forward` and :meth:`forwarded`)."""
+        with self._lock:
+            if not self._may_serve(nbytes, 1):
+                return False
+            self.datagrams += 1
+            self.bytes += nbytes
+            return True
+
+    def replied(self, nbytes: int, reserved: int = 0) -> None:
+        """Count replies of ``nbytes`` sent to the client, releasing the ``reserved``
+        bytes :meth:`replies_allowed` set aside for them."""
+        with self._lock:
+            self._unreserve(reserved, 0)
+            self.bytes += nbytes
+            self.reply_bytes += nbytes
+
+    def report_interval(self, every: int) -> int:
+        """``every`` (datagrams between usage reports), lowered to half the credit when
+        that is less: the receipts must come back before the credit is used up. With
+        a credit of 16 and reports every 32 datagrams, a steady stream got 16 through
+        and then nothing (no report was due, and traffic never paused for the
+        forced one)."""
+        return max(1, min(every, self.credit_datagrams // 2))
+
+    def final_totals(self) -> tuple[int, int]:
+        """The totals now, reported as final."""
+        with self._lock:
+            self._reported = (self.datagrams, self.bytes)
+            return self._reported
+
+    def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
+        """The totals to report when ``every`` datagrams, or half of ``credit_bytes``,
+        passed since the last report (or anything changed, with ``force``); None when
+        no report is due. (By bytes too: a stream of replies, which are no requests,
+        would otherwise run through its byte credit before a report was due.)"""
+        with self._lock:
+            last_datagrams, last_bytes = self._reported
+            changed = (self.datagrams, self.bytes) != self._reported
+            if not changed or not (
+                force
+                or self.datagrams - last_datagrams >= every
+                or self.bytes - last_bytes >= max(1, self.credit_bytes // 2)
+            ):
+                return None
+            self._reported = (self.datagrams, self.bytes)
+            return self._reported
+
+
+_MAX_CONTROL = 1 + RECEIPT_ENCODED_SIZE
+
+
+class BadControlFrame(RemoteProtocolError):
+    """The peer sent a control frame no peer of ours sends (raised by the readers of
+    the control stream, which then abort the connection with it as the reason)."""
+
+
+def check_control_size(size: int) -> None:
+    """Raise :class:`BadControlFrame` for a declared frame length out of bounds: its
+    body is never waited for nor buffered."""
+    if not 1 <= size <= _MAX_CONTROL:
+        raise BadControlFrame(f"UDP control frame of {size} bytes (1 to {_MAX_CONTROL})")
+
+
+def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason
+    (a blocking socket's or an asyncio writer's: both abort alike)."""
+    logger.info("UDP control stream: %s: closing the connection", exc)
+    with contextlib.suppress(DTPError, OSError):
+        sock.abort(str(exc))
+
+
+#: Receipts a relay refuses on one connection before it ends it: one is no fault (a
+#: stale one, say), but each costs a verification and a log line, and a client sending
+#: nothing else kept a relay's event loop (every service's) busy.
+_REFUSED_RECEIPTS_MAX = 8
+
+
+def take_receipt(billing: UdpBilling, encoded: bytes) -> None:
+    """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`); raises
+    :class:`BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused."""
+    if not billing.receipt(encoded) and billing.refused_receipts > _REFUSED_RECEIPTS_MAX:
+        raise BadControlFrame(f"{billing.refused_receipts} receipts refused")
+
+
+def check_final(finals: int) -> None:
+    """A client asks for the final report once: answered again and again (5 bytes in,
+    21 out, never drained), a client that did not read grew the relay's buffer without
+    bound, or held its control thread in a blocked send."""
+    if finals > 1:
+        raise BadControlFrame("a second request for the final report")
+
+
+def control_frame(kind: bytes, body: bytes = b"") -> bytes:
+    return LEN.pack(1 + len(body)) + kind + body
+
+
+USAGE = struct.Struct(">QQ")
+
+
+class FlowAccount:
+    """What one forwarded flow sent and received through DTP, and what its client signed
+    for: the billing half shared by :class:`UdpForwarder` and
+    :class:`dtp.hostid.udp.asyncio.AsyncUdpForwarder` (the caller serializes access)."""
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        self.meter = meter
+        self.sent_datagrams = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        #: The relay's totals we last signed for: (datagrams, bytes).
+        self.billed = (0, 0)
+        #: MIST the receipts signed so far cover (the meter's total).
+        self.paid = 0
+        self._warned_unpaid = False
+
+    def affordable(self, nbytes: int) -> bool:
+        """Whether the deposit covers this datagram on top of everything sent so far
+        (the relay may bill all of it)."""
+        meter = self.meter
+        if meter is None:
+            return True
+        total = fee(
+            meter.sla,
+            self.sent_bytes + self.received_bytes + nbytes,
+            self.sent_datagrams + 1,
+        )
+        return total <= meter.deposit
+
+    def take(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
+        """The datagrams of ``batch`` to send (counted as sent from here: the relay may
+        bill each), and how many were too large (over ``limit``) or beyond the deposit."""
+        out: list[bytes] = []
+        oversized = unpaid = 0
+        for data in batch:
+            if len(data) > limit:
+                oversized += 1
+            elif not self.affordable(len(data)):
+                unpaid += 1
+            else:
+                out.append(data)
+                self.sent_datagrams += 1
+                self.sent_bytes += len(data)
+        if unpaid and not self._warned_unpaid and self.meter is not None:
+            # once per flow: a deposit too small for the service (a paid SLA whose
+            # min_deposit is 0, say) dropped every datagram, and nothing said so
+            self._warned_unpaid = True
+            logger.warning(
+                "UDP flow %s: datagrams dropped: the deposit of %d MIST cannot pay for "
+                "them (raise the deposit)",
+                self.meter.connection_id,
+                self.meter.deposit,
+            )
+        return out, oversized, unpaid
+
+    def unsent(self, dropped: list[bytes]) -> None:
+        """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
+        (its carrier backed up): they never left, so no relay can bill them, and the
+        deposit they were counted against is still there for later ones."""
+        self.sent_datagrams -= len(dropped)
+        self.sent_bytes -= sum(map(len, dropped))
+
+    def sign(self, datagrams: int, nbytes: int) -> bytes | None:
+        """The control frame carrying a receipt for the relay's reported totals, capped
+        by what we sent and received; None when there is nothing new to sign."""
+        meter = self.meter
+        if meter is None:
+            return None
+        datagrams = min(datagrams, self.sent_datagrams)
+        nbytes = min(nbytes, self.sent_bytes + self.received_bytes)
+        d0, b0 = self.billed
+        if datagrams < d0 or nbytes < b0:
+            logger.info("UDP relay reported less than before: ignored")
+            return None
+        if (datagrams, nbytes) == self.billed:
+            return None
+        now = _now_ms()
+        receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
+        receipt = receipt or meter.flush(now)
+        self.billed = (datagrams, nbytes)
+        if receipt is None:
+            return None
+        self.paid = receipt.total_amount
+        return control_frame(b"R", receipt.encode())
+
+    def signed(self, stats: UdpStats, paid_before: int) -> None:
+        """Count a receipt :meth:`sign` made (and that went out) in ``stats``."""
+        stats.add(receipts_sent=1, fees_paid=self.paid - paid_before)
+
+
+#: How long :meth:`UdpForwarder.close` waits for connects in progress; one that returns
+#: later still closes its new connection at once (its thread sees the forwarder closed).
+CLOSE_WAIT = 10.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
