@@ -3,28 +3,13 @@
 
 from __future__ import annotations
 
-from dtp.errors import (
-    ObjectNotFound,
-)
-from dtp.identity.keys import (
-    HostIdentity,
-)
-from dtp.ledger.economics import (
-    EconomicsObject,
-    economics_object_from_fields,
-)
-from dtp.ledger.interface import (
-    ResponseEscrow,
-)
+from dtp.errors import ObjectNotFound
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.economics import EconomicsObject, economics_object_from_fields
+from dtp.ledger.interface import ResponseEscrow
 from dtp.ledger.local import rules
 from dtp.ledger.local.store import SHAPE_ERRORS, LocalStore, SqlStore, u64
-from dtp.ledger.objects import (
-    OpenedConnection,
-    as_bytes,
-    check_fields,
-    check_signer,
-    normalize_id,
-)
+from dtp.ledger.objects import OpenedConnection, as_bytes, check_fields, check_signer, normalize_id
 
 
 class BroadcastCalls(LocalStore):

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dtp.errors import (
-    InvalidArgument,
-)
-from dtp.identity.keys import (
-    HostIdentity,
-)
-from dtp.ledger.interface import (
-    Endpoint,
-    PendingOpen,
-)
+from dtp.errors import InvalidArgument
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Endpoint, PendingOpen
 from dtp.ledger.local.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
 from dtp.ledger.local.reads import LedgerReads
 from dtp.ledger.local.store import LocalStore, u64
-from dtp.ledger.local.tx import (
-    Address,
-    TxValue,
-    derive_object_id,
-    tx_digest,
-)
+from dtp.ledger.local.tx import Address, TxValue, derive_object_id, tx_digest
 from dtp.ledger.objects import (
     OpenedConnection,
     Settlement,

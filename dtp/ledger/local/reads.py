@@ -6,14 +6,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from dtp.errors import (
-    InvalidArgument,
-    ObjectNotFound,
-)
-from dtp.ledger.interface import (
-    ConnectionView,
-    _connection_view,
-)
+from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.ledger.interface import ConnectionView, _connection_view, check_event_read
 from dtp.ledger.local import rules
 from dtp.ledger.local.store import (
     SEQ_MAX,
@@ -29,14 +23,10 @@ from dtp.ledger.objects import (
     Broadcast,
     ChainObject,
     ConnectionState,
-    Escrow,
     Event,
     EventFilter,
     EventRead,
-    Host,
     ObjectRef,
-    Pipe,
-    SpendingCap,
     TransportControl,
     normalize_id,
 )
@@ -194,18 +184,6 @@ class LedgerReads(LocalStore):
         assert isinstance(obj, cls)
         return obj
 
-    def get_host(self, host_id: str) -> Host:
-        return self._get(host_id, "Host", Host)
-
-    def get_cap(self, cap_id: str) -> SpendingCap:
-        return self._get(cap_id, "SpendingCap", SpendingCap)
-
-    def get_connection(self, connection_id: str) -> TransportControl:
-        return self._get(connection_id, "TransportControl", TransportControl)
-
-    def get_escrow(self, escrow_id: str) -> Escrow:
-        return self._get(escrow_id, "Escrow", Escrow)
-
     def connection_state(self, connection_id: str) -> ConnectionState:
         # one field, read by SQLite: not the whole object parsed, built and checked
         cid = normalize_id(connection_id, "connection ID")
@@ -229,12 +207,6 @@ class LedgerReads(LocalStore):
             )
         return state
 
-    def get_pipe(self, pipe_id: str) -> Pipe:
-        return self._get(pipe_id, "Pipe", Pipe)
-
-    def get_broadcast(self, broadcast_id: str) -> Broadcast:
-        return self._get(broadcast_id, "Broadcast", Broadcast)
-
     def balance(self, address: str) -> int:
         address = normalize_id(address, "address")
         return self._read_one(lambda: SqlStore(self._db).balance(address))
@@ -257,15 +229,6 @@ class LedgerReads(LocalStore):
 
     # -- events ----------------------------------------------------------------------------------
 
-    def events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        read = self.read_events(cursor, filter, limit)
-        return read.events, read.cursor
-
     def read_events(
         self,
         cursor: str | None = None,
@@ -274,10 +237,7 @@ class LedgerReads(LocalStore):
     ) -> EventRead:
         # a read stops at `limit` events or at the newest row: fewer is the end
         start = self._cursor(cursor)
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
-        if filter is not None and not isinstance(filter, EventFilter):
-            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
+        check_event_read(filter, limit)
         if limit <= 0:
             # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
             # before it compares with limit)

@@ -25,25 +25,11 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.identity.keys import (
-    HostIdentity,
-    InvalidSignature,
-    verify_transaction,
-)
-from dtp.ledger.interface import (
-    Ledger,
-)
+from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.ledger.interface import TypedReads
 from dtp.ledger.local import rules
 from dtp.ledger.local.rules import economics as local_economics
-from dtp.ledger.local.tx import (
-    Address,
-    Tx,
-    TxValue,
-    base58,
-    decode_tx,
-    encode_tx,
-    tx_digest,
-)
+from dtp.ledger.local.tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.ledger.objects import (
     ChainObject,
     Event,
@@ -380,7 +366,7 @@ class SqlStore:
         return {address: _balance(address, amount) for address, amount in rows}
 
 
-class LocalStore(Ledger):
+class LocalStore(TypedReads):
     """LocalLedger's SQLite core: the file and its connections, the clock's stored state,
     and executing a transaction as one SQLite transaction (the calls are in
     :class:`~dtp.ledger.local.ledger.LocalLedger` and its mixins)."""

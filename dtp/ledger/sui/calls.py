@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from dtp.errors import (
-    InvalidArgument,
-)
+from dtp.errors import InvalidArgument
 from dtp.ledger.interface import Endpoint
-from dtp.ledger.objects import (
-    OpenedConnection,
-    Settlement,
-    Sla,
-    check_signer,
-    normalize_id,
-)
+from dtp.ledger.objects import OpenedConnection, Settlement, Sla, check_signer, normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.tx import SharedRef, TxContext

@@ -6,30 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dtp.errors import (
-    ObjectNotFound,
-)
-from dtp.ledger.economics import (
-    Subscription,
-)
+from dtp.errors import ObjectNotFound
+from dtp.ledger.economics import Subscription
 from dtp.ledger.interface import ResponseEscrow
-from dtp.ledger.objects import (
-    OpenedConnection,
-    check_signer,
-    normalize_id,
-)
+from dtp.ledger.objects import OpenedConnection, check_signer, normalize_id
 from dtp.ledger.sui import tx as sui_tx
-from dtp.ledger.sui.client import (
-    NodeObject,
-)
-from dtp.ledger.sui.codec import (
-    RESPONSE_ESCROW_LAYOUT,
-    decode,
-)
-from dtp.ledger.sui.effects import (
-    TxOutcome,
-    short_type,
-)
+from dtp.ledger.sui.client import NodeObject
+from dtp.ledger.sui.codec import RESPONSE_ESCROW_LAYOUT, decode
+from dtp.ledger.sui.effects import TxOutcome, short_type
 from dtp.ledger.sui.tx import SharedRef, TxContext
 
 if TYPE_CHECKING:

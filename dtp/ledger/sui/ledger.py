@@ -15,29 +15,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.errors import (
-    ChainError,
-    InvalidArgument,
-    ObjectNotFound,
-    WrongSigner,
-)
-from dtp.ledger.economics import (
-    ECONOMICS_MODULES,
-    EconomicsObject,
-)
-from dtp.ledger.interface import Ledger
+from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, WrongSigner
+from dtp.ledger.economics import ECONOMICS_MODULES, EconomicsObject
+from dtp.ledger.interface import TypedReads, check_event_read
 from dtp.ledger.objects import (
-    Broadcast,
     ChainObject,
-    Escrow,
     Event,
     EventFilter,
     EventRead,
-    Host,
     OpenedConnection,
-    Pipe,
-    SpendingCap,
-    TransportControl,
     normalize_id,
 )
 from dtp.ledger.sui import tx as sui_tx
@@ -57,10 +43,7 @@ from dtp.ledger.sui.codec import (
     table_id,
 )
 from dtp.ledger.sui.config import SuiConfig
-from dtp.ledger.sui.economics import (
-    decode_economics_object,
-    economics_table_id,
-)
+from dtp.ledger.sui.economics import decode_economics_object, economics_table_id
 from dtp.ledger.sui.effects import (
     TxOutcome,
     cancelled_for_congestion,
@@ -68,13 +51,7 @@ from dtp.ledger.sui.effects import (
     parse_executed,
     short_type,
 )
-from dtp.ledger.sui.gas import (
-    GasPool,
-    Lease,
-    PriceCache,
-    settle_from_effects,
-    split_transaction,
-)
+from dtp.ledger.sui.gas import GasPool, Lease, PriceCache, settle_from_effects, split_transaction
 from dtp.ledger.sui.tx import OwnedRef, SharedRef, TxContext
 
 if TYPE_CHECKING:
@@ -139,7 +116,7 @@ def _unique_budget(budget: int) -> int:
     return budget - secrets.randbelow(budget // 100 + 1)
 
 
-class SuiLedgerCore(Ledger):
+class SuiLedgerCore(TypedReads):
     """SuiLedger's core: reading objects from the node, gas, building, signing and
     executing a transaction, and the reads and events (the calls are mixins)."""
 
@@ -427,24 +404,6 @@ class SuiLedgerCore(Ledger):
     def get_object(self, object_id: str) -> ChainObject:
         return self._typed(object_id, None)
 
-    def get_host(self, host_id: str) -> Host:
-        return self._get(host_id, "Host", Host)
-
-    def get_cap(self, cap_id: str) -> SpendingCap:
-        return self._get(cap_id, "SpendingCap", SpendingCap)
-
-    def get_connection(self, connection_id: str) -> TransportControl:
-        return self._get(connection_id, "TransportControl", TransportControl)
-
-    def get_escrow(self, escrow_id: str) -> Escrow:
-        return self._get(escrow_id, "Escrow", Escrow)
-
-    def get_pipe(self, pipe_id: str) -> Pipe:
-        return self._get(pipe_id, "Pipe", Pipe)
-
-    def get_broadcast(self, broadcast_id: str) -> Broadcast:
-        return self._get(broadcast_id, "Broadcast", Broadcast)
-
     def is_on_air(self, broadcast_id: str) -> bool:
         """``broadcast::is_on_air`` at the network clock."""
         return self.get_broadcast(broadcast_id).is_on_air(self.clock_ms())
@@ -489,15 +448,6 @@ class SuiLedgerCore(Ledger):
                 self._checkpoint_ms[checkpoint] = cached
         return cached
 
-    def events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        read = self.read_events(cursor, filter, limit)
-        return read.events, read.cursor
-
     def read_events(
         self,
         cursor: str | None = None,
@@ -508,12 +458,7 @@ class SuiLedgerCore(Ledger):
         (``QUERY_END_REASON_LEDGER_TIP``), or, from a node that gives no reason, when the
         cursor did not move."""
         after = self._cursor_bytes(cursor)
-        # as LocalLedger checks them (a str limit raised TypeError, a str filter
-        # AttributeError at the first event)
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
-        if filter is not None and not isinstance(filter, EventFilter):
-            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
+        check_event_read(filter, limit)
         if limit <= 0:
             return EventRead([], cursor, False)
         page = self._node.scan_events(

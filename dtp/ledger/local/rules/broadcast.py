@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.errors import (
-    move_error,
-)
+from dtp.errors import move_error
 from dtp.ledger.local.rules.common import SHARED, Exec, add_u64, utf8
-from dtp.ledger.objects import (
-    MAX_DATA_LENGTH,
-)
+from dtp.ledger.objects import MAX_DATA_LENGTH
 
 
 def _slot_at(b: dict[str, Any], now_ms: int) -> int:

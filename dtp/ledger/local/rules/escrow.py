@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.errors import (
-    move_error,
-)
+from dtp.errors import move_error
 from dtp.ledger.local.rules.common import SHARED, Exec, add_u64
 
 # -- spending cap ------------------------------------------------------------------------------

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from dtp.errors import (
-    ChainError,
-    move_error,
-)
+from dtp.errors import ChainError, move_error
 from dtp.identity.bcs import uleb128
 from dtp.ledger.local.rules.common import SHARED, Exec, utf8
 from dtp.ledger.objects import (

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.errors import (
-    move_error,
-)
+from dtp.errors import move_error
 from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger.local.rules.common import SHARED, Exec
 from dtp.ledger.local.rules.escrow import verify

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.errors import (
-    move_error,
-)
+from dtp.errors import move_error
 from dtp.ledger.local.rules.common import Exec
 from dtp.ledger.local.rules.transport_control import assert_participant, closed_error
-from dtp.ledger.objects import (
-    MAX_DATA_LENGTH,
-    MAX_INNERS,
-)
+from dtp.ledger.objects import MAX_DATA_LENGTH, MAX_INNERS
 
 
 def pipe_create(x: Exec, tc_id: str, inner_count: int) -> str:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.errors import (
-    ChainError,
-    move_error,
-)
+from dtp.errors import ChainError, move_error
 from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger.local.rules.common import OBJECT_TYPES, SHARED, Exec, Obj
 from dtp.ledger.local.rules.escrow import (
@@ -17,9 +14,7 @@ from dtp.ledger.local.rules.escrow import (
     reserve,
 )
 from dtp.ledger.local.rules.host import admit, new_sla
-from dtp.ledger.objects import (
-    HALF_CLOSE_TIMEOUT_MS,
-)
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
 
 
 def tc_open(
