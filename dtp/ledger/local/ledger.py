@@ -28,7 +28,7 @@ def _endpoints(values: Sequence[Endpoint]) -> list[TxValue]:
 
 
 class LocalLedger(BroadcastCalls, MessagingCalls, PaymentModelCalls, LedgerReads, LocalStore):
-    """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
+    """The embedded ledger (see :mod:`dtp.ledger.local`). ``path`` is a file (created if missing)
     or ``":memory:"``: a ``str`` or ``os.PathLike`` (TypeError otherwise);
     ``clock_ms`` freezes the clock at that time when given. Bad arguments are refused
     before anything is created.

@@ -640,7 +640,7 @@ class LocalStore(TypedReads):
         return now
 
     def clock_ms(self) -> int:
-        """The ledger clock in ms (see the module docs for wall and frozen modes)."""
+        """The ledger clock in ms (see :mod:`dtp.ledger.local` for wall and frozen modes)."""
         return self._read_one(self._now)
 
     def clock_frozen(self) -> bool:
