@@ -78,6 +78,18 @@ MOVED: dict[str, str] = {
     "dtp.paid_aio": "dtp.hostid.paid.aio",
     "dtp.udp": "dtp.hostid.udp",
     "dtp.udp_aio": "dtp.hostid.udp.asyncio",
+    # the local and Sui ledgers' modules, into their packages ledger/local/ and ledger/sui/
+    "dtp.ledger.local_rules": "dtp.ledger.local.rules",
+    "dtp.ledger.local_tx": "dtp.ledger.local.tx",
+    "dtp.ledger.local_economics": "dtp.ledger.local.rules.economics",
+    "dtp.ledger.sui_client": "dtp.ledger.sui.client",
+    "dtp.ledger.sui_codec": "dtp.ledger.sui.codec",
+    "dtp.ledger.sui_config": "dtp.ledger.sui.config",
+    "dtp.ledger.sui_economics": "dtp.ledger.sui.economics",
+    "dtp.ledger.sui_effects": "dtp.ledger.sui.effects",
+    "dtp.ledger.sui_gas": "dtp.ledger.sui.gas",
+    "dtp.ledger.sui_keystore": "dtp.ledger.sui.keystore",
+    "dtp.ledger.sui_tx": "dtp.ledger.sui.tx",
 }
 
 

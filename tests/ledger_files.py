@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain import local as local_module
+import dtp.ledger.local.store as local_module
 
 
 def damage(path: Path, statement: str, *args: object) -> None:

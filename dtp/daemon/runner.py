@@ -352,7 +352,7 @@ class Daemon:
         (``SharedObjectCongestion``; never on a LocalLedger)."""
         if not self.config.daemon.ledger.is_sui:
             return False
-        from dtp.ledger.sui_client import SharedObjectCongestion  # (loaded: a Sui ledger)
+        from dtp.ledger.sui.client import SharedObjectCongestion  # (loaded: a Sui ledger)
 
         return isinstance(exc, SharedObjectCongestion)
 

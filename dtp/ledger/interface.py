@@ -32,9 +32,9 @@ import abc
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from dtp.errors import ChainError, InvalidTransaction, ObjectNotFound
+from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, ObjectNotFound
 from dtp.ledger.economics import PaymentModels
 from dtp.ledger.objects import (
     MAX_PURE_BYTES,
@@ -72,8 +72,12 @@ __all__ = [
     "Ledger",
     "PendingOpen",
     "ResponseEscrow",
+    "TypedReads",
+    "check_event_read",
     "response_ack_message",
 ]
+
+_T = TypeVar("_T")
 
 #: An endpoint as given by callers: bytes, or text encoded as UTF-8.
 Endpoint = bytes | str
@@ -634,3 +638,50 @@ class Ledger(PaymentModels, abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_event_read(filter: EventFilter | None, limit: int) -> None:
+    """The arguments of :meth:`Ledger.read_events` after the cursor, checked as both
+    ledgers check them (a str ``limit`` would raise TypeError, a str ``filter``
+    AttributeError at the first event)."""
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
+    if filter is not None and not isinstance(filter, EventFilter):
+        raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
+
+
+class TypedReads(Ledger):
+    """The typed getters and :meth:`events` as both ledgers write them, over the
+    ledger's own ``_get`` (one object of a struct, checked to be of its class) and
+    :meth:`read_events` (LocalLedger and SuiLedger both know where a read ends)."""
+
+    @abc.abstractmethod
+    def _get(self, object_id: str, struct: str, cls: type[_T]) -> _T:
+        """The object ``object_id``, which must be a ``struct`` (a ``cls``)."""
+
+    def get_host(self, host_id: str) -> Host:
+        return self._get(host_id, "Host", Host)
+
+    def get_cap(self, cap_id: str) -> SpendingCap:
+        return self._get(cap_id, "SpendingCap", SpendingCap)
+
+    def get_connection(self, connection_id: str) -> TransportControl:
+        return self._get(connection_id, "TransportControl", TransportControl)
+
+    def get_escrow(self, escrow_id: str) -> Escrow:
+        return self._get(escrow_id, "Escrow", Escrow)
+
+    def get_pipe(self, pipe_id: str) -> Pipe:
+        return self._get(pipe_id, "Pipe", Pipe)
+
+    def get_broadcast(self, broadcast_id: str) -> Broadcast:
+        return self._get(broadcast_id, "Broadcast", Broadcast)
+
+    def events(
+        self,
+        cursor: str | None = None,
+        filter: EventFilter | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[Event], str | None]:
+        read = self.read_events(cursor, filter, limit)
+        return read.events, read.cursor

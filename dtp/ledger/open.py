@@ -31,7 +31,7 @@ def open_ledger(
     Sui ledger's package is resolved by :func:`resolve_package` (``package`` overrides
     ``$DTP_SUI_PACKAGE`` and the deploy records); its optional key, gas budget, timeout
     and retries come from ``DTP_SUI_KEY``, ``DTP_SUI_GAS_BUDGET``, ``DTP_SUI_TIMEOUT``
-    and ``DTP_SUI_RETRIES`` (:meth:`~dtp.ledger.sui_config.SuiConfig.for_node`); opening
+    and ``DTP_SUI_RETRIES`` (:meth:`~dtp.ledger.sui.config.SuiConfig.for_node`); opening
     it does no I/O (the first call reaches the node). ``setting`` names a string
     ``spec`` in errors. Raises :class:`LedgerSpecError` (or the ``SuiConfigError`` of
     a ``DTP_SUI_*`` setting) before anything is opened."""
@@ -51,6 +51,6 @@ def open_ledger(
     assert parsed.node is not None
     package_id = resolve_package(parsed, package, package_setting=package_setting, env=env)
     from dtp.ledger.sui import SuiLedger
-    from dtp.ledger.sui_config import SuiConfig
+    from dtp.ledger.sui.config import SuiConfig
 
     return SuiLedger(SuiConfig.for_node(parsed.node, package_id, env))

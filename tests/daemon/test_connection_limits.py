@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from dtp.chain import sui, sui_client
+from dtp.chain import sui_client
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
@@ -30,6 +30,7 @@ from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.runner import Daemon
 from dtp.errors import ConnectionLimitReached, ConnectionRefused
 from dtp.keys import HostIdentity
+from dtp.ledger.sui import ledger as sui_core
 from tests.daemon_inproc import BOUND, Client, echo_backend, running, tunnel, until
 from tests.sui_node import SuiNodeStandIn
 
@@ -82,7 +83,7 @@ def ledgers(
         return
     # (backoffs in milliseconds: the node's answers are local)
     monkeypatch.setattr(sui_client, "_RETRY_DELAY", 0.001)
-    monkeypatch.setattr(sui, "_CONGESTION_DELAY", 0.001)
+    monkeypatch.setattr(sui_core, "_CONGESTION_DELAY", 0.001)
     with SuiNodeStandIn() as node:
         yield Ledgers(tmp_path, node)
         node.state.check()

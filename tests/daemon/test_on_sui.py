@@ -21,13 +21,14 @@ import pytest
 import dtp.daemon.gas as gas_mod
 import dtp.daemon.runner as runner_mod
 import dtp.daemon.services as services_mod
-from dtp.chain import sui, sui_client
+from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.runner import Daemon
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
 from dtp.keys import HostIdentity
+from dtp.ledger.sui import ledger as sui_core
 from tests.daemon_inproc import BOUND, Client, echo_backend, running, through, tunnel, until
 from tests.sui_node import SuiNodeStandIn
 
@@ -40,7 +41,7 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoffs in milliseconds rather than seconds (the node's answers are local)."""
     monkeypatch.setattr(sui_client, "_RETRY_DELAY", 0.001)
     monkeypatch.setattr(sui_client, "_RATE_LIMITED_DELAY", 0.001)
-    monkeypatch.setattr(sui, "_CONGESTION_DELAY", 0.001)
+    monkeypatch.setattr(sui_core, "_CONGESTION_DELAY", 0.001)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.chain.local as local
+import dtp.ledger.local.store as local
 from dtp.chain.local import CLOCK_MAX_MS, LocalLedger
 from dtp.chain.local_tx import Address
 from dtp.chain.objects import MAX_PURE_BYTES, Sla
@@ -120,7 +120,7 @@ def test_a_wall_clock_stops_at_the_end(ledgers: tuple[LocalLedger, LocalLedger])
 #
 # Sui refuses a pure argument of 16384 bytes or more before any Move code runs, so a
 # service kind or a channel name of more than 16381 bytes never reaches the Move code
-# (dtp.chain.sui_tx refuses it with InvalidArgument). No Move check bounds a String, and
+# (dtp.ledger.sui.tx refuses it with InvalidArgument). No Move check bounds a String, and
 # LocalLedger stored such a kind or channel: a call Sui refuses succeeded here.
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from tests.ledger_files import SlowCheckpoints

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp.chain import local_rules as rules
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_tx import Address, decode_tx
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner

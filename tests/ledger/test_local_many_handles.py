@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from dtp.chain.ledger import Ledger
-from dtp.chain.local import _CHECKPOINT_EVERY, LocalLedger, _Checkpointer
+from dtp.chain.local import LocalLedger
 from dtp.chain.local_tx import base58
 from dtp.chain.objects import Escrow, Host, Sla, SpendingCap, TransportControl
 from dtp.errors import InvalidTransaction, ObjectNotFound
 from dtp.keys import HostIdentity
+from dtp.ledger.local.store import _CHECKPOINT_EVERY, _Checkpointer
 
 SLA = Sla(10, 5, 1000)
 
@@ -188,7 +189,7 @@ def test_a_checkpoint_never_creates_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_from_json_without_bytes_takes_the_plain_decoder() -> None:
-    from dtp.chain import local_rules as rules
+    from dtp.ledger.local.rules import common as rules
 
     samples = [
         {"a": 1, "b": [1, 2, {"c": "d"}]},

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ObjectNotFound

@@ -19,9 +19,9 @@ from dtp.chain.ledger import (
     response_ack_message,
 )
 from dtp.chain.local import LocalLedger
-from dtp.chain.sui_tx import SharedRef
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
 from dtp.keys import HostIdentity
+from dtp.ledger.sui.tx import SharedRef
 from tests.ledger.test_sui_transactions import CTX, SENDER
 from tests.support.paths import ROOT
 
@@ -234,7 +234,7 @@ def test_messaging_golden_bytes(name: str) -> None:
 
 def test_messaging_event_layouts_match_local_ledger_events() -> None:
     from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS
-    from dtp.chain.sui_codec import decode, encode
+    from dtp.ledger.sui.codec import decode, encode
 
     ledger = LocalLedger(":memory:", clock_ms=0)
     client, server = ACTORS["client"], ACTORS["server"]
@@ -266,7 +266,7 @@ def regenerate() -> None:
     """Rewrite tests/golden/messaging_transactions.json from the current builders."""
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx messaging builders "
+            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui.tx messaging builders "
             "(mailbox, response_escrow) for the fixed inputs of "
             "tests/ledger/test_messaging_rules.py and tests/ledger/test_sui_transactions.py. "
             "Regenerate with "

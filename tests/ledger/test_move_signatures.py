@@ -1,4 +1,4 @@
-"""Every Move call that dtp/chain/sui_tx.py builds must match a callable Move function.
+"""Every Move call that dtp/ledger/sui/tx.py builds must match a callable Move function.
 
 No `sui` binary exists here, so a Move signature that drifts from the transaction builder
 (a renamed function, a reordered or added parameter, a parameter that became `&mut` while
@@ -34,8 +34,8 @@ import tests.ledger.test_messaging_rules as msg_cases
 import tests.ledger.test_payment_models as econ_cases
 import tests.ledger.test_sui_transactions as sui_cases
 from dtp.chain import sui_tx
-from dtp.chain.sui_tx import CLOCK_ID
 from dtp.errors import InvalidArgument
+from dtp.ledger.sui.tx import CLOCK_ID
 from tests.support.paths import MOVE_SOURCES
 
 SOURCES = MOVE_SOURCES

@@ -23,13 +23,6 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.chain.sui import event_from_proto
-from dtp.chain.sui_codec import encode
-from dtp.chain.sui_economics import (
-    ECONOMICS_EVENT_LAYOUTS,
-    ECONOMICS_OBJECT_LAYOUTS,
-    decode_economics_object,
-)
-from dtp.chain.sui_tx import CLOCK_ID, OwnedRef, SharedRef
 from dtp.errors import (
     AlreadyRefunded,
     ChainError,
@@ -45,6 +38,13 @@ from dtp.errors import (
 )
 from dtp.escrow import Meter, Receipt
 from dtp.keys import HostIdentity
+from dtp.ledger.sui.codec import encode
+from dtp.ledger.sui.economics import (
+    ECONOMICS_EVENT_LAYOUTS,
+    ECONOMICS_OBJECT_LAYOUTS,
+    decode_economics_object,
+)
+from dtp.ledger.sui.tx import CLOCK_ID, OwnedRef, SharedRef
 from tests.ledger.test_sui_transactions import CTX, PACKAGE, SENDER
 from tests.sui_network import SuiNetwork
 from tests.support.paths import GOLDEN as GOLDEN_DIR
@@ -623,8 +623,8 @@ def _proto_event(module: str, name: str, raw: bytes) -> Any:
 
 def test_sui_ledger_payment_models_need_a_node() -> None:
     from dtp.chain.sui import SuiConfig, SuiLedger
-    from dtp.chain.sui_client import LedgerUnavailable
     from dtp.errors import InvalidArgument
+    from dtp.ledger.sui.client import LedgerUnavailable
     from tests.ledger.test_sui_transactions import _closed_port
 
     ledger = SuiLedger(SuiConfig(f"http://127.0.0.1:{_closed_port()}", PACKAGE, timeout=5))
@@ -655,7 +655,7 @@ def regenerate() -> None:
     """Rewrite tests/golden/economics_transactions.json from the current builders."""
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of the dtp.chain.sui_tx payment-model "
+            "Sui TransactionData V1 bytes (hex) of the dtp.ledger.sui.tx payment-model "
             "builders (subscription, sponsor, tickets, retention) for the fixed inputs of "
             "tests/ledger/test_payment_models.py. Regenerate with "
             "`python -m tests.ledger.test_payment_models --regenerate` after a deliberate change."

@@ -35,6 +35,7 @@ from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import InvalidArgument, ObjectNotFound
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from dtp.ledger.interface import Ledger
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x72]) * 32)
@@ -412,11 +413,15 @@ def test_wrong_typed_sla_receipt_and_signer_are_refused_as_local_ledger_does(
 
 
 def _signer_methods() -> list[str]:
-    """SuiLedger's own transaction methods (an inherited default such as
-    Ledger.prepare_open_connection does nothing at all)."""
+    """SuiLedger's own transaction methods, those of its mixins included (an inherited
+    default such as Ledger.prepare_open_connection does nothing at all)."""
+    mro = SuiLedger.__mro__
+    own: dict[str, object] = {}
+    for cls in reversed(mro[: mro.index(Ledger)]):
+        own.update(vars(cls))
     return sorted(
         name
-        for name, fn in vars(SuiLedger).items()
+        for name, fn in own.items()
         if inspect.isfunction(fn)
         and not name.startswith("_")
         and list(inspect.signature(fn).parameters)[1:2] == ["signer"]

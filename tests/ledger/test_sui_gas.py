@@ -1,4 +1,4 @@
-"""dtp.chain.sui_gas offline: the gas-coin pool's leases (one coin per transaction in
+"""dtp.ledger.sui.gas offline: the gas-coin pool's leases (one coin per transaction in
 flight; the fewest coins, largest first), its bookkeeping from effects and from the
 node's listings (read without the pool's lock), the split it asks for, the price cache."""
 
@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from dtp.chain.sui_client import LedgerUnavailable
-from dtp.chain.sui_gas import MAX_GAS_COINS, POOL_TARGET, GasPool, Lease, PriceCache
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import InsufficientFunds
+from dtp.ledger.sui.client import LedgerUnavailable
+from dtp.ledger.sui.gas import MAX_GAS_COINS, POOL_TARGET, GasPool, Lease, PriceCache
+from dtp.ledger.sui.tx import OwnedRef
 
 OWNER = "0x" + "0a" * 32
 DIGEST = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi"

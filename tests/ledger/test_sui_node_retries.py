@@ -21,8 +21,8 @@ from grpclib.exceptions import GRPCError
 
 from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.chain.sui_client import LedgerUnavailable, MalformedResponse, SuiNode
 from dtp.errors import ChainError, ObjectNotFound
+from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
 from tests.ledger.test_sui_node_faults import (
     JOIN,
     NODE_TIMEOUT,
@@ -39,7 +39,7 @@ from tests.sui_proxies import ResettingProxy
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
-LOGGER = "dtp.ledger.sui_client"
+LOGGER = "dtp.ledger.sui.client"
 
 
 @pytest.fixture

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 import dtp.errors
-from dtp.chain import sui, sui_client
+from dtp.chain import sui_client
 from dtp.chain.objects import Sla
 from dtp.chain.sui import SharedObjectCongestion, SuiConfig, SuiLedger
 from dtp.chain.sui_client import MalformedResponse
 from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
+from dtp.ledger.sui import ledger as sui_core
 from tests.ledger.test_scenarios import ACTORS, SCENARIOS, Runner
 from tests.sui_node import SuiNodeStandIn
 from tests.sui_node.objects import COIN_TYPE
@@ -103,7 +104,7 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries back off as they do on a network, in milliseconds rather than seconds."""
     monkeypatch.setattr(sui_client, "_RETRY_DELAY", 0.001)
     monkeypatch.setattr(sui_client, "_RATE_LIMITED_DELAY", 0.001)
-    monkeypatch.setattr(sui, "_CONGESTION_DELAY", 0.001)
+    monkeypatch.setattr(sui_core, "_CONGESTION_DELAY", 0.001)
 
 
 @pytest.fixture

@@ -31,18 +31,6 @@ from dtp.chain.sui import (
     execution_error,
     parse_executed,
 )
-from dtp.chain.sui_client import LedgerUnavailable, parse_endpoint
-from dtp.chain.sui_codec import (
-    EVENT_LAYOUTS,
-    OBJECT_LAYOUTS,
-    BcsDecodeError,
-    decode,
-    decode_event,
-    decode_object,
-    encode_event,
-    encode_object,
-)
-from dtp.chain.sui_tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -55,6 +43,18 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity, verify_transaction
+from dtp.ledger.sui.client import LedgerUnavailable, parse_endpoint
+from dtp.ledger.sui.codec import (
+    EVENT_LAYOUTS,
+    OBJECT_LAYOUTS,
+    BcsDecodeError,
+    decode,
+    decode_event,
+    decode_object,
+    encode_event,
+    encode_object,
+)
+from dtp.ledger.sui.tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
 from tests.sui_network import SuiNetwork, transfer
 from tests.support.paths import GOLDEN as GOLDEN_DIR
 
@@ -797,7 +797,7 @@ def regenerate() -> None:
     GOLDEN.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "description": (
-            "Sui TransactionData V1 bytes (hex) of dtp.chain.sui_tx builders for the fixed "
+            "Sui TransactionData V1 bytes (hex) of dtp.ledger.sui.tx builders for the fixed "
             "inputs of tests/ledger/test_sui_transactions.py. Regenerate with "
             "`python -m tests.ledger.test_sui_transactions --regenerate` after a deliberate change."
         ),

@@ -2,7 +2,7 @@
 ``dtp.errors.LedgerUnavailable``, whichever ledger it is.
 
 Before, LocalLedger raised a plain ChainError whose ``name`` was "LedgerUnavailable" and
-SuiLedger a class of ``dtp.chain.sui_client``: user code could only test ``.name``. Every
+SuiLedger a class of ``dtp.ledger.sui.client``: user code could only test ``.name``. Every
 case here is a real failure: a closed or foreign SQLite file, a row rewritten behind the
 ledger's back, a writer holding the file's lock, a Sui endpoint on 127.0.0.1 that refuses
 connections (one that never answers is tests/ledger/test_sui_node_faults.py's close test). ``.name``
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-import dtp.chain.local as local_module
+import dtp.ledger.local.store as local_module
 from dtp import errors
 from dtp.chain import local_rules, sui_client
 from dtp.chain.local import LocalLedger
 from dtp.chain.sui import LedgerUnavailable as SuiLedgerUnavailable
 from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.chain.sui_client import SuiNode
 from dtp.keys import HostIdentity
+from dtp.ledger.sui.client import SuiNode
 from tests.ledger.test_sui_transactions import PACKAGE, _closed_port
 from tests.ledger_files import damage
 

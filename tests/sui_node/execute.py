@@ -8,7 +8,7 @@ the budget, the budget and price are within bounds, owned inputs are the sender'
 their current versions, shared inputs are shared since the versions given.
 
 :func:`execute` then runs it. The command list is mapped onto
-:data:`dtp.chain.local_rules.FUNCTIONS` generically: ``SplitCoins(GasCoin, [a])``
+:data:`dtp.ledger.local.rules.FUNCTIONS` generically: ``SplitCoins(GasCoin, [a])``
 results are ``coin`` arguments, a ``host::new_sla`` result is the three ``u64`` the next
 call takes, object inputs are ``obj:<Struct>`` IDs, the Clock is passed implicitly, pure
 inputs decode per the schema's kind. The rules run inside one LocalLedger transaction

@@ -1,6 +1,6 @@
 """How LocalLedger's objects and events look on a Sui node: their Move type strings, BCS
-contents (the layouts SuiLedger decodes with: dtp.chain.sui_codec, sui_economics and the
-messaging layouts of dtp.chain.sui), the dynamic-field objects of their ``Table``s, coins,
+contents (the layouts SuiLedger decodes with: dtp.ledger.sui.codec, dtp.ledger.sui.economics and the
+messaging layouts of dtp.ledger.sui), the dynamic-field objects of their ``Table``s, coins,
 and object digests.
 
 The layouts come from the Move sources; LocalLedger's object data carry the same field
@@ -18,8 +18,8 @@ from typing import Any, Final
 from dtp._uleb128 import bcs_uleb128
 from dtp.chain.local_tx import base58
 from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
-from dtp.chain.sui_codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, Layout, encode
-from dtp.chain.sui_economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, Layout, encode
+from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 
 __all__ = [
     "CLOCK_ID",

@@ -1,6 +1,6 @@
 """Transaction bytes as the stand-in node reads them: pysui's ``bcs.TransactionData``
 turned into plain values (inputs, commands, gas), and pure arguments decoded per the
-argument kinds of :data:`dtp.chain.local_rules.FUNCTIONS`.
+argument kinds of :data:`dtp.ledger.local.rules.FUNCTIONS`.
 
 Only what the dtp package's transactions use is modelled: programmable transactions of
 ``SplitCoins`` (from the gas coin), ``TransferObjects`` and ``MoveCall`` commands, owned
@@ -17,7 +17,7 @@ from grpclib.const import Status
 from pysui.sui.sui_bcs import bcs
 
 from dtp.chain.local_tx import Address, TxValue
-from dtp.chain.sui_codec import BcsDecodeError, decode
+from dtp.ledger.sui.codec import BcsDecodeError, decode
 
 __all__ = [
     "MAX_PURE_ARGUMENT",

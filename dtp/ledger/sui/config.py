@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from dtp._checks import shown
 from dtp.errors import ChainError, SuiConfigError
 from dtp.ledger.objects import normalize_id
-from dtp.ledger.sui_client import parse_endpoint, positive_seconds
+from dtp.ledger.sui.client import parse_endpoint, positive_seconds
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

@@ -11,6 +11,11 @@ pure argument encoded here to exact BCS (``u8``/``u16``/``u64`` little-endian,
 width-guessing ``PureInput`` is never involved. Object inputs are deduplicated by ID (a
 transaction may list an object once; a shared object used both ways is mutable).
 
+Each builder is a row of :data:`MOVE_CALLS`: the Move function and the kinds of its
+arguments in the order it takes them, which is the order their inputs join the
+transaction (and so fixes its bytes); one function, ``_build``, turns a row and the
+builder's values into the transaction.
+
 Coins: deposits, top-ups and contributions are ``SplitCoins(GasCoin, [amount])`` and the
 new coin goes straight into the Move call, which consumes it. No function of ``move/dtp``
 returns a ``Coin`` (claims, refunds and withdrawals transfer inside Move), so no builder
@@ -36,6 +41,7 @@ __all__ = [
     "BUILDERS",
     "CLOCK",
     "CLOCK_ID",
+    "MOVE_CALLS",
     "TARGETS",
     "GasData",
     "OwnedRef",
@@ -357,6 +363,221 @@ class _Tx:
         return bytes(data.serialize())
 
 
+#: Argument kinds of :data:`MOVE_CALLS` that name no value (the Clock takes none).
+_CLOCK: Final = ("clock", "")
+_MUT: Final = ("mut", "")
+_IMM: Final = ("imm", "")
+_OWNED: Final = ("owned", "")
+_SLA: Final = ("sla", "")
+_RECEIPT: Final = ("receipt", "")
+_PORT: Final = ("u16", "A port")
+
+#: Each builder's Move call: module, function and its arguments' kinds in the order
+#: the call takes them, which is the order the inputs join the transaction (and so
+#: fixes its bytes): "mut"/"imm" a shared object taken ``&mut``/``&``, "owned" an owned
+#: one, "clock" the Clock (no value given), "coin" ``SplitCoins(GasCoin, [amount])``,
+#: "sla" ``host::new_sla``, "receipt" its five fields, else a pure value; the text names
+#: the value in errors.
+MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
+    "create_host": ("host", "create", (("bytes", "noise_static_key"), ("vec_bytes", "endpoint"))),
+    "set_authority": ("host", "set_authority", (_MUT, ("address", "address"))),
+    "set_noise_static_key": ("host", "set_noise_static_key", (_MUT, ("bytes", "key"))),
+    "set_endpoints": ("host", "set_endpoints", (_MUT, ("vec_bytes", "endpoint"))),
+    "set_firewall_mode": ("host", "set_firewall_mode", (_MUT, ("u8", "The firewall mode"))),
+    "allow": ("host", "allow", (_MUT, ("address", "client address"))),
+    "disallow": ("host", "disallow", (_MUT, ("address", "client address"))),
+    "deny": ("host", "deny", (_MUT, ("address", "client address"))),
+    "undeny": ("host", "undeny", (_MUT, ("address", "client address"))),
+    "set_client_limits": (
+        "host",
+        "set_client_limits",
+        (
+            _MUT,
+            ("u64", "max_connections_per_client"),
+            ("u64", "max_bytes_per_sec"),
+            ("u64", "max_requests_per_sec"),
+        ),
+    ),
+    "add_service": (
+        "host",
+        "add_service",
+        (_MUT, _PORT, ("bytes", "kind"), _SLA, ("u64", "max_connections")),
+    ),
+    "update_service": ("host", "update_service", (_MUT, _PORT, _SLA, ("u64", "max_connections"))),
+    "remove_service": ("host", "remove_service", (_MUT, _PORT)),
+    "create_spending_cap": ("spending_cap", "create", (("u64", "max_per_epoch"),)),
+    "set_max_per_epoch": ("spending_cap", "set_max_per_epoch", (_MUT, ("u64", "max_per_epoch"))),
+    "open_connection": (
+        "transport_control",
+        "open",
+        (_IMM, _PORT, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
+    ),
+    "top_up": ("escrow", "top_up", (_MUT, _MUT, ("coin", "the top-up amount"))),
+    "claim": ("escrow", "claim", (_MUT, _RECEIPT)),
+    "close_connection": ("transport_control", "close", (_MUT, _CLOCK)),
+    "finalize": ("transport_control", "finalize", (_MUT, _CLOCK)),
+    "settle": ("transport_control", "settle", (_MUT, _MUT, _MUT, _CLOCK)),
+    "settle_with_receipt": (
+        "transport_control",
+        "settle_with_receipt",
+        (_MUT, _MUT, _MUT, _RECEIPT, _CLOCK),
+    ),
+    "create_pipe": ("pipe", "create", (_IMM, ("u64", "inner_count"))),
+    "pipe_send": ("pipe", "send", (_OWNED, ("u64", "inner"), ("bytes", "data"))),
+    "pipe_sync": ("pipe", "sync", (_OWNED, ("u64", "inner"), ("u64", "acked"))),
+    "destroy_pipe": ("pipe", "destroy", (_OWNED,)),
+    "create_broadcast": (
+        "broadcast",
+        "create",
+        (("bytes", "channel"), ("u64", "slot_price"), ("u64", "slot_ms"), _CLOCK),
+    ),
+    "broadcast_contribute": (
+        "broadcast",
+        "contribute",
+        (_MUT, ("coin", "the contribution"), _CLOCK),
+    ),
+    "broadcast_transmit": ("broadcast", "transmit", (_MUT, ("bytes", "data"), _CLOCK)),
+    "broadcast_claim": ("broadcast", "claim", (_MUT, _CLOCK)),
+    "broadcast_cancel": ("broadcast", "cancel", (_MUT, _CLOCK)),
+    "broadcast_withdraw": ("broadcast", "withdraw", (_MUT,)),
+    "mailbox_send": ("mailbox", "send", (_IMM, ("bytes", "payload"))),
+    "response_escrow_deposit": (
+        "response_escrow",
+        "deposit",
+        (
+            ("address", "server"),
+            ("bytes", "request_id"),
+            ("bytes", "requester_public_key"),
+            ("u64", "deadline_ms"),
+            ("coin", "the response fee"),
+            _CLOCK,
+        ),
+    ),
+    "response_escrow_claim": (
+        "response_escrow",
+        "claim",
+        (_MUT, ("bytes", "response_hash"), ("bytes", "signature")),
+    ),
+    "response_escrow_deliver": (
+        "response_escrow",
+        "deliver",
+        (_MUT, ("bytes", "response"), _CLOCK),
+    ),
+    "response_escrow_refund": ("response_escrow", "refund", (_MUT, _CLOCK)),
+    "create_subscription_offer": (
+        "subscription",
+        "create_offer",
+        (_IMM, _PORT, ("u64", "price_per_epoch"), ("u64", "period_epochs")),
+    ),
+    "subscribe": ("subscription", "subscribe", (_IMM, ("u64", "epochs"), ("coin", "the payment"))),
+    "renew_subscription": (
+        "subscription",
+        "renew",
+        (_MUT, _IMM, ("u64", "epochs"), ("coin", "the payment")),
+    ),
+    "claim_subscription": ("subscription", "claim", (_MUT, _IMM)),
+    "refund_subscription": ("subscription", "refund", (_MUT, _IMM)),
+    "withdraw_subscription_offer": ("subscription", "withdraw_offer", (_MUT,)),
+    "open_subscribed_connection": (
+        "subscription",
+        "open_connection",
+        (_IMM, _IMM, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
+    ),
+    "create_sponsor_pool": ("sponsor", "create", (_IMM, _PORT, ("u64", "share_bps"))),
+    "fund_sponsor_pool": ("sponsor", "fund", (_MUT, ("coin", "the amount"))),
+    "withdraw_sponsor_pool": ("sponsor", "withdraw", (_MUT, ("u64", "the amount"))),
+    "open_sponsored_connection": (
+        "sponsor",
+        "open_connection",
+        (_MUT, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
+    ),
+    "reimburse": ("sponsor", "reimburse", (_MUT, _IMM, _IMM)),
+    "create_ticket_sale": (
+        "tickets",
+        "create",
+        (
+            ("bytes", "title"),
+            ("u64", "ticket_price"),
+            ("u64", "min_tickets"),
+            ("u64", "max_tickets"),
+            ("u64", "deadline_ms"),
+            _CLOCK,
+        ),
+    ),
+    "create_ticketed_broadcast": (
+        "broadcast",
+        "create_ticketed",
+        (_IMM, ("bytes", "channel"), ("u64", "slot_price"), ("u64", "slot_ms"), _CLOCK),
+    ),
+    "pay": (
+        "payment",
+        "pay",
+        (("coin", "the amount"), ("address", "recipient"), ("bytes", "memo")),
+    ),
+    "buy_tickets": ("tickets", "buy", (_MUT, ("u64", "count"), ("coin", "the payment"), _CLOCK)),
+    "go_on_air": ("tickets", "go_on_air", (_MUT, _CLOCK)),
+    "cancel_ticket_sale": ("tickets", "cancel", (_MUT,)),
+    "refund_tickets": ("tickets", "refund", (_MUT, _CLOCK)),
+    "create_retention_terms": (
+        "retention",
+        "create_terms",
+        (_IMM, _PORT, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
+    ),
+    "send_retained": (
+        "retention",
+        "send",
+        (
+            _OWNED,
+            _IMM,
+            _IMM,
+            ("u64", "inner"),
+            ("bytes", "data"),
+            ("coin", "the storage deposit"),
+            _CLOCK,
+        ),
+    ),
+    "confirm_consumed": ("retention", "confirm", (_MUT,)),
+    "delete_retained": ("retention", "delete", (_MUT, _CLOCK)),
+}
+
+_ENCODERS: Final[dict[str, Callable[[Any, str], bytes]]] = {
+    "u8": encode_u8,
+    "u16": encode_u16,
+    "u64": encode_u64,
+    "address": encode_address,
+    "bytes": encode_bytes,
+    "vec_bytes": encode_vec_bytes,
+}
+
+
+def _build(ctx: TxContext, builder: str, *values: Any) -> bytes:
+    """The transaction of ``builder``'s row of :data:`MOVE_CALLS`, given the values of its
+    arguments (all but the Clock) in the order the Move call takes them."""
+    module, function, kinds = MOVE_CALLS[builder]
+    tx = _Tx(ctx)
+    args: list[bcs.Argument] = []
+    given = iter(values)
+    for kind, what in kinds:
+        if kind == "clock":
+            args.append(tx.clock())
+            continue
+        value = next(given)
+        if kind == "mut" or kind == "imm":
+            args.append(tx.shared(value, mutable=kind == "mut"))
+        elif kind == "owned":
+            args.append(tx.owned(value))
+        elif kind == "coin":
+            args.append(tx.coin(value, what))
+        elif kind == "sla":
+            args.append(tx.sla(value))
+        elif kind == "receipt":
+            args.extend(_receipt_args(tx, value))
+        else:
+            args.append(tx.pure(_ENCODERS[kind](value, what)))
+    tx.call(module, function, args)
+    return tx.finish()
+
+
 # -- host ---------------------------------------------------------------------------------------
 
 
@@ -364,75 +585,47 @@ def create_host(
     ctx: TxContext, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
 ) -> bytes:
     """``host::create(noise_static_key, endpoints)``."""
-    tx = _Tx(ctx)
-    tx.call(
-        "host",
-        "create",
-        [
-            tx.pure(encode_bytes(noise_static_key, "noise_static_key")),
-            tx.pure(encode_vec_bytes(endpoints)),
-        ],
-    )
-    return tx.finish()
+    return _build(ctx, "create_host", noise_static_key, endpoints)
 
 
 def set_authority(ctx: TxContext, host: SharedRef, new_authority: str) -> bytes:
     """``host::set_authority(&mut host, new_authority)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", "set_authority", [h, tx.pure(encode_address(new_authority))])
-    return tx.finish()
+    return _build(ctx, "set_authority", host, new_authority)
 
 
 def set_noise_static_key(ctx: TxContext, host: SharedRef, key: bytes) -> bytes:
     """``host::set_noise_static_key(&mut host, key)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", "set_noise_static_key", [h, tx.pure(encode_bytes(key, "key"))])
-    return tx.finish()
+    return _build(ctx, "set_noise_static_key", host, key)
 
 
 def set_endpoints(ctx: TxContext, host: SharedRef, endpoints: Sequence[Endpoint]) -> bytes:
     """``host::set_endpoints(&mut host, endpoints)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", "set_endpoints", [h, tx.pure(encode_vec_bytes(endpoints))])
-    return tx.finish()
+    return _build(ctx, "set_endpoints", host, endpoints)
 
 
 def set_firewall_mode(ctx: TxContext, host: SharedRef, mode: int) -> bytes:
     """``host::set_firewall_mode(&mut host, mode: u8)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", "set_firewall_mode", [h, tx.pure(encode_u8(mode, "The firewall mode"))])
-    return tx.finish()
-
-
-def _firewall_list(function: str, ctx: TxContext, host: SharedRef, client: str) -> bytes:
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", function, [h, tx.pure(encode_address(client, "client address"))])
-    return tx.finish()
+    return _build(ctx, "set_firewall_mode", host, mode)
 
 
 def allow(ctx: TxContext, host: SharedRef, client: str) -> bytes:
     """``host::allow(&mut host, client)``."""
-    return _firewall_list("allow", ctx, host, client)
+    return _build(ctx, "allow", host, client)
 
 
 def disallow(ctx: TxContext, host: SharedRef, client: str) -> bytes:
     """``host::disallow(&mut host, client)``."""
-    return _firewall_list("disallow", ctx, host, client)
+    return _build(ctx, "disallow", host, client)
 
 
 def deny(ctx: TxContext, host: SharedRef, client: str) -> bytes:
     """``host::deny(&mut host, client)``."""
-    return _firewall_list("deny", ctx, host, client)
+    return _build(ctx, "deny", host, client)
 
 
 def undeny(ctx: TxContext, host: SharedRef, client: str) -> bytes:
     """``host::undeny(&mut host, client)``."""
-    return _firewall_list("undeny", ctx, host, client)
+    return _build(ctx, "undeny", host, client)
 
 
 def set_client_limits(
@@ -443,19 +636,14 @@ def set_client_limits(
     max_requests_per_sec: int,
 ) -> bytes:
     """``host::set_client_limits(&mut host, u64, u64, u64)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call(
-        "host",
+    return _build(
+        ctx,
         "set_client_limits",
-        [
-            h,
-            tx.pure(encode_u64(max_connections_per_client, "max_connections_per_client")),
-            tx.pure(encode_u64(max_bytes_per_sec, "max_bytes_per_sec")),
-            tx.pure(encode_u64(max_requests_per_sec, "max_requests_per_sec")),
-        ],
+        host,
+        max_connections_per_client,
+        max_bytes_per_sec,
+        max_requests_per_sec,
     )
-    return tx.finish()
 
 
 def add_service(
@@ -467,35 +655,19 @@ def add_service(
     max_connections: int = 0,
 ) -> bytes:
     """``host::new_sla(...)`` then ``host::add_service(&mut host, port, kind, sla, max)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    port_arg = tx.pure(encode_u16(port, "A port"))
-    kind_arg = tx.pure(encode_bytes(kind, "kind"))
-    sla_arg = tx.sla(sla)
-    max_arg = tx.pure(encode_u64(max_connections, "max_connections"))
-    tx.call("host", "add_service", [h, port_arg, kind_arg, sla_arg, max_arg])
-    return tx.finish()
+    return _build(ctx, "add_service", host, port, kind, sla, max_connections)
 
 
 def update_service(
     ctx: TxContext, host: SharedRef, port: int, sla: Sla, max_connections: int = 0
 ) -> bytes:
     """``host::new_sla(...)`` then ``host::update_service(&mut host, port, sla, max)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    port_arg = tx.pure(encode_u16(port, "A port"))
-    sla_arg = tx.sla(sla)
-    max_arg = tx.pure(encode_u64(max_connections, "max_connections"))
-    tx.call("host", "update_service", [h, port_arg, sla_arg, max_arg])
-    return tx.finish()
+    return _build(ctx, "update_service", host, port, sla, max_connections)
 
 
 def remove_service(ctx: TxContext, host: SharedRef, port: int) -> bytes:
     """``host::remove_service(&mut host, port)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=True)
-    tx.call("host", "remove_service", [h, tx.pure(encode_u16(port, "A port"))])
-    return tx.finish()
+    return _build(ctx, "remove_service", host, port)
 
 
 # -- spending cap -------------------------------------------------------------------------------
@@ -503,21 +675,12 @@ def remove_service(ctx: TxContext, host: SharedRef, port: int) -> bytes:
 
 def create_spending_cap(ctx: TxContext, max_per_epoch: int) -> bytes:
     """``spending_cap::create(max_per_epoch)``."""
-    tx = _Tx(ctx)
-    tx.call("spending_cap", "create", [tx.pure(encode_u64(max_per_epoch, "max_per_epoch"))])
-    return tx.finish()
+    return _build(ctx, "create_spending_cap", max_per_epoch)
 
 
 def set_max_per_epoch(ctx: TxContext, cap: SharedRef, max_per_epoch: int) -> bytes:
     """``spending_cap::set_max_per_epoch(&mut cap, max_per_epoch)``."""
-    tx = _Tx(ctx)
-    c = tx.shared(cap, mutable=True)
-    tx.call(
-        "spending_cap",
-        "set_max_per_epoch",
-        [c, tx.pure(encode_u64(max_per_epoch, "max_per_epoch"))],
-    )
-    return tx.finish()
+    return _build(ctx, "set_max_per_epoch", cap, max_per_epoch)
 
 
 # -- connections and escrow ---------------------------------------------------------------------
@@ -534,25 +697,13 @@ def open_connection(
     """``SplitCoins(GasCoin, [deposit])`` then
     ``transport_control::open(&host, port, &mut cap, client_public_key, coin, &clock)``:
     the Host read-only, so that opens of one host run concurrently on Sui."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=False)
-    port_arg = tx.pure(encode_u16(port, "A port"))
-    c = tx.shared(cap, mutable=True)
-    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
-    coin = tx.coin(deposit, "the deposit")
-    tx.call("transport_control", "open", [h, port_arg, c, key_arg, coin, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "open_connection", host, port, cap, client_public_key, deposit)
 
 
 def top_up(ctx: TxContext, escrow: SharedRef, cap: SharedRef, amount: int) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``escrow::top_up(&mut escrow, &mut cap,
     coin)``."""
-    tx = _Tx(ctx)
-    e = tx.shared(escrow, mutable=True)
-    c = tx.shared(cap, mutable=True)
-    coin = tx.coin(amount, "the top-up amount")
-    tx.call("escrow", "top_up", [e, c, coin])
-    return tx.finish()
+    return _build(ctx, "top_up", escrow, cap, amount)
 
 
 def _receipt_args(tx: _Tx, receipt: Any) -> list[bcs.Argument]:
@@ -568,36 +719,22 @@ def _receipt_args(tx: _Tx, receipt: Any) -> list[bcs.Argument]:
 def claim(ctx: TxContext, escrow: SharedRef, receipt: Any) -> bytes:
     """``escrow::claim(&mut escrow, total_bytes, total_requests, total_amount, nonce,
     signature)`` (``receipt`` is a :class:`dtp.ledger.receipt.Receipt`)."""
-    tx = _Tx(ctx)
-    e = tx.shared(escrow, mutable=True)
-    tx.call("escrow", "claim", [e, *_receipt_args(tx, receipt)])
-    return tx.finish()
+    return _build(ctx, "claim", escrow, receipt)
 
 
 def close_connection(ctx: TxContext, connection: SharedRef) -> bytes:
     """``transport_control::close(&mut tc, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    tx.call("transport_control", "close", [t, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "close_connection", connection)
 
 
 def finalize(ctx: TxContext, connection: SharedRef) -> bytes:
     """``transport_control::finalize(&mut tc, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    tx.call("transport_control", "finalize", [t, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "finalize", connection)
 
 
 def settle(ctx: TxContext, connection: SharedRef, escrow: SharedRef, cap: SharedRef) -> bytes:
     """``transport_control::settle(&mut tc, &mut escrow, &mut cap, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    e = tx.shared(escrow, mutable=True)
-    c = tx.shared(cap, mutable=True)
-    tx.call("transport_control", "settle", [t, e, c, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "settle", connection, escrow, cap)
 
 
 def settle_with_receipt(
@@ -605,13 +742,7 @@ def settle_with_receipt(
 ) -> bytes:
     """``transport_control::settle_with_receipt(&mut tc, &mut escrow, &mut cap,
     total_bytes, total_requests, total_amount, nonce, signature, &clock)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=True)
-    e = tx.shared(escrow, mutable=True)
-    c = tx.shared(cap, mutable=True)
-    args = _receipt_args(tx, receipt)
-    tx.call("transport_control", "settle_with_receipt", [t, e, c, *args, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "settle_with_receipt", connection, escrow, cap, receipt)
 
 
 # -- pipes ----------------------------------------------------------------------------------------
@@ -619,41 +750,22 @@ def settle_with_receipt(
 
 def create_pipe(ctx: TxContext, connection: SharedRef, inner_count: int) -> bytes:
     """``pipe::create(&tc, inner_count)``."""
-    tx = _Tx(ctx)
-    t = tx.shared(connection, mutable=False)
-    tx.call("pipe", "create", [t, tx.pure(encode_u64(inner_count, "inner_count"))])
-    return tx.finish()
+    return _build(ctx, "create_pipe", connection, inner_count)
 
 
 def pipe_send(ctx: TxContext, pipe: OwnedRef, inner: int, data: bytes) -> bytes:
     """``pipe::send(&mut pipe, inner, data)``."""
-    tx = _Tx(ctx)
-    p = tx.owned(pipe)
-    tx.call(
-        "pipe",
-        "send",
-        [p, tx.pure(encode_u64(inner, "inner")), tx.pure(encode_bytes(data, "data"))],
-    )
-    return tx.finish()
+    return _build(ctx, "pipe_send", pipe, inner, data)
 
 
 def pipe_sync(ctx: TxContext, pipe: OwnedRef, inner: int, acked: int) -> bytes:
     """``pipe::sync(&mut pipe, inner, acked)``."""
-    tx = _Tx(ctx)
-    p = tx.owned(pipe)
-    tx.call(
-        "pipe",
-        "sync",
-        [p, tx.pure(encode_u64(inner, "inner")), tx.pure(encode_u64(acked, "acked"))],
-    )
-    return tx.finish()
+    return _build(ctx, "pipe_sync", pipe, inner, acked)
 
 
 def destroy_pipe(ctx: TxContext, pipe: OwnedRef) -> bytes:
     """``pipe::destroy(pipe)`` (by value)."""
-    tx = _Tx(ctx)
-    tx.call("pipe", "destroy", [tx.owned(pipe)])
-    return tx.finish()
+    return _build(ctx, "destroy_pipe", pipe)
 
 
 # -- broadcast ------------------------------------------------------------------------------------
@@ -661,59 +773,32 @@ def destroy_pipe(ctx: TxContext, pipe: OwnedRef) -> bytes:
 
 def create_broadcast(ctx: TxContext, channel: str | bytes, slot_price: int, slot_ms: int) -> bytes:
     """``broadcast::create(channel, slot_price, slot_ms, &clock)``."""
-    tx = _Tx(ctx)
-    tx.call(
-        "broadcast",
-        "create",
-        [
-            tx.pure(encode_bytes(channel, "channel")),
-            tx.pure(encode_u64(slot_price, "slot_price")),
-            tx.pure(encode_u64(slot_ms, "slot_ms")),
-            tx.clock(),
-        ],
-    )
-    return tx.finish()
+    return _build(ctx, "create_broadcast", channel, slot_price, slot_ms)
 
 
 def broadcast_contribute(ctx: TxContext, broadcast: SharedRef, amount: int) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``broadcast::contribute(&mut b, coin, &clock)``."""
-    tx = _Tx(ctx)
-    b = tx.shared(broadcast, mutable=True)
-    coin = tx.coin(amount, "the contribution")
-    tx.call("broadcast", "contribute", [b, coin, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "broadcast_contribute", broadcast, amount)
 
 
 def broadcast_transmit(ctx: TxContext, broadcast: SharedRef, data: bytes) -> bytes:
     """``broadcast::transmit(&mut b, data, &clock)``."""
-    tx = _Tx(ctx)
-    b = tx.shared(broadcast, mutable=True)
-    tx.call("broadcast", "transmit", [b, tx.pure(encode_bytes(data, "data")), tx.clock()])
-    return tx.finish()
+    return _build(ctx, "broadcast_transmit", broadcast, data)
 
 
 def broadcast_claim(ctx: TxContext, broadcast: SharedRef) -> bytes:
     """``broadcast::claim(&mut b, &clock)``."""
-    tx = _Tx(ctx)
-    b = tx.shared(broadcast, mutable=True)
-    tx.call("broadcast", "claim", [b, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "broadcast_claim", broadcast)
 
 
 def broadcast_cancel(ctx: TxContext, broadcast: SharedRef) -> bytes:
     """``broadcast::cancel(&mut b, &clock)``."""
-    tx = _Tx(ctx)
-    b = tx.shared(broadcast, mutable=True)
-    tx.call("broadcast", "cancel", [b, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "broadcast_cancel", broadcast)
 
 
 def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
     """``broadcast::withdraw(&mut b)``."""
-    tx = _Tx(ctx)
-    b = tx.shared(broadcast, mutable=True)
-    tx.call("broadcast", "withdraw", [b])
-    return tx.finish()
+    return _build(ctx, "broadcast_withdraw", broadcast)
 
 
 # -- mailbox and response escrow ------------------------------------------------------------------
@@ -721,10 +806,7 @@ def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
 
 def mailbox_send(ctx: TxContext, host: SharedRef, payload: bytes) -> bytes:
     """``mailbox::send(&host, payload)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=False)
-    tx.call("mailbox", "send", [h, tx.pure(encode_bytes(payload, "payload"))])
-    return tx.finish()
+    return _build(ctx, "mailbox_send", host, payload)
 
 
 def response_escrow_deposit(
@@ -737,54 +819,32 @@ def response_escrow_deposit(
 ) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``response_escrow::deposit(server,
     request_id, key, deadline_ms, coin, &clock)``."""
-    tx = _Tx(ctx)
-    args = [
-        tx.pure(encode_address(server, "server")),
-        tx.pure(encode_bytes(request_id, "request_id")),
-        tx.pure(encode_bytes(requester_public_key, "requester_public_key")),
-        tx.pure(encode_u64(deadline_ms, "deadline_ms")),
-    ]
-    coin = tx.coin(amount, "the response fee")
-    tx.call("response_escrow", "deposit", [*args, coin, tx.clock()])
-    return tx.finish()
+    return _build(
+        ctx,
+        "response_escrow_deposit",
+        server,
+        request_id,
+        requester_public_key,
+        deadline_ms,
+        amount,
+    )
 
 
 def response_escrow_claim(
     ctx: TxContext, escrow: SharedRef, response_hash: bytes, signature: bytes
 ) -> bytes:
     """``response_escrow::claim(&mut e, response_hash, signature)``."""
-    tx = _Tx(ctx)
-    e = tx.shared(escrow, mutable=True)
-    tx.call(
-        "response_escrow",
-        "claim",
-        [
-            e,
-            tx.pure(encode_bytes(response_hash, "response_hash")),
-            tx.pure(encode_bytes(signature, "signature")),
-        ],
-    )
-    return tx.finish()
+    return _build(ctx, "response_escrow_claim", escrow, response_hash, signature)
 
 
 def response_escrow_deliver(ctx: TxContext, escrow: SharedRef, response: bytes) -> bytes:
     """``response_escrow::deliver(&mut e, response, &clock)``."""
-    tx = _Tx(ctx)
-    e = tx.shared(escrow, mutable=True)
-    tx.call(
-        "response_escrow",
-        "deliver",
-        [e, tx.pure(encode_bytes(response, "response")), tx.clock()],
-    )
-    return tx.finish()
+    return _build(ctx, "response_escrow_deliver", escrow, response)
 
 
 def response_escrow_refund(ctx: TxContext, escrow: SharedRef) -> bytes:
     """``response_escrow::refund(&mut e, &clock)``."""
-    tx = _Tx(ctx)
-    e = tx.shared(escrow, mutable=True)
-    tx.call("response_escrow", "refund", [e, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "response_escrow_refund", escrow)
 
 
 # -- payment models (docs/escrow.md §13-16) -------------------------------------------------------
@@ -794,26 +854,13 @@ def create_subscription_offer(
     ctx: TxContext, host: SharedRef, port: int, price_per_epoch: int, period_epochs: int
 ) -> bytes:
     """``subscription::create_offer(&host, port, price_per_epoch, period_epochs)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=False)
-    args = [
-        tx.pure(encode_u16(port, "A port")),
-        tx.pure(encode_u64(price_per_epoch, "price_per_epoch")),
-        tx.pure(encode_u64(period_epochs, "period_epochs")),
-    ]
-    tx.call("subscription", "create_offer", [h, *args])
-    return tx.finish()
+    return _build(ctx, "create_subscription_offer", host, port, price_per_epoch, period_epochs)
 
 
 def subscribe(ctx: TxContext, offer: SharedRef, epochs: int, payment: int) -> bytes:
     """``SplitCoins(GasCoin, [payment])`` then ``subscription::subscribe(&offer, epochs,
     coin)``."""
-    tx = _Tx(ctx)
-    o = tx.shared(offer, mutable=False)
-    epochs_arg = tx.pure(encode_u64(epochs, "epochs"))
-    coin = tx.coin(payment, "the payment")
-    tx.call("subscription", "subscribe", [o, epochs_arg, coin])
-    return tx.finish()
+    return _build(ctx, "subscribe", offer, epochs, payment)
 
 
 def renew_subscription(
@@ -821,40 +868,22 @@ def renew_subscription(
 ) -> bytes:
     """``SplitCoins(GasCoin, [payment])`` then ``subscription::renew(&mut sub, &offer,
     epochs, coin)``."""
-    tx = _Tx(ctx)
-    sub = tx.shared(subscription, mutable=True)
-    o = tx.shared(offer, mutable=False)
-    epochs_arg = tx.pure(encode_u64(epochs, "epochs"))
-    coin = tx.coin(payment, "the payment")
-    tx.call("subscription", "renew", [sub, o, epochs_arg, coin])
-    return tx.finish()
-
-
-def _subscription_pair(
-    function: str, ctx: TxContext, subscription: SharedRef, offer: SharedRef
-) -> bytes:
-    tx = _Tx(ctx)
-    sub = tx.shared(subscription, mutable=True)
-    o = tx.shared(offer, mutable=False)
-    tx.call("subscription", function, [sub, o])
-    return tx.finish()
+    return _build(ctx, "renew_subscription", subscription, offer, epochs, payment)
 
 
 def claim_subscription(ctx: TxContext, subscription: SharedRef, offer: SharedRef) -> bytes:
     """``subscription::claim(&mut sub, &offer)``."""
-    return _subscription_pair("claim", ctx, subscription, offer)
+    return _build(ctx, "claim_subscription", subscription, offer)
 
 
 def refund_subscription(ctx: TxContext, subscription: SharedRef, offer: SharedRef) -> bytes:
     """``subscription::refund(&mut sub, &offer)``."""
-    return _subscription_pair("refund", ctx, subscription, offer)
+    return _build(ctx, "refund_subscription", subscription, offer)
 
 
 def withdraw_subscription_offer(ctx: TxContext, offer: SharedRef) -> bytes:
     """``subscription::withdraw_offer(&mut offer)``."""
-    tx = _Tx(ctx)
-    tx.call("subscription", "withdraw_offer", [tx.shared(offer, mutable=True)])
-    return tx.finish()
+    return _build(ctx, "withdraw_subscription_offer", offer)
 
 
 def open_subscribed_connection(
@@ -868,41 +897,31 @@ def open_subscribed_connection(
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then ``subscription::open_connection(&sub,
     &offer, &host, &mut cap, client_public_key, coin, &clock)``."""
-    tx = _Tx(ctx)
-    sub = tx.shared(subscription, mutable=False)
-    o = tx.shared(offer, mutable=False)
-    h = tx.shared(host, mutable=False)
-    c = tx.shared(cap, mutable=True)
-    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
-    coin = tx.coin(deposit, "the deposit")
-    tx.call("subscription", "open_connection", [sub, o, h, c, key_arg, coin, tx.clock()])
-    return tx.finish()
+    return _build(
+        ctx,
+        "open_subscribed_connection",
+        subscription,
+        offer,
+        host,
+        cap,
+        client_public_key,
+        deposit,
+    )
 
 
 def create_sponsor_pool(ctx: TxContext, host: SharedRef, port: int, share_bps: int) -> bytes:
     """``sponsor::create(&host, port, share_bps)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=False)
-    args = [tx.pure(encode_u16(port, "A port")), tx.pure(encode_u64(share_bps, "share_bps"))]
-    tx.call("sponsor", "create", [h, *args])
-    return tx.finish()
+    return _build(ctx, "create_sponsor_pool", host, port, share_bps)
 
 
 def fund_sponsor_pool(ctx: TxContext, pool: SharedRef, amount: int) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``sponsor::fund(&mut pool, coin)``."""
-    tx = _Tx(ctx)
-    p = tx.shared(pool, mutable=True)
-    coin = tx.coin(amount, "the amount")
-    tx.call("sponsor", "fund", [p, coin])
-    return tx.finish()
+    return _build(ctx, "fund_sponsor_pool", pool, amount)
 
 
 def withdraw_sponsor_pool(ctx: TxContext, pool: SharedRef, amount: int) -> bytes:
     """``sponsor::withdraw(&mut pool, amount)``."""
-    tx = _Tx(ctx)
-    p = tx.shared(pool, mutable=True)
-    tx.call("sponsor", "withdraw", [p, tx.pure(encode_u64(amount, "the amount"))])
-    return tx.finish()
+    return _build(ctx, "withdraw_sponsor_pool", pool, amount)
 
 
 def open_sponsored_connection(
@@ -915,24 +934,12 @@ def open_sponsored_connection(
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then ``sponsor::open_connection(&mut pool,
     &host, &mut cap, client_public_key, coin, &clock)``."""
-    tx = _Tx(ctx)
-    p = tx.shared(pool, mutable=True)
-    h = tx.shared(host, mutable=False)
-    c = tx.shared(cap, mutable=True)
-    key_arg = tx.pure(encode_bytes(client_public_key, "client_public_key"))
-    coin = tx.coin(deposit, "the deposit")
-    tx.call("sponsor", "open_connection", [p, h, c, key_arg, coin, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "open_sponsored_connection", pool, host, cap, client_public_key, deposit)
 
 
 def reimburse(ctx: TxContext, pool: SharedRef, connection: SharedRef, escrow: SharedRef) -> bytes:
     """``sponsor::reimburse(&mut pool, &tc, &escrow)``."""
-    tx = _Tx(ctx)
-    p = tx.shared(pool, mutable=True)
-    t = tx.shared(connection, mutable=False)
-    e = tx.shared(escrow, mutable=False)
-    tx.call("sponsor", "reimburse", [p, t, e])
-    return tx.finish()
+    return _build(ctx, "reimburse", pool, connection, escrow)
 
 
 def create_ticket_sale(
@@ -945,77 +952,42 @@ def create_ticket_sale(
 ) -> bytes:
     """``tickets::create(title, ticket_price, min_tickets, max_tickets, deadline_ms,
     &clock)``."""
-    tx = _Tx(ctx)
-    args = [
-        tx.pure(encode_bytes(title, "title")),
-        tx.pure(encode_u64(ticket_price, "ticket_price")),
-        tx.pure(encode_u64(min_tickets, "min_tickets")),
-        tx.pure(encode_u64(max_tickets, "max_tickets")),
-        tx.pure(encode_u64(deadline_ms, "deadline_ms")),
-    ]
-    tx.call("tickets", "create", [*args, tx.clock()])
-    return tx.finish()
+    return _build(
+        ctx, "create_ticket_sale", title, ticket_price, min_tickets, max_tickets, deadline_ms
+    )
 
 
 def create_ticketed_broadcast(
     ctx: TxContext, sale: SharedRef, channel: str | bytes, slot_price: int, slot_ms: int
 ) -> bytes:
     """``broadcast::create_ticketed(&sale, channel, slot_price, slot_ms, &clock)``."""
-    tx = _Tx(ctx)
-    s = tx.shared(sale, mutable=False)
-    args = [
-        tx.pure(encode_bytes(channel, "channel")),
-        tx.pure(encode_u64(slot_price, "slot_price")),
-        tx.pure(encode_u64(slot_ms, "slot_ms")),
-    ]
-    tx.call("broadcast", "create_ticketed", [s, *args, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "create_ticketed_broadcast", sale, channel, slot_price, slot_ms)
 
 
 def pay(ctx: TxContext, recipient: str, amount: int, memo: bytes) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``payment::pay(coin, recipient, memo)``."""
-    tx = _Tx(ctx)
-    coin = tx.coin(amount, "the amount")
-    args = [
-        tx.pure(encode_address(recipient, "recipient")),
-        tx.pure(encode_bytes(memo, "memo")),
-    ]
-    tx.call("payment", "pay", [coin, *args])
-    return tx.finish()
+    return _build(ctx, "pay", amount, recipient, memo)
 
 
 def buy_tickets(ctx: TxContext, sale: SharedRef, count: int, payment: int) -> bytes:
     """``SplitCoins(GasCoin, [payment])`` then ``tickets::buy(&mut sale, count, coin,
     &clock)``."""
-    tx = _Tx(ctx)
-    s = tx.shared(sale, mutable=True)
-    count_arg = tx.pure(encode_u64(count, "count"))
-    coin = tx.coin(payment, "the payment")
-    tx.call("tickets", "buy", [s, count_arg, coin, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "buy_tickets", sale, count, payment)
 
 
 def go_on_air(ctx: TxContext, sale: SharedRef) -> bytes:
     """``tickets::go_on_air(&mut sale, &clock)``."""
-    tx = _Tx(ctx)
-    s = tx.shared(sale, mutable=True)
-    tx.call("tickets", "go_on_air", [s, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "go_on_air", sale)
 
 
 def cancel_ticket_sale(ctx: TxContext, sale: SharedRef) -> bytes:
     """``tickets::cancel(&mut sale)``."""
-    tx = _Tx(ctx)
-    tx.call("tickets", "cancel", [tx.shared(sale, mutable=True)])
-    return tx.finish()
+    return _build(ctx, "cancel_ticket_sale", sale)
 
 
 def refund_tickets(ctx: TxContext, sale: SharedRef) -> bytes:
     """``tickets::refund(&mut sale, &clock)``."""
-    tx = _Tx(ctx)
-    s = tx.shared(sale, mutable=True)
-    tx.call("tickets", "refund", [s, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "refund_tickets", sale)
 
 
 def create_retention_terms(
@@ -1026,15 +998,7 @@ def create_retention_terms(
     storage_price_per_byte: int,
 ) -> bytes:
     """``retention::create_terms(&host, port, retention_ms, storage_price_per_byte)``."""
-    tx = _Tx(ctx)
-    h = tx.shared(host, mutable=False)
-    args = [
-        tx.pure(encode_u16(port, "A port")),
-        tx.pure(encode_u64(retention_ms, "retention_ms")),
-        tx.pure(encode_u64(storage_price_per_byte, "storage_price_per_byte")),
-    ]
-    tx.call("retention", "create_terms", [h, *args])
-    return tx.finish()
+    return _build(ctx, "create_retention_terms", host, port, retention_ms, storage_price_per_byte)
 
 
 def send_retained(
@@ -1048,57 +1012,47 @@ def send_retained(
 ) -> bytes:
     """``SplitCoins(GasCoin, [deposit])`` then ``retention::send(&mut pipe, &tc, &terms,
     inner, data, coin, &clock)``."""
-    tx = _Tx(ctx)
-    p = tx.owned(pipe)
-    t = tx.shared(connection, mutable=False)
-    r = tx.shared(terms, mutable=False)
-    inner_arg = tx.pure(encode_u64(inner, "inner"))
-    data_arg = tx.pure(encode_bytes(data, "data"))
-    coin = tx.coin(deposit, "the storage deposit")
-    tx.call("retention", "send", [p, t, r, inner_arg, data_arg, coin, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "send_retained", pipe, connection, terms, inner, data, deposit)
 
 
 def confirm_consumed(ctx: TxContext, record: SharedRef) -> bytes:
     """``retention::confirm(&mut record)``."""
-    tx = _Tx(ctx)
-    tx.call("retention", "confirm", [tx.shared(record, mutable=True)])
-    return tx.finish()
+    return _build(ctx, "confirm_consumed", record)
 
 
 def delete_retained(ctx: TxContext, record: SharedRef) -> bytes:
     """``retention::delete(record, &clock)`` (by value: the shared record is deleted)."""
-    tx = _Tx(ctx)
-    r = tx.shared(record, mutable=True)
-    tx.call("retention", "delete", [r, tx.clock()])
-    return tx.finish()
+    return _build(ctx, "delete_retained", record)
 
 
 #: Ledger method name -> the Move function its transaction calls (payment models).
 ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
-    "create_subscription_offer": ("subscription", "create_offer"),
-    "subscribe": ("subscription", "subscribe"),
-    "renew_subscription": ("subscription", "renew"),
-    "claim_subscription": ("subscription", "claim"),
-    "withdraw_subscription_offer": ("subscription", "withdraw_offer"),
-    "refund_subscription": ("subscription", "refund"),
-    "open_subscribed_connection": ("subscription", "open_connection"),
-    "create_sponsor_pool": ("sponsor", "create"),
-    "fund_sponsor_pool": ("sponsor", "fund"),
-    "withdraw_sponsor_pool": ("sponsor", "withdraw"),
-    "open_sponsored_connection": ("sponsor", "open_connection"),
-    "reimburse": ("sponsor", "reimburse"),
-    "create_ticketed_broadcast": ("broadcast", "create_ticketed"),
-    "pay": ("payment", "pay"),
-    "create_ticket_sale": ("tickets", "create"),
-    "buy_tickets": ("tickets", "buy"),
-    "go_on_air": ("tickets", "go_on_air"),
-    "cancel_ticket_sale": ("tickets", "cancel"),
-    "refund_tickets": ("tickets", "refund"),
-    "create_retention_terms": ("retention", "create_terms"),
-    "send_retained": ("retention", "send"),
-    "confirm_consumed": ("retention", "confirm"),
-    "delete_retained": ("retention", "delete"),
+    name: MOVE_CALLS[name][:2]
+    for name in (
+        "create_subscription_offer",
+        "subscribe",
+        "renew_subscription",
+        "claim_subscription",
+        "withdraw_subscription_offer",
+        "refund_subscription",
+        "open_subscribed_connection",
+        "create_sponsor_pool",
+        "fund_sponsor_pool",
+        "withdraw_sponsor_pool",
+        "open_sponsored_connection",
+        "reimburse",
+        "create_ticketed_broadcast",
+        "pay",
+        "create_ticket_sale",
+        "buy_tickets",
+        "go_on_air",
+        "cancel_ticket_sale",
+        "refund_tickets",
+        "create_retention_terms",
+        "send_retained",
+        "confirm_consumed",
+        "delete_retained",
+    )
 }
 
 #: Builders of the payment models' entry points (apart from :data:`BUILDERS`, which lists
@@ -1123,11 +1077,7 @@ MESSAGING_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
 
 #: Ledger method name -> the Move function its transaction calls (messaging entry points).
 MESSAGING_TARGETS: Final[dict[str, tuple[str, str]]] = {
-    "mailbox_send": ("mailbox", "send"),
-    "response_escrow_deposit": ("response_escrow", "deposit"),
-    "response_escrow_claim": ("response_escrow", "claim"),
-    "response_escrow_deliver": ("response_escrow", "deliver"),
-    "response_escrow_refund": ("response_escrow", "refund"),
+    name: MOVE_CALLS[name][:2] for name in MESSAGING_BUILDERS
 }
 
 
@@ -1171,37 +1121,4 @@ BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
 }
 
 #: Ledger method name -> the Move function its transaction calls last (module, function).
-TARGETS: Final[dict[str, tuple[str, str]]] = {
-    "create_host": ("host", "create"),
-    "set_authority": ("host", "set_authority"),
-    "set_noise_static_key": ("host", "set_noise_static_key"),
-    "set_endpoints": ("host", "set_endpoints"),
-    "set_firewall_mode": ("host", "set_firewall_mode"),
-    "allow": ("host", "allow"),
-    "disallow": ("host", "disallow"),
-    "deny": ("host", "deny"),
-    "undeny": ("host", "undeny"),
-    "set_client_limits": ("host", "set_client_limits"),
-    "add_service": ("host", "add_service"),
-    "update_service": ("host", "update_service"),
-    "remove_service": ("host", "remove_service"),
-    "create_spending_cap": ("spending_cap", "create"),
-    "set_max_per_epoch": ("spending_cap", "set_max_per_epoch"),
-    "open_connection": ("transport_control", "open"),
-    "top_up": ("escrow", "top_up"),
-    "claim": ("escrow", "claim"),
-    "close_connection": ("transport_control", "close"),
-    "finalize": ("transport_control", "finalize"),
-    "settle": ("transport_control", "settle"),
-    "settle_with_receipt": ("transport_control", "settle_with_receipt"),
-    "create_pipe": ("pipe", "create"),
-    "pipe_send": ("pipe", "send"),
-    "pipe_sync": ("pipe", "sync"),
-    "destroy_pipe": ("pipe", "destroy"),
-    "create_broadcast": ("broadcast", "create"),
-    "broadcast_contribute": ("broadcast", "contribute"),
-    "broadcast_transmit": ("broadcast", "transmit"),
-    "broadcast_claim": ("broadcast", "claim"),
-    "broadcast_cancel": ("broadcast", "cancel"),
-    "broadcast_withdraw": ("broadcast", "withdraw"),
-}
+TARGETS: Final[dict[str, tuple[str, str]]] = {name: MOVE_CALLS[name][:2] for name in BUILDERS}

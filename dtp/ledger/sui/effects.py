@@ -22,10 +22,10 @@ from dtp.errors import (
     move_error_from_abort_code,
 )
 from dtp.ledger.objects import Event, normalize_id
-from dtp.ledger.sui_client import _node_id, timestamp_ms
-from dtp.ledger.sui_codec import EVENT_LAYOUTS, MESSAGING_EVENT_LAYOUTS, decode
-from dtp.ledger.sui_economics import ECONOMICS_EVENT_LAYOUTS
-from dtp.ledger.sui_tx import OwnedRef
+from dtp.ledger.sui.client import _node_id, timestamp_ms
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, MESSAGING_EVENT_LAYOUTS, decode
+from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS
+from dtp.ledger.sui.tx import OwnedRef
 
 __all__ = [
     "MissingEvent",

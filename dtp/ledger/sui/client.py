@@ -57,8 +57,8 @@ from dtp.errors import (
 )
 from dtp.errors import LedgerUnavailable as _LedgerUnavailable
 from dtp.ledger.objects import EventFilter, normalize_id
-from dtp.ledger.sui_codec import BcsDecodeError
-from dtp.ledger.sui_tx import OwnedRef
+from dtp.ledger.sui.codec import BcsDecodeError
+from dtp.ledger.sui.tx import OwnedRef
 
 __all__ = [
     "SUI_COIN_TYPE",

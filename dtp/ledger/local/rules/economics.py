@@ -1,8 +1,8 @@
 """LocalLedger rules of the payment models: ``dtp::subscription``, ``dtp::sponsor``,
 ``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
 ``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
-``.move`` files. Registered into :data:`dtp.ledger.local_rules.FUNCTIONS` at the end of
-that module.
+``.move`` files. Registered into :data:`dtp.ledger.local.rules.FUNCTIONS` by
+:mod:`dtp.ledger.local.store`.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
@@ -14,7 +14,9 @@ from typing import Any, Final
 
 from dtp.errors import move_error
 from dtp.ledger.economics import BPS, MAX_PAYMENT_MEMO
-from dtp.ledger.local_rules import SHARED, Exec, Handler, add_u64, new_broadcast, tc_open, utf8
+from dtp.ledger.local.rules.broadcast import new_broadcast
+from dtp.ledger.local.rules.common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules.transport_control import tc_open
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
@@ -600,7 +602,7 @@ def retention_create_terms(
 def retention_send(
     x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
 ) -> str:
-    from dtp.ledger.local_rules import pipe_send
+    from dtp.ledger.local.rules.pipe import pipe_send
 
     pipe = x.load(pipe_id, "Pipe")
     tc = x.load(tc_id, "TransportControl")
@@ -708,7 +710,7 @@ def payment_pay(x: Exec, amount: int, recipient: str, memo: bytes) -> None:
 
 
 #: ``(module, function)`` -> (argument kinds, handler), in the format of
-#: :data:`dtp.ledger.local_rules.FUNCTIONS`.
+#: :data:`dtp.ledger.local.rules.FUNCTIONS`.
 FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("subscription", "create_offer"): (("obj:Host", "u16", "u64", "u64"), offer_create),
     ("subscription", "subscribe"): (("obj:SubscriptionOffer", "u64", "coin"), subscribe),

@@ -25,9 +25,9 @@ from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
 from dtp.errors import ChainError, InsufficientFunds
-from dtp.ledger.sui_client import LedgerUnavailable, MalformedResponse
-from dtp.ledger.sui_effects import gas_used, sui_coins_created
-from dtp.ledger.sui_tx import OwnedRef, TxContext, encode_address, encode_u64
+from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse
+from dtp.ledger.sui.effects import gas_used, sui_coins_created
+from dtp.ledger.sui.tx import OwnedRef, TxContext, encode_address, encode_u64
 
 __all__ = [
     "MAX_GAS_COINS",

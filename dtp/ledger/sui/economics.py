@@ -1,6 +1,6 @@
 """BCS layouts of the payment-model objects and events (move/dtp/sources/subscription.move,
 sponsor.move, tickets.move, retention.move, payment.move), in the format of
-:mod:`dtp.ledger.sui_codec`, and their decoding into the typed views of
+:mod:`dtp.ledger.sui.codec`, and their decoding into the typed views of
 :mod:`dtp.ledger.economics`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dtp.ledger.economics import EconomicsObject, economics_object_from_fields
-from dtp.ledger.sui_codec import BcsDecodeError, Layout, decode
+from dtp.ledger.sui.codec import BcsDecodeError, Layout, decode
 
 __all__ = [
     "ECONOMICS_EVENT_LAYOUTS",

@@ -1,38 +1,5 @@
-"""LocalLedger: the embedded ledger, persisted in SQLite, following the Move rules exactly.
-
-What it models of Sui:
-
-- **Objects** with 32-byte IDs (``0x`` + 64 hex) derived like Sui's from the transaction
-  digest and a creation index; owners (``"shared"`` or an address — a Pipe is owned by
-  its sender and unusable by anyone else); versions (1 at creation, +1 on every
-  transaction that changes the object).
-- **Transactions**: every call is encoded canonically (:mod:`dtp.ledger.local_tx`);
-  :meth:`LocalLedger.execute` verifies the Sui intent signature over the bytes
-  (``identity.sign_transaction``) against the claimed sender before it runs (one a
-  HostIdentity of this process has just made is known to verify:
-  :func:`dtp.identity.keys.verify_transaction` looks it up instead), while the ledger's own calls
-  with a HostIdentity in hand run as its address without a signature made to be found;
-  each (sender, nonce) pair executes at most once.
-  :meth:`LocalLedger.execute` takes raw bytes and a signature, so forged and replayed
-  transactions can be tried.
-- **Atomicity**: each call is one SQLite transaction; a failing call (any check, any
-  error) changes nothing, not even the nonce. A transaction reads and runs its rule
-  first and takes the write lock only to write its effects: should another writer have
-  committed in between, it runs again from the start. The file is in WAL mode with a
-  busy timeout, so every process on the machine can share it.
-- **Money**: SUI balances per address in MIST. Coins are not modelled one by one: a
-  ``Coin<SUI>`` argument is split off the sender's balance, payments are added to the
-  receiver's. **Gas is free.** :meth:`LocalLedger.faucet` mints test SUI and counts it,
-  so conservation can be audited: minted == balances + escrows + broadcast pools and
-  earnings (:meth:`LocalLedger.audit`).
-- **Events** in one global order; cursors are decimal strings of their position.
-- **Time**: the clock follows wall time (ms since the Unix epoch) plus an offset, never
-  going backwards, unless frozen (:meth:`freeze_clock`, :meth:`set_clock`, or
-  ``LocalLedger(path, clock_ms=0)``), in which case it moves only by
-  :meth:`advance_clock` / :meth:`set_clock`. It ends at :data:`CLOCK_MAX_MS` (2**63-1,
-  what SQLite stores). Epochs start at 0 and advance only by :meth:`advance_epoch`.
-  Clock and epoch are ledger state, shared by all processes.
-"""
+"""LocalLedger's SQLite core (:class:`LocalStore`): opening and sharing the file, retries
+under the write lock, executing a transaction, and decoding stored objects."""
 
 from __future__ import annotations
 
@@ -44,7 +11,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -58,54 +25,18 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.identity.keys import (
-    HostIdentity,
-    InvalidSignature,
-    verify_transaction,
-)
-from dtp.ledger import local_economics
-from dtp.ledger import local_rules as rules
-from dtp.ledger.economics import (
-    EconomicsObject,
-    economics_object_from_fields,
-)
-from dtp.ledger.interface import (
-    ConnectionView,
-    Endpoint,
-    Ledger,
-    PendingOpen,
-    ResponseEscrow,
-    _connection_view,
-)
-from dtp.ledger.local_tx import (
-    Address,
-    Tx,
-    TxValue,
-    base58,
-    decode_tx,
-    derive_object_id,
-    encode_tx,
-    tx_digest,
-)
+from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.ledger.interface import TypedReads
+from dtp.ledger.local import rules
+from dtp.ledger.local.rules import economics as local_economics
+from dtp.ledger.local.tx import Address, Tx, TxValue, base58, decode_tx, encode_tx, tx_digest
 from dtp.ledger.objects import (
-    Broadcast,
     ChainObject,
-    ConnectionState,
-    Escrow,
     Event,
-    EventFilter,
-    EventRead,
-    Host,
-    ObjectRef,
     OpenedConnection,
-    Pipe,
     Settlement,
     Sla,
-    SpendingCap,
-    TransportControl,
     as_bytes,
-    as_bytes_list,
-    check_fields,
     check_signer,
     normalize_id,
     object_from_fields,
@@ -113,17 +44,16 @@ from dtp.ledger.objects import (
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.spec import default_local_path
 
-__all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]
-
-logger = logging.getLogger(__name__)
+# the logger of the package, named in docs/architecture.md, not of this module
+logger = logging.getLogger("dtp.ledger.local")
 
 U64_MAX: Final = 2**64 - 1
 #: The largest event position SQLite can hold (a signed 64-bit INTEGER).
-_SEQ_MAX: Final = 2**63 - 1
+SEQ_MAX: Final = 2**63 - 1
 #: The latest time the clock can show: every event stores its time in a signed 64-bit
 #: INTEGER column, so a clock past it (a u64 still, as Sui's is) would make every
 #: transaction that emits an event fail in SQLite instead of running.
-CLOCK_MAX_MS: Final = _SEQ_MAX
+CLOCK_MAX_MS: Final = SEQ_MAX
 #: How long a call waits for another writer (any process) to finish before failing.
 _BUSY_TIMEOUT_S: Final = 30.0
 # Waits between tries while another writer holds the file. SQLite's own busy handler
@@ -176,16 +106,6 @@ _META_DEFAULTS: Final = {
 
 T = TypeVar("T")
 
-# LocalLedger.connection_view: a connection (?1), the escrow and cap its data names, a
-# host (?2), and with ?3 the epoch (under the empty ID)
-_CONNECTION_VIEW: Final = """
-SELECT id, type, version, data FROM objects WHERE id IN (
-    ?1, ?2,
-    (SELECT json_extract(data, '$.escrow') FROM objects WHERE id = ?1),
-    (SELECT json_extract(data, '$.spending_cap') FROM objects WHERE id = ?1 AND ?3))
-UNION ALL SELECT '', NULL, NULL, value FROM meta WHERE key = 'epoch' AND ?3
-"""
-
 # LocalLedger's own calls skip decoding the bytes they just encoded below this size (far
 # below the decoder's limits: 64 arguments, 1 MiB a field)
 _DIRECT_TX_MAX: Final = 4096
@@ -210,7 +130,7 @@ def default_ledger_path() -> Path:
     return default_local_path()
 
 
-def _u64(value: int, what: str) -> int:
+def u64(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
         raise InvalidArgument(f"{what} must be an integer from 0 to 2**64-1, got {value!r}.")
     return value
@@ -231,10 +151,6 @@ def _clock(value: int, what: str) -> int:
     return value
 
 
-def _endpoints(values: Sequence[Endpoint]) -> list[TxValue]:
-    return list[TxValue](as_bytes_list(values))
-
-
 def _tx_value(value: Any, depth: int) -> TxValue:
     """A :meth:`LocalLedger.build_tx` argument checked as the decoder reads it back: an
     Address of a whole ID (a short one would be encoded short and its bytes read as the
@@ -242,7 +158,7 @@ def _tx_value(value: Any, depth: int) -> TxValue:
     if isinstance(value, Address):
         return Address(normalize_id(value))
     if isinstance(value, int) and not isinstance(value, bool):
-        return _u64(value, "A transaction argument")
+        return u64(value, "A transaction argument")
     if isinstance(value, bytes):
         return value
     if isinstance(value, list) and depth < 2:
@@ -370,7 +286,7 @@ class _ReopenInChild:
     inherited, which must not be used there (its locks and WAL index state belong to the
     parent): the first use opens the child's own connection to the same file."""
 
-    def __init__(self, ledger: LocalLedger) -> None:
+    def __init__(self, ledger: LocalStore) -> None:
         self._ledger = ledger
 
     def __getattr__(self, name: str) -> Any:
@@ -389,7 +305,7 @@ class _ReopenInChild:
 # checkpoint on the parent's behalf.
 _INHERITED: list[sqlite3.Connection] = []
 # Every live LocalLedger, for the fork handler below.
-_LEDGERS: weakref.WeakSet[LocalLedger] = weakref.WeakSet()
+_LEDGERS: weakref.WeakSet[LocalStore] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -416,7 +332,7 @@ class TxResult:
     epoch: int = 0
 
 
-class _SqlStore:
+class SqlStore:
     """The rules' view of storage inside the current SQLite transaction."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -432,7 +348,7 @@ class _SqlStore:
         ).fetchone()
         if row is None:
             return None
-        version, data = _decoded(object_id, row[2], row[3])
+        version, data = decoded(object_id, row[2], row[3])
         return row[0], row[1], version, data, row[3]
 
     def balance(self, address: str) -> int:
@@ -450,23 +366,10 @@ class _SqlStore:
         return {address: _balance(address, amount) for address, amount in rows}
 
 
-class LocalLedger(Ledger):
-    """The embedded ledger (see the module docs). ``path`` is a file (created if missing)
-    or ``":memory:"``: a ``str`` or ``os.PathLike`` (TypeError otherwise);
-    ``clock_ms`` freezes the clock at that time when given. Bad arguments are refused
-    before anything is created.
-
-    A handle may be used from many threads. It also survives ``fork()``: in the child, a
-    file ledger opens a connection of its own at its first use (SQLite connections must
-    not cross a fork, so the inherited one is left untouched) and draws fresh nonces,
-    so parent and child keep sharing the file as any two processes do. A ``:memory:``
-    ledger's child goes on with its own copy, which diverges from the parent's from
-    then on. After :meth:`close` every call raises :class:`~dtp.errors.LedgerUnavailable`.
-
-    A file that is not a ledger (not SQLite, or another program's SQLite database, left
-    untouched), that a newer schema wrote, or that fails under the handle (damaged, a
-    writer holding it past the busy timeout) raises
-    :class:`~dtp.errors.LedgerUnavailable` naming it, never a bare sqlite3 error."""
+class LocalStore(TypedReads):
+    """LocalLedger's SQLite core: the file and its connections, the clock's stored state,
+    and executing a transaction as one SQLite transaction (the calls are in
+    :class:`~dtp.ledger.local.ledger.LocalLedger` and its mixins)."""
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
         if not isinstance(path, str | os.PathLike):
@@ -737,7 +640,7 @@ class LocalLedger(Ledger):
         return now
 
     def clock_ms(self) -> int:
-        """The ledger clock in ms (see the module docs for wall and frozen modes)."""
+        """The ledger clock in ms (see :mod:`dtp.ledger.local` for wall and frozen modes)."""
         return self._read_one(self._now)
 
     def clock_frozen(self) -> bool:
@@ -784,7 +687,7 @@ class LocalLedger(Ledger):
     def advance_clock(self, ms: int) -> int:
         """Move the clock forward by ``ms`` (in either mode); returns the new time. A step
         past :data:`CLOCK_MAX_MS` raises InvalidArgument and moves nothing."""
-        _u64(ms, "the clock step")
+        u64(ms, "the clock step")
 
         def apply() -> int:
             meta = self._metas()
@@ -824,7 +727,7 @@ class LocalLedger(Ledger):
         """Mint ``amount`` test MIST to ``address``; returns its new balance. The total ever
         minted may not exceed 2**64-1 (so no u64 sum of MIST can overflow)."""
         address = normalize_id(address, "address")
-        _u64(amount, "the faucet amount")
+        u64(amount, "the faucet amount")
 
         def apply() -> int:
             minted = rules.stored_int(self._meta("minted")) + amount
@@ -833,7 +736,7 @@ class LocalLedger(Ledger):
                     f"The faucet cannot mint {amount} MIST: the total would pass 2**64-1."
                 )
             self._set_meta("minted", minted)
-            new = _SqlStore(self._db).balance(address) + amount
+            new = SqlStore(self._db).balance(address) + amount
             self._db.execute(_UPSERT_BALANCE, (address, str(new)))
             return new
 
@@ -866,7 +769,7 @@ class LocalLedger(Ledger):
                         escrows += obj[_ESCROW_LIKE[type_]]
                     elif type_ == rules.OBJECT_TYPES["TicketSale"]:
                         broadcasts += obj["funds"]  # ticket money waits for an event to air
-                except _SHAPE_ERRORS as exc:
+                except SHAPE_ERRORS as exc:
                     raise rules.wrong_shape(f"object {object_id}", exc) from exc
             return {
                 "minted": rules.stored_int(self._meta("minted")),
@@ -963,14 +866,14 @@ class LocalLedger(Ledger):
             (tx.sender, str(tx.nonce)),
         ).fetchone():
             raise _replayed(tx)
-        store = _SqlStore(db)
+        store = SqlStore(db)
         meta = self._metas()
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
         x = rules.Exec(store, tx.sender, digest, now, epoch)
         try:
             value = handler(x, *args)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             # the arguments were checked (check_args) and the rules raise typed errors:
             # a bare one comes from stored data that is not what the ledger writes (a
             # field missing, text for a number)
@@ -1045,7 +948,7 @@ class LocalLedger(Ledger):
         """Run ``run(x)`` -- the rule calls of one transaction that the caller has already
         verified (signature, inputs, gas) -- atomically as ``sender``'s transaction
         ``digest`` (32 bytes), at the ledger's clock and epoch; ``run`` calls handlers of
-        :data:`~dtp.ledger.local_rules.FUNCTIONS` on ``x`` and returns the call's value.
+        :data:`~dtp.ledger.local.rules.FUNCTIONS` on ``x`` and returns the call's value.
 
         For a node stand-in that checks Sui transactions as a node does and executes
         their Move calls with these rules (tests/sui_node). As :meth:`execute`: a
@@ -1095,63 +998,7 @@ class LocalLedger(Ledger):
 
     # -- host -----------------------------------------------------------------------------------
 
-    def create_host(
-        self, signer: HostIdentity, noise_static_key: bytes, endpoints: Sequence[Endpoint] = ()
-    ) -> str:
-        key = as_bytes(noise_static_key, "noise_static_key")
-        result = self._call(signer, "host", "create", key, _endpoints(endpoints))
-        return str(result.value)
-
-    def set_authority(self, signer: HostIdentity, host_id: str, new_authority: str) -> None:
-        self._call(
-            signer, "host", "set_authority", self._id(host_id), self._id(new_authority, "address")
-        )
-
-    def set_noise_static_key(self, signer: HostIdentity, host_id: str, key: bytes) -> None:
-        self._call(signer, "host", "set_noise_static_key", self._id(host_id), as_bytes(key, "key"))
-
-    def set_endpoints(
-        self, signer: HostIdentity, host_id: str, endpoints: Sequence[Endpoint]
-    ) -> None:
-        self._call(signer, "host", "set_endpoints", self._id(host_id), _endpoints(endpoints))
-
-    def set_firewall_mode(self, signer: HostIdentity, host_id: str, mode: int) -> None:
-        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0xFF:
-            raise InvalidArgument(f"The firewall mode is a u8, got {mode!r}.")
-        self._call(signer, "host", "set_firewall_mode", self._id(host_id), int(mode))
-
-    def _firewall_list(self, fn: str, signer: HostIdentity, host_id: str, client: str) -> None:
-        self._call(signer, "host", fn, self._id(host_id), self._id(client, "address"))
-
-    def allow(self, signer: HostIdentity, host_id: str, client: str) -> None:
-        self._firewall_list("allow", signer, host_id, client)
-
-    def disallow(self, signer: HostIdentity, host_id: str, client: str) -> None:
-        self._firewall_list("disallow", signer, host_id, client)
-
-    def deny(self, signer: HostIdentity, host_id: str, client: str) -> None:
-        self._firewall_list("deny", signer, host_id, client)
-
-    def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
-        self._firewall_list("undeny", signer, host_id, client)
-
-    def set_client_limits(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        max_connections_per_client: int,
-        max_bytes_per_sec: int,
-        max_requests_per_sec: int,
-    ) -> None:
-        self._call(
-            signer,
-            "host",
-            "set_client_limits",
-            self._id(host_id),
-            _u64(max_connections_per_client, "max_connections_per_client"),
-            _u64(max_bytes_per_sec, "max_bytes_per_sec"),
-            _u64(max_requests_per_sec, "max_requests_per_sec"),
-        )
+    # -- arguments and results shared by the calls -------------------------------------------
 
     @staticmethod
     def _port(port: int) -> int:
@@ -1164,130 +1011,9 @@ class LocalLedger(Ledger):
         if not isinstance(sla, Sla):
             raise InvalidArgument(f"sla must be an Sla, got {type(sla).__name__}.")
         return (
-            _u64(sla.price_per_kib, "price_per_kib"),
-            _u64(sla.price_per_request, "price_per_request"),
-            _u64(sla.min_deposit, "min_deposit"),
-        )
-
-    def add_service(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        port: int,
-        kind: str | bytes,
-        sla: Sla,
-        max_connections: int = 0,
-    ) -> None:
-        self._call(
-            signer,
-            "host",
-            "add_service",
-            self._id(host_id),
-            self._port(port),
-            as_bytes(kind, "kind"),
-            *self._sla_args(sla),
-            _u64(max_connections, "max_connections"),
-        )
-
-    def update_service(
-        self, signer: HostIdentity, host_id: str, port: int, sla: Sla, max_connections: int = 0
-    ) -> None:
-        self._call(
-            signer,
-            "host",
-            "update_service",
-            self._id(host_id),
-            self._port(port),
-            *self._sla_args(sla),
-            _u64(max_connections, "max_connections"),
-        )
-
-    def remove_service(self, signer: HostIdentity, host_id: str, port: int) -> None:
-        self._call(signer, "host", "remove_service", self._id(host_id), self._port(port))
-
-    # -- spending cap ----------------------------------------------------------------------------
-
-    def create_spending_cap(self, signer: HostIdentity, max_per_epoch: int) -> str:
-        result = self._call(signer, "spending_cap", "create", _u64(max_per_epoch, "max_per_epoch"))
-        return str(result.value)
-
-    def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
-        self._call(
-            signer,
-            "spending_cap",
-            "set_max_per_epoch",
-            self._id(cap_id),
-            _u64(max_per_epoch, "max_per_epoch"),
-        )
-
-    # -- connections -----------------------------------------------------------------------------
-
-    def open_connection(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        port: int,
-        cap_id: str,
-        deposit: int,
-        client_public_key: bytes | None = None,
-    ) -> OpenedConnection:
-        pending = self.prepare_open_connection(
-            signer, host_id, port, cap_id, deposit, client_public_key
-        )
-        return pending.execute()
-
-    def prepare_open_connection(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        port: int,
-        cap_id: str,
-        deposit: int,
-        client_public_key: bytes | None = None,
-    ) -> PendingOpen:
-        check_signer(signer)
-        key = (
-            signer.ed25519_public
-            if client_public_key is None
-            else as_bytes(client_public_key, "client_public_key")
-        )
-        signed = self._signed(
-            signer,
-            "transport_control",
-            "open",
-            self._id(host_id),
-            self._port(port),
-            self._id(cap_id),
-            key,
-            _u64(deposit, "the deposit"),
-        )
-
-        def run() -> OpenedConnection:
-            result = self._execute(*signed)
-            opened = next(e for e in result.events if e.name == "ConnectionOpened")
-            return OpenedConnection(
-                str(result.value),
-                str(opened["escrow"]),
-                Sla.from_fields(opened["sla"]),
-                int(opened["deposit"]),
-            )
-
-        # transport_control::open creates the connection first, then its escrow
-        digest = tx_digest(signed[1])
-        return PendingOpen(derive_object_id(digest, 0), derive_object_id(digest, 1), run)
-
-    def top_up(
-        self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
-    ) -> None:
-        if cap_id is None:
-            cap_id = self.get_escrow(escrow_id).spending_cap
-        self._call(
-            signer,
-            "escrow",
-            "top_up",
-            self._id(escrow_id),
-            self._id(cap_id),
-            _u64(amount, "the top-up amount"),
+            u64(sla.price_per_kib, "price_per_kib"),
+            u64(sla.price_per_request, "price_per_request"),
+            u64(sla.min_deposit, "min_deposit"),
         )
 
     @staticmethod
@@ -1295,796 +1021,22 @@ class LocalLedger(Ledger):
         if not isinstance(receipt, Receipt):
             raise InvalidArgument(f"receipt must be a Receipt, got {type(receipt).__name__}.")
         return (
-            _u64(receipt.total_bytes, "total_bytes"),
-            _u64(receipt.total_requests, "total_requests"),
-            _u64(receipt.total_amount, "total_amount"),
-            _u64(receipt.nonce, "nonce"),
+            u64(receipt.total_bytes, "total_bytes"),
+            u64(receipt.total_requests, "total_requests"),
+            u64(receipt.total_amount, "total_amount"),
+            u64(receipt.nonce, "nonce"),
             as_bytes(receipt.signature, "signature"),
         )
-
-    def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
-        result = self._call(
-            signer, "escrow", "claim", self._id(escrow_id), *self._receipt_args(receipt)
-        )
-        return int(result.value)
-
-    def _escrow_and_cap(
-        self, connection_id: str, escrow_id: str | None, cap_id: str | None
-    ) -> tuple[Address, Address, Address]:
-        # the connection is read only for what the caller did not give (the rule loads
-        # and checks every object itself; a missing connection fails there, ObjectNotFound
-        # alike)
-        if escrow_id is None or cap_id is None:
-            tc = self.get_connection(connection_id)
-            escrow_id = tc.escrow if escrow_id is None else escrow_id
-            cap_id = tc.spending_cap if cap_id is None else cap_id
-        return self._id(connection_id), self._id(escrow_id), self._id(cap_id)
-
-    def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
-        self._call(signer, "transport_control", "close", self._id(connection_id))
-
-    def finalize(self, signer: HostIdentity, connection_id: str) -> None:
-        self._call(signer, "transport_control", "finalize", self._id(connection_id))
-
-    def settle(
-        self,
-        signer: HostIdentity,
-        connection_id: str,
-        *,
-        escrow_id: str | None = None,
-        cap_id: str | None = None,
-    ) -> Settlement:
-        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
-        result = self._call(signer, "transport_control", "settle", tc, escrow, cap)
-        return self._settlement(result, 0)
-
-    def settle_with_receipt(
-        self,
-        signer: HostIdentity,
-        connection_id: str,
-        receipt: Receipt,
-        *,
-        escrow_id: str | None = None,
-        cap_id: str | None = None,
-    ) -> Settlement:
-        tc, escrow, cap = self._escrow_and_cap(connection_id, escrow_id, cap_id)
-        result = self._call(
-            signer,
-            "transport_control",
-            "settle_with_receipt",
-            tc,
-            escrow,
-            cap,
-            *self._receipt_args(receipt),
-        )
-        return self._settlement(result, int(result.value))
 
     @staticmethod
     def _settlement(result: TxResult, paid: int) -> Settlement:
         settled = next(e for e in result.events if e.name == "ConnectionSettled")
         return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
 
-    # -- pipes -----------------------------------------------------------------------------------
-
-    def create_pipe(self, signer: HostIdentity, connection_id: str, inner_count: int) -> str:
-        result = self._call(
-            signer,
-            "pipe",
-            "create",
-            self._id(connection_id),
-            _u64(inner_count, "inner_count"),
-        )
-        return str(result.value)
-
-    def pipe_send(self, signer: HostIdentity, pipe_id: str, inner: int, data: bytes) -> int:
-        result = self._call(
-            signer, "pipe", "send", self._id(pipe_id), _u64(inner, "inner"), as_bytes(data, "data")
-        )
-        return int(result.value)
-
-    def pipe_sync(self, signer: HostIdentity, pipe_id: str, inner: int, acked: int) -> None:
-        self._call(
-            signer,
-            "pipe",
-            "sync",
-            self._id(pipe_id),
-            _u64(inner, "inner"),
-            _u64(acked, "acked"),
-        )
-
-    def destroy_pipe(self, signer: HostIdentity, pipe_id: str) -> None:
-        self._call(signer, "pipe", "destroy", self._id(pipe_id))
-
-    # -- broadcast -------------------------------------------------------------------------------
-
-    def create_broadcast(
-        self, signer: HostIdentity, channel: str | bytes, slot_price: int, slot_ms: int
-    ) -> str:
-        result = self._call(
-            signer,
-            "broadcast",
-            "create",
-            as_bytes(channel, "channel"),
-            _u64(slot_price, "slot_price"),
-            _u64(slot_ms, "slot_ms"),
-        )
-        return str(result.value)
-
-    def create_ticketed_broadcast(
-        self,
-        signer: HostIdentity,
-        sale_id: str,
-        channel: str | bytes,
-        slot_price: int,
-        slot_ms: int,
-    ) -> str:
-        result = self._call(
-            signer,
-            "broadcast",
-            "create_ticketed",
-            self._id(sale_id),
-            as_bytes(channel, "channel"),
-            _u64(slot_price, "slot_price"),
-            _u64(slot_ms, "slot_ms"),
-        )
-        return str(result.value)
-
-    def broadcast_contribute(self, signer: HostIdentity, broadcast_id: str, amount: int) -> None:
-        self._call(
-            signer,
-            "broadcast",
-            "contribute",
-            self._id(broadcast_id),
-            _u64(amount, "the contribution"),
-        )
-
-    def broadcast_transmit(self, signer: HostIdentity, broadcast_id: str, data: bytes) -> int:
-        result = self._call(
-            signer, "broadcast", "transmit", self._id(broadcast_id), as_bytes(data, "data")
-        )
-        return int(result.value)
-
-    def broadcast_claim(self, signer: HostIdentity, broadcast_id: str) -> int:
-        return int(self._call(signer, "broadcast", "claim", self._id(broadcast_id)).value)
-
-    def broadcast_cancel(self, signer: HostIdentity, broadcast_id: str) -> None:
-        self._call(signer, "broadcast", "cancel", self._id(broadcast_id))
-
-    def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
-        return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
-
-    # -- payment ---------------------------------------------------------------------------------
-
-    def pay(self, signer: HostIdentity, recipient: str, amount: int, memo: bytes = b"") -> None:
-        self._call(
-            signer,
-            "payment",
-            "pay",
-            _u64(amount, "the amount"),
-            self._id(recipient, "recipient address"),
-            as_bytes(memo, "memo"),
-        )
-
-    # -- mailbox and response escrow ------------------------------------------------------------
-
-    def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
-        self._call(signer, "mailbox", "send", self._id(host_id), as_bytes(payload, "payload"))
-
-    def response_escrow_deposit(
-        self,
-        signer: HostIdentity,
-        server: str,
-        request_id: bytes,
-        amount: int,
-        deadline_ms: int,
-        requester_public_key: bytes | None = None,
-    ) -> str:
-        check_signer(signer)
-        key = signer.ed25519_public if requester_public_key is None else requester_public_key
-        result = self._call(
-            signer,
-            "response_escrow",
-            "deposit",
-            self._id(server, "address"),
-            as_bytes(request_id, "request_id"),
-            as_bytes(key, "requester_public_key"),
-            _u64(deadline_ms, "the deadline"),
-            _u64(amount, "the response fee"),
-        )
-        return str(result.value)
-
-    def response_escrow_claim(
-        self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
-    ) -> int:
-        result = self._call(
-            signer,
-            "response_escrow",
-            "claim",
-            self._id(escrow_id),
-            as_bytes(response_hash, "response_hash"),
-            as_bytes(signature, "signature"),
-        )
-        return int(result.value)
-
-    def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:
-        result = self._call(
-            signer,
-            "response_escrow",
-            "deliver",
-            self._id(escrow_id),
-            as_bytes(response, "response"),
-        )
-        return int(result.value)
-
-    def response_escrow_refund(self, signer: HostIdentity, escrow_id: str) -> int:
-        return int(self._call(signer, "response_escrow", "refund", self._id(escrow_id)).value)
-
-    def get_response_escrow(self, escrow_id: str) -> ResponseEscrow:
-        object_id = normalize_id(escrow_id)
-
-        def read() -> ResponseEscrow:
-            row = _SqlStore(self._db).load(object_id)
-            if row is None or row[0] != rules.OBJECT_TYPES["ResponseEscrow"]:
-                raise ObjectNotFound(f"No ResponseEscrow with ID {object_id} exists.")
-            _type, _owner, version, d = row
-            try:
-                escrow = ResponseEscrow.from_fields(object_id, version, d)
-                # from_fields copies the fields as stored: their types are checked here
-                check_fields(escrow)
-                return escrow
-            except _SHAPE_ERRORS as exc:
-                raise rules.wrong_shape(f"object {object_id}", exc) from exc
-
-        return self._read_one(read)
-
-    # -- payment models (docs/escrow.md §13-16) -----------------------------------------------
-
-    def _model(self, object_id: str, struct: str) -> EconomicsObject:
-        object_id = normalize_id(object_id)
-
-        def read() -> EconomicsObject:
-            row = _SqlStore(self._db).load(object_id)
-            if row is None or row[0] != rules.OBJECT_TYPES[struct]:
-                raise ObjectNotFound(f"No {struct} with ID {object_id} exists.")
-            _type, _owner, version, data = row
-            try:
-                model = economics_object_from_fields(struct, object_id, version, data)
-                # it copies the fields as stored: their types are checked here
-                check_fields(model)
-                return model
-            except _SHAPE_ERRORS as exc:
-                # the struct is one it builds (the type matched): the data is at fault
-                raise rules.wrong_shape(f"object {object_id}", exc) from exc
-
-        return self._read_one(read)
-
-    def create_subscription_offer(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        port: int,
-        price_per_epoch: int,
-        period_epochs: int = 1,
-    ) -> str:
-        result = self._call(
-            signer,
-            "subscription",
-            "create_offer",
-            self._id(host_id),
-            self._port(port),
-            _u64(price_per_epoch, "price_per_epoch"),
-            _u64(period_epochs, "period_epochs"),
-        )
-        return str(result.value)
-
-    def subscribe(self, signer: HostIdentity, offer_id: str, epochs: int) -> str:
-        offer = self.get_subscription_offer(offer_id)
-        payment = _u64(_u64(epochs, "epochs") * offer.price_per_epoch, "the payment")
-        result = self._call(
-            signer, "subscription", "subscribe", self._id(offer_id), epochs, payment
-        )
-        return str(result.value)
-
-    def renew_subscription(self, signer: HostIdentity, subscription_id: str, epochs: int) -> int:
-        sub = self.get_subscription(subscription_id)
-        payment = _u64(_u64(epochs, "epochs") * sub.price_per_epoch, "the payment")
-        result = self._call(
-            signer,
-            "subscription",
-            "renew",
-            self._id(subscription_id),
-            self._id(sub.offer),
-            epochs,
-            payment,
-        )
-        return int(result.value)
-
-    def claim_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
-        sub = self.get_subscription(subscription_id)
-        result = self._call(
-            signer, "subscription", "claim", self._id(subscription_id), self._id(sub.offer)
-        )
-        return int(result.value)
-
-    def withdraw_subscription_offer(self, signer: HostIdentity, offer_id: str) -> None:
-        self._call(signer, "subscription", "withdraw_offer", self._id(offer_id))
-
-    def refund_subscription(self, signer: HostIdentity, subscription_id: str) -> int:
-        sub = self.get_subscription(subscription_id)
-        result = self._call(
-            signer, "subscription", "refund", self._id(subscription_id), self._id(sub.offer)
-        )
-        return int(result.value)
-
-    def open_subscribed_connection(
-        self,
-        signer: HostIdentity,
-        subscription_id: str,
-        cap_id: str,
-        deposit: int = 0,
-        client_public_key: bytes | None = None,
-        host_id: str | None = None,
-    ) -> OpenedConnection:
-        check_signer(signer)
-        sub = self.get_subscription(subscription_id)
-        host = host_id if host_id is not None else self.get_subscription_offer(sub.offer).host
-        key = (
-            signer.ed25519_public
-            if client_public_key is None
-            else as_bytes(client_public_key, "client_public_key")
-        )
-        result = self._call(
-            signer,
-            "subscription",
-            "open_connection",
-            self._id(subscription_id),
-            self._id(sub.offer),
-            self._id(host),
-            self._id(cap_id),
-            key,
-            _u64(deposit, "the deposit"),
-        )
-        return self._opened(result)
-
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:
         opened = next(e for e in result.events if e.name == "ConnectionOpened")
         return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
-
-    def create_sponsor_pool(
-        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
-    ) -> str:
-        result = self._call(
-            signer,
-            "sponsor",
-            "create",
-            self._id(host_id),
-            self._port(port),
-            _u64(share_bps, "share_bps"),
-        )
-        return str(result.value)
-
-    def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
-        self._call(signer, "sponsor", "fund", self._id(pool_id), _u64(amount, "the amount"))
-
-    def withdraw_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
-        self._call(signer, "sponsor", "withdraw", self._id(pool_id), _u64(amount, "the amount"))
-
-    def open_sponsored_connection(
-        self,
-        signer: HostIdentity,
-        pool_id: str,
-        cap_id: str,
-        deposit: int,
-        client_public_key: bytes | None = None,
-        host_id: str | None = None,
-    ) -> OpenedConnection:
-        check_signer(signer)
-        host = host_id if host_id is not None else self.get_sponsor_pool(pool_id).host
-        key = (
-            signer.ed25519_public
-            if client_public_key is None
-            else as_bytes(client_public_key, "client_public_key")
-        )
-        result = self._call(
-            signer,
-            "sponsor",
-            "open_connection",
-            self._id(pool_id),
-            self._id(host),
-            self._id(cap_id),
-            key,
-            _u64(deposit, "the deposit"),
-        )
-        return self._opened(result)
-
-    def reimburse(
-        self,
-        signer: HostIdentity,
-        pool_id: str,
-        connection_id: str,
-        escrow_id: str | None = None,
-    ) -> int:
-        escrow = escrow_id if escrow_id is not None else self.get_connection(connection_id).escrow
-        result = self._call(
-            signer,
-            "sponsor",
-            "reimburse",
-            self._id(pool_id),
-            self._id(connection_id),
-            self._id(escrow),
-        )
-        return int(result.value)
-
-    def create_ticket_sale(
-        self,
-        signer: HostIdentity,
-        title: str | bytes,
-        ticket_price: int,
-        min_tickets: int,
-        max_tickets: int,
-        deadline_ms: int,
-    ) -> str:
-        result = self._call(
-            signer,
-            "tickets",
-            "create",
-            as_bytes(title, "title"),
-            _u64(ticket_price, "ticket_price"),
-            _u64(min_tickets, "min_tickets"),
-            _u64(max_tickets, "max_tickets"),
-            _u64(deadline_ms, "deadline_ms"),
-        )
-        return str(result.value)
-
-    def buy_tickets(self, signer: HostIdentity, sale_id: str, count: int) -> None:
-        sale = self.get_ticket_sale(sale_id)
-        payment = _u64(_u64(count, "count") * sale.ticket_price, "the payment")
-        self._call(signer, "tickets", "buy", self._id(sale_id), count, payment)
-
-    def go_on_air(self, signer: HostIdentity, sale_id: str) -> int:
-        return int(self._call(signer, "tickets", "go_on_air", self._id(sale_id)).value)
-
-    def cancel_ticket_sale(self, signer: HostIdentity, sale_id: str) -> None:
-        self._call(signer, "tickets", "cancel", self._id(sale_id))
-
-    def refund_tickets(self, signer: HostIdentity, sale_id: str) -> int:
-        return int(self._call(signer, "tickets", "refund", self._id(sale_id)).value)
-
-    def create_retention_terms(
-        self,
-        signer: HostIdentity,
-        host_id: str,
-        port: int,
-        retention_ms: int,
-        storage_price_per_byte: int,
-    ) -> str:
-        result = self._call(
-            signer,
-            "retention",
-            "create_terms",
-            self._id(host_id),
-            self._port(port),
-            _u64(retention_ms, "retention_ms"),
-            _u64(storage_price_per_byte, "storage_price_per_byte"),
-        )
-        return str(result.value)
-
-    def send_retained(
-        self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
-    ) -> str:
-        payload = as_bytes(data, "data")  # before len(): the deposit is for what is sent
-        pipe = self.get_pipe(pipe_id)
-        terms = self.get_retention_terms(terms_id)
-        deposit = _u64(terms.deposit_for(len(payload)), "the storage deposit")
-        result = self._call(
-            signer,
-            "retention",
-            "send",
-            self._id(pipe_id),
-            self._id(pipe.connection),
-            self._id(terms_id),
-            _u64(inner, "inner"),
-            payload,
-            deposit,
-        )
-        return str(result.value)
-
-    def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
-        self._call(signer, "retention", "confirm", self._id(record_id))
-
-    def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
-        return int(self._call(signer, "retention", "delete", self._id(record_id)).value)
-
-    def is_on_air(self, broadcast_id: str) -> bool:
-        """``broadcast::is_on_air`` at the current clock."""
-
-        def read() -> bool:
-            b = self._typed(broadcast_id, "Broadcast")
-            assert isinstance(b, Broadcast)
-            return b.is_on_air(self._now())
-
-        return self._read(read)
-
-    # -- reading ---------------------------------------------------------------------------------
-
-    def object_ref(self, object_id: str) -> ObjectRef:
-        """ID, version, owner and type of a live object."""
-        object_id = normalize_id(object_id)
-
-        def read() -> ObjectRef:
-            row = _SqlStore(self._db).load(object_id)
-            if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            return ObjectRef(object_id, row[2], row[1], row[0])
-
-        return self._read_one(read)
-
-    def _typed(self, object_id: str, struct: str | None) -> ChainObject:
-        object_id = normalize_id(object_id)
-        row = _SqlStore(self._db).load(object_id)
-        if row is None:
-            raise _not_found(object_id, None, struct)
-        type_, _owner, version, data = row
-        name = type_.rsplit("::", 1)[-1]
-        if struct is not None and name != struct:
-            raise _not_found(object_id, name, struct)
-        return _build(name, object_id, version, data)
-
-    def get_object(self, object_id: str) -> ChainObject:
-        return self._read_one(lambda: self._typed(object_id, None))
-
-    def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
-        if isinstance(object_ids, str | bytes) or not isinstance(object_ids, Iterable):
-            # one ID given as the list would be read as IDs of one character each
-            raise InvalidArgument(f"object_ids must be a sequence of IDs, got {object_ids!r}.")
-        ids = [normalize_id(object_id) for object_id in object_ids]
-        marks = ",".join("?" * len(ids))
-
-        def read() -> dict[str, tuple[str, Any, Any]]:
-            rows = self._db.execute(
-                f"SELECT id, type, version, data FROM objects WHERE id IN ({marks})", ids
-            )
-            return {row[0]: (row[1], row[2], row[3]) for row in rows}
-
-        found = self._read_one(read) if ids else {}
-        out: list[ChainObject] = []
-        # built outside the read (and its lock), so not named by _retry: named here
-        try:
-            for object_id in ids:
-                row = found.get(object_id)
-                if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-                version, data = _decoded(object_id, row[1], row[2])
-                out.append(_build(row[0].rsplit("::", 1)[-1], object_id, version, data))
-        except rules.DamagedData as exc:
-            raise self._damaged(exc) from exc
-        return out
-
-    def connection_view(
-        self, connection_id: str, host_id: str, *, with_cap: bool = False
-    ) -> ConnectionView | None:
-        # One statement: the connection, the escrow and cap it names, the host (and the
-        # epoch) from one snapshot. Each object's type is checked as the typed reads do.
-        cid = normalize_id(connection_id, "connection ID")
-        hid = normalize_id(host_id, "host ID")
-
-        def read() -> dict[str, tuple[str, Any, Any]]:
-            rows = self._db.execute(_CONNECTION_VIEW, (cid, hid, 1 if with_cap else 0))
-            return {row[0]: (row[1], row[2], row[3]) for row in rows}
-
-        found = self._read_one(read)
-        row = found.get(cid)
-        if row is None or row[0] != rules.OBJECT_TYPES["TransportControl"]:
-            return None
-        # built outside the read (and its lock), so not named by _retry: named here
-        try:
-            tc = _build("TransportControl", cid, *_decoded(cid, row[1], row[2]))
-            assert isinstance(tc, TransportControl)
-            wanted = [tc.escrow, hid] + ([tc.spending_cap] if with_cap else [])
-            objects: list[ChainObject] = []
-            for object_id in wanted:
-                row = found.get(object_id)
-                if row is None:
-                    raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-                name = row[0].rsplit("::", 1)[-1]
-                objects.append(_build(name, object_id, *_decoded(object_id, row[1], row[2])))
-            epoch_row = found.get("") if with_cap else None
-            epoch = (
-                rules.stored_int(epoch_row[2])
-                if epoch_row is not None
-                else (0 if with_cap else None)
-            )
-        except rules.DamagedData as exc:
-            raise self._damaged(exc) from exc
-        return _connection_view(tc, objects, hid, epoch)
-
-    def change_marker(self) -> tuple[int, int]:
-        """A token that differs once any transaction committed on this ledger file since
-        it was taken, by this handle or any other, in any process (SQLite's
-        ``data_version`` and this handle's commit count): a cheap check, no object read,
-        for a watcher that would otherwise read an object again and again to see it
-        appear (a paid server waiting for a client's open to land)."""
-
-        def read() -> tuple[int, int]:
-            row = self._db.execute("PRAGMA data_version").fetchone()
-            return int(row[0]), self._commits
-
-        return self._read_one(read)
-
-    def object_version(self, object_id: str) -> int:
-        """The version of a live object: it changes with every transaction that changes
-        the object (a cheap way to watch one)."""
-        object_id = normalize_id(object_id)
-
-        def read() -> int:
-            row = self._db.execute(
-                "SELECT version FROM objects WHERE id = ?", (object_id,)
-            ).fetchone()
-            if row is None:
-                raise ObjectNotFound(f"No object with ID {object_id} exists on this ledger.")
-            return _version(object_id, row[0])
-
-        return self._read_one(read)
-
-    def _get(self, object_id: str, struct: str, cls: type[T]) -> T:
-        obj = self._read_one(lambda: self._typed(object_id, struct))
-        assert isinstance(obj, cls)
-        return obj
-
-    def get_host(self, host_id: str) -> Host:
-        return self._get(host_id, "Host", Host)
-
-    def get_cap(self, cap_id: str) -> SpendingCap:
-        return self._get(cap_id, "SpendingCap", SpendingCap)
-
-    def get_connection(self, connection_id: str) -> TransportControl:
-        return self._get(connection_id, "TransportControl", TransportControl)
-
-    def get_escrow(self, escrow_id: str) -> Escrow:
-        return self._get(escrow_id, "Escrow", Escrow)
-
-    def connection_state(self, connection_id: str) -> ConnectionState:
-        # one field, read by SQLite: not the whole object parsed, built and checked
-        cid = normalize_id(connection_id, "connection ID")
-
-        def read() -> tuple[Any, Any] | None:
-            row = self._db.execute(
-                "SELECT type, json_extract(data, '$.state.kind') FROM objects WHERE id = ?",
-                (cid,),
-            ).fetchone()
-            return None if row is None else (row[0], row[1])
-
-        row = self._read_one(read)
-        if row is None:
-            raise _not_found(cid, None, "TransportControl")
-        if row[0] != rules.OBJECT_TYPES["TransportControl"]:
-            raise _not_found(cid, str(row[0]).rsplit("::", 1)[-1], "TransportControl")
-        state = _CONNECTION_STATES.get(row[1]) if isinstance(row[1], str) else None
-        if state is None:
-            raise self._damaged(
-                rules.DamagedData(f"object {cid}: a stored connection state {row[1]!r:.30}")
-            )
-        return state
-
-    def get_pipe(self, pipe_id: str) -> Pipe:
-        return self._get(pipe_id, "Pipe", Pipe)
-
-    def get_broadcast(self, broadcast_id: str) -> Broadcast:
-        return self._get(broadcast_id, "Broadcast", Broadcast)
-
-    def balance(self, address: str) -> int:
-        address = normalize_id(address, "address")
-        return self._read_one(lambda: _SqlStore(self._db).balance(address))
-
-    def objects(self, type_name: str | None = None) -> list[ObjectRef]:
-        """Every live object (optionally only structs named ``type_name``)."""
-        if type_name is not None and not isinstance(type_name, str):
-            # no type name equals a non-str: the answer would be an empty list, as if
-            # no such object existed
-            raise InvalidArgument(f"type_name must be a struct name or None, got {type_name!r}.")
-
-        def read() -> list[ObjectRef]:
-            rows = self._db.execute("SELECT id, version, owner, type FROM objects ORDER BY rowid")
-            refs = [ObjectRef(r[0], _version(r[0], r[1]), r[2], r[3]) for r in rows]
-            if type_name is None:
-                return refs
-            return [r for r in refs if r.type.rsplit("::", 1)[-1] == type_name]
-
-        return self._read(read)
-
-    # -- events ----------------------------------------------------------------------------------
-
-    def events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        read = self.read_events(cursor, filter, limit)
-        return read.events, read.cursor
-
-    def read_events(
-        self,
-        cursor: str | None = None,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> EventRead:
-        # a read stops at `limit` events or at the newest row: fewer is the end
-        start = self._cursor(cursor)
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise InvalidArgument(f"limit must be an integer, got {limit!r}.")
-        if filter is not None and not isinstance(filter, EventFilter):
-            raise InvalidArgument(f"filter must be an EventFilter or None, got {filter!r}.")
-        if limit <= 0:
-            # as SuiLedger: nothing, and the cursor stays (the loop below takes a row
-            # before it compares with limit)
-            return EventRead([], cursor, False)
-
-        def read() -> EventRead:
-            out: list[Event] = []
-            last = start
-            rows = self._db.execute(
-                "SELECT seq, type, sender, tx_digest, timestamp_ms, fields FROM events "
-                "WHERE seq > ? ORDER BY seq",
-                (start,),
-            )
-            # the type and sender are columns: rows they rule out are not decoded
-            pre = filter if filter is not None and filter.object_id is None else None
-            for seq, type_, sender, digest, ts, fields in rows:
-                last = int(seq)
-                if pre is not None and not pre.matches(Event("", type_, {}, sender, digest, 0)):
-                    continue
-                data = rules.from_json(fields)
-                if type(data) is not dict or type(ts) is not int:
-                    raise rules.DamagedData(f"event {seq} is not stored as the ledger writes it")
-                event = Event(str(seq), type_, data, sender, digest, ts)
-                if filter is None or filter.matches(event):
-                    out.append(event)
-                    if len(out) >= limit:
-                        break
-            return EventRead(out, str(last) if last else cursor, len(out) < limit)
-
-        return self._read(read)
-
-    def head_cursor(self) -> str | None:
-        row = self._read_one(lambda: self._db.execute("SELECT max(seq) FROM events").fetchone())
-        return None if row is None or row[0] is None else str(row[0])
-
-    @staticmethod
-    def _cursor(cursor: str | None) -> int:
-        if cursor is None:
-            return 0
-        # the decimal positions events() hands out; int() alone would take " 3", "-0"
-        # and "1_0", and a value past SQLite's 64-bit INTEGER raised OverflowError
-        if (
-            not isinstance(cursor, str)
-            or not (cursor.isascii() and cursor.isdecimal())
-            or len(cursor) > 19
-            or int(cursor) > _SEQ_MAX
-        ):
-            raise InvalidArgument(f"{cursor!r} is not a LocalLedger event cursor.")
-        return int(cursor)
-
-    def wait_events(
-        self,
-        cursor: str | None,
-        timeout: float,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout != timeout:
-            # NaN would never pass the deadline check: the call would not return
-            raise InvalidArgument(f"timeout must be a number of seconds, got {timeout!r}.")
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            events, cursor = self.events(cursor, filter, limit)
-            remaining = deadline - time.monotonic()
-            if events or remaining <= 0:
-                return events, cursor
-            # Woken at once by commits of this process; other processes are polled.
-            with self._changed:
-                self._changed.wait(min(remaining, 0.05))
 
 
 # -- building typed objects ----------------------------------------------------------------------
@@ -2093,7 +1045,7 @@ class LocalLedger(Ledger):
 #: What reading stored data of the wrong shape raises: a field missing (KeyError), a list
 #: for an object or text for a number (TypeError, AttributeError, ValueError), too
 #: short a list (IndexError), a number too large (OverflowError).
-_SHAPE_ERRORS: Final = (
+SHAPE_ERRORS: Final = (
     KeyError,
     TypeError,
     AttributeError,
@@ -2102,7 +1054,7 @@ _SHAPE_ERRORS: Final = (
     OverflowError,
 )
 #: A TransportControl's stored ``state.kind`` (its Move variant's name) as read alone.
-_CONNECTION_STATES: Final = {state.label: state for state in ConnectionState}
+
 #: The structs object_from_fields builds (its ValueError for any other name means an
 #: object of another kind, not damaged data).
 _BUILT: Final = frozenset(
@@ -2119,14 +1071,14 @@ def _balance(address: str, amount: Any) -> int:
     return value
 
 
-def _version(object_id: str, version: Any) -> int:
+def stored_version(object_id: str, version: Any) -> int:
     """A stored version, which the ledger writes as an INTEGER."""
     if type(version) is not int:
         raise rules.DamagedData(f"object {object_id}: a stored version {version!r:.30}")
     return version
 
 
-def _decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, Any]]:
+def decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, Any]]:
     """The version and data of a stored object, :class:`rules.DamagedData` naming the
     object when either is not of the type the ledger writes (one type check each: this
     is on every read)."""
@@ -2139,11 +1091,11 @@ def _decoded(object_id: str, version: Any, text: Any) -> tuple[int, dict[str, An
             raise rules.wrong_shape(
                 f"object {object_id}", TypeError(f"a JSON {type(data).__name__}, not an object")
             )
-        _version(object_id, version)
+        stored_version(object_id, version)
     return version, data
 
 
-def _not_found(object_id: str, found: str | None, struct: str | None) -> ObjectNotFound:
+def not_found(object_id: str, found: str | None, struct: str | None) -> ObjectNotFound:
     """The error for a read of ``object_id`` as a ``struct`` (None: any object) that
     found none (``found`` None) or a ``found`` instead."""
     if found is None:
@@ -2151,11 +1103,11 @@ def _not_found(object_id: str, found: str | None, struct: str | None) -> ObjectN
     return ObjectNotFound(f"Object {object_id} is a {found}, not a {struct}.")
 
 
-def _build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
+def build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
     try:
         table = d.get("contributions") if name == "Broadcast" else None
         return object_from_fields(name, object_id, version, d, table or {})
-    except _SHAPE_ERRORS as exc:
+    except SHAPE_ERRORS as exc:
         if name not in _BUILT:
             raise ObjectNotFound(f"Object {object_id} has an unknown type {name}.") from None
         raise rules.wrong_shape(f"object {object_id}", exc) from exc

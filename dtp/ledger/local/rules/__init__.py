@@ -1,0 +1,262 @@
+"""The Move package's rules, executed by LocalLedger on plain dicts: one module a group of
+``move/dtp`` modules, and here the call table that maps each entry function to its rule.
+
+One function per entry point of ``move/dtp``, with the same checks in the same order as
+the Move code (docs/escrow.md; where the text is silent, the ``.move`` files decide).
+A rule raises the ChainError of the first failing check; it may have mutated objects by
+then, which is harmless: :class:`Exec` only writes its changes when the whole call
+succeeded (and the SQLite transaction around it rolls back otherwise).
+
+Object data are dicts with the Move struct's fields; balances (``Balance<SUI>``) are
+plain ints (``funds``, ``pool``, ``earned``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from dtp.errors import InvalidArgument
+from dtp.ledger.local.rules.broadcast import (
+    broadcast_cancel,
+    broadcast_claim,
+    broadcast_contribute,
+    broadcast_create,
+    broadcast_transmit,
+    broadcast_withdraw,
+    new_broadcast,
+)
+from dtp.ledger.local.rules.common import (
+    EINVALID_UTF8,
+    MOVE_STDLIB,
+    OBJECT_TYPES,
+    SHARED,
+    U64_MAX,
+    DamagedData,
+    Exec,
+    Handler,
+    Obj,
+    Store,
+    add_u64,
+    from_json,
+    parse_stored_int,
+    stored_int,
+    to_json,
+    utf8,
+    wrong_shape,
+)
+from dtp.ledger.local.rules.escrow import (
+    cap_create,
+    cap_set_max_per_epoch,
+    escrow_claim,
+    escrow_top_up,
+    fee,
+    receipt_message,
+)
+from dtp.ledger.local.rules.host import (
+    MAX_MOVE_OBJECT_SIZE,
+    host_add_service,
+    host_bcs_size,
+    host_create,
+    host_remove_service,
+    host_set_authority,
+    host_set_client_limits,
+    host_set_endpoints,
+    host_set_firewall_mode,
+    host_set_noise_static_key,
+    host_update_service,
+    list_op,
+)
+from dtp.ledger.local.rules.messaging import (
+    mailbox_send,
+    response_escrow_claim,
+    response_escrow_deliver,
+    response_escrow_deposit,
+    response_escrow_refund,
+)
+from dtp.ledger.local.rules.pipe import pipe_create, pipe_destroy, pipe_send, pipe_sync
+from dtp.ledger.local.rules.transport_control import (
+    tc_close,
+    tc_finalize,
+    tc_open,
+    tc_settle,
+    tc_settle_with_receipt,
+)
+from dtp.ledger.local.tx import Address, TxValue
+from dtp.ledger.objects import MAX_PURE_BYTES
+
+__all__ = [
+    "EINVALID_UTF8",
+    "FUNCTIONS",
+    "MAX_MOVE_OBJECT_SIZE",
+    "MOVE_STDLIB",
+    "OBJECT_TYPES",
+    "SHARED",
+    "U64_MAX",
+    "DamagedData",
+    "Exec",
+    "Handler",
+    "Obj",
+    "Store",
+    "add_u64",
+    "broadcast_cancel",
+    "broadcast_claim",
+    "broadcast_contribute",
+    "broadcast_create",
+    "broadcast_transmit",
+    "broadcast_withdraw",
+    "cap_create",
+    "cap_set_max_per_epoch",
+    "check_args",
+    "escrow_claim",
+    "escrow_top_up",
+    "fee",
+    "from_json",
+    "host_add_service",
+    "host_bcs_size",
+    "host_create",
+    "host_remove_service",
+    "host_set_authority",
+    "host_set_client_limits",
+    "host_set_endpoints",
+    "host_set_firewall_mode",
+    "host_set_noise_static_key",
+    "host_update_service",
+    "mailbox_send",
+    "new_broadcast",
+    "parse_stored_int",
+    "pipe_create",
+    "pipe_destroy",
+    "pipe_send",
+    "pipe_sync",
+    "receipt_message",
+    "response_escrow_claim",
+    "response_escrow_deliver",
+    "response_escrow_deposit",
+    "response_escrow_refund",
+    "stored_int",
+    "tc_close",
+    "tc_finalize",
+    "tc_open",
+    "tc_settle",
+    "tc_settle_with_receipt",
+    "to_json",
+    "utf8",
+    "wrong_shape",
+]
+
+
+FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
+    ("host", "create"): (("bytes", "vec_bytes"), host_create),
+    ("host", "set_authority"): (("obj:Host", "address"), host_set_authority),
+    ("host", "set_noise_static_key"): (("obj:Host", "bytes"), host_set_noise_static_key),
+    ("host", "set_endpoints"): (("obj:Host", "vec_bytes"), host_set_endpoints),
+    ("host", "add_service"): (
+        ("obj:Host", "u16", "utf8", "u64", "u64", "u64", "u64"),
+        host_add_service,
+    ),
+    ("host", "update_service"): (
+        ("obj:Host", "u16", "u64", "u64", "u64", "u64"),
+        host_update_service,
+    ),
+    ("host", "remove_service"): (("obj:Host", "u16"), host_remove_service),
+    ("host", "set_firewall_mode"): (("obj:Host", "u8"), host_set_firewall_mode),
+    ("host", "allow"): (("obj:Host", "address"), list_op("allow", True)),
+    ("host", "disallow"): (("obj:Host", "address"), list_op("allow", False)),
+    ("host", "deny"): (("obj:Host", "address"), list_op("deny", True)),
+    ("host", "undeny"): (("obj:Host", "address"), list_op("deny", False)),
+    ("host", "set_client_limits"): (("obj:Host", "u64", "u64", "u64"), host_set_client_limits),
+    ("spending_cap", "create"): (("u64",), cap_create),
+    ("spending_cap", "set_max_per_epoch"): (("obj:SpendingCap", "u64"), cap_set_max_per_epoch),
+    ("transport_control", "open"): (
+        ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
+        tc_open,
+    ),
+    ("escrow", "top_up"): (("obj:Escrow", "obj:SpendingCap", "coin"), escrow_top_up),
+    ("escrow", "claim"): (
+        ("obj:Escrow", "u64", "u64", "u64", "u64", "bytes"),
+        escrow_claim,
+    ),
+    ("transport_control", "close"): (("obj:TransportControl",), tc_close),
+    ("transport_control", "finalize"): (("obj:TransportControl",), tc_finalize),
+    ("transport_control", "settle"): (
+        ("obj:TransportControl", "obj:Escrow", "obj:SpendingCap"),
+        tc_settle,
+    ),
+    ("transport_control", "settle_with_receipt"): (
+        (
+            "obj:TransportControl",
+            "obj:Escrow",
+            "obj:SpendingCap",
+            "u64",
+            "u64",
+            "u64",
+            "u64",
+            "bytes",
+        ),
+        tc_settle_with_receipt,
+    ),
+    ("pipe", "create"): (("obj:TransportControl", "u64"), pipe_create),
+    ("pipe", "send"): (("obj:Pipe", "u64", "bytes"), pipe_send),
+    ("pipe", "sync"): (("obj:Pipe", "u64", "u64"), pipe_sync),
+    ("pipe", "destroy"): (("obj:Pipe",), pipe_destroy),
+    ("broadcast", "create"): (("utf8", "u64", "u64"), broadcast_create),
+    ("broadcast", "transmit"): (("obj:Broadcast", "bytes"), broadcast_transmit),
+    ("broadcast", "claim"): (("obj:Broadcast",), broadcast_claim),
+    ("broadcast", "cancel"): (("obj:Broadcast",), broadcast_cancel),
+    ("broadcast", "contribute"): (("obj:Broadcast", "coin"), broadcast_contribute),
+    ("broadcast", "withdraw"): (("obj:Broadcast",), broadcast_withdraw),
+    ("mailbox", "send"): (("obj:Host", "bytes"), mailbox_send),
+    ("response_escrow", "deposit"): (
+        ("address", "bytes", "bytes", "u64", "coin"),
+        response_escrow_deposit,
+    ),
+    ("response_escrow", "claim"): (("obj:ResponseEscrow", "bytes", "bytes"), response_escrow_claim),
+    ("response_escrow", "deliver"): (("obj:ResponseEscrow", "bytes"), response_escrow_deliver),
+    ("response_escrow", "refund"): (("obj:ResponseEscrow",), response_escrow_refund),
+}
+
+_LIMITS: Final = {"u8": 0xFF, "u16": 0xFFFF, "u64": U64_MAX, "coin": U64_MAX}
+
+
+def check_args(module: str, function: str, args: tuple[TxValue, ...]) -> list[Any]:
+    """Type-check decoded arguments against the function's schema (as Sui's
+    transaction input checks would); returns them converted for the handler."""
+    entry = FUNCTIONS.get((module, function))
+    if entry is None:
+        raise InvalidArgument(f"The dtp package has no entry function {module}::{function}.")
+    schema, _ = entry
+    if len(args) != len(schema):
+        raise InvalidArgument(
+            f"{module}::{function} takes {len(schema)} arguments, the transaction has {len(args)}."
+        )
+    out: list[Any] = []
+    for position, (kind, value) in enumerate(zip(schema, args, strict=True)):
+        where = f"argument {position} of {module}::{function}"
+        if kind in _LIMITS:
+            if not isinstance(value, int) or isinstance(value, Address) or value > _LIMITS[kind]:
+                raise InvalidArgument(f"{where} must be a {kind} integer.")
+            out.append(value)
+        elif kind in ("bytes", "utf8"):
+            if not isinstance(value, bytes):
+                raise InvalidArgument(f"{where} must be bytes.")
+            # Sui refuses a pure argument this long before any Move code runs
+            # (docs/escrow.md §8); no Move check bounds a String argument (a service's
+            # kind, a channel, a title), so without this one a call Sui refuses would
+            # succeed here. Each vector<u8> argument has a Move bound no larger (a
+            # length check, or a key or signature that cannot verify), so a call
+            # with one that long fails here too (with the Move error).
+            if kind == "utf8" and len(value) > MAX_PURE_BYTES:
+                raise InvalidArgument(
+                    f"{where} is {len(value)} bytes: a pure argument of Sui takes at "
+                    f"most {MAX_PURE_BYTES}."
+                )
+            out.append(value)
+        elif kind == "vec_bytes":
+            if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+                raise InvalidArgument(f"{where} must be a vector of byte strings.")
+            out.append(list(value))
+        else:  # address or object
+            if not isinstance(value, Address):
+                raise InvalidArgument(f"{where} must be an address or object ID.")
+            out.append(str(value))
+    return out

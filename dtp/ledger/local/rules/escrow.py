@@ -1,0 +1,235 @@
+"""The rules of ``dtp::spending_cap`` and ``dtp::escrow``: a client's cap per epoch, and a
+connection's deposit, claimed by receipt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dtp.errors import move_error
+from dtp.ledger.local.rules.common import SHARED, Exec, add_u64
+
+# -- spending cap ------------------------------------------------------------------------------
+
+
+def cap_create(x: Exec, max_per_epoch: int) -> str:
+    data = {"owner": x.sender, "max_per_epoch": max_per_epoch, "spent": 0, "epoch": x.epoch}
+    cap_id = x.create("SpendingCap", SHARED, data)
+    x.emit(
+        "spending_cap",
+        "SpendingCapCreated",
+        {"cap": cap_id, "owner": x.sender, "max_per_epoch": max_per_epoch},
+    )
+    return cap_id
+
+
+def cap_set_max_per_epoch(x: Exec, cap_id: str, max_per_epoch: int) -> None:
+    cap = x.load(cap_id, "SpendingCap")
+    if x.sender != cap["owner"]:
+        raise move_error("spending_cap", "ENotCapOwner", f"cap {cap_id} belongs to {cap['owner']}")
+    cap["max_per_epoch"] = max_per_epoch
+    x.emit("spending_cap", "SpendingCapChanged", {"cap": cap_id, "max_per_epoch": max_per_epoch})
+
+
+def _roll_epoch(x: Exec, cap: dict[str, Any]) -> None:
+    if x.epoch != cap["epoch"]:
+        cap["epoch"] = x.epoch
+        cap["spent"] = 0
+
+
+def reserve(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> None:
+    """``spending_cap::reserve``: the epoch's total may not pass ``max_per_epoch`` (a
+    reservation of 0 included, once a lowering left the total above the limit)."""
+    _roll_epoch(x, cap)
+    if cap["spent"] + amount > cap["max_per_epoch"]:
+        raise move_error(
+            "spending_cap",
+            "ESpendingCapExceeded",
+            f"cap {cap_id} has reserved {cap['spent']} of {cap['max_per_epoch']} in epoch "
+            f"{cap['epoch']}; {amount} more asked",
+        )
+    cap["spent"] += amount
+    x.emit(
+        "spending_cap",
+        "SpendingCapReserved",
+        {"cap": cap_id, "epoch": cap["epoch"], "amount": amount, "spent": cap["spent"]},
+    )
+
+
+def _release(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, reserved_epoch: int) -> int:
+    """``spending_cap::release``: up to ``amount`` back to the epoch's room, if the
+    reservation's epoch is still the current one. Returns what was released."""
+    _roll_epoch(x, cap)
+    if cap["epoch"] != reserved_epoch:
+        return 0
+    released: int = min(amount, cap["spent"])
+    if released:
+        cap["spent"] -= released
+        x.emit(
+            "spending_cap",
+            "SpendingCapReleased",
+            {"cap": cap_id, "epoch": cap["epoch"], "amount": released, "spent": cap["spent"]},
+        )
+    return released
+
+
+# -- escrow ------------------------------------------------------------------------------------
+
+
+def fee(sla: dict[str, int], total_bytes: int, total_requests: int) -> int:
+    """``host::fee``: exact, like Move's u256 arithmetic."""
+    result: int = (total_bytes * sla["price_per_kib"] + 1023) // 1024 + total_requests * sla[
+        "price_per_request"
+    ]
+    return result
+
+
+def receipt_message(connection: str, b: int, r: int, amount: int, nonce: int) -> bytes:
+    from dtp.ledger.receipt import receipt_message as message
+
+    return message(connection, b, r, amount, nonce)
+
+
+def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    from dtp.identity.ed25519 import verify_memoized
+
+    return verify_memoized(public_key, signature, message)
+
+
+def escrow_claim(
+    x: Exec,
+    escrow_id: str,
+    total_bytes: int,
+    total_requests: int,
+    total_amount: int,
+    nonce: int,
+    signature: bytes,
+) -> int:
+    """``escrow::claim``: the cap is not involved (the deposit was reserved on it)."""
+    escrow = x.load(escrow_id, "Escrow")
+    if x.sender != escrow["server"]:
+        raise move_error(
+            "escrow", "ENotServer", f"{x.sender} is not the server of escrow {escrow_id}"
+        )
+    if escrow["settled"]:
+        raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    if nonce <= escrow["latest_nonce"]:
+        raise move_error(
+            "escrow",
+            "EReplayedReceipt",
+            f"nonce {nonce} <= {escrow['latest_nonce']} on escrow {escrow_id}",
+        )
+    message = receipt_message(
+        escrow["connection"], total_bytes, total_requests, total_amount, nonce
+    )
+    if not verify(escrow["client_public_key"], signature, message):
+        raise move_error(
+            "escrow", "EBadSignature", f"connection {escrow['connection']}, nonce {nonce}"
+        )
+    expected = fee(escrow["sla"], total_bytes, total_requests)
+    if total_amount != expected:
+        raise move_error(
+            "escrow", "EAmountMismatch", f"receipt says {total_amount} MIST, the fee is {expected}"
+        )
+    if total_amount > escrow["deposited"]:
+        raise move_error(
+            "escrow",
+            "EReceiptExceedsDeposit",
+            f"{total_amount} MIST against {escrow['deposited']} deposited in escrow {escrow_id}",
+        )
+    if total_amount < escrow["claimed"]:
+        raise move_error(
+            "escrow",
+            "EReceiptNotCumulative",
+            f"{total_amount} MIST, {escrow['claimed']} already claimed from escrow {escrow_id}",
+        )
+    paid: int = total_amount - escrow["claimed"]
+    escrow["claimed"] = total_amount
+    escrow["latest_nonce"] = nonce
+    escrow["funds"] -= paid
+    x.pay(escrow["server"], paid)
+    x.emit(
+        "escrow",
+        "ReceiptClaimed",
+        {
+            "escrow": escrow_id,
+            "connection": escrow["connection"],
+            "server": escrow["server"],
+            "nonce": nonce,
+            "total_bytes": total_bytes,
+            "total_requests": total_requests,
+            "total_amount": total_amount,
+            "paid": paid,
+        },
+    )
+    return paid
+
+
+def assert_spending_cap(escrow: dict[str, Any], escrow_id: str, cap_id: str) -> None:
+    if cap_id != escrow["spending_cap"]:
+        raise move_error(
+            "escrow",
+            "EWrongSpendingCap",
+            f"escrow {escrow_id} is bound to {escrow['spending_cap']}",
+        )
+
+
+def escrow_top_up(x: Exec, escrow_id: str, cap_id: str, amount: int) -> None:
+    escrow = x.load(escrow_id, "Escrow")
+    cap = x.load(cap_id, "SpendingCap")
+    x.take_coin(amount)
+    if x.sender != escrow["client"]:
+        raise move_error(
+            "escrow", "ENotClient", f"{x.sender} is not the client of escrow {escrow_id}"
+        )
+    if escrow["settled"]:
+        raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    assert_spending_cap(escrow, escrow_id, cap_id)
+    reserve(x, cap, cap_id, amount)
+    if escrow.get("reserved_epoch") == x.epoch:
+        escrow["reserved"] += amount
+    else:
+        # the earlier epoch's reservation went with that epoch's count
+        escrow["reserved_epoch"] = x.epoch
+        escrow["reserved"] = amount
+    escrow["funds"] += amount
+    escrow["deposited"] = add_u64(escrow["deposited"], amount)
+    x.emit(
+        "escrow",
+        "EscrowToppedUp",
+        {
+            "escrow": escrow_id,
+            "connection": escrow["connection"],
+            "amount": amount,
+            "deposited": escrow["deposited"],
+        },
+    )
+
+
+def refund_remainder(
+    x: Exec, escrow: dict[str, Any], escrow_id: str, cap: dict[str, Any], cap_id: str
+) -> int:
+    if escrow["settled"]:
+        raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    assert_spending_cap(escrow, escrow_id, cap_id)
+    escrow["settled"] = True
+    amount: int = escrow["funds"]
+    # what was claimed stays spent; the refunded part goes back to the epoch's room
+    # (an escrow stored before reservations has none to release)
+    reserved = escrow.get("reserved", 0)
+    released = _release(x, cap, cap_id, min(amount, reserved), escrow.get("reserved_epoch", -1))
+    if "reserved" in escrow:
+        escrow["reserved"] = reserved - released
+    escrow["refunded"] += amount
+    escrow["funds"] = 0
+    x.pay(escrow["client"], amount)
+    x.emit(
+        "escrow",
+        "EscrowRefunded",
+        {
+            "escrow": escrow_id,
+            "connection": escrow["connection"],
+            "client": escrow["client"],
+            "amount": amount,
+        },
+    )
+    return amount
