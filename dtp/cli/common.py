@@ -87,7 +87,7 @@ def _sui_key() -> Any:
             return HostIdentity.from_sui_keystring(keystring)
         except ValueError as exc:
             raise LedgerSpecError(f"DTP_SUI_KEY is not a usable Sui key: {exc}.") from None
-    from dtp.ledger.sui_keystore import keystore_identity
+    from dtp.ledger.sui.keystore import keystore_identity
 
     return keystore_identity()
 
@@ -99,7 +99,7 @@ def address(args: argparse.Namespace) -> str:
     if _uses_sui_keys(args):
         if os.environ.get("DTP_SUI_KEY", "").strip():
             return str(_sui_key().sui_address)
-        from dtp.ledger.sui_keystore import active_address
+        from dtp.ledger.sui.keystore import active_address
 
         return active_address()
     return str(identity(args).sui_address)

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtp._checks import finite_float, shown
 from dtp.address import HostAddress
-from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.errors import DaemonConfigError, InvalidObjectId, finite_float, shown
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,

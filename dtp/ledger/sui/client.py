@@ -47,13 +47,14 @@ from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_grpc import pgrpc_requests as rq
 from pysui.sui.sui_grpc.pgrpc_absreq import PGRPC_Request, Service
 
-from dtp._checks import finite_float, shown
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
     InvalidTransaction,
     ObjectNotFound,
     WrongSigner,
+    finite_float,
+    shown,
 )
 from dtp.errors import LedgerUnavailable as _LedgerUnavailable
 from dtp.ledger.objects import EventFilter, normalize_id

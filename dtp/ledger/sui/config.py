@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dtp._checks import shown
-from dtp.errors import ChainError, SuiConfigError
+from dtp.errors import ChainError, SuiConfigError, shown
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.sui.client import parse_endpoint, positive_seconds
 
