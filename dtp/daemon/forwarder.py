@@ -36,6 +36,7 @@ from dtp.protocol.connection import ConnectionConfig
 __all__ = ["Forwarder"]
 
 from dtp.daemon.logs import kv
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon.forwarder")
 
@@ -52,8 +53,8 @@ class _Link:
     """One DTP connection to the target service."""
 
     connection_id: str
-    reader: dtp.aio.DTPStreamReader
-    writer: dtp.aio.DTPStreamWriter
+    reader: DTPStreamReader
+    writer: DTPStreamWriter
     fees: ClientFees
     tunnels: int = 0
     paid: int = 0
@@ -351,7 +352,7 @@ class Forwarder:
 
     async def _open_tunnel(
         self,
-    ) -> tuple[_Link, dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+    ) -> tuple[_Link, DTPStreamReader, DTPStreamWriter]:
         """A new stream for one tunnel, on a connection that can pay for it and has a
         stream left (else on a fresh connection)."""
         for _ in range(3):

@@ -43,6 +43,8 @@ from dtp.served import ServedConnections
 __all__ = ["ServiceHost"]
 
 from dtp.daemon.logs import kv, log_failure
+from dtp.transport.asyncio.server import DTPServer
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon.services")
 
@@ -121,7 +123,7 @@ class _Conn:
     service: ServiceConfig
     terms: ConnectionTerms
     client: str
-    writer: dtp.aio.DTPStreamWriter
+    writer: DTPStreamWriter
     bytes: int = 0
     paid_bytes: int = 0
     requests: int = 0
@@ -199,7 +201,7 @@ class ServiceHost:
         self._fees: ServerFees | None = None
         self.services: dict[int, ServiceConfig] = {}
         self.pools: dict[int, BackendPool] = {}
-        self.server: dtp.aio.DTPServer | None = None
+        self.server: DTPServer | None = None
         self.conns: dict[str, _Conn] = {}
         self._udp_turns: dict[int, int] = {}
         """Round robin over each UDP service's backends, per port: one counter shared
@@ -664,9 +666,7 @@ class ServiceHost:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def _handle(
-        self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
-    ) -> None:
+    async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         connection_id = writer.peer_connection_id
         port = writer.peer_port
         service = self.services.get(port) if port is not None else None
@@ -766,7 +766,7 @@ class ServiceHost:
             if cancelled is not None:
                 raise cancelled
 
-    async def _udp_flow(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
+    async def _udp_flow(self, conn: _Conn, reader: DTPStreamReader) -> None:
         """A UDP service: this connection is one client flow, relayed to a backend (round
         robin over the service's backends) and billed per datagram (docs/udp.md)."""
         service, terms, writer = conn.service, conn.terms, conn.writer
@@ -899,7 +899,7 @@ class ServiceHost:
             self.book.service(name).receipts_held = count
         self._held_names = {name for name, count in held.items() if count}
 
-    async def _read_receipts(self, conn: _Conn, reader: dtp.aio.DTPStreamReader) -> None:
+    async def _read_receipts(self, conn: _Conn, reader: DTPStreamReader) -> None:
         """Stream 0 carries receipts until the client closes the connection."""
         stats = self.stats(conn.service)
 
@@ -980,8 +980,8 @@ class ServiceHost:
     async def _tunnel(
         self,
         conn: _Conn,
-        reader: dtp.aio.DTPStreamReader,
-        writer: dtp.aio.DTPStreamWriter,
+        reader: DTPStreamReader,
+        writer: DTPStreamWriter,
     ) -> None:
         # Look the service up again: a reload may have changed its backends.
         service = self.services.get(conn.service.port, conn.service)

@@ -17,9 +17,9 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, TunnelError
 from dtp.protocol.connection import close_reason_bytes
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = [
     "CHUNK",

@@ -25,6 +25,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Sla
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = ["UdpForward"]
 
@@ -68,7 +69,7 @@ class UdpForward:
         # (the target is set at start, not here: see Forwarder.stats)
         return self.book.forward(self.config.name)
 
-    async def _connect(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+    async def _connect(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """A new flow's DTP connection, all of it within the forward's ``open_timeout``
         (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the ledger work
         too, which ``open_connection``'s ``timeout`` leaves out)."""
@@ -90,7 +91,7 @@ class UdpForward:
             self.book.touch()
             raise
 
-    async def _open(self) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+    async def _open(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         stats = self.stats
         try:
             reader, writer = await dtp.aio.open_connection(
@@ -137,13 +138,13 @@ class UdpForward:
         self.book.touch()
         return reader, writer
 
-    async def _close_when_ended(self, writer: dtp.aio.DTPStreamWriter) -> None:
+    async def _close_when_ended(self, writer: DTPStreamWriter) -> None:
         with contextlib.suppress(DTPError):
             await writer.wait_closed()
         assert writer.connection_id is not None
         await close_on_ledger(self.ledger, self.identity, writer.connection_id)
 
-    def _meter_for(self, writer: dtp.aio.DTPStreamWriter) -> Meter | None:
+    def _meter_for(self, writer: DTPStreamWriter) -> Meter | None:
         connection_id = writer.connection_id
         assert connection_id is not None
         sla = self._slas.pop(connection_id)

@@ -1,1 +1,2 @@
-"""Host-ID access: dtp:// addresses, ledger admission, paid connections and UDP flows by host ID (docs/architecture.md)."""
+"""Host-ID access: dtp:// addresses, ledger admission, paid connections and UDP flows by host
+ID (docs/architecture.md)."""

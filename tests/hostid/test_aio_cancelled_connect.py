@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 import dtp.aio
+import dtp.hostid.asyncio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.transport.asyncio.threads import threaded_or_released
 from tests.ledger_server import identity_from_seed
 from tests.polling import wait_for
 
@@ -52,7 +54,7 @@ def test_a_connect_cancelled_while_its_ledger_bridge_starts_leaks_no_bridge(
     started = threading.Event()
     release = threading.Event()
     made = threading.Event()
-    real = dtp.aio.connect_ledger_carrier
+    real = dtp.hostid.asyncio.connect_ledger_carrier
 
     def slow_bridge(*args: Any, **kw: Any) -> Any:
         started.set()
@@ -62,7 +64,7 @@ def test_a_connect_cancelled_while_its_ledger_bridge_starts_leaks_no_bridge(
         finally:
             made.set()
 
-    monkeypatch.setattr(dtp.aio, "connect_ledger_carrier", slow_bridge)
+    monkeypatch.setattr(dtp.hostid.asyncio, "connect_ledger_carrier", slow_bridge)
 
     async def main() -> None:
         task = asyncio.ensure_future(
@@ -105,7 +107,7 @@ def test_threaded_or_released_releases_what_comes_after_a_cancel() -> None:
         released.append(sock)
 
     async def main() -> None:
-        task = asyncio.ensure_future(dtp.aio._threaded_or_released(make, release))
+        task = asyncio.ensure_future(threaded_or_released(make, release))
         assert await asyncio.to_thread(made.wait, 10)
         task.cancel()
         await asyncio.sleep(0)

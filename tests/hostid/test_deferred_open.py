@@ -169,11 +169,12 @@ def test_aio_connect_opens_during_the_handshake(
     import asyncio
 
     import dtp.aio
+    from dtp.transport.asyncio.protocol import Protocol
 
     order: list[str] = []
-    made, execute = dtp.aio._Protocol.connection_made, PendingOpen.execute
+    made, execute = Protocol.connection_made, PendingOpen.execute
 
-    def connection_made(self: dtp.aio._Protocol, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self: Protocol, transport: asyncio.BaseTransport) -> None:
         made(self, transport)
         order.append("first message out")
 
@@ -181,7 +182,7 @@ def test_aio_connect_opens_during_the_handshake(
         order.append("open")
         return execute(self)
 
-    monkeypatch.setattr(dtp.aio._Protocol, "connection_made", connection_made)
+    monkeypatch.setattr(Protocol, "connection_made", connection_made)
     monkeypatch.setattr(PendingOpen, "execute", recorded_execute)
     cap = world.ledger.create_spending_cap(CLIENT, 10**6)
 

@@ -28,11 +28,14 @@ from typing import Any
 import pytest
 
 import dtp.aio
+import dtp.transport.asyncio.streams
 from dtp.carriers.ledger_bridge import ledger_config
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
+from dtp.transport.asyncio.protocol import Protocol
+from dtp.transport.asyncio.server import _Arrival
 from tests.leaks import resource_warnings
 from tests.procs import ServerProc, server_process
 
@@ -421,10 +424,10 @@ def test_a_client_gone_during_the_accept_hook_is_a_failed_handshake(
     """The client gives up (its connect timed out) while the server's async accept
     hook runs: the server counts a failed handshake and ends the connection. Its task
     died with accept()'s LocalProtocolError ("Task exception was never retrieved")."""
-    protos: list[dtp.aio._Arrival] = []
+    protos: list[_Arrival] = []
     make = dtp.aio.DTPServer._protocol_factory
 
-    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> dtp.aio._Arrival:
+    def recording(self: dtp.aio.DTPServer, *args: Any, **kw: Any) -> _Arrival:
         arrival = make(self, *args, **kw)
         protos.append(arrival)
         return arrival
@@ -540,7 +543,7 @@ def test_close_whose_linger_runs_out_is_no_clean_end_for_the_peer(
 ) -> None:
     """close() waits CLOSE_LINGER for queued bytes to leave; when they did not, the
     CLOSE says so (it said NO_ERROR: the peer read a clean end of a truncated stream)."""
-    monkeypatch.setattr(dtp.aio, "CLOSE_LINGER", 0.3)
+    monkeypatch.setattr(dtp.transport.asyncio.streams, "CLOSE_LINGER", 0.3)
 
     async def close(writer: dtp.aio.DTPStreamWriter) -> None:
         writer.close()
@@ -579,7 +582,7 @@ def test_wait_closed_ends_when_the_peer_stopped_reading(monkeypatch: pytest.Monk
     import os
     import signal
 
-    monkeypatch.setattr(dtp.aio, "CLOSE_LINGER", 0.3)
+    monkeypatch.setattr(dtp.transport.asyncio.streams, "CLOSE_LINGER", 0.3)
 
     async def main(srv: ServerProc) -> None:
         _reader, writer = await dtp.aio.open_connection(
@@ -664,15 +667,15 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _after_data(monkeypatch: pytest.MonkeyPatch, then: Callable[[dtp.aio._Protocol], None]) -> None:
+def _after_data(monkeypatch: pytest.MonkeyPatch, then: Callable[[Protocol], None]) -> None:
     """Have ``then(protocol)`` run after each of the protocols' ``data_received``."""
-    real = dtp.aio._Protocol.data_received
+    real = Protocol.data_received
 
-    def data_received(self: dtp.aio._Protocol, data: bytes) -> None:
+    def data_received(self: Protocol, data: bytes) -> None:
         real(self, data)
         then(self)
 
-    monkeypatch.setattr(dtp.aio._Protocol, "data_received", data_received)
+    monkeypatch.setattr(Protocol, "data_received", data_received)
 
 
 def test_open_connection_cancelled_as_its_handshake_completes_raises_cancelled(
@@ -695,7 +698,7 @@ def test_open_connection_cancelled_as_its_handshake_completes_raises_cancelled(
             tasks: list[asyncio.Future[object]] = []
             reached: list[bool] = []
 
-            def then(proto: dtp.aio._Protocol) -> None:
+            def then(proto: Protocol) -> None:
                 if proto.conn.is_client and proto.session.accepted and not reached:
                     reached.append(False)  # (once)
                     loop.call_soon(lambda: reached.__setitem__(0, tasks[0].cancel()))
@@ -756,7 +759,7 @@ def test_a_server_connection_cancelled_as_its_handshake_completes_ends(
             # the connection's task made right behind it
             real = server._start_serving
 
-            def start_then_cancel(arrival: dtp.aio._Arrival) -> None:
+            def start_then_cancel(arrival: _Arrival) -> None:
                 real(arrival)
                 assert arrival.proto is not None and arrival.proto.session.authenticated_address
                 if not cancelled:
@@ -823,16 +826,16 @@ def test_a_close_over_an_acknowledged_carrier_cancelled_as_data_arrives_is_cance
             )
             armed: list[bool] = []
             reached: list[bool] = []
-            real = dtp.aio._Protocol._notify
+            real = Protocol._notify
 
-            def notify(self: dtp.aio._Protocol) -> None:
+            def notify(self: Protocol) -> None:
                 real(self)
                 task = writer._close_task
                 if self is writer._proto and armed and not reached and task is not None:
                     reached.append(False)
                     loop.call_soon(lambda: reached.__setitem__(0, task.cancel()))
 
-            monkeypatch.setattr(dtp.aio._Protocol, "_notify", notify)
+            monkeypatch.setattr(Protocol, "_notify", notify)
             writer.write(b"x" * (4 << 20))  # beyond the window: held
             writer.close()
             task = writer._close_task

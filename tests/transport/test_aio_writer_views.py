@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import dtp.aio as daio
+import dtp.transport.asyncio.streams as streams
 from dtp.keys import HostIdentity
 
 CHUNK, COUNT = 64 * 1024, 64  # 4 MiB: within the flow-control window
@@ -25,7 +26,7 @@ CHUNK, COUNT = 64 * 1024, 64  # 4 MiB: within the flow-control window
 
 def test_views_given_to_a_keeping_transport_stay_intact(monkeypatch: pytest.MonkeyPatch) -> None:
     # the rule as 3.12 has it, on any version: the stdlib transport keeps what it is given
-    monkeypatch.setattr(daio, "_VIEWS_KEPT", True)
+    monkeypatch.setattr(streams, "_VIEWS_KEPT", True)
     identity = HostIdentity.generate()
     payload = os.urandom(CHUNK * COUNT)
     kept: list[tuple[memoryview, bytes]] = []
@@ -74,4 +75,4 @@ def test_which_transports_keep_views() -> None:
     class Other(asyncio.Transport):
         pass
 
-    assert daio._keeps_views(Other())  # not asyncio's own: taken to keep them
+    assert streams._keeps_views(Other())  # not asyncio's own: taken to keep them

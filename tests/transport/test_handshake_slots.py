@@ -39,6 +39,7 @@ import pytest
 
 import dtp.aio
 import dtp.socket
+import dtp.transport.asyncio.server
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.handshake_slots import (
@@ -799,7 +800,7 @@ def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
             real = server._start_serving
             failures: list[str | None] = []
 
-            def fails_once(arrival: dtp.aio._Arrival) -> None:
+            def fails_once(arrival: dtp.transport.asyncio.server._Arrival) -> None:
                 if not failures:
                     failures.append(arrival.key)
                     # (what a loop that no longer takes tasks raises)

@@ -66,11 +66,13 @@ from dtp.socket import _check_handshake_bounds, _check_server_identity
 
 if TYPE_CHECKING:
     from dtp.admission import PeerInfo
-    from dtp.aio import DTPServer, DTPStreamReader, DTPStreamWriter, _Protocol
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
     from dtp.protocol.connection import ConnectionConfig
+    from dtp.transport.asyncio.protocol import Protocol as _Protocol
+    from dtp.transport.asyncio.server import DTPServer
+    from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 
 logger = logging.getLogger(__name__)

@@ -36,8 +36,9 @@ from dtp.payments.ratelimit import ClientBuckets, datagram_charge
 from dtp.payments.receipt_writer import ReceiptWriter
 
 if TYPE_CHECKING:
-    from dtp.aio import DTPStreamReader, DTPStreamWriter, _Protocol
     from dtp.ledger.interface import Ledger
+    from dtp.transport.asyncio.protocol import Protocol as _Protocol
+    from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.errors import DTPError, InsufficientFunds, TunnelError
 from dtp.hostid.udp.engine import (
     CLOSE_WAIT,
@@ -43,6 +42,7 @@ from dtp.hostid.udp.sockets import (
 )
 from dtp.payments.ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
 

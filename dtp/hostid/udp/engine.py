@@ -21,10 +21,10 @@ from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
 from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
 
 if TYPE_CHECKING:
-    from dtp.aio import DTPStreamWriter
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Sla
     from dtp.socket import DTPSocket
+    from dtp.transport.asyncio.streams import DTPStreamWriter
 
 
 DEFAULT_LOSS_ALLOWANCE: Final = 0.02

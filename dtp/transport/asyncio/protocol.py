@@ -1,0 +1,372 @@
+"""The asyncio protocol of one DTP connection: carrier bytes in and out of its Session,
+its timers, and the close of a connection nobody holds any more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dtp._session import CARRIER_DRAIN, UNSENT, Session
+from dtp.protocol.connection import CloseCode
+
+if TYPE_CHECKING:
+    from dtp.payments.settlement import ClientPayment
+
+logger = logging.getLogger(__name__)
+
+#: How long a closed carrier may go without writing any of what it still holds (a CLOSE
+#: record, the last data) before it is aborted: a peer that stopped reading would hold
+#: it (and the socket, and wait_closed()) for good. (The blocking API's close waits at
+#: most a second for that in all.)
+CARRIER_GRACE = 1.0
+LIMIT = 2**16  # asyncio.StreamReader's default line limit
+
+
+class _Owner:
+    """Held by every reader and writer of a connection: once none is left, nobody can
+    read, write or close it any more (see :func:`_abandoned`)."""
+
+    __slots__ = ("__weakref__",)
+
+
+class Protocol(asyncio.Protocol):
+    """The carrier side of one connection: TCP bytes in and out of the Session."""
+
+    def __init__(self, session: Session, loop: asyncio.AbstractEventLoop) -> None:
+        self.session = session
+        self.conn = session.conn
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        #: Set once the carrier is half-closed (close_carrier): it closes when the peer
+        #: closes its side, or when this fires
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self.closed_future: asyncio.Future[None] = loop.create_future()
+        self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        #: Keep the carrier open once the session ended, until its owner closes it (a
+        #: paid server settles first: the client waits for our end before it looks)
+        self.hold_carrier = False
+        #: What ``get_extra_info("peername")`` reports when the transport's own would
+        #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
+        #: transport is a local socket pair
+        self.peername: Any = None
+        #: The readers' line limit (``limit`` of open_connection / start_server)
+        self.limit = LIMIT
+        self._owner: weakref.ref[_Owner] | None = None
+        #: Keeps the connection open with no reader or writer left: a server's (as
+        #: asyncio's server protocol holds its writer), one whose bytes go to a sink
+        self.pinned: _Owner | None = None
+        #: How many open_stream() calls wait for the peer to allow another stream: its
+        #: MAX_STREAMS frame makes no event, so nothing else would wake them
+        self.stream_slot_waiters = 0
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                from dtp.carriers.tcp import tune
+
+                with contextlib.suppress(OSError):
+                    tune(sock)
+            self.flush()
+        except BaseException as exc:
+            # left to asyncio's log, the connection would be half-made: a client's first
+            # handshake message would never go (its open waiting for its timeout, or for
+            # good), a server's connection never be served (its client waiting as long)
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data, self.loop.time())
+        self._after_io()
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            if self.session.terminated is None:
+                reason = f"carrier error: {exc}" if exc else "the peer vanished"
+                self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
+            self.session.process_events()
+        except Exception as fault:
+            # ending the session raised: closed here, else its reads would wait for good
+            self._fail(fault)
+        finally:
+            # whatever that raised: its timers stop, and wait_closed() returns
+            self._notify()
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            if not self.closed_future.done():
+                self.closed_future.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._notify()
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if self.transport is None or self.transport.is_closing() or self._drain_timer is not None:
+            return  # (half-closed: nothing more may be written)
+        now = self.loop.time()
+        if self.payment is not None:
+            self.payment.tick(now)
+        data = self.conn.data_to_send(now)
+        if data:
+            self.transport.write(data)
+        self._schedule_timer()
+
+    def _after_io(self) -> None:
+        changed = self.session.process_events()
+        self.flush()
+        if (
+            self.session.terminated is not None
+            and self.transport is not None
+            and not self.hold_carrier
+        ):
+            self.close_carrier()
+        if changed or (self.stream_slot_waiters and self.conn.can_open_stream()):
+            self._notify()
+
+    def close_carrier(self, drain: bool = True) -> None:
+        """Close the transport once it wrote what it holds. While the peer, still
+        reading what we sent, will send flow-control credit
+        (:meth:`Connection.peer_may_send_credit`), it is half-closed first, and closed
+        when the peer closes its side (what it still sends is read and dropped) or after
+        CARRIER_DRAIN seconds (see there). Aborted when it wrote nothing of what it holds
+        for CARRIER_GRACE seconds (a peer that stopped reading kept the socket open, and
+        wait_closed() waiting, for good; a slow one is given the time it takes).
+        ``drain`` False (an abort, the loop ending): closed at once, a half-closed
+        carrier too."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._drain_timer is not None:
+            if not drain:
+                self._close_transport()
+            return  # (half-closed already: the peer's close or the timer ends it)
+        if (
+            drain
+            and not transport.is_closing()
+            and transport.can_write_eof()
+            and (self.conn.peer_may_send_credit() or self._peer_may_send_more())
+        ):
+            try:
+                transport.write_eof()  # (after what the transport holds)
+            except (OSError, RuntimeError):
+                pass  # closed at once instead
+            else:
+                self._drain_timer = self.loop.call_later(CARRIER_DRAIN, self._end_drain)
+                if self._abort_timer is None and not self.closed_future.done():
+                    self._abort_after_grace(transport.get_write_buffer_size())
+                return
+        self._close_transport()
+
+    def _peer_may_send_more(self) -> bool:
+        """Whether the client, not told yet that we closed, may still be sending: a
+        server ended an established connection for a reason (a firewall, payment or rate
+        close, an abort). Its bytes, unread at our close, reset the carrier, and the
+        reset overtook our CLOSE: a client denied in a sendall loop read a bare
+        ConnectionLost (tests/transport/test_close_code_delivery.py). (A client's abort closes at
+        once, as asyncio's transport.abort(): the loop may end right after it.)"""
+        ended = self.conn.termination  # (the session learns of it at its next events)
+        return (
+            ended is not None
+            and not ended.by_peer
+            and ended.error_code != CloseCode.NO_ERROR
+            and not self.conn.is_client
+            and self.conn.handshake_hash is not None
+        )
+
+    def _end_drain(self) -> None:
+        """The peer did not close its side within CARRIER_DRAIN: close ours."""
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if self._abort_timer is None and not self.closed_future.done():
+            self._abort_after_grace(transport.get_write_buffer_size())
+
+    def _abort_after_grace(self, left: int) -> None:
+        self._abort_timer = self.loop.call_later(CARRIER_GRACE, self._abort_carrier, left)
+
+    def _abort_carrier(self, left: int) -> None:
+        transport = self.transport
+        if transport is None or self.closed_future.done():
+            return
+        now = transport.get_write_buffer_size()
+        if now < left:  # still moving: look again
+            self._abort_after_grace(now)
+        elif now or self._drain_timer is None:
+            transport.abort()
+        # (else: half-closed with all of it written; the peer's close or the drain
+        # timer ends it)
+
+    def _schedule_timer(self) -> None:
+        deadline = self.conn.get_timer()
+        if self._timer is not None:
+            # Most writes push the deadline later (idle, keepalive): a timer armed for
+            # an earlier time is kept — when it fires, handle_timer finds nothing due and
+            # we re-arm once — instead of a cancel and a new TimerHandle per write.
+            if deadline is not None and self._timer.when() <= deadline + 0.001:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self.conn.handle_timer(self.loop.time())
+            self._after_io()
+        except BaseException as exc:
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
+
+    def _fail(self, exc: BaseException) -> None:
+        """A callback of the loop on this connection (its start, a timer pass, the
+        carrier's end, the close of an abandoned one) raised ``exc``: abort the
+        connection, as the blocking sockets' timer thread does
+        (``_TimerService._fail``).
+
+        Left to asyncio, it would be logged and the connection live on half-alive: its
+        timer, cleared before the pass, is armed again only by the next write or input,
+        so a silent peer would never be timed out (keepalive, idle timeout,
+        retransmission, the close linger) and ``wait_closed()`` or a read would wait for
+        good. Aborted, the peer reads INTERNAL_ERROR, the carrier is released and the
+        application's calls raise ConnectionClosed, ``exc`` its cause."""
+        logger.error(
+            "dtp: handling the connection with %s raised: aborting it",
+            peer_label(self),
+            exc_info=exc,
+        )
+        closed = self.session.end_after_fault(
+            exc, lambda: abort(self, CloseCode.INTERNAL_ERROR, "internal error"), peer_label(self)
+        )
+        if not closed and self.transport is not None:
+            self.transport.abort()  # (connection_lost follows: wait_closed() returns)
+        self._notify()
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_change(self) -> None:
+        """Wait until anything happens on the connection."""
+        # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
+        # only its own, never the others' wake-up
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    async def wait_for(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            await self.wait_change()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def owner(self) -> _Owner:
+        """What a new reader or writer of this connection holds (one for them all)."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            owner = _Owner()
+            self._owner = weakref.ref(owner)
+            # (the protocol weakly: the finalizer registry is global, and a pinned owner
+            # lives as long as its protocol, so a strong one would keep both for good)
+            weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
+        return owner
+
+
+def peer_label(proto: Protocol) -> Any:
+    """Who is at the other end of ``proto``, for a log line: its ledger connection, or
+    its TCP address."""
+    if proto.peername is not None or proto.transport is None:
+        return proto.peername
+    return proto.transport.get_extra_info("peername")
+
+
+def abort(proto: Protocol, code: int, reason: str) -> None:
+    proto.conn.close(code, reason)
+    proto.flush()
+    proto.close_carrier(drain=False)
+
+
+#: The ledger half-closes of abandoned metered connections (see _close_abandoned)
+_FINISHING: set[asyncio.Task[None]] = set()
+
+
+def _abandoned(ref: weakref.ref[Protocol]) -> None:
+    """The last reader and writer of a client connection were garbage-collected with the
+    connection open: it is closed, as asyncio's ``StreamWriter.__del__`` closes its
+    transport (nobody can use or close it, and keepalives hold off the idle timeout:
+    it would stay open for good, as the peer's end). A finalizer runs wherever the garbage
+    collector starts, perhaps inside a seal on this very loop: it only schedules."""
+    proto = ref()
+    if proto is None:
+        return
+    loop = proto.loop
+    if proto.session.terminated is not None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # (the loop closed meanwhile)
+        loop.call_soon_threadsafe(_close_abandoned, proto)
+
+
+def _close_abandoned(proto: Protocol) -> None:
+    """:func:`_abandoned`'s close, on the loop, at once (no task: the loop may be
+    ending). What flow control still holds is cut short: the peer reads an error then,
+    not a clean end. A metered connection pays its final receipt first and is
+    half-closed on the ledger afterwards, as its writer's close() does (else it stays
+    open for good, keepalives holding off the idle timeout, its deposit locked)."""
+    if proto.session.terminated is not None or proto.conn.closed:
+        return
+    try:
+        payment = proto.payment
+        if payment is not None:
+            payment.closing()  # the final receipt goes out before CLOSE, in the same write
+            abort(proto, CloseCode.NO_ERROR, "")
+            task = proto.loop.create_task(asyncio.to_thread(payment.finish))
+            _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)
+            task.add_done_callback(_FINISHING.discard)
+            return
+        if proto.conn.send_buffered():
+            abort(proto, CloseCode.APPLICATION, UNSENT)
+        else:
+            abort(proto, CloseCode.NO_ERROR, "")
+    except Exception as exc:
+        # left to asyncio's log, it would stay open for good: nobody holds it to close
+        # it, and its keepalives hold off the peer's idle timeout
+        proto._fail(exc)
