@@ -43,38 +43,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from dtp._poll import wait_ready
-from dtp._session import (
-    CALLBACK_FAILED,
-    CARRIER_DRAIN,
-    UNSENT,
-    Session,
-    bounded_by_caller,
-    check_connect_timeout,
-    connect_timed_out,
-)
-from dtp.address import HostAddress
-from dtp.admission import (
-    HOOK_FAILED,
-    CarrierChoice,
-    LedgerAdmission,
-    PeerInfo,
-    abandon_host_connection,
-    check_connect_options,
-    check_open_grace_use,
-    peer_info,
-    pinned_host_key,
-    prepare_connecting_early,
-    refusal_reason,
-)
-from dtp.carriers.ledger_bridge import (
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    connect_ledger_carrier,
-    ledger_config,
-)
-from dtp.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -84,24 +52,30 @@ from dtp.errors import (
     SendAfterShutdown,
     SocketClosed,
 )
-from dtp.handshake_gate import (
-    DEFAULT_FIRST_MESSAGE_TIMEOUT,
-    Admission,
-    FirstMessage,
-    Progress,
-    Why,
-    checked_first_message_timeout,
+from dtp.hostid.address import HostAddress
+from dtp.hostid.admission import (
+    HOOK_FAILED,
+    LedgerAdmission,
+    PeerInfo,
+    check_open_grace_use,
+    peer_info,
+    refusal_reason,
 )
-from dtp.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-    SERVER_BUSY,
-    AddressSlots,
-    ServerSlots,
-    address_key,
+from dtp.hostid.connect import (
+    CarrierChoice,
+    abandon_host_connection,
+    check_connect_options,
+    pinned_host_key,
+    prepare_connecting_early,
 )
-from dtp.heap_release import HeapRelease, release_free_heap
+from dtp.hostid.ledger_carrier.bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.served import served_connections
 from dtp.identity.ahead import (
     next_ephemeral_public,
     prepare_anonymous_identity,
@@ -122,8 +96,36 @@ from dtp.protocol.connection import (
     direct_client_config,
 )
 from dtp.protocol.state import SendState
-from dtp.replay_guard import ReplayGuard
-from dtp.served import served_connections
+from dtp.transport.carriers.tcp import connect_any, connect_tcp, endpoint_text, listen_tcp, tune
+from dtp.transport.handshake_gate import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    Admission,
+    FirstMessage,
+    Progress,
+    Why,
+    checked_first_message_timeout,
+)
+from dtp.transport.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+    SERVER_BUSY,
+    AddressSlots,
+    ServerSlots,
+    address_key,
+)
+from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.poll import wait_ready
+from dtp.transport.replay_guard import ReplayGuard
+from dtp.transport.session import (
+    CALLBACK_FAILED,
+    CARRIER_DRAIN,
+    UNSENT,
+    Session,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -184,7 +186,7 @@ AcceptHook = Callable[[str], "bool | str | None"]
 accept, False or a reason string to refuse."""
 
 AdmitHook = Callable[[PeerInfo], "bool | str | None"]
-"""Server admission hook: gets a :class:`~dtp.admission.PeerInfo` (verified address,
+"""Server admission hook: gets a :class:`~dtp.hostid.admission.PeerInfo` (verified address,
 the ledger connection ID and port the client named); same verdicts as AcceptHook."""
 
 
@@ -2676,7 +2678,7 @@ def create_connection(
     """Connect to a DTP server and return the connection's first stream.
 
     ``address``: the server's carrier endpoint ``(host, port)``, or a DTP address
-    (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.address.HostAddress`). ``server_key``:
+    (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.hostid.address.HostAddress`). ``server_key``:
     its Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
     server without that key cannot answer; without it the handshake is Noise XX and
     ``expected_server_key`` may pin the key the server must present. ``identity``: our
@@ -2693,7 +2695,7 @@ def create_connection(
     service must exist (``ServiceNotFound``), the firewall must permit us
     (``FirewallDenied``), ``deposit`` (default: the SLA's ``min_deposit``) must reach
     the minimum and our balance (``InsufficientFunds``), and with ``carrier="tcp"`` the host
-    must publish a TCP endpoint (:class:`~dtp.admission.NoCarrierEndpoint`) — all before
+    must publish a TCP endpoint (:class:`~dtp.hostid.connect.NoCarrierEndpoint`) — all before
     any money moves.
     Then, when ``cap_id`` is None, a new SpendingCap owned by us with
     ``max_per_epoch = deposit`` is created (pass ``cap_id`` to reuse one); the connection
@@ -2709,14 +2711,14 @@ def create_connection(
     connection on the ledger (our half-close), so that the deposit can be refunded once
     the close timeout has passed (docs/escrow.md §7); the original error is raised.
     ``timeout`` bounds the carrier connect to each of the host's endpoints in turn
-    (:func:`dtp.carriers.tcp.connect_any`) and then the handshake, not the ledger calls.
+    (:func:`dtp.transport.carriers.tcp.connect_any`) and then the handshake, not the ledger calls.
     The connection is metered (signed cumulative receipts in-band, a final one at
     close, then our half-close on the ledger; docs/escrow.md §6.1) unless
     ``metering=MeteringConfig(enabled=False)``; ``metering`` also sets the cadence.
     ``subscription`` (a live Subscription of ours to this service: the connection opens
     unmetered, ``deposit`` defaulting to 0) or ``sponsor_pool`` (the service's
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
-    §13-14; :func:`dtp.admission.prepare_host_connection`).
+    §13-14; :func:`dtp.hostid.connect.prepare_host_connection`).
     """
     if timeout is _DEFAULT_TIMEOUT:
         # left out, or passed on as socket.create_connection takes it (http.client and
@@ -3050,11 +3052,11 @@ at the timeout itself the connection would end with no reply."""
 
 
 class _Arrival:
-    """A blocking server's new connection until its handshake starts (dtp.handshake_gate):
+    """A blocking server's new connection until its handshake starts (dtp.transport.handshake_gate):
     its first record is read (by the accepting thread, or the server's reader thread),
     then it waits for its handshake slots unread, holding its socket and what the
     client sent -- no thread, engine or Noise state. It stays the connection's entry in
-    the server's :class:`~dtp.handshake_gate.Admission` (its handshake's end releases
+    the server's :class:`~dtp.transport.handshake_gate.Admission` (its handshake's end releases
     its slots by it)."""
 
     __slots__ = ("config", "deadline", "engine", "gave_way", "key", "peer", "reader", "tcp")
@@ -3175,7 +3177,7 @@ class DTPServer:
     costs no thread start each. ``address`` None: no TCP listener (see
     :meth:`listen_ledger`).
 
-    New connections are admitted by :class:`dtp.handshake_gate.Admission`, as the
+    New connections are admitted by :class:`dtp.transport.handshake_gate.Admission`, as the
     asyncio server admits them (docs/protocol.md §8):
 
     * until it has sent its complete first handshake record, within
@@ -3227,7 +3229,7 @@ class DTPServer:
         ``max_handshakes_per_address`` / ``max_waiting_per_address`` /
         ``first_message_timeout``: see the class docstring (ValueError below 1 / below
         0 / not above 0). ``settle_on_close``: with a
-        :class:`~dtp.admission.LedgerAdmission` hook, close and settle each client's
+        :class:`~dtp.hostid.admission.LedgerAdmission` hook, close and settle each client's
         ledger connection on the ledger as its DTP connection ends (see
         :func:`create_server`; ValueError with another hook)."""
         # first: a bad cap or identity must fail before we listen (and leave nothing open)
@@ -3253,7 +3255,7 @@ class DTPServer:
         self._address_slots = self._admission.address_slots
         # unproven connections the reader thread watches, by descriptor (_read_loop)
         self._reading: dict[int, _Arrival] = {}
-        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        # the heap's free pages go back to the system after churn (dtp.transport.heap_release)
         self._heap = HeapRelease()
         # the accepting thread's own next connection, when the admission starts it at
         # once (leader/follower: _accept_next)
@@ -3313,7 +3315,7 @@ class DTPServer:
         #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
         self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.replay_guard)
+        # never holds a client's ledger connection (dtp.transport.replay_guard)
         self._replays = ReplayGuard()
         # one thread reads the first records still coming and closes what waited too
         # long (for its first record, or in a line for a slot); made last, so that a
@@ -3500,7 +3502,8 @@ class DTPServer:
                 except Exception:  # (as _guarded_first_read: never the thread)
                     logger.exception("closing connections past their first-message timeout")
                 if self._heap.due(now):
-                    release_free_heap()  # (after churn, at a quiet moment: dtp.heap_release)
+                    # (after churn, at a quiet moment: dtp.transport.heap_release)
+                    release_free_heap()
         except Exception:
             # (its end would leave the first records unread and the lines unexpired)
             logger.exception("the admission thread failed")
@@ -3893,7 +3896,7 @@ class DTPServer:
     @property
     def replays_refused(self) -> int:
         """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.replay_guard`."""
+        :attr:`handshakes_failed`): see :mod:`dtp.transport.replay_guard`."""
         return self._replays.refused
 
     def wait_settled(self, timeout: float | None = None) -> bool:
@@ -4072,7 +4075,7 @@ def create_server(
 
     ``accept`` / ``admit``: see :class:`DTPServer`. With ``ledger``, ``host_id`` and
     ``port`` (the DTP port served, a service of that Host), clients are admitted only
-    through :class:`~dtp.admission.LedgerAdmission`: their handshake must name an Open
+    through :class:`~dtp.hostid.admission.LedgerAdmission`: their handshake must name an Open
     ledger connection of theirs to this host and port with a funded escrow, and the
     host's firewall must permit them; others get ConnectionRefused with the reason. One
     DTP connection is served per ledger connection at a time, within the Host's
@@ -4108,7 +4111,7 @@ def create_server(
     ``open_grace``: with ledger admission, seconds a connection a client names is looked
     for on the ledger before it is refused as unknown (its open may still be landing:
     the client's open overlaps its handshake); by default
-    :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` (2 s). On Sui, where the host's
+    :attr:`~dtp.hostid.admission.LedgerAdmission.OPEN_GRACE` (2 s). On Sui, where the host's
     full node may show an open later than the client's did, a longer one spares clients
     a refusal (the daemon's default there is 3 s). InvalidArgument unless None or a
     finite number >= 0, or when given without ledger admission.

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from dtp._checks import finite_float, shown
-from dtp.address import HostAddress
 from dtp.errors import DaemonConfigError, InvalidObjectId
+from dtp.hostid.address import HostAddress
 from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_FIREWALL_ENTRIES,
@@ -43,7 +43,7 @@ KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
 #: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
-#: client names while its open may still be landing (dtp.admission's own default), and
+#: client names while its open may still be landing (dtp.hostid.admission's own default), and
 #: on Sui, where the provider's full node may show the open later than the client's.
 OPEN_GRACE = 2.0
 OPEN_GRACE_SUI = 3.0

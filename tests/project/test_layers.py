@@ -31,24 +31,14 @@ LAYER_OF: dict[str, str] = {
     "dtp.ledger.cli": "cli",  # the ledger commands, bound for cli/
     "dtp.ledger.cli_funds": "cli",
     "dtp.payments": "payments",
-    "dtp._session": "transport",
-    "dtp._poll": "transport",
-    "dtp.handshake_slots": "transport",
-    "dtp.handshake_gate": "transport",
-    "dtp.heap_release": "transport",
-    "dtp.replay_guard": "transport",
-    "dtp.carriers": "transport",
-    "dtp.carriers.tcp": "transport",
-    "dtp.carriers.memory": "transport",
+    "dtp.transport": "transport",
+    "dtp.hostid": "hostid",
+    "dtp.hostid.paid": "paid",
+    "dtp.hostid.udp": "udp",
     # socket.py and aio.py hold the blocking and asyncio transports until those move to
     # transport/ and the two become thin faces.
     "dtp.socket": "transport",
     "dtp.aio": "transport",
-    "dtp.address": "hostid",
-    "dtp.admission": "hostid",
-    "dtp.served": "hostid",
-    "dtp.carriers.ledger": "hostid",
-    "dtp.carriers.ledger_bridge": "hostid",
     "dtp.paid": "paid",
     "dtp.paid_aio": "paid",
     "dtp.udp": "udp",
@@ -97,18 +87,19 @@ ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
     ("dtp.daemon.runner", "dtp.daemon.cli"): "1c: StopSignals moves to daemon/signals.py",
     ("dtp.socket", "dtp.paid"): _FACES,
     ("dtp.aio", "dtp.paid_aio"): _FACES,
-    ("dtp.socket", "dtp.address"): _HOOKS,
-    ("dtp.socket", "dtp.admission"): _HOOKS,
-    ("dtp.socket", "dtp.carriers.ledger_bridge"): _HOOKS,
+    ("dtp.socket", "dtp.hostid.address"): _HOOKS,
+    ("dtp.socket", "dtp.hostid.admission"): _HOOKS,
+    ("dtp.socket", "dtp.hostid.connect"): _HOOKS,
+    ("dtp.socket", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
     ("dtp.socket", "dtp.payments.metering"): _HOOKS,
-    ("dtp.socket", "dtp.served"): _HOOKS,
+    ("dtp.socket", "dtp.hostid.served"): _HOOKS,
     ("dtp.socket", "dtp.payments.settlement"): _HOOKS,
-    ("dtp.aio", "dtp.address"): _HOOKS,
-    ("dtp.aio", "dtp.admission"): _HOOKS,
-    ("dtp.aio", "dtp.carriers.ledger_bridge"): _HOOKS,
+    ("dtp.aio", "dtp.hostid.address"): _HOOKS,
+    ("dtp.aio", "dtp.hostid.admission"): _HOOKS,
+    ("dtp.aio", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
     ("dtp.aio", "dtp.ledger.objects"): _HOOKS,
     ("dtp.aio", "dtp.payments.metering"): _HOOKS,
-    ("dtp.aio", "dtp.served"): _HOOKS,
+    ("dtp.aio", "dtp.hostid.served"): _HOOKS,
     ("dtp.aio", "dtp.payments.settlement"): _HOOKS,
 }
 
@@ -281,4 +272,4 @@ def test_the_checks_see_what_they_look_for() -> None:
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]
     # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
-    assert "dtp.ledger.interface" not in real["dtp.served"]
+    assert "dtp.ledger.interface" not in real["dtp.hostid.served"]

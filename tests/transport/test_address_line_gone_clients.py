@@ -28,8 +28,8 @@ import dtp.aio
 import dtp.paid_aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.handshake_slots import AddressSlots
 from dtp.keys import HostIdentity
+from dtp.transport.handshake_slots import AddressSlots
 from tests.polling import wait_for
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
 

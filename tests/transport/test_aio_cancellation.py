@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.carriers.ledger_bridge import ledger_config
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
+from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.keys import HostIdentity
 from dtp.paid_aio import PaidReader, PaidWriter
 from tests.leaks import resource_warnings

@@ -38,8 +38,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.aio
 import dtp.socket
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
-from dtp.carriers.memory import MemoryLink
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_rules import DamagedData
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
@@ -58,7 +56,9 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.keys import HostIdentity
+from dtp.transport.carriers.memory import MemoryLink
 from tests.ledger_faults import impair
 from tests.polling import wait_for
 from tests.protocol.test_connection import (

@@ -12,10 +12,10 @@ import pytest
 
 import dtp.socket
 from dtp import keys_ahead
-from dtp._poll import wait_ready
 from dtp.connection import ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.keys import HostIdentity
+from dtp.transport.poll import wait_ready
 from tests.protocol.test_connection import SERVER_ID
 
 

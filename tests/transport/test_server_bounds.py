@@ -14,12 +14,12 @@ import time
 
 import pytest
 
-import dtp.served
+import dtp.hostid.served
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
+from dtp.hostid.served import ServedConnections
 from dtp.keys import HostIdentity
-from dtp.served import ServedConnections
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -124,7 +124,9 @@ def test_a_settling_thread_that_cannot_start_settles_in_the_caller(
 ) -> None:
     settled: list[str] = []
     monkeypatch.setattr(
-        dtp.served, "claim_and_settle", lambda _ledger, _identity, cid, *_: settled.append(cid)
+        dtp.hostid.served,
+        "claim_and_settle",
+        lambda _ledger, _identity, cid, *_: settled.append(cid),
     )
     served = ServedConnections(object(), SERVER, settle=True)  # type: ignore[arg-type]
     a, b = "0x" + "aa" * 32, "0x" + "bb" * 32
