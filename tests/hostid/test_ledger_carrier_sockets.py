@@ -42,6 +42,7 @@ from dtp.hostid.ledger_carrier.bridge import (
     connect_ledger_carrier,
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD
+from dtp.transport.blocking import connect as blocking_connect
 from tests.ledger_faults import impair
 from tests.ledger_server import identity_from_seed
 from tests.polling import wait_for
@@ -357,7 +358,7 @@ def test_firewall_refusal_over_the_ledger_carrier(host: Host) -> None:
             host.ledger, CLIENT, prepared.connection_id, prepared.server_address
         )
         with pytest.raises(ConnectionRefused, match="firewall"):
-            dtp.socket._connect(bridge.peername, 30, prepared.config, "denied", bridge.socket)
+            blocking_connect.connect(bridge.peername, 30, prepared.config, "denied", bridge.socket)
         assert wait_for(lambda: server.refused == 1)
         assert wait_for(lambda: not bridge.running)
     assert host.conserved()

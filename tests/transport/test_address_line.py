@@ -46,7 +46,7 @@ from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
 from dtp.paid import PaidSocket
 from dtp.paid_aio import PaidReader, PaidWriter
-from dtp.socket import _Arrival, _waiting_gone
+from dtp.transport.blocking.server import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.polling import wait_for
 from tests.transport.test_address_line_gone_clients import held_address

@@ -20,6 +20,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.hostid.served import ServedConnections
 from dtp.keys import HostIdentity
+from dtp.transport.blocking.engine import Engine
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -88,7 +89,7 @@ def test_the_servers_bounds_are_counts_of_at_least_one(name: str, value: int) ->
 def test_an_engine_that_cannot_be_made_fails_the_handshake_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = dtp.socket._Engine.__init__
+    real = Engine.__init__
     failed = threading.Event()
 
     def init(self: object, *args: object, **kwargs: object) -> None:
@@ -97,7 +98,7 @@ def test_an_engine_that_cannot_be_made_fails_the_handshake_counted(
             raise OSError(24, "Too many open files")
         real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dtp.socket._Engine, "__init__", init)
+    monkeypatch.setattr(Engine, "__init__", init)
     errors: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
     with dtp.socket.DTPServer(("127.0.0.1", 0), SERVER) as server:
