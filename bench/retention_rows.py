@@ -1,7 +1,8 @@
 """Benchmark row ``ledger_retention_bulk``: what data retention costs on the ledger carrier.
 
-Two sans-I/O connections over :class:`~dtp.carriers.ledger.LedgerLink` on one LocalLedger
-file (frozen clock, no sockets, so the ledger's work is what is measured). Ours: ``total``
+Two sans-I/O connections over :class:`~dtp.hostid.ledger_carrier.carrier.LedgerLink` on
+one LocalLedger file (frozen clock, no sockets, so the ledger's work is what is measured).
+Ours: ``total``
 bytes one way with ``retention_terms`` (a retention time of 0): every data payload is a
 ``retention::send``, the receiver confirms each record, and the sender then deletes them
 all (``reclaim_storage``), so an op is the whole retention cycle. Peer: the same bytes
@@ -17,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bench.workload import Workload
-from dtp.carriers.ledger import LedgerCarrier, LedgerLink
-from dtp.carriers.ledger_bridge import ledger_config
+from dtp.hostid.ledger_carrier.bridge import ledger_config
+from dtp.hostid.ledger_carrier.carrier import LedgerCarrier, LedgerLink
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla

@@ -90,6 +90,19 @@ MOVED: dict[str, str] = {
     "dtp.ledger.sui_gas": "dtp.ledger.sui.gas",
     "dtp.ledger.sui_keystore": "dtp.ledger.sui.keystore",
     "dtp.ledger.sui_tx": "dtp.ledger.sui.tx",
+    # stage 1b, blocking side: the transport's and host ID's small modules
+    "dtp._session": "dtp.transport.session",
+    "dtp._poll": "dtp.transport.poll",
+    "dtp.handshake_slots": "dtp.transport.handshake_slots",
+    "dtp.handshake_gate": "dtp.transport.handshake_gate",
+    "dtp.replay_guard": "dtp.transport.replay_guard",
+    "dtp.heap_release": "dtp.transport.heap_release",
+    "dtp.carriers": "dtp.transport.carriers",
+    "dtp.carriers.ledger": "dtp.hostid.ledger_carrier.carrier",
+    "dtp.carriers.ledger_bridge": "dtp.hostid.ledger_carrier.bridge",
+    "dtp.address": "dtp.hostid.address",
+    "dtp.served": "dtp.hostid.served",
+    "dtp.admission": "dtp.hostid.admission",
 }
 
 

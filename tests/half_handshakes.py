@@ -1,4 +1,4 @@
-"""Raw client connections at a server's admission (dtp.handshake_gate): silent ones, and
+"""Raw client connections at a server's admission (dtp.transport.handshake_gate): silent ones, and
 half-handshakes -- a genuine first handshake record, then nothing -- which hold a
 handshake slot while the server waits for their next message."""
 

@@ -17,8 +17,8 @@ import os
 import sys
 
 import dtp.socket
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.keys import HostIdentity
 from tests.ledger_faults import impair
 

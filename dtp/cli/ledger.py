@@ -235,9 +235,9 @@ def _parse_gas_budget(text: str) -> int:
 def _parse_endpoint(text: str) -> str:
     """An ``--endpoint`` as published. A TCP one (``host:port``, ``[v6]:port`` or
     ``tcp://host:port``) must be one clients can read: they skip what
-    :func:`dtp.admission.tcp_endpoints` cannot parse (no port, a port beyond 65535), so a
+    :func:`dtp.hostid.connect.tcp_endpoints` cannot parse (no port, a port beyond 65535), so a
     typo would publish a host nobody reaches. Other schemes are other carriers' and pass."""
-    from dtp.admission import tcp_endpoint
+    from dtp.hostid.connect import tcp_endpoint
 
     # the ledger's limit, checked here: `host set` refused it in the endpoints'
     # transaction, after its noise key change was done (surrogatepass: text that is not

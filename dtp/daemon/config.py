@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtp.address import HostAddress
 from dtp.errors import DaemonConfigError, InvalidObjectId, finite_float, shown
+from dtp.hostid.address import HostAddress
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
@@ -42,7 +42,7 @@ KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
 #: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
-#: client names while its open may still be landing (dtp.admission's own default), and
+#: client names while its open may still be landing (dtp.hostid.admission's own default), and
 #: on Sui, where the provider's full node may show the open later than the client's.
 OPEN_GRACE = 2.0
 OPEN_GRACE_SUI = 3.0

@@ -39,8 +39,8 @@ from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import ConnectionTerms, Meter, check_receipt
 
 if TYPE_CHECKING:
-    from dtp.admission import Admitted
     from dtp.daemon.gas import GasWatch
+    from dtp.hostid.admission import Admitted
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
 

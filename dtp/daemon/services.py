@@ -3,7 +3,7 @@ connection's extra streams are tunnels to the service's TCP backends.
 
 Admission per connection: the DTP port the client named must be a configured service,
 the service's own allow/deny lists must permit the client, then
-:class:`dtp.admission.LedgerAdmission` (Open connection of this client to this host and
+:class:`dtp.hostid.admission.LedgerAdmission` (Open connection of this client to this host and
 port, funded escrow, host firewall), and no other DTP connection may be served on that
 ledger connection. Tunnels of a paid service are refused or cut when
 the client's receipts fall more than ``unpaid_slack`` bytes behind.
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dtp.aio
-from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import ServiceConfig
@@ -29,16 +28,17 @@ from dtp.daemon.gas import GasWatch
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DTPError, InvalidReceipt, TunnelError
+from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, PeerInfo
+from dtp.hostid.served import ServedConnections
 from dtp.hostid.udp import UdpStats
 from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Firewall
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import ended_on_ledger, ledger_checks_due
+from dtp.payments.gate import ended_on_ledger, ledger_checks_due
 from dtp.payments.ratelimit import ClientBuckets, RateLimiter
 from dtp.protocol.connection import ConnectionConfig
-from dtp.served import ServedConnections
 
 __all__ = ["ServiceHost"]
 

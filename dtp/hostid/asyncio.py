@@ -1,25 +1,27 @@
-"""Connecting by host ID with asyncio: the ledger preparation, the host's endpoints or
-the ledger carrier, and the metered client payment."""
+"""Host ID with asyncio: connecting (the ledger preparation, the host's endpoints or the
+ledger carrier, and the metered client payment), and :func:`start_server`, which adds the
+ledger's admission and listener to a server when it is given a ledger."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dtp._session import check_connect_timeout
-from dtp.address import HostAddress
-from dtp.admission import (
+from dtp.hostid.address import HostAddress
+from dtp.hostid.admission import (
     CarrierChoice,
+    LedgerAdmission,
     PreparedConnection,
     abandon_host_connection,
     check_connect_options,
+    check_open_grace_use,
     pinned_host_key,
     prepare_connecting_early,
 )
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions, connect_ledger_carrier
-from dtp.carriers.tcp import PendingTcp, connect_any
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, connect_ledger_carrier
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
 from dtp.payments.metering import MeteringConfig
@@ -28,8 +30,17 @@ from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import LIMIT, Protocol
+from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback, DTPServer
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio.threads import threaded_or_released
+from dtp.transport.carriers.tcp import PendingTcp, connect_any
+from dtp.transport.handshake_gate import DEFAULT_FIRST_MESSAGE_TIMEOUT
+from dtp.transport.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
+from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -229,3 +240,118 @@ def _abandon_prepared(
     abandon_host_connection(
         ledger, identity, address, prepared, asyncio.CancelledError("the connect was cancelled")
     )
+
+
+async def start_server(
+    client_connected_cb: ClientCallback,
+    host: str | None,
+    port: int | None,
+    *,
+    identity: HostIdentity,
+    accept: AcceptHook | None = None,
+    admit: AdmitHook | None = None,
+    config: ConnectionConfig | None = None,
+    backlog: int = 128,
+    ledger: Ledger | None = None,
+    host_id: str | None = None,
+    dtp_port: int | None = None,
+    carriers: tuple[str, ...] | None = None,
+    ledger_options: LedgerCarrierOptions | None = None,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+    start_serving: bool = True,
+    limit: int = LIMIT,
+    settle_on_close: bool = False,
+    first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    open_grace: float | None = None,
+) -> DTPServer:
+    """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
+    accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
+    ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`). It may be a coroutine
+    function or a plain one. An exception it raises goes to the loop's exception
+    handler, as with :func:`asyncio.start_server`, and the connection is aborted (the
+    client reads ConnectionClosed, not the clean end asyncio's close gives); the
+    connection's own end raised in it (a DTPError other than a LocalProtocolError on a
+    live connection: the peer reset a stream, closed, vanished) is logged at INFO.
+
+    With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
+    Host), clients are admitted only through :class:`~dtp.admission.LedgerAdmission`, as
+    with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
+    connection of theirs to this host and port with a funded escrow, and the host's
+    firewall must permit them; others get ConnectionRefused with the reason.
+    ``settle_on_close=True`` closes and settles each ledger connection as its DTP
+    connection ends, and each one refused at one of the Host's connection limits as it
+    is refused, refunding the client its whole deposit at once (by default the ledger
+    connection stays Open, for the client to reconnect on, until the half-close
+    timeout; a client refused at a limit half-closes it and collects its refund after
+    that timeout); see :func:`dtp.socket.create_server`.
+
+    ``carriers`` as in :func:`dtp.socket.create_server`: with ``"ledger"`` (the default
+    when ``host`` is None) the server also accepts connections that come over the ledger
+    carrier, for a host that publishes no endpoint (docs/ledger-carrier.md).
+
+    ``max_handshakes``: at most that many handshakes in progress at once on the whole
+    server (as :func:`dtp.socket.create_server`'s; ValueError unless an int of at least
+    1, before anything listens); further connections wait for one to end in a line of at
+    most ``backlog``. ``max_handshakes_per_address`` / ``max_waiting_per_address``: at
+    most that many handshakes from one client IP address in progress at once (None: no
+    cap), and at most that many of its connections waiting for one to end.
+    ``first_message_timeout``: seconds a new connection has to send its complete first
+    handshake record (ValueError unless a number > 0); at most ``backlog`` connections
+    wait for theirs, the oldest closed to make room. See :class:`DTPServer`.
+
+    ``open_grace``: with ledger admission, seconds a connection a client names is looked
+    for on the ledger before it is refused as unknown, as :func:`dtp.socket.create_server`'s.
+
+    ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
+    ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
+    limit, as there (64 KiB).
+    """
+    check_limit(limit)
+    check_open_grace_use(open_grace, ledger)
+    if carriers is None:
+        carriers = ("tcp",) if host is not None else ("ledger",)
+    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
+    if ("tcp" in carriers) != (host is not None and port is not None):
+        raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
+    if "ledger" in carriers and (ledger is None or host_id is None or dtp_port is None):
+        raise ValueError("the ledger carrier needs ledger, host_id and dtp_port")
+    if ledger is not None or host_id is not None or dtp_port is not None:
+        if ledger is None or host_id is None or dtp_port is None:
+            raise ValueError("ledger admission needs ledger, host_id and dtp_port together")
+        if admit is not None:
+            raise ValueError("pass either admit or ledger/host_id/dtp_port, not both")
+        admit = LedgerAdmission(ledger, host_id, dtp_port, open_grace=open_grace)
+    base = config or ConnectionConfig(identity=identity, is_client=False)
+    cfg = replace(base, identity=identity, is_client=False)
+    server = DTPServer(
+        client_connected_cb,
+        identity,
+        accept,
+        cfg,
+        admit,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
+        limit=limit,
+        settle_on_close=settle_on_close,
+        max_handshakes=max_handshakes,
+        backlog=backlog,
+        first_message_timeout=first_message_timeout,
+    )
+    if host is not None and port is not None:
+        await server._start(host, port, backlog, start_serving)
+    if "ledger" in carriers and not start_serving:
+        assert ledger is not None and host_id is not None and dtp_port is not None
+        server._ledger_pending = (ledger, host_id, dtp_port, ledger_options)
+    elif "ledger" in carriers:
+        assert ledger is not None and host_id is not None and dtp_port is not None
+        try:
+            server.listen_ledger(ledger, host_id, dtp_port, ledger_options)
+        except BaseException:
+            # (a host it cannot serve, say): the TCP listener started first goes too,
+            # rather than listen on with nobody holding the server
+            server.close()
+            raise
+    return server

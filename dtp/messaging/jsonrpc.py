@@ -34,10 +34,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final, cast
 
-from dtp._poll import wait_ready
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import _check_count, _check_our_timeout
 from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.transport.poll import wait_ready
 
 __all__ = [
     "JSONRPC_METHOD",

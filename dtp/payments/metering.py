@@ -31,7 +31,8 @@ from dtp.payments.receipts import Meter
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
-# still imported by modules moving in other stage-1 branches; removed when they repoint
+# the server's receipt gate was defined here before payments/gate.py; its names still
+# import from here (docs/architecture.md, "Moved modules")
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -48,7 +49,6 @@ from dtp.payments.gate import (
 )
 
 __all__ = ["ClientMeter", "MeteringConfig"]
-# still imported by modules moving in other stage-1 branches; removed when they repoint
 __all__ += [
     "CLOSE_FIREWALL_DENIED",
     "CLOSE_LEDGER_CLOSED",

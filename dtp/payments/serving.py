@@ -18,7 +18,7 @@ from dtp.errors import (
 )
 from dtp.ledger.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     ConnectionIds,
 )
 from dtp.payments.receipt_store import ReceiptStore

@@ -1,2 +1,2 @@
-"""Transport: blocking and asyncio drivers,
-carriers and server limits; imports no ledger or payment code (docs/architecture.md)."""
+"""Transport: blocking and asyncio drivers, carriers and server limits; imports no ledger or
+payment code (docs/architecture.md)."""

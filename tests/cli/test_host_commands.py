@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.admission import tcp_endpoints
 from dtp.chain.local import LocalLedger
+from dtp.hostid.connect import tcp_endpoints
 
 
 def _dtp(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

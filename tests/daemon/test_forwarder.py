@@ -44,7 +44,6 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.address import HostAddress
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
@@ -54,6 +53,7 @@ from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import STATUS_OK
 from dtp.errors import ChainError
 from dtp.escrow import fee
+from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
 from tests.paid_inprocess import ident
 

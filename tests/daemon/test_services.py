@@ -39,7 +39,6 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.admission import Admitted
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.connection import ConnectionConfig
@@ -49,6 +48,7 @@ from dtp.daemon.runner import Daemon
 from dtp.daemon.tunnel import read_status
 from dtp.errors import ChainError, ConnectionRefused, DTPError
 from dtp.escrow import ConnectionTerms
+from dtp.hostid.admission import Admitted
 from dtp.keys import HostIdentity
 
 SUI = 1_000_000_000

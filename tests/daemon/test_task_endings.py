@@ -36,8 +36,6 @@ import pytest
 
 import dtp.aio
 import dtp.daemon.services as services_module
-from dtp.address import HostAddress, InvalidAddress
-from dtp.admission import Admitted
 from dtp.chain.objects import Sla
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
@@ -46,6 +44,8 @@ from dtp.daemon.fees import Settled
 from dtp.daemon.services import ServiceHost, _Conn, _Retry
 from dtp.errors import DaemonConfigError
 from dtp.escrow import ConnectionTerms
+from dtp.hostid.address import HostAddress, InvalidAddress
+from dtp.hostid.admission import Admitted
 from dtp.ratelimit import RateLimiter, TokenBucket
 from tests.daemon.test_unpaid_hold import host  # noqa: F401 (a fixture)
 

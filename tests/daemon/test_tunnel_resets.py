@@ -30,7 +30,6 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-from dtp.address import HostAddress
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Escrow, Sla, TransportControl
 from dtp.daemon.balancer import BackendPool
@@ -39,6 +38,7 @@ from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DaemonConfigError, TunnelError
+from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
 from tests.paid_inprocess import ident
 

@@ -22,13 +22,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.address import HostAddress
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.config import Backend, ForwardConfig
 from dtp.daemon.state import StatusBook
 from dtp.daemon.udp_forward import UdpForward
-from dtp.errors import ChainError
+from dtp.errors import ChainError, DTPError
+from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
 from tests.ledger_server import identity_from_seed
 from tests.polling import wait_for
@@ -86,7 +86,7 @@ def test_a_flow_whose_escrow_cannot_be_read_closes_its_connection(
         try:
             while sock.recv(1 << 16):
                 pass
-        except dtp.socket.DTPError:
+        except DTPError:
             pass
         finally:
             sock.close()

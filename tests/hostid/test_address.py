@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.address import HostAddress, InvalidAddress, is_dtp_address
 from dtp.chain.objects import normalize_id
 from dtp.errors import InvalidObjectId
+from dtp.hostid.address import HostAddress, InvalidAddress, is_dtp_address
 
 FULL = "0x" + "ab" * 32
 

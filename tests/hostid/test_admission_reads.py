@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp.admission import LedgerAdmission, PeerInfo, while_opening
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
+from dtp.hostid.admission import LedgerAdmission, PeerInfo, while_opening
 from dtp.keys import HostIdentity
 
 PORT = 443

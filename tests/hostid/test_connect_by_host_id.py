@@ -12,14 +12,6 @@ import msgpack
 import pytest
 
 import dtp.socket
-from dtp.address import HostAddress
-from dtp.admission import (
-    LedgerAdmission,
-    NoCarrierEndpoint,
-    PeerInfo,
-    resolve_service,
-    tcp_endpoints,
-)
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, FirewallMode, Sla
 from dtp.connection import ConnectionConfig, _parse_params
@@ -31,6 +23,9 @@ from dtp.errors import (
     ObjectNotFound,
     ServiceNotFound,
 )
+from dtp.hostid.address import HostAddress
+from dtp.hostid.admission import LedgerAdmission, PeerInfo
+from dtp.hostid.connect import NoCarrierEndpoint, resolve_service, tcp_endpoints
 from dtp.keys import HostIdentity
 
 SLA = Sla(10, 5, 1000)

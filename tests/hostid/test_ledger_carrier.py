@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 
-from dtp.carriers.ledger import (
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Event, EventFilter, Sla
+from dtp.errors import ObjectNotFound, WrongSigner
+from dtp.events import PeerAuthenticated
+from dtp.hostid.ledger_carrier.carrier import (
     KIND_FRAGMENT,
     KIND_RECORD,
     KIND_SYNC,
@@ -24,10 +28,6 @@ from dtp.carriers.ledger import (
     LedgerLink,
     frame_record,
 )
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter, Sla
-from dtp.errors import ObjectNotFound, WrongSigner
-from dtp.events import PeerAuthenticated
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
 
 PORT = 7

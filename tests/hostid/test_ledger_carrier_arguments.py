@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from dtp.carriers.ledger import LedgerCarrier
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
+from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
 from tests.hostid.test_ledger_carrier_retention import World
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
 

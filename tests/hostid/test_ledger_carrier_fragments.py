@@ -48,8 +48,21 @@ from typing import Any
 
 import pytest
 
-from dtp.carriers import ledger_bridge
-from dtp.carriers.ledger import (
+from dtp.chain.ledger import Ledger
+from dtp.connection import Connection, ConnectionConfig
+from dtp.errors import ChainError
+from dtp.events import DatagramReceived, PeerAuthenticated
+from dtp.hostid.ledger_carrier import bridge as ledger_bridge
+from dtp.hostid.ledger_carrier.bridge import (
+    _MAX_UNSENT,
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    _valid_record,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.ledger_carrier.carrier import (
     KIND_FRAGMENT,
     KIND_RECORD,
     MAX_DTP_RECORD,
@@ -60,19 +73,6 @@ from dtp.carriers.ledger import (
     LedgerLink,
     frame_record,
 )
-from dtp.carriers.ledger_bridge import (
-    _MAX_UNSENT,
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    _valid_record,
-    connect_ledger_carrier,
-    ledger_config,
-)
-from dtp.chain.ledger import Ledger
-from dtp.connection import Connection, ConnectionConfig
-from dtp.errors import ChainError
-from dtp.events import DatagramReceived, PeerAuthenticated
 from tests.hostid.test_ledger_carrier import CLIENT_ID, World
 from tests.hostid.test_ledger_carrier_outage import _bridge, _record, _World
 from tests.hostid.test_ledger_carrier_outage import world as world  # the fixture

@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from dtp.carriers.ledger import CarrierState, LedgerCarrier, confirm_records
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ConnectionClosed
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.hostid.ledger_carrier.carrier import CarrierState, LedgerCarrier, confirm_records
 from tests.hostid.test_ledger_carrier_retention import World
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
 

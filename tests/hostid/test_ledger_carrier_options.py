@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.carriers.ledger import MAX_PIPE_DATA, frame_record
-from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
+from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
+from dtp.hostid.ledger_carrier.carrier import MAX_PIPE_DATA, frame_record
 from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 from tests.polling import wait_for
 

@@ -30,22 +30,22 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp._session import Session
-from dtp.carriers import ledger_bridge
-from dtp.carriers.ledger import KIND_RECORD, KIND_SYNC, LedgerCarrier
-from dtp.carriers.ledger_bridge import (
-    _MAX_UNSENT,
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    connect_ledger_carrier,
-)
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError, ObjectNotFound
 from dtp.escrow import object_id_bytes
+from dtp.hostid.ledger_carrier import bridge as ledger_bridge
+from dtp.hostid.ledger_carrier.bridge import (
+    _MAX_UNSENT,
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+)
+from dtp.hostid.ledger_carrier.carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
+from dtp.transport.session import Session
 from tests.hostid.test_ledger_carrier_sockets import (
     CLIENT,
     DEPOSIT,

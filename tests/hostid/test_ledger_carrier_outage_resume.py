@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
 from dtp.chain.ledger import Ledger
 from dtp.errors import ChainError, ConnectionLost
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from tests.hostid.test_ledger_carrier_outage import _Echo, _says_why
 from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
 

@@ -15,7 +15,11 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.carriers.ledger import (
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import EventFilter, Sla
+from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
+from dtp.hostid.ledger_carrier.bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
+from dtp.hostid.ledger_carrier.carrier import (
     KIND_SYNC,
     LedgerCarrier,
     LedgerLink,
@@ -23,10 +27,6 @@ from dtp.carriers.ledger import (
     confirm_retained,
     reclaim_retained,
 )
-from dtp.carriers.ledger_bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
-from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from tests.hostid.test_ledger_carrier import ImpairedLedger, _exchange, _frozen, _stepper
 from tests.hostid.test_ledger_carrier_sockets import (
     CLIENT,
@@ -363,7 +363,7 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     """The set of records offered for confirmation grew for a connection's whole life;
     only the newest MAX_OFFERED_RETAINED are kept now, and every record is still
     confirmed once."""
-    import dtp.carriers.ledger as carrier_module
+    import dtp.hostid.ledger_carrier.carrier as carrier_module
 
     monkeypatch.setattr(carrier_module, "MAX_OFFERED_RETAINED", 8)
     world = World(tmp_path / "ledger.db")

@@ -21,16 +21,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.address import HostAddress
-from dtp.admission import prepare_host_connection
-from dtp.carriers.ledger import KIND_RECORD
-from dtp.carriers.ledger_bridge import (
-    LEDGER_HANDSHAKE_TIMEOUT,
-    LedgerCarrierOptions,
-    _cut_records,
-    _valid_record,
-    connect_ledger_carrier,
-)
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
@@ -42,6 +32,17 @@ from dtp.errors import (
     NotAuthorized,
     ObjectNotFound,
 )
+from dtp.hostid.address import HostAddress
+from dtp.hostid.connect import prepare_host_connection
+from dtp.hostid.ledger_carrier.bridge import (
+    LEDGER_HANDSHAKE_TIMEOUT,
+    LedgerCarrierOptions,
+    _cut_records,
+    _valid_record,
+    connect_ledger_carrier,
+)
+from dtp.hostid.ledger_carrier.carrier import KIND_RECORD
+from dtp.transport.blocking import connect as blocking_connect
 from tests.ledger_faults import impair
 from tests.ledger_server import identity_from_seed
 from tests.polling import wait_for
@@ -357,7 +358,7 @@ def test_firewall_refusal_over_the_ledger_carrier(host: Host) -> None:
             host.ledger, CLIENT, prepared.connection_id, prepared.server_address
         )
         with pytest.raises(ConnectionRefused, match="firewall"):
-            dtp.socket._connect(bridge.peername, 30, prepared.config, "denied", bridge.socket)
+            blocking_connect.connect(bridge.peername, 30, prepared.config, "denied", bridge.socket)
         assert wait_for(lambda: server.refused == 1)
         assert wait_for(lambda: not bridge.running)
     assert host.conserved()

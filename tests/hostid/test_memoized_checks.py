@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from dtp.admission import LedgerAdmission, PeerInfo
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionStateError, InvalidReceipt, LedgerUnavailable, move_error
 from dtp.escrow import Receipt, check_receipt, fee, receipt_message
+from dtp.hostid.admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy, gate_for
 from dtp.identity import ed25519 as memo_module
 from dtp.keys import HostIdentity

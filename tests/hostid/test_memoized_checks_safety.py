@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dtp import _ed25519, keys
-from dtp.admission import while_opening
 from dtp.chain.local import LocalLedger
 from dtp.errors import WrongSigner
+from dtp.hostid.admission import while_opening
 from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
 
 

@@ -23,12 +23,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.admission import LedgerAdmission
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, InvalidArgument
 from dtp.escrow import object_id_bytes
+from dtp.hostid.admission import LedgerAdmission
 from tests.paid_twins import echo, echo_aio, ident, loop_in_thread, stop
 
 PORT = 443

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.admission import LedgerAdmission
 from dtp.chain import local_rules as rules
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, HandshakeError, InvalidArgument
+from dtp.hostid.admission import LedgerAdmission
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from dtp.admission import pinned_host_key
 from dtp.chain.local import LocalLedger
 from dtp.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
 from dtp.errors import SponsorUnfunded
+from dtp.hostid.connect import pinned_host_key
 from tests.hostid_money import (
     ADAPTERS,
     CLIENT,

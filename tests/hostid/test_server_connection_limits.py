@@ -32,7 +32,7 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, ConnectionStateError
-from dtp.served import ServedConnections
+from dtp.hostid.served import ServedConnections
 from dtp.settlement import collect_refund
 from tests.ledger_server import identity_from_seed
 from tests.paid_twins import loop_in_thread

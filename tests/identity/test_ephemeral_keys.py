@@ -17,8 +17,8 @@ import dtp.socket
 from dtp import keys_ahead
 from dtp.crypto import Handshake
 from dtp.errors import HandshakeError, KeyFileError
-from dtp.handshake_slots import AddressSlots, address_key
 from dtp.keys import HostIdentity
+from dtp.transport.handshake_slots import AddressSlots, address_key
 from tests.procs import server_process
 
 SERVER = HostIdentity.generate()

@@ -17,8 +17,6 @@ from pathlib import Path
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.address import HostAddress
-from dtp.admission import prepare_host_connection
 from dtp.chain import sui_tx
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import MAX_PURE_BYTES, Sla
@@ -32,6 +30,8 @@ from dtp.errors import (
     WrongSubscription,
     move_error_from_abort_code,
 )
+from dtp.hostid.address import HostAddress
+from dtp.hostid.connect import prepare_host_connection
 from dtp.keys import HostIdentity
 from tests.ledger.test_sui_transactions import CTX, PACKAGE
 

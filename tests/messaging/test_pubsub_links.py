@@ -386,11 +386,11 @@ def test_a_ledger_failure_fails_the_link_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     import dtp.aio
-    from dtp.address import HostAddress
     from dtp.chain.ledger import Ledger
     from dtp.daemon.config import Backend, ForwardConfig
     from dtp.daemon.forwarder import Forwarder, close_on_ledger
     from dtp.daemon.state import StatusBook
+    from dtp.hostid.address import HostAddress
 
     identity = HostIdentity.generate()
     ledger = cast(Ledger, _BrokenLedger(error))

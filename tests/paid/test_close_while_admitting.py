@@ -23,9 +23,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
+from dtp.hostid.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread

@@ -15,7 +15,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from dtp.socket import _TIMERS
+from dtp.transport.blocking.timers import TIMERS
 from tests.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
@@ -46,9 +46,9 @@ def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Pat
             ) as sock:
                 # the engine's first pass is due within METERED_MAX_WAIT already
                 engine = sock._engine
-                with _TIMERS._lock:
-                    due = min(d for d, _, ref in _TIMERS._heap if ref() is engine)
-                assert due - time.monotonic() <= _TIMERS.METERED_MAX_WAIT
+                with TIMERS._lock:
+                    due = min(d for d, _, ref in TIMERS._heap if ref() is engine)
+                assert due - time.monotonic() <= TIMERS.METERED_MAX_WAIT
                 sock.sendall(bytes(SENT))
                 cid = sock.connection_id
                 assert cid is not None

@@ -24,7 +24,6 @@ import pytest
 import dtp.hostid.paid
 import dtp.payments.serving
 import dtp.socket
-from dtp.carriers.memory import MemoryLink
 from dtp.chain.objects import Sla
 from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import LedgerUnavailable
@@ -33,6 +32,7 @@ from dtp.metering import MeteringConfig
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from dtp.transport.carriers.memory import MemoryLink
 from tests.paid.test_server_release import StallingStore
 from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread
 from tests.polling import wait_for

@@ -43,10 +43,10 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
     """(doc, a phrase it contains, what the code has, what the phrase says)."""
     import dtp.aio
     import dtp.socket
-    from dtp.carriers.ledger import LedgerCarrier
-    from dtp.carriers.ledger_bridge import LedgerCarrierOptions
     from dtp.connection import ConnectionConfig
     from dtp.graph import Graph, connect, sync_blocking, sync_stream
+    from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+    from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
     from dtp.metering import MeteringConfig
 
     opts = LedgerCarrierOptions()

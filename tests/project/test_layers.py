@@ -23,34 +23,17 @@ PACKAGE = ROOT / "dtp"
 # their old flat paths are listed under the layer they move to.
 LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
-    "dtp._checks": "errors",  # the old path's names, for type checkers (dtp.MOVED)
     "dtp.native": "native",
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",
     "dtp.ledger": "ledger",
     "dtp.payments": "payments",
-    "dtp._session": "transport",
-    "dtp._poll": "transport",
-    "dtp.handshake_slots": "transport",
-    "dtp.handshake_gate": "transport",
-    "dtp.heap_release": "transport",
-    "dtp.replay_guard": "transport",
-    "dtp.carriers": "transport",
-    "dtp.carriers.tcp": "transport",
-    "dtp.carriers.memory": "transport",
     "dtp.transport": "transport",
-    # socket.py holds the blocking transport until it moves to transport/ and becomes a
-    # thin face, as aio.py is.
-    "dtp.socket": "transport",
-    "dtp.aio": "faces",
-    "dtp.address": "hostid",
-    "dtp.admission": "hostid",
-    "dtp.served": "hostid",
-    "dtp.carriers.ledger": "hostid",
-    "dtp.carriers.ledger_bridge": "hostid",
     "dtp.hostid": "hostid",
     "dtp.hostid.paid": "paid",
     "dtp.hostid.udp": "udp",
+    "dtp.socket": "faces",
+    "dtp.aio": "faces",
     "dtp.messaging": "messaging",
     "dtp.graph": "graph",
     "dtp.daemon": "daemon",
@@ -86,28 +69,19 @@ MAY_IMPORT: dict[str, set[str]] = {
 # Known imports against the table, each with the step of issue 42 that removes it. An
 # entry that no longer exists fails the test: delete it.
 _HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
-_FACES = "1b: paid/udp import transport/, not the faces; socket.py/aio.py become thin faces"
 ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("dtp.socket", "dtp.hostid.paid"): _FACES,
-    ("dtp.hostid.paid.asyncio_server", "dtp.aio"): _FACES,
-    ("dtp.socket", "dtp.address"): _HOOKS,
-    ("dtp.socket", "dtp.admission"): _HOOKS,
-    ("dtp.socket", "dtp.carriers.ledger_bridge"): _HOOKS,
-    ("dtp.socket", "dtp.payments.metering"): _HOOKS,
-    ("dtp.socket", "dtp.served"): _HOOKS,
-    ("dtp.socket", "dtp.payments.settlement"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.admission"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.carriers.ledger_bridge"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.served"): _HOOKS,
+    ("dtp.transport.blocking", "dtp.hostid.admission"): _HOOKS,
+    ("dtp.transport.blocking.engine", "dtp.payments.settlement"): _HOOKS,
+    ("dtp.transport.blocking.server", "dtp.hostid.admission"): _HOOKS,
+    ("dtp.transport.blocking.server", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
+    ("dtp.transport.blocking.server", "dtp.hostid.served"): _HOOKS,
+    ("dtp.transport.asyncio.server", "dtp.hostid.admission"): _HOOKS,
+    ("dtp.transport.asyncio.server", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
+    ("dtp.transport.asyncio.server", "dtp.hostid.served"): _HOOKS,
 }
 
 # Known import cycles (their modules, sorted), each with the step that breaks it.
-ALLOWED_CYCLES: dict[tuple[str, ...], str] = {
-    ("dtp.aio", "dtp.hostid.paid.aio", "dtp.hostid.paid.asyncio_server"): _FACES,
-    ("dtp.hostid.paid", "dtp.hostid.paid.blocking", "dtp.hostid.paid.server", "dtp.socket"): (
-        _FACES
-    ),
-}
+ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def module_name(path: Path) -> str:
@@ -268,4 +242,4 @@ def test_the_checks_see_what_they_look_for() -> None:
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]
     # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
-    assert "dtp.ledger.interface" not in real["dtp.served"]
+    assert "dtp.ledger.interface" not in real["dtp.hostid.served"]

@@ -1,4 +1,4 @@
-"""The sans-I/O connection, two of them wired in memory (dtp.carriers.memory)."""
+"""The sans-I/O connection, two of them wired in memory (dtp.transport.carriers.memory)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dtp import _core
 from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
-from dtp.carriers.memory import MemoryLink
 from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import (
     ConnectionClosed,
@@ -41,6 +40,7 @@ from dtp.events import (
 )
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_PAYMENT_REQUIRED
+from dtp.transport.carriers.memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()

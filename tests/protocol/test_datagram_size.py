@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 import dtp.socket
-from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT
 from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
+from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT
 from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
 from tests.hostid.test_ledger_carrier_sockets import host as host  # the fixture
 from tests.protocol.test_connection import connect, run

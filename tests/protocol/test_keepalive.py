@@ -18,10 +18,10 @@ from dataclasses import replace
 import pytest
 
 import dtp.socket
-from dtp.carriers.memory import MemoryLink
 from dtp.connection import MIN_KEEPALIVE, Connection, ConnectionConfig
 from dtp.events import PeerAuthenticated
 from dtp.keys import HostIdentity
+from dtp.transport.carriers.memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()

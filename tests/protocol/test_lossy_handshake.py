@@ -23,12 +23,12 @@ import pytest
 
 from dtp import _core
 from dtp._types import REC_HS_INIT
-from dtp.carriers.memory import MemoryLink
 from dtp.connection import CloseCode, Connection, ConnState
 from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
 from dtp.keys import HostIdentity
+from dtp.transport.carriers.memory import MemoryLink
 from tests.protocol.test_connection import SERVER_ID, Side, make_pair
 
 CLIENT = HostIdentity.generate()

@@ -13,7 +13,6 @@ from typing import Any
 
 from dtp import _core
 from dtp._recovery import SentRecord
-from dtp._session import Session
 from dtp._types import (
     FRAME_ACK,
     FRAME_MAX_DATA,
@@ -27,6 +26,7 @@ from dtp._types import (
 )
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.events import SendWindowOpened
+from dtp.transport.session import Session
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, connect
 
 
@@ -327,8 +327,8 @@ def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
     is given the idle timeout (docs/protocol.md section 9)."""
     import heapq
 
-    from dtp.carriers.memory import MemoryLink
     from dtp.events import PeerAuthenticated
+    from dtp.transport.carriers.memory import MemoryLink
     from tests.protocol.test_connection import Side
 
     client = Connection(

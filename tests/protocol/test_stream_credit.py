@@ -13,7 +13,6 @@ from typing import Any, cast
 import pytest
 
 from dtp import _core
-from dtp._session import Session, StreamSink
 from dtp._state import ControlKind
 from dtp._types import (
     FRAME_ACK,
@@ -30,11 +29,12 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.carriers.memory import MemoryLink
 from dtp.connection import CloseCode, Connection, ConnectionConfig, _split_records
 from dtp.crypto import make_auth_proof
 from dtp.errors import LocalProtocolError
 from dtp.events import ConnectionTerminated, ControlReceived, StopSendingReceived
+from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.session import Session, StreamSink
 from tests.protocol.test_connection import (
     CLIENT_ID,
     SERVER_ID,

@@ -18,7 +18,7 @@ The blocking server's waits for one of its ``max_handshakes`` slots had no deadl
 connection handed on from its address's line held a thread (and its address's slot)
 until a slot came free or the server closed, and a ledger carrier connection held the
 ledger listener's thread as long. Each now waits in the server's line, holding no
-thread (dtp.handshake_gate), until its connection's deadline (its accept plus its
+thread (dtp.transport.handshake_gate), until its connection's deadline (its accept plus its
 handshake timeout): closed unserved, counted in ``busy_refused``, its address slot
 handed on. And the paid servers' ``serve()`` take the handshake bounds the plain
 servers take. Real servers and sockets on 127.0.0.1 (the waiting connections from
@@ -40,14 +40,14 @@ import pytest
 import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
-from dtp._poll import wait_ready
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.socket import _Arrival, _waiting_gone
+from dtp.transport.blocking.server import _Arrival, _waiting_gone
+from dtp.transport.poll import wait_ready
 from tests.polling import wait_for
 from tests.transport.test_address_line_gone_clients import held_address
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle

@@ -4,7 +4,7 @@ A newcomer that found its address's line full purged only the connections that w
 past their deadline, not those whose client had hung up meanwhile (FIN or RST): a line
 of connections nobody could serve turned newcomers away until the deadlines passed.
 Those are now closed too, and, not being turned away by the server, are not counted in
-``busy_refused`` (as the asyncio server's). And ``_check_handshake_bounds`` let through a
+``busy_refused`` (as the asyncio server's). And ``check_handshake_bounds`` let through a
 ``backlog`` listen() refuses (OverflowError), so a paid server failed only after its
 ledger recovery. Real servers and raw sockets on 127.0.0.1."""
 
@@ -28,8 +28,9 @@ import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.handshake_slots import AddressSlots
 from dtp.keys import HostIdentity
+from dtp.transport.blocking.server import check_handshake_bounds
+from dtp.transport.handshake_slots import AddressSlots
 from tests.polling import wait_for
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
 
@@ -164,11 +165,11 @@ def test_the_bound_check_refuses_a_backlog_as_create_server_does(backlog: int) -
     with pytest.raises(OverflowError) as listening:
         dtp.socket.create_server((HOST, 0), identity=SERVER, backlog=backlog)
     with pytest.raises(OverflowError) as checked:
-        dtp.socket._check_handshake_bounds(32, 8, 64, backlog)
+        check_handshake_bounds(32, 8, 64, backlog)
     assert str(checked.value) == str(listening.value)
     # and no further: the largest and smallest a C int holds go through
-    dtp.socket._check_handshake_bounds(32, 8, 64, C_INT_MAX)
-    dtp.socket._check_handshake_bounds(32, 8, 64, -C_INT_MAX - 1)
+    check_handshake_bounds(32, 8, 64, C_INT_MAX)
+    check_handshake_bounds(32, 8, 64, -C_INT_MAX - 1)
 
 
 @pytest.mark.parametrize("backlog", TOO_BIG)

@@ -29,9 +29,9 @@ import pytest
 
 import dtp.aio
 import dtp.transport.asyncio.streams
-from dtp.carriers.ledger_bridge import ledger_config
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
+from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.transport.asyncio.protocol import Protocol

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.carriers.tcp
 import dtp.socket
+import dtp.transport.carriers.tcp
 from dtp.chain.objects import Sla
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, HandshakeError
@@ -137,7 +137,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
     timer was armed, and the open waited out its 600 s."""
     fault = RuntimeError("a fault as the connection starts")
     raised: list[BaseException] = []
-    tune = dtp.carriers.tcp.tune
+    tune = dtp.transport.carriers.tcp.tune
 
     async def main() -> None:
         server = await dtp.aio.start_server(
@@ -153,7 +153,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
                     raise fault
                 tune(sock)
 
-            monkeypatch.setattr(dtp.carriers.tcp, "tune", tune_or_fail)
+            monkeypatch.setattr(dtp.transport.carriers.tcp, "tune", tune_or_fail)
             with pytest.raises(ConnectionClosed) as closed:
                 async with asyncio.timeout(WAIT):
                     await dtp.aio.open_connection(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import threading
 
 import dtp.socket
-from dtp._session import Session
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
+from dtp.transport.session import Session
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

@@ -38,8 +38,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.aio
 import dtp.socket
-from dtp.carriers.ledger_bridge import LedgerCarrierOptions
-from dtp.carriers.memory import MemoryLink
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_rules import DamagedData
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
@@ -58,7 +56,10 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.keys import HostIdentity
+from dtp.transport.blocking import connect as blocking_connect
+from dtp.transport.carriers.memory import MemoryLink
 from tests.ledger_faults import impair
 from tests.polling import wait_for
 from tests.protocol.test_connection import (
@@ -320,7 +321,7 @@ def test_a_server_without_hooks_sends_message_two_and_the_verdict_together() -> 
 
 
 class _FakeEngine:
-    """What _NextConnectKeys looks at: the carrier socket."""
+    """What NextConnectKeys looks at: the carrier socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -332,7 +333,7 @@ def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> Non
     server = HostIdentity.generate()
     client = HostIdentity.generate()
     cfg = ConnectionConfig(identity=client, is_client=True, server_static=server.noise_public)
-    keys = dtp.socket._NextConnectKeys(cfg, anonymous=False)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=False)
     mine, theirs = socket.socketpair()
     with mine, theirs:
         theirs.sendall(b"reply")
@@ -365,7 +366,7 @@ def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
     assert static_secret_kept(client, server.noise_public)
     assert not static_secret_kept(client, HostIdentity.generate().noise_public)
     cfg = ConnectionConfig(identity=client, is_client=True, server_static=server.noise_public)
-    keys = dtp.socket._NextConnectKeys(cfg, anonymous=False)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=False)
     keys.make()
     ours = X25519PrivateKey.from_private_bytes(client.noise_private_bytes())
     assert (ours.private_bytes_raw(), server.noise_public) not in keys_ahead._shared
@@ -381,19 +382,19 @@ def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys
     accepted: list[tuple[dtp.socket.DTPSocket, str]] = []
     thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=60)))
     thread.start()
-    real = dtp.socket._has_input
+    real = blocking_connect.has_input
     try:
         keys_ahead._forget_all()
         # the reply "is always here already": no step is made while waiting
-        dtp.socket._has_input = lambda engine: True  # type: ignore[assignment]
+        blocking_connect.has_input = lambda engine: True  # type: ignore[assignment]
         with dtp.socket.create_connection(
             server.address, timeout=60, server_key=server.noise_public_key
         ) as sock:
-            dtp.socket._has_input = real  # type: ignore[assignment]
+            blocking_connect.has_input = real  # type: ignore[assignment]
             assert sock._engine.ahead is not None and not keys_ahead._identities
         assert len(keys_ahead._identities) == 1 and keys_ahead._ephemeral
     finally:
-        dtp.socket._has_input = real  # type: ignore[assignment]
+        blocking_connect.has_input = real  # type: ignore[assignment]
         thread.join(60)
         for peer, _address in accepted:
             peer.close()

@@ -21,6 +21,9 @@ import pytest
 
 import dtp.socket
 from dtp.keys import HostIdentity
+from dtp.transport.blocking import engine as blocking_engine
+from dtp.transport.blocking import socket as blocking_socket
+from dtp.transport.blocking import timers
 from tests.transport.test_makefile import run_client_process
 
 SERVER_ID = HostIdentity.generate()
@@ -81,8 +84,10 @@ def test_a_file_left_open_at_exit_ends_the_connection_cleanly(
 def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = dtp.socket._TimerService()
-    monkeypatch.setattr(dtp.socket, "_TIMERS", service)
+    service = timers.TimerService()
+    # (the engine and the socket each look it up in their own module)
+    monkeypatch.setattr(blocking_engine, "TIMERS", service)
+    monkeypatch.setattr(blocking_socket, "TIMERS", service)
     sock = dtp.socket.create_connection(
         server.address, timeout=10, server_key=SERVER_ID.noise_public
     )
@@ -116,7 +121,7 @@ class _SlowClose:
 def test_the_exit_waits_for_a_close_taken_off_the_queue_and_not_registered_yet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = dtp.socket._TimerService()
+    service = timers.TimerService()
     closing = _SlowClose(0.3)
     real_init = threading.Thread.__init__
 
@@ -139,8 +144,8 @@ def test_the_exit_waits_for_each_close_up_to_its_own_linger(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At exit a close over the ledger carrier (30 s linger) was given LINGER + 1 s."""
-    monkeypatch.setattr(dtp.socket, "LINGER", 0.1)
-    service = dtp.socket._TimerService()
+    monkeypatch.setattr(timers, "LINGER", 0.1)
+    service = timers.TimerService()
     closing = _SlowClose(1.5, linger=2.0)
     service._closing.append(closing)  # type: ignore[arg-type]
     service.finish_closes()

@@ -1,4 +1,4 @@
-"""The admission engine both servers share (dtp.handshake_gate), sans I/O: the first
+"""The admission engine both servers share (dtp.transport.handshake_gate), sans I/O: the first
 record's reader, fed whole, byte by byte and split at random; the unproven pool's
 bounds and who gives way; the half-handshakes; and the whole Admission's decisions,
 driven by hand with a list for a driver."""
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.handshake_gate import (
+from dtp.transport.handshake_gate import (
     Admission,
     FirstMessage,
     HalfHandshakes,

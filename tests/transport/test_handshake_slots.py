@@ -1,7 +1,7 @@
 """The per-address cap on handshakes in progress (slowloris hardening) and the line its
 further connections wait in: the AddressSlots helper, then the blocking and asyncio
 servers over real sockets. A connection takes a slot once it has sent its first
-handshake record (dtp.handshake_gate): the idle connections here are half-handshakes
+handshake record (dtp.transport.handshake_gate): the idle connections here are half-handshakes
 (that record, then nothing).
 
 Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
@@ -42,15 +42,15 @@ import dtp.socket
 import dtp.transport.asyncio.server
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
-from dtp.handshake_slots import (
+from dtp.keys import HostIdentity
+from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
     ServerSlots,
     Verdict,
     address_key,
 )
-from dtp.keys import HostIdentity
-from dtp.replay_guard import ReplayGuard
+from dtp.transport.replay_guard import ReplayGuard
 from tests.half_handshakes import first_record, half_handshake, silent
 from tests.polling import wait_for
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp._poll import wait_ready
-from dtp.carriers.tcp import PendingTcp
 from dtp.keys import HostIdentity
+from dtp.transport.carriers.tcp import PendingTcp
+from dtp.transport.poll import wait_ready
 
 IDENTITY = HostIdentity.generate()
 

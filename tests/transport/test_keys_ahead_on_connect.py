@@ -1,5 +1,5 @@
-"""The connect path's keys made ahead (dtp.socket._NextConnectKeys,
-_Engine._make_ahead): they are a bet on a next connect, and nothing of this connection
+"""The connect path's keys made ahead (dtp.transport.blocking.connect.NextConnectKeys,
+Engine._make_ahead): they are a bet on a next connect, and nothing of this connection
 -- its connect, reads or close -- may fail for them, nor wait on them for good."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pytest
 
 import dtp.socket
 from dtp import keys_ahead
-from dtp._poll import wait_ready
 from dtp.connection import ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.keys import HostIdentity
+from dtp.transport.blocking import connect as blocking_connect
+from dtp.transport.blocking import engine as blocking_engine
+from dtp.transport.poll import wait_ready
 from tests.protocol.test_connection import SERVER_ID
 
 
@@ -58,17 +60,17 @@ def test_a_step_that_fails_after_connect_breaks_neither_the_read_nor_the_close(
     # the peer's end: the old code raised there, its carrier never released
     server, _accepted = served
     keys_ahead._forget_all()
-    real = dtp.socket._has_input
+    real = blocking_connect.has_input
     # the reply "is always here already": every step is left to the connection's waits
-    monkeypatch.setattr(dtp.socket, "_has_input", lambda engine: True)
+    monkeypatch.setattr(blocking_connect, "has_input", lambda engine: True)
     sock = dtp.socket.create_connection(
         server.address, timeout=10, server_key=server.noise_public_key
     )
     engine = sock._engine
     try:
         assert engine.ahead is not None
-        monkeypatch.setattr(dtp.socket, "_has_input", real)
-        monkeypatch.setattr(dtp.socket, "prepare_handshake", _fail)
+        monkeypatch.setattr(blocking_connect, "has_input", real)
+        monkeypatch.setattr(blocking_connect, "prepare_handshake", _fail)
         if read:
             assert sock.recv(10) == b"hi"
     finally:
@@ -84,7 +86,7 @@ def test_a_step_that_fails_does_not_fail_the_connect_or_the_connection(
     # whichever wait reaches the failing step (the connect's, the read's, the close's)
     server, _accepted = served
     keys_ahead._forget_all()
-    monkeypatch.setattr(dtp.socket, "prepare_handshake", _fail)
+    monkeypatch.setattr(blocking_connect, "prepare_handshake", _fail)
     with dtp.socket.create_connection(
         server.address, timeout=10, server_key=server.noise_public_key
     ) as sock:
@@ -94,17 +96,17 @@ def test_a_step_that_fails_does_not_fail_the_connect_or_the_connection(
 
 
 class _Draining:
-    """What _Engine._drain_carrier looks at (a carrier with nothing more to read)."""
+    """What Engine._drain_carrier looks at (a carrier with nothing more to read)."""
 
-    _drain_carrier = dtp.socket._Engine._drain_carrier
-    _make_ahead = dtp.socket._Engine._make_ahead
+    _drain_carrier = blocking_engine.Engine._drain_carrier
+    _make_ahead = blocking_engine.Engine._make_ahead
 
-    def __init__(self, sock: socket.socket, ahead: dtp.socket._NextConnectKeys) -> None:
+    def __init__(self, sock: socket.socket, ahead: blocking_connect.NextConnectKeys) -> None:
         self.sock = sock
         self.carrier_closed = False
         self.out: list[bytes] = []
         self._rbuf = bytearray(64)
-        self.ahead: dtp.socket._NextConnectKeys | None = ahead
+        self.ahead: blocking_connect.NextConnectKeys | None = ahead
 
 
 def test_the_close_drain_ends_at_its_deadline_when_the_keys_never_get_their_turn(
@@ -114,10 +116,10 @@ def test_the_close_drain_ends_at_its_deadline_when_the_keys_never_get_their_turn
     # are put off each time, and the drain went round for good (lock held)
     server, client = HostIdentity.generate(), HostIdentity.generate()
     cfg = ConnectionConfig(identity=client, is_client=True, server_static=server.noise_public)
-    keys = dtp.socket._NextConnectKeys(cfg, anonymous=False)
+    keys = blocking_connect.NextConnectKeys(cfg, anonymous=False)
     mine, theirs = socket.socketpair()
     mine.setblocking(False)
-    monkeypatch.setattr(dtp.socket, "_has_input", lambda engine: True)
+    monkeypatch.setattr(blocking_connect, "has_input", lambda engine: True)
     draining = _Draining(mine, keys)
     done = threading.Event()
 
@@ -152,12 +154,12 @@ def test_a_close_whose_peer_ended_first_still_leaves_the_next_connect_its_keys(
     thread.start()
     try:
         keys_ahead._forget_all()
-        real = dtp.socket._has_input
-        monkeypatch.setattr(dtp.socket, "_has_input", lambda engine: True)
+        real = blocking_connect.has_input
+        monkeypatch.setattr(blocking_connect, "has_input", lambda engine: True)
         sock = dtp.socket.create_connection(
             server.address, timeout=10, server_key=server.noise_public_key
         )
-        monkeypatch.setattr(dtp.socket, "_has_input", real)
+        monkeypatch.setattr(blocking_connect, "has_input", real)
         with sock:
             assert sock._engine.ahead is not None and not keys_ahead._identities
             # the server's end is all here before we close (its close is over), and

@@ -37,6 +37,7 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
+from dtp.transport.blocking import timers
 from tests.polling import wait_for
 from tests.support.paths import ROOT
 
@@ -360,7 +361,7 @@ def test_the_exit_waits_for_a_close_whose_thread_is_still_starting(
     """finish_closes (at exit) joined a closer the timer thread had registered but not
     started yet: join() raised RuntimeError, the exit's wait ended at once and the close
     was cut off mid-linger (the CI failure of the test above, 1 run in 25 under load)."""
-    service = dtp.socket._TimerService()
+    service = timers.TimerService()
     closed = threading.Event()
 
     class SlowClose:

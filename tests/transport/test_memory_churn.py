@@ -1,5 +1,5 @@
 """A server gives its memory back after a stream of short connections
-(dtp.heap_release): at a quiet moment after churn -- no new connection for a second --
+(dtp.transport.heap_release): at a quiet moment after churn -- no new connection for a second --
 it collects the cycles its connections left and trims the heap. Before, the asyncio
 server's resident memory after 5,000 connections stood at 190 MiB (47 at the start),
 420 MiB after 80,000, with 5-6 MiB in use. The policy alone, then both servers in a
@@ -15,7 +15,7 @@ import time
 import pytest
 
 import dtp.aio
-from dtp.heap_release import AGAIN, HeapRelease, release_free_heap
+from dtp.transport.heap_release import AGAIN, HeapRelease, release_free_heap
 from tests.procs import rss_kib, server_process
 
 CONNECTIONS = 1500
@@ -113,6 +113,6 @@ def test_after_churn_a_server_s_memory_comes_back_near_where_it_was(api: str) ->
         asyncio.run(_churn(srv.endpoint, srv.key))
         # quiet moments: the server trims (within REST of its last connection; the
         # deadline leaves room for a loaded machine, where 1,500 more stood at +60 MiB
-        # and more, and grew with more, before dtp.heap_release)
+        # and more, and grew with more, before dtp.transport.heap_release)
         after = _rss_back_within(srv.proc.pid, rested + 16 * 1024, REST + 15.0)
     assert after - rested < 16 * 1024, (api, rested, after)

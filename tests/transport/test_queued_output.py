@@ -14,6 +14,7 @@ import pytest
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
+from dtp.transport.blocking.timers import TIMERS
 from tests.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
@@ -131,7 +132,7 @@ def test_a_peer_that_never_reads_costs_the_timer_thread_nothing(
             assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
             client.abort()
     # a closed connection is forgotten
-    watched = dtp.socket._TIMERS._watched
+    watched = TIMERS._watched
     wait_for(lambda: not any(ref() is client._engine for ref, *_ in watched.values()))
 
 
@@ -143,7 +144,7 @@ def test_a_write_that_leaves_nothing_queued_is_not_watched(
         with peer:
             client.sendall(b"small")
             assert peer.recv(100) == b"small"
-            watched = dtp.socket._TIMERS._watched
+            watched = TIMERS._watched
             assert not any(ref() is client._engine for ref, *_ in watched.values())
 
 

@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-import dtp.served
+import dtp.hostid.served
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
+from dtp.hostid.served import ServedConnections
 from dtp.keys import HostIdentity
-from dtp.served import ServedConnections
+from dtp.transport.blocking.engine import Engine
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -88,7 +89,7 @@ def test_the_servers_bounds_are_counts_of_at_least_one(name: str, value: int) ->
 def test_an_engine_that_cannot_be_made_fails_the_handshake_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = dtp.socket._Engine.__init__
+    real = Engine.__init__
     failed = threading.Event()
 
     def init(self: object, *args: object, **kwargs: object) -> None:
@@ -97,7 +98,7 @@ def test_an_engine_that_cannot_be_made_fails_the_handshake_counted(
             raise OSError(24, "Too many open files")
         real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(dtp.socket._Engine, "__init__", init)
+    monkeypatch.setattr(Engine, "__init__", init)
     errors: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
     with dtp.socket.DTPServer(("127.0.0.1", 0), SERVER) as server:
@@ -124,7 +125,9 @@ def test_a_settling_thread_that_cannot_start_settles_in_the_caller(
 ) -> None:
     settled: list[str] = []
     monkeypatch.setattr(
-        dtp.served, "claim_and_settle", lambda _ledger, _identity, cid, *_: settled.append(cid)
+        dtp.hostid.served,
+        "claim_and_settle",
+        lambda _ledger, _identity, cid, *_: settled.append(cid),
     )
     served = ServedConnections(object(), SERVER, settle=True)  # type: ignore[arg-type]
     a, b = "0x" + "aa" * 32, "0x" + "bb" * 32

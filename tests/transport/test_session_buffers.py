@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dtp._session import Session
-from dtp.carriers.memory import MemoryLink
 from dtp.connection import ConnectionConfig
+from dtp.transport.carriers.memory import MemoryLink
+from dtp.transport.session import Session
 from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
 
 #: Streams the client may open (the server's max_streams): room for the N below.

@@ -2,7 +2,7 @@
 (an asyncio stream) raises for them, whatever state the stream is in, before anything
 moves, and leave the stream working.
 
-A stream that carries data is lent to the C lane (``_Engine.lend``), whose fast paths
+A stream that carries data is lent to the C lane (``Engine.lend``), whose fast paths
 took arguments unchecked: ``recv(1.5)`` raised TypeError on a stream that was not lent
 but waited out the timeout (C) or failed inside the lane (pure Python) on a lent one;
 ``send_recv(b"x", 1.5)`` sent ``b"x"`` before raising, and sent one byte of a 4-byte

@@ -209,7 +209,7 @@ def failing_handler(sock: dtp.socket.DTPSocket) -> None:
 def test_a_raising_handler_aborts_the_connection_and_is_logged(
     request_: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dtp.socket")
+    caplog.set_level(logging.INFO, logger="dtp.transport.blocking")
     with serving(failing_handler) as server:
         got, ended = read_to_the_end(server, request_)
         # the client must not take the first half for the whole reply: an error, as

@@ -4,7 +4,7 @@ other work, it gives what connect_tcp gives, and connect_tcp's errors when it fa
 The TCP carrier's two-half connect (PendingTcp) against a host that never answers:
 its timeout bounds the whole wait.
 
-The TCP carrier's connects (dtp.carriers.tcp), the one-holder lock
+The TCP carrier's connects (dtp.transport.carriers.tcp), the one-holder lock
 (dtp._filelock) and the durable replace (dtp._durable):
 
 - a published endpoint whose name the IDNA codec refuses (``a..b``, a label past 63
@@ -55,18 +55,24 @@ from pathlib import Path
 
 import pytest
 
-import dtp.carriers.tcp as tcp
 import dtp.messaging.discovery as discovery
 import dtp.socket
+import dtp.transport.carriers.tcp as tcp
 from dtp._durable import write_durably
 from dtp._filelock import lock_exclusive
-from dtp.carriers.tcp import PendingTcp, carrier_error, connect_any, connect_tcp, listen_tcp
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
 from dtp.keys import HostIdentity
 from dtp.messaging.discovery import Announcement, DiscoveryGossip
 from dtp.messaging.pubsub import PubSubNode
+from dtp.transport.carriers.tcp import (
+    PendingTcp,
+    carrier_error,
+    connect_any,
+    connect_tcp,
+    listen_tcp,
+)
 from tests.tcp_blackhole import unanswered_address
 
 
@@ -180,7 +186,7 @@ def listener() -> Iterator[socket.socket]:
         sock.close()
 
 
-# -- dtp.carriers.tcp ------------------------------------------------------------------
+# -- dtp.transport.carriers.tcp ------------------------------------------------------------------
 
 
 def test_an_endpoint_name_idna_refuses_moves_on_to_the_next(listener: socket.socket) -> None:
@@ -391,7 +397,7 @@ def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
 NOW = 1_000_000
 
 
-# -- dtp.carriers.tcp ------------------------------------------------------------------
+# -- dtp.transport.carriers.tcp ------------------------------------------------------------------
 
 
 def test_an_early_connect_fails_as_connect_tcp_when_the_last_address_refuses(

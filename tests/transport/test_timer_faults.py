@@ -7,7 +7,7 @@ timeout, retransmission) and its carrier stayed open for good. The thread goes o
 serving the other connections, and goes back to sleep.
 
 The fault is injected where it cannot be made to happen for real: the connection's
-one non-blocking pass (``_Engine.poll``) is replaced by one that raises."""
+one non-blocking pass (``Engine.poll``) is replaced by one that raises."""
 
 from __future__ import annotations
 

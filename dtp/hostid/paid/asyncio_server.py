@@ -22,24 +22,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import CALLBACK_FAILED
-from dtp.admission import LedgerAdmission, checked_open_grace
 from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
     move_error,
 )
-from dtp.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
+from dtp.hostid.admission import LedgerAdmission, checked_open_grace
 from dtp.hostid.paid.asyncio_streams import PaidCallback, PaidConnection, PaidReader, PaidWriter
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
+from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     ConnectionIds,
     ended_on_ledger,
     ledger_checks_due,
@@ -61,11 +56,16 @@ from dtp.payments.serving import (
 )
 from dtp.payments.settlement import publish_endpoint
 from dtp.protocol.connection import CloseCode
-from dtp.served import ServedConnections
-from dtp.socket import _check_handshake_bounds, _check_server_identity
+from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
+from dtp.transport.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
+from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
-    from dtp.admission import PeerInfo
+    from dtp.hostid.admission import PeerInfo
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
@@ -206,7 +206,7 @@ class PaidAioServer:
     ) -> None:
         """Recover the store, listen on ``address`` (with the handshake bounds given, as
         :func:`dtp.aio.start_server`'s) and publish the endpoint."""
-        from dtp.aio import start_server
+        from dtp.hostid.asyncio import start_server
 
         host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         if self.port not in host.services:
@@ -781,8 +781,8 @@ async def serve(
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
     # failed only after the listener started and the store was recovered; so did a
     # bound start_server refuses, after the recovery claimed on the ledger
-    _check_server_identity(identity)
-    _check_handshake_bounds(
+    check_server_identity(identity)
+    check_handshake_bounds(
         max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
     )
     check_address(address, "address")

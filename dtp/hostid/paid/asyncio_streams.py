@@ -23,7 +23,7 @@ from dtp.errors import (
 )
 from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,

@@ -22,7 +22,7 @@ from dtp.errors import (
 )
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
@@ -33,18 +33,18 @@ from dtp.payments.metering import (
 )
 from dtp.payments.ratelimit import ClientBuckets, datagram_charge
 from dtp.payments.receipt_writer import ReceiptWriter
-from dtp.socket import (
-    _SSIZE_MAX,
-    _checked_flags,
-    _checked_size,
-    _checked_timeout,
+from dtp.transport.blocking.checks import (
+    SSIZE_MAX,
+    checked_flags,
+    checked_size,
+    checked_timeout,
     recv_into_target,
-    stream_file,
 )
+from dtp.transport.blocking.files import stream_file
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
-    from dtp.socket import DTPSocket
+    from dtp.transport.blocking.socket import DTPSocket
 
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class PaidConnection:
                 timeout = sock.gettimeout()
                 nonblocking = timeout == 0
             else:
-                timeout = _checked_timeout(timeout)  # (recv_datagram's, as it checks it)
+                timeout = checked_timeout(timeout)  # (recv_datagram's, as it checks it)
             if timeout is not None:
                 deadline = (now if began is None else began) + timeout
         while verdict.state is GateState.PAUSE:
@@ -528,7 +528,7 @@ def _left_of(
     waited for payment first: the pause came out of it (the whole timeout again, the
     call lasted up to twice as long). None (no limit) and a non-blocking socket's
     "socket" stay as they are; 0 left is one look."""
-    limit = _checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
+    limit = checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
     if limit is None or limit == 0:
         return timeout
     return max(0.0, limit - (time.monotonic() - began))
@@ -560,14 +560,14 @@ class PaidSocket:
             flags
             or type(bufsize) is not int
             or type(flags) is not int
-            or not 0 <= bufsize <= _SSIZE_MAX
+            or not 0 <= bufsize <= SSIZE_MAX
         ):
             # the socket's checks, before the wait (and the size as the int it stands
             # for: one that is an int only through __index__ failed the gate's
             # comparison with the credit, and one past what a socket takes was cut to
             # the credit and read)
-            bufsize = _checked_size(bufsize, "recv")
-            _checked_flags(flags)
+            bufsize = checked_size(bufsize, "recv")
+            checked_flags(flags)
         paid = self._paid
         if paid._credit <= 0:
             paid.wait_paid(self._sock)

@@ -9,13 +9,13 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dtp.admission import Admitted
 from dtp.errors import (
     InvalidArgument,
     LocalProtocolError,
 )
+from dtp.hostid.admission import Admitted
 from dtp.ledger.objects import normalize_id
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     ReceiptGate,
 )
 from dtp.payments.receipt_store import ReceiptStore

@@ -43,8 +43,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dtp._session import CALLBACK_FAILED
-from dtp.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
 from dtp.errors import (
     ChainError,
     DTPError,
@@ -52,16 +50,13 @@ from dtp.errors import (
     PaymentRequired,
     move_error,
 )
-from dtp.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
+from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
+from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import Settlement, normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.metering import (
+from dtp.payments.gate import (
     ConnectionIds,
     ended_on_ledger,
     ledger_checks_due,
@@ -85,14 +80,20 @@ from dtp.payments.settlement import (
     publish_endpoint,
 )
 from dtp.protocol.connection import CloseCode
-from dtp.served import ServedConnections
+from dtp.transport.handshake_slots import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
+from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
-    from dtp.admission import PeerInfo
+    from dtp.hostid.admission import PeerInfo
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.protocol.connection import ConnectionConfig
-    from dtp.socket import DTPServer, DTPSocket
+    from dtp.transport.blocking.server import DTPServer
+    from dtp.transport.blocking.socket import DTPSocket
 
 
 logger = logging.getLogger(__name__)
@@ -192,12 +193,13 @@ class PaidServer:
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         open_grace: float | None = None,
     ) -> None:
-        from dtp.socket import _check_handshake_bounds, create_server
+        from dtp.hostid.blocking import create_server
+        from dtp.transport.blocking.server import check_handshake_bounds
 
         check_address(address, "address")
         # (create_server checks them too, but only after the store's recovery claimed
         # on the ledger)
-        _check_handshake_bounds(
+        check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
         )
         checked_open_grace(open_grace)

@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dtp._poll import wait_ready
 from dtp.errors import (
     DTPError,
     DTPTimeoutError,
@@ -75,10 +74,11 @@ from dtp.hostid.udp.sockets import (
     pass_replies,
 )
 from dtp.payments.receipts import Meter
+from dtp.transport.poll import wait_ready
 
 if TYPE_CHECKING:
     from dtp.payments.ratelimit import ClientBuckets
-    from dtp.socket import DTPSocket
+    from dtp.transport.blocking.socket import DTPSocket
 
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Sla
-    from dtp.socket import DTPSocket
     from dtp.transport.asyncio.streams import DTPStreamWriter
+    from dtp.transport.blocking.socket import DTPSocket
 
 
 DEFAULT_LOSS_ALLOWANCE: Final = 0.02

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dtp.admission import LedgerAdmission, while_opening
 from dtp.errors import DTPError, ObjectNotFound
+from dtp.hostid.admission import LedgerAdmission, while_opening
 from dtp.ledger.objects import Sla, normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.messaging import errors as E

@@ -8,13 +8,18 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dtp._session import Session, bounded_by_caller, check_connect_timeout, connect_timed_out
-from dtp.carriers.tcp import carrier_error, endpoint_text
 from dtp.errors import DTPTimeoutError, HandshakeError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
+from dtp.transport.carriers.tcp import carrier_error, endpoint_text
+from dtp.transport.session import (
+    Session,
+    bounded_by_caller,
+    check_connect_timeout,
+    connect_timed_out,
+)
 
 
 async def open_connection(

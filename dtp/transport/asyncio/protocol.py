@@ -10,8 +10,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import CARRIER_DRAIN, UNSENT, Session
 from dtp.protocol.connection import CloseCode
+from dtp.transport.session import CARRIER_DRAIN, UNSENT, Session
 
 if TYPE_CHECKING:
     from dtp.payments.settlement import ClientPayment
@@ -75,7 +75,7 @@ class Protocol(asyncio.Protocol):
         try:
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                from dtp.carriers.tcp import tune
+                from dtp.transport.carriers.tcp import tune
 
                 with contextlib.suppress(OSError):
                     tune(sock)

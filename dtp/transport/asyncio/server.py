@@ -11,16 +11,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from dtp._session import Session
-from dtp.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
-from dtp.carriers.ledger_bridge import (
+from dtp.errors import DTPError, LocalProtocolError
+from dtp.hostid.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
+from dtp.hostid.ledger_carrier.bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     ledger_config,
 )
-from dtp.errors import DTPError, LocalProtocolError
-from dtp.handshake_gate import (
+from dtp.hostid.served import served_connections
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import CloseCode, ConnectionConfig
+from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, peer_label
+from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
+from dtp.transport.blocking.server import check_backlog
+from dtp.transport.handshake_gate import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
     Admission,
     FirstMessage,
@@ -28,20 +33,15 @@ from dtp.handshake_gate import (
     Why,
     checked_first_message_timeout,
 )
-from dtp.handshake_slots import (
+from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     address_key,
 )
-from dtp.heap_release import HeapRelease, release_free_heap
-from dtp.identity.keys import HostIdentity
-from dtp.protocol.connection import CloseCode, ConnectionConfig
-from dtp.replay_guard import ReplayGuard
-from dtp.served import served_connections
-from dtp.socket import _check_backlog
-from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, peer_label
-from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
+from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.replay_guard import ReplayGuard
+from dtp.transport.session import Session
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -93,7 +93,7 @@ class _Arrival(asyncio.Protocol):
         try:
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                from dtp.carriers.tcp import tune
+                from dtp.transport.carriers.tcp import tune
 
                 with contextlib.suppress(OSError):
                     tune(sock)
@@ -174,7 +174,7 @@ class DTPServer:
         ``first_message_timeout``: see the class docstring."""
         # first: a bad bound, or settle_on_close without ledger admission, fails before
         # anything starts (a backlog listen() refuses too: it left a bound socket open)
-        _check_backlog(backlog)
+        check_backlog(backlog)
         self._admission: Admission[_Arrival] = Admission(
             max_handshakes=max_handshakes,
             max_handshakes_per_address=max_handshakes_per_address,

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dtp._session import CARRIER_DRAIN, UNSENT, StreamSink
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamReset
 from dtp.protocol.connection import CloseCode
-from dtp.socket import PAID_CLOSE_WAIT, _readable
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort
+from dtp.transport.blocking.checks import readable
+from dtp.transport.blocking.engine import PAID_CLOSE_WAIT
+from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
 
 SEND_HIGH_WATER = 512 * 1024
 #: How long ``close()`` on a connection's first stream waits for queued data to leave
@@ -421,7 +422,7 @@ class DTPStreamWriter:
         taken (an ``array('i')``: its bytes, as a socket sends them); what is not raises
         TypeError -- a strided view BufferError, as a socket's send() -- in any state,
         before anything is queued (asyncio's transport failed the connection then)."""
-        view = _readable(data)
+        view = readable(data)
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)

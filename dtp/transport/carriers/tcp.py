@@ -7,8 +7,8 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from dtp._poll import wait_ready
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
+from dtp.transport.poll import wait_ready
 
 logger = logging.getLogger(__name__)
 

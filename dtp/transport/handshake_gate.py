@@ -8,13 +8,13 @@ socket and the bytes it sent, no handshake slot, thread, task or Noise state, an
 has :data:`DEFAULT_FIRST_MESSAGE_TIMEOUT` to finish (nginx's ``client_header_timeout``
 and HAProxy's ``timeout http-request`` bound a request's head the same way). At most
 ``max_unproven`` wait at once on a server and ``per_address`` from one client address
-(:func:`~dtp.handshake_slots.address_key`); a newcomer beyond either bound makes the
+(:func:`~dtp.transport.handshake_slots.address_key`); a newcomer beyond either bound makes the
 oldest of them give way, closed -- a genuine client sends its first message with its
 connect, so it is never the oldest for long, while a silent one ages (a bound that
 refused the newcomer instead would let silent connections lock everyone out, as the
 handshake slots they took did: 0 of 75 clients got in).
 
-A proven connection takes the server's handshake slots (:mod:`dtp.handshake_slots`).
+A proven connection takes the server's handshake slots (:mod:`dtp.transport.handshake_slots`).
 When they are all taken, the *half-handshakes* -- connections whose handshake waits for
 the client's next message (XX after message 2), not for the server's own work (its
 hooks, the ledger admission) -- give way, oldest first, before a proven newcomer is
@@ -35,11 +35,11 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, Literal, TypeVar
 
-from dtp._checks import finite_float
-from dtp.handshake_slots import AddressSlots, ServerSlots, Verdict
+from dtp.errors import finite_float
 from dtp.identity.noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
 from dtp.native.core import RECORD_HEADER_LEN
 from dtp.native.types import REC_HS_INIT
+from dtp.transport.handshake_slots import AddressSlots, ServerSlots, Verdict
 
 __all__ = [
     "DEFAULT_FIRST_MESSAGE_TIMEOUT",
@@ -291,8 +291,8 @@ Why = Literal["busy", "gave way", "timed out", "gone"]
 class Admission(Generic[T]):
     """The whole admission of new connections to a server's handshakes, for both
     servers: :class:`Unproven` first, then the handshake slots -- one of its address's
-    (:class:`~dtp.handshake_slots.AddressSlots`, None: no per-address cap) and one of
-    the server's (:class:`~dtp.handshake_slots.ServerSlots`), each with its line of
+    (:class:`~dtp.transport.handshake_slots.AddressSlots`, None: no per-address cap) and one of
+    the server's (:class:`~dtp.transport.handshake_slots.ServerSlots`), each with its line of
     connections waiting, in arrival order, until their deadline -- and
     :class:`HalfHandshakes`, which give way when a proven connection has to wait for a
     server slot. The driver owns the connections and the I/O; it tells the engine what

@@ -10,7 +10,7 @@ source) is served in turn rather than refused; a line that is full, or a wait lo
 than the handshake timeout, closes the connection.
 
 Only connections that proved they speak DTP take these slots, and half-handshakes give
-way to them: :class:`dtp.handshake_gate.Admission`, which both servers use, so they
+way to them: :class:`dtp.transport.handshake_gate.Admission`, which both servers use, so they
 count the same way.
 """
 

@@ -71,7 +71,7 @@ after its start. (An older snapshot re-delivers what came later; the connection'
 window drops those.)
 
 :class:`LedgerLink` drives two connections over two carriers with a virtual clock, like
-:class:`dtp.carriers.memory.MemoryLink`.
+:class:`dtp.transport.carriers.memory.MemoryLink`.
 """
 
 from __future__ import annotations
@@ -1015,7 +1015,7 @@ def reclaim_retained(
 class LedgerLink:
     """Drives connections ``a`` and ``b`` over carriers ``ca`` and ``cb`` (``ca`` posts
     what ``a`` sends and reads what ``b``'s carrier posted) with a virtual clock; the same
-    shape as :class:`~dtp.carriers.memory.MemoryLink`."""
+    shape as :class:`~dtp.transport.carriers.memory.MemoryLink`."""
 
     def __init__(
         self,

@@ -27,9 +27,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from dtp.admission import ConnectionLimits, LedgerAdmission
 from dtp.errors import DTPError
-from dtp.payments.metering import ConnectionIds
+from dtp.hostid.admission import ConnectionLimits, LedgerAdmission
+from dtp.payments.gate import ConnectionIds
 from dtp.payments.settlement import claim_and_settle
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class ServedConnections:
 
 def served_connections(admit: object, identity: HostIdentity, settle: bool) -> ServedConnections:
     """A server's :class:`ServedConnections` for its admission hook ``admit``: settling
-    on close (``settle``) needs the ledger a :class:`~dtp.admission.LedgerAdmission`
+    on close (``settle``) needs the ledger a :class:`~dtp.hostid.admission.LedgerAdmission`
     reads (ValueError with any other hook, or none). A hook that keeps its own (its
     ``served`` attribute: a paid server's, which must learn of every DTP connection it
     admitted ending, served or not, to settle those it did not serve) has it used."""

@@ -1,5 +1,5 @@
 """The ledger carrier under the socket APIs: a background thread per connection that
-moves records between a :class:`~dtp.carriers.ledger.LedgerCarrier` and one end of a
+moves records between a :class:`~dtp.hostid.ledger_carrier.carrier.LedgerCarrier` and one end of a
 local socket pair, and a listener that finds the connections made to a host over the
 ledger (docs/ledger-carrier.md).
 
@@ -48,8 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from dtp._poll import wait_ready
-from dtp.carriers.ledger import (
+from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
+from dtp.hostid.ledger_carrier.carrier import (
     MAX_DTP_RECORD,
     MAX_PIPE_DATA,
     LedgerCarrier,
@@ -57,11 +57,11 @@ from dtp.carriers.ledger import (
     _check_number,
     confirm_records,
 )
-from dtp.errors import ChainError, ConnectionLost, DTPError, NotAuthorized
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.poll import wait_ready
 
 __all__ = [
     "LEDGER_HANDSHAKE_TIMEOUT",
