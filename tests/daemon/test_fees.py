@@ -41,8 +41,8 @@ from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.daemon.test_settlement_retries import BOUND, _Client, _run, _until
 from tests.paid.test_server_release import StallingStore
-from tests.paid_twins import ident
-from tests.polling import wait_for
+from tests.support.paid_twins import ident
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000

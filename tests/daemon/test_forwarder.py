@@ -55,7 +55,7 @@ from dtp.daemon.tunnel import STATUS_OK
 from dtp.errors import ChainError
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
-from tests.paid_inprocess import ident
+from tests.support.paid_inprocess import ident
 
 
 def test_an_unexpected_error_opening_the_connection_closes_the_client(

@@ -28,7 +28,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter, Sla
 from dtp.errors import ObjectNotFound, WrongSigner
 from dtp.events import PeerAuthenticated
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair
 
 PORT = 7
 SLA = Sla(10, 5, 1000)

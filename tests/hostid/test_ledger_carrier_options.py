@@ -22,7 +22,7 @@ from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOpt
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
 from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ from tests.hostid.test_ledger_carrier_sockets import (
     host,
     server_in_thread,
 )
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 __all__ = ["host"]  # (the fixture, imported)
 

@@ -1,6 +1,6 @@
 """The ledger carrier under the blocking and asyncio APIs: connecting by host ID to a
 host that publishes no endpoint (IP-hiding), on a LocalLedger file, with faults injected
-at the ledger edge (tests/ledger_faults.py)."""
+at the ledger edge (tests/support/ledger_faults.py)."""
 
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ from dtp.errors import (
     NotAuthorized,
     ObjectNotFound,
 )
-from tests.ledger_faults import impair
-from tests.ledger_server import identity_from_seed
-from tests.polling import wait_for
+from tests.support.ledger_faults import impair
+from tests.support.ledger_server import identity_from_seed
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 SLA = Sla(10, 5, 1000)
 PORT = 7
@@ -114,7 +114,7 @@ def server_in_thread(
 
 @contextmanager
 def server_process(host: Host, mode: str, *faults: str) -> Iterator[subprocess.Popen[str]]:
-    cmd = [sys.executable, "-m", "tests.ledger_server", str(host.path), str(SERVER_SEED)]
+    cmd = [sys.executable, "-m", "tests.support.ledger_server", str(host.path), str(SERVER_SEED)]
     cmd += [host.host_id, str(PORT), mode, *faults]
     proc = subprocess.Popen(
         cmd,
@@ -488,7 +488,7 @@ def test_head_cursor_is_after_the_newest_event(host: Host) -> None:
 def test_no_ack_only_records_while_blocked_by_flow_control() -> None:
     """A lossy-carrier sender whose stream waits for credit sends nothing on further
     flushes (it used to send an ACK-only record on every one: a storm on the ledger)."""
-    from tests.protocol.test_connection import connect, run
+    from tests.support.pairs import connect, run
 
     c, s, link = connect(reliable_carrier=False, stream_window=32 * 1024)
     s.auto_read = False  # the server's application reads nothing: no credit comes back

@@ -29,7 +29,7 @@ from dtp.messaging.broadcast import (
     verify_message,
 )
 from dtp.messaging.framing import encode_frame
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 PRICE = 100
 SLOT_MS = 1000

@@ -20,7 +20,7 @@ from dtp.messaging.broadcast import (
     _StationLink,
 )
 from tests.messaging.test_broadcast import PRICE, SLOT_MS, World, station_and_listener
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

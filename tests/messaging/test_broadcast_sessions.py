@@ -70,7 +70,7 @@ from tests.messaging.test_broadcast import (  # noqa: F401
     hello_frame,
     world,
 )
-from tests.polling import raised_within, wait_for
+from tests.support.polling import raised_within, wait_for
 
 PROMPT = 30.0
 

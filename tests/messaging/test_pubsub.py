@@ -18,7 +18,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.pubsub import PubSubNode, Subscription
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 class Mesh:

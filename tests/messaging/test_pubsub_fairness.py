@@ -21,7 +21,7 @@ from dtp.messaging.errors import PayloadTooLarge
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import DEFAULT_SUBSCRIPTION_BYTES, MAX_PEER_TOPICS, PubSubNode
 from tests.messaging.test_pubsub import Mesh
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 class RawPeer:

@@ -69,7 +69,7 @@ from dtp.messaging.rpc import (
     ledger_payments,
 )
 from dtp.metering import MeteringConfig
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
 

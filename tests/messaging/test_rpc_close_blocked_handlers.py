@@ -24,7 +24,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from tests.messaging.test_rpc import Served
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 #: The longest a call may take to fail once its client is closed (seconds).
 PROMPT = 2.0

@@ -35,7 +35,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.protocol import ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
 from tests.messaging.test_rpc import Served
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 def frame(message: Any) -> bytes:

@@ -24,7 +24,7 @@ from dtp.errors import DTPError
 from dtp.metering import MeteringConfig
 from dtp.paid import ServicePolicy
 from dtp.paid_aio import PaidAioServer
-from tests.paid_twins import (
+from tests.support.paid_twins import (
     again,
     funded_ledger,
     ident,

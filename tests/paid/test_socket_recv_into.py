@@ -16,7 +16,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.keys import HostIdentity
 from dtp.paid import _CALL_COST, PaidSocket, ServicePolicy
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x73), ident(0x74)

@@ -14,7 +14,7 @@ from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
 from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
 from tests.hostid.test_ledger_carrier_sockets import host as host  # the fixture
-from tests.protocol.test_connection import connect, run
+from tests.support.pairs import connect, run
 
 
 def test_a_lossy_connection_reports_the_datagram_size_it_takes() -> None:

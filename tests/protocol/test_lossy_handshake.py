@@ -29,7 +29,7 @@ from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
 from dtp.keys import HostIdentity
-from tests.protocol.test_connection import SERVER_ID, Side, make_pair
+from tests.support.pairs import SERVER_ID, Side, make_pair
 
 CLIENT = HostIdentity.generate()
 SERVER = HostIdentity.generate()

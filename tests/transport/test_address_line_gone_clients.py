@@ -30,7 +30,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.handshake_slots import AddressSlots
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
 
 SERVER = HostIdentity.generate()

@@ -43,7 +43,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
 from dtp.handshake_slots import AddressSlots
 from dtp.keys import HostIdentity
-from tests.half_handshakes import first_record
+from tests.transport.half_handshakes import first_record
 
 SERVER = HostIdentity.generate()
 FIRST = HostIdentity.generate()

@@ -59,9 +59,8 @@ from dtp.events import (
     StreamResetReceived,
 )
 from dtp.keys import HostIdentity
-from tests.ledger_faults import impair
-from tests.polling import wait_for
-from tests.protocol.test_connection import (
+from tests.support.ledger_faults import impair
+from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
     Side,
@@ -69,6 +68,7 @@ from tests.protocol.test_connection import (
     assert_refused,
     make_pair,
 )
+from tests.support.polling import wait_for
 
 # -- sans-I/O -----------------------------------------------------------------------------
 

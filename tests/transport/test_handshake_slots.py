@@ -50,8 +50,8 @@ from dtp.handshake_slots import (
 )
 from dtp.keys import HostIdentity
 from dtp.replay_guard import ReplayGuard
-from tests.half_handshakes import first_record, half_handshake, silent
-from tests.polling import wait_for
+from tests.support.polling import wait_for
+from tests.transport.half_handshakes import first_record, half_handshake, silent
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

@@ -16,7 +16,7 @@ from dtp._poll import wait_ready
 from dtp.connection import ConnectionConfig
 from dtp.crypto import prepare_handshake
 from dtp.keys import HostIdentity
-from tests.protocol.test_connection import SERVER_ID
+from tests.support.pairs import SERVER_ID
 
 
 def _fail(static_private: bytes, remote_static: bytes | None = None, *, initiator: bool) -> None:

@@ -37,8 +37,8 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 

@@ -14,7 +14,7 @@ import pytest
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 WINDOW = 64 << 10

@@ -40,7 +40,7 @@ from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.udp import UdpForwarder, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder
-from tests.leaks import resource_warnings
+from tests.support.leaks import resource_warnings
 from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
 

@@ -26,7 +26,7 @@ from dtp.errors import DTPError
 from dtp.escrow import Meter
 from dtp.udp import FlowAccount, UdpBilling, UdpStats, _control, relay_udp
 from dtp.udp_aio import relay_udp_async
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
 

@@ -33,7 +33,7 @@ from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.udp import _REFUSED_RECEIPTS_MAX, _USAGE, UdpBilling, UdpForwarder, _control, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER, _meter
 

@@ -23,8 +23,8 @@ from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.udp import UdpBilling, UdpForwarder, UdpStats, _Session, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, _Flow, relay_udp_async
-from tests.leaks import resource_warnings
-from tests.polling import wait_for
+from tests.support.leaks import resource_warnings
+from tests.support.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
 

@@ -24,7 +24,7 @@ from dtp.errors import TunnelError
 from dtp.socket import DTPSocket
 from dtp.udp import UdpForwarder, UdpStats, _Session
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.udp.test_end_to_end import DnsLikeBackend
 from tests.udp.test_stalled_flows import SERVER, _meter
 

@@ -24,7 +24,7 @@ import dtp.socket
 from dtp.errors import TunnelError
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.udp import UdpForwarder, UdpStats, relay_udp
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.udp.test_stalled_flows import SERVER
 
 BOUND = 5.0

@@ -23,8 +23,8 @@ from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.udp import _USAGE, UdpBilling, UdpForwarder, UdpStats, _control, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
-from tests.polling import wait_for
-from tests.procs import server_process
+from tests.support.polling import wait_for
+from tests.support.procs import server_process
 from tests.udp.test_end_to_end import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
