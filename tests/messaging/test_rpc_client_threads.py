@@ -28,7 +28,7 @@ from dtp.messaging import rpc as rpc_module
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
-from tests.messaging.test_rpc import ScriptedPeer, Served
+from tests.messaging.rpc_world import ScriptedPeer, Served
 from tests.support.polling import wait_for
 
 

@@ -22,7 +22,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for
 
 #: How long anything here may take once closed (seconds): the bugs held calls for good

@@ -34,7 +34,7 @@ from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for
 
 
