@@ -19,7 +19,7 @@ from dtp.messaging.broadcast import (
     BroadcastStation,
     _StationLink,
 )
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World, station_and_listener
+from tests.messaging.broadcast_world import PRICE, SLOT_MS, World, station_and_listener
 from tests.support.polling import wait_for
 
 

@@ -10,7 +10,7 @@ from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging.broadcast import BroadcastListener, BroadcastStation
 from dtp.messaging.errors import StationError
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World
+from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
 from tests.support.polling import wait_for
 
 

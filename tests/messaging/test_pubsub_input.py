@@ -37,7 +37,7 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.pubsub import MAX_TOPIC_LENGTH, PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
-from tests.messaging.test_pubsub import Mesh, drain
+from tests.messaging.mesh import Mesh, drain
 from tests.messaging.test_pubsub_links import Streams, streams  # noqa: F401 (a fixture)
 from tests.support.polling import wait_for
 

@@ -16,7 +16,7 @@ import queue
 import pytest
 
 from dtp.messaging.pubsub import MAX_PEER_TOPICS, PubSubNode
-from tests.messaging.test_pubsub import Mesh
+from tests.messaging.mesh import Mesh
 from tests.support.polling import wait_for
 
 
