@@ -30,7 +30,7 @@ from dtp.errors import InvalidArgument
 from dtp.udp import UdpBilling, UdpStats
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.support.leaks import resource_warnings
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 5.0
 

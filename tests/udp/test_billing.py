@@ -27,8 +27,7 @@ from dtp.escrow import Meter
 from dtp.udp import FlowAccount, UdpBilling, UdpStats, _control, relay_udp
 from dtp.udp_aio import relay_udp_async
 from tests.support.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 
 def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:

@@ -25,8 +25,7 @@ from dtp.udp import UdpBilling, UdpForwarder, UdpStats, _Session, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, _Flow, relay_udp_async
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 BOUND = 10.0
 

@@ -25,8 +25,7 @@ from dtp.socket import DTPSocket
 from dtp.udp import UdpForwarder, UdpStats, _Session
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
 from tests.support.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import SERVER, _meter
+from tests.udp.world import SERVER, DnsLikeBackend, meter
 
 
 @pytest.fixture
@@ -165,7 +164,7 @@ def test_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer) -> No
         )
 
     fwd = UdpForwarder(
-        ("127.0.0.1", 0), connect, meter_for=lambda sock: _meter(), final_timeout=FINAL_TIMEOUT
+        ("127.0.0.1", 0), connect, meter_for=lambda sock: meter(), final_timeout=FINAL_TIMEOUT
     )
     clients = [_client() for _ in range(FLOWS)]
     try:
@@ -194,7 +193,7 @@ def test_async_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer)
             )
 
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=FINAL_TIMEOUT
+            ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=FINAL_TIMEOUT
         )
         clients = [_client() for _ in range(FLOWS)]
         try:

@@ -24,7 +24,7 @@ from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
 from dtp.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.udp_aio import AsyncUdpForwarder, relay_udp_async
-from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.udp.world import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x71" * 32, b"\x71" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x72" * 32, b"\x72" * 32)

@@ -25,7 +25,7 @@ from dtp.errors import TunnelError
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.udp import UdpForwarder, UdpStats, relay_udp
 from tests.support.polling import wait_for
-from tests.udp.test_stalled_flows import SERVER
+from tests.udp.world import SERVER
 
 BOUND = 5.0
 REPLIES = 50
