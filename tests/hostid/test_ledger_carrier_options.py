@@ -21,7 +21,7 @@ from dtp.carriers.ledger import MAX_PIPE_DATA, frame_record
 from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
 from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
+from tests.support.ledger_carrier_world import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
 from tests.support.polling import wait_for
 
 

@@ -46,7 +46,7 @@ from dtp.chain.objects import EventFilter
 from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError, ObjectNotFound
 from dtp.escrow import object_id_bytes
-from tests.hostid.test_ledger_carrier_sockets import (
+from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
     PORT,

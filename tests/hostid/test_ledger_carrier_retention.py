@@ -28,7 +28,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from tests.hostid.test_ledger_carrier import ImpairedLedger, _exchange, _frozen, _stepper
-from tests.hostid.test_ledger_carrier_sockets import (
+from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
     PORT,

@@ -12,8 +12,8 @@ from dtp.carriers.ledger_bridge import LEDGER_RECORD_PLAINTEXT
 from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
-from tests.hostid.test_ledger_carrier_sockets import host as host  # the fixture
+from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, server_in_thread
+from tests.support.ledger_carrier_world import host as host  # the fixture
 from tests.support.pairs import connect, run
 
 
