@@ -17,7 +17,7 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def serve(api: str) -> Iterator[Serve]:
+def server_driver(api: str) -> Iterator[Serve]:
     """Starts ``api``'s server (tests/transport/server_drivers.py); closed after the test."""
     started: list[ServerDriver] = []
 

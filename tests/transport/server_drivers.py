@@ -79,11 +79,15 @@ class AsyncioDriver(ServerDriver):
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         hook = None if accept is None else _in_a_thread(accept)
-        self.server = self._call(
-            dtp.aio.start_server(
-                self._handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook, **options
+        try:
+            self.server = self._call(
+                dtp.aio.start_server(
+                    self._handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook, **options
+                )
             )
-        )
+        except BaseException:
+            self._stop()
+            raise
         self.address = self.server.sockets[0].getsockname()[:2]
         self.noise_public_key = self.server.noise_public_key
 
@@ -110,6 +114,10 @@ class AsyncioDriver(ServerDriver):
         return got
 
     def close(self) -> None:
+        """Closes the server and ends its loop (again: nothing)."""
+        if self._loop.is_closed():
+            return
+
         async def closed() -> None:
             self.server.close()
             await self.server.wait_closed()
@@ -117,9 +125,20 @@ class AsyncioDriver(ServerDriver):
         try:
             self._call(closed())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(60)
-            self._loop.close()
+            self._stop()
+
+    def _stop(self) -> None:
+        # what is still pending is cancelled and awaited, as asyncio.run does at its end
+        async def cancel_the_rest() -> None:
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        self._call(cancel_the_rest())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(60)
+        self._loop.close()
 
 
 def _in_a_thread(hook: Hook) -> Callable[[str], Any]:
@@ -131,6 +150,6 @@ def _in_a_thread(hook: Hook) -> Callable[[str], Any]:
 
 DRIVERS: dict[str, type[ServerDriver]] = {"blocking": BlockingDriver, "asyncio": AsyncioDriver}
 
-#: the ``serve`` fixture: ``serve(accept=None, **options)`` starts the driver's server with
-#: ``options`` as ``create_server``/``start_server`` take them
+#: the ``server_driver`` fixture: ``server_driver(accept=None, **options)`` starts the
+#: driver's server with ``options`` as ``create_server``/``start_server`` take them
 Serve = Callable[..., ServerDriver]

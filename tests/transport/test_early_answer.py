@@ -679,9 +679,9 @@ def _send_early(raw: _Raw) -> None:
 # -- real TCP: both servers, one story each -------------------------------------------------
 
 
-def test_server_answers_while_its_hook_decides(serve: Serve, api: str) -> None:
+def test_server_answers_while_its_hook_decides(server_driver: Serve, api: str) -> None:
     hook, entered, verdict = _slow_hook(None)
-    server = serve(accept=hook)
+    server = server_driver(accept=hook)
     raw = _Raw(server.address, server.noise_public_key)
     try:
         raw.run(lambda: raw.conn.handshake_hash is not None)
@@ -701,10 +701,10 @@ def test_server_answers_while_its_hook_decides(serve: Serve, api: str) -> None:
 
 
 def test_server_refusal_in_the_window_gives_the_reason_and_frees_its_only_handshake_slot(
-    serve: Serve, api: str
+    server_driver: Serve, api: str
 ) -> None:
     hook, entered, verdict = _slow_hook("closed for the night")
-    server = serve(accept=hook, max_handshakes=1)
+    server = server_driver(accept=hook, max_handshakes=1)
     raw = _Raw(server.address, server.noise_public_key)
     try:
         _in_the_window(raw, entered)
@@ -729,9 +729,11 @@ def test_server_refusal_in_the_window_gives_the_reason_and_frees_its_only_handsh
         raw.close()
 
 
-def test_server_accept_in_the_window_delivers_the_early_bytes(serve: Serve, api: str) -> None:
+def test_server_accept_in_the_window_delivers_the_early_bytes(
+    server_driver: Serve, api: str
+) -> None:
     hook, entered, verdict = _slow_hook(None)
-    server = serve(accept=hook)
+    server = server_driver(accept=hook)
     raw = _Raw(server.address, server.noise_public_key)
     try:
         _in_the_window(raw, entered)
@@ -750,8 +752,8 @@ def test_server_accept_in_the_window_delivers_the_early_bytes(serve: Serve, api:
         raw.close()
 
 
-def test_server_a_replayed_message_1_gets_no_message_2(serve: Serve) -> None:
-    server = serve()
+def test_server_a_replayed_message_1_gets_no_message_2(server_driver: Serve) -> None:
+    server = server_driver()
     first = _Raw(server.address, server.noise_public_key)
     hello = first.hello
     replay = socket.create_connection(server.address, timeout=60)
