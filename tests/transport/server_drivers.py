@@ -22,8 +22,10 @@ Hook = Callable[[str], "bool | str"]
 
 
 class ServerDriver:
-    """A server on 127.0.0.1 serving SERVER_ID; each connection it serves is read to
-    its end by the application (``served()`` returns what it read)."""
+    """A server on 127.0.0.1 serving SERVER_ID (or the ``identity`` option); each
+    connection it serves is read to its end by the application (``served()`` returns
+    what it read). ``service_port`` is the DTP port of a paid server's service (the
+    blocking server's ``port``, the asyncio server's ``dtp_port``)."""
 
     api: str
     #: connections handed to the application so far
@@ -48,9 +50,10 @@ class BlockingDriver(ServerDriver):
     api = "blocking"
 
     def __init__(self, accept: Hook | None = None, **options: Any) -> None:
-        self.server = dtp.socket.create_server(
-            ("127.0.0.1", 0), identity=SERVER_ID, accept=accept, **options
-        )
+        options.setdefault("identity", SERVER_ID)
+        if "service_port" in options:
+            options["port"] = options.pop("service_port")
+        self.server = dtp.socket.create_server(("127.0.0.1", 0), accept=accept, **options)
         self.address = self.server.address
         self.noise_public_key = self.server.noise_public_key
 
@@ -79,11 +82,12 @@ class AsyncioDriver(ServerDriver):
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         hook = None if accept is None else _in_a_thread(accept)
+        options.setdefault("identity", SERVER_ID)
+        if "service_port" in options:
+            options["dtp_port"] = options.pop("service_port")
         try:
             self.server = self._call(
-                dtp.aio.start_server(
-                    self._handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook, **options
-                )
+                dtp.aio.start_server(self._handler, "127.0.0.1", 0, accept=hook, **options)
             )
         except BaseException:
             self._stop()

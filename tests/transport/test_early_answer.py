@@ -69,7 +69,7 @@ from tests.support.pairs import (
     make_pair,
 )
 from tests.support.polling import wait_for
-from tests.transport.server_drivers import Serve
+from tests.transport.server_drivers import Serve, ServerDriver
 
 # -- sans-I/O -----------------------------------------------------------------------------
 
@@ -977,16 +977,17 @@ PAID_SERVER, PAYER, MALLORY = _ident(0x5A), _ident(0x5B), _ident(0x5C)
 
 
 @pytest.fixture
-def paid(tmp_path: Path) -> Iterator[tuple[LocalLedger, str, dtp.socket.DTPServer]]:
-    """A blocking paid server on a LocalLedger file, and the payer's ledger handle."""
+def paid(tmp_path: Path, server_driver: Serve) -> Iterator[tuple[LocalLedger, str, ServerDriver]]:
+    """A paid server of the API under test on a LocalLedger file, and the payer's ledger
+    handle."""
     ledger = LocalLedger(tmp_path / "ledger.db")
     server_ledger = LocalLedger(tmp_path / "ledger.db")
     host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
     ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
     ledger.faucet(PAYER.sui_address, 100_000)
     ledger.faucet(MALLORY.sui_address, 100_000)
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0), identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    server = server_driver(
+        identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, service_port=PORT
     )
     try:
         yield ledger, host_id, server
@@ -997,7 +998,7 @@ def paid(tmp_path: Path) -> Iterator[tuple[LocalLedger, str, dtp.socket.DTPServe
 
 
 def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
-    paid: tuple[LocalLedger, str, dtp.socket.DTPServer],
+    paid: tuple[LocalLedger, str, ServerDriver], api: str
 ) -> None:
     ledger, host_id, server = paid
     cap = ledger.create_spending_cap(PAYER, 10**6)
@@ -1015,6 +1016,7 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         )
 
     before = balances()
+    assert before[2] == 5000
     cases = [
         (MALLORY, cid, "another client"),
         (PAYER, bytes.fromhex(closed.connection_id[2:]), "not Open"),
@@ -1042,7 +1044,9 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         finally:
             raw.close()
     # (counted once the refusal is out: the client may read it first)
-    assert wait_for(lambda: server.refused == len(cases), 30)
+    assert wait_for(lambda: server.server.refused == len(cases), 30)
+    if api == "asyncio":
+        assert server.handed == 0
     assert balances() == before
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
@@ -1055,74 +1059,6 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         assert raw.conn.established
     finally:
         raw.close()
-
-
-def test_asyncio_paid_server_refused_client_learns_only_the_reason(tmp_path: Path) -> None:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    server_ledger = LocalLedger(tmp_path / "ledger.db")
-    try:
-        host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
-        ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
-        ledger.faucet(PAYER.sui_address, 100_000)
-        cap = ledger.create_spending_cap(PAYER, 10**6)
-        opened = ledger.open_connection(PAYER, host_id, PORT, cap, 5000)
-        before = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
-        served = []
-
-        async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            served.append(1)
-            writer.close()
-
-        async def main() -> None:
-            server = await dtp.aio.start_server(
-                handler,
-                "127.0.0.1",
-                0,
-                identity=PAID_SERVER,
-                ledger=server_ledger,
-                host_id=host_id,
-                dtp_port=PORT,
-            )
-            try:
-                address = server.sockets[0].getsockname()[:2]
-
-                def refused() -> ConnectionRefused:
-                    raw = _Raw(
-                        address,
-                        PAID_SERVER.noise_public,
-                        identity=MALLORY,
-                        connection_id=bytes.fromhex(opened.connection_id[2:]),
-                        port=PORT,
-                    )
-                    try:
-                        raw.run(lambda: raw.conn.handshake_hash is not None)
-                        if not raw.conn.closed:  # (the refusal may come with message 2)
-                            sid = raw.conn.open_stream()
-                            raw.conn.send_stream_data(sid, b"GET /")
-                            raw.flush()
-                        error = raw.refusal()
-                        assert [type(e) for e in raw.events] == [
-                            HandshakeCompleted,
-                            ConnectionTerminated,
-                        ]
-                        return error
-                    finally:
-                        raw.close()
-
-                error = await asyncio.to_thread(refused)
-                assert "another client" in error.reason
-                assert server.refused == 1 and not served
-            finally:
-                server.close()
-                await server.wait_closed()
-
-        asyncio.run(main())
-        after = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
-        assert after == before
-        assert ledger.get_escrow(ledger.get_connection(opened.connection_id).escrow).balance == 5000
-    finally:
-        ledger.close()
-        server_ledger.close()
 
 
 # -- a real lossy carrier: the ledger carrier ------------------------------------------------
