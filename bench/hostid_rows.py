@@ -36,7 +36,7 @@ from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.metering import MeteringConfig
 
 if TYPE_CHECKING:
-    from tests.sui_network import StandInProcess
+    from tests.support.sui_network import StandInProcess
 
 __all__ = ["HOSTID_ROWS", "hostid_connect_rate", "paid_bulk"]
 
@@ -51,7 +51,7 @@ _DEPOSIT = 1 << 26
 class _PaidPeer:
     """A host and its paid service on a ledger, served by another process: a LocalLedger
     file, or with ``sui_latency`` (seconds a transaction takes) the Sui node stand-in
-    as a process of its own (tests/sui_network.py), both parties funded by its faucet."""
+    as a process of its own (tests/support/sui_network.py), both parties funded by its faucet."""
 
     def __init__(self, mode: str, sui_latency: float | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="dtp-bench-hostid-")
@@ -66,7 +66,7 @@ class _PaidPeer:
             local.faucet(self.client.sui_address, 1 << 60)
             self.ledger, spec, package = local, f"local:{path}", "-"
         else:
-            from tests.sui_network import StandInProcess
+            from tests.support.sui_network import StandInProcess
 
             funds = {self.client.sui_address: 10**15, server.sui_address: 10**12}
             self.node = StandInProcess("--tx-latency", str(sui_latency), fund=funds)

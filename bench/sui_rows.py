@@ -1,4 +1,4 @@
-"""Benchmark rows on Sui: the Sui node stand-in (tests/sui_node) as a process of its own,
+"""Benchmark rows on Sui: the Sui node stand-in (tests/support/sui_node) as a process of its own,
 each transaction answered after ``--sui-latency`` seconds (compare.py's option, or
 ``$DTP_BENCH_SUI_LATENCY``; 0.3 by default, a busy network's order), against the same
 workload on a LocalLedger file.
@@ -133,7 +133,7 @@ class _DaemonPair:
 def daemon_bulk_sui(total: int = 256 << 20, latency: float | None = None) -> Workload:
     """One-way ``total`` bytes through the paid daemon pair, MB/s: ledger on the stand-in
     (ours) vs on a LocalLedger file (peer)."""
-    from tests.sui_network import StandInProcess
+    from tests.support.sui_network import StandInProcess
 
     latency = sui_latency() if latency is None else latency
     # 1 MIST a KiB: a deposit of 4 SUI covers 16 TiB, every round of any run

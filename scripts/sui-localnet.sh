@@ -11,7 +11,7 @@
 # running); the Sui CLI's `localnet` environment made active; its active address funded
 # by the faucet; `dtp deploy --network localnet` (the package ID is recorded, as for any
 # deploy); `sui move test` in move/dtp; a fresh key funded by the faucet; then the live
-# suite with DTP_SUI_RPC, DTP_SUI_PACKAGE and DTP_SUI_KEY set (tests/sui_network.py: the
+# suite with DTP_SUI_RPC, DTP_SUI_PACKAGE and DTP_SUI_KEY set (tests/support/sui_network.py: the
 # tests' one switch between the stand-in and a real node). The last line says PASS or FAIL.
 #
 # Environment: SUI_BIN (the sui binary), DTP_LIVE_FUNDS_SUI (SUI the fresh key is given,
@@ -31,7 +31,7 @@ FAUCET_PORT=9123
 RPC="http://127.0.0.1:$RPC_PORT"
 LOG="$ROOT/build/sui-localnet.log"
 FUNDS_SUI="${DTP_LIVE_FUNDS_SUI:-200}"
-# the tests the CI runs on the stand-in that also run on a real node (tests/sui_network.py)
+# the tests the CI runs on the stand-in that also run on a real node (tests/support/sui_network.py)
 LIVE_TESTS=(
   tests/ledger/test_sui_transactions.py
   tests/ledger/test_sui_shared_key.py

@@ -16,8 +16,8 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.cli.ledger import SUI_INSTALL_HINT, register
 from dtp.errors import ChainError
-from tests.daemon_procs import ENV, SUI
-from tests.sui_network import SuiNetwork
+from tests.support.daemon_procs import ENV, SUI
+from tests.support.sui_network import SuiNetwork
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
 class Cli:
     """The chain commands run in this process on a temporary identity and a ledger: a
     LocalLedger file (``--ledger-path``), or with ``network`` a Sui node
-    (tests/sui_network.py: ``--ledger localnet@URL --sui-package 0x…``)."""
+    (tests/support/sui_network.py: ``--ledger localnet@URL --sui-package 0x…``)."""
 
     def __init__(
         self, tmp: Path, capsys: pytest.CaptureFixture[str], network: SuiNetwork | None = None

@@ -17,8 +17,8 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from tests.cli.test_command_atomicity_localnet import a_host, dtp, fake_sui, place  # noqa: F401 (a fixture)
-from tests.daemon_procs import ENV, ROOT
-from tests.polling import wait_for
+from tests.support.daemon_procs import ENV, ROOT
+from tests.support.polling import wait_for
 
 # -- host set: the endpoints are checked before the first transaction ------------------
 

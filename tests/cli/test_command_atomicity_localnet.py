@@ -20,8 +20,8 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.cli import main
-from tests.daemon_procs import ENV
-from tests.polling import wait_for
+from tests.support.daemon_procs import ENV
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ ledger spec, set up and checked through the ``Ledger`` interface.
 
 The ledger is the ``world`` fixture, each test running on both: a :class:`LocalWorld` (a
 temporary LocalLedger file, ``--ledger local:PATH``) and a :class:`SuiWorld` (the Sui node
-of tests/sui_network.py, the stand-in unless a real node is configured: ``--ledger
+of tests/support/sui_network.py, the stand-in unless a real node is configured: ``--ledger
 localnet@http://127.0.0.1:PORT --sui-package 0x…``). A world gives the same things: its
 ``dtp`` arguments and daemon config lines, a ``Ledger`` to set up and read with, a way to
 fund an address and a way to move the ledger clock.
@@ -33,8 +33,8 @@ from dtp.cli.funds import sui_text
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.daemon_procs import ENV, ROOT, daemon
-from tests.sui_network import SuiNetwork
+from tests.support.daemon_procs import ENV, ROOT, daemon
+from tests.support.sui_network import SuiNetwork
 
 SUI = 1_000_000_000
 DEPOSIT = 100_000
@@ -63,7 +63,8 @@ class LocalWorld:
 
 
 class SuiWorld:
-    """A Sui node (tests/sui_network.py) named by ``--ledger localnet@URL --sui-package``."""
+    """A Sui node (tests/support/sui_network.py) named by ``--ledger localnet@URL
+    --sui-package``."""
 
     def __init__(self, network: SuiNetwork) -> None:
         self.network = network

@@ -18,7 +18,7 @@ import pytest
 from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import SUI, daemon, run_daemon, wait_until
+from tests.support.daemon_procs import SUI, daemon, run_daemon, wait_until
 
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'
 SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'

@@ -26,7 +26,7 @@ from dtp.daemon.status import daemon_running, format_table
 from dtp.daemon.status import main as status_main
 from dtp.errors import DaemonConfigError, KeyFileError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT, daemon
+from tests.support.daemon_procs import ENV, ROOT, daemon
 
 EXAMPLE = ROOT / "examples" / "dtp.toml"
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'

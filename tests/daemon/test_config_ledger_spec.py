@@ -12,7 +12,7 @@ import pytest
 
 from dtp.daemon.config import parse_config
 from dtp.errors import DaemonConfigError, LedgerSpecError
-from tests.daemon_procs import run_daemon
+from tests.support.daemon_procs import run_daemon
 
 PACKAGE = "0x" + "ab" * 32
 SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'

@@ -39,10 +39,11 @@ from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.daemon.test_settlement_retries import BOUND, _Client, _run, _until
+from tests.daemon.inproc import until
+from tests.daemon.test_settlement_retries import BOUND, _Client, _run
 from tests.paid.test_server_release import StallingStore
-from tests.paid_twins import ident
-from tests.polling import wait_for
+from tests.support.paid_twins import ident
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000
@@ -303,10 +304,10 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
         to_send.append(receipt)
         hold.set()
         _, writer = await client.connect(cid, 7000)
-        await _until(held.is_set, "the receipt's write under way")
+        await until(held.is_set, "the receipt's write under way")
         writer.close()
         row = daemon.book.service("svc7000")
-        await _until(lambda: row.fees_claimed, "claimed and counted")
+        await until(lambda: row.fees_claimed, "claimed and counted")
         let_go.set()  # the write fails: the receipt is dropped, its "kept" never runs
         assert daemon.fees is not None
         await asyncio.to_thread(daemon.fees.writer.flush)

@@ -31,7 +31,7 @@ from dtp.errors import ChainError
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000

@@ -55,7 +55,7 @@ from dtp.errors import ChainError
 from dtp.escrow import fee
 from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
-from tests.paid_inprocess import ident
+from tests.support.paid_inprocess import ident
 
 
 def test_an_unexpected_error_opening_the_connection_closes_the_client(

@@ -28,7 +28,7 @@ from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
 from tests.daemon.test_reload import echo_server
-from tests.daemon_procs import SUI, Proc, daemon, wait_until
+from tests.support.daemon_procs import SUI, Proc, daemon, wait_until
 
 FAKE_HOST = "0x" + "ab" * 32
 

@@ -11,7 +11,7 @@ import pytest
 from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import SUI, Proc, daemon, write_forwarder
+from tests.support.daemon_procs import SUI, Proc, daemon, write_forwarder
 
 
 def ipv6_loopback() -> bool:

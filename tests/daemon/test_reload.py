@@ -14,7 +14,7 @@ from typing import Any
 from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
+from tests.support.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
 
 DEPOSIT = 1_000_000
 

@@ -27,7 +27,7 @@ from tests.daemon.test_idle_timeouts import (
 )
 from tests.daemon.test_idle_timeouts import provider as provider_config
 from tests.daemon.test_reload import echo_server
-from tests.daemon_procs import Proc, daemon, wait_until
+from tests.support.daemon_procs import Proc, daemon, wait_until
 
 
 def _two_ports(kind: int = socket.SOCK_STREAM) -> tuple[int, int]:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,65 +41,28 @@ import pytest
 import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
-from dtp.connection import ConnectionConfig
 from dtp.daemon.config import load_config
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
-from dtp.daemon.tunnel import read_status
 from dtp.errors import ChainError, ConnectionRefused, DTPError
 from dtp.escrow import ConnectionTerms
 from dtp.hostid.admission import Admitted
 from dtp.keys import HostIdentity
+from tests.daemon.inproc import (
+    SUI,
+    LedgerConnector,
+    echo_backend,
+    run_scenario,
+    service,
+    tunnel,
+    until,
+    write_config,
+)
 
-SUI = 1_000_000_000
 BOUND = 10.0  # seconds: generous for a loaded machine; the fixed code takes well under 1 s
 
 
-def _service(port: int, backend: int, extra: str = "") -> str:
-    return f"""
-[[service]]
-name = "svc{port}"
-port = {port}
-backends = ["127.0.0.1:{backend}"]
-health_interval = 30
-{extra}"""
-
-
-def _write_config(tmp: Path, services: str) -> Path:
-    if not (tmp / "provider.key").exists():
-        HostIdentity.generate().save(tmp / "provider.key")
-    config = tmp / "daemon.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "state"
-faucet = {SUI}
-drain_timeout = 1
-{services}"""
-    )
-    return config
-
-
-@contextlib.asynccontextmanager
-async def _echo() -> AsyncIterator[int]:
-    """A TCP echo backend; yields its port."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
-class _Client:
+class _Client(LedgerConnector):
     """A client of the daemon: its own LocalLedger on the daemon's file."""
 
     def __init__(self, tmp: Path, daemon: Daemon) -> None:
@@ -118,70 +81,22 @@ class _Client:
         )
         return opened.connection_id
 
-    async def connect(
-        self, cid: str, port: int
-    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        config = ConnectionConfig(
-            identity=self.identity,
-            is_client=True,
-            connection_id=bytes.fromhex(cid[2:]),
-            port=port,
-        )
-        host, dtp_port = self.endpoint
-        return await dtp.aio.open_connection(
-            host, dtp_port, identity=self.identity, server_key=self.server_key, config=config
-        )
-
     def state(self, cid: str) -> ConnectionState:
         return self.ledger.get_connection(cid).state
 
 
-async def _tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
-    reader, stream = await writer.open_stream()
-    await read_status(reader)
-    stream.write(payload)
-    stream.write_eof()
-    return await reader.read()
-
-
-async def _until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
+# one client of its own per scenario, on the daemon's LocalLedger file
+_run = functools.partial(run_scenario, client=_Client)
 
 
 async def _closed(writer: dtp.aio.DTPStreamWriter) -> str | None:
     """Why the daemon closed the connection (a new tunnel cannot be opened), or None
     while it serves it."""
     try:
-        await asyncio.wait_for(_tunnel(writer), BOUND)
+        await asyncio.wait_for(tunnel(writer), BOUND)
     except (DTPError, asyncio.IncompleteReadError, ConnectionError) as exc:
         return str(exc)
     return None
-
-
-def _run(
-    tmp: Path, services: Callable[[int], str], scenario: Callable[..., Awaitable[None]]
-) -> None:
-    """``scenario(daemon, client, config, backend_port)`` against a started in-process
-    daemon serving ``services(backend_port)``; the daemon is drained at the end."""
-
-    async def main() -> None:
-        async with _echo() as port:
-            config = _write_config(tmp, services(port))
-            daemon = Daemon(load_config(config))
-            client: _Client | None = None
-            try:
-                await daemon.start()
-                client = _Client(tmp, daemon)
-                await scenario(daemon, client, config, port)
-            finally:
-                await asyncio.wait_for(daemon.drain(), 4 * BOUND)
-                if client is not None:
-                    client.ledger.close()
-
-    asyncio.run(asyncio.wait_for(main(), 8 * BOUND))
 
 
 # -- one DTP connection per ledger connection ---------------------------------------------
@@ -194,20 +109,20 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: P
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
         _, first = await client.connect(cid, 7000)
-        assert await _tunnel(first) == b"ping"
+        assert await tunnel(first) == b"ping"
         with pytest.raises(ConnectionRefused, match="already served: one DTP connection per"):
             _, second = await client.connect(cid, 7000)
             second.close()  # (admitted: the old code's way)
-        assert await _tunnel(first, b"still") == b"still"  # the first one goes on
+        assert await tunnel(first, b"still") == b"still"  # the first one goes on
         first.close()
         # its end settles the ledger connection, and gives the ID back: a new DTP
         # connection on it is refused by the ledger now, not as "already served"
-        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        await until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
         with pytest.raises(ConnectionRefused, match="not Open"):
             _, again = await client.connect(cid, 7000)
             again.close()
 
-    _run(tmp_path, lambda port: _service(7000, port), scenario)
+    _run(tmp_path, lambda port: service(7000, port), scenario)
 
 
 # -- a drain while a connection reads its terms --------------------------------------------
@@ -248,7 +163,7 @@ def test_a_drain_closes_a_connection_admitted_as_it_began(
         assert time.monotonic() - started < BOUND
         assert client.state(cid) == ConnectionState.CLOSED  # settled, refunded
 
-    _run(tmp_path, lambda port: _service(7000, port), scenario)
+    _run(tmp_path, lambda port: service(7000, port), scenario)
 
 
 # -- reloads ------------------------------------------------------------------------------
@@ -270,19 +185,19 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
         real_add(self, *args, **kwargs)
 
     async def main() -> None:
-        async with _echo() as port:
-            config = _write_config(tmp_path, _service(7000, port))
+        async with echo_backend() as port:
+            config = write_config(tmp_path, service(7000, port))
             daemon = Daemon(load_config(config))
             running = asyncio.ensure_future(daemon.run())
             try:
-                await _until(lambda: "started" in daemon.book.info or running.done(), "ready")
+                await until(lambda: "started" in daemon.book.info or running.done(), "ready")
                 assert daemon.host_id is not None and daemon.services is not None
-                config.write_text(config.read_text() + _service(7001, port) + _service(7002, port))
+                config.write_text(config.read_text() + service(7001, port) + service(7002, port))
                 monkeypatch.setattr(LocalLedger, "add_service", slow_add)
                 for _ in range(3):
                     os.kill(os.getpid(), signal.SIGHUP)
                     await asyncio.sleep(0.002)
-                await _until(
+                await until(
                     lambda: caplog.text.count("reloaded") >= 2 or "refused" in caplog.text,
                     "the reloads",
                 )
@@ -306,17 +221,17 @@ def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
         _, writer = await client.connect(cid, 7000)
-        assert await _tunnel(writer) == b"ping"
+        assert await tunnel(writer) == b"ping"
         denied = f'deny = ["{client.identity.sui_address}"]'
         config.write_text(config.read_text().replace("health_interval = 30", denied, 1))
         await daemon.reload()
         why = await _closed(writer)
         assert why is not None and "the firewall of service svc7000 now denies" in why
         # closed as the host's firewall closes it: settled, the deposit refunded
-        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        await until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
         assert daemon.book.service("svc7000").denials == 1
 
-    _run(tmp_path, lambda port: _service(7000, port), scenario)
+    _run(tmp_path, lambda port: service(7000, port), scenario)
 
 
 # -- connections cut before they were served -----------------------------------------------
@@ -345,9 +260,9 @@ def test_a_connection_whose_terms_cannot_be_read_is_settled(
             _, writer = await client.connect(cid, 7000)
             assert await _closed(writer)
         assert failed == [cid]
-        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        await until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
 
-    _run(tmp_path, lambda port: _service(7000, port), scenario)
+    _run(tmp_path, lambda port: service(7000, port), scenario)
 
 
 def test_a_connection_whose_service_was_removed_while_admitted_is_settled(
@@ -374,13 +289,13 @@ def test_a_connection_whose_service_was_removed_while_admitted_is_settled(
         held.append(cid)
         connecting = asyncio.ensure_future(client.connect(cid, 7001))
         assert await asyncio.to_thread(admitting.wait, BOUND)
-        config.write_text(_write_config(tmp_path, _service(7000, port)).read_text())
+        config.write_text(write_config(tmp_path, service(7000, port)).read_text())
         await daemon.reload()
         assert 7001 not in daemon.services.services
         go_on.set()
         with contextlib.suppress(DTPError):
             _, writer = await asyncio.wait_for(connecting, BOUND)
             assert await _closed(writer)
-        await _until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
+        await until(lambda: client.state(cid) == ConnectionState.CLOSED, "settled")
 
-    _run(tmp_path, lambda port: _service(7000, port) + _service(7001, port), scenario)
+    _run(tmp_path, lambda port: service(7000, port) + service(7001, port), scenario)

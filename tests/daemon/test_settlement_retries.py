@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,70 +52,31 @@ import dtp.daemon.fees as fees_mod
 import dtp.daemon.services as services_mod
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Settlement, TransportControl
-from dtp.connection import ConnectionConfig
-from dtp.daemon.config import load_config
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
-from dtp.daemon.tunnel import read_status
 from dtp.errors import ChainError, ConnectionRefused, DTPError, LedgerUnavailable
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
+from tests.daemon.inproc import (
+    SUI,
+    LedgerConnector,
+    run_scenario,
+    service,
+    tunnel,
+    until,
+    write_config,
+)
 
-SUI = 1_000_000_000
 DEPOSIT = 1_000_000
 BOUND = 5.0  # seconds: the fixed code takes well under 1 s for each wait
 
 
-def _service(port: int, backend: int, extra: str = "") -> str:
-    return f"""
-[[service]]
-name = "svc{port}"
-port = {port}
-backends = ["127.0.0.1:{backend}"]
-health_interval = 30
-{extra}"""
-
-
 def _paid(port: int, backend: int, extra: str = "") -> str:
-    return _service(port, backend, "price_per_kib = 10\nmin_deposit = 1000\n" + extra)
+    return service(port, backend, "price_per_kib = 10\nmin_deposit = 1000\n" + extra)
 
 
-def _write_config(tmp: Path, services: str) -> Path:
-    if not (tmp / "provider.key").exists():
-        HostIdentity.generate().save(tmp / "provider.key")
-    config = tmp / "daemon.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "state"
-faucet = {SUI}
-drain_timeout = 1
-{services}"""
-    )
-    return config
-
-
-@contextlib.asynccontextmanager
-async def _echo() -> AsyncIterator[int]:
-    """A TCP echo backend; yields its port."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
-class _Client:
+class _Client(LedgerConnector):
     """A client of the daemon: its own LocalLedger on the daemon's file."""
 
     def __init__(self, tmp: Path, daemon: Daemon, identity: HostIdentity | None = None) -> None:
@@ -135,31 +96,17 @@ class _Client:
         )
         return opened.connection_id
 
-    async def connect(
-        self, cid: str, port: int
-    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        config = ConnectionConfig(
-            identity=self.identity,
-            is_client=True,
-            connection_id=bytes.fromhex(cid[2:]),
-            port=port,
-        )
-        host, dtp_port = self.endpoint
-        return await dtp.aio.open_connection(
-            host, dtp_port, identity=self.identity, server_key=self.server_key, config=config
-        )
-
     async def served_once(self, cid: str, port: int) -> None:
         """Connect on ``cid``, carry one tunnel, close."""
         _, writer = await self.connect(cid, port)
-        assert await _tunnel(writer) == b"ping"
+        assert await tunnel(writer) == b"ping"
         writer.close()
 
     async def refused_or_cut(self, cid: str, port: int) -> None:
         """Connect on ``cid``: refused, or cut by the daemon."""
         with contextlib.suppress(DTPError, asyncio.IncompleteReadError, ConnectionError):
             _, writer = await self.connect(cid, port)
-            await asyncio.wait_for(_tunnel(writer), BOUND)
+            await asyncio.wait_for(tunnel(writer), BOUND)
             writer.close()
 
     def receipt(self, cid: str, kib: int = 40) -> Receipt:
@@ -170,19 +117,8 @@ class _Client:
         return self.ledger.get_connection(cid)
 
 
-async def _tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> bytes:
-    reader, stream = await writer.open_stream()
-    await read_status(reader)
-    stream.write(payload)
-    stream.write_eof()
-    return await reader.read()
-
-
-async def _until(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.02)
+# one client of its own per scenario, on the daemon's LocalLedger file
+_run = functools.partial(run_scenario, client=_Client)
 
 
 async def _store(daemon: Daemon, receipt: Receipt) -> None:
@@ -192,31 +128,6 @@ async def _store(daemon: Daemon, receipt: Receipt) -> None:
     terms = await daemon.fees.terms(receipt.connection_id)
     daemon.fees.accept(terms, receipt.encode(), lambda _: None)
     await asyncio.to_thread(daemon.fees.writer.flush)
-
-
-def _run(
-    tmp: Path,
-    services: Callable[[int], str],
-    scenario: Callable[[Daemon, _Client, Path, int], Awaitable[None]],
-) -> None:
-    """``scenario(daemon, client, config, backend_port)`` against a started in-process
-    daemon serving ``services(backend_port)``; the daemon is drained at the end."""
-
-    async def main() -> None:
-        async with _echo() as port:
-            config = _write_config(tmp, services(port))
-            daemon = Daemon(load_config(config))
-            client: _Client | None = None
-            try:
-                await daemon.start()
-                client = _Client(tmp, daemon)
-                await scenario(daemon, client, config, port)
-            finally:
-                await asyncio.wait_for(daemon.drain(), 8 * BOUND)
-                if client is not None:
-                    client.ledger.close()
-
-    asyncio.run(asyncio.wait_for(main(), 16 * BOUND))
 
 
 class _Outage:
@@ -329,14 +240,14 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
             config.write_text(config.read_text().replace("health_interval = 30", denied, 1))
             await daemon.reload()
         elif path == "service-removed":
-            config.write_text(_write_config(tmp_path, _paid(7000, backend)).read_text())
+            config.write_text(write_config(tmp_path, _paid(7000, backend)).read_text())
             await daemon.reload()
             assert daemon.services is not None and 7001 not in daemon.services.services
         else:
             failed_terms.append("armed")
         await client.refused_or_cut(cid, port)
         row = daemon.book.service(f"svc{port}")
-        await _until(lambda: row.refunded, "the refund counted")
+        await until(lambda: row.refunded, "the refund counted")
         assert client.connection(cid).settled
         assert client.ledger.get_escrow(client.connection(cid).escrow).claimed == (
             receipt.total_amount
@@ -428,7 +339,7 @@ def test_a_failed_settlement_is_tried_again_within_the_run(
         outage.fails[cid] = 3
         await client.served_once(cid, 7000)
         row = daemon.book.service("svc7000")
-        await _until(lambda: row.refunded, "settled and counted")
+        await until(lambda: row.refunded, "settled and counted")
         tc = client.connection(cid)
         assert tc.settled and tc.state == ConnectionState.CLOSED
         assert outage.calls[cid] == 4  # the connection's end, then three retries
@@ -451,7 +362,7 @@ def test_a_failed_settlement_is_tried_again_within_the_run(
             assert list(daemon.fees.store.unclaimed()) == []  # marked once settled
 
     with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
-        _run(tmp_path, lambda b: (_paid if paid else _service)(7000, b), scenario)
+        _run(tmp_path, lambda b: (_paid if paid else service)(7000, b), scenario)
 
 
 def test_a_connection_served_again_is_left_to_its_own_settlement(
@@ -476,30 +387,30 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
         cid = await client.open_ledger(7000)
         outage.closes.add(cid)  # away until said otherwise (its close too: still Open)
         await client.served_once(cid, 7000)
-        await _until(lambda: len(tried_at) >= 3, "tried again")
+        await until(lambda: len(tried_at) >= 3, "tried again")
         writer: dtp.aio.DTPStreamWriter | None = None
         deadline = time.monotonic() + BOUND
         while writer is None:  # (refused while a try is in flight: being settled)
             assert time.monotonic() < deadline, "never served again"
             with contextlib.suppress(ConnectionRefused):
                 _, writer = await client.connect(cid, 7000)
-        assert await _tunnel(writer) == b"ping"
+        assert await tunnel(writer) == b"ping"
         outage.closes.clear()  # the ledger is back
         tried = len(tried_at)
         loop = asyncio.get_running_loop()
-        until = loop.time() + 0.5  # ten retry periods
-        while loop.time() < until:
-            assert await _tunnel(writer, b"still") == b"still"
+        quiet_until = loop.time() + 0.5  # ten retry periods
+        while loop.time() < quiet_until:
+            assert await tunnel(writer, b"still") == b"still"
         assert len(tried_at) == tried  # no settlement while served
         assert client.connection(cid).state == ConnectionState.OPEN
         writer.close()
         row = daemon.book.service("svc7000")
-        await _until(lambda: row.refunded, "settled at its end")
+        await until(lambda: row.refunded, "settled at its end")
         assert client.connection(cid).settled
         assert row.refunded == DEPOSIT
         assert outage.calls[cid] == 1  # the ledger's settle: its end's, at last
 
-    _run(tmp_path, lambda b: _service(7000, b), scenario)
+    _run(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
@@ -521,13 +432,13 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
         outage.fails[first] = 1
         outage.fails[second] = 1_000
         await client.served_once(second, 7000)
-        await _until(lambda: outage.calls[second] >= 2, "the second tried again")
+        await until(lambda: outage.calls[second] >= 2, "the second tried again")
         outage.holds[first] = (2, in_flight, let_go)  # its first retry, held
         await client.served_once(first, 7000)
-        await _until(in_flight.is_set, "the first's retry in flight")
+        await until(in_flight.is_set, "the first's retry in flight")
         started = time.monotonic()
         drain = asyncio.ensure_future(services.drain(1.0))
-        await _until(lambda: services._retry_task is None, "the retries stopped")
+        await until(lambda: services._retry_task is None, "the retries stopped")
         let_go.set()  # (and the ledger is back: the held call goes through)
         await asyncio.wait_for(drain, BOUND)
         assert time.monotonic() - started < BOUND  # not SETTLE_TIMEOUT
@@ -542,7 +453,7 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
         assert outage.calls[second] == calls
 
     with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
-        _run(tmp_path, lambda b: _service(7000, b), scenario)
+        _run(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
@@ -599,23 +510,23 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
         cid = await client.open_ledger(7000)
         away.add(cid)
         _, writer = await client.connect(cid, 7000)
-        assert await _tunnel(writer) == b"ping"
+        assert await tunnel(writer) == b"ping"
         writer.close()
-        await _until(lambda: cid in host._retries, "its settlement failed")
+        await until(lambda: cid in host._retries, "its settlement failed")
         away.clear()  # the ledger is back
         armed.append(cid)
-        await _until(lambda: attempts, "a retry made")
+        await until(lambda: attempts, "a retry made")
         await asyncio.wait(set(attempts))
         # the retry left the connection served alone: still Open on the ledger
         assert not client.ledger.get_connection(cid).settled
         row = daemon.book.service("svc7000")
         assert row.refunded == 0
         host._served.release(cid)  # the connection served ends
-        await _until(lambda: row.refunded, "settled by a later retry")
+        await until(lambda: row.refunded, "settled by a later retry")
         assert client.ledger.get_connection(cid).settled
         assert row.refunded == DEPOSIT
 
-    _run(tmp_path, lambda b: _service(7000, b), scenario)
+    _run(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
@@ -646,10 +557,10 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
         _, writer = await client.connect(cid, 7000)
         writer.write(receipt.encode())
         await writer.drain()
-        await _until(held.is_set, "the receipt's write under way")
+        await until(held.is_set, "the receipt's write under way")
         writer.close()
         row = daemon.book.service("svc7000")
-        await _until(lambda: row.fees_claimed, "claimed and counted")
+        await until(lambda: row.fees_claimed, "claimed and counted")
         assert row.fees_claimed == receipt.total_amount
         hold.clear()
         let_go.set()  # the write lands: its "kept" callback runs

@@ -32,7 +32,7 @@ from dtp.daemon.runner import Daemon
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT, SUI, wait_until
+from tests.support.daemon_procs import ENV, ROOT, SUI, wait_until
 
 ALLOWED = 1000
 """Firewall entries in the slow config: one ledger transaction each at start."""

@@ -17,7 +17,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import (
+from tests.support.daemon_procs import (
     SUI,
     Proc,
     backend,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dtp.keys import HostIdentity
 from tests.daemon.test_tunnel_resets_passed_on import Backend, serves_health_checks
-from tests.daemon_procs import SUI, daemon, forward_address, running, write_forwarder
+from tests.support.daemon_procs import SUI, daemon, forward_address, running, write_forwarder
 
 
 def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from dtp.daemon.tunnel import TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DaemonConfigError, TunnelError
 from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
-from tests.paid_inprocess import ident
+from tests.support.paid_inprocess import ident
 
 BOUND = 15.0  # seconds: generous, for a loaded machine; the fixed code takes ~1-2 s
 

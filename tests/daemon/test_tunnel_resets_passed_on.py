@@ -15,7 +15,14 @@ import pytest
 
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
-from tests.daemon_procs import SUI, Proc, daemon, forward_address, wait_until, write_forwarder
+from tests.support.daemon_procs import (
+    SUI,
+    Proc,
+    daemon,
+    forward_address,
+    wait_until,
+    write_forwarder,
+)
 
 
 class Backend:

@@ -24,8 +24,8 @@ from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.daemon_procs import Proc, backend, daemon, wait_until, write_forwarder
-from tests.sui_node import SuiNodeStandIn
+from tests.support.daemon_procs import Proc, backend, daemon, wait_until, write_forwarder
+from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 

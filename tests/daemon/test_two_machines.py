@@ -1,11 +1,11 @@
 """The services daemon across two machines on Sui: the provider daemon in network
-namespace A, the forwarder in namespace B (tests/netns.py; needs root and iproute2),
+namespace A, the forwarder in namespace B (tests/support/netns.py; needs root and iproute2),
 each with its own directory, identity and state, sharing no file. The ledger is the Sui
-network of the tests' one switch (tests/sui_network.py): the node stand-in as a process
+network of the tests' one switch (tests/support/sui_network.py): the node stand-in as a process
 of its own, its transactions taking 0.3 s as on a network, or the real node
 ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and ``DTP_SUI_KEY`` name (scripts/sui-localnet.sh).
 Either serves on the root namespace's loopback, which the namespaces cannot reach: a
-relay (tests/sui_proxies.py) on ``netns.root_address`` forwards to it, and each daemon
+relay (tests/support/sui_proxies.py) on ``netns.root_address`` forwards to it, and each daemon
 names the relay in one line, ``ledger = "localnet@http://<root address>:<port>"`` with
 ``sui_package``, as it would name a localnet or testnet node. The daemons' addresses are
 funded by transfers from the network's funded key.
@@ -41,7 +41,7 @@ from dtp.chain.objects import Escrow, EventFilter, Sla
 from dtp.daemon.state import RECEIPTS_FILE, read_status
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
-from tests.daemon_procs import (
+from tests.support.daemon_procs import (
     SUI,
     DaemonPair,
     Proc,
@@ -50,11 +50,11 @@ from tests.daemon_procs import (
     new_identity,
     wait_until,
 )
-from tests.netns import Machine, TwoMachines
-from tests.netns_clients import run_client
-from tests.sui_network import SuiNetwork, gas_from_effects, sui_network_process
-from tests.sui_node.state import NodeState
-from tests.sui_proxies import Relay
+from tests.support.netns import Machine, TwoMachines
+from tests.support.netns_clients import run_client
+from tests.support.sui_network import SuiNetwork, gas_from_effects, sui_network_process
+from tests.support.sui_node.state import NodeState
+from tests.support.sui_proxies import Relay
 
 SLA = Sla(price_per_kib=2_000, price_per_request=50_000, min_deposit=10_000_000)
 DEPOSIT = 200_000_000
@@ -195,7 +195,7 @@ class LedgerAudit:
 def audit_ledger(on_sui: OnSui, connections: list[str]) -> LedgerAudit:
     """Read the ledger as any client reads it, on either node: each connection's escrow
     (settled, holding nothing), each daemon's balance, and the gas of every transaction
-    it paid for, from their effects (tests/sui_network.py: gas_from_effects)."""
+    it paid for, from their effects (tests/support/sui_network.py: gas_from_effects)."""
     ledger = on_sui.network.ledger()
     escrows = []
     for cid in connections:

@@ -30,8 +30,8 @@ from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ChainError, DTPError
 from dtp.hostid.address import HostAddress
 from dtp.keys import HostIdentity
-from tests.ledger_server import identity_from_seed
-from tests.polling import wait_for
+from tests.support.ledger_server import identity_from_seed
+from tests.support.polling import wait_for
 
 PORT = 7
 SERVER = identity_from_seed(0x65)

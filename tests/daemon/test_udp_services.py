@@ -29,8 +29,8 @@ from dtp.hostid.udp import UdpForwarder, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
 from tests.daemon.test_tunnels_end_to_end import Setup, _connections, conserved, status
-from tests.daemon_procs import Proc, wait_until
-from tests.polling import wait_for
+from tests.support.daemon_procs import Proc, wait_until
+from tests.support.polling import wait_for
 
 PRICED = "price_per_request = 1\nprice_per_kib = 1\nmin_deposit = 100000"
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=100000)

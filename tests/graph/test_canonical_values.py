@@ -26,7 +26,7 @@ from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, SyncSession
 from dtp.graph.values import decode_value, encode_value
-from tests.leaks import open_fds
+from tests.support.leaks import open_fds
 
 HAMS = ["c", "python"]
 

@@ -26,7 +26,7 @@ from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
 from dtp.graph.persist import GraphStorageError
 from dtp.keys import HostIdentity
-from tests.leaks import open_fds
+from tests.support.leaks import open_fds
 from tests.support.paths import ROOT
 
 

@@ -34,7 +34,7 @@ from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph, GraphStorageError
-from tests.leaks import open_fds
+from tests.support.leaks import open_fds
 from tests.support.paths import ROOT
 
 

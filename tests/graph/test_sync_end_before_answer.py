@@ -27,7 +27,7 @@ from dtp.graph import Graph, GraphSyncError, connect, sync_stream
 from dtp.graph.store import LEAF_LEVEL, soul_leaf
 from dtp.graph.sync import END, HELLO, SUM, VERSION, WANT, SyncSession
 from dtp.keys import HostIdentity
-from tests.graph_wire import frame
+from tests.graph.wire import frame
 
 MIB = 1 << 20
 BIG_VALUE = "x" * (256 << 10)  # 40 fields of it: a 10 MiB soul, one leaf

@@ -25,7 +25,7 @@ from dtp.errors import DTPError
 from dtp.graph import Graph, GraphSyncError, sync_stream
 from dtp.graph.sync import DATA, HELLO, HELLO_TIMEOUT, VERSION
 from dtp.keys import HostIdentity
-from tests.graph_wire import frame
+from tests.graph.wire import frame
 
 Outcome = asyncio.Future[Any]  # sync_stream's session, or the exception it raised
 

@@ -27,7 +27,7 @@ from dtp.errors import DTPTimeoutError, LocalProtocolError
 from dtp.graph import Graph, GraphServer, SyncSession, connect, sync_blocking
 from dtp.graph.sync import HELLO, VERSION
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SOCKET_TIMEOUT = 1.5
 QUIET = 5.0  # several socket timeouts with no change at all

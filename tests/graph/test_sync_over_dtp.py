@@ -26,10 +26,10 @@ from dtp.graph import Graph, GraphServer, connect, user_soul
 from dtp.graph.sync import DATA, HELLO, VERSION, SyncSession, sync_blocking
 from dtp.graph.values import encode_value
 from dtp.keys import HostIdentity
-from tests.conftest import require_native
-from tests.graph_wire import frame
-from tests.polling import wait_for
+from tests.graph.wire import frame
+from tests.support.backends import require_native
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 
 def _wait(check: Callable[[], object], timeout: float = 60.0) -> bool:

@@ -40,8 +40,8 @@ from dtp.errors import ConnectionClosed, DTPError
 from dtp.graph import Graph, GraphServer, SyncSession, connect, sync_blocking
 from dtp.graph.sync import HELLO, VERSION
 from dtp.keys import HostIdentity
-from tests.graph_wire import frame
-from tests.polling import wait_for
+from tests.graph.wire import frame
+from tests.support.polling import wait_for
 
 
 def _wait(check: Callable[[], object], timeout: float = 60.0) -> bool:

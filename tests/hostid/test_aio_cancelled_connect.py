@@ -19,8 +19,8 @@ import dtp.hostid.asyncio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.transport.asyncio.threads import threaded_or_released
-from tests.ledger_server import identity_from_seed
-from tests.polling import wait_for
+from tests.support.ledger_server import identity_from_seed
+from tests.support.polling import wait_for
 
 PORT = 7
 SERVER = identity_from_seed(0x61)
@@ -193,7 +193,7 @@ def test_a_server_whose_ledger_listener_fails_leaves_no_tcp_listener(
     authority of: NotAuthorized, and the TCP listener it had started is closed (it
     listened on, unreachable through the server nobody got)."""
     from dtp.errors import NotAuthorized
-    from tests.leaks import resource_warnings
+    from tests.support.leaks import resource_warnings
 
     book, host_id = ledger
     stranger = identity_from_seed(0x63)

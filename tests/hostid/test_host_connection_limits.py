@@ -21,7 +21,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached
 from dtp.keys import HostIdentity
-from tests.ledger_server import identity_from_seed
+from tests.support.ledger_server import identity_from_seed
 
 PORT = 443
 SLA = Sla(10, 5, 1000)

@@ -28,7 +28,7 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair
 
 PORT = 7
 SLA = Sla(10, 5, 1000)

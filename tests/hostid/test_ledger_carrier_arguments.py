@@ -33,7 +33,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
 from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
 from tests.hostid.test_ledger_carrier_retention import World
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
+from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 
 def _carrier(ledger: Any, world: World, who: str, **kw: Any) -> LedgerCarrier:

@@ -76,9 +76,9 @@ from dtp.hostid.ledger_carrier.carrier import (
 from tests.hostid.test_ledger_carrier import CLIENT_ID, World
 from tests.hostid.test_ledger_carrier_outage import _bridge, _record, _World
 from tests.hostid.test_ledger_carrier_outage import world as world  # the fixture
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER
-from tests.polling import wait_for
-from tests.protocol.test_connection import Side
+from tests.support.ledger_carrier_world import CLIENT, PORT, SERVER
+from tests.support.pairs import Side
+from tests.support.polling import wait_for
 
 _HEADER = struct.Struct("<BIBB")
 

@@ -33,7 +33,7 @@ from dtp.errors import ConnectionClosed
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import CarrierState, LedgerCarrier, confirm_records
 from tests.hostid.test_ledger_carrier_retention import World
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
+from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 
 class _Clock:

@@ -21,8 +21,8 @@ from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
 from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT, LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import MAX_PIPE_DATA, frame_record
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
-from tests.polling import wait_for
+from tests.support.ledger_carrier_world import CLIENT, PORT, SERVER, SLA, bridge_threads, echo
+from tests.support.polling import wait_for
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ from dtp.hostid.ledger_carrier.bridge import (
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
 from dtp.transport.session import Session
-from tests.hostid.test_ledger_carrier_sockets import (
+from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
     PORT,
@@ -57,7 +57,7 @@ from tests.hostid.test_ledger_carrier_sockets import (
     host,
     server_in_thread,
 )
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 __all__ = ["host"]  # (the fixture, imported)
 

@@ -21,7 +21,7 @@ from dtp.chain.ledger import Ledger
 from dtp.errors import ChainError, ConnectionLost
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from tests.hostid.test_ledger_carrier_outage import _Echo, _says_why
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, host, server_in_thread
+from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, host, server_in_thread
 
 __all__ = ["host"]  # (the fixture, imported)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from tests.ledger_server import identity_from_seed
-from tests.polling import wait_for
+from tests.support.ledger_server import identity_from_seed
+from tests.support.polling import wait_for
 
 PORT = 7
 SERVER = identity_from_seed(0x61)

@@ -28,7 +28,7 @@ from dtp.hostid.ledger_carrier.carrier import (
     reclaim_retained,
 )
 from tests.hostid.test_ledger_carrier import ImpairedLedger, _exchange, _frozen, _stepper
-from tests.hostid.test_ledger_carrier_sockets import (
+from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
     PORT,
@@ -38,9 +38,9 @@ from tests.hostid.test_ledger_carrier_sockets import (
     echo_exchange,
     server_in_thread,
 )
-from tests.ledger_faults import impair
-from tests.polling import wait_for
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.support.ledger_faults import impair
+from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.support.polling import wait_for
 
 SLA = Sla(10, 5, 1000)
 RETENTION_MS = 60_000

@@ -1,6 +1,6 @@
 """The ledger carrier under the blocking and asyncio APIs: connecting by host ID to a
 host that publishes no endpoint (IP-hiding), on a LocalLedger file, with faults injected
-at the ledger edge (tests/ledger_faults.py)."""
+at the ledger edge (tests/support/ledger_faults.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +21,7 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
+from dtp.chain.objects import ConnectionState, EventFilter
 from dtp.errors import (
     ConnectionRefused,
     DTPTimeoutError,
@@ -43,79 +41,29 @@ from dtp.hostid.ledger_carrier.bridge import (
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD
 from dtp.transport.blocking import connect as blocking_connect
-from tests.ledger_faults import impair
-from tests.ledger_server import identity_from_seed
-from tests.polling import wait_for
+from tests.support.ledger_carrier_world import (
+    CLIENT,
+    DEPOSIT,
+    MALLORY,
+    PORT,
+    SERVER,
+    SERVER_SEED,
+    Host,
+    bridge_threads,
+    echo,
+    echo_exchange,
+    server_in_thread,
+    thread_stacks,
+)
+from tests.support.ledger_carrier_world import host as host
+from tests.support.ledger_faults import impair
 from tests.support.paths import ROOT
-
-SLA = Sla(10, 5, 1000)
-PORT = 7
-SERVER_SEED = 0x51
-SERVER = identity_from_seed(SERVER_SEED)
-CLIENT = identity_from_seed(0x52)
-MALLORY = identity_from_seed(0x53)
-DEPOSIT = 5000
-
-
-@dataclass
-class Host:
-    path: Path
-    ledger: LocalLedger
-    host_id: str
-
-    @property
-    def address(self) -> str:
-        return f"dtp://{self.host_id}:{PORT}"
-
-    def conserved(self) -> bool:
-        a = self.ledger.audit()
-        return bool(a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"])
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
-    """A Host with no published endpoint and an echo service; funded clients."""
-    path = tmp_path / "ledger.db"
-    ledger = LocalLedger(path)
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-    for who in (CLIENT, MALLORY):
-        ledger.faucet(who.sui_address, 1_000_000)
-    try:
-        yield Host(path, ledger, host_id)
-    finally:
-        ledger.close()
-
-
-def echo(sock: dtp.socket.DTPSocket) -> None:
-    while data := sock.recv(1 << 20):
-        sock.sendall(data)
-    sock.shutdown(dtp.socket.SHUT_WR)
-
-
-@contextmanager
-def server_in_thread(
-    host: Host, handler: Callable[[dtp.socket.DTPSocket], None] = echo, **kw: object
-) -> Iterator[dtp.socket.DTPServer]:
-    ledger = LocalLedger(host.path)  # the host's own handle on the file
-    server = dtp.socket.create_server(
-        None, identity=SERVER, ledger=ledger, host_id=host.host_id, port=PORT, **kw
-    )
-    thread = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        thread.join(5)
-        # accepted connections outlive the server: let their bridges finish first
-        assert wait_for(lambda: not bridge_threads(), 30), _stacks()
-        ledger.close()
+from tests.support.polling import wait_for
 
 
 @contextmanager
 def server_process(host: Host, mode: str, *faults: str) -> Iterator[subprocess.Popen[str]]:
-    cmd = [sys.executable, "-m", "tests.ledger_server", str(host.path), str(SERVER_SEED)]
+    cmd = [sys.executable, "-m", "tests.support.ledger_server", str(host.path), str(SERVER_SEED)]
     cmd += [host.host_id, str(PORT), mode, *faults]
     proc = subprocess.Popen(
         cmd,
@@ -140,25 +88,6 @@ def server_process(host: Host, mode: str, *faults: str) -> Iterator[subprocess.P
                 stream.close()
 
 
-def _stacks() -> str:
-    import traceback
-
-    frames = sys._current_frames()
-    return "\n".join(
-        f"{t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
-        for t in threading.enumerate()
-        if t.ident in frames
-    )
-
-
-def bridge_threads() -> list[threading.Thread]:
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("dtp-ledger-") and t.name != "dtp-ledger-listener"
-    ]
-
-
 def pipe_gone(host: Host, pipe: str) -> bool:
     try:
         host.ledger.get_pipe(pipe)
@@ -169,23 +98,6 @@ def pipe_gone(host: Host, pipe: str) -> bool:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def echo_exchange(sock: dtp.socket.DTPSocket, payload: bytes) -> bytes:
-    """Send ``payload`` (then EOF) while reading the echo in another thread."""
-    got = bytearray()
-
-    def reader() -> None:
-        while data := sock.recv(1 << 20):
-            got.extend(data)
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    sock.sendall(payload)
-    sock.shutdown(dtp.socket.SHUT_WR)
-    thread.join(120)
-    assert not thread.is_alive()
-    return bytes(got)
 
 
 # -- the bridge's record handling ----------------------------------------------------------
@@ -231,7 +143,7 @@ def test_echo_across_processes_with_loss_duplication_reordering(host: Host) -> N
         assert sock.getpeername() == ("ledger", sock.connection_id)
         got = echo_exchange(sock, payload)
         sock.close()
-        assert wait_for(lambda: not bridge_threads()), _stacks()
+        assert wait_for(lambda: not bridge_threads()), thread_stacks()
         # the records went through pipes, one per side, both destroyed once closed
         created, _ = host.ledger.events(filter=EventFilter(type="PipeCreated"), limit=100)
         owners = {e["owner"] for e in created if e["connection"] == sock.connection_id}
@@ -489,7 +401,7 @@ def test_head_cursor_is_after_the_newest_event(host: Host) -> None:
 def test_no_ack_only_records_while_blocked_by_flow_control() -> None:
     """A lossy-carrier sender whose stream waits for credit sends nothing on further
     flushes (it used to send an ACK-only record on every one: a storm on the ledger)."""
-    from tests.protocol.test_connection import connect, run
+    from tests.support.pairs import connect, run
 
     c, s, link = connect(reliable_carrier=False, stream_window=32 * 1024)
     s.auto_read = False  # the server's application reads nothing: no credit comes back

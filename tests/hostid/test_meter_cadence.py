@@ -14,7 +14,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.metering import MeteringConfig
-from tests.paid_inprocess import PaidService, ident, paid_service
+from tests.support.paid_inprocess import PaidService, ident, paid_service
 
 # 1 MIST per KiB; an allowance far above any receipt interval here, so the meter's
 # "sooner than every_bytes" rule (a quarter of min_deposit) never cuts in

@@ -16,7 +16,7 @@ from dtp.hostid.paid import PaidSocket
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
 from dtp.settlement import ClientPayment
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 # a request costs an eighth of min_deposit (the server's default allowance): eight
 # unreceipted requests pause the connection; bytes are all but free

@@ -21,8 +21,8 @@ from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
 from tests.hostid.test_meter_cadence_requests import echo_streams
-from tests.paid_inprocess import ident, paid_service
-from tests.polling import wait_for
+from tests.support.paid_inprocess import ident, paid_service
+from tests.support.polling import wait_for
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)

@@ -19,7 +19,7 @@ import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.settlement import publish_endpoint
-from tests.ledger_server import identity_from_seed
+from tests.support.ledger_server import identity_from_seed
 
 PORT = 7
 SERVER = identity_from_seed(0x71)

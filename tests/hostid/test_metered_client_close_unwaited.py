@@ -18,7 +18,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from tests.ledger_server import identity_from_seed
+from tests.support.ledger_server import identity_from_seed
 
 PORT = 7
 SERVER = identity_from_seed(0x79)

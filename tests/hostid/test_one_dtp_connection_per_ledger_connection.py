@@ -19,7 +19,7 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

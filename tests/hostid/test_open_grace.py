@@ -29,7 +29,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, InvalidArgument
 from dtp.escrow import object_id_bytes
 from dtp.hostid.admission import LedgerAdmission
-from tests.paid_twins import echo, echo_aio, ident, loop_in_thread, stop
+from tests.support.paid_twins import echo, echo_aio, ident, loop_in_thread, stop
 
 PORT = 443
 SERVER, CLIENT = ident(0xB1), ident(0xB2)

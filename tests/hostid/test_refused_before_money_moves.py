@@ -18,7 +18,7 @@ from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, HandshakeError, InvalidArgument
 from dtp.hostid.admission import LedgerAdmission
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 PORT = 443
 

@@ -29,7 +29,7 @@ from dtp.chain.local import LocalLedger
 from dtp.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
 from dtp.errors import SponsorUnfunded
 from dtp.hostid.connect import pinned_host_key
-from tests.hostid_money import (
+from tests.hostid.money import (
     ADAPTERS,
     CLIENT,
     OTHER_KEY,

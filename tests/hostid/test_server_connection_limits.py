@@ -34,9 +34,9 @@ from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, ConnectionStateError
 from dtp.hostid.served import ServedConnections
 from dtp.settlement import collect_refund
-from tests.ledger_server import identity_from_seed
-from tests.paid_twins import loop_in_thread
-from tests.polling import wait_for
+from tests.support.ledger_server import identity_from_seed
+from tests.support.paid_twins import loop_in_thread
+from tests.support.polling import wait_for
 
 PORT = 443
 SLA = Sla(10, 5, 1000)

@@ -22,7 +22,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

@@ -19,7 +19,7 @@ from dtp.crypto import Handshake
 from dtp.errors import HandshakeError, KeyFileError
 from dtp.keys import HostIdentity
 from dtp.transport.handshake_slots import AddressSlots, address_key
-from tests.procs import server_process
+from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

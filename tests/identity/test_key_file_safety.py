@@ -28,7 +28,7 @@ from dtp.daemon.config import load_config
 from dtp.daemon.runner import Daemon, load_identity
 from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
-from tests.daemon_procs import ENV, ROOT
+from tests.support.daemon_procs import ENV, ROOT
 
 PASSPHRASE = "correct horse battery"
 

@@ -14,7 +14,7 @@ import dtp.socket
 from dtp import keys_ahead
 from dtp.crypto import PATTERN_IK, Handshake
 from dtp.keys import HostIdentity
-from tests.procs import server_process
+from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

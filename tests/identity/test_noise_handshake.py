@@ -34,7 +34,7 @@ from dtp.crypto import (
 )
 from dtp.errors import HandshakeError
 from dtp.keys import HostIdentity, noise_key_object
-from tests.protocol.test_connection import make_pair
+from tests.support.pairs import make_pair
 
 KEYS = st.binary(min_size=32, max_size=32)
 PATTERNS = st.sampled_from([PATTERN_IK, PATTERN_XX])

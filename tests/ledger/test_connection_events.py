@@ -1,7 +1,7 @@
 """dtp.chain.connections: finding a client's or a host's connections through their
 ``ConnectionOpened`` events, and what a receipt can still claim.
 
-The scan runs on LocalLedger and on the Sui node (tests/sui_network.py, the stand-in
+The scan runs on LocalLedger and on the Sui node (tests/support/sui_network.py, the stand-in
 unless a real node is configured) while unrelated transactions land between its reads,
 as on a live network: it ends at the ledger's end as the scan found it, and counts the
 events it read, not those it asked for.
@@ -22,7 +22,7 @@ from dtp.chain.objects import Escrow, EventFilter, EventRead, Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
-from tests.sui_network import SuiNetwork
+from tests.support.sui_network import SuiNetwork
 
 SUI = 1_000_000_000
 SLA = Sla(0, 100, 1_000)

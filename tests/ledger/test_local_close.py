@@ -12,7 +12,7 @@ import pytest
 import dtp.ledger.local.store as local_module
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
-from tests.ledger_files import SlowCheckpoints
+from tests.ledger.files import SlowCheckpoints
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x64]) * 32, bytes([0x64]) * 32)
 

@@ -20,7 +20,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
-from tests.ledger_files import damage
+from tests.ledger.files import damage
 
 SLA = Sla(10, 5, 1000)
 PORT = 7

@@ -20,7 +20,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
-from tests.ledger_files import SlowCheckpoints, damage
+from tests.ledger.files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)
 BOUND = 30.0  # how long a test waits for anything

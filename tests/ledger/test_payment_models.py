@@ -46,8 +46,8 @@ from dtp.ledger.sui.economics import (
 )
 from dtp.ledger.sui.tx import CLOCK_ID, OwnedRef, SharedRef
 from tests.ledger.test_sui_transactions import CTX, PACKAGE, SENDER
-from tests.sui_network import SuiNetwork
 from tests.support.paths import GOLDEN as GOLDEN_DIR
+from tests.support.sui_network import SuiNetwork
 
 GOLDEN = GOLDEN_DIR / "economics_transactions.json"
 SLA = Sla(10, 5, 1000)
@@ -638,7 +638,7 @@ def test_sui_ledger_payment_models_need_a_node() -> None:
 
 
 def test_live_ticket_sale_cancel_refund(sui_network: SuiNetwork) -> None:
-    """On the node tests/sui_network.py gives: the stand-in, or a configured real one."""
+    """On the node tests/support/sui_network.py gives: the stand-in, or a configured real one."""
     organizer = sui_network.funder
     sui = sui_network.ledger(organizer)
     sale = sui.create_ticket_sale(organizer, "live", 1_000, 2, 0, sui.clock_ms() + 600_000)

@@ -1,5 +1,5 @@
 """The tests' one switch between the node stand-in and a real Sui node
-(tests/sui_network.py), with a stand-in process playing the real node: DTP_SUI_RPC,
+(tests/support/sui_network.py), with a stand-in process playing the real node: DTP_SUI_RPC,
 DTP_SUI_PACKAGE and DTP_SUI_KEY name it, as scripts/sui-localnet.sh names a localnet."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
-from tests.daemon_procs import ENV, ROOT
-from tests.sui_network import (
+from tests.support.daemon_procs import ENV, ROOT
+from tests.support.sui_network import (
     REAL_NODE_ENV,
     STAND_IN_FUNDS,
     StandInProcess,

@@ -46,7 +46,7 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.keys import HostIdentity
-from tests.sui_node.server import RawCodec
+from tests.support.sui_node.server import RawCodec
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x52]) * 32, bytes([0x52]) * 32)

@@ -34,9 +34,9 @@ import pytest
 from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.chain.sui_client import LedgerUnavailable, SuiNode
-from tests.leaks import resource_warnings
 from tests.ledger.test_sui_node_faults import JOIN, NODE_TIMEOUT, PACKAGE, _const, grpc_node
-from tests.sui_proxies import SilentFirstProxy
+from tests.support.leaks import resource_warnings
+from tests.support.sui_proxies import SilentFirstProxy
 
 __all__ = ["grpc_node"]  # fixture, used by name
 

@@ -34,7 +34,7 @@ from tests.ledger.test_sui_node_faults import (
     grpc_node,
     sui_node,
 )
-from tests.sui_proxies import ResettingProxy
+from tests.support.sui_proxies import ResettingProxy
 
 __all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 

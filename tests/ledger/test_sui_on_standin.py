@@ -1,4 +1,4 @@
-"""SuiLedger end to end on the Sui node stand-in (tests/sui_node): the shared ledger
+"""SuiLedger end to end on the Sui node stand-in (tests/support/sui_node): the shared ledger
 scenarios, as on LocalLedger, with gas accounted; and what a real network does that
 LocalLedger never does: transactions in flight side by side, congestion cancellations,
 rate limiting, outages, answers that do not decode, gas running out."""
@@ -20,8 +20,8 @@ from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
 from dtp.ledger.sui import ledger as sui_core
 from tests.ledger.test_scenarios import ACTORS, SCENARIOS, Runner
-from tests.sui_node import SuiNodeStandIn
-from tests.sui_node.objects import COIN_TYPE
+from tests.support.sui_node import SuiNodeStandIn
+from tests.support.sui_node.objects import COIN_TYPE
 
 #: MIST each actor gets for gas, apart from what a scenario funds.
 GAS_ALLOWANCE = 10**10

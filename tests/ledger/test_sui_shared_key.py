@@ -13,7 +13,7 @@ from __future__ import annotations
 from dtp.chain.sui import DEFAULT_GAS_BUDGET
 from dtp.keys import HostIdentity
 from dtp.ledger.sui.ledger import _unique_budget
-from tests.sui_network import SuiNetwork
+from tests.support.sui_network import SuiNetwork
 
 SUI = 1_000_000_000
 

@@ -1,7 +1,7 @@
 """SuiLedger: golden transaction bytes for every builder, BCS layouts against LocalLedger,
 effects/abort parsing, configuration, offline behaviour, and live tests: on the Sui node
 configured by DTP_SUI_RPC, DTP_SUI_PACKAGE and a funded DTP_SUI_KEY when they are set,
-otherwise on the node stand-in of tests/sui_node (which proves the flow, not Sui).
+otherwise on the node stand-in of tests/support/sui_node (which proves the flow, not Sui).
 
 Regenerate the golden vectors (only after a deliberate change to the builders)::
 
@@ -55,8 +55,8 @@ from dtp.ledger.sui.codec import (
     encode_object,
 )
 from dtp.ledger.sui.tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
-from tests.sui_network import SuiNetwork, transfer
 from tests.support.paths import GOLDEN as GOLDEN_DIR
+from tests.support.sui_network import SuiNetwork, transfer
 
 GOLDEN = GOLDEN_DIR / "sui_transactions.json"
 
@@ -686,7 +686,7 @@ def test_unreachable_node_raises_ledger_unavailable() -> None:
 @pytest.fixture
 def sui(sui_network: SuiNetwork) -> SuiLedger:
     """SuiLedger on the configured node, or on the stand-in, with a funded default
-    signer (tests/sui_network.py)."""
+    signer (tests/support/sui_network.py)."""
     return sui_network.ledger(sui_network.funder)
 
 

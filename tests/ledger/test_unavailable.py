@@ -26,8 +26,8 @@ from dtp.chain.sui import LedgerUnavailable as SuiLedgerUnavailable
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.keys import HostIdentity
 from dtp.ledger.sui.client import SuiNode
+from tests.ledger.files import damage
 from tests.ledger.test_sui_transactions import PACKAGE, _closed_port
-from tests.ledger_files import damage
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x91]) * 32, bytes([0x92]) * 32)
 

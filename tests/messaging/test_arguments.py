@@ -47,10 +47,10 @@ from dtp.messaging.rpc import (
     RpcServer,
 )
 from dtp.messaging.sealed import MAX_SEALED, SealedInbox, seal, send_sealed
+from tests.messaging.rpc_world import Served
+from tests.messaging.sealed_world import SealedWorld, sealed_world
 from tests.messaging.test_broadcast_money import CASTERS, FANS, Radio, _radio
-from tests.messaging.test_rpc import Served
-from tests.polling import raised_within
-from tests.sealed_world import SealedWorld, sealed_world
+from tests.support.polling import raised_within
 
 #: Bound on a refusal: the bugs waited for good (a NaN deadline); a refusal is at once.
 PROMPT = 60.0

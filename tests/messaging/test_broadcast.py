@@ -7,113 +7,35 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import (
     AIR,
-    HELLO,
     MESSAGE,
     AirChange,
     BroadcastListener,
     BroadcastMessage,
     BroadcastStation,
-    signed_hello,
     signed_message,
     verify_message,
 )
 from dtp.messaging.framing import encode_frame
-from tests.polling import wait_for
-
-PRICE = 100
-SLOT_MS = 1000
-
-
-@dataclass
-class World:
-    ledger: LocalLedger
-    caster: HostIdentity
-    fans: list[HostIdentity]
-    broadcast_id: str
-    server: dtp.socket.DTPServer
-    socks: list[dtp.socket.DTPSocket]
-
-    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
-        """A DTP connection: (station side, listener side)."""
-        client = dtp.socket.create_connection(
-            self.server.address, server_key=self.caster.noise_public, timeout=10
-        )
-        server_side, _ = self.server.accept(timeout=10)
-        client.settimeout(None)
-        server_side.settimeout(None)
-        self.socks += [client, server_side]
-        return server_side, client
-
-    def conserved(self) -> None:
-        audit = self.ledger.audit()
-        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
-
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    ledger = LocalLedger(":memory:", clock_ms=0)
-    caster = HostIdentity.generate()
-    fans = [HostIdentity.generate() for _ in range(2)]
-    for fan in fans:
-        ledger.faucet(fan.sui_address, 10_000)
-    b_id = ledger.create_broadcast(caster, "radio", PRICE, SLOT_MS)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=caster)
-    w = World(ledger, caster, fans, b_id, server, [])
-    yield w
-    for sock in w.socks:
-        sock.abort("test over")
-    server.close()
-
-
-def hello_frame(
-    signer: HostIdentity,
-    broadcast_id: str,
-    session: bytes = b"\x01" * 16,
-    next_seq: int = 1,
-    channel: str = "radio",
-    started_ms: int = 1_700_000_000_000,
-) -> bytes:
-    """A station's HELLO, signed by ``signer`` (docs/messaging.md §5)."""
-    signature = signer.sign(signed_hello(broadcast_id, channel, session, started_ms, next_seq))
-    return encode_frame(
-        [
-            HELLO,
-            broadcast_id,
-            channel,
-            signer.ed25519_public,
-            True,
-            next_seq,
-            session,
-            started_ms,
-            signature,
-        ]
-    )
+from tests.messaging.broadcast_world import (
+    PRICE,
+    SLOT_MS,
+    World,
+    hello_frame,
+    station_and_listener,
+)
+from tests.support.polling import wait_for
 
 
 def next_item(listener: BroadcastListener, timeout: float = 10.0) -> BroadcastMessage | AirChange:
     return listener.get(timeout=timeout)
-
-
-def station_and_listener(w: World, fan: int = 0) -> tuple[BroadcastStation, BroadcastListener]:
-    station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
-    s_side, l_side = w.pair()
-    listener = BroadcastListener(
-        l_side, ledger=w.ledger, identity=w.fans[fan], broadcast_id=w.broadcast_id
-    )
-    station.attach(s_side, f"fan{fan}")
-    assert listener.wait_hello(10)
-    return station, listener
 
 
 def test_on_and_off_air_with_slot_math(world: World) -> None:

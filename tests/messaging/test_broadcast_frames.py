@@ -25,8 +25,8 @@ from dtp.messaging.broadcast import (
 )
 from dtp.messaging.errors import PayloadTooLarge
 from dtp.messaging.framing import encode_frame
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World
-from tests.polling import wait_for
+from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
+from tests.support.polling import wait_for
 
 
 @pytest.mark.parametrize("channel", ["radio", "c" * 2000])

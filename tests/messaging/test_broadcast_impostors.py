@@ -30,9 +30,9 @@ from dtp.messaging.broadcast import (
 )
 from dtp.messaging.errors import StationError
 from dtp.messaging.framing import encode_frame
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World, hello_frame
-from tests.messaging.test_rpc import PROMPT
-from tests.polling import wait_for
+from tests.messaging.broadcast_world import PRICE, SLOT_MS, World, hello_frame
+from tests.messaging.rpc_world import PROMPT
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

@@ -4,14 +4,9 @@ listener's link up, and a message sent while a listener attaches follows its HEL
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
 from dtp.messaging.broadcast import (
     AirChange,
     BroadcastListener,
@@ -19,24 +14,8 @@ from dtp.messaging.broadcast import (
     BroadcastStation,
     _StationLink,
 )
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World, station_and_listener
-from tests.polling import wait_for
-
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    ledger = LocalLedger(":memory:", clock_ms=0)
-    caster = HostIdentity.generate()
-    fans = [HostIdentity.generate() for _ in range(2)]
-    for fan in fans:
-        ledger.faucet(fan.sui_address, 10_000)
-    b_id = ledger.create_broadcast(caster, "radio", PRICE, SLOT_MS)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=caster)
-    w = World(ledger, caster, fans, b_id, server, [])
-    yield w
-    for sock in w.socks:
-        sock.abort("test over")
-    server.close()
+from tests.messaging.broadcast_world import PRICE, World, station_and_listener
+from tests.support.polling import wait_for
 
 
 def test_messages_the_listener_dropped_count_in_missed_before(world: World) -> None:

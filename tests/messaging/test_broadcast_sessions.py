@@ -65,12 +65,8 @@ from dtp.messaging.broadcast import (
 from dtp.messaging.discovery import DiscoveryGossip, encode_announcement
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
-from tests.messaging.test_broadcast import (  # noqa: F401
-    World,
-    hello_frame,
-    world,
-)
-from tests.polling import raised_within, wait_for
+from tests.messaging.broadcast_world import World, hello_frame
+from tests.support.polling import raised_within, wait_for
 
 PROMPT = 30.0
 
@@ -103,7 +99,7 @@ def _relay(w: World, station: BroadcastStation, fan: int = 1) -> tuple[Any, Any,
 
 
 def test_an_earlier_sessions_message_is_refused_by_a_restarted_stations_listener(
-    world: World,  # noqa: F811
+    world: World,
 ) -> None:
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
@@ -138,7 +134,7 @@ def test_an_earlier_sessions_message_is_refused_by_a_restarted_stations_listener
         second.close()
 
 
-def test_a_relay_cannot_rewind_the_hello(world: World) -> None:  # noqa: F811
+def test_a_relay_cannot_rewind_the_hello(world: World) -> None:
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
@@ -165,7 +161,7 @@ def test_a_relay_cannot_rewind_the_hello(world: World) -> None:  # noqa: F811
 # -- 2. air state through full queues ---------------------------------------------------------
 
 
-def test_a_cancel_reaches_a_listener_whose_link_queue_was_full(world: World) -> None:  # noqa: F811
+def test_a_cancel_reaches_a_listener_whose_link_queue_was_full(world: World) -> None:
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, link_queue=4)
@@ -204,7 +200,7 @@ def test_a_cancel_reaches_a_listener_whose_link_queue_was_full(world: World) -> 
         station.close()
 
 
-def test_an_air_change_reaches_an_application_whose_queue_is_full(world: World) -> None:  # noqa: F811
+def test_an_air_change_reaches_an_application_whose_queue_is_full(world: World) -> None:
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
@@ -243,7 +239,7 @@ def _settled(station: BroadcastStation, count: int) -> bool:
     )
 
 
-def test_a_station_remembers_a_bounded_window_of_tip_ids(world: World) -> None:  # noqa: F811
+def test_a_station_remembers_a_bounded_window_of_tip_ids(world: World) -> None:
     w = world
     n = 2 * TIP_WINDOW + 10
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, n)  # n MIST, once
@@ -300,7 +296,7 @@ def _stall_first_fsync(
     return syncing, release
 
 
-def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> None:  # noqa: F811
+def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> None:
     """The floor followed the count alone, so one tipper on two
     devices had a genuine tip from one refused once the other sent 64 newer ones."""
     w = world
@@ -328,7 +324,7 @@ def test_a_second_devices_tip_is_not_refused_for_the_firsts(world: World) -> Non
         station.close()
 
 
-def test_refused_tips_from_fresh_keys_leave_nothing_behind(world: World) -> None:  # noqa: F811
+def test_refused_tips_from_fresh_keys_leave_nothing_behind(world: World) -> None:
     """A tipper's ID window was made before the contributions
     check, so tips signed by fresh keys (free to make), each refused, left an entry
     each for the station's life."""
@@ -352,7 +348,7 @@ def test_refused_tips_from_fresh_keys_leave_nothing_behind(world: World) -> None
 
 
 def test_saving_a_tip_does_not_stall_the_broadcast(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -382,7 +378,7 @@ def test_saving_a_tip_does_not_stall_the_broadcast(
 
 
 def test_a_restarted_station_refuses_old_tips_and_keeps_the_totals(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
 ) -> None:
     w = world
@@ -426,7 +422,7 @@ def test_a_restarted_station_refuses_old_tips_and_keeps_the_totals(
 # -- 5. full inboxes drop the oldest --------------------------------------------------------------
 
 
-def test_full_inboxes_drop_the_oldest_and_count_dropped_tips(world: World) -> None:  # noqa: F811
+def test_full_inboxes_drop_the_oldest_and_count_dropped_tips(world: World) -> None:
     w = world
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, inbox_size=1)
     s_side, l_side = w.pair()
@@ -451,7 +447,7 @@ def test_full_inboxes_drop_the_oldest_and_count_dropped_tips(world: World) -> No
 
 
 def test_a_covered_tip_is_not_refused_for_anothers_failed_save(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -488,7 +484,7 @@ def test_a_covered_tip_is_not_refused_for_anothers_failed_save(
 
 
 def test_a_tip_waiting_on_a_hung_save_is_unchecked_not_invalid(
-    world: World,  # noqa: F811
+    world: World,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -644,7 +640,7 @@ def _stranger_tips(station: BroadcastStation, keys: list[HostIdentity], n: int) 
     return b"".join(frames)
 
 
-def test_tips_from_fresh_keys_cost_a_bounded_number_of_ledger_reads(world: World) -> None:  # noqa: F811
+def test_tips_from_fresh_keys_cost_a_bounded_number_of_ledger_reads(world: World) -> None:
     w = world
     station, counted = _counted_station(w)
     flood, flooder = w.pair()
@@ -677,7 +673,7 @@ def test_tips_from_fresh_keys_cost_a_bounded_number_of_ledger_reads(world: World
         station.close()
 
 
-def test_a_tip_is_checked_on_a_read_made_after_it_arrived(world: World) -> None:  # noqa: F811
+def test_a_tip_is_checked_on_a_read_made_after_it_arrived(world: World) -> None:
     """The read a stranger's tip caused, just before the fan contributed, is not the one
     the fan's tip is refused on."""
     w = world
@@ -702,7 +698,7 @@ def test_a_tip_is_checked_on_a_read_made_after_it_arrived(world: World) -> None:
         station.close()
 
 
-def test_a_tippers_covered_tips_share_a_read(world: World) -> None:  # noqa: F811
+def test_a_tippers_covered_tips_share_a_read(world: World) -> None:
     w = world
     w.ledger.broadcast_contribute(w.fans[0], w.broadcast_id, 1000)
     station, counted = _counted_station(w, inbox_size=100)
@@ -728,7 +724,7 @@ def test_a_tippers_covered_tips_share_a_read(world: World) -> None:  # noqa: F81
 # -- 3. the listener's newest air change -----------------------------------------------------------
 
 
-def test_the_newest_air_change_reaches_an_application_past_the_slack(world: World) -> None:  # noqa: F811
+def test_the_newest_air_change_reaches_an_application_past_the_slack(world: World) -> None:
     w = world
     station_side, l_side = w.pair()
     session = b"\x01" * 16
@@ -763,7 +759,7 @@ def test_the_newest_air_change_reaches_an_application_past_the_slack(world: Worl
 # -- 4. default link names -------------------------------------------------------------------------
 
 
-def test_a_newcomer_does_not_take_the_name_of_a_listener_still_there(world: World) -> None:  # noqa: F811
+def test_a_newcomer_does_not_take_the_name_of_a_listener_still_there(world: World) -> None:
     w = world
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
     pairs = [w.pair() for _ in range(3)]
@@ -801,7 +797,7 @@ BAD_WAITS = [
 
 @pytest.mark.parametrize(("timeout", "error"), BAD_WAITS)
 def test_listener_waits_check_their_timeouts(
-    world: World,  # noqa: F811
+    world: World,
     timeout: Any,
     error: type[Exception],
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import AirChange, BroadcastListener, BroadcastStation
-from tests.messaging.test_broadcast import World, world  # noqa: F401
+from tests.messaging.broadcast_world import World
 
 PROMPT = 5.0
 
@@ -27,7 +27,7 @@ def _bcast_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("bcast-")}
 
 
-def test_a_closed_station_takes_no_more_listeners(world: World) -> None:  # noqa: F811
+def test_a_closed_station_takes_no_more_listeners(world: World) -> None:
     w = world
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
     before = _bcast_threads()
@@ -40,7 +40,7 @@ def test_a_closed_station_takes_no_more_listeners(world: World) -> None:  # noqa
     assert _bcast_threads() == before
 
 
-def test_a_listener_attached_after_a_cancel_hears_of_it(world: World) -> None:  # noqa: F811
+def test_a_listener_attached_after_a_cancel_hears_of_it(world: World) -> None:
     w = world
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id)
     try:

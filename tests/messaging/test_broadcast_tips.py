@@ -10,8 +10,8 @@ from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging.broadcast import BroadcastListener, BroadcastStation
 from dtp.messaging.errors import StationError
-from tests.messaging.test_broadcast import PRICE, SLOT_MS, World
-from tests.polling import wait_for
+from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
+from tests.support.polling import wait_for
 
 
 def test_a_tip_after_the_station_left_costs_nothing() -> None:

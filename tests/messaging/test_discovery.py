@@ -26,7 +26,7 @@ from dtp.messaging.discovery import (
     publish_service,
 )
 from dtp.messaging.pubsub import PubSubNode
-from tests.messaging.test_pubsub import Mesh
+from tests.messaging.mesh import Mesh
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=0)
 

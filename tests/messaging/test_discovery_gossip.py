@@ -31,8 +31,8 @@ from dtp.messaging.discovery import (
     encode_announcement,
 )
 from dtp.messaging.pubsub import PubSubNode
-from tests.messaging.test_pubsub import Mesh
-from tests.messaging.test_rpc import PROMPT
+from tests.messaging.mesh import Mesh
+from tests.messaging.rpc_world import PROMPT
 
 HOST = "0x" + "ab" * 32
 OTHER = "0x" + "cd" * 32

@@ -48,7 +48,7 @@ from dtp.messaging.discovery import (
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
 from dtp.messaging.pubsub import PubSubNode
 from dtp.messaging.rpc import RpcClient, RpcServer
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=0)
 NOW = 1_000_000_000

@@ -50,8 +50,8 @@ from dtp.messaging.jsonrpc import (
     serve_jsonrpc,
 )
 from dtp.messaging.rpc import ResponsePrepay, RpcClient, RpcServer
-from tests.http_backends import HttpBackend
-from tests.polling import wait_for
+from tests.messaging.http_backends import HttpBackend
+from tests.support.polling import wait_for
 
 ANSWER = b'{"jsonrpc":"2.0","result":"%s","id":1}' % (b"x" * 200)
 

@@ -19,7 +19,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer
-from tests.http_backends import HttpBackend
+from tests.messaging.http_backends import HttpBackend
 
 
 class Backend(HttpBackend):

@@ -42,8 +42,8 @@ import pytest
 from bench.netpeers import make_tls_context
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcHttpProxy
-from tests.http_backends import HttpBackend
-from tests.polling import wait_for
+from tests.messaging.http_backends import HttpBackend
+from tests.support.polling import wait_for
 
 DOC = b'{"jsonrpc":"2.0","method":"m","id":1}'
 

@@ -13,8 +13,8 @@ from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from dtp.messaging.broadcast import BroadcastListener, BroadcastMessage, BroadcastStation
 from dtp.messaging.pubsub import PubSubNode
-from tests.messaging.test_broadcast import PRICE, SLOT_MS
-from tests.polling import wait_for
+from tests.messaging.broadcast_world import PRICE, SLOT_MS
+from tests.support.polling import wait_for
 
 TIMEOUT = 0.3
 IDLE = 1.2  # the scenario itself: several of the streams' timeouts without traffic

@@ -19,7 +19,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer
-from tests.messaging.test_rpc import Served, make_rpc
+from tests.messaging.rpc_world import Served, make_rpc
 
 PROMPT = 10.0
 BAD: list[Any] = [2**64, -(2**63) - 1, [1, 2**70], {"a": {1, 2}}, object()]

@@ -18,7 +18,7 @@ import pytest
 
 from dtp.messaging.errors import PubSubError
 from dtp.messaging.pubsub import Subscription
-from tests.messaging.test_pubsub import Mesh
+from tests.messaging.mesh import Mesh
 
 
 def _take(sub: Subscription, expected: list[bytes], timeout: float = 45.0) -> list[bytes]:

@@ -17,9 +17,9 @@ import pytest
 
 from dtp.messaging import pubsub
 from dtp.messaging.pubsub import PubSubNode, Subscription
-from tests.messaging.test_pubsub import Mesh
+from tests.messaging.mesh import Mesh
 from tests.messaging.test_pubsub_fairness import RawPeer
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 PUBLISH = 10
 

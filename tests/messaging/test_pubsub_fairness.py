@@ -20,8 +20,8 @@ import dtp.socket
 from dtp.messaging.errors import PayloadTooLarge
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import DEFAULT_SUBSCRIPTION_BYTES, MAX_PEER_TOPICS, PubSubNode
-from tests.messaging.test_pubsub import Mesh
-from tests.polling import wait_for
+from tests.messaging.mesh import Mesh
+from tests.support.polling import wait_for
 
 
 class RawPeer:

@@ -37,9 +37,9 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.pubsub import MAX_TOPIC_LENGTH, PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
-from tests.messaging.test_pubsub import Mesh, drain
+from tests.messaging.mesh import Mesh, drain
 from tests.messaging.test_pubsub_links import Streams, streams  # noqa: F401 (a fixture)
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 def test_a_frame_kind_that_is_not_an_int_is_refused() -> None:

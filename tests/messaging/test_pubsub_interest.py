@@ -16,8 +16,8 @@ import queue
 import pytest
 
 from dtp.messaging.pubsub import MAX_PEER_TOPICS, PubSubNode
-from tests.messaging.test_pubsub import Mesh
-from tests.polling import wait_for
+from tests.messaging.mesh import Mesh
+from tests.support.polling import wait_for
 
 
 def test_a_node_with_a_small_cap_learns_a_long_subscription_list() -> None:

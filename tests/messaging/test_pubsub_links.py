@@ -37,8 +37,8 @@ from dtp.keys import HostIdentity
 from dtp.messaging import pubsub
 from dtp.messaging.framing import decode_body, read_frames
 from dtp.messaging.pubsub import PubSubNode
-from tests.messaging.test_pubsub import Mesh
-from tests.polling import wait_for
+from tests.messaging.mesh import Mesh
+from tests.support.polling import wait_for
 
 PUBLISH = 10
 DROPPED = 11

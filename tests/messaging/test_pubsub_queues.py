@@ -13,8 +13,8 @@ import pytest
 import dtp.socket
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.pubsub import DEFAULT_LINK_QUEUE_BYTES, PubSubNode
-from tests.messaging.test_pubsub import Mesh
-from tests.polling import wait_for
+from tests.messaging.mesh import Mesh
+from tests.support.polling import wait_for
 
 
 def test_a_peer_that_stops_reading_holds_at_most_link_queue_bytes() -> None:

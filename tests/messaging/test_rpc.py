@@ -7,7 +7,6 @@ and response escrow on LocalLedger."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import random
@@ -15,7 +14,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -60,7 +58,6 @@ from dtp.messaging.rpc import (
     RECV_SIZE,
     AsyncRpcClient,
     AsyncRpcServer,
-    CallContext,
     RequestPayments,
     ResponseFeePolicy,
     ResponsePrepay,
@@ -68,13 +65,10 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
-from dtp.metering import MeteringConfig
-from tests.polling import wait_for
+from tests.messaging.rpc_world import OFF, PROMPT, ScriptedPeer, Served, make_rpc
+from tests.support.polling import wait_for
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
-
-
-OFF = MeteringConfig(enabled=False)  # billed per request instead (RequestPayments)
 
 
 def pair() -> tuple[RpcProtocol, RpcProtocol]:
@@ -261,72 +255,6 @@ def test_frame_decoder_random_garbage_never_raises() -> None:
 
 
 # -- blocking client and server over DTP -----------------------------------------------------------
-
-
-class Served:
-    """A DTP server answering RPC in background threads."""
-
-    def __init__(self, rpc: RpcServer) -> None:
-        self.identity = HostIdentity.generate()
-        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
-        self.rpc = rpc
-        self.thread = threading.Thread(target=rpc.serve, args=(self.server,), daemon=True)
-        self.thread.start()
-        self.socks: list[dtp.socket.DTPSocket] = []
-
-    def connect(self, **kw: Any) -> RpcClient:
-        # a prepaid client connects as its escrows' requester: a server serves an escrow
-        # only to the client that made it (ResponseFeePolicy.admit)
-        prepay = kw.get("prepay")
-        sock = dtp.socket.create_connection(
-            self.server.address,
-            server_key=self.identity.noise_public,
-            timeout=10,
-            identity=None if prepay is None else prepay.identity,
-        )
-        self.socks.append(sock)
-        return RpcClient(sock, **kw)
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
-        self.server.close()
-        self.rpc.close()
-        self.thread.join(5)
-
-
-def make_rpc(workers: int = 16, **kw: Any) -> RpcServer:
-    rpc = RpcServer(workers=workers, **kw)
-    rpc.register("echo", lambda p: p)
-
-    def sleep_then(p: list[Any]) -> Any:
-        time.sleep(p[0])
-        return p[1]
-
-    rpc.register("sleep", sleep_then)
-
-    def fail(p: Any) -> Any:
-        raise E.InvalidParams("bad value", data={"got": p})
-
-    rpc.register("fail", fail)
-
-    def crash(p: Any) -> Any:
-        raise RuntimeError("secret detail")
-
-    rpc.register("crash", crash)
-
-    def wait_cancel(p: Any, ctx: CallContext) -> Any:
-        return ctx.cancelled.wait(5)
-
-    rpc.register("wait_cancel", wait_cancel, context=True)
-    return rpc
-
-
-@pytest.fixture
-def served() -> Iterator[Served]:
-    s = Served(make_rpc())
-    yield s
-    s.close()
 
 
 def test_rpc_call_and_typed_errors(served: Served) -> None:
@@ -843,40 +771,6 @@ def test_rpc_streams_opened_on_a_busy_or_idle_connection_are_served_promptly() -
         s.close()
 
 
-class ScriptedPeer:
-    """A DTP server whose answers are scripted bytes: ``script(request, send)`` gets
-    each request the client sends and ``send(bytes)`` (one sendall each)."""
-
-    def __init__(self, script: Any) -> None:
-        self.identity = HostIdentity.generate()
-        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
-        self.script = script
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-        self.sock = dtp.socket.create_connection(
-            self.server.address, server_key=self.identity.noise_public, timeout=10
-        )
-
-    def run(self) -> None:
-        peer, _ = self.server.accept(timeout=10)
-        peer.settimeout(None)
-        proto = RpcProtocol()
-        with contextlib.suppress(dtp.errors.DTPError, OSError):
-            while data := peer.recv(65536):
-                proto.receive_data(data)
-                for event in proto.events():
-                    if isinstance(event, RequestReceived):
-                        self.script(event, peer.sendall)
-                    if isinstance(event, RequestReceived) and event.method == "close":
-                        peer.close()
-                        return
-
-    def close(self) -> None:
-        self.sock.close()
-        self.server.close()
-        self.thread.join(5)
-
-
 def _response(request_id: int, result: Any, meta: Any = None) -> bytes:
     return encode_frame([1, request_id, result, meta])
 
@@ -1204,10 +1098,6 @@ def test_serve_stream_gives_handlers_the_address_in_its_usual_form() -> None:
     seen, raised = _serve_once("0x5")
     assert raised is None
     assert seen == "0x" + "0" * 63 + "5"
-
-
-#: Generous bound on anything that should happen at once (a slow CI machine).
-PROMPT = 30.0
 
 
 def test_a_bare_method_decorator_registers_the_function_under_its_name() -> None:

@@ -28,8 +28,8 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
 from dtp.messaging.rpc import client as rpc_client
-from tests.messaging.test_rpc import ScriptedPeer, Served
-from tests.polling import wait_for
+from tests.messaging.rpc_world import ScriptedPeer, Served
+from tests.support.polling import wait_for
 
 
 def _echo_sleep_server(workers: int) -> RpcServer:

@@ -22,8 +22,8 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
-from tests.polling import wait_for
+from tests.messaging.rpc_world import Served
+from tests.support.polling import wait_for
 
 #: How long anything here may take once closed (seconds): the bugs held calls for good
 #: or for many minutes; a call ends within about a second now.

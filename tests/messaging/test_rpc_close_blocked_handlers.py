@@ -23,8 +23,8 @@ import dtp.socket
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
-from tests.polling import wait_for
+from tests.messaging.rpc_world import Served
+from tests.support.polling import wait_for
 
 #: The longest a call may take to fail once its client is closed (seconds).
 PROMPT = 2.0

@@ -16,8 +16,8 @@ import pytest
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.rpc import CallContext, RpcServer
-from tests.messaging.test_rpc import Served
-from tests.polling import wait_for
+from tests.messaging.rpc_world import Served
+from tests.support.polling import wait_for
 
 
 def _server(ran: list[Any], gate: threading.Event) -> RpcServer:

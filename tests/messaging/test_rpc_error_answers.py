@@ -22,7 +22,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 HUGE = 1 << 70
 

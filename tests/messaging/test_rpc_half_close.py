@@ -17,7 +17,7 @@ import dtp.keys
 import dtp.socket
 from dtp.messaging.protocol import ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 
 def _ask_then_half_close(sock: Any, count: int) -> list[Any]:

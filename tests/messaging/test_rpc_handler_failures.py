@@ -21,7 +21,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 
 @contextlib.contextmanager

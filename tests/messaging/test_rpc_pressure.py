@@ -24,7 +24,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 BIG = b"x" * 900_000  # several such requests fill the stream's flow-control window
 

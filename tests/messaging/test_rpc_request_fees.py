@@ -68,7 +68,7 @@ from dtp.messaging.rpc import client as rpc_client
 from dtp.messaging.rpc import fees as rpc_fees
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.messaging.test_rpc import OFF, Served, make_rpc
+from tests.messaging.rpc_world import OFF, Served, make_rpc
 from tests.paid import test_top_up_over_deposit as paid_world
 from tests.paid.test_top_up import CLIENT
 from tests.paid.test_top_up_over_deposit import (

@@ -30,7 +30,7 @@ from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, ResponsePrepay
-from tests.messaging.test_rpc import Served, make_rpc
+from tests.messaging.rpc_world import Served, make_rpc
 
 
 def test_a_prepaid_call_failed_by_close_keeps_its_escrow_for_refund() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from dtp.messaging.rpc import RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dtp.messaging.protocol import (
     RpcProtocol,
 )
 from dtp.messaging.rpc import RpcServer
-from tests.messaging.test_rpc import Served
+from tests.messaging.rpc_world import Served
 
 
 def _frame(message: object) -> bytes:

@@ -34,8 +34,8 @@ from dtp.messaging.sealed import (
     seal,
     send_sealed,
 )
-from tests.messaging.test_rpc import PROMPT, Served
-from tests.sealed_world import sealed_world
+from tests.messaging.rpc_world import PROMPT, Served
+from tests.messaging.sealed_world import sealed_world
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging import sealed as sealed_module
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal
-from tests.sealed_world import SealedWorld, persisted_cursor, sealed_world
+from tests.messaging.sealed_world import SealedWorld, persisted_cursor, sealed_world
 from tests.support.paths import ROOT
 
 

@@ -23,7 +23,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal, send_sealed
-from tests.sealed_world import SealedWorld, sealed_world
+from tests.messaging.sealed_world import SealedWorld, sealed_world
 
 
 @pytest.fixture

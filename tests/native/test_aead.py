@@ -21,8 +21,8 @@ from dtp.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.vectors import load_vectors
+from tests.support.backends import NATIVE, REFERENCE, require_native
+from tests.support.vectors import load_vectors
 
 MAX = 16384
 WINDOW = 4096

@@ -15,7 +15,7 @@ import pytest
 from dtp._reference.ham import encode_ham_batch
 from dtp._types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
-from tests.conftest import BACKENDS
+from tests.support.backends import BACKENDS
 
 KEY = bytes(range(32))
 SID = 4

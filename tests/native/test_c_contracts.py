@@ -20,7 +20,7 @@ import pytest
 from dtp import _core
 from dtp._types import FRAME_STREAM_FIN
 from dtp.errors import ErrorCode, LocalProtocolError
-from tests.conftest import BACKENDS, require_native
+from tests.support.backends import BACKENDS, require_native
 
 KEY = os.urandom(32)
 

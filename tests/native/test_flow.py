@@ -22,8 +22,8 @@ from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
 from dtp.connection import Connection
 from dtp.errors import LocalProtocolError
 from dtp.events import StreamDataReceived
-from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.protocol.test_connection import connect
+from tests.support.backends import NATIVE, REFERENCE, require_native
+from tests.support.pairs import connect
 
 SID = 4
 BIG = 1 << 40

@@ -40,8 +40,8 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.vectors import load_vectors
+from tests.support.backends import NATIVE, REFERENCE, require_native
+from tests.support.vectors import load_vectors
 
 F = RawFrame
 EDGES = (0, 63, 64, 16383, 16384, 2**30 - 1, 2**30, VARINT_MAX)

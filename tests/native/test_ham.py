@@ -34,8 +34,8 @@ from dtp._types import (
     HamUpdate,
 )
 from dtp.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from tests.conftest import BACKENDS, NATIVE, REFERENCE, require_native
-from tests.vectors import load_vectors
+from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
+from tests.support.vectors import load_vectors
 
 LATE = sys.float_info.max  # a machine clock no finite state is ahead of
 SEED = bytes(range(16))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
 from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_REJECTED, HamUpdate
-from tests.conftest import BACKENDS, NATIVE, REFERENCE, require_native
+from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
 
 LATE = sys.float_info.max
 SEED = bytes(range(16))

@@ -20,9 +20,9 @@ from dtp._types import OK, STOP
 from dtp.connection import CloseCode
 from dtp.errors import LocalProtocolError
 from dtp.events import ControlReceived
-from tests.conftest import BACKENDS
 from tests.native.test_lane import SID, take
-from tests.protocol.test_connection import Side, connect
+from tests.support.backends import BACKENDS
+from tests.support.pairs import Side, connect
 
 KEY = os.urandom(32)
 

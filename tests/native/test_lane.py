@@ -29,8 +29,8 @@ from dtp._types import (
 from dtp.connection import Connection
 from dtp.errors import DecryptionError, LocalProtocolError
 from dtp.events import StreamDataReceived
-from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.protocol.test_connection import connect
+from tests.support.backends import NATIVE, REFERENCE, require_native
+from tests.support.pairs import connect
 
 SID = 4
 BIG = 1 << 40
@@ -437,7 +437,7 @@ def test_connection_lane_and_general_paths_deliver_the_same(seed: int, handler: 
 
 
 def test_lane_is_not_used_before_the_connection_is_established() -> None:
-    from tests.protocol.test_connection import make_pair
+    from tests.support.pairs import make_pair
 
     client, _ = make_pair()
     assert client.seal_fast(0, b"x", 0.0) is None

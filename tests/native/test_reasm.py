@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from tests.conftest import BACKENDS, NATIVE, REFERENCE, require_native
-from tests.vectors import load_vectors
+from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
+from tests.support.vectors import load_vectors
 
 U64 = 2**64
 each_backend = pytest.mark.parametrize("b", BACKENDS, ids=lambda b: b.name)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from dtp._types import FULL, NEED_MORE, OK, REC_DATA, REC_HS_INIT
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from tests.conftest import NATIVE, REFERENCE, require_native
-from tests.vectors import load_vectors
+from tests.support.backends import NATIVE, REFERENCE, require_native
+from tests.support.vectors import load_vectors
 
 
 def outcome(fn, *args):  # type: ignore[no-untyped-def]

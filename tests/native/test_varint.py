@@ -2,7 +2,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp._reference.varint import VARINT_MAX, varint_decode, varint_encode, varint_size
-from tests.vectors import load_vectors
+from tests.support.vectors import load_vectors
 
 
 def test_protocol_vectors() -> None:

@@ -21,7 +21,7 @@ from dtp.errors import ConnectionClosed
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from tests.ledger_server import identity_from_seed
+from tests.support.ledger_server import identity_from_seed
 
 PORT = 7
 SERVER = identity_from_seed(0x77)

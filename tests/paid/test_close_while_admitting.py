@@ -28,7 +28,7 @@ from dtp.errors import ConnectionRefused, DTPError
 from dtp.hostid.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread
 
 PORT = 7
 SERVER = ident(0x93)

@@ -27,9 +27,9 @@ from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import CLOSE_LEDGER_CLOSED, MeteringConfig
 from dtp.settlement import collect_refund
-from tests.paid_inprocess import ident, paid_service
-from tests.paid_twins import funded_ledger, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_inprocess import ident, paid_service
+from tests.support.paid_twins import funded_ledger, loop_in_thread, stop
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=10_000)
 DEPOSIT = 1 << 32  # (never used up here: 4 TiB at 1 MIST a KiB)

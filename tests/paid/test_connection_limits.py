@@ -30,8 +30,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached
 from dtp.keys import HostIdentity
-from tests.paid_twins import PaidWorld, echo_server, hosted_ledgers, ident, loop_in_thread
-from tests.polling import wait_for
+from tests.support.paid_twins import PaidWorld, echo_server, hosted_ledgers, ident, loop_in_thread
+from tests.support.polling import wait_for
 
 PORT = 7100
 SLA = Sla(1, 1, 1000)

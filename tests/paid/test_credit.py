@@ -24,7 +24,7 @@ from dtp.escrow import fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000

@@ -23,7 +23,7 @@ from dtp.errors import DTPError, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.payments.gate import GateState, ReceiptGate
-from tests.paid_twins import (
+from tests.support.paid_twins import (
     funded_ledger,
     ident,
     loop_in_thread,
@@ -31,7 +31,7 @@ from tests.paid_twins import (
     streams_forever,
     streams_forever_aio,
 )
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x89), ident(0x8A)

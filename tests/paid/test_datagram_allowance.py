@@ -23,7 +23,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired, WrongSigner
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
-from tests.paid_twins import hosted_ledgers, ident
+from tests.support.paid_twins import hosted_ledgers, ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

@@ -28,8 +28,8 @@ from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

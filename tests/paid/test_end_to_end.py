@@ -1,5 +1,5 @@
 """Paid connections end to end: the service runs in its own OS process
-(tests/paid_servers.py), clients here, all sharing one LocalLedger file. Every test
+(tests/paid/servers.py), clients here, all sharing one LocalLedger file. Every test
 checks that MIST is conserved."""
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from dtp.settlement import collect_refund
 from tests.paid import test_top_up_over_deposit as paid_world
 from tests.paid.test_top_up import conserved
 from tests.paid.test_top_up_over_deposit import paid_connect
-from tests.polling import wait_for
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 # the paid server fixtures the handler test below runs on
 ledger = paid_world.ledger
@@ -123,7 +123,7 @@ def paid_server(
     cmd = [
         sys.executable,
         "-m",
-        "tests.paid_servers",
+        "tests.paid.servers",
         str(world.tmp / "ledger.db"),
         world.host_id,
         str(PORT),

@@ -16,7 +16,7 @@ from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
 from dtp.transport.blocking.timers import TIMERS
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
 SENT = 100_000

@@ -16,7 +16,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.metering import MeteringConfig
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1 << 30)
 SENT = 50_000

@@ -19,7 +19,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from tests.paid_twins import again, funded_ledger, ident, streams_forever
+from tests.support.paid_twins import again, funded_ledger, ident, streams_forever
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000

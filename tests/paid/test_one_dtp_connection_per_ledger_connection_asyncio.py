@@ -24,7 +24,7 @@ from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import MeteringConfig
-from tests.paid_twins import (
+from tests.support.paid_twins import (
     again,
     funded_ledger,
     ident,

@@ -34,9 +34,16 @@ from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from tests.paid_twins import echo_aio, echo_server, funded_ledger, ident, loop_in_thread, stop
-from tests.polling import wait_for
-from tests.receipt_stores import held_by_another_process
+from tests.support.paid_twins import (
+    echo_aio,
+    echo_server,
+    funded_ledger,
+    ident,
+    loop_in_thread,
+    stop,
+)
+from tests.support.polling import wait_for
+from tests.support.receipt_stores import held_by_another_process
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x91), ident(0x92)

@@ -22,7 +22,7 @@ import dtp.socket
 from dtp.aio import DTPStreamReader, DTPStreamWriter
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)
 SERVER, CLIENT = ident(0x7B), ident(0x7C)

@@ -22,7 +22,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)
 SERVER, CLIENT = ident(0x7B), ident(0x7C)

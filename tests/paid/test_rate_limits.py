@@ -30,7 +30,7 @@ from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

@@ -22,7 +22,7 @@ from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.ratelimit import TokenBucket
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 RATE = 200_000  # B/s: the limit
 WINDOWS = 10  # one-second windows measured

@@ -11,7 +11,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.policy import CREDIT_MAX
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x71), ident(0x72)

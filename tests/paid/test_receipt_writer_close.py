@@ -43,9 +43,9 @@ from dtp.payments.serving import release_receipts, settle_ended
 from dtp.receipt_store import ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import claim_and_settle, recover_unclaimed
-from tests.paid_twins import funded_ledger, ident
-from tests.polling import wait_for
-from tests.receipt_stores import CONN, locked_by_another_process, receipt
+from tests.support.paid_twins import funded_ledger, ident
+from tests.support.polling import wait_for
+from tests.support.receipt_stores import CONN, locked_by_another_process, receipt
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0x81)

@@ -37,7 +37,7 @@ from dtp.escrow import Receipt, fee
 from dtp.payments.serving import Recovery, recover_store
 from dtp.receipt_store import ReceiptStore
 from tests.paid.test_shared_receipt_store import kill, server_run
-from tests.paid_twins import (
+from tests.support.paid_twins import (
     OutageLedger,
     funded_ledger,
     ident,

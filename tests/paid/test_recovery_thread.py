@@ -36,8 +36,8 @@ from tests.paid.test_shared_receipt_store import (
     kill,
     server_run,
 )
-from tests.paid_twins import funded_ledger, streams_forever
-from tests.polling import wait_for
+from tests.support.paid_twins import funded_ledger, streams_forever
+from tests.support.polling import wait_for
 
 CLAIM = 0.3  # seconds a claim takes here (on a real chain: seconds)
 LOST = 6  # receipts the killed run left

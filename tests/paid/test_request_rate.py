@@ -19,7 +19,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.ratelimit import RateLimiter, TokenBucket
-from tests.paid_twins import funded_ledger, ident
+from tests.support.paid_twins import funded_ledger, ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x79), ident(0x7A)

@@ -3,7 +3,7 @@ settlement, and restarted on the same receipt store (docs/escrow.md §6.1: "at s
 claims every receipt its store holds unclaimed"): every connection ends settled, the
 server is paid what the client's receipts say (never more, never twice, never less than
 the last one it kept), the client refunded the rest, and MIST is conserved. The server
-runs in its own OS process (tests/paid_servers.py) on the LocalLedger file shared with
+runs in its own OS process (tests/paid/servers.py) on the LocalLedger file shared with
 the clients here."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dtp.errors import DTPError
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
 from tests.paid.test_end_to_end import METERING, PORT, SERVER, SLA, World, fund, ident, paid_server
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

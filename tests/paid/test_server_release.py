@@ -27,8 +27,8 @@ from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.polling import wait_for
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.paid.aio import PaidAioServer
-from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
+from tests.support.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
 
 PORT = 7
 SERVER = ident(0xA1)

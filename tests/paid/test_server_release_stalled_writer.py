@@ -34,9 +34,16 @@ from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.transport.carriers.memory import MemoryLink
 from tests.paid.test_server_release import StallingStore
-from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread
-from tests.polling import wait_for
-from tests.receipt_stores import CONN, receipt
+from tests.support.paid_twins import (
+    PaidWorld,
+    echo,
+    echo_aio,
+    hosted_ledgers,
+    ident,
+    loop_in_thread,
+)
+from tests.support.polling import wait_for
+from tests.support.receipt_stores import CONN, receipt
 
 T = TypeVar("T")
 

@@ -33,8 +33,15 @@ from dtp.errors import DTPError
 from dtp.escrow import Receipt, fee, object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from tests.paid_twins import OutageLedger, PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import (
+    OutageLedger,
+    PaidWorld,
+    hosted_ledgers,
+    ident,
+    loop_in_thread,
+    stop,
+)
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0xB3)

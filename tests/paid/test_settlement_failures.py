@@ -29,8 +29,16 @@ from dtp.escrow import Receipt, fee
 from dtp.payments.serving import settle_ended
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import (
+    PaidWorld,
+    echo,
+    echo_aio,
+    hosted_ledgers,
+    ident,
+    loop_in_thread,
+    stop,
+)
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0x91)

@@ -59,9 +59,9 @@ from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore, StoredReceipt
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
-from tests.polling import wait_for
-from tests.receipt_stores import receipt
+from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
+from tests.support.polling import wait_for
+from tests.support.receipt_stores import receipt
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000

@@ -24,7 +24,7 @@ from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
+from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 FIRST, SECOND = 7000, 7001

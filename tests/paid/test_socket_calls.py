@@ -15,7 +15,7 @@ from typing import Any
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x81), ident(0x82)
@@ -124,7 +124,7 @@ def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
     import dtp.aio
     from dtp.chain.local import LocalLedger
     from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-    from tests.paid_twins import funded_ledger, loop_in_thread, stop
+    from tests.support.paid_twins import funded_ledger, loop_in_thread, stop
 
     seen: dict[str, Any] = {}
 

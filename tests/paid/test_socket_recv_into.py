@@ -17,7 +17,7 @@ from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.policy import CALL_COST
 from dtp.keys import HostIdentity
-from tests.paid_inprocess import ident, paid_service
+from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
 SERVER, CLIENT = ident(0x73), ident(0x74)

@@ -24,8 +24,8 @@ from dtp.hostid.paid import PaidSocket, ServicePolicy, gate_for
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from tests.paid_twins import funded_ledger, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7015

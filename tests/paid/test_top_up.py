@@ -44,7 +44,7 @@ from dtp.metering import (
     MeteringConfig,
     ReceiptGate,
 )
-from tests.paid_twins import (
+from tests.support.paid_twins import (
     funded_ledger,
     ident,
     loop_in_thread,
@@ -52,7 +52,7 @@ from tests.paid_twins import (
     streams_forever,
     streams_forever_aio,
 )
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000

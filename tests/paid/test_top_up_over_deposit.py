@@ -48,7 +48,7 @@ from tests.paid.test_top_up import (
     CountingLedger,
     conserved,
 )
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 # that module's fixtures: a funded LocalLedger file, and its paid server of each kind
 ledger = gate.ledger

@@ -39,7 +39,7 @@ from dtp.payments.gate import ReceiptGate
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SERVER, CLIENT = ident(0xB1), ident(0xB2)
 PORT = 7100

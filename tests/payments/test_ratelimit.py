@@ -41,8 +41,8 @@ from dtp.hostid.paid import PaidServer, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import CLOSE_FIREWALL_DENIED
 from dtp.ratelimit import ClientBuckets, HostPolicy, RateLimiter, TokenBucket, datagram_charge
-from tests.paid_twins import echo_server, funded_ledger, ident
-from tests.polling import wait_for
+from tests.support.paid_twins import echo_server, funded_ledger, ident
+from tests.support.polling import wait_for
 
 #: A debt that takes 600 s to pay at the rate it was made at
 RATE = 1000

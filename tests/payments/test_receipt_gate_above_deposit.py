@@ -17,7 +17,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, fee
 from dtp.payments.gate import ReceiptGate
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 DEPOSIT = 20_000  # about 2 MiB of service

@@ -31,7 +31,7 @@ from dtp.escrow import Receipt
 from dtp.payments.gate import ReceiptGate
 from dtp.receipt_store import ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
-from tests.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
+from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 
 # fee(bytes, 0) == bytes: the receipts of receipt() are priced right
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)

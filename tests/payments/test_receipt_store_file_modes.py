@@ -29,8 +29,8 @@ from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClaimBackoff
 from tests.paid.test_shared_receipt_store import SERVER, World, world  # noqa: F401 (a fixture)
-from tests.paid_twins import OutageLedger
-from tests.receipt_stores import receipt
+from tests.support.paid_twins import OutageLedger
+from tests.support.receipt_stores import receipt
 
 
 def _mode(path: Path) -> int:

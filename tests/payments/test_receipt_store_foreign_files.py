@@ -31,7 +31,7 @@ from dtp.errors import DTPError
 from dtp.escrow import Receipt
 from dtp.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
-from tests.receipt_stores import (
+from tests.support.receipt_stores import (
     CONN,
     U64_MAX,
     held_by_another_process,

@@ -21,7 +21,7 @@ from dtp.errors import InvalidReceipt
 from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x77), ident(0x78)

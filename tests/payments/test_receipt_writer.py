@@ -30,7 +30,7 @@ import dtp.receipt_store
 from dtp.escrow import Receipt
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
+from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 
 OTHER = "0x" + "7a" * 32
 # long enough for a writer retrying every second to log several times

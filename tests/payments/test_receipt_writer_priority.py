@@ -19,7 +19,7 @@ import dtp.receipt_writer
 from dtp.escrow import Receipt
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import WRITER_NICE, ReceiptWriter
-from tests.receipt_stores import CONN, receipt
+from tests.support.receipt_stores import CONN, receipt
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="a thread has a nice value of its own on Linux"

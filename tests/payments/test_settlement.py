@@ -22,7 +22,7 @@ from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x81), ident(0x82)

@@ -282,7 +282,7 @@ def test_cli_snippets_name_real_commands_and_options() -> None:
 
 #: The lines of the README's ledger snippets that only the embedded ledger has, and what a
 #: Sui user does instead: (pattern, replacement, why). Every other line runs as written,
-#: on a SuiLedger (tests/sui_network.py: the stand-in, or a configured real node).
+#: on a SuiLedger (tests/support/sui_network.py: the stand-in, or a configured real node).
 ON_SUI: list[tuple[str, str, str]] = [
     (
         r"^(\s*)(\w+) = LocalLedger\(.*$",
@@ -321,7 +321,7 @@ _GAS = 10**9
 _PRELUDE = f"""\
 import atexit, contextlib
 from dtp.chain import open_ledger
-from tests.sui_network import sui_network
+from tests.support.sui_network import sui_network
 _stack = contextlib.ExitStack()
 atexit.register(_stack.close)
 _network = _stack.enter_context(sui_network(clock_ms=0))
@@ -385,7 +385,7 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
         _ports_held,
         expected_output,
     )
-    from tests.sui_network import real_node_configured
+    from tests.support.sui_network import real_node_configured
 
     chain = _chain(BLOCKS[key])
     if real_node_configured():

@@ -1,4 +1,4 @@
-"""The two-machine harness (tests/netns.py): namespaces A and B reach each other over
+"""The two-machine harness (tests/support/netns.py): namespaces A and B reach each other over
 their own link only, both reach the root namespace at one address, a DTP connection
 crosses from one to the other, and nothing is left behind. Needs root and iproute2
 (skipped otherwise, with the reason)."""
@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.daemon_procs import Proc, backend
-from tests.netns import (
+from tests.support.daemon_procs import Proc, backend
+from tests.support.netns import (
     LinkImpairmentUnavailable,
     NetnsUnavailable,
     TwoMachines,
@@ -24,7 +24,7 @@ from tests.netns import (
     two_machines,
     unavailable,
 )
-from tests.netns_clients import run_client
+from tests.support.netns_clients import run_client
 
 
 def test_tcp_server_in_a_is_reached_from_b_at_as_link_address_only(netns: TwoMachines) -> None:
@@ -54,7 +54,7 @@ def test_the_root_address_is_reached_from_both_machines(netns: TwoMachines) -> N
 def test_a_dtp_connection_crosses_from_b_to_a(netns: TwoMachines) -> None:
     server = netns.track(
         Proc(
-            [sys.executable, "-m", "tests.servers", "echo", "--host", netns.a.address],
+            [sys.executable, "-m", "tests.support.servers", "echo", "--host", netns.a.address],
             netns=netns.a.name,
         )
     )

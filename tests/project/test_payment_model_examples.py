@@ -1,6 +1,6 @@
 """The payment-model examples are real: examples/payment_models.py runs as a program, its
 functions return the amounts docs/escrow.md §13-16 predict on the embedded ledger and on a
-Sui node (tests/sui_network.py), and the README's "Payment models" snippets execute in
+Sui node (tests/support/sui_network.py), and the README's "Payment models" snippets execute in
 order against an embedded ledger (on Sui: tests/project/test_docs_match_code.py)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 from dtp.chain.ledger import Ledger
 from dtp.chain.sui import SuiLedger
-from tests.sui_network import SuiNetwork, sui_network
 from tests.support.paths import ROOT
+from tests.support.sui_network import SuiNetwork, sui_network
 
 EXAMPLE = ROOT / "examples" / "payment_models.py"
 

@@ -1,7 +1,7 @@
 """scripts/sui-localnet.sh, as far as it runs without the sui binary: without it the
 script says in one sentence what it needs and exits 2 having run nothing; it parses, is
 shellcheck-clean, and its live suite names tests that exist and run either way
-(tests/sui_network.py)."""
+(tests/support/sui_network.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_procs import ENV, ROOT
+from tests.support.daemon_procs import ENV, ROOT
 
 SCRIPT = ROOT / "scripts" / "sui-localnet.sh"
 NEEDS = (

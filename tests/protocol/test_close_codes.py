@@ -8,7 +8,7 @@ import re
 
 from dtp import metering
 from dtp.connection import CloseCode
-from tests.protocol.test_connection import connect
+from tests.support.pairs import connect
 from tests.support.paths import PROTOCOL_MD
 
 

@@ -27,8 +27,8 @@ from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived, StreamResetReceived
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 from tests.protocol.test_stream_credit import _sent
+from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 
 # -- 1. idle_timeout and max_datagram_size, checked when the config is made --------------
 

@@ -36,9 +36,9 @@ from dtp.connection import Connection, ConnectionConfig, _parse_params
 from dtp.crypto import Handshake, make_auth_proof, verify_auth_proof
 from dtp.events import ConnectionTerminated, StreamDataReceived
 from dtp.keys import HostIdentity, personal_message_digest
-from tests.conftest import BACKENDS
+from tests.support.backends import BACKENDS
 from tests.support.paths import ROOT
-from tests.vectors import load_vectors
+from tests.support.vectors import load_vectors
 
 GOLDEN = {p: ROOT / "tests" / "golden" / f"conformance_{p.lower()}.json" for p in ("IK", "XX")}
 APPENDIX = ROOT / "docs" / "protocol-vectors.md"

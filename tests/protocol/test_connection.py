@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dtp import _core
 from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.connection import CloseCode, Connection, error_for_termination
 from dtp.errors import (
     ConnectionClosed,
     ConnectionRefused,
@@ -30,7 +29,6 @@ from dtp.events import (
     ConnectionTerminated,
     ControlReceived,
     DatagramReceived,
-    Event,
     HandshakeCompleted,
     PeerAuthenticated,
     ReceiptReceived,
@@ -41,98 +39,16 @@ from dtp.events import (
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.transport.carriers.memory import MemoryLink
-
-CLIENT_ID = HostIdentity.generate()
-SERVER_ID = HostIdentity.generate()
-
-
-def make_pair(
-    *, ik: bool = True, server_id: HostIdentity = SERVER_ID, **overrides: object
-) -> tuple[Connection, Connection]:
-    client_cfg = ConnectionConfig(
-        identity=CLIENT_ID, is_client=True, server_static=server_id.noise_public if ik else None
-    )
-    server_cfg = ConnectionConfig(identity=SERVER_ID, is_client=False)
-    client_cfg = replace(client_cfg, **overrides)  # type: ignore[arg-type]
-    server_cfg = replace(server_cfg, **overrides)  # type: ignore[arg-type]
-    client = Connection(client_cfg, ephemeral_key=os.urandom(32), now=0.0)
-    server = Connection(server_cfg, ephemeral_key=os.urandom(32), now=0.0)
-    return client, server
-
-
-class Side:
-    """Collects a connection's events and per-stream bytes."""
-
-    def __init__(self, conn: Connection, auto_read: bool = True) -> None:
-        self.conn = conn
-        self.events: list[Event] = []
-        self.data: dict[int, bytearray] = {}
-        self.eof: set[int] = set()
-        self.auto_read = auto_read
-
-    def drain(self) -> None:
-        while (event := self.conn.next_event()) is not None:
-            self.events.append(event)
-            if isinstance(event, StreamDataReceived):
-                self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-                if event.end_stream:
-                    self.eof.add(event.stream_id)
-                if self.auto_read and event.data:
-                    self.conn.acknowledge_read(event.stream_id, len(event.data))
-
-    def of(self, kind: type) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-
-def connect(
-    split: str = "whole", accept: bool = True, seed: int = 0, **overrides: object
-) -> tuple[Side, Side, MemoryLink]:
-    client, server = make_pair(**overrides)  # type: ignore[arg-type]
-    c, s = Side(client), Side(server)
-    link = MemoryLink(client, server, split=split, seed=seed)  # type: ignore[arg-type]
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if accept and s.of(PeerAuthenticated) and not server.established and not server.closed:
-            server.accept()
-
-    assert link.run(lambda: client.established or client.closed, on_round=step)
-    c.drain()
-    s.drain()
-    return c, s, link
-
-
-def answered_pair(**overrides: object) -> tuple[Side, Side, MemoryLink]:
-    """An IK pair over a reliable link, run until the client holds message 2 while the
-    server has not decided (it answered first: Connection.answer, as a server with
-    hooks does)."""
-    client, server = make_pair(**overrides)  # type: ignore[arg-type]
-    c, s = Side(client), Side(server)
-    link = MemoryLink(client, server)
-
-    def step() -> None:
-        c.drain()
-        s.drain()
-        if s.of(PeerAuthenticated) and server.handshake_hash is None:
-            server.answer()
-
-    assert link.run(lambda: client.handshake_hash is not None, on_round=step)
-    c.drain()
-    s.drain()
-    assert not client.established and not server.established
-    return c, s, link
-
-
-def run(link: MemoryLink, c: Side, s: Side, until: object = None) -> bool:
-    def step() -> None:
-        c.drain()
-        s.drain()
-
-    ok = link.run(until, on_round=step)  # type: ignore[arg-type]
-    c.drain()
-    s.drain()
-    return ok
+from tests.support.pairs import (
+    CLIENT_ID,
+    SERVER_ID,
+    Side,
+    assert_refused,
+    connect,
+    make_pair,
+    run,
+    sealed_by,
+)
 
 
 @pytest.mark.parametrize("ik", [True, False], ids=["IK", "XX"])
@@ -235,18 +151,6 @@ def test_refused_client_sees_reason_and_server_app_sees_no_data() -> None:
     assert_refused(c, s, "address is on the deny list")
 
 
-def assert_refused(c: Side, s: Side, reason: str) -> None:
-    """The client was refused with ``reason`` and the server's application saw none
-    of what it sent."""
-    c.drain()
-    s.drain()
-    term = c.conn.termination
-    assert term is not None and term.by_peer and term.error_code == CloseCode.REFUSED
-    error = error_for_termination(term)
-    assert isinstance(error, ConnectionRefused) and error.reason == reason
-    assert not s.of(StreamDataReceived) and not s.of(StreamOpened)
-
-
 def test_wrong_server_key_fails_handshake() -> None:
     impostor = HostIdentity.generate()
     client, server = make_pair(server_id=impostor)  # client expects the impostor's key
@@ -269,17 +173,11 @@ def test_xx_pinned_key_mismatch() -> None:
     assert "expected" in term.reason
 
 
-def _sealed_by(conn: Connection, plaintext: bytes) -> bytes:
-    counter = conn._send_counter
-    conn._send_counter += 1
-    return conn._send_aead.seal(counter, [plaintext])  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("position", [0, 5, 12, 20, -1])
 def test_tampered_record_closes_with_decrypt_error(position: int) -> None:
     c, s, link = connect()
     record = bytearray(
-        _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_STREAM, 0, 0, 0, b"x")]))
+        sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_STREAM, 0, 0, 0, b"x")]))
     )
     record[position] ^= 0x01
     s.conn.receive_data(bytes(record), link.now)
@@ -318,7 +216,7 @@ def test_replayed_record_closes_over_reliable_carrier() -> None:
 
 def test_malformed_frames_inside_a_good_record() -> None:
     c, s, link = connect()
-    s.conn.receive_data(_sealed_by(c.conn, b"\xff\x00"), link.now)  # unknown frame type
+    s.conn.receive_data(sealed_by(c.conn, b"\xff\x00"), link.now)  # unknown frame type
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.FRAME_ENCODING_ERROR
 
@@ -327,7 +225,7 @@ def test_oversized_stream_frame_is_a_protocol_error() -> None:
     c, s, link = connect()
     # a STREAM frame whose length field claims more than a frame may carry
     bad = bytes([FRAME_STREAM, 0, 0]) + b"\x80\x00\x50\x00" + b"x" * 10
-    s.conn.receive_data(_sealed_by(c.conn, bad), link.now)
+    s.conn.receive_data(sealed_by(c.conn, bad), link.now)
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.FRAME_ENCODING_ERROR
 
@@ -335,7 +233,7 @@ def test_oversized_stream_frame_is_a_protocol_error() -> None:
 def test_data_on_a_stream_we_never_opened() -> None:
     c, s, link = connect()
     frame = _core.encode_frames([RawFrame(FRAME_STREAM, 9, 0, 0, b"x")])  # odd = server's
-    s.conn.receive_data(_sealed_by(c.conn, frame), link.now)
+    s.conn.receive_data(sealed_by(c.conn, frame), link.now)
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
 
@@ -360,7 +258,7 @@ def test_sending_past_connection_window_is_rejected() -> None:
     frame = _core.encode_frames([RawFrame(FRAME_STREAM, 0, 0, 0, b"x" * 16000)])
     for i in range(3):
         frame_i = _core.encode_frames([RawFrame(FRAME_STREAM, 0, i * 16000, 0, b"x" * 16000)])
-        s.conn.receive_data(_sealed_by(c.conn, frame_i if i else frame), link.now)
+        s.conn.receive_data(sealed_by(c.conn, frame_i if i else frame), link.now)
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
 
@@ -389,7 +287,7 @@ def _reset_frame(stream_id: int, final_size: int) -> bytes:
 
 def test_a_reset_claiming_more_than_the_stream_window_is_a_flow_control_error() -> None:
     c, s, link = connect(stream_window=32 * 1024, connection_window=1 << 20)
-    s.conn.receive_data(_sealed_by(c.conn, _reset_frame(0, 1 << 60)), link.now)
+    s.conn.receive_data(sealed_by(c.conn, _reset_frame(0, 1 << 60)), link.now)
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
 
@@ -404,7 +302,7 @@ def test_a_reset_past_the_connection_credit_left_is_a_flow_control_error() -> No
         c.conn.send_stream_data(c.conn.open_stream(), os.urandom(30 * 1024))
     run(link, c, s)
     assert s.conn.termination is None
-    s.conn.receive_data(_sealed_by(c.conn, _reset_frame(4, 30 * 1024)), link.now)
+    s.conn.receive_data(sealed_by(c.conn, _reset_frame(4, 30 * 1024)), link.now)
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.FLOW_CONTROL_ERROR
     assert "connection exceeded" in term.reason
@@ -416,10 +314,10 @@ def test_reset_streams_give_their_never_sent_bytes_back_to_the_connection() -> N
     for good (before, valid data after them failed with a flow-control error)."""
     c, s, link = connect(stream_window=32 * 1024, connection_window=64 * 1024)
     for sid in range(0, 40, 2):  # 20 resets of 30 KiB: 600 KiB, ten windows
-        s.conn.receive_data(_sealed_by(c.conn, _reset_frame(sid, 30 * 1024)), link.now)
+        s.conn.receive_data(sealed_by(c.conn, _reset_frame(sid, 30 * 1024)), link.now)
         assert s.conn.termination is None
     data = _core.encode_frames([RawFrame(FRAME_STREAM, 40, 0, 0, b"still flowing")])
-    s.conn.receive_data(_sealed_by(c.conn, data), link.now)
+    s.conn.receive_data(sealed_by(c.conn, data), link.now)
     s.drain()
     assert s.conn.termination is None
     assert bytes(s.data[40]) == b"still flowing"

@@ -13,8 +13,8 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.connection import CloseCode
-from tests.frame_strategies import any_frame
-from tests.protocol.test_connection import _sealed_by, connect
+from tests.protocol.strategies import any_frame
+from tests.support.pairs import connect, sealed_by
 
 _FRAMES = any_frame(
     big=[0, 1, 2, 16383, 16384, 65536, 2**30, 2**62 - 1],
@@ -54,7 +54,7 @@ def test_any_sealed_frames_are_taken_ignored_or_a_typed_close(
         s.conn.stream_data_handler = lambda sid, data, end: None
     now = link.now
     for frames in records:
-        s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), now)
+        s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), now)
         s.drain()
         s.conn.data_to_send(now)
         now += 0.01

@@ -12,9 +12,9 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived
 from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT
-from tests.hostid.test_ledger_carrier_sockets import CLIENT, DEPOSIT, Host, server_in_thread
-from tests.hostid.test_ledger_carrier_sockets import host as host  # the fixture
-from tests.protocol.test_connection import connect, run
+from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, server_in_thread
+from tests.support.ledger_carrier_world import host as host
+from tests.support.pairs import connect, run
 
 
 def test_a_lossy_connection_reports_the_datagram_size_it_takes() -> None:

@@ -23,7 +23,7 @@ from dtp.connection import (
 from dtp.crypto import Handshake, make_auth_proof
 from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, make_pair
+from tests.support.pairs import CLIENT_ID, SERVER_ID, make_pair, sealed_by
 
 
 def _with_counter(records: bytes, counter: int) -> bytes:
@@ -221,7 +221,7 @@ def test_an_xx_auth_whose_proof_fails_is_answered_with_close_10(proof: str) -> N
         data = bytes(good)
     auth = _core.encode_frames([RawFrame(FRAME_CONTROL, 1, 0, 0, data)])
     client._send_counter = 0  # the AUTH's record is the client's first DATA record
-    server.receive_data(_sealed_by(client, auth), 0.0)
+    server.receive_data(sealed_by(client, auth), 0.0)
     term = server.termination
     assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED, term
     # the server holds keys by now: its CLOSE tells the client why

@@ -14,8 +14,8 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.events import StreamDataReceived
-from tests.protocol.test_connection import connect
 from tests.protocol.test_protocol_abuse import _send
+from tests.support.pairs import connect
 
 
 def test_late_copies_after_a_fin_and_a_reset_at_its_size_are_taken() -> None:

@@ -42,12 +42,12 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
-from tests.protocol.test_connection import CLIENT_ID, Side, _sealed_by, connect, make_pair
+from tests.support.pairs import CLIENT_ID, Side, connect, make_pair, sealed_by
 
 
 def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
     """The client (as the hostile peer) seals ``frames`` in one record to the server."""
-    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), now)
+    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), now)
     s.drain()
     return s.conn.termination
 
@@ -194,7 +194,7 @@ def test_datagrams_held_before_accept_are_bounded() -> None:
     client, server = _xx_authenticated_server()
     frame = _core.encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d" * 16000)])
     for _ in range(2000):
-        server.receive_data(_sealed_by(client, frame), 0.0)
+        server.receive_data(sealed_by(client, frame), 0.0)
     assert server.termination is None
     held = sum(len(e.data) for e in server._held_events if isinstance(e, DatagramReceived))
     assert 0 < held <= server.config.connection_window
@@ -207,7 +207,7 @@ def test_control_frames_held_before_accept_are_bounded() -> None:
     client, server = _xx_authenticated_server()
     frame = _core.encode_frames([RawFrame(FRAME_CONTROL, 16, 0, 0, b"c" * 16000)])
     for _ in range(2000):
-        server.receive_data(_sealed_by(client, frame), 0.0)
+        server.receive_data(sealed_by(client, frame), 0.0)
         if server.closed:
             break
     term = server.termination
@@ -391,7 +391,7 @@ def test_a_record_with_the_accept_before_stream_data_is_taken_whole() -> None:
         RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)),
         RawFrame(FRAME_STREAM, 0, 0, 0, b"hi"),
     ]
-    client.receive_datagram(_sealed_by(server, _core.encode_frames(frames)), 0.0)
+    client.receive_datagram(sealed_by(server, _core.encode_frames(frames)), 0.0)
     c.drain()
     assert client.established and bytes(c.data[0]) == b"hi"
 
@@ -407,7 +407,7 @@ def test_lossy_records_that_do_not_authenticate_do_not_hold_off_the_idle_timeout
     if kind == "forged":
         record = _core.write_record_header(REC_DATA, 0, 32, 0) + bytes(32)
     else:
-        record = _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)]))
+        record = sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)]))
         s.conn.receive_datagram(record, now)
     for _ in range(30):
         now += 1.0
@@ -422,9 +422,7 @@ def test_lossy_authentic_records_still_keep_the_connection_alive() -> None:
     now = link.now
     for _ in range(30):
         now += 1.0
-        s.conn.receive_datagram(
-            _sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)])), now
-        )
+        s.conn.receive_datagram(sealed_by(c.conn, _core.encode_frames([RawFrame(FRAME_PING)])), now)
         s.conn.handle_timer(now)
     assert s.conn.termination is None
 

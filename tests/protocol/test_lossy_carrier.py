@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.connection import Connection, ConnState
-from tests.protocol.test_connection import connect, run
+from tests.support.pairs import connect, run
 
 # what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered
 # after the next ones)

@@ -29,7 +29,7 @@ from dtp.errors import HandshakeError
 from dtp.events import PeerAuthenticated
 from dtp.keys import HostIdentity
 from dtp.transport.carriers.memory import MemoryLink
-from tests.protocol.test_connection import SERVER_ID, Side, make_pair
+from tests.support.pairs import SERVER_ID, Side, make_pair
 
 CLIENT = HostIdentity.generate()
 SERVER = HostIdentity.generate()

@@ -52,16 +52,16 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
-from tests.frame_strategies import any_frame
-from tests.protocol.test_connection import (
+from tests.protocol.strategies import any_frame
+from tests.protocol.test_hostile_peer import _xx_authenticated_server
+from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
     Side,
-    _sealed_by,
     connect,
     make_pair,
+    sealed_by,
 )
-from tests.protocol.test_hostile_peer import _xx_authenticated_server
 
 _CARRIERS = pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
 _PROTOCOL_CODES = {
@@ -74,7 +74,7 @@ _PROTOCOL_CODES = {
 
 def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
     """The client, as the hostile peer, seals ``frames`` in one record to the server."""
-    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), now)
+    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), now)
     s.drain()
     return s.conn.termination
 
@@ -273,7 +273,7 @@ def test_one_byte_stream_frames_held_before_accept_are_bounded() -> None:
     for _ in range(window // 2000):
         frames = [RawFrame(FRAME_STREAM, 0, offset + i, 0, b"y") for i in range(2000)]
         offset += 2000
-        server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+        server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
         if server.closed:
             break
         assert len(server._held_events) * 64 <= window
@@ -287,7 +287,7 @@ def test_stream_data_in_big_frames_before_accept_is_held_and_delivered() -> None
     data = os.urandom(16000)
     for i in range(64):
         frame = RawFrame(FRAME_STREAM, 0, i * len(data), 0, data)
-        server.receive_data(_sealed_by(client, _core.encode_frames([frame])), 0.0)
+        server.receive_data(sealed_by(client, _core.encode_frames([frame])), 0.0)
     assert server.termination is None
     server.accept()
     events = list(iter(server.next_event, None))
@@ -373,7 +373,7 @@ _ODD_BUT_VALID = {
 def test_odd_but_valid_frames_are_taken(reliable: bool, case: str) -> None:
     c, s, link = connect(reliable_carrier=reliable)
     assert _send(c, s, _ODD_BUT_VALID[case], link.now) is None
-    s.conn.receive_data(_sealed_by(c.conn, b""), link.now)  # an empty record
+    s.conn.receive_data(sealed_by(c.conn, b""), link.now)  # an empty record
     assert s.conn.termination is None
     # and the connection still works afterwards
     sid = s.conn.open_stream()
@@ -472,7 +472,7 @@ def test_random_frame_sequences_keep_the_invariants(
     events_at_close = 0
     for frames in records:
         # no exception of any kind may leave receive_data / data_to_send / handle_timer
-        conn.receive_data(_sealed_by(hostile.conn, _core.encode_frames(frames)), now)
+        conn.receive_data(sealed_by(hostile.conn, _core.encode_frames(frames)), now)
         victim.drain()
         conn.data_to_send(now)
         now += 0.01
@@ -576,7 +576,7 @@ def test_a_violation_over_tcp_closes_both_sides_typed(
         tcp, conn = _hostile_client(server.address[1])
         with tcp:
             for frame in frames:  # one record each
-                tcp.sendall(_sealed_by(conn, _core.encode_frames([frame])))
+                tcp.sendall(sealed_by(conn, _core.encode_frames([frame])))
             _pump(tcp, conn, lambda: conn.closed)
         thread.join(60)
     finally:

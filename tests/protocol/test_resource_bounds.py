@@ -2,7 +2,7 @@
 application accepts them, reassembly rings left behind, ACK frames that made each
 acknowledgement copy the whole in-flight table, stream data it never acknowledges, and
 a CLOSE a lossy carrier lost. Driven in memory with virtual clocks; the peer holds its
-keys, so it seals whatever frames it likes (_sealed_by)."""
+keys, so it seals whatever frames it likes (sealed_by)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dtp._types import (
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.events import SendWindowOpened
 from dtp.transport.session import Session
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID, _sealed_by, connect
+from tests.support.pairs import CLIENT_ID, SERVER_ID, connect, sealed_by
 
 
 def _session_pair(max_streams: int) -> tuple[Connection, Session]:
@@ -72,7 +72,7 @@ def test_streams_ended_before_the_application_took_them_count_against_max_stream
     sid = 2
     while sid < 2 + 2 * 50 and not server.closed:
         frames = [RawFrame(FRAME_STREAM_FIN, sid, 0, 0, b""), RawFrame(FRAME_STOP_SENDING, sid, 0)]
-        server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+        server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
         session.process_events()
         server.data_to_send(0.0)
         sid += 2
@@ -87,7 +87,7 @@ def test_streams_ended_before_the_application_took_them_count_against_max_stream
     server = session.conn
     for sid in (2, 4, 6):
         frames = [RawFrame(FRAME_STREAM_FIN, sid, 0, 0, b""), RawFrame(FRAME_STOP_SENDING, sid, 0)]
-        server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+        server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
     session.process_events()
     sent = _frames_of(client, server.data_to_send(0.0))
     assert not [f for f in sent if f.type == FRAME_MAX_STREAMS]
@@ -98,7 +98,7 @@ def test_streams_ended_before_the_application_took_them_count_against_max_stream
     sent = _frames_of(client, server.data_to_send(0.0))
     assert [f.a for f in sent if f.type == FRAME_MAX_STREAMS] == [7]
     frames = [RawFrame(FRAME_STREAM, 12, 0, 0, b"fits")]  # the 7th stream: within
-    server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+    server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
     session.process_events()
     assert not server.closed and bytes(session.streams[12].data) == b"fits"
 
@@ -119,25 +119,25 @@ def test_a_drained_reassembly_ring_is_let_go() -> None:
         ]
         for offset, data in pieces:
             frames = [RawFrame(FRAME_STREAM, sid, offset, 0, data)]
-            server.receive_datagram(_sealed_by(client, _core.encode_frames(frames)), now)
+            server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
             s.drain()  # (reads all: credit goes back)
             server.datagrams_to_send(now)
         assert bytes(s.data[sid]) == payload
         assert server._streams[sid].reasm is None
     # a stream whose bytes come in order never needs one
     frames = [RawFrame(FRAME_STREAM, 6, 0, 0, b"in order")]
-    server.receive_datagram(_sealed_by(client, _core.encode_frames(frames)), now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
     s.drain()
     assert bytes(s.data[6]) == b"in order" and server._streams[6].reasm is None
     # a gap still waits in one, and what fills it comes out in order
     for offset, data in ((14, b"end"), (17, b"!")):
         frames = [RawFrame(FRAME_STREAM, 6, offset, 0, data)]
-        server.receive_datagram(_sealed_by(client, _core.encode_frames(frames)), now)
+        server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
     assert server._streams[6].reasm is not None
     s.drain()
     assert bytes(s.data[6]) == b"in order"
     frames = [RawFrame(FRAME_STREAM, 6, 8, 0, b", the ")]
-    server.receive_datagram(_sealed_by(client, _core.encode_frames(frames)), now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
     s.drain()
     assert bytes(s.data[6]) == b"in order, the end!" and server._streams[6].reasm is None
 
@@ -165,7 +165,7 @@ def test_each_ack_frame_costs_what_it_acknowledges_not_the_table() -> None:
     client, server = c.conn, s.conn
     now = link.now
     credit = [RawFrame(FRAME_MAX_DATA, 1 << 40), RawFrame(FRAME_MAX_STREAM_DATA, 0, 1 << 40)]
-    server.receive_datagram(_sealed_by(client, _core.encode_frames(credit)), now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames(credit)), now)
     server.send_stream_data(0, os.urandom(3000 * 40))
     server.datagrams_to_send(now)
     recovery = server._recovery
@@ -176,7 +176,7 @@ def test_each_ack_frame_costs_what_it_acknowledges_not_the_table() -> None:
     assert in_flight > 2500
     acks = [RawFrame(FRAME_ACK, c=0, ranges=((n, n),)) for n in list(table)[:2000]]
     _CountingTable.visited = 0
-    server.receive_datagram(_sealed_by(client, _core.encode_frames(acks)), now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames(acks)), now)
     assert not server.closed
     assert len(table) == in_flight - 2000
     assert _CountingTable.visited < 10 * len(acks)  # was a table's worth per frame
@@ -194,7 +194,7 @@ def _hostile_sender(idle_timeout: float, window: int) -> tuple[Connection, Conne
     )
     client, server = c.conn, s.conn
     credit = [RawFrame(FRAME_MAX_DATA, 1 << 60), RawFrame(FRAME_MAX_STREAM_DATA, 0, 1 << 60)]
-    server.receive_datagram(_sealed_by(client, _core.encode_frames(credit)), link.now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames(credit)), link.now)
     return client, server, link.now
 
 
@@ -217,7 +217,7 @@ def test_unacknowledged_stream_data_is_capped_at_our_connection_window() -> None
         now += 0.05
         if step % 10 == 0:
             server.receive_datagram(
-                _sealed_by(client, _core.encode_frames([RawFrame(FRAME_PING)])), now
+                sealed_by(client, _core.encode_frames([RawFrame(FRAME_PING)])), now
             )
         server.handle_timer(now)
         wire += sum(map(len, server.datagrams_to_send(now)))
@@ -234,7 +234,7 @@ def test_unacknowledged_stream_data_is_capped_at_our_connection_window() -> None
     while server.next_event() is not None:
         pass
     ack = RawFrame(FRAME_ACK, c=0, ranges=((counters[0], counters[-1]),))
-    server.receive_datagram(_sealed_by(client, _core.encode_frames([ack])), now)
+    server.receive_datagram(sealed_by(client, _core.encode_frames([ack])), now)
     events = []
     while (event := server.next_event()) is not None:
         events.append(event)
@@ -256,7 +256,7 @@ def test_a_peer_that_acknowledges_nothing_is_given_up() -> None:
         _write_and_send(server, now, 32 * 1024, chunk)
         now += 1.0
         if round(now - start) % 5 == 0:
-            ping = _sealed_by(client, _core.encode_frames([RawFrame(FRAME_PING)]))
+            ping = sealed_by(client, _core.encode_frames([RawFrame(FRAME_PING)]))
             server.receive_datagram(ping, now)
         timer = server.get_timer()
         if timer is not None and timer <= now:
@@ -329,7 +329,7 @@ def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
 
     from dtp.events import PeerAuthenticated
     from dtp.transport.carriers.memory import MemoryLink
-    from tests.protocol.test_connection import Side
+    from tests.support.pairs import Side
 
     client = Connection(
         ConnectionConfig(

@@ -3,7 +3,7 @@ stream ended, frames an XX server took before the client's AUTH, advertised limi
 the varint range, the reassembly's range limit against an honest sender on a lossy
 carrier, and ACK-only records sent when nothing new arrived. Driven in memory with
 virtual clocks; a peer that holds its keys seals whatever frames it likes
-(_sealed_by)."""
+(sealed_by)."""
 
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ from dtp.errors import LocalProtocolError
 from dtp.events import ConnectionTerminated, ControlReceived, StopSendingReceived
 from dtp.transport.carriers.memory import MemoryLink
 from dtp.transport.session import Session, StreamSink
-from tests.protocol.test_connection import (
+from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
     Side,
-    _sealed_by,
     connect,
     make_pair,
     run,
+    sealed_by,
 )
 
 # -- 1. a paused sink's credit when its stream ends -------------------------------------
@@ -124,7 +124,7 @@ def test_a_paused_sink_returns_its_credit_when_its_stream_is_reset() -> None:
     link.run(None, on_round=step, max_time=5)
     assert server.conn._conn_consumed == 0
     reset = _core.encode_frames([RawFrame(FRAME_RESET_STREAM, sid, 7, 30000)])
-    server.conn.receive_data(_sealed_by(client.conn, reset), 0.0)
+    server.conn.receive_data(sealed_by(client.conn, reset), 0.0)
     server.process_events()
     assert len(ended) == 1 and ended[0] is not None
     assert server.conn._conn_consumed == 30000
@@ -171,7 +171,7 @@ def test_an_xx_server_refuses_frames_before_the_clients_auth(name: str) -> None:
     client, server, _ = _xx_awaiting_auth(lossy=False)
     client._send_counter = 0  # (the withheld AUTH record had counter 0)
     frames = [RawFrame(FRAME_PING), BEFORE_AUTH[name]]
-    server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+    server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
     term = server.termination
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
     sent = client._recv_aead.open_frames(bytearray(server.data_to_send(0.0)))
@@ -188,12 +188,12 @@ def test_an_xx_server_takes_frames_behind_the_auth_in_its_record() -> None:
         RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof),
         BEFORE_AUTH["CONTROL"],
     ]
-    server.receive_data(_sealed_by(client, _core.encode_frames(frames)), 0.0)
+    server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
     assert server.termination is None and server.peer_address is not None
     # a record before the AUTH's that is refused still ends the connection
     client2, server2, _ = _xx_awaiting_auth(lossy=False)
     client2._send_counter = 0
-    server2.receive_data(_sealed_by(client2, _core.encode_frames([BEFORE_AUTH["CONTROL"]])), 0.0)
+    server2.receive_data(sealed_by(client2, _core.encode_frames([BEFORE_AUTH["CONTROL"]])), 0.0)
     assert server2.closed
 
 
@@ -267,7 +267,7 @@ def test_a_connection_limit_stops_at_the_varint_maximum() -> None:
     c, s, _ = connect(stream_window=VARINT_MAX, connection_window=VARINT_MAX)
     s.conn.send_control(20, b"important")
     frames = [RawFrame(FRAME_RESET_STREAM, 0, 7, 1 << 61)]
-    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
+    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
     assert s.conn.termination is None
     sent = _sent_frames(s.conn, c.conn)
     assert [(f.type, f.a, f.data) for f in sent if f.type == FRAME_CONTROL] == [
@@ -282,7 +282,7 @@ def test_a_stream_limit_stops_at_the_varint_maximum() -> None:
     c, s, _ = connect(max_streams=VARINT_MAX)
     s.conn.send_control(20, b"important")
     frames = [RawFrame(FRAME_STREAM_FIN, 2, 0, 0, b"hi")]
-    s.conn.receive_data(_sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
+    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
     s.drain()
     s.conn.send_stream_data(2, b"", end_stream=True)
     sent = _sent_frames(s.conn, c.conn)  # (the FIN; the stream is done once it went)
@@ -346,7 +346,7 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
     server = s.conn
     for i in range(1024):
         frames = [RawFrame(FRAME_STREAM, sid, 3 + 2 * i, 0, b"y")]
-        server.receive_datagram(_sealed_by(c.conn, _core.encode_frames(frames)), link.now)
+        server.receive_datagram(sealed_by(c.conn, _core.encode_frames(frames)), link.now)
     stream = server._streams[sid]
     assert stream.reasm is not None and stream.reasm.buffered == 1024
     received, highest = server._conn_received, stream.recv_highest
@@ -356,7 +356,7 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
         RawFrame(FRAME_STREAM, sid, 5000, 0, b"z"),
         RawFrame(FRAME_CONTROL, 20, 0, 0, b"after"),
     ]
-    server.receive_datagram(_sealed_by(c.conn, _core.encode_frames(frames)), link.now)
+    server.receive_datagram(sealed_by(c.conn, _core.encode_frames(frames)), link.now)
     s.drain()
     assert server.termination is None
     assert not s.of(ControlReceived)
@@ -446,7 +446,7 @@ def test_a_failure_reason_is_cut_on_a_character_boundary() -> None:
 
 def _feed(c: Side, s: Side, frames: list[RawFrame], reliable: bool, now: float) -> None:
     """Frames from the server (sealed with its keys) into the client."""
-    record = _sealed_by(s.conn, _core.encode_frames(frames))
+    record = sealed_by(s.conn, _core.encode_frames(frames))
     if reliable:
         c.conn.receive_data(record, now)
     else:

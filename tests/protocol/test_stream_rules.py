@@ -11,8 +11,8 @@ import pytest
 from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
 from dtp.connection import CloseCode
 from dtp.events import StreamDataReceived, StreamOpened, StreamResetReceived
-from tests.protocol.test_connection import connect
 from tests.protocol.test_protocol_abuse import _run, _send
+from tests.support.pairs import connect
 
 
 @pytest.mark.parametrize("opener", [FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM])

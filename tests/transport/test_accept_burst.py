@@ -20,7 +20,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError, SocketClosed
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 

@@ -48,7 +48,7 @@ from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.transport.blocking.server import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.transport.test_address_line_gone_clients import held_address
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
 

@@ -31,7 +31,7 @@ from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
 from dtp.transport.blocking.server import check_handshake_bounds
 from dtp.transport.handshake_slots import AddressSlots
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
 
 SERVER = HostIdentity.generate()

@@ -1,7 +1,7 @@
 """dtp.aio against the asyncio semantics its users rely on: cancelled waits, the loop
 ending after ``close()``, a client callback that fails with a DTP error, and reads on a
 connection whose peer was killed. Real sockets on 127.0.0.1; the killed peer is the
-echo server of tests/servers.py in its own process.
+echo server of tests/support/servers.py in its own process.
 
 dtp.aio as an asyncio user expects it: a cancellation is never swallowed.
 
@@ -36,8 +36,8 @@ from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.transport.asyncio.protocol import Protocol
 from dtp.transport.asyncio.server import _Arrival
-from tests.leaks import resource_warnings
-from tests.procs import ServerProc, server_process
+from tests.support.leaks import resource_warnings
+from tests.support.procs import ServerProc, server_process
 
 Handler = Callable[[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter], Awaitable[None]]
 

@@ -18,8 +18,8 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
-from tests.leaks import resource_warnings
-from tests.procs import server_process
+from tests.support.leaks import resource_warnings
+from tests.support.procs import server_process
 
 CLIENT = HostIdentity.generate()
 

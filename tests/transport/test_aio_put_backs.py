@@ -45,7 +45,7 @@ from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SERVER_ID = HostIdentity.generate()
 #: Bound on anything the tests wait for; the bugs' waits are 600 s or for good

@@ -1,6 +1,6 @@
 """DTPStreamReader against asyncio.StreamReader's contract, where the stream's flow
 control or the line limit used to make them differ. The peer is the echo server of
-tests/servers.py in its own process, over 127.0.0.1."""
+tests/support/servers.py in its own process, over 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import pytest
 
 import dtp.aio
-from tests.procs import ServerProc, server_process
+from tests.support.procs import ServerProc, server_process
 
 WINDOW = 4 << 20  # ConnectionConfig.stream_window's default
 

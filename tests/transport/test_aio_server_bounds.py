@@ -43,7 +43,7 @@ from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
 from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.keys import HostIdentity
 from dtp.transport.handshake_slots import AddressSlots
-from tests.half_handshakes import first_record
+from tests.transport.half_handshakes import first_record
 
 SERVER = HostIdentity.generate()
 FIRST = HostIdentity.generate()

@@ -39,12 +39,12 @@ from dtp.chain.local import LocalLedger
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.half_handshakes import first_record
 from tests.hostid.test_aio_ledger_server import (
     PORT,
     SERVER,
     ledger,  # noqa: F401 (a fixture)
 )
+from tests.transport.half_handshakes import first_record
 from tests.transport.test_aio_reader_contract_partial_reads import _connected
 
 

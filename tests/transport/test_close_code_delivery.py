@@ -23,8 +23,8 @@ from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED
-from tests.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
-from tests.polling import wait_for
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.support.polling import wait_for
 
 SERVER = ident(0xB1)
 CLIENTS = [ident(0xC0 + i) for i in range(10)]

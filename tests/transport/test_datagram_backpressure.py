@@ -1,6 +1,6 @@
 """Datagrams sent to a peer that does not read: dropped and counted once the carrier is
 backed up, never queued without bound and never waited for (docs/udp.md). The peer is
-the blocking "slow" server of tests/servers.py, in its own process: it never reads its
+the blocking "slow" server of tests/support/servers.py, in its own process: it never reads its
 carrier, so the kernel's buffers fill and then ours would."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dtp.aio
 import dtp.socket
 from dtp.connection import DATAGRAM_SEND_BACKLOG
 from dtp.errors import LocalProtocolError
-from tests.procs import server_process
+from tests.support.procs import server_process
 
 PAYLOAD = b"u" * 4000
 MOST = 50_000  # 200 MB: far more than the kernel's buffers hold on 127.0.0.1

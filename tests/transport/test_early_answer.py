@@ -60,9 +60,8 @@ from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.keys import HostIdentity
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.carriers.memory import MemoryLink
-from tests.ledger_faults import impair
-from tests.polling import wait_for
-from tests.protocol.test_connection import (
+from tests.support.ledger_faults import impair
+from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
     Side,
@@ -70,6 +69,8 @@ from tests.protocol.test_connection import (
     assert_refused,
     make_pair,
 )
+from tests.support.polling import wait_for
+from tests.transport.server_drivers import Serve, ServerDriver
 
 # -- sans-I/O -----------------------------------------------------------------------------
 
@@ -123,112 +124,6 @@ def test_answer_does_nothing_outside_an_ik_servers_decision() -> None:
     s.conn.accept()
     s.conn.answer()
     assert link.run(lambda: c.conn.established, on_round=lambda: (c.drain(), s.drain()))
-
-
-# -- over TCP, both servers ---------------------------------------------------------------
-
-
-def _raw_client(address: tuple[str, int], server_key: bytes, until: object) -> Connection:
-    """A sans-I/O IK client over a real TCP socket, run until ``until(conn)``."""
-    cfg = ConnectionConfig(identity=CLIENT_ID, is_client=True, server_static=server_key)
-    conn = Connection(cfg, ephemeral_key=os.urandom(32), now=time.monotonic())
-    sock = socket.create_connection(address, timeout=60)
-    conn._raw_sock = sock  # type: ignore[attr-defined]
-    try:
-        sock.sendall(conn.data_to_send(time.monotonic()))
-        _run_raw(conn, until)
-    except BaseException:
-        sock.close()
-        raise
-    return conn
-
-
-def _run_raw(conn: Connection, until: object) -> None:
-    sock: socket.socket = conn._raw_sock  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while not until(conn):  # type: ignore[operator]
-        assert time.monotonic() < deadline, "the server did not answer in 60 s"
-        data = sock.recv(65536)
-        assert data, "the server closed the connection"
-        conn.receive_data(data, time.monotonic())
-        while conn.next_event() is not None:
-            pass
-        out = conn.data_to_send(time.monotonic())
-        if out:
-            sock.sendall(out)
-
-
-def test_blocking_server_answers_while_its_hook_decides() -> None:
-    entered, verdict = threading.Event(), threading.Event()
-
-    def hook(address: str) -> bool:
-        entered.set()
-        assert verdict.wait(60)
-        return True
-
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, accept=hook)
-    accepted: list[tuple[dtp.socket.DTPSocket, str]] = []
-    thread = threading.Thread(target=lambda: accepted.append(server.accept(timeout=60)))
-    thread.start()
-    conn = None
-    try:
-        conn = _raw_client(server.address, server.noise_public_key, lambda c: c.handshake_hash)
-        # message 2 came, and the hook has not decided (it waits for the test)
-        assert entered.wait(60) and not verdict.is_set()
-        assert not conn.established
-        verdict.set()
-        _run_raw(conn, lambda c: c.established)
-        thread.join(60)
-        assert accepted and accepted[0][1] == CLIENT_ID.sui_address
-    finally:
-        if conn is not None:
-            conn._raw_sock.close()  # type: ignore[attr-defined]
-        verdict.set()
-        thread.join(60)
-        for sock, _address in accepted:
-            sock.close()
-        server.close()
-
-
-def test_asyncio_server_answers_while_its_hook_decides() -> None:
-    async def main() -> None:
-        entered, verdict = asyncio.Event(), asyncio.Event()
-        served = asyncio.Event()
-
-        async def hook(address: str) -> bool:
-            entered.set()
-            await asyncio.wait_for(verdict.wait(), 60)
-            return True
-
-        async def handler(reader: dtp.aio.DTPReader, writer: dtp.aio.DTPWriter) -> None:
-            served.set()
-            # open until the client goes: closed at once, our CLOSE could come in the
-            # read that brings the ACCEPT, and the raw client would never see it let in
-            await reader.read()
-            writer.close()
-
-        server = await dtp.aio.start_server(
-            handler, "127.0.0.1", 0, identity=SERVER_ID, accept=hook
-        )
-        conn: Connection | None = None
-        try:
-            address = server.sockets[0].getsockname()[:2]
-            conn = await asyncio.to_thread(
-                _raw_client, address, server.noise_public_key, lambda c: c.handshake_hash
-            )
-            await asyncio.wait_for(entered.wait(), 60)
-            assert not verdict.is_set() and not served.is_set()
-            assert not conn.established
-            verdict.set()
-            await asyncio.to_thread(_run_raw, conn, lambda c: c.established)
-            await asyncio.wait_for(served.wait(), 60)
-        finally:
-            if conn is not None:
-                conn._raw_sock.close()  # type: ignore[attr-defined]
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
 
 
 # -- connection_state ---------------------------------------------------------------------
@@ -782,11 +677,35 @@ def _send_early(raw: _Raw) -> None:
     raw.flush()
 
 
-def test_blocking_server_refusal_in_the_window_frees_its_only_handshake_slot() -> None:
+# -- real TCP: both servers, one story each -------------------------------------------------
+
+
+def test_server_answers_while_its_hook_decides(server_driver: Serve, api: str) -> None:
+    hook, entered, verdict = _slow_hook(None)
+    server = server_driver(accept=hook)
+    raw = _Raw(server.address, server.noise_public_key)
+    try:
+        raw.run(lambda: raw.conn.handshake_hash is not None)
+        # message 2 came, and the hook has not decided (it waits for the test)
+        assert entered.wait(60) and not verdict.is_set()
+        assert not raw.conn.established
+        if api == "asyncio":
+            assert server.handed == 0
+        verdict.set()
+        raw.run(lambda: raw.conn.established)
+        raw.conn.send_stream_data(raw.conn.open_stream(), b"in", end_stream=True)
+        raw.flush()
+        assert server.served() == (CLIENT_ID.sui_address, b"in")
+    finally:
+        verdict.set()
+        raw.close()
+
+
+def test_server_refusal_in_the_window_gives_the_reason_and_frees_its_only_handshake_slot(
+    server_driver: Serve, api: str
+) -> None:
     hook, entered, verdict = _slow_hook("closed for the night")
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0), identity=SERVER_ID, accept=hook, max_handshakes=1
-    )
+    server = server_driver(accept=hook, max_handshakes=1)
     raw = _Raw(server.address, server.noise_public_key)
     try:
         _in_the_window(raw, entered)
@@ -796,24 +715,26 @@ def test_blocking_server_refusal_in_the_window_frees_its_only_handshake_slot() -
         assert error.reason == "closed for the night"
         # message 2 and the refusal: nothing else reached the client
         assert [type(e) for e in raw.events] == [HandshakeCompleted, ConnectionTerminated]
+        if api == "asyncio":
+            assert server.server.refused == 1 and server.handed == 0
         # the one handshake slot is free again: the next client gets in
         with dtp.socket.create_connection(
             server.address, timeout=60, server_key=server.noise_public_key, identity=CLIENT_ID
         ) as sock:
             sock.sendall(b"second")
-            accepted, _address = server.accept(timeout=60)
-            with accepted:
-                assert accepted.recv(6) == b"second"
-        assert server.refused == 1
+            sock.shutdown(socket.SHUT_WR)
+            assert server.served() == (CLIENT_ID.sui_address, b"second")
+        assert server.server.refused == 1
     finally:
         verdict.set()
         raw.close()
-        server.close()
 
 
-def test_blocking_server_accept_in_the_window_delivers_the_early_bytes() -> None:
+def test_server_accept_in_the_window_delivers_the_early_bytes(
+    server_driver: Serve, api: str
+) -> None:
     hook, entered, verdict = _slow_hook(None)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, accept=hook)
+    server = server_driver(accept=hook)
     raw = _Raw(server.address, server.noise_public_key)
     try:
         _in_the_window(raw, entered)
@@ -821,18 +742,33 @@ def test_blocking_server_accept_in_the_window_delivers_the_early_bytes() -> None
         raw.conn.send_stream_data(0, b" and more", end_stream=True)
         raw.flush()
         verdict.set()
-        raw.run(lambda: raw.conn.established)
-        accepted, address = server.accept(timeout=60)
-        with accepted:
-            assert address == CLIENT_ID.sui_address
-            got = b""
-            while chunk := accepted.recv(100):
-                got += chunk
-            assert got == b"early request and more"
+        # (an application that closes once it has read: ACCEPT and CLOSE may come in one read)
+        raw.run(lambda: raw.conn.established or raw.conn.closed)
+        assert any(isinstance(e, ConnectionAccepted) for e in raw.events)
+        assert server.served() == (CLIENT_ID.sui_address, b"early request and more")
+        if api == "asyncio":
+            assert server.handed == 1
     finally:
         verdict.set()
         raw.close()
-        server.close()
+
+
+def test_server_a_replayed_message_1_gets_no_message_2(server_driver: Serve) -> None:
+    server = server_driver()
+    first = _Raw(server.address, server.noise_public_key)
+    hello = first.hello
+    replay = socket.create_connection(server.address, timeout=60)
+    try:
+        first.run(lambda: first.conn.established)
+        first.conn.send_stream_data(first.conn.open_stream(), b"", end_stream=True)
+        first.flush()
+        assert server.served() == (CLIENT_ID.sui_address, b"")
+        replay.sendall(hello)
+        assert _read_to_end(replay) == b""
+        assert server.server.replays_refused == 1
+    finally:
+        first.close()
+        replay.close()
 
 
 def _open_fds() -> int:
@@ -874,23 +810,6 @@ def test_blocking_server_a_client_gone_in_the_window_leaks_nothing(how: str) -> 
     while _open_fds() > before:
         assert time.monotonic() < deadline, f"{_open_fds() - before} descriptors left open"
         time.sleep(0.05)
-
-
-def test_blocking_server_a_replayed_message_1_gets_no_message_2() -> None:
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
-    first = _Raw(server.address, server.noise_public_key)
-    hello = first.hello
-    replay = socket.create_connection(server.address, timeout=60)
-    try:
-        first.run(lambda: first.conn.established)
-        server.accept(timeout=60)[0].close()
-        replay.sendall(hello)
-        assert _read_to_end(replay) == b""
-        assert server.replays_refused == 1
-    finally:
-        first.close()
-        replay.close()
-        server.close()
 
 
 def _read_to_end(sock: socket.socket) -> bytes:
@@ -949,51 +868,6 @@ def _aio_world(
             await server.wait_closed()
 
     return run, state
-
-
-def test_asyncio_server_holds_early_frames_and_refuses_with_the_reason() -> None:
-    run, state = _aio_world("not this one")
-
-    async def body(
-        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
-    ) -> None:
-        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
-        try:
-            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
-            await asyncio.wait_for(entered.wait(), 60)
-            await asyncio.to_thread(_send_early, raw)
-            verdict.set()
-            error = await asyncio.to_thread(raw.refusal)
-            assert error.reason == "not this one"
-            assert [type(e) for e in raw.events] == [HandshakeCompleted, ConnectionTerminated]
-            assert server.refused == 1 and state["served"] == 0
-        finally:
-            raw.close()
-
-    asyncio.run(run(body))
-
-
-def test_asyncio_server_accept_in_the_window_delivers_the_early_bytes() -> None:
-    run, state = _aio_world(None)
-
-    async def body(
-        server: Any, address: Any, entered: asyncio.Event, verdict: asyncio.Event
-    ) -> None:
-        raw = await asyncio.to_thread(_Raw, address, server.noise_public_key)
-        try:
-            await asyncio.to_thread(raw.run, lambda: raw.conn.handshake_hash is not None)
-            await asyncio.wait_for(entered.wait(), 60)
-            await asyncio.to_thread(_send_early, raw)
-            verdict.set()
-            # (the handler closes at once: ACCEPT and CLOSE may come in one read)
-            await asyncio.to_thread(raw.run, lambda: raw.conn.established or raw.conn.closed)
-            assert any(isinstance(e, ConnectionAccepted) for e in raw.events)
-            await asyncio.to_thread(raw.run, lambda: state.get("read") is not None)
-            assert state["read"] == b"early request" and state["served"] == 1
-        finally:
-            raw.close()
-
-    asyncio.run(run(body))
 
 
 def test_asyncio_server_a_client_that_closes_in_the_window_is_not_served() -> None:
@@ -1094,34 +968,6 @@ def test_asyncio_server_a_first_stream_the_client_ended_in_the_window_is_served(
     asyncio.run(run(body))
 
 
-def test_asyncio_server_a_replayed_message_1_gets_no_message_2() -> None:
-    async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        writer.close()
-
-    async def main() -> None:
-        server = await dtp.aio.start_server(handler, "127.0.0.1", 0, identity=SERVER_ID)
-        try:
-            address = server.sockets[0].getsockname()[:2]
-            first = await asyncio.to_thread(_Raw, address, server.noise_public_key)
-            hello = first.hello
-            try:
-                await asyncio.to_thread(first.run, lambda: first.conn.established)
-            finally:
-                first.close()
-            replay = await asyncio.to_thread(socket.create_connection, address, 60)
-            try:
-                await asyncio.to_thread(replay.sendall, hello)
-                assert await asyncio.to_thread(_read_to_end, replay) == b""
-            finally:
-                replay.close()
-            assert server.replays_refused == 1
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
-
-
 # -- the paid server: a refusal by the ledger admission --------------------------------------
 
 PORT = 7100
@@ -1132,16 +978,17 @@ PAID_SERVER, PAYER, MALLORY = _ident(0x5A), _ident(0x5B), _ident(0x5C)
 
 
 @pytest.fixture
-def paid(tmp_path: Path) -> Iterator[tuple[LocalLedger, str, dtp.socket.DTPServer]]:
-    """A blocking paid server on a LocalLedger file, and the payer's ledger handle."""
+def paid(tmp_path: Path, server_driver: Serve) -> Iterator[tuple[LocalLedger, str, ServerDriver]]:
+    """A paid server of the API under test on a LocalLedger file, and the payer's ledger
+    handle."""
     ledger = LocalLedger(tmp_path / "ledger.db")
     server_ledger = LocalLedger(tmp_path / "ledger.db")
     host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
     ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
     ledger.faucet(PAYER.sui_address, 100_000)
     ledger.faucet(MALLORY.sui_address, 100_000)
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0), identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    server = server_driver(
+        identity=PAID_SERVER, ledger=server_ledger, host_id=host_id, service_port=PORT
     )
     try:
         yield ledger, host_id, server
@@ -1152,7 +999,7 @@ def paid(tmp_path: Path) -> Iterator[tuple[LocalLedger, str, dtp.socket.DTPServe
 
 
 def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
-    paid: tuple[LocalLedger, str, dtp.socket.DTPServer],
+    paid: tuple[LocalLedger, str, ServerDriver], api: str
 ) -> None:
     ledger, host_id, server = paid
     cap = ledger.create_spending_cap(PAYER, 10**6)
@@ -1170,6 +1017,7 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         )
 
     before = balances()
+    assert before[2] == 5000
     cases = [
         (MALLORY, cid, "another client"),
         (PAYER, bytes.fromhex(closed.connection_id[2:]), "not Open"),
@@ -1197,7 +1045,9 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         finally:
             raw.close()
     # (counted once the refusal is out: the client may read it first)
-    assert wait_for(lambda: server.refused == len(cases), 30)
+    assert wait_for(lambda: server.server.refused == len(cases), 30)
+    if api == "asyncio":
+        assert server.handed == 0
     assert balances() == before
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
@@ -1210,74 +1060,6 @@ def test_paid_server_refused_client_learns_only_the_reason_and_no_money_moves(
         assert raw.conn.established
     finally:
         raw.close()
-
-
-def test_asyncio_paid_server_refused_client_learns_only_the_reason(tmp_path: Path) -> None:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    server_ledger = LocalLedger(tmp_path / "ledger.db")
-    try:
-        host_id = ledger.create_host(PAID_SERVER, PAID_SERVER.noise_public)
-        ledger.add_service(PAID_SERVER, host_id, PORT, "echo", SLA)
-        ledger.faucet(PAYER.sui_address, 100_000)
-        cap = ledger.create_spending_cap(PAYER, 10**6)
-        opened = ledger.open_connection(PAYER, host_id, PORT, cap, 5000)
-        before = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
-        served = []
-
-        async def handler(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            served.append(1)
-            writer.close()
-
-        async def main() -> None:
-            server = await dtp.aio.start_server(
-                handler,
-                "127.0.0.1",
-                0,
-                identity=PAID_SERVER,
-                ledger=server_ledger,
-                host_id=host_id,
-                dtp_port=PORT,
-            )
-            try:
-                address = server.sockets[0].getsockname()[:2]
-
-                def refused() -> ConnectionRefused:
-                    raw = _Raw(
-                        address,
-                        PAID_SERVER.noise_public,
-                        identity=MALLORY,
-                        connection_id=bytes.fromhex(opened.connection_id[2:]),
-                        port=PORT,
-                    )
-                    try:
-                        raw.run(lambda: raw.conn.handshake_hash is not None)
-                        if not raw.conn.closed:  # (the refusal may come with message 2)
-                            sid = raw.conn.open_stream()
-                            raw.conn.send_stream_data(sid, b"GET /")
-                            raw.flush()
-                        error = raw.refusal()
-                        assert [type(e) for e in raw.events] == [
-                            HandshakeCompleted,
-                            ConnectionTerminated,
-                        ]
-                        return error
-                    finally:
-                        raw.close()
-
-                error = await asyncio.to_thread(refused)
-                assert "another client" in error.reason
-                assert server.refused == 1 and not served
-            finally:
-                server.close()
-                await server.wait_closed()
-
-        asyncio.run(main())
-        after = (ledger.balance(PAYER.sui_address), ledger.balance(MALLORY.sui_address))
-        assert after == before
-        assert ledger.get_escrow(ledger.get_connection(opened.connection_id).escrow).balance == 5000
-    finally:
-        ledger.close()
-        server_ledger.close()
 
 
 # -- a real lossy carrier: the ledger carrier ------------------------------------------------

@@ -20,7 +20,7 @@ from dtp.transport.handshake_gate import (
     Why,
     checked_first_message_timeout,
 )
-from tests.half_handshakes import first_record
+from tests.transport.half_handshakes import first_record
 
 RECORD = first_record()
 

@@ -42,7 +42,7 @@ import dtp.socket
 import dtp.transport.asyncio.server
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
@@ -51,8 +51,9 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.replay_guard import ReplayGuard
-from tests.half_handshakes import first_record, half_handshake, silent
-from tests.polling import wait_for
+from tests.support.polling import wait_for
+from tests.transport.half_handshakes import first_record, half_handshake, silent
+from tests.transport.server_drivers import Serve
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -359,9 +360,9 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
     assert wait_for(lambda: len(slots) == 0)
 
 
-def test_closing_the_server_closes_the_connections_waiting_in_line() -> None:
-    server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes_per_address=1)
-    slots = server._address_slots
+def test_closing_the_server_closes_the_connections_waiting_in_line(server_driver: Serve) -> None:
+    server = server_driver(max_handshakes_per_address=1)
+    slots = server.server._address_slots
     assert slots is not None
     holder, waiting = idle(server.address), idle(server.address)
     with holder, waiting:
@@ -568,24 +569,6 @@ def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_c
     asyncio.run(main())
 
 
-def test_aio_closing_the_server_closes_the_connections_waiting_in_line() -> None:
-    async def main() -> None:
-        server = await aio_server(max_handshakes_per_address=1)
-        slots = server._address_slots
-        assert slots is not None
-        holder = await aio_idle(server)
-        reader, writer = await aio_idle(server)
-        assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 1)
-        server.close()
-        assert await aio_closed_by_peer(reader, within=2.0)
-        assert slots.waiting("127.0.0.1") == 0
-        writer.close()
-        holder[1].close()
-        await server.wait_closed()
-
-    asyncio.run(main())
-
-
 def test_aio_a_burst_beyond_the_cap_from_one_address_is_served_in_turn() -> None:
     async def main() -> None:
         server = await aio_server(max_handshakes_per_address=2)
@@ -756,31 +739,9 @@ def test_int_likes_still_bound_the_line() -> None:
         {"max_waiting_per_address": NAN},
     ],
 )
-def test_the_blocking_server_refuses_them(keywords: dict[str, float]) -> None:
-    # (no address: nothing listens, so the old code left no socket behind)
+def test_the_servers_refuse_them(server_driver: Serve, keywords: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        server = dtp.socket.DTPServer(None, SERVER, **keywords)  # type: ignore[arg-type]
-        server.close()
-
-
-@pytest.mark.parametrize(
-    "keywords",
-    [{"max_handshakes_per_address": NAN}, {"max_waiting_per_address": NAN}],
-)
-def test_the_asyncio_server_refuses_them(keywords: dict[str, float]) -> None:
-    async def main() -> None:
-        with pytest.raises(ValueError):
-            server = await dtp.aio.start_server(
-                aio_echo,
-                "127.0.0.1",
-                0,
-                identity=SERVER,
-                **keywords,  # type: ignore[arg-type]
-            )
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+        server_driver(**keywords)
 
 
 @pytest.mark.parametrize("capacity", [NAN, 2.5, True])

@@ -18,7 +18,7 @@ from dtp.keys import HostIdentity
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.blocking import engine as blocking_engine
 from dtp.transport.poll import wait_ready
-from tests.protocol.test_connection import SERVER_ID
+from tests.support.pairs import SERVER_ID
 
 
 def _fail(static_private: bytes, remote_static: bytes | None = None, *, initiator: bool) -> None:

@@ -3,7 +3,7 @@ clients out (docs/protocol.md §8, "Admission"; dtp.transport.handshake_gate): a
 a handshake slot only once it has sent its complete first handshake record, the oldest
 of those still silent give way to newcomers, and the oldest half-handshakes give way
 to clients that proved themselves. Both servers, an attacker in a process of its own
-(tests/lockout_attack.py), a genuine client connecting 50 times meanwhile: each in
+(tests/transport/lockout_attack.py), a genuine client connecting 50 times meanwhile: each in
 under a second, and the server's descriptors and memory bounded throughout.
 
 Before, 160 silent connections over 20 addresses, reopened as the handshake timeout
@@ -27,10 +27,10 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.keys import HostIdentity
-from tests.half_handshakes import half_handshake, silent
-from tests.polling import wait_for
-from tests.procs import descriptors, rss_kib, server_process
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
+from tests.support.procs import descriptors, rss_kib, server_process
+from tests.transport.half_handshakes import half_handshake, silent
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 TRIES = 50
@@ -81,13 +81,13 @@ SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio":
 def attack(
     address: tuple[str, int], seconds: float, keep_open: int = 400, rate: float = 200.0
 ) -> Iterator[None]:
-    """tests/lockout_attack.py against ``address`` for up to ``seconds``, its
+    """tests/transport/lockout_attack.py against ``address`` for up to ``seconds``, its
     connections up before the block runs."""
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tests.lockout_attack",
+            "tests.transport.lockout_attack",
             *map(str, address),
             str(seconds),
             *("--open", str(keep_open), "--rate", str(rate)),

@@ -38,8 +38,8 @@ import dtp.socket
 from dtp.errors import DTPError, DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
 from dtp.transport.blocking import timers
-from tests.polling import wait_for
 from tests.support.paths import ROOT
+from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 

@@ -16,7 +16,7 @@ import pytest
 
 import dtp.aio
 from dtp.transport.heap_release import AGAIN, HeapRelease, release_free_heap
-from tests.procs import rss_kib, server_process
+from tests.support.procs import rss_kib, server_process
 
 CONNECTIONS = 1500
 CONCURRENCY = 64

@@ -11,7 +11,7 @@ import dtp.crypto
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 ROUNDS = 200

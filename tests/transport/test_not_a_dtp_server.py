@@ -75,10 +75,24 @@ def _check_not_dtp(error: HandshakeError) -> None:
     assert isinstance(error.__cause__, RemoteProtocolError)
 
 
+def _connect(api: str, port: int, **kw: object) -> None:
+    """A client of ``api`` (blocking or asyncio) connecting to 127.0.0.1:``port``, closed
+    if it gets in; what the connect raises is raised."""
+    if api == "blocking":
+        dtp.socket.create_connection(("127.0.0.1", port), **kw).close()  # type: ignore[arg-type]
+        return
+
+    async def main() -> None:
+        _, writer = await dtp.aio.open_connection("127.0.0.1", port, **kw)  # type: ignore[arg-type]
+        writer.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("reply", [HTTP_400, TLS_ALERT, SSH_BANNER, NOISE])
-def test_blocking_client_names_a_server_that_is_not_dtp(reply: bytes) -> None:
+def test_client_names_a_server_that_is_not_dtp(api: str, reply: bytes) -> None:
     with plain_server(reply) as port, pytest.raises(HandshakeError) as info:
-        dtp.socket.create_connection(("127.0.0.1", port), server_key=os.urandom(32), timeout=5)
+        _connect(api, port, server_key=os.urandom(32), timeout=5)
     _check_not_dtp(info.value)
 
 
@@ -90,35 +104,13 @@ def test_blocking_client_without_server_key_too() -> None:
 
 
 @pytest.mark.parametrize("reply", [None, b"\x15\x03\x03"])
-def test_blocking_client_told_when_the_server_only_hangs_up(reply: bytes | None) -> None:
+def test_client_told_when_the_server_only_hangs_up(api: str, reply: bytes | None) -> None:
     # (a reply shorter than a record header cannot be told from a record's start)
     with plain_server(reply) as port, pytest.raises(HandshakeError) as info:
-        dtp.socket.create_connection(("127.0.0.1", port), server_key=os.urandom(32), timeout=5)
+        _connect(api, port, server_key=os.urandom(32), timeout=5)
     assert "closed the connection during the handshake" in str(info.value)
 
 
 def test_blocking_client_times_out_on_a_silent_server() -> None:
     with plain_server(None, close=False) as port, pytest.raises(DTPTimeoutError):
         dtp.socket.create_connection(("127.0.0.1", port), server_key=os.urandom(32), timeout=0.3)
-
-
-def _asyncio_handshake_error(reply: bytes | None) -> HandshakeError:
-    """What dtp.aio.open_connection raises against a plain server answering ``reply``."""
-
-    async def main(port: int) -> HandshakeError:
-        with pytest.raises(HandshakeError) as info:
-            await dtp.aio.open_connection("127.0.0.1", port, server_key=os.urandom(32), timeout=5)
-        return info.value
-
-    with plain_server(reply) as port:
-        return asyncio.run(main(port))
-
-
-@pytest.mark.parametrize("reply", [HTTP_400, TLS_ALERT, SSH_BANNER])
-def test_asyncio_client_names_a_server_that_is_not_dtp(reply: bytes) -> None:
-    _check_not_dtp(_asyncio_handshake_error(reply))
-
-
-def test_asyncio_client_told_when_the_server_only_hangs_up() -> None:
-    error = _asyncio_handshake_error(None)
-    assert "closed the connection during the handshake" in str(error)

@@ -15,7 +15,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
 from dtp.transport.blocking.timers import TIMERS
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
 WINDOW = 64 << 10

@@ -49,7 +49,7 @@ from dtp.errors import ConnectionRefused, DTPError
 from dtp.keys import HostIdentity
 from dtp.socket import DTPSocket
 from dtp.transport.replay_guard import DEFAULT_CAPACITY, ReplayGuard
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.transport.test_handshake_slots import (
     CLIENT,
     SERVER,

@@ -25,8 +25,8 @@ import pytest
 import dtp.socket
 from dtp.errors import ConnectionClosed, HandshakeError
 from dtp.keys import HostIdentity
-from tests.leaks import resource_warnings
-from tests.polling import wait_for
+from tests.support.leaks import resource_warnings
+from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

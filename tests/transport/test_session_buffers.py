@@ -11,7 +11,7 @@ from typing import Any
 from dtp.connection import ConnectionConfig
 from dtp.transport.carriers.memory import MemoryLink
 from dtp.transport.session import Session
-from tests.protocol.test_connection import CLIENT_ID, SERVER_ID
+from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 #: Streams the client may open (the server's max_streams): room for the N below.
 MAX_STREAMS = 4096

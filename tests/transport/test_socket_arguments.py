@@ -31,7 +31,7 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.polling import raised_within
+from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)

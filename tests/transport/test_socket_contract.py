@@ -53,8 +53,8 @@ from dtp.errors import (
     StreamReset,
 )
 from dtp.keys import HostIdentity
-from tests.paid_twins import loop_in_thread
-from tests.polling import raised_within
+from tests.support.paid_twins import loop_in_thread
+from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)

@@ -38,7 +38,7 @@ from dtp.errors import (
     StreamReset,
 )
 from dtp.keys import HostIdentity
-from tests.polling import raised_within
+from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 60.0  # seconds any call of these tests may take at most (a loaded machine)

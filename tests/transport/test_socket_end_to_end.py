@@ -22,8 +22,8 @@ from dtp.errors import (
     LocalProtocolError,
 )
 from dtp.keys import HostIdentity
-from tests.polling import wait_for
-from tests.procs import server_process
+from tests.support.polling import wait_for
+from tests.support.procs import server_process
 
 CLIENT = HostIdentity.generate()
 

@@ -18,8 +18,8 @@ import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.half_handshakes import half_handshake, silent
-from tests.polling import wait_for
+from tests.support.polling import wait_for
+from tests.transport.half_handshakes import half_handshake, silent
 
 SERVER_ID = HostIdentity.generate()
 

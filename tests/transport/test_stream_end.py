@@ -25,7 +25,7 @@ from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from tests.paid_twins import ident
+from tests.support.paid_twins import ident
 
 SERVER = HostIdentity.generate()
 BOUND = 10.0

@@ -73,7 +73,7 @@ from dtp.transport.carriers.tcp import (
     connect_tcp,
     listen_tcp,
 )
-from tests.tcp_blackhole import unanswered_address
+from tests.support.tcp_blackhole import unanswered_address
 
 
 def test_a_started_connect_finishes_connected_and_tuned() -> None:
@@ -118,7 +118,7 @@ def test_a_connect_given_up_is_closed() -> None:
 
 @pytest.fixture
 def unanswered() -> Iterator[tuple[str, int]]:
-    """A TCP address whose SYNs go unanswered (tests/tcp_blackhole.py)."""
+    """A TCP address whose SYNs go unanswered (tests/support/tcp_blackhole.py)."""
     with unanswered_address() as address:
         yield address
 

@@ -20,7 +20,7 @@ import pytest
 import dtp.socket
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
-from tests.polling import wait_for
+from tests.support.polling import wait_for
 from tests.transport.test_queued_output import (
     SERVER_ID,
     WINDOW,

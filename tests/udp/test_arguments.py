@@ -40,9 +40,9 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import UdpForwarder, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.keys import HostIdentity
-from tests.leaks import resource_warnings
+from tests.support.leaks import resource_warnings
 from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
+from tests.udp.world import CLIENT, CONNECTION_ID
 
 
 @pytest.mark.parametrize("kw", BAD_FORWARDER_ARGS, ids=repr)

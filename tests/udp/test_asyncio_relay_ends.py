@@ -29,8 +29,8 @@ from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
 from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from tests.leaks import resource_warnings
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.support.leaks import resource_warnings
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 5.0
 

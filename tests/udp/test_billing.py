@@ -28,9 +28,8 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.hostid.udp.engine import control_frame
-from tests.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.support.polling import wait_for
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 
 def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:

@@ -34,9 +34,8 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpForwarder, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
-from tests.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER, _meter
+from tests.support.polling import wait_for
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, meter
 
 #: Far beyond any bound below: a relay or flow that does not end on its own in the
 #: test's time is one that did not notice the bad frame.
@@ -229,7 +228,7 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
     client = _local_client()
     try:
         with UdpForwarder(
-            ("127.0.0.1", 0), connect, meter_for=lambda _: _meter(), idle_timeout=HOURS
+            ("127.0.0.1", 0), connect, meter_for=lambda _: meter(), idle_timeout=HOURS
         ) as fwd:
             client.sendto(b"\x00\x06metered", fwd.address)
             assert client.recv(100).startswith(b"\x00\x06metered")
@@ -264,7 +263,7 @@ def test_an_async_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
 
     async def main() -> None:
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda _: _meter(), idle_timeout=HOURS
+            ("127.0.0.1", 0), connect, meter_for=lambda _: meter(), idle_timeout=HOURS
         )
         client = _local_client()
         try:

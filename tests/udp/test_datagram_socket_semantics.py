@@ -26,10 +26,9 @@ from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
-from tests.leaks import resource_warnings
-from tests.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID, SERVER
+from tests.support.leaks import resource_warnings
+from tests.support.polling import wait_for
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 BOUND = 10.0
 

@@ -9,7 +9,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,54 +21,12 @@ from dtp.escrow import Meter, Receipt, fee
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from tests.udp.world import DnsLikeBackend
 
 OFF = MeteringConfig(enabled=False)  # billed per datagram instead (UdpBilling)
 
 SERVER = HostIdentity.from_private_bytes(b"\x51" * 32, b"\x51" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x52" * 32, b"\x52" * 32)
-
-
-class DnsLikeBackend:
-    """Answers each query (2-byte ID + name) with the ID, the name and a 4-byte
-    'address' derived from it; counts what it saw."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()
-        self.received = 0
-        self.bytes = 0
-        self.answer = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.received += 1
-            self.bytes += len(data)
-            if self.answer:
-                digest = sum(data) & 0xFFFFFFFF
-                self.sock.sendto(data + struct.pack(">I", digest), peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
-@pytest.fixture
-def backend() -> Iterator[DnsLikeBackend]:
-    b = DnsLikeBackend()
-    yield b
-    b.close()
 
 
 def _serve(server: dtp.socket.DTPServer, handler: object) -> threading.Thread:

@@ -19,9 +19,7 @@ from dtp.hostid.udp import UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket
-from tests.udp.test_end_to_end import DnsLikeBackend, backend
-
-__all__ = ["backend"]  # the fixture, shared with test_udp
+from tests.udp.world import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
 

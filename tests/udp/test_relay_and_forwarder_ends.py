@@ -25,9 +25,8 @@ from dtp.hostid.udp import UdpForwarder, UdpStats
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
 from dtp.socket import DTPSocket
-from tests.polling import wait_for
-from tests.udp.test_end_to_end import DnsLikeBackend
-from tests.udp.test_stalled_flows import SERVER, _meter
+from tests.support.polling import wait_for
+from tests.udp.world import SERVER, DnsLikeBackend, meter
 
 
 @pytest.fixture
@@ -166,7 +165,7 @@ def test_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer) -> No
         )
 
     fwd = UdpForwarder(
-        ("127.0.0.1", 0), connect, meter_for=lambda sock: _meter(), final_timeout=FINAL_TIMEOUT
+        ("127.0.0.1", 0), connect, meter_for=lambda sock: meter(), final_timeout=FINAL_TIMEOUT
     )
     clients = [_client() for _ in range(FLOWS)]
     try:
@@ -195,7 +194,7 @@ def test_async_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer)
             )
 
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=FINAL_TIMEOUT
+            ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=FINAL_TIMEOUT
         )
         clients = [_client() for _ in range(FLOWS)]
         try:

@@ -24,7 +24,7 @@ from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
-from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.udp.world import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x71" * 32, b"\x71" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x72" * 32, b"\x72" * 32)

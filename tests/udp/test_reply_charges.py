@@ -24,8 +24,8 @@ import dtp.socket
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
-from tests.polling import wait_for
-from tests.udp.test_stalled_flows import SERVER
+from tests.support.polling import wait_for
+from tests.udp.world import SERVER
 
 BOUND = 5.0
 REPLIES = 50

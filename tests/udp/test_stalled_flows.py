@@ -23,22 +23,11 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.hostid.udp.engine import USAGE, control_frame
-from dtp.keys import HostIdentity
-from tests.polling import wait_for
-from tests.procs import server_process
-from tests.udp.test_end_to_end import DnsLikeBackend
+from tests.support.polling import wait_for
+from tests.support.procs import server_process
+from tests.udp.world import CLIENT, CONNECTION_ID, DEPOSIT_DATAGRAMS, SERVER, DnsLikeBackend, meter
 
-SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
-CLIENT = HostIdentity.from_private_bytes(b"\x62" * 32, b"\x62" * 32)
-CONNECTION_ID = "0x" + "ab" * 32
 SLA = Sla(1, 1, 0)
-
-
-@pytest.fixture
-def dns() -> Iterator[DnsLikeBackend]:
-    b = DnsLikeBackend()
-    yield b
-    b.close()
 
 
 def _client() -> socket.socket:
@@ -49,7 +38,7 @@ def _client() -> socket.socket:
 
 
 def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
-    dns: DnsLikeBackend,
+    backend: DnsLikeBackend,
 ) -> None:
     """Ending an idle metered flow waits for the relay's final report (final_timeout):
     that wait used to run in the thread that forwards every flow, so a relay that had
@@ -67,7 +56,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     threads = [
         threading.Thread(
             target=good.serve_forever,
-            args=(functools.partial(relay_udp, backend=dns.address, billing=billing),),
+            args=(functools.partial(relay_udp, backend=backend.address, billing=billing),),
             daemon=True,
         ),
         threading.Thread(target=quiet.serve_forever, args=(stalled,), daemon=True),
@@ -122,11 +111,6 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
 
 
 PAYLOAD = b"u" * 4000
-DEPOSIT_DATAGRAMS = 5000  # more than a stalled relay's connection takes before backing up
-
-
-def _meter() -> Meter:
-    return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
 
 
 def _flood(address: tuple[str, int], stats: UdpStats) -> None:
@@ -166,7 +150,7 @@ def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> No
             return sock
 
         with UdpForwarder(
-            ("127.0.0.1", 0), connect, meter_for=lambda s: _meter(), final_timeout=0.1
+            ("127.0.0.1", 0), connect, meter_for=lambda s: meter(), final_timeout=0.1
         ) as fwd:
             try:
                 _flood(fwd.address, fwd.stats)
@@ -189,7 +173,7 @@ def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit()
                 return reader, writer
 
             fwd = await AsyncUdpForwarder.start(
-                ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=0.1
+                ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=0.1
             )
             try:
                 await asyncio.to_thread(_flood, fwd.address, fwd.stats)
@@ -247,7 +231,7 @@ def test_a_second_async_close_waits_for_the_first(quiet_relay: QuietRelay) -> No
 
     async def main() -> None:
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=1.0
+            ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=1.0
         )
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.sendto(b"hello", fwd.address)
@@ -576,7 +560,7 @@ def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_pro
             )
 
         fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=60.0
+            ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=60.0
         )
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -614,7 +598,7 @@ def test_async_idle_flows_of_a_quiet_relay_end_together(quiet_relay: QuietRelay)
         fwd = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0),
             connect,
-            meter_for=lambda w: _meter(),
+            meter_for=lambda w: meter(),
             idle_timeout=0.3,
             final_timeout=2.0,
         )
@@ -660,7 +644,7 @@ def test_async_a_flow_idle_while_another_ends_is_swept_on_time(quiet_relay: Quie
         fwd = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0),
             connect,
-            meter_for=lambda w: _meter(),
+            meter_for=lambda w: meter(),
             idle_timeout=0.3,
             final_timeout=600.0,
         )

@@ -2,8 +2,9 @@
 
 Each ``sui.rpc.v2`` method is served by a raw handler (request and answer bytes pass
 through :class:`RawCodec`): the request is parsed with pysui's generated message class,
-the answer built by :mod:`tests.sui_node.answers` or :mod:`tests.sui_node.execute` and
-serialized, unless a knob says to answer otherwise (an error status, garbage, nothing).
+the answer built by :mod:`tests.support.sui_node.answers` or
+:mod:`tests.support.sui_node.execute` and serialized, unless a knob says to answer otherwise
+(an error status, garbage, nothing).
 
 The server runs on an event loop of its own in a daemon thread; state changes happen on
 that thread or under the state's lock. ``ExecuteTransaction`` waits ``tx_latency``
@@ -36,10 +37,10 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from dtp.chain.local_tx import base58, tx_digest
-from tests.sui_node import answers, execute
-from tests.sui_node.objects import full_address
-from tests.sui_node.ptb import Refusal, parse_tx
-from tests.sui_node.state import DAY_MS, NodeState
+from tests.support.sui_node import answers, execute
+from tests.support.sui_node.objects import full_address
+from tests.support.sui_node.ptb import Refusal, parse_tx
+from tests.support.sui_node.state import DAY_MS, NodeState
 
 __all__ = ["DEFAULT_PACKAGE", "GARBAGE", "RawCodec", "SuiNodeStandIn"]
 

@@ -1,6 +1,6 @@
 """DTP servers the tests run in a separate OS process.
 
-    python -m tests.servers MODE [--api blocking|asyncio] [--deny ADDRESS ...] [--host IP]
+    python -m tests.support.servers MODE [--api blocking|asyncio] [--deny ADDRESS ...] [--host IP]
 
 Prints one JSON line {"port", "key", "address"} once listening (on 127.0.0.1 unless
 --host says where), then serves until killed. Modes:

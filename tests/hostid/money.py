@@ -15,7 +15,7 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
-from tests.ledger_server import identity_from_seed
+from tests.support.ledger_server import identity_from_seed
 
 SERVER = identity_from_seed(0x71)
 CLIENT = identity_from_seed(0x72)

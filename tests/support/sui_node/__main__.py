@@ -1,4 +1,4 @@
-"""``python -m tests.sui_node``: the Sui node stand-in as a process of its own.
+"""``python -m tests.support.sui_node``: the Sui node stand-in as a process of its own.
 
 It prints one line once it serves (``ready url=http://HOST:PORT package=0x…``; with
 ``--print-url`` just the URL and package ID) and serves until SIGTERM or SIGINT. With
@@ -16,8 +16,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from tests.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
-from tests.sui_node.state import DAY_MS
+from tests.support.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
+from tests.support.sui_node.state import DAY_MS
 
 
 def _funding(text: str) -> tuple[str, int]:
@@ -28,7 +28,7 @@ def _funding(text: str) -> tuple[str, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tests.sui_node", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tests.support.sui_node", description=__doc__)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=0, help="port (0: any free one)")
     p.add_argument("--state", default=None, help="directory keeping the state (default: memory)")

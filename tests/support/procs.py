@@ -1,4 +1,4 @@
-"""Start and stop the test servers of tests/servers.py in their own processes."""
+"""Start and stop the test servers of tests/support/servers.py in their own processes."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class ServerProc:
 def server_process(
     mode: str, api: str = "blocking", deny: list[str] | None = None
 ) -> Iterator[ServerProc]:
-    cmd = [sys.executable, "-m", "tests.servers", mode, "--api", api]
+    cmd = [sys.executable, "-m", "tests.support.servers", mode, "--api", api]
     if deny:
         cmd += ["--deny", *deny]
     proc = subprocess.Popen(

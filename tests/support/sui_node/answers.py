@@ -20,10 +20,10 @@ from grpclib.const import Status
 
 from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError
-from tests.sui_node.execute import owner_message
-from tests.sui_node.objects import COIN_TYPE, full_address
-from tests.sui_node.ptb import Refusal
-from tests.sui_node.state import NodeState, ObjectRow, Position
+from tests.support.sui_node.execute import owner_message
+from tests.support.sui_node.objects import COIN_TYPE, full_address
+from tests.support.sui_node.ptb import Refusal
+from tests.support.sui_node.state import NodeState, ObjectRow, Position
 
 __all__ = [
     "DEFAULT_MASKS",

@@ -37,7 +37,7 @@ from dtp.chain import local_rules as rules
 from dtp.chain.local_tx import Address, TxValue, base58, tx_digest
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidArgument
 from dtp.keys import InvalidSignature, verify_transaction
-from tests.sui_node.objects import (
+from tests.support.sui_node.objects import (
     CLOCK_ID,
     COIN_TYPE,
     MOVE_STDLIB,
@@ -50,8 +50,8 @@ from tests.sui_node.objects import (
     table_fields,
     table_uid,
 )
-from tests.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
-from tests.sui_node.state import NodeState, ObjectRow
+from tests.support.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
+from tests.support.sui_node.state import NodeState, ObjectRow
 
 __all__ = ["Checked", "check", "check_signature", "execute", "gas_rates"]
 

@@ -1,6 +1,6 @@
 """A paid DTP service the tests run in a separate OS process, on a shared LocalLedger file.
 
-    python -m tests.paid_servers LEDGER HOST_ID PORT SEED_HEX RECEIPTS
+    python -m tests.paid.servers LEDGER HOST_ID PORT SEED_HEX RECEIPTS
         [--api blocking|asyncio] [--mode echo|sink] [--pause-timeout S] [--refresh S]
 
 The host (authority = the identity from SEED_HEX) and its service must exist. Prints

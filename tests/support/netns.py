@@ -274,7 +274,7 @@ class TwoMachines:
         )
 
     def track(self, proc: _P) -> _P:
-        """Have ``proc`` (a ``tests.daemon_procs.Proc``) killed when the harness closes."""
+        """Have ``proc`` (a ``tests.support.daemon_procs.Proc``) killed when the harness closes."""
         self._procs.append(proc)
         return proc
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_tx import base58
 from dtp.chain.objects import normalize_id
-from tests.sui_node.objects import (
+from tests.support.sui_node.objects import (
     CLOCK_ID,
     CLOCK_TYPE,
     COIN_TYPE,

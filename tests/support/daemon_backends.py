@@ -1,6 +1,6 @@
 """TCP backends for the services daemon tests, run in their own process.
 
-    python -m tests.daemon_backends {echo,http,udp} [--port N] [--host ADDRESS]
+    python -m tests.support.daemon_backends {echo,http,udp} [--port N] [--host ADDRESS]
 
 Prints one JSON line {"port"} once listening (on 127.0.0.1 unless --host says where),
 then serves until killed.

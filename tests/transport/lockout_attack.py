@@ -1,5 +1,5 @@
 """An attacker that tries to lock a DTP server's clients out (tests/transport/test_lockout.py),
-run as a process of its own: ``python -m tests.lockout_attack HOST PORT SECONDS``.
+run as a process of its own: ``python -m tests.transport.lockout_attack HOST PORT SECONDS``.
 
 It keeps ``--open`` TCP connections to the server, spread over ``--addresses`` source
 addresses (127.0.0.2 and on), opening at most ``--rate`` a second, each one of three
@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 
-from tests.half_handshakes import first_record
+from tests.transport.half_handshakes import first_record
 
 KINDS = ("silent", "partial", "half")
 

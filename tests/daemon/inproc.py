@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,39 @@ from dtp.keys import HostIdentity
 
 BOUND = 20.0
 """Seconds: a generous bound on waits that take well under one."""
+
+SUI = 1_000_000_000
+"""One SUI in MIST: what the daemon's ``faucet`` gives its provider on a LocalLedger."""
+
+
+def service(port: int, backend: int, extra: str = "") -> str:
+    """A ``[[service]]`` table: ``svc<port>`` on DTP port ``port``, forwarding to the
+    backend on 127.0.0.1:``backend``, with ``extra`` lines of its own."""
+    return f"""
+[[service]]
+name = "svc{port}"
+port = {port}
+backends = ["127.0.0.1:{backend}"]
+health_interval = 30
+{extra}"""
+
+
+def write_config(tmp: Path, services: str) -> Path:
+    """``tmp/daemon.toml``: a daemon on the LocalLedger file ``tmp/ledger.sqlite`` with its
+    provider key (made once), a funded provider and a 1 s drain, serving ``services``."""
+    if not (tmp / "provider.key").exists():
+        HostIdentity.generate().save(tmp / "provider.key")
+    config = tmp / "daemon.toml"
+    config.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "state"
+faucet = {SUI}
+drain_timeout = 1
+{services}"""
+    )
+    return config
 
 
 @contextlib.asynccontextmanager
@@ -43,14 +76,39 @@ async def echo_backend() -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Path) -> AsyncIterator[Daemon]:
-    """A started daemon, drained at the end."""
+async def running(config: Path, drain_bound: float = 4 * BOUND) -> AsyncIterator[Daemon]:
+    """A started daemon, drained at the end (within ``drain_bound`` seconds)."""
     daemon = Daemon(load_config(config))
     try:
         await daemon.start()
         yield daemon
     finally:
-        await asyncio.wait_for(daemon.drain(), 4 * BOUND)
+        await asyncio.wait_for(daemon.drain(), drain_bound)
+
+
+def run_scenario(
+    tmp: Path,
+    services: Callable[[int], str],
+    scenario: Callable[[Daemon, Any, Path, int], Awaitable[None]],
+    client: Callable[[Path, Daemon], Any],
+    drain_bound: float = 40.0,
+) -> None:
+    """``scenario(daemon, client, config, backend_port)`` against a started daemon
+    (``write_config``) serving ``services(backend_port)`` with an echo backend; the
+    client is ``client(tmp, daemon)``, whose ``ledger`` is closed once the daemon has
+    drained; the whole run is bounded by ``2 * drain_bound`` seconds."""
+
+    async def main() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            port = await stack.enter_async_context(echo_backend())
+            config = write_config(tmp, services(port))
+            made: list[Any] = []
+            stack.callback(lambda: [each.ledger.close() for each in made])
+            daemon = await stack.enter_async_context(running(config, drain_bound))
+            made.append(client(tmp, daemon))
+            await scenario(daemon, made[0], config, port)
+
+    asyncio.run(asyncio.wait_for(main(), 2 * drain_bound))
 
 
 async def until(check: Callable[[], Any], what: str, bound: float = BOUND) -> Any:
@@ -81,7 +139,30 @@ async def tunnel(writer: dtp.aio.DTPStreamWriter, payload: bytes = b"ping") -> b
     return await reader.read()
 
 
-class Client:
+class LedgerConnector:
+    """Connects to a daemon (``endpoint``, its ``server_key``) as ``identity``, on a
+    ledger connection of its own: the part every in-process client shares."""
+
+    identity: HostIdentity
+    endpoint: tuple[str, int]
+    server_key: bytes
+
+    async def connect(
+        self, cid: str, port: int = 7000
+    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+        """A DTP connection on the ledger connection ``cid``."""
+        config = ConnectionConfig(
+            identity=self.identity,
+            is_client=True,
+            connection_id=bytes.fromhex(cid[2:]),
+            port=port,
+        )
+        return await dtp.aio.open_connection(
+            *self.endpoint, identity=self.identity, server_key=self.server_key, config=config
+        )
+
+
+class Client(LedgerConnector):
     """A client of a daemon's host (``identity``, funded, reading and writing through
     ``ledger``, which it closes), opening ledger connections and connecting on them."""
 
@@ -104,20 +185,6 @@ class Client:
         return self.ledger.open_connection(
             self.identity, self.host_id, port, cap, deposit
         ).connection_id
-
-    async def connect(
-        self, cid: str, port: int = 7000
-    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        """A DTP connection on the ledger connection ``cid``."""
-        config = ConnectionConfig(
-            identity=self.identity,
-            is_client=True,
-            connection_id=bytes.fromhex(cid[2:]),
-            port=port,
-        )
-        return await dtp.aio.open_connection(
-            *self.endpoint, identity=self.identity, server_key=self.server_key, config=config
-        )
 
     def close(self) -> None:
         self.ledger.close()

@@ -18,10 +18,10 @@ In a test::
 
 As a process (two daemons in two network namespaces can share it)::
 
-    python -m tests.sui_node --port 0 --state DIR --print-url
+    python -m tests.support.sui_node --port 0 --state DIR --print-url
 """
 
-from tests.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
-from tests.sui_node.state import DAY_MS
+from tests.support.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
+from tests.support.sui_node.state import DAY_MS
 
 __all__ = ["DAY_MS", "DEFAULT_PACKAGE", "SuiNodeStandIn"]

@@ -1,6 +1,6 @@
 """A DTP host reachable only through the ledger carrier, run in its own OS process.
 
-    python -m tests.ledger_server LEDGER_PATH SEED HOST_ID PORT MODE \
+    python -m tests.support.ledger_server LEDGER_PATH SEED HOST_ID PORT MODE \
         [--loss P] [--duplicate P] [--reorder P]
 
 The host identity is derived from SEED (the test registers the Host with the same key).
@@ -20,7 +20,7 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.keys import HostIdentity
-from tests.ledger_faults import impair
+from tests.support.ledger_faults import impair
 
 
 def identity_from_seed(seed: int) -> HostIdentity:

@@ -1,8 +1,8 @@
-"""One-shot clients the two-machine tests run inside a network namespace (tests/netns.py).
+"""One-shot clients the two-machine tests run inside a network namespace (tests/support/netns.py).
 
-    python -m tests.netns_clients tcp HOST PORT DATA
-    python -m tests.netns_clients dtp HOST PORT SERVER_KEY_HEX DATA
-    python -m tests.netns_clients http URL BODY
+    python -m tests.support.netns_clients tcp HOST PORT DATA
+    python -m tests.support.netns_clients dtp HOST PORT SERVER_KEY_HEX DATA
+    python -m tests.support.netns_clients http URL BODY
 
 ``tcp`` and ``dtp`` send DATA, half-close and read the answer to the server's EOF;
 ``http`` POSTs BODY (JSON) to URL. Each prints one JSON line and exits 0:
@@ -23,8 +23,8 @@ import urllib.parse
 from typing import Any
 
 import dtp.socket
-from tests.daemon_procs import ENV, ROOT
-from tests.netns import Machine, TwoMachines
+from tests.support.daemon_procs import ENV, ROOT
+from tests.support.netns import Machine, TwoMachines
 
 TIMEOUT = 10.0
 
@@ -32,7 +32,7 @@ TIMEOUT = 10.0
 def run_client(machines: TwoMachines, machine: Machine, *args: str) -> dict[str, Any]:
     """Run one of these clients inside ``machine``; what it printed."""
     done = machines.run(
-        machine, [sys.executable, "-m", "tests.netns_clients", *args], cwd=ROOT, env=ENV
+        machine, [sys.executable, "-m", "tests.support.netns_clients", *args], cwd=ROOT, env=ENV
     )
     if not done.stdout:
         raise AssertionError(f"netns client {args} printed nothing:\n{done.stderr}")

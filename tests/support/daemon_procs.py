@@ -1,4 +1,4 @@
-"""Real processes for the services daemon tests: backends (tests/daemon_backends.py)
+"""Real processes for the services daemon tests: backends (tests/support/daemon_backends.py)
 and ``dtp daemon`` processes, each started, read and stopped by the tests."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.netns import in_namespace
+from tests.support.netns import in_namespace
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
-    from tests.netns import TwoMachines
+    from tests.support.netns import TwoMachines
 
 # (without the caller's passphrase variable: the test identities are unencrypted, and
 # one set but empty is refused)
@@ -32,7 +32,7 @@ SUI = 1_000_000_000
 
 class Proc:
     """A child process that announced itself with one JSON line on stdout; with
-    ``netns``, run inside that network namespace (tests/netns.py)."""
+    ``netns``, run inside that network namespace (tests/support/netns.py)."""
 
     def __init__(
         self, cmd: list[str], stderr: Path | None = None, netns: str | None = None
@@ -81,7 +81,7 @@ class Proc:
 
 
 def backend(mode: str, port: int = 0, host: str = "127.0.0.1", netns: str | None = None) -> Proc:
-    cmd = [sys.executable, "-m", "tests.daemon_backends", mode, "--port", str(port)]
+    cmd = [sys.executable, "-m", "tests.support.daemon_backends", mode, "--port", str(port)]
     return Proc([*cmd, "--host", host], netns=netns)
 
 

@@ -1,0 +1,61 @@
+"""Pub/sub nodes linked by real DTP connections on 127.0.0.1 (``Mesh``), and a reader
+of what a subscription got, for the pub/sub and discovery tests."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import dtp.socket
+from dtp.keys import HostIdentity
+from dtp.messaging.pubsub import PubSubNode
+
+
+class Mesh:
+    """Nodes linked by DTP connections on 127.0.0.1."""
+
+    def __init__(self, n: int, edges: list[tuple[int, int]], **kw: object) -> None:
+        self.nodes = [PubSubNode(f"n{i}", **kw) for i in range(n)]  # type: ignore[arg-type]
+        self.ids = [HostIdentity.generate() for _ in range(n)]
+        self.servers = [dtp.socket.create_server(("127.0.0.1", 0), identity=i) for i in self.ids]
+        self.socks: list[dtp.socket.DTPSocket] = []
+        for a, b in edges:
+            self.link(a, b)
+
+    def link(self, a: int, b: int) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+        client = dtp.socket.create_connection(
+            self.servers[b].address, server_key=self.ids[b].noise_public, timeout=10
+        )
+        server_side, _ = self.servers[b].accept(timeout=10)
+        client.settimeout(None)
+        server_side.settimeout(None)
+        self.socks += [client, server_side]
+        self.nodes[a].attach(client, f"{a}->{b}")
+        self.nodes[b].attach(server_side, f"{b}<-{a}")
+        return client, server_side
+
+    def settle(self, topic: str) -> None:
+        """Wait until every link of every node has declared interest in ``topic`` (once
+        every node subscribes to it, subscriptions have spread)."""
+        for node in self.nodes:
+            assert node.wait_for_interest(topic, len(node.links), timeout=10)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        for sock in self.socks:
+            sock.abort("test over")
+        for server in self.servers:
+            server.close()
+
+
+def drain(sub: object, count: int, timeout: float = 10.0) -> list[bytes]:
+    """Up to ``count`` messages from the subscription ``sub``, waiting ``timeout`` s at most."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        try:
+            out.append(sub.get(timeout=0.05).data)  # type: ignore[attr-defined]
+        except queue.Empty:
+            continue
+    return out

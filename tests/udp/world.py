@@ -1,0 +1,58 @@
+"""What the UDP tests share: the identities and connection ID of a metered flow, its
+meter, and a DNS-like UDP backend on 127.0.0.1 (the ``backend`` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+from dtp.chain.objects import Sla
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+
+SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
+CLIENT = HostIdentity.from_private_bytes(b"\x62" * 32, b"\x62" * 32)
+CONNECTION_ID = "0x" + "ab" * 32
+DEPOSIT_DATAGRAMS = 5000  # more than a stalled relay's connection takes before backing up
+
+
+def meter() -> Meter:
+    """CLIENT's meter on CONNECTION_ID, billed per datagram, DEPOSIT_DATAGRAMS deposited."""
+    return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
+
+
+class DnsLikeBackend:
+    """Answers each query (2-byte ID + name) with the ID, the name and a 4-byte
+    'address' derived from it; counts what it saw."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()
+        self.received = 0
+        self.bytes = 0
+        self.answer = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.received += 1
+            self.bytes += len(data)
+            if self.answer:
+                digest = sum(data) & 0xFFFFFFFF
+                self.sock.sendto(data + struct.pack(">I", digest), peer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
