@@ -64,7 +64,7 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
-from dtp.messaging.rpc import client as rpc_client
+from dtp.messaging.rpc import engine as rpc_engine
 from dtp.messaging.rpc import fees as rpc_fees
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
@@ -1099,7 +1099,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     )
     served = Served(make_rpc(payments=payments))
     client = served.connect(timeout=20, meter=meter)
-    real = rpc_client.meter_request
+    real = rpc_engine.sign_request
     closer: list[threading.Thread] = []
 
     def metering(*args: Any) -> Any:
@@ -1113,7 +1113,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
             time.sleep(0.01)
         return real(*args)
 
-    monkeypatch.setattr(rpc_client, "meter_request", metering)  # (where RpcClient looks it up)
+    monkeypatch.setattr(rpc_engine, "sign_request", metering)  # (where PaidCall looks it up)
     try:
         try:
             # (answered a second late: the close, waiting for the lock the metering

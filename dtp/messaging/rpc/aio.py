@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,9 +25,9 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
 )
-from dtp.messaging.rpc.client import check_client_options
+from dtp.messaging.rpc.client import FeeClient, check_client_options
+from dtp.messaging.rpc.engine import ClientFees
 from dtp.messaging.rpc.fees import (
-    FEE_META_RESERVE,
     PaymentsCache,
     RequestPayments,
     ResponseFeePolicy,
@@ -34,7 +35,6 @@ from dtp.messaging.rpc.fees import (
     admit_fee,
     check_one_meter,
     deposit,
-    meter_request,
     stream_payments,
 )
 from dtp.messaging.rpc.server import (
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 _TAKE_TIME = 0.01
 
 
-class AsyncRpcClient:
+class AsyncRpcClient(FeeClient):
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
     :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
 
@@ -87,8 +87,7 @@ class AsyncRpcClient:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
-        self.meter = meter
-        self.prepay = prepay
+        self._fees = ClientFees(meter, prepay)
         #: request ID -> the ResponseEscrow its call prepaid
         self._escrows: dict[int, str] = {}
         self.on_notification = on_notification
@@ -126,43 +125,30 @@ class AsyncRpcClient:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         loop = asyncio.get_running_loop()
         extra = meta_copy(meta)
-        escrow_id = None
-        if self.meter is not None or self.prepay is not None:
-            # a request that cannot be sent is found out before it is paid for
-            self._proto.check_request(
-                method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-            )
-        # the escrow first, as in RpcClient.start: a refused deposit leaves the meter
-        # as it was
-        if self.prepay is not None:
-            escrow_id = await deposit(self.prepay, timeout if timeout is not None else 60.0)
-            extra = extra or {}
-            extra["re"] = escrow_id
-            try:
-                if self._closed is not None:  # closed while the deposit was made
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-                if self.meter is not None:
-                    # other calls may have filled the in-flight limit meanwhile: refused
-                    # now, before the meter counts a request never sent
-                    self._proto.check_request(
-                        method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-                    )
-            except BaseException:
-                self.prepay.unanswered.append(escrow_id)
-                raise
-        # (metering to sending runs with no await: receipts go out in nonce order)
-        if self.meter is not None:
-            extra = meter_request(self.meter, self.prepay, escrow_id, extra)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
-        try:
+        escrow_id = None
+        fees = self._fees
+        if fees.meter is None and fees.prepay is None:
             request_id = self._proto.send_request(
                 method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
             )
-        except BaseException:
-            if escrow_id is not None and self.prepay is not None:
-                self.prepay.unanswered.append(escrow_id)  # (refund_due, after its deadline)
-            raise
+        else:
+            check = self._can_send(method, params, timeout)
+            paid = fees.begin(extra, timeout, check)
+            if paid.deposit_timeout is not None:
+                assert self.prepay is not None
+                paid.deposited(await deposit(self.prepay, paid.deposit_timeout))
+            # (checked again, metered and sent with no await: receipts go out in nonce
+            # order, and nothing can refuse a request the meter counted)
+            request_id = paid.send(
+                int(time.time() * 1000),
+                check,
+                lambda meta: self._proto.send_request(
+                    method, params, now=loop.time(), timeout=timeout, meta=meta, timer=False
+                ),
+            )
+            escrow_id = paid.escrow_id
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
         if escrow_id is not None:
@@ -205,9 +191,7 @@ class AsyncRpcClient:
 
     def _unanswered(self, request_id: int) -> None:
         """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
-        escrow_id = self._escrows.pop(request_id, None)
-        if escrow_id is not None and self.prepay is not None:
-            self.prepay.unanswered.append(escrow_id)
+        self._fees.unanswered(self._escrows.pop(request_id, None))
 
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
@@ -322,9 +306,8 @@ class AsyncRpcClient:
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
-            escrow_id = self._escrows.pop(event.request_id, None)
-            if escrow_id is not None and self.prepay is not None:
-                ack = self.prepay.acknowledgement(escrow_id, event.body)
+            ack = self._fees.answered(self._escrows.pop(event.request_id, None), event.body)
+            if ack is not None:
                 self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)

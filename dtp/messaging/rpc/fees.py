@@ -57,29 +57,6 @@ def check_one_meter(meter: Meter | None, stream: Any) -> None:
 FEE_META_RESERVE = 512
 
 
-def meter_request(
-    meter: Meter,
-    prepay: ResponsePrepay | None,
-    escrow_id: str | None,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any] | None:
-    """Count one request in ``meter`` and return the call's ``meta`` with the receipt
-    that covers it (key ``"r"``), when the meter signs one now. A meter that raises
-    leaves the call's prepaid escrow (``escrow_id``, made first) to
-    :meth:`ResponsePrepay.refund_due`. Shared by the blocking and asyncio clients."""
-    now_ms = int(time.time() * 1000)
-    try:
-        receipt = meter.record(now_ms, requests=1) or meter.flush(now_ms)
-    except BaseException:
-        if escrow_id is not None and prepay is not None:
-            prepay.unanswered.append(escrow_id)
-        raise
-    if receipt is not None:
-        extra = extra or {}
-        extra["r"] = receipt.encode()
-    return extra
-
-
 def response_hash(body: bytes) -> bytes:
     """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
     return hashlib.blake2b(body, digest_size=32).digest()
