@@ -68,6 +68,7 @@ from dtp.messaging.rpc import engine as rpc_engine
 from dtp.messaging.rpc import fees as rpc_fees
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
+from tests.messaging.conftest import Endpoint
 from tests.messaging.test_rpc import OFF, Served, make_rpc
 from tests.paid import test_top_up_over_deposit as paid_world
 from tests.paid.test_top_up import CLIENT
@@ -105,64 +106,31 @@ def _setup() -> tuple[LocalLedger, HostIdentity, HostIdentity, Meter]:
     return ledger, server_id, client_id, meter
 
 
-def test_a_blocking_call_that_cannot_be_sent_is_not_paid_for() -> None:
+def test_a_call_that_cannot_be_sent_is_not_paid_for(rpc_driver: Callable[..., Endpoint]) -> None:
     """Each such call locked its prepaid fee in an escrow nobody knew of (not in
     prepay.unanswered: lost to refund_due) and counted a request in the meter (the
     next receipt paid the server for it)."""
     ledger, server_id, client_id, meter = _setup()
     before = ledger.balance(client_id.sui_address)
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10, required=False)
-    s = Served(make_rpc(response_fees=policy))
-    try:
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = s.connect(timeout=5, meter=meter, prepay=prepay)
-        for method, params, error in BAD_CALLS:
-            with pytest.raises(error):
-                client.call(method, params)
-            with pytest.raises(error):
-                client.start(method, params)
-        assert meter.total_requests == 0
-        assert ledger.balance(client_id.sui_address) == before
-        assert client.call("echo", 5) == 5  # and the client is as good as new
-        assert meter.total_requests == 1
-        client.close()
-        with pytest.raises(E.RpcConnectionLost):
-            client.call("echo", 6)
-        assert meter.total_requests == 1
-        assert ledger.balance(client_id.sui_address) == before - 10
-        assert prepay.unanswered == []
-    finally:
-        s.close()
-
-
-def test_an_async_call_that_cannot_be_sent_is_not_paid_for() -> None:
-    ledger, server_id, client_id, meter = _setup()
-    before = ledger.balance(client_id.sui_address)
-
-    async def main() -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()  # never answers: every call here fails before sending
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = AsyncRpcClient(reader, writer, timeout=5, meter=meter, prepay=prepay)
-        try:
-            for method, params, error in BAD_CALLS:
-                with pytest.raises(error):
-                    await client.call(method, params)
-        finally:
-            await client.close()
-            writer.close()
-            await writer.wait_closed()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+    s = rpc_driver(response_fees=policy)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    client = s.connect(timeout=5, meter=meter, prepay=prepay)
+    for method, params, error in BAD_CALLS:
+        with pytest.raises(error):
+            client.call(method, params)
+        with pytest.raises(error):
+            client.start(method, params).result(10)
     assert meter.total_requests == 0
     assert ledger.balance(client_id.sui_address) == before
+    assert client.call("echo", 5) == 5  # and the client is as good as new
+    assert meter.total_requests == 1
+    client.close()
+    with pytest.raises(E.RpcConnectionLost):
+        client.call("echo", 6)
+    assert meter.total_requests == 1
+    assert ledger.balance(client_id.sui_address) == before - 10
+    assert prepay.unanswered == []
 
 
 def test_a_refused_deposit_is_not_counted_in_the_meter() -> None:
