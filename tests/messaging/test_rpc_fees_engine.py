@@ -1,6 +1,9 @@
-"""The RPC fee engine (dtp.messaging.rpc.engine) driven with no I/O: the order of a paid
-call's steps (checked → deposited → checked again, metered, sent), and that a prepaid
-fee is never lost and a request never metered unsent, whatever step fails."""
+"""The RPC fee engine (dtp.messaging.rpc.engine) driven with no I/O. Client: the order
+of a paid call's steps (checked → deposited → checked again, metered, sent), and that a
+prepaid fee is never lost and a request never metered unsent, whatever step fails.
+Server: the order of a request's admission (refused outright, receipt, escrow), how a
+failing check is answered, and that an escrow is kept only for an answered request,
+until its one ACK."""
 
 from __future__ import annotations
 
@@ -17,8 +20,21 @@ from dtp.ledger.interface import response_ack_message
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
-from dtp.messaging.rpc import ResponsePrepay, response_hash
-from dtp.messaging.rpc.engine import UNTIMED_DEPOSIT, ClientFees, Meta
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import (
+    RequestPayments,
+    ResponseFeePolicy,
+    ResponsePrepay,
+    response_hash,
+)
+from dtp.messaging.rpc.engine import (
+    UNTIMED_DEPOSIT,
+    ClientFees,
+    Meta,
+    PayRequest,
+    ServerFees,
+    TakeEscrow,
+)
 from dtp.payments.receipts import Meter
 
 CONNECTION = "0x" + "ab" * 32
@@ -237,3 +253,117 @@ def test_the_engine_needs_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
     paid = ClientFees(meter, prepay).begin(None, 5.0, _ok)
     paid.deposited("0xe1")
     assert paid.send(1_000, _ok, lambda meta: 7) == 7
+
+
+# -- the server's side -------------------------------------------------------------------------
+
+
+def _payments() -> RequestPayments:
+    sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
+    return RequestPayments(CONNECTION, sla, CLIENT.ed25519_public, 1_000)
+
+
+def _policy() -> ResponseFeePolicy:
+    return ResponseFeePolicy(LEDGER, SERVER, min_amount=10)
+
+
+def test_admission_runs_the_receipt_before_the_escrow() -> None:
+    """A request the receipt check refuses must not hold an escrow: the escrow is
+    taken last."""
+    payments, policy = _payments(), _policy()
+    fees = ServerFees(payments, None, policy)
+    meta = {"r": b"x", "re": "0xe1"}
+    steps = fees.admission(meta, CLIENT.sui_address)
+    assert [type(step) for step in steps] == [PayRequest, TakeEscrow]
+    pay, take = steps
+    assert isinstance(pay, PayRequest) and pay.payments is payments and pay.meta is meta
+    assert isinstance(take, TakeEscrow) and take.policy is policy
+    assert take.peer == CLIENT.sui_address
+
+
+@pytest.mark.parametrize(
+    ("payments", "policy", "steps"),
+    [(False, False, []), (True, False, [PayRequest]), (False, True, [TakeEscrow])],
+)
+def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[type]) -> None:
+    fees = ServerFees(_payments() if payments else None, None, _policy() if policy else None)
+    assert [type(step) for step in fees.admission(None, None)] == steps
+    assert fees.paid is (payments or policy)
+    assert fees.needs_context(False) is policy  # (the escrow ID is kept in the context)
+    assert fees.needs_context(True)
+
+
+def test_a_connection_with_no_check_refuses_every_request() -> None:
+    fees = ServerFees(None, "no ledger connection 0x1", _policy())
+    assert fees.paid
+    with pytest.raises(E.PaymentRequired, match="no ledger connection 0x1"):
+        fees.admission(None, None)
+
+
+def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
+    assert ServerFees.refusal(E.PaymentRequired("no receipt")) == (
+        E.PAYMENT_REQUIRED,
+        "no receipt",
+    )
+    for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
+        code, message = ServerFees.refusal(exc)
+        assert code == E.INTERNAL_ERROR
+        assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
+
+
+def test_an_answered_escrow_waits_for_its_ack_once() -> None:
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    policy.answered["0xe1"] = (b"", b"")  # (what policy.admit keeps)
+    fees.ended(3, "0xe1", b"body")
+    assert policy.answered["0xe1"] == (response_hash(b"body"), b"body")
+    ack = fees.acked(3, b"sig")
+    assert ack is not None and (ack.policy, ack.escrow_id, ack.signature) == (
+        policy,
+        "0xe1",
+        b"sig",
+    )
+    assert fees.acked(3, b"sig") is None  # (once)
+    assert fees.acked(4, b"sig") is None  # (a request that prepaid nothing)
+
+
+def test_an_unanswered_escrow_is_released() -> None:
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    policy.answered["0xe1"] = (b"", b"")
+    fees.ended(3, "0xe1", None)
+    assert "0xe1" not in policy.answered
+    assert fees.acked(3, b"sig") is None
+    fees.ended(4, None, b"body")  # (nothing prepaid: nothing to do)
+    assert policy.answered == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(st.integers(0, 5), st.booleans(), st.booleans()),  # escrow, answered, acked
+        max_size=30,
+    )
+)
+def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, bool]]) -> None:
+    """Whatever order requests end in, the policy keeps no entry for a request that
+    ended with no response, and each ACK is checked for an answered escrow only, once."""
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    claims: list[str] = []
+    for request_id, (escrow, answered, acked) in enumerate(requests):
+        escrow_id = f"0xe{escrow}"
+        if escrow_id in policy.answered or escrow_id in policy.acks:
+            continue  # (policy.admit refuses an escrow used already)
+        policy.answered[escrow_id] = (b"", b"")
+        fees.ended(request_id, escrow_id, b"%d" % request_id if answered else None)
+        if acked:
+            ack = fees.acked(request_id, b"sig")
+            assert (ack is not None) is answered
+            if ack is not None:
+                claims.append(ack.escrow_id)
+                # (what acknowledged does once the signature verifies)
+                policy.answered.pop(ack.escrow_id)
+                policy.acks[ack.escrow_id] = (b"h", b"sig")
+    assert all(digest for digest, _ in policy.answered.values())
+    assert len(claims) == len(set(claims))

@@ -26,7 +26,7 @@ from dtp.messaging.protocol import (
     RpcProtocol,
 )
 from dtp.messaging.rpc.client import FeeClient, check_client_options
-from dtp.messaging.rpc.engine import ClientFees
+from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     PaymentsCache,
     RequestPayments,
@@ -431,7 +431,6 @@ class AsyncRpcServer(Registry):
                 writer.write(data)
                 await writer.drain()
 
-        escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
         # resolved in a thread, shielded: the resolution counts this stream as one of
         # its connection's users, released at the end below -- or, when this task is
         # cancelled meanwhile (a connection's first stream ending while its second
@@ -445,25 +444,41 @@ class AsyncRpcServer(Registry):
             resolving.add_done_callback(lambda _: self._payments.release(connection_id))
             raise
 
+        fees = ServerFees(payments, payments_error, self.response_fees)
+
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
-            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            ctx = None
+            if fees.needs_context(wants_ctx):
+                ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            escrow_id: str | None = None
+            ended = False  # (fees.ended told: with a response, or refused)
             try:
-                if payments_error is not None:
-                    raise E.PaymentRequired(payments_error)
-                if payments is not None:
-                    await payments.admit_async(event.meta)
-                if self.response_fees is not None:
-                    ctx.escrow_id = await admit_fee(self.response_fees, event.meta, peer)
-                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
-                if inspect.isawaitable(outcome):
-                    remaining = None if event.deadline is None else event.deadline - loop.time()
-                    outcome = await asyncio.wait_for(outcome, remaining)
-                # (only its own request: the client may have ended it and reused its id)
-                body = proto.send_response(event.request_id, outcome, request=event)
-                self.served += 1
-                if body is not None and ctx.escrow_id is not None and self.response_fees:
-                    self.response_fees.responded(ctx.escrow_id, body)
-                    escrows[event.request_id] = ctx.escrow_id
+                refused = None
+                try:
+                    for step in fees.admission(event.meta, peer):
+                        if type(step) is PayRequest:
+                            await step.payments.admit_async(step.meta)
+                        else:
+                            assert ctx is not None and type(step) is TakeEscrow
+                            escrow_id = await admit_fee(step.policy, step.meta, step.peer)
+                            ctx.escrow_id = escrow_id
+                except Exception as exc:
+                    refused = exc
+                if refused is not None:
+                    # (the fee check failing itself: this request's failure alone)
+                    if not isinstance(refused, E.RemoteError):
+                        logger.error("the fee check of %s failed", event.method, exc_info=refused)
+                    proto.send_error(event.request_id, *fees.refusal(refused), request=event)
+                else:
+                    outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
+                    if inspect.isawaitable(outcome):
+                        left = None if event.deadline is None else event.deadline - loop.time()
+                        outcome = await asyncio.wait_for(outcome, left)
+                    # (only its own request: the client may have ended it, reused its id)
+                    body = proto.send_response(event.request_id, outcome, request=event)
+                    self.served += 1
+                    ended = True
+                    fees.ended(event.request_id, escrow_id, body)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -497,9 +512,8 @@ class AsyncRpcServer(Registry):
                 # now (removed, a CANCEL of it, or the end of the stream, missed it)
                 if tasks.get(event.request_id) is asyncio.current_task():
                     del tasks[event.request_id]
-                if ctx.escrow_id is not None and self.response_fees is not None:
-                    # (forgets it only when no response was made: ended otherwise)
-                    self.response_fees.release(ctx.escrow_id)
+                if not ended:  # no response: failed, cancelled, past its deadline
+                    fees.ended(event.request_id, escrow_id, None)
             with contextlib.suppress(DTPError, OSError):
                 await flush()
 
@@ -561,10 +575,10 @@ class AsyncRpcServer(Registry):
                                 except Exception:
                                     logger.exception("notification handler failed")
                         elif isinstance(event, AckReceived):
-                            acked = escrows.pop(event.request_id, None)
-                            if acked is not None and self.response_fees is not None:
+                            ack = fees.acked(event.request_id, event.signature)
+                            if ack is not None:
                                 await asyncio.to_thread(
-                                    self.response_fees.acknowledged, acked, event.signature
+                                    ack.policy.acknowledged, ack.escrow_id, ack.signature
                                 )
                         elif isinstance(event, ProtocolViolation):
                             self.violations += 1

@@ -1,15 +1,18 @@
 """The RPC fee engine (docs/messaging.md "Fees, step by step"): the order of the fee
 steps, held once for the blocking and the asyncio drivers -- a paid call's on a client
-(:class:`ClientFees`). Sans-I/O: no sockets, threads, tasks, locks or clock reads. The
+(:class:`ClientFees`), a request's admission, end and ACK on a server
+(:class:`ServerFees`). Sans-I/O: no sockets, threads, tasks, locks or clock reads. The
 drivers pass ``now`` and the checks, run the ledger steps the engine names (inline, or
 in a worker thread), and hold their own lock (or do not await) where it says so."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from dtp.messaging.rpc.fees import ResponsePrepay
+from dtp.messaging import errors as E
+from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy, ResponsePrepay
 from dtp.payments.receipts import Meter
 
 #: What a call's meta is while the engine adds its fee keys ("r", "re") to it: the
@@ -120,3 +123,123 @@ class PaidCall:
         except BaseException:
             self._fees.unanswered(self.escrow_id)
             raise
+
+
+@dataclass(frozen=True, slots=True)
+class PayRequest:
+    """Admission step: check the request's receipt and count it (``payments.admit``,
+    or ``admit_async`` off an event loop); raises PaymentRequired."""
+
+    payments: RequestPayments
+    meta: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class TakeEscrow:
+    """Admission step: take the response escrow the request prepaid (``policy.admit``,
+    a ledger read: in a worker thread off an event loop); returns its ID (None: none,
+    and not required); raises PaymentRequired."""
+
+    policy: ResponseFeePolicy
+    meta: Mapping[str, Any] | None
+    peer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAck:
+    """Keep the client's acknowledgement of a prepaid response if it verifies
+    (``policy.acknowledged``, a ledger read: in a worker thread off an event loop)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+    signature: bytes
+
+
+class ServerFees:
+    """One stream's fees on a server: the connection's per-request check (resolved as
+    the stream starts: ``stream_payments``), the response fee policy, and the prepaid
+    escrows of the requests answered, until their ACK comes. The driver runs the
+    admission steps in the order :meth:`admission` gives them, then reports how each
+    request ended (:meth:`ended`) and each ACK (:meth:`acked`)."""
+
+    __slots__ = ("_answered", "payments", "payments_error", "response_fees")
+
+    def __init__(
+        self,
+        payments: RequestPayments | None,
+        payments_error: str | None,
+        response_fees: ResponseFeePolicy | None,
+    ) -> None:
+        self.payments = payments
+        #: Why every request of the stream is refused (its connection's check could not
+        #: be built), if it is.
+        self.payments_error = payments_error
+        self.response_fees = response_fees
+        # request ID -> the prepaid escrow of a request answered, until its ACK
+        self._answered: dict[int, str] = {}
+
+    @property
+    def paid(self) -> bool:
+        """Whether the stream's requests pay anything (else they skip the engine)."""
+        return (
+            self.payments is not None
+            or self.payments_error is not None
+            or self.response_fees is not None
+        )
+
+    def needs_context(self, wants_ctx: bool) -> bool:
+        """Whether a request needs a CallContext: its handler takes one, or it may carry
+        a prepaid escrow (kept there): most calls need neither."""
+        return wants_ctx or self.response_fees is not None
+
+    def admission(
+        self, meta: Mapping[str, Any] | None, peer: str | None
+    ) -> tuple[PayRequest | TakeEscrow, ...]:
+        """The steps admitting one request, in their order: the connection refused
+        outright first (PaymentRequired raised here), then the per-request fee (its
+        receipt), then the response escrow (taken last: a request the receipt check
+        refuses does not hold an escrow). The driver runs each in turn."""
+        if self.payments_error is not None:
+            raise E.PaymentRequired(self.payments_error)
+        steps: list[PayRequest | TakeEscrow] = []
+        if self.payments is not None:
+            steps.append(PayRequest(self.payments, meta))
+        if self.response_fees is not None:
+            steps.append(TakeEscrow(self.response_fees, meta, peer))
+        return tuple(steps)
+
+    @staticmethod
+    def refusal(exc: Exception) -> tuple[int, str]:
+        """The answer (code, message) to a request whose admission raised ``exc``: a
+        RemoteError (PaymentRequired) as it is; anything else is the fee check failing
+        itself (``on_receipt`` with the disk full, say): that request's internal error,
+        never the stream's end (the driver logs it)."""
+        if isinstance(exc, E.RemoteError):
+            return exc.code, exc.message
+        return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})"
+
+    def ended(self, request_id: int, escrow_id: str | None, body: bytes | None) -> None:
+        """The request ``request_id``, which prepaid ``escrow_id`` (None: nothing),
+        ended: answered with ``body`` (the response's encoded result) -- its escrow is
+        kept for the client's ACK -- or with no response (None: failed, cancelled, past
+        its deadline, refused), and the policy forgets the escrow, which it held so that
+        no other request used it meanwhile. Call it before the response can be sent:
+        an ACK may come at once."""
+        policy = self.response_fees
+        if escrow_id is None or policy is None:
+            return
+        if body is None:
+            policy.release(escrow_id)
+        else:
+            policy.responded(escrow_id, body)
+            self._answered[request_id] = escrow_id
+
+    def acked(self, request_id: int, signature: bytes) -> CheckAck | None:
+        """An ACK for ``request_id`` came with ``signature``: the step checking it (a
+        ledger read), or None when the request prepaid nothing or was acknowledged
+        already."""
+        policy = self.response_fees
+        escrow_id = self._answered.pop(request_id, None)
+        if escrow_id is None or policy is None:
+            return None
+        return CheckAck(policy, escrow_id, signature)

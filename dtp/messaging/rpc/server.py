@@ -28,6 +28,7 @@ from dtp.messaging.protocol import (
     _check_count,
     _check_our_method,
 )
+from dtp.messaging.rpc.engine import PayRequest, ServerFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     PaymentsCache,
     RequestPayments,
@@ -381,9 +382,9 @@ class _ServerStream:
         self.contexts: dict[int, CallContext] = {}
         #: (``lock``) request id -> its job while it waits in the pool's queue
         self.queued: dict[int, _Job] = {}
-        self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
-        self.payments, self.payments_error = stream_payments(server._payments, stream)
+        #: the stream's fees (engine.ServerFees), its connection's check resolved now
+        self.fees = ServerFees(*stream_payments(server._payments, stream), server.response_fees)
         #: set when a pool worker or the writer thread is done with an answer (for
         #: finish_answers); ``failed``: sending failed, the stream is done for
         self.progress = threading.Event()
@@ -478,12 +479,7 @@ class _ServerStream:
         with server._stats_lock:
             server._live.add(self)
         try:
-            if (
-                server._pool is None
-                and self.payments is None
-                and self.payments_error is None
-                and server.response_fees is None
-            ):
+            if server._pool is None and not self.fees.paid:
                 self.run_inline()
             else:
                 self.run_general()
@@ -710,34 +706,25 @@ class _ServerStream:
                     )
                 return
             fn, wants_ctx = entry
-            # a context (and its Event) only for handlers that see it or escrows that
-            # need it: most calls have neither
+            fees = self.fees
             ctx = None
-            if wants_ctx or server.response_fees is not None:
+            if fees.needs_context(wants_ctx):
                 ctx = CallContext(
                     event.request_id, event.method, event.deadline, event.meta, self.peer
                 )
             try:
-                if self.payments_error is not None:
-                    raise E.PaymentRequired(self.payments_error)
-                if self.payments is not None:
-                    self.payments.admit(event.meta)
-                if ctx is not None and server.response_fees is not None:
-                    ctx.escrow_id = server.response_fees.admit(event.meta, self.peer)
-            except E.RemoteError as exc:
-                with self.lock:
-                    self.proto.send_error(event.request_id, exc.code, exc.message, request=event)
-                return
+                for step in fees.admission(event.meta, self.peer):
+                    if type(step) is PayRequest:
+                        step.payments.admit(step.meta)
+                    else:
+                        assert ctx is not None and type(step) is TakeEscrow
+                        ctx.escrow_id = step.policy.admit(step.meta, step.peer)
             except Exception as exc:
-                # the fee check itself failed (on_receipt, say, with the disk full): this
-                # request's failure, answered as a handler's; it went up through the read
-                # loop and ended the stream, every call in flight with it
-                logger.exception("the fee check of %s failed", event.method)
-                failure = f"internal error ({type(exc).__name__})"
+                # (the fee check failing itself: this request's failure, not the stream's)
+                if not isinstance(exc, E.RemoteError):
+                    logger.exception("the fee check of %s failed", event.method)
                 with self.lock:
-                    self.proto.send_error(
-                        event.request_id, E.INTERNAL_ERROR, failure, request=event
-                    )
+                    self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
                 return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
@@ -781,9 +768,9 @@ class _ServerStream:
                 if ended is not None:
                     self.release_escrow(ctx_found)
         elif isinstance(event, AckReceived):
-            escrow_id = self.escrows.pop(event.request_id, None)
-            if escrow_id is not None and server.response_fees is not None:
-                server.response_fees.acknowledged(escrow_id, event.signature)
+            ack = self.fees.acked(event.request_id, event.signature)
+            if ack is not None:
+                ack.policy.acknowledged(ack.escrow_id, ack.signature)
         elif isinstance(event, ProtocolViolation):
             self.violations += 1
 
@@ -838,15 +825,11 @@ class _ServerStream:
             self.forget_context(request_id, ctx)
             # (only its own request: the client may have ended it and reused its id)
             body = self.proto.send_response(request_id, result, request=event)
-            if body is not None and ctx is not None and ctx.escrow_id is not None:
-                fees = self.server.response_fees
-                if fees is not None:
-                    # before the lock is let go: any flush may send the response from
-                    # then on, and the client's ACK must find its escrow answered
-                    fees.responded(ctx.escrow_id, body)
-                    self.escrows[request_id] = ctx.escrow_id
-        if body is None:  # cancelled, past its deadline, or its result not encodable
-            self.release_escrow(ctx)
+            if ctx is not None and ctx.escrow_id is not None:
+                # before the lock is let go: any flush may send the response from then
+                # on, and the client's ACK must find its escrow answered (body None:
+                # cancelled, past its deadline, or its result not encodable)
+                self.fees.ended(request_id, ctx.escrow_id, body)
         if self.server._pool is None:  # this stream's thread
             self.served += 1
         else:  # a worker's: several may finish at once, and after the stream ended
@@ -856,9 +839,8 @@ class _ServerStream:
     def release_escrow(self, ctx: CallContext | None) -> None:
         """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
         its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
-        fees = self.server.response_fees
-        if fees is not None and ctx is not None and ctx.escrow_id is not None:
-            fees.release(ctx.escrow_id)
+        if ctx is not None and ctx.escrow_id is not None:
+            self.fees.ended(ctx.request_id, ctx.escrow_id, None)
 
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
