@@ -133,42 +133,18 @@ def test_a_call_that_cannot_be_sent_is_not_paid_for(rpc_driver: Callable[..., En
     assert prepay.unanswered == []
 
 
-def test_a_refused_deposit_is_not_counted_in_the_meter() -> None:
+def test_a_refused_deposit_is_not_counted_in_the_meter(
+    rpc_driver: Callable[..., Endpoint],
+) -> None:
     """With both fees, the meter counted the request before the ledger refused the
     escrow's deposit: the next receipt paid the server for a request never sent."""
     ledger, server_id, _client_id, meter = _setup()
     poor = HostIdentity.generate()  # pays the response fees: it has no funds
-    s = Served(make_rpc())
-    try:
-        prepay = ResponsePrepay(ledger, poor, server_id.sui_address, 10)
-        client = s.connect(timeout=5, meter=meter, prepay=prepay)
-        with pytest.raises(InsufficientFunds):
-            client.call("echo", 1)
-        assert meter.total_requests == 0
-
-        async def main() -> None:
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await reader.read()
-                writer.close()
-
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            aclient = AsyncRpcClient(reader, writer, timeout=5, meter=meter, prepay=prepay)
-            try:
-                with pytest.raises(InsufficientFunds):
-                    await aclient.call("echo", 1)
-            finally:
-                await aclient.close()
-                writer.close()
-                await writer.wait_closed()
-                server.close()
-                await server.wait_closed()
-
-        asyncio.run(main())
-        assert meter.total_requests == 0
-    finally:
-        s.close()
+    prepay = ResponsePrepay(ledger, poor, server_id.sui_address, 10)
+    client = rpc_driver().connect(timeout=5, meter=meter, prepay=prepay)
+    with pytest.raises(InsufficientFunds):
+        client.call("echo", 1)
+    assert meter.total_requests == 0
 
 
 class NamedSocket(socket.socket):
