@@ -28,7 +28,6 @@ from dtp.messaging.protocol import (
 from dtp.messaging.rpc.client import FeeClient, check_client_options
 from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
-    PaymentsCache,
     RequestPayments,
     ResponseFeePolicy,
     ResponsePrepay,
@@ -40,8 +39,7 @@ from dtp.messaging.rpc.fees import (
 from dtp.messaging.rpc.server import (
     CallContext,
     Handler,
-    Registry,
-    check_server_options,
+    ServerBase,
     error_reply,
 )
 from dtp.messaging.rpc.streams import (
@@ -362,7 +360,7 @@ class AsyncRpcClient(FeeClient):
         await self.close()
 
 
-class AsyncRpcServer(Registry):
+class AsyncRpcServer(ServerBase):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
     runs as its own task, so answers go out in completion order. Notifications are
     handled in order by the stream's reading loop (an async notification handler is
@@ -382,13 +380,7 @@ class AsyncRpcServer(Registry):
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
-        check_server_options(max_message_size, max_pending, payments, response_fees)
-        super().__init__()
-        self.max_message_size = max_message_size
-        self.max_pending = max_pending
-        self.payments = payments
-        self._payments = PaymentsCache(payments)
-        self.response_fees = response_fees
+        super().__init__(max_message_size, max_pending, payments, response_fees)
         self.violations = 0
         self.served = 0
 

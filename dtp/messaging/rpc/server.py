@@ -186,7 +186,29 @@ def error_reply(exc: BaseException) -> tuple[int, str, Any]:
     return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
 
 
-class RpcServer(Registry):
+class ServerBase(Registry):
+    """What both servers (:class:`RpcServer`, ``AsyncRpcServer``) take, checked here
+    before anything starts, and keep: the message and pending bounds, and the fees
+    (``payments``, resolved once per connection through a PaymentsCache, and
+    ``response_fees``)."""
+
+    def __init__(
+        self,
+        max_message_size: int,
+        max_pending: int,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None,
+        response_fees: ResponseFeePolicy | None,
+    ) -> None:
+        check_server_options(max_message_size, max_pending, payments, response_fees)
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.payments = payments
+        self._payments = PaymentsCache(payments)
+        self.response_fees = response_fees
+
+
+class RpcServer(ServerBase):
     """Blocking RPC server: register handlers, then serve streams.
 
     ``workers``: 0 (the default) runs handlers inline in the stream's thread (lowest
@@ -232,13 +254,7 @@ class RpcServer(Registry):
         # (before the pool is made: a bool or a float made a pool of that many threads,
         # a negative count failed inside ThreadPoolExecutor)
         _check_count("workers", workers, 0)
-        check_server_options(max_message_size, max_pending, payments, response_fees)
-        super().__init__()
-        self.max_message_size = max_message_size
-        self.max_pending = max_pending
-        self.payments = payments
-        self._payments = PaymentsCache(payments)
-        self.response_fees = response_fees
+        super().__init__(max_message_size, max_pending, payments, response_fees)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
         # the counters: a stream being served counts in its own attributes, written by
