@@ -447,7 +447,7 @@ class AsyncRpcServer(ServerBase):
             try:
                 refused = None
                 try:
-                    for step in fees.admission(event.meta, peer):
+                    for step in fees.admission(event.meta, peer) if fees.paid else ():
                         if type(step) is PayRequest:
                             await step.payments.admit_async(step.meta)
                         else:

@@ -243,9 +243,10 @@ class RpcClient(FeeClient):
             timeout = self.timeout
         extra = meta_copy(meta)
         paid = None
-        if self._fees.paid:
+        fees = self._fees
+        if fees.meter is not None or fees.prepay is not None:
             with self._lock:
-                paid = self._fees.begin(extra, timeout, self._can_send(method, params, timeout))
+                paid = fees.begin(extra, timeout, self._can_send(method, params, timeout))
             if paid.deposit_timeout is not None:
                 assert self.prepay is not None
                 paid.deposited(self.prepay.deposit(paid.deposit_timeout))

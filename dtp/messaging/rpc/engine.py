@@ -44,11 +44,6 @@ class ClientFees:
         self.meter = meter
         self.prepay = prepay
 
-    @property
-    def paid(self) -> bool:
-        """Whether calls pay anything (else the drivers skip the engine)."""
-        return self.meter is not None or self.prepay is not None
-
     def begin(self, meta: Meta, timeout: float | None, check: Check) -> PaidCall:
         """Start a paid call: ``check`` it first, so that a request that cannot be sent
         is found out before it is paid for (no escrow made, nothing metered). Then the
@@ -162,7 +157,7 @@ class ServerFees:
     admission steps in the order :meth:`admission` gives them, then reports how each
     request ended (:meth:`ended`) and each ACK (:meth:`acked`)."""
 
-    __slots__ = ("_answered", "payments", "payments_error", "response_fees")
+    __slots__ = ("_answered", "paid", "payments", "payments_error", "response_fees")
 
     def __init__(
         self,
@@ -175,17 +170,11 @@ class ServerFees:
         #: be built), if it is.
         self.payments_error = payments_error
         self.response_fees = response_fees
+        #: Whether the stream's requests pay anything (else the drivers skip
+        #: :meth:`admission`).
+        self.paid = payments is not None or payments_error is not None or response_fees is not None
         # request ID -> the prepaid escrow of a request answered, until its ACK
         self._answered: dict[int, str] = {}
-
-    @property
-    def paid(self) -> bool:
-        """Whether the stream's requests pay anything (else they skip the engine)."""
-        return (
-            self.payments is not None
-            or self.payments_error is not None
-            or self.response_fees is not None
-        )
 
     def needs_context(self, wants_ctx: bool) -> bool:
         """Whether a request needs a CallContext: its handler takes one, or it may carry

@@ -728,20 +728,21 @@ class _ServerStream:
                 ctx = CallContext(
                     event.request_id, event.method, event.deadline, event.meta, self.peer
                 )
-            try:
-                for step in fees.admission(event.meta, self.peer):
-                    if type(step) is PayRequest:
-                        step.payments.admit(step.meta)
-                    else:
-                        assert ctx is not None and type(step) is TakeEscrow
-                        ctx.escrow_id = step.policy.admit(step.meta, step.peer)
-            except Exception as exc:
-                # (the fee check failing itself: this request's failure, not the stream's)
-                if not isinstance(exc, E.RemoteError):
-                    logger.exception("the fee check of %s failed", event.method)
-                with self.lock:
-                    self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
-                return
+            if fees.paid:
+                try:
+                    for step in fees.admission(event.meta, self.peer):
+                        if type(step) is PayRequest:
+                            step.payments.admit(step.meta)
+                        else:
+                            assert ctx is not None and type(step) is TakeEscrow
+                            ctx.escrow_id = step.policy.admit(step.meta, step.peer)
+                except Exception as exc:
+                    # (the fee check failing itself: this request's failure alone)
+                    if not isinstance(exc, E.RemoteError):
+                        logger.exception("the fee check of %s failed", event.method)
+                    with self.lock:
+                        self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
+                    return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
                 return
