@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
@@ -31,9 +32,7 @@ from dtp.messaging.rpc.fees import (
     RequestPayments,
     ResponseFeePolicy,
     ResponsePrepay,
-    admit_fee,
     check_one_meter,
-    deposit,
     stream_payments,
 )
 from dtp.messaging.rpc.server import (
@@ -53,9 +52,27 @@ from dtp.messaging.rpc.streams import (
 from dtp.payments.receipts import Meter
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 #: The asyncio client lets the loop run after this long (seconds) of notification
 #: handlers (AsyncRpcClient._take).
 _TAKE_TIME = 0.01
+
+
+async def _in_worker(put_back: Callable[[T], object], fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread (a ledger call). A task cancelled meanwhile
+    cannot stop the thread: what it returns then goes to ``put_back`` (the fee engine's
+    rule for an escrow whose call or request is gone)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+
+        def orphaned(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                put_back(done.result())
+
+        work.add_done_callback(orphaned)
+        raise
 
 
 class AsyncRpcClient(FeeClient):
@@ -136,7 +153,12 @@ class AsyncRpcClient(FeeClient):
             paid = fees.begin(extra, timeout, check)
             if paid.deposit_timeout is not None:
                 assert self.prepay is not None
-                paid.deposited(await deposit(self.prepay, paid.deposit_timeout))
+                # (a call cancelled meanwhile leaves the escrow made to refund_due: its
+                # fee would be locked until someone found it)
+                escrow = await _in_worker(
+                    fees.unanswered, self.prepay.deposit, paid.deposit_timeout
+                )
+                paid.deposited(escrow)
             # (checked again, metered and sent with no await: receipts go out in nonce
             # order, and nothing can refuse a request the meter counted)
             request_id = paid.send(
@@ -452,7 +474,15 @@ class AsyncRpcServer(ServerBase):
                             await step.payments.admit_async(step.meta)
                         else:
                             assert ctx is not None and type(step) is TakeEscrow
-                            escrow_id = await admit_fee(step.policy, step.meta, step.peer)
+                            # (a request cancelled meanwhile -- its CANCEL, the
+                            # stream's end -- has the escrow admitted released, as
+                            # any request that ended with no response)
+                            escrow_id = await _in_worker(
+                                functools.partial(fees.ended, event.request_id, body=None),
+                                step.policy.admit,
+                                step.meta,
+                                step.peer,
+                            )
                             ctx.escrow_id = escrow_id
                 except Exception as exc:
                     refused = exc
