@@ -469,7 +469,7 @@ def test_every_payment_model_method_has_a_builder_and_a_case() -> None:
         for name in vars(PaymentModels)
         if not name.startswith("_") and not name.startswith("get_")
     }
-    methods.add("pay")  # Ledger.pay (dtp/chain/ledger.py): built with the payment models
+    methods.add("pay")  # Ledger.pay (dtp/ledger/interface.py): built with the payment models
     assert methods == set(sui_tx.ECONOMICS_BUILDERS) == set(sui_tx.ECONOMICS_TARGETS) == set(CASES)
     assert not set(sui_tx.ECONOMICS_BUILDERS) & set(sui_tx.BUILDERS)
 

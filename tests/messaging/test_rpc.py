@@ -14,9 +14,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import pytest
@@ -67,6 +68,9 @@ from dtp.messaging.rpc import (
 )
 from tests.messaging.rpc_world import OFF, PROMPT, ScriptedPeer, Served, make_rpc
 from tests.support.polling import wait_for
+
+if TYPE_CHECKING:  # (a type only)
+    from tests.messaging.conftest import Endpoint
 
 # -- the sans-I/O core ---------------------------------------------------------------------------
 
@@ -635,10 +639,10 @@ def test_demo_story_runs() -> None:
     assert "Delivered 1 time(s); 1 duplicate dropped." in text
 
 
-def test_async_rpc_fees_receipts_and_prepaid_responses() -> None:
-    """The asyncio client and server apply the same fee policies as the blocking ones:
-    per-request receipts from a Meter, and prepaid response fees acknowledged, claimed,
-    or refunded after the deadline when the call went unanswered."""
+def test_rpc_fees_receipts_and_prepaid_responses(rpc_driver: Callable[..., Endpoint]) -> None:
+    """Both drivers apply the same fee policies: per-request receipts from a Meter, and
+    prepaid response fees acknowledged, claimed, or refunded after the deadline when the
+    call went unanswered."""
     ledger = LocalLedger(":memory:", clock_ms=1_000)
     server_id, client_id = HostIdentity.generate(), HostIdentity.generate()
     sla = Sla(price_per_kib=0, price_per_request=7, min_deposit=0)
@@ -650,52 +654,27 @@ def test_async_rpc_fees_receipts_and_prepaid_responses() -> None:
     payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
     prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=200)
-
-    async def main() -> None:
-        rpc = AsyncRpcServer(payments=payments, response_fees=policy)
-        rpc.register("echo", lambda p: p)
-
-        async def slow(p: Any) -> Any:
-            await asyncio.sleep(0.5)
-            return p
-
-        rpc.register("slow", slow)
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
-        try:
-            reader, writer = await dtp.aio.open_connection(
-                *server.address, server_key=server_id.noise_public, identity=client_id
-            )
-            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
-            async with AsyncRpcClient(
-                reader, writer, timeout=5, meter=meter, prepay=prepay
-            ) as client:
-                assert await client.call("echo", "a") == "a"
-                assert await client.call("echo", "b") == "b"
-                with pytest.raises(E.RpcTimeout):
-                    await client.call("slow", "late", timeout=0.1)
-                for _ in range(100):  # acks travel after the responses
-                    if len(policy.acks) == 2:
-                        break
-                    await asyncio.sleep(0.01)
-                assert len(policy.acks) == 2
-                assert len(prepay.unanswered) == 1
-            writer.close()
-            # a client without receipts is refused per request, the stream stays usable
-            reader2, writer2 = await dtp.aio.open_connection(
-                *server.address, server_key=server_id.noise_public
-            )
-            async with AsyncRpcClient(reader2, writer2, timeout=5) as unpaid:
-                with pytest.raises(E.PaymentRequired):
-                    await unpaid.call("echo", 1)
-                with pytest.raises(E.PaymentRequired):
-                    await unpaid.call("echo", 2)
-            writer2.close()
-        finally:
-            server.close()
-            await server.wait_closed()
-        assert payments.served == 3 and payments.earned == 21
-
-    asyncio.run(main())
+    served = rpc_driver(payments=payments, response_fees=policy)
+    meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+    client = served.connect(timeout=5, meter=meter, prepay=prepay)
+    assert client.call("echo", "a") == "a"
+    assert client.call("echo", "b") == "b"
+    with pytest.raises(E.RpcTimeout):
+        client.call("sleep", [0.5, "late"], timeout=0.1)
+    deadline = time.monotonic() + 1
+    while len(policy.acks) != 2 and time.monotonic() < deadline:  # (acks travel after)
+        time.sleep(0.01)
+    assert len(policy.acks) == 2
+    assert len(prepay.unanswered) == 1
+    client.close()
+    # a client without receipts is refused per request, the stream stays usable
+    unpaid = served.connect(timeout=5)
+    with pytest.raises(E.PaymentRequired):
+        unpaid.call("echo", 1)
+    with pytest.raises(E.PaymentRequired):
+        unpaid.call("echo", 2)
+    unpaid.close()
+    assert payments.served == 3 and payments.earned == 21
     assert policy.claim_all() == 20
     assert payments.latest is not None
     assert ledger.claim(server_id, opened.escrow_id, payments.latest) == 21

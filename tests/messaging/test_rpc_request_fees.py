@@ -64,10 +64,11 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
-from dtp.messaging.rpc import client as rpc_client
+from dtp.messaging.rpc import engine as rpc_engine
 from dtp.messaging.rpc import fees as rpc_fees
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
+from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import OFF, Served, make_rpc
 from tests.paid import test_top_up_over_deposit as paid_world
 from tests.paid.test_top_up import CLIENT
@@ -105,102 +106,45 @@ def _setup() -> tuple[LocalLedger, HostIdentity, HostIdentity, Meter]:
     return ledger, server_id, client_id, meter
 
 
-def test_a_blocking_call_that_cannot_be_sent_is_not_paid_for() -> None:
+def test_a_call_that_cannot_be_sent_is_not_paid_for(rpc_driver: Callable[..., Endpoint]) -> None:
     """Each such call locked its prepaid fee in an escrow nobody knew of (not in
     prepay.unanswered: lost to refund_due) and counted a request in the meter (the
     next receipt paid the server for it)."""
     ledger, server_id, client_id, meter = _setup()
     before = ledger.balance(client_id.sui_address)
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10, required=False)
-    s = Served(make_rpc(response_fees=policy))
-    try:
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = s.connect(timeout=5, meter=meter, prepay=prepay)
-        for method, params, error in BAD_CALLS:
-            with pytest.raises(error):
-                client.call(method, params)
-            with pytest.raises(error):
-                client.start(method, params)
-        assert meter.total_requests == 0
-        assert ledger.balance(client_id.sui_address) == before
-        assert client.call("echo", 5) == 5  # and the client is as good as new
-        assert meter.total_requests == 1
-        client.close()
-        with pytest.raises(E.RpcConnectionLost):
-            client.call("echo", 6)
-        assert meter.total_requests == 1
-        assert ledger.balance(client_id.sui_address) == before - 10
-        assert prepay.unanswered == []
-    finally:
-        s.close()
-
-
-def test_an_async_call_that_cannot_be_sent_is_not_paid_for() -> None:
-    ledger, server_id, client_id, meter = _setup()
-    before = ledger.balance(client_id.sui_address)
-
-    async def main() -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()  # never answers: every call here fails before sending
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = AsyncRpcClient(reader, writer, timeout=5, meter=meter, prepay=prepay)
-        try:
-            for method, params, error in BAD_CALLS:
-                with pytest.raises(error):
-                    await client.call(method, params)
-        finally:
-            await client.close()
-            writer.close()
-            await writer.wait_closed()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+    s = rpc_driver(response_fees=policy)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    client = s.connect(timeout=5, meter=meter, prepay=prepay)
+    for method, params, error in BAD_CALLS:
+        with pytest.raises(error):
+            client.call(method, params)
+        with pytest.raises(error):
+            client.start(method, params).result(10)
     assert meter.total_requests == 0
     assert ledger.balance(client_id.sui_address) == before
+    assert client.call("echo", 5) == 5  # and the client is as good as new
+    assert meter.total_requests == 1
+    client.close()
+    with pytest.raises(E.RpcConnectionLost):
+        client.call("echo", 6)
+    assert meter.total_requests == 1
+    assert ledger.balance(client_id.sui_address) == before - 10
+    assert prepay.unanswered == []
 
 
-def test_a_refused_deposit_is_not_counted_in_the_meter() -> None:
+def test_a_refused_deposit_is_not_counted_in_the_meter(
+    rpc_driver: Callable[..., Endpoint],
+) -> None:
     """With both fees, the meter counted the request before the ledger refused the
     escrow's deposit: the next receipt paid the server for a request never sent."""
     ledger, server_id, _client_id, meter = _setup()
     poor = HostIdentity.generate()  # pays the response fees: it has no funds
-    s = Served(make_rpc())
-    try:
-        prepay = ResponsePrepay(ledger, poor, server_id.sui_address, 10)
-        client = s.connect(timeout=5, meter=meter, prepay=prepay)
-        with pytest.raises(InsufficientFunds):
-            client.call("echo", 1)
-        assert meter.total_requests == 0
-
-        async def main() -> None:
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await reader.read()
-                writer.close()
-
-            server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            aclient = AsyncRpcClient(reader, writer, timeout=5, meter=meter, prepay=prepay)
-            try:
-                with pytest.raises(InsufficientFunds):
-                    await aclient.call("echo", 1)
-            finally:
-                await aclient.close()
-                writer.close()
-                await writer.wait_closed()
-                server.close()
-                await server.wait_closed()
-
-        asyncio.run(main())
-        assert meter.total_requests == 0
-    finally:
-        s.close()
+    prepay = ResponsePrepay(ledger, poor, server_id.sui_address, 10)
+    client = rpc_driver().connect(timeout=5, meter=meter, prepay=prepay)
+    with pytest.raises(InsufficientFunds):
+        client.call("echo", 1)
+    assert meter.total_requests == 0
 
 
 class NamedSocket(socket.socket):
@@ -1099,7 +1043,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     )
     served = Served(make_rpc(payments=payments))
     client = served.connect(timeout=20, meter=meter)
-    real = rpc_client.meter_request
+    real = rpc_engine.sign_request
     closer: list[threading.Thread] = []
 
     def metering(*args: Any) -> Any:
@@ -1113,7 +1057,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
             time.sleep(0.01)
         return real(*args)
 
-    monkeypatch.setattr(rpc_client, "meter_request", metering)  # (where RpcClient looks it up)
+    monkeypatch.setattr(rpc_engine, "sign_request", metering)  # (where PaidCall looks it up)
     try:
         try:
             # (answered a second late: the close, waiting for the lock the metering

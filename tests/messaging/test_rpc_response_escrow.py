@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -30,6 +30,7 @@ from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, ResponsePrepay
+from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served, make_rpc
 
 
@@ -136,9 +137,18 @@ def test_a_ledger_clock_error_refuses_the_request() -> None:
         policy.admit({"re": escrow_id})
 
 
-def test_a_failing_on_receipt_fails_its_request_not_the_stream() -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(28, "No space left on device"), TypeError("not a receipt store")],
+    ids=["disk-full", "type-error"],
+)
+def test_a_failing_on_receipt_fails_its_request_not_the_stream(
+    rpc_driver: Callable[..., Endpoint], failure: Exception
+) -> None:
     """RequestPayments' on_receipt raising (a receipt store with the disk full) went up
-    through the read loop: the connection closed, every call in flight failed."""
+    through the read loop: the connection closed, every call in flight failed. A fee
+    check failing so is that request's internal error on both servers, whatever it
+    raised (the asyncio server answered a TypeError as the caller's invalid params)."""
     from dtp.chain.objects import Sla
     from dtp.escrow import Meter
     from dtp.messaging.rpc import RequestPayments
@@ -157,22 +167,19 @@ def test_a_failing_on_receipt_fails_its_request_not_the_stream() -> None:
         nonlocal kept
         kept += 1
         if kept == 2:
-            raise OSError(28, "No space left on device")
+            raise failure
 
     payments = RequestPayments(
         opened.connection_id, sla, client_id.ed25519_public, 100, on_receipt=keep
     )
-    s = Served(make_rpc(workers=4, payments=payments))
-    try:
-        meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
-        client = s.connect(timeout=5, meter=meter)
-        slow = client.start("sleep", [0.5, "slow"])
-        with pytest.raises(E.InternalError):
-            client.call("echo", 1)  # its receipt could not be kept
-        assert client.call("echo", 2) == 2
-        assert slow.result() == "slow"
-    finally:
-        s.close()
+    s = rpc_driver(workers=4, payments=payments)
+    meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
+    client = s.connect(timeout=5, meter=meter)
+    slow = client.start("sleep", [0.5, "slow"])
+    with pytest.raises(E.InternalError):
+        client.call("echo", 1)  # its receipt could not be kept
+    assert client.call("echo", 2) == 2
+    assert slow.result(10) == "slow"
 
 
 def _ledger() -> tuple[LocalLedger, HostIdentity, HostIdentity]:
@@ -187,58 +194,23 @@ def _unanswered_entries(policy: ResponseFeePolicy) -> int:
 
 
 @pytest.mark.parametrize("workers", [0, 4])
-def test_failed_paid_requests_leave_no_entry(workers: int) -> None:
+def test_failed_paid_requests_leave_no_entry(
+    rpc_driver: Callable[..., Endpoint], workers: int
+) -> None:
+    """(``workers``: the blocking server's; the asyncio one runs each request as a task)"""
     ledger, server_id, client_id = _ledger()
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
-    s = Served(make_rpc(workers=workers, response_fees=policy))
-    try:
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = s.connect(timeout=5, prepay=prepay)
-        for i in range(5):
-            with pytest.raises(E.InvalidParams):
-                client.call("fail", i)
-            with pytest.raises(E.InternalError):
-                client.call("crash", i)
-        assert client.call("echo", 1) == 1
-        assert _unanswered_entries(policy) == 0
-        assert len(policy.answered) + len(policy.acks) == 1  # the one answered call
-    finally:
-        s.close()
-
-
-def test_failed_paid_requests_leave_no_entry_asyncio() -> None:
-    ledger, server_id, client_id = _ledger()
-    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
-    rpc = AsyncRpcServer(response_fees=policy)
-
-    def crash(p: Any) -> Any:
-        raise RuntimeError("secret")
-
-    rpc.register("crash", crash)
-    rpc.register("echo", lambda p: p)
-
-    async def main() -> None:
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
-        host, port = server.sockets[0].getsockname()[:2]
-        reader, writer = await dtp.aio.open_connection(
-            host, port, server_key=server_id.noise_public, identity=client_id
-        )
-        prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
-        client = AsyncRpcClient(reader, writer, timeout=5, prepay=prepay)
-        try:
-            for i in range(5):
-                with pytest.raises(E.InternalError):
-                    await client.call("crash", i)
-            assert await client.call("echo", 1) == 1
-        finally:
-            await client.close()
-            writer.close()
-            await writer.wait_closed()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+    s = rpc_driver(workers=workers, response_fees=policy)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    client = s.connect(timeout=5, prepay=prepay)
+    for i in range(5):
+        with pytest.raises(E.InvalidParams):
+            client.call("fail", i)
+        with pytest.raises(E.InternalError):
+            client.call("crash", i)
+    assert client.call("echo", 1) == 1
     assert _unanswered_entries(policy) == 0
+    assert len(policy.answered) + len(policy.acks) == 1  # the one answered call
 
 
 class _SlowFirstCheck(ResponseFeePolicy):

@@ -28,8 +28,9 @@ response fee into a ledger ``ResponseEscrow`` per request; the server checks it
 the server claims with it — or the client takes the fee back after the deadline.
 
 The modules: ``streams`` (what a stream must have, read sizes, sending), ``fees`` (the
-money above), ``client`` and ``server`` (blocking), ``aio`` (asyncio). This package
-re-exports their public API.
+money above), ``engine`` (the sans-I/O order of the fee steps, which both clients run),
+``client`` and ``server`` (blocking), ``aio`` (asyncio). This package re-exports their
+public API.
 """
 
 from dtp.messaging.rpc.aio import AsyncRpcClient, AsyncRpcServer

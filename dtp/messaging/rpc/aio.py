@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
@@ -24,24 +26,19 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
 )
-from dtp.messaging.rpc.client import check_client_options
+from dtp.messaging.rpc.client import FeeClient, check_client_options
+from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
-    FEE_META_RESERVE,
-    PaymentsCache,
     RequestPayments,
     ResponseFeePolicy,
     ResponsePrepay,
-    admit_fee,
     check_one_meter,
-    deposit,
-    meter_request,
     stream_payments,
 )
 from dtp.messaging.rpc.server import (
     CallContext,
     Handler,
-    Registry,
-    check_server_options,
+    ServerBase,
     error_reply,
 )
 from dtp.messaging.rpc.streams import (
@@ -55,12 +52,30 @@ from dtp.messaging.rpc.streams import (
 from dtp.payments.receipts import Meter
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 #: The asyncio client lets the loop run after this long (seconds) of notification
 #: handlers (AsyncRpcClient._take).
 _TAKE_TIME = 0.01
 
 
-class AsyncRpcClient:
+async def _in_worker(put_back: Callable[[T], object], fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread (a ledger call). A task cancelled meanwhile
+    cannot stop the thread: what it returns then goes to ``put_back`` (the fee engine's
+    rule for an escrow whose call or request is gone)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+
+        def orphaned(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                put_back(done.result())
+
+        work.add_done_callback(orphaned)
+        raise
+
+
+class AsyncRpcClient(FeeClient):
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
     :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
 
@@ -87,8 +102,7 @@ class AsyncRpcClient:
         self._reader = reader
         self._writer = writer
         self.timeout = timeout
-        self.meter = meter
-        self.prepay = prepay
+        self._fees = ClientFees(meter, prepay)
         #: request ID -> the ResponseEscrow its call prepaid
         self._escrows: dict[int, str] = {}
         self.on_notification = on_notification
@@ -126,43 +140,35 @@ class AsyncRpcClient:
             raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
         loop = asyncio.get_running_loop()
         extra = meta_copy(meta)
-        escrow_id = None
-        if self.meter is not None or self.prepay is not None:
-            # a request that cannot be sent is found out before it is paid for
-            self._proto.check_request(
-                method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-            )
-        # the escrow first, as in RpcClient.start: a refused deposit leaves the meter
-        # as it was
-        if self.prepay is not None:
-            escrow_id = await deposit(self.prepay, timeout if timeout is not None else 60.0)
-            extra = extra or {}
-            extra["re"] = escrow_id
-            try:
-                if self._closed is not None:  # closed while the deposit was made
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-                if self.meter is not None:
-                    # other calls may have filled the in-flight limit meanwhile: refused
-                    # now, before the meter counts a request never sent
-                    self._proto.check_request(
-                        method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-                    )
-            except BaseException:
-                self.prepay.unanswered.append(escrow_id)
-                raise
-        # (metering to sending runs with no await: receipts go out in nonce order)
-        if self.meter is not None:
-            extra = meter_request(self.meter, self.prepay, escrow_id, extra)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
-        try:
+        escrow_id = None
+        fees = self._fees
+        if fees.meter is None and fees.prepay is None:
             request_id = self._proto.send_request(
                 method, params, now=loop.time(), timeout=timeout, meta=extra, timer=False
             )
-        except BaseException:
-            if escrow_id is not None and self.prepay is not None:
-                self.prepay.unanswered.append(escrow_id)  # (refund_due, after its deadline)
-            raise
+        else:
+            check = self._can_send(method, params, timeout)
+            paid = fees.begin(extra, timeout, check)
+            if paid.deposit_timeout is not None:
+                assert self.prepay is not None
+                # (a call cancelled meanwhile leaves the escrow made to refund_due: its
+                # fee would be locked until someone found it)
+                escrow = await _in_worker(
+                    fees.unanswered, self.prepay.deposit, paid.deposit_timeout
+                )
+                paid.deposited(escrow)
+            # (checked again, metered and sent with no await: receipts go out in nonce
+            # order, and nothing can refuse a request the meter counted)
+            request_id = paid.send(
+                int(time.time() * 1000),
+                check,
+                lambda meta: self._proto.send_request(
+                    method, params, now=loop.time(), timeout=timeout, meta=meta, timer=False
+                ),
+            )
+            escrow_id = paid.escrow_id
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
         if escrow_id is not None:
@@ -205,9 +211,7 @@ class AsyncRpcClient:
 
     def _unanswered(self, request_id: int) -> None:
         """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
-        escrow_id = self._escrows.pop(request_id, None)
-        if escrow_id is not None and self.prepay is not None:
-            self.prepay.unanswered.append(escrow_id)
+        self._fees.unanswered(self._escrows.pop(request_id, None))
 
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
@@ -322,9 +326,8 @@ class AsyncRpcClient:
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
-            escrow_id = self._escrows.pop(event.request_id, None)
-            if escrow_id is not None and self.prepay is not None:
-                ack = self.prepay.acknowledgement(escrow_id, event.body)
+            ack = self._fees.answered(self._escrows.pop(event.request_id, None), event.body)
+            if ack is not None:
                 self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)
@@ -379,7 +382,7 @@ class AsyncRpcClient:
         await self.close()
 
 
-class AsyncRpcServer(Registry):
+class AsyncRpcServer(ServerBase):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
     runs as its own task, so answers go out in completion order. Notifications are
     handled in order by the stream's reading loop (an async notification handler is
@@ -399,13 +402,7 @@ class AsyncRpcServer(Registry):
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
     ) -> None:
-        check_server_options(max_message_size, max_pending, payments, response_fees)
-        super().__init__()
-        self.max_message_size = max_message_size
-        self.max_pending = max_pending
-        self.payments = payments
-        self._payments = PaymentsCache(payments)
-        self.response_fees = response_fees
+        super().__init__(max_message_size, max_pending, payments, response_fees)
         self.violations = 0
         self.served = 0
 
@@ -448,7 +445,6 @@ class AsyncRpcServer(Registry):
                 writer.write(data)
                 await writer.drain()
 
-        escrows: dict[int, str] = {}  # request ID -> prepaid ResponseEscrow (answered)
         # resolved in a thread, shielded: the resolution counts this stream as one of
         # its connection's users, released at the end below -- or, when this task is
         # cancelled meanwhile (a connection's first stream ending while its second
@@ -462,25 +458,49 @@ class AsyncRpcServer(Registry):
             resolving.add_done_callback(lambda _: self._payments.release(connection_id))
             raise
 
+        fees = ServerFees(payments, payments_error, self.response_fees)
+
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
-            ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            ctx = None
+            if fees.needs_context(wants_ctx):
+                ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+            escrow_id: str | None = None
+            ended = False  # (fees.ended told: with a response, or refused)
             try:
-                if payments_error is not None:
-                    raise E.PaymentRequired(payments_error)
-                if payments is not None:
-                    await payments.admit_async(event.meta)
-                if self.response_fees is not None:
-                    ctx.escrow_id = await admit_fee(self.response_fees, event.meta, peer)
-                outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
-                if inspect.isawaitable(outcome):
-                    remaining = None if event.deadline is None else event.deadline - loop.time()
-                    outcome = await asyncio.wait_for(outcome, remaining)
-                # (only its own request: the client may have ended it and reused its id)
-                body = proto.send_response(event.request_id, outcome, request=event)
-                self.served += 1
-                if body is not None and ctx.escrow_id is not None and self.response_fees:
-                    self.response_fees.responded(ctx.escrow_id, body)
-                    escrows[event.request_id] = ctx.escrow_id
+                refused = None
+                try:
+                    for step in fees.admission(event.meta, peer) if fees.paid else ():
+                        if type(step) is PayRequest:
+                            await step.payments.admit_async(step.meta)
+                        else:
+                            assert ctx is not None and type(step) is TakeEscrow
+                            # (a request cancelled meanwhile -- its CANCEL, the
+                            # stream's end -- has the escrow admitted released, as
+                            # any request that ended with no response)
+                            escrow_id = await _in_worker(
+                                functools.partial(fees.ended, event.request_id, body=None),
+                                step.policy.admit,
+                                step.meta,
+                                step.peer,
+                            )
+                            ctx.escrow_id = escrow_id
+                except Exception as exc:
+                    refused = exc
+                if refused is not None:
+                    # (the fee check failing itself: this request's failure alone)
+                    if not isinstance(refused, E.RemoteError):
+                        logger.error("the fee check of %s failed", event.method, exc_info=refused)
+                    proto.send_error(event.request_id, *fees.refusal(refused), request=event)
+                else:
+                    outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
+                    if inspect.isawaitable(outcome):
+                        left = None if event.deadline is None else event.deadline - loop.time()
+                        outcome = await asyncio.wait_for(outcome, left)
+                    # (only its own request: the client may have ended it, reused its id)
+                    body = proto.send_response(event.request_id, outcome, request=event)
+                    self.served += 1
+                    ended = True
+                    fees.ended(event.request_id, escrow_id, body)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -514,9 +534,8 @@ class AsyncRpcServer(Registry):
                 # now (removed, a CANCEL of it, or the end of the stream, missed it)
                 if tasks.get(event.request_id) is asyncio.current_task():
                     del tasks[event.request_id]
-                if ctx.escrow_id is not None and self.response_fees is not None:
-                    # (forgets it only when no response was made: ended otherwise)
-                    self.response_fees.release(ctx.escrow_id)
+                if not ended:  # no response: failed, cancelled, past its deadline
+                    fees.ended(event.request_id, escrow_id, None)
             with contextlib.suppress(DTPError, OSError):
                 await flush()
 
@@ -578,10 +597,10 @@ class AsyncRpcServer(Registry):
                                 except Exception:
                                     logger.exception("notification handler failed")
                         elif isinstance(event, AckReceived):
-                            acked = escrows.pop(event.request_id, None)
-                            if acked is not None and self.response_fees is not None:
+                            ack = fees.acked(event.request_id, event.signature)
+                            if ack is not None:
                                 await asyncio.to_thread(
-                                    self.response_fees.acknowledged, acked, event.signature
+                                    ack.policy.acknowledged, ack.escrow_id, ack.signature
                                 )
                         elif isinstance(event, ProtocolViolation):
                             self.violations += 1

@@ -27,12 +27,8 @@ from dtp.messaging.protocol import (
     _check_our_timeout,
     _check_wait,
 )
-from dtp.messaging.rpc.fees import (
-    FEE_META_RESERVE,
-    ResponsePrepay,
-    check_one_meter,
-    meter_request,
-)
+from dtp.messaging.rpc.engine import Check, ClientFees, Meta
+from dtp.messaging.rpc.fees import FEE_META_RESERVE, ResponsePrepay, check_one_meter
 from dtp.messaging.rpc.streams import (
     DEFAULT,
     QUICK_RECV_SIZE,
@@ -66,6 +62,47 @@ _READ_SLICE = 1.0
 #: the peer's requests: a client serves nothing); beyond, the peer's requests are dropped
 #: unanswered, so a peer that sends requests and never reads cannot grow our memory.
 _MAX_QUEUED_OUT = 256
+
+
+class FeeClient:
+    """What both RPC clients (:class:`RpcClient`, ``AsyncRpcClient``) do about fees
+    besides running the engine's steps: their ``meter`` and ``prepay``, and a paid
+    call's check."""
+
+    _fees: ClientFees
+    _proto: RpcProtocol
+    _closed: BaseException | None
+
+    @property
+    def meter(self) -> Meter | None:
+        """The meter signing a receipt for every request (per-request fees), if any."""
+        return self._fees.meter
+
+    @meter.setter
+    def meter(self, meter: Meter | None) -> None:
+        self._fees.meter = meter
+
+    @property
+    def prepay(self) -> ResponsePrepay | None:
+        """What prepays each call's response fee, if anything."""
+        return self._fees.prepay
+
+    @prepay.setter
+    def prepay(self, prepay: ResponsePrepay | None) -> None:
+        self._fees.prepay = prepay
+
+    def _can_send(self, method: str, params: Any, timeout: float | None) -> Check:
+        """A paid call's check (under ``_lock`` in the blocking client): raises as
+        sending the request would."""
+
+        def check(meta: Meta) -> None:
+            if self._closed is not None:
+                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+            self._proto.check_request(
+                method, params, timeout=timeout, meta=meta, reserve=FEE_META_RESERVE
+            )
+
+        return check
 
 
 class RpcCall:
@@ -119,7 +156,7 @@ def check_client_options(timeout: float | None, on_notification: object) -> None
         raise TypeError(f"on_notification must be callable, not {type(on_notification).__name__!r}")
 
 
-class RpcClient:
+class RpcClient(FeeClient):
     """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
 
     ``timeout``: default seconds per call (None: wait forever). ``meter``: attach a
@@ -145,8 +182,7 @@ class RpcClient:
         check_one_meter(meter, stream)
         self._stream = stream
         self.timeout = timeout
-        self.meter = meter
-        self.prepay = prepay
+        self._fees = ClientFees(meter, prepay)
         self.on_notification = on_notification
         self._close_stream = close_stream
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
@@ -187,7 +223,8 @@ class RpcClient:
         """Call ``method`` and wait for its result (raises the typed error otherwise)."""
         if timeout is DEFAULT:
             timeout = self.timeout
-        if meta is None and self.meter is None and self.prepay is None:
+        fees = self._fees  # (the fast path: no property call)
+        if meta is None and fees.meter is None and fees.prepay is None:
             outcome = self._call_quiet(method, params, timeout)
             if outcome is not None:
                 return outcome[0]
@@ -205,50 +242,36 @@ class RpcClient:
         if timeout is DEFAULT:
             timeout = self.timeout
         extra = meta_copy(meta)
-        escrow_id = None
-        if self.meter is not None or self.prepay is not None:
-            # a request that cannot be sent is found out before it is paid for
+        paid = None
+        fees = self._fees
+        if fees.meter is not None or fees.prepay is not None:
             with self._lock:
-                if self._closed is not None:
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-                self._proto.check_request(
-                    method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-                )
-        # the escrow first: a deposit the ledger refuses must not leave the request
-        # counted in the meter (the next receipt would pay for it); a meter that
-        # refuses leaves the escrow to refund_due
-        if self.prepay is not None:
-            escrow_id = self.prepay.deposit(timeout if timeout is not None else 60.0)
-            extra = extra or {}
-            extra["re"] = escrow_id
+                paid = fees.begin(extra, timeout, self._can_send(method, params, timeout))
+            if paid.deposit_timeout is not None:
+                assert self.prepay is not None
+                paid.deposited(self.prepay.deposit(paid.deposit_timeout))
         with self._wlock:
-            # metered under _wlock, as sent: receipts reach the server in their nonce
-            # order (signed outside it, a later one could be sent first and the earlier
-            # one refused as replayed); and in one _lock section with the checks and the
-            # request's framing, so that nothing between them (another call filling the
-            # in-flight limit, the reader failing the stream, close()) can refuse a
-            # request the meter has counted: its next receipt would pay for a request
-            # never sent. (The meter only signs: no I/O under the lock.)
+            # the fee steps and the framing in one _lock section, under _wlock as sent
+            # (PaidCall.send): receipts reach the server in their nonce order, and
+            # nothing in between can refuse a request the meter counted. (The meter
+            # only signs: no I/O under the lock.)
             with self._lock:
-                try:
+                if paid is None:
                     if self._closed is not None:
                         raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-                    if self.meter is not None:
-                        self._proto.check_request(
-                            method, params, timeout=timeout, meta=extra, reserve=FEE_META_RESERVE
-                        )
-                        extra = meter_request(self.meter, None, None, extra)
                     request_id = self._proto.send_request(
                         method, params, now=time.monotonic(), timeout=timeout, meta=extra
                     )
-                except BaseException:
-                    if escrow_id is not None and self.prepay is not None:
-                        # closed meanwhile, too many in flight, or the meter refused:
-                        # the fee comes back after the escrow's deadline (refund_due)
-                        self.prepay.unanswered.append(escrow_id)
-                    raise
+                else:
+                    request_id = paid.send(
+                        int(time.time() * 1000),
+                        self._can_send(method, params, timeout),
+                        lambda meta: self._proto.send_request(
+                            method, params, now=time.monotonic(), timeout=timeout, meta=meta
+                        ),
+                    )
                 call = RpcCall(self, request_id)
-                call.escrow_id = escrow_id
+                call.escrow_id = None if paid is None else paid.escrow_id
                 self._calls[request_id] = call
                 data = self._proto.data_to_send()
             self._send(data, _deadline(timeout))
@@ -423,8 +446,7 @@ class RpcClient:
         calls, self._calls = self._calls, {}
         for call in calls.values():
             call._finish(None, error)
-            if call.escrow_id and self.prepay is not None:
-                self.prepay.unanswered.append(call.escrow_id)
+            self._fees.unanswered(call.escrow_id)
         self._wake_followers()
 
     def _cancel(self, call: RpcCall) -> bool:
@@ -434,8 +456,7 @@ class RpcClient:
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
             call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
-            if call.escrow_id and self.prepay is not None:
-                self.prepay.unanswered.append(call.escrow_id)
+            self._fees.unanswered(call.escrow_id)
             self._wake_followers()
             reading = self._reading
         if reading:
@@ -459,20 +480,19 @@ class RpcClient:
             if isinstance(event, ResponseReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    if call.escrow_id and self.prepay is not None:
-                        self._acknowledge(call, event)
+                    ack = self._fees.answered(call.escrow_id, event.body)
+                    if ack is not None:
+                        self._proto.send_ack(event.request_id, ack)
                     call._finish(event.result, None)
             elif isinstance(event, ErrorReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    if call.escrow_id and self.prepay is not None:
-                        self.prepay.unanswered.append(call.escrow_id)
+                    self._fees.unanswered(call.escrow_id)
                     call._finish(None, event.error)
             elif isinstance(event, RequestTimedOut):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    if call.escrow_id and self.prepay is not None:
-                        self.prepay.unanswered.append(call.escrow_id)
+                    self._fees.unanswered(call.escrow_id)
                     call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
             elif isinstance(event, NotificationReceived):
                 if self.on_notification is not None:
@@ -492,12 +512,6 @@ class RpcClient:
                 else:
                     self._proto.drop_request(event.request_id)
         self._wake_followers()
-
-    def _acknowledge(self, call: RpcCall, event: ResponseReceived) -> None:
-        assert self.prepay is not None and call.escrow_id is not None
-        self._proto.send_ack(
-            event.request_id, self.prepay.acknowledgement(call.escrow_id, event.body)
-        )
 
     def _run_notes(self, limit: float | None = None) -> None:
         """Run ``on_notification`` for the notifications read (``_lock`` not held), in
@@ -805,6 +819,5 @@ class RpcClient:
         if not call.done and deadline is not None and now >= deadline:
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
-            if call.escrow_id and self.prepay is not None:
-                self.prepay.unanswered.append(call.escrow_id)
+            self._fees.unanswered(call.escrow_id)
             call._finish(None, E.RpcTimeout(f"no answer to call {call.request_id}"))

@@ -57,29 +57,6 @@ def check_one_meter(meter: Meter | None, stream: Any) -> None:
 FEE_META_RESERVE = 512
 
 
-def meter_request(
-    meter: Meter,
-    prepay: ResponsePrepay | None,
-    escrow_id: str | None,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any] | None:
-    """Count one request in ``meter`` and return the call's ``meta`` with the receipt
-    that covers it (key ``"r"``), when the meter signs one now. A meter that raises
-    leaves the call's prepaid escrow (``escrow_id``, made first) to
-    :meth:`ResponsePrepay.refund_due`. Shared by the blocking and asyncio clients."""
-    now_ms = int(time.time() * 1000)
-    try:
-        receipt = meter.record(now_ms, requests=1) or meter.flush(now_ms)
-    except BaseException:
-        if escrow_id is not None and prepay is not None:
-            prepay.unanswered.append(escrow_id)
-        raise
-    if receipt is not None:
-        extra = extra or {}
-        extra["r"] = receipt.encode()
-    return extra
-
-
 def response_hash(body: bytes) -> bytes:
     """BLAKE2b-256 of a RESPONSE frame's msgpack body: what acknowledgements sign."""
     return hashlib.blake2b(body, digest_size=32).digest()
@@ -818,46 +795,3 @@ def stream_payments(cache: PaymentsCache, stream: Any) -> tuple[RequestPayments 
         # released with the stream) rather than end the stream's thread untyped
         logger.exception("the payments source failed")
         return None, "the server's payments check failed"
-
-
-# -- asyncio --------------------------------------------------------------------------------------
-
-
-async def deposit(prepay: ResponsePrepay, timeout: float) -> str:
-    """``prepay.deposit(timeout)`` in a worker thread. A call cancelled meanwhile cannot
-    stop the thread: the escrow it then makes is left in ``prepay.unanswered``, for
-    :meth:`ResponsePrepay.refund_due` (else it would be lost, the fee locked until
-    someone found it)."""
-    work = asyncio.ensure_future(asyncio.to_thread(prepay.deposit, timeout))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-
-        def orphaned(done: asyncio.Future[str]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                prepay.unanswered.append(done.result())
-
-        work.add_done_callback(orphaned)
-        raise
-
-
-async def admit_fee(
-    policy: ResponseFeePolicy, meta: Mapping[str, Any] | None, peer: str | None
-) -> str | None:
-    """``policy.admit(meta)`` in a worker thread. A request cancelled meanwhile (its
-    CANCEL, the stream's end) cannot stop the thread: the escrow it then admits is
-    released, as for any request that ended with no response (it was kept as used for
-    good: a request naming it again was refused, and the policy's memory grew)."""
-    work = asyncio.ensure_future(asyncio.to_thread(policy.admit, meta, peer))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-
-        def orphaned(done: asyncio.Future[str | None]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                escrow_id = done.result()
-                if escrow_id is not None:
-                    policy.release(escrow_id)
-
-        work.add_done_callback(orphaned)
-        raise

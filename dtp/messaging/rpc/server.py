@@ -28,6 +28,7 @@ from dtp.messaging.protocol import (
     _check_count,
     _check_our_method,
 )
+from dtp.messaging.rpc.engine import PayRequest, ServerFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     PaymentsCache,
     RequestPayments,
@@ -185,7 +186,29 @@ def error_reply(exc: BaseException) -> tuple[int, str, Any]:
     return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
 
 
-class RpcServer(Registry):
+class ServerBase(Registry):
+    """What both servers (:class:`RpcServer`, ``AsyncRpcServer``) take, checked here
+    before anything starts, and keep: the message and pending bounds, and the fees
+    (``payments``, resolved once per connection through a PaymentsCache, and
+    ``response_fees``)."""
+
+    def __init__(
+        self,
+        max_message_size: int,
+        max_pending: int,
+        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None,
+        response_fees: ResponseFeePolicy | None,
+    ) -> None:
+        check_server_options(max_message_size, max_pending, payments, response_fees)
+        super().__init__()
+        self.max_message_size = max_message_size
+        self.max_pending = max_pending
+        self.payments = payments
+        self._payments = PaymentsCache(payments)
+        self.response_fees = response_fees
+
+
+class RpcServer(ServerBase):
     """Blocking RPC server: register handlers, then serve streams.
 
     ``workers``: 0 (the default) runs handlers inline in the stream's thread (lowest
@@ -231,13 +254,7 @@ class RpcServer(Registry):
         # (before the pool is made: a bool or a float made a pool of that many threads,
         # a negative count failed inside ThreadPoolExecutor)
         _check_count("workers", workers, 0)
-        check_server_options(max_message_size, max_pending, payments, response_fees)
-        super().__init__()
-        self.max_message_size = max_message_size
-        self.max_pending = max_pending
-        self.payments = payments
-        self._payments = PaymentsCache(payments)
-        self.response_fees = response_fees
+        super().__init__(max_message_size, max_pending, payments, response_fees)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
         # the counters: a stream being served counts in its own attributes, written by
@@ -381,9 +398,9 @@ class _ServerStream:
         self.contexts: dict[int, CallContext] = {}
         #: (``lock``) request id -> its job while it waits in the pool's queue
         self.queued: dict[int, _Job] = {}
-        self.escrows: dict[int, str] = {}  # request id -> escrow id (answered ones)
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
-        self.payments, self.payments_error = stream_payments(server._payments, stream)
+        #: the stream's fees (engine.ServerFees), its connection's check resolved now
+        self.fees = ServerFees(*stream_payments(server._payments, stream), server.response_fees)
         #: set when a pool worker or the writer thread is done with an answer (for
         #: finish_answers); ``failed``: sending failed, the stream is done for
         self.progress = threading.Event()
@@ -478,12 +495,7 @@ class _ServerStream:
         with server._stats_lock:
             server._live.add(self)
         try:
-            if (
-                server._pool is None
-                and self.payments is None
-                and self.payments_error is None
-                and server.response_fees is None
-            ):
+            if server._pool is None and not self.fees.paid:
                 self.run_inline()
             else:
                 self.run_general()
@@ -710,35 +722,27 @@ class _ServerStream:
                     )
                 return
             fn, wants_ctx = entry
-            # a context (and its Event) only for handlers that see it or escrows that
-            # need it: most calls have neither
+            fees = self.fees
             ctx = None
-            if wants_ctx or server.response_fees is not None:
+            if fees.needs_context(wants_ctx):
                 ctx = CallContext(
                     event.request_id, event.method, event.deadline, event.meta, self.peer
                 )
-            try:
-                if self.payments_error is not None:
-                    raise E.PaymentRequired(self.payments_error)
-                if self.payments is not None:
-                    self.payments.admit(event.meta)
-                if ctx is not None and server.response_fees is not None:
-                    ctx.escrow_id = server.response_fees.admit(event.meta, self.peer)
-            except E.RemoteError as exc:
-                with self.lock:
-                    self.proto.send_error(event.request_id, exc.code, exc.message, request=event)
-                return
-            except Exception as exc:
-                # the fee check itself failed (on_receipt, say, with the disk full): this
-                # request's failure, answered as a handler's; it went up through the read
-                # loop and ended the stream, every call in flight with it
-                logger.exception("the fee check of %s failed", event.method)
-                failure = f"internal error ({type(exc).__name__})"
-                with self.lock:
-                    self.proto.send_error(
-                        event.request_id, E.INTERNAL_ERROR, failure, request=event
-                    )
-                return
+            if fees.paid:
+                try:
+                    for step in fees.admission(event.meta, self.peer):
+                        if type(step) is PayRequest:
+                            step.payments.admit(step.meta)
+                        else:
+                            assert ctx is not None and type(step) is TakeEscrow
+                            ctx.escrow_id = step.policy.admit(step.meta, step.peer)
+                except Exception as exc:
+                    # (the fee check failing itself: this request's failure alone)
+                    if not isinstance(exc, E.RemoteError):
+                        logger.exception("the fee check of %s failed", event.method)
+                    with self.lock:
+                        self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
+                    return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
                 return
@@ -781,9 +785,9 @@ class _ServerStream:
                 if ended is not None:
                     self.release_escrow(ctx_found)
         elif isinstance(event, AckReceived):
-            escrow_id = self.escrows.pop(event.request_id, None)
-            if escrow_id is not None and server.response_fees is not None:
-                server.response_fees.acknowledged(escrow_id, event.signature)
+            ack = self.fees.acked(event.request_id, event.signature)
+            if ack is not None:
+                ack.policy.acknowledged(ack.escrow_id, ack.signature)
         elif isinstance(event, ProtocolViolation):
             self.violations += 1
 
@@ -838,15 +842,11 @@ class _ServerStream:
             self.forget_context(request_id, ctx)
             # (only its own request: the client may have ended it and reused its id)
             body = self.proto.send_response(request_id, result, request=event)
-            if body is not None and ctx is not None and ctx.escrow_id is not None:
-                fees = self.server.response_fees
-                if fees is not None:
-                    # before the lock is let go: any flush may send the response from
-                    # then on, and the client's ACK must find its escrow answered
-                    fees.responded(ctx.escrow_id, body)
-                    self.escrows[request_id] = ctx.escrow_id
-        if body is None:  # cancelled, past its deadline, or its result not encodable
-            self.release_escrow(ctx)
+            if ctx is not None and ctx.escrow_id is not None:
+                # before the lock is let go: any flush may send the response from then
+                # on, and the client's ACK must find its escrow answered (body None:
+                # cancelled, past its deadline, or its result not encodable)
+                self.fees.ended(request_id, ctx.escrow_id, body)
         if self.server._pool is None:  # this stream's thread
             self.served += 1
         else:  # a worker's: several may finish at once, and after the stream ended
@@ -856,9 +856,8 @@ class _ServerStream:
     def release_escrow(self, ctx: CallContext | None) -> None:
         """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
         its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
-        fees = self.server.response_fees
-        if fees is not None and ctx is not None and ctx.escrow_id is not None:
-            fees.release(ctx.escrow_id)
+        if ctx is not None and ctx.escrow_id is not None:
+            self.fees.ended(ctx.request_id, ctx.escrow_id, None)
 
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain

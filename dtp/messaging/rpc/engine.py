@@ -1,0 +1,234 @@
+"""The RPC fee engine (docs/messaging.md "Fees, step by step"): the order of the fee
+steps, held once for the blocking and the asyncio drivers -- a paid call's on a client
+(:class:`ClientFees`), a request's admission, end and ACK on a server
+(:class:`ServerFees`). Sans-I/O: no sockets, threads, tasks, locks or clock reads. The
+drivers pass ``now`` and the checks, run the ledger steps the engine names (inline, or
+in a worker thread), and hold their own lock (or do not await) where it says so."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dtp.messaging import errors as E
+from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy, ResponsePrepay
+from dtp.payments.receipts import Meter
+
+#: What a call's meta is while the engine adds its fee keys ("r", "re") to it: the
+#: driver's own copy of the caller's meta (``streams.meta_copy``), or None for none.
+Meta = dict[str, Any] | None
+#: The driver's "can this request be sent now?": raises as sending it would (the stream
+#: closed, too many in flight, too large with the fee's meta), queues nothing.
+Check = Callable[[Meta], None]
+
+#: Seconds of a prepaid call's escrow deadline when the call has no timeout.
+UNTIMED_DEPOSIT = 60.0
+
+
+def sign_request(meter: Meter, now_ms: int) -> bytes | None:
+    """Count one request in ``meter``; the encoded receipt that covers it, when the
+    meter signs one now (meta ``"r"``)."""
+    receipt = meter.record(now_ms, requests=1) or meter.flush(now_ms)
+    return None if receipt is None else receipt.encode()
+
+
+class ClientFees:
+    """A client's fees: a ``meter`` (per-request receipts) and a ``prepay`` (a response
+    escrow per call), either or both. One per client; :meth:`begin` starts each paid
+    call's steps."""
+
+    __slots__ = ("meter", "prepay")
+
+    def __init__(self, meter: Meter | None, prepay: ResponsePrepay | None) -> None:
+        self.meter = meter
+        self.prepay = prepay
+
+    def begin(self, meta: Meta, timeout: float | None, check: Check) -> PaidCall:
+        """Start a paid call: ``check`` it first, so that a request that cannot be sent
+        is found out before it is paid for (no escrow made, nothing metered). Then the
+        call's :attr:`PaidCall.deposit_timeout` says whether a deposit is due."""
+        check(meta)
+        paid = PaidCall(self, meta)
+        if self.prepay is not None:
+            paid.deposit_timeout = UNTIMED_DEPOSIT if timeout is None else timeout
+        return paid
+
+    def unanswered(self, escrow_id: str | None) -> None:
+        """A prepaid call ended with no response (failed, timed out, cancelled, never
+        sent): its escrow waits for :meth:`ResponsePrepay.refund_due`."""
+        if escrow_id is not None and self.prepay is not None:
+            self.prepay.unanswered.append(escrow_id)
+
+    def answered(self, escrow_id: str | None, body: bytes) -> bytes | None:
+        """A call that prepaid ``escrow_id`` (None: none) was answered with ``body``:
+        the signature acknowledging it, for the driver to send back in an ACK (the
+        server claims the escrow with it); None when the call prepaid nothing."""
+        if escrow_id is None or self.prepay is None:
+            return None
+        return self.prepay.acknowledgement(escrow_id, body)
+
+
+class PaidCall:
+    """One paid call's steps, in their order: checked (:meth:`ClientFees.begin`) →
+    the response escrow deposited (:meth:`deposited`, when :attr:`deposit_timeout` is
+    set) → checked again, metered and sent in one step (:meth:`send`). Whatever fails
+    after the deposit leaves the escrow to ``refund_due``: a fee is never lost."""
+
+    __slots__ = ("_fees", "deposit_timeout", "escrow_id", "meta")
+
+    def __init__(self, fees: ClientFees, meta: Meta) -> None:
+        self._fees = fees
+        #: The call's meta with its fee keys, once added.
+        self.meta = meta
+        #: Seconds for ``ResponsePrepay.deposit`` when the call's escrow is still to be
+        #: made (None: no deposit due).
+        self.deposit_timeout: float | None = None
+        #: The ResponseEscrow the call prepaid, once made.
+        self.escrow_id: str | None = None
+
+    def deposited(self, escrow_id: str) -> None:
+        """The driver made the call's escrow: the request names it (meta ``"re"``).
+        The escrow comes before the meter: a deposit the ledger refuses must leave the
+        meter as it was (its next receipt would pay for a request never sent)."""
+        self.escrow_id = escrow_id
+        self.deposit_timeout = None
+        meta = {} if self.meta is None else self.meta
+        meta["re"] = escrow_id
+        self.meta = meta
+
+    def send(self, now_ms: int, check: Check, send: Callable[[Meta], int]) -> int:
+        """Check the request again, meter it and ``send`` it (the driver's framing;
+        returns the request ID), with nothing in between: the driver holds its lock
+        across this call (or does not await in it), so receipts reach the server in
+        their nonce order, and nothing (another call filling the in-flight limit, a
+        close) can refuse a request the meter has counted. Any failure puts the
+        call's escrow on ``unanswered`` and is raised."""
+        try:
+            # again: the driver let go of its state for the deposit (or its lock)
+            check(self.meta)
+            meter = self._fees.meter
+            if meter is not None:
+                receipt = sign_request(meter, now_ms)
+                if receipt is not None:
+                    meta = {} if self.meta is None else self.meta
+                    meta["r"] = receipt
+                    self.meta = meta
+            return send(self.meta)
+        except BaseException:
+            self._fees.unanswered(self.escrow_id)
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class PayRequest:
+    """Admission step: check the request's receipt and count it (``payments.admit``,
+    or ``admit_async`` off an event loop); raises PaymentRequired."""
+
+    payments: RequestPayments
+    meta: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class TakeEscrow:
+    """Admission step: take the response escrow the request prepaid (``policy.admit``,
+    a ledger read: in a worker thread off an event loop); returns its ID (None: none,
+    and not required); raises PaymentRequired."""
+
+    policy: ResponseFeePolicy
+    meta: Mapping[str, Any] | None
+    peer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAck:
+    """Keep the client's acknowledgement of a prepaid response if it verifies
+    (``policy.acknowledged``, a ledger read: in a worker thread off an event loop)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+    signature: bytes
+
+
+class ServerFees:
+    """One stream's fees on a server: the connection's per-request check (resolved as
+    the stream starts: ``stream_payments``), the response fee policy, and the prepaid
+    escrows of the requests answered, until their ACK comes. The driver runs the
+    admission steps in the order :meth:`admission` gives them, then reports how each
+    request ended (:meth:`ended`) and each ACK (:meth:`acked`)."""
+
+    __slots__ = ("_answered", "paid", "payments", "payments_error", "response_fees")
+
+    def __init__(
+        self,
+        payments: RequestPayments | None,
+        payments_error: str | None,
+        response_fees: ResponseFeePolicy | None,
+    ) -> None:
+        self.payments = payments
+        #: Why every request of the stream is refused (its connection's check could not
+        #: be built), if it is.
+        self.payments_error = payments_error
+        self.response_fees = response_fees
+        #: Whether the stream's requests pay anything (else the drivers skip
+        #: :meth:`admission`).
+        self.paid = payments is not None or payments_error is not None or response_fees is not None
+        # request ID -> the prepaid escrow of a request answered, until its ACK
+        self._answered: dict[int, str] = {}
+
+    def needs_context(self, wants_ctx: bool) -> bool:
+        """Whether a request needs a CallContext: its handler takes one, or it may carry
+        a prepaid escrow (kept there): most calls need neither."""
+        return wants_ctx or self.response_fees is not None
+
+    def admission(
+        self, meta: Mapping[str, Any] | None, peer: str | None
+    ) -> tuple[PayRequest | TakeEscrow, ...]:
+        """The steps admitting one request, in their order: the connection refused
+        outright first (PaymentRequired raised here), then the per-request fee (its
+        receipt), then the response escrow (taken last: a request the receipt check
+        refuses does not hold an escrow). The driver runs each in turn."""
+        if self.payments_error is not None:
+            raise E.PaymentRequired(self.payments_error)
+        steps: list[PayRequest | TakeEscrow] = []
+        if self.payments is not None:
+            steps.append(PayRequest(self.payments, meta))
+        if self.response_fees is not None:
+            steps.append(TakeEscrow(self.response_fees, meta, peer))
+        return tuple(steps)
+
+    @staticmethod
+    def refusal(exc: Exception) -> tuple[int, str]:
+        """The answer (code, message) to a request whose admission raised ``exc``: a
+        RemoteError (PaymentRequired) as it is; anything else is the fee check failing
+        itself (``on_receipt`` with the disk full, say): that request's internal error,
+        never the stream's end (the driver logs it)."""
+        if isinstance(exc, E.RemoteError):
+            return exc.code, exc.message
+        return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})"
+
+    def ended(self, request_id: int, escrow_id: str | None, body: bytes | None) -> None:
+        """The request ``request_id``, which prepaid ``escrow_id`` (None: nothing),
+        ended: answered with ``body`` (the response's encoded result) -- its escrow is
+        kept for the client's ACK -- or with no response (None: failed, cancelled, past
+        its deadline, refused), and the policy forgets the escrow, which it held so that
+        no other request used it meanwhile. Call it before the response can be sent:
+        an ACK may come at once."""
+        policy = self.response_fees
+        if escrow_id is None or policy is None:
+            return
+        if body is None:
+            policy.release(escrow_id)
+        else:
+            policy.responded(escrow_id, body)
+            self._answered[request_id] = escrow_id
+
+    def acked(self, request_id: int, signature: bytes) -> CheckAck | None:
+        """An ACK for ``request_id`` came with ``signature``: the step checking it (a
+        ledger read), or None when the request prepaid nothing or was acknowledged
+        already."""
+        policy = self.response_fees
+        escrow_id = self._answered.pop(request_id, None)
+        if escrow_id is None or policy is None:
+            return None
+        return CheckAck(policy, escrow_id, signature)

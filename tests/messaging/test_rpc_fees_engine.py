@@ -1,0 +1,369 @@
+"""The RPC fee engine (dtp.messaging.rpc.engine) driven with no I/O. Client: the order
+of a paid call's steps (checked → deposited → checked again, metered, sent), and that a
+prepaid fee is never lost and a request never metered unsent, whatever step fails.
+Server: the order of a request's admission (refused outright, receipt, escrow), how a
+failing check is answered, and that an escrow is kept only for an answered request,
+until its one ACK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtp.errors import InsufficientFunds
+from dtp.identity.ed25519 import verify_memoized
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import response_ack_message
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.ledger.receipt import Receipt
+from dtp.messaging import errors as E
+from dtp.messaging.rpc import (
+    RequestPayments,
+    ResponseFeePolicy,
+    ResponsePrepay,
+    response_hash,
+)
+from dtp.messaging.rpc.engine import (
+    UNTIMED_DEPOSIT,
+    ClientFees,
+    Meta,
+    PayRequest,
+    ServerFees,
+    TakeEscrow,
+)
+from dtp.payments.receipts import Meter
+
+CONNECTION = "0x" + "ab" * 32
+PRICE = 7
+CLIENT = HostIdentity.generate()
+SERVER = HostIdentity.generate()
+LEDGER = LocalLedger(":memory:")  # (never called: the engine makes no deposit itself)
+
+
+def _meter(deposit: int = 1_000) -> Meter:
+    sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
+    return Meter(CLIENT, CONNECTION, sla, deposit, every_requests=1)
+
+
+def _prepay() -> ResponsePrepay:
+    return ResponsePrepay(LEDGER, CLIENT, SERVER.sui_address, 10)
+
+
+class Refused(Exception):
+    """What a driver's check or send raises in these tests."""
+
+
+def _ok(meta: Meta) -> None:
+    pass
+
+
+def test_a_call_that_fails_its_first_check_is_not_paid_for() -> None:
+    meter, prepay = _meter(), _prepay()
+    fees = ClientFees(meter, prepay)
+
+    def refuse(meta: Meta) -> None:
+        raise Refused
+
+    with pytest.raises(Refused):
+        fees.begin(None, 5.0, refuse)
+    assert meter.total_requests == 0
+    assert prepay.unanswered == []
+
+
+@pytest.mark.parametrize(("timeout", "expected"), [(5.0, 5.0), (None, UNTIMED_DEPOSIT), (0, 0)])
+def test_a_prepaid_call_asks_for_its_deposit(timeout: float | None, expected: float) -> None:
+    paid = ClientFees(None, _prepay()).begin({"k": 1}, timeout, _ok)
+    assert paid.deposit_timeout == expected
+    paid.deposited("0x" + "01" * 32)
+    assert paid.deposit_timeout is None
+    assert paid.meta == {"k": 1, "re": "0x" + "01" * 32}
+
+
+def test_a_metered_call_asks_for_no_deposit() -> None:
+    paid = ClientFees(_meter(), None).begin(None, 5.0, _ok)
+    assert paid.deposit_timeout is None and paid.escrow_id is None
+
+
+def test_send_checks_again_before_the_meter_counts() -> None:
+    """A check that fails after the deposit (closed meanwhile, the in-flight limit
+    filled) leaves the meter as it was and the escrow to refund_due."""
+    meter, prepay = _meter(), _prepay()
+    fees = ClientFees(meter, prepay)
+    paid = fees.begin(None, 5.0, _ok)
+    paid.deposited("0xe1")
+    seen: list[str] = []
+
+    def refuse(meta: Meta) -> None:
+        seen.append("check")
+        raise Refused
+
+    def send(meta: Meta) -> int:
+        seen.append("send")
+        return 1
+
+    with pytest.raises(Refused):
+        paid.send(1_000, refuse, send)
+    assert seen == ["check"]
+    assert meter.total_requests == 0
+    assert prepay.unanswered == ["0xe1"]
+
+
+def test_send_meters_then_sends_with_the_receipt() -> None:
+    meter, prepay = _meter(), _prepay()
+    paid = ClientFees(meter, prepay).begin(None, 5.0, _ok)
+    paid.deposited("0xe1")
+    sent: list[Meta] = []
+
+    def send(meta: Meta) -> int:
+        assert meter.total_requests == 1  # counted before it is framed
+        sent.append(meta)
+        return 42
+
+    assert paid.send(1_000, _ok, send) == 42
+    assert sent[0] is not None and sent[0]["re"] == "0xe1"
+    receipt = Receipt.decode(sent[0]["r"])
+    assert receipt.total_requests == 1 and receipt.total_amount == PRICE
+    assert prepay.unanswered == []
+
+
+def test_a_meter_that_refuses_leaves_the_escrow_to_refund() -> None:
+    meter, prepay = _meter(deposit=PRICE), _prepay()  # pays for one request only
+    fees = ClientFees(meter, prepay)
+    first = fees.begin(None, 5.0, _ok)
+    first.deposited("0xe1")
+    first.send(1_000, _ok, lambda meta: 1)
+    second = fees.begin(None, 5.0, _ok)
+    second.deposited("0xe2")
+    sent: list[Meta] = []
+    with pytest.raises(InsufficientFunds):
+        second.send(2_000, _ok, lambda meta: sent.append(meta) or 2)
+    assert sent == []
+    assert prepay.unanswered == ["0xe2"]
+
+
+def test_answered_signs_the_acknowledgement() -> None:
+    fees = ClientFees(None, _prepay())
+    body = b"\x93\x01\x02\x03"
+    signature = fees.answered("0xe1", body)
+    assert signature is not None
+    message = response_ack_message("0xe1", response_hash(body))
+    assert verify_memoized(CLIENT.ed25519_public, signature, message)
+    assert fees.answered(None, body) is None
+    assert ClientFees(_meter(), None).answered("0xe1", body) is None
+
+
+def test_unanswered_keeps_only_real_escrows() -> None:
+    prepay = _prepay()
+    fees = ClientFees(None, prepay)
+    fees.unanswered(None)
+    fees.unanswered("0xe1")
+    assert prepay.unanswered == ["0xe1"]
+    ClientFees(_meter(), None).unanswered("0xe2")  # (no prepay: nothing to refund)
+
+
+# where a call may fail: its first check, the deposit, the check before the meter, the
+# meter (the deposit runs out), the send
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["none", "first", "deposit", "again", "send"]),
+        st.booleans(),  # prepaid
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=STEPS, deposit_requests=st.integers(0, 30))
+def test_no_fee_is_lost_and_no_unsent_request_is_metered(
+    calls: list[tuple[str, bool]], deposit_requests: int
+) -> None:
+    """Money conservation for the client's fee steps: every escrow made belongs to a
+    call sent or waits on ``unanswered`` (exactly once); the meter counted exactly
+    the requests that reached the send step; and the receipts went out in nonce order."""
+    meter, prepay = _meter(deposit=PRICE * deposit_requests), _prepay()
+    fees = ClientFees(meter, None)
+    made: list[str] = []
+    in_flight: list[str] = []
+    sent_receipts: list[Receipt] = []
+    reached_send = 0
+    for index, (fail, prepaid) in enumerate(calls):
+        fees.prepay = prepay if prepaid else None
+
+        checks = 0
+
+        def check(meta: Meta, fail: str = fail) -> None:
+            nonlocal checks
+            checks += 1
+            if (fail == "first" and checks == 1) or (fail == "again" and checks == 2):
+                raise Refused
+
+        def send(meta: Meta, fail: str = fail, index: int = index) -> int:
+            nonlocal reached_send
+            reached_send += 1
+            if fail == "send":
+                raise Refused
+            assert meta is not None and "r" in meta
+            sent_receipts.append(Receipt.decode(meta["r"]))
+            return index
+
+        try:
+            paid = fees.begin(None, 1.0, check)
+            if paid.deposit_timeout is not None:
+                if fail == "deposit":
+                    raise Refused  # the ledger refused: no escrow exists
+                escrow_id = f"0x{index:064x}"
+                made.append(escrow_id)
+                paid.deposited(escrow_id)
+            paid.send(1_000 + index, check, send)
+        except (Refused, InsufficientFunds):  # (InsufficientFunds: the meter's refusal)
+            continue
+        if paid.escrow_id is not None:
+            in_flight.append(paid.escrow_id)
+    assert sorted(in_flight + prepay.unanswered) == sorted(made)
+    assert len(set(prepay.unanswered)) == len(prepay.unanswered)
+    # a send that failed after the meter counted (the driver's framing refusing, which
+    # the check just before rules out) is the only request metered and not sent
+    assert meter.total_requests == reached_send
+    nonces = [r.nonce for r in sent_receipts]
+    assert nonces == sorted(set(nonces))
+    assert all(r.total_amount <= PRICE * deposit_requests for r in sent_receipts)
+
+
+def test_the_engine_needs_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No clock, no socket, no thread: the engine is driven by what it is given."""
+    import socket
+    import threading
+    import time
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the fee engine did I/O")
+
+    for module, name in [
+        (time, "time"),
+        (time, "monotonic"),
+        (socket, "socket"),
+        (threading, "Thread"),
+    ]:
+        monkeypatch.setattr(module, name, forbidden)
+    meter, prepay = _meter(), _prepay()
+    paid = ClientFees(meter, prepay).begin(None, 5.0, _ok)
+    paid.deposited("0xe1")
+    assert paid.send(1_000, _ok, lambda meta: 7) == 7
+
+
+# -- the server's side -------------------------------------------------------------------------
+
+
+def _payments() -> RequestPayments:
+    sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
+    return RequestPayments(CONNECTION, sla, CLIENT.ed25519_public, 1_000)
+
+
+def _policy() -> ResponseFeePolicy:
+    return ResponseFeePolicy(LEDGER, SERVER, min_amount=10)
+
+
+def test_admission_runs_the_receipt_before_the_escrow() -> None:
+    """A request the receipt check refuses must not hold an escrow: the escrow is
+    taken last."""
+    payments, policy = _payments(), _policy()
+    fees = ServerFees(payments, None, policy)
+    meta = {"r": b"x", "re": "0xe1"}
+    steps = fees.admission(meta, CLIENT.sui_address)
+    assert [type(step) for step in steps] == [PayRequest, TakeEscrow]
+    pay, take = steps
+    assert isinstance(pay, PayRequest) and pay.payments is payments and pay.meta is meta
+    assert isinstance(take, TakeEscrow) and take.policy is policy
+    assert take.peer == CLIENT.sui_address
+
+
+@pytest.mark.parametrize(
+    ("payments", "policy", "steps"),
+    [(False, False, []), (True, False, [PayRequest]), (False, True, [TakeEscrow])],
+)
+def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[type]) -> None:
+    fees = ServerFees(_payments() if payments else None, None, _policy() if policy else None)
+    assert [type(step) for step in fees.admission(None, None)] == steps
+    assert fees.paid is (payments or policy)
+    assert fees.needs_context(False) is policy  # (the escrow ID is kept in the context)
+    assert fees.needs_context(True)
+
+
+def test_a_connection_with_no_check_refuses_every_request() -> None:
+    fees = ServerFees(None, "no ledger connection 0x1", _policy())
+    assert fees.paid
+    with pytest.raises(E.PaymentRequired, match="no ledger connection 0x1"):
+        fees.admission(None, None)
+
+
+def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
+    assert ServerFees.refusal(E.PaymentRequired("no receipt")) == (
+        E.PAYMENT_REQUIRED,
+        "no receipt",
+    )
+    for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
+        code, message = ServerFees.refusal(exc)
+        assert code == E.INTERNAL_ERROR
+        assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
+
+
+def test_an_answered_escrow_waits_for_its_ack_once() -> None:
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    policy.answered["0xe1"] = (b"", b"")  # (what policy.admit keeps)
+    fees.ended(3, "0xe1", b"body")
+    assert policy.answered["0xe1"] == (response_hash(b"body"), b"body")
+    ack = fees.acked(3, b"sig")
+    assert ack is not None and (ack.policy, ack.escrow_id, ack.signature) == (
+        policy,
+        "0xe1",
+        b"sig",
+    )
+    assert fees.acked(3, b"sig") is None  # (once)
+    assert fees.acked(4, b"sig") is None  # (a request that prepaid nothing)
+
+
+def test_an_unanswered_escrow_is_released() -> None:
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    policy.answered["0xe1"] = (b"", b"")
+    fees.ended(3, "0xe1", None)
+    assert "0xe1" not in policy.answered
+    assert fees.acked(3, b"sig") is None
+    fees.ended(4, None, b"body")  # (nothing prepaid: nothing to do)
+    assert policy.answered == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(st.integers(0, 5), st.booleans(), st.booleans()),  # escrow, answered, acked
+        max_size=30,
+    )
+)
+def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, bool]]) -> None:
+    """Whatever order requests end in, the policy keeps no entry for a request that
+    ended with no response, and each ACK is checked for an answered escrow only, once."""
+    policy = _policy()
+    fees = ServerFees(None, None, policy)
+    claims: list[str] = []
+    for request_id, (escrow, answered, acked) in enumerate(requests):
+        escrow_id = f"0xe{escrow}"
+        if escrow_id in policy.answered or escrow_id in policy.acks:
+            continue  # (policy.admit refuses an escrow used already)
+        policy.answered[escrow_id] = (b"", b"")
+        fees.ended(request_id, escrow_id, b"%d" % request_id if answered else None)
+        if acked:
+            ack = fees.acked(request_id, b"sig")
+            assert (ack is not None) is answered
+            if ack is not None:
+                claims.append(ack.escrow_id)
+                # (what acknowledged does once the signature verifies)
+                policy.answered.pop(ack.escrow_id)
+                policy.acks[ack.escrow_id] = (b"h", b"sig")
+    assert all(digest for digest, _ in policy.answered.values())
+    assert len(claims) == len(set(claims))
