@@ -21,6 +21,7 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
+    UdpStats,
     control_frame,
     parse_report,
 )
@@ -281,3 +282,20 @@ def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.Monke
     monkeypatch.setattr(flow, "sign", refuse)
     answer = flow.answer(b"U" + USAGE.pack(1, 1), "here")
     assert answer.receipt is None and not answer.final
+
+
+def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> None:
+    """What did not leave (the carrier backed up, or the connection ended) is uncounted
+    from the flow -- no relay can bill it -- and counted as dropped."""
+    flow = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    stats = UdpStats()
+    out, oversized, unpaid = flow.take([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
+    assert (len(out), oversized, unpaid) == (3, 1, 0)
+    flow.count_send(stats, out, 2, oversized, unpaid)
+    assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
+    assert (stats.datagrams_out, stats.bytes_out, stats.dropped_backlog) == (2, 8, 1)
+    assert stats.dropped_oversized == 1
+    out, oversized, unpaid = flow.take([b"e" * 11], 100)
+    flow.count_send(stats, out, None, oversized, unpaid)
+    assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
+    assert stats.dropped_no_session == 1 and stats.datagrams_out == 2

@@ -382,31 +382,14 @@ class AsyncUdpForwarder:
         writer = flow.writer
         assert writer is not None
         out, oversized, unpaid = flow.take(batch, writer._conn.max_datagram_size)
-        sent = 0
-        if out:
-            try:
-                sent = writer.send_datagrams(out)
-            except DTPError as exc:
-                logger.info("UDP flow from %s ended: %s", flow.source, exc)
-                # none of them left: counted as dropped (they vanished uncounted), and
-                # not as sent, which a relay's final report may not bill
-                flow.unsent(out)
-                self.stats.add(
-                    dropped_no_session=len(out),
-                    dropped_oversized=oversized,
-                    dropped_unpaid=unpaid,
-                )
-                self._end_later(flow)
-                return
-            if sent < len(out):
-                flow.unsent(out[sent:])
-        self.stats.add(
-            datagrams_out=sent,
-            bytes_out=sum(map(len, out[:sent])),
-            dropped_oversized=oversized,
-            dropped_unpaid=unpaid,
-            dropped_backlog=len(out) - sent,
-        )
+        try:
+            sent = writer.send_datagrams(out) if out else 0
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", flow.source, exc)
+            flow.count_send(self.stats, out, None, oversized, unpaid)
+            self._end_later(flow)
+            return
+        flow.count_send(self.stats, out, sent, oversized, unpaid)
 
     async def _open(self, flow: _Flow) -> None:
         writer: DTPStreamWriter | None = None

@@ -553,30 +553,13 @@ class UdpForwarder:
             return False
         session.last = time.monotonic()
         out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
-        sent = 0
-        if out:
-            try:
-                sent = session.sock.send_datagrams(out)
-            except DTPError as exc:
-                logger.info("UDP flow from %s ended: %s", session.source, exc)
-                # none of them left: counted as dropped (they vanished uncounted), and
-                # not as sent, which a relay's final report may not bill
-                session.unsent(out)
-                self.stats.add(
-                    dropped_no_session=len(out),
-                    dropped_oversized=oversized,
-                    dropped_unpaid=unpaid,
-                )
-                return False
-            if sent < len(out):
-                session.unsent(out[sent:])
-        self.stats.add(
-            datagrams_out=sent,
-            bytes_out=sum(map(len, out[:sent])),
-            dropped_oversized=oversized,
-            dropped_unpaid=unpaid,
-            dropped_backlog=len(out) - sent,
-        )
+        try:
+            sent = session.sock.send_datagrams(out) if out else 0
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", session.source, exc)
+            session.count_send(self.stats, out, None, oversized, unpaid)
+            return False
+        session.count_send(self.stats, out, sent, oversized, unpaid)
         return True
 
     def _replies(self, session: _Session) -> None:

@@ -628,6 +628,29 @@ class FlowAccount:
             )
         return out, oversized, unpaid
 
+    def count_send(
+        self, stats: UdpStats, out: list[bytes], sent: int | None, oversized: int, unpaid: int
+    ) -> None:
+        """Count a batch :meth:`take` split: ``sent`` of its ``out`` left (the rest were
+        dropped, the carrier backed up), or None when the connection had ended and
+        none did -- then they are dropped (``dropped_no_session``), not sent: a relay's
+        final report may not bill them."""
+        if sent is None:
+            self.unsent(out)
+            stats.add(
+                dropped_no_session=len(out), dropped_oversized=oversized, dropped_unpaid=unpaid
+            )
+            return
+        if sent < len(out):
+            self.unsent(out[sent:])
+        stats.add(
+            datagrams_out=sent,
+            bytes_out=sum(map(len, out[:sent])),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+            dropped_backlog=len(out) - sent,
+        )
+
     def unsent(self, dropped: list[bytes]) -> None:
         """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
         (its carrier backed up): they never left, so no relay can bill them, and the
