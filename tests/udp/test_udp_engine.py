@@ -299,3 +299,10 @@ def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> Non
     flow.count_send(stats, out, None, oversized, unpaid)
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert stats.dropped_no_session == 1 and stats.datagrams_out == 2
+
+
+def test_an_ending_flow_asks_for_the_final_report_only_when_metered() -> None:
+    metered = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    assert metered.final_request() == control_frame(b"F") and metered.closed
+    unmetered = FlowAccount()
+    assert unmetered.final_request() is None and unmetered.closed

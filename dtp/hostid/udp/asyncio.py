@@ -26,7 +26,6 @@ from dtp.hostid.udp.engine import (
     UdpBilling,
     UdpStats,
     abort_control,
-    control_frame,
 )
 from dtp.hostid.udp.sockets import (
     backend_socket,
@@ -276,7 +275,6 @@ class _Flow(FlowAccount):
         self.last = time.monotonic()
         self.final = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self.closed = False
 
 
 class AsyncUdpForwarder:
@@ -511,9 +509,9 @@ class AsyncUdpForwarder:
         writer = flow.writer
         try:
             if writer is not None:
-                if flow.meter is not None:
+                if (final := flow.final_request()) is not None:
                     with contextlib.suppress(DTPError, OSError):
-                        writer.write(control_frame(b"F"))
+                        writer.write(final)
                         await asyncio.wait_for(flow.final.wait(), self.final_timeout)
                 with contextlib.suppress(DTPError, OSError):
                     writer.close()

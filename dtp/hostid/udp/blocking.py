@@ -56,7 +56,6 @@ from dtp.hostid.udp.engine import (
     UdpBilling,
     UdpStats,
     abort_control,
-    control_frame,
 )
 from dtp.hostid.udp.sockets import (
     backend_socket,
@@ -312,7 +311,6 @@ class _Session(FlowAccount):
         self.sock = sock
         self.stats = stats  # the forwarder's
         self.last = time.monotonic()
-        self.closed = False
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
         # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
@@ -626,12 +624,12 @@ class UdpForwarder:
         asked: list[_Session] = []
         for session in mine:
             with session.lock:  # (a batch being sent goes out before the final report)
-                session.closed = True
-            if session.meter is not None:
+                final = session.final_request()
+            if final is not None:
                 # the relay's final count, signed, before the connection goes
                 with contextlib.suppress(DTPError, OSError):
                     with session.wlock:
-                        session.sock.sendall(control_frame(b"F"))
+                        session.sock.sendall(final)
                     asked.append(session)
         deadline = time.monotonic() + self.final_timeout
         for session in asked:

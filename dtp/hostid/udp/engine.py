@@ -587,7 +587,17 @@ class FlowAccount:
         self.billed = (0, 0)
         #: MIST the receipts signed so far cover (the meter's total).
         self.paid = 0
+        #: Set once the flow ends (:meth:`final_request`): nothing more is sent on it.
+        self.closed = False
         self._warned_unpaid = False
+
+    def final_request(self) -> bytes | None:
+        """End the flow: nothing more goes on it (what went after the final report
+        would never be paid for), and a metered one asks its relay for the final
+        report (the ``F`` frame returned), so that the latest receipt equals the
+        relay's count. None when unmetered: there is nothing to ask."""
+        self.closed = True
+        return None if self.meter is None else control_frame(b"F")
 
     def affordable(self, nbytes: int) -> bool:
         """Whether the deposit covers this datagram on top of everything sent so far
