@@ -1,0 +1,198 @@
+"""The ``driver`` fixture: one test body for both UDP drivers, the blocking one
+(:func:`relay_udp`, :class:`UdpForwarder`, in threads) and the asyncio one
+(:func:`relay_udp_async`, :class:`AsyncUdpForwarder`, on an event loop in a thread of
+its own). Both pump the same engine (dtp.hostid.udp.engine); these tests pin that
+they behave alike on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
+
+import pytest
+
+import dtp.aio
+import dtp.socket
+from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
+
+T = TypeVar("T")
+
+#: How long a driver's setup or teardown may take before the test fails.
+BOUND = 30.0
+
+
+class Forwarder(Protocol):
+    """What the tests read of either forwarder."""
+
+    address: tuple[str, int]
+    stats: UdpStats
+
+    @property
+    def sessions(self) -> int: ...
+
+
+class UdpDriver:
+    """Runs relays and forwarders on one of the two drivers."""
+
+    name: str
+
+    def serve_relay(
+        self,
+        identity: HostIdentity,
+        backend: tuple[str, int],
+        relay_kw: Callable[[], dict[str, Any]],
+        ended: list[float],
+        config: ConnectionConfig | None = None,
+    ) -> contextlib.AbstractContextManager[tuple[str, int]]:
+        """A DTP server whose every connection is relayed to ``backend`` with the
+        keywords ``relay_kw()`` gives (one call per connection); each relay's end is
+        appended to ``ended`` (``time.monotonic()``). Yields the server's address."""
+        raise NotImplementedError
+
+    def event(self) -> tuple[object, Callable[[], None]]:
+        """A ``finish`` event for this driver's relay, and a thread-safe way to set it."""
+        raise NotImplementedError
+
+    def forwarder(
+        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+    ) -> contextlib.AbstractContextManager[Forwarder]:
+        """A forwarder on 127.0.0.1 whose flows connect to the DTP server at
+        ``address`` (``connect`` is the blocking way to; the asyncio driver opens the
+        same connection with :func:`dtp.aio.open_connection`)."""
+        raise NotImplementedError
+
+
+class BlockingDriver(UdpDriver):
+    name = "blocking"
+
+    @contextlib.contextmanager
+    def serve_relay(
+        self,
+        identity: HostIdentity,
+        backend: tuple[str, int],
+        relay_kw: Callable[[], dict[str, Any]],
+        ended: list[float],
+        config: ConnectionConfig | None = None,
+    ) -> Iterator[tuple[str, int]]:
+        def handler(sock: dtp.socket.DTPSocket) -> None:
+            try:
+                relay_udp(sock, backend, **relay_kw())
+            finally:
+                ended.append(time.monotonic())
+
+        server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity, config=config)
+        serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+        serving.start()
+        try:
+            yield server.address
+        finally:
+            server.close()
+            serving.join(BOUND)
+
+    def event(self) -> tuple[object, Callable[[], None]]:
+        finish = threading.Event()
+        return finish, finish.set
+
+    @contextlib.contextmanager
+    def forwarder(
+        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+    ) -> Iterator[Forwarder]:
+        with UdpForwarder(("127.0.0.1", 0), connect, **kw) as fwd:
+            yield fwd
+
+
+class AsyncioDriver(UdpDriver):
+    name = "asyncio"
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the driver's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(BOUND)
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(BOUND)
+        self.loop.close()
+
+    @contextlib.contextmanager
+    def serve_relay(
+        self,
+        identity: HostIdentity,
+        backend: tuple[str, int],
+        relay_kw: Callable[[], dict[str, Any]],
+        ended: list[float],
+        config: ConnectionConfig | None = None,
+    ) -> Iterator[tuple[str, int]]:
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            try:
+                await relay_udp_async(reader, writer, backend, **relay_kw())
+            finally:
+                ended.append(time.monotonic())
+
+        server = self.run(
+            dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, config=config)
+        )
+
+        async def stop() -> None:
+            server.close()
+            await server.wait_closed()
+
+        try:
+            yield server.address
+        finally:
+            self.run(stop())
+
+    def event(self) -> tuple[object, Callable[[], None]]:
+        async def make() -> asyncio.Event:
+            return asyncio.Event()
+
+        finish = self.run(make())
+        return finish, functools.partial(self.loop.call_soon_threadsafe, finish.set)
+
+    @contextlib.contextmanager
+    def forwarder(
+        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+    ) -> Iterator[Forwarder]:
+        blocking = connect  # (for its server key and timeout)
+        assert isinstance(blocking, functools.partial), "connect: a partial of create_connection"
+
+        async def open_flow() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            return await dtp.aio.open_connection(*address, **blocking.keywords)
+
+        fwd = self.run(AsyncUdpForwarder.start(("127.0.0.1", 0), open_flow, **kw))
+        try:
+            yield fwd
+        finally:
+            self.run(fwd.close())
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def driver(request: pytest.FixtureRequest) -> Iterator[UdpDriver]:
+    """Each test that takes it runs on both UDP drivers."""
+    if request.param == "blocking":
+        yield BlockingDriver()
+        return
+    made = AsyncioDriver()
+    try:
+        yield made
+    finally:
+        made.close()
