@@ -43,6 +43,7 @@ class UdpDriver:
     """Runs relays and forwarders on one of the two drivers."""
 
     name: str
+    loop_errors: list[dict[str, Any]]
 
     def serve_relay(
         self,
@@ -51,10 +52,12 @@ class UdpDriver:
         relay_kw: Callable[[], dict[str, Any]],
         ended: list[float],
         config: ConnectionConfig | None = None,
+        raised: list[BaseException] | None = None,
     ) -> contextlib.AbstractContextManager[tuple[str, int]]:
         """A DTP server whose every connection is relayed to ``backend`` with the
         keywords ``relay_kw()`` gives (one call per connection); each relay's end is
-        appended to ``ended`` (``time.monotonic()``). Yields the server's address."""
+        appended to ``ended`` (``time.monotonic()``), and what a relay raised to
+        ``raised`` (when given; else it propagates). Yields the server's address."""
         raise NotImplementedError
 
     def event(self) -> tuple[object, Callable[[], None]]:
@@ -69,9 +72,18 @@ class UdpDriver:
         same connection with :func:`dtp.aio.open_connection`)."""
         raise NotImplementedError
 
+    def close(self, fwd: Forwarder) -> None:
+        """Close a forwarder :meth:`forwarder` made (its ``close()``), ahead of the end
+        of its ``with`` (which closes it again: a no-op)."""
+        raise NotImplementedError
+
 
 class BlockingDriver(UdpDriver):
     name = "blocking"
+
+    # (loop_errors: none here, a blocking driver's threads have no loop to raise into)
+    def __init__(self) -> None:
+        self.loop_errors: list[dict[str, Any]] = []
 
     @contextlib.contextmanager
     def serve_relay(
@@ -81,10 +93,15 @@ class BlockingDriver(UdpDriver):
         relay_kw: Callable[[], dict[str, Any]],
         ended: list[float],
         config: ConnectionConfig | None = None,
+        raised: list[BaseException] | None = None,
     ) -> Iterator[tuple[str, int]]:
         def handler(sock: dtp.socket.DTPSocket) -> None:
             try:
                 relay_udp(sock, backend, **relay_kw())
+            except BaseException as exc:
+                if raised is None:
+                    raise
+                raised.append(exc)
             finally:
                 ended.append(time.monotonic())
 
@@ -108,12 +125,19 @@ class BlockingDriver(UdpDriver):
         with UdpForwarder(("127.0.0.1", 0), connect, **kw) as fwd:
             yield fwd
 
+    def close(self, fwd: Forwarder) -> None:
+        assert isinstance(fwd, UdpForwarder)
+        fwd.close()
+
 
 class AsyncioDriver(UdpDriver):
     name = "asyncio"
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        #: What the loop met that no code caught ("Exception in callback ...").
+        self.loop_errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -121,7 +145,9 @@ class AsyncioDriver(UdpDriver):
         """Run ``work`` on the driver's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(BOUND)
 
-    def close(self) -> None:
+    def shut(self) -> None:
+        """Stop the loop (what a test left running on it is cancelled first)."""
+
         async def cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
@@ -141,10 +167,15 @@ class AsyncioDriver(UdpDriver):
         relay_kw: Callable[[], dict[str, Any]],
         ended: list[float],
         config: ConnectionConfig | None = None,
+        raised: list[BaseException] | None = None,
     ) -> Iterator[tuple[str, int]]:
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             try:
                 await relay_udp_async(reader, writer, backend, **relay_kw())
+            except BaseException as exc:
+                if raised is None:
+                    raise
+                raised.append(exc)
             finally:
                 ended.append(time.monotonic())
 
@@ -184,6 +215,10 @@ class AsyncioDriver(UdpDriver):
         finally:
             self.run(fwd.close())
 
+    def close(self, fwd: Forwarder) -> None:
+        assert isinstance(fwd, AsyncUdpForwarder)
+        self.run(fwd.close())
+
 
 @pytest.fixture(params=["blocking", "asyncio"])
 def driver(request: pytest.FixtureRequest) -> Iterator[UdpDriver]:
@@ -195,4 +230,4 @@ def driver(request: pytest.FixtureRequest) -> Iterator[UdpDriver]:
     try:
         yield made
     finally:
-        made.close()
+        made.shut()

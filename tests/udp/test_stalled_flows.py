@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from dtp.hostid.udp.engine import USAGE, control_frame
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
 from tests.procs import server_process
+from tests.udp.conftest import UdpDriver
 from tests.udp.test_end_to_end import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
@@ -483,7 +485,7 @@ def _steady(address: tuple[str, int]) -> int:
         client.close()
 
 
-def test_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
+def test_a_steady_stream_goes_on_with_a_credit_below_report_every(driver: UdpDriver) -> None:
     """credit_datagrams below report_every (a daemon service may set any credit from 1):
     no report was due before the credit ran out and a steady stream never paused for
     the forced one, so 16 datagrams went through and every later one was dropped as
@@ -491,64 +493,24 @@ def test_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
     dns = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
     relay_stats = UdpStats()
-    handler = functools.partial(relay_udp, backend=dns.address, billing=billing, stats=relay_stats)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
-    connect = functools.partial(
-        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
-    )
 
-    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": relay_stats}
+
+    def meter_for(sock: object) -> Meter:
         return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
 
     try:
-        with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
-            answered = _steady(fwd.address)
+        with driver.serve_relay(SERVER, dns.address, relay_kw, []) as address:
+            connect = functools.partial(
+                dtp.socket.create_connection, address, server_key=SERVER.noise_public, timeout=5
+            )
+            with driver.forwarder(connect, address, meter_for=meter_for) as fwd:
+                answered = _steady(fwd.address)
     finally:
-        server.close()
-        serving.join(5)
         dns.close()
     assert relay_stats.dropped_unpaid == 0
     assert answered == STREAM
-
-
-def test_async_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
-    dns = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
-    relay_stats = UdpStats()
-    answered: list[int] = []
-
-    async def main() -> None:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(reader, writer, dns.address, billing=billing, stats=relay_stats)
-            writer.close()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
-        fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0),
-            connect,
-            meter_for=lambda w: Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1),
-        )
-        try:
-            answered.append(await asyncio.to_thread(_steady, fwd.address))
-        finally:
-            await fwd.close()
-            server.close()
-            await server.wait_closed()
-
-    try:
-        asyncio.run(main())
-    finally:
-        dns.close()
-    assert relay_stats.dropped_unpaid == 0
-    assert answered == [STREAM]
 
 
 def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_promptly() -> None:
