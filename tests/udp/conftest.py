@@ -203,11 +203,13 @@ class AsyncioDriver(UdpDriver):
     def forwarder(
         self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
     ) -> Iterator[Forwarder]:
-        blocking = connect  # (for its server key and timeout)
-        assert isinstance(blocking, functools.partial), "connect: a partial of create_connection"
 
         async def open_flow() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(*address, **blocking.keywords)
+            if not isinstance(connect, functools.partial):
+                connect()  # (a connect no flow may call: it raises)
+                raise AssertionError("connect: a partial of create_connection")
+            # the same server key and timeout as the blocking connect
+            return await dtp.aio.open_connection(*address, **connect.keywords)
 
         fwd = self.run(AsyncUdpForwarder.start(("127.0.0.1", 0), open_flow, **kw))
         try:
