@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dtp.hostid.udp.engine as engine_module
-from dtp.errors import InsufficientFunds
+from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.hostid.udp.engine import (
     LOSSY_FINAL_RECEIPT_WAIT,
     USAGE,
@@ -25,6 +25,7 @@ from dtp.hostid.udp.engine import (
     control_frame,
     parse_report,
 )
+from dtp.hostid.udp.flow_table import FlowTable
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
 from dtp.payments.receipts import Meter
@@ -306,3 +307,52 @@ def test_an_ending_flow_asks_for_the_final_report_only_when_metered() -> None:
     assert metered.final_request() == control_frame(b"F") and metered.closed
     unmetered = FlowAccount()
     assert unmetered.final_request() is None and unmetered.closed
+
+
+# -- the forwarders' table of flows ----------------------------------------------------------
+
+
+def _table(**kw: float) -> FlowTable:
+    settings = {
+        "idle_timeout": 30.0,
+        "max_sessions": 2,
+        "final_timeout": 2.0,
+        "max_pending": 3,
+        "retry_after": 1.0,
+    }
+    return FlowTable(**{**settings, **kw})  # type: ignore[arg-type]
+
+
+def test_a_new_source_gets_a_flow_below_max_sessions_and_past_its_retry_wait() -> None:
+    table = _table()
+    here, there = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    assert table.may_open(here, 1, 10.0)
+    assert not table.may_open(here, 2, 10.0)  # (connecting flows count)
+    table.connect_failed(here, 10.0)
+    assert not table.may_open(here, 0, 10.5) and table.may_open(there, 0, 10.5)
+    assert table.may_open(here, 0, 11.0)
+    table.sweep(11.0)
+    assert table._retry_at == {}
+
+
+def test_at_most_max_pending_datagrams_wait_for_a_connecting_flow() -> None:
+    table = _table()
+    assert [table.room(0, 2), table.room(2, 5), table.room(3, 1), table.room(0, 0)] == [2, 1, 0, 0]
+    assert _table(max_pending=0).room(0, 4) == 0
+
+
+def test_idle_flows_and_the_sweep_interval() -> None:
+    table = _table(idle_timeout=0.5)
+    assert not table.idle(10.0, 10.4) and table.idle(10.0, 10.5)
+    assert table.sweep_every == 0.5 and _table().sweep_every == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"idle_timeout": 0}, {"final_timeout": -1}, {"retry_after": float("nan")},
+     {"max_sessions": 0}, {"max_pending": 1.5}],
+    ids=repr,
+)  # fmt: skip
+def test_the_table_refuses_bad_settings_naming_them(kw: dict[str, float]) -> None:
+    with pytest.raises(InvalidArgument, match=next(iter(kw))):
+        _table(**kw)

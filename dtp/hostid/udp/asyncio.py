@@ -27,6 +27,7 @@ from dtp.hostid.udp.engine import (
     UdpStats,
     abort_control,
 )
+from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
     backend_socket,
     bind_udp,
@@ -277,7 +278,7 @@ class _Flow(FlowAccount):
         self.tasks: list[asyncio.Task[None]] = []
 
 
-class AsyncUdpForwarder:
+class AsyncUdpForwarder(FlowTable):
     """A local UDP endpoint whose flows go through DTP (see
     :class:`dtp.hostid.udp.blocking.UdpForwarder`). Create with :meth:`start`.
 
@@ -301,21 +302,17 @@ class AsyncUdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        check_seconds("idle_timeout", idle_timeout)
-        check_seconds("final_timeout", final_timeout, zero=True)
-        check_seconds("retry_after", retry_after, zero=True)
-        check_count("max_sessions", max_sessions, 1)
-        check_count("max_pending", max_pending, 0)
+        super().__init__(
+            idle_timeout=idle_timeout,
+            max_sessions=max_sessions,
+            final_timeout=final_timeout,
+            max_pending=max_pending,
+            retry_after=retry_after,
+        )
         self._connect = connect
         self._meter_for = meter_for
-        self.idle_timeout = idle_timeout
-        self.max_sessions = max_sessions
-        self.final_timeout = final_timeout
-        self.max_pending = max_pending
-        self.retry_after = retry_after
         self.stats = UdpStats()
         self._flows: dict[tuple[str, int], _Flow] = {}
-        self._retry_at: dict[tuple[str, int], float] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
@@ -360,8 +357,7 @@ class AsyncUdpForwarder:
     def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
         flow = self._flows.get(source)
         if flow is None:
-            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
-            if waiting or len(self._flows) >= self.max_sessions:
+            if not self.may_open(source, len(self._flows), time.monotonic()):
                 self.stats.add(dropped_no_session=len(batch))
                 return
             flow = _Flow(source)
@@ -369,10 +365,10 @@ class AsyncUdpForwarder:
             self._spawn(flow, self._open(flow))
         flow.last = time.monotonic()
         if flow.writer is None:
-            room = self.max_pending - len(flow.pending)
-            flow.pending.extend(batch[: max(0, room)])
+            room = self.room(len(flow.pending), len(batch))
+            flow.pending.extend(batch[:room])
             if len(batch) > room:
-                self.stats.add(dropped_no_session=len(batch) - max(0, room))
+                self.stats.add(dropped_no_session=len(batch) - room)
             return
         self._send(flow, batch)
 
@@ -401,7 +397,7 @@ class AsyncUdpForwarder:
                 logger.warning("UDP flow from %s: cannot reach the service: %s", flow.source, exc)
             else:
                 logger.exception("UDP flow from %s: connect() or meter_for() failed", flow.source)
-            self._retry_at[flow.source] = time.monotonic() + self.retry_after
+            self.connect_failed(flow.source, time.monotonic())
             flow.closed = True
             if self._flows.get(flow.source) is flow:
                 del self._flows[flow.source]
@@ -536,14 +532,13 @@ class AsyncUdpForwarder:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout))
+            await asyncio.sleep(self.sweep_every)
             now = time.monotonic()
-            for source in [s for s, t in self._retry_at.items() if t <= now]:
-                del self._retry_at[source]
+            self.sweep(now)
             idle = [
                 flow
                 for flow in self._flows.values()
-                if flow.writer is not None and now - flow.last >= self.idle_timeout
+                if flow.writer is not None and self.idle(flow.last, now)
             ]
             # each in a task of its own: an end waits for its relay's final report (up
             # to final_timeout). One after the other, a quiet relay's flows held their

@@ -57,6 +57,7 @@ from dtp.hostid.udp.engine import (
     UdpStats,
     abort_control,
 )
+from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
     backend_socket,
     bind_udp,
@@ -350,7 +351,7 @@ class _Connecting:
         self.thread: threading.Thread | None = None
 
 
-class UdpForwarder:
+class UdpForwarder(FlowTable):
     """A local UDP endpoint whose flows go through DTP to a remote UDP service.
 
     ``connect()`` returns a new DTP connection to the relaying service (e.g. a
@@ -382,26 +383,20 @@ class UdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        # before the bind (a None idle_timeout would end the forwarder's thread silently,
-        # a float max_pending lose every new source's datagrams uncounted)
-        check_seconds("idle_timeout", idle_timeout)
-        check_seconds("final_timeout", final_timeout, zero=True)
-        check_seconds("retry_after", retry_after, zero=True)
-        check_count("max_sessions", max_sessions, 1)
-        check_count("max_pending", max_pending, 0)
+        super().__init__(
+            idle_timeout=idle_timeout,
+            max_sessions=max_sessions,
+            final_timeout=final_timeout,
+            max_pending=max_pending,
+            retry_after=retry_after,
+        )
         self._connect = connect
         self._meter_for = meter_for
-        self.idle_timeout = idle_timeout
-        self.max_sessions = max_sessions
-        self.final_timeout = final_timeout
-        self.max_pending = max_pending
-        self.retry_after = retry_after
         self.stats = UdpStats()
         self._udp = bind_udp(listen, blocking=True)
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
         self._sessions: dict[tuple[str, int], _Session] = {}
         self._connecting: dict[tuple[str, int], _Connecting] = {}
-        self._retry_at: dict[tuple[str, int], float] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
         # the reply and control threads of each session, while they run: close() waits for
         # them (they end once its connection is closed), and returned with them still
@@ -423,7 +418,7 @@ class UdpForwarder:
             return len(self._sessions)
 
     def _run(self) -> None:
-        next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+        next_sweep = time.monotonic() + self.sweep_every
         while not self._closed.is_set():
             try:
                 ready, _ = wait_ready([self._udp], [], 0.2)
@@ -438,7 +433,7 @@ class UdpForwarder:
                 logger.exception("UDP forwarder on %s: unexpected error", self.address)
             if time.monotonic() >= next_sweep:
                 self._sweep()
-                next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+                next_sweep = time.monotonic() + self.sweep_every
 
     def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
         with self._lock:
@@ -453,9 +448,8 @@ class UdpForwarder:
         starting the connect if none is in progress (called holding ``_lock``)."""
         connecting = self._connecting.get(source)
         if connecting is None:
-            busy = len(self._sessions) + len(self._connecting) >= self.max_sessions
-            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
-            if busy or waiting or self._closed.is_set():
+            flows = len(self._sessions) + len(self._connecting)
+            if self._closed.is_set() or not self.may_open(source, flows, time.monotonic()):
                 self.stats.add(dropped_no_session=len(batch))
                 return
             connecting = _Connecting(source)
@@ -464,7 +458,7 @@ class UdpForwarder:
                 target=self._open, args=(connecting,), name="dtp-udp-connect", daemon=True
             )
             connecting.thread.start()
-        room = max(0, self.max_pending - len(connecting.pending))
+        room = self.room(len(connecting.pending), len(batch))
         connecting.pending.extend(batch[:room])
         if len(batch) > room:
             self.stats.add(dropped_no_session=len(batch) - room)
@@ -486,7 +480,7 @@ class UdpForwarder:
                     sock.close()
             with self._lock:
                 del self._connecting[source]
-                self._retry_at[source] = time.monotonic() + self.retry_after
+                self.connect_failed(source, time.monotonic())
                 dropped = len(connecting.pending)
             self.stats.add(dropped_no_session=dropped)
             return
@@ -589,9 +583,8 @@ class UdpForwarder:
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last >= self.idle_timeout]
-            for source in [s for s, t in self._retry_at.items() if t <= now]:
-                del self._retry_at[source]
+            idle = [s for s in self._sessions.values() if self.idle(s.last, now)]
+            self.sweep(now)
         for session in idle:
             # ending waits for the relay's final report (up to final_timeout) and for
             # the close: not in this thread, which forwards every other flow meanwhile
