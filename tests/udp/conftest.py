@@ -77,6 +77,11 @@ class UdpDriver:
         of its ``with`` (which closes it again: a no-op)."""
         raise NotImplementedError
 
+    def abort_flows(self, fwd: Forwarder) -> None:
+        """Abort the connections of a forwarder's open flows (a close would wait for
+        what a stalled peer never reads)."""
+        raise NotImplementedError
+
 
 class BlockingDriver(UdpDriver):
     name = "blocking"
@@ -128,6 +133,13 @@ class BlockingDriver(UdpDriver):
     def close(self, fwd: Forwarder) -> None:
         assert isinstance(fwd, UdpForwarder)
         fwd.close()
+
+    def abort_flows(self, fwd: Forwarder) -> None:
+        assert isinstance(fwd, UdpForwarder)
+        with fwd._lock:
+            socks = [session.sock for session in fwd._sessions.values()]
+        for sock in socks:
+            sock.abort()
 
 
 class AsyncioDriver(UdpDriver):
@@ -220,6 +232,16 @@ class AsyncioDriver(UdpDriver):
     def close(self, fwd: Forwarder) -> None:
         assert isinstance(fwd, AsyncUdpForwarder)
         self.run(fwd.close())
+
+    def abort_flows(self, fwd: Forwarder) -> None:
+        assert isinstance(fwd, AsyncUdpForwarder)
+
+        async def abort() -> None:
+            for flow in list(fwd._flows.values()):
+                if flow.writer is not None:
+                    flow.writer.abort()
+
+        self.run(abort())
 
 
 @pytest.fixture(params=["blocking", "asyncio"])

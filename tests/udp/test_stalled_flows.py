@@ -154,54 +154,25 @@ def _check(stats: UdpStats) -> None:
     assert stats.dropped_unpaid == 0, stats.snapshot()
 
 
-def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
+def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit(
+    driver: UdpDriver,
+) -> None:
     """The forwarder counted the datagrams its stalled relay's connection dropped unsent
     as sent: the relay could bill them, and once they reached the deposit every later
     datagram was dropped as unpaid (1315 went out of a 5000-datagram deposit, 1045
     dropped as unpaid)."""
     with server_process("slow") as srv:
-        conns: list[dtp.socket.DTPSocket] = []
-
-        def connect() -> dtp.socket.DTPSocket:
-            sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
-            conns.append(sock)
-            return sock
-
-        with UdpForwarder(
-            ("127.0.0.1", 0), connect, meter_for=lambda s: _meter(), final_timeout=0.1
+        connect = functools.partial(
+            dtp.socket.create_connection, srv.endpoint, timeout=10, server_key=srv.key
+        )
+        with driver.forwarder(
+            connect, srv.endpoint, meter_for=lambda _: _meter(), final_timeout=0.1
         ) as fwd:
             try:
                 _flood(fwd.address, fwd.stats)
                 _check(fwd.stats)
             finally:
-                for sock in conns:
-                    sock.abort()  # (a close would wait for what the peer never reads)
-
-
-def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
-    async def main() -> None:
-        with server_process("slow") as srv:
-            writers: list[dtp.aio.DTPStreamWriter] = []
-
-            async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-                reader, writer = await dtp.aio.open_connection(
-                    *srv.endpoint, timeout=10, server_key=srv.key
-                )
-                writers.append(writer)
-                return reader, writer
-
-            fwd = await AsyncUdpForwarder.start(
-                ("127.0.0.1", 0), connect, meter_for=lambda w: _meter(), final_timeout=0.1
-            )
-            try:
-                await asyncio.to_thread(_flood, fwd.address, fwd.stats)
-                _check(fwd.stats)
-            finally:
-                for writer in writers:
-                    writer.abort()
-                await fwd.close()
-
-    asyncio.run(main())
+                driver.abort_flows(fwd)  # (a close would wait for what the peer never reads)
 
 
 class QuietRelay:
