@@ -53,11 +53,13 @@ class UdpDriver:
         ended: list[float],
         config: ConnectionConfig | None = None,
         raised: list[BaseException] | None = None,
+        returned: list[UdpStats] | None = None,
     ) -> contextlib.AbstractContextManager[tuple[str, int]]:
         """A DTP server whose every connection is relayed to ``backend`` with the
         keywords ``relay_kw()`` gives (one call per connection); each relay's end is
-        appended to ``ended`` (``time.monotonic()``), and what a relay raised to
-        ``raised`` (when given; else it propagates). Yields the server's address."""
+        appended to ``ended`` (``time.monotonic()``), what a relay raised to ``raised``
+        (when given; else it propagates), and what it returned to ``returned`` (when
+        given). Yields the server's address."""
         raise NotImplementedError
 
     def event(self) -> tuple[object, Callable[[], None]]:
@@ -99,10 +101,13 @@ class BlockingDriver(UdpDriver):
         ended: list[float],
         config: ConnectionConfig | None = None,
         raised: list[BaseException] | None = None,
+        returned: list[UdpStats] | None = None,
     ) -> Iterator[tuple[str, int]]:
         def handler(sock: dtp.socket.DTPSocket) -> None:
             try:
-                relay_udp(sock, backend, **relay_kw())
+                stats = relay_udp(sock, backend, **relay_kw())
+                if returned is not None:
+                    returned.append(stats)
             except BaseException as exc:
                 if raised is None:
                     raise
@@ -180,10 +185,13 @@ class AsyncioDriver(UdpDriver):
         ended: list[float],
         config: ConnectionConfig | None = None,
         raised: list[BaseException] | None = None,
+        returned: list[UdpStats] | None = None,
     ) -> Iterator[tuple[str, int]]:
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             try:
-                await relay_udp_async(reader, writer, backend, **relay_kw())
+                stats = await relay_udp_async(reader, writer, backend, **relay_kw())
+                if returned is not None:
+                    returned.append(stats)
             except BaseException as exc:
                 if raised is None:
                     raise

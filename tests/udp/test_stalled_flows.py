@@ -22,7 +22,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.hostid.udp.engine import USAGE, control_frame
 from dtp.keys import HostIdentity
 from tests.polling import wait_for
@@ -241,57 +241,41 @@ def test_a_second_async_close_waits_for_the_first(quiet_relay: QuietRelay) -> No
     asyncio.run(main())
 
 
-def test_async_relay_whose_client_resets_the_control_stream_ends_cleanly() -> None:
+def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: UdpDriver) -> None:
     """A client that resets stream 0 (it reads no usage reports): the asyncio relay's
     report, written from the connection's datagram sink, raised StreamReset into the
     connection's event handling, which aborted the carrier without a CLOSE (the client
-    saw ConnectionLost, the relay its events cut off). It now ends as relay_udp does: a
-    logged end and a clean close."""
+    saw ConnectionLost, the relay its events cut off). Both relays end alike (the
+    engine's control_ended): a logged end and a clean close."""
     dns = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**9)
     stats = UdpStats()
-    outcome: list[object] = []
+    returned: list[UdpStats] = []
+    raised: list[BaseException] = []
 
-    async def main() -> None:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
-                outcome.append(
-                    await relay_udp_async(
-                        reader, writer, dns.address, billing=billing, stats=stats, idle_timeout=5
-                    )
-                )
-            except Exception as exc:
-                outcome.append(exc)
-            writer.close()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-
-        def client() -> BaseException:
-            with dtp.socket.create_connection(
-                server.address, server_key=SERVER.noise_public, timeout=5
-            ) as sock:
-                sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
-                for i in range(40):  # a report is due after 32
-                    sock.send_datagram(b"\x00\x01q%d" % i)
-                try:
-                    while True:
-                        sock.recv_datagram(5)
-                except DTPError as exc:
-                    return exc
-            raise AssertionError("unreachable")
-
-        try:
-            ended = await asyncio.to_thread(client)
-        finally:
-            server.close()
-            await server.wait_closed()
-        assert type(ended) is ConnectionClosed, repr(ended)
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": stats, "idle_timeout": 5}
 
     try:
-        asyncio.run(main())
+        with (
+            driver.serve_relay(
+                SERVER, dns.address, relay_kw, [], raised=raised, returned=returned
+            ) as address,
+            dtp.socket.create_connection(
+                address, server_key=SERVER.noise_public, timeout=5
+            ) as sock,
+        ):
+            sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
+            for i in range(40):  # a report is due after 32
+                sock.send_datagram(b"\x00\x01q%d" % i)
+            with pytest.raises(DTPError) as ended:
+                while True:
+                    sock.recv_datagram(5)
+            assert type(ended.value) is ConnectionClosed, repr(ended.value)
+            assert wait_for(lambda: bool(returned or raised), 5)
     finally:
         dns.close()
-    assert outcome == [stats]  # returned, not raised
+    assert raised == [] and returned == [stats]  # returned, not raised
     assert billing.datagrams == stats.datagrams_in >= 32
 
 
@@ -349,7 +333,7 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     assert billing.latest is not None and billing.latest.total_requests == 68
 
 
-def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
+def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> None:
     """The control stream's reader retries a read that timed out (a pause); the read
     that raises the connection's own idle timeout must end it, not be retried: it is
     raised again at once, forever (a core spun until relay_udp gave up waiting for the
@@ -359,16 +343,13 @@ def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
     quick = ConnectionConfig(
         identity=SERVER, is_client=False, idle_timeout=0.5, keepalive_interval=None
     )
-    took: list[float] = []
+    ended: list[float] = []
+    started: list[float] = []
 
-    def handler(sock: dtp.socket.DTPSocket) -> None:
-        start = time.monotonic()
-        relay_udp(sock, dns.address, billing=billing, idle_timeout=30)
-        took.append(time.monotonic() - start)
+    def relay_kw() -> dict[str, Any]:
+        started.append(time.monotonic())
+        return {"billing": billing, "idle_timeout": 30}
 
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, config=quick)
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
     silent = ConnectionConfig(
         identity=CLIENT,
         is_client=True,
@@ -376,20 +357,22 @@ def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
         keepalive_interval=None,
     )
     try:
-        with dtp.socket.create_connection(server.address, config=silent, timeout=5) as sock:
+        with (
+            driver.serve_relay(SERVER, dns.address, relay_kw, ended, config=quick) as address,
+            dtp.socket.create_connection(address, config=silent, timeout=5) as sock,
+        ):
             sock.send_datagram(b"\x00\x01hello")
             assert sock.recv_datagram(5).startswith(b"\x00\x01hello")
             # then silence: the relay's side of the connection idles out
-            assert wait_for(lambda: took, 10)
+            assert wait_for(lambda: ended, 10)
     finally:
-        server.close()
-        serving.join(5)
         dns.close()
+    took = ended[0] - started[0]
     # before: the 0.5 s idle timeout and then 2 s for relay_udp to give up on the thread
-    assert took[0] < 2.2, f"the relay took {took[0]:.2f} s"
+    assert took < 2.2, f"the relay took {took:.2f} s"
 
 
-def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
+def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> None:
     """The forwarder's reply reader took its connection's idle timeout (raised as a
     DTPTimeoutError by every read from then on) for a read that timed out, and spun on
     it until the flow's own idle_timeout ended the session."""
@@ -410,13 +393,12 @@ def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
         idle_timeout=0.5,
         keepalive_interval=None,
     )
-
-    def connect() -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(server.address, config=short, timeout=5)
-
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, config=short, timeout=5
+    )
     client = _client()
     try:
-        with UdpForwarder(("127.0.0.1", 0), connect, idle_timeout=30) as fwd:
+        with driver.forwarder(connect, server.address, idle_timeout=30) as fwd:
             client.sendto(b"\x00\x01hello", fwd.address)
             assert wait_for(lambda: fwd.stats.sessions_opened == 1, 5)
             assert wait_for(lambda: fwd.stats.sessions_closed == 1, 5)
