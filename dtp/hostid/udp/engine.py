@@ -1,6 +1,10 @@
-"""UDP through DTP, what both drivers share: the counters (:class:`UdpStats`), the
-relay's and the forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`) and
-the control stream's codec (docs/udp.md)."""
+"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O but for the
+locks of the counters and the billing, which the blocking driver's threads share: the
+counters (:class:`UdpStats`), the relay's and the forwarder's billing
+(:class:`UdpBilling`, :class:`FlowAccount`), the control stream's codec
+(:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
+(:class:`RelayEngine`: answers, reports, drain, end). The forwarders' rules over
+their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`."""
 
 from __future__ import annotations
 
