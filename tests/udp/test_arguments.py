@@ -1,5 +1,5 @@
-"""The blocking UDP forwarder and relay check their numbers up front, as
-the asyncio ones now do (tests/udp/test_asyncio_relay_ends.py): ``UdpForwarder`` took an
+"""The UDP forwarders and relays of both drivers check their numbers up front (one
+test body each, over the ``driver`` fixture): ``UdpForwarder`` took an
 ``idle_timeout`` of None (its thread died silently at the first sweep), 0 or NaN, and a
 float ``max_pending`` (every new source's datagrams lost, an "unexpected error" logged
 per batch); ``relay_udp`` took ``idle_timeout=None`` and failed inside its loop.
@@ -37,22 +37,27 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
 from dtp.escrow import Meter
-from dtp.hostid.udp import UdpForwarder, relay_udp
+from dtp.hostid.udp import UdpForwarder
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.keys import HostIdentity
 from tests.support.leaks import resource_warnings
+from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
 from tests.udp.world import CLIENT, CONNECTION_ID
 
 
 @pytest.mark.parametrize("kw", BAD_FORWARDER_ARGS, ids=repr)
-def test_a_blocking_forwarder_refuses_bad_numbers(kw: dict[str, Any]) -> None:
+def test_a_forwarder_refuses_bad_numbers(kw: dict[str, Any], driver: UdpDriver) -> None:
     def connect() -> Any:
         raise AssertionError("no flow is made")
 
     def make() -> None:
-        with pytest.raises(InvalidArgument, match=next(iter(kw))):
-            UdpForwarder(("127.0.0.1", 0), connect, **kw).close()
+        with (
+            pytest.raises(InvalidArgument, match=next(iter(kw))),
+            driver.forwarder(connect, ("127.0.0.1", 9), **kw),
+        ):
+            pass  # (the old code took them: the test fails above)
 
     assert resource_warnings(make) == []  # (refused before the bind)
 
@@ -60,35 +65,38 @@ def test_a_blocking_forwarder_refuses_bad_numbers(kw: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "kw", [{"idle_timeout": None}, {"idle_timeout": 0}, {"report_every": 0}], ids=repr
 )
-def test_a_blocking_relay_refuses_a_bad_number_and_closes_its_connection(
-    kw: dict[str, Any],
+def test_a_relay_refuses_a_bad_number_and_closes_its_connection(
+    kw: dict[str, Any], driver: UdpDriver
 ) -> None:
+    """The asyncio relay given ``idle_timeout=None`` raised a TypeError after the
+    backend socket was made and its reader registered: the socket, the reader and the
+    connection were left open; the blocking one failed inside its loop."""
     identity = HostIdentity.generate()
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
     raised: list[BaseException] = []
-    done = threading.Event()
+    ended: list[float] = []
+    backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    backend.bind(("127.0.0.1", 0))
 
-    def handler(sock: dtp.socket.DTPSocket) -> None:
-        try:
-            relay_udp(sock, ("127.0.0.1", 9), **kw)
-        except BaseException as exc:  # the error is the result
-            raised.append(exc)
-        done.set()
+    def run() -> None:
+        with (
+            driver.serve_relay(
+                identity, backend.getsockname(), lambda: kw, ended, raised=raised
+            ) as address,
+            dtp.socket.create_connection(
+                address, server_key=identity.noise_public, timeout=5
+            ) as client,
+        ):
+            assert wait_for(lambda: bool(ended), 20)
+            assert len(raised) == 1 and isinstance(raised[0], InvalidArgument), raised
+            assert next(iter(kw)) in str(raised[0])
+            client.settimeout(10)
+            with contextlib.suppress(ConnectionError):
+                assert client.recv(1) == b""  # closed by the relay
 
-    threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
-    client = dtp.socket.create_connection(
-        server.address, server_key=identity.noise_public, timeout=5
-    )
     try:
-        assert done.wait(20)
-        assert len(raised) == 1 and isinstance(raised[0], InvalidArgument), raised
-        assert next(iter(kw)) in str(raised[0])
-        client.settimeout(10)
-        with contextlib.suppress(ConnectionError):
-            assert client.recv(1) == b""  # closed by the relay
+        assert resource_warnings(run) == []
     finally:
-        client.close()
-        server.close()
+        backend.close()
 
 
 BOUND = 5.0

@@ -11,7 +11,8 @@ twin dtp.hostid.udp:
   sweeper (asyncio.sleep(0) in a loop: a core at 100%), a float ``max_pending`` raised
   in the socket's reader callback for every new source (its datagrams lost uncounted),
   a None ``idle_timeout`` killed the sweeper silently; the relay given one raised a
-  TypeError past its backend socket and connection, both left open.
+  TypeError past its backend socket and connection, both left open (those checks
+  are tested on both drivers in tests/udp/test_arguments.py).
 
 Real UDP sockets and DTP connections on 127.0.0.1."""
 
@@ -26,10 +27,8 @@ import pytest
 import dtp.aio
 import dtp.hostid.udp.asyncio
 from dtp.chain.objects import Sla
-from dtp.errors import InvalidArgument
 from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from tests.support.leaks import resource_warnings
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 5.0
@@ -150,55 +149,8 @@ BAD_FORWARDER_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("kw", BAD_FORWARDER_ARGS, ids=repr)
-def test_a_forwarder_refuses_bad_numbers(kw: dict[str, Any]) -> None:
-    async def connect() -> Any:
-        raise AssertionError("no flow is made")
-
-    async def main() -> None:
-        with pytest.raises(InvalidArgument, match=next(iter(kw))):
-            fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), connect, **kw)
-            await fwd.close()  # (the old code took them: the test fails above)
-
-    assert resource_warnings(lambda: asyncio.run(main())) == []
-
-
-@pytest.mark.parametrize(
-    "kw", [{"idle_timeout": None}, {"idle_timeout": 0}, {"report_every": 0}], ids=repr
-)
-def test_a_relay_given_a_bad_number_refuses_it_and_leaves_nothing_open(kw: dict[str, Any]) -> None:
-    """``idle_timeout=None`` raised a TypeError after the backend socket was made and
-    its reader registered: the socket, the reader and the connection were left open."""
-    raised: list[BaseException] = []
-
-    async def main() -> None:
-        backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        backend.bind(("127.0.0.1", 0))
-        done = asyncio.Event()
-
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
-                await relay_udp_async(reader, writer, backend.getsockname(), **kw)
-            except BaseException as exc:
-                raised.append(exc)
-            finally:
-                done.set()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        try:
-            _, writer = await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=BOUND
-            )
-            await asyncio.wait_for(done.wait(), BOUND)
-            # the relay's end closed the connection
-            await asyncio.wait_for(writer.wait_closed(), BOUND)
-        finally:
-            server.close()
-            await server.wait_closed()
-            backend.close()
-
-    assert resource_warnings(lambda: asyncio.run(main())) == []
-    assert len(raised) == 1 and isinstance(raised[0], InvalidArgument), raised
+# (the forwarders' and the relays' checks of these numbers, both drivers:
+# tests/udp/test_arguments.py)
 
 
 def test_a_relay_cancelled_while_it_ends_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:

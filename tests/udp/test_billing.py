@@ -14,6 +14,7 @@ import functools
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,9 @@ from dtp.errors import DTPError
 from dtp.escrow import Meter
 from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
-from dtp.hostid.udp.engine import control_frame
+from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
 from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 
@@ -215,15 +217,15 @@ def test_the_allowance_is_a_share_below_one(share: float) -> None:
 
 @pytest.mark.parametrize("reliable", [True, False], ids=["tcp", "lossy"])
 def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_replies(
-    reliable: bool, monkeypatch: pytest.MonkeyPatch
+    reliable: bool, monkeypatch: pytest.MonkeyPatch, driver: UdpDriver
 ) -> None:
     """The daemon's drain: the relay reports its count and waits for a receipt that
     covers it. The client lost the reply (it signs for its request only), so none ever
     does; the relay waited out its idle timeout (60 s here) before it ended. Over a
     lossy carrier (the ledger: round trips of seconds) it waits longer."""
     if not reliable:
-        monkeypatch.setattr(dtp.hostid.udp.asyncio, "FINAL_RECEIPT_WAIT", 30.0)
-        monkeypatch.setattr(dtp.hostid.udp.asyncio, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
+        monkeypatch.setattr(dtp.hostid.udp.engine, "FINAL_RECEIPT_WAIT", 30.0)
+        monkeypatch.setattr(dtp.hostid.udp.engine, "LOSSY_FINAL_RECEIPT_WAIT", 1.0)
     server_config = ConnectionConfig(SERVER, False, reliable_carrier=reliable)
     client_config = ConnectionConfig(CLIENT, True, reliable_carrier=reliable)
     backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -240,56 +242,110 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
     echoer.start()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT)
     ended: list[float] = []
+    finish, set_finish = driver.event()
 
-    async def main() -> None:
-        finish = asyncio.Event()
-        replied = threading.Event()
-
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(
-                reader, writer, backend.getsockname(), billing=billing, idle_timeout=60,
-                finish=finish,
-            )  # fmt: skip
-            ended.append(time.monotonic())
-
-        server = await dtp.aio.start_server(
-            handle, "127.0.0.1", 0, identity=SERVER, config=server_config
-        )
-
-        def client() -> None:
-            with dtp.socket.create_connection(
-                server.address, server_key=SERVER.noise_public, timeout=10, config=client_config
-            ) as sock:
-                sock.send_datagram(b"go")
-                assert sock.recv_datagrams(1, 5)  # the reply: "lost", not signed for
-                meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
-                now = int(time.time() * 1000)
-                receipt = meter.record(now, nbytes=2, requests=1) or meter.flush(now)
-                assert receipt is not None
-                sock.sendall(control_frame(b"R", receipt.encode()))
-                replied.set()
-                deadline = time.monotonic() + 30
-                while not ended and time.monotonic() < deadline:
-                    time.sleep(0.05)
-
-        try:
-            job = asyncio.create_task(asyncio.to_thread(client))
-            while not replied.is_set():
-                await asyncio.sleep(0.02)
-            while billing.latest is None:
-                await asyncio.sleep(0.02)
-            started = time.monotonic()
-            finish.set()
-            await asyncio.wait_for(job, 40)
-            assert ended, "the relay did not end"
-            assert ended[0] - started < dtp.hostid.udp.asyncio.FINAL_RECEIPT_WAIT + 5
-        finally:
-            server.close()
-            await server.wait_closed()
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "idle_timeout": 60, "finish": finish}
 
     try:
-        asyncio.run(main())
+        with (
+            driver.serve_relay(
+                SERVER, backend.getsockname(), relay_kw, ended, config=server_config
+            ) as address,
+            dtp.socket.create_connection(
+                address, server_key=SERVER.noise_public, timeout=10, config=client_config
+            ) as sock,
+        ):
+            sock.send_datagram(b"go")
+            assert sock.recv_datagrams(1, 5)  # the reply: "lost", not signed for
+            meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
+            now = int(time.time() * 1000)
+            receipt = meter.record(now, nbytes=2, requests=1) or meter.flush(now)
+            assert receipt is not None
+            sock.sendall(control_frame(b"R", receipt.encode()))
+            assert wait_for(lambda: billing.latest is not None, 5)
+            started = time.monotonic()
+            set_finish()
+            assert wait_for(lambda: bool(ended), 40), "the relay did not end"
+            assert ended[0] - started < dtp.hostid.udp.engine.FINAL_RECEIPT_WAIT + 5
     finally:
         echoer.join(5)
         backend.close()
     assert billing.latest is not None and billing.latest.total_bytes < billing.bytes
+
+
+def _sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event) -> None:
+    """A forwarder's half of the control stream, bare: signs every usage report."""
+    decoder = ControlDecoder()
+    billed = (0, 0)
+    while not stop.is_set():
+        try:
+            data = sock.recv(4096)
+        except DTPError:
+            if stop.is_set() or sock._engine.session.terminated is not None:
+                return
+            continue
+        if not data:
+            return
+        decoder.receive(data)
+        while (body := decoder.next_frame()) is not None:
+            datagrams, nbytes = USAGE.unpack(body[1:])
+            now = int(time.time() * 1000)
+            receipt = meter.record(
+                now, nbytes=nbytes - billed[1], requests=datagrams - billed[0]
+            ) or meter.flush(now)
+            billed = (datagrams, nbytes)
+            if receipt is not None:
+                sock.sendall(control_frame(b"R", receipt.encode()))
+
+
+def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
+    monkeypatch: pytest.MonkeyPatch, driver: UdpDriver
+) -> None:
+    """The drain (``finish``) on either relay: once set, datagrams are dropped
+    (``dropped_finishing``), the final usage is reported, and the relay ends as soon as
+    a receipt covers it -- not after the wait for one that never comes."""
+    monkeypatch.setattr(dtp.hostid.udp.engine, "FINAL_RECEIPT_WAIT", 30.0)
+    dns = DnsLikeBackend()
+    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT)
+    stats = UdpStats()
+    finish, set_finish = driver.event()
+    ended: list[float] = []
+
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": stats, "idle_timeout": 60, "finish": finish}
+
+    stop = threading.Event()
+    try:
+        with (
+            driver.serve_relay(SERVER, dns.address, relay_kw, ended) as address,
+            dtp.socket.create_connection(
+                address, server_key=SERVER.noise_public, timeout=1
+            ) as sock,
+        ):
+            signer = threading.Thread(
+                target=_sign_reports,
+                args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
+                daemon=True,
+            )
+            signer.start()
+            for i in range(5):
+                sock.send_datagram(b"\x00" + bytes([i]) + b"query")
+            assert wait_for(lambda: stats.datagrams_in == 5, 5)
+            started = time.monotonic()
+            set_finish()
+            # sent until the relay drops them: it has seen the finish
+            deadline = time.monotonic() + 5
+            while stats.dropped_finishing == 0 and time.monotonic() < deadline:
+                sock.send_datagram(b"\x00\x09late")
+                time.sleep(0.02)
+            assert wait_for(lambda: bool(ended), 10), "the relay did not end"
+            assert ended[0] - started < 10  # (paid up: not the 30 s wait for a receipt)
+            stop.set()
+    finally:
+        stop.set()
+        dns.close()
+    assert stats.dropped_finishing > 0, stats.snapshot()
+    # what went before the relay saw the finish was relayed, and is paid for
+    assert dns.received == stats.datagrams_in == billing.datagrams >= 5
+    assert billing.paid_up

@@ -16,13 +16,13 @@ receipts past a few; one refused receipt is still no fault (below)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -31,10 +31,10 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
-from dtp.hostid.udp import UdpBilling, UdpForwarder, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp import UdpBilling
 from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
 from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, meter
 
 #: Far beyond any bound below: a relay or flow that does not end on its own in the
@@ -90,7 +90,7 @@ def _served(sock: dtp.socket.DTPSocket, payload: bytes) -> bool:
 
 @pytest.mark.parametrize("name", sorted(BAD_FOR_RELAY))
 def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
-    dns: DnsLikeBackend, name: str
+    dns: DnsLikeBackend, name: str, driver: UdpDriver
 ) -> None:
     """A receipt that does not verify is refused and counted, and the client is served
     on; a frame no client sends ends that connection with the reason (the relay
@@ -99,21 +99,15 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
     billings: list[UdpBilling] = []
     ended: list[float] = []
 
-    def handler(sock: dtp.socket.DTPSocket) -> None:
+    def relay_kw() -> dict[str, Any]:
         billing = _billing()
         billings.append(billing)
-        try:
-            relay_udp(sock, dns.address, billing=billing, idle_timeout=HOURS)
-        finally:
-            ended.append(time.monotonic())
+        return {"billing": billing, "idle_timeout": HOURS}
 
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
-    connect = functools.partial(
-        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
-    )
-    try:
+    with driver.serve_relay(SERVER, dns.address, relay_kw, ended) as address:
+        connect = functools.partial(
+            dtp.socket.create_connection, address, server_key=SERVER.noise_public, timeout=5
+        )
         with connect() as bystander, connect() as rogue:
             assert _served(bystander, b"\x00\x01calm")
             assert _served(rogue, b"\x00\x02rogue")
@@ -132,54 +126,6 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
             assert wait_for(lambda: len(ended) == 1, BOUND)  # its relay returned
             assert _served(bystander, b"\x00\x04after")
             assert len(ended) == 1
-    finally:
-        server.close()
-        serving.join(BOUND)
-
-
-@pytest.mark.parametrize("name", sorted(BAD_FOR_RELAY))
-def test_an_async_relay_closes_a_connection_that_breaks_the_control_protocol(
-    dns: DnsLikeBackend, name: str
-) -> None:
-    """relay_udp_async as relay_udp: the bad frame ends the connection with the reason,
-    and the relay returns."""
-    frame, reason = BAD_FOR_RELAY[name]
-    async_relay_ends(dns, frame, reason)
-
-
-def async_relay_ends(dns: DnsLikeBackend, frame: bytes, reason: str) -> None:
-    """A client of relay_udp_async that is served, then sends ``frame`` on the control
-    stream: the connection ends with ``reason``, and the relay returns."""
-
-    async def main() -> None:
-        ended = asyncio.Event()
-
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
-                await relay_udp_async(
-                    reader, writer, dns.address, billing=_billing(), idle_timeout=HOURS
-                )
-            finally:
-                ended.set()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        try:
-            sock = await asyncio.to_thread(
-                dtp.socket.create_connection,
-                server.address,
-                server_key=SERVER.noise_public,
-                timeout=5,
-            )
-            with sock:
-                assert await asyncio.to_thread(_served, sock, b"\x00\x05aio")
-                sock.sendall(frame)
-                assert reason in await asyncio.to_thread(_closed_reason, sock)
-                await asyncio.wait_for(ended.wait(), BOUND)
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
 
 
 def _rogue_relay(dns: DnsLikeBackend, reasons: list[str], sock: dtp.socket.DTPSocket) -> None:
@@ -209,7 +155,7 @@ def _local_client() -> socket.socket:
 
 
 def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
-    dns: DnsLikeBackend,
+    dns: DnsLikeBackend, driver: UdpDriver
 ) -> None:
     """A metered flow's relay sends a frame relays never send: the flow's connection is
     closed with the reason and the flow ends (not kept, idle timeout or not, with its
@@ -227,8 +173,8 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
     )
     client = _local_client()
     try:
-        with UdpForwarder(
-            ("127.0.0.1", 0), connect, meter_for=lambda _: meter(), idle_timeout=HOURS
+        with driver.forwarder(
+            connect, server.address, meter_for=lambda _: meter(), idle_timeout=HOURS
         ) as fwd:
             client.sendto(b"\x00\x06metered", fwd.address)
             assert client.recv(100).startswith(b"\x00\x06metered")
@@ -238,51 +184,6 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
             assert fwd.sessions == 0
     finally:
         client.close()
-        server.close()
-        serving.join(BOUND)
-
-
-def test_an_async_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
-    dns: DnsLikeBackend,
-) -> None:
-    """AsyncUdpForwarder as UdpForwarder: the flow's connection is closed with the
-    reason and the flow ends."""
-    reasons: list[str] = []
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(
-        target=server.serve_forever,
-        args=(functools.partial(_rogue_relay, dns, reasons),),
-        daemon=True,
-    )
-    serving.start()
-
-    async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        return await dtp.aio.open_connection(
-            *server.address, server_key=SERVER.noise_public, timeout=5
-        )
-
-    async def main() -> None:
-        fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda _: meter(), idle_timeout=HOURS
-        )
-        client = _local_client()
-        try:
-            client.sendto(b"\x00\x07metered", fwd.address)
-            reply = await asyncio.to_thread(client.recv, 100)
-            assert reply.startswith(b"\x00\x07metered")
-            deadline = time.monotonic() + BOUND
-            while not (reasons and fwd.stats.sessions_closed == 1):
-                assert time.monotonic() < deadline, (reasons, fwd.stats)
-                await asyncio.sleep(0.05)
-            assert "unexpected UDP control frame b'R'" in reasons[0]
-            assert fwd.sessions == 0
-        finally:
-            client.close()
-            await fwd.close()
-
-    try:
-        asyncio.run(main())
-    finally:
         server.close()
         serving.join(BOUND)
 
@@ -313,33 +214,21 @@ ABUSE = {
 
 @pytest.mark.parametrize("name", sorted(ABUSE))
 def test_a_relay_ends_a_connection_that_abuses_the_control_stream(
-    dns: DnsLikeBackend, name: str
+    dns: DnsLikeBackend, name: str, driver: UdpDriver
 ) -> None:
     frames, reason = ABUSE[name]
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    ended: list[float] = []
 
-    def handler(sock: dtp.socket.DTPSocket) -> None:
-        relay_udp(sock, dns.address, billing=_billing(), idle_timeout=HOURS)
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": _billing(), "idle_timeout": HOURS}
 
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
-    try:
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=5
-        ) as sock:
-            assert _served(sock, b"\x00\x01abuse")
-            sock.sendall(_forged())  # (one refused receipt: served on)
-            assert _served(sock, b"\x00\x02still")
-            sock.sendall(frames())
-            assert reason in _closed_reason(sock)
-    finally:
-        server.close()
-        serving.join(BOUND)
-
-
-@pytest.mark.parametrize("name", sorted(ABUSE))
-def test_an_async_relay_ends_a_connection_that_abuses_the_control_stream(
-    dns: DnsLikeBackend, name: str
-) -> None:
-    frames, reason = ABUSE[name]
-    async_relay_ends(dns, frames(), reason)
+    with (
+        driver.serve_relay(SERVER, dns.address, relay_kw, ended) as address,
+        dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
+    ):
+        assert _served(sock, b"\x00\x01abuse")
+        sock.sendall(_forged())  # (one refused receipt: served on)
+        assert _served(sock, b"\x00\x02still")
+        sock.sendall(frames())
+        assert reason in _closed_reason(sock)
+        assert wait_for(lambda: len(ended) == 1, BOUND)  # its relay returned

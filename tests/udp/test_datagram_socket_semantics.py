@@ -28,6 +28,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
 BOUND = 10.0
@@ -94,50 +95,29 @@ def _answered(sock: dtp.socket.DTPSocket, query: bytes) -> bool:
     return False
 
 
-def test_the_blocking_relay_still_replies_after_an_icmp_error(
-    dns: DnsLikeBackend, unreachable_once: None
+def test_a_relay_still_replies_after_an_icmp_error(
+    dns: DnsLikeBackend, unreachable_once: None, driver: UdpDriver
 ) -> None:
     """Only ECONNREFUSED was taken as the ICMP error a read may report: any other
-    (EHOSTUNREACH from a backend host gone away) ended the reply thread for good,
-    while the requests were still forwarded (and billed) -- no reply ever came back,
-    and the client's traffic kept the relay from idling out."""
+    (EHOSTUNREACH from a backend host gone away) ended the blocking relay's reply
+    thread for good, while the requests were still forwarded (and billed) -- no reply
+    ever came back, and the client's traffic kept the relay from idling out. The
+    asyncio relay read on after the error, but raised it out of its reader callback:
+    an 'Exception in callback' with a traceback for an ordinary UDP event, and the
+    replies read before it lost uncounted."""
     stats = UdpStats()
-    handler = functools.partial(relay_udp, backend=dns.address, stats=stats)
-    with _server(handler) as server, _connect(server) as sock:
+
+    def relay_kw() -> dict[str, Any]:
+        return {"stats": stats, "idle_timeout": BOUND}
+
+    with (
+        driver.serve_relay(SERVER, dns.address, relay_kw, []) as address,
+        dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
+    ):
         assert _answered(sock, b"\x00\x01first")
         assert _answered(sock, b"\x00\x02second")
     assert not _Unreachable.errors  # (the error was reported)
-
-
-def test_the_asyncio_relay_does_not_raise_an_icmp_error_into_the_loop(
-    dns: DnsLikeBackend, unreachable_once: None
-) -> None:
-    """The asyncio relay read on after the error, but raised it out of its reader
-    callback: an 'Exception in callback' with a traceback for an ordinary UDP event,
-    and the replies read before it lost uncounted."""
-    errors: list[dict[str, Any]] = []
-
-    async def main() -> None:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(reader, writer, dns.address, idle_timeout=BOUND)
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        try:
-            answered = await asyncio.to_thread(_client_answered, server.address)
-        finally:
-            server.close()
-        assert answered
-
-    asyncio.run(main())
-    assert not _Unreachable.errors
-    assert errors == []
-
-
-def _client_answered(address: tuple[str, int]) -> bool:
-    with dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as s:
-        return _answered(s, b"\x00\x01first") and _answered(s, b"\x00\x02second")
+    assert driver.loop_errors == []
 
 
 BAD_LISTEN = [("127.0.0.1\x00", 0), ("127.0.0.1", 0, 0)]

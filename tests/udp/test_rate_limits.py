@@ -4,21 +4,19 @@ against the client's bytes, and traffic within the rate passes whole."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.hostid.udp import UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import relay_udp_async
+from dtp.hostid.udp import UdpStats
 from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import DnsLikeBackend
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
@@ -26,17 +24,19 @@ SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
 
 @contextlib.contextmanager
 def _relayed(
-    backend: DnsLikeBackend, stats: UdpStats, limits: ClientBuckets | None
+    driver: UdpDriver, backend: DnsLikeBackend, stats: UdpStats, limits: ClientBuckets | None
 ) -> Iterator[dtp.socket.DTPSocket]:
-    """A connection to a blocking relay in front of ``backend``."""
-    handler = functools.partial(relay_udp, backend=backend.address, stats=stats, limits=limits)
-    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
-        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=5
-        ) as sock:
-            sock.settimeout(2)
-            yield sock
+    """A connection to a relay (of ``driver``) in front of ``backend``."""
+
+    def relay_kw() -> dict[str, Any]:
+        return {"stats": stats, "limits": limits, "idle_timeout": 5}
+
+    with (
+        driver.serve_relay(SERVER, backend.address, relay_kw, []) as address,
+        dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
+    ):
+        sock.settimeout(2)
+        yield sock
 
 
 def _buckets(bytes_per_sec: float, requests_per_sec: float) -> ClientBuckets:
@@ -67,11 +67,16 @@ def test_replies_charged_to_bytes_delay_the_clients_next_datagram() -> None:
     assert b.admit([1], 0.6) == 1
 
 
-def test_blocking_relay_drops_datagrams_over_the_request_rate(backend: DnsLikeBackend) -> None:
+def test_a_relay_drops_datagrams_over_the_request_rate(
+    backend: DnsLikeBackend, driver: UdpDriver
+) -> None:
+    """The blocking relay admits a batch at once, the asyncio one each datagram as it
+    comes: at one instant both are the same rule (ClientBuckets.admit takes the first
+    ones while no bucket is in debt), pinned here on both."""
     limiter = RateLimiter(requests_per_sec=20)  # 5 of burst
     buckets = limiter.acquire("0xclient", time.monotonic())
     stats = UdpStats()
-    with _relayed(backend, stats, buckets) as sock:
+    with _relayed(driver, backend, stats, buckets) as sock:
         for i in range(40):
             sock.send_datagram(bytes([i]) * 8)
         deadline = time.monotonic() + 5
@@ -94,45 +99,31 @@ def test_blocking_relay_drops_datagrams_over_the_request_rate(backend: DnsLikeBa
         assert stats.dropped_rate_limited == 40 - passed
 
 
-def test_asyncio_relay_counts_replies_against_the_byte_rate(backend: DnsLikeBackend) -> None:
+def test_a_relay_counts_replies_against_the_byte_rate(
+    backend: DnsLikeBackend, driver: UdpDriver
+) -> None:
     """Replies (query + 4 bytes) are charged too: with 400 bytes/s and 100-byte queries,
     a burst gets fewer through than the queries alone would allow."""
     limiter = RateLimiter(bytes_per_sec=400)  # 100 bytes of burst
     buckets = limiter.acquire("0xclient", time.monotonic())
     stats = UdpStats()
-
-    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        await relay_udp_async(
-            reader, writer, backend.address, stats=stats, idle_timeout=5, limits=buckets
-        )
-        writer.close()
-
-    async def main() -> tuple[int, int]:
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        _reader, writer = await dtp.aio.open_connection(
-            "127.0.0.1", server.address[1], server_key=SERVER.noise_public, timeout=5
-        )
-        writer.send_datagram(b"\x00" * 100)  # admitted: the bucket was full
-        first = await asyncio.wait_for(writer.recv_datagram(), 2)
+    with _relayed(driver, backend, stats, buckets) as sock:
+        sock.send_datagram(b"\x00" * 100)  # admitted: the bucket was full
+        first = sock.recv_datagram(2)
         assert len(first) == 104
         for i in range(1, 10):  # the query and its reply put the client 108 bytes in debt
-            writer.send_datagram(bytes([i]) * 100)
-        await asyncio.sleep(0.3)
+            sock.send_datagram(bytes([i]) * 100)
+        time.sleep(0.3)
         burst = stats.snapshot()
-        writer.close()
-        server.close()
-        return burst["datagrams_in"], burst["dropped_rate_limited"]
-
-    passed, dropped = asyncio.run(main())
-    assert passed == 1 and dropped == 9
+    assert burst["datagrams_in"] == 1 and burst["dropped_rate_limited"] == 9
 
 
 @pytest.mark.parametrize("limits", [None, _buckets(0, 0)])
 def test_no_limits_or_unlimited_buckets_drop_nothing(
-    backend: DnsLikeBackend, limits: ClientBuckets | None
+    backend: DnsLikeBackend, limits: ClientBuckets | None, driver: UdpDriver
 ) -> None:
     stats = UdpStats()
-    with _relayed(backend, stats, limits) as sock:
+    with _relayed(driver, backend, stats, limits) as sock:
         for i in range(30):
             sock.send_datagram(bytes([i]))
         got = {sock.recv_datagram()[0] for _ in range(30)}

@@ -9,6 +9,7 @@ count was taken before it), one batch per flow end."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
 from dtp.socket import DTPSocket
 from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import SERVER, DnsLikeBackend, meter
 
 
@@ -154,64 +156,36 @@ def quiet_server() -> Iterator[dtp.socket.DTPServer]:
         thread.join(5)
 
 
-def test_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer) -> None:
-    """UdpForwarder.close() ended its sessions one after the other, each waiting up to
+def test_close_ends_the_flows_together(
+    quiet_server: dtp.socket.DTPServer, driver: UdpDriver
+) -> None:
+    """close() ended its sessions one after the other, each waiting up to
     final_timeout for its relay's final report: with many flows to a relay gone quiet
-    it took final_timeout per flow (256 flows by default: over 8 minutes)."""
-
-    def connect() -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(
-            quiet_server.address, server_key=SERVER.noise_public, timeout=5
-        )
-
-    fwd = UdpForwarder(
-        ("127.0.0.1", 0), connect, meter_for=lambda sock: meter(), final_timeout=FINAL_TIMEOUT
+    it took final_timeout per flow (256 flows by default: over 8 minutes; the daemon's
+    drain, on the asyncio forwarder, gave up midway and left the later flows'
+    connections open)."""
+    connect = functools.partial(
+        dtp.socket.create_connection,
+        quiet_server.address,
+        server_key=SERVER.noise_public,
+        timeout=5,
     )
     clients = [_client() for _ in range(FLOWS)]
     try:
-        for client in clients:
-            client.sendto(b"hello", fwd.address)
-        assert wait_for(lambda: fwd.sessions == FLOWS, 5)
-        start = time.monotonic()
-        fwd.close()
-        took = time.monotonic() - start
+        with driver.forwarder(
+            connect, quiet_server.address, meter_for=lambda _: meter(), final_timeout=FINAL_TIMEOUT
+        ) as fwd:
+            for client in clients:
+                client.sendto(b"hello", fwd.address)
+            assert wait_for(lambda: fwd.stats.sessions_opened == FLOWS, 5)
+            assert wait_for(lambda: fwd.sessions == FLOWS, 5)
+            start = time.monotonic()
+            driver.close(fwd)
+            took = time.monotonic() - start
     finally:
-        fwd.close()
         for client in clients:
             client.close()
     assert fwd.stats.sessions_closed == FLOWS
-    assert took < FLOWS * FINAL_TIMEOUT - 2.0, f"close() took {took:.2f} s"
-
-
-def test_async_close_ends_the_flows_together(quiet_server: dtp.socket.DTPServer) -> None:
-    """The same for AsyncUdpForwarder.close() (the daemon's drain, which gave up midway
-    and left the later flows' connections open)."""
-
-    async def main() -> float:
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *quiet_server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
-        fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=FINAL_TIMEOUT
-        )
-        clients = [_client() for _ in range(FLOWS)]
-        try:
-            for client in clients:
-                client.sendto(b"hello", fwd.address)
-            assert await _until(lambda: fwd.stats.sessions_opened == FLOWS)
-            start = time.monotonic()
-            await fwd.close()
-            took = time.monotonic() - start
-        finally:
-            await fwd.close()
-            for client in clients:
-                client.close()
-        assert fwd.stats.sessions_closed == FLOWS
-        return took
-
-    took = asyncio.run(main())
     assert took < FLOWS * FINAL_TIMEOUT - 2.0, f"close() took {took:.2f} s"
 
 

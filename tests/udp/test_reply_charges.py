@@ -13,18 +13,19 @@ Real UDP sockets and DTP connections on 127.0.0.1."""
 
 from __future__ import annotations
 
-import functools
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import dtp.socket
 from dtp.errors import TunnelError
-from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp import UdpForwarder, UdpStats
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from tests.support.polling import wait_for
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import SERVER
 
 BOUND = 5.0
@@ -66,22 +67,26 @@ def empty_replies() -> Iterator[_EmptyReplies]:
     backend.close()
 
 
-def test_a_relays_replies_are_charged_their_frame_headers(empty_replies: _EmptyReplies) -> None:
+def test_a_relays_replies_are_charged_their_frame_headers(
+    empty_replies: _EmptyReplies, driver: UdpDriver
+) -> None:
     # 4 bytes/s: a burst of one byte, and next to no refill while the test runs
     buckets = ClientBuckets(TokenBucket(4, 0.0), TokenBucket(0, 0.0))
     stats = UdpStats()
-    handler = functools.partial(
-        relay_udp, backend=empty_replies.address, stats=stats, limits=buckets, idle_timeout=BOUND
-    )
-    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
-        threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=BOUND
-        ) as sock:
-            sock.send_datagram(b"")  # admitted (the bucket was full), charged 2 bytes
-            # (the relay counts its replies once it has charged them)
-            assert wait_for(lambda: stats.datagrams_out == REPLIES, BOUND), stats.snapshot()
-            tokens = buckets.bytes.tokens
+
+    def relay_kw() -> dict[str, Any]:
+        return {"stats": stats, "limits": buckets, "idle_timeout": BOUND}
+
+    with (
+        driver.serve_relay(SERVER, empty_replies.address, relay_kw, []) as address,
+        dtp.socket.create_connection(
+            address, server_key=SERVER.noise_public, timeout=BOUND
+        ) as sock,
+    ):
+        sock.send_datagram(b"")  # admitted (the bucket was full), charged 2 bytes
+        # (the relay counts its replies once it has charged them)
+        assert wait_for(lambda: stats.datagrams_out == REPLIES, BOUND), stats.snapshot()
+        tokens = buckets.bytes.tokens
     charged = datagram_charge(0) * (1 + REPLIES)
     # (the refill since: 4 bytes/s over a few seconds at most)
     assert tokens <= 1 - charged + 4 * BOUND, tokens

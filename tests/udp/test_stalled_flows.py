@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,13 +22,21 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.hostid.udp.engine import USAGE, control_frame
 from tests.support.polling import wait_for
 from tests.support.procs import server_process
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DEPOSIT_DATAGRAMS, SERVER, DnsLikeBackend, meter
 
 SLA = Sla(1, 1, 0)
+
+
+@pytest.fixture
+def dns() -> Iterator[DnsLikeBackend]:
+    b = DnsLikeBackend()
+    yield b
+    b.close()
 
 
 def _client() -> socket.socket:
@@ -38,7 +47,7 @@ def _client() -> socket.socket:
 
 
 def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
-    backend: DnsLikeBackend,
+    dns: DnsLikeBackend,
 ) -> None:
     """Ending an idle metered flow waits for the relay's final report (final_timeout):
     that wait used to run in the thread that forwards every flow, so a relay that had
@@ -56,7 +65,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     threads = [
         threading.Thread(
             target=good.serve_forever,
-            args=(functools.partial(relay_udp, backend=backend.address, billing=billing),),
+            args=(functools.partial(relay_udp, backend=dns.address, billing=billing),),
             daemon=True,
         ),
         threading.Thread(target=quiet.serve_forever, args=(stalled,), daemon=True),
@@ -136,54 +145,25 @@ def _check(stats: UdpStats) -> None:
     assert stats.dropped_unpaid == 0, stats.snapshot()
 
 
-def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
+def test_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit(
+    driver: UdpDriver,
+) -> None:
     """The forwarder counted the datagrams its stalled relay's connection dropped unsent
     as sent: the relay could bill them, and once they reached the deposit every later
     datagram was dropped as unpaid (1315 went out of a 5000-datagram deposit, 1045
     dropped as unpaid)."""
     with server_process("slow") as srv:
-        conns: list[dtp.socket.DTPSocket] = []
-
-        def connect() -> dtp.socket.DTPSocket:
-            sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
-            conns.append(sock)
-            return sock
-
-        with UdpForwarder(
-            ("127.0.0.1", 0), connect, meter_for=lambda s: meter(), final_timeout=0.1
+        connect = functools.partial(
+            dtp.socket.create_connection, srv.endpoint, timeout=10, server_key=srv.key
+        )
+        with driver.forwarder(
+            connect, srv.endpoint, meter_for=lambda _: meter(), final_timeout=0.1
         ) as fwd:
             try:
                 _flood(fwd.address, fwd.stats)
                 _check(fwd.stats)
             finally:
-                for sock in conns:
-                    sock.abort()  # (a close would wait for what the peer never reads)
-
-
-def test_async_datagrams_a_backed_up_carrier_dropped_do_not_use_up_the_deposit() -> None:
-    async def main() -> None:
-        with server_process("slow") as srv:
-            writers: list[dtp.aio.DTPStreamWriter] = []
-
-            async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-                reader, writer = await dtp.aio.open_connection(
-                    *srv.endpoint, timeout=10, server_key=srv.key
-                )
-                writers.append(writer)
-                return reader, writer
-
-            fwd = await AsyncUdpForwarder.start(
-                ("127.0.0.1", 0), connect, meter_for=lambda w: meter(), final_timeout=0.1
-            )
-            try:
-                await asyncio.to_thread(_flood, fwd.address, fwd.stats)
-                _check(fwd.stats)
-            finally:
-                for writer in writers:
-                    writer.abort()
-                await fwd.close()
-
-    asyncio.run(main())
+                driver.abort_flows(fwd)  # (a close would wait for what the peer never reads)
 
 
 class QuietRelay:
@@ -252,57 +232,41 @@ def test_a_second_async_close_waits_for_the_first(quiet_relay: QuietRelay) -> No
     asyncio.run(main())
 
 
-def test_async_relay_whose_client_resets_the_control_stream_ends_cleanly() -> None:
+def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: UdpDriver) -> None:
     """A client that resets stream 0 (it reads no usage reports): the asyncio relay's
     report, written from the connection's datagram sink, raised StreamReset into the
     connection's event handling, which aborted the carrier without a CLOSE (the client
-    saw ConnectionLost, the relay its events cut off). It now ends as relay_udp does: a
-    logged end and a clean close."""
+    saw ConnectionLost, the relay its events cut off). Both relays end alike (the
+    engine's control_ended): a logged end and a clean close."""
     dns = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**9)
     stats = UdpStats()
-    outcome: list[object] = []
+    returned: list[UdpStats] = []
+    raised: list[BaseException] = []
 
-    async def main() -> None:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
-                outcome.append(
-                    await relay_udp_async(
-                        reader, writer, dns.address, billing=billing, stats=stats, idle_timeout=5
-                    )
-                )
-            except Exception as exc:
-                outcome.append(exc)
-            writer.close()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-
-        def client() -> BaseException:
-            with dtp.socket.create_connection(
-                server.address, server_key=SERVER.noise_public, timeout=5
-            ) as sock:
-                sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
-                for i in range(40):  # a report is due after 32
-                    sock.send_datagram(b"\x00\x01q%d" % i)
-                try:
-                    while True:
-                        sock.recv_datagram(5)
-                except DTPError as exc:
-                    return exc
-            raise AssertionError("unreachable")
-
-        try:
-            ended = await asyncio.to_thread(client)
-        finally:
-            server.close()
-            await server.wait_closed()
-        assert type(ended) is ConnectionClosed, repr(ended)
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": stats, "idle_timeout": 5}
 
     try:
-        asyncio.run(main())
+        with (
+            driver.serve_relay(
+                SERVER, dns.address, relay_kw, [], raised=raised, returned=returned
+            ) as address,
+            dtp.socket.create_connection(
+                address, server_key=SERVER.noise_public, timeout=5
+            ) as sock,
+        ):
+            sock.shutdown(dtp.socket.SHUT_RD)  # STOP_SENDING on stream 0
+            for i in range(40):  # a report is due after 32
+                sock.send_datagram(b"\x00\x01q%d" % i)
+            with pytest.raises(DTPError) as ended:
+                while True:
+                    sock.recv_datagram(5)
+            assert type(ended.value) is ConnectionClosed, repr(ended.value)
+            assert wait_for(lambda: bool(returned or raised), 5)
     finally:
         dns.close()
-    assert outcome == [stats]  # returned, not raised
+    assert raised == [] and returned == [stats]  # returned, not raised
     assert billing.datagrams == stats.datagrams_in >= 32
 
 
@@ -360,7 +324,7 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     assert billing.latest is not None and billing.latest.total_requests == 68
 
 
-def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
+def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> None:
     """The control stream's reader retries a read that timed out (a pause); the read
     that raises the connection's own idle timeout must end it, not be retried: it is
     raised again at once, forever (a core spun until relay_udp gave up waiting for the
@@ -370,16 +334,13 @@ def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
     quick = ConnectionConfig(
         identity=SERVER, is_client=False, idle_timeout=0.5, keepalive_interval=None
     )
-    took: list[float] = []
+    ended: list[float] = []
+    started: list[float] = []
 
-    def handler(sock: dtp.socket.DTPSocket) -> None:
-        start = time.monotonic()
-        relay_udp(sock, dns.address, billing=billing, idle_timeout=30)
-        took.append(time.monotonic() - start)
+    def relay_kw() -> dict[str, Any]:
+        started.append(time.monotonic())
+        return {"billing": billing, "idle_timeout": 30}
 
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, config=quick)
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
     silent = ConnectionConfig(
         identity=CLIENT,
         is_client=True,
@@ -387,20 +348,22 @@ def test_a_relay_whose_connection_idles_out_ends_at_once() -> None:
         keepalive_interval=None,
     )
     try:
-        with dtp.socket.create_connection(server.address, config=silent, timeout=5) as sock:
+        with (
+            driver.serve_relay(SERVER, dns.address, relay_kw, ended, config=quick) as address,
+            dtp.socket.create_connection(address, config=silent, timeout=5) as sock,
+        ):
             sock.send_datagram(b"\x00\x01hello")
             assert sock.recv_datagram(5).startswith(b"\x00\x01hello")
             # then silence: the relay's side of the connection idles out
-            assert wait_for(lambda: took, 10)
+            assert wait_for(lambda: ended, 10)
     finally:
-        server.close()
-        serving.join(5)
         dns.close()
+    took = ended[0] - started[0]
     # before: the 0.5 s idle timeout and then 2 s for relay_udp to give up on the thread
-    assert took[0] < 2.2, f"the relay took {took[0]:.2f} s"
+    assert took < 2.2, f"the relay took {took:.2f} s"
 
 
-def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
+def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> None:
     """The forwarder's reply reader took its connection's idle timeout (raised as a
     DTPTimeoutError by every read from then on) for a read that timed out, and spun on
     it until the flow's own idle_timeout ended the session."""
@@ -421,13 +384,12 @@ def test_a_forwarded_flow_whose_connection_idles_out_ends_at_once() -> None:
         idle_timeout=0.5,
         keepalive_interval=None,
     )
-
-    def connect() -> dtp.socket.DTPSocket:
-        return dtp.socket.create_connection(server.address, config=short, timeout=5)
-
+    connect = functools.partial(
+        dtp.socket.create_connection, server.address, config=short, timeout=5
+    )
     client = _client()
     try:
-        with UdpForwarder(("127.0.0.1", 0), connect, idle_timeout=30) as fwd:
+        with driver.forwarder(connect, server.address, idle_timeout=30) as fwd:
             client.sendto(b"\x00\x01hello", fwd.address)
             assert wait_for(lambda: fwd.stats.sessions_opened == 1, 5)
             assert wait_for(lambda: fwd.stats.sessions_closed == 1, 5)
@@ -467,7 +429,7 @@ def _steady(address: tuple[str, int]) -> int:
         client.close()
 
 
-def test_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
+def test_a_steady_stream_goes_on_with_a_credit_below_report_every(driver: UdpDriver) -> None:
     """credit_datagrams below report_every (a daemon service may set any credit from 1):
     no report was due before the credit ran out and a steady stream never paused for
     the forced one, so 16 datagrams went through and every later one was dropped as
@@ -475,64 +437,24 @@ def test_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
     dns = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
     relay_stats = UdpStats()
-    handler = functools.partial(relay_udp, backend=dns.address, billing=billing, stats=relay_stats)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
-    serving.start()
-    connect = functools.partial(
-        dtp.socket.create_connection, server.address, server_key=SERVER.noise_public, timeout=5
-    )
 
-    def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": relay_stats}
+
+    def meter_for(sock: object) -> Meter:
         return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
 
     try:
-        with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
-            answered = _steady(fwd.address)
+        with driver.serve_relay(SERVER, dns.address, relay_kw, []) as address:
+            connect = functools.partial(
+                dtp.socket.create_connection, address, server_key=SERVER.noise_public, timeout=5
+            )
+            with driver.forwarder(connect, address, meter_for=meter_for) as fwd:
+                answered = _steady(fwd.address)
     finally:
-        server.close()
-        serving.join(5)
         dns.close()
     assert relay_stats.dropped_unpaid == 0
     assert answered == STREAM
-
-
-def test_async_a_steady_stream_goes_on_with_a_credit_below_report_every() -> None:
-    dns = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
-    relay_stats = UdpStats()
-    answered: list[int] = []
-
-    async def main() -> None:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(reader, writer, dns.address, billing=billing, stats=relay_stats)
-            writer.close()
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
-        fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0),
-            connect,
-            meter_for=lambda w: Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1),
-        )
-        try:
-            answered.append(await asyncio.to_thread(_steady, fwd.address))
-        finally:
-            await fwd.close()
-            server.close()
-            await server.wait_closed()
-
-    try:
-        asyncio.run(main())
-    finally:
-        dns.close()
-    assert relay_stats.dropped_unpaid == 0
-    assert answered == [STREAM]
 
 
 def test_async_forwarder_whose_relay_resets_the_control_stream_ends_its_flow_promptly() -> None:

@@ -1,7 +1,7 @@
 """UDP flows through DTP by host ID (docs/udp.md): what ``dtp.udp`` held, the blocking
-relay and forwarder (:mod:`dtp.hostid.udp.blocking`) on the billing and control codec
-both drivers share (:mod:`dtp.hostid.udp.engine`, :mod:`dtp.hostid.udp.sockets`); the
-asyncio twins are in :mod:`dtp.hostid.udp.asyncio`.
+relay and forwarder (:mod:`dtp.hostid.udp.blocking`) pumping the rules both drivers
+share (:mod:`dtp.hostid.udp.engine`, :mod:`dtp.hostid.udp.flow_table`) over the UDP side
+(:mod:`dtp.hostid.udp.sockets`); the asyncio driver is :mod:`dtp.hostid.udp.asyncio`.
 """
 
 from dtp.hostid.udp.blocking import UdpForwarder, relay_udp

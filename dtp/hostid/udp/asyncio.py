@@ -15,21 +15,19 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from dtp.errors import DTPError, InsufficientFunds, TunnelError
+from dtp.errors import DTPError, TunnelError
 from dtp.hostid.udp.engine import (
     CLOSE_WAIT,
-    LEN,
-    USAGE,
+    CONTROL_READ,
     BadControlFrame,
+    ControlDecoder,
     FlowAccount,
+    RelayEngine,
     UdpBilling,
     UdpStats,
     abort_control,
-    check_control_size,
-    check_final,
-    control_frame,
-    take_receipt,
 )
+from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
     backend_socket,
     bind_udp,
@@ -49,24 +47,21 @@ __all__ = ["AsyncUdpForwarder", "relay_udp_async"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 256
-#: Seconds a finishing relay waits for the receipt of its final report (over a lossy
-#: carrier such as the ledger, whose round trips take seconds: the second).
-FINAL_RECEIPT_WAIT = 5.0
-LOSSY_FINAL_RECEIPT_WAIT = 30.0
 
 
-async def _read_control(reader: DTPStreamReader) -> bytes | None:
-    """The next control frame's body, or None at the end of the stream (or its error).
-    Raises :class:`dtp.hostid.udp.engine.BadControlFrame` for a length out of bounds."""
-    try:
-        header = await reader.readexactly(4)
-        (size,) = LEN.unpack(header)
-        check_control_size(size)
-        return await reader.readexactly(size)
-    except BadControlFrame:
-        raise
-    except (asyncio.IncompleteReadError, DTPError):
-        return None
+async def _read_control(reader: DTPStreamReader, decoder: ControlDecoder) -> bytes | None:
+    """The next control frame's body (:class:`ControlDecoder`), or None at the end of
+    the stream (or its error). Raises :class:`dtp.hostid.udp.engine.BadControlFrame`
+    for a length out of bounds."""
+    while (body := decoder.next_frame()) is None:
+        try:
+            data = await reader.read(CONTROL_READ)
+        except DTPError:
+            return None
+        if not data:
+            return None
+        decoder.receive(data)
+    return body
 
 
 async def _open_backend(backend: tuple[str, int]) -> socket.socket:
@@ -112,7 +107,8 @@ async def relay_udp_async(
     ``finish`` (the daemon's drain): once set, the relay stops relaying (datagrams
     and replies from then on are dropped, ``dropped_finishing``), reports its final
     usage and ends when a receipt covers it -- or the connection ends, or none has
-    within ``FINAL_RECEIPT_WAIT`` seconds (``LOSSY_FINAL_RECEIPT_WAIT`` over the
+    within :data:`~dtp.hostid.udp.engine.FINAL_RECEIPT_WAIT` seconds
+    (:data:`~dtp.hostid.udp.engine.LOSSY_FINAL_RECEIPT_WAIT` over the
     ledger carrier; replies lost on the way back are never
     signed for, so such a flow's receipt stays short of the count). The caller
     bounds the wait by closing the connection. Cut at once instead, the usage since
@@ -130,8 +126,7 @@ async def relay_udp_async(
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
-    if billing is not None:
-        report_every = billing.report_interval(report_every)
+    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
     last = [loop.time()]  # (after the lookup: it may have taken a while)
 
     def on_replies() -> None:
@@ -142,26 +137,30 @@ async def relay_udp_async(
         except DTPError:
             return
         last[0] = loop.time()
-        report()  # (replies alone may make one due)
+        if (frame := engine.report()) is not None:  # (replies alone may make one due)
+            send(frame)
 
     loop.add_reader(udp.fileno(), on_replies)
 
-    stop = loop.create_future()  # done when the relay cannot go on
+    stop = loop.create_future()  # done when the control stream ended: the relay ends
 
-    def report(force: bool = False) -> None:
-        if billing is None or stop.done():
+    def stopped() -> None:
+        engine.control_ended = True
+        if not stop.done():
+            stop.set_result(None)
+
+    def send(frame: bytes | None) -> None:
+        if frame is None or stop.done():
             return
-        totals = billing.report_due(report_every, force)
-        if totals is not None:
-            try:
-                writer.write(control_frame(b"U", USAGE.pack(*totals)))
-            except DTPError as exc:
-                # the client reset the control stream: no more usage reports, so the
-                # relay ends, as relay_udp does. (Raised in the connection's datagram
-                # sink, this aborted the carrier without a CLOSE.)
-                logger.info("UDP relay ended: %s", exc)
-                stop.set_result(None)
-                writer.set_datagram_sink(unpaid)  # (until the loop below ends)
+        try:
+            writer.write(frame)
+        except DTPError as exc:
+            # the client reset the control stream: no more usage reports, so the
+            # relay ends, as relay_udp does. (Raised in the connection's datagram
+            # sink, this aborted the carrier without a CLOSE.)
+            logger.info("UDP relay ended: %s", exc)
+            stopped()
+            writer.set_datagram_sink(unpaid)  # (until the loop below ends)
 
     def unpaid(data: bytes) -> None:
         stats.add(dropped_unpaid=1)  # no usage can be reported for it
@@ -175,28 +174,17 @@ async def relay_udp_async(
         stats.add(dropped_finishing=len(drain(udp)))
 
     async def control() -> None:
-        assert billing is not None
-        finals = 0
+        decoder = ControlDecoder()
         try:
-            while (body := await _read_control(reader)) is not None:
-                if body[:1] == b"R":
-                    take_receipt(billing, body[1:])
-                elif body == b"F":
-                    finals += 1
-                    check_final(finals)
-                    writer.write(control_frame(b"Z", USAGE.pack(*billing.final_totals())))
-                else:
-                    raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+            while (body := await _read_control(reader, decoder)) is not None:
+                send(engine.control_frame(body))
         except BadControlFrame as exc:
-            # returning quietly left the relay forwarding with nobody reading the
-            # receipts: the client was served on credit, then dropped as unpaid for good
             abort_control(writer, exc)
         except DTPError:
             pass  # (the connection ended, or the client reset the stream)
         finally:
             # no receipt can come any more: the relay ends (docs/udp.md)
-            if not stop.done():
-                stop.set_result(None)
+            stopped()
 
     def on_datagram(data: bytes) -> None:
         # pushed by the connection as each datagram arrives: no task wake-up per datagram
@@ -221,60 +209,41 @@ async def relay_udp_async(
         # one thread (the event loop) writes these counters: no lock per datagram
         stats.datagrams_in += 1
         stats.bytes_in += len(data)
-        report()
+        if (frame := engine.report()) is not None:
+            send(frame)
 
     control_task = loop.create_task(control()) if billing is not None else None
-    # short waits while billing, so a pause in traffic flushes the report promptly
-    wait = 0.05 if billing is not None else min(1.0, idle_timeout)
     session, proto = writer._session, writer._proto
     writer.set_datagram_sink(on_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
-    finished = False  # the final usage reported, nothing relayed since
-    finish_by = 0.0
     try:
         ended = proto.closed_future
-        while (
-            not stop.done()
-            and not ended.done()
-            and session.terminated is None
-            and loop.time() - last[0] < idle_timeout
-        ):
-            if asked is not None and asked.done() and not finished:
-                finished = True
+        while not ended.done() and session.terminated is None:
+            now = loop.time()
+            if asked is not None and asked.done() and not engine.finishing:
                 writer.set_datagram_sink(finishing)
                 loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
-                if billing is None:
-                    break
-                report(force=True)
-                # the receipt for it gets a few seconds: one short of the count (replies
-                # lost on the way, which the forwarder does not sign for) never comes.
-                # Over a lossy carrier (the ledger) a round trip alone may take that long
-                reliable = session.conn.config.reliable_carrier
-                final_wait = FINAL_RECEIPT_WAIT if reliable else LOSSY_FINAL_RECEIPT_WAIT
-                finish_by = loop.time() + min(idle_timeout, final_wait)
-            if finished:
-                assert billing is not None
-                if billing.paid_up or loop.time() >= finish_by:
-                    break
+                send(engine.finish(now, reliable=session.conn.config.reliable_carrier))
+            if engine.done(now, last[0]):
+                break
             # wake for the connection's end, a pause in traffic or the finish, not per
             # datagram
             # (the first to end wakes the loop: waiting for all, only the timeout did)
-            waits = [ended, stop, *([asked] if asked is not None and not finished else [])]
-            await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            if billing is not None and loop.time() - last[0] >= wait:
-                report(force=True)
+            waits = [ended, stop, *([asked] if asked is not None and not engine.finishing else [])]
+            await asyncio.wait(waits, timeout=engine.wait, return_when=asyncio.FIRST_COMPLETED)
+            send(engine.paused(loop.time(), last[0]))
     finally:
         if asked is not None:
             asked.cancel()
         writer.set_datagram_sink(None)
         loop.remove_reader(udp.fileno())
-        if finished:
+        if engine.finishing:
             replies_finishing()  # (those come since the last read)
         udp.close()
         try:
             if control_task is not None:
                 try:
-                    if not (finished and billing is not None and billing.paid_up):
+                    if not engine.settled:
                         # the stream may still hold the final receipt: read it to the
                         # end first. (asyncio.wait: a cancellation of ours is raised, not
                         # swallowed with the task's outcome -- a relay cancelled here
@@ -307,10 +276,9 @@ class _Flow(FlowAccount):
         self.last = time.monotonic()
         self.final = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self.closed = False
 
 
-class AsyncUdpForwarder:
+class AsyncUdpForwarder(FlowTable):
     """A local UDP endpoint whose flows go through DTP (see
     :class:`dtp.hostid.udp.blocking.UdpForwarder`). Create with :meth:`start`.
 
@@ -334,21 +302,17 @@ class AsyncUdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        check_seconds("idle_timeout", idle_timeout)
-        check_seconds("final_timeout", final_timeout, zero=True)
-        check_seconds("retry_after", retry_after, zero=True)
-        check_count("max_sessions", max_sessions, 1)
-        check_count("max_pending", max_pending, 0)
+        super().__init__(
+            idle_timeout=idle_timeout,
+            max_sessions=max_sessions,
+            final_timeout=final_timeout,
+            max_pending=max_pending,
+            retry_after=retry_after,
+        )
         self._connect = connect
         self._meter_for = meter_for
-        self.idle_timeout = idle_timeout
-        self.max_sessions = max_sessions
-        self.final_timeout = final_timeout
-        self.max_pending = max_pending
-        self.retry_after = retry_after
         self.stats = UdpStats()
         self._flows: dict[tuple[str, int], _Flow] = {}
-        self._retry_at: dict[tuple[str, int], float] = {}
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
@@ -393,8 +357,7 @@ class AsyncUdpForwarder:
     def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
         flow = self._flows.get(source)
         if flow is None:
-            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
-            if waiting or len(self._flows) >= self.max_sessions:
+            if not self.may_open(source, len(self._flows), time.monotonic()):
                 self.stats.add(dropped_no_session=len(batch))
                 return
             flow = _Flow(source)
@@ -402,10 +365,10 @@ class AsyncUdpForwarder:
             self._spawn(flow, self._open(flow))
         flow.last = time.monotonic()
         if flow.writer is None:
-            room = self.max_pending - len(flow.pending)
-            flow.pending.extend(batch[: max(0, room)])
+            room = self.room(len(flow.pending), len(batch))
+            flow.pending.extend(batch[:room])
             if len(batch) > room:
-                self.stats.add(dropped_no_session=len(batch) - max(0, room))
+                self.stats.add(dropped_no_session=len(batch) - room)
             return
         self._send(flow, batch)
 
@@ -413,31 +376,14 @@ class AsyncUdpForwarder:
         writer = flow.writer
         assert writer is not None
         out, oversized, unpaid = flow.take(batch, writer._conn.max_datagram_size)
-        sent = 0
-        if out:
-            try:
-                sent = writer.send_datagrams(out)
-            except DTPError as exc:
-                logger.info("UDP flow from %s ended: %s", flow.source, exc)
-                # none of them left: counted as dropped (they vanished uncounted), and
-                # not as sent, which a relay's final report may not bill
-                flow.unsent(out)
-                self.stats.add(
-                    dropped_no_session=len(out),
-                    dropped_oversized=oversized,
-                    dropped_unpaid=unpaid,
-                )
-                self._end_later(flow)
-                return
-            if sent < len(out):
-                flow.unsent(out[sent:])
-        self.stats.add(
-            datagrams_out=sent,
-            bytes_out=sum(map(len, out[:sent])),
-            dropped_oversized=oversized,
-            dropped_unpaid=unpaid,
-            dropped_backlog=len(out) - sent,
-        )
+        try:
+            sent = writer.send_datagrams(out) if out else 0
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", flow.source, exc)
+            flow.count_send(self.stats, out, None, oversized, unpaid)
+            self._end_later(flow)
+            return
+        flow.count_send(self.stats, out, sent, oversized, unpaid)
 
     async def _open(self, flow: _Flow) -> None:
         writer: DTPStreamWriter | None = None
@@ -451,7 +397,7 @@ class AsyncUdpForwarder:
                 logger.warning("UDP flow from %s: cannot reach the service: %s", flow.source, exc)
             else:
                 logger.exception("UDP flow from %s: connect() or meter_for() failed", flow.source)
-            self._retry_at[flow.source] = time.monotonic() + self.retry_after
+            self.connect_failed(flow.source, time.monotonic())
             flow.closed = True
             if self._flows.get(flow.source) is flow:
                 del self._flows[flow.source]
@@ -519,10 +465,13 @@ class AsyncUdpForwarder:
         assert flow.reader is not None
         try:
             await self._control_loop(flow)
-        except BadControlFrame as exc:
-            # the flow ends with its connection (_replies): serving on, the relay
-            # billed reports nobody signed until its credit ran out
-            if flow.writer is not None:
+        except DTPError as exc:
+            if not isinstance(exc, BadControlFrame):
+                # (signing failed otherwise than for the deposit: no receipt can go)
+                logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
+            elif flow.writer is not None:
+                # the flow ends with its connection (_replies): serving on, the relay
+                # billed reports nobody signed until its credit ran out
                 abort_control(flow.writer, exc)
         flow.final.set()
 
@@ -530,24 +479,20 @@ class AsyncUdpForwarder:
         """(_control's loop) Raises :class:`dtp.hostid.udp.engine.BadControlFrame` for a frame the
         relay never sends."""
         assert flow.reader is not None
-        while (body := await _read_control(flow.reader)) is not None:
-            kind = body[:1]
-            if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
-                raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
-            try:
-                paid = flow.paid
-                frame = flow.sign(*USAGE.unpack(body[1:]))
-                if frame is not None and flow.writer is not None:
-                    flow.writer.write(frame)
-                    flow.signed(self.stats, paid)
-            except InsufficientFunds as exc:
-                logger.warning("UDP flow from %s: %s", flow.source, exc)
-            except DTPError as exc:
-                # the relay reset the stream: no receipt can go (this task died with
-                # the error, and the flow's end waited final_timeout for nothing)
-                logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
-                break
-            if kind == b"Z":
+        decoder = ControlDecoder()
+        while (body := await _read_control(flow.reader, decoder)) is not None:
+            answer = flow.answer(body, flow.source)
+            if answer.receipt is not None and flow.writer is not None:
+                try:
+                    flow.writer.write(answer.receipt)
+                except DTPError as exc:
+                    # the relay reset the stream: no receipt can go (this task died
+                    # with the error, and the flow's end waited final_timeout for
+                    # nothing)
+                    logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
+                    break
+                flow.signed(self.stats, answer.paid_before)
+            if answer.final:
                 flow.final.set()
 
     async def _end(self, flow: _Flow) -> None:
@@ -560,9 +505,9 @@ class AsyncUdpForwarder:
         writer = flow.writer
         try:
             if writer is not None:
-                if flow.meter is not None:
+                if (final := flow.final_request()) is not None:
                     with contextlib.suppress(DTPError, OSError):
-                        writer.write(control_frame(b"F"))
+                        writer.write(final)
                         await asyncio.wait_for(flow.final.wait(), self.final_timeout)
                 with contextlib.suppress(DTPError, OSError):
                     writer.close()
@@ -587,14 +532,13 @@ class AsyncUdpForwarder:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout))
+            await asyncio.sleep(self.sweep_every)
             now = time.monotonic()
-            for source in [s for s, t in self._retry_at.items() if t <= now]:
-                del self._retry_at[source]
+            self.sweep(now)
             idle = [
                 flow
                 for flow in self._flows.values()
-                if flow.writer is not None and now - flow.last >= self.idle_timeout
+                if flow.writer is not None and self.idle(flow.last, now)
             ]
             # each in a task of its own: an end waits for its relay's final report (up
             # to final_timeout). One after the other, a quiet relay's flows held their

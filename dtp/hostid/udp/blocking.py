@@ -42,28 +42,22 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from dtp.errors import (
-    DTPError,
-    DTPTimeoutError,
-    InsufficientFunds,
-)
+from dtp.errors import DTPError, DTPTimeoutError
 from dtp.hostid.udp.engine import (
     CLOSE_WAIT,
-    LEN,
-    USAGE,
+    CONTROL_READ,
     BadControlFrame,
+    ControlDecoder,
     FlowAccount,
+    RelayEngine,
     UdpBilling,
     UdpStats,
     abort_control,
-    check_control_size,
-    check_final,
-    control_frame,
-    take_receipt,
 )
+from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
     backend_socket,
     bind_udp,
@@ -91,11 +85,21 @@ def _ended(sock: DTPSocket) -> bool:
     return sock._engine.session.terminated is not None
 
 
-def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < n:
+def _reliable(sock: DTPSocket) -> bool:
+    """Whether ``sock``'s carrier is reliable (a finishing relay waits longer for its
+    final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
+    return sock._engine.session.conn.config.reliable_carrier
+
+
+def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
+    """The control stream's frames until its end (:class:`ControlDecoder`). Raises
+    :class:`BadControlFrame` for a length out of bounds."""
+    decoder = ControlDecoder()
+    while True:
+        while (body := decoder.next_frame()) is not None:
+            yield body
         try:
-            data = sock.recv(n - len(chunks))
+            data = sock.recv(CONTROL_READ)
         except DTPTimeoutError:
             if _ended(sock):
                 raise
@@ -104,63 +108,36 @@ def _read_exact(sock: DTPSocket, n: int) -> bytes | None:
             # once traffic paused that long (the relay then dropped all as unpaid).
             continue
         if not data:
-            return None
-        chunks += data
-    return bytes(chunks)
-
-
-def _read_control(sock: DTPSocket) -> bytes | None:
-    """The next control frame's body, or None at the end of the stream. Raises
-    :class:`BadControlFrame` for a length out of bounds."""
-    header = _read_exact(sock, 4)
-    if header is None:
-        return None
-    (size,) = LEN.unpack(header)
-    check_control_size(size)
-    return _read_exact(sock, size)
+            return
+        decoder.receive(data)
 
 
 class _RelayControl:
-    """The relay's end of the control stream: reports out, receipts in."""
+    """The relay's end of the control stream, in a thread of its own: the forwarder's
+    frames in, :class:`RelayEngine`'s answers and reports out."""
 
-    def __init__(self, sock: DTPSocket, billing: UdpBilling, report_every: int) -> None:
+    def __init__(self, sock: DTPSocket, engine: RelayEngine) -> None:
         self.sock = sock
-        self.billing = billing
-        self.report_every = report_every
+        self.engine = engine
         self.wlock = threading.Lock()
-        #: Set when the control stream ended (its end, an error, a bad frame): the
-        #: relay ends with it -- no receipt can come any more.
-        self.ended = threading.Event()
 
-    def report(self, force: bool = False) -> None:
-        totals = self.billing.report_due(self.report_every, force)
-        if totals is not None:
+    def send(self, frame: bytes | None) -> None:
+        """Write a frame the engine returned (None: nothing to write)."""
+        if frame is not None:
             with self.wlock:
-                self.sock.sendall(control_frame(b"U", USAGE.pack(*totals)))
+                self.sock.sendall(frame)
 
     def run(self) -> None:
-        finals = 0
         try:
-            while (body := _read_control(self.sock)) is not None:
-                if body[:1] == b"R":
-                    take_receipt(self.billing, body[1:])
-                elif body == b"F":
-                    finals += 1
-                    check_final(finals)
-                    totals = self.billing.final_totals()
-                    with self.wlock:
-                        self.sock.sendall(control_frame(b"Z", USAGE.pack(*totals)))
-                else:
-                    # (a usage report, say: the relay's own frame, sent back at it)
-                    raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+            for body in _control_frames(self.sock):
+                self.send(self.engine.control_frame(body))
         except BadControlFrame as exc:
-            # returning quietly left the relay forwarding with nobody reading the
-            # receipts: the client was served on credit, then dropped as unpaid for good
             abort_control(self.sock, exc)
         except (DTPError, OSError):
             pass
         finally:
-            self.ended.set()
+            # no receipt can come any more: the relay ends (docs/udp.md)
+            self.engine.control_ended = True
 
 
 def relay_udp(
@@ -172,6 +149,7 @@ def relay_udp(
     idle_timeout: float = 60.0,
     report_every: int = 32,
     limits: ClientBuckets | None = None,
+    finish: threading.Event | None = None,
 ) -> UdpStats:
     """Relay one DTP connection's datagrams to ``backend`` and its replies back, until
     the connection ends or no datagram passes for ``idle_timeout`` seconds. Use it as a
@@ -187,7 +165,14 @@ def relay_udp(
     the backend's socket refuses (its port closed, say) is dropped, counted
     (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
     shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
-    as a UDP destination at all (``sock`` is closed then too, as at the end)."""
+    as a UDP destination at all (``sock`` is closed then too, as at the end).
+
+    ``finish`` (a drain): once set, the relay stops relaying (datagrams and replies
+    from then on are dropped, ``dropped_finishing``), reports its final usage and ends
+    when a receipt covers it -- or the connection ends, or none has within
+    :data:`~dtp.hostid.udp.engine.FINAL_RECEIPT_WAIT` seconds
+    (:data:`~dtp.hostid.udp.engine.LOSSY_FINAL_RECEIPT_WAIT` over the ledger carrier),
+    as :func:`dtp.hostid.udp.asyncio.relay_udp_async` does."""
     stats = stats if stats is not None else UdpStats()
     try:
         # (before the backend socket: a None idle_timeout failed in the relay's loop,
@@ -201,9 +186,11 @@ def relay_udp(
         raise
     done = threading.Event()
     last = [time.monotonic()]
-    if billing is not None:
-        report_every = billing.report_interval(report_every)
-    control = None if billing is None else _RelayControl(sock, billing, report_every)
+    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
+    control = None if billing is None else _RelayControl(sock, engine)
+    # held while replies pass and while the drain starts: no reply goes after the
+    # final report, which would leave it short of what was served
+    passing = threading.Lock()
 
     limit = sock.max_datagram_size
 
@@ -213,32 +200,47 @@ def relay_udp(
                 ready, _ = wait_ready([udp], [], 0.2)
                 if not ready:
                     continue
-                if pass_replies(drain(udp), limit, sock.send_datagrams, stats, billing, limits):
-                    last[0] = time.monotonic()
-                    if control is not None:
-                        control.report()  # (replies alone may make one due)
+                with passing:
+                    if engine.finishing:
+                        stats.add(dropped_finishing=len(drain(udp)))
+                        continue
+                    if not pass_replies(
+                        drain(udp), limit, sock.send_datagrams, stats, billing, limits
+                    ):
+                        continue
+                last[0] = time.monotonic()
+                if control is not None:
+                    control.send(engine.report())  # (replies alone may make one due)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
         threads.append(threading.Thread(target=control.run, name="dtp-udp-control", daemon=True))
     for thread in threads:
         thread.start()
-    # short waits while billing, so a pause in traffic flushes the report promptly
-    wait = 0.05 if control is not None else min(1.0, idle_timeout)
     try:
-        while time.monotonic() - last[0] < idle_timeout:
-            if control is not None and control.ended.is_set():
-                break  # no receipts any more: the relay ends (docs/udp.md)
+        while True:
+            now = time.monotonic()
+            if finish is not None and not engine.finishing and finish.is_set():
+                with passing:
+                    frame = engine.finish(now, reliable=_reliable(sock))
+                if control is not None:
+                    control.send(frame)
+            if engine.done(now, last[0]):
+                break  # (idle, drained, or no receipts any more: docs/udp.md)
             try:
-                batch = sock.recv_datagrams(256, wait)
+                batch = sock.recv_datagrams(256, engine.wait)
             except TimeoutError:
                 if _ended(sock):
                     break  # (its idle timeout)
                 if control is not None:
-                    control.report(force=True)
+                    control.send(engine.paused(time.monotonic(), last[0]))
                 continue
             except DTPError:
                 break  # the connection ended
+            if engine.finishing:
+                # after the final report: nobody would pay for these
+                stats.add(dropped_finishing=len(batch))
+                continue
             last[0] = time.monotonic()
             limited = 0
             if limits is not None:
@@ -271,21 +273,27 @@ def relay_udp(
                 dropped_send_failed=failed,
             )
             if control is not None:
-                control.report()
+                control.send(engine.report())
     except (DTPError, OSError) as exc:
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
-        # the control stream may still hold the final receipt: let it be read to its
-        # end (the peer's close) before closing our side
-        for thread in threads:
-            thread.join(2)
+        if not engine.settled:
+            # the control stream may still hold the final receipt: let it be read to
+            # its end (the peer's close) before closing our side
+            for thread in threads:
+                thread.join(2)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
         # a control thread still reading (the peer had not closed) ends with the close:
         # returned before it did, the relay left it behind
         for thread in threads:
             thread.join(2)
+        if engine.finishing:
+            # the replies come since the last read, counted as the client's are: left
+            # unread, they vanished with the socket, counted nowhere
+            with contextlib.suppress(OSError):
+                stats.add(dropped_finishing=len(drain(udp)))
         udp.close()
     return stats
 
@@ -304,7 +312,6 @@ class _Session(FlowAccount):
         self.sock = sock
         self.stats = stats  # the forwarder's
         self.last = time.monotonic()
-        self.closed = False
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
         # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
@@ -315,37 +322,24 @@ class _Session(FlowAccount):
     def read_control(self) -> None:
         """Usage reports in, receipts out, until the stream ends."""
         try:
-            self._control_loop()
+            for body in _control_frames(self.sock):
+                with self.lock:
+                    answer = self.answer(body, self.source)
+                if answer.receipt is not None:
+                    # (this thread alone signs: its receipts go out in nonce order)
+                    with self.wlock:
+                        self.sock.sendall(answer.receipt)
+                    with self.lock:
+                        self.signed(self.stats, answer.paid_before)
+                if answer.final:
+                    self.final.set()
         except BadControlFrame as exc:
+            # the flow is aborted (its reply reader ends it): serving on, the relay
+            # billed reports nobody signed until its credit ran out
             abort_control(self.sock, exc)
         except (DTPError, OSError):
             pass
         self.final.set()
-
-    def _control_loop(self) -> None:
-        """(read_control's loop) Raises :class:`BadControlFrame` for a frame the relay
-        never sends."""
-        while (body := _read_control(self.sock)) is not None:
-            kind = body[:1]
-            if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
-                # the flow is aborted (its reply reader ends it): serving on, the
-                # relay billed reports nobody signed until its credit ran out
-                raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
-            datagrams, nbytes = USAGE.unpack(body[1:])
-            try:
-                with self.lock:
-                    paid = self.paid
-                    frame = self.sign(datagrams, nbytes)
-                if frame is not None:
-                    # (this thread alone signs: its receipts go out in nonce order)
-                    with self.wlock:
-                        self.sock.sendall(frame)
-                    with self.lock:
-                        self.signed(self.stats, paid)
-            except InsufficientFunds as exc:
-                logger.warning("UDP flow from %s: %s", self.source, exc)
-            if kind == b"Z":
-                self.final.set()
 
 
 class _Connecting:
@@ -357,7 +351,7 @@ class _Connecting:
         self.thread: threading.Thread | None = None
 
 
-class UdpForwarder:
+class UdpForwarder(FlowTable):
     """A local UDP endpoint whose flows go through DTP to a remote UDP service.
 
     ``connect()`` returns a new DTP connection to the relaying service (e.g. a
@@ -389,26 +383,20 @@ class UdpForwarder:
         max_pending: int = 256,
         retry_after: float = 1.0,
     ) -> None:
-        # before the bind (a None idle_timeout would end the forwarder's thread silently,
-        # a float max_pending lose every new source's datagrams uncounted)
-        check_seconds("idle_timeout", idle_timeout)
-        check_seconds("final_timeout", final_timeout, zero=True)
-        check_seconds("retry_after", retry_after, zero=True)
-        check_count("max_sessions", max_sessions, 1)
-        check_count("max_pending", max_pending, 0)
+        super().__init__(
+            idle_timeout=idle_timeout,
+            max_sessions=max_sessions,
+            final_timeout=final_timeout,
+            max_pending=max_pending,
+            retry_after=retry_after,
+        )
         self._connect = connect
         self._meter_for = meter_for
-        self.idle_timeout = idle_timeout
-        self.max_sessions = max_sessions
-        self.final_timeout = final_timeout
-        self.max_pending = max_pending
-        self.retry_after = retry_after
         self.stats = UdpStats()
         self._udp = bind_udp(listen, blocking=True)
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
         self._sessions: dict[tuple[str, int], _Session] = {}
         self._connecting: dict[tuple[str, int], _Connecting] = {}
-        self._retry_at: dict[tuple[str, int], float] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
         # the reply and control threads of each session, while they run: close() waits for
         # them (they end once its connection is closed), and returned with them still
@@ -430,7 +418,7 @@ class UdpForwarder:
             return len(self._sessions)
 
     def _run(self) -> None:
-        next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+        next_sweep = time.monotonic() + self.sweep_every
         while not self._closed.is_set():
             try:
                 ready, _ = wait_ready([self._udp], [], 0.2)
@@ -445,7 +433,7 @@ class UdpForwarder:
                 logger.exception("UDP forwarder on %s: unexpected error", self.address)
             if time.monotonic() >= next_sweep:
                 self._sweep()
-                next_sweep = time.monotonic() + min(1.0, self.idle_timeout)
+                next_sweep = time.monotonic() + self.sweep_every
 
     def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
         with self._lock:
@@ -460,9 +448,8 @@ class UdpForwarder:
         starting the connect if none is in progress (called holding ``_lock``)."""
         connecting = self._connecting.get(source)
         if connecting is None:
-            busy = len(self._sessions) + len(self._connecting) >= self.max_sessions
-            waiting = self._retry_at.get(source, 0.0) > time.monotonic()
-            if busy or waiting or self._closed.is_set():
+            flows = len(self._sessions) + len(self._connecting)
+            if self._closed.is_set() or not self.may_open(source, flows, time.monotonic()):
                 self.stats.add(dropped_no_session=len(batch))
                 return
             connecting = _Connecting(source)
@@ -471,7 +458,7 @@ class UdpForwarder:
                 target=self._open, args=(connecting,), name="dtp-udp-connect", daemon=True
             )
             connecting.thread.start()
-        room = max(0, self.max_pending - len(connecting.pending))
+        room = self.room(len(connecting.pending), len(batch))
         connecting.pending.extend(batch[:room])
         if len(batch) > room:
             self.stats.add(dropped_no_session=len(batch) - room)
@@ -493,7 +480,7 @@ class UdpForwarder:
                     sock.close()
             with self._lock:
                 del self._connecting[source]
-                self._retry_at[source] = time.monotonic() + self.retry_after
+                self.connect_failed(source, time.monotonic())
                 dropped = len(connecting.pending)
             self.stats.add(dropped_no_session=dropped)
             return
@@ -558,30 +545,13 @@ class UdpForwarder:
             return False
         session.last = time.monotonic()
         out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
-        sent = 0
-        if out:
-            try:
-                sent = session.sock.send_datagrams(out)
-            except DTPError as exc:
-                logger.info("UDP flow from %s ended: %s", session.source, exc)
-                # none of them left: counted as dropped (they vanished uncounted), and
-                # not as sent, which a relay's final report may not bill
-                session.unsent(out)
-                self.stats.add(
-                    dropped_no_session=len(out),
-                    dropped_oversized=oversized,
-                    dropped_unpaid=unpaid,
-                )
-                return False
-            if sent < len(out):
-                session.unsent(out[sent:])
-        self.stats.add(
-            datagrams_out=sent,
-            bytes_out=sum(map(len, out[:sent])),
-            dropped_oversized=oversized,
-            dropped_unpaid=unpaid,
-            dropped_backlog=len(out) - sent,
-        )
+        try:
+            sent = session.sock.send_datagrams(out) if out else 0
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", session.source, exc)
+            session.count_send(self.stats, out, None, oversized, unpaid)
+            return False
+        session.count_send(self.stats, out, sent, oversized, unpaid)
         return True
 
     def _replies(self, session: _Session) -> None:
@@ -613,9 +583,8 @@ class UdpForwarder:
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
-            idle = [s for s in self._sessions.values() if now - s.last >= self.idle_timeout]
-            for source in [s for s, t in self._retry_at.items() if t <= now]:
-                del self._retry_at[source]
+            idle = [s for s in self._sessions.values() if self.idle(s.last, now)]
+            self.sweep(now)
         for session in idle:
             # ending waits for the relay's final report (up to final_timeout) and for
             # the close: not in this thread, which forwards every other flow meanwhile
@@ -648,12 +617,12 @@ class UdpForwarder:
         asked: list[_Session] = []
         for session in mine:
             with session.lock:  # (a batch being sent goes out before the final report)
-                session.closed = True
-            if session.meter is not None:
+                final = session.final_request()
+            if final is not None:
                 # the relay's final count, signed, before the connection goes
                 with contextlib.suppress(DTPError, OSError):
                     with session.wlock:
-                        session.sock.sendall(control_frame(b"F"))
+                        session.sock.sendall(final)
                     asked.append(session)
         deadline = time.monotonic() + self.final_timeout
         for session in asked:

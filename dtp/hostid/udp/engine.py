@@ -1,6 +1,10 @@
-"""UDP through DTP, what both drivers share: the counters (:class:`UdpStats`), the
-relay's and the forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`) and
-the control stream's codec (docs/udp.md)."""
+"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O but for the
+locks of the counters and the billing, which the blocking driver's threads share: the
+counters (:class:`UdpStats`), the relay's and the forwarder's billing
+(:class:`UdpBilling`, :class:`FlowAccount`), the control stream's codec
+(:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
+(:class:`RelayEngine`: answers, reports, drain, end). The forwarders' rules over
+their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from dtp.errors import (
     DTPError,
+    InsufficientFunds,
     RemoteProtocolError,
 )
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
@@ -392,10 +397,184 @@ def check_final(finals: int) -> None:
 
 
 def control_frame(kind: bytes, body: bytes = b"") -> bytes:
+    """A control frame of ``kind`` (one byte) and ``body``, its length in front."""
     return LEN.pack(1 + len(body)) + kind + body
 
 
 USAGE = struct.Struct(">QQ")
+
+
+#: Bytes a driver reads from a control stream at a time (a frame is at most
+#: 4 + 1 + a receipt: one read takes a few).
+CONTROL_READ = 4096
+
+
+class ControlDecoder:
+    """The control stream's frames from its bytes as they come, whatever their split
+    (sans-I/O: the drivers read, this parses). A declared length out of bounds raises
+    :class:`BadControlFrame` as soon as its header is in: its body is never waited
+    for nor buffered."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def receive(self, data: bytes) -> None:
+        """Bytes read from the control stream."""
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next whole frame's body (its kind first), or None until more bytes
+        come. The frames before a bad header are all returned before it raises."""
+        buffer = self._buffer
+        if len(buffer) < LEN.size:
+            return None
+        (size,) = LEN.unpack_from(buffer)
+        check_control_size(size)
+        end = LEN.size + size
+        if len(buffer) < end:
+            return None
+        body = bytes(buffer[LEN.size : end])
+        del buffer[:end]
+        return body
+
+
+#: Seconds a finishing relay waits for the receipt of its final report (over a lossy
+#: carrier such as the ledger, whose round trips take seconds: the second).
+FINAL_RECEIPT_WAIT = 5.0
+LOSSY_FINAL_RECEIPT_WAIT = 30.0
+
+
+class RelayEngine:
+    """The rules of one relayed flow, held once for :func:`dtp.hostid.udp.blocking.relay_udp`
+    and :func:`dtp.hostid.udp.asyncio.relay_udp_async` (docs/udp.md). Sans-I/O: the
+    drivers pass ``now`` (``time.monotonic()``) and what happened, and send the control
+    frames it returns.
+
+    It answers the forwarder's control frames (:meth:`control_frame`), says when a
+    usage report is due (:meth:`report`, :meth:`paused`), drains (:meth:`finish`) and
+    says when the relay is over (:meth:`done`)."""
+
+    def __init__(
+        self,
+        billing: UdpBilling | None,
+        *,
+        idle_timeout: float,
+        report_every: int,
+    ) -> None:
+        self.billing = billing
+        self.idle_timeout = idle_timeout
+        #: Datagrams between usage reports (no more than half the credit: see
+        #: :meth:`UdpBilling.report_interval`).
+        self.report_every = (
+            report_every if billing is None else billing.report_interval(report_every)
+        )
+        #: Seconds the drivers wait for traffic at a time: short while billing, so that
+        #: a pause flushes the usage report promptly (:meth:`paused`).
+        self.wait = 0.05 if billing is not None else min(1.0, idle_timeout)
+        #: Set once the control stream ended (its end, an error, a bad frame): no
+        #: receipt can come and no report go any more, so the relay ends.
+        self.control_ended = False
+        #: Set by :meth:`finish`: nothing is relayed any more (``dropped_finishing``).
+        self.finishing = False
+        self._finish_by = 0.0
+        self._finals = 0
+
+    def control_frame(self, body: bytes) -> bytes | None:
+        """The answer to a frame from the forwarder: None for a receipt (``R``, kept),
+        the final report (``Z``) for its request (``F``). Raises
+        :class:`BadControlFrame` for any other frame (a usage report sent back at the
+        relay, say), a second ``F``, or too many refused receipts: the driver aborts
+        the connection with it (returning quietly left the relay forwarding with
+        nobody reading the receipts: the client was served on credit, then dropped as
+        unpaid for good)."""
+        billing = self.billing
+        assert billing is not None, "an unbilled relay reads no control stream"
+        if body[:1] == b"R":
+            take_receipt(billing, body[1:])
+            return None
+        if body == b"F":
+            self._finals += 1
+            check_final(self._finals)
+            return control_frame(b"Z", USAGE.pack(*billing.final_totals()))
+        raise BadControlFrame(f"unexpected UDP control frame {body[:1]!r}")
+
+    def report(self, force: bool = False) -> bytes | None:
+        """The usage report (``U``) due now, if any: every ``report_every`` datagrams or
+        half the byte credit (:meth:`UdpBilling.report_due`), or anything new with
+        ``force``. None without billing or once the control stream ended."""
+        billing = self.billing
+        if billing is None or self.control_ended:
+            return None
+        totals = billing.report_due(self.report_every, force)
+        return None if totals is None else control_frame(b"U", USAGE.pack(*totals))
+
+    def paused(self, now: float, last: float) -> bytes | None:
+        """The report forced by a pause: traffic (``last``, the latest datagram either
+        way) stopped for :attr:`wait` seconds. Reports wait for ``report_every``
+        datagrams, and a flow that pauses short of them would otherwise never be billed
+        for its last ones, nor get the credit back that the receipt frees."""
+        if now - last < self.wait:
+            return None
+        return self.report(force=True)
+
+    def finish(self, now: float, *, reliable: bool) -> bytes | None:
+        """Start the drain (a daemon stopping): from now on nothing is relayed
+        (datagrams and replies are dropped, ``dropped_finishing``), and the final usage
+        is reported (the frame returned); :meth:`done` then waits for a receipt that
+        covers it up to :data:`FINAL_RECEIPT_WAIT` seconds
+        (:data:`LOSSY_FINAL_RECEIPT_WAIT` over a lossy carrier, where a round trip
+        alone may take that long), never past the idle timeout. Replies lost on the way
+        back are never signed for, so a lossy flow's receipt may stay short: the wait
+        is bounded. Cut at once instead, the usage since the last report would never be
+        billed."""
+        if self.finishing:
+            return None
+        self.finishing = True
+        wait = FINAL_RECEIPT_WAIT if reliable else LOSSY_FINAL_RECEIPT_WAIT
+        self._finish_by = now + min(self.idle_timeout, wait)
+        return self.report(force=True)
+
+    def done(self, now: float, last: float) -> bool:
+        """Whether the relay is over: its control stream ended, no datagram passed
+        either way since ``last`` for ``idle_timeout`` seconds, or, finishing, a
+        receipt covers the final usage (or none came in time, or it is unbilled)."""
+        if self.control_ended or now - last >= self.idle_timeout:
+            return True
+        if not self.finishing:
+            return False
+        billing = self.billing
+        return billing is None or billing.paid_up or now >= self._finish_by
+
+    @property
+    def settled(self) -> bool:
+        """Whether the relay finished with a receipt covering its final usage (no
+        further receipt is worth waiting for on the control stream)."""
+        billing = self.billing
+        return self.finishing and billing is not None and billing.paid_up
+
+
+def parse_report(body: bytes) -> tuple[int, int, bool]:
+    """A forwarder's reading of a relay's usage report: its totals (datagrams, bytes)
+    and whether it is the final one (``Z``, else ``U``). Raises
+    :class:`BadControlFrame` for any other frame: the flow is aborted, as serving on,
+    the relay billed reports nobody signed until its credit ran out."""
+    kind = body[:1]
+    if kind not in (b"U", b"Z") or len(body) != 1 + USAGE.size:
+        raise BadControlFrame(f"unexpected UDP control frame {kind!r}")
+    datagrams, nbytes = USAGE.unpack_from(body, 1)
+    return datagrams, nbytes, kind == b"Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportAnswer:
+    """A forwarder's answer to one usage report of its relay (:meth:`FlowAccount.answer`)."""
+
+    #: The receipt's control frame to send back; None when there is nothing to sign.
+    receipt: bytes | None
+    #: Whether the report was the final one (``Z``): the flow's end waits for it.
+    final: bool
+    #: What the receipts covered before this one (for :meth:`FlowAccount.signed`).
+    paid_before: int
 
 
 class FlowAccount:
@@ -412,7 +591,17 @@ class FlowAccount:
         self.billed = (0, 0)
         #: MIST the receipts signed so far cover (the meter's total).
         self.paid = 0
+        #: Set once the flow ends (:meth:`final_request`): nothing more is sent on it.
+        self.closed = False
         self._warned_unpaid = False
+
+    def final_request(self) -> bytes | None:
+        """End the flow: nothing more goes on it (what went after the final report
+        would never be paid for), and a metered one asks its relay for the final
+        report (the ``F`` frame returned), so that the latest receipt equals the
+        relay's count. None when unmetered: there is nothing to ask."""
+        self.closed = True
+        return None if self.meter is None else control_frame(b"F")
 
     def affordable(self, nbytes: int) -> bool:
         """Whether the deposit covers this datagram on top of everything sent so far
@@ -453,6 +642,29 @@ class FlowAccount:
             )
         return out, oversized, unpaid
 
+    def count_send(
+        self, stats: UdpStats, out: list[bytes], sent: int | None, oversized: int, unpaid: int
+    ) -> None:
+        """Count a batch :meth:`take` split: ``sent`` of its ``out`` left (the rest were
+        dropped, the carrier backed up), or None when the connection had ended and
+        none did -- then they are dropped (``dropped_no_session``), not sent: a relay's
+        final report may not bill them."""
+        if sent is None:
+            self.unsent(out)
+            stats.add(
+                dropped_no_session=len(out), dropped_oversized=oversized, dropped_unpaid=unpaid
+            )
+            return
+        if sent < len(out):
+            self.unsent(out[sent:])
+        stats.add(
+            datagrams_out=sent,
+            bytes_out=sum(map(len, out[:sent])),
+            dropped_oversized=oversized,
+            dropped_unpaid=unpaid,
+            dropped_backlog=len(out) - sent,
+        )
+
     def unsent(self, dropped: list[bytes]) -> None:
         """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
         (its carrier backed up): they never left, so no relay can bill them, and the
@@ -482,6 +694,22 @@ class FlowAccount:
             return None
         self.paid = receipt.total_amount
         return control_frame(b"R", receipt.encode())
+
+    def answer(self, body: bytes, flow: object) -> ReportAnswer:
+        """What to do with a control frame from the relay (``flow`` names the flow in
+        the log): a usage report gets the receipt for it (:meth:`sign`), when there is
+        something new to sign and the deposit pays for it (else the refusal is logged:
+        the relay's credit, not this flow, decides what is served next). Raises
+        :class:`BadControlFrame` for a frame the relay never sends
+        (:func:`parse_report`)."""
+        datagrams, nbytes, final = parse_report(body)
+        paid = self.paid
+        try:
+            frame = self.sign(datagrams, nbytes)
+        except InsufficientFunds as exc:
+            logger.warning("UDP flow from %s: %s", flow, exc)
+            frame = None
+        return ReportAnswer(frame, final, paid)
 
     def signed(self, stats: UdpStats, paid_before: int) -> None:
         """Count a receipt :meth:`sign` made (and that went out) in ``stats``."""
