@@ -12,14 +12,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, LocalProtocolError
-from dtp.hostid.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
 from dtp.hostid.ledger_carrier.bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     ledger_config,
 )
-from dtp.hostid.served import served_connections
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, peer_label
@@ -40,6 +38,13 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.hooks import (
+    HOOK_FAILED,
+    PeerInfo,
+    peer_info,
+    refusal_reason,
+    reservations_of,
+)
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import Session
 
@@ -193,7 +198,7 @@ class DTPServer:
         # the heap's free pages go back to the system after churn (dtp.heap_release)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
-        self._serving = served_connections(admit, identity, settle_on_close)
+        self._serving = reservations_of(admit, identity, settle_on_close)
         self._limit = limit
         self._callback = callback
         self.identity = identity
@@ -606,8 +611,12 @@ class DTPServer:
             self.handshakes_failed += 1
             abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
-        if verdict is None and isinstance(self._admit, LedgerAdmission):
-            verdict = self._serve_once(proto, peer)
+        if verdict is None and self._serving is not None:
+            # (the ledger admission: one DTP connection per ledger connection)
+            verdict, release = self._serving.take(peer)
+            if release is not None:
+                # (never blocks the loop: a settlement on close runs in a thread)
+                proto.closed_future.add_done_callback(lambda _: release())
         if verdict is not None:
             self.refused += 1
             session.conn.refuse(verdict)
@@ -619,19 +628,6 @@ class DTPServer:
         session.process_events()
         proto.flush()
         return True
-
-    def _serve_once(self, proto: Protocol, peer: PeerInfo) -> str | None:
-        """A client the ledger admitted: one DTP connection per ledger connection at a
-        time, within the connection limits the Host publishes (None, the ID taken until
-        the carrier closes), or the refusal (docs/escrow.md §2)."""
-        cid = peer.connection_id
-        assert cid is not None  # (the ledger admitted it by this ID)
-        assert isinstance(self._admit, LedgerAdmission)
-        refusal = self._serving.reserve(cid, peer.address, self._admit.limits)
-        if refusal is None:
-            # (never blocks the loop: a settlement on close runs in a thread)
-            proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))
-        return refusal
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
@@ -702,6 +698,8 @@ class DTPServer:
         """With ``settle_on_close``: wait until the ledger connections of the DTP
         connections that ended so far are settled (True), or ``timeout`` seconds
         (False). Without it there is nothing to wait for (True)."""
+        if self._serving is None:
+            return True
         return await asyncio.to_thread(self._serving.wait_settled, timeout)
 
     def close(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import operator
 import queue
@@ -20,14 +19,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError, SocketClosed
-from dtp.hostid.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
 from dtp.hostid.ledger_carrier.bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
     LedgerListener,
     ledger_config,
 )
-from dtp.hostid.served import served_connections
 from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_handshake
@@ -55,6 +52,13 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.hooks import (
+    HOOK_FAILED,
+    PeerInfo,
+    peer_info,
+    refusal_reason,
+    reservations_of,
+)
 from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import CALLBACK_FAILED, Session
@@ -306,7 +310,7 @@ class DTPServer:
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
-        self._serving = served_connections(admit, identity, settle_on_close)
+        self._serving = reservations_of(admit, identity, settle_on_close)
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
@@ -845,8 +849,11 @@ class DTPServer:
                 conn.peer_static,
             )
             verdict = self._run_hook(peer)
-            if verdict is None and isinstance(self._admit_hook, LedgerAdmission):
-                verdict = self._serve_once(engine, peer)
+            if verdict is None and self._serving is not None:
+                # (the ledger admission: one DTP connection per ledger connection)
+                verdict, release = self._serving.take(peer)
+                if release is not None:
+                    engine.on_release.append(release)
             outcome = "refused"
             if verdict is None and not self._take_place(engine, deadline):
                 outcome, verdict = "busy", SERVER_BUSY
@@ -906,18 +913,6 @@ class DTPServer:
             engine.holds_place = False
             self._places.release()
 
-    def _serve_once(self, engine: Engine, peer: PeerInfo) -> str | None:
-        """A client the ledger admitted: one DTP connection per ledger connection at a
-        time, within the connection limits the Host publishes (None, the ID taken until
-        the engine is released), or the refusal (docs/escrow.md §2)."""
-        cid = peer.connection_id
-        assert cid is not None  # (the ledger admitted it by this ID)
-        assert isinstance(self._admit_hook, LedgerAdmission)
-        refusal = self._serving.reserve(cid, peer.address, self._admit_hook.limits)
-        if refusal is None:
-            engine.on_release.append(functools.partial(self._serving.release, cid))
-        return refusal
-
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
         hooks: list[tuple[Callable[[Any], bool | str | None], Any]] = []
@@ -947,7 +942,8 @@ class DTPServer:
         connections that ended so far are settled (True), or ``timeout`` seconds
         (False). Without it there is nothing to wait for (True). A ``timeout``
         :meth:`settimeout` refuses raises as there, with or without it."""
-        return self._serving.wait_settled(checked_timeout(timeout))
+        timeout = checked_timeout(timeout)
+        return self._serving is None or self._serving.wait_settled(timeout)
 
     def settimeout(self, timeout: float | None) -> None:
         """The seconds :meth:`accept` waits when called without a timeout, as a
