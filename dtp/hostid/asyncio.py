@@ -10,6 +10,7 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from dtp.errors import LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -21,16 +22,23 @@ from dtp.hostid.admission import (
     pinned_host_key,
     prepare_connecting_early,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, connect_ledger_carrier
+from dtp.hostid.ledger_carrier.bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.payment_hook import MeteredClient
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import LIMIT, Protocol
-from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback, DTPServer
+from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback
+from dtp.transport.asyncio.server import DTPServer as TransportServer
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio.threads import threaded_or_released
 from dtp.transport.carriers.tcp import PendingTcp, connect_any
@@ -44,6 +52,52 @@ from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
+
+
+class DTPServer(TransportServer):
+    """The transport's :class:`~dtp.transport.asyncio.server.DTPServer` that can also
+    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.aio.DTPServer`, what
+    :func:`start_server` makes."""
+
+    #: listen_ledger's arguments while start_server(start_serving=False) holds it
+    #: back, until start_serving()
+    _ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
+
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
+        event loop). The listener watches the ledger in a thread of its own and hands
+        each bridged connection to the loop."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
+        loop = asyncio.get_running_loop()
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
+            try:
+                loop.call_soon_threadsafe(self.handoff, bridge.socket, bridge.peername, config)
+            except RuntimeError:  # the loop is closed: nobody will serve it
+                bridge.socket.close()  # (its thread ends with it)
+
+        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
+        self.attach(listener)
+        return listener
+
+    async def start_serving(self) -> None:
+        """As :meth:`TransportServer.start_serving`, and the ledger listener
+        ``start_server(start_serving=False)`` held back."""
+        await super().start_serving()
+        if self._closed.is_set():
+            return
+        pending, self._ledger_pending = self._ledger_pending, None
+        if pending is not None:
+            self.listen_ledger(*pending)
 
 
 async def open_connection(
@@ -156,7 +210,7 @@ async def _open_by_host_id(
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
     landing: asyncio.Future[OpenedConnection] | None = None
-    payments: list[ClientPayment] = []
+    payments: list[MeteredClient] = []
 
     async def while_waiting(proto: Protocol) -> None:
         nonlocal landing
@@ -167,7 +221,7 @@ async def _open_by_host_id(
         if metering is None or metering.enabled:
             payments.append(
                 await asyncio.to_thread(
-                    ClientPayment,
+                    MeteredClient,
                     ledger,
                     identity,
                     address.host_id,
@@ -221,8 +275,8 @@ async def _open_by_host_id(
     writer.escrow_id = prepared.escrow_id
     if payments:
         proto = writer._proto
-        proto.payment = payments[0]
-        proto.session.on_receipt = payments[0].on_server_receipt
+        proto.hook = payments[0]
+        proto.session.on_receipt = payments[0].on_receipt_frame
     return reader, writer
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from dtp.errors import LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, check_open_grace_use
 from dtp.hostid.connect import (
@@ -15,14 +16,20 @@ from dtp.hostid.connect import (
     check_connect_options,
     prepare_connecting_early,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, connect_ledger_carrier
+from dtp.hostid.ledger_carrier.bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.payment_hook import MeteredClient
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.blocking import AcceptHook, AdmitHook
 from dtp.transport.blocking.connect import connect
-from dtp.transport.blocking.server import DTPServer
+from dtp.transport.blocking.server import DTPServer as TransportServer
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import connect_any
 from dtp.transport.handshake_gate import DEFAULT_FIRST_MESSAGE_TIMEOUT
@@ -70,7 +77,7 @@ def connect_by_host_id(
         subscription=subscription,
         sponsor_pool=sponsor_pool,
     )
-    payments: list[ClientPayment] = []
+    payments: list[MeteredClient] = []
     metered = metering is None or metering.enabled
 
     def while_waiting(conn: Connection) -> None:
@@ -81,7 +88,7 @@ def connect_by_host_id(
             opened = prepared.pending_open.execute()
         if metered:
             payments.append(
-                ClientPayment(
+                MeteredClient(
                     ledger,
                     identity,
                     address.host_id,
@@ -130,10 +137,39 @@ def connect_by_host_id(
     engine = sock._engine
     if payments:
         with engine.lock:
-            engine.payment = payments[0]
-            engine.session.on_receipt = payments[0].on_server_receipt
+            engine.hook = payments[0]
+            engine.session.on_receipt = payments[0].on_receipt_frame
     engine.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
+
+
+class DTPServer(TransportServer):
+    """The transport's :class:`~dtp.transport.blocking.server.DTPServer` that can also
+    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.socket.DTPServer`,
+    what :func:`create_server` makes."""
+
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
+        the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
+        connections. Our identity must be the host's authority (NotAuthorized otherwise;
+        ObjectNotFound when there is no such host)."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:
+            self.handoff(bridge.socket, bridge.peername, config)
+
+        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
+        self.attach(listener)
+        return listener
 
 
 def create_server(

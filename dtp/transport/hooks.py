@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HOOK_FAILED",
     "ConnectionHook",
+    "Listener",
     "PeerInfo",
     "Reservations",
     "peer_info",
@@ -93,6 +94,21 @@ def reservations_of(admit: object, identity: HostIdentity, settle: bool) -> Rese
     return make(identity, settle)
 
 
+class Listener(Protocol):
+    """Another source of a server's connections, which hands each carrier to the
+    server's ``handoff()`` (the ledger carrier's: ``dtp.hostid.ledger_carrier.bridge.
+    LedgerListener``); the server closes it as it closes (``attach()``)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread still runs (it ends soon after :meth:`close`)."""
+        ...
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop, waiting up to ``timeout`` seconds for its thread (0: not at all)."""
+        ...
+
+
 class ConnectionHook(Protocol):
     """A layer above riding on one client connection: the metered payment of a
     connection by host ID (:class:`dtp.hostid.payment_hook.MeteredClient`). A plain
@@ -127,7 +143,8 @@ class ConnectionHook(Protocol):
 
     def after_close(self) -> None:
         """The connection ended (closed, aborted, or by the peer): what the layer does
-        then, once (blocking)."""
+        then (blocking). It may be called more than once (the blocking socket's close
+        and its engine's both call it): only the first call may act."""
         ...
 
     def top_up(self, amount: int) -> None:

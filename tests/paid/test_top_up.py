@@ -276,7 +276,7 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         payment.meter.meter.top_up(TOP_UP)  # the meter only: a lie
         got, error = read_until(sock, 0, 3 << 20)
@@ -380,7 +380,7 @@ def test_a_top_up_as_the_deposit_runs_out_serves_on(
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         meter = payment.meter.meter
 

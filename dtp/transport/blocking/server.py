@@ -16,15 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError, SocketClosed
-from dtp.hostid.ledger_carrier.bridge import (
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    ledger_config,
-)
 from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_handshake
@@ -54,6 +48,7 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.heap_release import HeapRelease, release_free_heap
 from dtp.transport.hooks import (
     HOOK_FAILED,
+    Listener,
     PeerInfo,
     peer_info,
     refusal_reason,
@@ -62,9 +57,6 @@ from dtp.transport.hooks import (
 from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import CALLBACK_FAILED, Session
-
-if TYPE_CHECKING:
-    from dtp.ledger.interface import Ledger
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +213,8 @@ class DTPServer:
     the accepting on to another (leader/follower): no thread hand-off. Threads are
     reused: one whose connection is done waits a while (:attr:`WORKER_IDLE`) for the
     next turn to accept (or a connection to serve), so a steady stream of connections
-    costs no thread start each. ``address`` None: no TCP listener (see
-    :meth:`listen_ledger`).
+    costs no thread start each. ``address`` None: no TCP listener (the
+    connections come from an :meth:`attach`-ed listener).
 
     New connections are admitted by :class:`dtp.transport.handshake_gate.Admission`, as the
     asyncio server admits them (docs/protocol.md §8):
@@ -321,7 +313,7 @@ class DTPServer:
         if self._listener is not None:
             host, tcp_port = self._listener.getsockname()[:2]
             self._address = (str(host), int(tcp_port))
-        self._ledger_listener: LedgerListener | None = None
+        self._attached: Listener | None = None  # (attach)
         # connections accept() may take; each holds one of max_pending places, taken
         # before its client is told it is in (_take_place) and given back as accept()
         # takes it (the queue itself is unbounded: its end-of-server mark always fits)
@@ -382,29 +374,13 @@ class DTPServer:
             raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         return self._address
 
-    def listen_ledger(
-        self,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        options: LedgerCarrierOptions | None = None,
-    ) -> LedgerListener:
-        """Also accept connections to ``host_id``:``port`` that come over the ledger
-        carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
-        the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
-        connections. Our identity must be the host's authority (NotAuthorized otherwise;
-        ObjectNotFound when there is no such host)."""
-        if self._ledger_listener is not None:
-            raise LocalProtocolError("this server already listens on the ledger")
-        config = ledger_config(self._config)
-
-        def handoff(bridge: LedgerBridge) -> None:
-            self._handoff(bridge.socket, bridge.peername, config)
-
-        self._ledger_listener = LedgerListener(
-            ledger, self.identity, host_id, port, handoff, options=options
-        )
-        return self._ledger_listener
+    def attach(self, listener: Listener) -> None:
+        """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger
+        carrier's: :meth:`dtp.hostid.blocking.DTPServer.listen_ledger`); it is closed
+        with the server. One at a time (LocalProtocolError for a second)."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already serves another listener")
+        self._attached = listener
 
     @property
     def noise_public_key(self) -> bytes:
@@ -623,8 +599,9 @@ class DTPServer:
         if engine is not None:
             engine._wake()  # its pump looks at gave_way
 
-    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
-        """Serve a carrier connection that came from elsewhere (a ledger bridge): it
+    def handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Serve a carrier connection that came from elsewhere (a ledger bridge: an
+        :meth:`attach`-ed listener's, from any thread): it
         waits for a handshake slot as a proven TCP connection does, until ``config``'s
         handshake timeout (a ledger connection's is longer, as its records take ledger
         transactions), holding no thread meanwhile. False (the carrier closed) once the
@@ -1060,8 +1037,8 @@ class DTPServer:
         for arrival in orphans:  # (no thread came free for them: never served)
             arrival.tcp.close()
             self._admission.ended(arrival, time.monotonic())
-        if self._ledger_listener is not None:
-            self._ledger_listener.close()
+        if self._attached is not None:
+            self._attached.close()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 # wakes the thread waiting to accept (close() alone would not, and

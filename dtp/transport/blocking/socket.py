@@ -427,7 +427,7 @@ class DTPSocket:
                 if n:
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
-                    if engine.payment is not None:
+                    if engine.hook is not None:
                         engine.tick_meter()
                     return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
@@ -439,7 +439,7 @@ class DTPSocket:
             if sealed is not None:
                 records, n = sealed
                 engine.write(records, reused=True)
-                if engine.payment is not None:
+                if engine.hook is not None:
                     # the meter's receipts, when it has one to send: a flush on every
                     # such write also built and sent records the plain path leaves to
                     # batch (ACKs, credit), a cost the metered client alone paid
@@ -507,16 +507,16 @@ class DTPSocket:
                     if full and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                         full = False
-                    payment = engine.payment
-                    if payment is not None:
+                    hook = engine.hook
+                    if hook is not None:
                         # tick_meter's first check, in place (once per send): the
                         # usage as Connection.usage counts it, against the meter's
                         # quiet bounds; the clock the lane stamped this send with
                         f = lane.flow
                         if (
                             f.conn_sent + f.rx.conn_received + conn.datagram_bytes
-                            >= payment.quiet_bytes
-                            or f.last_sent >= payment.quiet_until
+                            >= hook.quiet_bytes
+                            or f.last_sent >= hook.quiet_until
                         ):
                             engine.tick_meter()
                     if not left:
@@ -635,7 +635,7 @@ class DTPSocket:
             and self._fast_write
             and self._fast_read
             and bufsize > 0
-            and engine.payment is None
+            and engine.hook is None
         ):
             return None
         lock = engine.lock
@@ -784,8 +784,8 @@ class DTPSocket:
             return
         if self._primary:
             self._engine.shutdown(self._engine.linger)
-            if self._engine.payment is not None:
-                self._engine.payment.finish()  # half-close on the ledger
+            if self._engine.hook is not None:
+                self._engine.hook.after_close()  # half-close on the ledger
         else:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
@@ -835,17 +835,17 @@ class DTPSocket:
         then)."""
         self._check_open()
         engine = self._engine
-        payment = engine.payment
-        if payment is None:
+        hook = engine.hook
+        if hook is None:
             raise LocalProtocolError(
                 "top_up: not a paid connection (connect by host ID with a deposit)"
             )
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
-        payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
+        hook.top_up(amount)  # (without the lock: a ledger transaction)
         with engine.lock:
-            payment.topped_up(amount)
+            hook.topped_up(amount)
             if not engine.closed:
                 engine.flush()
 
@@ -896,8 +896,8 @@ class DTPSocket:
         self._engine.abort(CloseCode.APPLICATION, reason)
         self._closed = True
         self._update_fast()
-        if self._primary and self._engine.payment is not None:
-            self._engine.payment.finish()
+        if self._primary and self._engine.hook is not None:
+            self._engine.hook.after_close()
 
     def __enter__(self) -> DTPSocket:
         return self
