@@ -10,7 +10,7 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dtp.errors import LocalProtocolError
+from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -48,10 +48,43 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.transport.hooks import NOT_PAID
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
+
+
+class HostStreamWriter(DTPStreamWriter):
+    """The writer of a connection by host ID (what :func:`dtp.aio.open_connection`
+    returns for a ``dtp://`` address, and each of its streams'): a
+    :class:`DTPStreamWriter` that names its ledger objects (on the first stream) and can
+    top its deposit up."""
+
+    async def top_up(self, amount: int) -> None:
+        """As :meth:`dtp.hostid.blocking.HostSocket.top_up`: add ``amount`` MIST to the deposit of
+        this paid connection while it is open (the ledger transaction runs in a thread),
+        then sign receipts up to the new deposit. Cancelling the wait does not cancel
+        a transaction under way: once it lands, the receipts are signed all the same
+        (the deposit is on the ledger either way)."""
+        proto = self._proto
+        payment = proto.hook
+        if not isinstance(payment, MeteredClient):
+            raise LocalProtocolError(NOT_PAID)
+        if proto.session.terminated is not None:
+            raise proto.session.error or ConnectionClosed("the connection is closed")
+
+        def landed(job: asyncio.Future[None]) -> None:
+            # (a callback, not code after the await: a caller cancelled while the
+            # transaction ran would leave the deposit raised and the meter not)
+            if job.cancelled() or job.exception() is not None:
+                return
+            payment.topped_up(amount)
+            proto.flush()
+
+        job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
+        job.add_done_callback(landed)
+        await asyncio.shield(job)
 
 
 class DTPServer(TransportServer):
@@ -251,6 +284,7 @@ async def _open_by_host_id(
                 timeout,
                 sock=bridge.socket,
                 while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
             )
             writer._proto.peername = bridge.peername
         else:
@@ -261,7 +295,12 @@ async def _open_by_host_id(
                 lambda made: made[0].close(),
             )
             reader, writer = await connect.open(
-                *reached, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
+                *reached,
+                prepared.config,
+                timeout,
+                sock=tcp,
+                while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
             )
     except BaseException as exc:
         if early is not None:

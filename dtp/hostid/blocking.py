@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from dtp.errors import LocalProtocolError
+from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, check_open_grace_use
 from dtp.hostid.connect import (
@@ -38,6 +38,7 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.transport.hooks import NOT_PAID
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -58,7 +59,7 @@ def connect_by_host_id(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
-) -> DTPSocket:
+) -> HostSocket:
     """:func:`dtp.socket.create_connection` for a DTP address (see there)."""
     if ledger is None:
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
@@ -113,6 +114,7 @@ def connect_by_host_id(
                 bridge.socket,
                 while_waiting=while_waiting,
                 timer=False,
+                socket_class=HostSocket,
             )
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
@@ -126,12 +128,14 @@ def connect_by_host_id(
                 carrier=tcp,
                 while_waiting=while_waiting,
                 timer=False,
+                socket_class=HostSocket,
             )
     except BaseException as exc:
         if early is not None:
             early.close()
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
+    assert isinstance(sock, HostSocket)
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
     engine = sock._engine
@@ -141,6 +145,39 @@ def connect_by_host_id(
             engine.session.on_receipt = payments[0].on_receipt_frame
     engine.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
+
+
+class HostSocket(DTPSocket):
+    """A connection by host ID (what :func:`dtp.socket.create_connection` returns for a
+    ``dtp://`` address, and each of its streams): a :class:`DTPSocket` that names its
+    ledger objects (on the first stream) and can top its deposit up."""
+
+    def top_up(self, amount: int) -> None:
+        """Add ``amount`` MIST to the deposit of this paid connection (one made by host
+        ID with a ``deposit``) while it is open: an ``escrow::top_up`` transaction
+        (blocking), then receipts are signed up to the new deposit -- usage the old one
+        did not cover is paid at once. The server reads the escrow again when the
+        deposit holds the connection (within about a second) and serves on.
+
+        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid
+        or a closed socket, the connection's error (ConnectionClosed, ...) once it has
+        ended -- before any transaction: what it added would only come back in the
+        refund --, InvalidArgument for an amount that is not a positive int, and what
+        the ledger raises (InsufficientFunds: the balance is short; nothing was added
+        then)."""
+        self._check_open()
+        engine = self._engine
+        payment = engine.hook
+        if not isinstance(payment, MeteredClient):
+            raise LocalProtocolError(NOT_PAID)
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+        payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
+        with engine.lock:
+            payment.topped_up(amount)
+            if not engine.closed:
+                engine.flush()
 
 
 class DTPServer(TransportServer):

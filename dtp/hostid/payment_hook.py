@@ -39,4 +39,3 @@ class MeteredClient(ClientPayment):
     on_receipt_frame = ClientPayment.on_server_receipt
     before_close = ClientPayment.closing
     after_close = ClientPayment.finish
-    top_up = ClientPayment.top_up_on_ledger

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOOK_FAILED",
+    "NOT_PAID",
     "ConnectionHook",
     "Listener",
     "PeerInfo",
@@ -50,6 +51,10 @@ def peer_info(
         public_key=public_key,
     )
 
+
+NOT_PAID = "top_up: not a paid connection (connect by host ID with a deposit)"
+"""What ``top_up()`` raises (LocalProtocolError) on a connection with no deposit: the
+drivers' stub, and a connection by host ID whose deposit is not metered."""
 
 HOOK_FAILED = "internal error in the server's accept hook"
 """The refusal a client gets when an accept or admit hook raised."""
@@ -114,8 +119,8 @@ class ConnectionHook(Protocol):
     connection by host ID (:class:`dtp.hostid.payment_hook.MeteredClient`). A plain
     connection has none, and the drivers test for it once where they would call it.
     Called with the driver's lock held (on the event loop under asyncio), except
-    :meth:`after_close` and :meth:`top_up`, which may block (a ledger transaction) and
-    run without it (in a worker thread under asyncio)."""
+    :meth:`after_close`, which may block (a ledger transaction) and runs without it (in
+    a worker thread under asyncio)."""
 
     max_timer_wait: float
     """The longest the timer may leave the connection alone (its output is looked at as
@@ -145,12 +150,4 @@ class ConnectionHook(Protocol):
         """The connection ended (closed, aborted, or by the peer): what the layer does
         then (blocking). It may be called more than once (the blocking socket's close
         and its engine's both call it): only the first call may act."""
-        ...
-
-    def top_up(self, amount: int) -> None:
-        """``DTPSocket.top_up``'s work away from the connection (blocking)."""
-        ...
-
-    def topped_up(self, amount: int) -> None:
-        """:meth:`top_up` landed: the connection may send what it now covers."""
         ...

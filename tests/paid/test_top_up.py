@@ -457,6 +457,11 @@ def test_top_up_refuses_a_bad_amount_and_an_unpaid_connection(
         for bad in (0, -5, 1.5, True):
             with pytest.raises(InvalidArgument):
                 sock.top_up(bad)  # type: ignore[arg-type]
+        # a further stream is of the paid connection too: its top_up checks the amount
+        stream = sock.open_stream()
+        with pytest.raises(InvalidArgument):
+            stream.top_up(0)
+        stream.close()
         assert ledger.get_escrow(escrow_id).deposited == DEPOSIT
     plain = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     serving = threading.Thread(target=plain.serve_forever, args=(lambda s: s.close(),))

@@ -76,7 +76,6 @@ class Recorder:
         self.outputs = 0
         self.before = 0
         self.after = 0
-        self.topped: list[int] = []
 
     def on_output(self, now: float) -> None:
         self.outputs += 1
@@ -86,12 +85,6 @@ class Recorder:
 
     def after_close(self) -> None:
         self.after += 1
-
-    def top_up(self, amount: int) -> None:
-        self.topped.append(amount)
-
-    def topped_up(self, amount: int) -> None:
-        self.topped.append(-amount)
 
 
 def _as_hook(recorder: Recorder) -> ConnectionHook:
@@ -117,14 +110,18 @@ def test_the_blocking_driver_calls_a_connection_hook() -> None:
         with sock._engine.lock:
             sock._engine.hook = _as_hook(recorder)
         sock.sendall(SENT)
-        sock.top_up(5)
+        with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
+            sock.top_up(5)  # (a hook is no deposit)
+        stream = sock.open_stream()
+        assert type(stream) is dtp.socket.DTPSocket
+        assert stream.connection_id is None and stream.escrow_id is None
+        stream.close()
         sock.close()
         thread.join(10)
     assert b"".join(got) == SENT
     assert recorder.outputs > 0
     assert recorder.before == 1
     assert recorder.after >= 1  # (after_close is idempotent: close() and the engine call it)
-    assert recorder.topped == [5, -5]
 
 
 def test_the_asyncio_driver_calls_a_connection_hook() -> None:
@@ -148,7 +145,8 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
             writer._proto.hook = _as_hook(recorder)
             writer.write(SENT)
             await writer.drain()
-            await writer.top_up(5)
+            with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
+                await writer.top_up(5)  # (a hook is no deposit)
             writer.close()
             await writer.wait_closed()
             await asyncio.wait_for(done.wait(), 10)
@@ -162,7 +160,6 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
     assert recorder.outputs > 0
     assert recorder.before == 1
     assert recorder.after == 1
-    assert recorder.topped == [5, -5]
 
 
 def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
@@ -174,3 +171,30 @@ def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
             assert sock._engine.hook is None
             with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
                 sock.top_up(5)
+
+
+def test_streams_of_a_plain_connection_are_plain_and_name_no_ledger_objects() -> None:
+    async def main() -> None:
+        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
+        try:
+            host, port = server.sockets[0].getsockname()[:2]
+            _, writer = await dtp.aio.open_connection(
+                host, port, server_key=SERVER.noise_public, identity=CLIENT
+            )
+            _, stream = await writer.open_stream()
+            for each in (writer, stream):
+                assert type(each) is dtp.aio.DTPStreamWriter
+                assert each.connection_id is None and each.escrow_id is None
+                with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
+                    await each.top_up(5)
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

@@ -14,6 +14,7 @@ from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamRes
 from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort
 from dtp.transport.blocking.checks import readable
+from dtp.transport.hooks import NOT_PAID
 from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
 
 SEND_HIGH_WATER = 512 * 1024
@@ -322,6 +323,12 @@ class DTPStreamReader:
 class DTPStreamWriter:
     """Writes one stream; the :class:`asyncio.StreamWriter` interface."""
 
+    # A connection by host ID (dtp.hostid.asyncio.HostStreamWriter) names its ledger
+    # objects; a plain one has none.
+    connection_id: str | None = None
+    """The ledger connection (TransportControl) ID when connected by host ID."""
+    escrow_id: str | None = None
+
     def __init__(self, proto: Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
         self._owner = proto.owner()
@@ -334,9 +341,6 @@ class DTPStreamWriter:
         # the code close() asks the peer to stop sending with (reset()'s, else 0)
         self._stop_code = 0
         self._close_task: asyncio.Future[None] | None = None
-        self.connection_id: str | None = None
-        """The ledger connection (TransportControl) ID when connected by host ID."""
-        self.escrow_id: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -348,31 +352,10 @@ class DTPStreamWriter:
         return self._conn.peer_address
 
     async def top_up(self, amount: int) -> None:
-        """As :meth:`dtp.socket.DTPSocket.top_up`: add ``amount`` MIST to the deposit of
-        this paid connection while it is open (the ledger transaction runs in a thread),
-        then sign receipts up to the new deposit. Cancelling the wait does not cancel
-        a transaction under way: once it lands, the receipts are signed all the same
-        (the deposit is on the ledger either way)."""
-        proto = self._proto
-        hook = proto.hook
-        if hook is None:
-            raise LocalProtocolError(
-                "top_up: not a paid connection (connect by host ID with a deposit)"
-            )
-        if proto.session.terminated is not None:
-            raise proto.session.error or ConnectionClosed("the connection is closed")
-
-        def landed(job: asyncio.Future[None]) -> None:
-            # (a callback, not code after the await: a caller cancelled while the
-            # transaction ran would leave the deposit raised and the meter not)
-            if job.cancelled() or job.exception() is not None:
-                return
-            hook.topped_up(amount)
-            proto.flush()
-
-        job = asyncio.ensure_future(asyncio.to_thread(hook.top_up, amount))
-        job.add_done_callback(landed)
-        await asyncio.shield(job)
+        """Raises :class:`~dtp.errors.LocalProtocolError`: only a paid connection (by
+        host ID with a deposit: :class:`dtp.hostid.asyncio.HostStreamWriter`) can be
+        topped up."""
+        raise LocalProtocolError(NOT_PAID)
 
     @property
     def peer_connection_id(self) -> str | None:
@@ -783,7 +766,8 @@ class DTPStreamWriter:
             session.check_writable(self._stream_id)
         stream_id = conn.open_stream()
         self._proto.flush()
-        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+        # (a stream of a connection by host ID has a HostStreamWriter too: top_up works)
+        return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
 
@@ -800,7 +784,7 @@ class DTPStreamWriter:
         if not session.incoming_streams:
             raise session.error or ConnectionClosed("the connection is closed")
         stream_id = session.incoming_streams.popleft()
-        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+        return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
 
