@@ -26,8 +26,10 @@ METERED_MAX_WAIT = 0.25
 
 
 class MeteredClient(ClientPayment):
-    """:class:`ClientPayment` as a :class:`~dtp.transport.hooks.ConnectionHook` (the
-    hook's methods are its own, by other names: no call is added on a send path)."""
+    """:class:`ClientPayment` as a :class:`~dtp.transport.hooks.ConnectionHook`: the
+    hook's methods call its own (looked up at each call, so that a patched
+    ``finish`` is the one called), but for :meth:`on_output`, which is :meth:`tick`
+    itself (no call is added on a send path)."""
 
     max_timer_wait = METERED_MAX_WAIT
     close_wait = PAID_CLOSE_WAIT
@@ -36,6 +38,15 @@ class MeteredClient(ClientPayment):
     keeps_clean_close = True
 
     on_output = ClientPayment.tick
-    on_receipt_frame = ClientPayment.on_server_receipt
-    before_close = ClientPayment.closing
-    after_close = ClientPayment.finish
+
+    def on_receipt_frame(self, data: bytes) -> None:
+        """The server's RECEIPT frame: it asks for a receipt now."""
+        self.on_server_receipt(data)
+
+    def before_close(self) -> None:
+        """The final receipt, ahead of CLOSE."""
+        self.closing()
+
+    def after_close(self) -> None:
+        """The half-close on the ledger, unless the server settled already."""
+        self.finish()
