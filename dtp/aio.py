@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING
 
 from dtp.hostid import asyncio as hostid
 from dtp.hostid.address import HostAddress
-from dtp.hostid.asyncio import start_server
+from dtp.hostid.asyncio import DTPServer, start_server
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, LIMIT
-from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback, DTPServer
+from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback
 from dtp.transport.asyncio.streams import (
     CLOSE_LINGER,
     SEND_HIGH_WATER,

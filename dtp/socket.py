@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING
 
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import PeerInfo
-from dtp.hostid.blocking import connect_by_host_id, create_server
+from dtp.hostid.blocking import DTPServer, connect_by_host_id, create_server
 from dtp.hostid.connect import CarrierChoice, pinned_host_key
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig
@@ -46,15 +47,11 @@ from dtp.transport.blocking.engine import (
     DRAIN_QUIET,
     FIRST_RECV_CHUNK,
     LOSSY_LINGER,
-    PAID_CLOSE_WAIT,
     READ_FIRST_SKIP,
     RECV_CHUNK,
 )
 from dtp.transport.blocking.files import FileStream, stream_file
-from dtp.transport.blocking.server import (
-    DTPServer,
-    check_server_identity,
-)
+from dtp.transport.blocking.server import check_server_identity
 from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,

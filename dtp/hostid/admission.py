@@ -31,9 +31,15 @@ from dtp.hostid.connect import (
     tcp_endpoint,
     tcp_endpoints,
 )
+from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import ConnectionState, Escrow, Host, TransportControl, normalize_id
 
+# what the transport's servers give and take of an admission hook, re-exported: this is
+# where admission hooks were written against
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+
 if TYPE_CHECKING:
+    from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import ConnectionView, Ledger
 
 
@@ -63,25 +69,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class PeerInfo:
-    """What a server knows of a client once its identity proof is verified."""
-
-    address: str
-    """The client's verified Sui address."""
-    connection_id: str | None
-    """The ledger connection ID the client named (``0x`` + 64 hex digits), if any."""
-    port: int | None
-    """The DTP port the client named, if any."""
-    public_key: bytes | None = None
-    """The client's Noise static key."""
-
-
 _T = TypeVar("_T")
-
-
-def _hex_id(raw: bytes) -> str:
-    return "0x" + raw.hex()
 
 
 @dataclass(frozen=True)
@@ -226,6 +214,26 @@ class LedgerAdmission:
         except ChainError as exc:
             return f"cannot check the connection on the ledger: {exc}"
 
+    def reservations(self, identity: HostIdentity, settle: bool) -> ServedConnections:
+        """The connections a server admitting through this hook serves
+        (:class:`~dtp.transport.hooks.Reservations`: one DTP connection per ledger
+        connection, within the Host's limits as :attr:`limits` last read them; each
+        settled as it ends with ``settle``, the server's ``settle_on_close``)."""
+        own = getattr(self, "served", None)
+        if isinstance(own, ServedConnections):
+            # a hook that keeps its own (a paid server's, which must learn of every DTP
+            # connection it admitted ending, served or not, to settle those it did not
+            # serve) has it used
+            if settle:
+                raise ValueError("settle_on_close with an admission hook that settles itself")
+            served = own
+        elif settle:
+            served = ServedConnections(self.ledger, identity, settle=True)
+        else:
+            served = ServedConnections()
+        served.limits_of = lambda: self.limits
+        return served
+
     def take_admitted(self, connection_id: str) -> Admitted | None:
         """The connection and its escrow as read when ``connection_id`` was accepted
         (once; None when not remembered)."""
@@ -343,29 +351,3 @@ def while_opening(
         found = read()
         if found is not None or final:
             return found
-
-
-HOOK_FAILED = "internal error in the server's accept hook"
-"""The refusal a client gets when an accept or admit hook raised."""
-
-
-def refusal_reason(verdict: object) -> str | None:
-    """What an accept/admit hook's verdict means: None (or True) accepts; False refuses
-    with a generic reason; anything else refuses with itself as the reason."""
-    if verdict is None or verdict is True:
-        return None
-    if verdict is False:
-        return "refused by the server"
-    return str(verdict)
-
-
-def peer_info(
-    address: str, connection_id: bytes | None, port: int | None, public_key: bytes | None
-) -> PeerInfo:
-    """A :class:`PeerInfo` from what the handshake carried."""
-    return PeerInfo(
-        address=address,
-        connection_id=None if connection_id is None else _hex_id(connection_id),
-        port=port,
-        public_key=public_key,
-    )

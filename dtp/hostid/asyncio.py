@@ -10,6 +10,7 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -21,16 +22,23 @@ from dtp.hostid.admission import (
     pinned_host_key,
     prepare_connecting_early,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, connect_ledger_carrier
+from dtp.hostid.ledger_carrier.bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.payment_hook import MeteredClient
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import LIMIT, Protocol
-from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback, DTPServer
+from dtp.transport.asyncio.server import AcceptHook, AdmitHook, ClientCallback
+from dtp.transport.asyncio.server import DTPServer as TransportServer
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio.threads import threaded_or_released
 from dtp.transport.carriers.tcp import PendingTcp, connect_any
@@ -40,10 +48,89 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.transport.hooks import NOT_PAID
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
+
+
+class HostStreamWriter(DTPStreamWriter):
+    """The writer of a connection by host ID (what :func:`dtp.aio.open_connection`
+    returns for a ``dtp://`` address, and each of its streams'): a
+    :class:`DTPStreamWriter` that names its ledger objects (on the first stream) and can
+    top its deposit up."""
+
+    async def top_up(self, amount: int) -> None:
+        """As :meth:`dtp.hostid.blocking.HostSocket.top_up`: add ``amount`` MIST to the deposit of
+        this paid connection while it is open (the ledger transaction runs in a thread),
+        then sign receipts up to the new deposit. Cancelling the wait does not cancel
+        a transaction under way: once it lands, the receipts are signed all the same
+        (the deposit is on the ledger either way)."""
+        proto = self._proto
+        payment = proto.hook
+        if not isinstance(payment, MeteredClient):
+            raise LocalProtocolError(NOT_PAID)
+        if proto.session.terminated is not None:
+            raise proto.session.error or ConnectionClosed("the connection is closed")
+
+        def landed(job: asyncio.Future[None]) -> None:
+            # (a callback, not code after the await: a caller cancelled while the
+            # transaction ran would leave the deposit raised and the meter not)
+            if job.cancelled() or job.exception() is not None:
+                return
+            payment.topped_up(amount)
+            proto.flush()
+
+        job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
+        job.add_done_callback(landed)
+        await asyncio.shield(job)
+
+
+class DTPServer(TransportServer):
+    """The transport's :class:`~dtp.transport.asyncio.server.DTPServer` that can also
+    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.aio.DTPServer`, what
+    :func:`start_server` makes."""
+
+    #: listen_ledger's arguments while start_server(start_serving=False) holds it
+    #: back, until start_serving()
+    _ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
+
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
+        event loop). The listener watches the ledger in a thread of its own and hands
+        each bridged connection to the loop."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
+        loop = asyncio.get_running_loop()
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
+            try:
+                loop.call_soon_threadsafe(self.handoff, bridge.socket, bridge.peername, config)
+            except RuntimeError:  # the loop is closed: nobody will serve it
+                bridge.socket.close()  # (its thread ends with it)
+
+        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
+        self.attach(listener)
+        return listener
+
+    async def start_serving(self) -> None:
+        """As :meth:`TransportServer.start_serving`, and the ledger listener
+        ``start_server(start_serving=False)`` held back."""
+        await super().start_serving()
+        if self._closed.is_set():
+            return
+        pending, self._ledger_pending = self._ledger_pending, None
+        if pending is not None:
+            self.listen_ledger(*pending)
 
 
 async def open_connection(
@@ -156,7 +243,7 @@ async def _open_by_host_id(
     # the open runs in a worker thread, which a cancelled connect cannot stop: a failed
     # connect waits for it before it decides what to half-close
     landing: asyncio.Future[OpenedConnection] | None = None
-    payments: list[ClientPayment] = []
+    payments: list[MeteredClient] = []
 
     async def while_waiting(proto: Protocol) -> None:
         nonlocal landing
@@ -167,7 +254,7 @@ async def _open_by_host_id(
         if metering is None or metering.enabled:
             payments.append(
                 await asyncio.to_thread(
-                    ClientPayment,
+                    MeteredClient,
                     ledger,
                     identity,
                     address.host_id,
@@ -197,6 +284,7 @@ async def _open_by_host_id(
                 timeout,
                 sock=bridge.socket,
                 while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
             )
             writer._proto.peername = bridge.peername
         else:
@@ -207,7 +295,12 @@ async def _open_by_host_id(
                 lambda made: made[0].close(),
             )
             reader, writer = await connect.open(
-                *reached, prepared.config, timeout, sock=tcp, while_waiting=while_waiting
+                *reached,
+                prepared.config,
+                timeout,
+                sock=tcp,
+                while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
             )
     except BaseException as exc:
         if early is not None:
@@ -221,8 +314,8 @@ async def _open_by_host_id(
     writer.escrow_id = prepared.escrow_id
     if payments:
         proto = writer._proto
-        proto.payment = payments[0]
-        proto.session.on_receipt = payments[0].on_server_receipt
+        proto.hook = payments[0]
+        proto.session.on_receipt = payments[0].on_receipt_frame
     return reader, writer
 
 

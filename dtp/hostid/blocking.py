@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, check_open_grace_use
 from dtp.hostid.connect import (
@@ -15,14 +16,20 @@ from dtp.hostid.connect import (
     check_connect_options,
     prepare_connecting_early,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, connect_ledger_carrier
+from dtp.hostid.ledger_carrier.bridge import (
+    LedgerBridge,
+    LedgerCarrierOptions,
+    LedgerListener,
+    connect_ledger_carrier,
+    ledger_config,
+)
+from dtp.hostid.payment_hook import MeteredClient
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.blocking import AcceptHook, AdmitHook
 from dtp.transport.blocking.connect import connect
-from dtp.transport.blocking.server import DTPServer
+from dtp.transport.blocking.server import DTPServer as TransportServer
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import connect_any
 from dtp.transport.handshake_gate import DEFAULT_FIRST_MESSAGE_TIMEOUT
@@ -31,6 +38,7 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
+from dtp.transport.hooks import NOT_PAID
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -51,7 +59,7 @@ def connect_by_host_id(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
-) -> DTPSocket:
+) -> HostSocket:
     """:func:`dtp.socket.create_connection` for a DTP address (see there)."""
     if ledger is None:
         raise ValueError("connecting to a DTP address needs the ledger (ledger=...)")
@@ -70,7 +78,7 @@ def connect_by_host_id(
         subscription=subscription,
         sponsor_pool=sponsor_pool,
     )
-    payments: list[ClientPayment] = []
+    payments: list[MeteredClient] = []
     metered = metering is None or metering.enabled
 
     def while_waiting(conn: Connection) -> None:
@@ -81,7 +89,7 @@ def connect_by_host_id(
             opened = prepared.pending_open.execute()
         if metered:
             payments.append(
-                ClientPayment(
+                MeteredClient(
                     ledger,
                     identity,
                     address.host_id,
@@ -106,6 +114,7 @@ def connect_by_host_id(
                 bridge.socket,
                 while_waiting=while_waiting,
                 timer=False,
+                socket_class=HostSocket,
             )
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
@@ -119,21 +128,85 @@ def connect_by_host_id(
                 carrier=tcp,
                 while_waiting=while_waiting,
                 timer=False,
+                socket_class=HostSocket,
             )
     except BaseException as exc:
         if early is not None:
             early.close()
         abandon_host_connection(ledger, identity, address, prepared, exc)
         raise
+    assert isinstance(sock, HostSocket)
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
     engine = sock._engine
     if payments:
         with engine.lock:
-            engine.payment = payments[0]
-            engine.session.on_receipt = payments[0].on_server_receipt
+            engine.hook = payments[0]
+            engine.session.on_receipt = payments[0].on_receipt_frame
     engine.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
+
+
+class HostSocket(DTPSocket):
+    """A connection by host ID (what :func:`dtp.socket.create_connection` returns for a
+    ``dtp://`` address, and each of its streams): a :class:`DTPSocket` that names its
+    ledger objects (on the first stream) and can top its deposit up."""
+
+    def top_up(self, amount: int) -> None:
+        """Add ``amount`` MIST to the deposit of this paid connection (one made by host
+        ID with a ``deposit``) while it is open: an ``escrow::top_up`` transaction
+        (blocking), then receipts are signed up to the new deposit -- usage the old one
+        did not cover is paid at once. The server reads the escrow again when the
+        deposit holds the connection (within about a second) and serves on.
+
+        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid
+        or a closed socket, the connection's error (ConnectionClosed, ...) once it has
+        ended -- before any transaction: what it added would only come back in the
+        refund --, InvalidArgument for an amount that is not a positive int, and what
+        the ledger raises (InsufficientFunds: the balance is short; nothing was added
+        then)."""
+        self._check_open()
+        engine = self._engine
+        payment = engine.hook
+        if not isinstance(payment, MeteredClient):
+            raise LocalProtocolError(NOT_PAID)
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+        payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
+        with engine.lock:
+            payment.topped_up(amount)
+            if not engine.closed:
+                engine.flush()
+
+
+class DTPServer(TransportServer):
+    """The transport's :class:`~dtp.transport.blocking.server.DTPServer` that can also
+    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.socket.DTPServer`,
+    what :func:`create_server` makes."""
+
+    def listen_ledger(
+        self,
+        ledger: Ledger,
+        host_id: str,
+        port: int,
+        options: LedgerCarrierOptions | None = None,
+    ) -> LedgerListener:
+        """Also accept connections to ``host_id``:``port`` that come over the ledger
+        carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
+        the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
+        connections. Our identity must be the host's authority (NotAuthorized otherwise;
+        ObjectNotFound when there is no such host)."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already listens on the ledger")
+        config = ledger_config(self._config)
+
+        def handoff(bridge: LedgerBridge) -> None:
+            self.handoff(bridge.socket, bridge.peername, config)
+
+        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
+        self.attach(listener)
+        return listener
 
 
 def create_server(

@@ -22,22 +22,25 @@ release comes from whichever thread closed the connection, or from an event loop
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dtp.errors import DTPError
-from dtp.hostid.admission import ConnectionLimits, LedgerAdmission
 from dtp.payments.gate import ConnectionIds
 from dtp.payments.settlement import claim_and_settle
 
 if TYPE_CHECKING:
+    from dtp.hostid.admission import ConnectionLimits
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
+    from dtp.transport.hooks import PeerInfo
 
-__all__ = ["ServedConnections", "served_connections"]
+__all__ = ["ServedConnections"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,10 @@ class ServedConnections:
         self._ledger = ledger
         self._identity = identity
         self._settle = settle
+        #: Where :meth:`take` reads the Host's connection limits: the admission that
+        #: admitted the client, as it last read them (``LedgerAdmission.reservations``
+        #: sets it).
+        self.limits_of: Callable[[], ConnectionLimits | None] | None = None
         self._lock = threading.Lock()
         self._due: collections.deque[str] = collections.deque()
         self._busy = False  # a settling thread runs (it takes _due until it is empty)
@@ -77,6 +84,18 @@ class ServedConnections:
         )
 
     KEEP_SETTLEMENTS = 1024
+
+    def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
+        """A server's reservation (:class:`dtp.transport.hooks.Reservations`) for
+        ``peer``, whom the ledger admitted by its connection ID: :meth:`reserve`'s
+        refusal, or None and the :meth:`release` to run as its connection ends."""
+        cid = peer.connection_id
+        assert cid is not None  # (the ledger admitted it by this ID)
+        limits = None if self.limits_of is None else self.limits_of()
+        refusal = self.reserve(cid, peer.address, limits)
+        if refusal is not None:
+            return refusal, None
+        return None, functools.partial(self.release, cid)
 
     def reserve(
         self,
@@ -200,21 +219,3 @@ class ServedConnections:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-
-def served_connections(admit: object, identity: HostIdentity, settle: bool) -> ServedConnections:
-    """A server's :class:`ServedConnections` for its admission hook ``admit``: settling
-    on close (``settle``) needs the ledger a :class:`~dtp.hostid.admission.LedgerAdmission`
-    reads (ValueError with any other hook, or none). A hook that keeps its own (its
-    ``served`` attribute: a paid server's, which must learn of every DTP connection it
-    admitted ending, served or not, to settle those it did not serve) has it used."""
-    own = getattr(admit, "served", None)
-    if isinstance(own, ServedConnections):
-        if settle:
-            raise ValueError("settle_on_close with an admission hook that settles itself")
-        return own
-    if not settle:
-        return ServedConnections()
-    if not isinstance(admit, LedgerAdmission):
-        raise ValueError("settle_on_close needs ledger admission (ledger, host_id and port)")
-    return ServedConnections(admit.ledger, identity, settle=True)

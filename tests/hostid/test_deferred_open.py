@@ -253,7 +253,7 @@ def test_metered_connection_pays_and_half_closes(world: World) -> None:
     with dtp.socket.create_connection(
         world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, deposit=5000
     ) as sock:
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None and payment.connection_id == sock.connection_id
         sock.sendall(b"metered")
         assert sock.recv(100) == b"metered"

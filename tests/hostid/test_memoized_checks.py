@@ -486,8 +486,8 @@ def test_paid_server_settles_before_the_client_is_done_closing(
                 # a receipt mid-connection, as a server's request for one makes it
                 engine = sock._engine
                 with engine.lock:
-                    assert engine.payment is not None
-                    engine.payment.on_server_receipt(b"")
+                    assert engine.hook is not None
+                    engine.hook.on_server_receipt(b"")
                     engine.flush()
                 deadline = time.monotonic() + 10
                 while server.store.latest(cid) is None and time.monotonic() < deadline:

@@ -49,7 +49,7 @@ def test_receipts_every_n_bytes_while_only_sending(sink: PaidService) -> None:
     total = 8 << 20
     piece = bytes(64 << 10)
     with _connect(sink, MeteringConfig(every_bytes=every, every_ms=0)) as sock:
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         lent = 0
         for _ in range(total // len(piece)):
@@ -70,7 +70,7 @@ def test_receipts_every_n_bytes_while_only_sending(sink: PaidService) -> None:
 def test_receipts_every_n_ms_while_only_sending(sink: PaidService) -> None:
     every_ms = 50
     with _connect(sink, MeteringConfig(every_bytes=0, every_ms=every_ms)) as sock:
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         start = time.monotonic()
         while time.monotonic() - start < 0.6:

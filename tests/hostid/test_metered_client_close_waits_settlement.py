@@ -19,8 +19,8 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.hostid.paid import PaidServer, PaidSocket
+from dtp.hostid.payment_hook import MeteredClient
 from dtp.keys import HostIdentity
-from dtp.transport.blocking import engine as blocking_engine
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -92,7 +92,7 @@ def test_a_server_that_never_settles_costs_the_wait_then_the_half_close(
 ) -> None:
     """The wait is bounded: a server that keeps its end open past it gets the client's
     half-close (the refund timeout starts), as before."""
-    monkeypatch.setattr(blocking_engine, "PAID_CLOSE_WAIT", 0.05)
+    monkeypatch.setattr(MeteredClient, "close_wait", 0.05)
     hold = threading.Event()
     held: list[Any] = []
     original = ServerLedger.settle_with_receipt

@@ -186,7 +186,7 @@ def test_datagrams_the_server_sends_are_in_the_clients_final_receipt(
                 received += sock.recv_datagrams(timeout=WAIT)
             assert received == payloads  # (over TCP: all of them, in order)
             client_usage = sock._engine.conn.usage
-            payment = sock._engine.payment
+            payment = sock._engine.hook
             assert payment is not None
         final = payment.meter.latest
         cid = sock.connection_id

@@ -571,8 +571,8 @@ def test_paused_server_asks_and_the_client_pays_on_request(world: World, api: st
                     got = 0
                     while got < 32 * 1024:
                         got += len(sock.recv(32 * 1024 - got))
-                assert sock._engine.payment is not None
-                answered = sock._engine.payment.receipts_sent
+                assert sock._engine.hook is not None
+                answered = sock._engine.hook.receipts_sent
         else:
 
             async def run() -> tuple[str | None, int]:
@@ -589,8 +589,8 @@ def test_paused_server_asks_and_the_client_pays_on_request(world: World, api: st
                     writer.write(piece)
                     await writer.drain()
                     assert await reader.readexactly(len(piece)) == piece
-                assert writer._proto.payment is not None
-                sent = writer._proto.payment.receipts_sent
+                assert writer._proto.hook is not None
+                sent = writer._proto.hook.receipts_sent
                 writer.close()
                 await writer.wait_closed()
                 return writer.connection_id, sent

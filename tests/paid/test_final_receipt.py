@@ -223,7 +223,7 @@ def test_echo_wait_closed_after_client_close_settles_first(tmp_path: Path) -> No
         writer.write(b"ping")
         await writer.drain()
         assert await asyncio.wait_for(reader.readexactly(4), 20) == b"ping"
-        payment = writer._proto.payment
+        payment = writer._proto.hook
         finish = payment.finish
 
         def looked() -> None:

@@ -14,6 +14,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.payment_hook import METERED_MAX_WAIT
 from dtp.metering import MeteringConfig
 from dtp.transport.blocking.timers import TIMERS
 from tests.support.paid_inprocess import ident, paid_service
@@ -48,7 +49,7 @@ def test_an_idle_blocking_client_answers_the_final_receipt_request(tmp_path: Pat
                 engine = sock._engine
                 with TIMERS._lock:
                     due = min(d for d, _, ref in TIMERS._heap if ref() is engine)
-                assert due - time.monotonic() <= TIMERS.METERED_MAX_WAIT
+                assert due - time.monotonic() <= METERED_MAX_WAIT
                 sock.sendall(bytes(SENT))
                 cid = sock.connection_id
                 assert cid is not None

@@ -66,7 +66,7 @@ def test_server_killed_while_a_client_closes_is_paid_once_after_restart(
             assert wait_for(lambda: store.latest(cid) is not None)
             kept_before = store.latest(cid)
         assert kept_before is not None
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
 
         def close() -> None:

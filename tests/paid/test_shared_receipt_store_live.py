@@ -60,7 +60,7 @@ def _paid_and_receipted(client: dtp.socket.DTPSocket, server: object) -> int:
     got = 0
     while got < SERVED:
         got += len(client.recv(1 << 16))
-    payment = client._engine.payment
+    payment = client._engine.hook
     assert payment is not None and payment.meter.latest is not None
     return payment.meter.latest.total_amount
 
@@ -134,7 +134,7 @@ def test_a_server_started_on_a_live_servers_store_leaves_its_receipts(
         more = 0
         while more < SERVED:
             more += len(client.recv(1 << 16))
-        later = client._engine.payment.meter.latest
+        later = client._engine.hook.meter.latest
         assert later is not None and later.total_amount > paid
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
     assert ledger.get_connection(cid).settled

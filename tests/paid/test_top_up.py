@@ -276,7 +276,7 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         payment.meter.meter.top_up(TOP_UP)  # the meter only: a lie
         got, error = read_until(sock, 0, 3 << 20)
@@ -380,7 +380,7 @@ def test_a_top_up_as_the_deposit_runs_out_serves_on(
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert payment is not None
         meter = payment.meter.meter
 
@@ -457,6 +457,11 @@ def test_top_up_refuses_a_bad_amount_and_an_unpaid_connection(
         for bad in (0, -5, 1.5, True):
             with pytest.raises(InvalidArgument):
                 sock.top_up(bad)  # type: ignore[arg-type]
+        # a further stream is of the paid connection too: its top_up checks the amount
+        stream = sock.open_stream()
+        with pytest.raises(InvalidArgument):
+            stream.top_up(0)
+        stream.close()
         assert ledger.get_escrow(escrow_id).deposited == DEPOSIT
     plain = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     serving = threading.Thread(target=plain.serve_forever, args=(lambda s: s.close(),))

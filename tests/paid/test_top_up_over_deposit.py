@@ -125,7 +125,7 @@ def send_topped_up_then_end(
     amount)."""
     with connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert cid is not None and payment is not None
         sock.sendall(b"go")
         if refused is not None:
@@ -203,7 +203,7 @@ def test_a_top_up_above_u64_moves_nothing(
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
-        payment = sock._engine.payment
+        payment = sock._engine.hook
         assert cid is not None and payment is not None
         limit = payment.meter.meter.deposit
         with pytest.raises(InvalidArgument):
@@ -297,7 +297,7 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
         writer = await connect_aio(ledger, host_id, cap)
         try:
             cid = writer.connection_id
-            payment = writer._proto.payment
+            payment = writer._proto.hook
             assert cid is not None and payment is not None
             writer.write(b"go")
             task = asyncio.create_task(writer.top_up(TOP_UP))

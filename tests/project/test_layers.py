@@ -68,17 +68,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 
 # Known imports against the table, each with the step of issue 42 that removes it. An
 # entry that no longer exists fails the test: delete it.
-_HOOKS = "2: money out of the transport (transport/hooks.py; hostid implements the hooks)"
-ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("dtp.transport.blocking", "dtp.hostid.admission"): _HOOKS,
-    ("dtp.transport.blocking.engine", "dtp.payments.settlement"): _HOOKS,
-    ("dtp.transport.blocking.server", "dtp.hostid.admission"): _HOOKS,
-    ("dtp.transport.blocking.server", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
-    ("dtp.transport.blocking.server", "dtp.hostid.served"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.hostid.admission"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.hostid.ledger_carrier.bridge"): _HOOKS,
-    ("dtp.transport.asyncio.server", "dtp.hostid.served"): _HOOKS,
-}
+ALLOWED_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 # Known import cycles (their modules, sorted), each with the step that breaks it.
 ALLOWED_CYCLES: dict[tuple[str, ...], str] = {}

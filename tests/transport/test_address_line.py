@@ -213,7 +213,7 @@ def test_a_ledger_connection_waits_for_a_slot_until_its_deadline(held: Held) -> 
         started = time.monotonic()
         # the ledger listener's thread (here, ours) is back at once: the connection
         # waits in the server's line, holding no thread
-        assert server._handoff(ours, ("ledger", "0xabc"), server._config)
+        assert server.handoff(ours, ("ledger", "0xabc"), server._config)
         assert time.monotonic() - started < 0.2
         assert server.handshakes_waiting == 1
         assert closed_by_peer(theirs, within=TIMEOUT + SLACK + 1.0)

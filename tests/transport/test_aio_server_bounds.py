@@ -31,7 +31,6 @@ import contextlib
 import inspect
 import socket
 import time
-import types
 from collections.abc import Callable
 
 import pytest
@@ -444,7 +443,7 @@ def test_ledger_connections_count_against_the_bound_too() -> None:
         pairs = [socket.socketpair() for _ in range(2)]
         try:
             for ours, _ in pairs:
-                # how _accept_ledger attaches a ledger bridge's local socket
+                # how handoff() attaches a ledger bridge's local socket
                 await loop.connect_accepted_socket(
                     lambda: server._protocol_factory(server._config, by_address=False),
                     sock=ours,
@@ -728,8 +727,7 @@ def test_a_ledger_connection_handed_over_as_the_server_closes_is_closed() -> Non
         theirs.setblocking(False)
         try:
             server.close()
-            bridge = types.SimpleNamespace(socket=ours, peername=("ledger", "0xabc"))
-            server._accept_ledger(bridge, ledger_config(server._config))  # type: ignore[arg-type]
+            server.handoff(ours, ("ledger", "0xabc"), ledger_config(server._config))
             assert await asyncio.wait_for(loop.sock_recv(theirs, 1), BOUND) == b""
             assert server.handshakes_in_progress == 0
             await server.wait_closed()

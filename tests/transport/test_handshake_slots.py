@@ -477,7 +477,7 @@ def test_ledger_handoffs_are_not_capped_by_address() -> None:
         pairs = [socket.socketpair() for _ in range(3)]
         try:
             for ours, _ in pairs:
-                assert server._handoff(ours, ("ledger", "0xabc"), server._config)
+                assert server.handoff(ours, ("ledger", "0xabc"), server._config)
             assert_handoffs_wait_uncapped(server, pairs)
         finally:
             for _, theirs in pairs:
@@ -657,7 +657,7 @@ def test_aio_ledger_connections_are_not_capped_by_address() -> None:
             pairs = [socket.socketpair() for _ in range(3)]
             try:
                 for ours, _ in pairs:
-                    # how _accept_ledger attaches a ledger bridge's local socket
+                    # how handoff() attaches a ledger bridge's local socket
                     await loop.connect_accepted_socket(
                         lambda: server._protocol_factory(server._config, by_address=False),
                         sock=ours,

@@ -206,7 +206,7 @@ def test_a_ledger_connection_without_a_thread_is_closed_and_frees_its_slot(
         ours, theirs = socket.socketpair()
         with ours, theirs:
             monkeypatch.setattr(threading.Thread, "start", start)
-            handed = server._handoff(ours, ("ledger", "0xabc"), server._config)
+            handed = server.handoff(ours, ("ledger", "0xabc"), server._config)
             monkeypatch.undo()
             assert handed is False
             theirs.settimeout(5)

@@ -60,11 +60,13 @@ async def open(
     sock: socket.socket | None = None,
     *,
     while_waiting: Callable[[Protocol], Awaitable[None]] | None = None,
+    writer_class: type[DTPStreamWriter] = DTPStreamWriter,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
     ``while_waiting(protocol)`` runs once the first handshake message is out, while the
-    server works on it; what it raises fails the connect."""
+    server works on it; what it raises fails the connect. ``writer_class``: the writer
+    made (a connection by host ID's: ``HostStreamWriter``)."""
     loop = asyncio.get_running_loop()
     session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
     proto = Protocol(session, loop)
@@ -103,4 +105,4 @@ async def open(
                 raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
             raise connect_timed_out(endpoint_text(host, port), timeout) from None
         raise
-    return DTPStreamReader(proto, 0), DTPStreamWriter(proto, 0, primary=True)
+    return DTPStreamReader(proto, 0), writer_class(proto, 0, primary=True)

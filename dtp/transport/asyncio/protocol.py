@@ -14,7 +14,7 @@ from dtp.protocol.connection import CloseCode
 from dtp.transport.session import CARRIER_DRAIN, UNSENT, Session
 
 if TYPE_CHECKING:
-    from dtp.payments.settlement import ClientPayment
+    from dtp.transport.hooks import ConnectionHook
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Protocol(asyncio.Protocol):
         self._drain_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self.closed_future: asyncio.Future[None] = loop.create_future()
-        self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         #: Keep the carrier open once the session ended, until its owner closes it (a
         #: paid server settles first: the client waits for our end before it looks)
         self.hold_carrier = False
@@ -129,8 +129,8 @@ class Protocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing() or self._drain_timer is not None:
             return  # (half-closed: nothing more may be written)
         now = self.loop.time()
-        if self.payment is not None:
-            self.payment.tick(now)
+        if self.hook is not None:
+            self.hook.on_output(now)
         data = self.conn.data_to_send(now)
         if data:
             self.transport.write(data)
@@ -354,11 +354,11 @@ def _close_abandoned(proto: Protocol) -> None:
     if proto.session.terminated is not None or proto.conn.closed:
         return
     try:
-        payment = proto.payment
-        if payment is not None:
-            payment.closing()  # the final receipt goes out before CLOSE, in the same write
+        hook = proto.hook
+        if hook is not None:
+            hook.before_close()  # the final receipt goes out before CLOSE, in the same write
             abort(proto, CloseCode.NO_ERROR, "")
-            task = proto.loop.create_task(asyncio.to_thread(payment.finish))
+            task = proto.loop.create_task(asyncio.to_thread(hook.after_close))
             _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)
             task.add_done_callback(_FINISHING.discard)
             return

@@ -9,17 +9,9 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtp.errors import DTPError, LocalProtocolError
-from dtp.hostid.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
-from dtp.hostid.ledger_carrier.bridge import (
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    ledger_config,
-)
-from dtp.hostid.served import served_connections
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, peer_label
@@ -40,11 +32,16 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.hooks import (
+    HOOK_FAILED,
+    Listener,
+    PeerInfo,
+    peer_info,
+    refusal_reason,
+    reservations_of,
+)
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import Session
-
-if TYPE_CHECKING:
-    from dtp.ledger.interface import Ledger
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +190,7 @@ class DTPServer:
         # the heap's free pages go back to the system after churn (dtp.heap_release)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
-        self._serving = served_connections(admit, identity, settle_on_close)
+        self._serving = reservations_of(admit, identity, settle_on_close)
         self._limit = limit
         self._callback = callback
         self.identity = identity
@@ -201,16 +198,13 @@ class DTPServer:
         self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
-        self._ledger_listener: LedgerListener | None = None
-        self._ledger_watch: asyncio.Task[None] | None = None
+        self._attached: Listener | None = None  # (attach)
+        self._attached_watch: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
             self._loop = asyncio.get_running_loop()
-        #: listen_ledger's arguments while start_server(start_serving=False) holds it
-        #: back, until start_serving()
-        self._ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
         self.handshakes_failed = 0
         self.refused = 0
         #: Connections closed unserved: their address's line, or the server's, was full,
@@ -263,30 +257,15 @@ class DTPServer:
         name = self.sockets[0].getsockname()
         return name[0], name[1]
 
-    def listen_ledger(
-        self,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        options: LedgerCarrierOptions | None = None,
-    ) -> LedgerListener:
-        """Also accept connections to ``host_id``:``port`` that come over the ledger
-        carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
-        event loop). The listener watches the ledger in a thread of its own and hands
-        each bridged connection to the loop."""
-        if self._ledger_listener is not None:
-            raise LocalProtocolError("this server already listens on the ledger")
+    def attach(self, listener: Listener) -> None:
+        """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger
+        carrier's: :meth:`dtp.hostid.asyncio.DTPServer.listen_ledger`); call it from
+        the event loop. It is closed with the server, and when the loop ends with the
+        server still open. One at a time (LocalProtocolError for a second)."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already serves another listener")
         loop = asyncio.get_running_loop()
-        config = ledger_config(self._config)
-
-        def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
-            try:
-                loop.call_soon_threadsafe(self._accept_ledger, bridge, config)
-            except RuntimeError:  # the loop is closed: nobody will serve it
-                bridge.socket.close()  # (its thread ends with it)
-
-        listener = LedgerListener(ledger, self.identity, host_id, port, handoff, options=options)
-        self._ledger_listener = listener
+        self._attached = listener
 
         async def until_closed() -> None:
             await self._closed.wait()
@@ -294,25 +273,28 @@ class DTPServer:
         # The listener's thread lives no longer than the loop: asyncio.run ending with
         # the server still open (this task cancelled) stops it; it watched the ledger on
         # for good, and handed connections to a closed loop.
-        self._ledger_watch = loop.create_task(until_closed())
-        self._ledger_watch.add_done_callback(lambda _: listener.close(timeout=0))
-        return listener
+        self._attached_watch = loop.create_task(until_closed())
+        self._attached_watch.add_done_callback(lambda _: listener.close(timeout=0))
 
-    def _accept_ledger(self, bridge: LedgerBridge, config: ConnectionConfig) -> None:
+    def handoff(self, sock: Any, peername: Any, config: ConnectionConfig) -> None:
+        """Serve a carrier connection that came from elsewhere (an :meth:`attach`-ed
+        listener's local socket, with the peer's name): it goes through the same
+        handshake slots (not capped by address), hooks and callback as a TCP one, with
+        ``config``'s handshake timeout. Call it from the event loop."""
         loop = asyncio.get_running_loop()
 
         def factory() -> _Arrival:
             # by_address=False: the bridge is a local socket, not the client's IP
             arrival = self._protocol_factory(config, by_address=False)
-            arrival.peername = bridge.peername
+            arrival.peername = peername
             return arrival
 
         async def attach() -> None:
             try:
-                await loop.connect_accepted_socket(factory, sock=bridge.socket)
+                await loop.connect_accepted_socket(factory, sock=sock)
             except OSError as exc:
-                logger.warning("ledger connection %s: %s", bridge.peername[1], exc)
-                bridge.socket.close()
+                logger.warning("handed-off connection %s: %s", peername, exc)
+                sock.close()
 
         task = loop.create_task(attach())
         self._tasks.add(task)
@@ -606,8 +588,12 @@ class DTPServer:
             self.handshakes_failed += 1
             abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
-        if verdict is None and isinstance(self._admit, LedgerAdmission):
-            verdict = self._serve_once(proto, peer)
+        if verdict is None and self._serving is not None:
+            # (the ledger admission: one DTP connection per ledger connection)
+            verdict, release = self._serving.take(peer)
+            if release is not None:
+                # (never blocks the loop: a settlement on close runs in a thread)
+                proto.closed_future.add_done_callback(lambda _: release())
         if verdict is not None:
             self.refused += 1
             session.conn.refuse(verdict)
@@ -619,19 +605,6 @@ class DTPServer:
         session.process_events()
         proto.flush()
         return True
-
-    def _serve_once(self, proto: Protocol, peer: PeerInfo) -> str | None:
-        """A client the ledger admitted: one DTP connection per ledger connection at a
-        time, within the connection limits the Host publishes (None, the ID taken until
-        the carrier closes), or the refusal (docs/escrow.md §2)."""
-        cid = peer.connection_id
-        assert cid is not None  # (the ledger admitted it by this ID)
-        assert isinstance(self._admit, LedgerAdmission)
-        refusal = self._serving.reserve(cid, peer.address, self._admit.limits)
-        if refusal is None:
-            # (never blocks the loop: a settlement on close runs in a thread)
-            proto.closed_future.add_done_callback(lambda _: self._serving.release(cid))
-        return refusal
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
@@ -684,7 +657,7 @@ class DTPServer:
             return False
         if self._server is not None and self._server.is_serving():
             return True
-        return self._ledger_listener is not None
+        return self._attached is not None
 
     async def start_serving(self) -> None:
         """Start accepting connections, if ``start_server(start_serving=False)`` held
@@ -694,14 +667,13 @@ class DTPServer:
             return
         if self._server is not None:
             await self._server.start_serving()
-        pending, self._ledger_pending = self._ledger_pending, None
-        if pending is not None:
-            self.listen_ledger(*pending)
 
     async def wait_settled(self, timeout: float | None = None) -> bool:
         """With ``settle_on_close``: wait until the ledger connections of the DTP
         connections that ended so far are settled (True), or ``timeout`` seconds
         (False). Without it there is nothing to wait for (True)."""
+        if self._serving is None:
+            return True
         return await asyncio.to_thread(self._serving.wait_settled, timeout)
 
     def close(self) -> None:
@@ -721,11 +693,11 @@ class DTPServer:
         for arrival in self._admission.drain(time.monotonic()):
             if arrival.transport is not None:
                 arrival.transport.close()
-        if self._ledger_listener is not None:
+        if self._attached is not None:
             # told to stop, not joined: its thread may be in a ledger read for seconds
             # (a Sui node's event poll), which would hold the event loop; wait_closed()
             # joins it, in a thread
-            self._ledger_listener.close(timeout=0)
+            self._attached.close(timeout=0)
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -736,7 +708,7 @@ class DTPServer:
             await self._server.wait_closed()
         else:
             await self._closed.wait()
-        listener = self._ledger_listener
+        listener = self._attached
         if listener is not None and listener.running:
             await asyncio.to_thread(listener.close)
 

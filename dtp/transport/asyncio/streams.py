@@ -14,7 +14,7 @@ from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamRes
 from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort
 from dtp.transport.blocking.checks import readable
-from dtp.transport.blocking.engine import PAID_CLOSE_WAIT
+from dtp.transport.hooks import NOT_PAID
 from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
 
 SEND_HIGH_WATER = 512 * 1024
@@ -323,6 +323,12 @@ class DTPStreamReader:
 class DTPStreamWriter:
     """Writes one stream; the :class:`asyncio.StreamWriter` interface."""
 
+    # A connection by host ID (dtp.hostid.asyncio.HostStreamWriter) names its ledger
+    # objects; a plain one has none.
+    connection_id: str | None = None
+    """The ledger connection (TransportControl) ID when connected by host ID."""
+    escrow_id: str | None = None
+
     def __init__(self, proto: Protocol, stream_id: int, primary: bool) -> None:
         self._proto = proto
         self._owner = proto.owner()
@@ -335,9 +341,6 @@ class DTPStreamWriter:
         # the code close() asks the peer to stop sending with (reset()'s, else 0)
         self._stop_code = 0
         self._close_task: asyncio.Future[None] | None = None
-        self.connection_id: str | None = None
-        """The ledger connection (TransportControl) ID when connected by host ID."""
-        self.escrow_id: str | None = None
 
     @property
     def stream_id(self) -> int:
@@ -349,31 +352,10 @@ class DTPStreamWriter:
         return self._conn.peer_address
 
     async def top_up(self, amount: int) -> None:
-        """As :meth:`dtp.socket.DTPSocket.top_up`: add ``amount`` MIST to the deposit of
-        this paid connection while it is open (the ledger transaction runs in a thread),
-        then sign receipts up to the new deposit. Cancelling the wait does not cancel
-        a transaction under way: once it lands, the receipts are signed all the same
-        (the deposit is on the ledger either way)."""
-        proto = self._proto
-        payment = proto.payment
-        if payment is None:
-            raise LocalProtocolError(
-                "top_up: not a paid connection (connect by host ID with a deposit)"
-            )
-        if proto.session.terminated is not None:
-            raise proto.session.error or ConnectionClosed("the connection is closed")
-
-        def landed(job: asyncio.Future[None]) -> None:
-            # (a callback, not code after the await: a caller cancelled while the
-            # transaction ran would leave the deposit raised and the meter not)
-            if job.cancelled() or job.exception() is not None:
-                return
-            payment.topped_up(amount)
-            proto.flush()
-
-        job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
-        job.add_done_callback(landed)
-        await asyncio.shield(job)
+        """Raises :class:`~dtp.errors.LocalProtocolError`: only a paid connection (by
+        host ID with a deposit: :class:`dtp.hostid.asyncio.HostStreamWriter`) can be
+        topped up."""
+        raise LocalProtocolError(NOT_PAID)
 
     @property
     def peer_connection_id(self) -> str | None:
@@ -539,9 +521,9 @@ class DTPStreamWriter:
             return
         self._closing = True
         if self._session.terminated is not None:
-            payment = self._proto.payment
-            if self._primary and payment is not None:  # the peer closed first
-                self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
+            hook = self._proto.hook
+            if self._primary and hook is not None:  # the peer closed first
+                self._close_task = asyncio.ensure_future(asyncio.to_thread(hook.after_close))
             return
         if self._primary:
             task = asyncio.ensure_future(self._close_connection())
@@ -595,9 +577,9 @@ class DTPStreamWriter:
         receipt: a ``close()`` without ``wait_closed()`` at the end of ``asyncio.run``
         would pay nothing of it)."""
         if task.cancelled():
-            payment = self._proto.payment
-            if payment is not None:
-                payment.closing()
+            hook = self._proto.hook
+            if hook is not None:
+                hook.before_close()
             if self._conn.send_buffered():
                 # what was written is cut short: the peer must not read a clean end
                 abort(self._proto, CloseCode.APPLICATION, UNSENT)
@@ -627,10 +609,14 @@ class DTPStreamWriter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):
                         await self._proto.wait_change()
-        payment = self._proto.payment
-        if payment is not None:
-            payment.closing()  # the final receipt goes out before CLOSE, in the same write
-        if payment is None and conn.send_buffered() and self._session.terminated is None:
+        hook = self._proto.hook
+        if hook is not None:
+            hook.before_close()  # the final receipt goes out before CLOSE, in the same write
+        if (
+            (hook is None or not hook.keeps_clean_close)
+            and conn.send_buffered()
+            and self._session.terminated is None
+        ):
             # the linger ran out with bytes never sent: the peer must read an error, not
             # the clean end of a stream cut short (a paid connection keeps its clean
             # CLOSE: the server settles before its end closes only after one)
@@ -638,11 +624,11 @@ class DTPStreamWriter:
         else:
             conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
-        if payment is not None:
+        if hook is not None:
             # a paid server closes its end once it settled: then the payment finds
             # nothing to do on the ledger (as the blocking socket's drain)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PAID_CLOSE_WAIT):
+                async with asyncio.timeout(hook.close_wait):
                     await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
         # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN): a
@@ -650,8 +636,8 @@ class DTPStreamWriter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CARRIER_DRAIN + CARRIER_GRACE):
                 await asyncio.shield(self._proto.closed_future)
-        if payment is not None:
-            await asyncio.to_thread(payment.finish)  # half-close on the ledger, if needed
+        if hook is not None:
+            await asyncio.to_thread(hook.after_close)  # half-close on the ledger, if needed
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed (first stream) or until this
@@ -685,13 +671,13 @@ class DTPStreamWriter:
         self._session.process_events()
         self._proto._notify()
         self._proto.close_carrier()
-        payment = self._proto.payment
-        if self._primary and payment is not None and not was_closing:
+        hook = self._proto.hook
+        if self._primary and hook is not None and not was_closing:
             # the ledger half-close, as the blocking API's abort() (and close()) does: else
             # the ledger connection stays Open, the half-close timeout never starts, and
             # the deposit stays locked until the client settles by hand. wait_closed()
             # waits for it.
-            self._close_task = asyncio.ensure_future(asyncio.to_thread(payment.finish))
+            self._close_task = asyncio.ensure_future(asyncio.to_thread(hook.after_close))
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
         """Send one unreliable datagram on the connection (see
@@ -780,7 +766,8 @@ class DTPStreamWriter:
             session.check_writable(self._stream_id)
         stream_id = conn.open_stream()
         self._proto.flush()
-        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+        # (a stream of a connection by host ID has a HostStreamWriter too: top_up works)
+        return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
 
@@ -797,7 +784,7 @@ class DTPStreamWriter:
         if not session.incoming_streams:
             raise session.error or ConnectionClosed("the connection is closed")
         stream_id = session.incoming_streams.popleft()
-        return DTPStreamReader(self._proto, stream_id), DTPStreamWriter(
+        return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
 

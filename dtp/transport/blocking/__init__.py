@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dtp.hostid.admission import PeerInfo
+from dtp.transport.hooks import PeerInfo
 
 LINGER = 5.0  # seconds close() waits for queued data to leave
 

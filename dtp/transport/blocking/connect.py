@@ -74,6 +74,7 @@ def connect(
     while_waiting: Callable[[Connection], None] | None = None,
     anonymous: bool = False,
     timer: bool = True,
+    socket_class: type[DTPSocket] = DTPSocket,
 ) -> DTPSocket:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``carrier`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
@@ -81,7 +82,8 @@ def connect(
     the server works on it; what it raises fails the connect. ``anonymous``: the
     identity is a throwaway one (the next connect will want another). ``timer=False``:
     the caller starts the engine's timers (``Engine.start_timer``) once it has set the
-    engine up (a metered client's payment: its passes come more often)."""
+    engine up (a metered client's payment: its passes come more often).
+    ``socket_class``: the socket made (a connection by host ID's: ``HostSocket``)."""
     start = time.monotonic()
     cfg = bounded_by_caller(cfg, timeout)
     tcp = connect_tcp(address, timeout) if carrier is None else carrier
@@ -150,7 +152,7 @@ def connect(
             engine.ahead = keys
     if timer:
         engine.start_timer()
-    sock = DTPSocket(engine, 0, primary=True)
+    sock = socket_class(engine, 0, primary=True)
     sock.settimeout(timeout)
     return sock
 

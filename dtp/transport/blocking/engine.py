@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, DTPTimeoutError
 from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
-from dtp.payments.settlement import ClientPayment
 from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG, CloseCode
 from dtp.protocol.state import SendState
 from dtp.transport.blocking import LINGER
@@ -24,6 +23,7 @@ from dtp.transport.session import CARRIER_DRAIN, UNSENT, Session
 
 if TYPE_CHECKING:
     from dtp.transport.blocking.connect import NextConnectKeys
+    from dtp.transport.hooks import ConnectionHook
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 _BACKLOG_ENTRIES = 256
 LOSSY_LINGER = 30.0  # the same over a lossy carrier (the ledger), where acks are slow
 DRAIN_QUIET = 0.02  # seconds a closing carrier waits for more of the peer's bytes
-# seconds a paid client's close waits for the server's end of the carrier, which closes
-# once the server settled on the ledger: about what a ledger transaction takes, the one
-# the client would otherwise send itself (its half-close) and pay the gas of
-PAID_CLOSE_WAIT = 3.0
 READ_FIRST_SKIP = 8  # reads that wait at once after a read found nothing waiting
 _READ_ON = frozenset((WAIT, NEED_MORE, OK))  # lent read statuses that wait and read again
 _WAITED = frozenset((WAIT, NEED_MORE))  # ... of those, the ones after which time may be up
@@ -79,7 +75,7 @@ class Engine:
         self.linger = LINGER if session.conn.config.reliable_carrier else LOSSY_LINGER
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
-        self.payment: ClientPayment | None = None  # a metered client connection (dtp.paid)
+        self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         # a server's accepted connection holding one of its accept() queue's places
         self.holds_place = False
         # the next connect's keys still to make (NextConnectKeys), made while we would
@@ -136,8 +132,8 @@ class Engine:
     def flush(self) -> None:
         """Collect the connection's output and write what fits; lock held."""
         now = time.monotonic()
-        if self.payment is not None:
-            self.payment.tick(now)
+        if self.hook is not None:
+            self.hook.on_output(now)
         data = self.conn.data_to_send(now)
         if data:
             self.write(memoryview(data))
@@ -322,13 +318,13 @@ class Engine:
         """A metered client after a send (lock held): tick the meter when it may have
         something to do, and write what it queued -- a receipt, which took the stream
         back -- without taking a lent stream back on every send."""
-        payment = self.payment
-        assert payment is not None
+        hook = self.hook
+        assert hook is not None
         now = time.monotonic()
         # (the usage, datagrams included: the lane's counts alone would miss those)
-        if self.conn.usage[0] < payment.quiet_bytes and now < payment.quiet_until:
+        if self.conn.usage[0] < hook.quiet_bytes and now < hook.quiet_until:
             return
-        payment.tick(now)
+        hook.on_output(now)
         if self.conn.lent_lane is None:
             self.flush()
 
@@ -624,14 +620,14 @@ class Engine:
                         ),
                         linger,
                     )
-                if self.payment is not None:
+                if self.hook is not None:
                     # the final receipt goes out before CLOSE, in the same write: the
                     # server wakes once for both
-                    self.payment.closing()
+                    self.hook.before_close()
                 self.conn.take_back(time.monotonic())  # (a lent stream's counts)
                 unread = self.conn.peer_may_send_credit()
                 if (
-                    self.payment is None
+                    (self.hook is None or not self.hook.keeps_clean_close)
                     and self.conn.send_buffered()
                     and self.session.terminated is None
                 ):
@@ -649,16 +645,16 @@ class Engine:
                 left = end - time.monotonic()
                 if unread and left > DRAIN_QUIET:
                     patience: float | None = left
-                elif self.payment is not None:
-                    patience = max(DRAIN_QUIET, min(left, PAID_CLOSE_WAIT))
+                elif self.hook is not None:
+                    patience = max(DRAIN_QUIET, min(left, self.hook.close_wait))
                 else:
                     patience = None
-                if self.abandoned and unread and self.payment is None and patience:
+                if self.abandoned and unread and self.hook is None and patience:
                     self._drain_detached(patience)
                 else:
                     self._drain_carrier(min(linger, 1.0), patience)
-                if self.payment is not None:
-                    self.payment.finish()
+                if self.hook is not None:
+                    self.hook.after_close()
             self.session.process_events()
             self._release(closing=True)
 

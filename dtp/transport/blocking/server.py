@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import operator
 import queue
@@ -17,17 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError, SocketClosed
-from dtp.hostid.admission import HOOK_FAILED, LedgerAdmission, PeerInfo, peer_info, refusal_reason
-from dtp.hostid.ledger_carrier.bridge import (
-    LedgerBridge,
-    LedgerCarrierOptions,
-    LedgerListener,
-    ledger_config,
-)
-from dtp.hostid.served import served_connections
 from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_handshake
@@ -55,12 +46,17 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.hooks import (
+    HOOK_FAILED,
+    Listener,
+    PeerInfo,
+    peer_info,
+    refusal_reason,
+    reservations_of,
+)
 from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import CALLBACK_FAILED, Session
-
-if TYPE_CHECKING:
-    from dtp.ledger.interface import Ledger
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +213,8 @@ class DTPServer:
     the accepting on to another (leader/follower): no thread hand-off. Threads are
     reused: one whose connection is done waits a while (:attr:`WORKER_IDLE`) for the
     next turn to accept (or a connection to serve), so a steady stream of connections
-    costs no thread start each. ``address`` None: no TCP listener (see
-    :meth:`listen_ledger`).
+    costs no thread start each. ``address`` None: no TCP listener (the
+    connections come from an :meth:`attach`-ed listener).
 
     New connections are admitted by :class:`dtp.transport.handshake_gate.Admission`, as the
     asyncio server admits them (docs/protocol.md §8):
@@ -306,7 +302,7 @@ class DTPServer:
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
-        self._serving = served_connections(admit, identity, settle_on_close)
+        self._serving = reservations_of(admit, identity, settle_on_close)
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
@@ -317,7 +313,7 @@ class DTPServer:
         if self._listener is not None:
             host, tcp_port = self._listener.getsockname()[:2]
             self._address = (str(host), int(tcp_port))
-        self._ledger_listener: LedgerListener | None = None
+        self._attached: Listener | None = None  # (attach)
         # connections accept() may take; each holds one of max_pending places, taken
         # before its client is told it is in (_take_place) and given back as accept()
         # takes it (the queue itself is unbounded: its end-of-server mark always fits)
@@ -378,29 +374,13 @@ class DTPServer:
             raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         return self._address
 
-    def listen_ledger(
-        self,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        options: LedgerCarrierOptions | None = None,
-    ) -> LedgerListener:
-        """Also accept connections to ``host_id``:``port`` that come over the ledger
-        carrier (the IP-hiding mode): each one, bridged to a local socket, goes through
-        the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
-        connections. Our identity must be the host's authority (NotAuthorized otherwise;
-        ObjectNotFound when there is no such host)."""
-        if self._ledger_listener is not None:
-            raise LocalProtocolError("this server already listens on the ledger")
-        config = ledger_config(self._config)
-
-        def handoff(bridge: LedgerBridge) -> None:
-            self._handoff(bridge.socket, bridge.peername, config)
-
-        self._ledger_listener = LedgerListener(
-            ledger, self.identity, host_id, port, handoff, options=options
-        )
-        return self._ledger_listener
+    def attach(self, listener: Listener) -> None:
+        """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger
+        carrier's: :meth:`dtp.hostid.blocking.DTPServer.listen_ledger`); it is closed
+        with the server. One at a time (LocalProtocolError for a second)."""
+        if self._attached is not None:
+            raise LocalProtocolError("this server already serves another listener")
+        self._attached = listener
 
     @property
     def noise_public_key(self) -> bytes:
@@ -619,8 +599,9 @@ class DTPServer:
         if engine is not None:
             engine._wake()  # its pump looks at gave_way
 
-    def _handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
-        """Serve a carrier connection that came from elsewhere (a ledger bridge): it
+    def handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Serve a carrier connection that came from elsewhere (a ledger bridge: an
+        :meth:`attach`-ed listener's, from any thread): it
         waits for a handshake slot as a proven TCP connection does, until ``config``'s
         handshake timeout (a ledger connection's is longer, as its records take ledger
         transactions), holding no thread meanwhile. False (the carrier closed) once the
@@ -845,8 +826,11 @@ class DTPServer:
                 conn.peer_static,
             )
             verdict = self._run_hook(peer)
-            if verdict is None and isinstance(self._admit_hook, LedgerAdmission):
-                verdict = self._serve_once(engine, peer)
+            if verdict is None and self._serving is not None:
+                # (the ledger admission: one DTP connection per ledger connection)
+                verdict, release = self._serving.take(peer)
+                if release is not None:
+                    engine.on_release.append(release)
             outcome = "refused"
             if verdict is None and not self._take_place(engine, deadline):
                 outcome, verdict = "busy", SERVER_BUSY
@@ -906,18 +890,6 @@ class DTPServer:
             engine.holds_place = False
             self._places.release()
 
-    def _serve_once(self, engine: Engine, peer: PeerInfo) -> str | None:
-        """A client the ledger admitted: one DTP connection per ledger connection at a
-        time, within the connection limits the Host publishes (None, the ID taken until
-        the engine is released), or the refusal (docs/escrow.md §2)."""
-        cid = peer.connection_id
-        assert cid is not None  # (the ledger admitted it by this ID)
-        assert isinstance(self._admit_hook, LedgerAdmission)
-        refusal = self._serving.reserve(cid, peer.address, self._admit_hook.limits)
-        if refusal is None:
-            engine.on_release.append(functools.partial(self._serving.release, cid))
-        return refusal
-
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
         hooks: list[tuple[Callable[[Any], bool | str | None], Any]] = []
@@ -947,7 +919,8 @@ class DTPServer:
         connections that ended so far are settled (True), or ``timeout`` seconds
         (False). Without it there is nothing to wait for (True). A ``timeout``
         :meth:`settimeout` refuses raises as there, with or without it."""
-        return self._serving.wait_settled(checked_timeout(timeout))
+        timeout = checked_timeout(timeout)
+        return self._serving is None or self._serving.wait_settled(timeout)
 
     def settimeout(self, timeout: float | None) -> None:
         """The seconds :meth:`accept` waits when called without a timeout, as a
@@ -1064,8 +1037,8 @@ class DTPServer:
         for arrival in orphans:  # (no thread came free for them: never served)
             arrival.tcp.close()
             self._admission.ended(arrival, time.monotonic())
-        if self._ledger_listener is not None:
-            self._ledger_listener.close()
+        if self._attached is not None:
+            self._attached.close()
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 # wakes the thread waiting to accept (close() alone would not, and

@@ -39,6 +39,7 @@ from dtp.transport.blocking.checks import (
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.files import stream_file
 from dtp.transport.blocking.timers import TIMERS
+from dtp.transport.hooks import NOT_PAID
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,13 @@ class DTPSocket:
         self._fast_write = True
         # the connection has known the stream (see _stream_ready_for_send)
         self._existed = stream_id in engine.conn._streams
-        self.connection_id: str | None = None
-        """Client connected by host ID: the ledger connection (TransportControl) ID."""
-        self.escrow_id: str | None = None
-        """Client connected by host ID: the connection's escrow ID."""
+
+    # A connection by host ID (dtp.hostid.blocking.HostSocket) names its ledger objects;
+    # a plain one has none.
+    connection_id: str | None = None
+    """Client connected by host ID: the ledger connection (TransportControl) ID."""
+    escrow_id: str | None = None
+    """Client connected by host ID: the connection's escrow ID."""
 
     # -- identity --------------------------------------------------------------------------
 
@@ -427,7 +431,7 @@ class DTPSocket:
                 if n:
                     if engine.out and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
-                    if engine.payment is not None:
+                    if engine.hook is not None:
                         engine.tick_meter()
                     return n
             sealed = conn.seal_fast(sid, view, time.monotonic())
@@ -439,7 +443,7 @@ class DTPSocket:
             if sealed is not None:
                 records, n = sealed
                 engine.write(records, reused=True)
-                if engine.payment is not None:
+                if engine.hook is not None:
                     # the meter's receipts, when it has one to send: a flush on every
                     # such write also built and sent records the plain path leaves to
                     # batch (ACKs, credit), a cost the metered client alone paid
@@ -507,16 +511,16 @@ class DTPSocket:
                     if full and engine.pumping:
                         engine._wake()  # the carrier is full: the pumping thread writes
                         full = False
-                    payment = engine.payment
-                    if payment is not None:
+                    hook = engine.hook
+                    if hook is not None:
                         # tick_meter's first check, in place (once per send): the
                         # usage as Connection.usage counts it, against the meter's
                         # quiet bounds; the clock the lane stamped this send with
                         f = lane.flow
                         if (
                             f.conn_sent + f.rx.conn_received + conn.datagram_bytes
-                            >= payment.quiet_bytes
-                            or f.last_sent >= payment.quiet_until
+                            >= hook.quiet_bytes
+                            or f.last_sent >= hook.quiet_until
                         ):
                             engine.tick_meter()
                     if not left:
@@ -635,7 +639,7 @@ class DTPSocket:
             and self._fast_write
             and self._fast_read
             and bufsize > 0
-            and engine.payment is None
+            and engine.hook is None
         ):
             return None
         lock = engine.lock
@@ -784,8 +788,8 @@ class DTPSocket:
             return
         if self._primary:
             self._engine.shutdown(self._engine.linger)
-            if self._engine.payment is not None:
-                self._engine.payment.finish()  # half-close on the ledger
+            if self._engine.hook is not None:
+                self._engine.hook.after_close()  # half-close on the ledger
         else:
             with contextlib.suppress(DTPError):
                 self.shutdown(SHUT_RDWR)
@@ -821,33 +825,11 @@ class DTPSocket:
         self.close()
 
     def top_up(self, amount: int) -> None:
-        """Add ``amount`` MIST to the deposit of this paid connection (one made by host
-        ID with a ``deposit``) while it is open: an ``escrow::top_up`` transaction
-        (blocking), then receipts are signed up to the new deposit -- usage the old one
-        did not cover is paid at once. The server reads the escrow again when the
-        deposit holds the connection (within about a second) and serves on.
-
-        Raises :class:`~dtp.errors.LocalProtocolError` on a connection that is not paid
-        or a closed socket, the connection's error (ConnectionClosed, ...) once it has
-        ended -- before any transaction: what it added would only come back in the
-        refund --, InvalidArgument for an amount that is not a positive int, and what
-        the ledger raises (InsufficientFunds: the balance is short; nothing was added
-        then)."""
+        """Raises :class:`~dtp.errors.LocalProtocolError`: only a paid connection (by
+        host ID with a deposit: :class:`dtp.hostid.blocking.HostSocket`) can be topped
+        up; SocketClosed on a closed socket."""
         self._check_open()
-        engine = self._engine
-        payment = engine.payment
-        if payment is None:
-            raise LocalProtocolError(
-                "top_up: not a paid connection (connect by host ID with a deposit)"
-            )
-        with engine.lock:
-            if engine.session.terminated is not None:
-                raise engine.session.error or ConnectionClosed("the connection is closed")
-        payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
-        with engine.lock:
-            payment.topped_up(amount)
-            if not engine.closed:
-                engine.flush()
+        raise LocalProtocolError(NOT_PAID)
 
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
@@ -896,8 +878,8 @@ class DTPSocket:
         self._engine.abort(CloseCode.APPLICATION, reason)
         self._closed = True
         self._update_fast()
-        if self._primary and self._engine.payment is not None:
-            self._engine.payment.finish()
+        if self._primary and self._engine.hook is not None:
+            self._engine.hook.after_close()
 
     def __enter__(self) -> DTPSocket:
         return self
@@ -1063,7 +1045,8 @@ class DTPSocket:
                 session.check_writable(self._stream_id)
             stream_id = conn.open_stream()
             engine.flush()
-        sock = DTPSocket(engine, stream_id, primary=False)
+        # (a stream of a connection by host ID is a HostSocket too: top_up works on it)
+        sock = type(self)(engine, stream_id, primary=False)
         sock.settimeout(self._timeout)
         return sock
 
@@ -1084,7 +1067,7 @@ class DTPSocket:
             if not session.incoming_streams:
                 raise session.error or ConnectionClosed("the connection is closed")
             stream_id = session.incoming_streams.popleft()
-        sock = DTPSocket(engine, stream_id, primary=False)
+        sock = type(self)(engine, stream_id, primary=False)
         sock.settimeout(self._timeout)
         return sock
 

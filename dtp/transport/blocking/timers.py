@@ -44,12 +44,6 @@ class TimerService:
 
     MAX_WAIT = 1.0
     MIN_WAIT = 0.005
-    # A metered client is looked at more often: a server about to close asks it for a
-    # final receipt and waits ServicePolicy.final_receipt_timeout (1 s) for one, and a
-    # client whose application did not read meanwhile answered at its next pass -- a
-    # second later, after the server had settled without it (the usage since the last
-    # receipt unpaid). A pass on an idle connection is one non-blocking read.
-    METERED_MAX_WAIT = 0.25
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -279,7 +273,7 @@ class TimerService:
 
     def _push(self, engine: Engine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
-        latest = now + (self.MAX_WAIT if engine.payment is None else self.METERED_MAX_WAIT)
+        latest = now + (self.MAX_WAIT if engine.hook is None else engine.hook.max_timer_wait)
         due = latest if timer is None else min(latest, timer)
         due = max(due, now + min_wait)
         self._seq += 1

@@ -1,0 +1,153 @@
+"""The seam between the transport and the layers above it: what a server's admission
+hook is given and may answer, and what the drivers call on a connection a layer above
+rides on. The transport defines these and calls them; it imports nothing of the ledger,
+of payments or of host IDs (``dtp.hostid`` implements them: docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from dtp.identity.keys import HostIdentity
+
+__all__ = [
+    "HOOK_FAILED",
+    "NOT_PAID",
+    "ConnectionHook",
+    "Listener",
+    "PeerInfo",
+    "Reservations",
+    "peer_info",
+    "refusal_reason",
+    "reservations_of",
+]
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What a server knows of a client once its identity proof is verified."""
+
+    address: str
+    """The client's verified Sui address."""
+    connection_id: str | None
+    """The ledger connection ID the client named (``0x`` + 64 hex digits), if any."""
+    port: int | None
+    """The DTP port the client named, if any."""
+    public_key: bytes | None = None
+    """The client's Noise static key."""
+
+
+def peer_info(
+    address: str, connection_id: bytes | None, port: int | None, public_key: bytes | None
+) -> PeerInfo:
+    """A :class:`PeerInfo` from what the handshake carried."""
+    return PeerInfo(
+        address=address,
+        connection_id=None if connection_id is None else "0x" + connection_id.hex(),
+        port=port,
+        public_key=public_key,
+    )
+
+
+NOT_PAID = "top_up: not a paid connection (connect by host ID with a deposit)"
+"""What ``top_up()`` raises (LocalProtocolError) on a connection with no deposit: the
+drivers' stub, and a connection by host ID whose deposit is not metered."""
+
+HOOK_FAILED = "internal error in the server's accept hook"
+"""The refusal a client gets when an accept or admit hook raised."""
+
+
+def refusal_reason(verdict: object) -> str | None:
+    """What an accept/admit hook's verdict means: None (or True) accepts; False refuses
+    with a generic reason; anything else refuses with itself as the reason."""
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return "refused by the server"
+    return str(verdict)
+
+
+class Reservations(Protocol):
+    """The connections an admission hook counts while a server serves them
+    (:class:`dtp.hostid.served.ServedConnections`: one DTP connection per ledger
+    connection, within the Host's limits, settled as it ends when asked)."""
+
+    def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
+        """For ``peer``, which the hooks accepted: the refusal (and None), or None and
+        the callable to run, from any thread, once its connection ends."""
+        ...
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until what the ended connections left to do is done (True), or
+        ``timeout`` seconds (False)."""
+        ...
+
+
+def reservations_of(admit: object, identity: HostIdentity, settle: bool) -> Reservations | None:
+    """A server's :class:`Reservations`, from its admission hook's ``reservations(identity,
+    settle)`` (the ledger admission has one), or None for a hook without (ValueError
+    then when ``settle``, the server's ``settle_on_close``: only what reserves can
+    settle)."""
+    make: Callable[[HostIdentity, bool], Reservations] | None = getattr(admit, "reservations", None)
+    if make is None:
+        if settle:
+            raise ValueError("settle_on_close needs ledger admission (ledger, host_id and port)")
+        return None
+    return make(identity, settle)
+
+
+class Listener(Protocol):
+    """Another source of a server's connections, which hands each carrier to the
+    server's ``handoff()`` (the ledger carrier's: ``dtp.hostid.ledger_carrier.bridge.
+    LedgerListener``); the server closes it as it closes (``attach()``)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread still runs (it ends soon after :meth:`close`)."""
+        ...
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop, waiting up to ``timeout`` seconds for its thread (0: not at all)."""
+        ...
+
+
+class ConnectionHook(Protocol):
+    """A layer above riding on one client connection: the metered payment of a
+    connection by host ID (:class:`dtp.hostid.payment_hook.MeteredClient`). A plain
+    connection has none, and the drivers test for it once where they would call it.
+    Called with the driver's lock held (on the event loop under asyncio), except
+    :meth:`after_close`, which may block (a ledger transaction) and runs without it (in
+    a worker thread under asyncio)."""
+
+    max_timer_wait: float
+    """The longest the timer may leave the connection alone (its output is looked at as
+    often: :meth:`on_output` may have something due)."""
+    close_wait: float
+    """Seconds a close waits, after CLOSE, for the peer to close its end (a paid server
+    closes its end once it settled the connection)."""
+    keeps_clean_close: bool
+    """A close whose linger ran out with bytes unsent still ends with a clean CLOSE
+    (a paid server settles only after one), not with the error a plain one sends."""
+    quiet_bytes: int
+    """Below this total of sent bytes (``Connection.usage``)..."""
+    quiet_until: float
+    """...and before this time, :meth:`on_output` has nothing to do: the send paths
+    skip the call."""
+
+    def on_output(self, now: float) -> None:
+        """Before the connection's output is collected: may queue frames on it (a
+        RECEIPT)."""
+        ...
+
+    def before_close(self) -> None:
+        """The connection is about to send CLOSE: the last frames go ahead of it."""
+        ...
+
+    def after_close(self) -> None:
+        """The connection ended (closed, aborted, or by the peer): what the layer does
+        then (blocking). It may be called more than once (the blocking socket's close
+        and its engine's both call it): only the first call may act."""
+        ...
