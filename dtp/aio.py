@@ -109,7 +109,7 @@ async def open_connection(
 
     Arguments as :func:`dtp.socket.create_connection`: ``host`` and ``port`` name the
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
-    :class:`~dtp.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
+    :class:`~dtp.hostid.address.HostAddress`, ``port`` omitted) reached through ``ledger`` with
     ``identity`` paying ``deposit``; the ledger calls run in a worker thread. The
     writer's ``connection_id`` / ``escrow_id`` name the ledger connection then; a host
     without a TCP endpoint (or ``carrier="ledger"``) is reached over the ledger carrier,
@@ -193,7 +193,7 @@ async def serve(
     :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
     The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
     ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s. Returns
-    the running :class:`~dtp.paid_aio.PaidAioServer`; see :mod:`dtp.paid_aio`."""
+    the running :class:`~dtp.hostid.paid.aio.PaidAioServer`; see :mod:`dtp.hostid.paid.aio`."""
     from dtp.hostid.paid.aio import serve as serve_paid
 
     return await serve_paid(

@@ -217,7 +217,7 @@ def serve(
     """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
     and Noise key in the Host, admit clients through the ledger, meter them, apply the
     host's firewall at runtime and settle each connection when it ends. Returns the
-    running :class:`~dtp.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.paid`.
+    running :class:`~dtp.hostid.paid.PaidServer` (``close()`` stops it); see :mod:`dtp.hostid.paid`.
 
     ``backlog``, ``max_handshakes``, ``max_handshakes_per_address``,
     ``max_waiting_per_address`` and ``open_grace``: the listen backlog, the bounds on

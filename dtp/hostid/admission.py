@@ -159,7 +159,7 @@ class LedgerAdmission:
 
     ``remember``: keep the TransportControl and Escrow read for each
     accepted connection, for :meth:`take_admitted` (the blocking paid server,
-    :class:`dtp.paid.PaidServer`, builds its receipt gate from them, and settles a
+    :class:`dtp.hostid.paid.PaidServer`, builds its receipt gate from them, and settles a
     connection it does not serve from them, instead of reading them again a moment
     later; so does the daemon; the asyncio paid server reads them again); at most
     :attr:`REMEMBERED` connections not yet taken are kept.

@@ -152,7 +152,7 @@ async def open_connection(
     limit: int = LIMIT,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
-    :class:`~dtp.address.HostAddress`) through ``ledger``, ``identity`` paying, and return
+    :class:`~dtp.hostid.address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
     (see there for the arguments)."""
     check_connect_timeout(timeout)
@@ -361,7 +361,7 @@ async def start_server(
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
-    ``admit`` hook, given a :class:`~dtp.admission.PeerInfo`). It may be a coroutine
+    ``admit`` hook, given a :class:`~dtp.hostid.admission.PeerInfo`). It may be a coroutine
     function or a plain one. An exception it raises goes to the loop's exception
     handler, as with :func:`asyncio.start_server`, and the connection is aborted (the
     client reads ConnectionClosed, not the clean end asyncio's close gives); the
@@ -369,7 +369,7 @@ async def start_server(
     live connection: the peer reset a stream, closed, vanished) is logged at INFO.
 
     With ``ledger``, ``host_id`` and ``dtp_port`` (the DTP port served, a service of that
-    Host), clients are admitted only through :class:`~dtp.admission.LedgerAdmission`, as
+    Host), clients are admitted only through :class:`~dtp.hostid.admission.LedgerAdmission`, as
     with :func:`dtp.socket.create_server`: their handshake must name an Open ledger
     connection of theirs to this host and port with a funded escrow, and the host's
     firewall must permit them; others get ConnectionRefused with the reason.

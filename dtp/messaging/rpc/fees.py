@@ -358,7 +358,7 @@ def ledger_payments(
     built from its ledger connection (:meth:`RequestPayments.from_ledger`); requests of a
     client that named no ledger connection (or an unknown one) get PaymentRequired. A
     connection not found is looked for again for up to
-    :attr:`~dtp.admission.LedgerAdmission.OPEN_GRACE` first, as the admission does: the
+    :attr:`~dtp.hostid.admission.LedgerAdmission.OPEN_GRACE` first, as the admission does: the
     client's open may still be landing when the stream starts. ``on_receipt`` sees every
     accepted receipt of every connection (keep them to claim).
 

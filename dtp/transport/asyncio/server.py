@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 AcceptHook = Callable[[str], "bool | str | Awaitable[bool | str | None] | None"]
 AdmitHook = Callable[[PeerInfo], "bool | str | Awaitable[bool | str | None] | None"]
-"""Like AcceptHook but given a :class:`~dtp.admission.PeerInfo`. A plain (non-async)
+"""Like AcceptHook but given a :class:`~dtp.hostid.admission.PeerInfo`. A plain (non-async)
 admit hook runs in a worker thread, since it may read the ledger."""
 ClientCallback = Callable[["DTPStreamReader", "DTPStreamWriter"], "Awaitable[None] | None"]
 
@@ -61,10 +61,10 @@ def _being_cancelled() -> bool:
 
 
 class _Arrival(asyncio.Protocol):
-    """A server's new connection until its handshake starts (dtp.handshake_gate): it
+    """A server's new connection until its handshake starts (dtp.transport.handshake_gate): it
     reads the client's first record, then waits for its handshake slots unread. It
     holds its socket and what the client sent -- no Session, task or timer -- and is the
-    connection's entry in the server's :class:`~dtp.handshake_gate.Admission` for good
+    connection's entry in the server's :class:`~dtp.transport.handshake_gate.Admission` for good
     (its handshake's end releases its slots by it). Once the handshake may start, the
     transport goes to the connection's :class:`Protocol` (:meth:`DTPServer._begin`)."""
 
@@ -126,7 +126,7 @@ class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
     New connections are admitted as :class:`dtp.socket.DTPServer` admits them, by the
-    same engine (:class:`dtp.handshake_gate.Admission`, docs/protocol.md §8):
+    same engine (:class:`dtp.transport.handshake_gate.Admission`, docs/protocol.md §8):
 
     * until it has sent its complete first handshake record, within
       ``first_message_timeout`` (3 s), a connection holds only its socket: at most
@@ -187,7 +187,7 @@ class DTPServer:
         self._handshake_slots = self._admission.server_slots
         self._address_slots = self._admission.address_slots
         self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
-        # the heap's free pages go back to the system after churn (dtp.heap_release)
+        # the heap's free pages go back to the system after churn (dtp.transport.heap_release)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
         self._serving = reservations_of(admit, identity, settle_on_close)
@@ -217,7 +217,7 @@ class DTPServer:
         #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
         self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.replay_guard)
+        # never holds a client's ledger connection (dtp.transport.replay_guard)
         self._replays = ReplayGuard()
 
     @property
@@ -239,7 +239,7 @@ class DTPServer:
     @property
     def replays_refused(self) -> int:
         """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.replay_guard`."""
+        :attr:`handshakes_failed`): see :mod:`dtp.transport.replay_guard`."""
         return self._replays.refused
 
     @property
@@ -368,7 +368,7 @@ class DTPServer:
         self._expiry = loop.call_later(delay, self._expire)
 
     def _look_at_heap(self) -> None:
-        """Trim the heap when :class:`~dtp.heap_release.HeapRelease` says so, and look
+        """Trim the heap when :class:`~dtp.transport.heap_release.HeapRelease` says so, and look
         again when it says (one timer, made only while connections come)."""
         self._heap_look = None
         loop = self._loop

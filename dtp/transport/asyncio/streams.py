@@ -139,7 +139,7 @@ class DTPStreamReader:
         Once the buffered bytes are read, a stream that did not end cleanly raises:
         StreamReset (the peer reset it), the connection's error (it failed), or
         ConnectionClosed when the peer closed the connection cleanly before this stream
-        ended (see :meth:`Session.cut_short <dtp._session.Session.cut_short>`; not on the
+        ended (see :meth:`Session.cut_short <dtp.transport.session.Session.cut_short>`; not on the
         connection's first stream, whose reads end at b"" then, as a TCP connection's).
         ``read(n)`` returns what is buffered first and raises only on the read after.
         A read of all (``n`` < 0) raises at once instead, and consumes nothing: the
