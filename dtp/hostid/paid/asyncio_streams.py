@@ -21,12 +21,10 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
+from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
-    CLOSE_FIREWALL_DENIED,
-    CLOSE_LEDGER_CLOSED,
-    CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     GateState,
     GateVerdict,
@@ -72,13 +70,12 @@ class PaidConnection:
         cid = proto.conn.peer_connection_id
         self.connection_id = "" if cid is None else "0x" + cid.hex()
         self.gate = gate
+        #: The receipt path's rules (shared with the blocking driver)
+        self.core = PaidConnectionEngine(gate, self.connection_id, self.client)
         self.buckets = buckets
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
-        #: The receipt that came with the end of the connection, claimed by the settlement
-        #: instead of written first (as dtp.hostid.paid's)
-        self.final: Receipt | None = None
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
         #: The first stream's close (PaidWriter.close): the end phase waits for it
@@ -109,15 +106,16 @@ class PaidConnection:
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
         loop), counted once stored."""
-        try:
-            receipt = self.gate.check(data)
-        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
-            logger.warning("connection %s: %s", self.connection_id, exc)
-            return
-        if self.conn.closed:
-            self.final = receipt
-            return
-        self.receipt_writer.submit(receipt, self._stored)
+        step, receipt = self.core.receipt_frame(data, closed=self.conn.closed)
+        # (refused: no credit is cached here, the next look asks the gate)
+        if step is ReceiptStep.STORE and receipt is not None:
+            self.receipt_writer.submit(receipt, self._stored)
+
+    @property
+    def final(self) -> Receipt | None:
+        """The receipt that came with the end of the connection, claimed by the
+        settlement instead of written first (as dtp.hostid.paid's)."""
+        return self.core.final
 
     def _stored(self, receipt: Receipt) -> None:
         """In the writer thread: hand the stored receipt to the event loop."""
@@ -125,13 +123,12 @@ class PaidConnection:
             self.proto.loop.call_soon_threadsafe(self._kept, receipt)
 
     def _kept(self, receipt: Receipt) -> None:
-        self.gate.kept(receipt)
+        self.core.kept(receipt)
         self.credit_grew()
         self.proto._notify()  # a paused reader or drain() looks again
 
     def verdict(self) -> GateVerdict:
-        total_bytes, total_requests = self.conn.usage
-        return self.gate.verdict(int(time.monotonic() * 1000), total_bytes, total_requests)
+        return self.core.verdict(self.conn.usage, time.monotonic())
 
     def close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
@@ -165,29 +162,27 @@ class PaidConnection:
             await self.read_deposit()
             verdict = self.verdict()
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            self.close(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
 
     async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
         read again (in a thread) when the deposit holds the connection -- the client may have topped
         it up while the connection was open -- or, ``ending``, when a receipt still
         waits above it before the settlement."""
-        gate = self.gate
         ledger = self.ledger
-        now = int(time.monotonic() * 1000)
-        if ledger is None or gate.escrow_id is None:
+        if ledger is None:
             return
-        if not gate.wants_deposit(now, *self.conn.usage, ending=ending):
+        escrow_id = self.core.escrow_to_read(self.conn.usage, time.monotonic(), ending=ending)
+        if escrow_id is None:
             return
-        gate.deposit_reading(now)
         try:
-            escrow = await asyncio.to_thread(ledger.get_escrow, gate.escrow_id)
+            escrow = await asyncio.to_thread(ledger.get_escrow, escrow_id)
         except ChainError as exc:
-            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            self.core.deposit_read_failed(exc)
             return
-        pending = gate.deposit_read(escrow.deposited)
+        pending = self.core.deposit_read(escrow.deposited)
         self.credit_grew()  # (a top-up)
         if pending is not None:
             self.on_receipt(pending.encode())  # the usual path now
@@ -268,9 +263,9 @@ class PaidConnection:
                 f"{self.policy.pause_timeout} s",
             )
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            self.close(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
         if now - self._asked_at >= self.policy.request_interval:
             self._asked_at = now
             with contextlib.suppress(DTPError):
@@ -348,7 +343,7 @@ class PaidConnection:
         session = self.proto.session
 
         def done() -> bool:
-            return session.terminated is not None or self.gate.settled_up(*self.conn.usage)
+            return session.terminated is not None or self.core.settled_up(self.conn.usage)
 
         deadline = time.monotonic() + self.policy.final_receipt_timeout
         while not done():
@@ -461,15 +456,14 @@ class PaidConnection:
             delay = again(time.monotonic())
 
     def deny(self) -> None:
-        logger.info(
-            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
-        )
-        self.close(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.deny`."""
+        close = self.core.denied()
+        self.close(close.code, close.reason)
 
     def closed_on_ledger(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.closed_on_ledger`."""
-        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
-        self.close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+        close = self.core.closed_on_ledger()
+        self.close(close.code, close.reason)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

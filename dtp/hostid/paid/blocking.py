@@ -20,12 +20,10 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
+from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
-    CLOSE_FIREWALL_DENIED,
-    CLOSE_LEDGER_CLOSED,
-    CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     GateState,
     GateVerdict,
@@ -48,10 +46,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
-def _now_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 class PaidConnection:
@@ -78,10 +72,11 @@ class PaidConnection:
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
+        #: The receipt path's rules (shared with the asyncio driver)
+        self.core = PaidConnectionEngine(gate, self.connection_id, self.client)
         self.buckets = buckets
         self.limit_lock = limit_lock
         self.policy = policy
-        self.receipts = 0
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
         # Bytes that may still move before the gate is asked again: what it allowed at
@@ -106,38 +101,33 @@ class PaidConnection:
         self._asked_at = -math.inf
         # when the pause of a datagram send its timeout ended began (see _look)
         self._whole_paused_at: float | None = None
-        #: The receipt that came with the end of the connection (the client's final one,
-        #: in the read that brought its CLOSE): nothing is served on it any more, so it is
-        #: not written first but claimed by the settlement at once, whose claim on the
-        #: ledger is its durable copy; written only should the settlement not claim it
-        self.final: Receipt | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
         in the writer thread, count it once stored."""
-        try:
-            receipt = self.gate.check(data)
-        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
-            # a violation closes the connection at the next look
+        step, receipt = self.core.receipt_frame(data, closed=self.engine.conn.closed)
+        if step is ReceiptStep.REFUSED:
+            # the credit cached is void: the violation closes the connection at the
+            # next look (which comes at the next call)
             self._credit = self._send_credit = 0
-            logger.warning("connection %s: %s", self.connection_id, exc)
-            return
-        if self.engine.conn.closed:
-            self.final = receipt
-            return
-        self.receipt_writer.submit(receipt, self._kept)
+        elif receipt is not None:
+            self.receipt_writer.submit(receipt, self._kept)
+
+    @property
+    def final(self) -> Receipt | None:
+        """The receipt that came with the end of the connection (the client's final one,
+        in the read that brought its CLOSE), claimed by the settlement at once."""
+        return self.core.final
 
     def _kept(self, receipt: Receipt) -> None:
         """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
-        self.gate.kept(receipt)
-        self.receipts += 1
+        self.core.kept(receipt)
         self.engine._wake()
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
         :meth:`reserve_datagrams`)."""
-        total_bytes, total_requests = self.engine.conn.usage
-        return self.gate.verdict(_now_ms(), total_bytes + whole, total_requests)
+        return self.core.verdict(self.engine.conn.usage, time.monotonic(), whole)
 
     def wait_paid(
         self,
@@ -273,9 +263,9 @@ class PaidConnection:
         if whole:
             self._whole_paused_at = None
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            engine.abort(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
         if verdict.state is GateState.SERVE:
             return self._refill(writing, whole)
         return True
@@ -292,25 +282,25 @@ class PaidConnection:
         receipt still waits above the deposit, whatever the interval. A connection that
         was serving never looked at it, and the settlement claimed an older receipt: the
         client had topped up and signed for more, and the server lost the difference."""
-        gate = self.gate
         ledger = self.ledger
-        now = _now_ms()
-        if ledger is None or gate.escrow_id is None:
+        if ledger is None:
             return
-        if not gate.wants_deposit(now, *self.engine.conn.usage, ending=ending):
+        escrow_id = self.core.escrow_to_read(
+            self.engine.conn.usage, time.monotonic(), ending=ending
+        )
+        if escrow_id is None:
             return
-        gate.deposit_reading(now)
         try:
-            deposited = ledger.get_escrow(gate.escrow_id).deposited
+            deposited = ledger.get_escrow(escrow_id).deposited
         except ChainError as exc:
-            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            self.core.deposit_read_failed(exc)
             return
-        pending = gate.deposit_read(deposited)
+        pending = self.core.deposit_read(deposited)
         if pending is not None:
             # the receipt that waited above the old deposit: through the usual path now
             with self.engine.lock:
                 self.on_receipt(pending.encode())
-        if gate.violation is not None:
+        if self.gate.violation is not None:
             self._credit = self._send_credit = 0
 
     def _refill(self, writing: bool, whole: int = 0) -> bool:
@@ -433,7 +423,7 @@ class PaidConnection:
         session = engine.session
 
         def done() -> bool:
-            return session.terminated is not None or self.gate.settled_up(*engine.conn.usage)
+            return session.terminated is not None or self.core.settled_up(engine.conn.usage)
 
         deadline = time.monotonic() + self.policy.final_receipt_timeout
         with engine.lock:
@@ -508,16 +498,14 @@ class PaidConnection:
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
-        logger.info(
-            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
-        )
-        self.engine.abort(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+        close = self.core.denied()
+        self.engine.abort(close.code, close.reason)
 
     def closed_on_ledger(self) -> None:
         """The client closed the connection on the ledger while it is served: close it,
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
-        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
-        self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+        close = self.core.closed_on_ledger()
+        self.engine.abort(close.code, close.reason)
 
 
 def _left_of(
