@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
+from dtp.hostid.paid.policy import ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt, fee
@@ -37,7 +38,7 @@ def engine(deposited: int = 10_000, escrow: str | None = ESCROW) -> PaidConnecti
         pause_timeout_ms=1000,
     )
     gate.escrow_id = escrow
-    return PaidConnectionEngine(gate, CID, "0x" + "c1" * 32)
+    return PaidConnectionEngine(gate, ServicePolicy(pause_timeout=1.0), CID, "0x" + "c1" * 32)
 
 
 def receipt(total_bytes: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
@@ -143,3 +144,26 @@ def test_what_counts_never_exceeds_the_deposit_nor_goes_back(
     for used in range(0, 30_000, 997):
         if paid.verdict((used, 0), 0.0).state is GateState.SERVE:
             assert fee(SLA, used, 0) <= deposited
+
+
+def test_datagram_sends_no_credit_covers_close_after_the_pause_timeout() -> None:
+    """One pause rule for datagrams on both drivers (the blocking send waits, the
+    asyncio one drops): closed once no credit covered them for pause_timeout, timed
+    from the first send no credit covered, across calls, and over once payment covers
+    them again."""
+    paid = engine(deposited=10_000)
+    pausing = paid.verdict((5000, 0), 0.0)
+    assert pausing.state is GateState.PAUSE
+    assert paid.datagrams_unpaid(1.0) == 1.0
+    assert paid.datagrams_unpaid(1.4) == 1.0  # a later send: the clock runs on
+    assert paid.unpaid_datagrams_since == 1.0
+    assert paid.datagram_verdict(pausing, 1.9, 1000, 1.0) is pausing  # (pause_timeout 1 s)
+    closing = paid.datagram_verdict(pausing, 2.0, 1000, 1.0)
+    assert closing.state is GateState.CLOSE
+    reason = "payment required: no credit covered a datagram of 1000 bytes within 1.0 s"
+    assert closing.reason == reason
+    assert paid.payment_required(closing).code == CLOSE_PAYMENT_REQUIRED
+    paid.datagrams_paid()
+    assert paid.unpaid_datagrams_since is None
+    assert paid.datagrams_unpaid(9.0) == 9.0  # a new pause later
+    assert paid.datagram_verdict(pausing, 9.5, 1000, 9.0) is pausing

@@ -71,7 +71,7 @@ class PaidConnection:
         self.connection_id = "" if cid is None else "0x" + cid.hex()
         self.gate = gate
         #: The receipt path's rules (shared with the blocking driver)
-        self.core = PaidConnectionEngine(gate, self.connection_id, self.client)
+        self.core = PaidConnectionEngine(gate, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
@@ -88,11 +88,8 @@ class PaidConnection:
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
-        #: Since when (monotonic) datagram sends drop for want of credit (None: they do
-        #: not): a send never waits, so this is its pause, timed here as dtp.hostid.paid times
-        #: a datagram's (the gate's own clock restarts whenever a call finds the usage
-        #: served, and datagram_room looks at it on every send)
-        self.unpaid_datagrams_since: float | None = None
+        # (datagram sends that drop for want of credit: a send never waits, so that is
+        # its pause, timed by the engine as the blocking driver's datagram waits are)
         #: When such a send last asked the client for a receipt (monotonic)
         self._asked_at = -math.inf
         #: The bytes of the datagram the last such send dropped first: payment that
@@ -249,19 +246,9 @@ class PaidConnection:
         client that pays nothing go on for the life of the connection, which would never
         close, and never ask one that pays when asked.)"""
         now = time.monotonic()
-        if self.unpaid_datagrams_since is None:
-            self.unpaid_datagrams_since = now
+        since = self.core.datagrams_unpaid(now)
         self._unpaid_size = size
-        verdict = self.verdict()
-        if verdict.state is not GateState.CLOSE and (
-            now - self.unpaid_datagrams_since >= self.policy.pause_timeout
-        ):
-            verdict = GateVerdict(
-                GateState.CLOSE,
-                verdict.owed,
-                f"payment required: no credit covered the datagrams sent for "
-                f"{self.policy.pause_timeout} s",
-            )
+        verdict = self.core.datagram_verdict(self.verdict(), now, size, since)
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
             self.close(close.code, close.reason)
@@ -283,7 +270,7 @@ class PaidConnection:
 
     def datagrams_paid(self) -> None:
         """A datagram send the credit covered whole: a pause of them is over."""
-        self.unpaid_datagrams_since = None
+        self.core.datagrams_paid()
         self._asked_at = -math.inf
 
     def credit_grew(self) -> None:
@@ -293,7 +280,8 @@ class PaidConnection:
         ended it: a client that paid, its credit then spent on stream bytes before the
         next datagram, had that one close the connection at once, its pause timed from
         the first drop, before the payment.)"""
-        if self.unpaid_datagrams_since is not None and self.datagram_room([self._unpaid_size]):
+        unpaid = self.core.unpaid_datagrams_since is not None
+        if unpaid and self.datagram_room([self._unpaid_size]):
             self.datagrams_paid()
 
     async def deposit_reads_ended(self) -> None:

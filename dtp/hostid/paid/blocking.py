@@ -73,7 +73,7 @@ class PaidConnection:
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
         #: The receipt path's rules (shared with the asyncio driver)
-        self.core = PaidConnectionEngine(gate, self.connection_id, self.client)
+        self.core = PaidConnectionEngine(gate, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.limit_lock = limit_lock
         self.policy = policy
@@ -99,8 +99,6 @@ class PaidConnection:
         self._waiters = 0
         # when a paused call last asked the client for a receipt (monotonic)
         self._asked_at = -math.inf
-        # when the pause of a datagram send its timeout ended began (see _look)
-        self._whole_paused_at: float | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -185,21 +183,22 @@ class PaidConnection:
         if gate.serving(total_bytes + whole, total_requests):
             # served again: a pause that comes later is a new one (kept, a datagram
             # send's timed-out pause made the next one, hours later, close at once)
-            self._whole_paused_at = None
+            self.core.datagrams_paid()
             self._asked_at = -math.inf
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
         engine = self.engine
-        # A pause for ``whole`` bytes is timed here: the gate's own pause clock restarts
-        # whenever another call (a read in another thread) finds the usage without them
-        # served, so a datagram no credit can cover waited for as long as others moved
-        # data, never closing the connection. A call its timeout ended leaves the clock
-        # running for the next one: a non-blocking sender that tried again never closed
+        # A pause for ``whole`` bytes is timed here, by this call (the engine's
+        # datagram_verdict): the gate's own pause clock restarts whenever another call
+        # (a read in another thread) finds the usage without them served, so a datagram
+        # no credit can cover waited for as long as others moved data, never closing the
+        # connection. A call its timeout ended leaves the clock running for the next
+        # one: a non-blocking sender that tried again never closed
         now = time.monotonic()
         paused_at = now
-        if whole and self._whole_paused_at is not None:
-            paused_at = self._whole_paused_at
+        if whole and self.core.unpaid_datagrams_since is not None:
+            paused_at = self.core.unpaid_datagrams_since
         # the caller's timeout (the socket's, or recv_datagram's): the pause waited out
         # pause_timeout whatever it was, and a non-blocking handler's call blocked
         deadline = None
@@ -213,14 +212,10 @@ class PaidConnection:
             if timeout is not None:
                 deadline = (now if began is None else began) + timeout
         while verdict.state is GateState.PAUSE:
-            if whole and time.monotonic() - paused_at >= self.policy.pause_timeout:
-                verdict = GateVerdict(
-                    GateState.CLOSE,
-                    verdict.owed,
-                    f"payment required: no credit covered a datagram of {whole} bytes "
-                    f"within {self.policy.pause_timeout} s",
-                )
-                break
+            if whole:
+                verdict = self.core.datagram_verdict(verdict, time.monotonic(), whole, paused_at)
+                if verdict.state is GateState.CLOSE:
+                    break
             with engine.lock:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
@@ -254,14 +249,14 @@ class PaidConnection:
                 and time.monotonic() >= deadline
             ):
                 if whole:
-                    self._whole_paused_at = paused_at
+                    self.core.unpaid_datagrams_since = paused_at
                 if nonblocking:
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
                 raise DTPTimeoutError("timed out")
         # the pause is over: the next one asks for a receipt at once
         self._asked_at = -math.inf
         if whole:
-            self._whole_paused_at = None
+            self.core.datagrams_paid()
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
             engine.abort(close.code, close.reason)

@@ -22,11 +22,13 @@ from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
+    GateState,
     GateVerdict,
     ReceiptGate,
 )
 
 if TYPE_CHECKING:
+    from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.receipt import Receipt
 
 logger = logging.getLogger(__name__)
@@ -61,10 +63,14 @@ class Close:
 
 class PaidConnectionEngine:
     """The receipt path of one paid connection (see the module docs): ``gate`` judges
-    the receipts and the usage, ``connection_id`` and ``client`` name it in the logs."""
+    the receipts and the usage, ``policy`` is the service's, ``connection_id`` and
+    ``client`` name it in the logs."""
 
-    def __init__(self, gate: ReceiptGate, connection_id: str, client: str) -> None:
+    def __init__(
+        self, gate: ReceiptGate, policy: ServicePolicy, connection_id: str, client: str
+    ) -> None:
         self.gate = gate
+        self.policy = policy
         self.connection_id = connection_id
         self.client = client
         #: Receipts checked, stored and counted
@@ -72,6 +78,9 @@ class PaidConnectionEngine:
         #: The receipt that came with the end of the connection (:attr:`ReceiptStep.FINAL`):
         #: written only should the settlement not claim it
         self.final: Receipt | None = None
+        #: Since when (the drivers' ``now``) datagram sends have found no credit that
+        #: covers them whole; None: they do not (:meth:`datagrams_unpaid`)
+        self.unpaid_datagrams_since: float | None = None
 
     # -- receipts --------------------------------------------------------------------
 
@@ -129,6 +138,37 @@ class PaidConnectionEngine:
     def deposit_read_failed(self, exc: ChainError) -> None:
         """The read of the escrow failed (tried again an interval later)."""
         logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+
+    # -- datagrams no credit covers --------------------------------------------------
+
+    def datagrams_unpaid(self, now: float) -> float:
+        """A datagram send found no credit covering its datagram whole (a datagram
+        cannot go in part): the pause of datagram sends is timed from the first such
+        send, across the calls (the gate's own pause clock restarts whenever another
+        call finds the usage served, so a datagram no credit can cover would never
+        close the connection while streams moved data). Returns when it began."""
+        since = self.unpaid_datagrams_since
+        if since is None:
+            self.unpaid_datagrams_since = since = now
+        return since
+
+    def datagrams_paid(self) -> None:
+        """Payment covers datagram sends again: a pause of them is over."""
+        self.unpaid_datagrams_since = None
+
+    def datagram_verdict(
+        self, verdict: GateVerdict, now: float, size: int, since: float
+    ) -> GateVerdict:
+        """``verdict``, or CLOSE once datagram sends (the first of ``size`` bytes) have
+        found no credit covering them since ``since`` for the policy's ``pause_timeout``."""
+        timeout = self.policy.pause_timeout
+        if verdict.state is GateState.CLOSE or now - since < timeout:
+            return verdict
+        return GateVerdict(
+            GateState.CLOSE,
+            verdict.owed,
+            f"payment required: no credit covered a datagram of {size} bytes within {timeout} s",
+        )
 
     # -- closes ----------------------------------------------------------------------
 
