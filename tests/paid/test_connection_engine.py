@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from dtp.payments.gate import (
     GateState,
     ReceiptGate,
 )
+from dtp.payments.ratelimit import ClientBuckets, TokenBucket
 
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)  # 1 MIST a byte
 CID = "0x" + "ab" * 32
@@ -29,7 +31,9 @@ CLIENT = HostIdentity.from_private_bytes(b"\x51" * 32, b"\x51" * 32)
 MALLORY = HostIdentity.from_private_bytes(b"\x53" * 32, b"\x53" * 32)
 
 
-def engine(deposited: int = 10_000, escrow: str | None = ESCROW) -> PaidConnectionEngine:
+def engine(
+    deposited: int = 10_000, escrow: str | None = ESCROW, buckets: ClientBuckets | None = None
+) -> PaidConnectionEngine:
     gate = ReceiptGate(
         connection_id=CID,
         client_public_key=CLIENT.ed25519_public,
@@ -38,7 +42,10 @@ def engine(deposited: int = 10_000, escrow: str | None = ESCROW) -> PaidConnecti
         pause_timeout_ms=1000,
     )
     gate.escrow_id = escrow
-    return PaidConnectionEngine(gate, ServicePolicy(pause_timeout=1.0), CID, "0x" + "c1" * 32)
+    if buckets is None:
+        buckets = ClientBuckets(TokenBucket(0, 0.0), TokenBucket(0, 0.0))  # unlimited
+    policy = ServicePolicy(pause_timeout=1.0)
+    return PaidConnectionEngine(gate, buckets, policy, CID, "0x" + "c1" * 32)
 
 
 def receipt(total_bytes: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
@@ -167,3 +174,22 @@ def test_datagram_sends_no_credit_covers_close_after_the_pause_timeout() -> None
     assert paid.unpaid_datagrams_since is None
     assert paid.datagrams_unpaid(9.0) == 9.0  # a new pause later
     assert paid.datagram_verdict(pausing, 9.5, 1000, 9.0) is pausing
+
+
+def test_rate_limits_charge_after_the_fact_and_pace_a_take_at_a_time() -> None:
+    """The client's buckets, asked the same questions by both drivers: a charge's
+    wait, the debt left, and how much of a move goes at once, and when."""
+    # 1000 B/s (a burst of 250 bytes, takes of 50), 4 requests/s (a burst of 1)
+    paid = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(4, 0.0)))
+    assert paid.charge(250, 1, 0.0) == 0.0  # the bursts
+    assert paid.charge(500, 0, 0.0) == 0.5  # 500 bytes of debt at 1000 B/s
+    assert paid.charge(0, 1, 0.0) == 0.25  # a request past its burst: its own wait
+    assert paid.debt(0.0) == 0.5  # the longer of the two
+    assert paid.debt(0.25) == 0.25
+    assert paid.debt(0.5) == 0.0
+    assert paid.pace_take(10_000) == 50 and paid.pace_take(30) == 30
+    assert paid.pace_wait(50, 0.5) == pytest.approx(0.2)  # to within one take of full
+    assert paid.pace_wait(50, 0.71) == 0.0
+    free = engine()
+    assert free.charge(1 << 30, 1000, 0.0) == 0.0 and free.debt(0.0) == 0.0
+    assert free.pace_take(1 << 30) == 1 << 30 and free.pace_wait(1 << 30, 0.0) == 0.0

@@ -71,7 +71,7 @@ class PaidConnection:
         self.connection_id = "" if cid is None else "0x" + cid.hex()
         self.gate = gate
         #: The receipt path's rules (shared with the blocking driver)
-        self.core = PaidConnectionEngine(gate, policy, self.connection_id, self.client)
+        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
@@ -349,14 +349,8 @@ class PaidConnection:
         """Charge the client's rate limits and wait as long as they say."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
-        now = time.monotonic()
-        buckets = self.buckets
-        delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
-        await self._hold(delay, self._debt)
-
-    def _debt(self, now: float) -> float:
-        """Seconds until neither rate limit is in debt."""
-        return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+        core = self.core
+        await self._hold(core.charge(nbytes, requests, time.monotonic()), core.debt)
 
     def charged_already(self, datagram: bytes) -> bool:
         """Whether ``datagram``, just read, is one a cancelled read put back, charged
@@ -398,14 +392,13 @@ class PaidConnection:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
         ``nbytes`` goes now, once the bytes/s limit's bucket holds it (waits until then,
         and while the requests/s limit is in debt)."""
-        buckets = self.buckets
-        bucket = buckets.bytes
-        if not bucket.rate:
+        if not self.buckets.bytes.rate:
             return nbytes
-        size = max(bucket.take_of(nbytes), 0)
+        core = self.core
+        size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:
-            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+            return core.pace_wait(size, now)
 
         await self._hold(wait(time.monotonic()), wait)
         return size
@@ -425,7 +418,7 @@ class PaidConnection:
         a :meth:`throttle` of nothing does not wait for it)."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
-        await self._hold(self._debt(time.monotonic()), self._debt)
+        await self._hold(self.core.debt(time.monotonic()), self.core.debt)
 
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""

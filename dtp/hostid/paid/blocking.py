@@ -73,7 +73,7 @@ class PaidConnection:
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
         #: The receipt path's rules (shared with the asyncio driver)
-        self.core = PaidConnectionEngine(gate, policy, self.connection_id, self.client)
+        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.limit_lock = limit_lock
         self.policy = policy
@@ -446,23 +446,23 @@ class PaidConnection:
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
         now = time.monotonic()
+        core = self.core
         with self.limit_lock:
-            delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
-        self._hold(delay, lambda now: max(buckets.bytes.delay(now), buckets.requests.delay(now)))
+            delay = core.charge(nbytes, requests, now)
+        self._hold(delay, core.debt)
 
     def pace(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
         (waits until then, and while the requests/s limit is in debt). Unlimited: all of
         it at once (no clock read, no lock). See :attr:`dtp.payments.ratelimit.TokenBucket.take`."""
-        buckets = self.buckets
-        bucket = buckets.bytes
-        if not bucket.rate:
+        if not self.buckets.bytes.rate:
             return nbytes
-        size = max(bucket.take_of(nbytes), 0)
+        core = self.core
+        size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:
-            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+            return core.pace_wait(size, now)
 
         with self.limit_lock:
             delay = wait(time.monotonic())

@@ -30,6 +30,7 @@ from dtp.payments.gate import (
 if TYPE_CHECKING:
     from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.receipt import Receipt
+    from dtp.payments.ratelimit import ClientBuckets
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,15 @@ class PaidConnectionEngine:
     ``client`` name it in the logs."""
 
     def __init__(
-        self, gate: ReceiptGate, policy: ServicePolicy, connection_id: str, client: str
+        self,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        policy: ServicePolicy,
+        connection_id: str,
+        client: str,
     ) -> None:
         self.gate = gate
+        self.buckets = buckets
         self.policy = policy
         self.connection_id = connection_id
         self.client = client
@@ -169,6 +176,31 @@ class PaidConnectionEngine:
             verdict.owed,
             f"payment required: no credit covered a datagram of {size} bytes within {timeout} s",
         )
+
+    # -- the client's rate limits ----------------------------------------------------
+    # (its token buckets, shared by its connections: the blocking driver calls these
+    # under the limiter's lock; a driver checks ``buckets.*.rate`` itself first, so that
+    # an unlimited client costs no call)
+
+    def charge(self, nbytes: int, requests: int, now: float) -> float:
+        """Charge ``nbytes`` and ``requests`` to the rate limits at ``now``: the seconds
+        to hold the connection back for them."""
+        buckets = self.buckets
+        return max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+
+    def debt(self, now: float) -> float:
+        """Seconds until neither rate limit is in debt."""
+        return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+
+    def pace_take(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` goes at once under the bytes/s
+        limit: the bucket's take (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
+        return max(self.buckets.bytes.take_of(nbytes), 0)
+
+    def pace_wait(self, size: int, now: float) -> float:
+        """Seconds until the bytes/s bucket holds ``size`` bytes and the requests/s
+        limit is out of debt (what :meth:`pace_take` sent waits for)."""
+        return max(self.buckets.bytes.wait_for(size, now), self.buckets.requests.delay(now))
 
     # -- closes ----------------------------------------------------------------------
 
