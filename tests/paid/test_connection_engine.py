@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
-from dtp.hostid.paid.policy import ServicePolicy
+from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt, fee
@@ -82,6 +82,31 @@ def test_a_refused_receipt_closes_for_want_of_payment() -> None:
     close = paid.payment_required(verdict)
     assert close == Close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
     assert "invalid receipt" in close.reason
+
+
+def test_the_credit_a_read_or_a_write_may_take_at_one_look() -> None:
+    paid = engine(deposited=1 << 40)  # (the allowance, min_deposit 1000 MIST: 1000 bytes)
+    assert paid.read_credit((0, 0)) == 1000
+    assert paid.read_credit((600, 0)) == 400
+    assert paid.read_credit((5000, 0)) == 0  # past the allowance: nothing
+    # writes count the bytes queued beyond the client's window as used
+    assert paid.write_credit((600, 0), 300) == 100
+    assert paid.write_credit((600, 0), 900) == 0
+    big = PaidConnectionEngine(
+        ReceiptGate(
+            connection_id=CID,
+            client_public_key=CLIENT.ed25519_public,
+            sla=SLA,
+            deposited=1 << 40,
+            allowance=1 << 30,
+        ),
+        ClientBuckets(TokenBucket(0, 0.0), TokenBucket(0, 0.0)),
+        ServicePolicy(),
+        CID,
+        "0x" + "c1" * 32,
+    )
+    assert big.read_credit((0, 0)) == CREDIT_MAX  # one look takes a bounded chunk
+    assert big.write_credit((0, 0), 0) == 1 << 30  # (the drivers cap writes their way)
 
 
 def test_the_escrow_is_read_again_when_the_deposit_holds_the_connection() -> None:

@@ -188,11 +188,10 @@ class PaidConnection:
         """How much of a read or write of ``nbytes`` may go now: what the gate still
         allows on the usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per
         look), at least 1 byte when it serves, 0 when it does not."""
-        total_bytes, total_requests = self.conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = self.conn.usage
+        if not self.gate.serving(*usage):
             return 0
-        credit = min(gate.credit_bytes(total_bytes, total_requests), CREDIT_MAX)
+        credit = self.core.read_credit(usage)
         return nbytes if nbytes <= credit else max(1, credit)
 
     def send_room(self, nbytes: int) -> int:
@@ -206,12 +205,11 @@ class PaidConnection:
         in the usage already, and a read waiting for writes that wait for the client to
         read could wait for good (as dtp.hostid.paid's)."""
         conn = self.conn
-        total_bytes, total_requests = conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = conn.usage
+        if not self.gate.serving(*usage):
             return 0
         queued = conn.send_buffered()
-        credit = min(gate.credit_bytes(total_bytes + queued, total_requests), CREDIT_MAX)
+        credit = min(self.core.write_credit(usage, queued), CREDIT_MAX)
         if nbytes <= credit:
             return nbytes
         return credit if credit or queued else 1
@@ -222,11 +220,10 @@ class PaidConnection:
         write (on the usage plus the bytes queued beyond the client's window); 0 when the
         gate does not serve."""
         conn = self.conn
-        total_bytes, total_requests = conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = conn.usage
+        if not self.gate.serving(*usage):
             return 0
-        credit = gate.credit_bytes(total_bytes + conn.send_buffered(), total_requests)
+        credit = self.core.write_credit(usage, conn.send_buffered())
         count = 0
         for size in sizes:
             if size > credit:

@@ -307,18 +307,18 @@ class PaidConnection:
         ``request_interval`` for some of them to go."""
         engine = self.engine
         if not writing:
-            self._credit = min(self.gate.credit_bytes(*engine.conn.usage), CREDIT_MAX)
+            self._credit = self.core.read_credit(engine.conn.usage)
             return True
         with self._cond:
             # usage and queue first, then _sending, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
             # at all
             with engine.lock:
-                total_bytes, total_requests = engine.conn.usage
+                usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = engine.session.terminated is not None or engine.closed
             sending = self._sending
-            credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
+            credit = self.core.write_credit(usage, queued) - sending
             if credit >= max(whole, 1) or not (sending or queued) or ended:
                 self._send_credit = min(max(credit, 0), CREDIT_MAX)
                 return True
@@ -407,7 +407,7 @@ class PaidConnection:
         # with the rest of a carrier read in hand, and that went the general path --
         # copied into the stream's buffer, then out again -- a few percent of a
         # metered bulk transfer's bytes. Now only what the gate allows cuts a read.
-        credit = min(self.gate.credit_bytes(*self.engine.conn.usage), CREDIT_MAX)
+        credit = self.core.read_credit(self.engine.conn.usage)
         self._credit = credit
         return nbytes if nbytes <= credit else max(1, credit)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtp.errors import ChainError
+from dtp.hostid.paid.policy import CREDIT_MAX
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -119,6 +120,22 @@ class PaidConnectionEngine:
         """Whether no further receipt is to be expected for ``usage`` (the final
         receipt's wait ends)."""
         return self.gate.settled_up(*usage)
+
+    # -- room: how much may move before the gate is asked again ------------------------
+
+    def read_credit(self, usage: Usage) -> int:
+        """The bytes reads may take at one look: the gate's credit on ``usage`` (0 when
+        it does not serve), at most CREDIT_MAX, so that one call cannot carry a client
+        that pays nothing far past the allowance."""
+        return min(self.gate.credit_bytes(*usage), CREDIT_MAX)
+
+    def write_credit(self, usage: Usage, queued: int) -> int:
+        """The gate's credit for writes: on ``usage`` plus the ``queued`` bytes waiting
+        beyond the client's flow-control window (the usage counts a byte once it is
+        sent: judged on the usage alone, a client that read nothing had the send queue
+        filled on credit never used up)."""
+        total_bytes, total_requests = usage
+        return self.gate.credit_bytes(total_bytes + queued, total_requests)
 
     # -- the escrow read again -------------------------------------------------------
 
