@@ -218,3 +218,14 @@ def test_rate_limits_charge_after_the_fact_and_pace_a_take_at_a_time() -> None:
     free = engine()
     assert free.charge(1 << 30, 1000, 0.0) == 0.0 and free.debt(0.0) == 0.0
     assert free.pace_take(1 << 30) == 1 << 30 and free.pace_wait(1 << 30, 0.0) == 0.0
+
+
+def test_the_final_receipt_is_asked_for_until_the_deadline() -> None:
+    paid = engine()  # (ServicePolicy defaults: final_receipt_timeout 1 s)
+    deadline = paid.final_receipt_deadline(10.0)
+    assert deadline == 10.0 + ServicePolicy().final_receipt_timeout
+    interval = ServicePolicy().request_interval
+    assert paid.final_receipt_wait(10.0, deadline) == min(deadline - 10.0, interval)
+    assert paid.final_receipt_wait(deadline - 0.01, deadline) == pytest.approx(0.01)
+    assert paid.final_receipt_wait(deadline, deadline) == 0.0
+    assert paid.final_receipt_wait(deadline + 5, deadline) == 0.0

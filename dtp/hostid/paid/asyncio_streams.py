@@ -330,16 +330,16 @@ class PaidConnection:
         def done() -> bool:
             return session.terminated is not None or self.core.settled_up(self.conn.usage)
 
-        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        deadline = self.core.final_receipt_deadline(time.monotonic())
         while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
+            wait = self.core.final_receipt_wait(time.monotonic(), deadline)
+            if wait <= 0:
                 return
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
-                async with asyncio.timeout(min(left, self.policy.request_interval)):
+                async with asyncio.timeout(wait):
                     await self.proto.wait_for(done)
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:

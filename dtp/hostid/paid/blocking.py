@@ -420,16 +420,16 @@ class PaidConnection:
         def done() -> bool:
             return session.terminated is not None or self.core.settled_up(engine.conn.usage)
 
-        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        deadline = self.core.final_receipt_deadline(time.monotonic())
         with engine.lock:
             while not engine.closed and not done():
-                left = deadline - time.monotonic()
-                if left <= 0:
+                wait = self.core.final_receipt_wait(time.monotonic(), deadline)
+                if wait <= 0:
                     return
                 with contextlib.suppress(DTPError):
                     engine.conn.send_receipt(RECEIPT_REQUEST)
                     engine.flush()
-                    engine.pump(done, min(left, self.policy.request_interval))
+                    engine.pump(done, wait)
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say (and count what

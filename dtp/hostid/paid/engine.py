@@ -121,6 +121,17 @@ class PaidConnectionEngine:
         receipt's wait ends)."""
         return self.gate.settled_up(*usage)
 
+    def final_receipt_deadline(self, now: float) -> float:
+        """When the wait for the final receipt, asked for at ``now`` as the server
+        ends the connection, gives up (the policy's ``final_receipt_timeout``)."""
+        return now + self.policy.final_receipt_timeout
+
+    def final_receipt_wait(self, now: float, deadline: float) -> float:
+        """After asking (again) at ``now``: how long to wait for the final receipt
+        before asking again (a request interval at most); 0 once ``deadline`` passed."""
+        left = deadline - now
+        return 0.0 if left <= 0 else min(left, self.policy.request_interval)
+
     # -- room: how much may move before the gate is asked again ------------------------
 
     def read_credit(self, usage: Usage) -> int:
