@@ -56,16 +56,17 @@ class Driver:
         self,
         host_id: str,
         port: int,
-        handler: str,
+        handler: str | tuple[Any, Any],
         *,
         ledger: LocalLedger,
         identity: HostIdentity,
         **options: Any,
     ) -> Iterator[PaidServer | PaidAioServer]:
         """The paid service ``port`` of ``host_id`` with the handler named ``handler``
-        (:data:`HANDLERS`), closed at the end once its connections ended and settled.
-        The asyncio server gets a ledger handle of its own (used in its threads)."""
-        blocking, aio = HANDLERS[handler]
+        (:data:`HANDLERS`), or given as (blocking handler, asyncio callback); closed at
+        the end once its connections ended and settled. The asyncio server gets a
+        ledger handle of its own (used in its threads)."""
+        blocking, aio = HANDLERS[handler] if isinstance(handler, str) else handler
         if self.loop is None:
             with dtp.socket.serve(
                 host_id, port, blocking, ledger=ledger, identity=identity, **options
