@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from dtp.hostid.paid.policy import ServicePolicy
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
+from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
+from dtp.protocol.connection import CloseCode
+from dtp.protocol.events import ConnectionTerminated
 
 CID = "0x" + "ab" * 32
 ALICE, BOB = "0x" + "a1" * 32, "0x" + "b0" * 32
@@ -138,3 +141,11 @@ def test_the_store_is_detached_once() -> None:
     server.attached = True
     assert server.detach_due()
     assert not server.detach_due()
+
+
+def test_a_connection_the_client_closed_cleanly_is_settled_before_the_close() -> None:
+    first = PaidServerCore.settles_first
+    assert first(ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True))
+    assert not first(ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=False))  # we closed
+    assert not first(ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=True))
+    assert not first(None)  # still open: closed first, then settled

@@ -51,7 +51,6 @@ from dtp.payments.serving import (
     settle_ended,
 )
 from dtp.payments.settlement import publish_endpoint
-from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
@@ -437,8 +436,7 @@ class PaidAioServer:
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        ended = proto.session.terminated
-        if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
+        if self.core.settles_first(proto.session.terminated):
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
             cancelled = await self._settle_surely(cid, paid.final) or cancelled

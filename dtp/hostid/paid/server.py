@@ -75,7 +75,6 @@ from dtp.payments.serving import (
 from dtp.payments.settlement import (
     publish_endpoint,
 )
-from dtp.protocol.connection import CloseCode
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -494,10 +493,7 @@ class PaidServer:
             known = (
                 admitted if admitted is not None and admitted[0].id == gate.connection_id else None
             )
-            ended = engine.session.terminated
-            client_closed = (
-                ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
-            )
+            client_closed = self.core.settles_first(engine.session.terminated)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import HostPolicy
+from dtp.protocol.connection import CloseCode
 
 if TYPE_CHECKING:
     from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.objects import Firewall, Host, Settlement
+    from dtp.protocol.events import ConnectionTerminated
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,15 @@ class PaidServerCore(Generic[_P]):
         closes it). Released with ``serving.release(key)``."""
         key = normalize_id(cid, "connection ID")
         return key if self.serving.reserve(key) else None
+
+    @staticmethod
+    def settles_first(ended: ConnectionTerminated | None) -> bool:
+        """Whether a served connection that ``ended`` so (None: not yet) is settled
+        before the server's end of its carrier closes: when the client closed it
+        cleanly, it waits for that end and then finds nothing left to do on the
+        ledger (the settlement closes the connection there in the same transaction).
+        Otherwise the connection is closed first, then settled."""
+        return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
 
     def settled(self, cid: str, settlement: Settlement | None) -> bool:
         """A settlement of ``cid`` ended with ``settlement``, recorded; False when it
