@@ -86,6 +86,27 @@ class Driver:
         finally:
             server_ledger.close()
 
+    def close(self, server: PaidServer | PaidAioServer) -> None:
+        """``server.close()`` (the asyncio one's on its loop: asyncio's server is not
+        thread-safe)."""
+        if isinstance(server, PaidAioServer):
+            assert self.loop is not None
+
+            async def close() -> None:
+                server.close()
+
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(60)
+            return
+        server.close()
+
+    def wait_released(self, server: PaidServer | PaidAioServer, timeout: float) -> bool:
+        """``server.wait_released(timeout)`` (the asyncio one's awaited on its loop)."""
+        if isinstance(server, PaidAioServer):
+            assert self.loop is not None
+            released = asyncio.run_coroutine_threadsafe(server.wait_released(timeout), self.loop)
+            return released.result(timeout + 30)
+        return server.wait_released(timeout)
+
     def until_idle(self, server: PaidServer | PaidAioServer, timeout: float = 10.0) -> None:
         """Wait until the server's connections have ended and settled."""
         if isinstance(server, PaidAioServer):
