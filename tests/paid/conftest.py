@@ -64,17 +64,19 @@ class Driver:
     ) -> Iterator[PaidServer | PaidAioServer]:
         """The paid service ``port`` of ``host_id`` with the handler named ``handler``
         (:data:`HANDLERS`), or given as (blocking handler, asyncio callback); closed at
-        the end once its connections ended and settled. The asyncio server gets a
-        ledger handle of its own (used in its threads)."""
+        the end once its connections ended and settled. The server gets a ledger
+        handle of its own."""
         blocking, aio = HANDLERS[handler] if isinstance(handler, str) else handler
-        if self.loop is None:
-            with dtp.socket.serve(
-                host_id, port, blocking, ledger=ledger, identity=identity, **options
-            ) as server:
-                yield server
-            return
+        # the server's own handle on the ledger file (as a server in another process
+        # has), not the one the test's client uses
         server_ledger = LocalLedger(ledger.path)
         try:
+            if self.loop is None:
+                with dtp.socket.serve(
+                    host_id, port, blocking, ledger=server_ledger, identity=identity, **options
+                ) as server:
+                    yield server
+                return
             started = dtp.aio.serve(
                 host_id, port, aio, ledger=server_ledger, identity=identity, **options
             )
