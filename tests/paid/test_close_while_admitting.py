@@ -12,7 +12,6 @@ handshakes by host ID on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.hostid.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from tests.paid.conftest import Driver
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
 
 PORT = 7
 SERVER = ident(0x93)
@@ -169,20 +169,41 @@ def _race_blocking(
     check(outcome)
 
 
-def test_blocking_admitted_while_closing_is_refused_and_settled(
-    world: World, monkeypatch: pytest.MonkeyPatch
+def test_admitted_while_closing_is_refused_and_settled(
+    world: World, monkeypatch: pytest.MonkeyPatch, driver: Driver
 ) -> None:
-    """close() while the admission reads the ledger: the client, admitted, is refused
-    ("the server is closed") with its ledger connection settled, nothing claimed."""
+    """close() while the admission reads the ledger (in a worker thread, for the
+    asyncio server): the client, admitted, is refused ("the server is closed") with its
+    ledger connection settled, nothing claimed, and wait_released() waited for it."""
     race = Race()
     hold_admission(monkeypatch, race)
-    server = _blocking_server(world)
-
-    def refused(outcome: list[Any]) -> None:
-        assert len(outcome) == 1 and isinstance(outcome[0], ConnectionRefused)
-        assert "the server is closed" in str(outcome[0])
-
-    _race_blocking(world, server, race, refused)
+    client_before = world.ledger.balance(CLIENT.sui_address)
+    host_before = world.ledger.balance(SERVER.sui_address)
+    with driver.serve(
+        world.host_id,
+        PORT,
+        (_unused, _unused_aio),
+        ledger=world.server_ledger,
+        identity=SERVER,
+        receipts=world.tmp_path / "receipts.db",
+        policy=ServicePolicy(),
+    ) as server:
+        try:
+            thread, outcome = connect_in_thread(world)
+            assert race.reached.wait(60)
+            driver.close(server)  # the client is admitted but not dispatched yet
+            race.go.set()
+            assert driver.wait_released(server, 60)
+            thread.join(60)
+            assert not thread.is_alive()
+        finally:
+            race.go.set()
+            driver.close(server)
+    (cid,) = race.connection_ids
+    assert_refunded(world, cid, client_before, host_before)
+    assert [c for c, _ in server.settlements] == [cid]
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionRefused)
+    assert "the server is closed" in str(outcome[0])
 
 
 def test_blocking_reserved_while_closing_is_aborted_and_settled(world: World) -> None:
@@ -199,39 +220,3 @@ def test_blocking_reserved_while_closing_is_aborted_and_settled(world: World) ->
         assert outcome[0] == b"" or isinstance(outcome[0], DTPError)
 
     _race_blocking(world, server, race, closed)
-
-
-def test_asyncio_admitted_while_closing_is_refused_and_settled(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The asyncio server: close() while the admission reads the ledger (in its worker
-    thread): refused, settled, nothing claimed, and wait_released() waited for it."""
-    race = Race()
-    hold_admission(monkeypatch, race)
-    client_before = world.ledger.balance(CLIENT.sui_address)
-    host_before = world.ledger.balance(SERVER.sui_address)
-
-    async def close(server: PaidAioServer) -> None:
-        server.close()  # (on the loop: asyncio's server is not thread-safe)
-
-    with loop_in_thread() as loop:
-        server = world.serve_aio(
-            loop, PORT, _unused_aio, SERVER, receipts=world.tmp_path / "receipts.db"
-        )
-        try:
-            thread, outcome = connect_in_thread(world)
-            assert race.reached.wait(60)
-            asyncio.run_coroutine_threadsafe(close(server), loop).result(60)
-            race.go.set()
-            released = asyncio.run_coroutine_threadsafe(server.wait_released(60), loop)
-            assert released.result(90)
-            thread.join(60)
-            assert not thread.is_alive()
-        finally:
-            race.go.set()
-            asyncio.run_coroutine_threadsafe(close(server), loop).result(60)
-    (cid,) = race.connection_ids
-    assert_refunded(world, cid, client_before, host_before)
-    assert [c for c, _ in server.settlements] == [cid]
-    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionRefused)
-    assert "the server is closed" in str(outcome[0])

@@ -5,12 +5,11 @@ the half-close timeout had passed, the client settled first and took the whole e
 back, while it went on being served (here: a served connection and the ledger's clock
 moved on).
 
-Both paid servers: the blocking one and the asyncio one.
+Both paid servers, the blocking one and the asyncio one (the ``driver`` fixture).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from pathlib import Path
@@ -24,11 +23,12 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.errors import ChainError, ConnectionClosed, ConnectionLost
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_LEDGER_CLOSED, MeteringConfig
 from dtp.settlement import collect_refund
-from tests.support.paid_inprocess import ident, paid_service
-from tests.support.paid_twins import funded_ledger, loop_in_thread, stop
+from tests.paid.conftest import Driver
+from tests.support.paid_inprocess import ident
+from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=10_000)
@@ -37,6 +37,7 @@ POLICY = ServicePolicy(refresh_interval=0.05, ledger_check_interval=0.1)
 METERING = MeteringConfig(every_bytes=64 << 10)
 SERVER, CLIENT = ident(0x91), ident(0x92)
 CHUNK = bytes(16 << 10)
+PORT = 7091
 
 
 def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, int]:
@@ -85,44 +86,36 @@ def _settled_with_a_claim(ledger: LocalLedger, cid: str, got: int) -> None:
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
 
 
-def test_the_blocking_server_settles_a_connection_closed_on_the_ledger(tmp_path: Path) -> None:
-    def handle(sock: PaidSocket) -> None:
-        while True:
-            sock.sendall(CHUNK)
-
-    with paid_service(tmp_path, SERVER, CLIENT, 7091, SLA, handle, POLICY) as service:
-        cid, got = _half_close_while_served(service.ledger, service.address)
-        _settled_with_a_claim(service.ledger, cid, got)
-        assert service.ledger.get_connection(cid).state != ConnectionState.OPEN
+def _streams(sock: PaidSocket) -> None:
+    while True:
+        sock.sendall(CHUNK)
 
 
-def test_the_asyncio_server_settles_a_connection_closed_on_the_ledger(tmp_path: Path) -> None:
-    async def handle(reader: PaidReader, writer: PaidWriter) -> None:
-        while True:
-            writer.write(CHUNK)
-            await writer.drain()
+async def _streams_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    while True:
+        writer.write(CHUNK)
+        await writer.drain()
 
-    with funded_ledger(tmp_path, CLIENT) as ledger, loop_in_thread() as loop:
+
+def test_the_server_settles_a_connection_closed_on_the_ledger(
+    tmp_path: Path, driver: Driver
+) -> None:
+    with funded_ledger(tmp_path, CLIENT) as ledger:
         ledger.faucet(CLIENT.sui_address, DEPOSIT)
         host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, 7092, "stream", SLA)
-        server: PaidAioServer = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                host_id,
-                7092,
-                handle,
-                ledger=LocalLedger(tmp_path / "ledger.db"),
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=POLICY,
-            ),
-            loop,
-        ).result(10)
-        try:
-            cid, got = _half_close_while_served(ledger, f"dtp://{host_id}:7092")
+        ledger.add_service(SERVER, host_id, PORT, "stream", SLA)
+        with driver.serve(
+            host_id,
+            PORT,
+            (_streams, _streams_aio),
+            ledger=ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=POLICY,
+        ):
+            cid, got = _half_close_while_served(ledger, f"dtp://{host_id}:{PORT}")
             _settled_with_a_claim(ledger, cid, got)
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+            assert ledger.get_connection(cid).state != ConnectionState.OPEN
 
 
 def test_the_interval_is_checked() -> None:

@@ -163,7 +163,7 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world:
         def written() -> int:
             # what the server's handler wrote so far: sent, or queued for the window
             with server._live_lock:
-                live = list(server._live.values())
+                live = server.core.live()
             return sum(p.engine.conn.usage[0] + p.engine.conn.send_buffered() for p in live)
 
         # we read only once the handler wrote the allowance's worth, as a client that is

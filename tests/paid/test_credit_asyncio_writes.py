@@ -119,7 +119,7 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world:
 
             def written() -> int:
                 # what the handler wrote so far: sent, or queued for the window
-                return sum(p.conn.usage[0] + p.conn.send_buffered() for p in server._live)
+                return sum(p.conn.usage[0] + p.conn.send_buffered() for p in server.core.live())
 
             # we read only once the handler wrote the allowance's worth, as a client
             # slow to read would (the server then writes into its queue)

@@ -170,6 +170,8 @@ def test_datagrams_to_a_client_that_pays_nothing_close_after_the_pause(
     run_go(w, callback, ServicePolicy(allowance=300, pause_timeout=0.5), then, metering=UNPAID)
     assert isinstance(out.get("raised"), PaymentRequired), out
     assert out["raised"].code == CLOSE_PAYMENT_REQUIRED
+    # the datagram pause's own close, named as the blocking send's (PaidConnectionEngine)
+    assert "no credit covered a datagram of 1000 bytes within 0.5 s" in str(out["raised"])
     assert out["took"] < 3.0
     ended = out["client"]
     assert ended is not None and ended.error_code == CLOSE_PAYMENT_REQUIRED

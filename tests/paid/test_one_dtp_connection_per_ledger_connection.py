@@ -1,13 +1,14 @@
 """One ledger connection, one DTP connection at a time (docs/escrow.md §6.1: the server
 admits "an Open connection of this client"; every receipt is checked "against the
-escrow"): a second DTP connection naming a connection ID the server is serving (or has
-not settled yet) is refused. Served on its own gate, it counted the receipts of the
-first again -- a client paid once for twice the service -- and took a second allowance
-on credit from one escrow. Real LocalLedger file, real DTP connections on 127.0.0.1, the
-server in this process."""
+escrow"), on both paid servers: a second DTP connection naming a connection ID the
+server is serving, or one whose receipts its store holds, is refused. Served on a gate
+of its own, it counted the first one's receipts again -- a client paid once for 1 MiB
+was served 2 -- and took a second allowance on credit from one escrow. Real LocalLedger
+file, real DTP connections on 127.0.0.1, the server in this process."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,12 @@ import pytest
 
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from tests.support.paid_twins import again, funded_ledger, ident, streams_forever
+from tests.paid.conftest import Driver
+from tests.support.paid_twins import again, funded_ledger, ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -43,29 +45,33 @@ def _again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
     )
 
 
+def _connect(ledger: LocalLedger, host_id: str) -> dtp.socket.DTPSocket:
+    return dtp.socket.create_connection(
+        f"dtp://{host_id}:{PORT}",
+        timeout=20,
+        ledger=ledger,
+        identity=CLIENT,
+        deposit=DEPOSIT,
+        metering=MeteringConfig(every_bytes=16 << 10),
+    )
+
+
 def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
-    ledger: LocalLedger, tmp_path: Path
+    ledger: LocalLedger, tmp_path: Path, driver: Driver
 ) -> None:
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
     with (
-        dtp.socket.serve(
+        driver.serve(
             host_id,
             PORT,
-            streams_forever,
+            "streams_forever",
             ledger=ledger,
             identity=SERVER,
             receipts=tmp_path / "receipts.db",
             policy=POLICY,
         ) as server,
-        dtp.socket.create_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            metering=MeteringConfig(every_bytes=16 << 10),
-        ) as first,
+        _connect(ledger, host_id) as first,
     ):
         cid = first.connection_id
         assert cid is not None
@@ -73,7 +79,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         got = 0
         while got < FIRST:
             got += len(first.recv(1 << 16))
-        payment = first._engine.hook
+        payment = first._engine.payment
         assert payment is not None
         paid = payment.meter.latest
         assert paid is not None and paid.total_amount > 9000
@@ -82,8 +88,56 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         with pytest.raises(DTPError):
             _again(server.address, cid, paid.encode())
         # the first one is served on as before
-        first.recv(1 << 16)
+        assert first.recv(1 << 16)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
     assert escrow.claimed >= paid.total_amount
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
+    ledger: LocalLedger,
+    tmp_path: Path,
+    driver: Driver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the first DTP connection ended and its settlement could not claim (the ledger out
+    # of reach, say: done here by a settlement that does nothing), so its receipts wait
+    # in the store for a later claim. A new DTP connection on the same ID was served on
+    # a fresh gate, which counted the amount of the stored receipt once more
+    monkeypatch.setattr(f"{driver.server_module}.settle_ended", lambda *args, **kwargs: None)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
+    with driver.serve(
+        host_id,
+        PORT,
+        "streams_forever",
+        ledger=ledger,
+        identity=SERVER,
+        receipts=tmp_path / "receipts.db",
+        policy=POLICY,
+    ) as server:
+        with _connect(ledger, host_id) as first:
+            cid = first.connection_id
+            assert cid is not None
+            first.sendall(b"go")
+            got = 0
+            while got < FIRST:
+                got += len(first.recv(1 << 16))
+            payment = first._engine.payment
+            assert payment is not None
+            paid = payment.meter.latest
+            assert paid is not None and paid.total_amount > 9000
+            address = server.address
+            # it ends as a client that died would, without its half-close on the ledger
+            payment._finished = True
+        # the first one ended (and "settled"): its receipts are in the store, unclaimed,
+        # the connection still Open on the ledger
+        driver.until_idle(server)
+        assert ledger.get_connection(cid).state is ConnectionState.OPEN
+        assert server.receipt_writer.latest(cid) is not None
+        # the client signs the same cumulative amount again under a new nonce: no new
+        # money, yet a fresh gate counted it in full
+        resigned = dataclasses.replace(paid, nonce=paid.nonce + 1, signature=b"").sign(CLIENT)
+        with pytest.raises(DTPError):
+            _again(address, cid, resigned.encode())

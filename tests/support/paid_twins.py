@@ -142,7 +142,7 @@ async def streams_forever_aio(reader: PaidReader, writer: PaidWriter) -> None:
 
 async def until_idle(server: PaidAioServer) -> None:
     """Wait until the server's connections have ended and settled."""
-    while server._handling:
+    while server.core.working:
         await asyncio.sleep(0.01)
 
 

@@ -17,8 +17,7 @@ import inspect
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +30,12 @@ from dtp.errors import (
 from dtp.hostid.admission import LedgerAdmission, checked_open_grace
 from dtp.hostid.paid.asyncio_streams import PaidCallback, PaidConnection, PaidReader, PaidWriter
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
+from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
 from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import (
-    ConnectionIds,
-    ended_on_ledger,
-    ledger_checks_due,
-)
-from dtp.payments.ratelimit import HostPolicy, RateLimiter
+from dtp.payments.gate import ended_on_ledger
+from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
@@ -55,7 +51,6 @@ from dtp.payments.serving import (
     settle_ended,
 )
 from dtp.payments.settlement import publish_endpoint
-from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
@@ -148,24 +143,21 @@ class PaidAioServer:
         self._own_store = close_store  # closed with the server (one serve() opened)
         self.receipt_writer = ReceiptWriter(store)
         self.policy = policy
+        #: The server-wide rules (called from the event loop only)
+        self.core: PaidServerCore[PaidConnection] = PaidServerCore(policy)
         self.server: DTPServer | None = None
         #: The ledger admission (made as the server starts)
         self.admission: _PaidAdmission | None = None
         # settlements of connections refused at a connection limit (held: the loop
         # keeps only weak references to tasks)
         self._refunds: set[asyncio.Task[None]] = set()
-        self.host_policy: HostPolicy | None = None
         self.limiter = RateLimiter()
         self.recovered: list[tuple[str, Settlement]] = []
-        self._attached = False  # attach_server() made: detach_server() at the release
-        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
-        self._live: set[PaidConnection] = set()
+        self.settlements = self.core.settlements
         #: the tasks running a callback (wait_released() there would wait for its own
         #: connection; a task a callback starts is another, free to wait)
         self._callback_tasks: set[asyncio.Task[Any]] = set()
-        #: Connection IDs being served or settled: one DTP connection per ledger
-        #: connection at a time
-        self._serving = ConnectionIds()
+        self._serving = self.core.serving
         #: The settlements that failed, retried by the recovery thread (it reserves
         #: each connection ID in ``_serving`` as a DTP connection would)
         self.retries = SettlementRetries(
@@ -173,17 +165,11 @@ class PaidAioServer:
         )
         self._policy_task: asyncio.Task[None] | None = None
         self._recovery: Recovery | None = None  # (started with the policy task)
-        self._closed = False
         self._closing = asyncio.Event()
         self._lifetime: asyncio.Task[bool] | None = None
         #: The loop is ending (asyncio.run cancelled the lifetime task): the release
         #: runs inline then, not in a thread
         self._loop_ending = False
-        #: The release started (the receipt writer stopping): nothing is served now
-        self._releasing = False
-        # _handle calls, admissions and settlement threads running (they may still use
-        # the store)
-        self._handling = 0
         #: Set by the release: closed, every connection ended and settled, the receipt
         #: writer stopped (what wait_released() waits for)
         self._released = asyncio.Event()
@@ -221,7 +207,7 @@ class PaidAioServer:
         except asyncio.CancelledError:
             attaching.add_done_callback(self._attached_too_late)
             raise
-        self._attached = True
+        self.core.attached = True
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
         )
@@ -243,7 +229,7 @@ class PaidAioServer:
         await asyncio.to_thread(
             publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
         )
-        self.host_policy = HostPolicy(host, time.monotonic(), self.policy.refresh_interval)
+        self.core.start(host, time.monotonic())
         self.limiter.set_limits(
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
         )
@@ -279,12 +265,12 @@ class PaidAioServer:
         thread), counted as work the release waits for. Admitted as the server closes,
         nobody will serve it: it is settled at once (nothing claimed, the whole deposit
         refunded) and refused, rather than left Open until the half-close timeout."""
-        if self._releasing:
+        if not self.core.admission_starts():
             return CLOSED_REFUSAL
-        self._handling += 1
         try:
             verdict = await asyncio.to_thread(check, peer)
-            if verdict is not None or peer.connection_id is None or not self._closed:
+            step = self.core.admitted(verdict, peer.connection_id)
+            if step is not AdmitStep.SETTLE_AND_REFUSE or peer.connection_id is None:
                 # (the callback, _handle, counts it next without yielding to the loop)
                 return verdict
             await self._settle_unserved(peer.connection_id)
@@ -296,8 +282,8 @@ class PaidAioServer:
         """Close and settle the ledger connection of an admitted DTP connection the
         server will not serve (no receipt came on it: nothing is claimed), unless another
         DTP connection on it is being served or settled (its settlement closes it)."""
-        key = normalize_id(cid, "connection ID")
-        if not self._serving.reserve(key):
+        key = self.core.reserve_unserved(cid)
+        if key is None:
             return
         try:
             await self._settle(key, None)
@@ -310,7 +296,7 @@ class PaidAioServer:
         will serve, settled now, nothing claimed, so that the client's deposit comes
         back whole at once rather than after the half-close timeout (docs/escrow.md §2,
         as the daemon does). Counted until settled: the release waits for it."""
-        self._handling += 1
+        self.core.work_starts()
         task = asyncio.ensure_future(self._settle_refused(cid))
         self._refunds.add(task)
         task.add_done_callback(self._refunds.discard)
@@ -324,17 +310,16 @@ class PaidAioServer:
     def _done(self) -> None:
         """One _handle call, admission or settlement ended: the last one after close()
         releases the server."""
-        self._handling -= 1
-        if self._closed and not self._handling:
+        if self.core.work_ends():
             self._release()
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self._releasing:
+        if self.core.releasing:
             writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
             return
-        self._handling += 1
+        self.core.work_starts()
         try:
-            if self._closed:
+            if self.core.closed:
                 # a handshake that finished as the server closed (_admit refuses those
                 # it sees): settled at once, as _admit does
                 writer.abort(CLOSED_REFUSAL)
@@ -362,8 +347,7 @@ class PaidAioServer:
         # receipts were kept (its settlement failed), or when they cannot be read: its
         # new gate would count them once more (served_refusal). The ID is reserved
         # before the store is read (in a thread), so that two cannot both pass.
-        if not self._serving.reserve(cid):
-            logger.warning("refused connection %s: already served", cid)
+        if not self.core.reserve_served(cid):
             writer.abort(SERVED_REFUSAL)
             return
         try:
@@ -402,7 +386,7 @@ class PaidAioServer:
         while proto.session.receipts:
             paid.on_receipt(proto.session.receipts.popleft())
         proto.hold_carrier = True  # until settled, should the client close
-        self._live.add(paid)
+        self.core.opened(paid)
         # a callback that failed while the connection goes on: the client must read an
         # error, not a clean end that makes a reply cut short look whole (dtp.aio's)
         failed = False
@@ -445,15 +429,14 @@ class PaidAioServer:
         except asyncio.CancelledError:
             cancelled = True
         finally:
-            self._live.discard(paid)
+            self.core.ended(paid)
             self.limiter.release(client)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        ended = proto.session.terminated
-        if ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR:
+        if self.core.settles_first(proto.session.terminated):
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
             cancelled = await self._settle_surely(cid, paid.final) or cancelled
@@ -531,7 +514,7 @@ class PaidAioServer:
                 settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
             ),
         )
-        self._handling += 1
+        self.core.work_starts()
         job.add_done_callback(self._settled)
         cancelled = False
         while True:
@@ -544,10 +527,7 @@ class PaidAioServer:
                 if job.cancelled():
                     raise
                 cancelled = True
-        if settlement is not None:
-            self.settlements.append((cid, settlement))
-        else:
-            # (the ID still reserved: the retry cannot start before we are done)
+        if not self.core.settled(cid, settlement):
             self.retries.add(cid)
         if cancelled:
             raise asyncio.CancelledError
@@ -574,27 +554,23 @@ class PaidAioServer:
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        assert self.host_policy is not None
         try:
             host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
         except ChainError as exc:
             logger.warning("cannot read host %s: %s", self.host_id, exc)
             return
         now = time.monotonic()
-        live = list(self._live)
-        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
-        if change.limits_changed:
+        refresh = self.core.refresh(host, now)
+        if refresh.limits is not None:
             self.limiter.set_limits(
-                change.firewall.max_bytes_per_sec, change.firewall.max_requests_per_sec, now
+                refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
             )
-        for paid in live:
-            if paid.client in change.denied:
-                paid.deny()
-        await self._check_on_ledger(live, now)
+        for paid in refresh.denied:
+            paid.deny()
+        await self._check_on_ledger(refresh.ledger_checks)
 
-    async def _check_on_ledger(self, live: list[PaidConnection], now: float) -> None:
+    async def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
         """As :meth:`dtp.hostid.paid.server.PaidServer._check_on_ledger` (the reads in a thread)."""
-        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
         if not due:
             return
         try:
@@ -607,7 +583,7 @@ class PaidAioServer:
 
     @property
     def open_connections(self) -> int:
-        return len(self._live)
+        return self.core.open_connections
 
     def close(self) -> None:
         """Stop accepting and refreshing. Open connections finish and settle; once the
@@ -618,9 +594,9 @@ class PaidAioServer:
         :meth:`wait_released` returned True. A client admitted as the server closes is
         refused and its ledger connection settled at once, nothing claimed, before the
         release."""
-        if self._closed:
+        release_now = self.core.close()
+        if release_now is None:
             return
-        self._closed = True
         self._closing.set()
         if self._policy_task is not None:
             self._policy_task.cancel()
@@ -628,7 +604,7 @@ class PaidAioServer:
             self._recovery.stop()
         if self.server is not None:
             self.server.close()
-        if not self._handling:
+        if release_now:
             self._release()
         else:
             # what is waiting is written now (the last connection to end stops the
@@ -650,9 +626,6 @@ class PaidAioServer:
         then -- unless the writer is still writing after that wait: then its thread
         detaches and closes, once it stops), which sets ``_released`` when done; inline
         when no loop runs or it is ending (its executor shut down)."""
-        if self._releasing:
-            return
-        self._releasing = True
         job: asyncio.Future[None] | None = None
         if not self._loop_ending:
             with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
@@ -683,8 +656,7 @@ class PaidAioServer:
     def _detach(self) -> None:
         """Leave the store once the receipt writer has stopped (as dtp.hostid.paid's: until
         then the run's lock file says its rows are a live server's)."""
-        if self._attached:
-            self._attached = False
+        if self.core.detach_due():
             self.store.detach_server()
 
     async def wait_closed(self) -> None:
@@ -719,7 +691,7 @@ class PaidAioServer:
         return self._await_released(timeout)
 
     async def _await_released(self, timeout: float | None) -> bool:
-        if not self._closed:
+        if not self.core.closed:
             return False
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout

@@ -21,12 +21,10 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
+from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
-    CLOSE_FIREWALL_DENIED,
-    CLOSE_LEDGER_CLOSED,
-    CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     GateState,
     GateVerdict,
@@ -72,13 +70,12 @@ class PaidConnection:
         cid = proto.conn.peer_connection_id
         self.connection_id = "" if cid is None else "0x" + cid.hex()
         self.gate = gate
+        #: The receipt path's rules (shared with the blocking driver)
+        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
-        #: The receipt that came with the end of the connection, claimed by the settlement
-        #: instead of written first (as dtp.hostid.paid's)
-        self.final: Receipt | None = None
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
         #: The first stream's close (PaidWriter.close): the end phase waits for it
@@ -91,11 +88,8 @@ class PaidConnection:
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
-        #: Since when (monotonic) datagram sends drop for want of credit (None: they do
-        #: not): a send never waits, so this is its pause, timed here as dtp.hostid.paid times
-        #: a datagram's (the gate's own clock restarts whenever a call finds the usage
-        #: served, and datagram_room looks at it on every send)
-        self.unpaid_datagrams_since: float | None = None
+        # (datagram sends that drop for want of credit: a send never waits, so that is
+        # its pause, timed by the engine as the blocking driver's datagram waits are)
         #: When such a send last asked the client for a receipt (monotonic)
         self._asked_at = -math.inf
         #: The bytes of the datagram the last such send dropped first: payment that
@@ -109,15 +103,16 @@ class PaidConnection:
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
         loop), counted once stored."""
-        try:
-            receipt = self.gate.check(data)
-        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
-            logger.warning("connection %s: %s", self.connection_id, exc)
-            return
-        if self.conn.closed:
-            self.final = receipt
-            return
-        self.receipt_writer.submit(receipt, self._stored)
+        step, receipt = self.core.receipt_frame(data, closed=self.conn.closed)
+        # (refused: no credit is cached here, the next look asks the gate)
+        if step is ReceiptStep.STORE and receipt is not None:
+            self.receipt_writer.submit(receipt, self._stored)
+
+    @property
+    def final(self) -> Receipt | None:
+        """The receipt that came with the end of the connection, claimed by the
+        settlement instead of written first (as dtp.hostid.paid's)."""
+        return self.core.final
 
     def _stored(self, receipt: Receipt) -> None:
         """In the writer thread: hand the stored receipt to the event loop."""
@@ -125,13 +120,12 @@ class PaidConnection:
             self.proto.loop.call_soon_threadsafe(self._kept, receipt)
 
     def _kept(self, receipt: Receipt) -> None:
-        self.gate.kept(receipt)
+        self.core.kept(receipt)
         self.credit_grew()
         self.proto._notify()  # a paused reader or drain() looks again
 
     def verdict(self) -> GateVerdict:
-        total_bytes, total_requests = self.conn.usage
-        return self.gate.verdict(int(time.monotonic() * 1000), total_bytes, total_requests)
+        return self.core.verdict(self.conn.usage, time.monotonic())
 
     def close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
@@ -165,29 +159,27 @@ class PaidConnection:
             await self.read_deposit()
             verdict = self.verdict()
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            self.close(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
 
     async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
         read again (in a thread) when the deposit holds the connection -- the client may have topped
         it up while the connection was open -- or, ``ending``, when a receipt still
         waits above it before the settlement."""
-        gate = self.gate
         ledger = self.ledger
-        now = int(time.monotonic() * 1000)
-        if ledger is None or gate.escrow_id is None:
+        if ledger is None:
             return
-        if not gate.wants_deposit(now, *self.conn.usage, ending=ending):
+        escrow_id = self.core.escrow_to_read(self.conn.usage, time.monotonic(), ending=ending)
+        if escrow_id is None:
             return
-        gate.deposit_reading(now)
         try:
-            escrow = await asyncio.to_thread(ledger.get_escrow, gate.escrow_id)
+            escrow = await asyncio.to_thread(ledger.get_escrow, escrow_id)
         except ChainError as exc:
-            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            self.core.deposit_read_failed(exc)
             return
-        pending = gate.deposit_read(escrow.deposited)
+        pending = self.core.deposit_read(escrow.deposited)
         self.credit_grew()  # (a top-up)
         if pending is not None:
             self.on_receipt(pending.encode())  # the usual path now
@@ -196,11 +188,10 @@ class PaidConnection:
         """How much of a read or write of ``nbytes`` may go now: what the gate still
         allows on the usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per
         look), at least 1 byte when it serves, 0 when it does not."""
-        total_bytes, total_requests = self.conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = self.conn.usage
+        if not self.gate.serving(*usage):
             return 0
-        credit = min(gate.credit_bytes(total_bytes, total_requests), CREDIT_MAX)
+        credit = self.core.read_credit(usage)
         return nbytes if nbytes <= credit else max(1, credit)
 
     def send_room(self, nbytes: int) -> int:
@@ -214,12 +205,11 @@ class PaidConnection:
         in the usage already, and a read waiting for writes that wait for the client to
         read could wait for good (as dtp.hostid.paid's)."""
         conn = self.conn
-        total_bytes, total_requests = conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = conn.usage
+        if not self.gate.serving(*usage):
             return 0
         queued = conn.send_buffered()
-        credit = min(gate.credit_bytes(total_bytes + queued, total_requests), CREDIT_MAX)
+        credit = min(self.core.write_credit(usage, queued), CREDIT_MAX)
         if nbytes <= credit:
             return nbytes
         return credit if credit or queued else 1
@@ -230,11 +220,10 @@ class PaidConnection:
         write (on the usage plus the bytes queued beyond the client's window); 0 when the
         gate does not serve."""
         conn = self.conn
-        total_bytes, total_requests = conn.usage
-        gate = self.gate
-        if not gate.serving(total_bytes, total_requests):
+        usage = conn.usage
+        if not self.gate.serving(*usage):
             return 0
-        credit = gate.credit_bytes(total_bytes + conn.send_buffered(), total_requests)
+        credit = self.core.write_credit(usage, conn.send_buffered())
         count = 0
         for size in sizes:
             if size > credit:
@@ -254,23 +243,13 @@ class PaidConnection:
         client that pays nothing go on for the life of the connection, which would never
         close, and never ask one that pays when asked.)"""
         now = time.monotonic()
-        if self.unpaid_datagrams_since is None:
-            self.unpaid_datagrams_since = now
+        since = self.core.datagrams_unpaid(now)
         self._unpaid_size = size
-        verdict = self.verdict()
-        if verdict.state is not GateState.CLOSE and (
-            now - self.unpaid_datagrams_since >= self.policy.pause_timeout
-        ):
-            verdict = GateVerdict(
-                GateState.CLOSE,
-                verdict.owed,
-                f"payment required: no credit covered the datagrams sent for "
-                f"{self.policy.pause_timeout} s",
-            )
+        verdict = self.core.datagram_verdict(self.verdict(), now, size, since)
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            self.close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            self.close(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
         if now - self._asked_at >= self.policy.request_interval:
             self._asked_at = now
             with contextlib.suppress(DTPError):
@@ -288,7 +267,7 @@ class PaidConnection:
 
     def datagrams_paid(self) -> None:
         """A datagram send the credit covered whole: a pause of them is over."""
-        self.unpaid_datagrams_since = None
+        self.core.datagrams_paid()
         self._asked_at = -math.inf
 
     def credit_grew(self) -> None:
@@ -298,7 +277,8 @@ class PaidConnection:
         ended it: a client that paid, its credit then spent on stream bytes before the
         next datagram, had that one close the connection at once, its pause timed from
         the first drop, before the payment.)"""
-        if self.unpaid_datagrams_since is not None and self.datagram_room([self._unpaid_size]):
+        unpaid = self.core.unpaid_datagrams_since is not None
+        if unpaid and self.datagram_room([self._unpaid_size]):
             self.datagrams_paid()
 
     async def deposit_reads_ended(self) -> None:
@@ -348,32 +328,26 @@ class PaidConnection:
         session = self.proto.session
 
         def done() -> bool:
-            return session.terminated is not None or self.gate.settled_up(*self.conn.usage)
+            return session.terminated is not None or self.core.settled_up(self.conn.usage)
 
-        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        deadline = self.core.final_receipt_deadline(time.monotonic())
         while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
+            wait = self.core.final_receipt_wait(time.monotonic(), deadline)
+            if wait <= 0:
                 return
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
-                async with asyncio.timeout(min(left, self.policy.request_interval)):
+                async with asyncio.timeout(wait):
                     await self.proto.wait_for(done)
 
     async def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
-        now = time.monotonic()
-        buckets = self.buckets
-        delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
-        await self._hold(delay, self._debt)
-
-    def _debt(self, now: float) -> float:
-        """Seconds until neither rate limit is in debt."""
-        return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+        core = self.core
+        await self._hold(core.charge(nbytes, requests, time.monotonic()), core.debt)
 
     def charged_already(self, datagram: bytes) -> bool:
         """Whether ``datagram``, just read, is one a cancelled read put back, charged
@@ -415,14 +389,13 @@ class PaidConnection:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
         ``nbytes`` goes now, once the bytes/s limit's bucket holds it (waits until then,
         and while the requests/s limit is in debt)."""
-        buckets = self.buckets
-        bucket = buckets.bytes
-        if not bucket.rate:
+        if not self.buckets.bytes.rate:
             return nbytes
-        size = max(bucket.take_of(nbytes), 0)
+        core = self.core
+        size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:
-            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+            return core.pace_wait(size, now)
 
         await self._hold(wait(time.monotonic()), wait)
         return size
@@ -442,7 +415,7 @@ class PaidConnection:
         a :meth:`throttle` of nothing does not wait for it)."""
         if not self.buckets.bytes.rate and not self.buckets.requests.rate:
             return
-        await self._hold(self._debt(time.monotonic()), self._debt)
+        await self._hold(self.core.debt(time.monotonic()), self.core.debt)
 
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
@@ -461,15 +434,14 @@ class PaidConnection:
             delay = again(time.monotonic())
 
     def deny(self) -> None:
-        logger.info(
-            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
-        )
-        self.close(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.deny`."""
+        close = self.core.denied()
+        self.close(close.code, close.reason)
 
     def closed_on_ledger(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.closed_on_ledger`."""
-        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
-        self.close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+        close = self.core.closed_on_ledger()
+        self.close(close.code, close.reason)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -20,12 +20,10 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
+from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
-    CLOSE_FIREWALL_DENIED,
-    CLOSE_LEDGER_CLOSED,
-    CLOSE_PAYMENT_REQUIRED,
     RECEIPT_REQUEST,
     GateState,
     GateVerdict,
@@ -48,10 +46,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
-def _now_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 class PaidConnection:
@@ -78,10 +72,11 @@ class PaidConnection:
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
+        #: The receipt path's rules (shared with the asyncio driver)
+        self.core = PaidConnectionEngine(gate, buckets, policy, self.connection_id, self.client)
         self.buckets = buckets
         self.limit_lock = limit_lock
         self.policy = policy
-        self.receipts = 0
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
         # Bytes that may still move before the gate is asked again: what it allowed at
@@ -104,40 +99,33 @@ class PaidConnection:
         self._waiters = 0
         # when a paused call last asked the client for a receipt (monotonic)
         self._asked_at = -math.inf
-        # when the pause of a datagram send its timeout ended began (see _look)
-        self._whole_paused_at: float | None = None
-        #: The receipt that came with the end of the connection (the client's final one,
-        #: in the read that brought its CLOSE): nothing is served on it any more, so it is
-        #: not written first but claimed by the settlement at once, whose claim on the
-        #: ledger is its durable copy; written only should the settlement not claim it
-        self.final: Receipt | None = None
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
         in the writer thread, count it once stored."""
-        try:
-            receipt = self.gate.check(data)
-        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
-            # a violation closes the connection at the next look
+        step, receipt = self.core.receipt_frame(data, closed=self.engine.conn.closed)
+        if step is ReceiptStep.REFUSED:
+            # the credit cached is void: the violation closes the connection at the
+            # next look (which comes at the next call)
             self._credit = self._send_credit = 0
-            logger.warning("connection %s: %s", self.connection_id, exc)
-            return
-        if self.engine.conn.closed:
-            self.final = receipt
-            return
-        self.receipt_writer.submit(receipt, self._kept)
+        elif receipt is not None:
+            self.receipt_writer.submit(receipt, self._kept)
+
+    @property
+    def final(self) -> Receipt | None:
+        """The receipt that came with the end of the connection (the client's final one,
+        in the read that brought its CLOSE), claimed by the settlement at once."""
+        return self.core.final
 
     def _kept(self, receipt: Receipt) -> None:
         """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
-        self.gate.kept(receipt)
-        self.receipts += 1
+        self.core.kept(receipt)
         self.engine._wake()
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
         :meth:`reserve_datagrams`)."""
-        total_bytes, total_requests = self.engine.conn.usage
-        return self.gate.verdict(_now_ms(), total_bytes + whole, total_requests)
+        return self.core.verdict(self.engine.conn.usage, time.monotonic(), whole)
 
     def wait_paid(
         self,
@@ -195,21 +183,22 @@ class PaidConnection:
         if gate.serving(total_bytes + whole, total_requests):
             # served again: a pause that comes later is a new one (kept, a datagram
             # send's timed-out pause made the next one, hours later, close at once)
-            self._whole_paused_at = None
+            self.core.datagrams_paid()
             self._asked_at = -math.inf
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
         engine = self.engine
-        # A pause for ``whole`` bytes is timed here: the gate's own pause clock restarts
-        # whenever another call (a read in another thread) finds the usage without them
-        # served, so a datagram no credit can cover waited for as long as others moved
-        # data, never closing the connection. A call its timeout ended leaves the clock
-        # running for the next one: a non-blocking sender that tried again never closed
+        # A pause for ``whole`` bytes is timed here, by this call (the engine's
+        # datagram_verdict): the gate's own pause clock restarts whenever another call
+        # (a read in another thread) finds the usage without them served, so a datagram
+        # no credit can cover waited for as long as others moved data, never closing the
+        # connection. A call its timeout ended leaves the clock running for the next
+        # one: a non-blocking sender that tried again never closed
         now = time.monotonic()
         paused_at = now
-        if whole and self._whole_paused_at is not None:
-            paused_at = self._whole_paused_at
+        if whole and self.core.unpaid_datagrams_since is not None:
+            paused_at = self.core.unpaid_datagrams_since
         # the caller's timeout (the socket's, or recv_datagram's): the pause waited out
         # pause_timeout whatever it was, and a non-blocking handler's call blocked
         deadline = None
@@ -223,14 +212,10 @@ class PaidConnection:
             if timeout is not None:
                 deadline = (now if began is None else began) + timeout
         while verdict.state is GateState.PAUSE:
-            if whole and time.monotonic() - paused_at >= self.policy.pause_timeout:
-                verdict = GateVerdict(
-                    GateState.CLOSE,
-                    verdict.owed,
-                    f"payment required: no credit covered a datagram of {whole} bytes "
-                    f"within {self.policy.pause_timeout} s",
-                )
-                break
+            if whole:
+                verdict = self.core.datagram_verdict(verdict, time.monotonic(), whole, paused_at)
+                if verdict.state is GateState.CLOSE:
+                    break
             with engine.lock:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
@@ -264,18 +249,18 @@ class PaidConnection:
                 and time.monotonic() >= deadline
             ):
                 if whole:
-                    self._whole_paused_at = paused_at
+                    self.core.unpaid_datagrams_since = paused_at
                 if nonblocking:
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
                 raise DTPTimeoutError("timed out")
         # the pause is over: the next one asks for a receipt at once
         self._asked_at = -math.inf
         if whole:
-            self._whole_paused_at = None
+            self.core.datagrams_paid()
         if verdict.state is GateState.CLOSE:
-            logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
-            engine.abort(CLOSE_PAYMENT_REQUIRED, verdict.reason)
-            raise PaymentRequired(verdict.reason, CLOSE_PAYMENT_REQUIRED)
+            close = self.core.payment_required(verdict)
+            engine.abort(close.code, close.reason)
+            raise PaymentRequired(close.reason, close.code)
         if verdict.state is GateState.SERVE:
             return self._refill(writing, whole)
         return True
@@ -292,25 +277,25 @@ class PaidConnection:
         receipt still waits above the deposit, whatever the interval. A connection that
         was serving never looked at it, and the settlement claimed an older receipt: the
         client had topped up and signed for more, and the server lost the difference."""
-        gate = self.gate
         ledger = self.ledger
-        now = _now_ms()
-        if ledger is None or gate.escrow_id is None:
+        if ledger is None:
             return
-        if not gate.wants_deposit(now, *self.engine.conn.usage, ending=ending):
+        escrow_id = self.core.escrow_to_read(
+            self.engine.conn.usage, time.monotonic(), ending=ending
+        )
+        if escrow_id is None:
             return
-        gate.deposit_reading(now)
         try:
-            deposited = ledger.get_escrow(gate.escrow_id).deposited
+            deposited = ledger.get_escrow(escrow_id).deposited
         except ChainError as exc:
-            logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+            self.core.deposit_read_failed(exc)
             return
-        pending = gate.deposit_read(deposited)
+        pending = self.core.deposit_read(deposited)
         if pending is not None:
             # the receipt that waited above the old deposit: through the usual path now
             with self.engine.lock:
                 self.on_receipt(pending.encode())
-        if gate.violation is not None:
+        if self.gate.violation is not None:
             self._credit = self._send_credit = 0
 
     def _refill(self, writing: bool, whole: int = 0) -> bool:
@@ -322,18 +307,18 @@ class PaidConnection:
         ``request_interval`` for some of them to go."""
         engine = self.engine
         if not writing:
-            self._credit = min(self.gate.credit_bytes(*engine.conn.usage), CREDIT_MAX)
+            self._credit = self.core.read_credit(engine.conn.usage)
             return True
         with self._cond:
             # usage and queue first, then _sending, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
             # at all
             with engine.lock:
-                total_bytes, total_requests = engine.conn.usage
+                usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = engine.session.terminated is not None or engine.closed
             sending = self._sending
-            credit = self.gate.credit_bytes(total_bytes + queued, total_requests) - sending
+            credit = self.core.write_credit(usage, queued) - sending
             if credit >= max(whole, 1) or not (sending or queued) or ended:
                 self._send_credit = min(max(credit, 0), CREDIT_MAX)
                 return True
@@ -422,7 +407,7 @@ class PaidConnection:
         # with the rest of a carrier read in hand, and that went the general path --
         # copied into the stream's buffer, then out again -- a few percent of a
         # metered bulk transfer's bytes. Now only what the gate allows cuts a read.
-        credit = min(self.gate.credit_bytes(*self.engine.conn.usage), CREDIT_MAX)
+        credit = self.core.read_credit(self.engine.conn.usage)
         self._credit = credit
         return nbytes if nbytes <= credit else max(1, credit)
 
@@ -433,18 +418,18 @@ class PaidConnection:
         session = engine.session
 
         def done() -> bool:
-            return session.terminated is not None or self.gate.settled_up(*engine.conn.usage)
+            return session.terminated is not None or self.core.settled_up(engine.conn.usage)
 
-        deadline = time.monotonic() + self.policy.final_receipt_timeout
+        deadline = self.core.final_receipt_deadline(time.monotonic())
         with engine.lock:
             while not engine.closed and not done():
-                left = deadline - time.monotonic()
-                if left <= 0:
+                wait = self.core.final_receipt_wait(time.monotonic(), deadline)
+                if wait <= 0:
                     return
                 with contextlib.suppress(DTPError):
                     engine.conn.send_receipt(RECEIPT_REQUEST)
                     engine.flush()
-                    engine.pump(done, min(left, self.policy.request_interval))
+                    engine.pump(done, wait)
 
     def throttle(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say (and count what
@@ -461,23 +446,23 @@ class PaidConnection:
         if not buckets.bytes.rate and not buckets.requests.rate:
             return  # unlimited: the common case costs no clock read and no lock
         now = time.monotonic()
+        core = self.core
         with self.limit_lock:
-            delay = max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
-        self._hold(delay, lambda now: max(buckets.bytes.delay(now), buckets.requests.delay(now)))
+            delay = core.charge(nbytes, requests, now)
+        self._hold(delay, core.debt)
 
     def pace(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` stream bytes goes now under the
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
         (waits until then, and while the requests/s limit is in debt). Unlimited: all of
         it at once (no clock read, no lock). See :attr:`dtp.payments.ratelimit.TokenBucket.take`."""
-        buckets = self.buckets
-        bucket = buckets.bytes
-        if not bucket.rate:
+        if not self.buckets.bytes.rate:
             return nbytes
-        size = max(bucket.take_of(nbytes), 0)
+        core = self.core
+        size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:
-            return max(bucket.wait_for(size, now), buckets.requests.delay(now))
+            return core.pace_wait(size, now)
 
         with self.limit_lock:
             delay = wait(time.monotonic())
@@ -508,16 +493,14 @@ class PaidConnection:
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
-        logger.info(
-            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
-        )
-        self.engine.abort(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+        close = self.core.denied()
+        self.engine.abort(close.code, close.reason)
 
     def closed_on_ledger(self) -> None:
         """The client closed the connection on the ledger while it is served: close it,
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
-        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
-        self.engine.abort(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+        close = self.core.closed_on_ledger()
+        self.engine.abort(close.code, close.reason)
 
 
 def _left_of(

@@ -38,8 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,15 +52,12 @@ from dtp.errors import (
 from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
+from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
 from dtp.hostid.served import ServedConnections
-from dtp.ledger.objects import Settlement, normalize_id
+from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import (
-    ConnectionIds,
-    ended_on_ledger,
-    ledger_checks_due,
-)
-from dtp.payments.ratelimit import HostPolicy, RateLimiter
+from dtp.payments.gate import ended_on_ledger
+from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
@@ -79,7 +75,6 @@ from dtp.payments.serving import (
 from dtp.payments.settlement import (
     publish_endpoint,
 )
-from dtp.protocol.connection import CloseCode
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -211,17 +206,12 @@ class PaidServer:
         self.port = port
         self.handler = handler
         self.policy = policy or ServicePolicy()
-        self._live: dict[int, PaidConnection] = {}
-        #: Connection IDs being served or settled: one DTP connection per ledger
-        #: connection at a time
-        self._serving = ConnectionIds()
+        #: The server-wide rules (called under _live_lock: the threads share it)
+        self.core: PaidServerCore[PaidConnection] = PaidServerCore(self.policy)
+        self._serving = self.core.serving
         self._live_lock = threading.Lock()
+        # set with core.closed: what the policy loop and serve_forever() wait on
         self._closed = threading.Event()
-        # _handle calls, admissions and settlements of connections admitted but not
-        # served running (they may still use the receipt writer): the release waits
-        # until none is left
-        self._handling = 0
-        self._releasing = False  # the release is decided: nothing may count in any more
         #: The DTP connections admitted (by ledger connection ID) whose engine is not
         #: released yet: True once _handle took it (its settlement is _serve_paid's)
         self._admitted: dict[str, bool] = {}
@@ -231,7 +221,7 @@ class PaidServer:
         # marks the threads running _handle: wait_released() there waits for itself
         self._in_handler = threading.local()
         self._threads: list[threading.Thread] = []
-        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=1024)
+        self.settlements = self.core.settlements
         """The most recent settlements: (connection ID, outcome)."""
         self.store, opened = open_store(receipts)
         self._own_store = closes_store(receipts)
@@ -246,14 +236,13 @@ class PaidServer:
             ledger, identity, self.receipt_writer, self._serving, self.settlements
         )
         self.server: DTPServer | None = None
-        self._attached = False  # attach_server() made: detach_server() at the release
         self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
             host = ledger.get_host(self.host_id)
             if port not in host.services:
                 raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
             alone = self.store.attach_server()
-            self._attached = True
+            self.core.attached = True
             self.recovered = recover_store(ledger, identity, self.store, alone)
             """(connection ID, settlement) of what dead server runs left unclaimed: at
             the start, then every :data:`RECOVERY_INTERVAL` (this server's own
@@ -276,8 +265,7 @@ class PaidServer:
             )
             self.address = self.server.address
             publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
-            now = time.monotonic()
-            self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+            self.core.start(host, time.monotonic())
             self.limiter = RateLimiter(
                 host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
             )
@@ -308,21 +296,21 @@ class PaidServer:
         the DTP connection it admits ends (:meth:`_unreserved`), so that the release
         cannot stop the receipt writer before that connection is served or settled."""
         with self._live_lock:
-            if self._releasing:
+            if not self.core.admission_starts():
                 return CLOSED_REFUSAL
-            self._handling += 1
         carried = False
         try:
             verdict = check(peer)
-            if verdict is not None or peer.connection_id is None:
+            with self._live_lock:
+                step = self.core.admitted(verdict, peer.connection_id)
+            if step is AdmitStep.VERDICT or peer.connection_id is None:
                 return verdict
-            if not self._closed.is_set():
+            if step is AdmitStep.SERVE:
                 # the DTPServer reserves the connection ID next, in this thread, and the
                 # count goes on with that reservation (_reserved)
                 carried = True
                 return None
-            # admitted as the server closes: nobody will serve it. Settled before the
-            # refusal goes out, so the client finds its deposit refunded.
+            # Settled before the refusal goes out, so the client finds its deposit refunded.
             self._settle_unserved(peer.connection_id)
             return CLOSED_REFUSAL
         finally:
@@ -359,7 +347,7 @@ class PaidServer:
         the client's deposit comes back whole at once rather than after the half-close
         timeout (docs/escrow.md §2, as the daemon does)."""
         with self._live_lock:
-            self._handling += 1  # (the release waits for the settlement)
+            self.core.work_starts()  # (the release waits for the settlement)
         self._settle_aside(cid)
 
     def _settle_aside(self, cid: str) -> None:
@@ -382,10 +370,11 @@ class PaidServer:
         server will not serve: no receipt came on it, so nothing is claimed and the
         client is refunded its whole deposit at once. Left alone when another DTP
         connection on it is being served or settled (that one's settlement closes it)."""
-        key = normalize_id(cid, "connection ID")
         with self._live_lock:
-            live = key in self._admitted
-        if live or not self._serving.reserve(key):
+            if normalize_id(cid, "connection ID") in self._admitted:
+                return
+        key = self.core.reserve_unserved(cid)
+        if key is None:
             return
         try:
             known = self.admission.take_admitted(key)
@@ -397,10 +386,7 @@ class PaidServer:
         """One _handle call, admission or settlement ended: the last one after close()
         releases the server."""
         with self._live_lock:
-            self._handling -= 1
-            last = self._closed.is_set() and self._handling == 0 and not self._releasing
-            if last:
-                self._releasing = True
+            last = self.core.work_ends()
         if last:
             self._release()
 
@@ -408,9 +394,9 @@ class PaidServer:
         cid = sock.peer_connection_id
         key = None if cid is None else normalize_id(cid, "connection ID")
         with self._live_lock:
-            closed = self._closed.is_set()
+            closed = self.core.closed
             if not closed:
-                self._handling += 1
+                self.core.work_starts()
                 if key in self._admitted:
                     self._admitted[key] = True  # its settlement is ours now
         if closed:
@@ -439,8 +425,7 @@ class PaidServer:
         # the service) and take another allowance from one escrow. Nor may one come back
         # after its receipts (its settlement failed: still Open), or when they cannot
         # be read: its new gate would count them once more (served_refusal).
-        if not self._serving.reserve(key):
-            logger.warning("refused connection %s: already served", cid)
+        if not self.core.reserve_served(key):
             sock.abort(SERVED_REFUSAL)
             return
         try:
@@ -479,7 +464,7 @@ class PaidServer:
             while engine.session.receipts:  # those that came before the callback was set
                 paid.on_receipt(engine.session.receipts.popleft())
         with self._live_lock:
-            self._live[id(paid)] = paid
+            self.core.opened(paid)
         # a handler that failed while the connection goes on: the client must read an
         # error, not a clean end that makes a reply cut short look whole
         failed = False
@@ -508,10 +493,7 @@ class PaidServer:
             known = (
                 admitted if admitted is not None and admitted[0].id == gate.connection_id else None
             )
-            ended = engine.session.terminated
-            client_closed = (
-                ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
-            )
+            client_closed = self.core.settles_first(engine.session.terminated)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
@@ -526,7 +508,7 @@ class PaidServer:
             else:
                 sock.close()
             with self._live_lock:
-                self._live.pop(id(paid), None)
+                self.core.ended(paid)
             with self._limit_lock:
                 self.limiter.release(client)
             if not client_closed:
@@ -544,10 +526,7 @@ class PaidServer:
             escrow=known[1] if known is not None else None,
             connection=known[0] if known is not None else None,
         )
-        if settlement is not None:
-            self.settlements.append((cid, settlement))
-        else:
-            # (the ID still reserved: the retry cannot start before we are done)
+        if not self.core.settled(cid, settlement):
             self.retries.add(cid)
 
     # -- the host's policy -------------------------------------------------------------
@@ -574,24 +553,21 @@ class PaidServer:
         except ChainError as exc:
             logger.warning("cannot read host %s: %s", self.host_id, exc)
             return
-        with self._live_lock:
-            live = list(self._live.values())
         now = time.monotonic()
-        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
-        if change.limits_changed:
+        with self._live_lock:
+            refresh = self.core.refresh(host, now)
+        if refresh.limits is not None:
             with self._limit_lock:
                 self.limiter.set_limits(
-                    change.firewall.max_bytes_per_sec, change.firewall.max_requests_per_sec, now
+                    refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
                 )
-        for paid in live:
-            if paid.client in change.denied:
-                paid.deny()
-        self._check_on_ledger(live, now)
+        for paid in refresh.denied:
+            paid.deny()
+        self._check_on_ledger(refresh.ledger_checks)
 
-    def _check_on_ledger(self, live: list[PaidConnection], now: float) -> None:
-        """Close the open connections no longer Open on the ledger (each read every
-        policy ``ledger_check_interval``)."""
-        due = ledger_checks_due(live, now, self.policy.ledger_check_interval)
+    def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
+        """Close those of the connections ``due`` for a read of their state no longer
+        Open on the ledger (each read every policy ``ledger_check_interval``)."""
         if not due:
             return
         try:
@@ -605,7 +581,7 @@ class PaidServer:
     @property
     def open_connections(self) -> int:
         with self._live_lock:
-            return len(self._live)
+            return self.core.open_connections
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -624,12 +600,10 @@ class PaidServer:
         claimed, before the release. May be called from a handler (its own connection
         is then one still served)."""
         with self._live_lock:
-            if self._closed.is_set():
+            idle = self.core.close()
+            if idle is None:
                 return
             self._closed.set()
-            idle = self._handling == 0
-            if idle:
-                self._releasing = True
         if self._recovery is not None:
             self._recovery.stop()
         if self.server is not None:
@@ -667,8 +641,7 @@ class PaidServer:
     def _detach(self) -> None:
         """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer
         has stopped: until then the run's lock file says its rows are a live server's."""
-        if self._attached:
-            self._attached = False
+        if self.core.detach_due():
             self.store.detach_server()
 
     def wait_released(self, timeout: float | None = None) -> bool:

@@ -1,0 +1,251 @@
+"""The rules of one paid connection, written once for the blocking
+(:class:`dtp.hostid.paid.blocking.PaidConnection`) and the asyncio
+(:class:`dtp.hostid.paid.asyncio_streams.PaidConnection`) driver (docs/escrow.md §6.1).
+
+:class:`PaidConnectionEngine` is sans-I/O: no socket, thread, task, lock or clock. The
+drivers pass it the connection's usage (total bytes, total requests), ``now`` (monotonic
+seconds) and what came (a RECEIPT frame, an escrow's deposit read again); it answers
+with what to do: store a receipt, keep it as the final one, read the escrow now (which
+one), close the connection (with which code and reason). Storing, reading the ledger and
+closing are the drivers' (the receipt writer's thread, a worker thread, the transport).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dtp.errors import ChainError
+from dtp.hostid.paid.policy import CREDIT_MAX
+from dtp.payments.gate import (
+    CLOSE_FIREWALL_DENIED,
+    CLOSE_LEDGER_CLOSED,
+    CLOSE_PAYMENT_REQUIRED,
+    GateState,
+    GateVerdict,
+    ReceiptGate,
+)
+
+if TYPE_CHECKING:
+    from dtp.hostid.paid.policy import ServicePolicy
+    from dtp.ledger.receipt import Receipt
+    from dtp.payments.ratelimit import ClientBuckets
+
+logger = logging.getLogger(__name__)
+
+#: A connection's usage as its driver reads it: (total bytes, total requests)
+Usage = tuple[int, int]
+
+
+class ReceiptStep(enum.Enum):
+    """What a RECEIPT frame from the client asks of the driver
+    (:meth:`PaidConnectionEngine.receipt_frame`)."""
+
+    STORE = "store"
+    """Checked: store it (the receipt writer), then count it
+    (:meth:`~PaidConnectionEngine.kept`)."""
+    FINAL = "final"
+    """It came with the end of the connection: nothing is served on it any more, so it
+    is not written first but held in :attr:`~PaidConnectionEngine.final`, claimed by the
+    settlement at once (whose claim on the ledger is its durable copy)."""
+    REFUSED = "refused"
+    """The gate refused it (logged): a violation, which closes the connection at the
+    next look at the gate."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection with ``code`` (a CLOSE code of dtp.payments.gate) and ``reason``."""
+
+    code: int
+    reason: str
+
+
+class PaidConnectionEngine:
+    """The receipt path of one paid connection (see the module docs): ``gate`` judges
+    the receipts and the usage, ``policy`` is the service's, ``connection_id`` and
+    ``client`` name it in the logs."""
+
+    def __init__(
+        self,
+        gate: ReceiptGate,
+        buckets: ClientBuckets,
+        policy: ServicePolicy,
+        connection_id: str,
+        client: str,
+    ) -> None:
+        self.gate = gate
+        self.buckets = buckets
+        self.policy = policy
+        self.connection_id = connection_id
+        self.client = client
+        #: Receipts checked, stored and counted
+        self.receipts = 0
+        #: The receipt that came with the end of the connection (:attr:`ReceiptStep.FINAL`):
+        #: written only should the settlement not claim it
+        self.final: Receipt | None = None
+        #: Since when (the drivers' ``now``) datagram sends have found no credit that
+        #: covers them whole; None: they do not (:meth:`datagrams_unpaid`)
+        self.unpaid_datagrams_since: float | None = None
+
+    # -- receipts --------------------------------------------------------------------
+
+    def receipt_frame(self, data: bytes, *, closed: bool) -> tuple[ReceiptStep, Receipt | None]:
+        """A RECEIPT frame ``data`` came; ``closed``: the connection has ended. Returns
+        the step, with the receipt to store for :attr:`ReceiptStep.STORE`."""
+        try:
+            receipt = self.gate.check(data)
+        except ChainError as exc:  # InvalidReceipt, SpendingCapExceeded
+            logger.warning("connection %s: %s", self.connection_id, exc)
+            return ReceiptStep.REFUSED, None
+        if closed:
+            self.final = receipt
+            return ReceiptStep.FINAL, None
+        return ReceiptStep.STORE, receipt
+
+    def kept(self, receipt: Receipt) -> None:
+        """``receipt`` is stored: it counts now."""
+        self.gate.kept(receipt)
+        self.receipts += 1
+
+    def verdict(self, usage: Usage, now: float, whole: int = 0) -> GateVerdict:
+        """The gate's verdict at ``now`` on ``usage``, plus ``whole`` bytes about to go
+        that cannot go in part (a datagram)."""
+        total_bytes, total_requests = usage
+        return self.gate.verdict(int(now * 1000), total_bytes + whole, total_requests)
+
+    def settled_up(self, usage: Usage) -> bool:
+        """Whether no further receipt is to be expected for ``usage`` (the final
+        receipt's wait ends)."""
+        return self.gate.settled_up(*usage)
+
+    def final_receipt_deadline(self, now: float) -> float:
+        """When the wait for the final receipt, asked for at ``now`` as the server
+        ends the connection, gives up (the policy's ``final_receipt_timeout``)."""
+        return now + self.policy.final_receipt_timeout
+
+    def final_receipt_wait(self, now: float, deadline: float) -> float:
+        """After asking (again) at ``now``: how long to wait for the final receipt
+        before asking again (a request interval at most); 0 once ``deadline`` passed."""
+        left = deadline - now
+        return 0.0 if left <= 0 else min(left, self.policy.request_interval)
+
+    # -- room: how much may move before the gate is asked again ------------------------
+
+    def read_credit(self, usage: Usage) -> int:
+        """The bytes reads may take at one look: the gate's credit on ``usage`` (0 when
+        it does not serve), at most CREDIT_MAX, so that one call cannot carry a client
+        that pays nothing far past the allowance."""
+        return min(self.gate.credit_bytes(*usage), CREDIT_MAX)
+
+    def write_credit(self, usage: Usage, queued: int) -> int:
+        """The gate's credit for writes: on ``usage`` plus the ``queued`` bytes waiting
+        beyond the client's flow-control window (the usage counts a byte once it is
+        sent: judged on the usage alone, a client that read nothing had the send queue
+        filled on credit never used up)."""
+        total_bytes, total_requests = usage
+        return self.gate.credit_bytes(total_bytes + queued, total_requests)
+
+    # -- the escrow read again -------------------------------------------------------
+
+    def escrow_to_read(self, usage: Usage, now: float, *, ending: bool = False) -> str | None:
+        """The escrow to read again now, its read begun (None: no read is due). Due when
+        the deposit holds a paused connection or a receipt waits above it -- the client
+        may have topped it up while the connection was open -- at most once per
+        DEPOSIT_READ_INTERVAL_MS; ``ending`` (the settlement next): whenever a receipt
+        still waits above the deposit, or it goes unclaimed."""
+        gate = self.gate
+        escrow_id = gate.escrow_id
+        now_ms = int(now * 1000)
+        if escrow_id is None or not gate.wants_deposit(now_ms, *usage, ending=ending):
+            return None
+        gate.deposit_reading(now_ms)
+        return escrow_id
+
+    def deposit_read(self, deposited: int) -> Receipt | None:
+        """The escrow holds ``deposited`` MIST: the receipt that waited above the old
+        deposit when the new one covers it (the driver hands it to its receipt path
+        again), else None."""
+        return self.gate.deposit_read(deposited)
+
+    def deposit_read_failed(self, exc: ChainError) -> None:
+        """The read of the escrow failed (tried again an interval later)."""
+        logger.warning("connection %s: cannot read its escrow: %s", self.connection_id, exc)
+
+    # -- datagrams no credit covers --------------------------------------------------
+
+    def datagrams_unpaid(self, now: float) -> float:
+        """A datagram send found no credit covering its datagram whole (a datagram
+        cannot go in part): the pause of datagram sends is timed from the first such
+        send, across the calls (the gate's own pause clock restarts whenever another
+        call finds the usage served, so a datagram no credit can cover would never
+        close the connection while streams moved data). Returns when it began."""
+        since = self.unpaid_datagrams_since
+        if since is None:
+            self.unpaid_datagrams_since = since = now
+        return since
+
+    def datagrams_paid(self) -> None:
+        """Payment covers datagram sends again: a pause of them is over."""
+        self.unpaid_datagrams_since = None
+
+    def datagram_verdict(
+        self, verdict: GateVerdict, now: float, size: int, since: float
+    ) -> GateVerdict:
+        """``verdict``, or CLOSE once datagram sends (the first of ``size`` bytes) have
+        found no credit covering them since ``since`` for the policy's ``pause_timeout``."""
+        timeout = self.policy.pause_timeout
+        if verdict.state is GateState.CLOSE or now - since < timeout:
+            return verdict
+        return GateVerdict(
+            GateState.CLOSE,
+            verdict.owed,
+            f"payment required: no credit covered a datagram of {size} bytes within {timeout} s",
+        )
+
+    # -- the client's rate limits ----------------------------------------------------
+    # (its token buckets, shared by its connections: the blocking driver calls these
+    # under the limiter's lock; a driver checks ``buckets.*.rate`` itself first, so that
+    # an unlimited client costs no call)
+
+    def charge(self, nbytes: int, requests: int, now: float) -> float:
+        """Charge ``nbytes`` and ``requests`` to the rate limits at ``now``: the seconds
+        to hold the connection back for them."""
+        buckets = self.buckets
+        return max(buckets.bytes.charge(nbytes, now), buckets.requests.charge(requests, now))
+
+    def debt(self, now: float) -> float:
+        """Seconds until neither rate limit is in debt."""
+        return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+
+    def pace_take(self, nbytes: int) -> int:
+        """How much of a read or write of ``nbytes`` goes at once under the bytes/s
+        limit: the bucket's take (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
+        return max(self.buckets.bytes.take_of(nbytes), 0)
+
+    def pace_wait(self, size: int, now: float) -> float:
+        """Seconds until the bytes/s bucket holds ``size`` bytes and the requests/s
+        limit is out of debt (what :meth:`pace_take` sent waits for)."""
+        return max(self.buckets.bytes.wait_for(size, now), self.buckets.requests.delay(now))
+
+    # -- closes ----------------------------------------------------------------------
+
+    def payment_required(self, verdict: GateVerdict) -> Close:
+        """The gate's CLOSE ``verdict``: the connection closes for want of payment."""
+        logger.info("closing connection %s: %s", self.connection_id, verdict.reason)
+        return Close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
+
+    def denied(self) -> Close:
+        """The host's firewall now denies the client."""
+        logger.info(
+            "closing connection %s: the firewall now denies %s", self.connection_id, self.client
+        )
+        return Close(CLOSE_FIREWALL_DENIED, "the host's firewall now denies this client")
+
+    def closed_on_ledger(self) -> Close:
+        """The client closed the connection on the ledger while it is served (see
+        ServicePolicy.ledger_check_interval): closed, for the settlement to claim now."""
+        logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
+        return Close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")

@@ -1,0 +1,218 @@
+"""The server-wide rules of a paid service, written once for the blocking
+(:class:`~dtp.hostid.paid.server.PaidServer`) and the asyncio
+(:class:`~dtp.hostid.paid.asyncio_server.PaidAioServer`) server.
+
+:class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
+pass it ``now`` and what they read from the ledger, and it answers with what to do next:
+whether an admission may start and what follows its verdict, which connections the
+firewall now denies and which are due for a read of their state on the ledger, whether
+the release of the receipt writer is due, whether an unserved connection is theirs to
+settle. The ledger reads, the store's writes and the connections' closes stay in the
+servers (in threads there, or in the event loop's executor).
+
+The blocking server calls it under its own lock (its threads share one core); the
+asyncio server from the event loop only.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from dtp.ledger.objects import normalize_id
+from dtp.payments.gate import ConnectionIds, ledger_checks_due
+from dtp.payments.ratelimit import HostPolicy
+from dtp.protocol.connection import CloseCode
+
+if TYPE_CHECKING:
+    from dtp.hostid.paid.policy import ServicePolicy
+    from dtp.ledger.objects import Firewall, Host, Settlement
+    from dtp.protocol.events import ConnectionTerminated
+
+logger = logging.getLogger(__name__)
+
+#: How many of the most recent settlements a server keeps (:attr:`PaidServerCore.settlements`)
+SETTLEMENTS_KEPT = 1024
+
+
+class _Served(Protocol):
+    """What the core needs of a served connection (the drivers' ``PaidConnection``)."""
+
+    client: str
+    connection_id: str
+    ledger_check_due: float  # (monotonic)
+
+
+_P = TypeVar("_P", bound=_Served)
+
+
+class AdmitStep(enum.Enum):
+    """What follows the ledger's verdict on an admission (:meth:`PaidServerCore.admitted`)."""
+
+    VERDICT = "verdict"
+    """The verdict stands: a refusal, or no ledger connection to serve."""
+    SERVE = "serve"
+    """Admitted: the DTP server goes on to serve it."""
+    SETTLE_AND_REFUSE = "settle and refuse"
+    """Admitted as the server closes, so nobody will serve it: settled at once (nothing
+    claimed, the whole deposit refunded), then refused with ``CLOSED_REFUSAL``."""
+
+
+@dataclass(frozen=True)
+class PolicyRefresh(Generic[_P]):
+    """What a fresh read of the Host asks of the open connections."""
+
+    limits: Firewall | None
+    """The Host's firewall when its per-client rate limits changed (set them), else None."""
+    denied: tuple[_P, ...]
+    """The connections whose client the firewall no longer permits (deny them)."""
+    ledger_checks: tuple[_P, ...]
+    """The connections due for a read of their state on the ledger (each one closed
+    when no longer Open there)."""
+
+
+class PaidServerCore(Generic[_P]):
+    """The rules a paid server applies across its connections (see the module docs).
+
+    ``serving`` holds the ledger connection IDs being served or settled: one DTP
+    connection per ledger connection at a time (a second one, on a gate of its own,
+    would count the first one's receipts again and take another allowance from one
+    escrow). ``settlements``: the most recent (connection ID, outcome) pairs.
+    """
+
+    def __init__(self, policy: ServicePolicy) -> None:
+        self.policy = policy
+        self.serving = ConnectionIds()
+        self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=SETTLEMENTS_KEPT)
+        self.host_policy: HostPolicy | None = None
+        self._live: dict[int, _P] = {}
+        self.closed = False
+        #: The release is decided: nothing may count in any more
+        self.releasing = False
+        #: Admissions, handler calls and settlements of connections admitted but not
+        #: served, running (they may still use the receipt writer): the release waits
+        #: until none is left
+        self.working = 0
+        #: attach_server() was made on the store: detach_server() is due at the release
+        self.attached = False
+
+    # -- the host's policy -------------------------------------------------------------
+
+    def start(self, host: Host, now: float) -> None:
+        """The Host as read at the start (ValueError for a policy refresh interval that
+        is no positive number)."""
+        self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+
+    def refresh(self, host: Host, now: float) -> PolicyRefresh[_P]:
+        """A fresh read of the Host, applied to the open connections."""
+        assert self.host_policy is not None, "refresh() before start()"
+        live = list(self._live.values())
+        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        return PolicyRefresh(
+            change.firewall if change.limits_changed else None,
+            tuple(p for p in live if p.client in change.denied),
+            tuple(ledger_checks_due(live, now, self.policy.ledger_check_interval)),
+        )
+
+    # -- connections -------------------------------------------------------------------
+
+    def opened(self, paid: _P) -> None:
+        """``paid`` is being served (the policy refreshes reach it)."""
+        self._live[id(paid)] = paid
+
+    def ended(self, paid: _P) -> None:
+        """``paid`` is no longer served (ending it twice does nothing)."""
+        self._live.pop(id(paid), None)
+
+    def live(self) -> list[_P]:
+        """The connections being served."""
+        return list(self._live.values())
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._live)
+
+    def reserve_served(self, cid: str) -> bool:
+        """Take ``cid`` for a DTP connection about to be served; False when another one
+        on that ledger connection is served or settled already (refuse it with
+        ``SERVED_REFUSAL``). Released with ``serving.release(cid)``."""
+        if self.serving.reserve(cid):
+            return True
+        logger.warning("refused connection %s: already served", cid)
+        return False
+
+    def reserve_unserved(self, cid: str) -> str | None:
+        """The key to settle an admitted connection nobody will serve by (no receipt
+        came on it: nothing is claimed, the whole deposit is refunded), reserved; None
+        when another DTP connection on it is served or settled (that one's settlement
+        closes it). Released with ``serving.release(key)``."""
+        key = normalize_id(cid, "connection ID")
+        return key if self.serving.reserve(key) else None
+
+    @staticmethod
+    def settles_first(ended: ConnectionTerminated | None) -> bool:
+        """Whether a served connection that ``ended`` so (None: not yet) is settled
+        before the server's end of its carrier closes: when the client closed it
+        cleanly, it waits for that end and then finds nothing left to do on the
+        ledger (the settlement closes the connection there in the same transaction).
+        Otherwise the connection is closed first, then settled."""
+        return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
+
+    def settled(self, cid: str, settlement: Settlement | None) -> bool:
+        """A settlement of ``cid`` ended with ``settlement``, recorded; False when it
+        claimed nothing (a failure: the caller has it retried, the ID still reserved so
+        that the retry cannot start before the caller is done)."""
+        if settlement is None:
+            return False
+        self.settlements.append((cid, settlement))
+        return True
+
+    # -- work the release waits for ------------------------------------------------------
+
+    def admission_starts(self) -> bool:
+        """An admission begins, counted until :meth:`work_ends`; False when the release
+        is decided already (refuse it with ``CLOSED_REFUSAL``, nothing counted)."""
+        if self.releasing:
+            return False
+        self.working += 1
+        return True
+
+    def admitted(self, verdict: str | None, cid: str | None) -> AdmitStep:
+        """What follows the ledger's ``verdict`` on a peer naming ledger connection ``cid``."""
+        if verdict is not None or cid is None:
+            return AdmitStep.VERDICT
+        return AdmitStep.SETTLE_AND_REFUSE if self.closed else AdmitStep.SERVE
+
+    def work_starts(self) -> None:
+        """A handler call or a settlement begins: the release waits for it."""
+        self.working += 1
+
+    def work_ends(self) -> bool:
+        """An admission, handler call or settlement ended: True when it was the last one
+        after :meth:`close` (the release is due now, and decided)."""
+        self.working -= 1
+        return self._release_due()
+
+    def close(self) -> bool | None:
+        """The server closes: None when it was closed already, else whether the release
+        is due at once (no work left; decided then)."""
+        if self.closed:
+            return None
+        self.closed = True
+        return self._release_due()
+
+    def _release_due(self) -> bool:
+        if self.closed and self.working == 0 and not self.releasing:
+            self.releasing = True
+            return True
+        return False
+
+    def detach_due(self) -> bool:
+        """Whether the store is to be left now (once: ``attached`` is cleared)."""
+        if not self.attached:
+            return False
+        self.attached = False
+        return True

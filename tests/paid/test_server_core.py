@@ -1,0 +1,151 @@
+"""PaidServerCore (dtp/hostid/paid/server_core.py), the server-wide rules both paid
+servers pump, driven without any I/O: admission steps, the work the release waits for,
+the one-DTP-connection-per-ledger-connection reservation, policy refreshes, settlements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtp.hostid.paid.policy import ServicePolicy
+from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
+from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
+from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
+from dtp.protocol.connection import CloseCode
+from dtp.protocol.events import ConnectionTerminated
+
+CID = "0x" + "ab" * 32
+ALICE, BOB = "0x" + "a1" * 32, "0x" + "b0" * 32
+
+FIREWALL = Firewall(FirewallMode.ALLOW_ALL, (), (), 0, 1000, 10)
+HOST = Host("0x" + "11" * 32, 1, "0x" + "22" * 32, b"\0" * 32, (), {}, FIREWALL)
+
+
+@dataclass(eq=False)
+class Conn:
+    """A stand-in for a driver's PaidConnection: what the core reads of one."""
+
+    client: str
+    connection_id: str = CID
+    ledger_check_due: float = 0.0
+
+
+def core(**policy: float) -> PaidServerCore[Conn]:
+    made: PaidServerCore[Conn] = PaidServerCore(ServicePolicy(**policy))  # type: ignore[arg-type]
+    made.start(HOST, 0.0)
+    return made
+
+
+def test_admission_steps_follow_the_verdict_and_the_close() -> None:
+    server = core()
+    assert server.admission_starts()
+    assert server.admitted("firewall denies", CID) is AdmitStep.VERDICT
+    assert server.admitted(None, None) is AdmitStep.VERDICT
+    assert server.admitted(None, CID) is AdmitStep.SERVE
+    assert server.close() is False  # the admission still counts
+    # admitted as the server closes: nobody will serve it
+    assert server.admitted(None, CID) is AdmitStep.SETTLE_AND_REFUSE
+    assert server.admitted("refused", CID) is AdmitStep.VERDICT
+    assert server.work_ends() is True  # the last work after close(): the release is due
+    assert not server.admission_starts()  # released: refused, nothing counted
+    assert server.working == 0
+
+
+def test_close_twice_and_release_once() -> None:
+    server = core()
+    assert server.close() is True  # idle: released at once
+    assert server.releasing
+    assert server.close() is None
+    server.work_starts()
+    assert server.work_ends() is False  # decided already: not twice
+
+
+@given(st.lists(st.sampled_from(["admit", "work", "end", "close"]), max_size=40))
+def test_the_release_is_decided_once_and_only_when_closed_and_idle(steps: list[str]) -> None:
+    server = core()
+    running = 0
+    releases = 0
+    closed = False
+    for step in steps:
+        if step == "admit":
+            started = server.admission_starts()
+            assert started == (releases == 0)
+            running += started
+        elif step == "work":
+            server.work_starts()
+            running += 1
+        elif step == "end" and running:
+            running -= 1
+            due = server.work_ends()
+            assert due == (closed and running == 0 and releases == 0)
+            releases += due
+        elif step == "close":
+            due = server.close()
+            if closed:
+                assert due is None
+            else:
+                closed = True
+                assert due == (running == 0)
+                releases += bool(due)
+        assert server.working == running
+        assert releases <= 1
+        assert server.releasing == (releases == 1)
+
+
+def test_one_dtp_connection_per_ledger_connection() -> None:
+    server = core()
+    assert server.reserve_served(CID)
+    assert not server.reserve_served(CID)  # a second DTP connection on it is refused
+    assert server.reserve_unserved(CID.upper().replace("0X", "0x")) is None
+    server.serving.release(CID)
+    key = server.reserve_unserved(CID.upper().replace("0X", "0x"))
+    assert key == CID  # normalised, reserved: the settlement is the caller's
+    assert not server.reserve_served(CID)
+
+
+def test_settled_records_or_asks_for_a_retry() -> None:
+    server = core()
+    outcome = Settlement(paid=5, claimed=5, refunded=95)
+    assert server.settled(CID, outcome)
+    assert not server.settled(CID, None)
+    assert list(server.settlements) == [(CID, outcome)]
+
+
+def test_refresh_denies_changes_limits_and_schedules_ledger_checks() -> None:
+    server = core(ledger_check_interval=10.0)
+    alice, bob = Conn(ALICE, ledger_check_due=5.0), Conn(BOB, ledger_check_due=50.0)
+    server.opened(alice)
+    server.opened(bob)
+    assert server.open_connections == 2
+    same = server.refresh(HOST, 1.0)
+    assert (same.limits, same.denied, same.ledger_checks) == (None, (), ())
+
+    firewall = replace(FIREWALL, deny=(BOB,), max_bytes_per_sec=500)
+    refresh = server.refresh(replace(HOST, firewall=firewall), 6.0)
+    assert refresh.limits == firewall
+    assert refresh.denied == (bob,)
+    assert refresh.ledger_checks == (alice,)
+    assert alice.ledger_check_due == 16.0  # due again an interval later
+
+    server.ended(bob)
+    server.ended(bob)  # twice: nothing more
+    assert server.live() == [alice]
+    assert server.refresh(replace(HOST, firewall=firewall), 7.0).denied == ()
+
+
+def test_the_store_is_detached_once() -> None:
+    server = core()
+    assert not server.detach_due()
+    server.attached = True
+    assert server.detach_due()
+    assert not server.detach_due()
+
+
+def test_a_connection_the_client_closed_cleanly_is_settled_before_the_close() -> None:
+    first = PaidServerCore.settles_first
+    assert first(ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True))
+    assert not first(ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=False))  # we closed
+    assert not first(ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=True))
+    assert not first(None)  # still open: closed first, then settled
