@@ -95,7 +95,7 @@ class _PaidAdmission(LedgerAdmission):
     ) -> None:
         super().__init__(ledger, host_id, port, open_grace=open_grace)
         self._server = server
-        #: The DTPServer's served connections (dtp.served.served_connections takes them):
+        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
         #: the paid server ends a connection's count there before settling it, and
         #: settles one refused at a connection limit
         self.served = _ServedIds(server)

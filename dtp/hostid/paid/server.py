@@ -110,7 +110,7 @@ class _PaidAdmission(LedgerAdmission):
     ) -> None:
         super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
         self._server = server
-        #: The DTPServer's served connections (dtp.served.served_connections takes them):
+        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
         #: they tell the paid server of every DTP connection it admitted ending
         self.served = _AdmittedIds(server)
 
