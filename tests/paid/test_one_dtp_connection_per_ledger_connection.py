@@ -79,7 +79,7 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         got = 0
         while got < FIRST:
             got += len(first.recv(1 << 16))
-        payment = first._engine.payment
+        payment = first._engine.hook
         assert payment is not None
         paid = payment.meter.latest
         assert paid is not None and paid.total_amount > 9000
@@ -124,7 +124,7 @@ def test_a_connection_id_whose_receipts_the_store_holds_is_refused(
             got = 0
             while got < FIRST:
                 got += len(first.recv(1 << 16))
-            payment = first._engine.payment
+            payment = first._engine.hook
             assert payment is not None
             paid = payment.meter.latest
             assert paid is not None and paid.total_amount > 9000

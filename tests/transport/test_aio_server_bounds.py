@@ -192,7 +192,9 @@ def test_by_default_many_addresses_together_run_at_most_32_handshakes() -> None:
                         )
                         opened[-1][1].write(first_record())
                         await asyncio.sleep(0.005)
-                        peak = max(peak, len(server._tasks))
+                        # handshakes running, not tasks: an evicted one's task may not have
+                        # run its cancellation yet (33 tasks were seen on a loaded machine)
+                        peak = max(peak, server.handshakes_in_progress)
                 assert await until(lambda: server.half_handshakes_evicted == 8)
                 assert await until(lambda: len(server._tasks) == 32)
                 assert peak <= 32
