@@ -30,6 +30,7 @@ from dtp.hostid.ledger_carrier.bridge import (
     ledger_config,
 )
 from dtp.hostid.payment_hook import MeteredClient
+from dtp.hostid.served import reservations_of
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
 from dtp.payments.metering import MeteringConfig
@@ -89,12 +90,55 @@ class HostStreamWriter(DTPStreamWriter):
 
 class DTPServer(TransportServer):
     """The transport's :class:`~dtp.transport.asyncio.server.DTPServer` that can also
-    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.aio.DTPServer`, what
-    :func:`start_server` makes."""
+    serve the ledger carrier (:meth:`listen_ledger`) and settle what its ledger admission
+    admitted (``settle_on_close``, :meth:`wait_settled`): :class:`dtp.aio.DTPServer`,
+    what :func:`start_server` makes."""
 
     #: listen_ledger's arguments while start_server(start_serving=False) holds it
     #: back, until start_serving()
     _ledger_pending: tuple[Ledger, str, int, LedgerCarrierOptions | None] | None = None
+
+    def __init__(
+        self,
+        callback: ClientCallback,
+        identity: HostIdentity,
+        accept: AcceptHook | None,
+        config: ConnectionConfig,
+        admit: AdmitHook | None = None,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        limit: int = LIMIT,
+        settle_on_close: bool = False,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        backlog: int = 128,
+        first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    ) -> None:
+        """As the transport's server, given the ``admit`` hook's reservations, plus
+        ``settle_on_close``, as :class:`dtp.socket.DTPServer`'s (ValueError without
+        ledger admission, before anything starts)."""
+        self._settling = reservations_of(admit, identity, settle_on_close)
+        super().__init__(
+            callback,
+            identity,
+            accept,
+            config,
+            admit,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            limit=limit,
+            max_handshakes=max_handshakes,
+            backlog=backlog,
+            first_message_timeout=first_message_timeout,
+            reservations=self._settling,
+        )
+
+    async def wait_settled(self, timeout: float | None = None) -> bool:
+        """With ``settle_on_close``: wait until the ledger connections of the DTP
+        connections that ended so far are settled (True), or ``timeout`` seconds
+        (False). Without it there is nothing to wait for (True)."""
+        if self._settling is None:
+            return True
+        return await asyncio.to_thread(self._settling.wait_settled, timeout)
 
     def listen_ledger(
         self,

@@ -24,10 +24,12 @@ from dtp.hostid.ledger_carrier.bridge import (
     ledger_config,
 )
 from dtp.hostid.payment_hook import MeteredClient
+from dtp.hostid.served import reservations_of
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.blocking import AcceptHook, AdmitHook
+from dtp.transport.blocking.checks import checked_timeout
 from dtp.transport.blocking.connect import connect
 from dtp.transport.blocking.server import DTPServer as TransportServer
 from dtp.transport.blocking.socket import DTPSocket
@@ -182,8 +184,55 @@ class HostSocket(DTPSocket):
 
 class DTPServer(TransportServer):
     """The transport's :class:`~dtp.transport.blocking.server.DTPServer` that can also
-    serve the ledger carrier (:meth:`listen_ledger`): :class:`dtp.socket.DTPServer`,
+    serve the ledger carrier (:meth:`listen_ledger`) and settle what its ledger admission
+    admitted (``settle_on_close``, :meth:`wait_settled`): :class:`dtp.socket.DTPServer`,
     what :func:`create_server` makes."""
+
+    def __init__(
+        self,
+        address: tuple[str, int] | None,
+        identity: HostIdentity,
+        *,
+        accept: AcceptHook | None = None,
+        admit: AdmitHook | None = None,
+        config: ConnectionConfig | None = None,
+        backlog: int = 128,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_pending: int = 128,
+        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
+        settle_on_close: bool = False,
+        first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    ) -> None:
+        """As the transport's server, which is given the ``admit`` hook's reservations
+        (:class:`~dtp.hostid.admission.LedgerAdmission`'s: one DTP connection per ledger
+        connection, within the Host's limits). ``settle_on_close``: with such a hook,
+        close and settle each client's ledger connection on the ledger as its DTP
+        connection ends (see :func:`create_server`; ValueError with another hook, before
+        anything listens)."""
+        self._settling = reservations_of(admit, identity, settle_on_close)
+        super().__init__(
+            address,
+            identity,
+            accept=accept,
+            admit=admit,
+            config=config,
+            backlog=backlog,
+            max_handshakes=max_handshakes,
+            max_pending=max_pending,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            first_message_timeout=first_message_timeout,
+            reservations=self._settling,
+        )
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """With ``settle_on_close``: wait until the ledger connections of the DTP
+        connections that ended so far are settled (True), or ``timeout`` seconds
+        (False). Without it there is nothing to wait for (True). A ``timeout``
+        :meth:`settimeout` refuses raises as there, with or without it."""
+        timeout = checked_timeout(timeout)
+        return self._settling is None or self._settling.wait_settled(timeout)
 
     def listen_ledger(
         self,

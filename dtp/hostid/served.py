@@ -27,11 +27,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from dtp.errors import DTPError
 from dtp.payments.gate import ConnectionIds
 from dtp.payments.settlement import claim_and_settle
+from dtp.transport.hooks import Reservations
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import ConnectionLimits
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from dtp.ledger.objects import Settlement
     from dtp.transport.hooks import PeerInfo
 
-__all__ = ["ServedConnections"]
+__all__ = ["ServedConnections", "SettlingReservations", "reservations_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +220,31 @@ class ServedConnections:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+class SettlingReservations(Reservations, Protocol):
+    """The transport's :class:`~dtp.transport.hooks.Reservations` as a host-ID server keeps
+    them (:class:`ServedConnections`): what a connection ends leaves to do on the ledger
+    (with ``settle_on_close``, its settlement) can be waited for."""
+
+    def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until what the ended connections left to do is done (True), or
+        ``timeout`` seconds (False)."""
+        ...
+
+
+def reservations_of(
+    admit: object, identity: HostIdentity, settle: bool
+) -> SettlingReservations | None:
+    """A host-ID server's reservations, from its admission hook's ``reservations(identity,
+    settle)`` (:meth:`dtp.hostid.admission.LedgerAdmission.reservations`), or None for a
+    hook without (ValueError then when ``settle``, the server's ``settle_on_close``: only
+    what reserves can settle)."""
+    make: Callable[[HostIdentity, bool], SettlingReservations] | None = getattr(
+        admit, "reservations", None
+    )
+    if make is None:
+        if settle:
+            raise ValueError("settle_on_close needs ledger admission (ledger, host_id and port)")
+        return None
+    return make(identity, settle)

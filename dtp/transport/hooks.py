@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from dtp.identity.keys import HostIdentity
+from typing import Protocol
 
 __all__ = [
     "HOOK_FAILED",
@@ -22,7 +19,6 @@ __all__ = [
     "Reservations",
     "peer_info",
     "refusal_reason",
-    "reservations_of",
 ]
 
 
@@ -71,32 +67,16 @@ def refusal_reason(verdict: object) -> str | None:
 
 
 class Reservations(Protocol):
-    """The connections an admission hook counts while a server serves them
+    """What an admission hook counts while a server serves the connections it accepted
     (:class:`dtp.hostid.served.ServedConnections`: one DTP connection per ledger
-    connection, within the Host's limits, settled as it ends when asked)."""
+    connection, within the Host's limits), given to the server by the layer that made
+    it (``DTPServer(reservations=...)``)."""
 
     def take(self, peer: PeerInfo) -> tuple[str | None, Callable[[], None] | None]:
         """For ``peer``, which the hooks accepted: the refusal (and None), or None and
-        the callable to run, from any thread, once its connection ends."""
+        the callable to run, from any thread or an event loop (it must not block),
+        once its connection ends."""
         ...
-
-    def wait_settled(self, timeout: float | None = None) -> bool:
-        """Wait until what the ended connections left to do is done (True), or
-        ``timeout`` seconds (False)."""
-        ...
-
-
-def reservations_of(admit: object, identity: HostIdentity, settle: bool) -> Reservations | None:
-    """A server's :class:`Reservations`, from its admission hook's ``reservations(identity,
-    settle)`` (the ledger admission has one), or None for a hook without (ValueError
-    then when ``settle``, the server's ``settle_on_close``: only what reserves can
-    settle)."""
-    make: Callable[[HostIdentity, bool], Reservations] | None = getattr(admit, "reservations", None)
-    if make is None:
-        if settle:
-            raise ValueError("settle_on_close needs ledger admission (ledger, host_id and port)")
-        return None
-    return make(identity, settle)
 
 
 class Listener(Protocol):

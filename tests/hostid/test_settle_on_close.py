@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,11 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
+from dtp.hostid.served import reservations_of
 from dtp.keys import HostIdentity
+from dtp.transport.asyncio.server import DTPServer as AsyncioTransportServer
+from dtp.transport.blocking.server import DTPServer as BlockingTransportServer
+from dtp.transport.hooks import PeerInfo
 from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()
@@ -155,6 +160,53 @@ def test_settle_on_close_needs_ledger_admission() -> None:
 
     with pytest.raises(ValueError, match="settle_on_close"):
         asyncio.run(start())
+
+
+def test_only_a_hook_with_reservations_may_settle_on_close() -> None:
+    def admit(peer: PeerInfo) -> bool:
+        return True
+
+    assert reservations_of(admit, SERVER, False) is None
+    assert reservations_of(None, SERVER, False) is None
+    with pytest.raises(ValueError, match="settle_on_close"):
+        reservations_of(admit, SERVER, True)
+    made: list[tuple[HostIdentity, bool]] = []
+
+    class Counting:
+        def __call__(self, peer: PeerInfo) -> bool:
+            return True
+
+        def reservations(self, identity: HostIdentity, settle: bool) -> Any:
+            made.append((identity, settle))
+            return "theirs"
+
+    assert reservations_of(Counting(), SERVER, True) == "theirs"
+    assert made == [(SERVER, True)]
+
+
+def test_settling_is_the_host_id_servers_not_the_transports() -> None:
+    """Settlement is a ledger concern: the transport's servers take no
+    ``settle_on_close`` (a TypeError naming it, before anything listens) and have no
+    ``wait_settled``; the host-ID servers (dtp.socket's, dtp.aio's) have both."""
+    config = ConnectionConfig(identity=SERVER, is_client=False)
+    with pytest.raises(TypeError, match="settle_on_close"):
+        BlockingTransportServer(("127.0.0.1", 0), SERVER, settle_on_close=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="settle_on_close"):
+        AsyncioTransportServer(_refuse, SERVER, None, config, settle_on_close=True)  # type: ignore[call-arg]
+    assert not hasattr(BlockingTransportServer, "wait_settled")
+    assert not hasattr(AsyncioTransportServer, "wait_settled")
+    with dtp.socket.DTPServer(("127.0.0.1", 0), SERVER) as server:
+        assert server.wait_settled(0)  # (nothing to settle without ledger admission)
+
+    async def unsettled() -> bool:
+        aio_server = dtp.aio.DTPServer(_refuse, SERVER, None, config)
+        return await aio_server.wait_settled(0)
+
+    assert asyncio.run(unsettled())
+
+
+async def _refuse(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+    writer.close()
 
 
 def test_the_asyncio_server_settles_on_close(world: World) -> None:

@@ -1,13 +1,12 @@
-"""The seam of dtp/transport/hooks.py: what an admission hook's verdict means, which
-servers may settle on close, and a ConnectionHook that is not a payment riding on a
-plain connection of each driver -- called where the drivers called the client's payment
-(output collected, the close's last frames, the end), with its own close rules."""
+"""The seam of dtp/transport/hooks.py: what an admission hook's verdict means, and a
+ConnectionHook that is not a payment riding on a plain connection of each driver --
+called where the drivers called the client's payment (output collected, the close's
+last frames, the end), with its own close rules."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
 
 import pytest
 
@@ -20,7 +19,6 @@ from dtp.transport.hooks import (
     PeerInfo,
     peer_info,
     refusal_reason,
-    reservations_of,
 )
 
 SERVER = HostIdentity.generate()
@@ -39,28 +37,6 @@ def test_peer_info_names_the_connection_id_as_the_ledger_does() -> None:
     peer = peer_info("0xabc", bytes(range(32)), 7, b"k" * 32)
     assert peer == PeerInfo("0xabc", "0x" + bytes(range(32)).hex(), 7, b"k" * 32)
     assert peer_info("0xabc", None, None, None).connection_id is None
-
-
-def test_only_a_hook_with_reservations_may_settle_on_close() -> None:
-    def admit(peer: PeerInfo) -> bool:
-        return True
-
-    assert reservations_of(admit, SERVER, False) is None
-    assert reservations_of(None, SERVER, False) is None
-    with pytest.raises(ValueError, match="settle_on_close"):
-        reservations_of(admit, SERVER, True)
-    made: list[tuple[HostIdentity, bool]] = []
-
-    class Counting:
-        def __call__(self, peer: PeerInfo) -> bool:
-            return True
-
-        def reservations(self, identity: HostIdentity, settle: bool) -> Any:
-            made.append((identity, settle))
-            return "theirs"
-
-    assert reservations_of(Counting(), SERVER, True) == "theirs"
-    assert made == [(SERVER, True)]
 
 
 class Recorder:

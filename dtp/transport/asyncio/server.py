@@ -36,9 +36,9 @@ from dtp.transport.hooks import (
     HOOK_FAILED,
     Listener,
     PeerInfo,
+    Reservations,
     peer_info,
     refusal_reason,
-    reservations_of,
 )
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import Session
@@ -160,17 +160,19 @@ class DTPServer:
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         limit: int = LIMIT,
-        settle_on_close: bool = False,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         backlog: int = 128,
         first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+        *,
+        reservations: Reservations | None = None,
     ) -> None:
         """``max_handshakes`` (ValueError unless an int of at least 1, as the blocking
         server's), ``backlog`` (the longest line of connections waiting for one of
         them to end, and of those waiting for their first message; at least one) and
-        ``first_message_timeout``: see the class docstring."""
-        # first: a bad bound, or settle_on_close without ledger admission, fails before
-        # anything starts (a backlog listen() refuses too: it left a bound socket open)
+        ``first_message_timeout``: see the class docstring. ``reservations``: as the
+        blocking server's."""
+        # first: a bad bound fails before anything starts (a backlog listen() refuses
+        # too: it left a bound socket open)
         check_backlog(backlog)
         self._admission: Admission[_Arrival] = Admission(
             max_handshakes=max_handshakes,
@@ -190,7 +192,7 @@ class DTPServer:
         # the heap's free pages go back to the system after churn (dtp.transport.heap_release)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
-        self._serving = reservations_of(admit, identity, settle_on_close)
+        self._serving = reservations
         self._limit = limit
         self._callback = callback
         self.identity = identity
@@ -589,10 +591,11 @@ class DTPServer:
             abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
             return False
         if verdict is None and self._serving is not None:
-            # (the ledger admission: one DTP connection per ledger connection)
+            # (what the admission counts while the connection is served: hooks.Reservations)
             verdict, release = self._serving.take(peer)
             if release is not None:
-                # (never blocks the loop: a settlement on close runs in a thread)
+                # (never blocks the loop: what a release does that takes long, it does in a
+                # thread of its own)
                 proto.closed_future.add_done_callback(lambda _: release())
         if verdict is not None:
             self.refused += 1
@@ -667,14 +670,6 @@ class DTPServer:
             return
         if self._server is not None:
             await self._server.start_serving()
-
-    async def wait_settled(self, timeout: float | None = None) -> bool:
-        """With ``settle_on_close``: wait until the ledger connections of the DTP
-        connections that ended so far are settled (True), or ``timeout`` seconds
-        (False). Without it there is nothing to wait for (True)."""
-        if self._serving is None:
-            return True
-        return await asyncio.to_thread(self._serving.wait_settled, timeout)
 
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go

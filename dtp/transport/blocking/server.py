@@ -50,9 +50,9 @@ from dtp.transport.hooks import (
     HOOK_FAILED,
     Listener,
     PeerInfo,
+    Reservations,
     peer_info,
     refusal_reason,
-    reservations_of,
 )
 from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
@@ -259,18 +259,18 @@ class DTPServer:
         max_pending: int = 128,
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-        settle_on_close: bool = False,
         first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+        reservations: Reservations | None = None,
     ) -> None:
         """``accept``: hook given the client's verified Sui address; ``admit``: hook
         given a :class:`PeerInfo` (address plus the ledger connection ID and port the
         client named). Both run when both are given, ``accept`` first.
         ``max_handshakes_per_address`` / ``max_waiting_per_address`` /
         ``first_message_timeout``: see the class docstring (ValueError below 1 / below
-        0 / not above 0). ``settle_on_close``: with a
-        :class:`~dtp.hostid.admission.LedgerAdmission` hook, close and settle each client's
-        ledger connection on the ledger as its DTP connection ends (see
-        :func:`create_server`; ValueError with another hook)."""
+        0 / not above 0). ``reservations``: taken for each connection the hooks accept
+        (it may still refuse it) and given back as the connection ends
+        (:class:`~dtp.transport.hooks.Reservations`; the host-ID server passes its
+        admission's)."""
         # first: a bad cap or identity must fail before we listen (and leave nothing open)
         check_server_identity(identity)
         for name, value in (("max_handshakes", max_handshakes), ("max_pending", max_pending)):
@@ -302,7 +302,7 @@ class DTPServer:
         self.identity = identity
         self._accept_hook = accept
         self._admit_hook = admit
-        self._serving = reservations_of(admit, identity, settle_on_close)
+        self._serving = reservations
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
         self._listener = None if address is None else listen_tcp(address, backlog)
@@ -827,7 +827,7 @@ class DTPServer:
             )
             verdict = self._run_hook(peer)
             if verdict is None and self._serving is not None:
-                # (the ledger admission: one DTP connection per ledger connection)
+                # (what the admission counts while the connection is served: hooks.Reservations)
                 verdict, release = self._serving.take(peer)
                 if release is not None:
                     engine.on_release.append(release)
@@ -913,14 +913,6 @@ class DTPServer:
         """Replayed IK first messages turned away (also counted in
         :attr:`handshakes_failed`): see :mod:`dtp.transport.replay_guard`."""
         return self._replays.refused
-
-    def wait_settled(self, timeout: float | None = None) -> bool:
-        """With ``settle_on_close``: wait until the ledger connections of the DTP
-        connections that ended so far are settled (True), or ``timeout`` seconds
-        (False). Without it there is nothing to wait for (True). A ``timeout``
-        :meth:`settimeout` refuses raises as there, with or without it."""
-        timeout = checked_timeout(timeout)
-        return self._serving is None or self._serving.wait_settled(timeout)
 
     def settimeout(self, timeout: float | None) -> None:
         """The seconds :meth:`accept` waits when called without a timeout, as a
