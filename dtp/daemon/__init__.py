@@ -8,6 +8,23 @@ balancer (backends, health, failover), tunnel (wire format and byte pump), fees
 :mod:`dtp.cli.daemon`.
 """
 
-from dtp.daemon.config import DaemonConfig, load_config
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dtp.daemon.config import DaemonConfig, load_config
 
 __all__ = ["DaemonConfig", "load_config"]
+
+
+def __getattr__(name: str) -> Any:
+    # The re-exports load on first use (PEP 562): ``dtp daemon`` imports
+    # dtp.daemon.signals first, to catch a stop signal from its first moment, and that
+    # import must not pull config's (and with it the ledger's and asyncio's) in ahead
+    # of it (tests/daemon/test_signal_import.py).
+    if name in __all__:
+        from dtp.daemon import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
