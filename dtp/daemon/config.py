@@ -42,9 +42,13 @@ KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
 #: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
-#: client names while its open may still be landing (dtp.hostid.admission's own default), and
-#: on Sui, where the provider's full node may show the open later than the client's.
+#: client names while its open may still be landing. The library's default
+#: (LedgerAdmission.OPEN_GRACE), repeated rather than imported: dtp.hostid.admission
+#: would double this module's import time, which ``dtp status`` pays; a test keeps the
+#: two equal (tests/hostid/test_open_grace.py).
 OPEN_GRACE = 2.0
+#: The same on Sui, longer on purpose: the provider's full node may show the open later
+#: than the one the client's open executed on (docs/daemon.md, "On Sui").
 OPEN_GRACE_SUI = 3.0
 #: ``[[forward]] open_timeout`` by default: seconds a new DTP connection of a forward
 #: may take, its ledger open and handshake included; on Sui the open is two

@@ -176,7 +176,13 @@ class LedgerAdmission:
     (``dtp.socket`` does, the open overlapping the server's work on the first message).
     Generous, since a refusal costs the client dearly (it half-closes the connection,
     and its deposit waits out the half-close timeout), and a busy ledger (many clients
-    opening at once, SQLite writers queueing) takes a while to land an open."""
+    opening at once, SQLite writers queueing) takes a while to land an open.
+
+    The library's default on every ledger, and the daemon's on a LocalLedger
+    (:data:`dtp.daemon.config.OPEN_GRACE`, equal by value: tests/hostid/test_open_grace.py).
+    On Sui the daemon waits 3 s (:data:`dtp.daemon.config.OPEN_GRACE_SUI`: the host's
+    full node may show an open later than the client's did); a library server is given
+    that as ``open_grace`` by its caller, who knows which node it reads."""
 
     def __init__(
         self,

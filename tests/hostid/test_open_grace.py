@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
+import dtp.daemon.config as daemon_config
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -151,6 +152,13 @@ def test_the_servers_admission_looks_for_a_connection_as_long_as_open_grace(
         assert time.monotonic() - start < LedgerAdmission.OPEN_GRACE
     with started(world, kind) as (_, admission):
         assert admission.OPEN_GRACE == LedgerAdmission.OPEN_GRACE
+
+
+def test_the_daemon_waits_as_the_library_does_except_longer_on_sui() -> None:
+    """One default: the daemon's on a LocalLedger is the library's (repeated there by
+    value, to keep its config's imports light); on Sui it is longer on purpose."""
+    assert daemon_config.OPEN_GRACE == LedgerAdmission.OPEN_GRACE
+    assert daemon_config.OPEN_GRACE_SUI > LedgerAdmission.OPEN_GRACE
 
 
 @pytest.mark.parametrize("kind", KINDS)
