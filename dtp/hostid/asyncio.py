@@ -10,7 +10,7 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dtp.errors import ConnectionClosed, LocalProtocolError
+from dtp.errors import LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -49,7 +49,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.hooks import NOT_PAID
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
@@ -68,20 +67,17 @@ class HostStreamWriter(DTPStreamWriter):
         then sign receipts up to the new deposit. Cancelling the wait does not cancel
         a transaction under way: once it lands, the receipts are signed all the same
         (the deposit is on the ledger either way)."""
-        proto = self._proto
-        payment = proto.hook
+        payment = self.connection_hook
         if not isinstance(payment, MeteredClient):
-            raise LocalProtocolError(NOT_PAID)
-        if proto.session.terminated is not None:
-            raise proto.session.error or ConnectionClosed("the connection is closed")
+            return await super().top_up(amount)  # (raises: NOT_PAID)
+        self.check_live()
 
         def landed(job: asyncio.Future[None]) -> None:
             # (a callback, not code after the await: a caller cancelled while the
             # transaction ran would leave the deposit raised and the meter not)
             if job.cancelled() or job.exception() is not None:
                 return
-            payment.topped_up(amount)
-            proto.flush()
+            self.run_and_flush(lambda: payment.topped_up(amount))
 
         job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
         job.add_done_callback(landed)
@@ -151,10 +147,10 @@ class DTPServer(TransportServer):
         carrier, as :meth:`dtp.socket.DTPServer.listen_ledger` does (call it from the
         event loop). The listener watches the ledger in a thread of its own and hands
         each bridged connection to the loop."""
-        if self._attached is not None:
+        if self.attached is not None:
             raise LocalProtocolError("this server already listens on the ledger")
         loop = asyncio.get_running_loop()
-        config = ledger_config(self._config)
+        config = ledger_config(self.connection_config)
 
         def handoff(bridge: LedgerBridge) -> None:  # in the listener's thread
             try:
@@ -170,7 +166,7 @@ class DTPServer(TransportServer):
         """As :meth:`TransportServer.start_serving`, and the ledger listener
         ``start_server(start_serving=False)`` held back."""
         await super().start_serving()
-        if self._closed.is_set():
+        if self.closed:
             return
         pending, self._ledger_pending = self._ledger_pending, None
         if pending is not None:
@@ -218,8 +214,8 @@ async def open_connection(
         metering=metering,
         subscription=subscription,
         sponsor_pool=sponsor_pool,
+        limit=limit,
     )
-    writer._proto.limit = limit
     return reader, writer
 
 
@@ -238,6 +234,7 @@ async def _open_by_host_id(
     metering: MeteringConfig | None,
     subscription: str | None,
     sponsor_pool: str | None,
+    limit: int,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
@@ -329,8 +326,9 @@ async def _open_by_host_id(
                 sock=bridge.socket,
                 while_waiting=while_waiting,
                 writer_class=HostStreamWriter,
+                limit=limit,
+                peername=bridge.peername,
             )
-            writer._proto.peername = bridge.peername
         else:
             # the host's endpoints in turn until one answers (each with the timeout)
             pending_tcp = early
@@ -345,6 +343,7 @@ async def _open_by_host_id(
                 sock=tcp,
                 while_waiting=while_waiting,
                 writer_class=HostStreamWriter,
+                limit=limit,
             )
     except BaseException as exc:
         if early is not None:
@@ -357,9 +356,7 @@ async def _open_by_host_id(
     writer.connection_id = prepared.connection_id
     writer.escrow_id = prepared.escrow_id
     if payments:
-        proto = writer._proto
-        proto.hook = payments[0]
-        proto.session.on_receipt = payments[0].on_receipt_frame
+        writer.set_connection_hook(payments[0], payments[0].on_receipt_frame)
     return reader, writer
 
 
@@ -478,7 +475,7 @@ async def start_server(
         first_message_timeout=first_message_timeout,
     )
     if host is not None and port is not None:
-        await server._start(host, port, backlog, start_serving)
+        await server.listen(host, port, backlog, start_serving=start_serving)
     if "ledger" in carriers and not start_serving:
         assert ledger is not None and host_id is not None and dtp_port is not None
         server._ledger_pending = (ledger, host_id, dtp_port, ledger_options)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from dtp.errors import ConnectionClosed, LocalProtocolError
+from dtp.errors import LocalProtocolError
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, check_open_grace_use
 from dtp.hostid.connect import (
@@ -40,7 +40,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.hooks import NOT_PAID
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
@@ -140,12 +139,9 @@ def connect_by_host_id(
     assert isinstance(sock, HostSocket)
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
-    engine = sock._engine
     if payments:
-        with engine.lock:
-            engine.hook = payments[0]
-            engine.session.on_receipt = payments[0].on_receipt_frame
-    engine.start_timer()  # (after the payment: a metered engine's passes come sooner)
+        sock.set_connection_hook(payments[0], payments[0].on_receipt_frame)
+    sock.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
 
 
@@ -167,19 +163,12 @@ class HostSocket(DTPSocket):
         refund --, InvalidArgument for an amount that is not a positive int, and what
         the ledger raises (InsufficientFunds: the balance is short; nothing was added
         then)."""
-        self._check_open()
-        engine = self._engine
-        payment = engine.hook
+        payment = self.connection_hook
         if not isinstance(payment, MeteredClient):
-            raise LocalProtocolError(NOT_PAID)
-        with engine.lock:
-            if engine.session.terminated is not None:
-                raise engine.session.error or ConnectionClosed("the connection is closed")
+            return super().top_up(amount)  # (raises SocketClosed when closed, else NOT_PAID)
+        self.check_live()
         payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
-        with engine.lock:
-            payment.topped_up(amount)
-            if not engine.closed:
-                engine.flush()
+        self.run_and_flush(lambda: payment.topped_up(amount))
 
 
 class DTPServer(TransportServer):
@@ -246,9 +235,9 @@ class DTPServer(TransportServer):
         the same handshake, hooks and :meth:`accept` / :meth:`serve_forever` as TCP
         connections. Our identity must be the host's authority (NotAuthorized otherwise;
         ObjectNotFound when there is no such host)."""
-        if self._attached is not None:
+        if self.attached is not None:
             raise LocalProtocolError("this server already listens on the ledger")
-        config = ledger_config(self._config)
+        config = ledger_config(self.connection_config)
 
         def handoff(bridge: LedgerBridge) -> None:
             self.handoff(bridge.socket, bridge.peername, config)

@@ -380,6 +380,33 @@ def test_asyncio_connect_by_host_id(world: World) -> None:
     assert world.conserved()
 
 
+def test_asyncio_connect_by_host_id_takes_the_readers_line_limit(world: World) -> None:
+    """``limit=`` reaches the readers of a connection by host ID as it does a plain
+    one's (tests/transport/test_aio_stream_contract.py)."""
+    import asyncio
+
+    import dtp.aio
+
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            world.address(),
+            ledger=world.ledger,
+            identity=CLIENT,
+            deposit=5000,
+            limit=10,
+            timeout=10,
+        )
+        writer.write(b"0123456789ab\nok\n")  # (echoed)
+        with pytest.raises(ValueError):  # 12 bytes before the newline, over 10
+            await asyncio.wait_for(reader.readline(), 10)
+        assert await asyncio.wait_for(reader.readline(), 10) == b"ok\n"
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
+    assert world.conserved()
+
+
 def test_asyncio_server_ledger_admission(tmp_path: Path) -> None:
     """dtp.aio.start_server(ledger=, host_id=, dtp_port=) admits only a funded Open
     connection of this client to this port; a raw connect naming none is refused."""

@@ -1,7 +1,8 @@
 """The seam of dtp/transport/hooks.py: what an admission hook's verdict means, and a
 ConnectionHook that is not a payment riding on a plain connection of each driver --
 called where the drivers called the client's payment (output collected, the close's
-last frames, the end), with its own close rules."""
+last frames, the end), with its own close rules; what the servers show of a Listener
+and their connections' configuration."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import pytest
 
 import dtp.aio
+import dtp.connection
 import dtp.errors
 import dtp.socket
 from dtp.keys import HostIdentity
@@ -83,9 +85,15 @@ def test_the_blocking_driver_calls_a_connection_hook() -> None:
             server.address, timeout=10, server_key=SERVER.noise_public, identity=CLIENT
         )
         recorder = Recorder()
-        with sock._engine.lock:
-            sock._engine.hook = _as_hook(recorder)
+        receipts: list[bytes] = []
+        sock.set_connection_hook(_as_hook(recorder), receipts.append)
+        assert sock.connection_hook is recorder
+        sock.start_timer()  # (started by connect already: a second start changes nothing)
         sock.sendall(SENT)
+        sock.check_live()  # (open: nothing raised)
+        ran: list[int] = []
+        sock.run_and_flush(lambda: ran.append(1))
+        assert ran == [1]
         with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
             sock.top_up(5)  # (a hook is no deposit)
         stream = sock.open_stream()
@@ -98,6 +106,8 @@ def test_the_blocking_driver_calls_a_connection_hook() -> None:
     assert recorder.outputs > 0
     assert recorder.before == 1
     assert recorder.after >= 1  # (after_close is idempotent: close() and the engine call it)
+    with pytest.raises(dtp.errors.SocketClosed):
+        sock.check_live()
 
 
 def test_the_asyncio_driver_calls_a_connection_hook() -> None:
@@ -118,13 +128,21 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
                 host, port, server_key=SERVER.noise_public, identity=CLIENT
             )
             recorder = Recorder()
-            writer._proto.hook = _as_hook(recorder)
+            receipts: list[bytes] = []
+            writer.set_connection_hook(_as_hook(recorder), receipts.append)
+            assert writer.connection_hook is recorder
             writer.write(SENT)
             await writer.drain()
+            writer.check_live()  # (open: nothing raised)
+            ran: list[int] = []
+            writer.run_and_flush(lambda: ran.append(1))
+            assert ran == [1]
             with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
                 await writer.top_up(5)  # (a hook is no deposit)
             writer.close()
             await writer.wait_closed()
+            with pytest.raises(dtp.errors.ConnectionClosed):
+                writer.check_live()
             await asyncio.wait_for(done.wait(), 10)
         finally:
             server.close()
@@ -144,7 +162,7 @@ def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
             server.address, timeout=10, server_key=SERVER.noise_public, identity=CLIENT
         )
         with sock:
-            assert sock._engine.hook is None
+            assert sock.connection_hook is None
             with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
                 sock.top_up(5)
 
@@ -172,5 +190,57 @@ def test_streams_of_a_plain_connection_are_plain_and_name_no_ledger_objects() ->
         finally:
             server.close()
             await server.wait_closed()
+
+    asyncio.run(main())
+
+
+class FakeListener:
+    """A Listener that hands nothing over: the servers must only hold and close it."""
+
+    def __init__(self) -> None:
+        self.closed_with: list[float] = []
+
+    @property
+    def running(self) -> bool:
+        return not self.closed_with
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.closed_with.append(timeout)
+
+
+def test_the_blocking_server_shows_its_listener_and_connection_config() -> None:
+    listener = FakeListener()
+    with dtp.socket.DTPServer(("127.0.0.1", 0), SERVER) as server:
+        assert server.attached is None
+        config = server.connection_config
+        assert config.identity is SERVER and not config.is_client
+        server.attach(listener)
+        assert server.attached is listener
+        with pytest.raises(dtp.errors.LocalProtocolError, match="another listener"):
+            server.attach(FakeListener())
+    assert listener.closed_with  # (closed with the server)
+
+
+def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
+    async def main() -> None:
+        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+            writer.close()
+
+        config = dtp.connection.ConnectionConfig(identity=SERVER, is_client=False)
+        server = dtp.aio.DTPServer(serve, SERVER, None, config)
+        assert server.connection_config is config
+        assert server.attached is None and not server.closed
+        assert not server.is_serving()  # (no listener yet)
+        await server.listen("127.0.0.1", 0, start_serving=False)
+        assert not server.is_serving()
+        await server.start_serving()
+        assert server.is_serving()
+        listener = FakeListener()
+        server.attach(listener)
+        assert server.attached is listener
+        server.close()
+        assert server.closed and not server.is_serving()
+        await server.wait_closed()
+        assert listener.closed_with
 
     asyncio.run(main())

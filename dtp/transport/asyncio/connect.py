@@ -41,9 +41,7 @@ async def open_connection(
     cfg, _ = direct_client_config(
         config, identity, server_key, expected_server_key, HostIdentity.generate
     )
-    reader, writer = await open(host, port, cfg, timeout)
-    writer._proto.limit = limit
-    return reader, writer
+    return await open(host, port, cfg, timeout, limit=limit)
 
 
 def check_limit(limit: int) -> None:
@@ -61,15 +59,21 @@ async def open(
     *,
     while_waiting: Callable[[Protocol], Awaitable[None]] | None = None,
     writer_class: type[DTPStreamWriter] = DTPStreamWriter,
+    limit: int = LIMIT,
+    peername: Any = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
     ``while_waiting(protocol)`` runs once the first handshake message is out, while the
     server works on it; what it raises fails the connect. ``writer_class``: the writer
-    made (a connection by host ID's: ``HostStreamWriter``)."""
+    made (a connection by host ID's: ``HostStreamWriter``). ``limit``: the readers'
+    line limit; ``peername``: what ``get_extra_info("peername")`` reports when ``sock``'s
+    own would not name the peer (a ledger bridge's ``("ledger", <connection id>)``)."""
     loop = asyncio.get_running_loop()
     session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
     proto = Protocol(session, loop)
+    proto.limit = limit
+    proto.peername = peername
 
     async def establish() -> None:
         try:

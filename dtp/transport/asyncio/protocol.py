@@ -51,7 +51,7 @@ class Protocol(asyncio.Protocol):
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         #: Keep the carrier open once the session ended, until its owner closes it (a
-        #: paid server settles first: the client waits for our end before it looks)
+        #: server whose layer above has work to do first: ConnectionHook.close_wait)
         self.hold_carrier = False
         #: What ``get_extra_info("peername")`` reports when the transport's own would
         #: not name the peer: ("ledger", <connection id>) over the ledger carrier, whose
@@ -348,15 +348,15 @@ def _abandoned(ref: weakref.ref[Protocol]) -> None:
 def _close_abandoned(proto: Protocol) -> None:
     """:func:`_abandoned`'s close, on the loop, at once (no task: the loop may be
     ending). What flow control still holds is cut short: the peer reads an error then,
-    not a clean end. A metered connection pays its final receipt first and is
-    half-closed on the ledger afterwards, as its writer's close() does (else it stays
-    open for good, keepalives holding off the idle timeout, its deposit locked)."""
+    not a clean end. A connection with a hook has its last frames go first and its
+    ``after_close`` run afterwards, as its writer's close() does (a metered client's
+    ends its connection on the ledger: dtp.transport.hooks.ConnectionHook)."""
     if proto.session.terminated is not None or proto.conn.closed:
         return
     try:
         hook = proto.hook
         if hook is not None:
-            hook.before_close()  # the final receipt goes out before CLOSE, in the same write
+            hook.before_close()  # its last frames go out before CLOSE, in the same write
             abort(proto, CloseCode.NO_ERROR, "")
             task = proto.loop.create_task(asyncio.to_thread(hook.after_close))
             _FINISHING.add(task)  # (held: a task only the loop refers to may be collected)

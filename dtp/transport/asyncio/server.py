@@ -259,6 +259,21 @@ class DTPServer:
         name = self.sockets[0].getsockname()
         return name[0], name[1]
 
+    @property
+    def attached(self) -> Listener | None:
+        """The listener :meth:`attach` gave this server, if any."""
+        return self._attached
+
+    @property
+    def connection_config(self) -> ConnectionConfig:
+        """The configuration the server's connections start from (its identity's)."""
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed.is_set()
+
     def attach(self, listener: Listener) -> None:
         """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger
         carrier's: :meth:`dtp.hostid.asyncio.DTPServer.listen_ledger`); call it from
@@ -638,7 +653,12 @@ class DTPServer:
                 return reason
         return None
 
-    async def _start(self, host: str, port: int, backlog: int, start_serving: bool = True) -> None:
+    async def listen(
+        self, host: str, port: int, backlog: int = 128, *, start_serving: bool = True
+    ) -> None:
+        """Listen for TCP connections on ``host:port`` (what ``start_server`` does once it
+        made the server), accepting them at once unless ``start_serving`` is False
+        (then at :meth:`start_serving`), as :meth:`asyncio.loop.create_server`."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol_factory,

@@ -14,7 +14,7 @@ from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamRes
 from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort
 from dtp.transport.blocking.checks import readable
-from dtp.transport.hooks import NOT_PAID
+from dtp.transport.hooks import NOT_PAID, ConnectionHook
 from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
 
 SEND_HIGH_WATER = 512 * 1024
@@ -357,6 +357,35 @@ class DTPStreamWriter:
         topped up."""
         raise LocalProtocolError(NOT_PAID)
 
+    # -- a layer above riding on the connection (dtp.transport.hooks) ----------------------
+
+    @property
+    def connection_hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
+        return self._proto.hook
+
+    def set_connection_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded). Call it
+        from the event loop."""
+        self._proto.hook = hook
+        self._session.on_receipt = on_receipt
+
+    def check_live(self) -> None:
+        """Raise the connection's error (ConnectionClosed, ...) once it has ended."""
+        if self._session.terminated is not None:
+            raise self._session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (it may queue frames on the connection: a hook's), then send
+        what it queued; from the event loop."""
+        action()
+        self._proto.flush()
+
     @property
     def peer_connection_id(self) -> str | None:
         """On a server: the ledger connection ID the client named in its handshake."""
@@ -572,10 +601,9 @@ class DTPStreamWriter:
         """The graceful close was cancelled (the loop ending, as asyncio.run does after
         ``close()`` without ``wait_closed()``), perhaps before its first step: abort
         instead, so the transport is not left open (asyncio's ``close()`` closes it at
-        once). A metered connection's final receipt goes out first, as in the graceful
-        close (else the server would be left unpaid for the usage since the last
-        receipt: a ``close()`` without ``wait_closed()`` at the end of ``asyncio.run``
-        would pay nothing of it)."""
+        once). A hook's last frames go out first, as in the graceful close (a
+        ``close()`` without ``wait_closed()`` at the end of ``asyncio.run`` would
+        otherwise drop them: ConnectionHook.before_close)."""
         if task.cancelled():
             hook = self._proto.hook
             if hook is not None:
@@ -611,22 +639,22 @@ class DTPStreamWriter:
                         await self._proto.wait_change()
         hook = self._proto.hook
         if hook is not None:
-            hook.before_close()  # the final receipt goes out before CLOSE, in the same write
+            hook.before_close()  # its last frames go out before CLOSE, in the same write
         if (
             (hook is None or not hook.keeps_clean_close)
             and conn.send_buffered()
             and self._session.terminated is None
         ):
             # the linger ran out with bytes never sent: the peer must read an error, not
-            # the clean end of a stream cut short (a paid connection keeps its clean
-            # CLOSE: the server settles before its end closes only after one)
+            # the clean end of a stream cut short (unless the hook keeps its clean
+            # CLOSE: ConnectionHook.keeps_clean_close)
             conn.close(CloseCode.APPLICATION, UNSENT)
         else:
             conn.close(CloseCode.NO_ERROR, "")
         self._proto.flush()
         if hook is not None:
-            # a paid server closes its end once it settled: then the payment finds
-            # nothing to do on the ledger (as the blocking socket's drain)
+            # the peer closes its end once its layer above is done with the
+            # connection: ConnectionHook.close_wait (as the blocking socket's drain)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(hook.close_wait):
                     await asyncio.shield(self._proto.closed_future)
@@ -673,10 +701,8 @@ class DTPStreamWriter:
         self._proto.close_carrier()
         hook = self._proto.hook
         if self._primary and hook is not None and not was_closing:
-            # the ledger half-close, as the blocking API's abort() (and close()) does: else
-            # the ledger connection stays Open, the half-close timeout never starts, and
-            # the deposit stays locked until the client settles by hand. wait_closed()
-            # waits for it.
+            # the hook's end of the connection, as the blocking API's abort() (and
+            # close()) runs it: ConnectionHook.after_close. wait_closed() waits for it.
             self._close_task = asyncio.ensure_future(asyncio.to_thread(hook.after_close))
 
     def send_datagram(self, data: bytes | bytearray | memoryview) -> None:

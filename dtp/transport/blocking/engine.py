@@ -315,9 +315,10 @@ class Engine:
         return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
 
     def tick_meter(self) -> None:
-        """A metered client after a send (lock held): tick the meter when it may have
-        something to do, and write what it queued -- a receipt, which took the stream
-        back -- without taking a lent stream back on every send."""
+        """A connection with a hook after a send (lock held): let the hook act when it
+        may have something to do (ConnectionHook.quiet_bytes / quiet_until), and write
+        what it queued -- which took the stream back -- without taking a lent stream
+        back on every send."""
         hook = self.hook
         assert hook is not None
         now = time.monotonic()
@@ -420,8 +421,8 @@ class Engine:
                 # another thread wants the general path, or took the lane; the wake is
                 # for the thread that waits on the carrier, which is us: taken here, as
                 # _pump_once takes it, or every wait of ours returned at once until the
-                # general path's next pump (a paid server's stored receipt wakes it:
-                # some twenty reads per receipt went the general path, one wait each)
+                # general path's next pump (a server's layer above wakes it for each
+                # frame it took in: some twenty reads per wake went the general path)
                 self._take_wake()
                 if self.out:
                     # a sender queued records the full carrier did not take and woke
@@ -621,8 +622,8 @@ class Engine:
                         linger,
                     )
                 if self.hook is not None:
-                    # the final receipt goes out before CLOSE, in the same write: the
-                    # server wakes once for both
+                    # the hook's last frames go out before CLOSE, in the same write:
+                    # the server wakes once for both
                     self.hook.before_close()
                 self.conn.take_back(time.monotonic())  # (a lent stream's counts)
                 unread = self.conn.peer_may_send_credit()
@@ -632,16 +633,16 @@ class Engine:
                     and self.session.terminated is None
                 ):
                     # the linger ran out with bytes never sent: the peer must read an
-                    # error, not the clean end of a stream cut short (a paid connection
-                    # keeps its clean CLOSE: the server settles only after one)
+                    # error, not the clean end of a stream cut short (unless the hook
+                    # keeps its clean CLOSE: ConnectionHook.keeps_clean_close)
                     self.conn.close(CloseCode.APPLICATION, UNSENT)
                 else:
                     self.conn.close(CloseCode.NO_ERROR, "")
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
-                # the server's end of the carrier closes once it settled on the ledger:
-                # the payment then has nothing left to do there (one read)
+                # the server's end of the carrier closes once its layer above is done
+                # with the connection (ConnectionHook.close_wait)
                 left = end - time.monotonic()
                 if unread and left > DRAIN_QUIET:
                     patience: float | None = left
@@ -667,9 +668,9 @@ class Engine:
         ``patience``: going quiet ends nothing, only the peer's close or ``patience``
         seconds do. So when the peer is still reading what we sent
         (Connection.peer_may_send_credit), at its own pace (a slow reader lost the end of our data
-        to the reset), and when it is a paid server: its end closes once it settled our
-        connection on the ledger, which the payment then finds done (a quiet moment of
-        its transaction must not make us send a half-close of our own)."""
+        to the reset), and when the connection has a hook: the peer's end closes once
+        its layer above is done with the connection (ConnectionHook.close_wait; a quiet
+        moment of its work must not end our wait)."""
         if self.carrier_closed or self.out:
             return
         try:

@@ -185,8 +185,8 @@ def check_handshake_bounds(
     ``max_handshakes`` that is not an int of at least 1, a per-address cap below 1 or a
     line below 0; TypeError for a ``backlog`` that is no integer, OverflowError for one
     that does not fit the C int listen() takes), for a caller that must refuse them
-    before it does anything -- the paid servers, before the ledger is read or written
-    and their receipts recovered."""
+    before it does anything -- the servers of the layers above, before their own
+    work starts."""
     ServerSlots(max_handshakes, 1)
     if max_handshakes_per_address is not None:
         AddressSlots(max_handshakes_per_address, max_waiting_per_address)
@@ -373,6 +373,16 @@ class DTPServer:
         if self._address is None:
             raise LocalProtocolError("this server has no TCP listener (ledger carrier only)")
         return self._address
+
+    @property
+    def attached(self) -> Listener | None:
+        """The listener :meth:`attach` gave this server, if any."""
+        return self._attached
+
+    @property
+    def connection_config(self) -> ConnectionConfig:
+        """The configuration the server's connections start from (its identity's)."""
+        return self._config
 
     def attach(self, listener: Listener) -> None:
         """Also serve the connections ``listener`` hands to :meth:`handoff` (the ledger

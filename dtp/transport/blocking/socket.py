@@ -39,7 +39,7 @@ from dtp.transport.blocking.checks import (
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.files import stream_file
 from dtp.transport.blocking.timers import TIMERS
-from dtp.transport.hooks import NOT_PAID
+from dtp.transport.hooks import NOT_PAID, ConnectionHook
 
 logger = logging.getLogger(__name__)
 
@@ -444,9 +444,9 @@ class DTPSocket:
                 records, n = sealed
                 engine.write(records, reused=True)
                 if engine.hook is not None:
-                    # the meter's receipts, when it has one to send: a flush on every
-                    # such write also built and sent records the plain path leaves to
-                    # batch (ACKs, credit), a cost the metered client alone paid
+                    # what the hook has to send, when it may have some: a flush on
+                    # every such write also built and sent records the plain path
+                    # leaves to batch (ACKs, credit), a cost only connections with a hook bore
                     engine.tick_meter()
                 return n
             if engine.session.terminated is None and conn.send_buffered(sid) == 0:
@@ -830,6 +830,48 @@ class DTPSocket:
         up; SocketClosed on a closed socket."""
         self._check_open()
         raise LocalProtocolError(NOT_PAID)
+
+    # -- a layer above riding on the connection (dtp.transport.hooks) ----------------------
+
+    @property
+    def connection_hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
+        return self._engine.hook
+
+    def set_connection_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        engine = self._engine
+        with engine.lock:
+            engine.hook = hook
+            engine.session.on_receipt = on_receipt
+
+    def start_timer(self) -> None:
+        """Start the connection's timer, on a socket connected with ``timer=False``
+        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
+        self._engine.start_timer()
+
+    def check_live(self) -> None:
+        """Raise SocketClosed when this socket is closed, and the connection's error
+        (ConnectionClosed, ...) once the connection has ended."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` with the connection's lock held (it may queue frames: a
+        hook's), then send what it queued, unless the connection is closed."""
+        engine = self._engine
+        with engine.lock:
+            action()
+            if not engine.closed:
+                engine.flush()
 
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
