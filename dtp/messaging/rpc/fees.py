@@ -40,9 +40,8 @@ def check_one_meter(meter: Meter | None, stream: Any) -> None:
     are never collected (or its claim fails once the connection is settled)."""
     if meter is None:
         return
-    engine = getattr(stream, "_engine", None)  # a DTPSocket (its hook: the payment)
-    proto = getattr(stream, "_proto", None)  # a dtp.aio writer
-    if getattr(engine, "hook", None) is not None or getattr(proto, "hook", None) is not None:
+    # (a DTPSocket's or a dtp.aio writer's hook: the transport's metered payment)
+    if getattr(stream, "connection_hook", None) is not None:
         raise ValueError(
             "meter=: this connection is metered by its transport already (connected by "
             "host ID): its receipts and the meter's would compete for one escrow. Pay "
