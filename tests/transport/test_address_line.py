@@ -49,8 +49,8 @@ from dtp.keys import HostIdentity
 from dtp.transport.blocking.server import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.support.polling import wait_for
-from tests.transport.test_address_line_gone_clients import held_address
-from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
+from tests.transport.address_lines import held_address
+from tests.transport.half_handshakes import closed_by_peer, echo, idle
 
 
 def test_a_connection_that_waited_too_long_leaves_its_place_to_a_newcomer() -> None:

@@ -51,45 +51,20 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.replay_guard import ReplayGuard
-from tests.support.polling import wait_for
-from tests.transport.half_handshakes import first_record, half_handshake, silent
+from tests.support.polling import async_wait_for, wait_for
+from tests.transport.half_handshakes import (
+    closed_by_peer,
+    echo,
+    first_record,
+    idle,
+    silent,
+)
 from tests.transport.server_drivers import Serve
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 DENIED = HostIdentity.generate()
 OTHER_IP = "127.0.0.2"
-
-
-async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
-def closed_by_peer(sock: socket.socket, within: float = 2.0) -> bool:
-    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds (what
-    it sends before, its handshake reply, is read and dropped)."""
-    deadline = time.monotonic() + within
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if sock.recv(4096) == b"":
-                return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        pass
-    return False
-
-
-def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
-    """A half-handshake: a raw TCP connection that sends a genuine first handshake
-    record, then nothing (it holds a handshake slot until its handshake times out)."""
-    return half_handshake(address, source)
 
 
 # -- AddressSlots ----------------------------------------------------------------------
@@ -246,10 +221,6 @@ def test_the_default_cap_leaves_room_for_other_clients() -> None:
 
 
 # -- the blocking server ---------------------------------------------------------------
-
-
-def echo(sock: dtp.socket.DTPSocket) -> None:
-    sock.sendall(sock.recv(100))
 
 
 @pytest.fixture
