@@ -22,7 +22,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter
 from dtp.errors import ConnectionRefused, InvalidTransaction, NotAuthorized, ObjectNotFound
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
-from tests.hostid.test_connect_by_host_id import CLIENT, MALLORY, PORT, World, connect_raw, world
+from tests.hostid.host_id_world import CLIENT, MALLORY, PORT, World, connect_raw, world
 
 __all__ = ["world"]  # the fixture, used by name below
 
