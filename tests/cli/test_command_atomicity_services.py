@@ -29,7 +29,7 @@ from dtp.chain.sui import SuiLedger
 from dtp.errors import ChainError, InvalidArgument, InvalidObjectId, LedgerUnavailable
 from tests.cli.test_chain_commands import Cli, make_parser
 from tests.cli.test_deploy import PUBLISHED, deploy, fake_sui
-from tests.ledger.test_sui_arguments import (  # noqa: F401 - sui is a fixture
+from tests.support.recording_sui_node import (  # noqa: F401 - sui is a fixture
     HOST,
     PIPE,
     SIGNER,
