@@ -98,8 +98,6 @@ def test_credit_datagrams_must_be_positive() -> None:
     assert config.services[0].credit_datagrams == 1
 
 
-
-
 def test_forward_through_its_own_service_is_refused(tmp_path: Path) -> None:
     """A forward to a service of this daemon whose backend is the forward's own
     listener: each tunnel opened another through itself, without end (the old daemon

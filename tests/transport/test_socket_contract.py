@@ -458,8 +458,6 @@ def test_recv_into_with_small_nbytes_keeps_the_rest() -> None:
     _read_with_nbytes(8 << 20, 1 << 16, [1, 100, 4096, 65535, 1 << 16])
 
 
-
-
 def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
     port = free_port()
     key = HostIdentity.generate().noise_public
