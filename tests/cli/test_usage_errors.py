@@ -385,15 +385,6 @@ def test_keys_new_with_a_passphrase_that_is_not_utf8_is_one_line(tmp_path: Path)
     assert not identity.exists()
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("DTP_LEDGER", raising=False)
-    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
-    return tmp_path
-
-
 @pytest.mark.parametrize("variable", ["DTP_PASSPHRASE", "MY_SECRET"])
 def test_keys_new_refuses_an_empty_passphrase_variable(
     home: Path,
