@@ -4,13 +4,15 @@ its handshake, for the tests of connecting by host ID."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -92,3 +94,40 @@ def connect_raw(world: World, signer: HostIdentity, cid: str, port: int) -> None
     ) as sock:
         sock.sendall(b"x")
         sock.recv(10)
+
+
+#: The two drivers a client connects by host ID with: dtp.socket and dtp.aio.
+APIS = ("blocking", "asyncio")
+
+
+def echo_by_host_id(
+    api: str,
+    world: World,
+    cap: str,
+    payload: bytes,
+    while_open: Callable[[str, str | None], None] = lambda cid, escrow: None,
+) -> None:
+    """Connect to ``world``'s echo service as CLIENT on ``api``'s driver, paying from
+    ``cap``; echo ``payload``, call ``while_open(connection_id, escrow_id)`` and close.
+    What the connect raises, it raises."""
+    if api == "blocking":
+        with dtp.socket.create_connection(
+            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+        ) as sock:
+            sock.sendall(payload)
+            assert sock.recv(100) == payload
+            while_open(sock.connection_id or "", sock.escrow_id)
+        return
+
+    async def main() -> None:
+        reader, writer = await dtp.aio.open_connection(
+            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
+        )
+        writer.write(payload)
+        await writer.drain()
+        assert await reader.readexactly(len(payload)) == payload
+        while_open(writer.connection_id or "", writer.escrow_id)
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(main())
