@@ -150,24 +150,6 @@ def test_refused_wrong_key_and_timeout() -> None:
         asyncio.run(slow(srv))
 
 
-def test_peer_killed_mid_transfer() -> None:
-    async def main(srv) -> None:  # type: ignore[no-untyped-def]
-        reader, writer = await dtp.aio.open_connection(
-            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
-        )
-        writer.write(os.urandom(1 << 20))
-        await writer.drain()
-        srv.kill()
-        with pytest.raises(ConnectionLost):
-            for _ in range(200):
-                writer.write(os.urandom(1 << 20))
-                await writer.drain()
-            await reader.read(10)
-
-    with server_process("sink", api="asyncio") as srv:
-        asyncio.run(main(srv))
-
-
 def test_in_process_server_accept_hook_async() -> None:
     server_id = HostIdentity.generate()
 
