@@ -162,18 +162,39 @@ def test_timeout_on_recv(echo_server) -> None:  # type: ignore[no-untyped-def]
         assert sock.getblocking() and sock.gettimeout() is None
 
 
-def test_refused_client_gets_reason() -> None:
-    with server_process("echo", deny=[CLIENT.sui_address]) as srv:
+def test_refused_client_gets_reason(api: str) -> None:
+    """A client on the server's deny list is refused with the reason (a
+    ConnectionRefusedError), on either API against its own server; another gets in."""
+
+    async def aio_refused(srv: Any) -> ConnectionRefused:
         with pytest.raises(ConnectionRefused) as info:
-            dtp.socket.create_connection(
-                srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+            await dtp.aio.open_connection(
+                "127.0.0.1", srv.port, server_key=srv.key, identity=CLIENT, timeout=10
             )
-        assert "deny list" in info.value.reason
-        assert isinstance(info.value, ConnectionRefusedError)
-        # another identity gets in
-        with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as s:
-            s.sendall(b"ok")
-            assert s.recv(2) == b"ok"
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+        )
+        writer.write(b"ok")
+        assert await reader.readexactly(2) == b"ok"
+        writer.close()
+        await writer.wait_closed()
+        return info.value
+
+    with server_process("echo", api=api, deny=[CLIENT.sui_address]) as srv:
+        if api == "asyncio":
+            refused = asyncio.run(aio_refused(srv))
+        else:
+            with pytest.raises(ConnectionRefused) as info:
+                dtp.socket.create_connection(
+                    srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+                )
+            refused = info.value
+            # another identity gets in
+            with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as s:
+                s.sendall(b"ok")
+                assert s.recv(2) == b"ok"
+        assert "deny list" in refused.reason
+        assert isinstance(refused, ConnectionRefusedError)
 
 
 def test_wrong_server_key_is_handshake_error(echo_server) -> None:  # type: ignore[no-untyped-def]
