@@ -9,9 +9,10 @@ blocked for ever.
 
 SuiNode's error statuses and the reference gas price.
 
-The node is real over 127.0.0.1: the grpclib server below (``GrpcNode``, with its
-fixtures) for gRPC statuses and answers, and a bare HTTP/2 server here
-for an HTTP status that is not 200 (a rate-limiting proxy's 429 in front of a node)."""
+The node is real over 127.0.0.1: the grpclib server of tests/support/grpc_nodes.py
+(``GrpcNode``, its fixtures in tests/ledger/conftest.py) for gRPC statuses and answers,
+and the bare HTTP/2 server there (``Http2Status``) for an HTTP status that is not 200 (a
+rate-limiting proxy's 429 in front of a node)."""
 
 from __future__ import annotations
 

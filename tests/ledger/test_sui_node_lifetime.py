@@ -1,7 +1,7 @@
 """SuiNode's channel lifetime: after a timeout, and calls racing close().
 
 The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``), behind a TCP proxy here whose
+``tests/support/grpc_nodes.py`` (``GrpcNode``), behind a TCP proxy here whose
 first connection is accepted and never answered (an HTTP/2 connection that stopped
 answering). Before, a call that timed out left its stuck channel in place for every
 later call, and a call racing close() could open a channel on a loop being stopped,
@@ -12,7 +12,7 @@ SuiNode's loop when the node is dropped, closed twice at once, or stuck in a cal
 ignores its cancellation.
 
 The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``), reached through the forwarding
+``tests/support/grpc_nodes.py`` (``GrpcNode``), reached through the forwarding
 proxy above where the test needs to see the client end its connection. Calls that ignore
 their cancellation are coroutines passed to ``SuiNode.run()`` here: no node can make a
 client's own task do that."""

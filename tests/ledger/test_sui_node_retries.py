@@ -1,10 +1,10 @@
 """SuiNode retries reads that fail transiently.
 
-The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``) answering gRPC statuses as its
-error tests do, the bare HTTP/2 server of the same file for an HTTP 429, and here a TCP
-proxy that resets connections in front of the grpclib server. Before, one UNAVAILABLE,
-reset connection or rate limit failed the caller at once."""
+The node is real over 127.0.0.1: the grpclib server of ``tests/support/grpc_nodes.py``
+(``GrpcNode``) answering gRPC statuses as the error tests of
+tests/ledger/test_sui_node_faults.py do, the bare HTTP/2 server there for an HTTP 429,
+and here a TCP proxy that resets connections in front of the grpclib server. Before,
+one UNAVAILABLE, reset connection or rate limit failed the caller at once."""
 
 from __future__ import annotations
 
