@@ -19,7 +19,7 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.errors import LedgerUnavailable
-from tests.cli.test_chain_commands import Cli, make_parser
+from tests.cli.chain_cli import Cli, make_parser
 
 NEW_AUTHORITY = "0x" + "00" * 31 + "aa"
 

@@ -16,7 +16,8 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
-from tests.cli.test_command_atomicity_localnet import a_host, dtp, fake_sui, place  # noqa: F401 (a fixture)
+from tests.cli.localnet_place import a_host, dtp, fake_sui
+from tests.cli.localnet_place import place as place  # the fixture
 from tests.support.daemon_procs import ENV, ROOT
 from tests.support.polling import wait_for
 
@@ -32,7 +33,7 @@ from tests.support.polling import wait_for
     ],
 )
 def test_host_set_checks_the_endpoints_before_changing_the_noise_key(
-    place: Path,  # noqa: F811 (the fixture)
+    place: Path,
     capsys: pytest.CaptureFixture[str],
     endpoints: list[str],
     said: str,
@@ -85,7 +86,7 @@ sys.exit(main(["deploy", "--network", "localnet", "--sui-bin", sys.argv[1], "--j
 
 
 def test_deploy_stopped_after_the_publish_records_and_prints_the_package(
-    place: Path,  # noqa: F811 (the fixture)
+    place: Path,
 ) -> None:
     """A SIGTERM once the publish had succeeded raised SystemExit before the record was
     written: the package, published and paid for, was recorded and printed nowhere (and
@@ -111,7 +112,7 @@ def test_deploy_stopped_after_the_publish_records_and_prints_the_package(
 
 
 def test_deploy_stopped_during_the_publish_says_it_may_have_published(
-    place: Path,  # noqa: F811 (the fixture)
+    place: Path,
 ) -> None:
     """Stopped while `sui client publish` ran, dtp kills it; the transaction may have gone
     through already (paid for, its package in no record), and nothing said so."""

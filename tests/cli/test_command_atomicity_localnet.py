@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +19,10 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.cli import main
+from tests.cli.localnet_place import a_host, dtp, fake_sui
+from tests.cli.localnet_place import place as place  # the fixture
 from tests.support.daemon_procs import ENV
 from tests.support.polling import wait_for
-
-
-@pytest.fixture
-def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A temporary home for the ledger, the identity and the deployments record."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
-    monkeypatch.delenv("DTP_LEDGER", raising=False)
-    yield tmp_path
-
-
-def dtp(place: Path, *argv: str, ledger: Path | None = None) -> int:
-    """``dtp ARGV`` in-process, on the place's ledger (or ``ledger``) and identity."""
-    return main(
-        [
-            *argv,
-            "--ledger-path",
-            str(ledger or place / "ledger.sqlite"),
-            "--identity",
-            str(place / "id.json"),
-        ]
-    )
-
-
-def a_host(place: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert dtp(place, "keys", "new") == 0
-    assert dtp(place, "localnet", "faucet") == 0
-    capsys.readouterr()
-    assert dtp(place, "host", "create", "--json") == 0
-    host: str = json.loads(capsys.readouterr().out)["host"]
-    return host
-
 
 # -- nothing half done ---------------------------------------------------------------
 
@@ -163,23 +132,6 @@ def test_localnet_status_counts_past_a_million_events(
 
 
 # -- deploy ------------------------------------------------------------------------------
-
-
-def fake_sui(place: Path, publish: str) -> Path:
-    sui = place / "sui"
-    sui.write_text(
-        "#!/bin/sh\n"
-        'case "$1 $2" in\n'
-        '  "client active-env") echo localnet ;;\n'
-        "  \"move build\") printf 'warning: caf\\351 \\377\\n' ;;\n"
-        f'  "client publish") {publish} ;;\n'
-        "esac\n"
-    )
-    sui.chmod(0o755)
-    package = place / "pkg"
-    package.mkdir()
-    (package / "Move.toml").write_text("[package]\n")
-    return sui
 
 
 def test_deploy_reads_sui_output_that_is_not_utf8(

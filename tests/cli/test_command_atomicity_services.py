@@ -27,9 +27,9 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.chain.sui import SuiLedger
 from dtp.errors import ChainError, InvalidArgument, InvalidObjectId, LedgerUnavailable
-from tests.cli.test_chain_commands import Cli, make_parser
-from tests.cli.test_deploy import PUBLISHED, deploy, fake_sui
-from tests.ledger.test_sui_arguments import (  # noqa: F401 - sui is a fixture
+from tests.cli.chain_cli import Cli, make_parser
+from tests.cli.deploy_runs import PUBLISHED, deploy, fake_sui
+from tests.support.recording_sui_node import (  # noqa: F401 - sui is a fixture
     HOST,
     PIPE,
     SIGNER,

@@ -9,35 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dtp.cli.ledger import register
-from tests.cli import test_usage_errors
-
-home = test_usage_errors.home  # a fixture
-
-
-def deploy(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="dtp")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["deploy", "--network", "localnet", *argv])
-    return int(args.func(args))
-
-
-def fake_sui(path: Path, publish_output: str, marker: Path) -> Path:
-    """A `sui` answering the three calls `dtp deploy` makes; publishing touches
-    ``marker``."""
-    path.write_text(
-        "#!/bin/sh\n"
-        'case "$1 $2" in\n'
-        '  "client active-env") echo localnet ;;\n'
-        '  "move build") echo built ;;\n'
-        f"  \"client publish\") touch {marker}; echo '{publish_output}' ;;\n"
-        "esac\n"
-    )
-    path.chmod(0o755)
-    return path
-
-
-PUBLISHED = '{"digest": "D", "objectChanges": [{"type": "published", "packageId": "0xabc"}]}'
+from tests.cli.deploy_runs import PUBLISHED, deploy, fake_sui
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from dtp.chain.objects import FirewallMode
 from dtp.cli import main
 from dtp.cli.ledger import register
 from dtp.keys import HostIdentity
-from tests.support.paths import ROOT
+from tests.support.cli_runs import child_env, cli_env, error_lines, run_dtp
 
 
 def run(*argv: str) -> int:
@@ -64,35 +64,6 @@ PUBLISHED = '{"digest": "D", "objectChanges": [{"type": "published", "packageId"
 #: A record already on disk before each deploy: another network's, padded so that the
 #: file is large enough for a write to stop part-way through it.
 EARLIER = {"testnet": {"package_id": "0x" + "7" * 64, "digest": "E" * 2000}}
-
-
-def _env(place: Path) -> dict[str, str]:
-    env = dict(os.environ, HOME=str(place), XDG_DATA_HOME=str(place / "data"))
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no .pyc writes under a file-size limit
-    for name in ("DTP_LEDGER", "DTP_PASSPHRASE"):
-        env.pop(name, None)
-    return env
-
-
-def _dtp(
-    *argv: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m dtp ARGV``, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "dtp", *argv],
-        cwd=cwd,
-        env=env or _env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _errors(stderr: str) -> list[str]:
-    """stderr without argparse's usage block."""
-    return [line for line in stderr.splitlines() if not line.startswith(("usage:", " "))]
 
 
 @pytest.fixture
@@ -143,7 +114,7 @@ def _deploy_argv(place: Path, *extra: str) -> list[str]:
 def test_daemon_with_an_empty_config_is_a_usage_error(tmp_path: Path) -> None:
     """``dtp daemon --config "$UNSET"`` read ``.`` and said ".: cannot read the config
     file: Is a directory", naming neither the option nor the cause."""
-    done = _dtp("daemon", "--config", "", cwd=tmp_path)
+    done = run_dtp("daemon", "--config", "", cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.splitlines() == [
         "dtp daemon: --config is empty: give a path, or leave it out."
@@ -159,8 +130,8 @@ def test_daemon_with_an_empty_passphrase_env_is_a_usage_error(tmp_path: Path) ->
         '[[service]]\nname = "echo"\nport = 7\nbackends = ["127.0.0.1:9"]\n',
         encoding="utf-8",
     )
-    env = dict(_env(tmp_path), DTP_PASSPHRASE="secret")
-    done = _dtp("daemon", "--passphrase-env", "", cwd=tmp_path, env=env)
+    env = dict(cli_env(tmp_path), DTP_PASSPHRASE="secret")
+    done = run_dtp("daemon", "--passphrase-env", "", cwd=tmp_path, env=env)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.splitlines() == [
         "dtp daemon: --passphrase-env is empty: name an environment variable, or leave it out."
@@ -179,10 +150,10 @@ def test_status_refuses_both_a_config_and_a_state_dir(tmp_path: Path) -> None:
     (tmp_path / "mine.toml").write_text(
         '[daemon]\nledger = "l.sqlite"\nidentity = "id"\nstate_dir = "mine"\n', encoding="utf-8"
     )
-    done = _dtp("status", "--config", "mine.toml", "--state-dir", "other", cwd=tmp_path)
+    done = run_dtp("status", "--config", "mine.toml", "--state-dir", "other", cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
-    assert _errors(done.stderr) == [
+    assert error_lines(done.stderr) == [
         "dtp status: error: argument --state-dir: not allowed with argument --config"
     ]
 
@@ -195,7 +166,7 @@ def test_keys_new_with_an_empty_passphrase_env_is_refused(
     with pytest.raises(SystemExit) as stop:
         main(["keys", "new", "--identity", str(identity), "--passphrase-env", ""])
     assert stop.value.code == 2
-    assert _errors(capsys.readouterr().err) == [
+    assert error_lines(capsys.readouterr().err) == [
         "dtp keys new: error: argument --passphrase-env: is empty: name an environment variable"
     ]
     assert not identity.exists()
@@ -268,7 +239,7 @@ def test_deploy_refuses_a_gas_budget_out_of_range(
     with pytest.raises(SystemExit) as stop:
         main(_deploy_argv(place, "--gas-budget", budget))
     assert stop.value.code == 2
-    assert _errors(capsys.readouterr().err) == [
+    assert error_lines(capsys.readouterr().err) == [
         "dtp deploy: error: argument --gas-budget: expected an integer from 1 to 2**64-1 "
         f"(MIST), got {budget!r}"
     ]
@@ -337,7 +308,7 @@ def _deploy_under_a_size_limit(place: Path, *, crash: bool) -> subprocess.Comple
     return subprocess.run(
         [sys.executable, "-c", script, *_deploy_argv(place)],
         cwd=place,
-        env=_env(place),
+        env=cli_env(place),
         capture_output=True,
         text=True,
         timeout=60,
@@ -394,7 +365,7 @@ def test_keys_new_with_a_passphrase_that_is_not_utf8_is_one_line(tmp_path: Path)
     before, now one line naming the variable, and no file."""
     identity = tmp_path / "id.json"
     env = {
-        **{k.encode(): v.encode() for k, v in _env(tmp_path).items()},
+        **{k.encode(): v.encode() for k, v in cli_env(tmp_path).items()},
         b"DTP_PASSPHRASE": b"caf\xe9",
     }
     out = subprocess.run(
@@ -412,23 +383,6 @@ def test_keys_new_with_a_passphrase_that_is_not_utf8_is_one_line(tmp_path: Path)
     assert "$DTP_PASSPHRASE cannot be used as a passphrase" in err
     assert len(err.strip().splitlines()) == 1
     assert not identity.exists()
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
-    env.pop("DTP_PASSPHRASE", None)
-    env.pop("DTP_LEDGER", None)
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    monkeypatch.delenv("DTP_LEDGER", raising=False)
-    monkeypatch.delenv("DTP_PASSPHRASE", raising=False)
-    return tmp_path
 
 
 @pytest.mark.parametrize("variable", ["DTP_PASSPHRASE", "MY_SECRET"])
@@ -477,7 +431,7 @@ def test_the_daemon_refuses_an_empty_passphrase_variable(tmp_path: Path) -> None
     proc = subprocess.Popen(
         [sys.executable, "-m", "dtp", "daemon", "--config", "dtp.toml"],
         cwd=tmp_path,
-        env=_child_env(HOME=str(tmp_path), DTP_PASSPHRASE=""),
+        env=child_env(HOME=str(tmp_path), DTP_PASSPHRASE=""),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

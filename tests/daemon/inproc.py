@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,10 +15,14 @@ from typing import Any
 
 import dtp.aio
 from dtp.chain.ledger import Ledger
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import TransportControl
 from dtp.connection import ConnectionConfig
 from dtp.daemon.config import load_config
 from dtp.daemon.runner import Daemon
 from dtp.daemon.tunnel import read_status
+from dtp.errors import DTPError
+from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 
 BOUND = 20.0
@@ -188,3 +193,52 @@ class Client(LedgerConnector):
 
     def close(self) -> None:
         self.ledger.close()
+
+
+DEPOSIT = 1_000_000
+RETRY_BOUND = 5.0  # seconds: the fixed code takes well under 1 s for each wait
+
+
+class FileLedgerClient(LedgerConnector):
+    """A client of the daemon: its own LocalLedger on the daemon's file."""
+
+    def __init__(self, tmp: Path, daemon: Daemon, identity: HostIdentity | None = None) -> None:
+        self.identity = identity or HostIdentity.generate()
+        self.ledger = LocalLedger(tmp / "ledger.sqlite")
+        if identity is None:
+            self.ledger.faucet(self.identity.sui_address, SUI)
+        self.cap = self.ledger.create_spending_cap(self.identity, SUI // 2)
+        assert daemon.host_id is not None and daemon.endpoint is not None
+        self.host_id = daemon.host_id
+        self.endpoint = daemon.endpoint
+        self.server_key = daemon.identity.noise_public
+
+    async def open_ledger(self, port: int) -> str:
+        opened = await asyncio.to_thread(
+            self.ledger.open_connection, self.identity, self.host_id, port, self.cap, DEPOSIT
+        )
+        return opened.connection_id
+
+    async def served_once(self, cid: str, port: int) -> None:
+        """Connect on ``cid``, carry one tunnel, close."""
+        _, writer = await self.connect(cid, port)
+        assert await tunnel(writer) == b"ping"
+        writer.close()
+
+    async def refused_or_cut(self, cid: str, port: int) -> None:
+        """Connect on ``cid``: refused, or cut by the daemon."""
+        with contextlib.suppress(DTPError, asyncio.IncompleteReadError, ConnectionError):
+            _, writer = await self.connect(cid, port)
+            await asyncio.wait_for(tunnel(writer), RETRY_BOUND)
+            writer.close()
+
+    def receipt(self, cid: str, kib: int = 40) -> Receipt:
+        sla = self.ledger.get_connection(cid).sla
+        return Receipt(cid, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
+
+    def connection(self, cid: str) -> TransportControl:
+        return self.ledger.get_connection(cid)
+
+
+# one client of its own per scenario, on the daemon's LocalLedger file
+run_with_file_client = functools.partial(run_scenario, client=FileLedgerClient)

@@ -48,8 +48,8 @@ from dtp.daemon.state import STATUS_FILE, StatusBook, process_identity
 from dtp.daemon.status import daemon_running
 from dtp.errors import DaemonConfigError, DTPError, TunnelError
 from dtp.keys import HostIdentity
-from tests.daemon.test_idle_timeouts import free_port
 from tests.support.daemon_procs import ENV, ROOT, run_daemon
+from tests.support.ports import free_port
 from tests.support.tcp_blackhole import unanswered_address
 
 # -- F5: round robin among the healthy backends -------------------------------------------

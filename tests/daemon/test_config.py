@@ -19,6 +19,7 @@ from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
 from dtp.keys import HostIdentity
 from tests.support.daemon_procs import SUI, daemon, run_daemon, wait_until
+from tests.support.ports import free_port
 
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\n'
 SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'
@@ -95,12 +96,6 @@ def test_credit_datagrams_must_be_positive() -> None:
     )
     config = parse_config(text.replace("= 0\n", "= 1\n"), Path("dtp.toml"))
     assert config.services[0].credit_datagrams == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_forward_through_its_own_service_is_refused(tmp_path: Path) -> None:

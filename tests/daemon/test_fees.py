@@ -39,8 +39,7 @@ from dtp.escrow import ConnectionTerms, Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.daemon.inproc import until
-from tests.daemon.test_settlement_retries import BOUND, _Client, _run
+from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, until
 from tests.paid.test_server_release import StallingStore
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
@@ -280,7 +279,7 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
     def keep_many(self: ReceiptStore, *args: Any, **kwargs: Any) -> Any:
         if hold.is_set():
             held.set()
-            let_go.wait(BOUND)
+            let_go.wait(RETRY_BOUND)
             raise RuntimeError("the write fails for good (a test)")  # (dropped at once)
         return real_keep_many(self, *args, **kwargs)
 
@@ -298,7 +297,7 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
 
     monkeypatch.setattr(services_mod, "relay_udp_async", relay)
 
-    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
+    async def scenario(daemon: Daemon, client: FileLedgerClient, *_unused: Any) -> None:
         cid = await client.open_ledger(7000)
         receipt = client.receipt(cid)
         to_send.append(receipt)
@@ -316,4 +315,4 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
         assert row.fees_claimed == receipt.total_amount
         assert row.fees_earned == receipt.total_amount
 
-    _run(tmp_path, lambda backend: _udp_service(7000, backend), scenario)
+    run_with_file_client(tmp_path, lambda backend: _udp_service(7000, backend), scenario)

@@ -19,74 +19,16 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dtp.daemon.config import load_config
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError
-from dtp.keys import HostIdentity
-from tests.daemon.test_reload import echo_server
-from tests.support.daemon_procs import SUI, Proc, daemon, wait_until
-
-FAKE_HOST = "0x" + "ab" * 32
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def provider(tmp: Path, backend: int, extra_daemon: str = "") -> Path:
-    """A provider's config: free service "echo" on DTP port 7000."""
-    HostIdentity.generate().save(tmp / "provider.key")
-    config = tmp / "provider.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "provider-state"
-faucet = {SUI}
-drain_timeout = 2
-{extra_daemon}
-
-[[service]]
-name = "echo"
-port = 7000
-backends = ["127.0.0.1:{backend}"]
-health_interval = 30
-"""
-    )
-    return config
-
-
-def forward(name: str, listen: str, target: str, extra: str = "") -> str:
-    return f"""
-[[forward]]
-name = "{name}"
-listen = "{listen}"
-target = "{target}"
-{extra}
-"""
-
-
-def client_config(tmp: Path, forwards: str) -> Path:
-    if not (tmp / "client.key").exists():
-        HostIdentity.generate().save(tmp / "client.key")
-    config = tmp / "client.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "client.key"
-state_dir = "client-state"
-faucet = {10 * SUI}
-drain_timeout = 2
-"""
-        + forwards
-    )
-    return config
+from tests.daemon.daemon_configs import FAKE_HOST, client_config, forward, forward_rows, provider
+from tests.daemon.tcp_backends import echo_server
+from tests.support.daemon_procs import Proc, daemon, wait_until
+from tests.support.ports import free_port
 
 
 def echoes(port: int, data: bytes) -> bool:
@@ -99,10 +41,6 @@ def echoes(port: int, data: bytes) -> bool:
                 break
             got += chunk
         return got == data
-
-
-def forward_rows(state: Path) -> dict[str, Any]:
-    return dict((read_status(state) or {}).get("forwards", {}))
 
 
 # -- fault 1: the DTP connections' idle timeout ----------------------------------------------

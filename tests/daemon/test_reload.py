@@ -7,46 +7,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-import threading
 from pathlib import Path
 from typing import Any
 
 from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
+from tests.daemon.tcp_backends import echo_server
 from tests.support.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
 
 DEPOSIT = 1_000_000
-
-
-def echo_server() -> tuple[socket.socket, threading.Thread]:
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        threads = []
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                break
-
-            def echo(sock: socket.socket = sock) -> None:
-                with sock:
-                    try:
-                        while data := sock.recv(65536):
-                            sock.sendall(data)
-                    except OSError:
-                        pass
-
-            thread = threading.Thread(target=echo, daemon=True)
-            threads.append(thread)
-            thread.start()
-        for thread in threads:
-            thread.join(5)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener, thread
 
 
 SERVICE = """

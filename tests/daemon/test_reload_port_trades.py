@@ -18,16 +18,11 @@ import time
 from pathlib import Path
 
 from dtp.daemon.state import read_status
-from tests.daemon.test_idle_timeouts import (
-    FAKE_HOST,
-    client_config,
-    forward,
-    forward_rows,
-    free_port,
-)
-from tests.daemon.test_idle_timeouts import provider as provider_config
-from tests.daemon.test_reload import echo_server
+from tests.daemon.daemon_configs import FAKE_HOST, client_config, forward, forward_rows
+from tests.daemon.daemon_configs import provider as provider_config
+from tests.daemon.tcp_backends import echo_server
 from tests.support.daemon_procs import Proc, daemon, wait_until
+from tests.support.ports import free_port
 
 
 def _two_ports(kind: int = socket.SOCK_STREAM) -> tuple[int, int]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -54,71 +53,24 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Settlement, TransportControl
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
-from dtp.errors import ChainError, ConnectionRefused, DTPError, LedgerUnavailable
-from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.errors import ChainError, ConnectionRefused, LedgerUnavailable
+from dtp.escrow import ConnectionTerms, Receipt
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from tests.daemon.inproc import (
-    SUI,
-    LedgerConnector,
-    run_scenario,
+    DEPOSIT,
+    RETRY_BOUND,
+    FileLedgerClient,
+    run_with_file_client,
     service,
     tunnel,
     until,
     write_config,
 )
 
-DEPOSIT = 1_000_000
-BOUND = 5.0  # seconds: the fixed code takes well under 1 s for each wait
-
 
 def _paid(port: int, backend: int, extra: str = "") -> str:
     return service(port, backend, "price_per_kib = 10\nmin_deposit = 1000\n" + extra)
-
-
-class _Client(LedgerConnector):
-    """A client of the daemon: its own LocalLedger on the daemon's file."""
-
-    def __init__(self, tmp: Path, daemon: Daemon, identity: HostIdentity | None = None) -> None:
-        self.identity = identity or HostIdentity.generate()
-        self.ledger = LocalLedger(tmp / "ledger.sqlite")
-        if identity is None:
-            self.ledger.faucet(self.identity.sui_address, SUI)
-        self.cap = self.ledger.create_spending_cap(self.identity, SUI // 2)
-        assert daemon.host_id is not None and daemon.endpoint is not None
-        self.host_id = daemon.host_id
-        self.endpoint = daemon.endpoint
-        self.server_key = daemon.identity.noise_public
-
-    async def open_ledger(self, port: int) -> str:
-        opened = await asyncio.to_thread(
-            self.ledger.open_connection, self.identity, self.host_id, port, self.cap, DEPOSIT
-        )
-        return opened.connection_id
-
-    async def served_once(self, cid: str, port: int) -> None:
-        """Connect on ``cid``, carry one tunnel, close."""
-        _, writer = await self.connect(cid, port)
-        assert await tunnel(writer) == b"ping"
-        writer.close()
-
-    async def refused_or_cut(self, cid: str, port: int) -> None:
-        """Connect on ``cid``: refused, or cut by the daemon."""
-        with contextlib.suppress(DTPError, asyncio.IncompleteReadError, ConnectionError):
-            _, writer = await self.connect(cid, port)
-            await asyncio.wait_for(tunnel(writer), BOUND)
-            writer.close()
-
-    def receipt(self, cid: str, kib: int = 40) -> Receipt:
-        sla = self.ledger.get_connection(cid).sla
-        return Receipt(cid, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
-
-    def connection(self, cid: str) -> TransportControl:
-        return self.ledger.get_connection(cid)
-
-
-# one client of its own per scenario, on the daemon's LocalLedger file
-_run = functools.partial(run_scenario, client=_Client)
 
 
 async def _store(daemon: Daemon, receipt: Receipt) -> None:
@@ -166,7 +118,7 @@ class _Outage:
             try:
                 if hold is not None and held:
                     hold[1].set()  # in flight
-                    hold[2].wait(BOUND)  # until let go
+                    hold[2].wait(RETRY_BOUND)  # until let go
                 with outage._lock:
                     failing = outage.fails.get(connection_id, 0) > 0
                     if failing:
@@ -231,7 +183,9 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
 
         monkeypatch.setattr(ServerFees, "terms", flaky_terms)
 
-    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def scenario(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         cid = await client.open_ledger(port)
         receipt = client.receipt(cid)
         await _store(daemon, receipt)
@@ -256,7 +210,7 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
         assert row.refunded == DEPOSIT - receipt.total_amount
         assert row.fees_earned >= row.fees_claimed
 
-    _run(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), scenario)
+    run_with_file_client(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), scenario)
     if path == "terms-unreadable":
         assert failed_terms[0].startswith("0x")
 
@@ -271,13 +225,15 @@ def test_the_starts_recovery_counts_every_claim(
     port = 7001 if path == "service-removed" else 7000
     left: dict[str, Any] = {}
 
-    async def first_run(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def first_run(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         cid = await client.open_ledger(port)
         receipt = client.receipt(cid)
         await _store(daemon, receipt)
         left.update(cid=cid, amount=receipt.total_amount, identity=client.identity)
 
-    _run(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), first_run)
+    run_with_file_client(tmp_path, lambda b: _paid(7000, b) + _paid(7001, b), first_run)
     cid, amount = left["cid"], left["amount"]
 
     if path == "unreadable-after":
@@ -291,7 +247,9 @@ def test_the_starts_recovery_counts_every_claim(
 
         monkeypatch.setattr(LocalLedger, "get_connection", get_connection)
 
-    async def second_run(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def second_run(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         row = daemon.book.services[f"svc{port}"]
         assert row.fees_claimed == amount
         assert row.refunded == DEPOSIT - amount
@@ -302,7 +260,7 @@ def test_the_starts_recovery_counts_every_claim(
         if path == "service-removed"
         else (lambda b: _paid(7000, b) + _paid(7001, b))
     )
-    _run(tmp_path, services, second_run)
+    run_with_file_client(tmp_path, services, second_run)
     monkeypatch.undo()
     with LocalLedger(tmp_path / "ledger.sqlite") as ledger:
         tc = ledger.get_connection(cid)
@@ -329,7 +287,9 @@ def test_a_failed_settlement_is_tried_again_within_the_run(
     outage = _Outage(monkeypatch)
     _short_retries(monkeypatch)
 
-    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def scenario(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         cid = await client.open_ledger(7000)
         amount = 0
         if paid:
@@ -362,7 +322,7 @@ def test_a_failed_settlement_is_tried_again_within_the_run(
             assert list(daemon.fees.store.unclaimed()) == []  # marked once settled
 
     with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
-        _run(tmp_path, lambda b: (_paid if paid else service)(7000, b), scenario)
+        run_with_file_client(tmp_path, lambda b: (_paid if paid else service)(7000, b), scenario)
 
 
 def test_a_connection_served_again_is_left_to_its_own_settlement(
@@ -383,13 +343,15 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
 
     monkeypatch.setattr(ServerFees, "settle", counted_settle)
 
-    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def scenario(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         cid = await client.open_ledger(7000)
         outage.closes.add(cid)  # away until said otherwise (its close too: still Open)
         await client.served_once(cid, 7000)
         await until(lambda: len(tried_at) >= 3, "tried again")
         writer: dtp.aio.DTPStreamWriter | None = None
-        deadline = time.monotonic() + BOUND
+        deadline = time.monotonic() + RETRY_BOUND
         while writer is None:  # (refused while a try is in flight: being settled)
             assert time.monotonic() < deadline, "never served again"
             with contextlib.suppress(ConnectionRefused):
@@ -410,7 +372,7 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
         assert row.refunded == DEPOSIT
         assert outage.calls[cid] == 1  # the ledger's settle: its end's, at last
 
-    _run(tmp_path, lambda b: service(7000, b), scenario)
+    run_with_file_client(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
@@ -424,7 +386,9 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
     _short_retries(monkeypatch)
     in_flight, let_go = threading.Event(), threading.Event()
 
-    async def scenario(daemon: Daemon, client: _Client, config: Path, backend: int) -> None:
+    async def scenario(
+        daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
+    ) -> None:
         assert daemon.services is not None
         services = daemon.services
         first = await client.open_ledger(7000)
@@ -440,8 +404,8 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
         drain = asyncio.ensure_future(services.drain(1.0))
         await until(lambda: services._retry_task is None, "the retries stopped")
         let_go.set()  # (and the ledger is back: the held call goes through)
-        await asyncio.wait_for(drain, BOUND)
-        assert time.monotonic() - started < BOUND  # not SETTLE_TIMEOUT
+        await asyncio.wait_for(drain, RETRY_BOUND)
+        assert time.monotonic() - started < RETRY_BOUND  # not SETTLE_TIMEOUT
         assert client.connection(first).settled
         assert daemon.book.service("svc7000").refunded == DEPOSIT  # the first's, once
         calls = outage.calls[second]
@@ -453,7 +417,7 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
         assert outage.calls[second] == calls
 
     with caplog.at_level(logging.DEBUG, logger="dtp.daemon"):
-        _run(tmp_path, lambda b: service(7000, b), scenario)
+        run_with_file_client(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
@@ -501,7 +465,7 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
 
     host: services_mod.ServiceHost
 
-    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
+    async def scenario(daemon: Daemon, client: FileLedgerClient, *_unused: Any) -> None:
         nonlocal host
         assert daemon.services is not None
         host = daemon.services
@@ -526,7 +490,7 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
         assert client.ledger.get_connection(cid).settled
         assert row.refunded == DEPOSIT
 
-    _run(tmp_path, lambda b: service(7000, b), scenario)
+    run_with_file_client(tmp_path, lambda b: service(7000, b), scenario)
 
 
 def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
@@ -544,12 +508,12 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
     def keep_many(self: ReceiptStore, *args: Any, **kwargs: Any) -> Any:
         if hold.is_set():
             held.set()
-            let_go.wait(BOUND)
+            let_go.wait(RETRY_BOUND)
         return real_keep_many(self, *args, **kwargs)
 
     monkeypatch.setattr(ReceiptStore, "keep_many", keep_many)
 
-    async def scenario(daemon: Daemon, client: _Client, *_unused: Any) -> None:
+    async def scenario(daemon: Daemon, client: FileLedgerClient, *_unused: Any) -> None:
         assert daemon.fees is not None
         cid = await client.open_ledger(7000)
         receipt = client.receipt(cid)
@@ -570,4 +534,4 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
         assert row.fees_claimed == receipt.total_amount
         assert row.fees_earned == receipt.total_amount
 
-    _run(tmp_path, lambda b: _paid(7000, b), scenario)
+    run_with_file_client(tmp_path, lambda b: _paid(7000, b), scenario)

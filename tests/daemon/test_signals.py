@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals, StopSignals
-from tests.daemon.test_signals_while_starting import stop_daemon_script
+from tests.daemon.starting_daemons import stop_daemon_script
 
 # a thread of the process's own that does not block the signals, and the SIGTERM sent
 # to it (not to the process, whose pick of a thread is the kernel's) at the loop's close

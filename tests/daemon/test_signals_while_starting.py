@@ -32,9 +32,9 @@ from dtp.daemon.runner import Daemon
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError
 from dtp.keys import HostIdentity
+from tests.daemon.starting_daemons import ALLOWED, stop_daemon_script, write_slow_config
 from tests.support.daemon_procs import ENV, ROOT, SUI, wait_until
 
-ALLOWED = 1000
 """Firewall entries in the slow config: one ledger transaction each at start."""
 
 
@@ -97,40 +97,6 @@ def ledger_held(path: Path) -> Iterator[None]:
     finally:
         db.execute("ROLLBACK")
         db.close()
-
-
-def write_slow_config(tmp: Path, entries: int = ALLOWED) -> Path:
-    """A provider with a service, a forward and an allowlist of ``entries`` addresses:
-    its first start publishes them one transaction each."""
-    HostIdentity.generate().save(tmp / "provider.key")
-    allow = ", ".join(f'"0x{i:064x}"' for i in range(1, entries + 1))
-    config = tmp / "daemon.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "state"
-faucet = {SUI}
-drain_timeout = 1
-
-[firewall]
-mode = "allowlist"
-allow = [{allow}]
-
-[[service]]
-name = "svc"
-port = 7000
-backends = ["127.0.0.1:9"]
-health_interval = 30
-
-[[forward]]
-name = "out"
-listen = "127.0.0.1:0"
-target = "dtp://0x{"1" * 64}:80"
-"""
-    )
-    LocalLedger(tmp / "ledger.sqlite").close()  # the file exists, to be locked
-    return config
 
 
 def allowed_on_ledger(tmp: Path) -> int:
@@ -464,27 +430,3 @@ def test_sigterm_as_the_loop_closes_keeps_status_0(tmp_path: Path) -> None:
     placed on purpose: the event loop's close put SIGTERM's default action back before
     the daemon's own handler returned, so a SIGTERM then killed the process."""
     stop_daemon_script(tmp_path, SIGNAL_AS_THE_LOOP_CLOSES)
-
-
-def stop_daemon_script(tmp_path: Path, script: str) -> None:
-    """Run ``script`` (a ``dtp daemon`` with hooks, given the config's path) on a slow
-    config, SIGTERM it once started, and check that it stopped with status 0."""
-    config = write_slow_config(tmp_path, entries=20)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(config)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # the daemon's handlers are in place once it has started on its Host
-        wait_until(lambda: (tmp_path / "state" / "host.json").exists(), 60, "the host")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0, err
-    assert '"stopped"' in err, err

@@ -30,7 +30,7 @@ from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.status import main as status_main
 from dtp.errors import TunnelError
 from dtp.keys import HostIdentity
-from tests.cli.test_usage_errors import _child_env
+from tests.support.cli_runs import child_env
 
 
 def test_counters_of_the_wrong_type_are_dropped(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_host_json_is_never_left_damaged(tmp_path: Path, crash: bool) -> None:
     done = subprocess.run(
         [sys.executable, "-c", _HOST_WRITE, str(state), "crash" if crash else "error"],
         cwd=tmp_path,
-        env=_child_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -47,7 +47,6 @@ from dtp.escrow import ConnectionTerms
 from dtp.hostid.address import HostAddress, InvalidAddress
 from dtp.hostid.admission import Admitted
 from dtp.ratelimit import RateLimiter, TokenBucket
-from tests.daemon.test_unpaid_hold import host  # noqa: F401 (a fixture)
 
 FREE = Sla(0, 0, 10_000)
 
@@ -112,7 +111,7 @@ class FakeWriter:
 
 
 def test_drain_cancelled_while_the_settlement_retries_end_is_cancelled(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
@@ -129,7 +128,7 @@ def test_drain_cancelled_while_the_settlement_retries_end_is_cancelled(
 
 
 def test_drain_cancelled_while_the_firewall_refresh_ends_is_cancelled(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
@@ -145,7 +144,7 @@ def test_drain_cancelled_while_the_firewall_refresh_ends_is_cancelled(
 
 
 def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """(as before, but for the raise: a refresh loop dead of a fault is logged; raised,
@@ -209,7 +208,7 @@ async def handling(service_host: ServiceHost, writer: FakeWriter) -> asyncio.Fut
 
 
 def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cancelled(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service, settled = serve_free(host, monkeypatch)
@@ -228,7 +227,7 @@ def test_handler_cancelled_while_its_tunnel_acceptor_ends_cleans_up_and_is_cance
 
 
 def test_udp_flow_cancelled_while_its_refuser_ends_cleans_up_and_is_cancelled(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service = ServiceConfig("dns", 7053, (Backend("127.0.0.1", 9),), protocol="udp")
@@ -304,7 +303,7 @@ BOUND = 3.0  # (what a wait that should end at once is given before the test fai
 
 
 def test_drain_ends_the_settlement_retries_woken_as_it_cancels_them(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tried: list[str] = []
@@ -387,7 +386,7 @@ class _Writer(FakeWriter):
 
 
 def test_a_tunnel_acceptor_that_died_of_a_fault_is_logged(
-    host: ServiceHost,  # noqa: F811 (the fixture)
+    host: ServiceHost,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

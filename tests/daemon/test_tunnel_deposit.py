@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from dtp.keys import HostIdentity
-from tests.daemon.test_tunnel_resets_passed_on import Backend, serves_health_checks
+from tests.daemon.tcp_backends import Backend, serves_health_checks
 from tests.support.daemon_procs import SUI, daemon, forward_address, running, write_forwarder
 
 

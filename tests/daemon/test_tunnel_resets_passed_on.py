@@ -4,17 +4,17 @@ answered. Real daemon and forwarder processes, real TCP backends in threads."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
+from tests.daemon.tcp_backends import Backend, serves_health_checks
 from tests.support.daemon_procs import (
     SUI,
     Proc,
@@ -25,67 +25,10 @@ from tests.support.daemon_procs import (
 )
 
 
-class Backend:
-    """A TCP server running ``handler(sock)`` in a thread per connection; counts the
-    connections open now."""
-
-    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port: int = self.listener.getsockname()[1]
-        self.handler = handler
-        self.open = 0
-        self.results: list[object] = []
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        with self._lock:
-            self.open += 1
-        try:
-            with sock:
-                self.handler(sock)
-        except OSError as exc:
-            self.results.append(exc)
-        finally:
-            with self._lock:
-                self.open -= 1
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self._accepting.join(5)
-        for thread in self._threads:
-            thread.join(5)
-
-
 def reset(sock: socket.socket) -> None:
     """Close with a TCP reset."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def serves_health_checks(sock: socket.socket) -> bool:
-    """Whether a backend connection is one of the daemon's health checks (it connects
-    and closes at once); the tests' handlers skip those."""
-    sock.settimeout(5)
-    try:
-        first = sock.recv(1, socket.MSG_PEEK)
-    except OSError:
-        return True
-    return not first
 
 
 @pytest.fixture

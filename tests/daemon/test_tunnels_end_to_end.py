@@ -12,174 +12,22 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
-from tests.support.daemon_procs import Proc, backend, daemon, wait_until, write_forwarder
-from tests.support.sui_node import SuiNodeStandIn
-
-SUI = 1_000_000_000
-
-
-def conserved(ledger: LocalLedger) -> bool:
-    a = ledger.audit()
-    return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
-
-
-@dataclass
-class Setup:
-    """Files of one scenario and the processes it started. With ``node`` (the Sui
-    node stand-in) the daemons' ledger is that node, their identities funded by its
-    faucet; without, a LocalLedger file they share."""
-
-    tmp: Path
-    provider: HostIdentity = field(default_factory=HostIdentity.generate)
-    client: HostIdentity = field(default_factory=HostIdentity.generate)
-    procs: list[Proc] = field(default_factory=list)
-    node: SuiNodeStandIn | None = None
-
-    def __post_init__(self) -> None:
-        self.provider.save(self.tmp / "provider.key")
-        self.client.save(self.tmp / "client.key")
-        if self.node is not None:
-            for identity in (self.provider, self.client):
-                self.node.faucet(identity.sui_address, 10 * SUI)
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.tmp / "ledger.sqlite"
-
-    @property
-    def ledger_lines(self) -> str:
-        """The ``[daemon]`` lines naming the ledger (and funding on a LocalLedger)."""
-        if self.node is None:
-            return f'ledger = "ledger.sqlite"\nfaucet = {SUI}'
-        return f'ledger = "localnet@{self.node.url}"\nsui_package = "{self.node.package_id}"'
-
-    def ledger(self) -> LocalLedger:
-        return LocalLedger(self.ledger_path)
-
-    def any_ledger(self) -> Ledger:
-        """A ledger the test reads through: the node's, or the file."""
-        if self.node is None:
-            return self.ledger()
-        return SuiLedger(SuiConfig(self.node.url, self.node.package_id, timeout=30.0))
-
-    def conserved(self, ledger: Ledger) -> bool:
-        """Every MIST accounted for (on Sui, the gas paid too)."""
-        if self.node is None:
-            assert isinstance(ledger, LocalLedger)
-            return conserved(ledger)
-        a = self.node.audit()
-        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"] + a["gas"]
-
-    def start(self, proc: Proc) -> Proc:
-        self.procs.append(proc)
-        return proc
-
-    def backend(self, mode: str = "echo", port: int = 0) -> Proc:
-        return self.start(backend(mode, port))
-
-    def write_daemon(self, services: str, extra: str = "", name: str = "daemon") -> Path:
-        path = self.tmp / f"{name}.toml"
-        path.write_text(
-            f"""[daemon]
-{self.ledger_lines}
-identity = "provider.key"
-state_dir = "{name}-state"
-drain_timeout = 5
-{extra}
-{services}"""
-        )
-        return path
-
-    def write_forwarder(self, host_id: str, port: int, extra: str = "") -> Path:
-        ledger = None if self.node is None else self.ledger_lines
-        return write_forwarder(self.tmp, host_id, port, extra, ledger)
-
-    def daemon(self, config: Path) -> Proc:
-        return self.start(daemon(config))
-
-    def pair(
-        self, services: str, port: int = 7000, forward_extra: str = ""
-    ) -> tuple[Proc, Proc, tuple[str, int]]:
-        d = self.daemon(self.write_daemon(services))
-        f = self.daemon(self.write_forwarder(d.info["host_id"], port, forward_extra))
-        host, fport = f.info["forwards"]["svc"].rsplit(":", 1)
-        return d, f, (host, int(fport))
-
-
-@pytest.fixture
-def setup(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Setup]:
-    """A scenario on a LocalLedger file, or with the parameter ``"sui"`` on the Sui
-    node stand-in (in this process; the daemons reach it on 127.0.0.1)."""
-    with contextlib.ExitStack() as stack:
-        node = None
-        if getattr(request, "param", "local") == "sui":
-            node = stack.enter_context(SuiNodeStandIn())
-        s = Setup(tmp_path, node=node)
-        try:
-            yield s
-        finally:
-            for proc in reversed(s.procs):
-                proc.kill()
-
-
-def service(backends: list[int], port: int = 7000, extra: str = "") -> str:
-    listed = ", ".join(f'"127.0.0.1:{b}"' for b in backends)
-    return f"""
-[[service]]
-name = "svc{port}"
-port = {port}
-backends = [{listed}]
-health_interval = 0.3
-{extra}
-"""
-
-
-def echo_roundtrip(address: tuple[str, int], data: bytes, timeout: float = 30) -> bytes:
-    """Send ``data`` while reading the echo, as any TCP client would."""
-    sock = socket.create_connection(address, timeout=timeout)
-    with sock:
-
-        def send() -> None:
-            with contextlib.suppress(OSError):  # a refused tunnel may close first
-                sock.sendall(data)
-                sock.shutdown(socket.SHUT_WR)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        got = bytearray()
-        # a refused tunnel closes the client's connection, with a reset when the
-        # forwarder never read what the client sent
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(1 << 20):
-                got += chunk
-        sender.join()
-    return bytes(got)
-
-
-def status(state_dir: Path) -> dict[str, object]:
-    found = read_status(state_dir)
-    assert found is not None
-    return found
-
-
-def svc_row(setup: Setup, name: str = "svc7000", state: str = "daemon-state") -> dict[str, int]:
-    return status(setup.tmp / state)["services"][name]  # type: ignore[index,no-any-return]
-
-
-def fwd_row(setup: Setup) -> dict[str, int]:
-    return status(setup.tmp / "forwarder-state")["forwards"]["svc"]  # type: ignore[index,no-any-return]
+from tests.daemon.tunnel_setup import (
+    PAID,
+    Setup,
+    conserved,
+    echo_roundtrip,
+    fwd_row,
+    ledger_connections,
+    service,
+    status,
+    svc_row,
+)
+from tests.support.daemon_procs import wait_until
 
 
 def test_large_transfer_integrity_and_status(setup: Setup) -> None:
@@ -336,9 +184,6 @@ def test_backend_failover_then_clean_error(setup: Setup) -> None:
     b3 = setup.backend("echo", b2.info["port"])
     assert b3.info["port"] == b2.info["port"]
     assert echo_roundtrip(address, b"back") == b"back"
-
-
-PAID = "price_per_kib = 10\nprice_per_request = 3\nmin_deposit = 2000000"
 
 
 def test_paid_service_fees_survive_a_daemon_crash(setup: Setup) -> None:
@@ -535,7 +380,7 @@ def test_udp_service_and_forward_paid_per_datagram(setup: Setup) -> None:
     row = wait_until(claimed, 20, "the daemon's claim")
     assert row["tunnels"] == 1 and row["bytes_in"] >= answered * 13
     store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
-    (held,) = [store.latest(c) for c in _connections(ledger, setup)]
+    (held,) = [store.latest(c) for c in ledger_connections(ledger, setup)]
     store.close()
     assert held is not None
     receipt = held.receipt
@@ -599,22 +444,12 @@ def test_udp_flows_keep_the_hosts_request_rate(setup: Setup) -> None:
     assert row["rate_limited"] == 30 - answered
     store = ReceiptStore(setup.tmp / "daemon-state" / "receipts.sqlite")
     ledger = setup.ledger()
-    (held,) = [store.latest(c) for c in _connections(ledger, setup)]
+    (held,) = [store.latest(c) for c in ledger_connections(ledger, setup)]
     store.close()
     assert held is not None and held.receipt.total_requests == 1 + answered
     f.stop()
     d.stop()
     assert conserved(ledger)
-
-
-def _connections(ledger: Ledger, setup: Setup) -> list[str]:
-    """The client's ledger connections (from the ledger's events)."""
-    events, _ = ledger.events()
-    return [
-        e["connection"]
-        for e in events
-        if e.name == "ConnectionOpened" and e["client"] == setup.client.sui_address
-    ]
 
 
 def test_a_limit_lifted_on_the_ledger_reaches_a_held_tunnel(setup: Setup) -> None:

@@ -28,7 +28,7 @@ from dtp.escrow import fee
 from dtp.hostid.udp import UdpForwarder, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
-from tests.daemon.test_tunnels_end_to_end import Setup, _connections, conserved, status
+from tests.daemon.tunnel_setup import Setup, conserved, ledger_connections, status
 from tests.support.daemon_procs import Proc, wait_until
 from tests.support.polling import wait_for
 
@@ -156,7 +156,7 @@ def test_a_stop_right_after_traffic_claims_every_datagram(
     served = row(setup.tmp / "daemon-state", "services", "svc")
     assert served["fees_claimed"] == served["fees_earned"] == owed, served
     ledger = setup.ledger()
-    (connection,) = _connections(ledger, setup)
+    (connection,) = ledger_connections(ledger, setup)
     escrow = ledger.get_escrow(ledger.get_connection(connection).escrow)
     assert escrow.settled and escrow.claimed == owed
     assert escrow.refunded == escrow.deposited - owed

@@ -6,33 +6,25 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.config import MIN_UNPAID_SLACK, Backend, ServiceConfig
 from dtp.daemon.services import UNPAID_PAUSE, UNPAID_WAIT, ServiceHost, _Conn
-from dtp.daemon.state import StatusBook
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
-from dtp.keys import HostIdentity
-from tests.daemon.test_tunnels_end_to_end import (
+from tests.daemon.tunnel_setup import (
     PAID,
     Setup,
     conserved,
     echo_roundtrip,
     fwd_row,
     service,
-    setup,
     svc_row,
 )
-
-__all__ = ["setup"]  # the fixture, used by name below
 
 
 def test_tunnels_wait_for_lagging_receipts_instead_of_being_cut(setup: Setup) -> None:
@@ -57,15 +49,6 @@ def test_tunnels_wait_for_lagging_receipts_instead_of_being_cut(setup: Setup) ->
 
 
 # -- the hold itself, on a ServiceHost with nothing running ----------------------------
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[ServiceHost]:
-    ledger = LocalLedger(tmp_path / "ledger.sqlite")
-    try:
-        yield ServiceHost(ledger, HostIdentity.generate(), StatusBook(tmp_path / "state"))
-    finally:
-        ledger.close()
 
 
 def _conn(price_per_kib: int = 10) -> _Conn:

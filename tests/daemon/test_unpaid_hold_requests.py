@@ -18,9 +18,6 @@ from dtp.daemon.services import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT, Serv
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
-from tests.daemon.test_unpaid_hold import host
-
-__all__ = ["host"]  # (the fixture, imported for the tests below)
 
 
 def _conn(sla: Sla) -> _Conn:

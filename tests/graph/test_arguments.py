@@ -25,7 +25,7 @@ from dtp._reference.ham import decode_ham_batch
 from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError, InvalidArgument, LocalProtocolError
 from dtp.graph import Graph
-from tests.ledger.test_local_arguments import CLIENT, SERVER, SLA, World
+from tests.support.object_world import CLIENT, SERVER, SLA, World
 
 
 @pytest.fixture

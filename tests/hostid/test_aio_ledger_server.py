@@ -6,31 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from tests.support.ledger_server import identity_from_seed
+from tests.support.ledger_carrier_world import (
+    PORT,
+    SERVER,
+    Host,
+    host,  # noqa: F401 (a fixture)
+)
 from tests.support.polling import wait_for
-
-PORT = 7
-SERVER = identity_from_seed(0x71)
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
-    """A host with no endpoint and a service on PORT."""
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", Sla(10, 5, 1000))
-    try:
-        yield ledger, host_id
-    finally:
-        ledger.close()
 
 
 def _listeners(before: set[int | None]) -> list[threading.Thread]:
@@ -42,9 +28,9 @@ def _listeners(before: set[int | None]) -> list[threading.Thread]:
 
 
 def test_a_ledger_servers_wait_closed_waits_until_it_is_closed(
-    ledger: tuple[LocalLedger, str],
+    host: Host,  # noqa: F811 (the fixture)
 ) -> None:
-    book, host_id = ledger
+    book, host_id = host.ledger, host.host_id
     before = {t.ident for t in threading.enumerate()}
 
     async def main() -> None:
@@ -74,12 +60,12 @@ def test_a_ledger_servers_wait_closed_waits_until_it_is_closed(
 
 
 def test_close_does_not_hold_the_event_loop_for_a_slow_ledger_read(
-    ledger: tuple[LocalLedger, str],
+    host: Host,  # noqa: F811 (the fixture)
 ) -> None:
     """close() joined the ledger listener's thread for up to 5 s, on the event loop,
     while that thread sat in a ledger read (a Sui node's event poll can take seconds);
     it now only tells the thread to stop, and wait_closed() joins it in a thread."""
-    book, host_id = ledger
+    book, host_id = host.ledger, host.host_id
     before = {t.ident for t in threading.enumerate()}
     reading = threading.Event()
     release = threading.Event()

@@ -4,8 +4,6 @@ ledger pre-checks before money moves, and the server's ledger admission."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -13,8 +11,8 @@ import pytest
 
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, FirewallMode, Sla
-from dtp.connection import ConnectionConfig, _parse_params
+from dtp.chain.objects import ConnectionState, FirewallMode
+from dtp.connection import _parse_params
 from dtp.errors import (
     ConnectionRefused,
     FirewallDenied,
@@ -26,84 +24,18 @@ from dtp.errors import (
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
 from dtp.hostid.connect import NoCarrierEndpoint, resolve_service, tcp_endpoints
-from dtp.keys import HostIdentity
-
-SLA = Sla(10, 5, 1000)
-PORT = 443
-OTHER_PORT = 444
-
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT, MALLORY = ident(0x41), ident(0x42), ident(0x43)
-
-
-def echo(sock: dtp.socket.DTPSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-@dataclass
-class World:
-    ledger: LocalLedger
-    host_id: str
-    server: dtp.socket.DTPServer
-
-    def address(self, port: int = PORT) -> str:
-        return f"dtp://{self.host_id}:{port}"
-
-    def balances(self) -> tuple[int, int]:
-        return (
-            self.ledger.balance(CLIENT.sui_address),
-            self.ledger.balance(MALLORY.sui_address),
-        )
-
-    def conserved(self) -> bool:
-        a = self.ledger.audit()
-        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    server_ledger = LocalLedger(tmp_path / "ledger.db")  # the host's own view of the file
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0), identity=SERVER, ledger=server_ledger, host_id=host_id, port=PORT
-    )
-    ledger.set_endpoints(SERVER, host_id, [f"tcp://127.0.0.1:{server.address[1]}"])
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-    ledger.add_service(SERVER, host_id, OTHER_PORT, "echo", SLA)
-    ledger.faucet(CLIENT.sui_address, 100_000)
-    ledger.faucet(MALLORY.sui_address, 100_000)
-    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
-    thread.start()
-    try:
-        yield World(ledger, host_id, server)
-    finally:
-        server.close()
-        thread.join(5)
-        ledger.close()
-        server_ledger.close()
-
-
-def connect_raw(world: World, signer: HostIdentity, cid: str, port: int) -> None:
-    """Connect straight to the endpoint, naming ``cid`` and ``port`` in the handshake."""
-    cfg = ConnectionConfig(
-        identity=signer, is_client=True, connection_id=bytes.fromhex(cid[2:]), port=port
-    )
-    with dtp.socket.create_connection(
-        world.server.address,
-        timeout=10,
-        server_key=SERVER.noise_public,
-        identity=signer,
-        config=cfg,
-    ) as sock:
-        sock.sendall(b"x")
-        sock.recv(10)
-
+from tests.hostid.host_id_world import (
+    CLIENT,
+    MALLORY,
+    OTHER_PORT,
+    PORT,
+    SERVER,
+    SLA,
+    World,
+    connect_raw,
+    echo,
+)
+from tests.hostid.host_id_world import world as world  # the fixture
 
 # -- the happy path ------------------------------------------------------------------------
 

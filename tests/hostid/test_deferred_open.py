@@ -9,6 +9,7 @@ half-closes the connection on the ledger, like any other failure after the open.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -22,7 +23,16 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, EventFilter
 from dtp.errors import ConnectionRefused, InvalidTransaction, NotAuthorized, ObjectNotFound
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
-from tests.hostid.test_connect_by_host_id import CLIENT, MALLORY, PORT, World, connect_raw, world
+from tests.hostid.host_id_world import (
+    APIS,
+    CLIENT,
+    MALLORY,
+    PORT,
+    World,
+    connect_raw,
+    echo_by_host_id,
+    world,
+)
 
 __all__ = ["world"]  # the fixture, used by name below
 
@@ -97,15 +107,38 @@ def test_rpc_payments_wait_for_a_connection_still_landing(world: World) -> None:
     assert time.monotonic() - start >= LedgerAdmission.OPEN_GRACE
 
 
-def test_connect_opens_during_the_handshake(world: World) -> None:
+@pytest.mark.parametrize("api", APIS)
+def test_connect_opens_during_the_handshake(
+    world: World, monkeypatch: pytest.MonkeyPatch, api: str
+) -> None:
+    """Both drivers execute the open while the server works on the first handshake
+    message; the connection is Open with its escrow, and money is conserved. dtp.aio's
+    open executes once that message is out (connection_made sends it), not before."""
+    from dtp.transport.asyncio.protocol import Protocol
+
+    order: list[str] = []
+    made, execute = Protocol.connection_made, PendingOpen.execute
+
+    def connection_made(self: Protocol, transport: asyncio.BaseTransport) -> None:
+        made(self, transport)
+        order.append("first message out")
+
+    def recorded_execute(self: PendingOpen) -> object:
+        order.append("open")
+        return execute(self)
+
+    if api == "asyncio":
+        monkeypatch.setattr(Protocol, "connection_made", connection_made)
+        monkeypatch.setattr(PendingOpen, "execute", recorded_execute)
     cap = world.ledger.create_spending_cap(CLIENT, 10**6)
-    with dtp.socket.create_connection(
-        world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
-    ) as sock:
-        sock.sendall(b"deferred")
-        assert sock.recv(100) == b"deferred"
-        tc = world.ledger.get_connection(sock.connection_id or "")
-        assert tc.state == ConnectionState.OPEN and tc.escrow == sock.escrow_id
+
+    def is_open(cid: str, escrow: str | None) -> None:
+        tc = world.ledger.get_connection(cid)
+        assert tc.state == ConnectionState.OPEN and tc.escrow == escrow
+
+    echo_by_host_id(api, world, cap, b"deferred", is_open)
+    if api == "asyncio":
+        assert order == ["first message out", "open"]
     assert world.conserved()
 
 
@@ -139,12 +172,11 @@ def test_an_open_that_lands_late_on_a_busy_ledger_is_still_admitted(
     assert world.conserved()
 
 
-def test_an_open_failing_during_the_handshake_fails_the_connect(world: World) -> None:
+@pytest.mark.parametrize("api", APIS)
+def test_an_open_failing_during_the_handshake_fails_the_connect(world: World, api: str) -> None:
     cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # the ledger refuses it
     with pytest.raises(NotAuthorized):
-        dtp.socket.create_connection(
-            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
-        )
+        echo_by_host_id(api, world, cap, b"never")
     opened, _ = world.ledger.events(filter=EventFilter(type="ConnectionOpened"))
     assert opened == []  # nothing was opened, so nothing to half-close
     closed, _ = world.ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
@@ -152,79 +184,9 @@ def test_an_open_failing_during_the_handshake_fails_the_connect(world: World) ->
     assert world.conserved()
     # the server goes on serving
     good = world.ledger.create_spending_cap(CLIENT, 10**6)
-    with dtp.socket.create_connection(
-        world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=good
-    ) as sock:
-        sock.sendall(b"ok")
-        assert sock.recv(10) == b"ok"
+    echo_by_host_id(api, world, good, b"ok")
     with pytest.raises(ConnectionRefused, match="unknown connection"):
         connect_raw(world, CLIENT, "0x" + "ab" * 32, PORT)
-
-
-def test_aio_connect_opens_during_the_handshake(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """dtp.aio overlaps as dtp.socket does: the open executes once the first handshake
-    message is out (connection_made sends it), not before."""
-    import asyncio
-
-    import dtp.aio
-    from dtp.transport.asyncio.protocol import Protocol
-
-    order: list[str] = []
-    made, execute = Protocol.connection_made, PendingOpen.execute
-
-    def connection_made(self: Protocol, transport: asyncio.BaseTransport) -> None:
-        made(self, transport)
-        order.append("first message out")
-
-    def recorded_execute(self: PendingOpen) -> object:
-        order.append("open")
-        return execute(self)
-
-    monkeypatch.setattr(Protocol, "connection_made", connection_made)
-    monkeypatch.setattr(PendingOpen, "execute", recorded_execute)
-    cap = world.ledger.create_spending_cap(CLIENT, 10**6)
-
-    async def main() -> str:
-        reader, writer = await dtp.aio.open_connection(
-            world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
-        )
-        writer.write(b"deferred")
-        await writer.drain()
-        assert await reader.readexactly(8) == b"deferred"
-        cid = writer.connection_id
-        assert cid is not None
-        tc = world.ledger.get_connection(cid)
-        assert tc.state == ConnectionState.OPEN and tc.escrow == writer.escrow_id
-        writer.close()
-        await writer.wait_closed()
-        return cid
-
-    asyncio.run(main())
-    assert order == ["first message out", "open"]
-    assert world.conserved()
-
-
-def test_aio_open_failing_during_the_handshake_fails_the_connect(world: World) -> None:
-    import asyncio
-
-    import dtp.aio
-
-    cap = world.ledger.create_spending_cap(MALLORY, 10**6)  # the ledger refuses it
-
-    async def main() -> None:
-        with pytest.raises(NotAuthorized):
-            await dtp.aio.open_connection(
-                world.address(), timeout=10, ledger=world.ledger, identity=CLIENT, cap_id=cap
-            )
-
-    asyncio.run(main())
-    opened, _ = world.ledger.events(filter=EventFilter(type="ConnectionOpened"))
-    assert opened == []  # nothing was opened, so nothing to half-close
-    closed, _ = world.ledger.events(filter=EventFilter(type="ConnectionHalfClosed"))
-    assert closed == []
-    assert world.conserved()
 
 
 class EscrowUnreadable:

@@ -6,17 +6,14 @@ post, and at the ledger's size limit."""
 from __future__ import annotations
 
 import os
-import random
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter, Sla
+from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ObjectNotFound, WrongSigner
-from dtp.events import PeerAuthenticated
 from dtp.hostid.ledger_carrier.carrier import (
     KIND_FRAGMENT,
     KIND_RECORD,
@@ -28,109 +25,16 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
+from tests.hostid.ledger_carrier_pairs import (
+    PORT,
+    SLA,
+    ImpairedLedger,
+    World,
+    frozen_clock,
+    run_exchange,
+    stepper,
+)
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair
-
-PORT = 7
-SLA = Sla(10, 5, 1000)
-
-
-class ImpairedLedger:
-    """Wraps a ledger so that ``PipeDataSent`` events are dropped, duplicated and
-    reordered (also across calls) before a carrier sees them. Everything else passes."""
-
-    def __init__(
-        self,
-        ledger: LocalLedger,
-        *,
-        seed: int,
-        loss: float = 0.0,
-        duplicate: float = 0.0,
-        reorder: float = 0.0,
-    ) -> None:
-        self._ledger = ledger
-        self.rng = random.Random(seed)
-        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
-        self._held: list[Event] = []
-        self.dropped = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def events(
-        self, cursor: str | None = None, filter: EventFilter | None = None, limit: int = 1000
-    ) -> tuple[list[Event], str | None]:
-        events, cursor = self._ledger.events(cursor, filter, limit)
-        out: list[Event] = []
-        for event in events:
-            if event.name != "PipeDataSent":
-                out.append(event)
-                continue
-            if self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            self._held.append(event)
-            if self.rng.random() < self.duplicate:
-                self._held.append(event)
-        if self.reorder:
-            self.rng.shuffle(self._held)
-            keep = [e for e in self._held if self.rng.random() < self.reorder]
-            release = [e for e in self._held if e not in keep or self.rng.random() < 0.5]
-            self._held = [e for e in self._held if e not in release]
-        else:
-            release, self._held = self._held, []
-        return out + release, cursor
-
-    def wait_events(
-        self,
-        cursor: str | None,
-        timeout: float,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        return self.events(cursor, filter, limit)
-
-
-class World:
-    """A LocalLedger with the server's host and service, a funded client with a cap, and
-    one opened connection."""
-
-    def __init__(self) -> None:
-        self.ledger = LocalLedger(":memory:", clock_ms=0)
-        self.host = self.ledger.create_host(SERVER_ID, SERVER_ID.noise_public, [])
-        self.ledger.add_service(SERVER_ID, self.host, PORT, "raw", SLA)
-        self.ledger.faucet(CLIENT_ID.sui_address, 100_000)
-        self.cap = self.ledger.create_spending_cap(CLIENT_ID, 1_000_000)
-        opened = self.ledger.open_connection(CLIENT_ID, self.host, PORT, self.cap, 1000)
-        self.conn_id = opened.connection_id
-
-    def carriers(self, ledger: Any = None, **kw: Any) -> tuple[LedgerCarrier, LedgerCarrier]:
-        led = self.ledger if ledger is None else ledger
-        cc = LedgerCarrier(
-            led, CLIENT_ID, self.conn_id, peer_address=SERVER_ID.sui_address, clock=_frozen, **kw
-        )
-        sc = LedgerCarrier(
-            led, SERVER_ID, self.conn_id, peer_address=CLIENT_ID.sui_address, clock=_frozen, **kw
-        )
-        return cc, sc
-
-    def payloads(self) -> list[bytes]:
-        events, _ = self.ledger.events(filter=EventFilter(type="PipeDataSent"), limit=1_000_000)
-        return [bytes(e["data"]) for e in events]
-
-
-def _frozen() -> float:
-    return 0.0
-
-
-def _stepper(c: Side, s: Side) -> Callable[[], None]:
-    def step() -> None:
-        c.drain()
-        s.drain()
-        server = s.conn
-        if s.of(PeerAuthenticated) and not server.established and not server.closed:
-            server.accept()
-
-    return step
 
 
 def _setup(
@@ -142,28 +46,8 @@ def _setup(
     cc, sc = world.carriers(ledger, **kw)
     c, s = Side(client), Side(server)
     link = LedgerLink(client, server, cc, sc)
-    assert link.run(lambda: client.established and server.established, on_round=_stepper(c, s))
+    assert link.run(lambda: client.established and server.established, on_round=stepper(c, s))
     return c, s, link, cc, sc
-
-
-def _exchange(
-    c: Side, s: Side, link: LedgerLink, sizes: tuple[int, ...], seed: int, marker: bytes = b""
-) -> None:
-    step = _stepper(c, s)
-    rng = random.Random(seed)
-    payloads: dict[int, bytes] = {}
-    for size in sizes:
-        sid = c.conn.open_stream()
-        payloads[sid] = marker + rng.randbytes(size) + marker
-        c.conn.send_stream_data(sid, payloads[sid], end_stream=True)
-    assert link.run(lambda: set(payloads) <= s.eof, on_round=step, max_time=600)
-    for sid, data in payloads.items():
-        assert bytes(s.data[sid]) == data
-    for sid, data in payloads.items():
-        s.conn.send_stream_data(sid, data[::-1], end_stream=True)
-    assert link.run(lambda: set(payloads) <= c.eof, on_round=step, max_time=600)
-    for sid, data in payloads.items():
-        assert bytes(c.data[sid]) == data[::-1]
 
 
 # -- framing ------------------------------------------------------------------------------
@@ -190,7 +74,7 @@ def test_handshake_and_streams_both_ways_exact() -> None:
     c, s, link, cc, sc = _setup(world)
     assert cc.peer_pipes == (sc.pipe_id,) and sc.peer_pipes == (cc.pipe_id,)
     # large records (full 16 KiB plaintexts) exceed one pipe_send: they travel fragmented
-    _exchange(c, s, link, (100_000, 1, 40_000), seed=1)
+    run_exchange(c, s, link, (100_000, 1, 40_000), seed=1)
     kinds = {p[0] for p in world.payloads()}
     assert {KIND_RECORD, KIND_FRAGMENT, KIND_SYNC} <= kinds
     # the receivers acknowledged: pipe::sync was called on both pipes
@@ -211,7 +95,7 @@ def test_records_on_the_ledger_are_ciphertext() -> None:
     world = World()
     marker = b"PLAINTEXT-MARKER-0123456789"
     c, s, link, _, _ = _setup(world)
-    _exchange(c, s, link, (5_000, 30_000), seed=2, marker=marker)
+    run_exchange(c, s, link, (5_000, 30_000), seed=2, marker=marker)
     c.conn.send_datagram(marker)
     s.conn.send_control(16, marker)
     link.run(max_time=5)
@@ -227,7 +111,7 @@ def test_impaired_events_still_deliver_exactly(seed: int) -> None:
     impaired = ImpairedLedger(world.ledger, seed=seed, loss=0.1, duplicate=0.1, reorder=0.3)
     # a lossy handshake may need its resends (0.5 s doubling) beyond the default 10 s
     c, s, link, cc, sc = _setup(world, impaired, handshake_timeout=60.0, gap_timeout=0.5)
-    _exchange(c, s, link, (60_000, 3_000, 25_000), seed=seed)
+    run_exchange(c, s, link, (60_000, 3_000, 25_000), seed=seed)
     assert impaired.dropped > 0
 
     # gaps (events that never arrive) are given up after gap_timeout, so the prefixes
@@ -251,7 +135,7 @@ def test_heavy_impairment_and_small_payloads() -> None:
     c, s, link, cc, sc = _setup(
         world, impaired, handshake_timeout=60.0, gap_timeout=0.3, max_payload=4096
     )
-    _exchange(c, s, link, (50_000, 7_000), seed=9)
+    run_exchange(c, s, link, (50_000, 7_000), seed=9)
     assert cc.malformed == sc.malformed == 0
     payloads = world.payloads()
     assert max(map(len, payloads)) <= 4096
@@ -275,8 +159,8 @@ def test_two_ledger_handles_on_one_file(tmp_path: Any) -> None:
     client, server = make_pair(reliable_carrier=False)
     c, s = Side(client), Side(server)
     link = LedgerLink(client, server, cc, sc)
-    assert link.run(lambda: client.established and server.established, on_round=_stepper(c, s))
-    _exchange(c, s, link, (40_000,), seed=10)
+    assert link.run(lambda: client.established and server.established, on_round=stepper(c, s))
+    run_exchange(c, s, link, (40_000,), seed=10)
     other.close()
 
 
@@ -406,10 +290,10 @@ def test_adopting_an_existing_pipe() -> None:
 def test_resumed_carrier_does_not_redeliver() -> None:
     world = World()
     c, s, link, _cc, sc = _setup(world)
-    step = _stepper(c, s)
+    step = stepper(c, s)
     early: CarrierState = sc.state()
     # more traffic, then the server's carrier is replaced by one resumed from its state
-    _exchange(c, s, link, (20_000,), seed=3)
+    run_exchange(c, s, link, (20_000,), seed=3)
     saved = sc.state()
     resumed = LedgerCarrier(
         world.ledger,
@@ -417,12 +301,12 @@ def test_resumed_carrier_does_not_redeliver() -> None:
         world.conn_id,
         peer_address=CLIENT_ID.sui_address,
         state=saved,
-        clock=_frozen,
+        clock=frozen_clock,
     )
     assert resumed.pipe_id == sc.pipe_id and resumed.cursor == sc.cursor
     assert resumed.receive(now=link.now) == []  # nothing seen before is handed back
     link.cb = resumed
-    _exchange(c, s, link, (30_000,), seed=4)
+    run_exchange(c, s, link, (30_000,), seed=4)
 
     # a carrier resumed from an older snapshot re-reads what came after it: the
     # connection's replay window drops every one of those records, and no stream data
@@ -433,7 +317,7 @@ def test_resumed_carrier_does_not_redeliver() -> None:
         world.conn_id,
         peer_address=CLIENT_ID.sui_address,
         state=early,
-        clock=_frozen,
+        clock=frozen_clock,
     )
     replayed = stale.receive(now=link.now)
     assert replayed
@@ -444,13 +328,13 @@ def test_resumed_carrier_does_not_redeliver() -> None:
     assert {sid: bytes(d) for sid, d in s.data.items()} == before
     assert not s.conn.closed
     link.cb = stale
-    _exchange(c, s, link, (10_000,), seed=5)
+    run_exchange(c, s, link, (10_000,), seed=5)
 
 
 def test_conservation_after_settle() -> None:
     world = World()
     c, s, link, cc, sc = _setup(world)
-    _exchange(c, s, link, (10_000,), seed=6)
+    run_exchange(c, s, link, (10_000,), seed=6)
     cc.close()
     sc.close()
     world.ledger.close_connection(CLIENT_ID, world.conn_id)

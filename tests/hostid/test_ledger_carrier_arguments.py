@@ -32,7 +32,7 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Event, EventFilter
 from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
-from tests.hostid.test_ledger_carrier_retention import World
+from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 

@@ -73,11 +73,15 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
-from tests.hostid.test_ledger_carrier import CLIENT_ID, World
-from tests.hostid.test_ledger_carrier_outage import _bridge, _record, _World
-from tests.hostid.test_ledger_carrier_outage import world as world  # the fixture
+from tests.hostid.ledger_carrier_pairs import World
+from tests.hostid.outages import (
+    OutageWorld,
+    bridge_with_outage,
+    data_record,
+)
+from tests.hostid.outages import world as world  # the fixture
 from tests.support.ledger_carrier_world import CLIENT, PORT, SERVER
-from tests.support.pairs import Side
+from tests.support.pairs import CLIENT_ID, Side
 from tests.support.polling import wait_for
 
 _HEADER = struct.Struct("<BIBB")
@@ -122,14 +126,14 @@ def _connections(now: float = 0.0) -> tuple[Connection, Connection]:
     return client, server
 
 
-def _carrier(ledger: Any, world: _World, who: str, **kw: Any) -> LedgerCarrier:
+def _carrier(ledger: Any, world: OutageWorld, who: str, **kw: Any) -> LedgerCarrier:
     me, peer = (CLIENT, SERVER) if who == "client" else (SERVER, CLIENT)
     return LedgerCarrier(
         ledger, me, world.connection_id, peer_address=peer.sui_address, clock=lambda: 0.0, **kw
     )
 
 
-def _stepper(c: Side, s: Side) -> Callable[[], None]:
+def stepper(c: Side, s: Side) -> Callable[[], None]:
     def step() -> None:
         c.drain()
         s.drain()
@@ -210,7 +214,7 @@ class _TakingTurns:
 # -- fault 1: two writers on one pipe ----------------------------------------------------
 
 
-def test_two_carriers_posting_on_one_pipe_at_once_never_garble_a_record(world: _World) -> None:
+def test_two_carriers_posting_on_one_pipe_at_once_never_garble_a_record(world: OutageWorld) -> None:
     """The client's carrier is made again for its connection, adopting its pipe, while
     the old one still posts the connection's last records: both post at once, payload
     by payload. Both counted fragment ids from 0, so the server's carrier joined pieces
@@ -224,7 +228,7 @@ def test_two_carriers_posting_on_one_pipe_at_once_never_garble_a_record(world: _
     client, server = _connections()
     c, s = Side(client), Side(server)
     link = LedgerLink(client, server, old, sc)
-    step = _stepper(c, s)
+    step = stepper(c, s)
     assert link.run(lambda: client.established and server.established, on_round=step)
 
     produced: list[bytes] = []
@@ -264,7 +268,7 @@ def test_two_carriers_posting_on_one_pipe_at_once_never_garble_a_record(world: _
 
 
 def test_a_carrier_resumed_from_an_old_snapshot_does_not_reuse_its_fragment_ids(
-    world: _World,
+    world: OutageWorld,
 ) -> None:
     """A carrier snapshotted, went on posting (a record cut off after its first
     piece: the process died), and was resumed from the snapshot. Resumed at the
@@ -301,7 +305,7 @@ def test_a_carrier_resumed_from_an_old_snapshot_does_not_reuse_its_fragment_ids(
     assert resumed.state().next_fragment_id == (resumed._next_fragment_id) & 0xFFFFFFFF
 
 
-def test_new_carriers_on_one_pipe_start_their_fragment_ids_apart(world: _World) -> None:
+def test_new_carriers_on_one_pipe_start_their_fragment_ids_apart(world: OutageWorld) -> None:
     ledger = world.ledger
     first = _carrier(ledger, world, "client")
     ids = {first._next_fragment_id}
@@ -316,7 +320,7 @@ def _frag(fid: int, index: int, count: int, body: bytes) -> bytes:
     return bytes([KIND_FRAGMENT]) + fid.to_bytes(4, "little") + bytes([index, count]) + body
 
 
-def test_pieces_of_two_records_under_one_id_are_dropped_never_joined(world: _World) -> None:
+def test_pieces_of_two_records_under_one_id_are_dropped_never_joined(world: OutageWorld) -> None:
     """A peer whose two writers still count from 0 (an older version): pieces of two
     records under one id, interleaved. They were joined into one record made of both;
     now the clash is seen (a piece for an index held with other bytes) and every piece
@@ -352,14 +356,14 @@ def test_pieces_of_two_records_under_one_id_are_dropped_never_joined(world: _Wor
 # -- fault 2: a slow reader --------------------------------------------------------------
 
 
-def test_receive_reads_no_more_than_its_room(world: _World) -> None:
+def test_receive_reads_no_more_than_its_room(world: OutageWorld) -> None:
     """``max_bytes``: the records come in portions of about that size, each exactly
     once and in order, the rest waiting on the ledger; a snapshot taken between two
     portions resumes at the right place."""
     ledger = world.ledger
     writer = _carrier(ledger, world, "client")
     reader = _carrier(ledger, world, "server", sync_every=1000)
-    records = [_record(bytes([i]) * 16_000) for i in range(100)]
+    records = [data_record(bytes([i]) * 16_000) for i in range(100)]
     writer.send(records)
     room = 256 * 1024
     got: list[bytes] = []
@@ -383,7 +387,7 @@ def test_receive_reads_no_more_than_its_room(world: _World) -> None:
             reader.receive(max_bytes=bad)  # type: ignore[arg-type]
 
 
-def test_a_small_room_still_reads_pages_of_several_events(world: _World) -> None:
+def test_a_small_room_still_reads_pages_of_several_events(world: OutageWorld) -> None:
     """With little room left, a page is still MIN_PAGE events: events that yield no
     record (the peer's other connections, SYNCs) are not read one call each."""
     ledger = world.ledger
@@ -434,7 +438,7 @@ class _Meter:
 
 
 @contextmanager
-def _ledger_connection(world: _World) -> Iterator[tuple[LedgerBridge, LedgerBridge, _Meter]]:
+def _ledger_connection(world: OutageWorld) -> Iterator[tuple[LedgerBridge, LedgerBridge, _Meter]]:
     """The client's and the server's bridges for ``world``'s connection (the server's
     from a listener, metered)."""
     options = LedgerCarrierOptions()
@@ -510,7 +514,7 @@ class _Adapter:
         self.side.drain()
 
 
-def test_a_slow_adapter_keeps_the_bridge_s_buffer_bounded(world: _World) -> None:
+def test_a_slow_adapter_keeps_the_bridge_s_buffer_bounded(world: OutageWorld) -> None:
     """A real connection over the ledger carrier whose server side reads slowly: the
     client sends 12 MiB of datagrams (not flow-controlled) and the server's adapter
     takes them 256 KiB at a time. The bridge stops reading the ledger at 4 MiB held;
@@ -568,7 +572,7 @@ def test_a_slow_adapter_keeps_the_bridge_s_buffer_bounded(world: _World) -> None
         assert sb.error is None and cb.error is None
 
 
-def test_a_bridge_whose_adapter_keeps_up_reads_at_full_pages(world: _World) -> None:
+def test_a_bridge_whose_adapter_keeps_up_reads_at_full_pages(world: OutageWorld) -> None:
     """The bound costs nothing when the adapter keeps up: a connection's records go
     through as before (an echo-like exchange of streams over the bridges)."""
     client_conn, server_conn = _connections(time.monotonic())
@@ -593,13 +597,13 @@ def test_a_bridge_whose_adapter_keeps_up_reads_at_full_pages(world: _World) -> N
         assert sb.error is None and cb.error is None
 
 
-def test_an_outage_during_a_bounded_read_loses_nothing(world: _World) -> None:
+def test_an_outage_during_a_bounded_read_loses_nothing(world: OutageWorld) -> None:
     """Records read before a failed page are handed back first, and count against
     the room (max_bytes) of that next call."""
     ledger = world.ledger
     writer = _carrier(ledger, world, "client")
     reader = _carrier(ledger, world, "server", page_size=MIN_PAGE)
-    records = [_record(bytes([i]) * 1000) for i in range(3 * MIN_PAGE)]
+    records = [data_record(bytes([i]) * 1000) for i in range(3 * MIN_PAGE)]
     assert reader.receive() == []  # (the client's events so far: its pipe, ...)
     writer.send(records)
     failing = _Counting(ledger, fail=2)
@@ -612,15 +616,15 @@ def test_an_outage_during_a_bounded_read_loses_nothing(world: _World) -> None:
     assert first + rest == records
 
 
-def test_a_bridge_posts_every_record_of_a_large_read(world: _World) -> None:
+def test_a_bridge_posts_every_record_of_a_large_read(world: OutageWorld) -> None:
     """The adapter wrote 24 records at once, the ledger answering: the bridge kept
     only the newest 8 of what it read (the cut meant for records the ledger did not
     take in an outage), so a 256 KiB window's worth lost half its records, which the
     connection had to retransmit (datagrams were lost). All are posted now."""
-    bridge, _flaky = _bridge(world, outage_timeout=120.0)
+    bridge, _flaky = bridge_with_outage(world, outage_timeout=120.0)
     pipe = bridge.carrier.pipe_id
     try:
-        records = [_record(bytes([i]) * 20) for i in range(3 * _MAX_UNSENT)]
+        records = [data_record(bytes([i]) * 20) for i in range(3 * _MAX_UNSENT)]
         bridge.socket.sendall(b"".join(records))
         expected = [bytes([KIND_RECORD]) + r for r in records]
         assert wait_for(lambda: world.payloads(pipe) == expected, 60), world.payloads(pipe)
@@ -630,7 +634,7 @@ def test_a_bridge_posts_every_record_of_a_large_read(world: _World) -> None:
         bridge.socket.close()
 
 
-def test_fragment_ids_wrap_at_two_to_the_32(world: _World) -> None:
+def test_fragment_ids_wrap_at_two_to_the_32(world: OutageWorld) -> None:
     ledger = world.ledger
     reader = _carrier(ledger, world, "server")
     writer = _carrier(ledger, world, "client", max_payload=SMALL_PAYLOAD)
@@ -642,7 +646,7 @@ def test_fragment_ids_wrap_at_two_to_the_32(world: _World) -> None:
     assert reader.malformed == reader.fragment_clashes == reader.fragments_dropped == 0
 
 
-def test_a_carrier_resumed_near_the_wrap_goes_round_it(world: _World) -> None:
+def test_a_carrier_resumed_near_the_wrap_goes_round_it(world: OutageWorld) -> None:
     ledger = world.ledger
     reader = _carrier(ledger, world, "server")
     old = _carrier(ledger, world, "client", max_payload=SMALL_PAYLOAD)
@@ -661,13 +665,13 @@ def test_a_carrier_resumed_near_the_wrap_goes_round_it(world: _World) -> None:
     assert resumed.state().next_fragment_id == (start + 1) & 0xFFFFFFFF
 
 
-def test_a_room_smaller_than_one_record_delivers_it_whole_once(world: _World) -> None:
+def test_a_room_smaller_than_one_record_delivers_it_whole_once(world: OutageWorld) -> None:
     """max_bytes=1 and records of 9 pieces each (more than a MIN_PAGE page): each call
     returns at least one whole record, none twice, in order."""
     ledger = world.ledger
     reader = _carrier(ledger, world, "server")
     writer = _carrier(ledger, world, "client", max_payload=SMALL_PAYLOAD)
-    records = [_record(bytes([i]) * 16_000) for i in range(5)]
+    records = [data_record(bytes([i]) * 16_000) for i in range(5)]
     writer.send(records)
     got: list[bytes] = []
     for _ in range(len(records)):
@@ -680,7 +684,7 @@ def test_a_room_smaller_than_one_record_delivers_it_whole_once(world: _World) ->
     assert reader.receive(max_bytes=1) == [] and reader.duplicates == 0
 
 
-def test_lingering_for_retained_records_reads_a_backlog_in_portions(world: _World) -> None:
+def test_lingering_for_retained_records_reads_a_backlog_in_portions(world: OutageWorld) -> None:
     """The peer retains its records and posted a backlog larger than the bridge's
     buffer after our side ended: the linger reads it all (every record is offered for
     confirmation) in portions of at most the buffer (before: one call took it all)."""
@@ -695,12 +699,12 @@ def test_lingering_for_retained_records_reads_a_backlog_in_portions(world: _Worl
         retention_terms=terms,
     )
     ours = LedgerCarrier(ledger, CLIENT, world.connection_id, peer_address=SERVER.sui_address)
-    peer.send([_record(b"hello")])
-    assert ours.receive() == [_record(b"hello")]
+    peer.send([data_record(b"hello")])
+    assert ours.receive() == [data_record(b"hello")]
     assert ours.peer_retains
     high_water = ledger_bridge._OUT_HIGH_WATER
     count = high_water // 16_000 + 80  # about 5.3 MiB: more than the buffer takes
-    peer.send([_record(bytes([i % 256]) * 16_000) for i in range(count)])
+    peer.send([data_record(bytes([i % 256]) * 16_000) for i in range(count)])
     peer.close()  # its pipe gone: the linger ends once it has read that
 
     largest = 0

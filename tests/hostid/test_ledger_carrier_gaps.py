@@ -32,7 +32,7 @@ from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ConnectionClosed
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import CarrierState, LedgerCarrier, confirm_records
-from tests.hostid.test_ledger_carrier_retention import World
+from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 
 

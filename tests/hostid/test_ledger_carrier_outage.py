@@ -19,10 +19,7 @@ import asyncio
 import contextlib
 import errno
 import struct
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ from dtp.chain.ledger import Ledger
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter
 from dtp.connection import ConnectionConfig
-from dtp.errors import ChainError, ConnectionLost, DTPError, ObjectNotFound
+from dtp.errors import ChainError, ConnectionLost, DTPError
 from dtp.escrow import object_id_bytes
 from dtp.hostid.ledger_carrier import bridge as ledger_bridge
 from dtp.hostid.ledger_carrier.bridge import (
@@ -46,6 +43,15 @@ from dtp.hostid.ledger_carrier.bridge import (
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
 from dtp.transport.session import Session
+from tests.hostid.outages import (
+    AbortingEcho,
+    Outage,
+    OutageWorld,
+    bridge_with_outage,
+    data_record,
+    says_why,
+)
+from tests.hostid.outages import world as world  # the fixture
 from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
@@ -82,25 +88,6 @@ class _Breakable:
         return call
 
 
-class _Echo:
-    """The server's handler: echoes, and aborts its connection once told (the client's
-    ledger failed, so its pipe stays: the server's bridge would wait for the idle
-    timeout)."""
-
-    def __init__(self) -> None:
-        self.socks: list[dtp.socket.DTPSocket] = []
-
-    def __call__(self, sock: dtp.socket.DTPSocket) -> None:
-        self.socks.append(sock)
-        with contextlib.suppress(DTPError):
-            while data := sock.recv(1 << 16):
-                sock.sendall(data)
-
-    def abort(self) -> None:
-        for sock in self.socks:
-            sock.abort()
-
-
 def _options() -> tuple[LedgerCarrierOptions, list[_Breakable]]:
     made: list[_Breakable] = []
 
@@ -113,22 +100,9 @@ def _options() -> tuple[LedgerCarrierOptions, list[_Breakable]]:
     return LedgerCarrierOptions(ledger_filter=wrap, peer_close_grace=0.2, outage_timeout=0), made
 
 
-def _says_why(exc: BaseException) -> None:
-    assert isinstance(exc, ConnectionLost)
-    assert "ledger carrier failed" in str(exc) and "LedgerUnavailable" in str(exc), exc
-    assert "the node does not answer" in str(exc)
-    # and the ledger's own error is there to be caught or logged: the chain of causes
-    causes = []
-    cause = exc.__cause__
-    while cause is not None and len(causes) < 5:
-        causes.append(cause)
-        cause = cause.__cause__
-    assert any(isinstance(c, ChainError) for c in causes), causes
-
-
 def test_blocking_a_failed_ledger_bridge_says_why(host: Host) -> None:
     options, made = _options()
-    echo = _Echo()
+    echo = AbortingEcho()
     with (
         server_in_thread(host, echo),
         dtp.socket.create_connection(
@@ -148,14 +122,14 @@ def test_blocking_a_failed_ledger_bridge_says_why(host: Host) -> None:
                 sock.recv(2)
         finally:
             echo.abort()
-    _says_why(lost.value)
+    says_why(lost.value)
 
 
 def test_asyncio_a_write_after_the_bridge_failed_says_why(host: Host) -> None:
     """The write side: once the bridge ended, a write meets its closed end (EPIPE)
     before the read side sees the end."""
     options, made = _options()
-    echo = _Echo()
+    echo = AbortingEcho()
 
     async def main() -> BaseException:
         reader, writer = await dtp.aio.open_connection(
@@ -183,14 +157,14 @@ def test_asyncio_a_write_after_the_bridge_failed_says_why(host: Host) -> None:
 
     with server_in_thread(host, echo):
         try:
-            _says_why(asyncio.run(main()))
+            says_why(asyncio.run(main()))
         finally:
             echo.abort()
 
 
 def test_asyncio_a_failed_ledger_bridge_says_why(host: Host) -> None:
     options, made = _options()
-    echo = _Echo()
+    echo = AbortingEcho()
 
     async def main() -> BaseException:
         reader, writer = await dtp.aio.open_connection(
@@ -215,7 +189,7 @@ def test_asyncio_a_failed_ledger_bridge_says_why(host: Host) -> None:
 
     with server_in_thread(host, echo):
         try:
-            _says_why(asyncio.run(main()))
+            says_why(asyncio.run(main()))
         finally:
             echo.abort()
 
@@ -234,67 +208,9 @@ def test_session_carrier_lost_keeps_the_cause(cause: BaseException | None) -> No
     assert raised.value.__cause__ is cause
 
 
-class _Outage:
-    """A ledger whose calls named in ``down`` (all of them: ``"*"``) fail as a node that
-    does not answer does; ``failed`` counts the failures."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-        self.down: set[str] = set()
-        self.failed = 0
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._ledger, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kw: Any) -> Any:
-            if name in self.down or "*" in self.down:
-                with self._lock:
-                    self.failed += 1
-                raise ChainError("the node does not answer", name="LedgerUnavailable")
-            return attr(*args, **kw)
-
-        return call
-
-
-@dataclass
-class _World:
-    ledger: LocalLedger
-    connection_id: str
-    host_id: str
-
-    def pipe_gone(self, pipe: str) -> bool:
-        try:
-            self.ledger.get_pipe(pipe)
-        except ObjectNotFound:
-            return True
-        return False
-
-    def payloads(self, pipe: str) -> list[bytes]:
-        events, _ = self.ledger.events(filter=EventFilter(type="PipeDataSent"), limit=10_000)
-        return [bytes(e["data"]) for e in events if e["pipe"] == pipe]
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[_World]:
-    """A host that publishes no endpoint, a service, and one Open connection of CLIENT's."""
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    try:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-        ledger.faucet(CLIENT.sui_address, 1_000_000)
-        cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
-        opened = ledger.open_connection(CLIENT, host_id, PORT, cap, DEPOSIT)
-        yield _World(ledger, opened.connection_id, host_id)
-    finally:
-        ledger.close()
-
-
-def _pair(world: _World, **server: Any) -> tuple[LedgerCarrier, LedgerCarrier, _Outage]:
-    """The client's carrier, and the server's reading through an :class:`_Outage`."""
-    flaky = _Outage(world.ledger)
+def _pair(world: OutageWorld, **server: Any) -> tuple[LedgerCarrier, LedgerCarrier, Outage]:
+    """The client's carrier, and the server's reading through an :class:`Outage`."""
+    flaky = Outage(world.ledger)
     client = LedgerCarrier(
         world.ledger, CLIENT, world.connection_id, peer_address=SERVER.sui_address
     )
@@ -308,15 +224,10 @@ def _pair(world: _World, **server: Any) -> tuple[LedgerCarrier, LedgerCarrier, _
     return client, host, flaky
 
 
-def _record(body: bytes) -> bytes:
-    """A DATA record as the bridge passes them (a valid header, opaque ciphertext)."""
-    return bytes([16, 0]) + len(body).to_bytes(2, "little") + bytes(8) + body
-
-
 # -- reading: what was read is handed back, whatever the ledger refused after ------------
 
 
-def test_records_read_before_a_refused_sync_are_handed_back(world: _World) -> None:
+def test_records_read_before_a_refused_sync_are_handed_back(world: OutageWorld) -> None:
     """The receiver read the records, then posted its SYNC, which the ledger did not
     take (reads answered, writes not: a LocalLedger file locked by another writer): the
     records were dropped with the error, already marked seen, so never handed back."""
@@ -335,7 +246,7 @@ def test_records_read_before_a_refused_sync_are_handed_back(world: _World) -> No
     assert len(sync) == 1
 
 
-def test_records_of_a_page_read_before_a_failed_read_are_handed_back(world: _World) -> None:
+def test_records_of_a_page_read_before_a_failed_read_are_handed_back(world: OutageWorld) -> None:
     """Events are read a page at a time: when the ledger failed the second page, the
     records of the first (marked seen) went with the error."""
     client, host, flaky = _pair(world, page_size=2)
@@ -361,12 +272,12 @@ def test_records_of_a_page_read_before_a_failed_read_are_handed_back(world: _Wor
     assert host.duplicates == 0 and host.receive(now=0.0) == []
 
 
-def test_a_refused_pipe_sync_loses_no_later_event(world: _World) -> None:
+def test_a_refused_pipe_sync_loses_no_later_event(world: OutageWorld) -> None:
     """``pipe::sync`` ran while the batch of events was being read: when the ledger did
     not take it, the events after the SYNC in that batch were dropped for good (the
     cursor had passed them), the peer's records with them."""
     host = LedgerCarrier(world.ledger, SERVER, world.connection_id, peer_address=CLIENT.sui_address)
-    flaky = _Outage(world.ledger)
+    flaky = Outage(world.ledger)
     client = LedgerCarrier(
         flaky,  # type: ignore[arg-type]
         CLIENT,
@@ -394,7 +305,7 @@ def test_a_refused_pipe_sync_loses_no_later_event(world: _World) -> None:
 # -- closing during an outage -----------------------------------------------------------
 
 
-def test_a_close_the_ledger_did_not_answer_is_tried_again(world: _World) -> None:
+def test_a_close_the_ledger_did_not_answer_is_tried_again(world: OutageWorld) -> None:
     """``close()`` marked the carrier closed before ``pipe::destroy``: when the ledger
     did not answer, every later close() returned at once and the pipe stayed."""
     client, _host, flaky = _pair(world)
@@ -419,17 +330,17 @@ def test_a_close_the_ledger_did_not_answer_is_tried_again(world: _World) -> None
 
 
 def test_a_bridge_closed_during_an_outage_posts_its_last_records_and_destroys_its_pipe(
-    world: _World,
+    world: OutageWorld,
 ) -> None:
     """The adapter wrote its last records (its CLOSE) and closed its end while the
     ledger did not answer: the bridge dropped those records and gave up destroying its
     pipe at the first failure, so the peer never learnt the connection ended (it waited
     for its idle timeout) and the pipe stayed on the ledger. It rides the outage out
     (``outage_timeout``) for them now."""
-    made: list[_Outage] = []
+    made: list[Outage] = []
 
     def wrap(ledger: Ledger) -> Ledger:
-        made.append(_Outage(ledger))
+        made.append(Outage(ledger))
         return made[-1]  # type: ignore[return-value]
 
     options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=120.0)
@@ -439,7 +350,7 @@ def test_a_bridge_closed_during_an_outage_posts_its_last_records_and_destroys_it
     flaky = made[0]
     pipe = bridge.carrier.pipe_id
     try:
-        first, last = _record(b"a" * 40), _record(b"z" * 60)
+        first, last = data_record(b"a" * 40), data_record(b"z" * 60)
         bridge.socket.sendall(first)
         assert wait_for(lambda: len(world.payloads(pipe)) == 1, 60)
         flaky.down = {"*"}
@@ -459,13 +370,13 @@ def test_a_bridge_closed_during_an_outage_posts_its_last_records_and_destroys_it
         bridge.socket.close()
 
 
-def test_a_bridge_closed_in_an_outage_past_its_timeout_ends(world: _World) -> None:
+def test_a_bridge_closed_in_an_outage_past_its_timeout_ends(world: OutageWorld) -> None:
     """... but not forever: past ``outage_timeout`` it ends, the pipe left (a later
     close or the connection's settlement deals with it), with the ledger's error."""
-    made: list[_Outage] = []
+    made: list[Outage] = []
 
     def wrap(ledger: Ledger) -> Ledger:
-        made.append(_Outage(ledger))
+        made.append(Outage(ledger))
         return made[-1]  # type: ignore[return-value]
 
     options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=0.3)
@@ -475,7 +386,7 @@ def test_a_bridge_closed_in_an_outage_past_its_timeout_ends(world: _World) -> No
     flaky = made[0]
     try:
         flaky.down = {"*"}
-        bridge.socket.sendall(_record(b"z" * 60))
+        bridge.socket.sendall(data_record(b"z" * 60))
         bridge.socket.close()
         bridge.join(60)
         assert not bridge.running
@@ -490,28 +401,14 @@ def test_a_bridge_closed_in_an_outage_past_its_timeout_ends(world: _World) -> No
 # -- an outage of transactions alone ----------------------------------------------------
 
 
-def _bridge(world: _World, outage_timeout: float) -> tuple[LedgerBridge, _Outage]:
-    made: list[_Outage] = []
-
-    def wrap(ledger: Ledger) -> Ledger:
-        made.append(_Outage(ledger))
-        return made[-1]  # type: ignore[return-value]
-
-    options = LedgerCarrierOptions(ledger_filter=wrap, outage_timeout=outage_timeout)
-    bridge = connect_ledger_carrier(
-        world.ledger, CLIENT, world.connection_id, SERVER.sui_address, options
-    )
-    return bridge, made[0]
-
-
-def test_a_ledger_that_takes_no_transaction_is_not_ridden_out_forever(world: _World) -> None:
+def test_a_ledger_that_takes_no_transaction_is_not_ridden_out_forever(world: OutageWorld) -> None:
     """Reads answered, transactions not: each read that answered ended the outage, so
     ``outage_timeout`` never ran out (the connection went on, posting nothing, until its
     idle timeout). The outage now lasts until a post goes through."""
-    bridge, flaky = _bridge(world, outage_timeout=0.5)
+    bridge, flaky = bridge_with_outage(world, outage_timeout=0.5)
     try:
         flaky.down = {"pipe_send"}
-        bridge.socket.sendall(_record(b"x" * 32))
+        bridge.socket.sendall(data_record(b"x" * 32))
         bridge.join(60)
         assert not bridge.running
         assert isinstance(bridge.error, ChainError) and bridge.error.name == "LedgerUnavailable"
@@ -523,16 +420,16 @@ def test_a_ledger_that_takes_no_transaction_is_not_ridden_out_forever(world: _Wo
 
 
 def test_a_record_the_ledger_did_not_take_is_posted_when_it_answers_again(
-    world: _World,
+    world: OutageWorld,
 ) -> None:
     """What the ledger did not take is posted again at each turn, so an outage that ends
     just before ``outage_timeout`` keeps the connection (and a record the adapter will
     not write again, such as its CLOSE, is not lost)."""
-    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    bridge, flaky = bridge_with_outage(world, outage_timeout=120.0)
     pipe = bridge.carrier.pipe_id
     try:
         flaky.down = {"pipe_send"}
-        record = _record(b"y" * 48)
+        record = data_record(b"y" * 48)
         bridge.socket.sendall(record)
         assert wait_for(lambda: flaky.failed >= 3, 60)
         assert world.payloads(pipe) == []
@@ -552,13 +449,13 @@ def _no_descriptor_left(*args: Any, **kw: Any) -> Any:
     raise OSError(errno.EMFILE, "Too many open files")
 
 
-def _pipes(world: _World, kind: str, owner: str) -> set[str]:
+def _pipes(world: OutageWorld, kind: str, owner: str) -> set[str]:
     events, _ = world.ledger.events(filter=EventFilter(type=kind), limit=1000)
     return {str(e["pipe"]) for e in events if kind == "PipeDestroyed" or e["owner"] == owner}
 
 
 def test_a_listener_that_cannot_bridge_a_connection_destroys_the_pipe_it_made(
-    world: _World, monkeypatch: pytest.MonkeyPatch
+    world: OutageWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The listener created the host's pipe, then could not make the bridge (no
     descriptor left for its socket pair): the pipe stayed on the ledger for good."""
@@ -579,7 +476,7 @@ def test_a_listener_that_cannot_bridge_a_connection_destroys_the_pipe_it_made(
 
 
 def test_a_client_bridge_that_cannot_be_made_destroys_its_pipe(
-    world: _World, monkeypatch: pytest.MonkeyPatch
+    world: OutageWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ledger_bridge.socket, "socketpair", _no_descriptor_left)
     with pytest.raises(OSError, match="Too many open files"):
@@ -602,7 +499,7 @@ def test_a_client_bridge_that_cannot_be_made_destroys_its_pipe(
         {"gap_timeout": -1.0},
     ],
 )
-def test_nonsense_carrier_arguments_are_refused(world: _World, bad: dict[str, Any]) -> None:
+def test_nonsense_carrier_arguments_are_refused(world: OutageWorld, bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         LedgerCarrier(
             world.ledger, SERVER, world.connection_id, peer_address=CLIENT.sui_address, **bad
@@ -611,7 +508,7 @@ def test_nonsense_carrier_arguments_are_refused(world: _World, bad: dict[str, An
     assert _pipes(world, "PipeCreated", SERVER.sui_address) == set()
 
 
-def test_a_report_of_more_than_was_sent_acknowledges_nothing_sent_later(world: _World) -> None:
+def test_a_report_of_more_than_was_sent_acknowledges_nothing_sent_later(world: OutageWorld) -> None:
     """A SYNC from the peer claiming every seq: only what had been sent is acknowledged
     (``pipe::sync``), not what is posted after it."""
     client, host, _ = _pair(world)
@@ -632,14 +529,14 @@ def test_a_report_of_more_than_was_sent_acknowledges_nothing_sent_later(world: _
     assert sum(i.acked for i in world.ledger.get_pipe(client.pipe_id).inners) == 1
 
 
-def test_a_long_outage_keeps_only_the_newest_records_to_post_again(world: _World) -> None:
+def test_a_long_outage_keeps_only_the_newest_records_to_post_again(world: OutageWorld) -> None:
     """What the adapter writes during an outage is not kept without bound: the newest
     records only (the connection retransmits the rest)."""
-    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    bridge, flaky = bridge_with_outage(world, outage_timeout=120.0)
     pipe = bridge.carrier.pipe_id
     try:
         flaky.down = {"pipe_send"}
-        records = [_record(bytes([i]) * 20) for i in range(3 * _MAX_UNSENT)]
+        records = [data_record(bytes([i]) * 20) for i in range(3 * _MAX_UNSENT)]
         bridge.socket.sendall(b"".join(records))
         assert wait_for(lambda: flaky.failed >= 3, 60)
         before = flaky.failed
@@ -654,11 +551,11 @@ def test_a_long_outage_keeps_only_the_newest_records_to_post_again(world: _World
 
 
 def test_a_bridge_whose_peer_left_rides_out_an_outage_to_destroy_its_pipe(
-    world: _World,
+    world: OutageWorld,
 ) -> None:
     """The peer destroyed its pipe; the adapter closed while the ledger did not answer:
     one failed ``pipe::destroy`` and our pipe stayed on the ledger."""
-    bridge, flaky = _bridge(world, outage_timeout=120.0)
+    bridge, flaky = bridge_with_outage(world, outage_timeout=120.0)
     pipe = bridge.carrier.pipe_id
     try:
         host = LedgerCarrier(

@@ -20,7 +20,7 @@ import dtp.socket
 from dtp.chain.ledger import Ledger
 from dtp.errors import ChainError, ConnectionLost
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-from tests.hostid.test_ledger_carrier_outage import _Echo, _says_why
+from tests.hostid.outages import AbortingEcho, says_why
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, host, server_in_thread
 
 __all__ = ["host"]  # (the fixture, imported)
@@ -68,7 +68,7 @@ def _echo_connection(
     """A ledger-carrier connection (ours with ``options``) to an echo server in a
     thread; the server's side is aborted at the end (our ledger may be down: its
     bridge would wait for the idle timeout)."""
-    echo = _Echo()
+    echo = AbortingEcho()
     with (
         server_in_thread(host, echo),
         dtp.socket.create_connection(
@@ -126,7 +126,7 @@ def test_an_outage_past_the_timeout_ends_the_connection_with_the_cause(host: Hos
         with pytest.raises(ConnectionLost) as lost:
             sock.recv(2)
         assert time.monotonic() - started >= 0.45  # it waited out the timeout first
-    _says_why(lost.value)  # (ChainError LedgerUnavailable as the cause)
+    says_why(lost.value)  # (ChainError LedgerUnavailable as the cause)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])

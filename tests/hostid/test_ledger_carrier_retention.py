@@ -16,18 +16,18 @@ import pytest
 
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
+from dtp.chain.objects import EventFilter
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from dtp.hostid.ledger_carrier.bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import (
     KIND_SYNC,
     LedgerCarrier,
-    LedgerLink,
     confirm_records,
     confirm_retained,
     reclaim_retained,
 )
-from tests.hostid.test_ledger_carrier import ImpairedLedger, _exchange, _frozen, _stepper
+from tests.hostid.ledger_carrier_pairs import ImpairedLedger, frozen_clock, run_exchange
+from tests.hostid.retention_world import PRICE, RETENTION_MS, SLA, World
 from tests.support.ledger_carrier_world import (
     CLIENT,
     DEPOSIT,
@@ -39,12 +39,8 @@ from tests.support.ledger_carrier_world import (
     server_in_thread,
 )
 from tests.support.ledger_faults import impair
-from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, make_pair
+from tests.support.pairs import CLIENT_ID, SERVER_ID
 from tests.support.polling import wait_for
-
-SLA = Sla(10, 5, 1000)
-RETENTION_MS = 60_000
-PRICE = 2  # MIST per stored byte
 
 
 def conserved(ledger: LocalLedger) -> bool:
@@ -83,41 +79,6 @@ class CountingLedger:
         self._ledger.confirm_consumed(signer, record_id)
 
 
-class World:
-    """A LocalLedger file with the server's host, service and retention terms, both sides
-    funded, and one opened connection."""
-
-    def __init__(self, path: Path) -> None:
-        self.ledger = LocalLedger(path, clock_ms=1_000_000)
-        self.host = self.ledger.create_host(SERVER_ID, SERVER_ID.noise_public, [])
-        self.ledger.add_service(SERVER_ID, self.host, PORT, "raw", SLA)
-        for who in (CLIENT_ID, SERVER_ID):
-            self.ledger.faucet(who.sui_address, 2_000_000)
-        self.terms = self.ledger.create_retention_terms(
-            SERVER_ID, self.host, PORT, RETENTION_MS, PRICE
-        )
-        cap = self.ledger.create_spending_cap(CLIENT_ID, 1_000_000)
-        self.conn_id = self.ledger.open_connection(
-            CLIENT_ID, self.host, PORT, cap, 1000
-        ).connection_id
-
-    def link(
-        self, ledger: Any = None, **kw: Any
-    ) -> tuple[Side, Side, LedgerLink, LedgerCarrier, LedgerCarrier]:
-        led = self.ledger if ledger is None else ledger
-        client, server = make_pair(
-            reliable_carrier=False, stream_window=256 * 1024, handshake_timeout=60.0
-        )
-        carriers = [
-            LedgerCarrier(led, me, self.conn_id, peer_address=peer.sui_address, clock=_frozen, **kw)
-            for me, peer in ((CLIENT_ID, SERVER_ID), (SERVER_ID, CLIENT_ID))
-        ]
-        c, s = Side(client), Side(server)
-        link = LedgerLink(client, server, *carriers)
-        assert link.run(lambda: client.established and server.established, on_round=_stepper(c, s))
-        return c, s, link, carriers[0], carriers[1]
-
-
 # -- sans-I/O ----------------------------------------------------------------------------------
 
 
@@ -126,7 +87,7 @@ def test_retained_data_is_confirmed_and_reclaimed_after_retention(tmp_path: Path
     ledger = world.ledger
     before = {who: ledger.balance(who.sui_address) for who in (CLIENT_ID, SERVER_ID)}
     c, s, link, cc, sc = world.link(retention_terms=world.terms)
-    _exchange(c, s, link, (40_000, 3_000), seed=11)
+    run_exchange(c, s, link, (40_000, 3_000), seed=11)
     assert link.run(lambda: all_consumed(ledger, world.conn_id), max_time=30)
 
     events = retained_events(ledger, world.conn_id)
@@ -171,7 +132,7 @@ def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None
         world.conn_id,
         peer_address=SERVER_ID.sui_address,
         retention_terms=world.terms,
-        clock=_frozen,
+        clock=frozen_clock,
     )
     cc.send([bytes(100)])
     (record,) = cc.retained
@@ -220,7 +181,7 @@ def test_loss_and_duplicates_confirm_each_record_once(tmp_path: Path) -> None:
     impaired = ImpairedLedger(ledger, seed=4, loss=0.1, duplicate=0.2, reorder=0.3)
     counting = CountingLedger(impaired)
     c, s, link, cc, sc = world.link(counting, retention_terms=world.terms, gap_timeout=0.5)
-    _exchange(c, s, link, (300_000, 2_000), seed=4)
+    run_exchange(c, s, link, (300_000, 2_000), seed=4)
     assert link.run(lambda: all_consumed(ledger, world.conn_id), max_time=60)
     assert impaired.dropped > 0 and cc.duplicates + sc.duplicates > 0
     assert cc.gaps_given_up + sc.gaps_given_up > 0
@@ -369,7 +330,7 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     world = World(tmp_path / "ledger.db")
     counting = CountingLedger(world.ledger)
     c, s, link, cc, sc = world.link(ledger=counting, retention_terms=world.terms)
-    _exchange(c, s, link, (80_000, 6_000), seed=5)  # (more than 16 records)
+    run_exchange(c, s, link, (80_000, 6_000), seed=5)  # (more than 16 records)
     assert link.run(lambda: all_consumed(world.ledger, world.conn_id), max_time=30)
     assert len(cc.retained) + len(sc.retained) > 16
     assert len(sc._offered) <= 8 and len(cc._offered) <= 8

@@ -12,10 +12,10 @@ import pytest
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
-from dtp.hostid.paid import PaidSocket
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
 from dtp.settlement import ClientPayment
+from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 
 # a request costs an eighth of min_deposit (the server's default allowance): eight
@@ -61,17 +61,6 @@ def test_requests_are_signed_for_within_a_quarter_of_the_allowance() -> None:
     asked = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_bytes=0, every_ms=0))
     assert all(asked.update(0, 0, n) is None for n in range(1, 31))
     assert asked.flush(0) is not None
-
-
-def echo_streams(sock: PaidSocket) -> None:
-    """A paid handler echoing each stream's first 100 bytes, until the connection ends."""
-    try:
-        while True:
-            stream = sock.accept_stream()
-            stream.sendall(stream.recv(100))
-            stream.close()
-    except Exception:  # the connection ended
-        return
 
 
 def test_a_client_opening_many_small_streams_is_never_asked_for_a_receipt(

@@ -20,7 +20,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
-from tests.hostid.test_meter_cadence_requests import echo_streams
+from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.polling import wait_for
 

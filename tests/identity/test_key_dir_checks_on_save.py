@@ -26,7 +26,7 @@ import pytest
 
 from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity
-from tests.identity.test_key_file_permissions import run_as
+from tests.identity.other_users import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")
 

@@ -15,13 +15,12 @@ and one of them drops to uid 65534 in a forked child."""
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import pytest
 
 from dtp.errors import KeyFileError
 from dtp.keys import HostIdentity, default_identity_path
+from tests.identity.other_users import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")
 
@@ -245,33 +245,6 @@ def test_a_directory_another_user_owns_is_refused(tmp_path: Path, identity: Host
     # a key file another user owns, in root's own directories, still loads (as before)
     os.chown(path, NOBODY, -1)
     assert HostIdentity.load(path) == identity
-
-
-def run_as(uid: int, gid: int, steps: Callable[[dict[str, str]], None]) -> dict[str, str]:
-    """Run ``steps(outcome)`` in a forked child as ``uid``/``gid`` (no supplementary
-    groups) and return the ``outcome`` it filled in; a failure in the child fails the
-    caller's test (the child reports it, and never returns into pytest)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no pytest from here on, only os._exit
-        outcome: dict[str, str] = {}
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            steps(outcome)
-        except BaseException as exc:  # (reported to the parent)
-            outcome["error"] = repr(exc)
-        finally:
-            os.write(write, json.dumps(outcome).encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        found: dict[str, str] = json.loads(pipe.read())
-    os.waitpid(pid, 0)
-    assert "error" not in found, found
-    return found
 
 
 @needs_root

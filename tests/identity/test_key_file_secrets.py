@@ -28,7 +28,7 @@ from dtp.chain.local import LocalLedger
 from dtp.cli import main
 from dtp.errors import KeyFileError
 from dtp.keys import IDENTITY_FILE_KIND, IDENTITY_FILE_VERSION, HostIdentity, _associated_data
-from tests.cli.test_usage_errors import _dtp, _env, _errors
+from tests.support.cli_runs import cli_env, error_lines, run_dtp
 
 #: Stands for secret key material in a damaged secret part.
 MARKER = "SECRETMARKER-9f3c1a"
@@ -152,12 +152,12 @@ def test_keys_show_says_how_to_give_the_passphrase(tmp_path: Path, env_name: str
     """``dtp keys show`` of an encrypted file said a passphrase was needed, not where."""
     path = tmp_path / "id.json"
     HostIdentity.generate().save(path, PASSPHRASE)
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     env.pop("MY_DTP_PASS", None)
     argv = ["keys", "show", "--identity", str(path)]
     if env_name is not None:
         argv += ["--passphrase-env", env_name]
-    done = _dtp(*argv, cwd=tmp_path, env=env)
+    done = run_dtp(*argv, cwd=tmp_path, env=env)
     shown = env_name or "DTP_PASSPHRASE"
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
@@ -170,8 +170,8 @@ def test_keys_show_with_the_passphrase_set_still_works(tmp_path: Path) -> None:
     identity = HostIdentity.generate()
     path = tmp_path / "id.json"
     identity.save(path, PASSPHRASE)
-    env = dict(_env(tmp_path), DTP_PASSPHRASE=PASSPHRASE)
-    done = _dtp("keys", "show", "--json", "--identity", str(path), cwd=tmp_path, env=env)
+    env = dict(cli_env(tmp_path), DTP_PASSPHRASE=PASSPHRASE)
+    done = run_dtp("keys", "show", "--json", "--identity", str(path), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sui_address"] == identity.sui_address
 
@@ -195,7 +195,7 @@ def test_service_add_with_an_empty_kind_is_refused(
     with pytest.raises(SystemExit) as stop:
         main(["service", "add", host_id, "7", "--kind", "", *files])
     assert stop.value.code == 2
-    assert _errors(capsys.readouterr().err) == [
+    assert error_lines(capsys.readouterr().err) == [
         "dtp service add: error: argument --kind: is empty: name a service kind (default raw)"
     ]
     assert 7 not in LocalLedger(ledger).get_host(host_id).services

@@ -21,8 +21,8 @@ from dtp.chain.ledger import (
 from dtp.chain.local import LocalLedger
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
 from dtp.keys import HostIdentity
-from dtp.ledger.sui.tx import SharedRef
-from tests.ledger.test_sui_transactions import CTX, SENDER
+from tests.ledger.messaging_tx_cases import SUI_CASES
+from tests.ledger.sui_tx_cases import CTX, SENDER
 from tests.support.paths import ROOT
 
 SCENARIOS = tomllib.loads((ROOT / "tests/scenarios/messaging.toml").read_text())[
@@ -181,21 +181,6 @@ def test_deposit_checks(kwargs: dict[str, Any], error: str) -> None:
 # -- SuiLedger: builders, golden bytes, event layouts -------------------------------------------
 
 GOLDEN = ROOT / "tests/golden/messaging_transactions.json"
-ESCROW_REF = SharedRef("0x" + "a7" * 32, 15)
-HOST_REF = SharedRef("0x" + "a1" * 32, 11)
-SUI_CASES: dict[str, tuple[Any, ...]] = {
-    "mailbox_send": (HOST_REF, b"\x01\x02sealed"),
-    "response_escrow_deposit": (
-        "0x" + "0c" * 32,
-        b"req-1",
-        SENDER.ed25519_public,
-        123_456,
-        40,
-    ),
-    "response_escrow_claim": (ESCROW_REF, b"\x09" * 32, b"\x05" * 64),
-    "response_escrow_deliver": (ESCROW_REF, b"answer"),
-    "response_escrow_refund": (ESCROW_REF,),
-}
 
 
 def build_messaging() -> dict[str, str]:

@@ -30,9 +30,9 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-import tests.ledger.test_messaging_rules as msg_cases
-import tests.ledger.test_payment_models as econ_cases
-import tests.ledger.test_sui_transactions as sui_cases
+import tests.ledger.messaging_tx_cases as msg_cases
+import tests.ledger.payment_model_cases as econ_cases
+import tests.ledger.sui_tx_cases as sui_cases
 from dtp.chain import sui_tx
 from dtp.errors import InvalidArgument
 from dtp.ledger.sui.tx import CLOCK_ID
@@ -171,9 +171,9 @@ def _built() -> dict[str, bytes]:
     for name, (args, _) in sui_cases.CASES.items():
         out[name] = sui_tx.BUILDERS[name](sui_cases.CTX, *args)
     for name, (args, _, _) in econ_cases.CASES.items():
-        out[name] = sui_tx.ECONOMICS_BUILDERS[name](econ_cases.CTX, *args)
+        out[name] = sui_tx.ECONOMICS_BUILDERS[name](sui_cases.CTX, *args)
     for name, args in msg_cases.SUI_CASES.items():
-        out[name] = sui_tx.MESSAGING_BUILDERS[name](msg_cases.CTX, *args)
+        out[name] = sui_tx.MESSAGING_BUILDERS[name](sui_cases.CTX, *args)
     return out
 
 
@@ -411,12 +411,12 @@ def _byte_string_calls(size: int) -> dict[str, Callable[[], bytes]]:
         "broadcast_transmit": lambda: sui_tx.broadcast_transmit(
             sui_cases.CTX, sui_cases.BCAST, data
         ),
-        "mailbox_send": lambda: sui_tx.mailbox_send(msg_cases.CTX, msg_cases.HOST_REF, data),
+        "mailbox_send": lambda: sui_tx.mailbox_send(sui_cases.CTX, msg_cases.HOST_REF, data),
         "response_escrow_deliver": lambda: sui_tx.response_escrow_deliver(
-            msg_cases.CTX, msg_cases.ESCROW_REF, data
+            sui_cases.CTX, msg_cases.ESCROW_REF, data
         ),
         "send_retained": lambda: sui_tx.send_retained(
-            econ_cases.CTX, econ_cases.PIPE, econ_cases.CONN, econ_cases.TERMS, 0, data, 0
+            sui_cases.CTX, econ_cases.PIPE, econ_cases.CONN, econ_cases.TERMS, 0, data, 0
         ),
     }
 

@@ -20,12 +20,12 @@ from dtp.chain.objects import Sla
 from dtp.chain.sui import execution_error
 from dtp.errors import ChainError, InvalidArgument
 from dtp.keys import HostIdentity
-from tests.ledger.test_payment_models_move_parity import (
+from tests.ledger.move_parity import (
     NOT_UTF8,
     OTHER,
     SERVER,
     SLA,
-    _sui_string_abort,
+    sui_string_abort,
 )
 
 
@@ -38,7 +38,7 @@ def ledger(tmp_path: Path) -> LocalLedger:
 
 
 def _is_string_abort(error: ChainError) -> bool:
-    sui = _sui_string_abort()
+    sui = sui_string_abort()
     return type(error) is ChainError and (error.name, error.module, error.code) == (
         sui.name,
         sui.module,

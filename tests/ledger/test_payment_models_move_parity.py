@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
 from dtp.chain import sui_tx
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import MAX_PURE_BYTES, Sla
-from dtp.chain.sui import execution_error
+from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -32,18 +30,8 @@ from dtp.errors import (
 )
 from dtp.hostid.address import HostAddress
 from dtp.hostid.connect import prepare_host_connection
-from dtp.keys import HostIdentity
-from tests.ledger.test_sui_transactions import CTX, PACKAGE
-
-SLA = Sla(10, 5, 1000)
-NOT_UTF8 = b"\xff\xfe"
-
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT, OTHER = ident(0x33), ident(0x11), ident(0x44)
+from tests.ledger.move_parity import CLIENT, NOT_UTF8, OTHER, SERVER, SLA, sui_string_abort
+from tests.ledger.sui_tx_cases import CTX
 
 
 @pytest.fixture
@@ -63,18 +51,6 @@ def _host(ledger: LocalLedger, *ports: int) -> str:
     return host
 
 
-def _sui_string_abort() -> ChainError:
-    """What SuiLedger raises for ``std::string::EInvalidUTF8`` (code 1 of ``0x1::string``)."""
-    error = sui_prot.ExecutionError(
-        kind=sui_prot.ExecutionErrorExecutionErrorKind.MOVE_ABORT,
-        abort=sui_prot.MoveAbort(
-            abort_code=1,
-            location=sui_prot.MoveLocation(package="0x" + "0" * 63 + "1", module="string"),
-        ),
-    )
-    return execution_error(error, [PACKAGE], "tickets::create")
-
-
 # -- tickets::create: a title that is not UTF-8 ----------------------------------------------------
 
 
@@ -84,7 +60,7 @@ def test_a_title_that_is_not_utf8_aborts_in_std_string_like_sui(ledger: LocalLed
     before = ledger.dump()
     with pytest.raises(ChainError) as info:
         ledger.create_ticket_sale(SERVER, NOT_UTF8, 10, 1, 0, 1000)  # type: ignore[arg-type]
-    local, sui = info.value, _sui_string_abort()
+    local, sui = info.value, sui_string_abort()
     assert type(local) is type(sui) is ChainError
     assert (local.name, local.module, local.code) == (sui.name, sui.module, sui.code)
     assert (local.module, local.code) == ("string", 1)

@@ -1,4 +1,4 @@
-"""The escrow state machine of tests/ledger/test_escrow_state_machine.py, extended with the payment
+"""The escrow state machine of tests/ledger/escrow_machine.py, extended with the payment
 models (docs/escrow.md §13-16): subscriptions (subscribe, renew, claim, withdraw, refund,
 unmetered connections), a sponsor pool (fund, withdraw, sponsored connections,
 reimbursements), ticket sales (buy, go on air, cancel, refund) and retained records
@@ -24,7 +24,7 @@ from hypothesis.stateful import invariant, precondition, rule
 from dtp.chain.objects import ConnectionState
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
-from tests.ledger.test_escrow_state_machine import CLIENTS, MALLORY, SERVER, Conn, LedgerMachine
+from tests.ledger.escrow_machine import CLIENTS, MALLORY, SERVER, Conn, LedgerMachine
 
 PRICE = 50  # per epoch
 SHARE_BPS = 5_000

@@ -26,9 +26,6 @@ from dtp.chain.objects import EventFilter
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger, parse_executed
 from dtp.chain.sui_client import MalformedResponse, NodeObject, SuiNode
 from dtp.keys import HostIdentity
-from tests.ledger.test_sui_node_faults import grpc_node, sui_node
-
-__all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x36]) * 32, bytes([0x37]) * 32)

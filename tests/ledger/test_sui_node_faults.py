@@ -9,28 +9,20 @@ blocked for ever.
 
 SuiNode's error statuses and the reference gas price.
 
-The node is real over 127.0.0.1: the grpclib server below (``GrpcNode``, with its
-fixtures) for gRPC statuses and answers, and a bare HTTP/2 server here
-for an HTTP status that is not 200 (a rate-limiting proxy's 429 in front of a node)."""
+The node is real over 127.0.0.1: the grpclib server of tests/support/grpc_nodes.py
+(``GrpcNode``, its fixtures in tests/ledger/conftest.py) for gRPC statuses and answers,
+and the bare HTTP/2 server there (``Http2Status``) for an HTTP status that is not 200 (a
+rate-limiting proxy's 429 in front of a node)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
-from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
-from grpclib.server import Server
+from grpclib.const import Status
 
 from dtp.chain.objects import Pipe
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
@@ -46,119 +38,11 @@ from dtp.errors import (
     WrongSigner,
 )
 from dtp.keys import HostIdentity
-from tests.support.sui_node.server import RawCodec
+from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, Http2Status, constant_answer, error_answer
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x52]) * 32, bytes([0x52]) * 32)
 DIGEST = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi"  # base58 of 32 bytes
-#: Long enough that a test finishing means the fix worked, not that a timeout fired.
-NODE_TIMEOUT = 120.0
-#: "Does not hang" bound for joins (slow, loaded CI machine).
-JOIN = 60.0
-
-Answer = Callable[[bytes], bytes]
-
-_METHODS = {
-    "LedgerService": ("GetObject", "GetEpoch", "GetCheckpoint"),
-    "StateService": ("GetBalance", "ListDynamicFields", "ListOwnedObjects"),
-    "TransactionExecutionService": ("ExecuteTransaction",),
-}
-
-
-class _Handlers:
-    def __init__(self, answers: dict[str, Answer]) -> None:
-        self.answers = answers
-        self.calls: list[str] = []
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            f"/sui.rpc.v2.{service}/{name}": Handler(
-                self._handler(name), Cardinality.UNARY_UNARY, bytes, bytes
-            )
-            for service, names in _METHODS.items()
-            for name in names
-        }
-
-    def _handler(self, name: str) -> Callable[[Any], Any]:
-        async def handle(stream: Any) -> None:
-            request = await stream.recv_message()
-            self.calls.append(name)
-            answer = self.answers.get(name)
-            if answer is None:
-                raise GRPCError(Status.UNIMPLEMENTED, f"{name} is not played here")
-            await stream.send_message(answer(request))
-
-        return handle
-
-
-class GrpcNode:
-    """A gRPC server on 127.0.0.1 answering from ``answers`` (method name -> bytes)."""
-
-    def __init__(self, answers: dict[str, Answer]) -> None:
-        self.handlers = _Handlers(answers)
-        self.loop = asyncio.new_event_loop()
-
-        async def start() -> Server:
-            server = Server([self.handlers], codec=RawCodec())
-            await server.start("127.0.0.1", 0)
-            return server
-
-        self.server = self.loop.run_until_complete(start())
-        self.port = self.server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(JOIN)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(JOIN)
-        self.loop.close()
-
-
-@pytest.fixture
-def grpc_node() -> Iterator[Callable[[dict[str, Answer]], GrpcNode]]:
-    nodes: list[GrpcNode] = []
-
-    def make(answers: dict[str, Answer]) -> GrpcNode:
-        nodes.append(GrpcNode(answers))
-        return nodes[-1]
-
-    yield make
-    for node in nodes:
-        node.close()
-
-
-@pytest.fixture
-def sui_node() -> Iterator[Callable[[str], SuiNode]]:
-    made: list[SuiNode] = []
-
-    def make(url: str) -> SuiNode:
-        made.append(SuiNode(url, timeout=NODE_TIMEOUT))
-        return made[-1]
-
-    yield make
-    for node in made:
-        node.close()
-
-
-def _const(message: Any) -> Answer:
-    data = bytes(message)
-    return lambda _request: data
-
-
-def _error(status: Status, text: str) -> Answer:
-    def answer(_request: bytes) -> bytes:
-        raise GRPCError(status, text)
-
-    return answer
 
 
 # -- transport: close() while a call waits -------------------------------------------------------
@@ -219,7 +103,7 @@ def test_undecodable_answer_is_a_typed_error(grpc_node: Any, sui_node: Any) -> N
 def test_object_without_an_id_is_the_nodes_fault(grpc_node: Any, sui_node: Any) -> None:
     """It used to raise InvalidObjectId, the error of a bad *caller* argument."""
     answer = sui_prot.GetObjectResponse(object=sui_prot.Object(version=3, digest=DIGEST))
-    node = grpc_node({"GetObject": _const(answer)})
+    node = grpc_node({"GetObject": constant_answer(answer)})
     with pytest.raises(MalformedResponse) as info:
         sui_node(node.url).get_object("0x5")
     assert not isinstance(info.value, InvalidObjectId)
@@ -229,7 +113,7 @@ def test_gas_coin_with_a_bad_digest_is_refused_when_read(grpc_node: Any, sui_nod
     """It used to be accepted, and failed later in pysui (binascii.Error) while building."""
     coin = sui_prot.Object(object_id="0x5", version=4, digest="not-base58!!", balance=10**9)
     answer = sui_prot.ListOwnedObjectsResponse(objects=[coin])
-    node = grpc_node({"ListOwnedObjects": _const(answer)})
+    node = grpc_node({"ListOwnedObjects": constant_answer(answer)})
     with pytest.raises(MalformedResponse, match="digest"):
         sui_node(node.url).gas_coins(SIGNER.sui_address)
 
@@ -239,7 +123,9 @@ def test_good_gas_coins_still_read(grpc_node: Any, sui_node: Any) -> None:
         sui_prot.Object(object_id="0x5", version=4, digest=DIGEST, balance=10),
         sui_prot.Object(object_id="0x6", version=9, digest=DIGEST, balance=30),
     ]
-    node = grpc_node({"ListOwnedObjects": _const(sui_prot.ListOwnedObjectsResponse(objects=coins))})
+    node = grpc_node(
+        {"ListOwnedObjects": constant_answer(sui_prot.ListOwnedObjectsResponse(objects=coins))}
+    )
     got = sui_node(node.url).gas_coins(SIGNER.sui_address)
     assert [(ref.object_id[-1], ref.version, value) for ref, value in got] == [
         ("6", 9, 30),
@@ -259,7 +145,7 @@ def test_owned_pipe_with_a_bad_digest_fails_before_any_transaction(grpc_node: An
         object_type=f"{PACKAGE}::pipe::Pipe",
         contents=sui_prot.Bcs(value=encode_object(pipe)),
     )
-    node = grpc_node({"GetObject": _const(sui_prot.GetObjectResponse(object=obj))})
+    node = grpc_node({"GetObject": constant_answer(sui_prot.GetObjectResponse(object=obj))})
     ledger = SuiLedger(SuiConfig(node.url, PACKAGE, timeout=NODE_TIMEOUT))
     try:
         assert ledger.get_pipe(pipe.id) == Pipe(pipe.id, 5, pipe.connection, pipe.owner, ())
@@ -279,7 +165,9 @@ def test_a_repeated_page_token_is_refused(grpc_node: Any, sui_node: Any) -> None
     page = sui_prot.ListDynamicFieldsResponse(dynamic_fields=[field], next_page_token=b"again")
     coin = sui_prot.Object(object_id="0x5", version=4, digest=DIGEST, balance=1)
     coins = sui_prot.ListOwnedObjectsResponse(objects=[coin], next_page_token=b"again")
-    node = grpc_node({"ListDynamicFields": _const(page), "ListOwnedObjects": _const(coins)})
+    node = grpc_node(
+        {"ListDynamicFields": constant_answer(page), "ListOwnedObjects": constant_answer(coins)}
+    )
     client = sui_node(node.url)
     with pytest.raises(MalformedResponse, match="page token"):
         client.table_entries("0x77")
@@ -334,7 +222,7 @@ def test_paged_table_entries_are_joined(grpc_node: Any, sui_node: Any) -> None:
 def test_execute_rejections_map_to_their_class(
     grpc_node: Any, sui_node: Any, status: Status, text: str, expected: type, name: str | None
 ) -> None:
-    node = grpc_node({"ExecuteTransaction": _error(status, text)})
+    node = grpc_node({"ExecuteTransaction": error_answer(status, text)})
     with pytest.raises(expected) as info:
         sui_node(node.url).execute(b"\x00" * 8, b"\x00" * 97)
     if name is not None:
@@ -367,8 +255,6 @@ def test_owned_ref_with_a_bad_digest_is_invalid_argument(digest: Any) -> None:
     assert OwnedRef("0x5", 1, DIGEST).to_bcs().SequenceNumber == 1
 
 
-__all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
-
 #: One call per read SuiNode makes over a unary gRPC method.
 READS: dict[str, Any] = {
     "GetEpoch": lambda node: node.epoch_info(),
@@ -393,7 +279,7 @@ def test_a_rate_limited_read_is_ledger_unavailable(
 ) -> None:
     """It was a plain ChainError named RESOURCE_EXHAUSTED, which no caller treats as the
     passing outage it is (LedgerUnavailable is what ledger_bridge rides out)."""
-    node = grpc_node({method: _error(Status.RESOURCE_EXHAUSTED, "too many requests")})
+    node = grpc_node({method: error_answer(Status.RESOURCE_EXHAUSTED, "too many requests")})
     client = sui_node(node.url)
     client.retries = 0  # the error's class here; its retries: tests/ledger/test_sui_node_retries.py
     with pytest.raises(LedgerUnavailable) as info:
@@ -406,7 +292,7 @@ def test_a_rate_limited_read_is_ledger_unavailable(
 def test_a_rate_limit_without_a_message_is_ledger_unavailable(
     grpc_node: Any, sui_node: Any
 ) -> None:
-    node = grpc_node({"GetEpoch": _error(Status.RESOURCE_EXHAUSTED, "")})
+    node = grpc_node({"GetEpoch": error_answer(Status.RESOURCE_EXHAUSTED, "")})
     with pytest.raises(LedgerUnavailable, match="rate limiting"):
         sui_node(node.url).epoch_info()
 
@@ -419,7 +305,7 @@ def test_a_rate_limited_execution_is_not_sent_again(
 ) -> None:
     """A rate-limited ExecuteTransaction may or may not have run: LedgerUnavailable that
     says so, asked once. The second text used to be read as InsufficientFunds."""
-    node = grpc_node({"ExecuteTransaction": _error(Status.RESOURCE_EXHAUSTED, text)})
+    node = grpc_node({"ExecuteTransaction": error_answer(Status.RESOURCE_EXHAUSTED, text)})
     with pytest.raises(LedgerUnavailable) as info:
         _execute(sui_node(node.url))
     assert not isinstance(info.value, InsufficientFunds)
@@ -429,82 +315,6 @@ def test_a_rate_limited_execution_is_not_sent_again(
 
 
 # -- rate limiting: HTTP 429 ---------------------------------------------------------------------
-
-
-class Http2Status:
-    """An HTTP/2 (h2c) server on 127.0.0.1 that answers every request with ``status`` and
-    no gRPC at all, as a rate-limiting proxy in front of a node does."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.requests: list[str] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0)
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        conn.initiate_connection()
-        writer.write(conn.data_to_send())
-        paths: dict[int, str] = {}
-        try:
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        headers = {
-                            (k.decode() if isinstance(k, bytes) else k): (
-                                v.decode() if isinstance(v, bytes) else v
-                            )
-                            for k, v in event.headers
-                        }
-                        paths[event.stream_id] = headers.get(":path", "")
-                    elif isinstance(event, h2.events.DataReceived):
-                        conn.acknowledge_received_data(
-                            event.flow_controlled_length, event.stream_id
-                        )
-                    elif isinstance(event, h2.events.StreamEnded):
-                        self.requests.append(paths.get(event.stream_id, ""))
-                        conn.send_headers(
-                            event.stream_id,
-                            [(":status", str(self.status)), ("content-type", "text/plain")],
-                            end_stream=True,
-                        )
-                writer.write(conn.data_to_send())
-                await writer.drain()
-        except (ConnectionError, h2.exceptions.ProtocolError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
-            self.tasks.discard(task)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self.server.close()
-            # the connections still open end too (3.11's wait_closed does not wait for them)
-            tasks = list(self.tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(JOIN)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(JOIN)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -550,7 +360,7 @@ def test_a_read_refused_as_invalid_argument_is_not_an_invalid_transaction(
     """Every INVALID_ARGUMENT was InvalidTransaction ("transaction bytes are malformed"),
     also for a read (a node of another version refusing a field mask path)."""
     node = grpc_node(
-        {"GetObject": _error(Status.INVALID_ARGUMENT, "invalid read_mask path: contents")}
+        {"GetObject": error_answer(Status.INVALID_ARGUMENT, "invalid read_mask path: contents")}
     )
     with pytest.raises(ChainError) as info:
         sui_node(node.url).get_object("0x5")
@@ -561,7 +371,7 @@ def test_a_read_refused_as_invalid_argument_is_not_an_invalid_transaction(
 def test_an_execution_refused_as_invalid_argument_is_still_an_invalid_transaction(
     grpc_node: Any, sui_node: Any
 ) -> None:
-    node = grpc_node({"ExecuteTransaction": _error(Status.INVALID_ARGUMENT, "Gas budget: 5")})
+    node = grpc_node({"ExecuteTransaction": error_answer(Status.INVALID_ARGUMENT, "Gas budget: 5")})
     with pytest.raises(InvalidTransaction):
         _execute(sui_node(node.url))
 

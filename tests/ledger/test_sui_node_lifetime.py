@@ -1,7 +1,7 @@
 """SuiNode's channel lifetime: after a timeout, and calls racing close().
 
 The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``), behind a TCP proxy here whose
+``tests/support/grpc_nodes.py`` (``GrpcNode``), behind a TCP proxy here whose
 first connection is accepted and never answered (an HTTP/2 connection that stopped
 answering). Before, a call that timed out left its stuck channel in place for every
 later call, and a call racing close() could open a channel on a loop being stopped,
@@ -12,7 +12,7 @@ SuiNode's loop when the node is dropped, closed twice at once, or stuck in a cal
 ignores its cancellation.
 
 The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``), reached through the forwarding
+``tests/support/grpc_nodes.py`` (``GrpcNode``), reached through the forwarding
 proxy above where the test needs to see the client end its connection. Calls that ignore
 their cancellation are coroutines passed to ``SuiNode.run()`` here: no node can make a
 client's own task do that."""
@@ -34,11 +34,10 @@ import pytest
 from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.chain.sui_client import LedgerUnavailable, SuiNode
-from tests.ledger.test_sui_node_faults import JOIN, NODE_TIMEOUT, PACKAGE, _const, grpc_node
+from tests.ledger.sui_tx_cases import PACKAGE
+from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, constant_answer
 from tests.support.leaks import resource_warnings
 from tests.support.sui_proxies import SilentFirstProxy
-
-__all__ = ["grpc_node"]  # fixture, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
 
@@ -67,7 +66,7 @@ def test_a_call_after_a_timeout_opens_a_new_connection_and_closes_the_stuck_one(
     """The first connection never answers: the call times out (1 s). The next call, with
     a budget of 30 s, used to go down the same stuck connection and time out too; now it
     opens a new one, which reaches the node, and the stuck one is closed."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=1)
     client = SuiNode(proxy.url, timeout=1.0)
     try:
@@ -89,7 +88,7 @@ def test_a_call_after_a_timeout_opens_a_new_connection_and_closes_the_stuck_one(
 def test_a_dropped_channel_is_closed_and_close_leaves_nothing_open(grpc_node: Any) -> None:
     """No ResourceWarning (grpclib's "Unclosed connection") once close() returned, after a
     timeout dropped one channel and another served a call; no loop thread left."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=1)
     client = SuiNode(proxy.url, timeout=1.0)
 
@@ -119,7 +118,7 @@ def test_calls_racing_close_end_typed_and_leave_no_channel_or_thread(grpc_node: 
     works. Before, a call could open its channel after close() took the old one: that
     channel outlived its loop and the next loop used it (MalformedResponse for a good
     answer, RuntimeError 'Event loop is closed' from close(), a caller stuck for ever)."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     stop = threading.Event()
     outcomes: list[BaseException | None] = []
@@ -204,7 +203,7 @@ def test_a_dropped_node_stops_its_loop_and_closes_its_connection(grpc_node: Any)
     """A SuiNode that served a call and is dropped without close(): once collected, its
     loop thread ends and its connection is closed. Before, both lived until the process
     exited. The finalizer must not keep the node alive either."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=0)  # forwards every connection
     try:
 
@@ -234,7 +233,7 @@ def test_a_dropped_node_stops_its_loop_and_closes_its_connection(grpc_node: Any)
 
 def test_a_dropped_sui_ledger_stops_its_nodes_loop(grpc_node: Any) -> None:
     """The same for a SuiLedger dropped without close() (it holds a SuiNode)."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
 
     def use() -> threading.Thread:
         ledger = SuiLedger(SuiConfig(node.url, PACKAGE, timeout=NODE_TIMEOUT))
@@ -252,7 +251,7 @@ def test_a_dropped_sui_ledger_stops_its_nodes_loop(grpc_node: Any) -> None:
 def test_close_after_the_node_was_used_again_still_stops_the_new_loop(grpc_node: Any) -> None:
     """close(), a call (a new loop), close(): the first close() must not leave a
     finalizer that fires later on, and the second stops the new loop."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     try:
         assert client.epoch_info() == (7, 750)
@@ -274,7 +273,7 @@ def test_a_second_close_returns_only_once_the_loop_thread_ended(grpc_node: Any) 
     """A call in flight takes its time to end when cancelled (until the test releases it);
     one thread's close() waits for it. A second close() used to return at once, the loop
     thread still running; now it returns once that thread ended."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     started, release = threading.Event(), threading.Event()
     caller, outcome = _call_in_thread(client, _ignore_cancellation(started, release))
@@ -322,7 +321,7 @@ def test_a_call_ignoring_its_cancellation_ends_typed_once_close_gave_up(
     then stops the loop. The call's caller used to wait for ever on a loop that no longer
     ran; now it gets LedgerUnavailable saying the connection was closed."""
     monkeypatch.setattr(sui_client, "_CLOSE_WAIT", 0.5)
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     started, release = threading.Event(), threading.Event()  # never released: stuck
     caller, outcome = _call_in_thread(client, _ignore_cancellation(started, release))

@@ -1,10 +1,10 @@
 """SuiNode retries reads that fail transiently.
 
-The node is real over 127.0.0.1: the grpclib server of
-``tests/ledger/test_sui_node_faults.py`` (``GrpcNode``) answering gRPC statuses as its
-error tests do, the bare HTTP/2 server of the same file for an HTTP 429, and here a TCP
-proxy that resets connections in front of the grpclib server. Before, one UNAVAILABLE,
-reset connection or rate limit failed the caller at once."""
+The node is real over 127.0.0.1: the grpclib server of ``tests/support/grpc_nodes.py``
+(``GrpcNode``) answering gRPC statuses as the error tests of
+tests/ledger/test_sui_node_faults.py do, the bare HTTP/2 server there for an HTTP 429,
+and here a TCP proxy that resets connections in front of the grpclib server. Before,
+one UNAVAILABLE, reset connection or rate limit failed the caller at once."""
 
 from __future__ import annotations
 
@@ -23,20 +23,16 @@ from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
 from dtp.errors import ChainError, ObjectNotFound
 from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
-from tests.ledger.test_sui_node_faults import (
+from tests.ledger.sui_tx_cases import PACKAGE
+from tests.support.grpc_nodes import (
     JOIN,
     NODE_TIMEOUT,
-    PACKAGE,
     Answer,
     Http2Status,
-    _const,
-    _error,
-    grpc_node,
-    sui_node,
+    constant_answer,
+    error_answer,
 )
 from tests.support.sui_proxies import ResettingProxy
-
-__all__ = ["grpc_node", "sui_node"]  # fixtures, used by name
 
 EPOCH = sui_prot.GetEpochResponse(epoch=sui_prot.Epoch(epoch=7, reference_gas_price=750))
 LOGGER = "dtp.ledger.sui.client"
@@ -73,7 +69,9 @@ def _execute(node: SuiNode) -> Any:
 def test_a_read_unavailable_twice_then_answered_returns_the_value(
     grpc_node: Any, sui_node: Any
 ) -> None:
-    node = grpc_node({"GetEpoch": _fails_then(Status.UNAVAILABLE, "starting up", 2, _const(EPOCH))})
+    node = grpc_node(
+        {"GetEpoch": _fails_then(Status.UNAVAILABLE, "starting up", 2, constant_answer(EPOCH))}
+    )
     assert sui_node(node.url).epoch_info() == (7, 750)
     assert node.handlers.calls == ["GetEpoch"] * 3
 
@@ -84,7 +82,7 @@ def test_a_rate_limited_read_then_answered_returns_the_value(grpc_node: Any, sui
     node = grpc_node(
         {
             "GetBalance": _fails_then(
-                Status.RESOURCE_EXHAUSTED, "too many requests", 1, _const(answer)
+                Status.RESOURCE_EXHAUSTED, "too many requests", 1, constant_answer(answer)
             )
         }
     )
@@ -98,7 +96,7 @@ def test_a_node_always_unavailable_is_asked_retries_plus_one_times(
     grpc_node: Any, retries: int | None
 ) -> None:
     """The last error is the one a single attempt gave before (class and message)."""
-    node = grpc_node({"GetObject": _error(Status.UNAVAILABLE, "node is syncing")})
+    node = grpc_node({"GetObject": error_answer(Status.UNAVAILABLE, "node is syncing")})
     kwargs = {} if retries is None else {"retries": retries}
     client = SuiNode(node.url, timeout=NODE_TIMEOUT, **kwargs)
     try:
@@ -139,7 +137,7 @@ def test_rate_limiting_backs_off_longer_and_the_backoff_is_capped() -> None:
 def test_a_reset_connection_is_retried_on_a_new_one(grpc_node: Any, sui_node: Any) -> None:
     """grpclib's Channel marks a reset connection lost and opens another on the next
     request: the retry reaches the node through the same SuiNode."""
-    node = grpc_node({"GetEpoch": _const(EPOCH)})
+    node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = ResettingProxy(node.port, resets=2)
     try:
         client = sui_node(proxy.url)
@@ -159,9 +157,13 @@ def test_a_reset_connection_is_retried_on_a_new_one(grpc_node: Any, sui_node: An
 @pytest.mark.parametrize(
     ("answer", "expected", "name"),
     [
-        (_error(Status.NOT_FOUND, "no such object"), ObjectNotFound, None),
-        (_error(Status.INVALID_ARGUMENT, "invalid read_mask"), ChainError, "INVALID_ARGUMENT"),
-        (_error(Status.PERMISSION_DENIED, "no"), ChainError, "PERMISSION_DENIED"),
+        (error_answer(Status.NOT_FOUND, "no such object"), ObjectNotFound, None),
+        (
+            error_answer(Status.INVALID_ARGUMENT, "invalid read_mask"),
+            ChainError,
+            "INVALID_ARGUMENT",
+        ),
+        (error_answer(Status.PERMISSION_DENIED, "no"), ChainError, "PERMISSION_DENIED"),
         (lambda _r: b"\x0a\x05\x08", MalformedResponse, None),  # a truncated protobuf
     ],
 )
@@ -182,7 +184,7 @@ def test_a_ledger_unavailable_raised_on_an_answer_is_not_retried(
     grpc_node: Any, sui_node: Any
 ) -> None:
     """An answer without an epoch is the node's, not the transport's: asked once."""
-    node = grpc_node({"GetEpoch": _const(sui_prot.GetEpochResponse())})
+    node = grpc_node({"GetEpoch": constant_answer(sui_prot.GetEpochResponse())})
     with pytest.raises(LedgerUnavailable, match="without one"):
         sui_node(node.url).epoch_info()
     assert node.handlers.calls == ["GetEpoch"]
@@ -192,7 +194,7 @@ def test_a_ledger_unavailable_raised_on_an_answer_is_not_retried(
 @pytest.mark.parametrize("status", [Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED])
 def test_an_execution_is_never_retried(grpc_node: Any, sui_node: Any, status: Status) -> None:
     """It may have run before the answer was lost: sending it again could pay twice."""
-    node = grpc_node({"ExecuteTransaction": _error(status, "overloaded")})
+    node = grpc_node({"ExecuteTransaction": error_answer(status, "overloaded")})
     with pytest.raises(LedgerUnavailable, match="may still have executed"):
         _execute(sui_node(node.url))
     assert node.handlers.calls == ["ExecuteTransaction"]
@@ -200,7 +202,9 @@ def test_an_execution_is_never_retried(grpc_node: Any, sui_node: Any, status: St
 
 @pytest.mark.usefixtures("fast_backoff")
 def test_retries_zero_asks_once(grpc_node: Any) -> None:
-    node = grpc_node({"GetEpoch": _fails_then(Status.UNAVAILABLE, "busy", 1, _const(EPOCH))})
+    node = grpc_node(
+        {"GetEpoch": _fails_then(Status.UNAVAILABLE, "busy", 1, constant_answer(EPOCH))}
+    )
     client = SuiNode(node.url, timeout=NODE_TIMEOUT, retries=0)
     try:
         with pytest.raises(LedgerUnavailable, match="unavailable"):
@@ -246,7 +250,9 @@ def test_each_retry_is_logged_at_debug(
     grpc_node: Any, sui_node: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    node = grpc_node({"GetEpoch": _fails_then(Status.UNAVAILABLE, "busy", 2, _const(EPOCH))})
+    node = grpc_node(
+        {"GetEpoch": _fails_then(Status.UNAVAILABLE, "busy", 2, constant_answer(EPOCH))}
+    )
     sui_node(node.url).epoch_info()
     retries = [r for r in caplog.records if r.name == LOGGER and "retrying" in r.getMessage()]
     assert [r.levelno for r in retries] == [logging.DEBUG] * 2
@@ -260,7 +266,7 @@ def test_close_during_a_backoff_sleep_ends_the_call(
     monkeypatch.setattr(sui_client, "_RETRY_DELAY", 600.0)
     monkeypatch.setattr(sui_client, "_RETRY_DELAY_CAP", 600.0)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    node = grpc_node({"GetEpoch": _error(Status.UNAVAILABLE, "busy")})
+    node = grpc_node({"GetEpoch": error_answer(Status.UNAVAILABLE, "busy")})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     outcome: list[BaseException] = []
 

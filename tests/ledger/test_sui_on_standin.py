@@ -19,7 +19,7 @@ from dtp.chain.sui_client import MalformedResponse
 from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
 from dtp.ledger.sui import ledger as sui_core
-from tests.ledger.test_scenarios import ACTORS, SCENARIOS, Runner
+from tests.ledger.scenario_runner import ACTORS, SCENARIOS, Runner
 from tests.support.sui_node import SuiNodeStandIn
 from tests.support.sui_node.objects import COIN_TYPE
 

@@ -27,7 +27,8 @@ from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.keys import HostIdentity
 from dtp.ledger.sui.client import SuiNode
 from tests.ledger.files import damage
-from tests.ledger.test_sui_transactions import PACKAGE, _closed_port
+from tests.ledger.sui_tx_cases import PACKAGE
+from tests.support.ports import free_port
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x91]) * 32, bytes([0x92]) * 32)
 
@@ -139,7 +140,7 @@ def test_a_file_locked_past_the_busy_timeout_is_caught_as_ledger_unavailable(
 
 
 def test_a_sui_node_refusing_connections_is_caught_as_ledger_unavailable() -> None:
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     ledger = SuiLedger(SuiConfig(endpoint, PACKAGE, timeout=30))
     node = SuiNode(endpoint, timeout=30)
     try:

@@ -1,13 +1,16 @@
-"""Pub/sub nodes linked by real DTP connections on 127.0.0.1 (``Mesh``), and a reader
-of what a subscription got, for the pub/sub and discovery tests."""
+"""Pub/sub nodes linked by real DTP connections on 127.0.0.1 (``Mesh``), a hand-driven raw
+peer of one of them (``RawPeer``), and a reader of what a subscription got, for the
+pub/sub and discovery tests."""
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 
 import dtp.socket
 from dtp.keys import HostIdentity
+from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
 
 
@@ -59,3 +62,48 @@ def drain(sub: object, count: int, timeout: float = 10.0) -> list[bytes]:
         except queue.Empty:
             continue
     return out
+
+
+class RawPeer:
+    """A hand-driven peer of mesh node ``at`` over a real DTP connection: it sends the
+    frames it is given and records every frame the node sends it."""
+
+    def __init__(self, mesh: Mesh, at: int, name: str = "raw") -> None:
+        self.sock = dtp.socket.create_connection(
+            mesh.servers[at].address, server_key=mesh.ids[at].noise_public, timeout=10
+        )
+        node_side, _ = mesh.servers[at].accept(timeout=10)
+        self.sock.settimeout(None)
+        node_side.settimeout(None)
+        mesh.socks += [self.sock, node_side]
+        self.link = mesh.nodes[at].attach(node_side, name)
+        self.frames: list[object] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for body in read_frames(self.sock, 1 << 24, self._stop):
+                if isinstance(body, bytes):
+                    self.frames.append(decode_body(body))
+        except Exception:
+            pass
+
+    def send(self, message: object) -> None:
+        self.sock.sendall(encode_frame(message, 1 << 24))
+
+    def subscribe(self, topics: list[str], distance: int = 0) -> None:
+        for i in range(0, len(topics), 512):
+            self.send([12, [[t, distance] for t in topics[i : i + 512]]])
+
+    def told(self) -> dict[str, int]:
+        """The interest the node declared to this peer so far."""
+        state: dict[str, int] = {}
+        for frame in list(self.frames):
+            if isinstance(frame, list) and frame and frame[0] == 12:
+                state.update({t: d for t, d in frame[1]})
+            elif isinstance(frame, list) and frame and frame[0] == 13:
+                for t in frame[1]:
+                    state.pop(t, None)
+        return state

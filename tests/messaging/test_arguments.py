@@ -47,9 +47,9 @@ from dtp.messaging.rpc import (
     RpcServer,
 )
 from dtp.messaging.sealed import MAX_SEALED, SealedInbox, seal, send_sealed
+from tests.messaging.radio import CASTERS, FANS, Radio, radio_on_air
 from tests.messaging.rpc_world import Served
 from tests.messaging.sealed_world import SealedWorld, sealed_world
-from tests.messaging.test_broadcast_money import CASTERS, FANS, Radio, _radio
 from tests.support.polling import raised_within
 
 #: Bound on a refusal: the bugs waited for good (a NaN deadline); a refusal is at once.
@@ -280,7 +280,7 @@ def test_discovery_bad_counts_and_timeouts_are_refused(tmp_path: Path) -> None:
 def radio(tmp_path: Path) -> Iterator[Radio]:
     ledger = LocalLedger(str(tmp_path / "ledger.db"), clock_ms=0)
     try:
-        yield from _radio(ledger)
+        yield from radio_on_air(ledger)
     finally:
         ledger.close()
 

@@ -34,21 +34,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Broadcast
 from dtp.errors import BroadcastError, ChainError, InsufficientFunds
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import AirChange, BroadcastListener, BroadcastMessage, BroadcastStation
+from tests.messaging.radio import CASTERS, FANS, PRICE, SLOT_MS, Radio, ident, radio_on_air
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-CASTERS = [ident(0x51), ident(0x52)]
-FANS = [ident(0x61), ident(0x62), ident(0x63)]
 MALLORY = ident(0x6F)
 EVERYONE = [*CASTERS, *FANS, MALLORY]
 #: Starting balances: a whale (a huge contribution), a middling fan, a poor one.
@@ -531,52 +524,9 @@ def test_refunds_are_each_share_rounded_either_way(ledger: LocalLedger) -> None:
 # -- the messaging layer ------------------------------------------------------------------------
 
 
-PRICE = 100
-SLOT_MS = 1_000
-
-
-@dataclass
-class Radio:
-    ledger: LocalLedger
-    server: dtp.socket.DTPServer
-    socks: list[dtp.socket.DTPSocket]
-    b_id: str
-
-    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
-        """A real DTP connection on 127.0.0.1: (station side, listener side)."""
-        client = dtp.socket.create_connection(
-            self.server.address, server_key=CASTERS[0].noise_public, timeout=30
-        )
-        server_side, _ = self.server.accept(timeout=30)
-        client.settimeout(None)
-        server_side.settimeout(None)
-        self.socks += [client, server_side]
-        return server_side, client
-
-    def tune_in(self, station: BroadcastStation) -> BroadcastListener:
-        s_side, l_side = self.pair()
-        listener = BroadcastListener(
-            l_side, ledger=self.ledger, identity=FANS[1], broadcast_id=self.b_id
-        )
-        station.attach(s_side, "fan")
-        assert listener.wait_hello(30)
-        return listener
-
-
-def _radio(ledger: LocalLedger) -> Iterator[Radio]:
-    ledger.faucet(FANS[1].sui_address, 100_000)
-    b_id = ledger.create_broadcast(CASTERS[0], "radio", PRICE, SLOT_MS)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=CASTERS[0])
-    radio = Radio(ledger, server, [], b_id)
-    yield radio
-    for sock in radio.socks:
-        sock.abort("test over")
-    server.close()
-
-
 @pytest.fixture
 def radio(ledger: LocalLedger) -> Iterator[Radio]:
-    yield from _radio(ledger)
+    yield from radio_on_air(ledger)
 
 
 def _next(listener: BroadcastListener) -> BroadcastMessage | AirChange:
@@ -668,7 +618,7 @@ def test_station_stays_off_air_after_a_cancel_racing_a_check(tmp_path: Path) -> 
     station back on air after its AIR "cancelled", and send() then went out for the rest
     of the slot, unpaid (the slot in progress at a cancel is never paid)."""
     ledger = _CancelDuringRead(str(tmp_path / "ledger.db"), clock_ms=0)
-    gen = _radio(ledger)
+    gen = radio_on_air(ledger)
     radio = next(gen)
     try:
         station = BroadcastStation(ledger, CASTERS[0], radio.b_id)

@@ -17,8 +17,7 @@ import pytest
 
 from dtp.messaging import pubsub
 from dtp.messaging.pubsub import PubSubNode, Subscription
-from tests.messaging.mesh import Mesh
-from tests.messaging.test_pubsub_fairness import RawPeer
+from tests.messaging.mesh import Mesh, RawPeer
 from tests.support.polling import wait_for
 
 PUBLISH = 10

@@ -38,7 +38,8 @@ from dtp.messaging.protocol import RpcProtocol
 from dtp.messaging.pubsub import MAX_TOPIC_LENGTH, PubSubNode
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer
 from tests.messaging.mesh import Mesh, drain
-from tests.messaging.test_pubsub_links import Streams, streams  # noqa: F401 (a fixture)
+from tests.messaging.stream_pairs import Streams
+from tests.messaging.stream_pairs import streams as streams  # the fixture
 from tests.support.polling import wait_for
 
 
@@ -179,7 +180,7 @@ def _refused_as_a_bad_name(call: object) -> None:
 
 
 def test_a_method_name_that_is_no_utf8_is_refused_alike_on_every_path(
-    streams: Streams,  # noqa: F811 (the fixture)
+    streams: Streams,
 ) -> None:
     proto = RpcProtocol()
     _refused_as_a_bad_name(lambda: proto.begin_request(NOT_UTF8, None, 0.0, None))
@@ -238,7 +239,7 @@ def test_a_method_name_that_is_no_utf8_is_refused_alike_on_every_path(
 
 
 def test_a_stream_ending_inside_a_frame_counts_as_a_violation(
-    streams: Streams,  # noqa: F811 (the fixture)
+    streams: Streams,
 ) -> None:
     node = PubSubNode("n")
     try:
@@ -267,7 +268,7 @@ def test_a_stream_ending_inside_a_frame_counts_as_a_violation(
 
 @pytest.mark.parametrize("topic", [5, None, "", "x" * 257, NOT_UTF8])
 def test_interested_links_refuses_what_is_no_topic(
-    streams: Streams,  # noqa: F811 (the fixture)
+    streams: Streams,
     topic: object,
 ) -> None:
     node = PubSubNode("n")

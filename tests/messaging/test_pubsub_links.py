@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,42 +38,12 @@ from dtp.messaging import pubsub
 from dtp.messaging.framing import decode_body, read_frames
 from dtp.messaging.pubsub import PubSubNode
 from tests.messaging.mesh import Mesh
+from tests.messaging.stream_pairs import Streams
+from tests.messaging.stream_pairs import streams as streams  # the fixture
 from tests.support.polling import wait_for
 
 PUBLISH = 10
 DROPPED = 11
-
-
-class Streams:
-    """Connected pairs of DTP streams on 127.0.0.1, all ended by :meth:`close`."""
-
-    def __init__(self) -> None:
-        self.identity = HostIdentity.generate()
-        self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
-        self.socks: list[dtp.socket.DTPSocket] = []
-
-    def pair(self) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
-        """A new connection: (client side, server side), both without a timeout."""
-        client = dtp.socket.create_connection(
-            self.server.address, server_key=self.identity.noise_public, timeout=10
-        )
-        server_side, _ = self.server.accept(timeout=10)
-        client.settimeout(None)
-        server_side.settimeout(None)
-        self.socks += [client, server_side]
-        return client, server_side
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.abort("test over")
-        self.server.close()
-
-
-@pytest.fixture
-def streams() -> Iterator[Streams]:
-    s = Streams()
-    yield s
-    s.close()
 
 
 # -- 1. a non-blocking stream ------------------------------------------------------------------

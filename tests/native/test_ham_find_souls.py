@@ -26,7 +26,7 @@ from dtp._types import HamUpdate
 from dtp.errors import ErrorCode, RemoteProtocolError
 from dtp.graph import Graph, namespace
 from dtp.keys import HostIdentity
-from tests.native.test_ham import BAD_BATCHES, F1, header, outcome, raw_update
+from tests.native.ham_batches import BAD_BATCHES, F1, header, outcome, raw_update
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
 
 MARK = b"~0x" + b"ab" * 32

@@ -20,7 +20,7 @@ from dtp._types import OK, STOP
 from dtp.connection import CloseCode
 from dtp.errors import LocalProtocolError
 from dtp.events import ControlReceived
-from tests.native.test_lane import SID, take
+from tests.native.lanes import SID, take
 from tests.support.backends import BACKENDS
 from tests.support.pairs import Side, connect
 

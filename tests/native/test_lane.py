@@ -24,16 +24,13 @@ from dtp._types import (
     OK,
     STOP,
     RawFrame,
-    TakeResult,
 )
 from dtp.connection import Connection
 from dtp.errors import DecryptionError, LocalProtocolError
 from dtp.events import StreamDataReceived
+from tests.native.lanes import SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
-
-SID = 4
-BIG = 1 << 40
 
 
 def lane_pair(backend: SimpleNamespace, key: bytes) -> tuple[Any, Any]:
@@ -41,18 +38,6 @@ def lane_pair(backend: SimpleNamespace, key: bytes) -> tuple[Any, Any]:
     sender = backend.Aead(key)
     lane = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
     return sender, lane
-
-
-def take(lane: Any, buf: bytes, dst: bytearray, offset: int = 0, **limits: int) -> TakeResult:
-    return lane.take(
-        buf,
-        SID,
-        offset,
-        limits.get("stream_limit", BIG),
-        limits.get("conn_received", 0),
-        limits.get("conn_limit", BIG),
-        dst,
-    )
 
 
 def control_record(sender: Any, counter: int) -> bytes:

@@ -32,30 +32,35 @@ with a reason each, and an entry that no longer matches its block fails the test
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
-import fcntl
 import importlib
 import inspect
 import os
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 import types
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.project.doc_blocks import (
+    BLOCKS,
+    NAMED,
+    OWNED,
+    READ_ONLY,
+    Block,
+    chain_of,
+    expected_output,
+    in_order,
+    port_free,
+    ports_held,
+)
 from tests.support.paths import ROOT
 
-OWNED = ["README.md", "docs/protocol.md", "docs/udp.md", "docs/ledger-carrier.md", "docs/daemon.md"]
-READ_ONLY = ["docs/escrow.md", "docs/graph.md", "docs/messaging.md", "docs/sui.md"]
 TIMEOUT = 60.0
 
 #: Blocks of the READ_ONLY docs that are not run: key -> (its first line, why).
@@ -71,89 +76,11 @@ OTHER_SKIP: dict[str, tuple[str, str]] = {
     ),
 }
 
-_MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(.*?)\s*-->\s*$")
-
-
-@dataclass
-class Block:
-    """One ```python block: ``key`` is ``file#n``, n counting python blocks from 1."""
-
-    key: str
-    line: int
-    code: str
-    skip: str | None = None
-    name: str | None = None
-    after: tuple[str, ...] = ()
-    port: int | None = None
-
-    @property
-    def first_line(self) -> str:
-        return next(line for line in self.code.splitlines() if line.strip())
-
-
-def _apply_marker(block: Block, text: str) -> None:
-    if text.startswith("skip:"):
-        block.skip = text[len("skip:") :].strip()
-        if not block.skip:
-            raise ValueError(f"{block.key}: doc-test skip without a reason")
-        return
-    for word in text.split():
-        key, _, value = word.partition("=")
-        if key == "id" and value:
-            block.name = value
-        elif key == "after" and value:
-            block.after = tuple(value.split(","))
-        elif key == "port" and value.isdigit():
-            block.port = int(value)
-        else:
-            raise ValueError(f"{block.key}: unknown doc-test marker word {word!r}")
-
-
-def extract(relpath: str) -> list[Block]:
-    """The ```python blocks of a doc, with the doc-test markers just above each."""
-    lines = (ROOT / relpath).read_text(encoding="utf-8").splitlines()
-    found: list[Block] = []
-    i = 0
-    while i < len(lines):
-        fence = re.match(r"^```(\w*)\s*$", lines[i])
-        if not fence:
-            i += 1
-            continue
-        end = i + 1
-        while end < len(lines) and not lines[end].startswith("```"):
-            end += 1
-        if fence.group(1) == "python":
-            block = Block(
-                f"{relpath}#{len(found) + 1}", i + 2, "\n".join(lines[i + 1 : end]) + "\n"
-            )
-            j = i - 1
-            while j >= 0 and (m := _MARKER.match(lines[j])):
-                _apply_marker(block, m.group(1))
-                j -= 1
-            found.append(block)
-        i = end + 1
-    return found
-
-
-BLOCKS: dict[str, Block] = {b.key: b for doc in OWNED + READ_ONLY for b in extract(doc)}
-NAMED: dict[str, Block] = {b.name: b for b in BLOCKS.values() if b.name}
-
 
 def _skip_reason(block: Block) -> str | None:
     if block.key in OTHER_SKIP:
         return f"listed in OTHER_SKIP: {OTHER_SKIP[block.key][1]}"
     return f"marked in the doc: {block.skip}" if block.skip else None
-
-
-def _chain(block: Block) -> list[Block]:
-    """The blocks to run for ``block``: its ``after`` chain (depth first), then itself."""
-    order: list[Block] = []
-    for name in block.after:
-        for b in _chain(NAMED[name]):
-            if b not in order:
-                order.append(b)
-    order.append(block)
-    return order
 
 
 def test_markers_and_tables_are_consistent() -> None:
@@ -567,7 +494,7 @@ def test_checker_finds_what_it_should() -> None:
 def test_block_names_and_signatures(key: str) -> None:
     """Compiles; every ``dtp`` name it uses exists and every call binds."""
     block = BLOCKS[key]
-    chain = [block] if _skip_reason(block) else _chain(block)
+    chain = [block] if _skip_reason(block) else chain_of(block)
     code = "".join(b.code for b in chain)
     problems = check(code, f"{key} (line {block.line})")
     if len(chain) > 1:  # report only this block's own lines' problems, not its chain's
@@ -583,62 +510,6 @@ def _line_of(problem: str) -> int:
 
 # -- running -----------------------------------------------------------------------------
 
-_PRINT_COMMENT = re.compile(r"^\s*print\(.*\)\s+#\s?(.*?)\s*$")
-_BARE_PRINT = re.compile(r"^\s*print\(.*\)\s*$")
-_COMMENT_LINE = re.compile(r"^\s*#\s?(.*?)\s*$")
-
-
-def expected_output(code: str) -> list[str]:
-    """What the output comments promise, in order (``print(x)  # out`` or a next line)."""
-    lines = code.splitlines()
-    expected: list[str] = []
-    for i, line in enumerate(lines):
-        if m := _PRINT_COMMENT.match(line):
-            expected.append(m.group(1))
-        elif (
-            _BARE_PRINT.match(line)
-            and i + 1 < len(lines)
-            and (nxt := _COMMENT_LINE.match(lines[i + 1]))
-        ):
-            expected.append(nxt.group(1))
-    return expected
-
-
-def _same(expected: str, actual: str) -> bool:
-    if expected == actual:
-        return True
-    try:
-        return bool(ast.literal_eval(expected) == ast.literal_eval(actual))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False
-
-
-def _in_order(expected: list[str], output: list[str]) -> bool:
-    it = iter(output)
-    return all(any(_same(want, got) for got in it) for want in expected)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def _ports_held(ports: set[int]) -> Iterator[None]:
-    """Hold ``ports`` for one block at a time across the suite's processes: the core
-    backends run the same blocks at once, and both probes found a port free before
-    either bound it (one block then failed with EADDRINUSE)."""
-    with contextlib.ExitStack() as stack:
-        for port in sorted(ports):
-            path = os.path.join(tempfile.gettempdir(), f"dtp-doc-test-port-{port}.lock")
-            lock = stack.enter_context(open(path, "a"))
-            fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
-        yield
-
 
 @pytest.mark.parametrize("key", sorted(BLOCKS))
 def test_block_runs(key: str, tmp_path: Path) -> None:
@@ -647,15 +518,15 @@ def test_block_runs(key: str, tmp_path: Path) -> None:
     reason = _skip_reason(block)
     if reason:
         pytest.skip(reason)
-    chain = _chain(block)
-    with _ports_held({b.port for b in chain if b.port is not None}):
+    chain = chain_of(block)
+    with ports_held({b.port for b in chain if b.port is not None}):
         _run_block(key, block, chain, tmp_path)
 
 
 def _run_block(key: str, block: Block, chain: list[Block], tmp_path: Path) -> None:
     """:func:`test_block_runs` once the block's ports are held."""
     for b in chain:
-        if b.port is not None and not _port_free(b.port):
+        if b.port is not None and not port_free(b.port):
             pytest.skip(f"127.0.0.1:{b.port} is in use by another process")
     script = tmp_path / "example.py"
     script.write_text("".join(b.code for b in chain), encoding="utf-8")
@@ -675,7 +546,7 @@ def _run_block(key: str, block: Block, chain: list[Block], tmp_path: Path) -> No
     assert done.returncode == 0, f"{where} failed:\n{done.stdout}\n{done.stderr}"
     assert "Warning" not in done.stderr, f"{where}:\n{done.stderr}"
     want = expected_output(block.code)
-    assert _in_order(want, done.stdout.splitlines()), (
+    assert in_order(want, done.stdout.splitlines()), (
         f"{where}: expected {want} in order, printed:\n{done.stdout}"
     )
 
@@ -989,7 +860,7 @@ def test_whole_blocks_define_what_they_use() -> None:
         reason = _skip_reason(block) or ""
         if "fragment" in reason:
             continue
-        code = "".join(b.code for b in _chain(block)) if not reason else block.code
+        code = "".join(b.code for b in chain_of(block)) if not reason else block.code
         missing = _undefined_names(code) - KNOWN_UNDEFINED.get(key, set())
         if missing:
             problems.append(f"{key} (line {block.line}): uses {sorted(missing)} undefined")

@@ -342,10 +342,10 @@ def on_sui(code: str) -> str:
 
 def _readme_ledger_chains() -> list[str]:
     """The README blocks that end a chain of ledger snippets (each run with its chain)."""
-    from tests.project.test_doc_examples import BLOCKS, _chain
+    from tests.project.doc_blocks import BLOCKS, chain_of
 
     readme = {k: b for k, b in BLOCKS.items() if k.startswith("README.md#")}
-    ledger = [k for k, b in readme.items() if "LocalLedger(" in _chain(b)[0].code]
+    ledger = [k for k, b in readme.items() if "LocalLedger(" in chain_of(b)[0].code]
     ends = [
         k for k in ledger if not any(b.after and readme[k].name in b.after for b in readme.values())
     ]
@@ -377,17 +377,17 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
     """Each chain of the README's ledger snippets, run as a user would on a Sui node: the
     embedded ledger's lines replaced (:data:`ON_SUI`), the rest as written. On a real
     node a chain stops before its first snippet that moves the ledger clock."""
-    from tests.project.test_doc_examples import (
+    from tests.project.doc_blocks import (
         BLOCKS,
-        _chain,
-        _in_order,
-        _port_free,
-        _ports_held,
+        chain_of,
         expected_output,
+        in_order,
+        port_free,
+        ports_held,
     )
     from tests.support.sui_network import real_node_configured
 
-    chain = _chain(BLOCKS[key])
+    chain = chain_of(BLOCKS[key])
     if real_node_configured():
         moves = [i for i, b in enumerate(chain) if _MOVES_CLOCK.search(b.code)]
         chain = chain[: moves[0]] if moves else chain
@@ -397,9 +397,9 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
     script.write_text(_PRELUDE + code, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), PYTHONPATH=str(ROOT))
-    with _ports_held({b.port for b in chain if b.port is not None}):
+    with ports_held({b.port for b in chain if b.port is not None}):
         for b in chain:
-            if b.port is not None and not _port_free(b.port):
+            if b.port is not None and not port_free(b.port):
                 pytest.skip(f"127.0.0.1:{b.port} is in use by another process")
         done = subprocess.run(
             [sys.executable, "-X", "dev", str(script)],
@@ -413,7 +413,7 @@ def test_readme_ledger_snippets_run_on_sui(key: str, tmp_path: Path) -> None:
     assert done.returncode == 0, f"{key} on Sui failed:\n{done.stdout}\n{done.stderr}"
     assert "Warning" not in done.stderr, done.stderr
     want = [line for b in chain for line in expected_output(b.code)]
-    assert _in_order(want, done.stdout.splitlines()), (want, done.stdout)
+    assert in_order(want, done.stdout.splitlines()), (want, done.stdout)
 
 
 def _dtp(

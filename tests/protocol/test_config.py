@@ -27,7 +27,7 @@ from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
 from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import LocalProtocolError
 from dtp.events import DatagramReceived, StreamResetReceived
-from tests.protocol.test_stream_credit import _sent
+from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 
 # -- 1. idle_timeout and max_datagram_size, checked when the config is made --------------
@@ -128,10 +128,10 @@ def test_resetting_a_stream_whose_fin_was_acknowledged_sends_nothing(reliable: b
         return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
 
     assert run(link, c, s, until=acknowledged)
-    _sent(c, s, reliable, link.now)  # (whatever was due: ACKs on a lossy carrier)
+    frames_sent_by_client(c, s, reliable, link.now)  # (whatever was due: ACKs on a lossy carrier)
     c.conn.reset_stream(done, 5)
     c.conn.reset_stream(done, 6)
-    assert _resets(_sent(c, s, reliable, link.now)) == []
+    assert _resets(frames_sent_by_client(c, s, reliable, link.now)) == []
     assert c.conn._streams[done].send_state.value == "fin-sent"
     # the receiving half is as it was: the server's bytes on it still arrive
     s.conn.send_stream_data(done, b"answer", end_stream=True)
@@ -146,14 +146,16 @@ def test_resetting_a_stream_whose_fin_was_acknowledged_sends_nothing(reliable: b
     c.conn.send_stream_data(busy, b"more to come")
     c.conn.reset_stream(busy, 8)
     c.conn.reset_stream(busy, 9)
-    assert _resets(_sent(c, s, reliable, link.now)) == [(busy, 8)]
+    assert _resets(frames_sent_by_client(c, s, reliable, link.now)) == [(busy, 8)]
     if not reliable:
         # a FIN sent but not acknowledged may be lost: that stream is reset still
         sid = c.conn.open_stream()
         c.conn.send_stream_data(sid, b"x", end_stream=True)
-        assert any(f.type == FRAME_STREAM_FIN for f in _sent(c, s, False, link.now))  # lost
+        assert any(
+            f.type == FRAME_STREAM_FIN for f in frames_sent_by_client(c, s, False, link.now)
+        )  # lost
         c.conn.reset_stream(sid, 10)
-        assert _resets(_sent(c, s, False, link.now)) == [(sid, 10)]
+        assert _resets(frames_sent_by_client(c, s, False, link.now)) == [(sid, 10)]
 
 
 def test_a_reset_after_the_fin_was_handed_to_a_reliable_carrier_sends_nothing() -> None:
@@ -163,7 +165,7 @@ def test_a_reset_after_the_fin_was_handed_to_a_reliable_carrier_sends_nothing() 
     sid = c.conn.open_stream()
     c.conn.send_stream_data(sid, b"hello", end_stream=True)
     c.conn.reset_stream(sid, 3)
-    frames = _sent(c, s, True, link.now)
+    frames = frames_sent_by_client(c, s, True, link.now)
     assert _resets(frames) == []
     assert [(f.a, f.data) for f in frames if f.type == FRAME_STREAM_FIN] == [(sid, b"hello")]
 

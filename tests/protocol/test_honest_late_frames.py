@@ -14,7 +14,7 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.events import StreamDataReceived
-from tests.protocol.test_protocol_abuse import _send
+from tests.protocol.hostile_frames import send_frames
 from tests.support.pairs import connect
 
 
@@ -32,7 +32,7 @@ def test_late_copies_after_a_fin_and_a_reset_at_its_size_are_taken() -> None:
         [RawFrame(FRAME_RESET_STREAM, 0, 7, 20)],
     ]
     for frames in records:
-        assert _send(c, s, frames, link.now) is None
+        assert send_frames(c, s, frames, link.now) is None
     data = b"".join(e.data for e in s.of(StreamDataReceived) if e.stream_id == 0)
     assert data == b"a" * 10 + b"b" * 10
 
@@ -50,4 +50,4 @@ def test_frames_on_a_stream_of_ours_reset_and_forgotten_are_taken() -> None:
         RawFrame(FRAME_MAX_STREAM_DATA, sid, 1 << 20),
         RawFrame(FRAME_RESET_STREAM, sid, 1, 0),
     ):
-        assert _send(c, s, [frame], link.now) is None
+        assert send_frames(c, s, [frame], link.now) is None

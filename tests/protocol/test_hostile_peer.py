@@ -12,7 +12,7 @@ import pytest
 
 from dtp import _core, _recovery
 from dtp._recovery import LossRecovery, SentRecord
-from dtp._state import ConnState, ControlKind
+from dtp._state import ControlKind
 from dtp._types import (
     FRAME_CONTROL,
     FRAME_DATAGRAM,
@@ -42,10 +42,13 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
+from tests.protocol.hostile_frames import xx_authenticated_server
 from tests.support.pairs import CLIENT_ID, Side, connect, make_pair, sealed_by
 
 
-def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
+def send_frames(
+    c: Side, s: Side, frames: list[RawFrame], now: float
+) -> ConnectionTerminated | None:
     """The client (as the hostile peer) seals ``frames`` in one record to the server."""
     s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), now)
     s.drain()
@@ -61,8 +64,10 @@ def test_lossy_fin_below_data_already_received_is_a_protocol_violation(
     # stream sat in FIN_RECEIVED forever, neither finishing nor failing.
     c, s, link = connect(reliable_carrier=False)
     offset, length = first
-    assert _send(c, s, [RawFrame(FRAME_STREAM, 0, offset, 0, b"y" * length)], link.now) is None
-    term = _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 0, 0, b"y" * 10)], link.now)
+    assert (
+        send_frames(c, s, [RawFrame(FRAME_STREAM, 0, offset, 0, b"y" * length)], link.now) is None
+    )
+    term = send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 0, 0, b"y" * 10)], link.now)
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
     assert "final size" in term.reason
 
@@ -70,8 +75,8 @@ def test_lossy_fin_below_data_already_received_is_a_protocol_violation(
 @pytest.mark.parametrize("reliable", [True, False], ids=["reliable", "lossy"])
 def test_a_fin_at_the_data_received_so_far_still_ends_the_stream(reliable: bool) -> None:
     c, s, link = connect(reliable_carrier=reliable)
-    assert _send(c, s, [RawFrame(FRAME_STREAM, 0, 0, 0, b"y" * 10)], link.now) is None
-    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 10, 0, b"")], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM, 0, 0, 0, b"y" * 10)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 10, 0, b"")], link.now) is None
     assert 0 in s.eof and bytes(s.data[0]) == b"y" * 10
 
 
@@ -80,15 +85,15 @@ def test_a_reset_may_not_move_a_final_size_the_fin_fixed(final: int) -> None:
     # lossy: bytes 20..30 and the FIN at 30 arrived, 0..20 not yet; a RESET_STREAM
     # claiming another final size was taken (and 1000 charged to the window)
     c, s, link = connect(reliable_carrier=False)
-    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
-    term = _send(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, final)], link.now)
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
+    term = send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, final)], link.now)
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION
 
 
 def test_a_reset_at_the_fins_final_size_is_taken() -> None:
     c, s, link = connect(reliable_carrier=False)
-    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
-    assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, 30)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 20, 0, b"y" * 10)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 7, 30)], link.now) is None
     assert not s.of(StreamDataReceived)
 
 
@@ -108,7 +113,7 @@ def test_records_in_flight_stay_bounded_when_the_peer_never_acknowledges(
         server.send_datagram(b"q" * 10)
         server.data_to_send(now)
         if i % 50 == 0:
-            _send(c, s, [RawFrame(FRAME_PING)], now)
+            send_frames(c, s, [RawFrame(FRAME_PING)], now)
             server.handle_timer(now)
         now += 0.001
     assert server.termination is None
@@ -139,7 +144,7 @@ def test_datagrams_alone_to_a_silent_peer_do_not_pile_up(
         s.conn.data_to_send(link.now)
     assert s.conn._recovery is not None and len(s.conn._recovery.in_flight) <= 32
     # the datagrams given up are not sent again
-    _send(c, s, [RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"x")], link.now)
+    send_frames(c, s, [RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"x")], link.now)
     assert all(f.type != FRAME_DATAGRAM for f in s.conn._ctrl)  # nothing requeued for resending
 
 
@@ -178,20 +183,10 @@ def test_a_probe_behind_lost_datagrams_still_recovers_the_stream() -> None:
     assert now < link.now + 20.0
 
 
-def _xx_authenticated_server() -> tuple[Connection, Connection]:
-    """An XX pair whose server has the client's proof but has not decided yet."""
-    client, server = make_pair(ik=False)
-    for _ in range(4):
-        server.receive_data(client.data_to_send(0.0), 0.0)
-        client.receive_data(server.data_to_send(0.0), 0.0)
-    assert server.peer_address is not None and server.state is ConnState.AUTHENTICATING
-    return client, server
-
-
 def test_datagrams_held_before_accept_are_bounded() -> None:
     # the server holds a client's frames until accept(); datagrams are not flow-
     # controlled, and 2000 of 16000 bytes were all kept (32 MB)
-    client, server = _xx_authenticated_server()
+    client, server = xx_authenticated_server()
     frame = _core.encode_frames([RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"d" * 16000)])
     for _ in range(2000):
         server.receive_data(sealed_by(client, frame), 0.0)
@@ -204,7 +199,7 @@ def test_datagrams_held_before_accept_are_bounded() -> None:
 
 
 def test_control_frames_held_before_accept_are_bounded() -> None:
-    client, server = _xx_authenticated_server()
+    client, server = xx_authenticated_server()
     frame = _core.encode_frames([RawFrame(FRAME_CONTROL, 16, 0, 0, b"c" * 16000)])
     for _ in range(2000):
         server.receive_data(sealed_by(client, frame), 0.0)
@@ -310,8 +305,8 @@ def test_lossy_reset_gives_back_the_credit_of_bytes_held_behind_a_gap() -> None:
     for i in range(8):
         sid = 4 * i
         stream = [RawFrame(FRAME_STREAM, sid, 1, 0, b"x" * 16000)]
-        assert _send(c, s, stream, link.now) is None
-        assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 16001)], link.now) is None
+        assert send_frames(c, s, stream, link.now) is None
+        assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 16001)], link.now) is None
         s.conn.data_to_send(link.now)  # the credit update goes out
     assert s.conn._conn_consumed == s.conn._conn_received == 8 * 16001
     assert not s.of(StreamDataReceived)

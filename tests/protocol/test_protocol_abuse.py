@@ -52,8 +52,8 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
+from tests.protocol.hostile_frames import run_records, send_frames, xx_authenticated_server
 from tests.protocol.strategies import any_frame
-from tests.protocol.test_hostile_peer import _xx_authenticated_server
 from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
@@ -72,13 +72,6 @@ _PROTOCOL_CODES = {
 }
 
 
-def _send(c: Side, s: Side, frames: list[RawFrame], now: float) -> ConnectionTerminated | None:
-    """The client, as the hostile peer, seals ``frames`` in one record to the server."""
-    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), now)
-    s.drain()
-    return s.conn.termination
-
-
 def _assert_closed_with(c: Side, s: Side, code: CloseCode, now: float) -> None:
     """The server closed with ``code``; its CLOSE reaches the client with that code, and
     both sides' errors are typed."""
@@ -90,14 +83,6 @@ def _assert_closed_with(c: Side, s: Side, code: CloseCode, now: float) -> None:
     peer_term = c.conn.termination
     assert peer_term is not None and peer_term.by_peer and peer_term.error_code == code
     assert isinstance(error_for_termination(peer_term), ConnectionLost)
-
-
-def _run(reliable: bool, records: list[list[RawFrame]]) -> tuple[Side, Side, float]:
-    c, s, link = connect(reliable_carrier=reliable, stream_window=1000, connection_window=1500)
-    for frames in records:
-        if _send(c, s, frames, link.now) is not None:
-            break
-    return c, s, link.now
 
 
 # --------------------------------------------------------------------------------------
@@ -140,7 +125,7 @@ def test_frames_past_a_finished_streams_final_size_are_a_protocol_violation(
     # The stream was finished (FIN delivered) or reset, so its frames were returned from
     # before the final-size check: data past the end, a second FIN elsewhere or a reset
     # moving the size were all taken silently.
-    c, s, now = _run(reliable, _PAST_THE_FINAL_SIZE[case])
+    c, s, now = run_records(reliable, _PAST_THE_FINAL_SIZE[case])
     _assert_closed_with(c, s, CloseCode.PROTOCOL_VIOLATION, now)
     assert "final size" in s.conn.termination.reason  # type: ignore[union-attr]
 
@@ -168,15 +153,15 @@ _LATE_COPIES = {
 @pytest.mark.parametrize("case", sorted(_LATE_COPIES))
 def test_late_copies_within_the_final_size_are_still_taken(case: str) -> None:
     # a lossy carrier repeats records: copies of what was sent before the end are fine
-    _, s, _ = _run(False, _LATE_COPIES[case])
+    _, s, _ = run_records(False, _LATE_COPIES[case])
     assert s.conn.termination is None
 
 
 def test_lossy_data_sent_before_a_reset_may_still_arrive_after_it() -> None:
     c, s, link = connect(reliable_carrier=False)
-    assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 1, 50)], link.now) is None
-    assert _send(c, s, [RawFrame(FRAME_STREAM, 0, 20, 0, b"x" * 30)], link.now) is None
-    assert _send(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 0, 0, b"x" * 50)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, 0, 1, 50)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM, 0, 20, 0, b"x" * 30)], link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_STREAM_FIN, 0, 0, 0, b"x" * 50)], link.now) is None
     assert s.of(StreamResetReceived) and not s.of(StreamDataReceived)
 
 
@@ -202,7 +187,7 @@ def test_a_frame_on_a_stream_of_ours_never_opened_is_a_protocol_violation(
     # odd IDs are the server's; it opened none. A STREAM frame there always closed, the
     # other stream frames were dropped unnoticed (a peer that invents our streams)
     c, s, link = connect(reliable_carrier=reliable)
-    _send(c, s, [frame], link.now)
+    send_frames(c, s, [frame], link.now)
     _assert_closed_with(c, s, CloseCode.PROTOCOL_VIOLATION, link.now)
     assert "never opened" in s.conn.termination.reason  # type: ignore[union-attr]
 
@@ -214,11 +199,11 @@ def test_frames_on_streams_of_ours_that_were_opened_or_forgotten_are_taken(
     c, s, link = connect(reliable_carrier=reliable)
     sid = s.conn.open_stream()  # 1: no byte sent yet, but the peer may name it
     frames = [RawFrame(FRAME_MAX_STREAM_DATA, sid, 1 << 30), RawFrame(FRAME_STOP_SENDING, sid, 4)]
-    assert _send(c, s, frames, link.now) is None
-    assert _send(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 0)], link.now) is None
+    assert send_frames(c, s, frames, link.now) is None
+    assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 0)], link.now) is None
     assert sid not in s.conn._streams  # both halves ended: forgotten
     late = [RawFrame(FRAME_STOP_SENDING, sid, 4), RawFrame(FRAME_RESET_STREAM, sid, 0, 0)]
-    assert _send(c, s, late, link.now) is None
+    assert send_frames(c, s, late, link.now) is None
 
 
 # --------------------------------------------------------------------------------------
@@ -238,7 +223,7 @@ def test_an_ack_of_records_never_sent_is_a_protocol_violation(
     c, s, link = connect(reliable_carrier=False)
     sent = s.conn._send_counter
     assert sent < 40
-    _send(c, s, [RawFrame(FRAME_ACK, c=2**62 - 1, ranges=ranges)], link.now)
+    send_frames(c, s, [RawFrame(FRAME_ACK, c=2**62 - 1, ranges=ranges)], link.now)
     _assert_closed_with(c, s, CloseCode.PROTOCOL_VIOLATION, link.now)
 
 
@@ -249,13 +234,13 @@ def test_acks_of_records_sent_are_taken_in_any_shape() -> None:
         s.conn.datagrams_to_send(link.now)
     top = s.conn._send_counter - 1
     for ranges in [((top, top),), ((top - 1, top), (0, 1)), ((0, top),), ((0, 0),)]:
-        assert _send(c, s, [RawFrame(FRAME_ACK, c=0, ranges=ranges)], link.now) is None
+        assert send_frames(c, s, [RawFrame(FRAME_ACK, c=0, ranges=ranges)], link.now) is None
 
 
 def test_an_ack_over_a_reliable_carrier_is_ignored() -> None:
     c, s, link = connect()
     frames = [RawFrame(FRAME_ACK, c=0, ranges=((0, 2**62 - 1),))]
-    assert _send(c, s, frames, link.now) is None
+    assert send_frames(c, s, frames, link.now) is None
 
 
 # --------------------------------------------------------------------------------------
@@ -267,7 +252,7 @@ def test_one_byte_stream_frames_held_before_accept_are_bounded() -> None:
     # accepts. Flow control bounded the held bytes, not the events carrying them: a
     # hundred bytes each, so 1-byte frames held ~100x the connection window (8 MB of
     # window, ~1 GB held).
-    client, server = _xx_authenticated_server()
+    client, server = xx_authenticated_server()
     window = server.config.connection_window
     offset = 0
     for _ in range(window // 2000):
@@ -283,7 +268,7 @@ def test_one_byte_stream_frames_held_before_accept_are_bounded() -> None:
 
 
 def test_stream_data_in_big_frames_before_accept_is_held_and_delivered() -> None:
-    client, server = _xx_authenticated_server()
+    client, server = xx_authenticated_server()
     data = os.urandom(16000)
     for i in range(64):
         frame = RawFrame(FRAME_STREAM, 0, i * len(data), 0, data)
@@ -344,7 +329,7 @@ def test_other_violations_close_with_their_code(reliable: bool, case: str) -> No
     c, s, link = connect(reliable_carrier=reliable, stream_window=1000, connection_window=1500)
     s.auto_read = False  # the windows stay where they are
     for frames in records:
-        if _send(c, s, frames, link.now) is not None:
+        if send_frames(c, s, frames, link.now) is not None:
             break
     _assert_closed_with(c, s, code, link.now)
 
@@ -372,7 +357,7 @@ _ODD_BUT_VALID = {
 @pytest.mark.parametrize("case", sorted(_ODD_BUT_VALID))
 def test_odd_but_valid_frames_are_taken(reliable: bool, case: str) -> None:
     c, s, link = connect(reliable_carrier=reliable)
-    assert _send(c, s, _ODD_BUT_VALID[case], link.now) is None
+    assert send_frames(c, s, _ODD_BUT_VALID[case], link.now) is None
     s.conn.receive_data(sealed_by(c.conn, b""), link.now)  # an empty record
     assert s.conn.termination is None
     # and the connection still works afterwards
@@ -384,7 +369,7 @@ def test_odd_but_valid_frames_are_taken(reliable: bool, case: str) -> None:
 def test_a_close_with_the_largest_reason_ends_the_connection_typed() -> None:
     c, s, link = connect()
     reason = "\u00ff" * 512  # 1024 bytes of UTF-8
-    _send(c, s, [RawFrame(FRAME_CLOSE, 2, 0, 0, reason.encode())], link.now)
+    send_frames(c, s, [RawFrame(FRAME_CLOSE, 2, 0, 0, reason.encode())], link.now)
     term = s.conn.termination
     assert term is not None and term.by_peer and term.reason == reason
     assert isinstance(error_for_termination(term), ConnectionLost)

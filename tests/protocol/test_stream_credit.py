@@ -35,6 +35,7 @@ from dtp.errors import LocalProtocolError
 from dtp.events import ConnectionTerminated, ControlReceived, StopSendingReceived
 from dtp.transport.carriers.memory import MemoryLink
 from dtp.transport.session import Session, StreamSink
+from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,
@@ -453,13 +454,6 @@ def _feed(c: Side, s: Side, frames: list[RawFrame], reliable: bool, now: float) 
         c.conn.receive_datagram(record, now)
 
 
-def _sent(c: Side, s: Side, reliable: bool, now: float) -> list[RawFrame]:
-    """The frames the client sends now, opened with the server's keys (not delivered)."""
-    records = [c.conn.data_to_send(now)] if reliable else c.conn.datagrams_to_send(now)
-    opened = [s.conn._recv_aead.open_frames(bytearray(r)) for r in records if r]
-    return [frame for result in opened for record in result.records for frame in record.frames]
-
-
 def _resets(frames: list[RawFrame]) -> list[int]:
     return [f.a for f in frames if f.type == FRAME_RESET_STREAM]
 
@@ -480,12 +474,12 @@ def test_stop_sending_after_our_fin_was_acknowledged_sends_no_reset(reliable: bo
         return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
 
     assert run(link, c, s, until=acknowledged)
-    _sent(c, s, reliable, link.now)  # (whatever was due: ACKs on a lossy carrier)
+    frames_sent_by_client(c, s, reliable, link.now)  # (whatever was due: ACKs on a lossy carrier)
     c.events.clear()
     frames = [RawFrame(FRAME_STOP_SENDING, busy, 7), RawFrame(FRAME_STOP_SENDING, done, 9)]
     _feed(c, s, frames, reliable, link.now)
     c.drain()
-    assert _resets(_sent(c, s, reliable, link.now)) == [busy]
+    assert _resets(frames_sent_by_client(c, s, reliable, link.now)) == [busy]
     # nothing of ours was stopped on ``done``: no event saying our sending was reset
     stops = [cast(StopSendingReceived, e).stream_id for e in c.of(StopSendingReceived)]
     assert stops == [busy]
@@ -495,9 +489,11 @@ def test_stop_sending_after_our_fin_was_acknowledged_sends_no_reset(reliable: bo
         # 3.5: only "Data Recvd" needs no RESET_STREAM)
         sid = c.conn.open_stream()
         c.conn.send_stream_data(sid, b"x", end_stream=True)
-        assert any(f.type == FRAME_STREAM_FIN for f in _sent(c, s, False, link.now))  # lost
+        assert any(
+            f.type == FRAME_STREAM_FIN for f in frames_sent_by_client(c, s, False, link.now)
+        )  # lost
         _feed(c, s, [RawFrame(FRAME_STOP_SENDING, sid, 9)], False, link.now)
-        assert _resets(_sent(c, s, False, link.now)) == [sid]
+        assert _resets(frames_sent_by_client(c, s, False, link.now)) == [sid]
 
 
 def test_a_fin_sealed_with_the_data_is_sent_once() -> None:
@@ -506,6 +502,10 @@ def test_a_fin_sealed_with_the_data_is_sent_once() -> None:
     c, s, link = connect()
     sid = c.conn.open_stream()
     c.conn.send_stream_data(sid, b"hello", end_stream=True)
-    fins = [(f.a, f.b, f.data) for f in _sent(c, s, True, link.now) if f.type == FRAME_STREAM_FIN]
+    fins = [
+        (f.a, f.b, f.data)
+        for f in frames_sent_by_client(c, s, True, link.now)
+        if f.type == FRAME_STREAM_FIN
+    ]
     assert fins == [(sid, 0, b"hello")]
     assert c.conn._streams[sid].send_state.value == "fin-sent"

@@ -11,7 +11,7 @@ import pytest
 from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
 from dtp.connection import CloseCode
 from dtp.events import StreamDataReceived, StreamOpened, StreamResetReceived
-from tests.protocol.test_protocol_abuse import _run, _send
+from tests.protocol.hostile_frames import run_records, send_frames
 from tests.support.pairs import connect
 
 
@@ -23,7 +23,7 @@ def test_a_frame_on_a_peer_stream_opens_every_lower_one_in_order(opener: int) ->
         else RawFrame(opener, 6, 0, 0, b"x")
     )
     c, s, link = connect()  # IK: stream 0 is open already, by the ACCEPT
-    assert _send(c, s, [frame], link.now) is None
+    assert send_frames(c, s, [frame], link.now) is None
     assert [e.stream_id for e in s.of(StreamOpened)] == [0, 2, 4, 6]
     if opener == FRAME_RESET_STREAM:
         assert [(e.stream_id, e.error_code) for e in s.of(StreamResetReceived)] == [(6, 9)]
@@ -53,7 +53,7 @@ _OUT_OF_ORDER = {
 
 @pytest.mark.parametrize("case", sorted(_OUT_OF_ORDER))
 def test_stream_data_on_an_in_order_carrier_must_be_exactly_contiguous(case: str) -> None:
-    _, s, _ = _run(True, _OUT_OF_ORDER[case])
+    _, s, _ = run_records(True, _OUT_OF_ORDER[case])
     term = s.conn.termination
     assert term is not None and term.error_code == CloseCode.PROTOCOL_VIOLATION, term
     assert "out of order" in term.reason
@@ -61,6 +61,6 @@ def test_stream_data_on_an_in_order_carrier_must_be_exactly_contiguous(case: str
 
 @pytest.mark.parametrize("case", sorted(_OUT_OF_ORDER))
 def test_a_lossy_carrier_reassembles_the_same_frames(case: str) -> None:
-    _, s, _ = _run(False, [*_OUT_OF_ORDER[case], [RawFrame(FRAME_STREAM, 0, 2, 0, b"cd")]])
+    _, s, _ = run_records(False, [*_OUT_OF_ORDER[case], [RawFrame(FRAME_STREAM, 0, 2, 0, b"cd")]])
     assert s.conn.termination is None
     assert bytes(s.data[0]) == b"abcd"

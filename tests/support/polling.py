@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -45,3 +46,13 @@ def raised_within(
             thread.join(timeout)
         pytest.fail(f"the call was still running after {timeout} s")
     return outcome[0]
+
+
+async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """``wait_for`` on an event loop: polls ``check()`` every 10 ms without blocking it."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

@@ -1,6 +1,6 @@
 """TCP relays in front of a Sui node: a plain relay that can play the node's outage
 (:class:`Relay`), and proxies whose first connections are reset or left silent before
-they forward (in front of tests.ledger.test_sui_node_faults.grpc_node)."""
+they forward (in front of tests.support.grpc_nodes.GrpcNode)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import struct
 import threading
 from collections.abc import Callable
 
-from tests.ledger.test_sui_node_faults import JOIN
+from tests.support.grpc_nodes import JOIN
 
 
 class Relay:

@@ -1,6 +1,7 @@
 """Raw client connections at a server's admission (dtp.transport.handshake_gate): silent ones, and
 half-handshakes -- a genuine first handshake record, then nothing -- which hold a
-handshake slot while the server waits for their next message."""
+handshake slot while the server waits for their next message; whether the server closed
+one, and the echo handler of the servers they meet."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import socket
 import time
 
+import dtp.socket
 from dtp.connection import Connection, ConnectionConfig
 from dtp.keys import HostIdentity
 
@@ -37,3 +39,30 @@ def half_handshake(address: tuple[str, int], source: str = "127.0.0.1") -> socke
     sock = silent(address, source)
     sock.sendall(first_record())
     return sock
+
+
+def closed_by_peer(sock: socket.socket, within: float = 2.0) -> bool:
+    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds (what
+    it sends before, its handshake reply, is read and dropped)."""
+    deadline = time.monotonic() + within
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if sock.recv(4096) == b"":
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        pass
+    return False
+
+
+def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
+    """A half-handshake: a raw TCP connection that sends a genuine first handshake
+    record, then nothing (it holds a handshake slot until its handshake times out)."""
+    return half_handshake(address, source)
+
+
+def echo(sock: dtp.socket.DTPSocket) -> None:
+    """A blocking server's handler: sends back what one ``recv`` gives."""
+    sock.sendall(sock.recv(100))

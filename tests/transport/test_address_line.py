@@ -49,8 +49,8 @@ from dtp.keys import HostIdentity
 from dtp.transport.blocking.server import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.support.polling import wait_for
-from tests.transport.test_address_line_gone_clients import held_address
-from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
+from tests.transport.address_lines import held_address
+from tests.transport.half_handshakes import closed_by_peer, echo, idle
 
 
 def test_a_connection_that_waited_too_long_leaves_its_place_to_a_newcomer() -> None:
@@ -295,32 +295,6 @@ def test_blocking_paid_serve_takes_the_handshake_bounds(world: World) -> None:
         server.close()
 
 
-@pytest.mark.parametrize(
-    "bounds",
-    [
-        {"max_handshakes": 0},
-        {"max_handshakes": True},
-        {"max_handshakes_per_address": 0},
-        {"max_waiting_per_address": -1},
-    ],
-)
-def test_blocking_paid_serve_checks_the_bounds_before_the_ledger(
-    world: World, bounds: dict[str, object]
-) -> None:
-    with pytest.raises(ValueError):
-        dtp.socket.serve(
-            world.host_id,
-            PORT,
-            paid_echo,
-            ledger=world.ledger,
-            identity=HOST,
-            receipts=world.receipts,
-            **bounds,  # type: ignore[arg-type]
-        )
-    assert not world.receipts.exists()  # (the store is not even opened)
-    assert world.ledger.get_host(world.host_id).endpoints == ()
-
-
 @pytest.mark.parametrize("serve", [dtp.hostid.paid.aio.serve, dtp.aio.serve])
 def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> None:
     async def main() -> None:
@@ -352,25 +326,41 @@ def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> 
     "bounds",
     [
         {"max_handshakes": 0},
+        {"max_handshakes": True},
         {"max_handshakes_per_address": 0},
         {"max_waiting_per_address": -1},
     ],
 )
-def test_aio_paid_serve_checks_the_bounds_before_the_ledger(
-    world: World, bounds: dict[str, object]
+def test_paid_serve_checks_the_bounds_before_the_ledger(
+    world: World, bounds: dict[str, object], api: str
 ) -> None:
-    async def main() -> None:
+    """A bad bound is refused (ValueError) before the paid server touches the ledger or
+    opens its receipt store, on either API."""
+    if api == "blocking":
         with pytest.raises(ValueError):
-            await dtp.hostid.paid.aio.serve(
+            dtp.socket.serve(
                 world.host_id,
                 PORT,
-                paid_aio_echo,
+                paid_echo,
                 ledger=world.ledger,
                 identity=HOST,
                 receipts=world.receipts,
                 **bounds,  # type: ignore[arg-type]
             )
+    else:
 
-    asyncio.run(main())
-    assert not world.receipts.exists()
+        async def main() -> None:
+            with pytest.raises(ValueError):
+                await dtp.hostid.paid.aio.serve(
+                    world.host_id,
+                    PORT,
+                    paid_aio_echo,
+                    ledger=world.ledger,
+                    identity=HOST,
+                    receipts=world.receipts,
+                    **bounds,  # type: ignore[arg-type]
+                )
+
+        asyncio.run(main())
+    assert not world.receipts.exists()  # (the store is not even opened)
     assert world.ledger.get_host(world.host_id).endpoints == ()

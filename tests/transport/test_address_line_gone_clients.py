@@ -15,10 +15,7 @@ import gc
 import select
 import socket
 import struct
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,65 +24,12 @@ import pytest
 import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.keys import HostIdentity
 from dtp.transport.blocking.server import check_handshake_bounds
 from dtp.transport.handshake_slots import AddressSlots
 from tests.support.polling import wait_for
-from tests.transport.test_handshake_slots import closed_by_peer, echo, idle
-
-SERVER = HostIdentity.generate()
-CLIENT = HostIdentity.generate()
-HOST = "127.0.0.1"
-
-
-@contextmanager
-def held_address(
-    waiting: int, handshake_timeout: float = 5.0
-) -> Iterator[tuple[dtp.socket.DTPServer, AddressSlots[Any]]]:
-    """A server whose one handshake slot for 127.0.0.1 is held (a client's handshake in
-    its accept hook) while the test runs, with a line of ``waiting`` behind it; the
-    deadline (``handshake_timeout``) is by default far beyond the test's length, so
-    nothing in line expires meanwhile."""
-    release = threading.Event()
-    hooked = threading.Event()
-
-    def accept(address: str) -> bool:
-        hooked.set()
-        return release.wait(10)
-
-    server = dtp.socket.DTPServer(
-        (HOST, 0),
-        SERVER,
-        accept=accept,
-        config=ConnectionConfig(
-            identity=SERVER, is_client=False, handshake_timeout=handshake_timeout
-        ),
-        max_handshakes_per_address=1,
-        max_waiting_per_address=waiting,
-    )
-    threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
-    slots = server._address_slots
-    assert slots is not None
-    replies: list[bytes] = []
-
-    def first() -> None:
-        with dtp.socket.create_connection(
-            server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
-        ) as sock:
-            sock.sendall(b"first")
-            replies.append(sock.recv(100))
-
-    client = threading.Thread(target=first)
-    client.start()
-    try:
-        assert hooked.wait(5)
-        yield server, slots
-    finally:
-        release.set()
-        client.join(10)
-        server.close()
-    assert replies == [b"first"]  # the slot's holder was served throughout
+from tests.transport.address_lines import HOST, SERVER, held_address
+from tests.transport.half_handshakes import closed_by_peer, idle
 
 
 def in_line(slots: AddressSlots[Any], count: int) -> list[socket.socket]:

@@ -14,27 +14,7 @@ import asyncio
 
 import pytest
 
-import dtp.aio
-from dtp.keys import HostIdentity
-
-Pair = tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]
-
-
-async def _connected() -> tuple[dtp.aio.DTPServer, Pair, Pair]:
-    """A server and one connection to it: the client's pair and the server's."""
-    served: asyncio.Queue[Pair] = asyncio.Queue()
-    hold = asyncio.Event()
-
-    async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        served.put_nowait((reader, writer))
-        await hold.wait()  # (the test drives the server's side)
-
-    identity = HostIdentity.generate()
-    server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
-    client = await dtp.aio.open_connection(
-        "127.0.0.1", server.address[1], server_key=identity.noise_public, timeout=5
-    )
-    return server, client, await served.get()
+from tests.transport.aio_connections import served_connection
 
 
 def test_readexactly_refused_for_a_waiting_read_keeps_the_bytes_it_took() -> None:
@@ -43,7 +23,7 @@ def test_readexactly_refused_for_a_waiting_read_keeps_the_bytes_it_took() -> Non
     b"def" sent after: b"abc" was gone)."""
 
     async def main() -> None:
-        server, (reader, writer), (_, server_writer) = await _connected()
+        server, (reader, writer), (_, server_writer) = await served_connection()
         loop = asyncio.get_running_loop()
         b_failed: asyncio.Future[BaseException] = loop.create_future()
 

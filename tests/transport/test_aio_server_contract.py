@@ -35,17 +35,17 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
 from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, LocalProtocolError
 from dtp.keys import HostIdentity
-from tests.hostid.test_aio_ledger_server import (
+from tests.support.ledger_carrier_world import (
     PORT,
     SERVER,
-    ledger,  # noqa: F401 (a fixture)
+    Host,
+    host,  # noqa: F401 (a fixture)
 )
+from tests.transport.aio_connections import served_connection
 from tests.transport.half_handshakes import first_record
-from tests.transport.test_aio_reader_contract_partial_reads import _connected
 
 
 async def _until(ready: Callable[[], bool]) -> None:
@@ -235,7 +235,7 @@ def _fill(writer: dtp.aio.DTPStreamWriter) -> None:
 @pytest.mark.parametrize("first_stream", [True, False])
 def test_a_drain_waiting_when_its_writer_closes_raises_at_once(first_stream: bool) -> None:
     async def main() -> None:
-        server, (_reader, writer), (_, server_writer) = await _connected()
+        server, (_reader, writer), (_, server_writer) = await served_connection()
         if first_stream:
             stream_writer = writer
         else:
@@ -328,11 +328,11 @@ def test_a_callbacks_misuse_of_a_live_stream_goes_to_the_exception_handler() -> 
 
 
 def test_serve_forever_on_a_closed_server_raises(
-    ledger: tuple[LocalLedger, str],  # noqa: F811 (the fixture)
+    host: Host,  # noqa: F811 (the fixture)
 ) -> None:
     """As asyncio.Server.serve_forever: RuntimeError, on the ledger carrier alone too
     (it returned at once), and on TCP."""
-    book, host_id = ledger
+    book, host_id = host.ledger, host.host_id
 
     async def main() -> None:
         on_ledger = await dtp.aio.start_server(

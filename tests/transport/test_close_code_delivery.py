@@ -91,29 +91,24 @@ def assert_all_denied(outcomes: list[BaseException]) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_sendall_loop_denied_mid_stream_reads_the_firewall_code_blocking(
-    world: PaidWorld,
+def test_a_sendall_loop_denied_mid_stream_reads_the_firewall_code(
+    world: PaidWorld, api: str
 ) -> None:
-    with dtp.socket.serve(
-        world.host_id, PORT, sink, ledger=world.server_ledger, identity=SERVER, policy=POLICY
-    ) as server:
-        outcomes = run_ten(world)
-        assert wait_for(lambda: server.open_connections == 0, timeout=30)
-    assert_all_denied(outcomes)
-    audit = world.ledger.audit()
-    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
-
-
-@pytest.mark.timeout(120)
-def test_a_sendall_loop_denied_mid_stream_reads_the_firewall_code_asyncio(
-    world: PaidWorld,
-) -> None:
-    with loop_in_thread() as loop:
-        server = world.serve_aio(loop, PORT, sink_aio, SERVER, policy=POLICY)
-        try:
+    """Ten clients in a sendall loop, each denied mid-stream by a paid server of either
+    API: each reads the firewall's CLOSE code, within 15 s; money is conserved."""
+    if api == "blocking":
+        with dtp.socket.serve(
+            world.host_id, PORT, sink, ledger=world.server_ledger, identity=SERVER, policy=POLICY
+        ) as server:
             outcomes = run_ten(world)
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(server), loop).result(60)
+            assert wait_for(lambda: server.open_connections == 0, timeout=30)
+    else:
+        with loop_in_thread() as loop:
+            aio_server = world.serve_aio(loop, PORT, sink_aio, SERVER, policy=POLICY)
+            try:
+                outcomes = run_ten(world)
+            finally:
+                asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(60)
     assert_all_denied(outcomes)
     audit = world.ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -67,17 +67,13 @@ PINS = [
 
 
 @pytest.mark.parametrize("pin", PINS)
-def test_a_config_pinning_another_key_is_not_connected_blocking(pin: dict[str, bytes]) -> None:
+def test_a_config_pinning_another_key_is_not_connected(pin: dict[str, bytes], api: str) -> None:
     with server() as (srv, _):
         config = ConnectionConfig(identity=CLIENT, is_client=True, **pin)
-        with pytest.raises(HandshakeError):
-            dtp.socket.create_connection(srv.address, timeout=5, config=config)
-
-
-@pytest.mark.parametrize("pin", PINS)
-def test_a_config_pinning_another_key_is_not_connected_asyncio(pin: dict[str, bytes]) -> None:
-    with server() as (srv, _):
-        config = ConnectionConfig(identity=CLIENT, is_client=True, **pin)
+        if api == "blocking":
+            with pytest.raises(HandshakeError):
+                dtp.socket.create_connection(srv.address, timeout=5, config=config)
+            return
 
         async def main() -> None:
             host, port = srv.address[:2]

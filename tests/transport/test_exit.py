@@ -24,7 +24,7 @@ from dtp.keys import HostIdentity
 from dtp.transport.blocking import engine as blocking_engine
 from dtp.transport.blocking import socket as blocking_socket
 from dtp.transport.blocking import timers
-from tests.transport.test_makefile import run_client_process
+from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()
 

@@ -51,45 +51,20 @@ from dtp.transport.handshake_slots import (
     address_key,
 )
 from dtp.transport.replay_guard import ReplayGuard
-from tests.support.polling import wait_for
-from tests.transport.half_handshakes import first_record, half_handshake, silent
+from tests.support.polling import async_wait_for, wait_for
+from tests.transport.half_handshakes import (
+    closed_by_peer,
+    echo,
+    first_record,
+    idle,
+    silent,
+)
 from tests.transport.server_drivers import Serve
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 DENIED = HostIdentity.generate()
 OTHER_IP = "127.0.0.2"
-
-
-async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
-
-
-def closed_by_peer(sock: socket.socket, within: float = 2.0) -> bool:
-    """Whether the peer closes ``sock`` (EOF or reset) within ``within`` seconds (what
-    it sends before, its handshake reply, is read and dropped)."""
-    deadline = time.monotonic() + within
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if sock.recv(4096) == b"":
-                return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        pass
-    return False
-
-
-def idle(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socket:
-    """A half-handshake: a raw TCP connection that sends a genuine first handshake
-    record, then nothing (it holds a handshake slot until its handshake times out)."""
-    return half_handshake(address, source)
 
 
 # -- AddressSlots ----------------------------------------------------------------------
@@ -248,10 +223,6 @@ def test_the_default_cap_leaves_room_for_other_clients() -> None:
 # -- the blocking server ---------------------------------------------------------------
 
 
-def echo(sock: dtp.socket.DTPSocket) -> None:
-    sock.sendall(sock.recv(100))
-
-
 @pytest.fixture
 def serve() -> Iterator[Callable[..., dtp.socket.DTPServer]]:
     """Start an echoing DTPServer on 127.0.0.1 with the given keywords."""
@@ -333,13 +304,12 @@ def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_close
     assert server.busy_refused == 2
 
 
-def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
-    serve: Callable[..., dtp.socket.DTPServer],
-) -> None:
+def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(server_driver: Serve) -> None:
     """Twelve clients of one address at once, with a cap of 2: all are served (those
-    beyond the cap waited), none refused, and the cap held throughout."""
-    server = serve(max_handshakes_per_address=2)
-    slots = server._address_slots
+    beyond the cap waited), none refused, and the cap held throughout; on either
+    server."""
+    server = server_driver(max_handshakes_per_address=2)
+    slots = server.server._address_slots
     assert slots is not None
     peak = [0]
     watching = threading.Event()
@@ -349,13 +319,26 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(
             peak[0] = max(peak[0], slots.in_progress("127.0.0.1"))
             time.sleep(0.001)
 
+    def client(i: int) -> None:
+        with dtp.socket.create_connection(
+            server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
+        ) as sock:
+            sock.sendall(b"b%d" % i)
+
     watcher = threading.Thread(target=watch)
     watcher.start()
-    replies = echo_from_threads(server, b"b", 12)
-    watching.set()
-    watcher.join(5)
-    assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
-    assert server.busy_refused == 0
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in clients:
+        t.start()
+    try:
+        got = sorted(server.served()[1] for _ in range(12))
+    finally:
+        for t in clients:
+            t.join(30)
+        watching.set()
+        watcher.join(5)
+    assert got == sorted(b"b%d" % i for i in range(12))
+    assert server.server.busy_refused == 0
     assert 1 <= peak[0] <= 2
     assert wait_for(lambda: len(slots) == 0)
 
@@ -565,19 +548,6 @@ def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_c
             assert await async_wait_for(lambda: len(slots) == 0)
             assert await aio_echo_once(server, b"after") == b"after"
             assert server.busy_refused == 1
-
-    asyncio.run(main())
-
-
-def test_aio_a_burst_beyond_the_cap_from_one_address_is_served_in_turn() -> None:
-    async def main() -> None:
-        server = await aio_server(max_handshakes_per_address=2)
-        async with server:
-            replies = await asyncio.gather(*(aio_echo_once(server, b"b%d" % i) for i in range(12)))
-            assert sorted(replies) == sorted(b"b%d" % i for i in range(12))
-            assert server.busy_refused == 0
-            assert server._address_slots is not None
-            assert await async_wait_for(lambda: len(server._address_slots) == 0)  # type: ignore[arg-type]
 
     asyncio.run(main())
 

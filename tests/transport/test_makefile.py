@@ -26,8 +26,6 @@ import contextlib
 import gc
 import http.client
 import io
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +33,11 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.errors import DTPError, DTPTimeoutError, StreamReset
+from dtp.errors import DTPTimeoutError, StreamReset
 from dtp.keys import HostIdentity
 from dtp.transport.blocking import timers
-from tests.support.paths import ROOT
 from tests.support.polling import wait_for
+from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()
 
@@ -290,57 +288,6 @@ f.close()  # the last reference: the stream closes now
 print("closed", flush=True)
 # and the process exits at once
 """
-
-
-def run_client_process(
-    server: dtp.socket.DTPServer, script: str, late: float, *args: str
-) -> tuple[dict[str, object], str]:
-    """Run ``script`` as a client process (``argv``: the server's port, its key, then
-    ``args``); the server reads from ``late`` seconds after accepting. Returns how its
-    reading ended and what it got, and the client's output."""
-    outcome: dict[str, object] = {}
-
-    def serve() -> None:
-        try:
-            sock, _ = server.accept(timeout=30)
-        except DTPError as exc:
-            outcome["end"] = exc
-            return
-        with sock:
-            sock.settimeout(15)
-            time.sleep(late)
-            got = 0
-            try:
-                while data := sock.recv(1 << 20):
-                    got += len(data)
-                outcome["end"] = "EOF"
-            except StreamReset as exc:
-                outcome["end"] = f"reset {exc.code}"
-            except DTPError as exc:
-                outcome["end"] = exc
-            outcome["got"] = got
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                script,
-                str(server.address[1]),
-                server.noise_public_key.hex(),
-                *args,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        thread.join(30)
-    assert proc.returncode == 0, proc.stderr
-    return outcome, proc.stdout
 
 
 def test_a_process_exiting_after_closing_the_file_ends_the_connection_cleanly(

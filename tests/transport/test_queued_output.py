@@ -13,12 +13,15 @@ import pytest
 
 import dtp.socket
 from dtp.connection import ConnectionConfig
-from dtp.keys import HostIdentity
 from dtp.transport.blocking.timers import TIMERS
 from tests.support.polling import wait_for
-
-SERVER_ID = HostIdentity.generate()
-WINDOW = 64 << 10
+from tests.transport.small_window import (
+    SERVER_ID,
+    WINDOW,
+    accept_both,
+    connect_client,
+    thread_cpu_seconds,
+)
 
 
 @pytest.fixture
@@ -28,27 +31,6 @@ def server() -> Iterator[dtp.socket.DTPServer]:
     config = ConnectionConfig(identity=SERVER_ID, is_client=False, stream_window=WINDOW)
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID, config=config) as srv:
         yield srv
-
-
-def _connect(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
-    return dtp.socket.create_connection(
-        server.address, timeout=10, server_key=server.noise_public_key
-    )
-
-
-def _accept_both(
-    server: dtp.socket.DTPServer, first: dtp.socket.DTPSocket, second: dtp.socket.DTPSocket
-) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
-    """The server's sockets for ``first`` and ``second`` (connected before): the server
-    runs handshakes side by side, so accept() may return the second one first (a
-    loaded CI run did, and the test waited 60 s for bytes from the wrong client)."""
-    a, _ = server.accept(timeout=10)
-    b, _ = server.accept(timeout=10)
-    if a._engine.sock.getpeername() != first._engine.sock.getsockname():
-        a, b = b, a
-    assert a._engine.sock.getpeername() == first._engine.sock.getsockname()
-    assert b._engine.sock.getpeername() == second._engine.sock.getsockname()
-    return a, b
 
 
 def _read_all(sock: dtp.socket.DTPSocket, size: int) -> tuple[int, float]:
@@ -67,7 +49,7 @@ def test_bytes_held_by_flow_control_follow_the_credit_while_the_writer_is_away(
     server: dtp.socket.DTPServer,
 ) -> None:
     size = 8 * WINDOW  # eight windows: eight credit updates to act on
-    with _connect(server) as client:
+    with connect_client(server) as client:
         peer, _ = server.accept(timeout=10)
         with peer:
             peer.settimeout(10)
@@ -88,7 +70,7 @@ def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
     for _ in range(5):
         with (
             dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID) as server,
-            _connect(server) as client,
+            connect_client(server) as client,
         ):
             peer, _ = server.accept(timeout=10)
             with peer:
@@ -97,7 +79,7 @@ def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
                 engine.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
                 # the peer reads nothing meanwhile (but at its engine's timer passes, a
                 # second apart): the call takes about 2.3 s here, and once took over
-                # the 10 s of _connect's timeout on a loaded CI machine
+                # the 10 s of connect_client's timeout on a loaded CI machine
                 client.settimeout(60)
                 client.sendall(b"y" * size)
                 probed = bool(engine.out)
@@ -110,25 +92,18 @@ def test_records_a_full_carrier_did_not_take_go_out_when_it_has_room() -> None:
     assert took < 1.5, f"{size} bytes took {took:.2f} s to arrive"
 
 
-def _thread_cpu_seconds(thread: threading.Thread) -> float:
-    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
-
-
 def test_a_peer_that_never_reads_costs_the_timer_thread_nothing(
     server: dtp.socket.DTPServer,
 ) -> None:
-    with _connect(server) as client:
+    with connect_client(server) as client:
         peer, _ = server.accept(timeout=10)
         with peer:
             client.sendall(b"z" * (4 * WINDOW))  # held back for good: nobody reads
             assert client._engine.conn.send_buffered() > 0
             timers = next(t for t in threading.enumerate() if t.name == "dtp-timers")
-            before = _thread_cpu_seconds(timers)
+            before = thread_cpu_seconds(timers)
             time.sleep(0.5)
-            spent = _thread_cpu_seconds(timers) - before
+            spent = thread_cpu_seconds(timers) - before
             assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
             client.abort()
     # a closed connection is forgotten
@@ -139,7 +114,7 @@ def test_a_peer_that_never_reads_costs_the_timer_thread_nothing(
 def test_a_write_that_leaves_nothing_queued_is_not_watched(
     server: dtp.socket.DTPServer,
 ) -> None:
-    with _connect(server) as client:
+    with connect_client(server) as client:
         peer, _ = server.accept(timeout=10)
         with peer:
             client.sendall(b"small")
@@ -152,8 +127,8 @@ def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others
     server: dtp.socket.DTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     size = 8 * WINDOW
-    with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
+    with connect_client(server) as broken, connect_client(server) as healthy:
+        broken_peer, healthy_peer = accept_both(server, broken, healthy)
         try:
             broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
             # some of it is through (sent by sendall or, on a loaded machine, by the
@@ -177,9 +152,9 @@ def test_one_connection_failing_in_the_timer_thread_leaves_it_serving_the_others
             # ... and it does not come back to the failing pass again and again: its
             # carrier stays ready, and the thread spun on it, logging each time
             failures = caplog.text.count("dtp timer thread")
-            before = _thread_cpu_seconds(timers)
+            before = thread_cpu_seconds(timers)
             time.sleep(0.5)
-            spent = _thread_cpu_seconds(timers) - before
+            spent = thread_cpu_seconds(timers) - before
             assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
             assert caplog.text.count("dtp timer thread") - failures <= 1
         finally:

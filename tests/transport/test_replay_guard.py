@@ -49,15 +49,11 @@ from dtp.errors import ConnectionRefused, DTPError
 from dtp.keys import HostIdentity
 from dtp.socket import DTPSocket
 from dtp.transport.replay_guard import DEFAULT_CAPACITY, ReplayGuard
-from tests.support.polling import wait_for
-from tests.transport.test_handshake_slots import (
-    CLIENT,
-    SERVER,
-    async_wait_for,
-    closed_by_peer,
-    idle,
-)
+from tests.support.polling import async_wait_for, wait_for
+from tests.transport.half_handshakes import closed_by_peer, idle
 
+SERVER = HostIdentity.generate()
+CLIENT = HostIdentity.generate()
 PORT = 443
 HUGE = 600.0  # the server's handshake and idle timeouts: what a held slot would last
 BOUND = 30.0  # how long the test waits for anything

@@ -55,6 +55,7 @@ from dtp.errors import (
 from dtp.keys import HostIdentity
 from tests.support.paid_twins import loop_in_thread
 from tests.support.polling import raised_within
+from tests.support.ports import free_port
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)
@@ -457,16 +458,8 @@ def test_recv_into_with_small_nbytes_keeps_the_rest() -> None:
     _read_with_nbytes(8 << 20, 1 << 16, [1, 100, 4096, 65535, 1 << 16])
 
 
-def _closed_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
 def test_a_closed_port_is_a_connection_refused_error_as_on_a_socket() -> None:
-    port = _closed_port()
+    port = free_port()
     key = HostIdentity.generate().noise_public
     with pytest.raises(ConnectionRefusedError) as info:
         dtp.socket.create_connection(("127.0.0.1", port), server_key=key, timeout=30)

@@ -1,7 +1,9 @@
-"""The blocking API against real servers in another process, over 127.0.0.1."""
+"""The blocking API against real servers in another process, over 127.0.0.1 (a rule both
+APIs keep is one test run on each: the ``api`` fixture)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import dtp.aio
 import dtp.socket
 from dtp.connection import ConnectionConfig
 from dtp.errors import (
@@ -159,18 +162,39 @@ def test_timeout_on_recv(echo_server) -> None:  # type: ignore[no-untyped-def]
         assert sock.getblocking() and sock.gettimeout() is None
 
 
-def test_refused_client_gets_reason() -> None:
-    with server_process("echo", deny=[CLIENT.sui_address]) as srv:
+def test_refused_client_gets_reason(api: str) -> None:
+    """A client on the server's deny list is refused with the reason (a
+    ConnectionRefusedError), on either API against its own server; another gets in."""
+
+    async def aio_refused(srv: Any) -> ConnectionRefused:
         with pytest.raises(ConnectionRefused) as info:
-            dtp.socket.create_connection(
-                srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+            await dtp.aio.open_connection(
+                "127.0.0.1", srv.port, server_key=srv.key, identity=CLIENT, timeout=10
             )
-        assert "deny list" in info.value.reason
-        assert isinstance(info.value, ConnectionRefusedError)
-        # another identity gets in
-        with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as s:
-            s.sendall(b"ok")
-            assert s.recv(2) == b"ok"
+        reader, writer = await dtp.aio.open_connection(
+            "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+        )
+        writer.write(b"ok")
+        assert await reader.readexactly(2) == b"ok"
+        writer.close()
+        await writer.wait_closed()
+        return info.value
+
+    with server_process("echo", api=api, deny=[CLIENT.sui_address]) as srv:
+        if api == "asyncio":
+            refused = asyncio.run(aio_refused(srv))
+        else:
+            with pytest.raises(ConnectionRefused) as info:
+                dtp.socket.create_connection(
+                    srv.endpoint, timeout=10, server_key=srv.key, identity=CLIENT
+                )
+            refused = info.value
+            # another identity gets in
+            with dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key) as s:
+                s.sendall(b"ok")
+                assert s.recv(2) == b"ok"
+        assert "deny list" in refused.reason
+        assert isinstance(refused, ConnectionRefusedError)
 
 
 def test_wrong_server_key_is_handshake_error(echo_server) -> None:  # type: ignore[no-untyped-def]
@@ -180,17 +204,38 @@ def test_wrong_server_key_is_handshake_error(echo_server) -> None:  # type: igno
         )
 
 
-def test_peer_killed_mid_transfer_raises_not_hangs() -> None:
-    with server_process("sink") as srv:
-        sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
-        sock.sendall(os.urandom(1 << 20))
-        srv.kill()
-        with pytest.raises(ConnectionLost) as info:
-            for _ in range(200):
-                sock.sendall(os.urandom(1 << 20))
-            sock.recv(10)
-        assert isinstance(info.value, ConnectionResetError)
-        sock.close()
+def test_peer_killed_mid_transfer_raises_not_hangs(api: str) -> None:
+    """A server killed while the client sends: the client's next sends or read raise
+    ConnectionLost (a ConnectionResetError), on either API against its own server."""
+    with server_process("sink", api=api) as srv:
+        if api == "blocking":
+            sock = dtp.socket.create_connection(srv.endpoint, timeout=10, server_key=srv.key)
+            sock.sendall(os.urandom(1 << 20))
+            srv.kill()
+            with pytest.raises(ConnectionLost) as info:
+                for _ in range(200):
+                    sock.sendall(os.urandom(1 << 20))
+                sock.recv(10)
+            sock.close()
+            lost = info.value
+        else:
+
+            async def main() -> ConnectionLost:
+                reader, writer = await dtp.aio.open_connection(
+                    "127.0.0.1", srv.port, server_key=srv.key, timeout=10
+                )
+                writer.write(os.urandom(1 << 20))
+                await writer.drain()
+                srv.kill()
+                with pytest.raises(ConnectionLost) as info:
+                    for _ in range(200):
+                        writer.write(os.urandom(1 << 20))
+                        await writer.drain()
+                    await reader.read(10)
+                return info.value
+
+            lost = asyncio.run(main())
+        assert isinstance(lost, ConnectionResetError)
 
 
 def test_socket_flags_are_refused_and_lose_nothing(echo_server) -> None:  # type: ignore[no-untyped-def]

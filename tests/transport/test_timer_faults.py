@@ -21,12 +21,12 @@ import dtp.socket
 from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
 from tests.support.polling import wait_for
-from tests.transport.test_queued_output import (
+from tests.transport.small_window import (
     SERVER_ID,
     WINDOW,
-    _accept_both,
-    _connect,
-    _thread_cpu_seconds,
+    accept_both,
+    connect_client,
+    thread_cpu_seconds,
 )
 
 #: How long the broken connection may take to end: it used to never end
@@ -100,9 +100,9 @@ def _check_serving(
         got += len(data)
     assert timers.is_alive()
     assert _timer_thread() is timers  # the same thread: not one started since
-    before = _thread_cpu_seconds(timers)
+    before = thread_cpu_seconds(timers)
     time.sleep(0.5)
-    spent = _thread_cpu_seconds(timers) - before
+    spent = thread_cpu_seconds(timers) - before
     assert spent < 0.1, f"the timer thread spent {spent:.2f} s of CPU"
 
 
@@ -116,8 +116,8 @@ def _check_serving(
 def test_a_connection_whose_timer_pass_raises_is_aborted(
     server: dtp.socket.DTPServer, fault: BaseException
 ) -> None:
-    with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
+    with connect_client(server) as broken, connect_client(server) as healthy:
+        broken_peer, healthy_peer = accept_both(server, broken, healthy)
         try:
             broken.sendall(b"hello")  # all of it goes: the connection is not watched
             broken_peer.settimeout(60)
@@ -137,8 +137,8 @@ def test_a_connection_whose_timer_pass_raises_is_aborted(
 def test_a_watched_connection_whose_pass_raises_is_aborted_at_once(
     server: dtp.socket.DTPServer,
 ) -> None:
-    with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
+    with connect_client(server) as broken, connect_client(server) as healthy:
+        broken_peer, healthy_peer = accept_both(server, broken, healthy)
         try:
             broken.sendall(b"a" * (4 * WINDOW))  # returns with bytes queued: watched
             broken_peer.settimeout(60)
@@ -160,8 +160,8 @@ def test_a_watched_connection_whose_pass_raises_is_aborted_at_once(
 def test_a_connection_too_broken_to_close_is_released_all_the_same(
     server: dtp.socket.DTPServer,
 ) -> None:
-    with _connect(server) as broken, _connect(server) as healthy:
-        broken_peer, healthy_peer = _accept_both(server, broken, healthy)
+    with connect_client(server) as broken, connect_client(server) as healthy:
+        broken_peer, healthy_peer = accept_both(server, broken, healthy)
         try:
             timers = _timer_thread()
             fault = RuntimeError("a fault in one connection")

@@ -1,0 +1,43 @@
+"""A blocking server's identity and small stream window (its clients' sendall() returns with
+most bytes held back by flow control), its clients, and a thread's CPU time, for the tests
+of queued output and of the timer thread."""
+
+from __future__ import annotations
+
+import threading
+
+import dtp.socket
+from dtp.keys import HostIdentity
+
+SERVER_ID = HostIdentity.generate()
+WINDOW = 64 << 10
+
+
+def connect_client(server: dtp.socket.DTPServer) -> dtp.socket.DTPSocket:
+    """A client connected to ``server`` (10 s timeout)."""
+    return dtp.socket.create_connection(
+        server.address, timeout=10, server_key=server.noise_public_key
+    )
+
+
+def accept_both(
+    server: dtp.socket.DTPServer, first: dtp.socket.DTPSocket, second: dtp.socket.DTPSocket
+) -> tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket]:
+    """The server's sockets for ``first`` and ``second`` (connected before): the server
+    runs handshakes side by side, so accept() may return the second one first (a
+    loaded CI run did, and the test waited 60 s for bytes from the wrong client)."""
+    a, _ = server.accept(timeout=10)
+    b, _ = server.accept(timeout=10)
+    if a._engine.sock.getpeername() != first._engine.sock.getsockname():
+        a, b = b, a
+    assert a._engine.sock.getpeername() == first._engine.sock.getsockname()
+    assert b._engine.sock.getpeername() == second._engine.sock.getsockname()
+    return a, b
+
+
+def thread_cpu_seconds(thread: threading.Thread) -> float:
+    """The CPU time ``thread`` has used so far (Linux: /proc/self/task/<tid>/stat)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
