@@ -31,6 +31,7 @@ from dtp.messaging.rpc.engine import (
     UNTIMED_DEPOSIT,
     ClientFees,
     Meta,
+    PaidCall,
     PayRequest,
     ServerFees,
     TakeEscrow,
@@ -145,24 +146,123 @@ def test_a_meter_that_refuses_leaves_the_escrow_to_refund() -> None:
     assert prepay.unanswered == ["0xe2"]
 
 
-def test_answered_signs_the_acknowledgement() -> None:
-    fees = ClientFees(None, _prepay())
+def _sent(fees: ClientFees, request_id: int, escrow_id: str | None) -> PaidCall:
+    """A call through its steps to the send, which gives it ``request_id``."""
+    paid = fees.begin(None, 5.0, _ok)
+    if escrow_id is not None:
+        paid.deposited(escrow_id)
+    paid.send(1_000, _ok, lambda meta: request_id)
+    return paid
+
+
+def test_answered_signs_the_acknowledgement_once() -> None:
+    prepay = _prepay()
+    fees = ClientFees(None, prepay)
+    _sent(fees, 5, "0xe1")
     body = b"\x93\x01\x02\x03"
-    signature = fees.answered("0xe1", body)
+    signature = fees.answered(5, body)
     assert signature is not None
     message = response_ack_message("0xe1", response_hash(body))
     assert verify_memoized(CLIENT.ed25519_public, signature, message)
-    assert fees.answered(None, body) is None
-    assert ClientFees(_meter(), None).answered("0xe1", body) is None
+    assert fees.answered(5, body) is None  # (a second answer is not acknowledged)
+    fees.unanswered(5)  # (nor refunded: the server may claim it)
+    assert prepay.unanswered == [] and fees.prepaid == 0
 
 
-def test_unanswered_keeps_only_real_escrows() -> None:
+def test_a_call_with_no_escrow_has_nothing_to_settle() -> None:
+    prepay = _prepay()
+    fees = ClientFees(_meter(), None)
+    _sent(fees, 1, None)
+    assert fees.prepaid == 0
+    assert fees.answered(1, b"body") is None
+    fees.unanswered(1)
+    fees.unanswered(99)  # (a request the client never sent)
+    assert prepay.unanswered == []
+
+
+def test_unanswered_refunds_once() -> None:
     prepay = _prepay()
     fees = ClientFees(None, prepay)
-    fees.unanswered(None)
-    fees.unanswered("0xe1")
+    _sent(fees, 1, "0xe1")
+    _sent(fees, 2, "0xe2")
+    assert fees.prepaid == 2
+    fees.unanswered(1)
+    fees.unanswered(1)  # (a call's error and then its close, say)
+    assert fees.answered(1, b"late") is None  # (a response after it gave up: no ACK)
     assert prepay.unanswered == ["0xe1"]
-    ClientFees(_meter(), None).unanswered("0xe2")  # (no prepay: nothing to refund)
+    fees.all_unanswered()
+    fees.all_unanswered()
+    assert prepay.unanswered == ["0xe1", "0xe2"] and fees.prepaid == 0
+
+
+def test_a_replaced_prepay_still_refunds_its_own_escrows() -> None:
+    """The escrow goes back to the ResponsePrepay that made it, also when the client's
+    ``prepay`` was changed (or taken away) while the call was in flight."""
+    first, second = _prepay(), _prepay()
+    fees = ClientFees(None, first)
+    paid = fees.begin(None, 5.0, _ok)
+    assert paid.prepay is first
+    fees.prepay = None
+    paid.deposited("0xe1")
+    paid.send(1_000, _ok, lambda meta: 1)
+    _sent(fees, 2, None)  # (begun with no prepay: no escrow)
+    fees.prepay = second
+    _sent(fees, 3, "0xe3")
+    fees.all_unanswered()
+    assert first.unanswered == ["0xe1"] and second.unanswered == ["0xe3"]
+
+
+def test_an_orphaned_deposit_waits_for_refund() -> None:
+    """A deposit that ends after its call was cancelled (the asyncio client's worker
+    thread): no request names the escrow, so it is refunded."""
+    prepay = _prepay()
+    paid = ClientFees(None, prepay).begin(None, 5.0, _ok)
+    paid.orphaned("0xe1")
+    assert prepay.unanswered == ["0xe1"]
+    unpaid = ClientFees(_meter(), None).begin(None, 5.0, _ok)
+    unpaid.orphaned("0xe2")  # (no prepay: not an escrow of ours to refund)
+    assert prepay.unanswered == ["0xe1"]
+
+
+# what may happen to a call sent: answered, failed (an error, its deadline, cancelled),
+# the same again (a late response, a second report), or every call failing (close)
+ENDINGS = st.lists(
+    st.tuples(st.sampled_from(["answer", "error", "close"]), st.integers(0, 9)),
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(prepaid=st.lists(st.booleans(), min_size=1, max_size=10), endings=ENDINGS)
+def test_every_escrow_is_settled_or_refunded_exactly_once(
+    prepaid: list[bool], endings: list[tuple[str, int]]
+) -> None:
+    """The client's registry: whatever order calls end in, and however often an ending
+    is reported, each escrow made is acknowledged (the server's claim) or refunded,
+    never both and never twice; once the client closes, none is left."""
+    prepay = _prepay()
+    fees = ClientFees(None, prepay)
+    made: dict[int, str] = {}
+    for request_id, paid in enumerate(prepaid):
+        fees.prepay = prepay if paid else None
+        escrow_id = f"0x{request_id:064x}" if paid else None
+        _sent(fees, request_id, escrow_id)
+        if escrow_id is not None:
+            made[request_id] = escrow_id
+    acknowledged: list[str] = []
+    for ending, request_id in endings:
+        if ending == "answer":
+            if fees.answered(request_id, b"body") is not None:
+                acknowledged.append(made[request_id])
+        elif ending == "error":
+            fees.unanswered(request_id)
+        else:
+            fees.all_unanswered()
+    fees.all_unanswered()
+    settled = acknowledged + prepay.unanswered
+    assert sorted(settled) == sorted(made.values())
+    assert len(set(settled)) == len(settled)
+    assert fees.prepaid == 0
 
 
 # where a call may fail: its first check, the deposit, the check before the meter, the
@@ -223,6 +323,7 @@ def test_no_fee_is_lost_and_no_unsent_request_is_metered(
             continue
         if paid.escrow_id is not None:
             in_flight.append(paid.escrow_id)
+    assert fees.prepaid == len(in_flight)  # (filed under their requests)
     assert sorted(in_flight + prepay.unanswered) == sorted(made)
     assert len(set(prepay.unanswered)) == len(prepay.unanswered)
     # a send that failed after the meter counted (the driver's framing refusing, which

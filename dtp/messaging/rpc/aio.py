@@ -103,8 +103,6 @@ class AsyncRpcClient(FeeClient):
         self._writer = writer
         self.timeout = timeout
         self._fees = ClientFees(meter, prepay)
-        #: request ID -> the ResponseEscrow its call prepaid
-        self._escrows: dict[int, str] = {}
         self.on_notification = on_notification
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
         self._futures: dict[int, asyncio.Future[Any]] = {}
@@ -142,7 +140,6 @@ class AsyncRpcClient(FeeClient):
         extra = meta_copy(meta)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
         # would expire (one per call, kept for good)
-        escrow_id = None
         fees = self._fees
         if fees.meter is None and fees.prepay is None:
             request_id = self._proto.send_request(
@@ -152,12 +149,10 @@ class AsyncRpcClient(FeeClient):
             check = self._can_send(method, params, timeout)
             paid = fees.begin(extra, timeout, check)
             if paid.deposit_timeout is not None:
-                assert self.prepay is not None
+                assert paid.prepay is not None
                 # (a call cancelled meanwhile leaves the escrow made to refund_due: its
                 # fee would be locked until someone found it)
-                escrow = await _in_worker(
-                    fees.unanswered, self.prepay.deposit, paid.deposit_timeout
-                )
+                escrow = await _in_worker(paid.orphaned, paid.prepay.deposit, paid.deposit_timeout)
                 paid.deposited(escrow)
             # (checked again, metered and sent with no await: receipts go out in nonce
             # order, and nothing can refuse a request the meter counted)
@@ -168,11 +163,8 @@ class AsyncRpcClient(FeeClient):
                     method, params, now=loop.time(), timeout=timeout, meta=meta, timer=False
                 ),
             )
-            escrow_id = paid.escrow_id
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[request_id] = future
-        if escrow_id is not None:
-            self._escrows[request_id] = escrow_id
         deadline = asyncio.timeout(timeout)
         try:
             # the deadline covers the send too: a peer that does not read holds the
@@ -188,11 +180,11 @@ class AsyncRpcClient(FeeClient):
             self._give_up(request_id)
             if future.done() and not future.cancelled():
                 return future.result()  # it came as the deadline passed
-            self._unanswered(request_id)
+            self._fees.unanswered(request_id)
             raise E.RpcTimeout(f"no answer to call {request_id}") from None
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
-            self._unanswered(request_id)
+            self._fees.unanswered(request_id)
             self._give_up(request_id)
             if future.done() and not future.cancelled():
                 future.exception()  # seen: no 'Future exception was never retrieved'
@@ -208,10 +200,6 @@ class AsyncRpcClient(FeeClient):
             data = self._proto.data_to_send()
             with contextlib.suppress(Exception):
                 self._writer.write(data)
-
-    def _unanswered(self, request_id: int) -> None:
-        """Remember a prepaid call that got no response, for ResponsePrepay.refund_due."""
-        self._fees.unanswered(self._escrows.pop(request_id, None))
 
     async def notify(
         self, method: str, params: Any = None, *, meta: Mapping[str, Any] | None = None
@@ -261,7 +249,7 @@ class AsyncRpcClient(FeeClient):
         except (DTPError, OSError) as exc:
             if request_id is not None:
                 self._futures.pop(request_id, None)
-                self._unanswered(request_id)
+                self._fees.unanswered(request_id)
             error = send_failed(exc)
             self._fail_all(error)
             raise error from exc
@@ -326,14 +314,14 @@ class AsyncRpcClient(FeeClient):
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
-            ack = self._fees.answered(self._escrows.pop(event.request_id, None), event.body)
+            ack = self._fees.answered(event.request_id, event.body)
             if ack is not None:
                 self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):
             future = self._futures.pop(event.request_id, None)
-            self._unanswered(event.request_id)
+            self._fees.unanswered(event.request_id)
             if future is not None and not future.done():
                 future.set_exception(event.error)
         elif isinstance(event, NotificationReceived) and self.on_notification is not None:
@@ -353,9 +341,9 @@ class AsyncRpcClient(FeeClient):
     def _fail_all(self, error: BaseException) -> None:
         self._closed = error
         futures, self._futures = self._futures, {}
-        for request_id, future in futures.items():
-            # a prepaid call failing so got no response: its fee comes back (refund_due)
-            self._unanswered(request_id)
+        # the prepaid calls failing so got no response: their fees come back (refund_due)
+        self._fees.all_unanswered()
+        for future in futures.values():
             if not future.done():
                 future.set_exception(error)
 

@@ -117,7 +117,8 @@ class RpcCall:
         self._result: Any = None
         self._error: BaseException | None = None
         self._event: threading.Event | None = None
-        #: The ResponseEscrow this call prepaid, if any.
+        #: The ResponseEscrow this call prepaid, if any (the client's fee engine
+        #: holds what becomes of it: ClientFees).
         self.escrow_id: str | None = None
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
@@ -248,8 +249,8 @@ class RpcClient(FeeClient):
             with self._lock:
                 paid = fees.begin(extra, timeout, self._can_send(method, params, timeout))
             if paid.deposit_timeout is not None:
-                assert self.prepay is not None
-                paid.deposited(self.prepay.deposit(paid.deposit_timeout))
+                assert paid.prepay is not None
+                paid.deposited(paid.prepay.deposit(paid.deposit_timeout))
         with self._wlock:
             # the fee steps and the framing in one _lock section, under _wlock as sent
             # (PaidCall.send): receipts reach the server in their nonce order, and
@@ -444,9 +445,9 @@ class RpcClient(FeeClient):
         if self._closed is None:
             self._closed = error
         calls, self._calls = self._calls, {}
+        self._fees.all_unanswered()
         for call in calls.values():
             call._finish(None, error)
-            self._fees.unanswered(call.escrow_id)
         self._wake_followers()
 
     def _cancel(self, call: RpcCall) -> bool:
@@ -456,7 +457,7 @@ class RpcClient(FeeClient):
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
             call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
-            self._fees.unanswered(call.escrow_id)
+            self._fees.unanswered(call.request_id)
             self._wake_followers()
             reading = self._reading
         if reading:
@@ -480,19 +481,19 @@ class RpcClient(FeeClient):
             if isinstance(event, ResponseReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    ack = self._fees.answered(call.escrow_id, event.body)
+                    ack = self._fees.answered(call.request_id, event.body)
                     if ack is not None:
                         self._proto.send_ack(event.request_id, ack)
                     call._finish(event.result, None)
             elif isinstance(event, ErrorReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    self._fees.unanswered(call.escrow_id)
+                    self._fees.unanswered(call.request_id)
                     call._finish(None, event.error)
             elif isinstance(event, RequestTimedOut):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    self._fees.unanswered(call.escrow_id)
+                    self._fees.unanswered(call.request_id)
                     call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
             elif isinstance(event, NotificationReceived):
                 if self.on_notification is not None:
@@ -819,5 +820,5 @@ class RpcClient(FeeClient):
         if not call.done and deadline is not None and now >= deadline:
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
-            self._fees.unanswered(call.escrow_id)
+            self._fees.unanswered(call.request_id)
             call._finish(None, E.RpcTimeout(f"no answer to call {call.request_id}"))
