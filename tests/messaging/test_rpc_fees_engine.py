@@ -30,12 +30,15 @@ from dtp.messaging.rpc import (
 from dtp.messaging.rpc.engine import (
     UNTIMED_DEPOSIT,
     ClientFees,
+    KeepResponse,
     Meta,
     PaidCall,
     PayRequest,
-    ServerFees,
+    ReleaseEscrow,
+    ServerCallFees,
     TakeEscrow,
 )
+from dtp.messaging.rpc.server import end_request
 from dtp.payments.receipts import Meter
 
 CONNECTION = "0x" + "ab" * 32
@@ -372,7 +375,7 @@ def test_admission_runs_the_receipt_before_the_escrow() -> None:
     """A request the receipt check refuses must not hold an escrow: the escrow is
     taken last."""
     payments, policy = _payments(), _policy()
-    fees = ServerFees(payments, None, policy)
+    fees = ServerCallFees(payments, None, policy)
     meta = {"r": b"x", "re": "0xe1"}
     steps = fees.admission(meta, CLIENT.sui_address)
     assert [type(step) for step in steps] == [PayRequest, TakeEscrow]
@@ -387,7 +390,7 @@ def test_admission_runs_the_receipt_before_the_escrow() -> None:
     [(False, False, []), (True, False, [PayRequest]), (False, True, [TakeEscrow])],
 )
 def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[type]) -> None:
-    fees = ServerFees(_payments() if payments else None, None, _policy() if policy else None)
+    fees = ServerCallFees(_payments() if payments else None, None, _policy() if policy else None)
     assert [type(step) for step in fees.admission(None, None)] == steps
     assert fees.paid is (payments or policy)
     assert fees.needs_context(False) is policy  # (the escrow ID is kept in the context)
@@ -395,29 +398,29 @@ def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[
 
 
 def test_a_connection_with_no_check_refuses_every_request() -> None:
-    fees = ServerFees(None, "no ledger connection 0x1", _policy())
+    fees = ServerCallFees(None, "no ledger connection 0x1", _policy())
     assert fees.paid
     with pytest.raises(E.PaymentRequired, match="no ledger connection 0x1"):
         fees.admission(None, None)
 
 
 def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
-    assert ServerFees.refusal(E.PaymentRequired("no receipt")) == (
+    assert ServerCallFees.refusal(E.PaymentRequired("no receipt")) == (
         E.PAYMENT_REQUIRED,
         "no receipt",
     )
     for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
-        code, message = ServerFees.refusal(exc)
+        code, message = ServerCallFees.refusal(exc)
         assert code == E.INTERNAL_ERROR
         assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
 
 
 def test_an_answered_escrow_waits_for_its_ack_once() -> None:
     policy = _policy()
-    fees = ServerFees(None, None, policy)
+    fees = ServerCallFees(None, None, policy)
     policy.answered["0xe1"] = (b"", b"")  # (what policy.admit keeps)
-    fees.ended(3, "0xe1", b"body")
-    assert policy.answered["0xe1"] == (response_hash(b"body"), b"body")
+    assert fees.ended(3, "0xe1", b"body") == KeepResponse(policy, "0xe1", b"body")
+    assert policy.answered["0xe1"] == (b"", b"")  # (the driver runs the step)
     ack = fees.acked(3, b"sig")
     assert ack is not None and (ack.policy, ack.escrow_id, ack.signature) == (
         policy,
@@ -430,13 +433,48 @@ def test_an_answered_escrow_waits_for_its_ack_once() -> None:
 
 def test_an_unanswered_escrow_is_released() -> None:
     policy = _policy()
-    fees = ServerFees(None, None, policy)
-    policy.answered["0xe1"] = (b"", b"")
-    fees.ended(3, "0xe1", None)
-    assert "0xe1" not in policy.answered
+    fees = ServerCallFees(None, None, policy)
+    assert fees.ended(3, "0xe1", None) == ReleaseEscrow(policy, "0xe1")
     assert fees.acked(3, b"sig") is None
-    fees.ended(4, None, b"body")  # (nothing prepaid: nothing to do)
-    assert policy.answered == {}
+    assert fees.ended(4, None, b"body") is None  # (nothing prepaid: nothing to do)
+    assert ServerCallFees(None, None, None).ended(5, "0xe1", b"body") is None
+
+
+def test_the_servers_run_the_end_steps_on_the_policy() -> None:
+    """end_request (both servers): an answered escrow is kept with its response's
+    hash, an unanswered one forgotten."""
+    policy = _policy()
+    fees = ServerCallFees(None, None, policy)
+    policy.answered["0xe1"] = policy.answered["0xe2"] = (b"", b"")  # (policy.admit's)
+    end_request(fees, 3, "0xe1", b"body")
+    end_request(fees, 4, "0xe2", None)
+    end_request(fees, 5, None, None)
+    assert policy.answered == {"0xe1": (response_hash(b"body"), b"body")}
+
+
+class _NoLock:
+    """A lock the engine must not take (the policy's belongs to the drivers)."""
+
+    def __enter__(self) -> None:
+        raise AssertionError("the fee engine took a lock")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    acquire = __enter__
+
+
+def test_the_server_engine_takes_no_lock() -> None:
+    """The server's steps are decisions: the engine reads no policy state under its
+    lock and changes none; the drivers run the steps."""
+    policy, payments = _policy(), _payments()
+    policy._lock = _NoLock()  # type: ignore[assignment]
+    payments._lock = _NoLock()  # type: ignore[assignment]
+    fees = ServerCallFees(payments, None, policy)
+    assert len(fees.admission({"re": "0xe1"}, None)) == 2
+    assert isinstance(fees.ended(1, "0xe1", b"body"), KeepResponse)
+    assert isinstance(fees.ended(2, "0xe2", None), ReleaseEscrow)
+    assert fees.acked(1, b"sig") is not None
 
 
 @settings(max_examples=60, deadline=None)
@@ -450,14 +488,14 @@ def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, 
     """Whatever order requests end in, the policy keeps no entry for a request that
     ended with no response, and each ACK is checked for an answered escrow only, once."""
     policy = _policy()
-    fees = ServerFees(None, None, policy)
+    fees = ServerCallFees(None, None, policy)
     claims: list[str] = []
     for request_id, (escrow, answered, acked) in enumerate(requests):
         escrow_id = f"0xe{escrow}"
         if escrow_id in policy.answered or escrow_id in policy.acks:
             continue  # (policy.admit refuses an escrow used already)
         policy.answered[escrow_id] = (b"", b"")
-        fees.ended(request_id, escrow_id, b"%d" % request_id if answered else None)
+        end_request(fees, request_id, escrow_id, b"%d" % request_id if answered else None)
         if acked:
             ack = fees.acked(request_id, b"sig")
             assert (ack is not None) is answered

@@ -27,7 +27,7 @@ from dtp.messaging.protocol import (
     RpcProtocol,
 )
 from dtp.messaging.rpc.client import FeeClient, check_client_options
-from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerFees, TakeEscrow
+from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     RequestPayments,
     ResponseFeePolicy,
@@ -39,6 +39,7 @@ from dtp.messaging.rpc.server import (
     CallContext,
     Handler,
     ServerBase,
+    end_request,
     error_reply,
 )
 from dtp.messaging.rpc.streams import (
@@ -446,14 +447,14 @@ class AsyncRpcServer(ServerBase):
             resolving.add_done_callback(lambda _: self._payments.release(connection_id))
             raise
 
-        fees = ServerFees(payments, payments_error, self.response_fees)
+        fees = ServerCallFees(payments, payments_error, self.response_fees)
 
         async def run(event: RequestReceived, fn: Handler, wants_ctx: bool) -> None:
             ctx = None
             if fees.needs_context(wants_ctx):
                 ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
             escrow_id: str | None = None
-            ended = False  # (fees.ended told: with a response, or refused)
+            ended = False  # (end_request told: with a response, or refused)
             try:
                 refused = None
                 try:
@@ -466,7 +467,7 @@ class AsyncRpcServer(ServerBase):
                             # stream's end -- has the escrow admitted released, as
                             # any request that ended with no response)
                             escrow_id = await _in_worker(
-                                functools.partial(fees.ended, event.request_id, body=None),
+                                functools.partial(end_request, fees, event.request_id, body=None),
                                 step.policy.admit,
                                 step.meta,
                                 step.peer,
@@ -488,7 +489,7 @@ class AsyncRpcServer(ServerBase):
                     body = proto.send_response(event.request_id, outcome, request=event)
                     self.served += 1
                     ended = True
-                    fees.ended(event.request_id, escrow_id, body)
+                    end_request(fees, event.request_id, escrow_id, body)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -523,7 +524,7 @@ class AsyncRpcServer(ServerBase):
                 if tasks.get(event.request_id) is asyncio.current_task():
                     del tasks[event.request_id]
                 if not ended:  # no response: failed, cancelled, past its deadline
-                    fees.ended(event.request_id, escrow_id, None)
+                    end_request(fees, event.request_id, escrow_id, None)
             with contextlib.suppress(DTPError, OSError):
                 await flush()
 

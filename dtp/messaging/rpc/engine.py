@@ -1,9 +1,12 @@
 """The RPC fee engine (docs/messaging.md "Fees, step by step"): the order of the fee
 steps, held once for the blocking and the asyncio drivers -- a paid call's on a client
-(:class:`ClientFees`), a request's admission, end and ACK on a server
-(:class:`ServerFees`). Sans-I/O: no sockets, threads, tasks, locks or clock reads. The
-drivers pass ``now`` and the checks, run the ledger steps the engine names (inline, or
-in a worker thread), and hold their own lock (or do not await) where it says so."""
+(:class:`ClientFees`, which also files each call's prepaid escrow until the call ends),
+a request's admission, end and ACK on a server (:class:`ServerCallFees`). Sans-I/O: no
+sockets, threads, tasks, locks or clock reads. The drivers pass ``now`` and the checks,
+and run the steps the engine names (frozen dataclasses) on the driver-side helpers of
+:mod:`dtp.messaging.rpc.fees`, which hold the locks, the ledger reads and their clocks:
+inline, or in a worker thread; the drivers hold their own lock (or do not await) where
+the engine says so."""
 
 from __future__ import annotations
 
@@ -179,6 +182,26 @@ class TakeEscrow:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepResponse:
+    """End step: the request that prepaid ``escrow_id`` was answered with ``body``;
+    the policy keeps it for the client's ACK (``policy.responded``)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEscrow:
+    """End step: the request that prepaid ``escrow_id`` ended with no response; the
+    policy forgets the escrow, which it held so that no other request used it
+    meanwhile (``policy.release``)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckAck:
     """Keep the client's acknowledgement of a prepaid response if it verifies
     (``policy.acknowledged``, a ledger read: in a worker thread off an event loop)."""
@@ -188,12 +211,13 @@ class CheckAck:
     signature: bytes
 
 
-class ServerFees:
-    """One stream's fees on a server: the connection's per-request check (resolved as
-    the stream starts: ``stream_payments``), the response fee policy, and the prepaid
-    escrows of the requests answered, until their ACK comes. The driver runs the
-    admission steps in the order :meth:`admission` gives them, then reports how each
-    request ended (:meth:`ended`) and each ACK (:meth:`acked`)."""
+class ServerCallFees:
+    """One stream's fees on a server, request by request: the connection's per-request
+    check (resolved as the stream starts: ``stream_payments``), the response fee
+    policy, and the prepaid escrows of the requests answered, until their ACK comes.
+    The driver runs the admission steps in the order :meth:`admission` gives them, then
+    reports how each request ended (:meth:`ended`, whose step it runs) and each ACK
+    (:meth:`acked`)."""
 
     __slots__ = ("_answered", "paid", "payments", "payments_error", "response_fees")
 
@@ -245,21 +269,21 @@ class ServerFees:
             return exc.code, exc.message
         return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})"
 
-    def ended(self, request_id: int, escrow_id: str | None, body: bytes | None) -> None:
+    def ended(
+        self, request_id: int, escrow_id: str | None, body: bytes | None
+    ) -> KeepResponse | ReleaseEscrow | None:
         """The request ``request_id``, which prepaid ``escrow_id`` (None: nothing),
         ended: answered with ``body`` (the response's encoded result) -- its escrow is
         kept for the client's ACK -- or with no response (None: failed, cancelled, past
-        its deadline, refused), and the policy forgets the escrow, which it held so that
-        no other request used it meanwhile. Call it before the response can be sent:
-        an ACK may come at once."""
+        its deadline, refused). The step for the policy (None: nothing prepaid), which
+        the driver runs before the response can be sent: an ACK may come at once."""
         policy = self.response_fees
         if escrow_id is None or policy is None:
-            return
+            return None
         if body is None:
-            policy.release(escrow_id)
-        else:
-            policy.responded(escrow_id, body)
-            self._answered[request_id] = escrow_id
+            return ReleaseEscrow(policy, escrow_id)
+        self._answered[request_id] = escrow_id
+        return KeepResponse(policy, escrow_id, body)
 
     def acked(self, request_id: int, signature: bytes) -> CheckAck | None:
         """An ACK for ``request_id`` came with ``signature``: the step checking it (a

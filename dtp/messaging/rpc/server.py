@@ -28,7 +28,7 @@ from dtp.messaging.protocol import (
     _check_count,
     _check_our_method,
 )
-from dtp.messaging.rpc.engine import PayRequest, ServerFees, TakeEscrow
+from dtp.messaging.rpc.engine import KeepResponse, PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     PaymentsCache,
     RequestPayments,
@@ -80,6 +80,19 @@ class CallContext:
 
 
 Handler = Callable[..., Any]
+
+
+def end_request(
+    fees: ServerCallFees, request_id: int, escrow_id: str | None, body: bytes | None
+) -> None:
+    """Both servers: tell the fee engine how a request ended (``body``: its answer;
+    None: none) and run the step it names on the ResponseFeePolicy (its lock is the
+    driver side's). Before the response can leave: the client's ACK may come at once."""
+    step = fees.ended(request_id, escrow_id, body)
+    if type(step) is KeepResponse:
+        step.policy.responded(step.escrow_id, step.body)
+    elif step is not None:
+        step.policy.release(step.escrow_id)
 
 
 class Registry:
@@ -399,8 +412,8 @@ class _ServerStream:
         #: (``lock``) request id -> its job while it waits in the pool's queue
         self.queued: dict[int, _Job] = {}
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
-        #: the stream's fees (engine.ServerFees), its connection's check resolved now
-        self.fees = ServerFees(*stream_payments(server._payments, stream), server.response_fees)
+        #: the stream's fees (engine.ServerCallFees), its connection's check resolved now
+        self.fees = ServerCallFees(*stream_payments(server._payments, stream), server.response_fees)
         #: set when a pool worker or the writer thread is done with an answer (for
         #: finish_answers); ``failed``: sending failed, the stream is done for
         self.progress = threading.Event()
@@ -846,7 +859,7 @@ class _ServerStream:
                 # before the lock is let go: any flush may send the response from then
                 # on, and the client's ACK must find its escrow answered (body None:
                 # cancelled, past its deadline, or its result not encodable)
-                self.fees.ended(request_id, ctx.escrow_id, body)
+                end_request(self.fees, request_id, ctx.escrow_id, body)
         if self.server._pool is None:  # this stream's thread
             self.served += 1
         else:  # a worker's: several may finish at once, and after the stream ended
@@ -857,7 +870,7 @@ class _ServerStream:
         """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
         its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
         if ctx is not None and ctx.escrow_id is not None:
-            self.fees.ended(ctx.request_id, ctx.escrow_id, None)
+            end_request(self.fees, ctx.request_id, ctx.escrow_id, None)
 
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
