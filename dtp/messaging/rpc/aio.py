@@ -26,7 +26,7 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
 )
-from dtp.messaging.rpc.client import FeeClient, check_client_options
+from dtp.messaging.rpc.client import ClientBase, check_client_options
 from dtp.messaging.rpc.engine import ClientFees, PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     RequestPayments,
@@ -41,6 +41,8 @@ from dtp.messaging.rpc.server import (
     ServerBase,
     end_request,
     error_reply,
+    failure_reply,
+    refusal_reply,
 )
 from dtp.messaging.rpc.streams import (
     DEFAULT,
@@ -76,7 +78,7 @@ async def _in_worker(put_back: Callable[[T], object], fn: Callable[..., T], *arg
         raise
 
 
-class AsyncRpcClient(FeeClient):
+class AsyncRpcClient(ClientBase):
     """asyncio RPC client over a ``(reader, writer)`` pair (e.g. from
     :func:`dtp.aio.open_connection`). A background task reads; calls await futures.
 
@@ -136,7 +138,7 @@ class AsyncRpcClient(FeeClient):
         if timeout is DEFAULT:
             timeout = self.timeout
         if self._closed is not None:
-            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+            raise self._closed_error()
         loop = asyncio.get_running_loop()
         extra = meta_copy(meta)
         # the deadline is kept here (asyncio.timeout): no protocol timer, which nothing
@@ -190,7 +192,7 @@ class AsyncRpcClient(FeeClient):
             if future.done() and not future.cancelled():
                 future.exception()  # seen: no 'Future exception was never retrieved'
             if self._ended_by_close():
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
+                raise self._closed_error() from None
             raise
 
     def _give_up(self, request_id: int) -> None:
@@ -211,7 +213,7 @@ class AsyncRpcClient(FeeClient):
         reads."""
         self._start()
         if self._closed is not None:
-            raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+            raise self._closed_error()
         self._proto.send_notification(method, params, meta=meta)
         deadline = asyncio.timeout(self.timeout)
         try:
@@ -225,7 +227,7 @@ class AsyncRpcClient(FeeClient):
             ) from None
         except asyncio.CancelledError:
             if self._ended_by_close():
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})") from None
+                raise self._closed_error() from None
             raise
 
     def _ended_by_close(self) -> bool:
@@ -335,7 +337,9 @@ class AsyncRpcClient(FeeClient):
             except Exception:
                 logger.exception("notification handler failed")
         elif isinstance(event, RequestReceived):
-            self._proto.send_error(event.request_id, E.METHOD_NOT_FOUND, "no methods here")
+            # (no bound on these, unlike the blocking client's: the read loop awaits
+            # the drain of each read's answers, so a peer that does not read stops it)
+            self._refuse(event)
         elif isinstance(event, ProtocolViolation):
             self.violations += 1
 
@@ -476,10 +480,8 @@ class AsyncRpcServer(ServerBase):
                 except Exception as exc:
                     refused = exc
                 if refused is not None:
-                    # (the fee check failing itself: this request's failure alone)
-                    if not isinstance(refused, E.RemoteError):
-                        logger.error("the fee check of %s failed", event.method, exc_info=refused)
-                    proto.send_error(event.request_id, *fees.refusal(refused), request=event)
+                    refusal = refusal_reply(event.method, refused)
+                    proto.send_error(event.request_id, *refusal, request=event)
                 else:
                     outcome = fn(event.params, ctx) if wants_ctx else fn(event.params)
                     if inspect.isawaitable(outcome):
@@ -505,9 +507,7 @@ class AsyncRpcServer(ServerBase):
                 ):
                     return  # the request's deadline (wait_for's): the caller stopped waiting
                 # (a TimeoutError of the handler's own is its failure, answered as any)
-                if not isinstance(exc, E.RemoteError | TypeError):
-                    logger.exception("handler %s failed", event.method)
-                code, message, data = error_reply(exc)
+                code, message, data = failure_reply(event.method, exc)
                 proto.send_error(event.request_id, code, message, data, request=event)
             except BaseException as exc:  # KeyboardInterrupt, SystemExit...
                 # answered as any failure (written: a loop that stops at once may

@@ -36,11 +36,11 @@ from dtp.messaging.rpc.streams import (
     TAKE_PIECE,
     UNSENT_CAP,
     BlockingStream,
-    can_send,
     check_blocking_stream,
     meta_copy,
     next_read_size,
     send_failed,
+    send_nowait,
 )
 from dtp.payments.receipts import Meter
 from dtp.socket import DTPSocket
@@ -64,10 +64,10 @@ _READ_SLICE = 1.0
 _MAX_QUEUED_OUT = 256
 
 
-class FeeClient:
-    """What both RPC clients (:class:`RpcClient`, ``AsyncRpcClient``) do about fees
-    besides running the engine's steps: their ``meter`` and ``prepay``, and a paid
-    call's check."""
+class ClientBase:
+    """What both RPC clients (:class:`RpcClient`, ``AsyncRpcClient``) share besides the
+    fee engine's steps: their ``meter`` and ``prepay``, a paid call's check, the error
+    of a call on a closed client, and the answer to a request the peer sends."""
 
     _fees: ClientFees
     _proto: RpcProtocol
@@ -91,13 +91,25 @@ class FeeClient:
     def prepay(self, prepay: ResponsePrepay | None) -> None:
         self._fees.prepay = prepay
 
+    def _closed_error(self) -> E.RpcConnectionLost:
+        """What a call, start or notification raises once the client is closed (or its
+        stream failed: ``_closed`` says why)."""
+        return E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+
+    def _refuse(self, event: RequestReceived) -> None:
+        """Answer a request the peer sent us: a client serves nothing (both clients
+        name the method, as a server does for one it does not have)."""
+        self._proto.send_error(
+            event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
+        )
+
     def _can_send(self, method: str, params: Any, timeout: float | None) -> Check:
         """A paid call's check (under ``_lock`` in the blocking client): raises as
         sending the request would."""
 
         def check(meta: Meta) -> None:
             if self._closed is not None:
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                raise self._closed_error()
             self._proto.check_request(
                 method, params, timeout=timeout, meta=meta, reserve=FEE_META_RESERVE
             )
@@ -157,7 +169,7 @@ def check_client_options(timeout: float | None, on_notification: object) -> None
         raise TypeError(f"on_notification must be callable, not {type(on_notification).__name__!r}")
 
 
-class RpcClient(FeeClient):
+class RpcClient(ClientBase):
     """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
 
     ``timeout``: default seconds per call (None: wait forever). ``meter``: attach a
@@ -259,7 +271,7 @@ class RpcClient(FeeClient):
             with self._lock:
                 if paid is None:
                     if self._closed is not None:
-                        raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                        raise self._closed_error()
                     request_id = self._proto.send_request(
                         method, params, now=time.monotonic(), timeout=timeout, meta=extra
                     )
@@ -285,7 +297,7 @@ class RpcClient(FeeClient):
         with self._wlock:
             with self._lock:
                 if self._closed is not None:
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                    raise self._closed_error()
                 self._proto.send_notification(method, params, meta=meta)
                 data = self._proto.data_to_send()
             self._send(data, _deadline(self.timeout))
@@ -367,8 +379,7 @@ class RpcClient(FeeClient):
                 n: int = send(view)  # a timeout means nothing of this call was taken
             except TimeoutError:
                 if self._closed is not None:  # close(): no thread is left waiting
-                    closed = f"the RPC stream is closed ({self._closed})"
-                    raise E.RpcConnectionLost(closed) from None
+                    raise self._closed_error() from None
                 step = _SEND_STEP
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
@@ -422,19 +433,8 @@ class RpcClient(FeeClient):
     def _send_nowait(self, data: bytes) -> bytes:
         """Send what the stream takes of ``data`` now (``_wlock`` held); returns the
         rest. A failed stream fails every call, as in :meth:`_send`."""
-        stream = self._stream
-        send = stream.send  # type: ignore[attr-defined]
-        plain = stream if isinstance(stream, _socket.socket) else None  # (can_send)
-        view = memoryview(data)
         try:
-            while view:
-                if plain is not None and not can_send(plain):
-                    return bytes(view)
-                try:
-                    n: int = send(view, _socket.MSG_DONTWAIT)
-                except (BlockingIOError, TimeoutError):
-                    return bytes(view)
-                view = view[n:]
+            return send_nowait(self._stream, data)
         except (DTPError, OSError) as exc:
             with self._lock:
                 self._fail_all(send_failed(exc))
@@ -507,9 +507,7 @@ class RpcClient(FeeClient):
                 # this client serves nothing: say so, keep the stream usable -- while the
                 # peer takes our answers (it may send requests and never read)
                 if len(self._proto._out) < _MAX_QUEUED_OUT:
-                    self._proto.send_error(
-                        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
-                    )
+                    self._refuse(event)
                 else:
                     self._proto.drop_request(event.request_id)
         self._wake_followers()
@@ -633,7 +631,7 @@ class RpcClient(FeeClient):
             if self._closed is not None:  # close() while we read: the call failed
                 proto._outgoing.pop(request_id, None)
                 self._wake_followers()
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                raise self._closed_error()
             if data:
                 got = proto.take_response(request_id, data)
                 self._read_size = next_read_size(data, got is not None)

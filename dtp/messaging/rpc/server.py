@@ -41,10 +41,10 @@ from dtp.messaging.rpc.streams import (
     RECV_SIZE,
     UNSENT_CAP,
     BlockingStream,
-    can_send,
     check_blocking_stream,
     next_read_size,
     send_answer,
+    send_nowait,
 )
 from dtp.socket import DTPSocket
 
@@ -197,6 +197,24 @@ def error_reply(exc: BaseException) -> tuple[int, str, Any]:
         detail = f": {exc}" if tb is not None and tb.tb_next is None else ""
         return E.INVALID_PARAMS, f"invalid params{detail}", None
     return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
+
+
+def failure_reply(method: str, exc: BaseException) -> tuple[int, str, Any]:
+    """:func:`error_reply` for the handler of ``method`` that raised ``exc``, logged
+    with its traceback unless the handler meant it (a RemoteError) or the params did
+    not fit (a TypeError): both servers answer and log so."""
+    if not isinstance(exc, E.RemoteError | TypeError):
+        logger.error("handler %s failed", method, exc_info=exc)
+    return error_reply(exc)
+
+
+def refusal_reply(method: str, exc: Exception) -> tuple[int, str]:
+    """The answer to a request of ``method`` whose fee admission raised ``exc``
+    (:meth:`ServerCallFees.refusal`), logged when the check failed itself rather than
+    refused (not a RemoteError): that request's failure alone."""
+    if not isinstance(exc, E.RemoteError):
+        logger.error("the fee check of %s failed", method, exc_info=exc)
+    return ServerCallFees.refusal(exc)
 
 
 class ServerBase(Registry):
@@ -458,21 +476,7 @@ class _ServerStream:
         if not self.dontwait:
             send_answer(self.stream, data, self.server._closed)
             return b""
-        send = self.stream.send  # type: ignore[attr-defined]
-        # (a plain socket with a timeout -- the read loop's -- waited that long for room
-        # before it tried, holding a worker for a client that does not read: can_send)
-        plain = self.stream if isinstance(self.stream, _socket.socket) else None
-        view = memoryview(data)
-        while view:
-            if plain is not None and not can_send(plain):
-                return bytes(view)
-            try:
-                n: int = send(view, _socket.MSG_DONTWAIT)
-            except (BlockingIOError, TimeoutError):
-                # (a socket with a timeout waits for room that long before it tries)
-                return bytes(view)
-            view = view[n:]
-        return b""
+        return send_nowait(self.stream, data)
 
     def _send_rest(self, data: bytes) -> None:
         """The writer thread: send ``data`` however long the client takes (until the
@@ -750,11 +754,9 @@ class _ServerStream:
                             assert ctx is not None and type(step) is TakeEscrow
                             ctx.escrow_id = step.policy.admit(step.meta, step.peer)
                 except Exception as exc:
-                    # (the fee check failing itself: this request's failure alone)
-                    if not isinstance(exc, E.RemoteError):
-                        logger.exception("the fee check of %s failed", event.method)
+                    refusal = refusal_reply(event.method, exc)
                     with self.lock:
-                        self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
+                        self.proto.send_error(event.request_id, *refusal, request=event)
                     return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
@@ -839,9 +841,7 @@ class _ServerStream:
         try:
             result = fn(event.params, ctx) if wants_ctx else fn(event.params)
         except Exception as exc:
-            if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", event.method)
-            code, message, data = error_reply(exc)
+            code, message, data = failure_reply(event.method, exc)
             with self.lock:
                 self.forget_context(request_id, ctx)
                 self.proto.send_error(request_id, code, message, data, request=event)
@@ -875,9 +875,7 @@ class _ServerStream:
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
         handler raised ``exc`` (the stream's thread only, no pool, no fees)."""
-        if not isinstance(exc, E.RemoteError | TypeError):
-            logger.exception("handler %s failed", request[2], exc_info=exc)
-        code, message, data = error_reply(exc)
+        code, message, data = failure_reply(request[2], exc)
         return self.proto.error_frame(request[1], code, message, data)
 
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
@@ -888,9 +886,7 @@ class _ServerStream:
         try:
             result = fn(event.params)
         except Exception as exc:
-            if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", event.method)
-            code, message, data = error_reply(exc)
+            code, message, data = failure_reply(event.method, exc)
             self.proto.send_error(event.request_id, code, message, data, request=event)
             return
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...
