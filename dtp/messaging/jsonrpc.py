@@ -109,7 +109,7 @@ class JsonRpcHandler:
             else:  # (JSON-RPC 2.0 §5.1: an integer code and a string message)
                 answer = _error(id_, E.INTERNAL_ERROR, "Internal error (RemoteError)")
         except TypeError as exc:
-            # as the RPC layer has it (dtp.messaging.rpc.server.error_reply): Python's
+            # as the RPC layer has it (dtp.messaging.rpc.server_base.error_reply): Python's
             # text only when binding the params to the method failed (the method never
             # ran); a TypeError of the method's own keeps its text private, as any
             # other exception's

@@ -38,7 +38,7 @@ from dtp.messaging.rpc.engine import (
     ServerCallFees,
     TakeEscrow,
 )
-from dtp.messaging.rpc.server import end_request
+from dtp.messaging.rpc.server_base import end_request
 from dtp.payments.receipts import Meter
 
 CONNECTION = "0x" + "ab" * 32
