@@ -1,16 +1,16 @@
 """The asyncio RPC client (:class:`AsyncRpcClient`), on the same protocol, fees and
-checks as the blocking one; :func:`in_worker`, the asyncio side's ledger calls in a
-worker thread (the server's too)."""
+checks as the blocking one."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
@@ -34,34 +34,15 @@ from dtp.messaging.rpc.streams import (
     DEFAULT,
     RECV_SIZE,
     TAKE_PIECE,
+    TAKE_TIME,
     check_async_streams,
     meta_copy,
     send_failed,
 )
 from dtp.payments.receipts import Meter
+from dtp.transport.asyncio.threads import threaded_or_released
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
-#: The asyncio client lets the loop run after this long (seconds) of notification
-#: handlers (AsyncRpcClient._take).
-TAKE_TIME = 0.01
-
-
-async def in_worker(put_back: Callable[[T], object], fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a worker thread (a ledger call). A task cancelled meanwhile
-    cannot stop the thread: what it returns then goes to ``put_back`` (the fee engine's
-    rule for an escrow whose call or request is gone)."""
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-
-        def orphaned(done: asyncio.Future[T]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                put_back(done.result())
-
-        work.add_done_callback(orphaned)
-        raise
 
 
 class AsyncRpcClient(ClientBase):
@@ -141,7 +122,8 @@ class AsyncRpcClient(ClientBase):
                 assert paid.prepay is not None
                 # (a call cancelled meanwhile leaves the escrow made to refund_due: its
                 # fee would be locked until someone found it)
-                escrow = await in_worker(paid.orphaned, paid.prepay.deposit, paid.deposit_timeout)
+                deposit = functools.partial(paid.prepay.deposit, paid.deposit_timeout)
+                escrow = await threaded_or_released(deposit, paid.orphaned)
                 paid.deposited(escrow)
             # (checked again, metered and sent with no await: receipts go out in nonce
             # order, and nothing can refuse a request the meter counted)

@@ -22,7 +22,6 @@ from dtp.messaging.protocol import (
     RequestReceived,
     RpcProtocol,
 )
-from dtp.messaging.rpc.asyncio_client import TAKE_TIME, in_worker
 from dtp.messaging.rpc.engine import PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
     RequestPayments,
@@ -41,7 +40,9 @@ from dtp.messaging.rpc.server_base import (
 from dtp.messaging.rpc.streams import (
     RECV_SIZE,
     TAKE_PIECE,
+    TAKE_TIME,
 )
+from dtp.transport.asyncio.threads import threaded_or_released
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,9 @@ class AsyncRpcServer(ServerBase):
                             # (a request cancelled meanwhile -- its CANCEL, the
                             # stream's end -- has the escrow admitted released, as
                             # any request that ended with no response)
-                            escrow_id = await in_worker(
+                            escrow_id = await threaded_or_released(
+                                functools.partial(step.policy.admit, step.meta, step.peer),
                                 functools.partial(end_request, fees, event.request_id, body=None),
-                                step.policy.admit,
-                                step.meta,
-                                step.peer,
                             )
                             ctx.escrow_id = escrow_id
                 except Exception as exc:

@@ -155,6 +155,9 @@ def send_nowait(stream: Any, data: bytes) -> bytes:
 #: about 1 us a byte) would otherwise keep a call's thread past its deadline by a whole
 #: read's worth of work. What is left when the deadline passes waits for the next reader.
 TAKE_PIECE = 16 * 1024
+#: The asyncio client and server let the loop run after this long (seconds) of taking
+#: one read (notification handlers, a read's pieces): AsyncRpcClient._take.
+TAKE_TIME = 0.01
 #: Bytes of answers a server queues for a client that does not take them before it
 #: reads no more of its requests (_ServerStream.backed_up).
 UNSENT_CAP = 4 << 20
