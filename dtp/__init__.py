@@ -103,6 +103,11 @@ MOVED: dict[str, str] = {
     "dtp.address": "dtp.hostid.address",
     "dtp.served": "dtp.hostid.served",
     "dtp.admission": "dtp.hostid.admission",
+    # the RPC drivers, named blocking_*/asyncio_* (what both share: client_base,
+    # server_base); the old asyncio module held client and server: the package has both
+    "dtp.messaging.rpc.client": "dtp.messaging.rpc.blocking_client",
+    "dtp.messaging.rpc.server": "dtp.messaging.rpc.blocking_server",
+    "dtp.messaging.rpc.aio": "dtp.messaging.rpc",
 }
 
 

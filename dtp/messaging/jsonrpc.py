@@ -109,9 +109,10 @@ class JsonRpcHandler:
             else:  # (JSON-RPC 2.0 §5.1: an integer code and a string message)
                 answer = _error(id_, E.INTERNAL_ERROR, "Internal error (RemoteError)")
         except TypeError as exc:
-            # as the RPC layer has it (rpc._error_reply): Python's text only when binding
-            # the params to the method failed (the method never ran); a TypeError of the
-            # method's own keeps its text private, as any other exception's
+            # as the RPC layer has it (dtp.messaging.rpc.server_base.error_reply): Python's
+            # text only when binding the params to the method failed (the method never
+            # ran); a TypeError of the method's own keeps its text private, as any
+            # other exception's
             tb = exc.__traceback__
             detail = f": {exc}" if tb is not None and tb.tb_next is None else ""
             answer = _error(id_, E.INVALID_PARAMS, f"Invalid params{detail}")

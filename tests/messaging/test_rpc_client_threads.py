@@ -27,7 +27,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
-from dtp.messaging.rpc import client as rpc_client
+from dtp.messaging.rpc import blocking_client as rpc_client
 from tests.messaging.rpc_world import ScriptedPeer, Served
 from tests.support.polling import wait_for
 

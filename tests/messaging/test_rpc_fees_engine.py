@@ -30,11 +30,15 @@ from dtp.messaging.rpc import (
 from dtp.messaging.rpc.engine import (
     UNTIMED_DEPOSIT,
     ClientFees,
+    KeepResponse,
     Meta,
+    PaidCall,
     PayRequest,
-    ServerFees,
+    ReleaseEscrow,
+    ServerCallFees,
     TakeEscrow,
 )
+from dtp.messaging.rpc.server_base import end_request
 from dtp.payments.receipts import Meter
 
 CONNECTION = "0x" + "ab" * 32
@@ -145,24 +149,123 @@ def test_a_meter_that_refuses_leaves_the_escrow_to_refund() -> None:
     assert prepay.unanswered == ["0xe2"]
 
 
-def test_answered_signs_the_acknowledgement() -> None:
-    fees = ClientFees(None, _prepay())
+def _sent(fees: ClientFees, request_id: int, escrow_id: str | None) -> PaidCall:
+    """A call through its steps to the send, which gives it ``request_id``."""
+    paid = fees.begin(None, 5.0, _ok)
+    if escrow_id is not None:
+        paid.deposited(escrow_id)
+    paid.send(1_000, _ok, lambda meta: request_id)
+    return paid
+
+
+def test_answered_signs_the_acknowledgement_once() -> None:
+    prepay = _prepay()
+    fees = ClientFees(None, prepay)
+    _sent(fees, 5, "0xe1")
     body = b"\x93\x01\x02\x03"
-    signature = fees.answered("0xe1", body)
+    signature = fees.answered(5, body)
     assert signature is not None
     message = response_ack_message("0xe1", response_hash(body))
     assert verify_memoized(CLIENT.ed25519_public, signature, message)
-    assert fees.answered(None, body) is None
-    assert ClientFees(_meter(), None).answered("0xe1", body) is None
+    assert fees.answered(5, body) is None  # (a second answer is not acknowledged)
+    fees.unanswered(5)  # (nor refunded: the server may claim it)
+    assert prepay.unanswered == [] and fees.prepaid == 0
 
 
-def test_unanswered_keeps_only_real_escrows() -> None:
+def test_a_call_with_no_escrow_has_nothing_to_settle() -> None:
+    prepay = _prepay()
+    fees = ClientFees(_meter(), None)
+    _sent(fees, 1, None)
+    assert fees.prepaid == 0
+    assert fees.answered(1, b"body") is None
+    fees.unanswered(1)
+    fees.unanswered(99)  # (a request the client never sent)
+    assert prepay.unanswered == []
+
+
+def test_unanswered_refunds_once() -> None:
     prepay = _prepay()
     fees = ClientFees(None, prepay)
-    fees.unanswered(None)
-    fees.unanswered("0xe1")
+    _sent(fees, 1, "0xe1")
+    _sent(fees, 2, "0xe2")
+    assert fees.prepaid == 2
+    fees.unanswered(1)
+    fees.unanswered(1)  # (a call's error and then its close, say)
+    assert fees.answered(1, b"late") is None  # (a response after it gave up: no ACK)
     assert prepay.unanswered == ["0xe1"]
-    ClientFees(_meter(), None).unanswered("0xe2")  # (no prepay: nothing to refund)
+    fees.all_unanswered()
+    fees.all_unanswered()
+    assert prepay.unanswered == ["0xe1", "0xe2"] and fees.prepaid == 0
+
+
+def test_a_replaced_prepay_still_refunds_its_own_escrows() -> None:
+    """The escrow goes back to the ResponsePrepay that made it, also when the client's
+    ``prepay`` was changed (or taken away) while the call was in flight."""
+    first, second = _prepay(), _prepay()
+    fees = ClientFees(None, first)
+    paid = fees.begin(None, 5.0, _ok)
+    assert paid.prepay is first
+    fees.prepay = None
+    paid.deposited("0xe1")
+    paid.send(1_000, _ok, lambda meta: 1)
+    _sent(fees, 2, None)  # (begun with no prepay: no escrow)
+    fees.prepay = second
+    _sent(fees, 3, "0xe3")
+    fees.all_unanswered()
+    assert first.unanswered == ["0xe1"] and second.unanswered == ["0xe3"]
+
+
+def test_an_orphaned_deposit_waits_for_refund() -> None:
+    """A deposit that ends after its call was cancelled (the asyncio client's worker
+    thread): no request names the escrow, so it is refunded."""
+    prepay = _prepay()
+    paid = ClientFees(None, prepay).begin(None, 5.0, _ok)
+    paid.orphaned("0xe1")
+    assert prepay.unanswered == ["0xe1"]
+    unpaid = ClientFees(_meter(), None).begin(None, 5.0, _ok)
+    unpaid.orphaned("0xe2")  # (no prepay: not an escrow of ours to refund)
+    assert prepay.unanswered == ["0xe1"]
+
+
+# what may happen to a call sent: answered, failed (an error, its deadline, cancelled),
+# the same again (a late response, a second report), or every call failing (close)
+ENDINGS = st.lists(
+    st.tuples(st.sampled_from(["answer", "error", "close"]), st.integers(0, 9)),
+    max_size=40,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(prepaid=st.lists(st.booleans(), min_size=1, max_size=10), endings=ENDINGS)
+def test_every_escrow_is_settled_or_refunded_exactly_once(
+    prepaid: list[bool], endings: list[tuple[str, int]]
+) -> None:
+    """The client's registry: whatever order calls end in, and however often an ending
+    is reported, each escrow made is acknowledged (the server's claim) or refunded,
+    never both and never twice; once the client closes, none is left."""
+    prepay = _prepay()
+    fees = ClientFees(None, prepay)
+    made: dict[int, str] = {}
+    for request_id, paid in enumerate(prepaid):
+        fees.prepay = prepay if paid else None
+        escrow_id = f"0x{request_id:064x}" if paid else None
+        _sent(fees, request_id, escrow_id)
+        if escrow_id is not None:
+            made[request_id] = escrow_id
+    acknowledged: list[str] = []
+    for ending, request_id in endings:
+        if ending == "answer":
+            if fees.answered(request_id, b"body") is not None:
+                acknowledged.append(made[request_id])
+        elif ending == "error":
+            fees.unanswered(request_id)
+        else:
+            fees.all_unanswered()
+    fees.all_unanswered()
+    settled = acknowledged + prepay.unanswered
+    assert sorted(settled) == sorted(made.values())
+    assert len(set(settled)) == len(settled)
+    assert fees.prepaid == 0
 
 
 # where a call may fail: its first check, the deposit, the check before the meter, the
@@ -223,6 +326,7 @@ def test_no_fee_is_lost_and_no_unsent_request_is_metered(
             continue
         if paid.escrow_id is not None:
             in_flight.append(paid.escrow_id)
+    assert fees.prepaid == len(in_flight)  # (filed under their requests)
     assert sorted(in_flight + prepay.unanswered) == sorted(made)
     assert len(set(prepay.unanswered)) == len(prepay.unanswered)
     # a send that failed after the meter counted (the driver's framing refusing, which
@@ -271,7 +375,7 @@ def test_admission_runs_the_receipt_before_the_escrow() -> None:
     """A request the receipt check refuses must not hold an escrow: the escrow is
     taken last."""
     payments, policy = _payments(), _policy()
-    fees = ServerFees(payments, None, policy)
+    fees = ServerCallFees(payments, None, policy)
     meta = {"r": b"x", "re": "0xe1"}
     steps = fees.admission(meta, CLIENT.sui_address)
     assert [type(step) for step in steps] == [PayRequest, TakeEscrow]
@@ -286,7 +390,7 @@ def test_admission_runs_the_receipt_before_the_escrow() -> None:
     [(False, False, []), (True, False, [PayRequest]), (False, True, [TakeEscrow])],
 )
 def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[type]) -> None:
-    fees = ServerFees(_payments() if payments else None, None, _policy() if policy else None)
+    fees = ServerCallFees(_payments() if payments else None, None, _policy() if policy else None)
     assert [type(step) for step in fees.admission(None, None)] == steps
     assert fees.paid is (payments or policy)
     assert fees.needs_context(False) is policy  # (the escrow ID is kept in the context)
@@ -294,29 +398,29 @@ def test_admission_has_a_step_per_fee(payments: bool, policy: bool, steps: list[
 
 
 def test_a_connection_with_no_check_refuses_every_request() -> None:
-    fees = ServerFees(None, "no ledger connection 0x1", _policy())
+    fees = ServerCallFees(None, "no ledger connection 0x1", _policy())
     assert fees.paid
     with pytest.raises(E.PaymentRequired, match="no ledger connection 0x1"):
         fees.admission(None, None)
 
 
 def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
-    assert ServerFees.refusal(E.PaymentRequired("no receipt")) == (
+    assert ServerCallFees.refusal(E.PaymentRequired("no receipt")) == (
         E.PAYMENT_REQUIRED,
         "no receipt",
     )
     for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
-        code, message = ServerFees.refusal(exc)
+        code, message = ServerCallFees.refusal(exc)
         assert code == E.INTERNAL_ERROR
         assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
 
 
 def test_an_answered_escrow_waits_for_its_ack_once() -> None:
     policy = _policy()
-    fees = ServerFees(None, None, policy)
+    fees = ServerCallFees(None, None, policy)
     policy.answered["0xe1"] = (b"", b"")  # (what policy.admit keeps)
-    fees.ended(3, "0xe1", b"body")
-    assert policy.answered["0xe1"] == (response_hash(b"body"), b"body")
+    assert fees.ended(3, "0xe1", b"body") == KeepResponse(policy, "0xe1", b"body")
+    assert policy.answered["0xe1"] == (b"", b"")  # (the driver runs the step)
     ack = fees.acked(3, b"sig")
     assert ack is not None and (ack.policy, ack.escrow_id, ack.signature) == (
         policy,
@@ -329,13 +433,48 @@ def test_an_answered_escrow_waits_for_its_ack_once() -> None:
 
 def test_an_unanswered_escrow_is_released() -> None:
     policy = _policy()
-    fees = ServerFees(None, None, policy)
-    policy.answered["0xe1"] = (b"", b"")
-    fees.ended(3, "0xe1", None)
-    assert "0xe1" not in policy.answered
+    fees = ServerCallFees(None, None, policy)
+    assert fees.ended(3, "0xe1", None) == ReleaseEscrow(policy, "0xe1")
     assert fees.acked(3, b"sig") is None
-    fees.ended(4, None, b"body")  # (nothing prepaid: nothing to do)
-    assert policy.answered == {}
+    assert fees.ended(4, None, b"body") is None  # (nothing prepaid: nothing to do)
+    assert ServerCallFees(None, None, None).ended(5, "0xe1", b"body") is None
+
+
+def test_the_servers_run_the_end_steps_on_the_policy() -> None:
+    """end_request (both servers): an answered escrow is kept with its response's
+    hash, an unanswered one forgotten."""
+    policy = _policy()
+    fees = ServerCallFees(None, None, policy)
+    policy.answered["0xe1"] = policy.answered["0xe2"] = (b"", b"")  # (policy.admit's)
+    end_request(fees, 3, "0xe1", b"body")
+    end_request(fees, 4, "0xe2", None)
+    end_request(fees, 5, None, None)
+    assert policy.answered == {"0xe1": (response_hash(b"body"), b"body")}
+
+
+class _NoLock:
+    """A lock the engine must not take (the policy's belongs to the drivers)."""
+
+    def __enter__(self) -> None:
+        raise AssertionError("the fee engine took a lock")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    acquire = __enter__
+
+
+def test_the_server_engine_takes_no_lock() -> None:
+    """The server's steps are decisions: the engine reads no policy state under its
+    lock and changes none; the drivers run the steps."""
+    policy, payments = _policy(), _payments()
+    policy._lock = _NoLock()  # type: ignore[assignment]
+    payments._lock = _NoLock()  # type: ignore[assignment]
+    fees = ServerCallFees(payments, None, policy)
+    assert len(fees.admission({"re": "0xe1"}, None)) == 2
+    assert isinstance(fees.ended(1, "0xe1", b"body"), KeepResponse)
+    assert isinstance(fees.ended(2, "0xe2", None), ReleaseEscrow)
+    assert fees.acked(1, b"sig") is not None
 
 
 @settings(max_examples=60, deadline=None)
@@ -349,14 +488,14 @@ def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, 
     """Whatever order requests end in, the policy keeps no entry for a request that
     ended with no response, and each ACK is checked for an answered escrow only, once."""
     policy = _policy()
-    fees = ServerFees(None, None, policy)
+    fees = ServerCallFees(None, None, policy)
     claims: list[str] = []
     for request_id, (escrow, answered, acked) in enumerate(requests):
         escrow_id = f"0xe{escrow}"
         if escrow_id in policy.answered or escrow_id in policy.acks:
             continue  # (policy.admit refuses an escrow used already)
         policy.answered[escrow_id] = (b"", b"")
-        fees.ended(request_id, escrow_id, b"%d" % request_id if answered else None)
+        end_request(fees, request_id, escrow_id, b"%d" % request_id if answered else None)
         if acked:
             ack = fees.acked(request_id, b"sig")
             assert (ack is not None) is answered

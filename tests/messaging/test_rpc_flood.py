@@ -22,7 +22,7 @@ import pytest
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient
-from dtp.messaging.rpc import client as rpc_client
+from dtp.messaging.rpc import blocking_client as rpc_client
 
 #: Empty frames: the costliest bytes to take (each is a violation).
 JUNK = b"\x00\x00\x00\x00" * 16384

@@ -32,6 +32,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, ResponsePrepay
 from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served, make_rpc
+from tests.support.polling import wait_for
 
 
 def test_a_prepaid_call_failed_by_close_keeps_its_escrow_for_refund() -> None:
@@ -276,3 +277,33 @@ def test_a_request_cancelled_during_its_fee_check_leaves_no_entry() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_prepay_replaced_mid_call_settles_its_own_escrows(
+    rpc_driver: Callable[..., Endpoint],
+) -> None:
+    """A call's escrow is acknowledged or refunded by the ResponsePrepay that made it,
+    also when the client's ``prepay`` is replaced or taken away while the call is in
+    flight (the fee engine files the escrow with its maker: ClientFees); before, the
+    asyncio client and the blocking one looked at the client's ``prepay`` when the
+    call ended, and with none there the fee was neither acknowledged nor refunded."""
+    ledger, server_id, client_id = _ledger()
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = rpc_driver(response_fees=policy)
+    first = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    second = ResponsePrepay(ledger, client_id, server_id.sui_address, 10)
+    caller = s.connect(timeout=10, prepay=first)
+    client = getattr(caller, "client", caller)  # (the asyncio driver's own client)
+    answered = caller.start("sleep", [0.3, "answered"])
+    assert wait_for(lambda: len(policy.answered) == 1)  # admitted: in flight
+    client.prepay = None
+    assert answered.result(10) == "answered"
+    assert wait_for(lambda: len(policy.acks) == 1)  # acknowledged with first's identity
+    client.prepay = second
+    caller.start("sleep", [30, "never"])
+    assert wait_for(lambda: len(policy.answered) == 1)
+    client.prepay = None
+    caller.close()
+    assert first.unanswered == []
+    assert len(second.unanswered) == 1  # refunded by its maker once the deadline passes
+    assert second.unanswered[0] not in policy.acks

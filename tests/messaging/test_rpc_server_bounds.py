@@ -1,5 +1,5 @@
 """The RPC servers against clients that cancel, reuse ids and stop reading
-(dtp/messaging/rpc/server.py, dtp/messaging/rpc/aio.py):
+(dtp/messaging/rpc/blocking_server.py, dtp/messaging/rpc/asyncio_server.py):
 
 - a pool server's queue grew without bound for a client sending requests it cancels
   at once (or gives deadlines that pass at once): each one's slot of ``max_pending``

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import dtp.messaging.rpc.client as rpc_client_module
+import dtp.messaging.rpc.blocking_client as rpc_client_module
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.keys import HostIdentity

@@ -28,13 +28,17 @@ response fee into a ledger ``ResponseEscrow`` per request; the server checks it
 the server claims with it — or the client takes the fee back after the deadline.
 
 The modules: ``streams`` (what a stream must have, read sizes, sending), ``fees`` (the
-money above), ``engine`` (the sans-I/O order of the fee steps, which both clients run),
-``client`` and ``server`` (blocking), ``aio`` (asyncio). This package re-exports their
-public API.
+money above, with its locks and ledger reads), ``engine`` (the sans-I/O order of the fee
+steps, which both clients and both servers run), ``client_base`` and ``server_base``
+(what both drivers' clients and servers share), and the drivers: ``blocking_client``,
+``blocking_server``, ``asyncio_client``, ``asyncio_server``. This package re-exports
+their public API.
 """
 
-from dtp.messaging.rpc.aio import AsyncRpcClient, AsyncRpcServer
-from dtp.messaging.rpc.client import RpcCall, RpcClient
+from dtp.messaging.rpc.asyncio_client import AsyncRpcClient
+from dtp.messaging.rpc.asyncio_server import AsyncRpcServer
+from dtp.messaging.rpc.blocking_client import RpcCall, RpcClient
+from dtp.messaging.rpc.blocking_server import ACCEPT_POLL_MAX, ACCEPT_POLL_MIN, RpcServer
 from dtp.messaging.rpc.fees import (
     RequestPayments,
     ResponseFeePolicy,
@@ -42,13 +46,7 @@ from dtp.messaging.rpc.fees import (
     ledger_payments,
     response_hash,
 )
-from dtp.messaging.rpc.server import (
-    ACCEPT_POLL_MAX,
-    ACCEPT_POLL_MIN,
-    CallContext,
-    Handler,
-    RpcServer,
-)
+from dtp.messaging.rpc.server_base import CallContext, Handler
 from dtp.messaging.rpc.streams import QUICK_RECV_SIZE, RECV_SIZE, BlockingStream
 
 __all__ = [

@@ -1,9 +1,12 @@
 """The RPC fee engine (docs/messaging.md "Fees, step by step"): the order of the fee
 steps, held once for the blocking and the asyncio drivers -- a paid call's on a client
-(:class:`ClientFees`), a request's admission, end and ACK on a server
-(:class:`ServerFees`). Sans-I/O: no sockets, threads, tasks, locks or clock reads. The
-drivers pass ``now`` and the checks, run the ledger steps the engine names (inline, or
-in a worker thread), and hold their own lock (or do not await) where it says so."""
+(:class:`ClientFees`, which also files each call's prepaid escrow until the call ends),
+a request's admission, end and ACK on a server (:class:`ServerCallFees`). Sans-I/O: no
+sockets, threads, tasks, locks or clock reads. The drivers pass ``now`` and the checks,
+and run the steps the engine names (frozen dataclasses) on the driver-side helpers of
+:mod:`dtp.messaging.rpc.fees`, which hold the locks, the ledger reads and their clocks:
+inline, or in a worker thread; the drivers hold their own lock (or do not await) where
+the engine says so."""
 
 from __future__ import annotations
 
@@ -35,14 +38,20 @@ def sign_request(meter: Meter, now_ms: int) -> bytes | None:
 
 class ClientFees:
     """A client's fees: a ``meter`` (per-request receipts) and a ``prepay`` (a response
-    escrow per call), either or both. One per client; :meth:`begin` starts each paid
-    call's steps."""
+    escrow per call), either or both, and the registry of the calls in flight that
+    prepaid an escrow. One per client; :meth:`begin` starts each paid call's steps, and
+    the driver reports how each call ended: :meth:`answered`, :meth:`unanswered`, or
+    :meth:`all_unanswered` when every call fails at once (the stream lost, closed).
+    Every escrow made is acknowledged or put to refund exactly once."""
 
-    __slots__ = ("meter", "prepay")
+    __slots__ = ("_escrows", "meter", "prepay")
 
     def __init__(self, meter: Meter | None, prepay: ResponsePrepay | None) -> None:
         self.meter = meter
         self.prepay = prepay
+        # request ID -> (the escrow its call prepaid, the ResponsePrepay that made it),
+        # until the call ends: a prepay replaced meanwhile still refunds its own escrows
+        self._escrows: dict[int, tuple[str, ResponsePrepay]] = {}
 
     def begin(self, meta: Meta, timeout: float | None, check: Check) -> PaidCall:
         """Start a paid call: ``check`` it first, so that a request that cannot be sent
@@ -51,31 +60,49 @@ class ClientFees:
         check(meta)
         paid = PaidCall(self, meta)
         if self.prepay is not None:
+            paid.prepay = self.prepay
             paid.deposit_timeout = UNTIMED_DEPOSIT if timeout is None else timeout
         return paid
 
-    def unanswered(self, escrow_id: str | None) -> None:
-        """A prepaid call ended with no response (failed, timed out, cancelled, never
-        sent): its escrow waits for :meth:`ResponsePrepay.refund_due`."""
-        if escrow_id is not None and self.prepay is not None:
-            self.prepay.unanswered.append(escrow_id)
-
-    def answered(self, escrow_id: str | None, body: bytes) -> bytes | None:
-        """A call that prepaid ``escrow_id`` (None: none) was answered with ``body``:
-        the signature acknowledging it, for the driver to send back in an ACK (the
-        server claims the escrow with it); None when the call prepaid nothing."""
-        if escrow_id is None or self.prepay is None:
+    def answered(self, request_id: int, body: bytes) -> bytes | None:
+        """The call ``request_id`` was answered with ``body``: the signature
+        acknowledging it, for the driver to send back in an ACK (the server claims the
+        escrow with it); None when the call prepaid nothing (or ended already)."""
+        entry = self._escrows.pop(request_id, None)
+        if entry is None:
             return None
-        return self.prepay.acknowledgement(escrow_id, body)
+        escrow_id, prepay = entry
+        return prepay.acknowledgement(escrow_id, body)
+
+    def unanswered(self, request_id: int) -> None:
+        """The call ``request_id`` ended with no response (failed, timed out,
+        cancelled): its escrow, if it prepaid one, waits for
+        :meth:`ResponsePrepay.refund_due`. A second report of the same call does nothing."""
+        entry = self._escrows.pop(request_id, None)
+        if entry is not None:
+            entry[1].unanswered.append(entry[0])
+
+    def all_unanswered(self) -> None:
+        """Every call in flight ended with no response (the stream failed or the client
+        closed): their escrows wait for refund."""
+        escrows, self._escrows = self._escrows, {}
+        for escrow_id, prepay in escrows.values():
+            prepay.unanswered.append(escrow_id)
+
+    @property
+    def prepaid(self) -> int:
+        """How many calls in flight hold a prepaid escrow."""
+        return len(self._escrows)
 
 
 class PaidCall:
     """One paid call's steps, in their order: checked (:meth:`ClientFees.begin`) →
     the response escrow deposited (:meth:`deposited`, when :attr:`deposit_timeout` is
-    set) → checked again, metered and sent in one step (:meth:`send`). Whatever fails
-    after the deposit leaves the escrow to ``refund_due``: a fee is never lost."""
+    set) → checked again, metered and sent in one step (:meth:`send`), which files the
+    escrow under the request's ID. Whatever fails after the deposit leaves the escrow
+    to ``refund_due``: a fee is never lost."""
 
-    __slots__ = ("_fees", "deposit_timeout", "escrow_id", "meta")
+    __slots__ = ("_fees", "deposit_timeout", "escrow_id", "meta", "prepay")
 
     def __init__(self, fees: ClientFees, meta: Meta) -> None:
         self._fees = fees
@@ -84,6 +111,9 @@ class PaidCall:
         #: Seconds for ``ResponsePrepay.deposit`` when the call's escrow is still to be
         #: made (None: no deposit due).
         self.deposit_timeout: float | None = None
+        #: What makes (and later refunds) the call's escrow: the client's ``prepay``
+        #: when the call began (None: the call prepays nothing).
+        self.prepay: ResponsePrepay | None = None
         #: The ResponseEscrow the call prepaid, once made.
         self.escrow_id: str | None = None
 
@@ -97,13 +127,20 @@ class PaidCall:
         meta["re"] = escrow_id
         self.meta = meta
 
+    def orphaned(self, escrow_id: str) -> None:
+        """An escrow made for this call after the call was gone (cancelled while the
+        deposit ran): no request names it, so it waits for refund."""
+        if self.prepay is not None:
+            self.prepay.unanswered.append(escrow_id)
+
     def send(self, now_ms: int, check: Check, send: Callable[[Meta], int]) -> int:
         """Check the request again, meter it and ``send`` it (the driver's framing;
         returns the request ID), with nothing in between: the driver holds its lock
         across this call (or does not await in it), so receipts reach the server in
         their nonce order, and nothing (another call filling the in-flight limit, a
-        close) can refuse a request the meter has counted. Any failure puts the
-        call's escrow on ``unanswered`` and is raised."""
+        close) can refuse a request the meter has counted. The call's escrow is then
+        filed under the request ID (:meth:`ClientFees.answered`/``unanswered``). Any
+        failure puts the escrow on ``unanswered`` and is raised."""
         try:
             # again: the driver let go of its state for the deposit (or its lock)
             check(self.meta)
@@ -114,10 +151,14 @@ class PaidCall:
                     meta = {} if self.meta is None else self.meta
                     meta["r"] = receipt
                     self.meta = meta
-            return send(self.meta)
+            request_id = send(self.meta)
         except BaseException:
-            self._fees.unanswered(self.escrow_id)
+            if self.escrow_id is not None:
+                self.orphaned(self.escrow_id)
             raise
+        if self.escrow_id is not None and self.prepay is not None:
+            self._fees._escrows[request_id] = (self.escrow_id, self.prepay)
+        return request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +182,26 @@ class TakeEscrow:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepResponse:
+    """End step: the request that prepaid ``escrow_id`` was answered with ``body``;
+    the policy keeps it for the client's ACK (``policy.responded``)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEscrow:
+    """End step: the request that prepaid ``escrow_id`` ended with no response; the
+    policy forgets the escrow, which it held so that no other request used it
+    meanwhile (``policy.release``)."""
+
+    policy: ResponseFeePolicy
+    escrow_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class CheckAck:
     """Keep the client's acknowledgement of a prepaid response if it verifies
     (``policy.acknowledged``, a ledger read: in a worker thread off an event loop)."""
@@ -150,12 +211,13 @@ class CheckAck:
     signature: bytes
 
 
-class ServerFees:
-    """One stream's fees on a server: the connection's per-request check (resolved as
-    the stream starts: ``stream_payments``), the response fee policy, and the prepaid
-    escrows of the requests answered, until their ACK comes. The driver runs the
-    admission steps in the order :meth:`admission` gives them, then reports how each
-    request ended (:meth:`ended`) and each ACK (:meth:`acked`)."""
+class ServerCallFees:
+    """One stream's fees on a server, request by request: the connection's per-request
+    check (resolved as the stream starts: ``stream_payments``), the response fee
+    policy, and the prepaid escrows of the requests answered, until their ACK comes.
+    The driver runs the admission steps in the order :meth:`admission` gives them, then
+    reports how each request ended (:meth:`ended`, whose step it runs) and each ACK
+    (:meth:`acked`)."""
 
     __slots__ = ("_answered", "paid", "payments", "payments_error", "response_fees")
 
@@ -207,21 +269,21 @@ class ServerFees:
             return exc.code, exc.message
         return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})"
 
-    def ended(self, request_id: int, escrow_id: str | None, body: bytes | None) -> None:
+    def ended(
+        self, request_id: int, escrow_id: str | None, body: bytes | None
+    ) -> KeepResponse | ReleaseEscrow | None:
         """The request ``request_id``, which prepaid ``escrow_id`` (None: nothing),
         ended: answered with ``body`` (the response's encoded result) -- its escrow is
         kept for the client's ACK -- or with no response (None: failed, cancelled, past
-        its deadline, refused), and the policy forgets the escrow, which it held so that
-        no other request used it meanwhile. Call it before the response can be sent:
-        an ACK may come at once."""
+        its deadline, refused). The step for the policy (None: nothing prepaid), which
+        the driver runs before the response can be sent: an ACK may come at once."""
         policy = self.response_fees
         if escrow_id is None or policy is None:
-            return
+            return None
         if body is None:
-            policy.release(escrow_id)
-        else:
-            policy.responded(escrow_id, body)
-            self._answered[request_id] = escrow_id
+            return ReleaseEscrow(policy, escrow_id)
+        self._answered[request_id] = escrow_id
+        return KeepResponse(policy, escrow_id, body)
 
     def acked(self, request_id: int, signature: bytes) -> CheckAck | None:
         """An ACK for ``request_id`` came with ``signature``: the step checking it (a

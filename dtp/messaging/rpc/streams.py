@@ -130,11 +130,34 @@ def can_send(sock: _socket.socket) -> bool:
     return bool(select.select((), (sock,), (), 0)[1])
 
 
+def send_nowait(stream: Any, data: bytes) -> bytes:
+    """Send what ``stream`` takes of ``data`` now; returns the rest. ``stream``'s send
+    takes MSG_DONTWAIT (a DTPSocket, a socket): the blocking client's flush and the
+    blocking server's answers never wait for a peer that does not read. A plain
+    socket with a timeout (a read loop's) would wait that long for room before it
+    tried, so it is asked first (:func:`can_send`)."""
+    send = stream.send
+    plain = stream if isinstance(stream, _socket.socket) else None
+    view = memoryview(data)
+    while view:
+        if plain is not None and not can_send(plain):
+            return bytes(view)
+        try:
+            n: int = send(view, _socket.MSG_DONTWAIT)
+        except (BlockingIOError, TimeoutError):
+            return bytes(view)
+        view = view[n:]
+    return b""
+
+
 #: A client takes a large read in pieces of this many bytes, looking at the clock in
 #: between: a peer that sends frames costly to take (junk, a flood of tiny ones: up to
 #: about 1 us a byte) would otherwise keep a call's thread past its deadline by a whole
 #: read's worth of work. What is left when the deadline passes waits for the next reader.
 TAKE_PIECE = 16 * 1024
+#: The asyncio client and server let the loop run after this long (seconds) of taking
+#: one read (notification handlers, a read's pieces): AsyncRpcClient._take.
+TAKE_TIME = 0.01
 #: Bytes of answers a server queues for a client that does not take them before it
 #: reads no more of its requests (_ServerStream.backed_up).
 UNSENT_CAP = 4 << 20

@@ -24,11 +24,11 @@ from dtp.messaging.protocol import (
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
-    _check_our_timeout,
     _check_wait,
 )
-from dtp.messaging.rpc.engine import Check, ClientFees, Meta
-from dtp.messaging.rpc.fees import FEE_META_RESERVE, ResponsePrepay, check_one_meter
+from dtp.messaging.rpc.client_base import ClientBase, check_client_options
+from dtp.messaging.rpc.engine import ClientFees
+from dtp.messaging.rpc.fees import ResponsePrepay, check_one_meter
 from dtp.messaging.rpc.streams import (
     DEFAULT,
     QUICK_RECV_SIZE,
@@ -36,11 +36,11 @@ from dtp.messaging.rpc.streams import (
     TAKE_PIECE,
     UNSENT_CAP,
     BlockingStream,
-    can_send,
     check_blocking_stream,
     meta_copy,
     next_read_size,
     send_failed,
+    send_nowait,
 )
 from dtp.payments.receipts import Meter
 from dtp.socket import DTPSocket
@@ -64,47 +64,6 @@ _READ_SLICE = 1.0
 _MAX_QUEUED_OUT = 256
 
 
-class FeeClient:
-    """What both RPC clients (:class:`RpcClient`, ``AsyncRpcClient``) do about fees
-    besides running the engine's steps: their ``meter`` and ``prepay``, and a paid
-    call's check."""
-
-    _fees: ClientFees
-    _proto: RpcProtocol
-    _closed: BaseException | None
-
-    @property
-    def meter(self) -> Meter | None:
-        """The meter signing a receipt for every request (per-request fees), if any."""
-        return self._fees.meter
-
-    @meter.setter
-    def meter(self, meter: Meter | None) -> None:
-        self._fees.meter = meter
-
-    @property
-    def prepay(self) -> ResponsePrepay | None:
-        """What prepays each call's response fee, if anything."""
-        return self._fees.prepay
-
-    @prepay.setter
-    def prepay(self, prepay: ResponsePrepay | None) -> None:
-        self._fees.prepay = prepay
-
-    def _can_send(self, method: str, params: Any, timeout: float | None) -> Check:
-        """A paid call's check (under ``_lock`` in the blocking client): raises as
-        sending the request would."""
-
-        def check(meta: Meta) -> None:
-            if self._closed is not None:
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
-            self._proto.check_request(
-                method, params, timeout=timeout, meta=meta, reserve=FEE_META_RESERVE
-            )
-
-        return check
-
-
 class RpcCall:
     """A call in flight on an :class:`RpcClient` (a small future)."""
 
@@ -117,7 +76,8 @@ class RpcCall:
         self._result: Any = None
         self._error: BaseException | None = None
         self._event: threading.Event | None = None
-        #: The ResponseEscrow this call prepaid, if any.
+        #: The ResponseEscrow this call prepaid, if any (the client's fee engine
+        #: holds what becomes of it: ClientFees).
         self.escrow_id: str | None = None
 
     def _finish(self, result: Any, error: BaseException | None) -> None:
@@ -144,19 +104,7 @@ class RpcCall:
         return self._client._cancel(self)
 
 
-def check_client_options(timeout: float | None, on_notification: object) -> None:
-    """The options both clients take, checked as the client is made (RpcClient's and
-    AsyncRpcClient's)."""
-    if timeout is not None:
-        # refused now: every call and notification would fail with it, a
-        # notification perhaps with its frame half written
-        _check_our_timeout(timeout)
-    if on_notification is not None and not callable(on_notification):
-        # found out only when a notification came: in the reader, failing its call
-        raise TypeError(f"on_notification must be callable, not {type(on_notification).__name__!r}")
-
-
-class RpcClient(FeeClient):
+class RpcClient(ClientBase):
     """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
 
     ``timeout``: default seconds per call (None: wait forever). ``meter``: attach a
@@ -248,8 +196,8 @@ class RpcClient(FeeClient):
             with self._lock:
                 paid = fees.begin(extra, timeout, self._can_send(method, params, timeout))
             if paid.deposit_timeout is not None:
-                assert self.prepay is not None
-                paid.deposited(self.prepay.deposit(paid.deposit_timeout))
+                assert paid.prepay is not None
+                paid.deposited(paid.prepay.deposit(paid.deposit_timeout))
         with self._wlock:
             # the fee steps and the framing in one _lock section, under _wlock as sent
             # (PaidCall.send): receipts reach the server in their nonce order, and
@@ -258,7 +206,7 @@ class RpcClient(FeeClient):
             with self._lock:
                 if paid is None:
                     if self._closed is not None:
-                        raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                        raise self._closed_error()
                     request_id = self._proto.send_request(
                         method, params, now=time.monotonic(), timeout=timeout, meta=extra
                     )
@@ -284,7 +232,7 @@ class RpcClient(FeeClient):
         with self._wlock:
             with self._lock:
                 if self._closed is not None:
-                    raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                    raise self._closed_error()
                 self._proto.send_notification(method, params, meta=meta)
                 data = self._proto.data_to_send()
             self._send(data, _deadline(self.timeout))
@@ -366,8 +314,7 @@ class RpcClient(FeeClient):
                 n: int = send(view)  # a timeout means nothing of this call was taken
             except TimeoutError:
                 if self._closed is not None:  # close(): no thread is left waiting
-                    closed = f"the RPC stream is closed ({self._closed})"
-                    raise E.RpcConnectionLost(closed) from None
+                    raise self._closed_error() from None
                 step = _SEND_STEP
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
@@ -421,19 +368,8 @@ class RpcClient(FeeClient):
     def _send_nowait(self, data: bytes) -> bytes:
         """Send what the stream takes of ``data`` now (``_wlock`` held); returns the
         rest. A failed stream fails every call, as in :meth:`_send`."""
-        stream = self._stream
-        send = stream.send  # type: ignore[attr-defined]
-        plain = stream if isinstance(stream, _socket.socket) else None  # (can_send)
-        view = memoryview(data)
         try:
-            while view:
-                if plain is not None and not can_send(plain):
-                    return bytes(view)
-                try:
-                    n: int = send(view, _socket.MSG_DONTWAIT)
-                except (BlockingIOError, TimeoutError):
-                    return bytes(view)
-                view = view[n:]
+            return send_nowait(self._stream, data)
         except (DTPError, OSError) as exc:
             with self._lock:
                 self._fail_all(send_failed(exc))
@@ -444,9 +380,9 @@ class RpcClient(FeeClient):
         if self._closed is None:
             self._closed = error
         calls, self._calls = self._calls, {}
+        self._fees.all_unanswered()
         for call in calls.values():
             call._finish(None, error)
-            self._fees.unanswered(call.escrow_id)
         self._wake_followers()
 
     def _cancel(self, call: RpcCall) -> bool:
@@ -456,7 +392,7 @@ class RpcClient(FeeClient):
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
             call._finish(None, E.RpcCancelled(f"call {call.request_id} cancelled"))
-            self._fees.unanswered(call.escrow_id)
+            self._fees.unanswered(call.request_id)
             self._wake_followers()
             reading = self._reading
         if reading:
@@ -480,19 +416,19 @@ class RpcClient(FeeClient):
             if isinstance(event, ResponseReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    ack = self._fees.answered(call.escrow_id, event.body)
+                    ack = self._fees.answered(call.request_id, event.body)
                     if ack is not None:
                         self._proto.send_ack(event.request_id, ack)
                     call._finish(event.result, None)
             elif isinstance(event, ErrorReceived):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    self._fees.unanswered(call.escrow_id)
+                    self._fees.unanswered(call.request_id)
                     call._finish(None, event.error)
             elif isinstance(event, RequestTimedOut):
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    self._fees.unanswered(call.escrow_id)
+                    self._fees.unanswered(call.request_id)
                     call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
             elif isinstance(event, NotificationReceived):
                 if self.on_notification is not None:
@@ -506,9 +442,7 @@ class RpcClient(FeeClient):
                 # this client serves nothing: say so, keep the stream usable -- while the
                 # peer takes our answers (it may send requests and never read)
                 if len(self._proto._out) < _MAX_QUEUED_OUT:
-                    self._proto.send_error(
-                        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r} here"
-                    )
+                    self._refuse(event)
                 else:
                     self._proto.drop_request(event.request_id)
         self._wake_followers()
@@ -632,7 +566,7 @@ class RpcClient(FeeClient):
             if self._closed is not None:  # close() while we read: the call failed
                 proto._outgoing.pop(request_id, None)
                 self._wake_followers()
-                raise E.RpcConnectionLost(f"the RPC stream is closed ({self._closed})")
+                raise self._closed_error()
             if data:
                 got = proto.take_response(request_id, data)
                 self._read_size = next_read_size(data, got is not None)
@@ -819,5 +753,5 @@ class RpcClient(FeeClient):
         if not call.done and deadline is not None and now >= deadline:
             self._proto.cancel(call.request_id)
             self._calls.pop(call.request_id, None)
-            self._fees.unanswered(call.escrow_id)
+            self._fees.unanswered(call.request_id)
             call._finish(None, E.RpcTimeout(f"no answer to call {call.request_id}"))

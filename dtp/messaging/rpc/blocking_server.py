@@ -1,5 +1,5 @@
-"""The blocking RPC server (:class:`RpcServer`, a thread per stream) and what the asyncio
-server shares with it: the handler registry, :class:`CallContext`, error answers."""
+"""The blocking RPC server (:class:`RpcServer`, a thread per stream); what the asyncio
+server shares with it is in :mod:`dtp.messaging.rpc.server_base`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import logging
 import socket as _socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.ledger.objects import normalize_id
@@ -26,14 +25,21 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
     _check_count,
-    _check_our_method,
 )
-from dtp.messaging.rpc.engine import PayRequest, ServerFees, TakeEscrow
+from dtp.messaging.rpc.engine import PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
-    PaymentsCache,
     RequestPayments,
     ResponseFeePolicy,
     stream_payments,
+)
+from dtp.messaging.rpc.server_base import (
+    CallContext,
+    Handler,
+    ServerBase,
+    end_request,
+    error_reply,
+    failure_reply,
+    refusal_reply,
 )
 from dtp.messaging.rpc.streams import (
     DEFAULT,
@@ -41,10 +47,10 @@ from dtp.messaging.rpc.streams import (
     RECV_SIZE,
     UNSENT_CAP,
     BlockingStream,
-    can_send,
     check_blocking_stream,
     next_read_size,
     send_answer,
+    send_nowait,
 )
 from dtp.socket import DTPSocket
 
@@ -55,157 +61,6 @@ logger = logging.getLogger(__name__)
 #: (seconds) while requests flow; when idle, at growing intervals up to ACCEPT_POLL_MAX.
 ACCEPT_POLL_MIN = 0.005
 ACCEPT_POLL_MAX = 0.1
-
-
-@dataclass
-class CallContext:
-    """What a handler registered with ``context=True`` gets besides the params."""
-
-    request_id: int
-    method: str
-    #: ``time.monotonic()`` value after which the caller stops waiting (None: never).
-    deadline: float | None
-    meta: Mapping[str, Any] | None
-    #: The client's verified Sui address (from the DTP handshake), when known.
-    peer_address: str | None
-    #: Set when the caller cancels, the deadline passes or the client ends its side of
-    #: the stream (it may still read the answer: a half-close): long handlers should
-    #: check it.
-    #: Only a server that reads while handlers run sees these: :class:`RpcServer` with
-    #: a worker pool. Inline (``workers=0``) it stays clear: check :attr:`deadline`.
-    #: :class:`AsyncRpcServer` cancels the handler's task instead.
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    #: The ResponseEscrow this request prepaid, if any.
-    escrow_id: str | None = None
-
-
-Handler = Callable[..., Any]
-
-
-class Registry:
-    """The handlers a server answers with, by name: methods and notifications (the
-    blocking and the asyncio server register theirs so)."""
-
-    def __init__(self) -> None:
-        self.methods: dict[str, tuple[Handler, bool]] = {}
-        self.notifications: dict[str, tuple[Handler, bool]] = {}
-
-    def register(
-        self, name: str, fn: Handler, *, context: bool = False, notification: bool = False
-    ) -> None:
-        """Serve ``fn`` as method (or, with ``notification``, notification) ``name``.
-        A name that no request could carry, a handler that cannot be called, or a name
-        already taken is refused here (TypeError / ValueError), not at the first call:
-        silently replacing a handler would hide the mistake."""
-        _check_our_method(name)
-        if not callable(fn):
-            raise TypeError(f"a handler must be callable, not {type(fn).__name__!r}")
-        table = self.notifications if notification else self.methods
-        if name in table:
-            kind = "notification" if notification else "method"
-            raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = (fn, context)
-
-    @overload
-    def method(self, name: Handler, *, context: bool = False) -> Handler: ...
-
-    @overload
-    def method(
-        self, name: str | None = None, *, context: bool = False
-    ) -> Callable[[Handler], Handler]: ...
-
-    def method(
-        self, name: str | Handler | None = None, *, context: bool = False
-    ) -> Handler | Callable[[Handler], Handler]:
-        """Decorator form of :meth:`register`: ``@server.method()`` and the bare
-        ``@server.method`` register the function under its own name,
-        ``@server.method("name")`` under that one (``context=True`` as register's). It
-        returns the function itself.
-
-        The bare form is taken because it is how such decorators are commonly written:
-        without it the function would arrive here as ``name``, and the decorator would
-        return its inner wrapper in the function's place and register nothing (clients
-        would get MethodNotFound, and calling the function a puzzling TypeError)."""
-
-        def wrap_as(given: str | None) -> Callable[[Handler], Handler]:
-            def wrap(fn: Handler) -> Handler:
-                own = given or getattr(fn, "__name__", None)
-                if not isinstance(own, str):
-                    # (a partial, a callable object): said plainly, not an AttributeError
-                    raise TypeError(
-                        f"a {type(fn).__name__!r} handler has no name of its own: "
-                        "give one, method(name)"
-                    )
-                # register makes every check, whichever form named the method
-                self.register(own, fn, context=context)
-                return fn
-
-            return wrap
-
-        if name is None or isinstance(name, str):
-            return wrap_as(name)
-        if callable(name):
-            return wrap_as(None)(name)
-        # neither a name nor a function: refused now, as register would refuse it
-        raise TypeError(f"a method name is a str, not {type(name).__name__!r}")
-
-
-def check_server_options(
-    max_message_size: object, max_pending: object, payments: object, response_fees: object
-) -> None:
-    """A server's options, checked when it is made: the limits went unchecked to each
-    stream's RpcProtocol, so ``max_pending=0`` (or a str) was taken and every client
-    that connected then failed; a payments source that cannot be called refused every
-    request, and a wrong fee policy failed at the first prepaid one."""
-    _check_count("max_message_size", max_message_size, 1)
-    _check_count("max_pending", max_pending, 1)
-    if not (payments is None or isinstance(payments, RequestPayments) or callable(payments)):
-        raise TypeError(
-            "payments must be a RequestPayments, a function of the connection ID or None, "
-            f"not {type(payments).__name__!r}"
-        )
-    if response_fees is not None and not isinstance(response_fees, ResponseFeePolicy):
-        raise TypeError(
-            "response_fees must be a ResponseFeePolicy or None, "
-            f"not {type(response_fees).__name__!r}"
-        )
-
-
-def error_reply(exc: BaseException) -> tuple[int, str, Any]:
-    """The error (code, message, data) a request is answered with when its handler
-    raised ``exc``: both servers answer so."""
-    if isinstance(exc, E.RemoteError):
-        return exc.code, exc.message, exc.data
-    if isinstance(exc, TypeError):
-        # taken for params the handler cannot take; its text is sent only when Python
-        # raised it binding the call (the handler never ran): a handler's own text stays
-        # private, as any other exception's does
-        tb = exc.__traceback__
-        detail = f": {exc}" if tb is not None and tb.tb_next is None else ""
-        return E.INVALID_PARAMS, f"invalid params{detail}", None
-    return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
-
-
-class ServerBase(Registry):
-    """What both servers (:class:`RpcServer`, ``AsyncRpcServer``) take, checked here
-    before anything starts, and keep: the message and pending bounds, and the fees
-    (``payments``, resolved once per connection through a PaymentsCache, and
-    ``response_fees``)."""
-
-    def __init__(
-        self,
-        max_message_size: int,
-        max_pending: int,
-        payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None,
-        response_fees: ResponseFeePolicy | None,
-    ) -> None:
-        check_server_options(max_message_size, max_pending, payments, response_fees)
-        super().__init__()
-        self.max_message_size = max_message_size
-        self.max_pending = max_pending
-        self.payments = payments
-        self._payments = PaymentsCache(payments)
-        self.response_fees = response_fees
 
 
 class RpcServer(ServerBase):
@@ -399,8 +254,8 @@ class _ServerStream:
         #: (``lock``) request id -> its job while it waits in the pool's queue
         self.queued: dict[int, _Job] = {}
         self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
-        #: the stream's fees (engine.ServerFees), its connection's check resolved now
-        self.fees = ServerFees(*stream_payments(server._payments, stream), server.response_fees)
+        #: the stream's fees (engine.ServerCallFees), its connection's check resolved now
+        self.fees = ServerCallFees(*stream_payments(server._payments, stream), server.response_fees)
         #: set when a pool worker or the writer thread is done with an answer (for
         #: finish_answers); ``failed``: sending failed, the stream is done for
         self.progress = threading.Event()
@@ -445,21 +300,7 @@ class _ServerStream:
         if not self.dontwait:
             send_answer(self.stream, data, self.server._closed)
             return b""
-        send = self.stream.send  # type: ignore[attr-defined]
-        # (a plain socket with a timeout -- the read loop's -- waited that long for room
-        # before it tried, holding a worker for a client that does not read: can_send)
-        plain = self.stream if isinstance(self.stream, _socket.socket) else None
-        view = memoryview(data)
-        while view:
-            if plain is not None and not can_send(plain):
-                return bytes(view)
-            try:
-                n: int = send(view, _socket.MSG_DONTWAIT)
-            except (BlockingIOError, TimeoutError):
-                # (a socket with a timeout waits for room that long before it tries)
-                return bytes(view)
-            view = view[n:]
-        return b""
+        return send_nowait(self.stream, data)
 
     def _send_rest(self, data: bytes) -> None:
         """The writer thread: send ``data`` however long the client takes (until the
@@ -737,11 +578,9 @@ class _ServerStream:
                             assert ctx is not None and type(step) is TakeEscrow
                             ctx.escrow_id = step.policy.admit(step.meta, step.peer)
                 except Exception as exc:
-                    # (the fee check failing itself: this request's failure alone)
-                    if not isinstance(exc, E.RemoteError):
-                        logger.exception("the fee check of %s failed", event.method)
+                    refusal = refusal_reply(event.method, exc)
                     with self.lock:
-                        self.proto.send_error(event.request_id, *fees.refusal(exc), request=event)
+                        self.proto.send_error(event.request_id, *refusal, request=event)
                     return
             if server._pool is None:
                 self.run_handler(fn, wants_ctx, event, ctx)
@@ -826,9 +665,7 @@ class _ServerStream:
         try:
             result = fn(event.params, ctx) if wants_ctx else fn(event.params)
         except Exception as exc:
-            if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", event.method)
-            code, message, data = error_reply(exc)
+            code, message, data = failure_reply(event.method, exc)
             with self.lock:
                 self.forget_context(request_id, ctx)
                 self.proto.send_error(request_id, code, message, data, request=event)
@@ -846,7 +683,7 @@ class _ServerStream:
                 # before the lock is let go: any flush may send the response from then
                 # on, and the client's ACK must find its escrow answered (body None:
                 # cancelled, past its deadline, or its result not encodable)
-                self.fees.ended(request_id, ctx.escrow_id, body)
+                end_request(self.fees, request_id, ctx.escrow_id, body)
         if self.server._pool is None:  # this stream's thread
             self.served += 1
         else:  # a worker's: several may finish at once, and after the stream ended
@@ -857,14 +694,12 @@ class _ServerStream:
         """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
         its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
         if ctx is not None and ctx.escrow_id is not None:
-            self.fees.ended(ctx.request_id, ctx.escrow_id, None)
+            end_request(self.fees, ctx.request_id, ctx.escrow_id, None)
 
     def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
         """The frame answering a request from RpcProtocol.take_request whose plain
         handler raised ``exc`` (the stream's thread only, no pool, no fees)."""
-        if not isinstance(exc, E.RemoteError | TypeError):
-            logger.exception("handler %s failed", request[2], exc_info=exc)
-        code, message, data = error_reply(exc)
+        code, message, data = failure_reply(request[2], exc)
         return self.proto.error_frame(request[1], code, message, data)
 
     def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
@@ -875,9 +710,7 @@ class _ServerStream:
         try:
             result = fn(event.params)
         except Exception as exc:
-            if not isinstance(exc, E.RemoteError | TypeError):
-                logger.exception("handler %s failed", event.method)
-            code, message, data = error_reply(exc)
+            code, message, data = failure_reply(event.method, exc)
             self.proto.send_error(event.request_id, code, message, data, request=event)
             return
         except BaseException as exc:  # KeyboardInterrupt, SystemExit...
