@@ -31,11 +31,16 @@ if TYPE_CHECKING:
     import dtp.socket
 
 # dtp is imported by the DTP servers only (in their functions), so that a TLS server's
-# process is what an asyncio/ssl user runs. It matters: importing dtp.aio frees a large
-# block, which raises glibc malloc's dynamic mmap threshold, and asyncio's reader.read(1
-# MiB) then gets its buffers from the heap instead of fresh mmaps -- the asyncio TLS
-# server ran 2x faster with dtp imported than without it (perf stat: 5 page faults
-# against 119,000 for 256 MiB).
+# process is what an asyncio/ssl user runs. It matters: glibc malloc's dynamic mmap
+# threshold (and its trim threshold, twice that) rises to the largest mmapped block the
+# process has freed, and with PYTHONDONTWRITEBYTECODE set every import compiles its
+# source, whose compiler frees a block that grows with the module (344 KiB for a
+# 3,000-line one). Below ~400 KiB, the asyncio servers' per-read objects (asyncio's
+# 256 KiB recv() results, reader.read()'s) are fresh mmaps, or a heap top grown and
+# trimmed, each read: the asyncio TLS server ran 2x faster with dtp imported than
+# without it (perf stat: 5 page faults against 119,000 for 256 MiB), and the DTP server
+# lost a third of its throughput when a module split made its largest import smaller (it
+# reads into one reused buffer since: dtp/transport/asyncio/protocol.py).
 
 
 def make_tls_context() -> tuple[ssl.SSLContext, str]:

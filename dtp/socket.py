@@ -43,13 +43,7 @@ from dtp.transport.blocking.checks import (
     recv_into_target,
 )
 from dtp.transport.blocking.connect import DEFAULT_TIMEOUT
-from dtp.transport.blocking.engine import (
-    DRAIN_QUIET,
-    FIRST_RECV_CHUNK,
-    LOSSY_LINGER,
-    READ_FIRST_SKIP,
-    RECV_CHUNK,
-)
+from dtp.transport.blocking.engine import DRAIN_QUIET, LOSSY_LINGER, READ_FIRST_SKIP
 from dtp.transport.blocking.files import FileStream, stream_file
 from dtp.transport.blocking.server import check_server_identity
 from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
@@ -58,7 +52,7 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import check_connect_timeout
+from dtp.transport.session import FIRST_RECV_CHUNK, RECV_CHUNK, check_connect_timeout
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -60,6 +60,15 @@ CALLBACK_FAILED = "internal error"
 #: sendall loop still sends) was reset, and the reset threw away what the peer had not
 #: read yet: the end of our data, and the CLOSE.
 CARRIER_DRAIN = 2.0
+#: The most one carrier read takes. Both adapters read into one reused buffer: a fresh
+#: 256 KiB object per read is, depending on glibc malloc's dynamic mmap threshold (set
+#: by the largest block the process happened to free before), an mmap and munmap, or a
+#: heap top grown and trimmed, each read -- page faults for every page of the data,
+#: a third of an asyncio server's time in a bulk transfer (bench/compare.py tcp_bulk_asyncio).
+RECV_CHUNK = 256 * 1024
+#: What a carrier's read buffer starts at (a short connection never pays for zeroing
+#: RECV_CHUNK); it doubles whenever a read fills it.
+FIRST_RECV_CHUNK = 16 * 1024
 #: How many of the closed streams still waiting for the connection to be done with them
 #: each :meth:`Session.forget` looks at again (see there): more than one, so that those
 #: the connection is done with leave the queue faster than closed streams join it.

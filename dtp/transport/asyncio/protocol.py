@@ -11,7 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dtp.protocol.connection import CloseCode
-from dtp.transport.session import CARRIER_DRAIN, UNSENT, Session
+from dtp.transport.session import (
+    CARRIER_DRAIN,
+    FIRST_RECV_CHUNK,
+    RECV_CHUNK,
+    UNSENT,
+    Session,
+)
 
 if TYPE_CHECKING:
     from dtp.transport.hooks import ConnectionHook
@@ -33,7 +39,7 @@ class _Owner:
     __slots__ = ("__weakref__",)
 
 
-class Protocol(asyncio.Protocol):
+class Protocol(asyncio.BufferedProtocol):
     """The carrier side of one connection: TCP bytes in and out of the Session."""
 
     def __init__(self, session: Session, loop: asyncio.AbstractEventLoop) -> None:
@@ -48,6 +54,9 @@ class Protocol(asyncio.Protocol):
         #: closes its side, or when this fires
         self._drain_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
+        # the carrier reads into this one buffer (see RECV_CHUNK): it starts small and
+        # doubles whenever a read fills it
+        self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         #: Keep the carrier open once the session ended, until its owner closes it (a
@@ -88,7 +97,19 @@ class Protocol(asyncio.Protocol):
             if not isinstance(exc, Exception):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._rbuf
+        if nbytes == len(view) and nbytes < RECV_CHUNK:
+            # the next read may bring more (this one's bytes stay in ``view``)
+            self._rbuf = memoryview(bytearray(min(2 * nbytes, RECV_CHUNK)))
+        self.data_received(view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Bytes from the carrier (also a server's first bytes, read before this
+        protocol took the transport over); the connection keeps none of ``data``."""
         self.conn.receive_data(data, self.loop.time())
         self._after_io()
 

@@ -19,7 +19,13 @@ from dtp.protocol.state import SendState
 from dtp.transport.blocking import LINGER
 from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.poll import wait_ready
-from dtp.transport.session import CARRIER_DRAIN, UNSENT, Session
+from dtp.transport.session import (
+    CARRIER_DRAIN,
+    FIRST_RECV_CHUNK,
+    RECV_CHUNK,
+    UNSENT,
+    Session,
+)
 
 if TYPE_CHECKING:
     from dtp.transport.blocking.connect import NextConnectKeys
@@ -28,8 +34,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-RECV_CHUNK = 256 * 1024  # the most one carrier read takes
-FIRST_RECV_CHUNK = 16 * 1024
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 # Buffers queued for the carrier beyond which a datagram is dropped whatever their size
 # (each datagram sent while the carrier is full queues one): their sum stays cheap.

@@ -1,0 +1,100 @@
+"""The asyncio protocol reads its carrier into one reused buffer.
+
+A fresh 256 KiB object per carrier read (``asyncio.Protocol.data_received``) is, by
+glibc malloc's dynamic mmap threshold, an mmap and munmap or a heap top grown and
+trimmed, each read: page faults for every page of the data, a third of an asyncio server's
+time in a bulk transfer (bench/compare.py ``tcp_bulk_asyncio``). The protocol is an
+``asyncio.BufferedProtocol`` now, as the blocking engine reads with ``recv_into``:
+these tests check that the bytes stay intact when the buffer is reused under them,
+and that it is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+import dtp.aio as daio
+from dtp.keys import HostIdentity
+from dtp.transport.asyncio.protocol import Protocol
+from dtp.transport.session import FIRST_RECV_CHUNK, RECV_CHUNK
+
+
+def _send_and_digest(payload: bytes, pieces: list[int]) -> tuple[str, list[memoryview]]:
+    """Send ``payload`` in writes of the sizes in ``pieces`` (cycled) to a server that
+    reads it all; returns the SHA-256 the server read and every buffer its carrier
+    reads were given."""
+    identity = HostIdentity.generate()
+    buffers: list[memoryview] = []
+    get_buffer = Protocol.get_buffer
+
+    def recording(self: Protocol, sizehint: int) -> memoryview:
+        buf = get_buffer(self, sizehint)
+        if self.session.conn.is_client is False:
+            buffers.append(buf)
+        return buf
+
+    async def main() -> str:
+        digest: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def handler(r: daio.DTPStreamReader, w: daio.DTPStreamWriter) -> None:
+            h = hashlib.sha256()
+            while chunk := await r.read(1 << 20):
+                h.update(chunk)
+            digest.set_result(h.hexdigest())
+            w.close()
+
+        server = await daio.start_server(handler, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _, w = await daio.open_connection(
+                *server.address, server_key=identity.noise_public, timeout=10
+            )
+            view, i = memoryview(payload), 0
+            while view:
+                n = pieces[i % len(pieces)]
+                w.write(view[:n])
+                view = view[n:]
+                i += 1
+                if i % 16 == 0:
+                    await w.drain()
+            w.write_eof()
+            await w.drain()
+            got = await asyncio.wait_for(digest, 30)
+            w.close()
+            await w.wait_closed()
+            return got
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Protocol, "get_buffer", recording)
+    try:
+        return asyncio.run(main()), buffers
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [[64 * 1024], [1, 7, 16_000, 65_537, 300_000, 3]],
+    ids=["64KiB-writes", "odd-writes"],
+)
+def test_bytes_read_into_a_reused_buffer_arrive_intact(pieces: list[int]) -> None:
+    # records split across reads, a partial record kept from one read to the next:
+    # the connection must have copied what it keeps before the buffer is read into again
+    payload = os.urandom(8 << 20)
+    digest, buffers = _send_and_digest(payload, pieces)
+    assert digest == hashlib.sha256(payload).hexdigest()
+    # one buffer per size it doubled through, not one per read
+    owners = {id(b.obj): b.obj for b in buffers}
+    assert len(buffers) > 4 * len(owners), (len(buffers), len(owners))
+    sizes = sorted(len(b) for b in {id(b.obj): b for b in buffers}.values())
+    assert sizes[0] == FIRST_RECV_CHUNK and sizes[-1] <= RECV_CHUNK
+    assert len(sizes) <= (RECV_CHUNK // FIRST_RECV_CHUNK).bit_length()
+
+
+def test_a_short_connection_keeps_its_first_small_buffer() -> None:
+    digest, buffers = _send_and_digest(b"ping", [4])
+    assert digest == hashlib.sha256(b"ping").hexdigest()
+    assert buffers and {len(b) for b in buffers} == {FIRST_RECV_CHUNK}
