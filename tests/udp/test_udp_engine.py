@@ -6,6 +6,7 @@ cadence, its drain and end, and the forwarder's answer to a usage report. Both d
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +29,7 @@ from dtp.hostid.udp.engine import (
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
+from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipts import Meter
 from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
 
@@ -238,6 +240,116 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
                 billing.replied(value, value)
         elif value and (billing.datagrams, billing.bytes) != signed:
             # the client signs what the relay served so far
+            now = int(time.time() * 1000)
+            d, b = billing.datagrams - signed[0], billing.bytes - signed[1]
+            receipt = meter.record(now, nbytes=b, requests=d) or meter.flush(now)
+            assert receipt is not None
+            relay.control_frame(b"R" + receipt.encode())
+            signed = (billing.datagrams, billing.bytes)
+        paid = 0 if billing.latest is None else billing.latest.total_requests
+        assert billing.datagrams - paid <= credit
+        assert fee(sla, billing.bytes, billing.datagrams) <= deposit
+
+
+# -- the relay's admission of the client's datagrams --------------------------------------------
+
+
+def test_an_ungated_relay_forwards_every_datagram_and_reports_nothing() -> None:
+    relay = RelayEngine(None, idle_timeout=60, report_every=4)
+    assert not relay.gated
+    admission = relay.admit([b"a", b"bb", b""], 1.0)
+    assert (admission.forward, admission.nbytes) == ([b"a", b"bb", b""], 3)
+    assert (admission.rate_limited, admission.unpaid) == (0, 0)
+    assert relay.delivered(3, 3, 2, 2) is None
+
+
+def test_datagrams_over_the_rate_are_dropped_before_they_are_billed() -> None:
+    """The rate limits come first: a datagram over them is dropped, and the billing
+    never reserves it (docs/udp.md)."""
+    limiter = RateLimiter(requests_per_sec=8)
+    buckets = limiter.acquire(CLIENT.sui_address, 0.0)
+    billing = _billing(credit_datagrams=100)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=1000, limits=buckets)
+    assert relay.gated
+    admission = relay.admit([b"x" * 10] * 50, 0.0)
+    assert 0 < len(admission.forward) < 50
+    assert admission.rate_limited == 50 - len(admission.forward)
+    assert admission.unpaid == 0
+    assert billing.datagrams == 0  # reserved, not yet counted
+    sent = len(admission.forward) - 1  # the backend's socket refused the last one
+    relay.delivered(len(admission.forward), admission.nbytes, sent, 10 * sent)
+    assert (billing.datagrams, billing.bytes) == (sent, 10 * sent)
+    # nothing is left reserved: the whole credit but what was billed is there
+    assert billing.may_forward(0)
+    billing.not_forwarded(0)
+    assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
+
+
+def test_a_datagram_the_billing_refuses_does_not_hold_back_a_smaller_one() -> None:
+    """The billing judges each datagram of a batch (here 1 MIST a byte, 100 deposited):
+    one beyond the deposit is dropped as unpaid, and a smaller one after it that the
+    deposit covers still goes (a batch of one at a time, as the asyncio relay asks,
+    decides the same)."""
+    billing = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=4)
+    admission = relay.admit([b"a" * 60, b"b" * 60, b"c" * 30], 0.0)
+    assert admission.forward == [b"a" * 60, b"c" * 30]
+    assert admission.unpaid == 1
+    one_by_one = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    single = RelayEngine(one_by_one, idle_timeout=60, report_every=4)
+    forwarded = [d for d in (b"a" * 60, b"b" * 60, b"c" * 30) if single.admit([d], 0.0).forward]
+    assert forwarded == admission.forward
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("batch"),
+                st.lists(st.tuples(st.integers(0, 3000), st.booleans()), max_size=8),
+            ),
+            st.tuples(st.just("reply"), st.integers(0, 3000)),
+            st.tuples(st.just("receipt"), st.booleans()),
+        ),
+        max_size=60,
+    ),
+    credit=st.integers(1, 6),
+    deposit=st.integers(0, 40_000),
+)
+def test_admitted_batches_never_serve_beyond_the_credit_or_the_deposit(
+    steps: list[tuple[str, Any]], credit: int, deposit: int
+) -> None:
+    """Batches admitted whole, some of their sends failing: every datagram is either
+    forwarded or dropped (by rate or as unpaid), only those sent are billed, nothing
+    stays reserved, and what was served stays within the credit and the deposit."""
+    sla = Sla(1, 1, 0)
+    billing = UdpBilling(
+        CONNECTION_ID, sla, CLIENT.ed25519_public, deposit, credit_datagrams=credit
+    )
+    relay = RelayEngine(billing, idle_timeout=60, report_every=credit)
+    meter = Meter(CLIENT, CONNECTION_ID, sla, deposit)
+    signed = (0, 0)
+    for kind, value in steps:
+        if kind == "batch":
+            batch = [b"d" * size for size, _ in value]
+            fails = {id(d) for d, (_, fail) in zip(batch, value, strict=True) if fail}
+            admission = relay.admit(batch, 0.0)
+            assert len(admission.forward) + admission.unpaid + admission.rate_limited == len(batch)
+            before = (billing.datagrams, billing.bytes)
+            went = [d for d in admission.forward if id(d) not in fails]
+            relay.delivered(
+                len(admission.forward), admission.nbytes, len(went), sum(map(len, went))
+            )
+            assert (billing.datagrams, billing.bytes) == (
+                before[0] + len(went),
+                before[1] + sum(map(len, went)),
+            )
+            assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
+        elif kind == "reply":
+            if billing.replies_allowed([value]):
+                billing.replied(value, value)
+        elif value and (billing.datagrams, billing.bytes) != signed:
             now = int(time.time() * 1000)
             d, b = billing.datagrams - signed[0], billing.bytes - signed[1]
             receipt = meter.record(now, nbytes=b, requests=d) or meter.flush(now)

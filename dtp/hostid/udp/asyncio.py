@@ -126,7 +126,9 @@ async def relay_udp_async(
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
-    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
+    engine = RelayEngine(
+        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+    )
     last = [loop.time()]  # (after the lookup: it may have taken a while)
 
     def on_replies() -> None:
@@ -186,30 +188,34 @@ async def relay_udp_async(
             # no receipt can come any more: the relay ends (docs/udp.md)
             stopped()
 
+    gated = engine.gated
+
     def on_datagram(data: bytes) -> None:
-        # pushed by the connection as each datagram arrives: no task wake-up per datagram
+        # pushed by the connection as each datagram arrives: no task wake-up per
+        # datagram, and each is a batch of one for the engine, asked only when gated
+        # (ungated, it drops and bills nothing: no engine call per datagram at all)
         last[0] = loop.time()
-        if limits is not None and not limits.admit((len(data),), time.monotonic()):
-            stats.add(dropped_rate_limited=1)
-            return
-        if billing is not None and not billing.may_forward(len(data)):
-            stats.add(dropped_unpaid=1)
-            return
+        nbytes = len(data)
+        if gated:
+            admission = engine.admit([data], time.monotonic())
+            if not admission.forward:
+                stats.add(
+                    dropped_rate_limited=admission.rate_limited, dropped_unpaid=admission.unpaid
+                )
+                return
         try:
             udp.send(data)
         except OSError:
             # a full socket buffer or an ICMP error drops the datagram, as UDP does;
             # the client pays only for what reached the backend
             stats.add(dropped_send_failed=1)
-            if billing is not None:
-                billing.not_forwarded(len(data))
+            if gated:
+                engine.delivered(1, nbytes, 0, 0)
             return
-        if billing is not None:
-            billing.forwarded(len(data))
         # one thread (the event loop) writes these counters: no lock per datagram
         stats.datagrams_in += 1
-        stats.bytes_in += len(data)
-        if (frame := engine.report()) is not None:
+        stats.bytes_in += nbytes
+        if gated and (frame := engine.delivered(1, nbytes, 1, nbytes)) is not None:
             send(frame)
 
     control_task = loop.create_task(control()) if billing is not None else None

@@ -186,7 +186,9 @@ def relay_udp(
         raise
     done = threading.Event()
     last = [time.monotonic()]
-    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
+    engine = RelayEngine(
+        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+    )
     control = None if billing is None else _RelayControl(sock, engine)
     # held while replies pass and while the drain starts: no reply goes after the
     # final report, which would leave it short of what was served
@@ -242,38 +244,27 @@ def relay_udp(
                 stats.add(dropped_finishing=len(batch))
                 continue
             last[0] = time.monotonic()
-            limited = 0
-            if limits is not None:
-                admitted = limits.admit([len(d) for d in batch], last[0])
-                limited = len(batch) - admitted
-                del batch[admitted:]
-            sent = nbytes = unpaid = failed = 0
-            for data in batch:
-                if billing is not None and not billing.may_forward(len(data)):
-                    unpaid += 1
-                    continue
+            admission = engine.admit(batch, last[0])
+            sent = nbytes = 0
+            for data in admission.forward:
                 try:
                     udp.send(data)
                 except OSError:
                     # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
                     # this send, which the kernel then discards -- nothing to bill
-                    failed += 1
-                    if billing is not None:
-                        billing.not_forwarded(len(data))
                     continue
-                if billing is not None:
-                    billing.forwarded(len(data))
                 sent += 1
                 nbytes += len(data)
+            frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
             stats.add(
                 datagrams_in=sent,
                 bytes_in=nbytes,
-                dropped_unpaid=unpaid,
-                dropped_rate_limited=limited,
-                dropped_send_failed=failed,
+                dropped_unpaid=admission.unpaid,
+                dropped_rate_limited=admission.rate_limited,
+                dropped_send_failed=len(admission.forward) - sent,
             )
             if control is not None:
-                control.send(engine.report())
+                control.send(frame)
     except (DTPError, OSError) as exc:
         logger.info("UDP relay ended: %s", exc)
     finally:

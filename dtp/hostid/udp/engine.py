@@ -28,6 +28,7 @@ from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Sla
+    from dtp.payments.ratelimit import ClientBuckets
     from dtp.transport.asyncio.streams import DTPStreamWriter
     from dtp.transport.blocking.socket import DTPSocket
 
@@ -248,8 +249,17 @@ class UdpBilling:
 
     def not_forwarded(self, nbytes: int) -> None:
         """A datagram :meth:`may_forward` allowed was not delivered: not billed."""
+        self.delivered(1, nbytes, 0, 0)
+
+    def delivered(self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int) -> None:
+        """Count what went of datagrams :meth:`may_forward` allowed: ``sent`` of
+        ``sent_bytes`` delivered to the backend, billed, and the reservation of all
+        ``reserved`` (of ``reserved_bytes``) released -- those not sent are not
+        billed. One call for a batch."""
         with self._lock:
-            self._unreserve(nbytes, 1)
+            self._unreserve(reserved_bytes, reserved)
+            self.datagrams += sent
+            self.bytes += sent_bytes
 
     def _unreserve(self, nbytes: int, datagrams: int) -> None:
         self._pending_bytes = max(0, self._pending_bytes - nbytes)
@@ -296,10 +306,7 @@ class UdpBilling:
 
     def forwarded(self, nbytes: int) -> None:
         """Count a datagram of ``nbytes`` delivered to the backend."""
-        with self._lock:
-            self._unreserve(nbytes, 1)
-            self.datagrams += 1
-            self.bytes += nbytes
+        self.delivered(1, nbytes, 1, nbytes)
 
     def admit(self, nbytes: int) -> bool:
         """Whether a datagram of ``nbytes`` from the client may be forwarded, counting
@@ -438,6 +445,22 @@ class ControlDecoder:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the relay does with a batch of the client's datagrams
+    (:meth:`RelayEngine.admit`)."""
+
+    #: The datagrams to send to the backend, in arrival order; the billing holds them
+    #: reserved until :meth:`RelayEngine.delivered` says which went.
+    forward: list[bytes]
+    #: Their bytes.
+    nbytes: int
+    #: Dropped: over the client's rate limits (``dropped_rate_limited``).
+    rate_limited: int
+    #: Dropped: not covered by a receipt, or beyond the deposit (``dropped_unpaid``).
+    unpaid: int
+
+
 #: Seconds a finishing relay waits for the receipt of its final report (over a lossy
 #: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
@@ -460,8 +483,13 @@ class RelayEngine:
         *,
         idle_timeout: float,
         report_every: int,
+        limits: ClientBuckets | None = None,
     ) -> None:
         self.billing = billing
+        self.limits = limits
+        #: Whether :meth:`admit` may drop anything: without rate limits and billing,
+        #: every datagram goes, and a driver need not ask per datagram.
+        self.gated = billing is not None or limits is not None
         self.idle_timeout = idle_timeout
         #: Datagrams between usage reports (no more than half the credit: see
         #: :meth:`UdpBilling.report_interval`).
@@ -478,6 +506,40 @@ class RelayEngine:
         self.finishing = False
         self._finish_by = 0.0
         self._finals = 0
+
+    def admit(self, batch: list[bytes], now: float) -> Admission:
+        """Which of the client's datagrams ``batch`` go to the backend (docs/udp.md):
+        first the rate limits (a datagram over them is dropped before it is billed: it
+        cannot wait, and holding it back only adds delay), then the billing, datagram
+        by datagram (:meth:`UdpBilling.may_forward`, which reserves each allowed one).
+        ``now`` is ``time.monotonic()``. The driver sends :attr:`Admission.forward`
+        and then calls :meth:`delivered` once for the batch."""
+        limited = 0
+        limits = self.limits
+        if limits is not None:
+            admitted = limits.admit([len(d) for d in batch], now)
+            limited = len(batch) - admitted
+            if limited:
+                batch = batch[:admitted]
+        billing = self.billing
+        if billing is None:
+            return Admission(batch, sum(map(len, batch)), limited, 0)
+        may_forward = billing.may_forward
+        forward = [d for d in batch if may_forward(len(d))]
+        return Admission(forward, sum(map(len, forward)), limited, len(batch) - len(forward))
+
+    def delivered(
+        self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int
+    ) -> bytes | None:
+        """After sending what :meth:`admit` let through (``reserved`` datagrams of
+        ``reserved_bytes``): ``sent`` of ``sent_bytes`` reached the backend's socket
+        and are billed; the others (a send refused: the backend's port closed, say)
+        are not. Returns the usage report now due, if any (:meth:`report`)."""
+        billing = self.billing
+        if billing is None:
+            return None
+        billing.delivered(reserved, reserved_bytes, sent, sent_bytes)
+        return self.report()
 
     def control_frame(self, body: bytes) -> bytes | None:
         """The answer to a frame from the forwarder: None for a receipt (``R``, kept),
