@@ -22,11 +22,11 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
     control_frame,
     parse_report,
 )
 from dtp.hostid.udp.flow_table import FlowTable
+from dtp.hostid.udp.stats import UdpStats
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
 from dtp.payments.ratelimit import RateLimiter
@@ -35,6 +35,8 @@ from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
 
 SLA = Sla(1, 1, 0)
 DEPOSIT = 10**9
+#: The wall clock the forwarder's receipts are signed at (the engine reads none).
+NOW_MS = 1_700_000_000_000
 
 
 def _billing(**kw: object) -> UdpBilling:
@@ -369,10 +371,11 @@ def test_the_forwarder_signs_a_report_capped_by_what_it_sent_and_received() -> N
     out, _, _ = flow.take([b"x" * 10, b"y" * 10], 100)
     assert len(out) == 2
     flow.received_bytes = 5
-    answer = flow.answer(b"U" + USAGE.pack(9, 999), "here")
+    answer = flow.answer(b"U" + USAGE.pack(9, 999), "here", NOW_MS)
     assert answer.receipt is not None and not answer.final and answer.paid_before == 0
     assert flow.billed == (2, 25)
-    assert flow.answer(b"Z" + USAGE.pack(2, 25), "here") == (type(answer)(None, True, flow.paid))
+    final = flow.answer(b"Z" + USAGE.pack(2, 25), "here", NOW_MS)
+    assert final == (type(answer)(None, True, flow.paid))
 
 
 @pytest.mark.parametrize(
@@ -382,7 +385,7 @@ def test_the_forwarder_refuses_a_frame_the_relay_never_sends(body: bytes) -> Non
     with pytest.raises(BadControlFrame, match="unexpected UDP control frame"):
         parse_report(body)
     with pytest.raises(BadControlFrame):
-        FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)).answer(body, "here")
+        FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)).answer(body, "here", NOW_MS)
 
 
 def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -393,7 +396,7 @@ def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.Monke
         raise InsufficientFunds("the deposit is spent")
 
     monkeypatch.setattr(flow, "sign", refuse)
-    answer = flow.answer(b"U" + USAGE.pack(1, 1), "here")
+    answer = flow.answer(b"U" + USAGE.pack(1, 1), "here", NOW_MS)
     assert answer.receipt is None and not answer.final
 
 
@@ -404,12 +407,12 @@ def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> Non
     stats = UdpStats()
     out, oversized, unpaid = flow.take([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
     assert (len(out), oversized, unpaid) == (3, 1, 0)
-    flow.count_send(stats, out, 2, oversized, unpaid)
+    stats.add(**flow.count_send(out, 2, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert (stats.datagrams_out, stats.bytes_out, stats.dropped_backlog) == (2, 8, 1)
     assert stats.dropped_oversized == 1
     out, oversized, unpaid = flow.take([b"e" * 11], 100)
-    flow.count_send(stats, out, None, oversized, unpaid)
+    stats.add(**flow.count_send(out, None, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert stats.dropped_no_session == 1 and stats.datagrams_out == 2
 

@@ -24,11 +24,10 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
-    abort_control,
 )
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
+    abort_control,
     backend_socket,
     bind_udp,
     check_backend,
@@ -37,7 +36,9 @@ from dtp.hostid.udp.sockets import (
     drain,
     drain_by_source,
     pass_replies,
+    wall_ms,
 )
+from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
@@ -386,10 +387,10 @@ class AsyncUdpForwarder(FlowTable):
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", flow.source, exc)
-            flow.count_send(self.stats, out, None, oversized, unpaid)
+            self.stats.add(**flow.count_send(out, None, oversized, unpaid))
             self._end_later(flow)
             return
-        flow.count_send(self.stats, out, sent, oversized, unpaid)
+        self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
 
     async def _open(self, flow: _Flow) -> None:
         writer: DTPStreamWriter | None = None
@@ -487,7 +488,7 @@ class AsyncUdpForwarder(FlowTable):
         assert flow.reader is not None
         decoder = ControlDecoder()
         while (body := await _read_control(flow.reader, decoder)) is not None:
-            answer = flow.answer(body, flow.source)
+            answer = flow.answer(body, flow.source, wall_ms())
             if answer.receipt is not None and flow.writer is not None:
                 try:
                     flow.writer.write(answer.receipt)
@@ -497,7 +498,7 @@ class AsyncUdpForwarder(FlowTable):
                     # nothing)
                     logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
                     break
-                flow.signed(self.stats, answer.paid_before)
+                self.stats.add(**flow.signed(answer.paid_before))
             if answer.final:
                 flow.final.set()
 

@@ -54,11 +54,10 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
-    abort_control,
 )
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
+    abort_control,
     backend_socket,
     bind_udp,
     check_count,
@@ -66,7 +65,9 @@ from dtp.hostid.udp.sockets import (
     drain,
     drain_by_source,
     pass_replies,
+    wall_ms,
 )
+from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.receipts import Meter
 from dtp.transport.poll import wait_ready
 
@@ -114,11 +115,13 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
 
 class _RelayControl:
     """The relay's end of the control stream, in a thread of its own: the forwarder's
-    frames in, :class:`RelayEngine`'s answers and reports out."""
+    frames in, :class:`RelayEngine`'s answers and reports out. ``lock`` is the relay's
+    engine lock (the engine is sans-I/O and lock-free: the relay's threads share it)."""
 
-    def __init__(self, sock: DTPSocket, engine: RelayEngine) -> None:
+    def __init__(self, sock: DTPSocket, engine: RelayEngine, lock: threading.Lock) -> None:
         self.sock = sock
         self.engine = engine
+        self.lock = lock
         self.wlock = threading.Lock()
 
     def send(self, frame: bytes | None) -> None:
@@ -130,14 +133,17 @@ class _RelayControl:
     def run(self) -> None:
         try:
             for body in _control_frames(self.sock):
-                self.send(self.engine.control_frame(body))
+                with self.lock:
+                    frame = self.engine.control_frame(body)
+                self.send(frame)
         except BadControlFrame as exc:
             abort_control(self.sock, exc)
         except (DTPError, OSError):
             pass
         finally:
             # no receipt can come any more: the relay ends (docs/udp.md)
-            self.engine.control_ended = True
+            with self.lock:
+                self.engine.control_ended = True
 
 
 def relay_udp(
@@ -189,9 +195,14 @@ def relay_udp(
     engine = RelayEngine(
         billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
     )
-    control = None if billing is None else _RelayControl(sock, engine)
+    # the one lock of the engine (and its billing), which this loop, the reply thread
+    # and the control thread share; held for engine calls only, never for I/O
+    # (tests/udp/test_relay_engine_lock.py)
+    lock = threading.Lock()
+    control = None if billing is None else _RelayControl(sock, engine, lock)
     # held while replies pass and while the drain starts: no reply goes after the
-    # final report, which would leave it short of what was served
+    # final report, which would leave it short of what was served (taken before
+    # `lock`, never while holding it)
     passing = threading.Lock()
 
     limit = sock.max_datagram_size
@@ -207,12 +218,14 @@ def relay_udp(
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
                     if not pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, billing, limits
+                        drain(udp), limit, sock.send_datagrams, stats, billing, limits, lock
                     ):
                         continue
                 last[0] = time.monotonic()
                 if control is not None:
-                    control.send(engine.report())  # (replies alone may make one due)
+                    with lock:
+                        frame = engine.report()  # (replies alone may make one due)
+                    control.send(frame)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -223,11 +236,14 @@ def relay_udp(
         while True:
             now = time.monotonic()
             if finish is not None and not engine.finishing and finish.is_set():
-                with passing:
-                    frame = engine.finish(now, reliable=_reliable(sock))
+                reliable = _reliable(sock)
+                with passing, lock:
+                    frame = engine.finish(now, reliable=reliable)
                 if control is not None:
                     control.send(frame)
-            if engine.done(now, last[0]):
+            with lock:
+                over = engine.done(now, last[0])
+            if over:
                 break  # (idle, drained, or no receipts any more: docs/udp.md)
             try:
                 batch = sock.recv_datagrams(256, engine.wait)
@@ -235,7 +251,9 @@ def relay_udp(
                 if _ended(sock):
                     break  # (its idle timeout)
                 if control is not None:
-                    control.send(engine.paused(time.monotonic(), last[0]))
+                    with lock:
+                        frame = engine.paused(time.monotonic(), last[0])
+                    control.send(frame)
                 continue
             except DTPError:
                 break  # the connection ended
@@ -244,7 +262,8 @@ def relay_udp(
                 stats.add(dropped_finishing=len(batch))
                 continue
             last[0] = time.monotonic()
-            admission = engine.admit(batch, last[0])
+            with lock:
+                admission = engine.admit(batch, last[0])
             sent = nbytes = 0
             for data in admission.forward:
                 try:
@@ -255,7 +274,8 @@ def relay_udp(
                     continue
                 sent += 1
                 nbytes += len(data)
-            frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
+            with lock:
+                frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
             stats.add(
                 datagrams_in=sent,
                 bytes_in=nbytes,
@@ -269,7 +289,9 @@ def relay_udp(
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
-        if not engine.settled:
+        with lock:
+            settled = engine.settled
+        if not settled:
             # the control stream may still hold the final receipt: let it be read to
             # its end (the peer's close) before closing our side
             for thread in threads:
@@ -314,14 +336,16 @@ class _Session(FlowAccount):
         """Usage reports in, receipts out, until the stream ends."""
         try:
             for body in _control_frames(self.sock):
+                now_ms = wall_ms()
                 with self.lock:
-                    answer = self.answer(body, self.source)
+                    answer = self.answer(body, self.source, now_ms)
                 if answer.receipt is not None:
                     # (this thread alone signs: its receipts go out in nonce order)
                     with self.wlock:
                         self.sock.sendall(answer.receipt)
                     with self.lock:
-                        self.signed(self.stats, answer.paid_before)
+                        counts = self.signed(answer.paid_before)
+                    self.stats.add(**counts)
                 if answer.final:
                     self.final.set()
         except BadControlFrame as exc:
@@ -540,9 +564,9 @@ class UdpForwarder(FlowTable):
             sent = session.sock.send_datagrams(out) if out else 0
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", session.source, exc)
-            session.count_send(self.stats, out, None, oversized, unpaid)
+            self.stats.add(**session.count_send(out, None, oversized, unpaid))
             return False
-        session.count_send(self.stats, out, sent, oversized, unpaid)
+        self.stats.add(**session.count_send(out, sent, oversized, unpaid))
         return True
 
     def _replies(self, session: _Session) -> None:
