@@ -33,9 +33,12 @@ from dtp.hostid.udp.sockets import (
     check_backend,
     check_count,
     check_seconds,
+    closed_future,
+    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
+    reliable_carrier,
     wall_ms,
 )
 from dtp.hostid.udp.stats import UdpStats
@@ -117,7 +120,7 @@ async def relay_udp_async(
     could claim none of it."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
-    limit = writer._conn.max_datagram_size
+    limit = writer.max_datagram_size
     try:
         # (checked before the backend socket is made: a None idle_timeout raised a
         # TypeError past it, its reader and the connection, all left open)
@@ -220,17 +223,16 @@ async def relay_udp_async(
             send(frame)
 
     control_task = loop.create_task(control()) if billing is not None else None
-    session, proto = writer._session, writer._proto
     writer.set_datagram_sink(on_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     try:
-        ended = proto.closed_future
-        while not ended.done() and session.terminated is None:
+        ended = closed_future(writer)
+        while not ended.done() and not connection_ended(writer):
             now = loop.time()
             if asked is not None and asked.done() and not engine.finishing:
                 writer.set_datagram_sink(finishing)
                 loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
-                send(engine.finish(now, reliable=session.conn.config.reliable_carrier))
+                send(engine.finish(now, reliable=reliable_carrier(writer)))
             if engine.done(now, last[0]):
                 break
             # wake for the connection's end, a pause in traffic or the finish, not per
@@ -382,7 +384,7 @@ class AsyncUdpForwarder(FlowTable):
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer._conn.max_datagram_size)
+        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
         try:
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
@@ -462,7 +464,7 @@ class AsyncUdpForwarder(FlowTable):
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
             # the connection's own closed future (its wait_closed() raised CancelledError)
-            await asyncio.shield(writer._proto.closed_future)
+            await asyncio.shield(closed_future(writer))
         finally:
             writer.set_datagram_sink(None)
         if not flow.closed:

@@ -62,9 +62,11 @@ from dtp.hostid.udp.sockets import (
     bind_udp,
     check_count,
     check_seconds,
+    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
+    reliable_carrier,
     wall_ms,
 )
 from dtp.hostid.udp.stats import UdpStats
@@ -79,19 +81,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _ended(sock: DTPSocket) -> bool:
-    """Whether ``sock``'s connection has ended. Its idle timeout is a DTPTimeoutError
-    too, as a read that timed out is, but raised at once by every later read: taken
-    for a pause, the loop reading would spin on it."""
-    return sock._engine.session.terminated is not None
-
-
-def _reliable(sock: DTPSocket) -> bool:
-    """Whether ``sock``'s carrier is reliable (a finishing relay waits longer for its
-    final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
-    return sock._engine.session.conn.config.reliable_carrier
-
-
 def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
     """The control stream's frames until its end (:class:`ControlDecoder`). Raises
     :class:`BadControlFrame` for a length out of bounds."""
@@ -102,7 +91,7 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
         try:
             data = sock.recv(CONTROL_READ)
         except DTPTimeoutError:
-            if _ended(sock):
+            if connection_ended(sock):
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
             # control stream, not its end. Giving up here stopped the receipts for good
@@ -236,7 +225,7 @@ def relay_udp(
         while True:
             now = time.monotonic()
             if finish is not None and not engine.finishing and finish.is_set():
-                reliable = _reliable(sock)
+                reliable = reliable_carrier(sock)
                 with passing, lock:
                     frame = engine.finish(now, reliable=reliable)
                 if control is not None:
@@ -248,7 +237,7 @@ def relay_udp(
             try:
                 batch = sock.recv_datagrams(256, engine.wait)
             except TimeoutError:
-                if _ended(sock):
+                if connection_ended(sock):
                     break  # (its idle timeout)
                 if control is not None:
                     with lock:
@@ -575,7 +564,7 @@ class UdpForwarder(FlowTable):
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
-                if _ended(sock):
+                if connection_ended(sock):
                     break  # (its idle timeout)
                 continue
             except DTPError:
