@@ -31,7 +31,7 @@ from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
 from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipts import Meter
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
+from tests.udp.world import CLIENT, CONNECTION_ID
 
 SLA = Sla(1, 1, 0)
 DEPOSIT = 10**9
