@@ -24,8 +24,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
-from dtp.hostid.udp.blocking import _Session
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
@@ -290,43 +289,15 @@ def test_a_second_close_waits_for_the_first() -> None:
     assert port_free == [True]
 
 
-def test_datagrams_sent_on_an_ended_connection_are_counted(backend: DnsLikeBackend) -> None:
+def test_datagrams_sent_on_an_ended_connection_are_counted(
+    backend: DnsLikeBackend, driver: UdpDriver
+) -> None:
     """A batch whose send found the flow's connection ended vanished: not forwarded, not
     counted as dropped (UdpStats promises every drop is counted), and still counted
     as sent, which the relay's final report could then be signed for."""
-    no_connect: Any = None
-    with (
-        _server(functools.partial(relay_udp, backend=backend.address)) as server,
-        UdpForwarder(("127.0.0.1", 0), no_connect) as fwd,
-    ):
-        sock = _connect(server)
-        sock.close()
-        session = _Session(("127.0.0.1", 9), sock, None, fwd.stats)
-        with session.lock:
-            assert fwd._send_locked(session, [b"a", b"bc"]) is False
-        assert fwd.stats.dropped_no_session == 2
-        assert (session.sent_datagrams, session.sent_bytes) == (0, 0)
-
-
-def test_datagrams_sent_on_an_ended_asyncio_flow_are_counted(backend: DnsLikeBackend) -> None:
-    async def main() -> tuple[int, int, int]:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(reader, writer, backend.address, idle_timeout=BOUND)
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), None)  # type: ignore[arg-type]
-        try:
-            _, writer = await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-            writer.close()
-            await writer.wait_closed()
-            flow = _Flow(("127.0.0.1", 9))
-            flow.writer = writer
-            fwd._send(flow, [b"a", b"bc"])
-            return fwd.stats.dropped_no_session, flow.sent_datagrams, flow.sent_bytes
-        finally:
-            await fwd.close()
-            server.close()
-
-    assert asyncio.run(main()) == (2, 0, 0)
+    relay_kw: dict[str, Any] = {"idle_timeout": BOUND}
+    ended: list[float] = []
+    with driver.serve_relay(SERVER, backend.address, lambda: relay_kw, ended) as address:
+        counts = driver.send_on_ended_flow(address, SERVER.noise_public, [b"a", b"bc"])
+    # dropped_no_session, then what the flow counts as sent
+    assert counts == (2, 0, 0)
