@@ -69,11 +69,16 @@ class UdpDriver:
         raise NotImplementedError
 
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> contextlib.AbstractContextManager[Forwarder]:
         """A forwarder on 127.0.0.1 whose flows connect to the DTP server at
         ``address`` (``connect`` is the blocking way to; the asyncio driver opens the
-        same connection with :func:`dtp.aio.open_connection`)."""
+        same connection with :func:`dtp.aio.open_connection`). ``fail``, when given,
+        runs first in each connect: what it raises is that connect's failure."""
         raise NotImplementedError
 
     def close(self, fwd: Forwarder) -> None:
@@ -140,9 +145,18 @@ class BlockingDriver(UdpDriver):
 
     @contextlib.contextmanager
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> Iterator[Forwarder]:
-        with UdpForwarder(("127.0.0.1", 0), connect, **kw) as fwd:
+        def connecting() -> dtp.socket.DTPSocket:
+            if fail is not None:
+                fail()
+            return connect()
+
+        with UdpForwarder(("127.0.0.1", 0), connect if fail is None else connecting, **kw) as fwd:
             yield fwd
 
     def close(self, fwd: Forwarder) -> None:
@@ -243,10 +257,16 @@ class AsyncioDriver(UdpDriver):
 
     @contextlib.contextmanager
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> Iterator[Forwarder]:
 
         async def open_flow() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            if fail is not None:
+                fail()
             if not isinstance(connect, functools.partial):
                 connect()  # (a connect no flow may call: it raises)
                 raise AssertionError("connect: a partial of create_connection")
