@@ -70,6 +70,9 @@ class UdpBilling:
     it for the disk (a :class:`~dtp.payments.receipt_writer.ReceiptWriter`): counted at once, the
     relay served on a receipt a crash could still lose, a receipt interval beyond the
     credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
+
+    Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
+    under its engine lock; the asyncio relay on its loop, where ``kept`` must run too).
     """
 
     def __init__(
