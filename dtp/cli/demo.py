@@ -447,7 +447,7 @@ def demo_udp(tour: Tour) -> None:
     from pathlib import Path
 
     import dtp.socket
-    from dtp.hostid.udp import UdpBilling, UdpForwarder, relay_udp
+    from dtp.hostid.udp import UdpBilling, UdpForwarder, billing_from_ledger, relay_udp
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
     from dtp.ledger.objects import Sla
@@ -480,9 +480,7 @@ def demo_udp(tour: Tour) -> None:
 
         def relay(sock: dtp.socket.DTPSocket) -> None:
             assert sock.peer_connection_id is not None
-            billing = UdpBilling.from_ledger(
-                ledger, sock.peer_connection_id, on_receipt=kept.append
-            )
+            billing = billing_from_ledger(ledger, sock.peer_connection_id, on_receipt=kept.append)
             bills.append(billing)
             relay_udp(sock, resolver.getsockname(), billing=billing, idle_timeout=10)
 

@@ -117,6 +117,15 @@ class UdpForward:
                 await self.gas.explains(exc)
             raise
         assert writer.connection_id is not None and writer.escrow_id is not None
+        # once the flow's connection ends, it is half-closed on the ledger, as the TCP
+        # forwarder's are: its billing is the flow's own (OWN_BILLING), so the writer's
+        # close did none, and where the daemon did not settle (killed, its claim
+        # refused) the client could never settle: EConnectionOpen, the deposit held.
+        # Watched from here, before the escrow read, so that the read's failure path
+        # (the close below) half-closes it too (tests/daemon/test_udp_forward.py)
+        watcher = asyncio.ensure_future(self._close_when_ended(writer))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         try:
             escrow = await asyncio.to_thread(self.ledger.get_escrow, writer.escrow_id)
         except BaseException:
@@ -126,13 +135,6 @@ class UdpForward:
             raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited
-        # once the flow's connection ends, it is half-closed on the ledger, as the TCP
-        # forwarder's are: its billing is the flow's own (OWN_BILLING), so the writer's
-        # close did none, and where the daemon did not settle (killed, its claim
-        # refused) the client could never settle: EConnectionOpen, the deposit held
-        watcher = asyncio.ensure_future(self._close_when_ended(writer))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
         stats.connections += 1
         stats.tunnels += 1
         self.book.touch()

@@ -11,6 +11,7 @@ reader)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import types
@@ -23,7 +24,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter, Sla
 from dtp.daemon.config import Backend, ForwardConfig
 from dtp.daemon.state import StatusBook
 from dtp.daemon.udp_forward import UdpForward
@@ -120,6 +121,75 @@ def test_a_flow_whose_escrow_cannot_be_read_closes_its_connection(
 
     try:
         asyncio.run(main())
+    finally:
+        server.close()
+        serving.join(5)
+        assert wait_for(lambda: not _bridges(), 30)
+        server_ledger.close()
+
+
+def test_a_flow_whose_escrow_cannot_be_read_is_half_closed_on_the_ledger(
+    ledger: tuple[LocalLedger, str], tmp_path: Path
+) -> None:
+    """The escrow read's failure path closes the connection, and the ledger half-close
+    follows it there too: watched only once the read had succeeded, the connection
+    stayed open on the ledger and the client could never settle (EConnectionOpen, its
+    deposit held). Settled afterwards, the deposit comes back whole: nothing was
+    served."""
+    book, host_id = ledger
+    server_ledger = LocalLedger(book.path)
+    server = dtp.socket.create_server(
+        None, identity=SERVER, ledger=server_ledger, host_id=host_id, port=PORT
+    )
+
+    def handler(sock: dtp.socket.DTPSocket) -> None:
+        with contextlib.suppress(DTPError):
+            while sock.recv(1 << 16):
+                pass
+        sock.close()
+
+    serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
+    serving.start()
+    before = book.balance(CLIENT.sui_address)
+    config = ForwardConfig(
+        name="f",
+        listen=Backend("127.0.0.1", 0),
+        target=HostAddress.parse(f"dtp://{host_id}:{PORT}"),
+        deposit=5000,
+        protocol="udp",
+    )
+    forward = UdpForward(config, _EscrowUnreadable(book), CLIENT, StatusBook(tmp_path))  # type: ignore[arg-type]
+
+    def opened() -> list[str]:
+        events = book.read_events(filter=EventFilter(type="ConnectionOpened")).events
+        return [str(e.fields["connection"]) for e in events]
+
+    def half_closed_by_client(cid: str) -> bool:
+        tc = book.get_connection(cid)
+        return tc.state == ConnectionState.CLOSED or tc.half_closed_by == CLIENT.sui_address
+
+    async def main() -> None:
+        address = await forward.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"hello", address)
+            assert await asyncio.to_thread(wait_for, lambda: len(opened()) == 1, 30)
+            (cid,) = opened()
+            assert await asyncio.to_thread(wait_for, lambda: half_closed_by_client(cid), 30)
+        await forward.drain(5)
+        assert forward.stats.errors == 1
+
+    try:
+        asyncio.run(main())
+        (cid,) = opened()
+        tc = book.get_connection(cid)
+        assert tc.state in (ConnectionState.HALF_CLOSED, ConnectionState.CLOSED)
+        if tc.state != ConnectionState.CLOSED:
+            book.advance_clock(HALF_CLOSE_TIMEOUT_MS)  # (the server never settled)
+            book.settle(CLIENT, cid)
+        # the whole deposit back: no fee was earned, and none of it is held
+        assert book.balance(CLIENT.sui_address) == before
+        audit = book.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
     finally:
         server.close()
         serving.join(5)

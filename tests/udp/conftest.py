@@ -19,7 +19,8 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
+from dtp.hostid.udp.blocking import _Session
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from tests.udp.world import DnsLikeBackend
@@ -68,11 +69,16 @@ class UdpDriver:
         raise NotImplementedError
 
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> contextlib.AbstractContextManager[Forwarder]:
         """A forwarder on 127.0.0.1 whose flows connect to the DTP server at
         ``address`` (``connect`` is the blocking way to; the asyncio driver opens the
-        same connection with :func:`dtp.aio.open_connection`)."""
+        same connection with :func:`dtp.aio.open_connection`). ``fail``, when given,
+        runs first in each connect: what it raises is that connect's failure."""
         raise NotImplementedError
 
     def close(self, fwd: Forwarder) -> None:
@@ -83,6 +89,14 @@ class UdpDriver:
     def abort_flows(self, fwd: Forwarder) -> None:
         """Abort the connections of a forwarder's open flows (a close would wait for
         what a stalled peer never reads)."""
+        raise NotImplementedError
+
+    def send_on_ended_flow(
+        self, address: tuple[str, int], server_key: bytes, batch: list[bytes]
+    ) -> tuple[int, int, int]:
+        """Send ``batch`` on a forwarder's flow whose connection (to the relay at
+        ``address``) has ended; returns the forwarder's ``dropped_no_session`` and what
+        the flow counts as sent (datagrams, bytes)."""
         raise NotImplementedError
 
 
@@ -131,9 +145,18 @@ class BlockingDriver(UdpDriver):
 
     @contextlib.contextmanager
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> Iterator[Forwarder]:
-        with UdpForwarder(("127.0.0.1", 0), connect, **kw) as fwd:
+        def connecting() -> dtp.socket.DTPSocket:
+            if fail is not None:
+                fail()
+            return connect()
+
+        with UdpForwarder(("127.0.0.1", 0), connect if fail is None else connecting, **kw) as fwd:
             yield fwd
 
     def close(self, fwd: Forwarder) -> None:
@@ -146,6 +169,18 @@ class BlockingDriver(UdpDriver):
             socks = [session.sock for session in fwd._sessions.values()]
         for sock in socks:
             sock.abort()
+
+    def send_on_ended_flow(
+        self, address: tuple[str, int], server_key: bytes, batch: list[bytes]
+    ) -> tuple[int, int, int]:
+        no_connect: Any = None
+        with UdpForwarder(("127.0.0.1", 0), no_connect) as fwd:
+            sock = dtp.socket.create_connection(address, server_key=server_key, timeout=5)
+            sock.close()
+            session = _Session(("127.0.0.1", 9), sock, None, fwd.stats)
+            with session.lock:
+                assert fwd._send_locked(session, batch) is False
+            return fwd.stats.dropped_no_session, session.sent_datagrams, session.sent_bytes
 
 
 class AsyncioDriver(UdpDriver):
@@ -222,10 +257,16 @@ class AsyncioDriver(UdpDriver):
 
     @contextlib.contextmanager
     def forwarder(
-        self, connect: Callable[[], dtp.socket.DTPSocket], address: tuple[str, int], **kw: Any
+        self,
+        connect: Callable[[], dtp.socket.DTPSocket],
+        address: tuple[str, int],
+        fail: Callable[[], None] | None = None,
+        **kw: Any,
     ) -> Iterator[Forwarder]:
 
         async def open_flow() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
+            if fail is not None:
+                fail()
             if not isinstance(connect, functools.partial):
                 connect()  # (a connect no flow may call: it raises)
                 raise AssertionError("connect: a partial of create_connection")
@@ -251,6 +292,26 @@ class AsyncioDriver(UdpDriver):
                     flow.writer.abort()
 
         self.run(abort())
+
+    def send_on_ended_flow(
+        self, address: tuple[str, int], server_key: bytes, batch: list[bytes]
+    ) -> tuple[int, int, int]:
+        async def main() -> tuple[int, int, int]:
+            fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), None)  # type: ignore[arg-type]
+            try:
+                _, writer = await dtp.aio.open_connection(
+                    *address, server_key=server_key, timeout=5
+                )
+                writer.close()
+                await writer.wait_closed()
+                flow = _Flow(("127.0.0.1", 9))
+                flow.writer = writer
+                fwd._send(flow, batch)
+                return fwd.stats.dropped_no_session, flow.sent_datagrams, flow.sent_bytes
+            finally:
+                await fwd.close()
+
+        return self.run(main())
 
 
 @pytest.fixture(params=["blocking", "asyncio"])

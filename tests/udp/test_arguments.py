@@ -43,8 +43,22 @@ from dtp.keys import HostIdentity
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
-from tests.udp.test_asyncio_relay_ends import BAD_FORWARDER_ARGS
 from tests.udp.world import CLIENT, CONNECTION_ID
+
+#: Forwarder settings both forwarders refuse, each naming the setting.
+BAD_FORWARDER_ARGS = [
+    {"idle_timeout": 0},
+    {"idle_timeout": -1.0},
+    {"idle_timeout": None},
+    {"idle_timeout": float("nan")},
+    {"idle_timeout": True},
+    {"max_pending": 1.5},
+    {"max_pending": -1},
+    {"max_sessions": 0},
+    {"max_sessions": True},
+    {"final_timeout": -1},
+    {"retry_after": "1"},
+]
 
 
 @pytest.mark.parametrize("kw", BAD_FORWARDER_ARGS, ids=repr)

@@ -134,25 +134,6 @@ def test_close_waits_for_a_connect_it_cancels_to_unwind() -> None:
     assert asyncio.run(main())
 
 
-BAD_FORWARDER_ARGS = [
-    {"idle_timeout": 0},
-    {"idle_timeout": -1.0},
-    {"idle_timeout": None},
-    {"idle_timeout": float("nan")},
-    {"idle_timeout": True},
-    {"max_pending": 1.5},
-    {"max_pending": -1},
-    {"max_sessions": 0},
-    {"max_sessions": True},
-    {"final_timeout": -1},
-    {"retry_after": "1"},
-]
-
-
-# (the forwarders' and the relays' checks of these numbers, both drivers:
-# tests/udp/test_arguments.py)
-
-
 def test_a_relay_cancelled_while_it_ends_is_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle relay's end reads its control stream for a last receipt (up to 2 s);
     cancelled then (the daemon stopping), it swallowed the cancellation and returned

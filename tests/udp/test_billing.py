@@ -28,10 +28,10 @@ from dtp.errors import DTPError
 from dtp.escrow import Meter
 from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
-from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
+from dtp.hostid.udp.engine import control_frame
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
-from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
 
 
 def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:
@@ -179,7 +179,7 @@ def _lossy_flow(billing: UdpBilling, rounds: int, lose_every: int) -> int:
                 account.received_bytes += 1000
         totals = billing.report_due(billing.report_interval(8))
         if totals is not None:
-            frame = account.sign(*totals)
+            frame = account.sign(*totals, int(time.time() * 1000))
             if frame is not None:
                 assert billing.receipt(frame[5:])
     return served
@@ -274,31 +274,6 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
     assert billing.latest is not None and billing.latest.total_bytes < billing.bytes
 
 
-def _sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event) -> None:
-    """A forwarder's half of the control stream, bare: signs every usage report."""
-    decoder = ControlDecoder()
-    billed = (0, 0)
-    while not stop.is_set():
-        try:
-            data = sock.recv(4096)
-        except DTPError:
-            if stop.is_set() or sock._engine.session.terminated is not None:
-                return
-            continue
-        if not data:
-            return
-        decoder.receive(data)
-        while (body := decoder.next_frame()) is not None:
-            datagrams, nbytes = USAGE.unpack(body[1:])
-            now = int(time.time() * 1000)
-            receipt = meter.record(
-                now, nbytes=nbytes - billed[1], requests=datagrams - billed[0]
-            ) or meter.flush(now)
-            billed = (datagrams, nbytes)
-            if receipt is not None:
-                sock.sendall(control_frame(b"R", receipt.encode()))
-
-
 def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
     monkeypatch: pytest.MonkeyPatch, driver: UdpDriver
 ) -> None:
@@ -324,7 +299,7 @@ def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
             ) as sock,
         ):
             signer = threading.Thread(
-                target=_sign_reports,
+                target=sign_reports,
                 args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
                 daemon=True,
             )

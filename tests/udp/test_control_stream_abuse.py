@@ -21,7 +21,6 @@ import functools
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -54,13 +53,6 @@ BAD_FOR_RELAY = {
 }
 
 
-@pytest.fixture
-def dns() -> Iterator[DnsLikeBackend]:
-    backend = DnsLikeBackend()
-    yield backend
-    backend.close()
-
-
 def _billing() -> UdpBilling:
     return UdpBilling(CONNECTION_ID, Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
 
@@ -90,7 +82,7 @@ def _served(sock: dtp.socket.DTPSocket, payload: bytes) -> bool:
 
 @pytest.mark.parametrize("name", sorted(BAD_FOR_RELAY))
 def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
-    dns: DnsLikeBackend, name: str, driver: UdpDriver
+    backend: DnsLikeBackend, name: str, driver: UdpDriver
 ) -> None:
     """A receipt that does not verify is refused and counted, and the client is served
     on; a frame no client sends ends that connection with the reason (the relay
@@ -104,7 +96,7 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
         billings.append(billing)
         return {"billing": billing, "idle_timeout": HOURS}
 
-    with driver.serve_relay(SERVER, dns.address, relay_kw, ended) as address:
+    with driver.serve_relay(SERVER, backend.address, relay_kw, ended) as address:
         connect = functools.partial(
             dtp.socket.create_connection, address, server_key=SERVER.noise_public, timeout=5
         )
@@ -128,21 +120,21 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
             assert len(ended) == 1
 
 
-def _rogue_relay(dns: DnsLikeBackend, reasons: list[str], sock: dtp.socket.DTPSocket) -> None:
+def _rogue_relay(backend: DnsLikeBackend, reasons: list[str], sock: dtp.socket.DTPSocket) -> None:
     """A relay that answers one datagram, then sends the forwarder a receipt -- a frame
     only forwarders send -- and waits for the connection's end, noting its reason."""
-    backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    backend.connect(dns.address)
-    backend.settimeout(5)
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.connect(backend.address)
+    upstream.settimeout(5)
     try:
-        backend.send(sock.recv_datagram(BOUND))
-        sock.send_datagram(backend.recv(65535))
+        upstream.send(sock.recv_datagram(BOUND))
+        sock.send_datagram(upstream.recv(65535))
         sock.sendall(control_frame(b"R", b"\x00" * 32))
         reasons.append(_closed_reason(sock))
     except DTPError as exc:
         reasons.append(f"failed: {exc!r}")
     finally:
-        backend.close()
+        upstream.close()
         with contextlib.suppress(DTPError):
             sock.close()
 
@@ -155,7 +147,7 @@ def _local_client() -> socket.socket:
 
 
 def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
-    dns: DnsLikeBackend, driver: UdpDriver
+    backend: DnsLikeBackend, driver: UdpDriver
 ) -> None:
     """A metered flow's relay sends a frame relays never send: the flow's connection is
     closed with the reason and the flow ends (not kept, idle timeout or not, with its
@@ -164,7 +156,7 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     serving = threading.Thread(
         target=server.serve_forever,
-        args=(functools.partial(_rogue_relay, dns, reasons),),
+        args=(functools.partial(_rogue_relay, backend, reasons),),
         daemon=True,
     )
     serving.start()
@@ -186,9 +178,6 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
         client.close()
         server.close()
         serving.join(BOUND)
-
-
-__all__ = ["dns"]  # (the fixture, imported for the tests below)
 
 
 def _forged() -> bytes:
@@ -214,7 +203,7 @@ ABUSE = {
 
 @pytest.mark.parametrize("name", sorted(ABUSE))
 def test_a_relay_ends_a_connection_that_abuses_the_control_stream(
-    dns: DnsLikeBackend, name: str, driver: UdpDriver
+    backend: DnsLikeBackend, name: str, driver: UdpDriver
 ) -> None:
     frames, reason = ABUSE[name]
     ended: list[float] = []
@@ -223,7 +212,7 @@ def test_a_relay_ends_a_connection_that_abuses_the_control_stream(
         return {"billing": _billing(), "idle_timeout": HOURS}
 
     with (
-        driver.serve_relay(SERVER, dns.address, relay_kw, ended) as address,
+        driver.serve_relay(SERVER, backend.address, relay_kw, ended) as address,
         dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
     ):
         assert _served(sock, b"\x00\x01abuse")

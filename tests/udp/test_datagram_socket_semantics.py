@@ -24,8 +24,7 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
-from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
-from dtp.hostid.udp.blocking import _Session
+from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
@@ -65,13 +64,6 @@ def unreachable_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _Unreachable.errors.clear()
 
 
-@pytest.fixture
-def dns() -> Iterator[DnsLikeBackend]:
-    backend = DnsLikeBackend()
-    yield backend
-    backend.close()
-
-
 def _server(handler: Any) -> dtp.socket.DTPServer:
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     threading.Thread(target=server.serve_forever, args=(handler,), daemon=True).start()
@@ -96,7 +88,7 @@ def _answered(sock: dtp.socket.DTPSocket, query: bytes) -> bool:
 
 
 def test_a_relay_still_replies_after_an_icmp_error(
-    dns: DnsLikeBackend, unreachable_once: None, driver: UdpDriver
+    backend: DnsLikeBackend, unreachable_once: None, driver: UdpDriver
 ) -> None:
     """Only ECONNREFUSED was taken as the ICMP error a read may report: any other
     (EHOSTUNREACH from a backend host gone away) ended the blocking relay's reply
@@ -111,7 +103,7 @@ def test_a_relay_still_replies_after_an_icmp_error(
         return {"stats": stats, "idle_timeout": BOUND}
 
     with (
-        driver.serve_relay(SERVER, dns.address, relay_kw, []) as address,
+        driver.serve_relay(SERVER, backend.address, relay_kw, []) as address,
         dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
     ):
         assert _answered(sock, b"\x00\x01first")
@@ -205,12 +197,12 @@ def _flow_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
 
 
-def test_close_leaves_no_session_thread(dns: DnsLikeBackend) -> None:
+def test_close_leaves_no_session_thread(backend: DnsLikeBackend) -> None:
     """close() returned with the sessions' reply threads still alive (they end once the
     connection is closed, but nobody waited for them), as a leak check right after a
     socket's close would see them."""
     before = set(_flow_threads())  # (another test's, still ending)
-    with _server(functools.partial(relay_udp, backend=dns.address)) as server:
+    with _server(functools.partial(relay_udp, backend=backend.address)) as server:
         for _ in range(3):
             fwd = UdpForwarder(("127.0.0.1", 0), functools.partial(_connect, server))
             clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(12)]
@@ -228,7 +220,7 @@ def test_close_leaves_no_session_thread(dns: DnsLikeBackend) -> None:
 
 
 def test_a_relay_that_idles_out_leaves_no_control_thread(
-    dns: DnsLikeBackend, monkeypatch: pytest.MonkeyPatch
+    backend: DnsLikeBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The billed relay waited for its control thread before closing the connection,
     not after: one still reading (the client had not closed) was left behind."""
@@ -244,7 +236,7 @@ def test_a_relay_that_idles_out_leaves_no_control_thread(
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
         billing = UdpBilling(CONNECTION_ID, Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
-        relay_udp(sock, dns.address, billing=billing, idle_timeout=0.2)
+        relay_udp(sock, backend.address, billing=billing, idle_timeout=0.2)
         left.append(readers[id(sock)].is_alive())
 
     with _server(handler) as server, contextlib.ExitStack() as clients:
@@ -297,43 +289,15 @@ def test_a_second_close_waits_for_the_first() -> None:
     assert port_free == [True]
 
 
-def test_datagrams_sent_on_an_ended_connection_are_counted(dns: DnsLikeBackend) -> None:
+def test_datagrams_sent_on_an_ended_connection_are_counted(
+    backend: DnsLikeBackend, driver: UdpDriver
+) -> None:
     """A batch whose send found the flow's connection ended vanished: not forwarded, not
     counted as dropped (UdpStats promises every drop is counted), and still counted
     as sent, which the relay's final report could then be signed for."""
-    no_connect: Any = None
-    with (
-        _server(functools.partial(relay_udp, backend=dns.address)) as server,
-        UdpForwarder(("127.0.0.1", 0), no_connect) as fwd,
-    ):
-        sock = _connect(server)
-        sock.close()
-        session = _Session(("127.0.0.1", 9), sock, None, fwd.stats)
-        with session.lock:
-            assert fwd._send_locked(session, [b"a", b"bc"]) is False
-        assert fwd.stats.dropped_no_session == 2
-        assert (session.sent_datagrams, session.sent_bytes) == (0, 0)
-
-
-def test_datagrams_sent_on_an_ended_asyncio_flow_are_counted(dns: DnsLikeBackend) -> None:
-    async def main() -> tuple[int, int, int]:
-        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            await relay_udp_async(reader, writer, dns.address, idle_timeout=BOUND)
-
-        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=SERVER)
-        fwd = await AsyncUdpForwarder.start(("127.0.0.1", 0), None)  # type: ignore[arg-type]
-        try:
-            _, writer = await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-            writer.close()
-            await writer.wait_closed()
-            flow = _Flow(("127.0.0.1", 9))
-            flow.writer = writer
-            fwd._send(flow, [b"a", b"bc"])
-            return fwd.stats.dropped_no_session, flow.sent_datagrams, flow.sent_bytes
-        finally:
-            await fwd.close()
-            server.close()
-
-    assert asyncio.run(main()) == (2, 0, 0)
+    relay_kw: dict[str, Any] = {"idle_timeout": BOUND}
+    ended: list[float] = []
+    with driver.serve_relay(SERVER, backend.address, lambda: relay_kw, ended) as address:
+        counts = driver.send_on_ended_flow(address, SERVER.noise_public, [b"a", b"bc"])
+    # dropped_no_session, then what the flow counts as sent
+    assert counts == (2, 0, 0)

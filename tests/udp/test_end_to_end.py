@@ -18,7 +18,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
 from dtp.escrow import Meter, Receipt, fee
-from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
+from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, billing_from_ledger, relay_udp
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from tests.udp.world import DnsLikeBackend
@@ -157,7 +157,7 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
         assert sock.peer_connection_id is not None
-        billing = UdpBilling.from_ledger(
+        billing = billing_from_ledger(
             ledger, sock.peer_connection_id, on_receipt=lambda r: kept.update({r.connection_id: r})
         )
         billings.append(billing)
@@ -319,7 +319,7 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
 
     async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
         assert writer.peer_connection_id is not None
-        billing = await asyncio.to_thread(UdpBilling.from_ledger, ledger, writer.peer_connection_id)
+        billing = await asyncio.to_thread(billing_from_ledger, ledger, writer.peer_connection_id)
         billings.append(billing)
         await relay_udp_async(reader, writer, backend.address, billing=billing, idle_timeout=10)
         writer.close()

@@ -31,13 +31,6 @@ from tests.udp.conftest import UdpDriver
 from tests.udp.world import SERVER, DnsLikeBackend, meter
 
 
-@pytest.fixture
-def dns() -> Iterator[DnsLikeBackend]:
-    backend = DnsLikeBackend()
-    yield backend
-    backend.close()
-
-
 def _client() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -55,7 +48,7 @@ async def _until(check: object, timeout: float = 5.0) -> bool:
     return True
 
 
-def test_an_async_relay_that_idles_out_closes_its_connection(dns: DnsLikeBackend) -> None:
+def test_an_async_relay_that_idles_out_closes_its_connection(backend: DnsLikeBackend) -> None:
     """relay_udp_async returned at its idle timeout and left the connection open (the
     server keeps a callback's connection): the forwarder's flow, kept from idling out by
     its own sends, sent every later datagram into a connection nobody relayed. Now the
@@ -67,7 +60,7 @@ def test_an_async_relay_that_idles_out_closes_its_connection(dns: DnsLikeBackend
 
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             try:
-                await relay_udp_async(reader, writer, dns.address, idle_timeout=0.5)
+                await relay_udp_async(reader, writer, backend.address, idle_timeout=0.5)
             finally:
                 ended.set()  # (and nothing closes the connection here)
 

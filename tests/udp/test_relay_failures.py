@@ -229,53 +229,58 @@ def test_a_slow_connect_holds_up_only_its_own_flow(
 
 
 def test_connect_or_meter_failures_of_any_kind_keep_the_forwarder_running(
-    echo_relay: tuple[Callable[[], dtp.socket.DTPSocket], list[threading.Event]],
-    caplog: pytest.LogCaptureFixture,
+    backend: DnsLikeBackend, driver: UdpDriver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """connect() raising a ValueError, then an OSError, then meter_for() raising: each
-    time the waiting datagram is dropped and counted, the source waits retry_after
+    time the waiting datagram is dropped and counted and the flow goes (left
+    'connecting', its source was blackholed for good), the source waits retry_after
     before the next attempt (its datagrams meanwhile dropped and counted), unexpected
     exceptions are logged with their traceback, and forwarding goes on."""
-    real, ended = echo_relay
     failures: list[BaseException] = [ValueError("bad"), ConnectionRefusedError(111, "refused")]
     calls = [0]
 
-    def connect() -> dtp.socket.DTPSocket:
+    def fail() -> None:
         calls[0] += 1
         if failures:
             raise failures.pop(0)
-        return real()
 
     meter_fails = [True]
 
-    def meter_for(sock: dtp.socket.DTPSocket) -> None:
+    def meter_for(conn: object) -> None:
         if meter_fails:
             meter_fails.clear()
             raise RuntimeError("no meter")
         return None
 
-    with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, retry_after=0.5) as fwd:
-        stats = fwd.stats
-        client = _client()
-        try:
-            for attempt in range(3):
-                client.sendto(b"lost%d" % attempt, fwd.address)
-                _wait_for(_dropped(stats, 2 * attempt + 1))
-                assert stats.dropped_no_session == 2 * attempt + 1
-                client.sendto(b"too soon", fwd.address)  # within retry_after: no connect
-                _wait_for(_dropped(stats, 2 * attempt + 2))
-                assert stats.dropped_no_session == 2 * attempt + 2
-                assert calls[0] == attempt + 1
-                time.sleep(0.6)
-            client.sendto(b"works", fwd.address)
-            assert client.recvfrom(100)[0][:-4] == b"works"
-            assert calls[0] == 4 and fwd.sessions == 1
-        finally:
-            client.close()
-    assert stats.sessions_opened == stats.sessions_closed == 1
-    # the connection whose meter_for() failed was closed
-    _wait_for(lambda: len(ended) == 2 and all(e.is_set() for e in ended))
-    assert len(ended) == 2 and all(e.is_set() for e in ended)
+    ended: list[float] = []
+    with driver.serve_relay(SERVER, backend.address, lambda: {"idle_timeout": 30}, ended) as at:
+        connect = functools.partial(
+            dtp.socket.create_connection, at, server_key=SERVER.noise_public, timeout=5
+        )
+        with driver.forwarder(connect, at, fail=fail, meter_for=meter_for, retry_after=0.5) as fwd:
+            stats = fwd.stats
+            client = _client()
+            try:
+                for attempt in range(3):
+                    client.sendto(b"lost%d" % attempt, fwd.address)
+                    _wait_for(_dropped(stats, 2 * attempt + 1))
+                    assert stats.dropped_no_session == 2 * attempt + 1
+                    assert fwd.sessions == 0
+                    client.sendto(b"too soon", fwd.address)  # within retry_after: no connect
+                    _wait_for(_dropped(stats, 2 * attempt + 2))
+                    assert stats.dropped_no_session == 2 * attempt + 2
+                    assert calls[0] == attempt + 1
+                    time.sleep(0.6)
+                client.sendto(b"works", fwd.address)
+                assert client.recvfrom(100)[0][:-4] == b"works"
+                assert calls[0] == 4 and fwd.sessions == 1
+            finally:
+                client.close()
+        assert stats.sessions_opened == stats.sessions_closed == 1
+        # the connection whose meter_for() failed was closed: its relay ended (and,
+        # the forwarder closed, the working flow's)
+        _wait_for(lambda: len(ended) == 2)
+        assert len(ended) == 2
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert [type(r.exc_info[1]) for r in tracebacks if r.exc_info] == [ValueError, RuntimeError]
 
@@ -332,72 +337,6 @@ def test_async_forwarder_counts_a_new_flows_burst_beyond_max_pending() -> None:
             echo.close()
 
     asyncio.run(main())
-
-
-def test_async_forwarder_survives_connect_and_meter_failures(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """connect() raising a ValueError, then meter_for() raising: the waiting datagram is
-    dropped and counted each time, the flow goes (it stayed 'connecting' for good), the
-    source waits retry_after, and then its flow works."""
-
-    async def main() -> None:
-        ended: list[asyncio.Event] = []
-        server, echo = await _async_echo_relay(ended)
-        calls = [0]
-
-        async def connect() -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-            calls[0] += 1
-            if calls[0] == 1:
-                raise ValueError("transient")
-            return await dtp.aio.open_connection(
-                *server.address, server_key=SERVER.noise_public, timeout=5
-            )
-
-        meter_fails = [True]
-
-        def meter_for(writer: dtp.aio.DTPStreamWriter) -> None:
-            if meter_fails:
-                meter_fails.clear()
-                raise RuntimeError("no meter")
-            return None
-
-        fwd = await AsyncUdpForwarder.start(
-            ("127.0.0.1", 0), connect, meter_for=meter_for, retry_after=0.3
-        )
-        stats = fwd.stats
-        client = _client()
-        client.setblocking(False)
-        try:
-            for attempt in range(2):
-                client.sendto(b"lost%d" % attempt, fwd.address)
-                await _until(_dropped(stats, 2 * attempt + 1))
-                assert stats.dropped_no_session == 2 * attempt + 1
-                assert fwd.sessions == 0
-                client.sendto(b"too soon", fwd.address)  # within retry_after
-                await _until(_dropped(stats, 2 * attempt + 2))
-                assert stats.dropped_no_session == 2 * attempt + 2
-                assert calls[0] == attempt + 1
-                await asyncio.sleep(0.4)
-            client.sendto(b"works", fwd.address)
-            loop = asyncio.get_running_loop()
-            reply = await asyncio.wait_for(loop.sock_recv(client, 100), 5)
-            assert reply[:-4] == b"works"
-            assert calls[0] == 3 and fwd.sessions == 1
-            # the connection whose meter_for() failed was closed
-            await _until(lambda: bool(ended) and ended[0].is_set())
-            assert ended[0].is_set()
-        finally:
-            client.close()
-            await fwd.close()
-            server.close()
-            await server.wait_closed()
-            echo.close()
-        assert stats.sessions_opened == stats.sessions_closed == 1
-
-    asyncio.run(main())
-    tracebacks = [r.exc_info[1] for r in caplog.records if r.exc_info is not None]
-    assert [type(e) for e in tracebacks] == [ValueError, RuntimeError]
 
 
 def test_async_forwarder_close_during_a_connect_counts_what_waited() -> None:

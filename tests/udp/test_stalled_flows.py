@@ -32,13 +32,6 @@ from tests.udp.world import CLIENT, CONNECTION_ID, DEPOSIT_DATAGRAMS, SERVER, Dn
 SLA = Sla(1, 1, 0)
 
 
-@pytest.fixture
-def dns() -> Iterator[DnsLikeBackend]:
-    b = DnsLikeBackend()
-    yield b
-    b.close()
-
-
 def _client() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
@@ -47,7 +40,7 @@ def _client() -> socket.socket:
 
 
 def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
-    dns: DnsLikeBackend,
+    backend: DnsLikeBackend,
 ) -> None:
     """Ending an idle metered flow waits for the relay's final report (final_timeout):
     that wait used to run in the thread that forwards every flow, so a relay that had
@@ -65,7 +58,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     threads = [
         threading.Thread(
             target=good.serve_forever,
-            args=(functools.partial(relay_udp, backend=dns.address, billing=billing),),
+            args=(functools.partial(relay_udp, backend=backend.address, billing=billing),),
             daemon=True,
         ),
         threading.Thread(target=quiet.serve_forever, args=(stalled,), daemon=True),
@@ -238,7 +231,7 @@ def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: Udp
     connection's event handling, which aborted the carrier without a CLOSE (the client
     saw ConnectionLost, the relay its events cut off). Both relays end alike (the
     engine's control_ended): a logged end and a clean close."""
-    dns = DnsLikeBackend()
+    backend = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**9)
     stats = UdpStats()
     returned: list[UdpStats] = []
@@ -250,7 +243,7 @@ def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: Udp
     try:
         with (
             driver.serve_relay(
-                SERVER, dns.address, relay_kw, [], raised=raised, returned=returned
+                SERVER, backend.address, relay_kw, [], raised=raised, returned=returned
             ) as address,
             dtp.socket.create_connection(
                 address, server_key=SERVER.noise_public, timeout=5
@@ -265,7 +258,7 @@ def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: Udp
             assert type(ended.value) is ConnectionClosed, repr(ended.value)
             assert wait_for(lambda: bool(returned or raised), 5)
     finally:
-        dns.close()
+        backend.close()
     assert raised == [] and returned == [stats]  # returned, not raised
     assert billing.datagrams == stats.datagrams_in >= 32
 
@@ -275,11 +268,11 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     timeout is the connect's (docs/udp.md's example: timeout=5). A pause in traffic that
     long timed the read out, which ended the reading thread: no receipt was signed after
     it, and once the relay's credit ran out it dropped every datagram as unpaid."""
-    dns = DnsLikeBackend()
+    backend = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=20)
     relay_stats = UdpStats()
     handler = functools.partial(
-        relay_udp, backend=dns.address, billing=billing, stats=relay_stats, report_every=4
+        relay_udp, backend=backend.address, billing=billing, stats=relay_stats, report_every=4
     )
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
@@ -319,7 +312,7 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
         client.close()
         server.close()
         serving.join(5)
-        dns.close()
+        backend.close()
     assert relay_stats.dropped_unpaid == 0
     assert billing.latest is not None and billing.latest.total_requests == 68
 
@@ -329,7 +322,7 @@ def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> N
     that raises the connection's own idle timeout must end it, not be retried: it is
     raised again at once, forever (a core spun until relay_udp gave up waiting for the
     thread, 2 s later)."""
-    dns = DnsLikeBackend()
+    backend = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
     quick = ConnectionConfig(
         identity=SERVER, is_client=False, idle_timeout=0.5, keepalive_interval=None
@@ -349,7 +342,7 @@ def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> N
     )
     try:
         with (
-            driver.serve_relay(SERVER, dns.address, relay_kw, ended, config=quick) as address,
+            driver.serve_relay(SERVER, backend.address, relay_kw, ended, config=quick) as address,
             dtp.socket.create_connection(address, config=silent, timeout=5) as sock,
         ):
             sock.send_datagram(b"\x00\x01hello")
@@ -357,7 +350,7 @@ def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> N
             # then silence: the relay's side of the connection idles out
             assert wait_for(lambda: ended, 10)
     finally:
-        dns.close()
+        backend.close()
     took = ended[0] - started[0]
     # before: the 0.5 s idle timeout and then 2 s for relay_udp to give up on the thread
     assert took < 2.2, f"the relay took {took:.2f} s"
@@ -434,7 +427,7 @@ def test_a_steady_stream_goes_on_with_a_credit_below_report_every(driver: UdpDri
     no report was due before the credit ran out and a steady stream never paused for
     the forced one, so 16 datagrams went through and every later one was dropped as
     unpaid although the client signs whatever is reported."""
-    dns = DnsLikeBackend()
+    backend = DnsLikeBackend()
     billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
     relay_stats = UdpStats()
 
@@ -445,14 +438,14 @@ def test_a_steady_stream_goes_on_with_a_credit_below_report_every(driver: UdpDri
         return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
 
     try:
-        with driver.serve_relay(SERVER, dns.address, relay_kw, []) as address:
+        with driver.serve_relay(SERVER, backend.address, relay_kw, []) as address:
             connect = functools.partial(
                 dtp.socket.create_connection, address, server_key=SERVER.noise_public, timeout=5
             )
             with driver.forwarder(connect, address, meter_for=meter_for) as fwd:
                 answered = _steady(fwd.address)
     finally:
-        dns.close()
+        backend.close()
     assert relay_stats.dropped_unpaid == 0
     assert answered == STREAM
 

@@ -6,6 +6,7 @@ cadence, its drain and end, and the forwarder's answer to a usage report. Both d
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -21,18 +22,21 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
     control_frame,
     parse_report,
 )
 from dtp.hostid.udp.flow_table import FlowTable
+from dtp.hostid.udp.stats import UdpStats
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
+from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipts import Meter
-from tests.udp.test_stalled_flows import CLIENT, CONNECTION_ID
+from tests.udp.world import CLIENT, CONNECTION_ID
 
 SLA = Sla(1, 1, 0)
 DEPOSIT = 10**9
+#: The wall clock the forwarder's receipts are signed at (the engine reads none).
+NOW_MS = 1_700_000_000_000
 
 
 def _billing(**kw: object) -> UdpBilling:
@@ -208,6 +212,12 @@ def test_a_relay_ends_when_idle_or_when_its_control_stream_ended() -> None:
     steps=st.lists(
         st.one_of(
             st.tuples(st.just("datagram"), st.integers(0, 3000)),
+            # a batch the relay admits whole (RelayEngine.admit), the sends of some
+            # failing (not billed)
+            st.tuples(
+                st.just("batch"),
+                st.lists(st.tuples(st.integers(0, 3000), st.booleans()), max_size=8),
+            ),
             st.tuples(st.just("reply"), st.integers(0, 3000)),
             st.tuples(st.just("receipt"), st.integers(0, 1)),
         ),
@@ -217,11 +227,13 @@ def test_a_relay_ends_when_idle_or_when_its_control_stream_ended() -> None:
     deposit=st.integers(0, 40_000),
 )
 def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
-    steps: list[tuple[str, int]], credit: int, deposit: int
+    steps: list[tuple[str, Any]], credit: int, deposit: int
 ) -> None:
     """Whatever the client sends, signs and the backend answers: the datagrams no
     receipt covers stay within the credit, and the fee of all served stays within the
-    deposit (no receipt could pay beyond it)."""
+    deposit (no receipt could pay beyond it). An admitted batch's every datagram is
+    forwarded or dropped (by rate or as unpaid), only those sent are billed, and
+    nothing stays reserved."""
     sla = Sla(1, 1, 0)
     billing = UdpBilling(
         CONNECTION_ID, sla, CLIENT.ed25519_public, deposit, credit_datagrams=credit
@@ -233,6 +245,18 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
         if kind == "datagram":
             if billing.may_forward(value):
                 billing.forwarded(value)
+        elif kind == "batch":
+            batch = [b"d" * size for size, _ in value]
+            fails = {id(d) for d, (_, fail) in zip(batch, value, strict=True) if fail}
+            admission = relay.admit(batch, 0.0)
+            dropped = admission.unpaid + admission.rate_limited
+            assert len(admission.forward) + dropped == len(batch)
+            before = (billing.datagrams, billing.bytes)
+            went = [d for d in admission.forward if id(d) not in fails]
+            nbytes = sum(map(len, went))
+            relay.delivered(len(admission.forward), admission.nbytes, len(went), nbytes)
+            assert (billing.datagrams, billing.bytes) == (before[0] + len(went), before[1] + nbytes)
+            assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
         elif kind == "reply":
             if billing.replies_allowed([value]):
                 billing.replied(value, value)
@@ -249,6 +273,56 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
         assert fee(sla, billing.bytes, billing.datagrams) <= deposit
 
 
+# -- the relay's admission of the client's datagrams --------------------------------------------
+
+
+def test_an_ungated_relay_forwards_every_datagram_and_reports_nothing() -> None:
+    relay = RelayEngine(None, idle_timeout=60, report_every=4)
+    assert not relay.gated
+    admission = relay.admit([b"a", b"bb", b""], 1.0)
+    assert (admission.forward, admission.nbytes) == ([b"a", b"bb", b""], 3)
+    assert (admission.rate_limited, admission.unpaid) == (0, 0)
+    assert relay.delivered(3, 3, 2, 2) is None
+
+
+def test_datagrams_over_the_rate_are_dropped_before_they_are_billed() -> None:
+    """The rate limits come first: a datagram over them is dropped, and the billing
+    never reserves it (docs/udp.md)."""
+    limiter = RateLimiter(requests_per_sec=8)
+    buckets = limiter.acquire(CLIENT.sui_address, 0.0)
+    billing = _billing(credit_datagrams=100)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=1000, limits=buckets)
+    assert relay.gated
+    admission = relay.admit([b"x" * 10] * 50, 0.0)
+    assert 0 < len(admission.forward) < 50
+    assert admission.rate_limited == 50 - len(admission.forward)
+    assert admission.unpaid == 0
+    assert billing.datagrams == 0  # reserved, not yet counted
+    sent = len(admission.forward) - 1  # the backend's socket refused the last one
+    relay.delivered(len(admission.forward), admission.nbytes, sent, 10 * sent)
+    assert (billing.datagrams, billing.bytes) == (sent, 10 * sent)
+    # nothing is left reserved: the whole credit but what was billed is there
+    assert billing.may_forward(0)
+    billing.not_forwarded(0)
+    assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
+
+
+def test_a_datagram_the_billing_refuses_does_not_hold_back_a_smaller_one() -> None:
+    """The billing judges each datagram of a batch (here 1 MIST a byte, 100 deposited):
+    one beyond the deposit is dropped as unpaid, and a smaller one after it that the
+    deposit covers still goes (a batch of one at a time, as the asyncio relay asks,
+    decides the same)."""
+    billing = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=4)
+    admission = relay.admit([b"a" * 60, b"b" * 60, b"c" * 30], 0.0)
+    assert admission.forward == [b"a" * 60, b"c" * 30]
+    assert admission.unpaid == 1
+    one_by_one = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    single = RelayEngine(one_by_one, idle_timeout=60, report_every=4)
+    forwarded = [d for d in (b"a" * 60, b"b" * 60, b"c" * 30) if single.admit([d], 0.0).forward]
+    assert forwarded == admission.forward
+
+
 # -- the forwarder -------------------------------------------------------------------------------
 
 
@@ -257,10 +331,11 @@ def test_the_forwarder_signs_a_report_capped_by_what_it_sent_and_received() -> N
     out, _, _ = flow.take([b"x" * 10, b"y" * 10], 100)
     assert len(out) == 2
     flow.received_bytes = 5
-    answer = flow.answer(b"U" + USAGE.pack(9, 999), "here")
+    answer = flow.answer(b"U" + USAGE.pack(9, 999), "here", NOW_MS)
     assert answer.receipt is not None and not answer.final and answer.paid_before == 0
     assert flow.billed == (2, 25)
-    assert flow.answer(b"Z" + USAGE.pack(2, 25), "here") == (type(answer)(None, True, flow.paid))
+    final = flow.answer(b"Z" + USAGE.pack(2, 25), "here", NOW_MS)
+    assert final == (type(answer)(None, True, flow.paid))
 
 
 @pytest.mark.parametrize(
@@ -270,7 +345,7 @@ def test_the_forwarder_refuses_a_frame_the_relay_never_sends(body: bytes) -> Non
     with pytest.raises(BadControlFrame, match="unexpected UDP control frame"):
         parse_report(body)
     with pytest.raises(BadControlFrame):
-        FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)).answer(body, "here")
+        FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)).answer(body, "here", NOW_MS)
 
 
 def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +356,7 @@ def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.Monke
         raise InsufficientFunds("the deposit is spent")
 
     monkeypatch.setattr(flow, "sign", refuse)
-    answer = flow.answer(b"U" + USAGE.pack(1, 1), "here")
+    answer = flow.answer(b"U" + USAGE.pack(1, 1), "here", NOW_MS)
     assert answer.receipt is None and not answer.final
 
 
@@ -292,12 +367,12 @@ def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> Non
     stats = UdpStats()
     out, oversized, unpaid = flow.take([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
     assert (len(out), oversized, unpaid) == (3, 1, 0)
-    flow.count_send(stats, out, 2, oversized, unpaid)
+    stats.add(**flow.count_send(out, 2, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert (stats.datagrams_out, stats.bytes_out, stats.dropped_backlog) == (2, 8, 1)
     assert stats.dropped_oversized == 1
     out, oversized, unpaid = flow.take([b"e" * 11], 100)
-    flow.count_send(stats, out, None, oversized, unpaid)
+    stats.add(**flow.count_send(out, None, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert stats.dropped_no_session == 1 and stats.datagrams_out == 2
 

@@ -1,14 +1,20 @@
 """What the UDP tests share: the identities and connection ID of a metered flow, its
-meter, and a DNS-like UDP backend on 127.0.0.1 (the ``backend`` fixture in conftest.py)."""
+meter, a DNS-like UDP backend on 127.0.0.1 (the ``backend`` fixture in conftest.py), and
+a bare forwarder's signing of usage reports."""
 
 from __future__ import annotations
 
 import socket
 import struct
 import threading
+import time
 
+import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.errors import DTPError
 from dtp.escrow import Meter
+from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
+from dtp.hostid.udp.sockets import connection_ended
 from dtp.keys import HostIdentity
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
@@ -56,3 +62,28 @@ class DnsLikeBackend:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event) -> None:
+    """A forwarder's half of the control stream, bare: signs every usage report."""
+    decoder = ControlDecoder()
+    billed = (0, 0)
+    while not stop.is_set():
+        try:
+            data = sock.recv(4096)
+        except DTPError:
+            if stop.is_set() or connection_ended(sock):
+                return
+            continue
+        if not data:
+            return
+        decoder.receive(data)
+        while (body := decoder.next_frame()) is not None:
+            datagrams, nbytes = USAGE.unpack(body[1:])
+            now = int(time.time() * 1000)
+            receipt = meter.record(
+                now, nbytes=nbytes - billed[1], requests=datagrams - billed[0]
+            ) or meter.flush(now)
+            billed = (datagrams, nbytes)
+            if receipt is not None:
+                sock.sendall(control_frame(b"R", receipt.encode()))

@@ -24,20 +24,24 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
-    abort_control,
 )
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
+    abort_control,
     backend_socket,
     bind_udp,
     check_backend,
     check_count,
     check_seconds,
+    closed_future,
+    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
+    reliable_carrier,
+    wall_ms,
 )
+from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.ratelimit import ClientBuckets
 from dtp.payments.receipts import Meter
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
@@ -116,7 +120,7 @@ async def relay_udp_async(
     could claim none of it."""
     stats = stats if stats is not None else UdpStats()
     loop = asyncio.get_running_loop()
-    limit = writer._conn.max_datagram_size
+    limit = writer.max_datagram_size
     try:
         # (checked before the backend socket is made: a None idle_timeout raised a
         # TypeError past it, its reader and the connection, all left open)
@@ -126,7 +130,9 @@ async def relay_udp_async(
     except BaseException:  # (TunnelError, or cancelled while looking the name up)
         writer.close()
         raise
-    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
+    engine = RelayEngine(
+        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+    )
     last = [loop.time()]  # (after the lookup: it may have taken a while)
 
     def on_replies() -> None:
@@ -186,44 +192,47 @@ async def relay_udp_async(
             # no receipt can come any more: the relay ends (docs/udp.md)
             stopped()
 
+    gated = engine.gated
+
     def on_datagram(data: bytes) -> None:
-        # pushed by the connection as each datagram arrives: no task wake-up per datagram
+        # pushed by the connection as each datagram arrives: no task wake-up per
+        # datagram, and each is a batch of one for the engine, asked only when gated
+        # (ungated, it drops and bills nothing: no engine call per datagram at all)
         last[0] = loop.time()
-        if limits is not None and not limits.admit((len(data),), time.monotonic()):
-            stats.add(dropped_rate_limited=1)
-            return
-        if billing is not None and not billing.may_forward(len(data)):
-            stats.add(dropped_unpaid=1)
-            return
+        nbytes = len(data)
+        if gated:
+            admission = engine.admit([data], time.monotonic())
+            if not admission.forward:
+                stats.add(
+                    dropped_rate_limited=admission.rate_limited, dropped_unpaid=admission.unpaid
+                )
+                return
         try:
             udp.send(data)
         except OSError:
             # a full socket buffer or an ICMP error drops the datagram, as UDP does;
             # the client pays only for what reached the backend
             stats.add(dropped_send_failed=1)
-            if billing is not None:
-                billing.not_forwarded(len(data))
+            if gated:
+                engine.delivered(1, nbytes, 0, 0)
             return
-        if billing is not None:
-            billing.forwarded(len(data))
         # one thread (the event loop) writes these counters: no lock per datagram
         stats.datagrams_in += 1
-        stats.bytes_in += len(data)
-        if (frame := engine.report()) is not None:
+        stats.bytes_in += nbytes
+        if gated and (frame := engine.delivered(1, nbytes, 1, nbytes)) is not None:
             send(frame)
 
     control_task = loop.create_task(control()) if billing is not None else None
-    session, proto = writer._session, writer._proto
     writer.set_datagram_sink(on_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     try:
-        ended = proto.closed_future
-        while not ended.done() and session.terminated is None:
+        ended = closed_future(writer)
+        while not ended.done() and not connection_ended(writer):
             now = loop.time()
             if asked is not None and asked.done() and not engine.finishing:
                 writer.set_datagram_sink(finishing)
                 loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
-                send(engine.finish(now, reliable=session.conn.config.reliable_carrier))
+                send(engine.finish(now, reliable=reliable_carrier(writer)))
             if engine.done(now, last[0]):
                 break
             # wake for the connection's end, a pause in traffic or the finish, not per
@@ -375,15 +384,15 @@ class AsyncUdpForwarder(FlowTable):
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer._conn.max_datagram_size)
+        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
         try:
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", flow.source, exc)
-            flow.count_send(self.stats, out, None, oversized, unpaid)
+            self.stats.add(**flow.count_send(out, None, oversized, unpaid))
             self._end_later(flow)
             return
-        flow.count_send(self.stats, out, sent, oversized, unpaid)
+        self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
 
     async def _open(self, flow: _Flow) -> None:
         writer: DTPStreamWriter | None = None
@@ -455,7 +464,7 @@ class AsyncUdpForwarder(FlowTable):
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
             # the connection's own closed future (its wait_closed() raised CancelledError)
-            await asyncio.shield(writer._proto.closed_future)
+            await asyncio.shield(closed_future(writer))
         finally:
             writer.set_datagram_sink(None)
         if not flow.closed:
@@ -481,7 +490,7 @@ class AsyncUdpForwarder(FlowTable):
         assert flow.reader is not None
         decoder = ControlDecoder()
         while (body := await _read_control(flow.reader, decoder)) is not None:
-            answer = flow.answer(body, flow.source)
+            answer = flow.answer(body, flow.source, wall_ms())
             if answer.receipt is not None and flow.writer is not None:
                 try:
                     flow.writer.write(answer.receipt)
@@ -491,7 +500,7 @@ class AsyncUdpForwarder(FlowTable):
                     # nothing)
                     logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
                     break
-                flow.signed(self.stats, answer.paid_before)
+                self.stats.add(**flow.signed(answer.paid_before))
             if answer.final:
                 flow.final.set()
 

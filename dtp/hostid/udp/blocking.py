@@ -54,19 +54,22 @@ from dtp.hostid.udp.engine import (
     FlowAccount,
     RelayEngine,
     UdpBilling,
-    UdpStats,
-    abort_control,
 )
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.sockets import (
+    abort_control,
     backend_socket,
     bind_udp,
     check_count,
     check_seconds,
+    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
+    reliable_carrier,
+    wall_ms,
 )
+from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.receipts import Meter
 from dtp.transport.poll import wait_ready
 
@@ -76,19 +79,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
-def _ended(sock: DTPSocket) -> bool:
-    """Whether ``sock``'s connection has ended. Its idle timeout is a DTPTimeoutError
-    too, as a read that timed out is, but raised at once by every later read: taken
-    for a pause, the loop reading would spin on it."""
-    return sock._engine.session.terminated is not None
-
-
-def _reliable(sock: DTPSocket) -> bool:
-    """Whether ``sock``'s carrier is reliable (a finishing relay waits longer for its
-    final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
-    return sock._engine.session.conn.config.reliable_carrier
 
 
 def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
@@ -101,7 +91,7 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
         try:
             data = sock.recv(CONTROL_READ)
         except DTPTimeoutError:
-            if _ended(sock):
+            if connection_ended(sock):
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
             # control stream, not its end. Giving up here stopped the receipts for good
@@ -114,11 +104,13 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
 
 class _RelayControl:
     """The relay's end of the control stream, in a thread of its own: the forwarder's
-    frames in, :class:`RelayEngine`'s answers and reports out."""
+    frames in, :class:`RelayEngine`'s answers and reports out. ``lock`` is the relay's
+    engine lock (the engine is sans-I/O and lock-free: the relay's threads share it)."""
 
-    def __init__(self, sock: DTPSocket, engine: RelayEngine) -> None:
+    def __init__(self, sock: DTPSocket, engine: RelayEngine, lock: threading.Lock) -> None:
         self.sock = sock
         self.engine = engine
+        self.lock = lock
         self.wlock = threading.Lock()
 
     def send(self, frame: bytes | None) -> None:
@@ -130,14 +122,17 @@ class _RelayControl:
     def run(self) -> None:
         try:
             for body in _control_frames(self.sock):
-                self.send(self.engine.control_frame(body))
+                with self.lock:
+                    frame = self.engine.control_frame(body)
+                self.send(frame)
         except BadControlFrame as exc:
             abort_control(self.sock, exc)
         except (DTPError, OSError):
             pass
         finally:
             # no receipt can come any more: the relay ends (docs/udp.md)
-            self.engine.control_ended = True
+            with self.lock:
+                self.engine.control_ended = True
 
 
 def relay_udp(
@@ -186,10 +181,17 @@ def relay_udp(
         raise
     done = threading.Event()
     last = [time.monotonic()]
-    engine = RelayEngine(billing, idle_timeout=idle_timeout, report_every=report_every)
-    control = None if billing is None else _RelayControl(sock, engine)
+    engine = RelayEngine(
+        billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
+    )
+    # the one lock of the engine (and its billing), which this loop, the reply thread
+    # and the control thread share; held for engine calls only, never for I/O
+    # (tests/udp/test_relay_engine_lock.py)
+    lock = threading.Lock()
+    control = None if billing is None else _RelayControl(sock, engine, lock)
     # held while replies pass and while the drain starts: no reply goes after the
-    # final report, which would leave it short of what was served
+    # final report, which would leave it short of what was served (taken before
+    # `lock`, never while holding it)
     passing = threading.Lock()
 
     limit = sock.max_datagram_size
@@ -205,12 +207,14 @@ def relay_udp(
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
                     if not pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, billing, limits
+                        drain(udp), limit, sock.send_datagrams, stats, billing, limits, lock
                     ):
                         continue
                 last[0] = time.monotonic()
                 if control is not None:
-                    control.send(engine.report())  # (replies alone may make one due)
+                    with lock:
+                        frame = engine.report()  # (replies alone may make one due)
+                    control.send(frame)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -221,19 +225,24 @@ def relay_udp(
         while True:
             now = time.monotonic()
             if finish is not None and not engine.finishing and finish.is_set():
-                with passing:
-                    frame = engine.finish(now, reliable=_reliable(sock))
+                reliable = reliable_carrier(sock)
+                with passing, lock:
+                    frame = engine.finish(now, reliable=reliable)
                 if control is not None:
                     control.send(frame)
-            if engine.done(now, last[0]):
+            with lock:
+                over = engine.done(now, last[0])
+            if over:
                 break  # (idle, drained, or no receipts any more: docs/udp.md)
             try:
                 batch = sock.recv_datagrams(256, engine.wait)
             except TimeoutError:
-                if _ended(sock):
+                if connection_ended(sock):
                     break  # (its idle timeout)
                 if control is not None:
-                    control.send(engine.paused(time.monotonic(), last[0]))
+                    with lock:
+                        frame = engine.paused(time.monotonic(), last[0])
+                    control.send(frame)
                 continue
             except DTPError:
                 break  # the connection ended
@@ -242,43 +251,36 @@ def relay_udp(
                 stats.add(dropped_finishing=len(batch))
                 continue
             last[0] = time.monotonic()
-            limited = 0
-            if limits is not None:
-                admitted = limits.admit([len(d) for d in batch], last[0])
-                limited = len(batch) - admitted
-                del batch[admitted:]
-            sent = nbytes = unpaid = failed = 0
-            for data in batch:
-                if billing is not None and not billing.may_forward(len(data)):
-                    unpaid += 1
-                    continue
+            with lock:
+                admission = engine.admit(batch, last[0])
+            sent = nbytes = 0
+            for data in admission.forward:
                 try:
                     udp.send(data)
                 except OSError:
                     # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
                     # this send, which the kernel then discards -- nothing to bill
-                    failed += 1
-                    if billing is not None:
-                        billing.not_forwarded(len(data))
                     continue
-                if billing is not None:
-                    billing.forwarded(len(data))
                 sent += 1
                 nbytes += len(data)
+            with lock:
+                frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
             stats.add(
                 datagrams_in=sent,
                 bytes_in=nbytes,
-                dropped_unpaid=unpaid,
-                dropped_rate_limited=limited,
-                dropped_send_failed=failed,
+                dropped_unpaid=admission.unpaid,
+                dropped_rate_limited=admission.rate_limited,
+                dropped_send_failed=len(admission.forward) - sent,
             )
             if control is not None:
-                control.send(engine.report())
+                control.send(frame)
     except (DTPError, OSError) as exc:
         logger.info("UDP relay ended: %s", exc)
     finally:
         done.set()
-        if not engine.settled:
+        with lock:
+            settled = engine.settled
+        if not settled:
             # the control stream may still hold the final receipt: let it be read to
             # its end (the peer's close) before closing our side
             for thread in threads:
@@ -323,14 +325,16 @@ class _Session(FlowAccount):
         """Usage reports in, receipts out, until the stream ends."""
         try:
             for body in _control_frames(self.sock):
+                now_ms = wall_ms()
                 with self.lock:
-                    answer = self.answer(body, self.source)
+                    answer = self.answer(body, self.source, now_ms)
                 if answer.receipt is not None:
                     # (this thread alone signs: its receipts go out in nonce order)
                     with self.wlock:
                         self.sock.sendall(answer.receipt)
                     with self.lock:
-                        self.signed(self.stats, answer.paid_before)
+                        counts = self.signed(answer.paid_before)
+                    self.stats.add(**counts)
                 if answer.final:
                     self.final.set()
         except BadControlFrame as exc:
@@ -549,9 +553,9 @@ class UdpForwarder(FlowTable):
             sent = session.sock.send_datagrams(out) if out else 0
         except DTPError as exc:
             logger.info("UDP flow from %s ended: %s", session.source, exc)
-            session.count_send(self.stats, out, None, oversized, unpaid)
+            self.stats.add(**session.count_send(out, None, oversized, unpaid))
             return False
-        session.count_send(self.stats, out, sent, oversized, unpaid)
+        self.stats.add(**session.count_send(out, sent, oversized, unpaid))
         return True
 
     def _replies(self, session: _Session) -> None:
@@ -560,7 +564,7 @@ class UdpForwarder(FlowTable):
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
-                if _ended(sock):
+                if connection_ended(sock):
                     break  # (its idle timeout)
                 continue
             except DTPError:

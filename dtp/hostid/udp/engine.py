@@ -1,20 +1,18 @@
-"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O but for the
-locks of the counters and the billing, which the blocking driver's threads share: the
-counters (:class:`UdpStats`), the relay's and the forwarder's billing
-(:class:`UdpBilling`, :class:`FlowAccount`), the control stream's codec
-(:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
-(:class:`RelayEngine`: answers, reports, drain, end). The forwarders' rules over
-their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`."""
+"""UDP through DTP, the rules both drivers pump (docs/udp.md), sans-I/O: no socket,
+clock, lock or ledger here (callers pass ``now`` and the facts; the blocking driver's
+threads share an engine under one lock of the driver's). The relay's and the
+forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`), the control stream's
+codec (:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
+(:class:`RelayEngine`: admission, answers, reports, drain, end). The forwarders' rules
+over their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`; the counters,
+:class:`dtp.hostid.udp.stats.UdpStats`."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dtp.errors import (
@@ -23,13 +21,11 @@ from dtp.errors import (
     RemoteProtocolError,
 )
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
-from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
+from dtp.payments.receipts import Meter, check_next_receipt
 
 if TYPE_CHECKING:
-    from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Sla
-    from dtp.transport.asyncio.streams import DTPStreamWriter
-    from dtp.transport.blocking.socket import DTPSocket
+    from dtp.payments.ratelimit import ClientBuckets
 
 
 DEFAULT_LOSS_ALLOWANCE: Final = 0.02
@@ -44,55 +40,6 @@ MAX_UDP_PAYLOAD = 65507
 LEN = struct.Struct(">I")
 #: :class:`UdpBilling`'s default byte credit per datagram of credit.
 _CREDIT_BYTES_PER_DATAGRAM = 16 * 1024
-
-
-@dataclass
-class UdpStats:
-    """Counters of one relay or forwarder (all sessions)."""
-
-    #: Datagrams (and bytes) from the UDP side sent into DTP.
-    datagrams_out: int = 0
-    bytes_out: int = 0
-    #: Datagrams (and bytes) from DTP delivered to the UDP side.
-    datagrams_in: int = 0
-    bytes_in: int = 0
-    #: Dropped: too large for a DTP datagram.
-    dropped_oversized: int = 0
-    #: Dropped: not covered by a receipt (relay) or beyond the deposit (forwarder).
-    dropped_unpaid: int = 0
-    #: Dropped: the session limit was reached, its connection could not be made or had
-    #: ended (forwarder).
-    dropped_no_session: int = 0
-    #: Dropped: over the client's rate limits, the host firewall's (relay).
-    dropped_rate_limited: int = 0
-    #: Dropped: the DTP connection's carrier was backed up (more than
-    #: ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` unsent): never queued behind it.
-    dropped_backlog: int = 0
-    #: Dropped: the UDP socket refused the send -- the backend's port is closed (an ICMP
-    #: error left by an earlier datagram), unreachable or the buffer full (relay; such
-    #: datagrams are not billed), or the same for the local client (forwarder).
-    dropped_send_failed: int = 0
-    #: Dropped: the relay was finishing (its daemon stopping): its final usage was
-    #: reported, and a datagram forwarded after that would go unpaid.
-    dropped_finishing: int = 0
-    sessions_opened: int = 0
-    #: Receipts signed and sent to relays (forwarder), and the MIST they added: the
-    #: payments a forwarder made, for its owner's status.
-    receipts_sent: int = 0
-    fees_paid: int = 0
-    sessions_closed: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Add to counters atomically (sessions run in threads of their own)."""
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def snapshot(self) -> dict[str, int]:
-        """The counters as a dict."""
-        with self._lock:
-            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 # -- the exposing side ---------------------------------------------------------------------
@@ -123,6 +70,9 @@ class UdpBilling:
     it for the disk (a :class:`~dtp.payments.receipt_writer.ReceiptWriter`): counted at once, the
     relay served on a receipt a crash could still lose, a receipt interval beyond the
     credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
+
+    Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
+    under its engine lock; the asyncio relay on its loop, where ``kept`` must run too).
     """
 
     def __init__(
@@ -169,18 +119,12 @@ class UdpBilling:
         self.refused_receipts = 0
         self._reported = (0, 0)
         # allowed and not counted yet (a datagram on its way to the backend, replies
-        # on their way to the client): the request path and the reply path run in
-        # different threads, and each judged what the other was about to send as not
-        # there -- together they served past the deposit
+        # on their way to the client): the request path and the reply path run apart
+        # (threads, under the blocking driver's lock, or callbacks), and each judged
+        # what the other was about to send as not there -- together they served past
+        # the deposit
         self._pending_datagrams = 0
         self._pending_bytes = 0
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_ledger(cls, ledger: Ledger, connection_id: str, **kw: object) -> UdpBilling:
-        """The check for a ledger connection (SLA, client key, deposit from the ledger)."""
-        terms = ConnectionTerms.from_ledger(ledger, connection_id)
-        return cls(connection_id, terms.sla, terms.client_public_key, terms.deposited, **kw)  # type: ignore[arg-type]
 
     @property
     def owed(self) -> int:
@@ -191,27 +135,25 @@ class UdpBilling:
     def paid_up(self) -> bool:
         """Whether the latest receipt covers everything forwarded so far (a relay
         finishing waits for this before it ends)."""
-        with self._lock:
-            latest = self.latest
-            paid = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
-            return paid[0] >= self.datagrams and paid[1] >= self.bytes
+        latest = self.latest
+        paid = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
+        return paid[0] >= self.datagrams and paid[1] >= self.bytes
 
     def receipt(self, encoded: bytes) -> bool:
         """Check and keep a receipt; False (and counted) when it is refused."""
         try:
             receipt = Receipt.decode(encoded)
-            with self._lock:
-                check_next_receipt(
-                    receipt,
-                    self.checked,
-                    connection_id=self.connection_id,
-                    sla=self.sla,
-                    public_key=self.client_public_key,
-                    deposited=self.deposited,
-                )
-                self.checked = receipt
-                if not self.counts_when_kept:
-                    self.latest = receipt
+            check_next_receipt(
+                receipt,
+                self.checked,
+                connection_id=self.connection_id,
+                sla=self.sla,
+                public_key=self.client_public_key,
+                deposited=self.deposited,
+            )
+            self.checked = receipt
+            if not self.counts_when_kept:
+                self.latest = receipt
         except DTPError as exc:
             self.refused_receipts += 1
             logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
@@ -227,9 +169,8 @@ class UdpBilling:
         """Count a receipt :meth:`receipt` accepted, now kept durably (with
         ``counts_when_kept``). One older than the newest counted changes nothing (a
         writer that replaced it with a newer one may report either first)."""
-        with self._lock:
-            if self.latest is None or receipt.nonce > self.latest.nonce:
-                self.latest = receipt
+        if self.latest is None or receipt.nonce > self.latest.nonce:
+            self.latest = receipt
 
     def may_forward(self, nbytes: int = 0) -> bool:
         """Whether a datagram of ``nbytes`` from the client may go: the receipts so far
@@ -239,24 +180,31 @@ class UdpBilling:
         backend's socket took the datagram: a send that fails is not billed (call
         :meth:`not_forwarded`). True reserves the datagram until then, so that the
         replies allowed meanwhile leave room for it."""
-        with self._lock:
-            if not self._may_serve(nbytes, 1):
-                return False
-            self._pending_datagrams += 1
-            self._pending_bytes += nbytes
-            return True
+        if not self._may_serve(nbytes, 1):
+            return False
+        self._pending_datagrams += 1
+        self._pending_bytes += nbytes
+        return True
 
     def not_forwarded(self, nbytes: int) -> None:
         """A datagram :meth:`may_forward` allowed was not delivered: not billed."""
-        with self._lock:
-            self._unreserve(nbytes, 1)
+        self.delivered(1, nbytes, 0, 0)
+
+    def delivered(self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int) -> None:
+        """Count what went of datagrams :meth:`may_forward` allowed: ``sent`` of
+        ``sent_bytes`` delivered to the backend, billed, and the reservation of all
+        ``reserved`` (of ``reserved_bytes``) released -- those not sent are not
+        billed. One call for a batch."""
+        self._unreserve(reserved_bytes, reserved)
+        self.datagrams += sent
+        self.bytes += sent_bytes
 
     def _unreserve(self, nbytes: int, datagrams: int) -> None:
         self._pending_bytes = max(0, self._pending_bytes - nbytes)
         self._pending_datagrams = max(0, self._pending_datagrams - datagrams)
 
     def _may_serve(self, nbytes: int, requests: int) -> bool:
-        """(lock held) Credit and deposit left for ``nbytes`` and ``requests`` more,
+        """Credit and deposit left for ``nbytes`` and ``requests`` more,
         beyond what is counted and what is reserved."""
         latest = self.latest
         paid, paid_bytes = (0, 0) if latest is None else (latest.total_requests, latest.total_bytes)
@@ -269,7 +217,7 @@ class UdpBilling:
         )
 
     def _byte_credit(self) -> int:
-        """(lock held) The bytes that may go unreceipted: the credit, and the replies
+        """The bytes that may go unreceipted: the credit, and the replies
         written off as lost."""
         return self.credit_bytes + int(self.reply_bytes * self.loss_allowance)
 
@@ -278,47 +226,41 @@ class UdpBilling:
         the bytes no receipt covers stay below ``credit_bytes`` and the deposit pays
         for it. Their bytes are reserved until the relays count those sent with
         :meth:`replied` (passing what was reserved)."""
-        with self._lock:
-            paid_bytes = 0 if self.latest is None else self.latest.total_bytes
-            start = nbytes = self.bytes + self._pending_bytes
-            datagrams = self.datagrams + self._pending_datagrams
-            credit = self._byte_credit()
-            allowed = 0
-            for size in sizes:
-                if nbytes - paid_bytes >= credit:
-                    break
-                if fee(self.sla, nbytes + size, datagrams) > self.deposited:
-                    break
-                nbytes += size
-                allowed += 1
-            self._pending_bytes += nbytes - start
+        paid_bytes = 0 if self.latest is None else self.latest.total_bytes
+        start = nbytes = self.bytes + self._pending_bytes
+        datagrams = self.datagrams + self._pending_datagrams
+        credit = self._byte_credit()
+        allowed = 0
+        for size in sizes:
+            if nbytes - paid_bytes >= credit:
+                break
+            if fee(self.sla, nbytes + size, datagrams) > self.deposited:
+                break
+            nbytes += size
+            allowed += 1
+        self._pending_bytes += nbytes - start
         return allowed
 
     def forwarded(self, nbytes: int) -> None:
         """Count a datagram of ``nbytes`` delivered to the backend."""
-        with self._lock:
-            self._unreserve(nbytes, 1)
-            self.datagrams += 1
-            self.bytes += nbytes
+        self.delivered(1, nbytes, 1, nbytes)
 
     def admit(self, nbytes: int) -> bool:
         """Whether a datagram of ``nbytes`` from the client may be forwarded, counting
         it when it may (for a caller whose delivery cannot fail; the relays use
         :meth:`may_forward` and :meth:`forwarded`)."""
-        with self._lock:
-            if not self._may_serve(nbytes, 1):
-                return False
-            self.datagrams += 1
-            self.bytes += nbytes
-            return True
+        if not self._may_serve(nbytes, 1):
+            return False
+        self.datagrams += 1
+        self.bytes += nbytes
+        return True
 
     def replied(self, nbytes: int, reserved: int = 0) -> None:
         """Count replies of ``nbytes`` sent to the client, releasing the ``reserved``
         bytes :meth:`replies_allowed` set aside for them."""
-        with self._lock:
-            self._unreserve(reserved, 0)
-            self.bytes += nbytes
-            self.reply_bytes += nbytes
+        self._unreserve(reserved, 0)
+        self.bytes += nbytes
+        self.reply_bytes += nbytes
 
     def report_interval(self, every: int) -> int:
         """``every`` (datagrams between usage reports), lowered to half the credit when
@@ -330,26 +272,24 @@ class UdpBilling:
 
     def final_totals(self) -> tuple[int, int]:
         """The totals now, reported as final."""
-        with self._lock:
-            self._reported = (self.datagrams, self.bytes)
-            return self._reported
+        self._reported = (self.datagrams, self.bytes)
+        return self._reported
 
     def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
         """The totals to report when ``every`` datagrams, or half of ``credit_bytes``,
         passed since the last report (or anything changed, with ``force``); None when
         no report is due. (By bytes too: a stream of replies, which are no requests,
         would otherwise run through its byte credit before a report was due.)"""
-        with self._lock:
-            last_datagrams, last_bytes = self._reported
-            changed = (self.datagrams, self.bytes) != self._reported
-            if not changed or not (
-                force
-                or self.datagrams - last_datagrams >= every
-                or self.bytes - last_bytes >= max(1, self.credit_bytes // 2)
-            ):
-                return None
-            self._reported = (self.datagrams, self.bytes)
-            return self._reported
+        last_datagrams, last_bytes = self._reported
+        changed = (self.datagrams, self.bytes) != self._reported
+        if not changed or not (
+            force
+            or self.datagrams - last_datagrams >= every
+            or self.bytes - last_bytes >= max(1, self.credit_bytes // 2)
+        ):
+            return None
+        self._reported = (self.datagrams, self.bytes)
+        return self._reported
 
 
 _MAX_CONTROL = 1 + RECEIPT_ENCODED_SIZE
@@ -365,14 +305,6 @@ def check_control_size(size: int) -> None:
     body is never waited for nor buffered."""
     if not 1 <= size <= _MAX_CONTROL:
         raise BadControlFrame(f"UDP control frame of {size} bytes (1 to {_MAX_CONTROL})")
-
-
-def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
-    """End the connection of a peer that broke the control protocol, with the reason
-    (a blocking socket's or an asyncio writer's: both abort alike)."""
-    logger.info("UDP control stream: %s: closing the connection", exc)
-    with contextlib.suppress(DTPError, OSError):
-        sock.abort(str(exc))
 
 
 #: Receipts a relay refuses on one connection before it ends it: one is no fault (a
@@ -438,6 +370,22 @@ class ControlDecoder:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the relay does with a batch of the client's datagrams
+    (:meth:`RelayEngine.admit`)."""
+
+    #: The datagrams to send to the backend, in arrival order; the billing holds them
+    #: reserved until :meth:`RelayEngine.delivered` says which went.
+    forward: list[bytes]
+    #: Their bytes.
+    nbytes: int
+    #: Dropped: over the client's rate limits (``dropped_rate_limited``).
+    rate_limited: int
+    #: Dropped: not covered by a receipt, or beyond the deposit (``dropped_unpaid``).
+    unpaid: int
+
+
 #: Seconds a finishing relay waits for the receipt of its final report (over a lossy
 #: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
@@ -460,8 +408,13 @@ class RelayEngine:
         *,
         idle_timeout: float,
         report_every: int,
+        limits: ClientBuckets | None = None,
     ) -> None:
         self.billing = billing
+        self.limits = limits
+        #: Whether :meth:`admit` may drop anything: without rate limits and billing,
+        #: every datagram goes, and a driver need not ask per datagram.
+        self.gated = billing is not None or limits is not None
         self.idle_timeout = idle_timeout
         #: Datagrams between usage reports (no more than half the credit: see
         #: :meth:`UdpBilling.report_interval`).
@@ -478,6 +431,40 @@ class RelayEngine:
         self.finishing = False
         self._finish_by = 0.0
         self._finals = 0
+
+    def admit(self, batch: list[bytes], now: float) -> Admission:
+        """Which of the client's datagrams ``batch`` go to the backend (docs/udp.md):
+        first the rate limits (a datagram over them is dropped before it is billed: it
+        cannot wait, and holding it back only adds delay), then the billing, datagram
+        by datagram (:meth:`UdpBilling.may_forward`, which reserves each allowed one).
+        ``now`` is ``time.monotonic()``. The driver sends :attr:`Admission.forward`
+        and then calls :meth:`delivered` once for the batch."""
+        limited = 0
+        limits = self.limits
+        if limits is not None:
+            admitted = limits.admit([len(d) for d in batch], now)
+            limited = len(batch) - admitted
+            if limited:
+                batch = batch[:admitted]
+        billing = self.billing
+        if billing is None:
+            return Admission(batch, sum(map(len, batch)), limited, 0)
+        may_forward = billing.may_forward
+        forward = [d for d in batch if may_forward(len(d))]
+        return Admission(forward, sum(map(len, forward)), limited, len(batch) - len(forward))
+
+    def delivered(
+        self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int
+    ) -> bytes | None:
+        """After sending what :meth:`admit` let through (``reserved`` datagrams of
+        ``reserved_bytes``): ``sent`` of ``sent_bytes`` reached the backend's socket
+        and are billed; the others (a send refused: the backend's port closed, say)
+        are not. Returns the usage report now due, if any (:meth:`report`)."""
+        billing = self.billing
+        if billing is None:
+            return None
+        billing.delivered(reserved, reserved_bytes, sent, sent_bytes)
+        return self.report()
 
     def control_frame(self, body: bytes) -> bytes | None:
         """The answer to a frame from the forwarder: None for a receipt (``R``, kept),
@@ -643,27 +630,29 @@ class FlowAccount:
         return out, oversized, unpaid
 
     def count_send(
-        self, stats: UdpStats, out: list[bytes], sent: int | None, oversized: int, unpaid: int
-    ) -> None:
+        self, out: list[bytes], sent: int | None, oversized: int, unpaid: int
+    ) -> dict[str, int]:
         """Count a batch :meth:`take` split: ``sent`` of its ``out`` left (the rest were
         dropped, the carrier backed up), or None when the connection had ended and
         none did -- then they are dropped (``dropped_no_session``), not sent: a relay's
-        final report may not bill them."""
+        final report may not bill them. Returns the counts for the driver's
+        :class:`~dtp.hostid.udp.stats.UdpStats` (``stats.add(**counts)``)."""
         if sent is None:
             self.unsent(out)
-            stats.add(
-                dropped_no_session=len(out), dropped_oversized=oversized, dropped_unpaid=unpaid
-            )
-            return
+            return {
+                "dropped_no_session": len(out),
+                "dropped_oversized": oversized,
+                "dropped_unpaid": unpaid,
+            }
         if sent < len(out):
             self.unsent(out[sent:])
-        stats.add(
-            datagrams_out=sent,
-            bytes_out=sum(map(len, out[:sent])),
-            dropped_oversized=oversized,
-            dropped_unpaid=unpaid,
-            dropped_backlog=len(out) - sent,
-        )
+        return {
+            "datagrams_out": sent,
+            "bytes_out": sum(map(len, out[:sent])),
+            "dropped_oversized": oversized,
+            "dropped_unpaid": unpaid,
+            "dropped_backlog": len(out) - sent,
+        }
 
     def unsent(self, dropped: list[bytes]) -> None:
         """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
@@ -672,9 +661,10 @@ class FlowAccount:
         self.sent_datagrams -= len(dropped)
         self.sent_bytes -= sum(map(len, dropped))
 
-    def sign(self, datagrams: int, nbytes: int) -> bytes | None:
+    def sign(self, datagrams: int, nbytes: int, now_ms: int) -> bytes | None:
         """The control frame carrying a receipt for the relay's reported totals, capped
-        by what we sent and received; None when there is nothing new to sign."""
+        by what we sent and received; None when there is nothing new to sign. ``now_ms``
+        is the wall clock in milliseconds (the receipt's time)."""
         meter = self.meter
         if meter is None:
             return None
@@ -686,40 +676,37 @@ class FlowAccount:
             return None
         if (datagrams, nbytes) == self.billed:
             return None
-        now = _now_ms()
-        receipt = meter.record(now, nbytes=nbytes - b0, requests=datagrams - d0)
-        receipt = receipt or meter.flush(now)
+        receipt = meter.record(now_ms, nbytes=nbytes - b0, requests=datagrams - d0)
+        receipt = receipt or meter.flush(now_ms)
         self.billed = (datagrams, nbytes)
         if receipt is None:
             return None
         self.paid = receipt.total_amount
         return control_frame(b"R", receipt.encode())
 
-    def answer(self, body: bytes, flow: object) -> ReportAnswer:
+    def answer(self, body: bytes, flow: object, now_ms: int) -> ReportAnswer:
         """What to do with a control frame from the relay (``flow`` names the flow in
-        the log): a usage report gets the receipt for it (:meth:`sign`), when there is
-        something new to sign and the deposit pays for it (else the refusal is logged:
-        the relay's credit, not this flow, decides what is served next). Raises
+        the log; ``now_ms`` is the wall clock in milliseconds): a usage report gets the
+        receipt for it (:meth:`sign`), when there is something new to sign and the
+        deposit pays for it (else the refusal is logged: the relay's credit, not this
+        flow, decides what is served next). Raises
         :class:`BadControlFrame` for a frame the relay never sends
         (:func:`parse_report`)."""
         datagrams, nbytes, final = parse_report(body)
         paid = self.paid
         try:
-            frame = self.sign(datagrams, nbytes)
+            frame = self.sign(datagrams, nbytes, now_ms)
         except InsufficientFunds as exc:
             logger.warning("UDP flow from %s: %s", flow, exc)
             frame = None
         return ReportAnswer(frame, final, paid)
 
-    def signed(self, stats: UdpStats, paid_before: int) -> None:
-        """Count a receipt :meth:`sign` made (and that went out) in ``stats``."""
-        stats.add(receipts_sent=1, fees_paid=self.paid - paid_before)
+    def signed(self, paid_before: int) -> dict[str, int]:
+        """The counts of a receipt :meth:`sign` made (and that went out), for the
+        driver's :class:`~dtp.hostid.udp.stats.UdpStats` (``stats.add(**counts)``)."""
+        return {"receipts_sent": 1, "fees_paid": self.paid - paid_before}
 
 
 #: How long :meth:`UdpForwarder.close` waits for connects in progress; one that returns
 #: later still closes its new connection at once (its thread sees the forwarder closed).
 CLOSE_WAIT = 10.0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

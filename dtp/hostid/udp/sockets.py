@@ -1,8 +1,11 @@
-"""UDP through DTP, the UDP side both drivers share: binding and checking the local
-and backend sockets, draining them, and the checks of the drivers' arguments."""
+"""UDP through DTP, the I/O side both drivers share: binding and checking the local and
+backend sockets, draining them, the checks of the drivers' arguments, the wall clock,
+and what the drivers read of a DTP connection (:func:`connection_ended`,
+:func:`reliable_carrier`, :func:`closed_future`) or do to it (:func:`abort_control`)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -12,17 +15,64 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dtp.errors import (
+    DTPError,
     InvalidArgument,
     TunnelError,
 )
-from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, UdpBilling, UdpStats
+from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, BadControlFrame, UdpBilling
+from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.ratelimit import datagram_charge
+from dtp.transport.asyncio.streams import DTPStreamWriter
 
 if TYPE_CHECKING:
     from dtp.payments.ratelimit import ClientBuckets
+    from dtp.transport.blocking.socket import DTPSocket
+    from dtp.transport.session import Session
 
 
 logger = logging.getLogger(__name__)
+
+
+def wall_ms() -> int:
+    """The wall clock in milliseconds: a receipt's time (the engine reads no clock)."""
+    return int(time.time() * 1000)
+
+
+# -- what the drivers read of a DTP connection: named here, once, for both --------------
+
+
+def _session(conn: DTPSocket | DTPStreamWriter) -> Session:
+    """The transport session under a blocking socket or an asyncio writer."""
+    if isinstance(conn, DTPStreamWriter):
+        return conn._session
+    return conn._engine.session
+
+
+def connection_ended(conn: DTPSocket | DTPStreamWriter) -> bool:
+    """Whether the connection has ended (closed, aborted or timed out). A blocking
+    socket's idle timeout is a DTPTimeoutError, as a read that timed out is, but raised
+    at once by every later read: taken for a pause, a loop reading would spin on it."""
+    return _session(conn).terminated is not None
+
+
+def reliable_carrier(conn: DTPSocket | DTPStreamWriter) -> bool:
+    """Whether the connection's carrier is reliable (a finishing relay waits longer for
+    its final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
+    return _session(conn).conn.config.reliable_carrier
+
+
+def closed_future(writer: DTPStreamWriter) -> asyncio.Future[None]:
+    """The future done once ``writer``'s connection is closed: await it shielded (it is
+    the connection's own, which a cancelled wait must not cancel)."""
+    return writer._proto.closed_future
+
+
+def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
+    """End the connection of a peer that broke the control protocol, with the reason
+    (a blocking socket's or an asyncio writer's: both abort alike)."""
+    logger.info("UDP control stream: %s: closing the connection", exc)
+    with contextlib.suppress(DTPError, OSError):
+        sock.abort(str(exc))
 
 
 def check_seconds(name: str, value: object, *, zero: bool = False) -> None:
@@ -138,6 +188,10 @@ def backend_socket(
     return udp
 
 
+#: :func:`pass_replies`' guard where one thread alone uses the billing (asyncio).
+_UNGUARDED: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+
+
 def pass_replies(
     batch: list[bytes],
     limit: int,
@@ -145,18 +199,22 @@ def pass_replies(
     stats: UdpStats,
     billing: UdpBilling | None,
     limits: ClientBuckets | None,
+    guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
 ) -> bool:
     """Hand the backend's replies ``batch`` to ``send`` (the connection's
     ``send_datagrams``): those that fit a datagram of ``limit`` bytes and that
     ``billing`` allows; then count what went -- stats, the client's byte budget in
     ``limits``, what the billing has replied. Returns whether ``send`` was called (the
-    relay is not idle). Both relays' (blocking and asyncio) reply path."""
+    relay is not idle). Both relays' (blocking and asyncio) reply path; ``guard`` is
+    held around each use of ``billing`` (the blocking relay's engine lock), not
+    around ``send``."""
     fits = [d for d in batch if len(d) <= limit]
     if len(fits) < len(batch):
         stats.add(dropped_oversized=len(batch) - len(fits))
     unpaid = 0
     if billing is not None:
-        allowed = billing.replies_allowed(list(map(len, fits)))
+        with guard:
+            allowed = billing.replies_allowed(list(map(len, fits)))
         unpaid = len(fits) - allowed
         del fits[allowed:]
     reserved = sum(map(len, fits))
@@ -167,7 +225,8 @@ def pass_replies(
         sent = send(fits)
     except BaseException:
         if billing is not None:
-            billing.replied(0, reserved)  # nothing went: the reservation goes
+            with guard:
+                billing.replied(0, reserved)  # nothing went: the reservation goes
         raise
     nbytes = sum(map(len, fits[:sent]))
     if limits is not None:
@@ -182,7 +241,8 @@ def pass_replies(
         dropped_unpaid=unpaid,
     )
     if billing is not None:
-        billing.replied(nbytes, reserved)
+        with guard:
+            billing.replied(nbytes, reserved)
     return True
 
 

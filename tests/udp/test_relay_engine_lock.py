@@ -1,0 +1,133 @@
+"""The blocking relay's threads share one sans-I/O engine under one lock
+(dtp.hostid.udp.blocking.relay_udp): its loop admits the client's datagrams, its reply
+thread passes the backend's replies, its control thread takes receipts, and all of
+them ask the same billing. The engine holds no lock of its own; without the relay's,
+two threads inside the billing at once lose counts (``bytes += n`` from two threads)
+and judge the credit on totals the other is changing. Real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Iterator
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.escrow import Meter
+from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
+from dtp.ledger.receipt import Receipt
+from tests.support.polling import wait_for
+from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
+
+SLA = Sla(1, 1, 0)
+DEPOSIT = 10**9
+
+
+class _OneAtATime(UdpBilling):
+    """A billing that notes every time two threads are inside it at once, and which
+    threads came in; each call lingers a little, so that unguarded calls from two
+    threads would all but surely overlap."""
+
+    def __init__(self) -> None:
+        super().__init__(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=64)
+        self.inside = 0
+        self.overlaps = 0
+        self.threads: set[str] = set()
+        self._watch = threading.Lock()
+
+    @contextlib.contextmanager
+    def _one(self) -> Iterator[None]:
+        with self._watch:
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            self.threads.add(threading.current_thread().name)
+        time.sleep(0.0002)
+        try:
+            yield
+        finally:
+            with self._watch:
+                self.inside -= 1
+
+    def may_forward(self, nbytes: int = 0) -> bool:
+        with self._one():
+            return super().may_forward(nbytes)
+
+    def delivered(self, reserved: int, reserved_bytes: int, sent: int, sent_bytes: int) -> None:
+        with self._one():
+            super().delivered(reserved, reserved_bytes, sent, sent_bytes)
+
+    def replies_allowed(self, sizes: list[int]) -> int:
+        with self._one():
+            return super().replies_allowed(sizes)
+
+    def replied(self, nbytes: int, reserved: int = 0) -> None:
+        with self._one():
+            super().replied(nbytes, reserved)
+
+    def receipt(self, encoded: bytes) -> bool:
+        with self._one():
+            return super().receipt(encoded)
+
+    def report_due(self, every: int, force: bool = False) -> tuple[int, int] | None:
+        with self._one():
+            return super().report_due(every, force)
+
+    def kept(self, receipt: Receipt) -> None:
+        with self._one():
+            super().kept(receipt)
+
+
+def test_the_relays_threads_use_its_engine_one_at_a_time() -> None:
+    """Datagrams, replies and receipts at once: no two of the relay's threads are ever
+    inside the billing together, the loop's and the reply thread's calls both came,
+    and every datagram and reply is counted once (the billing's totals are the
+    relay's counters), none left reserved."""
+    dns = DnsLikeBackend()
+    billing = _OneAtATime()
+    stats = UdpStats()
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    handler = functools.partial(
+        relay_udp, backend=dns.address, billing=billing, stats=stats, idle_timeout=1
+    )
+    ended = threading.Event()
+
+    def serve(sock: dtp.socket.DTPSocket) -> None:
+        try:
+            handler(sock)
+        finally:
+            ended.set()
+
+    serving = threading.Thread(target=server.serve_forever, args=(serve,), daemon=True)
+    serving.start()
+    stop = threading.Event()
+    try:
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            signer = threading.Thread(
+                target=sign_reports,
+                args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
+                daemon=True,
+            )
+            signer.start()
+            for i in range(300):
+                sock.send_datagram(i.to_bytes(2, "big") + b"query")
+                if i % 20 == 0:
+                    time.sleep(0.01)  # (the backend's socket buffer)
+            assert wait_for(lambda: stats.datagrams_out >= 200, 10), stats.snapshot()
+            assert wait_for(lambda: billing.latest is not None, 10)
+            stop.set()
+        assert ended.wait(10), "the relay did not end"
+        signer.join(5)
+    finally:
+        stop.set()
+        server.close()
+        serving.join(5)
+        dns.close()
+    assert billing.overlaps == 0, billing.threads
+    assert {"dtp-udp-replies", "dtp-udp-control"} <= billing.threads, billing.threads
+    assert billing.datagrams == stats.datagrams_in == dns.received
+    assert billing.bytes == stats.bytes_in + stats.bytes_out
+    assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
