@@ -16,6 +16,7 @@ import dtp.connection
 import dtp.errors
 import dtp.socket
 from dtp.keys import HostIdentity
+from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.hooks import (
     ConnectionHook,
     PeerInfo,
@@ -69,7 +70,7 @@ def _as_hook(recorder: Recorder) -> ConnectionHook:
     return recorder  # (mypy: a Recorder is a ConnectionHook)
 
 
-def test_the_blocking_driver_calls_a_connection_hook() -> None:
+def test_the_blocking_driver_calls_a_connection_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     got: list[bytes] = []
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
 
@@ -88,7 +89,10 @@ def test_the_blocking_driver_calls_a_connection_hook() -> None:
         receipts: list[bytes] = []
         sock.set_connection_hook(_as_hook(recorder), receipts.append)
         assert sock.connection_hook is recorder
+        added: list[object] = []
+        monkeypatch.setattr(TIMERS, "add", added.append)
         sock.start_timer()  # (started by connect already: a second start changes nothing)
+        assert added == []  # (a second heap entry would double the connection's passes)
         sock.sendall(SENT)
         sock.check_live()  # (open: nothing raised)
         ran: list[int] = []

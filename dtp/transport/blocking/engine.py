@@ -80,6 +80,7 @@ class Engine:
         # the first stream was reset (DTPSocket.reset): shutdown() waits for no reader
         self.abandoned = False
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
+        self.timer_started = False  # (start_timer: one entry in the timer heap, ever)
         # a server's accepted connection holding one of its accept() queue's places
         self.holds_place = False
         # the next connect's keys still to make (NextConnectKeys), made while we would
@@ -603,7 +604,11 @@ class Engine:
     # -- lifetime -------------------------------------------------------------------------
 
     def start_timer(self) -> None:
-        TIMERS.add(self)
+        """Put this connection on the timer thread, once: the heap re-pushes each entry
+        after its pass, so a second add would double the passes for good."""
+        if not self.timer_started:
+            self.timer_started = True
+            TIMERS.add(self)
 
     def shutdown(self, linger: float) -> None:
         """Close gracefully: wait up to ``linger`` for queued data, then CLOSE. After
