@@ -239,6 +239,8 @@ def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
         assert not server.is_serving()
         await server.start_serving()
         assert server.is_serving()
+        with pytest.raises(dtp.errors.LocalProtocolError, match="listens on TCP already"):
+            await server.listen("127.0.0.1", 0)  # (a second listener would outlive close)
         listener = FakeListener()
         server.attach(listener)
         assert server.attached is listener
@@ -246,5 +248,10 @@ def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
         assert server.closed and not server.is_serving()
         await server.wait_closed()
         assert listener.closed_with
+        closed = dtp.aio.DTPServer(serve, SERVER, None, config)
+        closed.close()
+        with pytest.raises(dtp.errors.LocalProtocolError, match="is closed"):
+            await closed.listen("127.0.0.1", 0)
+        assert not closed.is_serving()
 
     asyncio.run(main())

@@ -658,7 +658,13 @@ class DTPServer:
     ) -> None:
         """Listen for TCP connections on ``host:port`` (what ``start_server`` does once it
         made the server), accepting them at once unless ``start_serving`` is False
-        (then at :meth:`start_serving`), as :meth:`asyncio.loop.create_server`."""
+        (then at :meth:`start_serving`), as :meth:`asyncio.loop.create_server`. Once:
+        LocalProtocolError on a server that listens already or is closed (a second
+        listener would outlive :meth:`close`)."""
+        if self._server is not None:
+            raise LocalProtocolError("this server listens on TCP already")
+        if self._closed.is_set():
+            raise LocalProtocolError("this server is closed")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol_factory,
