@@ -1,9 +1,11 @@
 """Connecting by host ID, the server side: :class:`LedgerAdmission`, an admission hook
-for :class:`dtp.transport.blocking.server.DTPServer` that accepts a client only when the
-connection ID it named in its handshake is an Open TransportControl of this client, host
-and port whose escrow is funded, and the host's firewall (read afresh) still permits the
-client; and what a hook's verdict means. The client side is :mod:`dtp.hostid.connect`,
-whose names this module re-exports (the old ``dtp.admission`` held both).
+for the host-ID servers (:class:`dtp.socket.DTPServer`, :class:`dtp.aio.DTPServer`, which
+also hold its reservations: one DTP connection per ledger connection) that accepts a
+client only when the connection ID it named in its handshake is an Open TransportControl
+of this client, host and port whose escrow is funded, and the host's firewall (read
+afresh) still permits the client; and what a hook's verdict means. The client side is
+:mod:`dtp.hostid.connect`, whose names this module re-exports (the old ``dtp.admission``
+held both).
 """
 
 from __future__ import annotations
@@ -148,7 +150,10 @@ def check_open_grace_use(open_grace: float | None, ledger: object | None) -> Non
 
 
 class LedgerAdmission:
-    """Server admission against the ledger, for ``DTPServer(admit=...)``.
+    """Server admission against the ledger, for ``DTPServer(admit=...)`` of
+    :mod:`dtp.socket` or :mod:`dtp.aio` (the host-ID servers: a transport server given it
+    would admit but keep no reservations, and so not hold one DTP connection per ledger
+    connection or the Host's connection limits).
 
     ``host_id``: the Host this server serves; ``port``: the DTP port it serves. Returns
     None to accept, or the refusal reason (which the client receives as
