@@ -54,8 +54,10 @@ class Protocol(asyncio.BufferedProtocol):
         #: closes its side, or when this fires
         self._drain_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
-        # the carrier reads into this one buffer (see RECV_CHUNK): it starts small and
-        # doubles whenever a read fills it
+        # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
+        # doubles whenever a read fills it, and starts small again after a read that
+        # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
+        # for the rest of its life: a server keeps thousands)
         self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
@@ -102,9 +104,13 @@ class Protocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         view = self._rbuf
-        if nbytes == len(view) and nbytes < RECV_CHUNK:
-            # the next read may bring more (this one's bytes stay in ``view``)
-            self._rbuf = memoryview(bytearray(min(2 * nbytes, RECV_CHUNK)))
+        size = len(view)
+        if nbytes == size:
+            if size < RECV_CHUNK:
+                # the next read may bring more (this one's bytes stay in ``view``)
+                self._rbuf = memoryview(bytearray(min(2 * size, RECV_CHUNK)))
+        elif nbytes < size >> 3 and size > FIRST_RECV_CHUNK:
+            self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
         self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
