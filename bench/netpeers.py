@@ -37,10 +37,10 @@ if TYPE_CHECKING:
 # source, whose compiler frees a block that grows with the module (344 KiB for a
 # 3,000-line one). Below ~400 KiB, the asyncio servers' per-read objects (asyncio's
 # 256 KiB recv() results, reader.read()'s) are fresh mmaps, or a heap top grown and
-# trimmed, each read: the asyncio TLS server ran 2x faster with dtp imported than
-# without it (perf stat: 5 page faults against 119,000 for 256 MiB), and the DTP server
-# lost a third of its throughput when a module split made its largest import smaller (it
-# reads into one reused buffer since: dtp/transport/asyncio/protocol.py).
+# trimmed, each read (perf stat: 5 page faults against 119,000 for 256 MiB), and which
+# side of the threshold a server sits on changes tcp_bulk_asyncio about 2x. The DTP
+# server reads its carrier into one reused buffer (dtp/transport/asyncio/protocol.py):
+# those reads do not depend on it, its readers' read() results still do.
 
 
 def make_tls_context() -> tuple[ssl.SSLContext, str]:

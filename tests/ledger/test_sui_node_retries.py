@@ -2,9 +2,9 @@
 
 The node is real over 127.0.0.1: the grpclib server of ``tests/support/grpc_nodes.py``
 (``GrpcNode``) answering gRPC statuses as the error tests of
-tests/ledger/test_sui_node_faults.py do, the bare HTTP/2 server there for an HTTP 429,
-and here a TCP proxy that resets connections in front of the grpclib server. Before,
-one UNAVAILABLE, reset connection or rate limit failed the caller at once."""
+tests/ledger/test_sui_node_faults.py do, its bare HTTP/2 server (``Http2Status``) for an
+HTTP 429, and here a TCP proxy that resets connections in front of the grpclib server:
+one UNAVAILABLE, reset connection or rate limit must not fail the caller at once."""
 
 from __future__ import annotations
 

@@ -1,18 +1,15 @@
-"""AsyncRpcClient: a prepaid call that fails because the client closed (or the stream
-ended) leaves its escrow in ``prepay.unanswered`` for ``refund_due``, as the blocking
-client does; before, the escrow was forgotten and its fee locked for good.
+"""Prepaid response escrows are never lost or kept for good.
 
-A ledger error while a server checks response fees refuses or skips that one thing;
-it no longer ends the stream, failing every call in flight on it.
-
-ResponseFeePolicy forgets the escrow of a paid request that ended with no response
-(its handler failed, it was cancelled or timed out): before, each left an entry in
-``answered`` for good (a server's memory grew with every failed paid request).
-
-AsyncRpcServer: a paid request cancelled while its prepaid response escrow is being
-checked (in a worker thread, which a cancel cannot stop) leaves no entry: before, the
-check finished after the cancel and kept the escrow as used for good (a request naming
-it again was refused, and each such request grew the server's memory)."""
+- A prepaid call that fails because the client closed (or the stream ended) leaves its
+  escrow in ``prepay.unanswered`` for ``refund_due``, on both clients.
+- A ledger error while a server checks response fees refuses or skips that one thing;
+  it does not end the stream, failing every call in flight on it.
+- ResponseFeePolicy forgets the escrow of a paid request that ended with no response
+  (its handler failed, it was cancelled or timed out), so a server's memory does not
+  grow with every failed paid request.
+- A paid request cancelled while its prepaid response escrow is being checked (in a
+  worker thread, which a cancel cannot stop) leaves no entry: a request naming the
+  escrow again is not refused for it."""
 
 from __future__ import annotations
 
@@ -284,9 +281,8 @@ def test_a_prepay_replaced_mid_call_settles_its_own_escrows(
 ) -> None:
     """A call's escrow is acknowledged or refunded by the ResponsePrepay that made it,
     also when the client's ``prepay`` is replaced or taken away while the call is in
-    flight (the fee engine files the escrow with its maker: ClientFees); before, the
-    asyncio client and the blocking one looked at the client's ``prepay`` when the
-    call ended, and with none there the fee was neither acknowledged nor refunded."""
+    flight (the fee engine files the escrow with its maker: ClientFees), so that a fee
+    is acknowledged or refunded even with no ``prepay`` left on the client."""
     ledger, server_id, client_id = _ledger()
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
     s = rpc_driver(response_fees=policy)

@@ -135,10 +135,9 @@ class Registry:
 def check_server_options(
     max_message_size: object, max_pending: object, payments: object, response_fees: object
 ) -> None:
-    """A server's options, checked when it is made: the limits went unchecked to each
-    stream's RpcProtocol, so ``max_pending=0`` (or a str) was taken and every client
-    that connected then failed; a payments source that cannot be called refused every
-    request, and a wrong fee policy failed at the first prepaid one."""
+    """A server's options, checked when it is made rather than at each stream's
+    RpcProtocol (where ``max_pending=0`` would fail every client that connects, an
+    uncallable payments source every request, a wrong fee policy the first prepaid one)."""
     _check_count("max_message_size", max_message_size, 1)
     _check_count("max_pending", max_pending, 1)
     if not (payments is None or isinstance(payments, RequestPayments) or callable(payments)):

@@ -352,7 +352,8 @@ def abort(proto: Protocol, code: int, reason: str) -> None:
     proto.close_carrier(drain=False)
 
 
-#: The ledger half-closes of abandoned metered connections (see _close_abandoned)
+#: The hooks' after_close runs of abandoned connections, while they run (see
+#: _close_abandoned)
 _FINISHING: set[asyncio.Task[None]] = set()
 
 
