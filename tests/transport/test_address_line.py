@@ -286,26 +286,17 @@ SERVES: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("serve", SERVES)
-def test_paid_serve_takes_the_handshake_bounds(world: World, serve: str) -> None:
+def run_paid_serve(serve: str, world: World, check: Any, **bounds: Any) -> None:
+    """Starts ``SERVES[serve]``'s server for ``world`` with the handshake ``bounds``,
+    hands it to ``check`` (in a thread of its own beside an asyncio server's loop) and
+    closes it."""
     options: dict[str, Any] = {
         "ledger": world.ledger,
         "identity": HOST,
         "receipts": world.receipts,
         "config": UNHURRIED,
-        "max_handshakes": 3,
-        "max_handshakes_per_address": 1,
-        "max_waiting_per_address": 0,
-        "backlog": 5,
+        **bounds,
     }
-
-    def check(server: Any) -> None:
-        assert server.server is not None
-        assert server.server._admission.server_slots.cap == 3
-        assert server.server._admission.server_slots.max_waiting == 5
-        assert server.server.handshakes_in_progress == 0
-        second_of_an_address_is_refused(server.address, server.server)
-
     if serve == "blocking":
         server = SERVES[serve](world.host_id, PORT, paid_echo, **options)
         try:
@@ -325,6 +316,19 @@ def test_paid_serve_takes_the_handshake_bounds(world: World, serve: str) -> None
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("serve", SERVES)
+def test_paid_serve_takes_the_handshake_bounds(world: World, serve: str) -> None:
+    def check(server: Any) -> None:
+        assert server.server is not None
+        assert server.server._admission.server_slots.cap == 3
+        assert server.server._admission.server_slots.max_waiting == 5
+        assert server.server.handshakes_in_progress == 0
+        second_of_an_address_is_refused(server.address, server.server)
+
+    bounds = {"max_handshakes": 3, "max_handshakes_per_address": 1, "max_waiting_per_address": 0}
+    run_paid_serve(serve, world, check, backlog=5, **bounds)
+
+
 @pytest.mark.parametrize(
     "bounds",
     [
@@ -334,36 +338,13 @@ def test_paid_serve_takes_the_handshake_bounds(world: World, serve: str) -> None
         {"max_waiting_per_address": -1},
     ],
 )
+@pytest.mark.parametrize("serve", SERVES)
 def test_paid_serve_checks_the_bounds_before_the_ledger(
-    world: World, bounds: dict[str, object], api: str
+    world: World, bounds: dict[str, object], serve: str
 ) -> None:
     """A bad bound is refused (ValueError) before the paid server touches the ledger or
     opens its receipt store, on either API."""
-    if api == "blocking":
-        with pytest.raises(ValueError):
-            dtp.socket.serve(
-                world.host_id,
-                PORT,
-                paid_echo,
-                ledger=world.ledger,
-                identity=HOST,
-                receipts=world.receipts,
-                **bounds,  # type: ignore[arg-type]
-            )
-    else:
-
-        async def main() -> None:
-            with pytest.raises(ValueError):
-                await dtp.hostid.paid.aio.serve(
-                    world.host_id,
-                    PORT,
-                    paid_aio_echo,
-                    ledger=world.ledger,
-                    identity=HOST,
-                    receipts=world.receipts,
-                    **bounds,  # type: ignore[arg-type]
-                )
-
-        asyncio.run(main())
+    with pytest.raises(ValueError):
+        run_paid_serve(serve, world, lambda server: None, **bounds)
     assert not world.receipts.exists()  # (the store is not even opened)
     assert world.ledger.get_host(world.host_id).endpoints == ()

@@ -250,19 +250,26 @@ def connect(address: tuple[str, int], opened: Opened) -> DTPSocket:
     )
 
 
+def recorded_first_message(server: ServerDriver, opened: Opened) -> bytes:
+    """The client's IK first message, recorded on its way to ``server``, which serves
+    it; returned once the client has left (its ledger connection is free again)."""
+    proxy = Recorder(server.address)
+    try:
+        served_through(server, proxy.address, opened, b"first")
+        first = proxy.first_messages[0]
+        assert first
+    finally:
+        proxy.close()
+    assert wait_for(lambda: len(server.server._serving) == 0, BOUND)
+    return first
+
+
 def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
     opened: Opened, server_driver: Serve
 ) -> None:
     driver = ledger_server(server_driver, opened)
     server = driver.server
-    proxy = Recorder(driver.address)
-    try:
-        served_through(driver, proxy.address, opened, b"first")
-        first = proxy.first_messages[0]
-        assert first
-    finally:
-        proxy.close()
-    assert wait_for(lambda: len(server._serving) == 0, BOUND)  # the client left
+    first = recorded_first_message(driver, opened)
     replayed = replay(driver.address, first)
     try:
         # the server has decided on the replay: turned it away, or (the bug) reserved
@@ -586,14 +593,7 @@ def test_throwaway_identities_do_not_unlock_a_replay(opened: Opened, server_driv
     driver = ledger_server(server_driver, opened)
     server = driver.server
     server._replays = ReplayGuard(capacity=CAPACITY)  # (before any connection came)
-    proxy = Recorder(driver.address)
-    try:
-        served_through(driver, proxy.address, opened, b"first")
-        first = proxy.first_messages[0]
-        assert first
-    finally:
-        proxy.close()
-    assert wait_for(lambda: len(server._serving) == 0, BOUND)
+    first = recorded_first_message(driver, opened)
     for _ in range(THROWAWAY):
         identity, config = _throwaway_config(opened)
         with pytest.raises(ConnectionRefused):
