@@ -48,11 +48,14 @@ def raised_within(
     return outcome[0]
 
 
-async def async_wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """``wait_for`` on an event loop: polls ``check()`` every 10 ms without blocking it."""
+async def async_wait_for(
+    check: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> bool:
+    """``wait_for`` on an event loop: polls ``check()`` every ``interval`` seconds
+    without blocking it."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             return False
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval)
     return True

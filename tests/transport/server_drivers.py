@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,11 @@ class ServerDriver:
         it sent up to its end; what the read raised (the connection's end) is raised."""
         raise NotImplementedError
 
+    def handoff(self, sock: socket.socket, peer: Any) -> None:
+        """Hands the server ``sock`` as a ledger bridge's local socket from ``peer``
+        (its ``handoff``, with the server's own connection config)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -65,6 +71,10 @@ class BlockingDriver(ServerDriver):
             while chunk := sock.recv(65536):
                 got += chunk
         return address, got
+
+    def handoff(self, sock: socket.socket, peer: Any) -> None:
+        # False: the server closed the carrier (closed, or its line full)
+        assert self.server.handoff(sock, peer, self.server.connection_config)
 
     def close(self) -> None:
         self.server.close()
@@ -116,6 +126,12 @@ class AsyncioDriver(ServerDriver):
         if isinstance(got, BaseException):
             raise got
         return got
+
+    def handoff(self, sock: socket.socket, peer: Any) -> None:
+        async def handed() -> None:  # (the asyncio server's handoff runs on its loop)
+            self.server.handoff(sock, peer, self.server.connection_config)
+
+        self._call(handed())
 
     def close(self) -> None:
         """Closes the server and ends its loop (again: nothing)."""

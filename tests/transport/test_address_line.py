@@ -228,6 +228,7 @@ def test_a_ledger_connection_waits_for_a_slot_until_its_deadline(held: Held) -> 
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
+WAIT = 30.0  # seconds any wait of these tests may take at most (a loaded machine)
 
 
 def ident(seed: int) -> HostIdentity:
@@ -235,6 +236,9 @@ def ident(seed: int) -> HostIdentity:
 
 
 HOST = ident(0x5A)
+#: a connection put in a line waits until its handshake timeout: this one is far beyond
+#: WAIT, so "closed within WAIT" can only be "refused at once"
+UNHURRIED = ConnectionConfig(identity=HOST, is_client=False, handshake_timeout=600.0)
 
 
 @dataclass
@@ -268,58 +272,61 @@ def second_of_an_address_is_refused(address: tuple[str, int], busy: object) -> N
     """With one handshake per address and no line: an idle connection holds the
     address's slot and the next one from there is closed at once, counted."""
     with idle(address) as first, idle(address) as second:
-        assert closed_by_peer(second, within=2.0)
+        assert closed_by_peer(second, within=WAIT)
         assert not closed_by_peer(first, within=0.1)
-        assert wait_for(lambda: getattr(busy, "busy_refused", 0) == 1, timeout=2.0)
+        assert wait_for(lambda: getattr(busy, "busy_refused", 0) == 1, timeout=WAIT)
 
 
-def test_blocking_paid_serve_takes_the_handshake_bounds(world: World) -> None:
-    server = dtp.socket.serve(
-        world.host_id,
-        PORT,
-        paid_echo,
-        ledger=world.ledger,
-        identity=HOST,
-        receipts=world.receipts,
-        max_handshakes=3,
-        max_handshakes_per_address=1,
-        max_waiting_per_address=0,
-        backlog=16,
-    )
-    try:
-        assert server.server is not None
-        assert server.server._admission.server_slots.cap == 3
-        assert server.server.handshakes_in_progress == 0
-        second_of_an_address_is_refused(server.address, server.server)
-    finally:
-        server.close()
+#: the paid servers' serve(): the blocking one, and the asyncio one as dtp.hostid and
+#: dtp.aio give it
+SERVES: dict[str, Any] = {
+    "blocking": dtp.socket.serve,
+    "asyncio": dtp.hostid.paid.aio.serve,
+    "asyncio-dtp.aio": dtp.aio.serve,
+}
 
 
-@pytest.mark.parametrize("serve", [dtp.hostid.paid.aio.serve, dtp.aio.serve])
-def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> None:
-    async def main() -> None:
-        server = await serve(
-            world.host_id,
-            PORT,
-            paid_aio_echo,
-            ledger=world.ledger,
-            identity=HOST,
-            receipts=world.receipts,
-            max_handshakes=3,
-            max_handshakes_per_address=1,
-            max_waiting_per_address=0,
-            backlog=5,
-        )
+def run_paid_serve(serve: str, world: World, check: Any, **bounds: Any) -> None:
+    """Starts ``SERVES[serve]``'s server for ``world`` with the handshake ``bounds``,
+    hands it to ``check`` (in a thread of its own beside an asyncio server's loop) and
+    closes it."""
+    options: dict[str, Any] = {
+        "ledger": world.ledger,
+        "identity": HOST,
+        "receipts": world.receipts,
+        "config": UNHURRIED,
+        **bounds,
+    }
+    if serve == "blocking":
+        server = SERVES[serve](world.host_id, PORT, paid_echo, **options)
         try:
-            assert server.server is not None
-            assert server.server._handshake_slots.cap == 3
-            assert server.server._handshake_slots.max_waiting == 5
-            await asyncio.to_thread(second_of_an_address_is_refused, server.address, server.server)
+            check(server)
+        finally:
+            server.close()
+        return
+
+    async def main() -> None:
+        server = await SERVES[serve](world.host_id, PORT, paid_aio_echo, **options)
+        try:
+            await asyncio.to_thread(check, server)
         finally:
             server.close()
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("serve", SERVES)
+def test_paid_serve_takes_the_handshake_bounds(world: World, serve: str) -> None:
+    def check(server: Any) -> None:
+        assert server.server is not None
+        assert server.server._admission.server_slots.cap == 3
+        assert server.server._admission.server_slots.max_waiting == 5
+        assert server.server.handshakes_in_progress == 0
+        second_of_an_address_is_refused(server.address, server.server)
+
+    bounds = {"max_handshakes": 3, "max_handshakes_per_address": 1, "max_waiting_per_address": 0}
+    run_paid_serve(serve, world, check, backlog=5, **bounds)
 
 
 @pytest.mark.parametrize(
@@ -331,36 +338,13 @@ def test_aio_paid_serve_takes_the_handshake_bounds(world: World, serve: Any) -> 
         {"max_waiting_per_address": -1},
     ],
 )
+@pytest.mark.parametrize("serve", SERVES)
 def test_paid_serve_checks_the_bounds_before_the_ledger(
-    world: World, bounds: dict[str, object], api: str
+    world: World, bounds: dict[str, object], serve: str
 ) -> None:
     """A bad bound is refused (ValueError) before the paid server touches the ledger or
     opens its receipt store, on either API."""
-    if api == "blocking":
-        with pytest.raises(ValueError):
-            dtp.socket.serve(
-                world.host_id,
-                PORT,
-                paid_echo,
-                ledger=world.ledger,
-                identity=HOST,
-                receipts=world.receipts,
-                **bounds,  # type: ignore[arg-type]
-            )
-    else:
-
-        async def main() -> None:
-            with pytest.raises(ValueError):
-                await dtp.hostid.paid.aio.serve(
-                    world.host_id,
-                    PORT,
-                    paid_aio_echo,
-                    ledger=world.ledger,
-                    identity=HOST,
-                    receipts=world.receipts,
-                    **bounds,  # type: ignore[arg-type]
-                )
-
-        asyncio.run(main())
+    with pytest.raises(ValueError):
+        run_paid_serve(serve, world, lambda server: None, **bounds)
     assert not world.receipts.exists()  # (the store is not even opened)
     assert world.ledger.get_host(world.host_id).endpoints == ()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import pytest
@@ -25,9 +24,8 @@ CLIENT = HostIdentity.generate()
 
 
 @pytest.fixture(scope="module")
-def echo_server():  # type: ignore[no-untyped-def]
-    with server_process("echo", api="asyncio") as srv:
-        yield srv
+def echo_server(echo_processes):  # type: ignore[no-untyped-def]
+    return echo_processes("asyncio")
 
 
 def test_bad_arguments_raise_as_asyncio_streams_do(echo_server) -> None:  # type: ignore[no-untyped-def]
@@ -77,30 +75,6 @@ def test_echo_and_stream_reader_api(echo_server) -> None:  # type: ignore[no-unt
         writer.write_eof()
         assert await reader.read() == b""
         assert reader.at_eof()
-        writer.close()
-        await writer.wait_closed()
-
-    asyncio.run(main())
-
-
-def test_large_transfer(echo_server) -> None:  # type: ignore[no-untyped-def]
-    payload = os.urandom(8 * 1024 * 1024)
-
-    async def main() -> None:
-        reader, writer = await dtp.aio.open_connection(
-            "127.0.0.1", echo_server.port, server_key=echo_server.key, timeout=10
-        )
-
-        async def send() -> None:
-            for i in range(0, len(payload), 65536):
-                writer.write(payload[i : i + 65536])
-                await writer.drain()
-            writer.write_eof()
-
-        task = asyncio.ensure_future(send())
-        got = await reader.read()
-        await task
-        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
         writer.close()
         await writer.wait_closed()
 

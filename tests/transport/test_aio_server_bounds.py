@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import socket
-import time
 from collections.abc import Callable
 
 import pytest
@@ -42,6 +42,7 @@ from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
 from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.keys import HostIdentity
 from dtp.transport.handshake_slots import AddressSlots
+from tests.support.polling import async_wait_for
 from tests.transport.half_handshakes import first_record
 
 SERVER = HostIdentity.generate()
@@ -52,15 +53,8 @@ HELD = HostIdentity.generate()
 BOUND = 5.0  # seconds any one step may take
 
 
-async def until(check: Callable[[], bool], timeout: float = BOUND) -> bool:
-    """Whether ``check`` holds within ``timeout`` (the server's counters have no event to
-    wait on: looked at each loop turn, briefly)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
+#: the server's counters have no event to wait on: looked at every few ms, up to BOUND
+until = functools.partial(async_wait_for, timeout=BOUND, interval=0.005)
 
 
 async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:

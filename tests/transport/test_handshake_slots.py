@@ -32,7 +32,6 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -54,12 +53,10 @@ from dtp.transport.replay_guard import ReplayGuard
 from tests.support.polling import async_wait_for, wait_for
 from tests.transport.half_handshakes import (
     closed_by_peer,
-    echo,
-    first_record,
     idle,
     silent,
 )
-from tests.transport.server_drivers import Serve
+from tests.transport.server_drivers import Serve, ServerDriver
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -220,75 +217,69 @@ def test_the_default_cap_leaves_room_for_other_clients() -> None:
         assert server._admission.server_slots.cap == 32
 
 
-# -- the blocking server ---------------------------------------------------------------
+# -- both servers (the server_driver fixture: tests/transport/conftest.py) --------------
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., dtp.socket.DTPServer]]:
-    """Start an echoing DTPServer on 127.0.0.1 with the given keywords."""
-    servers: list[dtp.socket.DTPServer] = []
-
-    def start(**kw: object) -> dtp.socket.DTPServer:
-        server = dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, **kw)  # type: ignore[arg-type]
-        servers.append(server)
-        threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def echo_once(server: dtp.socket.DTPServer, data: bytes, timeout: float = 10.0) -> bytes:
+def send_once(server: ServerDriver, data: bytes, timeout: float = 10.0) -> None:
+    """A client of 127.0.0.1 connects, sends ``data`` and closes (raises what the
+    connect raised)."""
     with dtp.socket.create_connection(
         server.address, timeout=timeout, server_key=server.noise_public_key, identity=CLIENT
     ) as sock:
         sock.sendall(data)
-        return sock.recv(100)
 
 
-def echo_from_threads(server: dtp.socket.DTPServer, prefix: bytes, n: int) -> list[bytes]:
-    """``n`` clients echoing ``prefix`` + their number at once, each in a thread; the
-    replies, in the order they came."""
-    replies: list[bytes] = []
+def served_once(server: ServerDriver, data: bytes, timeout: float = 10.0) -> bytes:
+    """What the application was given of a client's ``data`` (see :func:`send_once`)."""
+    send_once(server, data, timeout)
+    return server.served(timeout)[1]
 
-    def client(i: int) -> None:
-        replies.append(echo_once(server, b"%s%d" % (prefix, i)))
 
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+def served_from_threads(server: ServerDriver, prefix: bytes, n: int) -> list[bytes]:
+    """``n`` clients sending ``prefix`` + their number at once, each in a thread; what
+    the application was given, in the order it was."""
+    clients = [
+        threading.Thread(target=send_once, args=(server, b"%s%d" % (prefix, i))) for i in range(n)
+    ]
     for t in clients:
         t.start()
-    for t in clients:
-        t.join(30)
-    return replies
+    try:
+        return [server.served(30)[1] for _ in range(n)]
+    finally:
+        for t in clients:
+            t.join(30)
 
 
 def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed(
-    serve: Callable[..., dtp.socket.DTPServer],
+    server_driver: Serve,
 ) -> None:
-    server = serve(max_handshakes=8, max_handshakes_per_address=2, max_waiting_per_address=1)
+    driver = server_driver(
+        max_handshakes=8, max_handshakes_per_address=2, max_waiting_per_address=1
+    )
+    server = driver.server
     slots = server._address_slots
     assert slots is not None
-    held = [idle(server.address), idle(server.address)]
+    held = [idle(driver.address), idle(driver.address)]
     try:
         assert wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
-        third = idle(server.address)
+        third = idle(driver.address)
         with third:
             # in line: neither closed nor holding a slot of any kind
             assert wait_for(lambda: slots.waiting("127.0.0.1") == 1)
             assert not closed_by_peer(third, within=0.3)
             assert slots.in_progress("127.0.0.1") == 2
             assert server.handshakes_in_progress == 2
-            fourth = idle(server.address)
+            fourth = idle(driver.address)
             with fourth:
                 started = time.monotonic()
                 assert closed_by_peer(fourth, within=2.0)  # the line is full
                 assert time.monotonic() - started < 2.0
             assert server.busy_refused == 1
+            assert slots.in_progress("127.0.0.1") == 2
             # a real client that finds the line full is turned away the same way, quickly
             started = time.monotonic()
             with pytest.raises(HandshakeError, match="too many handshakes"):
-                echo_once(server, b"turned away", timeout=5.0)
+                send_once(driver, b"turned away", timeout=5.0)
             assert time.monotonic() - started < 2.0
             assert server.busy_refused == 2
             held[0].close()  # its handshake ends: the third takes its slot
@@ -300,7 +291,7 @@ def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_close
             sock.close()
     # the idle ones' handshakes end with their close: the address may connect again
     assert wait_for(lambda: len(slots) == 0)
-    assert echo_once(server, b"after the idle ones left") == b"after the idle ones left"
+    assert served_once(driver, b"after the idle ones left") == b"after the idle ones left"
     assert server.busy_refused == 2
 
 
@@ -357,48 +348,52 @@ def test_closing_the_server_closes_the_connections_waiting_in_line(server_driver
 
 @pytest.mark.parametrize("cap", [None, 2], ids=["no-cap", "cap-2"])
 def test_idle_connections_from_one_address_stall_nobody(
-    serve: Callable[..., dtp.socket.DTPServer], cap: int | None
+    server_driver: Serve, cap: int | None
 ) -> None:
-    server = serve(max_handshakes=4, max_handshakes_per_address=cap)
+    driver = server_driver(max_handshakes=4, max_handshakes_per_address=cap)
+    server = driver.server
     # one client (127.0.0.2) opens as many half-handshakes as there are slots
-    held = [idle(server.address, OTHER_IP) for _ in range(4)]
+    held = [idle(driver.address, OTHER_IP) for _ in range(4)]
     try:
         if cap is None:
             # all four hold a slot; a client that speaks makes the oldest give way
             # (before, the server waited for one to time out before it served more)
             assert wait_for(lambda: server.handshakes_in_progress == 4)
             started = time.monotonic()
-            assert echo_once(server, b"not stalled", timeout=5.0) == b"not stalled"
+            assert served_once(driver, b"not stalled", timeout=5.0) == b"not stalled"
             assert time.monotonic() - started < 2.0
             assert server.half_handshakes_evicted == 1
             assert server.busy_refused == 0
         else:
             # two hold a slot, the other two wait in their address's line
-            assert server._address_slots is not None
-            assert wait_for(lambda: server._address_slots.waiting(OTHER_IP) == 2)  # type: ignore[union-attr]
-            assert server._address_slots.in_progress(OTHER_IP) == 2
+            slots = server._address_slots
+            assert slots is not None
+            assert wait_for(lambda: slots.waiting(OTHER_IP) == 2)
+            assert slots.in_progress(OTHER_IP) == 2
             assert server.handshakes_in_progress == 2
             assert server.busy_refused == 0
             started = time.monotonic()
-            assert echo_once(server, b"from 127.0.0.1", timeout=5.0) == b"from 127.0.0.1"
+            assert served_once(driver, b"from 127.0.0.1", timeout=5.0) == b"from 127.0.0.1"
             assert time.monotonic() - started < 2.0  # promptly, not after a timeout
-            assert server._address_slots.in_progress(OTHER_IP) == 2  # still held meanwhile
-            assert server._address_slots.waiting(OTHER_IP) == 2
+            assert slots.in_progress(OTHER_IP) == 2  # still held meanwhile
+            assert slots.waiting(OTHER_IP) == 2
             assert server.half_handshakes_evicted == 0  # (a slot was free: none gave way)
     finally:
         for sock in held:
             sock.close()
+    if cap is not None:
+        assert wait_for(lambda: len(slots) == 0)
 
 
-def test_the_count_returns_to_zero_however_a_handshake_ends(
-    serve: Callable[..., dtp.socket.DTPServer],
-) -> None:
+def test_the_count_returns_to_zero_however_a_handshake_ends(server_driver: Serve) -> None:
     config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
-    server = serve(
+    driver = server_driver(
+        lambda address: address != DENIED.sui_address,
+        identity=SERVER,
         max_handshakes_per_address=2,
         config=config,
-        accept=lambda address: address != DENIED.sui_address,
     )
+    server = driver.server
     slots = server._address_slots
     assert slots is not None
 
@@ -407,23 +402,23 @@ def test_the_count_returns_to_zero_however_a_handshake_ends(
 
     # success, one after another and two at once (as many as the cap)
     for i in range(3):
-        assert echo_once(server, b"ok %d" % i) == b"ok %d" % i
-    assert sorted(echo_from_threads(server, b"c", 2)) == [b"c0", b"c1"]
+        assert served_once(driver, b"ok %d" % i) == b"ok %d" % i
+    assert sorted(served_from_threads(driver, b"c", 2)) == [b"c0", b"c1"]
     assert settled()
 
     # garbage, then closed (it never took a slot: not a first record)
-    with silent(server.address) as raw:
+    with silent(driver.address) as raw:
         raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
     assert wait_for(lambda: server.handshakes_failed == 1)
     assert settled()
 
     # closed before sending anything: no slot taken, no handshake failed
-    silent(server.address).close()
+    silent(driver.address).close()
     assert wait_for(lambda: server.unproven == 0)
     assert settled()
 
     # its first record, then silent until the server's handshake timeout closes it
-    with idle(server.address) as raw:
+    with idle(driver.address) as raw:
         assert wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
         assert closed_by_peer(raw, within=5.0)
     assert wait_for(lambda: server.handshakes_failed == 2)
@@ -432,39 +427,34 @@ def test_the_count_returns_to_zero_however_a_handshake_ends(
     # refused by the accept hook
     with pytest.raises(ConnectionRefused):
         dtp.socket.create_connection(
-            server.address, timeout=10, server_key=server.noise_public_key, identity=DENIED
+            driver.address, timeout=10, server_key=driver.noise_public_key, identity=DENIED
         )
     assert wait_for(lambda: server.refused == 1)
     assert settled()
     assert server.busy_refused == 0
-    assert echo_once(server, b"still fine") == b"still fine"
+    assert served_once(driver, b"still fine") == b"still fine"
 
 
-def assert_handoffs_wait_uncapped(
-    server: Any, pairs: list[tuple[socket.socket, socket.socket]]
-) -> None:
-    """After 0.3 s, the far ends of ledger hand-offs are still open (their handshakes
-    wait for us: none was refused or closed) and no address slot was taken."""
-    time.sleep(0.3)
-    for _, theirs in pairs:
-        theirs.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            theirs.recv(1)
-    assert server.busy_refused == 0
-    assert server._address_slots is not None and len(server._address_slots) == 0
-
-
-def test_ledger_handoffs_are_not_capped_by_address() -> None:
+def test_ledger_handoffs_are_not_capped_by_address(server_driver: Serve) -> None:
     # a ledger-carrier connection reaches the server as a local socket (no client IP)
-    with dtp.socket.DTPServer(None, SERVER, max_handshakes_per_address=1) as server:
-        pairs = [socket.socketpair() for _ in range(3)]
-        try:
-            for ours, _ in pairs:
-                assert server.handoff(ours, ("ledger", "0xabc"), server._config)
-            assert_handoffs_wait_uncapped(server, pairs)
-        finally:
-            for _, theirs in pairs:
-                theirs.close()
+    driver = server_driver(max_handshakes_per_address=1)
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for ours, _ in pairs:
+            driver.handoff(ours, ("ledger", "0xabc"))
+        # after 0.3 s, the far ends are still open (their handshakes wait for us: none
+        # was refused or closed) and no address slot was taken
+        time.sleep(0.3)
+        for _, theirs in pairs:
+            theirs.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                theirs.recv(1)
+        assert driver.server.busy_refused == 0
+        slots = driver.server._address_slots
+        assert slots is not None and len(slots) == 0
+    finally:
+        for _, theirs in pairs:
+            theirs.close()
 
 
 def test_a_cap_below_one_is_refused() -> None:
@@ -472,7 +462,7 @@ def test_a_cap_below_one_is_refused() -> None:
         dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes_per_address=0)
 
 
-# -- the asyncio server ------------------------------------------------------------------
+# -- the asyncio server's own ------------------------------------------------------------
 
 
 async def aio_echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
@@ -496,148 +486,6 @@ async def aio_echo_once(server: dtp.aio.DTPServer, data: bytes) -> bytes:
     reply = await reader.read(100)
     writer.close()
     return reply
-
-
-async def aio_closed_by_peer(reader: asyncio.StreamReader, within: float = 2.0) -> bool:
-    """:func:`closed_by_peer` for an asyncio stream."""
-    try:
-        async with asyncio.timeout(within):
-            while await reader.read(4096):
-                pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
-async def aio_idle(
-    server: dtp.aio.DTPServer, source: str = "127.0.0.1", *, first: bool = True
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """:func:`idle` (``first`` False: silent, nothing sent)."""
-    host, port = server.address
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-    if first:
-        writer.write(first_record())
-    return reader, writer
-
-
-def test_aio_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_closed() -> None:
-    async def main() -> None:
-        server = await aio_server(max_handshakes_per_address=2, max_waiting_per_address=1)
-        async with server:
-            slots = server._address_slots
-            assert slots is not None
-            held = [await aio_idle(server), await aio_idle(server)]
-            assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 2)
-            third_reader, third_writer = await aio_idle(server)
-            assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 1)
-            assert not await aio_closed_by_peer(third_reader, within=0.3)
-            reader, writer = await aio_idle(server)
-            started = time.monotonic()
-            assert await aio_closed_by_peer(reader, within=2.0)  # the line is full
-            assert time.monotonic() - started < 2.0
-            writer.close()
-            assert server.busy_refused == 1
-            assert slots.in_progress("127.0.0.1") == 2
-            held[0][1].close()  # its handshake ends: the third takes its slot
-            assert await async_wait_for(lambda: slots.waiting("127.0.0.1") == 0)
-            assert slots.in_progress("127.0.0.1") == 2
-            for _, idle_writer in [held[1], (third_reader, third_writer)]:
-                idle_writer.close()
-            assert await async_wait_for(lambda: len(slots) == 0)
-            assert await aio_echo_once(server, b"after") == b"after"
-            assert server.busy_refused == 1
-
-    asyncio.run(main())
-
-
-def test_aio_another_address_connects_while_one_holds_its_cap() -> None:
-    async def main() -> None:
-        server = await aio_server(max_handshakes_per_address=2)
-        async with server:
-            slots = server._address_slots
-            assert slots is not None
-            held = [await aio_idle(server, OTHER_IP) for _ in range(4)]
-            # two hold a slot, the other two wait in their address's line
-            assert await async_wait_for(lambda: slots.waiting(OTHER_IP) == 2)
-            assert slots.in_progress(OTHER_IP) == 2
-            assert server.busy_refused == 0
-            started = time.monotonic()
-            assert await aio_echo_once(server, b"from 127.0.0.1") == b"from 127.0.0.1"
-            assert time.monotonic() - started < 2.0
-            assert slots.in_progress(OTHER_IP) == 2
-            for _, writer in held:
-                writer.close()
-            assert await async_wait_for(lambda: len(slots) == 0)
-
-    asyncio.run(main())
-
-
-def test_aio_the_count_returns_to_zero_however_a_handshake_ends() -> None:
-    async def main() -> None:
-        config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=0.5)
-        server = await aio_server(
-            config=config,
-            accept=lambda address: address != DENIED.sui_address,
-            max_handshakes_per_address=2,
-        )
-        async with server:
-            slots = server._address_slots
-            assert slots is not None
-            host, port = server.address
-
-            async def settled() -> bool:
-                return await async_wait_for(lambda: len(slots) == 0)
-
-            replies = await asyncio.gather(aio_echo_once(server, b"a"), aio_echo_once(server, b"b"))
-            assert list(replies) == [b"a", b"b"]
-            assert await settled()
-
-            reader, writer = await aio_idle(server, first=False)
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20)
-            await writer.drain()
-            writer.close()
-            assert await async_wait_for(lambda: server.handshakes_failed == 1)
-            assert await settled()
-
-            reader, writer = await aio_idle(server)  # then silent: the handshake times out
-            assert await async_wait_for(lambda: slots.in_progress("127.0.0.1") == 1)
-            assert await aio_closed_by_peer(reader, within=5.0)
-            writer.close()
-            assert await async_wait_for(lambda: server.handshakes_failed == 2)
-            assert await settled()
-
-            with pytest.raises(ConnectionRefused):
-                await dtp.aio.open_connection(
-                    host, port, server_key=server.noise_public_key, identity=DENIED, timeout=10
-                )
-            assert await async_wait_for(lambda: server.refused == 1)
-            assert await settled()
-            assert server.busy_refused == 0
-
-    asyncio.run(main())
-
-
-def test_aio_ledger_connections_are_not_capped_by_address() -> None:
-    async def main() -> None:
-        server = await aio_server(max_handshakes_per_address=1)
-        async with server:
-            loop = asyncio.get_running_loop()
-            pairs = [socket.socketpair() for _ in range(3)]
-            try:
-                for ours, _ in pairs:
-                    # how handoff() attaches a ledger bridge's local socket
-                    await loop.connect_accepted_socket(
-                        lambda: server._protocol_factory(server._config, by_address=False),
-                        sock=ours,
-                    )
-                await asyncio.to_thread(assert_handoffs_wait_uncapped, server, pairs)
-            finally:
-                for _, theirs in pairs:
-                    theirs.close()
-
-    asyncio.run(main())
 
 
 def test_address_key_groups_ipv6_by_its_64_and_keeps_ipv4() -> None:

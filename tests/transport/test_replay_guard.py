@@ -26,7 +26,6 @@ connection (or, for the guard alone, the key come through again)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -38,7 +37,6 @@ from typing import Any, cast
 
 import pytest
 
-import dtp.aio
 import dtp.socket
 from dtp._state import ConnState
 from dtp.chain.local import LocalLedger
@@ -49,8 +47,9 @@ from dtp.errors import ConnectionRefused, DTPError
 from dtp.keys import HostIdentity
 from dtp.socket import DTPSocket
 from dtp.transport.replay_guard import DEFAULT_CAPACITY, ReplayGuard
-from tests.support.polling import async_wait_for, wait_for
+from tests.support.polling import wait_for
 from tests.transport.half_handshakes import closed_by_peer, idle
+from tests.transport.server_drivers import BlockingDriver, Serve, ServerDriver
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -215,30 +214,30 @@ def test_a_guard_that_remembers_nothing_is_refused() -> None:
         ReplayGuard(capacity=0)
 
 
-# -- the blocking server -----------------------------------------------------------------
+# -- both servers (the server_driver fixture: tests/transport/conftest.py) ----------------
 
 
-@pytest.fixture
-def blocking(opened: Opened) -> Iterator[dtp.socket.DTPServer]:
-    def echo(sock: DTPSocket) -> None:
-        while data := sock.recv(65536):
-            sock.sendall(data)
-
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0),
+def ledger_server(start: Callable[..., ServerDriver], opened: Opened) -> ServerDriver:
+    """``start``'s server (the ``server_driver`` fixture, or a driver class) admitting
+    through ``opened``'s ledger, with its huge timeouts."""
+    return start(
+        None,
         identity=SERVER,
         ledger=opened.ledger,
         host_id=opened.host_id,
-        port=PORT,
+        service_port=PORT,
         config=opened.server_config,
     )
-    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        thread.join(BOUND)
+
+
+def served_through(
+    server: ServerDriver, address: tuple[str, int], opened: Opened, data: bytes
+) -> None:
+    """The client connects to ``address`` (the server, or a proxy to it) on its ledger
+    connection, sends ``data`` and closes; the server's application is given it."""
+    with connect(address, opened) as sock:
+        sock.sendall(data)
+    assert server.served(BOUND)[1] == data
 
 
 def connect(address: tuple[str, int], opened: Opened) -> DTPSocket:
@@ -251,31 +250,27 @@ def connect(address: tuple[str, int], opened: Opened) -> DTPSocket:
     )
 
 
-def echoes(sock: DTPSocket, data: bytes) -> bool:
-    sock.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got == data
-
-
-def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
-    opened: Opened, blocking: dtp.socket.DTPServer
-) -> None:
-    server = blocking
+def recorded_first_message(server: ServerDriver, opened: Opened) -> bytes:
+    """The client's IK first message, recorded on its way to ``server``, which serves
+    it; returned once the client has left (its ledger connection is free again)."""
     proxy = Recorder(server.address)
     try:
-        with connect(proxy.address, opened) as sock:
-            assert echoes(sock, b"first")
+        served_through(server, proxy.address, opened, b"first")
         first = proxy.first_messages[0]
         assert first
     finally:
         proxy.close()
-    assert wait_for(lambda: len(server._serving) == 0, BOUND)  # the client left
-    replayed = replay(server.address, first)
+    assert wait_for(lambda: len(server.server._serving) == 0, BOUND)
+    return first
+
+
+def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
+    opened: Opened, server_driver: Serve
+) -> None:
+    driver = ledger_server(server_driver, opened)
+    server = driver.server
+    first = recorded_first_message(driver, opened)
+    replayed = replay(driver.address, first)
     try:
         # the server has decided on the replay: turned it away, or (the bug) reserved
         # the client's ledger connection for it
@@ -284,97 +279,28 @@ def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
             BOUND,
         )
         # the real client reconnects on the same ledger connection, with a new key
-        with connect(server.address, opened) as again:
-            assert echoes(again, b"again")
+        served_through(driver, driver.address, opened, b"again")
         assert server.replays_refused == 1
-        assert closed_within(replayed)
+        assert closed_within(replayed)  # the server ended the replayed connection
     finally:
         replayed.close()
 
 
-def test_a_client_that_reconnects_sends_a_new_first_message_each_time(
-    opened: Opened, blocking: dtp.socket.DTPServer
-) -> None:
-    server = blocking
-    proxy = Recorder(server.address)
+def test_a_client_that_reconnects_sends_a_new_first_message_each_time(opened: Opened) -> None:
+    # (what the client sends: one server is enough)
+    driver = ledger_server(BlockingDriver, opened)
+    proxy = Recorder(driver.address)
     try:
         for n in range(3):
-            with connect(proxy.address, opened) as sock:
-                assert echoes(sock, b"round %d" % n)
-            assert wait_for(lambda: len(server._serving) == 0, BOUND)
+            served_through(driver, proxy.address, opened, b"round %d" % n)
+            assert wait_for(lambda: len(driver.server._serving) == 0, BOUND)
         messages = proxy.first_messages
     finally:
         proxy.close()
+        driver.close()
     assert len(messages) == 3 and all(messages)
     assert len(set(messages)) == 3  # a fresh ephemeral key each time: none is a replay
-    assert server.replays_refused == 0
-
-
-# -- the asyncio server ------------------------------------------------------------------
-
-
-def test_the_asyncio_server_refuses_a_replayed_first_message_too(opened: Opened) -> None:
-    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    async def connect_aio(
-        address: tuple[str, int],
-    ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-        return await dtp.aio.open_connection(
-            *address,
-            server_key=SERVER.noise_public,
-            identity=CLIENT,
-            config=opened.client_config,
-            timeout=BOUND,
-        )
-
-    async def round_trip(address: tuple[str, int], data: bytes) -> None:
-        reader, writer = await connect_aio(address)
-        writer.write(data)
-        assert await reader.readexactly(len(data)) == data
-        writer.close()
-        await writer.wait_closed()
-
-    async def main() -> None:
-        server = await dtp.aio.start_server(
-            echo,
-            "127.0.0.1",
-            0,
-            identity=SERVER,
-            ledger=opened.ledger,
-            host_id=opened.host_id,
-            dtp_port=PORT,
-            config=opened.server_config,
-        )
-        proxy = Recorder(server.address)
-        try:
-            await round_trip(proxy.address, b"first")
-            first = proxy.first_messages[0]
-            assert first
-            assert await async_wait_for(lambda: len(server._serving) == 0, BOUND)
-            reader, writer = await asyncio.open_connection(*server.address)
-            try:
-                writer.write(first)
-                await writer.drain()
-                assert await async_wait_for(
-                    lambda: getattr(server, "replays_refused", 0) == 1 or len(server._serving) == 1,
-                    BOUND,
-                )
-                await round_trip(server.address, b"again")
-                assert server.replays_refused == 1
-                # the server ended the replayed connection
-                await asyncio.wait_for(reader.read(), BOUND)
-            finally:
-                writer.close()
-        finally:
-            proxy.close()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
+    assert driver.server.replays_refused == 0
 
 
 def server_config(handshake_timeout: float = HUGE) -> ConnectionConfig:
@@ -435,71 +361,60 @@ def echo_once(address: tuple[str, int], data: bytes, *, ik: bool = True) -> byte
         return sock.recv(100)
 
 
-async def aio_echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-    writer.write(await reader.read(100))
-    await writer.drain()
-    writer.close()
+# -- the replay guard, both servers ---------------------------------------------------------
 
 
-async def aio_closed_within(address: tuple[str, int], message: bytes) -> bool:
-    """Replay ``message`` on a plain TCP connection: whether the server ends it in time."""
-    reader, writer = await asyncio.open_connection(*address)
-    try:
-        writer.write(message)
-        await writer.drain()
-
-        async def until_eof() -> None:
-            while await reader.read(65536):
-                pass
-
-        try:
-            await asyncio.wait_for(until_eof(), BOUND)
-        except ConnectionResetError:
-            pass
-        except TimeoutError:
-            return False
-        return True
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-# -- the replay guard, blocking server ------------------------------------------------------------
+def sent_through(address: tuple[str, int], data: bytes) -> None:
+    """The client connects (IK) to ``address`` (a server, or a recorder in front of one),
+    sends ``data`` and closes."""
+    with dtp.socket.create_connection(
+        address, timeout=BOUND, server_key=SERVER.noise_public, identity=CLIENT
+    ) as sock:
+        sock.sendall(data)
 
 
 def test_a_replay_while_the_original_awaits_its_verdict_is_refused_before_the_hook(
-    serve: Callable[..., dtp.socket.DTPServer],
-    recorders: Callable[[tuple[str, int]], Recorder],
+    server_driver: Serve, recorders: Callable[[tuple[str, int]], Recorder]
 ) -> None:
     deciding = threading.Event()
     go = threading.Event()
     calls: list[str] = []
+    verdicts: list[bool | str] = [True, "not yet"]
 
-    def hook(address: str) -> bool:
+    def hook(address: str) -> bool | str:
         calls.append(address)
-        deciding.set()
-        go.wait(BOUND)  # the original waits here for its verdict
-        return True
+        verdict = verdicts.pop()
+        if verdict is True:
+            deciding.set()
+            go.wait(BOUND)  # the original waits here for its verdict
+        return verdict
 
-    server = serve(accept=hook)
-    recorder = recorders(server.address)
-    replies: list[bytes] = []
-    client = threading.Thread(target=lambda: replies.append(echo_once(recorder.address, b"hi")))
-    client.start()
+    driver = server_driver(hook, identity=SERVER, config=server_config())
+    server = driver.server
+    recorder = recorders(driver.address)
+    # refused first: the retry, with a new ephemeral key, is not taken for a replay
+    with pytest.raises(DTPError):
+        sent_through(recorder.address, b"first")
+    original = threading.Thread(target=sent_through, args=(recorder.address, b"hi"))
+    original.start()
     try:
         assert deciding.wait(BOUND)
         # the server read all of message 1 before its hook ran: the capture is whole
-        message = recorder.first_messages[0]
-        replayed = replay(server.address, message)
-        with replayed:
-            assert closed_within(replayed)
-        assert server.replays_refused == 1
-        assert calls == [CLIENT.sui_address]  # the replay never reached the hook
+        assert len(recorder.first_messages) == 2
+        # the original still awaits its verdict: its replay is refused meanwhile, and
+        # so is a replay of the refused attempt
+        for message in recorder.first_messages:
+            with replay(driver.address, message) as replayed:
+                assert closed_within(replayed)
+        assert server.replays_refused == 2
+        assert calls == [CLIENT.sui_address] * 2  # the replays never reached the hook
     finally:
         go.set()
-        client.join(BOUND)
-    assert replies == [b"hi"]
+        original.join(BOUND)
+    assert driver.served(BOUND)[1] == b"hi"
+
+
+# -- the replay guard, blocking server ------------------------------------------------------------
 
 
 def test_concurrent_handshakes_and_concurrent_replays_are_counted_exactly(
@@ -592,53 +507,6 @@ def test_an_xx_handshake_leaves_the_guard_alone_and_its_replay_never_authenticat
     assert wait_for(lambda: server.handshakes_failed == 1, BOUND)
 
 
-# -- the replay guard, asyncio server -------------------------------------------------------------
-
-
-def test_aio_a_replay_while_the_original_awaits_its_verdict_is_refused_and_a_retry_served(
-    recorders: Callable[[tuple[str, int]], Recorder],
-) -> None:
-    async def main() -> None:
-        deciding = asyncio.Event()
-        go = asyncio.Event()
-        calls: list[str] = []
-        verdicts: list[str | None] = [None, "not yet"]
-
-        async def hook(address: str) -> str | None:
-            calls.append(address)
-            verdict = verdicts.pop()
-            if verdict is None:
-                deciding.set()
-                await asyncio.wait_for(go.wait(), BOUND)
-            return verdict
-
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, accept=hook, config=server_config()
-        )
-        recorder = recorders(server.address)
-        try:
-            # refused first: the retry, with a new ephemeral key, is not taken for a replay
-            with pytest.raises(DTPError):
-                await asyncio.to_thread(echo_once, recorder.address, b"first")
-            original = asyncio.create_task(asyncio.to_thread(echo_once, recorder.address, b"hi"))
-            await asyncio.wait_for(deciding.wait(), BOUND)
-            assert len(recorder.first_messages) == 2
-            # the original still awaits its verdict: its replay is refused meanwhile, and
-            # so is a replay of the refused attempt
-            for message in recorder.first_messages:
-                assert await aio_closed_within(server.address, message)
-            assert server.replays_refused == 2
-            assert calls == [CLIENT.sui_address] * 2
-            go.set()
-            assert await asyncio.wait_for(original, BOUND) == b"hi"
-        finally:
-            go.set()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
-
-
 # -- half-open handshakes -------------------------------------------------------------------------
 
 FLOOD = "127.0.0.2"  # another address on the loopback network
@@ -652,56 +520,28 @@ def partial_first_message(address: tuple[str, int], message: bytes) -> socket.so
 
 
 def test_a_flood_of_half_open_handshakes_is_timed_out_and_others_are_served(
-    serve: Callable[..., dtp.socket.DTPServer],
-    recorders: Callable[[tuple[str, int]], Recorder],
+    server_driver: Serve, recorders: Callable[[tuple[str, int]], Recorder]
 ) -> None:
-    server = serve(config=server_config(handshake_timeout=3.0))
-    recorder = recorders(server.address)
-    assert echo_once(recorder.address, b"x") == b"x"
+    driver = server_driver(identity=SERVER, config=server_config(handshake_timeout=3.0))
+    recorder = recorders(driver.address)
+    sent_through(recorder.address, b"x")
+    assert driver.served(BOUND)[1] == b"x"
     message = recorder.first_messages[0]
-    flood = [idle(server.address, FLOOD) for _ in range(30)]
-    flood += [partial_first_message(server.address, message) for _ in range(30)]
+    flood = [idle(driver.address, FLOOD) for _ in range(30)]
+    flood += [partial_first_message(driver.address, message) for _ in range(30)]
     try:
         # the flood holds its own address's slots, not the others'
-        assert echo_once(server.address, b"served") == b"served"
+        sent_through(driver.address, b"served")
+        assert driver.served(BOUND)[1] == b"served"
         # and every one of its connections is closed, at the latest once it waited
         # past the handshake timeout
         for sock in flood:
             assert closed_by_peer(sock, BOUND)
-        assert echo_once(server.address, b"after") == b"after"
+        sent_through(driver.address, b"after")
+        assert driver.served(BOUND)[1] == b"after"
     finally:
         for sock in flood:
             sock.close()
-
-
-def test_aio_a_flood_of_half_open_handshakes_is_timed_out_and_others_are_served(
-    recorders: Callable[[tuple[str, int]], Recorder],
-) -> None:
-    async def main() -> None:
-        server = await dtp.aio.start_server(
-            aio_echo, "127.0.0.1", 0, identity=SERVER, config=server_config(3.0)
-        )
-        recorder = recorders(server.address)
-        flood: list[socket.socket] = []
-        try:
-            assert await asyncio.to_thread(echo_once, recorder.address, b"x") == b"x"
-            message = recorder.first_messages[0]
-            for _ in range(30):
-                flood.append(await asyncio.to_thread(idle, server.address, FLOOD))
-                flood.append(
-                    await asyncio.to_thread(partial_first_message, server.address, message)
-                )
-            reply = await asyncio.to_thread(echo_once, server.address, b"served")
-            assert reply == b"served"
-            for sock in flood:
-                assert await asyncio.to_thread(closed_by_peer, sock, BOUND)
-        finally:
-            for sock in flood:
-                sock.close()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
 
 
 __all__ = ["opened"]  # (the fixture, imported for the tests below)
@@ -749,48 +589,16 @@ def _throwaway_config(opened: Opened) -> tuple[HostIdentity, ConnectionConfig]:
     return identity, config
 
 
-@pytest.fixture
-def small_guard_server(opened: Opened) -> Iterator[dtp.socket.DTPServer]:
-    def echo(sock: dtp.socket.DTPSocket) -> None:
-        while data := sock.recv(65536):
-            sock.sendall(data)
-
-    server = dtp.socket.create_server(
-        ("127.0.0.1", 0),
-        identity=SERVER,
-        ledger=opened.ledger,
-        host_id=opened.host_id,
-        port=PORT,
-        config=opened.server_config,
-    )
-    server._replays = ReplayGuard(capacity=CAPACITY)
-    thread = threading.Thread(target=server.serve_forever, args=(echo,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.close()
-        thread.join(BOUND)
-
-
-def test_throwaway_identities_do_not_unlock_a_replay_on_the_blocking_server(
-    opened: Opened, small_guard_server: dtp.socket.DTPServer
-) -> None:
-    server = small_guard_server
-    proxy = Recorder(server.address)
-    try:
-        with connect(proxy.address, opened) as sock:
-            assert echoes(sock, b"first")
-        first = proxy.first_messages[0]
-        assert first
-    finally:
-        proxy.close()
-    assert wait_for(lambda: len(server._serving) == 0, BOUND)
+def test_throwaway_identities_do_not_unlock_a_replay(opened: Opened, server_driver: Serve) -> None:
+    driver = ledger_server(server_driver, opened)
+    server = driver.server
+    server._replays = ReplayGuard(capacity=CAPACITY)  # (before any connection came)
+    first = recorded_first_message(driver, opened)
     for _ in range(THROWAWAY):
         identity, config = _throwaway_config(opened)
         with pytest.raises(ConnectionRefused):
             dtp.socket.create_connection(
-                server.address,
+                driver.address,
                 timeout=BOUND,
                 server_key=SERVER.noise_public,
                 identity=identity,
@@ -798,84 +606,15 @@ def test_throwaway_identities_do_not_unlock_a_replay_on_the_blocking_server(
             ).close()
     # (counted once the refusal is out: the client may read it first)
     assert wait_for(lambda: server.refused >= THROWAWAY, BOUND)
-    replayed = replay(server.address, first)
+    replayed = replay(driver.address, first)
     try:
         assert wait_for(lambda: server.replays_refused == 1 or len(server._serving) == 1, BOUND)
         assert server.replays_refused == 1
         assert len(server._serving) == 0  # the client's ledger connection is free
-        with connect(server.address, opened) as again:
-            assert echoes(again, b"again")
+        served_through(driver, driver.address, opened, b"again")
         assert closed_within(replayed)
     finally:
         replayed.close()
-
-
-def test_throwaway_identities_do_not_unlock_a_replay_on_the_asyncio_server(
-    opened: Opened,
-) -> None:
-    async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    async def round_trip(
-        address: tuple[str, int], identity: HostIdentity, config: ConnectionConfig
-    ) -> None:
-        reader, writer = await dtp.aio.open_connection(
-            *address,
-            server_key=SERVER.noise_public,
-            identity=identity,
-            config=config,
-            timeout=BOUND,
-        )
-        writer.write(b"ping")
-        assert await reader.readexactly(4) == b"ping"
-        writer.close()
-        await writer.wait_closed()
-
-    async def main() -> None:
-        server = await dtp.aio.start_server(
-            echo,
-            "127.0.0.1",
-            0,
-            identity=SERVER,
-            ledger=opened.ledger,
-            host_id=opened.host_id,
-            dtp_port=PORT,
-            config=opened.server_config,
-        )
-        server._replays = ReplayGuard(capacity=CAPACITY)
-        proxy = Recorder(server.address)
-        client = opened.client_config.identity
-        assert client is not None
-        try:
-            await round_trip(proxy.address, client, opened.client_config)
-            first = proxy.first_messages[0]
-            assert first
-            assert await async_wait_for(lambda: len(server._serving) == 0, BOUND)
-            for _ in range(THROWAWAY):
-                with pytest.raises(ConnectionRefused):
-                    await round_trip(server.address, *_throwaway_config(opened))
-            reader, writer = await asyncio.open_connection(*server.address)
-            try:
-                writer.write(first)
-                await writer.drain()
-                assert await async_wait_for(
-                    lambda: server.replays_refused == 1 or len(server._serving) == 1, BOUND
-                )
-                assert server.replays_refused == 1
-                assert len(server._serving) == 0
-                await round_trip(server.address, client, opened.client_config)
-                await asyncio.wait_for(reader.read(), BOUND)  # the replay was ended
-            finally:
-                writer.close()
-        finally:
-            proxy.close()
-            server.close()
-            await server.wait_closed()
-
-    asyncio.run(main())
 
 
 class _Conn:

@@ -7,7 +7,10 @@ timeout, retransmission) and its carrier stayed open for good. The thread goes o
 serving the other connections, and goes back to sleep.
 
 The fault is injected where it cannot be made to happen for real: the connection's
-one non-blocking pass (``Engine.poll``) is replaced by one that raises."""
+one non-blocking pass (``Engine.poll``) is replaced by one that raises.
+
+Kept apart from test_timer_faults_asyncio.py: a fault in the one timer thread, which must
+survive it, is a driver concern, not a rule the event loop's callbacks share."""
 
 from __future__ import annotations
 
