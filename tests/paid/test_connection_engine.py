@@ -229,3 +229,44 @@ def test_the_final_receipt_is_asked_for_until_the_deadline() -> None:
     assert paid.final_receipt_wait(deadline - 0.01, deadline) == pytest.approx(0.01)
     assert paid.final_receipt_wait(deadline, deadline) == 0.0
     assert paid.final_receipt_wait(deadline + 5, deadline) == 0.0
+
+
+def test_a_pause_asks_for_a_receipt_once_per_request_interval() -> None:
+    """docs/escrow.md §6.1: a paused connection asks for a receipt every
+    ``request_interval``, however many of its calls are paused: the first call asks at
+    once, another one within the interval waits for the rest of it, and the next pause
+    (after the usage was served) asks at once again."""
+    paid = engine()
+    interval = ServicePolicy().request_interval
+    assert paid.request_wait(5.0) == 0.0  # no request yet in this pause
+    assert paid.request_due(5.0)
+    assert paid.request_wait(5.0) == pytest.approx(interval)
+    # a second paused call (another stream, a handler trying again) shares the cadence
+    assert not paid.request_due(5.0 + interval / 2)
+    assert paid.request_wait(5.0 + interval / 2) == pytest.approx(interval / 2)
+    assert paid.request_due(5.0 + interval)
+    paid.pause_over()
+    assert paid.request_due(5.0 + interval + 0.001)  # a new pause: at once
+    # a datagram pause that ends ends the cadence too
+    paid.datagrams_unpaid(9.0)
+    assert paid.request_due(9.0) and not paid.request_due(9.01)
+    paid.datagrams_paid()
+    assert paid.request_due(9.02)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=200))
+def test_paused_calls_never_ask_more_often_than_the_interval(steps: list[float]) -> None:
+    """Whatever the times paused calls look at (each waiting as request_wait says, or
+    less), two requests are at least a request interval apart, and none waits longer
+    than an interval past the last one (neither a flood nor a stall)."""
+    paid = engine()
+    interval = ServicePolicy().request_interval
+    now, asked = 0.0, []
+    for step in steps:
+        if paid.request_due(now):
+            asked.append(now)
+        wait = paid.request_wait(now)
+        assert 0.0 <= wait <= interval
+        assert wait > 0.0  # a request was just made, or is not due yet
+        now += min(step, wait)
+    assert all(interval <= b - a <= interval + 1e-9 for a, b in itertools.pairwise(asked))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import operator
 import time
 from collections import deque
@@ -89,9 +88,7 @@ class PaidConnection:
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
         # (datagram sends that drop for want of credit: a send never waits, so that is
-        # its pause, timed by the engine as the blocking driver's datagram waits are)
-        #: When such a send last asked the client for a receipt (monotonic)
-        self._asked_at = -math.inf
+        # its pause, timed and paced by the engine as the blocking driver's waits are)
         #: The bytes of the datagram the last such send dropped first: payment that
         #: covers it ends the pause (:meth:`credit_grew`)
         self._unpaid_size = 0
@@ -139,17 +136,20 @@ class PaidConnection:
         await self.read_deposit()
         verdict = self.verdict()
         session = self.proto.session
+        core = self.core
         while verdict.state is GateState.PAUSE:
             if session.terminated is not None:
                 return
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+            now = time.monotonic()
+            if core.request_due(now):
+                with contextlib.suppress(DTPError):
+                    self.conn.send_receipt(RECEIPT_REQUEST)
+                self.proto.flush()
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
             # result in place of a cancel that came as the receipt did, and the read went
             # on waiting for bytes -- the loop's end, which cancels each task once, held)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.policy.request_interval):
+                async with asyncio.timeout(core.request_wait(now)):
                     await self.proto.wait_for(
                         lambda: (
                             self.verdict().state is not GateState.PAUSE
@@ -158,6 +158,8 @@ class PaidConnection:
                     )
             await self.read_deposit()
             verdict = self.verdict()
+        # the pause is over: the next one asks for a receipt at once
+        core.pause_over()
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
             self.close(close.code, close.reason)
@@ -168,14 +170,19 @@ class PaidConnection:
         read again (in a thread) when the deposit holds the connection -- the client may have topped
         it up while the connection was open -- or, ``ending``, when a receipt still
         waits above it before the settlement."""
-        ledger = self.ledger
-        if ledger is None:
+        if self.ledger is None:
             return
         escrow_id = self.core.escrow_to_read(self.conn.usage, time.monotonic(), ending=ending)
-        if escrow_id is None:
-            return
+        if escrow_id is not None:
+            await self._read_escrow(escrow_id)
+
+    async def _read_escrow(self, escrow_id: str) -> None:
+        """Read the escrow ``escrow_id`` (in a thread; its read begun by the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.escrow_to_read`) and go on
+        with the deposit it holds."""
+        assert self.ledger is not None
         try:
-            escrow = await asyncio.to_thread(ledger.get_escrow, escrow_id)
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, escrow_id)
         except ChainError as exc:
             self.core.deposit_read_failed(exc)
             return
@@ -250,25 +257,21 @@ class PaidConnection:
             close = self.core.payment_required(verdict)
             self.close(close.code, close.reason)
             raise PaymentRequired(close.reason, close.code)
-        if now - self._asked_at >= self.policy.request_interval:
-            self._asked_at = now
+        if self.core.request_due(now):
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
         task = self._deposit_task
-        if (
-            (task is None or task.done())
-            and not self._deposit_reads_over
-            and self.ledger is not None
-            and self.gate.wants_deposit(int(now * 1000), *self.conn.usage)
-        ):
-            self._deposit_task = asyncio.ensure_future(self.read_deposit())
-            self._deposit_task.add_done_callback(_log_failure)
+        reading = task is not None and not task.done()
+        if not reading and not self._deposit_reads_over and self.ledger is not None:
+            escrow_id = self.core.escrow_to_read(self.conn.usage, now)
+            if escrow_id is not None:
+                self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
+                self._deposit_task.add_done_callback(_log_failure)
 
     def datagrams_paid(self) -> None:
         """A datagram send the credit covered whole: a pause of them is over."""
         self.core.datagrams_paid()
-        self._asked_at = -math.inf
 
     def credit_grew(self) -> None:
         """Payment came (a receipt kept, a top-up read, a cap raised): once the credit

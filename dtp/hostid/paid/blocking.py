@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import operator
 import threading
 import time
@@ -97,8 +96,6 @@ class PaidConnection:
         self._cond = threading.Condition(threading.Lock())
         self._sending = 0
         self._waiters = 0
-        # when a paused call last asked the client for a receipt (monotonic)
-        self._asked_at = -math.inf
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -184,7 +181,6 @@ class PaidConnection:
             # served again: a pause that comes later is a new one (kept, a datagram
             # send's timed-out pause made the next one, hours later, close at once)
             self.core.datagrams_paid()
-            self._asked_at = -math.inf
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
@@ -220,15 +216,13 @@ class PaidConnection:
                 if engine.session.terminated is not None or engine.closed:
                     return True  # the caller's own call reports how the connection ended
                 now = time.monotonic()
-                interval = self.policy.request_interval
-                # (once an interval or so in one pause: a non-blocking handler trying
-                # again at once asked the client for a receipt on every call)
-                if now - self._asked_at >= interval / 2:
-                    self._asked_at = now
+                if self.core.request_due(now):
                     with contextlib.suppress(DTPError):
                         engine.conn.send_receipt(RECEIPT_REQUEST)
                 engine.flush()
-                wait = interval if deadline is None else min(interval, deadline - now)
+                wait = self.core.request_wait(now)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
                 if wait > 0:
                     with contextlib.suppress(DTPTimeoutError):
                         engine.pump(
@@ -254,7 +248,7 @@ class PaidConnection:
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
                 raise DTPTimeoutError("timed out")
         # the pause is over: the next one asks for a receipt at once
-        self._asked_at = -math.inf
+        self.core.pause_over()
         if whole:
             self.core.datagrams_paid()
         if verdict.state is GateState.CLOSE:

@@ -89,6 +89,9 @@ class PaidConnectionEngine:
         #: Since when (the drivers' ``now``) datagram sends have found no credit that
         #: covers them whole; None: they do not (:meth:`datagrams_unpaid`)
         self.unpaid_datagrams_since: float | None = None
+        #: When (the drivers' ``now``) a paused call last asked the client for a
+        #: receipt; None: not in this pause (:meth:`request_due`)
+        self.asked_at: float | None = None
 
     # -- receipts --------------------------------------------------------------------
 
@@ -131,6 +134,36 @@ class PaidConnectionEngine:
         before asking again (a request interval at most); 0 once ``deadline`` passed."""
         left = deadline - now
         return 0.0 if left <= 0 else min(left, self.policy.request_interval)
+
+    # -- the pause: asking the client for a receipt ----------------------------------
+
+    def request_due(self, now: float) -> bool:
+        """Whether a paused call sends RECEIPT_REQUEST at ``now`` (counted as sent when
+        True): once per ``request_interval`` for the whole connection, whichever of its
+        calls or datagram sends is paused (docs/escrow.md §6.1: "asks for a receipt every
+        200 ms"). A call per stream or a handler trying again at once flooded the client
+        with requests; the first call of a pause asks at once."""
+        asked = self.asked_at
+        if asked is not None and now - asked < self.policy.request_interval:
+            return False
+        self.asked_at = now
+        return True
+
+    def request_wait(self, now: float) -> float:
+        """Seconds a paused call waits at ``now`` for a receipt before it looks again:
+        until the next request is due (a request interval after the last one; 0 when
+        none was made in this pause)."""
+        asked = self.asked_at
+        if asked is None:
+            return 0.0
+        interval = self.policy.request_interval
+        # (as request_due reckons: positive whenever no request is due)
+        return min(interval, max(0.0, interval - (now - asked)))
+
+    def pause_over(self) -> None:
+        """The usage is served again: a pause that comes later is a new one, whose first
+        call asks at once."""
+        self.asked_at = None
 
     # -- room: how much may move before the gate is asked again ------------------------
 
@@ -188,8 +221,10 @@ class PaidConnectionEngine:
         return since
 
     def datagrams_paid(self) -> None:
-        """Payment covers datagram sends again: a pause of them is over."""
+        """Payment covers datagram sends again: a pause of them is over (and the next
+        one asks for a receipt at once: :meth:`pause_over`)."""
         self.unpaid_datagrams_since = None
+        self.asked_at = None
 
     def datagram_verdict(
         self, verdict: GateVerdict, now: float, size: int, since: float
