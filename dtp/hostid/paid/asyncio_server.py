@@ -27,7 +27,7 @@ from dtp.errors import (
     LocalProtocolError,
     move_error,
 )
-from dtp.hostid.admission import LedgerAdmission, checked_open_grace
+from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
 from dtp.hostid.paid.asyncio_streams import PaidCallback, PaidConnection, PaidReader, PaidWriter
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
@@ -93,7 +93,8 @@ class _PaidAdmission(LedgerAdmission):
         port: int,
         open_grace: float | None = None,
     ) -> None:
-        super().__init__(ledger, host_id, port, open_grace=open_grace)
+        # (remember: the server's gate and settlement go on with what it read)
+        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
         self._server = server
         #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
         #: the paid server ends a connection's count there before settling it, and
@@ -286,7 +287,9 @@ class PaidAioServer:
         if key is None:
             return
         try:
-            await self._settle(key, None)
+            admission = self.admission
+            taken = None if admission is None else admission.take_admitted(key)
+            await self._settle(key, None, self.core.admission_view(taken, key))
         finally:
             self._serving.release(key)
 
@@ -355,7 +358,9 @@ class PaidAioServer:
             if refusal is not None:
                 writer.abort(refusal)
                 return
-            await self._serve_paid(reader, writer, proto, cid, client)
+            assert self.admission is not None  # (made before the listener)
+            admitted = self.core.admission_view(self.admission.take_admitted(cid), cid)
+            await self._serve_paid(reader, writer, proto, cid, client, admitted)
         finally:
             self._serving.release(cid)
 
@@ -366,10 +371,14 @@ class PaidAioServer:
         proto: _Protocol,
         cid: str,
         client: str,
+        admitted: Admitted | None,
     ) -> None:
-        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`;
+        ``admitted``: what admission read of it, gone on with)."""
         try:
-            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
+            gate = await asyncio.to_thread(
+                gate_for, self.ledger, cid, self.policy, admitted=admitted
+            )
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             writer.abort("the server cannot read the connection on the ledger")
@@ -407,7 +416,7 @@ class PaidAioServer:
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)
-            await self._end(writer, paid, cid, client, failed)
+            await self._end(writer, paid, cid, client, failed, admitted)
 
     async def _end(
         self,
@@ -416,6 +425,7 @@ class PaidAioServer:
         cid: str,
         client: str,
         failed: bool,
+        admitted: Admitted | None = None,
     ) -> None:
         """The end phase of a served connection: what is held goes out, the final
         receipt is asked for, the connection closes and is settled. A cancellation
@@ -439,7 +449,7 @@ class PaidAioServer:
         if self.core.settles_first(proto.session.terminated):
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
             self._release_carrier(proto)
         else:
             self._release_carrier(proto)
@@ -455,7 +465,7 @@ class PaidAioServer:
                     except asyncio.CancelledError:
                         cancelled = True
                         writer.abort(CLOSED_REFUSAL)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
         if cancelled:
             raise asyncio.CancelledError
 
@@ -488,10 +498,12 @@ class PaidAioServer:
         except Exception:  # (the settlement must run all the same)
             logger.exception("connection %s: reading its escrow at the end failed", cid)
 
-    async def _settle_surely(self, cid: str, final: Receipt | None) -> bool:
+    async def _settle_surely(
+        self, cid: str, final: Receipt | None, known: Admitted | None = None
+    ) -> bool:
         """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
         try:
-            await self._settle(cid, final)
+            await self._settle(cid, final, known)
         except asyncio.CancelledError:
             return True
         return False
@@ -502,7 +514,7 @@ class PaidAioServer:
         if proto.session.terminated is not None:
             proto.close_carrier()
 
-    async def _settle(self, cid: str, final: Receipt | None) -> None:
+    async def _settle(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> None:
         # The settlement reads and marks the receipt store from its thread, which goes
         # on when this task is cancelled (asyncio.run ending the loop with the server
         # still settling): it counts as a handler until the thread is done, so that the
@@ -511,7 +523,14 @@ class PaidAioServer:
         job = loop.run_in_executor(
             None,
             functools.partial(
-                settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
+                settle_ended,
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final,
+                escrow=None if known is None else known.escrow,
+                connection=None if known is None else known.connection,
             ),
         )
         self.core.work_starts()

@@ -377,8 +377,7 @@ class PaidServer:
         if key is None:
             return
         try:
-            known = self.admission.take_admitted(key)
-            self._settle(cid, known if known is not None and known[0].id == key else None)
+            self._settle(cid, self.core.admission_view(self.admission.take_admitted(key), key))
         finally:
             self._serving.release(key)
 
@@ -418,8 +417,8 @@ class PaidServer:
         if cid is None or client is None:  # LedgerAdmission refuses these already
             sock.abort("no ledger connection")
             return
-        admitted = self.admission.take_admitted(cid)
         key = normalize_id(cid, "connection ID")
+        admitted = self.core.admission_view(self.admission.take_admitted(key), key)
         # A second DTP connection on the same ledger connection: on a gate of its own it
         # would count the first one's receipts again (the client paying once for twice
         # the service) and take another allowance from one escrow. Nor may one come back
@@ -488,11 +487,6 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            # the connection and escrow as admission read them: only we claim from the
-            # escrow, so it is current; the connection is read again once it changed
-            known = (
-                admitted if admitted is not None and admitted[0].id == gate.connection_id else None
-            )
             client_closed = self.core.settles_first(engine.session.terminated)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
@@ -502,7 +496,7 @@ class PaidServer:
                 # settle (closing the connection on the ledger in the same transaction)
                 # before our end of the carrier closes: the client waits for that end
                 # and then finds nothing left to do on the ledger
-                self._settle(cid, known, paid.final)
+                self._settle(cid, admitted, paid.final)
             if failed:
                 sock.abort(CALLBACK_FAILED)  # (as dtp.socket's and dtp.aio's servers)
             else:
@@ -512,7 +506,7 @@ class PaidServer:
             with self._limit_lock:
                 self.limiter.release(client)
             if not client_closed:
-                self._settle(cid, known, paid.final)
+                self._settle(cid, admitted, paid.final)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
@@ -523,8 +517,8 @@ class PaidServer:
             cid,
             self.receipt_writer,
             final,
-            escrow=known[1] if known is not None else None,
-            connection=known[0] if known is not None else None,
+            escrow=None if known is None else known.escrow,
+            connection=None if known is None else known.connection,
         )
         if not self.core.settled(cid, settlement):
             self.retries.add(cid)

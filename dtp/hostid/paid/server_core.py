@@ -28,6 +28,7 @@ from dtp.payments.ratelimit import HostPolicy
 from dtp.protocol.connection import CloseCode
 
 if TYPE_CHECKING:
+    from dtp.hostid.admission import Admitted
     from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.objects import Firewall, Host, Settlement
     from dtp.protocol.events import ConnectionTerminated
@@ -151,6 +152,17 @@ class PaidServerCore(Generic[_P]):
         closes it). Released with ``serving.release(key)``."""
         key = normalize_id(cid, "connection ID")
         return key if self.serving.reserve(key) else None
+
+    @staticmethod
+    def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
+        """The connection and escrow admission read (``admitted``, taken from the
+        admission), when they are those of ledger connection ``key`` (normalized):
+        the gate and the settlement go on with them rather than read them again. Only
+        the server claims from the escrow, and its key and SLA are fixed, so they are
+        current; the deposit may have grown, which the escrow reads of the engine see."""
+        if admitted is None or admitted.connection.id != key:
+            return None
+        return admitted
 
     @staticmethod
     def settles_first(ended: ConnectionTerminated | None) -> bool:
