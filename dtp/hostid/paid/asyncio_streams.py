@@ -215,11 +215,8 @@ class PaidConnection:
         usage = conn.usage
         if not self.gate.serving(*usage):
             return 0
-        queued = conn.send_buffered()
-        credit = min(self.core.write_credit(usage, queued), CREDIT_MAX)
-        if nbytes <= credit:
-            return nbytes
-        return credit if credit or queued else 1
+        # (nothing under way: one event loop, each write takes its room as it goes)
+        return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now: those whose
@@ -231,13 +228,7 @@ class PaidConnection:
         if not self.gate.serving(*usage):
             return 0
         credit = self.core.write_credit(usage, conn.send_buffered())
-        count = 0
-        for size in sizes:
-            if size > credit:
-                break
-            credit -= size
-            count += 1
-        return count
+        return self.core.datagrams_covered(credit, sizes)[0]
 
     def datagrams_unpaid(self, size: int) -> None:
         """A datagram send dropped datagrams the gate's credit did not cover, the first

@@ -312,9 +312,9 @@ class PaidConnection:
                 queued = engine.conn.send_buffered()
                 ended = engine.session.terminated is not None or engine.closed
             sending = self._sending
-            credit = self.core.write_credit(usage, queued) - sending
-            if credit >= max(whole, 1) or not (sending or queued) or ended:
-                self._send_credit = min(max(credit, 0), CREDIT_MAX)
+            room = self.core.write_room(usage, queued, sending, CREDIT_MAX)
+            if room >= max(whole, 1) or not (sending or queued) or ended:
+                self._send_credit = room
                 return True
             if not queued:
                 self._waiters += 1
@@ -359,16 +359,10 @@ class PaidConnection:
         began = time.monotonic()
         while True:
             with self._cond:
-                credit = self._send_credit
-                if credit > 0 and credit >= first:
-                    count = taken = 0
-                    for i in range(start, len(sizes)):
-                        size = sizes[i]
-                        if count and (credit < size or credit <= 0):
-                            break
-                        credit -= max(size, CALL_COST)
-                        taken += size
-                        count += 1
+                count, taken, credit = self.core.datagrams_covered(
+                    self._send_credit, sizes, start, CALL_COST
+                )
+                if count:
                     self._send_credit = credit
                     self._credit -= max(taken, CALL_COST)  # reads look again as they did
                     self._sending += taken

@@ -181,6 +181,40 @@ class PaidConnectionEngine:
         total_bytes, total_requests = usage
         return self.gate.credit_bytes(total_bytes + queued, total_requests)
 
+    def write_room(self, usage: Usage, queued: int, under_way: int, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now, the gate serving: its
+        :meth:`write_credit` less the bytes ``under_way`` (taken from the credit by
+        writes of other threads, not in the usage yet), at most CREDIT_MAX. At least 1
+        byte when nothing is queued or under way (the gate said serve); 0 when what is
+        queued or under way holds all of it: the writer waits for it to go (for the
+        client to read), then asks again."""
+        credit = min(self.write_credit(usage, queued) - under_way, CREDIT_MAX)
+        if nbytes <= credit:
+            return nbytes
+        if credit > 0:
+            return credit
+        return 0 if queued or under_way else 1
+
+    @staticmethod
+    def datagrams_covered(
+        credit: int, sizes: list[int], start: int = 0, least: int = 0
+    ) -> tuple[int, int, int]:
+        """How many of the datagrams of ``sizes[start:]`` (their bytes each) go on
+        ``credit`` bytes: in order, each only whole (a datagram cannot go in part: its
+        bytes are metered as they go), each taking ``least`` bytes of the credit at
+        least (the blocking driver's CALL_COST, which bounds how long a cached credit
+        lasts: none go once it is spent). Returns (how many, their bytes, the credit
+        left)."""
+        count = taken = 0
+        for i in range(start, len(sizes)):
+            size = sizes[i]
+            if size > credit or (least and credit <= 0):
+                break
+            credit -= size if size > least else least
+            taken += size
+            count += 1
+        return count, taken, credit
+
     # -- the escrow read again -------------------------------------------------------
 
     def escrow_to_read(self, usage: Usage, now: float, *, ending: bool = False) -> str | None:
