@@ -57,7 +57,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import PeerInfo
@@ -407,12 +406,8 @@ class PaidAioServer:
             result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
             if inspect.isawaitable(result):
                 await result
-        except DTPError as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-            failed = proto.session.terminated is None
-        except Exception:
-            logger.exception("callback failed for connection %s", cid)
-            failed = True
+        except Exception as exc:
+            failed = self.core.handler_failed(cid, exc, proto.session.terminated)
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)
@@ -446,7 +441,8 @@ class PaidAioServer:
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        if self.core.settles_first(proto.session.terminated):
+        plan = self.core.end_plan(proto.session.terminated, failed, cancelled)
+        if plan.settle_first:
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
             cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
@@ -454,9 +450,8 @@ class PaidAioServer:
         else:
             self._release_carrier(proto)
             if proto.session.terminated is None:
-                if failed or cancelled:
-                    # (cancelled: the loop is ending, no graceful close can finish)
-                    writer.abort(CALLBACK_FAILED if failed else CLOSED_REFUSAL)
+                if plan.abort is not None:
+                    writer.abort(plan.abort)
                 else:
                     writer.close()
                     try:

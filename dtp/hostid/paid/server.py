@@ -46,7 +46,6 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    PaymentRequired,
     move_error,
 )
 from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
@@ -80,7 +79,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import PeerInfo
@@ -470,14 +468,8 @@ class PaidServer:
         try:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
-        except PaymentRequired as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-        except DTPError as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-            failed = engine.session.terminated is None
-        except Exception:
-            logger.exception("handler failed for connection %s", cid)
-            failed = True
+        except Exception as exc:
+            failed = self.core.handler_failed(cid, exc, engine.session.terminated)
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
@@ -487,25 +479,25 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            client_closed = self.core.settles_first(engine.session.terminated)
+            plan = self.core.end_plan(engine.session.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
             self.admission.served.ended(cid)
-            if client_closed:
+            if plan.settle_first:
                 # settle (closing the connection on the ledger in the same transaction)
                 # before our end of the carrier closes: the client waits for that end
                 # and then finds nothing left to do on the ledger
                 self._settle(cid, admitted, paid.final)
-            if failed:
-                sock.abort(CALLBACK_FAILED)  # (as dtp.socket's and dtp.aio's servers)
+            if plan.abort is not None:
+                sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
             else:
-                sock.close()
+                sock.close()  # (also once the session ended: the socket's resources)
             with self._live_lock:
                 self.core.ended(paid)
             with self._limit_lock:
                 self.limiter.release(client)
-            if not client_closed:
+            if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
 
     def _settle(

@@ -22,10 +22,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from dtp.errors import DTPError
+from dtp.hostid.paid.policy import CLOSED_REFUSAL
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import HostPolicy
 from dtp.protocol.connection import CloseCode
+from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted
@@ -73,6 +76,22 @@ class PolicyRefresh(Generic[_P]):
     ledger_checks: tuple[_P, ...]
     """The connections due for a read of their state on the ledger (each one closed
     when no longer Open there)."""
+
+
+@dataclass(frozen=True)
+class EndPlan:
+    """How the server ends a served connection once its handler returned or raised
+    (:meth:`PaidServerCore.end_plan`)."""
+
+    settle_first: bool
+    """Settle before the server's end of the carrier closes (:meth:`PaidServerCore.settles_first`);
+    else close first, then settle."""
+    abort: str | None
+    """Abort the connection with this reason: ``CALLBACK_FAILED`` when the handler
+    failed while the connection went on (the client must read an error, not a clean end
+    that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
+    cancelled (the event loop ending: a graceful close could not finish). None: close
+    it gracefully."""
 
 
 class PaidServerCore(Generic[_P]):
@@ -172,6 +191,26 @@ class PaidServerCore(Generic[_P]):
         ledger (the settlement closes the connection there in the same transaction).
         Otherwise the connection is closed first, then settled."""
         return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
+
+    @staticmethod
+    def handler_failed(cid: str, exc: Exception, ended: ConnectionTerminated | None) -> bool:
+        """The handler of connection ``cid`` raised ``exc`` (logged here), the connection
+        having ``ended`` so (None: not yet): whether the handler failed. A DTPError
+        (PaymentRequired: the gate closed it) only while the connection goes on -- once
+        it ended, that end says how; any other error always."""
+        if isinstance(exc, DTPError):
+            logger.info("connection %s ended: %s", cid, exc)
+            return ended is None
+        logger.error("the handler failed for connection %s", cid, exc_info=exc)
+        return True
+
+    def end_plan(
+        self, ended: ConnectionTerminated | None, failed: bool, cancelled: bool = False
+    ) -> EndPlan:
+        """How a served connection that ``ended`` so (None: not yet) ends, its handler
+        ``failed`` or not, its end ``cancelled`` or not (see :class:`EndPlan`)."""
+        abort = CALLBACK_FAILED if failed else CLOSED_REFUSAL if cancelled else None
+        return EndPlan(self.settles_first(ended), abort)
 
     def settled(self, cid: str, settlement: Settlement | None) -> bool:
         """A settlement of ``cid`` ended with ``settlement``, recorded; False when it
