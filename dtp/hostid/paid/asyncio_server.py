@@ -28,7 +28,13 @@ from dtp.errors import (
     move_error,
 )
 from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
-from dtp.hostid.paid.asyncio_streams import PaidCallback, PaidConnection, PaidReader, PaidWriter
+from dtp.hostid.paid.asyncio_streams import (
+    PaidCallback,
+    PaidConnection,
+    PaidReader,
+    PaidWriter,
+    protocol_of,
+)
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
 from dtp.hostid.served import ServedConnections
@@ -325,7 +331,7 @@ class PaidAioServer:
                 # a handshake that finished as the server closed (_admit refuses those
                 # it sees): settled at once, as _admit does
                 writer.abort(CLOSED_REFUSAL)
-                raw_cid = writer._proto.conn.peer_connection_id
+                raw_cid = protocol_of(writer).conn.peer_connection_id
                 if raw_cid is not None:
                     await self._settle_unserved("0x" + raw_cid.hex())
                 return
@@ -334,7 +340,7 @@ class PaidAioServer:
             self._done()
 
     async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        proto = writer._proto  # the connection's I/O driver: the gate waits on it
+        proto = protocol_of(writer)
         conn = proto.conn
         client = conn.peer_address
         raw_cid = conn.peer_connection_id
@@ -390,9 +396,7 @@ class PaidAioServer:
             self.receipt_writer,
             self.ledger,
         )
-        proto.session.on_receipt = paid.on_receipt
-        while proto.session.receipts:
-            paid.on_receipt(proto.session.receipts.popleft())
+        paid.attach()
         proto.hold_carrier = True  # until settled, should the client close
         self.core.opened(paid)
         # a callback that failed while the connection goes on: the client must read an

@@ -119,7 +119,43 @@ class PaidConnection:
     def _kept(self, receipt: Receipt) -> None:
         self.core.kept(receipt)
         self.credit_grew()
-        self.proto._notify()  # a paused reader or drain() looks again
+        self.wake()  # a paused reader or drain() looks again
+
+    # -- the connection's I/O driver -------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
+        that came before first."""
+        session = self.proto.session
+        session.on_receipt = self.on_receipt
+        while session.receipts:
+            self.on_receipt(session.receipts.popleft())
+
+    def wake(self) -> None:
+        """Wake the tasks waiting on the connection (each looks again)."""
+        self.proto._notify()
+
+    def put_back_datagram(self, data: bytes) -> None:
+        """``data``, read and charged to the rate limits by a read then cancelled, is
+        the next datagram to read again (charged already: not again), and a task
+        waiting for one is woken: it found the queue empty, and dtp.aio wakes it only
+        when the connection changes (which may be never: a client waiting for its
+        reply)."""
+        self.proto.session.datagrams.appendleft(data)
+        if len(data) > 1:
+            # (known by identity, and CPython shares its empty and one-byte bytes
+            # objects: those are charged again, three bytes at most)
+            self.charged_datagrams.append(data)
+        self.wake()
+
+    def put_back_stream(self, stream_id: int) -> None:
+        """Stream ``stream_id``, accepted and charged by an accept then cancelled, goes
+        back for the next accept (dropped, it would be lost, its client waiting on it
+        for good), charged already; a task waiting to accept one is woken (as
+        :meth:`put_back_datagram`)."""
+        self.proto.session.incoming_streams.appendleft(stream_id)
+        self.charged_streams.add(stream_id)
+        self.wake()
 
     def verdict(self) -> GateVerdict:
         return self.core.verdict(self.conn.usage, time.monotonic())
@@ -438,6 +474,18 @@ class PaidConnection:
         self.close(close.code, close.reason)
 
 
+def protocol_of(writer: DTPStreamWriter) -> _Protocol:
+    """The connection's I/O driver behind ``writer`` (the gate waits on it, and it
+    holds the connection's state): the one place the paid layer takes it from a
+    writer."""
+    return writer._proto
+
+
+def _first_stream(writer: DTPStreamWriter) -> bool:
+    """Whether ``writer`` is its connection's first stream (whose close ends it)."""
+    return bool(getattr(writer, "_primary", False))
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A background escrow read ended: what it raised is logged (nobody awaits it)."""
     if not task.cancelled() and task.exception() is not None:
@@ -723,7 +771,7 @@ class PaidWriter:
         receipt went unpaid, a short request/reply paid nothing)."""
         if self._closing is not None:
             return
-        if getattr(self._writer, "_primary", False) and not self._writer.is_closing():
+        if _first_stream(self._writer) and not self._writer.is_closing():
             task = asyncio.ensure_future(self._close_paid())
             self._closing = task
             self._paid.closing = task
@@ -761,7 +809,7 @@ class PaidWriter:
                 await asyncio.shield(closing)
         await self._wait_released()
         proto = self._paid.proto
-        if getattr(self._writer, "_primary", False) and proto.hold_carrier:
+        if _first_stream(self._writer) and proto.hold_carrier:
             # The server holds its end of the carrier until it settled, which it does
             # once the callback returned: the wrapped wait (for the carrier's end) waited
             # for this very callback -- the canonical echo's close() + wait_closed() after
@@ -859,15 +907,7 @@ class PaidWriter:
             await paid.throttle(0 if paid.charged_already(data) else datagram_charge(len(data)))
         except asyncio.CancelledError:
             # cancelled while the rate limits hold it: it stays the next one to read
-            # (charged already: not again), and a task waiting in recv_datagram() is
-            # woken for it: it found the queue empty, and dtp.aio wakes it only when the
-            # connection changes (which may be never: a client waiting for its reply)
-            self._writer._session.datagrams.appendleft(data)
-            if len(data) > 1:
-                # (known by identity, and CPython shares its empty and one-byte bytes
-                # objects: those are charged again, three bytes at most)
-                paid.charged_datagrams.append(data)
-            paid.proto._notify()
+            paid.put_back_datagram(data)
             raise
         return data
 
@@ -881,14 +921,8 @@ class PaidWriter:
         try:
             await paid.throttle(requests=0 if charged else 1)
         except asyncio.CancelledError:
-            # cancelled while the request rate holds it: the stream goes back for the
-            # next accept_stream() (dropped, it would be lost, its client waiting on it
-            # for good), charged already
-            self._writer._session.incoming_streams.appendleft(reader.stream_id)
-            paid.charged_streams.add(reader.stream_id)
-            # a task waiting in accept_stream() found the line empty: dtp.aio wakes it
-            # only when the connection changes (which may be never)
-            paid.proto._notify()
+            # cancelled while the request rate holds it: the stream goes back
+            paid.put_back_stream(reader.stream_id)
             raise
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 

@@ -19,7 +19,7 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
+from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
@@ -41,6 +41,7 @@ from dtp.transport.blocking.files import stream_file
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
+    from dtp.protocol.events import ConnectionTerminated
     from dtp.transport.blocking.socket import DTPSocket
 
 
@@ -66,7 +67,8 @@ class PaidConnection:
         #: top-up while it is open); None: never
         self.ledger = ledger
         # the engine is the connection's I/O driver; the paid layer waits on it while
-        # paused, as the socket's own calls do
+        # paused, as the socket's own calls do (the one place it is taken from the
+        # socket: the rest goes through ended(), wake(), abort() and attach())
         self.engine = sock._engine
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
@@ -97,6 +99,35 @@ class PaidConnection:
         self._sending = 0
         self._waiters = 0
 
+    # -- the connection's I/O driver -------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
+        that came before first."""
+        engine = self.engine
+        with engine.lock:
+            engine.session.on_receipt = self.on_receipt
+            while engine.session.receipts:
+                self.on_receipt(engine.session.receipts.popleft())
+
+    @property
+    def terminated(self) -> ConnectionTerminated | None:
+        """How the connection's session ended (None: not yet)."""
+        return self.engine.session.terminated
+
+    def ended(self) -> bool:
+        """Whether the connection has ended (its session, or the engine closed)."""
+        engine = self.engine
+        return engine.session.terminated is not None or engine.closed
+
+    def wake(self) -> None:
+        """Wake the calls waiting on the connection (a paused one looks again)."""
+        self.engine._wake()
+
+    def abort(self, close: Close) -> None:
+        """End the connection as the engine decided (``close``: code and reason)."""
+        self.engine.abort(close.code, close.reason)
+
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
         in the writer thread, count it once stored."""
@@ -117,7 +148,7 @@ class PaidConnection:
     def _kept(self, receipt: Receipt) -> None:
         """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
         self.core.kept(receipt)
-        self.engine._wake()
+        self.wake()
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
@@ -213,7 +244,7 @@ class PaidConnection:
                 if verdict.state is GateState.CLOSE:
                     break
             with engine.lock:
-                if engine.session.terminated is not None or engine.closed:
+                if self.ended():
                     return True  # the caller's own call reports how the connection ended
                 now = time.monotonic()
                 if self.core.request_due(now):
@@ -253,7 +284,7 @@ class PaidConnection:
             self.core.datagrams_paid()
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
-            engine.abort(close.code, close.reason)
+            self.abort(close)
             raise PaymentRequired(close.reason, close.code)
         if verdict.state is GateState.SERVE:
             return self._refill(writing, whole)
@@ -310,7 +341,7 @@ class PaidConnection:
             with engine.lock:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
-                ended = engine.session.terminated is not None or engine.closed
+                ended = self.ended()
             sending = self._sending
             room = self.core.write_room(usage, queued, sending, CREDIT_MAX)
             if room >= max(whole, 1) or not (sending or queued) or ended:
@@ -326,11 +357,7 @@ class PaidConnection:
         # the queued bytes go out as the client reads: drive the I/O until some did
         with engine.lock, contextlib.suppress(DTPTimeoutError):
             engine.pump(
-                lambda: (
-                    engine.conn.send_buffered() < queued
-                    or engine.session.terminated is not None
-                    or engine.closed
-                ),
+                lambda: engine.conn.send_buffered() < queued or self.ended(),
                 self.policy.request_interval,
             )
         return False
@@ -354,7 +381,6 @@ class PaidConnection:
         (how many, their bytes held as under way until :meth:`sent`); (0, 0) once the
         connection ended (the send then reports how). Waits within ``sock``'s timeout,
         as :meth:`wait_send`."""
-        engine = self.engine
         first = sizes[start]
         began = time.monotonic()
         while True:
@@ -367,7 +393,7 @@ class PaidConnection:
                     self._credit -= max(taken, CALL_COST)  # reads look again as they did
                     self._sending += taken
                     return count, taken
-            if engine.session.terminated is not None or engine.closed:
+            if self.ended():
                 return 0, 0
             if not self._look(True, first, sock, "socket", began):
                 timeout = sock.gettimeout()
@@ -466,10 +492,7 @@ class PaidConnection:
         # again each refresh interval: the Host may raise or lift the limit meanwhile,
         # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
         engine = self.engine
-
-        def ended() -> bool:
-            return engine.session.terminated is not None or engine.closed
-
+        ended = self.ended
         step = self.policy.refresh_interval
         while delay > 0:
             with engine.lock, contextlib.suppress(DTPTimeoutError):
@@ -481,14 +504,17 @@ class PaidConnection:
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
-        close = self.core.denied()
-        self.engine.abort(close.code, close.reason)
+        self.abort(self.core.denied())
 
     def closed_on_ledger(self) -> None:
         """The client closed the connection on the ledger while it is served: close it,
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
-        close = self.core.closed_on_ledger()
-        self.engine.abort(close.code, close.reason)
+        self.abort(self.core.closed_on_ledger())
+
+
+def _ends_connection(sock: DTPSocket) -> bool:
+    """Whether closing ``sock`` ends its connection: the first stream, still open."""
+    return bool(getattr(sock, "_primary", False)) and not getattr(sock, "_closed", True)
 
 
 def _left_of(
@@ -742,7 +768,7 @@ class PaidSocket:
         client for a receipt for all its usage, the final receipt of docs/escrow.md
         6.1: closed at once, the usage since its last receipt went unpaid)."""
         sock = self._sock
-        if getattr(sock, "_primary", False) and not getattr(sock, "_closed", True):
+        if _ends_connection(sock):
             with contextlib.suppress(DTPError):
                 self._paid.request_final_receipt()
         sock.close()

@@ -455,11 +455,7 @@ class PaidServer:
             self.receipt_writer,
             self.ledger,
         )
-        engine = paid.engine
-        with engine.lock:
-            engine.session.on_receipt = paid.on_receipt
-            while engine.session.receipts:  # those that came before the callback was set
-                paid.on_receipt(engine.session.receipts.popleft())
+        paid.attach()
         with self._live_lock:
             self.core.opened(paid)
         # a handler that failed while the connection goes on: the client must read an
@@ -469,7 +465,7 @@ class PaidServer:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
         except Exception as exc:
-            failed = self.core.handler_failed(cid, exc, engine.session.terminated)
+            failed = self.core.handler_failed(cid, exc, paid.terminated)
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
@@ -479,7 +475,7 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            plan = self.core.end_plan(engine.session.terminated, failed)
+            plan = self.core.end_plan(paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
