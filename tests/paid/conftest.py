@@ -6,9 +6,11 @@ blocking in both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from dtp.chain.local import LocalLedger
 from dtp.hostid.paid.aio import PaidAioServer
 from dtp.hostid.paid.server import PaidServer
 from dtp.keys import HostIdentity
+from dtp.ledger.receipt import Receipt
+from dtp.payments.receipt_store import ReceiptStore
 from tests.support.paid_twins import (
     echo,
     echo_aio,
@@ -35,6 +39,32 @@ HANDLERS: dict[str, tuple[Any, Any]] = {
     "echo": (echo, echo_aio),
     "streams_forever": (streams_forever, streams_forever_aio),
 }
+
+
+class StallingStore(ReceiptStore):
+    """A receipt store whose disk stalls on demand (writes block until ``resume`` is
+    set): a disk that takes minutes to sync cannot be had on purpose here."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.stall = threading.Event()
+        self.resume = threading.Event()
+        self.stalled = threading.Event()  # a write is blocked now
+
+    def _wait(self) -> None:
+        if self.stall.is_set():
+            self.stalled.set()
+            self.resume.wait(600)
+
+    def keep_many(
+        self, receipts: Sequence[Receipt], claimed: Mapping[str, int] | None = None
+    ) -> list[bool]:
+        self._wait()
+        return super().keep_many(receipts, claimed)
+
+    def mark_claimed_many(self, claimed: Mapping[str, int]) -> None:
+        self._wait()
+        super().mark_claimed_many(claimed)
 
 
 @dataclass
