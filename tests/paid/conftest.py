@@ -28,7 +28,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.hostid.paid.aio import PaidAioServer
-from dtp.hostid.paid.server import PaidServer
+from dtp.hostid.paid.blocking_server import PaidServer
 from dtp.keys import HostIdentity
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
@@ -165,7 +165,7 @@ class Driver:
     def server_module(self) -> str:
         """The module whose names (``settle_ended``...) the server calls."""
         if self.name == "blocking":
-            return "dtp.hostid.paid.server"
+            return "dtp.hostid.paid.blocking_server"
         return "dtp.hostid.paid.asyncio_server"
 
     @contextmanager

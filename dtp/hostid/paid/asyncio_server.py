@@ -28,7 +28,7 @@ from dtp.errors import (
     move_error,
 )
 from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
-from dtp.hostid.paid.asyncio_streams import (
+from dtp.hostid.paid.asyncio import (
     PaidCallback,
     PaidConnection,
     PaidReader,
@@ -588,7 +588,8 @@ class PaidAioServer:
         await self._check_on_ledger(refresh.ledger_checks)
 
     async def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """As :meth:`dtp.hostid.paid.server.PaidServer._check_on_ledger` (the reads in a thread)."""
+        """As :meth:`dtp.hostid.paid.blocking_server.PaidServer._check_on_ledger` (the
+        reads in a thread)."""
         if not due:
             return
         try:

@@ -1,5 +1,5 @@
 """A paid connection with blocking sockets: :class:`PaidSocket`, the stream a
-:class:`~dtp.hostid.paid.server.PaidServer` handler gets, and the connection state
+:class:`~dtp.hostid.paid.blocking_server.PaidServer` handler gets, and the connection state
 its streams share (receipt gate, rate limits; docs/escrow.md §6.1)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The rules of one paid connection, written once for the blocking
 (:class:`dtp.hostid.paid.blocking.PaidConnection`) and the asyncio
-(:class:`dtp.hostid.paid.asyncio_streams.PaidConnection`) driver (docs/escrow.md §6.1).
+(:class:`dtp.hostid.paid.asyncio.PaidConnection`) driver (docs/escrow.md §6.1).
 
 :class:`PaidConnectionEngine` is sans-I/O: no socket, thread, task, lock or clock. The
 drivers pass it the connection's usage (total bytes, total requests), ``now`` (monotonic

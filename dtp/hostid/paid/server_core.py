@@ -1,5 +1,5 @@
 """The server-wide rules of a paid service, written once for the blocking
-(:class:`~dtp.hostid.paid.server.PaidServer`) and the asyncio
+(:class:`~dtp.hostid.paid.blocking_server.PaidServer`) and the asyncio
 (:class:`~dtp.hostid.paid.asyncio_server.PaidAioServer`) server.
 
 :class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
