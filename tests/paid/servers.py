@@ -15,15 +15,133 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
+from dtp.receipt_store import ReceiptStore
+from tests.support.paths import ROOT
+
+# -- the client's side: this module run in its own process, on a test's ledger ---------
+# (tests/paid/test_end_to_end.py, test_server_killed.py)
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+PORT = 7000
+SERVER_SEED = bytes([0x71]) * 32
+SERVER = HostIdentity.from_private_bytes(SERVER_SEED, SERVER_SEED)
+METERING = MeteringConfig(every_bytes=64 * 1024, every_ms=200)
+
+
+@dataclass
+class World:
+    """A test's LocalLedger file (in ``tmp``) with the echo service of SERVER on PORT."""
+
+    tmp: Path
+    ledger: LocalLedger
+    host_id: str
+
+    @property
+    def address(self) -> str:
+        return f"dtp://{self.host_id}:{PORT}"
+
+    @property
+    def receipts(self) -> Path:
+        return self.tmp / "receipts.db"
+
+    def conserved(self) -> bool:
+        a = self.ledger.audit()
+        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
+
+    def wait_settled(self, cid: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ledger.get_connection(cid).settled:
+            assert time.monotonic() < deadline, f"connection {cid} not settled in time"
+            time.sleep(0.05)
+
+    def wait_marked(self, cids: list[str], timeout: float = 15.0) -> None:
+        """Until the server's receipt store holds a receipt of each of ``cids`` and has
+        nothing left unclaimed. Both, because the receipt writer may still hold a
+        connection's first receipt when the ledger already shows it settled (its fsync
+        is slow under load): an empty store is not yet a marked one."""
+        deadline = time.monotonic() + timeout
+        with ReceiptStore(self.receipts) as store:
+            while any(store.latest(cid) is None for cid in cids) or list(store.unclaimed()):
+                assert time.monotonic() < deadline, "claims not marked in the store in time"
+                time.sleep(0.02)
+
+    def claimed(self, cid: str) -> int:
+        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+
+
+@contextmanager
+def paid_server(
+    world: World,
+    api: str = "blocking",
+    mode: str = "echo",
+    pause_timeout: float = 10.0,
+    refresh: float = 2.0,
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    """The paid service in its own process; yields (process, its announcement)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.paid.servers",
+        str(world.tmp / "ledger.db"),
+        world.host_id,
+        str(PORT),
+        SERVER_SEED.hex(),
+        str(world.receipts),
+        "--api",
+        api,
+        "--mode",
+        mode,
+        "--pause-timeout",
+        str(pause_timeout),
+        "--refresh",
+        str(refresh),
+    ]
+    with open(world.tmp / "server.log", "a") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                "paid server did not start:\n" + (world.tmp / "server.log").read_text()
+            )
+        yield proc, json.loads(line)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def fund(world: World, *clients: HostIdentity, amount: int = 100_000) -> None:
+    for client in clients:
+        world.ledger.faucet(client.sui_address, amount)
 
 
 def _announce(port: int, recovered: int) -> None:

@@ -229,3 +229,85 @@ def test_the_final_receipt_is_asked_for_until_the_deadline() -> None:
     assert paid.final_receipt_wait(deadline - 0.01, deadline) == pytest.approx(0.01)
     assert paid.final_receipt_wait(deadline, deadline) == 0.0
     assert paid.final_receipt_wait(deadline + 5, deadline) == 0.0
+
+
+def test_a_pause_asks_for_a_receipt_once_per_request_interval() -> None:
+    """docs/escrow.md §6.1: a paused connection asks for a receipt every
+    ``request_interval``, however many of its calls are paused: the first call asks at
+    once, another one within the interval waits for the rest of it, and the next pause
+    (after the usage was served) asks at once again."""
+    paid = engine()
+    interval = ServicePolicy().request_interval
+    assert paid.request_wait(5.0) == 0.0  # no request yet in this pause
+    assert paid.request_due(5.0)
+    assert paid.request_wait(5.0) == pytest.approx(interval)
+    # a second paused call (another stream, a handler trying again) shares the cadence
+    assert not paid.request_due(5.0 + interval / 2)
+    assert paid.request_wait(5.0 + interval / 2) == pytest.approx(interval / 2)
+    assert paid.request_due(5.0 + interval)
+    paid.pause_over()
+    assert paid.request_due(5.0 + interval + 0.001)  # a new pause: at once
+    # a datagram pause that ends ends the cadence too
+    paid.datagrams_unpaid(9.0)
+    assert paid.request_due(9.0) and not paid.request_due(9.01)
+    paid.datagrams_paid()
+    assert paid.request_due(9.02)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=200))
+def test_paused_calls_never_ask_more_often_than_the_interval(steps: list[float]) -> None:
+    """Whatever the times paused calls look at (each waiting as request_wait says, or
+    less), two requests are at least a request interval apart, and none waits longer
+    than an interval past the last one (neither a flood nor a stall)."""
+    paid = engine()
+    interval = ServicePolicy().request_interval
+    now, asked = 0.0, []
+    for step in steps:
+        if paid.request_due(now):
+            asked.append(now)
+        wait = paid.request_wait(now)
+        assert 0.0 <= wait <= interval
+        assert wait > 0.0  # a request was just made, or is not due yet
+        now += min(step, wait)
+    assert all(interval <= b - a <= interval + 1e-9 for a, b in itertools.pairwise(asked))
+
+
+@given(
+    used=st.integers(0, 20_000),
+    queued=st.integers(0, 20_000),
+    under_way=st.integers(0, 20_000),
+    nbytes=st.integers(0, 1 << 23),
+)
+def test_a_write_never_takes_more_than_the_credit_leaves(
+    used: int, queued: int, under_way: int, nbytes: int
+) -> None:
+    """write_room: what a write may send is never more than it asked, nor than the gate's
+    credit less what is queued and under way (at most CREDIT_MAX), but for the one byte
+    a serving gate lets go when nothing else is on its way; 0 only while queued or
+    under-way bytes hold the credit."""
+    paid = engine()  # (1 MIST a byte, allowance 1000, deposit 10,000)
+    room = paid.write_room((used, 0), queued, under_way, nbytes)
+    credit = paid.write_credit((used, 0), queued) - under_way
+    assert 0 <= room <= max(nbytes, 0)
+    if room > 1 or (queued or under_way):
+        assert room <= max(credit, 0) and room <= CREDIT_MAX
+    if room == 0 and nbytes:
+        assert credit <= 0 and (queued or under_way)
+    if nbytes and credit > 0:
+        assert room == min(nbytes, credit, CREDIT_MAX)
+
+
+@given(
+    credit=st.integers(-100, 5000),
+    sizes=st.lists(st.integers(0, 1200), max_size=30),
+    least=st.sampled_from([0, 64]),
+)
+def test_datagrams_go_whole_within_the_credit(credit: int, sizes: list[int], least: int) -> None:
+    """datagrams_covered: the first datagrams, each whole, whose bytes (each counted as
+    ``least`` at least) the credit covers; the next one it does not cover stays."""
+    count, taken, left = PaidConnectionEngine.datagrams_covered(credit, sizes, 0, least)
+    went = sizes[:count]
+    assert taken == sum(went) <= max(credit, 0)
+    assert left == credit - sum(max(size, least) for size in went)
+    if count < len(sizes):  # the next one is not covered
+        assert sizes[count] > left or (least and left <= 0)

@@ -1,17 +1,21 @@
 """A paid server's credit holds for a handler that writes from several threads at once
 and for writes the connection queues beyond the client's flow-control window
-(docs/escrow.md §6.1: "each [call] moves at most what the remaining credit covers"). A
-client that pays nothing gets no more than the allowance's worth -- the last call may
-take one byte past it -- and is then closed with CLOSE_PAYMENT_REQUIRED. Real LocalLedger
-files, real DTP connections on 127.0.0.1, the server in this process."""
+(docs/escrow.md §6.1: "each [call] moves at most what the remaining credit covers"),
+while asyncio's ``PaidWriter.write()`` still never waits, and a read never waits for
+writes the client has not read yet (those two on both drivers: the ``driver``
+fixture). A client that pays nothing gets no more than the allowance's worth -- the last
+call may take one byte past it -- and is then closed with CLOSE_PAYMENT_REQUIRED. Real
+LocalLedger files, real DTP connections on 127.0.0.1, the server in this process."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +26,10 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
 from dtp.escrow import fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from tests.paid.conftest import Driver
 from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -46,6 +52,21 @@ class World:
     ledger: LocalLedger
     host_id: str
     receipts: Path
+
+    def serve_on(
+        self, driver: Driver, handlers: tuple[Any, Any], policy: ServicePolicy, **options: Any
+    ) -> Any:
+        """The credit service on ``driver``'s server: (blocking handler, asyncio callback)."""
+        return driver.serve(
+            self.host_id,
+            PORT,
+            handlers,
+            ledger=self.ledger,
+            identity=SERVER,
+            receipts=self.receipts,
+            policy=policy,
+            **options,
+        )
 
     def serve(self, handler: Callable[[PaidSocket], None]) -> PaidServer:
         return dtp.socket.serve(
@@ -131,14 +152,45 @@ def test_writers_on_several_streams_share_one_credit(world: World) -> None:
     assert errors and all(isinstance(e, PaymentRequired) for e in errors)
 
 
-def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world: World) -> None:
-    # a send queues up to 512 KiB per stream beyond the client's window, and the usage
-    # counts them only once sent: each look at the gate found the credit untouched, and
-    # a client paying nothing with a 16 KiB window got 600 KiB, more than its deposit
+def _written(server: Any) -> int:
+    """What the server's handlers wrote so far: sent, or queued for the client's window
+    (each driver's connection state, as the engine reads it)."""
+    if isinstance(server, PaidServer):
+        with server._live_lock:
+            return sum(
+                p.engine.conn.usage[0] + p.engine.conn.send_buffered() for p in server.core.live()
+            )
+    return sum(p.conn.usage[0] + p.conn.send_buffered() for p in server.core.live())
+
+
+def test_writes_queued_beyond_the_clients_window_count_against_the_credit(
+    world: World, driver: Driver
+) -> None:
+    # a write queues bytes beyond the client's window (a send up to 512 KiB per stream;
+    # asyncio's write() never waits), and the usage counts them only once sent: each
+    # look at the gate found the credit untouched, and a client paying nothing with a
+    # 16 KiB window got 600 KiB, more than its deposit
+    outcome: queue.Queue[BaseException | None] = queue.Queue()
+
     def handler(sock: PaidSocket) -> None:
         assert sock.recv(2) == b"go"
-        with pytest.raises(PaymentRequired):
+        try:
             sock.sendall(b"x" * (2 << 20))
+        except DTPError as exc:
+            outcome.put(exc)
+        else:
+            outcome.put(None)
+
+    async def handler_aio(reader: PaidReader, writer: PaidWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        try:
+            for _ in range(32):
+                writer.write(b"x" * (64 << 10))  # never waits
+                await writer.drain()
+        except DTPError as exc:
+            outcome.put(exc)
+        else:
+            outcome.put(None)
 
     window = 16 << 10
     config = ConnectionConfig(
@@ -147,7 +199,7 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world:
     got: list[int] = []
     errors: list[DTPError] = []
     with (
-        world.serve(handler) as server,
+        world.serve_on(driver, (handler, handler_aio), STINGY) as server,
         dtp.socket.create_connection(
             f"dtp://{world.host_id}:{PORT}",
             timeout=20,
@@ -159,28 +211,25 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(world:
         ) as sock,
     ):
         sock.sendall(b"go")
-
-        def written() -> int:
-            # what the server's handler wrote so far: sent, or queued for the window
-            with server._live_lock:
-                live = server.core.live()
-            return sum(p.engine.conn.usage[0] + p.engine.conn.send_buffered() for p in live)
-
         # we read only once the handler wrote the allowance's worth, as a client that is
         # slow to read would (the server then writes into its queue)
-        assert wait_for(lambda: written() >= 90 * 1024)
+        assert wait_for(lambda: _written(server) >= 90 * 1024)
         read_all(sock, got, errors)
+        ended = outcome.get(timeout=20)
     served = fee(SLA, sum(got) + 2, 1)
     assert served <= ALLOWANCE + 1, served
     assert sum(got) > 90 * 1024
     assert len(errors) == 1 and isinstance(errors[0], PaymentRequired)
+    assert isinstance(ended, PaymentRequired), ended
 
 
-def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(world: World) -> None:
-    # the handler writes in one thread and reads in another; the client uploads all
-    # before it reads. Writes queued for the client hold the write credit, and a read
-    # that waited for them to go would wait for good: the client reads only once its
-    # upload is through, which needs the server to read.
+def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(
+    world: World, driver: Driver
+) -> None:
+    # the handler writes in one thread (task) and reads in another; the client uploads
+    # all before it reads. Writes queued for the client hold the write credit, and a
+    # read that waited for them to go would wait for good: the client reads only once
+    # its upload is through, which needs the server to read.
     size = 1 << 20
     policy = ServicePolicy(pause_timeout=5.0)
     small = 64 << 10
@@ -196,23 +245,30 @@ def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(world: Worl
         writer.join()
         sock.sendall(b"!")
 
-    server = dtp.socket.serve(
-        world.host_id,
-        PORT,
-        handler,
-        ledger=world.ledger,
-        identity=SERVER,
-        receipts=world.receipts,
-        policy=policy,
-        config=ConnectionConfig(
-            identity=SERVER, is_client=False, stream_window=small, connection_window=small
-        ),
+    async def handler_aio(reader: PaidReader, writer: PaidWriter) -> None:
+        async def write_all() -> None:
+            for _ in range(size // (64 << 10)):
+                writer.write(b"d" * (64 << 10))
+                await writer.drain()
+
+        task = asyncio.ensure_future(write_all())
+        got = 0
+        while got < size:
+            data = await reader.read(1 << 16)
+            assert data
+            got += len(data)
+        await task
+        writer.write(b"!")
+        await writer.drain()
+
+    server_config = ConnectionConfig(
+        identity=SERVER, is_client=False, stream_window=small, connection_window=small
     )
     config = ConnectionConfig(
         identity=CLIENT, is_client=True, stream_window=small, connection_window=small
     )
     with (
-        server,
+        world.serve_on(driver, (handler, handler_aio), policy, config=server_config),
         dtp.socket.create_connection(
             f"dtp://{world.host_id}:{PORT}",
             timeout=10,

@@ -5,16 +5,11 @@ checks that MIST is conserved."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,7 +17,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, EventFilter, Sla
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, EventFilter
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -39,65 +34,16 @@ from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import collect_refund
-from tests.paid import test_top_up_over_deposit as paid_world
-from tests.paid.test_top_up import conserved
-from tests.paid.test_top_up_over_deposit import paid_connect
-from tests.support.paths import ROOT
+from tests.paid.servers import METERING, PORT, SERVER, SLA, World, fund, paid_server
+from tests.support import paid_top_ups
+from tests.support.paid_top_ups import conserved, paid_connect
+from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 
 # the paid server fixtures the handler test below runs on
-ledger = paid_world.ledger
-host_id = paid_world.host_id
-serve = paid_world.serve
-
-SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
-PORT = 7000
-SERVER_SEED = bytes([0x71]) * 32
-SERVER = HostIdentity.from_private_bytes(SERVER_SEED, SERVER_SEED)
-METERING = MeteringConfig(every_bytes=64 * 1024, every_ms=200)
-
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-@dataclass
-class World:
-    tmp: Path
-    ledger: LocalLedger
-    host_id: str
-
-    @property
-    def address(self) -> str:
-        return f"dtp://{self.host_id}:{PORT}"
-
-    @property
-    def receipts(self) -> Path:
-        return self.tmp / "receipts.db"
-
-    def conserved(self) -> bool:
-        a = self.ledger.audit()
-        return a["minted"] == a["balances"] + a["escrows"] + a["broadcasts"]
-
-    def wait_settled(self, cid: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ledger.get_connection(cid).settled:
-            assert time.monotonic() < deadline, f"connection {cid} not settled in time"
-            time.sleep(0.05)
-
-    def wait_marked(self, cids: list[str], timeout: float = 15.0) -> None:
-        """Until the server's receipt store holds a receipt of each of ``cids`` and has
-        nothing left unclaimed. Both, because the receipt writer may still hold a
-        connection's first receipt when the ledger already shows it settled (its fsync
-        is slow under load): an empty store is not yet a marked one."""
-        deadline = time.monotonic() + timeout
-        with ReceiptStore(self.receipts) as store:
-            while any(store.latest(cid) is None for cid in cids) or list(store.unclaimed()):
-                assert time.monotonic() < deadline, "claims not marked in the store in time"
-                time.sleep(0.02)
-
-    def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+ledger = paid_top_ups.ledger
+host_id = paid_top_ups.host_id
+serve = paid_top_ups.serve
 
 
 @pytest.fixture
@@ -109,63 +55,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield World(tmp_path, ledger, host_id)
     finally:
         ledger.close()
-
-
-@contextmanager
-def paid_server(
-    world: World,
-    api: str = "blocking",
-    mode: str = "echo",
-    pause_timeout: float = 10.0,
-    refresh: float = 2.0,
-) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    """The paid service in its own process; yields (process, its announcement)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tests.paid.servers",
-        str(world.tmp / "ledger.db"),
-        world.host_id,
-        str(PORT),
-        SERVER_SEED.hex(),
-        str(world.receipts),
-        "--api",
-        api,
-        "--mode",
-        mode,
-        "--pause-timeout",
-        str(pause_timeout),
-        "--refresh",
-        str(refresh),
-    ]
-    with open(world.tmp / "server.log", "a") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(
-                "paid server did not start:\n" + (world.tmp / "server.log").read_text()
-            )
-        yield proc, json.loads(line)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def fund(world: World, *clients: HostIdentity, amount: int = 100_000) -> None:
-    for client in clients:
-        world.ledger.faucet(client.sui_address, amount)
 
 
 def echo_blocking(world: World, client: HostIdentity, nbytes: int, deposit: int = 20_000) -> str:

@@ -14,7 +14,10 @@ recovery rounds are let through one at a time (a wrapper of
 dtp.payments.serving.recover_store in the recovery thread), RECOVERY_INTERVAL short. A
 failing claim is a ledger wrapper raising LedgerUnavailable at the settlement calls only
 (a claim is never refused by the client's spending cap: the deposit was reserved against
-it at open, docs/escrow.md section 4)."""
+it at open, docs/escrow.md section 4).
+
+The start-up recovery (``recover_unclaimed``) goes on past one receipt's surprising
+failure too (the last section)."""
 
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from dtp.chain.objects import Settlement, Sla
 from dtp.escrow import Receipt, fee
 from dtp.payments.serving import Recovery, recover_store
 from dtp.receipt_store import ReceiptStore
-from tests.paid.test_shared_receipt_store import kill, server_run
+from dtp.settlement import recover_unclaimed
+from tests.paid.conftest import kill, server_run
 from tests.support.paid_twins import (
     OutageLedger,
     funded_ledger,
@@ -283,3 +287,51 @@ def test_a_receipt_claimed_by_another_server_is_forgotten(
             assert recovery.join(10)
             store.detach_server()
     world.conserved()
+
+
+# -- the recovery at the server's start ------------------------------------------
+
+
+class _Surprising:
+    """The real ledger, whose reads of one connection raise what no ledger should."""
+
+    def __init__(self, ledger: LocalLedger, cid: str) -> None:
+        self._ledger = ledger
+        self._cid = cid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def get_connection(self, connection_id: str) -> Any:
+        if connection_id == self._cid:
+            raise ValueError("a TransportControl with a field out of range")
+        return self._ledger.get_connection(connection_id)
+
+
+def test_the_start_recovery_goes_on_past_a_surprising_failure(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A paid server's start-up recovery (``recover_unclaimed`` without a backoff) let
+    any exception but ChainError and ReceiptStoreError out of one receipt's claim -- a
+    ledger's surprise (a value it should not return), a bug -- which ended the
+    recovery, so the receipts after it went unclaimed and the server did not start, on
+    every restart alike. The live rounds (with a backoff) already logged such a failure
+    with its traceback and went on; the start now does the same."""
+    cap_id = world.ledger.create_spending_cap(CLIENT, 10**9)
+    with ReceiptStore(world.store_path) as store:
+        opened = [world.receipt(cap_id) for _ in range(3)]
+        for receipt in opened:
+            assert store.keep(receipt)
+        cids = [receipt.connection_id for receipt in opened]
+        bad = cids[0]
+        ledger = _Surprising(world.ledger, bad)
+        with caplog.at_level(logging.ERROR):
+            recovered = recover_unclaimed(ledger, SERVER, store)  # type: ignore[arg-type]
+        assert sorted(cid for cid, _ in recovered) == sorted(cids[1:])
+        for cid in cids[1:]:
+            assert world.ledger.get_connection(cid).settled
+        assert not world.ledger.get_connection(bad).settled
+        assert bad in caplog.text and "field out of range" in caplog.text
+        assert any(r.exc_info for r in caplog.records), "logged without its traceback"
+        # still unclaimed in the store: tried again at the next start or round
+        assert [s.receipt.connection_id for s in store.unclaimed()] == [bad]

@@ -20,22 +20,19 @@ from typing import Any
 import pytest
 
 import dtp.hostid.paid
-import dtp.hostid.paid.server
+import dtp.hostid.paid.blocking_server
 import dtp.payments.serving
 import dtp.settlement
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.paid.test_shared_receipt_store import (
-    CLIENT,
-    PORT,
-    SERVER,
-    SLA,
-    World,
-    kill,
-    server_run,
-)
+from tests.paid.conftest import STORE_CLIENT as CLIENT
+from tests.paid.conftest import STORE_PORT as PORT
+from tests.paid.conftest import STORE_SERVER as SERVER
+from tests.paid.conftest import STORE_SLA as SLA
+from tests.paid.conftest import StoreWorld as World
+from tests.paid.conftest import kill, server_run
 from tests.support.paid_twins import funded_ledger, streams_forever
 from tests.support.polling import wait_for
 
@@ -126,7 +123,7 @@ def test_close_does_not_wait_for_a_slow_claim(
     Recovery version joined it without limit: a ledger that stalled hung close()), and
     the release follows the claim: wait_released() is True once it has."""
     monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
-    monkeypatch.setattr(dtp.hostid.paid.server, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
+    monkeypatch.setattr(dtp.hostid.paid.blocking_server, "RECOVERY_CLOSE_WAIT", 0.2, raising=False)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path)
         lost = world.receipt()

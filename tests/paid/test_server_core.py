@@ -9,12 +9,14 @@ from dataclasses import dataclass, replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.hostid.paid.policy import ServicePolicy
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
+from dtp.errors import ConnectionClosed, PaymentRequired
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
+from dtp.hostid.paid.server_core import AdmitStep, EndPlan, PaidServerCore
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
 from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
 from dtp.protocol.connection import CloseCode
 from dtp.protocol.events import ConnectionTerminated
+from dtp.transport.session import CALLBACK_FAILED
 
 CID = "0x" + "ab" * 32
 ALICE, BOB = "0x" + "a1" * 32, "0x" + "b0" * 32
@@ -149,3 +151,29 @@ def test_a_connection_the_client_closed_cleanly_is_settled_before_the_close() ->
     assert not first(ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=False))  # we closed
     assert not first(ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=True))
     assert not first(None)  # still open: closed first, then settled
+
+
+def test_how_a_served_connection_ends() -> None:
+    """end_plan: settled first only when the client closed cleanly; aborted with
+    CALLBACK_FAILED when the handler failed, with CLOSED_REFUSAL when the end was
+    cancelled (the loop ending), else closed gracefully."""
+    server = core()
+    clean = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    assert server.end_plan(clean, False) == EndPlan(True, None)
+    assert server.end_plan(None, False) == EndPlan(False, None)
+    assert server.end_plan(None, True) == EndPlan(False, CALLBACK_FAILED)
+    assert server.end_plan(None, False, cancelled=True) == EndPlan(False, CLOSED_REFUSAL)
+    assert server.end_plan(None, True, cancelled=True) == EndPlan(False, CALLBACK_FAILED)
+
+
+def test_what_counts_as_a_failed_handler() -> None:
+    """handler_failed: a DTPError (the gate's PaymentRequired among them) is no failure
+    once the connection ended; one while it goes on and any other error are."""
+    failed = PaidServerCore.handler_failed
+    ended = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    unpaid = ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=False)
+    assert not failed(CID, PaymentRequired("unpaid", CLOSE_PAYMENT_REQUIRED), unpaid)
+    assert not failed(CID, ConnectionClosed("closed"), ended)
+    assert failed(CID, ConnectionClosed("closed"), None)
+    assert failed(CID, ValueError("a bug"), None)
+    assert failed(CID, ValueError("a bug"), ended)

@@ -22,7 +22,8 @@ from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
-from tests.paid.test_end_to_end import METERING, PORT, SERVER, SLA, World, fund, ident, paid_server
+from tests.paid.servers import METERING, PORT, SERVER, SLA, World, fund, paid_server
+from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 
 

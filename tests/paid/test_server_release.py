@@ -1,16 +1,13 @@
 """The paid servers' wait_released(): close() stops accepting, but a connection still
 served settles later; a ReceiptStore of the caller's closed right after close() made
 that settlement fail on it (its fees unclaimed), and tests had to poll the ledger for
-it. The blocking server now has wait_released() too: it waits until every connection
-ended and settled and the receipt writer stopped -- which the asyncio one did not wait
-for. Real LocalLedger files, real ReceiptStore files, real paid connections by host ID
-on 127.0.0.1."""
+it. Both servers' wait_released() wait until every connection ended and settled and the
+receipt writer stopped (the ``driver`` fixture runs each test on both). Real LocalLedger
+files, real ReceiptStore files, real paid connections by host ID on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,12 +19,12 @@ import dtp.payments.serving
 import dtp.socket
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import LocalProtocolError
-from dtp.escrow import Receipt
 from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
+from tests.paid.conftest import Driver, StallingStore
+from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
 from tests.support.polling import wait_for
 
 T = TypeVar("T")
@@ -35,32 +32,6 @@ T = TypeVar("T")
 PORT = 7
 SERVER = ident(0x81)
 CLIENT = ident(0x82)
-
-
-class StallingStore(ReceiptStore):
-    """A receipt store whose disk stalls on demand (writes block until ``resume`` is
-    set): a disk that takes minutes to sync cannot be had on purpose here."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.stall = threading.Event()
-        self.resume = threading.Event()
-        self.stalled = threading.Event()  # a write is blocked now
-
-    def _wait(self) -> None:
-        if self.stall.is_set():
-            self.stalled.set()
-            self.resume.wait(600)
-
-    def keep_many(
-        self, receipts: Sequence[Receipt], claimed: Mapping[str, int] | None = None
-    ) -> list[bool]:
-        self._wait()
-        return super().keep_many(receipts, claimed)
-
-    def mark_claimed_many(self, claimed: Mapping[str, int]) -> None:
-        self._wait()
-        super().mark_claimed_many(claimed)
 
 
 class World(PaidWorld):
@@ -74,6 +45,18 @@ class World(PaidWorld):
             PORT,
             handler,
             ledger=self.server_ledger,
+            identity=SERVER,
+            receipts=store,
+            policy=ServicePolicy(allowance=500),
+        )
+
+    def serve_on(self, driver: Driver, store: ReceiptStore) -> Any:
+        """The echo service on ``driver``'s server, with the caller's ``store``."""
+        return driver.serve(
+            self.host_id,
+            PORT,
+            (_echo, _echo_aio),
+            ledger=self.ledger,
             identity=SERVER,
             receipts=store,
             policy=ServicePolicy(allowance=500),
@@ -102,6 +85,12 @@ def _echo(sock: PaidSocket) -> None:
         sock.sendall(data)
 
 
+async def _echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+
+
 def _exchange(sock: dtp.socket.DTPSocket, rounds: int = 8) -> None:
     """Echo enough for receipts to be signed and stored."""
     for _ in range(rounds):
@@ -114,29 +103,27 @@ def _exchange(sock: dtp.socket.DTPSocket, rounds: int = 8) -> None:
         assert got == b"z" * 30_000
 
 
-def test_wait_released_waits_for_a_connection_open_at_close(world: World) -> None:
+def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver: Driver) -> None:
     """close() with a client still connected: not released until the client is gone
     and its connection settled; then the caller's store may close, with the claim on
-    the ledger and its mark in the store."""
+    the ledger and its mark in the store (closed after wait_closed() alone, the
+    settlement failed on it and the fees went unclaimed)."""
     store = ReceiptStore(world.tmp_path / "receipts.db")
-    server = world.serve(_echo, store)
     try:
-        assert not server.wait_released(0)  # (not closed)
-        assert not server.wait_released(5)  # (not closed: False at once, never True)
-        sock = world.connect()
-        with sock:
-            _exchange(sock)
-            cid = sock.connection_id
-            assert cid is not None
-            server.close()
-            # the connection is still served: a client that stays keeps it unreleased
-            assert not server.wait_released(0.5)
-            _exchange(sock, 2)  # (and it is served on)
-        assert server.wait_released(60)
-        assert server.wait_released(0)  # (stays released)
+        with world.serve_on(driver, store) as server:
+            assert not driver.wait_released(server, 0)  # (not closed)
+            assert not driver.wait_released(server, 5)  # (not closed: False at once)
+            with world.connect() as sock:
+                _exchange(sock)
+                cid = sock.connection_id
+                assert cid is not None
+                driver.close(server)
+                # the connection is still served: a client that stays keeps it unreleased
+                assert not driver.wait_released(server, 0.5)
+                _exchange(sock, 2)  # (and it is served on)
+            assert driver.wait_released(server, 60)
+            assert driver.wait_released(server, 0)  # (stays released)
     finally:
-        server.close()
-        assert server.wait_released(60)
         store.close()  # the caller's, once released
     # settled by then, no polling: the release came after the settlement
     assert world.settled(cid)
@@ -184,7 +171,7 @@ def test_close_from_a_handler_does_not_deadlock(world: World) -> None:
 
 
 def test_not_released_while_the_receipt_writer_still_writes(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World, driver: Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The release waits for the receipt writer only so long (RELEASE_WRITER_WAIT, 30 s;
     2 s here), then goes on with the writer still writing (a stalled disk):
@@ -192,78 +179,27 @@ def test_not_released_while_the_receipt_writer_still_writes(
     writer held (here the settlement's claimed mark). It waits for the writer too."""
     monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
-    server = world.serve(_echo, store)
     try:
-        with world.connect() as sock:
-            _exchange(sock)
-            cid = sock.connection_id
-            assert cid is not None
-            server.close()
-            store.stall.set()  # from now on the disk does not answer
-        # the release (RELEASE_WRITER_WAIT into the writer's stall) has run: the event is what
-        # wait_released() waited for alone
-        assert server._released.wait(120)
-        assert store.stalled.is_set()
-        assert not server.wait_released(1)  # the writer is still at the store
-        store.resume.set()
-        assert server.wait_released(60)
+        with world.serve_on(driver, store) as server:
+            try:
+                with world.connect() as sock:
+                    _exchange(sock)
+                    cid = sock.connection_id
+                    assert cid is not None
+                    driver.close(server)  # (the client still connected)
+                    store.stall.set()  # from now on the disk does not answer
+                # the release (RELEASE_WRITER_WAIT into the writer's stall) has run: the
+                # event is what wait_released() waited for alone
+                assert wait_for(server._released.is_set, 120)
+                assert store.stalled.is_set()
+                assert not driver.wait_released(server, 1)  # the writer is at the store
+                store.resume.set()
+                assert driver.wait_released(server, 60)
+            finally:
+                store.resume.set()
     finally:
         store.resume.set()
-        server.close()
-        server.wait_released(60)
         store.close()
-    assert world.settled(cid)
-    with ReceiptStore(world.tmp_path / "receipts.db") as again:
-        stored = again.latest(cid)
-        assert stored is not None and stored.unclaimed == 0  # the mark was written
-
-
-def test_the_asyncio_server_waits_for_the_receipt_writer_too(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PaidAioServer.wait_released() had the same gap: True once the release ran,
-    though the release had left the receipt writer still writing to the caller's
-    store."""
-    monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
-    store = StallingStore(world.tmp_path / "receipts.db")
-
-    async def echo(reader: PaidReader, writer: PaidWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
-    with loop_in_thread() as loop:
-
-        def run(coro: Coroutine[Any, Any, T]) -> T:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result(180)
-
-        server = world.serve_aio(
-            loop,
-            PORT,
-            echo,
-            SERVER,
-            timeout=180,
-            receipts=store,
-            policy=ServicePolicy(allowance=500),
-        )
-        try:
-            with world.connect() as sock:
-                _exchange(sock)
-                cid = sock.connection_id
-                assert cid is not None
-                loop.call_soon_threadsafe(server.close)  # (the client still connected)
-                store.stall.set()  # from now on the disk does not answer
-            # the release (RELEASE_WRITER_WAIT into the writer's stall, on the loop) has run
-            assert wait_for(server._released.is_set, 120)
-            assert store.stalled.is_set()
-            assert not run(server.wait_released(1))  # the writer is still at the store
-            store.resume.set()
-            assert run(server.wait_released(60))
-        finally:
-            store.resume.set()
-            run(stop(server))
-            run(server.wait_released(60))
-            store.close()
     assert world.settled(cid)
     with ReceiptStore(world.tmp_path / "receipts.db") as again:
         stored = again.latest(cid)

@@ -36,14 +36,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import signal
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,88 +48,24 @@ import dtp.hostid.paid
 import dtp.payments.serving
 import dtp.receipt_store as receipt_store
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore, StoredReceipt
-from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
+from tests.paid.conftest import STORE_CLIENT as CLIENT
+from tests.paid.conftest import STORE_PORT as PORT
+from tests.paid.conftest import STORE_SERVER as SERVER
+from tests.paid.conftest import STORE_SLA as SLA
+from tests.paid.conftest import StoreWorld as World
+from tests.paid.conftest import kill, server_run
+from tests.support.paid_twins import funded_ledger, loop_in_thread, stop, streams_forever
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import receipt
 
-SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
-PORT = 7000
-DEPOSIT = 100_000
-SERVER, CLIENT = ident(0x91), ident(0x92)
-
-# A server run in another process: attached to the store, it keeps the receipts given
-# (hex) as its live connections' and holds on until killed (or its stdin closes).
-_RUN = (
-    "import sys\n"
-    "from dtp.escrow import Receipt\n"
-    "from dtp.receipt_store import ReceiptStore\n"
-    "store = ReceiptStore(sys.argv[1])\n"
-    "store.attach_server()\n"
-    "for encoded in sys.argv[2:]:\n"
-    "    assert store.keep(Receipt.decode(bytes.fromhex(encoded)))\n"
-    "print('serving', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
-
-@contextmanager
-def server_run(path: Path, *receipts: Receipt) -> Iterator[subprocess.Popen[str]]:
-    """A server run in another process that kept ``receipts`` in the store at ``path``;
-    killed at the end of the block if the test did not kill it."""
-    run = subprocess.Popen(
-        [sys.executable, "-c", _RUN, str(path), *(r.encode().hex() for r in receipts)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert run.stdout is not None and run.stdout.readline() == "serving\n"
-        yield run
-    finally:
-        if run.poll() is None:
-            run.kill()
-        run.wait(30)
-        assert run.stdin is not None and run.stdout is not None
-        run.stdin.close()
-        run.stdout.close()
-
-
-def kill(run: subprocess.Popen[str]) -> None:
-    """SIGKILL: no detach, no clean-up; its locks go with the process."""
-    os.kill(run.pid, signal.SIGKILL)
-    run.wait(30)
+# (a server run in another process: tests/paid/conftest.py's server_run)
 
 
 def run_lock_files(path: Path) -> list[str]:
     return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(f"{path.name}-lock-"))
-
-
-@dataclass
-class World:
-    ledger: LocalLedger
-    host_id: str
-    cap_id: str
-    store_path: Path
-
-    def receipt(self) -> Receipt:
-        """A receipt of a new connection, for 100 KiB and one request."""
-        cid = self.ledger.open_connection(
-            CLIENT, self.host_id, PORT, self.cap_id, DEPOSIT
-        ).connection_id
-        return Receipt(cid, 102400, 1, fee(SLA, 102400, 1), 1).sign(CLIENT)
-
-    def settled(self, receipt: Receipt) -> bool:
-        return self.ledger.get_connection(receipt.connection_id).settled
-
-    def claimed(self, receipt: Receipt) -> int:
-        tc = self.ledger.get_connection(receipt.connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
 
 
 @pytest.fixture

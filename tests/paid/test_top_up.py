@@ -15,10 +15,8 @@ Real LocalLedger file, real DTP connections on 127.0.0.1, servers in this proces
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,89 +34,33 @@ from dtp.errors import (
 )
 from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer
 from dtp.metering import (
     DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,
     ClientMeter,
-    MeteringConfig,
     ReceiptGate,
 )
-from tests.support.paid_twins import (
-    funded_ledger,
-    ident,
-    loop_in_thread,
-    stop,
-    streams_forever,
-    streams_forever_aio,
+from tests.support import paid_top_ups
+from tests.support.paid_top_ups import (
+    CLIENT,
+    METERING,
+    POLICY,
+    PORT,
+    SERVER,
+    CountingLedger,
+    conserved,
 )
 from tests.support.polling import wait_for
 
+# the paid server fixtures: a funded LocalLedger file, its paid server of each kind
+ledger = paid_top_ups.ledger
+serve = paid_top_ups.serve
+
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
-PORT = 7000
 DEPOSIT = 20_000  # about 2 MiB of service
 TOP_UP = 30_000
-# the Host never read again by the policy loop: only the gate's own reads
-POLICY = ServicePolicy(pause_timeout=2.0, refresh_interval=3600)
 # paused for longer than the deposit lag: the violation, not the pause, ends it
 PATIENT = ServicePolicy(pause_timeout=60.0, refresh_interval=3600)
-METERING = MeteringConfig(every_bytes=16 << 10)
-
-SERVER, CLIENT = ident(0xA1), ident(0xA2)
-
-
-def conserved(ledger: LocalLedger) -> bool:
-    audit = ledger.audit()
-    return bool(audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"])
-
-
-class CountingLedger:
-    """The server's ledger, counting escrow reads; ``after_settle`` runs right after
-    each settlement transaction returns (before the server goes on). :meth:`lag` makes
-    the next reads of an escrow show it as it is now: a Sui full node some checkpoints
-    behind a top-up (which cannot exist here)."""
-
-    def __init__(self, ledger: LocalLedger) -> None:
-        self._ledger = ledger
-        self.escrow_reads = 0
-        self.after_settle: Callable[[], None] | None = None
-        self.lag_reads = 0
-        self._lagged: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def get_escrow(self, escrow_id: str) -> Any:
-        self.escrow_reads += 1
-        escrow = self._ledger.get_escrow(escrow_id)
-        old = self._lagged
-        if self.lag_reads and old is not None and old.id == escrow.id:
-            self.lag_reads -= 1
-            return dataclasses.replace(escrow, deposited=old.deposited, balance=old.balance)
-        return escrow
-
-    def lag(self, escrow_id: str, reads: int) -> None:
-        """The next ``reads`` reads of the escrow show its deposit as it is now."""
-        self._lagged = self._ledger.get_escrow(escrow_id)
-        self.lag_reads = reads
-
-    def _settled(self, result: Any) -> Any:
-        hook = self.after_settle
-        if hook is not None:
-            hook()
-        return result
-
-    def settle(self, *args: Any, **kwargs: Any) -> Any:
-        return self._settled(self._ledger.settle(*args, **kwargs))
-
-    def settle_with_receipt(self, *args: Any, **kwargs: Any) -> Any:
-        return self._settled(self._ledger.settle_with_receipt(*args, **kwargs))
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        yield ledger
 
 
 @pytest.fixture
@@ -126,64 +68,6 @@ def host_id(ledger: LocalLedger) -> str:
     host = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host, PORT, "gate", SLA)
     return host
-
-
-@pytest.fixture(params=["blocking", "asyncio"])
-def serve(
-    request: pytest.FixtureRequest, tmp_path: Path, host_id: str
-) -> Iterator[Callable[..., tuple[CountingLedger, Any]]]:
-    """Start the paid server of the given kind (streams until cut off) on its own ledger
-    handle, wrapped in a CountingLedger: (ledger, server)."""
-    closers: list[Callable[[], None]] = []
-
-    def start(
-        handler: Any = None, aio_handler: Any = None, policy: ServicePolicy = POLICY
-    ) -> tuple[CountingLedger, Any]:
-        counting = CountingLedger(LocalLedger(tmp_path / "ledger.db"))
-        closers.append(counting._ledger.close)
-        if request.param == "blocking":
-            server = dtp.socket.serve(
-                host_id,
-                PORT,
-                handler or streams_forever,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            )
-            closers.insert(0, server.close)
-            return counting, server
-        loop_cm = loop_in_thread()
-        loop = loop_cm.__enter__()
-
-        def end_loop() -> None:
-            loop_cm.__exit__(None, None, None)
-
-        closers.insert(0, end_loop)
-        aio_server: PaidAioServer = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                host_id,
-                PORT,
-                aio_handler or streams_forever_aio,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            ),
-            loop,
-        ).result(10)
-
-        def stop_server() -> None:
-            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(30)
-
-        closers.insert(0, stop_server)
-        return counting, aio_server
-
-    try:
-        yield start
-    finally:
-        for close in closers:
-            close()
 
 
 def paid_connection(

@@ -27,7 +27,6 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -37,36 +36,32 @@ from dtp.errors import (
 )
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
 from dtp.settlement import ClientPayment
-from tests.paid import test_top_up as gate
-from tests.paid.test_top_up import (
+from tests.support import paid_top_ups
+from tests.support.paid_top_ups import (
     CLIENT,
+    DEAR_DEPOSIT,
+    DEAR_SLA,
     METERING,
     PORT,
-    SERVER,
     CountingLedger,
     conserved,
+    paid_connect,
+    paid_open,
 )
 from tests.support.polling import wait_for
 
-# that module's fixtures: a funded LocalLedger file, and its paid server of each kind
-ledger = gate.ledger
-serve = gate.serve
+# the paid server fixtures: a funded LocalLedger file, the dearer service's Host, its
+# paid server of each kind
+ledger = paid_top_ups.ledger
+host_id = paid_top_ups.host_id
+serve = paid_top_ups.serve
 
 # dear bytes: the deposit covers about 5 KiB, so a few KiB in flight go past it
-SLA = Sla(price_per_kib=1000, price_per_request=5, min_deposit=5000)
-DEPOSIT = 5000
+SLA = DEAR_SLA
+DEPOSIT = DEAR_DEPOSIT
 TOP_UP = 40_000
 SENT = 20 << 10  # the client's bytes after its top-up: about 20,000 MIST
-
-
-@pytest.fixture
-def host_id(ledger: LocalLedger) -> str:
-    """The Host, with this module's dearer service on PORT."""
-    host = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host, PORT, "dear", SLA)
-    return host
 
 
 def connect(ledger: LocalLedger, host_id: str, cap: str) -> dtp.socket.DTPSocket:
@@ -321,36 +316,6 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
     assert wait_for(lambda: ledger.get_connection(cid).settled, 30)
     assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT + TOP_UP
     assert conserved(ledger)
-
-
-def _paid_args(ledger: LocalLedger, cap: str | None, metering: MeteringConfig) -> dict[str, Any]:
-    """The client's side of a paid connection with DEPOSIT (and spending cap ``cap``)."""
-    return {
-        "timeout": 20,
-        "ledger": ledger,
-        "identity": CLIENT,
-        "deposit": DEPOSIT,
-        "cap_id": cap,
-        "metering": metering,
-    }
-
-
-def paid_connect(
-    ledger: LocalLedger, host_id: str, cap: str | None = None, metering: MeteringConfig = METERING
-) -> dtp.socket.DTPSocket:
-    """A blocking client's paid connection to the module's service."""
-    return dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering)
-    )
-
-
-async def paid_open(
-    ledger: LocalLedger, host_id: str, cap: str | None = None
-) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
-    """:func:`paid_connect` through the asyncio client."""
-    return await dtp.aio.open_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
-    )
 
 
 def _escrow_deposit(ledger: LocalLedger, cid: str) -> int:

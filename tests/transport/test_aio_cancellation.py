@@ -312,7 +312,7 @@ class _RateLimited:
         self.requests = 0
         self.limited = True
         # what a put-back needs of the connection's state
-        # (dtp.hostid.paid.asyncio_streams.PaidConnection)
+        # (dtp.hostid.paid.asyncio.PaidConnection)
         self.charged_streams: set[int] = set()
         self.charged_datagrams: deque[bytes] = deque()
         self.proto: Any = None

@@ -13,7 +13,7 @@
 - a stream a cancelled paid ``accept_stream`` put back was known as charged only to its
   writer: accepted through another writer of the connection, it was charged again.
 
-The last two live in ``dtp/hostid/paid/asyncio_streams.py`` (``PaidWriter``), not in
+The last two live in ``dtp/hostid/paid/asyncio.py`` (``PaidWriter``), not in
 ``dtp/aio.py``, whose own ``accept_stream`` / ``recv_datagram`` take the item with no await
 after the wait.
 
@@ -170,7 +170,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
     asyncio.run(main())
 
 
-# -- paid put-backs (dtp/hostid/paid/asyncio_streams.py) ----------------------------------
+# -- paid put-backs (dtp/hostid/paid/asyncio.py) ----------------------------------
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7

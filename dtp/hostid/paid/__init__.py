@@ -1,13 +1,14 @@
 """Paid connections by host ID (docs/escrow.md §6.1): what ``dtp.paid`` held, the blocking
 paid server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
 
-``policy`` has what both drivers apply, ``blocking`` the paid stream, ``server`` the
-blocking server, ``asyncio_streams`` and ``asyncio_server`` their asyncio twins; the
-server's receipt store and settlements are the payments layer's
-(:mod:`dtp.payments.serving`).
+``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they
+both pump (sans-I/O); the drivers: ``blocking`` the paid stream, ``blocking_server`` the
+blocking server, ``asyncio`` and ``asyncio_server`` their asyncio twins; the server's
+receipt store and settlements are the payments layer's (:mod:`dtp.payments.serving`).
 """
 
 from dtp.hostid.paid.blocking import Handler, PaidSocket
+from dtp.hostid.paid.blocking_server import PaidServer
 from dtp.hostid.paid.policy import (
     CLOSED_REFUSAL,
     ServicePolicy,
@@ -15,7 +16,6 @@ from dtp.hostid.paid.policy import (
     datagram_sizes,
     gate_for,
 )
-from dtp.hostid.paid.server import PaidServer
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.serving import (
     RECOVERY_CLOSE_WAIT,

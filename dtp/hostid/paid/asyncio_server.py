@@ -27,8 +27,14 @@ from dtp.errors import (
     LocalProtocolError,
     move_error,
 )
-from dtp.hostid.admission import LedgerAdmission, checked_open_grace
-from dtp.hostid.paid.asyncio_streams import PaidCallback, PaidConnection, PaidReader, PaidWriter
+from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
+from dtp.hostid.paid.asyncio import (
+    PaidCallback,
+    PaidConnection,
+    PaidReader,
+    PaidWriter,
+    protocol_of,
+)
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
 from dtp.hostid.served import ServedConnections
@@ -57,7 +63,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import PeerInfo
@@ -93,7 +98,8 @@ class _PaidAdmission(LedgerAdmission):
         port: int,
         open_grace: float | None = None,
     ) -> None:
-        super().__init__(ledger, host_id, port, open_grace=open_grace)
+        # (remember: the server's gate and settlement go on with what it read)
+        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
         self._server = server
         #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
         #: the paid server ends a connection's count there before settling it, and
@@ -286,7 +292,9 @@ class PaidAioServer:
         if key is None:
             return
         try:
-            await self._settle(key, None)
+            admission = self.admission
+            taken = None if admission is None else admission.take_admitted(key)
+            await self._settle(key, None, self.core.admission_view(taken, key))
         finally:
             self._serving.release(key)
 
@@ -323,7 +331,7 @@ class PaidAioServer:
                 # a handshake that finished as the server closed (_admit refuses those
                 # it sees): settled at once, as _admit does
                 writer.abort(CLOSED_REFUSAL)
-                raw_cid = writer._proto.conn.peer_connection_id
+                raw_cid = protocol_of(writer).conn.peer_connection_id
                 if raw_cid is not None:
                     await self._settle_unserved("0x" + raw_cid.hex())
                 return
@@ -332,7 +340,7 @@ class PaidAioServer:
             self._done()
 
     async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        proto = writer._proto  # the connection's I/O driver: the gate waits on it
+        proto = protocol_of(writer)
         conn = proto.conn
         client = conn.peer_address
         raw_cid = conn.peer_connection_id
@@ -355,7 +363,9 @@ class PaidAioServer:
             if refusal is not None:
                 writer.abort(refusal)
                 return
-            await self._serve_paid(reader, writer, proto, cid, client)
+            assert self.admission is not None  # (made before the listener)
+            admitted = self.core.admission_view(self.admission.take_admitted(cid), cid)
+            await self._serve_paid(reader, writer, proto, cid, client, admitted)
         finally:
             self._serving.release(cid)
 
@@ -366,10 +376,14 @@ class PaidAioServer:
         proto: _Protocol,
         cid: str,
         client: str,
+        admitted: Admitted | None,
     ) -> None:
-        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`)."""
+        """Serve and settle an admitted connection (its ID reserved by :meth:`_serve`;
+        ``admitted``: what admission read of it, gone on with)."""
         try:
-            gate = await asyncio.to_thread(gate_for, self.ledger, cid, self.policy)
+            gate = await asyncio.to_thread(
+                gate_for, self.ledger, cid, self.policy, admitted=admitted
+            )
         except ChainError as exc:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             writer.abort("the server cannot read the connection on the ledger")
@@ -382,9 +396,7 @@ class PaidAioServer:
             self.receipt_writer,
             self.ledger,
         )
-        proto.session.on_receipt = paid.on_receipt
-        while proto.session.receipts:
-            paid.on_receipt(proto.session.receipts.popleft())
+        paid.attach()
         proto.hold_carrier = True  # until settled, should the client close
         self.core.opened(paid)
         # a callback that failed while the connection goes on: the client must read an
@@ -398,16 +410,12 @@ class PaidAioServer:
             result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
             if inspect.isawaitable(result):
                 await result
-        except DTPError as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-            failed = proto.session.terminated is None
-        except Exception:
-            logger.exception("callback failed for connection %s", cid)
-            failed = True
+        except Exception as exc:
+            failed = self.core.handler_failed(cid, exc, proto.session.terminated)
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)
-            await self._end(writer, paid, cid, client, failed)
+            await self._end(writer, paid, cid, client, failed, admitted)
 
     async def _end(
         self,
@@ -416,6 +424,7 @@ class PaidAioServer:
         cid: str,
         client: str,
         failed: bool,
+        admitted: Admitted | None = None,
     ) -> None:
         """The end phase of a served connection: what is held goes out, the final
         receipt is asked for, the connection closes and is settled. A cancellation
@@ -436,17 +445,17 @@ class PaidAioServer:
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        if self.core.settles_first(proto.session.terminated):
+        plan = self.core.end_plan(proto.session.terminated, failed, cancelled)
+        if plan.settle_first:
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
             self._release_carrier(proto)
         else:
             self._release_carrier(proto)
             if proto.session.terminated is None:
-                if failed or cancelled:
-                    # (cancelled: the loop is ending, no graceful close can finish)
-                    writer.abort(CALLBACK_FAILED if failed else CLOSED_REFUSAL)
+                if plan.abort is not None:
+                    writer.abort(plan.abort)
                 else:
                     writer.close()
                     try:
@@ -455,7 +464,7 @@ class PaidAioServer:
                     except asyncio.CancelledError:
                         cancelled = True
                         writer.abort(CLOSED_REFUSAL)
-            cancelled = await self._settle_surely(cid, paid.final) or cancelled
+            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
         if cancelled:
             raise asyncio.CancelledError
 
@@ -488,10 +497,12 @@ class PaidAioServer:
         except Exception:  # (the settlement must run all the same)
             logger.exception("connection %s: reading its escrow at the end failed", cid)
 
-    async def _settle_surely(self, cid: str, final: Receipt | None) -> bool:
+    async def _settle_surely(
+        self, cid: str, final: Receipt | None, known: Admitted | None = None
+    ) -> bool:
         """:meth:`_settle`, waited for to the end even when cancelled: whether it was."""
         try:
-            await self._settle(cid, final)
+            await self._settle(cid, final, known)
         except asyncio.CancelledError:
             return True
         return False
@@ -502,7 +513,7 @@ class PaidAioServer:
         if proto.session.terminated is not None:
             proto.close_carrier()
 
-    async def _settle(self, cid: str, final: Receipt | None) -> None:
+    async def _settle(self, cid: str, final: Receipt | None, known: Admitted | None = None) -> None:
         # The settlement reads and marks the receipt store from its thread, which goes
         # on when this task is cancelled (asyncio.run ending the loop with the server
         # still settling): it counts as a handler until the thread is done, so that the
@@ -511,7 +522,14 @@ class PaidAioServer:
         job = loop.run_in_executor(
             None,
             functools.partial(
-                settle_ended, self.ledger, self.identity, cid, self.receipt_writer, final
+                settle_ended,
+                self.ledger,
+                self.identity,
+                cid,
+                self.receipt_writer,
+                final,
+                escrow=None if known is None else known.escrow,
+                connection=None if known is None else known.connection,
             ),
         )
         self.core.work_starts()
@@ -570,7 +588,8 @@ class PaidAioServer:
         await self._check_on_ledger(refresh.ledger_checks)
 
     async def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """As :meth:`dtp.hostid.paid.server.PaidServer._check_on_ledger` (the reads in a thread)."""
+        """As :meth:`dtp.hostid.paid.blocking_server.PaidServer._check_on_ledger` (the
+        reads in a thread)."""
         if not due:
             return
         try:

@@ -1,5 +1,5 @@
 """A paid connection with blocking sockets: :class:`PaidSocket`, the stream a
-:class:`~dtp.hostid.paid.server.PaidServer` handler gets, and the connection state
+:class:`~dtp.hostid.paid.blocking_server.PaidServer` handler gets, and the connection state
 its streams share (receipt gate, rate limits; docs/escrow.md §6.1)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import operator
 import threading
 import time
@@ -20,7 +19,7 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
+from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
@@ -42,6 +41,7 @@ from dtp.transport.blocking.files import stream_file
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
+    from dtp.protocol.events import ConnectionTerminated
     from dtp.transport.blocking.socket import DTPSocket
 
 
@@ -67,7 +67,8 @@ class PaidConnection:
         #: top-up while it is open); None: never
         self.ledger = ledger
         # the engine is the connection's I/O driver; the paid layer waits on it while
-        # paused, as the socket's own calls do
+        # paused, as the socket's own calls do (the one place it is taken from the
+        # socket: the rest goes through ended(), wake(), abort() and attach())
         self.engine = sock._engine
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
@@ -97,8 +98,35 @@ class PaidConnection:
         self._cond = threading.Condition(threading.Lock())
         self._sending = 0
         self._waiters = 0
-        # when a paused call last asked the client for a receipt (monotonic)
-        self._asked_at = -math.inf
+
+    # -- the connection's I/O driver -------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
+        that came before first."""
+        engine = self.engine
+        with engine.lock:
+            engine.session.on_receipt = self.on_receipt
+            while engine.session.receipts:
+                self.on_receipt(engine.session.receipts.popleft())
+
+    @property
+    def terminated(self) -> ConnectionTerminated | None:
+        """How the connection's session ended (None: not yet)."""
+        return self.engine.session.terminated
+
+    def ended(self) -> bool:
+        """Whether the connection has ended (its session, or the engine closed)."""
+        engine = self.engine
+        return engine.session.terminated is not None or engine.closed
+
+    def wake(self) -> None:
+        """Wake the calls waiting on the connection (a paused one looks again)."""
+        self.engine._wake()
+
+    def abort(self, close: Close) -> None:
+        """End the connection as the engine decided (``close``: code and reason)."""
+        self.engine.abort(close.code, close.reason)
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame from the client (engine lock held): check it here, store it
@@ -120,7 +148,7 @@ class PaidConnection:
     def _kept(self, receipt: Receipt) -> None:
         """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
         self.core.kept(receipt)
-        self.engine._wake()
+        self.wake()
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
@@ -184,7 +212,6 @@ class PaidConnection:
             # served again: a pause that comes later is a new one (kept, a datagram
             # send's timed-out pause made the next one, hours later, close at once)
             self.core.datagrams_paid()
-            self._asked_at = -math.inf
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
@@ -217,18 +244,16 @@ class PaidConnection:
                 if verdict.state is GateState.CLOSE:
                     break
             with engine.lock:
-                if engine.session.terminated is not None or engine.closed:
+                if self.ended():
                     return True  # the caller's own call reports how the connection ended
                 now = time.monotonic()
-                interval = self.policy.request_interval
-                # (once an interval or so in one pause: a non-blocking handler trying
-                # again at once asked the client for a receipt on every call)
-                if now - self._asked_at >= interval / 2:
-                    self._asked_at = now
+                if self.core.request_due(now):
                     with contextlib.suppress(DTPError):
                         engine.conn.send_receipt(RECEIPT_REQUEST)
                 engine.flush()
-                wait = interval if deadline is None else min(interval, deadline - now)
+                wait = self.core.request_wait(now)
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
                 if wait > 0:
                     with contextlib.suppress(DTPTimeoutError):
                         engine.pump(
@@ -254,12 +279,12 @@ class PaidConnection:
                     raise BlockingIOError(errno.EAGAIN, "operation would block")
                 raise DTPTimeoutError("timed out")
         # the pause is over: the next one asks for a receipt at once
-        self._asked_at = -math.inf
+        self.core.pause_over()
         if whole:
             self.core.datagrams_paid()
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
-            engine.abort(close.code, close.reason)
+            self.abort(close)
             raise PaymentRequired(close.reason, close.code)
         if verdict.state is GateState.SERVE:
             return self._refill(writing, whole)
@@ -316,11 +341,11 @@ class PaidConnection:
             with engine.lock:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
-                ended = engine.session.terminated is not None or engine.closed
+                ended = self.ended()
             sending = self._sending
-            credit = self.core.write_credit(usage, queued) - sending
-            if credit >= max(whole, 1) or not (sending or queued) or ended:
-                self._send_credit = min(max(credit, 0), CREDIT_MAX)
+            room = self.core.write_room(usage, queued, sending, CREDIT_MAX)
+            if room >= max(whole, 1) or not (sending or queued) or ended:
+                self._send_credit = room
                 return True
             if not queued:
                 self._waiters += 1
@@ -332,11 +357,7 @@ class PaidConnection:
         # the queued bytes go out as the client reads: drive the I/O until some did
         with engine.lock, contextlib.suppress(DTPTimeoutError):
             engine.pump(
-                lambda: (
-                    engine.conn.send_buffered() < queued
-                    or engine.session.terminated is not None
-                    or engine.closed
-                ),
+                lambda: engine.conn.send_buffered() < queued or self.ended(),
                 self.policy.request_interval,
             )
         return False
@@ -360,26 +381,19 @@ class PaidConnection:
         (how many, their bytes held as under way until :meth:`sent`); (0, 0) once the
         connection ended (the send then reports how). Waits within ``sock``'s timeout,
         as :meth:`wait_send`."""
-        engine = self.engine
         first = sizes[start]
         began = time.monotonic()
         while True:
             with self._cond:
-                credit = self._send_credit
-                if credit > 0 and credit >= first:
-                    count = taken = 0
-                    for i in range(start, len(sizes)):
-                        size = sizes[i]
-                        if count and (credit < size or credit <= 0):
-                            break
-                        credit -= max(size, CALL_COST)
-                        taken += size
-                        count += 1
+                count, taken, credit = self.core.datagrams_covered(
+                    self._send_credit, sizes, start, CALL_COST
+                )
+                if count:
                     self._send_credit = credit
                     self._credit -= max(taken, CALL_COST)  # reads look again as they did
                     self._sending += taken
                     return count, taken
-            if engine.session.terminated is not None or engine.closed:
+            if self.ended():
                 return 0, 0
             if not self._look(True, first, sock, "socket", began):
                 timeout = sock.gettimeout()
@@ -478,10 +492,7 @@ class PaidConnection:
         # again each refresh interval: the Host may raise or lift the limit meanwhile,
         # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
         engine = self.engine
-
-        def ended() -> bool:
-            return engine.session.terminated is not None or engine.closed
-
+        ended = self.ended
         step = self.policy.refresh_interval
         while delay > 0:
             with engine.lock, contextlib.suppress(DTPTimeoutError):
@@ -493,14 +504,17 @@ class PaidConnection:
 
     def deny(self) -> None:
         """The host's firewall now denies the client: close the connection."""
-        close = self.core.denied()
-        self.engine.abort(close.code, close.reason)
+        self.abort(self.core.denied())
 
     def closed_on_ledger(self) -> None:
         """The client closed the connection on the ledger while it is served: close it,
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
-        close = self.core.closed_on_ledger()
-        self.engine.abort(close.code, close.reason)
+        self.abort(self.core.closed_on_ledger())
+
+
+def _ends_connection(sock: DTPSocket) -> bool:
+    """Whether closing ``sock`` ends its connection: the first stream, still open."""
+    return bool(getattr(sock, "_primary", False)) and not getattr(sock, "_closed", True)
 
 
 def _left_of(
@@ -754,7 +768,7 @@ class PaidSocket:
         client for a receipt for all its usage, the final receipt of docs/escrow.md
         6.1: closed at once, the usage since its last receipt went unpaid)."""
         sock = self._sock
-        if getattr(sock, "_primary", False) and not getattr(sock, "_closed", True):
+        if _ends_connection(sock):
             with contextlib.suppress(DTPError):
                 self._paid.request_final_receipt()
         sock.close()

@@ -1,6 +1,6 @@
 """The rules of one paid connection, written once for the blocking
 (:class:`dtp.hostid.paid.blocking.PaidConnection`) and the asyncio
-(:class:`dtp.hostid.paid.asyncio_streams.PaidConnection`) driver (docs/escrow.md §6.1).
+(:class:`dtp.hostid.paid.asyncio.PaidConnection`) driver (docs/escrow.md §6.1).
 
 :class:`PaidConnectionEngine` is sans-I/O: no socket, thread, task, lock or clock. The
 drivers pass it the connection's usage (total bytes, total requests), ``now`` (monotonic
@@ -89,6 +89,9 @@ class PaidConnectionEngine:
         #: Since when (the drivers' ``now``) datagram sends have found no credit that
         #: covers them whole; None: they do not (:meth:`datagrams_unpaid`)
         self.unpaid_datagrams_since: float | None = None
+        #: When (the drivers' ``now``) a paused call last asked the client for a
+        #: receipt; None: not in this pause (:meth:`request_due`)
+        self.asked_at: float | None = None
 
     # -- receipts --------------------------------------------------------------------
 
@@ -132,6 +135,36 @@ class PaidConnectionEngine:
         left = deadline - now
         return 0.0 if left <= 0 else min(left, self.policy.request_interval)
 
+    # -- the pause: asking the client for a receipt ----------------------------------
+
+    def request_due(self, now: float) -> bool:
+        """Whether a paused call sends RECEIPT_REQUEST at ``now`` (counted as sent when
+        True): once per ``request_interval`` for the whole connection, whichever of its
+        calls or datagram sends is paused (docs/escrow.md §6.1: "asks for a receipt every
+        200 ms"). A call per stream or a handler trying again at once flooded the client
+        with requests; the first call of a pause asks at once."""
+        asked = self.asked_at
+        if asked is not None and now - asked < self.policy.request_interval:
+            return False
+        self.asked_at = now
+        return True
+
+    def request_wait(self, now: float) -> float:
+        """Seconds a paused call waits at ``now`` for a receipt before it looks again:
+        until the next request is due (a request interval after the last one; 0 when
+        none was made in this pause)."""
+        asked = self.asked_at
+        if asked is None:
+            return 0.0
+        interval = self.policy.request_interval
+        # (as request_due reckons: positive whenever no request is due)
+        return min(interval, max(0.0, interval - (now - asked)))
+
+    def pause_over(self) -> None:
+        """The usage is served again: a pause that comes later is a new one, whose first
+        call asks at once."""
+        self.asked_at = None
+
     # -- room: how much may move before the gate is asked again ------------------------
 
     def read_credit(self, usage: Usage) -> int:
@@ -147,6 +180,40 @@ class PaidConnectionEngine:
         filled on credit never used up)."""
         total_bytes, total_requests = usage
         return self.gate.credit_bytes(total_bytes + queued, total_requests)
+
+    def write_room(self, usage: Usage, queued: int, under_way: int, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now, the gate serving: its
+        :meth:`write_credit` less the bytes ``under_way`` (taken from the credit by
+        writes of other threads, not in the usage yet), at most CREDIT_MAX. At least 1
+        byte when nothing is queued or under way (the gate said serve); 0 when what is
+        queued or under way holds all of it: the writer waits for it to go (for the
+        client to read), then asks again."""
+        credit = min(self.write_credit(usage, queued) - under_way, CREDIT_MAX)
+        if nbytes <= credit:
+            return nbytes
+        if credit > 0:
+            return credit
+        return 0 if queued or under_way else 1
+
+    @staticmethod
+    def datagrams_covered(
+        credit: int, sizes: list[int], start: int = 0, least: int = 0
+    ) -> tuple[int, int, int]:
+        """How many of the datagrams of ``sizes[start:]`` (their bytes each) go on
+        ``credit`` bytes: in order, each only whole (a datagram cannot go in part: its
+        bytes are metered as they go), each taking ``least`` bytes of the credit at
+        least (the blocking driver's CALL_COST, which bounds how long a cached credit
+        lasts: none go once it is spent). Returns (how many, their bytes, the credit
+        left)."""
+        count = taken = 0
+        for i in range(start, len(sizes)):
+            size = sizes[i]
+            if size > credit or (least and credit <= 0):
+                break
+            credit -= size if size > least else least
+            taken += size
+            count += 1
+        return count, taken, credit
 
     # -- the escrow read again -------------------------------------------------------
 
@@ -188,8 +255,10 @@ class PaidConnectionEngine:
         return since
 
     def datagrams_paid(self) -> None:
-        """Payment covers datagram sends again: a pause of them is over."""
+        """Payment covers datagram sends again: a pause of them is over (and the next
+        one asks for a receipt at once: :meth:`pause_over`)."""
         self.unpaid_datagrams_since = None
+        self.asked_at = None
 
     def datagram_verdict(
         self, verdict: GateVerdict, now: float, size: int, since: float

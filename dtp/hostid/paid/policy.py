@@ -42,7 +42,8 @@ class ServicePolicy:
     """Seconds between reads of the Host (limits and deny list reach open connections
     within this delay)."""
     request_interval: float = 0.2
-    """Seconds between receipt requests while paused."""
+    """Seconds between receipt requests while paused (for the connection, however many
+    of its calls are paused: PaidConnectionEngine.request_due)."""
     final_receipt_timeout: float = 1.0
     """When the handler ends a connection the client has not closed: how long to ask
     for a receipt covering everything before closing (the client pays at its own close

@@ -1,5 +1,5 @@
 """The server-wide rules of a paid service, written once for the blocking
-(:class:`~dtp.hostid.paid.server.PaidServer`) and the asyncio
+(:class:`~dtp.hostid.paid.blocking_server.PaidServer`) and the asyncio
 (:class:`~dtp.hostid.paid.asyncio_server.PaidAioServer`) server.
 
 :class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
@@ -22,12 +22,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from dtp.errors import DTPError
+from dtp.hostid.paid.policy import CLOSED_REFUSAL
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import HostPolicy
 from dtp.protocol.connection import CloseCode
+from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
+    from dtp.hostid.admission import Admitted
     from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.objects import Firewall, Host, Settlement
     from dtp.protocol.events import ConnectionTerminated
@@ -72,6 +76,22 @@ class PolicyRefresh(Generic[_P]):
     ledger_checks: tuple[_P, ...]
     """The connections due for a read of their state on the ledger (each one closed
     when no longer Open there)."""
+
+
+@dataclass(frozen=True)
+class EndPlan:
+    """How the server ends a served connection once its handler returned or raised
+    (:meth:`PaidServerCore.end_plan`)."""
+
+    settle_first: bool
+    """Settle before the server's end of the carrier closes (:meth:`PaidServerCore.settles_first`);
+    else close first, then settle."""
+    abort: str | None
+    """Abort the connection with this reason: ``CALLBACK_FAILED`` when the handler
+    failed while the connection went on (the client must read an error, not a clean end
+    that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
+    cancelled (the event loop ending: a graceful close could not finish). None: close
+    it gracefully."""
 
 
 class PaidServerCore(Generic[_P]):
@@ -153,6 +173,17 @@ class PaidServerCore(Generic[_P]):
         return key if self.serving.reserve(key) else None
 
     @staticmethod
+    def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
+        """The connection and escrow admission read (``admitted``, taken from the
+        admission), when they are those of ledger connection ``key`` (normalized):
+        the gate and the settlement go on with them rather than read them again. Only
+        the server claims from the escrow, and its key and SLA are fixed, so they are
+        current; the deposit may have grown, which the escrow reads of the engine see."""
+        if admitted is None or admitted.connection.id != key:
+            return None
+        return admitted
+
+    @staticmethod
     def settles_first(ended: ConnectionTerminated | None) -> bool:
         """Whether a served connection that ``ended`` so (None: not yet) is settled
         before the server's end of its carrier closes: when the client closed it
@@ -160,6 +191,26 @@ class PaidServerCore(Generic[_P]):
         ledger (the settlement closes the connection there in the same transaction).
         Otherwise the connection is closed first, then settled."""
         return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
+
+    @staticmethod
+    def handler_failed(cid: str, exc: Exception, ended: ConnectionTerminated | None) -> bool:
+        """The handler of connection ``cid`` raised ``exc`` (logged here), the connection
+        having ``ended`` so (None: not yet): whether the handler failed. A DTPError
+        (PaymentRequired: the gate closed it) only while the connection goes on -- once
+        it ended, that end says how; any other error always."""
+        if isinstance(exc, DTPError):
+            logger.info("connection %s ended: %s", cid, exc)
+            return ended is None
+        logger.error("the handler failed for connection %s", cid, exc_info=exc)
+        return True
+
+    def end_plan(
+        self, ended: ConnectionTerminated | None, failed: bool, cancelled: bool = False
+    ) -> EndPlan:
+        """How a served connection that ``ended`` so (None: not yet) ends, its handler
+        ``failed`` or not, its end ``cancelled`` or not (see :class:`EndPlan`)."""
+        abort = CALLBACK_FAILED if failed else CLOSED_REFUSAL if cancelled else None
+        return EndPlan(self.settles_first(ended), abort)
 
     def settled(self, cid: str, settlement: Settlement | None) -> bool:
         """A settlement of ``cid`` ended with ``settlement``, recorded; False when it

@@ -46,7 +46,6 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    PaymentRequired,
     move_error,
 )
 from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
@@ -80,7 +79,6 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import PeerInfo
@@ -377,8 +375,7 @@ class PaidServer:
         if key is None:
             return
         try:
-            known = self.admission.take_admitted(key)
-            self._settle(cid, known if known is not None and known[0].id == key else None)
+            self._settle(cid, self.core.admission_view(self.admission.take_admitted(key), key))
         finally:
             self._serving.release(key)
 
@@ -418,8 +415,8 @@ class PaidServer:
         if cid is None or client is None:  # LedgerAdmission refuses these already
             sock.abort("no ledger connection")
             return
-        admitted = self.admission.take_admitted(cid)
         key = normalize_id(cid, "connection ID")
+        admitted = self.core.admission_view(self.admission.take_admitted(key), key)
         # A second DTP connection on the same ledger connection: on a gate of its own it
         # would count the first one's receipts again (the client paying once for twice
         # the service) and take another allowance from one escrow. Nor may one come back
@@ -458,11 +455,7 @@ class PaidServer:
             self.receipt_writer,
             self.ledger,
         )
-        engine = paid.engine
-        with engine.lock:
-            engine.session.on_receipt = paid.on_receipt
-            while engine.session.receipts:  # those that came before the callback was set
-                paid.on_receipt(engine.session.receipts.popleft())
+        paid.attach()
         with self._live_lock:
             self.core.opened(paid)
         # a handler that failed while the connection goes on: the client must read an
@@ -471,14 +464,8 @@ class PaidServer:
         try:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
-        except PaymentRequired as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-        except DTPError as exc:
-            logger.info("connection %s ended: %s", cid, exc)
-            failed = engine.session.terminated is None
-        except Exception:
-            logger.exception("handler failed for connection %s", cid)
-            failed = True
+        except Exception as exc:
+            failed = self.core.handler_failed(cid, exc, paid.terminated)
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
@@ -488,31 +475,26 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            # the connection and escrow as admission read them: only we claim from the
-            # escrow, so it is current; the connection is read again once it changed
-            known = (
-                admitted if admitted is not None and admitted[0].id == gate.connection_id else None
-            )
-            client_closed = self.core.settles_first(engine.session.terminated)
+            plan = self.core.end_plan(paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
             self.admission.served.ended(cid)
-            if client_closed:
+            if plan.settle_first:
                 # settle (closing the connection on the ledger in the same transaction)
                 # before our end of the carrier closes: the client waits for that end
                 # and then finds nothing left to do on the ledger
-                self._settle(cid, known, paid.final)
-            if failed:
-                sock.abort(CALLBACK_FAILED)  # (as dtp.socket's and dtp.aio's servers)
+                self._settle(cid, admitted, paid.final)
+            if plan.abort is not None:
+                sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
             else:
-                sock.close()
+                sock.close()  # (also once the session ended: the socket's resources)
             with self._live_lock:
                 self.core.ended(paid)
             with self._limit_lock:
                 self.limiter.release(client)
-            if not client_closed:
-                self._settle(cid, known, paid.final)
+            if not plan.settle_first:
+                self._settle(cid, admitted, paid.final)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
@@ -523,8 +505,8 @@ class PaidServer:
             cid,
             self.receipt_writer,
             final,
-            escrow=known[1] if known is not None else None,
-            connection=known[0] if known is not None else None,
+            escrow=None if known is None else known.escrow,
+            connection=None if known is None else known.connection,
         )
         if not self.core.settled(cid, settlement):
             self.retries.add(cid)

@@ -4,7 +4,11 @@ escrow"), on both paid servers: a second DTP connection naming a connection ID t
 server is serving, or one whose receipts its store holds, is refused. Served on a gate
 of its own, it counted the first one's receipts again -- a client paid once for 1 MiB
 was served 2 -- and took a second allowance on credit from one escrow. Real LocalLedger
-file, real DTP connections on 127.0.0.1, the server in this process."""
+file, real DTP connections on 127.0.0.1, the server in this process.
+
+(tests/hostid/test_one_dtp_connection_per_ledger_connection.py is the rule of any server
+admitting through the ledger, for the Host's connection limits; this one is the paid
+server's, for its receipts and allowance.)"""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import operator
 import time
 from collections import deque
@@ -89,9 +88,7 @@ class PaidConnection:
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
         # (datagram sends that drop for want of credit: a send never waits, so that is
-        # its pause, timed by the engine as the blocking driver's datagram waits are)
-        #: When such a send last asked the client for a receipt (monotonic)
-        self._asked_at = -math.inf
+        # its pause, timed and paced by the engine as the blocking driver's waits are)
         #: The bytes of the datagram the last such send dropped first: payment that
         #: covers it ends the pause (:meth:`credit_grew`)
         self._unpaid_size = 0
@@ -122,7 +119,43 @@ class PaidConnection:
     def _kept(self, receipt: Receipt) -> None:
         self.core.kept(receipt)
         self.credit_grew()
-        self.proto._notify()  # a paused reader or drain() looks again
+        self.wake()  # a paused reader or drain() looks again
+
+    # -- the connection's I/O driver -------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
+        that came before first."""
+        session = self.proto.session
+        session.on_receipt = self.on_receipt
+        while session.receipts:
+            self.on_receipt(session.receipts.popleft())
+
+    def wake(self) -> None:
+        """Wake the tasks waiting on the connection (each looks again)."""
+        self.proto._notify()
+
+    def put_back_datagram(self, data: bytes) -> None:
+        """``data``, read and charged to the rate limits by a read then cancelled, is
+        the next datagram to read again (charged already: not again), and a task
+        waiting for one is woken: it found the queue empty, and dtp.aio wakes it only
+        when the connection changes (which may be never: a client waiting for its
+        reply)."""
+        self.proto.session.datagrams.appendleft(data)
+        if len(data) > 1:
+            # (known by identity, and CPython shares its empty and one-byte bytes
+            # objects: those are charged again, three bytes at most)
+            self.charged_datagrams.append(data)
+        self.wake()
+
+    def put_back_stream(self, stream_id: int) -> None:
+        """Stream ``stream_id``, accepted and charged by an accept then cancelled, goes
+        back for the next accept (dropped, it would be lost, its client waiting on it
+        for good), charged already; a task waiting to accept one is woken (as
+        :meth:`put_back_datagram`)."""
+        self.proto.session.incoming_streams.appendleft(stream_id)
+        self.charged_streams.add(stream_id)
+        self.wake()
 
     def verdict(self) -> GateVerdict:
         return self.core.verdict(self.conn.usage, time.monotonic())
@@ -139,17 +172,20 @@ class PaidConnection:
         await self.read_deposit()
         verdict = self.verdict()
         session = self.proto.session
+        core = self.core
         while verdict.state is GateState.PAUSE:
             if session.terminated is not None:
                 return
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+            now = time.monotonic()
+            if core.request_due(now):
+                with contextlib.suppress(DTPError):
+                    self.conn.send_receipt(RECEIPT_REQUEST)
+                self.proto.flush()
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
             # result in place of a cancel that came as the receipt did, and the read went
             # on waiting for bytes -- the loop's end, which cancels each task once, held)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.policy.request_interval):
+                async with asyncio.timeout(core.request_wait(now)):
                     await self.proto.wait_for(
                         lambda: (
                             self.verdict().state is not GateState.PAUSE
@@ -158,6 +194,8 @@ class PaidConnection:
                     )
             await self.read_deposit()
             verdict = self.verdict()
+        # the pause is over: the next one asks for a receipt at once
+        core.pause_over()
         if verdict.state is GateState.CLOSE:
             close = self.core.payment_required(verdict)
             self.close(close.code, close.reason)
@@ -168,14 +206,19 @@ class PaidConnection:
         read again (in a thread) when the deposit holds the connection -- the client may have topped
         it up while the connection was open -- or, ``ending``, when a receipt still
         waits above it before the settlement."""
-        ledger = self.ledger
-        if ledger is None:
+        if self.ledger is None:
             return
         escrow_id = self.core.escrow_to_read(self.conn.usage, time.monotonic(), ending=ending)
-        if escrow_id is None:
-            return
+        if escrow_id is not None:
+            await self._read_escrow(escrow_id)
+
+    async def _read_escrow(self, escrow_id: str) -> None:
+        """Read the escrow ``escrow_id`` (in a thread; its read begun by the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.escrow_to_read`) and go on
+        with the deposit it holds."""
+        assert self.ledger is not None
         try:
-            escrow = await asyncio.to_thread(ledger.get_escrow, escrow_id)
+            escrow = await asyncio.to_thread(self.ledger.get_escrow, escrow_id)
         except ChainError as exc:
             self.core.deposit_read_failed(exc)
             return
@@ -208,11 +251,8 @@ class PaidConnection:
         usage = conn.usage
         if not self.gate.serving(*usage):
             return 0
-        queued = conn.send_buffered()
-        credit = min(self.core.write_credit(usage, queued), CREDIT_MAX)
-        if nbytes <= credit:
-            return nbytes
-        return credit if credit or queued else 1
+        # (nothing under way: one event loop, each write takes its room as it goes)
+        return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now: those whose
@@ -224,13 +264,7 @@ class PaidConnection:
         if not self.gate.serving(*usage):
             return 0
         credit = self.core.write_credit(usage, conn.send_buffered())
-        count = 0
-        for size in sizes:
-            if size > credit:
-                break
-            credit -= size
-            count += 1
-        return count
+        return self.core.datagrams_covered(credit, sizes)[0]
 
     def datagrams_unpaid(self, size: int) -> None:
         """A datagram send dropped datagrams the gate's credit did not cover, the first
@@ -250,25 +284,21 @@ class PaidConnection:
             close = self.core.payment_required(verdict)
             self.close(close.code, close.reason)
             raise PaymentRequired(close.reason, close.code)
-        if now - self._asked_at >= self.policy.request_interval:
-            self._asked_at = now
+        if self.core.request_due(now):
             with contextlib.suppress(DTPError):
                 self.conn.send_receipt(RECEIPT_REQUEST)
             self.proto.flush()
         task = self._deposit_task
-        if (
-            (task is None or task.done())
-            and not self._deposit_reads_over
-            and self.ledger is not None
-            and self.gate.wants_deposit(int(now * 1000), *self.conn.usage)
-        ):
-            self._deposit_task = asyncio.ensure_future(self.read_deposit())
-            self._deposit_task.add_done_callback(_log_failure)
+        reading = task is not None and not task.done()
+        if not reading and not self._deposit_reads_over and self.ledger is not None:
+            escrow_id = self.core.escrow_to_read(self.conn.usage, now)
+            if escrow_id is not None:
+                self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
+                self._deposit_task.add_done_callback(_log_failure)
 
     def datagrams_paid(self) -> None:
         """A datagram send the credit covered whole: a pause of them is over."""
         self.core.datagrams_paid()
-        self._asked_at = -math.inf
 
     def credit_grew(self) -> None:
         """Payment came (a receipt kept, a top-up read, a cap raised): once the credit
@@ -442,6 +472,18 @@ class PaidConnection:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.closed_on_ledger`."""
         close = self.core.closed_on_ledger()
         self.close(close.code, close.reason)
+
+
+def protocol_of(writer: DTPStreamWriter) -> _Protocol:
+    """The connection's I/O driver behind ``writer`` (the gate waits on it, and it
+    holds the connection's state): the one place the paid layer takes it from a
+    writer."""
+    return writer._proto
+
+
+def _first_stream(writer: DTPStreamWriter) -> bool:
+    """Whether ``writer`` is its connection's first stream (whose close ends it)."""
+    return bool(getattr(writer, "_primary", False))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -729,7 +771,7 @@ class PaidWriter:
         receipt went unpaid, a short request/reply paid nothing)."""
         if self._closing is not None:
             return
-        if getattr(self._writer, "_primary", False) and not self._writer.is_closing():
+        if _first_stream(self._writer) and not self._writer.is_closing():
             task = asyncio.ensure_future(self._close_paid())
             self._closing = task
             self._paid.closing = task
@@ -767,7 +809,7 @@ class PaidWriter:
                 await asyncio.shield(closing)
         await self._wait_released()
         proto = self._paid.proto
-        if getattr(self._writer, "_primary", False) and proto.hold_carrier:
+        if _first_stream(self._writer) and proto.hold_carrier:
             # The server holds its end of the carrier until it settled, which it does
             # once the callback returned: the wrapped wait (for the carrier's end) waited
             # for this very callback -- the canonical echo's close() + wait_closed() after
@@ -865,15 +907,7 @@ class PaidWriter:
             await paid.throttle(0 if paid.charged_already(data) else datagram_charge(len(data)))
         except asyncio.CancelledError:
             # cancelled while the rate limits hold it: it stays the next one to read
-            # (charged already: not again), and a task waiting in recv_datagram() is
-            # woken for it: it found the queue empty, and dtp.aio wakes it only when the
-            # connection changes (which may be never: a client waiting for its reply)
-            self._writer._session.datagrams.appendleft(data)
-            if len(data) > 1:
-                # (known by identity, and CPython shares its empty and one-byte bytes
-                # objects: those are charged again, three bytes at most)
-                paid.charged_datagrams.append(data)
-            paid.proto._notify()
+            paid.put_back_datagram(data)
             raise
         return data
 
@@ -887,14 +921,8 @@ class PaidWriter:
         try:
             await paid.throttle(requests=0 if charged else 1)
         except asyncio.CancelledError:
-            # cancelled while the request rate holds it: the stream goes back for the
-            # next accept_stream() (dropped, it would be lost, its client waiting on it
-            # for good), charged already
-            self._writer._session.incoming_streams.appendleft(reader.stream_id)
-            paid.charged_streams.add(reader.stream_id)
-            # a task waiting in accept_stream() found the line empty: dtp.aio wakes it
-            # only when the connection changes (which may be never)
-            paid.proto._notify()
+            # cancelled while the request rate holds it: the stream goes back
+            paid.put_back_stream(reader.stream_id)
             raise
         return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 

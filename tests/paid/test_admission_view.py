@@ -1,0 +1,81 @@
+"""Both paid servers meter and settle a connection with the TransportControl and Escrow
+their admission read (PaidServerCore.admission_view): the gate is made from them and the
+settlement starts from them, rather than reading both again from the ledger. (Before:
+the asyncio server read them again for the gate and for the settlement.)
+
+Both drivers (the ``driver`` fixture), a real echo over 127.0.0.1 and a LocalLedger file
+in tmp_path; ``gate_for`` and ``settle_ended`` are wrapped where the server module looks
+them up, and still run."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.hostid.paid.server_core import PaidServerCore
+from tests.paid.conftest import Driver
+from tests.support.paid_inprocess import ident
+from tests.support.paid_twins import funded_ledger
+from tests.support.polling import wait_for
+
+SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
+SERVER, CLIENT = ident(0xB1), ident(0xB2)
+PORT = 7102
+
+
+def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
+    tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = importlib.import_module(driver.server_module)
+    seen: dict[str, Any] = {}
+    gate_for, settle_ended = module.gate_for, module.settle_ended
+
+    def gate_seen(*args: Any, **kwargs: Any) -> Any:
+        seen["gate"] = kwargs.get("admitted")
+        return gate_for(*args, **kwargs)
+
+    def settle_seen(*args: Any, **kwargs: Any) -> Any:
+        seen["settle"] = (kwargs.get("connection"), kwargs.get("escrow"))
+        return settle_ended(*args, **kwargs)
+
+    monkeypatch.setattr(module, "gate_for", gate_seen)
+    monkeypatch.setattr(module, "settle_ended", settle_seen)
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+        with driver.serve(
+            host_id,
+            PORT,
+            "echo",
+            ledger=ledger,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+        ):
+            with dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}", timeout=10, ledger=ledger, identity=CLIENT, deposit=5000
+            ) as sock:
+                cid = sock.connection_id
+                sock.sendall(b"ping")
+                assert sock.recv(4) == b"ping"
+            assert cid is not None
+            assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
+        settled = ledger.get_escrow(ledger.get_connection(cid).escrow)
+    admitted = seen["gate"]
+    assert admitted is not None and admitted.connection.id == cid
+    connection, escrow = seen["settle"]
+    assert connection is admitted.connection and escrow is admitted.escrow
+    # and the claim made from them is right: fees claimed, the rest refunded, none lost
+    assert settled.claimed > 0 and settled.claimed + settled.refunded == settled.deposited
+
+
+def test_a_view_of_another_connection_is_not_gone_on_with() -> None:
+    view: Any = SimpleNamespace(connection=SimpleNamespace(id="0x" + "aa" * 32))
+    assert PaidServerCore.admission_view(view, "0x" + "aa" * 32) is view
+    assert PaidServerCore.admission_view(view, "0x" + "bb" * 32) is None
+    assert PaidServerCore.admission_view(None, "0x" + "aa" * 32) is None

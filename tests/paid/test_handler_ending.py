@@ -1,0 +1,102 @@
+"""How a paid server ends a connection after its handler (PaidServerCore.handler_failed
+and end_plan, one rule for both drivers): a handler that fails while the connection
+goes on has it aborted, the client reading an error rather than a clean end; a handler
+the gate closed for want of payment (PaymentRequired raised out of it) leaves the
+client reading that close. Either way the connection is settled, no MIST lost.
+
+Both drivers (the ``driver`` fixture), real connections on 127.0.0.1, a LocalLedger
+file in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import dtp.socket
+from dtp.chain.objects import Sla
+from dtp.errors import ConnectionClosed, DTPError
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from tests.paid.conftest import Driver
+from tests.support.paid_inprocess import ident
+from tests.support.paid_twins import funded_ledger
+from tests.support.polling import wait_for
+
+SLA = Sla(price_per_kib=1024, price_per_request=1, min_deposit=1000)  # 1 MIST a byte
+SERVER, CLIENT = ident(0xC1), ident(0xC2)
+PORT = 7103
+DEPOSIT = 5000
+
+
+def _fails(sock: PaidSocket) -> None:
+    sock.sendall(sock.recv(4))
+    raise ValueError("a bug in the handler")
+
+
+async def _fails_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    writer.write(await reader.readexactly(4))
+    await writer.drain()
+    raise ValueError("a bug in the handler")
+
+
+def _unpaid(sock: PaidSocket) -> None:
+    while sock.recv(1 << 16):  # (PaymentRequired once the pause timed out)
+        pass
+
+
+async def _unpaid_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    while await reader.read(1 << 16):
+        pass
+
+
+@pytest.mark.parametrize("case", ["failed", "unpaid"])
+def test_the_client_reads_how_the_handler_ended(tmp_path: Path, driver: Driver, case: str) -> None:
+    handlers = (_fails, _fails_aio) if case == "failed" else (_unpaid, _unpaid_aio)
+    # the unpaid client pays nothing: with no allowance its first request pauses the
+    # connection, closed after the pause timeout
+    policy = ServicePolicy(allowance=0 if case == "unpaid" else None, pause_timeout=0.5)
+    metering = MeteringConfig(enabled=False) if case == "unpaid" else None
+    with funded_ledger(tmp_path, CLIENT) as ledger:
+        host_id = ledger.create_host(SERVER, SERVER.noise_public)
+        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+        with (
+            driver.serve(
+                host_id,
+                PORT,
+                handlers,
+                ledger=ledger,
+                identity=SERVER,
+                receipts=tmp_path / "receipts.db",
+                policy=policy,
+            ),
+            dtp.socket.create_connection(
+                f"dtp://{host_id}:{PORT}",
+                timeout=10,
+                ledger=ledger,
+                identity=CLIENT,
+                deposit=DEPOSIT,
+                metering=metering,
+            ) as sock,
+        ):
+            cid = sock.connection_id
+            assert cid is not None
+            sock.sendall(b"ping")
+            with pytest.raises(DTPError) as ended:
+                got = b""
+                while True:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        break  # a clean end: the assertion below fails
+                    got += data
+                pytest.fail(f"a clean end after {got!r}: the client cannot tell it failed")
+            error = ended.value
+            assert isinstance(error, ConnectionClosed), error
+            if case == "unpaid":
+                assert error.code == CLOSE_PAYMENT_REQUIRED, error
+            else:
+                assert error.code != CLOSE_PAYMENT_REQUIRED and "internal error" in str(error)
+            assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
+        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        assert escrow.claimed + escrow.refunded == escrow.deposited == DEPOSIT
