@@ -40,7 +40,7 @@ from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, until
-from tests.paid.test_server_release import StallingStore
+from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 

@@ -70,15 +70,10 @@ from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import OFF, Served, make_rpc
-from tests.paid import test_top_up_over_deposit as paid_world
-from tests.paid.test_top_up import CLIENT
-from tests.paid.test_top_up_over_deposit import (
-    DEPOSIT,
-    SLA,
-    paid_connect,
-    paid_open,
-    quiet_handlers,
-)
+from tests.support import paid_top_ups as paid_world
+from tests.support.paid_top_ups import CLIENT, paid_connect, paid_open, quiet_handlers
+from tests.support.paid_top_ups import DEAR_DEPOSIT as DEPOSIT
+from tests.support.paid_top_ups import DEAR_SLA as SLA
 
 # the paid server fixtures the meter tests below run on
 ledger = paid_world.ledger

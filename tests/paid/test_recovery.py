@@ -40,7 +40,7 @@ from dtp.escrow import Receipt, fee
 from dtp.payments.serving import Recovery, recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import recover_unclaimed
-from tests.paid.conftest import kill, server_run
+from tests.support.paid_stores import kill, server_run
 from tests.support.paid_twins import (
     OutageLedger,
     funded_ledger,

@@ -27,12 +27,12 @@ import dtp.socket
 from dtp.hostid.paid import ServicePolicy
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
-from tests.paid.conftest import STORE_CLIENT as CLIENT
-from tests.paid.conftest import STORE_PORT as PORT
-from tests.paid.conftest import STORE_SERVER as SERVER
-from tests.paid.conftest import STORE_SLA as SLA
-from tests.paid.conftest import StoreWorld as World
-from tests.paid.conftest import kill, server_run
+from tests.support.paid_stores import STORE_CLIENT as CLIENT
+from tests.support.paid_stores import STORE_PORT as PORT
+from tests.support.paid_stores import STORE_SERVER as SERVER
+from tests.support.paid_stores import STORE_SLA as SLA
+from tests.support.paid_stores import StoreWorld as World
+from tests.support.paid_stores import kill, server_run
 from tests.support.paid_twins import funded_ledger, streams_forever
 from tests.support.polling import wait_for
 

@@ -23,7 +23,8 @@ from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.paid.conftest import Driver, StallingStore
+from tests.paid.conftest import Driver
+from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
 from tests.support.polling import wait_for
 

@@ -33,7 +33,7 @@ from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.transport.carriers.memory import MemoryLink
-from tests.paid.conftest import StallingStore
+from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import (
     PaidWorld,
     echo,

@@ -51,17 +51,15 @@ import dtp.socket
 from dtp.hostid.paid import ServicePolicy
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore, StoredReceipt
-from tests.paid.conftest import STORE_CLIENT as CLIENT
-from tests.paid.conftest import STORE_PORT as PORT
-from tests.paid.conftest import STORE_SERVER as SERVER
-from tests.paid.conftest import STORE_SLA as SLA
-from tests.paid.conftest import StoreWorld as World
-from tests.paid.conftest import kill, server_run
-from tests.support.paid_twins import funded_ledger, loop_in_thread, stop, streams_forever
+from tests.support.paid_stores import STORE_PORT as PORT
+from tests.support.paid_stores import STORE_SERVER as SERVER
+from tests.support.paid_stores import StoreWorld as World
+from tests.support.paid_stores import kill, server_run, store_world
+from tests.support.paid_twins import loop_in_thread, stop, streams_forever
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import receipt
 
-# (a server run in another process: tests/paid/conftest.py's server_run)
+# (a server run in another process: tests/support/paid_stores.py's server_run)
 
 
 def run_lock_files(path: Path) -> list[str]:
@@ -70,11 +68,8 @@ def run_lock_files(path: Path) -> list[str]:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "x", SLA)
-        cap_id = ledger.create_spending_cap(CLIENT, 10**9)
-        yield World(ledger, host_id, cap_id, tmp_path / "receipts.db")
+    with store_world(tmp_path) as made:
+        yield made
 
 
 def test_a_restart_beside_a_live_server_claims_what_the_killed_run_left(world: World) -> None:

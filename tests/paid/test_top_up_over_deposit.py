@@ -34,8 +34,6 @@ from dtp.errors import (
     LocalProtocolError,
     SpendingCapExceeded,
 )
-from dtp.hostid.paid import PaidSocket
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.settlement import ClientPayment
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (
@@ -48,6 +46,7 @@ from tests.support.paid_top_ups import (
     conserved,
     paid_connect,
     paid_open,
+    quiet_handlers,
 )
 from tests.support.polling import wait_for
 
@@ -89,21 +88,6 @@ async def connect_aio(ledger: LocalLedger, host_id: str, cap: str) -> dtp.aio.DT
         metering=METERING,
     )
     return writer
-
-
-def quiet_handlers(release: threading.Event) -> tuple[Any, Any]:
-    """Handlers that read the client's b"go" and then nothing (no pause, so no read of
-    the escrow while the connection is open) until ``release``."""
-
-    def blocking(sock: PaidSocket) -> None:
-        assert sock.recv(2) == b"go"
-        release.wait(60)
-
-    async def aio(reader: PaidReader, writer: PaidWriter) -> None:
-        assert await reader.readexactly(2) == b"go"
-        await asyncio.to_thread(release.wait, 60)
-
-    return blocking, aio
 
 
 def send_topped_up_then_end(

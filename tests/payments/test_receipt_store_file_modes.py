@@ -28,13 +28,21 @@ from dtp.escrow import Receipt
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClaimBackoff
-from tests.paid.test_shared_receipt_store import SERVER, World, world  # noqa: F401 (a fixture)
+from tests.support.paid_stores import STORE_SERVER as SERVER
+from tests.support.paid_stores import StoreWorld as World
+from tests.support.paid_stores import store_world
 from tests.support.paid_twins import OutageLedger
 from tests.support.receipt_stores import receipt
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with store_world(tmp_path) as made:
+        yield made
 
 
 @pytest.fixture
@@ -85,7 +93,7 @@ def claimed(place: World, receipt: Receipt) -> int:
 
 
 def test_a_receipt_of_no_run_that_failed_at_the_start_is_retried_by_the_live_rounds(
-    world: World,  # noqa: F811 (the fixture)
+    world: World,
 ) -> None:
     left = world.receipt()
     with ReceiptStore(world.store_path) as before:
@@ -111,7 +119,7 @@ def test_a_receipt_of_no_run_that_failed_at_the_start_is_retried_by_the_live_rou
 
 
 def test_a_live_servers_rows_are_not_given_to_a_dead_run(
-    world: World,  # noqa: F811 (the fixture)
+    world: World,
 ) -> None:
     """A guard: a server alone gives only rows of no run to a dead one, never those of
     another server that is live (attached later, on another handle)."""

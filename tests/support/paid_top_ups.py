@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.hostid.paid import ServicePolicy
-from dtp.hostid.paid.aio import PaidAioServer
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
 from tests.support.paid_twins import (
     funded_ledger,
@@ -192,3 +193,18 @@ async def paid_open(
     return await dtp.aio.open_connection(
         f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
     )
+
+
+def quiet_handlers(release: threading.Event) -> tuple[Any, Any]:
+    """Handlers that read the client's b"go" and then nothing (no pause, so no read of
+    the escrow while the connection is open) until ``release``."""
+
+    def blocking(sock: PaidSocket) -> None:
+        assert sock.recv(2) == b"go"
+        release.wait(60)
+
+    async def aio(reader: PaidReader, writer: PaidWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        await asyncio.to_thread(release.wait, 60)
+
+    return blocking, aio
