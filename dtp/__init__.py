@@ -108,6 +108,9 @@ MOVED: dict[str, str] = {
     "dtp.messaging.rpc.client": "dtp.messaging.rpc.blocking_client",
     "dtp.messaging.rpc.server": "dtp.messaging.rpc.blocking_server",
     "dtp.messaging.rpc.aio": "dtp.messaging.rpc",
+    # the paid drivers, named blocking*/asyncio*
+    "dtp.hostid.paid.server": "dtp.hostid.paid.blocking_server",
+    "dtp.hostid.paid.asyncio_streams": "dtp.hostid.paid.asyncio",
 }
 
 
