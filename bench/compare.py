@@ -81,6 +81,18 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
 
 
+def cache_bytecode() -> None:
+    """Write dtp's and bench's bytecode before any row runs, so that every process imports
+    it cached, as users' do, whatever ``PYTHONDONTWRITEBYTECODE`` says: compiling a module
+    at import frees a block as large as the module, which moves glibc malloc's mmap
+    threshold and with it tcp_bulk_asyncio by up to 2x (docs/benchmarks.md)."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("dtp", "bench"):
+        compileall.compile_dir(root / package, quiet=1, workers=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (a few s per row)")
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rows: {', '.join(unknown)} (known: {', '.join(ALL)})")
     rounds, seconds = (3, 0.4) if args.quick else (5, 1.5)
+    cache_bytecode()
 
     rows = []
     header = f"{'name':<22} {'ours':>14} {'peer':>14} {'unit':<9} {'ratio':>7} {'bar':>6}"
