@@ -164,10 +164,10 @@ class LedgerAdmission:
 
     ``remember``: keep the TransportControl and Escrow read for each
     accepted connection, for :meth:`take_admitted` (the blocking paid server,
-    :class:`dtp.hostid.paid.PaidServer`, builds its receipt gate from them, and settles a
-    connection it does not serve from them, instead of reading them again a moment
-    later; so does the daemon; the asyncio paid server reads them again); at most
-    :attr:`REMEMBERED` connections not yet taken are kept.
+    :class:`dtp.hostid.paid.PaidServer`, the asyncio one and the daemon build their
+    receipt gates from them, and settle a connection they do not serve from them,
+    instead of reading them again a moment later); at most :attr:`REMEMBERED`
+    connections not yet taken are kept.
 
     A decision takes one read where the ledger can: the connection with its escrow and
     the host together (:meth:`~dtp.ledger.interface.Ledger.connection_view`).

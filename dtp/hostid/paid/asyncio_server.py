@@ -348,6 +348,9 @@ class PaidAioServer:
             writer.abort("no ledger connection")
             return
         cid = "0x" + raw_cid.hex()
+        assert self.admission is not None  # (made before the listener)
+        # (taken first, whatever follows: a connection refused below leaves no entry)
+        admitted = self.core.admission_view(self.admission.take_admitted(cid), cid)
         # One DTP connection per ledger connection (as dtp.hostid.paid's): a second one naming
         # a connection ID being served or settled, on a gate of its own, counted the
         # first one's receipts again (a client paid once for twice the service) and
@@ -363,8 +366,6 @@ class PaidAioServer:
             if refusal is not None:
                 writer.abort(refusal)
                 return
-            assert self.admission is not None  # (made before the listener)
-            admitted = self.core.admission_view(self.admission.take_admitted(cid), cid)
             await self._serve_paid(reader, writer, proto, cid, client, admitted)
         finally:
             self._serving.release(cid)
