@@ -1,7 +1,6 @@
 """Both paid servers meter and settle a connection with the TransportControl and Escrow
 their admission read (PaidServerCore.admission_view): the gate is made from them and the
-settlement starts from them, rather than reading both again from the ledger. (Before:
-the asyncio server read them again for the gate and for the settlement.)
+settlement starts from them, rather than reading both again from the ledger.
 
 Both drivers (the ``driver`` fixture), a real echo over 127.0.0.1 and a LocalLedger file
 in tmp_path; ``gate_for`` and ``settle_ended`` are wrapped where the server module looks

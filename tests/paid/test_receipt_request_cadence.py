@@ -1,8 +1,7 @@
 """A paused paid connection asks its client for a receipt once per ``request_interval``
 (docs/escrow.md §6.1, "asks for a receipt every 200 ms"), however many of its calls are
-paused: the rule is the engine's (PaidConnectionEngine.request_due), both drivers ask it.
-(Before: the blocking driver asked every half interval, the asyncio one on every pass of
-every paused call, so two paused calls asked twice as often.)
+paused: the rule is the engine's (PaidConnectionEngine.request_due), both drivers ask it,
+so two paused calls or a call retried at once do not ask more often.
 
 Both paid servers (the ``driver`` fixture): a handler with two calls paused at once (a
 read and a datagram read), or one read tried again every 10 ms, and a client that never

@@ -1,8 +1,7 @@
 """A live paid server's recovery spaces out the claims of a dead run's receipt that keep
-failing. A receipt a dead server run left whose claim the ledger
-refuses for good (the ledger unreachable, a connection that cannot be read) was tried
-again in every recovery round (RECOVERY_INTERVAL, 30 s) by every live server on the
-store, each time with a ledger call and a warning. Now each server remembers its failed
+failing (the ledger unreachable, a connection that cannot be read), rather than trying
+each in every recovery round (RECOVERY_INTERVAL, 30 s) on every live server on the
+store, each time with a ledger call and a warning: each server remembers its failed
 claims (Recovery.backoff, a ClaimBackoff): after the n-th failure the receipt waits
 2**(n-1) rounds, at most RETRY_MAX_ROUNDS, the first failure is a warning and the later
 ones debug lines, and the memory is forgotten once the receipt is claimed or its row is
@@ -311,12 +310,11 @@ class _Surprising:
 def test_the_start_recovery_goes_on_past_a_surprising_failure(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A paid server's start-up recovery (``recover_unclaimed`` without a backoff) let
-    any exception but ChainError and ReceiptStoreError out of one receipt's claim -- a
-    ledger's surprise (a value it should not return), a bug -- which ended the
-    recovery, so the receipts after it went unclaimed and the server did not start, on
-    every restart alike. The live rounds (with a backoff) already logged such a failure
-    with its traceback and went on; the start now does the same."""
+    """A paid server's start-up recovery (``recover_unclaimed`` without a backoff) logs
+    any exception out of one receipt's claim -- a ledger's surprise (a value it should
+    not return), a bug -- with its traceback and goes on, as the live rounds do: else
+    the receipts after it would go unclaimed and the server not start, on every restart
+    alike."""
     cap_id = world.ledger.create_spending_cap(CLIENT, 10**9)
     with ReceiptStore(world.store_path) as store:
         opened = [world.receipt(cap_id) for _ in range(3)]

@@ -141,8 +141,8 @@ class PaidConnectionEngine:
         """Whether a paused call sends RECEIPT_REQUEST at ``now`` (counted as sent when
         True): once per ``request_interval`` for the whole connection, whichever of its
         calls or datagram sends is paused (docs/escrow.md §6.1: "asks for a receipt every
-        200 ms"). A call per stream or a handler trying again at once flooded the client
-        with requests; the first call of a pause asks at once."""
+        200 ms"), not once per paused call or per retry; the first call of a pause asks
+        at once (tests/paid/test_receipt_request_cadence.py)."""
         asked = self.asked_at
         if asked is not None and now - asked < self.policy.request_interval:
             return False

@@ -120,9 +120,8 @@ class UdpBilling:
         self._reported = (0, 0)
         # allowed and not counted yet (a datagram on its way to the backend, replies
         # on their way to the client): the request path and the reply path run apart
-        # (threads, under the blocking driver's lock, or callbacks), and each judged
-        # what the other was about to send as not there -- together they served past
-        # the deposit
+        # (threads, under the blocking driver's lock, or callbacks), and each must count
+        # what the other is about to send, or together they would serve past the deposit
         self._pending_datagrams = 0
         self._pending_bytes = 0
 
