@@ -172,7 +172,7 @@ class ServerFees:
     async def terms(self, connection_id: str, admitted: Admitted | None = None) -> ConnectionTerms:
         """A connection's fee terms: from what its admission read (``admitted``: on Sui
         every read is a round trip to the node), else read from the ledger."""
-        if admitted is not None and admitted.connection.id == connection_id:
+        if admitted is not None and admitted.of(connection_id):
             return ConnectionTerms.from_objects(admitted.connection, admitted.escrow)
         return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 

@@ -122,6 +122,13 @@ class Admitted(NamedTuple):
     connection: TransportControl
     escrow: Escrow
 
+    def of(self, key: str) -> bool:
+        """Whether these are the objects of ledger connection ``key`` (normalized): the
+        one check before a gate, a settlement or fee terms go on with them rather than
+        read them again (only the server claims from the escrow, and its key and SLA are
+        fixed, so they are current; a deposit that grew is seen at the next escrow read)."""
+        return self.connection.id == key
+
 
 def checked_open_grace(open_grace: float | None) -> float | None:
     """A server's ``open_grace`` as :class:`LedgerAdmission` takes it: None (its default,

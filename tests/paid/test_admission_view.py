@@ -17,6 +17,7 @@ import pytest
 
 import dtp.socket
 from dtp.chain.objects import Sla
+from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.server_core import PaidServerCore
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
@@ -74,7 +75,7 @@ def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
 
 
 def test_a_view_of_another_connection_is_not_gone_on_with() -> None:
-    view: Any = SimpleNamespace(connection=SimpleNamespace(id="0x" + "aa" * 32))
+    view = Admitted(SimpleNamespace(id="0x" + "aa" * 32), None)  # type: ignore[arg-type]
     assert PaidServerCore.admission_view(view, "0x" + "aa" * 32) is view
     assert PaidServerCore.admission_view(view, "0x" + "bb" * 32) is None
     assert PaidServerCore.admission_view(None, "0x" + "aa" * 32) is None

@@ -112,10 +112,8 @@ def gate_for(
     that they are not read again. The client's spending cap is not read: the deposit was
     reserved on it at the open, so every receipt up to the deposit can be claimed
     (docs/escrow.md §4)."""
-    if admitted is not None and admitted[0].id == normalize_id(connection_id, "connection ID"):
-        # what the gate takes from them cannot have moved against the server since:
-        # key and SLA are fixed, the deposit only grows, claims are the server's own
-        tc, escrow = admitted[0], admitted[1]
+    if admitted is not None and admitted.of(normalize_id(connection_id, "connection ID")):
+        tc, escrow = admitted.connection, admitted.escrow
     else:
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)

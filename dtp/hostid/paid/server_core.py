@@ -179,7 +179,7 @@ class PaidServerCore(Generic[_P]):
         the gate and the settlement go on with them rather than read them again. Only
         the server claims from the escrow, and its key and SLA are fixed, so they are
         current; the deposit may have grown, which the escrow reads of the engine see."""
-        if admitted is None or admitted.connection.id != key:
+        if admitted is None or not admitted.of(key):
             return None
         return admitted
 
