@@ -33,6 +33,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
 from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.hostid.paid.asyncio import PaidConnection
 from dtp.keys import HostIdentity
 from dtp.transport.asyncio.protocol import Protocol
 from dtp.transport.asyncio.server import _Arrival
@@ -316,6 +317,11 @@ class _RateLimited:
         self.charged_streams: set[int] = set()
         self.charged_datagrams: deque[bytes] = deque()
         self.proto: Any = None
+
+    # the put-backs are the connection's own (they need only the state above)
+    wake = PaidConnection.wake
+    put_back_stream = PaidConnection.put_back_stream
+    put_back_datagram = PaidConnection.put_back_datagram
 
     async def wait_paid(self) -> None:
         return None
