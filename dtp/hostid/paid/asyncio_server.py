@@ -367,6 +367,7 @@ class PaidAioServer:
         # new gate would count them once more (served_refusal). The ID is reserved
         # before the store is read (in a thread), so that two cannot both pass.
         if not self.core.reserve_served(cid):
+            logger.warning("refused connection %s: already served", cid)
             writer.abort(SERVED_REFUSAL)
             return
         try:
@@ -420,7 +421,9 @@ class PaidAioServer:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            failed = self.core.handler_failed(cid, exc, proto.session.terminated)
+            raised = self.core.handler_raised(cid, exc, proto.session.terminated)
+            logger.log(raised.level, raised.message, exc_info=raised.exc_info)
+            failed = raised.failed
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)

@@ -433,6 +433,7 @@ class PaidServer:
         # after its receipts (its settlement failed: still Open), or when they cannot
         # be read: its new gate would count them once more (served_refusal).
         if not self.core.reserve_served(key):
+            logger.warning("refused connection %s: already served", key)
             sock.abort(SERVED_REFUSAL)
             return
         try:
@@ -475,7 +476,9 @@ class PaidServer:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
         except Exception as exc:
-            failed = self.core.handler_failed(cid, exc, paid.terminated)
+            raised = self.core.handler_raised(cid, exc, paid.terminated)
+            logger.log(raised.level, raised.message, exc_info=raised.exc_info)
+            failed = raised.failed
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()
