@@ -250,6 +250,9 @@ class LedgerAdmission:
         else:
             served = ServedConnections()
         served.limits_of = lambda: self.limits
+        # a connection admitted here and refused there is served by nobody: what was
+        # remembered of it goes, rather than wait for REMEMBERED newer ones
+        served.forget = self.take_admitted
         return served
 
     def take_admitted(self, connection_id: str) -> Admitted | None:

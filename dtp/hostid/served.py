@@ -74,6 +74,10 @@ class ServedConnections:
         #: admitted the client, as it last read them (``LedgerAdmission.reservations``
         #: sets it).
         self.limits_of: Callable[[], ConnectionLimits | None] | None = None
+        #: What :meth:`take` calls with the ID of a connection it refused: the admission
+        #: drops what it remembered of it, which nobody would take now
+        #: (``LedgerAdmission.reservations`` sets its ``take_admitted``).
+        self.forget: Callable[[str], object] | None = None
         self._lock = threading.Lock()
         self._due: collections.deque[str] = collections.deque()
         self._busy = False  # a settling thread runs (it takes _due until it is empty)
@@ -95,6 +99,9 @@ class ServedConnections:
         limits = None if self.limits_of is None else self.limits_of()
         refusal = self.reserve(cid, peer.address, limits)
         if refusal is not None:
+            if self.forget is not None:
+                # (after refused_at_limit: a paid server's takes what it settles with)
+                self.forget(cid)
             return refusal, None
         return None, functools.partial(self.release, cid)
 

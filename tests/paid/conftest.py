@@ -9,6 +9,7 @@ world and server runs in another process, are in ``tests/support/paid_stores.py`
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,26 @@ class Driver:
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(60)
             return
         server.close()
+
+    def wait_closed(self, server: PaidServer | PaidAioServer, timeout: float) -> bool:
+        """Whether the server's wait for its close returned within ``timeout`` seconds:
+        the asyncio one's ``wait_closed()`` (awaited on its loop), the blocking one's
+        ``serve_forever()`` (it has no ``wait_closed``: that is what blocks until
+        :meth:`close`), called in a thread of its own."""
+        if isinstance(server, PaidAioServer):
+            assert self.loop is not None
+            closed = asyncio.run_coroutine_threadsafe(
+                asyncio.wait_for(server.wait_closed(), timeout), self.loop
+            )
+            try:
+                closed.result(timeout + 30)
+            except TimeoutError:
+                return False
+            return True
+        waiting = threading.Thread(target=server.serve_forever, daemon=True)
+        waiting.start()
+        waiting.join(timeout)
+        return not waiting.is_alive()
 
     def wait_released(self, server: PaidServer | PaidAioServer, timeout: float) -> bool:
         """``server.wait_released(timeout)`` (the asyncio one's awaited on its loop)."""

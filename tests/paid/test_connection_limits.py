@@ -101,7 +101,7 @@ def test_a_connection_beyond_a_limit_is_refused_and_refunded_at_once(
         world.ledger.update_service(SERVER, world.host_id, PORT, SLA, 2)
     with echo_server(
         api, world.server_ledger, world.host_id, port=PORT, identity=SERVER, policy=None
-    ):
+    ) as server:
         alice = served(world, ALICE)
         first = last_opened(world)
         bob = served(world, BOB)
@@ -116,6 +116,8 @@ def test_a_connection_beyond_a_limit_is_refused_and_refunded_at_once(
         tc = world.ledger.get_connection(cid)
         assert tc.state is ConnectionState.CLOSED
         assert world.ledger.get_escrow(tc.escrow).claimed == 0
+        # nothing the admission read of the refused connection is kept
+        assert not server.admission._admitted
         for sock in (alice, bob):  # served on
             sock.sendall(b"still")
             assert sock.recv(5) == b"still"

@@ -1,14 +1,16 @@
-"""How a paid server ends a connection after its handler (PaidServerCore.handler_failed
+"""How a paid server ends a connection after its handler (PaidServerCore.handler_raised
 and end_plan, one rule for both drivers): a handler that fails while the connection
 goes on has it aborted, the client reading an error rather than a clean end; a handler
 the gate closed for want of payment (PaymentRequired raised out of it) leaves the
-client reading that close. Either way the connection is settled, no MIST lost.
+client reading that close. Either way the connection is settled, no MIST lost, and the
+server logs it with its own module's logger, in one text for both drivers.
 
 Both drivers (the ``driver`` fixture), real connections on 127.0.0.1, a LocalLedger
 file in tmp_path."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -52,13 +54,18 @@ async def _unpaid_aio(reader: PaidReader, writer: PaidWriter) -> None:
 
 
 @pytest.mark.parametrize("case", ["failed", "unpaid"])
-def test_the_client_reads_how_the_handler_ended(tmp_path: Path, driver: Driver, case: str) -> None:
+def test_the_client_reads_how_the_handler_ended(
+    tmp_path: Path, driver: Driver, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     handlers = (_fails, _fails_aio) if case == "failed" else (_unpaid, _unpaid_aio)
     # the unpaid client pays nothing: with no allowance its first request pauses the
     # connection, closed after the pause timeout
     policy = ServicePolicy(allowance=0 if case == "unpaid" else None, pause_timeout=0.5)
     metering = MeteringConfig(enabled=False) if case == "unpaid" else None
-    with funded_ledger(tmp_path, CLIENT) as ledger:
+    with (
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        caplog.at_level(logging.INFO, logger=driver.server_module),
+    ):
         host_id = ledger.create_host(SERVER, SERVER.noise_public)
         ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
         with (
@@ -100,3 +107,15 @@ def test_the_client_reads_how_the_handler_ended(tmp_path: Path, driver: Driver, 
             assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
         escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
         assert escrow.claimed + escrow.refunded == escrow.deposited == DEPOSIT
+    # logged by the server's own module (where an operator filters for it), not the core's
+    logged = [r for r in caplog.records if cid in r.getMessage()]
+    if case == "failed":
+        failure = [
+            r for r in logged if r.getMessage() == f"the handler failed for connection {cid}"
+        ]
+        assert [(r.name, r.levelno) for r in failure] == [(driver.server_module, logging.ERROR)]
+        assert failure[0].exc_info is not None and failure[0].exc_info[0] is ValueError
+    else:
+        ended_log = [r for r in logged if r.getMessage().startswith(f"connection {cid} ended: ")]
+        assert [(r.name, r.levelno) for r in ended_log] == [(driver.server_module, logging.INFO)]
+        assert ended_log[0].exc_info is None

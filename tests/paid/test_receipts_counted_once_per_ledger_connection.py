@@ -26,6 +26,7 @@ from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import again, funded_ledger, ident
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000
@@ -91,6 +92,9 @@ def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
         # receipt: before, 1 MiB more was served on it
         with pytest.raises(DTPError):
             _again(server.address, cid, paid.encode())
+        # admitted by the ledger, refused by the reservation: what the admission read
+        # of it is dropped with the refusal, not kept until REMEMBERED newer ones come
+        assert wait_for(lambda: not server.admission._admitted, 3)
         # the first one is served on as before
         assert first.recv(1 << 16)
     escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)

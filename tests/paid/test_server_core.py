@@ -4,6 +4,7 @@ the one-DTP-connection-per-ledger-connection reservation, policy refreshes, sett
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from dtp.errors import ConnectionClosed, PaymentRequired
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
-from dtp.hostid.paid.server_core import AdmitStep, EndPlan, PaidServerCore
+from dtp.hostid.paid.server_core import AdmitStep, EndPlan, HandlerRaised, PaidServerCore
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
 from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
 from dtp.protocol.connection import CloseCode
@@ -167,9 +168,12 @@ def test_how_a_served_connection_ends() -> None:
 
 
 def test_what_counts_as_a_failed_handler() -> None:
-    """handler_failed: a DTPError (the gate's PaymentRequired among them) is no failure
+    """handler_raised: a DTPError (the gate's PaymentRequired among them) is no failure
     once the connection ended; one while it goes on and any other error are."""
-    failed = PaidServerCore.handler_failed
+
+    def failed(cid: str, exc: Exception, ended: ConnectionTerminated | None) -> bool:
+        return PaidServerCore.handler_raised(cid, exc, ended).failed
+
     ended = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
     unpaid = ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=False)
     assert not failed(CID, PaymentRequired("unpaid", CLOSE_PAYMENT_REQUIRED), unpaid)
@@ -177,3 +181,16 @@ def test_what_counts_as_a_failed_handler() -> None:
     assert failed(CID, ConnectionClosed("closed"), None)
     assert failed(CID, ValueError("a bug"), None)
     assert failed(CID, ValueError("a bug"), ended)
+
+
+def test_what_a_server_logs_of_a_handler_that_raised() -> None:
+    """handler_raised gives the line both servers log with their own logger: the end at
+    INFO for a DTPError, the failure at ERROR with the error's traceback otherwise."""
+    bug = ValueError("a bug")
+    assert PaidServerCore.handler_raised(CID, bug, None) == HandlerRaised(
+        True, logging.ERROR, f"the handler failed for connection {CID}", bug
+    )
+    closed = ConnectionClosed("closed")
+    assert PaidServerCore.handler_raised(CID, closed, None) == HandlerRaised(
+        True, logging.INFO, f"connection {CID} ended: {closed}", None
+    )

@@ -1,5 +1,6 @@
 """The paid servers' wait_released(): close() stops accepting, but a connection still
-served settles later; a ReceiptStore of the caller's closed right after close() made
+served settles later; a ReceiptStore of the caller's closed right after close() (or
+after the asyncio server's wait_closed(), which returns once the listener closed) made
 that settlement fail on it (its fees unclaimed), and tests had to poll the ledger for
 it. Both servers' wait_released() wait until every connection ended and settled and the
 receipt writer stopped (the ``driver`` fixture runs each test on both). Real LocalLedger
@@ -119,6 +120,10 @@ def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver
                 cid = sock.connection_id
                 assert cid is not None
                 driver.close(server)
+                # the wait for the close (the asyncio server's wait_closed(), the
+                # blocking one's serve_forever()) returns with the connection still
+                # served; wait_released() is what waits for it
+                assert driver.wait_closed(server, 10)
                 # the connection is still served: a client that stays keeps it unreleased
                 assert not driver.wait_released(server, 0.5)
                 _exchange(sock, 2)  # (and it is served on)

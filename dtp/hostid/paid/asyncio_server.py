@@ -279,22 +279,28 @@ class PaidAioServer:
             if step is not AdmitStep.SETTLE_AND_REFUSE or peer.connection_id is None:
                 # (the callback, _handle, counts it next without yielding to the loop)
                 return verdict
-            await self._settle_unserved(peer.connection_id)
+            await self._settle_unserved(peer.connection_id, self._take_admitted(peer.connection_id))
             return CLOSED_REFUSAL
         finally:
             self._done()
 
-    async def _settle_unserved(self, cid: str) -> None:
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        key = normalize_id(cid, "connection ID")
+        admission = self.admission
+        taken = None if admission is None else admission.take_admitted(key)
+        return self.core.admission_view(taken, key)
+
+    async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
         """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve (no receipt came on it: nothing is claimed), unless another
-        DTP connection on it is being served or settled (its settlement closes it)."""
+        server will not serve (``admitted``: what admission read of it, taken; no
+        receipt came on it: nothing is claimed), unless another DTP connection on it is
+        being served or settled (its settlement closes it)."""
         key = self.core.reserve_unserved(cid)
         if key is None:
             return
         try:
-            admission = self.admission
-            taken = None if admission is None else admission.take_admitted(key)
-            await self._settle(key, None, self.core.admission_view(taken, key))
+            await self._settle(key, None, admitted)
         finally:
             self._serving.release(key)
 
@@ -305,13 +311,14 @@ class PaidAioServer:
         back whole at once rather than after the half-close timeout (docs/escrow.md §2,
         as the daemon does). Counted until settled: the release waits for it."""
         self.core.work_starts()
-        task = asyncio.ensure_future(self._settle_refused(cid))
+        # taken now, before the DTPServer's refusal drops what admission read of it
+        task = asyncio.ensure_future(self._settle_refused(cid, self._take_admitted(cid)))
         self._refunds.add(task)
         task.add_done_callback(self._refunds.discard)
 
-    async def _settle_refused(self, cid: str) -> None:
+    async def _settle_refused(self, cid: str, admitted: Admitted | None) -> None:
         try:
-            await self._settle_unserved(cid)
+            await self._settle_unserved(cid, admitted)
         finally:
             self._done()
 
@@ -333,7 +340,8 @@ class PaidAioServer:
                 writer.abort(CLOSED_REFUSAL)
                 raw_cid = protocol_of(writer).conn.peer_connection_id
                 if raw_cid is not None:
-                    await self._settle_unserved("0x" + raw_cid.hex())
+                    cid = "0x" + raw_cid.hex()
+                    await self._settle_unserved(cid, self._take_admitted(cid))
                 return
             await self._serve(reader, writer)
         finally:
@@ -350,7 +358,7 @@ class PaidAioServer:
         cid = "0x" + raw_cid.hex()
         assert self.admission is not None  # (made before the listener)
         # (taken first, whatever follows: a connection refused below leaves no entry)
-        admitted = self.core.admission_view(self.admission.take_admitted(cid), cid)
+        admitted = self._take_admitted(cid)
         # One DTP connection per ledger connection (as dtp.hostid.paid's): a second one naming
         # a connection ID being served or settled, on a gate of its own, counted the
         # first one's receipts again (a client paid once for twice the service) and
@@ -359,6 +367,7 @@ class PaidAioServer:
         # new gate would count them once more (served_refusal). The ID is reserved
         # before the store is read (in a thread), so that two cannot both pass.
         if not self.core.reserve_served(cid):
+            logger.warning("refused connection %s: already served", cid)
             writer.abort(SERVED_REFUSAL)
             return
         try:
@@ -412,7 +421,9 @@ class PaidAioServer:
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:
-            failed = self.core.handler_failed(cid, exc, proto.session.terminated)
+            raised = self.core.handler_raised(cid, exc, proto.session.terminated)
+            logger.log(raised.level, raised.message, exc_info=raised.exc_info)
+            failed = raised.failed
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)

@@ -309,7 +309,7 @@ class PaidServer:
                 carried = True
                 return None
             # Settled before the refusal goes out, so the client finds its deposit refunded.
-            self._settle_unserved(peer.connection_id)
+            self._settle_unserved(peer.connection_id, self._take_admitted(peer.connection_id))
             return CLOSED_REFUSAL
         finally:
             if not carried:
@@ -336,7 +336,7 @@ class PaidServer:
         if served:
             self._done()
             return
-        self._settle_aside(cid)
+        self._settle_aside(cid, self._take_admitted(cid))
 
     def _refused_at_limit(self, cid: str) -> None:
         """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
@@ -346,28 +346,38 @@ class PaidServer:
         timeout (docs/escrow.md §2, as the daemon does)."""
         with self._live_lock:
             self.core.work_starts()  # (the release waits for the settlement)
-        self._settle_aside(cid)
+        # taken now, before the DTPServer's refusal drops what admission read of it
+        self._settle_aside(cid, self._take_admitted(cid))
 
-    def _settle_aside(self, cid: str) -> None:
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        key = normalize_id(cid, "connection ID")
+        return self.core.admission_view(self.admission.take_admitted(key), key)
+
+    def _settle_aside(self, cid: str, admitted: Admitted | None) -> None:
         """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
         try:
             threading.Thread(
-                target=self._settle_dropped, args=(cid,), name="dtp-paid-settle", daemon=True
+                target=self._settle_dropped,
+                args=(cid, admitted),
+                name="dtp-paid-settle",
+                daemon=True,
             ).start()
         except RuntimeError:  # the process is out of threads
-            self._settle_dropped(cid)
+            self._settle_dropped(cid, admitted)
 
-    def _settle_dropped(self, cid: str) -> None:
+    def _settle_dropped(self, cid: str, admitted: Admitted | None) -> None:
         try:
-            self._settle_unserved(cid)
+            self._settle_unserved(cid, admitted)
         finally:
             self._done()
 
-    def _settle_unserved(self, cid: str) -> None:
+    def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
         """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve: no receipt came on it, so nothing is claimed and the
-        client is refunded its whole deposit at once. Left alone when another DTP
-        connection on it is being served or settled (that one's settlement closes it)."""
+        server will not serve (``admitted``: what admission read of it, taken): no
+        receipt came on it, so nothing is claimed and the client is refunded its whole
+        deposit at once. Left alone when another DTP connection on it is being served
+        or settled (that one's settlement closes it)."""
         with self._live_lock:
             if normalize_id(cid, "connection ID") in self._admitted:
                 return
@@ -375,7 +385,7 @@ class PaidServer:
         if key is None:
             return
         try:
-            self._settle(cid, self.core.admission_view(self.admission.take_admitted(key), key))
+            self._settle(cid, admitted)
         finally:
             self._serving.release(key)
 
@@ -416,13 +426,14 @@ class PaidServer:
             sock.abort("no ledger connection")
             return
         key = normalize_id(cid, "connection ID")
-        admitted = self.core.admission_view(self.admission.take_admitted(key), key)
+        admitted = self._take_admitted(key)
         # A second DTP connection on the same ledger connection: on a gate of its own it
         # would count the first one's receipts again (the client paying once for twice
         # the service) and take another allowance from one escrow. Nor may one come back
         # after its receipts (its settlement failed: still Open), or when they cannot
         # be read: its new gate would count them once more (served_refusal).
         if not self.core.reserve_served(key):
+            logger.warning("refused connection %s: already served", key)
             sock.abort(SERVED_REFUSAL)
             return
         try:
@@ -465,7 +476,9 @@ class PaidServer:
             paid.throttle(requests=1)  # the first stream is the first request
             self.handler(PaidSocket(sock, paid))
         except Exception as exc:
-            failed = self.core.handler_failed(cid, exc, paid.terminated)
+            raised = self.core.handler_raised(cid, exc, paid.terminated)
+            logger.log(raised.level, raised.message, exc_info=raised.exc_info)
+            failed = raised.failed
         finally:
             with contextlib.suppress(DTPError):
                 paid.request_final_receipt()

@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from dtp.ledger.objects import Firewall, Host, Settlement
     from dtp.protocol.events import ConnectionTerminated
 
-logger = logging.getLogger(__name__)
-
 #: How many of the most recent settlements a server keeps (:attr:`PaidServerCore.settlements`)
 SETTLEMENTS_KEPT = 1024
 
@@ -92,6 +90,25 @@ class EndPlan:
     that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
     cancelled (the event loop ending: a graceful close could not finish). None: close
     it gracefully."""
+
+
+@dataclass(frozen=True)
+class HandlerRaised:
+    """What a handler that raised means for its connection
+    (:meth:`PaidServerCore.handler_raised`), and the line the server logs for it with
+    its own module's logger (``dtp.hostid.paid.blocking_server``,
+    ``dtp.hostid.paid.asyncio_server``), where an operator filters for it."""
+
+    failed: bool
+    """Whether the handler failed: end the connection with ``CALLBACK_FAILED``
+    (:meth:`PaidServerCore.end_plan`)."""
+    level: int
+    """The log level: ``logging.INFO`` for a DTPError (the connection ended, or the gate
+    closed it), ``logging.ERROR`` for any other error (a bug in the handler)."""
+    message: str
+    """The log line."""
+    exc_info: BaseException | None
+    """The error whose traceback goes with the line (None: the message says it all)."""
 
 
 class PaidServerCore(Generic[_P]):
@@ -159,10 +176,7 @@ class PaidServerCore(Generic[_P]):
         """Take ``cid`` for a DTP connection about to be served; False when another one
         on that ledger connection is served or settled already (refuse it with
         ``SERVED_REFUSAL``). Released with ``serving.release(cid)``."""
-        if self.serving.reserve(cid):
-            return True
-        logger.warning("refused connection %s: already served", cid)
-        return False
+        return self.serving.reserve(cid)
 
     def reserve_unserved(self, cid: str) -> str | None:
         """The key to settle an admitted connection nobody will serve by (no receipt
@@ -193,16 +207,19 @@ class PaidServerCore(Generic[_P]):
         return ended is not None and ended.by_peer and ended.error_code == CloseCode.NO_ERROR
 
     @staticmethod
-    def handler_failed(cid: str, exc: Exception, ended: ConnectionTerminated | None) -> bool:
-        """The handler of connection ``cid`` raised ``exc`` (logged here), the connection
-        having ``ended`` so (None: not yet): whether the handler failed. A DTPError
-        (PaymentRequired: the gate closed it) only while the connection goes on -- once
-        it ended, that end says how; any other error always."""
+    def handler_raised(
+        cid: str, exc: Exception, ended: ConnectionTerminated | None
+    ) -> HandlerRaised:
+        """The handler of connection ``cid`` raised ``exc``, the connection having
+        ``ended`` so (None: not yet): whether the handler failed, and what the server
+        logs. A DTPError (PaymentRequired: the gate closed it) is a failure only while
+        the connection goes on -- once it ended, that end says how; any other error
+        always."""
         if isinstance(exc, DTPError):
-            logger.info("connection %s ended: %s", cid, exc)
-            return ended is None
-        logger.error("the handler failed for connection %s", cid, exc_info=exc)
-        return True
+            return HandlerRaised(
+                ended is None, logging.INFO, f"connection {cid} ended: {exc}", None
+            )
+        return HandlerRaised(True, logging.ERROR, f"the handler failed for connection {cid}", exc)
 
     def end_plan(
         self, ended: ConnectionTerminated | None, failed: bool, cancelled: bool = False
