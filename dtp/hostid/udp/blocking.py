@@ -207,7 +207,7 @@ def relay_udp(
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
                     if not pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, billing, limits, lock
+                        drain(udp), limit, sock.send_datagrams, stats, engine, lock
                     ):
                         continue
                 last[0] = time.monotonic()
