@@ -74,6 +74,8 @@ class UdpBilling:
 
     Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
     under its engine lock; the asyncio relay on its loop, where ``kept`` must run too).
+    So only the asyncio relay takes ``counts_when_kept``: the blocking one refuses it,
+    as its caller's ``kept`` would run outside the relay's lock.
     """
 
     def __init__(
