@@ -29,7 +29,7 @@ from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.stats import UdpStats
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
-from dtp.payments.ratelimit import RateLimiter
+from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.payments.receipts import Meter
 from tests.udp.world import CLIENT, CONNECTION_ID
 
@@ -219,6 +219,16 @@ def test_a_relay_ends_when_idle_or_when_its_control_stream_ended() -> None:
                 st.lists(st.tuples(st.integers(0, 3000), st.booleans()), max_size=8),
             ),
             st.tuples(st.just("reply"), st.integers(0, 3000)),
+            # a batch of the backend's replies (RelayEngine.replies), some too large
+            # for a datagram; the carrier takes the first so many, or the send raises
+            st.tuples(
+                st.just("replies"),
+                st.tuples(
+                    st.lists(st.integers(0, 3000), max_size=6),
+                    st.integers(0, 6),
+                    st.booleans(),
+                ),
+            ),
             st.tuples(st.just("receipt"), st.integers(0, 1)),
         ),
         max_size=80,
@@ -232,8 +242,9 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
     """Whatever the client sends, signs and the backend answers: the datagrams no
     receipt covers stay within the credit, and the fee of all served stays within the
     deposit (no receipt could pay beyond it). An admitted batch's every datagram is
-    forwarded or dropped (by rate or as unpaid), only those sent are billed, and
-    nothing stays reserved."""
+    forwarded or dropped (by rate or as unpaid), and so is a reply batch's (too large,
+    unpaid); only those sent are billed, whether a send took part of a batch or
+    raised, and nothing stays reserved."""
     sla = Sla(1, 1, 0)
     billing = UdpBilling(
         CONNECTION_ID, sla, CLIENT.ed25519_public, deposit, credit_datagrams=credit
@@ -260,6 +271,20 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
         elif kind == "reply":
             if billing.replies_allowed([value]):
                 billing.replied(value, value)
+        elif kind == "replies":
+            sizes, took, raised = value
+            batch = [b"r" * size for size in sizes]
+            replies = relay.replies(batch, _REPLY_LIMIT)
+            assert len(replies.send) + replies.oversized + replies.unpaid == len(batch)
+            assert all(len(d) <= _REPLY_LIMIT for d in replies.send)
+            before = (billing.datagrams, billing.bytes, billing.reply_bytes)
+            sent = 0 if raised else min(took, len(replies.send))
+            nbytes = sum(map(len, replies.send[:sent]))
+            relay.replied(replies, sent, nbytes, 0.0)
+            # replies are bytes, no requests; only those that went are billed
+            after = (before[0], before[1] + nbytes, before[2] + nbytes)
+            assert (billing.datagrams, billing.bytes, billing.reply_bytes) == after
+            assert billing._pending_datagrams == 0 and billing._pending_bytes == 0
         elif value and (billing.datagrams, billing.bytes) != signed:
             # the client signs what the relay served so far
             now = int(time.time() * 1000)
@@ -321,6 +346,59 @@ def test_a_datagram_the_billing_refuses_does_not_hold_back_a_smaller_one() -> No
     single = RelayEngine(one_by_one, idle_timeout=60, report_every=4)
     forwarded = [d for d in (b"a" * 60, b"b" * 60, b"c" * 30) if single.admit([d], 0.0).forward]
     assert forwarded == admission.forward
+
+
+# -- the relay's passing of the backend's replies ------------------------------------------------
+
+#: The largest reply the property's relay passes (a connection's max_datagram_size).
+_REPLY_LIMIT = 2500
+
+
+def test_an_ungated_relay_passes_every_reply_that_fits_a_datagram() -> None:
+    relay = RelayEngine(None, idle_timeout=60, report_every=4)
+    replies = relay.replies([b"a", b"x" * 11, b"", b"bb"], 10)
+    assert replies.send == [b"a", b"", b"bb"]
+    assert (replies.reserved, replies.oversized, replies.unpaid) == (0, 1, 0)
+    relay.replied(replies, 2, 1, 0.0)  # (nothing to count: no billing, no limits)
+
+
+def test_replies_the_billing_refuses_are_dropped_and_those_allowed_reserved() -> None:
+    """At 1 MIST a byte and 100 deposited, the first replies the deposit covers go
+    (their bytes reserved: a datagram admitted meanwhile must leave room for them),
+    the rest are unpaid; once sent, only those that went are billed and the whole
+    reservation is released."""
+    billing = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=4)
+    replies = relay.replies([b"a" * 40, b"b" * 200, b"c" * 40, b"d" * 40], 100)
+    assert replies.send == [b"a" * 40, b"c" * 40]
+    assert (replies.reserved, replies.oversized, replies.unpaid) == (80, 1, 1)
+    assert billing._pending_bytes == 80
+    assert not billing.may_forward(30)  # 80 reserved + 30 > 100
+    relay.replied(replies, 1, 40, 0.0)  # the carrier took the first only
+    assert (billing.bytes, billing.reply_bytes, billing._pending_bytes) == (40, 40, 0)
+
+
+def test_a_reply_send_that_raised_releases_the_reservation_and_bills_nothing() -> None:
+    billing = _billing(credit_datagrams=4)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=4)
+    replies = relay.replies([b"x" * 100] * 3, 1000)
+    assert billing._pending_bytes == 300
+    relay.replied(replies, 0, 0, 0.0)
+    assert (billing.bytes, billing._pending_bytes, billing._pending_datagrams) == (0, 0, 0)
+
+
+def test_replies_sent_are_charged_to_the_clients_bytes_with_their_frame_headers() -> None:
+    """As the client's own datagrams are (ClientBuckets.admit): by payload alone, a
+    backend's empty replies would cost the client nothing however many went. Only
+    those sent are charged."""
+    buckets = ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0))
+    full = buckets.bytes.tokens
+    relay = RelayEngine(None, idle_timeout=60, report_every=4, limits=buckets)
+    replies = relay.replies([b"", b"y" * 10, b"z" * 200], 1000)
+    relay.replied(replies, 2, 10, 0.0)
+    assert buckets.bytes.tokens == full - datagram_charge(0) - datagram_charge(10)
+    relay.replied(relay.replies([b"w"], 1000), 0, 0, 0.0)  # a send that raised
+    assert buckets.bytes.tokens == full - datagram_charge(0) - datagram_charge(10)
 
 
 # -- the forwarder -------------------------------------------------------------------------------

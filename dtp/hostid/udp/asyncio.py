@@ -138,7 +138,7 @@ async def relay_udp_async(
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
         try:
-            if not pass_replies(drain(udp), limit, writer.send_datagrams, stats, billing, limits):
+            if not pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine):
                 return
         except DTPError:
             return

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from dtp.errors import DTPError, DTPTimeoutError
+from dtp.errors import DTPError, DTPTimeoutError, InvalidArgument
 from dtp.hostid.udp.engine import (
     CLOSE_WAIT,
     CONTROL_READ,
@@ -160,7 +160,10 @@ def relay_udp(
     the backend's socket refuses (its port closed, say) is dropped, counted
     (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
     shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
-    as a UDP destination at all (``sock`` is closed then too, as at the end).
+    as a UDP destination at all, and :class:`~dtp.errors.InvalidArgument` for a
+    ``billing`` with ``counts_when_kept`` (its ``kept`` would run outside this relay's
+    engine lock: use :func:`dtp.hostid.udp.asyncio.relay_udp_async`); ``sock`` is
+    closed then too, as at the end.
 
     ``finish`` (a drain): once set, the relay stops relaying (datagrams and replies
     from then on are dropped, ``dropped_finishing``), reports its final usage and ends
@@ -174,6 +177,14 @@ def relay_udp(
         # its reply thread left running on the socket)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
+        if billing is not None and billing.counts_when_kept:
+            # its kept() would run on the receipt writer's thread, outside this relay's
+            # engine lock (the billing has none of its own): only the asyncio relay,
+            # on whose loop kept() is called back, may count receipts once kept
+            raise InvalidArgument(
+                "billing with counts_when_kept=True needs relay_udp_async: the blocking "
+                "relay cannot run UdpBilling.kept under its engine lock"
+            )
         udp = backend_socket(backend)
     except BaseException:  # (TunnelError, InvalidArgument, or no (host, port) at all)
         with contextlib.suppress(DTPError, OSError):
@@ -207,7 +218,7 @@ def relay_udp(
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
                     if not pass_replies(
-                        drain(udp), limit, sock.send_datagrams, stats, billing, limits, lock
+                        drain(udp), limit, sock.send_datagrams, stats, engine, lock
                     ):
                         continue
                 last[0] = time.monotonic()

@@ -3,7 +3,7 @@ clock, lock or ledger here (callers pass ``now`` and the facts; the blocking dri
 threads share an engine under one lock of the driver's). The relay's and the
 forwarder's billing (:class:`UdpBilling`, :class:`FlowAccount`), the control stream's
 codec (:class:`ControlDecoder`, :func:`control_frame`) and the relay's rules
-(:class:`RelayEngine`: admission, answers, reports, drain, end). The forwarders' rules
+(:class:`RelayEngine`: admission, replies, answers, reports, drain, end). The forwarders' rules
 over their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`; the counters,
 :class:`dtp.hostid.udp.stats.UdpStats`."""
 
@@ -21,6 +21,7 @@ from dtp.errors import (
     RemoteProtocolError,
 )
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.payments.ratelimit import datagram_charge
 from dtp.payments.receipts import Meter, check_next_receipt
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class UdpBilling:
 
     Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
     under its engine lock; the asyncio relay on its loop, where ``kept`` must run too).
+    So only the asyncio relay takes ``counts_when_kept``: the blocking one refuses it,
+    as its caller's ``kept`` would run outside the relay's lock.
     """
 
     def __init__(
@@ -385,6 +388,23 @@ class Admission:
     unpaid: int
 
 
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """What the relay does with a batch of the backend's replies
+    (:meth:`RelayEngine.replies`)."""
+
+    #: The replies to send to the client, in arrival order; the billing holds their
+    #: bytes reserved until :meth:`RelayEngine.replied` says how many went.
+    send: list[bytes]
+    #: The bytes the billing reserved for them (0 unbilled).
+    reserved: int
+    #: Dropped: larger than a datagram of the connection (``dropped_oversized``).
+    oversized: int
+    #: Dropped: the billing's credit or the deposit would not cover them
+    #: (``dropped_unpaid``).
+    unpaid: int
+
+
 #: Seconds a finishing relay waits for the receipt of its final report (over a lossy
 #: carrier such as the ledger, whose round trips take seconds: the second).
 FINAL_RECEIPT_WAIT = 5.0
@@ -397,7 +417,10 @@ class RelayEngine:
     drivers pass ``now`` (``time.monotonic()``) and what happened, and send the control
     frames it returns.
 
-    It answers the forwarder's control frames (:meth:`control_frame`), says when a
+    It admits the client's datagrams (:meth:`admit`, :meth:`delivered`) and the
+    backend's replies (:meth:`replies`, :meth:`replied`), each with one call before
+    and one after a batch is sent; answers the forwarder's control frames
+    (:meth:`control_frame`), says when a
     usage report is due (:meth:`report`, :meth:`paused`), drains (:meth:`finish`) and
     says when the relay is over (:meth:`done`)."""
 
@@ -464,6 +487,38 @@ class RelayEngine:
             return None
         billing.delivered(reserved, reserved_bytes, sent, sent_bytes)
         return self.report()
+
+    def replies(self, batch: list[bytes], limit: int) -> Replies:
+        """Which of the backend's replies ``batch`` go to the client (docs/udp.md):
+        those that fit a datagram of ``limit`` bytes, then the first ones the billing
+        allows (:meth:`UdpBilling.replies_allowed`, which reserves their bytes). No
+        rate limit holds a reply back (it is charged once sent, :meth:`replied`), so no
+        ``now``. The driver sends :attr:`Replies.send` and then calls :meth:`replied`
+        once for the batch, whether the send went or raised."""
+        fits = [d for d in batch if len(d) <= limit]
+        oversized = len(batch) - len(fits)
+        billing = self.billing
+        if billing is None:
+            return Replies(fits, 0, oversized, 0)
+        allowed = billing.replies_allowed(list(map(len, fits)))
+        unpaid = len(fits) - allowed
+        del fits[allowed:]
+        return Replies(fits, sum(map(len, fits)), oversized, unpaid)
+
+    def replied(self, replies: Replies, sent: int, sent_bytes: int, now: float) -> None:
+        """After sending what :meth:`replies` let through: the first ``sent`` of
+        :attr:`Replies.send` (``sent_bytes``) went to the client (0 when the send
+        raised). They are billed and the reservation of all is released; the client's
+        byte budget is charged each reply with its frame header, as the client's own
+        datagrams are (:meth:`admit`; by payload alone, a backend's empty replies would
+        cost the client nothing however many went). ``now`` is ``time.monotonic()``."""
+        limits = self.limits
+        if limits is not None and sent:
+            went = replies.send if sent == len(replies.send) else replies.send[:sent]
+            limits.charge_bytes(sum(map(datagram_charge, map(len, went))), now)
+        billing = self.billing
+        if billing is not None:
+            billing.replied(sent_bytes, replies.reserved)
 
     def control_frame(self, body: bytes) -> bytes | None:
         """The answer to a frame from the forwarder: None for a receipt (``R``, kept),

@@ -19,13 +19,11 @@ from dtp.errors import (
     InvalidArgument,
     TunnelError,
 )
-from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, BadControlFrame, UdpBilling
+from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, BadControlFrame, RelayEngine
 from dtp.hostid.udp.stats import UdpStats
-from dtp.payments.ratelimit import datagram_charge
 from dtp.transport.asyncio.streams import DTPStreamWriter
 
 if TYPE_CHECKING:
-    from dtp.payments.ratelimit import ClientBuckets
     from dtp.transport.blocking.socket import DTPSocket
     from dtp.transport.session import Session
 
@@ -188,7 +186,7 @@ def backend_socket(
     return udp
 
 
-#: :func:`pass_replies`' guard where one thread alone uses the billing (asyncio).
+#: :func:`pass_replies`' guard where one thread alone uses the engine (asyncio).
 _UNGUARDED: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
 
@@ -197,52 +195,40 @@ def pass_replies(
     limit: int,
     send: Callable[[list[bytes]], int],
     stats: UdpStats,
-    billing: UdpBilling | None,
-    limits: ClientBuckets | None,
+    engine: RelayEngine,
     guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
 ) -> bool:
     """Hand the backend's replies ``batch`` to ``send`` (the connection's
-    ``send_datagrams``): those that fit a datagram of ``limit`` bytes and that
-    ``billing`` allows; then count what went -- stats, the client's byte budget in
-    ``limits``, what the billing has replied. Returns whether ``send`` was called (the
-    relay is not idle). Both relays' (blocking and asyncio) reply path; ``guard`` is
-    held around each use of ``billing`` (the blocking relay's engine lock), not
-    around ``send``."""
-    fits = [d for d in batch if len(d) <= limit]
-    if len(fits) < len(batch):
-        stats.add(dropped_oversized=len(batch) - len(fits))
-    unpaid = 0
-    if billing is not None:
-        with guard:
-            allowed = billing.replies_allowed(list(map(len, fits)))
-        unpaid = len(fits) - allowed
-        del fits[allowed:]
-    reserved = sum(map(len, fits))
+    ``send_datagrams``): those :meth:`RelayEngine.replies` lets through (fitting a
+    datagram of ``limit`` bytes, allowed by the billing); then tell the engine what
+    went (:meth:`RelayEngine.replied`) and count the stats. Returns whether ``send``
+    was called (the relay is not idle). Both relays' (blocking and asyncio) reply
+    path; ``guard`` is held around each engine call (the blocking relay's engine
+    lock), never around ``send``."""
+    with guard:
+        replies = engine.replies(batch, limit)
+    fits = replies.send
     if not fits:
-        stats.add(dropped_unpaid=unpaid)
+        stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
         return False
     try:
         sent = send(fits)
     except BaseException:
-        if billing is not None:
-            with guard:
-                billing.replied(0, reserved)  # nothing went: the reservation goes
+        with guard:
+            engine.replied(replies, 0, 0, 0.0)  # nothing went: the reservation goes
+        stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
         raise
-    nbytes = sum(map(len, fits[:sent]))
-    if limits is not None:
-        # each with its frame header, as the client's datagrams are charged (admit)
-        # and a paid server's sent ones: by payload alone, a backend's empty replies
-        # cost the client nothing under a bytes/s limit however many went
-        limits.charge_bytes(sum(map(datagram_charge, map(len, fits[:sent]))), time.monotonic())
+    nbytes = sum(map(len, fits if sent == len(fits) else fits[:sent]))
+    now = time.monotonic()
+    with guard:
+        engine.replied(replies, sent, nbytes, now)
     stats.add(
         datagrams_out=sent,
         bytes_out=nbytes,
         dropped_backlog=len(fits) - sent,
-        dropped_unpaid=unpaid,
+        dropped_oversized=replies.oversized,
+        dropped_unpaid=replies.unpaid,
     )
-    if billing is not None:
-        with guard:
-            billing.replied(nbytes, reserved)
     return True
 
 
