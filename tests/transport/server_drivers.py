@@ -26,9 +26,12 @@ class ServerDriver:
     """A server on 127.0.0.1 serving SERVER_ID (or the ``identity`` option); each
     connection it serves is read to its end by the application (``served()`` returns
     what it read). ``service_port`` is the DTP port of a paid server's service (the
-    blocking server's ``port``, the asyncio server's ``dtp_port``)."""
+    blocking server's ``port``, the asyncio server's ``dtp_port``). With ``echo=True``
+    the application also sends each connection back what it read, then closes it."""
 
     api: str
+    #: whether the application sends each connection back what it read
+    echo = False
     #: connections handed to the application so far
     handed = 0
     #: the server object itself, for its counters (``refused``, ``replays_refused``)
@@ -55,7 +58,8 @@ class BlockingDriver(ServerDriver):
 
     api = "blocking"
 
-    def __init__(self, accept: Hook | None = None, **options: Any) -> None:
+    def __init__(self, accept: Hook | None = None, *, echo: bool = False, **options: Any) -> None:
+        self.echo = echo
         options.setdefault("identity", SERVER_ID)
         if "service_port" in options:
             options["port"] = options.pop("service_port")
@@ -70,6 +74,8 @@ class BlockingDriver(ServerDriver):
             got = b""
             while chunk := sock.recv(65536):
                 got += chunk
+            if self.echo:
+                sock.sendall(got)
         return address, got
 
     def handoff(self, sock: socket.socket, peer: Any) -> None:
@@ -86,7 +92,8 @@ class AsyncioDriver(ServerDriver):
 
     api = "asyncio"
 
-    def __init__(self, accept: Hook | None = None, **options: Any) -> None:
+    def __init__(self, accept: Hook | None = None, *, echo: bool = False, **options: Any) -> None:
+        self.echo = echo
         self._served: queue.Queue[tuple[str, bytes] | BaseException] = queue.Queue()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -111,6 +118,9 @@ class AsyncioDriver(ServerDriver):
         self.handed += 1
         try:
             got = await reader.read()
+            if self.echo:
+                writer.write(got)
+                await writer.drain()
         except BaseException as exc:  # the connection's end: served() raises it
             self._served.put(exc)
         else:
@@ -170,6 +180,6 @@ def _in_a_thread(hook: Hook) -> Callable[[str], Any]:
 
 DRIVERS: dict[str, type[ServerDriver]] = {"blocking": BlockingDriver, "asyncio": AsyncioDriver}
 
-#: the ``server_driver`` fixture: ``server_driver(accept=None, **options)`` starts the
-#: driver's server with ``options`` as ``create_server``/``start_server`` take them
+#: the ``server_driver`` fixture: ``server_driver(accept=None, echo=False, **options)``
+#: starts the driver's server with ``options`` as ``create_server``/``start_server`` take them
 Serve = Callable[..., ServerDriver]

@@ -297,9 +297,9 @@ def test_a_connection_beyond_the_cap_waits_its_turn_and_beyond_the_line_is_close
 
 def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(server_driver: Serve) -> None:
     """Twelve clients of one address at once, with a cap of 2: all are served (those
-    beyond the cap waited), none refused, and the cap held throughout; on either
-    server."""
-    server = server_driver(max_handshakes_per_address=2)
+    beyond the cap waited) and each gets its echo back, none refused, and the cap held
+    throughout; on either server."""
+    server = server_driver(max_handshakes_per_address=2, echo=True)
     slots = server.server._address_slots
     assert slots is not None
     peak = [0]
@@ -310,11 +310,18 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(server_driver
             peak[0] = max(peak[0], slots.in_progress("127.0.0.1"))
             time.sleep(0.001)
 
+    echoed: list[bytes] = []
+
     def client(i: int) -> None:
         with dtp.socket.create_connection(
             server.address, timeout=10, server_key=server.noise_public_key, identity=CLIENT
         ) as sock:
             sock.sendall(b"b%d" % i)
+            sock.shutdown(socket.SHUT_WR)  # the server echoes what it read to the end
+            reply = b""
+            while chunk := sock.recv(100):
+                reply += chunk
+            echoed.append(reply)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -329,6 +336,7 @@ def test_a_burst_beyond_the_cap_from_one_address_is_served_in_turn(server_driver
         watching.set()
         watcher.join(5)
     assert got == sorted(b"b%d" % i for i in range(12))
+    assert sorted(echoed) == got
     assert server.server.busy_refused == 0
     assert 1 <= peak[0] <= 2
     assert wait_for(lambda: len(slots) == 0)
