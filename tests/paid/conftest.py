@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
 from dtp.hostid.paid.aio import PaidAioServer
 from dtp.hostid.paid.blocking_server import PaidServer
 from dtp.keys import HostIdentity
+from dtp.metering import MeteringConfig
 from tests.support.paid_twins import (
     echo,
     echo_aio,
@@ -91,6 +94,43 @@ class Driver:
                 asyncio.run_coroutine_threadsafe(stop(served), self.loop).result(10)
         finally:
             server_ledger.close()
+
+    @contextmanager
+    def connected(
+        self,
+        ledger: LocalLedger,
+        handler: str | tuple[Any, Any],
+        *,
+        host: HostIdentity,
+        client: HostIdentity,
+        port: int,
+        sla: Sla,
+        deposit: int,
+        kind: str = "echo",
+        metering: MeteringConfig | None = None,
+        timeout: float = 10,
+        **options: Any,
+    ) -> Iterator[tuple[PaidServer | PaidAioServer, dtp.socket.DTPSocket]]:
+        """``host``'s new host on ``ledger`` offering ``port`` (``kind``, ``sla``),
+        served with ``handler`` and ``options`` as :meth:`serve` takes them (receipts
+        in ``receipts.db`` next to the ledger file unless given), and ``client``
+        connected to it by host ID with ``deposit``: (the server, the client's socket),
+        the socket closed before the server."""
+        host_id = ledger.create_host(host, host.noise_public)
+        ledger.add_service(host, host_id, port, kind, sla)
+        options.setdefault("receipts", Path(ledger.path).parent / "receipts.db")
+        with (
+            self.serve(host_id, port, handler, ledger=ledger, identity=host, **options) as server,
+            dtp.socket.create_connection(
+                f"dtp://{host_id}:{port}",
+                timeout=timeout,
+                ledger=ledger,
+                identity=client,
+                deposit=deposit,
+                metering=metering,
+            ) as sock,
+        ):
+            yield server, sock
 
     def close(self, server: PaidServer | PaidAioServer) -> None:
         """``server.close()`` (the asyncio one's on its loop: asyncio's server is not

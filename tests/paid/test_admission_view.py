@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.server_core import PaidServerCore
@@ -47,22 +46,13 @@ def test_the_gate_and_the_settlement_go_on_with_what_admission_read(
     monkeypatch.setattr(module, "gate_for", gate_seen)
     monkeypatch.setattr(module, "settle_ended", settle_seen)
     with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-        with driver.serve(
-            host_id,
-            PORT,
-            "echo",
-            ledger=ledger,
-            identity=SERVER,
-            receipts=tmp_path / "receipts.db",
-        ):
-            with dtp.socket.create_connection(
-                f"dtp://{host_id}:{PORT}", timeout=10, ledger=ledger, identity=CLIENT, deposit=5000
-            ) as sock:
-                cid = sock.connection_id
-                sock.sendall(b"ping")
-                assert sock.recv(4) == b"ping"
+        with driver.connected(
+            ledger, "echo", host=SERVER, client=CLIENT, port=PORT, sla=SLA, deposit=5000
+        ) as (_, sock):
+            cid = sock.connection_id
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"
+            sock.close()  # (the connection ends while the server runs on)
             assert cid is not None
             assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
         settled = ledger.get_escrow(ledger.get_connection(cid).escrow)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
@@ -66,27 +65,17 @@ def test_the_client_reads_how_the_handler_ended(
         funded_ledger(tmp_path, CLIENT) as ledger,
         caplog.at_level(logging.INFO, logger=driver.server_module),
     ):
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-        with (
-            driver.serve(
-                host_id,
-                PORT,
-                handlers,
-                ledger=ledger,
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            ),
-            dtp.socket.create_connection(
-                f"dtp://{host_id}:{PORT}",
-                timeout=10,
-                ledger=ledger,
-                identity=CLIENT,
-                deposit=DEPOSIT,
-                metering=metering,
-            ) as sock,
-        ):
+        with driver.connected(
+            ledger,
+            handlers,
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=DEPOSIT,
+            metering=metering,
+            policy=policy,
+        ) as (_, sock):
             cid = sock.connection_id
             assert cid is not None
             sock.sendall(b"ping")

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
@@ -93,32 +92,25 @@ def test_a_pause_asks_once_per_request_interval(
         send_receipt(self, receipt)
 
     monkeypatch.setattr(Connection, "send_receipt", counted)
-    with funded_ledger(tmp_path, CLIENT) as ledger:
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "stream", SLA)
-        with (
-            driver.serve(
-                host_id,
-                PORT,
-                handlers,
-                ledger=ledger,
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=POLICY,
-            ),
-            dtp.socket.create_connection(
-                f"dtp://{host_id}:{PORT}",
-                timeout=10,
-                ledger=ledger,
-                identity=CLIENT,
-                deposit=10_000,
-                metering=MeteringConfig(enabled=False),
-            ) as sock,
-        ):
-            began = time.monotonic()
-            with contextlib.suppress(DTPError):
-                while sock.recv(1 << 16) and time.monotonic() - began < 10:
-                    pass  # until the pause timeout closes the connection
+    with (
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        driver.connected(
+            ledger,
+            handlers,
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=10_000,
+            kind="stream",
+            metering=MeteringConfig(enabled=False),
+            policy=POLICY,
+        ) as (_, sock),
+    ):
+        began = time.monotonic()
+        with contextlib.suppress(DTPError):
+            while sock.recv(1 << 16) and time.monotonic() - began < 10:
+                pass  # until the pause timeout closes the connection
     requests = asked
     assert len(requests) >= 2, requests  # it asks, and asks again
     # once per interval across both calls (give or take one at either end of the

@@ -50,6 +50,10 @@ def _again(address: tuple[str, int], cid: str, receipt: bytes) -> int:
     )
 
 
+#: a receipt every 16 KiB
+METERING = MeteringConfig(every_bytes=16 << 10)
+
+
 def _connect(ledger: LocalLedger, host_id: str) -> dtp.socket.DTPSocket:
     return dtp.socket.create_connection(
         f"dtp://{host_id}:{PORT}",
@@ -57,27 +61,26 @@ def _connect(ledger: LocalLedger, host_id: str) -> dtp.socket.DTPSocket:
         ledger=ledger,
         identity=CLIENT,
         deposit=DEPOSIT,
-        metering=MeteringConfig(every_bytes=16 << 10),
+        metering=METERING,
     )
 
 
 def test_a_second_dtp_connection_on_a_live_connection_id_is_refused(
-    ledger: LocalLedger, tmp_path: Path, driver: Driver
+    ledger: LocalLedger, driver: Driver
 ) -> None:
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "twice", SLA)
-    with (
-        driver.serve(
-            host_id,
-            PORT,
-            "streams_forever",
-            ledger=ledger,
-            identity=SERVER,
-            receipts=tmp_path / "receipts.db",
-            policy=POLICY,
-        ) as server,
-        _connect(ledger, host_id) as first,
-    ):
+    with driver.connected(
+        ledger,
+        "streams_forever",
+        host=SERVER,
+        client=CLIENT,
+        port=PORT,
+        sla=SLA,
+        deposit=DEPOSIT,
+        kind="twice",
+        metering=METERING,
+        timeout=20,
+        policy=POLICY,
+    ) as (server, first):
         cid = first.connection_id
         assert cid is not None
         first.sendall(b"go")
