@@ -3,26 +3,26 @@
 rate leaves a long debt -- 256 KiB at 10 kB/s is 26 s -- and the paid server slept it
 off in the handler: a client that had closed meanwhile was settled only that much later,
 and the handler (and so the server's release of its receipt writer and store) outlived
-the connection by as long. Twins: blocking and asyncio server, real LocalLedger file,
-real DTP connections on 127.0.0.1."""
+the connection by as long. Both paid servers (the ``driver`` fixture), a real
+LocalLedger file, real DTP connections on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop
+from tests.paid.conftest import Driver
+from tests.support.paid_twins import funded_ledger, ident
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=100_000)
 SERVER, CLIENT = ident(0x7B), ident(0x7C)
@@ -70,11 +70,11 @@ def _settled_soon(ledger: LocalLedger, cid: str, ended: threading.Event, start: 
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
 
 
-def test_blocking_rate_wait_ends_with_the_connection(ledger: LocalLedger, tmp_path: Path) -> None:
-    host_id = _host(ledger)
-    ended = threading.Event()
+def _two_chunks(ended: threading.Event) -> tuple[Any, Any]:
+    """The handlers (blocking, asyncio): on "go", send two chunks, the second one only
+    once the first one's debt is paid; ``ended`` set when the handler returns."""
 
-    def handler(sock: PaidSocket) -> None:
+    def blocking(sock: PaidSocket) -> None:
         try:
             assert sock.recv(2) == b"go"
             sock.sendall(CHUNK)
@@ -82,18 +82,7 @@ def test_blocking_rate_wait_ends_with_the_connection(ledger: LocalLedger, tmp_pa
         finally:
             ended.set()
 
-    with dtp.socket.serve(
-        host_id, PORT, handler, ledger=ledger, identity=SERVER, receipts=tmp_path / "r.db"
-    ):
-        cid = _client_reads_then_closes(ledger, host_id)
-        _settled_soon(ledger, cid, ended, time.monotonic())
-
-
-def test_asyncio_rate_wait_ends_with_the_connection(ledger: LocalLedger, tmp_path: Path) -> None:
-    host_id = _host(ledger)
-    ended = threading.Event()
-
-    async def handler(reader: PaidReader, writer: PaidWriter) -> None:
+    async def aio(reader: PaidReader, writer: PaidWriter) -> None:
         try:
             assert await reader.readexactly(2) == b"go"
             for _ in range(2):
@@ -102,15 +91,21 @@ def test_asyncio_rate_wait_ends_with_the_connection(ledger: LocalLedger, tmp_pat
         finally:
             ended.set()
 
-    with loop_in_thread() as loop:
-        server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                host_id, PORT, handler, ledger=ledger, identity=SERVER, receipts=tmp_path / "r.db"
-            ),
-            loop,
-        ).result(10)
-        try:
-            cid = _client_reads_then_closes(ledger, host_id)
-            _settled_soon(ledger, cid, ended, time.monotonic())
-        finally:
-            asyncio.run_coroutine_threadsafe(stop(server), loop).result(10)
+    return blocking, aio
+
+
+def test_a_rate_wait_ends_with_the_connection(
+    ledger: LocalLedger, tmp_path: Path, driver: Driver
+) -> None:
+    host_id = _host(ledger)
+    ended = threading.Event()
+    with driver.serve(
+        host_id,
+        PORT,
+        _two_chunks(ended),
+        ledger=ledger,
+        identity=SERVER,
+        receipts=tmp_path / "r.db",
+    ):
+        cid = _client_reads_then_closes(ledger, host_id)
+        _settled_soon(ledger, cid, ended, time.monotonic())
