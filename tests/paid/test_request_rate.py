@@ -3,8 +3,8 @@ docs/escrow.md §6.1 "Runtime firewall": usage is charged as it happens and the 
 use waits). The burst was a quarter second of the rate: below 4 requests/s, less than
 one request, so a single request ran a full bucket into debt and was itself held back
 -- at 1 request/s every request waited 3/4 s, the first one and those of a client well
-within the rate. Unit checks, then a real paid server on 127.0.0.1 and a LocalLedger
-file."""
+within the rate. Unit checks, then each paid server (the ``driver`` fixture) on
+127.0.0.1 and a LocalLedger file."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.hostid.paid import PaidSocket
 from dtp.ratelimit import RateLimiter, TokenBucket
+from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -64,18 +64,13 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
         yield ledger
 
 
-def echo(sock: PaidSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
 def test_a_paid_server_at_one_request_a_second_answers_the_first_at_once(
-    ledger: LocalLedger,
+    ledger: LocalLedger, driver: Driver
 ) -> None:
     host_id = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
     ledger.set_client_limits(SERVER, host_id, 0, 0, 1)
-    with dtp.socket.serve(host_id, PORT, echo, ledger=ledger, identity=SERVER):
+    with driver.serve(host_id, PORT, "echo", ledger=ledger, identity=SERVER):
         took = []
         for _ in range(2):  # two connections of one client: one bucket
             with dtp.socket.create_connection(
