@@ -7,6 +7,10 @@ limit only in drain(): a callback that wrote and closed (a usual asyncio pattern
 4.7 s the limit asks. Bytes are now charged as they go, and while the limit is in debt
 they are held and let out in slices of its burst. Real
 LocalLedger file, real connections on 127.0.0.1.
+
+asyncio only: a write that does not wait, and drain(), are the asyncio driver's; the
+blocking sendall waits out the limit itself (held to it in test_rate_smoothness.py and
+test_rate_limit_wait_ends.py on both servers).
 """
 
 from __future__ import annotations

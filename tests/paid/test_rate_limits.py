@@ -10,7 +10,9 @@ what the limits are charged for, and who is woken when a datagram goes back.
 - asyncio: ``send_datagram`` charged the rate limits only at the next ``drain()``, which
   a datagram sender has no reason to call: it sent past its bytes/s limit for good.
 
-Real paid servers on 127.0.0.1, a real LocalLedger file, real handshakes by host ID.
+Each rule is one driver's own (cancellation, drain(), a send that waits), so these
+tests are not run over the ``driver`` fixture. Real paid servers on 127.0.0.1, a real
+LocalLedger file, real handshakes by host ID.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def test_a_datagram_a_cancelled_read_put_back_reaches_a_waiting_reader(world: Wo
     recv_datagram meanwhile; A is cancelled and puts the datagram back. B gets it once
     the limit lets it (the debt of reading it twice: about 10 s). Before, B was not
     woken: it waited until the connection moved again -- here for good, the client
-    signing no receipts and the Host not being read again."""
+    signing no receipts and the Host not being read again. (asyncio only: a read
+    cancelled while it waits is asyncio's concern.)"""
     size, rate = 16_000, 3000  # 16 kB at 3 kB/s: A is held about 5 s
     server_box: list[PaidAioServer] = []
     outcome: queue.Queue[bytes | BaseException] = queue.Queue()
@@ -133,7 +136,8 @@ def test_blocking_datagrams_the_backlog_dropped_are_not_charged_to_the_rate_limi
     backlog drops them, then offers 600 s worth of the client's bytes/s limit more: all
     of them dropped, the call returns at once, and the limit holds no debt for them.
     (Before, every one offered was charged: the call waited 600 s for bytes that never
-    went.)"""
+    went.) Blocking only: its send_datagrams waits for the limit, the asyncio one never
+    waits and drops what the limit's debt holds back (the test below)."""
     rate = 4_000_000  # bytes/s: the backlog (some MB) fills in a few seconds
     outcome: queue.Queue[tuple[float, int, int, float] | BaseException] = queue.Queue()
     server_box: list[PaidServer] = []
@@ -185,7 +189,9 @@ def test_asyncio_datagrams_sent_without_drain_are_charged_to_the_rate_limit(
     draining (send_datagram never waits): the limit is charged as they go, so the
     client's bucket is in debt for them, and the next drain() waits for it. (Before,
     they were charged only at a drain(): the bucket held no debt for them, and a sender
-    that never drained sent past its limit for good.)"""
+    that never drained sent past its limit for good.) asyncio only: drain() is its own,
+    and the blocking send_datagrams waits for the limit before it sends (the test
+    above)."""
     rate = 100  # bytes/s
     size, count = 15_000, 4  # 60 kB: 600 s at the rate
     server_box: list[PaidAioServer] = []

@@ -3,6 +3,9 @@ limit, over 10 s of sustained transfer, both ways, on both paid servers
 (:attr:`dtp.ratelimit.TokenBucket.take`). Before, a read took whatever had arrived and
 paid for it afterwards: at 200,000 B/s a handler's ``recv(4 MiB)`` got 1.1 MB at once
 and then waited 5.5 s -- 5.6 times the limit in that second, nothing in the next five.
+
+The end-to-end test runs both servers side by side in one test, not over the ``driver``
+fixture: each needs 10 s of sustained transfer, and side by side the suite waits once.
 """
 
 from __future__ import annotations
