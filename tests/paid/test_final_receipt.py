@@ -4,7 +4,9 @@ learns that the client left; the loop's end still settles a connection in its en
 phase; the canonical echo's close() + wait_closed() after the client's close does not
 wait for the settlement; wait_released() from the callback raises; close() does not
 wait for the receipt store on the loop; a paid stream can be reset; a wrong identity is
-refused before anything starts. Real LocalLedger, real connections."""
+refused before anything starts. The handler's close and the stream reset are rules of
+both servers and run over the ``driver`` fixture (a blocking client); the other tests are
+about asyncio's own loop, tasks and callbacks. Real LocalLedger, real connections."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.escrow import fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import MeteringConfig
-from tests.paid.world import PORT, SLA, World
+from tests.paid.conftest import Driver
+from tests.paid.world import PORT, SERVER, SLA, World
 
 REPLY = 30_000
 
@@ -33,44 +36,12 @@ REPLY = 30_000
 # -- 1. the callback closes the connection: the final receipt is asked for ------------
 
 
-def test_aio_callback_close_asks_for_the_final_receipt(tmp_path: Path) -> None:
-    w = World(tmp_path)
-    out: dict[str, Any] = {}
+def _replies_and_closes(done: threading.Event) -> tuple[Any, Any]:
+    """The handlers (blocking, asyncio): read 5 bytes, reply REPLY bytes and close the
+    connection themselves (asyncio's usual end of a reply: close() and wait_closed());
+    ``done`` set when the handler returns."""
 
-    async def main() -> None:
-        async def callback(reader: Any, writer: Any) -> None:
-            await reader.readexactly(5)
-            writer.write(b"r" * REPLY)
-            await writer.drain()
-            writer.close()  # asyncio's usual end of a reply
-            await writer.wait_closed()
-
-        server = await w.serve(callback, ServicePolicy(allowance=1_000_000))
-        reader, writer = await w.connect()
-        out["cid"] = writer.connection_id
-        writer.write(b"hello")
-        await writer.drain()
-        assert len(await asyncio.wait_for(reader.read(), 30)) == REPLY
-        out["usage"] = writer._proto.conn.usage
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        assert await server.wait_released(30)
-
-    try:
-        asyncio.run(main())
-        owed = fee(SLA, *out["usage"])
-        assert owed > 0
-        assert w.claimed(out["cid"]) == owed
-    finally:
-        w.close()
-
-
-def test_blocking_handler_close_asks_for_the_final_receipt(tmp_path: Path) -> None:
-    w = World(tmp_path)
-    done = threading.Event()
-
-    def handler(sock: Any) -> None:
+    def blocking(sock: Any) -> None:
         try:
             data = b""
             while len(data) < 5:
@@ -80,28 +51,51 @@ def test_blocking_handler_close_asks_for_the_final_receipt(tmp_path: Path) -> No
         finally:
             done.set()
 
-    server = w.serve_blocking(handler, ServicePolicy(allowance=1_000_000))
+    async def aio(reader: Any, writer: Any) -> None:
+        try:
+            await reader.readexactly(5)
+            writer.write(b"r" * REPLY)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            done.set()
+
+    return blocking, aio
+
+
+def test_a_handler_that_closes_asks_for_the_final_receipt(tmp_path: Path, driver: Driver) -> None:
+    w = World(tmp_path)
+    done = threading.Event()
     try:
-        sock = w.connect_blocking()
-        cid = sock.connection_id
-        sock.sendall(b"hello")
-        # read to the end: the client answers the server's request for a receipt as
-        # it reads (a blocking client that stopped calling would answer only at its
-        # own close, too late)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-        assert len(got) == REPLY
-        assert done.wait(30)
-        usage = sock._engine.conn.usage
-        sock.close()
-        server.close()
-        assert server.wait_released(30)
+        with driver.serve(
+            w.host_id,
+            PORT,
+            _replies_and_closes(done),
+            ledger=w.book,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=ServicePolicy(allowance=1_000_000),
+        ) as server:
+            sock = w.connect_blocking()
+            cid = sock.connection_id
+            sock.sendall(b"hello")
+            # read to the end: the client answers the server's request for a receipt as
+            # it reads (a blocking client that stopped calling would answer only at its
+            # own close, too late)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+            assert len(got) == REPLY
+            assert done.wait(30)
+            usage = sock._engine.conn.usage
+            sock.close()
+            driver.close(server)
+            assert driver.wait_released(server, 30)
         owed = fee(SLA, *usage)
         assert owed > 0
         assert w.claimed(cid) == owed
     finally:
-        server.close()
         w.close()
 
 
@@ -419,45 +413,12 @@ def test_aio_close_does_not_block_the_loop_on_a_stalled_store(tmp_path: Path) ->
 # -- 7. a paid stream can be reset -------------------------------------------------------
 
 
-def test_aio_paid_writer_reset(tmp_path: Path) -> None:
-    w = World(tmp_path)
-    out: dict[str, Any] = {}
+def _resets_the_stream(out: dict[str, Any]) -> tuple[Any, Any]:
+    """The handlers (blocking, asyncio): accept the client's second stream, read 3
+    bytes and reset it with code 42, then read the connection to its end. A missing
+    ``reset`` is kept in ``out["server"]``."""
 
-    async def main() -> None:
-        async def callback(reader: Any, writer: Any) -> None:
-            r2, w2 = await writer.accept_stream()
-            await r2.readexactly(3)
-            w2.reset(42)  # abandon this request
-            await reader.read()
-
-        server = await w.serve(callback)
-        _, writer = await w.connect()
-        r2, w2 = await writer.open_stream()
-        w2.write(b"req")
-        await w2.drain()
-        try:
-            await asyncio.wait_for(r2.read(), 20)
-            out["client"] = "clean EOF"
-        except StreamReset as exc:
-            out["client"] = exc
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        assert await server.wait_released(30)
-
-    try:
-        asyncio.run(main())
-    finally:
-        w.close()
-    assert isinstance(out["client"], StreamReset), out
-    assert out["client"].code == 42
-
-
-def test_blocking_paid_socket_reset(tmp_path: Path) -> None:
-    w = World(tmp_path)
-    out: dict[str, Any] = {}
-
-    def handler(sock: Any) -> None:
+    def blocking(sock: Any) -> None:
         stream = sock.accept_stream()
         data = b""
         while len(data) < 3:
@@ -470,20 +431,43 @@ def test_blocking_paid_socket_reset(tmp_path: Path) -> None:
         while sock.recv(65536):
             pass
 
-    server = w.serve_blocking(handler)
-    try:
-        sock = w.connect_blocking()
-        stream = sock.open_stream()
-        stream.sendall(b"req")
+    async def aio(reader: Any, writer: Any) -> None:
+        r2, w2 = await writer.accept_stream()
+        await r2.readexactly(3)
         try:
-            out["client"] = stream.recv(100)
-        except StreamReset as exc:
-            out["client"] = exc
-        sock.close()
-        server.close()
-        assert server.wait_released(30)
+            w2.reset(42)  # abandon this request
+        except AttributeError as exc:
+            out["server"] = exc
+            w2.close()
+        await reader.read()
+
+    return blocking, aio
+
+
+def test_a_paid_stream_is_reset(tmp_path: Path, driver: Driver) -> None:
+    w = World(tmp_path)
+    out: dict[str, Any] = {}
+    try:
+        with driver.serve(
+            w.host_id,
+            PORT,
+            _resets_the_stream(out),
+            ledger=w.book,
+            identity=SERVER,
+            receipts=tmp_path / "receipts.db",
+            policy=ServicePolicy(),
+        ) as server:
+            sock = w.connect_blocking()
+            stream = sock.open_stream()
+            stream.sendall(b"req")
+            try:
+                out["client"] = stream.recv(100)  # (b"": a clean end, not the reset)
+            except StreamReset as exc:
+                out["client"] = exc
+            sock.close()
+            driver.close(server)
+            assert driver.wait_released(server, 30)
     finally:
-        server.close()
         w.close()
     assert "server" not in out, out
     assert isinstance(out["client"], StreamReset), out
