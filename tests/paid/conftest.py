@@ -182,6 +182,19 @@ class Driver:
         assert wait_for(lambda: server.core.working == 0, timeout), "the server never idled"
 
 
+def exchange(sock: dtp.socket.DTPSocket, rounds: int) -> None:
+    """Echo 30,000 bytes ``rounds`` times through an echo handler, checking each reply:
+    enough for the client to owe a fee and sign receipts for it."""
+    for _ in range(rounds):
+        sock.sendall(b"z" * 30_000)
+        got = b""
+        while len(got) < 30_000:
+            data = sock.recv(65536)
+            assert data
+            got += data
+        assert got == b"z" * 30_000
+
+
 @pytest.fixture(params=["blocking", "asyncio"])
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     """Each paid-server driver in turn (see :class:`Driver`)."""

@@ -21,12 +21,11 @@ import dtp.socket
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import LocalProtocolError
 from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
-from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
-from tests.paid.conftest import Driver
+from tests.paid.conftest import Driver, exchange
 from tests.support.paid_stores import StallingStore
-from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
+from tests.support.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
 from tests.support.polling import wait_for
 
 T = TypeVar("T")
@@ -57,7 +56,7 @@ class World(PaidWorld):
         return driver.serve(
             self.host_id,
             PORT,
-            (_echo, _echo_aio),
+            (echo, echo_aio),
             ledger=self.ledger,
             identity=SERVER,
             receipts=store,
@@ -82,29 +81,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield World(*ledgers, tmp_path)
 
 
-def _echo(sock: PaidSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-async def _echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-
-
-def _exchange(sock: dtp.socket.DTPSocket, rounds: int = 8) -> None:
-    """Echo enough for receipts to be signed and stored."""
-    for _ in range(rounds):
-        sock.sendall(b"z" * 30_000)
-        got = b""
-        while len(got) < 30_000:
-            data = sock.recv(65536)
-            assert data
-            got += data
-        assert got == b"z" * 30_000
-
-
 def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver: Driver) -> None:
     """close() with a client still connected: not released until the client is gone
     and its connection settled; then the caller's store may close, with the claim on
@@ -116,7 +92,7 @@ def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver
             assert not driver.wait_released(server, 0)  # (not closed)
             assert not driver.wait_released(server, 5)  # (not closed: False at once)
             with world.connect() as sock:
-                _exchange(sock)
+                exchange(sock, 8)
                 cid = sock.connection_id
                 assert cid is not None
                 driver.close(server)
@@ -126,7 +102,7 @@ def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver
                 assert driver.wait_closed(server, 10)
                 # the connection is still served: a client that stays keeps it unreleased
                 assert not driver.wait_released(server, 0.5)
-                _exchange(sock, 2)  # (and it is served on)
+                exchange(sock, 2)  # (and it is served on)
             assert driver.wait_released(server, 60)
             assert driver.wait_released(server, 0)  # (stays released)
     finally:
@@ -155,7 +131,7 @@ def test_close_from_a_handler_does_not_deadlock(world: World) -> None:
         except LocalProtocolError as exc:
             refused.append(exc)
         sock.sendall(b"closed")
-        _echo(sock)
+        echo(sock)
 
     server = world.serve(closing, store)
     servers.append(server)
@@ -165,7 +141,7 @@ def test_close_from_a_handler_does_not_deadlock(world: World) -> None:
             assert sock.recv(6) == b"closed"
             cid = sock.connection_id
             assert cid is not None
-            _exchange(sock, 2)
+            exchange(sock, 2)
         assert server.wait_released(60)
     finally:
         server.close()
@@ -189,7 +165,7 @@ def test_not_released_while_the_receipt_writer_still_writes(
         with world.serve_on(driver, store) as server:
             try:
                 with world.connect() as sock:
-                    _exchange(sock)
+                    exchange(sock, 8)
                     cid = sock.connection_id
                     assert cid is not None
                     driver.close(server)  # (the client still connected)

@@ -33,6 +33,7 @@ from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.transport.carriers.memory import MemoryLink
+from tests.paid.conftest import exchange
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import (
     PaidWorld,
@@ -65,17 +66,6 @@ class World(PaidWorld):
 def world(tmp_path: Path) -> Iterator[World]:
     with hosted_ledgers(tmp_path, SERVER, CLIENT, PORT, Sla(10, 5, 5000)) as ledgers:
         yield World(*ledgers, tmp_path)
-
-
-def _exchange(sock: dtp.socket.DTPSocket, rounds: int) -> None:
-    """Echo enough for receipts to be signed."""
-    for _ in range(rounds):
-        sock.sendall(b"z" * 30_000)
-        got = 0
-        while got < 30_000:
-            data = sock.recv(65536)
-            assert data
-            got += len(data)
 
 
 def _ledger_down(world: World, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
@@ -113,12 +103,12 @@ def _story(
     server = start(store)
     try:
         with world.connect() as sock:
-            _exchange(sock, 4)
+            exchange(sock, 4)
             cid = sock.connection_id
             assert cid is not None
             assert wait_for(lambda: store.latest(cid) is not None, 10)
             store.stall.set()
-            _exchange(sock, 1)  # newer receipts: held by the stalled writer
+            exchange(sock, 1)  # newer receipts: held by the stalled writer
             assert wait_for(store.stalled.is_set, 10)
             down.set()
         close(server)

@@ -33,14 +33,17 @@ import dtp.socket
 from dtp.chain.objects import ConnectionState, Settlement, Sla
 from dtp.errors import ConnectionStateError
 from dtp.escrow import Receipt, fee
-from dtp.hostid.paid import PaidServer, PaidSocket
-from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.hostid.paid import PaidServer
+from dtp.hostid.paid.aio import PaidAioServer
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import collect_refund
+from tests.paid.conftest import exchange
 from tests.support.paid_twins import (
     OutageLedger,
     PaidWorld,
+    echo,
+    echo_aio,
     hosted_ledgers,
     ident,
     loop_in_thread,
@@ -83,34 +86,12 @@ def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", ROUND)
 
 
-def _echo(sock: PaidSocket) -> None:
-    while data := sock.recv(65536):
-        sock.sendall(data)
-
-
-async def _echo_aio(reader: PaidReader, writer: PaidWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-
-
-def _exchange(sock: dtp.socket.DTPSocket, rounds: int = 4) -> None:
-    """Echo enough for the client to owe (and sign for) a fee."""
-    for _ in range(rounds):
-        sock.sendall(b"z" * 30_000)
-        got = b""
-        while len(got) < 30_000:
-            data = sock.recv(65536)
-            assert data
-            got += data
-
-
 def _session(world: World) -> str:
     """A paid connection served, then closed by the client: its ledger connection ID."""
     with world.connect() as sock:
         cid = sock.connection_id
         assert cid is not None
-        _exchange(sock)
+        exchange(sock, 4)
     return cid
 
 
@@ -120,7 +101,7 @@ def _serving(api: str, world: World, ledger: Any, receipts: Path) -> Iterator[An
     end of the block (the caller may have closed it already)."""
     if api == "blocking":
         server = PaidServer(
-            world.host_id, PORT, _echo, ledger=ledger, identity=SERVER, receipts=receipts
+            world.host_id, PORT, echo, ledger=ledger, identity=SERVER, receipts=receipts
         )
         try:
             yield server
@@ -130,7 +111,7 @@ def _serving(api: str, world: World, ledger: Any, receipts: Path) -> Iterator[An
         return
     with loop_in_thread() as loop:
         started = dtp.aio.serve(
-            world.host_id, PORT, _echo_aio, ledger=ledger, identity=SERVER, receipts=receipts
+            world.host_id, PORT, echo_aio, ledger=ledger, identity=SERVER, receipts=receipts
         )
         aio: PaidAioServer = asyncio.run_coroutine_threadsafe(started, loop).result(30)
         aio.test_loop = loop  # type: ignore[attr-defined]
@@ -229,7 +210,7 @@ def test_the_retry_leaves_a_connection_being_served_alone(api: str, world: World
         with world.connect() as live:
             live_cid = live.connection_id
             assert live_cid is not None
-            _exchange(live)
+            exchange(live, 4)
             assert wait_for(lambda: server.receipt_writer.latest(live_cid) is not None, 10)
             outage.down.clear()
             assert wait_for(lambda: _settlements(server, failed), 10)
@@ -242,7 +223,7 @@ def test_the_retry_leaves_a_connection_being_served_alone(api: str, world: World
             assert tc.state == ConnectionState.OPEN and not tc.settled
             assert world.claimed(live_cid) == 0 and not _settlements(server, live_cid)
             assert live_cid in server.retries
-            _exchange(live)  # served on
+            exchange(live, 4)  # served on
         # its own settlement as it ends; the retry then finds it claimed: not twice
         assert wait_for(lambda: _settlements(server, live_cid), 10)
         assert wait_for(lambda: live_cid not in server.retries, 10)
@@ -296,7 +277,7 @@ def test_close_stops_the_retries_between_claims(
     assert not world.settled(left)
     # the next start claims what is left
     with PaidServer(
-        world.host_id, PORT, _echo, ledger=world.server_ledger, identity=SERVER, receipts=receipts
+        world.host_id, PORT, echo, ledger=world.server_ledger, identity=SERVER, receipts=receipts
     ) as restarted:
         recovered = dict(restarted.recovered)
     assert left in recovered
