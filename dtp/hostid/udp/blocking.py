@@ -62,11 +62,9 @@ from dtp.hostid.udp.sockets import (
     bind_udp,
     check_count,
     check_seconds,
-    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
-    reliable_carrier,
     wall_ms,
 )
 from dtp.hostid.udp.stats import UdpStats
@@ -91,7 +89,7 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
         try:
             data = sock.recv(CONTROL_READ)
         except DTPTimeoutError:
-            if connection_ended(sock):
+            if sock.connection_ended:
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
             # control stream, not its end. Giving up here stopped the receipts for good
@@ -236,7 +234,7 @@ def relay_udp(
         while True:
             now = time.monotonic()
             if finish is not None and not engine.finishing and finish.is_set():
-                reliable = reliable_carrier(sock)
+                reliable = sock.reliable_carrier
                 with passing, lock:
                     frame = engine.finish(now, reliable=reliable)
                 if control is not None:
@@ -248,7 +246,7 @@ def relay_udp(
             try:
                 batch = sock.recv_datagrams(256, engine.wait)
             except TimeoutError:
-                if connection_ended(sock):
+                if sock.connection_ended:
                     break  # (its idle timeout)
                 if control is not None:
                     with lock:
@@ -575,7 +573,7 @@ class UdpForwarder(FlowTable):
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
-                if connection_ended(sock):
+                if sock.connection_ended:
                     break  # (its idle timeout)
                 continue
             except DTPError:

@@ -1,11 +1,9 @@
 """UDP through DTP, the I/O side both drivers share: binding and checking the local and
 backend sockets, draining them, the checks of the drivers' arguments, the wall clock,
-and what the drivers read of a DTP connection (:func:`connection_ended`,
-:func:`reliable_carrier`, :func:`closed_future`) or do to it (:func:`abort_control`)."""
+and what the drivers do to a DTP connection (:func:`abort_control`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -21,11 +19,10 @@ from dtp.errors import (
 )
 from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, BadControlFrame, RelayEngine
 from dtp.hostid.udp.stats import UdpStats
-from dtp.transport.asyncio.streams import DTPStreamWriter
 
 if TYPE_CHECKING:
+    from dtp.transport.asyncio.streams import DTPStreamWriter
     from dtp.transport.blocking.socket import DTPSocket
-    from dtp.transport.session import Session
 
 
 logger = logging.getLogger(__name__)
@@ -36,33 +33,9 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-# -- what the drivers read of a DTP connection: named here, once, for both --------------
-
-
-def _session(conn: DTPSocket | DTPStreamWriter) -> Session:
-    """The transport session under a blocking socket or an asyncio writer."""
-    if isinstance(conn, DTPStreamWriter):
-        return conn._session
-    return conn._engine.session
-
-
-def connection_ended(conn: DTPSocket | DTPStreamWriter) -> bool:
-    """Whether the connection has ended (closed, aborted or timed out). A blocking
-    socket's idle timeout is a DTPTimeoutError, as a read that timed out is, but raised
-    at once by every later read: taken for a pause, a loop reading would spin on it."""
-    return _session(conn).terminated is not None
-
-
-def reliable_carrier(conn: DTPSocket | DTPStreamWriter) -> bool:
-    """Whether the connection's carrier is reliable (a finishing relay waits longer for
-    its final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
-    return _session(conn).conn.config.reliable_carrier
-
-
-def closed_future(writer: DTPStreamWriter) -> asyncio.Future[None]:
-    """The future done once ``writer``'s connection is closed: await it shielded (it is
-    the connection's own, which a cancelled wait must not cancel)."""
-    return writer._proto.closed_future
+# -- what the drivers do to a DTP connection: named here, once, for both ---------------
+# (what they read of one is the transport's public API: connection_ended,
+# reliable_carrier, connection_closed())
 
 
 def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
