@@ -135,12 +135,13 @@ async def relay_udp_async(
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
         try:
-            if not pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine):
-                return
+            went, frame = pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine)
         except DTPError:
             return
+        if not went:
+            return
         last[0] = loop.time()
-        if (frame := engine.report()) is not None:  # (replies alone may make one due)
+        if frame is not None:  # (replies alone may make a report due)
             send(frame)
 
     loop.add_reader(udp.fileno(), on_replies)

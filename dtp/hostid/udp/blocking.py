@@ -215,15 +215,14 @@ def relay_udp(
                     if engine.finishing:
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
-                    if not pass_replies(
+                    went, frame = pass_replies(
                         drain(udp), limit, sock.send_datagrams, stats, engine, lock
-                    ):
+                    )
+                    if not went:
                         continue
                 last[0] = time.monotonic()
                 if control is not None:
-                    with lock:
-                        frame = engine.report()  # (replies alone may make one due)
-                    control.send(frame)
+                    control.send(frame)  # (replies alone may make a report due)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:

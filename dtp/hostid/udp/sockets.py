@@ -170,31 +170,33 @@ def pass_replies(
     stats: UdpStats,
     engine: RelayEngine,
     guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
-) -> bool:
+) -> tuple[bool, bytes | None]:
     """Hand the backend's replies ``batch`` to ``send`` (the connection's
     ``send_datagrams``): those :meth:`RelayEngine.replies` lets through (fitting a
     datagram of ``limit`` bytes, allowed by the billing); then tell the engine what
     went (:meth:`RelayEngine.replied`) and count the stats. Returns whether ``send``
-    was called (the relay is not idle). Both relays' (blocking and asyncio) reply
-    path; ``guard`` is held around each engine call (the blocking relay's engine
-    lock), never around ``send``."""
+    was called (the relay is not idle) and the usage report then due, if any. Both
+    relays' (blocking and asyncio) reply path; ``guard`` is held around each engine
+    call (the blocking relay's engine lock), never around ``send``."""
     with guard:
         replies = engine.replies(batch, limit)
     fits = replies.send
     if not fits:
         stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
-        return False
+        return False, None
     try:
         sent = send(fits)
     except BaseException:
         with guard:
-            engine.replied(replies, 0, 0, 0.0)  # nothing went: the reservation goes
+            # nothing went: the reservation goes, and nothing is counted, so no report
+            # falls due that the last count's own call did not return already
+            engine.replied(replies, 0, 0, 0.0)
         stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
         raise
     nbytes = sum(map(len, fits if sent == len(fits) else fits[:sent]))
     now = time.monotonic()
     with guard:
-        engine.replied(replies, sent, nbytes, now)
+        frame = engine.replied(replies, sent, nbytes, now)
     stats.add(
         datagrams_out=sent,
         bytes_out=nbytes,
@@ -202,7 +204,7 @@ def pass_replies(
         dropped_oversized=replies.oversized,
         dropped_unpaid=replies.unpaid,
     )
-    return True
+    return True, frame
 
 
 def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:
