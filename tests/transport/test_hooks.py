@@ -7,7 +7,9 @@ and their connections' configuration."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+import time
 
 import pytest
 
@@ -253,5 +255,76 @@ def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
         with pytest.raises(dtp.errors.LocalProtocolError, match="is closed"):
             await closed.listen("127.0.0.1", 0)
         assert not closed.is_serving()
+
+    asyncio.run(main())
+
+
+# -- what a layer above reads of a connection, and how it wakes it ---------------------------
+
+
+def test_a_blocking_socket_tells_its_end_and_carrier_and_wakes_its_waiter() -> None:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
+
+        def serve() -> None:
+            conn, _ = server.accept(timeout=10)
+            with conn, contextlib.suppress(dtp.errors.ConnectionClosed):
+                while conn.recv(65536):
+                    pass  # (until the client's abort below)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        sock = dtp.socket.create_connection(
+            server.address, timeout=10, server_key=SERVER.noise_public, identity=CLIENT
+        )
+        assert sock.reliable_carrier is True  # (TCP)
+        assert sock.connection_ended is False
+        driver = sock.connection_driver
+        sock.sendall(b"abc")
+        with driver.lock:
+            assert driver.conn.usage[0] >= 3  # (the connection this socket sends on)
+        # A thread waiting on the connection for a condition another thread sets looks
+        # again on wake(): without it, nothing arrives and it looks only at its deadline.
+        flag: list[bool] = []
+        timer = threading.Timer(0.2, lambda: (flag.append(True), sock.wake()))
+        timer.start()
+        start = time.monotonic()
+        with driver.lock:
+            driver.pump(lambda: bool(flag), 10.0)
+        assert time.monotonic() - start < 8.0  # (woken: not at the deadline)
+        timer.join()
+        sock.abort("done")
+        assert sock.connection_ended is True
+        thread.join(10)
+
+
+def test_an_asyncio_writer_tells_its_end_and_carrier_and_hands_out_its_closed_future() -> None:
+    async def main() -> None:
+        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
+        try:
+            host, port = server.sockets[0].getsockname()[:2]
+            _, writer = await dtp.aio.open_connection(
+                host, port, server_key=SERVER.noise_public, identity=CLIENT
+            )
+            assert writer.reliable_carrier is True  # (TCP)
+            assert writer.connection_ended is False
+            assert writer.connection_driver.session.terminated is None
+            closed = writer.connection_closed()
+            # each call hands out a new future: cancelling one (a cancelled wait)
+            # leaves the connection's own, and so the others and wait_closed(), alone
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writer.connection_closed(), 0.05)
+            assert not closed.done()
+            writer.close()
+            await writer.wait_closed()
+            assert writer.connection_ended is True
+            assert await asyncio.wait_for(closed, 10) is None
+            assert await asyncio.wait_for(writer.connection_closed(), 10) is None
+        finally:
+            server.close()
+            await server.wait_closed()
 
     asyncio.run(main())

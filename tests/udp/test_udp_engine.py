@@ -359,7 +359,8 @@ def test_an_ungated_relay_passes_every_reply_that_fits_a_datagram() -> None:
     replies = relay.replies([b"a", b"x" * 11, b"", b"bb"], 10)
     assert replies.send == [b"a", b"", b"bb"]
     assert (replies.reserved, replies.oversized, replies.unpaid) == (0, 1, 0)
-    relay.replied(replies, 2, 1, 0.0)  # (nothing to count: no billing, no limits)
+    # (nothing to count, nor to report: no billing, no limits)
+    assert relay.replied(replies, 2, 1, 0.0) is None
 
 
 def test_replies_the_billing_refuses_are_dropped_and_those_allowed_reserved() -> None:
@@ -385,6 +386,26 @@ def test_a_reply_send_that_raised_releases_the_reservation_and_bills_nothing() -
     assert billing._pending_bytes == 300
     relay.replied(replies, 0, 0, 0.0)
     assert (billing.bytes, billing._pending_bytes, billing._pending_datagrams) == (0, 0, 0)
+
+
+def test_replied_returns_the_report_the_replies_made_due() -> None:
+    """Replies are bytes and no requests: they make a report due at half the byte
+    credit (UdpBilling.report_due), and replied() returns it, as delivered() does for
+    the client's datagrams, so that a relay needs one engine call per batch. A batch
+    whose send raised counts nothing and returns none."""
+    billing = _billing(credit_datagrams=4)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=4)
+    half = billing.credit_bytes // 2
+    size = 1000
+    under = half // size  # replies that stay under half the byte credit
+    replies = relay.replies([b"x" * size] * under, 2 * size)
+    assert relay.replied(replies, under, under * size, 0.0) is None
+    assert relay.replied(relay.replies([b"y" * size] * 2, 2 * size), 0, 0, 0.0) is None
+    replies = relay.replies([b"z" * size], 2 * size)
+    assert _usage(relay.replied(replies, 1, size, 0.0)) == (b"U", 0, (under + 1) * size)
+    replies = relay.replies([b"w" * size], 2 * size)
+    assert relay.replied(replies, 1, size, 0.0) is None  # (reported just now)
+    assert relay.report(force=True) is not None  # (what came since, when forced)
 
 
 def test_replies_sent_are_charged_to_the_clients_bytes_with_their_frame_headers() -> None:

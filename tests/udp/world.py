@@ -14,7 +14,6 @@ from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.escrow import Meter
 from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
-from dtp.hostid.udp.sockets import connection_ended
 from dtp.keys import HostIdentity
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
@@ -72,7 +71,7 @@ def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event
         try:
             data = sock.recv(4096)
         except DTPError:
-            if stop.is_set() or connection_ended(sock):
+            if stop.is_set() or sock.connection_ended:
                 return
             continue
         if not data:

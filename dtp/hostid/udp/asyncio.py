@@ -33,12 +33,9 @@ from dtp.hostid.udp.sockets import (
     check_backend,
     check_count,
     check_seconds,
-    closed_future,
-    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
-    reliable_carrier,
     wall_ms,
 )
 from dtp.hostid.udp.stats import UdpStats
@@ -138,12 +135,13 @@ async def relay_udp_async(
     def on_replies() -> None:
         # every reply waiting, sealed and written to DTP together
         try:
-            if not pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine):
-                return
+            went, frame = pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine)
         except DTPError:
             return
+        if not went:
+            return
         last[0] = loop.time()
-        if (frame := engine.report()) is not None:  # (replies alone may make one due)
+        if frame is not None:  # (replies alone may make a report due)
             send(frame)
 
     loop.add_reader(udp.fileno(), on_replies)
@@ -226,13 +224,13 @@ async def relay_udp_async(
     writer.set_datagram_sink(on_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     try:
-        ended = closed_future(writer)
-        while not ended.done() and not connection_ended(writer):
+        ended = writer.connection_closed()
+        while not ended.done() and not writer.connection_ended:
             now = loop.time()
             if asked is not None and asked.done() and not engine.finishing:
                 writer.set_datagram_sink(finishing)
                 loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
-                send(engine.finish(now, reliable=reliable_carrier(writer)))
+                send(engine.finish(now, reliable=writer.reliable_carrier))
             if engine.done(now, last[0]):
                 break
             # wake for the connection's end, a pause in traffic or the finish, not per
@@ -464,7 +462,7 @@ class AsyncUdpForwarder(FlowTable):
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
             # the connection's own closed future (its wait_closed() raised CancelledError)
-            await asyncio.shield(closed_future(writer))
+            await writer.connection_closed()
         finally:
             writer.set_datagram_sink(None)
         if not flow.closed:

@@ -62,11 +62,9 @@ from dtp.hostid.udp.sockets import (
     bind_udp,
     check_count,
     check_seconds,
-    connection_ended,
     drain,
     drain_by_source,
     pass_replies,
-    reliable_carrier,
     wall_ms,
 )
 from dtp.hostid.udp.stats import UdpStats
@@ -91,7 +89,7 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
         try:
             data = sock.recv(CONTROL_READ)
         except DTPTimeoutError:
-            if connection_ended(sock):
+            if sock.connection_ended:
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
             # control stream, not its end. Giving up here stopped the receipts for good
@@ -217,15 +215,14 @@ def relay_udp(
                     if engine.finishing:
                         stats.add(dropped_finishing=len(drain(udp)))
                         continue
-                    if not pass_replies(
+                    went, frame = pass_replies(
                         drain(udp), limit, sock.send_datagrams, stats, engine, lock
-                    ):
+                    )
+                    if not went:
                         continue
                 last[0] = time.monotonic()
                 if control is not None:
-                    with lock:
-                        frame = engine.report()  # (replies alone may make one due)
-                    control.send(frame)
+                    control.send(frame)  # (replies alone may make a report due)
 
     threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
     if control is not None:
@@ -236,7 +233,7 @@ def relay_udp(
         while True:
             now = time.monotonic()
             if finish is not None and not engine.finishing and finish.is_set():
-                reliable = reliable_carrier(sock)
+                reliable = sock.reliable_carrier
                 with passing, lock:
                     frame = engine.finish(now, reliable=reliable)
                 if control is not None:
@@ -248,7 +245,7 @@ def relay_udp(
             try:
                 batch = sock.recv_datagrams(256, engine.wait)
             except TimeoutError:
-                if connection_ended(sock):
+                if sock.connection_ended:
                     break  # (its idle timeout)
                 if control is not None:
                     with lock:
@@ -575,7 +572,7 @@ class UdpForwarder(FlowTable):
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
-                if connection_ended(sock):
+                if sock.connection_ended:
                     break  # (its idle timeout)
                 continue
             except DTPError:

@@ -505,20 +505,24 @@ class RelayEngine:
         del fits[allowed:]
         return Replies(fits, sum(map(len, fits)), oversized, unpaid)
 
-    def replied(self, replies: Replies, sent: int, sent_bytes: int, now: float) -> None:
+    def replied(self, replies: Replies, sent: int, sent_bytes: int, now: float) -> bytes | None:
         """After sending what :meth:`replies` let through: the first ``sent`` of
         :attr:`Replies.send` (``sent_bytes``) went to the client (0 when the send
         raised). They are billed and the reservation of all is released; the client's
         byte budget is charged each reply with its frame header, as the client's own
         datagrams are (:meth:`admit`; by payload alone, a backend's empty replies would
-        cost the client nothing however many went). ``now`` is ``time.monotonic()``."""
+        cost the client nothing however many went). ``now`` is ``time.monotonic()``.
+        Returns the usage report now due, if any (:meth:`report`; replies alone may
+        make one due), as :meth:`delivered` does: one call per batch."""
         limits = self.limits
         if limits is not None and sent:
             went = replies.send if sent == len(replies.send) else replies.send[:sent]
             limits.charge_bytes(sum(map(datagram_charge, map(len, went))), now)
         billing = self.billing
-        if billing is not None:
-            billing.replied(sent_bytes, replies.reserved)
+        if billing is None:
+            return None
+        billing.replied(sent_bytes, replies.reserved)
+        return self.report()
 
     def control_frame(self, body: bytes) -> bytes | None:
         """The answer to a frame from the forwarder: None for a receipt (``R``, kept),

@@ -1,11 +1,9 @@
 """UDP through DTP, the I/O side both drivers share: binding and checking the local and
 backend sockets, draining them, the checks of the drivers' arguments, the wall clock,
-and what the drivers read of a DTP connection (:func:`connection_ended`,
-:func:`reliable_carrier`, :func:`closed_future`) or do to it (:func:`abort_control`)."""
+and what the drivers do to a DTP connection (:func:`abort_control`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -21,11 +19,10 @@ from dtp.errors import (
 )
 from dtp.hostid.udp.engine import MAX_UDP_PAYLOAD, BadControlFrame, RelayEngine
 from dtp.hostid.udp.stats import UdpStats
-from dtp.transport.asyncio.streams import DTPStreamWriter
 
 if TYPE_CHECKING:
+    from dtp.transport.asyncio.streams import DTPStreamWriter
     from dtp.transport.blocking.socket import DTPSocket
-    from dtp.transport.session import Session
 
 
 logger = logging.getLogger(__name__)
@@ -36,33 +33,9 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-# -- what the drivers read of a DTP connection: named here, once, for both --------------
-
-
-def _session(conn: DTPSocket | DTPStreamWriter) -> Session:
-    """The transport session under a blocking socket or an asyncio writer."""
-    if isinstance(conn, DTPStreamWriter):
-        return conn._session
-    return conn._engine.session
-
-
-def connection_ended(conn: DTPSocket | DTPStreamWriter) -> bool:
-    """Whether the connection has ended (closed, aborted or timed out). A blocking
-    socket's idle timeout is a DTPTimeoutError, as a read that timed out is, but raised
-    at once by every later read: taken for a pause, a loop reading would spin on it."""
-    return _session(conn).terminated is not None
-
-
-def reliable_carrier(conn: DTPSocket | DTPStreamWriter) -> bool:
-    """Whether the connection's carrier is reliable (a finishing relay waits longer for
-    its final receipt over a lossy one, :meth:`RelayEngine.finish`)."""
-    return _session(conn).conn.config.reliable_carrier
-
-
-def closed_future(writer: DTPStreamWriter) -> asyncio.Future[None]:
-    """The future done once ``writer``'s connection is closed: await it shielded (it is
-    the connection's own, which a cancelled wait must not cancel)."""
-    return writer._proto.closed_future
+# -- what the drivers do to a DTP connection: named here, once, for both ---------------
+# (what they read of one is the transport's public API: connection_ended,
+# reliable_carrier, connection_closed())
 
 
 def abort_control(sock: DTPSocket | DTPStreamWriter, exc: BadControlFrame) -> None:
@@ -197,31 +170,33 @@ def pass_replies(
     stats: UdpStats,
     engine: RelayEngine,
     guard: contextlib.AbstractContextManager[object] = _UNGUARDED,
-) -> bool:
+) -> tuple[bool, bytes | None]:
     """Hand the backend's replies ``batch`` to ``send`` (the connection's
     ``send_datagrams``): those :meth:`RelayEngine.replies` lets through (fitting a
     datagram of ``limit`` bytes, allowed by the billing); then tell the engine what
     went (:meth:`RelayEngine.replied`) and count the stats. Returns whether ``send``
-    was called (the relay is not idle). Both relays' (blocking and asyncio) reply
-    path; ``guard`` is held around each engine call (the blocking relay's engine
-    lock), never around ``send``."""
+    was called (the relay is not idle) and the usage report then due, if any. Both
+    relays' (blocking and asyncio) reply path; ``guard`` is held around each engine
+    call (the blocking relay's engine lock), never around ``send``."""
     with guard:
         replies = engine.replies(batch, limit)
     fits = replies.send
     if not fits:
         stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
-        return False
+        return False, None
     try:
         sent = send(fits)
     except BaseException:
         with guard:
-            engine.replied(replies, 0, 0, 0.0)  # nothing went: the reservation goes
+            # nothing went: the reservation goes, and nothing is counted, so no report
+            # falls due that the last count's own call did not return already
+            engine.replied(replies, 0, 0, 0.0)
         stats.add(dropped_oversized=replies.oversized, dropped_unpaid=replies.unpaid)
         raise
     nbytes = sum(map(len, fits if sent == len(fits) else fits[:sent]))
     now = time.monotonic()
     with guard:
-        engine.replied(replies, sent, nbytes, now)
+        frame = engine.replied(replies, sent, nbytes, now)
     stats.add(
         datagrams_out=sent,
         bytes_out=nbytes,
@@ -229,7 +204,7 @@ def pass_replies(
         dropped_oversized=replies.oversized,
         dropped_unpaid=replies.unpaid,
     )
-    return True
+    return True, frame
 
 
 def drain(udp: _socket.socket, limit: int = 256) -> list[bytes]:

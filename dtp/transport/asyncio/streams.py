@@ -387,6 +387,32 @@ class DTPStreamWriter:
         self._proto.flush()
 
     @property
+    def connection_ended(self) -> bool:
+        """Whether the connection has ended (closed, aborted or timed out)."""
+        return self._session.terminated is not None
+
+    @property
+    def reliable_carrier(self) -> bool:
+        """Whether the connection's carrier is reliable and ordered (TCP), so that the
+        connection itself does not acknowledge or retransmit
+        (``ConnectionConfig.reliable_carrier``)."""
+        return self._conn.config.reliable_carrier
+
+    @property
+    def connection_driver(self) -> Protocol:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.asyncio.PaidConnection`); from the event loop."""
+        return self._proto
+
+    def connection_closed(self) -> asyncio.Future[None]:
+        """A future done once the connection and its carrier are closed, to await or to
+        pass to :func:`asyncio.wait`: a new one per call, shielding the connection's own,
+        so that cancelling it (a cancelled wait) cancels nothing else; from the event
+        loop."""
+        return asyncio.shield(self._proto.closed_future)
+
+    @property
     def peer_connection_id(self) -> str | None:
         """On a server: the ledger connection ID the client named in its handshake."""
         cid = self._conn.peer_connection_id

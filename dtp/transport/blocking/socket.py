@@ -873,6 +873,32 @@ class DTPSocket:
             if not engine.closed:
                 engine.flush()
 
+    @property
+    def connection_ended(self) -> bool:
+        """Whether the connection has ended (closed, aborted or timed out): a loop
+        reading this socket stops on it, where a read that timed out may only be a
+        pause (after an idle timeout every read raises DTPTimeoutError at once)."""
+        return self._engine.session.terminated is not None
+
+    @property
+    def reliable_carrier(self) -> bool:
+        """Whether the connection's carrier is reliable and ordered (TCP), so that the
+        connection itself does not acknowledge or retransmit
+        (``ConnectionConfig.reliable_carrier``)."""
+        return self._engine.conn.config.reliable_carrier
+
+    @property
+    def connection_driver(self) -> Engine:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection under the driver's lock (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
+        return self._engine
+
+    def wake(self) -> None:
+        """Wake the thread waiting on the connection's carrier, so that it looks at its
+        conditions again (from any thread, without the connection's lock)."""
+        self._engine._wake()
+
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
         when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,
