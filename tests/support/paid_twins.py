@@ -6,7 +6,6 @@ connection ID."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from dtp.escrow import object_id_bytes
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
+from tests.support.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
 
 CHUNK = b"x" * (64 << 10)
 
@@ -108,25 +108,6 @@ class PaidWorld:
         )
         server: PaidAioServer = asyncio.run_coroutine_threadsafe(started, loop).result(timeout)
         return server
-
-
-@contextmanager
-def loop_in_thread() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in a thread of its own (the clients are blocking)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        # a few more passes first: a transport closed in the loop's last pass has its
-        # connection_lost still to run, and closing the loop would leave it "closing"
-        # (a ResourceWarning wherever the garbage collector finds it next)
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def streams_forever(sock: PaidSocket) -> None:

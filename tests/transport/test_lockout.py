@@ -27,6 +27,7 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.keys import HostIdentity
+from tests.support.loops import loop_in_thread
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.procs import descriptors, rss_kib, server_process
@@ -54,24 +55,19 @@ def asyncio_server() -> Iterator[Any]:
         await writer.drain()
         writer.close()
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = asyncio.run_coroutine_threadsafe(
-        dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=BACKLOG), loop
-    ).result(10)
-    try:
-        yield server
-    finally:
+    with loop_in_thread() as loop:
+        server = asyncio.run_coroutine_threadsafe(
+            dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=BACKLOG), loop
+        ).result(10)
+        try:
+            yield server
+        finally:
 
-        async def stop() -> None:
-            server.close()
-            await server.wait_closed()
+            async def stop() -> None:
+                server.close()
+                await server.wait_closed()
 
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+            asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
 
 
 SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
