@@ -190,9 +190,8 @@ class PaidServerCore(Generic[_P]):
     def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
         """The connection and escrow admission read (``admitted``, taken from the
         admission), when they are those of ledger connection ``key`` (normalized):
-        the gate and the settlement go on with them rather than read them again. Only
-        the server claims from the escrow, and its key and SLA are fixed, so they are
-        current; the deposit may have grown, which the escrow reads of the engine see."""
+        the gate and the settlement go on with them rather than read them again (why
+        they are current: :meth:`Admitted.of`)."""
         if admitted is None or not admitted.of(key):
             return None
         return admitted
