@@ -1,7 +1,10 @@
 """The services daemon: expose local TCP backends as ``<host id>:<port>`` services and
 forward local TCP ports to remote ones, through DTP (docs/daemon.md).
 
-Modules: config (the TOML file), services (exposing side), forwarder (client side),
+Modules: config (the TOML file), services (exposing side: listener, admission, the
+handler of each connection), served (a connection served), served_tunnels (its TCP
+tunnels and receipts), udp_flows (its UDP flow), settlements (claims, refunds, their
+retries), host_policy (the Host's firewall while serving), forwarder (client side),
 balancer (backends, health, failover), tunnel (wire format and byte pump), fees
 (receipts and claims), state / status (counters and ``dtp status``), runner
 (``dtp daemon``), signals (its signal handling); the ``dtp daemon`` command itself is

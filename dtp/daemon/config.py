@@ -121,7 +121,7 @@ class ServiceConfig:
     unpaid_slack: int = 16 << 20
     """Bytes a paying client may run ahead of its latest receipt before the daemon
     holds its tunnels back (and cuts them when no receipt catches up within
-    ``dtp.daemon.services.UNPAID_PAUSE``); must exceed the connection's flow-control
+    ``dtp.daemon.served_tunnels.UNPAID_PAUSE``); must exceed the connection's flow-control
     window (8 MiB) plus the forwarder's ``receipt_every``, since bytes in flight are not
     yet receipted."""
     protocol: str = "tcp"

@@ -14,7 +14,7 @@ shared in-band metering runtime can replace them later without touching the tunn
   settles the connections whose settlement failed after their claim (a receipt is marked
   claimed only once its connection is settled). Each settlement's :class:`Settled` says
   what it moved, on which service port, and whether it is done: the daemon
-  (:class:`dtp.daemon.services.ServiceHost`) counts it and retries one not done.
+  (:class:`dtp.daemon.settlements.Settlements`) counts it and retries one not done.
 
 Ledger calls block: the async methods run them in worker threads.
 """
@@ -65,7 +65,7 @@ usage is unpaid (looked at as bytes are counted, and by the connection's timer).
 REQUESTS_PER_RECEIPT = 8
 """A forwarder's receipt cadence in requests (tunnels) on a service priced by the
 request: half the requests a daemon lets run ahead of the receipts
-(``dtp.daemon.services.UNPAID_REQUESTS``)."""
+(``dtp.daemon.served_tunnels.UNPAID_REQUESTS``)."""
 
 
 def _now_ms() -> int:

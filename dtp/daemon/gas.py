@@ -6,7 +6,7 @@ On a Sui ledger every transaction needs coins covering its gas budget
 (``SuiConfig.gas_budget``) before it is sent. Below ``low_gas`` MIST (by default enough
 for :data:`LOW_GAS_TRANSACTIONS` transactions at that budget) the daemon warns; below
 one budget it can send none: its claims and settlements wait (they are tried again:
-``dtp.daemon.services``, at once when a read finds it funded again) and its forwarders
+``dtp.daemon.settlements``, at once when a read finds it funded again) and its forwarders
 open no new connection, while what is open and paid for goes on, its receipts off the
 ledger. A LocalLedger charges no gas: the
 balance is shown, never warned about.

@@ -15,7 +15,8 @@ import dtp.aio
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
-from dtp.daemon.services import ServiceHost, _Conn
+from dtp.daemon.served import ServedConnection
+from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
@@ -37,7 +38,7 @@ def test_a_connection_closed_on_the_ledger_is_closed(tmp_path: Path) -> None:
     writer = cast(dtp.aio.DTPStreamWriter, types.SimpleNamespace(abort=aborted.append))
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
     terms = ConnectionTerms(cid, opened.escrow_id, sla, client.ed25519_public, 1000)
-    conn = _Conn(cid, service, terms, client.sui_address, writer)
+    conn = ServedConnection(cid, service, terms, client.sui_address, writer)
     host.conns[cid] = conn
     try:
         conn.ledger_check_due = 0.0

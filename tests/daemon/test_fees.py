@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import dtp.daemon.fees as fees_mod
-import dtp.daemon.services as services_mod
+import dtp.daemon.udp_flows as udp_flows_mod
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.fees import ServerFees
@@ -295,7 +295,7 @@ def test_a_udp_receipt_claimed_before_its_write_is_earned(
         with contextlib.suppress(DTPError):
             await writer.wait_closed()
 
-    monkeypatch.setattr(services_mod, "relay_udp_async", relay)
+    monkeypatch.setattr(udp_flows_mod, "relay_udp_async", relay)
 
     async def scenario(daemon: Daemon, client: FileLedgerClient, *_unused: Any) -> None:
         cid = await client.open_ledger(7000)

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 import dtp.daemon.gas as gas_mod
+import dtp.daemon.host_policy as host_policy_mod
 import dtp.daemon.runner as runner_mod
-import dtp.daemon.services as services_mod
+import dtp.daemon.settlements as settlements_mod
 from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.forwarder import Forwarder
@@ -296,7 +297,7 @@ def test_with_the_node_away_open_connections_go_on_and_new_ones_are_refused(
                 with pytest.raises(ConnectionRefused, match="cannot check the connection"):
                     await client.connect(second)
                 assert time.monotonic() - started < BOUND
-                await asyncio.sleep(2 * services_mod.POLICY_REFRESH)
+                await asyncio.sleep(2 * host_policy_mod.POLICY_REFRESH)
                 assert caplog.text.count("cannot read the host") == 1
                 assert await tunnel(writer, b"again") == b"again"
                 writer.close()
@@ -325,7 +326,7 @@ def test_transactions_cancelled_for_congestion_are_sent_again(
     it (SharedObjectCongestion): the daemon takes it for a passing outage. Its start's
     service publication is sent again and the daemon starts; a settlement is tried
     again, and the connection is settled, its deposit refunded whole."""
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY", 0.2)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", 0.2)
     monkeypatch.setattr(runner_mod, "SYNC_PAUSE", 0.01)
     caplog.set_level(logging.INFO, logger="dtp.daemon")
     node.cancel_next(6)  # (one try and five more: SuiLedger's) of the service's publication
@@ -345,11 +346,11 @@ def test_transactions_cancelled_for_congestion_are_sent_again(
                 writer.close()
                 services = daemon.services
                 assert services is not None
-                await until(lambda: cid in services._retries, "the settlement failing")
+                await until(lambda: cid in services.settlements.retries, "the settlement failing")
                 row = daemon.book.service("svc")
                 await until(lambda: row.refunded == DEPOSIT, "the settlement tried again")
                 tc = client.ledger.get_connection(cid)
-                assert tc.settled and not services._retries
+                assert tc.settled and not services.settlements.retries
             finally:
                 client.close()
 
@@ -373,7 +374,7 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
     caplog.set_level(logging.DEBUG, logger="dtp.daemon")
     monkeypatch.setattr(gas_mod, "GAS_CHECK", 0.2)  # (the watch sees the coins go soon)
     woken_within = gas_mod.GAS_CHECK_OUT + 5.0
-    assert woken_within < services_mod.SETTLE_RETRY  # (or the backoff could do it)
+    assert woken_within < settlements_mod.SETTLE_RETRY  # (or the backoff could do it)
 
     async def main() -> None:
         async with provider(tmp_path, node, funds=2 * SUI) as daemon:
@@ -397,14 +398,16 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
                     writer.close()
                 services = daemon.services
                 assert services is not None
-                await until(lambda: len(services._retries) == 2, "both settlements failing")
+                await until(
+                    lambda: len(services.settlements.retries) == 2, "both settlements failing"
+                )
                 status = daemon.book.to_json()["gas"]
                 assert status["state"] == "out" and status["balance"] < budget
-                assert services._ledger_away is None  # (the Host was read all along)
+                assert services.policy.ledger_away is None  # (the Host was read all along)
                 node.faucet(me.sui_address, 10 * SUI)
                 row = daemon.book.service("svc")
                 await until(lambda: row.refunded == 2 * DEPOSIT, "both settled", woken_within)
-                assert not services._retries
+                assert not services.settlements.retries
             finally:
                 spender.close()
                 client.close()

@@ -1,12 +1,12 @@
-"""The daemon's settlements, counted and retried (dtp/daemon/services.py and
-runner.py; ServerFees.settle does not raise):
+"""The daemon's settlements, counted and retried (dtp/daemon/settlements.py,
+services.py and runner.py; ServerFees.settle does not raise):
 
 * fees_claimed missed claims: a connection refused at admission (a service's deny list,
   a service a reload removed) or cut before it was served (its terms unreadable) was
   settled with its ``Settled`` thrown away, so a receipt an earlier run left of it was
   claimed and never counted; the start's recovery skipped the count for a connection of
   a service no longer configured, or whose state could not be read again afterwards.
-  Every settlement is counted in one place now (``ServiceHost._settle``).
+  Every settlement is counted in one place now (``Settlements.settle``).
 * A settlement that failed (the ledger briefly away) waited for the next start, while
   ten minutes after a half-close the client may settle alone and take its whole deposit
   back. It is tried again within the run now, with a backoff, never alongside another
@@ -17,8 +17,8 @@ ledger's ``settle`` is made to fail (LedgerUnavailable) or wait, by a thin wrapp
 
 The daemon's settlement retries and counters:
 
-* A retry of a failed settlement is scheduled as a task (``ServiceHost._retry_loop``)
-  and takes the connection's ``_settling`` place only at its first step. An admission
+* A retry of a failed settlement is scheduled as a task (``Settlements._retry_loop``)
+  and takes the connection's ``settling`` place only at its first step. An admission
   of the same ledger connection that resumed in between (its ledger read done, its
   wake-up already queued ahead of the retry's first step) found nothing being settled,
   took the connection ID and was served -- and the retry then closed and settled the
@@ -49,6 +49,7 @@ import pytest
 import dtp.aio
 import dtp.daemon.fees as fees_mod
 import dtp.daemon.services as services_mod
+import dtp.daemon.settlements as settlements_mod
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Settlement, TransportControl
 from dtp.daemon.fees import ServerFees
@@ -143,8 +144,8 @@ class _Outage:
 
 def _short_retries(monkeypatch: pytest.MonkeyPatch, first: float = 0.05, most: float = 0.1) -> None:
     # (raising=False: the old code, which had none, fails on what it does, not here)
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY", first, raising=False)
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY_MAX", most, raising=False)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", first, raising=False)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", most, raising=False)
 
 
 def _messages(caplog: pytest.LogCaptureFixture, level: int, message: str, cid: str) -> int:
@@ -402,7 +403,7 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
         await until(in_flight.is_set, "the first's retry in flight")
         started = time.monotonic()
         drain = asyncio.ensure_future(services.drain(1.0))
-        await until(lambda: services._retry_task is None, "the retries stopped")
+        await until(lambda: services.settlements._retry_task is None, "the retries stopped")
         let_go.set()  # (and the ledger is back: the held call goes through)
         await asyncio.wait_for(drain, RETRY_BOUND)
         assert time.monotonic() - started < RETRY_BOUND  # not SETTLE_TIMEOUT
@@ -429,8 +430,8 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     connection ID, as dtp.aio then serves it. Before, the retry went on and closed and
     settled the ledger connection under the client being served; now it leaves it to
     that connection (tried again once it is no longer served), settled once."""
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY", 0.05)
-    monkeypatch.setattr(services_mod, "SETTLE_RETRY_MAX", 0.1)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", 0.05)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", 0.1)
     away: set[str] = set()
     real_close = LocalLedger.close_connection
 
@@ -444,8 +445,9 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     attempts: list[asyncio.Future[Any]] = []
 
     class Handlers(set[asyncio.Future[Any]]):
-        """The host's handler set: the first retry task added after arming has the
-        admission of its connection resume right behind it, ahead of its first step."""
+        """The settlements running on their own (``Settlements.running``): the first
+        retry task added after arming has the admission of its connection resume right
+        behind it, ahead of its first step."""
 
         def add(self, task: asyncio.Future[Any]) -> None:
             super().add(task)
@@ -456,9 +458,9 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
                     cid = armed.pop()
                     attempts.append(task)
                     # what _admit does once its ledger read is back: not being settled
-                    # (nothing in _settling yet), so the ID is taken for the DTP
+                    # (nothing in settlements.settling yet), so the ID is taken for the DTP
                     # connection dtp.aio serves in this same step
-                    assert cid not in host._settling
+                    assert cid not in host.settlements.settling
                     owner = host.ledger.get_connection(cid).client
                     assert host._reserve(cid, owner, None) is None
                     host._unclaimed.discard(cid)  # (its handler took it)
@@ -469,14 +471,14 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
         nonlocal host
         assert daemon.services is not None
         host = daemon.services
-        assert not host._handlers
-        host._handlers = Handlers()
+        assert not host.settlements.running
+        host.settlements.running = Handlers()
         cid = await client.open_ledger(7000)
         away.add(cid)
         _, writer = await client.connect(cid, 7000)
         assert await tunnel(writer) == b"ping"
         writer.close()
-        await until(lambda: cid in host._retries, "its settlement failed")
+        await until(lambda: cid in host.settlements.retries, "its settlement failed")
         away.clear()  # the ledger is back
         armed.append(cid)
         await until(lambda: attempts, "a retry made")

@@ -1,10 +1,10 @@
-"""When the services daemon tries a failed settlement again (dtp/daemon/services.py),
+"""When the services daemon tries a failed settlement again (dtp/daemon/settlements.py),
 against the client's half-close timeout (``HALF_CLOSE_TIMEOUT_MS``, 10 minutes): past
 it the client may settle alone and take its whole deposit back, the host's receipted fee
 lost. A ledger (or the daemon's gas) back at any moment must see the settlement tried
 soon enough to land before then.
 
-The schedule is the daemon's own (``ServiceHost._follow_up`` after each failed try,
+The schedule is the daemon's own (``Settlements.follow_up`` after each failed try,
 with the real ``SETTLE_RETRY`` and ``SETTLE_RETRY_MAX``), read from its retry entries
 rather than waited out: the minutes it spans are not slept here. The wake at the gas
 funded again is tests/daemon/test_on_sui.py (the stand-in, in real time)."""
@@ -17,7 +17,8 @@ from pathlib import Path
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.daemon.fees import Settled
-from dtp.daemon.services import SETTLE_RETRY, ServiceHost
+from dtp.daemon.services import ServiceHost
+from dtp.daemon.settlements import SETTLE_RETRY
 from dtp.daemon.state import StatusBook
 from dtp.keys import HostIdentity
 
@@ -35,13 +36,13 @@ def tries_after_a_failure(tmp_path: Path, count: int) -> list[float]:
         try:
             host = ServiceHost(ledger, HostIdentity.generate(), StatusBook(tmp_path))
             # (no retry loop started: only the schedule is looked at, not the tries)
-            host._draining = True
+            host.settlements.stopped = True
             loop = asyncio.get_running_loop()
             times: list[float] = []
             for _ in range(count):
                 # a try failing (the first: the settlement at the connection's end)
-                host._follow_up(CID, Settled(0, 0), None, None)
-                entry = host._retries[CID]
+                host.settlements.follow_up(CID, Settled(0, 0), None, None)
+                entry = host.settlements.retries[CID]
                 assert abs(entry.due - (loop.time() + entry.delay)) < 0.5  # (due then)
                 times.append((times[-1] if times else 0.0) + entry.delay)
             return times

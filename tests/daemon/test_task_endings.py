@@ -35,13 +35,15 @@ from typing import Any, cast
 import pytest
 
 import dtp.aio
-import dtp.daemon.services as services_module
+import dtp.daemon.udp_flows as udp_flows_module
 from dtp.chain.objects import Sla
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ServiceConfig, parse_config
 from dtp.daemon.fees import Settled
-from dtp.daemon.services import ServiceHost, _Conn, _Retry
+from dtp.daemon.served import ServedConnection
+from dtp.daemon.services import ServiceHost
+from dtp.daemon.settlements import Retry
 from dtp.errors import DaemonConfigError
 from dtp.escrow import ConnectionTerms
 from dtp.hostid.address import HostAddress, InvalidAddress
@@ -115,14 +117,14 @@ def test_drain_cancelled_while_the_settlement_retries_end_is_cancelled(
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
-        host._retry_task = asyncio.ensure_future(slow.run())
-        host._retries["0x1"] = _Retry(None, None, 1.0, 0.0)
+        host.settlements._retry_task = asyncio.ensure_future(slow.run())
+        host.settlements.retries["0x1"] = Retry(None, None, 1.0, 0.0)
         await asyncio.sleep(0)
         drainer = asyncio.ensure_future(host.drain(0.0))
         await cancel_while_ending(drainer, slow)
         assert drainer.cancelled()  # (old: it returned)
         # and it went no further: the retries it reports and forgets at the end are kept
-        assert list(host._retries) == ["0x1"]
+        assert list(host.settlements.retries) == ["0x1"]
 
     asyncio.run(main())
 
@@ -132,7 +134,7 @@ def test_drain_cancelled_while_the_firewall_refresh_ends_is_cancelled(
 ) -> None:
     async def main() -> None:
         slow = SlowEnd()
-        host._policy_task = policy = asyncio.ensure_future(slow.run())
+        host.policy._task = policy = asyncio.ensure_future(slow.run())
         await asyncio.sleep(0)
         drainer = asyncio.ensure_future(host.drain(0.0))
         await cancel_while_ending(drainer, slow)
@@ -154,10 +156,10 @@ def test_drain_logs_a_firewall_refresh_that_died_and_goes_on(
         async def broken() -> None:
             raise RuntimeError("boom")
 
-        host._policy_task = asyncio.ensure_future(broken())
+        host.policy._task = asyncio.ensure_future(broken())
         await asyncio.sleep(0)
         await host.drain(0.0)
-        assert host._policy_task is None
+        assert host.policy._task is None
 
     with caplog.at_level(logging.ERROR, logger="dtp.daemon.services"):
         asyncio.run(main())
@@ -182,12 +184,12 @@ def serve_free(
         ) -> ConnectionTerms:
             return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000)
 
-    async def settle_served(conn: _Conn, *_: Any) -> Settled:
+    async def settle_served(conn: ServedConnection, *_: Any) -> Settled:
         settled.append(conn.connection_id)
         return Settled(0, 0, done=True)
 
     service_host.fees = cast(Any, Fees())
-    monkeypatch.setattr(service_host, "_settle_served", settle_served)
+    monkeypatch.setattr(service_host.settlements, "settle_served", settle_served)
     service_host.services[service.port] = service
     return service, settled
 
@@ -238,20 +240,22 @@ def test_udp_flow_cancelled_while_its_refuser_ends_cleans_up_and_is_cancelled(
     async def relay(*_: Any, **__: Any) -> None:
         await relay_end.wait()
 
-    async def settle_served(conn: _Conn, *_: Any) -> Settled:
+    async def settle_served(conn: ServedConnection, *_: Any) -> Settled:
         settled.append(conn.connection_id)
         return Settled(0, 0, done=True)
 
-    monkeypatch.setattr(services_module, "relay_udp_async", relay)
-    monkeypatch.setattr(host, "_settle_served", settle_served)
+    monkeypatch.setattr(udp_flows_module, "relay_udp_async", relay)
+    monkeypatch.setattr(host.settlements, "settle_served", settle_served)
 
     async def main() -> None:
         slow = SlowEnd()
         writer = FakeWriter(slow, service.port)
         terms = ConnectionTerms("0x1", "0x2", FREE, bytes(32), 10_000)
-        conn = _Conn("0x1", service, terms, "0x3", cast(dtp.aio.DTPStreamWriter, writer))
+        conn = ServedConnection("0x1", service, terms, "0x3", cast(dtp.aio.DTPStreamWriter, writer))
         host.conns[conn.connection_id] = conn
-        flow = asyncio.ensure_future(host._udp_flow(conn, cast(dtp.aio.DTPStreamReader, None)))
+        flow = asyncio.ensure_future(
+            host.udp_flows.serve(conn, cast(dtp.aio.DTPStreamReader, None))
+        )
         await asyncio.sleep(0)
         relay_end.set()  # the flow ends: it stops its helpers
         await cancel_while_ending(flow, slow)
@@ -312,16 +316,18 @@ def test_drain_ends_the_settlement_retries_woken_as_it_cancels_them(
         tried.append(connection_id)
         return Settled(0, 0)
 
-    monkeypatch.setattr(host, "_settle", settle)
+    monkeypatch.setattr(host.settlements, "settle", settle)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        host._retries["0x1"] = _Retry(None, None, 1.0, loop.time() + 1000.0)
-        host._retry_task = retries = asyncio.ensure_future(host._retry_loop())
+        host.settlements.retries["0x1"] = Retry(None, None, 1.0, loop.time() + 1000.0)
+        host.settlements._retry_task = retries = asyncio.ensure_future(
+            host.settlements._retry_loop()
+        )
         for _ in range(5):  # (until it waits for its wake)
             await asyncio.sleep(0)
         # a failed settlement wakes it in the same turn as the drain begins
-        host._retry_wake.set()
+        host.settlements._retry_wake.set()
         async with asyncio.timeout(BOUND):  # (old: the drain waited for the loop)
             await host.drain(0.0)
         assert retries.cancelled()

@@ -13,7 +13,9 @@ import pytest
 import dtp.aio
 from dtp.chain.objects import Sla
 from dtp.daemon.config import MIN_UNPAID_SLACK, Backend, ServiceConfig
-from dtp.daemon.services import UNPAID_PAUSE, UNPAID_WAIT, ServiceHost, _Conn
+from dtp.daemon.served import ServedConnection
+from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_WAIT
+from dtp.daemon.services import ServiceHost
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from tests.daemon.tunnel_setup import (
@@ -51,35 +53,35 @@ def test_tunnels_wait_for_lagging_receipts_instead_of_being_cut(setup: Setup) ->
 # -- the hold itself, on a ServiceHost with nothing running ----------------------------
 
 
-def _conn(price_per_kib: int = 10) -> _Conn:
+def _conn(price_per_kib: int = 10) -> ServedConnection:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),), unpaid_slack=1000)
     terms = ConnectionTerms("0x1", "0x2", Sla(price_per_kib, 0, 10_000), bytes(32), 10_000)
     writer = cast(dtp.aio.DTPStreamWriter, None)  # (not used by the hold)
-    return _Conn("0x1", service, terms, "0x3", writer)
+    return ServedConnection("0x1", service, terms, "0x3", writer)
 
 
 def test_the_hold_lasts_while_receipts_lag_then_cuts(host: ServiceHost) -> None:
     conn = _conn()
     service = conn.service
-    assert host._count(conn, service, 1000) == 0.0  # within the slack
-    assert host._count(conn, service, 1) == UNPAID_WAIT  # one byte past it: held
+    assert host.tunnels.count(conn, service, 1000) == 0.0  # within the slack
+    assert host.tunnels.count(conn, service, 1) == UNPAID_WAIT  # one byte past it: held
     first = conn.unpaid_since
     assert first is not None
-    assert host._count(conn, service, 0) == UNPAID_WAIT  # looked at again: still held
+    assert host.tunnels.count(conn, service, 0) == UNPAID_WAIT  # looked at again: still held
     assert conn.unpaid_since == first  # (the pause is timed from its start)
     conn.paid_bytes = 1  # a receipt came: within the slack again
-    assert host._count(conn, service, 0) == 0.0 and conn.unpaid_since is None
+    assert host.tunnels.count(conn, service, 0) == 0.0 and conn.unpaid_since is None
     assert host.stats(service).denials == 0
     # behind again, and for UNPAID_PAUSE: cut, and counted
-    assert host._count(conn, service, 10) == UNPAID_WAIT
+    assert host.tunnels.count(conn, service, 10) == UNPAID_WAIT
     assert conn.unpaid_since is not None
     conn.unpaid_since -= UNPAID_PAUSE
     with pytest.raises(TunnelError, match="not covered by receipts"):
-        host._count(conn, service, 0)
+        host.tunnels.count(conn, service, 0)
     assert host.stats(service).denials == 1
 
 
 def test_a_free_service_never_holds(host: ServiceHost) -> None:
     conn = _conn(price_per_kib=0)
-    assert host._count(conn, conn.service, 1 << 30) == 0.0
+    assert host.tunnels.count(conn, conn.service, 1 << 30) == 0.0
     assert conn.unpaid_since is None

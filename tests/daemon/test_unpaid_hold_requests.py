@@ -14,17 +14,19 @@ import dtp.aio
 from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.fees import REQUESTS_PER_RECEIPT, ClientFees
-from dtp.daemon.services import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT, ServiceHost, _Conn
+from dtp.daemon.served import ServedConnection
+from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT
+from dtp.daemon.services import ServiceHost
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
 
 
-def _conn(sla: Sla) -> _Conn:
+def _conn(sla: Sla) -> ServedConnection:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),), unpaid_slack=1 << 20)
     terms = ConnectionTerms("0x1", "0x2", sla, bytes(32), 10_000)
     writer = cast(dtp.aio.DTPStreamWriter, None)  # (not used by the hold)
-    return _Conn("0x1", service, terms, "0x3", writer)
+    return ServedConnection("0x1", service, terms, "0x3", writer)
 
 
 @pytest.mark.parametrize("sla", [Sla(0, 5, 0), Sla(10, 5, 0)], ids=["by request", "mixed"])
@@ -32,23 +34,23 @@ def test_tunnels_ahead_of_the_receipts_are_held_then_cut(host: ServiceHost, sla:
     conn = _conn(sla)
     service = conn.service
     conn.requests = UNPAID_REQUESTS
-    assert host._unpaid_hold(conn, service) == 0.0  # within the slack
+    assert host.tunnels.unpaid_hold(conn, service) == 0.0  # within the slack
     conn.requests += 1
-    assert host._unpaid_hold(conn, service) == UNPAID_WAIT  # one past it: held
+    assert host.tunnels.unpaid_hold(conn, service) == UNPAID_WAIT  # one past it: held
     conn.paid_requests = 1  # a receipt came (its bytes alone would not do)
-    assert host._unpaid_hold(conn, service) == 0.0 and conn.unpaid_since is None
+    assert host.tunnels.unpaid_hold(conn, service) == 0.0 and conn.unpaid_since is None
     conn.requests += 1
-    assert host._unpaid_hold(conn, service) == UNPAID_WAIT
+    assert host.tunnels.unpaid_hold(conn, service) == UNPAID_WAIT
     assert conn.unpaid_since is not None
     conn.unpaid_since -= UNPAID_PAUSE
     with pytest.raises(TunnelError, match="tunnels not covered by receipts"):
-        host._unpaid_hold(conn, service)
+        host.tunnels.unpaid_hold(conn, service)
 
 
 def test_a_service_free_of_request_fees_never_holds_for_requests(host: ServiceHost) -> None:
     conn = _conn(Sla(10, 0, 0))
     conn.requests = 10 * UNPAID_REQUESTS
-    assert host._unpaid_hold(conn, conn.service) == 0.0
+    assert host.tunnels.unpaid_hold(conn, conn.service) == 0.0
 
 
 def test_the_forwarder_signs_for_its_tunnels_before_the_daemon_holds_them() -> None:

@@ -1,0 +1,368 @@
+"""The services daemon's settlements: every claim and refund of the connections it
+served or refused goes through :class:`Settlements`, which counts it in the status once
+(``fees_claimed``, ``refunded``, ``fees_earned``, ``receipts_held``) and tries a failed one
+again until it lands or the daemon stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dtp.daemon._tasks import cancel_and_wait
+from dtp.daemon.config import ServiceConfig
+from dtp.daemon.fees import ServerFees, Settled
+from dtp.daemon.gas import GasWatch
+from dtp.daemon.logs import kv, log_failure
+from dtp.daemon.served import ServedConnection, service_row
+from dtp.daemon.state import ServiceStats, StatusBook
+from dtp.hostid.served import ServedConnections
+
+__all__ = ["SETTLE_RETRY", "SETTLE_RETRY_MAX", "Settlements", "next_settle_retry"]
+
+logger = logging.getLogger("dtp.daemon.services")  # (the exposing side logs under one name)
+
+SETTLE_RETRY = 30.0
+"""Seconds after a failed settlement (the ledger away, a refusal) before it is tried
+again, doubled after each failure up to :data:`SETTLE_RETRY_MAX`
+(:func:`next_settle_retry`); tried at once when the Host can be read again after an
+outage, or the daemon's gas is funded again. Left for the next start, it could come
+too late: ``HALF_CLOSE_TIMEOUT_MS`` (10 min) after a half-close the client may settle
+alone and take its whole deposit back, the receipted fee lost."""
+
+SETTLE_RETRY_MAX = 60.0
+"""The longest wait between two tries of a settlement: whenever the client's
+half-close timeout ends, the last try before it came at most this long before (with 4
+minutes, the tries after a failure at a half-close came at 30, 90, 210, 450 and 690 s:
+a ledger back at 460 s waited past the 600 s at which the client could settle alone,
+tests/daemon/test_settlement_retry_deadline.py)."""
+
+
+def next_settle_retry(delay: float) -> float:
+    """Seconds before the next try of a settlement that failed again, ``delay`` the
+    wait before this try: twice that, at most :data:`SETTLE_RETRY_MAX`."""
+    return min(2 * delay, SETTLE_RETRY_MAX)
+
+
+@dataclass
+class Retry:
+    """A connection whose settlement failed, to be tried again."""
+
+    escrow_id: str | None
+    service: ServiceConfig | None
+    """The service its outcome is counted under (None: found by its port)."""
+    delay: float
+    """Seconds between the last failure and the next try."""
+    due: float
+    """When (the loop's clock) it is tried next."""
+    served: bool = False
+    """Whether its receipts were earned in this run (see :meth:`Settlements.settle`)."""
+
+
+class Settlements:
+    """The settlements of one services daemon, counted and retried.
+
+    ``services`` is the host's service table as configured now (updated in place by
+    a reload), ``conns`` the connections it serves now, ``served`` its reservations of
+    ledger connections (a retry leaves a connection served again alone), ``fees`` gives
+    the daemon's :class:`ServerFees`; ``gas``, when
+    given, reports a settlement failing for want of gas and has the waiting ones tried
+    at once when funded again."""
+
+    def __init__(
+        self,
+        book: StatusBook,
+        services: Mapping[int, ServiceConfig],
+        conns: Mapping[str, ServedConnection],
+        served: ServedConnections,
+        fees: Callable[[], ServerFees],
+        gas: GasWatch | None = None,
+    ) -> None:
+        self.book = book
+        self.services = services
+        self.conns = conns
+        self.served = served
+        self.gas = gas
+        if gas is not None:
+            gas.on_funded(self.retry_now)
+        self.fees = fees
+        """The daemon's fees (set once the host is on the ledger, before clients can
+        connect)."""
+        self.running: set[asyncio.Future[Any]] = set()
+        """Settlements running on their own (refused connections' refunds, retries): a
+        stopping daemon waits for them, as for its connection handlers."""
+        self.settling: dict[str, asyncio.Future[None]] = {}
+        """Connections being settled (:meth:`settle`), each until its settlement ended:
+        one settlement of a connection at a time."""
+        self.retries: dict[str, Retry] = {}
+        """Connections whose settlement failed, tried again by :meth:`_retry_loop`."""
+        self.stopped = False
+        """Set by :meth:`stop`: a settlement failing from then on is left for the next
+        start."""
+        self._retry_task: asyncio.Task[None] | None = None
+        self._retry_wake = asyncio.Event()
+        self._held_names: set[str] = set()
+        """Services whose status row counts receipts held (see :meth:`count_held`)."""
+
+    def settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
+        """Close and settle (refund) a ledger connection refused at admission (a receipt
+        an earlier run left of it is claimed, and counted, on the way)."""
+        task = asyncio.ensure_future(self.settle(connection_id, service=service))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    async def settle(
+        self,
+        connection_id: str,
+        escrow_id: str | None = None,
+        service: ServiceConfig | None = None,
+        *,
+        retry: bool = False,
+        served: bool = False,
+    ) -> Settled:
+        """Every settlement of the daemon goes through here: it waits for one of the
+        same connection under way, settles (:meth:`ServerFees.settle`), counts what it
+        claimed and refunded in the status once -- under ``service``, or the service
+        of the connection's port -- and has one that failed tried again later
+        (:meth:`_retry_loop`). Counted by each caller, the refused connections', the
+        cut ones' and the restart's claims went uncounted. ``served``: the connection
+        was served in this run, its receipts counted as earned as they were kept (its
+        claim does not raise ``fees_earned``: see :meth:`_count_settled`).
+
+        A ``retry`` finds the connection served again (an admission that took its ID
+        after the retry was scheduled, before this first step: it found nothing being
+        settled) and leaves it to that connection's own settlement: not settled, not
+        counted, tried again later (:meth:`_retry_loop` pushed it back). Settled, the
+        ledger connection was closed under the client being served."""
+        while (running := self.settling.get(connection_id)) is not None:
+            await asyncio.wait({running})
+        if retry and connection_id in self.served:
+            return Settled(0, 0)
+        ended = asyncio.get_running_loop().create_future()
+        self.settling[connection_id] = ended
+        try:
+            settled = await self.fees().settle(connection_id, escrow_id, quiet=retry)
+        finally:
+            del self.settling[connection_id]
+            ended.set_result(None)
+        self._count_settled(connection_id, settled, service, served)
+        self.follow_up(connection_id, settled, escrow_id, service, served)
+        return settled
+
+    def _count_settled(
+        self,
+        connection_id: str,
+        settled: Settled,
+        service: ServiceConfig | None,
+        served: bool = False,
+    ) -> None:
+        """Add a settlement's claim and refund to its service's status row (and, for a
+        connection not ``served`` in this run, raise its ``fees_earned`` to its
+        ``fees_claimed``)."""
+        if not (settled.claimed or settled.refunded):
+            return
+        row = self._settled_row(service, settled.port)
+        if row is None:  # (a claim or a refund read the connection: not expected)
+            logger.warning(
+                "settlement not counted: its service is unknown",
+                extra=kv(
+                    connection=connection_id, claimed=settled.claimed, refunded=settled.refunded
+                ),
+            )
+            return
+        row.fees_claimed += settled.claimed
+        row.refunded += settled.refunded
+        if not served:
+            # a receipt of an earlier run, stored just before it ended, may not have
+            # reached the saved status: what was claimed was earned. Not for one served
+            # here: its receipts count as they are kept, and one claimed while still on
+            # its way to the disk (the store slow) would be counted twice, raised to here
+            # by the claim and added again by its "kept" callback (earn)
+            row.fees_earned = max(row.fees_earned, row.fees_claimed)
+        self.book.touch()
+
+    async def settle_served(
+        self, conn: ServedConnection, service: ServiceConfig, stats: ServiceStats
+    ) -> Settled:
+        """:meth:`settle` for a connection served in this run (TCP or UDP), once it
+        ended. Its newest accepted receipt, when claimed, is earned even should its
+        write not land: a served connection's claim does not raise ``fees_earned``
+        (:meth:`_count_settled`), and its "kept" callback never runs for a write
+        dropped."""
+        settled = await self.settle(conn.connection_id, conn.terms.escrow_id, service, served=True)
+        if settled.claimed:
+            self.earn(stats, conn, conn.accepted)
+        return settled
+
+    @staticmethod
+    def earn(stats: ServiceStats, conn: ServedConnection, total: int) -> None:
+        """Count in ``stats.fees_earned`` what ``conn``'s receipt of ``total`` adds to
+        what it counted: at each receipt kept, and at its settlement's claim of a receipt
+        not kept yet (whose "kept" then adds nothing)."""
+        if total > conn.earned:
+            stats.fees_earned += total - conn.earned
+            conn.earned = total
+
+    def count_held(self) -> None:
+        """Set each service's ``receipts_held``: its connections served now that hold a
+        receipt not claimed yet."""
+        held = dict.fromkeys((s.name for s in self.services.values()), 0)
+        # and the services a reload removed that still had some: their count went to
+        # 0 never, and the status showed receipts held after all were claimed
+        held.update(dict.fromkeys(self._held_names - held.keys(), 0))
+        for conn in self.conns.values():
+            if conn.paid_bytes or self.fees().held(conn.connection_id) is not None:
+                held[conn.service.name] = held.get(conn.service.name, 0) + 1
+        for name, count in held.items():
+            self.book.service(name).receipts_held = count
+        self._held_names = {name for name, count in held.items() if count}
+
+    def _settled_row(self, service: ServiceConfig | None, port: int | None) -> ServiceStats | None:
+        """The status row a settlement counts under: ``service``'s, else that of the
+        service configured on ``port``, else the row a removed service on ``port`` left
+        in the status, else a new row for that port."""
+        if service is not None:
+            return service_row(self.book, service)
+        if port is None:
+            return None
+        configured = self.services.get(port)
+        if configured is not None:
+            return service_row(self.book, configured)
+        for _, row in sorted(self.book.services.items()):
+            if row.port == port:
+                return row
+        row = self.book.service(f"port {port} (removed)")
+        row.port = port
+        return row
+
+    def follow_up(
+        self,
+        connection_id: str,
+        settled: Settled,
+        escrow_id: str | None,
+        service: ServiceConfig | None,
+        served: bool = False,
+    ) -> None:
+        """After a settlement: drop the connection from the retries when it is done;
+        otherwise schedule its next try (the first failure logged as a warning, the
+        repeats at debug level)."""
+        entry = self.retries.get(connection_id)
+        if settled.done:
+            if entry is not None:
+                del self.retries[connection_id]
+                logger.info(
+                    "settled after a failure",
+                    extra=kv(
+                        connection=connection_id,
+                        claimed=settled.claimed,
+                        refunded=settled.refunded,
+                    ),
+                )
+            return
+        now = asyncio.get_running_loop().time()
+        if entry is None:
+            entry = Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served)
+            self.retries[connection_id] = entry
+            out_of_gas = self.gas is not None and self.gas.out  # (said once, by the watch)
+            logger.log(
+                logging.DEBUG if out_of_gas else logging.WARNING,
+                "settlement failed",
+                extra=kv(
+                    connection=connection_id,
+                    retry="at the next start" if self.stopped else f"in {SETTLE_RETRY:g} s",
+                ),
+            )
+        else:
+            entry.escrow_id = entry.escrow_id or escrow_id
+            entry.service = entry.service or service
+            entry.served = entry.served or served
+            entry.delay = next_settle_retry(entry.delay)
+            entry.due = now + entry.delay
+            logger.debug(
+                "settlement failed again",
+                extra=kv(connection=connection_id, retry=f"in {entry.delay:g} s"),
+            )
+        if not self.stopped:
+            if self._retry_task is None:
+                self._retry_task = asyncio.ensure_future(self._retry_loop())
+            self._retry_wake.set()  # (its next try may come before the one waited for)
+
+    async def _retry_loop(self) -> None:
+        """Try the failed settlements again as they fall due, one at a time, until the
+        drain cancels this: each try is one of :attr:`running` (the drain waits for one
+        under way, as for the connections' own settlements, so its claim is counted),
+        and a connection served again, or being settled, is left to that settlement."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._retry_wake.clear()
+            now = loop.time()
+            due = [cid for cid, entry in self.retries.items() if entry.due <= now]
+            if not due:
+                nearest = min((entry.due for entry in self.retries.values()), default=None)
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # wake's result when the drain's cancel comes as the wake is set, the
+                # cancel swallowed, and the drain would wait for this loop for good)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if nearest is None else nearest - now):
+                        await self._retry_wake.wait()
+                continue
+            for cid in due:
+                entry = self.retries.get(cid)
+                if entry is None:  # (settled meanwhile)
+                    continue
+                # (pushed back first: a try that ends without its follow-up must not be
+                # made again at once, over and over)
+                entry.due = loop.time() + entry.delay
+                if cid in self.served or cid in self.settling:
+                    continue
+                attempt = asyncio.ensure_future(
+                    self.settle(
+                        cid, entry.escrow_id, entry.service, retry=True, served=entry.served
+                    )
+                )
+                self.running.add(attempt)
+                attempt.add_done_callback(self.running.discard)
+                await asyncio.wait({attempt})  # (a cancel here leaves the try running)
+                if not attempt.cancelled() and (error := attempt.exception()) is not None:
+                    log_failure(logger, "settlement retry failed", error, connection=cid)
+
+    def retry_now(self) -> None:
+        """The ledger is back after an outage, or the daemon's gas funded again: the
+        settlements that failed meanwhile are tried again now rather than at their
+        backoff's end (up to :data:`SETTLE_RETRY_MAX` later: a client's half-close
+        timeout may end meanwhile)."""
+        if not self.retries or self.stopped:
+            return
+        now = asyncio.get_running_loop().time()
+        for entry in self.retries.values():
+            entry.due = min(entry.due, now)
+        self._retry_wake.set()
+
+    async def stop(self) -> None:
+        """Stop trying failed settlements again (a try under way goes on: it is one of
+        :attr:`running`, which the drain waits for); one failing from now on is left
+        for the next start."""
+        self.stopped = True
+        task, self._retry_task = self._retry_task, None
+        # (cancel_and_wait, not "await task" in a suppress(CancelledError), which takes
+        # the drain's own cancellation for the loop's, and the drain would go on)
+        if task is not None and (error := await cancel_and_wait(task)) is not None:
+            # logged, not raised: raised, it cut the drain short, its settlements unmade
+            log_failure(logger, "settlement retries failed", error)
+
+    def left_unsettled(self) -> None:
+        """Log each connection whose settlement still fails (at the end of a drain),
+        once."""
+        for cid in self.retries:
+            logger.warning(
+                "connection left unsettled",
+                extra=kv(
+                    connection=cid,
+                    reason="its settlement failed: a receipt held is claimed at the next "
+                    "start; without one, its client settles it after its timeout",
+                ),
+            )
+        self.retries.clear()  # (said once)

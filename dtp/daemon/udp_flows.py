@@ -1,0 +1,177 @@
+"""The UDP side of a served connection: each connection to a UDP service is one client
+flow, relayed to a backend (round robin over the service's backends) and billed per
+datagram (docs/udp.md), its counters copied into the service's status row as they grow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from dtp.daemon._tasks import end_for_cleanup
+from dtp.daemon.fees import ServerFees, Settled
+from dtp.daemon.logs import kv, log_failure
+from dtp.daemon.served import ServedConnection, service_row
+from dtp.daemon.served_tunnels import refuse_tunnels
+from dtp.daemon.settlements import Settlements
+from dtp.daemon.state import StatusBook
+from dtp.errors import DTPError, TunnelError
+from dtp.hostid.udp import UdpStats
+from dtp.hostid.udp.asyncio import relay_udp_async
+from dtp.ledger.receipt import Receipt
+from dtp.transport.asyncio.streams import DTPStreamReader
+
+__all__ = ["UDP_TALLY", "UdpFlows"]
+
+logger = logging.getLogger("dtp.daemon.services")  # (the exposing side logs under one name)
+
+_UDP_ROW = {
+    "bytes_in": "bytes_in",
+    "bytes_out": "bytes_out",
+    "dropped_unpaid": "denials",
+    "dropped_rate_limited": "rate_limited",
+}
+"""A UDP relay's counters (:class:`dtp.hostid.udp.UdpStats`) and the service status columns
+they add to."""
+
+UDP_TALLY = 0.5
+"""Seconds between copies of a UDP flow's counters into its service's status row (the
+status file is written at most twice a second anyway)."""
+
+
+class UdpFlows:
+    """The flows of the UDP services' connections.
+
+    ``settlements`` counts the receipts kept; ``end`` ends a served connection (forgets
+    it, closes it, settles it) once its flow is done."""
+
+    def __init__(
+        self,
+        book: StatusBook,
+        fees: Callable[[], ServerFees],
+        settlements: Settlements,
+        end: Callable[[ServedConnection], Awaitable[Settled]],
+    ) -> None:
+        self.book = book
+        self.fees = fees
+        self.settlements = settlements
+        self.end = end
+        self._turns: dict[int, int] = {}
+        """Round robin over each UDP service's backends, per port: one counter shared
+        by all services sent flows alternating between two of them to the same
+        backend of each, every time."""
+
+    async def serve(self, conn: ServedConnection, reader: DTPStreamReader) -> None:
+        """Relay ``conn``'s flow until it idles out (or the drain finishes it), then end
+        the connection."""
+        service, terms, writer = conn.service, conn.terms, conn.writer
+        stats = service_row(self.book, service)
+        turn = self._turns.get(service.port, 0)
+        self._turns[service.port] = turn + 1
+        backend = service.backends[turn % len(service.backends)]
+        settlements = self.settlements
+        billing = None
+        if terms.sla.price_per_kib or terms.sla.price_per_request:
+
+            def kept(receipt: Receipt) -> None:
+                settlements.earn(stats, conn, receipt.total_amount)
+                settlements.count_held()  # (this flow holds one now; it never showed)
+                self.book.touch()
+
+            billing = self.fees().udp_billing(
+                terms, service.credit_datagrams, kept, service.loss_allowance
+            )
+            # a connection the daemon saw before a restart: its receipts so far were
+            # counted then (as the TCP side's receipt reader starts from them; a store
+            # that cannot be read is the settlement's to report)
+            with contextlib.suppress(DTPError):
+                if (stored := self.fees().held(conn.connection_id)) is not None:
+                    conn.earned = conn.accepted = stored.total_amount
+        stats.tunnels += 1
+        stats.active_tunnels += 1
+        udp_stats = UdpStats()
+        conn.finish = asyncio.Event()
+        counted = dict.fromkeys(_UDP_ROW, 0)
+
+        def tally() -> None:
+            # the flow's counters into the row as they grow, as a TCP tunnel's bytes
+            # are: added only when the flow ended, a flow of an hour showed nothing
+            # for an hour (and nothing at all when the daemon was killed)
+            snap = udp_stats.snapshot()
+            for name, row_name in _UDP_ROW.items():
+                grown = snap[name] - counted[name]
+                if grown:
+                    setattr(stats, row_name, getattr(stats, row_name) + grown)
+                    counted[name] = snap[name]
+                    self.book.touch()
+
+        async def tally_often() -> None:
+            while True:
+                await asyncio.sleep(UDP_TALLY)
+                tally()
+
+        tallying = asyncio.ensure_future(tally_often())
+        # a TCP forward pointed at this UDP service opens streams nobody would answer:
+        # its local client would wait for the tunnel's status for good
+        refuser = asyncio.ensure_future(
+            refuse_tunnels(
+                conn,
+                f'service {service.name} is a UDP service: use a forward with protocol = "udp"',
+            )
+        )
+        try:
+            await relay_udp_async(
+                reader,
+                writer,
+                (backend.host, backend.port),
+                billing=billing,
+                stats=udp_stats,
+                idle_timeout=service.idle_timeout,
+                limits=conn.buckets,
+                finish=conn.finish,
+            )
+        except TunnelError as exc:
+            stats.unavailable += 1
+            logger.warning(
+                "udp flow refused",
+                extra=kv(service=service.name, client=conn.client, reason=str(exc)),
+            )
+        finally:
+            # a cancel of this flow while they end is raised once the cleanup below is
+            # done (raised at once, the flow went unsettled, its counts wrong)
+            errors, cancelled = await end_for_cleanup(refuser, tallying)
+            for error in errors:
+                # logged, not raised: raised, the flow went unsettled
+                log_failure(
+                    logger,
+                    "udp flow helper failed",
+                    error,
+                    service=service.name,
+                    connection=conn.connection_id,
+                )
+            stats.active_tunnels -= 1
+            tally()
+            snap = udp_stats.snapshot()
+            conn.bytes = snap["bytes_in"] + snap["bytes_out"]
+            if billing is not None:
+                # the newest receipt accepted (the billing's, checked and queued for the
+                # disk), read before the settlement forgets it: as a TCP connection's,
+                # what its claim earns should its write not land
+                with contextlib.suppress(DTPError):  # (the settlement reports the store's)
+                    if (newest := self.fees().held(conn.connection_id)) is not None:
+                        conn.accepted = max(conn.accepted, newest.total_amount)
+            settled = await self.end(conn)
+            self.book.touch()
+            logger.info(
+                "udp flow closed",
+                extra=kv(
+                    service=service.name,
+                    connection=conn.connection_id,
+                    datagrams=snap["datagrams_in"],
+                    claimed=settled.claimed,
+                    refunded=settled.refunded,
+                ),
+            )
+            if cancelled is not None:
+                raise cancelled
