@@ -5,6 +5,7 @@ Modules: config (the TOML file), services (exposing side: listener, admission, t
 handler of each connection), served (a connection served), served_tunnels (its TCP
 tunnels and receipts), udp_flows (its UDP flow), settlements (claims, refunds, their
 retries), host_policy (the Host's firewall while serving), forwarder (client side),
+forwards (the forwarders a daemon runs, started and reloaded),
 balancer (backends, health, failover), tunnel (wire format and byte pump), fees
 (receipts and claims), state / status (counters and ``dtp status``), runner
 (``dtp daemon``), signals (its signal handling); the ``dtp daemon`` command itself is

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import stat
 import sys
@@ -37,13 +36,12 @@ from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.config import (
     Backend,
     DaemonConfig,
-    ForwardConfig,
     ServiceConfig,
     join_host_port,
     load_config,
 )
 from dtp.daemon.fees import ServerFees
-from dtp.daemon.forwarder import Forwarder
+from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
@@ -184,8 +182,9 @@ class Daemon:
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
-        self.forwarders: dict[str, Forwarder | UdpForward] = {}
-        self._old_forwarders: set[Forwarder | UdpForward] = set()
+        self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas)
+        self.forwarders = self.forwards.running
+        """The forwarders serving each forward now (:attr:`Forwards.running`)."""
         self._stop = asyncio.Event()
         self._stopping = threading.Event()
         """Set with ``_stop``; read by the start's ledger work in its worker thread."""
@@ -451,7 +450,7 @@ class Daemon:
         for i, forward in enumerate(self.config.forwards):
             self._checkpoint()
             try:
-                forwards[forward.name] = await self._start_forwarder(forward)
+                forwards[forward.name] = await self.forwards.start(forward)
             except OSError as exc:
                 raise _bind_error(
                     self.config, ("forward", i, "listen"), forward.listen, exc
@@ -482,22 +481,6 @@ class Daemon:
                         refunded=settled.refunded,
                     ),
                 )
-
-    async def _start_forwarder(self, forward: ForwardConfig) -> str:
-        fwd, address = await self._open_forwarder(forward)
-        self.forwarders[forward.name] = fwd
-        return address
-
-    async def _open_forwarder(self, forward: ForwardConfig) -> tuple[Forwarder | UdpForward, str]:
-        """A started forwarder, not yet registered, and its bound address; raises
-        OSError when it cannot bind."""
-        fwd: Forwarder | UdpForward
-        if forward.protocol == "udp":
-            fwd = UdpForward(forward, self.ledger, self.identity, self.book, gas=self.gas)
-        else:
-            fwd = Forwarder(forward, self.ledger, self.identity, self.book, gas=self.gas)
-        host, port = await fwd.start()
-        return fwd, join_host_port(host, port)
 
     async def reload(self) -> None:
         """Re-read the config file; keep open tunnels. A bad file changes nothing. One
@@ -533,7 +516,7 @@ class Daemon:
                 await self._republish(public)
                 return
             await self.services.configure(new.services)
-        running = await self._reload_forwards(new.forwards)
+        running = await self.forwards.reload(self.config.forwards, new.forwards)
         # what runs, not what the file says: a forward that kept its old listener is
         # compared against its old settings at the next reload, which then retries it;
         # and [daemon] as started (taking the file's made a public_endpoint, drain_timeout
@@ -560,159 +543,6 @@ class Daemon:
             )
             return
         logger.info("the settings in force are published again")
-
-    async def _reload_forwards(
-        self, wanted: tuple[ForwardConfig, ...]
-    ) -> tuple[ForwardConfig, ...]:
-        """Give changed and new forwards their listener and retire removed ones; returns
-        the settings of the forwards now running. A forward whose new listener cannot
-        bind keeps its old one (and old settings); the error is logged."""
-        old = {f.name: f for f in self.config.forwards}
-        running: dict[str, ForwardConfig] = {}
-        # forwards trading addresses (a on X and b on Y become a on Y and b on X) first,
-        # all or nothing: neither new listener could bind while the other's old one held
-        # its address
-        moved = await self._move_reused(old, wanted)
-        for forward in wanted:
-            previous = old.get(forward.name)
-            if forward.name in moved:
-                kept = moved[forward.name]
-                if kept is not None:
-                    running[forward.name] = kept
-                continue
-            if previous == forward:
-                running[forward.name] = forward
-                continue
-            kept = await self._replace_forwarder(previous, forward)
-            if kept is not None:
-                running[forward.name] = kept
-        for name in old.keys() - {f.name for f in wanted}:
-            self._retire(name)
-        return tuple(running.values())
-
-    async def _move_reused(
-        self, old: dict[str, ForwardConfig], wanted: tuple[ForwardConfig, ...]
-    ) -> dict[str, ForwardConfig | None]:
-        """Start the changed forwards of ``wanted`` whose new address another forward's
-        old listener holds (one changed or removed by this reload: it gives the address
-        up), with those other forwards: their old listeners are released first, then all
-        the new ones bind. If one cannot bind, the new ones are closed again and the
-        released forwards start again with their old settings (the error is logged):
-        the old settings serve, as for a forward whose new address is in use. Returns
-        the settings now running of each forward of ``wanted`` handled here (None: not
-        running)."""
-        new = {f.name: f for f in wanted}
-        holders = {(f.protocol, f.listen): f.name for f in old.values() if f.listen.port != 0}
-        claimants: list[ForwardConfig] = []
-        released: list[ForwardConfig] = []
-        for forward in wanted:
-            if old.get(forward.name) == forward:
-                continue
-            holder = holders.get((forward.protocol, forward.listen))
-            if holder is None or holder == forward.name or new.get(holder) == old[holder]:
-                continue  # (a holder that keeps its address: the bind fails, as before)
-            claimants.append(forward)
-            if all(f.name != holder for f in released):
-                released.append(old[holder])
-        if not claimants:
-            return {}
-        group = {f.name for f in claimants} | {f.name for f in released if f.name in new}
-        for previous in released:
-            await self._release(previous.name)
-        opened: dict[str, Forwarder | UdpForward] = {}
-        failed: tuple[ForwardConfig, OSError] | None = None
-        for forward in wanted:
-            if forward.name not in group:
-                continue
-            try:
-                opened[forward.name], _ = await self._open_forwarder(forward)
-            except OSError as error:
-                failed = (forward, error)
-                break
-        if failed is None:
-            for name, fresh in opened.items():
-                self._retire(name)  # the claimants not released: their old listener
-                self.forwarders[name] = fresh
-            return {name: new[name] for name in group}
-        self._log_kept(failed[0], old.get(failed[0].name), failed[1])
-        for fresh in opened.values():
-            await fresh.release()
-            self._old_forwarders.add(fresh)  # a client it accepted meanwhile goes on
-        for name, fwd in self.forwarders.items():
-            if name in group:
-                fwd.show_listen()  # a fresh one of the same name set its own address
-        result: dict[str, ForwardConfig | None] = {}
-        for name in (f.name for f in wanted if f.name in group):
-            kept = old.get(name)
-            result[name] = kept
-            if kept is None or name in self.forwarders:
-                continue  # new, or its old listener still runs
-            try:
-                await self._start_forwarder(kept)
-            except OSError as again:
-                logger.error(
-                    "forward stopped: its old listener could not bind again",
-                    extra=kv(forward=name, listen=str(kept.listen), error=_why(again)),
-                )
-                result[name] = None
-        return result
-
-    async def _replace_forwarder(
-        self, previous: ForwardConfig | None, forward: ForwardConfig
-    ) -> ForwardConfig | None:
-        """Start ``forward`` in place of ``previous``; returns the settings that run."""
-        try:
-            # the new listener first: the old one keeps accepting until it is up
-            fresh, _ = await self._open_forwarder(forward)
-        except OSError as exc:
-            if previous is None or not _same_listen(previous, forward):
-                self._log_kept(forward, previous, exc)
-                return previous
-            # the old listener itself holds the address: free it, then try again
-            await self._release(forward.name)
-            try:
-                fresh, _ = await self._open_forwarder(forward)
-            except OSError as exc:
-                self._log_kept(forward, previous, exc)
-                try:
-                    await self._start_forwarder(previous)
-                except OSError as again:
-                    logger.error(
-                        "forward stopped: its old listener could not bind again",
-                        extra=kv(
-                            forward=previous.name, listen=str(previous.listen), error=_why(again)
-                        ),
-                    )
-                    return None
-                return previous
-        else:
-            self._retire(forward.name)
-        self.forwarders[forward.name] = fresh
-        return forward
-
-    def _log_kept(
-        self, forward: ForwardConfig, previous: ForwardConfig | None, exc: OSError
-    ) -> None:
-        if previous is None:
-            message = "reload: new forward not started, its listen address cannot be bound"
-        else:
-            message = "reload: forward keeps its old listener, the new one cannot be bound"
-        logger.error(
-            message, extra=kv(forward=forward.name, listen=str(forward.listen), error=_why(exc))
-        )
-
-    def _retire(self, name: str) -> None:
-        fwd = self.forwarders.pop(name, None)
-        if fwd is not None:
-            fwd.retire()
-            self._old_forwarders.add(fwd)  # its open tunnels go on
-
-    async def _release(self, name: str) -> None:
-        """Retire a forwarder and wait until its port is free."""
-        fwd = self.forwarders.pop(name, None)
-        if fwd is not None:
-            await fwd.release()
-            self._old_forwarders.add(fwd)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -885,7 +715,7 @@ class Daemon:
     async def _shut_down(self, timeout: float) -> None:
         """Stop listening, give tunnels ``timeout`` seconds, settle every connection,
         close the receipt store: whatever of it was started."""
-        forwarders = [*self.forwarders.values(), *self._old_forwarders]
+        forwarders = [*self.forwarders.values(), *self.forwards.retired]
         for fwd in forwarders:
             fwd.stop_listening()
         if self.services is not None:
@@ -958,7 +788,7 @@ def _bind_error(
 ) -> DaemonConfigError:
     """A listen address that cannot be bound (in use, unknown host), reported as the
     config error it is fixed by."""
-    return config.error(key, f"cannot listen on {address}: {_why(exc)}")
+    return config.error(key, f"cannot listen on {address}: {bind_failure(exc)}")
 
 
 _ANY = {"", "0.0.0.0", "::"}
@@ -999,18 +829,6 @@ def _refuse_loops(config: DaemonConfig, host_id: str | None) -> None:
                 f"{forward.target} is service {service.name!r} of this daemon, whose "
                 f"backend is this forward's own listen address {forward.listen}: a loop",
             )
-
-
-def _same_listen(a: ForwardConfig, b: ForwardConfig) -> bool:
-    """Whether ``b`` would bind the very address ``a`` is bound to."""
-    return a.protocol == b.protocol and a.listen == b.listen and a.listen.port != 0
-
-
-def _why(exc: OSError) -> str:
-    if exc.errno and not isinstance(exc, socket.gaierror):
-        # asyncio's bind error repeats the address: "error while attempting to bind..."
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)
 
 
 def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...]) -> DaemonConfig:
