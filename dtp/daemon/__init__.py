@@ -1,15 +1,15 @@
 """The services daemon: expose local TCP backends as ``<host id>:<port>`` services and
 forward local TCP ports to remote ones, through DTP (docs/daemon.md).
 
-Modules: config (the TOML file), services (exposing side: listener, admission, the
+Modules: config (the TOML file); services (exposing side: listener, admission, the
 handler of each connection), served (a connection served), served_tunnels (its TCP
 tunnels and receipts), udp_flows (its UDP flow), settlements (claims, refunds, their
-retries), host_policy (the Host's firewall while serving), forwarder (client side),
-forwards (the forwarders a daemon runs, started and reloaded),
-balancer (backends, health, failover), tunnel (wire format and byte pump), fees
-(receipts and claims), state / status (counters and ``dtp status``), runner
-(``dtp daemon``), signals (its signal handling); the ``dtp daemon`` command itself is
-:mod:`dtp.cli.daemon`.
+retries), host_policy (the Host's firewall while serving); forwarder (client side),
+forwards (the forwarders a daemon runs, started and reloaded); balancer (backends,
+health, failover), tunnel (wire format and byte pump), fees (receipts and claims),
+state / status (counters and ``dtp status``); runner (``dtp daemon``), host_setup (the
+Host on the ledger, created and published), signals (its signal handling); the
+``dtp daemon`` command itself is :mod:`dtp.cli.daemon`.
 """
 
 from __future__ import annotations

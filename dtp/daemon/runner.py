@@ -43,6 +43,7 @@ from dtp.daemon.config import (
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch
+from dtp.daemon.host_setup import HostSetup
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
@@ -58,30 +59,17 @@ from dtp.errors import (
     ChainError,
     DaemonConfigError,
     DTPError,
-    HostConfigError,
     KeyFileError,
-    LedgerUnavailable,
-    ObjectNotFound,
 )
-from dtp.identity.files import lock_exclusive, write_durably
+from dtp.identity.files import lock_exclusive
 from dtp.identity.keys import HostIdentity, passphrase_from_env
 from dtp.ledger.interface import Ledger
-from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import FirewallMode, Sla
 from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import resolve_package
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
 logger = logging.getLogger("dtp.daemon")
-
-HOST_FILE = "host.json"
-
-SYNC_TRIES = 4
-"""Times the host's set-up (at start, at a reload) is sent when Sui's congestion control
-keeps cancelling its transactions, SuiLedger's own retries used up each time."""
-SYNC_PAUSE = 1.0
-"""Seconds before the second try, doubled before each further one."""
 
 
 def lock_state_dir(config: DaemonConfig) -> int:
@@ -115,10 +103,6 @@ def lock_state_dir(config: DaemonConfig) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def _sla(service: ServiceConfig) -> Sla:
-    return Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
 
 
 #: The environment variable holding the identity file's passphrase, as for the chain
@@ -182,6 +166,7 @@ class Daemon:
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
+        self.host_setup = HostSetup(self.ledger, self.identity)
         self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas)
         self.forwarders = self.forwards.running
         """The forwarders serving each forward now (:attr:`Forwards.running`)."""
@@ -213,164 +198,22 @@ class Daemon:
                 )
         return GasWatch(address, lambda: ledger.balance(address), 0, self.book)
 
-    # -- ledger set-up (blocking; run in a thread) --------------------------------------
-
-    def _fund(self) -> None:
-        want = self.config.daemon.faucet
-        if want and isinstance(self.ledger, LocalLedger):
-            have = self.ledger.balance(self.identity.sui_address)
-            if have < want:
-                self.ledger.faucet(self.identity.sui_address, want - have)
-
-    def _host_id(self, endpoint: str) -> str:
-        settings = self.config.daemon
-        if settings.host_id is not None:
-            return settings.host_id
-        record = settings.state_dir / HOST_FILE
-        if record.exists():
-            return _recorded_host_id(record)
-        host_id = self.ledger.create_host(self.identity, self.identity.noise_public, [endpoint])
-        logger.info("host created", extra=kv(host_id=host_id))
-        try:
-            write_durably(record, json.dumps({"host_id": host_id}).encode("utf-8"))
-        except OSError as exc:
-            # no record: the next start would create yet another Host, and this one's
-            # services, firewall and clients would be on a Host nothing names
-            raise HostConfigError(
-                f"Host {host_id} was created, but {record} could not be written ({exc}): "
-                f"set [daemon] host_id = {host_id!r}"
-            ) from exc
-        return host_id
+    # -- the Host on the ledger ---------------------------------------------------------
 
     def sync_host(
         self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
     ) -> str:
         """Publish the endpoint, key, services and firewall of ``config`` on the ledger
-        (only what differs); returns the host ID. ``checkpoint()`` runs before each
-        ledger transaction (it raises to end the sync there: a stop while starting,
-        where a firewall list of thousands of entries is as many transactions)."""
-        ledger, me = self.ledger, self.identity
-        step = checkpoint or _no_checkpoint
-        step()
-        host_id = self.host_id or self._host_id(endpoint)
-        try:
-            host = ledger.get_host(host_id)
-        except ObjectNotFound:
-            raise self._no_such_host(host_id) from None
-        if host.authority != me.sui_address:
-            raise HostConfigError(
-                f"host {host_id} belongs to {host.authority}, not to this daemon's identity "
-                f"{me.sui_address}"
-            )
-        if host.noise_static_key != me.noise_public:
-            step()
-            ledger.set_noise_static_key(me, host_id, me.noise_public)
-        if [e if isinstance(e, bytes) else str(e).encode() for e in host.endpoints] != [
-            endpoint.encode()
-        ]:
-            step()
-            ledger.set_endpoints(me, host_id, [endpoint])
-        wanted = {s.port: s for s in config.services}
-        for port, service in wanted.items():
-            current = host.services.get(port)
-            if current is None:
-                step()
-                ledger.add_service(
-                    me, host_id, port, service.kind, _sla(service), service.max_connections
-                )
-            elif (current.sla, current.max_connections) != (_sla(service), service.max_connections):
-                step()
-                ledger.update_service(me, host_id, port, _sla(service), service.max_connections)
-        for port in host.services:
-            if port not in wanted:
-                step()
-                try:
-                    ledger.remove_service(me, host_id, port)
-                except ChainError as exc:
-                    logger.warning(
-                        "service kept on the ledger",
-                        extra=kv(port=port, reason=str(exc)),
-                    )
-        fw, published = config.firewall, host.firewall
-        # one transaction per entry, in an order that never lets through a client the
-        # file keeps out while the lists change: what restricts first (allow entries
-        # taken off, which also makes room, then denials), an allowlist complete before
-        # its mode is switched on, and denials lifted last. (The mode went first: a
-        # switch to "allowlist" shut out the clients still to be added, for as many
-        # transactions as the list is long.)
-        for client in sorted(set(published.allow) - set(fw.allow)):
-            step()
-            ledger.disallow(me, host_id, client)
-        for client in sorted(set(fw.deny) - set(published.deny)):
-            step()
-            ledger.deny(me, host_id, client)
-        for client in sorted(set(fw.allow) - set(published.allow)):
-            step()
-            ledger.allow(me, host_id, client)
-        mode = FirewallMode.ALLOW_LISTED if fw.mode == "allowlist" else FirewallMode.ALLOW_ALL
-        if published.mode != mode:
-            step()
-            ledger.set_firewall_mode(me, host_id, int(mode))
-        for client in sorted(set(published.deny) - set(fw.deny)):
-            step()
-            ledger.undeny(me, host_id, client)
-        limits = (fw.max_connections_per_client, fw.max_bytes_per_sec, fw.max_requests_per_sec)
-        if limits != (
-            published.max_connections_per_client,
-            published.max_bytes_per_sec,
-            published.max_requests_per_sec,
-        ):
-            step()
-            ledger.set_client_limits(me, host_id, *limits)
-        return host_id
+        (only what differs); returns the host ID (:meth:`HostSetup.sync`; blocking)."""
+        return self.host_setup.sync(self.config, config, endpoint, self.host_id, checkpoint)
 
     async def _sync(
         self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
     ) -> str:
-        """:meth:`sync_host` in a thread, sent again when Sui's congestion control
-        cancelled one of its transactions every time SuiLedger sent it (a passing
-        outage: it did not execute, and the sync does only what still differs), up to
-        :data:`SYNC_TRIES` times."""
-        for attempt in range(SYNC_TRIES):
-            try:
-                return await asyncio.to_thread(self.sync_host, config, endpoint, checkpoint)
-            except LedgerUnavailable as exc:
-                if attempt + 1 == SYNC_TRIES or not self._congested(exc):
-                    raise
-                pause = SYNC_PAUSE * 2**attempt
-                logger.warning(
-                    "the host's set-up was cancelled for congestion",
-                    extra=kv(error=str(exc), retry=f"in {pause:g} s"),
-                )
-                await asyncio.sleep(pause)
-                (checkpoint or _no_checkpoint)()
-        raise AssertionError("unreachable")  # (the last try returns or raises)
-
-    def _congested(self, exc: LedgerUnavailable) -> bool:
-        """Whether ``exc`` is Sui's congestion control cancelling a transaction
-        (``SharedObjectCongestion``; never on a LocalLedger)."""
-        if not self.config.daemon.ledger.is_sui:
-            return False
-        from dtp.ledger.sui.client import SharedObjectCongestion  # (loaded: a Sui ledger)
-
-        return isinstance(exc, SharedObjectCongestion)
-
-    def _no_such_host(self, host_id: str) -> DTPError:
-        """The error for a Host the ledger does not hold: named by the config's
-        ``host_id`` (a config error, exit 2) or by ``host.json`` (another ledger file
-        than the one it was created on?). It was the ledger's bare "No Host with ID …
-        exists on this ledger." naming neither."""
-        settings = self.config.daemon
-        ledger = settings.ledger.path or settings.ledger.describe()
-        if settings.host_id is not None:
-            return self.config.error(
-                ("daemon", "host_id"), f"no Host {host_id} on the ledger {ledger}"
-            )
-        record = settings.state_dir / HOST_FILE
-        return HostConfigError(
-            f"{record} names Host {host_id}, which the ledger {ledger} does not hold (was "
-            "it created on another ledger?): point [daemon] ledger at that one, or remove "
-            "the record to create a new Host"
+        """:meth:`sync_host` in a thread, sent again while Sui's congestion control
+        cancels it (:meth:`HostSetup.sync_retried`)."""
+        return await self.host_setup.sync_retried(
+            self.config, config, endpoint, self.host_id, checkpoint
         )
 
     # -- running ---------------------------------------------------------------------------
@@ -397,7 +240,7 @@ class Daemon:
         self.book.info.update(ready, config=str(self.config.path))
         self.book.info.pop("event", None)
         self._checkpoint()
-        await asyncio.to_thread(self._fund)
+        await asyncio.to_thread(self.host_setup.fund, settings.faucet)
         self._checkpoint()
         # (read before the host's set-up: a daemon that cannot pay for it says why,
         # and one running low warns from its first line)
@@ -761,26 +604,6 @@ class Daemon:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
-
-
-def _no_checkpoint() -> None:
-    """The checkpoint of work that no stop interrupts (a reload finishes first)."""
-
-
-def _recorded_host_id(record: Path) -> str:
-    """The host ID in ``host.json``. A damaged record is an error, not a reason to create
-    another Host: the services, firewall and clients are on the recorded one."""
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
-        data = None
-    host_id = data.get("host_id") if isinstance(data, dict) else None
-    if not isinstance(host_id, str):
-        raise HostConfigError(
-            f'{record} is damaged (expected {{"host_id": "0x…"}}): restore it, or set '
-            "[daemon] host_id; removing it creates a new Host"
-        )
-    return host_id
 
 
 def _bind_error(

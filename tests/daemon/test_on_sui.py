@@ -20,7 +20,7 @@ import pytest
 
 import dtp.daemon.gas as gas_mod
 import dtp.daemon.host_policy as host_policy_mod
-import dtp.daemon.runner as runner_mod
+import dtp.daemon.host_setup as host_setup_mod
 import dtp.daemon.settlements as settlements_mod
 from dtp.chain import sui_client
 from dtp.chain.sui import SuiConfig, SuiLedger
@@ -327,7 +327,7 @@ def test_transactions_cancelled_for_congestion_are_sent_again(
     service publication is sent again and the daemon starts; a settlement is tried
     again, and the connection is settled, its deposit refunded whole."""
     monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", 0.2)
-    monkeypatch.setattr(runner_mod, "SYNC_PAUSE", 0.01)
+    monkeypatch.setattr(host_setup_mod, "SYNC_PAUSE", 0.01)
     caplog.set_level(logging.INFO, logger="dtp.daemon")
     node.cancel_next(6)  # (one try and five more: SuiLedger's) of the service's publication
 

@@ -243,7 +243,7 @@ _HOST_WRITE = """
 import resource, signal, sys
 from pathlib import Path
 from types import SimpleNamespace
-from dtp.daemon.runner import Daemon
+from dtp.daemon.host_setup import HostSetup
 
 state, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
 # Python ignores SIGXFSZ from its start: put the default (death) back for a crash
@@ -255,13 +255,11 @@ def create_host(identity, key, endpoints):
     resource.setrlimit(resource.RLIMIT_FSIZE, (16, hard))
     return "0x" + "ab" * 32
 
-daemon = SimpleNamespace(
-    config=SimpleNamespace(daemon=SimpleNamespace(host_id=None, state_dir=state)),
-    ledger=SimpleNamespace(create_host=create_host),
-    identity=SimpleNamespace(noise_public=b"k" * 32),
+setup = HostSetup(
+    SimpleNamespace(create_host=create_host), SimpleNamespace(noise_public=b"k" * 32)
 )
 try:
-    Daemon._host_id(daemon, "127.0.0.1:1")
+    setup.host_id(SimpleNamespace(host_id=None, state_dir=state), "127.0.0.1:1")
 except Exception as exc:  # (HostConfigError: the Host was made, its record not written)
     print("write failed:", exc)
 """
@@ -286,22 +284,22 @@ def test_host_json_is_never_left_damaged(tmp_path: Path, crash: bool) -> None:
         # the error names the Host made, for [daemon] host_id (a next start without a
         # record would create another)
         assert "set [daemon] host_id = '0x" + "ab" * 32 + "'" in done.stdout, done
-    from dtp.daemon.runner import HOST_FILE, Daemon, _recorded_host_id
+    from dtp.daemon.host_setup import HOST_FILE, HostSetup, recorded_host_id
 
     record = state / HOST_FILE
     # the old record (none here) stays, whole: never a truncated one, which the next
     # start refuses as damaged
     if record.exists():
-        _recorded_host_id(record)
+        recorded_host_id(record)
     if not crash:
         assert os.listdir(state) == []  # no temporary file left behind either
     # and with room on the disk, the record is written whole
     record.unlink(missing_ok=True)
     host_id = "0x" + "cd" * 32
-    daemon = types.SimpleNamespace(
-        config=types.SimpleNamespace(daemon=types.SimpleNamespace(host_id=None, state_dir=state)),
-        ledger=types.SimpleNamespace(create_host=lambda *_: host_id),
-        identity=types.SimpleNamespace(noise_public=b"k" * 32),
+    setup = HostSetup(
+        types.SimpleNamespace(create_host=lambda *_: host_id),  # type: ignore[arg-type]
+        types.SimpleNamespace(noise_public=b"k" * 32),  # type: ignore[arg-type]
     )
-    assert Daemon._host_id(daemon, "127.0.0.1:1") == host_id  # type: ignore[arg-type]
-    assert _recorded_host_id(record) == host_id
+    settings = types.SimpleNamespace(host_id=None, state_dir=state)
+    assert setup.host_id(settings, "127.0.0.1:1") == host_id  # type: ignore[arg-type]
+    assert recorded_host_id(record) == host_id

@@ -20,7 +20,8 @@ import pytest
 
 from dtp._filelock import lock_exclusive
 from dtp.daemon.config import parse_config
-from dtp.daemon.runner import _recorded_host_id, load_identity, lock_state_dir
+from dtp.daemon.host_setup import recorded_host_id
+from dtp.daemon.runner import load_identity, lock_state_dir
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError, KeyFileError
 from dtp.keys import HostIdentity
@@ -107,7 +108,7 @@ def test_state_files_nested_past_the_stack_are_damaged_files(tmp_path: Path) -> 
     record = tmp_path / "host.json"
     record.write_text(DEEP)
     with pytest.raises(HostConfigError, match="damaged"):
-        _recorded_host_id(record)
+        recorded_host_id(record)
     (tmp_path / "status.json").write_text(DEEP)
     assert read_status(tmp_path) is None
     state = tmp_path / "inbox.json"
