@@ -20,7 +20,7 @@ import random
 import struct
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -373,6 +373,44 @@ class RpcProtocol:
     def is_pending(self, request_id: int) -> bool:
         """Whether our request ``request_id`` still awaits an answer."""
         return request_id in self._outgoing
+
+    def forget_request(self, request_id: int) -> bool:
+        """Forget our request ``request_id`` without a word to the peer (unlike
+        :meth:`cancel`: for a stream closing, where nothing more goes); whether it was
+        pending."""
+        return self._outgoing.pop(request_id, _MISSING) is not _MISSING
+
+    @property
+    def unanswered(self) -> Mapping[int, RequestReceived]:
+        """The peer's requests we still owe an answer, by id, each with its event (a
+        later request may reuse the id of one that ended). A live read-only view, the
+        same object for the protocol's life: a driver may keep it and look a request up
+        with no call of ours per request."""
+        return self._incoming
+
+    # -- output ----------------------------------------------------------------------------------
+
+    @property
+    def output(self) -> Sequence[bytes]:
+        """What is queued for the peer, oldest first (:meth:`data_to_send` takes it
+        all). A live read-only view, the same object for the protocol's life: a driver
+        may keep it and test it for output with no call of ours per message."""
+        return self._out
+
+    @property
+    def queued_bytes(self) -> int:
+        """The bytes queued for the peer."""
+        return sum(map(len, self._out))
+
+    def put_back(self, data: bytes) -> None:
+        """Queue ``data`` ahead of everything else: the part of what
+        :meth:`data_to_send` returned that the stream did not take (it may end inside a
+        frame, so it goes first)."""
+        self._out.insert(0, data)
+
+    def clear_output(self) -> None:
+        """Drop everything queued for the peer (the stream failed: nothing more goes)."""
+        self._out.clear()
 
     # -- sending -------------------------------------------------------------------------------
 

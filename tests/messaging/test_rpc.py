@@ -245,6 +245,38 @@ def test_protocol_deadlines_and_cancel() -> None:
     assert client.events() == [] and client.late_responses == 1
 
 
+def test_protocol_output_view_put_back_clear_and_forget() -> None:
+    """The members the drivers use instead of the protocol's insides: ``output`` and
+    ``unanswered`` are live views (kept once by a driver), ``put_back`` puts a partial
+    send's rest first, ``clear_output`` drops the queue, ``forget_request`` ends our
+    request with nothing sent (``cancel`` sends a CANCEL)."""
+    client, server = pair()
+    output = client.output
+    assert not output and client.queued_bytes == 0
+    first = client.send_request("a")
+    second = client.send_request("b")
+    assert client.output is output and len(output) == 2
+    data = client.data_to_send()
+    assert client.queued_bytes == 0 and not output
+    # the stream took 5 bytes: the rest goes first, ahead of what was queued since
+    client.send_notification("n")
+    client.put_back(data[5:])
+    assert client.queued_bytes == len(data) - 5 + len(output[1])
+    server.receive_data(data[:5] + client.data_to_send())
+    events = server.events()
+    assert [type(e) for e in events] == [RequestReceived, RequestReceived, NotificationReceived]
+    unanswered = server.unanswered
+    assert set(unanswered) == {first, second} and unanswered[first] is events[0]
+    server.send_response(first, 1)
+    assert set(server.unanswered) == {second} and server.unanswered is unanswered
+    server.clear_output()
+    assert server.data_to_send() == b""
+    assert client.forget_request(second) and not client.is_pending(second)
+    assert not client.forget_request(second)
+    assert client.data_to_send() == b""  # (no CANCEL)
+    assert client.is_pending(first)
+
+
 def test_frame_decoder_random_garbage_never_raises() -> None:
     rng = random.Random(3)
     for _ in range(300):

@@ -28,13 +28,17 @@ from dtp.messaging.rpc import (
     response_hash,
 )
 from dtp.messaging.rpc.engine import (
+    DEPOSIT_REREAD,
     UNTIMED_DEPOSIT,
     ClientFees,
     KeepResponse,
     Meta,
     PaidCall,
     PayRequest,
+    Refusal,
     ReleaseEscrow,
+    RequestCover,
+    Reread,
     ServerCallFees,
     TakeEscrow,
 )
@@ -506,3 +510,147 @@ def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, 
                 policy.acks[ack.escrow_id] = (b"h", b"sig")
     assert all(digest for digest, _ in policy.answered.values())
     assert len(claims) == len(set(claims))
+
+
+# -- which requests a connection's receipts cover (RequestCover) ------------------------------
+
+
+def _cover(deposit: int = 1_000, credit: int = 0) -> RequestCover:
+    sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
+    return RequestCover(CONNECTION, sla, CLIENT.ed25519_public, deposit, credit)
+
+
+def _signed(meter: Meter) -> bytes:
+    receipt = meter.record(0, requests=1) or meter.flush(0)
+    assert receipt is not None
+    return receipt.encode()
+
+
+def test_a_request_is_counted_only_while_receipts_and_credit_cover_it() -> None:
+    cover, meter = _cover(credit=1), _meter()
+    assert cover.admit(None) is None  # the credit
+    refused = cover.admit(None)
+    assert isinstance(refused, Refusal) and "request 2 is not covered" in refused.error.message
+    first = _signed(meter)
+    accepted = cover.admit(first)
+    assert accepted == Receipt.decode(first) == cover.latest
+    assert cover.served == 2 and cover.earned == PRICE
+    # a stale receipt, while the latest pays for no request unserved: refused
+    stale = cover.admit(first)
+    assert isinstance(stale, Refusal) and stale.accepted is None and not stale.beyond_deposit
+
+
+def test_a_receipt_that_covers_too_little_is_kept_though_its_request_is_refused() -> None:
+    """A valid newer receipt that pays for no more requests than were served: the
+    request is refused, and the receipt is accepted all the same (to keep: it is the
+    newest the server may claim)."""
+    cover = _cover()
+    cover.resume(Receipt(CONNECTION, 0, 2, 2 * PRICE, 1).sign(CLIENT))
+    assert cover.served == 2
+    same_totals = Receipt(CONNECTION, 0, 2, 2 * PRICE, 2).sign(CLIENT)
+    refused = cover.admit(same_totals.encode())
+    assert isinstance(refused, Refusal) and refused.accepted == same_totals
+    assert "request 3 is not covered" in refused.error.message
+    assert cover.latest == same_totals and cover.served == 2
+    more = Receipt(CONNECTION, 0, 3, 3 * PRICE, 3).sign(CLIENT)
+    assert cover.admit(more.encode()) == more
+    assert cover.served == 3
+
+
+def test_receipts_in_another_order_pay_for_the_requests_they_overtook() -> None:
+    """Two streams sharing a meter: the newer receipt arrives first and pays for the
+    request that carries the older one."""
+    cover, meter = _cover(), _meter()
+    older, newer = _signed(meter), _signed(meter)
+    assert cover.admit(newer) == Receipt.decode(newer)
+    assert cover.admit(older) is None  # counted: paid by the newer one
+    assert cover.served == 2
+    assert isinstance(cover.admit(older), Refusal)  # no request left unpaid for it
+
+
+def test_a_receipt_beyond_the_deposit_reads_it_again_at_most_once_a_second() -> None:
+    cover, meter = _cover(deposit=PRICE), _meter(deposit=10 * PRICE)
+    assert cover.admit(_signed(meter)) is not None
+    beyond = _signed(meter)
+    refused = cover.admit(beyond)
+    assert isinstance(refused, Refusal) and refused.beyond_deposit
+    assert cover.reread(100.0) is Reread.READ_NOW
+    assert cover.reread(100.1) is Reread.WAIT  # (another request, meanwhile)
+    cover.deposit_read(None)  # the read failed
+    assert cover.reread(100.5) is Reread.REFUSE  # (less than DEPOSIT_REREAD since)
+    assert cover.reread(100.0 + DEPOSIT_REREAD) is Reread.READ_NOW
+    cover.deposit_read(10 * PRICE)
+    assert cover.deposited == 10 * PRICE
+    assert cover.admit(beyond) == Receipt.decode(beyond)
+    cover.deposit_read(PRICE)  # (a stale read never lowers it)
+    assert cover.deposited == 10 * PRICE
+
+
+def test_a_request_not_served_after_all_counts_no_more() -> None:
+    cover = _cover(credit=1)
+    assert cover.admit(None) is None
+    cover.not_served()
+    assert cover.served == 0
+    assert cover.admit(None) is None
+
+
+def test_the_request_cover_needs_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+    import time
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("RequestCover did I/O")
+
+    for module, name in [(time, "time"), (time, "monotonic"), (socket, "socket")]:
+        monkeypatch.setattr(module, name, forbidden)
+    monkeypatch.setattr(threading, "Lock", forbidden)
+    cover, meter = _cover(deposit=PRICE), _meter(deposit=2 * PRICE)
+    assert cover.admit(_signed(meter)) is not None
+    refused = cover.admit(_signed(meter))
+    assert isinstance(refused, Refusal) and refused.beyond_deposit
+    assert cover.reread(5.0) is Reread.READ_NOW
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("request"), st.integers(0, 3)),  # receipts signed first
+            st.tuples(st.just("replay"), st.integers(0, 5)),  # an older receipt again
+            st.tuples(st.just("topup"), st.integers(0, 5 * PRICE)),
+        ),
+        max_size=30,
+    ),
+    deposit_requests=st.integers(0, 6),
+    credit=st.integers(0, 3),
+)
+def test_never_more_served_than_receipts_and_credit_cover(
+    steps: list[tuple[str, int]], deposit_requests: int, credit: int
+) -> None:
+    """Whatever the client signs, replays or leaves unsigned, and however the deposit
+    grows: the requests served never exceed what the latest receipt pays for plus the
+    credit, the latest receipt never exceeds the deposit known, and its nonce only
+    grows."""
+    cover = _cover(deposit=deposit_requests * PRICE, credit=credit)
+    meter = _meter(deposit=10**6)
+    signed: list[bytes] = []
+    nonce = 0
+    for kind, value in steps:
+        if kind == "request":
+            raw = None
+            for _ in range(value):
+                raw = _signed(meter)
+                signed.append(raw)
+            cover.admit(raw)
+        elif kind == "replay" and signed:
+            cover.admit(signed[-1 - value % len(signed)])
+        elif kind == "topup":
+            cover.deposit_read(cover.deposited + value)
+        latest = cover.latest
+        paid = 0 if latest is None else latest.total_requests
+        assert cover.served <= paid + credit
+        if latest is not None:
+            assert latest.total_amount <= cover.deposited
+            assert latest.nonce >= nonce
+            nonce = latest.nonce

@@ -1143,3 +1143,38 @@ def test_rpc_clients_refuse_the_wrong_kind_of_stream() -> None:
     a_async, b_async = socket.socketpair()
     with a_async:
         asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["admit", "admit_async"])
+def test_a_request_whose_receipt_cannot_be_kept_is_not_counted(path: str) -> None:
+    """``on_receipt`` failing (the disk full) fails the request, which is then not
+    counted as served, on both servers' paths: the receipt it carried, accepted, pays
+    for the client's next request instead. (The event loop's path counted it: the
+    client paid for a request it was refused.)"""
+    client = HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=0)
+    meter = Meter(client, CID, sla, 1000, every_requests=1)
+    receipt = meter.record(0, requests=1) or meter.flush(0)
+    assert receipt is not None
+    full = [True]
+
+    def keep(kept: object) -> None:
+        if full[0]:
+            raise OSError(28, "disk full")
+
+    payments = RequestPayments(CID, sla, client.ed25519_public, 1000, on_receipt=keep)
+
+    def admit(meta: dict[str, Any] | None) -> None:
+        if path == "admit":
+            payments.admit(meta)
+        else:
+            asyncio.run(payments.admit_async(meta))
+
+    with pytest.raises(OSError, match="disk full"):
+        admit({"r": receipt.encode()})
+    assert payments.served == 0 and payments.latest == receipt
+    full[0] = False
+    admit(None)  # paid by the receipt the failed request carried
+    assert payments.served == 1
+    with pytest.raises(E.PaymentRequired):
+        admit(None)

@@ -37,12 +37,12 @@ import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
 from dtp.escrow import Meter
-from dtp.hostid.udp import UdpBilling, UdpForwarder
+from dtp.hostid.udp import UdpForwarder
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.keys import HostIdentity
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
-from tests.udp.conftest import BlockingDriver, UdpDriver
+from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID
 
 #: Forwarder settings both forwarders refuse, each naming the setting.
@@ -86,18 +86,6 @@ def test_a_relay_refuses_a_bad_number_and_closes_its_connection(
     backend socket was made and its reader registered: the socket, the reader and the
     connection were left open; the blocking one failed inside its loop."""
     _relay_refuses(driver, kw, next(iter(kw)))
-
-
-def test_the_blocking_relay_refuses_a_billing_that_counts_receipts_when_kept() -> None:
-    """``UdpBilling.kept`` would run on the receipt writer's thread, outside the
-    blocking relay's engine lock (the billing has none of its own), next to its threads
-    inside the billing: the blocking relay refuses such a billing, naming the setting,
-    and closes the connection. (The asyncio relay takes it: the daemon calls ``kept``
-    back on the relay's loop.)"""
-    billing = UdpBilling(
-        CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**6, counts_when_kept=True
-    )
-    _relay_refuses(BlockingDriver(), {"billing": billing}, "counts_when_kept")
 
 
 def _relay_refuses(driver: UdpDriver, kw: dict[str, Any], setting: str) -> None:

@@ -1,9 +1,11 @@
 """The blocking relay's threads share one sans-I/O engine under one lock
 (dtp.hostid.udp.blocking.relay_udp): its loop admits the client's datagrams, its reply
 thread passes the backend's replies, its control thread takes receipts, and all of
-them ask the same billing. The engine holds no lock of its own; without the relay's,
-two threads inside the billing at once lose counts (``bytes += n`` from two threads)
-and judge the credit on totals the other is changing. Real sockets on 127.0.0.1."""
+them ask the same billing, and so does a receipt writer's thread counting the
+receipts it stored (``UdpBilling.kept``, with ``counts_when_kept``). The engine holds
+no lock of its own; without the relay's, two threads inside the billing at once lose
+counts (``bytes += n`` from two threads) and judge the credit on totals the other is
+changing. Real sockets and SQLite files on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,12 +14,18 @@ import functools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
 from dtp.ledger.receipt import Receipt
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
 
@@ -30,8 +38,10 @@ class _OneAtATime(UdpBilling):
     threads came in; each call lingers a little, so that unguarded calls from two
     threads would all but surely overlap."""
 
-    def __init__(self) -> None:
-        super().__init__(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=64)
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(
+            CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=64, **kw
+        )
         self.inside = 0
         self.overlaps = 0
         self.threads: set[str] = set()
@@ -74,18 +84,32 @@ class _OneAtATime(UdpBilling):
         with self._one():
             return super().report_due(every, force)
 
-    def kept(self, receipt: Receipt) -> None:
+    def _count_kept(self, receipt: Receipt) -> None:
+        # (kept() itself is called from anywhere: its count is what runs under the lock)
         with self._one():
-            super().kept(receipt)
+            super()._count_kept(receipt)
 
 
-def test_the_relays_threads_use_its_engine_one_at_a_time() -> None:
+@pytest.mark.parametrize("counted_when_kept", [False, True], ids=["at_once", "when_kept"])
+def test_the_relays_threads_use_its_engine_one_at_a_time(
+    counted_when_kept: bool, tmp_path: Path
+) -> None:
     """Datagrams, replies and receipts at once: no two of the relay's threads are ever
     inside the billing together, the loop's and the reply thread's calls both came,
     and every datagram and reply is counted once (the billing's totals are the
-    relay's counters), none left reserved."""
+    relay's counters), none left reserved. With ``counts_when_kept``, a receipt
+    writer's thread counts the receipts it stored, in turn with the relay's threads."""
     dns = DnsLikeBackend()
-    billing = _OneAtATime()
+    store = ReceiptStore(tmp_path / "receipts.db")
+    writer = ReceiptWriter(store)
+    billing = (
+        _OneAtATime(
+            counts_when_kept=True,
+            on_receipt=lambda receipt: writer.submit(receipt, billing.kept),
+        )
+        if counted_when_kept
+        else _OneAtATime()
+    )
     stats = UdpStats()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     handler = functools.partial(
@@ -126,8 +150,13 @@ def test_the_relays_threads_use_its_engine_one_at_a_time() -> None:
         server.close()
         serving.join(5)
         dns.close()
+        writer.close(10)
+        store.close()
     assert billing.overlaps == 0, billing.threads
-    assert {"dtp-udp-replies", "dtp-udp-control"} <= billing.threads, billing.threads
+    threads = {"dtp-udp-replies", "dtp-udp-control"}
+    if counted_when_kept:
+        threads.add("dtp-receipts")
+    assert threads <= billing.threads, billing.threads
     assert billing.datagrams == stats.datagrams_in == dns.received
     assert billing.bytes == stats.bytes_in + stats.bytes_out
     assert billing._pending_datagrams == 0 and billing._pending_bytes == 0

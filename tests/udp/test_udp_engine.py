@@ -6,6 +6,7 @@ cadence, its drain and end, and the forwarder's answer to a usage report. Both d
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from dtp.hostid.udp.engine import (
 from dtp.hostid.udp.flow_table import FlowTable
 from dtp.hostid.udp.stats import UdpStats
 from dtp.ledger.objects import Sla
-from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, fee
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
 from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.payments.receipts import Meter
 from tests.udp.world import CLIENT, CONNECTION_ID
@@ -114,6 +115,36 @@ def test_the_relay_keeps_a_receipt_and_answers_the_final_request_once() -> None:
     assert _usage(relay.control_frame(b"F")) == (b"Z", 1, 10)
     with pytest.raises(BadControlFrame, match="second request"):
         relay.control_frame(b"F")
+
+
+def test_a_receipt_counted_when_kept_pays_only_once_kept_through_run_kept() -> None:
+    """With ``counts_when_kept`` a receipt accepted extends no credit until ``kept``;
+    ``kept`` counts through ``run_kept`` when a relay set one (the blocking relay: its
+    engine lock), and an older receipt kept after a newer one changes nothing."""
+    queued: list[Receipt] = []
+    billing = _billing(credit_datagrams=2, counts_when_kept=True, on_receipt=queued.append)
+    relay = RelayEngine(billing, idle_timeout=60, report_every=32)
+    meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
+    for _ in range(2):
+        assert billing.may_forward(10)
+        billing.forwarded(10)
+    assert relay.control_frame(_receipt_frame(meter, 1, 10)) is None
+    assert relay.control_frame(_receipt_frame(meter, 1, 10)) is None
+    older, newer = queued
+    assert billing.checked == newer and billing.latest is None
+    assert not billing.may_forward(10)  # accepted, not kept: still all on credit
+    runs: list[str] = []
+
+    def run_kept(count: Callable[[], None]) -> None:
+        runs.append("in")
+        count()
+
+    billing.run_kept = run_kept
+    billing.kept(newer)
+    assert billing.latest == newer and runs == ["in"]
+    billing.kept(older)
+    assert billing.latest == newer and runs == ["in", "in"]
+    assert billing.may_forward(10)
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from dtp.errors import DTPError, DTPTimeoutError, InvalidArgument
+from dtp.errors import DTPError, DTPTimeoutError
 from dtp.hostid.udp.engine import (
     CLOSE_WAIT,
     CONTROL_READ,
@@ -100,12 +100,18 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
         decoder.receive(data)
 
 
+def _under(lock: threading.RLock, count: Callable[[], None]) -> None:
+    """``count`` under the blocking relay's engine lock (its billing's ``run_kept``)."""
+    with lock:
+        count()
+
+
 class _RelayControl:
     """The relay's end of the control stream, in a thread of its own: the forwarder's
     frames in, :class:`RelayEngine`'s answers and reports out. ``lock`` is the relay's
     engine lock (the engine is sans-I/O and lock-free: the relay's threads share it)."""
 
-    def __init__(self, sock: DTPSocket, engine: RelayEngine, lock: threading.Lock) -> None:
+    def __init__(self, sock: DTPSocket, engine: RelayEngine, lock: threading.RLock) -> None:
         self.sock = sock
         self.engine = engine
         self.lock = lock
@@ -158,10 +164,10 @@ def relay_udp(
     the backend's socket refuses (its port closed, say) is dropped, counted
     (``dropped_send_failed``) and not billed. Returns the counters (``stats`` if given,
     shared). Raises :class:`~dtp.errors.TunnelError` when ``backend`` cannot be used
-    as a UDP destination at all, and :class:`~dtp.errors.InvalidArgument` for a
-    ``billing`` with ``counts_when_kept`` (its ``kept`` would run outside this relay's
-    engine lock: use :func:`dtp.hostid.udp.asyncio.relay_udp_async`); ``sock`` is
-    closed then too, as at the end.
+    as a UDP destination at all; ``sock`` is closed then too, as at the end. A
+    ``billing`` with ``counts_when_kept`` may be told :meth:`UdpBilling.kept` from any
+    thread (a :class:`~dtp.payments.receipt_writer.ReceiptWriter`'s): the count runs
+    under this relay's engine lock.
 
     ``finish`` (a drain): once set, the relay stops relaying (datagrams and replies
     from then on are dropped, ``dropped_finishing``), reports its final usage and ends
@@ -175,14 +181,6 @@ def relay_udp(
         # its reply thread left running on the socket)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
-        if billing is not None and billing.counts_when_kept:
-            # its kept() would run on the receipt writer's thread, outside this relay's
-            # engine lock (the billing has none of its own): only the asyncio relay,
-            # on whose loop kept() is called back, may count receipts once kept
-            raise InvalidArgument(
-                "billing with counts_when_kept=True needs relay_udp_async: the blocking "
-                "relay cannot run UdpBilling.kept under its engine lock"
-            )
         udp = backend_socket(backend)
     except BaseException:  # (TunnelError, InvalidArgument, or no (host, port) at all)
         with contextlib.suppress(DTPError, OSError):
@@ -193,10 +191,13 @@ def relay_udp(
     engine = RelayEngine(
         billing, idle_timeout=idle_timeout, report_every=report_every, limits=limits
     )
-    # the one lock of the engine (and its billing), which this loop, the reply thread
-    # and the control thread share; held for engine calls only, never for I/O
-    # (tests/udp/test_relay_engine_lock.py)
-    lock = threading.Lock()
+    # the one lock of the engine (and its billing), which this loop, the reply thread,
+    # the control thread and a receipt writer's UdpBilling.kept share; held for engine
+    # calls only, never for I/O (tests/udp/test_relay_engine_lock.py). Reentrant: an
+    # on_receipt that stores at once calls kept() inside the control thread's hold
+    lock = threading.RLock()
+    if billing is not None:
+        billing.run_kept = functools.partial(_under, lock)
     control = None if billing is None else _RelayControl(sock, engine, lock)
     # held while replies pass and while the drain starts: no reply goes after the
     # final report, which would leave it short of what was served (taken before

@@ -9,6 +9,7 @@ over their flows are :class:`dtp.hostid.udp.flow_table.FlowTable`; the counters,
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Callable
@@ -73,9 +74,10 @@ class UdpBilling:
     credit it means to risk (docs/escrow.md §6.1: a receipt is on disk before it counts).
 
     Sans-I/O and lock-free: one relay uses it at a time (the blocking relay's threads
-    under its engine lock; the asyncio relay on its loop, where ``kept`` must run too).
-    So only the asyncio relay takes ``counts_when_kept``: the blocking one refuses it,
-    as its caller's ``kept`` would run outside the relay's lock.
+    under its engine lock; the asyncio relay on its loop). ``kept`` may come from
+    another thread (a receipt writer's): the blocking relay sets :attr:`run_kept` to
+    count it under its engine lock; the asyncio relay sets none, so its caller calls
+    ``kept`` on the relay's loop (the daemon, with ``call_soon_threadsafe``).
     """
 
     def __init__(
@@ -120,6 +122,10 @@ class UdpBilling:
         #: Of ``bytes``, those of replies sent to the client.
         self.reply_bytes = 0
         self.refused_receipts = 0
+        #: How :meth:`kept` runs its count: ``run_kept(count)`` calls ``count`` where
+        #: the relay's other calls cannot overlap it (the blocking relay: under its
+        #: engine lock). None: at once, in the caller's thread.
+        self.run_kept: Callable[[Callable[[], None]], None] | None = None
         self._reported = (0, 0)
         # allowed and not counted yet (a datagram on its way to the backend, replies
         # on their way to the client): the request path and the reply path run apart
@@ -170,7 +176,15 @@ class UdpBilling:
     def kept(self, receipt: Receipt) -> None:
         """Count a receipt :meth:`receipt` accepted, now kept durably (with
         ``counts_when_kept``). One older than the newest counted changes nothing (a
-        writer that replaced it with a newer one may report either first)."""
+        writer that replaced it with a newer one may report either first). Through
+        :attr:`run_kept` when a relay set one."""
+        run = self.run_kept
+        if run is None:
+            self._count_kept(receipt)
+        else:
+            run(functools.partial(self._count_kept, receipt))
+
+    def _count_kept(self, receipt: Receipt) -> None:
         if self.latest is None or receipt.nonce > self.latest.nonce:
             self.latest = receipt
 

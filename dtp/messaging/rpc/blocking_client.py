@@ -134,6 +134,8 @@ class RpcClient(ClientBase):
         self.on_notification = on_notification
         self._close_stream = close_stream
         self._proto = RpcProtocol(max_message_size=max_message_size, max_outgoing=max_in_flight)
+        # (kept: whether output waits is asked at each call, without a call for it)
+        self._output = self._proto.output
         self._calls: dict[int, RpcCall] = {}
         self._lock = threading.Lock()  # protocol state and _calls
         self._cond = threading.Condition(self._lock)
@@ -345,7 +347,7 @@ class RpcClient(ClientBase):
                         rest = self._send_nowait(data)
                         if rest:
                             with self._lock:  # first: it may hold part of a frame
-                                self._proto._out.insert(0, rest)
+                                self._proto.put_back(rest)
                                 if len(rest) > UNSENT_CAP:
                                     # a peer that sends malformed requests (each answered
                                     # by its id) and never reads: our memory is bounded
@@ -362,7 +364,7 @@ class RpcClient(ClientBase):
             finally:
                 self._wlock.release()
             with self._lock:
-                if not self._proto._out:
+                if not self._output:
                     return
 
     def _send_nowait(self, data: bytes) -> bytes:
@@ -441,7 +443,7 @@ class RpcClient(ClientBase):
             elif isinstance(event, RequestReceived):
                 # this client serves nothing: say so, keep the stream usable -- while the
                 # peer takes our answers (it may send requests and never read)
-                if len(self._proto._out) < _MAX_QUEUED_OUT:
+                if len(self._output) < _MAX_QUEUED_OUT:
                     self._refuse(event)
                 else:
                     self._proto.drop_request(event.request_id)
@@ -504,7 +506,7 @@ class RpcClient(ClientBase):
                 self._calls
                 or self._reading
                 or self._closed is not None
-                or proto._out
+                or self._output
                 or self._backlog  # (left by a reader whose deadline passed)
                 or self._notes
             )
@@ -564,7 +566,7 @@ class RpcClient(ClientBase):
         try:
             self._reading = False
             if self._closed is not None:  # close() while we read: the call failed
-                proto._outgoing.pop(request_id, None)
+                proto.forget_request(request_id)
                 self._wake_followers()
                 raise self._closed_error()
             if data:
@@ -577,7 +579,7 @@ class RpcClient(ClientBase):
             call = self._adopt(request_id)
             timer = proto.get_timer()
             self._absorb(data, failed, timer, call, None)  # wakes the followers
-            pending_out = bool(proto._out)
+            pending_out = bool(self._output)
         finally:
             lock.release()
         if pending_out:
@@ -689,7 +691,7 @@ class RpcClient(ClientBase):
                 if call.done:
                     # (the CANCEL of a call that timed out here goes now, not with the
                     # next write: the peer stops working for it)
-                    pending_out = bool(proto._out)
+                    pending_out = bool(self._output)
                     break
                 self._reading = True
                 timer = proto.get_timer()
@@ -716,7 +718,7 @@ class RpcClient(ClientBase):
                     self._absorb(data, failed, timer, call, deadline)
                     if failed is not None or data == b"":
                         return
-                    pending_out = bool(proto._out)
+                    pending_out = bool(self._output)
                 if pending_out:
                     self._flush_soon()
                 if self._notes:

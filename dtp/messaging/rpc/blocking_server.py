@@ -243,6 +243,8 @@ class _ServerStream:
         self.proto = RpcProtocol(
             max_message_size=server.max_message_size, max_incoming=server.max_pending
         )
+        # (kept: looked up per request, in dropped(), without a call for it)
+        self.unanswered = self.proto.unanswered
         self.lock = threading.Lock()
         #: (``lock``) a thread is sending what the protocol queued: the others leave it
         #: what they queue (it looks again before it stops)
@@ -323,7 +325,7 @@ class _ServerStream:
             with self.lock:
                 self.failed = True
                 self.sending = False
-                self.proto._out.clear()
+                self.proto.clear_output()
         except BaseException:
             with self.lock:
                 self.sending = False
@@ -508,7 +510,7 @@ class _ServerStream:
             if not self.sending or self.failed:
                 return False
             self.progress.clear()
-            queued = sum(map(len, self.proto._out))
+            queued = self.proto.queued_bytes
         return queued > max(UNSENT_CAP, 2 * self.server.max_message_size)
 
     def finish_answers(self) -> None:
@@ -524,7 +526,7 @@ class _ServerStream:
                     proto.handle_timer(now)  # dropped: the client stopped waiting
                     timer = proto.get_timer()
                 events = proto.events()
-                if not (proto.pending_incoming or self.sending or proto._out or events):
+                if not (proto.pending_incoming or self.sending or proto.output or events):
                     return
                 self.progress.clear()
             for event in events:
@@ -639,7 +641,7 @@ class _ServerStream:
         without the lock, and a clock read for a request with a deadline, per
         request.)"""
         deadline = event.deadline
-        if self.proto._incoming.get(event.request_id) is event and (
+        if self.unanswered.get(event.request_id) is event and (
             deadline is None or time.monotonic() < deadline
         ):
             return False

@@ -22,7 +22,8 @@ from dtp.ledger.objects import Sla, normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import _check_count
-from dtp.payments.receipts import ConnectionTerms, Meter, check_next_receipt
+from dtp.messaging.rpc.engine import Refusal, RequestCover, Reread
+from dtp.payments.receipts import ConnectionTerms, Meter
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -70,6 +71,10 @@ class RequestPayments:
     A request is served only while ``served < latest.total_requests + credit_requests``;
     otherwise it fails with :class:`~dtp.messaging.errors.PaymentRequired`. Claim
     :attr:`latest` on the ledger whenever convenient.
+
+    The rules are :class:`~dtp.messaging.rpc.engine.RequestCover`'s (sans-I/O); this
+    holds it under a lock for a server's threads and streams, and does its I/O: the
+    clock, the deposit's re-read on the ledger, ``on_receipt``.
     """
 
     def __init__(
@@ -92,22 +97,19 @@ class RequestPayments:
         _check_count("credit_requests", credit_requests, 0)
         if on_receipt is not None and not callable(on_receipt):
             raise TypeError(f"on_receipt must be callable, not {type(on_receipt).__name__!r}")
-        self.connection_id = normalize_id(connection_id, "connection ID")
+        self._cover = RequestCover(
+            normalize_id(connection_id, "connection ID"),
+            sla,
+            client_public_key,
+            deposited,
+            credit_requests,
+        )
         #: Called with each accepted receipt (e.g. ``ReceiptStore.keep``), before the
         #: request it pays for is served.
         self.on_receipt = on_receipt
-        self.sla = sla
-        self.client_public_key = client_public_key
-        self.deposited = deposited
-        self.credit_requests = credit_requests
-        self.served = 0
-        self.latest: Receipt | None = None
         #: Reads the escrow's deposit again (set by :meth:`from_ledger`): a client that
         #: topped up signs receipts beyond the deposit read at the start.
         self.read_deposit: Callable[[], int] | None = None
-        # (monotonic) when read_deposit last ran: at most once a _DEPOSIT_REREAD, so a
-        # client sending receipts beyond its deposit cannot make us hammer the ledger
-        self._deposit_read_at = -math.inf
         # the re-read under way, if any: done once it ended (a thread waits on it, and
         # so does the event loop, with no thread)
         self._rereading: concurrent.futures.Future[None] | None = None
@@ -137,19 +139,60 @@ class RequestPayments:
         payments.read_deposit = lambda: ledger.get_escrow(escrow_id).deposited
         return payments
 
+    @property
+    def connection_id(self) -> str:
+        """The connection whose escrow pays (normalized)."""
+        return self._cover.connection_id
+
+    @property
+    def sla(self) -> Sla:
+        """The connection's fees."""
+        return self._cover.sla
+
+    @property
+    def client_public_key(self) -> bytes:
+        """The client's Ed25519 key, which signs the receipts."""
+        return self._cover.client_public_key
+
+    @property
+    def deposited(self) -> int:
+        """The escrow's deposit known (read again when a receipt goes beyond it)."""
+        return self._cover.deposited
+
+    @deposited.setter
+    def deposited(self, value: int) -> None:
+        self._cover.deposited = value
+
+    @property
+    def credit_requests(self) -> int:
+        """Requests served ahead of the receipts covering them."""
+        return self._cover.credit_requests
+
+    @credit_requests.setter
+    def credit_requests(self, value: int) -> None:
+        self._cover.credit_requests = value
+
+    @property
+    def served(self) -> int:
+        """Requests counted as served."""
+        return self._cover.served
+
+    @property
+    def latest(self) -> Receipt | None:
+        """The newest receipt accepted: what the server claims."""
+        return self._cover.latest
+
     def resume(self, latest: Receipt) -> None:
         """Carry on from ``latest``, a receipt accepted earlier on this connection
         (kept in a :class:`~dtp.payments.receipt_store.ReceiptStore`): every request it pays for
         counts as served, so the client's receipts up to it pay for nothing more."""
         with self._lock:
-            if self.latest is None or latest.nonce > self.latest.nonce:
-                self.latest = latest
-            self.served = max(self.served, self.latest.total_requests)
+            self._cover.resume(latest)
 
     @property
     def earned(self) -> int:
         """MIST the latest receipt lets the server claim."""
-        return 0 if self.latest is None else self.latest.total_amount
+        return self._cover.earned
 
     def admit(self, meta: Mapping[str, Any] | None) -> None:
         """Check the request's receipt (if any) and count the request, or raise
@@ -164,15 +207,16 @@ class RequestPayments:
         refused = self._first_admit(raw)
         if refused is None:
             return
-        if refused.read_now:
+        error, step, reading = refused
+        if step is Reread.READ_NOW:
             if not self._read_deposit():
-                raise refused.error
-        elif refused.wait_for is None:
-            raise refused.error
-        else:
-            done, _ = concurrent.futures.wait([refused.wait_for], _REREAD_WAIT)
+                raise error
+        elif step is Reread.WAIT and reading is not None:
+            done, _ = concurrent.futures.wait([reading], _REREAD_WAIT)
             if not done:
-                raise refused.error
+                raise error
+        else:
+            raise error
         self._readmit(raw)
 
     async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
@@ -181,57 +225,65 @@ class RequestPayments:
         waiting for it wait on the loop. ``on_receipt`` runs in a worker thread too
         (:meth:`ReceiptStore.keep <dtp.payments.receipt_store.ReceiptStore.keep>` syncs the
         disk), and the request waits for it; concurrent requests' calls may overlap
-        and end in any order (``keep`` stores the highest nonce whatever the order)."""
+        and end in any order (``keep`` stores the highest nonce whatever the order).
+        A request whose receipt ``on_receipt`` fails to keep is not counted, as with
+        :meth:`admit`."""
         raw = None if meta is None else meta.get("r")
         accepted: list[Receipt] = []
+        counted = False
         try:
             await self._admit_async(raw, accepted)
+            counted = True
         finally:
             if accepted and self.on_receipt is not None:
                 loop = asyncio.get_running_loop()
-                for receipt in accepted:  # (shielded: a cancelled request's is kept too)
-                    await asyncio.shield(loop.run_in_executor(None, self.on_receipt, receipt))
+                try:
+                    for receipt in accepted:  # (shielded: a cancelled request's is kept too)
+                        await asyncio.shield(loop.run_in_executor(None, self.on_receipt, receipt))
+                except Exception:
+                    if counted:  # (refused with an internal error: not served)
+                        with self._lock:
+                            self._cover.not_served()
+                    raise
 
     async def _admit_async(self, raw: Any, accepted: list[Receipt]) -> None:
         refused = self._first_admit(raw, accepted)
         if refused is None:
             return
-        if refused.read_now:
+        error, step, reading = refused
+        if step is Reread.READ_NOW:
             # submitted now, ahead of anything queued later for the executor, and
             # shielded: a request cancelled meanwhile does not cut short the read that
             # the requests waiting for it need (the thread records the deposit itself)
             loop = asyncio.get_running_loop()
             if not await asyncio.shield(loop.run_in_executor(None, self._read_deposit)):
-                raise refused.error
-        elif refused.wait_for is None:
-            raise refused.error
-        else:
+                raise error
+        elif step is Reread.WAIT and reading is not None:
             try:
-                await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(refused.wait_for)), _REREAD_WAIT
-                )
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(reading)), _REREAD_WAIT)
             except TimeoutError:
-                raise refused.error from None
+                raise error from None
+        else:
+            raise error
         self._readmit(raw, accepted)
 
-    def _first_admit(self, raw: Any, accepted: list[Receipt] | None = None) -> _Refused | None:
-        """:meth:`_admit`, and whether a refusal beyond the deposit should have it
-        read again (``read_now``, at most every ``_DEPOSIT_REREAD`` seconds) or wait
-        for the re-read under way (``wait_for``): a receipt signed after a top-up,
+    def _first_admit(
+        self, raw: Any, accepted: list[Receipt] | None = None
+    ) -> tuple[E.PaymentRequired, Reread, concurrent.futures.Future[None] | None] | None:
+        """:meth:`_count`; for a refusal, its error and what to do about it
+        (:meth:`RequestCover.reread`: read the deposit again, wait for the re-read under
+        way -- the future returned -- or refuse): a receipt signed after a top-up,
         behind another one's re-read, is covered once that read is in."""
         with self._lock:
-            refused = self._admit(raw, accepted)
+            refused = self._count(raw, accepted)
             if refused is None:
                 return None
-            if not isinstance(refused, _BeyondDeposit) or self.read_deposit is None:
-                return refused
-            if self._rereading is not None:
-                refused.wait_for = self._rereading
-            elif time.monotonic() - self._deposit_read_at >= _DEPOSIT_REREAD:
-                self._deposit_read_at = time.monotonic()
+            if not refused.beyond_deposit or self.read_deposit is None:
+                return refused.error, Reread.REFUSE, None
+            step = self._cover.reread(time.monotonic())
+            if step is Reread.READ_NOW:
                 self._rereading = concurrent.futures.Future()
-                refused.read_now = True
-            return refused
+            return refused.error, step, self._rereading
 
     def _read_deposit(self) -> bool:
         """Read the escrow's deposit again (outside the lock: a ledger read) and record
@@ -251,8 +303,7 @@ class RequestPayments:
             return False
         finally:
             with self._lock:
-                if deposited is not None:
-                    self.deposited = max(self.deposited, deposited)
+                self._cover.deposit_read(deposited)
                 done, self._rereading = self._rereading, None
             if done is not None:
                 done.set_result(None)
@@ -260,84 +311,35 @@ class RequestPayments:
 
     def _readmit(self, raw: Any, accepted: list[Receipt] | None = None) -> None:
         with self._lock:
-            again = self._admit(raw, accepted)
+            again = self._count(raw, accepted)
         if again is not None:
             raise again.error
 
-    def _admit(self, raw: Any, accepted: list[Receipt] | None = None) -> _Refused | None:
-        """:meth:`admit` under ``_lock``: None once the request is counted, else why
-        it is refused. A receipt it accepts goes to ``on_receipt`` now, or into
-        ``accepted`` for the caller to pass on (outside the lock)."""
-        if raw is not None:
-            if not isinstance(raw, bytes):
-                return _Refused(E.PaymentRequired("receipt must be bytes"))
-            try:
-                receipt = Receipt.decode(raw)
-            except DTPError as exc:
-                return _Refused(E.PaymentRequired(f"receipt refused: {exc}"))
-            latest = self.latest
-            # overtaken by a newer receipt that pays for this request: served as paid
-            # by that one (the served count still bounds what it pays for)
-            overtaken = (
-                latest is not None
-                and receipt.nonce <= latest.nonce
-                and latest.total_requests > self.served
-            )
-            if not overtaken:
+    def _count(self, raw: Any, accepted: list[Receipt] | None) -> Refusal | None:
+        """:meth:`RequestCover.admit` (``_lock`` held): None once the request is
+        counted, else why not. A receipt it accepts goes to ``on_receipt`` now -- a
+        request whose receipt it fails to keep is not counted -- or into ``accepted``
+        for the caller to pass on (outside the lock)."""
+        outcome = self._cover.admit(raw)
+        if outcome is None:
+            return None
+        refused = outcome if isinstance(outcome, Refusal) else None
+        receipt = outcome.accepted if isinstance(outcome, Refusal) else outcome
+        if receipt is not None:
+            if accepted is not None:
+                accepted.append(receipt)
+            elif self.on_receipt is not None:
                 try:
-                    check_next_receipt(
-                        receipt,
-                        latest,
-                        connection_id=self.connection_id,
-                        sla=self.sla,
-                        public_key=self.client_public_key,
-                        deposited=self.deposited,
-                    )
-                except DTPError as exc:
-                    error = E.PaymentRequired(f"receipt refused: {exc}")
-                    if receipt.total_amount > self.deposited:
-                        return _BeyondDeposit(error)
-                    return _Refused(error)
-                self.latest = receipt
-                if accepted is not None:
-                    accepted.append(receipt)
-                elif self.on_receipt is not None:
                     self.on_receipt(receipt)
-        paid = 0 if self.latest is None else self.latest.total_requests
-        if self.served >= paid + self.credit_requests:
-            return _Refused(
-                E.PaymentRequired(
-                    f"request {self.served + 1} is not covered (receipts cover {paid})"
-                )
-            )
-        self.served += 1
-        return None
+                except BaseException:
+                    if refused is None:
+                        self._cover.not_served()
+                    raise
+        return refused
 
 
-#: Shortest time (seconds) between two reads of a connection's deposit by its
-#: RequestPayments (a receipt beyond the deposit it knows: perhaps a top-up).
-_DEPOSIT_REREAD = 1.0
 #: Longest a request beyond the deposit waits for another request's re-read of it.
 _REREAD_WAIT = 30.0
-
-
-class _Refused:
-    """Why RequestPayments refused a request (``error``, to raise)."""
-
-    __slots__ = ("error", "read_now", "wait_for")
-
-    def __init__(self, error: E.PaymentRequired) -> None:
-        self.error = error
-        # (set by RequestPayments._first_admit) read the deposit again, or wait for
-        # the re-read under way; neither: refused as it is
-        self.read_now = False
-        self.wait_for: concurrent.futures.Future[None] | None = None
-
-
-class _BeyondDeposit(_Refused):
-    """A receipt refused while it exceeds the deposit known: read it again, retry."""
-
-    __slots__ = ()
 
 
 # A server's ``payments``: one :class:`RequestPayments` for every stream, or a function
