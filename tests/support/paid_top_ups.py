@@ -24,10 +24,10 @@ from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
+from tests.support.loops import LoopThread
 from tests.support.paid_twins import (
     funded_ledger,
     ident,
-    loop_in_thread,
     stop,
     streams_forever,
     streams_forever_aio,
@@ -132,14 +132,9 @@ def serve(
             )
             closers.insert(0, server.close)
             return counting, server
-        loop_cm = loop_in_thread()
-        loop = loop_cm.__enter__()
-
-        def end_loop() -> None:
-            loop_cm.__exit__(None, None, None)
-
-        closers.insert(0, end_loop)
-        aio_server: PaidAioServer = asyncio.run_coroutine_threadsafe(
+        loop = LoopThread()
+        closers.insert(0, loop.close)
+        aio_server: PaidAioServer = loop.run(
             dtp.aio.serve(
                 host_id,
                 PORT,
@@ -149,13 +144,9 @@ def serve(
                 receipts=tmp_path / "receipts.db",
                 policy=policy,
             ),
-            loop,
-        ).result(10)
-
-        def stop_server() -> None:
-            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(30)
-
-        closers.insert(0, stop_server)
+            10,
+        )
+        closers.insert(0, lambda: loop.run(stop(aio_server), 30))
         return counting, aio_server
 
     try:
