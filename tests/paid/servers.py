@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dtp.aio
 import dtp.socket
@@ -85,6 +86,40 @@ class World:
 
     def claimed(self, cid: str) -> int:
         return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+
+    def connect(
+        self,
+        client: HostIdentity,
+        deposit: int | None = None,
+        *,
+        metering: MeteringConfig | None = METERING,
+        **options: Any,
+    ) -> dtp.socket.DTPSocket:
+        """``client``'s connection by host ID to the service (15 s timeout), with
+        ``deposit`` in escrow (None: the SLA's minimum) and ``options`` as
+        ``create_connection`` takes them."""
+        return dtp.socket.create_connection(
+            self.address,
+            timeout=15,
+            ledger=self.ledger,
+            identity=client,
+            deposit=deposit,
+            metering=metering,
+            **options,
+        )
+
+
+@contextmanager
+def hosted_world(tmp_path: Path) -> Iterator[World]:
+    """A :class:`World` in ``tmp_path``: its LocalLedger file with SERVER's host offering
+    the echo service on PORT (closed at the end)."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    try:
+        yield World(tmp_path, ledger, host_id)
+    finally:
+        ledger.close()
 
 
 @contextmanager
