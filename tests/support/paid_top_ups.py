@@ -156,33 +156,41 @@ def serve(
             close()
 
 
-def _paid_args(ledger: LocalLedger, cap: str | None, metering: MeteringConfig) -> dict[str, Any]:
-    """The client's side of a paid connection with DEAR_DEPOSIT (and spending cap ``cap``)."""
+def _paid_args(
+    ledger: LocalLedger, cap: str | None, metering: MeteringConfig, deposit: int
+) -> dict[str, Any]:
+    """The client's side of a paid connection with ``deposit`` (and spending cap ``cap``)."""
     return {
         "timeout": 20,
         "ledger": ledger,
         "identity": CLIENT,
-        "deposit": DEAR_DEPOSIT,
+        "deposit": deposit,
         "cap_id": cap,
         "metering": metering,
     }
 
 
 def paid_connect(
-    ledger: LocalLedger, host_id: str, cap: str | None = None, metering: MeteringConfig = METERING
+    ledger: LocalLedger,
+    host_id: str,
+    cap: str | None = None,
+    metering: MeteringConfig = METERING,
+    *,
+    deposit: int = DEAR_DEPOSIT,
 ) -> dtp.socket.DTPSocket:
-    """A blocking client's paid connection to the dearer service (``host_id``)."""
+    """A blocking client's paid connection to the service on PORT of ``host_id`` (the
+    dearer one, unless the module has its own), with ``deposit`` in escrow."""
     return dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering)
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering, deposit)
     )
 
 
 async def paid_open(
-    ledger: LocalLedger, host_id: str, cap: str | None = None
+    ledger: LocalLedger, host_id: str, cap: str | None = None, *, deposit: int = DEAR_DEPOSIT
 ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
     """:func:`paid_connect` through the asyncio client."""
     return await dtp.aio.open_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING, deposit)
     )
 
 
