@@ -21,20 +21,11 @@ SLA = Sla(10, 5, 1000)
 
 class ImpairedLedger(ledger_faults.ImpairedLedger):
     """The fault injector of tests/support/ledger_faults.py drawing the events that wait
-    one by one (``holding="each"``): these tests' seeds were chosen with those draws."""
+    one by one (``holding="each"``): these tests' seeds were chosen with those draws.
+    ``faults``: its ``loss``, ``duplicate`` and ``reorder``."""
 
-    def __init__(
-        self,
-        ledger: LocalLedger,
-        *,
-        seed: int,
-        loss: float = 0.0,
-        duplicate: float = 0.0,
-        reorder: float = 0.0,
-    ) -> None:
-        super().__init__(
-            ledger, seed=seed, loss=loss, duplicate=duplicate, reorder=reorder, holding="each"
-        )
+    def __init__(self, ledger: LocalLedger, *, seed: int, **faults: Any) -> None:
+        super().__init__(ledger, seed=seed, holding="each", **faults)
 
 
 class World:
