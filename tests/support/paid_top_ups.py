@@ -120,31 +120,20 @@ def serve(
     ) -> tuple[CountingLedger, Any]:
         counting = CountingLedger(LocalLedger(tmp_path / "ledger.db"))
         closers.append(counting._ledger.close)
+        options: dict[str, Any] = {
+            "ledger": counting,
+            "identity": SERVER,
+            "receipts": tmp_path / "receipts.db",
+            "policy": policy,
+        }
         if request.param == "blocking":
-            server = dtp.socket.serve(
-                host_id,
-                PORT,
-                handler or streams_forever,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            )
+            server = dtp.socket.serve(host_id, PORT, handler or streams_forever, **options)
             closers.insert(0, server.close)
             return counting, server
         loop = LoopThread()
         closers.insert(0, loop.close)
         aio_server: PaidAioServer = loop.run(
-            dtp.aio.serve(
-                host_id,
-                PORT,
-                aio_handler or streams_forever_aio,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            ),
-            10,
+            dtp.aio.serve(host_id, PORT, aio_handler or streams_forever_aio, **options), 10
         )
         closers.insert(0, lambda: loop.run(stop(aio_server), 30))
         return counting, aio_server
