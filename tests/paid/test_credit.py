@@ -70,15 +70,7 @@ class World(PaidWorld):
 
     def serve(self, handler: Callable[[PaidSocket], None]) -> PaidServer:
         """The credit service on a blocking server with the STINGY policy."""
-        return dtp.socket.serve(
-            self.host_id,
-            PORT,
-            handler,
-            ledger=self.server_ledger,
-            identity=SERVER,
-            receipts=self.receipts,
-            policy=STINGY,
-        )
+        return self.serve_blocking(PORT, handler, SERVER, receipts=self.receipts, policy=STINGY)
 
     def connect(
         self,

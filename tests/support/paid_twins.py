@@ -22,7 +22,7 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, LedgerUnavailable
 from dtp.escrow import object_id_bytes
-from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from tests.support.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
@@ -98,6 +98,20 @@ class PaidWorld:
             deposit=deposit,
             metering=metering,
             **options,
+        )
+
+    def claimed(self, connection_id: str) -> int:
+        """What the connection's escrow has paid the server so far."""
+        tc = self.ledger.get_connection(connection_id)
+        return self.ledger.get_escrow(tc.escrow).claimed
+
+    def serve_blocking(
+        self, port: int, handler: Any, identity: HostIdentity, **options: Any
+    ) -> PaidServer:
+        """``dtp.socket.serve`` of the host's ``port`` with the server's own ledger
+        handle (``options`` as it takes them): the server."""
+        return dtp.socket.serve(
+            self.host_id, port, handler, ledger=self.server_ledger, identity=identity, **options
         )
 
     def serve_aio(
