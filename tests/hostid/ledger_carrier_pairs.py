@@ -9,69 +9,23 @@ from collections.abc import Callable
 from typing import Any
 
 from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter, Sla
+from dtp.chain.objects import EventFilter, Sla
 from dtp.events import PeerAuthenticated
 from dtp.hostid.ledger_carrier.carrier import LedgerCarrier, LedgerLink
+from tests.support import ledger_faults
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side
 
 PORT = 7
 SLA = Sla(10, 5, 1000)
 
 
-class ImpairedLedger:
-    """Wraps a ledger so that ``PipeDataSent`` events are dropped, duplicated and
-    reordered (also across calls) before a carrier sees them. Everything else passes."""
+class ImpairedLedger(ledger_faults.ImpairedLedger):
+    """The fault injector of tests/support/ledger_faults.py drawing the events that wait
+    one by one (``holding="each"``): these tests' seeds were chosen with those draws.
+    ``faults``: its ``loss``, ``duplicate`` and ``reorder``."""
 
-    def __init__(
-        self,
-        ledger: LocalLedger,
-        *,
-        seed: int,
-        loss: float = 0.0,
-        duplicate: float = 0.0,
-        reorder: float = 0.0,
-    ) -> None:
-        self._ledger = ledger
-        self.rng = random.Random(seed)
-        self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
-        self._held: list[Event] = []
-        self.dropped = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ledger, name)
-
-    def events(
-        self, cursor: str | None = None, filter: EventFilter | None = None, limit: int = 1000
-    ) -> tuple[list[Event], str | None]:
-        events, cursor = self._ledger.events(cursor, filter, limit)
-        out: list[Event] = []
-        for event in events:
-            if event.name != "PipeDataSent":
-                out.append(event)
-                continue
-            if self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            self._held.append(event)
-            if self.rng.random() < self.duplicate:
-                self._held.append(event)
-        if self.reorder:
-            self.rng.shuffle(self._held)
-            keep = [e for e in self._held if self.rng.random() < self.reorder]
-            release = [e for e in self._held if e not in keep or self.rng.random() < 0.5]
-            self._held = [e for e in self._held if e not in release]
-        else:
-            release, self._held = self._held, []
-        return out + release, cursor
-
-    def wait_events(
-        self,
-        cursor: str | None,
-        timeout: float,
-        filter: EventFilter | None = None,
-        limit: int = 1000,
-    ) -> tuple[list[Event], str | None]:
-        return self.events(cursor, filter, limit)
+    def __init__(self, ledger: LocalLedger, *, seed: int, **faults: Any) -> None:
+        super().__init__(ledger, seed=seed, holding="each", **faults)
 
 
 class World:

@@ -7,9 +7,8 @@ on 127.0.0.1, with the same handlers (``make_rpc``'s)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import pytest
 
@@ -21,6 +20,7 @@ from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer
 from tests.messaging.broadcast_world import PRICE, SLOT_MS, World
 from tests.messaging.mesh import Mesh
 from tests.messaging.rpc_world import Served, make_rpc
+from tests.support.loops import LoopThread
 
 
 @pytest.fixture
@@ -57,9 +57,6 @@ def world() -> Iterator[World]:
     server.close()
 
 
-T = TypeVar("T")
-
-
 class Caller(Protocol):
     """What a test calls on either driver's client (the asyncio one's calls are run on
     its loop and waited for)."""
@@ -87,34 +84,15 @@ class Endpoint(Protocol):
     def close(self) -> None: ...
 
 
-class _Loop:
-    """An event loop running in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
 class _AsyncCaller:
-    def __init__(self, loop: _Loop, client: AsyncRpcClient, writer: Any) -> None:
+    def __init__(self, loop: LoopThread, client: AsyncRpcClient, writer: Any) -> None:
         self._loop, self.client, self._writer = loop, client, writer
 
     def call(self, method: str, params: Any = None, **kw: Any) -> Any:
         return self._loop.run(self.client.call(method, params, **kw))
 
     def start(self, method: str, params: Any = None, **kw: Any) -> Pending:
-        return asyncio.run_coroutine_threadsafe(
-            self.client.call(method, params, **kw), self._loop.loop
-        )
+        return self._loop.submit(self.client.call(method, params, **kw))
 
     def close(self) -> None:
         async def close() -> None:
@@ -143,7 +121,7 @@ class AsyncServed:
             return p[1]
 
         self.rpc.register("sleep", sleep_then)
-        self._loop = _Loop()
+        self._loop = LoopThread()
         self._callers: list[_AsyncCaller] = []
 
         async def start() -> Any:

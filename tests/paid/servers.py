@@ -18,23 +18,24 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dtp.aio
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from tests.support.paths import ROOT
+from tests.support.servers import blocking_handler
 
 # -- the client's side: this module run in its own process, on a test's ledger ---------
 # (tests/paid/test_end_to_end.py, test_server_killed.py)
@@ -85,6 +86,40 @@ class World:
 
     def claimed(self, cid: str) -> int:
         return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
+
+    def connect(
+        self,
+        client: HostIdentity,
+        deposit: int | None = None,
+        *,
+        metering: MeteringConfig | None = METERING,
+        **options: Any,
+    ) -> dtp.socket.DTPSocket:
+        """``client``'s connection by host ID to the service (15 s timeout), with
+        ``deposit`` in escrow (None: the SLA's minimum) and ``options`` as
+        ``create_connection`` takes them."""
+        return dtp.socket.create_connection(
+            self.address,
+            timeout=15,
+            ledger=self.ledger,
+            identity=client,
+            deposit=deposit,
+            metering=metering,
+            **options,
+        )
+
+
+@contextmanager
+def hosted_world(tmp_path: Path) -> Iterator[World]:
+    """A :class:`World` in ``tmp_path``: its LocalLedger file with SERVER's host offering
+    the echo service on PORT (closed at the end)."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
+    try:
+        yield World(tmp_path, ledger, host_id)
+    finally:
+        ledger.close()
 
 
 @contextmanager
@@ -149,33 +184,12 @@ def _announce(port: int, recovered: int) -> None:
 
 
 def serve_blocking(args: argparse.Namespace, identity: HostIdentity, policy: ServicePolicy) -> None:
-    def echo_stream(sock: PaidSocket) -> None:
-        while data := sock.recv(65536):
-            sock.sendall(data)
-
-    def handle(sock: PaidSocket) -> None:
-        if args.mode == "sink":
-            total = 0
-            while data := sock.recv(1 << 16):
-                total += len(data)
-            sock.sendall(str(total).encode())
-            return
-
-        def extra() -> None:
-            while True:
-                try:
-                    stream = sock.accept_stream()
-                except Exception:
-                    return
-                threading.Thread(target=echo_stream, args=(stream,), daemon=True).start()
-
-        threading.Thread(target=extra, daemon=True).start()
-        echo_stream(sock)
-
     server = dtp.socket.serve(
         args.host_id,
         args.port,
-        handle,
+        # (the paid tests were written against an echo that neither shuts its side nor
+        # lingers after the first stream ends)
+        blocking_handler(args.mode, shut_wr=False, linger=0),
         ledger=LocalLedger(args.ledger),
         identity=identity,
         receipts=args.receipts,

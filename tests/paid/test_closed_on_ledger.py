@@ -40,37 +40,36 @@ CHUNK = bytes(16 << 10)
 PORT = 7091
 
 
-def _half_close_while_served(ledger: LocalLedger, address: str) -> tuple[str, int]:
-    """Connect and read a while (paying by receipts), half-close on the ledger and read
+def _half_close_while_served(ledger: LocalLedger, sock: dtp.socket.DTPSocket) -> tuple[str, int]:
+    """Read a while on ``sock`` (paying by receipts), half-close on the ledger and read
     on until the server closes (or 3 s: served on, as before); then, the ledger's clock
     moved past the half-close timeout, the client collects its refund -- settling itself
-    when the server has not. (connection ID, bytes read before the half-close)."""
-    with dtp.socket.create_connection(
-        address, timeout=10, ledger=ledger, identity=CLIENT, deposit=DEPOSIT, metering=METERING
-    ) as sock:
-        cid = sock.connection_id
-        assert cid is not None
-        got = 0
-        while got < 256 << 10:
-            got += len(sock.recv(1 << 16))
-        ledger.close_connection(CLIENT, cid)  # while still served
-        until = time.monotonic() + 3.0
-        # the server's CLOSE, or -- when the server's close found its carrier full of
-        # what it was streaming, the CLOSE record queued behind -- the carrier's reset
-        with contextlib.suppress(ConnectionClosed, ConnectionLost):
-            while sock.recv(1 << 16) and time.monotonic() < until:
-                pass
-        if sock._engine.session.terminated is not None:
-            error = sock._engine.session.error
-            if type(error) is ConnectionClosed:
-                assert error.code == CLOSE_LEDGER_CLOSED
-            # (the settlement follows the close: the ten minutes the client would wait
-            # before settling itself pass here at once)
-            wait_for(lambda: ledger.get_connection(cid).settled, 5.0)
-        # still connected when the server serves on: the client settles itself
-        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1)
-        with contextlib.suppress(ChainError):  # (settled already: what it refunded)
-            collect_refund(ledger, CLIENT, cid)
+    when the server has not -- and closes the socket. (connection ID, bytes read before
+    the half-close)."""
+    cid = sock.connection_id
+    assert cid is not None
+    got = 0
+    while got < 256 << 10:
+        got += len(sock.recv(1 << 16))
+    ledger.close_connection(CLIENT, cid)  # while still served
+    until = time.monotonic() + 3.0
+    # the server's CLOSE, or -- when the server's close found its carrier full of
+    # what it was streaming, the CLOSE record queued behind -- the carrier's reset
+    with contextlib.suppress(ConnectionClosed, ConnectionLost):
+        while sock.recv(1 << 16) and time.monotonic() < until:
+            pass
+    if sock._engine.session.terminated is not None:
+        error = sock._engine.session.error
+        if type(error) is ConnectionClosed:
+            assert error.code == CLOSE_LEDGER_CLOSED
+        # (the settlement follows the close: the ten minutes the client would wait
+        # before settling itself pass here at once)
+        wait_for(lambda: ledger.get_connection(cid).settled, 5.0)
+    # still connected when the server serves on: the client settles itself
+    ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS + 1)
+    with contextlib.suppress(ChainError):  # (settled already: what it refunded)
+        collect_refund(ledger, CLIENT, cid)
+    sock.close()
     return cid, got
 
 
@@ -102,18 +101,19 @@ def test_the_server_settles_a_connection_closed_on_the_ledger(
 ) -> None:
     with funded_ledger(tmp_path, CLIENT) as ledger:
         ledger.faucet(CLIENT.sui_address, DEPOSIT)
-        host_id = ledger.create_host(SERVER, SERVER.noise_public)
-        ledger.add_service(SERVER, host_id, PORT, "stream", SLA)
-        with driver.serve(
-            host_id,
-            PORT,
+        with driver.connected(
+            ledger,
             (_streams, _streams_aio),
-            ledger=ledger,
-            identity=SERVER,
-            receipts=tmp_path / "receipts.db",
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=DEPOSIT,
+            kind="stream",
+            metering=METERING,
             policy=POLICY,
-        ):
-            cid, got = _half_close_while_served(ledger, f"dtp://{host_id}:{PORT}")
+        ) as (_, sock):
+            cid, got = _half_close_while_served(ledger, sock)
             _settled_with_a_claim(ledger, cid, got)
             assert ledger.get_connection(cid).state != ConnectionState.OPEN
 

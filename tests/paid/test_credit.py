@@ -13,14 +13,12 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
@@ -30,6 +28,7 @@ from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
 from tests.paid.conftest import Driver
+from tests.support.paid_twins import PaidWorld, hosted_ledgers
 from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -47,11 +46,12 @@ def ident(seed: int) -> HostIdentity:
 SERVER, CLIENT = ident(0x61), ident(0x62)
 
 
-@dataclass
-class World:
-    ledger: LocalLedger
-    host_id: str
-    receipts: Path
+class World(PaidWorld):
+    """The credit service of SERVER on PORT (SLA), CLIENT funded."""
+
+    @property
+    def receipts(self) -> Path:
+        return self.tmp_path / "receipts.db"
 
     def serve_on(
         self, driver: Driver, handlers: tuple[Any, Any], policy: ServicePolicy, **options: Any
@@ -69,27 +69,25 @@ class World:
         )
 
     def serve(self, handler: Callable[[PaidSocket], None]) -> PaidServer:
-        return dtp.socket.serve(
-            self.host_id,
-            PORT,
-            handler,
-            ledger=self.ledger,
-            identity=SERVER,
-            receipts=self.receipts,
-            policy=STINGY,
-        )
+        """The credit service on a blocking server with the STINGY policy."""
+        return self.serve_blocking(PORT, handler, SERVER, receipts=self.receipts, policy=STINGY)
+
+    def connect(
+        self,
+        deposit: int = SLA.min_deposit,
+        *,
+        timeout: float,
+        metering: MeteringConfig | None = UNPAID,
+        **options: Any,
+    ) -> dtp.socket.DTPSocket:
+        """CLIENT's connection (paying nothing unless ``metering`` says otherwise)."""
+        return self.connect_as(CLIENT, PORT, deposit, metering=metering, timeout=timeout, **options)
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "credit", SLA)
-    ledger.faucet(CLIENT.sui_address, 10_000_000)
-    try:
-        yield World(ledger, host_id, tmp_path / "receipts.db")
-    finally:
-        ledger.close()
+    with hosted_ledgers(tmp_path, SERVER, CLIENT, PORT, SLA, kind="credit") as ledgers:
+        yield World(*ledgers, tmp_path)
 
 
 def read_all(sock: dtp.socket.DTPSocket, got: list[int], errors: list[DTPError]) -> None:
@@ -125,14 +123,7 @@ def test_writers_on_several_streams_share_one_credit(world: World) -> None:
     errors: list[DTPError] = []
     with (
         world.serve(handler),
-        dtp.socket.create_connection(
-            f"dtp://{world.host_id}:{PORT}",
-            timeout=20,
-            ledger=world.ledger,
-            identity=CLIENT,
-            deposit=SLA.min_deposit,
-            metering=UNPAID,
-        ) as sock,
+        world.connect(timeout=20) as sock,
     ):
         sock.sendall(b"go")
         streams = [sock] + [sock.open_stream() for _ in range(STREAMS)]
@@ -200,15 +191,7 @@ def test_writes_queued_beyond_the_clients_window_count_against_the_credit(
     errors: list[DTPError] = []
     with (
         world.serve_on(driver, (handler, handler_aio), STINGY) as server,
-        dtp.socket.create_connection(
-            f"dtp://{world.host_id}:{PORT}",
-            timeout=20,
-            ledger=world.ledger,
-            identity=CLIENT,
-            deposit=SLA.min_deposit,
-            metering=UNPAID,
-            config=config,
-        ) as sock,
+        world.connect(timeout=20, config=config) as sock,
     ):
         sock.sendall(b"go")
         # we read only once the handler wrote the allowance's worth, as a client that is
@@ -269,14 +252,7 @@ def test_a_read_does_not_wait_for_writes_the_client_has_not_read_yet(
     )
     with (
         world.serve_on(driver, (handler, handler_aio), policy, config=server_config),
-        dtp.socket.create_connection(
-            f"dtp://{world.host_id}:{PORT}",
-            timeout=10,
-            ledger=world.ledger,
-            identity=CLIENT,
-            deposit=1_000_000,
-            config=config,
-        ) as sock,
+        world.connect(1_000_000, timeout=10, metering=None, config=config) as sock,
     ):
         sock.sendall(b"u" * size)
         got = 0
@@ -308,15 +284,7 @@ def test_a_write_waiting_for_the_client_to_read_keeps_the_socket_timeout(world: 
     )
     with (
         world.serve(handler),
-        dtp.socket.create_connection(
-            f"dtp://{world.host_id}:{PORT}",
-            timeout=10,
-            ledger=world.ledger,
-            identity=CLIENT,
-            deposit=SLA.min_deposit,
-            metering=UNPAID,
-            config=config,
-        ) as sock,
+        world.connect(timeout=10, config=config) as sock,
     ):
         sock.sendall(b"go")
         error = outcome.get(timeout=5)  # we read nothing meanwhile

@@ -34,7 +34,7 @@ from dtp.keys import HostIdentity
 from dtp.metering import CLOSE_FIREWALL_DENIED, CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import collect_refund
-from tests.paid.servers import METERING, PORT, SERVER, SLA, World, fund, paid_server
+from tests.paid.servers import METERING, SERVER, SLA, World, fund, hosted_world, paid_server
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import conserved, paid_connect
 from tests.support.paid_twins import ident
@@ -48,26 +48,14 @@ serve = paid_top_ups.serve
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-    try:
-        yield World(tmp_path, ledger, host_id)
-    finally:
-        ledger.close()
+    with hosted_world(tmp_path) as made:
+        yield made
 
 
 def echo_blocking(world: World, client: HostIdentity, nbytes: int, deposit: int = 20_000) -> str:
     """Connect by host ID, echo ``nbytes`` in 32 KiB pieces, close; returns the connection ID."""
     payload = os.urandom(nbytes)
-    with dtp.socket.create_connection(
-        world.address,
-        timeout=15,
-        ledger=world.ledger,
-        identity=client,
-        deposit=deposit,
-        metering=METERING,
-    ) as sock:
+    with world.connect(client, deposit) as sock:
         for i in range(0, nbytes, 32 * 1024):
             piece = payload[i : i + 32 * 1024]
             sock.sendall(piece)
@@ -178,14 +166,7 @@ def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
     fund(world, client)
     deposit = 6000  # covers ~600 KiB; the client tries to echo 2 MiB
     with paid_server(world, api=api, pause_timeout=1.0):
-        sock = dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=deposit,
-            metering=METERING,
-        )
+        sock = world.connect(client, deposit)
         cid = sock.connection_id
         assert cid is not None
         received = 0
@@ -232,14 +213,7 @@ def test_server_killed_mid_stream_keeps_its_fees_and_client_is_refunded(
     fund(world, client)
     deposit = 50_000
     with paid_server(world, api=api) as (proc, _):
-        sock = dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=deposit,
-            metering=METERING,
-        )
+        sock = world.connect(client, deposit)
         cid = sock.connection_id
         assert cid is not None
         piece = os.urandom(32 * 1024)
@@ -292,9 +266,7 @@ def test_deny_applies_to_an_open_connection_within_the_refresh(world: World, api
     client = ident(0x67)
     fund(world, client)
     with paid_server(world, api=api, refresh=0.3):
-        sock = dtp.socket.create_connection(
-            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
-        )
+        sock = world.connect(client)
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"before")
@@ -321,9 +293,7 @@ def test_rate_limit_is_back_pressure_not_drops(world: World, api: str) -> None:
     world.ledger.set_client_limits(SERVER, world.host_id, 0, 200_000, 0)  # 200 kB/s
     total = 250_000
     with paid_server(world, api=api, mode="sink"):
-        with dtp.socket.create_connection(
-            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
-        ) as sock:
+        with world.connect(client) as sock:
             cid = sock.connection_id
             started = time.monotonic()
             sock.sendall(os.urandom(total))
@@ -351,15 +321,7 @@ def test_a_spending_cap_below_the_deposit_refuses_the_open(world: World) -> None
     fund(world, client)
     cap = world.ledger.create_spending_cap(client, 3000)
     with paid_server(world, pause_timeout=1.0), pytest.raises(SpendingCapExceeded):
-        dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=8000,
-            cap_id=cap,
-            metering=METERING,
-        )
+        world.connect(client, 8000, cap_id=cap)
     assert world.ledger.balance(client.sui_address) == 100_000
     assert world.ledger.get_cap(cap).spent == 0
     assert world.ledger.events(filter=EventFilter(type="ConnectionOpened"))[0] == []
@@ -370,9 +332,7 @@ def test_client_that_vanishes_is_settled_by_the_server(world: World) -> None:
     client = ident(0x6A)
     fund(world, client)
     with paid_server(world):
-        sock = dtp.socket.create_connection(
-            world.address, timeout=15, ledger=world.ledger, identity=client, metering=METERING
-        )
+        sock = world.connect(client)
         cid = sock.connection_id
         assert cid is not None
         piece = os.urandom(100 * 1024)
@@ -413,14 +373,7 @@ def test_new_rate_limits_reach_an_open_connection(world: World) -> None:
         return time.monotonic() - started
 
     with paid_server(world, refresh=0.3):
-        with dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=50_000,
-            metering=METERING,
-        ) as sock:
+        with world.connect(client, 50_000) as sock:
             # 60 kB each way = 120 kB charged at 100 kB/s, 25 kB of burst
             assert echo_timed(sock, 60_000) >= 0.6  # the last write waits after it is sent
             world.ledger.set_client_limits(SERVER, world.host_id, 0, 0, 0)  # unlimited
@@ -445,14 +398,7 @@ def test_paused_server_asks_and_the_client_pays_on_request(world: World, api: st
     nbytes = 1 << 20  # 2 MiB of echo = 20480 MIST, four times the allowance
     with paid_server(world, api=api, pause_timeout=5.0):
         if api == "blocking":
-            with dtp.socket.create_connection(
-                world.address,
-                timeout=15,
-                ledger=world.ledger,
-                identity=client,
-                deposit=50_000,
-                metering=ON_REQUEST_ONLY,
-            ) as sock:
+            with world.connect(client, 50_000, metering=ON_REQUEST_ONLY) as sock:
                 cid = sock.connection_id
                 payload = os.urandom(nbytes)
                 for i in range(0, nbytes, 32 * 1024):
@@ -496,14 +442,7 @@ def test_unmetered_client_is_closed_and_refunded_in_full(world: World) -> None:
     client = ident(0x6D)
     fund(world, client)
     with paid_server(world, pause_timeout=0.5):
-        sock = dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=9000,
-            metering=MeteringConfig(enabled=False),
-        )
+        sock = world.connect(client, 9000, metering=MeteringConfig(enabled=False))
         cid = sock.connection_id
         assert cid is not None
         piece = os.urandom(64 * 1024)
@@ -529,14 +468,7 @@ def test_server_that_closes_first_asks_for_a_final_receipt(world: World, api: st
     client = ident(0x6E)
     fund(world, client)
     with paid_server(world, api=api, mode="sink"):  # replies with the count and closes
-        with dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=20_000,
-            metering=ON_REQUEST_ONLY,
-        ) as sock:
+        with world.connect(client, 20_000, metering=ON_REQUEST_ONLY) as sock:
             cid = sock.connection_id
             sock.sendall(os.urandom(100_000))
             sock.shutdown(dtp.socket.SHUT_WR)

@@ -17,25 +17,18 @@ from pathlib import Path
 
 import pytest
 
-import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
-from tests.paid.servers import METERING, PORT, SERVER, SLA, World, fund, paid_server
+from tests.paid.servers import SERVER, SLA, World, fund, hosted_world, paid_server
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-    try:
-        yield World(tmp_path, ledger, host_id)
-    finally:
-        ledger.close()
+    with hosted_world(tmp_path) as made:
+        yield made
 
 
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
@@ -48,14 +41,7 @@ def test_server_killed_while_a_client_closes_is_paid_once_after_restart(
     deposit = 50_000
     piece = os.urandom(32 * 1024)
     with paid_server(world, api=api) as (proc, _):
-        sock = dtp.socket.create_connection(
-            world.address,
-            timeout=15,
-            ledger=world.ledger,
-            identity=client,
-            deposit=deposit,
-            metering=METERING,
-        )
+        sock = world.connect(client, deposit)
         cid = sock.connection_id
         assert cid is not None
         for _ in range(8):  # 256 KiB each way

@@ -41,14 +41,8 @@ class World(PaidWorld):
         return f"dtp://{self.host_id}:{PORT}"
 
     def serve(self, handler: Handler, store: ReceiptStore) -> PaidServer:
-        return dtp.socket.serve(
-            self.host_id,
-            PORT,
-            handler,
-            ledger=self.server_ledger,
-            identity=SERVER,
-            receipts=store,
-            policy=ServicePolicy(allowance=500),
+        return self.serve_blocking(
+            PORT, handler, SERVER, receipts=store, policy=ServicePolicy(allowance=500)
         )
 
     def serve_on(self, driver: Driver, store: ReceiptStore) -> Any:
@@ -69,10 +63,6 @@ class World(PaidWorld):
     def settled(self, connection_id: str) -> bool:
         tc = self.ledger.get_connection(connection_id)
         return tc.settled and tc.state != ConnectionState.OPEN
-
-    def claimed(self, connection_id: str) -> int:
-        tc = self.ledger.get_connection(connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
 
 
 @pytest.fixture

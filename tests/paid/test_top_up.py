@@ -49,6 +49,8 @@ from tests.support.paid_top_ups import (
     SERVER,
     CountingLedger,
     conserved,
+    paid_connect,
+    paid_open,
 )
 from tests.support.polling import wait_for
 
@@ -68,21 +70,6 @@ def host_id(ledger: LocalLedger) -> str:
     host = ledger.create_host(SERVER, SERVER.noise_public)
     ledger.add_service(SERVER, host, PORT, "gate", SLA)
     return host
-
-
-def paid_connection(
-    ledger: LocalLedger, host_id: str, cap: str, deposit: int
-) -> dtp.socket.DTPSocket:
-    """The client's metered connection to the paid service, on spending cap ``cap``."""
-    return dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=deposit,
-        cap_id=cap,
-        metering=METERING,
-    )
 
 
 def read_until(sock: dtp.socket.DTPSocket, got: int, goal: int) -> tuple[int, DTPError | None]:
@@ -122,7 +109,7 @@ def test_a_top_up_while_open_is_served_on(
     (PaymentRequired)."""
     counting, _server = serve(policy=PATIENT)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+    with paid_connect(ledger, host_id, cap, deposit=DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -156,7 +143,7 @@ def test_a_receipt_above_a_deposit_not_topped_up_still_closes_the_connection(
     beyond the deposit; it claims only what the deposit pays."""
     counting, _server = serve(policy=PATIENT)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+    with paid_connect(ledger, host_id, cap, deposit=DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -185,7 +172,7 @@ def test_a_deposit_run_out_is_read_again_at_most_once_an_interval(
     the whole deposit."""
     counting, _server = serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+    with paid_connect(ledger, host_id, cap, deposit=DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         sock.sendall(b"go")
@@ -263,7 +250,7 @@ def test_a_top_up_as_the_deposit_runs_out_serves_on(
     whole deposit (the server pauses there): the read goes on to 3 MiB."""
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+    with paid_connect(ledger, host_id, cap, deposit=DEPOSIT) as sock:
         payment = sock._engine.hook
         assert payment is not None
         meter = payment.meter.meter
@@ -295,15 +282,7 @@ def test_an_asyncio_client_tops_up_too(
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
 
     async def main() -> tuple[int, str | None]:
-        reader, writer = await dtp.aio.open_connection(
-            f"dtp://{host_id}:{PORT}",
-            timeout=20,
-            ledger=ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            cap_id=cap,
-            metering=METERING,
-        )
+        reader, writer = await paid_open(ledger, host_id, cap, deposit=DEPOSIT)
         try:
             writer.write(b"go")
             got = 0
@@ -334,7 +313,7 @@ def test_top_up_refuses_a_bad_amount_and_an_unpaid_connection(
     connection that is not paid has nothing to top up (LocalProtocolError)."""
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with paid_connection(ledger, host_id, cap, DEPOSIT) as sock:
+    with paid_connect(ledger, host_id, cap, deposit=DEPOSIT) as sock:
         cid = sock.connection_id
         assert cid is not None
         escrow_id = ledger.get_connection(cid).escrow

@@ -24,8 +24,6 @@ from typing import Any
 
 import pytest
 
-import dtp.aio
-import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.errors import (
     ConnectionClosed,
@@ -40,8 +38,6 @@ from tests.support.paid_top_ups import (
     CLIENT,
     DEAR_DEPOSIT,
     DEAR_SLA,
-    METERING,
-    PORT,
     CountingLedger,
     conserved,
     paid_connect,
@@ -63,33 +59,6 @@ TOP_UP = 40_000
 SENT = 20 << 10  # the client's bytes after its top-up: about 20,000 MIST
 
 
-def connect(ledger: LocalLedger, host_id: str, cap: str) -> dtp.socket.DTPSocket:
-    """The client's metered connection with DEPOSIT on spending cap ``cap``."""
-    return dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    )
-
-
-async def connect_aio(ledger: LocalLedger, host_id: str, cap: str) -> dtp.aio.DTPStreamWriter:
-    """:func:`connect` through the asyncio client: its writer."""
-    _reader, writer = await dtp.aio.open_connection(
-        f"dtp://{host_id}:{PORT}",
-        timeout=20,
-        ledger=ledger,
-        identity=CLIENT,
-        deposit=DEPOSIT,
-        cap_id=cap,
-        metering=METERING,
-    )
-    return writer
-
-
 def send_topped_up_then_end(
     ledger: LocalLedger,
     host_id: str,
@@ -102,7 +71,7 @@ def send_topped_up_then_end(
     moves nothing), send SENT bytes (signed for beyond the old deposit), let the handler
     end and wait for the server's end: (connection ID, the client's last receipt
     amount)."""
-    with connect(ledger, host_id, cap) as sock:
+    with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         payment = sock._engine.hook
         assert cid is not None and payment is not None
@@ -180,7 +149,7 @@ def test_a_top_up_above_u64_moves_nothing(
     escrow nor what the client signs up to."""
     serve()
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with connect(ledger, host_id, cap) as sock:
+    with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         payment = sock._engine.hook
         assert cid is not None and payment is not None
@@ -202,7 +171,7 @@ def test_top_up_on_an_ended_connection_is_refused_before_the_ledger(
     release.set()  # the handlers end the connection once the client said "go"
     serve(*quiet_handlers(release))
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    with connect(ledger, host_id, cap) as sock:
+    with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         assert cid is not None
         escrow_id = ledger.get_connection(cid).escrow
@@ -228,7 +197,7 @@ def test_an_asyncio_top_up_on_an_ended_connection_is_refused_before_the_ledger(
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
 
     async def main() -> str:
-        writer = await connect_aio(ledger, host_id, cap)
+        _reader, writer = await paid_open(ledger, host_id, cap)
         try:
             cid = writer.connection_id
             assert cid is not None
@@ -273,7 +242,7 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
     monkeypatch.setattr(ClientPayment, "top_up_on_ledger", slow)
 
     async def main() -> tuple[int, str]:
-        writer = await connect_aio(ledger, host_id, cap)
+        _reader, writer = await paid_open(ledger, host_id, cap)
         try:
             cid = writer.connection_id
             payment = writer._proto.hook

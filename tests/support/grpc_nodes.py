@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
+from tests.support.loops import LoopThread
 from tests.support.sui_node.server import RawCodec
 
 #: Long enough that a test finishing means the fix worked, not that a timeout fired.
@@ -63,17 +63,15 @@ class GrpcNode:
 
     def __init__(self, answers: dict[str, Answer]) -> None:
         self.handlers = _Handlers(answers)
-        self.loop = asyncio.new_event_loop()
+        self.loop = LoopThread()
 
         async def start() -> Server:
             server = Server([self.handlers], codec=RawCodec())
             await server.start("127.0.0.1", 0)
             return server
 
-        self.server = self.loop.run_until_complete(start())
+        self.server = self.loop.run(start(), JOIN)
         self.port = self.server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
 
     @property
     def url(self) -> str:
@@ -84,10 +82,10 @@ class GrpcNode:
             self.server.close()
             await self.server.wait_closed()
 
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(JOIN)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(JOIN)
-        self.loop.close()
+        try:
+            self.loop.run(stop(), JOIN)
+        finally:
+            self.loop.close(timeout=JOIN)
 
 
 def constant_answer(message: Any) -> Answer:
@@ -113,13 +111,9 @@ class Http2Status:
         self.status = status
         self.requests: list[str] = []
         self.tasks: set[asyncio.Task[None]] = set()
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0)
-        )
+        self.loop = LoopThread()
+        self.server = self.loop.run(asyncio.start_server(self._serve, "127.0.0.1", 0), JOIN)
         self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
 
     @property
     def url(self) -> str:
@@ -175,7 +169,7 @@ class Http2Status:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.server.wait_closed()
 
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(JOIN)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(JOIN)
-        self.loop.close()
+        try:
+            self.loop.run(stop(), JOIN)
+        finally:
+            self.loop.close(timeout=JOIN)

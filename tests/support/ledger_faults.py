@@ -4,6 +4,10 @@
 
 Give each carrier its own wrapper (``LedgerCarrierOptions(ledger_filter=impair(...))``):
 held-back events belong to the reader that was going to see them.
+
+How the reordering draws which events wait is ``holding``: seeded tests' expectations
+(which events are lost, how many rounds an exchange takes) depend on the draws, so each
+way stays exactly as its tests were written against.
 """
 
 from __future__ import annotations
@@ -11,10 +15,16 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from dtp.chain.ledger import Ledger
 from dtp.chain.objects import Event, EventFilter
+
+#: How the reordering picks the events that wait for a later read: ``"span"``, one draw
+#: holds back a leading span (up to ``reorder`` of them) of the shuffled events;
+#: ``"each"``, every event draws whether it waits (the ledger carrier pair tests, in
+#: tests/hostid/ledger_carrier_pairs.py).
+Holding = Literal["span", "each"]
 
 
 class ImpairedLedger:
@@ -29,8 +39,10 @@ class ImpairedLedger:
         duplicate: float = 0.0,
         reorder: float = 0.0,
         drop_first: int = 0,
+        holding: Holding = "span",
     ) -> None:
         self._ledger = ledger
+        self.holding = holding
         self.drop_first = drop_first
         self.rng = random.Random(seed)
         self.loss, self.duplicate, self.reorder = loss, duplicate, reorder
@@ -61,8 +73,13 @@ class ImpairedLedger:
         if self.reorder and self._held:
             self.rng.shuffle(self._held)
             # some events wait for a later call: reordering across reads, too
-            keep = int(len(self._held) * self.reorder * self.rng.random())
-            release, self._held = self._held[keep:], self._held[:keep]
+            if self.holding == "span":
+                keep = int(len(self._held) * self.reorder * self.rng.random())
+                release, self._held = self._held[keep:], self._held[:keep]
+            else:
+                held = [e for e in self._held if self.rng.random() < self.reorder]
+                release = [e for e in self._held if e not in held or self.rng.random() < 0.5]
+                self._held = [e for e in self._held if e not in release]
         else:
             release, self._held = self._held, []
         return out + release, cursor

@@ -24,10 +24,10 @@ from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
+from tests.support.loops import LoopThread
 from tests.support.paid_twins import (
     funded_ledger,
     ident,
-    loop_in_thread,
     stop,
     streams_forever,
     streams_forever_aio,
@@ -120,42 +120,22 @@ def serve(
     ) -> tuple[CountingLedger, Any]:
         counting = CountingLedger(LocalLedger(tmp_path / "ledger.db"))
         closers.append(counting._ledger.close)
+        options: dict[str, Any] = {
+            "ledger": counting,
+            "identity": SERVER,
+            "receipts": tmp_path / "receipts.db",
+            "policy": policy,
+        }
         if request.param == "blocking":
-            server = dtp.socket.serve(
-                host_id,
-                PORT,
-                handler or streams_forever,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            )
+            server = dtp.socket.serve(host_id, PORT, handler or streams_forever, **options)
             closers.insert(0, server.close)
             return counting, server
-        loop_cm = loop_in_thread()
-        loop = loop_cm.__enter__()
-
-        def end_loop() -> None:
-            loop_cm.__exit__(None, None, None)
-
-        closers.insert(0, end_loop)
-        aio_server: PaidAioServer = asyncio.run_coroutine_threadsafe(
-            dtp.aio.serve(
-                host_id,
-                PORT,
-                aio_handler or streams_forever_aio,
-                ledger=counting,  # type: ignore[arg-type]
-                identity=SERVER,
-                receipts=tmp_path / "receipts.db",
-                policy=policy,
-            ),
-            loop,
-        ).result(10)
-
-        def stop_server() -> None:
-            asyncio.run_coroutine_threadsafe(stop(aio_server), loop).result(30)
-
-        closers.insert(0, stop_server)
+        loop = LoopThread()
+        closers.insert(0, loop.close)
+        aio_server: PaidAioServer = loop.run(
+            dtp.aio.serve(host_id, PORT, aio_handler or streams_forever_aio, **options), 10
+        )
+        closers.insert(0, lambda: loop.run(stop(aio_server), 30))
         return counting, aio_server
 
     try:
@@ -165,33 +145,41 @@ def serve(
             close()
 
 
-def _paid_args(ledger: LocalLedger, cap: str | None, metering: MeteringConfig) -> dict[str, Any]:
-    """The client's side of a paid connection with DEAR_DEPOSIT (and spending cap ``cap``)."""
+def _paid_args(
+    ledger: LocalLedger, cap: str | None, metering: MeteringConfig, deposit: int
+) -> dict[str, Any]:
+    """The client's side of a paid connection with ``deposit`` (and spending cap ``cap``)."""
     return {
         "timeout": 20,
         "ledger": ledger,
         "identity": CLIENT,
-        "deposit": DEAR_DEPOSIT,
+        "deposit": deposit,
         "cap_id": cap,
         "metering": metering,
     }
 
 
 def paid_connect(
-    ledger: LocalLedger, host_id: str, cap: str | None = None, metering: MeteringConfig = METERING
+    ledger: LocalLedger,
+    host_id: str,
+    cap: str | None = None,
+    metering: MeteringConfig = METERING,
+    *,
+    deposit: int = DEAR_DEPOSIT,
 ) -> dtp.socket.DTPSocket:
-    """A blocking client's paid connection to the dearer service (``host_id``)."""
+    """A blocking client's paid connection to the service on PORT of ``host_id`` (the
+    dearer one, unless the module has its own), with ``deposit`` in escrow."""
     return dtp.socket.create_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering)
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, metering, deposit)
     )
 
 
 async def paid_open(
-    ledger: LocalLedger, host_id: str, cap: str | None = None
+    ledger: LocalLedger, host_id: str, cap: str | None = None, *, deposit: int = DEAR_DEPOSIT
 ) -> tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]:
     """:func:`paid_connect` through the asyncio client."""
     return await dtp.aio.open_connection(
-        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING)
+        f"dtp://{host_id}:{PORT}", **_paid_args(ledger, cap, METERING, deposit)
     )
 
 

@@ -22,7 +22,7 @@ from dtp.chain.objects import Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, LedgerUnavailable
 from dtp.escrow import object_id_bytes
-from dtp.hostid.paid import PaidSocket
+from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
 from tests.support.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
@@ -48,13 +48,19 @@ def funded_ledger(tmp_path: Path, client: HostIdentity) -> Iterator[LocalLedger]
 
 @contextmanager
 def hosted_ledgers(
-    tmp_path: Path, server: HostIdentity, client: HostIdentity, port: int, sla: Sla
+    tmp_path: Path,
+    server: HostIdentity,
+    client: HostIdentity,
+    port: int,
+    sla: Sla,
+    kind: str = "echo",
 ) -> Iterator[tuple[LocalLedger, LocalLedger, str]]:
-    """:func:`funded_ledger` with ``server``'s host offering an echo service on ``port``:
-    (the client's ledger, the server's own handle on the same file, the host ID)."""
+    """:func:`funded_ledger` with ``server``'s host offering a service of ``kind`` on
+    ``port``: (the client's ledger, the server's own handle on the same file, the host
+    ID)."""
     with funded_ledger(tmp_path, client) as ledger:
         host_id = ledger.create_host(server, server.noise_public)
-        ledger.add_service(server, host_id, port, "echo", sla)
+        ledger.add_service(server, host_id, port, kind, sla)
         server_ledger = LocalLedger(tmp_path / "ledger.db")
         try:
             yield ledger, server_ledger, host_id
@@ -80,8 +86,10 @@ class PaidWorld:
         *,
         metering: Any = None,
         timeout: float = 30.0,
+        **options: Any,
     ) -> dtp.socket.DTPSocket:
-        """``client``'s connection by host ID to ``port``, with ``deposit`` in escrow."""
+        """``client``'s connection by host ID to ``port``, with ``deposit`` in escrow
+        (``options`` as ``create_connection`` takes them)."""
         return dtp.socket.create_connection(
             f"dtp://{self.host_id}:{port}",
             timeout=timeout,
@@ -89,6 +97,21 @@ class PaidWorld:
             identity=client,
             deposit=deposit,
             metering=metering,
+            **options,
+        )
+
+    def claimed(self, connection_id: str) -> int:
+        """What the connection's escrow has paid the server so far."""
+        tc = self.ledger.get_connection(connection_id)
+        return self.ledger.get_escrow(tc.escrow).claimed
+
+    def serve_blocking(
+        self, port: int, handler: Any, identity: HostIdentity, **options: Any
+    ) -> PaidServer:
+        """``dtp.socket.serve`` of the host's ``port`` with the server's own ledger
+        handle (``options`` as it takes them): the server."""
+        return dtp.socket.serve(
+            self.host_id, port, handler, ledger=self.server_ledger, identity=identity, **options
         )
 
     def serve_aio(

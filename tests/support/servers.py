@@ -17,10 +17,15 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import dtp.aio
 import dtp.socket
 from dtp.keys import HostIdentity
+
+#: A blocking server's handler: it gets each connection's socket.
+Handler = Callable[[Any], None]
 
 
 def _deny(deny: list[str]) -> dtp.socket.AcceptHook:
@@ -39,16 +44,21 @@ def _announce(port: int, identity: HostIdentity) -> None:
     )
 
 
-def serve_blocking(mode: str, identity: HostIdentity, deny: list[str], host: str) -> None:
-    server = dtp.socket.create_server((host, 0), identity=identity, accept=_deny(deny))
-    _announce(server.address[1], identity)
+def blocking_handler(mode: str, *, shut_wr: bool = True, linger: float = 0.2) -> Handler:
+    """A blocking server's handler in ``mode`` (see the module docstring), for a
+    ``DTPSocket`` or a paid one (tests/paid/servers.py): ``echo`` serves the streams the
+    client opens besides the first in threads of their own, ends each echoed stream with
+    SHUT_WR when ``shut_wr``, and keeps the connection ``linger`` seconds after the first
+    stream ended (the others' echoes still going out); ``sink`` replies with the count
+    of the first stream's bytes."""
 
-    def echo_stream(sock: dtp.socket.DTPSocket) -> None:
+    def echo_stream(sock: Any) -> None:
         while data := sock.recv(65536):
             sock.sendall(data)
-        sock.shutdown(dtp.socket.SHUT_WR)
+        if shut_wr:
+            sock.shutdown(dtp.socket.SHUT_WR)
 
-    def handle(sock: dtp.socket.DTPSocket) -> None:
+    def handle(sock: Any) -> None:
         if mode == "slow":
             time.sleep(3600)
         if mode == "sink":
@@ -68,9 +78,16 @@ def serve_blocking(mode: str, identity: HostIdentity, deny: list[str], host: str
 
         threading.Thread(target=extra_streams, daemon=True).start()
         echo_stream(sock)
-        time.sleep(0.2)
+        if linger:
+            time.sleep(linger)
 
-    server.serve_forever(handle)
+    return handle
+
+
+def serve_blocking(mode: str, identity: HostIdentity, deny: list[str], host: str) -> None:
+    server = dtp.socket.create_server((host, 0), identity=identity, accept=_deny(deny))
+    _announce(server.address[1], identity)
+    server.serve_forever(blocking_handler(mode))
 
 
 async def serve_asyncio(mode: str, identity: HostIdentity, deny: list[str], host: str) -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import dtp.aio
 import dtp.socket
+from tests.support.loops import LoopThread
 from tests.support.pairs import SERVER_ID
 
 APIS = ["blocking", "asyncio"]
@@ -95,9 +95,7 @@ class AsyncioDriver(ServerDriver):
     def __init__(self, accept: Hook | None = None, *, echo: bool = False, **options: Any) -> None:
         self.echo = echo
         self._served: queue.Queue[tuple[str, bytes] | BaseException] = queue.Queue()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
+        self._loop = LoopThread()
         hook = None if accept is None else _in_a_thread(accept)
         options.setdefault("identity", SERVER_ID)
         if "service_port" in options:
@@ -107,7 +105,7 @@ class AsyncioDriver(ServerDriver):
                 dtp.aio.start_server(self._handler, "127.0.0.1", 0, accept=hook, **options)
             )
         except BaseException:
-            self._stop()
+            self._loop.close(cancel=True, timeout=60)
             raise
         self.address = self.server.sockets[0].getsockname()[:2]
         self.noise_public_key = self.server.noise_public_key
@@ -129,7 +127,7 @@ class AsyncioDriver(ServerDriver):
             writer.close()
 
     def _call(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self._loop.run(coro, timeout)
 
     def served(self, timeout: float = 60) -> tuple[str, bytes]:
         got = self._served.get(timeout=timeout)
@@ -145,7 +143,7 @@ class AsyncioDriver(ServerDriver):
 
     def close(self) -> None:
         """Closes the server and ends its loop (again: nothing)."""
-        if self._loop.is_closed():
+        if self._loop.closed:
             return
 
         async def closed() -> None:
@@ -155,20 +153,7 @@ class AsyncioDriver(ServerDriver):
         try:
             self._call(closed())
         finally:
-            self._stop()
-
-    def _stop(self) -> None:
-        # what is still pending is cancelled and awaited, as asyncio.run does at its end
-        async def cancel_the_rest() -> None:
-            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in rest:
-                task.cancel()
-            await asyncio.gather(*rest, return_exceptions=True)
-
-        self._call(cancel_the_rest())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(60)
-        self._loop.close()
+            self._loop.close(cancel=True, timeout=60)
 
 
 def _in_a_thread(hook: Hook) -> Callable[[str], Any]:

@@ -23,6 +23,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
+from tests.support.loops import LoopThread
 from tests.udp.world import DnsLikeBackend
 
 T = TypeVar("T")
@@ -187,30 +188,18 @@ class AsyncioDriver(UdpDriver):
     name = "asyncio"
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self._loop = LoopThread(catch_errors=True)
+        self.loop = self._loop.loop
         #: What the loop met that no code caught ("Exception in callback ...").
-        self.loop_errors: list[dict[str, Any]] = []
-        self.loop.set_exception_handler(lambda _loop, context: self.loop_errors.append(context))
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
+        self.loop_errors = self._loop.errors
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the driver's loop and return its result."""
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result(BOUND)
+        return self._loop.run(work, BOUND)
 
     def shut(self) -> None:
         """Stop the loop (what a test left running on it is cancelled first)."""
-
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.run(cancel_all())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(BOUND)
-        self.loop.close()
+        self._loop.close(cancel=True, timeout=BOUND)
 
     @contextlib.contextmanager
     def serve_relay(

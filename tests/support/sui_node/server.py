@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from dtp.chain.local_tx import base58, tx_digest
+from tests.support.loops import LoopThread
 from tests.support.sui_node import answers, execute
 from tests.support.sui_node.objects import full_address
 from tests.support.sui_node.ptb import Refusal, parse_tx
@@ -178,8 +179,8 @@ class SuiNodeStandIn:
         self._locks: dict[str, str] = {}
         #: Shared objects written by transactions in flight (ID -> digests).
         self._writing: dict[str, set[str]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        #: The loop serving, from :meth:`start` on.
+        self._loop: LoopThread | None = None
         self._server: _Server | None = None
         self._closed = False
 
@@ -196,7 +197,7 @@ class SuiNodeStandIn:
 
     def start(self) -> SuiNodeStandIn:
         """Start serving (returns self)."""
-        self._thread.start()
+        self._loop = LoopThread()
         self.come_back()
         return self
 
@@ -206,8 +207,9 @@ class SuiNodeStandIn:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, coro: Awaitable[Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_JOIN)  # type: ignore[arg-type]
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        assert self._loop is not None, "the stand-in is not started"
+        return self._loop.run(coro, _JOIN)
 
     def go_away(self) -> None:
         """Stop serving: the port refuses connections and the calls in flight end with a
@@ -257,12 +259,12 @@ class SuiNodeStandIn:
         if self._closed:
             return
         self._closed = True
-        if self._thread.is_alive():
-            self.unstall()
-            self.go_away()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(_JOIN)
-        self._loop.close()
+        if self._loop is not None:
+            try:
+                self.unstall()
+                self.go_away()
+            finally:
+                self._loop.close(timeout=_JOIN)
         self.state.close()
 
     # -- knobs ---------------------------------------------------------------------------
