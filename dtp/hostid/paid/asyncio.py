@@ -133,7 +133,7 @@ class PaidConnection:
 
     def wake(self) -> None:
         """Wake the tasks waiting on the connection (each looks again)."""
-        self.proto._notify()
+        self.proto.wake()
 
     def put_back_datagram(self, data: bytes) -> None:
         """``data``, read and charged to the rate limits by a read then cancelled, is
