@@ -20,8 +20,8 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.engine import PaidConnectionEngine, PauseAction, ReceiptStep
+from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -87,12 +87,8 @@ class PaidConnection:
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
-        # (datagram sends that drop for want of credit: a send never waits, so that is
-        # its pause, timed and paced by the engine as the blocking driver's waits are)
-        #: The bytes of the datagram the last such send dropped first: payment that
-        #: covers it ends the pause (:meth:`credit_grew`)
-        self._unpaid_size = 0
-        #: The escrow read such a send started (a top-up may be what covers them)
+        #: The escrow read a datagram send dropped for want of credit started (a top-up
+        #: may be what covers them: :meth:`datagrams_unpaid`)
         self._deposit_task: asyncio.Task[None] | None = None
         #: The end phase waited for that read: no datagram send starts another
         self._deposit_reads_over = False
@@ -166,26 +162,23 @@ class PaidConnection:
         self.proto.close_carrier()
 
     async def wait_paid(self) -> None:
-        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid`."""
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid` (the engine's
+        :meth:`~dtp.hostid.paid.engine.PausedCall.step` at each look)."""
         if self.gate.serving(*self.conn.usage):
             return
         await self.read_deposit()
         verdict = self.verdict()
+        pause = self.core.pause(time.monotonic())
         session = self.proto.session
-        core = self.core
-        while verdict.state is GateState.PAUSE:
+        while (step := pause.step(verdict, time.monotonic())).action is PauseAction.WAIT:
             if session.terminated is not None:
                 return
-            now = time.monotonic()
-            if core.request_due(now):
-                with contextlib.suppress(DTPError):
-                    self.conn.send_receipt(RECEIPT_REQUEST)
-                self.proto.flush()
+            if step.ask:
+                self.ask_for_receipt()
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
-            # result in place of a cancel that came as the receipt did, and the read went
-            # on waiting for bytes -- the loop's end, which cancels each task once, held)
+            # result in place of a cancel that came as the receipt did)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(core.request_wait(now)):
+                async with asyncio.timeout(step.wait):
                     await self.proto.wait_for(
                         lambda: (
                             self.verdict().state is not GateState.PAUSE
@@ -194,12 +187,15 @@ class PaidConnection:
                     )
             await self.read_deposit()
             verdict = self.verdict()
-        # the pause is over: the next one asks for a receipt at once
-        core.pause_over()
-        if verdict.state is GateState.CLOSE:
-            close = self.core.payment_required(verdict)
-            self.close(close.code, close.reason)
-            raise PaymentRequired(close.reason, close.code)
+        if step.close is not None:
+            self.close(step.close.code, step.close.reason)
+            raise PaymentRequired(step.close.reason, step.close.code)
+
+    def ask_for_receipt(self) -> None:
+        """Send the client RECEIPT_REQUEST (an ended connection sends nothing)."""
+        with contextlib.suppress(DTPError):
+            self.conn.send_receipt(RECEIPT_REQUEST)
+        self.proto.flush()
 
     async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
@@ -228,25 +224,20 @@ class PaidConnection:
             self.on_receipt(pending.encode())  # the usual path now
 
     def room(self, nbytes: int) -> int:
-        """How much of a read or write of ``nbytes`` may go now: what the gate still
-        allows on the usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per
-        look), at least 1 byte when it serves, 0 when it does not."""
+        """How much of a read of ``nbytes`` may go now: what the gate still allows on the
+        usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per look), at
+        least 1 byte when it serves, 0 when it does not."""
         usage = self.conn.usage
         if not self.gate.serving(*usage):
             return 0
-        credit = self.core.read_credit(usage)
-        return nbytes if nbytes <= credit else max(1, credit)
+        return self.core.read_room(usage, nbytes)[0]
 
     def send_room(self, nbytes: int) -> int:
-        """How much of a write of ``nbytes`` may go now: as :meth:`room`, but on the
-        usage plus the bytes queued in the connection beyond the client's flow-control
-        window (the usage counts a byte once it is sent: judged on the usage alone, a
-        client that read nothing had the send queue filled on credit never used up).
-        0 when the gate does not serve, or when queued bytes hold all of its credit
-        (:meth:`wait_send` then waits for the client to read them); at least 1 byte
-        when it serves and nothing is queued. Reads keep :meth:`room`: what they take is
-        in the usage already, and a read waiting for writes that wait for the client to
-        read could wait for good (as dtp.hostid.paid's)."""
+        """How much of a write of ``nbytes`` may go now
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_room`, on the usage
+        plus the bytes queued beyond the client's window); 0 when the gate does not
+        serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
+        for the client to read them)."""
         conn = self.conn
         usage = conn.usage
         if not self.gate.serving(*usage):
@@ -255,39 +246,27 @@ class PaidConnection:
         return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
-        """How many datagrams of ``sizes`` (the first ones) may go now: those whose
-        bytes, each whole, the gate's credit covers, judged as :meth:`send_room` judges a
-        write (on the usage plus the bytes queued beyond the client's window); 0 when the
-        gate does not serve."""
+        """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
+        :meth:`send_room` judges a write; 0 when the gate does not serve."""
         conn = self.conn
         usage = conn.usage
         if not self.gate.serving(*usage):
             return 0
-        credit = self.core.write_credit(usage, conn.send_buffered())
-        return self.core.datagrams_covered(credit, sizes)[0]
+        return self.core.datagram_room(usage, conn.send_buffered(), sizes)
 
     def datagrams_unpaid(self, size: int) -> None:
         """A datagram send dropped datagrams the gate's credit did not cover, the first
-        of ``size`` bytes (a send never waits): the pause of a blocking send, without
-        the wait. The client is asked for a receipt (once a request interval) and the
-        escrow read again when a top-up would help (in a task); once they have been
-        dropped for want of payment for ``pause_timeout`` -- or at once on a bad
-        receipt -- the connection closes, and :class:`~dtp.errors.PaymentRequired` is
-        raised. (Dropping them for good instead would let a sender of datagrams alone to a
-        client that pays nothing go on for the life of the connection, which would never
-        close, and never ask one that pays when asked.)"""
+        of ``size`` bytes (a send never waits): the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_dropped` says
+        whether to ask for a receipt or to close (:class:`~dtp.errors.PaymentRequired`);
+        the escrow is read again when a top-up would help (in a task)."""
         now = time.monotonic()
-        since = self.core.datagrams_unpaid(now)
-        self._unpaid_size = size
-        verdict = self.core.datagram_verdict(self.verdict(), now, size, since)
-        if verdict.state is GateState.CLOSE:
-            close = self.core.payment_required(verdict)
-            self.close(close.code, close.reason)
-            raise PaymentRequired(close.reason, close.code)
-        if self.core.request_due(now):
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+        step = self.core.datagrams_dropped(self.verdict(), now, size)
+        if step.close is not None:
+            self.close(step.close.code, step.close.reason)
+            raise PaymentRequired(step.close.reason, step.close.code)
+        if step.ask:
+            self.ask_for_receipt()
         task = self._deposit_task
         reading = task is not None and not task.done()
         if not reading and not self._deposit_reads_over and self.ledger is not None:
@@ -301,15 +280,11 @@ class PaidConnection:
         self.core.datagrams_paid()
 
     def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read, a cap raised): once the credit
-        covers the datagram a send last dropped, a pause of datagram sends is over, as
-        dtp.hostid.paid's look finding the usage served ends one. (Only a send that went whole
-        ended it: a client that paid, its credit then spent on stream bytes before the
-        next datagram, had that one close the connection at once, its pause timed from
-        the first drop, before the payment.)"""
-        unpaid = self.core.unpaid_datagrams_since is not None
-        if unpaid and self.datagram_room([self._unpaid_size]):
-            self.datagrams_paid()
+        """Payment came (a receipt kept, a top-up read, a cap raised): a pause of
+        datagram sends ends once the credit covers the datagram a send last dropped
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`)."""
+        conn = self.conn
+        self.core.datagrams_covered_again(conn.usage, conn.send_buffered())
 
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
@@ -365,9 +340,7 @@ class PaidConnection:
             wait = self.core.final_receipt_wait(time.monotonic(), deadline)
             if wait <= 0:
                 return
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+            self.ask_for_receipt()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
                 async with asyncio.timeout(wait):
                     await self.proto.wait_for(done)
@@ -390,30 +363,22 @@ class PaidConnection:
         return False
 
     def send_slice(self) -> int:
-        """The most bytes to let out between two looks at the rate limits: dtp.hostid.paid's
-        sendall slice, or the bytes/s limit's take when smaller
-        (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
-        bucket = self.buckets.bytes
-        if not bucket.rate:
-            return SEND_SLICE
-        return min(SEND_SLICE, bucket.take_of(SEND_SLICE))
+        """The most bytes to let out between two looks at the rate limits (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_slice`)."""
+        return self.core.send_slice()
 
     def write_slice(self) -> int:
-        """The most bytes of a write to let out at once: :meth:`send_slice` under a
-        bytes/s limit, else all of it."""
-        return self.send_slice() if self.buckets.bytes.rate else CREDIT_MAX
+        """The most bytes of a write to let out at once (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_slice`)."""
+        return self.core.write_slice()
 
     def in_debt(self) -> bool:
-        """Whether the client's bytes/s limit is in debt now (what was sent must be paid
-        for by a wait before more goes)."""
-        bucket = self.buckets.bytes
-        return bool(bucket.rate) and bucket.delay(time.monotonic()) > 0
+        """Whether the client's bytes/s limit is in debt now."""
+        return self.core.in_debt(time.monotonic())
 
     def held_back(self, nbytes: int) -> bool:
-        """Whether the client's bytes/s limit holds back a write of ``nbytes`` now: its
-        bucket does not hold the first piece of it yet (:meth:`pace` waits for that)."""
-        bucket = self.buckets.bytes
-        return bool(bucket.rate) and bucket.wait_for(nbytes, time.monotonic()) > 0
+        """Whether the client's bytes/s limit holds back a write of ``nbytes`` now."""
+        return self.core.held_back(nbytes, time.monotonic())
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
@@ -435,10 +400,7 @@ class PaidConnection:
         client's bytes/s limit now, without waiting: the debt holds back the client's
         next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
         it."""
-        if not self.buckets.bytes.rate:
-            return False
-        self.buckets.bytes.charge(nbytes, time.monotonic())
-        return True
+        return self.core.charge_sent(nbytes, time.monotonic())
 
     async def wait_limits(self) -> None:
         """Wait while the client's rate limits are in debt (what :meth:`charge` counted;
@@ -454,10 +416,9 @@ class PaidConnection:
         # client had gone. Looked at again each refresh interval (as dtp.hostid.paid's): a
         # limit the Host raised or lifted meanwhile reaches a wait already under way
         session = self.proto.session
-        step = self.policy.refresh_interval
         while delay > 0:
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
-                async with asyncio.timeout(min(delay, step)):
+                async with asyncio.timeout(self.core.hold_wait(delay)):
                     await self.proto.wait_for(lambda: session.terminated is not None)
             if session.terminated is not None:
                 return
