@@ -479,3 +479,43 @@ def test_the_rate_limits_slice_and_hold_what_never_waits() -> None:
     assert free.send_slice() == SEND_SLICE and free.write_slice() == CREDIT_MAX
     assert not free.charge_sent(1 << 30, 0.0) and not free.in_debt(0.0)
     assert not free.held_back(1 << 30, 0.0)
+
+
+def test_a_write_refills_its_credit_unless_bytes_on_their_way_hold_it() -> None:
+    """refill_send: the send credit a look at the gate gives; while queued or under-way
+    bytes hold all of it the writer waits for them (False), but a connection that
+    ended, or nothing on its way, always lets the write go on (it reports or sends)."""
+    paid = engine()  # (1 MIST a byte, allowance 1000)
+    credit = Credit()
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=False) and credit.send == 1000
+    credit.sending = 1000  # another thread's write took it all
+    assert not paid.refill_send(credit, (0, 0), 0, 0, ended=False)
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=True) and credit.send == 0
+    credit.sending = 0
+    assert not paid.refill_send(credit, (0, 0), 1000, 0, ended=False)  # queued: wait
+    # a datagram needs room for all of it, while other bytes are on their way
+    credit.sending = 600
+    assert not paid.refill_send(credit, (0, 0), 0, 500, ended=False)
+    assert paid.refill_send(credit, (0, 0), 0, 400, ended=False) and credit.send == 400
+
+
+def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
+    """datagram_send, the asyncio send: the datagrams the credit covers go; the rest are
+    dropped, a pause asking for a receipt (and closing at its timeout); none go while
+    the bytes/s limit is in debt; a batch that goes whole ends the pause, an empty one
+    does not (tests/paid/test_datagram_pause.py)."""
+    paid = engine()  # (allowance 1000 bytes, pause_timeout 1 s)
+    assert paid.datagram_send((0, 0), 0, [400, 400], 0.0) == (2, None)
+    take, step = paid.datagram_send((800, 0), 0, [100, 200], 0.0)
+    assert take == 1 and step == PauseStep(PauseAction.WAIT, ask=True)
+    assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
+    assert paid.datagram_send((800, 0), 0, [], 0.5) == (0, None)  # empty: still paused
+    assert paid.unpaid_datagrams_since == 0.0
+    take, step = paid.datagram_send((900, 0), 0, [200], 1.0)
+    assert take == 0 and step is not None and step.action is PauseAction.CLOSE
+    assert paid.datagram_send((0, 0), 0, [10], 1.1) == (1, None)
+    assert paid.unpaid_datagrams_since is None  # went whole: that pause is over
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    limited.charge_sent(750, 0.0)  # in debt
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, None)  # dropped, no pause
+    assert limited.unpaid_datagrams_since is None

@@ -88,7 +88,7 @@ class PaidConnection:
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
         #: The escrow read a datagram send dropped for want of credit started (a top-up
-        #: may be what covers them: :meth:`datagrams_unpaid`)
+        #: may be what covers them: :meth:`datagrams_to_send`)
         self._deposit_task: asyncio.Task[None] | None = None
         #: The end phase waited for that read: no datagram send starts another
         self._deposit_reads_over = False
@@ -254,14 +254,20 @@ class PaidConnection:
             return 0
         return self.core.datagram_room(usage, conn.send_buffered(), sizes)
 
-    def datagrams_unpaid(self, size: int) -> None:
-        """A datagram send dropped datagrams the gate's credit did not cover, the first
-        of ``size`` bytes (a send never waits): the engine's
-        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_dropped` says
-        whether to ask for a receipt or to close (:class:`~dtp.errors.PaymentRequired`);
-        the escrow is read again when a top-up would help (in a task)."""
+    def datagrams_to_send(self, sizes: list[int]) -> int:
+        """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
+        the rest dropped and counted (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagram_send`). Those
+        dropped for want of payment are a pause: the client is asked for a receipt, the
+        escrow read again when a top-up would help (in a task), and once the pause
+        timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
+        conn = self.conn
         now = time.monotonic()
-        step = self.core.datagrams_dropped(self.verdict(), now, size)
+        take, step = self.core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
+        if take < len(sizes):
+            conn.datagrams_send_dropped += len(sizes) - take
+        if step is None:
+            return take
         if step.close is not None:
             self.close(step.close.code, step.close.reason)
             raise PaymentRequired(step.close.reason, step.close.code)
@@ -270,14 +276,11 @@ class PaidConnection:
         task = self._deposit_task
         reading = task is not None and not task.done()
         if not reading and not self._deposit_reads_over and self.ledger is not None:
-            escrow_id = self.core.escrow_to_read(self.conn.usage, now)
+            escrow_id = self.core.escrow_to_read(conn.usage, now)
             if escrow_id is not None:
                 self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
                 self._deposit_task.add_done_callback(_log_failure)
-
-    def datagrams_paid(self) -> None:
-        """A datagram send the credit covered whole: a pause of them is over."""
-        self.core.datagrams_paid()
+        return take
 
     def credit_grew(self) -> None:
         """Payment came (a receipt kept, a top-up read, a cap raised): a pause of
@@ -371,10 +374,6 @@ class PaidConnection:
         """The most bytes of a write to let out at once (the engine's
         :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_slice`)."""
         return self.core.write_slice()
-
-    def in_debt(self) -> bool:
-        """Whether the client's bytes/s limit is in debt now."""
-        return self.core.in_debt(time.monotonic())
 
     def held_back(self, nbytes: int) -> bool:
         """Whether the client's bytes/s limit holds back a write of ``nbytes`` now."""
@@ -490,55 +489,47 @@ class PaidReader:
         return data
 
     async def read(self, n: int = -1) -> bytes:
-        # (a size that is not an integer: TypeError at once, as dtp.aio's read; one
-        # that is an int only through __index__ read as that int there, and failed here)
+        # (a size that is not an integer: TypeError at once, as dtp.aio's read)
         n = operator.index(n)
         if n == 0:
             return b""
         if n > 0:
             return await self._chunk(n)
+        return (await self._gather(None))[0]
+
+    async def readexactly(self, n: int) -> bytes:
+        n = operator.index(n)  # (as in read)
+        if n <= 0:
+            return await self._reader.readexactly(n)  # its ValueError, or b""
+        data, need = await self._gather(n)
+        if need:
+            raise asyncio.IncompleteReadError(data, n)
+        return data
+
+    async def _gather(self, need: int | None) -> tuple[bytes, int]:
+        """Gated chunks until ``need`` bytes came (None: until EOF), or EOF: (them, how
+        many are still missing). A read cancelled, or one that meets a reset or a
+        failure, consumes nothing, as asyncio's and dtp.aio's: what was gathered goes
+        back in front of the stream, charged already (tests/paid/test_aio_stream_wrappers.py)."""
         chunks: list[bytes] = []
+        left = 0 if need is None else need
         try:
-            while chunk := await self._chunk(CREDIT_MAX):
+            while chunk := await self._chunk(CREDIT_MAX if need is None else left):
                 chunks.append(chunk)
+                if need is not None:
+                    left -= len(chunk)
+                    if not left:
+                        break
         except BaseException:
-            # cancelled (asyncio.wait_for timing out), or the stream reset / the
-            # connection failed: what was taken goes back in front of the stream for the
-            # next read, as dtp.aio's read() does (dropped, it would be lost), charged to
-            # the rate limits already
             self._put_back(b"".join(chunks))
             raise
-        return b"".join(chunks)
+        return b"".join(chunks), left
 
     def _put_back(self, data: bytes) -> None:
         """``data``, taken and charged by a read that did not complete, goes back in
         front of the stream (its flow-control credit went back already: not again)."""
         self._reader._unread(data)
         self._charged += len(data)
-
-    async def readexactly(self, n: int) -> bytes:
-        n = operator.index(n)  # (as in read)
-        if n <= 0:
-            return await self._reader.readexactly(n)  # its ValueError, or b""
-        chunks: list[bytes] = []
-        need = n
-        try:
-            while need:
-                chunk = await self._chunk(need)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                need -= len(chunk)
-        except BaseException:
-            # a cancelled read consumes nothing, as asyncio's (and dtp.aio's), nor does
-            # one that meets a reset or a failure (dtp.aio's): what was gathered goes
-            # back in front of the stream (their flow-control credit went back already,
-            # and they were charged to the rate limits: neither again)
-            self._put_back(b"".join(chunks))
-            raise
-        if need:
-            raise asyncio.IncompleteReadError(b"".join(chunks), n)
-        return b"".join(chunks)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         # one look for at most 64 KiB (the reader's limit), as one recv()
@@ -835,20 +826,7 @@ class PaidWriter:
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
         paid = self._paid
-        if paid.in_debt():
-            # the limit's debt is waited for by drain(), which a sender of datagrams
-            # alone need never call: sent all the same, they went past the limit for good
-            paid.conn.datagrams_send_dropped += len(items)
-            return 0
-        take = paid.datagram_room(sizes)
-        if take < len(items):
-            paid.conn.datagrams_send_dropped += len(items) - take
-            # (after pause_timeout: closed, PaymentRequired)
-            paid.datagrams_unpaid(sizes[take])
-        elif take:
-            # (not an empty batch: "sent whole", it ended the pause, and a handler whose
-            # batches were empty now and then never had the connection closed)
-            paid.datagrams_paid()
+        take = paid.datagrams_to_send(sizes)  # (after pause_timeout: PaymentRequired)
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
@@ -864,28 +842,30 @@ class PaidWriter:
         paid = self._paid
         await paid.wait_paid()
         data = await self._writer.recv_datagram()
-        try:
-            await paid.throttle(0 if paid.charged_already(data) else datagram_charge(len(data)))
-        except asyncio.CancelledError:
-            # cancelled while the rate limits hold it: it stays the next one to read
-            paid.put_back_datagram(data)
-            raise
+        charge = 0 if paid.charged_already(data) else datagram_charge(len(data))
+        await self._throttled(charge, 0, lambda: paid.put_back_datagram(data))
         return data
 
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
-        await self._paid.wait_paid()
-        reader, writer = await self._writer.accept_stream()
         paid = self._paid
-        charged = reader.stream_id in paid.charged_streams
-        paid.charged_streams.discard(reader.stream_id)
+        await paid.wait_paid()
+        reader, writer = await self._writer.accept_stream()
+        stream_id = reader.stream_id
+        charged = stream_id in paid.charged_streams
+        paid.charged_streams.discard(stream_id)
+        await self._throttled(0, 0 if charged else 1, lambda: paid.put_back_stream(stream_id))
+        return PaidReader(reader, paid), PaidWriter(writer, paid)
+
+    async def _throttled(self, nbytes: int, requests: int, put_back: Callable[[], None]) -> None:
+        """Charge what was just taken to the rate limits and wait as they say; cancelled
+        meanwhile, ``put_back`` returns it to be taken next, charged already
+        (tests/transport/test_aio_put_backs.py)."""
         try:
-            await paid.throttle(requests=0 if charged else 1)
+            await self._paid.throttle(nbytes, requests)
         except asyncio.CancelledError:
-            # cancelled while the request rate holds it: the stream goes back
-            paid.put_back_stream(reader.stream_id)
+            put_back()
             raise
-        return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
     async def open_stream(self) -> tuple[PaidReader, PaidWriter]:
         reader, writer = await self._writer.open_stream()

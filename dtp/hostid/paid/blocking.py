@@ -20,7 +20,7 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.policy import SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -198,7 +198,7 @@ class PaidConnection:
         verdict = self.verdict(whole)
         now = time.monotonic()
         # the caller's timeout (the socket's, or recv_datagram's) bounds the pause, as
-        # it bounds the unpaid call (tests/paid/test_datagram_pause.py)
+        # it bounds the unpaid call (tests/paid/test_datagrams.py)
         deadline = None
         nonblocking = False
         if sock is not None and verdict.state is GateState.PAUSE:
@@ -294,10 +294,7 @@ class PaidConnection:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = self.ended()
-            sending = self.credit.sending
-            room = self.core.write_room(usage, queued, sending, CREDIT_MAX)
-            if room >= max(whole, 1) or not (sending or queued) or ended:
-                self.credit.send = room
+            if self.core.refill_send(self.credit, usage, queued, whole, ended=ended):
                 return True
             if not queued:
                 self._waiters += 1
@@ -501,10 +498,8 @@ class PaidSocket:
             or type(flags) is not int
             or not 0 <= bufsize <= SSIZE_MAX
         ):
-            # the socket's checks, before the wait (and the size as the int it stands
-            # for: one that is an int only through __index__ failed the gate's
-            # comparison with the credit, and one past what a socket takes was cut to
-            # the credit and read)
+            # the socket's checks before the wait, and the size as the int it stands
+            # for (tests/paid/test_socket_calls.py)
             bufsize = checked_size(bufsize, "recv")
             checked_flags(flags)
         paid = self._paid
@@ -516,14 +511,11 @@ class PaidSocket:
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """:meth:`dtp.socket.DTPSocket.recv_into`, metered as :meth:`recv`."""
-        # wait_paid, room and throttle inline for the usual read that the credit
-        # covers: a bulk reader makes one of these calls per carrier read, and the
-        # three method calls were about a third of what the wrapper cost it
+        # wait_paid, room and throttle inline for the usual read that the credit covers:
+        # a bulk reader makes one call per carrier read (bench/compare.py paid_bulk)
         if flags or type(nbytes) is not int or type(flags) is not int:
-            # the socket's checks of the call as made, first (as a socket makes them
-            # before it waits), then the size as the int it stands for: None or 0.0
-            # read the whole buffer while the credit lasted, and a size that is an int
-            # only through __index__ failed the comparison with the credit
+            # the socket's checks of the call as made before the wait, then the size as
+            # the int it stands for (tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
             nbytes, flags = operator.index(nbytes), operator.index(flags)
         paid = self._paid
@@ -531,8 +523,8 @@ class PaidSocket:
             paid.wait_paid(self._sock)
         size = nbytes or memoryview(buffer).nbytes
         if size > paid.credit.read:
-            # the socket's checks of the call as made, before the gate cuts its size
-            # (a size past the buffer, cut to the credit, would escape them: read)
+            # the socket's checks before the gate cuts the size (a size past the buffer
+            # would escape them: tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         buckets = paid.buckets
@@ -658,10 +650,8 @@ class PaidSocket:
             finally:
                 paid.sent(reserved)
             queued += sent
-            # the limits charged for the queued ones alone (as send() charges what went):
-            # charged for all, a handler sending to a client that stopped reading waited
-            # out the rate of datagrams the backlog dropped (the credit they took comes
-            # back at the gate's next look: they are not in the usage)
+            # the limits charged for the queued ones alone, as send() charges what went
+            # (the credit the dropped ones took comes back at the gate's next look)
             paid.limit(sum(map(datagram_charge, sizes[start : start + sent])))
             start += count
         return queued
@@ -669,29 +659,30 @@ class PaidSocket:
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
         datagram is in the usage since it arrived), then within the rate limits."""
-        paid = self._paid
-        if paid.credit.read > 0:
-            data = self._sock.recv_datagram(timeout)
-        else:
-            began = time.monotonic()
-            paid.wait_paid(self._sock, timeout)
-            data = self._sock.recv_datagram(_left_of(self._sock, timeout, began))
-        paid.throttle(datagram_charge(len(data)))
+        data = self._sock.recv_datagram(self._paid_within(timeout))
+        self._paid.throttle(datagram_charge(len(data)))
         return data
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
         """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
+        batch = self._sock.recv_datagrams(max_count, self._paid_within(timeout))
+        self._paid.throttle(sum(map(datagram_charge, map(len, batch))))
+        return batch
+
+    def _paid_within(
+        self, timeout: float | Literal["socket"] | None
+    ) -> float | Literal["socket"] | None:
+        """Wait while the connection is paused for payment, within a receive's
+        ``timeout`` (as recv_datagram takes it); returns what is left of it for the
+        receive itself (the pause comes out of it: tests/paid/test_datagrams.py)."""
         paid = self._paid
         if paid.credit.read > 0:
-            batch = self._sock.recv_datagrams(max_count, timeout)
-        else:
-            began = time.monotonic()
-            paid.wait_paid(self._sock, timeout)
-            batch = self._sock.recv_datagrams(max_count, _left_of(self._sock, timeout, began))
-        paid.throttle(sum(datagram_charge(len(data)) for data in batch))
-        return batch
+            return timeout
+        began = time.monotonic()
+        paid.wait_paid(self._sock, timeout)
+        return _left_of(self._sock, timeout, began)
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""

@@ -112,7 +112,7 @@ class PausedCall:
         # A pause for ``whole`` bytes is timed by the call (datagram_verdict), from the
         # first send no credit covered when an earlier call timed out: the gate's own
         # pause clock restarts whenever another call finds the usage served
-        # (tests/paid/test_datagram_pause.py)
+        # (tests/paid/test_datagram_allowance.py)
         since = core.unpaid_datagrams_since
         self._since = now if since is None or not whole else since
         self._waited = False
@@ -352,6 +352,22 @@ class PaidConnectionEngine:
             return credit
         return 0 if queued or under_way else 1
 
+    def refill_send(
+        self, credit: Credit, usage: Usage, queued: int, whole: int, *, ended: bool
+    ) -> bool:
+        """Set ``credit``'s send credit to the :meth:`write_room` of a look at the gate
+        (serving) on ``usage``, the ``queued`` bytes and those under way: True when it
+        covers a byte (``whole`` bytes for a datagram), when nothing is queued or under
+        way (the gate said serve: a byte goes), or the connection ``ended`` (the write
+        reports how); False when the bytes on their way hold the credit: the writer
+        waits for some of them to go, then looks again."""
+        sending = credit.sending
+        room = self.write_room(usage, queued, sending, CREDIT_MAX)
+        if room >= max(whole, 1) or not (sending or queued) or ended:
+            credit.send = room
+            return True
+        return False
+
     def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
         """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
         credit it was judged on, :meth:`read_credit`); at least 1 byte, the gate serving
@@ -438,6 +454,26 @@ class PaidConnectionEngine:
         if since is None:
             self.unpaid_datagrams_since = since = now
         return since
+
+    def datagram_send(
+        self, usage: Usage, queued: int, sizes: list[int], now: float
+    ) -> tuple[int, PauseStep | None]:
+        """A datagram send that never waits (asyncio's) of datagrams of ``sizes``: how
+        many of them go (the first ones), and, when some are dropped for want of
+        payment, the step of that pause (:meth:`datagrams_dropped`). None go while the
+        bytes/s limit is in debt (its debt is waited for by a drain, which a sender of
+        datagrams alone need never call: sent, they went past the limit for good). A
+        batch that goes whole ends a pause of datagram sends -- but not an empty one: a
+        sender whose batches were now and then empty never had the connection closed
+        (tests/paid/test_datagram_pause.py)."""
+        if self.in_debt(now):
+            return 0, None
+        take = self.datagram_room(usage, queued, sizes) if self.gate.serving(*usage) else 0
+        if take < len(sizes):
+            return take, self.datagrams_dropped(self.verdict(usage, now), now, sizes[take])
+        if take:
+            self.datagrams_paid()
+        return take, None
 
     def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
         """A datagram send that never waits (asyncio's) dropped datagrams no credit
