@@ -519,3 +519,35 @@ def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
     limited.charge_sent(750, 0.0)  # in debt
     assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, None)  # dropped, no pause
     assert limited.unpaid_datagrams_since is None
+
+
+def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
+    """write_now, the asyncio write: what the gate's credit covers (less what is
+    queued), a slice of the bytes/s limit's take at most, and nothing while the gate
+    does not serve or the limit's bucket has not refilled for a piece."""
+    paid = engine()  # (allowance 1000 bytes)
+    assert paid.write_now((0, 0), 0, 600, 0.0) == 600
+    assert paid.write_now((0, 0), 700, 600, 0.0) == 300  # queued bytes hold the rest
+    assert paid.write_now((5000, 0), 0, 600, 0.0) == 0  # paused
+    # 1000 B/s: takes of 50
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 50
+    limited.charge_sent(750, 0.0)
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # held back until it refills
+
+
+def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
+    """final_receipt_step, both drivers' loop before the server closes: ask and wait
+    while the receipts do not cover the usage, until the deadline; over at once when
+    they do, or when the connection ended."""
+    paid = engine()
+    deadline = paid.final_receipt_deadline(10.0)
+    interval = ServicePolicy().request_interval
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == interval
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=True) == 0.0
+    assert paid.final_receipt_step((500, 0), deadline, deadline, ended=False) == 0.0
+    assert paid.final_receipt_step((0, 0), 10.0, deadline, ended=False) == 0.0  # settled
+    step, checked = paid.receipt_frame(receipt(500, 1), closed=False)
+    assert step is ReceiptStep.STORE and checked is not None
+    paid.kept(checked)
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == 0.0

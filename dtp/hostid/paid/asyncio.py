@@ -334,15 +334,15 @@ class PaidConnection:
     async def request_final_receipt(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.request_final_receipt`."""
         session = self.proto.session
+        core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or self.core.settled_up(self.conn.usage)
+            return session.terminated is not None or core.settled_up(self.conn.usage)
 
-        deadline = self.core.final_receipt_deadline(time.monotonic())
-        while not done():
-            wait = self.core.final_receipt_wait(time.monotonic(), deadline)
-            if wait <= 0:
-                return
+        deadline = core.final_receipt_deadline(time.monotonic())
+        while wait := core.final_receipt_step(
+            self.conn.usage, time.monotonic(), deadline, ended=session.terminated is not None
+        ):
             self.ask_for_receipt()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
                 async with asyncio.timeout(wait):
@@ -370,14 +370,12 @@ class PaidConnection:
         :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_slice`)."""
         return self.core.send_slice()
 
-    def write_slice(self) -> int:
-        """The most bytes of a write to let out at once (the engine's
-        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_slice`)."""
-        return self.core.write_slice()
-
-    def held_back(self, nbytes: int) -> bool:
-        """Whether the client's bytes/s limit holds back a write of ``nbytes`` now."""
-        return self.core.held_back(nbytes, time.monotonic())
+    def write_now(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` (which never waits) goes at once, the rest
+        held (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_now`)."""
+        conn = self.conn
+        return self.core.write_now(conn.usage, conn.send_buffered(), nbytes, time.monotonic())
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
@@ -607,14 +605,9 @@ class PaidWriter:
         view = memoryview(data).cast("B")
         size = len(view)
         paid = self._paid
-        # what the gate allows goes now and is charged to the rate limits at once: left
-        # to drain(), a callback that never drains (write, write, close) went past the
-        # client's bytes/s limit for good. While the limit's bucket has not refilled
-        # for a piece, nothing goes: the bytes are held, and let out at the rate
-        # (_release); else one piece at most (TokenBucket.take: one large write went
-        # whole, a 4 MiB one in 6 ms to a client limited to 100 kB/s, whose limit then
-        # held back only the connection's end)
-        room = 0 if paid.held_back(size) else min(paid.send_room(size), paid.write_slice())
+        # what goes now is charged to the rate limits at once: left to drain(), a
+        # callback that never drains (write, write, close) went past them for good
+        room = paid.write_now(size)
         if room == size:
             self._writer.write(data)
             self._charged(size)

@@ -359,17 +359,16 @@ class PaidConnection:
         """Before the server closes: ask for a receipt for all usage, and wait up to
         ``final_receipt_timeout`` for one (while the client is still there)."""
         engine = self.engine
-        session = engine.session
+        core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or self.core.settled_up(engine.conn.usage)
+            return self.ended() or core.settled_up(engine.conn.usage)
 
-        deadline = self.core.final_receipt_deadline(time.monotonic())
+        deadline = core.final_receipt_deadline(time.monotonic())
         with engine.lock:
-            while not engine.closed and not done():
-                wait = self.core.final_receipt_wait(time.monotonic(), deadline)
-                if wait <= 0:
-                    return
+            while wait := core.final_receipt_step(
+                engine.conn.usage, time.monotonic(), deadline, ended=self.ended()
+            ):
                 with contextlib.suppress(DTPError):
                     engine.conn.send_receipt(RECEIPT_REQUEST)
                     engine.flush()
