@@ -457,9 +457,6 @@ def test_a_read_takes_what_the_gate_allows_at_one_look() -> None:
     assert paid.read_room((0, 0), 10) == (10, 1000)
     assert paid.read_room((600, 0), 1 << 20) == (400, 400)  # cut to the credit
     assert paid.read_room((5000, 0), 10) == (1, 0)  # the caller knows it serves
-    cache = Credit()
-    cache.read = 100
-    assert cache.room(100) == 100 and cache.room(101) == 0  # 0: look at the gate
 
 
 def test_the_rate_limits_slice_and_hold_what_never_waits() -> None:

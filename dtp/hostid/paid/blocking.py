@@ -20,7 +20,7 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
-from dtp.hostid.paid.policy import SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.policy import CALL_COST, SEND_SLICE, ServicePolicy, datagram_sizes
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -349,10 +349,10 @@ class PaidConnection:
         than the gate's credit, at least 1 byte (the gate said serve). Short of the
         cached credit, the gate is asked again before the read is cut
         (tests/paid/test_receipt_gate_read_room.py)."""
-        room = self.credit.room(nbytes)
-        if room:
-            return room
-        room, self.credit.read = self.core.read_room(self.engine.conn.usage, nbytes)
+        credit = self.credit
+        if nbytes <= credit.read:
+            return nbytes
+        room, credit.read = self.core.read_room(self.engine.conn.usage, nbytes)
         return room
 
     def request_final_receipt(self) -> None:
@@ -518,10 +518,11 @@ class PaidSocket:
             recv_into_target(buffer, nbytes, flags)
             nbytes, flags = operator.index(nbytes), operator.index(flags)
         paid = self._paid
-        if paid.credit.read <= 0:
+        credit = paid.credit
+        if credit.read <= 0:
             paid.wait_paid(self._sock)
         size = nbytes or memoryview(buffer).nbytes
-        if size > paid.credit.read:
+        if size > credit.read:
             # the socket's checks before the gate cuts the size (a size past the buffer
             # would escape them: tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
@@ -535,7 +536,7 @@ class PaidSocket:
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)
         n: int = self._sock.recv_into(buffer, size, flags)
-        paid.credit.spent(n)
+        credit.read -= n if n > CALL_COST else CALL_COST  # (Credit.spent, inline)
         if buckets.bytes.rate or buckets.requests.rate:
             paid.limit(n)
         return n

@@ -175,11 +175,6 @@ class Credit:
         """A read of ``nbytes`` (or a datagram's charge) went: counted against ``read``."""
         self.read -= nbytes if nbytes > CALL_COST else CALL_COST
 
-    def room(self, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` the cached credit covers: all of it, or 0
-        (the driver then asks the gate: :meth:`PaidConnectionEngine.read_room`)."""
-        return nbytes if nbytes <= self.read else 0
-
     def reserve(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` may go now (after the send credit was
         refilled), taken from the credit at once and under way until :meth:`sent`: at
