@@ -21,7 +21,7 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.hostid.paid.engine import PaidConnectionEngine, PauseAction, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy, datagram_sizes, not_forwarded
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -299,14 +299,8 @@ class PaidConnection:
         task = self._deposit_task
         if task is None:
             return
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise  # this task was cancelled (the read, only by the loop's end)
-        except Exception:  # (logged by _log_failure)
-            pass
+        with contextlib.suppress(Exception):  # (logged by _log_failure)
+            await _shielded(task)
 
     async def wait_send(self, nbytes: int) -> int:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
@@ -444,6 +438,19 @@ def _first_stream(writer: DTPStreamWriter) -> bool:
     return bool(getattr(writer, "_primary", False))
 
 
+async def _shielded(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` without cancelling it should this task be cancelled. ``task``
+    cancelled by another (abort(), the loop's end) is not this task's cancellation: that
+    returns (a CancelledError raised into a drain() nobody cancelled ended the handler
+    as if cancelled: tests/paid/test_aio_writer_abort.py)."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise  # this task was cancelled
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """A background escrow read ended: what it raised is logged (nobody awaits it)."""
     if not task.cancelled() and task.exception() is not None:
@@ -550,10 +557,7 @@ class PaidReader:
     def __getattr__(self, name: str) -> Any:
         if name in _READER_FORWARDED:
             return getattr(self._reader, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
 
 class PaidWriter:
@@ -671,16 +675,9 @@ class PaidWriter:
         releasing = self._releasing
         if releasing is None:
             return
-        try:
-            # shielded: a cancelled drain() leaves what was written on its way
-            await asyncio.shield(releasing)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not releasing.cancelled() or (task is not None and task.cancelling()):
-                raise  # this task was cancelled
-            # abort() cancelled the release: not this task's cancellation (it raised
-            # CancelledError into a drain() or wait_closed() nobody cancelled, ending
-            # the handler as if cancelled); the wrapped writer reports the abort
+        # shielded: a cancelled drain() leaves what was written on its way; one that
+        # abort() cancelled is reported by the wrapped writer
+        await _shielded(releasing)
 
     async def drain(self) -> None:
         """As :meth:`dtp.aio.DTPStreamWriter.drain`: what is held first, then the
@@ -870,10 +867,7 @@ class PaidWriter:
     def __getattr__(self, name: str) -> Any:
         if name in _WRITER_FORWARDED:
             return getattr(self._writer, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
 
 #: What the paid reader and writer take from the wrapped ones as they are: none of it

@@ -20,7 +20,13 @@ from dtp.errors import (
     PaymentRequired,
 )
 from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
-from dtp.hostid.paid.policy import CALL_COST, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.policy import (
+    CALL_COST,
+    SEND_SLICE,
+    ServicePolicy,
+    datagram_sizes,
+    not_forwarded,
+)
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -722,10 +728,7 @@ class PaidSocket:
     def __getattr__(self, name: str) -> Any:
         if name in _FORWARDED:
             return getattr(self._sock, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
     def __repr__(self) -> str:
         return f"<PaidSocket of {self._sock!r}>"
