@@ -1,6 +1,8 @@
 """PaidConnectionEngine (dtp/hostid/paid/engine.py), the receipt path both paid drivers
 pump, driven without any I/O: receipt frames in (stored, final, refused), the escrow
-read again, and the closes it decides (payment required, firewall, ledger)."""
+read again, the pause steps of a paused call, the credit cached between looks at the
+gate, the rate limits' questions, and the closes it decides (payment required,
+firewall, ledger)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy
+from dtp.hostid.paid.engine import (
+    Close,
+    Credit,
+    PaidConnectionEngine,
+    PauseAction,
+    PauseStep,
+    ReceiptStep,
+)
+from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt, fee
@@ -311,3 +320,231 @@ def test_datagrams_go_whole_within_the_credit(credit: int, sizes: list[int], lea
     assert left == credit - sum(max(size, least) for size in went)
     if count < len(sizes):  # the next one is not covered
         assert sizes[count] > left or (least and left <= 0)
+
+
+def test_a_paused_call_asks_waits_and_ends_when_paid() -> None:
+    """PausedCall.step, the pause loop of both drivers: the first step asks at once and
+    waits a request interval, the next one within it only waits, and a verdict that
+    serves ends the pause (the next pause asks at once again)."""
+    paid = engine()
+    interval = ServicePolicy().request_interval
+    pausing = paid.verdict((5000, 0), 0.0)
+    call = paid.pause(0.0)
+    first = call.step(pausing, 0.0)
+    assert first == PauseStep(PauseAction.WAIT, ask=True, wait=pytest.approx(interval))
+    second = call.step(pausing, interval / 2)
+    assert second.action is PauseAction.WAIT and not second.ask
+    assert second.wait == pytest.approx(interval / 2)
+    assert call.step(paid.verdict((0, 0), 1.0), 1.0) == PauseStep(PauseAction.OVER)
+    assert paid.asked_at is None  # the pause is over
+    assert paid.pause(2.0).step(pausing, 2.0).ask
+
+
+def test_a_paused_call_closes_for_want_of_payment_and_says_why() -> None:
+    paid = engine()
+    call = paid.pause(0.0)
+    assert call.step(paid.verdict((5000, 0), 0.0), 0.0).action is PauseAction.WAIT
+    closing = paid.verdict((5000, 0), 1.5)  # (the gate's pause_timeout, 1 s, passed)
+    assert closing.state is GateState.CLOSE
+    step = call.step(closing, 1.5)
+    assert step.action is PauseAction.CLOSE
+    assert step.close == Close(CLOSE_PAYMENT_REQUIRED, closing.reason)
+
+
+def test_a_paused_call_times_out_at_its_deadline_after_asking_once() -> None:
+    """A call with a deadline (a socket timeout; 0 for a non-blocking one) asks for a
+    receipt once before it gives up -- else a non-blocking handler never got paid --
+    waits no longer than its deadline, and then times out."""
+    paid = engine()
+    pausing = paid.verdict((5000, 0), 0.0)
+    nonblocking = paid.pause(0.0, deadline=0.0)
+    assert nonblocking.step(pausing, 0.0) == PauseStep(PauseAction.WAIT, ask=True, wait=0.0)
+    assert nonblocking.step(pausing, 0.0) == PauseStep(PauseAction.TIMED_OUT)
+    timed = engine().pause(0.0, deadline=0.05)
+    assert timed.step(pausing, 0.0).wait == pytest.approx(0.05)  # (not the interval)
+    assert timed.step(pausing, 0.06).action is PauseAction.TIMED_OUT
+
+
+def test_a_datagram_pause_is_timed_across_the_calls_its_deadline_ended() -> None:
+    """A datagram (``whole``) no credit covers: a call that times out leaves the pause
+    clock running for the next call, which closes the connection once the pause
+    timeout passed since the first (a non-blocking sender trying again would never
+    close it else); a call that finds it covered ends that pause."""
+    paid = engine()  # (pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    assert pausing.state is GateState.PAUSE
+    call = paid.pause(0.0, whole=500, deadline=0.0)
+    assert call.step(pausing, 0.0).action is PauseAction.WAIT
+    assert call.step(pausing, 0.1).action is PauseAction.TIMED_OUT
+    assert paid.unpaid_datagrams_since == 0.0
+    later = paid.pause(0.9, whole=500, deadline=0.9)
+    assert later.step(pausing, 0.9).action is PauseAction.WAIT
+    again = paid.pause(1.2, whole=500)  # (no deadline: waits out the pause)
+    step = again.step(pausing, 1.2)
+    assert step.action is PauseAction.CLOSE and step.close is not None
+    assert "datagram of 500 bytes" in step.close.reason
+    served = paid.pause(2.0, whole=10)
+    assert served.step(paid.verdict((0, 0), 2.0, whole=10), 2.0).action is PauseAction.OVER
+    assert paid.unpaid_datagrams_since is None
+
+
+def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
+    """The asyncio send that never waits: datagrams_dropped is a paused send's step
+    without the wait, timed from the first drop; payment that covers the datagram it
+    dropped last ends that pause."""
+    paid = engine()  # (pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    assert paid.datagrams_dropped(pausing, 0.0, 500) == PauseStep(PauseAction.WAIT, ask=True)
+    assert paid.datagrams_dropped(pausing, 0.1, 500) == PauseStep(PauseAction.WAIT)
+    assert not paid.datagrams_covered_again((900, 0), 0)  # 100 bytes of credit left
+    closing = paid.datagrams_dropped(pausing, 1.0, 500)
+    assert closing.action is PauseAction.CLOSE and closing.close is not None
+    assert closing.close.code == CLOSE_PAYMENT_REQUIRED
+    fresh = engine()
+    fresh.datagrams_dropped(pausing, 0.0, 500)
+    assert fresh.datagrams_covered_again((400, 0), 0)  # 600 bytes cover it now
+    assert fresh.unpaid_datagrams_since is None and fresh.asked_at is None
+
+
+@given(
+    credit=st.integers(0, 10 * CALL_COST),
+    moves=st.lists(
+        st.tuples(st.sampled_from(["read", "write", "datagrams"]), st.integers(0, 3 * CALL_COST)),
+        max_size=40,
+    ),
+)
+def test_a_cached_credit_never_lets_more_go_than_the_gate_allowed(
+    credit: int, moves: list[tuple[str, int]]
+) -> None:
+    """Credit, the blocking driver's cache between looks at the gate: however reads,
+    writes and datagram sends take from it, the bytes writes take while it lasts never
+    exceed the credit the gate allowed, a datagram goes whole or not at all, each move
+    counts CALL_COST at least, and what is under way comes back to 0."""
+    cache = Credit()
+    cache.read = cache.send = credit
+    taken = reserved = 0
+    for kind, size in moves:
+        if cache.send <= 0 and kind != "read":
+            continue  # (the driver looks at the gate again first)
+        before, send = cache.read, cache.send
+        if kind == "read":
+            cache.spent(size)
+            moved = size
+        elif kind == "write":
+            moved = cache.reserve(size)
+            assert moved == (size if size <= send else send)  # cut to what is left
+        else:
+            count, moved = cache.reserve_datagrams([size], 0)
+            assert (count, moved) == ((1, size) if size <= send else (0, 0))  # whole or not
+            if not count:
+                assert (cache.read, cache.send) == (before, send)
+                continue
+        if kind != "read":
+            taken += moved
+            reserved += moved
+            assert cache.send == send - max(moved, CALL_COST)
+        assert cache.read == before - max(moved, CALL_COST)
+    assert taken <= credit
+    assert cache.sending == reserved
+    cache.sent(reserved)
+    assert cache.sending == 0
+    cache.void()
+    assert cache.read == cache.send == 0
+
+
+def test_a_read_takes_what_the_gate_allows_at_one_look() -> None:
+    paid = engine(deposited=1 << 40)  # (allowance 1000 bytes)
+    assert paid.read_room((0, 0), 10) == (10, 1000)
+    assert paid.read_room((600, 0), 1 << 20) == (400, 400)  # cut to the credit
+    assert paid.read_room((5000, 0), 10) == (1, 0)  # the caller knows it serves
+
+
+def test_the_rate_limits_slice_and_hold_what_never_waits() -> None:
+    """The asyncio writer's questions of the bytes/s limit (a write and a datagram send
+    never wait): how much goes at once, whether the limit holds it back or is in debt,
+    and a charge that only counts; a limit's wait is asked again each refresh interval."""
+    # 1000 B/s: a burst of 250 bytes, takes of 50
+    paid = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    assert paid.send_slice() == paid.write_slice() == 50
+    assert not paid.in_debt(0.0) and not paid.held_back(50, 0.0)
+    assert paid.charge_sent(750, 0.0)  # 500 bytes of debt, not waited for here
+    assert paid.in_debt(0.0) and paid.held_back(50, 0.0)
+    assert not paid.in_debt(0.6)
+    assert paid.hold_wait(300.0) == ServicePolicy().refresh_interval
+    assert paid.hold_wait(0.1) == 0.1
+    free = engine()
+    assert free.send_slice() == SEND_SLICE and free.write_slice() == CREDIT_MAX
+    assert not free.charge_sent(1 << 30, 0.0) and not free.in_debt(0.0)
+    assert not free.held_back(1 << 30, 0.0)
+
+
+def test_a_write_refills_its_credit_unless_bytes_on_their_way_hold_it() -> None:
+    """refill_send: the send credit a look at the gate gives; while queued or under-way
+    bytes hold all of it the writer waits for them (False), but a connection that
+    ended, or nothing on its way, always lets the write go on (it reports or sends)."""
+    paid = engine()  # (1 MIST a byte, allowance 1000)
+    credit = Credit()
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=False) and credit.send == 1000
+    credit.sending = 1000  # another thread's write took it all
+    assert not paid.refill_send(credit, (0, 0), 0, 0, ended=False)
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=True) and credit.send == 0
+    credit.sending = 0
+    assert not paid.refill_send(credit, (0, 0), 1000, 0, ended=False)  # queued: wait
+    # a datagram needs room for all of it, while other bytes are on their way
+    credit.sending = 600
+    assert not paid.refill_send(credit, (0, 0), 0, 500, ended=False)
+    assert paid.refill_send(credit, (0, 0), 0, 400, ended=False) and credit.send == 400
+
+
+def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
+    """datagram_send, the asyncio send: the datagrams the credit covers go; the rest are
+    dropped, a pause asking for a receipt (and closing at its timeout); none go while
+    the bytes/s limit is in debt; a batch that goes whole ends the pause, an empty one
+    does not (tests/paid/test_datagram_pause.py)."""
+    paid = engine()  # (allowance 1000 bytes, pause_timeout 1 s)
+    assert paid.datagram_send((0, 0), 0, [400, 400], 0.0) == (2, None)
+    take, step = paid.datagram_send((800, 0), 0, [100, 200], 0.0)
+    assert take == 1 and step == PauseStep(PauseAction.WAIT, ask=True)
+    assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
+    assert paid.datagram_send((800, 0), 0, [], 0.5) == (0, None)  # empty: still paused
+    assert paid.unpaid_datagrams_since == 0.0
+    take, step = paid.datagram_send((900, 0), 0, [200], 1.0)
+    assert take == 0 and step is not None and step.action is PauseAction.CLOSE
+    assert paid.datagram_send((0, 0), 0, [10], 1.1) == (1, None)
+    assert paid.unpaid_datagrams_since is None  # went whole: that pause is over
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    limited.charge_sent(750, 0.0)  # in debt
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, None)  # dropped, no pause
+    assert limited.unpaid_datagrams_since is None
+
+
+def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
+    """write_now, the asyncio write: what the gate's credit covers (less what is
+    queued), a slice of the bytes/s limit's take at most, and nothing while the gate
+    does not serve or the limit's bucket has not refilled for a piece."""
+    paid = engine()  # (allowance 1000 bytes)
+    assert paid.write_now((0, 0), 0, 600, 0.0) == 600
+    assert paid.write_now((0, 0), 700, 600, 0.0) == 300  # queued bytes hold the rest
+    assert paid.write_now((5000, 0), 0, 600, 0.0) == 0  # paused
+    # 1000 B/s: takes of 50
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 50
+    limited.charge_sent(750, 0.0)
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # held back until it refills
+
+
+def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
+    """final_receipt_step, both drivers' loop before the server closes: ask and wait
+    while the receipts do not cover the usage, until the deadline; over at once when
+    they do, or when the connection ended."""
+    paid = engine()
+    deadline = paid.final_receipt_deadline(10.0)
+    interval = ServicePolicy().request_interval
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == interval
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=True) == 0.0
+    assert paid.final_receipt_step((500, 0), deadline, deadline, ended=False) == 0.0
+    assert paid.final_receipt_step((0, 0), 10.0, deadline, ended=False) == 0.0  # settled
+    step, checked = paid.receipt_frame(receipt(500, 1), closed=False)
+    assert step is ReceiptStep.STORE and checked is not None
+    paid.kept(checked)
+    assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == 0.0

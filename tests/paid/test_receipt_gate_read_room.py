@@ -24,12 +24,12 @@ def test_a_read_past_the_credit_left_asks_the_gate_rather_than_stop(tmp_path: Pa
         assert sock.recv(1) == b"a"
         paid = sock._paid
         # the credit run down to a few bytes, as a bulk read leaves it every few MiB
-        paid._credit = 100
+        paid.credit.read = 100
         seen["room"] = paid.room(1 << 20)
-        seen["credit"] = paid._credit
+        seen["credit"] = paid.credit.read
         seen["gate"] = paid.gate.credit_bytes(*paid.engine.conn.usage)
         # and far past what the gate allows: cut there
-        paid._credit = 100
+        paid.credit.read = 100
         seen["room_beyond"] = paid.room(1 << 62)
         sock.sendall(b"ok")
         sock.recv(1)

@@ -84,12 +84,12 @@ def test_sizes_and_flags_as_the_socket_takes_them(tmp_path: Path) -> None:
         seen["idx_plain"] = sock._sock.recv_into(buf, Idx(2))
         seen["idx_recv"] = len(sock.recv(Idx(3)))
         # the same with a credit that cuts every read short
-        credit, paid._credit = paid._credit, 2
+        credit, paid.credit.read = paid.credit.read, 2
         paid.room = lambda nbytes: min(nbytes, 2)  # type: ignore[method-assign]
         seen["short"] = _compare(sock)
         seen["idx_short"] = sock.recv_into(bytearray(8), Idx(4))
         del paid.room
-        paid._credit = credit
+        paid.credit.read = credit
         sock.sendall(b"done")
         sock.recv(1)
 

@@ -37,19 +37,19 @@ def test_each_read_counts_against_the_credit_and_keeps_a_sockets_errors(tmp_path
         buf = bytearray(8)
         n = sock.recv_into(buf)  # the whole buffer: no size given
         seen["first"] = bytes(buf[:n])
-        before = paid._credit  # (the gate looked at by the first read)
+        before = paid.credit.read  # (the gate looked at by the first read)
         # a size larger than the buffer: the socket's ValueError, nothing read
         with pytest.raises(ValueError):
             sock.recv_into(bytearray(4), 5)
         with pytest.raises(ValueError):
             sock.recv_into(bytearray(4), -1)
         # ... also when the gate allows less than the size (the read is cut to it)
-        credit, paid._credit = paid._credit, 2
+        credit, paid.credit.read = paid.credit.read, 2
         paid.room = lambda nbytes: 2  # type: ignore[method-assign]
         with pytest.raises(ValueError):
             sock.recv_into(bytearray(4), 5)
         del paid.room
-        paid._credit = credit
+        paid.credit.read = credit
         # a size as long as the buffer reads as if none was given; a shorter one stops there
         got = bytearray()
         reads = 0
@@ -60,7 +60,7 @@ def test_each_read_counts_against_the_credit_and_keeps_a_sockets_errors(tmp_path
             assert k <= (8 if not got else 3)
             got += part[:k]
         seen["rest"] = bytes(got)
-        seen["counted"] = before - paid._credit
+        seen["counted"] = before - paid.credit.read
         seen["reads"] = reads
         # a buffer whose items are wider than a byte: its size in bytes
         ints = array.array("i", [0, 0])
@@ -161,7 +161,7 @@ def test_a_read_the_gate_cuts_fails_as_the_sockets_would(call: str) -> None:
             assert want != "read"
             # a paid connection whose gate lets 2 bytes go
             paid = types.SimpleNamespace(
-                _credit=2,
+                credit=types.SimpleNamespace(read=2),
                 room=lambda nbytes: 2,
                 wait_paid=lambda: None,
                 buckets=types.SimpleNamespace(

@@ -332,20 +332,14 @@ class _RateLimited:
     def send_room(self, nbytes: int) -> int:
         return nbytes
 
-    def in_debt(self) -> bool:  # (the bytes/s limit: none here, only reads are held)
-        return False
-
-    def held_back(self, nbytes: int) -> bool:
-        return False
+    def write_now(self, nbytes: int) -> int:  # (no bytes/s limit: a write goes whole)
+        return nbytes
 
     async def pace(self, nbytes: int) -> int:
         return nbytes
 
     def send_slice(self) -> int:
         return 1 << 18
-
-    def write_slice(self) -> int:
-        return 1 << 22  # (no bytes/s limit: a write goes whole)
 
     def charge(self, nbytes: int) -> bool:
         self.charged += nbytes

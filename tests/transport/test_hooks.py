@@ -297,6 +297,36 @@ def test_a_blocking_socket_tells_its_end_and_carrier_and_wakes_its_waiter() -> N
         thread.join(10)
 
 
+def test_an_asyncio_protocol_wakes_its_waiting_tasks() -> None:
+    async def main() -> None:
+        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
+        try:
+            host, port = server.sockets[0].getsockname()[:2]
+            _, writer = await dtp.aio.open_connection(
+                host, port, server_key=SERVER.noise_public, identity=CLIENT
+            )
+            proto = writer.connection_driver
+            # A task waiting on the connection for a condition set outside it looks again
+            # on wake(): without it, nothing arrives and it waits for good (the timeout).
+            flag: list[bool] = []
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, lambda: (flag.append(True), proto.wake()))
+            start = time.monotonic()
+            await asyncio.wait_for(proto.wait_for(lambda: bool(flag)), 8.0)
+            assert flag and time.monotonic() - start < 8.0
+            writer.close()
+            await writer.wait_closed()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
 def test_an_asyncio_writer_tells_its_end_and_carrier_and_hands_out_its_closed_future() -> None:
     async def main() -> None:
         async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:

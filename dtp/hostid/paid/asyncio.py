@@ -20,8 +20,8 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import PaidConnectionEngine, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.engine import PaidConnectionEngine, PauseAction, ReceiptStep
+from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy, datagram_sizes, not_forwarded
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -87,12 +87,8 @@ class PaidConnection:
         #: Streams a cancelled accept_stream() put back, charged to the request rate
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
-        # (datagram sends that drop for want of credit: a send never waits, so that is
-        # its pause, timed and paced by the engine as the blocking driver's waits are)
-        #: The bytes of the datagram the last such send dropped first: payment that
-        #: covers it ends the pause (:meth:`credit_grew`)
-        self._unpaid_size = 0
-        #: The escrow read such a send started (a top-up may be what covers them)
+        #: The escrow read a datagram send dropped for want of credit started (a top-up
+        #: may be what covers them: :meth:`datagrams_to_send`)
         self._deposit_task: asyncio.Task[None] | None = None
         #: The end phase waited for that read: no datagram send starts another
         self._deposit_reads_over = False
@@ -133,7 +129,7 @@ class PaidConnection:
 
     def wake(self) -> None:
         """Wake the tasks waiting on the connection (each looks again)."""
-        self.proto._notify()
+        self.proto.wake()
 
     def put_back_datagram(self, data: bytes) -> None:
         """``data``, read and charged to the rate limits by a read then cancelled, is
@@ -166,26 +162,23 @@ class PaidConnection:
         self.proto.close_carrier()
 
     async def wait_paid(self) -> None:
-        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid`."""
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid` (the engine's
+        :meth:`~dtp.hostid.paid.engine.PausedCall.step` at each look)."""
         if self.gate.serving(*self.conn.usage):
             return
         await self.read_deposit()
         verdict = self.verdict()
+        pause = self.core.pause(time.monotonic())
         session = self.proto.session
-        core = self.core
-        while verdict.state is GateState.PAUSE:
+        while (step := pause.step(verdict, time.monotonic())).action is PauseAction.WAIT:
             if session.terminated is not None:
                 return
-            now = time.monotonic()
-            if core.request_due(now):
-                with contextlib.suppress(DTPError):
-                    self.conn.send_receipt(RECEIPT_REQUEST)
-                self.proto.flush()
+            if step.ask:
+                self.ask_for_receipt()
             # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
-            # result in place of a cancel that came as the receipt did, and the read went
-            # on waiting for bytes -- the loop's end, which cancels each task once, held)
+            # result in place of a cancel that came as the receipt did)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(core.request_wait(now)):
+                async with asyncio.timeout(step.wait):
                     await self.proto.wait_for(
                         lambda: (
                             self.verdict().state is not GateState.PAUSE
@@ -194,12 +187,15 @@ class PaidConnection:
                     )
             await self.read_deposit()
             verdict = self.verdict()
-        # the pause is over: the next one asks for a receipt at once
-        core.pause_over()
-        if verdict.state is GateState.CLOSE:
-            close = self.core.payment_required(verdict)
-            self.close(close.code, close.reason)
-            raise PaymentRequired(close.reason, close.code)
+        if step.close is not None:
+            self.close(step.close.code, step.close.reason)
+            raise PaymentRequired(step.close.reason, step.close.code)
+
+    def ask_for_receipt(self) -> None:
+        """Send the client RECEIPT_REQUEST (an ended connection sends nothing)."""
+        with contextlib.suppress(DTPError):
+            self.conn.send_receipt(RECEIPT_REQUEST)
+        self.proto.flush()
 
     async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
@@ -228,25 +224,20 @@ class PaidConnection:
             self.on_receipt(pending.encode())  # the usual path now
 
     def room(self, nbytes: int) -> int:
-        """How much of a read or write of ``nbytes`` may go now: what the gate still
-        allows on the usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per
-        look), at least 1 byte when it serves, 0 when it does not."""
+        """How much of a read of ``nbytes`` may go now: what the gate still allows on the
+        usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per look), at
+        least 1 byte when it serves, 0 when it does not."""
         usage = self.conn.usage
         if not self.gate.serving(*usage):
             return 0
-        credit = self.core.read_credit(usage)
-        return nbytes if nbytes <= credit else max(1, credit)
+        return self.core.read_room(usage, nbytes)[0]
 
     def send_room(self, nbytes: int) -> int:
-        """How much of a write of ``nbytes`` may go now: as :meth:`room`, but on the
-        usage plus the bytes queued in the connection beyond the client's flow-control
-        window (the usage counts a byte once it is sent: judged on the usage alone, a
-        client that read nothing had the send queue filled on credit never used up).
-        0 when the gate does not serve, or when queued bytes hold all of its credit
-        (:meth:`wait_send` then waits for the client to read them); at least 1 byte
-        when it serves and nothing is queued. Reads keep :meth:`room`: what they take is
-        in the usage already, and a read waiting for writes that wait for the client to
-        read could wait for good (as dtp.hostid.paid's)."""
+        """How much of a write of ``nbytes`` may go now
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_room`, on the usage
+        plus the bytes queued beyond the client's window); 0 when the gate does not
+        serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
+        for the client to read them)."""
         conn = self.conn
         usage = conn.usage
         if not self.gate.serving(*usage):
@@ -255,61 +246,48 @@ class PaidConnection:
         return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
-        """How many datagrams of ``sizes`` (the first ones) may go now: those whose
-        bytes, each whole, the gate's credit covers, judged as :meth:`send_room` judges a
-        write (on the usage plus the bytes queued beyond the client's window); 0 when the
-        gate does not serve."""
+        """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
+        :meth:`send_room` judges a write; 0 when the gate does not serve."""
         conn = self.conn
         usage = conn.usage
         if not self.gate.serving(*usage):
             return 0
-        credit = self.core.write_credit(usage, conn.send_buffered())
-        return self.core.datagrams_covered(credit, sizes)[0]
+        return self.core.datagram_room(usage, conn.send_buffered(), sizes)
 
-    def datagrams_unpaid(self, size: int) -> None:
-        """A datagram send dropped datagrams the gate's credit did not cover, the first
-        of ``size`` bytes (a send never waits): the pause of a blocking send, without
-        the wait. The client is asked for a receipt (once a request interval) and the
-        escrow read again when a top-up would help (in a task); once they have been
-        dropped for want of payment for ``pause_timeout`` -- or at once on a bad
-        receipt -- the connection closes, and :class:`~dtp.errors.PaymentRequired` is
-        raised. (Dropping them for good instead would let a sender of datagrams alone to a
-        client that pays nothing go on for the life of the connection, which would never
-        close, and never ask one that pays when asked.)"""
+    def datagrams_to_send(self, sizes: list[int]) -> int:
+        """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
+        the rest dropped and counted (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagram_send`). Those
+        dropped for want of payment are a pause: the client is asked for a receipt, the
+        escrow read again when a top-up would help (in a task), and once the pause
+        timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
+        conn = self.conn
         now = time.monotonic()
-        since = self.core.datagrams_unpaid(now)
-        self._unpaid_size = size
-        verdict = self.core.datagram_verdict(self.verdict(), now, size, since)
-        if verdict.state is GateState.CLOSE:
-            close = self.core.payment_required(verdict)
-            self.close(close.code, close.reason)
-            raise PaymentRequired(close.reason, close.code)
-        if self.core.request_due(now):
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+        take, step = self.core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
+        if take < len(sizes):
+            conn.datagrams_send_dropped += len(sizes) - take
+        if step is None:
+            return take
+        if step.close is not None:
+            self.close(step.close.code, step.close.reason)
+            raise PaymentRequired(step.close.reason, step.close.code)
+        if step.ask:
+            self.ask_for_receipt()
         task = self._deposit_task
         reading = task is not None and not task.done()
         if not reading and not self._deposit_reads_over and self.ledger is not None:
-            escrow_id = self.core.escrow_to_read(self.conn.usage, now)
+            escrow_id = self.core.escrow_to_read(conn.usage, now)
             if escrow_id is not None:
                 self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
                 self._deposit_task.add_done_callback(_log_failure)
-
-    def datagrams_paid(self) -> None:
-        """A datagram send the credit covered whole: a pause of them is over."""
-        self.core.datagrams_paid()
+        return take
 
     def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read, a cap raised): once the credit
-        covers the datagram a send last dropped, a pause of datagram sends is over, as
-        dtp.hostid.paid's look finding the usage served ends one. (Only a send that went whole
-        ended it: a client that paid, its credit then spent on stream bytes before the
-        next datagram, had that one close the connection at once, its pause timed from
-        the first drop, before the payment.)"""
-        unpaid = self.core.unpaid_datagrams_since is not None
-        if unpaid and self.datagram_room([self._unpaid_size]):
-            self.datagrams_paid()
+        """Payment came (a receipt kept, a top-up read, a cap raised): a pause of
+        datagram sends ends once the credit covers the datagram a send last dropped
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`)."""
+        conn = self.conn
+        self.core.datagrams_covered_again(conn.usage, conn.send_buffered())
 
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
@@ -321,14 +299,8 @@ class PaidConnection:
         task = self._deposit_task
         if task is None:
             return
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise  # this task was cancelled (the read, only by the loop's end)
-        except Exception:  # (logged by _log_failure)
-            pass
+        with contextlib.suppress(Exception):  # (logged by _log_failure)
+            await _shielded(task)
 
     async def wait_send(self, nbytes: int) -> int:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
@@ -356,18 +328,16 @@ class PaidConnection:
     async def request_final_receipt(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.request_final_receipt`."""
         session = self.proto.session
+        core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or self.core.settled_up(self.conn.usage)
+            return session.terminated is not None or core.settled_up(self.conn.usage)
 
-        deadline = self.core.final_receipt_deadline(time.monotonic())
-        while not done():
-            wait = self.core.final_receipt_wait(time.monotonic(), deadline)
-            if wait <= 0:
-                return
-            with contextlib.suppress(DTPError):
-                self.conn.send_receipt(RECEIPT_REQUEST)
-            self.proto.flush()
+        deadline = core.final_receipt_deadline(time.monotonic())
+        while wait := core.final_receipt_step(
+            self.conn.usage, time.monotonic(), deadline, ended=session.terminated is not None
+        ):
+            self.ask_for_receipt()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
                 async with asyncio.timeout(wait):
                     await self.proto.wait_for(done)
@@ -390,30 +360,16 @@ class PaidConnection:
         return False
 
     def send_slice(self) -> int:
-        """The most bytes to let out between two looks at the rate limits: dtp.hostid.paid's
-        sendall slice, or the bytes/s limit's take when smaller
-        (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
-        bucket = self.buckets.bytes
-        if not bucket.rate:
-            return SEND_SLICE
-        return min(SEND_SLICE, bucket.take_of(SEND_SLICE))
+        """The most bytes to let out between two looks at the rate limits (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_slice`)."""
+        return self.core.send_slice()
 
-    def write_slice(self) -> int:
-        """The most bytes of a write to let out at once: :meth:`send_slice` under a
-        bytes/s limit, else all of it."""
-        return self.send_slice() if self.buckets.bytes.rate else CREDIT_MAX
-
-    def in_debt(self) -> bool:
-        """Whether the client's bytes/s limit is in debt now (what was sent must be paid
-        for by a wait before more goes)."""
-        bucket = self.buckets.bytes
-        return bool(bucket.rate) and bucket.delay(time.monotonic()) > 0
-
-    def held_back(self, nbytes: int) -> bool:
-        """Whether the client's bytes/s limit holds back a write of ``nbytes`` now: its
-        bucket does not hold the first piece of it yet (:meth:`pace` waits for that)."""
-        bucket = self.buckets.bytes
-        return bool(bucket.rate) and bucket.wait_for(nbytes, time.monotonic()) > 0
+    def write_now(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` (which never waits) goes at once, the rest
+        held (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_now`)."""
+        conn = self.conn
+        return self.core.write_now(conn.usage, conn.send_buffered(), nbytes, time.monotonic())
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
@@ -435,10 +391,7 @@ class PaidConnection:
         client's bytes/s limit now, without waiting: the debt holds back the client's
         next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
         it."""
-        if not self.buckets.bytes.rate:
-            return False
-        self.buckets.bytes.charge(nbytes, time.monotonic())
-        return True
+        return self.core.charge_sent(nbytes, time.monotonic())
 
     async def wait_limits(self) -> None:
         """Wait while the client's rate limits are in debt (what :meth:`charge` counted;
@@ -454,10 +407,9 @@ class PaidConnection:
         # client had gone. Looked at again each refresh interval (as dtp.hostid.paid's): a
         # limit the Host raised or lifted meanwhile reaches a wait already under way
         session = self.proto.session
-        step = self.policy.refresh_interval
         while delay > 0:
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
-                async with asyncio.timeout(min(delay, step)):
+                async with asyncio.timeout(self.core.hold_wait(delay)):
                     await self.proto.wait_for(lambda: session.terminated is not None)
             if session.terminated is not None:
                 return
@@ -484,6 +436,19 @@ def protocol_of(writer: DTPStreamWriter) -> _Protocol:
 def _first_stream(writer: DTPStreamWriter) -> bool:
     """Whether ``writer`` is its connection's first stream (whose close ends it)."""
     return bool(getattr(writer, "_primary", False))
+
+
+async def _shielded(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` without cancelling it should this task be cancelled. ``task``
+    cancelled by another (abort(), the loop's end) is not this task's cancellation: that
+    returns (a CancelledError raised into a drain() nobody cancelled ended the handler
+    as if cancelled: tests/paid/test_aio_writer_abort.py)."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise  # this task was cancelled
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -529,55 +494,47 @@ class PaidReader:
         return data
 
     async def read(self, n: int = -1) -> bytes:
-        # (a size that is not an integer: TypeError at once, as dtp.aio's read; one
-        # that is an int only through __index__ read as that int there, and failed here)
+        # (a size that is not an integer: TypeError at once, as dtp.aio's read)
         n = operator.index(n)
         if n == 0:
             return b""
         if n > 0:
             return await self._chunk(n)
+        return (await self._gather(None))[0]
+
+    async def readexactly(self, n: int) -> bytes:
+        n = operator.index(n)  # (as in read)
+        if n <= 0:
+            return await self._reader.readexactly(n)  # its ValueError, or b""
+        data, need = await self._gather(n)
+        if need:
+            raise asyncio.IncompleteReadError(data, n)
+        return data
+
+    async def _gather(self, need: int | None) -> tuple[bytes, int]:
+        """Gated chunks until ``need`` bytes came (None: until EOF), or EOF: (them, how
+        many are still missing). A read cancelled, or one that meets a reset or a
+        failure, consumes nothing, as asyncio's and dtp.aio's: what was gathered goes
+        back in front of the stream, charged already (tests/paid/test_aio_stream_wrappers.py)."""
         chunks: list[bytes] = []
+        left = 0 if need is None else need
         try:
-            while chunk := await self._chunk(CREDIT_MAX):
+            while chunk := await self._chunk(CREDIT_MAX if need is None else left):
                 chunks.append(chunk)
+                if need is not None:
+                    left -= len(chunk)
+                    if not left:
+                        break
         except BaseException:
-            # cancelled (asyncio.wait_for timing out), or the stream reset / the
-            # connection failed: what was taken goes back in front of the stream for the
-            # next read, as dtp.aio's read() does (dropped, it would be lost), charged to
-            # the rate limits already
             self._put_back(b"".join(chunks))
             raise
-        return b"".join(chunks)
+        return b"".join(chunks), left
 
     def _put_back(self, data: bytes) -> None:
         """``data``, taken and charged by a read that did not complete, goes back in
         front of the stream (its flow-control credit went back already: not again)."""
         self._reader._unread(data)
         self._charged += len(data)
-
-    async def readexactly(self, n: int) -> bytes:
-        n = operator.index(n)  # (as in read)
-        if n <= 0:
-            return await self._reader.readexactly(n)  # its ValueError, or b""
-        chunks: list[bytes] = []
-        need = n
-        try:
-            while need:
-                chunk = await self._chunk(need)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                need -= len(chunk)
-        except BaseException:
-            # a cancelled read consumes nothing, as asyncio's (and dtp.aio's), nor does
-            # one that meets a reset or a failure (dtp.aio's): what was gathered goes
-            # back in front of the stream (their flow-control credit went back already,
-            # and they were charged to the rate limits: neither again)
-            self._put_back(b"".join(chunks))
-            raise
-        if need:
-            raise asyncio.IncompleteReadError(b"".join(chunks), n)
-        return b"".join(chunks)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         # one look for at most 64 KiB (the reader's limit), as one recv()
@@ -600,10 +557,7 @@ class PaidReader:
     def __getattr__(self, name: str) -> Any:
         if name in _READER_FORWARDED:
             return getattr(self._reader, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
 
 class PaidWriter:
@@ -655,14 +609,9 @@ class PaidWriter:
         view = memoryview(data).cast("B")
         size = len(view)
         paid = self._paid
-        # what the gate allows goes now and is charged to the rate limits at once: left
-        # to drain(), a callback that never drains (write, write, close) went past the
-        # client's bytes/s limit for good. While the limit's bucket has not refilled
-        # for a piece, nothing goes: the bytes are held, and let out at the rate
-        # (_release); else one piece at most (TokenBucket.take: one large write went
-        # whole, a 4 MiB one in 6 ms to a client limited to 100 kB/s, whose limit then
-        # held back only the connection's end)
-        room = 0 if paid.held_back(size) else min(paid.send_room(size), paid.write_slice())
+        # what goes now is charged to the rate limits at once: left to drain(), a
+        # callback that never drains (write, write, close) went past them for good
+        room = paid.write_now(size)
         if room == size:
             self._writer.write(data)
             self._charged(size)
@@ -726,16 +675,9 @@ class PaidWriter:
         releasing = self._releasing
         if releasing is None:
             return
-        try:
-            # shielded: a cancelled drain() leaves what was written on its way
-            await asyncio.shield(releasing)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not releasing.cancelled() or (task is not None and task.cancelling()):
-                raise  # this task was cancelled
-            # abort() cancelled the release: not this task's cancellation (it raised
-            # CancelledError into a drain() or wait_closed() nobody cancelled, ending
-            # the handler as if cancelled); the wrapped writer reports the abort
+        # shielded: a cancelled drain() leaves what was written on its way; one that
+        # abort() cancelled is reported by the wrapped writer
+        await _shielded(releasing)
 
     async def drain(self) -> None:
         """As :meth:`dtp.aio.DTPStreamWriter.drain`: what is held first, then the
@@ -874,20 +816,7 @@ class PaidWriter:
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
         paid = self._paid
-        if paid.in_debt():
-            # the limit's debt is waited for by drain(), which a sender of datagrams
-            # alone need never call: sent all the same, they went past the limit for good
-            paid.conn.datagrams_send_dropped += len(items)
-            return 0
-        take = paid.datagram_room(sizes)
-        if take < len(items):
-            paid.conn.datagrams_send_dropped += len(items) - take
-            # (after pause_timeout: closed, PaymentRequired)
-            paid.datagrams_unpaid(sizes[take])
-        elif take:
-            # (not an empty batch: "sent whole", it ended the pause, and a handler whose
-            # batches were empty now and then never had the connection closed)
-            paid.datagrams_paid()
+        take = paid.datagrams_to_send(sizes)  # (after pause_timeout: PaymentRequired)
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
@@ -903,28 +832,30 @@ class PaidWriter:
         paid = self._paid
         await paid.wait_paid()
         data = await self._writer.recv_datagram()
-        try:
-            await paid.throttle(0 if paid.charged_already(data) else datagram_charge(len(data)))
-        except asyncio.CancelledError:
-            # cancelled while the rate limits hold it: it stays the next one to read
-            paid.put_back_datagram(data)
-            raise
+        charge = 0 if paid.charged_already(data) else datagram_charge(len(data))
+        await self._throttled(charge, 0, lambda: paid.put_back_datagram(data))
         return data
 
     async def accept_stream(self) -> tuple[PaidReader, PaidWriter]:
         """Wait for the client to open a stream (one request)."""
-        await self._paid.wait_paid()
-        reader, writer = await self._writer.accept_stream()
         paid = self._paid
-        charged = reader.stream_id in paid.charged_streams
-        paid.charged_streams.discard(reader.stream_id)
+        await paid.wait_paid()
+        reader, writer = await self._writer.accept_stream()
+        stream_id = reader.stream_id
+        charged = stream_id in paid.charged_streams
+        paid.charged_streams.discard(stream_id)
+        await self._throttled(0, 0 if charged else 1, lambda: paid.put_back_stream(stream_id))
+        return PaidReader(reader, paid), PaidWriter(writer, paid)
+
+    async def _throttled(self, nbytes: int, requests: int, put_back: Callable[[], None]) -> None:
+        """Charge what was just taken to the rate limits and wait as they say; cancelled
+        meanwhile, ``put_back`` returns it to be taken next, charged already
+        (tests/transport/test_aio_put_backs.py)."""
         try:
-            await paid.throttle(requests=0 if charged else 1)
+            await self._paid.throttle(nbytes, requests)
         except asyncio.CancelledError:
-            # cancelled while the request rate holds it: the stream goes back
-            paid.put_back_stream(reader.stream_id)
+            put_back()
             raise
-        return PaidReader(reader, self._paid), PaidWriter(writer, self._paid)
 
     async def open_stream(self) -> tuple[PaidReader, PaidWriter]:
         reader, writer = await self._writer.open_stream()
@@ -936,10 +867,7 @@ class PaidWriter:
     def __getattr__(self, name: str) -> Any:
         if name in _WRITER_FORWARDED:
             return getattr(self._writer, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
 
 #: What the paid reader and writer take from the wrapped ones as they are: none of it

@@ -19,8 +19,14 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import Close, PaidConnectionEngine, ReceiptStep
-from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy, datagram_sizes
+from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
+from dtp.hostid.paid.policy import (
+    CALL_COST,
+    SEND_SLICE,
+    ServicePolicy,
+    datagram_sizes,
+    not_forwarded,
+)
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -80,23 +86,10 @@ class PaidConnection:
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
-        # Bytes that may still move before the gate is asked again: what it allowed at
-        # its last look (at most CREDIT_MAX), less every read and write since, each also
-        # counted as CALL_COST at least (what a handler moves around the PaidSocket is
-        # then looked at within CREDIT_MAX / CALL_COST calls all the same)
-        self._credit = 0
-        # Writes have a credit of their own. The connection's streams may be driven from
-        # several threads at once: a write takes its bytes from it before it sends
-        # (reserve), and until they are in the usage (sent) they count as _sending, which
-        # a look at the gate meanwhile deducts, with the bytes queued beyond the client's
-        # window (the usage counts a byte once sent). Checked after and counted after,
-        # each of N writers took the whole credit (a client paying nothing got N times
-        # the allowance). Reads keep the plain credit: what they take is in the usage
-        # already, and one waiting for writes that wait for the client to read could
-        # wait for good.
-        self._send_credit = 0
+        #: What may move before the gate is asked again (the engine's arithmetic, under
+        #: ``_cond`` where writes take from it: the streams may be driven from threads)
+        self.credit = Credit()
         self._cond = threading.Condition(threading.Lock())
-        self._sending = 0
         self._waiters = 0
 
     # -- the connection's I/O driver -------------------------------------------------
@@ -133,9 +126,8 @@ class PaidConnection:
         in the writer thread, count it once stored."""
         step, receipt = self.core.receipt_frame(data, closed=self.engine.conn.closed)
         if step is ReceiptStep.REFUSED:
-            # the credit cached is void: the violation closes the connection at the
-            # next look (which comes at the next call)
-            self._credit = self._send_credit = 0
+            # the violation closes the connection at the next look (the next call)
+            self.credit.void()
         elif receipt is not None:
             self.receipt_writer.submit(receipt, self._kept)
 
@@ -170,7 +162,7 @@ class PaidConnection:
         pause is waited out within it, then raises as the unpaid call would when nothing
         comes (:meth:`_look`). The gate's pause clock goes on across such calls:
         the connection closes once paused ``pause_timeout``, at the next call that looks."""
-        if self._credit > 0:
+        if self.credit.read > 0:
             return  # within what the gate allowed at its last look
         self._look(False, 0, sock, timeout)
 
@@ -179,15 +171,11 @@ class PaidConnection:
         queued bytes to go is waiting for the client to read, as a plain send waits:
         within ``sock``'s timeout (DTPTimeoutError; BlockingIOError if non-blocking),
         and so is a pause for payment."""
-        if self._send_credit > 0:
+        if self.credit.send > 0:
             return
         start = time.monotonic()
         while not self._look(True, 0, sock, "socket", start):
-            timeout = sock.gettimeout()
-            if timeout == 0:
-                raise BlockingIOError(errno.EAGAIN, "operation would block")
-            if timeout is not None and time.monotonic() - start >= timeout:
-                raise DTPTimeoutError("timed out")
+            _timed_out(sock, start)
 
     def _look(
         self,
@@ -207,27 +195,16 @@ class PaidConnection:
         (the call's start; by default the pause's), then BlockingIOError (the socket's
         timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
         total_bytes, total_requests = self.engine.conn.usage
-        gate = self.gate
-        if gate.serving(total_bytes + whole, total_requests):
-            # served again: a pause that comes later is a new one (kept, a datagram
-            # send's timed-out pause made the next one, hours later, close at once)
+        if self.gate.serving(total_bytes + whole, total_requests):
+            # served: a datagram pause that comes later is a new one (a timed-out one
+            # made the next, hours later, close at once)
             self.core.datagrams_paid()
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
-        engine = self.engine
-        # A pause for ``whole`` bytes is timed here, by this call (the engine's
-        # datagram_verdict): the gate's own pause clock restarts whenever another call
-        # (a read in another thread) finds the usage without them served, so a datagram
-        # no credit can cover waited for as long as others moved data, never closing the
-        # connection. A call its timeout ended leaves the clock running for the next
-        # one: a non-blocking sender that tried again never closed
         now = time.monotonic()
-        paused_at = now
-        if whole and self.core.unpaid_datagrams_since is not None:
-            paused_at = self.core.unpaid_datagrams_since
-        # the caller's timeout (the socket's, or recv_datagram's): the pause waited out
-        # pause_timeout whatever it was, and a non-blocking handler's call blocked
+        # the caller's timeout (the socket's, or recv_datagram's) bounds the pause, as
+        # it bounds the unpaid call (tests/paid/test_datagrams.py)
         deadline = None
         nonblocking = False
         if sock is not None and verdict.state is GateState.PAUSE:
@@ -238,57 +215,38 @@ class PaidConnection:
                 timeout = checked_timeout(timeout)  # (recv_datagram's, as it checks it)
             if timeout is not None:
                 deadline = (now if began is None else began) + timeout
-        while verdict.state is GateState.PAUSE:
-            if whole:
-                verdict = self.core.datagram_verdict(verdict, time.monotonic(), whole, paused_at)
-                if verdict.state is GateState.CLOSE:
-                    break
+        pause = self.core.pause(now, whole=whole, deadline=deadline)
+        engine = self.engine
+        while (step := pause.step(verdict, time.monotonic())).action is PauseAction.WAIT:
             with engine.lock:
                 if self.ended():
                     return True  # the caller's own call reports how the connection ended
-                now = time.monotonic()
-                if self.core.request_due(now):
+                if step.ask:
                     with contextlib.suppress(DTPError):
                         engine.conn.send_receipt(RECEIPT_REQUEST)
                 engine.flush()
-                wait = self.core.request_wait(now)
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                if wait > 0:
+                if step.wait > 0:
                     with contextlib.suppress(DTPTimeoutError):
                         engine.pump(
                             lambda: (
                                 self.verdict(whole).state is not GateState.PAUSE
                                 or engine.session.terminated is not None
                             ),
-                            wait,
+                            step.wait,
                         )
                 else:
                     engine.poll()  # one look at what came (a receipt, say)
             # (the engine lock let go: the escrow is read in this thread, not under it)
             self.read_deposit()
             verdict = self.verdict(whole)
-            if (
-                verdict.state is GateState.PAUSE
-                and deadline is not None
-                and time.monotonic() >= deadline
-            ):
-                if whole:
-                    self.core.unpaid_datagrams_since = paused_at
-                if nonblocking:
-                    raise BlockingIOError(errno.EAGAIN, "operation would block")
-                raise DTPTimeoutError("timed out")
-        # the pause is over: the next one asks for a receipt at once
-        self.core.pause_over()
-        if whole:
-            self.core.datagrams_paid()
-        if verdict.state is GateState.CLOSE:
-            close = self.core.payment_required(verdict)
-            self.abort(close)
-            raise PaymentRequired(close.reason, close.code)
-        if verdict.state is GateState.SERVE:
-            return self._refill(writing, whole)
-        return True
+        if step.action is PauseAction.TIMED_OUT:
+            if nonblocking:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
+            raise DTPTimeoutError("timed out")
+        if step.close is not None:
+            self.abort(step.close)
+            raise PaymentRequired(step.close.reason, step.close.code)
+        return self._refill(writing, whole)
 
     def read_deposit(self, *, ending: bool = False) -> None:
         """Read the escrow again when the gate wants it (the deposit holds a paused
@@ -321,7 +279,7 @@ class PaidConnection:
             with self.engine.lock:
                 self.on_receipt(pending.encode())
         if self.gate.violation is not None:
-            self._credit = self._send_credit = 0
+            self.credit.void()
 
     def _refill(self, writing: bool, whole: int = 0) -> bool:
         """Set the credit to what the gate allows (the connection serving); for writes,
@@ -332,20 +290,17 @@ class PaidConnection:
         ``request_interval`` for some of them to go."""
         engine = self.engine
         if not writing:
-            self._credit = self.core.read_credit(engine.conn.usage)
+            self.credit.read = self.core.read_credit(engine.conn.usage)
             return True
         with self._cond:
-            # usage and queue first, then _sending, all under this lock: a write that
+            # usage and queue first, then what is under way, all under this lock: a write that
             # ends in between (in them, not yet released) is counted twice, never not
             # at all
             with engine.lock:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = self.ended()
-            sending = self._sending
-            room = self.core.write_room(usage, queued, sending, CREDIT_MAX)
-            if room >= max(whole, 1) or not (sending or queued) or ended:
-                self._send_credit = room
+            if self.core.refill_send(self.credit, usage, queued, whole, ended=ended):
                 return True
             if not queued:
                 self._waiters += 1
@@ -366,80 +321,60 @@ class PaidConnection:
         """How much of a write of ``nbytes`` may go now (after :meth:`wait_send`), taken
         from the credit at once and held as under way until :meth:`sent`."""
         with self._cond:
-            credit = self._send_credit
-            take = nbytes if nbytes <= credit else max(1, credit)
-            self._send_credit = credit - max(take, CALL_COST)
-            self._credit -= max(take, CALL_COST)  # reads look again as they did
-            self._sending += take
-        return take
+            return self.credit.reserve(nbytes)
 
     def reserve_datagrams(self, sock: DTPSocket, sizes: list[int], start: int) -> tuple[int, int]:
         """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
         (a datagram cannot go in part: its bytes are metered as they go), pausing for a
         receipt as a write does at the end of the credit; then take from the credit as
-        many datagrams from ``start`` on as it covers, as :meth:`reserve` does. Returns
-        (how many, their bytes held as under way until :meth:`sent`); (0, 0) once the
-        connection ended (the send then reports how). Waits within ``sock``'s timeout,
-        as :meth:`wait_send`."""
+        many datagrams from ``start`` on as it covers (:meth:`Credit.reserve_datagrams`).
+        Returns (how many, their bytes held as under way until :meth:`sent`); (0, 0)
+        once the connection ended (the send then reports how). Waits within ``sock``'s
+        timeout, as :meth:`wait_send`."""
         first = sizes[start]
         began = time.monotonic()
         while True:
             with self._cond:
-                count, taken, credit = self.core.datagrams_covered(
-                    self._send_credit, sizes, start, CALL_COST
-                )
-                if count:
-                    self._send_credit = credit
-                    self._credit -= max(taken, CALL_COST)  # reads look again as they did
-                    self._sending += taken
-                    return count, taken
+                count, taken = self.credit.reserve_datagrams(sizes, start)
+            if count:
+                return count, taken
             if self.ended():
                 return 0, 0
             if not self._look(True, first, sock, "socket", began):
-                timeout = sock.gettimeout()
-                if timeout == 0:
-                    raise BlockingIOError(errno.EAGAIN, "operation would block")
-                if timeout is not None and time.monotonic() - began >= timeout:
-                    raise DTPTimeoutError("timed out")
+                _timed_out(sock, began)
 
     def sent(self, reserved: int) -> None:
         """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
         with self._cond:
-            self._sending -= reserved
+            self.credit.sent(reserved)
             if self._waiters:
                 self._cond.notify_all()
 
     def room(self, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`):
-        no more than the gate's credit, so that one call cannot carry a client that pays
-        nothing far past the allowance; at least 1 byte, since the gate said serve."""
-        credit = self._credit
-        if nbytes <= credit:
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): no more
+        than the gate's credit, at least 1 byte (the gate said serve). Short of the
+        cached credit, the gate is asked again before the read is cut
+        (tests/paid/test_receipt_gate_read_room.py)."""
+        credit = self.credit
+        if nbytes <= credit.read:
             return nbytes
-        # Short of the read: ask the gate again before cutting it. Cut by the credit's
-        # own bookkeeping (every CREDIT_MAX bytes of a bulk read), the lane stopped
-        # with the rest of a carrier read in hand, and that went the general path --
-        # copied into the stream's buffer, then out again -- a few percent of a
-        # metered bulk transfer's bytes. Now only what the gate allows cuts a read.
-        credit = self.core.read_credit(self.engine.conn.usage)
-        self._credit = credit
-        return nbytes if nbytes <= credit else max(1, credit)
+        room, credit.read = self.core.read_room(self.engine.conn.usage, nbytes)
+        return room
 
     def request_final_receipt(self) -> None:
         """Before the server closes: ask for a receipt for all usage, and wait up to
         ``final_receipt_timeout`` for one (while the client is still there)."""
         engine = self.engine
-        session = engine.session
+        core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or self.core.settled_up(engine.conn.usage)
+            return self.ended() or core.settled_up(engine.conn.usage)
 
-        deadline = self.core.final_receipt_deadline(time.monotonic())
+        deadline = core.final_receipt_deadline(time.monotonic())
         with engine.lock:
-            while not engine.closed and not done():
-                wait = self.core.final_receipt_wait(time.monotonic(), deadline)
-                if wait <= 0:
-                    return
+            while wait := core.final_receipt_step(
+                engine.conn.usage, time.monotonic(), deadline, ended=self.ended()
+            ):
                 with contextlib.suppress(DTPError):
                     engine.conn.send_receipt(RECEIPT_REQUEST)
                     engine.flush()
@@ -449,9 +384,9 @@ class PaidConnection:
         """Charge the client's rate limits and wait as long as they say (and count what
         moved against the gate's last look; a request ends it)."""
         if requests:
-            self._credit = self._send_credit = 0
+            self.credit.void()
         else:
-            self._credit -= max(nbytes, CALL_COST)
+            self.credit.spent(nbytes)
         self.limit(nbytes, requests)
 
     def limit(self, nbytes: int = 0, requests: int = 0) -> None:
@@ -493,10 +428,9 @@ class PaidConnection:
         # and a wait worked out at the old rate would go on (300 s for 30 kB at 100 B/s)
         engine = self.engine
         ended = self.ended
-        step = self.policy.refresh_interval
         while delay > 0:
             with engine.lock, contextlib.suppress(DTPTimeoutError):
-                engine.pump(ended, min(delay, step))
+                engine.pump(ended, self.core.hold_wait(delay))
             if ended():
                 return
             with self.limit_lock:
@@ -515,6 +449,16 @@ class PaidConnection:
 def _ends_connection(sock: DTPSocket) -> bool:
     """Whether closing ``sock`` ends its connection: the first stream, still open."""
     return bool(getattr(sock, "_primary", False)) and not getattr(sock, "_closed", True)
+
+
+def _timed_out(sock: DTPSocket, began: float) -> None:
+    """Raise as an unpaid call on ``sock`` that began at ``began`` would, once its
+    timeout passed (BlockingIOError at once for a non-blocking socket); else return."""
+    timeout = sock.gettimeout()
+    if timeout == 0:
+        raise BlockingIOError(errno.EAGAIN, "operation would block")
+    if timeout is not None and time.monotonic() - began >= timeout:
+        raise DTPTimeoutError("timed out")
 
 
 def _left_of(
@@ -559,14 +503,12 @@ class PaidSocket:
             or type(flags) is not int
             or not 0 <= bufsize <= SSIZE_MAX
         ):
-            # the socket's checks, before the wait (and the size as the int it stands
-            # for: one that is an int only through __index__ failed the gate's
-            # comparison with the credit, and one past what a socket takes was cut to
-            # the credit and read)
+            # the socket's checks before the wait, and the size as the int it stands
+            # for (tests/paid/test_socket_calls.py)
             bufsize = checked_size(bufsize, "recv")
             checked_flags(flags)
         paid = self._paid
-        if paid._credit <= 0:
+        if paid.credit.read <= 0:
             paid.wait_paid(self._sock)
         data = self._sock.recv(paid.pace(paid.room(bufsize)), flags)
         paid.throttle(len(data))
@@ -574,23 +516,21 @@ class PaidSocket:
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """:meth:`dtp.socket.DTPSocket.recv_into`, metered as :meth:`recv`."""
-        # wait_paid, room and throttle inline for the usual read that the credit
-        # covers: a bulk reader makes one of these calls per carrier read, and the
-        # three method calls were about a third of what the wrapper cost it
+        # wait_paid, room and throttle inline for the usual read that the credit covers:
+        # a bulk reader makes one call per carrier read (bench/compare.py paid_bulk)
         if flags or type(nbytes) is not int or type(flags) is not int:
-            # the socket's checks of the call as made, first (as a socket makes them
-            # before it waits), then the size as the int it stands for: None or 0.0
-            # read the whole buffer while the credit lasted, and a size that is an int
-            # only through __index__ failed the comparison with the credit
+            # the socket's checks of the call as made before the wait, then the size as
+            # the int it stands for (tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
             nbytes, flags = operator.index(nbytes), operator.index(flags)
         paid = self._paid
-        if paid._credit <= 0:
+        credit = paid.credit
+        if credit.read <= 0:
             paid.wait_paid(self._sock)
         size = nbytes or memoryview(buffer).nbytes
-        if size > paid._credit:
-            # the socket's checks of the call as made, before the gate cuts its size
-            # (a size past the buffer, cut to the credit, would escape them: read)
+        if size > credit.read:
+            # the socket's checks before the gate cuts the size (a size past the buffer
+            # would escape them: tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
         buckets = paid.buckets
@@ -602,7 +542,7 @@ class PaidSocket:
         if type(buffer) is bytearray and size == len(buffer):
             size = 0  # the whole buffer: the socket's one-call path (no size to check)
         n: int = self._sock.recv_into(buffer, size, flags)
-        paid._credit -= n if n > CALL_COST else CALL_COST
+        credit.read -= n if n > CALL_COST else CALL_COST  # (Credit.spent, inline)
         if buckets.bytes.rate or buckets.requests.rate:
             paid.limit(n)
         return n
@@ -716,10 +656,8 @@ class PaidSocket:
             finally:
                 paid.sent(reserved)
             queued += sent
-            # the limits charged for the queued ones alone (as send() charges what went):
-            # charged for all, a handler sending to a client that stopped reading waited
-            # out the rate of datagrams the backlog dropped (the credit they took comes
-            # back at the gate's next look: they are not in the usage)
+            # the limits charged for the queued ones alone, as send() charges what went
+            # (the credit the dropped ones took comes back at the gate's next look)
             paid.limit(sum(map(datagram_charge, sizes[start : start + sent])))
             start += count
         return queued
@@ -727,29 +665,30 @@ class PaidSocket:
     def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
         """:meth:`dtp.socket.DTPSocket.recv_datagram`, after waiting while paused (the
         datagram is in the usage since it arrived), then within the rate limits."""
-        paid = self._paid
-        if paid._credit > 0:
-            data = self._sock.recv_datagram(timeout)
-        else:
-            began = time.monotonic()
-            paid.wait_paid(self._sock, timeout)
-            data = self._sock.recv_datagram(_left_of(self._sock, timeout, began))
-        paid.throttle(datagram_charge(len(data)))
+        data = self._sock.recv_datagram(self._paid_within(timeout))
+        self._paid.throttle(datagram_charge(len(data)))
         return data
 
     def recv_datagrams(
         self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
     ) -> list[bytes]:
         """:meth:`dtp.socket.DTPSocket.recv_datagrams`, as :meth:`recv_datagram`."""
-        paid = self._paid
-        if paid._credit > 0:
-            batch = self._sock.recv_datagrams(max_count, timeout)
-        else:
-            began = time.monotonic()
-            paid.wait_paid(self._sock, timeout)
-            batch = self._sock.recv_datagrams(max_count, _left_of(self._sock, timeout, began))
-        paid.throttle(sum(datagram_charge(len(data)) for data in batch))
+        batch = self._sock.recv_datagrams(max_count, self._paid_within(timeout))
+        self._paid.throttle(sum(map(datagram_charge, map(len, batch))))
         return batch
+
+    def _paid_within(
+        self, timeout: float | Literal["socket"] | None
+    ) -> float | Literal["socket"] | None:
+        """Wait while the connection is paused for payment, within a receive's
+        ``timeout`` (as recv_datagram takes it); returns what is left of it for the
+        receive itself (the pause comes out of it: tests/paid/test_datagrams.py)."""
+        paid = self._paid
+        if paid.credit.read > 0:
+            return timeout
+        began = time.monotonic()
+        paid.wait_paid(self._sock, timeout)
+        return _left_of(self._sock, timeout, began)
 
     def accept_stream(self) -> PaidSocket:
         """Wait for the client to open a stream (one request) and return it."""
@@ -789,10 +728,7 @@ class PaidSocket:
     def __getattr__(self, name: str) -> Any:
         if name in _FORWARDED:
             return getattr(self._sock, name)
-        raise AttributeError(
-            f"{type(self).__name__!r} object has no attribute {name!r} (a paid stream "
-            f"forwards only what moves no data, so that nothing passes the receipt gate)"
-        )
+        raise not_forwarded(self, name)
 
     def __repr__(self) -> str:
         return f"<PaidSocket of {self._sock!r}>"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dtp.errors import ChainError
-from dtp.hostid.paid.policy import CREDIT_MAX
+from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
@@ -63,6 +63,149 @@ class Close:
     reason: str
 
 
+class PauseAction(enum.Enum):
+    """What a paused call does next (:meth:`PausedCall.step`)."""
+
+    OVER = "over"
+    """The gate serves again: the call goes on (the pause is over)."""
+    CLOSE = "close"
+    """Payment did not come: close with :attr:`PauseStep.close`, then raise
+    :class:`~dtp.errors.PaymentRequired`."""
+    WAIT = "wait"
+    """Send RECEIPT_REQUEST first if :attr:`PauseStep.ask`, then wait up to
+    :attr:`PauseStep.wait` seconds (0: one look at what came) for a receipt, read the
+    deposit if due and ask again."""
+    TIMED_OUT = "timed out"
+    """The caller's own deadline passed while paused: raise as the unpaid call would
+    when nothing comes (DTPTimeoutError, or BlockingIOError without a timeout)."""
+
+
+@dataclass(frozen=True)
+class PauseStep:
+    """One step of a paused call: what to do, and with which facts."""
+
+    action: PauseAction
+    ask: bool = False
+    """(WAIT) Send RECEIPT_REQUEST now (counted as sent:
+    :meth:`PaidConnectionEngine.request_due`)."""
+    wait: float = 0.0
+    """(WAIT) Seconds to wait for a receipt before the next step."""
+    close: Close | None = None
+    """(CLOSE) The close for want of payment."""
+
+
+class PausedCall:
+    """One call (a read, a write, a datagram send) paused for payment, from its first
+    look at the gate to its last: each :meth:`step` takes the gate's latest verdict and
+    ``now`` and says what to do (docs/escrow.md §6.1; the driver only sends, waits and
+    reads the deposit). Made by :meth:`PaidConnectionEngine.pause`."""
+
+    __slots__ = ("_core", "_deadline", "_since", "_waited", "whole")
+
+    def __init__(
+        self, core: PaidConnectionEngine, now: float, whole: int, deadline: float | None
+    ) -> None:
+        self._core = core
+        #: Bytes of a write that cannot go in part (a datagram), judged with the usage
+        self.whole = whole
+        self._deadline = deadline
+        # A pause for ``whole`` bytes is timed by the call (datagram_verdict), from the
+        # first send no credit covered when an earlier call timed out: the gate's own
+        # pause clock restarts whenever another call finds the usage served
+        # (tests/paid/test_datagram_allowance.py)
+        since = core.unpaid_datagrams_since
+        self._since = now if since is None or not whole else since
+        self._waited = False
+
+    def step(self, verdict: GateVerdict, now: float) -> PauseStep:
+        """The next step at ``now``, the gate's verdict (with :attr:`whole`) ``verdict``."""
+        core = self._core
+        whole = self.whole
+        if verdict.state is GateState.PAUSE:
+            deadline = self._deadline
+            # (a first look always asks: a non-blocking call asks for a receipt once)
+            if self._waited and deadline is not None and now >= deadline:
+                if whole:
+                    core.unpaid_datagrams_since = self._since  # the next call goes on timing
+                return PauseStep(PauseAction.TIMED_OUT)
+            if whole:
+                verdict = core.datagram_verdict(verdict, now, whole, self._since)
+        if verdict.state is GateState.PAUSE:
+            self._waited = True
+            ask = core.request_due(now)
+            wait = core.request_wait(now)
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - now))
+            return PauseStep(PauseAction.WAIT, ask, wait)
+        # the pause is over: the next one asks for a receipt at once
+        core.pause_over()
+        if whole:
+            core.datagrams_paid()
+        if verdict.state is GateState.CLOSE:
+            return PauseStep(PauseAction.CLOSE, close=core.payment_required(verdict))
+        return PauseStep(PauseAction.OVER)
+
+
+class Credit:
+    """The credit a driver keeps between looks at the gate (the blocking driver's,
+    under its own lock: the connection's streams may be driven from several threads).
+
+    ``read`` is what may still move before the gate is asked again: what it allowed at
+    its last look (at most CREDIT_MAX), less every read and write since, each counted
+    as CALL_COST at least (so that the gate is asked again within CREDIT_MAX /
+    CALL_COST calls whatever they move). Writes take from ``send``, their own, before
+    they send (:meth:`reserve`), and count as ``sending`` until they are in the usage
+    (:meth:`sent`): a look at the gate meanwhile deducts them. Checked after and counted
+    after, each of N writers took the whole credit (tests/paid/test_credit_ceiling.py).
+    Reads keep ``read``: what they take is in the usage already."""
+
+    __slots__ = ("read", "send", "sending")
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.send = 0
+        self.sending = 0
+
+    def void(self) -> None:
+        """The credit cached is void (a refused receipt, a new request): the next call
+        looks at the gate."""
+        self.read = self.send = 0
+
+    def spent(self, nbytes: int) -> None:
+        """A read of ``nbytes`` (or a datagram's charge) went: counted against ``read``."""
+        self.read -= nbytes if nbytes > CALL_COST else CALL_COST
+
+    def reserve(self, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now (after the send credit was
+        refilled), taken from the credit at once and under way until :meth:`sent`: at
+        least 1 byte (the gate said serve)."""
+        credit = self.send
+        take = nbytes if nbytes <= credit else max(1, credit)
+        cost = take if take > CALL_COST else CALL_COST
+        self.send = credit - cost
+        self.read -= cost  # reads look again as they did
+        self.sending += take
+        return take
+
+    def reserve_datagrams(self, sizes: list[int], start: int) -> tuple[int, int]:
+        """Take from the send credit as many datagrams of ``sizes`` from ``start`` on as
+        it covers, each whole (:meth:`PaidConnectionEngine.datagrams_covered`, each
+        counted as CALL_COST at least): (how many, their bytes, under way until
+        :meth:`sent`); (0, 0) when it does not cover the first."""
+        count, taken, left = PaidConnectionEngine.datagrams_covered(
+            self.send, sizes, start, CALL_COST
+        )
+        if count:
+            self.send = left
+            self.read -= taken if taken > CALL_COST else CALL_COST
+            self.sending += taken
+        return count, taken
+
+    def sent(self, reserved: int) -> None:
+        """A write :meth:`reserve` made room for ended: its bytes are in the usage."""
+        self.sending -= reserved
+
+
 class PaidConnectionEngine:
     """The receipt path of one paid connection (see the module docs): ``gate`` judges
     the receipts and the usage, ``policy`` is the service's, ``connection_id`` and
@@ -89,6 +232,9 @@ class PaidConnectionEngine:
         #: Since when (the drivers' ``now``) datagram sends have found no credit that
         #: covers them whole; None: they do not (:meth:`datagrams_unpaid`)
         self.unpaid_datagrams_since: float | None = None
+        #: The bytes of the datagram such a send found no credit for last
+        #: (:meth:`datagrams_covered_again`)
+        self.unpaid_size = 0
         #: When (the drivers' ``now``) a paused call last asked the client for a
         #: receipt; None: not in this pause (:meth:`request_due`)
         self.asked_at: float | None = None
@@ -129,6 +275,17 @@ class PaidConnectionEngine:
         ends the connection, gives up (the policy's ``final_receipt_timeout``)."""
         return now + self.policy.final_receipt_timeout
 
+    def final_receipt_step(
+        self, usage: Usage, now: float, deadline: float, *, ended: bool
+    ) -> float:
+        """The wait for the final receipt at ``now`` (``deadline`` from
+        :meth:`final_receipt_deadline`): 0 when it is over -- the connection ``ended``,
+        the receipts cover ``usage`` (:meth:`settled_up`) or the deadline passed --, else
+        ask the client (again) and wait this long (:meth:`final_receipt_wait`)."""
+        if ended or self.settled_up(usage):
+            return 0.0
+        return self.final_receipt_wait(now, deadline)
+
     def final_receipt_wait(self, now: float, deadline: float) -> float:
         """After asking (again) at ``now``: how long to wait for the final receipt
         before asking again (a request interval at most); 0 once ``deadline`` passed."""
@@ -165,6 +322,12 @@ class PaidConnectionEngine:
         call asks at once."""
         self.asked_at = None
 
+    def pause(self, now: float, *, whole: int = 0, deadline: float | None = None) -> PausedCall:
+        """A call paused at ``now`` (the gate's verdict PAUSE, or CLOSE): its steps.
+        ``whole``: bytes of a write that cannot go in part (a datagram); ``deadline``: the
+        caller's own timeout (None: the pause is waited out, to its end)."""
+        return PausedCall(self, now, whole, deadline)
+
     # -- room: how much may move before the gate is asked again ------------------------
 
     def read_credit(self, usage: Usage) -> int:
@@ -194,6 +357,48 @@ class PaidConnectionEngine:
         if credit > 0:
             return credit
         return 0 if queued or under_way else 1
+
+    def refill_send(
+        self, credit: Credit, usage: Usage, queued: int, whole: int, *, ended: bool
+    ) -> bool:
+        """Set ``credit``'s send credit to the :meth:`write_room` of a look at the gate
+        (serving) on ``usage``, the ``queued`` bytes and those under way: True when it
+        covers a byte (``whole`` bytes for a datagram), when nothing is queued or under
+        way (the gate said serve: a byte goes), or the connection ``ended`` (the write
+        reports how); False when the bytes on their way hold the credit: the writer
+        waits for some of them to go, then looks again."""
+        sending = credit.sending
+        room = self.write_room(usage, queued, sending, CREDIT_MAX)
+        if room >= max(whole, 1) or not (sending or queued) or ended:
+            credit.send = room
+            return True
+        return False
+
+    def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
+        """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
+        credit it was judged on, :meth:`read_credit`); at least 1 byte, the gate serving
+        (the credit of 0 then says it does not)."""
+        credit = self.read_credit(usage)
+        return (nbytes if nbytes <= credit else max(1, credit)), credit
+
+    def datagram_room(self, usage: Usage, queued: int, sizes: list[int]) -> int:
+        """How many datagrams of ``sizes`` (the first ones) may go now, each whole, on
+        the :meth:`write_credit` of ``usage`` and ``queued`` bytes."""
+        return self.datagrams_covered(self.write_credit(usage, queued), sizes)[0]
+
+    def datagrams_covered_again(self, usage: Usage, queued: int) -> bool:
+        """Payment came: whether the credit now covers the datagram that a send last
+        found no credit for, ending a pause of datagram sends (only one that would go
+        whole ends it: a client that paid, its credit then spent on stream bytes before
+        the next datagram, had it close the connection at once)."""
+        if self.unpaid_datagrams_since is None:
+            return False
+        if not self.gate.serving(*usage) or not self.datagram_room(
+            usage, queued, [self.unpaid_size]
+        ):
+            return False
+        self.datagrams_paid()
+        return True
 
     @staticmethod
     def datagrams_covered(
@@ -243,16 +448,52 @@ class PaidConnectionEngine:
 
     # -- datagrams no credit covers --------------------------------------------------
 
-    def datagrams_unpaid(self, now: float) -> float:
-        """A datagram send found no credit covering its datagram whole (a datagram
-        cannot go in part): the pause of datagram sends is timed from the first such
-        send, across the calls (the gate's own pause clock restarts whenever another
-        call finds the usage served, so a datagram no credit can cover would never
-        close the connection while streams moved data). Returns when it began."""
+    def datagrams_unpaid(self, now: float, size: int = 0) -> float:
+        """A datagram send found no credit covering its datagram (of ``size`` bytes)
+        whole (a datagram cannot go in part): the pause of datagram sends is timed from
+        the first such send, across the calls (the gate's own pause clock restarts
+        whenever another call finds the usage served, so a datagram no credit can cover
+        would never close the connection while streams moved data). Returns when it
+        began."""
+        self.unpaid_size = size
         since = self.unpaid_datagrams_since
         if since is None:
             self.unpaid_datagrams_since = since = now
         return since
+
+    def datagram_send(
+        self, usage: Usage, queued: int, sizes: list[int], now: float
+    ) -> tuple[int, PauseStep | None]:
+        """A datagram send that never waits (asyncio's) of datagrams of ``sizes``: how
+        many of them go (the first ones), and, when some are dropped for want of
+        payment, the step of that pause (:meth:`datagrams_dropped`). None go while the
+        bytes/s limit is in debt (its debt is waited for by a drain, which a sender of
+        datagrams alone need never call: sent, they went past the limit for good). A
+        batch that goes whole ends a pause of datagram sends -- but not an empty one: a
+        sender whose batches were now and then empty never had the connection closed
+        (tests/paid/test_datagram_pause.py)."""
+        if self.in_debt(now):
+            return 0, None
+        take = self.datagram_room(usage, queued, sizes) if self.gate.serving(*usage) else 0
+        if take < len(sizes):
+            return take, self.datagrams_dropped(self.verdict(usage, now), now, sizes[take])
+        if take:
+            self.datagrams_paid()
+        return take, None
+
+    def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
+        """A datagram send that never waits (asyncio's) dropped datagrams no credit
+        covered, the first of ``size`` bytes, the gate's verdict ``verdict``: the step of
+        a paused blocking send without its wait. CLOSE once they have been dropped for
+        want of payment for ``pause_timeout`` (or at once on a bad receipt), else WAIT
+        (``ask``: send RECEIPT_REQUEST, once a request interval; the wait is the next
+        send's). Dropping them for good instead would let a sender of datagrams alone to
+        a client that pays nothing go on for the life of the connection."""
+        since = self.datagrams_unpaid(now, size)
+        verdict = self.datagram_verdict(verdict, now, size, since)
+        if verdict.state is GateState.CLOSE:
+            return PauseStep(PauseAction.CLOSE, close=self.payment_required(verdict))
+        return PauseStep(PauseAction.WAIT, self.request_due(now))
 
     def datagrams_paid(self) -> None:
         """Payment covers datagram sends again: a pause of them is over (and the next
@@ -298,6 +539,61 @@ class PaidConnectionEngine:
         """Seconds until the bytes/s bucket holds ``size`` bytes and the requests/s
         limit is out of debt (what :meth:`pace_take` sent waits for)."""
         return max(self.buckets.bytes.wait_for(size, now), self.buckets.requests.delay(now))
+
+    def hold_wait(self, delay: float) -> float:
+        """How long a wait of ``delay`` seconds for the rate limits waits before it asks
+        them again: a refresh interval at most, so that a limit the Host raised or lifted
+        meanwhile reaches a wait already under way (300 s for 30 kB at 100 B/s else)."""
+        return min(delay, self.policy.refresh_interval)
+
+    def charge_sent(self, nbytes: int, now: float) -> bool:
+        """Charge ``nbytes`` sent by a call that never waits (asyncio's write, datagram
+        sends) to the bytes/s limit at ``now``, without a wait: its debt holds back the
+        next read or write. Whether a limit took it (the debt is then waited for at the
+        next drain)."""
+        bucket = self.buckets.bytes
+        if not bucket.rate:
+            return False
+        bucket.charge(nbytes, now)
+        return True
+
+    def send_slice(self) -> int:
+        """The most bytes to let out between two looks at the rate limits: SEND_SLICE,
+        or the bytes/s limit's take when smaller
+        (:attr:`dtp.payments.ratelimit.TokenBucket.take`)."""
+        bucket = self.buckets.bytes
+        if not bucket.rate:
+            return SEND_SLICE
+        return min(SEND_SLICE, bucket.take_of(SEND_SLICE))
+
+    def write_slice(self) -> int:
+        """The most bytes of a write that never waits to let out at once:
+        :meth:`send_slice` under a bytes/s limit, else CREDIT_MAX."""
+        return self.send_slice() if self.buckets.bytes.rate else CREDIT_MAX
+
+    def in_debt(self, now: float) -> bool:
+        """Whether the bytes/s limit is in debt at ``now`` (what went must be paid for by
+        a wait before more goes)."""
+        bucket = self.buckets.bytes
+        return bool(bucket.rate) and bucket.delay(now) > 0
+
+    def write_now(self, usage: Usage, queued: int, nbytes: int, now: float) -> int:
+        """How much of a write of ``nbytes`` that never waits (asyncio's) goes at once
+        on ``usage`` and the ``queued`` bytes, the rest held and let out as payment and
+        the rate limits allow: nothing while the gate does not serve or the bytes/s
+        bucket has not refilled for a piece (:meth:`held_back`), else its
+        :meth:`write_room`, one :meth:`write_slice` at most (a 4 MiB write went whole,
+        in 6 ms, to a client limited to 100 kB/s:
+        tests/paid/test_rate_limit_asyncio_callback.py)."""
+        if self.held_back(nbytes, now) or not self.gate.serving(*usage):
+            return 0
+        return min(self.write_room(usage, queued, 0, nbytes), self.write_slice())
+
+    def held_back(self, nbytes: int, now: float) -> bool:
+        """Whether the bytes/s limit holds back a write of ``nbytes`` at ``now``: its
+        bucket does not hold the first piece of it yet."""
+        bucket = self.buckets.bytes
+        return bool(bucket.rate) and bucket.wait_for(nbytes, now) > 0
 
     # -- closes ----------------------------------------------------------------------
 

@@ -155,6 +155,16 @@ def datagram_sizes(items: list[bytes | bytearray | memoryview], limit: int) -> l
     return sizes
 
 
+def not_forwarded(stream: object, name: str) -> AttributeError:
+    """The error for an attribute ``name`` a paid stream (PaidSocket, PaidReader,
+    PaidWriter) does not take from the stream it wraps: only what moves no data is
+    forwarded, so that nothing passes the receipt gate."""
+    return AttributeError(
+        f"{type(stream).__name__!r} object has no attribute {name!r} (a paid stream "
+        f"forwards only what moves no data, so that nothing passes the receipt gate)"
+    )
+
+
 def check_address(address: object, what: str) -> None:
     """Refuse a listening or published address that is not a (host, port) tuple before
     anything opens (a string such as "127.0.0.1:0" would fail only in bind(), leaving

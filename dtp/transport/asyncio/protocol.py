@@ -305,6 +305,12 @@ class Protocol(asyncio.BufferedProtocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def wake(self) -> None:
+        """Wake every task waiting on the connection (:meth:`wait_change`), each to look
+        again at its condition: for a layer above whose condition changed outside the
+        connection (a receipt stored in another thread, say)."""
+        self._notify()
+
     async def wait_change(self) -> None:
         """Wait until anything happens on the connection."""
         # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
