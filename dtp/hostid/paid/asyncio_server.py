@@ -35,8 +35,8 @@ from dtp.hostid.paid.asyncio import (
     PaidWriter,
     protocol_of,
 )
-from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
 from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
@@ -57,7 +57,6 @@ from dtp.payments.serving import (
     settle_ended,
 )
 from dtp.payments.settlement import publish_endpoint
-from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -185,19 +184,9 @@ class PaidAioServer:
         assert self.server is not None
         return self.server.address
 
-    async def _start(
-        self,
-        address: tuple[str, int],
-        config: ConnectionConfig | None,
-        endpoint: tuple[str, int] | None,
-        *,
-        backlog: int = 128,
-        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-    ) -> None:
-        """Recover the store, listen on ``address`` (with the handshake bounds given, as
-        :func:`dtp.aio.start_server`'s) and publish the endpoint."""
+    async def _start(self, options: ServerOptions) -> None:
+        """Recover the store, listen on the ``options``' address (with their handshake
+        bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
         from dtp.hostid.asyncio import start_server
 
         host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
@@ -222,18 +211,19 @@ class PaidAioServer:
         )
         self.server = await start_server(
             self._handle,
-            address[0],
-            address[1],
+            options.address[0],
+            options.address[1],
             identity=self.identity,
-            config=config,
+            config=options.config,
             admit=self.admission,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
+            backlog=options.backlog,
+            max_handshakes=options.max_handshakes,
+            max_handshakes_per_address=options.max_handshakes_per_address,
+            max_waiting_per_address=options.max_waiting_per_address,
         )
+        endpoint = options.endpoint or self.address
         await asyncio.to_thread(
-            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
+            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint
         )
         self.core.start(host, time.monotonic())
         self.limiter.set_limits(
@@ -784,14 +774,18 @@ async def serve(
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
     # failed only after the listener started and the store was recovered; so did a
     # bound start_server refuses, after the recovery claimed on the ledger
-    check_server_identity(identity)
-    check_handshake_bounds(
-        max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+    options = ServerOptions.checked(
+        identity,
+        address=address,
+        endpoint=endpoint,
+        policy=policy,
+        config=config,
+        backlog=backlog,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
     )
-    check_address(address, "address")
-    if endpoint is not None:
-        check_address(endpoint, "endpoint")
-    checked_open_grace(open_grace)
     store, opened = open_store(receipts)
     try:
         server = PaidAioServer(
@@ -801,24 +795,16 @@ async def serve(
             ledger=ledger,
             identity=identity,
             store=store,
-            policy=policy or ServicePolicy(),
+            policy=options.policy,
             close_store=closes_store(receipts),
-            open_grace=open_grace,
+            open_grace=options.open_grace,
         )
     except BaseException:
         if opened:
             store.close()
         raise
     try:
-        await server._start(
-            address,
-            config,
-            endpoint,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
-        )
+        await server._start(options)
     except BaseException:
         # whatever started so far stops with the error, the store too (in memory as
         # well: nobody gets this server); closed by the release, which waits for a

@@ -48,10 +48,10 @@ from dtp.errors import (
     LocalProtocolError,
     move_error,
 )
-from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
+from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
-from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
 from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
@@ -187,23 +187,25 @@ class PaidServer:
         open_grace: float | None = None,
     ) -> None:
         from dtp.hostid.blocking import create_server
-        from dtp.transport.blocking.server import check_handshake_bounds
 
-        check_address(address, "address")
-        # (create_server checks them too, but only after the store's recovery claimed
-        # on the ledger)
-        check_handshake_bounds(
-            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        options = ServerOptions.checked(
+            identity,
+            address=address,
+            endpoint=endpoint,
+            policy=policy,
+            config=config,
+            backlog=backlog,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            open_grace=open_grace,
         )
-        checked_open_grace(open_grace)
-        if endpoint is not None:
-            check_address(endpoint, "endpoint")
         self.ledger = ledger
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.handler = handler
-        self.policy = policy or ServicePolicy()
+        self.policy = options.policy
         #: The server-wide rules (called under _live_lock: the threads share it)
         self.core: PaidServerCore[PaidConnection] = PaidServerCore(self.policy)
         self._serving = self.core.serving
@@ -250,19 +252,19 @@ class PaidServer:
             )
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate
-            self.admission = _PaidAdmission(self, ledger, self.host_id, port, open_grace)
+            self.admission = _PaidAdmission(self, ledger, self.host_id, port, options.open_grace)
             self.server = create_server(
-                address,
+                options.address,
                 identity=identity,
                 admit=self.admission,
-                config=config,
-                backlog=backlog,
-                max_handshakes=max_handshakes,
-                max_handshakes_per_address=max_handshakes_per_address,
-                max_waiting_per_address=max_waiting_per_address,
+                config=options.config,
+                backlog=options.backlog,
+                max_handshakes=options.max_handshakes,
+                max_handshakes_per_address=options.max_handshakes_per_address,
+                max_waiting_per_address=options.max_waiting_per_address,
             )
             self.address = self.server.address
-            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
+            publish_endpoint(ledger, identity, self.host_id, options.endpoint or self.address)
             self.core.start(host, time.monotonic())
             self.limiter = RateLimiter(
                 host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec

@@ -23,21 +23,89 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from dtp.errors import DTPError
-from dtp.hostid.paid.policy import CLOSED_REFUSAL
+from dtp.hostid.admission import checked_open_grace
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import HostPolicy
 from dtp.protocol.connection import CloseCode
+from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted
-    from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.objects import Firewall, Host, Settlement
+    from dtp.protocol.connection import ConnectionConfig
     from dtp.protocol.events import ConnectionTerminated
 
 #: How many of the most recent settlements a server keeps (:attr:`PaidServerCore.settlements`)
 SETTLEMENTS_KEPT = 1024
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A paid server's options as both servers take them (``PaidServer``'s and
+    :func:`dtp.aio.serve`'s keyword arguments), checked and with their defaults: built by
+    :meth:`checked`, before the ledger is read or written."""
+
+    address: tuple[str, int]
+    """Where to listen."""
+    endpoint: tuple[str, int] | None
+    """What to publish in the Host when it differs from the listening address."""
+    policy: ServicePolicy
+    """The service's policy (``ServicePolicy()`` when none was given)."""
+    config: ConnectionConfig | None
+    """The connections' configuration (None: the default)."""
+    backlog: int
+    """The longest line of connections waiting for a handshake slot."""
+    max_handshakes: int
+    """Handshakes in progress at once."""
+    max_handshakes_per_address: int | None
+    """Handshakes in progress at once from one address (None: no cap)."""
+    max_waiting_per_address: int
+    """Connections from one address waiting for a handshake slot."""
+    open_grace: float | None
+    """The admission's grace for an open still landing, in seconds (None: its default)."""
+
+    @classmethod
+    def checked(
+        cls,
+        identity: object,
+        *,
+        address: tuple[str, int],
+        endpoint: tuple[str, int] | None,
+        policy: ServicePolicy | None,
+        config: ConnectionConfig | None,
+        backlog: int,
+        max_handshakes: int,
+        max_handshakes_per_address: int | None,
+        max_waiting_per_address: int,
+        open_grace: float | None,
+    ) -> ServerOptions:
+        """The options, refused as the DTP server would refuse them but before anything
+        reads or writes the ledger (a bound refused only by the listener came after the
+        store's recovery had claimed on the ledger): TypeError for an ``identity`` that
+        is no HostIdentity or an address that is no (host, port) tuple, ValueError or
+        TypeError for a handshake bound (as :func:`dtp.socket.create_server`'s),
+        InvalidArgument for a port out of range or a bad ``open_grace``."""
+        check_server_identity(identity)
+        check_handshake_bounds(
+            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        )
+        check_address(address, "address")
+        if endpoint is not None:
+            check_address(endpoint, "endpoint")
+        return cls(
+            address,
+            endpoint,
+            policy or ServicePolicy(),
+            config,
+            backlog,
+            max_handshakes,
+            max_handshakes_per_address,
+            max_waiting_per_address,
+            checked_open_grace(open_grace),
+        )
 
 
 class _Served(Protocol):
