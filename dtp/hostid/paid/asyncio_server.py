@@ -27,7 +27,7 @@ from dtp.errors import (
     LocalProtocolError,
     move_error,
 )
-from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
+from dtp.hostid.admission import Admitted, checked_open_grace
 from dtp.hostid.paid.asyncio import (
     PaidCallback,
     PaidConnection,
@@ -36,8 +36,8 @@ from dtp.hostid.paid.asyncio import (
     protocol_of,
 )
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
-from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import ended_on_ledger
@@ -82,46 +82,6 @@ _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 _WRITER_POLL = 0.05
 
 
-class _PaidAdmission(LedgerAdmission):
-    """A :class:`PaidAioServer`'s admission: the DTPServer runs a plain hook in a worker
-    thread, and awaits what it returns there; this one returns a coroutine, so that the
-    verdict is given on the event loop (:meth:`PaidAioServer._admit`), where close()
-    runs: from there to the server's callback nothing yields to the loop, so close()
-    cannot come between an admission and the callback."""
-
-    def __init__(
-        self,
-        server: PaidAioServer,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        open_grace: float | None = None,
-    ) -> None:
-        # (remember: the server's gate and settlement go on with what it read)
-        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
-        self._server = server
-        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
-        #: the paid server ends a connection's count there before settling it, and
-        #: settles one refused at a connection limit
-        self.served = _ServedIds(server)
-
-    def __call__(self, peer: PeerInfo) -> Awaitable[str | None]:  # type: ignore[override]
-        return self._server._admit(peer, super().__call__)
-
-
-class _ServedIds(ServedConnections):
-    """A :class:`PaidAioServer`'s count of the DTP connections it serves (the DTPServer
-    reserves and releases them on the event loop), which has the server settle a
-    connection refused at one of the Host's connection limits."""
-
-    def __init__(self, server: PaidAioServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def refused_at_limit(self, connection_id: str) -> None:
-        self._server._refused_at_limit(connection_id)
-
-
 class PaidAioServer:
     """The asyncio paid server (see :func:`serve`)."""
 
@@ -152,7 +112,7 @@ class PaidAioServer:
         self.core: PaidServerCore[PaidConnection] = PaidServerCore(policy)
         self.server: DTPServer | None = None
         #: The ledger admission (made as the server starts)
-        self.admission: _PaidAdmission | None = None
+        self.admission: PaidAdmission[Awaitable[str | None]] | None = None
         # settlements of connections refused at a connection limit (held: the loop
         # keeps only weak references to tasks)
         self._refunds: set[asyncio.Task[None]] = set()
@@ -206,8 +166,16 @@ class PaidAioServer:
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
         )
-        self.admission = _PaidAdmission(
-            self, self.ledger, self.host_id, self.port, self._open_grace
+        # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
+        # the event loop (_admit), where close() runs, and from there to the callback
+        # nothing yields to the loop, so close() cannot come between the two
+        self.admission = PaidAdmission(
+            self._admit,
+            ReportedConnections(self._refused_at_limit),
+            self.ledger,
+            self.host_id,
+            self.port,
+            self._open_grace,
         )
         self.server = await start_server(
             self._handle,

@@ -48,11 +48,11 @@ from dtp.errors import (
     LocalProtocolError,
     move_error,
 )
-from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission
+from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
-from dtp.hostid.served import ServedConnections
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import ended_on_ledger
@@ -90,58 +90,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
-class _PaidAdmission(LedgerAdmission):
-    """A :class:`PaidServer`'s admission: each decision counts as work its release waits
-    for, and a client admitted as the server closes is refused and settled at once (its
-    ledger connection closed, nothing claimed: its whole deposit refunded) rather than
-    left Open until the half-close timeout."""
-
-    def __init__(
-        self,
-        server: PaidServer,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        open_grace: float | None = None,
-    ) -> None:
-        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
-        self._server = server
-        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
-        #: they tell the paid server of every DTP connection it admitted ending
-        self.served = _AdmittedIds(server)
-
-    def __call__(self, peer: PeerInfo) -> str | None:
-        return self._server._admit(peer, super().__call__)
-
-
-class _AdmittedIds(ServedConnections):
-    """The ledger connections of the DTP connections a :class:`PaidServer` admitted
-    (reserved after its admission, released as the engine goes), reported to it: one the
-    server never served -- its handshake finished as the server closed, and the
-    DTPServer or :meth:`PaidServer._handle` aborted it -- is settled then."""
-
-    def __init__(self, server: PaidServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def reserve(
-        self,
-        connection_id: str,
-        client: str | None = None,
-        limits: ConnectionLimits | None = None,
-    ) -> str | None:
-        refusal = super().reserve(connection_id, client, limits)
-        self._server._reserved(connection_id, refusal is None)
-        return refusal
-
-    def release(self, connection_id: str) -> None:
-        super().release(connection_id)
-        self._server._unreserved(connection_id)
-
-    def refused_at_limit(self, connection_id: str) -> None:
-        self._server._refused_at_limit(connection_id)
 
 
 #: How long one wait of :meth:`PaidServer.wait_released` without a timeout lasts for a
@@ -251,8 +199,14 @@ class PaidServer:
                 ledger, identity, self.store, self.recovered, self.retries
             )
             # our own LedgerAdmission (what create_server would make from ledger,
-            # host_id and port), remembering what it read for the gate
-            self.admission = _PaidAdmission(self, ledger, self.host_id, port, options.open_grace)
+            # host_id and port), remembering what it read for the gate; its count of the
+            # connections served tells us of every DTP connection admitted being
+            # reserved and ending: one never served (its handshake finished as the
+            # server closed, and it was aborted) is settled then (_unreserved)
+            served = ReportedConnections(self._refused_at_limit, self._reserved, self._unreserved)
+            self.admission = PaidAdmission(
+                self._admit, served, ledger, self.host_id, port, options.open_grace
+            )
             self.server = create_server(
                 options.address,
                 identity=identity,
