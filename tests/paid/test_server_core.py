@@ -7,12 +7,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.errors import ConnectionClosed, PaymentRequired
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
-from dtp.hostid.paid.server_core import AdmitStep, EndPlan, HandlerRaised, PaidServerCore
+from dtp.hostid.paid.server_core import (
+    AdmitStep,
+    EndPlan,
+    HandlerRaised,
+    HandleStep,
+    PaidServerCore,
+)
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
 from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
 from dtp.protocol.connection import CloseCode
@@ -95,6 +101,127 @@ def test_the_release_is_decided_once_and_only_when_closed_and_idle(steps: list[s
         assert server.working == running
         assert releases <= 1
         assert server.releasing == (releases == 1)
+
+
+def test_a_reserved_connection_served_is_settled_by_its_server() -> None:
+    """The blocking server's DTPServer reports each reservation and release: one handed
+    over to serve counts twice (its admission, carried by the reservation; its
+    handler), and its release only ends the admission's count."""
+    server = core()
+    assert server.admission_starts()
+    assert server.admitted(None, CID) is AdmitStep.SERVE
+    assert server.reserved(CID, True) is False  # the count goes on with the reservation
+    assert server.handling(CID.upper().replace("0X", "0x")) is HandleStep.SERVE
+    assert server.working == 2
+    assert server.reserve_unserved(CID) is None  # reserved: not the unserved path's
+    assert server.close() is False
+    assert server.work_ends() is False  # the handler returned
+    assert server.unreserved(CID) is False  # served: nothing to settle here
+    assert server.work_ends() is True  # the admission's count: the last work
+
+
+def test_a_reserved_connection_handed_over_as_the_server_closes_is_settled_at_its_release() -> None:
+    server = core()
+    assert server.admission_starts()
+    assert server.admitted(None, CID) is AdmitStep.SERVE
+    server.reserved(CID, True)
+    assert server.close() is False
+    # refused (aborted): its reservation's release settles it
+    assert server.handling(CID) is HandleStep.REFUSE
+    assert server.working == 1
+    assert server.reserve_unserved(CID) is None
+    assert server.unreserved(CID) is True  # never served: settle it now
+    key = server.reserve_unserved(CID)
+    assert key == CID
+    server.serving.release(key)
+    assert server.work_ends() is True  # once settled: the release
+
+
+def test_a_refused_reservation_ends_its_admissions_count() -> None:
+    server = core()
+    assert server.admission_starts()
+    assert server.close() is False
+    assert server.reserved(CID, False) is True  # the last work after close(): released
+    assert server.unreserved(CID) is False  # (never reserved: nothing of ours)
+
+
+def test_a_connection_handed_over_unreported_as_the_server_closes_is_refused_and_settled() -> None:
+    """The asyncio server's DTPServer reports no reservations: a handshake that finished
+    as the server closed is refused and settled by the hand-over itself, counted as
+    work; one naming no ledger connection, or after the release, is only refused."""
+    server = core()
+    assert server.handling(CID) is HandleStep.SERVE
+    assert server.close() is False
+    assert server.handling(CID) is HandleStep.REFUSE_AND_SETTLE
+    assert server.handling(None) is HandleStep.REFUSE
+    assert server.working == 2
+    assert server.work_ends() is False
+    assert server.work_ends() is True
+    assert server.handling(CID) is HandleStep.REFUSE  # released: nothing to settle by
+    assert server.working == 0
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["admit", "handshake", "handle", "release", "end", "close"]),
+            st.integers(0, 2),
+        ),
+        max_size=40,
+    )
+)
+def test_every_admitted_connection_is_served_or_settled_before_the_release(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Admissions through to the engines' release, in any order the DTPServer's threads
+    can give them: the release is decided once, only when closed with no work left, and
+    each DTP connection admitted and reserved is either served or settled as unserved
+    (exactly one of the two) before it."""
+    server = core()
+    cids = ["0x" + f"{i:02x}" * 32 for i in range(3)]
+    admitting: set[str] = set()  # admitted, not reserved yet
+    fate: dict[str, str | None] = {}  # reserved: "served", "refused" once handed over
+    running = 0  # handlers under way (ended by "end")
+    releases = 0
+    for step, i in steps:
+        cid = cids[i]
+        if step == "admit" and cid not in fate and cid not in admitting:
+            if server.admission_starts():
+                if server.closed:
+                    # admitted as the server closes: settled at once, then refused
+                    assert server.admitted(None, cid) is AdmitStep.SETTLE_AND_REFUSE
+                    releases += server.work_ends()
+                else:
+                    assert server.admitted(None, cid) is AdmitStep.SERVE
+                    admitting.add(cid)
+        elif step == "handshake" and cid in admitting:
+            admitting.discard(cid)
+            fate[cid] = None
+            releases += server.reserved(cid, True)
+        elif step == "handle" and cid in fate and fate[cid] is None:
+            handed = server.handling(cid)
+            assert handed is not HandleStep.REFUSE_AND_SETTLE  # (its release settles it)
+            fate[cid] = "served" if handed is HandleStep.SERVE else "refused"
+            running += handed is HandleStep.SERVE
+        elif step == "release" and cid in fate:
+            unserved = server.unreserved(cid)
+            assert unserved == (fate.pop(cid) != "served")
+            if unserved:
+                key = server.reserve_unserved(cid)
+                assert key == cid  # (one per ledger connection: nobody else has it)
+                server.serving.release(key)
+            releases += server.work_ends()
+        elif step == "end" and running:
+            running -= 1
+            releases += server.work_ends()
+        elif step == "close":
+            releases += bool(server.close())
+        assert releases <= 1
+        assert server.working == len(admitting) + len(fate) + running
+        if releases:
+            assert server.closed and server.working == 0
+            assert not fate and not admitting  # every admitted one accounted for
 
 
 def test_one_dtp_connection_per_ledger_connection() -> None:

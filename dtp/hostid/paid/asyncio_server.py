@@ -37,7 +37,7 @@ from dtp.hostid.paid.asyncio import (
 )
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import ended_on_ledger
@@ -287,23 +287,21 @@ class PaidAioServer:
             self._release()
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self.core.releasing:
-            writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
+        raw_cid = protocol_of(writer).conn.peer_connection_id
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
+        step = self.core.handling(cid)
+        if step is HandleStep.SERVE:
+            try:
+                await self._serve(reader, writer)
+            finally:
+                self._done()
             return
-        self.core.work_starts()
-        try:
-            if self.core.closed:
-                # a handshake that finished as the server closed (_admit refuses those
-                # it sees): settled at once, as _admit does
-                writer.abort(CLOSED_REFUSAL)
-                raw_cid = protocol_of(writer).conn.peer_connection_id
-                if raw_cid is not None:
-                    cid = "0x" + raw_cid.hex()
-                    await self._settle_unserved(cid, self._take_admitted(cid))
-                return
-            await self._serve(reader, writer)
-        finally:
-            self._done()
+        # a handshake that finished as the server closed (_admit refuses those it
+        # sees): aborted, and settled at once as _admit does (REFUSE_AND_SETTLE)
+        writer.abort(CLOSED_REFUSAL)
+        if step is HandleStep.REFUSE_AND_SETTLE:
+            assert cid is not None  # (handling() refuses a connection naming none)
+            await self._settle_refused(cid, self._take_admitted(cid))
 
     async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         proto = protocol_of(writer)

@@ -52,7 +52,7 @@ from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import ended_on_ledger
@@ -160,9 +160,6 @@ class PaidServer:
         self._live_lock = threading.Lock()
         # set with core.closed: what the policy loop and serve_forever() wait on
         self._closed = threading.Event()
-        #: The DTP connections admitted (by ledger connection ID) whose engine is not
-        #: released yet: True once _handle took it (its settlement is _serve_paid's)
-        self._admitted: dict[str, bool] = {}
         #: Set by the release: closed, every connection ended and settled, the receipt
         #: writer stopped (what wait_released() waits for)
         self._released = threading.Event()
@@ -276,11 +273,10 @@ class PaidServer:
         refused it -- one is served on it already, or the Host's connection limits
         leave no room for it (:meth:`_refused_at_limit` has its settlement under way
         then) -- and the admission's count ends here."""
-        if not reserved:
-            self._done()
-            return
         with self._live_lock:
-            self._admitted[normalize_id(cid, "connection ID")] = False
+            last = self.core.reserved(cid, reserved)
+        if last:
+            self._release()
 
     def _unreserved(self, cid: str) -> None:
         """The engine of an admitted DTP connection is released (under its lock, in
@@ -288,8 +284,8 @@ class PaidServer:
         closed, and it was aborted -- it is settled now, in a thread of its own (a
         ledger transaction); the admission's count ends once it is."""
         with self._live_lock:
-            served = self._admitted.pop(normalize_id(cid, "connection ID"), True)
-        if served:
+            unserved = self.core.unreserved(cid)
+        if not unserved:
             self._done()
             return
         self._settle_aside(cid, self._take_admitted(cid))
@@ -335,9 +331,7 @@ class PaidServer:
         deposit at once. Left alone when another DTP connection on it is being served
         or settled (that one's settlement closes it)."""
         with self._live_lock:
-            if normalize_id(cid, "connection ID") in self._admitted:
-                return
-        key = self.core.reserve_unserved(cid)
+            key = self.core.reserve_unserved(cid)
         if key is None:
             return
         try:
@@ -355,17 +349,15 @@ class PaidServer:
 
     def _handle(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
-        key = None if cid is None else normalize_id(cid, "connection ID")
         with self._live_lock:
-            closed = self.core.closed
-            if not closed:
-                self.core.work_starts()
-                if key in self._admitted:
-                    self._admitted[key] = True  # its settlement is ours now
-        if closed:
-            # a handshake that finished as the server closed: aborted, its admission
-            # settles it once the engine is released (_unreserved)
+            step = self.core.handling(cid)
+        if step is not HandleStep.SERVE:
+            # a handshake that finished as the server closed: aborted (its reservation
+            # settles it once the engine is released: _unreserved)
             sock.abort(CLOSED_REFUSAL)
+            if step is HandleStep.REFUSE_AND_SETTLE:
+                assert cid is not None  # (handling() refuses a connection naming none)
+                self._settle_dropped(cid, self._take_admitted(cid))
             return
         self._in_handler.active = True
         try:

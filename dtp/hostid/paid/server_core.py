@@ -131,6 +131,23 @@ class AdmitStep(enum.Enum):
     claimed, the whole deposit refunded), then refused with ``CLOSED_REFUSAL``."""
 
 
+class HandleStep(enum.Enum):
+    """What the server does with a DTP connection its DTPServer hands it after the
+    handshake (:meth:`PaidServerCore.handling`)."""
+
+    SERVE = "serve"
+    """Serve it (counted as work until :meth:`PaidServerCore.work_ends`)."""
+    REFUSE = "refuse"
+    """Abort it with ``CLOSED_REFUSAL``, nothing more: the server is closed, and either
+    its reservation settles it as it is released (:meth:`PaidServerCore.unreserved`),
+    or nothing can (no ledger connection; the release is decided: the receipt writer
+    is gone)."""
+    REFUSE_AND_SETTLE = "refuse and settle"
+    """The server is closed: abort it with ``CLOSED_REFUSAL``, then settle it as a
+    connection nobody serves (:meth:`PaidServerCore.reserve_unserved`: nothing claimed,
+    the whole deposit refunded); counted as work until that is done."""
+
+
 @dataclass(frozen=True)
 class PolicyRefresh(Generic[_P]):
     """What a fresh read of the Host asks of the open connections."""
@@ -203,6 +220,11 @@ class PaidServerCore(Generic[_P]):
         self.working = 0
         #: attach_server() was made on the store: detach_server() is due at the release
         self.attached = False
+        #: The ledger connections (normalized IDs) of the DTP connections admitted and
+        #: reserved whose reservation is not released yet, reported by a server whose
+        #: DTPServer tells it of both (:meth:`reserved`, :meth:`unreserved`): True once
+        #: handed to the server to serve (its settlement is then the server's)
+        self._reserved: dict[str, bool] = {}
 
     # -- the host's policy -------------------------------------------------------------
 
@@ -250,9 +272,48 @@ class PaidServerCore(Generic[_P]):
         """The key to settle an admitted connection nobody will serve by (no receipt
         came on it: nothing is claimed, the whole deposit is refunded), reserved; None
         when another DTP connection on it is served or settled (that one's settlement
-        closes it). Released with ``serving.release(key)``."""
+        closes it), or one admitted on it is still reserved (its release settles it,
+        :meth:`unreserved`). Released with ``serving.release(key)``."""
         key = normalize_id(cid, "connection ID")
+        if key in self._reserved:
+            return None
         return key if self.serving.reserve(key) else None
+
+    # -- the DTPServer's reservations and hand-overs --------------------------------------
+
+    def reserved(self, cid: str, made: bool) -> bool:
+        """The DTPServer reserved ``cid`` for the DTP connection an admission (counted
+        as work, :meth:`admission_starts`) just admitted (``made``), and the count goes
+        on with the reservation until :meth:`unreserved`; or it refused it (served
+        already, or at a connection limit), and the admission's count ends here: True
+        when the release is due now (see :meth:`work_ends`)."""
+        if not made:
+            return self.work_ends()
+        self._reserved[normalize_id(cid, "connection ID")] = False
+        return False
+
+    def handling(self, cid: str | None) -> HandleStep:
+        """The DTPServer hands over the DTP connection on ledger connection ``cid``
+        (None: it names none) after its handshake: served unless the server is closed
+        (see :class:`HandleStep`). One handshake can finish as the server closes, after
+        its admission: then nobody will serve it."""
+        key = None if cid is None else normalize_id(cid, "connection ID")
+        if self.closed:
+            if key is None or key in self._reserved or self.releasing:
+                return HandleStep.REFUSE
+            self.working += 1
+            return HandleStep.REFUSE_AND_SETTLE
+        self.working += 1
+        if key in self._reserved:
+            self._reserved[key] = True  # its settlement is the server's now
+        return HandleStep.SERVE
+
+    def unreserved(self, cid: str) -> bool:
+        """The reservation of ``cid`` (:meth:`reserved`) is released, the DTP connection
+        gone: True when it was never served (aborted as the server closed: settle it
+        now, then end its admission's count with :meth:`work_ends`); False when it was
+        (or was not reserved here), and its admission's count is to end now."""
+        return self._reserved.pop(normalize_id(cid, "connection ID"), True) is False
 
     @staticmethod
     def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
