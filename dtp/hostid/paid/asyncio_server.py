@@ -17,7 +17,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,6 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    move_error,
 )
 from dtp.hostid.admission import Admitted, checked_open_grace
 from dtp.hostid.paid.asyncio import (
@@ -38,9 +37,14 @@ from dtp.hostid.paid.asyncio import (
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    host_to_refresh,
+    refresh_failed,
+    served_host,
+)
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import ended_on_ledger
 from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
@@ -149,9 +153,7 @@ class PaidAioServer:
         bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
         from dtp.hostid.asyncio import start_server
 
-        host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        if self.port not in host.services:
-            raise move_error("host", "EServiceNotFound", f"port {self.port} of host {self.host_id}")
+        host = await asyncio.to_thread(served_host, self.ledger, self.host_id, self.port)
         # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
         # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
         # cannot stop the thread, so an attach it makes after we stopped waiting is
@@ -526,24 +528,14 @@ class PaidAioServer:
             await asyncio.sleep(self.policy.refresh_interval)
             try:
                 await self.refresh_policy()
-            except Exception:
-                # (a ChainError is handled in there) Anything else -- a bug, a value
-                # a ledger should not return -- must not end the task: the firewall
-                # and the limits of open connections would go unenforced for the life
-                # of the server, and nobody retrieves the task's exception. One
-                # refresh, so one log, per interval. (A cancellation passes.)
-                logger.exception(
-                    "refreshing the policy of host %s failed; trying again in %g s",
-                    self.host_id,
-                    self.policy.refresh_interval,
-                )
+            except Exception:  # (not the end of the task: see refresh_failed)
+                # (nobody retrieves the task's exception; a cancellation passes)
+                refresh_failed(self.host_id, self.policy.refresh_interval)
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        try:
-            host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        except ChainError as exc:
-            logger.warning("cannot read host %s: %s", self.host_id, exc)
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id)
+        if host is None:
             return
         now = time.monotonic()
         refresh = self.core.refresh(host, now)
@@ -553,19 +545,8 @@ class PaidAioServer:
             )
         for paid in refresh.denied:
             paid.deny()
-        await self._check_on_ledger(refresh.ledger_checks)
-
-    async def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """As :meth:`dtp.hostid.paid.blocking_server.PaidServer._check_on_ledger` (the
-        reads in a thread)."""
-        if not due:
-            return
-        try:
-            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
-        except ChainError as exc:
-            logger.warning("cannot read the state of open connections: %s", exc)
-            return
-        for paid in ended:
+        due = refresh.ledger_checks
+        for paid in await asyncio.to_thread(ended_connections, self.ledger, due) if due else ():
             paid.closed_on_ledger()
 
     @property

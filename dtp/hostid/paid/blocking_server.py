@@ -38,7 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,16 +46,20 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    move_error,
 )
 from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    host_to_refresh,
+    refresh_failed,
+    served_host,
+)
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import ended_on_ledger
 from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
@@ -183,9 +187,7 @@ class PaidServer:
         self.server: DTPServer | None = None
         self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
-            host = ledger.get_host(self.host_id)
-            if port not in host.services:
-                raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
+            host = served_host(ledger, self.host_id, port)
             alone = self.store.attach_server()
             self.core.attached = True
             self.recovered = recover_store(ledger, identity, self.store, alone)
@@ -478,23 +480,13 @@ class PaidServer:
         while not self._closed.wait(self.policy.refresh_interval):
             try:
                 self.refresh_policy()
-            except Exception:
-                # (a ChainError is handled in there) Anything else -- a bug, a value
-                # a ledger should not return -- must not end the loop: the firewall
-                # and the limits of open connections would go unenforced for the life
-                # of the server, silently. One refresh, so one log, per interval.
-                logger.exception(
-                    "refreshing the policy of host %s failed; trying again in %g s",
-                    self.host_id,
-                    self.policy.refresh_interval,
-                )
+            except Exception:  # (not the end of the loop: see refresh_failed)
+                refresh_failed(self.host_id, self.policy.refresh_interval)
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        try:
-            host = self.ledger.get_host(self.host_id)
-        except ChainError as exc:
-            logger.warning("cannot read host %s: %s", self.host_id, exc)
+        host = host_to_refresh(self.ledger, self.host_id)
+        if host is None:
             return
         now = time.monotonic()
         with self._live_lock:
@@ -506,19 +498,7 @@ class PaidServer:
                 )
         for paid in refresh.denied:
             paid.deny()
-        self._check_on_ledger(refresh.ledger_checks)
-
-    def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """Close those of the connections ``due`` for a read of their state no longer
-        Open on the ledger (each read every policy ``ledger_check_interval``)."""
-        if not due:
-            return
-        try:
-            ended = ended_on_ledger(self.ledger, due)
-        except ChainError as exc:
-            logger.warning("cannot read the state of open connections: %s", exc)
-            return
-        for paid in ended:
+        for paid in ended_connections(self.ledger, refresh.ledger_checks):
             paid.closed_on_ledger()
 
     @property
