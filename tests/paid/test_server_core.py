@@ -265,6 +265,33 @@ def test_refresh_denies_changes_limits_and_schedules_ledger_checks() -> None:
     assert server.refresh(replace(HOST, firewall=firewall), 7.0).denied == ()
 
 
+def test_the_hosts_rate_limits_are_set_at_the_start_and_on_a_change() -> None:
+    server: PaidServerCore[Conn] = PaidServerCore(ServicePolicy())
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (0, 0)
+    server.start(HOST, 0.0)
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (1000, 10)
+    buckets = server.buckets(ALICE, 0.0)
+    slower = replace(FIREWALL, max_bytes_per_sec=500, max_requests_per_sec=5)
+    assert server.refresh(replace(HOST, firewall=slower), 1.0).limits == slower
+    # set at once, on the buckets of a client already connected too
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (500, 5)
+    assert buckets.bytes.rate == 500 and buckets.requests.rate == 5
+
+
+def test_a_clients_buckets_are_shared_and_given_back_when_its_last_connection_ends() -> None:
+    server = core()
+    first, second = Conn(ALICE), Conn(ALICE)
+    buckets = server.buckets(ALICE, 0.0)
+    server.opened(first)
+    assert server.buckets(ALICE, 0.0) is buckets  # one client, one pair of buckets
+    server.opened(second)
+    server.ended(first)
+    server.ended(first)  # twice: given back once
+    assert server.limiter.clients[ALICE] is buckets
+    server.ended(second)
+    assert ALICE not in server.limiter.clients  # idle now, kept while it refills
+
+
 def test_the_store_is_detached_once() -> None:
     server = core()
     assert not server.detach_due()

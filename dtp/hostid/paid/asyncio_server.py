@@ -45,7 +45,6 @@ from dtp.hostid.paid.server_steps import (
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
@@ -120,7 +119,7 @@ class PaidAioServer:
         # settlements of connections refused at a connection limit (held: the loop
         # keeps only weak references to tasks)
         self._refunds: set[asyncio.Task[None]] = set()
-        self.limiter = RateLimiter()
+        self.limiter = self.core.limiter
         self.recovered: list[tuple[str, Settlement]] = []
         self.settlements = self.core.settlements
         #: the tasks running a callback (wait_released() there would wait for its own
@@ -196,9 +195,6 @@ class PaidAioServer:
             publish_endpoint, self.ledger, self.identity, self.host_id, endpoint
         )
         self.core.start(host, time.monotonic())
-        self.limiter.set_limits(
-            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
-        )
         self._policy_task = asyncio.ensure_future(self._policy_loop())
         self._recovery = Recovery(
             self.ledger, self.identity, self.store, self.recovered, self.retries
@@ -359,7 +355,7 @@ class PaidAioServer:
         paid = PaidConnection(
             proto,
             gate,
-            self.limiter.acquire(client, time.monotonic()),
+            self.core.buckets(client, time.monotonic()),
             self.policy,
             self.receipt_writer,
             self.ledger,
@@ -385,14 +381,13 @@ class PaidAioServer:
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)
-            await self._end(writer, paid, cid, client, failed, admitted)
+            await self._end(writer, paid, cid, failed, admitted)
 
     async def _end(
         self,
         writer: DTPStreamWriter,
         paid: PaidConnection,
         cid: str,
-        client: str,
         failed: bool,
         admitted: Admitted | None = None,
     ) -> None:
@@ -409,7 +404,6 @@ class PaidAioServer:
             cancelled = True
         finally:
             self.core.ended(paid)
-            self.limiter.release(client)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
@@ -539,10 +533,6 @@ class PaidAioServer:
             return
         now = time.monotonic()
         refresh = self.core.refresh(host, now)
-        if refresh.limits is not None:
-            self.limiter.set_limits(
-                refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
-            )
         for paid in refresh.denied:
             paid.deny()
         due = refresh.ledger_checks

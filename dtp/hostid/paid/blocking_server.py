@@ -60,7 +60,6 @@ from dtp.hostid.paid.server_steps import (
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
@@ -162,6 +161,10 @@ class PaidServer:
         self.core: PaidServerCore[PaidConnection] = PaidServerCore(self.policy)
         self._serving = self.core.serving
         self._live_lock = threading.Lock()
+        #: What the connections' rate-limit buckets are touched under (by the core, and
+        #: by each connection: PaidConnection); taken after _live_lock, never before
+        self._limit_lock = threading.Lock()
+        self.limiter = self.core.limiter
         # set with core.closed: what the policy loop and serve_forever() wait on
         self._closed = threading.Event()
         #: Set by the release: closed, every connection ended and settled, the receipt
@@ -219,10 +222,6 @@ class PaidServer:
             self.address = self.server.address
             publish_endpoint(ledger, identity, self.host_id, options.endpoint or self.address)
             self.core.start(host, time.monotonic())
-            self.limiter = RateLimiter(
-                host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
-            )
-            self._limit_lock = threading.Lock()
             self._threads = [
                 threading.Thread(
                     target=self.server.serve_forever,
@@ -405,8 +404,8 @@ class PaidServer:
             logger.warning("cannot meter connection %s: %s", cid, exc)
             sock.abort("the server cannot read the connection on the ledger")
             return
-        with self._limit_lock:
-            buckets = self.limiter.acquire(client, time.monotonic())
+        with self._live_lock, self._limit_lock:
+            buckets = self.core.buckets(client, time.monotonic())
         paid = PaidConnection(
             sock,
             gate,
@@ -452,10 +451,8 @@ class PaidServer:
                 sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
             else:
                 sock.close()  # (also once the session ended: the socket's resources)
-            with self._live_lock:
+            with self._live_lock, self._limit_lock:
                 self.core.ended(paid)
-            with self._limit_lock:
-                self.limiter.release(client)
             if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
 
@@ -489,13 +486,8 @@ class PaidServer:
         if host is None:
             return
         now = time.monotonic()
-        with self._live_lock:
+        with self._live_lock, self._limit_lock:
             refresh = self.core.refresh(host, now)
-        if refresh.limits is not None:
-            with self._limit_lock:
-                self.limiter.set_limits(
-                    refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
-                )
         for paid in refresh.denied:
             paid.deny()
         for paid in ended_connections(self.ledger, refresh.ledger_checks):

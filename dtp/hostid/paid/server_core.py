@@ -27,7 +27,7 @@ from dtp.hostid.admission import checked_open_grace
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
-from dtp.payments.ratelimit import HostPolicy
+from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.session import CALLBACK_FAILED
@@ -153,7 +153,8 @@ class PolicyRefresh(Generic[_P]):
     """What a fresh read of the Host asks of the open connections."""
 
     limits: Firewall | None
-    """The Host's firewall when its per-client rate limits changed (set them), else None."""
+    """The Host's firewall when its per-client rate limits changed (set on the core's
+    :attr:`~PaidServerCore.limiter` already), else None."""
     denied: tuple[_P, ...]
     """The connections whose client the firewall no longer permits (deny them)."""
     ledger_checks: tuple[_P, ...]
@@ -210,6 +211,10 @@ class PaidServerCore(Generic[_P]):
         self.serving = ConnectionIds()
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=SETTLEMENTS_KEPT)
         self.host_policy: HostPolicy | None = None
+        #: The Host's per-client rate limits, with each client's buckets (shared by its
+        #: connections; the blocking server touches it under the lock its connections
+        #: take for their buckets)
+        self.limiter = RateLimiter()
         self._live: dict[int, _P] = {}
         self.closed = False
         #: The release is decided: nothing may count in any more
@@ -229,15 +234,23 @@ class PaidServerCore(Generic[_P]):
     # -- the host's policy -------------------------------------------------------------
 
     def start(self, host: Host, now: float) -> None:
-        """The Host as read at the start (ValueError for a policy refresh interval that
-        is no positive number)."""
+        """The Host as read at the start: its rate limits set (ValueError for a policy
+        refresh interval that is no positive number)."""
         self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+        self.limiter.set_limits(
+            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, now
+        )
 
     def refresh(self, host: Host, now: float) -> PolicyRefresh[_P]:
-        """A fresh read of the Host, applied to the open connections."""
+        """A fresh read of the Host, applied to the open connections: new rate limits
+        are set at once (on every client's buckets); the denials and the state checks
+        are the caller's to make."""
         assert self.host_policy is not None, "refresh() before start()"
         live = list(self._live.values())
         change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        if change.limits_changed:
+            firewall = change.firewall
+            self.limiter.set_limits(firewall.max_bytes_per_sec, firewall.max_requests_per_sec, now)
         return PolicyRefresh(
             change.firewall if change.limits_changed else None,
             tuple(p for p in live if p.client in change.denied),
@@ -246,13 +259,21 @@ class PaidServerCore(Generic[_P]):
 
     # -- connections -------------------------------------------------------------------
 
+    def buckets(self, client: str, now: float) -> ClientBuckets:
+        """The rate-limit buckets for a connection of ``client`` about to be served
+        (shared with its other connections), given back when :meth:`ended` ends it."""
+        return self.limiter.acquire(client, now)
+
     def opened(self, paid: _P) -> None:
-        """``paid`` is being served (the policy refreshes reach it)."""
+        """``paid``, given its client's :meth:`buckets`, is being served (the policy
+        refreshes reach it)."""
         self._live[id(paid)] = paid
 
     def ended(self, paid: _P) -> None:
-        """``paid`` is no longer served (ending it twice does nothing)."""
-        self._live.pop(id(paid), None)
+        """``paid`` is no longer served: its client's buckets are given back (ending it
+        twice does nothing)."""
+        if self._live.pop(id(paid), None) is not None:
+            self.limiter.release(paid.client)
 
     def live(self) -> list[_P]:
         """The connections being served."""
