@@ -1,6 +1,7 @@
-"""The ledger reads both paid servers make (dtp/hostid/paid/server_steps.py), against a
-real ledger file: the Host read at the start and at each refresh, the state checks of
-open connections, and what each logs when the ledger cannot answer."""
+"""The ledger reads and the release both paid servers make (dtp/hostid/paid/server_steps.py),
+against a real ledger file and receipt store: the Host read at the start and at each
+refresh, the state checks of open connections, what each logs when the ledger cannot
+answer, and the order of the release."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dtp.errors import ServiceNotFound
+from dtp.hostid.paid.policy import ServicePolicy
+from dtp.hostid.paid.server_core import PaidServerCore
 from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
     refresh_failed,
+    release_store,
     served_host,
+    writer_done,
 )
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
 from tests.paid.world import CLIENT, PORT, SERVER, World
 
 UNKNOWN = "0x" + "99" * 32
@@ -86,3 +94,31 @@ def test_a_failed_refresh_is_logged_with_its_traceback(caplog: pytest.LogCapture
         f"refreshing the policy of host {UNKNOWN} failed; trying again in 2.5 s"
     )
     assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+
+
+@pytest.mark.parametrize("own_store", [True, False])
+def test_the_release_stops_the_writer_then_leaves_the_store_once(
+    tmp_path: Path, own_store: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ReceiptStore(tmp_path / "receipts.db")
+    writer = ReceiptWriter(store)
+    core: PaidServerCore[Any] = PaidServerCore(ServicePolicy())
+    store.attach_server()
+    core.attached = True
+    detached: list[bool] = []
+    detach = store.detach_server
+
+    def detach_seen() -> None:
+        detached.append(writer.stopped)  # (the writer stopped first)
+        detach()
+
+    monkeypatch.setattr(store, "detach_server", detach_seen)
+    try:
+        release_store(core, writer, store, own_store, None)
+        assert writer.stopped and writer_done(writer, 0)
+        assert detached == [True]
+        assert store.closed == own_store  # a store passed in stays the caller's
+        release_store(core, writer, store, own_store, None)
+        assert detached == [True]  # once
+    finally:
+        store.close()

@@ -41,7 +41,9 @@ from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
     refresh_failed,
+    release_store,
     served_host,
+    writer_done,
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
@@ -55,7 +57,6 @@ from dtp.payments.serving import (
     closes_store,
     open_store,
     recover_store,
-    release_receipts,
     served_refusal,
     settle_ended,
 )
@@ -604,18 +605,17 @@ class PaidAioServer:
         self._released.set()
 
     def _release_store(self, inline: bool = False) -> None:
-        # (a recovery under way first, then the writer, as dtp.hostid.paid's; bounded, for
-        # the loop's own thread runs this when the loop is ending: a claim that takes
-        # longer has its "claimed" mark logged as not written, the claim made)
-        if self._recovery is not None:
-            self._recovery.join(RECOVERY_CLOSE_WAIT if inline else None)
-        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
-
-    def _detach(self) -> None:
-        """Leave the store once the receipt writer has stopped (as dtp.hostid.paid's: until
-        then the run's lock file says its rows are a live server's)."""
-        if self.core.detach_due():
-            self.store.detach_server()
+        # (the wait for a recovery under way bounded inline, for the loop's own thread
+        # runs this when the loop is ending: a claim that takes longer has its
+        # "claimed" mark logged as not written, the claim made)
+        release_store(
+            self.core,
+            self.receipt_writer,
+            self.store,
+            self._own_store,
+            self._recovery,
+            RECOVERY_CLOSE_WAIT if inline else None,
+        )
 
     async def wait_closed(self) -> None:
         """Wait until the listener is closed (connections being served go on: see
@@ -657,11 +657,8 @@ class PaidAioServer:
             await asyncio.wait_for(self._released.wait(), timeout)
         if not self._released.is_set():
             return False
-        # The release waits for the receipt writer only so long (release_receipts); one
-        # still writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (close(0) only looks: the thread is told already;
-        # a writer that gave receipts up has stopped, its close() False all the same.)
-        while not self.receipt_writer.close(0) and not self.receipt_writer.stopped:
+        # (writer_done(…, 0) only looks: the writer's thread is told to stop already)
+        while not writer_done(self.receipt_writer, 0):
             if deadline is not None and loop.time() >= deadline:
                 return False
             await asyncio.sleep(_WRITER_POLL)

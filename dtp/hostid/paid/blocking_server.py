@@ -56,7 +56,9 @@ from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
     refresh_failed,
+    release_store,
     served_host,
+    writer_done,
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
@@ -70,7 +72,6 @@ from dtp.payments.serving import (
     closes_store,
     open_store,
     recover_store,
-    release_receipts,
     served_refusal,
     settle_ended,
 )
@@ -541,23 +542,15 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
-        # (a recovery under way first: it claims from the store; then the writer, and
-        # the detach only once it stopped: release_receipts)
-        if self._recovery is not None:
-            self._recovery.join()
         try:
-            release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+            release_store(
+                self.core, self.receipt_writer, self.store, self._own_store, self._recovery
+            )
         finally:
             # also when the detach (or the store's close) raised: the writer has stopped
             # all the same, and unset, wait_released() said False for good (while the
             # same failure in the writer's last step is only logged)
             self._released.set()
-
-    def _detach(self) -> None:
-        """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer
-        has stopped: until then the run's lock file says its rows are a live server's."""
-        if self.core.detach_due():
-            self.store.detach_server()
 
     def wait_released(self, timeout: float | None = None) -> bool:
         """After :meth:`close`: wait until every connection the server was serving
@@ -574,13 +567,9 @@ class PaidServer:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._released.wait(timeout):
             return False
-        # The release waits for the writer only so long (release_receipts); one still
-        # writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (A writer that gave receipts up has stopped: its
-        # close() says False, but it no longer uses the store.)
         while True:
             left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
-            if self.receipt_writer.close(left) or self.receipt_writer.stopped:
+            if writer_done(self.receipt_writer, left):
                 return True
             if deadline is not None:
                 return False

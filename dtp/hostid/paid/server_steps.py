@@ -7,18 +7,31 @@ servers then do with the answers is decided by
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dtp.errors import ChainError, move_error
 from dtp.payments.gate import ended_on_ledger
+from dtp.payments.serving import release_receipts
 
 if TYPE_CHECKING:
+    from dtp.hostid.paid.server_core import PaidServerCore
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Host
+    from dtp.payments.receipt_store import ReceiptStore
+    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments.serving import Recovery
 
-__all__ = ["ended_connections", "host_to_refresh", "refresh_failed", "served_host"]
+__all__ = [
+    "ended_connections",
+    "host_to_refresh",
+    "refresh_failed",
+    "release_store",
+    "served_host",
+    "writer_done",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +90,36 @@ def refresh_failed(host_id: str, interval: float) -> None:
     logger.exception(
         "refreshing the policy of host %s failed; trying again in %g s", host_id, interval
     )
+
+
+def release_store(
+    core: PaidServerCore[Any],
+    writer: ReceiptWriter,
+    store: ReceiptStore,
+    own_store: bool,
+    recovery: Recovery | None,
+    recovery_wait: float | None = None,
+) -> None:
+    """The release of a closed server with no work left: a recovery under way ends
+    first (it claims from the store; waited for ``recovery_wait`` seconds at most, None:
+    until it does), then the receipt writer writes what it holds and stops, and only
+    then is the store left (:meth:`ReceiptStore.detach_server`, once, if the server
+    attached: until then the run's lock file says its rows are a live server's) and
+    closed when the server opened it (``own_store``): :func:`release_receipts`."""
+    if recovery is not None:
+        recovery.join(recovery_wait)
+    release_receipts(writer, store, own_store, functools.partial(_detach, core, store))
+
+
+def _detach(core: PaidServerCore[Any], store: ReceiptStore) -> None:
+    if core.detach_due():
+        store.detach_server()
+
+
+def writer_done(writer: ReceiptWriter, wait: float) -> bool:
+    """After the release: whether the receipt writer no longer uses the store -- it
+    stopped within ``wait`` seconds (0: only look), or gave its receipts up (its close()
+    says False, but it has stopped). The release waits for the writer only so long
+    (:func:`release_receipts`); one still writing then (a stalled disk) uses the store
+    yet: a store passed in, closed under it, loses the receipts it holds."""
+    return writer.close(wait) or writer.stopped
