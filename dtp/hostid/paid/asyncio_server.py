@@ -243,10 +243,7 @@ class PaidAioServer:
 
     def _take_admitted(self, cid: str) -> Admitted | None:
         """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        key = normalize_id(cid, "connection ID")
-        admission = self.admission
-        taken = None if admission is None else admission.take_admitted(key)
-        return self.core.admission_view(taken, key)
+        return None if self.admission is None else self.admission.take_view(cid)
 
     async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
         """Close and settle the ledger connection of an admitted DTP connection the

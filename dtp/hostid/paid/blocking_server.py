@@ -305,8 +305,7 @@ class PaidServer:
 
     def _take_admitted(self, cid: str) -> Admitted | None:
         """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        key = normalize_id(cid, "connection ID")
-        return self.core.admission_view(self.admission.take_admitted(key), key)
+        return self.admission.take_view(cid)
 
     def _settle_aside(self, cid: str, admitted: Admitted | None) -> None:
         """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""

@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from dtp.hostid.admission import LedgerAdmission
+from dtp.hostid.paid.server_core import PaidServerCore
 from dtp.hostid.served import ServedConnections
+from dtp.ledger.objects import normalize_id
 
 if TYPE_CHECKING:
-    from dtp.hostid.admission import ConnectionLimits, PeerInfo
+    from dtp.hostid.admission import Admitted, ConnectionLimits, PeerInfo
     from dtp.ledger.interface import Ledger
 
 __all__ = ["PaidAdmission", "ReportedConnections"]
@@ -91,3 +93,9 @@ class PaidAdmission(LedgerAdmission, Generic[_V]):
 
     def __call__(self, peer: PeerInfo) -> _V:  # type: ignore[override]
         return self._admit(peer, super().__call__)
+
+    def take_view(self, cid: str) -> Admitted | None:
+        """What this admission read of ledger connection ``cid``, taken, when it is
+        current (:meth:`PaidServerCore.admission_view`); None: read it again."""
+        key = normalize_id(cid, "connection ID")
+        return PaidServerCore.admission_view(self.take_admitted(key), key)
