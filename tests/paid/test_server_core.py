@@ -10,17 +10,21 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp.errors import ConnectionClosed, PaymentRequired
+from dtp.errors import ConnectionClosed, ObjectNotFound, PaymentRequired
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
 from dtp.hostid.paid.server_core import (
+    NO_LEDGER_CONNECTION,
+    UNMETERED_REFUSAL,
     AdmitStep,
     EndPlan,
     HandlerRaised,
     HandleStep,
     PaidServerCore,
+    Refusal,
 )
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
 from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
+from dtp.payments.serving import SERVED_REFUSAL
 from dtp.protocol.connection import CloseCode
 from dtp.protocol.events import ConnectionTerminated
 from dtp.transport.session import CALLBACK_FAILED
@@ -222,6 +226,23 @@ def test_every_admitted_connection_is_served_or_settled_before_the_release(
         if releases:
             assert server.closed and server.working == 0
             assert not fate and not admitting  # every admitted one accounted for
+
+
+def test_a_connection_handed_over_is_refused_without_a_ledger_connection_or_a_second_time() -> None:
+    server = core()
+    assert server.serve_refusal(None, ALICE) == Refusal(NO_LEDGER_CONNECTION, None)
+    assert server.serve_refusal(CID, None) == Refusal(NO_LEDGER_CONNECTION, None)
+    assert server.serve_refusal(CID.upper().replace("0X", "0x"), ALICE) is None
+    assert CID in server.serving  # reserved (normalized) until its settlement is done
+    assert server.serve_refusal(CID, ALICE) == Refusal(
+        SERVED_REFUSAL, f"refused connection {CID}: already served"
+    )
+    server.serving.release(CID)
+    assert server.serve_refusal(CID, ALICE) is None
+    unread = ObjectNotFound(f"connection {CID}")
+    assert PaidServerCore.unmetered(CID, unread) == Refusal(
+        UNMETERED_REFUSAL, f"cannot meter connection {CID}: {unread}"
+    )
 
 
 def test_one_dtp_connection_per_ledger_connection() -> None:

@@ -51,7 +51,6 @@ from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
     RECOVERY_CLOSE_WAIT,
-    SERVED_REFUSAL,
     Recovery,
     SettlementRetries,
     closes_store,
@@ -304,24 +303,19 @@ class PaidAioServer:
         conn = proto.conn
         client = conn.peer_address
         raw_cid = conn.peer_connection_id
-        if client is None or raw_cid is None:
-            writer.abort("no ledger connection")
-            return
-        cid = "0x" + raw_cid.hex()
-        assert self.admission is not None  # (made before the listener)
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
         # (taken first, whatever follows: a connection refused below leaves no entry)
-        admitted = self._take_admitted(cid)
-        # One DTP connection per ledger connection (as dtp.hostid.paid's): a second one naming
-        # a connection ID being served or settled, on a gate of its own, counted the
-        # first one's receipts again (a client paid once for twice the service) and
-        # took another allowance from one escrow. Nor may one come back after its
-        # receipts were kept (its settlement failed), or when they cannot be read: its
-        # new gate would count them once more (served_refusal). The ID is reserved
-        # before the store is read (in a thread), so that two cannot both pass.
-        if not self.core.reserve_served(cid):
-            logger.warning("refused connection %s: already served", cid)
-            writer.abort(SERVED_REFUSAL)
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is not None:
+            if refused.warning is not None:
+                logger.warning(refused.warning)
+            writer.abort(refused.reason)
             return
+        assert cid is not None and client is not None  # (serve_refusal refuses them)
+        # Nor may one come back after its receipts were kept (its settlement failed),
+        # or when they cannot be read: its new gate would count them once more (the
+        # store read in a thread, the ID reserved already).
         try:
             refusal = await asyncio.to_thread(served_refusal, self.receipt_writer, cid)
             if refusal is not None:
@@ -347,8 +341,9 @@ class PaidAioServer:
                 gate_for, self.ledger, cid, self.policy, admitted=admitted
             )
         except ChainError as exc:
-            logger.warning("cannot meter connection %s: %s", cid, exc)
-            writer.abort("the server cannot read the connection on the ledger")
+            refused = self.core.unmetered(cid, exc)
+            logger.warning(refused.warning)
+            writer.abort(refused.reason)
             return
         paid = PaidConnection(
             proto,

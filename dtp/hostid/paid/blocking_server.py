@@ -66,7 +66,6 @@ from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
     RECOVERY_CLOSE_WAIT,
-    SERVED_REFUSAL,
     Recovery,
     SettlementRetries,
     closes_store,
@@ -371,20 +370,18 @@ class PaidServer:
     def _serve(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
         client = sock.peer_address
-        if cid is None or client is None:  # LedgerAdmission refuses these already
-            sock.abort("no ledger connection")
+        # (taken first, whatever follows: a connection refused below leaves no entry)
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is not None:
+            if refused.warning is not None:
+                logger.warning(refused.warning)
+            sock.abort(refused.reason)
             return
+        assert cid is not None and client is not None  # (serve_refusal refuses them)
         key = normalize_id(cid, "connection ID")
-        admitted = self._take_admitted(key)
-        # A second DTP connection on the same ledger connection: on a gate of its own it
-        # would count the first one's receipts again (the client paying once for twice
-        # the service) and take another allowance from one escrow. Nor may one come back
-        # after its receipts (its settlement failed: still Open), or when they cannot
-        # be read: its new gate would count them once more (served_refusal).
-        if not self.core.reserve_served(key):
-            logger.warning("refused connection %s: already served", key)
-            sock.abort(SERVED_REFUSAL)
-            return
+        # Nor may one come back after its receipts (its settlement failed: still Open),
+        # or when they cannot be read: its new gate would count them once more.
         try:
             refusal = served_refusal(self.receipt_writer, key)
             if refusal is not None:
@@ -401,8 +398,9 @@ class PaidServer:
         try:
             gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
         except ChainError as exc:
-            logger.warning("cannot meter connection %s: %s", cid, exc)
-            sock.abort("the server cannot read the connection on the ledger")
+            refused = self.core.unmetered(cid, exc)
+            logger.warning(refused.warning)
+            sock.abort(refused.reason)
             return
         with self._live_lock, self._limit_lock:
             buckets = self.core.buckets(client, time.monotonic())

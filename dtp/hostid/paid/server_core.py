@@ -28,6 +28,7 @@ from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter
+from dtp.payments.serving import SERVED_REFUSAL
 from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.session import CALLBACK_FAILED
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 
 #: How many of the most recent settlements a server keeps (:attr:`PaidServerCore.settlements`)
 SETTLEMENTS_KEPT = 1024
+#: Why a DTP connection that names no ledger connection, or no client, is aborted
+#: (LedgerAdmission refuses those already)
+NO_LEDGER_CONNECTION = "no ledger connection"
+#: Why a connection whose state the server cannot read on the ledger to meter it is
+#: aborted
+UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,17 @@ class EndPlan:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A connection handed over to serve that is aborted instead
+    (:meth:`PaidServerCore.serve_refusal`, :meth:`PaidServerCore.unmetered`)."""
+
+    reason: str
+    """What it is aborted with: the reason its client reads."""
+    warning: str | None
+    """The line the server logs as a warning with its own logger (None: nothing)."""
+
+
+@dataclass(frozen=True)
 class HandlerRaised:
     """What a handler that raised means for its connection
     (:meth:`PaidServerCore.handler_raised`), and the line the server logs for it with
@@ -288,6 +306,28 @@ class PaidServerCore(Generic[_P]):
         on that ledger connection is served or settled already (refuse it with
         ``SERVED_REFUSAL``). Released with ``serving.release(cid)``."""
         return self.serving.reserve(cid)
+
+    def serve_refusal(self, cid: str | None, client: str | None) -> Refusal | None:
+        """Whether the DTP connection of ``client`` on ledger connection ``cid``, handed
+        over to serve (:attr:`HandleStep.SERVE`), is refused before its receipts and its
+        gate are read: None, and ``cid`` reserved (:meth:`reserve_served`; release it
+        with ``serving.release`` of the normalized ID once the connection is settled),
+        or why not. One DTP connection per ledger connection: a second one, on a gate
+        of its own, would count the first one's receipts again (the client paying once
+        for twice the service) and take another allowance from one escrow. The ID is
+        reserved before the store is read, so that two cannot both pass."""
+        if cid is None or client is None:
+            return Refusal(NO_LEDGER_CONNECTION, None)
+        key = normalize_id(cid, "connection ID")
+        if not self.reserve_served(key):
+            return Refusal(SERVED_REFUSAL, f"refused connection {key}: already served")
+        return None
+
+    @staticmethod
+    def unmetered(cid: str, exc: DTPError) -> Refusal:
+        """Connection ``cid``, its receipt gate not made for ``exc`` (a ChainError: its
+        state could not be read on the ledger), is refused."""
+        return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}")
 
     def reserve_unserved(self, cid: str) -> str | None:
         """The key to settle an admitted connection nobody will serve by (no receipt
