@@ -342,6 +342,18 @@ def test_how_a_served_connection_ends() -> None:
     assert server.end_plan(None, True, cancelled=True) == EndPlan(False, CALLBACK_FAILED)
 
 
+def test_a_connection_stops_counting_as_its_end_begins() -> None:
+    server = core()
+    alice = Conn(ALICE)
+    server.buckets(ALICE, 0.0)
+    server.opened(alice)
+    clean = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    assert server.ending(alice, clean, False) == EndPlan(True, None)
+    assert server.open_connections == 0
+    assert ALICE not in server.limiter.clients  # its buckets given back
+    assert server.refresh(HOST, 1.0).denied == ()  # no refresh reaches it
+
+
 def test_what_counts_as_a_failed_handler() -> None:
     """handler_raised: a DTPError (the gate's PaymentRequired among them) is no failure
     once the connection ended; one while it goes on and any other error are."""

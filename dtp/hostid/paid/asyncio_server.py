@@ -396,13 +396,12 @@ class PaidAioServer:
         except asyncio.CancelledError:
             cancelled = True
         finally:
-            self.core.ended(paid)
+            plan = self.core.ending(paid, proto.session.terminated, failed, cancelled)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        plan = self.core.end_plan(proto.session.terminated, failed, cancelled)
         if plan.settle_first:
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)

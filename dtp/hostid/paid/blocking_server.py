@@ -435,7 +435,8 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            plan = self.core.end_plan(paid.terminated, failed)
+            with self._live_lock, self._limit_lock:
+                plan = self.core.ending(paid, paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
@@ -449,8 +450,6 @@ class PaidServer:
                 sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
             else:
                 sock.close()  # (also once the session ended: the socket's resources)
-            with self._live_lock, self._limit_lock:
-                self.core.ended(paid)
             if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
 

@@ -410,6 +410,22 @@ class PaidServerCore(Generic[_P]):
             )
         return HandlerRaised(True, logging.ERROR, f"the handler failed for connection {cid}", exc)
 
+    def ending(
+        self,
+        paid: _P,
+        ended: ConnectionTerminated | None,
+        failed: bool,
+        cancelled: bool = False,
+    ) -> EndPlan:
+        """The end of served connection ``paid`` begins, its final receipt asked for and
+        its deposit read: it no longer counts (:meth:`ended`: its client's rate-limit
+        buckets given back, no refresh reaches it) while its settlement and its close
+        go on, and this is how they go (:meth:`end_plan`). (The server also ends its
+        count against the Host's connection limits now: the client may connect again
+        at once, docs/escrow.md §2.)"""
+        self.ended(paid)
+        return self.end_plan(ended, failed, cancelled)
+
     def end_plan(
         self, ended: ConnectionTerminated | None, failed: bool, cancelled: bool = False
     ) -> EndPlan:
