@@ -2,16 +2,22 @@
 (:class:`~dtp.hostid.paid.blocking_server.PaidServer`) and the asyncio
 (:class:`~dtp.hostid.paid.asyncio_server.PaidAioServer`) server.
 
+:class:`ServerOptions` checks both servers' options and fills in their defaults.
 :class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
 pass it ``now`` and what they read from the ledger, and it answers with what to do next:
-whether an admission may start and what follows its verdict, which connections the
-firewall now denies and which are due for a read of their state on the ledger, whether
-the release of the receipt writer is due, whether an unserved connection is theirs to
-settle. The ledger reads, the store's writes and the connections' closes stay in the
-servers (in threads there, or in the event loop's executor).
+whether an admission may start and what follows its verdict; what a DTP connection
+handed over after its handshake gets (served, refused, settled as unserved) and why one
+is refused before it is served; the Host's rate limits and each client's buckets; which
+connections the firewall now denies and which are due for a read of their state on the
+ledger; how a served connection ends; whether the release of the receipt writer is due;
+whether an unserved connection is theirs to settle. The ledger reads, the store's writes
+and the connections' closes stay in the servers (in threads there, or in the event
+loop's executor), the reads and the release both make in
+:mod:`dtp.hostid.paid.server_steps`.
 
-The blocking server calls it under its own lock (its threads share one core); the
-asyncio server from the event loop only.
+The blocking server calls it under its own lock (its threads share one core; the rate
+limiter under the lock its connections take for their buckets too); the asyncio server
+from the event loop only.
 """
 
 from __future__ import annotations
