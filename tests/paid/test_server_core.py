@@ -7,14 +7,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp.errors import ConnectionClosed, PaymentRequired
+from dtp.errors import ConnectionClosed, ObjectNotFound, PaymentRequired
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
-from dtp.hostid.paid.server_core import AdmitStep, EndPlan, HandlerRaised, PaidServerCore
+from dtp.hostid.paid.server_core import (
+    NO_LEDGER_CONNECTION,
+    UNMETERED_REFUSAL,
+    AdmitStep,
+    EndPlan,
+    HandlerRaised,
+    HandleStep,
+    PaidServerCore,
+    Refusal,
+)
 from dtp.ledger.objects import Firewall, FirewallMode, Host, Settlement
 from dtp.payments.gate import CLOSE_PAYMENT_REQUIRED
+from dtp.payments.serving import SERVED_REFUSAL
 from dtp.protocol.connection import CloseCode
 from dtp.protocol.events import ConnectionTerminated
 from dtp.transport.session import CALLBACK_FAILED
@@ -97,6 +107,144 @@ def test_the_release_is_decided_once_and_only_when_closed_and_idle(steps: list[s
         assert server.releasing == (releases == 1)
 
 
+def test_a_reserved_connection_served_is_settled_by_its_server() -> None:
+    """The blocking server's DTPServer reports each reservation and release: one handed
+    over to serve counts twice (its admission, carried by the reservation; its
+    handler), and its release only ends the admission's count."""
+    server = core()
+    assert server.admission_starts()
+    assert server.admitted(None, CID) is AdmitStep.SERVE
+    assert server.reserved(CID, True) is False  # the count goes on with the reservation
+    assert server.handling(CID.upper().replace("0X", "0x")) is HandleStep.SERVE
+    assert server.working == 2
+    assert server.reserve_unserved(CID) is None  # reserved: not the unserved path's
+    assert server.close() is False
+    assert server.work_ends() is False  # the handler returned
+    assert server.unreserved(CID) is False  # served: nothing to settle here
+    assert server.work_ends() is True  # the admission's count: the last work
+
+
+def test_a_reserved_connection_handed_over_as_the_server_closes_is_settled_at_its_release() -> None:
+    server = core()
+    assert server.admission_starts()
+    assert server.admitted(None, CID) is AdmitStep.SERVE
+    server.reserved(CID, True)
+    assert server.close() is False
+    # refused (aborted): its reservation's release settles it
+    assert server.handling(CID) is HandleStep.REFUSE
+    assert server.working == 1
+    assert server.reserve_unserved(CID) is None
+    assert server.unreserved(CID) is True  # never served: settle it now
+    key = server.reserve_unserved(CID)
+    assert key == CID
+    server.serving.release(key)
+    assert server.work_ends() is True  # once settled: the release
+
+
+def test_a_refused_reservation_ends_its_admissions_count() -> None:
+    server = core()
+    assert server.admission_starts()
+    assert server.close() is False
+    assert server.reserved(CID, False) is True  # the last work after close(): released
+    assert server.unreserved(CID) is False  # (never reserved: nothing of ours)
+
+
+def test_a_connection_handed_over_unreported_as_the_server_closes_is_refused_and_settled() -> None:
+    """The asyncio server's DTPServer reports no reservations: a handshake that finished
+    as the server closed is refused and settled by the hand-over itself, counted as
+    work; one naming no ledger connection, or after the release, is only refused."""
+    server = core()
+    assert server.handling(CID) is HandleStep.SERVE
+    assert server.close() is False
+    assert server.handling(CID) is HandleStep.REFUSE_AND_SETTLE
+    assert server.handling(None) is HandleStep.REFUSE
+    assert server.working == 2
+    assert server.work_ends() is False
+    assert server.work_ends() is True
+    assert server.handling(CID) is HandleStep.REFUSE  # released: nothing to settle by
+    assert server.working == 0
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["admit", "handshake", "handle", "release", "end", "close"]),
+            st.integers(0, 2),
+        ),
+        max_size=40,
+    )
+)
+def test_every_admitted_connection_is_served_or_settled_before_the_release(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Admissions through to the engines' release, in any order the DTPServer's threads
+    can give them: the release is decided once, only when closed with no work left, and
+    each DTP connection admitted and reserved is either served or settled as unserved
+    (exactly one of the two) before it."""
+    server = core()
+    cids = ["0x" + f"{i:02x}" * 32 for i in range(3)]
+    admitting: set[str] = set()  # admitted, not reserved yet
+    fate: dict[str, str | None] = {}  # reserved: "served", "refused" once handed over
+    running = 0  # handlers under way (ended by "end")
+    releases = 0
+    for step, i in steps:
+        cid = cids[i]
+        if step == "admit" and cid not in fate and cid not in admitting:
+            if server.admission_starts():
+                if server.closed:
+                    # admitted as the server closes: settled at once, then refused
+                    assert server.admitted(None, cid) is AdmitStep.SETTLE_AND_REFUSE
+                    releases += server.work_ends()
+                else:
+                    assert server.admitted(None, cid) is AdmitStep.SERVE
+                    admitting.add(cid)
+        elif step == "handshake" and cid in admitting:
+            admitting.discard(cid)
+            fate[cid] = None
+            releases += server.reserved(cid, True)
+        elif step == "handle" and cid in fate and fate[cid] is None:
+            handed = server.handling(cid)
+            assert handed is not HandleStep.REFUSE_AND_SETTLE  # (its release settles it)
+            fate[cid] = "served" if handed is HandleStep.SERVE else "refused"
+            running += handed is HandleStep.SERVE
+        elif step == "release" and cid in fate:
+            unserved = server.unreserved(cid)
+            assert unserved == (fate.pop(cid) != "served")
+            if unserved:
+                key = server.reserve_unserved(cid)
+                assert key == cid  # (one per ledger connection: nobody else has it)
+                server.serving.release(key)
+            releases += server.work_ends()
+        elif step == "end" and running:
+            running -= 1
+            releases += server.work_ends()
+        elif step == "close":
+            releases += bool(server.close())
+        assert releases <= 1
+        assert server.working == len(admitting) + len(fate) + running
+        if releases:
+            assert server.closed and server.working == 0
+            assert not fate and not admitting  # every admitted one accounted for
+
+
+def test_a_connection_handed_over_is_refused_without_a_ledger_connection_or_a_second_time() -> None:
+    server = core()
+    assert server.serve_refusal(None, ALICE) == Refusal(NO_LEDGER_CONNECTION, None)
+    assert server.serve_refusal(CID, None) == Refusal(NO_LEDGER_CONNECTION, None)
+    assert server.serve_refusal(CID.upper().replace("0X", "0x"), ALICE) is None
+    assert CID in server.serving  # reserved (normalized) until its settlement is done
+    assert server.serve_refusal(CID, ALICE) == Refusal(
+        SERVED_REFUSAL, f"refused connection {CID}: already served"
+    )
+    server.serving.release(CID)
+    assert server.serve_refusal(CID, ALICE) is None
+    unread = ObjectNotFound(f"connection {CID}")
+    assert PaidServerCore.unmetered(CID, unread) == Refusal(
+        UNMETERED_REFUSAL, f"cannot meter connection {CID}: {unread}"
+    )
+
+
 def test_one_dtp_connection_per_ledger_connection() -> None:
     server = core()
     assert server.reserve_served(CID)
@@ -138,6 +286,33 @@ def test_refresh_denies_changes_limits_and_schedules_ledger_checks() -> None:
     assert server.refresh(replace(HOST, firewall=firewall), 7.0).denied == ()
 
 
+def test_the_hosts_rate_limits_are_set_at_the_start_and_on_a_change() -> None:
+    server: PaidServerCore[Conn] = PaidServerCore(ServicePolicy())
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (0, 0)
+    server.start(HOST, 0.0)
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (1000, 10)
+    buckets = server.buckets(ALICE, 0.0)
+    slower = replace(FIREWALL, max_bytes_per_sec=500, max_requests_per_sec=5)
+    assert server.refresh(replace(HOST, firewall=slower), 1.0).limits == slower
+    # set at once, on the buckets of a client already connected too
+    assert (server.limiter.bytes_per_sec, server.limiter.requests_per_sec) == (500, 5)
+    assert buckets.bytes.rate == 500 and buckets.requests.rate == 5
+
+
+def test_a_clients_buckets_are_shared_and_given_back_when_its_last_connection_ends() -> None:
+    server = core()
+    first, second = Conn(ALICE), Conn(ALICE)
+    buckets = server.buckets(ALICE, 0.0)
+    server.opened(first)
+    assert server.buckets(ALICE, 0.0) is buckets  # one client, one pair of buckets
+    server.opened(second)
+    server.ended(first)
+    server.ended(first)  # twice: given back once
+    assert server.limiter.clients[ALICE] is buckets
+    server.ended(second)
+    assert ALICE not in server.limiter.clients  # idle now, kept while it refills
+
+
 def test_the_store_is_detached_once() -> None:
     server = core()
     assert not server.detach_due()
@@ -165,6 +340,18 @@ def test_how_a_served_connection_ends() -> None:
     assert server.end_plan(None, True) == EndPlan(False, CALLBACK_FAILED)
     assert server.end_plan(None, False, cancelled=True) == EndPlan(False, CLOSED_REFUSAL)
     assert server.end_plan(None, True, cancelled=True) == EndPlan(False, CALLBACK_FAILED)
+
+
+def test_a_connection_stops_counting_as_its_end_begins() -> None:
+    server = core()
+    alice = Conn(ALICE)
+    server.buckets(ALICE, 0.0)
+    server.opened(alice)
+    clean = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    assert server.ending(alice, clean, False) == EndPlan(True, None)
+    assert server.open_connections == 0
+    assert ALICE not in server.limiter.clients  # its buckets given back
+    assert server.refresh(HOST, 1.0).denied == ()  # no refresh reaches it
 
 
 def test_what_counts_as_a_failed_handler() -> None:

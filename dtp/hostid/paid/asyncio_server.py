@@ -17,7 +17,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,8 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    move_error,
 )
-from dtp.hostid.admission import Admitted, LedgerAdmission, checked_open_grace
+from dtp.hostid.admission import Admitted, checked_open_grace
 from dtp.hostid.paid.asyncio import (
     PaidCallback,
     PaidConnection,
@@ -35,29 +34,32 @@ from dtp.hostid.paid.asyncio import (
     PaidWriter,
     protocol_of,
 )
-from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
-from dtp.hostid.served import ServedConnections
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
+from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    host_to_refresh,
+    refresh_failed,
+    release_store,
+    served_host,
+    writer_done,
+)
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import ended_on_ledger
-from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
     RECOVERY_CLOSE_WAIT,
-    SERVED_REFUSAL,
     Recovery,
     SettlementRetries,
     closes_store,
     open_store,
     recover_store,
-    release_receipts,
     served_refusal,
     settle_ended,
 )
 from dtp.payments.settlement import publish_endpoint
-from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -81,46 +83,6 @@ _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 # seconds between wait_released()'s looks at a receipt writer still writing after the
 # release (a stalled disk: rare, and then long)
 _WRITER_POLL = 0.05
-
-
-class _PaidAdmission(LedgerAdmission):
-    """A :class:`PaidAioServer`'s admission: the DTPServer runs a plain hook in a worker
-    thread, and awaits what it returns there; this one returns a coroutine, so that the
-    verdict is given on the event loop (:meth:`PaidAioServer._admit`), where close()
-    runs: from there to the server's callback nothing yields to the loop, so close()
-    cannot come between an admission and the callback."""
-
-    def __init__(
-        self,
-        server: PaidAioServer,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        open_grace: float | None = None,
-    ) -> None:
-        # (remember: the server's gate and settlement go on with what it read)
-        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
-        self._server = server
-        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
-        #: the paid server ends a connection's count there before settling it, and
-        #: settles one refused at a connection limit
-        self.served = _ServedIds(server)
-
-    def __call__(self, peer: PeerInfo) -> Awaitable[str | None]:  # type: ignore[override]
-        return self._server._admit(peer, super().__call__)
-
-
-class _ServedIds(ServedConnections):
-    """A :class:`PaidAioServer`'s count of the DTP connections it serves (the DTPServer
-    reserves and releases them on the event loop), which has the server settle a
-    connection refused at one of the Host's connection limits."""
-
-    def __init__(self, server: PaidAioServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def refused_at_limit(self, connection_id: str) -> None:
-        self._server._refused_at_limit(connection_id)
 
 
 class PaidAioServer:
@@ -153,11 +115,11 @@ class PaidAioServer:
         self.core: PaidServerCore[PaidConnection] = PaidServerCore(policy)
         self.server: DTPServer | None = None
         #: The ledger admission (made as the server starts)
-        self.admission: _PaidAdmission | None = None
+        self.admission: PaidAdmission[Awaitable[str | None]] | None = None
         # settlements of connections refused at a connection limit (held: the loop
         # keeps only weak references to tasks)
         self._refunds: set[asyncio.Task[None]] = set()
-        self.limiter = RateLimiter()
+        self.limiter = self.core.limiter
         self.recovered: list[tuple[str, Settlement]] = []
         self.settlements = self.core.settlements
         #: the tasks running a callback (wait_released() there would wait for its own
@@ -185,24 +147,12 @@ class PaidAioServer:
         assert self.server is not None
         return self.server.address
 
-    async def _start(
-        self,
-        address: tuple[str, int],
-        config: ConnectionConfig | None,
-        endpoint: tuple[str, int] | None,
-        *,
-        backlog: int = 128,
-        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
-    ) -> None:
-        """Recover the store, listen on ``address`` (with the handshake bounds given, as
-        :func:`dtp.aio.start_server`'s) and publish the endpoint."""
+    async def _start(self, options: ServerOptions) -> None:
+        """Recover the store, listen on the ``options``' address (with their handshake
+        bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
         from dtp.hostid.asyncio import start_server
 
-        host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        if self.port not in host.services:
-            raise move_error("host", "EServiceNotFound", f"port {self.port} of host {self.host_id}")
+        host = await asyncio.to_thread(served_host, self.ledger, self.host_id, self.port)
         # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
         # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
         # cannot stop the thread, so an attach it makes after we stopped waiting is
@@ -217,28 +167,34 @@ class PaidAioServer:
         self.recovered = await asyncio.to_thread(
             recover_store, self.ledger, self.identity, self.store, alone
         )
-        self.admission = _PaidAdmission(
-            self, self.ledger, self.host_id, self.port, self._open_grace
+        # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
+        # the event loop (_admit), where close() runs, and from there to the callback
+        # nothing yields to the loop, so close() cannot come between the two
+        self.admission = PaidAdmission(
+            self._admit,
+            ReportedConnections(self._refused_at_limit),
+            self.ledger,
+            self.host_id,
+            self.port,
+            self._open_grace,
         )
         self.server = await start_server(
             self._handle,
-            address[0],
-            address[1],
+            options.address[0],
+            options.address[1],
             identity=self.identity,
-            config=config,
+            config=options.config,
             admit=self.admission,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
+            backlog=options.backlog,
+            max_handshakes=options.max_handshakes,
+            max_handshakes_per_address=options.max_handshakes_per_address,
+            max_waiting_per_address=options.max_waiting_per_address,
         )
+        endpoint = options.endpoint or self.address
         await asyncio.to_thread(
-            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint or self.address
+            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint
         )
         self.core.start(host, time.monotonic())
-        self.limiter.set_limits(
-            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, time.monotonic()
-        )
         self._policy_task = asyncio.ensure_future(self._policy_loop())
         self._recovery = Recovery(
             self.ledger, self.identity, self.store, self.recovered, self.retries
@@ -286,10 +242,7 @@ class PaidAioServer:
 
     def _take_admitted(self, cid: str) -> Admitted | None:
         """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        key = normalize_id(cid, "connection ID")
-        admission = self.admission
-        taken = None if admission is None else admission.take_admitted(key)
-        return self.core.admission_view(taken, key)
+        return None if self.admission is None else self.admission.take_view(cid)
 
     async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
         """Close and settle the ledger connection of an admitted DTP connection the
@@ -329,47 +282,40 @@ class PaidAioServer:
             self._release()
 
     async def _handle(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
-        if self.core.releasing:
-            writer.abort(CLOSED_REFUSAL)  # (the receipt writer is gone: nothing to settle by)
+        raw_cid = protocol_of(writer).conn.peer_connection_id
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
+        step = self.core.handling(cid)
+        if step is HandleStep.SERVE:
+            try:
+                await self._serve(reader, writer)
+            finally:
+                self._done()
             return
-        self.core.work_starts()
-        try:
-            if self.core.closed:
-                # a handshake that finished as the server closed (_admit refuses those
-                # it sees): settled at once, as _admit does
-                writer.abort(CLOSED_REFUSAL)
-                raw_cid = protocol_of(writer).conn.peer_connection_id
-                if raw_cid is not None:
-                    cid = "0x" + raw_cid.hex()
-                    await self._settle_unserved(cid, self._take_admitted(cid))
-                return
-            await self._serve(reader, writer)
-        finally:
-            self._done()
+        # a handshake that finished as the server closed (_admit refuses those it
+        # sees): aborted, and settled at once as _admit does (REFUSE_AND_SETTLE)
+        writer.abort(CLOSED_REFUSAL)
+        if step is HandleStep.REFUSE_AND_SETTLE:
+            assert cid is not None  # (handling() refuses a connection naming none)
+            await self._settle_refused(cid, self._take_admitted(cid))
 
     async def _serve(self, reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
         proto = protocol_of(writer)
         conn = proto.conn
         client = conn.peer_address
         raw_cid = conn.peer_connection_id
-        if client is None or raw_cid is None:
-            writer.abort("no ledger connection")
-            return
-        cid = "0x" + raw_cid.hex()
-        assert self.admission is not None  # (made before the listener)
+        cid = None if raw_cid is None else "0x" + raw_cid.hex()
         # (taken first, whatever follows: a connection refused below leaves no entry)
-        admitted = self._take_admitted(cid)
-        # One DTP connection per ledger connection (as dtp.hostid.paid's): a second one naming
-        # a connection ID being served or settled, on a gate of its own, counted the
-        # first one's receipts again (a client paid once for twice the service) and
-        # took another allowance from one escrow. Nor may one come back after its
-        # receipts were kept (its settlement failed), or when they cannot be read: its
-        # new gate would count them once more (served_refusal). The ID is reserved
-        # before the store is read (in a thread), so that two cannot both pass.
-        if not self.core.reserve_served(cid):
-            logger.warning("refused connection %s: already served", cid)
-            writer.abort(SERVED_REFUSAL)
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is not None:
+            if refused.warning is not None:
+                logger.warning(refused.warning)
+            writer.abort(refused.reason)
             return
+        assert cid is not None and client is not None  # (serve_refusal refuses them)
+        # Nor may one come back after its receipts were kept (its settlement failed),
+        # or when they cannot be read: its new gate would count them once more (the
+        # store read in a thread, the ID reserved already).
         try:
             refusal = await asyncio.to_thread(served_refusal, self.receipt_writer, cid)
             if refusal is not None:
@@ -395,13 +341,14 @@ class PaidAioServer:
                 gate_for, self.ledger, cid, self.policy, admitted=admitted
             )
         except ChainError as exc:
-            logger.warning("cannot meter connection %s: %s", cid, exc)
-            writer.abort("the server cannot read the connection on the ledger")
+            refused = self.core.unmetered(cid, exc)
+            logger.warning(refused.warning)
+            writer.abort(refused.reason)
             return
         paid = PaidConnection(
             proto,
             gate,
-            self.limiter.acquire(client, time.monotonic()),
+            self.core.buckets(client, time.monotonic()),
             self.policy,
             self.receipt_writer,
             self.ledger,
@@ -427,14 +374,13 @@ class PaidAioServer:
         finally:
             if task is not None:
                 self._callback_tasks.discard(task)
-            await self._end(writer, paid, cid, client, failed, admitted)
+            await self._end(writer, paid, cid, failed, admitted)
 
     async def _end(
         self,
         writer: DTPStreamWriter,
         paid: PaidConnection,
         cid: str,
-        client: str,
         failed: bool,
         admitted: Admitted | None = None,
     ) -> None:
@@ -450,14 +396,12 @@ class PaidAioServer:
         except asyncio.CancelledError:
             cancelled = True
         finally:
-            self.core.ended(paid)
-            self.limiter.release(client)
+            plan = self.core.ending(paid, proto.session.terminated, failed, cancelled)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
             if self.admission is not None:
                 self.admission.served.ended(cid)
-        plan = self.core.end_plan(proto.session.terminated, failed, cancelled)
         if plan.settle_first:
             # the client closed: settle before our end of the carrier closes (as
             # dtp.hostid.paid does)
@@ -570,46 +514,21 @@ class PaidAioServer:
             await asyncio.sleep(self.policy.refresh_interval)
             try:
                 await self.refresh_policy()
-            except Exception:
-                # (a ChainError is handled in there) Anything else -- a bug, a value
-                # a ledger should not return -- must not end the task: the firewall
-                # and the limits of open connections would go unenforced for the life
-                # of the server, and nobody retrieves the task's exception. One
-                # refresh, so one log, per interval. (A cancellation passes.)
-                logger.exception(
-                    "refreshing the policy of host %s failed; trying again in %g s",
-                    self.host_id,
-                    self.policy.refresh_interval,
-                )
+            except Exception:  # (not the end of the task: see refresh_failed)
+                # (nobody retrieves the task's exception; a cancellation passes)
+                refresh_failed(self.host_id, self.policy.refresh_interval)
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        try:
-            host = await asyncio.to_thread(self.ledger.get_host, self.host_id)
-        except ChainError as exc:
-            logger.warning("cannot read host %s: %s", self.host_id, exc)
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id)
+        if host is None:
             return
         now = time.monotonic()
         refresh = self.core.refresh(host, now)
-        if refresh.limits is not None:
-            self.limiter.set_limits(
-                refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
-            )
         for paid in refresh.denied:
             paid.deny()
-        await self._check_on_ledger(refresh.ledger_checks)
-
-    async def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """As :meth:`dtp.hostid.paid.blocking_server.PaidServer._check_on_ledger` (the
-        reads in a thread)."""
-        if not due:
-            return
-        try:
-            ended = await asyncio.to_thread(ended_on_ledger, self.ledger, due)
-        except ChainError as exc:
-            logger.warning("cannot read the state of open connections: %s", exc)
-            return
-        for paid in ended:
+        due = refresh.ledger_checks
+        for paid in await asyncio.to_thread(ended_connections, self.ledger, due) if due else ():
             paid.closed_on_ledger()
 
     @property
@@ -677,18 +596,17 @@ class PaidAioServer:
         self._released.set()
 
     def _release_store(self, inline: bool = False) -> None:
-        # (a recovery under way first, then the writer, as dtp.hostid.paid's; bounded, for
-        # the loop's own thread runs this when the loop is ending: a claim that takes
-        # longer has its "claimed" mark logged as not written, the claim made)
-        if self._recovery is not None:
-            self._recovery.join(RECOVERY_CLOSE_WAIT if inline else None)
-        release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
-
-    def _detach(self) -> None:
-        """Leave the store once the receipt writer has stopped (as dtp.hostid.paid's: until
-        then the run's lock file says its rows are a live server's)."""
-        if self.core.detach_due():
-            self.store.detach_server()
+        # (the wait for a recovery under way bounded inline, for the loop's own thread
+        # runs this when the loop is ending: a claim that takes longer has its
+        # "claimed" mark logged as not written, the claim made)
+        release_store(
+            self.core,
+            self.receipt_writer,
+            self.store,
+            self._own_store,
+            self._recovery,
+            RECOVERY_CLOSE_WAIT if inline else None,
+        )
 
     async def wait_closed(self) -> None:
         """Wait until the listener is closed (connections being served go on: see
@@ -730,11 +648,8 @@ class PaidAioServer:
             await asyncio.wait_for(self._released.wait(), timeout)
         if not self._released.is_set():
             return False
-        # The release waits for the receipt writer only so long (release_receipts); one
-        # still writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (close(0) only looks: the thread is told already;
-        # a writer that gave receipts up has stopped, its close() False all the same.)
-        while not self.receipt_writer.close(0) and not self.receipt_writer.stopped:
+        # (writer_done(…, 0) only looks: the writer's thread is told to stop already)
+        while not writer_done(self.receipt_writer, 0):
             if deadline is not None and loop.time() >= deadline:
                 return False
             await asyncio.sleep(_WRITER_POLL)
@@ -784,14 +699,18 @@ async def serve(
     # before the ledger is read or written (as dtp.socket.serve): a wrong identity
     # failed only after the listener started and the store was recovered; so did a
     # bound start_server refuses, after the recovery claimed on the ledger
-    check_server_identity(identity)
-    check_handshake_bounds(
-        max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+    options = ServerOptions.checked(
+        identity,
+        address=address,
+        endpoint=endpoint,
+        policy=policy,
+        config=config,
+        backlog=backlog,
+        max_handshakes=max_handshakes,
+        max_handshakes_per_address=max_handshakes_per_address,
+        max_waiting_per_address=max_waiting_per_address,
+        open_grace=open_grace,
     )
-    check_address(address, "address")
-    if endpoint is not None:
-        check_address(endpoint, "endpoint")
-    checked_open_grace(open_grace)
     store, opened = open_store(receipts)
     try:
         server = PaidAioServer(
@@ -801,24 +720,16 @@ async def serve(
             ledger=ledger,
             identity=identity,
             store=store,
-            policy=policy or ServicePolicy(),
+            policy=options.policy,
             close_store=closes_store(receipts),
-            open_grace=open_grace,
+            open_grace=options.open_grace,
         )
     except BaseException:
         if opened:
             store.close()
         raise
     try:
-        await server._start(
-            address,
-            config,
-            endpoint,
-            backlog=backlog,
-            max_handshakes=max_handshakes,
-            max_handshakes_per_address=max_handshakes_per_address,
-            max_waiting_per_address=max_waiting_per_address,
-        )
+        await server._start(options)
     except BaseException:
         # whatever started so far stops with the error, the store too (in memory as
         # well: nobody gets this server); closed by the release, which waits for a

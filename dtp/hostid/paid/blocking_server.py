@@ -38,7 +38,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,28 +46,31 @@ from dtp.errors import (
     ChainError,
     DTPError,
     LocalProtocolError,
-    move_error,
 )
-from dtp.hostid.admission import Admitted, ConnectionLimits, LedgerAdmission, checked_open_grace
+from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
-from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address, gate_for
-from dtp.hostid.paid.server_core import AdmitStep, PaidServerCore
-from dtp.hostid.served import ServedConnections
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
+from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    host_to_refresh,
+    refresh_failed,
+    release_store,
+    served_host,
+    writer_done,
+)
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
-from dtp.payments.gate import ended_on_ledger
-from dtp.payments.ratelimit import RateLimiter
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
     RECOVERY_CLOSE_WAIT,
-    SERVED_REFUSAL,
     Recovery,
     SettlementRetries,
     closes_store,
     open_store,
     recover_store,
-    release_receipts,
     served_refusal,
     settle_ended,
 )
@@ -90,58 +93,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-
-
-class _PaidAdmission(LedgerAdmission):
-    """A :class:`PaidServer`'s admission: each decision counts as work its release waits
-    for, and a client admitted as the server closes is refused and settled at once (its
-    ledger connection closed, nothing claimed: its whole deposit refunded) rather than
-    left Open until the half-close timeout."""
-
-    def __init__(
-        self,
-        server: PaidServer,
-        ledger: Ledger,
-        host_id: str,
-        port: int,
-        open_grace: float | None = None,
-    ) -> None:
-        super().__init__(ledger, host_id, port, remember=True, open_grace=open_grace)
-        self._server = server
-        #: The DTPServer's served connections (LedgerAdmission.reservations takes them):
-        #: they tell the paid server of every DTP connection it admitted ending
-        self.served = _AdmittedIds(server)
-
-    def __call__(self, peer: PeerInfo) -> str | None:
-        return self._server._admit(peer, super().__call__)
-
-
-class _AdmittedIds(ServedConnections):
-    """The ledger connections of the DTP connections a :class:`PaidServer` admitted
-    (reserved after its admission, released as the engine goes), reported to it: one the
-    server never served -- its handshake finished as the server closed, and the
-    DTPServer or :meth:`PaidServer._handle` aborted it -- is settled then."""
-
-    def __init__(self, server: PaidServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def reserve(
-        self,
-        connection_id: str,
-        client: str | None = None,
-        limits: ConnectionLimits | None = None,
-    ) -> str | None:
-        refusal = super().reserve(connection_id, client, limits)
-        self._server._reserved(connection_id, refusal is None)
-        return refusal
-
-    def release(self, connection_id: str) -> None:
-        super().release(connection_id)
-        self._server._unreserved(connection_id)
-
-    def refused_at_limit(self, connection_id: str) -> None:
-        self._server._refused_at_limit(connection_id)
 
 
 #: How long one wait of :meth:`PaidServer.wait_released` without a timeout lasts for a
@@ -187,32 +138,35 @@ class PaidServer:
         open_grace: float | None = None,
     ) -> None:
         from dtp.hostid.blocking import create_server
-        from dtp.transport.blocking.server import check_handshake_bounds
 
-        check_address(address, "address")
-        # (create_server checks them too, but only after the store's recovery claimed
-        # on the ledger)
-        check_handshake_bounds(
-            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        options = ServerOptions.checked(
+            identity,
+            address=address,
+            endpoint=endpoint,
+            policy=policy,
+            config=config,
+            backlog=backlog,
+            max_handshakes=max_handshakes,
+            max_handshakes_per_address=max_handshakes_per_address,
+            max_waiting_per_address=max_waiting_per_address,
+            open_grace=open_grace,
         )
-        checked_open_grace(open_grace)
-        if endpoint is not None:
-            check_address(endpoint, "endpoint")
         self.ledger = ledger
         self.identity = identity
         self.host_id = normalize_id(host_id, "host ID")
         self.port = port
         self.handler = handler
-        self.policy = policy or ServicePolicy()
+        self.policy = options.policy
         #: The server-wide rules (called under _live_lock: the threads share it)
         self.core: PaidServerCore[PaidConnection] = PaidServerCore(self.policy)
         self._serving = self.core.serving
         self._live_lock = threading.Lock()
+        #: What the connections' rate-limit buckets are touched under (by the core, and
+        #: by each connection: PaidConnection); taken after _live_lock, never before
+        self._limit_lock = threading.Lock()
+        self.limiter = self.core.limiter
         # set with core.closed: what the policy loop and serve_forever() wait on
         self._closed = threading.Event()
-        #: The DTP connections admitted (by ledger connection ID) whose engine is not
-        #: released yet: True once _handle took it (its settlement is _serve_paid's)
-        self._admitted: dict[str, bool] = {}
         #: Set by the release: closed, every connection ended and settled, the receipt
         #: writer stopped (what wait_released() waits for)
         self._released = threading.Event()
@@ -236,9 +190,7 @@ class PaidServer:
         self.server: DTPServer | None = None
         self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
-            host = ledger.get_host(self.host_id)
-            if port not in host.services:
-                raise move_error("host", "EServiceNotFound", f"port {port} of host {self.host_id}")
+            host = served_host(ledger, self.host_id, port)
             alone = self.store.attach_server()
             self.core.attached = True
             self.recovered = recover_store(ledger, identity, self.store, alone)
@@ -249,25 +201,27 @@ class PaidServer:
                 ledger, identity, self.store, self.recovered, self.retries
             )
             # our own LedgerAdmission (what create_server would make from ledger,
-            # host_id and port), remembering what it read for the gate
-            self.admission = _PaidAdmission(self, ledger, self.host_id, port, open_grace)
+            # host_id and port), remembering what it read for the gate; its count of the
+            # connections served tells us of every DTP connection admitted being
+            # reserved and ending: one never served (its handshake finished as the
+            # server closed, and it was aborted) is settled then (_unreserved)
+            served = ReportedConnections(self._refused_at_limit, self._reserved, self._unreserved)
+            self.admission = PaidAdmission(
+                self._admit, served, ledger, self.host_id, port, options.open_grace
+            )
             self.server = create_server(
-                address,
+                options.address,
                 identity=identity,
                 admit=self.admission,
-                config=config,
-                backlog=backlog,
-                max_handshakes=max_handshakes,
-                max_handshakes_per_address=max_handshakes_per_address,
-                max_waiting_per_address=max_waiting_per_address,
+                config=options.config,
+                backlog=options.backlog,
+                max_handshakes=options.max_handshakes,
+                max_handshakes_per_address=options.max_handshakes_per_address,
+                max_waiting_per_address=options.max_waiting_per_address,
             )
             self.address = self.server.address
-            publish_endpoint(ledger, identity, self.host_id, endpoint or self.address)
+            publish_endpoint(ledger, identity, self.host_id, options.endpoint or self.address)
             self.core.start(host, time.monotonic())
-            self.limiter = RateLimiter(
-                host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec
-            )
-            self._limit_lock = threading.Lock()
             self._threads = [
                 threading.Thread(
                     target=self.server.serve_forever,
@@ -320,11 +274,10 @@ class PaidServer:
         refused it -- one is served on it already, or the Host's connection limits
         leave no room for it (:meth:`_refused_at_limit` has its settlement under way
         then) -- and the admission's count ends here."""
-        if not reserved:
-            self._done()
-            return
         with self._live_lock:
-            self._admitted[normalize_id(cid, "connection ID")] = False
+            last = self.core.reserved(cid, reserved)
+        if last:
+            self._release()
 
     def _unreserved(self, cid: str) -> None:
         """The engine of an admitted DTP connection is released (under its lock, in
@@ -332,8 +285,8 @@ class PaidServer:
         closed, and it was aborted -- it is settled now, in a thread of its own (a
         ledger transaction); the admission's count ends once it is."""
         with self._live_lock:
-            served = self._admitted.pop(normalize_id(cid, "connection ID"), True)
-        if served:
+            unserved = self.core.unreserved(cid)
+        if not unserved:
             self._done()
             return
         self._settle_aside(cid, self._take_admitted(cid))
@@ -351,8 +304,7 @@ class PaidServer:
 
     def _take_admitted(self, cid: str) -> Admitted | None:
         """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        key = normalize_id(cid, "connection ID")
-        return self.core.admission_view(self.admission.take_admitted(key), key)
+        return self.admission.take_view(cid)
 
     def _settle_aside(self, cid: str, admitted: Admitted | None) -> None:
         """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
@@ -379,9 +331,7 @@ class PaidServer:
         deposit at once. Left alone when another DTP connection on it is being served
         or settled (that one's settlement closes it)."""
         with self._live_lock:
-            if normalize_id(cid, "connection ID") in self._admitted:
-                return
-        key = self.core.reserve_unserved(cid)
+            key = self.core.reserve_unserved(cid)
         if key is None:
             return
         try:
@@ -399,17 +349,15 @@ class PaidServer:
 
     def _handle(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
-        key = None if cid is None else normalize_id(cid, "connection ID")
         with self._live_lock:
-            closed = self.core.closed
-            if not closed:
-                self.core.work_starts()
-                if key in self._admitted:
-                    self._admitted[key] = True  # its settlement is ours now
-        if closed:
-            # a handshake that finished as the server closed: aborted, its admission
-            # settles it once the engine is released (_unreserved)
+            step = self.core.handling(cid)
+        if step is not HandleStep.SERVE:
+            # a handshake that finished as the server closed: aborted (its reservation
+            # settles it once the engine is released: _unreserved)
             sock.abort(CLOSED_REFUSAL)
+            if step is HandleStep.REFUSE_AND_SETTLE:
+                assert cid is not None  # (handling() refuses a connection naming none)
+                self._settle_dropped(cid, self._take_admitted(cid))
             return
         self._in_handler.active = True
         try:
@@ -422,20 +370,18 @@ class PaidServer:
     def _serve(self, sock: DTPSocket) -> None:
         cid = sock.peer_connection_id
         client = sock.peer_address
-        if cid is None or client is None:  # LedgerAdmission refuses these already
-            sock.abort("no ledger connection")
+        # (taken first, whatever follows: a connection refused below leaves no entry)
+        admitted = None if cid is None else self._take_admitted(cid)
+        refused = self.core.serve_refusal(cid, client)
+        if refused is not None:
+            if refused.warning is not None:
+                logger.warning(refused.warning)
+            sock.abort(refused.reason)
             return
+        assert cid is not None and client is not None  # (serve_refusal refuses them)
         key = normalize_id(cid, "connection ID")
-        admitted = self._take_admitted(key)
-        # A second DTP connection on the same ledger connection: on a gate of its own it
-        # would count the first one's receipts again (the client paying once for twice
-        # the service) and take another allowance from one escrow. Nor may one come back
-        # after its receipts (its settlement failed: still Open), or when they cannot
-        # be read: its new gate would count them once more (served_refusal).
-        if not self.core.reserve_served(key):
-            logger.warning("refused connection %s: already served", key)
-            sock.abort(SERVED_REFUSAL)
-            return
+        # Nor may one come back after its receipts (its settlement failed: still Open),
+        # or when they cannot be read: its new gate would count them once more.
         try:
             refusal = served_refusal(self.receipt_writer, key)
             if refusal is not None:
@@ -452,11 +398,12 @@ class PaidServer:
         try:
             gate = gate_for(self.ledger, cid, self.policy, admitted=admitted)
         except ChainError as exc:
-            logger.warning("cannot meter connection %s: %s", cid, exc)
-            sock.abort("the server cannot read the connection on the ledger")
+            refused = self.core.unmetered(cid, exc)
+            logger.warning(refused.warning)
+            sock.abort(refused.reason)
             return
-        with self._limit_lock:
-            buckets = self.limiter.acquire(client, time.monotonic())
+        with self._live_lock, self._limit_lock:
+            buckets = self.core.buckets(client, time.monotonic())
         paid = PaidConnection(
             sock,
             gate,
@@ -488,7 +435,8 @@ class PaidServer:
                 paid.read_deposit(ending=True)
             except Exception:  # (the settlement must run all the same)
                 logger.exception("connection %s: reading its escrow at the end failed", cid)
-            plan = self.core.end_plan(paid.terminated, failed)
+            with self._live_lock, self._limit_lock:
+                plan = self.core.ending(paid, paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
             # connect again at once, while the settlement (three transactions on Sui)
             # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
@@ -502,10 +450,6 @@ class PaidServer:
                 sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
             else:
                 sock.close()  # (also once the session ended: the socket's resources)
-            with self._live_lock:
-                self.core.ended(paid)
-            with self._limit_lock:
-                self.limiter.release(client)
             if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
 
@@ -530,47 +474,20 @@ class PaidServer:
         while not self._closed.wait(self.policy.refresh_interval):
             try:
                 self.refresh_policy()
-            except Exception:
-                # (a ChainError is handled in there) Anything else -- a bug, a value
-                # a ledger should not return -- must not end the loop: the firewall
-                # and the limits of open connections would go unenforced for the life
-                # of the server, silently. One refresh, so one log, per interval.
-                logger.exception(
-                    "refreshing the policy of host %s failed; trying again in %g s",
-                    self.host_id,
-                    self.policy.refresh_interval,
-                )
+            except Exception:  # (not the end of the loop: see refresh_failed)
+                refresh_failed(self.host_id, self.policy.refresh_interval)
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        try:
-            host = self.ledger.get_host(self.host_id)
-        except ChainError as exc:
-            logger.warning("cannot read host %s: %s", self.host_id, exc)
+        host = host_to_refresh(self.ledger, self.host_id)
+        if host is None:
             return
         now = time.monotonic()
-        with self._live_lock:
+        with self._live_lock, self._limit_lock:
             refresh = self.core.refresh(host, now)
-        if refresh.limits is not None:
-            with self._limit_lock:
-                self.limiter.set_limits(
-                    refresh.limits.max_bytes_per_sec, refresh.limits.max_requests_per_sec, now
-                )
         for paid in refresh.denied:
             paid.deny()
-        self._check_on_ledger(refresh.ledger_checks)
-
-    def _check_on_ledger(self, due: Sequence[PaidConnection]) -> None:
-        """Close those of the connections ``due`` for a read of their state no longer
-        Open on the ledger (each read every policy ``ledger_check_interval``)."""
-        if not due:
-            return
-        try:
-            ended = ended_on_ledger(self.ledger, due)
-        except ChainError as exc:
-            logger.warning("cannot read the state of open connections: %s", exc)
-            return
-        for paid in ended:
+        for paid in ended_connections(self.ledger, refresh.ledger_checks):
             paid.closed_on_ledger()
 
     @property
@@ -621,23 +538,15 @@ class PaidServer:
     def _release(self) -> None:
         """Stop the receipt writer and close our own store (once, when the server is
         closed and no connection can write any more)."""
-        # (a recovery under way first: it claims from the store; then the writer, and
-        # the detach only once it stopped: release_receipts)
-        if self._recovery is not None:
-            self._recovery.join()
         try:
-            release_receipts(self.receipt_writer, self.store, self._own_store, self._detach)
+            release_store(
+                self.core, self.receipt_writer, self.store, self._own_store, self._recovery
+            )
         finally:
             # also when the detach (or the store's close) raised: the writer has stopped
             # all the same, and unset, wait_released() said False for good (while the
             # same failure in the writer's last step is only logged)
             self._released.set()
-
-    def _detach(self) -> None:
-        """Leave the store (:meth:`ReceiptStore.detach_server`) once the receipt writer
-        has stopped: until then the run's lock file says its rows are a live server's."""
-        if self.core.detach_due():
-            self.store.detach_server()
 
     def wait_released(self, timeout: float | None = None) -> bool:
         """After :meth:`close`: wait until every connection the server was serving
@@ -654,13 +563,9 @@ class PaidServer:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._released.wait(timeout):
             return False
-        # The release waits for the writer only so long (release_receipts); one still
-        # writing then (a stalled disk) uses the store yet: closed under it, the
-        # receipts it holds are lost. (A writer that gave receipts up has stopped: its
-        # close() says False, but it no longer uses the store.)
         while True:
             left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
-            if self.receipt_writer.close(left) or self.receipt_writer.stopped:
+            if writer_done(self.receipt_writer, left):
                 return True
             if deadline is not None:
                 return False

@@ -2,16 +2,22 @@
 (:class:`~dtp.hostid.paid.blocking_server.PaidServer`) and the asyncio
 (:class:`~dtp.hostid.paid.asyncio_server.PaidAioServer`) server.
 
+:class:`ServerOptions` checks both servers' options and fills in their defaults.
 :class:`PaidServerCore` is sans-I/O: no socket, thread, task, lock or clock. The servers
 pass it ``now`` and what they read from the ledger, and it answers with what to do next:
-whether an admission may start and what follows its verdict, which connections the
-firewall now denies and which are due for a read of their state on the ledger, whether
-the release of the receipt writer is due, whether an unserved connection is theirs to
-settle. The ledger reads, the store's writes and the connections' closes stay in the
-servers (in threads there, or in the event loop's executor).
+whether an admission may start and what follows its verdict; what a DTP connection
+handed over after its handshake gets (served, refused, settled as unserved) and why one
+is refused before it is served; the Host's rate limits and each client's buckets; which
+connections the firewall now denies and which are due for a read of their state on the
+ledger; how a served connection ends; whether the release of the receipt writer is due;
+whether an unserved connection is theirs to settle. The ledger reads, the store's writes
+and the connections' closes stay in the servers (in threads there, or in the event
+loop's executor), the reads and the release both make in
+:mod:`dtp.hostid.paid.server_steps`.
 
-The blocking server calls it under its own lock (its threads share one core); the
-asyncio server from the event loop only.
+The blocking server calls it under its own lock (its threads share one core; the rate
+limiter under the lock its connections take for their buckets too); the asyncio server
+from the event loop only.
 """
 
 from __future__ import annotations
@@ -23,21 +29,96 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from dtp.errors import DTPError
-from dtp.hostid.paid.policy import CLOSED_REFUSAL
+from dtp.hostid.admission import checked_open_grace
+from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
-from dtp.payments.ratelimit import HostPolicy
+from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter
+from dtp.payments.serving import SERVED_REFUSAL
 from dtp.protocol.connection import CloseCode
+from dtp.transport.blocking.server import check_handshake_bounds, check_server_identity
 from dtp.transport.session import CALLBACK_FAILED
 
 if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted
-    from dtp.hostid.paid.policy import ServicePolicy
     from dtp.ledger.objects import Firewall, Host, Settlement
+    from dtp.protocol.connection import ConnectionConfig
     from dtp.protocol.events import ConnectionTerminated
 
 #: How many of the most recent settlements a server keeps (:attr:`PaidServerCore.settlements`)
 SETTLEMENTS_KEPT = 1024
+#: Why a DTP connection that names no ledger connection, or no client, is aborted
+#: (LedgerAdmission refuses those already)
+NO_LEDGER_CONNECTION = "no ledger connection"
+#: Why a connection whose state the server cannot read on the ledger to meter it is
+#: aborted
+UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A paid server's options as both servers take them (``PaidServer``'s and
+    :func:`dtp.aio.serve`'s keyword arguments), checked and with their defaults: built by
+    :meth:`checked`, before the ledger is read or written."""
+
+    address: tuple[str, int]
+    """Where to listen."""
+    endpoint: tuple[str, int] | None
+    """What to publish in the Host when it differs from the listening address."""
+    policy: ServicePolicy
+    """The service's policy (``ServicePolicy()`` when none was given)."""
+    config: ConnectionConfig | None
+    """The connections' configuration (None: the default)."""
+    backlog: int
+    """The longest line of connections waiting for a handshake slot."""
+    max_handshakes: int
+    """Handshakes in progress at once."""
+    max_handshakes_per_address: int | None
+    """Handshakes in progress at once from one address (None: no cap)."""
+    max_waiting_per_address: int
+    """Connections from one address waiting for a handshake slot."""
+    open_grace: float | None
+    """The admission's grace for an open still landing, in seconds (None: its default)."""
+
+    @classmethod
+    def checked(
+        cls,
+        identity: object,
+        *,
+        address: tuple[str, int],
+        endpoint: tuple[str, int] | None,
+        policy: ServicePolicy | None,
+        config: ConnectionConfig | None,
+        backlog: int,
+        max_handshakes: int,
+        max_handshakes_per_address: int | None,
+        max_waiting_per_address: int,
+        open_grace: float | None,
+    ) -> ServerOptions:
+        """The options, refused as the DTP server would refuse them but before anything
+        reads or writes the ledger (a bound refused only by the listener came after the
+        store's recovery had claimed on the ledger): TypeError for an ``identity`` that
+        is no HostIdentity or an address that is no (host, port) tuple, ValueError or
+        TypeError for a handshake bound (as :func:`dtp.socket.create_server`'s),
+        InvalidArgument for a port out of range or a bad ``open_grace``."""
+        check_server_identity(identity)
+        check_handshake_bounds(
+            max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
+        )
+        check_address(address, "address")
+        if endpoint is not None:
+            check_address(endpoint, "endpoint")
+        return cls(
+            address,
+            endpoint,
+            policy or ServicePolicy(),
+            config,
+            backlog,
+            max_handshakes,
+            max_handshakes_per_address,
+            max_waiting_per_address,
+            checked_open_grace(open_grace),
+        )
 
 
 class _Served(Protocol):
@@ -63,12 +144,30 @@ class AdmitStep(enum.Enum):
     claimed, the whole deposit refunded), then refused with ``CLOSED_REFUSAL``."""
 
 
+class HandleStep(enum.Enum):
+    """What the server does with a DTP connection its DTPServer hands it after the
+    handshake (:meth:`PaidServerCore.handling`)."""
+
+    SERVE = "serve"
+    """Serve it (counted as work until :meth:`PaidServerCore.work_ends`)."""
+    REFUSE = "refuse"
+    """Abort it with ``CLOSED_REFUSAL``, nothing more: the server is closed, and either
+    its reservation settles it as it is released (:meth:`PaidServerCore.unreserved`),
+    or nothing can (no ledger connection; the release is decided: the receipt writer
+    is gone)."""
+    REFUSE_AND_SETTLE = "refuse and settle"
+    """The server is closed: abort it with ``CLOSED_REFUSAL``, then settle it as a
+    connection nobody serves (:meth:`PaidServerCore.reserve_unserved`: nothing claimed,
+    the whole deposit refunded); counted as work until that is done."""
+
+
 @dataclass(frozen=True)
 class PolicyRefresh(Generic[_P]):
     """What a fresh read of the Host asks of the open connections."""
 
     limits: Firewall | None
-    """The Host's firewall when its per-client rate limits changed (set them), else None."""
+    """The Host's firewall when its per-client rate limits changed (set on the core's
+    :attr:`~PaidServerCore.limiter` already), else None."""
     denied: tuple[_P, ...]
     """The connections whose client the firewall no longer permits (deny them)."""
     ledger_checks: tuple[_P, ...]
@@ -90,6 +189,17 @@ class EndPlan:
     that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
     cancelled (the event loop ending: a graceful close could not finish). None: close
     it gracefully."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A connection handed over to serve that is aborted instead
+    (:meth:`PaidServerCore.serve_refusal`, :meth:`PaidServerCore.unmetered`)."""
+
+    reason: str
+    """What it is aborted with: the reason its client reads."""
+    warning: str | None
+    """The line the server logs as a warning with its own logger (None: nothing)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +235,10 @@ class PaidServerCore(Generic[_P]):
         self.serving = ConnectionIds()
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=SETTLEMENTS_KEPT)
         self.host_policy: HostPolicy | None = None
+        #: The Host's per-client rate limits, with each client's buckets (shared by its
+        #: connections; the blocking server touches it under the lock its connections
+        #: take for their buckets)
+        self.limiter = RateLimiter()
         self._live: dict[int, _P] = {}
         self.closed = False
         #: The release is decided: nothing may count in any more
@@ -135,19 +249,32 @@ class PaidServerCore(Generic[_P]):
         self.working = 0
         #: attach_server() was made on the store: detach_server() is due at the release
         self.attached = False
+        #: The ledger connections (normalized IDs) of the DTP connections admitted and
+        #: reserved whose reservation is not released yet, reported by a server whose
+        #: DTPServer tells it of both (:meth:`reserved`, :meth:`unreserved`): True once
+        #: handed to the server to serve (its settlement is then the server's)
+        self._reserved: dict[str, bool] = {}
 
     # -- the host's policy -------------------------------------------------------------
 
     def start(self, host: Host, now: float) -> None:
-        """The Host as read at the start (ValueError for a policy refresh interval that
-        is no positive number)."""
+        """The Host as read at the start: its rate limits set (ValueError for a policy
+        refresh interval that is no positive number)."""
         self.host_policy = HostPolicy(host, now, self.policy.refresh_interval)
+        self.limiter.set_limits(
+            host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, now
+        )
 
     def refresh(self, host: Host, now: float) -> PolicyRefresh[_P]:
-        """A fresh read of the Host, applied to the open connections."""
+        """A fresh read of the Host, applied to the open connections: new rate limits
+        are set at once (on every client's buckets); the denials and the state checks
+        are the caller's to make."""
         assert self.host_policy is not None, "refresh() before start()"
         live = list(self._live.values())
         change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        if change.limits_changed:
+            firewall = change.firewall
+            self.limiter.set_limits(firewall.max_bytes_per_sec, firewall.max_requests_per_sec, now)
         return PolicyRefresh(
             change.firewall if change.limits_changed else None,
             tuple(p for p in live if p.client in change.denied),
@@ -156,13 +283,21 @@ class PaidServerCore(Generic[_P]):
 
     # -- connections -------------------------------------------------------------------
 
+    def buckets(self, client: str, now: float) -> ClientBuckets:
+        """The rate-limit buckets for a connection of ``client`` about to be served
+        (shared with its other connections), given back when :meth:`ended` ends it."""
+        return self.limiter.acquire(client, now)
+
     def opened(self, paid: _P) -> None:
-        """``paid`` is being served (the policy refreshes reach it)."""
+        """``paid``, given its client's :meth:`buckets`, is being served (the policy
+        refreshes reach it)."""
         self._live[id(paid)] = paid
 
     def ended(self, paid: _P) -> None:
-        """``paid`` is no longer served (ending it twice does nothing)."""
-        self._live.pop(id(paid), None)
+        """``paid`` is no longer served: its client's buckets are given back (ending it
+        twice does nothing)."""
+        if self._live.pop(id(paid), None) is not None:
+            self.limiter.release(paid.client)
 
     def live(self) -> list[_P]:
         """The connections being served."""
@@ -178,13 +313,74 @@ class PaidServerCore(Generic[_P]):
         ``SERVED_REFUSAL``). Released with ``serving.release(cid)``."""
         return self.serving.reserve(cid)
 
+    def serve_refusal(self, cid: str | None, client: str | None) -> Refusal | None:
+        """Whether the DTP connection of ``client`` on ledger connection ``cid``, handed
+        over to serve (:attr:`HandleStep.SERVE`), is refused before its receipts and its
+        gate are read: None, and ``cid`` reserved (:meth:`reserve_served`; release it
+        with ``serving.release`` of the normalized ID once the connection is settled),
+        or why not. One DTP connection per ledger connection: a second one, on a gate
+        of its own, would count the first one's receipts again (the client paying once
+        for twice the service) and take another allowance from one escrow. The ID is
+        reserved before the store is read, so that two cannot both pass."""
+        if cid is None or client is None:
+            return Refusal(NO_LEDGER_CONNECTION, None)
+        key = normalize_id(cid, "connection ID")
+        if not self.reserve_served(key):
+            return Refusal(SERVED_REFUSAL, f"refused connection {key}: already served")
+        return None
+
+    @staticmethod
+    def unmetered(cid: str, exc: DTPError) -> Refusal:
+        """Connection ``cid``, its receipt gate not made for ``exc`` (a ChainError: its
+        state could not be read on the ledger), is refused."""
+        return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}")
+
     def reserve_unserved(self, cid: str) -> str | None:
         """The key to settle an admitted connection nobody will serve by (no receipt
         came on it: nothing is claimed, the whole deposit is refunded), reserved; None
         when another DTP connection on it is served or settled (that one's settlement
-        closes it). Released with ``serving.release(key)``."""
+        closes it), or one admitted on it is still reserved (its release settles it,
+        :meth:`unreserved`). Released with ``serving.release(key)``."""
         key = normalize_id(cid, "connection ID")
+        if key in self._reserved:
+            return None
         return key if self.serving.reserve(key) else None
+
+    # -- the DTPServer's reservations and hand-overs --------------------------------------
+
+    def reserved(self, cid: str, made: bool) -> bool:
+        """The DTPServer reserved ``cid`` for the DTP connection an admission (counted
+        as work, :meth:`admission_starts`) just admitted (``made``), and the count goes
+        on with the reservation until :meth:`unreserved`; or it refused it (served
+        already, or at a connection limit), and the admission's count ends here: True
+        when the release is due now (see :meth:`work_ends`)."""
+        if not made:
+            return self.work_ends()
+        self._reserved[normalize_id(cid, "connection ID")] = False
+        return False
+
+    def handling(self, cid: str | None) -> HandleStep:
+        """The DTPServer hands over the DTP connection on ledger connection ``cid``
+        (None: it names none) after its handshake: served unless the server is closed
+        (see :class:`HandleStep`). One handshake can finish as the server closes, after
+        its admission: then nobody will serve it."""
+        key = None if cid is None else normalize_id(cid, "connection ID")
+        if self.closed:
+            if key is None or key in self._reserved or self.releasing:
+                return HandleStep.REFUSE
+            self.working += 1
+            return HandleStep.REFUSE_AND_SETTLE
+        self.working += 1
+        if key in self._reserved:
+            self._reserved[key] = True  # its settlement is the server's now
+        return HandleStep.SERVE
+
+    def unreserved(self, cid: str) -> bool:
+        """The reservation of ``cid`` (:meth:`reserved`) is released, the DTP connection
+        gone: True when it was never served (aborted as the server closed: settle it
+        now, then end its admission's count with :meth:`work_ends`); False when it was
+        (or was not reserved here), and its admission's count is to end now."""
+        return self._reserved.pop(normalize_id(cid, "connection ID"), True) is False
 
     @staticmethod
     def admission_view(admitted: Admitted | None, key: str) -> Admitted | None:
@@ -219,6 +415,22 @@ class PaidServerCore(Generic[_P]):
                 ended is None, logging.INFO, f"connection {cid} ended: {exc}", None
             )
         return HandlerRaised(True, logging.ERROR, f"the handler failed for connection {cid}", exc)
+
+    def ending(
+        self,
+        paid: _P,
+        ended: ConnectionTerminated | None,
+        failed: bool,
+        cancelled: bool = False,
+    ) -> EndPlan:
+        """The end of served connection ``paid`` begins, its final receipt asked for and
+        its deposit read: it no longer counts (:meth:`ended`: its client's rate-limit
+        buckets given back, no refresh reaches it) while its settlement and its close
+        go on, and this is how they go (:meth:`end_plan`). (The server also ends its
+        count against the Host's connection limits now: the client may connect again
+        at once, docs/escrow.md §2.)"""
+        self.ended(paid)
+        return self.end_plan(ended, failed, cancelled)
 
     def end_plan(
         self, ended: ConnectionTerminated | None, failed: bool, cancelled: bool = False

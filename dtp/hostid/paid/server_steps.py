@@ -1,0 +1,125 @@
+"""The ledger reads both paid servers make, written once with what a failed one logs:
+the blocking server (:mod:`dtp.hostid.paid.blocking_server`) calls them inline, the
+asyncio one (:mod:`dtp.hostid.paid.asyncio_server`) in a worker thread. What the
+servers then do with the answers is decided by
+:class:`~dtp.hostid.paid.server_core.PaidServerCore`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from dtp.errors import ChainError, move_error
+from dtp.payments.gate import ended_on_ledger
+from dtp.payments.serving import release_receipts
+
+if TYPE_CHECKING:
+    from dtp.hostid.paid.server_core import PaidServerCore
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Host
+    from dtp.payments.receipt_store import ReceiptStore
+    from dtp.payments.receipt_writer import ReceiptWriter
+    from dtp.payments.serving import Recovery
+
+__all__ = [
+    "ended_connections",
+    "host_to_refresh",
+    "refresh_failed",
+    "release_store",
+    "served_host",
+    "writer_done",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _Checked(Protocol):
+    """What a state check reads of a served connection."""
+
+    connection_id: str
+    ledger_check_due: float  # (monotonic)
+
+
+_C = TypeVar("_C", bound=_Checked)
+
+
+def served_host(ledger: Ledger, host_id: str, port: int) -> Host:
+    """The Host ``host_id`` as a server of its ``port`` reads it at the start;
+    ServiceNotFound (``host::EServiceNotFound``) when it publishes no service on that
+    port: nobody could be admitted to it."""
+    host = ledger.get_host(host_id)
+    if port not in host.services:
+        raise move_error("host", "EServiceNotFound", f"port {port} of host {host_id}")
+    return host
+
+
+def host_to_refresh(ledger: Ledger, host_id: str) -> Host | None:
+    """The Host read for a refresh of the policy, or None (a warning logged) when the
+    ledger cannot be read now: the open connections keep the policy they have until
+    the next refresh reads it."""
+    try:
+        return ledger.get_host(host_id)
+    except ChainError as exc:
+        logger.warning("cannot read host %s: %s", host_id, exc)
+        return None
+
+
+def ended_connections(ledger: Ledger, due: Sequence[_C]) -> list[_C]:
+    """Those of the connections ``due`` for a read of their state
+    (:attr:`PolicyRefresh.ledger_checks <dtp.hostid.paid.server_core.PolicyRefresh>`)
+    no longer Open on the ledger, to be closed; none (a warning logged) when the ledger
+    cannot be read now: they are due again at the next check."""
+    if not due:
+        return []
+    try:
+        return ended_on_ledger(ledger, due)
+    except ChainError as exc:
+        logger.warning("cannot read the state of open connections: %s", exc)
+        return []
+
+
+def refresh_failed(host_id: str, interval: float) -> None:
+    """Log a refresh of the policy that raised something other than a ChainError (a
+    bug, a value a ledger should not return), with its traceback. The servers' policy
+    loops go on after it: ended, the firewall and the limits of open connections would
+    go unenforced for the life of the server, silently. One refresh, so one log, per
+    interval."""
+    logger.exception(
+        "refreshing the policy of host %s failed; trying again in %g s", host_id, interval
+    )
+
+
+def release_store(
+    core: PaidServerCore[Any],
+    writer: ReceiptWriter,
+    store: ReceiptStore,
+    own_store: bool,
+    recovery: Recovery | None,
+    recovery_wait: float | None = None,
+) -> None:
+    """The release of a closed server with no work left: a recovery under way ends
+    first (it claims from the store; waited for ``recovery_wait`` seconds at most, None:
+    until it does), then the receipt writer writes what it holds and stops, and only
+    then is the store left (:meth:`ReceiptStore.detach_server`, once, if the server
+    attached: until then the run's lock file says its rows are a live server's) and
+    closed when the server opened it (``own_store``): :func:`release_receipts`."""
+    if recovery is not None:
+        recovery.join(recovery_wait)
+    release_receipts(writer, store, own_store, functools.partial(_detach, core, store))
+
+
+def _detach(core: PaidServerCore[Any], store: ReceiptStore) -> None:
+    if core.detach_due():
+        store.detach_server()
+
+
+def writer_done(writer: ReceiptWriter, wait: float) -> bool:
+    """After the release: whether the receipt writer no longer uses the store -- it
+    stopped within ``wait`` seconds (0: only look), or gave its receipts up (its close()
+    says False, but it has stopped). The release waits for the writer only so long
+    (:func:`release_receipts`); one still writing then (a stalled disk) uses the store
+    yet: a store passed in, closed under it, loses the receipts it holds."""
+    return writer.close(wait) or writer.stopped

@@ -1,0 +1,51 @@
+"""A connection both paid servers admitted but cannot meter -- its state unreadable on
+the ledger as the receipt gate is made -- is aborted with UNMETERED_REFUSAL, the client
+reading that reason, and the server's warning names the connection. Both drivers (the
+``driver`` fixture), a real connection over 127.0.0.1 and a LocalLedger file; the gate
+fails where the server module looks ``gate_for`` up."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dtp.chain.objects import Sla
+from dtp.errors import ChainError, DTPError
+from dtp.hostid.paid.server_core import UNMETERED_REFUSAL
+from tests.paid.conftest import Driver
+from tests.support.paid_inprocess import ident
+from tests.support.paid_twins import funded_ledger
+
+SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
+SERVER, CLIENT = ident(0xB5), ident(0xB6)
+PORT = 7105
+
+
+def test_a_connection_that_cannot_be_metered_is_aborted_with_the_reason(
+    tmp_path: Path,
+    driver: Driver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    module = importlib.import_module(driver.server_module)
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise ChainError("the ledger is unreachable")
+
+    monkeypatch.setattr(module, "gate_for", unreadable)
+    with (
+        caplog.at_level(logging.WARNING, logger=driver.server_module),
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        driver.connected(
+            ledger, "echo", host=SERVER, client=CLIENT, port=PORT, sla=SLA, deposit=5000
+        ) as (_, sock),
+    ):
+        cid = sock.connection_id
+        with pytest.raises(DTPError, match=UNMETERED_REFUSAL):
+            sock.sendall(b"ping")
+            sock.recv(4)
+    assert f"cannot meter connection {cid}: the ledger is unreachable" in caplog.text
