@@ -10,9 +10,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from dtp.daemon import served
 from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.logs import kv, log_failure
-from dtp.daemon.served import LEDGER_CHECK, ServedConnection, service_row
+from dtp.daemon.served import ServedConnection, service_row
 from dtp.daemon.state import StatusBook
 from dtp.errors import ChainError
 from dtp.ledger.interface import Ledger
@@ -53,13 +54,19 @@ class HostPolicy:
         limiting), until one succeeds again; said once, not at every refresh."""
         self._firewall: Firewall | None = None  # the Host's, as last read
         self._task: asyncio.Task[None] | None = None
+        # one first read at a time: two connections at once each started a loop, and
+        # stop() ended only the last (tests/daemon/test_service_host_parts.py)
+        self._starting = asyncio.Lock()
 
     async def watch(self, host_id: str) -> None:
         """Read the Host's firewall once (before the first connection is served), then
         keep re-reading it every :data:`POLICY_REFRESH` seconds."""
-        if self._task is None and host_id:
-            await self.refresh(host_id)
-            self._task = asyncio.ensure_future(self._loop(host_id))
+        if self._task is not None or not host_id:
+            return
+        async with self._starting:
+            if self._task is None:
+                await self.refresh(host_id)
+                self._task = asyncio.ensure_future(self._loop(host_id))
 
     async def _loop(self, host_id: str) -> None:
         while True:
@@ -106,7 +113,7 @@ class HostPolicy:
     async def _check_on_ledger(self) -> None:
         """Close the open connections no longer Open on the ledger (each read every
         :data:`LEDGER_CHECK`, in a thread)."""
-        due = ledger_checks_due(self.conns.values(), time.monotonic(), LEDGER_CHECK)
+        due = ledger_checks_due(self.conns.values(), time.monotonic(), served.LEDGER_CHECK)
         if not due:
             return
         try:

@@ -6,6 +6,7 @@ place), and the settlements the drain waits for."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
 from dtp.daemon.config import Backend, ServiceConfig
@@ -75,3 +76,36 @@ def test_the_drain_waits_for_a_refusals_refund_under_way(host: ServiceHost) -> N
     assert fees.settled == [CID]
     assert host.book.service("dns").refunded == DEPOSIT
     assert not host.settlements.running
+
+
+def test_connections_arriving_together_start_one_firewall_refresh_loop(
+    host: ServiceHost,
+) -> None:
+    """Two connections arriving while the first read of the Host is still on the ledger
+    start one refresh loop between them, and the drain's stop ends it: a second loop
+    would go on reading the ledger after the daemon stopped."""
+    reads: list[str] = []
+    real = host.policy.ledger
+
+    class SlowLedger:
+        def get_host(self, host_id: str) -> Any:
+            reads.append(host_id)
+            time.sleep(0.2)
+            return real.get_host(host_id)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    hid = real.create_host(host.identity, host.identity.noise_public)
+    host.policy.ledger = cast(Any, SlowLedger())
+
+    async def main() -> None:
+        await asyncio.gather(host.policy.watch(hid), host.policy.watch(hid))
+        assert len(reads) == 1  # the second waited for the first read, and made none
+        loops = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "HostPolicy._loop"]
+        assert len(loops) == 1
+        await host.policy.stop()
+        await asyncio.sleep(0)
+        assert all(t.done() for t in loops)
+
+    asyncio.run(main())
