@@ -127,8 +127,8 @@ class Settlements:
         same connection under way, settles (:meth:`ServerFees.settle`), counts what it
         claimed and refunded in the status once -- under ``service``, or the service
         of the connection's port -- and has one that failed tried again later
-        (:meth:`_retry_loop`). Counted by each caller, the refused connections', the
-        cut ones' and the restart's claims went uncounted. ``served``: the connection
+        (:meth:`_retry_loop`); counted here, so that no path (a refusal, a cut
+        connection, a restart's claim) can forget to. ``served``: the connection
         was served in this run, its receipts counted as earned as they were kept (its
         claim does not raise ``fees_earned``: see :meth:`_count_settled`).
 

@@ -143,9 +143,8 @@ class _Outage:
 
 
 def _short_retries(monkeypatch: pytest.MonkeyPatch, first: float = 0.05, most: float = 0.1) -> None:
-    # (raising=False: the old code, which had none, fails on what it does, not here)
-    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", first, raising=False)
-    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", most, raising=False)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", first)
+    monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", most)
 
 
 def _messages(caplog: pytest.LogCaptureFixture, level: int, message: str, cid: str) -> int:
