@@ -654,3 +654,28 @@ def test_never_more_served_than_receipts_and_credit_cover(
             assert latest.total_amount <= cover.deposited
             assert latest.nonce >= nonce
             nonce = latest.nonce
+
+
+def test_request_payments_keeps_its_attributes_writable() -> None:
+    """RequestPayments' state lives in its RequestCover; its attributes stay writable as
+    they were, and a write is what the next request is judged by."""
+    payments = _payments()
+    with pytest.raises(E.PaymentRequired):
+        payments.admit(None)  # no receipt and no credit
+    other = Sla(price_per_kib=0, price_per_request=PRICE * 2, min_deposit=0)
+    payments.sla = other
+    payments.client_public_key = SERVER.ed25519_public
+    payments.connection_id = "0x" + "cd" * 32
+    payments.latest = None
+    assert (payments.sla, payments.client_public_key, payments.latest) == (
+        other,
+        SERVER.ed25519_public,
+        None,
+    )
+    assert payments.connection_id == "0x" + "cd" * 32
+    payments.credit_requests = 1
+    payments.served = 0
+    payments.admit(None)  # within the one request of credit again
+    assert payments.served == 1
+    with pytest.raises(E.PaymentRequired):
+        payments.admit(None)

@@ -144,15 +144,27 @@ class RequestPayments:
         """The connection whose escrow pays (normalized)."""
         return self._cover.connection_id
 
+    @connection_id.setter
+    def connection_id(self, value: str) -> None:
+        self._cover.connection_id = value
+
     @property
     def sla(self) -> Sla:
         """The connection's fees."""
         return self._cover.sla
 
+    @sla.setter
+    def sla(self, value: Sla) -> None:
+        self._cover.sla = value
+
     @property
     def client_public_key(self) -> bytes:
         """The client's Ed25519 key, which signs the receipts."""
         return self._cover.client_public_key
+
+    @client_public_key.setter
+    def client_public_key(self, value: bytes) -> None:
+        self._cover.client_public_key = value
 
     @property
     def deposited(self) -> int:
@@ -177,10 +189,18 @@ class RequestPayments:
         """Requests counted as served."""
         return self._cover.served
 
+    @served.setter
+    def served(self, value: int) -> None:
+        self._cover.served = value
+
     @property
     def latest(self) -> Receipt | None:
         """The newest receipt accepted: what the server claims."""
         return self._cover.latest
+
+    @latest.setter
+    def latest(self, value: Receipt | None) -> None:
+        self._cover.latest = value
 
     def resume(self, latest: Receipt) -> None:
         """Carry on from ``latest``, a receipt accepted earlier on this connection
