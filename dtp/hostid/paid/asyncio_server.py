@@ -516,11 +516,11 @@ class PaidAioServer:
                 await self.refresh_policy()
             except Exception:  # (not the end of the task: see refresh_failed)
                 # (nobody retrieves the task's exception; a cancellation passes)
-                refresh_failed(self.host_id, self.policy.refresh_interval)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id)
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
         if host is None:
             return
         now = time.monotonic()
@@ -528,7 +528,9 @@ class PaidAioServer:
         for paid in refresh.denied:
             paid.deny()
         due = refresh.ledger_checks
-        for paid in await asyncio.to_thread(ended_connections, self.ledger, due) if due else ():
+        for paid in (
+            await asyncio.to_thread(ended_connections, self.ledger, due, logger) if due else ()
+        ):
             paid.closed_on_ledger()
 
     @property

@@ -475,11 +475,11 @@ class PaidServer:
             try:
                 self.refresh_policy()
             except Exception:  # (not the end of the loop: see refresh_failed)
-                refresh_failed(self.host_id, self.policy.refresh_interval)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = host_to_refresh(self.ledger, self.host_id)
+        host = host_to_refresh(self.ledger, self.host_id, logger)
         if host is None:
             return
         now = time.monotonic()
@@ -487,7 +487,7 @@ class PaidServer:
             refresh = self.core.refresh(host, now)
         for paid in refresh.denied:
             paid.deny()
-        for paid in ended_connections(self.ledger, refresh.ledger_checks):
+        for paid in ended_connections(self.ledger, refresh.ledger_checks, logger):
             paid.closed_on_ledger()
 
     @property
