@@ -36,7 +36,13 @@ from dtp.hostid.paid.asyncio import (
 )
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import (
+    END_FAILED,
+    AdmitStep,
+    HandleStep,
+    PaidServerCore,
+    ServerOptions,
+)
 from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
@@ -387,14 +393,18 @@ class PaidAioServer:
         """The end phase of a served connection: what is held goes out, the final
         receipt is asked for, the connection closes and is settled. A cancellation
         (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
-        but not the settlement: it is re-raised once settled. (Skipped, the ledger
-        connection would stay Open and the deposit locked until the half-close timeout.)"""
+        but not the settlement: it is re-raised once settled; any other error in those
+        steps is logged, and the settlement goes on too. (Skipped, the ledger connection
+        would stay Open, the server's fee unclaimed and the deposit locked until the
+        half-close timeout.)"""
         proto = paid.proto
         cancelled = False
         try:
             await self._wind_up(paid, cid)
         except asyncio.CancelledError:
             cancelled = True
+        except Exception:  # (the settlement must run all the same)
+            logger.exception(END_FAILED, cid)
         finally:
             plan = self.core.ending(paid, proto.session.terminated, failed, cancelled)
             # it no longer counts against the Host's connection limits: the client may

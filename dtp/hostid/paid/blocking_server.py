@@ -51,7 +51,13 @@ from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import (
+    END_FAILED,
+    AdmitStep,
+    HandleStep,
+    PaidServerCore,
+    ServerOptions,
+)
 from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
@@ -427,14 +433,10 @@ class PaidServer:
             logger.log(raised.level, raised.message, exc_info=raised.exc_info)
             failed = raised.failed
         finally:
-            with contextlib.suppress(DTPError):
-                paid.request_final_receipt()
-            # a receipt the client signed above the deposit as admission read it (it
-            # topped up) is judged before the settlement, or it goes unclaimed
             try:
-                paid.read_deposit(ending=True)
+                self._wind_up(paid, cid)
             except Exception:  # (the settlement must run all the same)
-                logger.exception("connection %s: reading its escrow at the end failed", cid)
+                logger.exception(END_FAILED, cid)
             with self._live_lock, self._limit_lock:
                 plan = self.core.ending(paid, paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
@@ -452,6 +454,18 @@ class PaidServer:
                 sock.close()  # (also once the session ended: the socket's resources)
             if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
+
+    @staticmethod
+    def _wind_up(paid: PaidConnection, cid: str) -> None:
+        """Before the close: the final receipt is asked for, and a top-up is read."""
+        with contextlib.suppress(DTPError):
+            paid.request_final_receipt()
+        # a receipt the client signed above the deposit as admission read it (it
+        # topped up) is judged before the settlement, or it goes unclaimed
+        try:
+            paid.read_deposit(ending=True)
+        except Exception:  # (the settlement must run all the same)
+            logger.exception("connection %s: reading its escrow at the end failed", cid)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None

@@ -53,6 +53,10 @@ NO_LEDGER_CONNECTION = "no ledger connection"
 #: Why a connection whose state the server cannot read on the ledger to meter it is
 #: aborted
 UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
+#: What a server logs (with the connection ID, and the traceback) when a step of a
+#: served connection's end before its settlement fails: the settlement runs all the
+#: same, or the server's fee went unclaimed and the deposit stayed locked
+END_FAILED = "connection %s: its end before the settlement failed"
 
 
 @dataclass(frozen=True)
