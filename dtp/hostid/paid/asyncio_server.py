@@ -350,6 +350,8 @@ class PaidAioServer:
             refused = self.core.unmetered(cid, exc)
             logger.warning(refused.warning)
             writer.abort(refused.reason)
+            if refused.settle and await self._settle_surely(cid, None, admitted):
+                raise asyncio.CancelledError from None
             return
         paid = PaidConnection(
             proto,

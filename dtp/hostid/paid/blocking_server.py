@@ -407,6 +407,8 @@ class PaidServer:
             refused = self.core.unmetered(cid, exc)
             logger.warning(refused.warning)
             sock.abort(refused.reason)
+            if refused.settle:
+                self._settle(cid, admitted)
             return
         with self._live_lock, self._limit_lock:
             buckets = self.core.buckets(client, time.monotonic())
