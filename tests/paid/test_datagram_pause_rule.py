@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,34 @@ PAUSE = 1.0
 TOO_BIG = 15_000
 #: How long the handler goes on trying (the defect's connection never closed)
 TRIES_FOR = 5.0
+
+
+def _served(
+    tmp_path: Path,
+    driver: Driver,
+    handlers: tuple[Any, Any],
+    policy: ServicePolicy,
+    done: Callable[[], bool],
+) -> None:
+    """Serve ``handlers`` (blocking, asyncio) under ``policy`` to a client that pays
+    nothing, write the "go" they wait for, and wait until ``done()``."""
+    with (
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        driver.connected(
+            ledger,
+            handlers,
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=100_000,
+            metering=UNPAID,
+            timeout=WAIT,
+            policy=policy,
+        ) as (_, sock),
+    ):
+        sock.sendall(b"go")
+        assert wait_for(done, WAIT)
 
 
 def test_stream_writes_do_not_end_a_datagram_pause(tmp_path: Path, driver: Driver) -> None:
@@ -77,23 +106,8 @@ def test_stream_writes_do_not_end_a_datagram_pause(tmp_path: Path, driver: Drive
             out["raised"] = exc
         out["after"] = time.monotonic() - began
 
-    with (
-        funded_ledger(tmp_path, CLIENT) as ledger,
-        driver.connected(
-            ledger,
-            (tries, tries_aio),
-            host=SERVER,
-            client=CLIENT,
-            port=PORT,
-            sla=SLA,
-            deposit=100_000,
-            metering=UNPAID,
-            timeout=WAIT,
-            policy=ServicePolicy(allowance=100, pause_timeout=PAUSE),
-        ) as (_, sock),
-    ):
-        sock.sendall(b"go")
-        assert wait_for(lambda: "after" in out, WAIT)
+    policy = ServicePolicy(allowance=100, pause_timeout=PAUSE)
+    _served(tmp_path, driver, (tries, tries_aio), policy, lambda: "after" in out)
     assert isinstance(out.get("raised"), PaymentRequired), out
     assert f"no credit covered a datagram of {TOO_BIG} bytes" in str(out["raised"])
     assert PAUSE - 0.1 <= out["after"] < TRIES_FOR - 1.0, out
@@ -141,21 +155,6 @@ def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
             await asyncio.sleep(0.01)
         out["ended"] = paid.core.unpaid_datagrams_since is None
 
-    with (
-        funded_ledger(tmp_path, CLIENT) as ledger,
-        driver.connected(
-            ledger,
-            (pays, pays_aio),
-            host=SERVER,
-            client=CLIENT,
-            port=PORT,
-            sla=SLA,
-            deposit=100_000,
-            metering=UNPAID,
-            timeout=WAIT,
-            policy=ServicePolicy(allowance=300, pause_timeout=30.0),
-        ) as (_, sock),
-    ):
-        sock.sendall(b"go")
-        assert wait_for(lambda: "ended" in out, WAIT)
+    policy = ServicePolicy(allowance=300, pause_timeout=30.0)
+    _served(tmp_path, driver, (pays, pays_aio), policy, lambda: "ended" in out)
     assert out == {"paused": True, "ended": True}
