@@ -45,7 +45,6 @@ from dtp.transport.blocking.checks import (
 from dtp.transport.blocking.connect import DEFAULT_TIMEOUT
 from dtp.transport.blocking.engine import DRAIN_QUIET, LOSSY_LINGER, READ_FIRST_SKIP
 from dtp.transport.blocking.files import FileStream, stream_file
-from dtp.transport.blocking.server import check_server_identity
 from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
@@ -220,8 +219,8 @@ def serve(
     read or written)."""
     from dtp.hostid.paid import PaidServer
 
-    # before the ledger is read or written (PaidServer checks the handshake bounds first)
-    check_server_identity(identity)
+    # (PaidServer checks the identity, then the other options, before the ledger is
+    # read or written: ServerOptions.checked)
     return PaidServer(
         host_id,
         port,

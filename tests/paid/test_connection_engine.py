@@ -388,6 +388,24 @@ def test_a_datagram_pause_is_timed_across_the_calls_its_deadline_ended() -> None
     assert paid.unpaid_datagrams_since is None
 
 
+def test_payment_ends_a_timed_out_datagram_pause_only_when_it_covers_the_datagram() -> None:
+    """The blocking send whose call timed out leaves the size of its datagram with the
+    pause, as the asyncio drop does: payment that came then ends the pause only when
+    the credit covers that datagram, not any payment at all
+    (tests/paid/test_datagram_pause_rule.py)."""
+    paid = engine()  # (allowance 1000 bytes at 1 MIST a byte)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    call = paid.pause(0.0, whole=500, deadline=0.0)
+    call.step(pausing, 0.0)
+    assert call.step(pausing, 0.1).action is PauseAction.TIMED_OUT
+    assert (paid.unpaid_datagrams_since, paid.unpaid_size) == (0.0, 500)
+    assert not paid.datagrams_covered_again((900, 0), 0)  # 100 bytes: not the 500
+    assert not paid.datagrams_covered_again((400, 0), 200)  # queued bytes hold the credit
+    assert paid.unpaid_datagrams_since == 0.0
+    assert paid.datagrams_covered_again((400, 0), 0)
+    assert paid.unpaid_datagrams_since is None
+
+
 def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
     """The asyncio send that never waits: datagrams_dropped is a paused send's step
     without the wait, timed from the first drop; payment that covers the datagram it

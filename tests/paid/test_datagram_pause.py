@@ -25,7 +25,8 @@ The asyncio paid server's datagram pause (dtp.hostid.paid.aio):
 - the pause of datagram sends was over only when a datagram send went whole: payment
   that came otherwise (a receipt, the credit then spent on stream bytes) left it
   running, so a datagram dropped long after closed the connection at once, though the
-  client had paid since (dtp.hostid.paid's look finds it served: a pause after is a new one);
+  client had paid since (payment that covers the dropped datagram ends it now, on both
+  drivers: tests/paid/test_datagram_pause_rule.py);
 - an empty ``send_datagrams([])`` ended the pause (it went "whole"): a handler sending
   batches, some empty, to a client that pays nothing never closed the connection.
 

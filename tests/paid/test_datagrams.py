@@ -51,14 +51,8 @@ class World(PaidWorld):
         return self.connect_as(CLIENT, PORT, deposit, metering=UNPAID, timeout=WAIT)
 
     def serve(self, handler: Any, policy: ServicePolicy) -> PaidServer:
-        return dtp.socket.serve(
-            self.host_id,
-            PORT,
-            handler,
-            ledger=self.server_ledger,
-            identity=SERVER,
-            receipts=self.tmp_path / "receipts.db",
-            policy=policy,
+        return self.serve_blocking(
+            PORT, handler, SERVER, receipts=self.tmp_path / "receipts.db", policy=policy
         )
 
 

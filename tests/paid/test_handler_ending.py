@@ -3,7 +3,8 @@ and end_plan, one rule for both drivers): a handler that fails while the connect
 goes on has it aborted, the client reading an error rather than a clean end; a handler
 the gate closed for want of payment (PaymentRequired raised out of it) leaves the
 client reading that close. Either way the connection is settled, no MIST lost, and the
-server logs it with its own module's logger, in one text for both drivers.
+server logs it with its own module's logger, in one text for both drivers. A step of
+the end before the settlement that fails does not skip the settlement.
 
 Both drivers (the ``driver`` fixture), real connections on 127.0.0.1, a LocalLedger
 file in tmp_path."""
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import dtp.hostid.paid.asyncio as paid_asyncio
+import dtp.hostid.paid.blocking as blocking
 from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
-from tests.paid.conftest import Driver
+from tests.paid.conftest import Driver, exchange
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
 from tests.support.polling import wait_for
@@ -108,3 +112,75 @@ def test_the_client_reads_how_the_handler_ended(
         ended_log = [r for r in logged if r.getMessage().startswith(f"connection {cid} ended: ")]
         assert [(r.name, r.levelno) for r in ended_log] == [(driver.server_module, logging.INFO)]
         assert ended_log[0].exc_info is None
+
+
+ROUNDS = 3  # (exchange()'s 30,000 bytes each)
+
+
+def _echoes_then_returns(sock: PaidSocket) -> None:
+    for _ in range(ROUNDS):
+        got = 0
+        while got < 30_000:
+            data = sock.recv(30_000 - got)
+            got += len(data)
+            sock.sendall(data)
+
+
+async def _echoes_then_returns_aio(reader: PaidReader, writer: PaidWriter) -> None:
+    for _ in range(ROUNDS):
+        writer.write(await reader.readexactly(30_000))
+        await writer.drain()
+
+
+def test_a_failed_step_of_the_end_does_not_skip_the_settlement(
+    tmp_path: Path,
+    driver: Driver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A step of the end before the settlement (here the final receipt's request, which
+    # raises once it is done) that fails with an error that is no DTPError: the error
+    # is logged on the server's logger and the connection settled all the same, the
+    # server's fee claimed (skipped, the connection stayed Open until the half-close
+    # timeout, the fee unclaimed).
+    module = blocking if driver.name == "blocking" else paid_asyncio
+    original = module.PaidConnection.request_final_receipt
+
+    if driver.name == "blocking":
+
+        def fails(self: Any) -> None:
+            original(self)
+            raise RuntimeError("a bug in the end")
+
+    else:
+
+        async def fails(self: Any) -> None:  # type: ignore[misc]
+            await original(self)
+            raise RuntimeError("a bug in the end")
+
+    monkeypatch.setattr(module.PaidConnection, "request_final_receipt", fails)
+    with (
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        caplog.at_level(logging.ERROR, logger=driver.server_module),
+        driver.connected(
+            ledger,
+            (_echoes_then_returns, _echoes_then_returns_aio),
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=DEPOSIT * 100,
+        ) as (_, sock),
+    ):
+        cid = sock.connection_id
+        assert cid is not None
+        exchange(sock, ROUNDS)
+        assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
+        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        # (1 MIST a byte: the final receipt covers both directions of every round)
+        assert escrow.claimed >= 2 * ROUNDS * 30_000
+        assert escrow.claimed + escrow.refunded == escrow.deposited
+    failed = [r for r in caplog.records if r.exc_info is not None and r.exc_info[0] is RuntimeError]
+    assert [(r.name, r.getMessage()) for r in failed] == [
+        (driver.server_module, f"connection {cid}: its end before the settlement failed")
+    ]

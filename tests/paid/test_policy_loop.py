@@ -6,7 +6,11 @@
    it the deny list's reach over open connections -- for the life of the server,
    silently (the thread died; nobody retrieved the task's exception). It now logs the
    error and refreshes again at the next interval.
-2. PaidAioServer's start attached to its receipt store on the event loop: behind
+2. A refresh that cannot read the ledger (the Host, or the state of open connections)
+   is logged on the server's own logger (``dtp.hostid.paid.blocking_server``,
+   ``.asyncio_server``), where an operator filtering on it finds it, whichever module
+   made the read.
+3. PaidAioServer's start attached to its receipt store on the event loop: behind
    another process holding the store's lock file, the loop stood still for up to
    BUSY_TIMEOUT. The attach runs in a thread now.
 
@@ -31,7 +35,7 @@ import dtp.receipt_store
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Host, Sla
-from dtp.errors import ConnectionClosed
+from dtp.errors import ConnectionClosed, LedgerUnavailable
 from dtp.hostid.paid import ServicePolicy
 from dtp.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import (
@@ -81,6 +85,31 @@ class HostReadFault:
         host = self._ledger.get_host(host_id)
         self.read.set()
         return host
+
+
+class ReadOutage:
+    """The ledger a server is given: ``ledger`` itself, except that the reads named in
+    :attr:`down` (``get_host``, ``connection_state``) fail with LedgerUnavailable, as
+    with a node that cannot be reached."""
+
+    def __init__(self, ledger: LocalLedger) -> None:
+        self._ledger = ledger
+        self.down: frozenset[str] = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def _read(self, name: str) -> Any:
+        if name in self.down:
+            raise LedgerUnavailable(f"ledger unavailable ({name})")
+        return getattr(self._ledger, name)
+
+    def get_host(self, host_id: str) -> Host:
+        host: Host = self._read("get_host")(host_id)
+        return host
+
+    def connection_state(self, connection_id: str) -> Any:
+        return self._read("connection_state")(connection_id)
 
 
 @pytest.fixture
@@ -141,6 +170,46 @@ def test_an_unexpected_error_in_a_refresh_does_not_end_the_policy_loop(
     assert host_id in failures[0].getMessage()
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_ledger_read_a_refresh_cannot_make_is_logged_on_the_servers_logger(
+    ledger: LocalLedger, api: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host_id = paid_host(ledger)
+    outage = ReadOutage(ledger)
+    name = f"dtp.hostid.paid.{api}_server"
+    policy = ServicePolicy(refresh_interval=0.1, ledger_check_interval=0.1)
+    reads = [
+        ("connection_state", "cannot read the state of open connections"),
+        ("get_host", f"cannot read host {host_id}"),
+    ]
+
+    def logged(line: str) -> bool:
+        return any(line in r.getMessage() for r in caplog.records)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="dtp"),
+        echo_server(api, outage, host_id, port=PORT, identity=SERVER, policy=policy) as server,
+    ):
+        sock = dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", timeout=30, ledger=ledger, identity=CLIENT, deposit=100_000
+        )
+        try:
+            sock.sendall(b"hi")
+            assert sock.recv(16) == b"hi"
+            # the state of the open connection, due for a check at each refresh,
+            # cannot be read; then the Host cannot be read
+            for read, line in reads:
+                outage.down = frozenset([read])
+                assert wait_for(lambda line=line: logged(line), timeout=30), line
+            outage.down = frozenset()
+        finally:
+            sock.close()
+        assert wait_for(lambda: server.open_connections == 0, timeout=30)
+    for _, line in reads:
+        lines = [r for r in caplog.records if line in r.getMessage()]
+        assert {(r.name, r.levelno) for r in lines} == {(name, logging.WARNING)}, line
 
 
 def test_the_event_loop_runs_on_while_the_asyncio_server_waits_for_the_lock_file(

@@ -240,9 +240,13 @@ def test_a_connection_handed_over_is_refused_without_a_ledger_connection_or_a_se
     server.serving.release(CID)
     assert server.serve_refusal(CID, ALICE) is None
     unread = ObjectNotFound(f"connection {CID}")
+    # (settled at once as a connection nobody serves, its deposit refunded whole)
     assert PaidServerCore.unmetered(CID, unread) == Refusal(
-        UNMETERED_REFUSAL, f"cannot meter connection {CID}: {unread}"
+        UNMETERED_REFUSAL, f"cannot meter connection {CID}: {unread}", settle=True
     )
+    # the refusals before the gate leave the settlement to whoever holds the ID
+    before_gate = server.serve_refusal(None, ALICE)
+    assert before_gate is not None and not before_gate.settle
 
 
 def test_one_dtp_connection_per_ledger_connection() -> None:

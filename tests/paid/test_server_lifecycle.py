@@ -11,45 +11,30 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument, ReceiptStoreError, ServiceNotFound
 from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
+from tests.paid.servers import PORT, SERVER, SLA, hosted_world
+from tests.paid.servers import World as ServiceWorld
 from tests.support.leaks import resource_warnings
+from tests.support.paid_twins import ident
 
-SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
-PORT = 7000
 CID = "0x" + "ab" * 32
+CLIENT = ident(0x62)
 
 
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, CLIENT = ident(0x61), ident(0x62)
-
-
-@dataclass
-class World:
-    tmp: Path
-    ledger: LocalLedger
-    host_id: str
-
-    @property
-    def receipts(self) -> Path:
-        return self.tmp / "receipts.db"
+class World(ServiceWorld):
+    """:class:`tests.paid.servers.World` (SERVER's echo service on PORT), read for the
+    endpoints its Host publishes."""
 
     def endpoints(self) -> list[bytes]:
         return [bytes(e) for e in self.ledger.get_host(self.host_id).endpoints]
@@ -57,13 +42,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    ledger = LocalLedger(tmp_path / "ledger.db")
-    host_id = ledger.create_host(SERVER, SERVER.noise_public)
-    ledger.add_service(SERVER, host_id, PORT, "echo", SLA)
-    try:
-        yield World(tmp_path, ledger, host_id)
-    finally:
-        ledger.close()
+    with hosted_world(tmp_path) as made:
+        yield World(made.tmp, made.ledger, made.host_id)
 
 
 def dtp_threads() -> list[str]:
@@ -201,9 +181,7 @@ def test_a_connection_open_at_close_settles_then_the_writer_ends(world: World) -
     world.ledger.faucet(CLIENT.sui_address, 100_000)
     threads, fds = dtp_threads(), open_fds()
     server = serve_blocking(world, receipts=world.receipts)
-    with dtp.socket.create_connection(
-        f"dtp://{world.host_id}:{PORT}", timeout=10, ledger=world.ledger, identity=CLIENT
-    ) as sock:
+    with world.connect(CLIENT, metering=None) as sock:
         sock.sendall(b"x" * 100)
         assert sock.recv(100) == b"x" * 100
         server.close()

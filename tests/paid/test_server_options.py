@@ -1,7 +1,7 @@
 """A paid server's options (dtp/hostid/paid/server_core.py: ServerOptions), checked in
 one place for both servers: their defaults, and each bad one refused with its own error
-before the ledger is read or written -- driven without I/O, then through ``PaidServer``
-and ``dtp.aio.serve``."""
+before the ledger is read or written -- driven without I/O, then through ``PaidServer``,
+``dtp.socket.serve`` and ``dtp.aio.serve``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
+import dtp.socket
 from dtp.errors import InvalidArgument
 from dtp.hostid.paid import PaidServer, ServicePolicy
 from dtp.hostid.paid.server_core import ServerOptions
@@ -74,7 +75,7 @@ def test_a_bad_option_is_refused_with_its_error(
         ServerOptions.checked(identity, **_options(**given))
 
 
-@pytest.mark.parametrize("server", ["blocking", "asyncio"])
+@pytest.mark.parametrize("server", ["blocking", "socket", "asyncio"])
 @pytest.mark.parametrize(("identity", "given", "error", "says"), BAD)
 def test_both_servers_refuse_a_bad_option_before_the_ledger(
     tmp_path: Path,
@@ -85,14 +86,15 @@ def test_both_servers_refuse_a_bad_option_before_the_ledger(
     says: str | None,
 ) -> None:
     """Before the store is opened and the Host read: the blocking server constructed
-    directly (not through ``dtp.socket.serve``, which checks the identity itself) too."""
+    directly and through ``dtp.socket.serve`` (which leaves every check to it)."""
     w = World(tmp_path)
     receipts = tmp_path / "r.db"
     kwargs = _options(**given)
     try:
         with pytest.raises(error, match=says):
-            if server == "blocking":
-                PaidServer(
+            if server in ("blocking", "socket"):
+                make = PaidServer if server == "blocking" else dtp.socket.serve
+                make(
                     w.host_id,
                     PORT,
                     lambda sock: None,
@@ -115,5 +117,29 @@ def test_both_servers_refuse_a_bad_option_before_the_ledger(
                 )
         assert not receipts.exists()
         assert not w.book.get_host(w.host_id).endpoints
+    finally:
+        w.close()
+
+
+def test_dtp_socket_serve_names_a_bad_identity_first(tmp_path: Path) -> None:
+    """The error a user of ``dtp.socket.serve`` reads for an identity that is no
+    HostIdentity: its exact text, and before any other bad option's."""
+    w = World(tmp_path)
+    try:
+        with pytest.raises(TypeError) as refused:
+            dtp.socket.serve(
+                w.host_id,
+                PORT,
+                lambda sock: None,
+                ledger=w.server_book,
+                identity=b"\x01" * 32,  # type: ignore[arg-type]
+                receipts=tmp_path / "r.db",
+                max_handshakes=0,
+                open_grace=-1,
+            )
+        assert str(refused.value) == (
+            "identity must be a dtp.identity.keys.HostIdentity (the server's keys), not bytes"
+        )
+        assert not (tmp_path / "r.db").exists()
     finally:
         w.close()

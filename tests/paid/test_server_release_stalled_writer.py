@@ -57,10 +57,6 @@ class World(PaidWorld):
     def connect(self) -> dtp.socket.DTPSocket:
         return self.connect_as(CLIENT, PORT, 200_000, metering=MeteringConfig(every_bytes=16 << 10))
 
-    def claimed(self, connection_id: str) -> int:
-        tc = self.ledger.get_connection(connection_id)
-        return self.ledger.get_escrow(tc.escrow).claimed
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:

@@ -29,6 +29,8 @@ from dtp.payments.receipt_writer import ReceiptWriter
 from tests.paid.world import CLIENT, PORT, SERVER, World
 
 UNKNOWN = "0x" + "99" * 32
+#: The logger a server passes the steps (its own module's, in the servers)
+LOG = logging.getLogger("tests.paid.server_steps")
 
 
 @dataclass(eq=False)
@@ -58,12 +60,12 @@ def test_the_host_served_must_publish_the_port(world: World) -> None:
 def test_a_host_that_cannot_be_read_skips_the_refresh_with_a_warning(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert host_to_refresh(world.book, world.host_id) == world.book.get_host(world.host_id)
-    with caplog.at_level(logging.WARNING, logger="dtp.hostid.paid.server_steps"):
-        assert host_to_refresh(world.book, UNKNOWN) is None
-    assert [r.getMessage().startswith(f"cannot read host {UNKNOWN}") for r in caplog.records] == [
-        True
-    ]
+    assert host_to_refresh(world.book, world.host_id, LOG) == world.book.get_host(world.host_id)
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        assert host_to_refresh(world.book, UNKNOWN, LOG) is None
+    assert [
+        (r.name, r.getMessage().startswith(f"cannot read host {UNKNOWN}")) for r in caplog.records
+    ] == [(LOG.name, True)]
 
 
 def test_the_connections_no_longer_open_are_found(
@@ -75,21 +77,24 @@ def test_the_connections_no_longer_open_are_found(
     )
     ended = Conn(world.book.open_connection(CLIENT, world.host_id, PORT, cap, 10_000).connection_id)
     world.book.close_connection(SERVER, ended.connection_id)
-    assert ended_connections(world.book, [open_one, ended]) == [ended]
-    assert ended_connections(world.book, []) == []
+    assert ended_connections(world.book, [open_one, ended], LOG) == [ended]
+    assert ended_connections(world.book, [], LOG) == []
     # one unreadable: none closed this time (each is due again at the next check)
-    with caplog.at_level(logging.WARNING, logger="dtp.hostid.paid.server_steps"):
-        assert ended_connections(world.book, [ended, Conn(UNKNOWN)]) == []
-    assert "cannot read the state of open connections" in caplog.text
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        assert ended_connections(world.book, [ended, Conn(UNKNOWN)], LOG) == []
+    (record,) = caplog.records
+    assert record.name == LOG.name
+    assert "cannot read the state of open connections" in record.getMessage()
 
 
 def test_a_failed_refresh_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="dtp.hostid.paid.server_steps"):
+    with caplog.at_level(logging.ERROR, logger=LOG.name):
         try:
             raise RuntimeError("a damaged Host")
         except RuntimeError:
-            refresh_failed(UNKNOWN, 2.5)
+            refresh_failed(UNKNOWN, 2.5, LOG)
     (record,) = caplog.records
+    assert record.name == LOG.name
     assert record.getMessage() == (
         f"refreshing the policy of host {UNKNOWN} failed; trying again in 2.5 s"
     )

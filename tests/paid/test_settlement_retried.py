@@ -64,9 +64,6 @@ class World(PaidWorld):
     def connect(self) -> dtp.socket.DTPSocket:
         return self.connect_as(CLIENT, PORT, DEPOSIT)
 
-    def claimed(self, cid: str) -> int:
-        return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed
-
     def settled(self, cid: str) -> bool:
         return self.ledger.get_connection(cid).settled
 

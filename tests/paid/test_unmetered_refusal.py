@@ -1,6 +1,8 @@
 """A connection both paid servers admitted but cannot meter -- its state unreadable on
 the ledger as the receipt gate is made -- is aborted with UNMETERED_REFUSAL, the client
-reading that reason, and the server's warning names the connection. Both drivers (the
+reading that reason, and the server's warning names the connection. It is settled at
+once as a connection nobody serves (nothing claimed, the deposit refunded whole), not
+left Open with its deposit locked until the half-close timeout. Both drivers (the
 ``driver`` fixture), a real connection over 127.0.0.1 and a LocalLedger file; the gate
 fails where the server module looks ``gate_for`` up."""
 
@@ -19,6 +21,7 @@ from dtp.hostid.paid.server_core import UNMETERED_REFUSAL
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger
+from tests.support.polling import wait_for
 
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0xB5), ident(0xB6)
@@ -45,7 +48,13 @@ def test_a_connection_that_cannot_be_metered_is_aborted_with_the_reason(
         ) as (_, sock),
     ):
         cid = sock.connection_id
+        assert cid is not None
         with pytest.raises(DTPError, match=UNMETERED_REFUSAL):
             sock.sendall(b"ping")
             sock.recv(4)
+        # settled by the server while the client's socket is still open (the client
+        # has not asked for its refund)
+        assert wait_for(lambda: ledger.get_connection(cid).settled, 10.0)
+        escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
+        assert (escrow.claimed, escrow.refunded) == (0, escrow.deposited)
     assert f"cannot meter connection {cid}: the ledger is unreachable" in caplog.text

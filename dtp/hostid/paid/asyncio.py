@@ -285,7 +285,8 @@ class PaidConnection:
     def credit_grew(self) -> None:
         """Payment came (a receipt kept, a top-up read, a cap raised): a pause of
         datagram sends ends once the credit covers the datagram a send last dropped
-        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`)."""
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
+        as the blocking driver's)."""
         conn = self.conn
         self.core.datagrams_covered_again(conn.usage, conn.send_buffered())
 

@@ -36,7 +36,13 @@ from dtp.hostid.paid.asyncio import (
 )
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import (
+    END_FAILED,
+    AdmitStep,
+    HandleStep,
+    PaidServerCore,
+    ServerOptions,
+)
 from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
@@ -344,6 +350,8 @@ class PaidAioServer:
             refused = self.core.unmetered(cid, exc)
             logger.warning(refused.warning)
             writer.abort(refused.reason)
+            if refused.settle and await self._settle_surely(cid, None, admitted):
+                raise asyncio.CancelledError from None
             return
         paid = PaidConnection(
             proto,
@@ -387,14 +395,18 @@ class PaidAioServer:
         """The end phase of a served connection: what is held goes out, the final
         receipt is asked for, the connection closes and is settled. A cancellation
         (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
-        but not the settlement: it is re-raised once settled. (Skipped, the ledger
-        connection would stay Open and the deposit locked until the half-close timeout.)"""
+        but not the settlement: it is re-raised once settled; any other error in those
+        steps is logged, and the settlement goes on too. (Skipped, the ledger connection
+        would stay Open, the server's fee unclaimed and the deposit locked until the
+        half-close timeout.)"""
         proto = paid.proto
         cancelled = False
         try:
             await self._wind_up(paid, cid)
         except asyncio.CancelledError:
             cancelled = True
+        except Exception:  # (the settlement must run all the same)
+            logger.exception(END_FAILED, cid)
         finally:
             plan = self.core.ending(paid, proto.session.terminated, failed, cancelled)
             # it no longer counts against the Host's connection limits: the client may
@@ -516,11 +528,11 @@ class PaidAioServer:
                 await self.refresh_policy()
             except Exception:  # (not the end of the task: see refresh_failed)
                 # (nobody retrieves the task's exception; a cancellation passes)
-                refresh_failed(self.host_id, self.policy.refresh_interval)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     async def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id)
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
         if host is None:
             return
         now = time.monotonic()
@@ -528,7 +540,9 @@ class PaidAioServer:
         for paid in refresh.denied:
             paid.deny()
         due = refresh.ledger_checks
-        for paid in await asyncio.to_thread(ended_connections, self.ledger, due) if due else ():
+        for paid in (
+            await asyncio.to_thread(ended_connections, self.ledger, due, logger) if due else ()
+        ):
             paid.closed_on_ledger()
 
     @property

@@ -140,7 +140,22 @@ class PaidConnection:
     def _kept(self, receipt: Receipt) -> None:
         """The receipt is on disk (writer thread): count it, and wake a paused waiter."""
         self.core.kept(receipt)
+        self.credit_grew()
         self.wake()
+
+    def credit_grew(self) -> None:
+        """Payment came (a receipt kept, a top-up read): a pause of datagram sends ends
+        once the credit covers the datagram a send last found no credit for
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
+        as asyncio's)."""
+        core = self.core
+        if core.unpaid_datagrams_since is None:
+            return  # (no pause of datagram sends: the engine lock is not taken)
+        engine = self.engine
+        with engine.lock:
+            usage = engine.conn.usage
+            queued = engine.conn.send_buffered()
+        core.datagrams_covered_again(usage, queued + self.credit.sending)
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
@@ -196,9 +211,6 @@ class PaidConnection:
         timeout 0) or DTPTimeoutError, as the unpaid call raises when nothing comes."""
         total_bytes, total_requests = self.engine.conn.usage
         if self.gate.serving(total_bytes + whole, total_requests):
-            # served: a datagram pause that comes later is a new one (a timed-out one
-            # made the next, hours later, close at once)
-            self.core.datagrams_paid()
             return self._refill(writing, whole)
         self.read_deposit()
         verdict = self.verdict(whole)
@@ -274,6 +286,7 @@ class PaidConnection:
             self.core.deposit_read_failed(exc)
             return
         pending = self.core.deposit_read(deposited)
+        self.credit_grew()  # (a top-up)
         if pending is not None:
             # the receipt that waited above the old deposit: through the usual path now
             with self.engine.lock:
@@ -337,6 +350,7 @@ class PaidConnection:
             with self._cond:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
             if count:
+                self.core.datagrams_paid()  # a send that goes whole ends a datagram pause
                 return count, taken
             if self.ended():
                 return 0, 0

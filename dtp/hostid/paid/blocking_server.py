@@ -51,7 +51,13 @@ from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
-from dtp.hostid.paid.server_core import AdmitStep, HandleStep, PaidServerCore, ServerOptions
+from dtp.hostid.paid.server_core import (
+    END_FAILED,
+    AdmitStep,
+    HandleStep,
+    PaidServerCore,
+    ServerOptions,
+)
 from dtp.hostid.paid.server_steps import (
     ended_connections,
     host_to_refresh,
@@ -401,6 +407,8 @@ class PaidServer:
             refused = self.core.unmetered(cid, exc)
             logger.warning(refused.warning)
             sock.abort(refused.reason)
+            if refused.settle:
+                self._settle(cid, admitted)
             return
         with self._live_lock, self._limit_lock:
             buckets = self.core.buckets(client, time.monotonic())
@@ -427,14 +435,10 @@ class PaidServer:
             logger.log(raised.level, raised.message, exc_info=raised.exc_info)
             failed = raised.failed
         finally:
-            with contextlib.suppress(DTPError):
-                paid.request_final_receipt()
-            # a receipt the client signed above the deposit as admission read it (it
-            # topped up) is judged before the settlement, or it goes unclaimed
             try:
-                paid.read_deposit(ending=True)
+                self._wind_up(paid, cid)
             except Exception:  # (the settlement must run all the same)
-                logger.exception("connection %s: reading its escrow at the end failed", cid)
+                logger.exception(END_FAILED, cid)
             with self._live_lock, self._limit_lock:
                 plan = self.core.ending(paid, paid.terminated, failed)
             # it no longer counts against the Host's connection limits: the client may
@@ -452,6 +456,18 @@ class PaidServer:
                 sock.close()  # (also once the session ended: the socket's resources)
             if not plan.settle_first:
                 self._settle(cid, admitted, paid.final)
+
+    @staticmethod
+    def _wind_up(paid: PaidConnection, cid: str) -> None:
+        """Before the close: the final receipt is asked for, and a top-up is read."""
+        with contextlib.suppress(DTPError):
+            paid.request_final_receipt()
+        # a receipt the client signed above the deposit as admission read it (it
+        # topped up) is judged before the settlement, or it goes unclaimed
+        try:
+            paid.read_deposit(ending=True)
+        except Exception:  # (the settlement must run all the same)
+            logger.exception("connection %s: reading its escrow at the end failed", cid)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None
@@ -475,11 +491,11 @@ class PaidServer:
             try:
                 self.refresh_policy()
             except Exception:  # (not the end of the loop: see refresh_failed)
-                refresh_failed(self.host_id, self.policy.refresh_interval)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
 
     def refresh_policy(self) -> None:
         """Read the Host now and apply its firewall to open connections."""
-        host = host_to_refresh(self.ledger, self.host_id)
+        host = host_to_refresh(self.ledger, self.host_id, logger)
         if host is None:
             return
         now = time.monotonic()
@@ -487,7 +503,7 @@ class PaidServer:
             refresh = self.core.refresh(host, now)
         for paid in refresh.denied:
             paid.deny()
-        for paid in ended_connections(self.ledger, refresh.ledger_checks):
+        for paid in ended_connections(self.ledger, refresh.ledger_checks, logger):
             paid.closed_on_ledger()
 
     @property

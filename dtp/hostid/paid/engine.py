@@ -126,7 +126,10 @@ class PausedCall:
             # (a first look always asks: a non-blocking call asks for a receipt once)
             if self._waited and deadline is not None and now >= deadline:
                 if whole:
-                    core.unpaid_datagrams_since = self._since  # the next call goes on timing
+                    # the next call goes on timing (and a payment covering this
+                    # datagram ends the pause: datagrams_covered_again)
+                    core.unpaid_datagrams_since = self._since
+                    core.unpaid_size = whole
                 return PauseStep(PauseAction.TIMED_OUT)
             if whole:
                 verdict = core.datagram_verdict(verdict, now, whole, self._since)
@@ -387,10 +390,12 @@ class PaidConnectionEngine:
         return self.datagrams_covered(self.write_credit(usage, queued), sizes)[0]
 
     def datagrams_covered_again(self, usage: Usage, queued: int) -> bool:
-        """Payment came: whether the credit now covers the datagram that a send last
-        found no credit for, ending a pause of datagram sends (only one that would go
-        whole ends it: a client that paid, its credit then spent on stream bytes before
-        the next datagram, had it close the connection at once)."""
+        """Payment came (a receipt kept, a top-up read; ``usage`` and the ``queued``
+        bytes as they are then): whether the credit now covers the datagram that a send
+        last found no credit for, ending a pause of datagram sends (the rule: see
+        :meth:`datagrams_unpaid`). Judged as payment comes, not at the next send: a
+        client that paid, its credit then spent on stream bytes before the next
+        datagram, had the connection closed at once."""
         if self.unpaid_datagrams_since is None:
             return False
         if not self.gate.serving(*usage) or not self.datagram_room(
@@ -451,10 +456,17 @@ class PaidConnectionEngine:
     def datagrams_unpaid(self, now: float, size: int = 0) -> float:
         """A datagram send found no credit covering its datagram (of ``size`` bytes)
         whole (a datagram cannot go in part): the pause of datagram sends is timed from
-        the first such send, across the calls (the gate's own pause clock restarts
-        whenever another call finds the usage served, so a datagram no credit can cover
-        would never close the connection while streams moved data). Returns when it
-        began."""
+        the first such send, across the calls, and the connection closes once it lasted
+        ``pause_timeout`` (:meth:`datagram_verdict`). Returns when it began.
+
+        One rule for both drivers: the pause ends only when payment covers the datagram
+        dropped (:meth:`datagrams_covered_again`) or a datagram send goes whole
+        (:meth:`datagrams_paid`; an empty batch is no send). A read or a stream write
+        that finds the usage served does not end it (the gate's own pause clock restarts
+        then): a datagram no credit covers would never close the connection of a client
+        that pays nothing while streams moved a few bytes; and payment that came, then
+        spent on stream bytes, is no longer there to cover the next datagram: its pause
+        is a new one (tests/paid/test_datagram_pause_rule.py)."""
         self.unpaid_size = size
         since = self.unpaid_datagrams_since
         if since is None:

@@ -53,6 +53,10 @@ NO_LEDGER_CONNECTION = "no ledger connection"
 #: Why a connection whose state the server cannot read on the ledger to meter it is
 #: aborted
 UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
+#: What a server logs (with the connection ID, and the traceback) when a step of a
+#: served connection's end before its settlement fails: the settlement runs all the
+#: same, or the server's fee went unclaimed and the deposit stayed locked
+END_FAILED = "connection %s: its end before the settlement failed"
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,11 @@ class Refusal:
     """What it is aborted with: the reason its client reads."""
     warning: str | None
     """The line the server logs as a warning with its own logger (None: nothing)."""
+    settle: bool = False
+    """Settle its ledger connection at once, once aborted, as one nobody serves (no
+    receipt came on it: nothing claimed, the whole deposit refunded; the ID is
+    reserved by :meth:`PaidServerCore.serve_refusal` already, released after), rather
+    than leave the deposit locked until the half-close timeout."""
 
 
 @dataclass(frozen=True)
@@ -332,8 +341,10 @@ class PaidServerCore(Generic[_P]):
     @staticmethod
     def unmetered(cid: str, exc: DTPError) -> Refusal:
         """Connection ``cid``, its receipt gate not made for ``exc`` (a ChainError: its
-        state could not be read on the ledger), is refused."""
-        return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}")
+        state could not be read on the ledger), is refused and settled as unserved
+        (should the ledger still be unreadable, the settlement is retried as a failed
+        one is)."""
+        return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}", settle=True)
 
     def reserve_unserved(self, cid: str) -> str | None:
         """The key to settle an admitted connection nobody will serve by (no receipt

@@ -1,7 +1,9 @@
 """The ledger reads both paid servers make, written once with what a failed one logs:
 the blocking server (:mod:`dtp.hostid.paid.blocking_server`) calls them inline, the
-asyncio one (:mod:`dtp.hostid.paid.asyncio_server`) in a worker thread. What the
-servers then do with the answers is decided by
+asyncio one (:mod:`dtp.hostid.paid.asyncio_server`) in a worker thread. Each logs with
+the logger the server passes, its own module's (``dtp.hostid.paid.blocking_server``,
+``dtp.hostid.paid.asyncio_server``), where an operator filters for a server's lines.
+What the servers then do with the answers is decided by
 :class:`~dtp.hostid.paid.server_core.PaidServerCore`.
 """
 
@@ -33,8 +35,6 @@ __all__ = [
     "writer_done",
 ]
 
-logger = logging.getLogger(__name__)
-
 
 class _Checked(Protocol):
     """What a state check reads of a served connection."""
@@ -56,38 +56,38 @@ def served_host(ledger: Ledger, host_id: str, port: int) -> Host:
     return host
 
 
-def host_to_refresh(ledger: Ledger, host_id: str) -> Host | None:
-    """The Host read for a refresh of the policy, or None (a warning logged) when the
-    ledger cannot be read now: the open connections keep the policy they have until
-    the next refresh reads it."""
+def host_to_refresh(ledger: Ledger, host_id: str, log: logging.Logger) -> Host | None:
+    """The Host read for a refresh of the policy, or None (a warning logged on ``log``)
+    when the ledger cannot be read now: the open connections keep the policy they have
+    until the next refresh reads it."""
     try:
         return ledger.get_host(host_id)
     except ChainError as exc:
-        logger.warning("cannot read host %s: %s", host_id, exc)
+        log.warning("cannot read host %s: %s", host_id, exc)
         return None
 
 
-def ended_connections(ledger: Ledger, due: Sequence[_C]) -> list[_C]:
+def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) -> list[_C]:
     """Those of the connections ``due`` for a read of their state
     (:attr:`PolicyRefresh.ledger_checks <dtp.hostid.paid.server_core.PolicyRefresh>`)
-    no longer Open on the ledger, to be closed; none (a warning logged) when the ledger
-    cannot be read now: they are due again at the next check."""
+    no longer Open on the ledger, to be closed; none (a warning logged on ``log``) when
+    the ledger cannot be read now: they are due again at the next check."""
     if not due:
         return []
     try:
         return ended_on_ledger(ledger, due)
     except ChainError as exc:
-        logger.warning("cannot read the state of open connections: %s", exc)
+        log.warning("cannot read the state of open connections: %s", exc)
         return []
 
 
-def refresh_failed(host_id: str, interval: float) -> None:
-    """Log a refresh of the policy that raised something other than a ChainError (a
+def refresh_failed(host_id: str, interval: float, log: logging.Logger) -> None:
+    """Log on ``log`` a refresh of the policy that raised something other than a ChainError (a
     bug, a value a ledger should not return), with its traceback. The servers' policy
     loops go on after it: ended, the firewall and the limits of open connections would
     go unenforced for the life of the server, silently. One refresh, so one log, per
     interval."""
-    logger.exception(
+    log.exception(
         "refreshing the policy of host %s failed; trying again in %g s", host_id, interval
     )
 

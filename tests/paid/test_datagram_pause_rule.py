@@ -1,0 +1,160 @@
+"""What ends a pause of datagram sends, one rule on both paid drivers
+(PaidConnectionEngine.datagrams_unpaid): payment that covers the datagram dropped, or a
+datagram send that goes whole -- not a read or a stream write that finds the usage
+served.
+
+- A handler that sends a datagram no credit covers to a client that pays nothing, a
+  stream byte between each try: the connection closes after the pause timeout. (The
+  blocking driver ended the pause at any look that found the usage served -- each
+  stream write did -- so it went on for as long as the handler wrote.)
+- A client that pays after a datagram was dropped ends the pause at once, with no
+  send: the next datagram dropped starts a new one. (The blocking driver ended it only
+  at a look, and once a look no longer ended it, payment spent on stream bytes before
+  the next datagram left the old pause's clock running.)
+
+Both drivers (the ``driver`` fixture), real connections on 127.0.0.1, a LocalLedger
+file in tmp_path; the payment is a receipt signed with the client's key handed to the
+server's receipt path, as the client's RECEIPT frame would be."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dtp.chain.objects import Sla
+from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
+from dtp.escrow import Receipt, fee
+from dtp.hostid.paid import PaidSocket, ServicePolicy
+from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.metering import MeteringConfig
+from tests.paid.conftest import Driver
+from tests.support.paid_inprocess import ident
+from tests.support.paid_twins import funded_ledger
+from tests.support.polling import wait_for
+
+SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
+SERVER, CLIENT = ident(0xD1), ident(0xD2)
+PORT = 7107
+WAIT = 20.0  # bound on anything waited for
+UNPAID = MeteringConfig(enabled=False)
+PAUSE = 1.0
+#: 100 MIST on credit: about 9.5 KiB, so a datagram of 15,000 bytes is never covered
+TOO_BIG = 15_000
+#: How long the handler goes on trying (the defect's connection never closed)
+TRIES_FOR = 5.0
+
+
+def _served(
+    tmp_path: Path,
+    driver: Driver,
+    handlers: tuple[Any, Any],
+    policy: ServicePolicy,
+    done: Callable[[], bool],
+) -> None:
+    """Serve ``handlers`` (blocking, asyncio) under ``policy`` to a client that pays
+    nothing, write the "go" they wait for, and wait until ``done()``."""
+    with (
+        funded_ledger(tmp_path, CLIENT) as ledger,
+        driver.connected(
+            ledger,
+            handlers,
+            host=SERVER,
+            client=CLIENT,
+            port=PORT,
+            sla=SLA,
+            deposit=100_000,
+            metering=UNPAID,
+            timeout=WAIT,
+            policy=policy,
+        ) as (_, sock),
+    ):
+        sock.sendall(b"go")
+        assert wait_for(done, WAIT)
+
+
+def test_stream_writes_do_not_end_a_datagram_pause(tmp_path: Path, driver: Driver) -> None:
+    out: dict[str, Any] = {}
+
+    def tries(sock: PaidSocket) -> None:
+        sock.recv(2)
+        sock.settimeout(0.05)  # (each datagram send that pauses times out)
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < TRIES_FOR:
+                with contextlib.suppress(DTPTimeoutError):
+                    sock.send_datagram(bytes(TOO_BIG))
+                sock.send(b"x")  # a look at the gate that finds the usage served
+                time.sleep(0.01)
+        except DTPError as exc:
+            out["raised"] = exc
+        out["after"] = time.monotonic() - began
+
+    async def tries_aio(reader: PaidReader, writer: PaidWriter) -> None:
+        await reader.readexactly(2)
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < TRIES_FOR:
+                writer.send_datagram(bytes(TOO_BIG))  # (dropped)
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        except DTPError as exc:
+            out["raised"] = exc
+        out["after"] = time.monotonic() - began
+
+    policy = ServicePolicy(allowance=100, pause_timeout=PAUSE)
+    _served(tmp_path, driver, (tries, tries_aio), policy, lambda: "after" in out)
+    assert isinstance(out.get("raised"), PaymentRequired), out
+    assert f"no credit covered a datagram of {TOO_BIG} bytes" in str(out["raised"])
+    assert PAUSE - 0.1 <= out["after"] < TRIES_FOR - 1.0, out
+
+
+SIZE = 1000
+
+
+def _pay(paid: Any, usage: tuple[int, int]) -> None:
+    """Hand the server a receipt of the client's for ``usage`` (nonce 1)."""
+    used, requests = usage
+    signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+    paid.on_receipt(signed.sign(CLIENT).encode())
+
+
+def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
+    tmp_path: Path, driver: Driver
+) -> None:
+    out: dict[str, Any] = {}
+
+    def pays(sock: PaidSocket) -> None:
+        paid = sock._paid
+        sock.recv(2)
+        sock.settimeout(0.05)
+        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
+            while True:
+                sock.send_datagram(b"d" * SIZE)
+        out["paused"] = paid.core.unpaid_datagrams_since is not None
+        with paid.engine.lock:  # (as the client's RECEIPT frame is read)
+            _pay(paid, paid.engine.conn.usage)
+        # no send meanwhile: the payment itself ends the pause
+        out["ended"] = wait_for(lambda: paid.core.unpaid_datagrams_since is None, 5.0)
+
+    async def pays_aio(reader: PaidReader, writer: PaidWriter) -> None:
+        paid = reader._paid
+        await reader.readexactly(2)
+        while paid.datagram_room([SIZE]):
+            writer.send_datagram(b"d" * SIZE)
+            await asyncio.sleep(0)
+        writer.send_datagram(b"d" * SIZE)  # dropped: a pause begins
+        out["paused"] = paid.core.unpaid_datagrams_since is not None
+        _pay(paid, paid.conn.usage)
+        deadline = time.monotonic() + 5.0
+        while paid.core.unpaid_datagrams_since is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        out["ended"] = paid.core.unpaid_datagrams_since is None
+
+    policy = ServicePolicy(allowance=300, pause_timeout=30.0)
+    _served(tmp_path, driver, (pays, pays_aio), policy, lambda: "ended" in out)
+    assert out == {"paused": True, "ended": True}
