@@ -12,11 +12,8 @@ does not deadlock the relay. Real sockets, threads and processes on 127.0.0.1.""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,59 +21,17 @@ import pytest
 import dtp.payments.receipt_store
 import dtp.socket
 from dtp.chain.objects import Sla
-from dtp.escrow import Meter
-from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
+from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import locked_by_another_process
-from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
+from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
 SLA = Sla(1, 1, 0)
 DEPOSIT = 10**9
 CREDIT = 16  # datagrams served ahead of the receipts (reports every 8)
-
-
-@contextmanager
-def _relayed(
-    billing: UdpBilling, dns: DnsLikeBackend, stats: UdpStats
-) -> Iterator[dtp.socket.DTPSocket]:
-    """A blocking relay to ``dns`` with ``billing``, and a client connection to it whose
-    usage reports a bare forwarder signs; the relay has ended when the block has."""
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    handler = functools.partial(
-        relay_udp, backend=dns.address, billing=billing, stats=stats, idle_timeout=5
-    )
-    ended = threading.Event()
-
-    def serve(sock: dtp.socket.DTPSocket) -> None:
-        try:
-            handler(sock)
-        finally:
-            ended.set()
-
-    serving = threading.Thread(target=server.serve_forever, args=(serve,), daemon=True)
-    serving.start()
-    stop = threading.Event()
-    try:
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=5
-        ) as sock:
-            signer = threading.Thread(
-                target=sign_reports,
-                args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
-                daemon=True,
-            )
-            signer.start()
-            yield sock
-            stop.set()
-        assert ended.wait(10), "the relay did not end"
-        signer.join(5)
-    finally:
-        stop.set()
-        server.close()
-        serving.join(5)
 
 
 def _send(sock: dtp.socket.DTPSocket, count: int, first: int = 0) -> None:
@@ -118,7 +73,7 @@ def test_a_receipt_counts_only_once_stored_and_a_writer_thread_counts_it(
     dns = DnsLikeBackend()
     stats = UdpStats()
     try:
-        with _relayed(billing, dns, stats) as sock:
+        with relayed(billing, dns, stats, SLA, DEPOSIT) as sock:
             with locked_by_another_process(path):
                 _send(sock, 4 * CREDIT)
                 # receipts came and were accepted, but none is stored: the credit is
@@ -173,7 +128,7 @@ def test_an_on_receipt_that_counts_at_once_does_not_deadlock_the_relay(
         dns = DnsLikeBackend()
         stats = UdpStats()
         try:
-            with _relayed(billing, dns, stats) as sock:
+            with relayed(billing, dns, stats, SLA, DEPOSIT) as sock:
                 _send(sock, 6 * CREDIT)
                 assert wait_for(lambda: stats.datagrams_in >= 4 * CREDIT, 10), stats.snapshot()
         finally:

@@ -10,7 +10,6 @@ changing. Real sockets and SQLite files on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -19,15 +18,13 @@ from typing import Any
 
 import pytest
 
-import dtp.socket
 from dtp.chain.objects import Sla
-from dtp.escrow import Meter
-from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
+from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
-from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
+from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
 SLA = Sla(1, 1, 0)
 DEPOSIT = 10**9
@@ -111,31 +108,8 @@ def test_the_relays_threads_use_its_engine_one_at_a_time(
         else _OneAtATime()
     )
     stats = UdpStats()
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    handler = functools.partial(
-        relay_udp, backend=dns.address, billing=billing, stats=stats, idle_timeout=1
-    )
-    ended = threading.Event()
-
-    def serve(sock: dtp.socket.DTPSocket) -> None:
-        try:
-            handler(sock)
-        finally:
-            ended.set()
-
-    serving = threading.Thread(target=server.serve_forever, args=(serve,), daemon=True)
-    serving.start()
-    stop = threading.Event()
     try:
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=5
-        ) as sock:
-            signer = threading.Thread(
-                target=sign_reports,
-                args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
-                daemon=True,
-            )
-            signer.start()
+        with relayed(billing, dns, stats, SLA, DEPOSIT, idle_timeout=1) as sock:
             # sent until 200 came back: datagrams beyond the credit are dropped (a
             # receipt counted only once stored lags the sends), so a fixed count could
             # fall short on a busy machine
@@ -147,13 +121,7 @@ def test_the_relays_threads_use_its_engine_one_at_a_time(
                     time.sleep(0.01)  # (the backend's socket buffer)
             assert stats.datagrams_out >= 200, str(stats.snapshot())
             assert wait_for(lambda: billing.latest is not None, 10)
-            stop.set()
-        assert ended.wait(10), "the relay did not end"
-        signer.join(5)
     finally:
-        stop.set()
-        server.close()
-        serving.join(5)
         dns.close()
         writer.close(10)
         store.close()

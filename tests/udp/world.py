@@ -4,15 +4,19 @@ a bare forwarder's signing of usage reports."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.escrow import Meter
+from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
 from dtp.keys import HostIdentity
 
@@ -94,3 +98,50 @@ def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event
                 if stop.is_set() or sock.connection_ended:
                     return
                 raise
+
+
+@contextmanager
+def relayed(
+    billing: UdpBilling,
+    dns: DnsLikeBackend,
+    stats: UdpStats,
+    sla: Sla,
+    deposit: int,
+    idle_timeout: float = 5,
+) -> Iterator[dtp.socket.DTPSocket]:
+    """A blocking relay to ``dns`` with ``billing``, and a client connection to it whose
+    usage reports a bare forwarder signs (on ``sla``, ``deposit``); the relay has ended
+    when the block has."""
+    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
+    handler = functools.partial(
+        relay_udp, backend=dns.address, billing=billing, stats=stats, idle_timeout=idle_timeout
+    )
+    ended = threading.Event()
+
+    def serve(sock: dtp.socket.DTPSocket) -> None:
+        try:
+            handler(sock)
+        finally:
+            ended.set()
+
+    serving = threading.Thread(target=server.serve_forever, args=(serve,), daemon=True)
+    serving.start()
+    stop = threading.Event()
+    try:
+        with dtp.socket.create_connection(
+            server.address, server_key=SERVER.noise_public, timeout=5
+        ) as sock:
+            signer = threading.Thread(
+                target=sign_reports,
+                args=(sock, Meter(CLIENT, CONNECTION_ID, sla, deposit), stop),
+                daemon=True,
+            )
+            signer.start()
+            yield sock
+            stop.set()
+        assert ended.wait(10), "the relay did not end"
+        signer.join(5)
+    finally:
+        stop.set()
+        server.close()
+        serving.join(5)
