@@ -516,39 +516,48 @@ def test_a_write_refills_its_credit_unless_bytes_on_their_way_hold_it() -> None:
 
 def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
     """datagram_send, the asyncio send: the datagrams the credit covers go; the rest are
-    dropped, a pause asking for a receipt (and closing at its timeout); none go while
-    the bytes/s limit is in debt; a batch that goes whole ends the pause, an empty one
-    does not (tests/paid/test_datagram_pause.py)."""
+    dropped, a pause (whose step datagrams_dropped gives: asking for a receipt, closing
+    at its timeout); none go while the bytes/s limit is in debt, which is no pause; a
+    batch that goes whole ends the pause, an empty one does not
+    (tests/paid/test_datagram_pause.py). Without a bytes/s limit no ``now`` is needed."""
     paid = engine()  # (allowance 1000 bytes, pause_timeout 1 s)
-    assert paid.datagram_send((0, 0), 0, [400, 400], 0.0) == (2, None)
-    take, step = paid.datagram_send((800, 0), 0, [100, 200], 0.0)
-    assert take == 1 and step == PauseStep(PauseAction.WAIT, ask=True)
+    assert not paid.paced
+    assert paid.datagram_send((0, 0), 0, [400, 400], None) == (2, False)
+    assert paid.datagram_send((800, 0), 0, [100, 200], None) == (1, True)
+    step = paid.datagrams_dropped(paid.verdict((800, 0), 0.0), 0.0, 200)
+    assert step == PauseStep(PauseAction.WAIT, ask=True)
     assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
-    assert paid.datagram_send((800, 0), 0, [], 0.5) == (0, None)  # empty: still paused
+    assert paid.datagram_send((800, 0), 0, [], None) == (0, False)  # empty: still paused
     assert paid.unpaid_datagrams_since == 0.0
-    take, step = paid.datagram_send((900, 0), 0, [200], 1.0)
-    assert take == 0 and step is not None and step.action is PauseAction.CLOSE
-    assert paid.datagram_send((0, 0), 0, [10], 1.1) == (1, None)
+    assert paid.datagram_send((900, 0), 0, [200], None) == (0, True)
+    step = paid.datagrams_dropped(paid.verdict((900, 0), 1.0), 1.0, 200)
+    assert step.action is PauseAction.CLOSE
+    assert paid.datagram_send((0, 0), 0, [10], None) == (1, False)
     assert paid.unpaid_datagrams_since is None  # went whole: that pause is over
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    assert limited.paced
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (1, False)
     limited.charge_sent(750, 0.0)  # in debt
-    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, None)  # dropped, no pause
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)  # dropped, no pause
     assert limited.unpaid_datagrams_since is None
+    assert limited.datagram_send((0, 0), 0, [10], 1.0) == (1, False)  # paid off by then
 
 
 def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
     """write_now, the asyncio write: what the gate's credit covers (less what is
     queued), a slice of the bytes/s limit's take at most, and nothing while the gate
-    does not serve or the limit's bucket has not refilled for a piece."""
+    does not serve or the limit's bucket has not refilled for a piece. Without a
+    bytes/s limit no ``now`` is needed."""
     paid = engine()  # (allowance 1000 bytes)
-    assert paid.write_now((0, 0), 0, 600, 0.0) == 600
-    assert paid.write_now((0, 0), 700, 600, 0.0) == 300  # queued bytes hold the rest
-    assert paid.write_now((5000, 0), 0, 600, 0.0) == 0  # paused
+    assert paid.write_now((0, 0), 0, 600, None) == 600
+    assert paid.write_now((0, 0), 700, 600, None) == 300  # queued bytes hold the rest
+    assert paid.write_now((5000, 0), 0, 600, None) == 0  # paused
     # 1000 B/s: takes of 50
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
     assert limited.write_now((0, 0), 0, 600, 0.0) == 50
     limited.charge_sent(750, 0.0)
     assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # held back until it refills
+    assert limited.write_now((0, 0), 0, 600, 1.0) == 50
 
 
 def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:

@@ -262,12 +262,16 @@ class PaidConnection:
         escrow read again when a top-up would help (in a task), and once the pause
         timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
         conn = self.conn
-        now = time.monotonic()
-        take, step = self.core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
+        core = self.core
+        now = time.monotonic() if core.paced else None
+        take, unpaid = core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
         if take < len(sizes):
             conn.datagrams_send_dropped += len(sizes) - take
-        if step is None:
+        if not unpaid:
             return take
+        if now is None:
+            now = time.monotonic()
+        step = core.datagrams_dropped(core.verdict(conn.usage, now), now, sizes[take])
         if step.close is not None:
             self.close(step.close.code, step.close.reason)
             raise PaymentRequired(step.close.reason, step.close.code)
@@ -276,7 +280,7 @@ class PaidConnection:
         task = self._deposit_task
         reading = task is not None and not task.done()
         if not reading and not self._deposit_reads_over and self.ledger is not None:
-            escrow_id = self.core.escrow_to_read(conn.usage, now)
+            escrow_id = core.escrow_to_read(conn.usage, now)
             if escrow_id is not None:
                 self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
                 self._deposit_task.add_done_callback(_log_failure)
@@ -370,7 +374,9 @@ class PaidConnection:
         held (the engine's
         :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_now`)."""
         conn = self.conn
-        return self.core.write_now(conn.usage, conn.send_buffered(), nbytes, time.monotonic())
+        core = self.core
+        now = time.monotonic() if core.paced else None
+        return core.write_now(conn.usage, conn.send_buffered(), nbytes, now)
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of

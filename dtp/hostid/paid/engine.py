@@ -474,24 +474,25 @@ class PaidConnectionEngine:
         return since
 
     def datagram_send(
-        self, usage: Usage, queued: int, sizes: list[int], now: float
-    ) -> tuple[int, PauseStep | None]:
+        self, usage: Usage, queued: int, sizes: list[int], now: float | None
+    ) -> tuple[int, bool]:
         """A datagram send that never waits (asyncio's) of datagrams of ``sizes``: how
-        many of them go (the first ones), and, when some are dropped for want of
-        payment, the step of that pause (:meth:`datagrams_dropped`). None go while the
-        bytes/s limit is in debt (its debt is waited for by a drain, which a sender of
+        many of them go (the first ones), and whether the rest are dropped for want of
+        payment (a pause: the driver takes its step from :meth:`datagrams_dropped`).
+        ``now`` is needed only under a bytes/s limit (:attr:`paced`; else None: an
+        unlimited sender reads no clock per send). None go while that limit is in debt,
+        which is no pause (its debt is waited for by a drain, which a sender of
         datagrams alone need never call: sent, they went past the limit for good). A
-        batch that goes whole ends a pause of datagram sends -- but not an empty one: a
-        sender whose batches were now and then empty never had the connection closed
+        batch that goes whole ends a pause of datagram sends, an empty one does not
         (tests/paid/test_datagram_pause.py)."""
-        if self.in_debt(now):
-            return 0, None
+        if now is not None and self.in_debt(now):
+            return 0, False
         take = self.datagram_room(usage, queued, sizes) if self.gate.serving(*usage) else 0
         if take < len(sizes):
-            return take, self.datagrams_dropped(self.verdict(usage, now), now, sizes[take])
+            return take, True
         if take:
             self.datagrams_paid()
-        return take, None
+        return take, False
 
     def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
         """A datagram send that never waits (asyncio's) dropped datagrams no credit
@@ -531,6 +532,13 @@ class PaidConnectionEngine:
     # (its token buckets, shared by its connections: the blocking driver calls these
     # under the limiter's lock; a driver checks ``buckets.*.rate`` itself first, so that
     # an unlimited client costs no call)
+
+    @property
+    def paced(self) -> bool:
+        """Whether the client has a bytes/s limit: only then do :meth:`write_now` and
+        :meth:`datagram_send` need ``now`` (an unlimited client's write or datagram send
+        costs no clock read: bench/compare.py paid_bulk)."""
+        return bool(self.buckets.bytes.rate)
 
     def charge(self, nbytes: int, requests: int, now: float) -> float:
         """Charge ``nbytes`` and ``requests`` to the rate limits at ``now``: the seconds
@@ -589,15 +597,15 @@ class PaidConnectionEngine:
         bucket = self.buckets.bytes
         return bool(bucket.rate) and bucket.delay(now) > 0
 
-    def write_now(self, usage: Usage, queued: int, nbytes: int, now: float) -> int:
+    def write_now(self, usage: Usage, queued: int, nbytes: int, now: float | None) -> int:
         """How much of a write of ``nbytes`` that never waits (asyncio's) goes at once
         on ``usage`` and the ``queued`` bytes, the rest held and let out as payment and
         the rate limits allow: nothing while the gate does not serve or the bytes/s
         bucket has not refilled for a piece (:meth:`held_back`), else its
-        :meth:`write_room`, one :meth:`write_slice` at most (a 4 MiB write went whole,
-        in 6 ms, to a client limited to 100 kB/s:
-        tests/paid/test_rate_limit_asyncio_callback.py)."""
-        if self.held_back(nbytes, now) or not self.gate.serving(*usage):
+        :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
+        the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
+        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write)."""
+        if (now is not None and self.held_back(nbytes, now)) or not self.gate.serving(*usage):
             return 0
         return min(self.write_room(usage, queued, 0, nbytes), self.write_slice())
 
