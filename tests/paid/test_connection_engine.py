@@ -575,3 +575,43 @@ def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
     assert step is ReceiptStep.STORE and checked is not None
     paid.kept(checked)
     assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == 0.0
+
+
+@given(
+    used=st.integers(0, 3000),
+    queued=st.integers(0, 1500),
+    nbytes=st.integers(1, 4 * CREDIT_MAX),
+    sizes=st.lists(st.integers(1, 600), max_size=6),
+)
+def test_nothing_moves_while_the_gate_does_not_serve(
+    used: int, queued: int, nbytes: int, sizes: list[int]
+) -> None:
+    """room, send_room and datagram_room, what the asyncio driver asks before a read, a
+    write and a datagram send: 0 whenever the gate does not serve the usage; serving, a
+    read takes 1 byte at least, and neither a write nor the datagrams go past the
+    gate's credit (a write of 1 byte when nothing is queued: the gate said serve)."""
+    paid = engine()  # (allowance 1000 bytes)
+    usage = (used, 0)
+    room = paid.room(usage, nbytes)
+    send = paid.send_room(usage, queued, nbytes)
+    count = paid.datagram_room(usage, queued, sizes)
+    if not paid.gate.serving(*usage):
+        assert room == send == count == 0
+        return
+    assert 1 <= room <= nbytes
+    credit = paid.write_credit(usage, queued)
+    assert send <= nbytes and (send <= credit or (send == 1 and not queued))
+    assert sum(sizes[:count]) <= credit
+    assert count == len(sizes) or sum(sizes[: count + 1]) > credit
+
+
+def test_the_final_receipt_wait_is_over_as_its_step_says() -> None:
+    """final_receipt_over, what both drivers wait on between two final receipt steps:
+    over exactly when final_receipt_step ends the wait before its deadline."""
+    paid = engine()
+    deadline = paid.final_receipt_deadline(10.0)
+    for usage, ended in itertools.product([(0, 0), (500, 0)], [False, True]):
+        over = paid.final_receipt_over(usage, ended=ended)
+        assert over == (paid.final_receipt_step(usage, 10.0, deadline, ended=ended) == 0.0)
+    assert not paid.final_receipt_over((500, 0), ended=False)
+    assert paid.final_receipt_over((500, 0), ended=True)

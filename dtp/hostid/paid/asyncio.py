@@ -227,32 +227,22 @@ class PaidConnection:
         """How much of a read of ``nbytes`` may go now: what the gate still allows on the
         usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per look), at
         least 1 byte when it serves, 0 when it does not."""
-        usage = self.conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        return self.core.read_room(usage, nbytes)[0]
+        return self.core.room(self.conn.usage, nbytes)
 
     def send_room(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` may go now
-        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_room`, on the usage
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_room`, on the usage
         plus the bytes queued beyond the client's window); 0 when the gate does not
         serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
         for the client to read them)."""
         conn = self.conn
-        usage = conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        # (nothing under way: one event loop, each write takes its room as it goes)
-        return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
+        return self.core.send_room(conn.usage, conn.send_buffered(), nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
         :meth:`send_room` judges a write; 0 when the gate does not serve."""
         conn = self.conn
-        usage = conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        return self.core.datagram_room(usage, conn.send_buffered(), sizes)
+        return self.core.datagram_room(conn.usage, conn.send_buffered(), sizes)
 
     def datagrams_to_send(self, sizes: list[int]) -> int:
         """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
@@ -336,7 +326,7 @@ class PaidConnection:
         core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or core.settled_up(self.conn.usage)
+            return core.final_receipt_over(self.conn.usage, ended=session.terminated is not None)
 
         deadline = core.final_receipt_deadline(time.monotonic())
         while wait := core.final_receipt_step(

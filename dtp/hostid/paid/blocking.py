@@ -382,7 +382,7 @@ class PaidConnection:
         core = self.core
 
         def done() -> bool:
-            return self.ended() or core.settled_up(engine.conn.usage)
+            return core.final_receipt_over(engine.conn.usage, ended=self.ended())
 
         deadline = core.final_receipt_deadline(time.monotonic())
         with engine.lock:

@@ -285,9 +285,15 @@ class PaidConnectionEngine:
         :meth:`final_receipt_deadline`): 0 when it is over -- the connection ``ended``,
         the receipts cover ``usage`` (:meth:`settled_up`) or the deadline passed --, else
         ask the client (again) and wait this long (:meth:`final_receipt_wait`)."""
-        if ended or self.settled_up(usage):
+        if self.final_receipt_over(usage, ended=ended):
             return 0.0
         return self.final_receipt_wait(now, deadline)
+
+    def final_receipt_over(self, usage: Usage, *, ended: bool) -> bool:
+        """Whether the wait for the final receipt is over before its deadline: the
+        connection ``ended``, or the receipts cover ``usage`` (:meth:`settled_up`). The
+        drivers wait on this between two steps of :meth:`final_receipt_step`."""
+        return ended or self.settled_up(usage)
 
     def final_receipt_wait(self, now: float, deadline: float) -> float:
         """After asking (again) at ``now``: how long to wait for the final receipt
@@ -377,6 +383,19 @@ class PaidConnectionEngine:
             return True
         return False
 
+    def room(self, usage: Usage, nbytes: int) -> int:
+        """How much of a read of ``nbytes`` may go now on ``usage``: its
+        :meth:`read_room`, 0 when the gate does not serve (nothing moves then)."""
+        return self.read_room(usage, nbytes)[0] if self.gate.serving(*usage) else 0
+
+    def send_room(self, usage: Usage, queued: int, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now on ``usage`` and the ``queued``
+        bytes, nothing under way (one event loop: each write takes its room as it
+        goes): its :meth:`write_room`, 0 when the gate does not serve."""
+        if not self.gate.serving(*usage):
+            return 0
+        return self.write_room(usage, queued, 0, nbytes)
+
     def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
         """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
         credit it was judged on, :meth:`read_credit`); at least 1 byte, the gate serving
@@ -386,7 +405,10 @@ class PaidConnectionEngine:
 
     def datagram_room(self, usage: Usage, queued: int, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, on
-        the :meth:`write_credit` of ``usage`` and ``queued`` bytes."""
+        the :meth:`write_credit` of ``usage`` and ``queued`` bytes; none when the gate
+        does not serve."""
+        if not self.gate.serving(*usage):
+            return 0
         return self.datagrams_covered(self.write_credit(usage, queued), sizes)[0]
 
     def datagrams_covered_again(self, usage: Usage, queued: int) -> bool:
@@ -398,9 +420,7 @@ class PaidConnectionEngine:
         datagram, had the connection closed at once."""
         if self.unpaid_datagrams_since is None:
             return False
-        if not self.gate.serving(*usage) or not self.datagram_room(
-            usage, queued, [self.unpaid_size]
-        ):
+        if not self.datagram_room(usage, queued, [self.unpaid_size]):
             return False
         self.datagrams_paid()
         return True
@@ -487,7 +507,7 @@ class PaidConnectionEngine:
         (tests/paid/test_datagram_pause.py)."""
         if now is not None and self.in_debt(now):
             return 0, False
-        take = self.datagram_room(usage, queued, sizes) if self.gate.serving(*usage) else 0
+        take = self.datagram_room(usage, queued, sizes)
         if take < len(sizes):
             return take, True
         if take:
@@ -605,9 +625,9 @@ class PaidConnectionEngine:
         :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
         the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
         only under a bytes/s limit (:attr:`paced`; else None: no clock read per write)."""
-        if (now is not None and self.held_back(nbytes, now)) or not self.gate.serving(*usage):
+        if now is not None and self.held_back(nbytes, now):
             return 0
-        return min(self.write_room(usage, queued, 0, nbytes), self.write_slice())
+        return min(self.send_room(usage, queued, nbytes), self.write_slice())
 
     def held_back(self, nbytes: int, now: float) -> bool:
         """Whether the bytes/s limit holds back a write of ``nbytes`` at ``now``: its
