@@ -158,8 +158,8 @@ class Credit:
     as CALL_COST at least (so that the gate is asked again within CREDIT_MAX /
     CALL_COST calls whatever they move). Writes take from ``send``, their own, before
     they send (:meth:`reserve`), and count as ``sending`` until they are in the usage
-    (:meth:`sent`): a look at the gate meanwhile deducts them. Checked after and counted
-    after, each of N writers took the whole credit (tests/paid/test_credit_ceiling.py).
+    (:meth:`sent`): a look at the gate meanwhile deducts them, so that N writers share
+    the credit rather than each take all of it (tests/paid/test_credit_ceiling.py).
     Reads keep ``read``: what they take is in the usage already."""
 
     __slots__ = ("read", "send", "sending")
@@ -347,9 +347,10 @@ class PaidConnectionEngine:
 
     def write_credit(self, usage: Usage, queued: int) -> int:
         """The gate's credit for writes: on ``usage`` plus the ``queued`` bytes waiting
-        beyond the client's flow-control window (the usage counts a byte once it is
-        sent: judged on the usage alone, a client that read nothing had the send queue
-        filled on credit never used up)."""
+        beyond the client's flow-control window: the usage counts a byte only once it
+        is sent, so the queued bytes are spent credit too, or a client that reads
+        nothing gets its queue filled on credit it never pays for
+        (tests/paid/test_credit.py)."""
         total_bytes, total_requests = usage
         return self.gate.credit_bytes(total_bytes + queued, total_requests)
 
@@ -415,9 +416,10 @@ class PaidConnectionEngine:
         """Payment came (a receipt kept, a top-up read; ``usage`` and the ``queued``
         bytes as they are then): whether the credit now covers the datagram that a send
         last found no credit for, ending a pause of datagram sends (the rule: see
-        :meth:`datagrams_unpaid`). Judged as payment comes, not at the next send: a
-        client that paid, its credit then spent on stream bytes before the next
-        datagram, had the connection closed at once."""
+        :meth:`datagrams_unpaid`). Judged as payment comes, not at the next send, so
+        that stream bytes spending that credit before the next datagram do not undo a
+        payment that covered it
+        (tests/paid/test_datagram_pause_rule.py)."""
         if self.unpaid_datagrams_since is None:
             return False
         if not self.datagram_room(usage, queued, [self.unpaid_size]):
