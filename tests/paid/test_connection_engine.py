@@ -516,39 +516,48 @@ def test_a_write_refills_its_credit_unless_bytes_on_their_way_hold_it() -> None:
 
 def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
     """datagram_send, the asyncio send: the datagrams the credit covers go; the rest are
-    dropped, a pause asking for a receipt (and closing at its timeout); none go while
-    the bytes/s limit is in debt; a batch that goes whole ends the pause, an empty one
-    does not (tests/paid/test_datagram_pause.py)."""
+    dropped, a pause (whose step datagrams_dropped gives: asking for a receipt, closing
+    at its timeout); none go while the bytes/s limit is in debt, which is no pause; a
+    batch that goes whole ends the pause, an empty one does not
+    (tests/paid/test_datagram_pause.py). Without a bytes/s limit no ``now`` is needed."""
     paid = engine()  # (allowance 1000 bytes, pause_timeout 1 s)
-    assert paid.datagram_send((0, 0), 0, [400, 400], 0.0) == (2, None)
-    take, step = paid.datagram_send((800, 0), 0, [100, 200], 0.0)
-    assert take == 1 and step == PauseStep(PauseAction.WAIT, ask=True)
+    assert not paid.paced
+    assert paid.datagram_send((0, 0), 0, [400, 400], None) == (2, False)
+    assert paid.datagram_send((800, 0), 0, [100, 200], None) == (1, True)
+    step = paid.datagrams_dropped(paid.verdict((800, 0), 0.0), 0.0, 200)
+    assert step == PauseStep(PauseAction.WAIT, ask=True)
     assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
-    assert paid.datagram_send((800, 0), 0, [], 0.5) == (0, None)  # empty: still paused
+    assert paid.datagram_send((800, 0), 0, [], None) == (0, False)  # empty: still paused
     assert paid.unpaid_datagrams_since == 0.0
-    take, step = paid.datagram_send((900, 0), 0, [200], 1.0)
-    assert take == 0 and step is not None and step.action is PauseAction.CLOSE
-    assert paid.datagram_send((0, 0), 0, [10], 1.1) == (1, None)
+    assert paid.datagram_send((900, 0), 0, [200], None) == (0, True)
+    step = paid.datagrams_dropped(paid.verdict((900, 0), 1.0), 1.0, 200)
+    assert step.action is PauseAction.CLOSE
+    assert paid.datagram_send((0, 0), 0, [10], None) == (1, False)
     assert paid.unpaid_datagrams_since is None  # went whole: that pause is over
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    assert limited.paced
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (1, False)
     limited.charge_sent(750, 0.0)  # in debt
-    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, None)  # dropped, no pause
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)  # dropped, no pause
     assert limited.unpaid_datagrams_since is None
+    assert limited.datagram_send((0, 0), 0, [10], 1.0) == (1, False)  # paid off by then
 
 
 def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
     """write_now, the asyncio write: what the gate's credit covers (less what is
     queued), a slice of the bytes/s limit's take at most, and nothing while the gate
-    does not serve or the limit's bucket has not refilled for a piece."""
+    does not serve or the limit's bucket has not refilled for a piece. Without a
+    bytes/s limit no ``now`` is needed."""
     paid = engine()  # (allowance 1000 bytes)
-    assert paid.write_now((0, 0), 0, 600, 0.0) == 600
-    assert paid.write_now((0, 0), 700, 600, 0.0) == 300  # queued bytes hold the rest
-    assert paid.write_now((5000, 0), 0, 600, 0.0) == 0  # paused
+    assert paid.write_now((0, 0), 0, 600, None) == 600
+    assert paid.write_now((0, 0), 700, 600, None) == 300  # queued bytes hold the rest
+    assert paid.write_now((5000, 0), 0, 600, None) == 0  # paused
     # 1000 B/s: takes of 50
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
     assert limited.write_now((0, 0), 0, 600, 0.0) == 50
     limited.charge_sent(750, 0.0)
     assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # held back until it refills
+    assert limited.write_now((0, 0), 0, 600, 1.0) == 50
 
 
 def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
@@ -566,3 +575,43 @@ def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
     assert step is ReceiptStep.STORE and checked is not None
     paid.kept(checked)
     assert paid.final_receipt_step((500, 0), 10.0, deadline, ended=False) == 0.0
+
+
+@given(
+    used=st.integers(0, 3000),
+    queued=st.integers(0, 1500),
+    nbytes=st.integers(1, 4 * CREDIT_MAX),
+    sizes=st.lists(st.integers(1, 600), max_size=6),
+)
+def test_nothing_moves_while_the_gate_does_not_serve(
+    used: int, queued: int, nbytes: int, sizes: list[int]
+) -> None:
+    """room, send_room and datagram_room, what the asyncio driver asks before a read, a
+    write and a datagram send: 0 whenever the gate does not serve the usage; serving, a
+    read takes 1 byte at least, and neither a write nor the datagrams go past the
+    gate's credit (a write of 1 byte when nothing is queued: the gate said serve)."""
+    paid = engine()  # (allowance 1000 bytes)
+    usage = (used, 0)
+    room = paid.room(usage, nbytes)
+    send = paid.send_room(usage, queued, nbytes)
+    count = paid.datagram_room(usage, queued, sizes)
+    if not paid.gate.serving(*usage):
+        assert room == send == count == 0
+        return
+    assert 1 <= room <= nbytes
+    credit = paid.write_credit(usage, queued)
+    assert send <= nbytes and (send <= credit or (send == 1 and not queued))
+    assert sum(sizes[:count]) <= credit
+    assert count == len(sizes) or sum(sizes[: count + 1]) > credit
+
+
+def test_the_final_receipt_wait_is_over_as_its_step_says() -> None:
+    """final_receipt_over, what both drivers wait on between two final receipt steps:
+    over exactly when final_receipt_step ends the wait before its deadline."""
+    paid = engine()
+    deadline = paid.final_receipt_deadline(10.0)
+    for usage, ended in itertools.product([(0, 0), (500, 0)], [False, True]):
+        over = paid.final_receipt_over(usage, ended=ended)
+        assert over == (paid.final_receipt_step(usage, 10.0, deadline, ended=ended) == 0.0)
+    assert not paid.final_receipt_over((500, 0), ended=False)
+    assert paid.final_receipt_over((500, 0), ended=True)

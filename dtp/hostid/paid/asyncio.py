@@ -227,32 +227,22 @@ class PaidConnection:
         """How much of a read of ``nbytes`` may go now: what the gate still allows on the
         usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per look), at
         least 1 byte when it serves, 0 when it does not."""
-        usage = self.conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        return self.core.read_room(usage, nbytes)[0]
+        return self.core.room(self.conn.usage, nbytes)
 
     def send_room(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` may go now
-        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_room`, on the usage
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_room`, on the usage
         plus the bytes queued beyond the client's window); 0 when the gate does not
         serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
         for the client to read them)."""
         conn = self.conn
-        usage = conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        # (nothing under way: one event loop, each write takes its room as it goes)
-        return self.core.write_room(usage, conn.send_buffered(), 0, nbytes)
+        return self.core.send_room(conn.usage, conn.send_buffered(), nbytes)
 
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
         :meth:`send_room` judges a write; 0 when the gate does not serve."""
         conn = self.conn
-        usage = conn.usage
-        if not self.gate.serving(*usage):
-            return 0
-        return self.core.datagram_room(usage, conn.send_buffered(), sizes)
+        return self.core.datagram_room(conn.usage, conn.send_buffered(), sizes)
 
     def datagrams_to_send(self, sizes: list[int]) -> int:
         """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
@@ -262,12 +252,16 @@ class PaidConnection:
         escrow read again when a top-up would help (in a task), and once the pause
         timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
         conn = self.conn
-        now = time.monotonic()
-        take, step = self.core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
+        core = self.core
+        now = time.monotonic() if core.paced else None
+        take, unpaid = core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
         if take < len(sizes):
             conn.datagrams_send_dropped += len(sizes) - take
-        if step is None:
+        if not unpaid:
             return take
+        if now is None:
+            now = time.monotonic()
+        step = core.datagrams_dropped(core.verdict(conn.usage, now), now, sizes[take])
         if step.close is not None:
             self.close(step.close.code, step.close.reason)
             raise PaymentRequired(step.close.reason, step.close.code)
@@ -276,7 +270,7 @@ class PaidConnection:
         task = self._deposit_task
         reading = task is not None and not task.done()
         if not reading and not self._deposit_reads_over and self.ledger is not None:
-            escrow_id = self.core.escrow_to_read(conn.usage, now)
+            escrow_id = core.escrow_to_read(conn.usage, now)
             if escrow_id is not None:
                 self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
                 self._deposit_task.add_done_callback(_log_failure)
@@ -332,7 +326,7 @@ class PaidConnection:
         core = self.core
 
         def done() -> bool:
-            return session.terminated is not None or core.settled_up(self.conn.usage)
+            return core.final_receipt_over(self.conn.usage, ended=session.terminated is not None)
 
         deadline = core.final_receipt_deadline(time.monotonic())
         while wait := core.final_receipt_step(
@@ -370,7 +364,9 @@ class PaidConnection:
         held (the engine's
         :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_now`)."""
         conn = self.conn
-        return self.core.write_now(conn.usage, conn.send_buffered(), nbytes, time.monotonic())
+        core = self.core
+        now = time.monotonic() if core.paced else None
+        return core.write_now(conn.usage, conn.send_buffered(), nbytes, now)
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
@@ -403,10 +399,10 @@ class PaidConnection:
 
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
-        # a wait the connection's end cuts short (as dtp.hostid.paid's): a plain sleep held the
-        # handler, and so the settlement, for a large chunk's whole debt after the
-        # client had gone. Looked at again each refresh interval (as dtp.hostid.paid's): a
-        # limit the Host raised or lifted meanwhile reaches a wait already under way
+        # as the blocking driver's _hold: the connection's end cuts the wait short (the
+        # handler, and so the settlement, is not held for a debt after the client left),
+        # and it looks again each refresh interval, so a limit the Host raised or lifted
+        # reaches a wait under way (tests/paid/test_rate_limit_wait_ends.py)
         session = self.proto.session
         while delay > 0:
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
@@ -442,8 +438,8 @@ def _first_stream(writer: DTPStreamWriter) -> bool:
 async def _shielded(task: asyncio.Task[None]) -> None:
     """Wait for ``task`` without cancelling it should this task be cancelled. ``task``
     cancelled by another (abort(), the loop's end) is not this task's cancellation: that
-    returns (a CancelledError raised into a drain() nobody cancelled ended the handler
-    as if cancelled: tests/paid/test_aio_writer_abort.py)."""
+    returns, so that a drain() nobody cancelled does not raise CancelledError into its
+    handler (tests/paid/test_aio_writer_abort.py)."""
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -610,8 +606,8 @@ class PaidWriter:
         view = memoryview(data).cast("B")
         size = len(view)
         paid = self._paid
-        # what goes now is charged to the rate limits at once: left to drain(), a
-        # callback that never drains (write, write, close) went past them for good
+        # what goes now is charged to the rate limits at once, not at drain(): a callback
+        # may never drain (tests/paid/test_rate_limit_asyncio_callback.py)
         room = paid.write_now(size)
         if room == size:
             self._writer.write(data)
@@ -645,11 +641,9 @@ class PaidWriter:
             while self._held_from < len(self._held):
                 start = self._held_from
                 # in slices the rate limit acts between, of its burst at most when the
-                # client has one (a whole backlog let out at once was paid for by a
-                # wait after it had gone: a callback that wrote and closed went at
-                # twice the rate)
-                # (the debt first: wait_send waits for payment only, and a slice let
-                # out while in debt went past the limit by as much)
+                # client has one, each after the debt is paid (wait_send waits for
+                # payment only): the backlog keeps to the rate, not paid for by a wait
+                # after it went (tests/paid/test_rate_limit_asyncio_callback.py)
                 paced = await paid.pace(min(len(self._held) - start, paid.send_slice()))
                 n = await paid.wait_send(paced)
                 # the writer seals or copies what it is given before it returns, and the
@@ -710,8 +704,8 @@ class PaidWriter:
     def close(self) -> None:
         """Close this stream; on the first stream, end the connection -- after what is
         held went out and the client was asked for a receipt for all its usage (the
-        final receipt, docs/escrow.md 6.1: closed at once, the usage since its last
-        receipt went unpaid, a short request/reply paid nothing)."""
+        final receipt, docs/escrow.md 6.1: without it the usage since the last receipt,
+        all of a short request/reply's, would go unpaid)."""
         if self._closing is not None:
             return
         if _first_stream(self._writer) and not self._writer.is_closing():
@@ -799,8 +793,8 @@ class PaidWriter:
         back the client's next read or write, and the next :meth:`drain` waits for it
         (back-pressure: a sender that drains is never dropped for it). A send made while
         the bytes/s limit is still in debt is dropped and counted, as the UDP relay
-        drops what is over the rate: sent, a sender of datagrams alone that never
-        drains went past the limit without bound. Once the connection ended it raises
+        drops what is over the rate, so that a sender of datagrams alone that never
+        drains keeps to the limit. Once the connection ended it raises
         how (ConnectionClosed, ...), as the wrapped writer does, paused or not."""
         self.send_datagrams((data,))
 
@@ -810,9 +804,8 @@ class PaidWriter:
         (all of them while the bytes/s limit is in debt). Returns how many went."""
         session = self._paid.proto.session
         if session.terminated is not None:
-            # as the wrapped writer: a sender of datagrams alone learns so that the
-            # client left (a silent drop here ran its loop, and held the settlement,
-            # for good)
+            # as the wrapped writer: a sender of datagrams alone learns that the client
+            # left (a silent drop would run its loop, and hold the settlement, for good)
             raise session.error or ConnectionClosed("the connection is closed")
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
@@ -821,8 +814,8 @@ class PaidWriter:
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
-        # charged now: left to drain(), they went uncharged for a sender that never
-        # drains, past its bytes/s limit for good
+        # charged now, not at drain(): a sender that never drains keeps to its bytes/s
+        # limit too
         if sent and paid.charge(sum(map(datagram_charge, sizes[:sent]))):
             self._limits_charged = True
         return sent

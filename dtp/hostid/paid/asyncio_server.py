@@ -710,9 +710,8 @@ async def serve(
     written). ``open_grace``: the admission's grace for an open still landing, as
     :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
     written)."""
-    # before the ledger is read or written (as dtp.socket.serve): a wrong identity
-    # failed only after the listener started and the store was recovered; so did a
-    # bound start_server refuses, after the recovery claimed on the ledger
+    # every option checked before the ledger is read or written (as dtp.socket.serve):
+    # the store's recovery claims on it (tests/paid/test_server_options.py)
     options = ServerOptions.checked(
         identity,
         address=address,

@@ -269,9 +269,10 @@ class PaidConnection:
         first receipt above it. Called without the engine lock (a ledger read).
 
         ``ending`` (the connection is over, the settlement next): read it whenever a
-        receipt still waits above the deposit, whatever the interval. A connection that
-        was serving never looked at it, and the settlement claimed an older receipt: the
-        client had topped up and signed for more, and the server lost the difference."""
+        receipt still waits above the deposit, whatever the interval: a connection still
+        serving need not have read it, and the settlement would claim an older receipt
+        than the one the client signed after its top-up
+        (tests/paid/test_top_up_over_deposit.py)."""
         ledger = self.ledger
         if ledger is None:
             return
@@ -382,7 +383,7 @@ class PaidConnection:
         core = self.core
 
         def done() -> bool:
-            return self.ended() or core.settled_up(engine.conn.usage)
+            return core.final_receipt_over(engine.conn.usage, ended=self.ended())
 
         deadline = core.final_receipt_deadline(time.monotonic())
         with engine.lock:
@@ -480,8 +481,8 @@ def _left_of(
 ) -> float | Literal["socket"] | None:
     """What is left, at the wait for the datagram, of a receive's ``timeout`` (as
     :meth:`dtp.socket.DTPSocket.recv_datagram` takes it) that began at ``began`` and
-    waited for payment first: the pause came out of it (the whole timeout again, the
-    call lasted up to twice as long). None (no limit) and a non-blocking socket's
+    waited for payment first: the pause comes out of it, so that the call lasts no
+    longer than its timeout. None (no limit) and a non-blocking socket's
     "socket" stay as they are; 0 left is one look."""
     limit = checked_timeout(sock.gettimeout() if timeout == "socket" else timeout)
     if limit is None or limit == 0:
@@ -719,7 +720,7 @@ class PaidSocket:
         """Close this stream (:meth:`dtp.socket.DTPSocket.close`; the first stream's
         close ends the connection, which the server then settles -- after asking the
         client for a receipt for all its usage, the final receipt of docs/escrow.md
-        6.1: closed at once, the usage since its last receipt went unpaid)."""
+        6.1: without it the usage since the last receipt would go unpaid)."""
         sock = self._sock
         if _ends_connection(sock):
             with contextlib.suppress(DTPError):

@@ -158,8 +158,8 @@ class Credit:
     as CALL_COST at least (so that the gate is asked again within CREDIT_MAX /
     CALL_COST calls whatever they move). Writes take from ``send``, their own, before
     they send (:meth:`reserve`), and count as ``sending`` until they are in the usage
-    (:meth:`sent`): a look at the gate meanwhile deducts them. Checked after and counted
-    after, each of N writers took the whole credit (tests/paid/test_credit_ceiling.py).
+    (:meth:`sent`): a look at the gate meanwhile deducts them, so that N writers share
+    the credit rather than each take all of it (tests/paid/test_credit_ceiling.py).
     Reads keep ``read``: what they take is in the usage already."""
 
     __slots__ = ("read", "send", "sending")
@@ -285,9 +285,15 @@ class PaidConnectionEngine:
         :meth:`final_receipt_deadline`): 0 when it is over -- the connection ``ended``,
         the receipts cover ``usage`` (:meth:`settled_up`) or the deadline passed --, else
         ask the client (again) and wait this long (:meth:`final_receipt_wait`)."""
-        if ended or self.settled_up(usage):
+        if self.final_receipt_over(usage, ended=ended):
             return 0.0
         return self.final_receipt_wait(now, deadline)
+
+    def final_receipt_over(self, usage: Usage, *, ended: bool) -> bool:
+        """Whether the wait for the final receipt is over before its deadline: the
+        connection ``ended``, or the receipts cover ``usage`` (:meth:`settled_up`). The
+        drivers wait on this between two steps of :meth:`final_receipt_step`."""
+        return ended or self.settled_up(usage)
 
     def final_receipt_wait(self, now: float, deadline: float) -> float:
         """After asking (again) at ``now``: how long to wait for the final receipt
@@ -341,9 +347,10 @@ class PaidConnectionEngine:
 
     def write_credit(self, usage: Usage, queued: int) -> int:
         """The gate's credit for writes: on ``usage`` plus the ``queued`` bytes waiting
-        beyond the client's flow-control window (the usage counts a byte once it is
-        sent: judged on the usage alone, a client that read nothing had the send queue
-        filled on credit never used up)."""
+        beyond the client's flow-control window: the usage counts a byte only once it
+        is sent, so the queued bytes are spent credit too, or a client that reads
+        nothing gets its queue filled on credit it never pays for
+        (tests/paid/test_credit.py)."""
         total_bytes, total_requests = usage
         return self.gate.credit_bytes(total_bytes + queued, total_requests)
 
@@ -377,6 +384,19 @@ class PaidConnectionEngine:
             return True
         return False
 
+    def room(self, usage: Usage, nbytes: int) -> int:
+        """How much of a read of ``nbytes`` may go now on ``usage``: its
+        :meth:`read_room`, 0 when the gate does not serve (nothing moves then)."""
+        return self.read_room(usage, nbytes)[0] if self.gate.serving(*usage) else 0
+
+    def send_room(self, usage: Usage, queued: int, nbytes: int) -> int:
+        """How much of a write of ``nbytes`` may go now on ``usage`` and the ``queued``
+        bytes, nothing under way (one event loop: each write takes its room as it
+        goes): its :meth:`write_room`, 0 when the gate does not serve."""
+        if not self.gate.serving(*usage):
+            return 0
+        return self.write_room(usage, queued, 0, nbytes)
+
     def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
         """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
         credit it was judged on, :meth:`read_credit`); at least 1 byte, the gate serving
@@ -386,21 +406,23 @@ class PaidConnectionEngine:
 
     def datagram_room(self, usage: Usage, queued: int, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, on
-        the :meth:`write_credit` of ``usage`` and ``queued`` bytes."""
+        the :meth:`write_credit` of ``usage`` and ``queued`` bytes; none when the gate
+        does not serve."""
+        if not self.gate.serving(*usage):
+            return 0
         return self.datagrams_covered(self.write_credit(usage, queued), sizes)[0]
 
     def datagrams_covered_again(self, usage: Usage, queued: int) -> bool:
         """Payment came (a receipt kept, a top-up read; ``usage`` and the ``queued``
         bytes as they are then): whether the credit now covers the datagram that a send
         last found no credit for, ending a pause of datagram sends (the rule: see
-        :meth:`datagrams_unpaid`). Judged as payment comes, not at the next send: a
-        client that paid, its credit then spent on stream bytes before the next
-        datagram, had the connection closed at once."""
+        :meth:`datagrams_unpaid`). Judged as payment comes, not at the next send, so
+        that stream bytes spending that credit before the next datagram do not undo a
+        payment that covered it
+        (tests/paid/test_datagram_pause_rule.py)."""
         if self.unpaid_datagrams_since is None:
             return False
-        if not self.gate.serving(*usage) or not self.datagram_room(
-            usage, queued, [self.unpaid_size]
-        ):
+        if not self.datagram_room(usage, queued, [self.unpaid_size]):
             return False
         self.datagrams_paid()
         return True
@@ -474,24 +496,25 @@ class PaidConnectionEngine:
         return since
 
     def datagram_send(
-        self, usage: Usage, queued: int, sizes: list[int], now: float
-    ) -> tuple[int, PauseStep | None]:
+        self, usage: Usage, queued: int, sizes: list[int], now: float | None
+    ) -> tuple[int, bool]:
         """A datagram send that never waits (asyncio's) of datagrams of ``sizes``: how
-        many of them go (the first ones), and, when some are dropped for want of
-        payment, the step of that pause (:meth:`datagrams_dropped`). None go while the
-        bytes/s limit is in debt (its debt is waited for by a drain, which a sender of
+        many of them go (the first ones), and whether the rest are dropped for want of
+        payment (a pause: the driver takes its step from :meth:`datagrams_dropped`).
+        ``now`` is needed only under a bytes/s limit (:attr:`paced`; else None: an
+        unlimited sender reads no clock per send). None go while that limit is in debt,
+        which is no pause (its debt is waited for by a drain, which a sender of
         datagrams alone need never call: sent, they went past the limit for good). A
-        batch that goes whole ends a pause of datagram sends -- but not an empty one: a
-        sender whose batches were now and then empty never had the connection closed
+        batch that goes whole ends a pause of datagram sends, an empty one does not
         (tests/paid/test_datagram_pause.py)."""
-        if self.in_debt(now):
-            return 0, None
-        take = self.datagram_room(usage, queued, sizes) if self.gate.serving(*usage) else 0
+        if now is not None and self.in_debt(now):
+            return 0, False
+        take = self.datagram_room(usage, queued, sizes)
         if take < len(sizes):
-            return take, self.datagrams_dropped(self.verdict(usage, now), now, sizes[take])
+            return take, True
         if take:
             self.datagrams_paid()
-        return take, None
+        return take, False
 
     def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
         """A datagram send that never waits (asyncio's) dropped datagrams no credit
@@ -531,6 +554,13 @@ class PaidConnectionEngine:
     # (its token buckets, shared by its connections: the blocking driver calls these
     # under the limiter's lock; a driver checks ``buckets.*.rate`` itself first, so that
     # an unlimited client costs no call)
+
+    @property
+    def paced(self) -> bool:
+        """Whether the client has a bytes/s limit: only then do :meth:`write_now` and
+        :meth:`datagram_send` need ``now`` (an unlimited client's write or datagram send
+        costs no clock read: bench/compare.py paid_bulk)."""
+        return bool(self.buckets.bytes.rate)
 
     def charge(self, nbytes: int, requests: int, now: float) -> float:
         """Charge ``nbytes`` and ``requests`` to the rate limits at ``now``: the seconds
@@ -589,17 +619,17 @@ class PaidConnectionEngine:
         bucket = self.buckets.bytes
         return bool(bucket.rate) and bucket.delay(now) > 0
 
-    def write_now(self, usage: Usage, queued: int, nbytes: int, now: float) -> int:
+    def write_now(self, usage: Usage, queued: int, nbytes: int, now: float | None) -> int:
         """How much of a write of ``nbytes`` that never waits (asyncio's) goes at once
         on ``usage`` and the ``queued`` bytes, the rest held and let out as payment and
         the rate limits allow: nothing while the gate does not serve or the bytes/s
         bucket has not refilled for a piece (:meth:`held_back`), else its
-        :meth:`write_room`, one :meth:`write_slice` at most (a 4 MiB write went whole,
-        in 6 ms, to a client limited to 100 kB/s:
-        tests/paid/test_rate_limit_asyncio_callback.py)."""
-        if self.held_back(nbytes, now) or not self.gate.serving(*usage):
+        :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
+        the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
+        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write)."""
+        if now is not None and self.held_back(nbytes, now):
             return 0
-        return min(self.write_room(usage, queued, 0, nbytes), self.write_slice())
+        return min(self.send_room(usage, queued, nbytes), self.write_slice())
 
     def held_back(self, nbytes: int, now: float) -> bool:
         """Whether the bytes/s limit holds back a write of ``nbytes`` at ``now``: its

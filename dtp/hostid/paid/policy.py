@@ -53,7 +53,7 @@ class ServicePolicy:
     Host's refreshes, so no more often than ``refresh_interval``): one its client closed
     there while still served is closed (``CLOSE_LEDGER_CLOSED``) and settled at once.
     Claims come only at the end of a connection, and once ``HALF_CLOSE_TIMEOUT_MS``
-    (10 minutes) had passed since that half-close, the client could settle first and
+    (10 minutes) have passed since that half-close the client may settle first and
     take the whole escrow back, the usage served meanwhile unpaid: keep this well
     below it."""
 

@@ -55,7 +55,7 @@ NO_LEDGER_CONNECTION = "no ledger connection"
 UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
 #: What a server logs (with the connection ID, and the traceback) when a step of a
 #: served connection's end before its settlement fails: the settlement runs all the
-#: same, or the server's fee went unclaimed and the deposit stayed locked
+#: same, so that the server's fee is claimed and the deposit not left locked
 END_FAILED = "connection %s: its end before the settlement failed"
 
 
@@ -100,11 +100,12 @@ class ServerOptions:
         open_grace: float | None,
     ) -> ServerOptions:
         """The options, refused as the DTP server would refuse them but before anything
-        reads or writes the ledger (a bound refused only by the listener came after the
-        store's recovery had claimed on the ledger): TypeError for an ``identity`` that
-        is no HostIdentity or an address that is no (host, port) tuple, ValueError or
-        TypeError for a handshake bound (as :func:`dtp.socket.create_server`'s),
-        InvalidArgument for a port out of range or a bad ``open_grace``."""
+        reads or writes the ledger (the store's recovery claims on the ledger, so a bad
+        option stops the server first: tests/paid/test_server_options.py): TypeError for
+        an ``identity`` that is no HostIdentity or an address that is no (host, port)
+        tuple, ValueError or TypeError for a handshake bound (as
+        :func:`dtp.socket.create_server`'s), InvalidArgument for a port out of range or
+        a bad ``open_grace``."""
         check_server_identity(identity)
         check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
