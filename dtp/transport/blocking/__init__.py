@@ -1,7 +1,9 @@
 """The blocking transport: DTP connections driven by the calling thread, as :mod:`ssl`
-sockets are (``engine``: one connection over its carrier; ``socket``: its streams;
-``timers``: keepalives and idle timeouts; ``connect`` and ``server``: the two ends). The
-public face is :mod:`dtp.socket`; this package holds what its modules share."""
+sockets are (``engine``: one connection over its carrier; ``socket``: its streams, with
+its parts ``socket_state``, ``socket_reads``, ``socket_writes``, ``socket_datagrams`` and
+``layer_access``; ``timers``: keepalives and idle timeouts; ``connect`` and ``server``:
+the two ends). The public face is :mod:`dtp.socket`; this package holds what its modules
+share."""
 
 from __future__ import annotations
 
