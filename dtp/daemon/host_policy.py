@@ -54,9 +54,11 @@ class HostPolicy:
         limiting), until one succeeds again; said once, not at every refresh."""
         self._firewall: Firewall | None = None  # the Host's, as last read
         self._task: asyncio.Task[None] | None = None
-        # one first read at a time: two connections at once each started a loop, and
-        # stop() ended only the last (tests/daemon/test_service_host_parts.py)
+        # one first read at a time, and no loop once stopped: a loop started by a second
+        # watch, or by one that ends after stop(), would go on reading the ledger after
+        # the drain (tests/daemon/test_service_host_parts.py)
         self._starting = asyncio.Lock()
+        self._stopped = False
 
     async def watch(self, host_id: str) -> None:
         """Read the Host's firewall once (before the first connection is served), then
@@ -66,7 +68,8 @@ class HostPolicy:
         async with self._starting:
             if self._task is None:
                 await self.refresh(host_id)
-                self._task = asyncio.ensure_future(self._loop(host_id))
+                if not self._stopped:
+                    self._task = asyncio.ensure_future(self._loop(host_id))
 
     async def _loop(self, host_id: str) -> None:
         while True:
@@ -133,9 +136,10 @@ class HostPolicy:
             conn.writer.abort("the connection was closed on the ledger")
 
     async def stop(self) -> None:
-        """Stop re-reading the firewall (at the end of a drain)."""
+        """Stop re-reading the firewall (at the end of a drain); a later :meth:`watch`
+        reads it once and starts no loop."""
+        self._stopped = True
         if self._task is not None:
-            # (kept set while it ends: a late handler's watch would start another)
             if (error := await cancel_and_wait(self._task)) is not None:
                 log_failure(logger, "firewall refresh failed", error)
             self._task = None

@@ -6,6 +6,7 @@ place), and the settlements the drain waits for."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any, cast
 
@@ -107,5 +108,38 @@ def test_connections_arriving_together_start_one_firewall_refresh_loop(
         await host.policy.stop()
         await asyncio.sleep(0)
         assert all(t.done() for t in loops)
+
+    asyncio.run(main())
+
+
+def test_a_firewall_read_under_way_at_stop_starts_no_loop(host: ServiceHost) -> None:
+    """stop() while the first read of the Host is on the ledger, and a watch after
+    stop(): neither starts a refresh loop, which nothing would then stop."""
+    real = host.policy.ledger
+    reading = threading.Event()
+
+    class SlowLedger:
+        def get_host(self, host_id: str) -> Any:
+            reading.set()
+            time.sleep(0.2)
+            return real.get_host(host_id)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    hid = real.create_host(host.identity, host.identity.noise_public)
+    host.policy.ledger = cast(Any, SlowLedger())
+
+    def loops() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "HostPolicy._loop"]
+
+    async def main() -> None:
+        first = asyncio.ensure_future(host.policy.watch(hid))
+        await asyncio.to_thread(reading.wait, 5)
+        await host.policy.stop()
+        await first
+        assert loops() == []
+        await host.policy.watch(hid)
+        assert loops() == []
 
     asyncio.run(main())
