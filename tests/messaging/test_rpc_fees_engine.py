@@ -665,7 +665,7 @@ def test_request_payments_keeps_its_attributes_writable() -> None:
     other = Sla(price_per_kib=0, price_per_request=PRICE * 2, min_deposit=0)
     payments.sla = other
     payments.client_public_key = SERVER.ed25519_public
-    payments.connection_id = "0x" + "cd" * 32
+    payments.connection_id = "0x" + "CD" * 32  # (normalized, as the constructor does)
     payments.latest = None
     assert (payments.sla, payments.client_public_key, payments.latest) == (
         other,

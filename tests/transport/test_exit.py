@@ -85,7 +85,8 @@ def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = timers.TimerService()
-    # (the engine and the socket each look it up in their own module)
+    # (the engine and the socket's close each look it up in their own module; the
+    # socket's writes look it up in socket_writes, which this test never reaches)
     monkeypatch.setattr(blocking_engine, "TIMERS", service)
     monkeypatch.setattr(blocking_socket, "TIMERS", service)
     sock = dtp.socket.create_connection(

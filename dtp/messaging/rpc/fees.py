@@ -146,7 +146,7 @@ class RequestPayments:
 
     @connection_id.setter
     def connection_id(self, value: str) -> None:
-        self._cover.connection_id = value
+        self._cover.connection_id = normalize_id(value, "connection ID")
 
     @property
     def sla(self) -> Sla:
