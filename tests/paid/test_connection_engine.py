@@ -406,6 +406,47 @@ def test_payment_ends_a_timed_out_datagram_pause_only_when_it_covers_the_datagra
     assert paid.unpaid_datagrams_since is None
 
 
+def test_payment_ends_the_datagram_pause_of_a_call_still_waiting() -> None:
+    """A datagram send that waits with no deadline records its pause at each step, so
+    that payment covering its datagram ends the pause while it waits; should stream
+    bytes spend that credit before it looks again, its next step starts a new pause:
+    it closes pause_timeout after the payment, not after its first drop
+    (tests/paid/test_datagram_pause_rule.py)."""
+    paid = engine()  # (allowance 1000 bytes at 1 MIST a byte, pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    call = paid.pause(0.0, whole=500)
+    assert call.step(pausing, 0.0).action is PauseAction.WAIT
+    assert (paid.unpaid_datagrams_since, paid.unpaid_size) == (0.0, 500)
+    assert paid.datagrams_covered_again((400, 0), 0)  # paid at 0.8: covered
+    assert paid.unpaid_datagrams_since is None
+    spent = paid.verdict((900, 0), 1.2, whole=500)  # stream bytes spent it
+    assert call.step(spent, 1.2).action is PauseAction.WAIT  # not closed at 1.0
+    assert paid.unpaid_datagrams_since == 1.2
+    assert call.step(spent, 2.1).action is PauseAction.WAIT
+    step = call.step(spent, 2.2)
+    assert step.action is PauseAction.CLOSE and step.close is not None
+
+
+def test_a_call_that_times_out_after_payment_leaves_the_new_pause_start() -> None:
+    """A call that took over an earlier call's pause, then saw payment end it, times
+    out leaving the start of the pause that followed, not the one payment ended."""
+    paid = engine()
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    first = paid.pause(0.0, whole=500, deadline=0.0)
+    first.step(pausing, 0.0)
+    assert first.step(pausing, 0.1).action is PauseAction.TIMED_OUT
+    second = paid.pause(0.5, whole=500, deadline=2.5)
+    assert second.step(pausing, 0.5).action is PauseAction.WAIT
+    assert paid.unpaid_datagrams_since == 0.0  # (taken over)
+    paid.datagrams_paid()  # payment at 0.7 covered it, then stream bytes spent it
+    assert second.step(pausing, 2.0).action is PauseAction.WAIT
+    assert second.step(pausing, 2.5).action is PauseAction.TIMED_OUT
+    assert paid.unpaid_datagrams_since == 2.0
+    third = paid.pause(2.9, whole=500)
+    assert third.step(pausing, 2.9).action is PauseAction.WAIT  # 1 s from 2.0: not yet
+    assert third.step(pausing, 3.0).action is PauseAction.CLOSE
+
+
 def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
     """The asyncio send that never waits: datagrams_dropped is a paused send's step
     without the wait, timed from the first drop; payment that covers the datagram it
