@@ -452,15 +452,14 @@ def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
     without the wait, timed from the first drop; payment that covers the datagram it
     dropped last ends that pause."""
     paid = engine()  # (pause_timeout 1 s)
-    pausing = paid.verdict((900, 0), 0.0, whole=500)
-    assert paid.datagrams_dropped(pausing, 0.0, 500) == PauseStep(PauseAction.WAIT, ask=True)
-    assert paid.datagrams_dropped(pausing, 0.1, 500) == PauseStep(PauseAction.WAIT)
+    assert paid.datagrams_dropped((900, 0), 0.0, 500) == PauseStep(PauseAction.WAIT, ask=True)
+    assert paid.datagrams_dropped((900, 0), 0.1, 500) == PauseStep(PauseAction.WAIT)
     assert not paid.datagrams_covered_again((900, 0), 0)  # 100 bytes of credit left
-    closing = paid.datagrams_dropped(pausing, 1.0, 500)
+    closing = paid.datagrams_dropped((900, 0), 1.0, 500)
     assert closing.action is PauseAction.CLOSE and closing.close is not None
     assert closing.close.code == CLOSE_PAYMENT_REQUIRED
     fresh = engine()
-    fresh.datagrams_dropped(pausing, 0.0, 500)
+    fresh.datagrams_dropped((900, 0), 0.0, 500)
     assert fresh.datagrams_covered_again((400, 0), 0)  # 600 bytes cover it now
     assert fresh.unpaid_datagrams_since is None and fresh.asked_at is None
 
@@ -565,13 +564,13 @@ def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
     assert not paid.paced
     assert paid.datagram_send((0, 0), 0, [400, 400], None) == (2, False)
     assert paid.datagram_send((800, 0), 0, [100, 200], None) == (1, True)
-    step = paid.datagrams_dropped(paid.verdict((800, 0), 0.0), 0.0, 200)
+    step = paid.datagrams_dropped((800, 0), 0.0, 200)
     assert step == PauseStep(PauseAction.WAIT, ask=True)
     assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
     assert paid.datagram_send((800, 0), 0, [], None) == (0, False)  # empty: still paused
     assert paid.unpaid_datagrams_since == 0.0
     assert paid.datagram_send((900, 0), 0, [200], None) == (0, True)
-    step = paid.datagrams_dropped(paid.verdict((900, 0), 1.0), 1.0, 200)
+    step = paid.datagrams_dropped((900, 0), 1.0, 200)
     assert step.action is PauseAction.CLOSE
     assert paid.datagram_send((0, 0), 0, [10], None) == (1, False)
     assert paid.unpaid_datagrams_since is None  # went whole: that pause is over

@@ -515,16 +515,16 @@ class PaidConnectionEngine:
             self.datagrams_paid()
         return take, False
 
-    def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
+    def datagrams_dropped(self, usage: Usage, now: float, size: int) -> PauseStep:
         """A datagram send that never waits (asyncio's) dropped datagrams no credit
-        covered, the first of ``size`` bytes, the gate's verdict ``verdict``: the step of
+        covered, the first of ``size`` bytes, at ``now`` on ``usage``: the step of
         a paused blocking send without its wait. CLOSE once they have been dropped for
         want of payment for ``pause_timeout`` (or at once on a bad receipt), else WAIT
         (``ask``: send RECEIPT_REQUEST, once a request interval; the wait is the next
         send's). Dropping them for good instead would let a sender of datagrams alone to
         a client that pays nothing go on for the life of the connection."""
         since = self.datagrams_unpaid(now, size)
-        verdict = self.datagram_verdict(verdict, now, size, since)
+        verdict = self.datagram_verdict(self.verdict(usage, now), now, size, since)
         if verdict.state is GateState.CLOSE:
             return PauseStep(PauseAction.CLOSE, close=self.payment_required(verdict))
         return PauseStep(PauseAction.WAIT, self.request_due(now))
