@@ -447,6 +447,41 @@ def test_a_call_that_times_out_after_payment_leaves_the_new_pause_start() -> Non
     assert third.step(pausing, 3.0).action is PauseAction.CLOSE
 
 
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["step", "paid", "timed out"]), st.floats(0.0, 0.4)),
+        max_size=30,
+    )
+)
+def test_a_waiting_datagram_send_closes_only_a_pause_timeout_after_the_pause_began(
+    events: list[tuple[str, float]],
+) -> None:
+    """Whatever the order of steps, payments ending the pause and calls timing out: a
+    datagram send closes only once pause_timeout passed since the pause of datagram
+    sends began (its first drop, or the first after the latest payment), and at the
+    first step after that."""
+    paid = engine()  # (pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    now = 0.0
+    began: float | None = None
+    call = paid.pause(now, whole=500)
+    for event, later in events:
+        now += later
+        if event == "paid":
+            paid.datagrams_paid()
+            began = None
+            continue
+        if event == "timed out":
+            call = paid.pause(now, whole=500)  # (the next call)
+        step = call.step(pausing, now)
+        began = now if began is None else began
+        if now - began >= 1.0:
+            assert step.action is PauseAction.CLOSE
+            return
+        assert step.action is PauseAction.WAIT
+        assert paid.unpaid_datagrams_since == began
+
+
 def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
     """The asyncio send that never waits: datagrams_dropped is a paused send's step
     without the wait, timed from the first drop; payment that covers the datagram it
