@@ -406,20 +406,95 @@ def test_payment_ends_a_timed_out_datagram_pause_only_when_it_covers_the_datagra
     assert paid.unpaid_datagrams_since is None
 
 
+def test_payment_ends_the_datagram_pause_of_a_call_still_waiting() -> None:
+    """A datagram send that waits with no deadline records its pause at each step, so
+    that payment covering its datagram ends the pause while it waits; should stream
+    bytes spend that credit before it looks again, its next step starts a new pause:
+    it closes pause_timeout after the payment, not after its first drop
+    (tests/paid/test_datagram_pause_rule.py)."""
+    paid = engine()  # (allowance 1000 bytes at 1 MIST a byte, pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    call = paid.pause(0.0, whole=500)
+    assert call.step(pausing, 0.0).action is PauseAction.WAIT
+    assert (paid.unpaid_datagrams_since, paid.unpaid_size) == (0.0, 500)
+    assert paid.datagrams_covered_again((400, 0), 0)  # paid at 0.8: covered
+    assert paid.unpaid_datagrams_since is None
+    spent = paid.verdict((900, 0), 1.2, whole=500)  # stream bytes spent it
+    assert call.step(spent, 1.2).action is PauseAction.WAIT  # not closed at 1.0
+    assert paid.unpaid_datagrams_since == 1.2
+    assert call.step(spent, 2.1).action is PauseAction.WAIT
+    step = call.step(spent, 2.2)
+    assert step.action is PauseAction.CLOSE and step.close is not None
+
+
+def test_a_call_that_times_out_after_payment_leaves_the_new_pause_start() -> None:
+    """A call that took over an earlier call's pause, then saw payment end it, times
+    out leaving the start of the pause that followed, not the one payment ended."""
+    paid = engine()
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    first = paid.pause(0.0, whole=500, deadline=0.0)
+    first.step(pausing, 0.0)
+    assert first.step(pausing, 0.1).action is PauseAction.TIMED_OUT
+    second = paid.pause(0.5, whole=500, deadline=2.5)
+    assert second.step(pausing, 0.5).action is PauseAction.WAIT
+    assert paid.unpaid_datagrams_since == 0.0  # (taken over)
+    paid.datagrams_paid()  # payment at 0.7 covered it, then stream bytes spent it
+    assert second.step(pausing, 2.0).action is PauseAction.WAIT
+    assert second.step(pausing, 2.5).action is PauseAction.TIMED_OUT
+    assert paid.unpaid_datagrams_since == 2.0
+    third = paid.pause(2.9, whole=500)
+    assert third.step(pausing, 2.9).action is PauseAction.WAIT  # 1 s from 2.0: not yet
+    assert third.step(pausing, 3.0).action is PauseAction.CLOSE
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["step", "paid", "timed out"]), st.floats(0.0, 0.4)),
+        max_size=30,
+    )
+)
+def test_a_waiting_datagram_send_closes_only_a_pause_timeout_after_the_pause_began(
+    events: list[tuple[str, float]],
+) -> None:
+    """Whatever the order of steps, payments ending the pause and calls timing out: a
+    datagram send closes only once pause_timeout passed since the pause of datagram
+    sends began (its first drop, or the first after the latest payment), and at the
+    first step after that."""
+    paid = engine()  # (pause_timeout 1 s)
+    pausing = paid.verdict((900, 0), 0.0, whole=500)
+    now = 0.0
+    began: float | None = None
+    call = paid.pause(now, whole=500)
+    for event, later in events:
+        now += later
+        if event == "paid":
+            paid.datagrams_paid()
+            began = None
+            continue
+        if event == "timed out":
+            call = paid.pause(now, whole=500)  # (the next call)
+        step = call.step(pausing, now)
+        began = now if began is None else began
+        if now - began >= 1.0:
+            assert step.action is PauseAction.CLOSE
+            return
+        assert step.action is PauseAction.WAIT
+        assert paid.unpaid_datagrams_since == began
+
+
 def test_a_dropped_datagram_asks_once_an_interval_then_closes() -> None:
     """The asyncio send that never waits: datagrams_dropped is a paused send's step
     without the wait, timed from the first drop; payment that covers the datagram it
     dropped last ends that pause."""
     paid = engine()  # (pause_timeout 1 s)
-    pausing = paid.verdict((900, 0), 0.0, whole=500)
-    assert paid.datagrams_dropped(pausing, 0.0, 500) == PauseStep(PauseAction.WAIT, ask=True)
-    assert paid.datagrams_dropped(pausing, 0.1, 500) == PauseStep(PauseAction.WAIT)
+    assert paid.datagrams_dropped((900, 0), 0.0, 500) == PauseStep(PauseAction.WAIT, ask=True)
+    assert paid.datagrams_dropped((900, 0), 0.1, 500) == PauseStep(PauseAction.WAIT)
     assert not paid.datagrams_covered_again((900, 0), 0)  # 100 bytes of credit left
-    closing = paid.datagrams_dropped(pausing, 1.0, 500)
+    closing = paid.datagrams_dropped((900, 0), 1.0, 500)
     assert closing.action is PauseAction.CLOSE and closing.close is not None
     assert closing.close.code == CLOSE_PAYMENT_REQUIRED
     fresh = engine()
-    fresh.datagrams_dropped(pausing, 0.0, 500)
+    fresh.datagrams_dropped((900, 0), 0.0, 500)
     assert fresh.datagrams_covered_again((400, 0), 0)  # 600 bytes cover it now
     assert fresh.unpaid_datagrams_since is None and fresh.asked_at is None
 
@@ -524,13 +599,13 @@ def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
     assert not paid.paced
     assert paid.datagram_send((0, 0), 0, [400, 400], None) == (2, False)
     assert paid.datagram_send((800, 0), 0, [100, 200], None) == (1, True)
-    step = paid.datagrams_dropped(paid.verdict((800, 0), 0.0), 0.0, 200)
+    step = paid.datagrams_dropped((800, 0), 0.0, 200)
     assert step == PauseStep(PauseAction.WAIT, ask=True)
     assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
     assert paid.datagram_send((800, 0), 0, [], None) == (0, False)  # empty: still paused
     assert paid.unpaid_datagrams_since == 0.0
     assert paid.datagram_send((900, 0), 0, [200], None) == (0, True)
-    step = paid.datagrams_dropped(paid.verdict((900, 0), 1.0), 1.0, 200)
+    step = paid.datagrams_dropped((900, 0), 1.0, 200)
     assert step.action is PauseAction.CLOSE
     assert paid.datagram_send((0, 0), 0, [10], None) == (1, False)
     assert paid.unpaid_datagrams_since is None  # went whole: that pause is over

@@ -4,22 +4,25 @@ datagram send that goes whole -- not a read or a stream write that finds the usa
 served.
 
 - A handler that sends a datagram no credit covers to a client that pays nothing, a
-  stream byte between each try: the connection closes after the pause timeout. (The
-  blocking driver ended the pause at any look that found the usage served -- each
-  stream write did -- so it went on for as long as the handler wrote.)
+  stream byte between each try: the connection closes after the pause timeout. A look
+  at the gate that finds the usage served -- each stream write is one -- does not end
+  the pause.
 - A client that pays after a datagram was dropped ends the pause at once, with no
-  send: the next datagram dropped starts a new one. (The blocking driver ended it only
-  at a look, and once a look no longer ended it, payment spent on stream bytes before
-  the next datagram left the old pause's clock running.)
+  send: the next datagram dropped starts a new one.
+- So does payment that comes while a blocking datagram send waits with no timeout:
+  should stream bytes from another thread spend it before the send looks again, the
+  send's pause is a new one, timed from the payment, not from the first drop.
 
-Both drivers (the ``driver`` fixture), real connections on 127.0.0.1, a LocalLedger
-file in tmp_path; the payment is a receipt signed with the client's key handed to the
-server's receipt path, as the client's RECEIPT frame would be."""
+Real connections on 127.0.0.1 (both drivers, the ``driver`` fixture, but for the
+blocking send that waits), a LocalLedger file in tmp_path; the payment is a receipt
+signed with the client's key handed to the server's receipt path, as the client's
+RECEIPT frame would be."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +47,7 @@ UNPAID = MeteringConfig(enabled=False)
 PAUSE = 1.0
 #: 100 MIST on credit: about 9.5 KiB, so a datagram of 15,000 bytes is never covered
 TOO_BIG = 15_000
-#: How long the handler goes on trying (the defect's connection never closed)
+#: How long the handler goes on trying (bounds the wait for the close)
 TRIES_FOR = 5.0
 
 
@@ -158,3 +161,74 @@ def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
     policy = ServicePolicy(allowance=300, pause_timeout=30.0)
     _served(tmp_path, driver, (pays, pays_aio), policy, lambda: "ended" in out)
     assert out == {"paused": True, "ended": True}
+
+
+#: A datagram the allowance covers once (about 9.5 KiB of credit), not twice
+WAITING = 8000
+#: Stream bytes that leave less credit than WAITING after a payment covering it
+SPEND = 4000
+
+
+def test_payment_ends_the_pause_of_a_blocking_datagram_send_that_waits(
+    tmp_path: Path,
+) -> None:
+    """A blocking send_datagram that waits with no timeout, a receipt covering its
+    datagram, then stream bytes from another thread that spend that credit before the
+    send looks again: the send's pause is timed from the payment (the step after it
+    finds the datagram uncovered starts a new one), so the connection closes
+    pause_timeout after the payment, not pause_timeout after the first drop."""
+    out: dict[str, Any] = {}
+
+    def waits(sock: PaidSocket) -> None:
+        paid = sock._paid
+        sock.recv(2)
+        sock.settimeout(0.05)
+        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
+            while True:
+                sock.send_datagram(bytes(WAITING))
+        out["dropped_at"] = paid.core.unpaid_datagrams_since
+        grown, spent = threading.Event(), threading.Event()
+        grew = paid.credit_grew
+
+        def grew_then_spent() -> None:
+            # (the writer thread, once the receipt counts: the send that waits looks
+            # again only after the stream bytes went)
+            grew()
+            if paid.core.receipts and not grown.is_set():
+                grown.set()
+                spent.wait(WAIT)
+
+        paid.credit_grew = grew_then_spent  # type: ignore[method-assign]
+
+        def pays() -> None:
+            time.sleep(PAUSE * 0.6)
+            with paid.engine.lock:  # (as the client's RECEIPT frame is read)
+                out["paid_at"] = time.monotonic()
+                _pay(paid, paid.engine.conn.usage)
+
+        def spends() -> None:
+            if grown.wait(WAIT):
+                sock.sendall(bytes(SPEND))
+            spent.set()
+
+        threads = [threading.Thread(target=pays), threading.Thread(target=spends)]
+        for thread in threads:
+            thread.start()
+        sock.settimeout(None)
+        try:
+            sock.send_datagram(bytes(WAITING))
+            out["sent"] = True
+        except DTPError as exc:
+            out["raised"] = exc
+        out["closed_at"] = time.monotonic()
+        for thread in threads:
+            thread.join(WAIT)
+        out["done"] = True
+
+    policy = ServicePolicy(allowance=100, pause_timeout=PAUSE)
+    _served(tmp_path, Driver("blocking"), (waits, None), policy, lambda: "done" in out)
+    assert isinstance(out.get("raised"), PaymentRequired), out
+    assert out["dropped_at"] is not None, out
+    after_payment = out["closed_at"] - out["paid_at"]
+    assert PAUSE <= after_payment < PAUSE + 1.0, out
+    assert out["closed_at"] - out["dropped_at"] >= PAUSE * 1.5, out

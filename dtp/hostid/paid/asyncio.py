@@ -261,7 +261,7 @@ class PaidConnection:
             return take
         if now is None:
             now = time.monotonic()
-        step = core.datagrams_dropped(core.verdict(conn.usage, now), now, sizes[take])
+        step = core.datagrams_dropped(conn.usage, now, sizes[take])
         if step.close is not None:
             self.close(step.close.code, step.close.reason)
             raise PaymentRequired(step.close.reason, step.close.code)

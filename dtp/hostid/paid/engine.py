@@ -100,7 +100,7 @@ class PausedCall:
     ``now`` and says what to do (docs/escrow.md §6.1; the driver only sends, waits and
     reads the deposit). Made by :meth:`PaidConnectionEngine.pause`."""
 
-    __slots__ = ("_core", "_deadline", "_since", "_waited", "whole")
+    __slots__ = ("_core", "_deadline", "_waited", "whole")
 
     def __init__(
         self, core: PaidConnectionEngine, now: float, whole: int, deadline: float | None
@@ -109,12 +109,6 @@ class PausedCall:
         #: Bytes of a write that cannot go in part (a datagram), judged with the usage
         self.whole = whole
         self._deadline = deadline
-        # A pause for ``whole`` bytes is timed by the call (datagram_verdict), from the
-        # first send no credit covered when an earlier call timed out: the gate's own
-        # pause clock restarts whenever another call finds the usage served
-        # (tests/paid/test_datagram_allowance.py)
-        since = core.unpaid_datagrams_since
-        self._since = now if since is None or not whole else since
         self._waited = False
 
     def step(self, verdict: GateVerdict, now: float) -> PauseStep:
@@ -124,15 +118,20 @@ class PausedCall:
         if verdict.state is GateState.PAUSE:
             deadline = self._deadline
             # (a first look always asks: a non-blocking call asks for a receipt once)
-            if self._waited and deadline is not None and now >= deadline:
-                if whole:
-                    # the next call goes on timing (and a payment covering this
-                    # datagram ends the pause: datagrams_covered_again)
-                    core.unpaid_datagrams_since = self._since
-                    core.unpaid_size = whole
-                return PauseStep(PauseAction.TIMED_OUT)
+            timed_out = self._waited and deadline is not None and now >= deadline
             if whole:
-                verdict = core.datagram_verdict(verdict, now, whole, self._since)
+                # A pause for ``whole`` bytes is the connection's pause of datagram
+                # sends, timed from its first drop at each step (datagrams_unpaid), not
+                # by the gate's own pause clock, which restarts whenever another call
+                # finds the usage served (tests/paid/test_datagram_allowance.py).
+                # Recorded at every step, so that payment covering this datagram ends
+                # that pause while the call waits (datagrams_covered_again), and the
+                # step after it starts a new one (tests/paid/test_datagram_pause_rule.py)
+                since = core.datagrams_unpaid(now, whole)
+                if not timed_out:
+                    verdict = core.datagram_verdict(verdict, now, whole, since)
+            if timed_out:
+                return PauseStep(PauseAction.TIMED_OUT)
         if verdict.state is GateState.PAUSE:
             self._waited = True
             ask = core.request_due(now)
@@ -516,16 +515,16 @@ class PaidConnectionEngine:
             self.datagrams_paid()
         return take, False
 
-    def datagrams_dropped(self, verdict: GateVerdict, now: float, size: int) -> PauseStep:
+    def datagrams_dropped(self, usage: Usage, now: float, size: int) -> PauseStep:
         """A datagram send that never waits (asyncio's) dropped datagrams no credit
-        covered, the first of ``size`` bytes, the gate's verdict ``verdict``: the step of
+        covered, the first of ``size`` bytes, at ``now`` on ``usage``: the step of
         a paused blocking send without its wait. CLOSE once they have been dropped for
         want of payment for ``pause_timeout`` (or at once on a bad receipt), else WAIT
         (``ask``: send RECEIPT_REQUEST, once a request interval; the wait is the next
         send's). Dropping them for good instead would let a sender of datagrams alone to
         a client that pays nothing go on for the life of the connection."""
         since = self.datagrams_unpaid(now, size)
-        verdict = self.datagram_verdict(verdict, now, size, since)
+        verdict = self.datagram_verdict(self.verdict(usage, now), now, size, since)
         if verdict.state is GateState.CLOSE:
             return PauseStep(PauseAction.CLOSE, close=self.payment_required(verdict))
         return PauseStep(PauseAction.WAIT, self.request_due(now))
