@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -162,6 +163,26 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
     assert recorder.after == 1
 
 
+@contextlib.asynccontextmanager
+async def _aio_connection() -> AsyncIterator[dtp.aio.StreamWriter]:
+    """A plain asyncio connection to a server that reads until the client's end."""
+
+    async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
+    try:
+        host, port = server.sockets[0].getsockname()[:2]
+        _, writer = await dtp.aio.open_connection(
+            host, port, server_key=SERVER.noise_public, identity=CLIENT
+        )
+        yield writer
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
     with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER) as server:
         sock = dtp.socket.create_connection(
@@ -175,16 +196,7 @@ def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
 
 def test_streams_of_a_plain_connection_are_plain_and_name_no_ledger_objects() -> None:
     async def main() -> None:
-        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
-        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
-        try:
-            host, port = server.sockets[0].getsockname()[:2]
-            _, writer = await dtp.aio.open_connection(
-                host, port, server_key=SERVER.noise_public, identity=CLIENT
-            )
+        async with _aio_connection() as writer:
             _, stream = await writer.open_stream()
             for each in (writer, stream):
                 assert type(each) is dtp.aio.DTPStreamWriter
@@ -193,9 +205,6 @@ def test_streams_of_a_plain_connection_are_plain_and_name_no_ledger_objects() ->
                     await each.top_up(5)
             writer.close()
             await writer.wait_closed()
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(main())
 
@@ -299,16 +308,7 @@ def test_a_blocking_socket_tells_its_end_and_carrier_and_wakes_its_waiter() -> N
 
 def test_an_asyncio_protocol_wakes_its_waiting_tasks() -> None:
     async def main() -> None:
-        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
-        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
-        try:
-            host, port = server.sockets[0].getsockname()[:2]
-            _, writer = await dtp.aio.open_connection(
-                host, port, server_key=SERVER.noise_public, identity=CLIENT
-            )
+        async with _aio_connection() as writer:
             proto = writer.connection_driver
             # A task waiting on the connection for a condition set outside it looks again
             # on wake(): without it, nothing arrives and it waits for good (the timeout).
@@ -320,25 +320,13 @@ def test_an_asyncio_protocol_wakes_its_waiting_tasks() -> None:
             assert flag and time.monotonic() - start < 8.0
             writer.close()
             await writer.wait_closed()
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(main())
 
 
 def test_an_asyncio_writer_tells_its_end_and_carrier_and_hands_out_its_closed_future() -> None:
     async def main() -> None:
-        async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
-            await reader.read()
-            writer.close()
-
-        server = await dtp.aio.start_server(serve, "127.0.0.1", 0, identity=SERVER)
-        try:
-            host, port = server.sockets[0].getsockname()[:2]
-            _, writer = await dtp.aio.open_connection(
-                host, port, server_key=SERVER.noise_public, identity=CLIENT
-            )
+        async with _aio_connection() as writer:
             assert writer.reliable_carrier is True  # (TCP)
             assert writer.connection_ended is False
             assert writer.connection_driver.session.terminated is None
@@ -353,8 +341,5 @@ def test_an_asyncio_writer_tells_its_end_and_carrier_and_hands_out_its_closed_fu
             assert writer.connection_ended is True
             assert await asyncio.wait_for(closed, 10) is None
             assert await asyncio.wait_for(writer.connection_closed(), 10) is None
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(main())
