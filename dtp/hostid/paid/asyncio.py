@@ -277,7 +277,7 @@ class PaidConnection:
         return take
 
     def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read, a cap raised): a pause of
+        """Payment came (a receipt kept, a top-up read): a pause of
         datagram sends ends once the credit covers the datagram a send last dropped
         (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
         as the blocking driver's)."""
