@@ -13,10 +13,14 @@ from hypothesis import strategies as st
 from dtp.errors import ConnectionClosed, ObjectNotFound, PaymentRequired
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy
 from dtp.hostid.paid.server_core import (
+    END_FAILED,
     NO_LEDGER_CONNECTION,
+    TOP_UP_FAILED,
     UNMETERED_REFUSAL,
     AdmitStep,
+    EndPhase,
     EndPlan,
+    EndStep,
     HandlerRaised,
     HandleStep,
     PaidServerCore,
@@ -356,6 +360,121 @@ def test_a_connection_stops_counting_as_its_end_begins() -> None:
     assert server.open_connections == 0
     assert ALICE not in server.limiter.clients  # its buckets given back
     assert server.refresh(HOST, 1.0).denied == ()  # no refresh reaches it
+
+
+def _run_end(
+    phase: EndPhase[Conn],
+    ended: ConnectionTerminated | None,
+    cut: frozenset[EndStep] = frozenset(),
+    raising: frozenset[EndStep] = frozenset(),
+) -> list[EndStep]:
+    """The steps ``phase`` gives, made as a driver makes them: ENDING with ``ended``;
+    those in ``cut`` cut short by a cancellation, those in ``raising`` raising (the
+    driver logs them and goes on)."""
+    made = []
+    for step in phase:
+        made.append(step)
+        if step is EndStep.ENDING and step not in raising:
+            phase.ending(ended)
+        if step in cut:
+            phase.cancel()
+    return made
+
+
+def test_a_served_connections_end_is_one_list_of_steps() -> None:
+    """EndPhase: the final receipt, the top-up read, the end of its count, then the
+    settlement and the close in the plan's order (settled first when the client closed
+    cleanly)."""
+    server = core()
+    clean = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    alice = Conn(ALICE)
+    server.buckets(ALICE, 0.0)
+    server.opened(alice)
+    phase = EndPhase(server, alice, False)
+    assert _run_end(phase, clean) == [
+        EndStep.FINAL_RECEIPT,
+        EndStep.TOP_UP,
+        EndStep.ENDING,
+        EndStep.SETTLE,
+        EndStep.CLOSE,
+    ]
+    assert phase.plan == EndPlan(True, None) and not phase.cancelled
+    assert server.open_connections == 0  # (ENDING: PaidServerCore.ending)
+    failed = EndPhase(server, Conn(BOB), True)
+    assert _run_end(failed, None) == [
+        EndStep.FINAL_RECEIPT,
+        EndStep.TOP_UP,
+        EndStep.ENDING,
+        EndStep.CLOSE,
+        EndStep.SETTLE,
+    ]
+    assert failed.plan == EndPlan(False, CALLBACK_FAILED)
+
+
+def test_a_cancelled_end_skips_the_waits_before_the_settlement_but_not_the_settlement() -> None:
+    server = core()
+    phase = EndPhase(server, Conn(ALICE), False)
+    made = _run_end(phase, None, cut=frozenset({EndStep.FINAL_RECEIPT}))
+    assert made == [EndStep.FINAL_RECEIPT, EndStep.ENDING, EndStep.CLOSE, EndStep.SETTLE]
+    assert phase.cancelled and phase.plan == EndPlan(False, CLOSED_REFUSAL)
+
+
+def test_a_failed_end_of_the_count_still_closes_and_settles() -> None:
+    """Should ENDING raise before it made its plan, the end goes on as for a connection
+    not ended yet: closed, then settled."""
+    phase = EndPhase(core(), Conn(ALICE), False)
+    clean = ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True)
+    made = _run_end(phase, clean, raising=frozenset({EndStep.ENDING}))
+    assert made[-2:] == [EndStep.CLOSE, EndStep.SETTLE]
+    assert phase.plan == EndPlan(False, None)
+
+
+def test_a_failed_end_step_has_its_own_log_line() -> None:
+    assert EndStep.FINAL_RECEIPT.failure == END_FAILED
+    assert EndStep.TOP_UP.failure == TOP_UP_FAILED
+    assert len({step.failure for step in EndStep} - {END_FAILED}) == 3
+    assert all(step.failure.count("%s") == 1 for step in EndStep)
+
+
+_ENDS = st.sampled_from(
+    [
+        None,
+        ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=True),
+        ConnectionTerminated(CloseCode.NO_ERROR, "", by_peer=False),
+        ConnectionTerminated(CLOSE_PAYMENT_REQUIRED, "unpaid", by_peer=True),
+    ]
+)
+
+
+@given(
+    _ENDS,
+    st.booleans(),
+    st.frozensets(st.sampled_from(list(EndStep))),
+    st.frozensets(st.sampled_from(list(EndStep))),
+)
+def test_every_end_settles_once_after_its_count_ends(
+    ended: ConnectionTerminated | None,
+    failed: bool,
+    cut: frozenset[EndStep],
+    raising: frozenset[EndStep],
+) -> None:
+    """Whatever step raises or is cut short by a cancellation, the end settles the
+    connection exactly once, and closes it once, both after it stopped counting; the
+    top-up read, when made, comes before that."""
+    server = core()
+    paid = Conn(ALICE)
+    server.buckets(ALICE, 0.0)
+    server.opened(paid)
+    phase = EndPhase(server, paid, failed)
+    made = _run_end(phase, ended, cut, raising)
+    assert made[0] is EndStep.FINAL_RECEIPT
+    assert sorted(made[-2:], key=str) == [EndStep.CLOSE, EndStep.SETTLE]
+    assert made.count(EndStep.ENDING) == 1 and made[-3] is EndStep.ENDING
+    assert (EndStep.TOP_UP in made) is (EndStep.FINAL_RECEIPT not in cut)
+    settles_first = made.index(EndStep.SETTLE) < made.index(EndStep.CLOSE)
+    assert settles_first is (EndStep.ENDING not in raising and PaidServerCore.settles_first(ended))
+    if EndStep.ENDING not in raising:
+        assert server.open_connections == 0 and ALICE not in server.limiter.clients
 
 
 def test_what_counts_as_a_failed_handler() -> None:

@@ -37,8 +37,9 @@ from dtp.hostid.paid.asyncio import (
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
-    END_FAILED,
     AdmitStep,
+    EndPhase,
+    EndStep,
     HandleStep,
     PaidServerCore,
     ServerOptions,
@@ -392,81 +393,79 @@ class PaidAioServer:
         failed: bool,
         admitted: Admitted | None = None,
     ) -> None:
-        """The end phase of a served connection: what is held goes out, the final
-        receipt is asked for, the connection closes and is settled. A cancellation
-        (asyncio.run ending the loop, which cancels each task once) cuts the waits short,
-        but not the settlement: it is re-raised once settled; any other error in those
-        steps is logged, and the settlement goes on too. (Skipped, the ledger connection
-        would stay Open, the server's fee unclaimed and the deposit locked until the
-        half-close timeout.)"""
-        proto = paid.proto
-        cancelled = False
-        try:
-            await self._wind_up(paid, cid)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception:  # (the settlement must run all the same)
-            logger.exception(END_FAILED, cid)
-        finally:
-            plan = self.core.ending(paid, proto.session.terminated, failed, cancelled)
-            # it no longer counts against the Host's connection limits: the client may
-            # connect again at once, while the settlement (three transactions on Sui)
-            # goes on -- the carrier, held until then, releases the ID (docs/escrow.md §2)
-            if self.admission is not None:
-                self.admission.served.ended(cid)
-        if plan.settle_first:
-            # the client closed: settle before our end of the carrier closes (as
-            # dtp.hostid.paid does)
-            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
-            self._release_carrier(proto)
-        else:
-            self._release_carrier(proto)
-            if proto.session.terminated is None:
-                if plan.abort is not None:
-                    writer.abort(plan.abort)
-                else:
-                    writer.close()
-                    try:
-                        with contextlib.suppress(DTPError):
-                            await writer.wait_closed()
-                    except asyncio.CancelledError:
-                        cancelled = True
-                        writer.abort(CLOSED_REFUSAL)
-            cancelled = await self._settle_surely(cid, paid.final, admitted) or cancelled
-        if cancelled:
+        """The end phase of a served connection: the core's :class:`EndPhase` gives its
+        steps in order, each made here; one that raises is logged, and the later ones
+        run all the same (the top-up read and the settlement protect money). A
+        cancellation (asyncio.run ending the loop, which cancels each task once) cuts
+        the waits short, but not the settlement: it is re-raised once settled."""
+        phase = EndPhase(self.core, paid, failed)
+        for step in phase:
+            try:
+                await self._end_step(step, phase, writer, paid, cid, admitted)
+            except asyncio.CancelledError:
+                phase.cancel()
+            except Exception:
+                logger.exception(step.failure, cid)
+        if phase.cancelled:
             raise asyncio.CancelledError
 
-    async def _wind_up(self, paid: PaidConnection, cid: str) -> None:
-        """Before the close: what the callback wrote and the gate held back goes out, the
-        first stream's close (PaidWriter.close) finishes, the final receipt is asked
-        for, and a top-up is read."""
+    async def _end_step(
+        self,
+        step: EndStep,
+        phase: EndPhase[PaidConnection],
+        writer: DTPStreamWriter,
+        paid: PaidConnection,
+        cid: str,
+        admitted: Admitted | None,
+    ) -> None:
         proto = paid.proto
-        try:
-            # what the callback wrote and the gate held back goes out before the end: a
-            # client that does not pay is closed after the pause timeout; one that does
-            # not read gets as long again as a closing stream waits for its queued data
-            if paid.releasing:
-                left = set(paid.releasing)
-                _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
-                for task in late:
-                    task.cancel()
-            if paid.closing is not None:
-                # (it asks for the final receipt itself, then closes)
-                with contextlib.suppress(DTPError):
-                    await asyncio.shield(paid.closing)
-            if proto.session.terminated is None:
-                await paid.request_final_receipt()
-        except Exception:  # (the top-up is read all the same: tests/paid/test_handler_ending.py)
-            logger.exception(END_FAILED, cid)
-        # a receipt the client signed above the deposit as admission read it (it
-        # topped up) is judged before the settlement, or it goes unclaimed (a read a
-        # datagram send started ends first: what it finds counts, and the settlement
-        # and the release come after it)
-        await paid.deposit_reads_ended()
-        try:
+        if step is EndStep.FINAL_RECEIPT:
+            await self._final_receipt(paid)
+        elif step is EndStep.TOP_UP:
+            # (a read a datagram send started ends first: what it finds counts, and the
+            # settlement and the release come after it)
+            await paid.deposit_reads_ended()
             await paid.read_deposit(ending=True)
-        except Exception:  # (the settlement must run all the same)
-            logger.exception("connection %s: reading its escrow at the end failed", cid)
+        elif step is EndStep.ENDING:
+            phase.ending(proto.session.terminated)
+            # the carrier, held until the settlement, releases the ID (docs/escrow.md §2)
+            if self.admission is not None:
+                self.admission.served.ended(cid)
+        elif step is EndStep.SETTLE:
+            if await self._settle_surely(cid, paid.final, admitted):
+                phase.cancel()
+        else:  # (EndStep.CLOSE)
+            self._release_carrier(proto)
+            if proto.session.terminated is not None:
+                return
+            if phase.plan.abort is not None:
+                writer.abort(phase.plan.abort)
+                return
+            writer.close()
+            try:
+                with contextlib.suppress(DTPError):
+                    await writer.wait_closed()
+            except asyncio.CancelledError:
+                phase.cancel()
+                writer.abort(CLOSED_REFUSAL)
+
+    async def _final_receipt(self, paid: PaidConnection) -> None:
+        """The final receipt asked for, once what the callback wrote and the gate held
+        back went out and the first stream's close (PaidWriter.close) finished."""
+        # what the callback wrote and the gate held back goes out before the end: a
+        # client that does not pay is closed after the pause timeout; one that does not
+        # read gets as long again as a closing stream waits for its queued data
+        if paid.releasing:
+            left = set(paid.releasing)
+            _, late = await asyncio.wait(left, timeout=self.policy.pause_timeout + _LINGER)
+            for task in late:
+                task.cancel()
+        if paid.closing is not None:
+            # (it asks for the final receipt itself, then closes)
+            with contextlib.suppress(DTPError):
+                await asyncio.shield(paid.closing)
+        if paid.proto.session.terminated is None:
+            await paid.request_final_receipt()
 
     async def _settle_surely(
         self, cid: str, final: Receipt | None, known: Admitted | None = None

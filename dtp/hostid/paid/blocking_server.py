@@ -52,8 +52,9 @@ from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
-    END_FAILED,
     AdmitStep,
+    EndPhase,
+    EndStep,
     HandleStep,
     PaidServerCore,
     ServerOptions,
@@ -435,43 +436,40 @@ class PaidServer:
             logger.log(raised.level, raised.message, exc_info=raised.exc_info)
             failed = raised.failed
         finally:
-            try:
-                self._wind_up(paid, cid)
-            except Exception:  # (the settlement must run all the same)
-                logger.exception(END_FAILED, cid)
-            with self._live_lock, self._limit_lock:
-                plan = self.core.ending(paid, paid.terminated, failed)
-            # it no longer counts against the Host's connection limits: the client may
-            # connect again at once, while the settlement (three transactions on Sui)
-            # goes on; its ID stays reserved until the engine goes (docs/escrow.md §2)
-            self.admission.served.ended(cid)
-            if plan.settle_first:
-                # settle (closing the connection on the ledger in the same transaction)
-                # before our end of the carrier closes: the client waits for that end
-                # and then finds nothing left to do on the ledger
-                self._settle(cid, admitted, paid.final)
-            if plan.abort is not None:
-                sock.abort(plan.abort)  # (as dtp.socket's and dtp.aio's servers)
-            else:
-                sock.close()  # (also once the session ended: the socket's resources)
-            if not plan.settle_first:
-                self._settle(cid, admitted, paid.final)
+            self._end(sock, paid, cid, failed, admitted)
 
-    @staticmethod
-    def _wind_up(paid: PaidConnection, cid: str) -> None:
-        """Before the close: the final receipt is asked for, and a top-up is read (even
-        when the request failed: tests/paid/test_handler_ending.py)."""
-        try:
-            with contextlib.suppress(DTPError):
-                paid.request_final_receipt()
-        except Exception:
-            logger.exception(END_FAILED, cid)
-        # a receipt the client signed above the deposit as admission read it (it
-        # topped up) is judged before the settlement, or it goes unclaimed
-        try:
-            paid.read_deposit(ending=True)
-        except Exception:  # (the settlement must run all the same)
-            logger.exception("connection %s: reading its escrow at the end failed", cid)
+    def _end(
+        self,
+        sock: DTPSocket,
+        paid: PaidConnection,
+        cid: str,
+        failed: bool,
+        admitted: Admitted | None,
+    ) -> None:
+        """The end phase of a served connection: the core's :class:`EndPhase` gives its
+        steps in order, each made here; one that raises is logged, and the later ones
+        run all the same (the top-up read and the settlement protect money)."""
+        phase = EndPhase(self.core, paid, failed)
+        for step in phase:
+            try:
+                if step is EndStep.FINAL_RECEIPT:
+                    with contextlib.suppress(DTPError):
+                        paid.request_final_receipt()
+                elif step is EndStep.TOP_UP:
+                    paid.read_deposit(ending=True)
+                elif step is EndStep.ENDING:
+                    with self._live_lock, self._limit_lock:
+                        phase.ending(paid.terminated)
+                    # its ID stays reserved until the engine goes (docs/escrow.md §2)
+                    self.admission.served.ended(cid)
+                elif step is EndStep.SETTLE:
+                    self._settle(cid, admitted, paid.final)
+                elif phase.plan.abort is not None:  # (EndStep.CLOSE)
+                    sock.abort(phase.plan.abort)  # (as dtp.socket's and dtp.aio's servers)
+                else:  # (EndStep.CLOSE, gracefully)
+                    sock.close()  # (also once the session ended: the socket's resources)
+            except Exception:
+                logger.exception(step.failure, cid)
 
     def _settle(
         self, cid: str, known: Admitted | None = None, final: Receipt | None = None

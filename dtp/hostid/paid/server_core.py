@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -57,6 +58,9 @@ UNMETERED_REFUSAL = "the server cannot read the connection on the ledger"
 #: served connection's end before its settlement fails: the settlement runs all the
 #: same, so that the server's fee is claimed and the deposit not left locked
 END_FAILED = "connection %s: its end before the settlement failed"
+#: What a server logs (with the connection ID, and the traceback) when the escrow read at
+#: a served connection's end (:attr:`EndStep.TOP_UP`) fails
+TOP_UP_FAILED = "connection %s: reading its escrow at the end failed"
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,97 @@ class EndPlan:
     that makes a reply cut short look whole), ``CLOSED_REFUSAL`` when the end was
     cancelled (the event loop ending: a graceful close could not finish). None: close
     it gracefully."""
+
+
+class EndStep(enum.Enum):
+    """A step of a served connection's end, in the order :class:`EndPhase` gives them."""
+
+    FINAL_RECEIPT = "final receipt"
+    """Ask for a receipt for all usage and wait ``final_receipt_timeout`` at most for it
+    (on asyncio once what the gate held back went out and the first stream's close
+    finished): a client's own final receipt goes out only at its close, which would
+    come too late (docs/escrow.md §6.1)."""
+    TOP_UP = "top-up read"
+    """Read the escrow again (``read_deposit(ending=True)``): a receipt the client signed
+    above the deposit as admission read it (it topped up) is judged before the
+    settlement, or it goes unclaimed."""
+    ENDING = "ending"
+    """It no longer counts (:meth:`EndPhase.ending`), and the server ends its count
+    against the Host's connection limits: the client may connect again at once, while
+    the settlement goes on (docs/escrow.md §2)."""
+    SETTLE = "settle"
+    """Claim its latest receipt and refund the client the rest (a settlement that
+    claimed nothing is retried)."""
+    CLOSE = "close"
+    """The server's end closes: aborted with the plan's reason, else gracefully."""
+
+    @property
+    def failure(self) -> str:
+        """The line a server logs (with the connection ID, and the traceback) when this
+        step raises; the later steps run all the same."""
+        return _END_STEP_FAILED[self]
+
+
+_END_STEP_FAILED = {
+    EndStep.FINAL_RECEIPT: END_FAILED,
+    EndStep.TOP_UP: TOP_UP_FAILED,
+    EndStep.ENDING: END_FAILED,
+    EndStep.SETTLE: "connection %s: its settlement failed",
+    EndStep.CLOSE: "connection %s: closing the server's end failed",
+}
+
+
+class EndPhase(Generic[_P]):
+    """The end of served connection ``paid`` (on ledger connection ``cid``) once its
+    handler returned or raised (``failed``: :attr:`HandlerRaised.failed`), as one list of
+    steps: iterated, it gives the next :class:`EndStep` -- the final receipt, the top-up
+    read, the end of its count (:meth:`ending`, which makes the :attr:`plan`), then the
+    settlement and the close in the plan's order. The driver makes each step (the waits
+    are its own) and logs one that raises with the step's line; the later steps run all
+    the same, for the top-up read and the settlement protect money (skipped, a fee goes
+    unclaimed and the deposit stays locked until the half-close timeout:
+    tests/paid/test_handler_ending.py). A step cut short by a cancellation (the event
+    loop ending) is reported with :meth:`cancel`: the waits left before the settlement
+    are skipped, never the settlement."""
+
+    def __init__(self, core: PaidServerCore[_P], paid: _P, failed: bool) -> None:
+        self.core = core
+        self.paid = paid
+        self.failed = failed
+        #: A step was cut short by a cancellation (the driver re-raises it at the end)
+        self.cancelled = False
+        self._plan: EndPlan | None = None
+
+    def __iter__(self) -> Iterator[EndStep]:
+        yield EndStep.FINAL_RECEIPT
+        if not self.cancelled:
+            yield EndStep.TOP_UP
+        yield EndStep.ENDING
+        if self.plan.settle_first:
+            yield EndStep.SETTLE
+            yield EndStep.CLOSE
+        else:
+            yield EndStep.CLOSE
+            yield EndStep.SETTLE
+
+    def ending(self, ended: ConnectionTerminated | None) -> EndPlan:
+        """The :attr:`EndStep.ENDING` step, the connection having ``ended`` so (None: not
+        yet): it no longer counts (:meth:`PaidServerCore.ending`), and this is how its
+        settlement and its close go."""
+        self._plan = self.core.ending(self.paid, ended, self.failed, self.cancelled)
+        return self._plan
+
+    @property
+    def plan(self) -> EndPlan:
+        """The plan :meth:`ending` made; before it (or should it have raised), that of a
+        connection not ended yet: closed first, then settled."""
+        if self._plan is None:
+            return self.core.end_plan(None, self.failed, self.cancelled)
+        return self._plan
+
+    def cancel(self) -> None:
+        """A step was cut short by a cancellation."""
+        self.cancelled = True
 
 
 @dataclass(frozen=True)
