@@ -1178,3 +1178,41 @@ def test_a_request_whose_receipt_cannot_be_kept_is_not_counted(path: str) -> Non
     assert payments.served == 1
     with pytest.raises(E.PaymentRequired):
         admit(None)
+
+
+def test_a_request_cancelled_while_its_receipt_is_kept_is_not_counted() -> None:
+    """A request of the asyncio server whose task is cancelled while ``on_receipt``
+    keeps its receipt (in a worker thread) is never served, so it is not counted: the
+    receipt, kept all the same, pays for the client's next request (as on the blocking
+    path, where a request whose receipt is not kept is not counted). The cancellation
+    lands while ``on_receipt`` is known to run: it waits on an event."""
+    client = HostIdentity.generate()
+    sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=0)
+    meter = Meter(client, CID, sla, 1000, every_requests=1)
+    receipt = meter.record(0, requests=1) or meter.flush(0)
+    assert receipt is not None
+    keeping, release = threading.Event(), threading.Event()
+    kept: list[object] = []
+
+    def keep(got: object) -> None:
+        keeping.set()
+        assert release.wait(10)
+        kept.append(got)
+
+    payments = RequestPayments(CID, sla, client.ed25519_public, 1000, on_receipt=keep)
+
+    async def main() -> None:
+        request = asyncio.ensure_future(payments.admit_async({"r": receipt.encode()}))
+        assert await asyncio.to_thread(keeping.wait, 10)
+        request.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert payments.served == 0 and payments.latest == receipt
+        await payments.admit_async(None)  # paid by the receipt the cancelled one carried
+        assert payments.served == 1
+        with pytest.raises(E.PaymentRequired):
+            await payments.admit_async(None)
+
+    asyncio.run(main())
+    assert kept == [receipt]  # (the shielded keep ran to its end)

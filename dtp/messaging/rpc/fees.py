@@ -246,8 +246,9 @@ class RequestPayments:
         (:meth:`ReceiptStore.keep <dtp.payments.receipt_store.ReceiptStore.keep>` syncs the
         disk), and the request waits for it; concurrent requests' calls may overlap
         and end in any order (``keep`` stores the highest nonce whatever the order).
-        A request whose receipt ``on_receipt`` fails to keep is not counted, as with
-        :meth:`admit`."""
+        A request whose receipt ``on_receipt`` fails to keep, or whose task is cancelled
+        while it keeps it, is not counted, as with :meth:`admit`: it is never served
+        (the receipt is kept all the same, and pays for the next request)."""
         raw = None if meta is None else meta.get("r")
         accepted: list[Receipt] = []
         counted = False
@@ -260,8 +261,8 @@ class RequestPayments:
                 try:
                     for receipt in accepted:  # (shielded: a cancelled request's is kept too)
                         await asyncio.shield(loop.run_in_executor(None, self.on_receipt, receipt))
-                except Exception:
-                    if counted:  # (refused with an internal error: not served)
+                except BaseException:  # (a cancellation too: _count's rule)
+                    if counted:  # (refused with an internal error, or cancelled: not served)
                         with self._lock:
                             self._cover.not_served()
                     raise
