@@ -324,9 +324,9 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     """The set of records offered for confirmation grew for a connection's whole life;
     only the newest MAX_OFFERED_RETAINED are kept now, and every record is still
     confirmed once."""
-    import dtp.hostid.ledger_carrier.carrier as carrier_module
+    import dtp.hostid.ledger_carrier.retention as retention_module
 
-    monkeypatch.setattr(carrier_module, "MAX_OFFERED_RETAINED", 8)
+    monkeypatch.setattr(retention_module, "MAX_OFFERED_RETAINED", 8)
     world = World(tmp_path / "ledger.db")
     counting = CountingLedger(world.ledger)
     c, s, link, cc, sc = world.link(ledger=counting, retention_terms=world.terms)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.checkpoints as checkpoints
 
 
 def damage(path: Path, statement: str, *args: object) -> None:
@@ -32,9 +32,9 @@ class SlowCheckpoints:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: Callable[[], object]) -> None:
         self.running = threading.Event()
         self.started: list[str] = []
-        real_run = local_module._Checkpointer._run
+        real_run = checkpoints._Checkpointer._run
 
-        def slow_run(checkpointer: local_module._Checkpointer, where: str) -> None:
+        def slow_run(checkpointer: checkpoints._Checkpointer, where: str) -> None:
             self.started.append(where)
             db = sqlite3.connect(where)
             try:
@@ -45,4 +45,4 @@ class SlowCheckpoints:
                 db.close()
             real_run(checkpointer, where)
 
-        monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+        monkeypatch.setattr(checkpoints._Checkpointer, "_run", slow_run)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local
+import dtp.ledger.local.clock as local
 from dtp.chain.local import CLOCK_MAX_MS, LocalLedger
 from dtp.chain.local_tx import Address
 from dtp.chain.objects import MAX_PURE_BYTES, Sla

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.checkpoints as checkpoints
 from dtp.chain.local import LocalLedger
 from dtp.keys import HostIdentity
 from tests.ledger.files import SlowCheckpoints
@@ -28,7 +28,7 @@ def test_close_waits_for_a_running_checkpoint_and_leaves_no_wal(
     # a copy that takes long, holding its connection as the real one does
     slow = SlowCheckpoints(monkeypatch, lambda: time.sleep(1.0))
     ledger = LocalLedger(path)
-    for _ in range(local_module._CHECKPOINT_EVERY):
+    for _ in range(checkpoints._CHECKPOINT_EVERY):
         ledger.faucet(CLIENT.sui_address, 1)
     assert slow.running.wait(30)
     ledger.close()
@@ -41,7 +41,7 @@ def test_close_waits_for_a_running_checkpoint_and_leaves_no_wal(
         db.close()
     reopened = LocalLedger(path)
     try:
-        assert reopened.balance(CLIENT.sui_address) == local_module._CHECKPOINT_EVERY
+        assert reopened.balance(CLIENT.sui_address) == checkpoints._CHECKPOINT_EVERY
     finally:
         reopened.close()
 
@@ -51,7 +51,7 @@ def test_close_again_does_not_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ledger.close()
     waited: list[str] = []
     monkeypatch.setattr(
-        local_module._CHECKPOINTER, "wait", lambda path, timeout: waited.append(path) or True
+        checkpoints._CHECKPOINTER, "wait", lambda path, timeout: waited.append(path) or True
     )
     ledger.close()
     assert waited == []

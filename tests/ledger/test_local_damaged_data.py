@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import dtp.ledger.local.checkpoints as checkpoints
 import dtp.ledger.local.store as local_module
 from dtp.chain import local_rules as rules
 from dtp.chain.local import LocalLedger
@@ -327,14 +328,14 @@ def test_handles_on_one_file_by_different_paths_share_its_checkpoints(
     first = LocalLedger(roundabout)
     second = LocalLedger(plain)
     try:
-        for _ in range(local_module._CHECKPOINT_EVERY):
+        for _ in range(checkpoints._CHECKPOINT_EVERY):
             first.faucet(CLIENT.sui_address, 1)
         assert running.wait(BOUND)
         # the second handle's commits ask for a checkpoint of the same file: one runs
-        for _ in range(local_module._CHECKPOINT_EVERY):
+        for _ in range(checkpoints._CHECKPOINT_EVERY):
             second.faucet(SERVER.sui_address, 1)
-        with local_module._CHECKPOINTER._lock:
-            assert local_module._CHECKPOINTER._running == {os.path.realpath(plain)}
+        with checkpoints._CHECKPOINTER._lock:
+            assert checkpoints._CHECKPOINTER._running == {os.path.realpath(plain)}
         assert len(started) == 1
         # close() of the second handle waits for the checkpoint the first one started
         closer = threading.Thread(target=second.close)
@@ -345,10 +346,10 @@ def test_handles_on_one_file_by_different_paths_share_its_checkpoints(
         closer.join(BOUND)
         assert not closer.is_alive()
         # the first handle is not broken by the second one's close
-        for _ in range(local_module._CHECKPOINT_EVERY):
+        for _ in range(checkpoints._CHECKPOINT_EVERY):
             first.faucet(CLIENT.sui_address, 1)
-        assert first.balance(CLIENT.sui_address) == 2 * local_module._CHECKPOINT_EVERY
-        assert first.balance(SERVER.sui_address) == local_module._CHECKPOINT_EVERY
+        assert first.balance(CLIENT.sui_address) == 2 * checkpoints._CHECKPOINT_EVERY
+        assert first.balance(SERVER.sui_address) == checkpoints._CHECKPOINT_EVERY
         with pytest.raises(ChainError):
             second.balance(CLIENT.sui_address)
     finally:
@@ -356,11 +357,11 @@ def test_handles_on_one_file_by_different_paths_share_its_checkpoints(
         first.close()
         second.close()
     deadline = time.monotonic() + BOUND
-    while local_module._CHECKPOINTER._running and time.monotonic() < deadline:
+    while checkpoints._CHECKPOINTER._running and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not os.path.exists(f"{plain}-wal"), "the last close left the WAL behind"
     reopened = LocalLedger(plain)
     try:
-        assert reopened.balance(CLIENT.sui_address) == 2 * local_module._CHECKPOINT_EVERY
+        assert reopened.balance(CLIENT.sui_address) == 2 * checkpoints._CHECKPOINT_EVERY
     finally:
         reopened.close()

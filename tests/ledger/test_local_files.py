@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.transactions as transactions
 from dtp.chain.local import LocalLedger
 from dtp.chain.local_tx import Address, decode_tx
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner
@@ -112,7 +112,7 @@ def test_a_writer_locked_out_past_the_busy_timeout_fails_typed(
     other = sqlite3.connect(path, isolation_level=None)
     try:
         ledger.faucet(CLIENT.sui_address, 10)
-        monkeypatch.setattr(local_module, "_BUSY_TIMEOUT_S", 0.1)
+        monkeypatch.setattr(transactions, "_BUSY_TIMEOUT_S", 0.1)
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(ChainError, match="locked") as caught:
             ledger.faucet(CLIENT.sui_address, 5)

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.checkpoints as checkpoints
+import dtp.ledger.local.clock as clock
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError
@@ -127,9 +128,9 @@ def test_a_fork_while_a_checkpoint_runs_leaves_both_processes_writing(
     path = tmp_path / "forked.sqlite"
     running = threading.Event()
     finish = threading.Event()
-    real_run = local_module._Checkpointer._run
+    real_run = checkpoints._Checkpointer._run
 
-    def slow_run(self: local_module._Checkpointer, where: str) -> None:
+    def slow_run(self: checkpoints._Checkpointer, where: str) -> None:
         # a checkpoint holding its connection across the fork
         db = sqlite3.connect(where)
         try:
@@ -140,11 +141,11 @@ def test_a_fork_while_a_checkpoint_runs_leaves_both_processes_writing(
             db.close()
         real_run(self, where)
 
-    monkeypatch.setattr(local_module._Checkpointer, "_run", slow_run)
+    monkeypatch.setattr(checkpoints._Checkpointer, "_run", slow_run)
     ledger = LocalLedger(path)
     try:
         # up to the commit that asks for a checkpoint
-        for _ in range(local_module._CHECKPOINT_EVERY):
+        for _ in range(checkpoints._CHECKPOINT_EVERY):
             ledger.faucet(SERVER.sui_address, 1)
         assert running.wait(BOUND)
         start = ledger.balance(SERVER.sui_address)
@@ -179,7 +180,7 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
     WAL (commits in it) stayed beside the file and the copying went on after close()."""
     path = tmp_path / "ledger.sqlite"
     looked = threading.Event()
-    real_wait = local_module._CHECKPOINTER.wait
+    real_wait = checkpoints._CHECKPOINTER.wait
 
     def wait(where: str, timeout: float) -> bool:
         try:
@@ -188,10 +189,10 @@ def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_sta
             looked.set()  # close() looked for a running checkpoint
 
     slow = SlowCheckpoints(monkeypatch, lambda: time.sleep(1.0))
-    monkeypatch.setattr(local_module._CHECKPOINTER, "wait", wait)
+    monkeypatch.setattr(checkpoints._CHECKPOINTER, "wait", wait)
     ledger = LocalLedger(path)
     # the next commit is the one that asks for a checkpoint
-    while (ledger._commits + 1) % local_module._CHECKPOINT_EVERY:
+    while (ledger._commits + 1) % checkpoints._CHECKPOINT_EVERY:
         ledger.faucet(CLIENT.sui_address, 1)
     assert not slow.running.is_set()
     closer = threading.Thread(target=ledger.close)
@@ -269,8 +270,8 @@ def test_event_times_never_go_back_across_a_reopen_when_the_wall_clock_steps_bac
     epoch = ledger.advance_epoch()
     ledger.close()
     # the wall clock steps back an hour between the two runs
-    real = local_module._wall_ms
-    monkeypatch.setattr(local_module, "_wall_ms", lambda: real() - 3_600_000)
+    real = clock._wall_ms
+    monkeypatch.setattr(clock, "_wall_ms", lambda: real() - 3_600_000)
     ledger = LocalLedger(path)
     try:
         assert ledger.epoch() == epoch

@@ -16,7 +16,7 @@ from dtp.chain.local_tx import base58
 from dtp.chain.objects import Escrow, Host, Sla, SpendingCap, TransportControl
 from dtp.errors import InvalidTransaction, ObjectNotFound
 from dtp.keys import HostIdentity
-from dtp.ledger.local.store import _CHECKPOINT_EVERY, _Checkpointer
+from dtp.ledger.local.checkpoints import _CHECKPOINT_EVERY, _Checkpointer
 
 SLA = Sla(10, 5, 1000)
 

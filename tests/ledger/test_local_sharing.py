@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.transactions as transactions
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ObjectNotFound
@@ -106,7 +106,7 @@ def test_a_writer_gives_up_after_the_busy_timeout_with_nothing_changed(
 ) -> None:
     ledger.faucet(CLIENT.sui_address, 10)
     before = ledger.dump()
-    monkeypatch.setattr(local_module, "_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(transactions, "_BUSY_TIMEOUT_S", 0.2)
     released: list[float] = []
     # held for up to 10 minutes: a writer that did not give up would wait that long
     stop = threading.Event()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.store as local_module
+import dtp.ledger.local.transactions as transactions
 from dtp import errors
 from dtp.chain import local_rules, sui_client
 from dtp.chain.local import LocalLedger
@@ -122,7 +122,7 @@ def test_a_file_locked_past_the_busy_timeout_is_caught_as_ledger_unavailable(
     ledger = LocalLedger(ledger_file)
     other = sqlite3.connect(ledger_file, isolation_level=None)
     try:
-        monkeypatch.setattr(local_module, "_BUSY_TIMEOUT_S", 0.2)
+        monkeypatch.setattr(transactions, "_BUSY_TIMEOUT_S", 0.2)
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(errors.LedgerUnavailable, match="locked") as caught:
             ledger.faucet(CLIENT.sui_address, 5)

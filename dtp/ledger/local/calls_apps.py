@@ -8,7 +8,9 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.economics import EconomicsObject, economics_object_from_fields
 from dtp.ledger.interface import ResponseEscrow
 from dtp.ledger.local import rules
-from dtp.ledger.local.store import SHAPE_ERRORS, LocalStore, SqlStore, u64
+from dtp.ledger.local.call_arguments import u64
+from dtp.ledger.local.store import LocalStore
+from dtp.ledger.local.stored import SHAPE_ERRORS, SqlStore
 from dtp.ledger.objects import OpenedConnection, as_bytes, check_fields, check_signer, normalize_id
 
 

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dtp.errors import InvalidArgument
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Endpoint, PendingOpen
+from dtp.ledger.local.call_arguments import u64
 from dtp.ledger.local.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
 from dtp.ledger.local.reads import LedgerReads
-from dtp.ledger.local.store import LocalStore, u64
+from dtp.ledger.local.store import LocalStore
 from dtp.ledger.local.tx import Address, TxValue, derive_object_id, tx_digest
 from dtp.ledger.objects import (
     OpenedConnection,
