@@ -51,19 +51,21 @@ class WriteBack:
 
     def append(self, changed: bytes) -> None:
         """Buffer a merge's changed batch: flushed at once when the buffer is full, else
-        by the flush thread once writes stop."""
-        storage = self.storage
+        by the flush thread once writes stop (one call per merge: the thread is armed
+        here, not in a call of its own)."""
         try:
-            if storage.append(changed):
+            if self.storage.append(changed):
                 self.flush_locked()
-            else:
-                self._arm_flusher()
+                return
         except GraphStorageError as exc:
             # the change is in the table already: the view, the sync sessions and
             # the subscribers must still hear of it (a raise here left the summaries
             # and get() without it). The batch stays buffered; the flush is retried.
             logger.warning("graph: %s; the changes stay buffered and are retried", exc)
-            self._arm_flusher()
+        flusher = self._flusher
+        if flusher is None:
+            flusher = self._start_flusher()
+        flusher.arm()
 
     def reserve_clock(self, state: float) -> None:
         """Persist, before ``state`` leaves put(), that states up to a little past it
@@ -85,18 +87,17 @@ class WriteBack:
             logger.warning("graph: %s; the clock is persisted with the next flush", exc)
         self.clock_reserved = reserved
 
-    def _arm_flusher(self) -> None:
-        """Make sure what is buffered reaches disk even if no later write comes. The
-        thread starts with the first buffered write, so read-only graphs have none."""
-        flusher = self._flusher
-        if flusher is None:
-            flusher = self._flusher = IdleFlusher(
-                weakref.WeakMethod(self._flush_idle), self._flush_interval
-            )
-            self._unclosed = weakref.finalize(
-                self, _flush_unclosed, self._lock, self.storage, self._clock, flusher
-            )
-        flusher.arm()
+    def _start_flusher(self) -> IdleFlusher:
+        """The thread that makes sure what is buffered reaches disk even if no later
+        write comes. It starts with the first buffered write, so read-only graphs have
+        none."""
+        flusher = self._flusher = IdleFlusher(
+            weakref.WeakMethod(self._flush_idle), self._flush_interval
+        )
+        self._unclosed = weakref.finalize(
+            self, _flush_unclosed, self._lock, self.storage, self._clock, flusher
+        )
+        return flusher
 
     def _flush_idle(self) -> None:
         with self._lock:
