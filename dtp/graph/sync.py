@@ -48,7 +48,9 @@ import msgpack
 
 from dtp.errors import ConnectionClosed, DTPError, ErrorCode, RemoteProtocolError
 from dtp.graph._batch import batch_count, entries
-from dtp.graph.store import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL, Graph, check_int
+from dtp.graph.arguments import check_int
+from dtp.graph.store import Graph
+from dtp.graph.summaries import FANOUT_BITS, LEAF_BITS, LEAF_LEVEL
 
 VERSION = 1
 HELLO, SUM, DATA, END, WANT = 1, 2, 3, 4, 5

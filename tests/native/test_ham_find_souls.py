@@ -270,7 +270,7 @@ def test_a_graph_merges_a_batch_with_negative_zero_in_values_without_python_deco
     monkeypatch.setattr(reference, "_walk", counting)
     # (what the graph used before: the whole batch through the Python decoder)
     monkeypatch.setattr(
-        "dtp.graph.store.decode_ham_batch", lambda b: calls.append(len(b)), raising=False
+        "dtp.graph.merges.decode_ham_batch", lambda b: calls.append(len(b)), raising=False
     )
     ups = [
         HamUpdate(b"pub/%d" % i, b"f", 1.0, b'"' + NEG.hex().encode() + b'"') for i in range(500)
