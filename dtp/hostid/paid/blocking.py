@@ -148,14 +148,15 @@ class PaidConnection:
         once the credit covers the datagram a send last found no credit for
         (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
         as asyncio's)."""
-        core = self.core
-        if core.unpaid_datagrams_since is None:
-            return  # (no pause of datagram sends: the engine lock is not taken)
         engine = self.engine
+        # the test, the judgment and the clear under the engine lock, which a waiting
+        # datagram send holds from its step's read of the pause's start to its use
+        # (_look): a step never judges by a start from before a payment that ended
+        # that pause (tests/paid/test_datagram_pause_rule.py)
         with engine.lock:
-            usage = engine.conn.usage
-            queued = engine.conn.send_buffered()
-        core.datagrams_covered_again(usage, queued + self.credit.sending)
+            self.core.datagrams_covered_again(
+                engine.conn.usage, engine.conn.send_buffered() + self.credit.sending
+            )
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
@@ -229,8 +230,13 @@ class PaidConnection:
                 deadline = (now if began is None else began) + timeout
         pause = self.core.pause(now, whole=whole, deadline=deadline)
         engine = self.engine
-        while (step := pause.step(verdict, time.monotonic())).action is PauseAction.WAIT:
+        while True:
             with engine.lock:
+                # (the step reads and sets the pause of datagram sends: under the lock
+                # that credit_grew and reserve_datagrams clear it under)
+                step = pause.step(verdict, time.monotonic())
+                if step.action is not PauseAction.WAIT:
+                    break
                 if self.ended():
                     return True  # the caller's own call reports how the connection ended
                 if step.ask:
@@ -351,7 +357,12 @@ class PaidConnection:
             with self._cond:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
             if count:
-                self.core.datagrams_paid()  # a send that goes whole ends a datagram pause
+                core = self.core
+                if core.unpaid_datagrams_since is not None:
+                    # a send that goes whole ends a datagram pause (cleared under the
+                    # engine lock, as credit_grew clears it: see there)
+                    with self.engine.lock:
+                        core.datagrams_paid()
                 return count, taken
             if self.ended():
                 return 0, 0
