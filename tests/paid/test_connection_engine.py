@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtp.errors import LocalProtocolError
 from dtp.hostid.paid.engine import (
     Close,
     Credit,
@@ -633,6 +634,26 @@ def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
     limited.charge_sent(750, 0.0)
     assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # held back until it refills
     assert limited.write_now((0, 0), 0, 600, 1.0) == 50
+
+
+def test_no_clock_under_a_bytes_rate_limit_is_refused() -> None:
+    """``now`` None means "no bytes/s limit" to write_now and datagram_send: under a
+    limit it is refused with a clear error, and nothing is decided (no charge, no
+    pause), rather than the limit silently skipped."""
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    limited.charge_sent(750, 0.0)  # in debt: with a clock, nothing would go
+    owed = limited.debt(0.0)
+    assert owed > 0
+    with pytest.raises(LocalProtocolError, match=r"write_now: now is required .* bytes/s"):
+        limited.write_now((0, 0), 0, 600, None)
+    with pytest.raises(LocalProtocolError, match=r"datagram_send: now is required"):
+        limited.datagram_send((0, 0), 0, [10], None)
+    with pytest.raises(LocalProtocolError):
+        limited.datagram_send((900, 0), 0, [200], None)  # (uncovered: no pause begins)
+    assert limited.unpaid_datagrams_since is None and limited.asked_at is None
+    assert limited.debt(0.0) == owed
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # the debt as it was
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)
 
 
 def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:

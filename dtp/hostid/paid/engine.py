@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dtp.errors import ChainError
+from dtp.errors import ChainError, LocalProtocolError
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
@@ -505,8 +505,12 @@ class PaidConnectionEngine:
         which is no pause (its debt is waited for by a drain, which a sender of
         datagrams alone need never call: sent, they went past the limit for good). A
         batch that goes whole ends a pause of datagram sends, an empty one does not
-        (tests/paid/test_datagram_pause.py)."""
-        if now is not None and self.in_debt(now):
+        (tests/paid/test_datagram_pause.py). ``now`` None under a bytes/s limit is
+        refused (:class:`~dtp.errors.LocalProtocolError`): it would skip the limit."""
+        if now is None:
+            if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
+                raise _clock_needed("datagram_send")
+        elif self.in_debt(now):
             return 0, False
         take = self.datagram_room(usage, queued, sizes)
         if take < len(sizes):
@@ -625,8 +629,12 @@ class PaidConnectionEngine:
         bucket has not refilled for a piece (:meth:`held_back`), else its
         :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
         the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
-        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write)."""
-        if now is not None and self.held_back(nbytes, now):
+        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write);
+        None under one is refused (:class:`~dtp.errors.LocalProtocolError`)."""
+        if now is None:
+            if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
+                raise _clock_needed("write_now")
+        elif self.held_back(nbytes, now):
             return 0
         return min(self.send_room(usage, queued, nbytes), self.write_slice())
 
@@ -655,3 +663,13 @@ class PaidConnectionEngine:
         ServicePolicy.ledger_check_interval): closed, for the settlement to claim now."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         return Close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+
+
+def _clock_needed(method: str) -> LocalProtocolError:
+    """The error for a driver that called ``method`` with ``now`` None under a bytes/s
+    limit (:attr:`PaidConnectionEngine.paced`): without the time the limit would be
+    skipped, so nothing is decided."""
+    return LocalProtocolError(
+        f"{method}: now is required while the client has a bytes/s limit (paced is True);"
+        " None would skip the limit"
+    )
