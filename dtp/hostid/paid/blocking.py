@@ -19,7 +19,14 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
+from dtp.hostid.paid.engine import (
+    Close,
+    Credit,
+    PaidConnectionEngine,
+    PauseAction,
+    ReceiptStep,
+    RefillStep,
+)
 from dtp.hostid.paid.policy import (
     CALL_COST,
     SEND_SLICE,
@@ -216,8 +223,7 @@ class PaidConnection:
         self.read_deposit()
         verdict = self.verdict(whole)
         now = time.monotonic()
-        # the caller's timeout (the socket's, or recv_datagram's) bounds the pause, as
-        # it bounds the unpaid call (tests/paid/test_datagrams.py)
+        # the caller's timeout (the socket's, or recv_datagram's) bounds the pause
         deadline = None
         nonblocking = False
         if sock is not None and verdict.state is GateState.PAUSE:
@@ -226,8 +232,7 @@ class PaidConnection:
                 nonblocking = timeout == 0
             else:
                 timeout = checked_timeout(timeout)  # (recv_datagram's, as it checks it)
-            if timeout is not None:
-                deadline = (now if began is None else began) + timeout
+            deadline = self.core.call_deadline(timeout, began, now)
         pause = self.core.pause(now, whole=whole, deadline=deadline)
         engine = self.engine
         while True:
@@ -320,16 +325,17 @@ class PaidConnection:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = self.ended()
-            if self.core.refill_send(self.credit, usage, queued, whole, ended=ended):
+            step = self.core.refill_send(self.credit, usage, queued, whole, ended=ended)
+            if step is RefillStep.GO:
                 return True
-            if not queued:
+            if step is RefillStep.WRITES:
                 self._waiters += 1
                 try:
                     self._cond.wait(self.policy.request_interval)
                 finally:
                     self._waiters -= 1
                 return False
-        # the queued bytes go out as the client reads: drive the I/O until some did
+        # (RefillStep.QUEUE) drive the I/O until some of the queued bytes went
         with engine.lock, contextlib.suppress(DTPTimeoutError):
             engine.pump(
                 lambda: engine.conn.send_buffered() < queued or self.ended(),
@@ -483,7 +489,9 @@ def _timed_out(sock: DTPSocket, began: float) -> None:
     timeout = sock.gettimeout()
     if timeout == 0:
         raise BlockingIOError(errno.EAGAIN, "operation would block")
-    if timeout is not None and time.monotonic() - began >= timeout:
+    now = time.monotonic()
+    deadline = PaidConnectionEngine.call_deadline(timeout, began, now)
+    if deadline is not None and now >= deadline:
         raise DTPTimeoutError("timed out")
 
 
