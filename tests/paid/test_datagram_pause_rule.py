@@ -122,11 +122,29 @@ def test_stream_writes_do_not_end_a_datagram_pause(tmp_path: Path, driver: Drive
 SIZE = 1000
 
 
+def _signed(paid: Any, usage: tuple[int, int]) -> bytes:
+    """A RECEIPT frame's receipt of the client's for ``usage`` (nonce 1)."""
+    used, requests = usage
+    return (
+        Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+        .sign(CLIENT)
+        .encode()
+    )
+
+
 def _pay(paid: Any, usage: tuple[int, int]) -> None:
     """Hand the server a receipt of the client's for ``usage`` (nonce 1)."""
-    used, requests = usage
-    signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
-    paid.on_receipt(signed.sign(CLIENT).encode())
+    paid.on_receipt(_signed(paid, usage))
+
+
+def _dropped_until_paused(sock: PaidSocket, size: int) -> None:
+    """Send datagrams of ``size`` bytes (each waiting 50 ms at most) until one finds no
+    credit: the connection's datagram sends are paused then (the socket's timeout left
+    at 50 ms)."""
+    sock.settimeout(0.05)
+    with contextlib.suppress(DTPTimeoutError):
+        while True:
+            sock.send_datagram(bytes(size))
 
 
 def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
@@ -137,10 +155,7 @@ def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
     def pays(sock: PaidSocket) -> None:
         paid = sock._paid
         sock.recv(2)
-        sock.settimeout(0.05)
-        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
-            while True:
-                sock.send_datagram(b"d" * SIZE)
+        _dropped_until_paused(sock, SIZE)  # the credit spent: a pause begins
         out["paused"] = paid.core.unpaid_datagrams_since is not None
         with paid.engine.lock:  # (as the client's RECEIPT frame is read)
             _pay(paid, paid.engine.conn.usage)
@@ -185,10 +200,7 @@ def test_payment_ends_the_pause_of_a_blocking_datagram_send_that_waits(
     def waits(sock: PaidSocket) -> None:
         paid = sock._paid
         sock.recv(2)
-        sock.settimeout(0.05)
-        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
-            while True:
-                sock.send_datagram(bytes(WAITING))
+        _dropped_until_paused(sock, WAITING)  # the credit spent: a pause begins
         out["dropped_at"] = paid.core.unpaid_datagrams_since
         grown, spent = threading.Event(), threading.Event()
         grew = paid.credit_grew
@@ -258,15 +270,10 @@ def test_a_payment_never_ends_a_pause_between_a_step_reading_its_start_and_using
         paid = sock._paid
         core = paid.core
         sock.recv(2)
-        sock.settimeout(0.05)
-        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
-            while True:
-                sock.send_datagram(b"d" * SIZE)
+        _dropped_until_paused(sock, SIZE)  # the credit spent: a pause begins
         out["paused"] = core.unpaid_datagrams_since is not None
-        used, requests = paid.engine.conn.usage
-        signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
         with paid.engine.lock:  # (as the client's RECEIPT frame is read)
-            _, receipt = core.receipt_frame(signed.sign(CLIENT).encode(), closed=False)
+            _, receipt = core.receipt_frame(_signed(paid, paid.engine.conn.usage), closed=False)
         assert receipt is not None
         stepping, payment_done = threading.Event(), threading.Event()
         judge = core.datagram_verdict
