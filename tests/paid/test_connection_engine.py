@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtp.errors import LocalProtocolError
 from dtp.hostid.paid.engine import (
     Close,
     Credit,
@@ -19,6 +20,7 @@ from dtp.hostid.paid.engine import (
     PauseAction,
     PauseStep,
     ReceiptStep,
+    RefillStep,
 )
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE, ServicePolicy
 from dtp.identity.keys import HostIdentity
@@ -573,20 +575,74 @@ def test_the_rate_limits_slice_and_hold_what_never_waits() -> None:
 
 def test_a_write_refills_its_credit_unless_bytes_on_their_way_hold_it() -> None:
     """refill_send: the send credit a look at the gate gives; while queued or under-way
-    bytes hold all of it the writer waits for them (False), but a connection that
-    ended, or nothing on its way, always lets the write go on (it reports or sends)."""
+    bytes hold all of it the writer waits for them -- for the queue to drop when bytes
+    are queued (QUEUE), for a write under way to end when none are (WRITES) --, but a
+    connection that ended, or nothing on its way, always lets the write go on (GO: it
+    reports or sends)."""
     paid = engine()  # (1 MIST a byte, allowance 1000)
     credit = Credit()
-    assert paid.refill_send(credit, (0, 0), 0, 0, ended=False) and credit.send == 1000
+    go, writes, queue = RefillStep.GO, RefillStep.WRITES, RefillStep.QUEUE
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=False) is go and credit.send == 1000
     credit.sending = 1000  # another thread's write took it all
-    assert not paid.refill_send(credit, (0, 0), 0, 0, ended=False)
-    assert paid.refill_send(credit, (0, 0), 0, 0, ended=True) and credit.send == 0
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=False) is writes
+    assert paid.refill_send(credit, (0, 0), 0, 0, ended=True) is go and credit.send == 0
     credit.sending = 0
-    assert not paid.refill_send(credit, (0, 0), 1000, 0, ended=False)  # queued: wait
+    assert paid.refill_send(credit, (0, 0), 1000, 0, ended=False) is queue  # queued: wait
+    credit.sending = 500
+    assert paid.refill_send(credit, (0, 0), 500, 0, ended=False) is queue  # (both: the queue)
     # a datagram needs room for all of it, while other bytes are on their way
     credit.sending = 600
-    assert not paid.refill_send(credit, (0, 0), 0, 500, ended=False)
-    assert paid.refill_send(credit, (0, 0), 0, 400, ended=False) and credit.send == 400
+    assert paid.refill_send(credit, (0, 0), 0, 500, ended=False) is writes
+    assert paid.refill_send(credit, (0, 0), 0, 400, ended=False) is go and credit.send == 400
+
+
+@given(
+    used=st.integers(0, 2000),
+    queued=st.integers(0, 1500),
+    sending=st.integers(0, 1500),
+    whole=st.integers(0, 1200),
+    ended=st.booleans(),
+)
+def test_a_refill_waits_for_what_holds_the_credit(
+    used: int, queued: int, sending: int, whole: int, ended: bool
+) -> None:
+    """refill_send on any usage, queue and writes under way (the gate serving): GO sets
+    a send credit that, with what is on its way, never goes past the gate's credit
+    (but for the 1 byte a write with nothing on its way may send, or a connection that
+    ended); otherwise nothing is set, and the writer waits on the queue when bytes are
+    queued, else on the writes under way -- something it waits for is always there."""
+    paid = engine()  # (allowance 1000 bytes)
+    usage = (used, 0)
+    if not paid.gate.serving(*usage):
+        return
+    credit = Credit()
+    credit.sending = sending
+    step = paid.refill_send(credit, usage, queued, whole, ended=ended)
+    if step is RefillStep.GO:
+        room = credit.send
+        assert room <= CREDIT_MAX
+        if room > 0:
+            assert room + sending <= paid.write_credit(usage, queued)
+        assert room >= max(whole, 1) or ended or not (queued or sending)
+        return
+    assert credit.send == 0 and not ended and (queued or sending)
+    assert step is (RefillStep.QUEUE if queued else RefillStep.WRITES)
+
+
+def test_a_call_waits_for_payment_within_its_own_timeout() -> None:
+    """call_deadline, a paused call's deadline: its timeout counted from the call's
+    start (or from now, the pause's start, when the driver gives none); none without a
+    timeout; a timeout of 0 is due at once (a non-blocking call looks once)."""
+    assert PaidConnectionEngine.call_deadline(None, 1.0, 5.0) is None
+    assert PaidConnectionEngine.call_deadline(2.0, 1.0, 5.0) == 3.0
+    assert PaidConnectionEngine.call_deadline(2.0, None, 5.0) == 7.0
+    assert PaidConnectionEngine.call_deadline(0.0, None, 5.0) == 5.0
+    paid = engine()
+    usage = (1500, 0)  # beyond the allowance: paused
+    deadline = paid.call_deadline(0.5, 9.8, 10.0)
+    call = paid.pause(10.0, deadline=deadline)
+    assert call.step(paid.verdict(usage, 10.0), 10.0).action is PauseAction.WAIT
+    assert call.step(paid.verdict(usage, 10.3), 10.3).action is PauseAction.TIMED_OUT
 
 
 def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
@@ -635,6 +691,26 @@ def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
     assert limited.write_now((0, 0), 0, 600, 1.0) == 50
 
 
+def test_no_clock_under_a_bytes_rate_limit_is_refused() -> None:
+    """``now`` None means "no bytes/s limit" to write_now and datagram_send: under a
+    limit it is refused with a clear error, and nothing is decided (no charge, no
+    pause), rather than the limit silently skipped."""
+    limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
+    limited.charge_sent(750, 0.0)  # in debt: with a clock, nothing would go
+    owed = limited.debt(0.0)
+    assert owed > 0
+    with pytest.raises(LocalProtocolError, match=r"write_now: now is required .* bytes/s"):
+        limited.write_now((0, 0), 0, 600, None)
+    with pytest.raises(LocalProtocolError, match=r"datagram_send: now is required"):
+        limited.datagram_send((0, 0), 0, [10], None)
+    with pytest.raises(LocalProtocolError):
+        limited.datagram_send((900, 0), 0, [200], None)  # (uncovered: no pause begins)
+    assert limited.unpaid_datagrams_since is None and limited.asked_at is None
+    assert limited.debt(0.0) == owed
+    assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # the debt as it was
+    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)
+
+
 def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
     """final_receipt_step, both drivers' loop before the server closes: ask and wait
     while the receipts do not cover the usage, until the deadline; over at once when
@@ -662,7 +738,8 @@ def test_nothing_moves_while_the_gate_does_not_serve(
     used: int, queued: int, nbytes: int, sizes: list[int]
 ) -> None:
     """room, send_room and datagram_room, what the asyncio driver asks before a read, a
-    write and a datagram send: 0 whenever the gate does not serve the usage; serving, a
+    write and a datagram send: 0 whenever the gate does not serve the usage (but 1 for
+    a write once the connection ended: the write reports how); serving, a
     read takes 1 byte at least, and neither a write nor the datagrams go past the
     gate's credit (a write of 1 byte when nothing is queued: the gate said serve)."""
     paid = engine()  # (allowance 1000 bytes)
@@ -670,6 +747,8 @@ def test_nothing_moves_while_the_gate_does_not_serve(
     room = paid.room(usage, nbytes)
     send = paid.send_room(usage, queued, nbytes)
     count = paid.datagram_room(usage, queued, sizes)
+    # once the connection ended a write goes on (it reports how): 1 byte at least
+    assert paid.send_room(usage, queued, nbytes, ended=True) == max(send, 1)
     if not paid.gate.serving(*usage):
         assert room == send == count == 0
         return

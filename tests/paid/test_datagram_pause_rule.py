@@ -12,6 +12,9 @@ served.
 - So does payment that comes while a blocking datagram send waits with no timeout:
   should stream bytes from another thread spend it before the send looks again, the
   send's pause is a new one, timed from the payment, not from the first drop.
+- A payment that comes between a waiting send's step reading the pause's start and
+  judging by it ends the pause only after that step (one lock): the step never judges
+  by a start a payment ended.
 
 Real connections on 127.0.0.1 (both drivers, the ``driver`` fixture, but for the
 blocking send that waits), a LocalLedger file in tmp_path; the payment is a receipt
@@ -119,11 +122,29 @@ def test_stream_writes_do_not_end_a_datagram_pause(tmp_path: Path, driver: Drive
 SIZE = 1000
 
 
+def _signed(paid: Any, usage: tuple[int, int]) -> bytes:
+    """A RECEIPT frame's receipt of the client's for ``usage`` (nonce 1)."""
+    used, requests = usage
+    return (
+        Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+        .sign(CLIENT)
+        .encode()
+    )
+
+
 def _pay(paid: Any, usage: tuple[int, int]) -> None:
     """Hand the server a receipt of the client's for ``usage`` (nonce 1)."""
-    used, requests = usage
-    signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
-    paid.on_receipt(signed.sign(CLIENT).encode())
+    paid.on_receipt(_signed(paid, usage))
+
+
+def _dropped_until_paused(sock: PaidSocket, size: int) -> None:
+    """Send datagrams of ``size`` bytes (each waiting 50 ms at most) until one finds no
+    credit: the connection's datagram sends are paused then (the socket's timeout left
+    at 50 ms)."""
+    sock.settimeout(0.05)
+    with contextlib.suppress(DTPTimeoutError):
+        while True:
+            sock.send_datagram(bytes(size))
 
 
 def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
@@ -134,10 +155,7 @@ def test_payment_covering_the_dropped_datagram_ends_the_pause_at_once(
     def pays(sock: PaidSocket) -> None:
         paid = sock._paid
         sock.recv(2)
-        sock.settimeout(0.05)
-        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
-            while True:
-                sock.send_datagram(b"d" * SIZE)
+        _dropped_until_paused(sock, SIZE)  # the credit spent: a pause begins
         out["paused"] = paid.core.unpaid_datagrams_since is not None
         with paid.engine.lock:  # (as the client's RECEIPT frame is read)
             _pay(paid, paid.engine.conn.usage)
@@ -182,10 +200,7 @@ def test_payment_ends_the_pause_of_a_blocking_datagram_send_that_waits(
     def waits(sock: PaidSocket) -> None:
         paid = sock._paid
         sock.recv(2)
-        sock.settimeout(0.05)
-        with contextlib.suppress(DTPTimeoutError):  # the credit spent: a pause begins
-            while True:
-                sock.send_datagram(bytes(WAITING))
+        _dropped_until_paused(sock, WAITING)  # the credit spent: a pause begins
         out["dropped_at"] = paid.core.unpaid_datagrams_since
         grown, spent = threading.Event(), threading.Event()
         grew = paid.credit_grew
@@ -232,3 +247,67 @@ def test_payment_ends_the_pause_of_a_blocking_datagram_send_that_waits(
     after_payment = out["closed_at"] - out["paid_at"]
     assert PAUSE <= after_payment < PAUSE + 1.0, out
     assert out["closed_at"] - out["dropped_at"] >= PAUSE * 1.5, out
+
+
+#: How long the step of a waiting send holds, between reading the pause's start and
+#: judging by it, for a payment to end that pause meanwhile (it cannot: see below)
+HOLD = 0.5
+
+
+def test_a_payment_never_ends_a_pause_between_a_step_reading_its_start_and_using_it(
+    tmp_path: Path,
+) -> None:
+    """A blocking datagram send waiting in a pause, its step stopped between reading
+    the pause's start (datagrams_unpaid) and judging by it (datagram_verdict); the
+    payment covering its datagram comes then, from the receipt writer's thread. The
+    payment's end of the pause (credit_grew) waits for the engine lock the step holds,
+    so the step judges by the start the engine still has -- never by one a payment
+    ended. Ordered by events, not by sleeps: the step waits HOLD for a payment that
+    cannot come through the lock, which bounds the test, not its outcome."""
+    out: dict[str, Any] = {}
+
+    def races(sock: PaidSocket) -> None:
+        paid = sock._paid
+        core = paid.core
+        sock.recv(2)
+        _dropped_until_paused(sock, SIZE)  # the credit spent: a pause begins
+        out["paused"] = core.unpaid_datagrams_since is not None
+        with paid.engine.lock:  # (as the client's RECEIPT frame is read)
+            _, receipt = core.receipt_frame(_signed(paid, paid.engine.conn.usage), closed=False)
+        assert receipt is not None
+        stepping, payment_done = threading.Event(), threading.Event()
+        judge = core.datagram_verdict
+
+        def judged(verdict: Any, now: float, size: int, since: float) -> Any:
+            if not stepping.is_set():
+                stepping.set()
+                payment_done.wait(HOLD)
+                out["judged_by"] = since
+                out["pause_began"] = core.unpaid_datagrams_since
+                out["payment_waited"] = not payment_done.is_set()
+            return judge(verdict, now, size, since)
+
+        core.datagram_verdict = judged  # type: ignore[method-assign]
+
+        def pays() -> None:
+            if stepping.wait(WAIT):
+                paid._kept(receipt)  # as the receipt writer's thread, once it is stored
+            payment_done.set()
+
+        payer = threading.Thread(target=pays)
+        payer.start()
+        sock.settimeout(WAIT)
+        try:
+            sock.send_datagram(b"d" * SIZE)  # waits, then goes on the payment
+            out["sent"] = True
+        except DTPError as exc:
+            out["raised"] = exc
+        payer.join(WAIT)
+        out["ended"] = core.unpaid_datagrams_since is None
+        out["done"] = True
+
+    policy = ServicePolicy(allowance=300, pause_timeout=30.0)
+    _served(tmp_path, Driver("blocking"), (races, None), policy, lambda: "done" in out)
+    assert out.get("sent") is True, out
+    assert out["paused"] and out["payment_waited"] and out["ended"], out
+    assert out["judged_by"] is not None and out["judged_by"] == out["pause_began"], out

@@ -234,9 +234,14 @@ class PaidConnection:
         (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_room`, on the usage
         plus the bytes queued beyond the client's window); 0 when the gate does not
         serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
-        for the client to read them)."""
+        for the client to read them), but at least 1 once the connection ended."""
         conn = self.conn
-        return self.core.send_room(conn.usage, conn.send_buffered(), nbytes)
+        return self.core.send_room(
+            conn.usage,
+            conn.send_buffered(),
+            nbytes,
+            ended=self.proto.session.terminated is not None,
+        )
 
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
@@ -301,22 +306,17 @@ class PaidConnection:
         """Wait until some of a held write of ``nbytes`` may go (the client paid, or
         read bytes queued for it): how much, as :meth:`send_room`; at least 1 once the
         connection ended (the write then reports how)."""
-        session = self.proto.session
         conn = self.conn
         while True:
             await self.wait_paid()
-            room = self.send_room(nbytes)
-            if room or session.terminated is not None:
-                return room or 1
+            if room := self.send_room(nbytes):
+                return room
 
             # the queued bytes hold the credit: they go as the client reads (its window
-            # opening notifies the protocol), or a receipt comes (_kept notifies)
+            # opening notifies the protocol), or a receipt comes (_kept notifies); the
+            # end of the connection gives room too (send_room)
             def moved(queued: int = conn.send_buffered()) -> bool:
-                return (
-                    session.terminated is not None
-                    or conn.send_buffered() < queued
-                    or self.send_room(1) > 0
-                )
+                return conn.send_buffered() < queued or self.send_room(1) > 0
 
             await self.proto.wait_for(moved)
 

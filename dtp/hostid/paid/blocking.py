@@ -19,7 +19,14 @@ from dtp.errors import (
     DTPTimeoutError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import Close, Credit, PaidConnectionEngine, PauseAction, ReceiptStep
+from dtp.hostid.paid.engine import (
+    Close,
+    Credit,
+    PaidConnectionEngine,
+    PauseAction,
+    ReceiptStep,
+    RefillStep,
+)
 from dtp.hostid.paid.policy import (
     CALL_COST,
     SEND_SLICE,
@@ -148,14 +155,15 @@ class PaidConnection:
         once the credit covers the datagram a send last found no credit for
         (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
         as asyncio's)."""
-        core = self.core
-        if core.unpaid_datagrams_since is None:
-            return  # (no pause of datagram sends: the engine lock is not taken)
         engine = self.engine
+        # the test, the judgment and the clear under the engine lock, which a waiting
+        # datagram send holds from its step's read of the pause's start to its use
+        # (_look): a step never judges by a start from before a payment that ended
+        # that pause (tests/paid/test_datagram_pause_rule.py)
         with engine.lock:
-            usage = engine.conn.usage
-            queued = engine.conn.send_buffered()
-        core.datagrams_covered_again(usage, queued + self.credit.sending)
+            self.core.datagrams_covered_again(
+                engine.conn.usage, engine.conn.send_buffered() + self.credit.sending
+            )
 
     def verdict(self, whole: int = 0) -> GateVerdict:
         """The gate's verdict on the usage, plus ``whole`` bytes about to go (see
@@ -215,8 +223,7 @@ class PaidConnection:
         self.read_deposit()
         verdict = self.verdict(whole)
         now = time.monotonic()
-        # the caller's timeout (the socket's, or recv_datagram's) bounds the pause, as
-        # it bounds the unpaid call (tests/paid/test_datagrams.py)
+        # the caller's timeout (the socket's, or recv_datagram's) bounds the pause
         deadline = None
         nonblocking = False
         if sock is not None and verdict.state is GateState.PAUSE:
@@ -225,12 +232,16 @@ class PaidConnection:
                 nonblocking = timeout == 0
             else:
                 timeout = checked_timeout(timeout)  # (recv_datagram's, as it checks it)
-            if timeout is not None:
-                deadline = (now if began is None else began) + timeout
+            deadline = self.core.call_deadline(timeout, began, now)
         pause = self.core.pause(now, whole=whole, deadline=deadline)
         engine = self.engine
-        while (step := pause.step(verdict, time.monotonic())).action is PauseAction.WAIT:
+        while True:
             with engine.lock:
+                # (the step reads and sets the pause of datagram sends: under the lock
+                # that credit_grew and reserve_datagrams clear it under)
+                step = pause.step(verdict, time.monotonic())
+                if step.action is not PauseAction.WAIT:
+                    break
                 if self.ended():
                     return True  # the caller's own call reports how the connection ended
                 if step.ask:
@@ -314,16 +325,17 @@ class PaidConnection:
                 usage = engine.conn.usage
                 queued = engine.conn.send_buffered()
                 ended = self.ended()
-            if self.core.refill_send(self.credit, usage, queued, whole, ended=ended):
+            step = self.core.refill_send(self.credit, usage, queued, whole, ended=ended)
+            if step is RefillStep.GO:
                 return True
-            if not queued:
+            if step is RefillStep.WRITES:
                 self._waiters += 1
                 try:
                     self._cond.wait(self.policy.request_interval)
                 finally:
                     self._waiters -= 1
                 return False
-        # the queued bytes go out as the client reads: drive the I/O until some did
+        # (RefillStep.QUEUE) drive the I/O until some of the queued bytes went
         with engine.lock, contextlib.suppress(DTPTimeoutError):
             engine.pump(
                 lambda: engine.conn.send_buffered() < queued or self.ended(),
@@ -351,7 +363,12 @@ class PaidConnection:
             with self._cond:
                 count, taken = self.credit.reserve_datagrams(sizes, start)
             if count:
-                self.core.datagrams_paid()  # a send that goes whole ends a datagram pause
+                core = self.core
+                if core.unpaid_datagrams_since is not None:
+                    # a send that goes whole ends a datagram pause (cleared under the
+                    # engine lock, as credit_grew clears it: see there)
+                    with self.engine.lock:
+                        core.datagrams_paid()
                 return count, taken
             if self.ended():
                 return 0, 0
@@ -472,7 +489,9 @@ def _timed_out(sock: DTPSocket, began: float) -> None:
     timeout = sock.gettimeout()
     if timeout == 0:
         raise BlockingIOError(errno.EAGAIN, "operation would block")
-    if timeout is not None and time.monotonic() - began >= timeout:
+    now = time.monotonic()
+    deadline = PaidConnectionEngine.call_deadline(timeout, began, now)
+    if deadline is not None and now >= deadline:
         raise DTPTimeoutError("timed out")
 
 

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dtp.errors import ChainError
+from dtp.errors import ChainError, LocalProtocolError
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
@@ -146,6 +146,23 @@ class PausedCall:
         if verdict.state is GateState.CLOSE:
             return PauseStep(PauseAction.CLOSE, close=core.payment_required(verdict))
         return PauseStep(PauseAction.OVER)
+
+
+class RefillStep(enum.Enum):
+    """What a write does after a look at the gate that serves, on the driver's cached
+    credit (:meth:`PaidConnectionEngine.refill_send`; the blocking driver's: its
+    writers share the credit across threads)."""
+
+    GO = "go"
+    """The send credit is set: the write takes from it (:meth:`Credit.reserve`)."""
+    WRITES = "writes"
+    """Writes of other threads under way hold the credit, nothing is queued: wait (a
+    request interval at most) for one of them to end (:meth:`Credit.sent`), then look
+    again."""
+    QUEUE = "queue"
+    """Bytes queued beyond the client's flow-control window hold it: drive the I/O (a
+    request interval at most) until fewer are queued -- they go as the client reads --,
+    then look again."""
 
 
 class Credit:
@@ -330,10 +347,21 @@ class PaidConnectionEngine:
         call asks at once."""
         self.asked_at = None
 
+    @staticmethod
+    def call_deadline(timeout: float | None, began: float | None, now: float) -> float | None:
+        """When a call with a timeout of ``timeout`` seconds (None: none), begun at
+        ``began`` (None: ``now``, as the pause begins), stops waiting for payment or
+        credit: a pause is waited out within the call's own timeout, as the unpaid call
+        waits (tests/paid/test_datagrams.py), then it raises as the unpaid call would
+        when nothing comes."""
+        if timeout is None:
+            return None
+        return (now if began is None else began) + timeout
+
     def pause(self, now: float, *, whole: int = 0, deadline: float | None = None) -> PausedCall:
         """A call paused at ``now`` (the gate's verdict PAUSE, or CLOSE): its steps.
         ``whole``: bytes of a write that cannot go in part (a datagram); ``deadline``: the
-        caller's own timeout (None: the pause is waited out, to its end)."""
+        caller's own (:meth:`call_deadline`; None: the pause is waited out, to its end)."""
         return PausedCall(self, now, whole, deadline)
 
     # -- room: how much may move before the gate is asked again ------------------------
@@ -369,32 +397,36 @@ class PaidConnectionEngine:
 
     def refill_send(
         self, credit: Credit, usage: Usage, queued: int, whole: int, *, ended: bool
-    ) -> bool:
+    ) -> RefillStep:
         """Set ``credit``'s send credit to the :meth:`write_room` of a look at the gate
-        (serving) on ``usage``, the ``queued`` bytes and those under way: True when it
-        covers a byte (``whole`` bytes for a datagram), when nothing is queued or under
-        way (the gate said serve: a byte goes), or the connection ``ended`` (the write
-        reports how); False when the bytes on their way hold the credit: the writer
-        waits for some of them to go, then looks again."""
+        (serving) on ``usage``, the ``queued`` bytes and those under way:
+        :attr:`RefillStep.GO` when it covers a byte (``whole`` bytes for a datagram),
+        when nothing is queued or under way (the gate said serve: a byte goes), or the
+        connection ``ended`` (the write reports how). Else the bytes on their way hold
+        the credit and the writer waits for some of them to go, then looks again:
+        :attr:`RefillStep.QUEUE` when bytes are queued (they go as the client reads),
+        :attr:`RefillStep.WRITES` when only writes under way hold it."""
         sending = credit.sending
         room = self.write_room(usage, queued, sending, CREDIT_MAX)
         if room >= max(whole, 1) or not (sending or queued) or ended:
             credit.send = room
-            return True
-        return False
+            return RefillStep.GO
+        return RefillStep.QUEUE if queued else RefillStep.WRITES
 
     def room(self, usage: Usage, nbytes: int) -> int:
         """How much of a read of ``nbytes`` may go now on ``usage``: its
         :meth:`read_room`, 0 when the gate does not serve (nothing moves then)."""
         return self.read_room(usage, nbytes)[0] if self.gate.serving(*usage) else 0
 
-    def send_room(self, usage: Usage, queued: int, nbytes: int) -> int:
+    def send_room(self, usage: Usage, queued: int, nbytes: int, *, ended: bool = False) -> int:
         """How much of a write of ``nbytes`` may go now on ``usage`` and the ``queued``
         bytes, nothing under way (one event loop: each write takes its room as it
-        goes): its :meth:`write_room`, 0 when the gate does not serve."""
-        if not self.gate.serving(*usage):
-            return 0
-        return self.write_room(usage, queued, 0, nbytes)
+        goes): its :meth:`write_room`; 0 when the gate does not serve or the queued
+        bytes hold all of its credit (the writer waits for the client to read or pay),
+        but at least 1 once the connection ``ended`` (the write then reports how, as
+        :meth:`refill_send` lets it)."""
+        room = self.write_room(usage, queued, 0, nbytes) if self.gate.serving(*usage) else 0
+        return 1 if ended and not room else room
 
     def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
         """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
@@ -505,8 +537,12 @@ class PaidConnectionEngine:
         which is no pause (its debt is waited for by a drain, which a sender of
         datagrams alone need never call: sent, they went past the limit for good). A
         batch that goes whole ends a pause of datagram sends, an empty one does not
-        (tests/paid/test_datagram_pause.py)."""
-        if now is not None and self.in_debt(now):
+        (tests/paid/test_datagram_pause.py). ``now`` None under a bytes/s limit is
+        refused (:class:`~dtp.errors.LocalProtocolError`): it would skip the limit."""
+        if now is None:
+            if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
+                raise _clock_needed("datagram_send")
+        elif self.in_debt(now):
             return 0, False
         take = self.datagram_room(usage, queued, sizes)
         if take < len(sizes):
@@ -625,8 +661,12 @@ class PaidConnectionEngine:
         bucket has not refilled for a piece (:meth:`held_back`), else its
         :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
         the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
-        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write)."""
-        if now is not None and self.held_back(nbytes, now):
+        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write);
+        None under one is refused (:class:`~dtp.errors.LocalProtocolError`)."""
+        if now is None:
+            if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
+                raise _clock_needed("write_now")
+        elif self.held_back(nbytes, now):
             return 0
         return min(self.send_room(usage, queued, nbytes), self.write_slice())
 
@@ -655,3 +695,13 @@ class PaidConnectionEngine:
         ServicePolicy.ledger_check_interval): closed, for the settlement to claim now."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         return Close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+
+
+def _clock_needed(method: str) -> LocalProtocolError:
+    """The error for a driver that called ``method`` with ``now`` None under a bytes/s
+    limit (:attr:`PaidConnectionEngine.paced`): without the time the limit would be
+    skipped, so nothing is decided."""
+    return LocalProtocolError(
+        f"{method}: now is required while the client has a bytes/s limit (paced is True);"
+        " None would skip the limit"
+    )
