@@ -10,19 +10,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtp.messaging import errors as E
-from dtp.messaging.sealed_messages import (
-    OpenedMessage,
-    _canonical,
-    open_sealed,
-)
+from dtp.messaging.inbox_state import InboxState
+from dtp.messaging.sealed_messages import OpenedMessage, _canonical, open_sealed
 
 if TYPE_CHECKING:
     from dtp.messaging.rpc import RpcServer
 
-from dtp.messaging.inbox_persistence import InboxPersistence
 
-
-class InboxDelivery(InboxPersistence):
+class InboxDelivery(InboxState):
     """Claiming, settling and direct delivery of :class:`~dtp.messaging.sealed.SealedInbox`."""
 
     def accept(self, data: bytes, via: str = "direct") -> OpenedMessage | None:

@@ -8,15 +8,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dtp.messaging import errors as E
-from dtp.messaging.sealed_messages import (
-    OpenedMessage,
-)
+from dtp.messaging.inbox_delivery import InboxDelivery
+from dtp.messaging.sealed_messages import OpenedMessage
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-
-from dtp.messaging.inbox_delivery import InboxDelivery
 
 
 class InboxFetching(InboxDelivery):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from dtp.messaging import errors as E
+from dtp.messaging.inbox_state_file import InboxStateFile
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -38,6 +39,7 @@ class InboxState:
     verify_hosts: bool
     max_seen: int
     _path: Path | None
+    _file: InboxStateFile | None
     _seen: OrderedDict[bytes, float]
     _lock: threading.Lock
     _pending: dict[bytes, int]
@@ -45,8 +47,6 @@ class InboxState:
     _fetcher: int | None
     _waits: dict[int, tuple[int, bool]]
     cursor: str | None
-    _journaled: int
-    _epoch: str | None
     _rejected: dict[str, int]
     duplicates: int
     _unlock: weakref.finalize[[int], SealedInbox] | None
@@ -86,3 +86,17 @@ class InboxState:
             seen.popitem(last=False)
             excess -= 1
             over_bound -= 1
+
+    def _load(self) -> None:
+        """Take the state file's ids and cursor (see :meth:`InboxStateFile.load`), then
+        forget the ids beyond the bound."""
+        if self._file is None:
+            return
+        self.cursor = self._file.load()
+        self._evict()
+
+    def _remember(self, message_ids: list[bytes], cursor_moved: bool = False) -> None:
+        """(lock held) Persist newly seen ids, and the cursor when it moved (see
+        :meth:`InboxStateFile.remember`)."""
+        if self._file is not None:
+            self._file.remember(message_ids, self.cursor, cursor_moved)

@@ -17,8 +17,8 @@ once, whichever way (and however often) it arrived.
 :func:`seal` / :func:`open_sealed` are pure functions of their inputs (keys and randomness
 are passed in); they live in ``sealed_messages`` with :func:`send_sealed`.
 :class:`SealedInbox` is made of its parts: ``inbox_state`` (what it knows),
-``inbox_persistence`` (its state file), ``inbox_delivery`` (claiming, settling, direct
-delivery) and ``inbox_fetching`` (the ledger mailbox).
+``inbox_delivery`` (claiming, settling, direct delivery) and ``inbox_fetching`` (the
+ledger mailbox); it holds its state file, an ``inbox_state_file.InboxStateFile``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dtp.identity.files import companion, lock_exclusive
 from dtp.messaging import errors as E
 from dtp.messaging.inbox_fetching import InboxFetching
 from dtp.messaging.inbox_state import _PROTECTED_SEEN as _PROTECTED_SEEN
+from dtp.messaging.inbox_state_file import InboxStateFile
 from dtp.messaging.sealed_messages import (
     MAX_BODY,
     MAX_SEALED,
@@ -162,6 +163,12 @@ class SealedInbox(InboxFetching):
         # seen ids, oldest first, each with when (monotonic) it was delivered -- or
         # loaded from the state file: see _evict
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        # the state file, which writes these ids (and the cursor the inbox passes it)
+        self._file = (
+            None
+            if self._path is None
+            else InboxStateFile(self._path, self.host_id, self._seen, self._see)
+        )
         self._lock = threading.Lock()
         # ids being handed to register()'s on_message: marked seen only once it
         # returned, and a concurrent copy waits for that outcome (see _claim); the
@@ -176,11 +183,6 @@ class SealedInbox(InboxFetching):
         # would close a cycle are not taken (see _cycle)
         self._waits: dict[int, tuple[int, bool]] = {}
         self.cursor: str | None = None
-        self._journaled = 0  # lines in the state file's journal (<state_path>.log)
-        # the snapshot's token, which the journal's cursor lines carry: a line with
-        # another (a journal a stop left behind a newer snapshot, or beside a snapshot
-        # written by hand or by an earlier version) is not this snapshot's to move on
-        self._epoch: str | None = None
         self._rejected: dict[str, int] = {}
         self.duplicates = 0
         self._unlock: weakref.finalize[[int], SealedInbox] | None = None

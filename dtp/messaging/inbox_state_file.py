@@ -9,47 +9,68 @@ import contextlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dtp.messaging import errors as E
-from dtp.messaging.sealed_messages import (
-    _CURSOR_LINE,
-    _ID_SIZE,
-)
+from dtp.messaging.sealed_messages import _CURSOR_LINE, _ID_SIZE
 
 if TYPE_CHECKING:
-    pass
-
-from dtp.messaging.inbox_state import InboxState
+    from collections import OrderedDict
+    from collections.abc import Callable
+    from pathlib import Path
 
 # (the inbox's own logger name, which applications configure)
 logger = logging.getLogger("dtp.messaging.sealed")
 
 
-class InboxPersistence(InboxState):
-    """Loading and saving the state of :class:`~dtp.messaging.sealed.SealedInbox`."""
+class InboxStateFile:
+    """The state file at ``path`` of the inbox of host ``host_id``: it writes the
+    inbox's seen ids ``seen`` (the inbox's own dict, oldest first) and the cursor the
+    inbox passes, and hands what it loads back (the ids to ``see``, the cursor as
+    :meth:`load`'s value). The inbox holds the file's lock, and its own lock around
+    :meth:`remember`."""
 
-    def _load(self) -> None:
-        if self._path is None:
-            return
+    def __init__(
+        self,
+        path: Path,
+        host_id: str,
+        seen: OrderedDict[bytes, float],
+        see: Callable[[list[bytes]], None],
+    ) -> None:
+        self._path = path
+        self.host_id = host_id
+        self._seen = seen
+        self._see = see
+        self._journaled = 0  # lines in the state file's journal (<state_path>.log)
+        # the snapshot's token, which the journal's cursor lines carry: a line with
+        # another (a journal a stop left behind a newer snapshot, or beside a snapshot
+        # written by hand or by an earlier version) is not this snapshot's to move on
+        self._epoch: str | None = None
+
+    def load(self) -> str | None:
+        """Read the snapshot and the journal after it, the ids seen going to ``see``,
+        and write a snapshot where there was none with a token (a first start, an
+        earlier version's file); returns the cursor they hold. A file or journal that
+        is not what the inbox writes is a SealedError naming it."""
+        journal = self._path.with_suffix(self._path.suffix + ".log")
         if self._path.exists():
-            self._load_snapshot(self._path)
-            self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
+            cursor = self._load_snapshot(self._path)
+            cursor = self._load_journal(journal, cursor)
             if self._epoch is None:
                 # an earlier version's snapshot (or one written by hand) has no token:
                 # cursor lines appended for it would be taken by no later start, which
                 # went back to its cursor and delivered evicted mail again
-                self._save()
+                self.save(cursor)
         else:
             # a snapshot at once: it names the host, which the journal's cursor lines
             # do not (another host's inbox on this file took them over, and skipped its
             # own earlier mail); a journal without one is an earlier version's, folded in
-            self._load_journal(self._path.with_suffix(self._path.suffix + ".log"))
-            self._save()
-        self._evict()
+            cursor = self._load_journal(journal, None)
+            self.save(cursor)
+        return cursor
 
-    def _load_snapshot(self, path: Path) -> None:
+    def _load_snapshot(self, path: Path) -> str | None:
+        """The snapshot's cursor; its token and its ids are taken."""
         try:
             state = json.loads(path.read_bytes())
             if not isinstance(state, dict):
@@ -78,17 +99,18 @@ class InboxPersistence(InboxState):
             raise E.SealedError(
                 f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
             )
-        self.cursor = cursor
         self._epoch = epoch
         self._see(ids)
+        return cursor
 
-    def _load_journal(self, path: Path) -> None:
+    def _load_journal(self, path: Path, loaded: str | None) -> str | None:
         """Add the ids appended after the last snapshot (one hex id per line) and take
         the newest cursor appended for this snapshot (``c:``, the snapshot's token,
         ``:`` and the cursor's UTF-8 in hex); a last line without its newline was being
-        written when the process stopped: cut off."""
+        written when the process stopped: cut off. Returns that cursor, or ``loaded``
+        (the snapshot's) when there is none."""
         if not path.exists():
-            return
+            return loaded
         data = path.read_bytes()
         lines = data.split(b"\n")
         torn = lines.pop()  # b"" after a complete last line
@@ -114,20 +136,17 @@ class InboxPersistence(InboxState):
             # the inbox would refuse to open at the next start
             os.truncate(path, len(data) - len(torn))
         self._see(ids)
-        if cursor is not None:
-            self.cursor = cursor
         self._journaled = len(lines)
+        return loaded if cursor is None else cursor
 
-    def _save(self) -> None:
-        """Write the whole state (cursor and ids) and empty the journal."""
-        if self._path is None:
-            return
+    def save(self, cursor: str | None) -> None:
+        """Write the whole state (``cursor`` and the ids) and empty the journal."""
         from dtp.identity.keys import _fsync_directory
 
         epoch = os.urandom(8).hex()
         state = {
             "host": self.host_id,
-            "cursor": self.cursor,
+            "cursor": cursor,
             "journal": epoch,
             "seen": [m.hex() for m in self._seen],
         }
@@ -165,8 +184,10 @@ class InboxPersistence(InboxState):
             return
         self._journaled = 0
 
-    def _remember(self, message_ids: list[bytes], cursor_moved: bool = False) -> None:
-        """(lock held) Persist newly seen ids, and the cursor when it moved: appended to
+    def remember(
+        self, message_ids: list[bytes], cursor: str | None, cursor_moved: bool = False
+    ) -> None:
+        """(lock held) Persist newly seen ids, and ``cursor`` when it moved: appended to
         the journal, so a delivery costs a line, not a rewrite of up to ``4 *
         max_seen`` ids (86 ms at 100 000; a fetch moves the cursor past other hosts'
         mail too, and rewrote the snapshot for each); the journal is folded into the
@@ -174,16 +195,16 @@ class InboxPersistence(InboxState):
         after the ids: cut short by a stop, the journal never has the cursor past mail
         whose ids it lacks. Raises the OSError of a write that failed, having undone
         it."""
-        if self._path is None or not (message_ids or cursor_moved):
+        if not (message_ids or cursor_moved):
             return
         lines = [m.hex().encode() + b"\n" for m in message_ids]
-        if cursor_moved and self.cursor is not None:
-            epoch, cursor = (self._epoch or "").encode(), self.cursor.encode().hex().encode()
-            lines.append(b"%s%s:%s\n" % (_CURSOR_LINE, epoch, cursor))
+        if cursor_moved and cursor is not None:
+            epoch, hex_cursor = (self._epoch or "").encode(), cursor.encode().hex().encode()
+            lines.append(b"%s%s:%s\n" % (_CURSOR_LINE, epoch, hex_cursor))
         journaled = self._journaled + len(lines)
         # (once the journal outgrows the snapshot: rewrites stay O(1) per line amortized)
         if journaled > max(1024, len(self._seen) - journaled):
-            self._save()
+            self.save(cursor)
             return
         data = memoryview(b"".join(lines))
         path = self._path.with_suffix(self._path.suffix + ".log")
