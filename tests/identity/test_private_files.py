@@ -114,4 +114,4 @@ def test_state_files_nested_past_the_stack_are_damaged_files(tmp_path: Path) -> 
     state = tmp_path / "inbox.json"
     state.write_text(DEEP)
     with pytest.raises(SealedError, match="corrupt"):
-        SealedInbox._load_snapshot(object.__new__(SealedInbox), state)
+        SealedInbox(HostIdentity.generate(), "0x1", state_path=state)

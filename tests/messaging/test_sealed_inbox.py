@@ -394,7 +394,7 @@ def test_the_snapshot_is_on_the_disk_before_it_replaces_the_old_one(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    inbox._save()  # (as when the journal outgrows the snapshot)
+    inbox._file.save(inbox.cursor)  # (as when the journal outgrows the snapshot)
     monkeypatch.undo()
     # (the rename without the fsync: a power cut could leave an empty state file, which
     # the inbox refuses to open, or the old snapshot with the journal emptied)

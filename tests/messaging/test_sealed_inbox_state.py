@@ -335,7 +335,7 @@ def test_a_journal_left_behind_a_newer_snapshot_does_not_take_the_cursor_back(
         assert stale.count(b"\nc:") + stale.startswith(b"c:") == 3
         ledger.mailbox_send(alice, hc, b"elsewhere again")
         inbox.fetch()
-        inbox._save()  # the snapshot with the newest cursor
+        inbox._file.save(inbox.cursor)  # the snapshot with the newest cursor
         newest = inbox.cursor
     journal.write_bytes(stale)  # as a stop before the journal was emptied left it
     with SealedInbox(bob, hb, ledger, state_path=state) as inbox:
