@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -26,7 +25,7 @@ from dtp.hostid.udp import UdpForwarder, UdpStats
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
-from tests.udp.world import SERVER
+from tests.udp.world import relayed
 
 BOUND = 5.0
 REPLIES = 50
@@ -74,15 +73,7 @@ def test_a_relays_replies_are_charged_their_frame_headers(
     buckets = ClientBuckets(TokenBucket(4, 0.0), TokenBucket(0, 0.0))
     stats = UdpStats()
 
-    def relay_kw() -> dict[str, Any]:
-        return {"stats": stats, "limits": buckets, "idle_timeout": BOUND}
-
-    with (
-        driver.serve_relay(SERVER, empty_replies.address, relay_kw, []) as address,
-        dtp.socket.create_connection(
-            address, server_key=SERVER.noise_public, timeout=BOUND
-        ) as sock,
-    ):
+    with relayed(driver, empty_replies.address, stats, limits=buckets, idle_timeout=BOUND) as sock:
         sock.send_datagram(b"")  # admitted (the bucket was full), charged 2 bytes
         # (the relay counts its replies once it has charged them)
         assert wait_for(lambda: stats.datagrams_out == REPLIES, BOUND), stats.snapshot()
