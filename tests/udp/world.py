@@ -5,7 +5,6 @@ connection to it (``relayed``)."""
 
 from __future__ import annotations
 
-import socket
 import struct
 import threading
 import time
@@ -22,6 +21,7 @@ from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
 from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets
 from tests.support.polling import wait_for
+from tests.support.udp_backends import UdpBackend
 
 if TYPE_CHECKING:  # (conftest.py, which defines the drivers, imports this module)
     from tests.udp.conftest import UdpDriver
@@ -37,40 +37,18 @@ def meter() -> Meter:
     return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
 
 
-class DnsLikeBackend:
+class DnsLikeBackend(UdpBackend):
     """Answers each query (2-byte ID + name) with the ID, the name and a 4-byte
-    'address' derived from it; counts what it saw."""
+    'address' derived from it (while ``answer`` is true); counts what it saw."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()
-        self.received = 0
-        self.bytes = 0
         self.answer = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.received += 1
-            self.bytes += len(data)
-            if self.answer:
-                digest = sum(data) & 0xFFFFFFFF
-                self.sock.sendto(data + struct.pack(">I", digest), peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+    def replies(self, data: bytes) -> list[bytes]:
+        if not self.answer:
+            return []
+        return [data + struct.pack(">I", sum(data) & 0xFFFFFFFF)]
 
 
 def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event) -> None:
