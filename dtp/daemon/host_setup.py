@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dtp.daemon.config import DaemonConfig, DaemonSettings, ServiceConfig
@@ -20,7 +21,15 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import FirewallMode, Sla
 
-__all__ = ["HOST_FILE", "SYNC_PAUSE", "SYNC_TRIES", "HostSetup", "recorded_host_id", "sla_of"]
+__all__ = [
+    "HOST_FILE",
+    "SYNC_PAUSE",
+    "SYNC_TRIES",
+    "HostSetup",
+    "HostSync",
+    "recorded_host_id",
+    "sla_of",
+]
 
 logger = logging.getLogger("dtp.daemon")  # (the start and the reloads are one story in its log)
 
@@ -31,6 +40,26 @@ SYNC_TRIES = 4
 keeps cancelling its transactions, SuiLedger's own retries used up each time."""
 SYNC_PAUSE = 1.0
 """Seconds before the second try, doubled before each further one."""
+
+
+@dataclass(frozen=True)
+class HostSync:
+    """What :meth:`HostSetup.sync` publishes, and under which config."""
+
+    in_force: DaemonConfig
+    """The config in force: the one errors cite, and whose ``[daemon]`` settings find
+    the host (:meth:`HostSetup.host_id`) and the ledger (Sui or not)."""
+    config: DaemonConfig
+    """The config whose endpoint, Noise key, services and firewall are published (a
+    reload's new one, or ``in_force`` itself at a start)."""
+    endpoint: str
+    """The endpoint published (``host:port``)."""
+    host_id: str | None
+    """The Host, when known; else :meth:`HostSetup.host_id`'s (created if need be)."""
+    checkpoint: Callable[[], None] | None = None
+    """Runs before each ledger transaction, and raises to end the sync there (a stop
+    while starting, where a firewall list of thousands of entries is as many
+    transactions); None: nothing interrupts it (a reload finishes first)."""
 
 
 class HostSetup:
@@ -69,24 +98,14 @@ class HostSetup:
             ) from exc
         return host_id
 
-    def sync(
-        self,
-        in_force: DaemonConfig,
-        config: DaemonConfig,
-        endpoint: str,
-        host_id: str | None,
-        checkpoint: Callable[[], None] | None = None,
-    ) -> str:
-        """Publish the endpoint, key, services and firewall of ``config`` on the ledger
-        (only what differs); returns the host ID (``host_id``, else :meth:`host_id`'s
-        under ``in_force``, the config in force, which errors cite). ``checkpoint()``
-        runs before each ledger transaction (it raises to end the sync there: a stop
-        while starting, where a firewall list of thousands of entries is as many
-        transactions)."""
+    def sync(self, job: HostSync) -> str:
+        """Publish the endpoint, key, services and firewall of ``job.config`` on the
+        ledger (only what differs); returns the host ID (:class:`HostSync`)."""
         ledger, me = self.ledger, self.identity
-        step = checkpoint or _no_checkpoint
+        in_force, config, endpoint = job.in_force, job.config, job.endpoint
+        step = job.checkpoint or _no_checkpoint
         step()
-        host_id = host_id or self.host_id(in_force.daemon, endpoint)
+        host_id = job.host_id or self.host_id(in_force.daemon, endpoint)
         try:
             host = ledger.get_host(host_id)
         except ObjectNotFound:
@@ -161,25 +180,16 @@ class HostSetup:
             ledger.set_client_limits(me, host_id, *limits)
         return host_id
 
-    async def sync_retried(
-        self,
-        in_force: DaemonConfig,
-        config: DaemonConfig,
-        endpoint: str,
-        host_id: str | None,
-        checkpoint: Callable[[], None] | None = None,
-    ) -> str:
+    async def sync_retried(self, job: HostSync) -> str:
         """:meth:`sync` in a thread, sent again when Sui's congestion control
         cancelled one of its transactions every time SuiLedger sent it (a passing
         outage: it did not execute, and the sync does only what still differs), up to
         :data:`SYNC_TRIES` times."""
         for attempt in range(SYNC_TRIES):
             try:
-                return await asyncio.to_thread(
-                    self.sync, in_force, config, endpoint, host_id, checkpoint
-                )
+                return await asyncio.to_thread(self.sync, job)
             except LedgerUnavailable as exc:
-                if attempt + 1 == SYNC_TRIES or not _congested(in_force, exc):
+                if attempt + 1 == SYNC_TRIES or not _congested(job.in_force, exc):
                     raise
                 pause = SYNC_PAUSE * 2**attempt
                 logger.warning(
@@ -187,7 +197,7 @@ class HostSetup:
                     extra=kv(error=str(exc), retry=f"in {pause:g} s"),
                 )
                 await asyncio.sleep(pause)
-                (checkpoint or _no_checkpoint)()
+                (job.checkpoint or _no_checkpoint)()
         raise AssertionError("unreachable")  # (the last try returns or raises)
 
 

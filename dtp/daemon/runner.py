@@ -43,7 +43,7 @@ from dtp.daemon.config import (
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch
-from dtp.daemon.host_setup import HostSetup
+from dtp.daemon.host_setup import HostSetup, HostSync
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
@@ -205,7 +205,9 @@ class Daemon:
     ) -> str:
         """Publish the endpoint, key, services and firewall of ``config`` on the ledger
         (only what differs); returns the host ID (:meth:`HostSetup.sync`; blocking)."""
-        return self.host_setup.sync(self.config, config, endpoint, self.host_id, checkpoint)
+        return self.host_setup.sync(
+            HostSync(self.config, config, endpoint, self.host_id, checkpoint)
+        )
 
     async def _sync(
         self, config: DaemonConfig, endpoint: str, checkpoint: Callable[[], None] | None = None
@@ -213,7 +215,7 @@ class Daemon:
         """:meth:`sync_host` in a thread, sent again while Sui's congestion control
         cancels it (:meth:`HostSetup.sync_retried`)."""
         return await self.host_setup.sync_retried(
-            self.config, config, endpoint, self.host_id, checkpoint
+            HostSync(self.config, config, endpoint, self.host_id, checkpoint)
         )
 
     # -- running ---------------------------------------------------------------------------

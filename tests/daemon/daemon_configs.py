@@ -1,5 +1,6 @@
 """Config files of ``dtp daemon`` processes on one LocalLedger file: a provider with a free
-echo service, a client with the forwards given, and the forwards' rows in a status file."""
+echo service, or with one service "svc" as the test says, a client with the forwards
+given, and the forwards' rows in a status file."""
 
 from __future__ import annotations
 
@@ -34,6 +35,33 @@ health_interval = 30
 """
     )
     return config
+
+
+def write_provider(
+    tmp: Path, backend_port: int, daemon_extra: str = "", service_extra: str = ""
+) -> Path:
+    """Keys for a provider and a client, and the provider's config: one service "svc"
+    on port 7000 to the backend; ``daemon_extra`` and ``service_extra`` go into
+    [daemon] and the [[service]]."""
+    HostIdentity.generate().save(tmp / "provider.key")
+    HostIdentity.generate().save(tmp / "client.key")
+    provider = tmp / "daemon.toml"
+    provider.write_text(
+        f"""[daemon]
+ledger = "ledger.sqlite"
+identity = "provider.key"
+state_dir = "daemon-state"
+faucet = {SUI}
+{daemon_extra}
+
+[[service]]
+name = "svc"
+port = 7000
+backends = ["127.0.0.1:{backend_port}"]
+{service_extra}
+"""
+    )
+    return provider
 
 
 def forward(name: str, listen: str, target: str, extra: str = "") -> str:

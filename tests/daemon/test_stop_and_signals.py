@@ -17,6 +17,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
+from tests.daemon.daemon_configs import write_provider
 from tests.support.daemon_procs import (
     SUI,
     Proc,
@@ -64,31 +65,6 @@ def procs() -> Iterator[list[Proc]]:
     finally:
         for proc in reversed(started):
             proc.kill()
-
-
-def write_provider(tmp: Path, backend_port: int, daemon_extra: str, service_extra: str) -> Path:
-    """Keys for a provider and a client, and the provider's config: one service "svc"
-    on port 7000 to the backend; ``daemon_extra`` and ``service_extra`` go into
-    [daemon] and the [[service]]."""
-    HostIdentity.generate().save(tmp / "provider.key")
-    HostIdentity.generate().save(tmp / "client.key")
-    provider = tmp / "daemon.toml"
-    provider.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "daemon-state"
-faucet = {SUI}
-{daemon_extra}
-
-[[service]]
-name = "svc"
-port = 7000
-backends = ["127.0.0.1:{backend_port}"]
-{service_extra}
-"""
-    )
-    return provider
 
 
 def start_daemons(

@@ -8,9 +8,9 @@ import socket
 import threading
 from pathlib import Path
 
-from dtp.keys import HostIdentity
+from tests.daemon.daemon_configs import write_provider
 from tests.daemon.tcp_backends import Backend, serves_health_checks
-from tests.support.daemon_procs import SUI, daemon, forward_address, running, write_forwarder
+from tests.support.daemon_procs import daemon, forward_address, running, write_forwarder
 
 
 def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
@@ -32,25 +32,11 @@ def test_used_up_deposit_cuts_only_its_own_tunnel(tmp_path: Path) -> None:
 
     backend = Backend(handler)
     try:
-        HostIdentity.generate().save(tmp_path / "provider.key")
-        HostIdentity.generate().save(tmp_path / "client.key")
-        config = tmp_path / "daemon.toml"
-        config.write_text(
-            f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "daemon-state"
-faucet = {SUI}
-drain_timeout = 2
-
-[[service]]
-name = "svc"
-port = 7000
-backends = ["127.0.0.1:{backend.port}"]
-health_interval = 30
-price_per_kib = 10
-min_deposit = 10000
-"""
+        config = write_provider(
+            tmp_path,
+            backend.port,
+            "drain_timeout = 2",
+            "health_interval = 30\nprice_per_kib = 10\nmin_deposit = 10000",
         )
         d = daemon(config)
         with running(d):

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from tests.daemon.daemon_configs import write_provider
 from tests.daemon.tcp_backends import Backend, serves_health_checks
 from tests.support.daemon_procs import (
-    SUI,
     Proc,
     daemon,
     forward_address,
@@ -44,24 +43,7 @@ def procs(tmp_path: Path) -> Iterator[list[Proc]]:
 def start_pair(
     tmp: Path, procs: list[Proc], backend: int, firewall: str = ""
 ) -> tuple[Proc, Proc, tuple[str, int]]:
-    HostIdentity.generate().save(tmp / "provider.key")
-    HostIdentity.generate().save(tmp / "client.key")
-    config = tmp / "daemon.toml"
-    config.write_text(
-        f"""[daemon]
-ledger = "ledger.sqlite"
-identity = "provider.key"
-state_dir = "daemon-state"
-faucet = {SUI}
-drain_timeout = 2
-{firewall}
-[[service]]
-name = "svc"
-port = 7000
-backends = ["127.0.0.1:{backend}"]
-health_interval = 30
-"""
-    )
+    config = write_provider(tmp, backend, f"drain_timeout = 2\n{firewall}", "health_interval = 30")
     d = daemon(config)
     procs.append(d)
     f = daemon(write_forwarder(tmp, d.info["host_id"], 7000))

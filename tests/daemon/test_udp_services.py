@@ -31,50 +31,10 @@ from dtp.keys import HostIdentity
 from tests.daemon.tunnel_setup import Setup, conserved, ledger_connections, status
 from tests.support.daemon_procs import Proc, wait_until
 from tests.support.polling import wait_for
+from tests.support.udp_backends import EchoBackend
 
 PRICED = "price_per_request = 1\nprice_per_kib = 1\nmin_deposit = 100000"
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=100000)
-
-
-class EchoBackend:
-    """A UDP server on 127.0.0.1 that echoes every datagram and counts them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port: int = self.sock.getsockname()[1]
-        self.seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, source = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.seen += 1
-            with contextlib.suppress(OSError):
-                self.sock.sendto(data, source)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(tmp_path)
-    try:
-        yield s
-    finally:
-        for proc in reversed(s.procs):
-            proc.kill()
 
 
 @pytest.fixture
@@ -149,7 +109,7 @@ def test_a_stop_right_after_traffic_claims_every_datagram(
     echoes.append(echo)
     d, f, address = udp_pair(setup, echo.port)
     assert exchange(address, 50) == 50
-    assert echo.seen == 50
+    assert echo.received == 50
     assert d.stop() == 0
     owed = fee(SLA, 50 * 200, 50)
     assert owed == 60
@@ -217,7 +177,7 @@ def test_a_forward_whose_deposit_pays_for_nothing_says_so(
         return found if found.get("denials", 0) >= 5 else None
 
     wait_until(denied, 20, "the unpaid drops in the forward's status")
-    assert echo.seen == 0
+    assert echo.received == 0
     log = f.log()
     assert log.count("cannot pay for them") == 1, log  # once for the flow
     assert "the deposit of 0 MIST" in log
@@ -254,7 +214,7 @@ target = "dtp://{host_id}:5302"
         for name in ("fx", "fy"):
             assert exchange(addresses[name], 1) == 1  # a new source: a new flow
     # x's flows go to its backends in turn, whatever y's did meanwhile
-    assert (x1.seen, x2.seen, y.seen) == (2, 1, 3)
+    assert (x1.received, x2.received, y.received) == (2, 1, 3)
     assert f.stop() == 0 and d.stop() == 0
 
 

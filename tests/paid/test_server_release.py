@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -25,7 +25,7 @@ from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from tests.paid.conftest import Driver, exchange
 from tests.support.paid_stores import StallingStore
-from tests.support.paid_twins import PaidWorld, echo, echo_aio, hosted_ledgers, ident
+from tests.support.paid_twins import PaidWorld, echo, hosted_ledgers, ident
 from tests.support.polling import wait_for
 
 T = TypeVar("T")
@@ -33,6 +33,7 @@ T = TypeVar("T")
 PORT = 7
 SERVER = ident(0x81)
 CLIENT = ident(0x82)
+POLICY = ServicePolicy(allowance=500)
 
 
 class World(PaidWorld):
@@ -41,21 +42,7 @@ class World(PaidWorld):
         return f"dtp://{self.host_id}:{PORT}"
 
     def serve(self, handler: Handler, store: ReceiptStore) -> PaidServer:
-        return self.serve_blocking(
-            PORT, handler, SERVER, receipts=store, policy=ServicePolicy(allowance=500)
-        )
-
-    def serve_on(self, driver: Driver, store: ReceiptStore) -> Any:
-        """The echo service on ``driver``'s server, with the caller's ``store``."""
-        return driver.serve(
-            self.host_id,
-            PORT,
-            (echo, echo_aio),
-            ledger=self.ledger,
-            identity=SERVER,
-            receipts=store,
-            policy=ServicePolicy(allowance=500),
-        )
+        return self.serve_blocking(PORT, handler, SERVER, receipts=store, policy=POLICY)
 
     def connect(self) -> dtp.socket.DTPSocket:
         return self.connect_as(CLIENT, PORT, 200_000, metering=MeteringConfig(every_bytes=16 << 10))
@@ -78,7 +65,7 @@ def test_wait_released_waits_for_a_connection_open_at_close(world: World, driver
     settlement failed on it and the fees went unclaimed)."""
     store = ReceiptStore(world.tmp_path / "receipts.db")
     try:
-        with world.serve_on(driver, store) as server:
+        with world.serve_on(driver, PORT, "echo", SERVER, receipts=store, policy=POLICY) as server:
             assert not driver.wait_released(server, 0)  # (not closed)
             assert not driver.wait_released(server, 5)  # (not closed: False at once)
             with world.connect() as sock:
@@ -152,7 +139,7 @@ def test_not_released_while_the_receipt_writer_still_writes(
     monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 2.0)
     store = StallingStore(world.tmp_path / "receipts.db")
     try:
-        with world.serve_on(driver, store) as server:
+        with world.serve_on(driver, PORT, "echo", SERVER, receipts=store, policy=POLICY) as server:
             try:
                 with world.connect() as sock:
                     exchange(sock, 8)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,23 @@ class PaidWorld:
         return dtp.socket.serve(
             self.host_id, port, handler, ledger=self.server_ledger, identity=identity, **options
         )
+
+    def serve_on(
+        self,
+        driver: Any,
+        port: int,
+        handlers: str | tuple[Any, Any],
+        identity: HostIdentity,
+        **options: Any,
+    ) -> AbstractContextManager[Any]:
+        """``driver``'s paid server of the host's ``port`` (tests/paid/conftest.py
+        ``Driver.serve``, which gives the server a ledger handle of its own) with
+        ``handlers`` (blocking handler, asyncio callback), ``options`` as it takes
+        them: a context manager, the server closed and released at its end."""
+        served: AbstractContextManager[Any] = driver.serve(
+            self.host_id, port, handlers, ledger=self.ledger, identity=identity, **options
+        )
+        return served
 
     def serve_aio(
         self,

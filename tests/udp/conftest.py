@@ -101,6 +101,20 @@ class UdpDriver:
         raise NotImplementedError
 
 
+@contextlib.contextmanager
+def _noted(ended: list[float], raised: list[BaseException] | None) -> Iterator[None]:
+    """Around a relay in a driver's server: its end appended to ``ended``, what it
+    raised to ``raised`` (when given; else it propagates)."""
+    try:
+        yield
+    except BaseException as exc:
+        if raised is None:
+            raise
+        raised.append(exc)
+    finally:
+        ended.append(time.monotonic())
+
+
 class BlockingDriver(UdpDriver):
     name = "blocking"
 
@@ -120,16 +134,10 @@ class BlockingDriver(UdpDriver):
         returned: list[UdpStats] | None = None,
     ) -> Iterator[tuple[str, int]]:
         def handler(sock: dtp.socket.DTPSocket) -> None:
-            try:
+            with _noted(ended, raised):
                 stats = relay_udp(sock, backend, **relay_kw())
                 if returned is not None:
                     returned.append(stats)
-            except BaseException as exc:
-                if raised is None:
-                    raise
-                raised.append(exc)
-            finally:
-                ended.append(time.monotonic())
 
         server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity, config=config)
         serving = threading.Thread(target=server.serve_forever, args=(handler,), daemon=True)
@@ -213,16 +221,10 @@ class AsyncioDriver(UdpDriver):
         returned: list[UdpStats] | None = None,
     ) -> Iterator[tuple[str, int]]:
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-            try:
+            with _noted(ended, raised):
                 stats = await relay_udp_async(reader, writer, backend, **relay_kw())
                 if returned is not None:
                     returned.append(stats)
-            except BaseException as exc:
-                if raised is None:
-                    raise
-                raised.append(exc)
-            finally:
-                ended.append(time.monotonic())
 
         server = self.run(
             dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity, config=config)

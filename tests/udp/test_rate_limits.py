@@ -4,39 +4,14 @@ against the client's bytes, and traffic within the rate passes whole."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-import dtp.aio
-import dtp.socket
 from dtp.hostid.udp import UdpStats
-from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket
 from tests.udp.conftest import UdpDriver
-from tests.udp.world import DnsLikeBackend
-
-SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
-
-
-@contextlib.contextmanager
-def _relayed(
-    driver: UdpDriver, backend: DnsLikeBackend, stats: UdpStats, limits: ClientBuckets | None
-) -> Iterator[dtp.socket.DTPSocket]:
-    """A connection to a relay (of ``driver``) in front of ``backend``."""
-
-    def relay_kw() -> dict[str, Any]:
-        return {"stats": stats, "limits": limits, "idle_timeout": 5}
-
-    with (
-        driver.serve_relay(SERVER, backend.address, relay_kw, []) as address,
-        dtp.socket.create_connection(address, server_key=SERVER.noise_public, timeout=5) as sock,
-    ):
-        sock.settimeout(2)
-        yield sock
+from tests.udp.world import DnsLikeBackend, relayed
 
 
 def _buckets(bytes_per_sec: float, requests_per_sec: float) -> ClientBuckets:
@@ -76,7 +51,7 @@ def test_a_relay_drops_datagrams_over_the_request_rate(
     limiter = RateLimiter(requests_per_sec=20)  # 5 of burst
     buckets = limiter.acquire("0xclient", time.monotonic())
     stats = UdpStats()
-    with _relayed(driver, backend, stats, buckets) as sock:
+    with relayed(driver, backend.address, stats, limits=buckets) as sock:
         for i in range(40):
             sock.send_datagram(bytes([i]) * 8)
         deadline = time.monotonic() + 5
@@ -107,7 +82,7 @@ def test_a_relay_counts_replies_against_the_byte_rate(
     limiter = RateLimiter(bytes_per_sec=400)  # 100 bytes of burst
     buckets = limiter.acquire("0xclient", time.monotonic())
     stats = UdpStats()
-    with _relayed(driver, backend, stats, buckets) as sock:
+    with relayed(driver, backend.address, stats, limits=buckets) as sock:
         sock.send_datagram(b"\x00" * 100)  # admitted: the bucket was full
         first = sock.recv_datagram(2)
         assert len(first) == 104
@@ -123,7 +98,7 @@ def test_no_limits_or_unlimited_buckets_drop_nothing(
     backend: DnsLikeBackend, limits: ClientBuckets | None, driver: UdpDriver
 ) -> None:
     stats = UdpStats()
-    with _relayed(driver, backend, stats, limits) as sock:
+    with relayed(driver, backend.address, stats, limits=limits) as sock:
         for i in range(30):
             sock.send_datagram(bytes([i]))
         got = {sock.recv_datagram()[0] for _ in range(30)}

@@ -27,6 +27,7 @@ from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import locked_by_another_process
+from tests.udp.conftest import BlockingDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
 SLA = Sla(1, 1, 0)
@@ -73,7 +74,9 @@ def test_a_receipt_counts_only_once_stored_and_a_writer_thread_counts_it(
     dns = DnsLikeBackend()
     stats = UdpStats()
     try:
-        with relayed(billing, dns, stats, SLA, DEPOSIT) as sock:
+        with relayed(
+            BlockingDriver(), dns.address, stats, billing=billing, signed=(SLA, DEPOSIT)
+        ) as sock:
             with locked_by_another_process(path):
                 _send(sock, 4 * CREDIT)
                 # receipts came and were accepted, but none is stored: the credit is
@@ -128,7 +131,9 @@ def test_an_on_receipt_that_counts_at_once_does_not_deadlock_the_relay(
         dns = DnsLikeBackend()
         stats = UdpStats()
         try:
-            with relayed(billing, dns, stats, SLA, DEPOSIT) as sock:
+            with relayed(
+                BlockingDriver(), dns.address, stats, billing=billing, signed=(SLA, DEPOSIT)
+            ) as sock:
                 _send(sock, 6 * CREDIT)
                 assert wait_for(lambda: stats.datagrams_in >= 4 * CREDIT, 10), stats.snapshot()
         finally:

@@ -24,6 +24,7 @@ from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
+from tests.udp.conftest import BlockingDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
 SLA = Sla(1, 1, 0)
@@ -109,7 +110,14 @@ def test_the_relays_threads_use_its_engine_one_at_a_time(
     )
     stats = UdpStats()
     try:
-        with relayed(billing, dns, stats, SLA, DEPOSIT, idle_timeout=1) as sock:
+        with relayed(
+            BlockingDriver(),
+            dns.address,
+            stats,
+            billing=billing,
+            signed=(SLA, DEPOSIT),
+            idle_timeout=1,
+        ) as sock:
             # sent until 200 came back: datagrams beyond the credit are dropped (a
             # receipt counted only once stored lags the sends), so a fixed count could
             # fall short on a busy machine

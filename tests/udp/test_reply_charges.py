@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -25,39 +24,19 @@ from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpForwarder, UdpStats
 from dtp.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from tests.support.polling import wait_for
+from tests.support.udp_backends import UdpBackend
 from tests.udp.conftest import UdpDriver
-from tests.udp.world import SERVER
+from tests.udp.world import relayed
 
 BOUND = 5.0
 REPLIES = 50
 
 
-class _EmptyReplies:
+class _EmptyReplies(UdpBackend):
     """A UDP backend answering each datagram with ``REPLIES`` empty ones."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        # (a read in another thread is not woken by close(): it looks at _stop between)
-        self.sock.settimeout(0.1)
-        self.address = self.sock.getsockname()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                _, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            for _ in range(REPLIES):
-                self.sock.sendto(b"", peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(BOUND)
-        self.sock.close()
+    def replies(self, data: bytes) -> list[bytes]:
+        return [b""] * REPLIES
 
 
 @pytest.fixture
@@ -74,15 +53,7 @@ def test_a_relays_replies_are_charged_their_frame_headers(
     buckets = ClientBuckets(TokenBucket(4, 0.0), TokenBucket(0, 0.0))
     stats = UdpStats()
 
-    def relay_kw() -> dict[str, Any]:
-        return {"stats": stats, "limits": buckets, "idle_timeout": BOUND}
-
-    with (
-        driver.serve_relay(SERVER, empty_replies.address, relay_kw, []) as address,
-        dtp.socket.create_connection(
-            address, server_key=SERVER.noise_public, timeout=BOUND
-        ) as sock,
-    ):
+    with relayed(driver, empty_replies.address, stats, limits=buckets, idle_timeout=BOUND) as sock:
         sock.send_datagram(b"")  # admitted (the bucket was full), charged 2 bytes
         # (the relay counts its replies once it has charged them)
         assert wait_for(lambda: stats.datagrams_out == REPLIES, BOUND), stats.snapshot()

@@ -1,24 +1,30 @@
 """What the UDP tests share: the identities and connection ID of a metered flow, its
-meter, a DNS-like UDP backend on 127.0.0.1 (the ``backend`` fixture in conftest.py), and
-a bare forwarder's signing of usage reports."""
+meter, a DNS-like UDP backend on 127.0.0.1 (the ``backend`` fixture in conftest.py), a
+bare forwarder's signing of usage reports, and a relay of either driver with a client
+connection to it (``relayed``)."""
 
 from __future__ import annotations
 
-import functools
-import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.escrow import Meter
-from dtp.hostid.udp import UdpBilling, UdpStats, relay_udp
+from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
 from dtp.keys import HostIdentity
+from dtp.ratelimit import ClientBuckets
+from tests.support.polling import wait_for
+from tests.support.udp_backends import UdpBackend
+
+if TYPE_CHECKING:  # (conftest.py, which defines the drivers, imports this module)
+    from tests.udp.conftest import UdpDriver
 
 SERVER = HostIdentity.from_private_bytes(b"\x61" * 32, b"\x61" * 32)
 CLIENT = HostIdentity.from_private_bytes(b"\x62" * 32, b"\x62" * 32)
@@ -31,40 +37,18 @@ def meter() -> Meter:
     return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
 
 
-class DnsLikeBackend:
+class DnsLikeBackend(UdpBackend):
     """Answers each query (2-byte ID + name) with the ID, the name and a 4-byte
-    'address' derived from it; counts what it saw."""
+    'address' derived from it (while ``answer`` is true); counts what it saw."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()
-        self.received = 0
-        self.bytes = 0
         self.answer = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.received += 1
-            self.bytes += len(data)
-            if self.answer:
-                digest = sum(data) & 0xFFFFFFFF
-                self.sock.sendto(data + struct.pack(">I", digest), peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+    def replies(self, data: bytes) -> list[bytes]:
+        if not self.answer:
+            return []
+        return [data + struct.pack(">I", sum(data) & 0xFFFFFFFF)]
 
 
 def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event) -> None:
@@ -102,46 +86,43 @@ def sign_reports(sock: dtp.socket.DTPSocket, meter: Meter, stop: threading.Event
 
 @contextmanager
 def relayed(
-    billing: UdpBilling,
-    dns: DnsLikeBackend,
+    driver: UdpDriver,
+    backend: tuple[str, int],
     stats: UdpStats,
-    sla: Sla,
-    deposit: int,
+    *,
+    billing: UdpBilling | None = None,
+    signed: tuple[Sla, int] | None = None,
+    limits: ClientBuckets | None = None,
     idle_timeout: float = 5,
 ) -> Iterator[dtp.socket.DTPSocket]:
-    """A blocking relay to ``dns`` with ``billing``, and a client connection to it whose
-    usage reports a bare forwarder signs (on ``sla``, ``deposit``); the relay has ended
-    when the block has."""
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    handler = functools.partial(
-        relay_udp, backend=dns.address, billing=billing, stats=stats, idle_timeout=idle_timeout
-    )
-    ended = threading.Event()
+    """A relay of ``driver`` to ``backend`` with ``billing`` and per-client ``limits``
+    (none by default), and a client connection to it, whose usage reports a bare
+    forwarder signs when ``signed`` gives the client's (SLA, deposit); the relay has
+    ended when the block has."""
 
-    def serve(sock: dtp.socket.DTPSocket) -> None:
-        try:
-            handler(sock)
-        finally:
-            ended.set()
+    def relay_kw() -> dict[str, Any]:
+        return {"billing": billing, "stats": stats, "limits": limits, "idle_timeout": idle_timeout}
 
-    serving = threading.Thread(target=server.serve_forever, args=(serve,), daemon=True)
-    serving.start()
+    ended: list[float] = []
     stop = threading.Event()
+    signer: threading.Thread | None = None
     try:
-        with dtp.socket.create_connection(
-            server.address, server_key=SERVER.noise_public, timeout=5
-        ) as sock:
-            signer = threading.Thread(
-                target=sign_reports,
-                args=(sock, Meter(CLIENT, CONNECTION_ID, sla, deposit), stop),
-                daemon=True,
-            )
-            signer.start()
-            yield sock
-            stop.set()
-        assert ended.wait(10), "the relay did not end"
-        signer.join(5)
+        with driver.serve_relay(SERVER, backend, relay_kw, ended) as address:
+            with dtp.socket.create_connection(
+                address, server_key=SERVER.noise_public, timeout=5
+            ) as sock:
+                if signed is not None:
+                    sla, deposit = signed
+                    signer = threading.Thread(
+                        target=sign_reports,
+                        args=(sock, Meter(CLIENT, CONNECTION_ID, sla, deposit), stop),
+                        daemon=True,
+                    )
+                    signer.start()
+                yield sock
+                stop.set()
+            assert wait_for(lambda: bool(ended), 10), "the relay did not end"
     finally:
         stop.set()
-        server.close()
-        serving.join(5)
+        if signer is not None:
+            signer.join(5)
