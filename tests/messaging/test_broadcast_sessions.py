@@ -47,7 +47,6 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Broadcast
 from dtp.keys import HostIdentity
-from dtp.messaging import broadcast as broadcast_module
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import (
     AIR,
@@ -62,6 +61,8 @@ from dtp.messaging.broadcast import (
     signed_message,
     signed_tip,
 )
+from dtp.messaging.broadcast import tip_state as tip_state_module
+from dtp.messaging.broadcast import tips as tips_module
 from dtp.messaging.discovery import DiscoveryGossip, encode_announcement
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
@@ -292,7 +293,7 @@ def _stall_first_fsync(
                 raise OSError(28, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(broadcast_module.os, "fsync", first_stalls)
+    monkeypatch.setattr(tip_state_module.os, "fsync", first_stalls)
     return syncing, release
 
 
@@ -495,7 +496,7 @@ def test_a_tip_waiting_on_a_hung_save_is_unchecked_not_invalid(
     station = BroadcastStation(w.ledger, w.caster, w.broadcast_id, tip_state=tmp_path / "t")
     phone_listener, laptop_listener = _two_devices(w, station)
     syncing, release = _stall_first_fsync(monkeypatch)
-    monkeypatch.setattr(broadcast_module, "_TIP_SAVE_WAIT", 0.2)
+    monkeypatch.setattr(tips_module, "_TIP_SAVE_WAIT", 0.2)
     now = time.time_ns() // 1000
     try:
         phone_listener.sendall(_tip_frame(w, station, _stamped(now), 1))
@@ -659,7 +660,7 @@ def test_tips_from_fresh_keys_cost_a_bounded_number_of_ledger_reads(world: World
         assert wait_for(lambda: station.invalid_tips >= 1, timeout=PROMPT)
 
         def bound() -> float:  # one read at once, then one per gap at most
-            return 2 + (time.monotonic() - start) / broadcast_module._TIP_READ_GAP
+            return 2 + (time.monotonic() - start) / tips_module._TIP_READ_GAP
 
         # the old station read the ledger for each of them (100 reads in a blink)
         assert not wait_for(lambda: counted.reads > bound(), timeout=1.5)
@@ -716,7 +717,7 @@ def test_a_tippers_covered_tips_share_a_read(world: World) -> None:
         elapsed = time.monotonic() - start
         assert station.invalid_tips == 0
         # (the old station read the ledger once per tip: 50)
-        assert counted.reads <= 2 + elapsed / broadcast_module._TIP_READ_TRUST
+        assert counted.reads <= 2 + elapsed / tips_module._TIP_READ_TRUST
     finally:
         station.close()
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.receipt_store
+import dtp.payments.receipt_store.store
 import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Host, Sla
@@ -217,7 +217,7 @@ def test_the_event_loop_runs_on_while_the_asyncio_server_waits_for_the_lock_file
 ) -> None:
     # the other process holds the lock file for as long as the test wants: the start
     # would wait 600 s for it (before: with the event loop standing still all along)
-    monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 600.0)
+    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 600.0)
     host_id = paid_host(ledger)
     reads = HostReadFault(ledger)  # (never armed: it tells when the start read the Host)
     path = (tmp_path / "receipts.db").resolve()

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
+import dtp.payments.receipt_store.store
 import dtp.payments.serving
-import dtp.receipt_store
 import dtp.receipt_writer
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
@@ -58,7 +58,7 @@ DEPOSIT = 100_000
 def quick_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked store fails a write after 0.05 s (not 30), and a failed write is tried
     again after 0.1 s (not 1): the behaviour is tested, not those lengths."""
-    monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.05)
     monkeypatch.setattr(dtp.receipt_writer, "RETRY_DELAY", 0.1)
 
 
@@ -337,6 +337,6 @@ def test_a_read_only_store_is_refused_at_open_and_a_locked_one_is_not(tmp_path: 
     with locked_by_another_process(path):
         started = time.monotonic()
         with ReceiptStore(path) as store:
-            assert time.monotonic() - started < dtp.receipt_store.BUSY_TIMEOUT
+            assert time.monotonic() - started < dtp.payments.receipt_store.store.BUSY_TIMEOUT
             latest = store.latest(CONN)
             assert latest is not None and latest.receipt.nonce == 1

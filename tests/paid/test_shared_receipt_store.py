@@ -49,6 +49,7 @@ import dtp.payments.serving
 import dtp.receipt_store as receipt_store
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
+from dtp.payments.receipt_store import runs as store_runs
 from dtp.payments.serving import recover_store
 from dtp.receipt_store import ReceiptStore, StoredReceipt
 from tests.support.paid_stores import STORE_PORT as PORT
@@ -257,7 +258,7 @@ def _unopenable_run_locks(monkeypatch: pytest.MonkeyPatch) -> None:
             raise PermissionError(errno.EACCES, "Permission denied", name)
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(receipt_store.os, "open", refusing)
+    monkeypatch.setattr(store_runs.os, "open", refusing)
 
 
 def test_a_run_lock_file_that_cannot_be_opened_is_a_live_runs(
@@ -336,7 +337,7 @@ def test_a_server_that_cannot_open_the_store_lock_is_not_alone_and_owns_its_rows
         return real_open(name, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     with ReceiptStore(path) as mine:
-        monkeypatch.setattr(receipt_store.os, "open", refusing)
+        monkeypatch.setattr(store_runs.os, "open", refusing)
         alone = mine.attach_server()
         monkeypatch.undo()
         assert mine.keep(receipt(1, 500))  # its live connection's

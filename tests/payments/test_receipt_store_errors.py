@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import dtp.errors
-import dtp.receipt_store
+import dtp.payments.receipt_store.store
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, InvalidReceipt
 from dtp.escrow import Receipt
@@ -56,7 +56,7 @@ def test_close_waits_for_the_write_in_progress(
 ) -> None:
     # the writer's transaction waits for another process's lock as long as it takes
     # (not SQLite's busy timeout): the test, not the timeout, decides when it goes on
-    monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 600.0)
+    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 600.0)
     caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp import receipt_store
 from dtp.errors import DTPError
 from dtp.escrow import Receipt
+from dtp.payments.receipt_store import store as store_module
 from dtp.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
 from tests.support.receipt_stores import (
@@ -103,7 +103,7 @@ def test_a_damaged_file_a_directory_and_a_closed_store_are_typed_errors(
 @pytest.fixture
 def short_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """BUSY_TIMEOUT (30 s) at 2 s: the bound is what is tested, not its length."""
-    monkeypatch.setattr(receipt_store, "BUSY_TIMEOUT", 2.0)
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 2.0)
 
 
 @pytest.mark.usefixtures("short_bound")

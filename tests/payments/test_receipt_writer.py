@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.receipt_store
+import dtp.payments.receipt_store.store
 from dtp.escrow import Receipt
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -76,7 +76,7 @@ def test_receipts_waiting_as_the_store_closes_are_dropped_each_logged_once(
 ) -> None:
     # the first write fails at once on the lock another process holds: the batch then
     # waits in the writer for its retry, and the store is closed meanwhile
-    monkeypatch.setattr(dtp.receipt_store, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.2)
     caplog.set_level(logging.WARNING, logger="dtp.payments.receipt_writer")
     path = tmp_path / "r.db"
     store = ReceiptStore(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.payments.receipt_store
+import dtp.payments.receipt_store.store
 import dtp.socket
 from dtp.chain.objects import Sla
 from dtp.hostid.udp import UdpBilling, UdpStats
@@ -45,7 +45,7 @@ def test_a_receipt_counts_only_once_stored_and_a_writer_thread_counts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a write meeting the other process's lock fails soon and is tried again each second
-    monkeypatch.setattr(dtp.payments.receipt_store, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.2)
     path = tmp_path / "receipts.db"
     store = ReceiptStore(path)
     writer = ReceiptWriter(store)
