@@ -9,8 +9,17 @@ from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, RemoteProtocolError
 from dtp.graph.store import Graph
-from dtp.graph.sync.messages import MAX_MESSAGE, GraphSyncError, SyncBacklogExceeded, _fail
-from dtp.graph.sync.run_checks import HELLO_TIMEOUT, _check_tick, _check_timeout, _left_cleanly
+from dtp.graph.sync.messages import MAX_MESSAGE, GraphSyncError
+from dtp.graph.sync.run_checks import (
+    HELLO_TIMEOUT,
+    _backlog_exceeded,
+    _check_end_coming,
+    _check_run_ended,
+    _check_tick,
+    _check_timeout,
+    _left_cleanly,
+    _no_hello,
+)
 from dtp.graph.sync.session import SyncSession
 
 
@@ -78,9 +87,7 @@ async def sync_stream(
                     continue
                 if session.lagging:
                     writer.abort("graph sync backlog exceeded")  # ends the reader's wait
-                    raise SyncBacklogExceeded(
-                        f"the peer fell more than {session.max_backlog} bytes behind"
-                    )
+                    raise _backlog_exceeded(session)
                 if done:
                     return
                 try:
@@ -117,7 +124,7 @@ async def sync_stream(
         # after cannot, the session being closed here -- it is not merged, nor does it
         # queue pushes for a stream that is gone.
         if session.peer_root is None and not overdue:
-            overdue.append(_fail(f"the peer sent no HELLO within {hello_timeout} s"))
+            overdue.append(_no_hello(hello_timeout))
             session.close()  # the change listener goes now, not once this task runs
             with contextlib.suppress(Exception):
                 writer.abort("graph sync: no HELLO in time")  # ends the read's wait
@@ -137,8 +144,7 @@ async def sync_stream(
                 # at a time -- never for an END that nothing will send
                 if out.done():
                     break  # pump() ended at the connection's clean end: no END will go
-                if session._end_stalled():
-                    raise _fail("the peer's END came before the exchange it ends")
+                _check_end_coming(session)
                 waiter = asyncio.ensure_future(ended_here.wait())
                 try:
                     await asyncio.wait(
@@ -191,9 +197,6 @@ async def sync_stream(
             await asyncio.wait({out})
             if not out.cancelled():
                 out.exception()  # (its failure is reported above, or moot: retrieved)
-    if session.lagging:
-        raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
-    if until_synced and (cut_off or not session.synced):
-        # (a one-shot catch-up that returned here looked complete and was not)
-        raise _fail("the peer closed the stream before the sync completed")
+    # (the write side's failure is raised above: by ``await out`` once synced)
+    _check_run_ended(session, until_synced=until_synced, cut_off=bool(cut_off))
     return session

@@ -10,8 +10,16 @@ from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, RemoteProtocolError
 from dtp.graph.store import Graph
-from dtp.graph.sync.messages import MAX_MESSAGE, SyncBacklogExceeded, _fail
-from dtp.graph.sync.run_checks import _check_tick, _check_timeout, _left_cleanly
+from dtp.graph.sync.messages import MAX_MESSAGE
+from dtp.graph.sync.run_checks import (
+    _backlog_exceeded,
+    _check_end_coming,
+    _check_run_ended,
+    _check_tick,
+    _check_timeout,
+    _left_cleanly,
+    _no_hello,
+)
 from dtp.graph.sync.session import SyncSession
 
 
@@ -83,9 +91,7 @@ def sync_blocking(
                     continue
                 if session.lagging:
                     sock.abort("graph sync backlog exceeded")  # unblocks the reader
-                    raise SyncBacklogExceeded(
-                        f"the peer fell more than {session.max_backlog} bytes behind"
-                    )
+                    raise _backlog_exceeded(session)
                 if stop.is_set():
                     return
                 if not wake.wait(tick):
@@ -110,7 +116,7 @@ def sync_blocking(
         # (a timer of its own, not the writer's loop: the writer may be blocked in
         # sendall to a silent peer that does not read either)
         if session.peer_root is None and not stop.is_set():
-            failure.append(_fail(f"the peer sent no HELLO within {hello_timeout} s"))
+            failure.append(_no_hello(hello_timeout))
             with contextlib.suppress(Exception):
                 sock.abort("graph sync: no HELLO in time")
 
@@ -138,8 +144,7 @@ def sync_blocking(
                 # writer, not in recv -- but never for an END that nothing will send.
                 if not thread.is_alive():
                     break
-                if session._end_stalled():
-                    raise _fail("the peer's END came before the exchange it ends")
+                _check_end_coming(session)
                 ended_here.wait(tick)
                 continue
             try:
@@ -187,16 +192,12 @@ def sync_blocking(
                     else "graph sync failed"
                 )
         thread.join()
-    if session.lagging:
-        raise SyncBacklogExceeded(f"the peer fell more than {session.max_backlog} bytes behind")
-    if failure and until_synced:
-        # (also once both ENDs are through: ours was only queued, and a writer that
-        # failed -- a peer that stopped reading, a timeout -- left what we pushed
-        # undelivered; returning would report a catch-up that did not happen)
-        raise failure[0]
-    if until_synced and (cut_off.is_set() or not session.synced):
-        # (a one-shot catch-up that returned here looked complete and was not)
-        raise _fail("the peer closed the stream before the sync completed")
+    _check_run_ended(
+        session,
+        until_synced=until_synced,
+        cut_off=cut_off.is_set(),
+        failure=failure[0] if failure else None,
+    )
     return session
 
 
