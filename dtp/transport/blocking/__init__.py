@@ -2,8 +2,10 @@
 sockets are (``engine``: one connection over its carrier; ``socket``: its streams, with
 its parts ``socket_state``, ``socket_reads``, ``socket_writes``, ``socket_datagrams`` and
 ``layer_access``; ``timers``: keepalives and idle timeouts; ``connect`` and ``server``:
-the two ends). The public face is :mod:`dtp.socket`; this package holds what its modules
-share."""
+the two ends, the server with its parts ``server_state``, ``server_arrival``,
+``server_admission``, ``server_threads``, ``server_handshakes`` and
+``server_accept_queue``). The public face is :mod:`dtp.socket`; this package holds what
+its modules share."""
 
 from __future__ import annotations
 
