@@ -46,7 +46,7 @@ from dtp.connection import ConnectionConfig
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from dtp.transport.blocking.server import _Arrival, _waiting_gone
+from dtp.transport.blocking.server_arrival import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.support.polling import wait_for
 from tests.transport.address_lines import Held, held_address, holding

@@ -21,9 +21,8 @@ import pytest
 
 import dtp.socket
 from dtp.keys import HostIdentity
-from dtp.transport.blocking import engine as blocking_engine
+from dtp.transport.blocking import engine_lifetime, engine_output, engine_reads, timers
 from dtp.transport.blocking import socket as blocking_socket
-from dtp.transport.blocking import timers
 from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()
@@ -85,9 +84,10 @@ def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = timers.TimerService()
-    # (the engine and the socket's close each look it up in their own module; the
-    # socket's writes look it up in socket_writes, which this test never reaches)
-    monkeypatch.setattr(blocking_engine, "TIMERS", service)
+    # (the engine's parts and the socket's close each look it up in their own module;
+    # the socket's writes look it up in socket_writes, which this test never reaches)
+    for part in (engine_lifetime, engine_output, engine_reads):
+        monkeypatch.setattr(part, "TIMERS", service)
     monkeypatch.setattr(blocking_socket, "TIMERS", service)
     sock = dtp.socket.create_connection(
         server.address, timeout=10, server_key=SERVER_ID.noise_public

@@ -22,6 +22,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, direct_client_config
 from dtp.transport.blocking.engine import Engine
+from dtp.transport.blocking.engine_state import EngineState
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import connect_tcp, endpoint_text
 from dtp.transport.poll import wait_ready
@@ -181,7 +182,7 @@ class NextConnectKeys:
         """Whether every step is made."""
         return not self._steps
 
-    def make(self, engine: Engine | None = None) -> bool:
+    def make(self, engine: EngineState | None = None) -> bool:
         """Make the steps left, stopping early once ``engine``'s carrier has something
         to read (every step when it is None); whether all are made (or given up).
 
@@ -223,7 +224,7 @@ class NextConnectKeys:
             prepare_auth_proof(self._identity, server_key, ephemeral)
 
 
-def has_input(engine: Engine) -> bool:
+def has_input(engine: EngineState) -> bool:
     """Whether ``engine``'s carrier has bytes to read now (a look, no wait)."""
     try:
         return bool(wait_ready([engine.sock], [], 0)[0])

@@ -21,7 +21,7 @@ from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking import LINGER
 
 if TYPE_CHECKING:
-    from dtp.transport.blocking.engine import Engine
+    from dtp.transport.blocking.engine_state import EngineState
     from dtp.transport.blocking.socket import DTPSocket
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class TimerService:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._heap: list[tuple[float, int, weakref.ref[Engine]]] = []
+        self._heap: list[tuple[float, int, weakref.ref[EngineState]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
         # made with the service (at import), not with the thread: a process that forks
@@ -58,7 +58,7 @@ class TimerService:
         # after finding a caller busy with it -- the caller drives its I/O meanwhile, and
         # the number of the last watch() call, so that a pass that found nothing queued
         # does not forget an engine a write watched meanwhile)
-        self._watched: dict[int, tuple[weakref.ref[Engine], float, float, int]] = {}
+        self._watched: dict[int, tuple[weakref.ref[EngineState], float, float, int]] = {}
         self._watches = 0
         self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
         # release hooks of engines whose first socket was garbage-collected unclosed
@@ -74,7 +74,7 @@ class TimerService:
         self._draining: dict[int, tuple[_socket.socket, float, list[memoryview]]] = {}
         self._drain_buf = bytearray(64 * 1024)  # (the thread's alone)
 
-    def add(self, engine: Engine) -> None:
+    def add(self, engine: EngineState) -> None:
         with self._lock:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
@@ -95,7 +95,7 @@ class TimerService:
         self._thread.start()
         return False
 
-    def watch(self, engine: Engine) -> None:
+    def watch(self, engine: EngineState) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
         key = id(engine)
         with self._lock:
@@ -271,7 +271,7 @@ class TimerService:
             with contextlib.suppress(OSError):  # (a full pipe wakes the thread anyway)
                 os.write(self._wake_fds[1], b"\0")
 
-    def _push(self, engine: Engine, now: float, min_wait: float = 0.0) -> None:
+    def _push(self, engine: EngineState, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
         latest = now + (self.MAX_WAIT if engine.hook is None else engine.hook.max_timer_wait)
         due = latest if timer is None else min(latest, timer)
@@ -287,9 +287,9 @@ class TimerService:
                 self._start_closes()
             if self._releases:
                 self._run_releases()
-            due: weakref.ref[Engine] | None = None
+            due: weakref.ref[EngineState] | None = None
             until: float | None = None
-            watched: dict[int, Engine] = {}
+            watched: dict[int, EngineState] = {}
             poller = select.poll()
             poller.register(wake_fd, select.POLLIN)
             with self._lock:
@@ -330,7 +330,7 @@ class TimerService:
             del watched
 
     @staticmethod
-    def _fail(engine: Engine, exc: BaseException) -> None:
+    def _fail(engine: EngineState, exc: BaseException) -> None:
         """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
 
         Left as it is, it would live on half-alive: never scheduled again, so none of its
@@ -365,7 +365,7 @@ class TimerService:
         except Exception:
             logger.exception("dtp timer thread: %s failed", getattr(fn, "__name__", fn))
 
-    def _tick(self, ref: weakref.ref[Engine]) -> None:
+    def _tick(self, ref: weakref.ref[EngineState]) -> None:
         """A due engine: one non-blocking pass, then its next turn."""
         engine = ref()
         if engine is None or engine.closed:
@@ -388,7 +388,7 @@ class TimerService:
             if queued:
                 self.watch(engine)
 
-    def _serve(self, engine: Engine) -> None:
+    def _serve(self, engine: EngineState) -> None:
         """A watched engine's carrier is ready: read and write what it allows."""
         key = id(engine)
         with self._lock:
