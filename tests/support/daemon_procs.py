@@ -93,7 +93,7 @@ def daemon(config: Path, netns: str | None = None) -> Proc:
     )
 
 
-def run_daemon(config: Path, timeout: float = 10, **env: str) -> subprocess.CompletedProcess[str]:
+def run_daemon(config: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     """``dtp daemon`` expected to exit at once (a refused start): its status and output."""
     return subprocess.run(
         [sys.executable, "-m", "dtp.cli", "daemon", "--config", str(config)],

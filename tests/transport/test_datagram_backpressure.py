@@ -147,7 +147,13 @@ def test_the_udp_forwarder_counts_what_the_backed_up_carrier_dropped() -> None:
                     for _ in range(200):
                         client.sendto(PAYLOAD, fwd.address)
                     time.sleep(0.001)
-                time.sleep(0.2)  # the forwarder catches up with what it has read
+                # the forwarder catches up with what it has read (bounded: a loaded
+                # machine may take a while)
+                caught_up = time.monotonic() + 30
+                while fwd.stats.dropped_backlog != conns[0].datagrams_send_dropped:
+                    if time.monotonic() > caught_up:
+                        break
+                    time.sleep(0.05)
                 stats = fwd.stats.snapshot()
                 assert stats["dropped_backlog"] == conns[0].datagrams_send_dropped
                 assert stats["bytes_out"] == stats["datagrams_out"] * len(PAYLOAD)
