@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from dtp.messaging import errors as E
-from dtp.messaging.inbox_state_file import InboxStateFile
+from dtp.messaging.inbox_state_file import InboxStateFile, mark_seen
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -63,9 +63,7 @@ class InboxState:
 
     def _see(self, message_ids: list[bytes]) -> None:
         """(lock held, or loading) Mark ``message_ids`` seen, now (see :meth:`_evict`)."""
-        now = time.monotonic()
-        for message_id in message_ids:
-            self._seen[message_id] = now
+        mark_seen(self._seen, message_ids)
 
     def _evict(self) -> None:
         """(lock held, or loading) Forget the oldest seen ids beyond ``max_seen`` --

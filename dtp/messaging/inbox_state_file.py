@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from dtp.messaging import errors as E
@@ -16,31 +17,38 @@ from dtp.messaging.sealed_messages import _CURSOR_LINE, _ID_SIZE
 
 if TYPE_CHECKING:
     from collections import OrderedDict
-    from collections.abc import Callable
     from pathlib import Path
 
 # (the inbox's own logger name, which applications configure)
 logger = logging.getLogger("dtp.messaging.sealed")
 
 
+def mark_seen(seen: OrderedDict[bytes, float], message_ids: list[bytes]) -> None:
+    """Mark ``message_ids`` seen in ``seen``, now (monotonic: the inbox's eviction
+    keeps ids seen less than twice ``max_age`` ago)."""
+    now = time.monotonic()
+    for message_id in message_ids:
+        seen[message_id] = now
+
+
 class InboxStateFile:
     """The state file at ``path`` of the inbox of host ``host_id``: it writes the
     inbox's seen ids ``seen`` (the inbox's own dict, oldest first) and the cursor the
-    inbox passes, and hands what it loads back (the ids to ``see``, the cursor as
-    :meth:`load`'s value). The inbox holds the file's lock, and its own lock around
-    :meth:`remember`."""
+    inbox passes, and hands what it loads back (the ids marked seen in ``seen``, the
+    cursor as :meth:`load`'s value). It holds no reference to the inbox, so that an
+    inbox dropped unclosed is freed at once and lets go of the file's lock
+    (tests/messaging/test_sealed_inbox_ledger_faults.py). The inbox holds the file's
+    lock, and its own lock around :meth:`remember`."""
 
     def __init__(
         self,
         path: Path,
         host_id: str,
         seen: OrderedDict[bytes, float],
-        see: Callable[[list[bytes]], None],
     ) -> None:
         self._path = path
         self.host_id = host_id
         self._seen = seen
-        self._see = see
         self._journaled = 0  # lines in the state file's journal (<state_path>.log)
         # the snapshot's token, which the journal's cursor lines carry: a line with
         # another (a journal a stop left behind a newer snapshot, or beside a snapshot
@@ -48,7 +56,7 @@ class InboxStateFile:
         self._epoch: str | None = None
 
     def load(self) -> str | None:
-        """Read the snapshot and the journal after it, the ids seen going to ``see``,
+        """Read the snapshot and the journal after it, the ids in them marked seen,
         and write a snapshot where there was none with a token (a first start, an
         earlier version's file); returns the cursor they hold. A file or journal that
         is not what the inbox writes is a SealedError naming it."""
@@ -100,7 +108,7 @@ class InboxStateFile:
                 f"inbox state file {str(path)!r} belongs to host {host}, not {self.host_id}"
             )
         self._epoch = epoch
-        self._see(ids)
+        mark_seen(self._seen, ids)
         return cursor
 
     def _load_journal(self, path: Path, loaded: str | None) -> str | None:
@@ -135,7 +143,7 @@ class InboxStateFile:
             # cut it off: the next id appended would join it into one corrupt line, and
             # the inbox would refuse to open at the next start
             os.truncate(path, len(data) - len(torn))
-        self._see(ids)
+        mark_seen(self._seen, ids)
         self._journaled = len(lines)
         return loaded if cursor is None else cursor
 

@@ -40,6 +40,9 @@ from dtp.messaging.sealed_messages import (
     MAX_SEALED,
     PATTERN_N,
     PATTERN_X,
+    PROLOGUE,
+    SIGN_DOMAIN,
+    VERSION,
     OpenedMessage,
     _canonical,
     open_sealed,
@@ -56,6 +59,9 @@ __all__ = [
     "MAX_SEALED",
     "PATTERN_N",
     "PATTERN_X",
+    "PROLOGUE",
+    "SIGN_DOMAIN",
+    "VERSION",
     "OpenedMessage",
     "SealedInbox",
     "open_sealed",
@@ -165,9 +171,7 @@ class SealedInbox(InboxFetching):
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         # the state file, which writes these ids (and the cursor the inbox passes it)
         self._file = (
-            None
-            if self._path is None
-            else InboxStateFile(self._path, self.host_id, self._seen, self._see)
+            None if self._path is None else InboxStateFile(self._path, self.host_id, self._seen)
         )
         self._lock = threading.Lock()
         # ids being handed to register()'s on_message: marked seen only once it

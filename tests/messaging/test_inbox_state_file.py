@@ -4,7 +4,6 @@ journal, on a real file, without an inbox around it."""
 from __future__ import annotations
 
 import json
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dtp.messaging.errors import SealedError
-from dtp.messaging.inbox_state_file import InboxStateFile
+from dtp.messaging.inbox_state_file import InboxStateFile, mark_seen
 
 HOST = "0x" + "ab" * 32
 
@@ -25,12 +24,10 @@ class Seen:
         self.ids: OrderedDict[bytes, float] = OrderedDict()
 
     def see(self, message_ids: list[bytes]) -> None:
-        now = time.monotonic()
-        for message_id in message_ids:
-            self.ids[message_id] = now
+        mark_seen(self.ids, message_ids)
 
     def file(self, path: Path, host: str = HOST) -> InboxStateFile:
-        return InboxStateFile(path, host, self.ids, self.see)
+        return InboxStateFile(path, host, self.ids)
 
 
 def test_a_first_load_writes_a_snapshot_naming_the_host_and_has_no_cursor(tmp_path: Path) -> None:

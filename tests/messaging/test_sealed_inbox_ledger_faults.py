@@ -279,8 +279,13 @@ def test_one_inbox_per_state_file_until_it_is_closed(world: tuple, tmp_path: Pat
     # closed: the next one takes over, and has nothing new
     with SealedInbox(bob, hb, ledger, state_path=state) as second:
         assert second.fetch() == []
-    # an inbox garbage-collected unclosed lets go of the file too
+    # an inbox dropped unclosed lets go of the file at once (nothing refers back to
+    # it), and one in a reference cycle once the cycle is collected
     SealedInbox(bob, hb, ledger, state_path=state)
+    SealedInbox(bob, hb, ledger, state_path=state).close()
+    cycle: list[object] = [SealedInbox(bob, hb, ledger, state_path=state)]
+    cycle.append(cycle)
+    del cycle
     gc.collect()
     SealedInbox(bob, hb, ledger, state_path=state).close()
 
