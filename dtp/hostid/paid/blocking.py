@@ -155,6 +155,12 @@ class PaidConnection:
         once the credit covers the datagram a send last found no credit for
         (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
         as asyncio's)."""
+        if self.core.unpaid_datagrams_since is None:
+            # no pause of datagram sends: the engine lock is not taken, so that the
+            # receipt writer's thread never waits on it (a server's release holds it
+            # while it waits for that writer to finish). A pause a send begins after
+            # this look is timed from after the payment, which its verdict then sees.
+            return
         engine = self.engine
         # the test, the judgment and the clear under the engine lock, which a waiting
         # datagram send holds from its step's read of the pause's start to its use
