@@ -2,11 +2,9 @@
 the ledger as the receipt gate is made -- is aborted with UNMETERED_REFUSAL, the client
 reading that reason, and the server's warning names the connection. It is settled at
 once as a connection nobody serves (nothing claimed, the deposit refunded whole), not
-left Open with its deposit locked until the half-close timeout -- unless the ledger does
-not know the connection (ObjectNotFound): then no settlement is tried, nor retried, and
-the warning is the one line logged. Both drivers (the ``driver`` fixture), a real
-connection over 127.0.0.1 and a LocalLedger file; the gate fails where the server
-module looks ``gate_for`` up."""
+left Open with its deposit locked until the half-close timeout. Both drivers (the
+``driver`` fixture), a real connection over 127.0.0.1 and a LocalLedger file; the gate
+fails where the server module looks ``gate_for`` up."""
 
 from __future__ import annotations
 
@@ -28,8 +26,6 @@ from tests.support.polling import wait_for
 SLA = Sla(price_per_kib=1, price_per_request=1, min_deposit=1000)
 SERVER, CLIENT = ident(0xB5), ident(0xB6)
 PORT = 7105
-#: A connection ID no ledger object has
-UNKNOWN = "0x" + "e7" * 32
 
 
 def test_a_connection_that_cannot_be_metered_is_aborted_with_the_reason(
@@ -62,78 +58,3 @@ def test_a_connection_that_cannot_be_metered_is_aborted_with_the_reason(
         escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
         assert (escrow.claimed, escrow.refunded) == (0, escrow.deposited)
     assert f"cannot meter connection {cid}: the ledger is unreachable" in caplog.text
-
-
-def test_a_connection_the_ledger_does_not_know_is_refused_without_a_settlement(
-    tmp_path: Path,
-    driver: Driver,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    module = importlib.import_module(driver.server_module)
-    gate_for = module.gate_for
-    settle_ended = module.settle_ended
-    settling: list[str] = []
-
-    def unknown(ledger: Any, cid: str, *args: Any, **kwargs: Any) -> Any:
-        # the ledger's own answer for an ID it has no object for
-        return gate_for(ledger, UNKNOWN, *args)
-
-    def settle_seen(ledger: Any, identity: Any, cid: str, *args: Any, **kwargs: Any) -> Any:
-        settling.append(cid)
-        return settle_ended(ledger, identity, cid, *args, **kwargs)
-
-    monkeypatch.setattr(module, "gate_for", unknown)
-    monkeypatch.setattr(module, "settle_ended", settle_seen)
-    with (
-        caplog.at_level(logging.INFO),
-        funded_ledger(tmp_path, CLIENT) as ledger,
-        driver.connected(
-            ledger, "echo", host=SERVER, client=CLIENT, port=PORT, sla=SLA, deposit=5000
-        ) as (server, sock),
-    ):
-        cid = sock.connection_id
-        assert cid is not None
-        with pytest.raises(DTPError, match=UNMETERED_REFUSAL):
-            sock.sendall(b"ping")
-            sock.recv(4)
-        driver.until_idle(server)  # (the refusal and whatever followed it are done)
-        assert settling == []
-        assert len(server.retries) == 0
-        assert not ledger.get_connection(cid).settled  # (left to its client: §7)
-    refused = [r for r in caplog.records if cid in r.getMessage()]
-    assert [(r.name, r.levelno) for r in refused] == [(driver.server_module, logging.WARNING)]
-    assert refused[0].getMessage().startswith(f"cannot meter connection {cid}: ")
-    assert UNKNOWN in refused[0].getMessage()  # (the ledger's not-found error)
-
-
-def test_a_connection_that_exists_but_cannot_be_read_is_settled_once(
-    tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    module = importlib.import_module(driver.server_module)
-    settle_ended = module.settle_ended
-    settling: list[str] = []
-
-    def unreadable(*args: Any, **kwargs: Any) -> Any:
-        raise ChainError("the ledger is unreachable")
-
-    def settle_seen(ledger: Any, identity: Any, cid: str, *args: Any, **kwargs: Any) -> Any:
-        settling.append(cid)
-        return settle_ended(ledger, identity, cid, *args, **kwargs)
-
-    monkeypatch.setattr(module, "gate_for", unreadable)
-    monkeypatch.setattr(module, "settle_ended", settle_seen)
-    with (
-        funded_ledger(tmp_path, CLIENT) as ledger,
-        driver.connected(
-            ledger, "echo", host=SERVER, client=CLIENT, port=PORT, sla=SLA, deposit=5000
-        ) as (server, sock),
-    ):
-        cid = sock.connection_id
-        assert cid is not None
-        with pytest.raises(DTPError, match=UNMETERED_REFUSAL):
-            sock.sendall(b"ping")
-            sock.recv(4)
-        driver.until_idle(server)
-        assert settling == [cid] and len(server.retries) == 0
-        assert ledger.get_connection(cid).settled

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-from dtp.errors import DTPError, ObjectNotFound
+from dtp.errors import DTPError
 from dtp.hostid.admission import checked_open_grace
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
@@ -439,14 +439,8 @@ class PaidServerCore(Generic[_P]):
         """Connection ``cid``, its receipt gate not made for ``exc`` (a ChainError: its
         state could not be read on the ledger), is refused and settled as unserved
         (should the ledger still be unreadable, the settlement is retried as a failed
-        one is) -- unless the ledger does not know it (ObjectNotFound, from LocalLedger
-        and SuiLedger alike): nothing is there to settle, and a settlement would fail
-        and be retried for nothing (tests/paid/test_unmetered_refusal.py)."""
-        return Refusal(
-            UNMETERED_REFUSAL,
-            f"cannot meter connection {cid}: {exc}",
-            settle=not isinstance(exc, ObjectNotFound),
-        )
+        one is)."""
+        return Refusal(UNMETERED_REFUSAL, f"cannot meter connection {cid}: {exc}", settle=True)
 
     def reserve_unserved(self, cid: str) -> str | None:
         """The key to settle an admitted connection nobody will serve by (no receipt
