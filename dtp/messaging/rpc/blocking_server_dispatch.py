@@ -27,7 +27,7 @@ from dtp.messaging.rpc.server_base import (
     refusal_reply,
 )
 
-# the server's public module names the logger, as before its stream was split in parts
+# the logger is named after the public module, which applications configure
 logger = logging.getLogger("dtp.messaging.rpc.blocking_server")
 
 

@@ -15,7 +15,7 @@ from dtp.messaging.rpc.blocking_server_state import ServedStreamState
 from dtp.messaging.rpc.server_base import CallContext, end_request, error_reply, failure_reply
 from dtp.messaging.rpc.streams import UNSENT_CAP, send_answer, send_nowait
 
-# the server's public module names the logger, as before its stream was split in parts
+# the logger is named after the public module, which applications configure
 logger = logging.getLogger("dtp.messaging.rpc.blocking_server")
 
 
