@@ -6,12 +6,11 @@ waits for its handshake slots), and the look at it the admission makes while it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.asyncio.protocol import Protocol
+from dtp.transport.asyncio.protocol import Protocol, tune_transport
 from dtp.transport.handshake_gate import FirstMessage, Progress
 
 if TYPE_CHECKING:
@@ -53,12 +52,7 @@ class _Arrival(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         try:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                from dtp.transport.carriers.tcp import tune
-
-                with contextlib.suppress(OSError):
-                    tune(sock)
+            tune_transport(transport)
             self.server._arrived(self)
         except Exception:
             # (a server fault at a connection's start: closed, the server goes on)
