@@ -84,12 +84,7 @@ class Protocol(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         try:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                from dtp.transport.carriers.tcp import tune
-
-                with contextlib.suppress(OSError):
-                    tune(sock)
+            tune_transport(transport)
             self.flush()
         except BaseException as exc:
             # left to asyncio's log, the connection would be half-made: a client's first
@@ -342,6 +337,18 @@ class Protocol(asyncio.BufferedProtocol):
             # lives as long as its protocol, so a strong one would keep both for good)
             weakref.finalize(owner, _abandoned, weakref.ref(self)).atexit = False
         return owner
+
+
+def tune_transport(transport: asyncio.BaseTransport) -> None:
+    """Give a TCP transport's socket the settings every DTP TCP socket gets
+    (:func:`dtp.transport.carriers.tcp.tune`, looked up at each call); one that refuses
+    them (OSError) goes on untuned, and a transport with no socket is left as it is."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        from dtp.transport.carriers.tcp import tune
+
+        with contextlib.suppress(OSError):
+            tune(sock)
 
 
 def peer_label(proto: Protocol) -> Any:
