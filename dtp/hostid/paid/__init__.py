@@ -3,7 +3,8 @@ paid server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
 
 ``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they
 both pump (sans-I/O); the drivers: ``blocking`` the paid stream, ``blocking_server`` the
-blocking server, ``asyncio`` and ``asyncio_server`` their asyncio twins; the server's
+blocking server (its parts in ``blocking_server_*``), ``asyncio`` and ``asyncio_server``
+their asyncio twins (``asyncio_server_*``); the server's
 receipt store and settlements are the payments layer's (:mod:`dtp.payments.serving`).
 """
 

@@ -1,0 +1,49 @@
+"""The blocking paid server's refresh of the host's policy
+(:class:`~dtp.hostid.paid.blocking_server.PaidServer` is made of this part and others):
+the Host re-read every ``refresh_interval`` in a thread of its own, its new limits
+applied to the open connections, a client the firewall now denies closed, and the
+connections due for a look at their state on the ledger closed when it ended there.
+The decisions are the core's (:meth:`~dtp.hostid.paid.server_core.PaidServerCore.refresh`);
+the twin of :mod:`dtp.hostid.paid.asyncio_server_policy`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from dtp.hostid.paid.blocking_server_state import PaidServerState
+from dtp.hostid.paid.server_steps import ended_connections, host_to_refresh, refresh_failed
+
+# the server's own logger, where an operator filters for its lines
+# (tests/paid/test_policy_loop.py)
+logger = logging.getLogger("dtp.hostid.paid.blocking_server")
+
+
+class HostPolicyRefresh(PaidServerState):
+    """Re-reading the Host and applying it to the open connections (a part of
+    :class:`~dtp.hostid.paid.blocking_server.PaidServer`)."""
+
+    def _policy_loop(self) -> None:
+        while not self._closed.wait(self.policy.refresh_interval):
+            try:
+                self.refresh_policy()
+            except Exception:  # (not the end of the loop: see refresh_failed)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+
+    def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        host = host_to_refresh(self.ledger, self.host_id, logger)
+        if host is None:
+            return
+        now = time.monotonic()
+        with self._live_lock, self._limit_lock:
+            refresh = self.core.refresh(host, now)
+        for paid in refresh.denied:
+            paid.deny()
+        for paid in ended_connections(self.ledger, refresh.ledger_checks, logger):
+            paid.closed_on_ledger()
+
+    @property
+    def open_connections(self) -> int:
+        with self._live_lock:
+            return self.core.open_connections
