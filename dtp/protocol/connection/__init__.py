@@ -32,8 +32,8 @@ reliable, ordered carrier (TCP) records are not acknowledged; over any other car
 Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transport
 parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself),
 :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
-:mod:`~dtp.protocol.connection.fastpath` and :mod:`~dtp.protocol.connection.records`
-(its mixins). Import from here.
+:mod:`~dtp.protocol.connection.fastpath`, :mod:`~dtp.protocol.connection.records` and
+:mod:`~dtp.protocol.connection.inbound` (its mixins). Import from here.
 """
 
 from __future__ import annotations
