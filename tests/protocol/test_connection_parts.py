@@ -18,7 +18,9 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
     assert [cls.__name__ for cls in parts] == [
         "_Handshake",
         "_Streams",
-        "_FastPath",
+        "_FastSend",
+        "_FastReceive",
+        "_Lending",
         "_Records",
         "_Inbound",
     ]
@@ -50,6 +52,11 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "_terminate",
         "_on_stream_frame",
         "_take_back",
+        "take_back",
+        "sealed_kept",
+        "_fast_stream_frame",
+        "_process_direct",
+        "_take_run",
         "_finish_handshake",
         "usage",
         "max_datagram_size",

@@ -30,9 +30,11 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol.connection.config import ConnectionConfig
-from dtp.protocol.connection.fastpath import _FastPath
+from dtp.protocol.connection.fast_receive import _FastReceive
+from dtp.protocol.connection.fast_send import _FastSend
 from dtp.protocol.connection.handshake import _Handshake
 from dtp.protocol.connection.inbound import _Inbound
+from dtp.protocol.connection.lending import _Lending
 from dtp.protocol.connection.records import _Records
 from dtp.protocol.connection.streams import (
     Stream,
@@ -52,15 +54,16 @@ from dtp.protocol.state import CloseCode, ConnState, RecvState
 logger = logging.getLogger("dtp.protocol.connection")
 
 
-class Connection(_Handshake, _Streams, _FastPath, _Records, _Inbound):
+class Connection(_Handshake, _Streams, _FastSend, _FastReceive, _Lending, _Records, _Inbound):
     """One DTP connection, either side. See :mod:`dtp.protocol.connection`.
 
     This class holds its state (``__init__``, the public properties) and its sans-I/O
     interface (:meth:`receive_data`, :meth:`data_to_send`, :meth:`next_event`, the
     timers, :meth:`close`); the rest is in its mixins, each in a module of its own:
     :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
-    :mod:`~dtp.protocol.connection.fastpath`, :mod:`~dtp.protocol.connection.records`
-    and :mod:`~dtp.protocol.connection.inbound`.
+    the fast paths (:mod:`~dtp.protocol.connection.fast_send`,
+    :mod:`~dtp.protocol.connection.fast_receive`, :mod:`~dtp.protocol.connection.lending`),
+    :mod:`~dtp.protocol.connection.records` and :mod:`~dtp.protocol.connection.inbound`.
     """
 
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
