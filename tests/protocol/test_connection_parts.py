@@ -22,6 +22,7 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "_FastReceive",
         "_Lending",
         "_Records",
+        "_Retransmit",
         "_Inbound",
     ]
     seen: dict[str, str] = {}
@@ -57,6 +58,8 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "_fast_stream_frame",
         "_process_direct",
         "_take_run",
+        "_on_acked",
+        "_requeue",
         "_finish_handshake",
         "usage",
         "max_datagram_size",

@@ -33,8 +33,9 @@ Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transp
 parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself),
 :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
 :mod:`~dtp.protocol.connection.fast_send`, :mod:`~dtp.protocol.connection.fast_receive`,
-:mod:`~dtp.protocol.connection.lending`, :mod:`~dtp.protocol.connection.records` and
-:mod:`~dtp.protocol.connection.inbound` (its mixins). Import from here.
+:mod:`~dtp.protocol.connection.lending`, :mod:`~dtp.protocol.connection.records`,
+:mod:`~dtp.protocol.connection.retransmit` and :mod:`~dtp.protocol.connection.inbound`
+(its mixins). Import from here.
 """
 
 from __future__ import annotations

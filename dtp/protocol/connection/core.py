@@ -36,6 +36,7 @@ from dtp.protocol.connection.handshake import _Handshake
 from dtp.protocol.connection.inbound import _Inbound
 from dtp.protocol.connection.lending import _Lending
 from dtp.protocol.connection.records import _Records
+from dtp.protocol.connection.retransmit import _Retransmit
 from dtp.protocol.connection.streams import (
     Stream,
     _Streams,
@@ -54,7 +55,9 @@ from dtp.protocol.state import CloseCode, ConnState, RecvState
 logger = logging.getLogger("dtp.protocol.connection")
 
 
-class Connection(_Handshake, _Streams, _FastSend, _FastReceive, _Lending, _Records, _Inbound):
+class Connection(
+    _Handshake, _Streams, _FastSend, _FastReceive, _Lending, _Records, _Retransmit, _Inbound
+):
     """One DTP connection, either side. See :mod:`dtp.protocol.connection`.
 
     This class holds its state (``__init__``, the public properties) and its sans-I/O
@@ -63,7 +66,8 @@ class Connection(_Handshake, _Streams, _FastSend, _FastReceive, _Lending, _Recor
     :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
     the fast paths (:mod:`~dtp.protocol.connection.fast_send`,
     :mod:`~dtp.protocol.connection.fast_receive`, :mod:`~dtp.protocol.connection.lending`),
-    :mod:`~dtp.protocol.connection.records` and :mod:`~dtp.protocol.connection.inbound`.
+    :mod:`~dtp.protocol.connection.records`, :mod:`~dtp.protocol.connection.retransmit`
+    and :mod:`~dtp.protocol.connection.inbound`.
     """
 
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
