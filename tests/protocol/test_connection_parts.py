@@ -15,7 +15,16 @@ def _own_names(cls: type) -> set[str]:
 
 def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
     parts = [cls for cls in Connection.__mro__ if cls not in (Connection, _ConnectionState, object)]
-    assert [cls.__name__ for cls in parts] == ["_Handshake", "_Streams", "_FastPath", "_Records"]
+    assert [cls.__name__ for cls in parts] == [
+        "_Handshake",
+        "_Streams",
+        "_FastSend",
+        "_FastReceive",
+        "_Lending",
+        "_Records",
+        "_Retransmit",
+        "_Inbound",
+    ]
     seen: dict[str, str] = {}
     for cls in (Connection, *parts):
         for name in _own_names(cls):
@@ -37,8 +46,20 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "send_receipt",
         "_build_records",
         "_handle_frame",
+        "_handle_record",
+        "_handle_records",
+        "_process_input",
+        "_fail",
+        "_terminate",
         "_on_stream_frame",
         "_take_back",
+        "take_back",
+        "sealed_kept",
+        "_fast_stream_frame",
+        "_process_direct",
+        "_take_run",
+        "_on_acked",
+        "_requeue",
         "_finish_handshake",
         "usage",
         "max_datagram_size",

@@ -32,7 +32,9 @@ reliable, ordered carrier (TCP) records are not acknowledged; over any other car
 Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transport
 parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself),
 :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
-:mod:`~dtp.protocol.connection.fastpath` and :mod:`~dtp.protocol.connection.records`
+:mod:`~dtp.protocol.connection.fast_send`, :mod:`~dtp.protocol.connection.fast_receive`,
+:mod:`~dtp.protocol.connection.lending`, :mod:`~dtp.protocol.connection.records`,
+:mod:`~dtp.protocol.connection.retransmit` and :mod:`~dtp.protocol.connection.inbound`
 (its mixins). Import from here.
 """
 
