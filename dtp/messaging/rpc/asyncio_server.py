@@ -36,6 +36,7 @@ from dtp.messaging.rpc.server_base import (
     error_reply,
     failure_reply,
     refusal_reply,
+    tell_client_ended,
 )
 from dtp.messaging.rpc.streams import (
     RECV_SIZE,
@@ -101,6 +102,8 @@ class AsyncRpcServer(ServerBase):
         """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
         proto = RpcProtocol(max_message_size=self.max_message_size, max_incoming=self.max_pending)
         tasks: dict[int, asyncio.Task[None]] = {}
+        # the running handlers' contexts, for the end of the client's side
+        contexts: dict[int, CallContext] = {}
         loop = asyncio.get_running_loop()
         peer = getattr(writer, "peer_address", None)
 
@@ -129,6 +132,7 @@ class AsyncRpcServer(ServerBase):
             ctx = None
             if fees.needs_context(wants_ctx):
                 ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+                contexts[event.request_id] = ctx
             escrow_id: str | None = None
             ended = False  # (end_request told: with a response, or refused)
             try:
@@ -193,6 +197,8 @@ class AsyncRpcServer(ServerBase):
                 # now (removed, a CANCEL of it, or the end of the stream, missed it)
                 if tasks.get(event.request_id) is asyncio.current_task():
                     del tasks[event.request_id]
+                if ctx is not None and contexts.get(event.request_id) is ctx:
+                    del contexts[event.request_id]
                 if not ended:  # no response: failed, cancelled, past its deadline
                     end_request(fees, event.request_id, escrow_id, None)
             with contextlib.suppress(DTPError, OSError):
@@ -209,7 +215,8 @@ class AsyncRpcServer(ServerBase):
                     # its last request), so what it asked is still answered -- unless
                     # the connection ended (the client closed for good): the handlers
                     # left are cancelled then (finally), as a long one would hold the
-                    # stream for good
+                    # stream for good; handlers watching ctx.cancelled are told at once
+                    tell_client_ended(contexts.values())
                     while tasks and not writer.is_closing():
                         await asyncio.wait(list(tasks.values()), timeout=0.1)
                     return

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -42,7 +42,8 @@ class CallContext:
     #: check it.
     #: Only a server that reads while handlers run sees these: :class:`RpcServer` with
     #: a worker pool. Inline (``workers=0``) it stays clear: check :attr:`deadline`.
-    #: :class:`AsyncRpcServer` cancels the handler's task instead.
+    #: :class:`AsyncRpcServer` sets it at the end of the client's side only: for a
+    #: cancel or the deadline it cancels the handler's task instead.
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: The ResponseEscrow this request prepaid, if any.
     escrow_id: str | None = None
@@ -62,6 +63,16 @@ def end_request(
         step.policy.responded(step.escrow_id, step.body)
     elif step is not None:
         step.policy.release(step.escrow_id)
+
+
+def tell_client_ended(contexts: Iterable[CallContext]) -> None:
+    """Both servers, when the client ends its side of the stream: every running
+    handler's ``ctx.cancelled`` is set at once. What the client asked is still answered
+    (it may still read: a half-close), but nothing tells a half-close from a close for
+    good, and a long handler waiting for either would hold the stream for good
+    (tests/messaging/test_rpc_half_close.py)."""
+    for ctx in list(contexts):
+        ctx.cancelled.set()
 
 
 class Registry:
