@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from dtp.errors import DTPError
-from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
     AckReceived,
@@ -32,10 +31,13 @@ from dtp.messaging.rpc.server_base import (
     CallContext,
     Handler,
     ServerBase,
+    call_notification,
     end_request,
     error_reply,
     failure_reply,
+    notification_failed,
     refusal_reply,
+    refuse_missing,
     tell_client_ended,
 )
 from dtp.messaging.rpc.streams import (
@@ -239,10 +241,7 @@ class AsyncRpcServer(ServerBase):
                         if isinstance(event, RequestReceived):
                             entry = self.methods.get(event.method)
                             if entry is None:
-                                missing = f"no method {event.method!r}"
-                                proto.send_error(
-                                    event.request_id, E.METHOD_NOT_FOUND, missing, request=event
-                                )
+                                refuse_missing(proto, event)
                                 continue
                             tasks[event.request_id] = loop.create_task(run(event, *entry))
                         elif isinstance(event, RequestCancelled):
@@ -252,16 +251,12 @@ class AsyncRpcServer(ServerBase):
                         elif isinstance(event, NotificationReceived):
                             n_entry = self.notifications.get(event.method)
                             if n_entry is not None:
-                                fn, wants_ctx = n_entry
-                                ctx = CallContext(0, event.method, None, event.meta, peer)
-                                try:
-                                    outcome = (
-                                        fn(event.params, ctx) if wants_ctx else fn(event.params)
-                                    )
-                                    if inspect.isawaitable(outcome):
+                                outcome = call_notification(n_entry, event, peer)
+                                if inspect.isawaitable(outcome):
+                                    try:
                                         await outcome
-                                except Exception:
-                                    logger.exception("notification handler failed")
+                                    except Exception:
+                                        notification_failed(event.method)
                         elif isinstance(event, AckReceived):
                             ack = fees.acked(event.request_id, event.signature)
                             if ack is not None:

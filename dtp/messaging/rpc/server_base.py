@@ -13,6 +13,9 @@ from typing import Any, overload
 
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import (
+    NotificationReceived,
+    RequestReceived,
+    RpcProtocol,
     _check_count,
     _check_our_method,
 )
@@ -63,6 +66,35 @@ def end_request(
         step.policy.responded(step.escrow_id, step.body)
     elif step is not None:
         step.policy.release(step.escrow_id)
+
+
+def refuse_missing(proto: RpcProtocol, event: RequestReceived) -> None:
+    """Both servers' answer to a request for a method nobody registered."""
+    proto.send_error(
+        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}", request=event
+    )
+
+
+def notification_failed(method: str) -> None:
+    """Log the failure of the handler of notification ``method`` (in an ``except``):
+    a notification has no answer, so both servers only log it."""
+    logger.exception("notification handler %s failed", method)
+
+
+def call_notification(
+    entry: tuple[Handler, bool], event: NotificationReceived, peer: str | None
+) -> Any:
+    """Both servers: call a notification's handler (``entry``: registered handler and
+    whether it takes a context, built only then); returns what it returned (an
+    awaitable, for the asyncio server to await), or None when it raised (logged)."""
+    fn, wants_ctx = entry
+    try:
+        if wants_ctx:
+            return fn(event.params, CallContext(0, event.method, None, event.meta, peer))
+        return fn(event.params)
+    except Exception:
+        notification_failed(event.method)
+        return None
 
 
 def tell_client_ended(contexts: Iterable[CallContext]) -> None:
