@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ import dtp.aio
 import dtp.keys
 import dtp.socket
 from dtp.messaging.protocol import ResponseReceived, RpcProtocol
-from dtp.messaging.rpc import AsyncRpcServer, RpcServer
+from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcServer
+from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served
 
 
@@ -96,8 +98,6 @@ def test_a_client_closing_for_good_still_ends_long_handlers() -> None:
     blocking server sets ctx.cancelled at the end of the client's side, as before."""
     import threading
 
-    from dtp.messaging.rpc import CallContext
-
     rpc = RpcServer(workers=2)
     started, ended = threading.Event(), threading.Event()
 
@@ -163,3 +163,45 @@ def test_the_asyncio_server_cancels_long_handlers_when_the_client_closes_for_goo
         return time.monotonic() - began
 
     assert asyncio.run(main()) < 2
+
+
+def test_the_end_of_the_clients_side_sets_ctx_cancelled(
+    rpc_driver: Callable[..., Endpoint],
+) -> None:
+    """One rule on both servers (server_base.tell_client_ended): at the end of the
+    client's side a running handler's ``ctx.cancelled`` is set (a handler waiting for it
+    must not hold the stream, were the client gone for good), and its answer still
+    reaches the half-closed client. The asyncio server left it clear."""
+    s: Any = rpc_driver()
+
+    def told(p: Any, ctx: CallContext) -> bool:
+        return ctx.cancelled.wait(5)
+
+    async def told_async(p: Any, ctx: CallContext) -> bool:
+        for _ in range(500):
+            if ctx.cancelled.is_set():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    asyncio_server = isinstance(s.rpc, AsyncRpcServer)
+    s.rpc.register("told", told_async if asyncio_server else told, context=True)
+    address = s.server.sockets[0].getsockname()[:2] if asyncio_server else s.server.address
+    sock = dtp.socket.create_connection(address, server_key=s.identity.noise_public, timeout=10)
+    try:
+        proto = RpcProtocol()
+        proto.send_request("told", None, timeout=10)
+        sock.sendall(proto.data_to_send())
+        time.sleep(0.1)  # (the handler runs before the end of our side)
+        began = time.monotonic()
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        got: list[Any] = []
+        while not got and (data := sock.recv(65536)):
+            proto.receive_data(data)
+            got += proto.events()
+        assert [type(e) for e in got] == [ResponseReceived]
+        assert got[0].result is True
+        assert time.monotonic() - began < 4  # told at once, not at its own 5 s
+    finally:
+        sock.close()

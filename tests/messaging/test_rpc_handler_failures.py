@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
+from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import Served
 
 
@@ -337,3 +339,47 @@ def test_async_requests_past_their_deadline_do_not_make_the_server_busy() -> Non
             await writer.wait_closed()
 
     asyncio.run(main())
+
+
+def test_notification_handlers_and_missing_methods_are_served_alike(
+    rpc_driver: Callable[..., Endpoint], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One rule on both servers (server_base.call_notification, refuse_missing): a
+    notification handler registered with a context gets one naming the notification, a
+    failing one is logged with its name and serving goes on, and a request for a method
+    nobody registered is refused with METHOD_NOT_FOUND naming it."""
+    s: Any = rpc_driver()
+    seen: list[tuple[Any, str, int, Any]] = []
+
+    def note(p: Any, ctx: CallContext) -> None:
+        seen.append((p, ctx.method, ctx.request_id, ctx.meta))
+
+    def boom(p: Any) -> None:
+        raise RuntimeError("notification went wrong")
+
+    s.rpc.register("note", note, context=True, notification=True)
+    s.rpc.register("boom", boom, notification=True)
+    asyncio_server = isinstance(s.rpc, AsyncRpcServer)
+    address = s.server.sockets[0].getsockname()[:2] if asyncio_server else s.server.address
+    sock = dtp.socket.create_connection(address, server_key=s.identity.noise_public, timeout=10)
+    try:
+        proto = RpcProtocol()
+        with caplog.at_level(logging.ERROR):
+            proto.send_notification("note", 1, meta={"k": "v"})
+            proto.send_notification("boom", 2)
+            proto.send_request("nothing here", None, timeout=10)
+            proto.send_request("echo", "after", timeout=10)
+            sock.sendall(proto.data_to_send())
+            got: list[Any] = []
+            while len(got) < 2 and (data := sock.recv(65536)):
+                proto.receive_data(data)
+                got += proto.events()
+        missing, echoed = got
+        assert isinstance(missing, ErrorReceived)
+        assert missing.error.code == E.METHOD_NOT_FOUND
+        assert "no method 'nothing here'" in str(missing.error)
+        assert isinstance(echoed, ResponseReceived) and echoed.result == "after"
+        assert seen == [(1, "note", 0, {"k": "v"})]
+        assert "notification handler boom failed" in caplog.messages
+    finally:
+        sock.close()

@@ -303,3 +303,34 @@ def test_a_prepay_replaced_mid_call_settles_its_own_escrows(
     assert first.unanswered == []
     assert len(second.unanswered) == 1  # refunded by its maker once the deadline passes
     assert second.unanswered[0] not in policy.acks
+
+
+def test_a_prepaid_call_that_timed_out_is_refunded_not_acknowledged(
+    rpc_driver: Callable[..., Endpoint],
+) -> None:
+    """One rule on both clients: a prepaid call acknowledges only a response its caller
+    gets (ClientFees.answered; its late response, if one crossed the CANCEL, is dropped
+    by the protocol and would find no escrow: tests/messaging/test_rpc_fees_engine.py).
+    A call past its deadline sends no ACK, its escrow is refunded once after the ledger
+    deadline, and the call after it is acknowledged as usual. MIST is conserved."""
+    ledger, server_id, client_id = _ledger()
+    policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
+    s = rpc_driver(response_fees=policy)
+    prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=200)
+    caller = s.connect(timeout=10, prepay=prepay)
+    with pytest.raises(E.RpcTimeout):
+        caller.call("sleep", [0.3, "late"], timeout=0.1)
+    [late] = prepay.unanswered
+    assert caller.call("echo", "next") == "next"
+    assert wait_for(lambda: len(policy.acks) == 1)  # (the echo's: acks travel after)
+    assert late not in policy.acks and prepay.unanswered == [late]
+    caller.close()
+    assert policy.claim_all() == 10  # the echo's fee
+    assert policy.deliver_unacknowledged() == 0  # no answer to the late call was kept
+    assert prepay.refund_due() == 0  # not before the ledger deadline
+    ledger.advance_clock(10_000)
+    assert prepay.refund_due() == 10 and prepay.unanswered == []
+    assert prepay.refund_due() == 0  # once
+    assert ledger.balance(server_id.sui_address) == 10
+    audit = ledger.audit()
+    assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]

@@ -285,6 +285,7 @@ class AsyncRpcClient(ClientBase):
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
+            # whether it is acknowledged is the fee engine's rule (ClientFees.answered)
             ack = self._fees.answered(event.request_id, event.body)
             if ack is not None:
                 self._proto.send_ack(event.request_id, ack)

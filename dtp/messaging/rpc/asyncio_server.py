@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from dtp.errors import DTPError
-from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
     AckReceived,
@@ -32,10 +31,14 @@ from dtp.messaging.rpc.server_base import (
     CallContext,
     Handler,
     ServerBase,
+    call_notification,
     end_request,
     error_reply,
     failure_reply,
+    notification_failed,
     refusal_reply,
+    refuse_missing,
+    tell_client_ended,
 )
 from dtp.messaging.rpc.streams import (
     RECV_SIZE,
@@ -101,6 +104,8 @@ class AsyncRpcServer(ServerBase):
         """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
         proto = RpcProtocol(max_message_size=self.max_message_size, max_incoming=self.max_pending)
         tasks: dict[int, asyncio.Task[None]] = {}
+        # the running handlers' contexts, for the end of the client's side
+        contexts: dict[int, CallContext] = {}
         loop = asyncio.get_running_loop()
         peer = getattr(writer, "peer_address", None)
 
@@ -129,6 +134,7 @@ class AsyncRpcServer(ServerBase):
             ctx = None
             if fees.needs_context(wants_ctx):
                 ctx = CallContext(event.request_id, event.method, event.deadline, event.meta, peer)
+                contexts[event.request_id] = ctx
             escrow_id: str | None = None
             ended = False  # (end_request told: with a response, or refused)
             try:
@@ -193,6 +199,8 @@ class AsyncRpcServer(ServerBase):
                 # now (removed, a CANCEL of it, or the end of the stream, missed it)
                 if tasks.get(event.request_id) is asyncio.current_task():
                     del tasks[event.request_id]
+                if ctx is not None and contexts.get(event.request_id) is ctx:
+                    del contexts[event.request_id]
                 if not ended:  # no response: failed, cancelled, past its deadline
                     end_request(fees, event.request_id, escrow_id, None)
             with contextlib.suppress(DTPError, OSError):
@@ -209,7 +217,8 @@ class AsyncRpcServer(ServerBase):
                     # its last request), so what it asked is still answered -- unless
                     # the connection ended (the client closed for good): the handlers
                     # left are cancelled then (finally), as a long one would hold the
-                    # stream for good
+                    # stream for good; handlers watching ctx.cancelled are told at once
+                    tell_client_ended(contexts.values())
                     while tasks and not writer.is_closing():
                         await asyncio.wait(list(tasks.values()), timeout=0.1)
                     return
@@ -232,10 +241,7 @@ class AsyncRpcServer(ServerBase):
                         if isinstance(event, RequestReceived):
                             entry = self.methods.get(event.method)
                             if entry is None:
-                                missing = f"no method {event.method!r}"
-                                proto.send_error(
-                                    event.request_id, E.METHOD_NOT_FOUND, missing, request=event
-                                )
+                                refuse_missing(proto, event)
                                 continue
                             tasks[event.request_id] = loop.create_task(run(event, *entry))
                         elif isinstance(event, RequestCancelled):
@@ -245,16 +251,12 @@ class AsyncRpcServer(ServerBase):
                         elif isinstance(event, NotificationReceived):
                             n_entry = self.notifications.get(event.method)
                             if n_entry is not None:
-                                fn, wants_ctx = n_entry
-                                ctx = CallContext(0, event.method, None, event.meta, peer)
-                                try:
-                                    outcome = (
-                                        fn(event.params, ctx) if wants_ctx else fn(event.params)
-                                    )
-                                    if inspect.isawaitable(outcome):
+                                outcome = call_notification(n_entry, event, peer)
+                                if inspect.isawaitable(outcome):
+                                    try:
                                         await outcome
-                                except Exception:
-                                    logger.exception("notification handler failed")
+                                    except Exception:
+                                        notification_failed(event.method)
                         elif isinstance(event, AckReceived):
                             ack = fees.acked(event.request_id, event.signature)
                             if ack is not None:

@@ -61,16 +61,17 @@ class ClientEvents(ClientState):
         """Hand events to their calls (lock held)."""
         for event in events:
             if isinstance(event, ResponseReceived):
+                # whether it is acknowledged is the fee engine's rule (ClientFees.answered)
+                ack = self._fees.answered(event.request_id, event.body)
+                if ack is not None:
+                    self._proto.send_ack(event.request_id, ack)
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    ack = self._fees.answered(call.request_id, event.body)
-                    if ack is not None:
-                        self._proto.send_ack(event.request_id, ack)
                     call._finish(event.result, None)
             elif isinstance(event, ErrorReceived):
+                self._fees.unanswered(event.request_id)
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
-                    self._fees.unanswered(call.request_id)
                     call._finish(None, event.error)
             elif isinstance(event, RequestTimedOut):
                 call = self._calls.pop(event.request_id, None)

@@ -19,7 +19,7 @@ from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import RequestReceived, _check_count
 from dtp.messaging.rpc.blocking_server_dispatch import StreamDispatch
 from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy
-from dtp.messaging.rpc.server_base import ServerBase
+from dtp.messaging.rpc.server_base import ServerBase, tell_client_ended
 from dtp.messaging.rpc.streams import (
     DEFAULT,
     QUICK_RECV_SIZE,
@@ -328,13 +328,9 @@ class _ServerStream(StreamDispatch):
             if self.failed:
                 return  # answers cannot be sent (_send_rest, run_in_pool): none are taken
             if data == b"":
-                # the client ended its side: it may still read (a half-close after its
-                # last request), so what it asked is still answered. Handlers watching
-                # ctx.cancelled are told at once: the client may as well have
-                # closed for good (nothing tells the two apart), and a long one waiting
-                # for it would hold the stream for good
-                for ctx in list(self.contexts.values()):
-                    ctx.cancelled.set()
+                # the client ended its side: what it asked is still answered, and
+                # handlers watching ctx.cancelled are told at once
+                tell_client_ended(self.contexts.values())
                 self.finish_answers()
                 return
             with lock:

@@ -22,9 +22,11 @@ from dtp.messaging.rpc.engine import PayRequest, TakeEscrow
 from dtp.messaging.rpc.server_base import (
     CallContext,
     Handler,
+    call_notification,
     end_request,
     failure_reply,
     refusal_reply,
+    refuse_missing,
 )
 
 # the logger is named after the public module, which applications configure
@@ -60,12 +62,7 @@ class StreamDispatch(StreamReplies):
             entry = server.methods.get(event.method)
             if entry is None:
                 with self.lock:
-                    self.proto.send_error(
-                        event.request_id,
-                        E.METHOD_NOT_FOUND,
-                        f"no method {event.method!r}",
-                        request=event,
-                    )
+                    refuse_missing(self.proto, event)
                 return
             fn, wants_ctx = entry
             fees = self.fees
@@ -109,14 +106,7 @@ class StreamDispatch(StreamReplies):
         elif isinstance(event, NotificationReceived):
             n_entry = server.notifications.get(event.method)
             if n_entry is not None:
-                fn, wants_ctx = n_entry
-                try:
-                    if wants_ctx:
-                        fn(event.params, CallContext(0, event.method, None, event.meta, self.peer))
-                    else:
-                        fn(event.params)
-                except Exception:
-                    logger.exception("notification handler %s failed", event.method)
+                call_notification(n_entry, event, self.peer)
         elif isinstance(event, RequestCancelled):
             with self.lock:
                 ctx_found = self.contexts.pop(event.request_id, None)

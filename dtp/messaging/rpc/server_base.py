@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import (
+    NotificationReceived,
+    RequestReceived,
+    RpcProtocol,
     _check_count,
     _check_our_method,
 )
@@ -42,7 +45,8 @@ class CallContext:
     #: check it.
     #: Only a server that reads while handlers run sees these: :class:`RpcServer` with
     #: a worker pool. Inline (``workers=0``) it stays clear: check :attr:`deadline`.
-    #: :class:`AsyncRpcServer` cancels the handler's task instead.
+    #: :class:`AsyncRpcServer` sets it at the end of the client's side only: for a
+    #: cancel or the deadline it cancels the handler's task instead.
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: The ResponseEscrow this request prepaid, if any.
     escrow_id: str | None = None
@@ -62,6 +66,45 @@ def end_request(
         step.policy.responded(step.escrow_id, step.body)
     elif step is not None:
         step.policy.release(step.escrow_id)
+
+
+def refuse_missing(proto: RpcProtocol, event: RequestReceived) -> None:
+    """Both servers' answer to a request for a method nobody registered."""
+    proto.send_error(
+        event.request_id, E.METHOD_NOT_FOUND, f"no method {event.method!r}", request=event
+    )
+
+
+def notification_failed(method: str) -> None:
+    """Log the failure of the handler of notification ``method`` (in an ``except``):
+    a notification has no answer, so both servers only log it."""
+    logger.exception("notification handler %s failed", method)
+
+
+def call_notification(
+    entry: tuple[Handler, bool], event: NotificationReceived, peer: str | None
+) -> Any:
+    """Both servers: call a notification's handler (``entry``: registered handler and
+    whether it takes a context, built only then); returns what it returned (an
+    awaitable, for the asyncio server to await), or None when it raised (logged)."""
+    fn, wants_ctx = entry
+    try:
+        if wants_ctx:
+            return fn(event.params, CallContext(0, event.method, None, event.meta, peer))
+        return fn(event.params)
+    except Exception:
+        notification_failed(event.method)
+        return None
+
+
+def tell_client_ended(contexts: Iterable[CallContext]) -> None:
+    """Both servers, when the client ends its side of the stream: every running
+    handler's ``ctx.cancelled`` is set at once. What the client asked is still answered
+    (it may still read: a half-close), but nothing tells a half-close from a close for
+    good, and a long handler waiting for either would hold the stream for good
+    (tests/messaging/test_rpc_half_close.py)."""
+    for ctx in list(contexts):
+        ctx.cancelled.set()
 
 
 class Registry:
