@@ -9,14 +9,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from dtp.transport.asyncio.protocol import Protocol, abort, peer_label
 from dtp.transport.asyncio.server_arrival import _Arrival
 from dtp.transport.asyncio.server_state import ServerState, _being_cancelled
 from dtp.transport.handshake_gate import ENDINGS, Outcome
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
 
 # (every part of the server logs under its name: one logger to configure)
 logger = logging.getLogger("dtp.transport.asyncio.server")
@@ -104,13 +102,10 @@ class ServerHandshakes(ServerState):
 
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
-        hooks: list[tuple[Callable[[Any], Any], Any, bool]] = []
-        if self._accept is not None:
-            hooks.append((self._accept, peer.address, False))
-        if self._admit is not None:
-            threaded = not inspect.iscoroutinefunction(self._admit)
-            hooks.append((self._admit, peer, threaded))
-        for hook, arg, threaded in hooks:
+        for call in hook_calls(peer, self._accept, self._admit):
+            hook, arg = call.hook, call.arg
+            # (a plain admit hook may call the ledger: in a thread, never on the loop)
+            threaded = call.admit and not inspect.iscoroutinefunction(hook)
             try:
                 verdict = await asyncio.to_thread(hook, arg) if threaded else hook(arg)
                 if inspect.isawaitable(verdict):

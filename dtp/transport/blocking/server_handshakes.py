@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 from dtp.errors import DTPError
 from dtp.identity.ahead import prepare_ephemeral_key
@@ -20,7 +18,7 @@ from dtp.transport.blocking.server_state import ServerState
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.handshake_gate import ENDINGS, Outcome
 from dtp.transport.handshake_slots import SERVER_BUSY
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
 from dtp.transport.session import Session
 
 # (every part of the server logs under its name: one logger to configure)
@@ -162,14 +160,9 @@ class ServerHandshakes(ServerState):
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
-        hooks: list[tuple[Callable[[Any], bool | str | None], Any]] = []
-        if self._accept_hook is not None:
-            hooks.append((self._accept_hook, peer.address))
-        if self._admit_hook is not None:
-            hooks.append((self._admit_hook, peer))
-        for hook, arg in hooks:
+        for call in hook_calls(peer, self._accept_hook, self._admit_hook):
             try:
-                verdict = hook(arg)
+                verdict = call.hook(call.arg)
             except Exception:
                 logger.exception("accept hook failed for %s", peer.address)
                 return HOOK_FAILED
