@@ -33,23 +33,29 @@ import enum
 import struct
 import threading
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
 from dtp.errors import finite_float
 from dtp.identity.noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX
 from dtp.native.core import RECORD_HEADER_LEN
 from dtp.native.types import REC_HS_INIT
+from dtp.protocol.connection import CloseCode
 from dtp.transport.handshake_slots import AddressSlots, ServerSlots, Verdict
 
 __all__ = [
     "DEFAULT_FIRST_MESSAGE_TIMEOUT",
+    "ENDINGS",
     "Admission",
+    "Ending",
     "FirstMessage",
     "HalfHandshakes",
+    "Outcome",
     "Progress",
     "Unproven",
     "Why",
     "checked_first_message_timeout",
+    "unserved_counts",
 ]
 
 T = TypeVar("T", bound=Hashable)
@@ -286,6 +292,58 @@ class HalfHandshakes(Generic[T]):
 #: newcomer; "timed out" -- no complete first record within the first-message timeout;
 #: "gone" -- its client left while it waited.
 Why = Literal["busy", "gave way", "timed out", "gone"]
+
+
+def unserved_counts(why: Why, count: int) -> tuple[int, int]:
+    """What ``count`` connections closed unserved for ``why`` add to a server's
+    ``(busy_refused, unproven_closed)``: "busy" counts as busy, "gone" nowhere (its
+    client left), anything else -- gave way, timed out -- as unproven, closed."""
+    if why == "busy":
+        return count, 0
+    if why == "gone":
+        return 0, 0
+    return 0, count
+
+
+class Outcome(enum.Enum):
+    """How a handshake a server ran ended (both servers: :data:`ENDINGS` says what each
+    counts and how the connection closes)."""
+
+    ACCEPTED = "accepted"  #: the hooks accepted it: served
+    REFUSED = "refused"  #: a hook (or the reservations) refused it
+    BUSY = "busy"  #: accepted, but no place in the accept() queue in time
+    FAILED = "failed"  #: the handshake failed, timed out, or its client left
+    REPLAYED = "replayed"  #: a replayed first message (dtp.transport.replay_guard)
+    GAVE_WAY = "gave way"  #: a half-handshake that gave way to a proven newcomer
+    CLOSED = "closed"  #: the server closed meanwhile
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a server does with a handshake that ended one way (:data:`ENDINGS`)."""
+
+    failed: int
+    """What it adds to the server's ``handshakes_failed``."""
+    refused: int
+    """What it adds to the server's ``refused``."""
+    code: CloseCode | None
+    """The code the connection closes with (None: it is served)."""
+    reason: str | None
+    """The reason sent with it (None: the verdict's own, or none)."""
+
+
+#: Each :class:`Outcome`'s counters and close. A "busy" refusal counts in
+#: ``busy_refused`` as it is decided (before the client can read it), not here; a
+#: handshake the server's close ended counts nowhere.
+ENDINGS: dict[Outcome, Ending] = {
+    Outcome.ACCEPTED: Ending(0, 0, None, None),
+    Outcome.REFUSED: Ending(0, 1, CloseCode.REFUSED, None),
+    Outcome.BUSY: Ending(0, 0, CloseCode.REFUSED, None),
+    Outcome.FAILED: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
+    Outcome.REPLAYED: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
+    Outcome.GAVE_WAY: Ending(1, 0, CloseCode.HANDSHAKE_FAILED, "gave way to a waiting client"),
+    Outcome.CLOSED: Ending(0, 0, CloseCode.HANDSHAKE_FAILED, "the server is closed"),
+}
 
 
 class Admission(Generic[T]):

@@ -34,6 +34,7 @@ __all__ = [
     "ServerSlots",
     "Verdict",
     "address_key",
+    "check_count",
 ]
 
 T = TypeVar("T")
@@ -99,6 +100,14 @@ def address_key(host: str) -> str:
 def _not_count(value: object) -> bool:
     """True unless ``value`` is an int (a bool is no count)."""
     return isinstance(value, bool) or not isinstance(value, int)
+
+
+def check_count(name: str, value: int) -> None:
+    """Refuse a server's count setting ``name`` (``max_handshakes``, ``max_pending``)
+    unless ``value`` is an int of at least 1 (ValueError naming it: 0 served nobody, a
+    bool is no count, and a float such as 1.5 let two in)."""
+    if _not_count(value) or value < 1:
+        raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
 
 
 class AddressSlots(Generic[T]):
@@ -298,14 +307,13 @@ class ServerSlots(Generic[T]):
     one of them to end: :class:`AddressSlots` with a single address for them all, so
     both count, hand on and expire the same way.
 
-    ``cap`` is checked as :class:`dtp.socket.DTPServer` checks its ``max_handshakes``
-    (ValueError unless an int of at least 1: 0 served nobody, and a bool is no count)."""
+    ``cap`` is checked by :func:`check_count`, as :class:`dtp.socket.DTPServer` checks its
+    ``max_handshakes`` (ValueError unless an int of at least 1)."""
 
     _ALL = ""  # the one "address" every connection counts under
 
     def __init__(self, cap: int, max_waiting: int) -> None:
-        if _not_count(cap) or cap < 1:
-            raise ValueError(f"max_handshakes must be an int of at least 1, not {cap!r}")
+        check_count("max_handshakes", cap)
         self._slots: AddressSlots[T] = AddressSlots(cap, max_waiting)
 
     @property

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "HOOK_FAILED",
     "NOT_PAID",
     "ConnectionHook",
+    "HookCall",
     "Listener",
     "PeerInfo",
     "Reservations",
+    "hook_calls",
     "peer_info",
     "refusal_reason",
 ]
@@ -64,6 +66,36 @@ def refusal_reason(verdict: object) -> str | None:
     if verdict is False:
         return "refused by the server"
     return str(verdict)
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One hook call a server makes for a client it authenticated (:func:`hook_calls`)."""
+
+    hook: Callable[[Any], Any]
+    """The hook."""
+    arg: object
+    """What it is given: the client's address (``accept``) or its :class:`PeerInfo`
+    (``admit``)."""
+    admit: bool
+    """Whether it is the ``admit`` hook (the asyncio server runs a plain one in a thread:
+    it may call the ledger)."""
+
+
+def hook_calls(
+    peer: PeerInfo,
+    accept: Callable[[Any], Any] | None,
+    admit: Callable[[Any], Any] | None,
+) -> list[HookCall]:
+    """The hook calls for ``peer``, in the order both servers make them: ``accept`` first,
+    then ``admit``. The first refusal (:func:`refusal_reason`) is the verdict and the
+    rest are not called; a hook that raises refuses with :data:`HOOK_FAILED`."""
+    calls = []
+    if accept is not None:
+        calls.append(HookCall(accept, peer.address, admit=False))
+    if admit is not None:
+        calls.append(HookCall(admit, peer, admit=True))
+    return calls
 
 
 class Reservations(Protocol):

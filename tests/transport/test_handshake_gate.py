@@ -1,7 +1,8 @@
 """The admission engine both servers share (dtp.transport.handshake_gate), sans I/O: the first
 record's reader, fed whole, byte by byte and split at random; the unproven pool's
 bounds and who gives way; the half-handshakes; and the whole Admission's decisions,
-driven by hand with a list for a driver."""
+driven by hand with a list for a driver; and how both servers count what the admission
+closes unserved and how each handshake's outcome is counted and closed."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dtp.protocol.connection import CloseCode
 from dtp.transport.handshake_gate import (
+    ENDINGS,
     Admission,
     FirstMessage,
     HalfHandshakes,
+    Outcome,
     Progress,
     Unproven,
     Why,
     checked_first_message_timeout,
+    unserved_counts,
 )
 from tests.transport.half_handshakes import first_record
 
@@ -363,3 +368,47 @@ def test_a_random_run_keeps_every_count_within_its_bound_and_ends_at_zero(seed: 
         gate.ended(item, now)
     assert gate.in_progress == 0
     assert gate.address_slots is not None and len(gate.address_slots) == 0
+
+
+# -- what the servers count and how they close ------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=1000))
+def test_unserved_busy_counts_as_busy_gone_nowhere_the_rest_as_unproven(count: int) -> None:
+    assert unserved_counts("busy", count) == (count, 0)
+    assert unserved_counts("gone", count) == (0, 0)
+    assert unserved_counts("gave way", count) == (0, count)
+    assert unserved_counts("timed out", count) == (0, count)
+
+
+def test_every_outcome_has_its_ending() -> None:
+    assert set(ENDINGS) == set(Outcome)
+    # counted once at most: in handshakes_failed or in refused, never both
+    for ending in ENDINGS.values():
+        assert ending.failed + ending.refused <= 1
+
+
+@pytest.mark.parametrize(
+    ("outcome", "failed", "refused", "code", "reason"),
+    [
+        (Outcome.ACCEPTED, 0, 0, None, None),
+        (Outcome.REFUSED, 0, 1, CloseCode.REFUSED, None),
+        # (counted in busy_refused as the server decides it, before the client reads it)
+        (Outcome.BUSY, 0, 0, CloseCode.REFUSED, None),
+        (Outcome.FAILED, 1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
+        # a replay reads as any failed handshake: the client learns nothing more
+        (Outcome.REPLAYED, 1, 0, CloseCode.HANDSHAKE_FAILED, "handshake failed"),
+        (Outcome.GAVE_WAY, 1, 0, CloseCode.HANDSHAKE_FAILED, "gave way to a waiting client"),
+        (Outcome.CLOSED, 0, 0, CloseCode.HANDSHAKE_FAILED, "the server is closed"),
+    ],
+)
+def test_outcome_ending(
+    outcome: Outcome, failed: int, refused: int, code: CloseCode | None, reason: str | None
+) -> None:
+    ending = ENDINGS[outcome]
+    assert (ending.failed, ending.refused, ending.code, ending.reason) == (
+        failed,
+        refused,
+        code,
+        reason,
+    )

@@ -48,6 +48,7 @@ from dtp.transport.handshake_slots import (
     ServerSlots,
     Verdict,
     address_key,
+    check_count,
 )
 from dtp.transport.replay_guard import ReplayGuard
 from tests.support.polling import async_wait_for, wait_for
@@ -468,6 +469,20 @@ def test_ledger_handoffs_are_not_capped_by_address(server_driver: Serve) -> None
 def test_a_cap_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         dtp.socket.DTPServer(("127.0.0.1", 0), SERVER, max_handshakes_per_address=0)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "2", None])
+def test_a_count_setting_that_is_no_int_of_at_least_one_is_refused_by_name(
+    value: object,
+) -> None:
+    """One check for max_handshakes (ServerSlots) and the blocking server's max_pending."""
+    for name in ("max_handshakes", "max_pending"):
+        with pytest.raises(ValueError, match=f"^{name} must be an int of at least 1, not "):
+            check_count(name, value)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^max_handshakes must be an int of at least 1"):
+        ServerSlots(value, 1)  # type: ignore[arg-type]
+    check_count("max_handshakes", 1)
+    assert ServerSlots(2, 1).cap == 2
 
 
 # -- the asyncio server's own ------------------------------------------------------------

@@ -23,6 +23,7 @@ from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.hooks import (
     ConnectionHook,
     PeerInfo,
+    hook_calls,
     peer_info,
     refusal_reason,
 )
@@ -30,6 +31,26 @@ from dtp.transport.hooks import (
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
 SENT = b"x" * 100_000
+
+
+def test_hook_calls_are_accept_first_then_admit() -> None:
+    """Both servers call the hooks in this order, each given what it takes."""
+    peer = PeerInfo(address="0x" + "ab" * 32, connection_id=None, port=7)
+
+    def accept(address: str) -> bool:
+        return True
+
+    def admit(info: PeerInfo) -> bool:
+        return True
+
+    both = hook_calls(peer, accept, admit)
+    assert [(c.hook, c.arg, c.admit) for c in both] == [
+        (accept, peer.address, False),
+        (admit, peer, True),
+    ]
+    assert [c.hook for c in hook_calls(peer, None, admit)] == [admit]
+    assert [c.hook for c in hook_calls(peer, accept, None)] == [accept]
+    assert hook_calls(peer, None, None) == []
 
 
 def test_a_verdict_accepts_or_names_the_refusal() -> None:

@@ -13,11 +13,11 @@ import logging
 import time
 from typing import Any
 
-from dtp.protocol.connection import CloseCode, ConnectionConfig
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.protocol import Protocol, abort
 from dtp.transport.asyncio.server_arrival import _Arrival, _waiting_gone
 from dtp.transport.asyncio.server_state import ServerState
-from dtp.transport.handshake_gate import Why
+from dtp.transport.handshake_gate import ENDINGS, Outcome, Why, unserved_counts
 from dtp.transport.handshake_slots import address_key
 from dtp.transport.heap_release import release_free_heap
 from dtp.transport.session import Session
@@ -175,10 +175,9 @@ class ServerAdmission(ServerState):
         """The admission's ``close``: connections it turned away (``why``)."""
         if not arrivals:
             return
-        if why == "busy":
-            self.busy_refused += len(arrivals)
-        elif why != "gone":
-            self.unproven_closed += len(arrivals)
+        busy, unproven = unserved_counts(why, len(arrivals))
+        self.busy_refused += busy
+        self.unproven_closed += unproven
         for arrival in arrivals:
             transport = arrival.transport
             if transport is not None:
@@ -191,5 +190,7 @@ class ServerAdmission(ServerState):
         self.half_handshakes_evicted += 1
         arrival.gave_way = True
         if arrival.proto is not None:
-            abort(arrival.proto, CloseCode.HANDSHAKE_FAILED, "gave way to a waiting client")
+            ending = ENDINGS[Outcome.GAVE_WAY]
+            assert ending.code is not None and ending.reason is not None
+            abort(arrival.proto, ending.code, ending.reason)
             arrival.proto._notify()

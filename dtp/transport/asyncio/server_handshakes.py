@@ -9,14 +9,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
 
-from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import Protocol, abort, peer_label
 from dtp.transport.asyncio.server_arrival import _Arrival
 from dtp.transport.asyncio.server_state import ServerState, _being_cancelled
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+from dtp.transport.handshake_gate import ENDINGS, Outcome
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
 
 # (every part of the server logs under its name: one logger to configure)
 logger = logging.getLogger("dtp.transport.asyncio.server")
@@ -47,18 +45,15 @@ class ServerHandshakes(ServerState):
                 )
         self._admission.authenticated(arrival)
         if arrival.gave_way:
-            self.handshakes_failed += 1
+            # (_give_way closed it already)
+            self.handshakes_failed += ENDINGS[Outcome.GAVE_WAY].failed
             return False
         if session.terminated is not None or session.authenticated_address is None:
-            self.handshakes_failed += 1
-            abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
-            return False
+            return self._end(proto, Outcome.FAILED)
         conn = session.conn
         # before the hooks: a replay must not reserve the client's ledger connection
         if self._replays.is_replay(conn, peer_label(proto)):
-            self.handshakes_failed += 1
-            abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
-            return False
+            return self._end(proto, Outcome.REPLAYED)
         if self._accept is not None or self._admit is not None:
             # IK: message 2 goes now, and the client works on it while the hooks (the
             # ledger admission) decide; the verdict follows it. Without hooks the verdict
@@ -75,9 +70,7 @@ class ServerHandshakes(ServerState):
         if session.terminated is not None or conn.closed:
             # the client gave up (or vanished) while the hooks ran: nothing to accept
             # (accept() would raise, and the task's error never be retrieved)
-            self.handshakes_failed += 1
-            abort(proto, CloseCode.HANDSHAKE_FAILED, "handshake failed")
-            return False
+            return self._end(proto, Outcome.FAILED)
         if verdict is None and self._serving is not None:
             # (what the admission counts while the connection is served: hooks.Reservations)
             verdict, release = self._serving.take(peer)
@@ -86,8 +79,8 @@ class ServerHandshakes(ServerState):
                 # thread of its own)
                 proto.closed_future.add_done_callback(lambda _: release())
         if verdict is not None:
-            self.refused += 1
-            session.conn.refuse(verdict)
+            self.refused += ENDINGS[Outcome.REFUSED].refused
+            session.conn.refuse(verdict)  # sends CLOSE(REFUSED, verdict)
             proto.flush()
             proto.close_carrier()
             return False
@@ -97,15 +90,22 @@ class ServerHandshakes(ServerState):
         proto.flush()
         return True
 
+    def _end(self, proto: Protocol, outcome: Outcome) -> bool:
+        """Count a handshake that ended with ``outcome`` and close it as
+        :data:`~dtp.transport.handshake_gate.ENDINGS` says: False (not accepted)."""
+        ending = ENDINGS[outcome]
+        self.handshakes_failed += ending.failed
+        self.refused += ending.refused
+        if ending.code is not None:
+            abort(proto, ending.code, ending.reason or "")
+        return False
+
     async def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason (``accept`` first, then ``admit``)."""
-        hooks: list[tuple[Callable[[Any], Any], Any, bool]] = []
-        if self._accept is not None:
-            hooks.append((self._accept, peer.address, False))
-        if self._admit is not None:
-            threaded = not inspect.iscoroutinefunction(self._admit)
-            hooks.append((self._admit, peer, threaded))
-        for hook, arg, threaded in hooks:
+        for call in hook_calls(peer, self._accept, self._admit):
+            hook, arg = call.hook, call.arg
+            # (a plain admit hook may call the ledger: in a thread, never on the loop)
+            threaded = call.admit and not inspect.iscoroutinefunction(hook)
             try:
                 verdict = await asyncio.to_thread(hook, arg) if threaded else hook(arg)
                 if inspect.isawaitable(verdict):

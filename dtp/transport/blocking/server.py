@@ -45,6 +45,7 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     AddressSlots,
     ServerSlots,
+    check_count,
 )
 from dtp.transport.heap_release import HeapRelease
 from dtp.transport.hooks import Listener, Reservations
@@ -164,10 +165,8 @@ class DTPServer(AcceptQueue, ServerHandshakes, ServerThreads, ServerAdmission):
         admission's)."""
         # first: a bad cap or identity must fail before we listen (and leave nothing open)
         check_server_identity(identity)
-        for name, value in (("max_handshakes", max_handshakes), ("max_pending", max_pending)):
-            # (0 handshakes served nobody; a queue of 0 or less is unbounded)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int of at least 1, not {value!r}")
+        check_count("max_handshakes", max_handshakes)
+        check_count("max_pending", max_pending)  # (a queue of 0 or less is unbounded)
         if address is not None:
             check_backlog(backlog)
         self._admission: Admission[_Arrival] = Admission(

@@ -17,7 +17,7 @@ from typing import Any
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking.server_arrival import _Arrival, _read_first
 from dtp.transport.blocking.server_state import ServerState
-from dtp.transport.handshake_gate import Progress, Why
+from dtp.transport.handshake_gate import Progress, Why, unserved_counts
 from dtp.transport.heap_release import release_free_heap
 
 # (every part of the server logs under its name: one logger to configure)
@@ -154,11 +154,10 @@ class ServerAdmission(ServerState):
         """The admission's ``close``: connections it turned away (``why``)."""
         if not arrivals:
             return
+        busy, unproven = unserved_counts(why, len(arrivals))
         with self._stats_lock:
-            if why == "busy":
-                self.busy_refused += len(arrivals)
-            elif why != "gone":
-                self.unproven_closed += len(arrivals)
+            self.busy_refused += busy
+            self.unproven_closed += unproven
             for arrival in arrivals:
                 with contextlib.suppress(OSError):
                     self._reading.pop(arrival.tcp.fileno(), None)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 from dtp.errors import DTPError
 from dtp.identity.ahead import prepare_ephemeral_key
@@ -18,8 +16,9 @@ from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.server_arrival import _Arrival
 from dtp.transport.blocking.server_state import ServerState
 from dtp.transport.blocking.socket import DTPSocket
+from dtp.transport.handshake_gate import ENDINGS, Outcome
 from dtp.transport.handshake_slots import SERVER_BUSY
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
 from dtp.transport.session import Session
 
 # (every part of the server logs under its name: one logger to configure)
@@ -44,7 +43,7 @@ class ServerHandshakes(ServerState):
             # thread with a traceback, uncounted, the carrier left to the collector
             logger.warning("handshake with %s not started: %s", peer, exc)
             with self._stats_lock:
-                self.handshakes_failed += 1
+                self.handshakes_failed += ENDINGS[Outcome.FAILED].failed
             tcp.close()
             return None
         engine.peername = peer
@@ -54,12 +53,12 @@ class ServerHandshakes(ServerState):
         try:
             # (close() sets _closed before it wakes what it finds in _handshaking)
             if self._closed.is_set():
-                outcome, reason = "closed", "the server is closed"
+                outcome, verdict = Outcome.CLOSED, ""
             else:
-                outcome, reason = self._authenticate(engine, arrival)
+                outcome, verdict = self._authenticate(engine, arrival)
         except DTPError as exc:
             logger.debug("handshake with %s failed: %s", peer, exc)
-            outcome, reason = "failed", "handshake failed"
+            outcome, verdict = Outcome.FAILED, ""
         except Exception:
             logger.exception("handshake with %s failed", peer)
             engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
@@ -68,28 +67,20 @@ class ServerHandshakes(ServerState):
             with self._stats_lock:
                 self._handshaking.discard(engine)
         # the engine's lock is not held here: abort() and friends take it themselves
-        if outcome == "closed":
-            engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
-            return None
-        if outcome in ("failed", "replayed", "gave way"):
+        ending = ENDINGS[outcome]
+        if ending.failed or ending.refused:
             with self._stats_lock:
-                self.handshakes_failed += 1
-            engine.abort(CloseCode.HANDSHAKE_FAILED, reason)
-            return None
-        if outcome == "refused":
-            with self._stats_lock:
-                self.refused += 1
-            engine.abort(CloseCode.REFUSED, reason)
-            return None
-        if outcome == "busy":
-            engine.abort(CloseCode.REFUSED, reason)
+                self.handshakes_failed += ending.failed
+                self.refused += ending.refused
+        if ending.code is not None:
+            engine.abort(ending.code, verdict if ending.reason is None else ending.reason)
             return None
         engine.start_timer()
         return DTPSocket(engine, 0, primary=True)
 
-    def _authenticate(self, engine: Engine, arrival: _Arrival) -> tuple[str, str]:
-        """Run the handshake and the accept hook: ("accepted" | "refused" | "busy" |
-        "failed" | "replayed" | "gave way" | "closed", reason)."""
+    def _authenticate(self, engine: Engine, arrival: _Arrival) -> tuple[Outcome, str]:
+        """Run the handshake and the accept hook: its outcome, and the refusal's reason
+        (REFUSED, BUSY; else "": :data:`~dtp.transport.handshake_gate.ENDINGS` holds it)."""
         session = engine.session
         conn = session.conn
         # (a wait for a place ends a little before the connection's own handshake timer,
@@ -121,14 +112,14 @@ class ServerHandshakes(ServerState):
             )
             self._admission.authenticated(arrival)
             if closed.is_set():
-                return "closed", "the server is closed"
+                return Outcome.CLOSED, ""
             if arrival.gave_way:
-                return "gave way", "gave way to a waiting client"
+                return Outcome.GAVE_WAY, ""
             if session.terminated is not None or session.authenticated_address is None:
-                return "failed", "handshake failed"
+                return Outcome.FAILED, ""
             # before the hooks: a replay must not reserve the client's ledger connection
             if self._replays.is_replay(conn, engine.peername):
-                return "replayed", "handshake failed"
+                return Outcome.REPLAYED, ""
             if self._accept_hook is not None or self._admit_hook is not None:
                 # IK: message 2 goes now, and the client works on it while the hooks
                 # (the ledger admission) decide; the verdict follows it. Without hooks
@@ -147,9 +138,9 @@ class ServerHandshakes(ServerState):
                 verdict, release = self._serving.take(peer)
                 if release is not None:
                     engine.on_release.append(release)
-            outcome = "refused"
+            outcome = Outcome.REFUSED
             if verdict is None and not self._take_place(engine, deadline):
-                outcome, verdict = "busy", SERVER_BUSY
+                outcome, verdict = Outcome.BUSY, SERVER_BUSY
                 with self._stats_lock:  # (counted before the client can read it)
                     self.busy_refused += 1
             if verdict is not None:
@@ -165,18 +156,13 @@ class ServerHandshakes(ServerState):
             # ephemeral key and start its Noise state meanwhile
             prepare_ephemeral_key()
             prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
-            return "accepted", ""
+            return Outcome.ACCEPTED, ""
 
     def _run_hook(self, peer: PeerInfo) -> str | None:
         """None to accept, or the refusal reason."""
-        hooks: list[tuple[Callable[[Any], bool | str | None], Any]] = []
-        if self._accept_hook is not None:
-            hooks.append((self._accept_hook, peer.address))
-        if self._admit_hook is not None:
-            hooks.append((self._admit_hook, peer))
-        for hook, arg in hooks:
+        for call in hook_calls(peer, self._accept_hook, self._admit_hook):
             try:
-                verdict = hook(arg)
+                verdict = call.hook(call.arg)
             except Exception:
                 logger.exception("accept hook failed for %s", peer.address)
                 return HOOK_FAILED
