@@ -92,18 +92,23 @@ class RpcReceiving(RpcState):
                 self._error_frame(None, error.wire_code, str(error))
         self._event(ProtocolViolation(error, request_id))
 
+    def _unreadable_answer(self, error: E.MessagingProtocolError, request_id: int) -> None:
+        """The answer to our request ``request_id`` cannot be taken (too large, not
+        msgpack): a violation, and that call fails now rather than at its deadline (the
+        peer is not told: it has nothing left to do for it)."""
+        self.violations += 1
+        self._event(ProtocolViolation(error, request_id))
+        if self._outgoing.pop(request_id, _MISSING) is not _MISSING:
+            self._event(ErrorReceived(request_id, error))
+
     def _oversized(self, item: Oversized) -> None:
         kind, request_id = _peek_kind_and_id(item.head)
         error = E.MessageTooLarge(
             f"message of {item.length} bytes exceeds the cap of {self.max_message_size}"
         )
         if kind in (RESPONSE, ERROR) and request_id is not None:
-            # the answer to one of our requests, too large to take: that call fails
-            # (the peer is not told: it has nothing left to do for it)
-            self.violations += 1
-            self._event(ProtocolViolation(error, request_id))
-            if self._outgoing.pop(request_id, _MISSING) is not _MISSING:
-                self._event(ErrorReceived(request_id, error))
+            # the answer to one of our requests, too large to take
+            self._unreadable_answer(error, request_id)
             return
         self._violation(error, request_id if kind == REQUEST else None, reply=True)
 
@@ -121,10 +126,7 @@ class RpcReceiving(RpcState):
                 else (None, None)  # not an array of 2 or more: nothing to peek (cheaply)
             )
             if kind in (RESPONSE, ERROR) and request_id is not None:
-                self.violations += 1
-                self._event(ProtocolViolation(error, request_id))
-                if self._outgoing.pop(request_id, _MISSING) is not _MISSING:
-                    self._event(ErrorReceived(request_id, error))
+                self._unreadable_answer(error, request_id)
                 return
             if kind != REQUEST or request_id in self._incoming:
                 request_id = None  # (an id in progress keeps its own answer)
