@@ -37,6 +37,7 @@ from dtp.protocol.events import (
     StreamOpened,
     StreamResetReceived,
 )
+from dtp.transport.hooks import PeerInfo, peer_info
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +363,14 @@ class Session:
             sink.paused = False
             held, sink.held = sink.held, 0
             self.conn.acknowledge_read(stream_id, held)
+
+    def peer_info(self) -> PeerInfo:
+        """What the handshake carried of the peer, for a server's accept and admit hooks
+        (once it authenticated: :attr:`authenticated_address` is set)."""
+        address = self.authenticated_address
+        assert address is not None, "peer_info() before the peer authenticated"
+        conn = self.conn
+        return peer_info(address, conn.peer_connection_id, conn.peer_port, conn.peer_static)
 
     def carrier_lost(self, reason: str, cause: BaseException | None = None) -> None:
         """The carrier failed or closed under the connection: end it at once

@@ -14,7 +14,7 @@ from dtp.transport.asyncio.protocol import Protocol, abort, peer_label
 from dtp.transport.asyncio.server_arrival import _Arrival
 from dtp.transport.asyncio.server_state import ServerState, _being_cancelled
 from dtp.transport.handshake_gate import ENDINGS, Outcome
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, refusal_reason
 
 # (every part of the server logs under its name: one logger to configure)
 logger = logging.getLogger("dtp.transport.asyncio.server")
@@ -60,12 +60,7 @@ class ServerHandshakes(ServerState):
             # is at once: both go in one flight, as one wake-up
             conn.answer()
             proto.flush()
-        peer = peer_info(
-            session.authenticated_address,
-            conn.peer_connection_id,
-            conn.peer_port,
-            conn.peer_static,
-        )
+        peer = session.peer_info()
         verdict = await self._run_hook(peer)
         if session.terminated is not None or conn.closed:
             # the client gave up (or vanished) while the hooks ran: nothing to accept

@@ -18,7 +18,7 @@ from dtp.transport.blocking.server_state import ServerState
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.handshake_gate import ENDINGS, Outcome
 from dtp.transport.handshake_slots import SERVER_BUSY
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, peer_info, refusal_reason
+from dtp.transport.hooks import HOOK_FAILED, PeerInfo, hook_calls, refusal_reason
 from dtp.transport.session import Session
 
 # (every part of the server logs under its name: one logger to configure)
@@ -126,12 +126,7 @@ class ServerHandshakes(ServerState):
                 # the verdict is at once: both go in one flight, as one wake-up
                 conn.answer()
                 engine.flush()
-            peer = peer_info(
-                session.authenticated_address,
-                conn.peer_connection_id,
-                conn.peer_port,
-                conn.peer_static,
-            )
+            peer = session.peer_info()
             verdict = self._run_hook(peer)
             if verdict is None and self._serving is not None:
                 # (what the admission counts while the connection is served: hooks.Reservations)
