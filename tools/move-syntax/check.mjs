@@ -19,6 +19,7 @@ import { createRequire } from "node:module";
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { semanticProblems } from "./semantic.mjs";
 
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -174,12 +175,23 @@ async function main() {
   );
   parser.setLanguage(await Parser.Language.load(wasm));
 
-  let bad = 0;
+  const parsed = [];
+  const problemsOf = new Map();
   for (const file of files) {
     const source = readFileSync(file, "utf8");
     const tree = parser.parse(source);
     const problems = [...treeProblems(tree, source), ...braceProblems(source)];
-    tree.delete();
+    problemsOf.set(file, problems);
+    // a file that does not parse gives no trustworthy tree to check further
+    if (problems.length === 0) parsed.push({ file, tree });
+    else tree.delete();
+  }
+  for (const p of semanticProblems(parsed)) problemsOf.get(p.file).push(p);
+  for (const { tree } of parsed) tree.delete();
+
+  let bad = 0;
+  for (const file of files) {
+    const problems = problemsOf.get(file);
     problems.sort((a, b) => a.line - b.line || a.col - b.col);
     const seen = new Set();
     for (const p of problems) {
@@ -191,7 +203,7 @@ async function main() {
     if (problems.length) bad++;
   }
   if (bad) {
-    console.error(`move-syntax: ${bad} of ${files.length} file(s) have syntax errors`);
+    console.error(`move-syntax: ${bad} of ${files.length} file(s) have problems`);
     return 1;
   }
   console.error(`move-syntax: ${files.length} file(s) OK`);
