@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Offline syntax check for Sui Move (2024 edition) sources.
+// Offline check of Sui Move (2024 edition) sources: syntax, and what a parse tree shows.
 //
 // There is no `sui` CLI on the machines this project is developed on, so Move can't be
 // type-checked here. What we *can* do is parse: `@mysten/prettier-plugin-move` ships
@@ -7,9 +7,12 @@
 // `let mut`, macros, enums/match, `use fun`, `public(package)`). We load that grammar with
 // `web-tree-sitter` directly (the plugin itself gives no line numbers and misses an
 // unbalanced module brace) and report:
-//   * every ERROR node and every MISSING node in the parse tree, and
+//   * every ERROR node and every MISSING node in the parse tree,
 //   * unbalanced (), [], {} found by a small lexer that skips comments and
-//     string / byte-string / hex-string literals.
+//     string / byte-string / hex-string literals, and
+//   * in the files that parse, the compile errors a parse tree shows without types
+//     (semantic.mjs: a tuple bound to one local, an immutable local changed, a constant
+//     or package function that does not exist, a private or miscounted call).
 //
 // Usage: node check.mjs [file-or-dir ...]   (default: ../../move relative to this file)
 // Output: one `file:line:col: message` per problem (1-based line and column);
