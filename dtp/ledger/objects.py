@@ -65,6 +65,7 @@ def as_bytes_list(values: Iterable[bytes | str], what: str = "endpoint") -> list
 
 
 __all__ = [
+    "FIREWALL_LISTS",
     "HALF_CLOSE_TIMEOUT_MS",
     "MAX_DATA_LENGTH",
     "MAX_ENDPOINTS",
@@ -94,7 +95,9 @@ __all__ = [
     "as_bytes",
     "as_bytes_list",
     "check_fields",
+    "check_firewall_list",
     "check_signer",
+    "firewall_entries",
     "is_low_order_noise_key",
 ]
 
@@ -108,6 +111,8 @@ MAX_PURE_BYTES: Final = 16_381
 MAX_DATA_LENGTH: Final = MAX_PURE_BYTES
 #: Most addresses on a Host's allow list, and on its deny list (``host::EFirewallListFull``).
 MAX_FIREWALL_ENTRIES: Final = 1024
+#: The names of a Host's two firewall lists (``Firewall.allow`` and ``Firewall.deny``).
+FIREWALL_LISTS: Final = ("allow", "deny")
 #: Endpoint limits of a Host.
 MAX_ENDPOINTS: Final = 16
 MAX_ENDPOINT_LENGTH: Final = 256
@@ -213,13 +218,19 @@ class Service:
 
 @dataclass(frozen=True)
 class Firewall:
-    """A host's firewall policy."""
+    """A host's firewall policy.
+
+    The allow and deny lists are Tables on Sui (dynamic fields of the Host, up to
+    :data:`MAX_FIREWALL_ENTRIES` each): the Host carries their sizes, not their entries.
+    Whether a client is on a list is one lookup (:meth:`Ledger.is_allowed
+    <dtp.ledger.interface.Ledger.is_allowed>`, ``is_denied``), and the firewall's decision
+    :meth:`Ledger.permits <dtp.ledger.interface.Ledger.permits>` (docs/escrow.md §2)."""
 
     mode: FirewallMode
-    #: Allow list, in insertion order.
-    allow: tuple[str, ...]
-    #: Deny list (always wins), in insertion order.
-    deny: tuple[str, ...]
+    #: Addresses on the allow list (``host::allow_count``).
+    allow_count: int
+    #: Addresses on the deny list, which always wins (``host::deny_count``).
+    deny_count: int
     #: Concurrent connections per client the host's admission serves (off-chain); 0 means
     #: unlimited.
     max_connections_per_client: int
@@ -227,11 +238,21 @@ class Firewall:
     max_bytes_per_sec: int
     max_requests_per_sec: int
 
-    def permits(self, client: str) -> bool:
-        """The firewall decision: deny wins, then allow-all or the allow list."""
-        if client in self.deny:
+    def lookups(self) -> tuple[bool, bool]:
+        """Which lists ``permits`` must look a client up in, as ``(deny, allow)``: the
+        deny list if it has entries; the allow list in allow-listed mode if it has any
+        (an empty one admits nobody, an allow-all firewall needs none)."""
+        return (
+            self.deny_count > 0,
+            self.mode == FirewallMode.ALLOW_LISTED and self.allow_count > 0,
+        )
+
+    def decide(self, *, allowed: bool, denied: bool) -> bool:
+        """``host::permits`` once the lists were looked up: deny wins, then allow-all or
+        the allow list."""
+        if denied:
             return False
-        return self.mode == FirewallMode.ALLOW_ALL or client in self.allow
+        return self.mode == FirewallMode.ALLOW_ALL or allowed
 
 
 @dataclass(frozen=True)
@@ -246,11 +267,6 @@ class Host:
     endpoints: tuple[bytes, ...]
     services: Mapping[int, Service]
     firewall: Firewall
-
-    def permits(self, client: str) -> bool:
-        """Whether the firewall lets ``client`` open connections (the connection limits are
-        the host's admission's, off-chain)."""
-        return self.firewall.permits(client)
 
 
 @dataclass(frozen=True)
@@ -505,18 +521,57 @@ def object_from_fields(
     version: int,
     d: Mapping[str, Any],
     table_entries: Mapping[str, int],
+    table_sizes: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """The typed view of a dtp object from its Move fields, as both ledgers hold them.
 
     ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a
-    Broadcast's contributions), which Sui keeps outside the object. Raises ValueError
-    for a struct name that is not a dtp object, and KeyError, TypeError or ValueError for
+    Broadcast's contributions), which Sui keeps outside the object. ``table_sizes``: the
+    sizes of a Host's firewall Tables (``"allow"``, ``"deny"``) as Sui's contents carry
+    them; None when ``d`` holds the lists' entries (LocalLedger). Raises ValueError for a
+    struct name that is not a dtp object, and KeyError, TypeError or ValueError for
     fields that are missing or not of their Move type (:func:`check_fields`): a ledger's
     stored data can be damaged.
     """
-    obj = _object_from_fields(name, object_id, version, d, table_entries)
+    obj = _object_from_fields(name, object_id, version, d, table_entries, table_sizes)
     check_fields(obj)
     return obj
+
+
+_ADDRESS_TEXT: Final = re.compile(r"0x[0-9a-f]{64}")
+
+
+def firewall_entries(value: Any, what: str) -> Iterable[str]:
+    """The addresses of a firewall list as LocalLedger stores it: a mapping of each
+    address (``0x`` and 64 lowercase hex) to ``true``, as the Move Table maps it (a list
+    of addresses in files written before the lists were Tables). Anything else is
+    damaged data: TypeError or ValueError naming ``what``."""
+    if isinstance(value, Mapping):
+        if any(flag is not True for flag in value.values()):
+            raise TypeError(f"{what} maps an address to something other than true")
+        entries: Iterable[Any] = value.keys()
+    elif type(value) is list:
+        entries = value
+    else:
+        raise TypeError(f"{what} is a {type(value).__name__}, not a table of addresses")
+    for entry in entries:
+        if type(entry) is not str or not _ADDRESS_TEXT.fullmatch(entry):
+            raise ValueError(f"{what} holds {entry!r:.70}, which is not an address")
+    return entries
+
+
+def check_firewall_list(which: object) -> None:
+    """``which`` names a firewall list (``"allow"`` or ``"deny"``): InvalidArgument if not."""
+    if which not in FIREWALL_LISTS:
+        raise InvalidArgument(f"A firewall list is 'allow' or 'deny', got {which!r:.40}.")
+
+
+def _list_count(value: Any, what: str) -> int:
+    entries = firewall_entries(value, what)
+    count = len(set(entries))
+    if count > MAX_FIREWALL_ENTRIES:
+        raise ValueError(f"{what} holds {count} addresses, over {MAX_FIREWALL_ENTRIES}")
+    return count
 
 
 def _object_from_fields(
@@ -525,12 +580,17 @@ def _object_from_fields(
     version: int,
     d: Mapping[str, Any],
     table_entries: Mapping[str, int],
+    table_sizes: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """:func:`object_from_fields` before its check. Values are copied, never converted
     (a conversion would hide a damaged value from the check), except those that become
     an enum or a tuple, which are checked first here."""
     if name == "Host":
         fw = d["firewall"]
+        if table_sizes is None:
+            sizes = {which: _list_count(fw[which], f"firewall.{which}") for which in FIREWALL_LISTS}
+        else:
+            sizes = dict(table_sizes)
         services = {
             _port(port): Service(s["kind"], Sla.from_fields(s["sla"]), s["max_connections"])
             for port, s in d["services"].items()
@@ -544,8 +604,8 @@ def _object_from_fields(
             services,
             Firewall(
                 FirewallMode(_integer(fw["mode"], "firewall.mode")),
-                _sequence(fw["allow"], "firewall.allow"),
-                _sequence(fw["deny"], "firewall.deny"),
+                sizes["allow"],
+                sizes["deny"],
                 fw["max_connections_per_client"],
                 fw["max_bytes_per_sec"],
                 fw["max_requests_per_sec"],

@@ -97,6 +97,7 @@ def test_every_state_changing_method_has_a_builder_and_a_case() -> None:
     readers = {
         "get_object", "get_host", "get_cap", "get_connection", "get_escrow", "get_pipe",
         "get_broadcast", "balance", "clock_ms", "epoch", "events", "wait_events",
+        "is_allowed", "is_denied", "firewall_list",
     }  # fmt: skip
     methods = {n for n in Ledger.__abstractmethods__ if n not in readers}
     assert methods == set(sui_tx.BUILDERS) == set(sui_tx.TARGETS) == set(CASES)

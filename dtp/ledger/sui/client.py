@@ -736,6 +736,34 @@ class SuiNode:
 
         return self.run(call, f"ListDynamicFields {table_id}")
 
+    def table_keys(self, table_id: str) -> list[str]:
+        """The keys of a ``Table<address, _>`` (its dynamic fields' names), every page."""
+        table_id = normalize_id(table_id)
+
+        async def call() -> list[str]:
+            out: list[str] = []
+            token: bytes | None = None
+            seen: set[bytes] = set()
+            while True:
+                resp = await self._unary(
+                    rq.GetDynamicFields(
+                        table_id, page_size=1000, page_token=token, field_mask=["name"]
+                    )
+                )
+                for df in resp.dynamic_fields:
+                    name = bytes(df.name.value or b"") if df.name is not None else b""
+                    if len(name) != 32:
+                        raise BcsDecodeError(
+                            f"An entry of the table {table_id} is not keyed by an address "
+                            f"({len(name)} bytes)."
+                        )
+                    out.append("0x" + name.hex())
+                token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
+                if not token:
+                    return out
+
+        return self.run(call, f"ListDynamicFields {table_id}")
+
     def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:
         """The SUI coins owned by ``owner``, with their balances, largest first."""
         owner = normalize_id(owner, "address")

@@ -16,6 +16,7 @@ dict — the same as ``LocalLedger`` gives.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -40,12 +41,14 @@ __all__ = [
     "OBJECT_LAYOUTS",
     "RESPONSE_ESCROW_LAYOUT",
     "BcsDecodeError",
+    "address_field_id",
     "decode",
     "decode_event",
     "decode_object",
     "encode",
     "encode_event",
     "encode_object",
+    "host_tables",
     "object_to_fields",
 ]
 
@@ -91,8 +94,8 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
             "firewall",
             _struct(
                 ("mode", "u8"),
-                ("allow", ("vec", "address")),
-                ("deny", ("vec", "address")),
+                ("allow", "table"),
+                ("deny", "table"),
                 ("max_connections_per_client", "u64"),
                 ("max_bytes_per_sec", "u64"),
                 ("max_requests_per_sec", "u64"),
@@ -566,8 +569,10 @@ def decode_object(
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
     d = decode(layout, data)
+    # a Host carries its firewall Tables' IDs and sizes, not their entries
+    sizes = {w: d["firewall"][w]["size"] for w in ("allow", "deny")} if struct == "Host" else None
     try:
-        return object_from_fields(struct, d["id"], version, d, table_entries or {})
+        return object_from_fields(struct, d["id"], version, d, table_entries or {}, sizes)
     except (ValueError, KeyError, TypeError) as exc:
         # well-formed BCS with a value the typed view has no member for (a firewall
         # mode byte of 2): still not an object this version can read
@@ -581,9 +586,34 @@ def table_id(struct: str, data: bytes) -> str | None:
     return str(decode(OBJECT_LAYOUTS[struct], data)["contributions"]["id"])
 
 
+def host_tables(data: bytes) -> tuple[str, str]:
+    """The UIDs of the allow and deny ``Table``s in a Host's BCS contents: the parents of
+    the lists' entries (they never change for the Host's life)."""
+    fw = decode(OBJECT_LAYOUTS["Host"], data)["firewall"]
+    return str(fw["allow"]["id"]), str(fw["deny"]["id"])
+
+
+#: BCS ``TypeTag::Address`` (variant 4): the key type of the firewall Tables.
+_ADDRESS_TYPE_TAG: Final = b"\x04"
+#: Sui's ``HashingIntentScope::ChildObjectId``.
+_CHILD_OBJECT_SCOPE: Final = b"\xf0"
+
+
+def address_field_id(table_id: str, key: str) -> str:
+    """The object ID of the entry ``key`` of a ``Table<address, _>`` (its dynamic field),
+    as Sui derives it (``dynamic_field::hash_type_and_key``): blake2b-256 of the
+    ChildObjectId scope byte, the table's UID, the key's BCS length as a u64 and its
+    bytes, and the key's BCS ``TypeTag``. The entry exists iff the object does, so one
+    GetObject tells whether ``key`` is in the table."""
+    parent = bytes.fromhex(normalize_id(table_id)[2:])
+    name = bytes.fromhex(normalize_id(key, "address")[2:])
+    data = _CHILD_OBJECT_SCOPE + parent + len(name).to_bytes(8, "little") + name
+    return "0x" + hashlib.blake2b(data + _ADDRESS_TYPE_TAG, digest_size=32).hexdigest()
+
+
 def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
     """The Move-shaped fields of a typed object (inverse of :func:`decode_object`, with
-    ``table`` as the ID of its Table, if any)."""
+    ``table`` as the ID of its Tables, if any)."""
     if isinstance(obj, Host):
         fw = obj.firewall
         return {
@@ -601,8 +631,8 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             },
             "firewall": {
                 "mode": int(fw.mode),
-                "allow": list(fw.allow),
-                "deny": list(fw.deny),
+                "allow": {"id": table, "size": fw.allow_count},
+                "deny": {"id": table, "size": fw.deny_count},
                 "max_connections_per_client": fw.max_connections_per_client,
                 "max_bytes_per_sec": fw.max_bytes_per_sec,
                 "max_requests_per_sec": fw.max_requests_per_sec,
