@@ -402,6 +402,32 @@ static int grow(dtp_ham *g) {
     return DTP_OK;
 }
 
+/* A byte's rank in the tie-break order (section 6.3): the bytes in their order, but
+ * that 0xF0..0xFF come before 0xEE and 0xEF. In UTF-8, 0xEE and 0xEF lead the characters
+ * U+E000..U+FFFF and 0xF0..0xF4 those beyond U+FFFF, which UTF-16 writes as surrogates
+ * (0xD800..0xDFFF): below U+E000. Ordered so, the bytes of two UTF-8 texts compare as
+ * their UTF-16 code units do -- the order JavaScript, and so GunDB, compares strings in --
+ * and any two byte strings still have one order. */
+static inline unsigned utf16_rank(uint8_t b) {
+    return b < 0xEE ? b : b >= 0xF0 ? (unsigned)b - 2u : (unsigned)b + 0x10u;
+}
+
+/* Compare two values in the tie-break order: lexicographic over the bytes' ranks, a
+ * proper prefix first. <0, 0 or >0. */
+static int value_order(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len) {
+    size_t n = a_len < b_len ? a_len : b_len;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* the first differing word, then its byte */
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) break;
+    }
+    for (; i < n; i++)
+        if (a[i] != b[i]) return (int)utf16_rank(a[i]) - (int)utf16_rank(b[i]);
+    return a_len == b_len ? 0 : a_len < b_len ? -1 : 1;
+}
+
 /* Merge one update whose state is <= the machine state (section 6.3); h is its
  * key_hash. Returns the status, or DTP_ERR_NOMEM with the table unchanged. */
 static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
@@ -410,13 +436,9 @@ static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
     if (e != NULL) {
         if (u->state < e->state) return DTP_HAM_HISTORICAL;
         if (u->state == e->state) {
-            /* tie: the lexically greater value wins; a proper prefix is smaller */
-            size_t n = u->value_len < e->value_len ? u->value_len : e->value_len;
-            int c = n ? memcmp(u->value, entry_value(e), n) : 0;
-            if (c == 0) {
-                if (u->value_len == e->value_len) return DTP_HAM_SAME;
-                c = u->value_len > e->value_len ? 1 : -1;
-            }
+            /* tie: the greater value wins, in UTF-16 order (section 6.3) */
+            int c = value_order(u->value, u->value_len, entry_value(e), e->value_len);
+            if (c == 0) return DTP_HAM_SAME;
             if (c < 0) return DTP_HAM_HISTORICAL;
         }
         if (u->value_len > e->value_cap) {
