@@ -2,7 +2,7 @@
 
 :class:`Graph` is the user-facing store. Each field is one entry of the HAM table
 (``dtp.native.core.HamGraph``: C by default, the pure-Python twin with ``DTP_PUREPYTHON=1`` or
-``ham="python"``), keyed by (soul, field) and holding (state, canonical value bytes).
+``ham="python"``), keyed by (soul, field) and holding (state, the value's Gun text in UTF-8).
 Writes take their state from a :class:`~dtp.graph.clock.HybridClock`; updates from peers
 go through the ownership check (:mod:`dtp.graph.namespace`) and then one C merge per
 batch. Whatever a merge *changed* is, in this order: logged to SQLite

@@ -35,7 +35,7 @@ class GraphBase:
 
     _table: Any
     """The HAM table (``dtp.native.core.HamGraph``, C or the pure-Python twin): every
-    field's (state, canonical value bytes), and the deferred queue."""
+    field's (state, stored value bytes), and the deferred queue."""
     ham_backend: str
     """``"c"`` or ``"python"``: which HAM table the graph runs on."""
     identity: HostIdentity | None

@@ -20,13 +20,14 @@ Python                    Gun (JavaScript)               Gun text
 
 Gun has one number type: ``1`` and ``1.0`` are one value, written ``1``; ``-0.0`` is
 written ``0``; a float is written in the shortest form that reads back to it, in
-positional notation from 1e-7 up to 1e21 and in exponent notation (``1e-7``,
-``1.5e+21``) outside. An ``int`` is taken when a binary64 holds it exactly (every int
-up to 2**53 in magnitude, and larger ones such as 2**60), since Gun would silently hold
-another number; NaN and infinities are refused, as Gun refuses them. A number reads back
-(:func:`decode_value`) as an ``int`` when its text is an integer of at most 2**53 in
-magnitude -- the number's exact value -- and as a ``float`` otherwise (JavaScript writes
-the float 2**60 + 2**8 as ``1152921504606847000``, which is not its exact value).
+positional notation for magnitudes from 1e-6 up to 1e21 (excluded) and in exponent
+notation (``1e-7``, ``1.5e+21``) outside. An ``int`` is taken when a binary64 holds it
+exactly (every int up to 2**53 in magnitude, and larger ones such as 2**60), since Gun
+would silently hold another number; NaN and infinities are refused, as Gun refuses
+them. A number reads back (:func:`decode_value`) as an ``int`` when its text is an
+integer of at most 2**53 in magnitude -- the number's exact value -- and as a ``float``
+otherwise (JavaScript writes the float 2**60 + 2**8 as ``1152921504606847000``, which is
+not its exact value).
 
 Gun holds nothing else in a field: lists, tuples and other mappings are refused with
 :class:`GraphValueError` (``put`` makes a node of a nested mapping, as Gun does), and so
