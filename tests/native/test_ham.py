@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dtp import _core
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
-from dtp._reference.limits import HAM_EXPORT_MAX_BATCH
+from dtp._reference.limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
 from dtp._types import (
     FULL,
     HAM_APPLIED,
@@ -436,6 +436,30 @@ def test_large_table_grows(backend: SimpleNamespace) -> None:
         assert g.get(soul, field) == sv
 
 
+def test_values_that_grow_and_shrink(backend: SimpleNamespace) -> None:
+    """The C table carves entries from arena blocks, and moves one whose value outgrows
+    its room to an allocation of its own (which then grows in place): every value read
+    back is the last one applied, among many fields, small values and 1 MiB ones."""
+    g = backend.HamGraph(seed=SEED)
+    sizes = [0, 1, 40, 39, 5000, 17_000, 3, 300_000, HAM_MAX_VALUE, 10, 70_000]
+    want: dict[bytes, bytes] = {}
+    for step, size in enumerate(sizes):
+        ups = []
+        for k in range(40):
+            value = bytes([k + step]) * ((size + k) % (HAM_MAX_VALUE + 1))
+            ups.append(HamUpdate(b"s%d" % k, b"f", float(step), value))
+            want[b"s%d" % k] = value
+        for k in range(0, 40, 3):  # some fields stay small, filling blocks around them
+            ups.append(HamUpdate(b"small%d-%d" % (k, step), b"f", 1.0, b"x" * k))
+        g.merge(encode_ham_batch(ups), LATE)
+        for soul, value in want.items():
+            assert g.get(soul, b"f") == (float(step), value)
+    assert len(g) == 40 + 14 * len(sizes)
+    assert sum(1 for batch in g.export() for _ in decode_ham_batch(batch)) == len(g)
+
+
+# ------------------------------------------------------------------------------------
+# C vs twin
 # ------------------------------------------------------------------------------------
 # C vs twin
 
