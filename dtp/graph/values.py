@@ -306,10 +306,11 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     A number whose text is an integer of at most 2**53 in magnitude reads as ``int``,
     any other as ``float`` (``-0.0`` as ``0.0``) -- but an integer beyond 2**53 in
     another text than JavaScript's for a binary64 (an int stored by format 1) reads as
-    that exact ``int``. Any JSON text is read (arrays and objects too, which graphs of format 1
-    hold) except what two readers could read differently: duplicate object keys,
-    numbers beyond the float range, NaN and infinities, a lone surrogate (an unpaired
-    ``\\uD800``-``\\uDFFF`` escape), nesting deeper than 64 levels.
+    that exact ``int``. Any JSON text is read (arrays and objects too, which graphs of
+    format 1 hold) except what two readers could read differently: duplicate object
+    keys, numbers with a fraction or an exponent beyond the float range, NaN and
+    infinities, a lone surrogate (an unpaired ``\\uD800``-``\\uDFFF`` escape),
+    nesting deeper than 64 levels.
     """
     raw = bytes(data)
     try:
