@@ -40,6 +40,7 @@ from dtp.ledger.sui.codec import (
     OBJECT_MODULES,
     BcsDecodeError,
     decode_object,
+    decode_table_values,
     table_id,
 )
 from dtp.ledger.sui.config import SuiConfig
@@ -215,10 +216,10 @@ class SuiLedgerCore(TypedReads):
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
         obj, name = self._load(object_id, struct)
-        entries: dict[str, int] = {}
+        entries: dict[str, Any] = {}
         table = table_id(name, obj.contents)
         if table is not None:
-            entries = self._node.table_entries(table)
+            entries = decode_table_values(name, self._node.table_values(table))
         try:
             return decode_object(name, obj.version, obj.contents, entries)
         except BcsDecodeError as exc:
