@@ -431,7 +431,8 @@ public fun refund_value(b: &Broadcast, listener: address, clock: &Clock): u64 {
     if (!b.stakes.contains(listener)) return 0;
     let stake = *b.stakes.borrow(listener);
     let (paid, _) = b.due(clock.timestamp_ms());
-    b.value_of(&stake, b.pool.value() - paid * b.slot_price)
+    let pool = b.pool.value() - paid * b.slot_price;
+    b.value_of(&stake, pool)
 }
 
 /// Index of the slot in progress at `now_ms`.
@@ -483,9 +484,9 @@ public fun ticket_sale(b: &Broadcast): Option<ID> { b.ticket_sale }
 
 // === Testing ===
 
-#[test_only]
 /// Overwrite `total_shares`: the states where rounding left a pool worth more than its
 /// shares are reached only after the share unit has doubled many times.
+#[test_only]
 public fun set_total_shares_for_testing(b: &mut Broadcast, total_shares: u128) {
     b.total_shares = total_shares;
 }
@@ -560,7 +561,8 @@ fun value_of(b: &Broadcast, stake: &Stake, pool: u64): u64 {
 /// Remove `listener`'s stake and send it the value of its shares.
 fun pay_out(b: &mut Broadcast, listener: address, ctx: &mut TxContext): u64 {
     let stake = b.stakes.remove(listener);
-    let amount = b.value_of(&stake, b.pool.value());
+    let pool = b.pool.value();
+    let amount = b.value_of(&stake, pool);
     if (stake.generation == b.generation) {
         let shares = b.shares_now(&stake);
         b.holders = b.holders - 1;

@@ -373,7 +373,11 @@ fun broadcast_cancel_refunds() {
 fun take_back(scenario: &mut ts::Scenario, clock: &sui::clock::Clock, who: address): u64 {
     scenario.next_tx(who);
     let mut b = scenario.take_shared<Broadcast>();
-    let refund = if (b.is_cancelled()) b.withdraw(scenario.ctx()) else b.leave(clock, scenario.ctx());
+    let refund = if (b.is_cancelled()) {
+        b.withdraw(scenario.ctx())
+    } else {
+        b.leave(clock, scenario.ctx())
+    };
     ts::return_shared(b);
     refund
 }
