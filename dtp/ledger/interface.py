@@ -480,7 +480,20 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
-        """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+        """``broadcast::withdraw`` (a listener, after cancel): returns the refund, the
+        value of the signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::leave`` (a listener of an idle broadcast, not cancelled: no
+        ``transmit`` or ``heartbeat`` for ``Broadcast.idle_ms``, else ``EBroadcastLive``):
+        completed, covered slots are paid first; returns the refund, the value of the
+        signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        """``broadcast::heartbeat`` (broadcaster, on air): records that it is transmitting
+        off the ledger, which keeps its listeners from leaving for ``Broadcast.idle_ms``."""
 
     # -- payment (dtp::payment) -----------------------------------------------------------------
     # Not abstract, as the messaging calls below; both built-in ledgers implement it.

@@ -131,6 +131,10 @@ class FakeNode:
         self.calls.append("table_keys")
         return []
 
+    def table_values(self, table_id: str) -> dict[str, bytes]:
+        self.calls.append("table_values")
+        return {}
+
     def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:
         self.calls.append("gas_coins")
         return [(GAS, 10**12)]

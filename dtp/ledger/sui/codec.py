@@ -40,11 +40,13 @@ __all__ = [
     "MESSAGING_EVENT_LAYOUTS",
     "OBJECT_LAYOUTS",
     "RESPONSE_ESCROW_LAYOUT",
+    "TABLE_VALUE_LAYOUTS",
     "BcsDecodeError",
     "address_field_id",
     "decode",
     "decode_event",
     "decode_object",
+    "decode_table_values",
     "encode",
     "encode_event",
     "encode_object",
@@ -166,13 +168,24 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("paid_slots", "u64"),
         ("pool", "u64"),
         ("earned", "u64"),
-        ("contributions", "table"),
+        ("stakes", "table"),
         ("total_contributed", "u64"),
         ("next_seq", "u64"),
         ("cancelled", "bool"),
-        ("refund_base", "u64"),
-        ("outstanding", "u64"),
+        ("total_shares", "u128"),
+        ("holders", "u64"),
+        ("generation", "u64"),
+        ("share_shift", "u64"),
+        ("last_live_ms", "u64"),
         ("ticket_sale", ("option", "id")),
+    ),
+}
+
+#: The values of an object's ``Table`` (a dynamic field's value), by object struct:
+#: ``Broadcast.stakes: Table<address, broadcast::Stake>``.
+TABLE_VALUE_LAYOUTS: Final[dict[str, Layout]] = {
+    "Broadcast": _struct(
+        ("contributed", "u64"), ("generation", "u64"), ("shift", "u64"), ("shares", "u128")
     ),
 }
 
@@ -274,10 +287,12 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("amount", "u64"),
         ("contribution", "u64"),
         ("pool", "u64"),
+        ("shares", "u128"),
     ),
     ("broadcast", "BroadcastTransmitted"): _struct(
         ("broadcast", "id"), ("seq", "u64"), ("data", "bytes")
     ),
+    ("broadcast", "BroadcastHeartbeat"): _struct(("broadcast", "id"), ("at_ms", "u64")),
     ("broadcast", "BroadcastClaimed"): _struct(
         ("broadcast", "id"), ("amount", "u64"), ("paid_slots", "u64")
     ),
@@ -560,11 +575,11 @@ def decode_object(
     struct: str,
     version: int,
     data: bytes,
-    table_entries: Mapping[str, int] | None = None,
+    table_entries: Mapping[str, Any] | None = None,
 ) -> ChainObject:
     """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
-    the entries of its ``Table<address, u64>`` (a Broadcast's contributions), read from
-    dynamic fields by the caller."""
+    the entries of its ``Table`` (a Broadcast's stakes, each the fields of a ``Stake``:
+    :func:`decode_table_values` of the dynamic fields), read by the caller."""
     layout = OBJECT_LAYOUTS.get(struct)
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
@@ -583,7 +598,14 @@ def table_id(struct: str, data: bytes) -> str | None:
     """The ID of the ``Table`` inside a Broadcast (None for other structs)."""
     if struct != "Broadcast":
         return None
-    return str(decode(OBJECT_LAYOUTS[struct], data)["contributions"]["id"])
+    return str(decode(OBJECT_LAYOUTS[struct], data)["stakes"]["id"])
+
+
+def decode_table_values(struct: str, values: Mapping[str, bytes]) -> dict[str, Any]:
+    """The entries of a ``struct`` object's ``Table`` from the BCS of their values (a
+    Broadcast's stakes), as :func:`decode_object` takes them."""
+    layout = TABLE_VALUE_LAYOUTS[struct]
+    return {key: decode(layout, raw) for key, raw in values.items()}
 
 
 def host_tables(data: bytes) -> tuple[str, str]:
@@ -709,12 +731,15 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
         "paid_slots": obj.paid_slots,
         "pool": obj.pool,
         "earned": obj.earned,
-        "contributions": {"id": table, "size": len(obj.contributions)},
+        "stakes": {"id": table, "size": len(obj.stakes)},
         "total_contributed": obj.total_contributed,
         "next_seq": obj.next_seq,
         "cancelled": obj.cancelled,
-        "refund_base": obj.refund_base,
-        "outstanding": obj.outstanding,
+        "total_shares": obj.total_shares,
+        "holders": obj.holders,
+        "generation": obj.generation,
+        "share_shift": obj.share_shift,
+        "last_live_ms": obj.last_live_ms,
         "ticket_sale": obj.ticket_sale,
     }
 

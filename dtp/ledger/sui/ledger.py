@@ -42,6 +42,7 @@ from dtp.ledger.sui.codec import (
     BcsDecodeError,
     address_field_id,
     decode_object,
+    decode_table_values,
     host_tables,
     table_id,
 )
@@ -223,10 +224,10 @@ class SuiLedgerCore(TypedReads):
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
         obj, name = self._load(object_id, struct)
-        entries: dict[str, int] = {}
+        entries: dict[str, Any] = {}
         table = table_id(name, obj.contents)
         if table is not None:
-            entries = self._node.table_entries(table)
+            entries = decode_table_values(name, self._node.table_values(table))
         try:
             typed = decode_object(name, obj.version, obj.contents, entries)
             if name == "Host":

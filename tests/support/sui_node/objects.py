@@ -18,7 +18,7 @@ from typing import Any, Final
 from dtp._uleb128 import bcs_uleb128
 from dtp.chain.local_tx import base58
 from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
-from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, Layout, encode
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, TABLE_VALUE_LAYOUTS, Layout, encode
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 
 __all__ = [
@@ -60,11 +60,13 @@ _EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
 }
 
 #: Keys and values of the package's ``Table``s other than ``Table<address, u64>``
-#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``; host.move: the
-#: firewall's ``allow`` and ``deny``, ``Table<address, bool>``).
+#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``; broadcast.move:
+#: ``stakes: Table<address, Stake>``; host.move: the firewall's ``allow`` and ``deny``,
+#: ``Table<address, bool>``).
 _TABLE_KEYS: Final = {"pledges": "id"}
 _TABLE_VALUES: Final[dict[str, tuple[str, Layout]]] = {
     "pledges": ("sponsor::Pledge", ("struct", (("amount", "u64"), ("reimbursed", "bool")))),
+    "stakes": ("broadcast::Stake", TABLE_VALUE_LAYOUTS["Broadcast"]),
     "allow": ("bool", "bool"),
     "deny": ("bool", "bool"),
 }
