@@ -128,6 +128,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ),
         ("opened_at_ms", "u64"),
         ("settled", "bool"),
+        ("subscription", ("option", "id")),
     ),
     "Escrow": _struct(
         ("id", "id"),
@@ -640,6 +641,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "state": state,
             "opened_at_ms": obj.opened_at_ms,
             "settled": obj.settled,
+            "subscription": obj.subscription,
         }
     if isinstance(obj, Escrow):
         return {
