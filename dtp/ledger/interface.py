@@ -567,6 +567,14 @@ class Ledger(PaymentModels, abc.ABC):
         found = self.get_objects(wanted)
         return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
 
+    def subscription_over(self, subscription_id: str) -> str | None:
+        """Why the Subscription ``subscription_id`` no longer covers connections (its
+        offer withdrawn, or the current epoch outside it: ``subscription::is_over``), or
+        None while it does. What a paid server checks of a connection opened with a
+        subscription, at admission and while serving it (docs/escrow.md §13)."""
+        sub = self.get_subscription(subscription_id)
+        return sub.over(self.get_subscription_offer(sub.offer), self.epoch())
+
     def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
         """Several objects by ID, typed, in the order asked (raises
         :class:`~dtp.errors.ObjectNotFound` for a missing one). One read where the ledger

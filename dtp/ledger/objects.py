@@ -318,6 +318,11 @@ class TransportControl:
     closed_at_ms: int | None
     opened_at_ms: int
     settled: bool
+    #: The Subscription a prepaid connection was opened with (None: a metered one).
+    #: Once it is over, the connection is ended: by anyone on the ledger
+    #: (``subscription::end_connection``), by a paid server while serving it
+    #: (docs/escrow.md §13).
+    subscription: str | None = None
 
     @property
     def connection_id(self) -> str:
@@ -735,6 +740,8 @@ def _object_from_fields(
             state.get("closed_at_ms"),
             d["opened_at_ms"],
             d["settled"],
+            # (a LocalLedger file written before connections recorded it has none)
+            d.get("subscription"),
         )
     if name == "Escrow":
         return Escrow(

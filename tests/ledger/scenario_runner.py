@@ -63,6 +63,12 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "offer_withdraw": ["SubscriptionOfferWithdrawn"],
     "subscription_refund": ["SubscriptionRefunded"],
     "open_subscribed": ["SpendingCapReserved", "ConnectionOpened", "SubscribedConnectionOpened"],
+    "end_subscribed": [
+        "ConnectionClosed",
+        "EscrowRefunded",
+        "ConnectionSettled",
+        "SubscribedConnectionEnded",
+    ],
     "sponsor_create": ["SponsorPoolCreated"],
     "sponsor_fund": ["SponsorPoolFunded"],
     "sponsor_withdraw": ["SponsorPoolWithdrawn"],
@@ -74,6 +80,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "ticket_sale_cancel": ["TicketSaleCancelled"],
     "refund_tickets": ["TicketsRefunded"],
     "retention_terms": ["RetentionTermsCreated"],
+    "retire_terms": ["RetentionTermsRetired"],
+    "replace_terms": ["RetentionTermsRetired", "RetentionTermsCreated"],
     "create_pipe": ["PipeCreated"],
     "send_retained": ["PipeDataSent", "RecordRetained"],
     "confirm_consumed": ["RecordConsumed"],
@@ -300,6 +308,9 @@ class Runner:
                     by, m["sub"], self.caps[step["by"]], step["deposit"]
                 )
             ),
+            "end_subscribed": lambda: ledger.end_subscribed_connection(
+                by, self.conns[step["conn"]], m["sub"]
+            ),
             "sponsor_create": lambda: keep(
                 "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
             ),
@@ -330,6 +341,13 @@ class Runner:
                 "terms",
                 ledger.create_retention_terms(
                     by, host, PORT, step["retention_ms"], step["storage_price_per_byte"]
+                ),
+            ),
+            "retire_terms": lambda: ledger.retire_retention_terms(by, m["terms"]),
+            "replace_terms": lambda: keep(
+                "terms",
+                ledger.replace_retention_terms(
+                    by, m["terms"], step["retention_ms"], step["storage_price_per_byte"]
                 ),
             ),
             "create_pipe": lambda: self.pipes.__setitem__(
@@ -383,7 +401,7 @@ class Runner:
                 with pytest.raises(ObjectNotFound):
                     ledger.get_retained_record(record_id)
             for key, expected in spec.items():
-                assert key in {"deposit", "consumed", "seq"}, key
+                assert key in {"deposit", "consumed", "seq", "reclaim_after_ms"}, key
                 assert getattr(ledger.get_retained_record(record_id), key) == expected, key
 
     def bcast(self) -> str:

@@ -101,6 +101,7 @@ class FakeNode:
                     "state": {"kind": "Open"},
                     "opened_at_ms": 0,
                     "settled": False,
+                    "subscription": None,
                 },
             ),
             TERMS: _shared(
@@ -113,6 +114,7 @@ class FakeNode:
                     "port": 7,
                     "retention_ms": 1000,
                     "storage_price_per_byte": 10,
+                    "retired": False,
                 },
             ),
         }

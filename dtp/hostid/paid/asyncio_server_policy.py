@@ -3,9 +3,9 @@
 the Host re-read every ``refresh_interval`` in a task of its own (the ledger read in a
 thread), its new limits applied to the open connections, a client the firewall now
 denies closed, and the connections due for a look at their state on the ledger closed
-when it ended there. The decisions are the core's
-(:meth:`~dtp.hostid.paid.server_core.PaidServerCore.refresh`); the twin of
-:mod:`dtp.hostid.paid.blocking_server_policy`."""
+when it ended there (or when the subscription one was opened with is over). The
+decisions are the core's (:meth:`~dtp.hostid.paid.server_core.PaidServerCore.refresh`);
+the twin of :mod:`dtp.hostid.paid.blocking_server_policy`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import time
 from dtp.hostid.paid.asyncio_server_state import PaidAioServerState
 from dtp.hostid.paid.server_steps import (
     ended_connections,
+    ended_subscriptions,
     host_to_refresh,
     refresh_failed,
     refused_clients,
@@ -55,10 +56,17 @@ class AioHostPolicyRefresh(PaidAioServerState):
         for paid in refresh.denied:
             paid.deny()
         due = refresh.ledger_checks
-        for paid in (
-            await asyncio.to_thread(ended_connections, self.ledger, due, logger) if due else ()
-        ):
+        if not due:
+            return
+        ended = await asyncio.to_thread(ended_connections, self.ledger, due, logger)
+        for paid in ended:
             paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in due if paid not in ended]
+        if any(paid.subscription is not None for paid in open_ones):
+            over = await asyncio.to_thread(ended_subscriptions, self.ledger, open_ones, logger)
+            for paid, why in over:
+                paid.subscription_ended(why)
 
     @property
     def open_connections(self) -> int:

@@ -14,6 +14,7 @@ import time
 from dtp.hostid.paid.blocking_server_state import PaidServerState
 from dtp.hostid.paid.server_steps import (
     ended_connections,
+    ended_subscriptions,
     host_to_refresh,
     refresh_failed,
     refused_clients,
@@ -49,8 +50,13 @@ class HostPolicyRefresh(PaidServerState):
             refresh = self.core.refresh(host, now, denied)
         for paid in refresh.denied:
             paid.deny()
-        for paid in ended_connections(self.ledger, refresh.ledger_checks, logger):
+        ended = ended_connections(self.ledger, refresh.ledger_checks, logger)
+        for paid in ended:
             paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in refresh.ledger_checks if paid not in ended]
+        for paid, why in ended_subscriptions(self.ledger, open_ones, logger):
+            paid.subscription_ended(why)
 
     @property
     def open_connections(self) -> int:

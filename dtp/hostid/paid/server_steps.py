@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dtp.errors import ChainError, move_error
-from dtp.payments.gate import ended_on_ledger
+from dtp.payments.gate import ended_on_ledger, subscriptions_over
 from dtp.payments.serving import release_receipts
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ended_connections",
+    "ended_subscriptions",
     "host_to_refresh",
     "refresh_failed",
     "refused_clients",
@@ -95,6 +96,35 @@ def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) ->
         return ended_on_ledger(ledger, due)
     except ChainError as exc:
         log.warning("cannot read the state of open connections: %s", exc)
+        return []
+
+
+class _Subscribed(Protocol):
+    """What a subscription check reads of a served connection."""
+
+    connection_id: str
+
+    @property
+    def subscription(self) -> str | None: ...
+
+
+_S = TypeVar("_S", bound=_Subscribed)
+
+
+def ended_subscriptions(
+    ledger: Ledger, due: Sequence[_S], log: logging.Logger
+) -> list[tuple[_S, str]]:
+    """Those of the connections ``due`` for a read on the ledger that were opened with a
+    subscription now over (expired, or its offer withdrawn), each with why, to be
+    closed (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.subscription_ended`);
+    none (a warning logged on ``log``) when the ledger cannot be read now: they are due
+    again at the next check. Metered connections are not read."""
+    if not any(conn.subscription is not None for conn in due):
+        return []
+    try:
+        return subscriptions_over(ledger, due)
+    except ChainError as exc:
+        log.warning("cannot read the subscriptions of open connections: %s", exc)
         return []
 
 

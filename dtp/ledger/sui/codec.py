@@ -133,6 +133,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ),
         ("opened_at_ms", "u64"),
         ("settled", "bool"),
+        ("subscription", ("option", "id")),
     ),
     "Escrow": _struct(
         ("id", "id"),
@@ -692,6 +693,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "state": state,
             "opened_at_ms": obj.opened_at_ms,
             "settled": obj.settled,
+            "subscription": obj.subscription,
         }
     if isinstance(obj, Escrow):
         return {

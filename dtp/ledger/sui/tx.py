@@ -487,6 +487,11 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "open_connection",
         (_IMM, _IMM, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
     ),
+    "end_subscribed_connection": (
+        "subscription",
+        "end_connection",
+        (_IMM, _IMM, _MUT, _MUT, _MUT, _CLOCK),
+    ),
     "create_sponsor_pool": ("sponsor", "create", (_IMM, _PORT, ("u64", "share_bps"))),
     "fund_sponsor_pool": ("sponsor", "fund", (_MUT, ("coin", "the amount"))),
     "withdraw_sponsor_pool": ("sponsor", "withdraw", (_MUT, ("u64", "the amount"))),
@@ -526,6 +531,12 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "retention",
         "create_terms",
         (_IMM, _PORT, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
+    ),
+    "retire_retention_terms": ("retention", "retire_terms", (_MUT, _IMM)),
+    "replace_retention_terms": (
+        "retention",
+        "replace_terms",
+        (_MUT, _IMM, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
     ),
     "send_retained": (
         "retention",
@@ -923,6 +934,19 @@ def open_subscribed_connection(
     )
 
 
+def end_subscribed_connection(
+    ctx: TxContext,
+    subscription: SharedRef,
+    offer: SharedRef,
+    connection: SharedRef,
+    escrow: SharedRef,
+    cap: SharedRef,
+) -> bytes:
+    """``subscription::end_connection(&sub, &offer, &mut tc, &mut escrow, &mut cap,
+    &clock)``."""
+    return _build(ctx, "end_subscribed_connection", subscription, offer, connection, escrow, cap)
+
+
 def create_sponsor_pool(ctx: TxContext, host: SharedRef, port: int, share_bps: int) -> bytes:
     """``sponsor::create(&host, port, share_bps)``."""
     return _build(ctx, "create_sponsor_pool", host, port, share_bps)
@@ -1015,6 +1039,23 @@ def create_retention_terms(
     return _build(ctx, "create_retention_terms", host, port, retention_ms, storage_price_per_byte)
 
 
+def retire_retention_terms(ctx: TxContext, terms: SharedRef, host: SharedRef) -> bytes:
+    """``retention::retire_terms(&mut terms, &host)``."""
+    return _build(ctx, "retire_retention_terms", terms, host)
+
+
+def replace_retention_terms(
+    ctx: TxContext,
+    terms: SharedRef,
+    host: SharedRef,
+    retention_ms: int,
+    storage_price_per_byte: int,
+) -> bytes:
+    """``retention::replace_terms(&mut terms, &host, retention_ms,
+    storage_price_per_byte)``."""
+    return _build(ctx, "replace_retention_terms", terms, host, retention_ms, storage_price_per_byte)
+
+
 def send_retained(
     ctx: TxContext,
     pipe: OwnedRef,
@@ -1050,6 +1091,7 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
         "withdraw_subscription_offer",
         "refund_subscription",
         "open_subscribed_connection",
+        "end_subscribed_connection",
         "create_sponsor_pool",
         "fund_sponsor_pool",
         "withdraw_sponsor_pool",
@@ -1063,6 +1105,8 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
         "cancel_ticket_sale",
         "refund_tickets",
         "create_retention_terms",
+        "retire_retention_terms",
+        "replace_retention_terms",
         "send_retained",
         "confirm_consumed",
         "delete_retained",
