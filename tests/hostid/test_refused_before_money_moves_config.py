@@ -62,7 +62,7 @@ def test_a_config_of_another_type_is_refused_before_the_cap(
     chain, host_id = tcp_host
     extra: dict[str, object] = {}
     if sponsored:
-        pool = chain.create_sponsor_pool(SERVER, host_id, PORT, share_bps=2_500)
+        pool = chain.create_sponsor_pool(SERVER, host_id, PORT, share_bps=2_500, max_pledge=10**9)
         chain.fund_sponsor_pool(SERVER, pool, 100_000)
         extra["sponsor_pool"] = pool
     before = chain.balance(CLIENT.sui_address)
@@ -85,7 +85,7 @@ def test_an_unfunded_sponsor_pool_is_refused_before_the_spending_cap(
     # the pool pledges half of the deposit (2500) and holds 1000 unpledged: the open
     # aborted with ESponsorUnfunded after the cap was made for it
     chain, host_id = ledger
-    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000)
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=10**9)
     chain.fund_sponsor_pool(SERVER, pool, 1000)
     before = chain.balance(CLIENT.sui_address)
     with pytest.raises(SponsorUnfunded, match="must pledge 2500 MIST"):
