@@ -763,6 +763,20 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         NotAuthorized,
         "Only the ticket sale's organizer can broadcast for it",
     ),
+    (
+        "broadcast",
+        "EBroadcastLive",
+        99,
+        BroadcastError,
+        "The broadcast has not been idle long enough to leave",
+    ),
+    (
+        "broadcast",
+        "EContributionTooSmall",
+        100,
+        BroadcastError,
+        "Contribution buys no share at the pool's current value",
+    ),
     ("mailbox", "EEmptyPayload", 160, InvalidArgument, "Mail payload is empty"),
     (
         "mailbox",

@@ -294,7 +294,7 @@ class LedgerAdmission:
                 f"the escrow of connection {cid} holds {escrow.balance}, "
                 f"below the minimum {tc.sla.min_deposit}"
             )
-        if not host.firewall.permits(peer.address):
+        if not self.ledger.permits(host, peer.address):
             return "the host's firewall denies this client"
         self.limits = ConnectionLimits.of(host, self.port)
         if self.remember:

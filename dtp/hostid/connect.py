@@ -167,7 +167,7 @@ def resolve_service(
     service = host.services.get(port)
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
-    if not host.firewall.permits(client):
+    if not ledger.permits(host, client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
     # (the connection limits are the host's admission's, at the handshake: the ledger
     # counts no connections, docs/escrow.md §2)

@@ -53,6 +53,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "broadcast_claim": ["BroadcastClaimed"],
     "broadcast_cancel": ["BroadcastCancelled"],
     "broadcast_withdraw": ["ContributionRefunded"],
+    "broadcast_leave": ["ContributionRefunded"],
+    "broadcast_heartbeat": ["BroadcastHeartbeat"],
     # payment models (docs/escrow.md §13-16)
     "offer_create": ["SubscriptionOfferCreated"],
     "subscribe": ["Subscribed"],
@@ -264,6 +266,8 @@ class Runner:
             "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
             "broadcast_cancel": lambda: ledger.broadcast_cancel(by, self.bcast()),
             "broadcast_withdraw": lambda: ledger.broadcast_withdraw(by, self.bcast()),
+            "broadcast_leave": lambda: ledger.broadcast_leave(by, self.bcast()),
+            "broadcast_heartbeat": lambda: ledger.broadcast_heartbeat(by, self.bcast()),
             "check": lambda: self.check(step),
             **self.model_ops(step),
         }

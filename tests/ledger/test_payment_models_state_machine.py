@@ -2,7 +2,9 @@
 models (docs/escrow.md §13-16): subscriptions (subscribe, renew, claim, withdraw, refund,
 unmetered connections), a sponsor pool (fund, withdraw, pledge limit, sponsored
 connections, reimbursements, the host's authority changing and back), ticket sales (buy,
-go on air, cancel, refund) and retained records (send, confirm, delete).
+go on air, cancel, refund) and retained records (send, confirm, delete); and broadcasts
+(docs/escrow.md §9: contribute, slots paid as the clock moves, transmit and heartbeat,
+claim, cancel, withdraw, leave).
 
 Every call's outcome (error name or the exact balance moves) is predicted from the rules
 and compared, as in the escrow machine; failed calls must leave the ledger unchanged.
@@ -11,7 +13,12 @@ subscription holds exactly its unearned epochs, a pool's pledges are covered and
 the unreimbursed pledges, each within the pledge limit in force at its open, a sale holds
 exactly the price of its unrefunded tickets, a record holds its storage deposit; the
 escrow machine's cap invariants (no epoch's claims exceed the cap) cover the unmetered
-and sponsored connections too, and a reservation of 0 never fails.
+and sponsored connections too, and a reservation of 0 never fails; a broadcast holds what
+its model says (tests/ledger/broadcast_model.py: ``pool + earned + claimed + refunded`` is
+what came in), every listener could take back its fair value (what it paid in less its
+part of the slots paid since: never a slot that ended before it paid) less a MIST of
+rounding, and every contribution is back with its listener or earned within the idle
+bound once the broadcaster stops showing it is live.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from hypothesis.stateful import invariant, precondition, rule
 from dtp.chain.objects import ConnectionState
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from tests.ledger.broadcast_model import BroadcastModel
 from tests.ledger.escrow_machine import CLIENTS, MALLORY, SERVER, Conn, LedgerMachine, ident
 
 PRICE = 50  # per epoch
@@ -35,6 +43,8 @@ HEIR = ident(0x53)  # the host's authority for a while (change_authority)
 STORAGE_PRICE = 2  # per byte
 RETENTION_MS = 1_000
 TICKET = 30
+BCAST_PRICE = 40  # per slot
+BCAST_SLOT_MS = 1_000
 
 
 @dataclass
@@ -71,6 +81,8 @@ class EconomicsMachine(LedgerMachine):
         self.sales: list[Sale] = []
         self.pipes: dict[tuple[str, str], str] = {}
         self.records: list[Record] = []
+        self.bcasts: list[BroadcastModel] = []
+        self.new_broadcast()
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -535,6 +547,137 @@ class EconomicsMachine(LedgerMachine):
             assert result == record.size * STORAGE_PRICE
             self.records.remove(record)
 
+    # -- broadcasts --------------------------------------------------------------------------
+
+    def new_broadcast(self) -> None:
+        b_id = self.ledger.create_broadcast(SERVER, "econ", BCAST_PRICE, BCAST_SLOT_MS)
+        now = self.ledger.clock_ms()
+        self.bcasts.append(BroadcastModel(b_id, SERVER, BCAST_PRICE, BCAST_SLOT_MS, now))
+
+    @property
+    def bcast(self) -> BroadcastModel:
+        """The broadcast the rules act on (a cancelled one is followed by a new one)."""
+        return self.bcasts[-1]
+
+    @rule(who=st.sampled_from(CLIENTS), amount=st.sampled_from([0, 1, 39, 40, 41, 120, 300]))
+    def contribute(self, who: HostIdentity, amount: int) -> None:
+        m, now = self.bcast, self.ledger.clock_ms()
+        error = (
+            "InsufficientCoinBalance"
+            if amount > self.ledger.balance(who.sui_address)
+            else "EBroadcastCancelled"
+            if m.cancelled
+            else "EZeroAmount"
+            if amount == 0
+            else "EContributionTooSmall"
+            if m.minted(amount, now) == 0
+            else None
+        )
+        self.expect(
+            lambda: self.ledger.broadcast_contribute(who, m.id, amount),
+            {who.sui_address: -amount},
+            error,
+        )
+        if error is None:
+            m.contribute(who.sui_address, amount, now)
+
+    @rule(who=st.sampled_from([SERVER, SERVER, MALLORY]), heartbeat=st.booleans())
+    def transmit(self, who: HostIdentity, heartbeat: bool) -> None:
+        m, now = self.bcast, self.ledger.clock_ms()
+        error = (
+            "ENotBroadcaster"
+            if who is not SERVER
+            else "EBroadcastCancelled"
+            if m.cancelled
+            else "ENotOnAir"
+            if not m.on_air(now)
+            else None
+        )
+        if heartbeat:
+            call: Any = lambda: self.ledger.broadcast_heartbeat(who, m.id)  # noqa: E731
+        else:
+            call = lambda: self.ledger.broadcast_transmit(who, m.id, b"news")  # noqa: E731
+        self.expect(call, {}, error)
+        if error is None:
+            m.accrue(now)
+            m.last_live_ms = now
+            m.next_seq += not heartbeat
+
+    @rule(who=st.sampled_from([SERVER, SERVER, MALLORY]), old=st.booleans())
+    def claim_broadcast(self, who: HostIdentity, old: bool) -> None:
+        m = self.bcasts[0] if old else self.bcast
+        error = None if who is SERVER else "ENotBroadcaster"
+        if error is None:
+            m.accrue(self.ledger.clock_ms())
+        due = m.earned if error is None else 0
+        result = self.expect(
+            lambda: self.ledger.broadcast_claim(who, m.id), {who.sui_address: due}, error
+        )
+        if error is None:
+            assert result == due
+            m.claimed += due
+            m.earned = 0
+
+    @rule(who=st.sampled_from([SERVER, MALLORY]), now=st.integers(0, 1))
+    def cancel_broadcast(self, who: HostIdentity, now: int) -> None:
+        if now:
+            return  # (most times not: a cancel ends what the other rules exercise)
+        m = self.bcast
+        error = "ENotBroadcaster" if who is not SERVER else None
+        self.expect(lambda: self.ledger.broadcast_cancel(who, m.id), {}, error)
+        if error is None:
+            m.accrue(self.ledger.clock_ms())
+            m.cancelled = True
+            self.new_broadcast()
+
+    @rule(data=st.data(), leave=st.booleans())
+    def take_back(self, data: st.DataObject, leave: bool) -> None:
+        """A listener (or not) withdraws from a cancelled broadcast, or leaves the live
+        one: refused until it is idle."""
+        m = data.draw(st.sampled_from(self.bcasts[-2:]))
+        holders = [p for p in CLIENTS if p.sui_address in m.stakes]
+        who = data.draw(st.sampled_from([*holders, *holders, *CLIENTS, MALLORY]))
+        self._take_back(m, who, leave)
+
+    @rule(data=st.data())
+    def everyone_leaves_when_idle(self, data: st.DataObject) -> None:
+        """Nothing stays locked: once the broadcaster has shown no sign of life for the
+        idle bound, every listener leaves, and the pool is all back with them or earned."""
+        m = self.bcast
+        self.ledger.set_clock(max(self.ledger.clock_ms(), m.last_live_ms + m.idle_ms))
+        for address in data.draw(st.permutations(sorted(m.stakes))):
+            who = next(p for p in CLIENTS if p.sui_address == address)
+            self._take_back(m, who, leave=True)
+        assert m.pool == 0 and not m.stakes
+
+    def _take_back(self, m: BroadcastModel, who: HostIdentity, leave: bool) -> None:
+        now = self.ledger.clock_ms()
+        if leave:
+            error = (
+                "EBroadcastCancelled"
+                if m.cancelled
+                else "ENoContribution"
+                if who.sui_address not in m.stakes
+                else "EBroadcastLive"
+                if not m.idle(now)
+                else None
+            )
+            call: Any = lambda: self.ledger.broadcast_leave(who, m.id)  # noqa: E731
+        else:
+            error = (
+                "ENotCancelled"
+                if not m.cancelled
+                else "ENoContribution"
+                if who.sui_address not in m.stakes
+                else None
+            )
+            call = lambda: self.ledger.broadcast_withdraw(who, m.id)  # noqa: E731
+        expected = m.value(who.sui_address, m.pool_at(now)) if error is None else 0
+        result = self.expect(call, {who.sui_address: expected}, error)
+        if error is None:
+            m.accrue(now)  # the slots the pool covered are the broadcaster's
+            assert result == expected == m.pay_out(who.sui_address)
+
     # -- invariants --------------------------------------------------------------------------
 
     @invariant()
@@ -546,7 +689,8 @@ class EconomicsMachine(LedgerMachine):
         escrows = sum(self.ledger.get_escrow(c.escrow).balance for c in self.conns + self.free)
         assert audit["escrows"] == escrows + subs + pool + records
         sales = sum(self.ledger.get_ticket_sale(s.id).funds for s in self.sales)
-        assert audit["broadcasts"] == sales
+        pools = sum(m.pool + m.earned for m in self.bcasts)
+        assert audit["broadcasts"] == sales + pools
         assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
 
     @invariant()
@@ -565,6 +709,12 @@ class EconomicsMachine(LedgerMachine):
             assert not (sale.on_air and sale.cancelled)
         for record in self.records:
             assert self.ledger.get_retained_record(record.id).deposit == record.size * 2
+
+    @invariant()
+    def broadcasts_owe_every_listener_its_fair_value(self) -> None:
+        now = self.ledger.clock_ms()
+        for m in self.bcasts:
+            m.check(self.ledger.get_broadcast(m.id), now)
 
 
 EconomicsMachine.TestCase.settings = settings(

@@ -14,7 +14,12 @@ import logging
 import time
 
 from dtp.hostid.paid.asyncio_server_state import PaidAioServerState
-from dtp.hostid.paid.server_steps import ended_connections, host_to_refresh, refresh_failed
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    host_to_refresh,
+    refresh_failed,
+    refused_clients,
+)
 
 # the server's own logger, where an operator filters for its lines
 # (tests/paid/test_policy_loop.py)
@@ -39,8 +44,14 @@ class AioHostPolicyRefresh(PaidAioServerState):
         host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
         if host is None:
             return
+        clients = frozenset(paid.client for paid in self.core.live())
+        denied = (
+            await asyncio.to_thread(refused_clients, self.ledger, host, clients, logger)
+            if clients
+            else frozenset()
+        )
         now = time.monotonic()
-        refresh = self.core.refresh(host, now)
+        refresh = self.core.refresh(host, now, denied)
         for paid in refresh.denied:
             paid.deny()
         due = refresh.ledger_checks

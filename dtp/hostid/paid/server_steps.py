@@ -30,6 +30,7 @@ __all__ = [
     "ended_connections",
     "host_to_refresh",
     "refresh_failed",
+    "refused_clients",
     "release_store",
     "served_host",
     "writer_done",
@@ -65,6 +66,22 @@ def host_to_refresh(ledger: Ledger, host_id: str, log: logging.Logger) -> Host |
     except ChainError as exc:
         log.warning("cannot read host %s: %s", host_id, exc)
         return None
+
+
+def refused_clients(
+    ledger: Ledger, host: Host, clients: frozenset[str], log: logging.Logger
+) -> frozenset[str]:
+    """Of ``clients`` (those served now), the ones the firewall of ``host`` (just read)
+    refuses: its lists looked up on the ledger, for each client only where they can
+    decide. None refused (a warning logged on ``log``) when the lists cannot be read
+    now: the next refresh looks again."""
+    if not clients:
+        return frozenset()
+    try:
+        return ledger.refused(host, clients)
+    except ChainError as exc:
+        log.warning("cannot read the firewall lists of host %s: %s", host.id, exc)
+        return frozenset()
 
 
 def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) -> list[_C]:

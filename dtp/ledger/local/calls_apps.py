@@ -75,6 +75,12 @@ class BroadcastCalls(LocalStore):
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
 
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "leave", self._id(broadcast_id)).value)
+
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        self._call(signer, "broadcast", "heartbeat", self._id(broadcast_id))
+
     def create_ticket_sale(
         self,
         signer: HostIdentity,

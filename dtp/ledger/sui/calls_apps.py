@@ -87,6 +87,15 @@ class BroadcastCalls(SuiLedgerCore):
         out = self._broadcast_call(signer, broadcast_id, "withdraw", sui_tx.broadcast_withdraw)
         return int(out.event("ContributionRefunded")["amount"])
 
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        check_signer(signer)
+        out = self._broadcast_call(signer, broadcast_id, "leave", sui_tx.broadcast_leave)
+        return int(out.event("ContributionRefunded")["amount"])
+
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        check_signer(signer)
+        self._broadcast_call(signer, broadcast_id, "heartbeat", sui_tx.broadcast_heartbeat)
+
     def create_ticket_sale(
         self,
         signer: HostIdentity,

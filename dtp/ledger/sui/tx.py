@@ -54,6 +54,8 @@ __all__ = [
     "broadcast_cancel",
     "broadcast_claim",
     "broadcast_contribute",
+    "broadcast_heartbeat",
+    "broadcast_leave",
     "broadcast_transmit",
     "broadcast_withdraw",
     "claim",
@@ -440,6 +442,8 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
     "broadcast_claim": ("broadcast", "claim", (_MUT, _CLOCK)),
     "broadcast_cancel": ("broadcast", "cancel", (_MUT, _CLOCK)),
     "broadcast_withdraw": ("broadcast", "withdraw", (_MUT,)),
+    "broadcast_leave": ("broadcast", "leave", (_MUT, _CLOCK)),
+    "broadcast_heartbeat": ("broadcast", "heartbeat", (_MUT, _CLOCK)),
     "mailbox_send": ("mailbox", "send", (_IMM, ("bytes", "payload"))),
     "response_escrow_deposit": (
         "response_escrow",
@@ -806,6 +810,16 @@ def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
     return _build(ctx, "broadcast_withdraw", broadcast)
 
 
+def broadcast_leave(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::leave(&mut b, &clock)``."""
+    return _build(ctx, "broadcast_leave", broadcast)
+
+
+def broadcast_heartbeat(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::heartbeat(&mut b, &clock)``."""
+    return _build(ctx, "broadcast_heartbeat", broadcast)
+
+
 # -- mailbox and response escrow ------------------------------------------------------------------
 
 
@@ -1130,6 +1144,8 @@ BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
         broadcast_claim,
         broadcast_cancel,
         broadcast_withdraw,
+        broadcast_leave,
+        broadcast_heartbeat,
     )
 }
 

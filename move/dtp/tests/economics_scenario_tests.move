@@ -283,8 +283,7 @@ fun reimburse(scenario: &mut Scenario, conn: ID, who: address): u64 {
 fun pool_state(scenario: &mut Scenario): (u64, u64) {
     scenario.next_tx(th::server());
     let pool = scenario.take_shared<SponsorPool>();
-    let funds = pool.funds_value();
-    let reserved = pool.reserved();
+    let (funds, reserved) = (pool.funds_value(), pool.reserved());
     ts::return_shared(pool);
     (funds, reserved)
 }
@@ -523,9 +522,9 @@ fun refund_tickets(scenario: &mut Scenario, clock: &Clock, who: address): u64 {
 fun sale_state(scenario: &mut Scenario): (u64, u64, bool) {
     scenario.next_tx(th::server());
     let sale = scenario.take_shared<TicketSale>();
-    let state = (sale.sold(), sale.funds_value(), sale.is_on_air());
+    let (sold, funds, on_air) = (sale.sold(), sale.funds_value(), sale.is_on_air());
     ts::return_shared(sale);
-    state
+    (sold, funds, on_air)
 }
 
 // === Ticket stories ===
