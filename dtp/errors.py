@@ -1003,6 +1003,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
     ),
     ("sponsor", "EZeroAmount", 207, InvalidArgument, "Amount must be positive"),
     ("sponsor", "EWrongEscrow", 208, WrongObject, "Not this connection's escrow"),
+    (
+        "sponsor",
+        "EProviderChanged",
+        209,
+        PaymentModelError,
+        "The host's authority is no longer the pool's provider: it sponsors no new connections",
+    ),
     ("tickets", "ENotOrganizer", 210, NotAuthorized, "Only the organizer can do this"),
     (
         "tickets",

@@ -579,7 +579,9 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     pool = _naming_host(
         ledger,
         args.host,
-        lambda: ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps),
+        lambda: ledger.create_sponsor_pool(
+            identity, args.host, args.port, args.share_bps, max_pledge=args.max_pledge
+        ),
     )
     if args.fund:
         try:
@@ -1007,6 +1009,12 @@ def register(subparsers: Any) -> None:
     sponsor.add_argument("host", help="host ID")
     sponsor.add_argument("port", type=int, help="port of the service")
     sponsor.add_argument("--share-bps", type=int, required=True, help="1..10000 basis points")
+    sponsor.add_argument(
+        "--max-pledge",
+        type=int,
+        required=True,
+        help="most MIST the pool pledges to one connection (so no client locks it all)",
+    )
     sponsor.add_argument("--fund", type=int, default=0, help="MIST to put in the pool")
     keep = leaf(service_sub, "retention", _service_retention, "retain ledger-carried data")
     keep.add_argument("host", help="host ID")

@@ -331,14 +331,14 @@ def prepare_host_connection(
     Paying another way (docs/escrow.md §13-14): with ``subscription`` (a live
     Subscription of ours to this service) the connection opens unmetered with an
     all-zero SLA and ``deposit`` defaults to 0; with ``sponsor_pool`` (the service's
-    SponsorPool) the pool pledges its share of the deposit, paid back to us by
-    ``reimburse`` after settlement.
+    SponsorPool) the pool pledges its share of the deposit (at most its ``max_pledge``),
+    paid back to us by ``reimburse`` after settlement.
 
     Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
-    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool's unpledged
-    funds), and that ``server_key`` and the ``config``'s ``server_static`` /
-    ``expected_server_static``, when given, are the Noise key the host publishes (the
-    handshake runs IK to that key),
+    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool whose provider
+    is no longer the host's authority, or whose unpledged funds fall short), and that
+    ``server_key`` and the ``config``'s ``server_static`` / ``expected_server_static``,
+    when given, are the Noise key the host publishes (the handshake runs IK to that key),
     creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
@@ -397,9 +397,17 @@ def prepare_host_connection(
         service = host.services.get(address.port)
         deposit = service.sla.min_deposit if service is not None else 0
     if pool is not None:
-        # sponsor::open_connection's first refusal past the host: found there, it came
+        # sponsor::open_connection's refusals past the host: found there, they came
         # after the spending cap was made (on Sui: gas for two transactions, a cap left)
-        pledge = pool.quote(deposit)[1]
+        host = host if host is not None else ledger.get_host(address.host_id)
+        if host.authority != pool.provider:
+            raise move_error(
+                "sponsor",
+                "EProviderChanged",
+                f"pool {pool.id} is {pool.provider}'s, and host {address.host_id} is "
+                f"{host.authority}'s now: it sponsors no new connections",
+            )
+        pledge = pool.pledge_for(deposit)
         if pledge > pool.available:
             raise move_error(
                 "sponsor",

@@ -139,6 +139,8 @@ class SponsorPool:
     version: int
     host: str
     port: int
+    #: The host's authority that made the pool: its money, and the one whose
+    #: connections it sponsors (none after an authority change; docs/escrow.md §14).
     provider: str
     #: The provider's share of each sponsored connection's fees, in basis points.
     share_bps: int
@@ -146,11 +148,20 @@ class SponsorPool:
     funds: int
     #: Part of :attr:`funds` pledged to open sponsored connections.
     reserved: int
+    #: The most the pool pledges to one connection (0: it sponsors nothing new).
+    max_pledge: int = _U64_MAX
 
     @property
     def available(self) -> int:
         """MIST the pool can still pledge or the provider withdraw."""
         return self.funds - self.reserved
+
+    def pledge_for(self, deposit: int) -> int:
+        """The pledge a connection opened now with ``deposit`` would get:
+        ``min(deposit × share_bps / 10000, max_pledge)``, rounded down (``sponsor::
+        pledge_for``). Raises InvalidArgument for a deposit that is not a u64."""
+        whole = _whole(deposit, "the deposit", _U64_MAX)
+        return min(whole * self.share_bps // BPS, self.max_pledge)
 
     def quote(self, fee: int) -> tuple[int, int]:
         """The split of ``fee`` shown before opening: (client pays, provider pays).
@@ -306,6 +317,8 @@ def economics_object_from_fields(
             d["share_bps"],
             d["funds"],
             d["reserved"],
+            # a pool a LocalLedger file kept from before the limit pledged without one
+            d.get("max_pledge", _U64_MAX),
         )
     if name == "TicketSale":
         return TicketSale(
@@ -447,9 +460,17 @@ class PaymentModels:
     # -- sponsoring ----------------------------------------------------------------------------
 
     def create_sponsor_pool(
-        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int, *, max_pledge: int
     ) -> str:
-        """``sponsor::create`` (host authority). Returns the pool ID."""
+        """``sponsor::create`` (host authority): a pool paying back ``share_bps`` of the
+        fees of the service on ``port``, pledging at most ``max_pledge`` MIST to any one
+        connection, so that no client locks the pool with one large deposit
+        (docs/escrow.md §14). Returns the pool ID."""
+        raise _missing(self, "sponsor pools")
+
+    def set_sponsor_max_pledge(self, signer: HostIdentity, pool_id: str, max_pledge: int) -> None:
+        """``sponsor::set_max_pledge`` (provider): the most the pool pledges to one
+        connection opened from now on (0 pauses the sponsoring)."""
         raise _missing(self, "sponsor pools")
 
     def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:

@@ -356,8 +356,8 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
-        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups
-        from now on, what is reserved stays reserved)."""
+        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups of
+        more than 0 from now on: what is outstanding stays claimable, docs/escrow.md §4)."""
 
     # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
 
@@ -372,8 +372,9 @@ class Ledger(PaymentModels, abc.ABC):
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
         """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
-        new escrow, and are reserved on the spending cap ``cap_id`` for this epoch (the
-        Host is only read). ``client_public_key`` defaults to the signer's Ed25519 key."""
+        new escrow, and are reserved on the spending cap ``cap_id``, outstanding there
+        until claimed or refunded (docs/escrow.md §4; the Host is only read).
+        ``client_public_key`` defaults to the signer's Ed25519 key."""
 
     def prepare_open_connection(
         self,
@@ -393,13 +394,15 @@ class Ledger(PaymentModels, abc.ABC):
     def top_up(
         self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
     ) -> None:
-        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance,
-        reserved on the spending cap (``cap_id``, by default the escrow's)."""
+        """``escrow::top_up`` (client only): the escrow's claims are counted on the
+        spending cap (``cap_id``, by default the escrow's), then ``amount`` MIST from the
+        signer's balance are reserved on it (0 always fits)."""
 
     @abc.abstractmethod
     def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         """``escrow::claim`` (server only): returns the MIST paid to the server. The
-        spending cap is not involved: the deposit was reserved on it."""
+        spending cap is not involved: the deposit was reserved on it (the escrow counts
+        the claim on it at its next top-up or its settlement)."""
 
     @abc.abstractmethod
     def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
@@ -418,9 +421,9 @@ class Ledger(PaymentModels, abc.ABC):
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
-        """``transport_control::settle``: refund the escrow's remainder to the client and
-        release it on the spending cap (``escrow_id`` and ``cap_id`` default to the
-        connection's)."""
+        """``transport_control::settle``: refund the escrow's remainder to the client, count
+        the escrow's claims on the spending cap and release the refund from it
+        (``escrow_id`` and ``cap_id`` default to the connection's)."""
 
     @abc.abstractmethod
     def settle_with_receipt(

@@ -282,17 +282,32 @@ class SpendingCap:
     id: str
     version: int
     owner: str
+    #: Most MIST that may be claimed in one epoch, every deposit not yet claimed or
+    #: refunded counted as claimable in it (docs/escrow.md §4).
     max_per_epoch: int
-    #: Reserved during :attr:`epoch`: the deposits and top-ups paid in then, less the
-    #: refunds settlements released (docs/escrow.md §4).
-    spent: int
+    #: Claims counted during :attr:`epoch`.
+    claimed: int
+    #: Deposits and top-ups paid in and not yet counted as claimed or released, of any
+    #: epoch.
+    outstanding: int
     epoch: int
 
+    @property
+    def spent(self) -> int:
+        """``claimed + outstanding``: what counts against the limit in :attr:`epoch` (the
+        name earlier versions gave it; :meth:`used` tells it for any epoch)."""
+        return self.claimed + self.outstanding
+
+    def used(self, current_epoch: int) -> int:
+        """What counts against the limit in ``current_epoch``: its counted claims (none
+        yet in a new epoch) and what is outstanding."""
+        claimed = self.claimed if current_epoch == self.epoch else 0
+        return claimed + self.outstanding
+
     def remaining(self, current_epoch: int) -> int:
-        """MIST that can still be reserved in ``current_epoch``: what an open or a top-up
-        may add (docs/escrow.md §4)."""
-        spent = self.spent if current_epoch == self.epoch else 0
-        return max(0, self.max_per_epoch - spent)
+        """MIST that an open or a top-up may still reserve in ``current_epoch``
+        (docs/escrow.md §4; a reservation of 0 always fits)."""
+        return max(0, self.max_per_epoch - self.used(current_epoch))
 
 
 @dataclass(frozen=True)
@@ -354,11 +369,13 @@ class Escrow:
     refunded: int
     latest_nonce: int
     settled: bool
-    #: The epoch of the latest reservation of the deposit on the spending cap (the
-    #: open's, or a later top-up's; docs/escrow.md §4).
-    reserved_epoch: int = 0
-    #: MIST reserved on the cap in :attr:`reserved_epoch` and not released.
+    #: This escrow's part of its spending cap's ``outstanding``: MIST paid in and not yet
+    #: reported to the cap as claimed, nor released by the settlement (docs/escrow.md §4).
     reserved: int = 0
+    #: The epoch of the latest claim (the open's before any).
+    claim_epoch: int = 0
+    #: MIST claimed during :attr:`claim_epoch`.
+    claimed_in_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -715,8 +732,20 @@ def _object_from_fields(
             ),
         )
     if name == "SpendingCap":
+        if "outstanding" not in d:
+            # kept by a LocalLedger file from before outstanding deposits were counted
+            # (rules/escrow.py reads it so too)
+            return SpendingCap(
+                object_id, version, d["owner"], d["max_per_epoch"], d["spent"], 0, d["epoch"]
+            )
         return SpendingCap(
-            object_id, version, d["owner"], d["max_per_epoch"], d["spent"], d["epoch"]
+            object_id,
+            version,
+            d["owner"],
+            d["max_per_epoch"],
+            d["claimed"],
+            d["outstanding"],
+            d["epoch"],
         )
     if name == "TransportControl":
         state = d["state"]
@@ -744,6 +773,13 @@ def _object_from_fields(
             d.get("subscription"),
         )
     if name == "Escrow":
+        # an escrow a LocalLedger file kept from before the cap's counts has nothing
+        # outstanding on its cap (rules/escrow.py reads it so too)
+        counts = (
+            (d["reserved"], d["claim_epoch"], d["claimed_in_epoch"])
+            if "claim_epoch" in d
+            else (0, 0, 0)
+        )
         return Escrow(
             object_id,
             version,
@@ -759,9 +795,7 @@ def _object_from_fields(
             d["refunded"],
             d["latest_nonce"],
             d["settled"],
-            # an escrow a LocalLedger file kept from before reservations has none
-            d.get("reserved_epoch", 0),
-            d.get("reserved", 0),
+            *counts,
         )
     if name == "Pipe":
         return Pipe(

@@ -62,8 +62,13 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
             CLOCK_ID: False,
         },
     ),
-    "create_sponsor_pool": ((HOST, 7, 2_500), [S, "pure", "pure"], {HOST.object_id: False}),
+    "create_sponsor_pool": (
+        (HOST, 7, 2_500, 400),
+        [S, "pure", "pure", "pure"],
+        {HOST.object_id: False},
+    ),
     "fund_sponsor_pool": ((POOL, 5_000), [S, "coin"], {POOL.object_id: True}),
+    "set_sponsor_max_pledge": ((POOL, 300), [S, "pure"], {POOL.object_id: True}),
     "withdraw_sponsor_pool": ((POOL, 70), [S, "pure"], {POOL.object_id: True}),
     "open_sponsored_connection": (
         (POOL, HOST, CAP, 1_000, KEY),

@@ -72,6 +72,9 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "sponsor_create": ["SponsorPoolCreated"],
     "sponsor_fund": ["SponsorPoolFunded"],
     "sponsor_withdraw": ["SponsorPoolWithdrawn"],
+    "sponsor_set_max_pledge": ["SponsorPledgeLimitChanged"],
+    "set_cap": ["SpendingCapChanged"],
+    "set_authority": ["HostUpdated"],
     "open_sponsored": ["SpendingCapReserved", "ConnectionOpened", "SponsoredConnectionOpened"],
     "reimburse": ["SponsorReimbursed"],
     "ticket_sale_create": ["TicketSaleCreated"],
@@ -227,6 +230,10 @@ class Runner:
             "create_cap": lambda: self.caps.__setitem__(
                 step["by"], ledger.create_spending_cap(by, step["max_per_epoch"])
             ),
+            "set_cap": lambda: ledger.set_max_per_epoch(
+                by, self.caps[step["by"]], step["max_per_epoch"]
+            ),
+            "set_authority": lambda: ledger.set_authority(by, host, self.addr(step["to"])),
             "open": lambda: self.open(step),
             "top_up": lambda: ledger.top_up(
                 by, ledger.get_connection(conn()).escrow, step["amount"]
@@ -312,10 +319,16 @@ class Runner:
                 by, self.conns[step["conn"]], m["sub"]
             ),
             "sponsor_create": lambda: keep(
-                "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
+                "pool",
+                ledger.create_sponsor_pool(
+                    by, host, PORT, step["share_bps"], max_pledge=step["max_pledge"]
+                ),
             ),
             "sponsor_fund": lambda: ledger.fund_sponsor_pool(by, m["pool"], step["amount"]),
             "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(by, m["pool"], step["amount"]),
+            "sponsor_set_max_pledge": lambda: ledger.set_sponsor_max_pledge(
+                by, m["pool"], step["max_pledge"]
+            ),
             "open_sponsored": lambda: opened(
                 ledger.open_sponsored_connection(
                     by, m["pool"], self.caps[step["by"]], step["deposit"]
@@ -383,7 +396,7 @@ class Runner:
                     fee, client_part, provider_part = expected
                     assert pool.quote(fee) == (client_part, provider_part), "quote"
                 else:
-                    assert key in {"funds", "reserved"}, key
+                    assert key in {"funds", "reserved", "max_pledge"}, key
                     assert getattr(pool, key) == expected, f"sponsor.{key}"
             assert 0 <= pool.reserved <= pool.funds
         if "tickets" in step:
@@ -445,7 +458,8 @@ class Runner:
                     "latest_nonce",
                     "settled",
                     "reserved",
-                    "reserved_epoch",
+                    "claim_epoch",
+                    "claimed_in_epoch",
                 }, key
                 assert getattr(escrow, key) == expected, f"escrow.{key}"
             assert escrow.balance == escrow.deposited - escrow.claimed - escrow.refunded
@@ -463,8 +477,11 @@ class Runner:
             spec = dict(step["cap"])
             cap = ledger.get_cap(self.caps[spec.pop("owner")])
             for key, expected in spec.items():
-                assert key in {"epoch", "spent", "max_per_epoch"}, key
-                assert getattr(cap, key) == expected, f"cap.{key}"
+                if key == "remaining":
+                    assert cap.remaining(ledger.epoch()) == expected, "cap.remaining"
+                else:
+                    assert key in {"epoch", "claimed", "outstanding", "max_per_epoch"}, key
+                    assert getattr(cap, key) == expected, f"cap.{key}"
         if "host" in step:
             h = ledger.get_host(self.host_id or "")
             for key, expected in step["host"].items():

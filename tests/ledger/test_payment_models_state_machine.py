@@ -1,19 +1,22 @@
 """The escrow state machine of tests/ledger/escrow_machine.py, extended with the payment
 models (docs/escrow.md §13-16): subscriptions (subscribe, renew, claim, withdraw, refund,
 unmetered connections, and their end by anyone once the subscription is over), a sponsor
-pool (fund, withdraw, sponsored connections, reimbursements), ticket sales (buy, go on
-air, cancel, refund) and retained records (terms published, retired and replaced; send,
-confirm, delete, and the sender's reclaim of an unconfirmed record after its deadline);
-and broadcasts (docs/escrow.md §9: contribute, slots paid as the clock moves, transmit
-and heartbeat, claim, cancel, withdraw, leave).
+pool (fund, withdraw, pledge limit, sponsored connections, reimbursements, the host's
+authority changing and back), ticket sales (buy, go on air, cancel, refund) and retained
+records (terms published, retired and replaced; send, confirm, delete, and the sender's
+reclaim of an unconfirmed record after its deadline); and broadcasts (docs/escrow.md §9:
+contribute, slots paid as the clock moves, transmit and heartbeat, claim, cancel,
+withdraw, leave).
 
 Every call's outcome (error name or the exact balance moves) is predicted from the rules
 and compared, as in the escrow machine; failed calls must leave the ledger unchanged.
 Invariants on top of the escrow ones: MIST conserved with every new holder counted, a
 subscription holds exactly its unearned epochs, a pool's pledges are covered and equal
-the unreimbursed pledges, a sale holds exactly the price of its unrefunded tickets, a
-record holds its storage deposit and has a deadline at most twice the longest retention;
-a broadcast holds what its model says
+the unreimbursed pledges, each within the pledge limit in force at its open, a sale holds
+exactly the price of its unrefunded tickets, a record holds its storage deposit and has a
+deadline at most twice the longest retention; the escrow machine's cap invariants (no
+epoch's claims exceed the cap) cover the unmetered and sponsored connections too, and a
+reservation of 0 never fails; a broadcast holds what its model says
 (tests/ledger/broadcast_model.py: ``pool + earned + claimed + refunded`` is what came in),
 every listener could take back its fair value (what it paid in less its part of the slots
 paid since: never a slot that ended before it paid) less a MIST of rounding, and every
@@ -41,10 +44,20 @@ from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
 from tests.ledger.broadcast_model import BroadcastModel
-from tests.ledger.escrow_machine import CLIENTS, MALLORY, SERVER, TIMEOUT, Conn, LedgerMachine
+from tests.ledger.escrow_machine import (
+    CLIENTS,
+    MALLORY,
+    SERVER,
+    TIMEOUT,
+    Conn,
+    LedgerMachine,
+    ident,
+)
 
 PRICE = 50  # per epoch
 SHARE_BPS = 5_000
+MAX_PLEDGE = 600  # the pool's limit per connection at first: deposits above 1200 hit it
+HEIR = ident(0x53)  # the host's authority for a while (change_authority)
 STORAGE_PRICE = 2  # per byte
 RETENTION_MS = 1_000
 TICKET = 30
@@ -73,7 +86,9 @@ class EconomicsMachine(LedgerMachine):
         ledger = self.ledger
         ledger.faucet(SERVER.sui_address, 6_000)
         self.offer = ledger.create_subscription_offer(SERVER, self.host, 7, PRICE, 1)
-        self.pool = ledger.create_sponsor_pool(SERVER, self.host, 7, SHARE_BPS)
+        self.pool = ledger.create_sponsor_pool(
+            SERVER, self.host, 7, SHARE_BPS, max_pledge=MAX_PLEDGE
+        )
         ledger.fund_sponsor_pool(SERVER, self.pool, 1_500)
         self.terms = ledger.create_retention_terms(SERVER, self.host, 7, RETENTION_MS, 2)
         self.retired_terms: list[str] = []  # retired by the provider: sends refuse them
@@ -218,10 +233,8 @@ class EconomicsMachine(LedgerMachine):
             if offer.withdrawn
             else "ESubscriptionExpired"
             if not sub.is_live(self.ledger.epoch())
-            # (the open reserves its deposit of 0: refused only once a lowering left the
-            # epoch's reservations above the limit)
-            else "ESpendingCapExceeded"
-            if self.room(cap) < 0
+            # (the open reserves its deposit of 0, which no cap refuses, however far a
+            # lowering took its limit below what is outstanding: docs/escrow.md §4)
             else None
         )
         result = self.expect(
@@ -245,6 +258,7 @@ class EconomicsMachine(LedgerMachine):
         self.expect(lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {}, error)
         if error is None:
             conn.usage = (b, r)
+            self.claimed(conn.id, conn.cap, 0)
 
     @precondition(lambda self: any(not self.ledger.get_escrow(c.escrow).settled for c in self.free))
     @rule(data=st.data())
@@ -328,10 +342,15 @@ class EconomicsMachine(LedgerMachine):
 
     # -- sponsoring -------------------------------------------------------------------------
 
+    def conns_of(self, cap_id: str) -> list[Conn]:
+        return [c for c in self.conns + self.free if c.cap == cap_id]
+
     @rule(who=st.sampled_from(CLIENTS), deposit=st.integers(0, 3_000))
     def open_sponsored(self, who: HostIdentity, deposit: int) -> None:
         pool = self.ledger.get_sponsor_pool(self.pool)
-        pledge = deposit * SHARE_BPS // 10_000
+        # bounded per connection: one large deposit cannot lock the whole pool
+        pledge = min(deposit * SHARE_BPS // 10_000, pool.max_pledge)
+        assert pool.pledge_for(deposit) == pledge
         error = (
             "InsufficientCoinBalance"
             if deposit > self.ledger.balance(who.sui_address)
@@ -340,7 +359,7 @@ class EconomicsMachine(LedgerMachine):
             else "EInsufficientDeposit"
             if deposit < 100
             else "ESpendingCapExceeded"
-            if deposit > self.room(self.caps[who.sui_address])
+            if self.refused_reservation(self.caps[who.sui_address], deposit)
             else None
         )
         cap = self.caps[who.sui_address]
@@ -353,6 +372,7 @@ class EconomicsMachine(LedgerMachine):
             self.conns.append(Conn(result.connection_id, result.escrow_id, who, cap))
             self.reserve(result.connection_id, cap, deposit, top_up=False)
             self.pledges[result.connection_id] = pledge
+            assert self.ledger.get_sponsor_pool(self.pool).reserved == pool.reserved + pledge
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data(), who=st.sampled_from([SERVER, MALLORY, *CLIENTS]))
@@ -419,6 +439,49 @@ class EconomicsMachine(LedgerMachine):
             call = lambda: self.ledger.fund_sponsor_pool(SERVER, self.pool, amount)  # noqa: E731
             changes = {SERVER.sui_address: -amount}
         self.expect(call, changes if error is None else {}, error)
+
+    @rule(who=st.sampled_from([SERVER, SERVER, *CLIENTS]), limit=st.integers(0, 2_000))
+    def set_max_pledge(self, who: HostIdentity, limit: int) -> None:
+        """The provider bounds the pledges of connections opened from now on (0: none);
+        the pledges made stay as they were."""
+        error = None if who is SERVER else "ENotProvider"
+        self.expect(lambda: self.ledger.set_sponsor_max_pledge(who, self.pool, limit), {}, error)
+        if error is None:
+            assert self.ledger.get_sponsor_pool(self.pool).max_pledge == limit
+
+    @rule(data=st.data(), deposit=st.integers(100, 1_000), amount=st.integers(1, 500))
+    def change_authority(self, data: st.DataObject, deposit: int, amount: int) -> None:
+        """The host changes hands and back. Meanwhile the pool sponsors no new connection
+        (their fees would go to the heir), stays its provider's to withdraw and to bound
+        (not the heir's), and its pledges still bind it."""
+        ledger, client = self.ledger, data.draw(st.sampled_from(CLIENTS))
+        ledger.set_authority(SERVER, self.host, HEIR.sui_address)
+        try:
+            cap = self.caps[client.sui_address]
+            self.expect(
+                lambda: ledger.open_sponsored_connection(client, self.pool, cap, deposit),
+                {},
+                "InsufficientCoinBalance"
+                if deposit > ledger.balance(client.sui_address)
+                else "EProviderChanged",
+            )
+            self.expect(
+                lambda: ledger.withdraw_sponsor_pool(HEIR, self.pool, amount), {}, "ENotProvider"
+            )
+            self.expect(
+                lambda: ledger.set_sponsor_max_pledge(HEIR, self.pool, amount), {}, "ENotProvider"
+            )
+            pool = ledger.get_sponsor_pool(self.pool)
+            error = "ESponsorUnfunded" if amount > pool.available else None
+            self.expect(
+                lambda: ledger.withdraw_sponsor_pool(SERVER, self.pool, amount),
+                {SERVER.sui_address: amount} if error is None else {},
+                error,
+            )
+            assert ledger.get_sponsor_pool(self.pool).reserved == sum(self.pledges.values())
+        finally:
+            ledger.set_authority(HEIR, self.host, SERVER.sui_address)
+        self.host_version = ledger.object_ref(self.host).version  # (written by the change)
 
     # -- tickets -----------------------------------------------------------------------------
 
@@ -765,7 +828,8 @@ class EconomicsMachine(LedgerMachine):
         expected = m.value(who.sui_address, m.pool_at(now)) if error is None else 0
         result = self.expect(call, {who.sui_address: expected}, error)
         if error is None:
-            m.accrue(now)  # the slots the pool covered are the broadcaster's
+            if leave:  # (a withdraw after the cancel accounts no slots: the ledger's does not)
+                m.accrue(now)  # the slots the pool covered are the broadcaster's
             assert result == expected == m.pay_out(who.sui_address)
 
     # -- deadlines -----------------------------------------------------------------------------

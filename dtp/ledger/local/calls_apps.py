@@ -418,7 +418,7 @@ class PaymentModelCalls(LocalStore):
         return int(result.value)
 
     def create_sponsor_pool(
-        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int, *, max_pledge: int
     ) -> str:
         result = self._call(
             signer,
@@ -427,8 +427,14 @@ class PaymentModelCalls(LocalStore):
             self._id(host_id),
             self._port(port),
             u64(share_bps, "share_bps"),
+            u64(max_pledge, "max_pledge"),
         )
         return str(result.value)
+
+    def set_sponsor_max_pledge(self, signer: HostIdentity, pool_id: str, max_pledge: int) -> None:
+        self._call(
+            signer, "sponsor", "set_max_pledge", self._id(pool_id), u64(max_pledge, "max_pledge")
+        )
 
     def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
         self._call(signer, "sponsor", "fund", self._id(pool_id), u64(amount, "the amount"))

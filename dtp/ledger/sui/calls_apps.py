@@ -512,18 +512,29 @@ class PaymentModelCalls(SuiLedgerCore):
         return int(out.event("SubscribedConnectionEnded")["refunded"])
 
     def create_sponsor_pool(
-        self, signer: HostIdentity, host_id: str, port: int, share_bps: int
+        self, signer: HostIdentity, host_id: str, port: int, share_bps: int, *, max_pledge: int
     ) -> str:
         check_signer(signer)
         self._check_port(port)
         self._amount(share_bps, "share_bps")
+        self._amount(max_pledge, "max_pledge")
         host = self._shared(host_id, "Host")
         out = self._execute(
             signer,
             "sponsor::create",
-            lambda ctx: sui_tx.create_sponsor_pool(ctx, host, port, share_bps),
+            lambda ctx: sui_tx.create_sponsor_pool(ctx, host, port, share_bps, max_pledge),
         )
         return str(out.event("SponsorPoolCreated")["pool"])
+
+    def set_sponsor_max_pledge(self, signer: HostIdentity, pool_id: str, max_pledge: int) -> None:
+        check_signer(signer)
+        self._amount(max_pledge, "max_pledge")
+        ref = self._model_ref(pool_id, "SponsorPool")
+        self._execute(
+            signer,
+            "sponsor::set_max_pledge",
+            lambda ctx: sui_tx.set_sponsor_max_pledge(ctx, ref, max_pledge),
+        )
 
     def fund_sponsor_pool(self, signer: HostIdentity, pool_id: str, amount: int) -> None:
         check_signer(signer)

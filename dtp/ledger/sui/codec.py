@@ -108,7 +108,8 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("id", "id"),
         ("owner", "address"),
         ("max_per_epoch", "u64"),
-        ("spent", "u64"),
+        ("claimed", "u64"),
+        ("outstanding", "u64"),
         ("epoch", "u64"),
     ),
     "TransportControl": _struct(
@@ -142,8 +143,9 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("client_public_key", "bytes"),
         ("server", "address"),
         ("spending_cap", "id"),
-        ("reserved_epoch", "u64"),
         ("reserved", "u64"),
+        ("claim_epoch", "u64"),
+        ("claimed_in_epoch", "u64"),
         ("sla", _SLA),
         ("funds", "u64"),
         ("deposited", "u64"),
@@ -220,10 +222,26 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
     ),
     ("spending_cap", "SpendingCapChanged"): _struct(("cap", "id"), ("max_per_epoch", "u64")),
     ("spending_cap", "SpendingCapReserved"): _struct(
-        ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
+        ("cap", "id"),
+        ("epoch", "u64"),
+        ("amount", "u64"),
+        ("claimed", "u64"),
+        ("outstanding", "u64"),
+    ),
+    ("spending_cap", "SpendingCapClaimsCounted"): _struct(
+        ("cap", "id"),
+        ("epoch", "u64"),
+        ("amount", "u64"),
+        ("in_epoch", "u64"),
+        ("claimed", "u64"),
+        ("outstanding", "u64"),
     ),
     ("spending_cap", "SpendingCapReleased"): _struct(
-        ("cap", "id"), ("epoch", "u64"), ("amount", "u64"), ("spent", "u64")
+        ("cap", "id"),
+        ("epoch", "u64"),
+        ("amount", "u64"),
+        ("claimed", "u64"),
+        ("outstanding", "u64"),
     ),
     ("escrow", "ReceiptClaimed"): _struct(
         ("escrow", "id"),
@@ -666,7 +684,8 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "id": obj.id,
             "owner": obj.owner,
             "max_per_epoch": obj.max_per_epoch,
-            "spent": obj.spent,
+            "claimed": obj.claimed,
+            "outstanding": obj.outstanding,
             "epoch": obj.epoch,
         }
     if isinstance(obj, TransportControl):
@@ -703,8 +722,9 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "client_public_key": obj.client_public_key,
             "server": obj.server,
             "spending_cap": obj.spending_cap,
-            "reserved_epoch": obj.reserved_epoch,
             "reserved": obj.reserved,
+            "claim_epoch": obj.claim_epoch,
+            "claimed_in_epoch": obj.claimed_in_epoch,
             "sla": obj.sla.to_fields(),
             "funds": obj.balance,
             "deposited": obj.deposited,

@@ -52,6 +52,7 @@ ECONOMICS_OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("port", "u16"),
         ("provider", "address"),
         ("share_bps", "u64"),
+        ("max_pledge", "u64"),
         ("funds", "u64"),
         ("reserved", "u64"),
         ("pledges", "table"),
@@ -137,7 +138,9 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("port", "u16"),
         ("provider", "address"),
         ("share_bps", "u64"),
+        ("max_pledge", "u64"),
     ),
+    ("sponsor", "SponsorPledgeLimitChanged"): _struct(("pool", "id"), ("max_pledge", "u64")),
     ("sponsor", "SponsorPoolFunded"): _struct(("pool", "id"), ("amount", "u64"), ("funds", "u64")),
     ("sponsor", "SponsorPoolWithdrawn"): _struct(
         ("pool", "id"), ("amount", "u64"), ("funds", "u64")

@@ -492,8 +492,13 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "end_connection",
         (_IMM, _IMM, _MUT, _MUT, _MUT, _CLOCK),
     ),
-    "create_sponsor_pool": ("sponsor", "create", (_IMM, _PORT, ("u64", "share_bps"))),
+    "create_sponsor_pool": (
+        "sponsor",
+        "create",
+        (_IMM, _PORT, ("u64", "share_bps"), ("u64", "max_pledge")),
+    ),
     "fund_sponsor_pool": ("sponsor", "fund", (_MUT, ("coin", "the amount"))),
+    "set_sponsor_max_pledge": ("sponsor", "set_max_pledge", (_MUT, ("u64", "max_pledge"))),
     "withdraw_sponsor_pool": ("sponsor", "withdraw", (_MUT, ("u64", "the amount"))),
     "open_sponsored_connection": (
         "sponsor",
@@ -947,9 +952,16 @@ def end_subscribed_connection(
     return _build(ctx, "end_subscribed_connection", subscription, offer, connection, escrow, cap)
 
 
-def create_sponsor_pool(ctx: TxContext, host: SharedRef, port: int, share_bps: int) -> bytes:
-    """``sponsor::create(&host, port, share_bps)``."""
-    return _build(ctx, "create_sponsor_pool", host, port, share_bps)
+def create_sponsor_pool(
+    ctx: TxContext, host: SharedRef, port: int, share_bps: int, max_pledge: int
+) -> bytes:
+    """``sponsor::create(&host, port, share_bps, max_pledge)``."""
+    return _build(ctx, "create_sponsor_pool", host, port, share_bps, max_pledge)
+
+
+def set_sponsor_max_pledge(ctx: TxContext, pool: SharedRef, max_pledge: int) -> bytes:
+    """``sponsor::set_max_pledge(&mut pool, max_pledge)``."""
+    return _build(ctx, "set_sponsor_max_pledge", pool, max_pledge)
 
 
 def fund_sponsor_pool(ctx: TxContext, pool: SharedRef, amount: int) -> bytes:
@@ -1095,6 +1107,7 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
         "create_sponsor_pool",
         "fund_sponsor_pool",
         "withdraw_sponsor_pool",
+        "set_sponsor_max_pledge",
         "open_sponsored_connection",
         "reimburse",
         "create_ticketed_broadcast",

@@ -202,7 +202,8 @@ fun open_with(
         deposit.into_balance(),
         ctx,
     );
-    // the whole deposit, so that no claim on it can be refused by the cap later
+    // the whole deposit, so that no claim on it can be refused by the cap later (a
+    // deposit of 0, a subscribed open's, always fits)
     cap.reserve(amount, ctx);
     let now = clock.timestamp_ms();
     let tc = TransportControl {
@@ -276,8 +277,8 @@ public fun finalize(tc: &mut TransportControl, clock: &Clock, ctx: &TxContext) {
 // === Settlement ===
 
 /// Settle without a final receipt: refund everything left in the escrow to the client,
-/// and release that much of the deposit's reservation on the client's `cap` (the
-/// escrow's, `escrow::EWrongSpendingCap`) if its epoch is still the current one.
+/// count the escrow's claims on the client's `cap` (the escrow's,
+/// `escrow::EWrongSpendingCap`) and release the refund from it (docs/escrow.md §4).
 /// The server may settle at any time (it forgoes further claims), an Open connection
 /// closing in the same step: one transaction ends a connection whose client closed it
 /// in-band. The client may settle only once `HALF_CLOSE_TIMEOUT_MS` has passed since

@@ -80,13 +80,75 @@ fun subscription_used_by_another_rejected() {
     th::finish(scenario, clock);
 }
 
+#[test]
+fun subscribed_open_survives_a_lowered_cap() {
+    // The cap's owner lowered it below what is outstanding: a subscribed open reserves
+    // 0, which no cap refuses (docs/escrow.md §4).
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 2_000, 10_000);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    th::set_cap(&mut scenario, cap_id, 500);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    subscription::create_offer(&h, th::port(), 100, 1, scenario.ctx());
+    ts::return_shared(h);
+    scenario.next_tx(th::client());
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let payment = th::take(&mut scenario, th::client(), 100);
+    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    ts::return_shared(offer);
+    scenario.next_tx(th::client());
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(&mut scenario, th::client(), 0);
+    sub.open_connection(
+        &offer,
+        &h,
+        &mut cap,
+        th::client_pk(),
+        payment,
+        &clock,
+        scenario.ctx(),
+    );
+    assert!(cap.outstanding() == 1_000 && cap.remaining(scenario.ctx()) == 0);
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun sponsor_pledge_limit_of_zero_pledges_nothing() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    sponsor::create(&h, th::port(), 10_000, 0, scenario.ctx());
+    ts::return_shared(h);
+    scenario.next_tx(th::client());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(&mut scenario, th::client(), 1_000);
+    // an empty pool opens it: the pledge is 0
+    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, &clock, scenario.ctx());
+    assert!(pool.pledge_of(conn) == 0 && pool.reserved() == 0 && pool.pledge_for(1_000) == 0);
+    ts::return_shared(pool);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
 #[test, expected_failure(abort_code = sponsor::EInvalidShare)]
 fun sponsor_share_above_everything_rejected() {
     let (mut scenario, clock) = th::start();
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), 10_001, scenario.ctx());
+    sponsor::create(&h, th::port(), 10_001, 10_000, scenario.ctx());
     ts::return_shared(h);
     th::finish(scenario, clock);
 }
@@ -97,7 +159,7 @@ fun reimburse_unsponsored_connection_rejected() {
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), 5_000, scenario.ctx());
+    sponsor::create(&h, th::port(), 5_000, 10_000, scenario.ctx());
     ts::return_shared(h);
     let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
     scenario.next_tx(th::client());

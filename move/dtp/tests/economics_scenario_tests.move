@@ -296,19 +296,44 @@ fun subscription_end_metered_connection_rejected() {
 
 // === Sponsor helpers ===
 
-/// SERVER receives `server_funds`, creates a pool with `share_bps` and puts `pool_funds`
-/// into it.
-fun sponsor_setup(scenario: &mut Scenario, server_funds: u64, share_bps: u64, pool_funds: u64) {
+/// SERVER receives `server_funds`, creates a pool with `share_bps` and `max_pledge` and
+/// puts `pool_funds` into it.
+fun sponsor_setup(
+    scenario: &mut Scenario,
+    server_funds: u64,
+    share_bps: u64,
+    max_pledge: u64,
+    pool_funds: u64,
+) {
     th::fund(scenario, th::server(), server_funds);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), share_bps, scenario.ctx());
+    sponsor::create(&h, th::port(), share_bps, max_pledge, scenario.ctx());
     ts::return_shared(h);
     scenario.next_tx(th::server());
     let mut pool = scenario.take_shared<SponsorPool>();
     let payment = th::take(scenario, th::server(), pool_funds);
     pool.fund(payment);
     ts::return_shared(pool);
+}
+
+/// CLIENT opens a sponsored connection (its escrow not pinned: for a second one).
+fun open_sponsored_unpinned(
+    scenario: &mut Scenario,
+    clock: &Clock,
+    cap_id: ID,
+    deposit: u64,
+): ID {
+    scenario.next_tx(th::client());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(scenario, th::client(), deposit);
+    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    conn
 }
 
 /// CLIENT opens a sponsored connection; its escrow is pinned to 0x…c0ffee.
@@ -346,11 +371,33 @@ fun pool_state(scenario: &mut Scenario): (u64, u64) {
     (funds, reserved)
 }
 
+fun pool_max_pledge(scenario: &mut Scenario): u64 {
+    scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let max_pledge = pool.max_pledge();
+    ts::return_shared(pool);
+    max_pledge
+}
+
 fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
     scenario.next_tx(th::server());
     let mut pool = scenario.take_shared<SponsorPool>();
     pool.withdraw(amount, scenario.ctx());
     ts::return_shared(pool);
+}
+
+fun sponsor_set_max_pledge(scenario: &mut Scenario, who: address, max_pledge: u64) {
+    scenario.next_tx(who);
+    let mut pool = scenario.take_shared<SponsorPool>();
+    pool.set_max_pledge(max_pledge, scenario.ctx());
+    ts::return_shared(pool);
+}
+
+fun set_authority(scenario: &mut Scenario, to: address) {
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.set_authority(to, scenario.ctx());
+    ts::return_shared(h);
 }
 
 /// Claim R1 (120 MIST), close from both sides, and let the server settle.
@@ -367,7 +414,7 @@ fun claim_close_settle(scenario: &mut Scenario, clock: &Clock, conn: ID) {
 fun sponsor_pays_all() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 5_000, 10_000, 2_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 2_000 && reserved == 1_000);
@@ -385,7 +432,7 @@ fun sponsor_pays_all() {
 fun sponsor_split_costs() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 2_500, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 2_500, 10_000, 1_000);
     scenario.next_tx(th::client());
     {
         let pool = scenario.take_shared<SponsorPool>();
@@ -436,7 +483,7 @@ fun sponsor_split_costs() {
 fun sponsor_unfunded_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 100, 5_000, 100);
+    sponsor_setup(&mut scenario, 100, 5_000, 10_000, 100);
     open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     th::finish(scenario, clock);
 }
@@ -445,7 +492,7 @@ fun sponsor_unfunded_rejected() {
 fun sponsor_pledge_cannot_be_withdrawn() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     sponsor_withdraw(&mut scenario, 501);
     th::finish(scenario, clock);
@@ -455,7 +502,7 @@ fun sponsor_pledge_cannot_be_withdrawn() {
 fun sponsor_reimburse_before_settle_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     reimburse(&mut scenario, conn, th::client());
     th::finish(scenario, clock);
@@ -465,11 +512,60 @@ fun sponsor_reimburse_before_settle_rejected() {
 fun sponsor_double_reimburse_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     claim_close_settle(&mut scenario, &clock, conn);
     assert!(reimburse(&mut scenario, conn, th::client()) == 60);
     reimburse(&mut scenario, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ESponsorUnfunded)]
+fun sponsor_pledge_is_bounded_per_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 10_000, 300, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    // A deposit larger than the whole pool is pledged the same 300.
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 5_000);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 1_000 && reserved == 600);
+    assert!(pool_max_pledge(&mut scenario) == 300);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 4_000);
+    sponsor_withdraw(&mut scenario, 401);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ENotProvider)]
+fun sponsor_pledge_limit_is_the_providers() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
+    sponsor_set_max_pledge(&mut scenario, th::server(), 200);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let (_, reserved) = pool_state(&mut scenario);
+    assert!(reserved == 200);
+    assert!(pool_max_pledge(&mut scenario) == 200);
+    sponsor_set_max_pledge(&mut scenario, th::client(), 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EProviderChanged)]
+fun sponsor_stops_after_an_authority_change() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    set_authority(&mut scenario, th::other());
+    // Still the provider's money: it takes back what is not pledged.
+    sponsor_withdraw(&mut scenario, 500);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 500 && reserved == 500);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 500);
+    assert!(th::balance_of(&scenario, th::client()) == 9_000);
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 1_000);
     th::finish(scenario, clock);
 }
 

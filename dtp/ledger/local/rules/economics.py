@@ -15,7 +15,7 @@ from typing import Any, Final
 from dtp.errors import move_error
 from dtp.ledger.economics import BPS, MAX_PAYMENT_MEMO, MAX_RETENTION_MS
 from dtp.ledger.local.rules.broadcast import new_broadcast
-from dtp.ledger.local.rules.common import SHARED, Exec, Handler, add_u64, utf8
+from dtp.ledger.local.rules.common import SHARED, U64_MAX, Exec, Handler, add_u64, utf8
 from dtp.ledger.local.rules.transport_control import tc_end_prepaid, tc_open
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
@@ -321,7 +321,14 @@ def _share(amount: int, share_bps: int) -> int:
     return amount * share_bps // BPS
 
 
-def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int) -> str:
+def _max_pledge(pool: dict[str, Any]) -> int:
+    """The pool's pledge limit per connection; a pool a LocalLedger file kept from before
+    the limit pledged without one."""
+    limit: int = pool.get("max_pledge", U64_MAX)
+    return limit
+
+
+def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int, max_pledge: int) -> str:
     host = x.load(host_id, "Host")
     if x.sender != host["authority"]:
         raise move_error("sponsor", "ENotProvider", f"{x.sender} on host {host_id}")
@@ -336,6 +343,7 @@ def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int) -> str:
             "port": port,
             "provider": x.sender,
             "share_bps": share_bps,
+            "max_pledge": max_pledge,
             "funds": 0,
             "reserved": 0,
             "pledges": {},
@@ -350,6 +358,7 @@ def sponsor_create(x: Exec, host_id: str, port: int, share_bps: int) -> str:
             "port": port,
             "provider": x.sender,
             "share_bps": share_bps,
+            "max_pledge": max_pledge,
         },
     )
     return pool_id
@@ -386,14 +395,30 @@ def sponsor_withdraw(x: Exec, pool_id: str, amount: int) -> None:
     )
 
 
+def sponsor_set_max_pledge(x: Exec, pool_id: str, max_pledge: int) -> None:
+    """``sponsor::set_max_pledge``: binds the connections opened from now on."""
+    pool = x.load(pool_id, "SponsorPool")
+    if x.sender != pool["provider"]:
+        raise move_error("sponsor", "ENotProvider", f"{x.sender} on pool {pool_id}")
+    pool["max_pledge"] = max_pledge
+    x.emit("sponsor", "SponsorPledgeLimitChanged", {"pool": pool_id, "max_pledge": max_pledge})
+
+
 def sponsor_open(x: Exec, pool_id: str, host_id: str, cap_id: str, key: bytes, amount: int) -> str:
     pool = x.load(pool_id, "SponsorPool")
-    x.load(host_id, "Host")
+    host = x.load(host_id, "Host")
     x.load(cap_id, "SpendingCap")
     _coin_exists(x, amount)
     if host_id != pool["host"]:
         raise move_error("sponsor", "EWrongHost", f"pool {pool_id} is for host {pool['host']}")
-    pledge = _share(amount, pool["share_bps"])
+    if host["authority"] != pool["provider"]:
+        # the connection's fees go to the authority now: only its own pool pays them back
+        raise move_error(
+            "sponsor",
+            "EProviderChanged",
+            f"host {host_id} is {host['authority']}'s now, pool {pool_id} {pool['provider']}'s",
+        )
+    pledge = min(_share(amount, pool["share_bps"]), _max_pledge(pool))
     available = pool["funds"] - pool["reserved"]
     if pledge > available:
         raise move_error(
@@ -831,9 +856,10 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
         ),
         subscription_end,
     ),
-    ("sponsor", "create"): (("obj:Host", "u16", "u64"), sponsor_create),
+    ("sponsor", "create"): (("obj:Host", "u16", "u64", "u64"), sponsor_create),
     ("sponsor", "fund"): (("obj:SponsorPool", "coin"), sponsor_fund),
     ("sponsor", "withdraw"): (("obj:SponsorPool", "u64"), sponsor_withdraw),
+    ("sponsor", "set_max_pledge"): (("obj:SponsorPool", "u64"), sponsor_set_max_pledge),
     ("sponsor", "open_connection"): (
         ("obj:SponsorPool", "obj:Host", "obj:SpendingCap", "bytes", "coin"),
         sponsor_open,

@@ -60,8 +60,9 @@ def tc_open(
             "client_public_key": public_key,
             "server": server,
             "spending_cap": cap_id,
-            "reserved_epoch": x.epoch,
             "reserved": amount,
+            "claim_epoch": x.epoch,
+            "claimed_in_epoch": 0,
             "sla": sla,
             "funds": amount,
             "deposited": amount,
@@ -71,7 +72,8 @@ def tc_open(
             "settled": False,
         },
     )
-    # the whole deposit, so that no claim on it can be refused by the cap later
+    # the whole deposit, so that no claim on it can be refused by the cap later (a
+    # deposit of 0, a subscribed open's, always fits)
     reserve(x, cap, cap_id, amount)
     x.objects[connection] = Obj(
         connection,
