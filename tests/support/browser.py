@@ -73,7 +73,9 @@ class Chromium:
         self._next_id = 0
         self._ws: ClientConnection | None = None
         try:
-            self._ws = connect(self._devtools_url(), max_size=64 << 20, open_timeout=timeout)
+            self._ws = connect(
+                self._devtools_url(), max_size=64 << 20, open_timeout=timeout
+            ).__enter__()
         except BaseException:
             self.close()
             raise
@@ -99,7 +101,9 @@ class Chromium:
         except OSError:
             return ""
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> Any:
         """Run one DevTools command and return its result (events on the way are
         dropped: the tests poll the page instead)."""
         assert self._ws is not None
