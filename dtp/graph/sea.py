@@ -46,6 +46,7 @@ import binascii
 import hashlib
 import json
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,8 +185,11 @@ def _signature(text: str) -> bytes | None:
 
 
 # signatures found valid lately: (soul, field, state, stored text) -> True
+# (a pure function of the key, so one cache serves every graph; sync sessions check in
+# threads of their own)
 _VERIFIED: OrderedDict[tuple[str, str, float, str], bool] = OrderedDict()
 _VERIFIED_MAX = 4096
+_VERIFIED_LOCK = threading.Lock()
 
 
 def verify_signature(pub: str, text: str, signature: str) -> bool:
@@ -234,17 +238,19 @@ def _check_pub(soul: str, field: str, value: GunValue, state: float, pub: str) -
         # (gun packs nothing to verify for a state of 0: its check fails)
         return _refuse(UNVERIFIED)
     key = (soul, field, state, value)
-    if key in _VERIFIED:
-        return None
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return None
     try:
         text = signed_text(soul, field, inner, state)  # type: ignore[arg-type]
     except GraphValueError:
         return _refuse(UNVERIFIED, "Unverified data: the signed value is not a Gun value.")
     if not verify_signature(pub, text, signature):
         return _refuse(UNVERIFIED)
-    _VERIFIED[key] = True
-    if len(_VERIFIED) > _VERIFIED_MAX:
-        _VERIFIED.popitem(last=False)
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = True
+        if len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
     return None
 
 

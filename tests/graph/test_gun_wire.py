@@ -314,6 +314,38 @@ def test_server_arguments_are_checked(graph: Graph) -> None:
             serve_in_thread(graph, "127.0.0.1", busy.getsockname()[1])
 
 
+def test_a_peer_that_reads_nothing_is_cut_off(graph: Graph) -> None:
+    with serve_in_thread(graph, max_backlog=1 << 20) as srv:
+        relay = srv.server.relay
+        with GunWireClient(srv.url) as slow:
+            slow.get("big")  # follows the node, then reads nothing more
+            started = time.monotonic()
+            for i in range(100):  # 20 MB of changes for it
+                graph.put("big", {"v": f"{i:03d}" + "x" * 200_000})
+            assert time.monotonic() - started < 30  # the writes never waited for it
+            deadline = time.monotonic() + 15
+            while (relay.stats["cut_off"] == 0 or relay.peer_count) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert relay.stats["cut_off"] == 1 and relay.peer_count == 0
+        # the endpoint serves on
+        with GunWireClient(srv.url) as fresh:
+            assert fresh.get("big", "v")["put"]["big"]["v"].startswith("099")
+
+
+def test_peers_beyond_the_cap_are_turned_away(graph: Graph) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    with serve_in_thread(graph, max_peers=1) as srv:
+        with GunWireClient(srv.url) as first:
+            first.wait_for(lambda m: m.get("dam") == "?")
+            with GunWireClient(srv.url) as second:
+                with pytest.raises(ConnectionClosed) as closed:
+                    second.ws.recv(timeout=5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            assert srv.server.stats["turned_away"] == 1
+            assert first.put({"x": node("x", {"a": 1}, NOW)})["ok"]
+
+
 def test_user_space_of_dtp_is_not_served(server: GunServerThread) -> None:
     me = HostIdentity.generate()
     g = server.server.graph

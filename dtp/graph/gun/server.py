@@ -46,7 +46,10 @@ MAX_MESSAGE = 8 << 20
 """The largest frame a Gun peer may send (bytes)."""
 MAX_BACKLOG = 32 << 20
 """The most a peer may leave unread (bytes queued for it) before it is cut off."""
+MAX_PEERS = 1024
+"""Gun peers connected at once; one more is turned away (close code 1013)."""
 _FRAME_BYTES = 1 << 20  # a batch frame is closed at about this size
+CUT_OFF_WAIT = 2.0  # seconds a peer being cut off has to take the close frame
 
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
 
@@ -69,8 +72,9 @@ def find_gun_dir(start: Path | None = None) -> Path | None:
 
 
 class _Link:
-    """One connected peer's outgoing side: messages queued, sent in frames by a task,
-    a peer that lets too much pile up cut off."""
+    """One connected peer's outgoing side: messages queued, sent in frames by a task; a
+    peer that leaves too much unread is cut off (close code 1008, then the connection
+    dropped: a peer that reads nothing would never take the close frame either)."""
 
     def __init__(self, ws: ServerConnection, max_backlog: int) -> None:
         self.ws = ws
@@ -79,6 +83,8 @@ class _Link:
         self.queued = 0
         self.wake = asyncio.Event()
         self.overflowed = False
+        self.writer: asyncio.Task[None] | None = None
+        self._cut: asyncio.Task[None] | None = None
 
     def send(self, text: str) -> None:
         if self.overflowed:
@@ -88,15 +94,26 @@ class _Link:
         if self.queued > self.max_backlog:
             self.overflowed = True
             self.queue.clear()
+            self._cut = asyncio.ensure_future(self._cut_off())
+            return
         self.wake.set()
+
+    async def _cut_off(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()  # (it may be waiting on a peer that reads nothing)
+        try:
+            await asyncio.wait_for(
+                self.ws.close(1008, "too much unread: the peer reads too slowly"), CUT_OFF_WAIT
+            )
+        except (TimeoutError, ConnectionClosed, RuntimeError):
+            pass
+        finally:
+            self.ws.transport.abort()
 
     async def write_loop(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            if self.overflowed:
-                await self.ws.close(1008, "too much unread: the peer reads too slowly")
-                return
             messages, self.queue, self.queued = self.queue, [], 0
             start = 0
             while start < len(messages):
@@ -115,8 +132,11 @@ class GunServer:
     ``gun_dir``: the ``gun`` npm package whose browser files are served (default:
     :func:`find_gun_dir`); ``site``: a folder of pages served at ``/`` (default: the
     demo; None: none). ``max_message``: the largest frame a peer may send;
-    ``max_backlog``: bytes queued for a peer before it is cut off (close code 1008).
-    ``relay`` options go to :class:`~dtp.graph.gun.relay.GunRelay`.
+    ``max_backlog``: bytes queued for a peer before it is cut off (close code 1008);
+    ``max_peers``: peers at once (one more is closed at once, code 1013, "try again
+    later"). ``relay`` options go to :class:`~dtp.graph.gun.relay.GunRelay`.
+    :attr:`stats` counts, beside the relay's counters, the peers ``turned_away`` and
+    ``cut_off``.
 
     Use it as an async context manager, or :meth:`start` and :meth:`close`.
     """
@@ -131,6 +151,7 @@ class GunServer:
         site: str | os.PathLike[str] | None = DEMO_SITE,
         max_message: int = MAX_MESSAGE,
         max_backlog: int = MAX_BACKLOG,
+        max_peers: int = MAX_PEERS,
         ping_interval: float | None = 20.0,
         **relay: Any,
     ) -> None:
@@ -139,6 +160,8 @@ class GunServer:
         for name, value in (("max_message", max_message), ("max_backlog", max_backlog)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1024:
                 raise ValueError(f"GunServer({name}=...) must be an int >= 1024, not {value!r}")
+        if isinstance(max_peers, bool) or not isinstance(max_peers, int) or max_peers < 1:
+            raise ValueError(f"GunServer(max_peers=...) must be an int >= 1, not {max_peers!r}")
         self.graph = graph
         self.host = host
         self.port = port
@@ -146,8 +169,10 @@ class GunServer:
         self.site = Path(site) if site is not None else None
         self.max_message = max_message
         self.max_backlog = max_backlog
+        self.max_peers = max_peers
         self.ping_interval = ping_interval
         self.relay = GunRelay(graph, **relay)
+        self.relay.stats.update(turned_away=0, cut_off=0)
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.address: tuple[str, int] = (host, port)
@@ -227,10 +252,14 @@ class GunServer:
         await self.close()
 
     async def _handle(self, ws: ServerConnection) -> None:
-        link = _Link(ws, self.max_backlog)
         relay = self.relay
+        if relay.peer_count >= self.max_peers:
+            relay.stats["turned_away"] += 1
+            await ws.close(1013, f"gun endpoint busy: {self.max_peers} peers connected")
+            return
+        link = _Link(ws, self.max_backlog)
         relay.connect(link)
-        writer = asyncio.create_task(link.write_loop())
+        writer = link.writer = asyncio.create_task(link.write_loop())
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -240,15 +269,20 @@ class GunServer:
                         await ws.close(1007, "frames must be UTF-8 text")
                         break
                 relay.hear(link, message)
-                if writer.done():
+                if link.overflowed:
                     break
         except ConnectionClosed:
             pass
         finally:
             relay.disconnect(link)
+            if link.overflowed:
+                relay.stats["cut_off"] += 1
+                logger.info("gun endpoint: a peer left %d bytes unread: cut off", self.max_backlog)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
+            if link._cut is not None:
+                await link._cut
 
     # -- pages ---------------------------------------------------------------------
 
@@ -386,6 +420,7 @@ __all__ = [
     "DEMO_SITE",
     "MAX_BACKLOG",
     "MAX_MESSAGE",
+    "MAX_PEERS",
     "GunServer",
     "GunServerThread",
     "find_gun_dir",
