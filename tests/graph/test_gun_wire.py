@@ -335,15 +335,14 @@ def test_a_peer_that_reads_nothing_is_cut_off(graph: Graph) -> None:
 def test_peers_beyond_the_cap_are_turned_away(graph: Graph) -> None:
     from websockets.exceptions import ConnectionClosed
 
-    with serve_in_thread(graph, max_peers=1) as srv:
-        with GunWireClient(srv.url) as first:
-            first.wait_for(lambda m: m.get("dam") == "?")
-            with GunWireClient(srv.url) as second:
-                with pytest.raises(ConnectionClosed) as closed:
-                    second.ws.recv(timeout=5)
-                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-            assert srv.server.stats["turned_away"] == 1
-            assert first.put({"x": node("x", {"a": 1}, NOW)})["ok"]
+    with serve_in_thread(graph, max_peers=1) as srv, GunWireClient(srv.url) as first:
+        first.wait_for(lambda m: m.get("dam") == "?")
+        with GunWireClient(srv.url) as second:
+            with pytest.raises(ConnectionClosed) as closed:
+                second.ws.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert srv.server.stats["turned_away"] == 1
+        assert first.put({"x": node("x", {"a": 1}, NOW)})["ok"]
 
 
 def test_user_space_of_dtp_is_not_served(server: GunServerThread) -> None:
