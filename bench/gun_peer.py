@@ -68,25 +68,34 @@ def bench(job: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
 
 
 class _Process:
-    """A server process that prints one JSON line once it listens."""
+    """A server process that prints one JSON line once it listens (its stderr goes to a
+    file, read when it fails: a pipe nobody reads would stop it once full)."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             argv,
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
             self.proc.wait(10)
+            err = self.stderr()
+            self._stderr.close()
+            self.proc.stdout.close()
             raise RuntimeError(f"{argv[:4]} did not start: {err[-3000:]}")
         self.info: dict[str, Any] = json.loads(line)
+
+    def stderr(self) -> str:
+        """What the process wrote on stderr so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -96,9 +105,9 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
 
     def __enter__(self) -> _Process:
         return self

@@ -294,6 +294,8 @@ def check_stored(soul: bytes, field: bytes, state: float, stored: bytes) -> SeaR
     Gun text); names or values that are not text are refused under a guarded soul.
     dtp's own user space (``~0x<64 hex>``, :mod:`dtp.graph.namespace`) has its own
     rule and passes here."""
+    if b"~" not in soul and b"#" not in soul:
+        return None  # (no rule covers it: the common case, decided without decoding)
     if namespace.is_user_space(soul):
         return None
     try:
