@@ -20,6 +20,16 @@ the size a sync push sends). *Peer*: GunDB's own merge, gun's ``put`` path in No
 each, which gun takes in one turn; it reports its own rate. The two final graphs are
 checked equal before anything is timed.
 
+``gun_relay_puts``: gun.js clients (``tools/gun-peer/bench.js``: 4 gun instances in one
+Node.js process, each with its own WebSocket, 256 puts awaiting their acknowledgement
+each) put nodes of three fields through a Gun relay on 127.0.0.1; puts acknowledged per
+second, from the first put to the last acknowledgement. *Ours*: dtp's Gun endpoint,
+``python -m dtp.graph gun`` over a SQLite graph file (each put checked, merged, logged
+and acknowledged). *Peer*: gun's own Node relay (``tools/gun-peer/relay.js``: gun's
+server with SEA, AXE and radisk files, as ``require('gun')`` loads them). Both in their
+own processes, the same client job against each, alternately; a round with an error
+acknowledgement fails the row.
+
     python bench/graph_rows.py receive PORT KEY SECONDS   # the peer's receiving side
 """
 
@@ -38,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import gun_ham
+from bench import gun_ham, gun_peer
 from bench.workload import Workload
 from dtp.graph import Graph, connect, link
 from dtp.graph.values import encode_value
@@ -282,10 +292,62 @@ def ham_merge_vs_gun() -> Workload:
     )
 
 
+GUN_CLIENTS = 4
+GUN_WINDOW = 256  # puts awaiting their acknowledgement, per client
+
+
+def gun_relay_puts(puts: int = 1500) -> Workload:
+    """``puts`` per client per round (see the module docstring)."""
+    if not gun_peer.available():
+        raise RuntimeError("gun_relay_puts needs node and npm (tools/gun-peer runs gun.js)")
+    gun_peer.install()
+    tmp = tempfile.mkdtemp(prefix="dtp-gun-bench-")
+    ours_srv = gun_peer.EndpointProcess("--db", str(Path(tmp) / "graph.db"), "--no-site")
+    try:
+        relay = gun_peer.GunRelayProcess()
+    except BaseException:
+        ours_srv.close()
+        raise
+    runs = iter(range(1 << 30))
+
+    def rate(url: str) -> float:
+        job = {
+            "peer": url + "gun",
+            "clients": GUN_CLIENTS,
+            "puts": puts,
+            "window": GUN_WINDOW,
+            "tag": f"r{next(runs)}",
+        }
+        answer = gun_peer.bench(job)
+        if answer["errors"]:
+            raise RuntimeError(f"gun_relay_puts: {answer['errors']} puts refused by {url}")
+        return float(answer["rate"])
+
+    def close() -> None:
+        ours_srv.close()
+        relay.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    return Workload(
+        "gun_relay_puts",
+        "puts/s",
+        1,
+        lambda: rate(ours_srv.url),
+        peer=lambda: rate(relay.url),
+        measured=True,
+        bar=1.0,
+        note=f"gun.js clients ({GUN_CLIENTS}, {GUN_WINDOW} puts in flight each) putting "
+        "3-field nodes through dtp's Gun endpoint (SQLite graph) vs gun's own Node relay "
+        "(radisk), acknowledged puts/s",
+        close=close,
+    )
+
+
 GRAPH_ROWS: dict[str, Callable[[], Workload]] = {
     "graph_sync_100k": graph_sync_100k,
     "graph_put": graph_put,
     "ham_merge_vs_gun": ham_merge_vs_gun,
+    "gun_relay_puts": gun_relay_puts,
 }
 
 

@@ -1,6 +1,15 @@
-"""A graph peer in its own process, for tests, benchmarks and experiments.
+"""A graph peer in its own process: for tests, benchmarks and experiments, and the Gun
+peer that browsers use as their relay.
 
     python -m dtp.graph serve [--db PATH] [--fill N] [--ham c|python]
+    python -m dtp.graph gun [--db PATH] [--listen HOST:PORT] [--sync HOST:PORT]
+                            [--key FILE] [--peer HOST:PORT --peer-key HEX] ...
+
+``gun`` runs the Gun endpoint (:mod:`dtp.graph.gun`: Gun's wire on ``/gun`` and the
+demo chat page at ``/``) over a graph, optionally serving DTP graph sync
+(``--sync``) and syncing live with another DTP graph peer (``--peer``). It prints one
+JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening, and runs until
+SIGINT or SIGTERM, then closes everything and flushes the graph.
 
 Listens for graph sync on 127.0.0.1 (a free port), prints one JSON line
 ``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a line,
@@ -72,6 +81,29 @@ def serve(args: argparse.Namespace) -> None:
     graph.close()
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _peer_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError("--peer-key is the peer's Noise key: 64 hex digits")
+    return key
+
+
+def gun(args: argparse.Namespace) -> None:
+    from dtp.graph.gun.cli import run_gun_peer
+
+    run_gun_peer(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dtp.graph")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,8 +111,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=None, help="SQLite file (default: in memory)")
     p.add_argument("--fill", type=int, default=0, help="write this many fields first")
     p.add_argument("--ham", choices=["c", "python"], default=None)
+    g = sub.add_parser(
+        "gun", help="a Gun peer: browsers and gun.js apps use the graph as their relay"
+    )
+    g.add_argument("--db", default=None, help="SQLite file (default: in memory)")
+    g.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 8765),
+        help="the Gun endpoint and its pages (default 127.0.0.1:8765; port 0: a free one)",
+    )
+    g.add_argument("--sync", type=_host_port, help="also serve DTP graph sync here")
+    g.add_argument(
+        "--key", help="the host key file for --sync (created if missing; default: a new key)"
+    )
+    g.add_argument("--peer", type=_host_port, help="sync live with this DTP graph peer")
+    g.add_argument("--peer-key", type=_peer_key, help="that peer's Noise key (hex)")
+    g.add_argument("--gun-dir", help="the gun npm package whose browser files are served")
+    g.add_argument("--site", help="a folder of pages served at / (default: the demo chat)")
+    g.add_argument("--no-site", action="store_true", help="serve no pages")
+    g.add_argument("--ham", choices=["c", "python"], default=None)
+    g.add_argument("-v", "--verbose", action="store_true", help="log what the peer does")
     args = parser.parse_args(argv)
+    if args.command == "gun" and (args.peer is None) != (args.peer_key is None):
+        parser.error("--peer and --peer-key go together")
     try:
+        if args.command == "gun":
+            gun(args)
+            return
         serve(args)
     except GraphStorageError as exc:
         # a --db that is a directory or not a graph file: one line, not a traceback

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace
+from dtp.graph import namespace, sea
 from dtp.graph.arguments import utf8_name
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
@@ -29,7 +29,10 @@ class GraphWrites(GraphCommits):
         (a list, an int no binary64 holds, NaN, a field named ``_``) raises
         :class:`~dtp.graph.values.GraphValueError` and writes nothing.
         Writes to a user-space soul ``~<address>/...`` are signed with :attr:`identity`,
-        which must own it. Nested mappings that reach one node's field by two paths
+        which must own it; a write to a Gun user space (``~<pub>``, whose values only
+        SEA's owner signs: :mod:`dtp.graph.sea`) is refused (LocalProtocolError,
+        ``ARG``), and so is one breaking another rule of gun's (an alias list, a
+        content-addressed soul). Nested mappings that reach one node's field by two paths
         (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
         values (LocalProtocolError, ``ARG``).
         """
@@ -61,6 +64,16 @@ class GraphWrites(GraphCommits):
                     writeback.reserve_clock(state)
                 updates = []
                 for s, f, value in writes:
+                    refusal = sea.check_stored(s, f, state, value)
+                    if refusal is not None:
+                        # a Gun user space (~<pub>): only SEA's owner signs there, and
+                        # the signature covers the state this write just took
+                        raise LocalProtocolError(
+                            f"put() to {s.decode(errors='replace')[:80]!r} breaks a rule "
+                            f"of Gun's user spaces: {refusal.message} (docs/graph.md, "
+                            "'Gun user spaces')",
+                            ErrorCode.ARG,
+                        )
                     if namespace.is_user_space(s):
                         if self.identity is None:
                             raise LocalProtocolError(
