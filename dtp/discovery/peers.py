@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from dtp.discovery.errors import LanRecordError
+from dtp.discovery.errors import LanDiscoveryError, LanRecordError
 from dtp.discovery.records import KEY_LEN, LanRecord, decode_txt
 from dtp.errors import DTPError
 
 if TYPE_CHECKING:
+    from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Host
     from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
     from dtp.transport.blocking.socket import DTPSocket
 
@@ -62,6 +64,20 @@ class LanPeer:
     def host_id(self) -> str | None:
         """The Host the peer claims to be (unchecked: see :attr:`LanRecord.host_id`)."""
         return self.record.host_id
+
+    def verify_host(self, ledger: Ledger) -> Host:
+        """The Host the record claims, read on ``ledger``, once its Noise key is found to
+        be :attr:`key` (what a connection to the peer proves): the check to make before
+        paying a Host found on the LAN. LanDiscoveryError when the record claims no
+        Host or another key; the ledger's errors (ObjectNotFound) as they come."""
+        if self.record.host_id is None:
+            raise LanDiscoveryError(f"{self.name!r} claims no Host")
+        host = ledger.get_host(self.record.host_id)
+        if host.noise_static_key != self.key:
+            raise LanDiscoveryError(
+                f"{self.name!r} claims Host {self.record.host_id}, whose key is another"
+            )
+        return host
 
     def connect(self, timeout: float | None = 10.0, **kwargs: Any) -> DTPSocket:
         """A blocking DTP connection to the peer (:func:`dtp.socket.create_connection`

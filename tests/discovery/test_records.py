@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.discovery.errors import LanRecordError
-from dtp.discovery.peers import LanEvent, PeerFilter, PeerTable
+from dtp.discovery.errors import LanDiscoveryError, LanRecordError
+from dtp.discovery.peers import LanEvent, LanPeer, PeerFilter, PeerTable
 from dtp.discovery.records import (
     MAX_TXT,
     SERVICE_TYPE,
@@ -24,7 +25,9 @@ from dtp.discovery.records import (
     encode_txt,
     instance_name,
 )
-from dtp.errors import DTPError, RemoteProtocolError
+from dtp.errors import DTPError, ObjectNotFound, RemoteProtocolError
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 
 KEY = bytes(range(32))
 HOST = "0x" + "ab" * 32
@@ -287,3 +290,23 @@ def test_filters_refuse_what_is_not_a_filter() -> None:
         PeerFilter(service=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="32 bytes"):
         PeerFilter(key=b"x")
+
+
+def test_a_host_claim_is_checked_on_the_ledger(tmp_path: Path) -> None:
+    server = HostIdentity.generate()
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    try:
+        host_id = ledger.create_host(server, server.noise_public, [])
+        record = LanRecord(server.noise_public, host_id=host_id)
+        peer = LanPeer("p", record, (("10.0.0.1", 1),))
+        assert peer.verify_host(ledger).id == host_id
+        # the claim of a key that is not the Host's
+        impostor = LanPeer("q", LanRecord(KEY, host_id=host_id), (("10.0.0.1", 1),))
+        with pytest.raises(LanDiscoveryError, match="whose key is another"):
+            impostor.verify_host(ledger)
+        with pytest.raises(LanDiscoveryError, match="claims no Host"):
+            LanPeer("r", LanRecord(KEY), (("10.0.0.1", 1),)).verify_host(ledger)
+        with pytest.raises(ObjectNotFound):
+            LanPeer("s", LanRecord(KEY, host_id=HOST), (("10.0.0.1", 1),)).verify_host(ledger)
+    finally:
+        ledger.close()
