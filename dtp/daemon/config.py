@@ -196,6 +196,12 @@ class DaemonSettings:
     low_gas: int | None = None
     """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
     transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
+    lan_announce: bool = False
+    """Announce each service on the LAN over mDNS (``dtp.discovery.lan``: its Host ID,
+    name, DTP port and the host's Noise key), withdrawn as it is removed or the daemon
+    stops."""
+    lan_interfaces: tuple[str, ...] = ()
+    """The IP addresses of the interfaces to announce on (empty: every interface)."""
 
 
 @dataclass(frozen=True)
@@ -370,6 +376,26 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(key, f"expected an integer in {low}..{high}, got {shown(value)}")
         return value
+
+    def boolean(self, doc: Mapping[str, Any], key: KeyPath, default: bool) -> bool:
+        value = doc.get(str(key[-1]), default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {shown(value)}")
+        return value
+
+    def ip_addresses(self, doc: Mapping[str, Any], key: KeyPath) -> tuple[str, ...]:
+        value = doc.get(str(key[-1]), [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of IP addresses, got {shown(value)}")
+        out: dict[str, None] = {}  # in order, each once
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise ValueError  # (ip_address takes an int too: 1 is 0.0.0.1)
+                out[str(ipaddress.ip_address(item))] = None
+            except ValueError:
+                raise self.fail(key, f"{shown(item)} is not an IP address") from None
+        return tuple(out)
 
     def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
@@ -579,6 +605,8 @@ _DAEMON_KEYS = {
     "sui_package",
     "open_grace",
     "low_gas",
+    "lan_announce",
+    "lan_interfaces",
 }
 
 
@@ -656,6 +684,8 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
+        lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
+        lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
     )
 
 

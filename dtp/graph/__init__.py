@@ -10,8 +10,11 @@
     g.walk("user/1", "friend")     # "user/2"
 
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
-(blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio).
+(blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
+LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from dtp.graph.clock import HybridClock
 from dtp.graph.namespace import owner_of, user_soul
@@ -36,6 +39,9 @@ from dtp.graph.values import (
     link_soul,
 )
 
+if TYPE_CHECKING:
+    from dtp.graph.sync.lan import LanSync, sync_with_lan
+
 __all__ = [
     "JSON",
     "Change",
@@ -47,6 +53,7 @@ __all__ = [
     "GraphValueError",
     "GunValue",
     "HybridClock",
+    "LanSync",
     "MergeReport",
     "Subscription",
     "SyncSession",
@@ -59,5 +66,15 @@ __all__ = [
     "owner_of",
     "sync_blocking",
     "sync_stream",
+    "sync_with_lan",
     "user_soul",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # (LAN sync brings in mDNS: imported on first use, see dtp.graph.sync)
+    if name in ("LanSync", "sync_with_lan"):
+        from dtp.graph.sync import lan
+
+        return getattr(lan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

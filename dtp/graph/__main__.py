@@ -2,6 +2,7 @@
 peer that browsers use as their relay.
 
     python -m dtp.graph serve [--db PATH] [--fill N] [--ham c|python]
+                              [--listen HOST] [--lan NAMESPACE [--interface IP ...]]
     python -m dtp.graph gun [--db PATH] [--listen HOST:PORT] [--sync HOST:PORT]
                             [--key FILE] [--peer HOST:PORT --peer-key HEX] ...
 
@@ -11,16 +12,20 @@ demo chat page at ``/``) over a graph, optionally serving DTP graph sync
 JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening, and runs until
 SIGINT or SIGTERM, then closes everything and flushes the graph.
 
-Listens for graph sync on 127.0.0.1 (a free port), prints one JSON line
-``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a line,
-answering each with one JSON line:
+Listens for graph sync on ``--listen`` (default 127.0.0.1; a free port), prints one JSON
+line ``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a
+line, answering each with one JSON line:
 
 - ``["put", soul, {fields}]`` -> ``{"state": s}``
 - ``["get", soul]`` -> ``{"node": {...} | null}``
 - ``["digest"]`` -> ``{"digest": hex, "count": n}`` (the root summary)
 - ``["stats"]`` -> the graph's stats
+- ``["peers"]`` -> ``{"peers": [key hex, ...]}``: with ``--lan``, the LAN peers in session
 
-It stops at end of input. ``--fill N`` writes N fields first (10 per node).
+It stops at end of input. ``--fill N`` writes N fields first (10 per node). ``--lan
+NAMESPACE`` announces the peer on the LAN (mDNS, on every interface or the
+``--interface`` addresses) and keeps it in sync with the peers of that namespace it
+finds (:func:`dtp.graph.sync_with_lan`): no address or key is given to it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Graph
@@ -49,7 +55,20 @@ def serve(args: argparse.Namespace) -> None:
     if args.fill:
         fill(graph, args.fill)
     graph.root_summary()  # build the summaries now, not in the first session
-    server = GraphServer(graph, ("127.0.0.1", 0), identity)
+    lan: Any = None
+    if args.lan is not None:
+        from dtp.graph.sync.lan import LanSync
+
+        lan = LanSync(
+            graph,
+            identity,
+            namespace=args.lan,
+            address=(args.listen, 0),
+            interfaces=args.interface or None,
+        )
+        server = lan.server
+    else:
+        server = GraphServer(graph, (args.listen, 0), identity)
     print(
         json.dumps(
             {
@@ -74,10 +93,16 @@ def serve(args: argparse.Namespace) -> None:
             reply = {"digest": f"{digest:016x}", "count": count}
         elif command[0] == "stats":
             reply = graph.stats
+        elif command[0] == "peers":
+            peers = [] if lan is None else lan.peers()
+            reply = {"peers": sorted(peer.key.hex() for peer in peers)}
         else:
             reply = {"error": f"unknown command {command[0]!r}"}
         print(json.dumps(reply), flush=True)
-    server.close()
+    if lan is not None:
+        lan.close()
+    else:
+        server.close()
     graph.close()
 
 
@@ -111,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=None, help="SQLite file (default: in memory)")
     p.add_argument("--fill", type=int, default=0, help="write this many fields first")
     p.add_argument("--ham", choices=["c", "python"], default=None)
+    p.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--lan", metavar="NAMESPACE", help="find and sync with LAN peers (mDNS)")
+    p.add_argument(
+        "--interface", action="append", metavar="IP", help="mDNS on this address (repeatable)"
+    )
     g = sub.add_parser(
         "gun", help="a Gun peer: browsers and gun.js apps use the graph as their relay"
     )
