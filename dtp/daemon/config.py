@@ -56,6 +56,13 @@ OPEN_GRACE_SUI = 3.0
 #: value for TCP and UDP forwards: a UDP flow's connection opens as a TCP forward's.
 OPEN_TIMEOUT = 10.0
 OPEN_TIMEOUT_SUI = 30.0
+#: ``[daemon] batch_window`` by default, and at most: seconds a connection's end worth
+#: a place in a batch waits for one (dtp.payments.ends.BATCH_WINDOW, repeated rather
+#: than imported, as OPEN_GRACE is; tests/daemon/test_end_gas.py keeps the two equal).
+#: At most 5 minutes: well within the 10-minute half-close timeout after which a client
+#: that half-closed may settle alone.
+BATCH_WINDOW = 60.0
+MAX_BATCH_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,14 @@ class DaemonSettings:
     low_gas: int | None = None
     """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
     transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
+    gas_aware_ends: bool = True
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): one whose fee
+    does not cover the gas of claiming it is settled with others in one transaction,
+    or left to its client. False: every end is settled. No effect on a LocalLedger
+    (no gas)."""
+    batch_window: float = BATCH_WINDOW
+    """Seconds an end worth a place in a batch, but not a transaction of its own, waits
+    for others (0: none waits)."""
 
 
 @dataclass(frozen=True)
@@ -377,6 +392,24 @@ class _Checker:
         seconds = finite_float(value)
         if seconds is None or seconds <= 0:
             raise self.fail(key, f"expected a positive number of seconds, got {shown(value)}")
+        return seconds
+
+    def boolean(self, doc: Mapping[str, Any], key: KeyPath, default: bool) -> bool:
+        value = doc.get(str(key[-1]), default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {shown(value)}")
+        return value
+
+    def seconds_within(
+        self, doc: Mapping[str, Any], key: KeyPath, default: float, high: float
+    ) -> float:
+        """A number of seconds from 0 to ``high``."""
+        value = doc.get(str(key[-1]), default)
+        seconds = finite_float(value)
+        if seconds is None or not 0 <= seconds <= high:
+            raise self.fail(
+                key, f"expected a number of seconds from 0 to {high:g}, got {shown(value)}"
+            )
         return seconds
 
     def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
@@ -579,6 +612,8 @@ _DAEMON_KEYS = {
     "sui_package",
     "open_grace",
     "low_gas",
+    "gas_aware_ends",
+    "batch_window",
 }
 
 
@@ -656,6 +691,10 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
+        gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),
+        batch_window=check.seconds_within(
+            doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
+        ),
     )
 
 
