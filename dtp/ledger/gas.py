@@ -128,6 +128,7 @@ class GasSpent:
     """MIST by :func:`end_kind` (``ends``, ``opens``, ``host``, ``other``)."""
 
     def to_json(self) -> dict[str, object]:
+        """The figures as JSON values (``by_kind`` sorted by kind)."""
         return {
             "total": self.total,
             "transactions": self.transactions,

@@ -432,6 +432,7 @@ class GasBook:
             self._samples.setdefault(what, deque(maxlen=_SAMPLES)).append(gas)
 
     def spent(self, address: str) -> GasSpent:
+        """What ``address`` (normalized) paid through this ledger, by kind."""
         with self._lock:
             by_kind = dict(self._spent.get(address, {}))
             count = self._count.get(address, 0)
