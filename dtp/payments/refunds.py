@@ -6,15 +6,16 @@ fee does not cover the gas of that settlement (:mod:`dtp.payments.ends`), or the
 crashed. Then the client half-closes the connection on the ledger
 (:meth:`~dtp.payments.settlement.ClientPayment.finish`), which starts the half-close
 timeout (10 minutes), after which the client alone may settle it and take back the
-escrow's whole balance, the unclaimed fee with it
-(:func:`~dtp.payments.settlement.collect_refund`).
+escrow's whole balance, the unclaimed fee with it (:func:`collect_refund`, also
+``dtp.payments.settlement.collect_refund``).
 
 :class:`RefundCollector` does that settlement when it falls due: ``add`` a half-closed
-connection, and a thread of its own settles it once the ledger's clock has passed its
-timeout (it looks at the clock at most every :data:`POLL` seconds, and at once when a
-connection is added), trying again after :data:`RETRY` seconds when the ledger refuses
-or cannot be reached. A refund smaller than the gas of the settlement is not worth
-taking: it is dropped with a line in the log, unless ``weigh_gas`` is False. With a
+connection (an Open one is half-closed first), and a thread of its own settles it once
+the ledger's clock has passed its timeout (it looks at the clock at most every
+:data:`POLL` seconds, and at once when a connection is added), trying again after
+:data:`RETRY` seconds when the ledger refuses or cannot be reached. A refund smaller
+than the gas of taking it back is not worth a transaction: it is dropped with a line in
+the log (``dtp refund`` takes it back by hand), unless ``weigh_gas`` is False. With a
 ``path``, the connections waiting are kept in that file (JSON, replaced atomically), so
 that a restarted process takes them up again; without one they live as long as the
 process, and any still waiting when it exits are logged with the ``dtp refund``
@@ -55,8 +56,8 @@ logger = logging.getLogger(__name__)
 POLL: Final = 30.0
 #: Seconds before a settlement that failed is tried again.
 RETRY: Final = 30.0
-#: Seconds past the timeout before the settlement is sent: the ledger's clock must
-#: have passed it where the transaction executes too.
+#: Milliseconds past the timeout before the settlement is sent: the ledger's clock
+#: must have passed it where the transaction executes too.
 _MARGIN_MS: Final = 1000
 #: Seconds the ledger may stay unreadable (an outage, a ledger object closed) before a
 #: collector gives its refunds up to ``dtp refund``, logged one by one.
