@@ -246,8 +246,10 @@ def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> Non
     # this server settles nothing, so the client half-closed its connections, whose
     # deposits it takes back once their timeout has passed (dtp.payments.refunds)
     assert wait_for(
-        lambda: {t.name for t in threading.enumerate() if t.ident not in threads}
-        <= {"dtp-timers", "dtp-refunds"}
+        lambda: (
+            {t.name for t in threading.enumerate() if t.ident not in threads}
+            <= {"dtp-timers", "dtp-refunds"}
+        )
     )
     assert not any(t.name == "dtp-ledger-listener" for t in threading.enumerate())
     assert host.conserved()
