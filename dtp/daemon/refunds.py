@@ -314,7 +314,13 @@ class Refunds:
         self._loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            wait = await self.look()
+            try:
+                wait = await self.look()
+            except Exception:
+                # (a fault, not the ledger's: with its traceback) Let out, it ended the
+                # task, and no deposit was refunded again until the next start
+                logger.exception("looking at the forwarders' connections failed")
+                wait = self.interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
