@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 
 import dtp.aio
@@ -237,6 +238,12 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         try:
             await probe_target(self.ledger, target, timeout)
+        except (ChainError, OSError, sqlite3.Error) as exc:
+            # the Host's read: refused (no such host: a denial, as an open's), or the
+            # ledger failing (a LocalLedger's disk): the tunnel's error, not a raw one
+            if isinstance(exc, ChainError):
+                self.stats.denials += 1
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
         except TargetUnreachable as exc:
             delay, began = self.backoff.unreachable(loop.time(), exc)
             logger.log(

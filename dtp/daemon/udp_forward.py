@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 
 import dtp.aio
 from dtp.daemon._tasks import within
@@ -29,7 +30,7 @@ from dtp.daemon.outage import (
 )
 from dtp.daemon.refunds import OpenAttempt, Refunds
 from dtp.daemon.state import ForwardStats, StatusBook
-from dtp.errors import ConnectionRefused, DTPError
+from dtp.errors import ChainError, ConnectionRefused, DTPError, TunnelError
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
@@ -145,6 +146,9 @@ class UdpForward:
         try:
             async with asyncio.timeout(self.config.open_timeout):
                 await probe_target(self.ledger, self.config.target, timeout)
+        except (ChainError, OSError, sqlite3.Error) as exc:
+            # the Host's read refused or failing: the flow's error, not a raw one
+            raise TunnelError(f"cannot connect to {self.config.target}: {exc}") from exc
         except TargetUnreachable as exc:
             delay, began = self.backoff.unreachable(loop.time(), exc)
             logger.log(

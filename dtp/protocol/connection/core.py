@@ -504,9 +504,7 @@ def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
         return DecryptionError()
     if 2 <= code <= 8 and not event.by_peer:
         return RemoteProtocolError(f"peer violated the protocol: {reason}")
-    if code == CLOSE_PAYMENT_REQUIRED:
-        # by the peer (a paid server's gate) or here (a paid client whose deposit cannot
-        # pay its next write, ConnectionHook.refuse_write): the same error either way
+    if code == CLOSE_PAYMENT_REQUIRED and event.by_peer:
         return PaymentRequired(reason or "payment required", code)
     if code >= CloseCode.APPLICATION or not event.by_peer:
         return ConnectionClosed(reason, code)

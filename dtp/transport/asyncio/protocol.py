@@ -381,6 +381,9 @@ def end_unpaid(proto: Protocol, reason: str) -> DTPError:
         proto.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
         proto.flush()
         session.process_events()
+        # (a CLOSE of ours is a plain ConnectionClosed to our calls: this one is the
+        # client's own payment error, for every later call too)
+        session.error = PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
         proto._notify()
         proto.close_carrier()
     return session.error or PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)

@@ -186,6 +186,9 @@ class EngineLifetime(EngineState):
             self.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
             self.flush()
             self.session.process_events()
+            # (a CLOSE of ours is a plain ConnectionClosed to our calls: this one is the
+            # client's own payment error, for every later call too)
+            self.session.error = PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
             if self.conn.handshake_hash is not None:
                 self._drain_closing()
             self._release()
