@@ -90,21 +90,15 @@ class UdpForward:
 
     async def _connect(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """A new flow's DTP connection, all of it within the forward's ``open_timeout``
-        (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the ledger work
-        too, which ``open_connection``'s ``timeout`` leaves out), once the target
-        answered the probe; refused at once during a backoff."""
+        (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the probe and the
+        ledger work too, which ``open_connection``'s ``timeout`` leaves out), once the
+        target answered the probe; refused at once during a backoff."""
         timeout = self.config.open_timeout
-        loop = asyncio.get_running_loop()
         attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
         try:
-            async with self._probing:
-                refused = self.backoff.refusal(loop.time())
-                if refused is not None:
-                    raise refused
-                await self._probe()
             opened = await within(
                 timeout,
-                self._open(attempt),
+                self._probe_and_open(attempt),
                 self._watchers,
                 f"cannot connect to {self.config.target}: no connection within the "
                 f"forward's open_timeout ({timeout:g} s)",
@@ -121,6 +115,17 @@ class UdpForward:
             raise
         self.backoff.tunnel_opened()
         return opened
+
+    async def _probe_and_open(
+        self, attempt: OpenAttempt | None
+    ) -> tuple[DTPStreamReader, DTPStreamWriter]:
+        """The backoff's verdict and the probe, one flow at a time, then the open."""
+        async with self._probing:
+            refused = self.backoff.refusal(asyncio.get_running_loop().time())
+            if refused is not None:
+                raise refused
+            await self._probe()
+        return await self._open(attempt)
 
     def _failed(self, attempt: OpenAttempt | None, exc: DTPError | None) -> None:
         """An open failed (``exc``; None: refused by the host, whose refusal its log
@@ -144,8 +149,7 @@ class UdpForward:
         timeout = min(PROBE_TIMEOUT, self.config.open_timeout)
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.config.open_timeout):
-                await probe_target(self.ledger, self.config.target, timeout)
+            await probe_target(self.ledger, self.config.target, timeout)
         except (ChainError, OSError, sqlite3.Error) as exc:
             # the Host's read refused or failing: the flow's error, not a raw one
             raise TunnelError(f"cannot connect to {self.config.target}: {exc}") from exc
@@ -157,11 +161,6 @@ class UdpForward:
                 extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
             )
             raise
-        except TimeoutError:
-            raise TargetUnreachable(
-                f"cannot reach {self.config.target}: no answer within the forward's "
-                f"open_timeout ({self.config.open_timeout:g} s)"
-            ) from None
         if self.backoff.reached():
             logger.info("target reachable again", extra=kv(forward=self.config.name))
 

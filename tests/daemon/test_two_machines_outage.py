@@ -103,7 +103,8 @@ def test_a_provider_outage_locks_at_most_one_deposit_and_every_deposit_comes_bac
     escrow = reader.get_escrow(reader.get_connection(first).escrow)
     # the provider died before claiming: the whole deposit came back to the client
     assert (escrow.claimed, escrow.refunded, escrow.balance) == (0, DEPOSIT, 0)
-    assert "deposit refunded" in pair.forwarder.log()
+    # (logged once the settlement's effects are back: a moment after the node shows it)
+    wait_until(lambda: "deposit refunded" in pair.forwarder.log(), what="its log line")
 
     # the provider back (the same state directory): the forwarder reaches it again
     provider = netns.track(daemon(pair.provider_dir / "dtp.toml", netns=netns.a.name))
