@@ -75,7 +75,7 @@ def sponsored_cycle() -> Workload:
     reimburse; peer: the same plain connection without the pool (no reimburse)."""
     ours_world, peer_world = _World(), _World()
     w = ours_world
-    pool = w.ledger.create_sponsor_pool(w.server, w.host, 7, 5_000)
+    pool = w.ledger.create_sponsor_pool(w.server, w.host, 7, 5_000, max_pledge=10**9)
     w.ledger.fund_sponsor_pool(w.server, pool, 10**14)
 
     def life(world: _World, connection_id: str, escrow_id: str) -> None:

@@ -17,7 +17,9 @@ the ``dtp`` command); users import from the modules, as README.md shows:
 - ``dtp.payments.receipts`` (``Meter``, ``Receipt``): per-byte and per-request fees;
   ``dtp.payments`` has the rest of the money layer (metering, settlement, receipt store);
 - ``dtp.errors``: every exception the package raises;
-- ``dtp.messaging`` (RPC, pub/sub, sealed messages, broadcast, discovery),
+- ``dtp.discovery.lan`` (``announce``, ``browse``): finding DTP endpoints on the LAN
+  over mDNS, with no ledger;
+- ``dtp.messaging`` (RPC, pub/sub, sealed messages, broadcast, discovery on the ledger),
   ``dtp.graph`` (the replicated graph), ``dtp.hostid.udp`` (UDP through DTP) and
   ``dtp.daemon`` (the services daemon, ``dtp daemon``).
 

@@ -110,7 +110,7 @@ def sponsored(place: Place | None = None) -> dict[str, int]:
     """The provider pays half of the transport cost."""
     place, provider, client, host, cap = world(place)
     ledger = place.ledger
-    pool = ledger.create_sponsor_pool(provider, host, 7, share_bps=5_000)
+    pool = ledger.create_sponsor_pool(provider, host, 7, share_bps=5_000, max_pledge=2_000)
     ledger.fund_sponsor_pool(provider, pool, 10_000)
     client_part, provider_part = ledger.get_sponsor_pool(pool).quote(120)  # shown up front
     conn = ledger.open_sponsored_connection(client, pool, cap, deposit=1_000)

@@ -19,6 +19,9 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # `ip` (iproute2): the two-machine tests run their hosts in network namespaces (tests/support/netns.py)
 { command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
+# headless Chromium: the Gun endpoint's test loads its demo page in a real browser
+# (tests/graph/test_gun_browser.py, driven over the DevTools protocol)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)

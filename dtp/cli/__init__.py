@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=_cmd_version)
 
     from dtp.cli.daemon import register as register_daemon
+    from dtp.cli.lan import register as register_lan
     from dtp.cli.ledger import register as register_chain
 
     register_chain(sub)
     register_daemon(sub)
+    register_lan(sub)
     return parser
 
 

@@ -412,9 +412,14 @@ def _host_create(args: argparse.Namespace) -> int:
 
 
 def _host_show(args: argparse.Namespace) -> int:
-    host = _ledger(args, create=False).get_host(args.host)
+    ledger = _ledger(args, create=False)
+    host = ledger.get_host(args.host)
     data = _plain(host)
     data["endpoints"] = [bytes(e).decode(errors="replace") for e in host.endpoints]
+    # the lists are Tables beside the Host (its counts say whether to read them)
+    for which in ("allow", "deny"):
+        count = getattr(host.firewall, f"{which}_count")
+        data["firewall"][which] = list(ledger.firewall_list(host.id, which)) if count else []
     _emit(args, data)
     return 0
 
@@ -574,7 +579,9 @@ def _service_sponsor(args: argparse.Namespace) -> int:
     pool = _naming_host(
         ledger,
         args.host,
-        lambda: ledger.create_sponsor_pool(identity, args.host, args.port, args.share_bps),
+        lambda: ledger.create_sponsor_pool(
+            identity, args.host, args.port, args.share_bps, max_pledge=args.max_pledge
+        ),
     )
     if args.fund:
         try:
@@ -1002,6 +1009,12 @@ def register(subparsers: Any) -> None:
     sponsor.add_argument("host", help="host ID")
     sponsor.add_argument("port", type=int, help="port of the service")
     sponsor.add_argument("--share-bps", type=int, required=True, help="1..10000 basis points")
+    sponsor.add_argument(
+        "--max-pledge",
+        type=int,
+        required=True,
+        help="most MIST the pool pledges to one connection (so no client locks it all)",
+    )
     sponsor.add_argument("--fund", type=int, default=0, help="MIST to put in the pool")
     keep = leaf(service_sub, "retention", _service_retention, "retain ledger-carried data")
     keep.add_argument("host", help="host ID")

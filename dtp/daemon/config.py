@@ -204,6 +204,12 @@ class DaemonSettings:
     refund_interval: float = REFUND_INTERVAL
     """Seconds between the looks at the connections the forwarders opened and no
     longer use, until each is settled (:mod:`dtp.daemon.refunds`)."""
+    lan_announce: bool = False
+    """Announce each service on the LAN over mDNS (``dtp.discovery.lan``: its Host ID,
+    name, DTP port and the host's Noise key), withdrawn as it is removed or the daemon
+    stops."""
+    lan_interfaces: tuple[str, ...] = ()
+    """The IP addresses of the interfaces to announce on (empty: every interface)."""
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,26 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.fail(key, f"expected an integer in {low}..{high}, got {shown(value)}")
         return value
+
+    def boolean(self, doc: Mapping[str, Any], key: KeyPath, default: bool) -> bool:
+        value = doc.get(str(key[-1]), default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {shown(value)}")
+        return value
+
+    def ip_addresses(self, doc: Mapping[str, Any], key: KeyPath) -> tuple[str, ...]:
+        value = doc.get(str(key[-1]), [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of IP addresses, got {shown(value)}")
+        out: dict[str, None] = {}  # in order, each once
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise ValueError  # (ip_address takes an int too: 1 is 0.0.0.1)
+                out[str(ipaddress.ip_address(item))] = None
+            except ValueError:
+                raise self.fail(key, f"{shown(item)} is not an IP address") from None
+        return tuple(out)
 
     def number(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
@@ -588,6 +614,8 @@ _DAEMON_KEYS = {
     "open_grace",
     "low_gas",
     "refund_interval",
+    "lan_announce",
+    "lan_interfaces",
 }
 
 
@@ -666,6 +694,8 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
         refund_interval=check.number(doc, (*k, "refund_interval"), REFUND_INTERVAL),
+        lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
+        lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
     )
 
 

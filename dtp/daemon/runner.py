@@ -44,6 +44,7 @@ from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch
 from dtp.daemon.host_setup import HostSetup, HostSync
+from dtp.daemon.lan import LanAnnouncer
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.refunds import Refunds
 from dtp.daemon.services import ServiceHost
@@ -168,6 +169,8 @@ class Daemon:
         self.host_id: str | None = None
         self.services: ServiceHost | None = None
         self.fees: ServerFees | None = None
+        self.lan: LanAnnouncer | None = None
+        """The services announced on the LAN (``[daemon] lan_announce``)."""
         self.host_setup = HostSetup(self.ledger, self.identity)
         try:
             self.refunds = Refunds(
@@ -309,6 +312,15 @@ class Daemon:
             self._checkpoint()
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
+            if settings.lan_announce:
+                self.lan = LanAnnouncer(
+                    self.identity.noise_public,
+                    self.host_id,
+                    self.endpoint,
+                    settings.lan_interfaces,
+                )
+                await self.lan.configure(self.config.services)
+                ready["lan"] = sorted(a.name for _, a in self.lan.announced.values())
         _refuse_loops(self.config, self.host_id)
         forwards: dict[str, str] = {}
         # which forwards are UDP: a key of its own, so that "forwards" stays name ->
@@ -383,6 +395,8 @@ class Daemon:
                 await self._republish(public)
                 return
             await self.services.configure(new.services)
+            if self.lan is not None:
+                await self.lan.configure(new.services)
         running = await self.forwards.reload(self.config.forwards, new.forwards)
         # what runs, not what the file says: a forward that kept its old listener is
         # compared against its old settings at the next reload, which then retries it;
@@ -583,6 +597,9 @@ class Daemon:
         """Stop listening, give tunnels ``timeout`` seconds, settle every connection,
         close the receipt store: whatever of it was started."""
         forwarders = [*self.forwarders.values(), *self.forwards.retired]
+        if self.lan is not None:
+            # (first: clients on the LAN stop coming as the listener goes)
+            await self.lan.stop()
         for fwd in forwarders:
             fwd.stop_listening()
         if self.services is not None:

@@ -10,8 +10,11 @@
     g.walk("user/1", "friend")     # "user/2"
 
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
-(blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio).
+(blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
+LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from dtp.graph.clock import HybridClock
 from dtp.graph.namespace import owner_of, user_soul
@@ -25,7 +28,19 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
-from dtp.graph.values import JSON, decode_value, encode_value, link, link_soul
+from dtp.graph.values import (
+    JSON,
+    GraphValueError,
+    GunValue,
+    decode_value,
+    encode_value,
+    gun_value,
+    link,
+    link_soul,
+)
+
+if TYPE_CHECKING:
+    from dtp.graph.sync.lan import LanSync, sync_with_lan
 
 __all__ = [
     "JSON",
@@ -35,17 +50,31 @@ __all__ = [
     "GraphServer",
     "GraphStorageError",
     "GraphSyncError",
+    "GraphValueError",
+    "GunValue",
     "HybridClock",
+    "LanSync",
     "MergeReport",
     "Subscription",
     "SyncSession",
     "connect",
     "decode_value",
     "encode_value",
+    "gun_value",
     "link",
     "link_soul",
     "owner_of",
     "sync_blocking",
     "sync_stream",
+    "sync_with_lan",
     "user_soul",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # (LAN sync brings in mDNS: imported on first use, see dtp.graph.sync)
+    if name in ("LanSync", "sync_with_lan"):
+        from dtp.graph.sync import lan
+
+        return getattr(lan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

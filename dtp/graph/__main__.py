@@ -1,17 +1,31 @@
-"""A graph peer in its own process, for tests, benchmarks and experiments.
+"""A graph peer in its own process: for tests, benchmarks and experiments, and the Gun
+peer that browsers use as their relay.
 
     python -m dtp.graph serve [--db PATH] [--fill N] [--ham c|python]
+                              [--listen HOST] [--lan NAMESPACE [--interface IP ...]]
+    python -m dtp.graph gun [--db PATH] [--listen HOST:PORT] [--sync HOST:PORT]
+                            [--key FILE] [--peer HOST:PORT --peer-key HEX] ...
 
-Listens for graph sync on 127.0.0.1 (a free port), prints one JSON line
-``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a line,
-answering each with one JSON line:
+``gun`` runs the Gun endpoint (:mod:`dtp.graph.gun`: Gun's wire on ``/gun`` and the
+demo chat page at ``/``) over a graph, optionally serving DTP graph sync
+(``--sync``) and syncing live with another DTP graph peer (``--peer``). It prints one
+JSON line ``{"url", "gun", "sync", "key", "address"}`` once listening, and runs until
+SIGINT or SIGTERM, then closes everything and flushes the graph.
+
+Listens for graph sync on ``--listen`` (default 127.0.0.1; a free port), prints one JSON
+line ``{"port", "key", "address"}``, then reads commands from stdin, one JSON array a
+line, answering each with one JSON line:
 
 - ``["put", soul, {fields}]`` -> ``{"state": s}``
 - ``["get", soul]`` -> ``{"node": {...} | null}``
 - ``["digest"]`` -> ``{"digest": hex, "count": n}`` (the root summary)
 - ``["stats"]`` -> the graph's stats
+- ``["peers"]`` -> ``{"peers": [key hex, ...]}``: with ``--lan``, the LAN peers in session
 
-It stops at end of input. ``--fill N`` writes N fields first (10 per node).
+It stops at end of input. ``--fill N`` writes N fields first (10 per node). ``--lan
+NAMESPACE`` announces the peer on the LAN (mDNS, on every interface or the
+``--interface`` addresses) and keeps it in sync with the peers of that namespace it
+finds (:func:`dtp.graph.sync_with_lan`): no address or key is given to it.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Graph
@@ -40,7 +55,20 @@ def serve(args: argparse.Namespace) -> None:
     if args.fill:
         fill(graph, args.fill)
     graph.root_summary()  # build the summaries now, not in the first session
-    server = GraphServer(graph, ("127.0.0.1", 0), identity)
+    lan: Any = None
+    if args.lan is not None:
+        from dtp.graph.sync.lan import LanSync
+
+        lan = LanSync(
+            graph,
+            identity,
+            namespace=args.lan,
+            address=(args.listen, 0),
+            interfaces=args.interface or None,
+        )
+        server = lan.server
+    else:
+        server = GraphServer(graph, (args.listen, 0), identity)
     print(
         json.dumps(
             {
@@ -65,11 +93,40 @@ def serve(args: argparse.Namespace) -> None:
             reply = {"digest": f"{digest:016x}", "count": count}
         elif command[0] == "stats":
             reply = graph.stats
+        elif command[0] == "peers":
+            peers = [] if lan is None else lan.peers()
+            reply = {"peers": sorted(peer.key.hex() for peer in peers)}
         else:
             reply = {"error": f"unknown command {command[0]!r}"}
         print(json.dumps(reply), flush=True)
-    server.close()
+    if lan is not None:
+        lan.close()
+    else:
+        server.close()
     graph.close()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _peer_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError("--peer-key is the peer's Noise key: 64 hex digits")
+    return key
+
+
+def gun(args: argparse.Namespace) -> None:
+    from dtp.graph.gun.cli import run_gun_peer
+
+    run_gun_peer(args)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,8 +136,39 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--db", default=None, help="SQLite file (default: in memory)")
     p.add_argument("--fill", type=int, default=0, help="write this many fields first")
     p.add_argument("--ham", choices=["c", "python"], default=None)
+    p.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--lan", metavar="NAMESPACE", help="find and sync with LAN peers (mDNS)")
+    p.add_argument(
+        "--interface", action="append", metavar="IP", help="mDNS on this address (repeatable)"
+    )
+    g = sub.add_parser(
+        "gun", help="a Gun peer: browsers and gun.js apps use the graph as their relay"
+    )
+    g.add_argument("--db", default=None, help="SQLite file (default: in memory)")
+    g.add_argument(
+        "--listen",
+        type=_host_port,
+        default=("127.0.0.1", 8765),
+        help="the Gun endpoint and its pages (default 127.0.0.1:8765; port 0: a free one)",
+    )
+    g.add_argument("--sync", type=_host_port, help="also serve DTP graph sync here")
+    g.add_argument(
+        "--key", help="the host key file for --sync (created if missing; default: a new key)"
+    )
+    g.add_argument("--peer", type=_host_port, help="sync live with this DTP graph peer")
+    g.add_argument("--peer-key", type=_peer_key, help="that peer's Noise key (hex)")
+    g.add_argument("--gun-dir", help="the gun npm package whose browser files are served")
+    g.add_argument("--site", help="a folder of pages served at / (default: the demo chat)")
+    g.add_argument("--no-site", action="store_true", help="serve no pages")
+    g.add_argument("--ham", choices=["c", "python"], default=None)
+    g.add_argument("-v", "--verbose", action="store_true", help="log what the peer does")
     args = parser.parse_args(argv)
+    if args.command == "gun" and (args.peer is None) != (args.peer_key is None):
+        parser.error("--peer and --peer-key go together")
     try:
+        if args.command == "gun":
+            gun(args)
+            return
         serve(args)
     except GraphStorageError as exc:
         # a --db that is a directory or not a graph file: one line, not a traceback

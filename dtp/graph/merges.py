@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace
+from dtp.graph import namespace, sea
 from dtp.graph._batch import entries
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
@@ -65,7 +65,8 @@ class MergeReport:
     dropped: int = 0
     """Updates ahead of the clock that found the deferred queue full."""
     refused: int = 0
-    """Updates refused by the ownership rule (unsigned, badly signed, bad soul)."""
+    """Updates refused by the ownership rule (unsigned, badly signed, bad soul) or by a
+    rule of Gun's user spaces (:mod:`dtp.graph.sea`)."""
     dropped_leaves: Mapping[int, float] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
@@ -79,7 +80,8 @@ class GraphMerges(GraphCommits):
     """:meth:`merge`, :meth:`advance` and what tells of the deferred updates."""
 
     def merge(self, batch: bytes | bytearray | memoryview, *, origin: object = None) -> MergeReport:
-        """Merge a peer's HAM batch (protocol.md 6.1) after the ownership check.
+        """Merge a peer's HAM batch (protocol.md 6.1) after the ownership check and the
+        checks of Gun's user spaces (:func:`dtp.graph.sea.filter_batch`).
 
         Raises RemoteProtocolError (``HAM_*`` code) for a malformed batch, before any
         change. ``origin`` (a sync session) is not sent its own changes back.
@@ -91,6 +93,9 @@ class GraphMerges(GraphCommits):
             )
         data = canonical_states(bytes(batch))
         filtered, refused = namespace.filter_batch(data, self._held)
+        filtered, sea_refused = sea.filter_batch(filtered, self._held)
+        for reason, n in sea_refused.items():
+            refused[reason] = refused.get(reason, 0) + n
         changes: list[Change] = []
         try:
             with self._lock:

@@ -56,6 +56,24 @@ class GraphReads(GraphBase):
             entry = self._table.get(s, f)
         return None if entry is None else entry[0]
 
+    def stored_node(self, soul: str) -> list[tuple[bytes, float, bytes]]:
+        """Every field of node ``soul`` as the table holds it: (field name, state,
+        stored value bytes), in no order; empty for an unknown node. (What the Gun
+        endpoint serves: a value's stored bytes are its Gun text.)"""
+        s = utf8_name(soul, "a soul")
+        with self._lock:
+            self._check_open()
+            fields = self._ensure_view().fields.get(s)
+            if not fields:
+                return []
+            get = self._table.get
+            out = []
+            for f in fields:
+                entry = get(s, f)
+                if entry is not None:
+                    out.append((f, entry[0], entry[1]))
+            return out
+
     def walk(self, soul: str, *path: str) -> str:
         """Follow links from ``soul`` through the fields in ``path``; returns the soul
         reached. KeyError when a field is missing or not a link."""

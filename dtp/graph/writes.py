@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace
+from dtp.graph import namespace, sea
 from dtp.graph.arguments import utf8_name
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
 from dtp.graph.store_base import MAX_STATE
-from dtp.graph.values import encode_value, link_soul
+from dtp.graph.values import check_field_name, encode_value, link_soul
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate
 
@@ -23,10 +23,16 @@ class GraphWrites(GraphCommits):
     def put(self, soul: str, data: Mapping[str, Any]) -> float:
         """Write fields of node ``soul``; returns the state they were written with.
 
-        Values are JSON values; ``{"#": other}`` is a link; any other mapping becomes
-        the node ``<soul>/<field>``, written too, with a link to it in the field.
+        Values are what a Gun peer holds (docs/graph.md, "Values"): None, bools,
+        numbers, strings; ``{"#": other}`` is a link; any other mapping becomes the node
+        ``<soul>/<field>``, written too, with a link to it in the field. Anything else
+        (a list, an int no binary64 holds, NaN, a field named ``_``) raises
+        :class:`~dtp.graph.values.GraphValueError` and writes nothing.
         Writes to a user-space soul ``~<address>/...`` are signed with :attr:`identity`,
-        which must own it. Nested mappings that reach one node's field by two paths
+        which must own it; a write to a Gun user space (``~<pub>``, whose values only
+        SEA's owner signs: :mod:`dtp.graph.sea`) is refused (LocalProtocolError,
+        ``ARG``), and so is one breaking another rule of gun's (an alias list, a
+        content-addressed soul). Nested mappings that reach one node's field by two paths
         (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
         values (LocalProtocolError, ``ARG``).
         """
@@ -58,6 +64,16 @@ class GraphWrites(GraphCommits):
                     writeback.reserve_clock(state)
                 updates = []
                 for s, f, value in writes:
+                    refusal = sea.check_stored(s, f, state, value)
+                    if refusal is not None:
+                        # a Gun user space (~<pub>): only SEA's owner signs there, and
+                        # the signature covers the state this write just took
+                        raise LocalProtocolError(
+                            f"put() to {s.decode(errors='replace')[:80]!r} breaks a rule "
+                            f"of Gun's user spaces: {refusal.message} (docs/graph.md, "
+                            "'Gun user spaces')",
+                            ErrorCode.ARG,
+                        )
                     if namespace.is_user_space(s):
                         if self.identity is None:
                             raise LocalProtocolError(
@@ -96,6 +112,7 @@ class GraphWrites(GraphCommits):
         for field, value in data.items():
             if not isinstance(field, str) or not field:
                 raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+            check_field_name(field)
             if isinstance(value, Mapping) and link_soul(value) is None:
                 child = f"{soul}/{field}"
                 self._flatten(child, value, out, depth + 1)

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from dtp.errors import DTPError, HandshakeError, InsufficientFunds, InvalidArgument, move_error
+from dtp.errors import (
+    DTPError,
+    HandshakeError,
+    InsufficientFunds,
+    InvalidArgument,
+    SubscriptionRefused,
+    move_error,
+)
 from dtp.hostid.address import HostAddress
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, ledger_config
 from dtp.identity.keys import HostIdentity
@@ -173,7 +180,7 @@ def resolve_service(
     service = host.services.get(port)
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
-    if not host.firewall.permits(client):
+    if not ledger.permits(host, client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
     # (the connection limits are the host's admission's, at the handshake: the ledger
     # counts no connections, docs/escrow.md §2)
@@ -331,14 +338,14 @@ def prepare_host_connection(
     Paying another way (docs/escrow.md §13-14): with ``subscription`` (a live
     Subscription of ours to this service) the connection opens unmetered with an
     all-zero SLA and ``deposit`` defaults to 0; with ``sponsor_pool`` (the service's
-    SponsorPool) the pool pledges its share of the deposit, paid back to us by
-    ``reimburse`` after settlement.
+    SponsorPool) the pool pledges its share of the deposit (at most its ``max_pledge``),
+    paid back to us by ``reimburse`` after settlement.
 
     Checks what the ledger would refuse before any money moves (:func:`resolve_service`,
-    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool's unpledged
-    funds), and that ``server_key`` and the ``config``'s ``server_static`` /
-    ``expected_server_static``, when given, are the Noise key the host publishes (the
-    handshake runs IK to that key),
+    which also picks the carrier: see :data:`CarrierChoice`; a sponsor pool whose provider
+    is no longer the host's authority, or whose unpledged funds fall short), and that
+    ``server_key`` and the ``config``'s ``server_static`` / ``expected_server_static``,
+    when given, are the Noise key the host publishes (the handshake runs IK to that key),
     creates a SpendingCap (``max_per_epoch = deposit``) unless ``cap_id`` is given, opens
     the connection with ``deposit`` (default: the SLA's minimum) and returns the client
     config for the handshake. Blocking (ledger calls): run it in a thread from asyncio.
@@ -406,9 +413,17 @@ def prepare_host_connection(
         service = host.services.get(address.port)
         deposit = service.sla.min_deposit if service is not None else 0
     if pool is not None:
-        # sponsor::open_connection's first refusal past the host: found there, it came
+        # sponsor::open_connection's refusals past the host: found there, they came
         # after the spending cap was made (on Sui: gas for two transactions, a cap left)
-        pledge = pool.quote(deposit)[1]
+        host = host if host is not None else ledger.get_host(address.host_id)
+        if host.authority != pool.provider:
+            raise move_error(
+                "sponsor",
+                "EProviderChanged",
+                f"pool {pool.id} is {pool.provider}'s, and host {address.host_id} is "
+                f"{host.authority}'s now: it sponsors no new connections",
+            )
+        pledge = pool.pledge_for(deposit)
         if pledge > pool.available:
             raise move_error(
                 "sponsor",
@@ -559,9 +574,22 @@ def abandon_host_connection(
     """Half-close a prepared connection on the ledger after the connect failed, so the
     deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
     failure here is logged, not raised: the caller re-raises ``cause``. A deferred open
-    that never landed leaves nothing to close."""
+    that never landed leaves nothing to close. A connection refused because the
+    subscription it was opened with is over (:class:`~dtp.errors.SubscriptionRefused`)
+    is ended at once instead (``subscription::end_connection``: nothing is owed, the
+    deposit comes back now), falling back to the half-close should that fail."""
     if prepared.pending_open is not None and prepared.pending_open.opened is None:
         return
+    if isinstance(cause, SubscriptionRefused):
+        try:
+            ledger.end_subscribed_connection(identity, prepared.connection_id)
+            return
+        except Exception as end_exc:
+            logger.warning(
+                "could not end connection %s of a subscription that is over: %s",
+                prepared.connection_id,
+                end_exc,
+            )
     try:
         ledger.close_connection(identity, prepared.connection_id)
     except Exception as close_exc:

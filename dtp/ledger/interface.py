@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -52,6 +52,7 @@ from dtp.ledger.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    normalize_id,
 )
 
 if TYPE_CHECKING:
@@ -278,6 +279,39 @@ class Ledger(PaymentModels, abc.ABC):
     def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::undeny``: remove ``client`` from the deny list (idempotent)."""
 
+    # the lists as they are read: Tables on Sui, so one client is one lookup, and the
+    # Host itself carries only their sizes (Host.firewall.allow_count, deny_count)
+
+    @abc.abstractmethod
+    def is_allowed(self, host_id: str, client: str) -> bool:
+        """``host::is_allowed``: whether ``client`` is on the Host's allow list now (one
+        lookup in its Table, whatever the list's length)."""
+
+    @abc.abstractmethod
+    def is_denied(self, host_id: str, client: str) -> bool:
+        """``host::is_denied``: whether ``client`` is on the Host's deny list now."""
+
+    @abc.abstractmethod
+    def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
+        """Every address on the Host's ``"allow"`` or ``"deny"`` list, sorted (at most
+        :data:`~dtp.ledger.objects.MAX_FIREWALL_ENTRIES`; on Sui, the Table's dynamic
+        fields read page by page)."""
+
+    def permits(self, host: Host, client: str) -> bool:
+        """``host::permits`` for the Host ``host`` as read: deny wins, then allow-all or
+        the allow list. Looks ``client`` up only in the lists that can decide (none for
+        an allow-all firewall with an empty deny list), each as it is now."""
+        client = normalize_id(client, "address")
+        look_deny, look_allow = host.firewall.lookups()
+        denied = look_deny and self.is_denied(host.id, client)
+        allowed = not denied and look_allow and self.is_allowed(host.id, client)
+        return host.firewall.decide(allowed=allowed, denied=denied)
+
+    def refused(self, host: Host, clients: Iterable[str]) -> frozenset[str]:
+        """Of ``clients``, those :meth:`permits` refuses for the Host ``host`` as read
+        (what a server re-reading its Host closes): each client decided once."""
+        return frozenset(c for c in set(clients) if not self.permits(host, c))
+
     @abc.abstractmethod
     def set_client_limits(
         self,
@@ -322,8 +356,8 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def set_max_per_epoch(self, signer: HostIdentity, cap_id: str, max_per_epoch: int) -> None:
-        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups
-        from now on, what is reserved stays reserved)."""
+        """``spending_cap::set_max_per_epoch`` (owner only; binds the opens and top-ups of
+        more than 0 from now on: what is outstanding stays claimable, docs/escrow.md §4)."""
 
     # -- connections and escrow (dtp::transport_control, dtp::escrow) -----------------------
 
@@ -338,8 +372,9 @@ class Ledger(PaymentModels, abc.ABC):
         client_public_key: bytes | None = None,
     ) -> OpenedConnection:
         """``transport_control::open``: ``deposit`` MIST leave the signer's balance into a
-        new escrow, and are reserved on the spending cap ``cap_id`` for this epoch (the
-        Host is only read). ``client_public_key`` defaults to the signer's Ed25519 key."""
+        new escrow, and are reserved on the spending cap ``cap_id``, outstanding there
+        until claimed or refunded (docs/escrow.md §4; the Host is only read).
+        ``client_public_key`` defaults to the signer's Ed25519 key."""
 
     def prepare_open_connection(
         self,
@@ -359,13 +394,15 @@ class Ledger(PaymentModels, abc.ABC):
     def top_up(
         self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
     ) -> None:
-        """``escrow::top_up`` (client only): ``amount`` MIST from the signer's balance,
-        reserved on the spending cap (``cap_id``, by default the escrow's)."""
+        """``escrow::top_up`` (client only): the escrow's claims are counted on the
+        spending cap (``cap_id``, by default the escrow's), then ``amount`` MIST from the
+        signer's balance are reserved on it (0 always fits)."""
 
     @abc.abstractmethod
     def claim(self, signer: HostIdentity, escrow_id: str, receipt: Receipt) -> int:
         """``escrow::claim`` (server only): returns the MIST paid to the server. The
-        spending cap is not involved: the deposit was reserved on it."""
+        spending cap is not involved: the deposit was reserved on it (the escrow counts
+        the claim on it at its next top-up or its settlement)."""
 
     @abc.abstractmethod
     def close_connection(self, signer: HostIdentity, connection_id: str) -> None:
@@ -384,9 +421,9 @@ class Ledger(PaymentModels, abc.ABC):
         escrow_id: str | None = None,
         cap_id: str | None = None,
     ) -> Settlement:
-        """``transport_control::settle``: refund the escrow's remainder to the client and
-        release it on the spending cap (``escrow_id`` and ``cap_id`` default to the
-        connection's)."""
+        """``transport_control::settle``: refund the escrow's remainder to the client, count
+        the escrow's claims on the spending cap and release the refund from it
+        (``escrow_id`` and ``cap_id`` default to the connection's)."""
 
     @abc.abstractmethod
     def settle_with_receipt(
@@ -446,7 +483,20 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
-        """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+        """``broadcast::withdraw`` (a listener, after cancel): returns the refund, the
+        value of the signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::leave`` (a listener of an idle broadcast, not cancelled: no
+        ``transmit`` or ``heartbeat`` for ``Broadcast.idle_ms``, else ``EBroadcastLive``):
+        completed, covered slots are paid first; returns the refund, the value of the
+        signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        """``broadcast::heartbeat`` (broadcaster, on air): records that it is transmitting
+        off the ledger, which keeps its listeners from leaving for ``Broadcast.idle_ms``."""
 
     # -- payment (dtp::payment) -----------------------------------------------------------------
     # Not abstract, as the messaging calls below; both built-in ledgers implement it.
@@ -519,6 +569,14 @@ class Ledger(PaymentModels, abc.ABC):
         wanted = [tc.escrow, host_id] + ([tc.spending_cap] if with_cap else [])
         found = self.get_objects(wanted)
         return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
+
+    def subscription_over(self, subscription_id: str) -> str | None:
+        """Why the Subscription ``subscription_id`` no longer covers connections (its
+        offer withdrawn, or the current epoch outside it: ``subscription::is_over``), or
+        None while it does. What a paid server checks of a connection opened with a
+        subscription, at admission and while serving it (docs/escrow.md §13)."""
+        sub = self.get_subscription(subscription_id)
+        return sub.over(self.get_subscription_offer(sub.offer), self.epoch())
 
     def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
         """Several objects by ID, typed, in the order asked (raises

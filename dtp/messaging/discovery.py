@@ -19,6 +19,9 @@ issued more than a few minutes ahead of their clock
 (older or equal issue times are duplicates). The cache is bounded: an announcement that
 would only fit by pushing out records that outlive it is refused (counted in
 ``evicted``), except this node's own.
+
+**On the LAN**, with no ledger, endpoints announce themselves over mDNS:
+:mod:`dtp.discovery.lan` (docs/messaging.md §6.1).
 """
 
 from __future__ import annotations

@@ -133,7 +133,18 @@ def test_payment_model_commands(chain_cli: Cli) -> None:
         100,
         1,
     )
-    pool = cli.json("service", "sponsor", host, "7", "--share-bps", "2500", "--fund", "500")
+    pool = cli.json(
+        "service",
+        "sponsor",
+        host,
+        "7",
+        "--share-bps",
+        "2500",
+        "--max-pledge",
+        "1000",
+        "--fund",
+        "500",
+    )
     assert (pool["pool"]["share_bps"], pool["pool"]["funds"]) == (2500, 500)
     terms = cli.json(
         "service", "retention", host, "7", "--retention-ms", "60000",

@@ -87,7 +87,16 @@ def test_sponsor_fund_failure_names_the_created_pool(cli: Cli) -> None:
     host = cli.json("host", "create")["host"]
     cli.json("service", "add", host, "7")
     code, out, err = cli.run(
-        "service", "sponsor", host, "7", "--share-bps", "100", "--fund", str(10**17)
+        "service",
+        "sponsor",
+        host,
+        "7",
+        "--share-bps",
+        "100",
+        "--max-pledge",
+        "1000",
+        "--fund",
+        str(10**17),
     )
     assert code == 1 and out == ""
     with LocalLedger(cli.ledger) as ledger:
@@ -100,7 +109,18 @@ def test_sponsor_fund_failure_names_the_created_pool(cli: Cli) -> None:
 def test_sponsor_fund_that_works_still_shows_the_funded_pool(cli: Cli) -> None:
     host = cli.json("host", "create")["host"]
     cli.json("service", "add", host, "7")
-    shown = cli.json("service", "sponsor", host, "7", "--share-bps", "100", "--fund", "500")
+    shown = cli.json(
+        "service",
+        "sponsor",
+        host,
+        "7",
+        "--share-bps",
+        "100",
+        "--max-pledge",
+        "1000",
+        "--fund",
+        "500",
+    )
     assert shown["pool"]["funds"] == 500
 
 

@@ -122,7 +122,7 @@ def test_keys_new_with_a_named_variable_unset_writes_nothing(
     [
         ["service", "add", NO_HOST, "80"],
         ["service", "subscription", NO_HOST, "80", "--price-per-epoch", "1"],
-        ["service", "sponsor", NO_HOST, "80", "--share-bps", "100"],
+        ["service", "sponsor", NO_HOST, "80", "--share-bps", "100", "--max-pledge", "1000"],
         ["service", "retention", NO_HOST, "80", "--retention-ms", "1000"],
         ["host", "set", NO_HOST, "--firewall", "allow-all"],
     ],

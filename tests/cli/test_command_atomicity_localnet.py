@@ -38,7 +38,7 @@ def test_host_set_checks_the_limits_before_changing_anything(
     assert code == 1
     assert err == "dtp: --max-bytes-per-sec must be an integer from 0 to 2**64-1, got -1.\n"
     with LocalLedger(place / "ledger.sqlite") as ledger:
-        assert ledger.get_host(host).firewall.allow == ()
+        assert ledger.get_host(host).firewall.allow_count == 0
 
 
 def test_sponsor_with_a_bad_fund_makes_no_pool(
@@ -48,7 +48,19 @@ def test_sponsor_with_a_bad_fund_makes_no_pool(
     host = a_host(place, capsys)
     assert dtp(place, "service", "add", host, "80") == 0
     capsys.readouterr()
-    code = dtp(place, "service", "sponsor", host, "80", "--share-bps", "5000", "--fund", "-1")
+    code = dtp(
+        place,
+        "service",
+        "sponsor",
+        host,
+        "80",
+        "--share-bps",
+        "5000",
+        "--max-pledge",
+        "1000",
+        "--fund",
+        "-1",
+    )
     assert code == 1
     assert capsys.readouterr().err == (
         "dtp: --fund must be an integer from 0 to 2**64-1, got -1.\n"
@@ -79,7 +91,7 @@ OBJECT = "0x" + "ab" * 32
         ("host", "set", OBJECT, "--firewall", "allow-all"),
         ("service", "add", OBJECT, "80"),
         ("service", "subscription", OBJECT, "80", "--price-per-epoch", "5"),
-        ("service", "sponsor", OBJECT, "80", "--share-bps", "5"),
+        ("service", "sponsor", OBJECT, "80", "--share-bps", "5", "--max-pledge", "1000"),
         ("service", "retention", OBJECT, "80", "--retention-ms", "5"),
         ("subscription", "buy", OBJECT, "--epochs", "1"),
         ("subscription", "renew", OBJECT, "--epochs", "1"),

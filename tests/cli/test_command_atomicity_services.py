@@ -64,13 +64,33 @@ class Paid:
 
 PAID = {
     "service sponsor": Paid(
-        lambda h, o, s: ["service", "sponsor", h, "7", "--share-bps", "100"],
+        lambda h, o, s: [
+            "service",
+            "sponsor",
+            h,
+            "7",
+            "--share-bps",
+            "100",
+            "--max-pledge",
+            "1000",
+        ],
         "get_sponsor_pool",
         "SponsorPool",
         "Created the sponsor pool",
     ),
     "service sponsor --fund": Paid(
-        lambda h, o, s: ["service", "sponsor", h, "7", "--share-bps", "100", "--fund", "500"],
+        lambda h, o, s: [
+            "service",
+            "sponsor",
+            h,
+            "7",
+            "--share-bps",
+            "100",
+            "--max-pledge",
+            "1000",
+            "--fund",
+            "500",
+        ],
         "get_sponsor_pool",
         "SponsorPool",
         "Created the sponsor pool",
@@ -145,7 +165,18 @@ def test_a_funded_pool_whose_read_back_failed_says_it_was_funded(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(LocalLedger, "get_sponsor_pool", lagging)
-    code, _, err = cli.run("service", "sponsor", host, "7", "--share-bps", "100", "--fund", "500")
+    code, _, err = cli.run(
+        "service",
+        "sponsor",
+        host,
+        "7",
+        "--share-bps",
+        "100",
+        "--max-pledge",
+        "1000",
+        "--fund",
+        "500",
+    )
     monkeypatch.undo()
     with LocalLedger(cli.ledger) as ledger:
         (pool,) = [r.object_id for r in ledger.objects("SponsorPool")]
@@ -180,7 +211,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         local.add_service(SIGNER, host, 7, "raw", Sla(0, 0, 0))
         offer = local.create_subscription_offer(SIGNER, host, 7, 5)
         sub = local.subscribe(SIGNER, offer, 1)
-        pool = local.create_sponsor_pool(SIGNER, host, 7, 100)
+        pool = local.create_sponsor_pool(SIGNER, host, 7, 100, max_pledge=10**9)
         sale = local.create_ticket_sale(SIGNER, "t", 1, 1, 2, local.clock_ms() + 10**9)
         cap = local.create_spending_cap(SIGNER, 10**9)
         conn = local.open_connection(SIGNER, host, 7, cap, 0).connection_id
@@ -204,10 +235,10 @@ BAD_ARGUMENTS: dict[str, Callable[[Any, Ids], Any]] = {
     "subscribe epochs": lambda led, i: led.subscribe(SIGNER, i["offer"], -1),
     "renew_subscription epochs": lambda led, i: led.renew_subscription(SIGNER, i["sub"], -1),
     "create_sponsor_pool port": lambda led, i: led.create_sponsor_pool(
-        SIGNER, i["host"], 70000, 100
+        SIGNER, i["host"], 70000, 100, max_pledge=10**9
     ),
     "create_sponsor_pool share_bps": lambda led, i: led.create_sponsor_pool(
-        SIGNER, i["host"], 7, -1
+        SIGNER, i["host"], 7, -1, max_pledge=10**9
     ),
     "withdraw_sponsor_pool amount": lambda led, i: led.withdraw_sponsor_pool(SIGNER, i["pool"], -1),
     "create_ticket_sale ticket_price": lambda led, i: led.create_ticket_sale(

@@ -388,7 +388,7 @@ def test_running_out_of_gas_is_said_once_and_settlements_wait_for_funds(
                 writers = [(await client.connect(cid))[1] for cid in cids]
                 me = daemon.identity
                 pool = await asyncio.to_thread(
-                    spender.create_sponsor_pool, me, daemon.host_id, 7000, 1000
+                    spender.create_sponsor_pool, me, daemon.host_id, 7000, 1000, max_pledge=10**9
                 )
                 left = await asyncio.to_thread(spender.gas_balance, me.sui_address)
                 await asyncio.to_thread(spender.fund_sponsor_pool, me, pool, left - budget - 1)

@@ -198,7 +198,7 @@ def test_subscription_connects_unmetered_and_costs_no_escrow(world: World) -> No
 @pytest.mark.parametrize("world", ["local", "sui"], indirect=True)
 def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
     ledger, client, provider = world.ledger, world.client, world.provider
-    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500)
+    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500, max_pledge=10**9)
     ledger.fund_sponsor_pool(provider, pool, 100_000)
     before = world.balance(client.sui_address)
     with dtp.socket.create_connection(
@@ -222,7 +222,9 @@ def test_sponsored_connection_provider_pays_its_share(world: World) -> None:
     assert world.balance(client.sui_address) == before - client_part
     # a pool for another port is refused early
     ledger.add_service(provider, world.host, PORT + 1, "echo", SLA)
-    other = ledger.create_sponsor_pool(provider, world.host, PORT + 1, share_bps=5_000)
+    other = ledger.create_sponsor_pool(
+        provider, world.host, PORT + 1, share_bps=5_000, max_pledge=10**9
+    )
     with pytest.raises(ValueError, match="not for"):
         dtp.socket.create_connection(
             world.address, ledger=ledger, identity=client, sponsor_pool=other, timeout=10
@@ -239,7 +241,7 @@ def test_a_cancelled_asyncio_connect_abandons_the_connection_it_opened(
     unknown to the caller; now it is half-closed once the open lands, so the refund
     can follow."""
     ledger, client, provider = world.ledger, world.client, world.provider
-    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500)
+    pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500, max_pledge=10**9)
     ledger.fund_sponsor_pool(provider, pool, 100_000)
 
     class SlowLedger(LocalLedger):

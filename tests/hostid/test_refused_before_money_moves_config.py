@@ -27,7 +27,7 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
-from dtp.errors import SponsorUnfunded
+from dtp.errors import PaymentModelError, SponsorUnfunded
 from dtp.hostid.connect import pinned_host_key
 from tests.hostid.money import (
     ADAPTERS,
@@ -62,7 +62,7 @@ def test_a_config_of_another_type_is_refused_before_the_cap(
     chain, host_id = tcp_host
     extra: dict[str, object] = {}
     if sponsored:
-        pool = chain.create_sponsor_pool(SERVER, host_id, PORT, share_bps=2_500)
+        pool = chain.create_sponsor_pool(SERVER, host_id, PORT, share_bps=2_500, max_pledge=10**9)
         chain.fund_sponsor_pool(SERVER, pool, 100_000)
         extra["sponsor_pool"] = pool
     before = chain.balance(CLIENT.sui_address)
@@ -85,11 +85,46 @@ def test_an_unfunded_sponsor_pool_is_refused_before_the_spending_cap(
     # the pool pledges half of the deposit (2500) and holds 1000 unpledged: the open
     # aborted with ESponsorUnfunded after the cap was made for it
     chain, host_id = ledger
-    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000)
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=10**9)
     chain.fund_sponsor_pool(SERVER, pool, 1000)
     before = chain.balance(CLIENT.sui_address)
     with pytest.raises(SponsorUnfunded, match="must pledge 2500 MIST"):
         connect(adapter, chain, host_id, sponsor_pool=pool)
+    untouched(chain, before)
+    assert chain.get_sponsor_pool(pool).reserved == 0
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_bounded_pledge_is_checked_as_the_ledger_bounds_it(
+    ledger: tuple[LocalLedger, str], adapter: str
+) -> None:
+    # half of the deposit is 2500, but the pool pledges at most 1001 to a connection:
+    # that is what the check weighs against the 1000 unpledged (weighing the 2500, it
+    # would refuse a pool that covers a bound pledge of 1000)
+    chain, host_id = ledger
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=1001)
+    chain.fund_sponsor_pool(SERVER, pool, 1000)
+    before = chain.balance(CLIENT.sui_address)
+    with pytest.raises(SponsorUnfunded, match="must pledge 1001 MIST"):
+        connect(adapter, chain, host_id, sponsor_pool=pool)
+    untouched(chain, before)
+    assert chain.get_sponsor_pool(pool).pledge_for(5000) == 1001
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_pool_of_a_former_authority_is_refused_before_the_spending_cap(
+    ledger: tuple[LocalLedger, str], adapter: str
+) -> None:
+    # the host changed hands: the pool sponsors no new connection (EProviderChanged),
+    # which the open found only after the cap was made for it
+    chain, host_id = ledger
+    pool = chain.create_sponsor_pool(SERVER, host_id, PORT, 5000, max_pledge=10**9)
+    chain.fund_sponsor_pool(SERVER, pool, 10_000)
+    chain.set_authority(SERVER, host_id, CLIENT.sui_address)
+    before = chain.balance(CLIENT.sui_address)
+    with pytest.raises(PaymentModelError, match="sponsors no new connections") as info:
+        connect(adapter, chain, host_id, sponsor_pool=pool)
+    assert info.value.qualified_name == "sponsor::EProviderChanged"
     untouched(chain, before)
     assert chain.get_sponsor_pool(pool).reserved == 0
 

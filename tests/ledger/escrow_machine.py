@@ -31,6 +31,28 @@ STATS = {"claims": 0}
 
 
 @dataclass
+class CapModel:
+    """What a spending cap must hold by docs/escrow.md §4, kept by the machine."""
+
+    outstanding: int = 0
+    #: epoch -> claims counted on the cap in it
+    counted: dict[int, int] = field(default_factory=dict)
+    #: epoch -> MIST servers were paid in it from the cap's escrows (what happened)
+    claims: dict[int, int] = field(default_factory=dict)
+    #: the limit in force at the latest reservation of more than 0
+    limit_at_reservation: int = 0
+
+
+@dataclass
+class EscrowModel:
+    """An escrow's part of its cap's counts."""
+
+    reserved: int
+    claim_epoch: int
+    claimed_in_epoch: int = 0
+
+
+@dataclass
 class Conn:
     id: str
     escrow: str
@@ -51,10 +73,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.conns: list[Conn] = []
         for client in CLIENTS:
             self.ledger.faucet(client.sui_address, 4_000)
-        # cap id -> epoch -> MIST reserved and not released (our own bookkeeping)
-        self.reserved: dict[str, dict[int, int]] = {cap: {} for cap in self.caps.values()}
-        # connection id -> (epoch of its latest reservation, MIST reserved then)
-        self.held: dict[str, tuple[int, int]] = {}
+        # our own bookkeeping of the caps' counts (docs/escrow.md §4)
+        self.cap_models = {cap: CapModel() for cap in self.caps.values()}
+        self.escrow_models: dict[str, EscrowModel] = {}  # by connection id
         self.host_version = self.ledger.object_ref(self.host).version
 
     # helpers
@@ -79,26 +100,72 @@ class LedgerMachine(RuleBasedStateMachine):
             assert value == before[addr] + changes.get(addr, 0), "unexpected balance change"
         return result
 
-    def room(self, cap_id: str) -> int:
-        """What the cap lets be reserved now, by the model."""
-        cap = self.ledger.get_cap(cap_id)
-        return cap.max_per_epoch - self.reserved[cap_id].get(self.ledger.epoch(), 0)
+    def room(self, cap_id: str, conn_id: str | None = None) -> int:
+        """What the cap lets be reserved now, by the model: the limit less this epoch's
+        counted claims and what is outstanding (after ``conn_id``'s claims were counted,
+        as a top-up counts them first). Negative once a lowering went below them."""
+        model, epoch = self.cap_models[cap_id], self.ledger.epoch()
+        outstanding, counted = model.outstanding, model.counted.get(epoch, 0)
+        if conn_id is not None:
+            taken, in_epoch = self._unreported(conn_id, cap_id)
+            outstanding, counted = outstanding - taken, counted + in_epoch
+        return self.ledger.get_cap(cap_id).max_per_epoch - counted - outstanding
+
+    def refused_reservation(self, cap_id: str, amount: int, conn_id: str | None = None) -> bool:
+        """Whether reserving ``amount`` is refused: never for 0 (docs/escrow.md §4)."""
+        return amount > 0 and amount > self.room(cap_id, conn_id)
+
+    def _unreported(self, conn_id: str, cap_id: str) -> tuple[int, int]:
+        """(claims the escrow has not reported, the part of them counted this epoch)."""
+        e, model = self.escrow_models[conn_id], self.cap_models[cap_id]
+        funds = self.ledger.get_escrow(self.ledger.get_connection(conn_id).escrow).balance
+        taken = min(max(0, e.reserved - funds), model.outstanding)
+        in_epoch = min(taken, e.claimed_in_epoch) if e.claim_epoch == self.ledger.epoch() else 0
+        return taken, in_epoch
+
+    def _report(self, conn_id: str, cap_id: str, funds: int) -> None:
+        """``escrow::report_claims`` on the model, the escrow holding ``funds``."""
+        e, model, epoch = self.escrow_models[conn_id], self.cap_models[cap_id], self.ledger.epoch()
+        if e.reserved <= funds:
+            return
+        taken = min(e.reserved - funds, model.outstanding)
+        model.outstanding -= taken
+        if e.claim_epoch == epoch:
+            model.counted[epoch] = model.counted.get(epoch, 0) + min(taken, e.claimed_in_epoch)
+        e.reserved = funds
 
     def reserve(self, conn_id: str, cap_id: str, amount: int, *, top_up: bool) -> None:
-        epoch = self.ledger.epoch()
-        per_epoch = self.reserved[cap_id]
-        per_epoch[epoch] = per_epoch.get(epoch, 0) + amount
-        held_epoch, held = self.held.get(conn_id, (epoch, 0))
-        self.held[conn_id] = (epoch, held + amount if top_up and held_epoch == epoch else amount)
+        """A successful open (``top_up=False``) or top-up of ``amount`` (call after it)."""
+        model, epoch = self.cap_models[cap_id], self.ledger.epoch()
+        if top_up:
+            e = self.escrow_models[conn_id]
+            funds = self.ledger.get_escrow(self.ledger.get_connection(conn_id).escrow).balance
+            self._report(conn_id, cap_id, funds - amount)
+            e.reserved += amount
+        else:
+            self.escrow_models[conn_id] = EscrowModel(amount, epoch)
+        model.outstanding += amount
+        if amount:  # (one of 0 is never checked against the limit)
+            model.limit_at_reservation = self.ledger.get_cap(cap_id).max_per_epoch
+
+    def claimed(self, conn_id: str, cap_id: str, paid: int) -> None:
+        """A successful claim paying ``paid`` (call after it): the escrow notes it."""
+        e, epoch = self.escrow_models[conn_id], self.ledger.epoch()
+        if e.claim_epoch != epoch:
+            e.claim_epoch, e.claimed_in_epoch = epoch, 0
+        e.claimed_in_epoch += paid
+        claims = self.cap_models[cap_id].claims
+        claims[epoch] = claims.get(epoch, 0) + paid
 
     def release(self, conn_id: str, cap_id: str, refunded: int) -> None:
-        epoch = self.ledger.epoch()
-        held_epoch, held = self.held[conn_id]
-        if held_epoch == epoch:
-            per_epoch = self.reserved[cap_id]
-            released = min(refunded, held, per_epoch.get(epoch, 0))
-            per_epoch[epoch] = per_epoch.get(epoch, 0) - released
-            self.held[conn_id] = (held_epoch, held - released)
+        """A successful settlement refunding ``refunded`` (call after it, and after
+        :meth:`claimed` for its final receipt): the claims are reported, the refund
+        released."""
+        self._report(conn_id, cap_id, refunded)
+        e, model = self.escrow_models[conn_id], self.cap_models[cap_id]
+        released = min(refunded, e.reserved, model.outstanding)
+        e.reserved -= released
+        model.outstanding -= released
 
     # rules
 
@@ -116,7 +183,7 @@ class LedgerMachine(RuleBasedStateMachine):
             else "EInsufficientDeposit"
             if deposit < SLA.min_deposit
             else "ESpendingCapExceeded"
-            if deposit > self.room(cap)
+            if self.refused_reservation(cap, deposit)
             else None
         )
         result = self.expect(
@@ -143,7 +210,7 @@ class LedgerMachine(RuleBasedStateMachine):
             else "EEscrowSettled"
             if e.settled
             else "ESpendingCapExceeded"
-            if amount > self.room(conn.cap)
+            if self.refused_reservation(conn.cap, amount, conn.id)
             else None
         )
         result = self.expect(
@@ -228,9 +295,33 @@ class LedgerMachine(RuleBasedStateMachine):
             assert got == paid
             conn.usage = (receipt.total_bytes, receipt.total_requests)
             conn.claimed_receipts.append(receipt)
+            self.claimed(conn.id, conn.cap, paid)
             if final:
                 self.release(conn.id, conn.cap, e.balance - paid)
             STATS["claims"] += 1
+
+    @precondition(lambda self: self.conns)
+    @rule(data=st.data(), kib=st.integers(1, 100))
+    def serve(self, data: st.DataObject, kib: int) -> None:
+        """The common case, so that runs reach claims in many epochs: the server claims
+        a valid receipt for up to ``kib`` more KiB, as far as the deposit covers."""
+        conn = data.draw(st.sampled_from(self.conns))
+        e = self.ledger.get_escrow(conn.escrow)
+        b, r = conn.usage
+        covered = (e.deposited - r * SLA.price_per_request) * 1024 // SLA.price_per_kib
+        b = min(b + kib * 1024, covered)
+        if e.settled or b <= conn.usage[0]:
+            return
+        conn.nonce += 1
+        receipt = Receipt(conn.id, b, r, fee(SLA, b, r), conn.nonce).sign(conn.client)
+        paid = receipt.total_amount - e.claimed
+        result = self.expect(
+            lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {SERVER.sui_address: paid}
+        )
+        assert result == paid
+        conn.usage = (b, r)
+        conn.claimed_receipts.append(receipt)
+        self.claimed(conn.id, conn.cap, paid)
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data(), op=st.sampled_from(["close", "finalize", "settle"]))
@@ -301,14 +392,38 @@ class LedgerMachine(RuleBasedStateMachine):
         # connections only read the Host: Sui runs them concurrently
         assert self.ledger.object_ref(self.host).version == self.host_version
 
+    def conns_of(self, cap_id: str) -> list[Conn]:
+        """Every connection of the machine bound to ``cap_id`` (subclasses add theirs)."""
+        return [c for c in self.conns if c.cap == cap_id]
+
     @invariant()
-    def caps_match_reservations(self) -> None:
-        # Each reservation was checked against the limit when it was made (in `open` and
-        # `top_up`); the cap holds exactly what was reserved and not released in its
-        # epoch, and each escrow what it reserved.
-        for cap_id in self.caps.values():
+    def caps_match_the_model(self) -> None:
+        # Each cap holds exactly what docs/escrow.md §4 says: the deposits outstanding
+        # and this epoch's counted claims; each escrow its part of them.
+        epoch = self.ledger.epoch()
+        for cap_id, model in self.cap_models.items():
             cap = self.ledger.get_cap(cap_id)
-            assert cap.spent == self.reserved[cap_id].get(cap.epoch, 0)
-        for conn in self.conns:
-            e = self.ledger.get_escrow(conn.escrow)
-            assert (e.reserved_epoch, e.reserved) == self.held[conn.id]
+            assert cap.outstanding == model.outstanding
+            assert cap.used(epoch) == model.counted.get(epoch, 0) + model.outstanding
+            assert cap.remaining(epoch) == max(0, self.room(cap_id))
+            for conn in self.conns_of(cap_id):
+                e = self.ledger.get_escrow(conn.escrow)
+                m = self.escrow_models[conn.id]
+                assert (e.reserved, e.claim_epoch, e.claimed_in_epoch) == (
+                    m.reserved,
+                    m.claim_epoch,
+                    m.claimed_in_epoch,
+                )
+                assert e.reserved >= e.balance or e.settled
+
+    @invariant()
+    def no_epochs_claims_exceed_the_cap(self) -> None:
+        # What servers were paid from a cap's escrows this epoch, plus all they could
+        # still be paid (the unsettled escrows' balances, of whatever epoch), never
+        # exceeds the limit in force at the cap's latest reservation: deposits of many
+        # epochs cannot all be claimed in one. (Claims happen only in the current epoch,
+        # so every past epoch was checked while it was current.)
+        epoch = self.ledger.epoch()
+        for cap_id, model in self.cap_models.items():
+            claimable = sum(self.ledger.get_escrow(c.escrow).balance for c in self.conns_of(cap_id))
+            assert model.claims.get(epoch, 0) + claimable <= model.limit_at_reservation

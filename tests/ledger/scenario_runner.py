@@ -53,6 +53,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "broadcast_claim": ["BroadcastClaimed"],
     "broadcast_cancel": ["BroadcastCancelled"],
     "broadcast_withdraw": ["ContributionRefunded"],
+    "broadcast_leave": ["ContributionRefunded"],
+    "broadcast_heartbeat": ["BroadcastHeartbeat"],
     # payment models (docs/escrow.md §13-16)
     "offer_create": ["SubscriptionOfferCreated"],
     "subscribe": ["Subscribed"],
@@ -61,9 +63,18 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "offer_withdraw": ["SubscriptionOfferWithdrawn"],
     "subscription_refund": ["SubscriptionRefunded"],
     "open_subscribed": ["SpendingCapReserved", "ConnectionOpened", "SubscribedConnectionOpened"],
+    "end_subscribed": [
+        "ConnectionClosed",
+        "EscrowRefunded",
+        "ConnectionSettled",
+        "SubscribedConnectionEnded",
+    ],
     "sponsor_create": ["SponsorPoolCreated"],
     "sponsor_fund": ["SponsorPoolFunded"],
     "sponsor_withdraw": ["SponsorPoolWithdrawn"],
+    "sponsor_set_max_pledge": ["SponsorPledgeLimitChanged"],
+    "set_cap": ["SpendingCapChanged"],
+    "set_authority": ["HostUpdated"],
     "open_sponsored": ["SpendingCapReserved", "ConnectionOpened", "SponsoredConnectionOpened"],
     "reimburse": ["SponsorReimbursed"],
     "ticket_sale_create": ["TicketSaleCreated"],
@@ -72,6 +83,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "ticket_sale_cancel": ["TicketSaleCancelled"],
     "refund_tickets": ["TicketsRefunded"],
     "retention_terms": ["RetentionTermsCreated"],
+    "retire_terms": ["RetentionTermsRetired"],
+    "replace_terms": ["RetentionTermsRetired", "RetentionTermsCreated"],
     "create_pipe": ["PipeCreated"],
     "send_retained": ["PipeDataSent", "RecordRetained"],
     "confirm_consumed": ["RecordConsumed"],
@@ -217,6 +230,10 @@ class Runner:
             "create_cap": lambda: self.caps.__setitem__(
                 step["by"], ledger.create_spending_cap(by, step["max_per_epoch"])
             ),
+            "set_cap": lambda: ledger.set_max_per_epoch(
+                by, self.caps[step["by"]], step["max_per_epoch"]
+            ),
+            "set_authority": lambda: ledger.set_authority(by, host, self.addr(step["to"])),
             "open": lambda: self.open(step),
             "top_up": lambda: ledger.top_up(
                 by, ledger.get_connection(conn()).escrow, step["amount"]
@@ -257,6 +274,8 @@ class Runner:
             "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
             "broadcast_cancel": lambda: ledger.broadcast_cancel(by, self.bcast()),
             "broadcast_withdraw": lambda: ledger.broadcast_withdraw(by, self.bcast()),
+            "broadcast_leave": lambda: ledger.broadcast_leave(by, self.bcast()),
+            "broadcast_heartbeat": lambda: ledger.broadcast_heartbeat(by, self.bcast()),
             "check": lambda: self.check(step),
             **self.model_ops(step),
         }
@@ -296,11 +315,20 @@ class Runner:
                     by, m["sub"], self.caps[step["by"]], step["deposit"]
                 )
             ),
+            "end_subscribed": lambda: ledger.end_subscribed_connection(
+                by, self.conns[step["conn"]], m["sub"]
+            ),
             "sponsor_create": lambda: keep(
-                "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
+                "pool",
+                ledger.create_sponsor_pool(
+                    by, host, PORT, step["share_bps"], max_pledge=step["max_pledge"]
+                ),
             ),
             "sponsor_fund": lambda: ledger.fund_sponsor_pool(by, m["pool"], step["amount"]),
             "sponsor_withdraw": lambda: ledger.withdraw_sponsor_pool(by, m["pool"], step["amount"]),
+            "sponsor_set_max_pledge": lambda: ledger.set_sponsor_max_pledge(
+                by, m["pool"], step["max_pledge"]
+            ),
             "open_sponsored": lambda: opened(
                 ledger.open_sponsored_connection(
                     by, m["pool"], self.caps[step["by"]], step["deposit"]
@@ -326,6 +354,13 @@ class Runner:
                 "terms",
                 ledger.create_retention_terms(
                     by, host, PORT, step["retention_ms"], step["storage_price_per_byte"]
+                ),
+            ),
+            "retire_terms": lambda: ledger.retire_retention_terms(by, m["terms"]),
+            "replace_terms": lambda: keep(
+                "terms",
+                ledger.replace_retention_terms(
+                    by, m["terms"], step["retention_ms"], step["storage_price_per_byte"]
                 ),
             ),
             "create_pipe": lambda: self.pipes.__setitem__(
@@ -361,7 +396,7 @@ class Runner:
                     fee, client_part, provider_part = expected
                     assert pool.quote(fee) == (client_part, provider_part), "quote"
                 else:
-                    assert key in {"funds", "reserved"}, key
+                    assert key in {"funds", "reserved", "max_pledge"}, key
                     assert getattr(pool, key) == expected, f"sponsor.{key}"
             assert 0 <= pool.reserved <= pool.funds
         if "tickets" in step:
@@ -379,7 +414,7 @@ class Runner:
                 with pytest.raises(ObjectNotFound):
                     ledger.get_retained_record(record_id)
             for key, expected in spec.items():
-                assert key in {"deposit", "consumed", "seq"}, key
+                assert key in {"deposit", "consumed", "seq", "reclaim_after_ms"}, key
                 assert getattr(ledger.get_retained_record(record_id), key) == expected, key
 
     def bcast(self) -> str:
@@ -423,7 +458,8 @@ class Runner:
                     "latest_nonce",
                     "settled",
                     "reserved",
-                    "reserved_epoch",
+                    "claim_epoch",
+                    "claimed_in_epoch",
                 }, key
                 assert getattr(escrow, key) == expected, f"escrow.{key}"
             assert escrow.balance == escrow.deposited - escrow.claimed - escrow.refunded
@@ -441,8 +477,11 @@ class Runner:
             spec = dict(step["cap"])
             cap = ledger.get_cap(self.caps[spec.pop("owner")])
             for key, expected in spec.items():
-                assert key in {"epoch", "spent", "max_per_epoch"}, key
-                assert getattr(cap, key) == expected, f"cap.{key}"
+                if key == "remaining":
+                    assert cap.remaining(ledger.epoch()) == expected, "cap.remaining"
+                else:
+                    assert key in {"epoch", "claimed", "outstanding", "max_per_epoch"}, key
+                    assert getattr(cap, key) == expected, f"cap.{key}"
         if "host" in step:
             h = ledger.get_host(self.host_id or "")
             for key, expected in step["host"].items():

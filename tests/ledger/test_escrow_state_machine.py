@@ -4,10 +4,13 @@ top-ups, epochs, cap changes and clock moves.
 
 Each claim's outcome is predicted independently (docs/escrow.md §6 check order) and
 compared; every failed call must leave the whole ledger unchanged; balances may change
-only as the rules say. Invariants: MIST conserved, escrow balance == deposited − claimed
-− refunded, every cap holds exactly the reservations (opens, top-ups) less the releases
-(settlements in the reservation's epoch) of its epoch, never beyond its limit when it was
-made, and the Host is never written by a connection (docs/escrow.md §4, "Throughput").
+only as the rules say; a top-up of 0 is never refused by the cap, however far a lowering
+took it. Invariants: MIST conserved, escrow balance == deposited − claimed − refunded,
+every cap holds exactly the deposits outstanding and the claims counted in its epoch
+(and each escrow its part of them) as docs/escrow.md §4 tells, no epoch's claims --
+what servers were paid in it plus all its escrows could still pay -- exceed the limit in
+force at the cap's latest reservation, and the Host is never written by a connection
+(docs/escrow.md §19).
 """
 
 from __future__ import annotations

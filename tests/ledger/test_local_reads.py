@@ -114,11 +114,11 @@ def test_open_reserves_and_settlement_releases_on_the_cap(world: World) -> None:
     receipt = Receipt(first.connection_id, 100 * 1024, 1, fee(SLA, 100 * 1024, 1), 1)
     ledger.claim(SERVER, first.escrow_id, receipt.sign(CLIENT))
     assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
-    # settled: the 995 refunded are released, the 1005 claimed stay spent
+    # settled: the 995 refunded are released, the 1005 claimed count in this epoch
     assert ledger.settle(SERVER, first.connection_id).refunded == 995
     assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 1005
-    assert ledger.get_escrow(first.escrow_id).reserved == 1005
-    ledger.advance_epoch()  # a new epoch: the cap's spending starts over
+    assert ledger.get_escrow(first.escrow_id).reserved == 0  # nothing left on the cap
+    ledger.advance_epoch()  # a new epoch: the claimed count starts over
     ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
     assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
 
@@ -131,7 +131,13 @@ def test_own_calls_record_what_execute_records(world: World) -> None:
     direct = ledger.execute(raw, CLIENT.sign_transaction(raw))
     via_call = ledger._call(CLIENT, "spending_cap", "create", 7)
     a, b = ledger.get_cap(str(direct.value)), ledger.get_cap(str(via_call.value))
-    assert (a.owner, a.max_per_epoch, a.spent, a.epoch) == (b.owner, b.max_per_epoch, 0, 0)
+    assert (a.owner, a.max_per_epoch, a.claimed, a.outstanding, a.epoch) == (
+        b.owner,
+        b.max_per_epoch,
+        0,
+        0,
+        0,
+    )
     assert [e.name for e in direct.events] == [e.name for e in via_call.events]
     assert direct.events[0].fields["max_per_epoch"] == via_call.events[0].fields["max_per_epoch"]
     digests = {row[2] for row in ledger.dump()["transactions"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +171,16 @@ def test_subscribed_connection_is_unmetered_and_claims_zero(world: World) -> Non
 
 def test_sponsor_bad_input(world: World) -> None:
     ledger = world.ledger
-    world.refused(
-        NotAuthorized, "ENotProvider", ledger.create_sponsor_pool, CLIENT, world.host, 7, 1
-    )
-    world.refused(ChainError, "EInvalidShare", ledger.create_sponsor_pool, SERVER, world.host, 7, 0)
-    world.refused(
-        ChainError, "EInvalidShare", ledger.create_sponsor_pool, SERVER, world.host, 7, 10_001
-    )
-    pool = ledger.create_sponsor_pool(SERVER, world.host, 7, 10_000)
+    create = partial(ledger.create_sponsor_pool, max_pledge=10**9)
+    world.refused(NotAuthorized, "ENotProvider", create, CLIENT, world.host, 7, 1)
+    world.refused(ChainError, "EInvalidShare", create, SERVER, world.host, 7, 0)
+    world.refused(ChainError, "EInvalidShare", create, SERVER, world.host, 7, 10_001)
+    with pytest.raises(InvalidArgument, match="max_pledge"):
+        ledger.create_sponsor_pool(SERVER, world.host, 7, 1, max_pledge=-1)
+    pool = ledger.create_sponsor_pool(SERVER, world.host, 7, 10_000, max_pledge=10**9)
+    world.refused(NotAuthorized, "ENotProvider", ledger.set_sponsor_max_pledge, CLIENT, pool, 1)
+    with pytest.raises(InvalidArgument, match="max_pledge"):
+        ledger.set_sponsor_max_pledge(SERVER, pool, 2**64)
     world.refused(ChainError, "EZeroAmount", ledger.fund_sponsor_pool, SERVER, pool, 0)
     # Unfunded: a full sponsor must pledge the whole deposit.
     err = world.refused(
@@ -452,12 +455,14 @@ def test_economics_golden_pure_values() -> None:
 def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, str]:
     offer = ledger.create_subscription_offer(SERVER, host, 7, 100, 1)
     sub = ledger.subscribe(CLIENT, offer, 2)
-    ledger.open_subscribed_connection(CLIENT, sub, cap)
+    subscribed = ledger.open_subscribed_connection(CLIENT, sub, cap)
     ledger.renew_subscription(CLIENT, sub, 1)
     ledger.claim_subscription(SERVER, sub)
     ledger.withdraw_subscription_offer(SERVER, offer)
     ledger.refund_subscription(CLIENT, sub)
-    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5_000)
+    ledger.end_subscribed_connection(OTHER, subscribed.connection_id)
+    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5_000, max_pledge=10**9)
+    ledger.set_sponsor_max_pledge(SERVER, pool, 800)
     ledger.fund_sponsor_pool(SERVER, pool, 2_000)
     ledger.withdraw_sponsor_pool(SERVER, pool, 100)
     opened = ledger.open_sponsored_connection(CLIENT, pool, cap, 1_000)
@@ -480,6 +485,7 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     gone = ledger.send_retained(CLIENT, pipe, terms, 0, b"gone")
     ledger.confirm_consumed(SERVER, gone)
     ledger.delete_retained(CLIENT, gone)
+    ledger.replace_retention_terms(SERVER, terms, 0, 2)
     ledger.refund_tickets(OTHER, other_sale)
     ledger.pay(CLIENT, OTHER.sui_address, 5, b"thanks")
     return ids

@@ -7,6 +7,7 @@ authority) hold with MIST conserved and a refused call changing nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 @pytest.mark.parametrize("fee", [-1, -10_000, 2**64, 1.5, True, "100", None])
 def test_sponsor_quote_refuses_a_fee_that_is_no_u64(world: World, fee: Any) -> None:
-    pool = world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 5_000)
+    pool = world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 5_000, max_pledge=10**9)
     quoted = world.ledger.get_sponsor_pool(pool)
     # before: -1 quoted (0, -1), 2**64 a split no u64 fee has, True (0, 0), 1.5 floats
     with pytest.raises(InvalidArgument, match="fee"):
@@ -83,7 +84,7 @@ def test_sponsor_quote_refuses_a_fee_that_is_no_u64(world: World, fee: Any) -> N
 
 
 def test_sponsor_quote_at_the_u64_edge_matches_the_pledge_rule(world: World) -> None:
-    pool = world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 3_333)
+    pool = world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 3_333, max_pledge=10**9)
     client_part, provider_part = world.ledger.get_sponsor_pool(pool).quote(U64_MAX)
     assert provider_part == U64_MAX * 3_333 // BPS  # Move's u128 product, rounded down
     assert client_part + provider_part == U64_MAX
@@ -120,7 +121,7 @@ def test_a_ticket_sale_is_hashable_like_the_other_ledger_objects(world: World) -
                 first,
                 again,
                 world.ledger.get_sponsor_pool(
-                    world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 1)
+                    world.ledger.create_sponsor_pool(PROVIDER, world.host, 7, 1, max_pledge=10**9)
                 ),
             }
         )
@@ -232,18 +233,36 @@ def test_a_new_authority_cannot_take_the_old_providers_money(world: World) -> No
     ledger = world.ledger
     offer = ledger.create_subscription_offer(PROVIDER, world.host, 7, 30, 1)
     sub = ledger.subscribe(CLIENT, offer, 2)
-    pool = ledger.create_sponsor_pool(PROVIDER, world.host, 7, 10_000)
+    pool = ledger.create_sponsor_pool(PROVIDER, world.host, 7, 10_000, max_pledge=10**9)
     ledger.fund_sponsor_pool(PROVIDER, pool, 1_000)
     opened = ledger.open_sponsored_connection(CLIENT, pool, world.cap, 400)
     ledger.set_authority(PROVIDER, world.host, HEIR.sui_address)
     ledger.faucet(HEIR.sui_address, 1)
-    # The offer and the pool stay their creator's: the heir neither claims nor withdraws,
-    # and the old authority makes no new ones.
+    # The offer and the pool stay their creator's: the heir neither claims nor withdraws
+    # nor bounds the pledges, and the old authority makes no new ones.
     world.refused(NotAuthorized, "ENotProvider", ledger.claim_subscription, HEIR, sub)
     world.refused(NotAuthorized, "ENotProvider", ledger.withdraw_subscription_offer, HEIR, offer)
     world.refused(NotAuthorized, "ENotProvider", ledger.withdraw_sponsor_pool, HEIR, pool, 1)
+    world.refused(NotAuthorized, "ENotProvider", ledger.set_sponsor_max_pledge, HEIR, pool, 1)
     world.refused(
-        NotAuthorized, "ENotProvider", ledger.create_sponsor_pool, PROVIDER, world.host, 7, 1
+        NotAuthorized,
+        "ENotProvider",
+        partial(ledger.create_sponsor_pool, max_pledge=1),
+        PROVIDER,
+        world.host,
+        7,
+        1,
+    )
+    # Nor does the pool pay back the heir's fees: it sponsors no new connection
+    # (docs/escrow.md §14), whatever it holds.
+    world.refused(
+        PaymentModelError,
+        "EProviderChanged",
+        ledger.open_sponsored_connection,
+        CLIENT,
+        pool,
+        world.cap,
+        400,
     )
     # A pledge made before the handover still binds the pool.
     world.refused(ChainError, "ENotParticipant", ledger.settle, HEIR, opened.connection_id)
@@ -252,5 +271,13 @@ def test_a_new_authority_cannot_take_the_old_providers_money(world: World) -> No
     assert ledger.reimburse(HEIR, pool, opened.connection_id) == 100
     p = ledger.get_sponsor_pool(pool)
     assert (p.funds, p.reserved) == (900, 0)
+    # what is left is still the provider's: nothing stays locked in a pool nobody uses
+    ledger.withdraw_sponsor_pool(PROVIDER, pool, 900)
+    assert ledger.get_sponsor_pool(pool).funds == 0
     assert ledger.claim_subscription(PROVIDER, sub) == 30
+    # Once the host is back with its provider, the pool sponsors again.
+    ledger.set_authority(HEIR, world.host, PROVIDER.sui_address)
+    ledger.fund_sponsor_pool(PROVIDER, pool, 400)
+    ledger.open_sponsored_connection(CLIENT, pool, world.cap, 400)
+    assert ledger.get_sponsor_pool(pool).reserved == 400
     world.conserved()

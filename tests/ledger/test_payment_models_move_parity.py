@@ -95,7 +95,7 @@ def test_not_settled_is_a_payment_model_error_and_still_a_connection_state_error
 ) -> None:
     host = _host(ledger, 7)
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
-    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5000)
+    pool = ledger.create_sponsor_pool(SERVER, host, 7, 5000, max_pledge=10**9)
     ledger.fund_sponsor_pool(SERVER, pool, 1000)
     opened = ledger.open_sponsored_connection(CLIENT, pool, cap, 1000)
     with pytest.raises(PaymentModelError) as info:

@@ -179,6 +179,7 @@ def test_send_retained_prices_the_deposit_on_the_bytes_sent(
                 "receiver": ZERO,
                 "deposit": 0,
                 "delete_after_ms": 0,
+                "reclaim_after_ms": 0,
             },
         )
     ]
@@ -290,7 +291,10 @@ def test_every_transaction_method_checks_its_signer_before_io(
     for name in methods:
         params = list(inspect.signature(getattr(SuiLedger, name)).parameters.values())[2:]
         # the signer is checked first: the other arguments need not name anything
-        args = [HOST for p in params if p.default is inspect.Parameter.empty]
+        required = [p for p in params if p.default is inspect.Parameter.empty]
+        args = [HOST for p in required if p.kind is not p.KEYWORD_ONLY]
+        kwargs = {p.name: HOST for p in required if p.kind is p.KEYWORD_ONLY}
         for signer in (None, "0x1", b"key"):
-            text = refused_before_io(node, partial(getattr(led, name), signer, *args))
+            call = partial(getattr(led, name), signer, *args, **kwargs)
+            text = refused_before_io(node, call)
             assert text == f"signer must be a HostIdentity, got {type(signer).__name__}.", name

@@ -130,7 +130,7 @@ def test_objects_have_full_types_owners_and_bcs_contents(
     # an open takes the Host read-only (docs/escrow.md §19): its version does not move,
     # while the client's cap, taken mutably, holds the reserved deposit
     assert (obj.version, obj.digest) == (before_open.version, before_open.digest)
-    assert ledger.get_cap(cap).spent == 5000
+    assert ledger.get_cap(cap).outstanding == 5000
     owned = client.get_object(pipe)
     assert owned.owner == user.sui_address and owned.initial_shared_version is None
     coin_ref, balance = client.gas_coins(user.sui_address)[0]

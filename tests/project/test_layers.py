@@ -34,6 +34,7 @@ LAYER_OF: dict[str, str] = {
     "dtp.hostid.udp": "udp",
     "dtp.socket": "faces",
     "dtp.aio": "faces",
+    "dtp.discovery": "discovery",
     "dtp.messaging": "messaging",
     "dtp.graph": "graph",
     "dtp.daemon": "daemon",
@@ -43,7 +44,8 @@ LAYER_OF: dict[str, str] = {
 
 _BELOW_TRANSPORT = {"errors", "native", "identity", "protocol"}
 _BELOW_HOSTID = {"errors", "native", "identity", "protocol", "ledger", "payments", "transport"}
-_BELOW_APPS = _BELOW_HOSTID | {"hostid", "paid", "udp", "faces"}
+_BELOW_DISCOVERY = _BELOW_HOSTID | {"hostid", "paid", "udp", "faces"}
+_BELOW_APPS = _BELOW_DISCOVERY | {"discovery"}
 
 # What each layer may import besides itself (the table of docs/architecture.md).
 # protocol and ledger/payments sit side by side and never import each other; the
@@ -60,6 +62,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "paid": _BELOW_HOSTID | {"hostid"},
     "udp": _BELOW_HOSTID | {"hostid"},
     "faces": _BELOW_HOSTID | {"hostid", "paid", "udp"},
+    "discovery": _BELOW_DISCOVERY - {"paid", "udp"},
     "messaging": _BELOW_APPS,
     "graph": _BELOW_APPS - {"paid", "udp"},
     "daemon": _BELOW_APPS,

@@ -15,9 +15,12 @@ import pytest
 
 from tests.support.daemon_procs import Proc, backend
 from tests.support.netns import (
+    _NAMESPACE,
     LinkImpairmentUnavailable,
     NetnsUnavailable,
     TwoMachines,
+    _ip_json,
+    lan,
     namespaces,
     remove_stale,
     root_links,
@@ -107,6 +110,26 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
     finally:
         subprocess.run(["ip", "link", "delete", stale_link], capture_output=True)
         subprocess.run(["ip", "netns", "delete", stale_ns], capture_output=True)
+
+
+def test_a_lan_is_one_bridge_and_is_removed_with_its_processes() -> None:
+    if (reason := unavailable()) is not None:
+        pytest.skip(reason)
+    with pytest.raises(RuntimeError, match="the test failed"), lan(3) as segment:
+        names = [segment.switch, *(m.name for m in segment.machines)]
+        assert set(names) <= set(namespaces())
+        # every machine's eth0 is a port of the one bridge, which floods multicast
+        ports = _ip_json("-n", segment.switch, "link", "show", "master", "br0")
+        assert sorted(p["ifname"] for p in ports) == ["port0", "port1", "port2"]
+        details = _ip_json("-n", segment.switch, "-d", "link", "show", "br0")
+        assert details[0]["linkinfo"]["info_data"]["mcast_snooping"] == 0
+        # (that multicast crosses it: tests/graph/test_lan_two_machines.py, over mDNS)
+        tracked = segment.popen(segment.machines[0], ["sleep", "60"])
+        raise RuntimeError("the test failed")
+    assert tracked.poll() is not None
+    assert not set(names) & set(namespaces())
+    # a dead run's LAN is named as remove_stale looks for
+    assert all(_NAMESPACE.match(name) for name in names)
 
 
 def test_impairing_the_link_delays_it_or_says_why_it_cannot(netns: TwoMachines) -> None:

@@ -22,11 +22,19 @@ reachable from both at that one address, while A and B reach each other only ove
 their own link. Nothing is routed *through* the root namespace: it only ever answers
 its own packets, so IP forwarding (off by default, and per namespace) is left alone.
 
+:func:`lan` makes another layout: machines on one Ethernet segment, for what needs a
+LAN (multicast: mDNS discovery). Each machine namespace ``dtp-l<i>-<pid>-<n>`` has
+``lo`` and one interface, ``eth0`` at ``.<i+1>/24``, whose other end is a port of the
+bridge ``br0`` in a namespace of its own, the switch ``dtp-s-<pid>-<n>``. The bridge
+floods multicast to every port (its IGMP snooping is off), so an mDNS packet one
+machine sends reaches all the others, as on a LAN; nothing reaches the root namespace.
+
 Cleanup (:meth:`TwoMachines.close`, run by :func:`two_machines` however its block
 ends) kills every process inside the namespaces, deletes the root-side veth ends
 (which takes their peers with them) and then the namespaces. A run killed outright
 (SIGKILL, a crash) leaves its namespaces behind: the next :func:`two_machines` deletes
-every ``dtp-a-*``/``dtp-b-*`` namespace and ``dtp*`` veth whose pid is no longer alive.
+every ``dtp-a-*``/``dtp-b-*`` namespace (and :func:`lan`'s) and ``dtp*`` veth whose pid is
+no longer alive.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from typing import Any, Protocol, TypeVar
 
 # 10.64.0.0/10 holds 16384 /24s; one per harness, picked from the pid.
 _POOL = ipaddress.IPv4Network("10.64.0.0/10")
-_NAMESPACE = re.compile(r"^dtp-[ab]-(\d+)-(\d+)$")
+_NAMESPACE = re.compile(r"^dtp-(?:[ab]|l\d+|s)-(\d+)-(\d+)$")
 _ROOT_LINK = re.compile(r"^dtp(\d+)-(\d+)[ab]$")
 _sequence = itertools.count()
 
@@ -360,3 +368,116 @@ def two_machines() -> Iterator[TwoMachines]:
         yield machines
     finally:
         machines.close()
+
+
+@dataclass(frozen=True)
+class LanMachine:
+    """One machine of a :class:`Lan`: a network namespace with one interface on the
+    segment."""
+
+    name: str
+    """The namespace's name."""
+    address: str
+    """Its address on the segment (``eth0``)."""
+    link: str = "eth0"
+
+
+class Lan:
+    """Machines on one Ethernet segment: each namespace's ``eth0`` is a port of the bridge
+    ``br0`` in the switch namespace. Made by :func:`lan`."""
+
+    def __init__(self, count: int) -> None:
+        if not 2 <= count <= 32:
+            raise ValueError(f"a LAN of 2..32 machines, not {count}")
+        pid, n = os.getpid(), next(_sequence) % 100
+        self.subnet = _pick_subnet(pid, n)
+        host = self.subnet.network_address
+        self.switch = f"dtp-s-{pid}-{n}"
+        self.machines = tuple(
+            LanMachine(f"dtp-l{i}-{pid}-{n}", str(host + 1 + i)) for i in range(count)
+        )
+        self._popens: list[subprocess.Popen[Any]] = []
+        self._made: list[str] = []
+        self._closed = False
+
+    def _create(self) -> None:
+        for name in (self.switch, *(m.name for m in self.machines)):
+            result = _run(["ip", "netns", "add", name], check=False)
+            if result.returncode != 0:
+                error = result.stderr.strip()
+                if "Operation not permitted" in error or "Permission denied" in error:
+                    raise NetnsUnavailable(f"cannot create a network namespace here: {error}")
+                raise NetnsError(f"`ip netns add {name}` failed: {error}")
+            self._made.append(name)
+        # (snooping off: multicast to every port, whether or not an IGMP querier is
+        # there to tell the bridge who joined which group)
+        _ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0", namespace=self.switch)
+        _ip("link", "set", "br0", "up", namespace=self.switch)
+        prefix = f"/{self.subnet.prefixlen}"
+        for i, machine in enumerate(self.machines):
+            port = f"port{i}"
+            _ip(
+                "link", "add", machine.link, "netns", machine.name, "type", "veth",
+                "peer", "name", port, "netns", self.switch,
+            )  # fmt: skip
+            _ip("link", "set", port, "master", "br0", namespace=self.switch)
+            _ip("link", "set", port, "up", namespace=self.switch)
+            _ip("link", "set", "lo", "up", namespace=machine.name)
+            _ip(
+                "addr", "add", machine.address + prefix, "dev", machine.link, namespace=machine.name
+            )
+            _ip("link", "set", machine.link, "up", namespace=machine.name)
+
+    def command(self, machine: LanMachine, cmd: Sequence[str]) -> list[str]:
+        """``cmd`` as run inside ``machine``."""
+        return in_namespace(machine.name, cmd)
+
+    def popen(
+        self, machine: LanMachine, cmd: Sequence[str], **kwargs: Any
+    ) -> subprocess.Popen[Any]:
+        """Start ``cmd`` inside ``machine``; killed, its pipes closed, when the LAN closes."""
+        proc = subprocess.Popen(self.command(machine, cmd), **kwargs)
+        self._popens.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Kill every process started, delete the namespaces (their veths go with them).
+        Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for proc in reversed(self._popens):
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        present = set(namespaces())
+        errors = []
+        for name in reversed(self._made):
+            try:
+                if name in present:
+                    _delete_namespace(name)
+            except NetnsError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise NetnsError("; ".join(errors))
+
+
+@contextmanager
+def lan(count: int = 2) -> Iterator[Lan]:
+    """A fresh :class:`Lan` of ``count`` machines, removed again however the block ends
+    (leftovers of dead earlier runs removed first); :class:`NetnsUnavailable` when this
+    machine cannot make namespaces."""
+    reason = unavailable()
+    if reason is not None:
+        raise NetnsUnavailable(reason)
+    remove_stale()
+    segment = Lan(count)
+    try:
+        segment._create()
+        yield segment
+    finally:
+        segment.close()

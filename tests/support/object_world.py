@@ -39,4 +39,4 @@ class World:
         self.terms = ledger.create_retention_terms(SERVER, self.host, 7, 5_000, 1)
         self.offer = ledger.create_subscription_offer(SERVER, self.host, 7, 10)
         self.subscription = ledger.subscribe(CLIENT, self.offer, 1)
-        self.pool = ledger.create_sponsor_pool(SERVER, self.host, 7, 5000)
+        self.pool = ledger.create_sponsor_pool(SERVER, self.host, 7, 5000, max_pledge=10**9)

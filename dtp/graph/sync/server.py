@@ -1,22 +1,30 @@
 """The blocking graph server, :class:`GraphServer`: a live sync session for every DTP
 connection, each in a thread of its own, up to a cap; counted; closed with the sessions
-it runs."""
+it runs; announced on the LAN if asked (docs/graph.md, "LAN discovery")."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, RemoteProtocolError
 from dtp.graph.arguments import check_int
 from dtp.graph.store import Graph
 from dtp.graph.sync.blocking import sync_blocking
+from dtp.graph.sync.messages import VERSION
 from dtp.graph.sync.run_checks import HELLO_TIMEOUT, _check_timeout
+
+if TYPE_CHECKING:
+    from dtp.discovery.lan import Announcement, LanDiscovery
 
 MAX_SESSIONS = 64
 """GraphServer's default cap of sessions running at once."""
+
+DEFAULT_NAMESPACE = "default"
+"""The graph namespace a graph peer announces on the LAN when none is named: peers
+sync with the peers of their own namespace only."""
 
 
 class GraphServer:
@@ -38,6 +46,10 @@ class GraphServer:
     stay quiet as long as it likes: a live subscriber does. Other keyword arguments go
     to :func:`dtp.socket.create_server`.
 
+    ``announce=True``: announce the server on the LAN (mDNS, :mod:`dtp.discovery.lan`)
+    as a graph peer of ``namespace`` -- on ``discovery``'s interfaces, or every
+    interface -- until it closes; :attr:`announcement` is the announcement.
+
     :meth:`close` (and the end of a ``with`` block) stops accepting and ends the
     sessions running, waiting for them to be done with the graph.
     """
@@ -50,11 +62,18 @@ class GraphServer:
         *,
         max_sessions: int = MAX_SESSIONS,
         hello_timeout: float | None = HELLO_TIMEOUT,
+        announce: bool = False,
+        namespace: str = DEFAULT_NAMESPACE,
+        discovery: LanDiscovery | None = None,
         **kw: Any,
     ) -> None:
         import dtp.socket
 
         check_int("max_sessions", max_sessions, 1)
+        if not isinstance(announce, bool):
+            raise TypeError(f"announce must be a bool, not {type(announce).__name__}")
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
         if hello_timeout is not None:
             _check_timeout("hello_timeout", hello_timeout)
         self.graph = graph
@@ -72,6 +91,19 @@ class GraphServer:
         self._server = dtp.socket.create_server(address, identity=identity, **kw)
         self.address = self._server.address
         self.noise_public_key = self._server.noise_public_key
+        self.namespace = namespace
+        self.announcement: Announcement | None = None
+        """The server's announcement on the LAN (with ``announce=True``)."""
+        if announce:
+            from dtp.discovery import lan
+
+            try:
+                self.announcement = lan.announce(
+                    self._server, graph=namespace, graph_sync=VERSION, discovery=discovery
+                )
+            except BaseException:
+                self._server.close()
+                raise
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(self._handle,), daemon=True
         )
@@ -112,6 +144,12 @@ class GraphServer:
                     self.errors += 1
                 self._count_lock.notify_all()
 
+    def session_keys(self) -> set[bytes]:
+        """The Noise static keys of the peers whose sessions run now."""
+        with self._count_lock:
+            socks = list(self._running.values())
+        return {key for sock in socks if (key := sock.peer_static_key) is not None}
+
     def counts(self) -> dict[str, int]:
         """``sessions``, ``errors``, ``refused`` and ``active``, read together (the end of
         each session updates its counters at once: ``errors <= sessions`` holds)."""
@@ -137,6 +175,8 @@ class GraphServer:
             or not 0 <= timeout < math.inf
         ):
             raise ValueError(f"timeout must be None or a finite number >= 0, not {timeout!r}")
+        if self.announcement is not None:
+            self.announcement.close()  # (first: peers stop coming as it goes)
         self._server.close()
         with self._count_lock:
             self._closing = True

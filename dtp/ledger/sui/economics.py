@@ -52,6 +52,7 @@ ECONOMICS_OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("port", "u16"),
         ("provider", "address"),
         ("share_bps", "u64"),
+        ("max_pledge", "u64"),
         ("funds", "u64"),
         ("reserved", "u64"),
         ("pledges", "table"),
@@ -76,6 +77,7 @@ ECONOMICS_OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("port", "u16"),
         ("retention_ms", "u64"),
         ("storage_price_per_byte", "u64"),
+        ("retired", "bool"),
     ),
     "RetainedRecord": _struct(
         ("id", "id"),
@@ -127,13 +129,18 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
     ("subscription", "SubscribedConnectionOpened"): _struct(
         ("subscription", "id"), ("connection", "id")
     ),
+    ("subscription", "SubscribedConnectionEnded"): _struct(
+        ("subscription", "id"), ("connection", "id"), ("by", "address"), ("refunded", "u64")
+    ),
     ("sponsor", "SponsorPoolCreated"): _struct(
         ("pool", "id"),
         ("host", "id"),
         ("port", "u16"),
         ("provider", "address"),
         ("share_bps", "u64"),
+        ("max_pledge", "u64"),
     ),
+    ("sponsor", "SponsorPledgeLimitChanged"): _struct(("pool", "id"), ("max_pledge", "u64")),
     ("sponsor", "SponsorPoolFunded"): _struct(("pool", "id"), ("amount", "u64"), ("funds", "u64")),
     ("sponsor", "SponsorPoolWithdrawn"): _struct(
         ("pool", "id"), ("amount", "u64"), ("funds", "u64")
@@ -182,6 +189,10 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("receiver", "address"),
         ("deposit", "u64"),
         ("delete_after_ms", "u64"),
+        ("reclaim_after_ms", "u64"),
+    ),
+    ("retention", "RetentionTermsRetired"): _struct(
+        ("terms", "id"), ("host", "id"), ("port", "u16")
     ),
     ("retention", "RecordConsumed"): _struct(("record", "id"), ("receiver", "address")),
     ("retention", "RecordDeleted"): _struct(

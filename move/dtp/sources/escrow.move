@@ -8,9 +8,10 @@
 /// `funds == deposited - claimed - refunded`.
 ///
 /// The deposit and every top-up are reserved on the client's `SpendingCap` when they are
-/// paid in (`dtp::spending_cap::reserve`), so claims charge the cap nothing and cannot be
-/// refused by it; settlement releases the refunded part of the reservation while its
-/// epoch lasts (docs/escrow.md §4).
+/// paid in (`dtp::spending_cap::reserve`: they become its `outstanding`), so a claim needs
+/// nothing from the cap and cannot be refused by it. The escrow notes the epoch of its
+/// claims and reports them to the cap at the next top-up or the settlement, which also
+/// releases the refund (docs/escrow.md §4).
 ///
 /// Receipt message (the exact bytes the client signs with raw Ed25519, no Sui intent
 /// prefix, no hashing), 79 bytes, all integers little-endian, i.e. the concatenated BCS
@@ -85,10 +86,13 @@ public struct Escrow has key {
     server: address,
     /// The client's SpendingCap, on which the deposit and top-ups are reserved.
     spending_cap: ID,
-    /// The epoch of the latest reservation (the open's, or a later top-up's).
-    reserved_epoch: u64,
-    /// MIST reserved on the cap in `reserved_epoch` and not released.
+    /// This escrow's part of the cap's `outstanding`: MIST paid in and not yet reported
+    /// to the cap as claimed, nor released by the settlement.
     reserved: u64,
+    /// The epoch of the latest claim (the open's epoch before any).
+    claim_epoch: u64,
+    /// MIST claimed during `claim_epoch`.
+    claimed_in_epoch: u64,
     /// Fee terms fixed when the connection opened.
     sla: Sla,
     funds: Balance<SUI>,
@@ -156,8 +160,9 @@ public(package) fun create(
         client_public_key,
         server,
         spending_cap,
-        reserved_epoch: ctx.epoch(),
         reserved: deposited,
+        claim_epoch: ctx.epoch(),
+        claimed_in_epoch: 0,
         sla,
         funds: deposit,
         deposited,
@@ -179,7 +184,8 @@ public(package) fun create(
 /// (`EBadSignature`), amount == fee of bytes and requests under the SLA
 /// (`EAmountMismatch`), amount <= deposited (`EReceiptExceedsDeposit`), amount >= claimed
 /// (`EReceiptNotCumulative`). The spending cap is not involved: the deposit was reserved
-/// on it when it was paid in.
+/// on it when it was paid in; the escrow notes the claim's epoch, which it reports to the
+/// cap at its next top-up or its settlement.
 public fun claim(
     escrow: &mut Escrow,
     total_bytes: u64,
@@ -213,6 +219,7 @@ public fun claim(
     let paid = total_amount - escrow.claimed;
     escrow.claimed = total_amount;
     escrow.latest_nonce = nonce;
+    escrow.note_claim(paid, ctx.epoch());
     if (paid > 0) {
         // funds == deposited - claimed_before >= total_amount - claimed_before == paid
         let payment = escrow.funds.split(paid);
@@ -234,7 +241,9 @@ public fun claim(
 /// The client adds to the deposit of an unsettled escrow, reserving the amount on the
 /// escrow's spending cap. Checks, in this order: sender is the client (`ENotClient`), not
 /// settled (`EEscrowSettled`), the escrow's cap (`EWrongSpendingCap`), then the cap's
-/// room this epoch (`spending_cap::ESpendingCapExceeded`).
+/// room this epoch (`spending_cap::ESpendingCapExceeded`; an amount of 0 always fits).
+/// The claims made since the escrow last reported are counted on the cap first, so those
+/// of past epochs no longer take room.
 public fun top_up(
     escrow: &mut Escrow,
     cap: &mut SpendingCap,
@@ -245,14 +254,9 @@ public fun top_up(
     assert!(!escrow.settled, EEscrowSettled);
     escrow.assert_spending_cap(cap);
     let amount = coin.value();
+    escrow.report_claims(cap, ctx);
     cap.reserve(amount, ctx);
-    if (ctx.epoch() == escrow.reserved_epoch) {
-        escrow.reserved = escrow.reserved + amount;
-    } else {
-        // the earlier epoch's reservation is gone with that epoch's count
-        escrow.reserved_epoch = ctx.epoch();
-        escrow.reserved = amount;
-    };
+    escrow.reserved = escrow.reserved + amount;
     escrow.funds.join(coin.into_balance());
     escrow.deposited = escrow.deposited + amount;
     event::emit(EscrowToppedUp {
@@ -270,9 +274,10 @@ public(package) fun assert_spending_cap(escrow: &Escrow, cap: &SpendingCap) {
     assert!(object::id(cap) == escrow.spending_cap, EWrongSpendingCap);
 }
 
-/// Return everything left to the client, release as much of the reservation on `cap`
-/// (the escrow's: `EWrongSpendingCap`) while its epoch lasts, and mark the escrow
-/// settled. Returns the amount refunded (possibly 0, in which case no coin is sent).
+/// Return everything left to the client, report the claims not yet reported to `cap`
+/// (the escrow's: `EWrongSpendingCap`) and release the refund from it, and mark the
+/// escrow settled. Returns the amount refunded (possibly 0, in which case no coin is
+/// sent).
 public(package) fun refund_remainder(
     escrow: &mut Escrow,
     cap: &mut SpendingCap,
@@ -282,8 +287,9 @@ public(package) fun refund_remainder(
     escrow.assert_spending_cap(cap);
     escrow.settled = true;
     let amount = escrow.funds.value();
-    // what was claimed stays spent; the refunded part goes back to the epoch's room
-    let released = cap.release(amount.min(escrow.reserved), escrow.reserved_epoch, ctx);
+    // what was claimed counts in the epoch it was claimed in; the refund leaves the cap
+    escrow.report_claims(cap, ctx);
+    let released = cap.release(amount.min(escrow.reserved), ctx);
     escrow.reserved = escrow.reserved - released;
     escrow.refunded = escrow.refunded + amount;
     if (amount > 0) {
@@ -297,6 +303,29 @@ public(package) fun refund_remainder(
         amount,
     });
     amount
+}
+
+// === The spending cap's counts ===
+
+/// Note `paid` MIST claimed in `epoch` (the claim's own: the cap is not touched).
+fun note_claim(escrow: &mut Escrow, paid: u64, epoch: u64) {
+    if (epoch != escrow.claim_epoch) {
+        escrow.claim_epoch = epoch;
+        escrow.claimed_in_epoch = 0;
+    };
+    escrow.claimed_in_epoch = escrow.claimed_in_epoch + paid;
+}
+
+/// Report to `cap` the claims made since the last report: before settlement
+/// `reserved - funds` (what was paid in and left by claims the cap has not counted), the
+/// latest of them -- up to `claimed_in_epoch` -- made in `claim_epoch`. Afterwards
+/// `reserved == funds`.
+fun report_claims(escrow: &mut Escrow, cap: &mut SpendingCap, ctx: &TxContext) {
+    let funds = escrow.funds.value();
+    if (escrow.reserved <= funds) return;
+    let unreported = escrow.reserved - funds;
+    cap.count_claims(unreported, escrow.claim_epoch, escrow.claimed_in_epoch, ctx);
+    escrow.reserved = funds;
 }
 
 // === Receipt bytes and keys ===
@@ -337,11 +366,14 @@ public fun server(escrow: &Escrow): address { escrow.server }
 
 public fun spending_cap(escrow: &Escrow): ID { escrow.spending_cap }
 
-/// The epoch of the latest reservation on the spending cap.
-public fun reserved_epoch(escrow: &Escrow): u64 { escrow.reserved_epoch }
-
-/// MIST reserved on the spending cap in `reserved_epoch` and not released.
+/// This escrow's part of its spending cap's `outstanding`.
 public fun reserved(escrow: &Escrow): u64 { escrow.reserved }
+
+/// The epoch of the latest claim (the open's epoch before any).
+public fun claim_epoch(escrow: &Escrow): u64 { escrow.claim_epoch }
+
+/// MIST claimed during `claim_epoch`.
+public fun claimed_in_epoch(escrow: &Escrow): u64 { escrow.claimed_in_epoch }
 
 public fun sla(escrow: &Escrow): Sla { escrow.sla }
 

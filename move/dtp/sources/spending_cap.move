@@ -1,14 +1,21 @@
 /// A client's spending limit per Sui epoch.
 ///
-/// Every connection's escrow is bound to one `SpendingCap` of its client. Opening a
-/// connection *reserves* its whole deposit on the cap, and so does a top-up: a reservation
-/// that would push the epoch's total above `max_per_epoch` aborts with
-/// `ESpendingCapExceeded`, so the connection is not opened (or the top-up not made). The
-/// server's claims then charge nothing: what they can take was reserved before the
-/// client was served, and no later spending of the client elsewhere can make them fail.
-/// Settlement gives back the part of the reservation that was refunded, while the epoch
-/// it was made in lasts (a reservation of an earlier epoch has already been forgotten by
-/// the epoch's reset). See docs/escrow.md §4.
+/// Every connection's escrow is bound to one `SpendingCap` of its client. The cap counts
+/// two things: `outstanding`, the deposits and top-ups paid in and not yet claimed or
+/// refunded, whatever epoch they were paid in; and `claimed`, the claims the cap has
+/// counted in the current `epoch`. An open or a top-up of `amount` needs
+/// `claimed + outstanding + amount <= max_per_epoch`, else it aborts with
+/// `ESpendingCapExceeded` and nothing moves. A claim never aborts because of the cap: it
+/// takes money already counted in `outstanding`, and the escrow reports it to the cap at
+/// its next top-up or its settlement (`count_claims`), which moves it from `outstanding`
+/// to `claimed` (a claim of an earlier epoch leaves the count: that epoch is over).
+/// Settlement releases the refund from `outstanding`. A new epoch resets `claimed` only.
+///
+/// So nothing raises `claimed + outstanding` except a reservation, which is checked
+/// against the limit, and every MIST a server claims in an epoch sits in that sum until
+/// the epoch ends: no epoch's claims exceed the limit in force at the latest reservation.
+/// A reservation of 0 (a subscribed open, an empty top-up) always succeeds, and lowering
+/// the limit binds only the reservations made afterwards. See docs/escrow.md §4.
 ///
 /// The cap belongs to its client: only `owner` can raise or lower the limit. It is a
 /// *shared* object rather than an address-owned one because settlement, which the
@@ -27,11 +34,15 @@ public struct SpendingCap has key {
     id: UID,
     /// The client this cap belongs to.
     owner: address,
-    /// Most MIST that may be reserved in one epoch.
+    /// Most MIST that may be claimed in one epoch, counting every deposit not yet
+    /// claimed or refunded as claimable in it.
     max_per_epoch: u64,
-    /// MIST reserved during `epoch` and not released.
-    spent: u64,
-    /// The epoch `spent` refers to.
+    /// Claims counted during `epoch`.
+    claimed: u64,
+    /// Deposits and top-ups paid in and not yet counted as claimed or released, of any
+    /// epoch.
+    outstanding: u64,
+    /// The epoch `claimed` refers to.
     epoch: u64,
 }
 
@@ -50,16 +61,28 @@ public struct SpendingCapReserved has copy, drop {
     cap: ID,
     epoch: u64,
     amount: u64,
-    /// Spent in `epoch` after this reservation.
-    spent: u64,
+    /// The cap's counts after this reservation.
+    claimed: u64,
+    outstanding: u64,
+}
+
+public struct SpendingCapClaimsCounted has copy, drop {
+    cap: ID,
+    epoch: u64,
+    /// Claims taken off `outstanding` (made since their escrow last reported).
+    amount: u64,
+    /// The part of `amount` claimed in `epoch`, added to `claimed`.
+    in_epoch: u64,
+    claimed: u64,
+    outstanding: u64,
 }
 
 public struct SpendingCapReleased has copy, drop {
     cap: ID,
     epoch: u64,
     amount: u64,
-    /// Spent in `epoch` after this release.
-    spent: u64,
+    claimed: u64,
+    outstanding: u64,
 }
 
 /// Create and share a cap owned by the sender.
@@ -68,7 +91,8 @@ public fun create(max_per_epoch: u64, ctx: &mut TxContext): ID {
         id: object::new(ctx),
         owner: ctx.sender(),
         max_per_epoch,
-        spent: 0,
+        claimed: 0,
+        outstanding: 0,
         epoch: ctx.epoch(),
     };
     let cap_id = object::id(&cap);
@@ -77,53 +101,74 @@ public fun create(max_per_epoch: u64, ctx: &mut TxContext): ID {
     cap_id
 }
 
-/// Raise or lower the limit; it applies to the reservations made from now on (opens and
-/// top-ups). What is already reserved stays reserved: the deposits of open connections
-/// remain claimable whatever the limit becomes.
+/// Raise or lower the limit; it binds the reservations made from now on (opens and
+/// top-ups of more than 0). What is outstanding stays claimable whatever the limit
+/// becomes: no claim and no reservation of 0 is ever refused for it.
 public fun set_max_per_epoch(cap: &mut SpendingCap, max_per_epoch: u64, ctx: &TxContext) {
     assert!(ctx.sender() == cap.owner, ENotCapOwner);
     cap.max_per_epoch = max_per_epoch;
     event::emit(SpendingCapChanged { cap: object::id(cap), max_per_epoch });
 }
 
-/// Reserve `amount` MIST in the current epoch (the count restarts from zero in a new
-/// epoch). Aborts with `ESpendingCapExceeded` when the epoch's total would exceed
-/// `max_per_epoch` -- a reservation of 0 included, once a lowering left the epoch's
-/// total above the limit.
+/// Reserve `amount` MIST paid into an escrow: it becomes `outstanding`. Aborts with
+/// `ESpendingCapExceeded` when `claimed + outstanding + amount` would exceed
+/// `max_per_epoch`; a reservation of 0 is never refused.
 public(package) fun reserve(cap: &mut SpendingCap, amount: u64, ctx: &TxContext) {
     cap.roll_epoch(ctx.epoch());
     assert!(
-        amount <= cap.max_per_epoch && cap.spent <= cap.max_per_epoch - amount,
+        amount == 0 || cap.used() + (amount as u128) <= (cap.max_per_epoch as u128),
         ESpendingCapExceeded,
     );
-    cap.spent = cap.spent + amount;
+    cap.outstanding = cap.outstanding + amount;
     event::emit(SpendingCapReserved {
         cap: object::id(cap),
         epoch: cap.epoch,
         amount,
-        spent: cap.spent,
+        claimed: cap.claimed,
+        outstanding: cap.outstanding,
     });
 }
 
-/// Give back up to `amount` MIST reserved in `reserved_epoch`, if that is still the
-/// current epoch (a new epoch has already reset the count). Returns what was released
-/// (an event is emitted when it is not 0).
-public(package) fun release(
+/// An escrow reports `amount` MIST claimed from it since its last report, of which
+/// `in_epoch` were claimed in `claim_epoch`: the amount leaves `outstanding`, and the
+/// part claimed in the current epoch joins `claimed` (a claim of an earlier epoch was
+/// within that epoch's count while it lasted). Never aborts.
+public(package) fun count_claims(
     cap: &mut SpendingCap,
     amount: u64,
-    reserved_epoch: u64,
+    claim_epoch: u64,
+    in_epoch: u64,
     ctx: &TxContext,
-): u64 {
+) {
     cap.roll_epoch(ctx.epoch());
-    if (cap.epoch != reserved_epoch) return 0;
-    let released = amount.min(cap.spent);
+    if (amount == 0) return;
+    let taken = amount.min(cap.outstanding);
+    cap.outstanding = cap.outstanding - taken;
+    let counted = if (claim_epoch == cap.epoch) taken.min(in_epoch) else 0;
+    cap.claimed = cap.claimed + counted;
+    event::emit(SpendingCapClaimsCounted {
+        cap: object::id(cap),
+        epoch: cap.epoch,
+        amount: taken,
+        in_epoch: counted,
+        claimed: cap.claimed,
+        outstanding: cap.outstanding,
+    });
+}
+
+/// Give back up to `amount` MIST of `outstanding` (a settlement's refund). Returns what
+/// was released (an event is emitted when it is not 0). Never aborts.
+public(package) fun release(cap: &mut SpendingCap, amount: u64, ctx: &TxContext): u64 {
+    cap.roll_epoch(ctx.epoch());
+    let released = amount.min(cap.outstanding);
     if (released > 0) {
-        cap.spent = cap.spent - released;
+        cap.outstanding = cap.outstanding - released;
         event::emit(SpendingCapReleased {
             cap: object::id(cap),
             epoch: cap.epoch,
             amount: released,
-            spent: cap.spent,
+            claimed: cap.claimed,
+            outstanding: cap.outstanding,
         });
     };
     released
@@ -134,24 +179,32 @@ public(package) fun assert_owner(cap: &SpendingCap, who: address) {
     assert!(cap.owner == who, ENotCapOwner);
 }
 
-/// MIST that can still be reserved in the current epoch.
+/// MIST that an open or a top-up may still reserve in the current epoch: the limit less
+/// this epoch's counted claims and what is outstanding (0 when they reach it).
 public fun remaining(cap: &SpendingCap, ctx: &TxContext): u64 {
-    let spent = if (ctx.epoch() == cap.epoch) cap.spent else 0;
-    if (spent >= cap.max_per_epoch) 0 else cap.max_per_epoch - spent
+    let claimed = if (ctx.epoch() == cap.epoch) cap.claimed else 0;
+    let used = (claimed as u128) + (cap.outstanding as u128);
+    let max = cap.max_per_epoch as u128;
+    if (used >= max) 0 else ((max - used) as u64)
 }
 
 public fun owner(cap: &SpendingCap): address { cap.owner }
 
 public fun max_per_epoch(cap: &SpendingCap): u64 { cap.max_per_epoch }
 
-/// Reserved in `epoch()` (which may be an earlier epoch than the current one).
-public fun spent(cap: &SpendingCap): u64 { cap.spent }
+/// Claims counted in `epoch()` (which may be an earlier epoch than the current one).
+public fun claimed(cap: &SpendingCap): u64 { cap.claimed }
+
+/// Deposits paid in and not yet counted as claimed or released.
+public fun outstanding(cap: &SpendingCap): u64 { cap.outstanding }
 
 public fun epoch(cap: &SpendingCap): u64 { cap.epoch }
+
+fun used(cap: &SpendingCap): u128 { (cap.claimed as u128) + (cap.outstanding as u128) }
 
 fun roll_epoch(cap: &mut SpendingCap, now_epoch: u64) {
     if (now_epoch != cap.epoch) {
         cap.epoch = now_epoch;
-        cap.spent = 0;
+        cap.claimed = 0;
     }
 }

@@ -2,15 +2,23 @@
 ///
 /// The host's authority creates a `SponsorPool` for one service (host, port) with a fixed
 /// `share_bps` (basis points, 1..=10000: 10000 = the provider pays everything, 5000 = half)
-/// and funds it. The split is public before a client opens: `quote(fee)` gives
-/// `(client pays, provider pays)` for any fee under the service's SLA.
+/// and a per-connection pledge limit `max_pledge`, and funds it. The split is public
+/// before a client opens: `quote(fee)` gives `(client pays, provider pays)` for any fee
+/// under the service's SLA.
 ///
 /// A client opens through `open_connection`: an ordinary connection (same SLA, deposit,
-/// receipts and claims), and the pool pledges `deposit * share_bps / 10000` (rounded
-/// down) to it at once, so a provider cannot withdraw the money its open connections
-/// count on. After settlement anyone may call `reimburse`: the client receives
-/// `min(pledge, claimed * share_bps / 10000)` from the pool, and the rest of the pledge is
-/// released. Top-ups are not sponsored (the pledge is fixed at open).
+/// receipts and claims), and the pool pledges `min(deposit * share_bps / 10000,
+/// max_pledge)` (rounded down) to it at once, so a provider cannot withdraw the money its
+/// open connections count on, and no one connection -- however large its deposit -- locks
+/// more of the pool than `max_pledge`. After settlement anyone may call `reimburse`: the
+/// client receives `min(pledge, claimed * share_bps / 10000)` from the pool, and the rest
+/// of the pledge is released. Top-ups are not sponsored (the pledge is fixed at open).
+///
+/// The pool is its `provider`'s money and pays back part of its `provider`'s fees: it
+/// sponsors only connections opened while the provider is the host's authority, whose
+/// fees go to it. After an authority change it sponsors no new connection
+/// (`EProviderChanged`) and stays the provider's to withdraw; the pledges it made before
+/// still bind it. See docs/escrow.md §14.
 ///
 /// Conservation: the pool's `funds` only move to a client (reimburse) or to the provider
 /// (withdraw), and `reserved <= funds` always.
@@ -47,6 +55,8 @@ const ENotSponsored: vector<u8> = b"The connection was not opened through this p
 const EZeroAmount: vector<u8> = b"Amount must be positive";
 #[error(code = 208)]
 const EWrongEscrow: vector<u8> = b"Not this connection's escrow";
+#[error(code = 209)]
+const EProviderChanged: vector<u8> = b"The host's authority is no longer the pool's provider: it sponsors no new connections";
 
 // === Constants ===
 
@@ -68,6 +78,8 @@ public struct SponsorPool has key {
     provider: address,
     /// The provider's share of every sponsored connection's fees, in basis points.
     share_bps: u64,
+    /// The most the pool pledges to one connection (0: it sponsors nothing new).
+    max_pledge: u64,
     funds: Balance<SUI>,
     /// Part of `funds` pledged to connections not yet reimbursed.
     reserved: u64,
@@ -82,6 +94,12 @@ public struct SponsorPoolCreated has copy, drop {
     port: u16,
     provider: address,
     share_bps: u64,
+    max_pledge: u64,
+}
+
+public struct SponsorPledgeLimitChanged has copy, drop {
+    pool: ID,
+    max_pledge: u64,
 }
 
 public struct SponsorPoolFunded has copy, drop {
@@ -113,10 +131,17 @@ public struct SponsorReimbursed has copy, drop {
 
 // === Provider ===
 
-/// Create a pool for the service `port` of `host`. Checks: sender is the authority
-/// (`ENotProvider`), the service exists (`host::EServiceNotFound`), `1 <= share_bps <=
-/// 10000` (`EInvalidShare`). Returns the pool's ID.
-public fun create(host: &Host, port: u16, share_bps: u64, ctx: &mut TxContext): ID {
+/// Create a pool for the service `port` of `host`, pledging at most `max_pledge` to one
+/// connection. Checks: sender is the authority (`ENotProvider`), the service exists
+/// (`host::EServiceNotFound`), `1 <= share_bps <= 10000` (`EInvalidShare`). Returns the
+/// pool's ID.
+public fun create(
+    host: &Host,
+    port: u16,
+    share_bps: u64,
+    max_pledge: u64,
+    ctx: &mut TxContext,
+): ID {
     assert!(ctx.sender() == host.authority(), ENotProvider);
     let _ = host.service(port);
     assert!(share_bps > 0 && share_bps <= BPS, EInvalidShare);
@@ -126,6 +151,7 @@ public fun create(host: &Host, port: u16, share_bps: u64, ctx: &mut TxContext): 
         port,
         provider: ctx.sender(),
         share_bps,
+        max_pledge,
         funds: balance::zero(),
         reserved: 0,
         pledges: table::new(ctx),
@@ -137,6 +163,7 @@ public fun create(host: &Host, port: u16, share_bps: u64, ctx: &mut TxContext): 
         port,
         provider: pool.provider,
         share_bps,
+        max_pledge,
     });
     transfer::share_object(pool);
     pool_id
@@ -161,11 +188,21 @@ public fun withdraw(pool: &mut SponsorPool, amount: u64, ctx: &mut TxContext) {
     event::emit(SponsorPoolWithdrawn { pool: object::id(pool), amount, funds: pool.funds.value() });
 }
 
+/// The provider sets the most the pool pledges to one connection opened from now on
+/// (pledges made stay as they are; 0 pauses the sponsoring). Checks: provider
+/// (`ENotProvider`).
+public fun set_max_pledge(pool: &mut SponsorPool, max_pledge: u64, ctx: &TxContext) {
+    assert!(ctx.sender() == pool.provider, ENotProvider);
+    pool.max_pledge = max_pledge;
+    event::emit(SponsorPledgeLimitChanged { pool: object::id(pool), max_pledge });
+}
+
 // === Client ===
 
 /// Open a sponsored connection to the pool's service. Checks, before those of
-/// `transport_control::open`: the pool's host (`EWrongHost`), the pool can pledge
-/// `deposit * share_bps / 10000` (`ESponsorUnfunded`). Returns the connection ID.
+/// `transport_control::open`: the pool's host (`EWrongHost`), its authority is still the
+/// pool's provider (`EProviderChanged`), the pool can pledge `min(deposit * share_bps /
+/// 10000, max_pledge)` (`ESponsorUnfunded`). Returns the connection ID.
 public fun open_connection(
     pool: &mut SponsorPool,
     host: &Host,
@@ -176,7 +213,9 @@ public fun open_connection(
     ctx: &mut TxContext,
 ): ID {
     assert!(object::id(host) == pool.host, EWrongHost);
-    let pledge = pool.share_of(deposit.value());
+    // the connection's fees go to the authority now: only its own pool pays them back
+    assert!(host.authority() == pool.provider, EProviderChanged);
+    let pledge = pool.pledge_for(deposit.value());
     assert!(pledge <= pool.funds.value() - pool.reserved, ESponsorUnfunded);
     let connection = transport_control::open(
         host,
@@ -250,6 +289,13 @@ public fun reserved(pool: &SponsorPool): u64 { pool.reserved }
 public fun available(pool: &SponsorPool): u64 { pool.funds.value() - pool.reserved }
 
 public fun provider(pool: &SponsorPool): address { pool.provider }
+
+public fun max_pledge(pool: &SponsorPool): u64 { pool.max_pledge }
+
+/// The pledge a connection opened now with `deposit` would get.
+public fun pledge_for(pool: &SponsorPool, deposit: u64): u64 {
+    pool.share_of(deposit).min(pool.max_pledge)
+}
 
 public fun host_id(pool: &SponsorPool): ID { pool.host }
 

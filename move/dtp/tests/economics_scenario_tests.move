@@ -15,7 +15,7 @@ use dtp::sponsor::{Self, SponsorPool};
 use dtp::subscription::{Self, Subscription, SubscriptionOffer};
 use dtp::test_helpers as th;
 use dtp::tickets::{Self, TicketSale};
-use dtp::transport_control::TransportControl;
+use dtp::transport_control::{Self, TransportControl};
 use sui::clock::Clock;
 use sui::test_scenario::{Self as ts, Scenario};
 
@@ -90,6 +90,33 @@ fun open_subscribed(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit:
     ts::return_shared(cap);
     pin_escrow(scenario);
     conn
+}
+
+/// `who` ends the subscribed connection `conn` (`subscription::end_connection`, with the
+/// connection's escrow and cap); returns the refund.
+fun end_subscribed(scenario: &mut Scenario, clock: &Clock, conn: ID, who: address): u64 {
+    scenario.next_tx(who);
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(tc.spending_cap_id());
+    let refunded = sub.end_connection(&offer, &mut tc, &mut e, &mut cap, clock, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    refunded
+}
+
+/// Whether connection `conn` is Closed and settled (read in a new transaction).
+fun closed_and_settled(scenario: &mut Scenario, conn: ID): bool {
+    scenario.next_tx(th::server());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let done = tc.state_code() == transport_control::state_closed() && tc.is_settled();
+    ts::return_shared(tc);
+    done
 }
 
 fun pin_escrow(scenario: &mut Scenario) {
@@ -211,21 +238,102 @@ fun subscription_wrong_period_rejected() {
     th::finish(scenario, clock);
 }
 
+#[test]
+fun subscription_expired_connection_ended_by_anyone() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 50);
+    scenario.next_epoch(th::server());
+    assert!(end_subscribed(&mut scenario, &clock, conn, th::other()) == 50);
+    assert!(closed_and_settled(&mut scenario, conn));
+    scenario.next_tx(th::server());
+    {
+        let e = scenario.take_shared<Escrow>();
+        assert!(e.balance() == 0 && e.claimed() == 0 && e.refunded() == 50 && e.is_settled());
+        ts::return_shared(e);
+    };
+    assert!(th::balance_of(&scenario, th::client()) == 9_900);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun subscription_withdrawn_offer_ends_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 3, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 0);
+    offer_withdraw(&mut scenario);
+    assert!(end_subscribed(&mut scenario, &clock, conn, th::client()) == 0);
+    assert!(closed_and_settled(&mut scenario, conn));
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ESubscriptionLive)]
+fun subscription_live_connection_end_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 2, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 0);
+    end_subscribed(&mut scenario, &clock, conn, th::server());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ENotSubscribed)]
+fun subscription_end_metered_connection_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    scenario.next_epoch(th::server());
+    end_subscribed(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
 // === Sponsor helpers ===
 
-/// SERVER receives `server_funds`, creates a pool with `share_bps` and puts `pool_funds`
-/// into it.
-fun sponsor_setup(scenario: &mut Scenario, server_funds: u64, share_bps: u64, pool_funds: u64) {
+/// SERVER receives `server_funds`, creates a pool with `share_bps` and `max_pledge` and
+/// puts `pool_funds` into it.
+fun sponsor_setup(
+    scenario: &mut Scenario,
+    server_funds: u64,
+    share_bps: u64,
+    max_pledge: u64,
+    pool_funds: u64,
+) {
     th::fund(scenario, th::server(), server_funds);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
-    sponsor::create(&h, th::port(), share_bps, scenario.ctx());
+    sponsor::create(&h, th::port(), share_bps, max_pledge, scenario.ctx());
     ts::return_shared(h);
     scenario.next_tx(th::server());
     let mut pool = scenario.take_shared<SponsorPool>();
     let payment = th::take(scenario, th::server(), pool_funds);
     pool.fund(payment);
     ts::return_shared(pool);
+}
+
+/// CLIENT opens a sponsored connection (its escrow not pinned: for a second one).
+fun open_sponsored_unpinned(
+    scenario: &mut Scenario,
+    clock: &Clock,
+    cap_id: ID,
+    deposit: u64,
+): ID {
+    scenario.next_tx(th::client());
+    let mut pool = scenario.take_shared<SponsorPool>();
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = th::take(scenario, th::client(), deposit);
+    let conn = pool.open_connection(&h, &mut cap, th::client_pk(), payment, clock, scenario.ctx());
+    ts::return_shared(pool);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    conn
 }
 
 /// CLIENT opens a sponsored connection; its escrow is pinned to 0x…c0ffee.
@@ -258,9 +366,17 @@ fun reimburse(scenario: &mut Scenario, conn: ID, who: address): u64 {
 fun pool_state(scenario: &mut Scenario): (u64, u64) {
     scenario.next_tx(th::server());
     let pool = scenario.take_shared<SponsorPool>();
-    let state = (pool.funds_value(), pool.reserved());
+    let (funds, reserved) = (pool.funds_value(), pool.reserved());
     ts::return_shared(pool);
-    state
+    (funds, reserved)
+}
+
+fun pool_max_pledge(scenario: &mut Scenario): u64 {
+    scenario.next_tx(th::server());
+    let pool = scenario.take_shared<SponsorPool>();
+    let max_pledge = pool.max_pledge();
+    ts::return_shared(pool);
+    max_pledge
 }
 
 fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
@@ -268,6 +384,20 @@ fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
     let mut pool = scenario.take_shared<SponsorPool>();
     pool.withdraw(amount, scenario.ctx());
     ts::return_shared(pool);
+}
+
+fun sponsor_set_max_pledge(scenario: &mut Scenario, who: address, max_pledge: u64) {
+    scenario.next_tx(who);
+    let mut pool = scenario.take_shared<SponsorPool>();
+    pool.set_max_pledge(max_pledge, scenario.ctx());
+    ts::return_shared(pool);
+}
+
+fun set_authority(scenario: &mut Scenario, to: address) {
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    h.set_authority(to, scenario.ctx());
+    ts::return_shared(h);
 }
 
 /// Claim R1 (120 MIST), close from both sides, and let the server settle.
@@ -284,7 +414,7 @@ fun claim_close_settle(scenario: &mut Scenario, clock: &Clock, conn: ID) {
 fun sponsor_pays_all() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 5_000, 10_000, 2_000);
+    sponsor_setup(&mut scenario, 5_000, 10_000, 10_000, 2_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     let (funds, reserved) = pool_state(&mut scenario);
     assert!(funds == 2_000 && reserved == 1_000);
@@ -302,7 +432,7 @@ fun sponsor_pays_all() {
 fun sponsor_split_costs() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 2_500, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 2_500, 10_000, 1_000);
     scenario.next_tx(th::client());
     {
         let pool = scenario.take_shared<SponsorPool>();
@@ -353,7 +483,7 @@ fun sponsor_split_costs() {
 fun sponsor_unfunded_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 100, 5_000, 100);
+    sponsor_setup(&mut scenario, 100, 5_000, 10_000, 100);
     open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     th::finish(scenario, clock);
 }
@@ -362,7 +492,7 @@ fun sponsor_unfunded_rejected() {
 fun sponsor_pledge_cannot_be_withdrawn() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     sponsor_withdraw(&mut scenario, 501);
     th::finish(scenario, clock);
@@ -372,7 +502,7 @@ fun sponsor_pledge_cannot_be_withdrawn() {
 fun sponsor_reimburse_before_settle_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     reimburse(&mut scenario, conn, th::client());
     th::finish(scenario, clock);
@@ -382,11 +512,60 @@ fun sponsor_reimburse_before_settle_rejected() {
 fun sponsor_double_reimburse_rejected() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
-    sponsor_setup(&mut scenario, 1_000, 5_000, 1_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
     let conn = open_sponsored(&mut scenario, &clock, cap_id, 1_000);
     claim_close_settle(&mut scenario, &clock, conn);
     assert!(reimburse(&mut scenario, conn, th::client()) == 60);
     reimburse(&mut scenario, conn, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ESponsorUnfunded)]
+fun sponsor_pledge_is_bounded_per_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 10_000, 300, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    // A deposit larger than the whole pool is pledged the same 300.
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 5_000);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 1_000 && reserved == 600);
+    assert!(pool_max_pledge(&mut scenario) == 300);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::client()) == 4_000);
+    sponsor_withdraw(&mut scenario, 401);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::ENotProvider)]
+fun sponsor_pledge_limit_is_the_providers() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
+    sponsor_set_max_pledge(&mut scenario, th::server(), 200);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    let (_, reserved) = pool_state(&mut scenario);
+    assert!(reserved == 200);
+    assert!(pool_max_pledge(&mut scenario) == 200);
+    sponsor_set_max_pledge(&mut scenario, th::client(), 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = sponsor::EProviderChanged)]
+fun sponsor_stops_after_an_authority_change() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    sponsor_setup(&mut scenario, 1_000, 5_000, 10_000, 1_000);
+    open_sponsored(&mut scenario, &clock, cap_id, 1_000);
+    set_authority(&mut scenario, th::other());
+    // Still the provider's money: it takes back what is not pledged.
+    sponsor_withdraw(&mut scenario, 500);
+    let (funds, reserved) = pool_state(&mut scenario);
+    assert!(funds == 500 && reserved == 500);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 500);
+    assert!(th::balance_of(&scenario, th::client()) == 9_000);
+    open_sponsored_unpinned(&mut scenario, &clock, cap_id, 1_000);
     th::finish(scenario, clock);
 }
 
@@ -426,9 +605,9 @@ fun refund_tickets(scenario: &mut Scenario, clock: &Clock, who: address): u64 {
 fun sale_state(scenario: &mut Scenario): (u64, u64, bool) {
     scenario.next_tx(th::server());
     let sale = scenario.take_shared<TicketSale>();
-    let state = (sale.sold(), sale.funds_value(), sale.is_on_air());
+    let (sold, funds, on_air) = (sale.sold(), sale.funds_value(), sale.is_on_air());
     ts::return_shared(sale);
-    state
+    (sold, funds, on_air)
 }
 
 // === Ticket stories ===
@@ -519,25 +698,67 @@ fun tickets_sold_out_rejected() {
 /// Terms (60000 ms, 2 MIST/byte), a connection from CLIENT with a 1000 deposit, a
 /// two-lane pipe of CLIENT's, and "hello world" sent on lane 1 with its 22 MIST deposit.
 fun retention_setup(scenario: &mut Scenario, clock: &Clock) {
+    let conn = retention_open(scenario, clock);
+    scenario.next_tx(th::client());
+    let terms = scenario.take_shared<RetentionTerms>();
+    let id = object::id(&terms);
+    ts::return_shared(terms);
+    send_hello(scenario, clock, conn, id, 22);
+}
+
+/// The host and cap of `th::setup`, with the retention terms (60000 ms, 2 MIST per byte).
+fun retention_terms(scenario: &mut Scenario): ID {
     let cap_id = th::setup(scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
     retention::create_terms(&h, th::port(), 60_000, 2, scenario.ctx());
     ts::return_shared(h);
+    cap_id
+}
+
+/// `retention_terms`, then CLIENT's connection (1000 deposited) and its two-lane pipe.
+/// Returns the connection ID.
+fun retention_open(scenario: &mut Scenario, clock: &Clock): ID {
+    let cap_id = retention_terms(scenario);
     let conn = th::open_as(scenario, clock, th::client(), th::client_pk(), cap_id, 1_000);
     scenario.next_tx(th::client());
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
     pipe::create(&tc, 2, scenario.ctx());
     ts::return_shared(tc);
+    conn
+}
+
+/// CLIENT sends "hello world" on lane 1 of its pipe under the terms `terms_id`, with a
+/// storage deposit of `deposit`.
+fun send_hello(scenario: &mut Scenario, clock: &Clock, conn: ID, terms_id: ID, deposit: u64) {
     scenario.next_tx(th::client());
     let mut p = scenario.take_from_sender<Pipe>();
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
-    let terms = scenario.take_shared<RetentionTerms>();
-    let deposit = th::take(scenario, th::client(), 22);
-    retention::send(&mut p, &tc, &terms, 1, b"hello world", deposit, clock, scenario.ctx());
+    let terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let coin = th::take(scenario, th::client(), deposit);
+    retention::send(&mut p, &tc, &terms, 1, b"hello world", coin, clock, scenario.ctx());
     ts::return_to_sender(scenario, p);
     ts::return_shared(tc);
     ts::return_shared(terms);
+}
+
+/// The ID of the (only) retention terms, read in a new transaction.
+fun current_terms(scenario: &mut Scenario): ID {
+    scenario.next_tx(th::server());
+    let terms = scenario.take_shared<RetentionTerms>();
+    let id = object::id(&terms);
+    ts::return_shared(terms);
+    id
+}
+
+/// `who` retires the retention terms `terms_id` of the host.
+fun retire_terms(scenario: &mut Scenario, terms_id: ID, who: address) {
+    scenario.next_tx(who);
+    let mut terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let h = scenario.take_shared<Host>();
+    terms.retire_terms(&h, scenario.ctx());
+    ts::return_shared(terms);
+    ts::return_shared(h);
 }
 
 fun confirm(scenario: &mut Scenario, who: address) {
@@ -590,7 +811,7 @@ fun retention_delete_before_time_rejected() {
 fun retention_delete_unconsumed_rejected() {
     let (mut scenario, mut clock) = th::start();
     retention_setup(&mut scenario, &clock);
-    clock.set_for_testing(120_000);
+    clock.set_for_testing(119_999);
     delete_record(&mut scenario, &clock);
     th::finish(scenario, clock);
 }
@@ -600,6 +821,92 @@ fun retention_confirm_by_sender_rejected() {
     let (mut scenario, clock) = th::start();
     retention_setup(&mut scenario, &clock);
     confirm(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun retention_reclaim_unconfirmed_after_deadline() {
+    let (mut scenario, mut clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    clock.set_for_testing(120_000);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 8_978);
+    {
+        let record = scenario.take_shared<RetainedRecord>();
+        assert!(record.deposit_value() == 22 && !record.is_consumed());
+        assert!(record.reclaim_after_ms() == 120_000);
+        ts::return_shared(record);
+    };
+    assert!(delete_record(&mut scenario, &clock) == 22);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 9_000);
+    assert!(!ts::has_most_recent_shared<RetainedRecord>());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::EConnectionNotOpen)]
+fun retention_send_on_closed_connection_rejected() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    let terms = current_terms(&mut scenario);
+    send_hello(&mut scenario, &clock, conn, terms, 22);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ETermsRetired)]
+fun retention_retired_terms_rejected() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    let terms = current_terms(&mut scenario);
+    retire_terms(&mut scenario, terms, th::server());
+    send_hello(&mut scenario, &clock, conn, terms, 22);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun retention_replaced_terms_apply() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    let old = current_terms(&mut scenario);
+    scenario.next_tx(th::server());
+    let replacement = {
+        let mut terms = scenario.take_shared_by_id<RetentionTerms>(old);
+        let h = scenario.take_shared<Host>();
+        let id = terms.replace_terms(&h, 30_000, 3, scenario.ctx());
+        ts::return_shared(terms);
+        ts::return_shared(h);
+        id
+    };
+    send_hello(&mut scenario, &clock, conn, replacement, 33);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 8_967);
+    {
+        let record = scenario.take_shared<RetainedRecord>();
+        assert!(record.deposit_value() == 33 && !record.is_consumed());
+        assert!(record.reclaim_after_ms() == 60_000);
+        ts::return_shared(record);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ENotProvider)]
+fun retention_retire_by_non_provider_rejected() {
+    let (mut scenario, clock) = th::start();
+    retention_terms(&mut scenario);
+    let terms = current_terms(&mut scenario);
+    retire_terms(&mut scenario, terms, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::EInvalidTerms)]
+fun retention_terms_too_long_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    retention::create_terms(&h, th::port(), 2_592_000_001, 2, scenario.ctx());
+    ts::return_shared(h);
     th::finish(scenario, clock);
 }
 

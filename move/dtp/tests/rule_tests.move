@@ -110,33 +110,120 @@ fun deny_list_wins_over_allow_list() {
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let mut h = scenario.take_shared<Host>();
+    // allow-all: only the deny list refuses
+    assert!(h.permits(th::client()));
+    h.deny(th::client(), scenario.ctx());
+    assert!(!h.permits(th::client()) && h.permits(th::mallory()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.permits(th::client()));
+    // allow-listed: the allow list admits, the deny list still wins
     h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
     assert!(!h.permits(th::client()));
     h.allow(th::client(), scenario.ctx());
-    assert!(h.permits(th::client()));
+    assert!(h.permits(th::client()) && !h.permits(th::mallory()));
     h.deny(th::client(), scenario.ctx());
     assert!(!h.permits(th::client()));
+    assert!(h.firewall().is_allowed(th::client()) && h.firewall().is_denied(th::client()));
     h.undeny(th::client(), scenario.ctx());
+    assert!(h.permits(th::client()));
     h.disallow(th::client(), scenario.ctx());
     assert!(!h.permits(th::client()));
     ts::return_shared(h);
     th::finish(scenario, clock);
 }
 
-#[test, expected_failure(abort_code = host::EFirewallListFull)]
-fun firewall_lists_are_bounded() {
+#[test]
+fun firewall_lists_are_idempotent_and_counted() {
     let (mut scenario, clock) = th::start();
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let mut h = scenario.take_shared<Host>();
-    let mut i = 0u64;
-    while (i < host::max_firewall_entries()) {
-        h.deny(sui::address::from_u256((i + 1) as u256), scenario.ctx());
-        i = i + 1;
-    };
-    // one already there is still a no-op; a new one is refused
-    h.deny(sui::address::from_u256(1), scenario.ctx());
+    assert!(h.firewall().allow_count() == 0 && h.firewall().deny_count() == 0);
+    h.allow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && h.firewall().is_allowed(th::client()));
+    h.allow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1);
+    h.allow(th::mallory(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 2);
+    h.disallow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && !h.firewall().is_allowed(th::client()));
+    h.disallow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && h.firewall().is_allowed(th::mallory()));
     h.deny(th::client(), scenario.ctx());
+    h.deny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 1 && h.firewall().is_denied(th::client()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 0 && !h.firewall().is_denied(th::client()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 0);
+    ts::return_shared(h);
+    // the next transaction reads the same lists and counts
+    scenario.next_tx(th::other());
+    let h = scenario.take_shared<Host>();
+    assert!(h.firewall().allow_count() == 1 && h.firewall().deny_count() == 0);
+    assert!(h.firewall().is_allowed(th::mallory()) && !h.firewall().is_allowed(th::client()));
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+/// SERVER puts `count` addresses (`first`, `first + 1`, ...) on the deny list (`deny`) or
+/// the allow list, at most 256 per transaction: Sui caps the events of one transaction
+/// at 1024, and a host fills a long list over many transactions anyway.
+fun fill_firewall_list(scenario: &mut ts::Scenario, deny: bool, first: u64, count: u64) {
+    let mut i = 0;
+    while (i < count) {
+        scenario.next_tx(th::server());
+        let mut h = scenario.take_shared<Host>();
+        let mut in_tx = 0;
+        while (in_tx < 256 && i < count) {
+            let client = sui::address::from_u256(((first + i) as u256));
+            if (deny) h.deny(client, scenario.ctx()) else h.allow(client, scenario.ctx());
+            i = i + 1;
+            in_tx = in_tx + 1;
+        };
+        ts::return_shared(h);
+    };
+}
+
+#[test, expected_failure(abort_code = host::EFirewallListFull)]
+fun firewall_deny_list_is_bounded() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let max = host::max_firewall_entries();
+    fill_firewall_list(&mut scenario, true, 1, max);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    assert!(h.firewall().deny_count() == max && h.firewall().is_denied(@0x400));
+    // one already there is still a no-op, and taking one off makes room for another
+    h.deny(@0x1, scenario.ctx());
+    assert!(h.firewall().deny_count() == max);
+    h.undeny(@0x1, scenario.ctx());
+    assert!(h.firewall().deny_count() == max - 1 && h.permits(@0x1));
+    h.deny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == max && !h.permits(th::client()));
+    // a new one is refused
+    h.deny(th::mallory(), scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EFirewallListFull)]
+fun firewall_allow_list_is_bounded() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let max = host::max_firewall_entries();
+    fill_firewall_list(&mut scenario, false, 1, max);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    assert!(h.firewall().allow_count() == max);
+    h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
+    assert!(h.permits(@0x400) && !h.permits(th::client()));
+    h.allow(@0x400, scenario.ctx());
+    assert!(h.firewall().allow_count() == max);
+    // the deny list has its own room
+    h.deny(th::mallory(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 1);
+    h.allow(th::client(), scenario.ctx());
     ts::return_shared(h);
     th::finish(scenario, clock);
 }
@@ -235,10 +322,11 @@ fun open_reserves_the_whole_deposit() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
     th::open_pinned(&mut scenario, &clock, cap_id, 1000);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 1000);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
     scenario.next_tx(th::client());
     let e = scenario.take_shared<Escrow>();
-    assert!(e.reserved() == 1000 && e.reserved_epoch() == 0);
+    assert!(e.reserved() == 1000 && e.claim_epoch() == 0 && e.claimed_in_epoch() == 0);
     ts::return_shared(e);
     th::finish(scenario, clock);
 }
@@ -257,21 +345,69 @@ fun claims_never_charge_the_cap() {
     };
     assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
     assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+    // Not touched: the claims wait in the escrow for its next report.
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
+    let (reserved, claim_epoch, claimed_in_epoch) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 1000 && claim_epoch == 0 && claimed_in_epoch == 550);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun a_settlement_counts_claims_in_the_epoch_they_were_made() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    scenario.next_epoch(th::server());
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    // Epoch 0's claim leaves the cap with the refund: epoch 1 has nothing counted.
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 0);
+    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     assert!(th::cap_spent(&mut scenario, cap_id) == 1000);
     th::finish(scenario, clock);
 }
 
 #[test]
-fun settlement_in_a_later_epoch_releases_nothing() {
+fun a_claim_notes_its_epoch_in_the_escrow() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    scenario.next_epoch(th::server());
+    assert!(th::claim(&mut scenario, 51200, 10, 550, 2, th::r2_sig()) == 430);
+    let (reserved, claim_epoch, claimed_in_epoch) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 1000 && claim_epoch == 1 && claimed_in_epoch == 430);
+    // A top-up reports both: epoch 0's 120 leave the count, epoch 1's 430 join it.
+    th::top_up(&mut scenario, 100);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 430 && outstanding == 550);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun a_reservation_of_zero_always_fits() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
-    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::set_cap(&mut scenario, cap_id, 0);
+    th::top_up(&mut scenario, 0);
     scenario.next_epoch(th::server());
-    th::settle_as(&mut scenario, &clock, conn, th::server());
-    // The new epoch's count started at 0 and stays there: the old reservation is gone.
-    assert!(th::cap_spent(&mut scenario, cap_id) == 0);
-    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 1000);
+    th::top_up(&mut scenario, 0);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 0);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun a_lowering_binds_the_next_positive_reservation() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 2000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::set_cap(&mut scenario, cap_id, 1000);
+    th::top_up(&mut scenario, 1);
     th::finish(scenario, clock);
 }
 
@@ -381,7 +517,8 @@ fun top_up_raises_the_deposit() {
         assert!(e.deposited() == 2000 && e.reserved() == 2000);
         ts::return_shared(e);
     };
-    assert!(th::cap_spent(&mut scenario, cap_id) == 2000);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 2000);
     assert!(th::claim(&mut scenario, 204800, 0, 2000, 3, th::rbig_sig()) == 2000);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::server()) == 2000);
@@ -407,20 +544,17 @@ fun only_client_tops_up() {
 }
 
 #[test]
-fun top_up_in_a_new_epoch_reserves_there() {
+fun top_up_in_a_new_epoch_adds_to_what_is_outstanding() {
     let (mut scenario, clock) = th::start();
-    let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
+    let cap_id = th::setup(&mut scenario, 0, 1400, 10_000);
     let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
     scenario.next_epoch(th::client());
     th::top_up(&mut scenario, 400);
-    scenario.next_tx(th::client());
-    {
-        let e = scenario.take_shared<Escrow>();
-        assert!(e.reserved_epoch() == 1 && e.reserved() == 400);
-        ts::return_shared(e);
-    };
-    assert!(th::cap_spent(&mut scenario, cap_id) == 400);
-    // 1400 refunded; the 400 reserved this epoch are released, nothing more.
+    let (reserved, _, _) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 1400);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1400);
+    // 1400 refunded, all of it released: nothing is left on the cap.
     th::settle_as(&mut scenario, &clock, conn, th::server());
     assert!(th::cap_spent(&mut scenario, cap_id) == 0);
     th::finish(scenario, clock);

@@ -112,8 +112,10 @@ fun cap_refuses_open_beyond_limit() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1500, 10_000);
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 1000);
-    // 1000 + 1000 > 1500 in the same epoch.
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 500);
+    // 1000 + 1000 > 1500.
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     th::finish(scenario, clock);
 }
@@ -122,16 +124,72 @@ fun cap_refuses_open_beyond_limit() {
 fun cap_resets_next_epoch() {
     let (mut scenario, clock) = th::start();
     let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
-    th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 0);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 880);
     scenario.next_epoch(th::server());
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
 
     scenario.next_tx(th::server());
-    assert!(th::balance_of(&scenario, th::client()) == 8_000);
+    assert!(th::balance_of(&scenario, th::client()) == 8_880);
     let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
     assert!(cap.epoch() == 1);
-    assert!(cap.spent() == 1000);
+    assert!(cap.claimed() == 0 && cap.outstanding() == 1000);
+    assert!(cap.remaining(scenario.ctx()) == 0);
     ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun deposits_of_past_epochs_stay_outstanding() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_epoch(th::server());
+    // Still claimable, so still counted: deposits of many epochs never land in one.
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 0);
+    let (_, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(outstanding == 1000);
+    th::top_up(&mut scenario, 1);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun claims_of_a_past_epoch_free_room_at_top_up() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
+    let (reserved, claim_epoch, claimed_in_epoch) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 1000 && claim_epoch == 0 && claimed_in_epoch == 120);
+    scenario.next_epoch(th::server());
+    // The escrow reports epoch 0's claim first: it leaves the count, and 120 fit.
+    th::top_up(&mut scenario, 120);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1000);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 0);
+    let (reserved, _, _) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 1000);
+    th::top_up(&mut scenario, 1);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = spending_cap::ESpendingCapExceeded)]
+fun claims_of_this_epoch_count_at_top_up() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1120, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::top_up(&mut scenario, 120);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 1000);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 0);
+    th::top_up(&mut scenario, 1);
     th::finish(scenario, clock);
 }
 
@@ -141,12 +199,31 @@ fun claims_survive_a_spent_cap() {
     let cap_id = th::setup(&mut scenario, 0, 2000, 10_000);
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
     th::open_pinned(&mut scenario, &clock, cap_id, 1000);
-    // The epoch is used up (2000 of 2000); the claim charges nothing and is paid.
+    // The cap is used up (2000 of 2000); the claim charges nothing and is paid.
     assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 2000);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 2000);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::server()) == 120);
     assert!(th::balance_of(&scenario, th::client()) == 8_000);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun zero_reservations_and_claims_survive_a_lowered_cap() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 2000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::set_cap(&mut scenario, cap_id, 500);
+    th::top_up(&mut scenario, 0);
+    assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
+    th::settle_as(&mut scenario, &clock, conn, th::server());
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 0);
+    assert!(th::cap_remaining(&mut scenario, cap_id) == 380);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::server()) == 120);
+    assert!(th::balance_of(&scenario, th::client()) == 9_880);
     th::finish(scenario, clock);
 }
 
@@ -157,17 +234,15 @@ fun settlement_releases_the_refund() {
     let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
     assert!(th::claim(&mut scenario, 10240, 4, 120, 1, th::r1_sig()) == 120);
     th::settle_as(&mut scenario, &clock, conn, th::server());
-    assert!(th::cap_spent(&mut scenario, cap_id) == 120);
-    scenario.next_tx(th::client());
-    {
-        // The escrow keeps reserved only what was claimed.
-        let e = scenario.take_shared<Escrow>();
-        assert!(e.reserved() == 120);
-        ts::return_shared(e);
-    };
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 0);
+    // The settled escrow has nothing left on the cap.
+    let (reserved, _, _) = th::escrow_counts(&mut scenario);
+    assert!(reserved == 0);
     // 120 + 1000 fits under 1120 only because the 880 refunded were released.
     th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1000);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 1120);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 120 && outstanding == 1000);
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::client()) == 8_880);
     assert!(th::balance_of(&scenario, th::server()) == 120);
@@ -180,7 +255,8 @@ fun top_up_beyond_cap_rejected() {
     let cap_id = th::setup(&mut scenario, 0, 1500, 10_000);
     th::open_pinned(&mut scenario, &clock, cap_id, 1000);
     th::top_up(&mut scenario, 400);
-    assert!(th::cap_spent(&mut scenario, cap_id) == 1400);
+    let (claimed, outstanding) = th::cap_counts(&mut scenario, cap_id);
+    assert!(claimed == 0 && outstanding == 1400);
     scenario.next_tx(th::client());
     {
         let e = scenario.take_shared<Escrow>();
@@ -269,7 +345,7 @@ fun half_close_timeout() {
     scenario.next_tx(th::client());
     assert!(th::balance_of(&scenario, th::client()) == 10_000);
     let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
-    assert!(cap.epoch() == 0 && cap.spent() == 0);
+    assert!(cap.epoch() == 0 && cap.claimed() == 0 && cap.outstanding() == 0);
     ts::return_shared(cap);
     th::finish(scenario, clock);
 }
@@ -365,6 +441,114 @@ fun broadcast_cancel_refunds() {
     assert!(th::balance_of(&scenario, th::listener_a()) == 925);
     assert!(th::balance_of(&scenario, th::listener_b()) == 975);
     assert!(th::balance_of(&scenario, th::server()) == 100);
+    th::finish(scenario, clock);
+}
+
+/// `who` takes back its shares' value from the broadcast: `withdraw` after a cancel, else
+/// `leave`; returns the refund.
+fun take_back(scenario: &mut ts::Scenario, clock: &sui::clock::Clock, who: address): u64 {
+    scenario.next_tx(who);
+    let mut b = scenario.take_shared<Broadcast>();
+    let refund = if (b.is_cancelled()) {
+        b.withdraw(scenario.ctx())
+    } else {
+        b.leave(clock, scenario.ctx())
+    };
+    ts::return_shared(b);
+    refund
+}
+
+fun claim_as_server(scenario: &mut ts::Scenario, clock: &sui::clock::Clock): u64 {
+    scenario.next_tx(th::server());
+    let mut b = scenario.take_shared<Broadcast>();
+    let amount = b.claim(clock, scenario.ctx());
+    ts::return_shared(b);
+    amount
+}
+
+#[test]
+fun broadcast_late_listener_pays_no_past_slots() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::fund(&mut scenario, th::listener_b(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(9_000);
+    // Slots 0-8 are paid first (900, A's alone): B buys shares at 100 MIST for A's shares.
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 1_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.earned_value() == 900);
+        assert!(b.pool_value() == 1_100);
+        clock.set_for_testing(9_500);
+        b.cancel(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 1_000);
+    // Last one out: what is left, A's own 100.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 100);
+    assert!(claim_as_server(&mut scenario, &clock) == 900);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 100);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 1_000);
+    assert!(th::balance_of(&scenario, th::server()) == 900);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun broadcast_idle_listeners_leave() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 100_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::fund(&mut scenario, th::listener_b(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(50_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.idle_ms() == 600_000);
+        b.transmit(b"hello", &clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    clock.set_for_testing(350_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 500);
+    clock.set_for_testing(650_000);
+    // Slots 3-5 (300) are paid from 1200 held 700 (A) to 500 (B): A keeps 525, B 375.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 525);
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 375);
+    assert!(claim_as_server(&mut scenario, &clock) == 600);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 525);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 875);
+    assert!(th::balance_of(&scenario, th::server()) == 600);
+    {
+        let b = scenario.take_shared<Broadcast>();
+        assert!(b.pool_value() == 0 && b.earned_value() == 0);
+        assert!(!b.is_on_air(&clock));
+        ts::return_shared(b);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::EBroadcastLive)]
+fun broadcast_heartbeat_keeps_listeners() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 100_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(500_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.heartbeat(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    clock.set_for_testing(650_000);
+    take_back(&mut scenario, &clock, th::listener_a());
     th::finish(scenario, clock);
 }
 

@@ -246,13 +246,51 @@ public fun top_up(scenario: &mut Scenario, amount: u64) {
     ts::return_shared(cap);
 }
 
-/// What the cap `cap_id` has reserved in the current epoch (read in a new transaction).
+/// What counts against the cap `cap_id`'s limit in the current epoch: the claims counted
+/// in it and what is outstanding (read in a new transaction).
 public fun cap_spent(scenario: &mut Scenario, cap_id: ID): u64 {
+    let (claimed, outstanding) = cap_counts(scenario, cap_id);
+    claimed + outstanding
+}
+
+/// The cap `cap_id`'s claims counted in the current epoch (0 in an epoch it has not seen
+/// yet) and its outstanding deposits (read in a new transaction).
+public fun cap_counts(scenario: &mut Scenario, cap_id: ID): (u64, u64) {
     scenario.next_tx(SERVER);
     let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
-    let spent = if (cap.epoch() == scenario.ctx().epoch()) cap.spent() else 0;
+    let claimed = if (cap.epoch() == scenario.ctx().epoch()) cap.claimed() else 0;
+    let outstanding = cap.outstanding();
     ts::return_shared(cap);
-    spent
+    (claimed, outstanding)
+}
+
+/// What the cap `cap_id` lets an open or a top-up reserve now (read in a new
+/// transaction).
+public fun cap_remaining(scenario: &mut Scenario, cap_id: ID): u64 {
+    scenario.next_tx(SERVER);
+    let cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let remaining = cap.remaining(scenario.ctx());
+    ts::return_shared(cap);
+    remaining
+}
+
+/// CLIENT sets its cap `cap_id`'s limit.
+public fun set_cap(scenario: &mut Scenario, cap_id: ID, max_per_epoch: u64) {
+    scenario.next_tx(CLIENT);
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    cap.set_max_per_epoch(max_per_epoch, scenario.ctx());
+    ts::return_shared(cap);
+}
+
+/// The most recent escrow's `reserved`, `claim_epoch` and `claimed_in_epoch`.
+public fun escrow_counts(scenario: &mut Scenario): (u64, u64, u64) {
+    scenario.next_tx(SERVER);
+    let e = scenario.take_shared<Escrow>();
+    let reserved = e.reserved();
+    let claim_epoch = e.claim_epoch();
+    let claimed_in_epoch = e.claimed_in_epoch();
+    ts::return_shared(e);
+    (reserved, claim_epoch, claimed_in_epoch)
 }
 
 public fun contribute_as(scenario: &mut Scenario, clock: &Clock, who: address, amount: u64) {

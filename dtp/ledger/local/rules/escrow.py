@@ -12,7 +12,13 @@ from dtp.ledger.local.rules.common import SHARED, Exec, add_u64
 
 
 def cap_create(x: Exec, max_per_epoch: int) -> str:
-    data = {"owner": x.sender, "max_per_epoch": max_per_epoch, "spent": 0, "epoch": x.epoch}
+    data = {
+        "owner": x.sender,
+        "max_per_epoch": max_per_epoch,
+        "claimed": 0,
+        "outstanding": 0,
+        "epoch": x.epoch,
+    }
     cap_id = x.create("SpendingCap", SHARED, data)
     x.emit(
         "spending_cap",
@@ -30,45 +36,80 @@ def cap_set_max_per_epoch(x: Exec, cap_id: str, max_per_epoch: int) -> None:
     x.emit("spending_cap", "SpendingCapChanged", {"cap": cap_id, "max_per_epoch": max_per_epoch})
 
 
+def _counts(cap: dict[str, Any]) -> dict[str, Any]:
+    """The cap's counts (``claimed``, ``outstanding``). A cap a LocalLedger file kept from
+    before outstanding deposits were counted has ``spent`` (reserved in its epoch): it
+    becomes that epoch's ``claimed``, the conservative reading, with nothing outstanding
+    (its escrows then hold nothing of it either, see :func:`_escrow_counts`)."""
+    if "outstanding" not in cap:
+        cap["claimed"] = cap.pop("spent", 0)
+        cap["outstanding"] = 0
+    return cap
+
+
 def _roll_epoch(x: Exec, cap: dict[str, Any]) -> None:
     if x.epoch != cap["epoch"]:
         cap["epoch"] = x.epoch
-        cap["spent"] = 0
+        cap["claimed"] = 0
 
 
-def reserve(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> None:
-    """``spending_cap::reserve``: the epoch's total may not pass ``max_per_epoch`` (a
-    reservation of 0 included, once a lowering left the total above the limit)."""
-    _roll_epoch(x, cap)
-    if cap["spent"] + amount > cap["max_per_epoch"]:
-        raise move_error(
-            "spending_cap",
-            "ESpendingCapExceeded",
-            f"cap {cap_id} has reserved {cap['spent']} of {cap['max_per_epoch']} in epoch "
-            f"{cap['epoch']}; {amount} more asked",
-        )
-    cap["spent"] += amount
+def _cap_event(x: Exec, name: str, cap: dict[str, Any], cap_id: str, **fields: int) -> None:
     x.emit(
         "spending_cap",
-        "SpendingCapReserved",
-        {"cap": cap_id, "epoch": cap["epoch"], "amount": amount, "spent": cap["spent"]},
+        name,
+        {
+            "cap": cap_id,
+            "epoch": cap["epoch"],
+            **fields,
+            "claimed": cap["claimed"],
+            "outstanding": cap["outstanding"],
+        },
     )
 
 
-def _release(x: Exec, cap: dict[str, Any], cap_id: str, amount: int, reserved_epoch: int) -> int:
-    """``spending_cap::release``: up to ``amount`` back to the epoch's room, if the
-    reservation's epoch is still the current one. Returns what was released."""
+def reserve(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> None:
+    """``spending_cap::reserve``: ``claimed + outstanding + amount`` may not pass
+    ``max_per_epoch``; a reservation of 0 is never refused (docs/escrow.md §4)."""
+    _counts(cap)
     _roll_epoch(x, cap)
-    if cap["epoch"] != reserved_epoch:
-        return 0
-    released: int = min(amount, cap["spent"])
-    if released:
-        cap["spent"] -= released
-        x.emit(
+    used = cap["claimed"] + cap["outstanding"]
+    if amount and used + amount > cap["max_per_epoch"]:
+        raise move_error(
             "spending_cap",
-            "SpendingCapReleased",
-            {"cap": cap_id, "epoch": cap["epoch"], "amount": released, "spent": cap["spent"]},
+            "ESpendingCapExceeded",
+            f"cap {cap_id} has {cap['claimed']} claimed in epoch {cap['epoch']} and "
+            f"{cap['outstanding']} outstanding of {cap['max_per_epoch']}; {amount} more asked",
         )
+    cap["outstanding"] += amount
+    _cap_event(x, "SpendingCapReserved", cap, cap_id, amount=amount)
+
+
+def _count_claims(
+    x: Exec, cap: dict[str, Any], cap_id: str, amount: int, claim_epoch: int, in_epoch: int
+) -> None:
+    """``spending_cap::count_claims``: ``amount`` leaves ``outstanding``; the part claimed
+    in the current epoch (up to ``in_epoch`` when ``claim_epoch`` is it) joins
+    ``claimed``. Never refuses."""
+    _counts(cap)
+    _roll_epoch(x, cap)
+    if not amount:
+        return
+    taken: int = min(amount, cap["outstanding"])
+    cap["outstanding"] -= taken
+    counted = min(taken, in_epoch) if claim_epoch == cap["epoch"] else 0
+    cap["claimed"] += counted
+    _cap_event(x, "SpendingCapClaimsCounted", cap, cap_id, amount=taken, in_epoch=counted)
+
+
+def _release(x: Exec, cap: dict[str, Any], cap_id: str, amount: int) -> int:
+    """``spending_cap::release``: up to ``amount`` off ``outstanding``. Returns what was
+    released."""
+    _counts(cap)
+    _roll_epoch(x, cap)
+    released: int = min(amount, cap["outstanding"])
+    if released:
+        cap["outstanding"] -= released
+        _cap_event(x, "SpendingCapReleased", cap, cap_id, amount=released)
     return released
 
 
@@ -104,7 +145,8 @@ def escrow_claim(
     nonce: int,
     signature: bytes,
 ) -> int:
-    """``escrow::claim``: the cap is not involved (the deposit was reserved on it)."""
+    """``escrow::claim``: the cap is not involved (the deposit was reserved on it); the
+    escrow notes the claim's epoch for its next report to the cap."""
     escrow = x.load(escrow_id, "Escrow")
     if x.sender != escrow["server"]:
         raise move_error(
@@ -145,6 +187,7 @@ def escrow_claim(
     paid: int = total_amount - escrow["claimed"]
     escrow["claimed"] = total_amount
     escrow["latest_nonce"] = nonce
+    _note_claim(x, escrow, paid)
     escrow["funds"] -= paid
     x.pay(escrow["server"], paid)
     x.emit(
@@ -162,6 +205,39 @@ def escrow_claim(
         },
     )
     return paid
+
+
+def _escrow_counts(escrow: dict[str, Any]) -> dict[str, Any]:
+    """The escrow's part of its cap's counts. An escrow a LocalLedger file kept from
+    before them (``reserved_epoch``, or no reservation at all) has nothing outstanding on
+    its cap: it reports and releases nothing."""
+    if "claim_epoch" not in escrow:
+        escrow.pop("reserved_epoch", None)
+        escrow["reserved"] = 0
+        escrow["claim_epoch"] = 0
+        escrow["claimed_in_epoch"] = 0
+    return escrow
+
+
+def _note_claim(x: Exec, escrow: dict[str, Any], paid: int) -> None:
+    """``escrow::note_claim``: ``paid`` MIST claimed in the current epoch."""
+    _escrow_counts(escrow)
+    if escrow["claim_epoch"] != x.epoch:
+        escrow["claim_epoch"] = x.epoch
+        escrow["claimed_in_epoch"] = 0
+    escrow["claimed_in_epoch"] += paid
+
+
+def _report_claims(x: Exec, escrow: dict[str, Any], cap: dict[str, Any], cap_id: str) -> None:
+    """``escrow::report_claims``: the claims not yet reported (``reserved - funds``) are
+    counted on the cap, the latest of them (up to ``claimed_in_epoch``) as made in
+    ``claim_epoch``."""
+    _escrow_counts(escrow)
+    unreported = escrow["reserved"] - escrow["funds"]
+    if unreported <= 0:
+        return
+    _count_claims(x, cap, cap_id, unreported, escrow["claim_epoch"], escrow["claimed_in_epoch"])
+    escrow["reserved"] = escrow["funds"]
 
 
 def assert_spending_cap(escrow: dict[str, Any], escrow_id: str, cap_id: str) -> None:
@@ -184,13 +260,10 @@ def escrow_top_up(x: Exec, escrow_id: str, cap_id: str, amount: int) -> None:
     if escrow["settled"]:
         raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
     assert_spending_cap(escrow, escrow_id, cap_id)
+    # the claims since the last report first: those of past epochs take no room then
+    _report_claims(x, escrow, cap, cap_id)
     reserve(x, cap, cap_id, amount)
-    if escrow.get("reserved_epoch") == x.epoch:
-        escrow["reserved"] += amount
-    else:
-        # the earlier epoch's reservation went with that epoch's count
-        escrow["reserved_epoch"] = x.epoch
-        escrow["reserved"] = amount
+    escrow["reserved"] += amount
     escrow["funds"] += amount
     escrow["deposited"] = add_u64(escrow["deposited"], amount)
     x.emit(
@@ -213,12 +286,9 @@ def refund_remainder(
     assert_spending_cap(escrow, escrow_id, cap_id)
     escrow["settled"] = True
     amount: int = escrow["funds"]
-    # what was claimed stays spent; the refunded part goes back to the epoch's room
-    # (an escrow stored before reservations has none to release)
-    reserved = escrow.get("reserved", 0)
-    released = _release(x, cap, cap_id, min(amount, reserved), escrow.get("reserved_epoch", -1))
-    if "reserved" in escrow:
-        escrow["reserved"] = reserved - released
+    # what was claimed counts in the epoch it was claimed in; the refund leaves the cap
+    _report_claims(x, escrow, cap, cap_id)
+    escrow["reserved"] -= _release(x, cap, cap_id, min(amount, escrow["reserved"]))
     escrow["refunded"] += amount
     escrow["funds"] = 0
     x.pay(escrow["client"], amount)

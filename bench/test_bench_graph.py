@@ -1,0 +1,32 @@
+"""pytest-benchmark suite for the Gun rows of bench/graph_rows.py. ham_merge_vs_gun: ours
+(the C batch merge) timed here; the peer, GunDB in Node.js, runs once in the row's
+setup, which checks that both merge the stream into the same graph (compare.py times
+it). gun_relay_puts: both sides run once, a short job each (compare.py times them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import graph_rows, gun_ham, gun_peer
+
+
+@pytest.mark.skipif(not gun_ham.available(), reason="node and npm are needed to run GunDB")
+def test_ham_merge_vs_gun(benchmark) -> None:  # type: ignore[no-untyped-def]
+    w = graph_rows.ham_merge_vs_gun()
+    benchmark.group = w.name
+    benchmark.extra_info["unit"] = w.unit
+    benchmark.pedantic(w.ours, rounds=3 if benchmark.enabled else 1, iterations=1)
+
+
+@pytest.mark.skipif(not gun_peer.available(), reason="node and npm are needed to run gun.js")
+def test_gun_relay_puts(benchmark) -> None:  # type: ignore[no-untyped-def]
+    w = graph_rows.gun_relay_puts(puts=50)
+    try:
+        benchmark.group = w.name
+        benchmark.extra_info["unit"] = w.unit
+        assert w.peer is not None
+        assert float(w.peer()) > 0  # type: ignore[arg-type]
+        benchmark.pedantic(w.ours, rounds=3 if benchmark.enabled else 1, iterations=1)
+    finally:
+        assert w.close is not None
+        w.close()

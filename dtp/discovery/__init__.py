@@ -1,0 +1,43 @@
+"""Finding DTP endpoints without being told where they are (docs/messaging.md §6).
+
+- On the LAN, with no ledger: :mod:`dtp.discovery.lan` (mDNS / DNS-SD) -- servers,
+  graph peers and the services daemon's services announce themselves, and browsers
+  find them (:func:`~dtp.discovery.lan.announce`, :func:`~dtp.discovery.lan.browse`).
+- On the ledger and by gossip over pub/sub: :mod:`dtp.messaging.discovery` (a Host's
+  services, signed announcements).
+
+The layer sits between the public faces (:mod:`dtp.socket`, :mod:`dtp.aio`) and the
+applications (messaging, graph, daemon), which announce through it
+(docs/architecture.md).
+"""
+
+from dtp.discovery.errors import LanDiscoveryError, LanRecordError
+from dtp.discovery.lan import (
+    Announcement,
+    AsyncBrowser,
+    Browser,
+    LanDiscovery,
+    LanEvent,
+    LanPeer,
+    LanRecord,
+    announce,
+    announce_async,
+    browse,
+    browse_async,
+)
+
+__all__ = [
+    "Announcement",
+    "AsyncBrowser",
+    "Browser",
+    "LanDiscovery",
+    "LanDiscoveryError",
+    "LanEvent",
+    "LanPeer",
+    "LanRecord",
+    "LanRecordError",
+    "announce",
+    "announce_async",
+    "browse",
+    "browse_async",
+]

@@ -1,0 +1,62 @@
+// gun.js clients putting through a Gun relay, timed: the gun_relay_puts benchmark row
+// (bench/graph_rows.py) runs it against dtp's Gun endpoint and against gun's own relay
+// (relay.js). Reads one JSON job on stdin, writes one JSON answer on stdout:
+//
+//   {"peer": URL, "clients": C, "puts": N, "window": W, "tag": T}
+//     -> {"puts": C*N, "seconds": S, "rate": puts per second, "errors": E}
+//
+// Each of the C clients (gun instances, one WebSocket each) puts N nodes
+// "bench/T/<client>/<i>" of three fields, keeping W puts awaiting their
+// acknowledgement; the clock runs from the first put to the last acknowledgement.
+'use strict';
+
+const log = console.log;
+console.log = (...args) => console.error(...args);
+const Gun = require('gun/gun');
+const WebSocket = require('ws');
+
+function client(peer) {
+  return Gun({ peers: [peer], WebSocket, localStorage: false, radisk: false, axe: false });
+}
+
+function connected(gun) {
+  return new Promise((resolve) => gun.on('hi', () => resolve()));
+}
+
+function run(gun, c, job) {
+  return new Promise((resolve) => {
+    let next = 0;
+    let done = 0;
+    let errors = 0;
+    const one = () => {
+      const i = next++;
+      gun.get(`bench/${job.tag}/${c}/${i}`).put({ n: i, text: `value ${c}.${i}`, ok: true }, (ack) => {
+        if (ack.err) errors++;
+        done++;
+        if (next < job.puts) one();
+        else if (done === job.puts) resolve(errors);
+      });
+    };
+    for (let k = 0; k < Math.min(job.window, job.puts); k++) one();
+  });
+}
+
+async function main() {
+  const chunks = [];
+  for await (const chunk of process.stdin) chunks.push(chunk);
+  const job = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  const guns = [];
+  for (let c = 0; c < job.clients; c++) guns.push(client(job.peer));
+  await Promise.all(guns.map(connected));
+  const start = process.hrtime.bigint();
+  const errors = (await Promise.all(guns.map((gun, c) => run(gun, c, job)))).reduce((a, b) => a + b, 0);
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const puts = job.clients * job.puts;
+  log(JSON.stringify({ puts, seconds, rate: puts / seconds, errors }));
+  process.exit(0);
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench.js: ${err && err.stack || err}\n`);
+  process.exit(1);
+});
