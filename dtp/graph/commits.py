@@ -88,6 +88,8 @@ class GraphCommits(GraphBase):
             else:
                 decoded = entries(changed)
                 view.add(decoded)
+        # the query tables queue the batch; live queries that read a field of it are due
+        decoded = self._query.changed(changed, n, len(self._table), decoded)
         for listener, owner in self._listeners:
             if owner is not origin:
                 # the change is committed: a failing sync session must not make the
@@ -117,6 +119,16 @@ class GraphCommits(GraphBase):
             changes.append(Change(soul, field, decoded_value, state))
 
     def _deliver(self, changes: list[Change]) -> None:
+        if self._query.due:
+            # (after the subscribers: a slow live query does not hold them back)
+            try:
+                self._deliver_changes(changes)
+            finally:
+                self._query.deliver()
+        else:
+            self._deliver_changes(changes)
+
+    def _deliver_changes(self, changes: list[Change]) -> None:
         if not changes:
             return
         with self._lock:
