@@ -121,7 +121,7 @@ class LiveQuery:
 class QueryEngine:
     """One graph's query state: its tables (None until its first query or index) and
     its live queries, with those a change made due. Called by the graph's commits
-    (:meth:`changed` with its lock held, :meth:`deliver` after it is released)."""
+    (:meth:`touch` with its lock held, :meth:`deliver` after it is released)."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self.index: QueryIndex | None = None
@@ -129,14 +129,10 @@ class QueryEngine:
         self.due: set[LiveQuery] = set()
         self._lock = lock
 
-    def changed(
-        self, batch: bytes, count: int, table_size: int, decoded: list[Entry] | None
-    ) -> list[Entry] | None:
-        """A batch the table applied (lock held): queued for the tables, and the live
-        queries that read one of its fields made due. Returns the batch's entries when
-        it decoded them (``decoded``, if given, is them)."""
-        if self.index is not None:
-            self.index.changed(batch, count, table_size)
+    def touch(self, batch: bytes, decoded: list[Entry] | None) -> list[Entry] | None:
+        """A batch the table applied (lock held): the live queries that read one of its
+        fields are made due. Returns the batch's entries when it decoded them
+        (``decoded``, if given, is them)."""
         if self.live:
             if decoded is None:
                 decoded = entries(batch)
