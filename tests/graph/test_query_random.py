@@ -6,7 +6,6 @@ holds, names that are not UTF-8 and values that are not JSON (docs/graph.md,
 
 from __future__ import annotations
 
-import operator
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,174 +15,21 @@ from hypothesis import strategies as st
 
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
-from dtp.graph import Graph, Query, link, link_soul
-from dtp.graph.values import encode_value
-
-SOULS = ["a", "b", "c", "d", "s/1", "é"]
-FIELDS = ["x", "y", "t", "m"]
-OPS = ["==", "!=", "<", "<=", ">", ">="]
-Update = tuple[str | bytes, str | bytes, float, bytes]
-
-scalars = st.integers(-1, 2) | st.sampled_from(
-    [None, True, False, 2.5, 1e-7, 1e21, 2**53, "", "a", "b", "\uffff", "\U0001f600"]
+from dtp.graph import Graph, link
+from tests.graph.query_model import (
+    FIELDS,
+    OPS,
+    SOULS,
+    TEMPLATES,
+    Update,
+    build,
+    merge,
+    naive,
+    steps,
+    updates,
+    writes,
 )
-links = st.sampled_from(SOULS).map(link)
-# (links twice as likely as the rest: chains of hops that reach something are the point)
-values = st.one_of(links, links, scalars)
-# bytes only a format 1 graph or a misbehaving peer stores: get() reads or leaves them out
-odd_bytes = st.sampled_from(
-    [
-        b"[1,2]",
-        b'{"a":1}',
-        b"1.0",
-        b"9007199254740993",
-        b"not json",
-        b'{"#":"a","x":1}',
-        b' {"#":"b"}',
-        b'{"#":"\\u0061"}',
-        b'{"#":""}',
-        b'"\\ud800"',
-    ]
-)
-
-
-@st.composite
-def updates(draw: st.DrawFn) -> list[Update]:
-    """Peers' updates: few states (ties are many), some odd names and bytes."""
-    out = []
-    for _ in range(draw(st.integers(0, 40))):
-        soul: str | bytes = draw(st.sampled_from(SOULS) | st.just(b"\xff"))
-        field: str | bytes = draw(st.sampled_from(FIELDS) | st.just(b"x\xff"))
-        state = float(draw(st.integers(1, 4)))
-        raw = draw(values.map(encode_value) | odd_bytes)
-        out.append((soul, field, state, raw))
-    return out
-
-
-ordered = st.integers(-1, 2) | st.sampled_from(
-    [2.5, 1e-7, 1e21, 2**53, "", "a", "b", "\uffff", "\U0001f600"]
-)
-wheres = st.one_of(
-    st.tuples(st.just("where"), st.sampled_from(FIELDS), st.sampled_from(OPS), ordered),
-    st.tuples(st.just("where"), st.sampled_from(FIELDS), st.sampled_from(["==", "!="]), values),
-)
-hops = st.tuples(st.just("out"), st.sampled_from(FIELDS)) | st.tuples(st.just("each"))
-# (hops twice as likely as filters: a filter empties the frontier more often than not)
-steps = st.lists(st.one_of(hops, hops, wheres), max_size=5)
-
-
-# Plans run on every random graph, from every soul: chains of hops that reach nodes
-# (random plans mostly end empty), and the filters after them.
-TEMPLATES: list[list[tuple[Any, ...]]] = [
-    [("each",)],
-    [("each",), ("each",)],
-    [("each",), ("each",), ("each",)],
-    *([("out", f)] for f in FIELDS),
-    *([("out", f), ("each",)] for f in FIELDS),
-    *([("each",), ("out", f)] for f in FIELDS),
-    *([("each",), ("out", f), ("out", f)] for f in FIELDS),
-    [("each",), ("where", "x", "==", link("a"))],
-    [("each",), ("where", "t", ">", 0), ("each",)],
-    [("each",), ("each",), ("where", "y", "<", "b")],
-    [("each",), ("each",), ("where", "m", "!=", 1)],
-    [("where", "t", ">=", 0), ("each",), ("where", "x", "!=", link("b"))],
-    [("each",), ("where", "y", "<", "\uffff")],
-    [("each",), ("where", "x", ">", "\U0001f600")],
-]
-
-
-def _kind(value: Any) -> str | None:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number" if float(value) == value else None
-    if isinstance(value, str):
-        return "string"
-    if link_soul(value) is not None:
-        return "link"
-    return None
-
-
-def _compare(found: Any, op: str, wanted: Any) -> bool:
-    """Gun's comparison, written out: the same kind or nothing; strings in UTF-16."""
-    kind = _kind(wanted)
-    if _kind(found) != kind or kind is None:
-        return False
-    if kind == "string":
-        found, wanted = found.encode("utf-16-be"), wanted.encode("utf-16-be")
-    elif kind == "link":
-        found, wanted = link_soul(found), link_soul(wanted)
-    if op in ("<", "<=", ">", ">=") and kind not in ("number", "string"):
-        raise AssertionError("the query refuses this")
-    compare = {
-        "==": operator.eq,
-        "!=": operator.ne,
-        "<": operator.lt,
-        "<=": operator.le,
-        ">": operator.gt,
-        ">=": operator.ge,
-    }[op]
-    return bool(compare(found, wanted))
-
-
-def naive(g: Graph, start: list[str], plan: list[tuple[Any, ...]]) -> list[str]:
-    """The query evaluated with get() and Python loops."""
-    frontier = set(start)
-    for step in plan:
-        nodes = {soul: g.get(soul) or {} for soul in frontier}
-        if step[0] == "out":
-            frontier = {t for n in nodes.values() if (t := link_soul(n.get(step[1])))}
-        elif step[0] == "each":
-            frontier = {t for n in nodes.values() for v in n.values() if (t := link_soul(v))}
-        else:
-            _, field, op, wanted = step
-            frontier = {
-                s for s, n in nodes.items() if field in n and _compare(n[field], op, wanted)
-            }
-    return sorted(frontier)
-
-
-def build(g: Query | Graph, start: list[str], plan: list[tuple[Any, ...]]) -> Query | None:
-    assert isinstance(g, Graph)
-    query = g.query(*start)
-    for step in plan:
-        if step[0] == "out":
-            query = query.out(step[1])
-        elif step[0] == "each":
-            query = query.each()
-        else:
-            _, field, op, wanted = step
-            if op not in ("==", "!=") and _kind(wanted) not in ("number", "string"):
-                return None  # (refused: test_query covers the error)
-            query = query.where(field, op, wanted)
-    return query
-
-
-def _merge(g: Graph, batch: list[Update]) -> None:
-    ups = [
-        HamUpdate(
-            s.encode() if isinstance(s, str) else s, f.encode() if isinstance(f, str) else f, st_, v
-        )
-        for s, f, st_, v in batch
-    ]
-    if ups:
-        g.merge(encode_ham_batch(ups))
-
-
-writes = st.lists(
-    st.one_of(
-        st.tuples(
-            st.just("put"),
-            st.sampled_from(SOULS),
-            st.dictionaries(st.sampled_from(FIELDS), values, min_size=1),
-        ),
-        st.tuples(st.just("merge"), updates()),
-    ),
-    min_size=4,
-    max_size=24,
-)
+from tests.graph.query_model import kind as _kind
 
 
 @settings(max_examples=150)
@@ -211,7 +57,7 @@ def test_queries_equal_a_naive_evaluation_over_get(
         if op[0] == "put":
             g.put(op[1], op[2])
         else:
-            _merge(g, op[1])
+            merge(g, op[1])
         # queries between writes: the tables are then kept up to date a change at a
         # time (a link overwritten, a value gone), not only built at once
         for plan in TEMPLATES[i * 3 % len(TEMPLATES) :][:3]:
@@ -264,7 +110,7 @@ def test_a_graph_file_queries_alike_after_writes_and_reopening(
         for field in indexed:
             g.create_index(field)
         for i, batch in enumerate(peers):
-            _merge(g, batch)
+            merge(g, batch)
             if i % 2:
                 g.flush()
         expected = {}
