@@ -192,6 +192,9 @@ class GraphQueries(GraphReads):
         name = check_field(field, "create_index()")
         with self._lock:
             self._check_open()
+            if self._query.index is None:
+                self._query_index(index=(name,))  # (the tables made indexing it: one pass)
+                return True
             index = self._query_index()
             if index.is_indexed(name):
                 return False
@@ -262,21 +265,21 @@ class GraphQueries(GraphReads):
 
     # -- inside ---------------------------------------------------------------------
 
-    def _query_index(self) -> QueryIndex:
-        """The query tables, made on first use, level with the table (lock held)."""
+    def _query_index(self, index: tuple[str, ...] = ()) -> QueryIndex:
+        """The query tables, made on first use (indexing ``index``), level with the
+        table (lock held)."""
         writeback = self._writeback
         flush = None if writeback is None else writeback.flush_locked
-        index = self._query.index
-        if index is None:
+        tables = self._query.index
+        if tables is None:
             if flush is not None:
                 flush()  # (the tables are built from the table: the log must hold it all)
-            index = QueryIndex.create(
-                None if writeback is None else writeback.storage, self._table, self._value_of
-            )
-            self._query.index = index
+            storage = None if writeback is None else writeback.storage
+            tables = QueryIndex.create(storage, self._table, self._value_of, index)
+            self._query.index = tables
         else:
-            index.catch_up(self._table, flush)
-        return index
+            tables.catch_up(self._table, flush)
+        return tables
 
     def _evaluate(self, query: Query, record: ReadSet | None) -> list[str]:
         index = self._query_index()
