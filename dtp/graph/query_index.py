@@ -582,10 +582,8 @@ class QueryIndex:
         entry = table.get(soul, where.field.encode())
         if entry is None:
             return None
-        try:
-            return comparable(self._value_of(soul, entry[1]))
-        except DTPError:
-            return None
+        found: tuple[int, Key] | None = self._read(soul, entry[1], True)[1]
+        return found
 
     def close(self) -> None:
         """Close an in-memory graph's database (the file's is the storage's)."""
