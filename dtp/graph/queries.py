@@ -20,7 +20,7 @@ from dtp.graph.query import (
     check_soul,
     make_where,
 )
-from dtp.graph.query_index import QueryIndex, ReadSet
+from dtp.graph.query_index import QueryIndex, ReadSet, explain
 from dtp.graph.reads import GraphReads
 from dtp.graph.values import JSON, GunValue
 
@@ -237,9 +237,9 @@ class GraphQueries(GraphReads):
         with self._lock:
             self._check_open()
             index = self._query.index
-            if index is None:
-                index = self._query_index()
             self._check_indexed_in(index, query.start)
+            if index is None:  # (a graph not yet queried: no index, nothing to build)
+                return explain(set(), query.start, query.steps)
             return index.explain(query.start, query.steps)
 
     def _live_query(self, query: Query, callback: Callable[[QueryUpdate], None]) -> LiveQuery:
@@ -297,14 +297,11 @@ class GraphQueries(GraphReads):
     def _check_indexed(self, where: Where) -> None:
         with self._lock:
             self._check_open()
-            index = self._query.index
-            if index is None:
-                index = self._query_index()
-            self._check_indexed_in(index, where)
+            self._check_indexed_in(self._query.index, where)
 
     @staticmethod
-    def _check_indexed_in(index: QueryIndex, start: tuple[str, ...] | Where) -> None:
-        if isinstance(start, Where) and not index.is_indexed(start.field):
+    def _check_indexed_in(index: QueryIndex | None, start: tuple[str, ...] | Where) -> None:
+        if isinstance(start, Where) and (index is None or not index.is_indexed(start.field)):
             raise QueryError(
                 f"find() reads the index on {start.field!r}, and there is none: "
                 f"create_index({start.field!r}) first"

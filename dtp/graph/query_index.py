@@ -183,6 +183,44 @@ class _Stage:
         return out
 
 
+def _plan(fields: set[bytes], steps: Sequence[Step], fuse: bool) -> list[_Stage]:
+    """The statements that run ``steps``, given the indexed ``fields``: a hop and the
+    wheres after it make one (``fuse``; else every step is its own, as a live query
+    records what each read)."""
+    stages: list[_Stage] = []
+    for step in steps:
+        if isinstance(step, Where):
+            if not stages or not fuse:
+                stages.append(_Stage())
+            stage = stages[-1]
+            (stage.indexed if step.field.encode() in fields else stage.python).append(step)
+        else:
+            stages.append(_Stage(hop=step))
+    return stages
+
+
+def explain(fields: set[bytes], start: tuple[str, ...] | Where, steps: Sequence[Step]) -> list[str]:
+    """How a query runs, a line a statement (:meth:`Query.explain
+    <dtp.graph.query.Query.explain>`), given the indexed ``fields``."""
+    if isinstance(start, Where):
+        lines = [f"find: SQL, index on {start.field!r} ({start})"]
+    else:
+        lines = [f"start: {len(set(start))} soul(s)"]
+    for stage in _plan(fields, steps, fuse=True):
+        if isinstance(stage.hop, Out):
+            line = f"out {stage.hop.field!r}: SQL, one join of the frontier with query_link"
+        elif isinstance(stage.hop, Each):
+            line = "each: SQL, one join of the frontier with query_link"
+        else:
+            line = "filter the frontier: SQL" if stage.indexed else "filter the frontier"
+        for where in stage.indexed:
+            line += f"; {where}: index on {where.field!r}, in the same statement"
+        for where in stage.python:
+            line += f"; {where}: no index on {where.field!r}, in Python"
+        lines.append(line)
+    return lines
+
+
 def _find_sql(where: Where) -> tuple[str, list[Any]]:
     return (
         "SELECT soul FROM query_value WHERE field = ? AND kind = ? "
@@ -499,38 +537,10 @@ class QueryIndex:
     # -- evaluation -----------------------------------------------------------------
 
     def _plan(self, steps: Sequence[Step], fuse: bool) -> list[_Stage]:
-        """The statements that run ``steps``: a hop and the wheres after it make one
-        (``fuse``; else every step is its own, as a live query records what each read)."""
-        stages: list[_Stage] = []
-        for step in steps:
-            if isinstance(step, Where):
-                if not stages or not fuse:
-                    stages.append(_Stage())
-                stage = stages[-1]
-                indexed = step.field.encode() in self._fields
-                (stage.indexed if indexed else stage.python).append(step)
-            else:
-                stages.append(_Stage(hop=step))
-        return stages
+        return _plan(self._fields, steps, fuse)
 
     def explain(self, start: tuple[str, ...] | Where, steps: Sequence[Step]) -> list[str]:
-        if isinstance(start, Where):
-            lines = [f"find: SQL, index on {start.field!r} ({start})"]
-        else:
-            lines = [f"start: {len(set(start))} soul(s)"]
-        for stage in self._plan(steps, fuse=True):
-            if isinstance(stage.hop, Out):
-                line = f"out {stage.hop.field!r}: SQL, one join of the frontier with query_link"
-            elif isinstance(stage.hop, Each):
-                line = "each: SQL, one join of the frontier with query_link"
-            else:
-                line = "filter the frontier: SQL" if stage.indexed else "filter the frontier"
-            for where in stage.indexed:
-                line += f"; {where}: index on {where.field!r}, in the same statement"
-            for where in stage.python:
-                line += f"; {where}: no index on {where.field!r}, in Python"
-            lines.append(line)
-        return lines
+        return explain(self._fields, start, steps)
 
     def evaluate(
         self,
@@ -592,4 +602,4 @@ class QueryIndex:
                 self.db.close()
 
 
-__all__ = ["TABLES", "QueryIndex", "ReadSet"]
+__all__ = ["TABLES", "QueryIndex", "ReadSet", "explain"]

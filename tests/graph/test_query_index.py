@@ -19,7 +19,7 @@ import pytest
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
-from dtp.graph import Graph, GraphStorageError, link, link_soul
+from dtp.graph import Graph, GraphStorageError, QueryError, link, link_soul
 from dtp.graph.query import comparable
 from dtp.graph.values import encode_value
 from tests.support.paths import ROOT
@@ -156,6 +156,9 @@ def test_a_graph_never_queried_has_no_query_tables(tmp_path: Path) -> None:
     with Graph(path) as g:
         g.put("a", {"b": link("b")})
         assert g.indexes() == []
+        assert len(g.query("a").out("b").explain()) == 2  # (tells, builds nothing)
+        with pytest.raises(QueryError, match="create_index"):
+            g.find("t", "==", 1)
     with contextlib.closing(sqlite3.connect(path)) as db:
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
         assert not names & {"query_link", "query_value"}
