@@ -18,8 +18,9 @@ therefore costs one C merge and one SQLite row per batch.
 A graph is made of parts, one module each, over the state they share
 (:mod:`dtp.graph.store_base`): local writes (:mod:`~dtp.graph.writes`), merging what
 peers send and the deferred updates (:mod:`~dtp.graph.merges`), what follows every change
-(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), subscriptions
-(:mod:`~dtp.graph.changes`) and what sync sessions use (:mod:`~dtp.graph.sync_source`,
+(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), queries
+(:mod:`~dtp.graph.queries`), subscriptions (:mod:`~dtp.graph.changes`) and what sync
+sessions use (:mod:`~dtp.graph.sync_source`,
 over the summaries of :mod:`~dtp.graph.summaries`); the SQLite file is written back by its
 own object (:mod:`~dtp.graph.writeback`). This module makes and closes a graph.
 """
