@@ -8,6 +8,7 @@
     g.put("user/1", {"name": "alice", "friend": link("user/2")})
     g.get("user/1")                # {"name": "alice", "friend": {"#": "user/2"}}
     g.walk("user/1", "friend")     # "user/2"
+    g.query("user/1").out("friend").souls()   # ["user/2"]
 
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
 (blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from dtp.graph.clock import HybridClock
 from dtp.graph.namespace import owner_of, user_soul
 from dtp.graph.persist import GraphStorageError
+from dtp.graph.queries import LiveQuery
+from dtp.graph.query import Query, QueryError, QueryUpdate
 from dtp.graph.store import Change, ChangeStream, Graph, MergeReport, Subscription
 from dtp.graph.sync import (
     GraphServer,
@@ -54,7 +57,11 @@ __all__ = [
     "GunValue",
     "HybridClock",
     "LanSync",
+    "LiveQuery",
     "MergeReport",
+    "Query",
+    "QueryError",
+    "QueryUpdate",
     "Subscription",
     "SyncSession",
     "connect",

@@ -18,8 +18,9 @@ therefore costs one C merge and one SQLite row per batch.
 A graph is made of parts, one module each, over the state they share
 (:mod:`dtp.graph.store_base`): local writes (:mod:`~dtp.graph.writes`), merging what
 peers send and the deferred updates (:mod:`~dtp.graph.merges`), what follows every change
-(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), subscriptions
-(:mod:`~dtp.graph.changes`) and what sync sessions use (:mod:`~dtp.graph.sync_source`,
+(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), queries
+(:mod:`~dtp.graph.queries`), subscriptions (:mod:`~dtp.graph.changes`) and what sync
+sessions use (:mod:`~dtp.graph.sync_source`,
 over the summaries of :mod:`~dtp.graph.summaries`); the SQLite file is written back by its
 own object (:mod:`~dtp.graph.writeback`). This module makes and closes a graph.
 """
@@ -42,7 +43,8 @@ from dtp.graph.commits import _BLIND_RETRY_MIN
 from dtp.graph.formats import Migration, migrate_batch
 from dtp.graph.merges import GraphMerges, MergeReport, canonical_states
 from dtp.graph.persist import GraphStorage, GraphStorageError
-from dtp.graph.reads import GraphReads
+from dtp.graph.queries import GraphQueries, QueryEngine
+from dtp.graph.query_index import QueryIndex
 from dtp.graph.store_base import MAX_STATE, ChangeListener
 from dtp.graph.summaries import (
     FANOUT_BITS,
@@ -81,7 +83,7 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
-class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource):
+class Graph(GraphWrites, GraphMerges, GraphQueries, GraphSubscriptions, SyncSource):
     """A replicated graph of nodes and fields, persisted in SQLite, synced over DTP.
 
     ``path``: the SQLite file (None keeps the graph in memory only). ``identity``: the
@@ -145,6 +147,7 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
         self._view: SummaryView | None = SummaryView()
         self._subs: dict[str, list[Subscription]] = {}
         self._listeners: list[tuple[ChangeListener, object]] = []
+        self._query = QueryEngine(self._lock)
         self.stats: dict[str, Any] = {
             "merged_batches": 0,
             "applied": 0,
@@ -204,6 +207,10 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                     )
                 self.migration = migration
                 self.replica_id = storage.replica_id()
+                # query tables the file has, rebuilt when out of step with its log
+                self._query.index = QueryIndex.open(
+                    storage, self._table, self._value_of, migrated=migration is not None
+                )
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
                 storage.close()
@@ -250,6 +257,7 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                 return
             flusher = None if self._writeback is None else self._writeback.close()
             self._closed = True
+            self._query.close()
             ending = [sub for subs in self._subs.values() for sub in subs]
         if flusher is not None:
             # joined outside the lock: the thread may be waiting for it, and then finds

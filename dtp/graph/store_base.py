@@ -20,6 +20,7 @@ from dtp.identity.keys import HostIdentity
 if TYPE_CHECKING:
     from dtp.graph.changes import Subscription
     from dtp.graph.formats import Migration
+    from dtp.graph.queries import QueryEngine
     from dtp.graph.writeback import WriteBack
 
 MAX_STATE = sys.float_info.max
@@ -62,6 +63,8 @@ class GraphBase:
     _due_untracked: bool
     _due_retry: float
     _due_backoff: float
+    _query: QueryEngine
+    """The query tables (made by the first query or index) and the live queries."""
     _writeback: WriteBack | None
     """The write-back to the SQLite file; None for an in-memory graph."""
     _closed: bool
