@@ -28,6 +28,7 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
+from dtp.graph.tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -55,6 +56,9 @@ __all__ = [
     "HybridClock",
     "LanSync",
     "MergeReport",
+    "PrivateNode",
+    "ProtectedNode",
+    "PublicNode",
     "Subscription",
     "SyncSession",
     "connect",
