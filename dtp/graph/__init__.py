@@ -9,6 +9,10 @@
     g.get("user/1")                # {"name": "alice", "friend": {"#": "user/2"}}
     g.walk("user/1", "friend")     # "user/2"
 
+Privacy tiers (docs/graph.md, "Privacy tiers"): ``g.public(soul)``, ``g.protected(path,
+identity)`` (only the author writes) and ``g.private(path, identity)`` (values encrypted
+to the readers the author names) return node handles of one shape.
+
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
 (blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
 LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
