@@ -156,8 +156,8 @@ class ProtectedNode(_Node):
         """Write fields, signed by the author; :class:`~dtp.errors.NotTheAuthor` for
         anyone else (nothing written)."""
         identity = _must_author(self.identity, self.author, self.soul, "writing to")
-        writes = self.graph.fields_of(self.soul, _check_fields(fields))
-        return self.graph.write_sealed(
+        writes = self.graph._fields_of(self.soul, _check_fields(fields))
+        return self.graph._write_sealed(
             writes, lambda s, f, state, v: namespace.seal(identity, s, f, state, v)
         )
 
@@ -348,7 +348,7 @@ class _Space:
                 )
         key_id, key, items = self._plan(self.key_node())
         items += [(s, f, _Value(key_id, key, text)) for s, f, text in writes]
-        return self.graph.write_sealed(items, self.seal)
+        return self.graph._write_sealed(items, self.seal)
 
     def set_reader(self, reader: bytes, on: bool) -> bool:
         """Add (``on``) or remove a reader; False when nothing had to change."""
@@ -379,7 +379,7 @@ class _Space:
             items.insert(0, (self._keys_b, private.reader_field(reader).encode(), _Reader(on)))
         if not items:
             return False
-        self.graph.write_sealed(items, self.seal)
+        self.graph._write_sealed(items, self.seal)
         return was != on
 
 
@@ -457,7 +457,7 @@ class PrivateNode(_Node):
         (nested mappings become nodes of the same space, encrypted too); returns their
         state. :class:`~dtp.errors.NotTheAuthor` for anyone else (nothing written)."""
         self._space._author_identity("writing to")
-        return self._space.write(self.graph.fields_of(self.soul, _check_fields(fields)))
+        return self._space.write(self.graph._fields_of(self.soul, _check_fields(fields)))
 
     def get(self) -> dict[str, JSON] | None:
         """The node's fields in plaintext, or None for an unknown node. Fields written

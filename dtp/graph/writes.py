@@ -106,7 +106,7 @@ class GraphWrites(GraphCommits):
         """Write one field (see :meth:`put`)."""
         return self.put(soul, {field: value})
 
-    def write_sealed(
+    def _write_sealed(
         self,
         writes: Sequence[tuple[bytes, bytes, _Item]],
         seal: Callable[[bytes, bytes, float, _Item], bytes],
@@ -139,7 +139,7 @@ class GraphWrites(GraphCommits):
             self._deliver(changes)
         return state
 
-    def fields_of(self, soul: str, data: Mapping[str, Any]) -> list[tuple[bytes, bytes, bytes]]:
+    def _fields_of(self, soul: str, data: Mapping[str, Any]) -> list[tuple[bytes, bytes, bytes]]:
         """What :meth:`put` would write for ``data``: (soul, field, the value's Gun
         text) for the node and every nested node, checked as put() checks them."""
         writes: list[tuple[bytes, bytes, bytes]] = []

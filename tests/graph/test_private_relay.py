@@ -126,7 +126,7 @@ def test_a_relay_that_is_no_reader_stores_and_forwards_over_dtp(
                 return b'"dtp/p1:' + base64.urlsafe_b64encode(raw).rstrip(b"=") + b'"'
 
             body = bytes([private.VALUE]) + bytes(40) + bytes(48)
-            m.write_sealed([(soul, field, body)], forged)
+            m._write_sealed([(soul, field, body)], forged)
             connect(m, server.address, server_key=server.noise_public_key, timeout=30)
             assert relay.stats["refused_by_reason"] == {private.WRONG_KEY: 1}
             assert sorted(relay.stored_node(diary.soul)) == sorted(a.stored_node(diary.soul))
