@@ -10,6 +10,10 @@
     g.walk("user/1", "friend")     # "user/2"
     g.query("user/1").out("friend").souls()   # ["user/2"]
 
+Privacy tiers (docs/graph.md, "Privacy tiers"): ``g.public(soul)``, ``g.protected(path,
+identity)`` (only the author writes) and ``g.private(path, identity)`` (values encrypted
+to the readers the author names) return node handles of one shape.
+
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
 (blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
 LAN with :func:`dtp.graph.sync_with_lan` (mDNS, no ledger).
@@ -31,6 +35,7 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
+from dtp.graph.tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -59,6 +64,9 @@ __all__ = [
     "LanSync",
     "LiveQuery",
     "MergeReport",
+    "PrivateNode",
+    "ProtectedNode",
+    "PublicNode",
     "Query",
     "QueryError",
     "QueryUpdate",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace, sea
+from dtp.graph import namespace, private, sea
 from dtp.graph._batch import entries
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
@@ -65,8 +65,9 @@ class MergeReport:
     dropped: int = 0
     """Updates ahead of the clock that found the deferred queue full."""
     refused: int = 0
-    """Updates refused by the ownership rule (unsigned, badly signed, bad soul) or by a
-    rule of Gun's user spaces (:mod:`dtp.graph.sea`)."""
+    """Updates refused by the ownership rule (unsigned, badly signed, bad soul), by a
+    rule of Gun's user spaces (:mod:`dtp.graph.sea`) or by the private tier's
+    (:mod:`dtp.graph.private`)."""
     dropped_leaves: Mapping[int, float] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
@@ -95,6 +96,10 @@ class GraphMerges(GraphCommits):
         filtered, refused = namespace.filter_batch(data, self._held)
         filtered, sea_refused = sea.filter_batch(filtered, self._held)
         for reason, n in sea_refused.items():
+            refused[reason] = refused.get(reason, 0) + n
+        # the private tier: only the author signs there (dtp.graph.private)
+        filtered, private_refused = private.filter_batch(filtered, self._held)
+        for reason, n in private_refused.items():
             refused[reason] = refused.get(reason, 0) + n
         changes: list[Change] = []
         try:

@@ -55,6 +55,7 @@ from dtp.graph.summaries import (
     soul_leaf,
 )
 from dtp.graph.sync_source import SyncSource
+from dtp.graph.tiers import GraphTiers
 from dtp.graph.writeback import WriteBack
 from dtp.graph.writes import GraphWrites
 from dtp.identity.keys import HostIdentity
@@ -83,7 +84,7 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
-class Graph(GraphWrites, GraphMerges, GraphQueries, GraphSubscriptions, SyncSource):
+class Graph(GraphWrites, GraphMerges, GraphQueries, GraphSubscriptions, SyncSource, GraphTiers):
     """A replicated graph of nodes and fields, persisted in SQLite, synced over DTP.
 
     ``path``: the SQLite file (None keeps the graph in memory only). ``identity``: the
