@@ -55,6 +55,13 @@ UNSIGNED = "unsigned"
 BAD_SIGNATURE = "bad_signature"
 WRONG_KEY = "wrong_key"
 BAD_SOUL = "bad_soul"
+#: What each reason means, as a refused update is reported to the peer that sent it.
+MESSAGES = {
+    UNSIGNED: "a user-space field without its owner's signature",
+    BAD_SIGNATURE: "the owner's signature does not verify",
+    WRONG_KEY: "signed by a key that is not the space's owner",
+    BAD_SOUL: "user-space souls read ~0x<64 lowercase hex>[/...]",
+}
 
 
 def user_soul(owner: str | HostIdentity, path: str = "") -> str:
@@ -135,7 +142,9 @@ def check(update: HamUpdate) -> str | None:
 
 
 def filter_batch(
-    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+    batch: bytes,
+    held: Callable[[list[HamUpdate]], list[bool]] | None = None,
+    details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break the ownership rule.
 
@@ -153,6 +162,9 @@ def filter_batch(
     an update was checked when it first came, so it passes without a second Ed25519
     verification -- a batch sent again (a resync, the same change forwarded by several
     neighbours) costs a table lookup per update, not a signature check.
+
+    ``details``, if given, receives ``(update, reason, message)`` for each refused
+    update (a sync session reports them to the peer).
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
@@ -173,6 +185,8 @@ def filter_batch(
         if reason is not None:
             refused[reason] = refused.get(reason, 0) + 1
             dropped.append((start, end))
+            if details is not None:
+                details.append((update, reason, MESSAGES[reason]))
     if not refused:
         return batch, {}
     # the batch without the refused updates' bytes: the rest stays as the peer sent it
@@ -190,6 +204,7 @@ __all__ = [
     "BAD_SOUL",
     "DOMAIN",
     "ENVELOPE_LEN",
+    "MESSAGES",
     "UNSIGNED",
     "USER_SPACE",
     "WRONG_KEY",

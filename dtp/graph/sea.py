@@ -321,7 +321,9 @@ _HEADER_ONE = bytes([HAM_BATCH_VERSION]) + (1).to_bytes(4, "little")
 
 
 def filter_batch(
-    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+    batch: bytes,
+    held: Callable[[list[HamUpdate]], list[bool]] | None = None,
+    details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break a SEA rule (as
     :func:`dtp.graph.namespace.filter_batch` does for dtp's own user space).
@@ -331,7 +333,8 @@ def filter_batch(
     (content-addressed): the C core finds them without decoding the rest, and a batch
     holding neither byte passes untouched. (Souls with a ``~`` or ``#`` further in,
     which gun also guards, are checked where a Gun peer writes them: the Gun endpoint.)
-    ``held`` skips updates the table already holds exactly.
+    ``held`` skips updates the table already holds exactly. ``details``, if given,
+    receives ``(update, reason, message)`` for each refused update.
     """
     spans: list[tuple[int, int]] = []
     if b"~" in batch:
@@ -358,6 +361,8 @@ def filter_batch(
         if refusal is not None:
             refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
             dropped.append((start, end))
+            if details is not None:
+                details.append((update, refusal.reason, refusal.message))
     if not dropped:
         return batch, {}
     parts = [bytes([HAM_BATCH_VERSION]) + (batch_count(batch) - len(dropped)).to_bytes(4, "little")]

@@ -40,9 +40,11 @@ from dtp.graph.changes import Change, ChangeStream, GraphSubscriptions, Subscrip
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.commits import _BLIND_RETRY_MIN
 from dtp.graph.formats import Migration, migrate_batch
+from dtp.graph.history import History
 from dtp.graph.merges import GraphMerges, MergeReport, canonical_states
 from dtp.graph.persist import GraphStorage, GraphStorageError
 from dtp.graph.reads import GraphReads
+from dtp.graph.rules import RuleSet
 from dtp.graph.store_base import MAX_STATE, ChangeListener
 from dtp.graph.summaries import (
     FANOUT_BITS,
@@ -152,8 +154,12 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
             "dropped": 0,
             "refused": 0,
             "refused_by_reason": {},
+            "refused_by_rule": {},
+            "refused_by_peers": 0,
             "view_rebuilds": 0,
         }
+        self.rules = RuleSet(self)
+        self.history = History(self)
         # When the deferred queue may hold something due, without asking the table: a
         # table.advance() walks the whole queue (and the C one allocates its size), so a
         # peer that filled it with far-future updates made every put() and merge() pay

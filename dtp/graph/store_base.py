@@ -20,6 +20,8 @@ from dtp.identity.keys import HostIdentity
 if TYPE_CHECKING:
     from dtp.graph.changes import Subscription
     from dtp.graph.formats import Migration
+    from dtp.graph.history import History
+    from dtp.graph.rules import RuleSet
     from dtp.graph.writeback import WriteBack
 
 MAX_STATE = sys.float_info.max
@@ -62,6 +64,12 @@ class GraphBase:
     _due_untracked: bool
     _due_retry: float
     _due_backoff: float
+    rules: RuleSet
+    """The graph's validation rules, run before every local write and every peer's
+    update merges (docs/graph.md, "Rules")."""
+    history: History
+    """The edit history of the nodes tracked: ``graph.history(soul)`` reads one
+    (docs/graph.md, "History")."""
     _writeback: WriteBack | None
     """The write-back to the SQLite file; None for an in-memory graph."""
     _closed: bool
