@@ -214,7 +214,10 @@ class _Plan:
         """The version nodes and heads to write at ``state``."""
         out: list[tuple[bytes, bytes, bytes]] = []
         for soul, (fields, heads) in self.nodes.items():
-            text = record_text(soul, state, self.author, heads, fields)
+            # (in a signed space the author is the owner, who alone signs there)
+            owner = namespace.owner_of(soul.encode())
+            author = self.author if owner is None else owner
+            text = record_text(soul, state, author, heads, fields)
             vid = version_id(text)
             vsoul = version_soul(soul, vid)
             hsoul = heads_soul(soul).encode()
