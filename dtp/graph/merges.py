@@ -28,7 +28,6 @@ from dtp.native.types import (
 )
 
 _NEGATIVE_ZERO = b"\x00\x00\x00\x00\x00\x00\x00\x80"  # -0.0 as f64le
-_DETAILS = 1024  # refusals of the ownership and SEA checks described, a merge
 
 
 def canonical_states(batch: bytes) -> bytes:
@@ -127,7 +126,7 @@ class GraphMerges(GraphCommits):
         filtered, sea_refused = sea.filter_batch(filtered, self._held, details)
         for reason, n in sea_refused.items():
             refused[reason] = refused.get(reason, 0) + n
-        refusals = [Refusal.of(u, reason, message) for u, reason, message in details[:_DETAILS]]
+        refusals = [Refusal.of(u, reason, message) for u, reason, message in details]
         changes: list[Change] = []
         try:
             with self._lock:

@@ -55,6 +55,9 @@ UNSIGNED = "unsigned"
 BAD_SIGNATURE = "bad_signature"
 WRONG_KEY = "wrong_key"
 BAD_SOUL = "bad_soul"
+#: Refused updates a filter describes at most (the rest it only counts): a batch of
+#: millions of forgeries is not copied into as many descriptions.
+MAX_DETAILS = 1024
 #: What each reason means, as a refused update is reported to the peer that sent it.
 MESSAGES = {
     UNSIGNED: "a user-space field without its owner's signature",
@@ -164,7 +167,8 @@ def filter_batch(
     neighbours) costs a table lookup per update, not a signature check.
 
     ``details``, if given, receives ``(update, reason, message)`` for each refused
-    update (a sync session reports them to the peer).
+    update (a sync session reports them to the peer) while it holds fewer than
+    :data:`MAX_DETAILS`.
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
@@ -185,7 +189,7 @@ def filter_batch(
         if reason is not None:
             refused[reason] = refused.get(reason, 0) + 1
             dropped.append((start, end))
-            if details is not None:
+            if details is not None and len(details) < MAX_DETAILS:
                 details.append((update, reason, MESSAGES[reason]))
     if not refused:
         return batch, {}
@@ -204,6 +208,7 @@ __all__ = [
     "BAD_SOUL",
     "DOMAIN",
     "ENVELOPE_LEN",
+    "MAX_DETAILS",
     "MESSAGES",
     "UNSIGNED",
     "USER_SPACE",

@@ -334,7 +334,8 @@ def filter_batch(
     holding neither byte passes untouched. (Souls with a ``~`` or ``#`` further in,
     which gun also guards, are checked where a Gun peer writes them: the Gun endpoint.)
     ``held`` skips updates the table already holds exactly. ``details``, if given,
-    receives ``(update, reason, message)`` for each refused update.
+    receives ``(update, reason, message)`` for each refused update while it holds
+    fewer than :data:`dtp.graph.namespace.MAX_DETAILS`.
     """
     spans: list[tuple[int, int]] = []
     if b"~" in batch:
@@ -361,7 +362,7 @@ def filter_batch(
         if refusal is not None:
             refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
             dropped.append((start, end))
-            if details is not None:
+            if details is not None and len(details) < namespace.MAX_DETAILS:
                 details.append((update, refusal.reason, refusal.message))
     if not dropped:
         return batch, {}
