@@ -51,6 +51,12 @@ class GraphBase:
     """Issues the states of local writes; says how far ahead a peer's state may be."""
     stats: dict[str, Any]
     """Counters of merges and what they did, and of rebuilds of the summaries."""
+    rules: RuleSet
+    """The graph's validation rules, run before every local write and every peer's
+    update merges (docs/graph.md, "Rules")."""
+    history: History
+    """The edit history of the nodes tracked: ``graph.history(soul)`` reads one
+    (docs/graph.md, "History")."""
     _lock: threading.RLock
     """Guards the table and everything below: sync sessions merge in their threads."""
     _view: SummaryView | None
@@ -64,12 +70,6 @@ class GraphBase:
     _due_untracked: bool
     _due_retry: float
     _due_backoff: float
-    rules: RuleSet
-    """The graph's validation rules, run before every local write and every peer's
-    update merges (docs/graph.md, "Rules")."""
-    history: History
-    """The edit history of the nodes tracked: ``graph.history(soul)`` reads one
-    (docs/graph.md, "History")."""
     _writeback: WriteBack | None
     """The write-back to the SQLite file; None for an in-memory graph."""
     _closed: bool
