@@ -56,6 +56,13 @@ OPEN_GRACE_SUI = 3.0
 #: value for TCP and UDP forwards: a UDP flow's connection opens as a TCP forward's.
 OPEN_TIMEOUT = 10.0
 OPEN_TIMEOUT_SUI = 30.0
+#: ``[daemon] batch_window`` by default, and at most: seconds a connection's end worth
+#: a place in a batch waits for one (dtp.payments.ends.BATCH_WINDOW, repeated rather
+#: than imported, as OPEN_GRACE is; tests/daemon/test_end_gas.py keeps the two equal).
+#: At most 5 minutes: well within the 10-minute half-close timeout after which a client
+#: that half-closed may settle alone.
+BATCH_WINDOW = 60.0
+MAX_BATCH_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,14 @@ class DaemonSettings:
     stops."""
     lan_interfaces: tuple[str, ...] = ()
     """The IP addresses of the interfaces to announce on (empty: every interface)."""
+    gas_aware_ends: bool = True
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): one whose fee
+    does not cover the gas of claiming it is settled with others in one transaction,
+    or left to its client. False: every end is settled. No effect on a LocalLedger
+    (no gas)."""
+    batch_window: float = BATCH_WINDOW
+    """Seconds an end worth a place in a batch, but not a transaction of its own, waits
+    for others (0: none waits)."""
 
 
 @dataclass(frozen=True)
@@ -403,6 +418,18 @@ class _Checker:
         seconds = finite_float(value)
         if seconds is None or seconds <= 0:
             raise self.fail(key, f"expected a positive number of seconds, got {shown(value)}")
+        return seconds
+
+    def seconds_within(
+        self, doc: Mapping[str, Any], key: KeyPath, default: float, high: float
+    ) -> float:
+        """A number of seconds from 0 to ``high``."""
+        value = doc.get(str(key[-1]), default)
+        seconds = finite_float(value)
+        if seconds is None or not 0 <= seconds <= high:
+            raise self.fail(
+                key, f"expected a number of seconds from 0 to {high:g}, got {shown(value)}"
+            )
         return seconds
 
     def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
@@ -607,6 +634,8 @@ _DAEMON_KEYS = {
     "low_gas",
     "lan_announce",
     "lan_interfaces",
+    "gas_aware_ends",
+    "batch_window",
 }
 
 
@@ -686,6 +715,10 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
         lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
         lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
+        gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),
+        batch_window=check.seconds_within(
+            doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
+        ),
     )
 
 

@@ -242,9 +242,14 @@ def test_close_leaks_no_threads_or_fds_and_destroys_the_pipes(host: Host) -> Non
         with pytest.raises(LocalProtocolError):
             _ = server.address  # no TCP listener at all
     # the listener's thread ends with the server; only the process-wide timer service
-    # (started by the first connection) may remain
+    # (started by the first connection) may remain, and the client's refund collector:
+    # this server settles nothing, so the client half-closed its connections, whose
+    # deposits it takes back once their timeout has passed (dtp.payments.refunds)
     assert wait_for(
-        lambda: {t.name for t in threading.enumerate() if t.ident not in threads} <= {"dtp-timers"}
+        lambda: (
+            {t.name for t in threading.enumerate() if t.ident not in threads}
+            <= {"dtp-timers", "dtp-refunds"}
+        )
     )
     assert not any(t.name == "dtp-ledger-listener" for t in threading.enumerate())
     assert host.conserved()
