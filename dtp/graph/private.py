@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from dtp.errors import ErrorCode, LocalProtocolError, PrivateDataError
-from dtp.graph._batch import batch_count
+from dtp.graph._batch import drop_refused
 from dtp.identity.keys import HostIdentity, sui_address_from_public_key
 from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
 from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION, HAM_MAX_VALUE
@@ -126,6 +126,14 @@ WRONG_KEY = "private_wrong_key"
 BAD_SIGNATURE = "private_bad_signature"
 BAD_SOUL = "private_bad_soul"
 MALFORMED = "private_malformed"
+#: What each reason means, as a refused update is reported to the peer that sent it.
+MESSAGES = {
+    UNSIGNED: "a private field without its author's signature",
+    WRONG_KEY: "signed by a key that is not the space's author",
+    BAD_SIGNATURE: "the author's signature does not verify",
+    BAD_SOUL: "private souls read %0x<64 lowercase hex>/<space>[/...]",
+    MALFORMED: "not a private envelope of this version",
+}
 
 
 @dataclass(frozen=True)
@@ -289,7 +297,9 @@ def check(update: HamUpdate) -> str | None:
 
 
 def filter_batch(
-    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+    batch: bytes,
+    held: Callable[[list[HamUpdate]], list[bool]] | None = None,
+    details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break the private tier's rule (as
     :func:`dtp.graph.namespace.filter_batch` does for the protected tier).
@@ -297,8 +307,9 @@ def filter_batch(
     A batch in which ``%0x`` and 64 hex digits appear nowhere passes untouched (one
     regex scan); otherwise the C core finds the updates whose soul starts with ``%0x``
     and only those are decoded and checked. ``held`` skips updates the table already
-    holds exactly (verified when they first came). Returns the batch to merge and the
-    count of refusals per reason.
+    holds exactly (verified when they first came); ``details``, if given, receives
+    ``(update, reason, message)`` for each refused update (a sync session reports them
+    to the peer). Returns the batch to merge and the count of refusals per reason.
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
@@ -309,25 +320,12 @@ def filter_batch(
             claimed.append((start, end, update))
     if not claimed:
         return batch, {}
-    known = held([u for _, _, u in claimed]) if held is not None else None
-    refused: dict[str, int] = {}
-    dropped: list[tuple[int, int]] = []
-    for k, (start, end, update) in enumerate(claimed):
-        if known is not None and known[k]:
-            continue
-        reason = check(update)
-        if reason is not None:
-            refused[reason] = refused.get(reason, 0) + 1
-            dropped.append((start, end))
-    if not dropped:
-        return batch, {}
-    parts = [_HEADER.pack(HAM_BATCH_VERSION, batch_count(batch) - len(dropped))]
-    pos = HAM_BATCH_HEADER_LEN
-    for start, end in dropped:
-        parts.append(batch[pos:start])
-        pos = end
-    parts.append(batch[pos:])
-    return b"".join(parts), refused
+    return drop_refused(batch, claimed, held, _judge, details)
+
+
+def _judge(update: HamUpdate) -> tuple[str, str] | None:
+    reason = check(update)
+    return None if reason is None else (reason, MESSAGES[reason])
 
 
 # -- values: encrypted under a content key -----------------------------------------------

@@ -41,10 +41,12 @@ from dtp.graph.changes import Change, ChangeStream, GraphSubscriptions, Subscrip
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.commits import _BLIND_RETRY_MIN
 from dtp.graph.formats import Migration, migrate_batch
+from dtp.graph.history import History
 from dtp.graph.merges import GraphMerges, MergeReport, canonical_states
 from dtp.graph.persist import GraphStorage, GraphStorageError
 from dtp.graph.queries import GraphQueries, QueryEngine
 from dtp.graph.query_index import QueryIndex
+from dtp.graph.rules import RuleSet
 from dtp.graph.store_base import MAX_STATE, ChangeListener
 from dtp.graph.summaries import (
     FANOUT_BITS,
@@ -156,8 +158,12 @@ class Graph(GraphWrites, GraphMerges, GraphQueries, GraphSubscriptions, SyncSour
             "dropped": 0,
             "refused": 0,
             "refused_by_reason": {},
+            "refused_by_rule": {},
+            "refused_by_peers": 0,
             "view_rebuilds": 0,
         }
+        self.rules = RuleSet(self)
+        self.history = History(self)
         # When the deferred queue may hold something due, without asking the table: a
         # table.advance() walks the whole queue (and the C one allocates its size), so a
         # peer that filled it with far-future updates made every put() and merge() pay

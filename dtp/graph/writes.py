@@ -11,6 +11,7 @@ from dtp.graph import namespace, private, sea
 from dtp.graph.arguments import utf8_name
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
+from dtp.graph.rules import RuleRefused
 from dtp.graph.store_base import MAX_STATE
 from dtp.graph.values import check_field_name, encode_value, link_soul
 from dtp.native.core import encode_ham_batch
@@ -37,6 +38,10 @@ class GraphWrites(GraphCommits):
         content-addressed soul). Nested mappings that reach one node's field by two paths
         (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
         values (LocalProtocolError, ``ARG``).
+        The graph's rules (:attr:`rules`) judge every field first: one refused raises
+        :class:`~dtp.graph.rules.RuleRefused` and nothing is written. A node whose
+        history is tracked (:attr:`history`) gets a version of this write, in the same
+        batch.
         """
         writes: list[tuple[bytes, bytes, bytes]] = []
         self._flatten(soul, data, writes, 0)
@@ -64,12 +69,19 @@ class GraphWrites(GraphCommits):
             with self._lock:
                 self._check_open()
                 self._advance_due(changes)
+                # a tracked node's version and heads (dtp.graph.history), written with it
+                plan = self.history.plan(writes) if self.history.tracking else None
+                touched = [(s, f) for s, f, _ in writes]
+                if plan is not None:
+                    touched.extend(plan.touched)
                 after: float | None = None
-                for s, f, _ in writes:
+                for s, f in touched:
                     current = self._table.get(s, f)
                     if current is not None and (after is None or current[0] > after):
                         after = current[0]
                 state = self.clock.next(after)
+                if plan is not None:
+                    writes = writes + plan.writes(state)
                 writeback = self._writeback
                 if writeback is not None and state > writeback.clock_reserved:
                     writeback.reserve_clock(state)
@@ -93,6 +105,13 @@ class GraphWrites(GraphCommits):
                             )
                         value = namespace.seal(self.identity, s, f, state, value)
                     updates.append(HamUpdate(s, f, state, value))
+                if self.rules.active:
+                    refused = self.rules.check_local(updates)
+                    if refused is not None:
+                        name = refused.rule or ""
+                        by_rule = self.stats["refused_by_rule"]
+                        by_rule[name] = by_rule.get(name, 0) + 1
+                        raise RuleRefused(refused)
                 result = self._table.merge(encode_ham_batch(updates), max(state, MAX_STATE))
                 self._changed(result.changed, None, changes)
         finally:

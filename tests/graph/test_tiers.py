@@ -208,8 +208,13 @@ def test_private_outsider_cannot_write(
     }
     for reason, update in attempts.items():
         before = dict(relay.stats["refused_by_reason"])
-        assert merge_one(relay, update) == 1, reason
+        report = relay.merge(encode_ham_batch([update]))
+        assert report.refused == 1, reason
         assert relay.stats["refused_by_reason"].get(reason, 0) == before.get(reason, 0) + 1
+        # described, as sync reports it to the peer that sent it (docs/protocol.md §6.8)
+        assert [(r.reason, r.message) for r in report.refusals] == [
+            (reason, private.MESSAGES[reason])
+        ]
     assert relay.get_field(diary.soul, "title") == a.get_field(diary.soul, "title")
     sync(relay, graphs["bob"])
     assert graphs["bob"].private("diary", bob, author=alice.sui_address).get() == {"title": "mine"}
@@ -274,7 +279,7 @@ def test_an_outsider_cannot_add_herself_as_reader(
     }
     assert relay.private("diary", author=alice.sui_address).readers() == [bob.noise_public]
     # even in her own graph, where she skips every check, bob's wrap does not open for her
-    monkeypatch.setattr(private, "filter_batch", lambda batch, held=None: (batch, {}))
+    monkeypatch.setattr(private, "filter_batch", lambda batch, held=None, details=None: (batch, {}))
     assert m.merge(encode_ham_batch(forgeries[2:])).applied == 1
     with pytest.raises(PrivateDataError):
         hers.get()
@@ -303,7 +308,7 @@ def test_a_ciphertext_cannot_be_replayed_into_another_field(
     assert relay.stats["refused_by_reason"] == {private.BAD_SIGNATURE: len(replays)}
     # a peer that skipped the signature still cannot make a reader read it elsewhere: the
     # soul, field and state are the AEAD's associated data
-    monkeypatch.setattr(private, "filter_batch", lambda batch, held=None: (batch, {}))
+    monkeypatch.setattr(private, "filter_batch", lambda batch, held=None, details=None: (batch, {}))
     assert b.merge(encode_ham_batch([replays[2]])).applied == 1
     with pytest.raises(PrivateDataError):
         b.private("diary", bob, author=alice.sui_address).get_field("fresh")

@@ -10,7 +10,8 @@ changed by (the graph's change listener, brought to the driver's thread).
   space, dtp's private tier (:mod:`dtp.graph.private`: signed ciphertexts, relayed
   blind) and Gun's SEA rules, :mod:`dtp.graph.sea`) and merged as one HAM batch, as a
   sync peer's batch is (:meth:`Graph.merge`: HAM rules, states ahead of the clock
-  deferred): acknowledged ``ok``, or ``err`` with the reason and nothing stored.
+  deferred, the graph's own rules, :mod:`dtp.graph.rules`): acknowledged ``ok``, or
+  ``err`` with the reason and nothing stored.
 - A ``get`` is answered from the graph, and subscribes the peer to the node (or to the
   fields it asked for): every later change of it -- a write here, a Gun peer's put, a
   DTP sync peer's update -- is sent to the peer as a ``put``, but not back to the peer
@@ -206,9 +207,20 @@ class GunRelay:
             [HamUpdate(f.soul_bytes, f.field_bytes, f.state, f.text) for f in fields]
         )
         try:
-            report = self.graph.merge(batch, origin=peer)
+            # (atomic: a field a rule of the graph refuses keeps the whole put out)
+            report = self.graph.merge(batch, origin=peer, atomic=True)
         except DTPError as exc:  # the graph closed, or refused the batch
             self._refuse(peer, msg_id, f"Error: not stored: {exc}")
+            return
+        if report.refusals:
+            first = report.refusals[0]
+            who = f"rule {first.rule!r}" if first.rule is not None else first.reason
+            self._refuse(
+                peer,
+                msg_id,
+                f"Error: {first.soul[:80]!r}.{first.field[:80]!r} refused by {who}: "
+                f"{first.message} -- nothing of the put stored.",
+            )
             return
         if report.refused or report.dropped:
             self._refuse(
