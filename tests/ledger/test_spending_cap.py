@@ -47,7 +47,9 @@ class World:
 
     def receipt(self, conn: str, kib: int, requests: int, nonce: int) -> Receipt:
         amount = fee(SLA, kib * 1024, requests)
-        return Receipt(conn, kib * 1024, requests, amount, nonce).sign(CLIENT)
+        return Receipt(self.ledger.receipt_scope(conn), kib * 1024, requests, amount, nonce).sign(
+            CLIENT
+        )
 
     def refused(self, call: Any, *args: Any, **kwargs: Any) -> SpendingCapExceeded:
         before = self.ledger.dump()

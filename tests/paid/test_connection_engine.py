@@ -34,6 +34,7 @@ from dtp.payments.gate import (
     ReceiptGate,
 )
 from dtp.payments.ratelimit import ClientBuckets, TokenBucket
+from tests.support.scopes import any_receipt_bytes, scope_of
 
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)  # 1 MIST a byte
 CID = "0x" + "ab" * 32
@@ -46,7 +47,7 @@ def engine(
     deposited: int = 10_000, escrow: str | None = ESCROW, buckets: ClientBuckets | None = None
 ) -> PaidConnectionEngine:
     gate = ReceiptGate(
-        connection_id=CID,
+        scope=scope_of(CID),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         deposited=deposited,
@@ -60,7 +61,9 @@ def engine(
 
 
 def receipt(total_bytes: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
-    return Receipt(CID, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(signer).encode()
+    """As the client sends it, whatever the nonce (0 included)."""
+    amount = fee(SLA, total_bytes, 0)
+    return any_receipt_bytes(scope_of(CID), total_bytes, 0, amount, nonce, signer)
 
 
 def test_a_receipt_is_stored_then_counted() -> None:
@@ -105,7 +108,7 @@ def test_the_credit_a_read_or_a_write_may_take_at_one_look() -> None:
     assert paid.write_credit((600, 0), 900) == 0
     big = PaidConnectionEngine(
         ReceiptGate(
-            connection_id=CID,
+            scope=scope_of(CID),
             client_public_key=CLIENT.ed25519_public,
             sla=SLA,
             deposited=1 << 40,
