@@ -44,7 +44,7 @@ from dtp.messaging.rpc.engine import (
 )
 from dtp.messaging.rpc.server_base import end_request
 from dtp.payments.receipts import Meter
-from tests.support.scopes import scope_of
+from tests.support.scopes import scope_of, v1_receipt_bytes
 
 CONNECTION = "0x" + "ab" * 32
 PRICE = 7
@@ -585,6 +585,27 @@ def test_a_receipt_beyond_the_deposit_reads_it_again_at_most_once_a_second() -> 
     assert cover.admit(beyond) == Receipt.decode(beyond)
     cover.deposit_read(PRICE)  # (a stale read never lowers it)
     assert cover.deposited == 10 * PRICE
+
+
+def test_a_receipt_of_another_scope_or_version_is_refused() -> None:
+    """A request's receipt (meta ``"r"``) is checked as the ledger would pay it: one
+    signed for another escrow or package (docs/escrow.md §6), or in format version 1 (a
+    client of the release before), is refused with the reason, and counts nothing."""
+    cover = _cover()
+    other_escrow = scope_of(CONNECTION, escrow_id="0x" + "e1" * 32)
+    other_package = scope_of(CONNECTION, package="0x" + "e2" * 32)
+    for scope in (other_escrow, other_package):
+        receipt = Receipt(scope, 0, 1, PRICE, 1).sign(CLIENT)
+        refused = cover.admit(receipt.encode())
+        assert isinstance(refused, Refusal) and refused.accepted is None
+        assert "receipt refused" in refused.error.message
+        assert "does not verify" in refused.error.message
+    old = cover.admit(v1_receipt_bytes(CONNECTION, 0, 1, PRICE, 1, CLIENT))
+    assert isinstance(old, Refusal) and old.accepted is None
+    assert "Receipt format version 1 is not supported" in old.error.message
+    assert cover.latest is None and cover.served == 0
+    good = Receipt(scope_of(CONNECTION), 0, 1, PRICE, 1).sign(CLIENT)
+    assert cover.admit(good.encode()) == good
 
 
 def test_a_request_not_served_after_all_counts_no_more() -> None:

@@ -34,7 +34,7 @@ from dtp.payments.gate import (
     ReceiptGate,
 )
 from dtp.payments.ratelimit import ClientBuckets, TokenBucket
-from tests.support.scopes import any_receipt_bytes, scope_of
+from tests.support.scopes import any_receipt_bytes, scope_of, v1_receipt_bytes
 
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)  # 1 MIST a byte
 CID = "0x" + "ab" * 32
@@ -96,6 +96,32 @@ def test_a_refused_receipt_closes_for_want_of_payment() -> None:
     close = paid.payment_required(verdict)
     assert close == Close(CLOSE_PAYMENT_REQUIRED, verdict.reason)
     assert "invalid receipt" in close.reason
+
+
+@pytest.mark.parametrize("what", ["version 1", "another escrow", "another package"])
+def test_a_receipt_of_another_version_or_scope_closes_for_want_of_payment(what: str) -> None:
+    """A RECEIPT frame from a client of the release before (format version 1: 129
+    bytes, docs/escrow.md §6), or signed for another escrow or package: refused, and the
+    connection closes with CLOSE_PAYMENT_REQUIRED saying why."""
+    paid = engine()
+    if what == "version 1":
+        frame = v1_receipt_bytes(CID, 800, 0, fee(SLA, 800, 0), 1, CLIENT)
+        said = "Receipt format version 1 is not supported"
+    else:
+        other = (
+            scope_of(CID, escrow_id="0x" + "e1" * 32)
+            if what == "another escrow"
+            else scope_of(CID, package="0x" + "e2" * 32)
+        )
+        frame = any_receipt_bytes(other, 800, 0, fee(SLA, 800, 0), 1, CLIENT)
+        said = "receipt for connection"
+    step, checked = paid.receipt_frame(frame, closed=False)
+    assert (step, checked) == (ReceiptStep.REFUSED, None)
+    verdict = paid.verdict((0, 0), 0.0)
+    assert verdict.state is GateState.CLOSE
+    close = paid.payment_required(verdict)
+    assert close.code == CLOSE_PAYMENT_REQUIRED and said in close.reason
+    assert paid.receipts == 0
 
 
 def test_the_credit_a_read_or_a_write_may_take_at_one_look() -> None:

@@ -42,3 +42,21 @@ def any_receipt_bytes(
     body = scope.raw() + struct.pack("<QQQQ", total_bytes, total_requests, total_amount, nonce)
     message = bytes([len(RECEIPT_DOMAIN)]) + RECEIPT_DOMAIN + body
     return bytes([RECEIPT_ENCODING_VERSION]) + body + signer.sign(message)
+
+
+def v1_receipt_bytes(
+    connection_id: str,
+    total_bytes: int,
+    total_requests: int,
+    total_amount: int,
+    nonce: int,
+    signer: HostIdentity,
+) -> bytes:
+    """A version-1 receipt as a peer of the release before format version 2 sends it
+    (docs/escrow.md §6): 0x01 || connection || four u64 || the signature over
+    ``DTP-RECEIPT-V1`` || connection || the same u64; 129 bytes."""
+    cid = ReceiptScope(TEST_PACKAGE, "0x0", connection_id).connection_id
+    body = bytes.fromhex(cid[2:]) + struct.pack(
+        "<QQQQ", total_bytes, total_requests, total_amount, nonce
+    )
+    return b"\x01" + body + signer.sign(bytes([14]) + b"DTP-RECEIPT-V1" + body)

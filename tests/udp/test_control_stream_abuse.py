@@ -33,7 +33,7 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling
 from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
 from tests.support.polling import wait_for
-from tests.support.scopes import scope_of
+from tests.support.scopes import scope_of, v1_receipt_bytes
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, meter
 
@@ -198,6 +198,12 @@ ABUSE = {
     "refused receipts past the bound": (
         lambda: _forged() * (_REFUSED_RECEIPTS_MAX + 1),
         "receipts refused",
+    ),
+    # a forwarder of the release before receipt format version 2: none of its receipts
+    # could ever pay, so the first one ends the flow, saying why (docs/escrow.md §6)
+    "a version-1 receipt": (
+        lambda: control_frame(b"R", v1_receipt_bytes(CONNECTION_ID, 0, 1, 1, 1, CLIENT)),
+        "Receipt format version 1 is not supported",
     ),
 }
 

@@ -82,10 +82,6 @@ class TxExecution(LedgerClock):
     """Building, signing and executing the transactions of
     :class:`~dtp.ledger.local.store.LocalStore`, and reading their results."""
 
-    #: The file's package ID (set as the file is opened, LocalStore._init_schema): the
-    #: package the rules run as, which receipts name (docs/escrow.md §6).
-    _package_id: str
-
     def build_tx(self, sender: str, module: str, function: str, args: Sequence[TxValue]) -> bytes:
         """Transaction bytes for ``module::function(args)`` from ``sender`` with a fresh nonce."""
         for what, name in (("module", module), ("function", function)):
