@@ -361,7 +361,9 @@ public fun receipt_message(
 }
 
 /// This package's original ID (its first version's, which its types keep across
-/// upgrades): what every receipt names. Read from the package's own type, `Escrow`.
+/// upgrades): what every receipt names. Read from the package's own type, `Escrow`, with
+/// the `type_name` functions of every framework since Sui 1.45 (later ones rename them
+/// `with_original_ids` and `address_string`, and warn of these names as deprecated).
 public fun receipt_package(): address {
     let escrow_type = type_name::get_with_original_ids<Escrow>();
     let address_hex = escrow_type.get_address();
