@@ -107,7 +107,8 @@ class MeteringConfig:
 
 
 class ClientMeter:
-    """The client's meter of one connection.
+    """The client's meter of one connection, its receipts bound to ``scope`` (the
+    package, the escrow and the connection, docs/escrow.md §6).
 
     :meth:`update` takes the connection's cumulative usage and returns a receipt when the
     cadence says so. Usage the deposit cannot cover is not signed for: the meter then

@@ -187,16 +187,19 @@ def _meter_count(name: str, value: object) -> int:
 
 
 class Meter:
-    """The client's meter for one connection: usage in, signed cumulative receipts out.
+    """The client's meter for one connection: usage in, signed cumulative receipts out,
+    each bound to ``scope`` (the package, the connection's escrow and the connection:
+    ``ledger.receipt_scope(connection_id)``, docs/escrow.md §6).
 
     A receipt is issued when, since the last one, at least ``every_bytes`` bytes or
     ``every_requests`` requests were used or ``every_ms`` milliseconds passed with unpaid
     usage (a zero setting disables that trigger). Usage that would make the total fee
     exceed the deposit is refused with :class:`dtp.errors.InsufficientFunds` before it
     is counted: the caller must :meth:`top_up` first (after ``escrow::top_up``), so no
-    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` and increase by one
-    per receipt. Amounts and usage are integers: anything else (a float, a bool, a
-    negative number) is :class:`dtp.errors.InvalidArgument`, a ValueError.
+    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` (1 by default, and
+    never 0, which no escrow can claim) and increase by one per receipt. Amounts and
+    usage are integers: anything else (a float, a bool, a negative number) is
+    :class:`dtp.errors.InvalidArgument`, a ValueError.
     ``sign_free=False``: usage of a kind the SLA prices at 0 (bytes at
     ``price_per_kib`` 0, requests at ``price_per_request`` 0) does not make a receipt
     due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
