@@ -12,6 +12,14 @@ HAM twin, and the twin record layer -- measured in its own process
 (batched writes, flushed at the end of each run); ours on the C HAM table, peer on the
 twin (``Graph(ham="python")``), both in this process. Reported, no bar.
 
+``ham_merge_vs_gun``: one stream of 100,000 updates (10,000 nodes x 10 fields, states
+1..40 so that ties are many, every kind of Gun value) merged into an empty graph. *Ours*:
+the C HAM table's batch merge (``dtp_ham_merge``, one call per batch of 4,096 updates,
+the size a sync push sends). *Peer*: GunDB's own merge, gun's ``put`` path in Node.js
+(``tools/gun-ham``), fed the stream as gun ``put`` messages of one node and 8 fields
+each, which gun takes in one turn; it reports its own rate. The two final graphs are
+checked equal before anything is timed.
+
     python bench/graph_rows.py receive PORT KEY SECONDS   # the peer's receiving side
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -29,8 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import gun_ham
 from bench.workload import Workload
-from dtp.graph import Graph, connect
+from dtp.graph import Graph, connect, link
+from dtp.graph.values import encode_value
+from dtp.native.core import NativeHamGraph, encode_ham_batch
+from dtp.native.reference.ham import decode_ham_batch
+from dtp.native.types import HamUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNC_FIELDS = 100_000
@@ -180,9 +194,98 @@ def graph_put(count: int = 2000) -> Workload:
     )
 
 
+GUN_UPDATES = 100_000
+GUN_BATCH = 4096  # updates in one batch of ours: what a sync push sends at most
+GUN_CLOCK = 1_700_000_000_000.0  # the machine state: no update of the stream is ahead
+_GUN_VALUES: list[object] = [
+    "alice",
+    "bob",
+    "\uffff",
+    "\U0001f600",
+    "",
+    0.5,
+    1e-6,
+    42,
+    1e21,
+    -3.25,
+    True,
+    False,
+    None,
+    link("node/1"),
+]
+
+
+def gun_stream(seed: int = 1) -> list[gun_ham.Message]:
+    """The row's updates, as gun ``put`` messages of one node and 8 of its 10 fields."""
+    rnd = random.Random(seed)
+    messages: list[gun_ham.Message] = []
+    for _ in range(GUN_UPDATES // 8):
+        keys = rnd.sample(range(10), 8)
+        ups = [[f"f{k}", rnd.choice(_GUN_VALUES), float(rnd.randint(1, 40))] for k in keys]
+        messages.append([f"node/{rnd.randrange(10_000)}", ups])
+    return messages
+
+
+def _graph_of(table: NativeHamGraph) -> dict[str, dict[str, list[object]]]:
+    graph: dict[str, dict[str, list[object]]] = {}
+    for batch in table.export():
+        for soul, field, state, value in decode_ham_batch(batch):
+            graph.setdefault(soul.decode(), {})[field.decode()] = [state, value.decode()]
+    return graph
+
+
+def ham_merge_vs_gun() -> Workload:
+    if not gun_ham.available():
+        raise RuntimeError("ham_merge_vs_gun needs node and npm (tools/gun-ham runs GunDB)")
+    messages = gun_stream()
+    updates = [
+        HamUpdate(soul.encode(), key.encode(), state, encode_value(value))
+        for soul, ups in messages
+        for key, value, state in ups
+    ]
+    batches = [
+        encode_ham_batch(updates[i : i + GUN_BATCH]) for i in range(0, len(updates), GUN_BATCH)
+    ]
+    count = len(updates)
+    # (kept as JSON text, not as the stream's millions of Python objects, which the
+    # collector would walk during our side's timing)
+    stream = json.dumps(messages)
+    del messages, updates
+
+    def gun_job(seconds: float) -> str:
+        head = f'{{"bench": {{"clock": {GUN_CLOCK!r}, "seconds": {float(seconds)!r}'
+        return f'{head}, "messages": {stream}}}}}'
+
+    def merge() -> NativeHamGraph:
+        table = NativeHamGraph()
+        for batch in batches:
+            table.merge(batch, GUN_CLOCK)
+        return table
+
+    # the same stream, the same graph: checked once before timing
+    if _graph_of(merge()) != gun_ham.run(gun_job(0))["graph"]:
+        raise RuntimeError("ham_merge_vs_gun: gun and dtp merged the stream into other graphs")
+
+    def peer_rate(seconds: float) -> float:
+        return float(gun_ham.run(gun_job(seconds))["rate"])
+
+    return Workload(
+        "ham_merge_vs_gun",
+        "updates/s",
+        count,
+        merge,
+        peer_rate=peer_rate,
+        bar=30.0,
+        note="100k updates (ties, every Gun value type) into an empty graph: the C batch "
+        "merge, 4,096 updates a call, vs GunDB's put path (gun 0.2020.1241) in Node.js, "
+        "8 fields a message; same final graph",
+    )
+
+
 GRAPH_ROWS: dict[str, Callable[[], Workload]] = {
     "graph_sync_100k": graph_sync_100k,
     "graph_put": graph_put,
+    "ham_merge_vs_gun": ham_merge_vs_gun,
 }
 
 

@@ -213,7 +213,7 @@ ALL: dict[str, Callable[[], Workload]] = {
 
 
 # The network rows live in bench/net.py (they import Workload from here).
-from bench.graph_rows import graph_put, graph_sync_100k  # noqa: E402
+from bench.graph_rows import graph_put, graph_sync_100k, ham_merge_vs_gun  # noqa: E402
 from bench.ledger_rows import ledger_open_close, receipt_verify  # noqa: E402
 from bench.messaging_rows import (  # noqa: E402
     pubsub_fanout,
@@ -229,6 +229,7 @@ ALL["receipt_verify"] = receipt_verify
 ALL["ledger_open_close"] = ledger_open_close
 ALL["graph_sync_100k"] = graph_sync_100k
 ALL["graph_put"] = graph_put
+ALL["ham_merge_vs_gun"] = ham_merge_vs_gun
 ALL["rpc_roundtrip"] = rpc_roundtrip
 ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
 ALL["rpc_raw_frame"] = rpc_raw_frame

@@ -304,6 +304,22 @@ class PaymentRequired(ConnectionClosed, PaymentError):
     receipt was invalid (docs/escrow.md §6.1)."""
 
 
+class SubscriptionEnded(ConnectionClosed):
+    """A connection opened with a subscription (docs/escrow.md §13) that its paid server
+    ended, the subscription being over on the ledger: it no longer covers the epoch, or
+    its offer was withdrawn. Nothing is owed on such a connection; the server settles
+    it. ``code`` is :data:`CLOSE_SUBSCRIPTION_ENDED`. Renew the subscription (or pay by
+    the byte) and connect again."""
+
+
+class SubscriptionRefused(SubscriptionEnded, ConnectionRefusedError):
+    """A paid server refused, at its handshake, a connection opened with a subscription
+    that is over on the ledger (its reason is :func:`subscription_refusal`'s). A
+    :class:`SubscriptionEnded`, and a ConnectionRefusedError as
+    :class:`ConnectionRefused` is. The client ends the ledger connection at once
+    (``subscription::end_connection``: nothing owed, the deposit back)."""
+
+
 # The CLOSE codes of paid connections (application range, docs/escrow.md "Close codes").
 # Here, in the bottom layer, because both sides need them and may not import each other:
 # the protocol maps a peer's 0x1402 to PaymentRequired, and payments (dtp.payments.gate
@@ -318,6 +334,15 @@ CLOSE_FIREWALL_DENIED: Final = 0x1403
 #: as once the half-close timeout passed the client could settle first and take the
 #: whole escrow back, the usage served meanwhile unpaid.
 CLOSE_LEDGER_CLOSED: Final = 0x1404
+#: CLOSE code a paid server uses when a connection opened with a subscription finds the
+#: subscription over on the ledger while it is served (expired, or its offer
+#: withdrawn): the client raises :class:`SubscriptionEnded`, and the server settles it
+#: at once (nothing is owed on it).
+CLOSE_SUBSCRIPTION_ENDED: Final = 0x1405
+
+#: The start of a paid server's refusal of a connection whose subscription is over
+#: (:func:`subscription_refusal`), which the client raises as :class:`SubscriptionRefused`.
+SUBSCRIPTION_OVER: Final = "The subscription is over"
 
 
 # -- chain ---------------------------------------------------------------------------------
@@ -793,6 +818,20 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         NotAuthorized,
         "Only the ticket sale's organizer can broadcast for it",
     ),
+    (
+        "broadcast",
+        "EBroadcastLive",
+        99,
+        BroadcastError,
+        "The broadcast has not been idle long enough to leave",
+    ),
+    (
+        "broadcast",
+        "EContributionTooSmall",
+        100,
+        BroadcastError,
+        "Contribution buys no share at the pool's current value",
+    ),
     ("mailbox", "EEmptyPayload", 160, InvalidArgument, "Mail payload is empty"),
     (
         "mailbox",
@@ -874,6 +913,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         InvalidArgument,
         "Response exceeds the per-message limit",
     ),
+    (
+        "response_escrow",
+        "EEmptyResponse",
+        183,
+        InvalidArgument,
+        "A delivered response must not be empty",
+    ),
     # -- payment models (docs/escrow.md §13-16) --
     (
         "subscription",
@@ -933,6 +979,20 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         195,
         AlreadyRefunded,
         "The subscription was already refunded",
+    ),
+    (
+        "subscription",
+        "ENotSubscribed",
+        196,
+        WrongObject,
+        "The connection was not opened with this subscription",
+    ),
+    (
+        "subscription",
+        "ESubscriptionLive",
+        197,
+        PaymentModelError,
+        "The subscription still covers its connections",
     ),
     (
         "sponsor",
@@ -1049,7 +1109,7 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         "ENotConsumed",
         227,
         PaymentModelError,
-        "The receiver has not confirmed consumption",
+        "The receiver has not confirmed consumption and the reclaim time has not come",
     ),
     (
         "retention",
@@ -1057,6 +1117,27 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
         228,
         PaymentModelError,
         "The retention time has not elapsed",
+    ),
+    (
+        "retention",
+        "ETermsRetired",
+        229,
+        PaymentModelError,
+        "The provider retired these retention terms",
+    ),
+    (
+        "retention",
+        "EConnectionNotOpen",
+        240,
+        ConnectionStateError,
+        "Records are sent only on an Open connection",
+    ),
+    (
+        "retention",
+        "EInvalidTerms",
+        241,
+        InvalidArgument,
+        "Retention time exceeds the maximum of 30 days",
     ),
     ("payment", "EZeroPayment", 230, InvalidArgument, "Payment must be positive"),
     ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
@@ -1086,13 +1167,23 @@ def connection_limit_refusal(detail: str) -> str:
     return str(move_error("host", "EMaxConnections", detail))
 
 
+def subscription_refusal(detail: str) -> str:
+    """The refusal a host's admission gives a connection opened with a subscription that
+    is over on the ledger; ``detail`` says which and why. The client raises it as
+    :class:`SubscriptionRefused` (:func:`refusal_error`)."""
+    return f"{SUBSCRIPTION_OVER}: {detail}"
+
+
 def refusal_error(reason: str, code: int) -> DTPError:
     """The error for a server's refusal with ``reason`` (CLOSE ``code``):
-    :class:`ConnectionLimitReached` for :func:`connection_limit_refusal`'s, else
+    :class:`ConnectionLimitReached` for :func:`connection_limit_refusal`'s,
+    :class:`SubscriptionRefused` for :func:`subscription_refusal`'s, else
     :class:`ConnectionRefused`."""
     info = MOVE_ERRORS[("host", "EMaxConnections")]
     if reason.startswith(info.message + ": "):
         return info.cls(reason, name=info.name, module=info.module, code=info.code)
+    if reason.startswith(SUBSCRIPTION_OVER + ": "):
+        return SubscriptionRefused(reason, code)
     return ConnectionRefused(reason or "refused by the server", code)
 
 

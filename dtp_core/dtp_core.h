@@ -72,7 +72,7 @@
 #define DTP_MAX_ACK_RANGES 256
 #define DTP_REPLAY_WINDOW 4096
 
-#define DTP_HAM_BATCH_VERSION 1
+#define DTP_HAM_BATCH_VERSION 2 /* 2: ties in UTF-16 order (GunDB's); 1 compared bytes */
 #define DTP_HAM_BATCH_HEADER_LEN 5
 #define DTP_HAM_MAX_KEY 1024
 #define DTP_HAM_MAX_VALUE 1048576
@@ -443,10 +443,11 @@ uint64_t dtp_reasm_readable(const dtp_reasm *r);   /* contiguous bytes ready to 
 uint64_t dtp_reasm_buffered(const dtp_reasm *r);   /* all bytes held, in order or not */
 
 /* ---- HAM CRDT (ham.c) ------------------------------------------------------------- */
-/* Batch wire form: version u8 (=1), count u32 LE, then count updates of
+/* Batch wire form: version u8 (=2), count u32 LE, then count updates of
  *   varint soul_len, soul, varint field_len, field, f64 LE state, varint value_len, value.
- * Souls and fields are 1..DTP_HAM_MAX_KEY bytes, values 0..DTP_HAM_MAX_VALUE bytes of
- * canonical value encoding (compared bytewise to break ties). */
+ * Souls and fields are 1..DTP_HAM_MAX_KEY bytes, values 0..DTP_HAM_MAX_VALUE bytes (a
+ * value's Gun text in UTF-8; at equal states the greater value wins, comparing the bytes
+ * as UTF-16 code units compare: protocol.md 6.3). */
 #define DTP_HAM_APPLIED 0    /* the update won and is now the field's value */
 #define DTP_HAM_HISTORICAL 1 /* older than the current state, or lost the tie: ignored */
 #define DTP_HAM_DEFERRED 2   /* state ahead of the machine clock: held for later */

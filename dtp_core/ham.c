@@ -2,10 +2,14 @@
  * table it merges into (protocol.md, section 6).
  *
  * The table is an open-addressing hash table (linear probing, power-of-two size, load
- * <= 0.7, no deletions) of pointers to entries; each entry is one allocation holding
- * soul, field and value bytes. Entries are keyed by (soul, field) through SipHash-1-3
- * keyed with the caller's 16-byte seed, so peers, who choose souls and fields, cannot
- * aim collisions at it.
+ * <= 0.7, no deletions) of pointers to entries; each entry holds soul, field and value
+ * bytes. Entries are carved from 256 KiB arena blocks (a table filled by a sync makes
+ * one malloc per block, not per field, and frees as few); one whose value outgrows its
+ * room moves to an allocation of its own, with room to grow, and its old bytes stay in
+ * the block until the table is freed (at most once per entry: the arena wastes at most
+ * what it holds). Entries are keyed by (soul, field) through SipHash-1-3 keyed with the
+ * caller's 16-byte seed, so peers, who choose souls and fields, cannot aim collisions
+ * at it.
  *
  * Deferred updates (state ahead of the machine clock) are kept as one byte buffer of
  * their canonical encodings in arrival order; deferred_bytes is the size of those still
@@ -114,9 +118,23 @@ typedef struct ham_entry {
     uint32_t soul_len;
     uint32_t field_len;
     uint32_t value_len;
-    uint32_t value_cap;
-    uint8_t bytes[]; /* soul, field, then value_cap bytes of room for the value */
+    uint32_t value_cap; /* room for the value (ENTRY_CAP bits); ENTRY_OWN: malloc'd alone */
+    uint8_t bytes[];    /* soul, field, then the room for the value */
 } ham_entry;
+
+#define ENTRY_OWN 0x80000000u /* (values are at most DTP_HAM_MAX_VALUE: the bit is free) */
+#define ENTRY_CAP 0x7fffffffu
+
+/* A block of the entries' arena; entries are carved from the newest one. */
+typedef struct ham_block {
+    struct ham_block *next; /* the block before it */
+    size_t used;
+    uint8_t data[]; /* HAM_BLOCK_SIZE bytes (at offset 16: 8-byte aligned entries) */
+} ham_block;
+
+#define HAM_BLOCK_SIZE (256u << 10)
+/* larger entries are malloc'd alone: a block's unused tail stays under 1/16 of it */
+#define HAM_ARENA_MAX_ENTRY (HAM_BLOCK_SIZE / 16u)
 
 typedef struct ham_slot {
     uint64_t hash;
@@ -142,6 +160,7 @@ struct dtp_ham {
     double dq_min; /* no queued state is below it (meaningful while dq_count > 0) */
     dq_slot *dq_slots; /* index of the queue; NULL until something is deferred */
     size_t dq_mask;    /* dq slot count - 1 */
+    ham_block *blocks; /* the entries' arena, newest block first */
 };
 
 #define HAM_INITIAL_SLOTS 64u
@@ -347,7 +366,14 @@ dtp_ham *dtp_ham_new(size_t max_deferred_bytes, const uint8_t *seed, size_t seed
 
 void dtp_ham_free(dtp_ham *g) {
     if (g == NULL) return;
-    for (size_t i = 0; i <= g->mask; i++) free(g->slots[i].entry);
+    for (size_t i = 0; i <= g->mask; i++)
+        if (g->slots[i].entry != NULL && (g->slots[i].entry->value_cap & ENTRY_OWN))
+            free(g->slots[i].entry);
+    while (g->blocks != NULL) {
+        ham_block *next = g->blocks->next;
+        free(g->blocks);
+        g->blocks = next;
+    }
     free(g->slots);
     free(g->dq);
     free(g->dq_slots);
@@ -402,6 +428,59 @@ static int grow(dtp_ham *g) {
     return DTP_OK;
 }
 
+/* A byte's rank in the tie-break order (section 6.3): the bytes in their order, but
+ * that 0xF0..0xFF come before 0xEE and 0xEF. In UTF-8, 0xEE and 0xEF lead the characters
+ * U+E000..U+FFFF and 0xF0..0xF4 those beyond U+FFFF, which UTF-16 writes as surrogates
+ * (0xD800..0xDFFF): below U+E000. Ordered so, the bytes of two UTF-8 texts compare as
+ * their UTF-16 code units do -- the order JavaScript, and so GunDB, compares strings in --
+ * and any two byte strings still have one order. */
+static inline unsigned utf16_rank(uint8_t b) {
+    return b < 0xEE ? b : b >= 0xF0 ? (unsigned)b - 2u : (unsigned)b + 0x10u;
+}
+
+/* Compare two values in the tie-break order: lexicographic over the bytes' ranks, a
+ * proper prefix first. <0, 0 or >0. */
+static int value_order(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len) {
+    size_t n = a_len < b_len ? a_len : b_len;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* the first differing word, then its byte */
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) break;
+    }
+    for (; i < n; i++)
+        if (a[i] != b[i]) return (int)utf16_rank(a[i]) - (int)utf16_rank(b[i]);
+    return a_len == b_len ? 0 : a_len < b_len ? -1 : 1;
+}
+
+/* A new entry with room for keys_len bytes of soul and field and value_len of value
+ * (its value_cap set): carved from the arena's newest block, or from a new one when it
+ * is full, or malloc'd alone when large. NULL when out of memory. */
+static ham_entry *entry_new(dtp_ham *g, size_t keys_len, uint32_t value_len) {
+    size_t size = sizeof(ham_entry) + keys_len + value_len;
+    ham_entry *e;
+    if (size > HAM_ARENA_MAX_ENTRY) {
+        e = malloc(size);
+        if (e == NULL) return NULL;
+        e->value_cap = value_len | ENTRY_OWN;
+        return e;
+    }
+    size = (size + 7u) & ~(size_t)7u; /* the next entry stays 8-byte aligned */
+    ham_block *b = g->blocks;
+    if (b == NULL || HAM_BLOCK_SIZE - b->used < size) {
+        b = malloc(sizeof *b + HAM_BLOCK_SIZE);
+        if (b == NULL) return NULL;
+        b->next = g->blocks;
+        b->used = 0;
+        g->blocks = b;
+    }
+    e = (ham_entry *)(void *)(b->data + b->used);
+    b->used += size;
+    e->value_cap = value_len;
+    return e;
+}
+
 /* Merge one update whose state is <= the machine state (section 6.3); h is its
  * key_hash. Returns the status, or DTP_ERR_NOMEM with the table unchanged. */
 static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
@@ -410,22 +489,27 @@ static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
     if (e != NULL) {
         if (u->state < e->state) return DTP_HAM_HISTORICAL;
         if (u->state == e->state) {
-            /* tie: the lexically greater value wins; a proper prefix is smaller */
-            size_t n = u->value_len < e->value_len ? u->value_len : e->value_len;
-            int c = n ? memcmp(u->value, entry_value(e), n) : 0;
-            if (c == 0) {
-                if (u->value_len == e->value_len) return DTP_HAM_SAME;
-                c = u->value_len > e->value_len ? 1 : -1;
-            }
+            /* tie: the greater value wins, in UTF-16 order (section 6.3) */
+            int c = value_order(u->value, u->value_len, entry_value(e), e->value_len);
+            if (c == 0) return DTP_HAM_SAME;
             if (c < 0) return DTP_HAM_HISTORICAL;
         }
-        if (u->value_len > e->value_cap) {
+        if (u->value_len > (e->value_cap & ENTRY_CAP)) {
+            /* a value outgrowing its room: an allocation of its own, with room to grow
+             * (an entry of the arena moves out, leaving its bytes in the block) */
             size_t cap = (size_t)u->value_len + u->value_len / 4;
             if (cap > DTP_HAM_MAX_VALUE) cap = DTP_HAM_MAX_VALUE;
-            ham_entry *bigger =
-                realloc(e, sizeof *e + (size_t)e->soul_len + e->field_len + cap);
-            if (bigger == NULL) return DTP_ERR_NOMEM;
-            bigger->value_cap = (uint32_t)cap;
+            size_t size = sizeof *e + (size_t)e->soul_len + e->field_len + cap;
+            ham_entry *bigger;
+            if (e->value_cap & ENTRY_OWN) {
+                bigger = realloc(e, size);
+                if (bigger == NULL) return DTP_ERR_NOMEM;
+            } else {
+                bigger = malloc(size);
+                if (bigger == NULL) return DTP_ERR_NOMEM;
+                memcpy(bigger, e, sizeof *e + (size_t)e->soul_len + e->field_len);
+            }
+            bigger->value_cap = (uint32_t)cap | ENTRY_OWN;
             g->slots[i].entry = e = bigger;
         }
         e->state = u->state;
@@ -438,13 +522,12 @@ static int apply(dtp_ham *g, const ham_update *u, uint64_t h) {
         if (grow(g) != DTP_OK) return DTP_ERR_NOMEM;
         i = find_slot(g, h, u->soul, u->soul_len, u->field, u->field_len);
     }
-    e = malloc(sizeof *e + (size_t)u->soul_len + u->field_len + u->value_len);
+    e = entry_new(g, (size_t)u->soul_len + u->field_len, u->value_len);
     if (e == NULL) return DTP_ERR_NOMEM;
     e->state = u->state;
     e->soul_len = u->soul_len;
     e->field_len = u->field_len;
     e->value_len = u->value_len;
-    e->value_cap = u->value_len;
     memcpy(e->bytes, u->soul, u->soul_len);
     memcpy(e->bytes + u->soul_len, u->field, u->field_len);
     if (u->value_len > 0) memcpy(entry_value(e), u->value, u->value_len);

@@ -412,9 +412,14 @@ def _host_create(args: argparse.Namespace) -> int:
 
 
 def _host_show(args: argparse.Namespace) -> int:
-    host = _ledger(args, create=False).get_host(args.host)
+    ledger = _ledger(args, create=False)
+    host = ledger.get_host(args.host)
     data = _plain(host)
     data["endpoints"] = [bytes(e).decode(errors="replace") for e in host.endpoints]
+    # the lists are Tables beside the Host (its counts say whether to read them)
+    for which in ("allow", "deny"):
+        count = getattr(host.firewall, f"{which}_count")
+        data["firewall"][which] = list(ledger.firewall_list(host.id, which)) if count else []
     _emit(args, data)
     return 0
 

@@ -17,7 +17,7 @@ from dtp.daemon.served import ServedConnection, service_row
 from dtp.daemon.state import StatusBook
 from dtp.errors import ChainError
 from dtp.ledger.interface import Ledger
-from dtp.ledger.objects import Firewall
+from dtp.ledger.objects import Firewall, Host
 from dtp.payments.gate import ended_on_ledger, ledger_checks_due
 from dtp.payments.ratelimit import RateLimiter
 
@@ -103,8 +103,9 @@ class HostPolicy:
             fw.max_requests_per_sec,
         ):
             self.limiter.set_limits(fw.max_bytes_per_sec, fw.max_requests_per_sec, time.monotonic())
+        denied = await self._refused(host)
         for conn in list(self.conns.values()):
-            if not fw.permits(conn.client):
+            if conn.client in denied:
                 service_row(self.book, conn.service).denials += 1
                 logger.warning(
                     "the host's firewall now denies a client",
@@ -112,6 +113,23 @@ class HostPolicy:
                 )
                 conn.writer.abort("the host's firewall now denies this client")
         await self._check_on_ledger()
+
+    async def _refused(self, host: Host) -> frozenset[str]:
+        """The clients served now whom the Host's firewall refuses: its lists are Tables,
+        looked up per client (only where they can decide, in a thread). None when they
+        cannot be read now: the next refresh looks again."""
+        clients = frozenset(conn.client for conn in self.conns.values())
+        if not clients:
+            return frozenset()
+        try:
+            return await asyncio.to_thread(self.ledger.refused, host, clients)
+        except ChainError as exc:
+            logger.log(
+                logging.DEBUG if self.ledger_away else logging.WARNING,
+                "cannot read the host's firewall lists",
+                extra=kv(error=str(exc)),
+            )
+            return frozenset()
 
     async def _check_on_ledger(self) -> None:
         """Close the open connections no longer Open on the ledger (each read every

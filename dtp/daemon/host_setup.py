@@ -148,26 +148,29 @@ class HostSetup:
                         extra=kv(port=port, reason=str(exc)),
                     )
         fw, published = config.firewall, host.firewall
+        # the lists as published: Tables, read entry by entry (only when there is one)
+        allow_now = _published(ledger, host_id, "allow", published.allow_count)
+        deny_now = _published(ledger, host_id, "deny", published.deny_count)
         # one transaction per entry, in an order that never lets through a client the
         # file keeps out while the lists change: what restricts first (allow entries
         # taken off, which also makes room, then denials), an allowlist complete before
         # its mode is switched on, and denials lifted last. (The mode went first: a
         # switch to "allowlist" shut out the clients still to be added, for as many
         # transactions as the list is long.)
-        for client in sorted(set(published.allow) - set(fw.allow)):
+        for client in sorted(allow_now - set(fw.allow)):
             step()
             ledger.disallow(me, host_id, client)
-        for client in sorted(set(fw.deny) - set(published.deny)):
+        for client in sorted(set(fw.deny) - deny_now):
             step()
             ledger.deny(me, host_id, client)
-        for client in sorted(set(fw.allow) - set(published.allow)):
+        for client in sorted(set(fw.allow) - allow_now):
             step()
             ledger.allow(me, host_id, client)
         mode = FirewallMode.ALLOW_LISTED if fw.mode == "allowlist" else FirewallMode.ALLOW_ALL
         if published.mode != mode:
             step()
             ledger.set_firewall_mode(me, host_id, int(mode))
-        for client in sorted(set(published.deny) - set(fw.deny)):
+        for client in sorted(deny_now - set(fw.deny)):
             step()
             ledger.undeny(me, host_id, client)
         limits = (fw.max_connections_per_client, fw.max_bytes_per_sec, fw.max_requests_per_sec)
@@ -251,3 +254,9 @@ def _no_checkpoint() -> None:
 def sla_of(service: ServiceConfig) -> Sla:
     """The SLA ``service`` publishes."""
     return Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
+
+
+def _published(ledger: Ledger, host_id: str, which: str, count: int) -> set[str]:
+    """The addresses on the Host's ``which`` list (no read when the Host says it is
+    empty)."""
+    return set(ledger.firewall_list(host_id, which)) if count else set()

@@ -25,7 +25,16 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
-from dtp.graph.values import JSON, decode_value, encode_value, link, link_soul
+from dtp.graph.values import (
+    JSON,
+    GraphValueError,
+    GunValue,
+    decode_value,
+    encode_value,
+    gun_value,
+    link,
+    link_soul,
+)
 
 __all__ = [
     "JSON",
@@ -35,6 +44,8 @@ __all__ = [
     "GraphServer",
     "GraphStorageError",
     "GraphSyncError",
+    "GraphValueError",
+    "GunValue",
     "HybridClock",
     "MergeReport",
     "Subscription",
@@ -42,6 +53,7 @@ __all__ = [
     "connect",
     "decode_value",
     "encode_value",
+    "gun_value",
     "link",
     "link_soul",
     "owner_of",

@@ -8,13 +8,13 @@ included, is public.
 
 Every field of an owned node carries a **signed envelope** as its stored value::
 
-    value = ed25519 public key (32) || signature (64) || canonical JSON value
+    value = ed25519 public key (32) || signature (64) || the value's Gun text
 
 The public key must hash to the owner's Sui address (``blake2b-256(0x00 || key)``), and
 the signature is Ed25519 over::
 
     b"dtp-graph-v1/signed-field\\x00" || canonical HAM update encoding of
-        (soul, field, state, canonical JSON value)
+        (soul, field, state, the value's Gun text)
 
 (protocol.md 6.1: varint lengths, the state as f64le), so a signature binds the value
 to its node, its field and its state -- it cannot be replayed elsewhere or later. The

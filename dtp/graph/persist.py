@@ -17,8 +17,10 @@ at the last compaction -- kept in ``meta``, so it holds across restarts. Countin
 alone, against a count reset at each open, let a peer's stream of tiny DATA messages
 (a row each) rewrite a large table every few thousand of them.
 
-The database runs in WAL mode. ``meta`` holds the replica id and the clock's last state
-(so states keep increasing after a restart even if the wall clock went back).
+The database runs in WAL mode. ``meta`` holds the replica id, the clock's last state
+(so states keep increasing after a restart even if the wall clock went back) and the
+file's format (:data:`FORMAT`; a file without one is of format 1, from before values
+were held in Gun's text: the graph migrates it when it opens it, :mod:`dtp.graph.formats`).
 
 One file, one graph at a time: each open graph holds an exclusive advisory lock
 (``flock``) on a companion file ``<path>-lock``, and a second open -- from another
@@ -70,6 +72,10 @@ _COLUMNS: dict[str, list[tuple[str, str, int, int]]] = {
     "meta": [("key", "TEXT", 0, 1), ("value", "BLOB", 1, 0)],
     "log": [("seq", "INTEGER", 0, 1), ("batch", "BLOB", 1, 0)],
 }
+FORMAT = 2
+"""The format of the graph files this version writes: 2 holds values in Gun's text and
+its log's batches are of HAM batch version 2 (ties in UTF-16 order); 1 (no ``format`` in
+``meta``) held them in the canonical JSON of Python and compared them bytewise."""
 _F64 = struct.Struct("<d")
 _HEADER = struct.Struct("<BI")  # a HAM batch's version and update count (protocol.md 6.1)
 
@@ -182,6 +188,7 @@ class GraphStorage:
             rows, size = row.fetchone()
             base = self.get_meta("compacted_bytes")
             self._compacted_bytes = int(base.decode()) if base else 0
+            self.format = self._format(int(rows))
         except (sqlite3.Error, ValueError, OSError, GraphStorageError) as exc:
             # not a database, not ours, or open in another graph
             self.close()
@@ -229,6 +236,24 @@ class GraphStorage:
             raise GraphStorageError(
                 f"cannot {what} graph database {str(self.path)!r}: {exc}"
             ) from exc
+
+    def _format(self, rows: int) -> int:
+        """The file's format: :data:`FORMAT` for a new file (written now), 1 for a file
+        written before formats were recorded; GraphStorageError for a later one."""
+        raw = self.get_meta("format")
+        if raw is None:
+            if rows == 0 and self.get_meta("replica_id") is None:
+                self.set_meta("format", str(FORMAT).encode())
+                return FORMAT
+            return 1
+        if not raw.isdigit() or int(raw) < 2:
+            raise self._corrupt(f"format {raw[:16]!r} is not a format number")
+        if int(raw) > FORMAT:
+            raise GraphStorageError(
+                f"graph database {str(self.path)!r} is of format {int(raw)}, written by a "
+                f"later version of dtp: this one reads format {FORMAT} (and migrates 1)"
+            )
+        return FORMAT
 
     def replica_id(self) -> bytes:
         """This file's random 16-byte replica id (created on first use)."""
@@ -341,12 +366,20 @@ class GraphStorage:
         weight = self.log_bytes + _ROW_BYTES * self.log_rows
         return weight > 2 * self._compacted_bytes + _COMPACT_FLOOR
 
-    def compact(self, batches: Iterable[bytes], clock_last: float) -> None:
+    def compact(
+        self, batches: Iterable[bytes], clock_last: float, *, migrated: bool = False
+    ) -> None:
         """Replace the log by ``batches`` (the table's export), atomically; buffered
-        writes are dropped, since the export already holds them."""
+        writes are dropped, since the export already holds them. ``migrated``: the
+        batches are the table of a file of an earlier format, migrated, and the file is
+        of :data:`FORMAT` once they are written (in the same transaction)."""
         rows = [(b,) for b in batches]
         size = sum(len(b) for (b,) in rows)
         with self._errors("write"), self._transaction():
+            if migrated:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT).encode(),)
+                )
             self._db.execute("DELETE FROM log")
             self._db.executemany("INSERT INTO log (batch) VALUES (?)", rows)
             self._db.execute(
@@ -363,6 +396,8 @@ class GraphStorage:
         self._last_flush = time.monotonic()
         self.compactions += 1
         self.compaction_bytes += size
+        if migrated:
+            self.format = FORMAT
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -516,4 +551,4 @@ class _Transaction:
                 self._db.execute("ROLLBACK")
 
 
-__all__ = ["GraphStorage", "GraphStorageError", "IdleFlusher"]
+__all__ = ["FORMAT", "GraphStorage", "GraphStorageError", "IdleFlusher"]

@@ -2,7 +2,7 @@
 
 :class:`Graph` is the user-facing store. Each field is one entry of the HAM table
 (``dtp.native.core.HamGraph``: C by default, the pure-Python twin with ``DTP_PUREPYTHON=1`` or
-``ham="python"``), keyed by (soul, field) and holding (state, canonical value bytes).
+``ham="python"``), keyed by (soul, field) and holding (state, the value's Gun text in UTF-8).
 Writes take their state from a :class:`~dtp.graph.clock.HybridClock`; updates from peers
 go through the ownership check (:mod:`dtp.graph.namespace`) and then one C merge per
 batch. Whatever a merge *changed* is, in this order: logged to SQLite
@@ -26,6 +26,7 @@ own object (:mod:`~dtp.graph.writeback`). This module makes and closes a graph.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -38,6 +39,7 @@ from dtp.graph.arguments import check_int as check_int
 from dtp.graph.changes import Change, ChangeStream, GraphSubscriptions, Subscription
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.commits import _BLIND_RETRY_MIN
+from dtp.graph.formats import Migration, migrate_batch
 from dtp.graph.merges import GraphMerges, MergeReport, canonical_states
 from dtp.graph.persist import GraphStorage, GraphStorageError
 from dtp.graph.reads import GraphReads
@@ -56,6 +58,8 @@ from dtp.graph.writes import GraphWrites
 from dtp.identity.keys import HostIdentity
 from dtp.native import core as _core
 from dtp.native import reference as _reference
+
+logger = logging.getLogger(__name__)
 
 
 def _check_number(
@@ -169,8 +173,12 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
             try:
                 # (the reservation is above every state issued, flushed or not)
                 last = max(storage.clock_last(), storage.clock_reserved())
+                # a file of format 1 is migrated as it is read (dtp.graph.formats)
+                migration = Migration() if storage.format == 1 else None
                 for batch in storage.load():
                     try:
+                        if migration is not None:
+                            batch = migrate_batch(batch, migration)
                         # (a log written before states were canonicalised may hold -0.0)
                         self._table.merge(canonical_states(batch), MAX_STATE)
                     except RemoteProtocolError as exc:
@@ -179,6 +187,22 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                             f"graph database {str(path)!r} is corrupt: a log entry is "
                             f"not a valid HAM batch ({exc})"
                         ) from exc
+                if migration is not None:
+                    # written whole or not at all: a failure leaves the file of format 1
+                    # (GraphStorageError out of the constructor), migrated again next time
+                    storage.compact(self._table.export(), storage.clock_last(), migrated=True)
+                    logger.info(
+                        "graph: migrated %s from format 1: %d updates, %d values respelled "
+                        "in Gun's text, %d signed ones and %d that Gun cannot hold kept "
+                        "as they were; %d fields",
+                        path,
+                        migration.updates,
+                        migration.respelled,
+                        migration.signed_kept,
+                        migration.not_gun_kept,
+                        len(self._table),
+                    )
+                self.migration = migration
                 self.replica_id = storage.replica_id()
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
@@ -188,6 +212,7 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                 self._view = None
         else:
             self.replica_id = os.urandom(16)
+            self.migration = None
         self.clock = HybridClock(now_ms, max_drift_ms=float(max_drift_ms), last=last)
         self._writeback = (
             None

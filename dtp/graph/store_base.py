@@ -19,6 +19,7 @@ from dtp.identity.keys import HostIdentity
 
 if TYPE_CHECKING:
     from dtp.graph.changes import Subscription
+    from dtp.graph.formats import Migration
     from dtp.graph.writeback import WriteBack
 
 MAX_STATE = sys.float_info.max
@@ -34,13 +35,16 @@ class GraphBase:
 
     _table: Any
     """The HAM table (``dtp.native.core.HamGraph``, C or the pure-Python twin): every
-    field's (state, canonical value bytes), and the deferred queue."""
+    field's (state, stored value bytes), and the deferred queue."""
     ham_backend: str
     """``"c"`` or ``"python"``: which HAM table the graph runs on."""
     identity: HostIdentity | None
     """The host key that signs writes to its own user space ``~<address>/...``."""
     replica_id: bytes
     """This replica's 16 random bytes (kept in the SQLite file), sent in a sync HELLO."""
+    migration: Migration | None
+    """What opening the file migrated, when it was of format 1 (docs/graph.md, "Format
+    versions"); None otherwise."""
     clock: HybridClock
     """Issues the states of local writes; says how far ahead a peer's state may be."""
     stats: dict[str, Any]

@@ -1,25 +1,43 @@
-"""Canonical value encoding of graph fields (docs/graph.md, "Values").
+"""Graph field values as GunDB holds them (docs/graph.md, "Values").
 
-A field's value is stored in the HAM table as opaque bytes, and HAM breaks ties between
-equal states by comparing those bytes. Every peer must therefore produce the *same*
-bytes for the same value: the encoding is canonical JSON --
+A field's value is stored in the HAM table as the UTF-8 bytes of its **Gun text**: the
+text ``JSON.stringify`` gives for the value in JavaScript. GunDB breaks ties between
+equal states by comparing exactly that text (by UTF-16 code units, protocol.md 6.3), so
+a value written here and the same value written by a Gun peer are the same bytes, and
+both networks pick the same winner.
 
-- UTF-8, no whitespace (``separators=(",", ":")``), object keys sorted by code point,
-  non-ASCII characters written as themselves (not ``\\u`` escapes);
-- integers in decimal, floats in Python's shortest round-trip form (``repr``); NaN and
-  infinities are refused (HAM and JSON have no room for them), and ``-0.0`` is written
-  as ``0.0`` (they compare equal, so they are one value and must have one encoding);
-- ``true``/``false``/``null`` as usual; arrays (lists, tuples) and objects (any mapping
-  with str keys) nested freely.
+The Python values and the Gun values they are (:func:`encode_value`):
 
-A **link** to another node is the object ``{"#": soul}`` with that single key (GunDB's
-convention); :func:`link` builds one and :func:`link_soul` recognises one.
+========================  =============================  ==============================
+Python                    Gun (JavaScript)               Gun text
+========================  =============================  ==============================
+``None``                  ``null`` (Gun's delete)        ``null``
+``True`` / ``False``      boolean                        ``true`` / ``false``
+``int``, ``float``        number (binary64)              as ``Number.prototype.toString``
+``str``                   string                         JSON string, as JS escapes it
+``{"#": soul}``           link to the node ``soul``      ``{"#":"soul"}``
+========================  =============================  ==============================
 
-Decoding (what peers send) refuses what another implementation could read differently:
-an object with a duplicate key (Python's ``json`` would silently keep the last one),
-NaN, infinities (``1e400`` included), nesting deeper than :func:`encode_value` writes
-(64 levels), a lone surrogate escape (``"\\ud800"``: no UTF-8 holds it); a ``-0.0``
-reads as ``0.0``.
+Gun has one number type: ``1`` and ``1.0`` are one value, written ``1``; ``-0.0`` is
+written ``0``; a float is written in the shortest form that reads back to it, in
+positional notation for magnitudes from 1e-6 up to 1e21 (excluded) and in exponent
+notation (``1e-7``, ``1.5e+21``) outside. An ``int`` is taken when a binary64 holds it
+exactly (every int up to 2**53 in magnitude, and larger ones such as 2**60), since Gun
+would silently hold another number; NaN and infinities are refused, as Gun refuses
+them. A number reads back (:func:`decode_value`) as an ``int`` when its text is an
+integer of at most 2**53 in magnitude -- the number's exact value -- and as a ``float``
+otherwise (JavaScript writes the float 2**60 + 2**8 as ``1152921504606847000``, which is
+not its exact value).
+
+Gun holds nothing else in a field: lists, tuples and other mappings are refused with
+:class:`GraphValueError` (``put`` makes a node of a nested mapping, as Gun does), and so
+are strings holding a lone surrogate (no UTF-8 holds them). A field may not be named
+``_``, where Gun keeps a node's metadata (:func:`check_field_name`).
+
+Reading is wider than writing: :func:`decode_value` also reads arrays, objects and
+numbers in other spellings, which only a graph written before format 2 (docs/graph.md,
+"Format versions") or a non-conforming peer holds; :func:`gun_value` reads only what a
+Gun peer could hold, in Gun's own text, and is what a Gun endpoint serves.
 """
 
 from __future__ import annotations
@@ -27,35 +45,46 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 JSON: TypeAlias = bool | int | float | str | list[Any] | dict[str, Any] | None
-"""A value of the JSON types (lists and objects hold JSON values)."""
+"""A value of the JSON types (what :func:`decode_value` may return)."""
+
+GunValue: TypeAlias = bool | int | float | str | dict[str, str] | None
+"""A value a Gun peer holds in a field: null, a boolean, a number, a string or a link."""
 
 LINK_KEY = "#"
+#: The field name Gun keeps a node's metadata under (``{"_": {"#": soul, ">": states}}``).
+META_FIELD = "_"
+#: The largest integer JavaScript calls safe (``Number.MAX_SAFE_INTEGER``): every int of
+#: at most this magnitude is a Gun number, exactly.
+MAX_SAFE_INTEGER = 2**53 - 1
 
-#: How deep a value may nest: the value itself is at depth 0, the items of a container
-#: one deeper than it, and nothing may be deeper than this. Encoding and decoding apply
-#: the same limit, so that a peer's value is one put() could have written.
+#: How deep a legacy value may nest when read (the limit format 1 wrote with).
 _MAX_DEPTH = 64
 _CONTAINERS: tuple[type, ...] = (list, dict)
 
-_encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
-)
+
+class GraphValueError(LocalProtocolError, ValueError):
+    """A value (or field name) that a Gun peer could not hold, given to the graph."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorCode.ARG)
 
 
 def link(soul: str) -> dict[str, str]:
     """A link to the node ``soul``: ``{"#": soul}``."""
     if not isinstance(soul, str) or not soul:
-        raise LocalProtocolError("a link needs a non-empty soul", ErrorCode.ARG)
+        raise GraphValueError("a link needs a non-empty soul")
     return {LINK_KEY: soul}
 
 
 def link_soul(value: object) -> str | None:
-    """The soul a link value points to, or None when ``value`` is not a link."""
+    """The soul a link value points to, or None when ``value`` is not a link (a mapping
+    whose only key is ``"#"``, holding a non-empty string: Gun's own test)."""
     if isinstance(value, Mapping) and len(value) == 1:
         target = value.get(LINK_KEY)
         if isinstance(target, str) and target:
@@ -63,69 +92,145 @@ def link_soul(value: object) -> str | None:
     return None
 
 
-def _check(value: object, depth: int = 0) -> bool:
-    """Refuse what JSON cannot carry (keys that are not strings, NaN, other types);
-    True when the value must be copied before ``json`` can write it: it holds a ``-0.0``
-    (to be written as ``0.0``) or a mapping that is not a dict (``json`` writes dicts
-    only: a ``MappingProxyType`` or a ``UserDict`` was a bare TypeError out of put())."""
-    if depth > _MAX_DEPTH:
-        raise LocalProtocolError(
-            f"value nested too deeply (more than {_MAX_DEPTH} levels)", ErrorCode.ARG
+def check_field_name(name: str) -> None:
+    """Refuse ``_`` as a field name (GraphValueError): a Gun node keeps its metadata
+    there, so no Gun peer could hold such a field."""
+    if name == META_FIELD:
+        raise GraphValueError(
+            "a field may not be named '_': Gun keeps a node's metadata under that name"
         )
-    if value is None or isinstance(value, bool | int | str):
-        return False
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise LocalProtocolError("graph values cannot be NaN or infinite", ErrorCode.ARG)
-        return value == 0.0 and math.copysign(1.0, value) < 0
-    negative_zero = False
-    if isinstance(value, list | tuple):
-        for item in value:
-            negative_zero |= _check(item, depth + 1)
-        return negative_zero
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise LocalProtocolError("object keys must be strings", ErrorCode.ARG)
-            negative_zero |= _check(item, depth + 1)
-        return negative_zero or not isinstance(value, dict)
-    raise LocalProtocolError(f"not a JSON value: {type(value).__name__}", ErrorCode.ARG)
 
 
-def _plain(value: Any) -> Any:
-    """A copy of a checked value that ``json`` writes canonically: every ``-0.0``
-    replaced by ``0.0``, every mapping a dict and every tuple a list."""
-    if isinstance(value, float):
-        return value + 0.0  # -0.0 + 0.0 is +0.0 (IEEE 754, round to nearest)
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+def js_number(number: int | float) -> str:
+    """The text JavaScript writes for ``number`` (``Number.prototype.toString``, which
+    ``JSON.stringify`` uses): ECMA-262, Number::toString.
+
+    The digits are the shortest that read back to the same binary64 (Python's ``repr``
+    finds the same ones); positional notation when the decimal exponent is in
+    -6..20, else ``d[.ddd]e±n``; ``-0`` is ``0``. GraphValueError for NaN, infinities
+    and ints that no binary64 holds exactly."""
+    x = _as_float(number)
+    if x == 0.0:
+        return "0"
+    if -9007199254740992.0 <= x <= 9007199254740992.0 and x.is_integer():
+        return str(int(x))  # (an integral float under 2**53: its digits are its repr's)
+    text = repr(abs(x))
+    mantissa, _, exponent = text.partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = whole + fraction
+    point = len(whole) + (int(exponent) if exponent else 0)  # value = 0.DIGITS * 10**point
+    significant = digits.lstrip("0")
+    point -= len(digits) - len(significant)
+    digits = significant.rstrip("0")
+    k = len(digits)
+    if k <= point <= 21:
+        out = digits + "0" * (point - k)
+    elif 0 < point <= 21:
+        out = digits[:point] + "." + digits[point:]
+    elif -6 < point <= 0:
+        out = "0." + "0" * -point + digits
+    else:
+        e = point - 1
+        out = digits[0] + ("." + digits[1:] if k > 1 else "") + ("e+" if e >= 0 else "e-")
+        out += str(abs(e))
+    return "-" + out if x < 0 else out
+
+
+def _as_float(number: int | float) -> float:
+    """The binary64 a Gun peer would hold for ``number`` (GraphValueError if none, or
+    another number)."""
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            raise GraphValueError("graph values cannot be NaN or infinite (Gun refuses them)")
+        return float(number)
+    try:
+        x = float(number)
+    except OverflowError:
+        raise GraphValueError(
+            f"int of {int(number).bit_length()} bits is beyond the range of a Gun number"
+        ) from None
+    if int(x) != number:
+        raise GraphValueError(
+            f"int {_short(number)} has no exact binary64 form: a Gun peer would hold "
+            f"{js_number(x)} (pass a float to round it, or a str to keep every digit)"
+        )
+    return x
+
+
+def _short(number: int) -> str:
+    text = str(number) if number.bit_length() < 4000 else f"of {number.bit_length()} bits"
+    return text if len(text) <= 40 else text[:20] + "..." + text[-8:]
+
+
+def _string(text: str) -> str:
+    """The JSON string JavaScript writes for ``text`` (the same escapes: ``"``, ``\\``,
+    ``\\b \\f \\n \\r \\t``, other controls as lowercase ``\\u00xx``; everything else,
+    non-ASCII included, as itself)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GraphValueError(
+            "graph values must be valid Unicode: a string holds a lone surrogate"
+        ) from None
+    out: str = encode_basestring(text)
+    return out
+
+
+def value_text(value: object) -> str:
+    """The Gun text of a value (see the module docstring); GraphValueError for a value
+    Gun cannot hold."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, int | float):
+        return js_number(value)
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
+        soul = link_soul(value)
+        if soul is None:
+            raise GraphValueError(
+                "a mapping in a field must be a link {'#': soul}: Gun holds no other "
+                "object in a field (put() makes a nested mapping a node of its own)"
+            )
+        return '{"#":' + _string(soul) + "}"
+    if isinstance(value, list | tuple):
+        raise GraphValueError(
+            "Gun has no arrays: store the items as the fields of a node, or as a string"
+        )
+    raise GraphValueError(
+        f"not a graph value: {type(value).__name__} (Gun holds null, booleans, numbers, "
+        "strings and links)"
+    )
 
 
 def encode_value(value: object) -> bytes:
-    """The canonical bytes of a JSON value (raises LocalProtocolError for anything else).
-
-    Any :class:`~collections.abc.Mapping` with str keys is an object and any tuple an
-    array, as dicts and lists are."""
-    if _check(value):
-        # -0.0 == 0.0: one value, one encoding (json would write "-0.0"), so that equal
-        # values written on two peers are the same bytes; and json writes no mapping
-        # but a dict
-        value = _plain(value)
-    try:
-        return _encoder.encode(value).encode("utf-8")
-    except UnicodeEncodeError:
-        raise LocalProtocolError(
-            "graph values must be valid Unicode: a string holds a lone surrogate", ErrorCode.ARG
-        ) from None
-    except ValueError as exc:  # an int past the interpreter's digit limit (4300 digits)
-        raise LocalProtocolError(f"not a graph value: {exc}", ErrorCode.ARG) from None
+    """The stored bytes of a value: its Gun text in UTF-8 (GraphValueError for a value
+    Gun cannot hold)."""
+    return value_text(value).encode("utf-8")
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a graph value (NaN and infinities are refused)")
+
+
+_SAFE = 2**53
+
+
+def _js_int(text: str) -> int | float:
+    """An integer's text as a number: exact within 2**53; beyond it the binary64 whose
+    text JavaScript writes so (its shortest digits padded with zeros), or, for any other
+    integer (an int a graph of format 1 stored), that exact int."""
+    if len(text) < 16:
+        return int(text)
+    value = int(text)
+    if -_SAFE <= value <= _SAFE:
+        return value
+    x = float(text)
+    return x if math.isfinite(x) and js_number(x) == text else value
 
 
 def _finite_float(text: str) -> float:
@@ -149,7 +254,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 # built once: json.loads with hooks builds a decoder on every call (twice the time)
 _decoder = json.JSONDecoder(
-    parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+    parse_constant=_no_constant,
+    parse_float=_finite_float,
+    parse_int=_js_int,
+    object_pairs_hook=_unique_keys,
 )
 
 
@@ -172,8 +280,8 @@ def _lone_surrogate(value: JSON) -> bool:
 
 
 def _too_deep(value: JSON) -> bool:
-    """True when ``value`` nests deeper than :func:`encode_value` writes (its rule: no
-    value below depth ``_MAX_DEPTH``, so a container that deep must be empty)."""
+    """True when ``value`` nests deeper than ``_MAX_DEPTH`` (no value below that depth,
+    so a container that deep must be empty)."""
     if type(value) not in _CONTAINERS:
         return False
     level: list[Any] = [value]  # the containers at one depth
@@ -193,13 +301,16 @@ def _too_deep(value: JSON) -> bool:
 
 
 def decode_value(data: bytes | bytearray | memoryview) -> JSON:
-    """A value back from its canonical bytes (RemoteProtocolError if they are not JSON).
+    """A value back from its stored bytes (RemoteProtocolError if they are not JSON).
 
-    Decoding accepts any JSON text (only encoding is canonical) except what two readers
-    could read differently: duplicate object keys, numbers beyond the float range, a
-    lone surrogate (an unpaired ``\\uD800``-``\\uDFFF`` escape, which :func:`encode_value`
-    refuses too), nesting deeper than 64 levels (as :func:`encode_value`); NaN and
-    infinities are refused too, and ``-0.0`` reads as ``0.0``.
+    A number whose text is an integer of at most 2**53 in magnitude reads as ``int``,
+    any other as ``float`` (``-0.0`` as ``0.0``) -- but an integer beyond 2**53 in
+    another text than JavaScript's for a binary64 (an int stored by format 1) reads as
+    that exact ``int``. Any JSON text is read (arrays and objects too, which graphs of
+    format 1 hold) except what two readers could read differently: duplicate object
+    keys, numbers with a fraction or an exponent beyond the float range, NaN and
+    infinities, a lone surrogate (an unpaired ``\\uD800``-``\\uDFFF`` escape),
+    nesting deeper than 64 levels.
     """
     raw = bytes(data)
     try:
@@ -213,15 +324,14 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
         # (fewer brackets cannot nest that deep.) A fixed depth, not RecursionError: left
         # to it, a value nested a few hundred levels would be read or refused as the
         # caller's stack happens to be deep (a sync thread, a callback), so replicas would
-        # disagree on whether the field exists, and put() could refuse to write it back
+        # disagree on whether the field exists
         raise RemoteProtocolError(
             f"graph value nested too deeply (more than {_MAX_DEPTH} levels)",
             ErrorCode.HAM_MALFORMED,
         )
     if b"\\u" in raw and _lone_surrogate(value):
         # json reads "\\ud800" as a str no UTF-8 can hold: print() or a write of it
-        # raised UnicodeEncodeError in the application, put() of it LocalProtocolError,
-        # and other JSON readers refuse it or read U+FFFD
+        # raised UnicodeEncodeError in the application, and put() of it refused it
         raise RemoteProtocolError(
             "graph value holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
             ErrorCode.HAM_MALFORMED,
@@ -229,4 +339,47 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
     return value
 
 
-__all__ = ["JSON", "LINK_KEY", "decode_value", "encode_value", "link", "link_soul"]
+def gun_value(data: bytes | bytearray | memoryview) -> GunValue:
+    """A stored value that a Gun peer can hold, read back; RemoteProtocolError for any
+    other: not JSON, not a Gun value (an array, an object other than a link, an int no
+    binary64 holds), or not in Gun's own text (``1.0`` for ``1``, a ``\\u0041``
+    escape, spaces) -- text a Gun peer would compare differently at a tie."""
+    raw = bytes(data)
+    value = decode_value(raw)
+    try:
+        text = encode_value(value)
+    except GraphValueError as exc:
+        raise RemoteProtocolError(f"not a Gun value: {exc}", ErrorCode.HAM_MALFORMED) from None
+    if text != raw:
+        raise RemoteProtocolError(
+            f"not in Gun's text: {raw[:40]!r} is written {text[:40]!r}", ErrorCode.HAM_MALFORMED
+        )
+    return value  # type: ignore[return-value]  # (encode_value took it: a Gun value)
+
+
+def is_gun_value(data: bytes | bytearray | memoryview) -> bool:
+    """True when :func:`gun_value` reads ``data``."""
+    try:
+        gun_value(data)
+    except RemoteProtocolError:
+        return False
+    return True
+
+
+__all__ = [
+    "JSON",
+    "LINK_KEY",
+    "MAX_SAFE_INTEGER",
+    "META_FIELD",
+    "GraphValueError",
+    "GunValue",
+    "check_field_name",
+    "decode_value",
+    "encode_value",
+    "gun_value",
+    "is_gun_value",
+    "js_number",
+    "link",
+    "link_soul",
+    "value_text",
+]

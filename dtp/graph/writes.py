@@ -12,7 +12,7 @@ from dtp.graph.arguments import utf8_name
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
 from dtp.graph.store_base import MAX_STATE
-from dtp.graph.values import encode_value, link_soul
+from dtp.graph.values import check_field_name, encode_value, link_soul
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate
 
@@ -23,8 +23,11 @@ class GraphWrites(GraphCommits):
     def put(self, soul: str, data: Mapping[str, Any]) -> float:
         """Write fields of node ``soul``; returns the state they were written with.
 
-        Values are JSON values; ``{"#": other}`` is a link; any other mapping becomes
-        the node ``<soul>/<field>``, written too, with a link to it in the field.
+        Values are what a Gun peer holds (docs/graph.md, "Values"): None, bools,
+        numbers, strings; ``{"#": other}`` is a link; any other mapping becomes the node
+        ``<soul>/<field>``, written too, with a link to it in the field. Anything else
+        (a list, an int no binary64 holds, NaN, a field named ``_``) raises
+        :class:`~dtp.graph.values.GraphValueError` and writes nothing.
         Writes to a user-space soul ``~<address>/...`` are signed with :attr:`identity`,
         which must own it. Nested mappings that reach one node's field by two paths
         (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
@@ -96,6 +99,7 @@ class GraphWrites(GraphCommits):
         for field, value in data.items():
             if not isinstance(field, str) or not field:
                 raise LocalProtocolError("field names are non-empty strings", ErrorCode.ARG)
+            check_field_name(field)
             if isinstance(value, Mapping) and link_soul(value) is None:
                 child = f"{soul}/{field}"
                 self._flatten(child, value, out, depth + 1)

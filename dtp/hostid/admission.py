@@ -2,8 +2,9 @@
 for the host-ID servers (:class:`dtp.socket.DTPServer`, :class:`dtp.aio.DTPServer`, which
 also hold its reservations: one DTP connection per ledger connection) that accepts a
 client only when the connection ID it named in its handshake is an Open TransportControl
-of this client, host and port whose escrow is funded, and the host's firewall (read
-afresh) still permits the client; and what a hook's verdict means. The client side is
+of this client, host and port whose escrow is funded, the host's firewall (read
+afresh) still permits the client, and the subscription it was opened with, if any, is
+not over; and what a hook's verdict means. The client side is
 :mod:`dtp.hostid.connect`, whose names this module re-exports (the old ``dtp.admission``
 held both).
 """
@@ -16,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
-from dtp.errors import ChainError, InvalidArgument, connection_limit_refusal, finite_float
+from dtp.errors import (
+    ChainError,
+    InvalidArgument,
+    connection_limit_refusal,
+    finite_float,
+    subscription_refusal,
+)
 
 # the client side, re-exported: ``dtp.admission`` (this module's old name) held both
 from dtp.hostid.connect import (
@@ -294,8 +301,14 @@ class LedgerAdmission:
                 f"the escrow of connection {cid} holds {escrow.balance}, "
                 f"below the minimum {tc.sla.min_deposit}"
             )
-        if not host.firewall.permits(peer.address):
+        if not self.ledger.permits(host, peer.address):
             return "the host's firewall denies this client"
+        if tc.subscription is not None:
+            # a connection opened with a subscription is free only while that lasts:
+            # its SLA is all zeros, so once the subscription is over nothing pays for it
+            over = self.ledger.subscription_over(tc.subscription)
+            if over is not None:
+                return subscription_refusal(f"connection {cid}: {over}")
         self.limits = ConnectionLimits.of(host, self.port)
         if self.remember:
             self._remember(Admitted(tc, escrow))

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from dtp.errors import DTPError, HandshakeError, InsufficientFunds, InvalidArgument, move_error
+from dtp.errors import (
+    DTPError,
+    HandshakeError,
+    InsufficientFunds,
+    InvalidArgument,
+    SubscriptionRefused,
+    move_error,
+)
 from dtp.hostid.address import HostAddress
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, ledger_config
 from dtp.identity.keys import HostIdentity
@@ -167,7 +174,7 @@ def resolve_service(
     service = host.services.get(port)
     if service is None:
         raise move_error("host", "EServiceNotFound", f"port {port} of host {host.id}")
-    if not host.firewall.permits(client):
+    if not ledger.permits(host, client):
         raise move_error("host", "EFirewallDenied", f"host {host.id} refuses {client}")
     # (the connection limits are the host's admission's, at the handshake: the ledger
     # counts no connections, docs/escrow.md §2)
@@ -531,9 +538,22 @@ def abandon_host_connection(
     """Half-close a prepared connection on the ledger after the connect failed, so the
     deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
     failure here is logged, not raised: the caller re-raises ``cause``. A deferred open
-    that never landed leaves nothing to close."""
+    that never landed leaves nothing to close. A connection refused because the
+    subscription it was opened with is over (:class:`~dtp.errors.SubscriptionRefused`)
+    is ended at once instead (``subscription::end_connection``: nothing is owed, the
+    deposit comes back now), falling back to the half-close should that fail."""
     if prepared.pending_open is not None and prepared.pending_open.opened is None:
         return
+    if isinstance(cause, SubscriptionRefused):
+        try:
+            ledger.end_subscribed_connection(identity, prepared.connection_id)
+            return
+        except Exception as end_exc:
+            logger.warning(
+                "could not end connection %s of a subscription that is over: %s",
+                prepared.connection_id,
+                end_exc,
+            )
     try:
         ledger.close_connection(identity, prepared.connection_id)
     except Exception as close_exc:

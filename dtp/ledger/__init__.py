@@ -25,6 +25,7 @@ from dtp.ledger.economics import (
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import (
     Broadcast,
+    BroadcastStake,
     ChainObject,
     ConnectionState,
     Escrow,
@@ -57,6 +58,7 @@ vars(_spec).setdefault("open_ledger", open_ledger)
 
 __all__ = [
     "Broadcast",
+    "BroadcastStake",
     "ChainObject",
     "ConnectionState",
     "Escrow",

@@ -9,7 +9,8 @@ ledger methods behind them.
   otherwise every buyer is refunded.
 - **Retention** (``dtp::retention``): data sent through the ledger carrier is kept with
   a storage deposit per byte, returned when the sender deletes it after the retention
-  time and the receiver's confirmation.
+  time and the receiver's confirmation -- or, unconfirmed, once twice the retention time
+  has passed: no deposit is held beyond ``2 * MAX_RETENTION_MS``.
 
 :class:`PaymentModels` is mixed into :class:`~dtp.ledger.interface.Ledger`; its methods raise
 NotImplementedError unless a ledger implements them (both built-in ledgers do).
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BPS",
     "MAX_PAYMENT_MEMO",
+    "MAX_RETENTION_MS",
     "PaymentModels",
     "RetainedRecord",
     "RetentionTerms",
@@ -46,6 +48,10 @@ BPS: Final = 10_000
 
 #: Longest memo of a ``payment::pay`` (bytes).
 MAX_PAYMENT_MEMO: Final = 256
+
+#: The longest retention terms may ask (``retention::MAX_RETENTION_MS``, 30 days): an
+#: unconfirmed record's deposit comes back after twice its retention time at most.
+MAX_RETENTION_MS: Final = 2_592_000_000
 
 _U64_MAX: Final = 2**64 - 1
 
@@ -107,6 +113,22 @@ class Subscription:
     def is_live(self, epoch: int) -> bool:
         """Whether the subscription grants access in ``epoch``."""
         return self.start_epoch <= epoch < self.expires_epoch
+
+    def over(self, offer: SubscriptionOffer, epoch: int) -> str | None:
+        """``subscription::is_over`` worded: None while the subscription covers its
+        connections in ``epoch``, else why not (its offer withdrawn, or the epochs it
+        covers)."""
+        if offer.withdrawn:
+            return (
+                f"subscription {self.id}: its offer {offer.id} was withdrawn in epoch "
+                f"{offer.withdrawn_epoch}"
+            )
+        if not self.is_live(epoch):
+            return (
+                f"subscription {self.id} covers epochs {self.start_epoch}.."
+                f"{self.expires_epoch - 1}; it is epoch {epoch}"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -172,6 +194,8 @@ class RetentionTerms:
     port: int
     retention_ms: int
     storage_price_per_byte: int
+    #: Taken back by the provider (``retention::retire_terms``): sends refuse them.
+    retired: bool = False
 
     def deposit_for(self, size: int) -> int:
         """The storage deposit of a record of ``size`` bytes (InvalidArgument for a size
@@ -200,8 +224,20 @@ class RetainedRecord:
 
     @property
     def delete_after_ms(self) -> int:
-        """Earliest ledger time at which the sender may delete the record."""
+        """Earliest ledger time at which the sender may delete the record, once the
+        receiver confirmed it."""
         return self.stored_at_ms + self.retention_ms
+
+    @property
+    def reclaim_after_ms(self) -> int:
+        """Earliest ledger time at which the sender may delete the record unconfirmed
+        (twice the retention time: the deposit's bounded way back)."""
+        return self.stored_at_ms + 2 * self.retention_ms
+
+    def deletable_at(self, now_ms: int) -> bool:
+        """Whether ``retention::delete`` by the sender succeeds at ledger time ``now_ms``."""
+        due = self.delete_after_ms if self.consumed else self.reclaim_after_ms
+        return now_ms >= due
 
 
 #: Struct name -> Move module, for the objects of this module.
@@ -295,6 +331,8 @@ def economics_object_from_fields(
             d["port"],
             d["retention_ms"],
             d["storage_price_per_byte"],
+            # (terms stored before they could be retired have no flag: live)
+            d.get("retired", False),
         )
     if name == "RetainedRecord":
         return RetainedRecord(
@@ -378,6 +416,24 @@ class PaymentModels:
     ) -> OpenedConnection:
         """``subscription::open_connection``: an unmetered connection (all-zero SLA) to the
         offer's service. ``host_id`` defaults to the offer's host."""
+        raise _missing(self, "subscriptions")
+
+    def end_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        subscription_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> int:
+        """``subscription::end_connection`` (anyone): end a connection opened with a
+        subscription that is over (expired, or its offer withdrawn), closed and settled at
+        once: nothing is owed, and its deposit (normally 0) goes back to the client, which
+        this returns. ``subscription_id``, ``escrow_id`` and ``cap_id`` default to the
+        connection's (the subscription's offer is looked up); a metered connection has
+        no subscription, and without one given is refused here as the ledger would
+        (``ENotSubscribed``). ``ESubscriptionLive`` while the subscription still covers
+        the connection."""
         raise _missing(self, "subscriptions")
 
     def get_subscription_offer(self, offer_id: str) -> SubscriptionOffer:
@@ -494,11 +550,28 @@ class PaymentModels:
         """``retention::create_terms`` (host authority). Returns the terms' ID."""
         raise _missing(self, "retention")
 
+    def retire_retention_terms(self, signer: HostIdentity, terms_id: str) -> None:
+        """``retention::retire_terms`` (the host's authority): sends refuse the terms
+        from now on (``ETermsRetired``); records kept under them keep their deadlines."""
+        raise _missing(self, "retention")
+
+    def replace_retention_terms(
+        self,
+        signer: HostIdentity,
+        terms_id: str,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        """``retention::replace_terms`` (the host's authority): retire ``terms_id`` and
+        publish new terms for its port in one transaction. Returns the new terms' ID."""
+        raise _missing(self, "retention")
+
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
     ) -> str:
-        """``retention::send``: send ``data`` on the pipe and retain it with a deposit of
-        ``len(data) * storage_price_per_byte``. Returns the RetainedRecord ID."""
+        """``retention::send``: send ``data`` on the pipe of an Open connection and retain
+        it with a deposit of ``len(data) * storage_price_per_byte``, under live terms of
+        the connection's service. Returns the RetainedRecord ID."""
         raise _missing(self, "retention")
 
     def confirm_consumed(self, signer: HostIdentity, record_id: str) -> None:
@@ -506,7 +579,9 @@ class PaymentModels:
         raise _missing(self, "retention")
 
     def delete_retained(self, signer: HostIdentity, record_id: str) -> int:
-        """``retention::delete`` (the sender): returns the deposit refunded."""
+        """``retention::delete`` (the sender): returns the deposit refunded. A confirmed
+        record goes once its retention time has passed, an unconfirmed one once twice
+        that has (:attr:`RetainedRecord.reclaim_after_ms`)."""
         raise _missing(self, "retention")
 
     def get_retention_terms(self, terms_id: str) -> RetentionTerms:

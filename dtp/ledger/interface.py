@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -52,6 +52,7 @@ from dtp.ledger.objects import (
     Sla,
     SpendingCap,
     TransportControl,
+    normalize_id,
 )
 
 if TYPE_CHECKING:
@@ -296,6 +297,39 @@ class Ledger(PaymentModels, abc.ABC):
     def undeny(self, signer: HostIdentity, host_id: str, client: str) -> None:
         """``host::undeny``: remove ``client`` from the deny list (idempotent)."""
 
+    # the lists as they are read: Tables on Sui, so one client is one lookup, and the
+    # Host itself carries only their sizes (Host.firewall.allow_count, deny_count)
+
+    @abc.abstractmethod
+    def is_allowed(self, host_id: str, client: str) -> bool:
+        """``host::is_allowed``: whether ``client`` is on the Host's allow list now (one
+        lookup in its Table, whatever the list's length)."""
+
+    @abc.abstractmethod
+    def is_denied(self, host_id: str, client: str) -> bool:
+        """``host::is_denied``: whether ``client`` is on the Host's deny list now."""
+
+    @abc.abstractmethod
+    def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
+        """Every address on the Host's ``"allow"`` or ``"deny"`` list, sorted (at most
+        :data:`~dtp.ledger.objects.MAX_FIREWALL_ENTRIES`; on Sui, the Table's dynamic
+        fields read page by page)."""
+
+    def permits(self, host: Host, client: str) -> bool:
+        """``host::permits`` for the Host ``host`` as read: deny wins, then allow-all or
+        the allow list. Looks ``client`` up only in the lists that can decide (none for
+        an allow-all firewall with an empty deny list), each as it is now."""
+        client = normalize_id(client, "address")
+        look_deny, look_allow = host.firewall.lookups()
+        denied = look_deny and self.is_denied(host.id, client)
+        allowed = not denied and look_allow and self.is_allowed(host.id, client)
+        return host.firewall.decide(allowed=allowed, denied=denied)
+
+    def refused(self, host: Host, clients: Iterable[str]) -> frozenset[str]:
+        """Of ``clients``, those :meth:`permits` refuses for the Host ``host`` as read
+        (what a server re-reading its Host closes): each client decided once."""
+        return frozenset(c for c in set(clients) if not self.permits(host, c))
+
     @abc.abstractmethod
     def set_client_limits(
         self,
@@ -464,7 +498,20 @@ class Ledger(PaymentModels, abc.ABC):
 
     @abc.abstractmethod
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
-        """``broadcast::withdraw`` (a listener, after cancel): returns the refund."""
+        """``broadcast::withdraw`` (a listener, after cancel): returns the refund, the
+        value of the signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        """``broadcast::leave`` (a listener of an idle broadcast, not cancelled: no
+        ``transmit`` or ``heartbeat`` for ``Broadcast.idle_ms``, else ``EBroadcastLive``):
+        completed, covered slots are paid first; returns the refund, the value of the
+        signer's shares."""
+
+    @abc.abstractmethod
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        """``broadcast::heartbeat`` (broadcaster, on air): records that it is transmitting
+        off the ledger, which keeps its listeners from leaving for ``Broadcast.idle_ms``."""
 
     # -- payment (dtp::payment) -----------------------------------------------------------------
     # Not abstract, as the messaging calls below; both built-in ledgers implement it.
@@ -537,6 +584,14 @@ class Ledger(PaymentModels, abc.ABC):
         wanted = [tc.escrow, host_id] + ([tc.spending_cap] if with_cap else [])
         found = self.get_objects(wanted)
         return _connection_view(tc, found, host_id, self.epoch() if with_cap else None)
+
+    def subscription_over(self, subscription_id: str) -> str | None:
+        """Why the Subscription ``subscription_id`` no longer covers connections (its
+        offer withdrawn, or the current epoch outside it: ``subscription::is_over``), or
+        None while it does. What a paid server checks of a connection opened with a
+        subscription, at admission and while serving it (docs/escrow.md §13)."""
+        sub = self.get_subscription(subscription_id)
+        return sub.over(self.get_subscription_offer(sub.offer), self.epoch())
 
     def get_objects(self, object_ids: Sequence[str]) -> list[ChainObject]:
         """Several objects by ID, typed, in the order asked (raises

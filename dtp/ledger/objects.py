@@ -65,6 +65,10 @@ def as_bytes_list(values: Iterable[bytes | str], what: str = "endpoint") -> list
 
 
 __all__ = [
+    "BROADCAST_IDLE_SLOTS",
+    "BROADCAST_MAX_IDLE_MS",
+    "BROADCAST_MIN_IDLE_MS",
+    "FIREWALL_LISTS",
     "HALF_CLOSE_TIMEOUT_MS",
     "MAX_DATA_LENGTH",
     "MAX_ENDPOINTS",
@@ -72,7 +76,9 @@ __all__ = [
     "MAX_FIREWALL_ENTRIES",
     "MAX_INNERS",
     "MAX_PURE_BYTES",
+    "U128",
     "Broadcast",
+    "BroadcastStake",
     "ChainObject",
     "ConnectionState",
     "Escrow",
@@ -93,8 +99,11 @@ __all__ = [
     "TransportControl",
     "as_bytes",
     "as_bytes_list",
+    "broadcast_idle_ms",
     "check_fields",
+    "check_firewall_list",
     "check_signer",
+    "firewall_entries",
     "is_low_order_noise_key",
 ]
 
@@ -108,6 +117,8 @@ MAX_PURE_BYTES: Final = 16_381
 MAX_DATA_LENGTH: Final = MAX_PURE_BYTES
 #: Most addresses on a Host's allow list, and on its deny list (``host::EFirewallListFull``).
 MAX_FIREWALL_ENTRIES: Final = 1024
+#: The names of a Host's two firewall lists (``Firewall.allow`` and ``Firewall.deny``).
+FIREWALL_LISTS: Final = ("allow", "deny")
 #: Endpoint limits of a Host.
 MAX_ENDPOINTS: Final = 16
 MAX_ENDPOINT_LENGTH: Final = 256
@@ -213,13 +224,19 @@ class Service:
 
 @dataclass(frozen=True)
 class Firewall:
-    """A host's firewall policy."""
+    """A host's firewall policy.
+
+    The allow and deny lists are Tables on Sui (dynamic fields of the Host, up to
+    :data:`MAX_FIREWALL_ENTRIES` each): the Host carries their sizes, not their entries.
+    Whether a client is on a list is one lookup (:meth:`Ledger.is_allowed
+    <dtp.ledger.interface.Ledger.is_allowed>`, ``is_denied``), and the firewall's decision
+    :meth:`Ledger.permits <dtp.ledger.interface.Ledger.permits>` (docs/escrow.md §2)."""
 
     mode: FirewallMode
-    #: Allow list, in insertion order.
-    allow: tuple[str, ...]
-    #: Deny list (always wins), in insertion order.
-    deny: tuple[str, ...]
+    #: Addresses on the allow list (``host::allow_count``).
+    allow_count: int
+    #: Addresses on the deny list, which always wins (``host::deny_count``).
+    deny_count: int
     #: Concurrent connections per client the host's admission serves (off-chain); 0 means
     #: unlimited.
     max_connections_per_client: int
@@ -227,11 +244,21 @@ class Firewall:
     max_bytes_per_sec: int
     max_requests_per_sec: int
 
-    def permits(self, client: str) -> bool:
-        """The firewall decision: deny wins, then allow-all or the allow list."""
-        if client in self.deny:
+    def lookups(self) -> tuple[bool, bool]:
+        """Which lists ``permits`` must look a client up in, as ``(deny, allow)``: the
+        deny list if it has entries; the allow list in allow-listed mode if it has any
+        (an empty one admits nobody, an allow-all firewall needs none)."""
+        return (
+            self.deny_count > 0,
+            self.mode == FirewallMode.ALLOW_LISTED and self.allow_count > 0,
+        )
+
+    def decide(self, *, allowed: bool, denied: bool) -> bool:
+        """``host::permits`` once the lists were looked up: deny wins, then allow-all or
+        the allow list."""
+        if denied:
             return False
-        return self.mode == FirewallMode.ALLOW_ALL or client in self.allow
+        return self.mode == FirewallMode.ALLOW_ALL or allowed
 
 
 @dataclass(frozen=True)
@@ -246,11 +273,6 @@ class Host:
     endpoints: tuple[bytes, ...]
     services: Mapping[int, Service]
     firewall: Firewall
-
-    def permits(self, client: str) -> bool:
-        """Whether the firewall lets ``client`` open connections (the connection limits are
-        the host's admission's, off-chain)."""
-        return self.firewall.permits(client)
 
 
 @dataclass(frozen=True)
@@ -296,6 +318,11 @@ class TransportControl:
     closed_at_ms: int | None
     opened_at_ms: int
     settled: bool
+    #: The Subscription a prepaid connection was opened with (None: a metered one).
+    #: Once it is over, the connection is ended: by anyone on the ledger
+    #: (``subscription::end_connection``), by a paid server while serving it
+    #: (docs/escrow.md §13).
+    subscription: str | None = None
 
     @property
     def connection_id(self) -> str:
@@ -359,9 +386,43 @@ class Pipe:
     inners: tuple[InnerPipe, ...]
 
 
+#: A Move ``u128`` field (a broadcast's shares): an int from 0 to 2**128-1, which the
+#: views' check holds to that range rather than a u64's.
+U128 = typing.NewType("U128", int)
+
+#: A listener may leave a broadcast once its broadcaster has shown no sign of transmitting
+#: for this many slots (``broadcast::IDLE_SLOTS``), but never less than
+#: :data:`BROADCAST_MIN_IDLE_MS` nor more than :data:`BROADCAST_MAX_IDLE_MS`
+#: (docs/escrow.md §9).
+BROADCAST_IDLE_SLOTS: Final = 3
+BROADCAST_MIN_IDLE_MS: Final = 600_000
+BROADCAST_MAX_IDLE_MS: Final = 86_400_000
+
+
+def broadcast_idle_ms(slot_ms: int) -> int:
+    """``broadcast::idle_ms`` of a broadcast with slots of ``slot_ms``."""
+    if slot_ms >= BROADCAST_MAX_IDLE_MS // BROADCAST_IDLE_SLOTS:
+        return BROADCAST_MAX_IDLE_MS
+    return max(slot_ms * BROADCAST_IDLE_SLOTS, BROADCAST_MIN_IDLE_MS)
+
+
+@dataclass(frozen=True)
+class BroadcastStake:
+    """One listener's part of a broadcast (``broadcast::Stake``)."""
+
+    #: What the listener has paid in and not taken back.
+    contributed: int
+    #: The share generation of :attr:`shares`: those of an earlier one are worth nothing.
+    generation: int
+    #: The broadcast's ``share_shift`` when :attr:`shares` was written.
+    shift: int
+    shares: U128
+
+
 @dataclass(frozen=True)
 class Broadcast:
-    """A broadcast channel and its listeners' pool (shared)."""
+    """A broadcast channel and its listeners' pool (shared), held in shares
+    (docs/escrow.md §9)."""
 
     id: str
     version: int
@@ -372,33 +433,90 @@ class Broadcast:
     start_ms: int
     next_slot: int
     paid_slots: int
-    #: Listeners' money not yet earned (as last accounted).
+    #: Listeners' money not yet earned (as last accounted): the value of every share of
+    #: the current generation.
     pool: int
     #: Earned and not yet claimed (as last accounted).
     earned: int
-    contributions: Mapping[str, int]
+    #: Each listener's stake, until it withdraws or leaves.
+    stakes: Mapping[str, BroadcastStake]
     total_contributed: int
     next_seq: int
     cancelled: bool
-    refund_base: int
-    outstanding: int
+    #: Shares of the current generation (in the unit of :attr:`share_shift`).
+    total_shares: U128
+    #: Listeners holding shares of the current generation.
+    holders: int
+    generation: int
+    #: How many times this generation's share unit has doubled.
+    share_shift: int
+    #: When the broadcaster last showed it was transmitting (``transmit``, ``heartbeat``;
+    #: the creation time at first).
+    last_live_ms: int
     #: The TicketSale whose holders alone may listen (``create_ticketed``); None for an
     #: open broadcast.
     ticket_sale: str | None = None
+
+    @property
+    def contributions(self) -> dict[str, int]:
+        """What each listener holding a stake has paid in (what its tips are checked
+        against)."""
+        return {address: stake.contributed for address, stake in self.stakes.items()}
+
+    @property
+    def idle_ms(self) -> int:
+        """How long the broadcaster may show no sign of transmitting before its
+        listeners may leave."""
+        return broadcast_idle_ms(self.slot_ms)
+
+    @property
+    def leave_opens_ms(self) -> int:
+        """When listeners may leave unless the broadcaster shows it is live before."""
+        return self.last_live_ms + self.idle_ms
+
+    def is_idle(self, now_ms: int) -> bool:
+        """Whether a listener may ``leave`` at ``now_ms``."""
+        return not self.cancelled and now_ms >= self.leave_opens_ms
 
     def slot_at(self, now_ms: int) -> int:
         """Index of the slot in progress at ``now_ms``."""
         return 0 if now_ms < self.start_ms else (now_ms - self.start_ms) // self.slot_ms
 
+    def _due(self, now_ms: int) -> int:
+        """Completed slots the pool pays for at ``now_ms`` (``broadcast::due``)."""
+        current = self.slot_at(now_ms)
+        if self.cancelled or current <= self.next_slot:
+            return 0
+        return min(current - self.next_slot, self.pool // self.slot_price)
+
+    def pool_at(self, now_ms: int) -> int:
+        """The pool once the slots completed by ``now_ms`` are paid (what the next call
+        on the broadcast would find)."""
+        return self.pool - self._due(now_ms) * self.slot_price
+
     def is_on_air(self, now_ms: int) -> bool:
         """Whether the pool covers the slot in progress at ``now_ms`` (after accrual)."""
-        if self.cancelled:
-            return False
-        current = self.slot_at(now_ms)
-        paid = 0
-        if current > self.next_slot:
-            paid = min(current - self.next_slot, self.pool // self.slot_price)
-        return self.pool - paid * self.slot_price >= self.slot_price
+        return not self.cancelled and self.pool_at(now_ms) >= self.slot_price
+
+    def shares_of(self, listener: str) -> int:
+        """``listener``'s shares of the current generation, in the current unit."""
+        stake = self.stakes.get(listener)
+        if stake is None or stake.generation != self.generation:
+            return 0
+        doublings = self.share_shift - stake.shift
+        return 0 if doublings >= 128 else stake.shares >> doublings
+
+    def refund_value(self, listener: str, now_ms: int) -> int:
+        """What ``withdraw`` or ``leave`` would pay ``listener`` at ``now_ms``, completed
+        covered slots paid first (``broadcast::refund_value``)."""
+        stake = self.stakes.get(listener)
+        if stake is None or stake.generation != self.generation:
+            return 0
+        pool = self.pool_at(now_ms)
+        if self.holders == 1:
+            return pool
+        shares = self.shares_of(listener)
+        return 0 if shares == 0 else shares * pool // self.total_shares
 
 
 #: Any object a ledger returns from ``get_object``.
@@ -504,19 +622,59 @@ def object_from_fields(
     object_id: str,
     version: int,
     d: Mapping[str, Any],
-    table_entries: Mapping[str, int],
+    table_entries: Mapping[str, Any],
+    table_sizes: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """The typed view of a dtp object from its Move fields, as both ledgers hold them.
 
-    ``table_entries`` are the entries of the object's ``Table<address, u64>`` (a
-    Broadcast's contributions), which Sui keeps outside the object. Raises ValueError
-    for a struct name that is not a dtp object, and KeyError, TypeError or ValueError for
+    ``table_entries`` are the entries of the object's ``Table`` (a Broadcast's stakes,
+    each as the fields of a ``Stake``), which Sui keeps outside the object.
+    ``table_sizes``: the sizes of a Host's firewall Tables (``"allow"``, ``"deny"``) as
+    Sui's contents carry them; None when ``d`` holds the lists' entries (LocalLedger).
+    Raises ValueError for a struct name that is not a dtp object, and KeyError, TypeError
+    or ValueError for
     fields that are missing or not of their Move type (:func:`check_fields`): a ledger's
     stored data can be damaged.
     """
-    obj = _object_from_fields(name, object_id, version, d, table_entries)
+    obj = _object_from_fields(name, object_id, version, d, table_entries, table_sizes)
     check_fields(obj)
     return obj
+
+
+_ADDRESS_TEXT: Final = re.compile(r"0x[0-9a-f]{64}")
+
+
+def firewall_entries(value: Any, what: str) -> Iterable[str]:
+    """The addresses of a firewall list as LocalLedger stores it: a mapping of each
+    address (``0x`` and 64 lowercase hex) to ``true``, as the Move Table maps it (a list
+    of addresses in files written before the lists were Tables). Anything else is
+    damaged data: TypeError or ValueError naming ``what``."""
+    if isinstance(value, Mapping):
+        if any(flag is not True for flag in value.values()):
+            raise TypeError(f"{what} maps an address to something other than true")
+        entries: Iterable[Any] = value.keys()
+    elif type(value) is list:
+        entries = value
+    else:
+        raise TypeError(f"{what} is a {type(value).__name__}, not a table of addresses")
+    for entry in entries:
+        if type(entry) is not str or not _ADDRESS_TEXT.fullmatch(entry):
+            raise ValueError(f"{what} holds {entry!r:.70}, which is not an address")
+    return entries
+
+
+def check_firewall_list(which: object) -> None:
+    """``which`` names a firewall list (``"allow"`` or ``"deny"``): InvalidArgument if not."""
+    if which not in FIREWALL_LISTS:
+        raise InvalidArgument(f"A firewall list is 'allow' or 'deny', got {which!r:.40}.")
+
+
+def _list_count(value: Any, what: str) -> int:
+    entries = firewall_entries(value, what)
+    count = len(set(entries))
+    if count > MAX_FIREWALL_ENTRIES:
+        raise ValueError(f"{what} holds {count} addresses, over {MAX_FIREWALL_ENTRIES}")
+    return count
 
 
 def _object_from_fields(
@@ -524,13 +682,18 @@ def _object_from_fields(
     object_id: str,
     version: int,
     d: Mapping[str, Any],
-    table_entries: Mapping[str, int],
+    table_entries: Mapping[str, Any],
+    table_sizes: Mapping[str, int] | None = None,
 ) -> ChainObject:
     """:func:`object_from_fields` before its check. Values are copied, never converted
     (a conversion would hide a damaged value from the check), except those that become
     an enum or a tuple, which are checked first here."""
     if name == "Host":
         fw = d["firewall"]
+        if table_sizes is None:
+            sizes = {which: _list_count(fw[which], f"firewall.{which}") for which in FIREWALL_LISTS}
+        else:
+            sizes = dict(table_sizes)
         services = {
             _port(port): Service(s["kind"], Sla.from_fields(s["sla"]), s["max_connections"])
             for port, s in d["services"].items()
@@ -544,8 +707,8 @@ def _object_from_fields(
             services,
             Firewall(
                 FirewallMode(_integer(fw["mode"], "firewall.mode")),
-                _sequence(fw["allow"], "firewall.allow"),
-                _sequence(fw["deny"], "firewall.deny"),
+                sizes["allow"],
+                sizes["deny"],
                 fw["max_connections_per_client"],
                 fw["max_bytes_per_sec"],
                 fw["max_requests_per_sec"],
@@ -577,6 +740,8 @@ def _object_from_fields(
             state.get("closed_at_ms"),
             d["opened_at_ms"],
             d["settled"],
+            # (a LocalLedger file written before connections recorded it has none)
+            d.get("subscription"),
         )
     if name == "Escrow":
         return Escrow(
@@ -622,12 +787,20 @@ def _object_from_fields(
             d["paid_slots"],
             d["pool"],
             d["earned"],
-            _table(table_entries),
+            {
+                address: BroadcastStake(
+                    stake["contributed"], stake["generation"], stake["shift"], stake["shares"]
+                )
+                for address, stake in _table(table_entries).items()
+            },
             d["total_contributed"],
             d["next_seq"],
             d["cancelled"],
-            d["refund_base"],
-            d["outstanding"],
+            d["total_shares"],
+            d["holders"],
+            d["generation"],
+            d["share_shift"],
+            d["last_live_ms"],
             d.get("ticket_sale"),
         )
     raise ValueError(f"{name} is not a dtp object type")
@@ -664,7 +837,7 @@ def _sequence(value: Any, what: str) -> tuple[Any, ...]:
     return tuple(value)
 
 
-def _table(entries: Any) -> dict[str, int]:
+def _table(entries: Any) -> dict[str, Any]:
     """A table's entries as a dict: dict() of a list of pairs would make one."""
     if not isinstance(entries, Mapping):
         raise TypeError(f"a table is a {type(entries).__name__}, not a mapping")
@@ -771,6 +944,8 @@ def _compile(hint: Any) -> _Check:
     """The check of a value of the type ``hint``."""
     if hint is int:
         return lambda value: type(value) is int and 0 <= value <= _U64_MAX
+    if hint is U128:
+        return lambda value: type(value) is int and 0 <= value < 1 << 128
     if hint in (bool, str, bytes) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
         return lambda value: type(value) is hint
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):

@@ -174,7 +174,7 @@ class TakeResult(NamedTuple):
 
 
 class HamUpdate(NamedTuple):
-    """One field write: ``value`` is the field's canonical value bytes."""
+    """One field write: ``value`` is the field's stored value bytes (graph: its Gun text)."""
 
     soul: bytes
     field: bytes

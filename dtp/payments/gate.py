@@ -5,8 +5,9 @@
   (:class:`dtp.payments.receipt_store.ReceiptStore`) before it counts, and says whether to serve,
   pause or close (:class:`GateVerdict`) given the usage the server has seen.
 - :class:`ConnectionIds` — the ledger connections a paid server is serving, one DTP
-  connection each; :func:`ledger_checks_due` and :func:`ended_on_ledger` — which of them
-  to read on the ledger, and which ended there.
+  connection each; :func:`ledger_checks_due`, :func:`ended_on_ledger` and
+  :func:`subscriptions_over` — which of them to read on the ledger, which ended there,
+  and which were opened with a subscription that is over.
 
 The client's side (:class:`~dtp.payments.metering.ClientMeter`) is in
 :mod:`dtp.payments.metering`. Nothing here reads the clock: ``now_ms`` is always passed in.
@@ -24,6 +25,7 @@ from dtp.errors import (
     CLOSE_FIREWALL_DENIED,
     CLOSE_LEDGER_CLOSED,
     CLOSE_PAYMENT_REQUIRED,
+    CLOSE_SUBSCRIPTION_ENDED,
     InvalidReceipt,
     move_error,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "CLOSE_FIREWALL_DENIED",
     "CLOSE_LEDGER_CLOSED",
     "CLOSE_PAYMENT_REQUIRED",
+    "CLOSE_SUBSCRIPTION_ENDED",
     "DEPOSIT_LAG_MS",
     "DEPOSIT_READ_INTERVAL_MS",
     "RECEIPT_REQUEST",
@@ -48,6 +51,7 @@ __all__ = [
     "ReceiptGate",
     "ended_on_ledger",
     "ledger_checks_due",
+    "subscriptions_over",
 ]
 
 #: How often (ms) a paid server reads a connection's escrow again while the deposit is
@@ -148,6 +152,35 @@ def ended_on_ledger(ledger: Ledger, connections: Iterable[_C]) -> list[_C]:
     ]
 
 
+class _Subscribed(Protocol):
+    connection_id: str
+
+    @property
+    def subscription(self) -> str | None: ...
+
+
+_S = TypeVar("_S", bound=_Subscribed)
+
+
+def subscriptions_over(ledger: Ledger, connections: Iterable[_S]) -> list[tuple[_S, str]]:
+    """Those of ``connections`` opened with a subscription that is over on the ledger
+    (expired, or its offer withdrawn: :meth:`~dtp.ledger.interface.Ledger.subscription_over`),
+    each with why; a connection with no subscription is not read. Each subscription is
+    read once however many connections share it (a ChainError passes)."""
+    why: dict[str, str | None] = {}
+    over = []
+    for conn in connections:
+        sub = conn.subscription
+        if sub is None:
+            continue
+        if sub not in why:
+            why[sub] = ledger.subscription_over(sub)
+        reason = why[sub]
+        if reason is not None:
+            over.append((conn, reason))
+    return over
+
+
 class ReceiptGate:
     """The server's receipt check and credit limit for one connection.
 
@@ -199,6 +232,9 @@ class ReceiptGate:
         self._paused_since: int | None = None
         #: The connection's escrow (None: not known, its deposit is never read again).
         self.escrow_id: str | None = None
+        #: The Subscription the connection was opened with (None: a metered one): read
+        #: while it is served, the connection ends once it is over (docs/escrow.md §13).
+        self.subscription: str | None = None
         #: The newest receipt valid but for being above ``deposited``: the client may
         #: have topped the escrow up. Not counted; judged once the escrow is read again
         #: (:meth:`deposit_read`): counted then, or a violation.

@@ -302,12 +302,14 @@ class PolicyChange:
     limits_changed: bool
     """The per-client rate limits differ from the previous read."""
     denied: frozenset[str]
-    """Of the clients asked about, those the firewall no longer permits."""
+    """Of the clients with open connections, those the firewall no longer permits."""
 
 
 class HostPolicy:
     """The host's firewall as last read from the ledger, refreshed every
-    ``refresh_interval`` seconds."""
+    ``refresh_interval`` seconds. Who the firewall refuses is the ledger's to say
+    (:meth:`Ledger.refused <dtp.ledger.interface.Ledger.refused>`: the lists are
+    Tables, looked up client by client), and is given to :meth:`refresh`."""
 
     def __init__(self, host: Host, now: float, refresh_interval: float = 2.0) -> None:
         # (a NaN passes "<= 0", and the Host would never be read again: due() always False)
@@ -321,13 +323,9 @@ class HostPolicy:
         """Whether the Host should be read again."""
         return now >= self.next_refresh
 
-    def permits(self, client: str) -> bool:
-        return self.firewall.permits(client)
-
-    def refresh(
-        self, host: Host, now: float, clients: frozenset[str] = frozenset()
-    ) -> PolicyChange:
-        """Apply a fresh read of the Host; ``clients``: those with open connections."""
+    def refresh(self, host: Host, now: float, denied: frozenset[str] = frozenset()) -> PolicyChange:
+        """Apply a fresh read of the Host; ``denied``: the clients with open connections
+        its firewall refuses now."""
         old = self.firewall
         self.firewall = host.firewall
         self.next_refresh = now + self.refresh_interval
@@ -335,5 +333,4 @@ class HostPolicy:
             self.firewall.max_bytes_per_sec,
             self.firewall.max_requests_per_sec,
         )
-        denied = frozenset(c for c in clients if not self.firewall.permits(c))
-        return PolicyChange(self.firewall, changed, denied)
+        return PolicyChange(self.firewall, changed, frozenset(denied))

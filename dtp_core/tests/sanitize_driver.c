@@ -441,7 +441,7 @@ static void exercise_ham(void) {
         CHECK(g != NULL);
         for (int step = 0; step < 20; step++) {
             size_t count = next() % 500, len = 5;
-            batch[0] = 1;
+            batch[0] = DTP_HAM_BATCH_VERSION;
             for (size_t i = 0; i < count; i++)
                 len += put_update(batch + len, next(), next(), (double)(next() % 2000),
                                   next());
@@ -493,7 +493,7 @@ static void exercise_ham(void) {
         CHECK(g != NULL);
         for (int step = 0; step < 30; step++) {
             size_t count = next() % 200, len = 5;
-            batch[0] = 1;
+            batch[0] = DTP_HAM_BATCH_VERSION;
             for (size_t i = 0; i < count; i++) /* few distinct updates: many repeats */
                 len += put_update(batch + len, next() % 3, next() % 2,
                                   (double)(100 + next() % 8), next() % 3);
@@ -526,7 +526,7 @@ static void exercise_ham(void) {
     for (int round = 0; round < 20000; round++) {
         size_t len = next() % 300;
         fill(batch, len);
-        if (len > 0 && round % 2) batch[0] = 1;
+        if (len > 0 && round % 2) batch[0] = DTP_HAM_BATCH_VERSION;
         (void)dtp_ham_merge(g, 5.0, batch, len, status, sizeof status, &n_updates, changed,
                             sizeof changed, &changed_len);
     }

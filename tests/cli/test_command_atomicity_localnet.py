@@ -38,7 +38,7 @@ def test_host_set_checks_the_limits_before_changing_anything(
     assert code == 1
     assert err == "dtp: --max-bytes-per-sec must be an integer from 0 to 2**64-1, got -1.\n"
     with LocalLedger(place / "ledger.sqlite") as ledger:
-        assert ledger.get_host(host).firewall.allow == ()
+        assert ledger.get_host(host).firewall.allow_count == 0
 
 
 def test_sponsor_with_a_bad_fund_makes_no_pool(

@@ -103,7 +103,7 @@ def allowed_on_ledger(tmp: Path) -> int:
     host_id = json.loads((tmp / "state" / "host.json").read_text())["host_id"]
     ledger = LocalLedger(tmp / "ledger.sqlite")
     try:
-        return len(ledger.get_host(host_id).firewall.allow)
+        return ledger.get_host(host_id).firewall.allow_count
     finally:
         ledger.close()
 
@@ -309,7 +309,7 @@ def test_reload_refused_by_the_ledger_part_way_is_undone(
                 await daemon.reload()
             host = daemon.ledger.get_host(daemon.host_id)
             assert set(host.services) == {7000}
-            assert not host.firewall.allow
+            assert host.firewall.allow_count == 0
             assert host.firewall.mode == FirewallMode.ALLOW_ALL
             assert daemon.services is not None and set(daemon.services.services) == {7000}
             assert "reload refused by the ledger" in caplog.text

@@ -19,7 +19,7 @@ from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph, GraphSyncError, SyncSession, sync_blocking, sync_stream
-from dtp.graph.sync import HELLO, SUM
+from dtp.graph.sync import HELLO, SUM, VERSION
 
 
 def _frame(message: object) -> bytes:
@@ -61,7 +61,7 @@ def test_a_sum_listing_a_child_twice_is_refused() -> None:
         g.put(f"n/{i}", {"v": i})
     session = SyncSession(g)
     session.start()
-    session.receive_data(_frame([HELLO, 1, b"r" * 16, 300, 12345]))
+    session.receive_data(_frame([HELLO, VERSION, b"r" * 16, 300, 12345]))
     assert (0, 0) in session._sent  # it descended: our SUM of the root's children is out
     with pytest.raises(GraphSyncError, match="twice"):
         session.receive_data(_frame([SUM, 0, 0, [[5, 1, 200], [5, 2, 100]]]))
@@ -93,7 +93,7 @@ def test_a_protocol_error_ends_the_session_object_too() -> None:
     session.start()
     session.data_to_send()
     data = encode_ham_batch([HamUpdate(b"n", b"f", 1.0, b"1")])
-    stream = _frame([HELLO, 1, b"r" * 16, 1, 5]) + _frame([99]) + _frame([3, data])
+    stream = _frame([HELLO, VERSION, b"r" * 16, 1, 5]) + _frame([99]) + _frame([3, data])
     with pytest.raises(GraphSyncError):
         session.receive_data(stream)
     with pytest.raises(GraphSyncError, match="earlier error"):

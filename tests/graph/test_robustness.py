@@ -282,8 +282,9 @@ def test_a_change_stream_whose_loop_is_gone_stops_listening(
     ("soul", "fields"),
     [
         ("a", {"f": "\ud800"}),
-        ("a", {"f": {"nested": ["ok", "\udfff"]}}),
-        ("a", {"f": {"k\ud800": 1}}),  # an object key inside a value
+        ("a", {"f": {"nested": "ok \udfff"}}),  # a value in a nested node
+        ("a", {"f": {"#": "\udfff"}}),  # a link's soul
+        ("a", {"f": {"k\ud800": 1}}),  # a field name of a nested node
         ("a", {"\ud800": 1}),
         ("\ud800", {"f": 1}),
         ("a", {"child": {"\ud800": 1}}),  # a field of a nested node
@@ -420,7 +421,7 @@ def test_a_peer_that_stops_reading_and_then_breaks_the_protocol_ends_its_session
     import msgpack
 
     import dtp.socket
-    from dtp.graph.sync import HELLO
+    from dtp.graph.sync import HELLO, VERSION
 
     def frame(message: object) -> bytes:
         body = msgpack.packb(message, use_bin_type=True)
@@ -434,7 +435,7 @@ def test_a_peer_that_stops_reading_and_then_breaks_the_protocol_ends_its_session
     with GraphServer(g, ("127.0.0.1", 0), HostIdentity.generate()) as server:
         sock = dtp.socket.create_connection(server.address, 10, server_key=server.noise_public_key)
         try:
-            sock.sendall(frame([HELLO, 1, b"r" * 16, 0, 0]))  # a fresh peer: the whole table
+            sock.sendall(frame([HELLO, VERSION, b"r" * 16, 0, 0]))  # a fresh peer: the whole table
             time.sleep(1.0)  # not read: the server's writer is held by flow control
             sock.sendall(frame([77]))  # not a message
             assert _wait_for(lambda: server.errors == 1)

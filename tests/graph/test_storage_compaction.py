@@ -54,7 +54,7 @@ from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph import Graph
 from dtp.graph.clock import HybridClock
 from dtp.graph.persist import GraphStorage
-from dtp.graph.values import encode_value
+from dtp.graph.values import GraphValueError, encode_value
 from tests.support.paths import ROOT
 
 HAMS = ["c", "python"]
@@ -121,7 +121,7 @@ def test_packed_rows_replay_to_the_same_table(tmp_path: Path, ham: str) -> None:
         state = float((k * 7919) % 1000)  # revisits: HISTORICAL, SAME and APPLIED mixed
         value = b'"v%d"' % (k % 13)
         g.merge(encode_ham_batch([HamUpdate(soul, b"f%d" % (k % 3), state, value)]))
-    g.put("local", {"a": 1, "b": [1, 2]})
+    g.put("local", {"a": 1, "b": 2.5})
     g.flush()
     storage = _storage(g)
     assert storage.log_rows <= 10
@@ -133,7 +133,7 @@ def test_packed_rows_replay_to_the_same_table(tmp_path: Path, ham: str) -> None:
     assert rows == storage.log_rows
     with Graph(path, ham=ham) as h:
         assert h.snapshot() == expected
-        assert h.get("local") == {"a": 1, "b": [1, 2]}
+        assert h.get("local") == {"a": 1, "b": 2.5}
 
 
 def test_rows_of_sparse_writes_are_compacted_in_proportion(tmp_path: Path) -> None:
@@ -184,22 +184,22 @@ def test_the_wal_file_is_cut_back_after_a_compaction(tmp_path: Path) -> None:
 
 def _mappings() -> list[Mapping[str, object]]:
     return [
-        types.MappingProxyType({"a": 1, "b": [2.5]}),
-        collections.UserDict({"a": 1, "b": [2.5]}),
-        collections.ChainMap({"a": 1}, {"b": [2.5]}),
+        types.MappingProxyType({"a": 1, "b": 2.5}),
+        collections.UserDict({"a": 1, "b": 2.5}),
+        collections.ChainMap({"a": 1}, {"b": 2.5}),
     ]
 
 
 @pytest.mark.parametrize("mapping", _mappings(), ids=lambda m: type(m).__name__)
-def test_any_mapping_is_written_as_the_object_it_holds(mapping: Mapping[str, object]) -> None:
-    plain = {"a": 1, "b": [2.5]}
-    assert encode_value([mapping]) == encode_value([plain]) == b'[{"a":1,"b":[2.5]}]'
-    assert encode_value({"x": (mapping,)}) == b'{"x":[{"a":1,"b":[2.5]}]}'
+def test_any_mapping_in_a_put_is_a_node_of_its_own(mapping: Mapping[str, object]) -> None:
+    """As a dict is: Gun holds no object in a field but a link, so a nested mapping is
+    written as the node ``<soul>/<field>`` and linked (docs/graph.md, "Values")."""
     g = Graph()
-    g.put("s", {"list": [mapping], "deep": [[{"k": mapping}]]})
-    assert g.get("s") == {"list": [plain], "deep": [[{"k": plain}]]}
-    with pytest.raises(LocalProtocolError, match="keys must be strings"):
-        encode_value([types.MappingProxyType({1: "x"})])  # (still checked as an object)
+    g.put("s", {"m": mapping, "deep": {"k": mapping}})
+    assert g.get("s/m") == g.get("s/deep/k") == {"a": 1, "b": 2.5}
+    assert g.get("s") == {"m": {"#": "s/m"}, "deep": {"#": "s/deep"}}
+    with pytest.raises(GraphValueError, match="link"):
+        encode_value(mapping)  # a value of its own, it is not one Gun holds
 
 
 def test_a_link_given_as_another_mapping_is_a_link() -> None:

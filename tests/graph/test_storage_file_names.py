@@ -100,13 +100,13 @@ def test_a_closed_graph_file_with_a_second_name_is_refused_by_either(tmp_path: P
 
 
 @pytest.mark.parametrize("depth", [65, 66, 200, 900])
-def test_a_value_put_refuses_for_its_depth_is_refused_when_decoded(depth: int) -> None:
+def test_a_value_nested_past_64_levels_is_refused_when_decoded(depth: int) -> None:
     """decode_value refused depth only by a RecursionError (past about 1000 levels),
-    while encode_value refuses past 64: a peer's value of a few hundred levels was read
-    by get() but could not be written back by put(), and one a little deeper was read
-    or refused as the caller's stack was shallow or deep."""
+    while put() wrote at most 64 (format 1 wrote arrays and objects; format 2 writes
+    neither, Gun holding none): a peer's value of a few hundred levels was read or
+    refused as the caller's stack was shallow or deep."""
     value = _nested(depth)
-    with pytest.raises(LocalProtocolError, match="nested too deeply"):
+    with pytest.raises(LocalProtocolError, match=r"no arrays|link"):
         encode_value(value)
     raw = json.dumps(value, separators=(",", ":")).encode()
     with pytest.raises(RemoteProtocolError, match="nested too deeply"):
@@ -131,18 +131,18 @@ def test_decoding_a_deep_value_does_not_depend_on_the_callers_stack() -> None:
 
 
 @pytest.mark.parametrize("inner", [1, [], {}, [1], {"a": None}])
-def test_encoding_and_decoding_agree_at_the_depth_limit(inner: object) -> None:
-    """Whatever put() writes, a peer's copy reads back; and what it refuses is refused
-    from a peer, at every depth around the limit."""
+def test_legacy_values_read_back_down_to_the_depth_limit(inner: object) -> None:
+    """What put() of format 1 wrote (arrays and objects, no value below 64 levels)
+    reads back; anything deeper is refused from a peer, at every depth around the
+    limit."""
+    below = 1 if isinstance(inner, list | dict) and inner else 0  # (its items)
     for depth in range(60, 68):
-        value = _nested(depth, inner)
-        try:
-            raw = encode_value(value)
-        except LocalProtocolError:
-            with pytest.raises(RemoteProtocolError):
-                decode_value(json.dumps(value).encode())
+        raw = json.dumps(_nested(depth, inner), separators=(",", ":")).encode()
+        if depth + below <= 64:
+            assert decode_value(raw) == _nested(depth, inner)
         else:
-            assert decode_value(raw) == value
+            with pytest.raises(RemoteProtocolError, match="nested too deeply"):
+                decode_value(raw)
 
 
 def test_get_leaves_a_peers_too_deep_value_out_and_keeps_the_rest() -> None:
@@ -150,10 +150,12 @@ def test_get_leaves_a_peers_too_deep_value_out_and_keeps_the_rest() -> None:
     are not graph values) and get_field raises the typed error; the node's other fields
     are untouched."""
     g = Graph()
-    g.put("doc", {"ok": [1, {"a": 2}]})
+    g.put("doc", {"name": "x"})
     deep = json.dumps(_nested(300)).encode()
+    legacy = b'[1,{"a":2}]'  # (as format 1 wrote it: read, not written, by format 2)
     g.merge(encode_ham_batch([HamUpdate(b"doc", b"deep", 1.0, deep)]))
-    assert g.get("doc") == {"ok": [1, {"a": 2}]}
+    g.merge(encode_ham_batch([HamUpdate(b"doc", b"ok", 1.0, legacy)]))
+    assert g.get("doc") == {"name": "x", "ok": [1, {"a": 2}]}
     with pytest.raises(RemoteProtocolError, match="nested too deeply"):
         g.get_field("doc", "deep")
     g.close()

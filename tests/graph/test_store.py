@@ -51,19 +51,14 @@ from dtp.keys import HostIdentity
 
 HAMS = ["c", "python"]
 
-json_scalars = (
+# what a Gun peer holds in a field (docs/graph.md, "Values")
+gun_values = (
     st.none()
     | st.booleans()
-    | st.integers(-(2**70), 2**70)
+    | st.integers(-(2**53), 2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    ),
-    max_leaves=12,
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+    | st.text(min_size=1, max_size=8).filter(lambda s: s.isprintable()).map(link)
 )
 
 
@@ -78,26 +73,26 @@ class FakeClock:
 # -- values ------------------------------------------------------------------------------------
 
 
-@given(json_values)
+@given(gun_values)
 def test_value_round_trip_and_canonical(value: object) -> None:
     data = encode_value(value)
     back = decode_value(data)
+    assert back == value  # (as numbers: 2.0 may read back as 2)
     assert encode_value(back) == data  # canonical: re-encoding gives the same bytes
 
 
 def test_value_encoding_is_deterministic() -> None:
-    assert (
-        encode_value({"b": 1, "a": [True, None, 1.5, "é"]})
-        == '{"a":[true,null,1.5,"é"],"b":1}'.encode()
-    )
-    assert encode_value({"a": 1, "b": 2}) == encode_value({"b": 2, "a": 1})
-    assert encode_value(1) != encode_value(1.0)
+    assert encode_value("é") == '"é"'.encode()
+    assert encode_value(1) == encode_value(1.0) == b"1"  # one number type, as in Gun
     assert link("user/2") == {"#": "user/2"}
+    assert encode_value(link("user/2")) == b'{"#":"user/2"}'
     assert link_soul({"#": "user/2"}) == "user/2"
     assert link_soul({"#": "x", "y": 1}) is None
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, {1: 2}, object(), b"bytes"])
+@pytest.mark.parametrize(
+    "bad", [math.nan, math.inf, {1: 2}, {"a": 1}, [1], (1,), object(), b"bytes", 2**53 + 1]
+)
 def test_value_rejects_non_json(bad: object) -> None:
     with pytest.raises(LocalProtocolError):
         encode_value(bad)
@@ -136,13 +131,13 @@ def test_clock_never_goes_back_and_passes_after() -> None:
 @pytest.mark.parametrize("ham", HAMS)
 def test_put_get_links_walk(ham: str) -> None:
     g = Graph(ham=ham)
-    g.put("user/1", {"name": "alice", "age": 30, "friend": link("user/2"), "tags": ["a", "b"]})
+    g.put("user/1", {"name": "alice", "age": 30, "friend": link("user/2"), "tags": "a b"})
     g.put("user/2", {"name": "bob", "address": {"city": "Paris"}})
     assert g.get("user/1") == {
         "name": "alice",
         "age": 30,
         "friend": {"#": "user/2"},
-        "tags": ["a", "b"],
+        "tags": "a b",
     }
     assert g.get("user/2") == {"name": "bob", "address": {"#": "user/2/address"}}
     assert g.get("user/2/address") == {"city": "Paris"}

@@ -33,7 +33,7 @@ from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import DTPError, RemoteProtocolError
 from dtp.graph import Graph, GraphServer, GraphSyncError, SyncSession, connect, sync_stream
-from dtp.graph.sync import DATA, END, HELLO, SUM
+from dtp.graph.sync import DATA, END, HELLO, SUM, VERSION
 from dtp.keys import HostIdentity
 from tests.support.paths import ROOT
 
@@ -216,22 +216,23 @@ def _frame(message: object) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-HELLO_OK = [HELLO, 1, b"r" * 16, 0, 0]
+HELLO_OK = [HELLO, VERSION, b"r" * 16, 0, 0]
 
 
 @pytest.mark.parametrize(
     "messages",
     [
         [[DATA, encode_ham_batch([])]],  # DATA before HELLO
-        [[HELLO, 2, b"r" * 16, 0, 0]],  # unknown version
-        [[HELLO, 1, b"short", 0, 0]],
+        [[HELLO, 1, b"r" * 16, 0, 0]],  # version 1: ties bytewise, not Gun's order
+        [[HELLO, 3, b"r" * 16, 0, 0]],  # unknown version
+        [[HELLO, VERSION, b"short", 0, 0]],
         [HELLO_OK, HELLO_OK],
         [HELLO_OK, [99]],
         [HELLO_OK, [DATA, "not bytes"]],
         [HELLO_OK, [SUM, 0, 0, []]],  # a SUM for a node we never compared
         [HELLO_OK, [END], [END]],
         [{"a": 1}],
-        [HELLO_OK, [HELLO, 1, b"r" * 16, -1, 0]],
+        [HELLO_OK, [HELLO, VERSION, b"r" * 16, -1, 0]],
     ],
 )
 def test_bad_messages_raise_graph_sync_error(messages: list[object]) -> None:
@@ -266,7 +267,7 @@ def test_bad_sum_entries() -> None:
     a, b = _filled(2000), _filled(2000, prefix="other")
     sa = SyncSession(a)
     sa.start()
-    sa.receive_data(_frame([HELLO, 1, b"r" * 16, 2000, 12345]))
+    sa.receive_data(_frame([HELLO, VERSION, b"r" * 16, 2000, 12345]))
     assert (0, 0) in sa._sent  # it descended and waits for our SUM of the root's children
     with pytest.raises(GraphSyncError):
         sa.receive_data(_frame([SUM, 0, 0, [[999, 1, 1]]]))  # not a child of the root
@@ -373,7 +374,7 @@ def test_server_survives_a_misbehaving_peer() -> None:
         with dtp.socket.create_connection(
             server.address, 10, server_key=server.noise_public_key
         ) as s:
-            s.sendall(_frame([HELLO, 1, b"r" * 16, 0, 0]) + _frame([77]))
+            s.sendall(_frame([HELLO, VERSION, b"r" * 16, 0, 0]) + _frame([77]))
             with pytest.raises(DTPError, match="graph sync protocol error"):
                 while s.recv(65536):
                     pass  # the server aborts only the session at fault

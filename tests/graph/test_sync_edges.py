@@ -20,7 +20,8 @@ import msgpack
 import pytest
 
 from dtp.graph import Graph
-from dtp.graph.sync import MAX_MESSAGE, GraphSyncError, SyncSession
+from dtp.graph.sync import MAX_MESSAGE, VERSION, GraphSyncError, SyncSession
+from dtp.native.reference.limits import HAM_BATCH_VERSION
 
 
 def _frames(data: bytes) -> list[Any]:
@@ -98,8 +99,8 @@ def test_data_in_each_bin_encoding_is_merged(size: int) -> None:
     assert b.get_field("n", "v") == "x" * size
     bad = SyncSession(Graph(None))
     bad.start()
-    hello = msgpack.packb([1, 1, b"r" * 16, 0, 0])
-    data = msgpack.packb([3, b"\x01\x00\x00\x00\x00"])[:-1]  # one byte short
+    hello = msgpack.packb([1, VERSION, b"r" * 16, 0, 0])
+    data = msgpack.packb([3, bytes([HAM_BATCH_VERSION]) + bytes(4)])[:-1]  # one byte short
     with pytest.raises(GraphSyncError):
         bad.receive_data(
             struct.pack(">I", len(hello)) + hello + struct.pack(">I", len(data)) + data

@@ -22,10 +22,11 @@ import dtp.socket
 from dtp._core import encode_ham_batch
 from dtp._types import HamUpdate
 from dtp.errors import DTPError
-from dtp.graph import Graph, GraphServer, connect, user_soul
+from dtp.graph import Graph, GraphServer, connect, link, user_soul
 from dtp.graph.sync import DATA, HELLO, VERSION, SyncSession, sync_blocking
 from dtp.graph.values import encode_value
 from dtp.keys import HostIdentity
+from dtp.native.reference.limits import HAM_BATCH_VERSION
 from tests.graph.wire import frame
 from tests.support.backends import require_native
 from tests.support.paths import ROOT
@@ -200,7 +201,10 @@ def _hostile(
     "name, message",
     [
         ("malformed batch", frame([DATA, b"\x01\x05\x00\x00\x00junk"])),
-        ("count beyond the limit", frame([DATA, b"\x01" + struct.pack("<I", 4_000_001)])),
+        (
+            "count beyond the limit",
+            frame([DATA, bytes([HAM_BATCH_VERSION]) + struct.pack("<I", 4_000_001)]),
+        ),
         ("DATA not bytes", frame([DATA, "text"])),
         ("SUM never asked for", frame([2, 1, 7, []])),
         ("oversized frame", struct.pack(">I", 64 << 20)),
@@ -295,7 +299,7 @@ def test_c_and_python_backends_agree_on_ties_and_null_values() -> None:
                         f"s{rnd.randrange(3)}".encode(),
                         f"f{rnd.randrange(2)}".encode(),
                         float(rnd.choice([0, 1, 2, 1500, 3000, -0.0])),  # equal states often
-                        encode_value(rnd.choice([None, 1, "a", "b", [1]])),
+                        encode_value(rnd.choice([None, 1, "a", "b", 1.5, link("a")])),
                     )
                     for _ in range(rnd.randrange(6))
                 ]

@@ -122,8 +122,8 @@ def test_retained_data_is_confirmed_and_reclaimed_after_retention(tmp_path: Path
 
 
 def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None:
-    """A record nobody confirmed is kept however late it is; only the receiver confirms;
-    confirming twice is skipped, not an error."""
+    """A record nobody confirmed is kept until twice its retention time has passed;
+    only the receiver confirms; confirming twice is skipped, not an error."""
     world = World(tmp_path / "ledger.db")
     ledger = world.ledger
     cc = LedgerCarrier(
@@ -137,7 +137,7 @@ def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None
     cc.send([bytes(100)])
     (record,) = cc.retained
     assert ledger.get_retained_record(record).deposit == 101 * PRICE  # kind byte included
-    ledger.advance_clock(2 * RETENTION_MS)
+    ledger.advance_clock(2 * RETENTION_MS - 1)  # 1 ms before the sender may reclaim
     assert cc.reclaim_storage() == 0 and cc.retained == [record]
     with pytest.raises(NotAuthorized) as denied:
         confirm_records(ledger, CLIENT_ID, [record])  # the sender is not the receiver
@@ -153,6 +153,65 @@ def test_unconsumed_records_stay_and_receiver_is_checked(tmp_path: Path) -> None
     assert resumed.reclaim_storage() == 101 * PRICE
     assert resumed.retained == [] and cc.reclaim_storage() == 0
     assert confirm_records(ledger, SERVER_ID, [record]) == 0  # deleted: skipped
+    assert conserved(ledger)
+
+
+def test_an_unconfirmed_record_comes_back_after_twice_its_retention_time(
+    tmp_path: Path,
+) -> None:
+    """The receiver never confirms (gone, or holding the deposit hostage): once twice
+    the retention time has passed the sender deletes its records anyway, with a carrier
+    (reclaim_storage) or by events alone (reclaim_retained), and gets every deposit
+    back. Before, such a deposit stayed for good."""
+    world = World(tmp_path / "ledger.db")
+    ledger = world.ledger
+    before = ledger.balance(CLIENT_ID.sui_address)
+    cc = LedgerCarrier(
+        ledger,
+        CLIENT_ID,
+        world.conn_id,
+        peer_address=SERVER_ID.sui_address,
+        retention_terms=world.terms,
+        clock=frozen_clock,
+    )
+    cc.send([bytes(100), bytes(50)])
+    first, second = cc.retained
+    record = ledger.get_retained_record(first)
+    assert record.reclaim_after_ms == record.stored_at_ms + 2 * RETENTION_MS
+    ledger.advance_clock(2 * RETENTION_MS)
+    assert not record.consumed and record.deletable_at(ledger.clock_ms())
+    assert reclaim_retained(ledger, CLIENT_ID, world.conn_id) == (101 + 51) * PRICE
+    assert cc.reclaim_storage() == 0 and cc.retained == []  # (gone: dropped, not counted)
+    assert ledger.balance(CLIENT_ID.sui_address) == before
+    assert confirm_records(ledger, SERVER_ID, [first, second]) == 0  # deleted: skipped
+    assert conserved(ledger)
+
+
+def test_records_are_kept_only_while_the_connection_is_open(tmp_path: Path) -> None:
+    """Once the connection is closed on the ledger (here the client half-closed it),
+    retention::send refuses to keep a record (EConnectionNotOpen); the carrier's data
+    payloads -- its last ones, a CLOSE -- then go as plain pipe sends, with no deposit,
+    rather than failing."""
+    world = World(tmp_path / "ledger.db")
+    ledger = world.ledger
+    cc = LedgerCarrier(
+        ledger,
+        CLIENT_ID,
+        world.conn_id,
+        peer_address=SERVER_ID.sui_address,
+        retention_terms=world.terms,
+        clock=frozen_clock,
+    )
+    cc.send([bytes(10)])
+    assert len(cc.retained) == 1 and not cc.retention_over
+    ledger.close_connection(CLIENT_ID, world.conn_id)
+    before = ledger.balance(CLIENT_ID.sui_address)
+    cc.send([bytes(20), bytes(30)])
+    assert cc.retention_over and len(cc.retained) == 1
+    assert cc.payloads_sent == 3
+    assert ledger.balance(CLIENT_ID.sui_address) == before  # no deposit taken
+    sent, _ = ledger.events(filter=EventFilter(type="PipeDataSent"), limit=1_000)
+    assert len(sent) == 3
     assert conserved(ledger)
 
 

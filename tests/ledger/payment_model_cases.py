@@ -48,6 +48,20 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
         # the Host read-only (opens of one host run concurrently), the cap reserved on
         {SUB.object_id: False, HOST.object_id: False, CAP.object_id: True, CLOCK_ID: False},
     ),
+    "end_subscribed_connection": (
+        (SUB, OFFER, CONN, ESCROW, CAP),
+        [S, S, S, S, S, S],
+        # the subscription and offer read-only; the connection closed and settled, the
+        # deposit released on the cap
+        {
+            SUB.object_id: False,
+            OFFER.object_id: False,
+            CONN.object_id: True,
+            ESCROW.object_id: True,
+            CAP.object_id: True,
+            CLOCK_ID: False,
+        },
+    ),
     "create_sponsor_pool": ((HOST, 7, 2_500), [S, "pure", "pure"], {HOST.object_id: False}),
     "fund_sponsor_pool": ((POOL, 5_000), [S, "coin"], {POOL.object_id: True}),
     "withdraw_sponsor_pool": ((POOL, 70), [S, "pure"], {POOL.object_id: True}),
@@ -70,6 +84,16 @@ CASES: dict[str, tuple[tuple[Any, ...], list[str], dict[str, bool]]] = {
         (HOST, 7, 60_000, 2),
         [S, "pure", "pure", "pure"],
         {HOST.object_id: False},
+    ),
+    "retire_retention_terms": (
+        (TERMS, HOST),
+        [S, S],
+        {TERMS.object_id: True, HOST.object_id: False},
+    ),
+    "replace_retention_terms": (
+        (TERMS, HOST, 120_000, 3),
+        [S, S, "pure", "pure"],
+        {TERMS.object_id: True, HOST.object_id: False},
     ),
     "send_retained": (
         (PIPE, CONN, TERMS, 1, b"hello world", 22),

@@ -53,6 +53,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "broadcast_claim": ["BroadcastClaimed"],
     "broadcast_cancel": ["BroadcastCancelled"],
     "broadcast_withdraw": ["ContributionRefunded"],
+    "broadcast_leave": ["ContributionRefunded"],
+    "broadcast_heartbeat": ["BroadcastHeartbeat"],
     # payment models (docs/escrow.md §13-16)
     "offer_create": ["SubscriptionOfferCreated"],
     "subscribe": ["Subscribed"],
@@ -61,6 +63,12 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "offer_withdraw": ["SubscriptionOfferWithdrawn"],
     "subscription_refund": ["SubscriptionRefunded"],
     "open_subscribed": ["SpendingCapReserved", "ConnectionOpened", "SubscribedConnectionOpened"],
+    "end_subscribed": [
+        "ConnectionClosed",
+        "EscrowRefunded",
+        "ConnectionSettled",
+        "SubscribedConnectionEnded",
+    ],
     "sponsor_create": ["SponsorPoolCreated"],
     "sponsor_fund": ["SponsorPoolFunded"],
     "sponsor_withdraw": ["SponsorPoolWithdrawn"],
@@ -72,6 +80,8 @@ EXPECTED_EVENTS: dict[str, list[str]] = {
     "ticket_sale_cancel": ["TicketSaleCancelled"],
     "refund_tickets": ["TicketsRefunded"],
     "retention_terms": ["RetentionTermsCreated"],
+    "retire_terms": ["RetentionTermsRetired"],
+    "replace_terms": ["RetentionTermsRetired", "RetentionTermsCreated"],
     "create_pipe": ["PipeCreated"],
     "send_retained": ["PipeDataSent", "RecordRetained"],
     "confirm_consumed": ["RecordConsumed"],
@@ -257,6 +267,8 @@ class Runner:
             "broadcast_claim": lambda: ledger.broadcast_claim(by, self.bcast()),
             "broadcast_cancel": lambda: ledger.broadcast_cancel(by, self.bcast()),
             "broadcast_withdraw": lambda: ledger.broadcast_withdraw(by, self.bcast()),
+            "broadcast_leave": lambda: ledger.broadcast_leave(by, self.bcast()),
+            "broadcast_heartbeat": lambda: ledger.broadcast_heartbeat(by, self.bcast()),
             "check": lambda: self.check(step),
             **self.model_ops(step),
         }
@@ -296,6 +308,9 @@ class Runner:
                     by, m["sub"], self.caps[step["by"]], step["deposit"]
                 )
             ),
+            "end_subscribed": lambda: ledger.end_subscribed_connection(
+                by, self.conns[step["conn"]], m["sub"]
+            ),
             "sponsor_create": lambda: keep(
                 "pool", ledger.create_sponsor_pool(by, host, PORT, step["share_bps"])
             ),
@@ -326,6 +341,13 @@ class Runner:
                 "terms",
                 ledger.create_retention_terms(
                     by, host, PORT, step["retention_ms"], step["storage_price_per_byte"]
+                ),
+            ),
+            "retire_terms": lambda: ledger.retire_retention_terms(by, m["terms"]),
+            "replace_terms": lambda: keep(
+                "terms",
+                ledger.replace_retention_terms(
+                    by, m["terms"], step["retention_ms"], step["storage_price_per_byte"]
                 ),
             ),
             "create_pipe": lambda: self.pipes.__setitem__(
@@ -379,7 +401,7 @@ class Runner:
                 with pytest.raises(ObjectNotFound):
                     ledger.get_retained_record(record_id)
             for key, expected in spec.items():
-                assert key in {"deposit", "consumed", "seq"}, key
+                assert key in {"deposit", "consumed", "seq", "reclaim_after_ms"}, key
                 assert getattr(ledger.get_retained_record(record_id), key) == expected, key
 
     def bcast(self) -> str:

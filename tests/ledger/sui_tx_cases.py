@@ -181,4 +181,6 @@ CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "broadcast_claim": ((BCAST,), {"args": [S, S], "pure": []}),
     "broadcast_cancel": ((BCAST,), {"args": [S, S], "pure": []}),
     "broadcast_withdraw": ((BCAST,), {"args": [S], "pure": []}),
+    "broadcast_leave": ((BCAST,), {"args": [S, S], "pure": []}),
+    "broadcast_heartbeat": ((BCAST,), {"args": [S, S], "pure": []}),
 }

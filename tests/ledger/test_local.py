@@ -256,7 +256,7 @@ def test_argument_ranges(ledger: LocalLedger, world: World) -> None:
 
 def test_firewall_lists_are_bounded(ledger: LocalLedger, world: World) -> None:
     # as host::allow/deny on Sui: a list of MAX_FIREWALL_ENTRIES takes no new address
-    # (both lists live in the Host object and every open scans them)
+    # (each list is a Table beside the Host; the bound keeps what is read back small)
     h = world.host
     others = ["0x" + f"{i + 1:064x}" for i in range(MAX_FIREWALL_ENTRIES)]
     for address in others:
@@ -266,7 +266,9 @@ def test_firewall_lists_are_bounded(ledger: LocalLedger, world: World) -> None:
     assert err.name == "EFirewallListFull" and err.code == 10
     ledger.undeny(SERVER, h, others[0])
     ledger.deny(SERVER, h, CLIENT.sui_address)  # room again
-    assert len(ledger.get_host(h).firewall.deny) == MAX_FIREWALL_ENTRIES
+    assert ledger.get_host(h).firewall.deny_count == MAX_FIREWALL_ENTRIES
+    assert len(ledger.firewall_list(h, "deny")) == MAX_FIREWALL_ENTRIES
+    assert ledger.is_denied(h, CLIENT.sui_address) and not ledger.is_denied(h, others[0])
     for address in others:
         ledger.allow(SERVER, h, address)
     err = unchanged(ledger, HostConfigError, ledger.allow, SERVER, h, CLIENT.sui_address)
@@ -290,7 +292,9 @@ def test_host_settings(ledger: LocalLedger, world: World) -> None:
     ledger.deny(SERVER, h, CLIENT.sui_address)
     host = ledger.get_host(h)
     assert host.firewall.mode is FirewallMode.ALLOW_LISTED
-    assert host.firewall.allow == (CLIENT.sui_address,) and not host.permits(CLIENT.sui_address)
+    assert (host.firewall.allow_count, host.firewall.deny_count) == (1, 1)
+    assert ledger.firewall_list(h, "allow") == (CLIENT.sui_address,)
+    assert not ledger.permits(host, CLIENT.sui_address)
     unchanged(ledger, FirewallDenied, world.open)
     ledger.undeny(SERVER, h, CLIENT.sui_address)
     ledger.disallow(SERVER, h, CLIENT.sui_address)

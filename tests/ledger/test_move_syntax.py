@@ -1,10 +1,12 @@
 """Offline checks of the Sui Move package (move/dtp).
 
 No `sui` binary exists on the development machines, so the Move code cannot be compiled
-here. These tests run what can run: the tree-sitter syntax check in tools/move-syntax
-(which must accept every file of move/dtp and reject each broken fixture with a
-file:line:col diagnostic), and a consistency check between the scenario table in
-tests/scenarios/ and the Move tests that mirror it.
+here. These tests run what can run: the tree-sitter check in tools/move-syntax (syntax,
+and the compile errors a parse tree shows: a tuple bound to one local, an immutable local
+changed, a constant or package function that does not exist, a private or miscounted
+call), which must accept every file of move/dtp and reject each broken fixture with a
+file:line:col diagnostic saying why; and a consistency check between the scenario table
+in tests/scenarios/ and the Move tests that mirror it.
 """
 
 from __future__ import annotations
@@ -57,9 +59,33 @@ def test_good_fixture_parses() -> None:
 BAD_FIXTURES = sorted(FIXTURES.glob("bad_*.move"))
 
 
+#: What each fixture of a compile error (it parses) must be refused for: every fragment
+#: appears in a diagnostic, so a fixture cannot pass for another reason.
+COMPILE_ERRORS = {
+    "bad_tuple_local": ["a tuple is bound to the single local 'state'"],
+    "bad_tuple_call_local": ["a tuple is bound to the single local 'parts'"],
+    "bad_immutable_local": [
+        "'total' is assigned but was not declared `mut`",
+        "'total' is borrowed mutably but was not declared `mut`",
+        "bad_immutable_local::bump takes &mut self, but 'c' was not declared `mut`",
+    ],
+    "bad_unknown_constant": [
+        "ETooLarge: module bad_unknown_constant declares no such constant",
+        "abort_code bad_unknown_constant::ETooBig: module bad_unknown_constant declares no "
+        "constant ETooBig",
+    ],
+    "bad_calls": [
+        "bad_calls_lib::secret is private to module bad_calls_lib",
+        "bad_calls_lib::sub: module bad_calls_lib has no function sub",
+        "bad_calls_lib::add takes 2 argument(s); this call passes 1",
+    ],
+}
+
+
 def test_bad_fixtures_exist() -> None:
     names = {p.name for p in BAD_FIXTURES}
     assert {"bad_missing_brace.move", "bad_stray_token.move", "bad_unbalanced_module.move"} <= names
+    assert {f"{name}.move" for name in COMPILE_ERRORS} <= names
 
 
 @needs_node
@@ -71,6 +97,28 @@ def test_bad_fixture_rejected_with_position(fixture: Path) -> None:
     assert diagnostics, result.stdout
     for line, col in diagnostics:
         assert int(line) >= 1 and int(col) >= 1
+    for fragment in COMPILE_ERRORS.get(fixture.stem, []):
+        assert fragment in result.stdout, (fragment, result.stdout)
+
+
+@needs_node
+def test_tuple_bound_to_one_local_is_found_where_it_was(tmp_path: Path) -> None:
+    """The mistake that kept `sui move test` from compiling (a tuple bound to one local in
+    a test helper), put back into a copy of the package: the checker names its line."""
+    package = tmp_path / "dtp"
+    shutil.copytree(PACKAGE, package)
+    tests = package / "tests" / "economics_scenario_tests.move"
+    source = tests.read_text()
+    fixed = "let (funds, reserved) = (pool.funds_value(), pool.reserved());"
+    assert fixed in source
+    broken = source.replace(fixed, "let state = (pool.funds_value(), pool.reserved());")
+    tests.write_text(broken.replace("    (funds, reserved)\n}", "    state\n}"))
+    line = broken[: broken.index("let state = (")].count("\n") + 1
+    result = run_checker(package)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"economics_scenario_tests.move:{line}:5: a tuple is bound to the single local " in (
+        result.stdout
+    )
 
 
 def _scenarios() -> list[dict]:

@@ -454,11 +454,12 @@ def test_economics_golden_pure_values() -> None:
 def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, str]:
     offer = ledger.create_subscription_offer(SERVER, host, 7, 100, 1)
     sub = ledger.subscribe(CLIENT, offer, 2)
-    ledger.open_subscribed_connection(CLIENT, sub, cap)
+    subscribed = ledger.open_subscribed_connection(CLIENT, sub, cap)
     ledger.renew_subscription(CLIENT, sub, 1)
     ledger.claim_subscription(SERVER, sub)
     ledger.withdraw_subscription_offer(SERVER, offer)
     ledger.refund_subscription(CLIENT, sub)
+    ledger.end_subscribed_connection(OTHER, subscribed.connection_id)
     pool = ledger.create_sponsor_pool(SERVER, host, 7, 5_000)
     ledger.fund_sponsor_pool(SERVER, pool, 2_000)
     ledger.withdraw_sponsor_pool(SERVER, pool, 100)
@@ -482,6 +483,7 @@ def _exercise_everything(ledger: LocalLedger, host: str, cap: str) -> dict[str, 
     gone = ledger.send_retained(CLIENT, pipe, terms, 0, b"gone")
     ledger.confirm_consumed(SERVER, gone)
     ledger.delete_retained(CLIENT, gone)
+    ledger.replace_retention_terms(SERVER, terms, 0, 2)
     ledger.refund_tickets(OTHER, other_sale)
     ledger.pay(CLIENT, OTHER.sui_address, 5, b"thanks")
     return ids

@@ -1,20 +1,35 @@
 """The escrow state machine of tests/ledger/escrow_machine.py, extended with the payment
 models (docs/escrow.md §13-16): subscriptions (subscribe, renew, claim, withdraw, refund,
-unmetered connections), a sponsor pool (fund, withdraw, sponsored connections,
-reimbursements), ticket sales (buy, go on air, cancel, refund) and retained records
-(send, confirm, delete).
+unmetered connections, and their end by anyone once the subscription is over), a sponsor
+pool (fund, withdraw, sponsored connections, reimbursements), ticket sales (buy, go on
+air, cancel, refund) and retained records (terms published, retired and replaced; send,
+confirm, delete, and the sender's reclaim of an unconfirmed record after its deadline);
+and broadcasts (docs/escrow.md §9: contribute, slots paid as the clock moves, transmit
+and heartbeat, claim, cancel, withdraw, leave).
 
 Every call's outcome (error name or the exact balance moves) is predicted from the rules
 and compared, as in the escrow machine; failed calls must leave the ledger unchanged.
 Invariants on top of the escrow ones: MIST conserved with every new holder counted, a
 subscription holds exactly its unearned epochs, a pool's pledges are covered and equal
 the unreimbursed pledges, a sale holds exactly the price of its unrefunded tickets, a
-record holds its storage deposit.
+record holds its storage deposit and has a deadline at most twice the longest retention;
+a broadcast holds what its model says
+(tests/ledger/broadcast_model.py: ``pool + earned + claimed + refunded`` is what came in),
+every listener could take back its fair value (what it paid in less its part of the slots
+paid since: never a slot that ended before it paid) less a MIST of rounding, and every
+contribution is back with its listener or earned within the idle bound once the
+broadcaster stops showing it is live.
+And every deposit is reachable by someone after its deadline: a rule lets every deadline
+pass, then each record's sender takes its deposit back, anyone ends the connections of
+subscriptions that are over (nothing owed), every client settles its connections after
+the half-close timeout and the provider claims every subscription's earnings -- each of
+those must succeed, and afterwards no record, escrow or subscription holds a MIST.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from hypothesis import settings
@@ -24,13 +39,17 @@ from hypothesis.stateful import invariant, precondition, rule
 from dtp.chain.objects import ConnectionState
 from dtp.escrow import Receipt, ReceiptScope
 from dtp.keys import HostIdentity
-from tests.ledger.escrow_machine import CLIENTS, MALLORY, SERVER, Conn, LedgerMachine
+from dtp.ledger.economics import MAX_RETENTION_MS
+from tests.ledger.broadcast_model import BroadcastModel
+from tests.ledger.escrow_machine import CLIENTS, MALLORY, SERVER, TIMEOUT, Conn, LedgerMachine
 
 PRICE = 50  # per epoch
 SHARE_BPS = 5_000
 STORAGE_PRICE = 2  # per byte
 RETENTION_MS = 1_000
 TICKET = 30
+BCAST_PRICE = 40  # per slot
+BCAST_SLOT_MS = 1_000
 
 
 @dataclass
@@ -45,7 +64,7 @@ class Record:
     id: str
     sender: HostIdentity
     receiver: HostIdentity
-    size: int
+    deposit: int
 
 
 class EconomicsMachine(LedgerMachine):
@@ -57,6 +76,7 @@ class EconomicsMachine(LedgerMachine):
         self.pool = ledger.create_sponsor_pool(SERVER, self.host, 7, SHARE_BPS)
         ledger.fund_sponsor_pool(SERVER, self.pool, 1_500)
         self.terms = ledger.create_retention_terms(SERVER, self.host, 7, RETENTION_MS, 2)
+        self.retired_terms: list[str] = []  # retired by the provider: sends refuse them
         self.subs: list[tuple[str, HostIdentity]] = []
         self.offers = [self.offer]
         self.free: list[Conn] = []  # connections opened with a subscription (SLA all zero)
@@ -65,6 +85,8 @@ class EconomicsMachine(LedgerMachine):
         self.sales: list[Sale] = []
         self.pipes: dict[tuple[str, str], str] = {}
         self.records: list[Record] = []
+        self.bcasts: list[BroadcastModel] = []
+        self.new_broadcast()
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -240,6 +262,75 @@ class EconomicsMachine(LedgerMachine):
         result = self.expect(lambda: self.ledger.settle(SERVER, conn.id), {})
         assert result.refunded == 0 and result.claimed == 0
         self.release(conn.id, conn.cap, 0)
+
+    @rule(who=st.sampled_from(CLIENTS), epochs=st.integers(1, 2))
+    def subscribe_and_open(self, who: HostIdentity, epochs: int) -> None:
+        """A holder subscribes and opens a connection with it at once (the path the
+        SDK's connect takes), so that subscribed connections are common enough for
+        their end to be explored."""
+        offer = self.ledger.get_subscription_offer(self.offer)
+        cost = epochs * PRICE
+        cap = self.caps[who.sui_address]
+        if offer.withdrawn or cost > self.ledger.balance(who.sui_address) or self.room(cap) < 0:
+            return  # (the refusals are subscribe's and open_subscribed's to explore)
+        sub_id = self.expect(
+            lambda: self.ledger.subscribe(who, self.offer, epochs), {who.sui_address: -cost}
+        )
+        self.subs.append((sub_id, who))
+        opened = self.expect(lambda: self.ledger.open_subscribed_connection(who, sub_id, cap), {})
+        assert self.ledger.get_connection(opened.connection_id).subscription == sub_id
+        self.free.append(Conn(opened.connection_id, opened.escrow_id, who, cap))
+        self.reserve(opened.connection_id, cap, 0, top_up=False)
+
+    def _sub_of(self, conn: Conn) -> str:
+        sub = self.ledger.get_connection(conn.id).subscription
+        assert sub is not None, "a subscribed connection records its subscription"
+        return sub
+
+    def _over(self, sub_id: str) -> bool:
+        sub = self.ledger.get_subscription(sub_id)
+        return self._offer_of(sub_id).withdrawn or not sub.is_live(self.ledger.epoch())
+
+    @precondition(lambda self: self.free)
+    @rule(data=st.data(), who=st.sampled_from([MALLORY, SERVER, *CLIENTS]), later=st.booleans())
+    def end_subscribed(self, data: st.DataObject, who: HostIdentity, later: bool) -> None:
+        """Anyone ends a subscribed connection once its subscription is over (``later``:
+        an epoch passes first): closed and settled at once, its deposit back to the
+        client, nothing owed."""
+        if later:
+            self.ledger.advance_epoch()
+        live = [c for c in self.free if not self.ledger.get_escrow(c.escrow).settled]
+        conn = data.draw(st.sampled_from(live or self.free))
+        e = self.ledger.get_escrow(conn.escrow)
+        error = (
+            "ESubscriptionLive"
+            if not self._over(self._sub_of(conn))
+            else "EAlreadySettled"
+            if e.settled
+            else None
+        )
+        changes = {conn.client.sui_address: e.balance} if error is None else {}
+        result = self.expect(
+            lambda: self.ledger.end_subscribed_connection(who, conn.id), changes, error
+        )
+        if error is None:
+            assert result == e.balance
+            tc = self.ledger.get_connection(conn.id)
+            assert tc.settled and tc.state is ConnectionState.CLOSED
+            self.release(conn.id, conn.cap, e.balance)
+
+    @precondition(lambda self: self.conns)
+    @rule(data=st.data())
+    def end_metered_through_subscription(self, data: st.DataObject) -> None:
+        """A metered connection has no subscription to be ended by: refused, even when a
+        subscription of its client's is named and over."""
+        conn = data.draw(st.sampled_from(self.conns))
+        named = data.draw(st.sampled_from([None, *[s for s, _ in self.subs]]))
+        self.expect(
+            lambda: self.ledger.end_subscribed_connection(MALLORY, conn.id, named),
+            {},
+            "ENotSubscribed",
+        )
 
     # -- sponsoring -------------------------------------------------------------------------
 
@@ -424,29 +515,90 @@ class EconomicsMachine(LedgerMachine):
 
     # -- retention ---------------------------------------------------------------------------
 
-    @precondition(lambda self: self.conns)
+    @rule(
+        op=st.sampled_from(["retire", "replace", "create"]),
+        who=st.sampled_from([SERVER, SERVER, MALLORY]),
+        retention=st.sampled_from([0, RETENTION_MS, MAX_RETENTION_MS, MAX_RETENTION_MS + 1]),
+    )
+    def change_terms(self, op: str, who: HostIdentity, retention: int) -> None:
+        """The provider takes its terms back, replaces them, or publishes new ones (only
+        it may; at most MAX_RETENTION_MS): a send picks among them (``send_retained``)."""
+        terms = self.ledger.get_retention_terms(self.terms)
+        if op == "create":
+            error = (
+                "ENotProvider"
+                if who is not SERVER
+                else "EInvalidTerms"
+                if retention > MAX_RETENTION_MS
+                else None
+            )
+            call: Any = lambda: self.ledger.create_retention_terms(  # noqa: E731
+                who, self.host, 7, retention, STORAGE_PRICE
+            )
+        else:
+            error = (
+                "ENotProvider"
+                if who is not SERVER
+                else "ETermsRetired"
+                if terms.retired
+                else "EInvalidTerms"
+                if op == "replace" and retention > MAX_RETENTION_MS
+                else None
+            )
+            call = (
+                (lambda: self.ledger.retire_retention_terms(who, self.terms))
+                if op == "retire"
+                else (
+                    lambda: self.ledger.replace_retention_terms(
+                        who, self.terms, retention, STORAGE_PRICE
+                    )
+                )
+            )
+        result = self.expect(call, {}, error)
+        if error is None:
+            if op != "create":
+                assert self.ledger.get_retention_terms(self.terms).retired
+                self.retired_terms.append(self.terms)
+            if op != "retire":
+                assert self.ledger.get_retention_terms(result).retention_ms == retention
+                self.terms = result
+
+    @precondition(lambda self: self.conns or self.free)
     @rule(data=st.data(), size=st.integers(0, 40))
     def send_retained(self, data: st.DataObject, size: int) -> None:
-        conn = data.draw(st.sampled_from(self.conns))
+        conn = data.draw(st.sampled_from(self.conns + self.free))
         sender = data.draw(st.sampled_from([conn.client, SERVER]))
         receiver = SERVER if sender is conn.client else conn.client
         key = (conn.id, sender.sui_address)
+        state = self.ledger.get_connection(conn.id).state
         if key not in self.pipes:
-            if self.ledger.get_connection(conn.id).state is ConnectionState.CLOSED:
+            if state is ConnectionState.CLOSED:
                 return
             self.pipes[key] = self.ledger.create_pipe(sender, conn.id, 1)
-        deposit = size * STORAGE_PRICE
+        terms_id = data.draw(st.sampled_from([self.terms, self.terms, *self.retired_terms[-2:]]))
+        terms = self.ledger.get_retention_terms(terms_id)
+        deposit = size * terms.storage_price_per_byte
         error = (
-            "InsufficientCoinBalance" if deposit > self.ledger.balance(sender.sui_address) else None
+            "InsufficientCoinBalance"
+            if deposit > self.ledger.balance(sender.sui_address)
+            # a record is kept only on an Open connection, under live terms
+            else "EConnectionNotOpen"
+            if state is not ConnectionState.OPEN
+            else "ETermsRetired"
+            if terms.retired
+            else None
         )
         payload = bytes(range(size))
         result = self.expect(
-            lambda: self.ledger.send_retained(sender, self.pipes[key], self.terms, 0, payload),
+            lambda: self.ledger.send_retained(sender, self.pipes[key], terms_id, 0, payload),
             {sender.sui_address: -deposit},
             error,
         )
         if error is None:
-            self.records.append(Record(result, sender, receiver, size))
+            record = self.ledger.get_retained_record(result)
+            assert record.retention_ms == terms.retention_ms
+            assert record.reclaim_after_ms == record.stored_at_ms + 2 * terms.retention_ms
+            self.records.append(Record(result, sender, receiver, deposit))
 
     @precondition(lambda self: self.records)
     @rule(
@@ -469,23 +621,238 @@ class EconomicsMachine(LedgerMachine):
             self.expect(lambda: self.ledger.confirm_consumed(who, record.id), {}, error)
             return
         who = record.sender if by_owner else record.receiver
+        now = self.ledger.clock_ms()
         error = (
             "ENotSender"
             if who is not record.sender
+            # unconfirmed, the record waits out twice its retention time, then the
+            # sender takes its deposit back anyway
             else "ENotConsumed"
-            if not r.consumed
+            if not r.consumed and now < r.reclaim_after_ms
             else "ERetentionNotElapsed"
-            if self.ledger.clock_ms() < r.delete_after_ms
+            if now < r.delete_after_ms
             else None
         )
+        assert (error is None) == (who is record.sender and r.deletable_at(now))
         result = self.expect(
             lambda: self.ledger.delete_retained(who, record.id),
             {who.sui_address: r.deposit} if error is None else {},
             error,
         )
         if error is None:
-            assert result == record.size * STORAGE_PRICE
+            assert result == record.deposit
             self.records.remove(record)
+
+    # -- broadcasts --------------------------------------------------------------------------
+
+    def new_broadcast(self) -> None:
+        b_id = self.ledger.create_broadcast(SERVER, "econ", BCAST_PRICE, BCAST_SLOT_MS)
+        now = self.ledger.clock_ms()
+        self.bcasts.append(BroadcastModel(b_id, SERVER, BCAST_PRICE, BCAST_SLOT_MS, now))
+
+    @property
+    def bcast(self) -> BroadcastModel:
+        """The broadcast the rules act on (a cancelled one is followed by a new one)."""
+        return self.bcasts[-1]
+
+    @rule(who=st.sampled_from(CLIENTS), amount=st.sampled_from([0, 1, 39, 40, 41, 120, 300]))
+    def contribute(self, who: HostIdentity, amount: int) -> None:
+        m, now = self.bcast, self.ledger.clock_ms()
+        error = (
+            "InsufficientCoinBalance"
+            if amount > self.ledger.balance(who.sui_address)
+            else "EBroadcastCancelled"
+            if m.cancelled
+            else "EZeroAmount"
+            if amount == 0
+            else "EContributionTooSmall"
+            if m.minted(amount, now) == 0
+            else None
+        )
+        self.expect(
+            lambda: self.ledger.broadcast_contribute(who, m.id, amount),
+            {who.sui_address: -amount},
+            error,
+        )
+        if error is None:
+            m.contribute(who.sui_address, amount, now)
+
+    @rule(who=st.sampled_from([SERVER, SERVER, MALLORY]), heartbeat=st.booleans())
+    def transmit(self, who: HostIdentity, heartbeat: bool) -> None:
+        m, now = self.bcast, self.ledger.clock_ms()
+        error = (
+            "ENotBroadcaster"
+            if who is not SERVER
+            else "EBroadcastCancelled"
+            if m.cancelled
+            else "ENotOnAir"
+            if not m.on_air(now)
+            else None
+        )
+        if heartbeat:
+            call: Any = lambda: self.ledger.broadcast_heartbeat(who, m.id)  # noqa: E731
+        else:
+            call = lambda: self.ledger.broadcast_transmit(who, m.id, b"news")  # noqa: E731
+        self.expect(call, {}, error)
+        if error is None:
+            m.accrue(now)
+            m.last_live_ms = now
+            m.next_seq += not heartbeat
+
+    @rule(who=st.sampled_from([SERVER, SERVER, MALLORY]), old=st.booleans())
+    def claim_broadcast(self, who: HostIdentity, old: bool) -> None:
+        m = self.bcasts[0] if old else self.bcast
+        error = None if who is SERVER else "ENotBroadcaster"
+        if error is None:
+            m.accrue(self.ledger.clock_ms())
+        due = m.earned if error is None else 0
+        result = self.expect(
+            lambda: self.ledger.broadcast_claim(who, m.id), {who.sui_address: due}, error
+        )
+        if error is None:
+            assert result == due
+            m.claimed += due
+            m.earned = 0
+
+    @rule(who=st.sampled_from([SERVER, MALLORY]), now=st.integers(0, 1))
+    def cancel_broadcast(self, who: HostIdentity, now: int) -> None:
+        if now:
+            return  # (most times not: a cancel ends what the other rules exercise)
+        m = self.bcast
+        error = "ENotBroadcaster" if who is not SERVER else None
+        self.expect(lambda: self.ledger.broadcast_cancel(who, m.id), {}, error)
+        if error is None:
+            m.accrue(self.ledger.clock_ms())
+            m.cancelled = True
+            self.new_broadcast()
+
+    @rule(data=st.data(), leave=st.booleans())
+    def take_back(self, data: st.DataObject, leave: bool) -> None:
+        """A listener (or not) withdraws from a cancelled broadcast, or leaves the live
+        one: refused until it is idle."""
+        m = data.draw(st.sampled_from(self.bcasts[-2:]))
+        holders = [p for p in CLIENTS if p.sui_address in m.stakes]
+        who = data.draw(st.sampled_from([*holders, *holders, *CLIENTS, MALLORY]))
+        self._take_back(m, who, leave)
+
+    @rule(data=st.data())
+    def everyone_leaves_when_idle(self, data: st.DataObject) -> None:
+        """Nothing stays locked: once the broadcaster has shown no sign of life for the
+        idle bound, every listener leaves, and the pool is all back with them or earned."""
+        m = self.bcast
+        self.ledger.set_clock(max(self.ledger.clock_ms(), m.last_live_ms + m.idle_ms))
+        for address in data.draw(st.permutations(sorted(m.stakes))):
+            who = next(p for p in CLIENTS if p.sui_address == address)
+            self._take_back(m, who, leave=True)
+        assert m.pool == 0 and not m.stakes
+
+    def _take_back(self, m: BroadcastModel, who: HostIdentity, leave: bool) -> None:
+        now = self.ledger.clock_ms()
+        if leave:
+            error = (
+                "EBroadcastCancelled"
+                if m.cancelled
+                else "ENoContribution"
+                if who.sui_address not in m.stakes
+                else "EBroadcastLive"
+                if not m.idle(now)
+                else None
+            )
+            call: Any = lambda: self.ledger.broadcast_leave(who, m.id)  # noqa: E731
+        else:
+            error = (
+                "ENotCancelled"
+                if not m.cancelled
+                else "ENoContribution"
+                if who.sui_address not in m.stakes
+                else None
+            )
+            call = lambda: self.ledger.broadcast_withdraw(who, m.id)  # noqa: E731
+        expected = m.value(who.sui_address, m.pool_at(now)) if error is None else 0
+        result = self.expect(call, {who.sui_address: expected}, error)
+        if error is None:
+            m.accrue(now)  # the slots the pool covered are the broadcaster's
+            assert result == expected == m.pay_out(who.sui_address)
+
+    # -- deadlines -----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.records or self.free or self.conns)
+    @rule(now=st.integers(0, 3))
+    def every_deposit_comes_back_after_its_deadline(self, now: int) -> None:
+        """Let every deadline pass, then each holder of a claim on a deposit takes it: no
+        coin is left without a path back. Records: the sender deletes (confirmed or not).
+        Subscribed connections: anyone ends them once the subscription is over. Metered
+        ones: the client half-closes, and settles once the timeout passed. Subscriptions:
+        the provider claims what they earned, all of it once expired. (``now``: one
+        draw in four; the rest of the machine gets the time to build state first.)"""
+        if now:
+            return
+        ledger = self.ledger
+        last = max(
+            [ledger.get_retained_record(r.id).reclaim_after_ms for r in self.records],
+            default=0,
+        )
+        ledger.set_clock(max(ledger.clock_ms(), last))
+        for record in list(self.records):
+            r = ledger.get_retained_record(record.id)
+            assert r.reclaim_after_ms - r.stored_at_ms <= 2 * MAX_RETENTION_MS
+            got = self.expect(
+                partial(ledger.delete_retained, record.sender, record.id),
+                {record.sender.sui_address: r.deposit},
+            )
+            assert got == r.deposit
+            self.records.remove(record)
+        last_epoch = max(
+            [ledger.get_subscription(s).expires_epoch for s, _ in self.subs], default=0
+        )
+        while ledger.epoch() < last_epoch:
+            ledger.advance_epoch()
+        for conn in self.free:
+            e = ledger.get_escrow(conn.escrow)
+            if e.settled:
+                continue
+            assert self._over(self._sub_of(conn))
+            got = self.expect(
+                partial(ledger.end_subscribed_connection, MALLORY, conn.id),
+                {conn.client.sui_address: e.balance},
+            )
+            assert got == e.balance
+            self.release(conn.id, conn.cap, e.balance)
+        for conn in self.conns:
+            if ledger.get_escrow(conn.escrow).settled:
+                continue
+            if ledger.get_connection(conn.id).state is ConnectionState.OPEN:
+                ledger.close_connection(conn.client, conn.id)
+        ledger.advance_clock(TIMEOUT)
+        for conn in self.conns:
+            e = ledger.get_escrow(conn.escrow)
+            if e.settled:
+                continue
+            settled = self.expect(
+                partial(ledger.settle, conn.client, conn.id),
+                {conn.client.sui_address: e.balance},
+            )
+            assert settled.refunded == e.balance
+            self.release(conn.id, conn.cap, e.balance)
+        for sub_id, holder in self.subs:
+            sub = ledger.get_subscription(sub_id)
+            offer = self._offer_of(sub_id)
+            if offer.withdrawn and not sub.refunded:
+                # the epochs that had not begun at the withdrawal go back to the holder
+                cut = max(sub.start_epoch, min(sub.expires_epoch, offer.withdrawn_epoch + 1))
+                back = (sub.expires_epoch - cut) * PRICE
+                self.expect(
+                    partial(ledger.refund_subscription, holder, sub_id),
+                    {holder.sui_address: back},
+                )
+                sub = ledger.get_subscription(sub_id)
+            due = (self._earned(sub_id) - sub.claimed_epochs) * PRICE
+            assert due == sub.funds, "an expired subscription owes its provider all it holds"
+            self.expect(
+                partial(ledger.claim_subscription, SERVER, sub_id), {SERVER.sui_address: due}
+            )
+        assert all(ledger.get_escrow(c.escrow).balance == 0 for c in self.conns + self.free)
+        assert all(ledger.get_subscription(s).funds == 0 for s, _ in self.subs)
 
     # -- invariants --------------------------------------------------------------------------
 
@@ -498,7 +865,8 @@ class EconomicsMachine(LedgerMachine):
         escrows = sum(self.ledger.get_escrow(c.escrow).balance for c in self.conns + self.free)
         assert audit["escrows"] == escrows + subs + pool + records
         sales = sum(self.ledger.get_ticket_sale(s.id).funds for s in self.sales)
-        assert audit["broadcasts"] == sales
+        pools = sum(m.pool + m.earned for m in self.bcasts)
+        assert audit["broadcasts"] == sales + pools
         assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
 
     @invariant()
@@ -516,7 +884,16 @@ class EconomicsMachine(LedgerMachine):
             assert sale.funds == (0 if sale.on_air else sale.sold * TICKET)
             assert not (sale.on_air and sale.cancelled)
         for record in self.records:
-            assert self.ledger.get_retained_record(record.id).deposit == record.size * 2
+            r = self.ledger.get_retained_record(record.id)
+            assert r.deposit == record.deposit
+            # every deposit has a way back within a bounded time
+            assert r.delete_after_ms <= r.reclaim_after_ms <= r.stored_at_ms + 2 * MAX_RETENTION_MS
+
+    @invariant()
+    def broadcasts_owe_every_listener_its_fair_value(self) -> None:
+        now = self.ledger.clock_ms()
+        for m in self.bcasts:
+            m.check(self.ledger.get_broadcast(m.id), now)
 
 
 EconomicsMachine.TestCase.settings = settings(

@@ -179,6 +179,7 @@ def test_send_retained_prices_the_deposit_on_the_bytes_sent(
                 "receiver": ZERO,
                 "deposit": 0,
                 "delete_after_ms": 0,
+                "reclaim_after_ms": 0,
             },
         )
     ]

@@ -97,11 +97,13 @@ def test_an_object_value_without_a_typed_member_is_a_decode_error() -> None:
         "id": "0x" + "a1" * 32, "authority": SIGNER.sui_address, "noise_static_key": b"\x01" * 32,
         "endpoints": [], "services": {},
         "firewall": {
-            "mode": 0, "allow": [], "deny": [], "max_connections_per_client": 0,
+            "mode": 0, "allow": {"id": "0x" + "a2" * 32, "size": 3},
+            "deny": {"id": "0x" + "a3" * 32, "size": 0}, "max_connections_per_client": 0,
             "max_bytes_per_sec": 0, "max_requests_per_sec": 0,
         },
     }  # fmt: skip
-    assert decode_object("Host", 3, encode(OBJECT_LAYOUTS["Host"], fields)).firewall.mode == 0
+    firewall = decode_object("Host", 3, encode(OBJECT_LAYOUTS["Host"], fields)).firewall
+    assert (firewall.mode, firewall.allow_count, firewall.deny_count) == (0, 3, 0)
     fields["firewall"]["mode"] = 2  # no FirewallMode has it
     with pytest.raises(BcsDecodeError):
         decode_object("Host", 3, encode(OBJECT_LAYOUTS["Host"], fields))

@@ -10,6 +10,7 @@ Regenerate the golden vectors (only after a deliberate change to the builders)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -96,7 +97,8 @@ def test_every_state_changing_method_has_a_builder_and_a_case() -> None:
 
     readers = {
         "get_object", "get_host", "get_cap", "get_connection", "get_escrow", "get_pipe",
-        "get_broadcast", "balance", "clock_ms", "epoch", "events", "wait_events", "package_id",
+        "get_broadcast", "balance", "clock_ms", "epoch", "events", "wait_events",
+        "is_allowed", "is_denied", "firewall_list", "package_id",
     }  # fmt: skip
     methods = {n for n in Ledger.__abstractmethods__ if n not in readers}
     assert methods == set(sui_tx.BUILDERS) == set(sui_tx.TARGETS) == set(CASES)
@@ -278,6 +280,7 @@ def _local_world() -> tuple[LocalLedger, dict[str, str]]:
 def test_event_layouts_match_local_ledger_events() -> None:
     ledger, ids = _local_world()
     server, client, listener = ident(0x33), ident(0x11), ident(0x44)
+    ledger.broadcast_heartbeat(server, ids["broadcast"])
     ledger.advance_clock(5_000)
     ledger.broadcast_claim(server, ids["broadcast"])
     ledger.broadcast_cancel(server, ids["broadcast"])
@@ -313,7 +316,8 @@ def test_object_layouts_round_trip_local_objects() -> None:
     for obj in objects:
         struct_name = type(obj).__name__
         raw = encode_object(obj, "0x" + "77" * 32)
-        entries = getattr(obj, "contributions", {})
+        stakes = getattr(obj, "stakes", {})
+        entries = {key: dataclasses.asdict(stake) for key, stake in stakes.items()}
         assert decode_object(struct_name, obj.version, raw, entries) == obj
     ledger.close_connection(ident(0x33), ids["conn"])
     closed = ledger.get_connection(ids["conn"])

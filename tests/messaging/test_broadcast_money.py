@@ -3,15 +3,17 @@
 A hypothesis state machine drives a real LocalLedger file on a frozen clock: broadcasts
 with various slot prices and lengths, contributions (0, 1, a slot, everything, more than
 the balance) from several listeners, clock moves (onto slot boundaries, just before
-them, huge jumps), transmits, claims and cancels (by the broadcaster and by others),
-refunds and ``is_on_air`` reads. Every call's outcome is predicted from an independent
-model of the slot math: a refused call must raise the documented typed error and leave
-the ledger byte-for-byte unchanged; an accepted one must move balances exactly as
-predicted. Invariants: MIST conserved, ``pool + earned == contributed - claimed -
-refunded``, only covered slots are paid and each at most once, a slot last seen on air
-is paid once it ends (unless cancelled in it), one last seen off air never is, a refund
-is the listener's exact share of the unspent pool rounded down or up (never more than
-it put in), and on air exactly when the docs say.
+them, past the idle bound, huge jumps), transmits and heartbeats, claims and cancels (by
+the broadcaster and by others), withdrawals, leaves and ``is_on_air`` reads. Every call's
+outcome is predicted from an independent model (tests/ledger/broadcast_model.py): a
+refused call must raise the documented typed error and leave the ledger byte-for-byte
+unchanged; an accepted one must move balances exactly as predicted. Invariants: MIST
+conserved, ``pool + earned + claimed + refunded == contributed``, only covered slots are
+paid and each at most once, a slot last seen on air is paid once it ends (unless
+cancelled in it), one last seen off air never is, every holder could take back its fair
+value (what it paid in less its part of the slots paid since) less a MIST of rounding,
+a refund is never above that value plus the rounding left in the pool, the last one out
+leaves nothing behind, and on air exactly when the docs say.
 
 Then the messaging layer: a station and a listener over a real DTP connection, one send
 attempted in every slot while the pool runs dry and is topped up; what is delivered is
@@ -25,7 +27,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from dtp.errors import BroadcastError, ChainError, InsufficientFunds
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import AirChange, BroadcastListener, BroadcastMessage, BroadcastStation
+from tests.ledger.broadcast_model import BroadcastModel as Model
 from tests.messaging.radio import CASTERS, FANS, PRICE, SLOT_MS, Radio, ident, radio_on_air
 
 MALLORY = ident(0x6F)
@@ -50,66 +52,6 @@ BY_ADDRESS = {p.sui_address: p for p in EVERYONE}
 MAX_DATA = 16_381
 PRICES = [1, 2, 7, 100, 10**12]
 SLOT_LENGTHS = [1, 10, 1_000, 86_400_000]
-
-
-@dataclass
-class Model:
-    """What the docs say one broadcast holds, computed apart from the rules."""
-
-    id: str
-    caster: HostIdentity
-    price: int
-    slot_ms: int
-    start_ms: int
-    next_slot: int = 0
-    pool: int = 0
-    earned: int = 0
-    claimed: int = 0
-    refunded: int = 0
-    total: int = 0
-    next_seq: int = 0
-    cancelled: bool = False
-    cancel_slot: int = -1
-    refund_base: int = 0
-    #: Live contribution per listener (removed at its refund).
-    contributions: dict[str, int] = field(default_factory=dict)
-    #: Contributions refunded so far.
-    withdrawn: int = 0
-    #: Paid slots, as ranges [first, first + count).
-    paid: list[tuple[int, int]] = field(default_factory=list)
-    #: Per slot, whether the last look in it saw the broadcast on air.
-    seen: dict[int, bool] = field(default_factory=dict)
-
-    def slot_at(self, now: int) -> int:
-        return 0 if now < self.start_ms else (now - self.start_ms) // self.slot_ms
-
-    def due(self, now: int) -> int:
-        """Completed slots the pool pays for at ``now``: one after another, from the
-        first not accounted for, while the pool holds a slot's price."""
-        if self.cancelled:
-            return 0
-        completed = max(0, self.slot_at(now) - self.next_slot)
-        return min(completed, self.pool // self.price)
-
-    def accrue(self, now: int) -> None:
-        paid = self.due(now)
-        assert paid * self.price <= self.pool
-        if paid:
-            assert not self.paid or self.paid[-1][0] + self.paid[-1][1] <= self.next_slot
-            self.paid.append((self.next_slot, paid))
-            self.pool -= paid * self.price
-            self.earned += paid * self.price
-        self.next_slot = max(self.next_slot, self.slot_at(now))
-
-    def on_air(self, now: int) -> bool:
-        return not self.cancelled and self.pool - self.due(now) * self.price >= self.price
-
-    def is_paid(self, slot: int) -> bool:
-        return any(first <= slot < first + n for first, n in self.paid)
-
-    @property
-    def paid_slots(self) -> int:
-        return sum(n for _, n in self.paid)
 
 
 class BroadcastMoneyMachine(RuleBasedStateMachine):
@@ -142,7 +84,9 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
     ) -> Any:
         """Run ``call``: a refusal must be ``error`` (its class and name) and change
         nothing at all; a success must move balances by exactly ``changes``."""
-        before_dump = self.ledger.dump()
+        # (only a refusal is compared with the state before: a dump per call was most
+        # of this machine's time)
+        before_dump = None if error is None else self.ledger.dump()
         before = self.balances()
         try:
             result = call()
@@ -221,6 +165,7 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
 
     def _contribute(self, m: Model, who: HostIdentity, amount: int) -> None:
         have = self.ledger.balance(who.sui_address)
+        now = self.now()
         # (the coin is split off before the Move call runs, so a short balance comes first)
         error = (
             (InsufficientFunds, "InsufficientCoinBalance")
@@ -229,6 +174,8 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
             if m.cancelled
             else self._refused("EZeroAmount")
             if amount == 0
+            else self._refused("EContributionTooSmall")
+            if m.minted(amount, now) == 0
             else None
         )
         self.expect(
@@ -237,18 +184,20 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
             error,
         )
         if error is None:
-            m.accrue(self.now())  # new money never pays for past slots
-            m.pool += amount
-            m.total += amount
-            m.contributions[who.sui_address] = m.contributions.get(who.sui_address, 0) + amount
+            m.contribute(who.sui_address, amount, now)  # new money never pays for past slots
             # a top-up may put the slot in progress on air (seen here, as a rule that goes
             # on to move the clock leaves the invariants no look at this slot)
-            now = self.now()
             m.seen[m.slot_at(now)] = m.on_air(now)
 
     @precondition(lambda self: self.models)
-    @rule(data=st.data(), size=st.sampled_from([0, 5, MAX_DATA, MAX_DATA + 1]))
-    def transmit(self, data: st.DataObject, size: int) -> None:
+    @rule(
+        data=st.data(),
+        size=st.sampled_from([0, 5, MAX_DATA, MAX_DATA + 1]),
+        heartbeat=st.booleans(),
+    )
+    def transmit(self, data: st.DataObject, size: int, heartbeat: bool) -> None:
+        """A message on the ledger, or a station's heartbeat (its messages go over DTP
+        streams): either shows the broadcaster is live."""
         m = self.pick(data, lambda m: m.on_air(self.now()))
         who = data.draw(st.sampled_from([m.caster, *CASTERS, MALLORY]))
         now = self.now()
@@ -258,16 +207,23 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
             else self._refused("EBroadcastCancelled")
             if m.cancelled
             else self._refused("EDataTooLarge")
-            if size > MAX_DATA
+            if size > MAX_DATA and not heartbeat
             else self._refused("ENotOnAir")
             if not m.on_air(now)
             else None
         )
-        seq = self.expect(lambda: self.ledger.broadcast_transmit(who, m.id, b"d" * size), {}, error)
+        if heartbeat:
+            self.expect(lambda: self.ledger.broadcast_heartbeat(who, m.id), {}, error)
+        else:
+            seq = self.expect(
+                lambda: self.ledger.broadcast_transmit(who, m.id, b"d" * size), {}, error
+            )
         if error is None:
             m.accrue(now)
-            assert seq == m.next_seq
-            m.next_seq += 1
+            m.last_live_ms = now
+            if not heartbeat:
+                assert seq == m.next_seq
+                m.next_seq += 1
 
     @precondition(lambda self: self.models)
     @rule(data=st.data())
@@ -295,7 +251,7 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
     def cancel(self, data: st.DataObject, now: int) -> None:
         if now:
             return  # (most times not: a cancel ends what the other rules exercise)
-        m = self.pick(data, lambda m: bool(m.contributions) and not m.cancelled)
+        m = self.pick(data, lambda m: bool(m.stakes) and not m.cancelled)
         who = data.draw(st.sampled_from([m.caster, m.caster, *CASTERS, FANS[1]]))
         self._cancel(m, who)
 
@@ -313,15 +269,22 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
             m.accrue(now)  # completed slots are paid, the slot in progress is not
             m.cancelled = True
             m.cancel_slot = m.slot_at(now)
-            m.refund_base = m.pool
 
     @precondition(lambda self: self.models)
     @rule(data=st.data())
     def withdraw(self, data: st.DataObject) -> None:
-        m = self.pick(data, lambda m: m.cancelled and bool(m.contributions))
-        listeners = [BY_ADDRESS[a] for a in sorted(m.contributions)]
+        m = self.pick(data, lambda m: m.cancelled and bool(m.stakes))
+        listeners = [BY_ADDRESS[a] for a in sorted(m.stakes)]
         who = data.draw(st.sampled_from([*listeners, *listeners, *FANS, MALLORY, m.caster]))
         self._withdraw(m, who)
+
+    @precondition(lambda self: self.models)
+    @rule(data=st.data())
+    def leave(self, data: st.DataObject) -> None:
+        m = self.pick(data, lambda m: m.idle(self.now()) and bool(m.stakes))
+        listeners = [BY_ADDRESS[a] for a in sorted(m.stakes)]
+        who = data.draw(st.sampled_from([*listeners, *listeners, *FANS, MALLORY]))
+        self._leave(m, who)
 
     @precondition(lambda self: any(not m.cancelled for m in self.models))
     @rule(data=st.data(), now=st.integers(0, 2))
@@ -338,62 +301,90 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
         slots = data.draw(st.integers(0, 6))
         self.ledger.advance_clock(slots * m.slot_ms + data.draw(st.integers(0, m.slot_ms - 1)))
         self._cancel(m, m.caster)
-        order = data.draw(st.permutations(sorted(m.contributions)))
+        order = data.draw(st.permutations(sorted(m.stakes)))
         for address in order:
             self._withdraw(m, BY_ADDRESS[address])
         assert m.pool == 0
 
-    @precondition(lambda self: any(m.cancelled and m.contributions for m in self.models))
+    @precondition(lambda self: any(not m.cancelled for m in self.models))
+    @rule(data=st.data(), slots=st.sampled_from([3, 40, 130]))
+    def pay_as_you_go(self, data: st.DataObject, slots: int) -> None:
+        """Two listeners take turns keeping the pool at about two slots, topping it up at
+        every slot: each slot then halves the value of every share held before, so the
+        number of shares doubles at each top-up, and past 2**120 the share unit must
+        double instead, rounding every stake down (where the rounding matters)."""
+        m = data.draw(st.sampled_from([m for m in self.models if not m.cancelled]))
+        for turn in range(slots):
+            who = FANS[turn % 2]
+            amount = max(1, 2 * m.price - m.pool_at(self.now()))
+            self.ledger.faucet(who.sui_address, amount)
+            self._contribute(m, who, amount)
+            self.ledger.set_clock(m.start_ms + (m.slot_at(self.now()) + 1) * m.slot_ms)
+
+    @precondition(lambda self: any(m.cancelled and m.stakes for m in self.models))
     @rule(data=st.data())
     def everyone_withdraws(self, data: st.DataObject) -> None:
         """Every listener of a cancelled broadcast takes its refund, in some order."""
-        m = data.draw(st.sampled_from([m for m in self.models if m.cancelled and m.contributions]))
-        order = data.draw(st.permutations(sorted(m.contributions)))
+        m = data.draw(st.sampled_from([m for m in self.models if m.cancelled and m.stakes]))
+        order = data.draw(st.permutations(sorted(m.stakes)))
         for address in order:
             self._withdraw(m, BY_ADDRESS[address])
         assert m.pool == 0
 
+    @precondition(lambda self: any(not m.cancelled and m.stakes for m in self.models))
+    @rule(data=st.data())
+    def everyone_leaves_when_idle(self, data: st.DataObject) -> None:
+        """No money stays locked: a broadcaster that shows no sign of life for its idle
+        bound lets every listener leave, and then all of the pool is back with them or
+        earned by the slots the pool covered."""
+        m = data.draw(st.sampled_from([m for m in self.models if not m.cancelled and m.stakes]))
+        self.ledger.set_clock(max(self.now(), m.last_live_ms + m.idle_ms))
+        order = data.draw(st.permutations(sorted(m.stakes)))
+        for address in order:
+            self._leave(m, BY_ADDRESS[address])
+        assert m.pool == 0 and not m.stakes
+
     def _withdraw(self, m: Model, who: HostIdentity) -> None:
-        c = m.contributions.get(who.sui_address)
         error = (
             self._refused("ENotCancelled")
             if not m.cancelled
             else self._refused("ENoContribution")
-            if c is None
+            if who.sui_address not in m.stakes
             else None
         )
-        share = None
-        if error is None:
-            assert c is not None
-            # the exact share of the unspent pool, c * refund_base / total, rounded
-            share = (c * m.refund_base // m.total, -(-c * m.refund_base // m.total))
-            if m.withdrawn + c == m.total:
-                expected = m.pool  # last one out: nothing stays behind
-            else:
-                expected = (m.withdrawn + c) * m.refund_base // m.total - (
-                    m.withdrawn * m.refund_base // m.total
-                )
-        else:
-            expected = 0
+        expected = m.value(who.sui_address) if error is None else 0
         got = self.expect(
             lambda: self.ledger.broadcast_withdraw(who, m.id),
             {who.sui_address: expected},
             error,
         )
         if error is None:
-            assert c is not None and share is not None
-            assert got == expected
-            assert share[0] <= got <= share[1] <= c, (got, share, c)
-            del m.contributions[who.sui_address]
-            m.withdrawn += c
-            m.pool -= got
-            m.refunded += got
+            assert got == expected == m.pay_out(who.sui_address)
+
+    def _leave(self, m: Model, who: HostIdentity) -> None:
+        now = self.now()
+        error = (
+            self._refused("EBroadcastCancelled")
+            if m.cancelled
+            else self._refused("ENoContribution")
+            if who.sui_address not in m.stakes
+            else self._refused("EBroadcastLive")
+            if not m.idle(now)
+            else None
+        )
+        expected = m.value(who.sui_address, m.pool_at(now)) if error is None else 0
+        got = self.expect(
+            lambda: self.ledger.broadcast_leave(who, m.id), {who.sui_address: expected}, error
+        )
+        if error is None:
+            m.accrue(now)  # the slots the pool covered are the broadcaster's
+            assert got == expected == m.pay_out(who.sui_address)
 
     @rule(who=st.sampled_from(FANS), amount=st.sampled_from([1, 1_000, 10**9, 10**13]))
     def faucet(self, who: HostIdentity, amount: int) -> None:
         self.ledger.faucet(who.sui_address, amount)
 
-    @rule(ms=st.sampled_from([1, 9, 10, 999, 1_000, 1_001, 12_345, 86_400_000, 10**12]))
+    @rule(ms=st.sampled_from([1, 9, 10, 999, 1_000, 1_001, 12_345, 600_000, 86_400_000, 10**12]))
     def advance(self, ms: int) -> None:
         self.ledger.advance_clock(ms)
 
@@ -405,6 +396,15 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
         now = self.now()
         target = m.start_ms + (m.slot_at(now) + slots) * m.slot_ms + offset
         if target > now:
+            self.ledger.set_clock(target)
+
+    @precondition(lambda self: self.models)
+    @rule(data=st.data(), offset=st.sampled_from([-1, 0]))
+    def advance_to_idle(self, data: st.DataObject, offset: int) -> None:
+        """Onto (or just before) the moment listeners of one broadcast may leave."""
+        m = data.draw(st.sampled_from(self.models))
+        target = m.last_live_ms + m.idle_ms + offset
+        if target > self.now():
             self.ledger.set_clock(target)
 
     # invariants
@@ -422,17 +422,7 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
         for m in self.models:
             b = self.ledger.get_broadcast(m.id)
             assert isinstance(b, Broadcast)
-            # as last accounted on the ledger
-            assert (b.pool, b.earned, b.total_contributed) == (m.pool, m.earned, m.total)
-            assert (b.paid_slots, b.next_slot) == (m.paid_slots, m.next_slot)
-            assert b.cancelled == m.cancelled and b.next_seq == m.next_seq
-            assert dict(b.contributions) == m.contributions
-            if m.cancelled:
-                assert b.refund_base == m.refund_base
-                assert b.outstanding == m.total - m.withdrawn
-            # listeners' money: what is left, earned, claimed and refunded is what came in
-            assert b.pool + b.earned == m.total - m.claimed - m.refunded
-            assert m.claimed + m.earned == m.paid_slots * m.price
+            m.check(b, now)  # as last accounted, and every holder's fair value
             # the slot math at the current time
             on = m.on_air(now)
             assert self.ledger.is_on_air(m.id) is on
@@ -459,7 +449,7 @@ class BroadcastMoneyMachine(RuleBasedStateMachine):
     @invariant()
     def refunds_settle_the_pool(self) -> None:
         for m in self.models:
-            if m.cancelled and not m.contributions:
+            if not m.stakes:
                 assert m.pool == 0  # no MIST stranded by rounding
 
 
@@ -481,8 +471,8 @@ def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
 
 def test_no_refund_exceeds_the_contribution(ledger: LocalLedger) -> None:
     """Three listeners give 1 MIST each, one slot of 1 MIST is spent, then the broadcast is
-    cancelled: 2 MIST are refundable. Flooring each share apart (1 * 2 / 3 = 0) gave the
-    first two nothing and the last one out both MIST, twice what it put in."""
+    cancelled: 2 MIST are refundable. Flooring each share apart (1 * 2 / 3 = 0) once gave
+    the first two nothing and the last one out both MIST, twice what it put in."""
     caster = CASTERS[0]
     for fan in FANS:
         ledger.faucet(fan.sui_address, 1)
@@ -491,16 +481,18 @@ def test_no_refund_exceeds_the_contribution(ledger: LocalLedger) -> None:
         ledger.broadcast_contribute(fan, b_id, 1)
     ledger.set_clock(1_000)
     ledger.broadcast_cancel(caster, b_id)
-    assert ledger.get_broadcast(b_id).refund_base == 2
+    assert ledger.get_broadcast(b_id).pool == 2
     refunds = [ledger.broadcast_withdraw(fan, b_id) for fan in FANS]
-    assert all(r <= 1 for r in refunds), refunds
+    assert refunds == [0, 1, 1]
     assert sum(refunds) == 2 and ledger.get_broadcast(b_id).pool == 0
     assert ledger.broadcast_claim(caster, b_id) == 1
 
 
-def test_refunds_are_each_share_rounded_either_way(ledger: LocalLedger) -> None:
-    """Seven small listeners: every refund is its exact share rounded down or up (never
-    more than the listener gave), and together they empty the pool."""
+def test_refunds_are_the_value_of_their_shares(ledger: LocalLedger) -> None:
+    """Seven small listeners: each refund is its shares' value rounded down, so never a
+    MIST below its exact part of the unspent pool, never above what it gave; what
+    rounding leaves stays with the shares still held, and the last one out empties the
+    pool."""
     caster = CASTERS[0]
     fans = [ident(0x70 + i) for i in range(7)]
     gifts = [3, 1, 4, 1, 5, 9, 2]
@@ -512,11 +504,18 @@ def test_refunds_are_each_share_rounded_either_way(ledger: LocalLedger) -> None:
     ledger.set_clock(2_500)  # slots 0 and 1 paid: 8 of 25 spent
     ledger.broadcast_cancel(caster, b_id)
     base, total = 17, 25
-    assert ledger.get_broadcast(b_id).refund_base == base
-    got = [ledger.broadcast_withdraw(fan, b_id) for fan in fans]
-    for gift, refund in zip(gifts, got, strict=True):
-        assert gift * base // total <= refund <= -(-gift * base // total) <= gift
-    assert sum(got) == base
+    assert ledger.get_broadcast(b_id).pool == base
+    got = []
+    for fan, gift in zip(fans, gifts, strict=True):
+        b = ledger.get_broadcast(b_id)
+        value = b.refund_value(fan.sui_address, ledger.clock_ms())
+        assert value == b.shares_of(fan.sui_address) * b.pool // b.total_shares or b.holders == 1
+        refund = ledger.broadcast_withdraw(fan, b_id)
+        assert refund == value
+        assert gift * base / total - 1 < refund <= gift
+        got.append(refund)
+    assert got == [2, 0, 2, 0, 4, 7, 2]
+    assert sum(got) == base and ledger.get_broadcast(b_id).pool == 0
     audit = ledger.audit()
     assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
 

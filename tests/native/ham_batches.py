@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 from dtp.errors import ErrorCode, ProtocolError
+from dtp.native.reference.limits import HAM_BATCH_VERSION
 
 
 def outcome(fn: Any, *args: Any) -> Any:
@@ -18,7 +19,7 @@ def outcome(fn: Any, *args: Any) -> Any:
 
 
 def header(count: int) -> bytes:
-    return struct.pack("<BI", 1, count)
+    return struct.pack("<BI", HAM_BATCH_VERSION, count)
 
 
 def raw_update(soul: bytes, field: bytes, state: bytes, value: bytes) -> bytes:
@@ -33,9 +34,11 @@ GOOD = raw_update(b"s", b"f", F1, b"v")
 # (name, batch, code) -- every validation rule of protocol.md 6.2, and its precedence
 BAD_BATCHES = [
     ("empty", b"", ErrorCode.HAM_MALFORMED),
-    ("short header", b"\x01\x00\x00\x00", ErrorCode.HAM_MALFORMED),
+    ("short header", header(0)[:4], ErrorCode.HAM_MALFORMED),
     ("version 0", b"\x00" + header(0)[1:], ErrorCode.HAM_MALFORMED),
-    ("version 2", b"\x02" + header(1)[1:] + GOOD, ErrorCode.HAM_MALFORMED),
+    # version 1 broke ties bytewise: refused, not merged under other rules (6.1)
+    ("version 1", b"\x01" + header(1)[1:] + GOOD, ErrorCode.HAM_MALFORMED),
+    ("version 3", b"\x03" + header(1)[1:] + GOOD, ErrorCode.HAM_MALFORMED),
     ("count too big", header(4_000_001), ErrorCode.HAM_SIZE),
     ("count beyond data", header(2) + GOOD, ErrorCode.HAM_MALFORMED),
     ("trailing byte", header(1) + GOOD + b"\x00", ErrorCode.HAM_MALFORMED),

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dtp import _core
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
-from dtp._reference.limits import HAM_EXPORT_MAX_BATCH
+from dtp._reference.limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
 from dtp._types import (
     FULL,
     HAM_APPLIED,
@@ -34,6 +34,7 @@ from dtp._types import (
     HamUpdate,
 )
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from tests.native import ham_vectors
 from tests.native.ham_batches import BAD_BATCHES, F1, GOOD, header, outcome, raw_update
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
 from tests.support.vectors import load_vectors
@@ -50,7 +51,12 @@ states = st.one_of(
     st.sampled_from([-0.0, 0.5, 1e15, -1e300]),
     st.floats(allow_nan=False, allow_infinity=False),
 )
-values = st.one_of(st.sampled_from([b"", b"a", b"ab", b"b", b"\xff"]), st.binary(max_size=80))
+# (0xED..0xF0 and 0xFF: where the tie-break's UTF-16 order parts from byte order)
+values = st.one_of(
+    st.sampled_from([b"", b"a", b"ab", b"b", b"\xff", b"\xed", b"\xee", b"\xef", b"\xf0", b"\xf4"]),
+    st.binary(max_size=80),
+    st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+)
 updates = st.builds(HamUpdate, souls, fields, states, values)
 update_lists = st.lists(updates, max_size=25)
 
@@ -148,13 +154,24 @@ def test_encode_limits_are_inclusive() -> None:
 
 @given(st.binary(max_size=300))
 def test_decode_garbage_raises_only_remote_errors(data: bytes) -> None:
-    for candidate in (data, b"\x01" + data, header(1) + data, header(2) + GOOD + data):
+    for candidate in (data, header(0)[:1] + data, header(1) + data, header(2) + GOOD + data):
         with contextlib.suppress(RemoteProtocolError):
             decode_ham_batch(candidate)
 
 
 # ------------------------------------------------------------------------------------
 # merge rules
+
+
+def test_vectors_are_the_documented_ones() -> None:
+    """protocol.md 6.6 holds exactly the vectors tests/native/ham_vectors.py builds from
+    their description (statuses stated by hand there):
+    ``python -m tests.native.ham_vectors --regenerate`` rewrites them."""
+    built = ham_vectors.vectors()
+    documented = {v["name"]: v for v in load_vectors() if v["kind"].startswith("ham-")}
+    assert {v["name"] for v in built} == documented.keys()
+    for v in built:
+        assert documented[v["name"]] == v, v["name"]
 
 
 def test_merge_vectors(backend: SimpleNamespace) -> None:
@@ -193,6 +210,45 @@ def test_each_outcome(backend: SimpleNamespace) -> None:
     assert len(g) == 1 and g.deferred_count == 1
 
 
+# characters on both sides of where UTF-16 order and code point order part (U+D7FF,
+# U+E000..U+FFFF against the supplementary planes), and some of every kind
+_chars = st.one_of(
+    st.sampled_from(["a", "\u00e9", "\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0001f600"]),
+    st.characters(exclude_categories=["Cs"]),
+)
+
+
+@each_backend
+@given(x=st.text(_chars, max_size=6), y=st.text(_chars, max_size=6))
+def test_ties_go_to_the_greater_utf16_text(b: SimpleNamespace, x: str, y: str) -> None:
+    """Two UTF-8 texts at one state: the one whose UTF-16 code units are greater wins
+    (JavaScript's string order, and so GunDB's tie-break: protocol.md 6.3), in either
+    arrival order."""
+    ux, uy = x.encode(), y.encode()
+    want = max(x, y, key=lambda t: t.encode("utf-16-be")).encode()  # (BE: by code unit)
+    for first, second in ((ux, uy), (uy, ux)):
+        g = b.HamGraph(seed=SEED)
+        g.merge(encode_ham_batch([HamUpdate(b"s", b"f", 5.0, v) for v in (first, second)]), 9.0)
+        assert g.get(b"s", b"f") == (5.0, want)
+
+
+def test_utf16_order_examples(backend: SimpleNamespace) -> None:
+    """The examples of protocol.md 6.3: U+FFFF beats U+1F600, whose bytes are greater."""
+
+    def winner(*texts: bytes) -> bytes:
+        g = backend.HamGraph(seed=SEED)
+        g.merge(encode_ham_batch([HamUpdate(b"s", b"f", 1.0, t) for t in texts]), 1.0)
+        return bytes(g.get(b"s", b"f")[1])
+
+    smile, top = '"\U0001f600"'.encode(), '"\uffff"'.encode()
+    assert smile > top  # bytewise (F0 > EF) the emoji was greater
+    assert winner(smile, top) == winner(top, smile) == top
+    assert winner(b"0.5", b"0.000001") == winner(b"0.000001", b"0.5") == b"0.5"
+    assert winner(b"\xee", b"\xff") == b"\xee"  # any bytes: 0xF0..0xFF rank below 0xEE
+    assert winner(b"\xed", b"\xf0") == b"\xf0"  # ... and above 0xED
+    assert winner(b"\xef\x00", b"\xef") == b"\xef\x00"  # a proper prefix is smaller
+
+
 def test_negative_zero_equals_zero(backend: SimpleNamespace) -> None:
     g = backend.HamGraph(seed=SEED)
     g.merge(encode_ham_batch([HamUpdate(b"s", b"f", 0.0, b"v")]), 1.0)
@@ -228,7 +284,7 @@ def test_bad_batch_changes_nothing(
     # a good update first: validation covers the whole batch before merging any of it
     g = b.HamGraph(seed=SEED)
     g.merge(encode_ham_batch([HamUpdate(b"k", b"f", 1.0, b"old")]), 5.0)
-    if batch[:1] == b"\x01" and len(batch) >= 5:
+    if batch[:1] == header(0)[:1] and len(batch) >= 5:
         count = struct.unpack_from("<I", batch, 1)[0]
         if count < 4_000_000:
             good = raw_update(b"k", b"f", struct.pack("<d", 2.0), b"new")
@@ -380,6 +436,30 @@ def test_large_table_grows(backend: SimpleNamespace) -> None:
         assert g.get(soul, field) == sv
 
 
+def test_values_that_grow_and_shrink(backend: SimpleNamespace) -> None:
+    """The C table carves entries from arena blocks, and moves one whose value outgrows
+    its room to an allocation of its own (which then grows in place): every value read
+    back is the last one applied, among many fields, small values and 1 MiB ones."""
+    g = backend.HamGraph(seed=SEED)
+    sizes = [0, 1, 40, 39, 5000, 17_000, 3, 300_000, HAM_MAX_VALUE, 10, 70_000]
+    want: dict[bytes, bytes] = {}
+    for step, size in enumerate(sizes):
+        ups = []
+        for k in range(40):
+            value = bytes([k + step]) * ((size + k) % (HAM_MAX_VALUE + 1))
+            ups.append(HamUpdate(b"s%d" % k, b"f", float(step), value))
+            want[b"s%d" % k] = value
+        for k in range(0, 40, 3):  # some fields stay small, filling blocks around them
+            ups.append(HamUpdate(b"small%d-%d" % (k, step), b"f", 1.0, b"x" * k))
+        g.merge(encode_ham_batch(ups), LATE)
+        for soul, value in want.items():
+            assert g.get(soul, b"f") == (float(step), value)
+    assert len(g) == 40 + 14 * len(sizes)
+    assert sum(1 for batch in g.export() for _ in decode_ham_batch(batch)) == len(g)
+
+
+# ------------------------------------------------------------------------------------
+# C vs twin
 # ------------------------------------------------------------------------------------
 # C vs twin
 

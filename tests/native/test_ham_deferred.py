@@ -14,16 +14,13 @@ from hypothesis import strategies as st
 
 from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
 from dtp._types import HAM_APPLIED, HAM_DEFERRED, HAM_REJECTED, HamUpdate
+from tests.native.ham_batches import header
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
 
 LATE = sys.float_info.max
 SEED = bytes(range(16))
 A = HamUpdate(b"user/1", b"name", 100.0, b'"alice"')
 B = HamUpdate(b"user/2", b"name", 100.0, b'"bob"')
-
-
-def header(count: int) -> bytes:
-    return struct.pack("<BI", 1, count)
 
 
 def table(g: Any) -> list[HamUpdate]:

@@ -36,7 +36,7 @@ from dtp.transport.session import CALLBACK_FAILED
 CID = "0x" + "ab" * 32
 ALICE, BOB = "0x" + "a1" * 32, "0x" + "b0" * 32
 
-FIREWALL = Firewall(FirewallMode.ALLOW_ALL, (), (), 0, 1000, 10)
+FIREWALL = Firewall(FirewallMode.ALLOW_ALL, 0, 0, 0, 1000, 10)
 HOST = Host("0x" + "11" * 32, 1, "0x" + "22" * 32, b"\0" * 32, (), {}, FIREWALL)
 
 
@@ -282,8 +282,9 @@ def test_refresh_denies_changes_limits_and_schedules_ledger_checks() -> None:
     same = server.refresh(HOST, 1.0)
     assert (same.limits, same.denied, same.ledger_checks) == (None, (), ())
 
-    firewall = replace(FIREWALL, deny=(BOB,), max_bytes_per_sec=500)
-    refresh = server.refresh(replace(HOST, firewall=firewall), 6.0)
+    # (who the lists refuse is the ledger's to say: refused_clients, given here)
+    firewall = replace(FIREWALL, deny_count=1, max_bytes_per_sec=500)
+    refresh = server.refresh(replace(HOST, firewall=firewall), 6.0, frozenset({BOB}))
     assert refresh.limits == firewall
     assert refresh.denied == (bob,)
     assert refresh.ledger_checks == (alice,)
@@ -292,7 +293,7 @@ def test_refresh_denies_changes_limits_and_schedules_ledger_checks() -> None:
     server.ended(bob)
     server.ended(bob)  # twice: nothing more
     assert server.live() == [alice]
-    assert server.refresh(replace(HOST, firewall=firewall), 7.0).denied == ()
+    assert server.refresh(replace(HOST, firewall=firewall), 7.0, frozenset({BOB})).denied == ()
 
 
 def test_the_hosts_rate_limits_are_set_at_the_start_and_on_a_change() -> None:

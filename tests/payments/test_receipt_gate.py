@@ -231,12 +231,15 @@ def test_host_policy_refresh_sees_deny_and_limits(tmp_path: Path) -> None:
     assert not policy.due(1.9) and policy.due(2.0)
     ledger.deny(SERVER, host_id, CLIENT.sui_address)
     ledger.set_client_limits(SERVER, host_id, 0, 5000, 3)
-    change = policy.refresh(
-        ledger.get_host(host_id), 2.0, frozenset({CLIENT.sui_address, MALLORY.sui_address})
-    )
+    host = ledger.get_host(host_id)
+    refused = ledger.refused(host, {CLIENT.sui_address, MALLORY.sui_address})
+    assert refused == {CLIENT.sui_address}
+    change = policy.refresh(host, 2.0, refused)
     assert change.denied == {CLIENT.sui_address}
     assert change.limits_changed and change.firewall.max_bytes_per_sec == 5000
-    assert not policy.permits(CLIENT.sui_address) and policy.permits(MALLORY.sui_address)
+    assert not ledger.permits(host, CLIENT.sui_address) and ledger.permits(
+        host, MALLORY.sui_address
+    )
     assert not policy.due(3.9)
     assert not policy.refresh(ledger.get_host(host_id), 4.0).limits_changed
 

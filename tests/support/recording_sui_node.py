@@ -60,8 +60,8 @@ class FakeNode:
                     "services": {},
                     "firewall": {
                         "mode": 0,
-                        "allow": [],
-                        "deny": [],
+                        "allow": {"id": "0x" + "a8" * 32, "size": 0},
+                        "deny": {"id": "0x" + "a9" * 32, "size": 0},
                         "max_connections_per_client": 0,
                         "max_bytes_per_sec": 0,
                         "max_requests_per_sec": 0,
@@ -101,6 +101,7 @@ class FakeNode:
                     "state": {"kind": "Open"},
                     "opened_at_ms": 0,
                     "settled": False,
+                    "subscription": None,
                 },
             ),
             TERMS: _shared(
@@ -113,6 +114,7 @@ class FakeNode:
                     "port": 7,
                     "retention_ms": 1000,
                     "storage_price_per_byte": 10,
+                    "retired": False,
                 },
             ),
         }
@@ -125,6 +127,14 @@ class FakeNode:
 
     def table_entries(self, table_id: str) -> dict[str, int]:
         self.calls.append("table_entries")
+        return {}
+
+    def table_keys(self, table_id: str) -> list[str]:
+        self.calls.append("table_keys")
+        return []
+
+    def table_values(self, table_id: str) -> dict[str, bytes]:
+        self.calls.append("table_values")
         return {}
 
     def gas_coins(self, owner: str) -> list[tuple[OwnedRef, int]]:

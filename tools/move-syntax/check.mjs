@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Offline syntax check for Sui Move (2024 edition) sources.
+// Offline check of Sui Move (2024 edition) sources: syntax, and what a parse tree shows.
 //
 // There is no `sui` CLI on the machines this project is developed on, so Move can't be
 // type-checked here. What we *can* do is parse: `@mysten/prettier-plugin-move` ships
@@ -7,9 +7,12 @@
 // `let mut`, macros, enums/match, `use fun`, `public(package)`). We load that grammar with
 // `web-tree-sitter` directly (the plugin itself gives no line numbers and misses an
 // unbalanced module brace) and report:
-//   * every ERROR node and every MISSING node in the parse tree, and
+//   * every ERROR node and every MISSING node in the parse tree,
 //   * unbalanced (), [], {} found by a small lexer that skips comments and
-//     string / byte-string / hex-string literals.
+//     string / byte-string / hex-string literals, and
+//   * in the files that parse, the compile errors a parse tree shows without types
+//     (semantic.mjs: a tuple bound to one local, an immutable local changed, a constant
+//     or package function that does not exist, a private or miscounted call).
 //
 // Usage: node check.mjs [file-or-dir ...]   (default: ../../move relative to this file)
 // Output: one `file:line:col: message` per problem (1-based line and column);
@@ -19,6 +22,7 @@ import { createRequire } from "node:module";
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { semanticProblems } from "./semantic.mjs";
 
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -174,12 +178,23 @@ async function main() {
   );
   parser.setLanguage(await Parser.Language.load(wasm));
 
-  let bad = 0;
+  const parsed = [];
+  const problemsOf = new Map();
   for (const file of files) {
     const source = readFileSync(file, "utf8");
     const tree = parser.parse(source);
     const problems = [...treeProblems(tree, source), ...braceProblems(source)];
-    tree.delete();
+    problemsOf.set(file, problems);
+    // a file that does not parse gives no trustworthy tree to check further
+    if (problems.length === 0) parsed.push({ file, tree });
+    else tree.delete();
+  }
+  for (const p of semanticProblems(parsed)) problemsOf.get(p.file).push(p);
+  for (const { tree } of parsed) tree.delete();
+
+  let bad = 0;
+  for (const file of files) {
+    const problems = problemsOf.get(file);
     problems.sort((a, b) => a.line - b.line || a.col - b.col);
     const seen = new Set();
     for (const p of problems) {
@@ -191,7 +206,7 @@ async function main() {
     if (problems.length) bad++;
   }
   if (bad) {
-    console.error(`move-syntax: ${bad} of ${files.length} file(s) have syntax errors`);
+    console.error(`move-syntax: ${bad} of ${files.length} file(s) have problems`);
     return 1;
   }
   console.error(`move-syntax: ${files.length} file(s) OK`);

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Offline syntax check of Sui Move sources (see tools/move-syntax/check.mjs).
+# Offline check of Sui Move sources: syntax and the compile errors a parse tree shows
+# (see tools/move-syntax/check.mjs).
 # Usage: tools/move-syntax/check.sh [file-or-dir ...]   (default: the repository's move/)
 # Installs the pinned npm dependencies into this directory on first use.
 set -eu

@@ -10,7 +10,10 @@ from typing import Final
 from dtp.errors import DTPError, ErrorCode, RemoteProtocolError
 from dtp.graph.summaries import LEAF_BITS, LEAF_LEVEL
 
-VERSION = 1
+VERSION = 2
+"""The sync protocol's version, in HELLO. 2: HAM batches of version 2 (values in Gun's
+text, ties in UTF-16 order, protocol.md 6.3); a peer of version 1 would pick other
+winners at ties, so the two do not sync."""
 HELLO, SUM, DATA, END, WANT = 1, 2, 3, 4, 5
 SMALL = 64
 """Nodes holding at most this many fields (both sides together) are pushed whole."""

@@ -112,13 +112,19 @@ class SessionInput(SessionState):
         if (
             len(message) != 5
             or type(message[1]) is not int  # (True and 1.0 equal 1)
-            or message[1] != VERSION
             or not isinstance(message[2], bytes)
             or len(message[2]) != 16
             or not _is_count(message[3])
             or not _is_digest(message[4])
         ):
-            raise _fail("HELLO is [1, 1, replica id (16 bytes), count, digest]")
+            raise _fail(f"HELLO is [1, {VERSION}, replica id (16 bytes), count, digest]")
+        if message[1] != VERSION:
+            # (a peer of version 1 breaks ties between values bytewise: synced with it,
+            # the two would keep different winners for ever)
+            raise _fail(
+                f"the peer speaks graph sync version {message[1]}, this one {VERSION} "
+                "(values in Gun's text, ties in UTF-16 order): upgrade the older peer"
+            )
         self.peer_replica = message[2]
         self.peer_root = (message[4], message[3])
         mine = self._my_root

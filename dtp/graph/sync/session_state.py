@@ -4,6 +4,7 @@ for the peer, waking the writer, pushing the whole table, and sending END."""
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -14,6 +15,9 @@ import msgpack
 from dtp.graph._batch import batch_count, entries
 from dtp.graph.store import Graph
 from dtp.graph.sync.messages import _LEN, DATA, END, Summary
+from dtp.native.reference.limits import HAM_BATCH_VERSION
+
+_BATCH_HEADER = struct.Struct("<BI")  # a HAM batch's version and count (protocol.md 6.1)
 
 
 class SessionState:
@@ -97,8 +101,8 @@ class SessionState:
             items = entries(batch)
             half = len(items) // 2
             for part in (items[:half], items[half:]):
-                count = len(part).to_bytes(4, "little")
-                self._send_batch(b"\x01" + count + b"".join(e[4] for e in part))
+                header = _BATCH_HEADER.pack(HAM_BATCH_VERSION, len(part))
+                self._send_batch(header + b"".join(e[4] for e in part))
             return
         self.stats["batches_sent"] += 1
         self._send([DATA, batch])

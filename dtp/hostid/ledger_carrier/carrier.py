@@ -243,6 +243,7 @@ class LedgerCarrier(CarrierReceiving):
         self.retained: list[str] = []
         # reclaim_storage may run in another thread than send (a bridge's owner)
         self._retained_lock = threading.Lock()
+        self.retention_over = False
         # held while posting: send() in one thread and a receive() posting a SYNC (or a
         # second sender) in another lost updates of the sent counts, and two records
         # could take one fragment id

@@ -77,6 +77,9 @@ class CarrierFields:
     # retention
     retained: list[str]
     """Our RetainedRecords not deleted yet, oldest first."""
+    retention_over: bool
+    """The connection is no longer Open on the ledger, where records are kept: data
+    payloads go as plain ``pipe::send`` from then on (docs/escrow.md §16)."""
     _retained_lock: threading.Lock
     _retained_pending: OrderedDict[str, tuple[str, int, int, float]]
     _to_confirm: list[str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dtp.errors import ConnectionClosed
+from dtp.errors import ConnectionClosed, ConnectionStateError
 from dtp.hostid.ledger_carrier.carrier_fields import CarrierFields
 from dtp.hostid.ledger_carrier.framing import frame_record
 from dtp.protocol.buffers import bytes_like
@@ -43,18 +43,28 @@ class CarrierSending(CarrierFields):
     def _post(self, payload: bytes, *, data: bool = False) -> None:
         with self._post_lock:
             inner = self._pick_inner()
-            if data and self.retention_terms is not None:
-                record = self.ledger.send_retained(
-                    self.identity, self.pipe_id, self.retention_terms, inner, payload
-                )
-                with self._retained_lock:
-                    self.retained.append(record)
-                self.retained_sent += 1
-                # we own the pipe: retention::send took the inner's next seq
-                self._sent[inner] += 1
-            else:
-                seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
-                self._sent[inner] = max(self._sent[inner], seq + 1)
+            if data and self.retention_terms is not None and not self.retention_over:
+                try:
+                    record = self.ledger.send_retained(
+                        self.identity, self.pipe_id, self.retention_terms, inner, payload
+                    )
+                except ConnectionStateError as exc:
+                    if exc.name != "EConnectionNotOpen":
+                        raise
+                    # closed on the ledger (a half-close, a settlement): records are
+                    # kept only on an Open connection (docs/escrow.md §16), but the
+                    # last payloads (a CLOSE) still go, plainly, as SYNCs do
+                    self.retention_over = True
+                else:
+                    with self._retained_lock:
+                        self.retained.append(record)
+                    self.retained_sent += 1
+                    # we own the pipe: retention::send took the inner's next seq
+                    self._sent[inner] += 1
+                    self.payloads_sent += 1
+                    return
+            seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
+            self._sent[inner] = max(self._sent[inner], seq + 1)
             self.payloads_sent += 1
 
     def send(self, records: Sequence[bytes]) -> None:

@@ -92,9 +92,10 @@ class CarrierRetention(CarrierFields):
         return n
 
     def reclaim_storage(self, now_ms: int | None = None) -> int:
-        """Delete our RetainedRecords that are consumed and past their retention time
-        (at ledger time ``now_ms``, default the ledger's clock); returns the MIST
-        refunded. Records not deletable yet stay for a later call."""
+        """Delete our RetainedRecords that are consumed and past their retention time,
+        or unconfirmed and past twice it (at ledger time ``now_ms``, default the
+        ledger's clock); returns the MIST refunded. Records not deletable yet stay for
+        a later call."""
         now_ms = self.ledger.clock_ms() if now_ms is None else now_ms
         with self._retained_lock:
             records = list(self.retained)
@@ -159,7 +160,8 @@ def _reclaim(
             info = ledger.get_retained_record(record)
         except ObjectNotFound:
             continue  # deleted already
-        if not info.consumed or now_ms < info.delete_after_ms:
+        # confirmed and past its retention time, or unconfirmed and past twice that
+        if not info.deletable_at(now_ms):
             kept.append(record)
             continue
         try:
@@ -178,9 +180,9 @@ def reclaim_retained(
     page_size: int = 1000,
 ) -> int:
     """Delete every RetainedRecord ``identity`` sent on ``connection_id`` that is
-    consumed and past its retention time, finding them by their ``RecordRetained``
-    events (no carrier needed: after a close, a crash, or from another process).
-    Returns the MIST refunded; records not deletable yet stay."""
+    consumed and past its retention time, or unconfirmed and past twice it, finding them
+    by their ``RecordRetained`` events (no carrier needed: after a close, a crash, or
+    from another process). Returns the MIST refunded; records not deletable yet stay."""
     flt = EventFilter(type="RecordRetained", sender=identity.sui_address)
     records: list[str] = []
     cursor: str | None = None

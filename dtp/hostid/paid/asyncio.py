@@ -422,6 +422,16 @@ class PaidConnection:
         close = self.core.closed_on_ledger()
         self.close(close.code, close.reason)
 
+    @property
+    def subscription(self) -> str | None:
+        """As :attr:`dtp.hostid.paid.blocking.PaidConnection.subscription`."""
+        return self.gate.subscription
+
+    def subscription_ended(self, why: str) -> None:
+        """As :meth:`dtp.hostid.paid.blocking.PaidConnection.subscription_ended`."""
+        close = self.core.subscription_ended(why)
+        self.close(close.code, close.reason)
+
 
 def protocol_of(writer: DTPStreamWriter) -> _Protocol:
     """The connection's I/O driver behind ``writer`` (the gate waits on it, and it

@@ -483,6 +483,16 @@ class PaidConnection:
         for the settlement to claim now (see ServicePolicy.ledger_check_interval)."""
         self.abort(self.core.closed_on_ledger())
 
+    @property
+    def subscription(self) -> str | None:
+        """The Subscription the connection was opened with (None: a metered one)."""
+        return self.gate.subscription
+
+    def subscription_ended(self, why: str) -> None:
+        """The subscription the connection was opened with is over on the ledger: close
+        it (:meth:`PaidConnectionEngine.subscription_ended`)."""
+        self.abort(self.core.subscription_ended(why))
+
 
 def _ends_connection(sock: DTPSocket) -> bool:
     """Whether closing ``sock`` ends its connection: the first stream, still open."""

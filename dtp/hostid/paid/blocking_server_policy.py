@@ -12,7 +12,13 @@ import logging
 import time
 
 from dtp.hostid.paid.blocking_server_state import PaidServerState
-from dtp.hostid.paid.server_steps import ended_connections, host_to_refresh, refresh_failed
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    ended_subscriptions,
+    host_to_refresh,
+    refresh_failed,
+    refused_clients,
+)
 
 # the server's own logger, where an operator filters for its lines
 # (tests/paid/test_policy_loop.py)
@@ -35,13 +41,22 @@ class HostPolicyRefresh(PaidServerState):
         host = host_to_refresh(self.ledger, self.host_id, logger)
         if host is None:
             return
+        # (a connection served from now on was admitted by a firewall read after this)
+        with self._live_lock:
+            clients = frozenset(paid.client for paid in self.core.live())
+        denied = refused_clients(self.ledger, host, clients, logger)
         now = time.monotonic()
         with self._live_lock, self._limit_lock:
-            refresh = self.core.refresh(host, now)
+            refresh = self.core.refresh(host, now, denied)
         for paid in refresh.denied:
             paid.deny()
-        for paid in ended_connections(self.ledger, refresh.ledger_checks, logger):
+        ended = ended_connections(self.ledger, refresh.ledger_checks, logger)
+        for paid in ended:
             paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in refresh.ledger_checks if paid not in ended]
+        for paid, why in ended_subscriptions(self.ledger, open_ones, logger):
+            paid.subscription_ended(why)
 
     @property
     def open_connections(self) -> int:

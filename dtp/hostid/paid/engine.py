@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dtp.errors import ChainError, LocalProtocolError
+from dtp.errors import CLOSE_SUBSCRIPTION_ENDED, ChainError, LocalProtocolError
 from dtp.hostid.paid.policy import CALL_COST, CREDIT_MAX, SEND_SLICE
 from dtp.payments.gate import (
     CLOSE_FIREWALL_DENIED,
@@ -695,6 +695,15 @@ class PaidConnectionEngine:
         ServicePolicy.ledger_check_interval): closed, for the settlement to claim now."""
         logger.info("closing connection %s: its client closed it on the ledger", self.connection_id)
         return Close(CLOSE_LEDGER_CLOSED, "the connection was closed on the ledger")
+
+    def subscription_ended(self, why: str) -> Close:
+        """The subscription the connection was opened with is over on the ledger (``why``:
+        :meth:`~dtp.ledger.interface.Ledger.subscription_over`): its fees are all zero,
+        so nothing pays for it any more. Closed (the client raises
+        :class:`~dtp.errors.SubscriptionEnded`), and settled as any connection's end:
+        nothing is owed."""
+        logger.info("closing connection %s: %s", self.connection_id, why)
+        return Close(CLOSE_SUBSCRIPTION_ENDED, f"the subscription is over: {why}")
 
 
 def _clock_needed(method: str) -> LocalProtocolError:

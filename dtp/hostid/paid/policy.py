@@ -130,6 +130,7 @@ def gate_for(
         store=store,
     )
     gate.escrow_id = escrow.id  # read again should the client top it up while served
+    gate.subscription = tc.subscription  # read while served: over, the connection ends
     return gate
 
 

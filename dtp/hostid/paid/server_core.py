@@ -370,13 +370,16 @@ class PaidServerCore(Generic[_P]):
             host.firewall.max_bytes_per_sec, host.firewall.max_requests_per_sec, now
         )
 
-    def refresh(self, host: Host, now: float) -> PolicyRefresh[_P]:
+    def refresh(
+        self, host: Host, now: float, denied: frozenset[str] = frozenset()
+    ) -> PolicyRefresh[_P]:
         """A fresh read of the Host, applied to the open connections: new rate limits
-        are set at once (on every client's buckets); the denials and the state checks
-        are the caller's to make."""
+        are set at once (on every client's buckets); ``denied``: the clients its
+        firewall refuses now (:func:`~dtp.hostid.paid.server_steps.refused_clients`).
+        The denials and the state checks are the caller's to make."""
         assert self.host_policy is not None, "refresh() before start()"
         live = list(self._live.values())
-        change = self.host_policy.refresh(host, now, frozenset(p.client for p in live))
+        change = self.host_policy.refresh(host, now, denied)
         if change.limits_changed:
             firewall = change.firewall
             self.limiter.set_limits(firewall.max_bytes_per_sec, firewall.max_requests_per_sec, now)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dtp.errors import ChainError, move_error
-from dtp.payments.gate import ended_on_ledger
+from dtp.payments.gate import ended_on_ledger, subscriptions_over
 from dtp.payments.serving import release_receipts
 
 if TYPE_CHECKING:
@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ended_connections",
+    "ended_subscriptions",
     "host_to_refresh",
     "refresh_failed",
+    "refused_clients",
     "release_store",
     "served_host",
     "writer_done",
@@ -67,6 +69,22 @@ def host_to_refresh(ledger: Ledger, host_id: str, log: logging.Logger) -> Host |
         return None
 
 
+def refused_clients(
+    ledger: Ledger, host: Host, clients: frozenset[str], log: logging.Logger
+) -> frozenset[str]:
+    """Of ``clients`` (those served now), the ones the firewall of ``host`` (just read)
+    refuses: its lists looked up on the ledger, for each client only where they can
+    decide. None refused (a warning logged on ``log``) when the lists cannot be read
+    now: the next refresh looks again."""
+    if not clients:
+        return frozenset()
+    try:
+        return ledger.refused(host, clients)
+    except ChainError as exc:
+        log.warning("cannot read the firewall lists of host %s: %s", host.id, exc)
+        return frozenset()
+
+
 def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) -> list[_C]:
     """Those of the connections ``due`` for a read of their state
     (:attr:`PolicyRefresh.ledger_checks <dtp.hostid.paid.server_core.PolicyRefresh>`)
@@ -78,6 +96,35 @@ def ended_connections(ledger: Ledger, due: Sequence[_C], log: logging.Logger) ->
         return ended_on_ledger(ledger, due)
     except ChainError as exc:
         log.warning("cannot read the state of open connections: %s", exc)
+        return []
+
+
+class _Subscribed(Protocol):
+    """What a subscription check reads of a served connection."""
+
+    connection_id: str
+
+    @property
+    def subscription(self) -> str | None: ...
+
+
+_S = TypeVar("_S", bound=_Subscribed)
+
+
+def ended_subscriptions(
+    ledger: Ledger, due: Sequence[_S], log: logging.Logger
+) -> list[tuple[_S, str]]:
+    """Those of the connections ``due`` for a read on the ledger that were opened with a
+    subscription now over (expired, or its offer withdrawn), each with why, to be
+    closed (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.subscription_ended`);
+    none (a warning logged on ``log``) when the ledger cannot be read now: they are due
+    again at the next check. Metered connections are not read."""
+    if not any(conn.subscription is not None for conn in due):
+        return []
+    try:
+        return subscriptions_over(ledger, due)
+    except ChainError as exc:
+        log.warning("cannot read the subscriptions of open connections: %s", exc)
         return []
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dtp.errors import ObjectNotFound
+from dtp.errors import ObjectNotFound, move_error
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.economics import EconomicsObject, economics_object_from_fields
 from dtp.ledger.interface import ResponseEscrow
@@ -74,6 +74,12 @@ class BroadcastCalls(LocalStore):
 
     def broadcast_withdraw(self, signer: HostIdentity, broadcast_id: str) -> int:
         return int(self._call(signer, "broadcast", "withdraw", self._id(broadcast_id)).value)
+
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        return int(self._call(signer, "broadcast", "leave", self._id(broadcast_id)).value)
+
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        self._call(signer, "broadcast", "heartbeat", self._id(broadcast_id))
 
     def create_ticket_sale(
         self,
@@ -201,6 +207,29 @@ class MessagingCalls(LocalStore):
             "create_terms",
             self._id(host_id),
             self._port(port),
+            u64(retention_ms, "retention_ms"),
+            u64(storage_price_per_byte, "storage_price_per_byte"),
+        )
+        return str(result.value)
+
+    def retire_retention_terms(self, signer: HostIdentity, terms_id: str) -> None:
+        terms = self.get_retention_terms(terms_id)
+        self._call(signer, "retention", "retire_terms", self._id(terms_id), self._id(terms.host))
+
+    def replace_retention_terms(
+        self,
+        signer: HostIdentity,
+        terms_id: str,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        terms = self.get_retention_terms(terms_id)
+        result = self._call(
+            signer,
+            "retention",
+            "replace_terms",
+            self._id(terms_id),
+            self._id(terms.host),
             u64(retention_ms, "retention_ms"),
             u64(storage_price_per_byte, "storage_price_per_byte"),
         )
@@ -357,6 +386,36 @@ class PaymentModelCalls(LocalStore):
             u64(deposit, "the deposit"),
         )
         return self._opened(result)
+
+    def end_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        subscription_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> int:
+        check_signer(signer)
+        tc = self.get_connection(connection_id)
+        subscription_id = subscription_id or tc.subscription
+        if subscription_id is None:
+            raise move_error(
+                "subscription",
+                "ENotSubscribed",
+                f"connection {tc.id} was not opened with a subscription",
+            )
+        sub = self.get_subscription(subscription_id)
+        result = self._call(
+            signer,
+            "subscription",
+            "end_connection",
+            self._id(subscription_id),
+            self._id(sub.offer),
+            self._id(tc.id),
+            self._id(escrow_id or tc.escrow),
+            self._id(cap_id or tc.spending_cap),
+        )
+        return int(result.value)
 
     def create_sponsor_pool(
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int

@@ -13,14 +13,18 @@ from dtp.ledger.local.store import LocalStore
 from dtp.ledger.local.stored import SEQ_MAX, SqlStore, build, decoded, not_found, stored_version
 from dtp.ledger.local.transactions import T
 from dtp.ledger.objects import (
+    FIREWALL_LISTS,
     Broadcast,
     ChainObject,
     ConnectionState,
     Event,
     EventFilter,
     EventRead,
+    Host,
     ObjectRef,
     TransportControl,
+    check_firewall_list,
+    firewall_entries,
     normalize_id,
 )
 
@@ -176,6 +180,68 @@ class LedgerReads(LocalStore):
         obj = self._read_one(lambda: self._typed(object_id, struct))
         assert isinstance(obj, cls)
         return obj
+
+    # -- the firewall's lists (Tables on Sui; a mapping in the Host's data here) ----------
+
+    def _firewall_tables(self, host_id: str) -> dict[str, list[str]]:
+        """The addresses on the Host's two lists, in one read, checked as a read of the
+        Host checks them."""
+        hid = normalize_id(host_id, "host ID")
+
+        def read() -> dict[str, list[str]]:
+            row = SqlStore(self._db).load(hid)
+            if row is None:
+                raise not_found(hid, None, "Host")
+            type_, _owner, version, data = row
+            name = type_.rsplit("::", 1)[-1]
+            if name != "Host":
+                raise not_found(hid, name, "Host")
+            build(name, hid, version, data)  # the whole Host checked, as a read of it is
+            fw = data["firewall"]
+            return {w: list(firewall_entries(fw[w], f"firewall.{w}")) for w in FIREWALL_LISTS}
+
+        return self._read_one(read)
+
+    def is_allowed(self, host_id: str, client: str) -> bool:
+        client = normalize_id(client, "address")
+        return client in self._firewall_tables(host_id)["allow"]
+
+    def is_denied(self, host_id: str, client: str) -> bool:
+        client = normalize_id(client, "address")
+        return client in self._firewall_tables(host_id)["deny"]
+
+    def permits(self, host: Host, client: str) -> bool:
+        # both lists in one read where both may decide
+        client = normalize_id(client, "address")
+        look_deny, look_allow = host.firewall.lookups()
+        if not (look_deny or look_allow):
+            return host.firewall.decide(allowed=False, denied=False)
+        lists = self._firewall_tables(host.id)
+        return host.firewall.decide(
+            allowed=look_allow and client in lists["allow"],
+            denied=look_deny and client in lists["deny"],
+        )
+
+    def refused(self, host: Host, clients: Iterable[str]) -> frozenset[str]:
+        # every client decided on one read of the lists
+        wanted = {normalize_id(c, "address") for c in clients}
+        look_deny, look_allow = host.firewall.lookups()
+        if not wanted or not (look_deny or look_allow):
+            allowed = host.firewall.decide(allowed=False, denied=False)
+            return frozenset() if allowed else frozenset(wanted)
+        lists = self._firewall_tables(host.id)
+        deny, allow = set(lists["deny"]), set(lists["allow"])
+        return frozenset(
+            c
+            for c in wanted
+            if not host.firewall.decide(
+                allowed=look_allow and c in allow, denied=look_deny and c in deny
+            )
+        )
+
+    def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
+        check_firewall_list(which)
+        return tuple(sorted(set(self._firewall_tables(host_id)[which])))
 
     def connection_state(self, connection_id: str) -> ConnectionState:
         # one field, read by SQLite: not the whole object parsed, built and checked

@@ -76,7 +76,7 @@ def not_found(object_id: str, found: str | None, struct: str | None) -> ObjectNo
 
 def build(name: str, object_id: str, version: int, d: dict[str, Any]) -> ChainObject:
     try:
-        table = d.get("contributions") if name == "Broadcast" else None
+        table = d.get("stakes") if name == "Broadcast" else None
         return object_from_fields(name, object_id, version, d, table or {})
     except SHAPE_ERRORS as exc:
         if name not in _BUILT:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dtp.errors import ObjectNotFound
+from dtp.errors import ObjectNotFound, move_error
 from dtp.ledger.economics import Subscription
 from dtp.ledger.interface import ResponseEscrow
 from dtp.ledger.objects import OpenedConnection, check_signer, normalize_id
@@ -86,6 +86,15 @@ class BroadcastCalls(SuiLedgerCore):
         check_signer(signer)
         out = self._broadcast_call(signer, broadcast_id, "withdraw", sui_tx.broadcast_withdraw)
         return int(out.event("ContributionRefunded")["amount"])
+
+    def broadcast_leave(self, signer: HostIdentity, broadcast_id: str) -> int:
+        check_signer(signer)
+        out = self._broadcast_call(signer, broadcast_id, "leave", sui_tx.broadcast_leave)
+        return int(out.event("ContributionRefunded")["amount"])
+
+    def broadcast_heartbeat(self, signer: HostIdentity, broadcast_id: str) -> None:
+        check_signer(signer)
+        self._broadcast_call(signer, broadcast_id, "heartbeat", sui_tx.broadcast_heartbeat)
 
     def create_ticket_sale(
         self,
@@ -284,6 +293,39 @@ class MessagingCalls(SuiLedgerCore):
         )
         return str(out.event("RetentionTermsCreated")["terms"])
 
+    def retire_retention_terms(self, signer: HostIdentity, terms_id: str) -> None:
+        check_signer(signer)
+        terms = self.get_retention_terms(terms_id)
+        ref = self._model_ref(terms_id, "RetentionTerms")
+        host = self._shared(terms.host, "Host")
+        self._execute(
+            signer,
+            "retention::retire_terms",
+            lambda ctx: sui_tx.retire_retention_terms(ctx, ref, host),
+        )
+
+    def replace_retention_terms(
+        self,
+        signer: HostIdentity,
+        terms_id: str,
+        retention_ms: int,
+        storage_price_per_byte: int,
+    ) -> str:
+        check_signer(signer)
+        self._amount(retention_ms, "retention_ms")
+        self._amount(storage_price_per_byte, "storage_price_per_byte")
+        terms = self.get_retention_terms(terms_id)
+        ref = self._model_ref(terms_id, "RetentionTerms")
+        host = self._shared(terms.host, "Host")
+        out = self._execute(
+            signer,
+            "retention::replace_terms",
+            lambda ctx: sui_tx.replace_retention_terms(
+                ctx, ref, host, retention_ms, storage_price_per_byte
+            ),
+        )
+        return str(out.event("RetentionTermsCreated")["terms"])
+
     def send_retained(
         self, signer: HostIdentity, pipe_id: str, terms_id: str, inner: int, data: bytes
     ) -> str:
@@ -439,6 +481,35 @@ class PaymentModelCalls(SuiLedgerCore):
             spend=deposit,
         )
         return self._opened(out)
+
+    def end_subscribed_connection(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        subscription_id: str | None = None,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> int:
+        check_signer(signer)
+        tc = self.get_connection(connection_id)
+        subscription_id = subscription_id or tc.subscription
+        if subscription_id is None:
+            # (Move would need a subscription to be given: refused here, as LocalLedger does)
+            raise move_error(
+                "subscription",
+                "ENotSubscribed",
+                f"connection {tc.id} was not opened with a subscription",
+            )
+        _, ref, offer = self._sub_refs(subscription_id)
+        tc_ref = self._shared(tc.id, "TransportControl")
+        escrow = self._shared(escrow_id or tc.escrow, "Escrow")
+        cap = self._shared(cap_id or tc.spending_cap, "SpendingCap")
+        out = self._execute(
+            signer,
+            "subscription::end_connection",
+            lambda ctx: sui_tx.end_subscribed_connection(ctx, ref, offer, tc_ref, escrow, cap),
+        )
+        return int(out.event("SubscribedConnectionEnded")["refunded"])
 
     def create_sponsor_pool(
         self, signer: HostIdentity, host_id: str, port: int, share_bps: int

@@ -708,10 +708,23 @@ class SuiNode:
 
     def table_entries(self, table_id: str) -> dict[str, int]:
         """Entries of a ``Table<address, u64>`` (its dynamic fields)."""
+        out: dict[str, int] = {}
+        for key, value in self.table_values(table_id).items():
+            if len(value) < 8:
+                raise BcsDecodeError(
+                    f"An entry of the table {table_id} is not an address and a u64 "
+                    f"(32 and {len(value)} bytes)."
+                )
+            out[key] = int.from_bytes(value[:8], "little")
+        return out
+
+    def table_values(self, table_id: str) -> dict[str, bytes]:
+        """Entries of a ``Table`` keyed by an address or an ID (its dynamic fields): each
+        key as ``0x`` hex, each value as its BCS bytes, for the caller to decode."""
         table_id = normalize_id(table_id)
 
-        async def call() -> dict[str, int]:
-            out: dict[str, int] = {}
+        async def call() -> dict[str, bytes]:
+            out: dict[str, bytes] = {}
             token: bytes | None = None
             seen: set[bytes] = set()
             while True:
@@ -721,15 +734,43 @@ class SuiNode:
                     )
                 )
                 for df in resp.dynamic_fields:
-                    # an address (32 bytes) to a u64: anything else is not this table's
+                    # an address or ID (32 bytes) to a value: anything else is not this table's
                     name = bytes(df.name.value or b"") if df.name is not None else b""
                     value = bytes(df.value.value or b"") if df.value is not None else b""
-                    if len(name) != 32 or len(value) < 8:
+                    if len(name) != 32:
                         raise BcsDecodeError(
-                            f"An entry of the table {table_id} is not an address and a u64 "
-                            f"({len(name)} and {len(value)} bytes)."
+                            f"An entry of the table {table_id} is not keyed by an address "
+                            f"({len(name)} bytes)."
                         )
-                    out["0x" + name.hex()] = int.from_bytes(value[:8], "little")
+                    out["0x" + name.hex()] = value
+                token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
+                if not token:
+                    return out
+
+        return self.run(call, f"ListDynamicFields {table_id}")
+
+    def table_keys(self, table_id: str) -> list[str]:
+        """The keys of a ``Table<address, _>`` (its dynamic fields' names), every page."""
+        table_id = normalize_id(table_id)
+
+        async def call() -> list[str]:
+            out: list[str] = []
+            token: bytes | None = None
+            seen: set[bytes] = set()
+            while True:
+                resp = await self._unary(
+                    rq.GetDynamicFields(
+                        table_id, page_size=1000, page_token=token, field_mask=["name"]
+                    )
+                )
+                for df in resp.dynamic_fields:
+                    name = bytes(df.name.value or b"") if df.name is not None else b""
+                    if len(name) != 32:
+                        raise BcsDecodeError(
+                            f"An entry of the table {table_id} is not keyed by an address "
+                            f"({len(name)} bytes)."
+                        )
+                    out.append("0x" + name.hex())
                 token = _next_page(resp.next_page_token, seen, "ListDynamicFields")
                 if not token:
                     return out

@@ -16,6 +16,7 @@ dict — the same as ``LocalLedger`` gives.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -39,13 +40,17 @@ __all__ = [
     "MESSAGING_EVENT_LAYOUTS",
     "OBJECT_LAYOUTS",
     "RESPONSE_ESCROW_LAYOUT",
+    "TABLE_VALUE_LAYOUTS",
     "BcsDecodeError",
+    "address_field_id",
     "decode",
     "decode_event",
     "decode_object",
+    "decode_table_values",
     "encode",
     "encode_event",
     "encode_object",
+    "host_tables",
     "object_to_fields",
 ]
 
@@ -91,8 +96,8 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
             "firewall",
             _struct(
                 ("mode", "u8"),
-                ("allow", ("vec", "address")),
-                ("deny", ("vec", "address")),
+                ("allow", "table"),
+                ("deny", "table"),
                 ("max_connections_per_client", "u64"),
                 ("max_bytes_per_sec", "u64"),
                 ("max_requests_per_sec", "u64"),
@@ -128,6 +133,7 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ),
         ("opened_at_ms", "u64"),
         ("settled", "bool"),
+        ("subscription", ("option", "id")),
     ),
     "Escrow": _struct(
         ("id", "id"),
@@ -163,13 +169,24 @@ OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("paid_slots", "u64"),
         ("pool", "u64"),
         ("earned", "u64"),
-        ("contributions", "table"),
+        ("stakes", "table"),
         ("total_contributed", "u64"),
         ("next_seq", "u64"),
         ("cancelled", "bool"),
-        ("refund_base", "u64"),
-        ("outstanding", "u64"),
+        ("total_shares", "u128"),
+        ("holders", "u64"),
+        ("generation", "u64"),
+        ("share_shift", "u64"),
+        ("last_live_ms", "u64"),
         ("ticket_sale", ("option", "id")),
+    ),
+}
+
+#: The values of an object's ``Table`` (a dynamic field's value), by object struct:
+#: ``Broadcast.stakes: Table<address, broadcast::Stake>``.
+TABLE_VALUE_LAYOUTS: Final[dict[str, Layout]] = {
+    "Broadcast": _struct(
+        ("contributed", "u64"), ("generation", "u64"), ("shift", "u64"), ("shares", "u128")
     ),
 }
 
@@ -271,10 +288,12 @@ EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("amount", "u64"),
         ("contribution", "u64"),
         ("pool", "u64"),
+        ("shares", "u128"),
     ),
     ("broadcast", "BroadcastTransmitted"): _struct(
         ("broadcast", "id"), ("seq", "u64"), ("data", "bytes")
     ),
+    ("broadcast", "BroadcastHeartbeat"): _struct(("broadcast", "id"), ("at_ms", "u64")),
     ("broadcast", "BroadcastClaimed"): _struct(
         ("broadcast", "id"), ("amount", "u64"), ("paid_slots", "u64")
     ),
@@ -557,17 +576,19 @@ def decode_object(
     struct: str,
     version: int,
     data: bytes,
-    table_entries: Mapping[str, int] | None = None,
+    table_entries: Mapping[str, Any] | None = None,
 ) -> ChainObject:
     """The typed view of a ``struct`` object from its BCS contents. ``table_entries`` are
-    the entries of its ``Table<address, u64>`` (a Broadcast's contributions), read from
-    dynamic fields by the caller."""
+    the entries of its ``Table`` (a Broadcast's stakes, each the fields of a ``Stake``:
+    :func:`decode_table_values` of the dynamic fields), read by the caller."""
     layout = OBJECT_LAYOUTS.get(struct)
     if layout is None:
         raise BcsDecodeError(f"Unknown dtp object type {struct}.")
     d = decode(layout, data)
+    # a Host carries its firewall Tables' IDs and sizes, not their entries
+    sizes = {w: d["firewall"][w]["size"] for w in ("allow", "deny")} if struct == "Host" else None
     try:
-        return object_from_fields(struct, d["id"], version, d, table_entries or {})
+        return object_from_fields(struct, d["id"], version, d, table_entries or {}, sizes)
     except (ValueError, KeyError, TypeError) as exc:
         # well-formed BCS with a value the typed view has no member for (a firewall
         # mode byte of 2): still not an object this version can read
@@ -578,12 +599,44 @@ def table_id(struct: str, data: bytes) -> str | None:
     """The ID of the ``Table`` inside a Broadcast (None for other structs)."""
     if struct != "Broadcast":
         return None
-    return str(decode(OBJECT_LAYOUTS[struct], data)["contributions"]["id"])
+    return str(decode(OBJECT_LAYOUTS[struct], data)["stakes"]["id"])
+
+
+def decode_table_values(struct: str, values: Mapping[str, bytes]) -> dict[str, Any]:
+    """The entries of a ``struct`` object's ``Table`` from the BCS of their values (a
+    Broadcast's stakes), as :func:`decode_object` takes them."""
+    layout = TABLE_VALUE_LAYOUTS[struct]
+    return {key: decode(layout, raw) for key, raw in values.items()}
+
+
+def host_tables(data: bytes) -> tuple[str, str]:
+    """The UIDs of the allow and deny ``Table``s in a Host's BCS contents: the parents of
+    the lists' entries (they never change for the Host's life)."""
+    fw = decode(OBJECT_LAYOUTS["Host"], data)["firewall"]
+    return str(fw["allow"]["id"]), str(fw["deny"]["id"])
+
+
+#: BCS ``TypeTag::Address`` (variant 4): the key type of the firewall Tables.
+_ADDRESS_TYPE_TAG: Final = b"\x04"
+#: Sui's ``HashingIntentScope::ChildObjectId``.
+_CHILD_OBJECT_SCOPE: Final = b"\xf0"
+
+
+def address_field_id(table_id: str, key: str) -> str:
+    """The object ID of the entry ``key`` of a ``Table<address, _>`` (its dynamic field),
+    as Sui derives it (``dynamic_field::hash_type_and_key``): blake2b-256 of the
+    ChildObjectId scope byte, the table's UID, the key's BCS length as a u64 and its
+    bytes, and the key's BCS ``TypeTag``. The entry exists iff the object does, so one
+    GetObject tells whether ``key`` is in the table."""
+    parent = bytes.fromhex(normalize_id(table_id)[2:])
+    name = bytes.fromhex(normalize_id(key, "address")[2:])
+    data = _CHILD_OBJECT_SCOPE + parent + len(name).to_bytes(8, "little") + name
+    return "0x" + hashlib.blake2b(data + _ADDRESS_TYPE_TAG, digest_size=32).hexdigest()
 
 
 def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[str, Any]:
     """The Move-shaped fields of a typed object (inverse of :func:`decode_object`, with
-    ``table`` as the ID of its Table, if any)."""
+    ``table`` as the ID of its Tables, if any)."""
     if isinstance(obj, Host):
         fw = obj.firewall
         return {
@@ -601,8 +654,8 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             },
             "firewall": {
                 "mode": int(fw.mode),
-                "allow": list(fw.allow),
-                "deny": list(fw.deny),
+                "allow": {"id": table, "size": fw.allow_count},
+                "deny": {"id": table, "size": fw.deny_count},
                 "max_connections_per_client": fw.max_connections_per_client,
                 "max_bytes_per_sec": fw.max_bytes_per_sec,
                 "max_requests_per_sec": fw.max_requests_per_sec,
@@ -640,6 +693,7 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
             "state": state,
             "opened_at_ms": obj.opened_at_ms,
             "settled": obj.settled,
+            "subscription": obj.subscription,
         }
     if isinstance(obj, Escrow):
         return {
@@ -679,12 +733,15 @@ def object_to_fields(obj: ChainObject, table: str = "0x" + "00" * 32) -> dict[st
         "paid_slots": obj.paid_slots,
         "pool": obj.pool,
         "earned": obj.earned,
-        "contributions": {"id": table, "size": len(obj.contributions)},
+        "stakes": {"id": table, "size": len(obj.stakes)},
         "total_contributed": obj.total_contributed,
         "next_seq": obj.next_seq,
         "cancelled": obj.cancelled,
-        "refund_base": obj.refund_base,
-        "outstanding": obj.outstanding,
+        "total_shares": obj.total_shares,
+        "holders": obj.holders,
+        "generation": obj.generation,
+        "share_shift": obj.share_shift,
+        "last_live_ms": obj.last_live_ms,
         "ticket_sale": obj.ticket_sale,
     }
 

@@ -76,6 +76,7 @@ ECONOMICS_OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
         ("port", "u16"),
         ("retention_ms", "u64"),
         ("storage_price_per_byte", "u64"),
+        ("retired", "bool"),
     ),
     "RetainedRecord": _struct(
         ("id", "id"),
@@ -126,6 +127,9 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
     ),
     ("subscription", "SubscribedConnectionOpened"): _struct(
         ("subscription", "id"), ("connection", "id")
+    ),
+    ("subscription", "SubscribedConnectionEnded"): _struct(
+        ("subscription", "id"), ("connection", "id"), ("by", "address"), ("refunded", "u64")
     ),
     ("sponsor", "SponsorPoolCreated"): _struct(
         ("pool", "id"),
@@ -182,6 +186,10 @@ ECONOMICS_EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
         ("receiver", "address"),
         ("deposit", "u64"),
         ("delete_after_ms", "u64"),
+        ("reclaim_after_ms", "u64"),
+    ),
+    ("retention", "RetentionTermsRetired"): _struct(
+        ("terms", "id"), ("host", "id"), ("port", "u16")
     ),
     ("retention", "RecordConsumed"): _struct(("record", "id"), ("receiver", "address")),
     ("retention", "RecordDeleted"): _struct(

@@ -24,6 +24,7 @@ from dtp.ledger.objects import (
     EventFilter,
     EventRead,
     OpenedConnection,
+    check_firewall_list,
     normalize_id,
 )
 from dtp.ledger.sui import tx as sui_tx
@@ -39,7 +40,10 @@ from dtp.ledger.sui.codec import (
     OBJECT_LAYOUTS,
     OBJECT_MODULES,
     BcsDecodeError,
+    address_field_id,
     decode_object,
+    decode_table_values,
+    host_tables,
     table_id,
 )
 from dtp.ledger.sui.config import SuiConfig
@@ -65,6 +69,9 @@ logger = logging.getLogger("dtp.ledger.sui")
 _CHECKPOINT_CACHE: Final = 1024
 #: Shared objects whose type and initial shared version a SuiLedger remembers.
 _SHARED_CACHE: Final = 4096
+#: The type of a firewall list's entry: a dynamic field of the list's Table (the
+#: framework's address in full or short, spaces left out).
+_FIREWALL_ENTRY_TYPE: Final = re.compile(r"0x0{0,63}2::dynamic_field::Field<address,bool>")
 #: Times a transaction cancelled by congestion control is sent again, after a backoff
 #: from _CONGESTION_DELAY s doubling to _CONGESTION_DELAY_CAP s (jittered).
 _CONGESTION_RETRIES: Final = 5
@@ -132,6 +139,8 @@ class SuiLedgerCore(TypedReads):
         self._checkpoint_lock = threading.Lock()
         #: Shared objects' struct and initial shared version, which never change.
         self._shared_refs: dict[str, tuple[str, int]] = {}
+        #: The UIDs of each Host's allow and deny Tables, which never change either.
+        self._host_tables: dict[str, tuple[str, str]] = {}
         self._shared_lock = threading.Lock()
         self._pools: dict[str, GasPool] = {}
         self._pools_lock = threading.Lock()
@@ -221,12 +230,15 @@ class SuiLedgerCore(TypedReads):
 
     def _typed(self, object_id: str, struct: str | None) -> ChainObject:
         obj, name = self._load(object_id, struct)
-        entries: dict[str, int] = {}
+        entries: dict[str, Any] = {}
         table = table_id(name, obj.contents)
         if table is not None:
-            entries = self._node.table_entries(table)
+            entries = decode_table_values(name, self._node.table_values(table))
         try:
-            return decode_object(name, obj.version, obj.contents, entries)
+            typed = decode_object(name, obj.version, obj.contents, entries)
+            if name == "Host":
+                self._remember_tables(obj.object_id, host_tables(obj.contents))
+            return typed
         except BcsDecodeError as exc:
             raise BcsDecodeError(
                 f"{name} {obj.object_id} does not decode ({exc}); is DTP_SUI_PACKAGE the "
@@ -237,6 +249,59 @@ class SuiLedgerCore(TypedReads):
         obj = self._typed(object_id, struct)
         assert isinstance(obj, cls)
         return obj
+
+    # -- the firewall's lists: Tables, looked up entry by entry -----------------------------
+
+    def _remember_tables(self, host_id: str, tables: tuple[str, str]) -> None:
+        with self._shared_lock:
+            while len(self._host_tables) >= _SHARED_CACHE:
+                del self._host_tables[next(iter(self._host_tables))]
+            self._host_tables[host_id] = tables
+
+    def _firewall_table(self, host_id: str, which: str) -> str:
+        """The UID of the Host's ``which`` list's Table: remembered from any read of the
+        Host (it never changes), or read with the Host once."""
+        check_firewall_list(which)
+        host_id = normalize_id(host_id, "host ID")
+        with self._shared_lock:
+            tables = self._host_tables.get(host_id)
+        if tables is None:
+            obj, _ = self._load(host_id, "Host")
+            try:
+                tables = host_tables(obj.contents)
+            except BcsDecodeError as exc:
+                raise BcsDecodeError(f"Host {host_id} does not decode ({exc}).") from None
+            self._remember_tables(host_id, tables)
+        return tables[0] if which == "allow" else tables[1]
+
+    def _listed(self, host_id: str, which: str, client: str) -> bool:
+        """Whether ``client`` is on the Host's ``which`` list: one GetObject of the entry's
+        dynamic field, whose ID is derived from the Table's and the address (absent: not
+        listed), whatever the list's length."""
+        client = normalize_id(client, "address")
+        field_id = address_field_id(self._firewall_table(host_id, which), client)
+        try:
+            entry = self._node.get_object(field_id)
+        except ObjectNotFound:
+            return False
+        # Field<address, bool> { id, name: the address, value: true }
+        expected = bytes.fromhex(field_id[2:] + client[2:] + "01")
+        entry_type = entry.type.replace(" ", "")
+        if not _FIREWALL_ENTRY_TYPE.fullmatch(entry_type) or entry.contents != expected:
+            raise MalformedResponse(
+                f"The node sent {entry.type} {field_id} as the {which} list's entry of "
+                f"{client} on host {host_id}: not a Field<address, bool> of it."
+            )
+        return True
+
+    def is_allowed(self, host_id: str, client: str) -> bool:
+        return self._listed(host_id, "allow", client)
+
+    def is_denied(self, host_id: str, client: str) -> bool:
+        return self._listed(host_id, "deny", client)
+
+    def firewall_list(self, host_id: str, which: str) -> tuple[str, ...]:
+        return tuple(sorted(set(self._node.table_keys(self._firewall_table(host_id, which)))))
 
     # -- executing -------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ __all__ = [
     "broadcast_cancel",
     "broadcast_claim",
     "broadcast_contribute",
+    "broadcast_heartbeat",
+    "broadcast_leave",
     "broadcast_transmit",
     "broadcast_withdraw",
     "claim",
@@ -440,6 +442,8 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
     "broadcast_claim": ("broadcast", "claim", (_MUT, _CLOCK)),
     "broadcast_cancel": ("broadcast", "cancel", (_MUT, _CLOCK)),
     "broadcast_withdraw": ("broadcast", "withdraw", (_MUT,)),
+    "broadcast_leave": ("broadcast", "leave", (_MUT, _CLOCK)),
+    "broadcast_heartbeat": ("broadcast", "heartbeat", (_MUT, _CLOCK)),
     "mailbox_send": ("mailbox", "send", (_IMM, ("bytes", "payload"))),
     "response_escrow_deposit": (
         "response_escrow",
@@ -483,6 +487,11 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "open_connection",
         (_IMM, _IMM, _IMM, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
     ),
+    "end_subscribed_connection": (
+        "subscription",
+        "end_connection",
+        (_IMM, _IMM, _MUT, _MUT, _MUT, _CLOCK),
+    ),
     "create_sponsor_pool": ("sponsor", "create", (_IMM, _PORT, ("u64", "share_bps"))),
     "fund_sponsor_pool": ("sponsor", "fund", (_MUT, ("coin", "the amount"))),
     "withdraw_sponsor_pool": ("sponsor", "withdraw", (_MUT, ("u64", "the amount"))),
@@ -522,6 +531,12 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "retention",
         "create_terms",
         (_IMM, _PORT, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
+    ),
+    "retire_retention_terms": ("retention", "retire_terms", (_MUT, _IMM)),
+    "replace_retention_terms": (
+        "retention",
+        "replace_terms",
+        (_MUT, _IMM, ("u64", "retention_ms"), ("u64", "storage_price_per_byte")),
     ),
     "send_retained": (
         "retention",
@@ -801,6 +816,16 @@ def broadcast_withdraw(ctx: TxContext, broadcast: SharedRef) -> bytes:
     return _build(ctx, "broadcast_withdraw", broadcast)
 
 
+def broadcast_leave(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::leave(&mut b, &clock)``."""
+    return _build(ctx, "broadcast_leave", broadcast)
+
+
+def broadcast_heartbeat(ctx: TxContext, broadcast: SharedRef) -> bytes:
+    """``broadcast::heartbeat(&mut b, &clock)``."""
+    return _build(ctx, "broadcast_heartbeat", broadcast)
+
+
 # -- mailbox and response escrow ------------------------------------------------------------------
 
 
@@ -909,6 +934,19 @@ def open_subscribed_connection(
     )
 
 
+def end_subscribed_connection(
+    ctx: TxContext,
+    subscription: SharedRef,
+    offer: SharedRef,
+    connection: SharedRef,
+    escrow: SharedRef,
+    cap: SharedRef,
+) -> bytes:
+    """``subscription::end_connection(&sub, &offer, &mut tc, &mut escrow, &mut cap,
+    &clock)``."""
+    return _build(ctx, "end_subscribed_connection", subscription, offer, connection, escrow, cap)
+
+
 def create_sponsor_pool(ctx: TxContext, host: SharedRef, port: int, share_bps: int) -> bytes:
     """``sponsor::create(&host, port, share_bps)``."""
     return _build(ctx, "create_sponsor_pool", host, port, share_bps)
@@ -1001,6 +1039,23 @@ def create_retention_terms(
     return _build(ctx, "create_retention_terms", host, port, retention_ms, storage_price_per_byte)
 
 
+def retire_retention_terms(ctx: TxContext, terms: SharedRef, host: SharedRef) -> bytes:
+    """``retention::retire_terms(&mut terms, &host)``."""
+    return _build(ctx, "retire_retention_terms", terms, host)
+
+
+def replace_retention_terms(
+    ctx: TxContext,
+    terms: SharedRef,
+    host: SharedRef,
+    retention_ms: int,
+    storage_price_per_byte: int,
+) -> bytes:
+    """``retention::replace_terms(&mut terms, &host, retention_ms,
+    storage_price_per_byte)``."""
+    return _build(ctx, "replace_retention_terms", terms, host, retention_ms, storage_price_per_byte)
+
+
 def send_retained(
     ctx: TxContext,
     pipe: OwnedRef,
@@ -1036,6 +1091,7 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
         "withdraw_subscription_offer",
         "refund_subscription",
         "open_subscribed_connection",
+        "end_subscribed_connection",
         "create_sponsor_pool",
         "fund_sponsor_pool",
         "withdraw_sponsor_pool",
@@ -1049,6 +1105,8 @@ ECONOMICS_TARGETS: Final[dict[str, tuple[str, str]]] = {
         "cancel_ticket_sale",
         "refund_tickets",
         "create_retention_terms",
+        "retire_retention_terms",
+        "replace_retention_terms",
         "send_retained",
         "confirm_consumed",
         "delete_retained",
@@ -1117,6 +1175,8 @@ BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
         broadcast_claim,
         broadcast_cancel,
         broadcast_withdraw,
+        broadcast_leave,
+        broadcast_heartbeat,
     )
 }
 

@@ -38,7 +38,11 @@ every 0.2 s, whatever the number of tips); a tip is signed for the station's ses
 it is not accepted again by a restarted station. A *request* is a short message from a
 listener to the station. The broadcaster claims what its slots earned
 (:meth:`BroadcastStation.claim`); after :meth:`BroadcastStation.cancel`, listeners take
-their pooled refunds (:meth:`BroadcastListener.withdraw`).
+back the value of their shares of the pool (:meth:`BroadcastListener.withdraw`). A
+station that sends records heartbeats on the ledger (:meth:`BroadcastStation.heartbeat`,
+at most every half ``Broadcast.idle_ms``); once a broadcast has shown no sign of life for
+that bound, its listeners may leave it and take back their shares' value
+(:meth:`BroadcastListener.leave`; docs/escrow.md §9).
 
 Nothing waits on a slow party: each listener link has a writer thread with a bounded
 queue; when it is full the message is dropped for that listener only and counted, and

@@ -1,6 +1,7 @@
 """A station's air time (:class:`StationAirTime`): whether the listeners' pool covers the
 slot in progress (docs/escrow.md §9), asked of the ledger once per slot and whenever off
-air, and the sending of messages, which only an on-air station does."""
+air, the sending of messages, which only an on-air station does, and the heartbeats that
+tell the ledger it sends (so its listeners cannot leave it as idle)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class StationAirTime(StationListeners):
         now = self.ledger.clock_ms()
         slot = 0 if now < self._start_ms else (now - self._start_ms) // self._slot_ms
         with self._lock:
+            self._checked_ms = now
             if self._cancelled:
                 return False
             if self._on_air and slot == self._checked_slot:
@@ -102,7 +104,45 @@ class StationAirTime(StationListeners):
                 ) from None
             self._seq += 1
             self._fan_out(frame)
+        self._keep_alive()
         return seq
+
+    def heartbeat(self) -> None:
+        """Record on the ledger that this station is transmitting (``broadcast::heartbeat``:
+        its messages go over DTP streams, which the ledger does not see), so its
+        listeners cannot leave it as idle for ``Broadcast.idle_ms``. :meth:`send` does it
+        by itself, in the background, at most every half ``idle_ms``; raises the ledger's
+        error (``ENotOnAir`` off air, ``EBroadcastCancelled``)."""
+        now = self.ledger.clock_ms()
+        self.ledger.broadcast_heartbeat(self.identity, self.broadcast_id)
+        with self._lock:
+            self._next_beat_ms = max(self._next_beat_ms, now + self._idle_ms // 2)
+
+    def _keep_alive(self) -> None:
+        """After a send: a heartbeat in a thread of its own when half the idle bound has
+        passed since the last one (a ledger transaction, seconds on Sui, which no send
+        waits for). One that fails is tried again after a twentieth of the bound."""
+        with self._lock:
+            now = self._checked_ms
+            if (
+                not self._keep_alive_on
+                or self._cancelled
+                or self._closed
+                or now < self._next_beat_ms
+                or (self._beat is not None and self._beat.is_alive())
+            ):
+                return
+            # (set now: the sends meanwhile start no second one)
+            self._next_beat_ms = now + self._idle_ms // 20
+
+            def beat() -> None:
+                try:
+                    self.heartbeat()
+                except DTPError as exc:
+                    logger.warning("broadcast %s: heartbeat failed: %s", self.broadcast_id, exc)
+
+            self._beat = threading.Thread(target=beat, name="bcast-heartbeat", daemon=True)
+            self._beat.start()
 
     def start_monitor(self, interval: float = 0.1) -> None:
         """Check the ledger every ``interval`` seconds in a thread, so listeners learn of

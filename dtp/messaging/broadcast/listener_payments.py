@@ -1,6 +1,6 @@
 """What a listener sends the station and pays through the ledger
-(:class:`ListenerPayments`): requests, contributions, signed tips and, after a cancel,
-its share of the pool."""
+(:class:`ListenerPayments`): requests, contributions, signed tips and the way back: the
+value of its shares of the pool after a cancel, or when it leaves an idle broadcast."""
 
 from __future__ import annotations
 
@@ -82,6 +82,33 @@ class ListenerPayments(ListenerState):
         return tip_id
 
     def withdraw(self) -> int:
-        """After a cancel: take this listener's share of the pool; returns it."""
+        """After a cancel: take back the value of this listener's shares of the pool;
+        returns it."""
         ledger, identity, b_id = self._need()
         return ledger.broadcast_withdraw(identity, b_id)
+
+    def leave(self) -> int:
+        """Leave an idle broadcast: one not cancelled whose broadcaster has shown no sign
+        of transmitting (a message on the ledger, or its station's heartbeat) for
+        ``Broadcast.idle_ms`` (docs/escrow.md §9). The slots its pool covered until now
+        are paid first; this listener takes back the value of its shares and returns
+        it. Before then the ledger refuses (:class:`~dtp.errors.BroadcastError`
+        ``EBroadcastLive``; :meth:`leave_opens_ms` says when); after a cancel,
+        :meth:`withdraw`. The listener keeps listening: leaving is about the money."""
+        ledger, identity, b_id = self._need()
+        return ledger.broadcast_leave(identity, b_id)
+
+    def refund_value(self) -> int:
+        """What :meth:`withdraw` or :meth:`leave` would pay this listener now: the value
+        of its shares once the slots completed so far are paid (0 with none)."""
+        ledger, identity, b_id = self._need()
+        b = ledger.get_broadcast(b_id)
+        return b.refund_value(identity.sui_address, ledger.clock_ms())
+
+    def leave_opens_ms(self) -> int | None:
+        """When (ledger clock, ms) this listener may :meth:`leave` unless the broadcaster
+        shows it is live before; None once the broadcast is cancelled (:meth:`withdraw`
+        then)."""
+        ledger, _, b_id = self._need()
+        b = ledger.get_broadcast(b_id)
+        return None if b.cancelled else b.leave_opens_ms

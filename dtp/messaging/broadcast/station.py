@@ -42,6 +42,7 @@ class BroadcastStation(StationAirTime):
         inbox_size: int = 256,
         tipped: Mapping[str, int] | None = None,
         tip_state: str | os.PathLike[str] | None = None,
+        keep_alive: bool = True,
     ) -> None:
         """``link_queue`` (frames per listener) and ``inbox_size`` (tips, requests) are
         at least 1 and ``max_listeners`` at least 0 (ValueError; TypeError when not ints):
@@ -53,7 +54,13 @@ class BroadcastStation(StationAirTime):
         earlier ones did: ``tipped`` (tipper address → MIST accepted, e.g. an earlier
         station's :attr:`tipped`) and/or ``tip_state``, a JSON file read at start (when
         it exists) and rewritten, atomically, at every accepted tip, so a station
-        restarted with the same path goes on from its predecessor's totals."""
+        restarted with the same path goes on from its predecessor's totals.
+
+        ``keep_alive`` (on by default): while the station sends, it records a heartbeat
+        on the ledger at most every half ``Broadcast.idle_ms`` (:meth:`heartbeat`), so
+        its listeners cannot leave the broadcast as idle (docs/escrow.md §9). Off, the
+        station's listeners may leave once it has been live on the ledger for none of
+        that bound."""
         for name, value, low in (
             ("link_queue", link_queue, 1),
             ("max_listeners", max_listeners, 0),
@@ -94,7 +101,13 @@ class BroadcastStation(StationAirTime):
         self._seq = 1
         self._on_air = False
         self._checked_slot = -1
+        self._checked_ms = b.start_ms
         self._cancelled = b.cancelled
+        # heartbeats: when the next is due (ledger ms), and the thread of the one under way
+        self._keep_alive_on = bool(keep_alive)
+        self._idle_ms = b.idle_ms
+        self._next_beat_ms = b.last_live_ms + b.idle_ms // 2
+        self._beat: threading.Thread | None = None
         self._tip_state = None if tip_state is None else os.fspath(tip_state)
         self._tipped: dict[str, int] = {}
         for source in (self._load_tip_state(), tipped or {}):
@@ -152,13 +165,17 @@ class BroadcastStation(StationAirTime):
         self._set_air(False, "cancelled", self._checked_slot)
 
     def close(self) -> None:
-        """Stop the monitor and close every listener link; :meth:`attach` refuses from
-        then on. The streams are left to their owners, and so are the links' reader
-        threads: each ends when its stream does, or at the next bytes it receives
-        (:meth:`_StationLink.close`)."""
+        """Stop the monitor, close every listener link and wait for a heartbeat under way;
+        :meth:`attach` refuses from then on. The streams are left to their owners, and so
+        are the links' reader threads: each ends when its stream does, or at the next
+        bytes it receives (:meth:`_StationLink.close`)."""
         self._stop.set()
         with self._lock:
             self._closed = True
             links = list(self._links)
+            beat = self._beat
         for link in links:
             link.close()
+        if beat is not None:
+            # (a heartbeat under way: the ledger may be closed by the caller next)
+            beat.join()

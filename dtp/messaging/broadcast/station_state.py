@@ -44,7 +44,13 @@ class StationState:
     _seq: int
     _on_air: bool
     _checked_slot: int
+    _checked_ms: int
     _cancelled: bool
+    # heartbeats (docs/escrow.md §9)
+    _keep_alive_on: bool
+    _idle_ms: int
+    _next_beat_ms: int
+    _beat: threading.Thread | None
     # tips
     _tip_state: str | None
     _tipped: dict[str, int]

@@ -28,7 +28,8 @@ _TIP_SAVE_WAIT: Final = 30.0
 # tips signed by fresh keys, free to make, cost one read per this, not one each
 _TIP_READ_GAP: Final = 0.2
 # How long (seconds) a read showing a tipper's contributions cover a tip is taken as it
-# is: contributions only grow until a cancel, after which a withdrawal is unseen so long
+# is: contributions only grow until a cancel or a leave (of an idle broadcast), after
+# which a withdrawal or the leave is unseen so long
 _TIP_READ_TRUST: Final = 1.0
 
 
@@ -85,8 +86,8 @@ class StationTips(StationTipState):
         that says so began after ``arrived`` (when its tip came in: the contribution that
         pays for a tip is made before the tip is sent). A read less than
         ``_TIP_READ_TRUST`` old of the broadcast not cancelled is taken as it is when it
-        shows ``need`` or more (contributions only grow until a cancel); else the tip
-        waits for a read begun after it arrived, which serves every tip waiting then,
+        shows ``need`` or more (contributions only grow until a cancel or a leave); else
+        the tip waits for a read begun after it arrived, which serves every tip waiting then,
         and reads begin at most every ``_TIP_READ_GAP`` seconds. (Each tip cost a read,
         a network call on Sui, before it was refused: tips signed by fresh keys, free to
         make, kept the ledger busy.)"""

@@ -38,6 +38,20 @@ from dtp.native.types import (
 _HEADER = struct.Struct("<BI")
 _F64 = struct.Struct("<d")
 
+UTF16_ORDER = bytes(b if b < 0xEE else b - 2 if b >= 0xF0 else b + 0x10 for b in range(256))
+"""Each byte's rank in the tie-break order (protocol.md 6.3): ``0xF0..0xFF`` before
+``0xEE`` and ``0xEF``. UTF-8 leads U+E000..U+FFFF with 0xEE/0xEF and what is beyond
+U+FFFF with 0xF0..0xF4, which UTF-16 writes as surrogates, below U+E000: two UTF-8 texts
+whose bytes are ranked so compare as their UTF-16 code units do (as JavaScript, and so
+GunDB, compares strings), and any two byte strings still have one order."""
+
+
+def value_order(a: bytes, b: bytes) -> int:
+    """-1, 0 or 1 as value ``a`` comes before, equals or follows ``b`` in the
+    tie-break order (a proper prefix first)."""
+    ka, kb = a.translate(UTF16_ORDER), b.translate(UTF16_ORDER)
+    return (ka > kb) - (ka < kb)
+
 
 def update_size(update: HamUpdate) -> int:
     """Bytes of one update's canonical encoding (no batch header)."""
@@ -251,7 +265,7 @@ class HamGraph:
             if state == cur_state:
                 if value == cur_value:
                     return HAM_SAME
-                if value < cur_value:  # bytewise; a proper prefix is smaller
+                if value.translate(UTF16_ORDER) < cur_value.translate(UTF16_ORDER):
                     return HAM_HISTORICAL
         self._table[soul, field] = (state, value)
         return HAM_APPLIED
@@ -347,10 +361,12 @@ class HamGraph:
 
 
 __all__ = [
+    "UTF16_ORDER",
     "HamGraph",
     "decode_ham_batch",
     "encode_ham_batch",
     "find_ham_souls",
     "update_size",
+    "value_order",
     "zero_negative_states",
 ]

@@ -12,7 +12,8 @@ MAX_RECEIPT = 1024
 MAX_ACK_RANGES = 256
 REPLAY_WINDOW = 4096
 
-HAM_BATCH_VERSION = 1
+# 2: ties between values in UTF-16 order, as GunDB breaks them (1 compared the bytes)
+HAM_BATCH_VERSION = 2
 HAM_BATCH_HEADER_LEN = 5
 HAM_MAX_KEY = 1024
 HAM_MAX_VALUE = 1048576

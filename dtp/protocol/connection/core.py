@@ -12,6 +12,7 @@ from typing import Any
 
 from dtp.errors import (
     CLOSE_PAYMENT_REQUIRED,
+    CLOSE_SUBSCRIPTION_ENDED,
     ConnectionClosed,
     ConnectionLost,
     DecryptionError,
@@ -20,6 +21,7 @@ from dtp.errors import (
     PaymentRequired,
     RemoteProtocolError,
     ReplayError,
+    SubscriptionEnded,
     refusal_error,
 )
 from dtp.identity.noise import Handshake
@@ -506,6 +508,8 @@ def error_for_termination(event: ConnectionTerminated) -> DTPError | None:
         return RemoteProtocolError(f"peer violated the protocol: {reason}")
     if code == CLOSE_PAYMENT_REQUIRED and event.by_peer:
         return PaymentRequired(reason or "payment required", code)
+    if code == CLOSE_SUBSCRIPTION_ENDED and event.by_peer:
+        return SubscriptionEnded(reason or "the subscription is over", code)
     if code >= CloseCode.APPLICATION or not event.by_peer:
         return ConnectionClosed(reason, code)
     return ConnectionLost(f"peer closed the connection: {reason} (code {code})")

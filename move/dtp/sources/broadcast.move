@@ -7,12 +7,15 @@
 /// covers moves `slot_price` from the pool to the broadcaster's earnings; completed slots
 /// the pool could not cover were off air and are skipped (never charged later).
 ///
-/// When the broadcaster cancels, completed slots are paid, the slot in progress is not,
-/// and every listener can withdraw the same fraction of what they contributed:
-/// `refund = contribution * pool_at_cancel / total_contributed`, rounded on the running
-/// total of the contributions refunded so far (each refund rounded down or up, never
-/// above the contribution), the last listener to withdraw taking whatever is left, so no
-/// MIST is stranded.
+/// The pool is held in *shares* (docs/escrow.md §9): a contribution buys shares at the
+/// pool's value per share when it is made (after the completed slots are paid), so each
+/// paid slot lowers every share alike and no listener pays for a slot that ended before
+/// it paid in. A listener takes back the value of its shares: after a cancel
+/// (`withdraw`), or by leaving a broadcast whose broadcaster has shown no sign of
+/// transmitting for `idle_ms` (`leave`). Each refund is the value of its shares rounded
+/// down; the last holder out takes what is left, so no MIST is stranded. A pool spent to 0
+/// while shares remain starts a new share generation, in which the old shares are worth
+/// nothing and new money buys in at the first generation's price.
 ///
 /// A broadcast may be *ticketed* (`create_ticketed`): it names a `dtp::tickets`
 /// `TicketSale` of its broadcaster, and the station that relays it admits only listeners
@@ -50,12 +53,31 @@ const EZeroAmount: vector<u8> = b"Contribution must be positive";
 const EDataTooLarge: vector<u8> = b"Broadcast data exceeds the per-message limit";
 #[error(code = 98)]
 const ENotOrganizer: vector<u8> = b"Only the ticket sale's organizer can broadcast for it";
+#[error(code = 99)]
+const EBroadcastLive: vector<u8> = b"The broadcast has not been idle long enough to leave";
+#[error(code = 100)]
+const EContributionTooSmall: vector<u8> = b"Contribution buys no share at the pool's current value";
 
 /// Largest `data` per transmitted message, in bytes.
 /// Sui refuses a pure transaction argument of 16384 bytes or more before any Move
 /// code runs, and a `vector<u8>` argument carries a 2-byte length: 16381 is the most
 /// a transaction can pass, so it is the bound here too (docs/escrow.md §8).
 const MAX_DATA_LENGTH: u64 = 16_381;
+
+/// Shares one MIST buys in a new share generation: fine enough that rounding a
+/// contribution's shares down costs it less than a billionth of a MIST.
+const SHARE_SCALE: u256 = 1_000_000_000;
+/// `total_shares` stays below `2^SHARE_BITS`: past it, the share unit is doubled as often
+/// as needed (`share_shift`), so shares never overflow however far the value of a share
+/// falls (docs/escrow.md §9).
+const SHARE_BITS: u8 = 120;
+
+/// A listener may leave once the broadcaster has shown no sign of transmitting
+/// (`transmit`, `heartbeat`) for `IDLE_SLOTS` slots, but never less than `MIN_IDLE_MS`
+/// nor more than `MAX_IDLE_MS` (docs/escrow.md §9 says why).
+const IDLE_SLOTS: u64 = 3;
+const MIN_IDLE_MS: u64 = 600_000;
+const MAX_IDLE_MS: u64 = 86_400_000;
 
 // === Object ===
 
@@ -73,24 +95,45 @@ public struct Broadcast has key {
     next_slot: u64,
     /// Slots paid to the broadcaster so far.
     paid_slots: u64,
-    /// Listeners' money not yet earned.
+    /// Listeners' money not yet earned: the value of all shares of the current generation.
     pool: Balance<SUI>,
     /// Earned by the broadcaster and not yet claimed.
     earned: Balance<SUI>,
-    /// Contribution per listener (removed when refunded).
-    contributions: Table<address, u64>,
+    /// Each listener's stake (removed when it withdraws or leaves).
+    stakes: Table<address, Stake>,
     /// Sum of all contributions.
     total_contributed: u64,
     /// Sequence number of the next transmitted message.
     next_seq: u64,
     cancelled: bool,
-    /// Pool value when cancelled: the base of every refund.
-    refund_base: u64,
-    /// Contributions not yet refunded (after cancel).
-    outstanding: u64,
+    /// Shares of the current generation, in units of `2^share_shift` shares; at least the
+    /// sum of the holders' shares (a doubling of the unit rounds each stake down).
+    total_shares: u128,
+    /// Listeners holding a stake of the current generation: the last of them out takes
+    /// the pool.
+    holders: u64,
+    /// Share generation: a new one starts when money comes into a pool spent to 0.
+    generation: u64,
+    /// How many times the share unit of this generation has been doubled.
+    share_shift: u64,
+    /// When the broadcaster last showed it was transmitting (`transmit`, `heartbeat`;
+    /// the creation time at first): `leave` opens `idle_ms` after it.
+    last_live_ms: u64,
     /// The ticket sale whose holders alone may listen (`create_ticketed`); none for an
     /// open broadcast.
     ticket_sale: Option<ID>,
+}
+
+/// One listener's part of a broadcast.
+public struct Stake has copy, drop, store {
+    /// What the listener has paid in (what its tips are checked against).
+    contributed: u64,
+    /// The generation its shares belong to: those of an earlier one are worth nothing.
+    generation: u64,
+    /// `share_shift` when `shares` was written: the current value is
+    /// `shares >> (share_shift - shift)`.
+    shift: u64,
+    shares: u128,
 }
 
 // === Events ===
@@ -112,12 +155,19 @@ public struct BroadcastContributed has copy, drop {
     /// The listener's total contribution after this one.
     contribution: u64,
     pool: u64,
+    /// The listener's shares after this one (in the unit of `share_shift`).
+    shares: u128,
 }
 
 public struct BroadcastTransmitted has copy, drop {
     broadcast: ID,
     seq: u64,
     data: vector<u8>,
+}
+
+public struct BroadcastHeartbeat has copy, drop {
+    broadcast: ID,
+    at_ms: u64,
 }
 
 public struct BroadcastClaimed has copy, drop {
@@ -132,6 +182,7 @@ public struct BroadcastCancelled has copy, drop {
     refundable: u64,
 }
 
+/// A listener took back the value of its shares (`withdraw` after a cancel, or `leave`).
 public struct ContributionRefunded has copy, drop {
     broadcast: ID,
     listener: address,
@@ -189,12 +240,15 @@ fun new(
         paid_slots: 0,
         pool: balance::zero(),
         earned: balance::zero(),
-        contributions: table::new(ctx),
+        stakes: table::new(ctx),
         total_contributed: 0,
         next_seq: 0,
         cancelled: false,
-        refund_base: 0,
-        outstanding: 0,
+        total_shares: 0,
+        holders: 0,
+        generation: 0,
+        share_shift: 0,
+        last_live_ms: start_ms,
         ticket_sale,
     };
     let broadcast_id = object::id(&b);
@@ -212,16 +266,33 @@ fun new(
 }
 
 /// Publish one message on the channel; only while on air. Returns its sequence number.
+/// The broadcast is live from then on (`last_live_ms`).
 public fun transmit(b: &mut Broadcast, data: vector<u8>, clock: &Clock, ctx: &TxContext): u64 {
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     assert!(!b.cancelled, EBroadcastCancelled);
     assert!(data.length() <= MAX_DATA_LENGTH, EDataTooLarge);
-    b.accrue(clock.timestamp_ms());
+    let now = clock.timestamp_ms();
+    b.accrue(now);
     assert!(b.pool.value() >= b.slot_price, ENotOnAir);
+    b.last_live_ms = now;
     let seq = b.next_seq;
     b.next_seq = seq + 1;
     event::emit(BroadcastTransmitted { broadcast: object::id(b), seq, data });
     seq
+}
+
+/// The broadcaster records that it is transmitting off the ledger (a station sends its
+/// messages over DTP streams, unseen here); only while on air. Keeps listeners from
+/// leaving for `idle_ms`: the chain cannot see the messages, so this is the
+/// broadcaster's word (docs/escrow.md §9).
+public fun heartbeat(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
+    assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
+    assert!(!b.cancelled, EBroadcastCancelled);
+    let now = clock.timestamp_ms();
+    b.accrue(now);
+    assert!(b.pool.value() >= b.slot_price, ENotOnAir);
+    b.last_live_ms = now;
+    event::emit(BroadcastHeartbeat { broadcast: object::id(b), at_ms: now });
 }
 
 /// Pay the broadcaster for every completed, covered slot. Returns the amount sent
@@ -238,74 +309,99 @@ public fun claim(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
     amount
 }
 
-/// Stop the broadcast: completed slots are paid, the rest of the pool becomes refundable.
+/// Stop the broadcast: completed slots are paid, the rest of the pool is the listeners'
+/// to withdraw, each the value of its shares.
 public fun cancel(b: &mut Broadcast, clock: &Clock, ctx: &TxContext) {
     assert!(ctx.sender() == b.broadcaster, ENotBroadcaster);
     assert!(!b.cancelled, EBroadcastCancelled);
     let now = clock.timestamp_ms();
     b.accrue(now);
     b.cancelled = true;
-    b.refund_base = b.pool.value();
-    b.outstanding = b.total_contributed;
-    event::emit(BroadcastCancelled { broadcast: object::id(b), at_ms: now, refundable: b.refund_base });
+    event::emit(BroadcastCancelled {
+        broadcast: object::id(b),
+        at_ms: now,
+        refundable: b.pool.value(),
+    });
 }
 
 // === Listeners ===
 
-/// Add `payment` to the pool on the sender's behalf.
+/// Add `payment` to the pool on the sender's behalf: it buys shares at the pool's value
+/// per share once the completed slots are paid, so it never pays for a slot that ended
+/// before it (in a pool spent to 0, a new generation at `SHARE_SCALE` shares per MIST).
 public fun contribute(b: &mut Broadcast, payment: Coin<SUI>, clock: &Clock, ctx: &TxContext) {
     assert!(!b.cancelled, EBroadcastCancelled);
     let amount = payment.value();
     assert!(amount > 0, EZeroAmount);
     // Account for elapsed slots first, so new money never pays for past slots.
     b.accrue(clock.timestamp_ms());
-    b.pool.join(payment.into_balance());
-    let listener = ctx.sender();
-    let contribution = if (b.contributions.contains(listener)) {
-        let c = b.contributions.borrow_mut(listener);
-        *c = *c + amount;
-        *c
-    } else {
-        b.contributions.add(listener, amount);
-        amount
+    let pool = b.pool.value();
+    if (pool == 0 && (b.total_shares > 0 || b.holders > 0)) {
+        // Spent to 0 with shares left: they are worth nothing, and new money must not
+        // buy into them at a price of 0 per share (a division by 0).
+        b.generation = b.generation + 1;
+        b.total_shares = 0;
+        b.holders = 0;
+        b.share_shift = 0;
     };
+    let listener = ctx.sender();
+    let (mut stake, counted) = b.stake_now(listener);
+    let minted = if (pool == 0) {
+        (amount as u256) * SHARE_SCALE
+    } else {
+        (amount as u256) * (b.total_shares as u256) / (pool as u256)
+    };
+    assert!(minted > 0, EContributionTooSmall);
+    // Above 2^SHARE_BITS shares the unit doubles: every stake is rounded down to the new
+    // unit when next read, and `total_shares` stays at least their sum.
+    let total = (b.total_shares as u256) + minted;
+    let bits = excess_bits(total);
+    b.total_shares = ((total >> bits) as u128);
+    b.share_shift = b.share_shift + (bits as u64);
+    stake.shares = ((((stake.shares as u256) + minted) >> bits) as u128);
+    stake.shift = b.share_shift;
+    stake.contributed = stake.contributed + amount;
+    if (!counted) {
+        b.holders = b.holders + 1;
+    };
+    b.pool.join(payment.into_balance());
     b.total_contributed = b.total_contributed + amount;
+    if (b.stakes.contains(listener)) {
+        *b.stakes.borrow_mut(listener) = stake;
+    } else {
+        b.stakes.add(listener, stake);
+    };
     event::emit(BroadcastContributed {
         broadcast: object::id(b),
         listener,
         amount,
-        contribution,
+        contribution: stake.contributed,
         pool: b.pool.value(),
+        shares: stake.shares,
     });
 }
 
-/// After cancel, take back the sender's share of what is left. Returns the amount sent
+/// After cancel, take back the value of the sender's shares. Returns the amount sent
 /// (no coin is sent when it is 0).
 public fun withdraw(b: &mut Broadcast, ctx: &mut TxContext): u64 {
     assert!(b.cancelled, ENotCancelled);
     let listener = ctx.sender();
-    assert!(b.contributions.contains(listener), ENoContribution);
-    let contribution = b.contributions.remove(listener);
-    let amount = if (contribution == b.outstanding) {
-        // Last one out takes what is left.
-        b.pool.value()
-    } else {
-        // Rounded on the running total of the contributions refunded so far, not on each
-        // share alone: each refund is its exact share rounded down or up (never above
-        // the contribution), and rounding leaves nothing for the last one out to gain.
-        let total = b.total_contributed as u128;
-        let base = b.refund_base as u128;
-        let before = ((b.total_contributed - b.outstanding) as u128);
-        let share = (before + (contribution as u128)) * base / total - before * base / total;
-        (share as u64)
-    };
-    b.outstanding = b.outstanding - contribution;
-    if (amount > 0) {
-        let refund = b.pool.split(amount);
-        transfer::public_transfer(coin::from_balance(refund, ctx), listener);
-    };
-    event::emit(ContributionRefunded { broadcast: object::id(b), listener, amount });
-    amount
+    assert!(b.stakes.contains(listener), ENoContribution);
+    b.pay_out(listener, ctx)
+}
+
+/// Leave a broadcast that is not cancelled but idle: the broadcaster has shown no sign of
+/// transmitting for `idle_ms` (`EBroadcastLive` before). Completed, covered slots are
+/// paid first (they are the broadcaster's); the sender takes back the value of its
+/// shares. Returns the amount sent (no coin is sent when it is 0).
+public fun leave(b: &mut Broadcast, clock: &Clock, ctx: &mut TxContext): u64 {
+    assert!(!b.cancelled, EBroadcastCancelled);
+    let listener = ctx.sender();
+    assert!(b.stakes.contains(listener), ENoContribution);
+    let now = clock.timestamp_ms();
+    assert!(b.idle_at(now), EBroadcastLive);
+    b.accrue(now);
+    b.pay_out(listener, ctx)
 }
 
 // === Reading ===
@@ -315,6 +411,28 @@ public fun is_on_air(b: &Broadcast, clock: &Clock): bool {
     if (b.cancelled) return false;
     let (paid, _) = b.due(clock.timestamp_ms());
     b.pool.value() - paid * b.slot_price >= b.slot_price
+}
+
+/// Whether a listener may `leave` at the clock's time.
+public fun is_idle(b: &Broadcast, clock: &Clock): bool {
+    !b.cancelled && b.idle_at(clock.timestamp_ms())
+}
+
+/// How long the broadcaster may show no sign of transmitting before listeners may leave:
+/// `IDLE_SLOTS` slots, at least `MIN_IDLE_MS`, at most `MAX_IDLE_MS`.
+public fun idle_ms(b: &Broadcast): u64 {
+    if (b.slot_ms >= MAX_IDLE_MS / IDLE_SLOTS) MAX_IDLE_MS
+    else (b.slot_ms * IDLE_SLOTS).max(MIN_IDLE_MS)
+}
+
+/// What `withdraw` or `leave` would pay `listener` at the clock's time (completed,
+/// covered slots paid first), whether or not it may call them now.
+public fun refund_value(b: &Broadcast, listener: address, clock: &Clock): u64 {
+    if (!b.stakes.contains(listener)) return 0;
+    let stake = *b.stakes.borrow(listener);
+    let (paid, _) = b.due(clock.timestamp_ms());
+    let pool = b.pool.value() - paid * b.slot_price;
+    b.value_of(&stake, pool)
 }
 
 /// Index of the slot in progress at `now_ms`.
@@ -341,14 +459,37 @@ public fun earned_value(b: &Broadcast): u64 { b.earned.value() }
 
 public fun total_contributed(b: &Broadcast): u64 { b.total_contributed }
 
+/// What `listener` has paid in and not taken back (0 once it withdrew or left).
 public fun contribution_of(b: &Broadcast, listener: address): u64 {
-    if (b.contributions.contains(listener)) *b.contributions.borrow(listener) else 0
+    if (b.stakes.contains(listener)) b.stakes.borrow(listener).contributed else 0
 }
+
+/// `listener`'s shares of the current generation, in the current unit.
+public fun shares_of(b: &Broadcast, listener: address): u128 {
+    if (b.stakes.contains(listener)) b.shares_now(b.stakes.borrow(listener)) else 0
+}
+
+public fun total_shares(b: &Broadcast): u128 { b.total_shares }
+
+public fun holders(b: &Broadcast): u64 { b.holders }
+
+public fun generation(b: &Broadcast): u64 { b.generation }
+
+public fun last_live_ms(b: &Broadcast): u64 { b.last_live_ms }
 
 public fun is_cancelled(b: &Broadcast): bool { b.cancelled }
 
 /// The ticket sale whose holders alone may listen; none for an open broadcast.
 public fun ticket_sale(b: &Broadcast): Option<ID> { b.ticket_sale }
+
+// === Testing ===
+
+/// Overwrite `total_shares`: the states where rounding left a pool worth more than its
+/// shares are reached only after the share unit has doubled many times.
+#[test_only]
+public fun set_total_shares_for_testing(b: &mut Broadcast, total_shares: u128) {
+    b.total_shares = total_shares;
+}
 
 // === Internal ===
 
@@ -372,4 +513,77 @@ fun accrue(b: &mut Broadcast, now_ms: u64) {
         b.paid_slots = b.paid_slots + paid;
     };
     b.next_slot = current;
+}
+
+/// Whether `idle_ms` has passed at `now_ms` since the broadcaster last showed it was live.
+fun idle_at(b: &Broadcast, now_ms: u64): bool {
+    now_ms >= b.last_live_ms && now_ms - b.last_live_ms >= b.idle_ms()
+}
+
+/// A stake's shares in the current unit: none if of an earlier generation.
+fun shares_now(b: &Broadcast, stake: &Stake): u128 {
+    if (stake.generation != b.generation) return 0;
+    let doublings = b.share_shift - stake.shift;
+    if (doublings >= 128) 0 else stake.shares >> (doublings as u8)
+}
+
+/// `listener`'s stake brought to the current generation and unit (a new one, or one of
+/// an earlier generation, holds no shares), and whether it is counted in `holders`.
+fun stake_now(b: &Broadcast, listener: address): (Stake, bool) {
+    if (!b.stakes.contains(listener)) {
+        let stake = Stake {
+            contributed: 0,
+            generation: b.generation,
+            shift: b.share_shift,
+            shares: 0,
+        };
+        return (stake, false)
+    };
+    let mut stake = *b.stakes.borrow(listener);
+    let counted = stake.generation == b.generation;
+    stake.shares = b.shares_now(&stake);
+    stake.generation = b.generation;
+    stake.shift = b.share_shift;
+    (stake, counted)
+}
+
+/// The value of `stake` out of a pool of `pool`: its shares' part rounded down, or all of
+/// it for the last holder of the generation; nothing for an earlier generation.
+fun value_of(b: &Broadcast, stake: &Stake, pool: u64): u64 {
+    if (stake.generation != b.generation) return 0;
+    if (b.holders == 1) return pool;
+    let shares = b.shares_now(stake);
+    if (shares == 0) return 0;
+    // shares <= total_shares, so the result is at most the pool
+    (((shares as u256) * (pool as u256) / (b.total_shares as u256)) as u64)
+}
+
+/// Remove `listener`'s stake and send it the value of its shares.
+fun pay_out(b: &mut Broadcast, listener: address, ctx: &mut TxContext): u64 {
+    let stake = b.stakes.remove(listener);
+    let pool = b.pool.value();
+    let amount = b.value_of(&stake, pool);
+    if (stake.generation == b.generation) {
+        let shares = b.shares_now(&stake);
+        b.holders = b.holders - 1;
+        // the last one out also takes the shares a doubling of the unit left unowned
+        b.total_shares = if (b.holders == 0) 0 else b.total_shares - shares;
+    };
+    if (amount > 0) {
+        let refund = b.pool.split(amount);
+        transfer::public_transfer(coin::from_balance(refund, ctx), listener);
+    };
+    event::emit(ContributionRefunded { broadcast: object::id(b), listener, amount });
+    amount
+}
+
+/// How many bits to drop from `total` shares to bring it below `2^SHARE_BITS`.
+fun excess_bits(total: u256): u8 {
+    let mut bits = 0;
+    let mut rest = total >> SHARE_BITS;
+    while (rest > 0) {
+        rest = rest >> 1;
+        bits = bits + 1;
+    };
+    bits
 }

@@ -8,7 +8,9 @@
 ///
 /// Every per-connection call takes the Host read-only (`&Host`), or not at all: Sui runs
 /// the transactions that only read a shared object concurrently and orders those that
-/// write it, so a popular host's opens do not queue behind one another. The connection
+/// write it, so a popular host's opens do not queue behind one another. The firewall's
+/// allow and deny lists are `Table`s (dynamic fields of the Host): `permits` looks a
+/// client up in each at most once, whatever the lists' lengths. The connection
 /// limits it publishes (`max_connections`, `max_connections_per_client`) are enforced by
 /// the host's own admission off-chain, which sees the connections it serves
 /// (docs/escrow.md §2, "Throughput").
@@ -18,8 +20,8 @@ module dtp::host;
 
 use std::string::{Self, String};
 use sui::event;
+use sui::table::{Self, Table};
 use sui::vec_map::{Self, VecMap};
-use sui::vec_set::{Self, VecSet};
 
 // === Errors (codes are unique across the dtp package; see docs/escrow.md) ===
 
@@ -56,9 +58,10 @@ const MODE_ALLOW_LISTED: u8 = 1;
 const NOISE_KEY_LENGTH: u64 = 32;
 const MAX_ENDPOINTS: u64 = 16;
 const MAX_ENDPOINT_LENGTH: u64 = 256;
-/// Most addresses on the allow list, and on the deny list. Both live in the Host object
-/// (at most 250 KiB on Sui), and `permits` scans them on every `open`: the bound keeps
-/// the object well inside that size and the admission's gas fixed.
+/// Most addresses on the allow list, and on the deny list. The lists are Tables, so
+/// neither the Host's size nor an `open`'s gas grows with them; the bound keeps what a
+/// host's own admission and its daemon read back (every entry, at start) small, and a
+/// Host's storage bounded (docs/escrow.md §2).
 const MAX_FIREWALL_ENTRIES: u64 = 1024;
 
 /// `HostUpdated.change` values.
@@ -106,13 +109,14 @@ public struct Service has copy, drop, store {
     max_connections: u64,
 }
 
-/// The host's firewall policy.
-public struct Firewall has copy, drop, store {
+/// The host's firewall policy. The lists map each listed client to `true`; a Table
+/// keeps its own count (`length`), which the Host's contents carry.
+public struct Firewall has store {
     /// `MODE_ALLOW_ALL` or `MODE_ALLOW_LISTED`.
     mode: u8,
-    allow: VecSet<address>,
+    allow: Table<address, bool>,
     /// Always wins over the allow list.
-    deny: VecSet<address>,
+    deny: Table<address, bool>,
     /// Maximum concurrent connections from one client address; 0 means unlimited.
     /// Enforced off-chain by the host's admission, as `max_connections` is.
     max_connections_per_client: u64,
@@ -174,8 +178,8 @@ public fun create(
         services: vec_map::empty(),
         firewall: Firewall {
             mode: MODE_ALLOW_ALL,
-            allow: vec_set::empty(),
-            deny: vec_set::empty(),
+            allow: table::new(ctx),
+            deny: table::new(ctx),
             max_connections_per_client: 0,
             max_bytes_per_sec: 0,
             max_requests_per_sec: 0,
@@ -267,17 +271,14 @@ public fun set_firewall_mode(host: &mut Host, mode: u8, ctx: &TxContext) {
 /// `MAX_FIREWALL_ENTRIES` others).
 public fun allow(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (!host.firewall.allow.contains(&client)) {
-        assert!(host.firewall.allow.keys().length() < MAX_FIREWALL_ENTRIES, EFirewallListFull);
-        host.firewall.allow.insert(client);
-    };
+    add_entry(&mut host.firewall.allow, client);
     host.emit_updated(CHANGE_FIREWALL);
 }
 
 /// Remove from the allow list (no-op if absent).
 public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (host.firewall.allow.contains(&client)) host.firewall.allow.remove(&client);
+    remove_entry(&mut host.firewall.allow, client);
     host.emit_updated(CHANGE_FIREWALL);
 }
 
@@ -286,17 +287,14 @@ public fun disallow(host: &mut Host, client: address, ctx: &TxContext) {
 /// from `client` are refused.
 public fun deny(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (!host.firewall.deny.contains(&client)) {
-        assert!(host.firewall.deny.keys().length() < MAX_FIREWALL_ENTRIES, EFirewallListFull);
-        host.firewall.deny.insert(client);
-    };
+    add_entry(&mut host.firewall.deny, client);
     host.emit_updated(CHANGE_FIREWALL);
 }
 
 /// Remove from the deny list (no-op if absent).
 public fun undeny(host: &mut Host, client: address, ctx: &TxContext) {
     host.assert_authority(ctx);
-    if (host.firewall.deny.contains(&client)) host.firewall.deny.remove(&client);
+    remove_entry(&mut host.firewall.deny, client);
     host.emit_updated(CHANGE_FIREWALL);
 }
 
@@ -341,11 +339,11 @@ public(package) fun admit(host: &Host, port: u16, client: address): Sla {
 // === Reading ===
 
 /// Whether the firewall lets `client` open connections (the connection limits are the
-/// host's admission's).
+/// host's admission's). At most two table lookups, whatever the lists' lengths.
 public fun permits(host: &Host, client: address): bool {
     let fw = &host.firewall;
-    if (fw.deny.contains(&client)) return false;
-    fw.mode == MODE_ALLOW_ALL || fw.allow.contains(&client)
+    if (fw.deny.contains(client)) return false;
+    fw.mode == MODE_ALLOW_ALL || fw.allow.contains(client)
 }
 
 public fun authority(host: &Host): address { host.authority }
@@ -361,7 +359,7 @@ public fun service(host: &Host, port: u16): Service {
     *host.services.get(&port)
 }
 
-public fun firewall(host: &Host): Firewall { host.firewall }
+public fun firewall(host: &Host): &Firewall { &host.firewall }
 
 public fun service_kind(service: &Service): String { service.kind }
 
@@ -377,9 +375,15 @@ public fun min_deposit(sla: &Sla): u64 { sla.min_deposit }
 
 public fun firewall_mode(fw: &Firewall): u8 { fw.mode }
 
-public fun is_allowed(fw: &Firewall, client: address): bool { fw.allow.contains(&client) }
+public fun is_allowed(fw: &Firewall, client: address): bool { fw.allow.contains(client) }
 
-public fun is_denied(fw: &Firewall, client: address): bool { fw.deny.contains(&client) }
+public fun is_denied(fw: &Firewall, client: address): bool { fw.deny.contains(client) }
+
+/// Addresses on the allow list.
+public fun allow_count(fw: &Firewall): u64 { fw.allow.length() }
+
+/// Addresses on the deny list.
+public fun deny_count(fw: &Firewall): u64 { fw.deny.length() }
 
 public fun max_connections_per_client(fw: &Firewall): u64 { fw.max_connections_per_client }
 
@@ -431,6 +435,22 @@ fun assert_endpoints(endpoints: &vector<vector<u8>>) {
         assert!(endpoints.borrow(i).length() <= MAX_ENDPOINT_LENGTH, ETooManyEndpoints);
         i = i + 1;
     };
+}
+
+/// Add `client` to a firewall list: a no-op if it is there, `EFirewallListFull` if the
+/// list holds `MAX_FIREWALL_ENTRIES` others.
+fun add_entry(list: &mut Table<address, bool>, client: address) {
+    if (!list.contains(client)) {
+        assert!(list.length() < MAX_FIREWALL_ENTRIES, EFirewallListFull);
+        list.add(client, true);
+    }
+}
+
+/// Take `client` off a firewall list (a no-op if it is not there).
+fun remove_entry(list: &mut Table<address, bool>, client: address) {
+    if (list.contains(client)) {
+        list.remove(client);
+    }
 }
 
 fun emit_updated(host: &Host, change: u8) {

@@ -7,6 +7,9 @@
 ///   signature by the requester over the response's hash — at any time while the escrow
 ///   is open; or, without an acknowledgement, by `deliver`, which posts the response
 ///   itself as an event before the deadline (so the requester gets it from the ledger);
+///   the chain checks only that a response is there (not empty, within the size any
+///   transaction can carry): what it says is for the requester to judge, off-chain
+///   (docs/escrow.md §12: a deliberate trust decision, and the requester's protection);
 /// - the requester takes the fee back with `refund` once the deadline has passed and
 ///   neither happened.
 ///
@@ -58,6 +61,8 @@ const EDeadlineInPast: vector<u8> = b"Deadline must be after the current time";
 const EInvalidHash: vector<u8> = b"Response hash must be 32 bytes";
 #[error(code = 182)]
 const EResponseTooLarge: vector<u8> = b"Response exceeds the per-message limit";
+#[error(code = 183)]
+const EEmptyResponse: vector<u8> = b"A delivered response must not be empty";
 
 // === Constants ===
 
@@ -200,7 +205,9 @@ public fun claim(
 
 /// Without an acknowledgement, the server posts the response on chain before the
 /// deadline and is paid. Checks: server (`ENotServer`), open (`EEscrowClosed`), not past
-/// the deadline (`EDeadlinePassed`), size (`EResponseTooLarge`).
+/// the deadline (`EDeadlinePassed`), not empty (`EEmptyResponse`), size
+/// (`EResponseTooLarge`). Nothing more: the chain cannot tell an answer from bytes that
+/// look like one, so paying on delivery trusts the server (docs/escrow.md §12).
 public fun deliver(
     e: &mut ResponseEscrow,
     response: vector<u8>,
@@ -210,6 +217,7 @@ public fun deliver(
     assert!(ctx.sender() == e.server, ENotServer);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(clock.timestamp_ms() <= e.deadline_ms, EDeadlinePassed);
+    assert!(response.length() > 0, EEmptyResponse);
     assert!(response.length() <= MAX_RESPONSE_LENGTH, EResponseTooLarge);
     let amount = pay_out(e, e.server, STATE_DELIVERED, ctx);
     event::emit(ResponseDelivered {

@@ -6,6 +6,13 @@
 /// opens connections to that service through `open_connection`, which gives them an
 /// all-zero SLA (no deposit needed, no per-byte or per-request fee; receipts are for 0).
 ///
+/// Each such connection records its subscription. Once the subscription is **over** --
+/// it no longer covers the current epoch, or its offer was withdrawn (a refund follows
+/// only a withdrawal) -- anyone may end the connection with `end_connection`: it is
+/// closed and settled at once, nothing owed (its fees are all zero) and its deposit
+/// back to the client. The paid servers end it themselves as they see the subscription
+/// over (docs/escrow.md §13).
+///
 /// The payment stays in the subscription and is earned epoch by epoch: an epoch is earned
 /// by the provider as soon as it has begun (the epoch in progress counts as used).
 /// `claim` pays the provider what it earned so far. When the provider withdraws the offer,
@@ -18,9 +25,10 @@
 /// is recorded in `holder`, and only it can renew, refund or open connections.
 module dtp::subscription;
 
+use dtp::escrow::Escrow;
 use dtp::host::Host;
 use dtp::spending_cap::SpendingCap;
-use dtp::transport_control;
+use dtp::transport_control::{Self, TransportControl};
 use sui::balance::Balance;
 use sui::clock::Clock;
 use sui::coin::{Self, Coin};
@@ -51,6 +59,10 @@ const EWrongHost: vector<u8> = b"Not the offer's host";
 const ENotWithdrawn: vector<u8> = b"Refunds open only after the offer is withdrawn";
 #[error(code = 195)]
 const EAlreadyRefunded: vector<u8> = b"The subscription was already refunded";
+#[error(code = 196)]
+const ENotSubscribed: vector<u8> = b"The connection was not opened with this subscription";
+#[error(code = 197)]
+const ESubscriptionLive: vector<u8> = b"The subscription still covers its connections";
 
 // === Objects ===
 
@@ -134,6 +146,15 @@ public struct SubscriptionRefunded has copy, drop {
 public struct SubscribedConnectionOpened has copy, drop {
     subscription: ID,
     connection: ID,
+}
+
+public struct SubscribedConnectionEnded has copy, drop {
+    subscription: ID,
+    connection: ID,
+    /// Who ended it (anyone may, once the subscription is over).
+    by: address,
+    /// Returned to the client (its deposit, normally 0).
+    refunded: u64,
 }
 
 // === Provider ===
@@ -339,6 +360,7 @@ public fun open_connection(
         cap,
         client_public_key,
         deposit,
+        object::id(sub),
         clock,
         ctx,
     );
@@ -346,11 +368,50 @@ public fun open_connection(
     connection
 }
 
+// === Anyone ===
+
+/// End a connection opened with `sub` once the subscription is over (`is_over`: not
+/// live in the current epoch, or its offer withdrawn): closed and settled in one step,
+/// whoever sends it -- the holder, the provider, a watcher. Nothing is owed (the
+/// connection's SLA is all zeros), and the escrow's balance (the deposit, normally 0)
+/// goes back to the client. Checks: the subscription's offer (`EWrongOffer`), the
+/// connection records `sub` (`ENotSubscribed`), the subscription is over
+/// (`ESubscriptionLive`), then those of `transport_control::end_prepaid`
+/// (`EAlreadySettled`, `EWrongEscrow`, `escrow::EWrongSpendingCap`). Returns the refund.
+public fun end_connection(
+    sub: &Subscription,
+    offer: &SubscriptionOffer,
+    tc: &mut TransportControl,
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): u64 {
+    assert!(sub.offer == object::id(offer), EWrongOffer);
+    assert!(tc.subscription() == option::some(object::id(sub)), ENotSubscribed);
+    assert!(sub.is_over(offer, ctx.epoch()), ESubscriptionLive);
+    let refunded = transport_control::end_prepaid(tc, escrow, cap, clock, ctx);
+    event::emit(SubscribedConnectionEnded {
+        subscription: object::id(sub),
+        connection: tc.connection_id(),
+        by: ctx.sender(),
+        refunded,
+    });
+    refunded
+}
+
 // === Reading ===
 
 /// Whether the subscription grants access in `epoch`.
 public fun is_live(sub: &Subscription, epoch: u64): bool {
     sub.start_epoch <= epoch && epoch < sub.expires_epoch
+}
+
+/// Whether `sub` no longer covers connections in `epoch`: not live then, or its offer
+/// withdrawn (whether or not the holder took its refund yet). `open_connection` refuses
+/// it, and `end_connection` ends the connections opened with it.
+public fun is_over(sub: &Subscription, offer: &SubscriptionOffer, epoch: u64): bool {
+    offer.withdrawn || !sub.is_live(epoch)
 }
 
 /// Epochs of `sub` the provider has earned by `epoch` (begun, and not after a withdrawal).

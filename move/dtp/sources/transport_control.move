@@ -86,6 +86,10 @@ public struct TransportControl has key {
     state: State,
     opened_at_ms: u64,
     settled: bool,
+    /// The Subscription a prepaid connection was opened with (`open_prepaid`); none for
+    /// a metered one. Anyone may end the connection once that subscription is over
+    /// (`dtp::subscription::end_connection`, docs/escrow.md §13).
+    subscription: Option<ID>,
 }
 
 // === Events ===
@@ -146,22 +150,25 @@ public fun open(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
-    open_with(host, port, cap, client_public_key, deposit, false, clock, ctx)
+    open_with(host, port, cap, client_public_key, deposit, option::none(), clock, ctx)
 }
 
 /// `open` for a holder of a live subscription (`dtp::subscription::open_connection`):
 /// the same checks, but the connection's SLA is all zeros, so it needs no deposit and
-/// every receipt must be for 0 MIST (docs/escrow.md §13).
+/// every receipt must be for 0 MIST; the connection records `subscription`, which ends
+/// it once over (`end_prepaid`; docs/escrow.md §13).
 public(package) fun open_prepaid(
     host: &Host,
     port: u16,
     cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
+    subscription: ID,
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
-    open_with(host, port, cap, client_public_key, deposit, true, clock, ctx)
+    let sub = option::some(subscription);
+    open_with(host, port, cap, client_public_key, deposit, sub, clock, ctx)
 }
 
 fun open_with(
@@ -170,7 +177,7 @@ fun open_with(
     cap: &mut SpendingCap,
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
-    prepaid: bool,
+    subscription: Option<ID>,
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
@@ -178,7 +185,7 @@ fun open_with(
     cap.assert_owner(client);
     let admitted = host.admit(port, client);
     // a prepaid connection is admitted like any other, and simply not metered
-    let sla = if (prepaid) host::new_sla(0, 0, 0) else admitted;
+    let sla = if (subscription.is_some()) host::new_sla(0, 0, 0) else admitted;
     let amount = deposit.value();
     assert!(amount >= sla.min_deposit(), EInsufficientDeposit);
 
@@ -210,6 +217,7 @@ fun open_with(
         state: State::Open,
         opened_at_ms: now,
         settled: false,
+        subscription,
     };
     event::emit(ConnectionOpened {
         connection,
@@ -339,6 +347,43 @@ public fun settle_with_receipt(
     settle(tc, escrow, cap, clock, ctx);
 }
 
+/// End a prepaid connection whose subscription is over (`dtp::subscription::end_connection`,
+/// which checks that, and that the connection records that subscription): in any state
+/// but settled, it becomes Closed and is settled at once, whoever sends it. Nothing is
+/// owed on it -- its SLA is all zeros, so every claim on it is for 0 -- and the whole
+/// escrow (the deposit, normally 0) goes back to the client, released on its `cap` as
+/// `settle` does. Checks: not settled (`EAlreadySettled`), the connection's escrow
+/// (`EWrongEscrow`), the escrow's cap (`escrow::EWrongSpendingCap`). Returns the refund.
+public(package) fun end_prepaid(
+    tc: &mut TransportControl,
+    escrow: &mut Escrow,
+    cap: &mut SpendingCap,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): u64 {
+    assert!(!tc.settled, EAlreadySettled);
+    assert!(object::id(escrow) == tc.escrow, EWrongEscrow);
+    escrow.assert_spending_cap(cap);
+    let who = ctx.sender();
+    let now = clock.timestamp_ms();
+    let state = tc.state;
+    match (state) {
+        State::Open => tc.close_fully(now, now, who),
+        State::HalfClosed { by: _, at_ms } => tc.close_fully(at_ms, now, who),
+        State::Closed { .. } => {},
+    };
+    let refunded = escrow.refund_remainder(cap, ctx);
+    tc.settled = true;
+    event::emit(ConnectionSettled {
+        connection: tc.connection_id(),
+        escrow: tc.escrow,
+        by: who,
+        claimed: escrow.claimed(),
+        refunded,
+    });
+    refunded
+}
+
 // === Checks used by other modules ===
 
 public fun is_participant(tc: &TransportControl, who: address): bool {
@@ -378,6 +423,9 @@ public fun state(tc: &TransportControl): State { tc.state }
 public fun opened_at_ms(tc: &TransportControl): u64 { tc.opened_at_ms }
 
 public fun is_settled(tc: &TransportControl): bool { tc.settled }
+
+/// The Subscription a prepaid connection was opened with (none for a metered one).
+public fun subscription(tc: &TransportControl): Option<ID> { tc.subscription }
 
 /// 0 Open, 1 HalfClosed, 2 Closed.
 public fun state_code(tc: &TransportControl): u8 {

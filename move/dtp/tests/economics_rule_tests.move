@@ -3,15 +3,17 @@
 #[test_only]
 module dtp::economics_rule_tests;
 
-use dtp::host::Host;
-use dtp::retention::{Self, RetentionTerms};
+use dtp::escrow::Escrow;
+use dtp::host::{Self, Host};
+use dtp::retention::{Self, RetainedRecord, RetentionTerms};
 use dtp::spending_cap::{Self, SpendingCap};
 use dtp::sponsor::{Self, SponsorPool};
 use dtp::subscription::{Self, Subscription, SubscriptionOffer};
 use dtp::test_helpers as th;
 use dtp::tickets::{Self, TicketSale};
 use dtp::transport_control::{Self, TransportControl};
-use sui::test_scenario as ts;
+use sui::clock::Clock;
+use sui::test_scenario::{Self as ts, Scenario};
 
 #[test, expected_failure(abort_code = subscription::ENotProvider)]
 fun offer_by_non_authority_rejected() {
@@ -171,6 +173,7 @@ fun prepaid_sla_is_all_zero() {
     ts::return_shared(offer);
     scenario.next_tx(th::client());
     let sub = scenario.take_shared<Subscription>();
+    let sub_id = object::id(&sub);
     let offer = scenario.take_shared<SubscriptionOffer>();
     let h = scenario.take_shared<Host>();
     let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
@@ -193,6 +196,236 @@ fun prepaid_sla_is_all_zero() {
     let sla = tc.sla();
     assert!(sla.price_per_kib() == 0 && sla.price_per_request() == 0 && sla.min_deposit() == 0);
     assert!(tc.state_code() == transport_control::state_open());
+    // the connection records its subscription, which ends it once over
+    assert!(tc.subscription() == option::some(sub_id));
     ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun metered_connection_records_no_subscription() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let recorded = tc.subscription();
+    assert!(recorded.is_none());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+// === Subscribed connections once the subscription is over ===
+
+/// An offer of 100 MIST per epoch, a one-epoch subscription of CLIENT's, and a connection
+/// opened with it (nothing deposited). Returns the connection ID.
+fun subscribed_connection(scenario: &mut Scenario, clock: &Clock, cap_id: ID): ID {
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    subscription::create_offer(&h, th::port(), 100, 1, scenario.ctx());
+    ts::return_shared(h);
+    scenario.next_tx(th::client());
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let payment = th::take(scenario, th::client(), 100);
+    subscription::subscribe(&offer, 1, payment, scenario.ctx());
+    ts::return_shared(offer);
+    scenario.next_tx(th::client());
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let deposit = th::take(scenario, th::client(), 0);
+    let conn = sub.open_connection(
+        &offer,
+        &h,
+        &mut cap,
+        th::client_pk(),
+        deposit,
+        clock,
+        scenario.ctx(),
+    );
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    conn
+}
+
+/// `who` ends `conn` through the offer `offer_id` (`subscription::end_connection`).
+fun end_with(scenario: &mut Scenario, clock: &Clock, conn: ID, offer_id: ID, who: address): u64 {
+    scenario.next_tx(who);
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared_by_id<SubscriptionOffer>(offer_id);
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(tc.spending_cap_id());
+    let refunded = sub.end_connection(&offer, &mut tc, &mut e, &mut cap, clock, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    refunded
+}
+
+/// The ID of the most recent subscription offer.
+fun latest_offer(scenario: &mut Scenario): ID {
+    scenario.next_tx(th::server());
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let id = object::id(&offer);
+    ts::return_shared(offer);
+    id
+}
+
+#[test]
+fun half_closed_subscribed_connection_ended_after_expiry() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = subscribed_connection(&mut scenario, &clock, cap_id);
+    let offer = latest_offer(&mut scenario);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    scenario.next_epoch(th::server());
+    // the server ends it, not waiting out the half-close timeout: nothing is owed
+    assert!(end_with(&mut scenario, &clock, conn, offer, th::server()) == 0);
+    scenario.next_tx(th::server());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    assert!(tc.state_code() == transport_control::state_closed() && tc.is_settled());
+    ts::return_shared(tc);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = transport_control::EAlreadySettled)]
+fun subscribed_connection_ended_twice_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = subscribed_connection(&mut scenario, &clock, cap_id);
+    let offer = latest_offer(&mut scenario);
+    scenario.next_epoch(th::server());
+    end_with(&mut scenario, &clock, conn, offer, th::other());
+    end_with(&mut scenario, &clock, conn, offer, th::other());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::EWrongOffer)]
+fun subscribed_connection_ended_through_another_offer_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = subscribed_connection(&mut scenario, &clock, cap_id);
+    // another offer, withdrawn: still not the subscription's
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    let other = subscription::create_offer(&h, th::port(), 1, 1, scenario.ctx());
+    ts::return_shared(h);
+    scenario.next_tx(th::server());
+    let mut offer = scenario.take_shared_by_id<SubscriptionOffer>(other);
+    offer.withdraw_offer(scenario.ctx());
+    ts::return_shared(offer);
+    end_with(&mut scenario, &clock, conn, other, th::other());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ESubscriptionLive)]
+fun renewed_subscription_keeps_its_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = subscribed_connection(&mut scenario, &clock, cap_id);
+    let offer = latest_offer(&mut scenario);
+    scenario.next_epoch(th::server());
+    scenario.next_tx(th::client());
+    {
+        let mut sub = scenario.take_shared<Subscription>();
+        let the_offer = scenario.take_shared_by_id<SubscriptionOffer>(offer);
+        let payment = th::take(&mut scenario, th::client(), 100);
+        sub.renew(&the_offer, 1, payment, scenario.ctx());
+        ts::return_shared(sub);
+        ts::return_shared(the_offer);
+    };
+    // live again in this epoch: its connections go on
+    end_with(&mut scenario, &clock, conn, offer, th::other());
+    th::finish(scenario, clock);
+}
+
+// === Retention terms and deadlines ===
+
+/// SERVER publishes retention terms (60000 ms, 2 MIST per byte) for the service of
+/// `th::setup`'s host. Returns their ID.
+fun publish_terms(scenario: &mut Scenario): ID {
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    let id = retention::create_terms(&h, th::port(), 60_000, 2, scenario.ctx());
+    ts::return_shared(h);
+    id
+}
+
+#[test, expected_failure(abort_code = retention::EWrongTerms)]
+fun retire_terms_through_another_host_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let terms_id = publish_terms(&mut scenario);
+    scenario.next_tx(th::server());
+    let second = host::create(th::noise_key(), vector[], scenario.ctx());
+    scenario.next_tx(th::server());
+    let mut terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let h = scenario.take_shared_by_id<Host>(second);
+    terms.retire_terms(&h, scenario.ctx());
+    ts::return_shared(terms);
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ETermsRetired)]
+fun retire_terms_twice_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let terms_id = publish_terms(&mut scenario);
+    let mut i = 0;
+    while (i < 2) {
+        scenario.next_tx(th::server());
+        let mut terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+        let h = scenario.take_shared<Host>();
+        terms.retire_terms(&h, scenario.ctx());
+        assert!(terms.is_retired());
+        ts::return_shared(terms);
+        ts::return_shared(h);
+        i = i + 1;
+    };
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun longest_terms_accepted() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    retention::create_terms(&h, th::port(), retention::max_retention_ms(), 2, scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ENotSender)]
+fun reclaim_by_receiver_rejected() {
+    let (mut scenario, mut clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let terms_id = publish_terms(&mut scenario);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    scenario.next_tx(th::client());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    dtp::pipe::create(&tc, 1, scenario.ctx());
+    ts::return_shared(tc);
+    scenario.next_tx(th::client());
+    let mut p = scenario.take_from_sender<dtp::pipe::Pipe>();
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let deposit = th::take(&mut scenario, th::client(), 4);
+    retention::send(&mut p, &tc, &terms, 0, b"kept", deposit, &clock, scenario.ctx());
+    ts::return_to_sender(&scenario, p);
+    ts::return_shared(tc);
+    ts::return_shared(terms);
+    clock.set_for_testing(1_000_000);
+    // past every deadline, the deposit is still the sender's alone
+    scenario.next_tx(th::server());
+    let record = scenario.take_shared<RetainedRecord>();
+    record.delete(&clock, scenario.ctx());
     th::finish(scenario, clock);
 }

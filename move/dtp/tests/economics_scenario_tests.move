@@ -15,7 +15,7 @@ use dtp::sponsor::{Self, SponsorPool};
 use dtp::subscription::{Self, Subscription, SubscriptionOffer};
 use dtp::test_helpers as th;
 use dtp::tickets::{Self, TicketSale};
-use dtp::transport_control::TransportControl;
+use dtp::transport_control::{Self, TransportControl};
 use sui::clock::Clock;
 use sui::test_scenario::{Self as ts, Scenario};
 
@@ -90,6 +90,33 @@ fun open_subscribed(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit:
     ts::return_shared(cap);
     pin_escrow(scenario);
     conn
+}
+
+/// `who` ends the subscribed connection `conn` (`subscription::end_connection`, with the
+/// connection's escrow and cap); returns the refund.
+fun end_subscribed(scenario: &mut Scenario, clock: &Clock, conn: ID, who: address): u64 {
+    scenario.next_tx(who);
+    let sub = scenario.take_shared<Subscription>();
+    let offer = scenario.take_shared<SubscriptionOffer>();
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(tc.spending_cap_id());
+    let refunded = sub.end_connection(&offer, &mut tc, &mut e, &mut cap, clock, scenario.ctx());
+    ts::return_shared(sub);
+    ts::return_shared(offer);
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    refunded
+}
+
+/// Whether connection `conn` is Closed and settled (read in a new transaction).
+fun closed_and_settled(scenario: &mut Scenario, conn: ID): bool {
+    scenario.next_tx(th::server());
+    let tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let done = tc.state_code() == transport_control::state_closed() && tc.is_settled();
+    ts::return_shared(tc);
+    done
 }
 
 fun pin_escrow(scenario: &mut Scenario) {
@@ -211,6 +238,62 @@ fun subscription_wrong_period_rejected() {
     th::finish(scenario, clock);
 }
 
+#[test]
+fun subscription_expired_connection_ended_by_anyone() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 50);
+    scenario.next_epoch(th::server());
+    assert!(end_subscribed(&mut scenario, &clock, conn, th::other()) == 50);
+    assert!(closed_and_settled(&mut scenario, conn));
+    scenario.next_tx(th::server());
+    {
+        let e = scenario.take_shared<Escrow>();
+        assert!(e.balance() == 0 && e.claimed() == 0 && e.refunded() == 50 && e.is_settled());
+        ts::return_shared(e);
+    };
+    assert!(th::balance_of(&scenario, th::client()) == 9_900);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun subscription_withdrawn_offer_ends_connection() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 3, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 0);
+    offer_withdraw(&mut scenario);
+    assert!(end_subscribed(&mut scenario, &clock, conn, th::client()) == 0);
+    assert!(closed_and_settled(&mut scenario, conn));
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ESubscriptionLive)]
+fun subscription_live_connection_end_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 2, 100);
+    let conn = open_subscribed(&mut scenario, &clock, cap_id, 0);
+    end_subscribed(&mut scenario, &clock, conn, th::server());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = subscription::ENotSubscribed)]
+fun subscription_end_metered_connection_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    offer_create(&mut scenario, 100, 1);
+    subscribe(&mut scenario, 1, 100);
+    let conn = th::open_as(&mut scenario, &clock, th::client(), th::client_pk(), cap_id, 1_000);
+    scenario.next_epoch(th::server());
+    end_subscribed(&mut scenario, &clock, conn, th::client());
+    th::finish(scenario, clock);
+}
+
 // === Sponsor helpers ===
 
 /// SERVER receives `server_funds`, creates a pool with `share_bps` and puts `pool_funds`
@@ -258,9 +341,9 @@ fun reimburse(scenario: &mut Scenario, conn: ID, who: address): u64 {
 fun pool_state(scenario: &mut Scenario): (u64, u64) {
     scenario.next_tx(th::server());
     let pool = scenario.take_shared<SponsorPool>();
-    let state = (pool.funds_value(), pool.reserved());
+    let (funds, reserved) = (pool.funds_value(), pool.reserved());
     ts::return_shared(pool);
-    state
+    (funds, reserved)
 }
 
 fun sponsor_withdraw(scenario: &mut Scenario, amount: u64) {
@@ -407,9 +490,9 @@ fun refund_tickets(scenario: &mut Scenario, clock: &Clock, who: address): u64 {
 fun sale_state(scenario: &mut Scenario): (u64, u64, bool) {
     scenario.next_tx(th::server());
     let sale = scenario.take_shared<TicketSale>();
-    let state = (sale.sold(), sale.funds_value(), sale.is_on_air());
+    let (sold, funds, on_air) = (sale.sold(), sale.funds_value(), sale.is_on_air());
     ts::return_shared(sale);
-    state
+    (sold, funds, on_air)
 }
 
 // === Ticket stories ===
@@ -500,25 +583,67 @@ fun tickets_sold_out_rejected() {
 /// Terms (60000 ms, 2 MIST/byte), a connection from CLIENT with a 1000 deposit, a
 /// two-lane pipe of CLIENT's, and "hello world" sent on lane 1 with its 22 MIST deposit.
 fun retention_setup(scenario: &mut Scenario, clock: &Clock) {
+    let conn = retention_open(scenario, clock);
+    scenario.next_tx(th::client());
+    let terms = scenario.take_shared<RetentionTerms>();
+    let id = object::id(&terms);
+    ts::return_shared(terms);
+    send_hello(scenario, clock, conn, id, 22);
+}
+
+/// The host and cap of `th::setup`, with the retention terms (60000 ms, 2 MIST per byte).
+fun retention_terms(scenario: &mut Scenario): ID {
     let cap_id = th::setup(scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let h = scenario.take_shared<Host>();
     retention::create_terms(&h, th::port(), 60_000, 2, scenario.ctx());
     ts::return_shared(h);
+    cap_id
+}
+
+/// `retention_terms`, then CLIENT's connection (1000 deposited) and its two-lane pipe.
+/// Returns the connection ID.
+fun retention_open(scenario: &mut Scenario, clock: &Clock): ID {
+    let cap_id = retention_terms(scenario);
     let conn = th::open_as(scenario, clock, th::client(), th::client_pk(), cap_id, 1_000);
     scenario.next_tx(th::client());
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
     pipe::create(&tc, 2, scenario.ctx());
     ts::return_shared(tc);
+    conn
+}
+
+/// CLIENT sends "hello world" on lane 1 of its pipe under the terms `terms_id`, with a
+/// storage deposit of `deposit`.
+fun send_hello(scenario: &mut Scenario, clock: &Clock, conn: ID, terms_id: ID, deposit: u64) {
     scenario.next_tx(th::client());
     let mut p = scenario.take_from_sender<Pipe>();
     let tc = scenario.take_shared_by_id<TransportControl>(conn);
-    let terms = scenario.take_shared<RetentionTerms>();
-    let deposit = th::take(scenario, th::client(), 22);
-    retention::send(&mut p, &tc, &terms, 1, b"hello world", deposit, clock, scenario.ctx());
+    let terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let coin = th::take(scenario, th::client(), deposit);
+    retention::send(&mut p, &tc, &terms, 1, b"hello world", coin, clock, scenario.ctx());
     ts::return_to_sender(scenario, p);
     ts::return_shared(tc);
     ts::return_shared(terms);
+}
+
+/// The ID of the (only) retention terms, read in a new transaction.
+fun current_terms(scenario: &mut Scenario): ID {
+    scenario.next_tx(th::server());
+    let terms = scenario.take_shared<RetentionTerms>();
+    let id = object::id(&terms);
+    ts::return_shared(terms);
+    id
+}
+
+/// `who` retires the retention terms `terms_id` of the host.
+fun retire_terms(scenario: &mut Scenario, terms_id: ID, who: address) {
+    scenario.next_tx(who);
+    let mut terms = scenario.take_shared_by_id<RetentionTerms>(terms_id);
+    let h = scenario.take_shared<Host>();
+    terms.retire_terms(&h, scenario.ctx());
+    ts::return_shared(terms);
+    ts::return_shared(h);
 }
 
 fun confirm(scenario: &mut Scenario, who: address) {
@@ -571,7 +696,7 @@ fun retention_delete_before_time_rejected() {
 fun retention_delete_unconsumed_rejected() {
     let (mut scenario, mut clock) = th::start();
     retention_setup(&mut scenario, &clock);
-    clock.set_for_testing(120_000);
+    clock.set_for_testing(119_999);
     delete_record(&mut scenario, &clock);
     th::finish(scenario, clock);
 }
@@ -581,6 +706,92 @@ fun retention_confirm_by_sender_rejected() {
     let (mut scenario, clock) = th::start();
     retention_setup(&mut scenario, &clock);
     confirm(&mut scenario, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun retention_reclaim_unconfirmed_after_deadline() {
+    let (mut scenario, mut clock) = th::start();
+    retention_setup(&mut scenario, &clock);
+    clock.set_for_testing(120_000);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 8_978);
+    {
+        let record = scenario.take_shared<RetainedRecord>();
+        assert!(record.deposit_value() == 22 && !record.is_consumed());
+        assert!(record.reclaim_after_ms() == 120_000);
+        ts::return_shared(record);
+    };
+    assert!(delete_record(&mut scenario, &clock) == 22);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 9_000);
+    assert!(!ts::has_most_recent_shared<RetainedRecord>());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::EConnectionNotOpen)]
+fun retention_send_on_closed_connection_rejected() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    th::close_as(&mut scenario, &clock, conn, th::client());
+    let terms = current_terms(&mut scenario);
+    send_hello(&mut scenario, &clock, conn, terms, 22);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ETermsRetired)]
+fun retention_retired_terms_rejected() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    let terms = current_terms(&mut scenario);
+    retire_terms(&mut scenario, terms, th::server());
+    send_hello(&mut scenario, &clock, conn, terms, 22);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun retention_replaced_terms_apply() {
+    let (mut scenario, clock) = th::start();
+    let conn = retention_open(&mut scenario, &clock);
+    let old = current_terms(&mut scenario);
+    scenario.next_tx(th::server());
+    let replacement = {
+        let mut terms = scenario.take_shared_by_id<RetentionTerms>(old);
+        let h = scenario.take_shared<Host>();
+        let id = terms.replace_terms(&h, 30_000, 3, scenario.ctx());
+        ts::return_shared(terms);
+        ts::return_shared(h);
+        id
+    };
+    send_hello(&mut scenario, &clock, conn, replacement, 33);
+    scenario.next_tx(th::client());
+    assert!(th::balance_of(&scenario, th::client()) == 8_967);
+    {
+        let record = scenario.take_shared<RetainedRecord>();
+        assert!(record.deposit_value() == 33 && !record.is_consumed());
+        assert!(record.reclaim_after_ms() == 60_000);
+        ts::return_shared(record);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::ENotProvider)]
+fun retention_retire_by_non_provider_rejected() {
+    let (mut scenario, clock) = th::start();
+    retention_terms(&mut scenario);
+    let terms = current_terms(&mut scenario);
+    retire_terms(&mut scenario, terms, th::client());
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = retention::EInvalidTerms)]
+fun retention_terms_too_long_rejected() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    scenario.next_tx(th::server());
+    let h = scenario.take_shared<Host>();
+    retention::create_terms(&h, th::port(), 2_592_000_001, 2, scenario.ctx());
+    ts::return_shared(h);
     th::finish(scenario, clock);
 }
 

@@ -154,6 +154,14 @@ fun response_deliver_after_deadline_rejected() {
     th::finish(scenario, clock);
 }
 
+#[test, expected_failure(abort_code = response_escrow::EEmptyResponse)]
+fun response_empty_delivery_rejected() {
+    let (mut scenario, clock) = start(100);
+    deposit(&mut scenario, &clock, 30, 1000);
+    deliver(&mut scenario, &clock, th::server(), 0);
+    th::finish(scenario, clock);
+}
+
 #[test, expected_failure(abort_code = response_escrow::EBadSignature)]
 fun response_claim_needs_requester_signature() {
     let (mut scenario, clock) = start(100);

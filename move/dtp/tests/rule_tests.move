@@ -204,33 +204,120 @@ fun deny_list_wins_over_allow_list() {
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let mut h = scenario.take_shared<Host>();
+    // allow-all: only the deny list refuses
+    assert!(h.permits(th::client()));
+    h.deny(th::client(), scenario.ctx());
+    assert!(!h.permits(th::client()) && h.permits(th::mallory()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.permits(th::client()));
+    // allow-listed: the allow list admits, the deny list still wins
     h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
     assert!(!h.permits(th::client()));
     h.allow(th::client(), scenario.ctx());
-    assert!(h.permits(th::client()));
+    assert!(h.permits(th::client()) && !h.permits(th::mallory()));
     h.deny(th::client(), scenario.ctx());
     assert!(!h.permits(th::client()));
+    assert!(h.firewall().is_allowed(th::client()) && h.firewall().is_denied(th::client()));
     h.undeny(th::client(), scenario.ctx());
+    assert!(h.permits(th::client()));
     h.disallow(th::client(), scenario.ctx());
     assert!(!h.permits(th::client()));
     ts::return_shared(h);
     th::finish(scenario, clock);
 }
 
-#[test, expected_failure(abort_code = host::EFirewallListFull)]
-fun firewall_lists_are_bounded() {
+#[test]
+fun firewall_lists_are_idempotent_and_counted() {
     let (mut scenario, clock) = th::start();
     th::setup(&mut scenario, 0, 1_000_000, 10_000);
     scenario.next_tx(th::server());
     let mut h = scenario.take_shared<Host>();
-    let mut i = 0u64;
-    while (i < host::max_firewall_entries()) {
-        h.deny(sui::address::from_u256((i + 1) as u256), scenario.ctx());
-        i = i + 1;
-    };
-    // one already there is still a no-op; a new one is refused
-    h.deny(sui::address::from_u256(1), scenario.ctx());
+    assert!(h.firewall().allow_count() == 0 && h.firewall().deny_count() == 0);
+    h.allow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && h.firewall().is_allowed(th::client()));
+    h.allow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1);
+    h.allow(th::mallory(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 2);
+    h.disallow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && !h.firewall().is_allowed(th::client()));
+    h.disallow(th::client(), scenario.ctx());
+    assert!(h.firewall().allow_count() == 1 && h.firewall().is_allowed(th::mallory()));
     h.deny(th::client(), scenario.ctx());
+    h.deny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 1 && h.firewall().is_denied(th::client()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 0 && !h.firewall().is_denied(th::client()));
+    h.undeny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 0);
+    ts::return_shared(h);
+    // the next transaction reads the same lists and counts
+    scenario.next_tx(th::other());
+    let h = scenario.take_shared<Host>();
+    assert!(h.firewall().allow_count() == 1 && h.firewall().deny_count() == 0);
+    assert!(h.firewall().is_allowed(th::mallory()) && !h.firewall().is_allowed(th::client()));
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+/// SERVER puts `count` addresses (`first`, `first + 1`, ...) on the deny list (`deny`) or
+/// the allow list, at most 256 per transaction: Sui caps the events of one transaction
+/// at 1024, and a host fills a long list over many transactions anyway.
+fun fill_firewall_list(scenario: &mut ts::Scenario, deny: bool, first: u64, count: u64) {
+    let mut i = 0;
+    while (i < count) {
+        scenario.next_tx(th::server());
+        let mut h = scenario.take_shared<Host>();
+        let mut in_tx = 0;
+        while (in_tx < 256 && i < count) {
+            let client = sui::address::from_u256(((first + i) as u256));
+            if (deny) h.deny(client, scenario.ctx()) else h.allow(client, scenario.ctx());
+            i = i + 1;
+            in_tx = in_tx + 1;
+        };
+        ts::return_shared(h);
+    };
+}
+
+#[test, expected_failure(abort_code = host::EFirewallListFull)]
+fun firewall_deny_list_is_bounded() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let max = host::max_firewall_entries();
+    fill_firewall_list(&mut scenario, true, 1, max);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    assert!(h.firewall().deny_count() == max && h.firewall().is_denied(@0x400));
+    // one already there is still a no-op, and taking one off makes room for another
+    h.deny(@0x1, scenario.ctx());
+    assert!(h.firewall().deny_count() == max);
+    h.undeny(@0x1, scenario.ctx());
+    assert!(h.firewall().deny_count() == max - 1 && h.permits(@0x1));
+    h.deny(th::client(), scenario.ctx());
+    assert!(h.firewall().deny_count() == max && !h.permits(th::client()));
+    // a new one is refused
+    h.deny(th::mallory(), scenario.ctx());
+    ts::return_shared(h);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = host::EFirewallListFull)]
+fun firewall_allow_list_is_bounded() {
+    let (mut scenario, clock) = th::start();
+    th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let max = host::max_firewall_entries();
+    fill_firewall_list(&mut scenario, false, 1, max);
+    scenario.next_tx(th::server());
+    let mut h = scenario.take_shared<Host>();
+    assert!(h.firewall().allow_count() == max);
+    h.set_firewall_mode(host::mode_allow_listed(), scenario.ctx());
+    assert!(h.permits(@0x400) && !h.permits(th::client()));
+    h.allow(@0x400, scenario.ctx());
+    assert!(h.firewall().allow_count() == max);
+    // the deny list has its own room
+    h.deny(th::mallory(), scenario.ctx());
+    assert!(h.firewall().deny_count() == 1);
+    h.allow(th::client(), scenario.ctx());
     ts::return_shared(h);
     th::finish(scenario, clock);
 }

@@ -349,6 +349,114 @@ fun broadcast_cancel_refunds() {
     th::finish(scenario, clock);
 }
 
+/// `who` takes back its shares' value from the broadcast: `withdraw` after a cancel, else
+/// `leave`; returns the refund.
+fun take_back(scenario: &mut ts::Scenario, clock: &sui::clock::Clock, who: address): u64 {
+    scenario.next_tx(who);
+    let mut b = scenario.take_shared<Broadcast>();
+    let refund = if (b.is_cancelled()) {
+        b.withdraw(scenario.ctx())
+    } else {
+        b.leave(clock, scenario.ctx())
+    };
+    ts::return_shared(b);
+    refund
+}
+
+fun claim_as_server(scenario: &mut ts::Scenario, clock: &sui::clock::Clock): u64 {
+    scenario.next_tx(th::server());
+    let mut b = scenario.take_shared<Broadcast>();
+    let amount = b.claim(clock, scenario.ctx());
+    ts::return_shared(b);
+    amount
+}
+
+#[test]
+fun broadcast_late_listener_pays_no_past_slots() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 1_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::fund(&mut scenario, th::listener_b(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(9_000);
+    // Slots 0-8 are paid first (900, A's alone): B buys shares at 100 MIST for A's shares.
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 1_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.earned_value() == 900);
+        assert!(b.pool_value() == 1_100);
+        clock.set_for_testing(9_500);
+        b.cancel(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 1_000);
+    // Last one out: what is left, A's own 100.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 100);
+    assert!(claim_as_server(&mut scenario, &clock) == 900);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 100);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 1_000);
+    assert!(th::balance_of(&scenario, th::server()) == 900);
+    th::finish(scenario, clock);
+}
+
+#[test]
+fun broadcast_idle_listeners_leave() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 100_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::fund(&mut scenario, th::listener_b(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(50_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        assert!(b.idle_ms() == 600_000);
+        b.transmit(b"hello", &clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    clock.set_for_testing(350_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_b(), 500);
+    clock.set_for_testing(650_000);
+    // Slots 3-5 (300) are paid from 1200 held 700 (A) to 500 (B): A keeps 525, B 375.
+    assert!(take_back(&mut scenario, &clock, th::listener_a()) == 525);
+    assert!(take_back(&mut scenario, &clock, th::listener_b()) == 375);
+    assert!(claim_as_server(&mut scenario, &clock) == 600);
+    scenario.next_tx(th::server());
+    assert!(th::balance_of(&scenario, th::listener_a()) == 525);
+    assert!(th::balance_of(&scenario, th::listener_b()) == 875);
+    assert!(th::balance_of(&scenario, th::server()) == 600);
+    {
+        let b = scenario.take_shared<Broadcast>();
+        assert!(b.pool_value() == 0 && b.earned_value() == 0);
+        assert!(!b.is_on_air(&clock));
+        ts::return_shared(b);
+    };
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = broadcast::EBroadcastLive)]
+fun broadcast_heartbeat_keeps_listeners() {
+    let (mut scenario, mut clock) = th::start();
+    scenario.next_tx(th::server());
+    broadcast::create(b"news", 100, 100_000, &clock, scenario.ctx());
+    th::fund(&mut scenario, th::listener_a(), 1_000);
+    th::contribute_as(&mut scenario, &clock, th::listener_a(), 1_000);
+    clock.set_for_testing(500_000);
+    scenario.next_tx(th::server());
+    {
+        let mut b = scenario.take_shared<Broadcast>();
+        b.heartbeat(&clock, scenario.ctx());
+        ts::return_shared(b);
+    };
+    clock.set_for_testing(650_000);
+    take_back(&mut scenario, &clock, th::listener_a());
+    th::finish(scenario, clock);
+}
+
 /// The organizer (SERVER) opens a sale "launch": 50 MIST a ticket, at least one, deadline
 /// 10 s.
 fun ticket_sale(scenario: &mut ts::Scenario, clock: &sui::clock::Clock) {

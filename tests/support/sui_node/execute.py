@@ -46,8 +46,8 @@ from tests.support.sui_node.objects import (
     event_contents,
     move_type,
     object_contents,
-    object_fields,
     table_fields,
+    table_names,
     table_uid,
 )
 from tests.support.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
@@ -648,11 +648,10 @@ class _Execution:
             else {f.field_id: f for f in table_fields(self.state.package, struct, object_id, data)}
         )
         old: dict[str, ObjectRow] = {}
-        for field_name, sub in object_fields(struct):
-            if sub == "table":
-                table = table_uid(object_id, field_name)
-                for row in self.state.fields(table, "", 1 << 30):
-                    old[row.id] = row
+        for field_name in table_names(struct):
+            table = table_uid(object_id, field_name)
+            for row in self.state.fields(table, "", 1 << 30):
+                old[row.id] = row
         for field_id, entry in new.items():
             previous = old.get(field_id)
             if previous is not None and previous.contents == entry.contents:

@@ -18,7 +18,7 @@ from typing import Any, Final
 from dtp._uleb128 import bcs_uleb128
 from dtp.chain.local_tx import base58
 from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
-from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, Layout, encode
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, TABLE_VALUE_LAYOUTS, Layout, encode
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "object_digest",
     "object_fields",
     "table_fields",
+    "table_names",
     "table_uid",
 ]
 
@@ -59,10 +60,15 @@ _EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
 }
 
 #: Keys and values of the package's ``Table``s other than ``Table<address, u64>``
-#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``).
+#: (move/dtp/sources/sponsor.move: ``pledges: Table<ID, Pledge>``; broadcast.move:
+#: ``stakes: Table<address, Stake>``; host.move: the firewall's ``allow`` and ``deny``,
+#: ``Table<address, bool>``).
 _TABLE_KEYS: Final = {"pledges": "id"}
 _TABLE_VALUES: Final[dict[str, tuple[str, Layout]]] = {
     "pledges": ("sponsor::Pledge", ("struct", (("amount", "u64"), ("reimbursed", "bool")))),
+    "stakes": ("broadcast::Stake", TABLE_VALUE_LAYOUTS["Broadcast"]),
+    "allow": ("bool", "bool"),
+    "deny": ("bool", "bool"),
 }
 
 
@@ -158,22 +164,39 @@ def _field_id(parent: str, name: bytes, key: str) -> str:
     return "0x" + hashlib.blake2b(data + _type_tag(key), digest_size=32).hexdigest()
 
 
+def _tables(layout: Layout, data: Any) -> list[tuple[str, Any]]:
+    """``(field name, entries)`` of every ``Table`` in a struct's data, nested structs
+    included (a Host's are in its ``firewall``)."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(layout, tuple) and layout[0] == "struct":
+        for field, sub in layout[1]:
+            if sub == "table":
+                out.append((field, None if data is None else data[field]))
+            elif isinstance(sub, tuple) and sub[0] == "struct":
+                out.extend(_tables(sub, None if data is None else data[field]))
+    return out
+
+
+def table_names(struct: str) -> list[str]:
+    """The field names of the ``Table``s in an object struct (unique within it)."""
+    return [field for field, _ in _tables(_OBJECT_LAYOUTS[struct], None)]
+
+
 def table_fields(
     package: str, struct: str, object_id: str, data: Mapping[str, Any]
 ) -> list[TableField]:
     """The dynamic-field objects of the ``Table``s inside an object."""
-    layout = _OBJECT_LAYOUTS[struct]
     out: list[TableField] = []
-    for field, sub in layout[1]:
-        if sub != "table":
-            continue
+    for field, entries in _tables(_OBJECT_LAYOUTS[struct], data):
         table = table_uid(object_id, field)
         key = _TABLE_KEYS.get(field, "address")
         value_name, value_layout = _TABLE_VALUES.get(field, ("u64", "u64"))
         key_type = "address" if key == "address" else f"{SUI_FRAMEWORK}::object::ID"
         value_type = value_name if "::" not in value_name else f"{package}::{value_name}"
         type_ = f"{SUI_FRAMEWORK}::dynamic_field::Field<{key_type}, {value_type}>"
-        for entry, value in sorted(data[field].items()):
+        if isinstance(entries, list):
+            entries = dict.fromkeys(entries, True)  # a firewall list of an old ledger file
+        for entry, value in sorted(entries.items()):
             name = bytes.fromhex(entry[2:])
             out.append(
                 TableField(

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dtp.errors import move_error
-from dtp.ledger.economics import BPS, MAX_PAYMENT_MEMO
+from dtp.ledger.economics import BPS, MAX_PAYMENT_MEMO, MAX_RETENTION_MS
 from dtp.ledger.local.rules.broadcast import new_broadcast
 from dtp.ledger.local.rules.common import SHARED, Exec, Handler, add_u64, utf8
-from dtp.ledger.local.rules.transport_control import tc_open
+from dtp.ledger.local.rules.transport_control import tc_end_prepaid, tc_open
 
 __all__ = ["FUNCTIONS", "OBJECT_TYPES"]
 
@@ -268,13 +268,50 @@ def subscription_open(
             f"subscription {sub_id} covers epochs {sub['start_epoch']}.."
             f"{sub['expires_epoch'] - 1}, now {x.epoch}",
         )
-    connection = tc_open(x, host_id, offer["port"], cap_id, key, amount, prepaid=True)
+    connection = tc_open(x, host_id, offer["port"], cap_id, key, amount, subscription=sub_id)
     x.emit(
         "subscription",
         "SubscribedConnectionOpened",
         {"subscription": sub_id, "connection": connection},
     )
     return connection
+
+
+def subscription_over(sub: dict[str, Any], offer: dict[str, Any], epoch: int) -> bool:
+    """``subscription::is_over``: not live in ``epoch``, or the offer withdrawn."""
+    return bool(offer["withdrawn"]) or not sub["start_epoch"] <= epoch < sub["expires_epoch"]
+
+
+def subscription_end(
+    x: Exec, sub_id: str, offer_id: str, tc_id: str, escrow_id: str, cap_id: str
+) -> int:
+    """``subscription::end_connection``: anyone ends a connection of a subscription
+    that is over (closed and settled at once, nothing owed)."""
+    sub = x.load(sub_id, "Subscription")
+    offer = x.load(offer_id, "SubscriptionOffer")
+    tc = x.load(tc_id, "TransportControl")
+    x.load(escrow_id, "Escrow")
+    x.load(cap_id, "SpendingCap")
+    if sub["offer"] != offer_id:
+        raise move_error("subscription", "EWrongOffer", f"subscription {sub_id}")
+    if tc.get("subscription") != sub_id:
+        raise move_error(
+            "subscription", "ENotSubscribed", f"connection {tc_id} with subscription {sub_id}"
+        )
+    if not subscription_over(sub, offer, x.epoch):
+        raise move_error(
+            "subscription",
+            "ESubscriptionLive",
+            f"subscription {sub_id} covers epochs {sub['start_epoch']}.."
+            f"{sub['expires_epoch'] - 1}, now {x.epoch}",
+        )
+    refunded = tc_end_prepaid(x, tc, tc_id, escrow_id, cap_id)
+    x.emit(
+        "subscription",
+        "SubscribedConnectionEnded",
+        {"subscription": sub_id, "connection": tc_id, "by": x.sender, "refunded": refunded},
+    )
+    return refunded
 
 
 # -- sponsor ---------------------------------------------------------------------------------
@@ -575,6 +612,8 @@ def retention_create_terms(
     if x.sender != host["authority"]:
         raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
     _service_exists(host, host_id, port)
+    if retention_ms > MAX_RETENTION_MS:
+        raise move_error("retention", "EInvalidTerms", f"{retention_ms} ms > {MAX_RETENTION_MS} ms")
     terms_id = x.create(
         "RetentionTerms",
         SHARED,
@@ -583,6 +622,7 @@ def retention_create_terms(
             "port": port,
             "retention_ms": retention_ms,
             "storage_price_per_byte": price_per_byte,
+            "retired": False,
         },
     )
     x.emit(
@@ -599,6 +639,33 @@ def retention_create_terms(
     return terms_id
 
 
+def retention_retire_terms(x: Exec, terms_id: str, host_id: str) -> None:
+    """``retention::retire_terms``: the provider stops offering the terms."""
+    terms = x.load(terms_id, "RetentionTerms")
+    host = x.load(host_id, "Host")
+    if x.sender != host["authority"]:
+        raise move_error("retention", "ENotProvider", f"{x.sender} on host {host_id}")
+    if terms["host"] != host_id:
+        raise move_error("retention", "EWrongTerms", f"terms {terms_id} are not of host {host_id}")
+    if terms.get("retired", False):
+        raise move_error("retention", "ETermsRetired", f"terms {terms_id}")
+    terms["retired"] = True
+    x.emit(
+        "retention",
+        "RetentionTermsRetired",
+        {"terms": terms_id, "host": terms["host"], "port": terms["port"]},
+    )
+
+
+def retention_replace_terms(
+    x: Exec, terms_id: str, host_id: str, retention_ms: int, price_per_byte: int
+) -> str:
+    """``retention::replace_terms``: retire the terms and create their successor."""
+    retention_retire_terms(x, terms_id, host_id)
+    port = x.load(terms_id, "RetentionTerms")["port"]
+    return retention_create_terms(x, host_id, port, retention_ms, price_per_byte)
+
+
 def retention_send(
     x: Exec, pipe_id: str, tc_id: str, terms_id: str, inner: int, data: bytes, amount: int
 ) -> str:
@@ -610,8 +677,14 @@ def retention_send(
     x.take_coin(amount)
     if pipe["connection"] != tc_id:
         raise move_error("retention", "EWrongConnection", f"pipe {pipe_id} is not of {tc_id}")
+    if tc["state"]["kind"] != "Open":
+        raise move_error(
+            "retention", "EConnectionNotOpen", f"connection {tc_id} is {tc['state']['kind']}"
+        )
     if terms["host"] != tc["host"] or terms["port"] != tc["port"]:
         raise move_error("retention", "EWrongTerms", f"terms {terms_id} for connection {tc_id}")
+    if terms.get("retired", False):
+        raise move_error("retention", "ETermsRetired", f"terms {terms_id}")
     if amount != len(data) * terms["storage_price_per_byte"]:
         raise move_error(
             "retention",
@@ -621,6 +694,7 @@ def retention_send(
     seq = pipe_send(x, pipe_id, inner, data)
     receiver = tc["server"] if x.sender == tc["client"] else tc["client"]
     delete_after = add_u64(x.now_ms, terms["retention_ms"])
+    reclaim_after = add_u64(delete_after, terms["retention_ms"])
     record_id = x.create(
         "RetainedRecord",
         SHARED,
@@ -651,6 +725,7 @@ def retention_send(
             "receiver": receiver,
             "deposit": amount,
             "delete_after_ms": delete_after,
+            "reclaim_after_ms": reclaim_after,
         },
     )
     return record_id
@@ -670,8 +745,16 @@ def retention_delete(x: Exec, record_id: str) -> int:
     record = x.load(record_id, "RetainedRecord")
     if x.sender != record["sender"]:
         raise move_error("retention", "ENotSender", f"{x.sender} on record {record_id}")
-    if not record["consumed"]:
-        raise move_error("retention", "ENotConsumed", f"record {record_id}")
+    # unconfirmed, the record goes once its retention time has passed twice over: the
+    # receiver cannot hold the sender's deposit longer (docs/escrow.md §16)
+    reclaim_after = record["stored_at_ms"] + 2 * record["retention_ms"]
+    if not record["consumed"] and x.now_ms < reclaim_after:
+        raise move_error(
+            "retention",
+            "ENotConsumed",
+            f"record {record_id}, unconfirmed, may be reclaimed from {reclaim_after} ms, "
+            f"now {x.now_ms} ms",
+        )
     due = record["stored_at_ms"] + record["retention_ms"]
     if x.now_ms < due:
         raise move_error(
@@ -738,6 +821,16 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
         ),
         subscription_open,
     ),
+    ("subscription", "end_connection"): (
+        (
+            "obj:Subscription",
+            "obj:SubscriptionOffer",
+            "obj:TransportControl",
+            "obj:Escrow",
+            "obj:SpendingCap",
+        ),
+        subscription_end,
+    ),
     ("sponsor", "create"): (("obj:Host", "u16", "u64"), sponsor_create),
     ("sponsor", "fund"): (("obj:SponsorPool", "coin"), sponsor_fund),
     ("sponsor", "withdraw"): (("obj:SponsorPool", "u64"), sponsor_withdraw),
@@ -757,6 +850,14 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("retention", "create_terms"): (
         ("obj:Host", "u16", "u64", "u64"),
         retention_create_terms,
+    ),
+    ("retention", "retire_terms"): (
+        ("obj:RetentionTerms", "obj:Host"),
+        retention_retire_terms,
+    ),
+    ("retention", "replace_terms"): (
+        ("obj:RetentionTerms", "obj:Host", "u64", "u64"),
+        retention_replace_terms,
     ),
     ("retention", "send"): (
         ("obj:Pipe", "obj:TransportControl", "obj:RetentionTerms", "u64", "bytes", "coin"),

@@ -1,4 +1,9 @@
-"""The rules of ``dtp::host``: a Host object, its services and its firewall."""
+"""The rules of ``dtp::host``: a Host object, its services and its firewall.
+
+The firewall's allow and deny lists are Move ``Table<address, bool>``s: LocalLedger keeps
+each as a mapping of address to ``true`` inside the Host's data (as a Broadcast keeps its
+contributions), the node stand-in serves them as the Table's dynamic fields, and only
+their sizes count towards the Host's size on Sui."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
     MAX_FIREWALL_ENTRIES,
+    firewall_entries,
     is_low_order_noise_key,
 )
 
@@ -58,8 +64,8 @@ def host_create(x: Exec, noise_key: bytes, endpoints: list[bytes]) -> str:
         "services": {},
         "firewall": {
             "mode": 0,
-            "allow": [],
-            "deny": [],
+            "allow": {},
+            "deny": {},
             "max_connections_per_client": 0,
             "max_bytes_per_sec": 0,
             "max_requests_per_sec": 0,
@@ -116,11 +122,15 @@ def _bytes_size(value: bytes) -> int:
     return _vector_size(len(value)) + len(value)
 
 
+#: A ``Table`` inside an object: its UID and its u64 size (the entries are dynamic fields,
+#: objects of their own).
+_TABLE_SIZE: Final = 32 + 8
+
+
 def host_bcs_size(host: dict[str, Any]) -> int:
     """The BCS size of a ``Host`` as Sui stores it: UID, authority, key, endpoints, the
     services' VecMap (entries of u16 port and Service: kind, SLA, limit) and the firewall
-    (two VecSets of addresses, a u8 and three u64)."""
-    fw = host["firewall"]
+    (a u8, the two Tables of its lists, three u64): the lists' entries are not in it."""
     services = host["services"]
     return (
         32
@@ -131,10 +141,7 @@ def host_bcs_size(host: dict[str, Any]) -> int:
         + _vector_size(len(services))
         + sum(2 + _bytes_size(s["kind"].encode()) + 24 + 8 for s in services.values())
         + 1
-        + _vector_size(len(fw["allow"]))
-        + 32 * len(fw["allow"])
-        + _vector_size(len(fw["deny"]))
-        + 32 * len(fw["deny"])
+        + 2 * _TABLE_SIZE
         + 24
     )
 
@@ -142,8 +149,8 @@ def host_bcs_size(host: dict[str, Any]) -> int:
 def _assert_host_size(host: dict[str, Any], host_id: str) -> None:
     """Sui fails a transaction that leaves an object over its size limit, after the Move
     code ran (an execution error, not an abort). No Move check bounds the number of a
-    Host's services, so a Host can reach the limit; then endpoints and firewall entries,
-    bounded each, can no longer be added either."""
+    Host's services, so a Host can reach the limit; then endpoints, bounded, can no
+    longer be added either (firewall entries can: they are not in the Host)."""
     size = host_bcs_size(host)
     if size > MAX_MOVE_OBJECT_SIZE:
         raise ChainError(
@@ -216,20 +223,32 @@ def host_set_firewall_mode(x: Exec, host_id: str, mode: int) -> None:
     _updated(x, host_id, 3)
 
 
+def _table(host: dict[str, Any], list_name: str) -> dict[str, bool]:
+    """The firewall list ``list_name`` of ``host``'s data as its Table's entries (a list
+    kept by a file from before the lists were Tables becomes one here)."""
+    fw = host["firewall"]
+    entries = fw[list_name]
+    if not isinstance(entries, dict):
+        fw[list_name] = entries = dict.fromkeys(firewall_entries(entries, list_name), True)
+    return entries
+
+
 def list_op(list_name: str, add: bool) -> Callable[[Exec, str, str], None]:
+    """``host::allow``/``deny`` (``add``) or ``disallow``/``undeny`` on ``list_name``:
+    idempotent, and a new address to a full list aborts ``EFirewallListFull``."""
+
     def op(x: Exec, host_id: str, client: str) -> None:
         host = x.load(host_id, "Host")
         _assert_authority(x, host, host_id)
-        entries: list[str] = host["firewall"][list_name]
+        entries = _table(host, list_name)
         if add and client not in entries:
             if len(entries) >= MAX_FIREWALL_ENTRIES:
                 raise move_error(
                     "host", "EFirewallListFull", f"{list_name} list of {host_id} is full"
                 )
-            entries.append(client)
-            _assert_host_size(host, host_id)
-        elif not add and client in entries:
-            entries.remove(client)
+            entries[client] = True
+        elif not add:
+            entries.pop(client, None)
         _updated(x, host_id, 3)
 
     return op
@@ -248,6 +267,7 @@ def host_set_client_limits(
 
 
 def _permits(host: dict[str, Any], client: str) -> bool:
+    """``host::permits``: one lookup in each list (a mapping, or a list of an old file)."""
     fw = host["firewall"]
     if client in fw["deny"]:
         return False

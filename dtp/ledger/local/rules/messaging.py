@@ -128,6 +128,9 @@ def response_escrow_deliver(x: Exec, escrow_id: str, response: bytes) -> int:
     e = _open_response_escrow(x, escrow_id, "server")
     if x.now_ms > e["deadline_ms"]:
         raise move_error("response_escrow", "EDeadlinePassed", f"{x.now_ms} > {e['deadline_ms']}")
+    if not response:
+        # all the chain can tell of an answer: there is one (docs/escrow.md §12)
+        raise move_error("response_escrow", "EEmptyResponse", f"escrow {escrow_id}")
     if len(response) > MAX_RESPONSE_LENGTH:
         raise move_error(
             "response_escrow", "EResponseTooLarge", f"{len(response)} > {MAX_RESPONSE_LENGTH}"

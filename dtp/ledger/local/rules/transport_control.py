@@ -25,10 +25,11 @@ def tc_open(
     public_key: bytes,
     amount: int,
     *,
-    prepaid: bool = False,
+    subscription: str | None = None,
 ) -> str:
-    """``transport_control::open``; ``prepaid`` is ``open_prepaid`` (all-zero SLA, used by
-    ``subscription::open_connection``). The host is only read."""
+    """``transport_control::open``; with ``subscription`` it is ``open_prepaid`` (all-zero
+    SLA, the subscription recorded; used by ``subscription::open_connection``). The host
+    is only read."""
     host = x.load(host_id, "Host")
     cap = x.load(cap_id, "SpendingCap")
     x.take_coin(amount)
@@ -36,7 +37,7 @@ def tc_open(
     if cap["owner"] != client:
         raise move_error("spending_cap", "ENotCapOwner", f"cap {cap_id} belongs to {cap['owner']}")
     sla = admit(host, host_id, port, client)
-    if prepaid:
+    if subscription is not None:
         sla = new_sla(0, 0, 0)
     if amount < sla["min_deposit"]:
         raise move_error(
@@ -88,6 +89,7 @@ def tc_open(
             "state": {"kind": "Open"},
             "opened_at_ms": x.now_ms,
             "settled": False,
+            "subscription": subscription,
         },
         None,
     )
@@ -201,6 +203,40 @@ def tc_settle(x: Exec, tc_id: str, escrow_id: str, cap_id: str) -> int:
         _close_fully(x, tc, tc_id, state["at_ms"])
     elif not is_server and x.now_ms < state["half_closed_at_ms"] + HALF_CLOSE_TIMEOUT_MS:
         raise _timeout_error(tc_id, state["half_closed_at_ms"], x.now_ms)
+    refunded = refund_remainder(x, escrow, escrow_id, cap, cap_id)
+    tc["settled"] = True
+    x.emit(
+        "transport_control",
+        "ConnectionSettled",
+        {
+            "connection": tc_id,
+            "escrow": tc["escrow"],
+            "by": x.sender,
+            "claimed": escrow["claimed"],
+            "refunded": refunded,
+        },
+    )
+    return refunded
+
+
+def tc_end_prepaid(x: Exec, tc: dict[str, Any], tc_id: str, escrow_id: str, cap_id: str) -> int:
+    """``transport_control::end_prepaid`` (by ``subscription::end_connection``, which
+    checked the subscription): closed in any state but settled, and settled at once by
+    whoever sends it; the whole escrow goes back to the client."""
+    escrow = x.load(escrow_id, "Escrow")
+    cap = x.load(cap_id, "SpendingCap")
+    if tc["settled"]:
+        raise move_error("transport_control", "EAlreadySettled", f"connection {tc_id}")
+    if escrow_id != tc["escrow"]:
+        raise move_error(
+            "transport_control", "EWrongEscrow", f"connection {tc_id} uses escrow {tc['escrow']}"
+        )
+    assert_spending_cap(escrow, escrow_id, cap_id)
+    state = tc["state"]
+    if state["kind"] == "Open":
+        _close_fully(x, tc, tc_id, x.now_ms)
+    elif state["kind"] == "HalfClosed":
+        _close_fully(x, tc, tc_id, state["at_ms"])
     refunded = refund_remainder(x, escrow, escrow_id, cap, cap_id)
     tc["settled"] = True
     x.emit(
