@@ -524,6 +524,36 @@ class MalformedReceipt(InvalidReceipt):
     module = "escrow"
 
 
+class UnsupportedReceiptVersion(MalformedReceipt):
+    """A receipt in-band is of a format version this DTP does not speak (its first
+    byte): a peer of another release, e.g. one signing version-1 receipts, which bind
+    the connection alone (docs/escrow.md §6). :attr:`version` is the one received."""
+
+    name = "UnsupportedReceiptVersion"
+    module = "escrow"
+
+    #: The version byte received, and the one spoken here.
+    version: int = 0
+    expected: int = 0
+
+    @classmethod
+    def of(cls, version: int, expected: int) -> UnsupportedReceiptVersion:
+        """The error for a receipt of format ``version`` where ``expected`` is spoken."""
+        older = (
+            " (version 1 signs the connection alone, not its escrow, package or chain)"
+            if version == 1
+            else ""
+        )
+        exc = cls(
+            f"Receipt format version {version} is not supported{older}; this DTP speaks "
+            f"version {expected} (docs/escrow.md §6): the peer must run a release that "
+            f"does."
+        )
+        exc.version = version
+        exc.expected = expected
+        return exc
+
+
 class SpendingCapExceeded(ChainError):
     """A claim would push the client's spending above its cap for this epoch."""
 
