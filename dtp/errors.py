@@ -272,6 +272,24 @@ class KeyFileError(DTPError):
     """A key file could not be read, decrypted, or has unsafe permissions."""
 
 
+class MissingExtra(DTPError, ImportError):
+    """A feature whose Python packages come with an extra of the ``dtp`` distribution
+    that is not installed (:mod:`dtp.extras`: ``sui``, ``lan``, ``gun``). The message
+    names the feature, the missing module and the command that installs the extra,
+    ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the import it replaces
+    (``name`` is the missing module): code that tried an import and caught that goes on
+    catching it."""
+
+    def __init__(self, extra: str, feature: str, module: str) -> None:
+        self.extra = extra
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs the {extra!r} extra of dtp, which is not installed "
+            f"(no module named {module!r}): pip install 'dtp[{extra}]'",
+            name=module,
+        )
+
+
 class DaemonConfigError(DTPError, ValueError):
     """A services daemon config file is invalid; the message names file:line: key."""
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtp.errors import DaemonConfigError, InvalidObjectId, finite_float, shown
+from dtp.errors import DaemonConfigError, InvalidObjectId, MissingExtra, finite_float, shown
+from dtp.extras import require
 from dtp.hostid.address import HostAddress
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger.objects import (
@@ -682,6 +683,10 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         setting=check.setting((*k, "ledger")),
         base=check.path.parent,
     )
+    if ledger.is_sui:
+        # here, not when the daemon opens the ledger: a config that cannot run on this
+        # install is refused by its line, before anything starts
+        _require(check, (*k, "ledger"), "sui", "A Sui ledger")
     package = None
     if "sui_package" in doc:
         package_key = (*k, "sui_package")
@@ -703,6 +708,9 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             "fund the daemon's address with the network's faucet (e.g. `sui client faucet`) "
             "and remove faucet",
         )
+    lan_announce = check.boolean(doc, (*k, "lan_announce"), False)
+    if lan_announce:
+        _require(check, (*k, "lan_announce"), "lan", "Announcing services on the LAN")
     return DaemonSettings(
         ledger=ledger,
         identity=check.path_value(doc, (*k, "identity"), None),
@@ -723,13 +731,22 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
         refund_interval=check.number(doc, (*k, "refund_interval"), REFUND_INTERVAL),
-        lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
+        lan_announce=lan_announce,
         lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
         gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),
         batch_window=check.seconds_within(
             doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
         ),
     )
+
+
+def _require(check: _Checker, key: KeyPath, extra: str, feature: str) -> None:
+    """Refuse ``key`` when the feature it asks for needs ``extra`` and the extra is not
+    installed (:mod:`dtp.extras`): the message names the key and the pip command."""
+    try:
+        require(extra, feature)
+    except MissingExtra as exc:
+        raise check.fail(key, str(exc)) from None
 
 
 def _firewall(check: _Checker, doc: Any) -> FirewallConfig:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.config import (
@@ -44,7 +44,6 @@ from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch, warn_prices
 from dtp.daemon.host_setup import HostSetup, HostSync
-from dtp.daemon.lan import LanAnnouncer
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.refunds import Refunds
 from dtp.daemon.services import ServiceHost
@@ -70,6 +69,9 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import resolve_package
 from dtp.payments.ends import EndRule
+
+if TYPE_CHECKING:
+    from dtp.daemon.lan import LanAnnouncer
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
@@ -327,6 +329,9 @@ class Daemon:
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
             if settings.lan_announce:
+                # (imported here: mDNS comes with the lan extra, which the config checked)
+                from dtp.daemon.lan import LanAnnouncer
+
                 self.lan = LanAnnouncer(
                     self.identity.noise_public,
                     self.host_id,
