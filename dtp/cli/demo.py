@@ -550,6 +550,26 @@ def demo_graph_sync(tour: Tour) -> None:
     demo_graph_story(tour.say)
 
 
+def demo_browser(
+    tour: Tour, wait: float | None = None, screenshots: str | os.PathLike[str] | None = None
+) -> None:
+    tour.step("A browser on the graph: a gun.js page and a Python peer edit the same chat")
+    from dtp.cli.demo_browser import interactive, run_browser_step
+
+    stdin = sys.stdin if interactive() else None
+    result = run_browser_step(tour.say, tour.ok, wait=wait, stdin=stdin, screenshots=screenshots)
+    if result.skipped is not None:
+        tour.remember("browser: skipped (node, npm and the gun package are needed)")
+    elif result.headless is not None:
+        tour.remember(f"browser: the page served at {result.url}; no headless browser here")
+    else:
+        tour.remember(
+            f"browser: a gun.js page and a Python peer chatted through the Gun endpoint and "
+            f"DTP sync ({result.to_python_seconds:.2f} s to Python, "
+            f"{result.to_page_seconds:.2f} s back)"
+        )
+
+
 def demo_messaging(tour: Tour) -> None:
     tour.step("Messaging: a paid JSON-RPC call and a sealed message to an offline host")
     from dtp.messaging.demo import demo_messaging_story
@@ -582,16 +602,26 @@ def _say_interrupted(tour: Tour) -> None:
         )
 
 
-def run_demo(quick: bool = False) -> int:
-    """Run the tour; returns a process exit code."""
+def run_demo(
+    quick: bool = False,
+    browser_wait: float | None = None,
+    screenshots: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run the tour; returns a process exit code. ``browser_wait``: seconds the browser
+    step keeps its page up for a person (None: until Enter at a terminal, else a few
+    seconds); ``screenshots``: a folder for its screenshot of the page (None: none)."""
     shared: dict[str, object] = {}
-    steps: list[Callable[[Tour], None]] = [
+    story: list[Callable[[Tour], None]] = [
         lambda t: demo_daemon(t, quick),
         lambda t: demo_connection(t, quick, shared),
         lambda t: demo_ledger(t, shared),
         demo_udp,
         demo_messaging,
         demo_graph_sync,
+        lambda t: demo_browser(t, browser_wait, screenshots),
+    ]
+    steps: list[Callable[[Tour], None]] = [
+        *story,
         lambda t: demo_frames(t),
         lambda t: demo_records(t, quick),
         lambda t: demo_reassembly(t),
@@ -602,8 +632,9 @@ def run_demo(quick: bool = False) -> int:
     print(
         dim(
             "Everything runs for real on this machine, on an embedded ledger in a temporary\n"
-            "file (no node, no set-up); every number is measured now. Steps 1-6 tell the\n"
-            "story; steps 7-10 look under the hood."
+            "file (no Sui node, no set-up); every number is measured now. Steps "
+            f"1-{len(story)} tell\n"
+            f"the story; steps {len(story) + 1}-{len(steps)} look under the hood."
         )
     )
     started = time.perf_counter()
@@ -632,7 +663,9 @@ def run_demo(quick: bool = False) -> int:
         "  endpoints, Noise keys, prices and firewalls are on the ledger. Clients put a\n"
         "  deposit in escrow, prove who they are in the encrypted handshake, sign receipts\n"
         "  for what they use, and get back what they did not use. Money is never created\n"
-        "  or lost: each step checked it.\n"
-        "  Next: README.md (Using it) and docs/daemon.md to run your own services."
+        "  or lost: each step checked it. Graph peers, in Python or gun.js in a browser,\n"
+        "  edit one replicated graph, synced over DTP.\n"
+        "  Next: README.md (Using it), docs/daemon.md to run your own services and\n"
+        "  docs/graph.md for the graph and its Gun peer."
     )
     return 0
