@@ -195,6 +195,10 @@ def wait_for_person(
     deadline = time.monotonic() + seconds
     while True:
         on_tick()
+        # (to a pipe, stdout is block-buffered: the address and what people write must
+        # show while the page is up, not after)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stdout.flush()
         left = deadline - time.monotonic()
         if left <= 0:
             return "time"

@@ -303,7 +303,8 @@ def _processes_under(path: Path) -> list[str]:
 def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
     browser_ready: Path, tmp_path: Path, after: str
 ) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    # (unbuffered: each line as it is printed, the interrupt where the test means it)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     start = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "sys.argv = ['dtp', 'demo', '--quick', '--browser-wait', '60']; "
@@ -347,3 +348,37 @@ def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
         for line in _processes_under(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Path) -> None:
+    """`bash scripts/demo.sh | tee log`: stdout is block-buffered, and the address came
+    out only after the wait it was printed for."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONUNBUFFERED", None)  # (as a user's shell has it)
+    code = (
+        "import sys; from dtp.cli.demo_browser import run_browser_step; "
+        "run_browser_step(print, print, wait=30)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    try:
+        start = time.monotonic()
+        for line in proc.stdout:
+            if line.startswith("open http://"):
+                break
+        took = time.monotonic() - start
+        assert proc.poll() is None  # still waiting, the page up
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert b"Shared chat" in answer.read()
+        assert took < 25
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
