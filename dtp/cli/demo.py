@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from dtp.errors import ConnectionRefused, DecryptionError
 from dtp.native import core as _core
@@ -640,20 +641,26 @@ def run_demo(
     started = time.perf_counter()
     # SIGTERM (`timeout`, a supervisor) ends the tour as Ctrl-C does, through the steps'
     # finally blocks: the daemons they started are stopped and their temporary
-    # directories (ledger, keys) removed, which the default action skipped.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    # directories (ledger, keys) removed, which the default action skipped. So does
+    # SIGHUP (the terminal closed, the SSH session gone: the browser step may be waiting
+    # there for Enter), unless it is ignored (`nohup`).
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _exit_on_sigterm)
     try:
         for step in steps:
             step(tour)
     except (KeyboardInterrupt, SystemExit):
-        # (Ctrl-C, or SIGTERM through _exit_on_sigterm) the steps' finally blocks have
+        # (Ctrl-C, or SIGTERM or SIGHUP through _exit_on_sigterm) the steps' finally blocks have
         # run by now: tell the user what is left, not just a bare prompt
         _say_interrupted(tour)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            # (None: a handler not set from Python, the default to the interpreter)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
     tour.finish_step()
     print(f"\n{bold('Summary')}  ({time.perf_counter() - started:.0f} s)")
     for line in tour.summary:

@@ -57,9 +57,12 @@ def browser_ready(monkeypatch: pytest.MonkeyPatch) -> Path:
     return gun_dir
 
 
-def _run(**kw: object) -> tuple[BrowserStepResult, list[str]]:
+def _run(wait: float, screenshots: Path | None = None) -> tuple[BrowserStepResult, list[str]]:
+    """The step, with no terminal; what it said (what it checked marked ✓)."""
     lines: list[str] = []
-    result = run_browser_step(lines.append, lambda text: lines.append("✓ " + text), **kw)  # type: ignore[arg-type]
+    result = run_browser_step(
+        lines.append, lambda text: lines.append("✓ " + text), wait=wait, screenshots=screenshots
+    )
     return result, lines
 
 
@@ -293,20 +296,15 @@ def _processes_under(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "after",
-    [
-        "headless Chromium opened the page",  # the browser is up, the exchange to come
-        "open http://",  # the page kept up for a person
-    ],
-)
-def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
-    browser_ready: Path, tmp_path: Path, after: str
-) -> None:
-    # (unbuffered: each line as it is printed, the interrupt where the test means it)
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+def _demo_until(tmp_path: Path, after: str, hup: object) -> subprocess.Popen[str]:
+    """``dtp demo`` with its temporary files in ``tmp_path``, read until the line with
+    ``after`` (``hup``: the SIGHUP handler it starts with)."""
+    # (unbuffered: each line as it is printed, the signal where the test means it)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    env["PYTHONUNBUFFERED"] = "1"
     start = (
         "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"signal.signal(signal.SIGHUP, signal.{hup}); "
         "sys.argv = ['dtp', 'demo', '--quick', '--browser-wait', '60']; "
         "runpy.run_module('dtp', run_name='__main__')"
     )
@@ -320,19 +318,44 @@ def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
         cwd=ROOT,
     )
     assert proc.stdout is not None
+    seen: list[str] = []
+    for line in proc.stdout:
+        seen.append(line)
+        if after in line:
+            return proc
+    _, err = proc.communicate(timeout=60)
+    pytest.fail(f"the demo ended before the browser step:\n{''.join(seen)}\n{err}")
+
+
+def _end(proc: subprocess.Popen[str], tmp_path: Path) -> None:
+    """(a failed test leaves no demo and no browser running)"""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+    for line in _processes_under(tmp_path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("signum", "after"),
+    [
+        # Ctrl-C: while the browser is up, the exchange to come
+        (signal.SIGINT, "headless Chromium opened the page"),
+        # Ctrl-C, and the terminal closed, while the page is kept up for a person
+        (signal.SIGINT, "open http://"),
+        (signal.SIGHUP, "open http://"),
+    ],
+)
+def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
+    browser_ready: Path, tmp_path: Path, signum: int, after: str
+) -> None:
+    proc = _demo_until(tmp_path, after, "SIG_DFL")
     try:
-        seen: list[str] = []
-        for line in proc.stdout:
-            seen.append(line)
-            if after in line:
-                break
-        else:
-            _, err = proc.communicate(timeout=60)
-            pytest.fail(f"the demo ended before the browser step:\n{''.join(seen)}\n{err}")
         assert list(tmp_path.iterdir()), "the step's files are in TMPDIR"
         if "Chromium" in after:
             assert _processes_under(tmp_path), "the browser runs, its profile in TMPDIR"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0
         assert "Interrupted in step 7/11 (A browser on the graph" in err
@@ -342,12 +365,20 @@ def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
         assert _processes_under(tmp_path) == []
         assert list(tmp_path.iterdir()) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for line in _processes_under(tmp_path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        _end(proc, tmp_path)
+
+
+def test_a_demo_run_under_nohup_goes_on_after_a_hangup(browser_ready: Path, tmp_path: Path) -> None:
+    proc = _demo_until(tmp_path, "open http://", "SIG_IGN")
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still keeping the page up
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        _end(proc, tmp_path)
 
 
 def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Path) -> None:
