@@ -41,6 +41,11 @@ __all__ = [
 KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
+#: ``[daemon] refund_interval`` by default: seconds between two looks at the connections
+#: the forwarders opened and no longer use, until each is settled (dtp.daemon.refunds;
+#: a link's end looks at once).
+REFUND_INTERVAL = 30.0
+
 #: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
 #: client names while its open may still be landing. The library's default
 #: (LedgerAdmission.OPEN_GRACE), repeated rather than imported: dtp.hostid.admission
@@ -203,6 +208,9 @@ class DaemonSettings:
     low_gas: int | None = None
     """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
     transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
+    refund_interval: float = REFUND_INTERVAL
+    """Seconds between the looks at the connections the forwarders opened and no
+    longer use, until each is settled (:mod:`dtp.daemon.refunds`)."""
     lan_announce: bool = False
     """Announce each service on the LAN over mDNS (``dtp.discovery.lan``: its Host ID,
     name, DTP port and the host's Noise key), withdrawn as it is removed or the daemon
@@ -632,6 +640,7 @@ _DAEMON_KEYS = {
     "sui_package",
     "open_grace",
     "low_gas",
+    "refund_interval",
     "lan_announce",
     "lan_interfaces",
     "gas_aware_ends",
@@ -713,6 +722,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
+        refund_interval=check.number(doc, (*k, "refund_interval"), REFUND_INTERVAL),
         lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
         lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
         gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),

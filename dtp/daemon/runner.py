@@ -46,9 +46,11 @@ from dtp.daemon.gas import GasWatch, warn_prices
 from dtp.daemon.host_setup import HostSetup, HostSync
 from dtp.daemon.lan import LanAnnouncer
 from dtp.daemon.logs import kv, setup_logging
+from dtp.daemon.refunds import Refunds
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
 from dtp.daemon.state import (
+    CONNECTIONS_FILE,
     LOCK_FILE,
     RECEIPTS_FILE,
     StatusBook,
@@ -171,7 +173,24 @@ class Daemon:
         self.lan: LanAnnouncer | None = None
         """The services announced on the LAN (``[daemon] lan_announce``)."""
         self.host_setup = HostSetup(self.ledger, self.identity)
-        self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas)
+        try:
+            self.refunds = Refunds(
+                self.ledger,
+                self.identity,
+                settings.state_dir,
+                settings.refund_interval,
+                gas=self.gas,
+            )
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self.ledger.close()
+            self.release_lock()
+            raise sqlite3.DatabaseError(
+                f"cannot open {settings.state_dir / CONNECTIONS_FILE}: {exc}"
+            ) from None
+        """The book of the connections the forwarders opened, settled by its task."""
+        self._refund_task: asyncio.Task[None] | None = None
+        self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas, self.refunds)
         self.forwarders = self.forwards.running
         """The forwarders serving each forward now (:attr:`Forwards.running`)."""
         self._stop = asyncio.Event()
@@ -259,6 +278,9 @@ class Daemon:
         # and one running low warns from its first line)
         await self.gas.check(fresh=True)
         self._gas_task = asyncio.ensure_future(self.gas.run())
+        # the forwarders' connections a previous run left are looked at from the start:
+        # settled once their half-close timeout has passed, with no command typed
+        self._refund_task = asyncio.ensure_future(self.refunds.run())
         self._checkpoint()
         if self.config.services:
             self.services = ServiceHost(
@@ -645,6 +667,10 @@ class Daemon:
         if self.fees is not None:
             self.fees.close()
             self.fees = None
+        refunding, self._refund_task = self._refund_task, None
+        if refunding is not None and (error := await cancel_and_wait(refunding)) is not None:
+            logger.warning("refunds failed", extra=kv(error=f"{type(error).__name__}: {error}"))
+        self.refunds.close()  # (what it did not settle, the next start does)
         gas, self._gas_task = self._gas_task, None
         if gas is not None and (error := await cancel_and_wait(gas)) is not None:
             logger.warning("gas watch failed", extra=kv(error=f"{type(error).__name__}: {error}"))

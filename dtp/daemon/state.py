@@ -30,6 +30,7 @@ from dtp.identity.files import write_durably
 logger = logging.getLogger("dtp.daemon")
 
 __all__ = [
+    "CONNECTIONS_FILE",
     "LOCK_FILE",
     "RECEIPTS_FILE",
     "STATUS_FILE",
@@ -44,6 +45,9 @@ __all__ = [
 STATUS_FILE = "status.json"
 RECEIPTS_FILE = "receipts.sqlite"
 """The receipt store of the daemon's paid services (:mod:`dtp.payments.receipt_store`)."""
+CONNECTIONS_FILE = "connections.sqlite"
+"""The book of the connections the daemon's forwarders opened and that are not settled
+yet (:mod:`dtp.daemon.refunds`)."""
 LOCK_FILE = "daemon.lock"
 """Held (``flock``) by the daemon using a state directory, and holding its pid."""
 

@@ -51,6 +51,7 @@ from dtp.ledger.objects import (
     TransportControl,
     normalize_id,
 )
+from dtp.ledger.receipt import U64_MAX, fee
 from dtp.payments.ends import (
     BatchPlan,
     Deferred,
@@ -114,7 +115,10 @@ class ClientPayment:
     when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
     (a request for a receipt now), :meth:`closing` just before it closes the connection,
     and :meth:`finish` after, once the server closed its end of the carrier (the ledger
-    half-close, when still needed; blocking).
+    half-close, when still needed; blocking). Before a write that would take the usage
+    past :attr:`payable_bytes` it asks :meth:`refuse_write`: a write the deposit cannot
+    pay ends the connection at once (docs/escrow.md §6.1), where a server would pause it
+    and close it only after its pause timeout.
     """
 
     def __init__(
@@ -164,6 +168,14 @@ class ClientPayment:
         #: has nothing to do: an adapter's hot path may skip it.
         self.quiet_bytes = 0
         self.quiet_until = 0.0
+        # top-ups under way (top_up_on_ledger until topped_up): while there is one, no
+        # write is refused -- it waits, as the server pauses, for the deposit to grow
+        self._top_ups = 0
+        self._top_up_lock = threading.Lock()
+        #: The usage (bytes, with the requests counted so far) up to which the deposit
+        #: pays: a write that would take the usage, what is queued included, past it
+        #: asks :meth:`refuse_write` first (U64_MAX while a top-up is under way)
+        self.payable_bytes = self._payable_bytes()
 
     def tick(self, now: float) -> None:
         """Sign and queue a receipt if the cadence says so."""
@@ -182,9 +194,47 @@ class ClientPayment:
         if receipt is not None:
             conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
+        self.payable_bytes = self._payable_bytes()  # (the requests may have grown)
         quiet_bytes, due_ms = self.meter.quiet_until()
         self.quiet_bytes = quiet_bytes
         self.quiet_until = math.inf if due_ms is None else due_ms / 1000
+
+    def _payable_bytes(self) -> int:
+        """:attr:`payable_bytes` as the deposit and the requests counted stand now."""
+        if self._top_ups:
+            return U64_MAX
+        meter = self.meter.meter
+        sla = meter.sla
+        if sla.price_per_kib == 0:
+            return U64_MAX  # bytes are free: requests alone can outrun the deposit
+        # (the connection's count of requests: the meter's may not have seen the latest)
+        budget = meter.deposit - self.conn.usage[1] * sla.price_per_request
+        # the largest usage b with ceil(b * price / 1024) <= budget (Meter.affordable_bytes)
+        return max(0, budget) * 1024 // sla.price_per_kib
+
+    def refuse_write(self, nbytes: int, requests: int = 0) -> str | None:
+        """Why the connection may not send ``nbytes`` more bytes (what is queued
+        included) and open ``requests`` more streams (None: it may). A write the
+        deposit cannot pay whole is refused, with the reason the adapter ends the
+        connection with (CLOSE_PAYMENT_REQUIRED, before which it queues the final
+        receipt: :meth:`closing`) and raises as PaymentRequired: the server would only
+        pause it, then close it after its pause timeout (ServicePolicy.pause_timeout,
+        10 s by default), the deposit spent all the same. While a top-up is under way
+        (:meth:`top_up_on_ledger` until :meth:`topped_up`) nothing is refused: the
+        write goes out and waits, as the server pauses, for the deposit to grow."""
+        if self._top_ups or self.conn.closed:
+            return None
+        total_bytes, total_requests = self.conn.usage
+        meter = self.meter.meter
+        cost = fee(meter.sla, total_bytes + nbytes, total_requests + requests)
+        if cost <= meter.deposit:
+            self.payable_bytes = self._payable_bytes()
+            return None
+        return (
+            f"the deposit of connection {self.connection_id} ({meter.deposit} MIST) cannot "
+            f"pay for this write: the usage would cost {cost} MIST (connect with a larger "
+            "deposit, or top it up before it runs out)"
+        )
 
     def on_server_receipt(self, data: bytes) -> None:
         """The server asks for a receipt (it paused service): pay all usage now."""
@@ -202,6 +252,22 @@ class ClientPayment:
             raise InvalidArgument(
                 f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
             )
+        with self._top_up_lock:
+            self._top_ups += 1
+            self.payable_bytes = U64_MAX  # (writes meanwhile wait for it, as the server)
+        try:
+            self._top_up_on_ledger(amount)
+        except BaseException:
+            self._top_up_ended()
+            raise
+        # (under way until topped_up(): the receipts up to the new deposit are signed then)
+
+    def _top_up_ended(self) -> None:
+        with self._top_up_lock:
+            self._top_ups = max(0, self._top_ups - 1)
+            self.payable_bytes = self._payable_bytes()
+
+    def _top_up_on_ledger(self, amount: int) -> None:
         try:
             self.ledger.top_up(self.identity, self.escrow_id, amount)
         except SpendingCapExceeded as exc:
@@ -224,6 +290,7 @@ class ClientPayment:
             self.conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
         self.quiet_bytes, self.quiet_until = 0, 0.0  # the next tick looks again
+        self._top_up_ended()
 
     def closing(self) -> None:
         """Queue the final receipt (call before the CLOSE frame is queued)."""

@@ -117,10 +117,11 @@ def start_on_sui(
     tmp: Path,
     node_state: Path,
     forward_extra: str = "",
+    daemon_extra: str = "",
 ) -> OnSui:
     """Identities first (``dtp keys new``), funded by transfers, then the two daemons,
     each naming the node through the relay; the provider serves a paid HTTP backend on
-    A's loopback."""
+    A's loopback. ``daemon_extra``: more ``[daemon]`` lines for both."""
     provider = new_identity(tmp / "provider" / "host.key")
     forwarder = new_identity(tmp / "forwarder" / "client.key")
     reader = network.ledger()
@@ -138,7 +139,7 @@ def start_on_sui(
         [f"127.0.0.1:{http.info['port']}"],
         service_extra=PRICES,
         forward_extra=f"deposit = {DEPOSIT}\n{forward_extra}",
-        daemon_extra=f'sui_package = "{network.package_id}"',
+        daemon_extra=f'sui_package = "{network.package_id}"\n{daemon_extra}',
         faucet=None,
     )
     assert pair.provider.info["address"] == provider
