@@ -413,3 +413,23 @@ def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_without_websockets_the_step_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without websockets (the Gun endpoint's and the driver's): the step is
+    skipped with the reason, not a traceback that ends the demo."""
+    for name in list(sys.modules):
+        if name == "websockets" or name.startswith(("websockets.", "dtp.graph.gun")):
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("dtp.cli.demo_browser", "dtp.cli.chromium"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "websockets", None)  # (import websockets: not found)
+    lines: list[str] = []
+    tour = demo.Tour()
+    tour.say = lines.append  # type: ignore[method-assign]
+    demo.demo_browser(tour, wait=0)
+    assert lines == [
+        "skipped: the websockets package is not installed: the Gun endpoint runs on it "
+        "(pip install websockets); the rest of the demo goes on"
+    ]
+    assert tour.summary == ["browser: skipped (the websockets package is needed)"]
