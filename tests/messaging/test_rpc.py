@@ -673,6 +673,10 @@ def test_demo_story_runs() -> None:
     text = "\n".join(lines)
     assert "25 MIST for 1 request" in text and "'meet at noon'" in text
     assert "Delivered 1 time(s); 1 duplicate dropped." in text
+    # the server settled nothing: the user took back what it did not spend, after the
+    # half-close timeout, and no MIST is left in escrow
+    assert "75 MIST unspent come back" in text
+    assert "minted 1000 = balances 1000 + escrows 0 + broadcasts 0 MIST" in text
 
 
 def test_rpc_fees_receipts_and_prepaid_responses(rpc_driver: Callable[..., Endpoint]) -> None:

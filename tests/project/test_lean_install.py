@@ -50,12 +50,15 @@ def _run(tmp_path: Path, *argv: str, timeout: float = TIMEOUT) -> subprocess.Com
 
 def test_the_blocker_refuses_every_extra_package() -> None:
     """The simulation covers each extra's modules (dtp.extras.EXTRAS)."""
+    finders = list(sys.meta_path)
     sys.path.insert(0, str(NO_EXTRAS))
     try:
         from sitecustomize import BLOCKED  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(NO_EXTRAS))
         sys.modules.pop("sitecustomize", None)
+        # (importing it blocks the extras in this process too: not for the tests after)
+        sys.meta_path[:] = finders
     assert {module for modules in EXTRAS.values() for module in modules} <= BLOCKED
 
 

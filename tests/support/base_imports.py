@@ -23,6 +23,7 @@ EXTRA_MODULES = {
     "dtp.daemon.lan": "lan",
     "dtp.graph.sync.lan": "lan",
     "dtp.graph.gun": "gun",
+    "dtp.cli.demo_browser": "gun",
 }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 
 def check_demo_output(out: str) -> None:
-    """Assert that ``out``, the demo's stdout, shows each of its ten steps done."""
+    """Assert that ``out``, the demo's stdout, shows each of its steps done (the
+    browser step, which needs node and chromium, aside: tests/cli/test_dtp_command.py checks
+    it)."""
     assert "decoded back to the same 4 frames" in out
     assert "replayed record" in out and "DecryptionError" in out
     assert "in order" in out
@@ -17,7 +19,7 @@ def check_demo_output(out: str) -> None:
     assert "converged: True" in out
     # the daemon story: an ordinary TCP client through a forwarder, fees, a denied client
     assert "every byte came back intact" in out and "paid nothing" in out
-    assert "provider" in out and "client" in out and "[1/10]" in out
+    assert "provider" in out and "client" in out and "[1/11]" in out
     # UDP billed per datagram, messaging
     assert "queries answered through one DTP connection" in out
     assert "eth_blockNumber over DTP" in out and "meet at noon" in out
