@@ -56,7 +56,7 @@ LOCK_FILE = "daemon.lock"
 """Held (``flock``) by the daemon using a state directory, and holding its pid."""
 CONTROL_SOCKET = "control.sock"
 """The running daemon's Unix socket: its live counters for ``dtp status``
-(:mod:`dtp.daemon.http`)."""
+(:mod:`dtp.daemon.control`)."""
 
 
 def lock_holder(state_dir: Path) -> int | None:
