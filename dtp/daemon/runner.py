@@ -386,13 +386,22 @@ class Daemon:
         address (a bind failure is the config error it is fixed by); returns the bound
         metrics address, if any."""
         settings = self.config.daemon
-        metrics = None
         if settings.metrics_listen is not None:
-            metrics = load_metrics()(self).render  # (prometheus_client: checked by main())
+            render = load_metrics()(self).render  # (prometheus_client: checked by main())
+        else:
+            # (the control socket's /metrics: prometheus_client loaded at the first ask,
+            # if it is installed at all -- a daemon without metrics_listen never pays)
+            loaded: list[Callable[[str | None], tuple[bytes, str]]] = []
+
+            def render(accept: str | None) -> tuple[bytes, str]:
+                if not loaded:
+                    loaded.append(load_metrics()(self).render)
+                return loaded[0](accept)
+
         self.web = StatusEndpoint(
             lambda: live_status(self),
             self.history.to_json,
-            metrics,
+            render,
             PAGE,
             healthy=lambda: self.phase,
         )

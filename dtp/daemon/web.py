@@ -11,8 +11,9 @@ over it is closed unanswered). Paths:
 * ``/``: the status page (:mod:`dtp.daemon.status_page`), one self-contained HTML
   document: no script, style or font from elsewhere (its Content-Security-Policy
   forbids them), charts drawn as inline SVG;
-* ``/metrics``: the metrics (:mod:`dtp.daemon.metrics`; 404 when ``prometheus_client``
-  is missing, which only the control socket can meet: ``metrics_listen`` requires it);
+* ``/metrics``: the metrics (:mod:`dtp.daemon.metrics`; 404 naming the extra when
+  ``prometheus_client`` is missing, which only the control socket can meet:
+  ``metrics_listen`` requires it);
 * ``/status.json``: :func:`dtp.daemon.live.live_status`;
 * ``/history.json``: the last ten minutes of samples (:class:`dtp.daemon.live.History`);
 * ``/healthz``: ``serving`` (200) while the daemon serves, else ``starting`` or
@@ -213,12 +214,11 @@ class StatusEndpoint:
             return 200, self._page, "text/html; charset=utf-8"
         if path == "/metrics":
             if self._metrics is None:
-                return (
-                    404,
-                    b"metrics are not served here (see [daemon] metrics_listen)\n",
-                    ("text/plain; charset=utf-8"),
-                )
-            body, kind = self._metrics(accept)
+                return 404, b"no metrics here\n", "text/plain; charset=utf-8"
+            try:
+                body, kind = self._metrics(accept)
+            except MetricsUnavailable as exc:
+                return 404, f"{exc}\n".encode(), "text/plain; charset=utf-8"
             return 200, body, kind
         if path == "/status.json":
             return 200, _json(self._status()), "application/json"

@@ -23,7 +23,11 @@ def scrape(address: str, timeout: float = 10.0) -> Samples:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout) as answer:
         assert answer.status == 200
         assert answer.headers["Content-Type"].startswith("text/plain")
-        text = answer.read().decode()
+        return parse(answer.read().decode())
+
+
+def parse(text: str) -> Samples:
+    """Exposition text's samples by name and labels."""
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.metrics_scrape import get, scrape, streaming, value
+from tests.daemon.test_udp_services import PRICED, exchange, udp_service
 from tests.daemon.tunnel_setup import PAID, Setup, echo_roundtrip, service
 from tests.support.daemon_procs import ENV, ROOT, Proc, wait_until
+from tests.support.udp_backends import EchoBackend
 
 METRICS = 'metrics_listen = "127.0.0.1:0"'
 
@@ -215,3 +217,45 @@ def test_a_metrics_address_in_use_is_a_config_error(setup: Setup) -> None:
     assert done.returncode == 2, done.stderr
     assert f"daemon.metrics_listen: cannot listen on {taken}" in done.stderr
     assert provider.stop(signal.SIGTERM) == 0
+
+
+def test_udp_datagrams_are_counted_both_ways(setup: Setup) -> None:
+    """A UDP service and forward: the datagrams relayed each way, the flow open, the
+    receipts (per datagram)."""
+    echo = EchoBackend()
+    try:
+        provider = setup.daemon(
+            setup.write_daemon(udp_service("svc", 5300, [echo.port], PRICED), extra=METRICS)
+        )
+        config = setup.write_forwarder(provider.info["host_id"], 5300, 'protocol = "udp"')
+        config.write_text(config.read_text().replace("[[forward]]", f"{METRICS}\n\n[[forward]]", 1))
+        forwarder = setup.daemon(config)
+        host, port = forwarder.info["forwards"]["svc"].rsplit(":", 1)
+        assert exchange((host, int(port)), 40) == 40
+        svc, fwd = {"service": "svc"}, {"forward": "svc"}
+        served = wait_until(
+            lambda: (
+                (s := scrape(provider.info["metrics"]))
+                and value(s, "dtp_service_datagrams_total", direction="out", **svc) >= 40
+                and s
+            ),
+            30,
+            "the replies counted",
+        )
+        assert value(served, "dtp_service_datagrams_total", direction="in", **svc) == 40
+        assert value(served, "dtp_service_tunnels_active", **svc) == 1  # the flow
+        assert value(served, "dtp_service_datagrams_dropped_total", reason="unpaid", **svc) == 0
+        client = wait_until(
+            lambda: (
+                (s := scrape(forwarder.info["metrics"]))
+                and value(s, "dtp_forward_datagrams_total", direction="out", **fwd) >= 40
+                and s
+            ),
+            30,
+            "the forward's datagrams",
+        )
+        assert value(client, "dtp_forward_datagrams_total", direction="in", **fwd) == 40
+        assert value(client, "dtp_forward_connections_open", **fwd) == 1
+        assert value(client, "dtp_forward_receipts_total", **fwd) >= 1
+    finally:
+        echo.close()

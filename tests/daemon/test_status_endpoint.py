@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dtp.daemon.control import unix_get
-from dtp.daemon.web import MAX_HEAD, StatusEndpoint
+from dtp.daemon.web import MAX_HEAD, MetricsUnavailable, StatusEndpoint
 
 STATUS = {"live": True, "services": {"svc": {"bytes_in": 5}}}
 
@@ -131,6 +131,23 @@ def test_a_socket_file_a_killed_daemon_left_is_replaced(tmp_path: Path) -> None:
         try:
             body = await asyncio.to_thread(unix_get, path, "/healthz")
             assert body == b"serving\n"
+        finally:
+            await endpoint.close()
+
+    asyncio.run(main())
+
+
+def test_metrics_without_their_client_say_which_extra() -> None:
+    def missing(accept: str | None) -> tuple[bytes, str]:
+        raise MetricsUnavailable("metrics_listen needs prometheus_client: pip install x")
+
+    async def main() -> None:
+        endpoint = StatusEndpoint(lambda: {}, lambda: {}, missing, "")
+        address = await endpoint.listen_tcp("127.0.0.1", 0)
+        try:
+            answer = await _raw(address, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 404")
+            assert answer.endswith(b"pip install x\n")
         finally:
             await endpoint.close()
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from dtp.daemon.control import unix_get
+from tests.daemon.metrics_scrape import parse, value
 from tests.daemon.tunnel_setup import Setup, echo_roundtrip, service
 from tests.support.daemon_procs import ENV, ROOT
 
@@ -62,6 +64,9 @@ def test_dtp_status_shows_every_byte_at_once(setup: Setup) -> None:
     table = dtp_status(state).stdout
     assert table.splitlines()[0] == f"daemon: running (pid {provider.info['pid']}), live counters"
     assert table.splitlines()[1].startswith("ledger: ok (")
+    # the metrics too, on the control socket (no metrics_listen needed)
+    metrics = parse(unix_get(state / "control.sock", "/metrics").decode())
+    assert value(metrics, "dtp_service_bytes_total", direction="in", service="svc7000") == total
     # --file: what the daemon last saved, as before
     saved = status_json(state, "--file")
     assert saved["source"] == "file" and "ledger" not in saved
