@@ -139,7 +139,29 @@ def format_table(status: dict[str, Any]) -> str:
         out += ["", *_table(forwards, _FORWARD_COLUMNS)]
     if not services and not forwards:
         out.append("no services or forwarders yet")
+    alerts = _alerts(services, forwards)
+    if alerts:
+        out += ["", *alerts]
     return "\n".join(out)
+
+
+def _alerts(services: dict[str, Any], forwards: dict[str, Any]) -> list[str]:
+    """What needs a look, from a live status: backends down, forwards whose target
+    does not answer (a status read from the file knows neither)."""
+    lines = []
+    for name, row in services.items():
+        backends = row.get("backends") if isinstance(row, dict) else None
+        if isinstance(backends, dict):
+            down = [b for b, state in backends.items() if state == "down"]
+            if down:
+                lines.append(
+                    f"service {name}: backend{'s' if len(down) > 1 else ''} down: {', '.join(down)}"
+                )
+    for name, row in forwards.items():
+        state = row.get("state") if isinstance(row, dict) else None
+        if state in ("unreachable", "backing_off"):
+            lines.append(f"forward {name}: target {str(state).replace('_', ' ')}")
+    return lines
 
 
 def _age(when: float) -> str:

@@ -1,7 +1,7 @@
 """Reading the daemon's HTTP endpoint as Prometheus and a browser would: a scrape of
 ``/metrics`` parsed by ``prometheus_client``'s own parser (so what it accepts is valid
-exposition text), and a TCP client that keeps bytes flowing through a forward while the
-tests look."""
+exposition text), a provider and a forwarder that both serve metrics, and a TCP client
+that keeps bytes flowing through a forward while the tests look."""
 
 from __future__ import annotations
 
@@ -15,7 +15,41 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon.tunnel_setup import Setup
+from tests.support.daemon_procs import Proc
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+METRICS = 'metrics_listen = "127.0.0.1:0"'
+"""The ``[daemon]`` line of a daemon serving metrics (on a port of its choosing)."""
+
+
+@dataclass
+class Pair:
+    """A provider and a forwarder daemon, both serving metrics (:func:`metered_pair`)."""
+
+    provider: Proc
+    forwarder: Proc
+    address: tuple[str, int]
+    """The forward's local address."""
+
+    @property
+    def provider_metrics(self) -> str:
+        return str(self.provider.info["metrics"])
+
+    @property
+    def forwarder_metrics(self) -> str:
+        return str(self.forwarder.info["metrics"])
+
+
+def metered_pair(setup: Setup, services: str, forward_extra: str = "") -> Pair:
+    """A provider and a forwarder (forward "svc" to port 7000), both serving metrics."""
+    provider = setup.daemon(setup.write_daemon(services, extra=METRICS))
+    config = setup.write_forwarder(provider.info["host_id"], 7000, forward_extra)
+    config.write_text(config.read_text().replace("[[forward]]", f"{METRICS}\n\n[[forward]]", 1))
+    forwarder = setup.daemon(config)
+    host, port = forwarder.info["forwards"]["svc"].rsplit(":", 1)
+    return Pair(provider, forwarder, (host, int(port)))
 
 
 def scrape(address: str, timeout: float = 10.0) -> Samples:

@@ -9,44 +9,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.metrics_scrape import get, scrape, streaming, value
+from tests.daemon.metrics_scrape import METRICS, get, metered_pair, scrape, streaming, value
 from tests.daemon.test_udp_services import PRICED, exchange, udp_service
 from tests.daemon.tunnel_setup import PAID, Setup, echo_roundtrip, service
-from tests.support.daemon_procs import ENV, ROOT, Proc, wait_until
+from tests.support.daemon_procs import ENV, ROOT, wait_until
 from tests.support.udp_backends import EchoBackend
-
-METRICS = 'metrics_listen = "127.0.0.1:0"'
-
-
-@dataclass
-class Pair:
-    provider: Proc
-    forwarder: Proc
-    address: tuple[str, int]
-    """The forward's local address."""
-
-    @property
-    def provider_metrics(self) -> str:
-        return str(self.provider.info["metrics"])
-
-    @property
-    def forwarder_metrics(self) -> str:
-        return str(self.forwarder.info["metrics"])
-
-
-def metered_pair(setup: Setup, services: str, forward_extra: str = "") -> Pair:
-    """A provider and a forwarder (forward "svc" to port 7000), both serving metrics."""
-    provider = setup.daemon(setup.write_daemon(services, extra=METRICS))
-    config = setup.write_forwarder(provider.info["host_id"], 7000, forward_extra)
-    config.write_text(config.read_text().replace("[[forward]]", f"{METRICS}\n\n[[forward]]", 1))
-    forwarder = setup.daemon(config)
-    host, port = forwarder.info["forwards"]["svc"].rsplit(":", 1)
-    return Pair(provider, forwarder, (host, int(port)))
 
 
 @pytest.mark.parametrize("setup", ["local", "sui"], indirect=True)

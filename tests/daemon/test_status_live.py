@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 from dtp.daemon.control import unix_get
 from tests.daemon.metrics_scrape import parse, value
 from tests.daemon.tunnel_setup import Setup, echo_roundtrip, service
-from tests.support.daemon_procs import ENV, ROOT
+from tests.support.daemon_procs import ENV, ROOT, wait_until
 
 
 def dtp_status(state_dir: Path, *options: str) -> subprocess.CompletedProcess[str]:
@@ -96,3 +97,25 @@ def test_a_daemon_stopped_cleanly_removes_its_socket(setup: Setup) -> None:
     assert not (state / "control.sock").exists()
     status = status_json(state)
     assert status["source"] == "file" and status["stopped"]
+
+
+def test_a_backend_down_is_said_below_the_table(setup: Setup) -> None:
+    backend = setup.backend()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = closed.getsockname()[1]
+    setup.pair(service([backend.info["port"], down]))
+    state = setup.tmp / "daemon-state"
+    row = wait_until(
+        lambda: (
+            (r := status_json(state)["services"]["svc7000"])["backends"].get(f"127.0.0.1:{down}")
+            == "down"
+            and r
+        ),
+        30,
+        "the health check",
+    )
+    assert row["backends"][f"127.0.0.1:{backend.info['port']}"] == "up"
+    assert row["healthy_backends"] == 1
+    table = dtp_status(state).stdout
+    assert table.splitlines()[-1] == f"service svc7000: backend down: 127.0.0.1:{down}"

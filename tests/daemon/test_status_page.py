@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.metrics_scrape import streaming
-from tests.daemon.test_metrics import metered_pair
+from tests.daemon.metrics_scrape import metered_pair, streaming
 from tests.daemon.tunnel_setup import PAID, Setup, service
 from tests.support.browser import Chromium, Page, chromium_path
 from tests.support.daemon_procs import wait_until
