@@ -345,6 +345,31 @@ CLOSE_SUBSCRIPTION_ENDED: Final = 0x1405
 SUBSCRIPTION_OVER: Final = "The subscription is over"
 
 
+# -- graph privacy tiers (dtp.graph.tiers, docs/graph.md "Privacy tiers") -----------------
+
+
+class GraphAccessError(DTPError, PermissionError):
+    """A graph tier's rule forbids what was asked: writing into another author's space,
+    reading a private value without its key. A PermissionError too."""
+
+
+class NotTheAuthor(GraphAccessError):
+    """A write, or a change of readers, in a protected or private space by someone other
+    than its author (only the author's key signs there; peers refuse the rest at merge)."""
+
+
+class NotAReader(GraphAccessError):
+    """A private value read with an identity that holds no key for it: never a reader,
+    or removed before the value was written."""
+
+
+class PrivateDataError(RemoteProtocolError):
+    """A private value or wrapped key that does not authenticate: damaged, or made for
+    another soul, field or state. Carries no plaintext."""
+
+    code = ErrorCode.DECRYPT
+
+
 # -- chain ---------------------------------------------------------------------------------
 #
 # Errors of the control plane (dtp.ledger, dtp.payments). Every abort of the Move package
@@ -497,6 +522,36 @@ class MalformedReceipt(InvalidReceipt):
 
     name = "MalformedReceipt"
     module = "escrow"
+
+
+class UnsupportedReceiptVersion(MalformedReceipt):
+    """A receipt in-band is of a format version this DTP does not speak (its first
+    byte): a peer of another release, e.g. one signing version-1 receipts, which bind
+    the connection alone (docs/escrow.md §6). :attr:`version` is the one received."""
+
+    name = "UnsupportedReceiptVersion"
+    module = "escrow"
+
+    #: The version byte received, and the one spoken here.
+    version: int = 0
+    expected: int = 0
+
+    @classmethod
+    def of(cls, version: int, expected: int) -> UnsupportedReceiptVersion:
+        """The error for a receipt of format ``version`` where ``expected`` is spoken."""
+        older = (
+            " (version 1 signs the connection alone, not its escrow, package or chain)"
+            if version == 1
+            else ""
+        )
+        exc = cls(
+            f"Receipt format version {version} is not supported{older}; this DTP speaks "
+            f"version {expected} (docs/escrow.md §6): the peer must run a release that "
+            f"does."
+        )
+        exc.version = version
+        exc.expected = expected
+        return exc
 
 
 class SpendingCapExceeded(ChainError):

@@ -453,7 +453,7 @@ def demo_udp(tour: Tour) -> None:
     from dtp.ledger.objects import Sla
     from dtp.ledger.receipt import Receipt, fee
     from dtp.payments.metering import MeteringConfig
-    from dtp.payments.receipts import Meter
+    from dtp.payments.receipts import Meter, ReceiptScope
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sla = Sla(price_per_kib=8, price_per_request=3, min_deposit=10_000)
@@ -505,8 +505,9 @@ def demo_udp(tour: Tour) -> None:
         meters: list[Meter] = []
 
         def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-            assert sock.connection_id is not None
-            meters.append(Meter(client, sock.connection_id, sla, 10_000))
+            assert sock.connection_id is not None and sock.escrow_id is not None
+            scope = ReceiptScope(ledger.package_id, sock.escrow_id, sock.connection_id)
+            meters.append(Meter(client, scope, sla, 10_000))
             return meters[-1]
 
         with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:

@@ -43,7 +43,7 @@ from dtp.errors import (
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
@@ -323,8 +323,9 @@ class Forwarder:
                 raise
             await closing
             raise TunnelError(f"cannot read connection {connection_id}: {exc}") from exc
+        scope = ReceiptScope(self.ledger.package_id, escrow.id, connection_id)
         fees = ClientFees(
-            self.identity, connection_id, escrow.sla, escrow.deposited, self.config.receipt_every
+            self.identity, scope, escrow.sla, escrow.deposited, self.config.receipt_every
         )
         link = _Link(connection_id, reader, writer, fees, attempt)
         self._links.add(link)

@@ -21,7 +21,7 @@ from dtp.daemon.settlements import Settlements
 from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import DTPError, InvalidReceipt, TunnelError
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import RECEIPT_ENCODING_VERSION, Receipt
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = ["UNPAID_PAUSE", "UNPAID_REQUESTS", "UNPAID_WAIT", "ServedTunnels"]
@@ -129,7 +129,12 @@ class ServedTunnels:
             conn.earned = conn.accepted = stored.total_amount
         while True:
             try:
-                data = await reader.readexactly(RECEIPT_SIZE)
+                # the version byte first: a forwarder of another release signs receipts
+                # of another size, and waiting for this one's would hold its first one
+                # unanswered (Receipt.decode refuses it: UnsupportedReceiptVersion)
+                data = await reader.readexactly(1)
+                if data[0] == RECEIPT_ENCODING_VERSION:
+                    data += await reader.readexactly(RECEIPT_SIZE - 1)
             except (asyncio.IncompleteReadError, DTPError):
                 return
             try:

@@ -36,6 +36,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Sla
+from dtp.ledger.receipt import ReceiptScope
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
@@ -76,6 +77,7 @@ class UdpForward:
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
+        self._escrows: dict[str, str] = {}
         # what refresh() has put in the row so far, by counter: the
         # row is shared by name with the forwarders a reload put in our place, or we
         # in theirs, so each adds its own changes (written whole, a forwarder started
@@ -217,6 +219,7 @@ class UdpForward:
             raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited
+        self._escrows[writer.connection_id] = escrow.id
         stats.connections += 1
         stats.tunnels += 1
         self.book.touch()
@@ -239,9 +242,11 @@ class UdpForward:
         assert connection_id is not None
         sla = self._slas.pop(connection_id)
         deposit = self._deposits.pop(connection_id)
+        escrow_id = self._escrows.pop(connection_id)
         if sla.price_per_kib == 0 and sla.price_per_request == 0:
             return None
-        return Meter(self.identity, connection_id, sla, deposit, every_bytes=0)
+        scope = ReceiptScope(self.ledger.package_id, escrow_id, connection_id)
+        return Meter(self.identity, scope, sla, deposit, every_bytes=0)
 
     async def start(self) -> tuple[str, int]:
         """Bind the local UDP port; returns the bound address."""

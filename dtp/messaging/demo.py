@@ -15,7 +15,7 @@ from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.receipts import Meter
+from dtp.payments.receipts import Meter, ReceiptScope
 
 __all__ = ["demo_messaging_story"]
 
@@ -54,7 +54,8 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
     try:
         assert sock.connection_id is not None and sock.escrow_id is not None
         say(f"The user connects to dtp://{host[:10]}…:8545, depositing 100 MIST in escrow.")
-        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        scope = ReceiptScope(ledger.package_id, sock.escrow_id, sock.connection_id)
+        meter = Meter(user, scope, sla, 100, every_requests=1)
         client = JsonRpcClient(RpcClient(sock, timeout=10, meter=meter))
         block = client.call("eth_blockNumber")
         say(f"eth_blockNumber over DTP -> {block} (the request carried a signed receipt).")
