@@ -666,6 +666,7 @@ class Daemon:
         finally:
             if pinger is not None:
                 await cancel_and_wait(pinger)
+            self.notifier.close()
             watch.stop()
 
     async def _abandon_start(self) -> None:
@@ -693,7 +694,7 @@ class Daemon:
         assert self.notifier.watchdog is not None
         while True:
             self.notifier.ping()
-            await asyncio.sleep(self.notifier.watchdog / 2)
+            await asyncio.sleep(self.notifier.watchdog)
 
     def refresh_live(self) -> None:
         """Bring the live counters up to date (backends healthy, UDP forwards' counts)."""

@@ -38,7 +38,6 @@ class Notifier:
         """Seconds between two ``WATCHDOG=1`` (half the manager's), or None."""
         self._sock: socket.socket | None = None
         self._failed = False
-        self._pinged = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -80,16 +79,10 @@ class Notifier:
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
 
-    def ping(self, now: float | None = None) -> bool:
-        """Send ``WATCHDOG=1`` when it is due (``now``: monotonic seconds); whether it
-        did. Called from the daemon's loop every quarter second."""
-        if self.watchdog is None:
-            return False
-        now = time.monotonic() if now is None else now
-        if now - self._pinged < self.watchdog:
-            return False
-        self._pinged = now
-        return self.send("WATCHDOG=1")
+    def ping(self) -> bool:
+        """Send ``WATCHDOG=1`` (when the manager watches); whether it went. The daemon's
+        loop calls it every :attr:`watchdog` seconds."""
+        return self.watchdog is not None and self.send("WATCHDOG=1")
 
     def close(self) -> None:
         if self._sock is not None:
