@@ -1,7 +1,7 @@
 """The optional parts of the ``dtp`` distribution and the packages each needs.
 
 ``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Three features bring
+messaging layers, the graph store and the services daemon need. Four features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -9,7 +9,9 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   verification, :mod:`dtp.identity.ed25519`);
 - ``lan``: LAN discovery over mDNS (:mod:`dtp.discovery.lan`, ``dtp lan``, the daemon's
   ``lan_announce``, :func:`dtp.graph.sync_with_lan`: zeroconf, LGPL);
-- ``gun``: the Gun peer for gun.js apps (:mod:`dtp.graph.gun`: websockets).
+- ``gun``: the Gun peer for gun.js apps (:mod:`dtp.graph.gun`: websockets);
+- ``metrics``: the daemon's Prometheus metrics (``metrics_listen``,
+  :mod:`dtp.daemon.metrics`: prometheus_client).
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -31,6 +33,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "sui": ("pysui", "yaml"),
     "lan": ("zeroconf", "ifaddr"),
     "gun": ("websockets",),
+    "metrics": ("prometheus_client",),
 }
 
 

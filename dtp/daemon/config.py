@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtp.daemon.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from dtp.errors import DaemonConfigError, InvalidObjectId, MissingExtra, finite_float, shown
 from dtp.extras import require
 from dtp.hostid.address import HostAddress
@@ -226,6 +227,15 @@ class DaemonSettings:
     batch_window: float = BATCH_WINDOW
     """Seconds an end worth a place in a batch, but not a transaction of its own, waits
     for others (0: none waits)."""
+    metrics_listen: Backend | None = None
+    """Where the Prometheus metrics and the status page are served over HTTP (None:
+    not served; port 0: any, the ready line tells which). Needs ``dtp[metrics]``."""
+    log_file: Path | None = None
+    """The file the logs go to, rotated by size (None: stderr)."""
+    log_max_bytes: int = LOG_MAX_BYTES
+    """The size at which ``log_file`` is rotated (0: never)."""
+    log_backups: int = LOG_BACKUPS
+    """Rotated log files kept (``log_file``.1 the newest)."""
 
 
 @dataclass(frozen=True)
@@ -646,6 +656,10 @@ _DAEMON_KEYS = {
     "lan_interfaces",
     "gas_aware_ends",
     "batch_window",
+    "metrics_listen",
+    "log_file",
+    "log_max_bytes",
+    "log_backups",
 }
 
 
@@ -737,6 +751,12 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         batch_window=check.seconds_within(
             doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
         ),
+        metrics_listen=(
+            check.endpoint(doc, (*k, "metrics_listen")) if "metrics_listen" in doc else None
+        ),
+        log_file=check.path_value(doc, (*k, "log_file"), None) if "log_file" in doc else None,
+        log_max_bytes=check.integer(doc, (*k, "log_max_bytes"), LOG_MAX_BYTES),
+        log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),
     )
 
 

@@ -260,6 +260,14 @@ class ServerFees:
         )
         return billing
 
+    def owed(self, connection_id: str) -> int:
+        """MIST the newest receipt checked of a live connection can still claim (0 for
+        one this run has no receipt of in memory): what the status calls owed."""
+        known = self._checked.get(connection_id)
+        if known is None or known[0] is None:
+            return 0
+        return max(0, known[0].total_amount - known[1])
+
     def held(self, connection_id: str) -> Receipt | None:
         """The newest receipt of a connection checked so far (stored, or being)."""
         known = self._checked.get(connection_id)

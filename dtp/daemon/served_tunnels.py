@@ -118,7 +118,7 @@ class ServedTunnels:
         def kept(receipt: Receipt) -> None:
             # on disk now: it counts (receipts of one connection are kept in order; one
             # its settlement claimed first was counted then)
-            settlements.earn(stats, conn, receipt.total_amount)
+            settlements.kept(stats, conn, receipt)
             conn.paid_bytes = receipt.total_bytes
             conn.paid_requests = receipt.total_requests
             settlements.count_held()
@@ -301,7 +301,7 @@ class ServedTunnels:
         if conn.unpaid_since is None:
             conn.unpaid_since = now
         elif now - conn.unpaid_since >= UNPAID_PAUSE:
-            service_row(self.book, service).denials += 1
+            service_row(self.book, service).deny("unpaid")
             if bytes_behind:
                 raise TunnelError(
                     f"{conn.bytes - conn.paid_bytes} bytes not covered by receipts "

@@ -24,6 +24,7 @@ EXTRA_MODULES = {
     "dtp.graph.sync.lan": "lan",
     "dtp.graph.gun": "gun",
     "dtp.cli.demo_browser": "gun",
+    "dtp.daemon.metrics": "metrics",
 }
 
 

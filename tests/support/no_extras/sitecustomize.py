@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 #: the top-level modules of dtp's extras (dtp.extras.EXTRAS) and pysui's native module
-BLOCKED = frozenset({"pysui", "pysui_fastcrypto", "yaml", "zeroconf", "ifaddr", "websockets"})
+BLOCKED = frozenset(
+    {"pysui", "pysui_fastcrypto", "yaml", "zeroconf", "ifaddr", "websockets", "prometheus_client"}
+)
 
 
 class _NotInstalled:
