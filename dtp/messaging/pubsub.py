@@ -65,6 +65,7 @@ __all__ = [
     "PeerScore",
     "PubSubNode",
     "ScoreParams",
+    "Standing",
     "Subscription",
     "Verdict",
 ]

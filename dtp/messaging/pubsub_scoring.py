@@ -60,10 +60,10 @@ class ScoreParams:
     """Weights, caps, half-lives (seconds) and thresholds of peer scores.
 
     The defaults cut a flooding peer off after a few dozen invalid messages: with no
-    credit, 10 rejected messages score -100 (graylisted), 20 score -400 (its links are
-    closed); a peer with the full credit of +50 is graylisted after 13 and cut off after
-    22. A graylisted peer that stops sending recovers as ``invalid`` halves every
-    minute."""
+    credit, the 11th invalid message in a burst graylists it (-121 < -100) and the 21st
+    closes its links (-441 < -400); with the full credit of +50, the 13th and the 22nd.
+    A peer that stops sending recovers as ``invalid`` halves every minute: 21 invalid
+    messages are off the graylist after about 65 s."""
 
     first_delivery_weight: float = 1.0
     first_delivery_cap: float = 50.0
