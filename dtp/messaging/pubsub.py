@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -99,6 +100,9 @@ DEFAULT_LINK_QUEUE_BYTES: Final = 16 << 20
 #: Default cap on the bytes of data waiting in one subscription's queue.
 DEFAULT_SUBSCRIPTION_BYTES: Final = 16 << 20
 _STOP: Final = b""
+#: Score keys of links whose stream names no peer (an id() could be reused by a later
+#: link while the closed one's score is still kept).
+_LINK_SERIALS: Final = itertools.count()
 #: The first two bytes of every well-formed PUBLISH body (a msgpack array of 6, kind
 #: 10): what a graylisted peer's frames are recognised by without decoding them.
 _PUBLISH_HEAD: Final = b"\x96\x0a"
@@ -281,7 +285,7 @@ class Link:
             self.peer_key: Hashable = ("key", key)
             self.peer = key.hex()
         else:
-            self.peer_key = ("link", id(self))
+            self.peer_key = ("link", next(_LINK_SERIALS))
             self.peer = name
         #: Topics the peer declared past MAX_PEER_TOPICS, refused (violations too).
         self.refused_topics = 0

@@ -163,14 +163,16 @@ class PeerScores:
         elapsed = now - rec.stamp
         if elapsed <= 0:
             return
-        p = self.params
-        rec.first *= math.exp(-_LN2 * elapsed / p.first_delivery_half_life)
-        rec.invalid *= math.exp(-_LN2 * elapsed / p.invalid_half_life)
-        if rec.first < p.decay_to_zero:
-            rec.first = 0.0
-        if rec.invalid < p.decay_to_zero:
-            rec.invalid = 0.0
         rec.stamp = now
+        p = self.params
+        if rec.first:
+            rec.first *= math.exp(-_LN2 * elapsed / p.first_delivery_half_life)
+            if rec.first < p.decay_to_zero:
+                rec.first = 0.0
+        if rec.invalid:
+            rec.invalid *= math.exp(-_LN2 * elapsed / p.invalid_half_life)
+            if rec.invalid < p.decay_to_zero:
+                rec.invalid = 0.0
 
     def _score(self, rec: _Record) -> float:
         p = self.params
@@ -250,12 +252,13 @@ class PeerScores:
             for _, key in idle[: len(idle) - self.params.retain]:
                 del self._records[key]
 
-    def first_delivery(self, key: Hashable, label: str, now: float) -> Standing:
-        """The peer brought a message first, and it was accepted."""
+    def first_delivery(self, key: Hashable, label: str, now: float) -> None:
+        """The peer brought a message first, and it was accepted. (Once per message
+        delivered: kept to a counter. Credit only raises a score, so the standing and
+        its log line are left to the next look.)"""
         with self._lock:
             rec = self._get(key, label, now)
             rec.first = min(rec.first + 1, self.params.first_delivery_cap)
-            return self._standing(rec)
 
     def invalid(self, key: Hashable, label: str, now: float, count: int = 1) -> Standing:
         """The peer sent ``count`` invalid messages (rejected, malformed, or sent while
@@ -271,8 +274,8 @@ class PeerScores:
         """The peer's standing now (OK for a peer never seen)."""
         with self._lock:
             rec = self._records.get(key)
-            if rec is None:
-                return Standing.OK
+            if rec is None or (rec.invalid == 0 and not rec.graylisted):
+                return Standing.OK  # (no penalty: credit alone never lowers a score)
             self._decay(rec, now)
             return self._standing(rec)
 

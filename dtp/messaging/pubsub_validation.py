@@ -67,7 +67,7 @@ def _private_loop() -> asyncio.AbstractEventLoop:
 class Validator:
     """A topic's hook, with where its awaitables run and how long they may take."""
 
-    __slots__ = ("failures", "hook", "loop", "timeout")
+    __slots__ = ("_count", "failures", "hook", "loop", "timeout")
 
     def __init__(self, hook: Hook, loop: asyncio.AbstractEventLoop | None, timeout: float) -> None:
         self.hook = hook
@@ -75,6 +75,7 @@ class Validator:
         self.timeout = timeout
         #: Calls that raised, timed out or returned no Verdict (each counted as IGNORE).
         self.failures = 0
+        self._count = threading.Lock()  # every link's reader may call the hook
 
     def __call__(self, message: PeerMessage) -> Verdict:
         try:
@@ -82,7 +83,7 @@ class Validator:
             if inspect.isawaitable(result):
                 result = self._await(result)
         except Exception as exc:  # the hook's fault, not the peer's: IGNORE
-            self.failures += 1
+            self._failed()
             logger.warning(
                 "pubsub validator of topic %r raised %s on a message from %s: ignored",
                 message.topic,
@@ -92,7 +93,7 @@ class Validator:
             )
             return Verdict.IGNORE
         if not isinstance(result, Verdict):
-            self.failures += 1
+            self._failed()
             logger.warning(
                 "pubsub validator of topic %r returned %r, not a Verdict: ignored",
                 message.topic,
@@ -100,6 +101,10 @@ class Validator:
             )
             return Verdict.IGNORE
         return result
+
+    def _failed(self) -> None:
+        with self._count:
+            self.failures += 1
 
     def _await(self, awaitable: Awaitable[Any]) -> Any:
         async def bounded() -> Any:
