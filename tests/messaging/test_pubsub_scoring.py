@@ -122,7 +122,7 @@ def test_graylisting_is_logged_once_and_so_is_the_recovery(
 )
 def test_params_out_of_range_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError):
-        ScoreParams(**{field: value})
+        ScoreParams(**{field: value})  # type: ignore[arg-type]
 
 
 def test_params_that_are_not_numbers_are_a_type_error() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.pubsub import PeerMessage, ScoreParams, Verdict
 from tests.messaging.mesh import Mesh, RawPeer, drain
 from tests.support.loops import LoopThread
