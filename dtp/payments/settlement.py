@@ -64,7 +64,7 @@ from dtp.payments.ends import (
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
 from dtp.payments.receipt_writer import ReceiptWriter
-from dtp.payments.refunds import collect_refund, refunds_for
+from dtp.payments.refunds import collect_refund, connection_ended
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -319,31 +319,31 @@ class ClientPayment:
         :attr:`collect_refunds` is False): a server whose fee did not cover the gas of
         its settlement leaves it to us (docs/escrow.md §7.1), and so does one that
         crashed. On a ledger that charges gas, a deposit whose remainder would not pay
-        for the half-close and the settlement is left as it is (logged)."""
+        for the half-close and the settlement is left as it is (logged). A connection
+        the collector holds from its open (``on_open``) is released to it whatever
+        happened here (:func:`~dtp.payments.refunds.connection_ended`)."""
         if self._finished:
             return
         self._finished = True
+        half_closed = False
         try:
             if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
                 return
             if not self._refund_worth_gas():
                 return
             self.ledger.close_connection(self.identity, self.connection_id)
+            half_closed = True
         except ConnectionStateError as exc:
             # the server closed (and maybe settled) first: nothing left for us to do
             logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
-            return
         except DTPError as exc:
             logger.warning(
                 "could not close connection %s on the ledger: %s", self.connection_id, exc
             )
-            return
-        if self.collect_refunds:
-            try:
-                refunds_for(self.ledger, self.identity).add(self.connection_id)
-            except RuntimeError as exc:  # (a collector closed by its owner)
-                logger.warning(
-                    "connection %s: its refund is not collected: %s", self.connection_id, exc
+        finally:
+            if self.collect_refunds:
+                connection_ended(
+                    self.ledger, self.identity, self.connection_id, half_closed=half_closed
                 )
 
     #: Whether :meth:`finish` has the process's refund collector settle a connection it
