@@ -103,21 +103,26 @@ class Refunds:
     async def look(self) -> float:
         """One look at every connection of the book no link uses (in a worker thread:
         the ledger's calls block). Returns the seconds until the next look. Cancelled,
-        it ends after the ledger call under way, waited for: the book and the ledger
-        are closed after the task."""
+        it ends after the ledger call under way, waited for, and what it did is logged
+        all the same: the book and the ledger are closed after the task."""
         job = asyncio.ensure_future(asyncio.to_thread(self.refunder.look))
         try:
             look = await asyncio.shield(job)
         except asyncio.CancelledError:
             self.refunder.stop()
             with contextlib.suppress(Exception):
-                await job
+                for event in (await job).events:
+                    self._note(event)
             raise
         for event in look.events:
-            await self._report(event)
+            quiet = False
+            if isinstance(event, refund.StepFailed) and self.gas is not None:
+                quiet = await self.gas.explains(event.error)  # (out of gas: said once)
+            self._note(event, quiet=quiet)
         return look.wait
 
-    async def _report(self, event: refund.LookEvent) -> None:
+    def _note(self, event: refund.LookEvent, *, quiet: bool = False) -> None:
+        """Log (and count) what a look did; ``quiet``: a failure the gas watch explains."""
         if isinstance(event, refund.LookFailed):
             if event.first:
                 logger.warning(
@@ -148,11 +153,8 @@ class Refunds:
             logger.debug("connection settled, or never opened: forgotten", extra=kv(**fields))
         elif isinstance(event, refund.StepFailed):
             error = event.error
-            quiet = event.too_early or (
-                self.gas is not None and await self.gas.explains(error)  # (out of gas)
-            )
             logger.log(
-                logging.DEBUG if quiet else logging.WARNING,
+                logging.DEBUG if quiet or event.too_early else logging.WARNING,
                 f"cannot {event.action.value} a connection (tried again later)"
                 if not event.dropped
                 else "a connection this daemon cannot settle: forgotten",

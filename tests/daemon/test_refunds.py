@@ -14,8 +14,11 @@ the ten minutes pass in no time."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,5 +225,51 @@ def test_the_task_looks_again_when_a_link_ends(
 
     try:
         asyncio.run(run())
+    finally:
+        refunds.close()
+
+
+def test_a_look_cancelled_as_it_settles_still_says_so(
+    tmp_path: Path,
+    ledger: LocalLedger,
+    host: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The daemon stops while a look's settlement is under way in its worker thread:
+    the stop waits for that call, and the refund it made is logged and counted, not
+    lost with the cancelled task."""
+    refunds = Refunds(ledger, CLIENT, tmp_path)
+    try:
+        attempt = refunds.attempt("svc")
+        cap, cid = open_one(ledger, host)
+        attempt(cap, cid)
+        ledger.close_connection(CLIENT, cid)
+        attempt.release()
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        entered, go = threading.Event(), threading.Event()
+        settle = ledger.settle
+
+        def slow_settle(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            go.wait(10)
+            return settle(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, "settle", slow_settle)
+
+        async def stop_mid_look() -> None:
+            task = asyncio.ensure_future(refunds.look())
+            assert await asyncio.to_thread(entered.wait, 10)
+            task.cancel()
+            await asyncio.sleep(0.05)
+            go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        with caplog.at_level(logging.INFO, logger="dtp.daemon.refunds"):
+            asyncio.run(stop_mid_look())
+        assert ledger.get_connection(cid).settled
+        assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)
+        assert any("deposit refunded" in r.getMessage() for r in caplog.records)
     finally:
         refunds.close()
