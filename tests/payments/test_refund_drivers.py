@@ -25,7 +25,7 @@ from dtp.daemon.state import CONNECTIONS_FILE
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
-from dtp.ledger.receipt import Receipt, fee
+from dtp.ledger.receipt import Receipt, ReceiptScope, fee
 from dtp.payments.refund_book import Opened, OpenedBook
 from dtp.payments.refunder import OpenAttempt
 from dtp.payments.refunds import RefundCollector
@@ -141,7 +141,9 @@ def test_one_its_server_settled_is_forgotten_without_a_transaction(
     driver = make()
     attempt = driver.attempt("app")
     cid = place.open(journal=attempt)
-    receipt = Receipt(cid, 4096, 0, fee(SLA, 4096, 0), 1).sign(place.client)
+    escrow = place.ledger.get_connection(cid).escrow
+    scope = ReceiptScope(place.ledger.package_id, escrow, cid)
+    receipt = Receipt(scope, 4096, 0, fee(SLA, 4096, 0), 1).sign(place.client)
     place.server_ledger.settle_with_receipt(place.server, cid, receipt)
     spent = place.ledger.gas_spent(place.client.sui_address).total
     attempt.release()
