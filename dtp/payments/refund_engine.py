@@ -51,7 +51,9 @@ __all__ = [
     "Skipped",
     "StepFailed",
     "next_look",
+    "refund_cost",
     "refund_step",
+    "worth_gas",
 ]
 
 LOOK_SOON: Final = 0.05
@@ -120,6 +122,27 @@ def refund_step(connection: TransportControl | None, now_ms: int, margin_ms: int
     if now_ms >= at + margin_ms:
         return RefundStep(RefundAction.SETTLE)
     return RefundStep(RefundAction.WAIT, at)
+
+
+def refund_cost(action: RefundAction, gas: EndGas) -> int:
+    """The gas a client pays to take its deposit back from ``action`` on: an Open
+    connection's half-close and settlement, a due one's settlement (0 for any other
+    action, or on a ledger that charges no gas)."""
+    if not gas.charged:
+        return 0
+    if action is RefundAction.HALF_CLOSE:
+        return gas.client_refund
+    if action is RefundAction.SETTLE:
+        return gas.settle_refund
+    return 0
+
+
+def worth_gas(step: RefundStep, balance: int) -> RefundStep:
+    """``step`` with the escrow's ``balance`` known: SKIP when the balance is below the
+    step's :attr:`~RefundStep.cost` (taking it back would cost more than it gives)."""
+    if step.cost and balance < step.cost:
+        return RefundStep(RefundAction.SKIP, cost=step.cost, balance=balance)
+    return step
 
 
 def next_look(deadlines: Iterable[float], now_ms: int, interval: float) -> float:
@@ -328,20 +351,8 @@ class RefundEngine:
         its half-close and settlement for an Open one, its settlement for one due)."""
         self.charged = gas.charged
         step = refund_step(connection, now_ms, self.margin_ms())
-        if not (self.weigh_gas and gas.charged):
-            return step
-        if step.action is RefundAction.HALF_CLOSE:
-            return RefundStep(step.action, cost=gas.client_refund)
-        if step.action is RefundAction.SETTLE:
-            return RefundStep(step.action, cost=gas.settle_refund)
-        return step
-
-    @staticmethod
-    def weigh(step: RefundStep, balance: int) -> RefundStep:
-        """``step`` with the escrow's ``balance`` known: SKIP when it is below the cost."""
-        if step.cost and balance < step.cost:
-            return RefundStep(RefundAction.SKIP, cost=step.cost, balance=balance)
-        return step
+        cost = refund_cost(step.action, gas) if self.weigh_gas else 0
+        return RefundStep(step.action, step.at_ms, cost) if cost else step
 
     def failed(self, entry: Opened, now: float) -> None:
         """``entry``'s step failed: looked at again after :attr:`retry`."""

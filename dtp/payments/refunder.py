@@ -38,6 +38,7 @@ from dtp.payments.refund_engine import (
     Settled,
     Skipped,
     StepFailed,
+    worth_gas,
 )
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ class Refunder:
                 step = self.engine.step(tc, now_ms, gas)
             if step.cost and tc is not None:
                 balance = self.ledger.get_escrow(tc.escrow).balance
-                step = self.engine.weigh(step, balance)
+                step = worth_gas(step, balance)
             action = step.action
             if action is RefundAction.WAIT:
                 if step.at_ms != entry.due_ms:

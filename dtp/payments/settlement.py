@@ -64,6 +64,7 @@ from dtp.payments.ends import (
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
 from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.refund_engine import RefundAction, RefundStep, refund_cost, worth_gas
 from dtp.payments.refunds import collect_refund, connection_ended
 
 if TYPE_CHECKING:
@@ -351,19 +352,22 @@ class ClientPayment:
 
     def _refund_worth_gas(self) -> bool:
         """Whether what the escrow would give back covers the gas of the half-close and
-        the settlement (always, on a ledger that charges none)."""
-        gas = self.ledger.end_gas()
-        if not gas.charged:
+        the settlement (always, on a ledger that charges none): the refund engine's rule
+        (:func:`~dtp.payments.refund_engine.worth_gas`), which the collector applies
+        too."""
+        cost = refund_cost(RefundAction.HALF_CLOSE, self.ledger.end_gas())
+        if not cost:
             return True
         balance = self.ledger.get_escrow(self.escrow_id).balance
-        if balance >= gas.client_refund:
+        step = worth_gas(RefundStep(RefundAction.HALF_CLOSE, cost=cost), balance)
+        if step.action is not RefundAction.SKIP:
             return True
         logger.info(
             "connection %s: the %d MIST left in its escrow is less than the %d MIST of gas "
             "its half-close and settlement cost; left on the ledger",
             self.connection_id,
             balance,
-            gas.client_refund,
+            cost,
         )
         return False
 

@@ -24,7 +24,9 @@ from dtp.payments.refund_engine import (
     RefundAction,
     RefundEngine,
     next_look,
+    refund_cost,
     refund_step,
+    worth_gas,
 )
 from tests.support.paid_inprocess import ident
 
@@ -113,18 +115,29 @@ def test_what_gives_back_less_than_its_gas_is_skipped(ledger: LocalLedger) -> No
     opened = ledger.get_connection(connection(ledger))
     step = engine.step(opened, ledger.clock_ms(), SUI)
     assert (step.action, step.cost) == (RefundAction.HALF_CLOSE, SUI.client_refund)
-    assert engine.weigh(step, SUI.client_refund).action is RefundAction.HALF_CLOSE
-    skipped = engine.weigh(step, SUI.client_refund - 1)
+    assert worth_gas(step, SUI.client_refund).action is RefundAction.HALF_CLOSE
+    skipped = worth_gas(step, SUI.client_refund - 1)
     assert (skipped.action, skipped.balance) == (RefundAction.SKIP, SUI.client_refund - 1)
     tc = half_closed(ledger)
     later = ledger.clock_ms() + HALF_CLOSE_TIMEOUT_MS + SETTLE_MARGIN_MS
     step = engine.step(tc, later, SUI)
     assert (step.action, step.cost) == (RefundAction.SETTLE, SUI.settle_refund)
-    assert engine.weigh(step, SUI.settle_refund - 1).action is RefundAction.SKIP
+    assert worth_gas(step, SUI.settle_refund - 1).action is RefundAction.SKIP
     # no gas, or gas not weighed: nothing to weigh
     assert engine.step(tc, later, FREE).cost == 0
     unweighed = RefundEngine(interval=30, retry=30, weigh_gas=False)
-    assert unweighed.weigh(unweighed.step(tc, later, SUI), 0).action is RefundAction.SETTLE
+    assert worth_gas(unweighed.step(tc, later, SUI), 0).action is RefundAction.SETTLE
+
+
+def test_the_cost_of_a_refund_is_counted_from_its_step_on() -> None:
+    """What the client's end (ClientPayment.finish) and the looks weigh alike: an Open
+    connection's half-close and settlement, a due one's settlement, nothing else, and
+    nothing where no gas is charged."""
+    assert refund_cost(RefundAction.HALF_CLOSE, SUI) == SUI.client_close + SUI.settle_refund
+    assert refund_cost(RefundAction.SETTLE, SUI) == SUI.settle_refund
+    for action in (RefundAction.WAIT, RefundAction.FORGET, RefundAction.SKIP):
+        assert refund_cost(action, SUI) == 0
+    assert refund_cost(RefundAction.HALF_CLOSE, FREE) == 0
 
 
 # -- in use, failures, the next look -----------------------------------------------------------
