@@ -68,6 +68,8 @@ class Refunds:
         """MIST this run got back by settling its own connections."""
         self.settled = 0
         """Connections this run settled itself."""
+        self.skipped = 0
+        """Connections this run left on the ledger: their refund was below its gas."""
 
     # -- what the forwarders call -------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Refunds:
         elif isinstance(event, refund.HalfClosed):
             logger.info("connection half-closed: no longer used", extra=kv(**fields))
         elif isinstance(event, refund.Skipped):
+            self.skipped += 1
             logger.warning(
                 "deposit left on the ledger: taking it back costs more gas than it gives "
                 f"(dtp refund {event.entry.name} takes it back)",
@@ -161,6 +164,11 @@ class Refunds:
                 extra=kv(**fields, error=f"{type(error).__name__}: {error}"),
                 exc_info=(type(error), error, error.__traceback__) if event.unexpected else None,
             )
+
+    def waiting(self) -> int:
+        """The connections of the book: in use, or waiting for their settlement (0 once
+        the book is closed)."""
+        return len(self.book)
 
     def close(self) -> None:
         """Close the book's file (after the task ended)."""
