@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import PeerInfo
 from dtp.hostid.blocking import DTPServer, connect_by_host_id, create_server
-from dtp.hostid.connect import CarrierChoice, pinned_host_key
+from dtp.hostid.connect import CarrierChoice, OpenJournal, pinned_host_key
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
 from dtp.identity.keys import HostIdentity
@@ -102,6 +102,7 @@ def create_connection(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    on_open: OpenJournal | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
@@ -147,6 +148,15 @@ def create_connection(
     unmetered, ``deposit`` defaulting to 0) or ``sponsor_pool`` (the service's
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.hostid.connect.prepare_host_connection`).
+
+    ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
+    connection before its deposit can move, for a caller that keeps a durable record of
+    its deposits -- ``dtp.payments.refunds.refunds_for(ledger, identity,
+    path=...).record_open`` keeps them in a file, so that a process killed with the
+    connection open leaves it to the next run, which takes the deposit back
+    (docs/escrow.md §7.1). Called before the open's transaction with the spending cap
+    (and the connection ID where the ledger tells it ahead), again with the ID once
+    the open landed; when it raises, nothing is opened and its error is raised.
     """
     if timeout is DEFAULT_TIMEOUT:
         # left out, or passed on as socket.create_connection takes it (http.client and
@@ -168,7 +178,10 @@ def create_connection(
             metering=metering,
             subscription=subscription,
             sponsor_pool=sponsor_pool,
+            on_open=on_open,
         )
+    if on_open is not None:
+        raise ValueError("on_open is for a DTP address (a connection on the ledger)")
     if (
         ledger is not None
         or deposit is not None
