@@ -16,6 +16,7 @@ from typing import Any
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.ledger.objects import normalize_id
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import RequestReceived, _check_count
 from dtp.messaging.rpc.blocking_server_dispatch import StreamDispatch
 from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy
@@ -54,7 +55,9 @@ class RpcServer(ServerBase):
     wait in the pool's queue (up to ``max_pending`` per stream, then SERVER_BUSY).
     Notification handlers run in the stream's thread, in order: a slow one delays the
     requests read after it (hand long work to a thread).
-    ``payments`` / ``response_fees``: see the module docs. ``max_message_size`` and
+    ``payments`` / ``response_fees``: see the module docs. ``rules``: per-method access
+    and prices (:class:`~dtp.messaging.method_rules.MethodRules`, docs/messaging.md
+    §2.5), checked before a request's fee is taken. ``max_message_size`` and
     ``max_pending`` (ints >= 1), ``workers`` (>= 0) and those are checked here
     (TypeError / ValueError), before anything starts, not when a client connects.
 
@@ -81,11 +84,12 @@ class RpcServer(ServerBase):
         max_pending: int = 1024,
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
+        rules: MethodRules | None = None,
     ) -> None:
         # (before the pool is made: a bool or a float made a pool of that many threads,
         # a negative count failed inside ThreadPoolExecutor)
         _check_count("workers", workers, 0)
-        super().__init__(max_message_size, max_pending, payments, response_fees)
+        super().__init__(max_message_size, max_pending, payments, response_fees, rules)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
         # the counters: a stream being served counts in its own attributes, written by
