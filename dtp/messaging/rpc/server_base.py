@@ -294,3 +294,16 @@ class ServerBase(Registry):
         self.payments = payments
         self._payments = PaymentsCache(payments)
         self.response_fees = response_fees
+
+    def use_payments(
+        self, payments: RequestPayments | Callable[[str | None], RequestPayments | None]
+    ) -> None:
+        """Take ``payments`` as the per-request fee source, before serving: what
+        :func:`dtp.socket.serve` does with ``billing="requests"``, handing each paid
+        connection's check over (a server made with ``payments`` of its own is refused:
+        ValueError, two sources would each count the requests)."""
+        if self.payments is not None:
+            raise ValueError("this server has its payments already")
+        check_server_options(self.max_message_size, self.max_pending, payments, None)
+        self.payments = payments
+        self._payments = PaymentsCache(payments)
