@@ -31,8 +31,10 @@ request price counts as five requests; no price is the SLA's own (one request), 
 from __future__ import annotations
 
 import fnmatch
+import os
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -206,6 +208,26 @@ class MethodRules:
                 )
             )
         return cls(rules, default=doc.get("default", "allow"), lists=lists)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        ledger: Ledger | None = None,
+        host_id: str | None = None,
+    ) -> MethodRules:
+        """:meth:`from_config` of a TOML file (examples/jsonrpc_rules.toml); a mistake
+        is a ValueError naming the file."""
+        with open(path, "rb") as f:
+            try:
+                doc = tomllib.load(f)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{os.fspath(path)}: {exc}") from None
+        try:
+            return cls.from_config(doc, ledger=ledger, host_id=host_id)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
 
     def rule_for(self, method: str) -> MethodRule | None:
         """The rule that decides ``method`` (None: ``default`` does)."""

@@ -419,3 +419,25 @@ def test_an_asyncio_client_meters_by_the_price_too(tmp_path: Path) -> None:
         assert seen["total"] == 5
     finally:
         world.stop()
+
+
+def test_the_example_rules_file_loads(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "jsonrpc_rules.toml"
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    provider = HostIdentity.generate()
+    host = ledger.create_host(provider, provider.noise_public)
+    rules = MethodRules.load(example, ledger=ledger, host_id=host)
+    partner = "0x" + "0" * 59 + "a11ce"
+    assert rules.check("eth_sendRawTransaction", partner) == 5_000_000
+    assert not rules.allowed("eth_sendRawTransaction", BOB)
+    assert rules.check("eth_getBalance", BOB) is None
+    carol = HostIdentity.generate().sui_address
+    ledger.deny(provider, host, carol)
+    assert not rules.allowed("eth_call", carol)  # (the Host's deny list on the ledger)
+    assert not rules.allowed("debug_traceCall", partner)
+    assert not rules.allowed("net_version", partner)  # (default deny)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[method]]\nname = "m"\nalow = ["*"]\n')
+    with pytest.raises(ValueError, match=r"bad\.toml: method\[0\]: unknown key\(s\) alow"):
+        MethodRules.load(bad)
+    ledger.close()
