@@ -441,3 +441,31 @@ def test_the_example_rules_file_loads(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"bad\.toml: method\[0\]: unknown key\(s\) alow"):
         MethodRules.load(bad)
     ledger.close()
+
+
+def test_a_refused_notification_is_dropped(world: World) -> None:
+    heard: list[Any] = []
+    rules = MethodRules([MethodRule("tick", allow=[ALICE])])
+    if world.kind == "blocking":
+        rpc: Any = RpcServer(workers=0, rules=rules)
+    else:
+        rpc = AsyncRpcServer(rules=rules)
+    rpc.register("tick", heard.append, notification=True)
+    rpc.register("echo", lambda p: p)
+    if world.kind == "blocking":
+        world.start_blocking(rpc)
+    else:
+        world.start_asyncio(rpc)
+    clients = []
+    for key in (BOB_KEY, ALICE_KEY):
+        sock = dtp.socket.create_connection(
+            world.address, server_key=world.provider.noise_public, identity=key, timeout=10
+        )
+        client = RpcClient(sock, timeout=10)
+        client.notify("tick", key.sui_address)
+        assert client.call("echo", 1) == 1  # (read after the notification, in order)
+        clients.append((client, sock))
+    assert heard == [ALICE]
+    for client, sock in clients:
+        client.close()
+        sock.close()

@@ -258,7 +258,9 @@ class AsyncRpcServer(ServerBase):
                                 task.cancel()
                         elif isinstance(event, NotificationReceived):
                             n_entry = self.notifications.get(event.method)
-                            if n_entry is not None:
+                            if n_entry is not None and self.notification_allowed(
+                                event.method, peer
+                            ):
                                 outcome = call_notification(n_entry, event, peer)
                                 if inspect.isawaitable(outcome):
                                     try:

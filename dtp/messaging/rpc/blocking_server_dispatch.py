@@ -117,7 +117,7 @@ class StreamDispatch(StreamReplies):
                 self.release_escrow(ctx)
         elif isinstance(event, NotificationReceived):
             n_entry = server.notifications.get(event.method)
-            if n_entry is not None:
+            if n_entry is not None and server.notification_allowed(event.method, self.peer):
                 call_notification(n_entry, event, self.peer)
         elif isinstance(event, RequestCancelled):
             with self.lock:

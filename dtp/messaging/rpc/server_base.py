@@ -132,6 +132,12 @@ class Registry:
             raise TypeError(f"pricing must be callable, not {type(pricing).__name__!r}")
         self._pricing[name] = pricing
 
+    def notification_allowed(self, method: str, client: str | None) -> bool:
+        """Whether :attr:`rules` let ``client`` send notification ``method``: one they
+        refuse is dropped, as a notification gets no answer (nor a fee: it pays none)."""
+        rules = self.rules
+        return rules is None or rules.allowed(method, client)
+
     @property
     def priced(self) -> bool:
         """Whether a method of this server has its own pricing (:meth:`price`)."""
