@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+    from dtp.hostid.paid.request_billing import RequestServer
     from dtp.ledger.interface import Ledger
-    from dtp.messaging.rpc import RpcServer
     from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
@@ -193,7 +193,7 @@ def create_connection(
 def serve(
     host_id: str,
     port: int,
-    handler: Callable[[PaidSocket], None] | RpcServer,
+    handler: Callable[[PaidSocket], None] | RequestServer,
     *,
     ledger: Ledger,
     identity: HostIdentity,

@@ -58,7 +58,7 @@ from dtp.hostid.paid.blocking_server_handover import ServerHandover
 from dtp.hostid.paid.blocking_server_lifetime import ServerLifetime
 from dtp.hostid.paid.blocking_server_policy import HostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
-from dtp.hostid.paid.request_billing import RequestBilling
+from dtp.hostid.paid.request_billing import RequestServer, bill_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
     EndPhase,
@@ -96,7 +96,6 @@ from dtp.transport.handshake_slots import (
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
-    from dtp.messaging.rpc import RpcServer
     from dtp.protocol.connection import ConnectionConfig
     from dtp.transport.blocking.server import DTPServer
     from dtp.transport.blocking.socket import DTPSocket
@@ -130,7 +129,7 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         self,
         host_id: str,
         port: int,
-        handler: Handler | RpcServer,
+        handler: Handler | RequestServer,
         *,
         ledger: Ledger,
         identity: HostIdentity,
@@ -190,10 +189,8 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         self.store, opened = open_store(receipts)
         self._own_store = closes_store(receipts)
         try:
-            #: With ``billing="requests"``: the RPC server's per-request checks
-            self.requests = (
-                RequestBilling(handler, self.store, ledger) if billing == "requests" else None
-            )
+            #: With ``billing="requests"``: the handler, serving requests paid one by one
+            self.requests = _request_server(handler) if billing == "requests" else None
             self.receipt_writer = ReceiptWriter(self.store)
         except BaseException:
             if opened:
@@ -349,7 +346,9 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
             paid.throttle(requests=1)  # the first stream is the first request
             if self.requests is not None:
                 # each RPC request pays by its receipt (request_billing), not the bytes
-                self.requests.serve(sock, gate, normalize_id(cid, "connection ID"))
+                key = normalize_id(cid, "connection ID")
+                bill = bill_for(gate, key, self.store, self.ledger)
+                self.requests.serve_billed(sock, bill)
             else:
                 cast(Handler, self.handler)(PaidSocket(sock, paid))
         except Exception as exc:
@@ -418,3 +417,19 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         """:meth:`close` (connections still served settle after it: see
         :meth:`wait_released`)."""
         self.close()
+
+
+def _request_server(handler: object) -> RequestServer:
+    """The handler of ``billing="requests"``, made ready (TypeError for one that serves
+    no requests, ValueError for one that has fees of its own)."""
+    if not (
+        callable(getattr(handler, "bill_per_request", None))
+        and callable(getattr(handler, "serve_billed", None))
+    ):
+        raise TypeError(
+            'billing="requests" serves RPC: the handler is an RpcServer, '
+            f"not {type(handler).__name__!r}"
+        )
+    server = cast(RequestServer, handler)
+    server.bill_per_request()
+    return server

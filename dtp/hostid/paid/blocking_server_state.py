@@ -13,14 +13,13 @@ if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted
     from dtp.hostid.paid.blocking import Handler, PaidConnection
     from dtp.hostid.paid.policy import ServicePolicy
-    from dtp.hostid.paid.request_billing import RequestBilling
+    from dtp.hostid.paid.request_billing import RequestServer
     from dtp.hostid.paid.server_admission import PaidAdmission
     from dtp.hostid.paid.server_core import PaidServerCore
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
     from dtp.ledger.receipt import Receipt
-    from dtp.messaging.rpc import RpcServer
     from dtp.payments.ends import EndLeft
     from dtp.payments.gate import ConnectionIds
     from dtp.payments.ratelimit import RateLimiter
@@ -38,8 +37,8 @@ class PaidServerState:
     identity: HostIdentity
     host_id: str
     port: int
-    handler: Handler | RpcServer
-    requests: RequestBilling | None
+    handler: Handler | RequestServer
+    requests: RequestServer | None
     policy: ServicePolicy
     core: PaidServerCore[PaidConnection]
     _serving: ConnectionIds

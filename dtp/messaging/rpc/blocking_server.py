@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.ledger.objects import normalize_id
@@ -30,6 +30,10 @@ from dtp.messaging.rpc.streams import (
     next_read_size,
     send_answer,
 )
+
+if TYPE_CHECKING:
+    from dtp.hostid.paid.request_billing import ConnectionBill
+    from dtp.messaging.rpc.billed import BilledConnections
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +103,7 @@ class RpcServer(ServerBase):
         self._live: set[_ServerStream] = set()
         self._served = 0
         self._violations = 0
+        self._billed: BilledConnections | None = None
 
     @property
     def served(self) -> int:
@@ -152,6 +157,23 @@ class RpcServer(ServerBase):
                 _ServerStream(self, sock, peer, on_stream=start).run()
             except DTPError as exc:
                 logger.debug("RPC connection ended: %s", exc)
+
+    def bill_per_request(self) -> None:
+        """Be the handler of a paid server billing per request (``dtp.socket.serve(...,
+        billing="requests")``): its checks become this server's payments source
+        (ValueError when it has ``payments`` of its own). Called by the paid server."""
+        from dtp.messaging.rpc.billed import BilledConnections
+
+        with self._stats_lock:
+            if self._billed is None:
+                self._billed = BilledConnections(self)
+
+    def serve_billed(self, sock: Any, bill: ConnectionBill) -> None:
+        """Serve a connection a paid server admitted, its requests checked against
+        ``bill`` (after :meth:`bill_per_request`)."""
+        if self._billed is None:
+            raise RuntimeError("bill_per_request() first")
+        self._billed.serve(sock, bill)
 
     def serve(self, server: Any) -> None:
         """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,
