@@ -716,10 +716,13 @@ def serve_jsonrpc(
     if rules is not None and not isinstance(rules, MethodRules):
         raise TypeError(f"rules must be MethodRules or None, not {type(rules).__name__!r}")
 
+    decisions = _Decisions()
+
     def answer(params: Any, client: str | None) -> bytes | None:
         if rules is None:
             return backend(_document(params))
-        return _answer_within_rules(_document(params), backend, rules, client)
+        allowed = decisions.take(params)
+        return _answer_within_rules(_document(params), backend, rules, client, allowed)
 
     if isinstance(server, AsyncRpcServer):
         # (the backend blocks -- an HTTP exchange -- so not on the event loop)
@@ -740,15 +743,51 @@ def serve_jsonrpc(
         except (E.RemoteError, ValueError, RecursionError):
             return []  # (answered as an error, free)
         prices: list[int | None] = []
+        allowed: list[bool] = []
         for entry in request if isinstance(request, list) else [request]:
             method = _method_of(entry)
             if method is None:
-                continue  # (not a request: the backend answers -32600, free)
-            with contextlib.suppress(E.MethodNotAllowed):
+                allowed.append(True)  # (not a request: the backend answers -32600, free)
+                continue
+            try:
                 prices.append(rules.check(method, client))
+                allowed.append(True)
+            except E.MethodNotAllowed:
+                allowed.append(False)
+        # what was charged is what is forwarded: the handler does not ask the rules
+        # again (a Host list read anew in between could say otherwise)
+        decisions.put(params, allowed)
         return prices
 
     server.price(JSONRPC_METHOD, pricing)
+
+
+class _Decisions:
+    """The rules' verdicts on each entry of a document, from its pricing to its
+    handler: keyed by the params object the server hands both (kept meanwhile, so its
+    id is not reused); at most :data:`_KEPT_DECISIONS`, the oldest dropped (a request
+    refused for its fee, or cancelled, never reaches the handler)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[int, tuple[Any, list[bool]]] = {}
+
+    def put(self, params: Any, allowed: list[bool]) -> None:
+        with self._lock:
+            self._kept[id(params)] = (params, allowed)
+            while len(self._kept) > _KEPT_DECISIONS:
+                del self._kept[next(iter(self._kept))]
+
+    def take(self, params: Any) -> list[bool] | None:
+        with self._lock:
+            kept = self._kept.pop(id(params), None)
+        if kept is None or kept[0] is not params:
+            return None
+        return kept[1]
+
+
+#: Most pricing verdicts waiting for their handler (requests in flight, at most).
+_KEPT_DECISIONS: Final = 4096
 
 
 def _method_of(entry: Any) -> str | None:
@@ -765,9 +804,12 @@ def _answer_within_rules(
     backend: Callable[[bytes], bytes | None],
     rules: MethodRules,
     client: str | None,
+    allowed: list[bool] | None = None,
 ) -> bytes | None:
     """The answer to ``document``: what the rules refuse ``client`` is answered here
-    (-32006, the request's id; nothing for a notification), the rest by ``backend``."""
+    (-32006, the request's id; nothing for a notification), the rest by ``backend``.
+    ``allowed``: the verdict on each entry as the request was priced (None: ask the
+    rules now)."""
     try:
         request = _loads(document)
     except (ValueError, RecursionError):
@@ -776,9 +818,15 @@ def _answer_within_rules(
     entries = request if batch else [request]
     forwarded: list[Any] = []
     refused: list[str] = []
-    for entry in entries:
+    if allowed is not None and len(allowed) != len(entries):
+        allowed = None
+    for i, entry in enumerate(entries):
         method = _method_of(entry)
-        if method is not None and not rules.allowed(method, client):
+        if allowed is not None:
+            refuse = not allowed[i]
+        else:
+            refuse = method is not None and not rules.allowed(method, client)
+        if method is not None and refuse:
             if not _is_notification(entry):
                 answer = _error(
                     _request_id(entry),

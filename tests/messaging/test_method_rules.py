@@ -469,3 +469,23 @@ def test_a_refused_notification_is_dropped(world: World) -> None:
     for client, sock in clients:
         client.close()
         sock.close()
+
+
+def test_what_was_charged_is_what_is_forwarded(world: World) -> None:
+    """A named list that changes its answer between the request's pricing and its
+    handler (a Host list read anew) does not make a charged request refused."""
+    answers = iter([True, False, False])
+    rules = MethodRules(
+        [MethodRule("eth_call", allow=["@flip"])], lists={"flip": lambda a: next(answers)}
+    )
+    world.serve(rules)
+    alice, meter, sock = world.connect(ALICE_KEY)
+    try:
+        client = JsonRpcClient(alice)
+        assert client.call("eth_call", [1]) == {"called": [1]}  # (priced allowed: served)
+        with pytest.raises(E.MethodNotAllowed):
+            client.call("eth_call", [2], requests=0)  # (priced refused: not forwarded)
+        assert meter.latest is not None and meter.latest.total_requests == 1
+    finally:
+        alice.close()
+        sock.close()
