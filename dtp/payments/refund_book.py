@@ -217,6 +217,8 @@ class OpenedBook:
         return int(count)
 
     def close(self) -> None:
+        """Close the book's SQLite file (idempotent); a write after it raises
+        ``sqlite3.ProgrammingError``."""
         with self._lock:
             self._closed = True
             if self._db is not None:
