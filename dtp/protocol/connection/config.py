@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import msgpack
-
 from dtp.errors import HandshakeError
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import AUTH_PROOF_SIZE
+from dtp.protocol.connection.param_map import read_bin, read_uint, split_map
 
 MAX_RECORD_PLAINTEXT = 16384
 MAX_STREAM_FRAME_OVERHEAD = 1 + 8 + 8 + 4  # type + stream id + offset + length varints
@@ -266,49 +265,56 @@ def _check_seconds(name: str, value: object, what: str, most: float = math.inf) 
 
 
 def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]:
-    """Decode and validate the peer's transport parameters: the required integers, and
-    the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a client may send, and
-    the ``"auth"`` identity proof an IK client sends (its size checked here, its
-    signature by the caller).
+    """Decode and validate the peer's transport parameters (docs/protocol.md 8.2): the
+    required integers, and the optional ``"cid"`` (32 bytes) and ``"port"`` (0..65535) a
+    client may send, and the ``"auth"`` identity proof an IK client sends (its size
+    checked here, its signature by the caller).
+
+    Strict for the keys 8.2 lists (their msgpack types, ranges and sizes; each at most
+    once), tolerant for every other key: its value only has to be one well-formed
+    msgpack object (:mod:`dtp.protocol.connection.param_map`), so a later version may
+    send anything there.
 
     ``v``: a client offers the highest version it speaks, so a server (``from_client``)
     takes any version from :data:`TRANSPORT_VERSION` up and answers with its own; a
     client takes only the version it offered (docs/protocol.md 8.2)."""
-    try:
-        params = msgpack.unpackb(payload)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise HandshakeError("malformed transport parameters") from exc
-    if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
-        # one map with string keys (docs/protocol.md 8.2); msgpack alone refused only
-        # some other keys (integers) and let bytes keys pass as unknown ones
-        raise HandshakeError("malformed transport parameters")
+    values: dict[str, bytes] = {}
+    for raw_key, value in split_map(payload):
+        key = _KNOWN_PARAMS.get(raw_key)
+        if key is None:
+            continue  # a key 8.2 does not list: ignored, whatever its value
+        if key in values:
+            raise HandshakeError(f"transport parameter {key!r} appears twice")
+        values[key] = value
     out: dict[str, Any] = {}
     for key in ("v", "md", "msd", "ms", "it"):
-        value = params.get(key)
-        if (
-            isinstance(value, bool)  # msgpack's true and false are not integers
-            or not isinstance(value, int)
-            or value < 0
-            or value >= 2**62
-        ):
+        number = read_uint(values[key]) if key in values else None
+        # (msgpack's true and false are not integers: read_uint gives None for them)
+        if number is None or number < 0 or number > VARINT_MAX:
             raise HandshakeError(f"transport parameter {key!r} missing or invalid")
-        out[key] = value
+        out[key] = number
     version = out["v"]
     if version < TRANSPORT_VERSION or (version > TRANSPORT_VERSION and not from_client):
         raise HandshakeError(f"peer speaks DTP transport version {version}")
-    if "cid" in params:
-        cid = params["cid"]
-        if not isinstance(cid, bytes) or len(cid) != 32:
+    if "cid" in values:
+        cid = read_bin(values["cid"])
+        if cid is None or len(cid) != 32:
             raise HandshakeError("transport parameter 'cid' must be 32 bytes")
         out["cid"] = cid
-    if "port" in params:
-        port = params["port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    if "port" in values:
+        port = read_uint(values["port"])
+        if port is None or not 0 <= port <= 0xFFFF:
             raise HandshakeError("transport parameter 'port' must be an integer in 0..65535")
         out["port"] = port
-    if "auth" in params:
-        proof = params["auth"]
-        if not isinstance(proof, bytes) or len(proof) != AUTH_PROOF_SIZE:
+    if "auth" in values:
+        proof = read_bin(values["auth"])
+        if proof is None or len(proof) != AUTH_PROOF_SIZE:
             raise HandshakeError(f"transport parameter 'auth' must be {AUTH_PROOF_SIZE} bytes")
         out["auth"] = proof
     return out
+
+
+#: The keys of docs/protocol.md 8.2's table (its registry, section 16), by their bytes.
+_KNOWN_PARAMS: dict[bytes, str] = {
+    name.encode(): name for name in ("v", "md", "msd", "ms", "it", "auth", "cid", "port")
+}
