@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dtp.errors import LocalProtocolError
+from dtp.extras import require
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -406,6 +408,8 @@ async def start_server(
     settle_on_close: bool = False,
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
     open_grace: float | None = None,
+    websocket: tuple[str, int] | None = None,
+    origins: Iterable[str] | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -448,12 +452,24 @@ async def start_server(
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
     limit, as there (64 KiB).
+
+    ``websocket=(host, port)``: also listen for the WebSocket carrier there
+    (docs/protocol.md §13; the ``ws`` extra), with ``origins`` the web origins whose
+    pages may connect (see :meth:`DTPServer.listen_websocket`); ``host`` may then be
+    None for a server on WebSocket alone. Its address: ``websocket_addresses``.
     """
     check_limit(limit)
     check_open_grace_use(open_grace, ledger)
+    if origins is not None and websocket is None:
+        raise ValueError("origins are for a WebSocket listener (websocket=(host, port))")
+    if websocket is not None:
+        require("ws", "The WebSocket carrier")
     if carriers is None:
-        carriers = ("tcp",) if host is not None else ("ledger",)
-    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        if host is not None:
+            carriers = ("tcp",)
+        else:
+            carriers = ("ledger",) if websocket is None or ledger is not None else ()
+    if (not carriers and websocket is None) or not set(carriers) <= {"tcp", "ledger"}:
         raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
     if ("tcp" in carriers) != (host is not None and port is not None):
         raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
@@ -483,6 +499,14 @@ async def start_server(
     )
     if host is not None and port is not None:
         await server.listen(host, port, backlog, start_serving=start_serving)
+    if websocket is not None:
+        try:
+            await server.listen_websocket(
+                websocket[0], websocket[1], origins=origins, backlog=backlog
+            )
+        except BaseException:
+            server.close()  # (the TCP listener started first goes too)
+            raise
     if "ledger" in carriers and not start_serving:
         assert ledger is not None and host_id is not None and dtp_port is not None
         server._ledger_pending = (ledger, host_id, dtp_port, ledger_options)
