@@ -117,6 +117,7 @@ async def open_connection(
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
     on_open: OpenJournal | None = None,
+    websocket: str | None = None,
     origin: str | None = None,
     ssl: _ssl.SSLContext | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
@@ -125,7 +126,9 @@ async def open_connection(
     ``host`` may also be a WebSocket URL (``"ws://host:port/path"``, ``"wss://…"``,
     ``port`` omitted): the connection runs over the WebSocket carrier (docs/protocol.md
     §13; the ``ws`` extra), with ``origin`` the ``Origin`` header sent (None: none, as
-    programs send) and ``ssl`` a ``wss://`` URL's TLS context (None: the system's).
+    programs send) and ``ssl`` a ``wss://`` URL's TLS context (None: the system's). A
+    DTP address reaches its service over WebSocket with ``websocket="ws://…"`` (the
+    ledger connection and its payment as ever, the carrier that URL).
 
     Arguments as :func:`dtp.socket.create_connection`: ``host`` and ``port`` name the
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
@@ -156,6 +159,8 @@ async def open_connection(
     if isinstance(host, str) and host[:6].lower().startswith(("ws://", "wss://")):
         if port is not None:
             raise ValueError("a WebSocket URL names its port: pass no port")
+        if websocket is not None:
+            raise ValueError("the URL is the WebSocket already: pass no websocket=")
         if (
             ledger is not None
             or deposit is not None
@@ -179,8 +184,6 @@ async def open_connection(
             origin=origin,
             ssl=ssl,
         )
-    if origin is not None or ssl is not None:
-        raise ValueError("origin and ssl are for a WebSocket URL (ws://… or wss://…)")
     if port is None:
         return await hostid.open_connection(
             host,
@@ -199,7 +202,12 @@ async def open_connection(
             sponsor_pool=sponsor_pool,
             limit=limit,
             on_open=on_open,
+            websocket=websocket,
+            origin=origin,
+            ssl=ssl,
         )
+    if websocket is not None or origin is not None or ssl is not None:
+        raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
     if on_open is not None:
         raise ValueError("on_open is for a DTP address (a connection on the ledger)")
     if (

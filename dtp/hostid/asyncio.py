@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as _ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -194,18 +195,34 @@ async def open_connection(
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
     on_open: OpenJournal | None = None,
+    websocket: str | None = None,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.hostid.address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
     (see there for the arguments). ``on_open``: told of the connection before its
     deposit can move (:func:`~dtp.hostid.connect.prepare_host_connection`; called in a
-    worker thread, it may block)."""
+    worker thread, it may block).
+
+    ``websocket``: reach the service over the WebSocket carrier at this URL
+    (``ws://…``, ``wss://…``; docs/protocol.md §13) instead of the Host's published
+    endpoint -- the ledger connection, its payment and the handshake are the same --
+    sending ``origin`` as its ``Origin`` and using ``ssl`` for ``wss://``."""
     check_connect_timeout(timeout)
     check_limit(limit)
     address = HostAddress.parse(host) if isinstance(host, str) else host
     if ledger is None or identity is None:
         raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
+    over: Carrier | None = None
+    if websocket is not None:
+        if carrier == "ledger" or ledger_options is not None:
+            raise ValueError("websocket= and the ledger carrier exclude each other")
+        carrier = "tcp"
+        over = _websocket_carrier(websocket, origin, ssl)
+    elif origin is not None or ssl is not None:
+        raise ValueError("origin and ssl are for the WebSocket carrier (websocket=...)")
     reader, writer = await _open_by_host_id(
         address,
         ledger,
@@ -222,8 +239,29 @@ async def open_connection(
         sponsor_pool=sponsor_pool,
         limit=limit,
         on_open=on_open,
+        over=over,
     )
     return reader, writer
+
+
+Carrier = Callable[[Protocol], Awaitable[None]]
+"""What makes a connection's carrier and hands it to its protocol (``connect.open``'s
+``carrier``)."""
+
+
+def _websocket_carrier(url: str, origin: str | None, ssl: _ssl.SSLContext | None) -> Carrier:
+    """The WebSocket carrier to ``url``, as ``connect.open`` takes it (the URL checked
+    now, before the ledger is touched)."""
+    from dtp.transport.carriers.websocket import connect_websocket, parse_url
+
+    parse_url(url)
+    if ssl is not None and not url.lower().startswith("wss:"):
+        raise ValueError("ssl is for a wss:// URL")
+
+    async def carrier(proto: Protocol) -> None:
+        await connect_websocket(url, proto, origin=origin, ssl=ssl)
+
+    return carrier
 
 
 async def _open_by_host_id(
@@ -243,6 +281,7 @@ async def _open_by_host_id(
     sponsor_pool: str | None,
     limit: int,
     on_open: OpenJournal | None = None,
+    over: Carrier | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
@@ -317,7 +356,22 @@ async def _open_by_host_id(
             )
 
     try:
-        if prepared.endpoint is None:
+        if over is not None:
+            # the WebSocket carrier the caller named (its TCP connect done there)
+            if early is not None:
+                early.close()
+                early = None
+            reader, writer = await connect.open(
+                f"dtp://{address.host_id}:{address.port}",
+                None,
+                prepared.config,
+                timeout,
+                while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
+                limit=limit,
+                carrier=over,
+            )
+        elif prepared.endpoint is None:
             bridge = await threaded_or_released(
                 lambda: connect_ledger_carrier(
                     ledger,

@@ -300,7 +300,8 @@ class WebSocketTransport(asyncio.Transport):
         if ws.parser_exc is not None and self._error is None:
             # (websockets failed the connection: a message above MAX_MESSAGE, 1009, or a
             # broken frame, 1002; its close frame is in what _flush sends)
-            self._broken(f"{ws.parser_exc}", ws.close_code)
+            sent = ws.close_sent
+            self._broken(f"{ws.parser_exc}", sent.code if sent is not None else None)
         self._flush()
         for event in events:
             if isinstance(event, Frame):
