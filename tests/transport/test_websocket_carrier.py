@@ -497,3 +497,35 @@ def test_a_paid_per_request_call_over_websocket(tmp_path: Path) -> None:
     assert answers == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert kept and max(receipt.total_requests for receipt in kept) == 3
     ledger.close()
+
+
+def test_silent_websockets_give_way_to_a_genuine_client() -> None:
+    """The bound on connections that have not sent their first record counts WebSocket
+    clients from their TCP accept: silent ones beyond ``backlog`` make the oldest give
+    way, and a genuine client still gets in at once."""
+
+    async def main() -> None:
+        server, url = await ws_server(backlog=4, first_message_timeout=30)
+        silent: list[asyncio.StreamWriter] = []
+        try:
+            host, port = server.websocket_addresses[0]
+            for _ in range(4):
+                silent.append((await asyncio.open_connection(host, port))[1])
+            async with ws_connect(url, subprotocols=[SUBPROTOCOL], open_timeout=5):
+                assert await _until(lambda: server.unproven == 4)
+                assert server.unproven_closed >= 1  # (the oldest gave way)
+                started = time.monotonic()
+                reader, writer = await dtp.aio.open_connection(url, timeout=10)
+                writer.write(b"in")
+                assert await reader.readexactly(2) == b"in"
+                assert time.monotonic() - started < 5.0
+                writer.close()
+                await writer.wait_closed()
+            assert await _until(lambda: server.unproven_closed >= 2)
+            assert server.unproven <= 4
+        finally:
+            for each in silent:
+                each.close()
+            await closed(server)
+
+    asyncio.run(main())
