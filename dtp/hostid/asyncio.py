@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl as _ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -56,6 +55,8 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
+    import ssl as _ssl  # (annotations only: see dtp.transport.asyncio.server)
+
     from dtp.ledger.interface import Ledger
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl as _ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import (
     CarrierRefused,
@@ -27,6 +26,9 @@ from dtp.transport.session import (
     check_connect_timeout,
     connect_timed_out,
 )
+
+if TYPE_CHECKING:
+    import ssl as _ssl  # (annotations only: see dtp.transport.asyncio.server)
 
 
 async def open_connection(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,10 @@ from dtp.transport.hooks import Listener, Reservations
 from dtp.transport.replay_guard import ReplayGuard
 
 if TYPE_CHECKING:
+    # (ssl for its annotations only: a Python whose ssl module cannot load -- no system
+    # libssl -- still serves TCP)
+    import ssl
+
     from dtp.transport.carriers.websocket import WebSocketTransport
 
 

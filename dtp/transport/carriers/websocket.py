@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import ssl as _ssl
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from dtp.extras import missing
 
@@ -49,6 +48,9 @@ except ImportError as exc:
 from dtp.errors import ConnectionLost, ConnectionRefused
 from dtp.identity.noise import MAX_MESSAGE_SIZE
 from dtp.native.core import MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = [
     "CLOSE_NORMAL",
@@ -603,6 +605,8 @@ async def connect_websocket(
     carrier = WebSocketTransport(ws, loop, on_upgrade)
     context = None
     if wsuri.secure:
+        import ssl as _ssl  # (loaded for wss:// only)
+
         context = ssl if ssl is not None else _ssl.create_default_context()
     elif ssl is not None:
         raise ValueError("ssl is for a wss:// URL")
