@@ -557,7 +557,11 @@ async def start_server(
     if websocket is not None:
         try:
             await server.listen_websocket(
-                websocket[0], websocket[1], origins=origins, backlog=backlog
+                websocket[0],
+                websocket[1],
+                origins=origins,
+                backlog=backlog,
+                start_serving=start_serving,
             )
         except BaseException:
             server.close()  # (the TCP listener started first goes too)

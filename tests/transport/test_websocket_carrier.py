@@ -38,7 +38,7 @@ from dtp.ledger.objects import Sla
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ledger_payments
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
-from dtp.transport.carriers.websocket import MAX_MESSAGE, SUBPROTOCOL
+from dtp.transport.carriers.websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -526,6 +526,53 @@ def test_silent_websockets_give_way_to_a_genuine_client() -> None:
         finally:
             for each in silent:
                 each.close()
+            await closed(server)
+
+    asyncio.run(main())
+
+
+def test_an_upgrade_request_head_is_bounded() -> None:
+    """An unproven WebSocket client holds at most MAX_REQUEST_HEAD bytes of its upgrade
+    request, as a TCP one holds at most its first record: beyond, HTTP 431."""
+
+    async def main() -> None:
+        server, _ = await ws_server()
+        try:
+            host, port = server.websocket_addresses[0]
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for i in range(MAX_REQUEST_HEAD // 1000 + 2):
+                writer.write(b"X-Pad-%d: %s\r\n" % (i, b"p" * 990))
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 431 ")
+            writer.close()
+            assert await _until(lambda: server.handshakes_failed == 1)
+        finally:
+            await closed(server)
+
+    asyncio.run(main())
+
+
+def test_start_serving_false_holds_the_websocket_listener_back() -> None:
+    async def main() -> None:
+        server = await dtp.aio.start_server(
+            echo,
+            "127.0.0.1",
+            0,
+            identity=SERVER,
+            websocket=("127.0.0.1", 0),
+            start_serving=False,
+        )
+        try:
+            host, port = server.websocket_addresses[0]
+            assert not server.is_serving()
+            await server.start_serving()
+            reader, writer = await dtp.aio.open_connection(f"ws://{host}:{port}/", timeout=10)
+            writer.write(b"now")
+            assert await reader.readexactly(3) == b"now"
+            writer.close()
+            await writer.wait_closed()
+        finally:
             await closed(server)
 
     asyncio.run(main())

@@ -260,6 +260,7 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         origins: Iterable[str] | None = None,
         backlog: int = 128,
         ssl: ssl.SSLContext | None = None,
+        start_serving: bool = True,
     ) -> tuple[str, int]:
         """Also accept DTP connections over WebSocket (docs/protocol.md §13) on
         ``host:port``, any path; returns the bound address. Needs the ``ws`` extra.
@@ -272,7 +273,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         by default none, only clients that send no ``Origin`` (programs, not browsers).
         A refused upgrade (an origin not allowed, no ``dtp.v1`` subprotocol, not a
         WebSocket request) gets its HTTP answer and counts in :attr:`handshakes_failed`.
-        ``ssl``: a TLS context for ``wss://``. May be called more than once."""
+        ``ssl``: a TLS context for ``wss://``; ``start_serving=False``: accept nothing
+        until :meth:`start_serving`, as :meth:`listen`. May be called more than once."""
         from dtp.transport.carriers.websocket import accept_websocket, origin_rule
 
         if self._closed.is_set():
@@ -291,6 +293,7 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             backlog=backlog,
             reuse_address=True,
             ssl=ssl,
+            start_serving=start_serving,
         )
         self._websockets.append(server)
         name = server.sockets[0].getsockname()
@@ -332,6 +335,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             return
         if self._server is not None:
             await self._server.start_serving()
+        for server in self._websockets:
+            await server.start_serving()
 
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go

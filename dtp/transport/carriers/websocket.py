@@ -82,6 +82,11 @@ CLOSE_NOT_ONE_RECORD: Final = 1002  # a message that is not exactly one record
 CLOSE_TEXT: Final = 1003  # a text message: records are binary
 CLOSE_TOO_BIG: Final = 1009  # a message above MAX_MESSAGE (websockets' own check)
 
+MAX_REQUEST_HEAD = 16 << 10
+"""The most bytes a server reads of a client's upgrade request (a browser's is under a
+few KiB, cookies included): an unproven connection holds no more than that, as a TCP
+one holds no more than its first record (dtp.transport.handshake_gate). Beyond it the
+upgrade is refused (HTTP 431)."""
 CLOSE_TIMEOUT = 2.0
 """Seconds a closing carrier waits for the peer's half of the close handshake before its
 TCP connection is closed anyway."""
@@ -191,6 +196,7 @@ class WebSocketTransport(asyncio.Transport):
         self._pending: collections.deque[bytes] = collections.deque()  # while paused
         self._reading = True
         self._upgraded = False
+        self._head = 0  # bytes read before the upgrade was done (MAX_REQUEST_HEAD)
         self._closing = False  # closed here (close, abort, a carrier rule broken)
         self._peer_closed = False  # the peer's close frame came
         self._told_lost = False
@@ -297,6 +303,10 @@ class WebSocketTransport(asyncio.Transport):
 
     def _receive(self, data: bytes) -> None:
         ws = self._ws
+        if not self._upgraded and isinstance(ws, ServerProtocol):
+            self._head += len(data)
+            if self._head > MAX_REQUEST_HEAD and ws.state is State.CONNECTING:
+                return self._refuse_head()
         ws.receive_data(data)
         events = ws.events_received()
         if ws.parser_exc is not None and self._error is None:
@@ -359,6 +369,16 @@ class WebSocketTransport(asyncio.Transport):
         else:
             reason = response.body.decode(errors="replace").strip() or response.reason_phrase
             self._upgrade_done(f"HTTP {response.status_code}: {reason}")
+
+    def _refuse_head(self) -> None:
+        """An upgrade request past MAX_REQUEST_HEAD: refused (431), nothing more read."""
+        ws = self._ws
+        assert isinstance(ws, ServerProtocol)
+        ws.send_response(
+            ws.reject(431, "Failed to open a WebSocket connection: request head too large.\n")
+        )
+        self._flush()
+        self._upgrade_done(f"HTTP 431: the request head is over {MAX_REQUEST_HEAD} bytes")
 
     def _response(self, response: Response) -> None:
         ws = self._ws
