@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import dtp.aio
 from dtp.errors import CarrierRefused, ConnectionLost, ConnectionRefused, DTPError
+from dtp.errors import ConnectionClosed as ConnectionClosed_
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local.ledger import LocalLedger
 from dtp.ledger.objects import Sla
@@ -572,6 +573,43 @@ def test_start_serving_false_holds_the_websocket_listener_back() -> None:
             assert await reader.readexactly(3) == b"now"
             writer.close()
             await writer.wait_closed()
+        finally:
+            await closed(server)
+
+    asyncio.run(main())
+
+
+def test_the_dtp_close_reaches_a_client_still_sending() -> None:
+    """The server's CLOSE (a refusal by its accept hook; an abort while the client
+    writes on) travels as a record before the WebSocket's close: the client reads the
+    code and reason, not a lost carrier."""
+
+    ended_here = asyncio.Event()
+
+    async def cut_off(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        await reader.readexactly(100_000)
+        writer.abort("enough from you")
+        # (its carrier reads and drops what was in flight until the client's close
+        # frame: the client's writes cannot reset the TCP connection before the CLOSE)
+        await writer.wait_closed()
+        ended_here.set()
+
+    async def main() -> None:
+        server, url = await ws_server(cut_off, accept=lambda addr: addr != CLIENT.sui_address)
+        try:
+            with pytest.raises(ConnectionRefused) as refused:
+                await dtp.aio.open_connection(url, identity=CLIENT, timeout=10)
+            assert not isinstance(refused.value, CarrierRefused)
+            reader, writer = await dtp.aio.open_connection(url, timeout=10)
+            with pytest.raises(ConnectionClosed_) as ended:
+                for _ in range(1000):  # on and on: the server stops reading at 100 kB
+                    writer.write(b"x" * 10_000)
+                    await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+            assert ended.value.reason == "enough from you"
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(ended_here.wait(), 5)
         finally:
             await closed(server)
 

@@ -248,13 +248,17 @@ class WebSocketTransport(asyncio.Transport):
             self._tcp.resume_reading()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing:
-            return  # (as asyncio's transports: nothing goes out after close())
+        if self._closing or self._peer_closed:
+            # (as asyncio's transports: nothing goes out after close(); nor after the
+            # peer's close frame, past which a WebSocket carries no data)
+            return
         records = split_records(data, self._held)
         if not self._upgraded:
             self._early += records
             return
         ws = self._ws
+        if ws.state is not State.OPEN:
+            return  # (closing: websockets would raise InvalidState)
         for record in records:
             ws.send_binary(record)
         self._flush()
