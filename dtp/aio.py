@@ -151,7 +151,9 @@ async def open_connection(
 
     ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
     connection before its deposit can move -- for a caller that keeps a durable record
-    of its deposits (the services daemon's forwarders) -- in a worker thread
+    of its deposits (the services daemon's forwarders;
+    ``dtp.payments.refunds.refunds_for(ledger, identity, path=...).record_open``) -- in
+    a worker thread, as :func:`dtp.socket.create_connection`'s
     (:func:`dtp.hostid.connect.prepare_host_connection`).
     """
     check_connect_timeout(timeout)

@@ -310,6 +310,13 @@ class ReceiptStoreError(DTPError, sqlite3.DatabaseError):
         self.path = path
 
 
+class AccessDenied(DTPError, PermissionError):
+    """A provider's rule refuses this client what it asked: a method its method rules
+    do not allow it (:class:`dtp.messaging.errors.MethodNotAllowed`), or a login or
+    session (:class:`dtp.messaging.errors.LoginRefused` and its subclasses). A
+    PermissionError, so that ``except PermissionError`` catches it too."""
+
+
 class PaymentError(DTPError):
     """A paid service refused to go on for want of payment. The base of both
     :class:`PaymentRequired` here (a paid connection closed: no receipt covered the

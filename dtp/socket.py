@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import socket as _socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import PeerInfo
 from dtp.hostid.blocking import DTPServer, connect_by_host_id, create_server
-from dtp.hostid.connect import CarrierChoice, pinned_host_key
+from dtp.hostid.connect import CarrierChoice, OpenJournal, pinned_host_key
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
 from dtp.identity.keys import HostIdentity
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
+    from dtp.hostid.paid.request_billing import RequestServer
     from dtp.ledger.interface import Ledger
     from dtp.payments.receipt_store import ReceiptStore
 
@@ -102,6 +103,7 @@ def create_connection(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    on_open: OpenJournal | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
@@ -147,6 +149,15 @@ def create_connection(
     unmetered, ``deposit`` defaulting to 0) or ``sponsor_pool`` (the service's
     SponsorPool, which pledges its share of the deposit) pay another way (docs/escrow.md
     §13-14; :func:`dtp.hostid.connect.prepare_host_connection`).
+
+    ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
+    connection before its deposit can move, for a caller that keeps a durable record of
+    its deposits -- ``dtp.payments.refunds.refunds_for(ledger, identity,
+    path=...).record_open`` keeps them in a file, so that a process killed with the
+    connection open leaves it to the next run, which takes the deposit back
+    (docs/escrow.md §7.1). Called before the open's transaction with the spending cap
+    (and the connection ID where the ledger tells it ahead), again with the ID once
+    the open landed; when it raises, nothing is opened and its error is raised.
     """
     if timeout is DEFAULT_TIMEOUT:
         # left out, or passed on as socket.create_connection takes it (http.client and
@@ -168,7 +179,10 @@ def create_connection(
             metering=metering,
             subscription=subscription,
             sponsor_pool=sponsor_pool,
+            on_open=on_open,
         )
+    if on_open is not None:
+        raise ValueError("on_open is for a DTP address (a connection on the ledger)")
     if (
         ledger is not None
         or deposit is not None
@@ -192,7 +206,7 @@ def create_connection(
 def serve(
     host_id: str,
     port: int,
-    handler: Callable[[PaidSocket], None],
+    handler: Callable[[PaidSocket], None] | RequestServer,
     *,
     ledger: Ledger,
     identity: HostIdentity,
@@ -206,6 +220,7 @@ def serve(
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     open_grace: float | None = None,
+    billing: Literal["bytes", "requests"] = "bytes",
 ) -> PaidServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id``: publish the endpoint
     and Noise key in the Host, admit clients through the ledger, meter them, apply the
@@ -216,7 +231,20 @@ def serve(
     ``max_waiting_per_address`` and ``open_grace``: the listen backlog, the bounds on
     handshakes in progress and the admission's grace for an open still landing, as
     :func:`create_server`'s (same defaults; refused as there, but before the ledger is
-    read or written)."""
+    read or written).
+
+    ``billing``: ``"bytes"`` (the default) meters each connection by its transport --
+    bytes and streams, in receipts the client's socket signs -- and ``handler`` takes a
+    :class:`~dtp.hostid.paid.PaidSocket`. ``"requests"`` bills per request: ``handler``
+    is an :class:`~dtp.messaging.rpc.RpcServer` made without ``payments``, and each of
+    its requests is paid by the receipt it carries, checked by the RPC fee engine (the
+    SLA's ``price_per_request``, or the method's price under the server's rules,
+    docs/messaging.md §2.5), kept in ``receipts`` before it is served and claimed when
+    the connection ends. Clients connect with
+    ``metering=MeteringConfig(enabled=False)`` and call with a
+    :class:`~dtp.payments.receipts.Meter` (``RpcClient(sock, meter=...)``). TypeError /
+    ValueError for a handler that is not such a server, before the ledger is read or
+    written."""
     from dtp.hostid.paid import PaidServer
 
     # (PaidServer checks the identity, then the other options, before the ledger is
@@ -237,4 +265,5 @@ def serve(
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
         open_grace=open_grace,
+        billing=billing,
     )

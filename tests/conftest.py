@@ -52,9 +52,7 @@ def _quiet_refund_collectors() -> Iterator[None]:
     with refunds._collectors_lock:
         collectors = list(refunds._running | set(refunds._collectors.values()))
     for collector in collectors:
-        with collector._cond:
-            collector._waiting.clear()
-        collector.close(timeout=1.0)
+        collector.close(timeout=1.0, log_waiting=False)
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ from dtp.cli.common import identity as _identity
 from dtp.cli.common import ledger as _ledger
 from dtp.ledger.connections import (
     ConnectionReport,
-    client_settles_at,
     find_connections,
     format_ms,
 )
@@ -197,8 +196,12 @@ def _connections(args: argparse.Namespace) -> int:
 
 
 def _refund(args: argparse.Namespace) -> int:
+    """One connection's refund by hand: the refund engine's steps (half-close, wait,
+    settle; :func:`dtp.payments.refund_engine.refund_step`), gas not weighed -- asked
+    for, the deposit is taken back whatever it costs."""
     from dtp.errors import ConnectionStateError
-    from dtp.payments.settlement import collect_refund
+    from dtp.payments.refund_engine import RefundAction, refund_step
+    from dtp.payments.refunds import collect_refund
 
     identity = _identity(args)
     ledger = _ledger(args, create=False)
@@ -210,18 +213,21 @@ def _refund(args: argparse.Namespace) -> int:
                 f"Connection {cid} is the client {tc.client}'s, not {identity.sui_address}'s: "
                 "only its client is refunded (its server settles with `dtp claim --settle`)."
             )
-        if tc.settled:
+        now = ledger.clock_ms()
+        step = refund_step(tc, now)
+        if step.action is RefundAction.FORGET:
             refunded = ledger.get_escrow(tc.escrow).refunded
             _emit(args, {"connection": cid, "refunded_mist": refunded, "already_settled": True})
             return 0
-        if tc.state == ConnectionState.OPEN:
+        if step.action is RefundAction.HALF_CLOSE:
             # (the server may close it meanwhile: its close started the timeout)
             with contextlib.suppress(ConnectionStateError):
                 ledger.close_connection(identity, cid)
             tc = ledger.get_connection(cid)
-        at = client_settles_at(tc)
-        now = ledger.clock_ms()
-        if at is not None and now < at:
+            now = ledger.clock_ms()
+            step = refund_step(tc, now)
+        at = step.at_ms
+        if step.action is RefundAction.WAIT and at is not None:
             if not args.wait:
                 state = "half-closed" if tc.state == ConnectionState.HALF_CLOSED else "closed"
                 raise _CliError(

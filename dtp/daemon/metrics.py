@@ -16,6 +16,7 @@ missing).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,7 @@ class DaemonCollector:
         yield from self._services()
         yield from self._listener()
         yield from self._forwards()
+        yield from self._refunds()
         yield from self._ledger()
         yield from self._gas()
 
@@ -391,6 +393,38 @@ class DaemonCollector:
             "dtp_forward_fees_paid_mist_total",
             "MIST covered by the receipts sent.",
             lambda r: r.fees_paid,
+        )
+
+    def _refunds(self) -> Iterator[Metric]:
+        """The forwarders' own connections, settled by the daemon where their server
+        did not (:mod:`dtp.daemon.refunds`): counted by this run."""
+        refunds = self.daemon.refunds
+        yield CounterMetricFamily(
+            "dtp_refunds_settled_total",
+            "The forwarders' connections this run settled itself after their half-close "
+            "timeout (their server never did).",
+            value=refunds.settled,
+        )
+        yield CounterMetricFamily(
+            "dtp_refunded_mist_total",
+            "MIST those settlements gave back.",
+            value=refunds.refunded,
+        )
+        yield CounterMetricFamily(
+            "dtp_refunds_skipped_total",
+            "The forwarders' connections left on the ledger: their refund was below the "
+            "gas of taking it back (dtp refund takes it back by hand).",
+            value=refunds.skipped,
+        )
+        try:
+            waiting = refunds.waiting()
+        except sqlite3.Error:
+            return  # (the book's file failing: the task's log says it; not shown)
+        yield GaugeMetricFamily(
+            "dtp_refunds_waiting",
+            "The forwarders' connections not known settled: in use, or waiting for "
+            "their server's settlement or their half-close timeout.",
+            value=waiting,
         )
 
     # -- the ledger and the gas -----------------------------------------------------------

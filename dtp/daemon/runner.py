@@ -192,6 +192,7 @@ class Daemon:
                 settings.state_dir,
                 settings.refund_interval,
                 gas=self.gas,
+                weigh_gas=settings.gas_aware_ends,
             )
         except sqlite3.Error as exc:
             with contextlib.suppress(Exception):

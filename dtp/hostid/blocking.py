@@ -12,6 +12,7 @@ from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, check_open_grace_use
 from dtp.hostid.connect import (
     CarrierChoice,
+    OpenJournal,
     abandon_host_connection,
     check_connect_options,
     prepare_connecting_early,
@@ -60,6 +61,7 @@ def connect_by_host_id(
     metering: MeteringConfig | None = None,
     subscription: str | None = None,
     sponsor_pool: str | None = None,
+    on_open: OpenJournal | None = None,
 ) -> HostSocket:
     """:func:`dtp.socket.create_connection` for a DTP address (see there)."""
     if ledger is None:
@@ -78,6 +80,7 @@ def connect_by_host_id(
         carrier=carrier,
         subscription=subscription,
         sponsor_pool=sponsor_pool,
+        on_open=on_open,
     )
     payments: list[MeteredClient] = []
     metered = metering is None or metering.enabled

@@ -29,6 +29,7 @@ from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions, ledger_config
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import Host, OpenedConnection, Service, is_low_order_noise_key, normalize_id
 from dtp.payments.metering import MeteringConfig
+from dtp.payments.refunds import connection_ended
 from dtp.protocol.connection import ConnectionConfig, checked_noise_key
 from dtp.transport.carriers.tcp import PendingTcp
 
@@ -251,6 +252,10 @@ class PreparedConnection:
     alternates: tuple[tuple[str, int], ...] = ()
     """The host's other TCP endpoints, tried in turn when ``endpoint`` does not answer
     (:func:`~dtp.transport.carriers.tcp.connect_any`)."""
+    journaled: bool = False
+    """Whether an ``on_open`` journal was told of it: its refund is the journal's
+    keeper's (the daemon's book, a collector's), not the process collector's to take
+    unasked (:func:`abandon_host_connection`)."""
 
     @property
     def endpoints(self) -> tuple[tuple[str, int], ...]:
@@ -513,6 +518,7 @@ def prepare_host_connection(
         cap_id,
         pending,
         resolved.alternates,
+        journaled=on_open is not None,
     )
 
 
@@ -572,30 +578,43 @@ def abandon_host_connection(
     cause: BaseException,
 ) -> None:
     """Half-close a prepared connection on the ledger after the connect failed, so the
-    deposit can be refunded once the close timeout has passed (docs/escrow.md §7). A
-    failure here is logged, not raised: the caller re-raises ``cause``. A deferred open
-    that never landed leaves nothing to close. A connection refused because the
-    subscription it was opened with is over (:class:`~dtp.errors.SubscriptionRefused`)
-    is ended at once instead (``subscription::end_connection``: nothing is owed, the
-    deposit comes back now), falling back to the half-close should that fail."""
-    if prepared.pending_open is not None and prepared.pending_open.opened is None:
-        return
-    if isinstance(cause, SubscriptionRefused):
-        try:
-            ledger.end_subscribed_connection(identity, prepared.connection_id)
-            return
-        except Exception as end_exc:
-            logger.warning(
-                "could not end connection %s of a subscription that is over: %s",
-                prepared.connection_id,
-                end_exc,
-            )
+    deposit can be refunded once the close timeout has passed (docs/escrow.md §7) --
+    by the process's refund collector, which takes it then
+    (:func:`dtp.payments.refunds.connection_ended`), unless an ``on_open`` journal
+    recorded it (its keeper's; a collector's own is released to it). A failure here is
+    logged, not raised: the caller re-raises ``cause``. A deferred open that never
+    landed leaves nothing to close. A connection refused because the subscription it
+    was opened with is over (:class:`~dtp.errors.SubscriptionRefused`) is ended at once
+    instead (``subscription::end_connection``: nothing is owed, the deposit comes back
+    now), falling back to the half-close should that fail."""
+    half_closed = False
     try:
-        ledger.close_connection(identity, prepared.connection_id)
-    except Exception as close_exc:
-        logger.warning(
-            "could not close connection %s on the ledger after %r: %s",
+        if prepared.pending_open is not None and prepared.pending_open.opened is None:
+            return
+        if isinstance(cause, SubscriptionRefused):
+            try:
+                ledger.end_subscribed_connection(identity, prepared.connection_id)
+                return
+            except Exception as end_exc:
+                logger.warning(
+                    "could not end connection %s of a subscription that is over: %s",
+                    prepared.connection_id,
+                    end_exc,
+                )
+        try:
+            ledger.close_connection(identity, prepared.connection_id)
+            half_closed = True
+        except Exception as close_exc:
+            logger.warning(
+                "could not close connection %s on the ledger after %r: %s",
+                prepared.connection_id,
+                cause,
+                close_exc,
+            )
+    finally:
+        connection_ended(
+            ledger,
+            identity,
             prepared.connection_id,
-            cause,
-            close_exc,
+            half_closed=half_closed and not prepared.journaled,
         )

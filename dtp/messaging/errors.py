@@ -18,10 +18,18 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from dtp.errors import DTPError, DTPTimeoutError, ErrorCode, PaymentError, RemoteProtocolError
+from dtp.errors import (
+    AccessDenied,
+    DTPError,
+    DTPTimeoutError,
+    ErrorCode,
+    PaymentError,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "WIRE_CODES",
+    "BadLoginAnswer",
     "Cancelled",
     "DeadlineExceeded",
     "DiscoveryError",
@@ -32,11 +40,15 @@ __all__ = [
     "InternalError",
     "InvalidParams",
     "InvalidRequest",
+    "InvalidSession",
     "InvalidTip",
+    "LoginExpired",
+    "LoginRefused",
     "MalformedMessage",
     "MalformedSealed",
     "MessageTooLarge",
     "MessagingError",
+    "MethodNotAllowed",
     "MethodNotFound",
     "NotEncodable",
     "OffAir",
@@ -55,6 +67,7 @@ __all__ = [
     "SealedDecryptError",
     "SealedError",
     "ServerBusy",
+    "SessionExpired",
     "StationError",
     "remote_error",
 ]
@@ -71,6 +84,20 @@ DEADLINE_EXCEEDED: Final = -32002
 CANCELLED: Final = -32003
 PAYMENT_REQUIRED: Final = -32004
 SERVER_BUSY: Final = -32005
+#: The provider's method rules refuse this client the method (docs/messaging.md §2.5).
+METHOD_NOT_ALLOWED: Final = -32006
+#: A login was refused (docs/messaging.md §3.1): the client is not allowed, or the
+#: challenge was answered already.
+LOGIN_REFUSED: Final = -32007
+#: A login answer whose signature (the sealed sender proof) does not verify, or that is
+#: not sealed to the server by a proven sender.
+BAD_LOGIN_ANSWER: Final = -32008
+#: A login challenge answered after it expired.
+LOGIN_EXPIRED: Final = -32009
+#: A session token that is not one the server issued (altered, another server's).
+INVALID_SESSION: Final = -32010
+#: A session token past its expiry.
+SESSION_EXPIRED: Final = -32011
 
 
 class MessagingError(DTPError):
@@ -201,6 +228,47 @@ class ServerBusy(RemoteError):
     wire_code = SERVER_BUSY
 
 
+class MethodNotAllowed(RemoteError, AccessDenied):
+    """The provider's method rules refuse this client the method (its address is not
+    allowed, or denied, for it): nothing was charged. A :class:`dtp.errors.AccessDenied`."""
+
+    wire_code = METHOD_NOT_ALLOWED
+
+
+class LoginRefused(RemoteError, AccessDenied):
+    """A login (docs/messaging.md §3.1) or a session was refused; the subclasses say why.
+    Raised as it is when the server's rule refuses the client, or the challenge was
+    answered already. A :class:`dtp.errors.AccessDenied`."""
+
+    wire_code = LOGIN_REFUSED
+
+
+class BadLoginAnswer(LoginRefused):
+    """The answer to a login challenge does not prove its sender: not sealed to the
+    server, anonymous, its signature (the sealed sender proof) not verifying, or not
+    the challenge the server issued."""
+
+    wire_code = BAD_LOGIN_ANSWER
+
+
+class LoginExpired(LoginRefused):
+    """The login challenge was answered after its expiry: ask for a new one."""
+
+    wire_code = LOGIN_EXPIRED
+
+
+class InvalidSession(LoginRefused):
+    """A session token the server did not issue (altered, or another server's)."""
+
+    wire_code = INVALID_SESSION
+
+
+class SessionExpired(LoginRefused):
+    """A session token past its expiry: log in again."""
+
+    wire_code = SESSION_EXPIRED
+
+
 WIRE_CODES: Final[dict[int, type[RemoteError]]] = {
     cls.wire_code: cls
     for cls in (
@@ -214,6 +282,12 @@ WIRE_CODES: Final[dict[int, type[RemoteError]]] = {
         Cancelled,
         PaymentRequired,
         ServerBusy,
+        MethodNotAllowed,
+        LoginRefused,
+        BadLoginAnswer,
+        LoginExpired,
+        InvalidSession,
+        SessionExpired,
     )
 }
 

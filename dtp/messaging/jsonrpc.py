@@ -14,6 +14,7 @@ typed errors of :mod:`dtp.messaging.errors` for JSON-RPC error objects.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -30,12 +31,13 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
+from dtp.messaging.method_rules import MethodRules, requests_for
 from dtp.messaging.protocol import _check_count, _check_our_timeout
-from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
 from dtp.transport.poll import wait_ready
 
 __all__ = [
@@ -684,19 +686,175 @@ def _request_id(request: Any) -> Any:
     return id_ if type(id_) in (str, int, float) else None
 
 
-def serve_jsonrpc(server: RpcServer, backend: Callable[[bytes], bytes | None]) -> None:
-    """Register the ``jsonrpc`` method on ``server``, answered by ``backend``."""
+def _document(params: Any) -> bytes:
+    """The JSON document a ``jsonrpc`` request carries (InvalidParams, RequestTooLarge)."""
+    if isinstance(params, str):
+        params = params.encode()
+    if not isinstance(params, bytes):
+        raise E.InvalidParams("jsonrpc takes the JSON document as bytes")
+    if len(params) > MAX_JSON:
+        raise E.RequestTooLarge(f"JSON document exceeds {MAX_JSON} bytes")
+    return params
 
-    def handle(params: Any) -> bytes | None:
-        if isinstance(params, str):
-            params = params.encode()
-        if not isinstance(params, bytes):
-            raise E.InvalidParams("jsonrpc takes the JSON document as bytes")
-        if len(params) > MAX_JSON:
-            raise E.RequestTooLarge(f"JSON document exceeds {MAX_JSON} bytes")
-        return backend(params)
 
-    server.register(JSONRPC_METHOD, handle)
+def serve_jsonrpc(
+    server: RpcServer | AsyncRpcServer,
+    backend: Callable[[bytes], bytes | None],
+    *,
+    rules: MethodRules | None = None,
+) -> None:
+    """Register the ``jsonrpc`` method on ``server`` (blocking or asyncio), answered by
+    ``backend`` (on an AsyncRpcServer, in a worker thread: a backend blocks).
+
+    ``rules``: per-method access and prices of the JSON-RPC methods inside the
+    documents (docs/messaging.md §2.5), for the client's Sui address. A request the
+    rules refuse never reaches the backend: it is answered here with the JSON-RPC error
+    ``-32006`` (:class:`~dtp.messaging.errors.MethodNotAllowed` at a
+    :class:`JsonRpcClient`), the rest of its batch forwarded; and it costs nothing. A
+    paid server charges each request the rules allow at its method's price (a batch:
+    the sum), before the document is forwarded."""
+    if rules is not None and not isinstance(rules, MethodRules):
+        raise TypeError(f"rules must be MethodRules or None, not {type(rules).__name__!r}")
+
+    decisions = _Decisions()
+
+    def answer(params: Any, client: str | None) -> bytes | None:
+        if rules is None:
+            return backend(_document(params))
+        allowed = decisions.take(params)
+        return _answer_within_rules(_document(params), backend, rules, client, allowed)
+
+    if isinstance(server, AsyncRpcServer):
+        # (the backend blocks -- an HTTP exchange -- so not on the event loop)
+        async def handle_async(params: Any, ctx: CallContext) -> bytes | None:
+            return await asyncio.to_thread(answer, params, ctx.peer_address)
+
+        server.register(JSONRPC_METHOD, handle_async, context=True)
+    else:
+        server.register(
+            JSONRPC_METHOD, lambda params, ctx: answer(params, ctx.peer_address), context=True
+        )
+    if rules is None:
+        return
+
+    def pricing(params: Any, client: str | None) -> list[int | None]:
+        try:
+            request = _loads(_document(params))
+        except (E.RemoteError, ValueError, RecursionError):
+            return []  # (answered as an error, free)
+        prices: list[int | None] = []
+        allowed: list[bool] = []
+        for entry in request if isinstance(request, list) else [request]:
+            method = _method_of(entry)
+            if method is None:
+                allowed.append(True)  # (not a request: the backend answers -32600, free)
+                continue
+            try:
+                prices.append(rules.check(method, client))
+                allowed.append(True)
+            except E.MethodNotAllowed:
+                allowed.append(False)
+        # what was charged is what is forwarded: the handler does not ask the rules
+        # again (a Host list read anew in between could say otherwise)
+        decisions.put(params, allowed)
+        return prices
+
+    server.price(JSONRPC_METHOD, pricing)
+
+
+class _Decisions:
+    """The rules' verdicts on each entry of a document, from its pricing to its
+    handler: keyed by the params object the server hands both (kept meanwhile, so its
+    id is not reused); at most :data:`_KEPT_DECISIONS`, the oldest dropped (a request
+    refused for its fee, or cancelled, never reaches the handler)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[int, tuple[Any, list[bool]]] = {}
+
+    def put(self, params: Any, allowed: list[bool]) -> None:
+        with self._lock:
+            self._kept[id(params)] = (params, allowed)
+            while len(self._kept) > _KEPT_DECISIONS:
+                del self._kept[next(iter(self._kept))]
+
+    def take(self, params: Any) -> list[bool] | None:
+        with self._lock:
+            kept = self._kept.pop(id(params), None)
+        if kept is None or kept[0] is not params:
+            return None
+        return kept[1]
+
+
+#: Most pricing verdicts waiting for their handler (requests in flight, at most).
+_KEPT_DECISIONS: Final = 4096
+
+
+def _method_of(entry: Any) -> str | None:
+    """The method a batch entry (or lone request) calls; None when it is no request."""
+    if isinstance(entry, dict) and entry.get("jsonrpc") == "2.0":
+        method = entry.get("method")
+        if isinstance(method, str):
+            return method
+    return None
+
+
+def _answer_within_rules(
+    document: bytes,
+    backend: Callable[[bytes], bytes | None],
+    rules: MethodRules,
+    client: str | None,
+    allowed: list[bool] | None = None,
+) -> bytes | None:
+    """The answer to ``document``: what the rules refuse ``client`` is answered here
+    (-32006, the request's id; nothing for a notification), the rest by ``backend``.
+    ``allowed``: the verdict on each entry as the request was priced (None: ask the
+    rules now)."""
+    try:
+        request = _loads(document)
+    except (ValueError, RecursionError):
+        return _dumps(_error(None, E.PARSE_ERROR, "Parse error")).encode()
+    batch = isinstance(request, list)
+    entries = request if batch else [request]
+    forwarded: list[Any] = []
+    refused: list[str] = []
+    if allowed is not None and len(allowed) != len(entries):
+        allowed = None
+    for i, entry in enumerate(entries):
+        method = _method_of(entry)
+        if allowed is not None:
+            refuse = not allowed[i]
+        else:
+            refuse = method is not None and not rules.allowed(method, client)
+        if method is not None and refuse:
+            if not _is_notification(entry):
+                answer = _error(
+                    _request_id(entry),
+                    E.METHOD_NOT_ALLOWED,
+                    "Method not allowed",
+                    {"method": method},
+                )
+                refused.append(_dumps(answer))
+        else:
+            forwarded.append(entry)
+    if len(forwarded) == len(entries):
+        return backend(document)  # (nothing refused: the document as the client wrote it)
+    answers: list[str] = []
+    if forwarded:
+        sent = _dumps(forwarded if batch else forwarded[0]).encode()
+        raw = backend(sent)
+        if raw is not None:
+            try:
+                got = _loads(raw)
+            except (ValueError, RecursionError):
+                got = _error(None, E.INTERNAL_ERROR, "Internal error")
+            answers += [_dumps(a) for a in (got if isinstance(got, list) else [got])]
+    answers += refused
+    if not answers:
+        return None
+    if not batch:
+        return answers[0].encode()
+    return ("[" + ", ".join(answers) + "]").encode()
 
 
 def _check_request(method: object, params: object) -> None:
@@ -709,12 +867,39 @@ def _check_request(method: object, params: object) -> None:
 
 
 class JsonRpcClient:
-    """JSON-RPC 2.0 calls through a DTP RPC client."""
+    """JSON-RPC 2.0 calls through a DTP RPC client.
 
-    def __init__(self, client: RpcClient) -> None:
+    ``prices``: what the service charges per method (its :class:`MethodRules`, or a
+    mapping of method name to MIST), so that a client with a ``meter`` signs for
+    exactly each call's price (docs/messaging.md §2.5); without it every call is
+    metered as one request of the SLA, which a method priced higher is refused for
+    (:class:`~dtp.messaging.errors.PaymentRequired`, its ``data`` saying how many
+    requests it counts as)."""
+
+    def __init__(
+        self,
+        client: RpcClient,
+        *,
+        prices: MethodRules | Mapping[str, int | None] | None = None,
+    ) -> None:
         self.client = client
+        self.prices = prices
         self._next = 1
         self._lock = threading.Lock()
+
+    def requests_of(self, method: str) -> int:
+        """How many requests of the SLA a call of ``method`` is metered as (1 with no
+        meter or no ``prices``)."""
+        meter = self.client.meter
+        prices = self.prices
+        if meter is None or prices is None:
+            return 1
+        if isinstance(prices, MethodRules):
+            rule = prices.rule_for(method)
+            price = None if rule is None else rule.price
+        else:
+            price = prices.get(method)
+        return requests_for(meter.sla, price)
 
     def call(self, method: str, params: list[Any] | dict[str, Any] | None = None, **kw: Any) -> Any:
         """Call ``method``; returns its result or raises the typed RemoteError. ``params``
@@ -728,6 +913,8 @@ class JsonRpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": id_}
         if params is not None:
             request["params"] = params
+        if "requests" not in kw and self.prices is not None:
+            kw["requests"] = self.requests_of(method)
         raw = self.client.call(JSONRPC_METHOD, _dumps(request).encode(), **kw)
         if not isinstance(raw, bytes):
             raise E.MalformedMessage("the JSON-RPC service answered no document")
@@ -761,4 +948,7 @@ class JsonRpcClient:
         request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             request["params"] = params
-        self.client.call(JSONRPC_METHOD, _dumps(request).encode())
+        kw: dict[str, Any] = {}
+        if self.prices is not None:
+            kw["requests"] = self.requests_of(method)
+        self.client.call(JSONRPC_METHOD, _dumps(request).encode(), **kw)

@@ -23,12 +23,20 @@ Nothing waits on a slow party: each link has its own writer thread and a bounded
 each subscription a bounded queue; when one is full the message is dropped *for that
 party only* and counted. A peer learns how many messages its upstream dropped for it (a
 DROPPED frame), a subscriber how many it missed (:attr:`Delivery.dropped_before`).
+
+Defences (gossipsub v1.1 ideas, :mod:`dtp.messaging.pubsub_scoring`): a per-topic
+validation hook (:meth:`PubSubNode.set_validator`) judges each new message from a peer
+before it is delivered or forwarded (accept / ignore / reject), and every peer has a
+decaying score: credit for messages it brought first, a squared penalty for invalid
+ones. A peer below the graylist threshold has its messages dropped unread; below the
+disconnect threshold its links are closed (:meth:`PubSubNode.scores`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -36,6 +44,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,6 +52,8 @@ from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import Oversized, bytes_like, decode_body, encode_frame, read_frames
 from dtp.messaging.protocol import _check_wait
+from dtp.messaging.pubsub_scoring import PeerScore, PeerScores, ScoreParams, Standing, Verdict
+from dtp.messaging.pubsub_validation import Hook, PeerMessage, Validator, close_private_loop
 from dtp.messaging.rpc import BlockingStream
 
 __all__ = [
@@ -51,8 +62,13 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "Delivery",
     "Link",
+    "PeerMessage",
+    "PeerScore",
     "PubSubNode",
+    "ScoreParams",
+    "Standing",
     "Subscription",
+    "Verdict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +100,16 @@ DEFAULT_LINK_QUEUE_BYTES: Final = 16 << 20
 #: Default cap on the bytes of data waiting in one subscription's queue.
 DEFAULT_SUBSCRIPTION_BYTES: Final = 16 << 20
 _STOP: Final = b""
+#: Score keys of links whose stream names no peer (an id() could be reused by a later
+#: link while the closed one's score is still kept).
+_LINK_SERIALS: Final = itertools.count()
+#: The first two bytes of every well-formed PUBLISH body (a msgpack array of 6, kind
+#: 10): what a graylisted peer's frames are recognised by without decoding them.
+_PUBLISH_HEAD: Final = b"\x96\x0a"
+#: Hops stored in the seen cache for a message a validator rejected or ignored: later
+#: copies are not judged again (a rejected one counts against whoever sends it).
+_REJECTED: Final = -1
+_IGNORED: Final = -2
 _WAKE: Final = b"\x00wake"  # identity-compared: the writer should flush control state
 
 
@@ -247,6 +273,20 @@ class Link:
         self.received = 0
         self.sent = 0
         self.violations = 0
+        #: Messages from the peer that a validator rejected (each scored as invalid).
+        self.rejected = 0
+        #: PUBLISH frames dropped unread because the peer was graylisted.
+        self.graylisted_drops = 0
+        key = getattr(stream, "peer_static_key", None)
+        # Scored per peer, not per link: a peer's second link shares its score, and one
+        # that reconnects finds it (the Noise static key is authenticated by the
+        # handshake). A stream without one is scored on its own.
+        if isinstance(key, bytes) and key:
+            self.peer_key: Hashable = ("key", key)
+            self.peer = key.hex()
+        else:
+            self.peer_key = ("link", next(_LINK_SERIALS))
+            self.peer = name
         #: Topics the peer declared past MAX_PEER_TOPICS, refused (violations too).
         self.refused_topics = 0
         #: Topics of interest this node did not tell the peer at its last update: past
@@ -421,12 +461,21 @@ class Link:
         # up to _CONTROL_CAP, and anything else above the node's cap is still refused
         reads = _PatientReads(self.stream, self.closed)
         frames = read_frames(reads, max(cap, _CONTROL_CAP), self.closed, 256 * 1024)
+        node = self.node
         try:
             for item in frames:
                 if self.closed.is_set():
                     break  # a closed link neither delivers nor forwards
                 if isinstance(item, Oversized):
                     self.violations += 1
+                    node._invalid(self)
+                    continue
+                if item[:2] == _PUBLISH_HEAD and node._standing(self) is not Standing.OK:
+                    # dropped unread: no decoding, hashing or validation for a peer
+                    # below the graylist threshold, and one more invalid message, so a
+                    # peer that goes on sending sinks to the disconnect threshold
+                    self.graylisted_drops += 1
+                    node._invalid(self)
                     continue
                 try:
                     message = decode_body(item)
@@ -440,6 +489,7 @@ class Link:
                         self._handle(message)
                 except E.MessagingProtocolError:
                     self.violations += 1
+                    node._invalid(self)
         except E.MessagingProtocolError as exc:
             # the stream ended inside a frame (read_frames): a message cut off, which
             # the link ended on with nothing counted, as for a clean end of stream
@@ -448,7 +498,30 @@ class Link:
         except (DTPError, OSError) as exc:
             logger.debug("pubsub link %s: reading failed: %s", self.name, exc)
         finally:
+            close_private_loop()
             self.close()
+
+    def _cut_off(self) -> None:
+        """(reader thread) The peer's score fell below the disconnect threshold: close
+        the link and end its connection (the one case a node ends a stream it did not
+        open: a link that only stopped reading left the peer's frames to fill the
+        connection's window, and the connection open)."""
+        if self.closed.is_set():
+            return
+        logger.warning(
+            "pubsub link %s: peer %s below the disconnect threshold; link closed",
+            self.name,
+            self.peer,
+        )
+        self.close()
+        end = getattr(self.stream, "abort", None)
+        with contextlib.suppress(DTPError, OSError):
+            if callable(end):
+                end("pub/sub peer score below the disconnect threshold")
+            else:
+                close = getattr(self.stream, "close", None)
+                if callable(close):
+                    close()
 
     def _handle(self, message: Any) -> None:
         if not isinstance(message, list) or not message or type(message[0]) is not int:
@@ -565,8 +638,14 @@ class PubSubNode:
         seen_cache: int = 65536,
         max_message_size: int = 256 * 1024,
         link_queue_bytes: int = DEFAULT_LINK_QUEUE_BYTES,
+        scoring: ScoreParams | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``link_queue`` and ``link_queue_bytes`` bound each link's queue of frames (in
+        """``scoring``: the weights and thresholds of peer scores (default
+        :class:`ScoreParams()`, docs/messaging.md §4.2); ``clock``: the seconds they
+        decay on (a monotonic clock; tests pass a virtual one).
+
+        ``link_queue`` and ``link_queue_bytes`` bound each link's queue of frames (in
         count and in bytes): a peer that reads slowly or not at all has what does not fit
         dropped, and counted. Sizes out of range are a ValueError (a TypeError when not
         ints): a queue of 0 was unbounded, a ``seen_cache`` of 0 delivered each message
@@ -587,6 +666,17 @@ class PubSubNode:
             _check_size(name, value, low, high)
         if node_id is not None:
             _check_node_id(node_id)
+        if scoring is not None and not isinstance(scoring, ScoreParams):
+            raise TypeError(f"scoring must be ScoreParams, not {type(scoring).__name__!r}")
+        if not callable(clock):
+            raise TypeError("clock must be callable (seconds, monotonic)")
+        self._scores = PeerScores(scoring)
+        self._clock = clock
+        self._validators: dict[str, Validator] = {}
+        #: Messages from peers that validators rejected / ignored (each counted once,
+        #: when first judged).
+        self.rejected = 0
+        self.ignored = 0
         self.node_id = os.urandom(8).hex() if node_id is None else node_id
         self.max_hops = max_hops
         self.link_queue = link_queue
@@ -658,6 +748,7 @@ class PubSubNode:
                 self.link_queue_bytes,
             )
             self._attached += 1
+            self._scores.connect(link.peer_key, link.peer, self._clock())
             with contextlib.suppress(TypeError):  # a stream without weak references
                 self._read_streams.add(stream)
             # what the new link is told is computed when its writer starts; nobody
@@ -665,6 +756,71 @@ class PubSubNode:
             self._links.append(link)
         link.start()
         return link
+
+    # -- defences (docs/messaging.md §4.1, §4.2) ---------------------------------------------
+
+    def set_validator(
+        self,
+        topic: str,
+        hook: Hook | None,
+        *,
+        loop: Any = None,
+        timeout: float = 5.0,
+    ) -> None:
+        """Judge every new message of ``topic`` (exact match) that a peer sends before
+        it is delivered or forwarded: ``hook(PeerMessage)`` returns a :class:`Verdict`
+        (or an awaitable of one: a coroutine function works). ACCEPT delivers and
+        forwards it; IGNORE drops it; REJECT drops it and counts it against the peer
+        that sent it (and any other that sends a copy). A hook that raises, takes more
+        than ``timeout`` seconds (awaitables only) or returns no Verdict counts as
+        IGNORE and is logged. ``loop``: the event loop an awaitable runs on (default: a
+        private loop of the link's reader thread). A sync hook runs in the reader
+        thread of the peer's link: a slow one slows that peer only.
+
+        One hook per topic: a new one replaces the last; None removes it. Messages the
+        node's own application publishes are not judged (``publish`` may run on the
+        very loop an async hook needs)."""
+        _check_topic(topic)
+        if hook is None:
+            with self._lock:
+                self._validators.pop(topic, None)
+            return
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, not {type(hook).__name__!r}")
+        _check_wait(timeout)
+        if loop is not None and not callable(getattr(loop, "call_soon_threadsafe", None)):
+            raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__!r}")
+        with self._lock:
+            self._validators[topic] = Validator(hook, loop, timeout)
+
+    def validator_failures(self, topic: str) -> int:
+        """Calls of ``topic``'s hook that raised, timed out or returned no Verdict (0
+        with no hook)."""
+        with self._lock:
+            validator = self._validators.get(topic)
+        return 0 if validator is None else validator.failures
+
+    def scores(self) -> dict[str, PeerScore]:
+        """Every known peer's score now, by peer (its Noise static key in hex, or the
+        link's name for a stream without one): peers with a link, and for a while
+        (docs/messaging.md §4.2) those whose links closed."""
+        return self._scores.view(self._clock())
+
+    def _standing(self, link: Link) -> Standing:
+        return self._scores.standing(link.peer_key, self._clock())
+
+    def _invalid(self, link: Link) -> None:
+        """(``link``'s reader) The peer sent one invalid message: score it, and cut it
+        off below the disconnect threshold."""
+        standing = self._scores.invalid(link.peer_key, link.peer, self._clock())
+        if standing is Standing.DISCONNECT:
+            link._cut_off()
+
+    def _judge(self, message: PeerMessage) -> Verdict:
+        """The verdict of ``message``'s topic hook (ACCEPT with none)."""
+        with self._lock:
+            validator = self._validators.get(message.topic)
+        return Verdict.ACCEPT if validator is None else validator(message)
 
     def _was_read(self, stream: object) -> bool:
         """(lock held) Whether a link of this node read ``stream`` (False for a stream
@@ -678,6 +834,7 @@ class PubSubNode:
         with self._lock:
             if link in self._links:
                 self._links.remove(link)
+                self._scores.disconnect(link.peer_key, self._clock())
                 gone = self._seen_by.pop(link, None)
                 if gone:
                     self._seen_by.setdefault(_GONE, OrderedDict()).update(gone)
@@ -985,20 +1142,43 @@ class PubSubNode:
                 # A closed link neither delivers nor forwards. Nor does it remember: a
                 # copy of this message from another peer is then new, not a duplicate.
                 return
-            before = self._remember(key, hops, src)
-            if before is not None:
-                self.duplicates += 1
-                # a copy with more hops left than the first goes on (not delivered again):
-                # on a mesh the first copy may come the long way round with fewer hops
-                # left, and was the only one forwarded, so subscribers the short path
-                # reached within the hop limit missed the message
-                if hops <= before or hops <= 1:
-                    return
-            if hops <= 1:
-                # (counted under the lock: several readers count at once)
-                self.hop_limited += 1
-            links = [link for link in self._links if link is not src and link.wants(topic)]
+            known = self._seen.get(key)
+            judged = known is None and topic in self._validators
+        if judged:
+            # Outside the lock: a hook may take its time. Two links bringing the same
+            # new message at once may both ask; the cache below still delivers it once.
+            verdict = self._judge(PeerMessage(topic, data, message_id, origin, src.name, src.peer))
+            if verdict is not Verdict.ACCEPT:
+                self._drop(key, hops, src, verdict)
+                return
+        with self._lock:
+            if src.closed.is_set():
+                return
+            known = self._seen.get(key)
+            if known is not None and known < 0:
+                verdict = Verdict.REJECT if known == _REJECTED else Verdict.IGNORE
+            else:
+                verdict = Verdict.ACCEPT
+                before = self._remember(key, hops, src)
+                if before is not None:
+                    self.duplicates += 1
+                    # a copy with more hops left than the first goes on (not delivered
+                    # again): on a mesh the first copy may come the long way round with
+                    # fewer hops left, and was the only one forwarded, so subscribers
+                    # the short path reached within the hop limit missed the message
+                    if hops <= before or hops <= 1:
+                        return
+                if hops <= 1:
+                    # (counted under the lock: several readers count at once)
+                    self.hop_limited += 1
+                links = [link for link in self._links if link is not src and link.wants(topic)]
+        if verdict is not Verdict.ACCEPT:
+            # judged before (here or on another link) and dropped: so is this copy,
+            # and a copy of an invalid message is invalid too (gossipsub v1.1 P4)
+            self._drop(key, hops, src, verdict)
+            return
         if before is None:
+            self._scores.first_delivery(src.peer_key, src.peer, self._clock())
             self._deliver(topic, data, message_id, origin)
         if hops <= 1:
             return
@@ -1009,6 +1189,31 @@ class PubSubNode:
         )
         for link in links:
             link.offer(frame)
+
+    def _drop(self, key: bytes, hops: int, src: Link, verdict: Verdict) -> None:
+        """A message from ``src`` judged IGNORE or REJECT: remember the verdict (copies
+        are not judged again, and count as it did) and score a rejection against the
+        peer."""
+        with self._lock:
+            if src.closed.is_set():
+                return
+            known = self._seen.get(key)
+            if known is None:
+                self._remember(key, hops, src)
+                self._seen[key] = _REJECTED if verdict is Verdict.REJECT else _IGNORED
+                if verdict is Verdict.REJECT:
+                    self.rejected += 1
+                else:
+                    self.ignored += 1
+            else:
+                self.duplicates += 1
+                if known >= 0:
+                    # accepted on another link while this one asked: delivered there
+                    return
+                verdict = Verdict.REJECT if known == _REJECTED else Verdict.IGNORE
+        if verdict is Verdict.REJECT:
+            src.rejected += 1
+            self._invalid(src)
 
     def _deliver(self, topic: str, data: bytes, message_id: bytes, origin: str | None) -> None:
         with self._lock:

@@ -64,7 +64,8 @@ from dtp.payments.ends import (
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
 from dtp.payments.receipt_writer import ReceiptWriter
-from dtp.payments.refunds import collect_refund, refunds_for
+from dtp.payments.refund_engine import RefundAction, RefundStep, refund_cost, worth_gas
+from dtp.payments.refunds import collect_refund, connection_ended
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -318,31 +319,31 @@ class ClientPayment:
         :attr:`collect_refunds` is False): a server whose fee did not cover the gas of
         its settlement leaves it to us (docs/escrow.md §7.1), and so does one that
         crashed. On a ledger that charges gas, a deposit whose remainder would not pay
-        for the half-close and the settlement is left as it is (logged)."""
+        for the half-close and the settlement is left as it is (logged). A connection
+        the collector holds from its open (``on_open``) is released to it whatever
+        happened here (:func:`~dtp.payments.refunds.connection_ended`)."""
         if self._finished:
             return
         self._finished = True
+        half_closed = False
         try:
             if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
                 return
             if not self._refund_worth_gas():
                 return
             self.ledger.close_connection(self.identity, self.connection_id)
+            half_closed = True
         except ConnectionStateError as exc:
             # the server closed (and maybe settled) first: nothing left for us to do
             logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
-            return
         except DTPError as exc:
             logger.warning(
                 "could not close connection %s on the ledger: %s", self.connection_id, exc
             )
-            return
-        if self.collect_refunds:
-            try:
-                refunds_for(self.ledger, self.identity).add(self.connection_id)
-            except RuntimeError as exc:  # (a collector closed by its owner)
-                logger.warning(
-                    "connection %s: its refund is not collected: %s", self.connection_id, exc
+        finally:
+            if self.collect_refunds:
+                connection_ended(
+                    self.ledger, self.identity, self.connection_id, half_closed=half_closed
                 )
 
     #: Whether :meth:`finish` has the process's refund collector settle a connection it
@@ -351,19 +352,22 @@ class ClientPayment:
 
     def _refund_worth_gas(self) -> bool:
         """Whether what the escrow would give back covers the gas of the half-close and
-        the settlement (always, on a ledger that charges none)."""
-        gas = self.ledger.end_gas()
-        if not gas.charged:
+        the settlement (always, on a ledger that charges none): the refund engine's rule
+        (:func:`~dtp.payments.refund_engine.worth_gas`), which the collector applies
+        too."""
+        cost = refund_cost(RefundAction.HALF_CLOSE, self.ledger.end_gas())
+        if not cost:
             return True
         balance = self.ledger.get_escrow(self.escrow_id).balance
-        if balance >= gas.client_refund:
+        step = worth_gas(RefundStep(RefundAction.HALF_CLOSE, cost=cost), balance)
+        if step.action is not RefundAction.SKIP:
             return True
         logger.info(
             "connection %s: the %d MIST left in its escrow is less than the %d MIST of gas "
             "its half-close and settlement cost; left on the ledger",
             self.connection_id,
             balance,
-            gas.client_refund,
+            cost,
         )
         return False
 

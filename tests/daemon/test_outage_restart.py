@@ -23,6 +23,7 @@ from dtp.daemon.refunds import OpenedBook
 from dtp.daemon.state import CONNECTIONS_FILE
 from dtp.ledger.connections import find_connections
 from tests.daemon.daemon_configs import write_provider
+from tests.daemon.metrics_scrape import METRICS, scrape, value
 from tests.daemon.tcp_backends import Backend, serves_health_checks
 from tests.support.daemon_procs import (
     SUI,
@@ -58,7 +59,7 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
                 7000,
                 f"deposit = {DEPOSIT}\n",
                 ledger=f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nrefund_interval = 0.2'
-                "\ndrain_timeout = 2",
+                f"\ndrain_timeout = 2\n{METRICS}",
             )
             forwarder = daemon(config)
             client = forwarder.info["address"]
@@ -75,6 +76,10 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
                     timeout=30,
                     what="the forwarder's half-close",
                 )
+                # (its metrics: one connection waiting in the book, none settled yet)
+                samples = scrape(str(forwarder.info["metrics"]))
+                assert value(samples, "dtp_refunds_waiting") == 1
+                assert value(samples, "dtp_refunds_settled_total") == 0
                 assert forwarder.stop() == 0  # before the ten minutes are over
             assert not ledger.get_connection(cid).settled
             book = OpenedBook(tmp_path / "forwarder-state" / CONNECTIONS_FILE)
@@ -91,6 +96,16 @@ def test_a_restarted_forwarder_settles_the_connection_its_dead_provider_left(
                     timeout=30,
                     what="the settlement after the restart",
                 )
+                metrics = str(again.info["metrics"])
+                wait_until(
+                    lambda: value(scrape(metrics), "dtp_refunds_settled_total") == 1,
+                    timeout=30,
+                    what="the settlement counted in the metrics",
+                )
+                samples = scrape(metrics)
+                assert value(samples, "dtp_refunded_mist_total") == DEPOSIT
+                assert value(samples, "dtp_refunds_waiting") == 0
+                assert value(samples, "dtp_refunds_skipped_total") == 0
                 assert again.stop() == 0
         escrow = ledger.get_escrow(ledger.get_connection(cid).escrow)
         assert (escrow.claimed, escrow.refunded, escrow.balance) == (0, DEPOSIT, 0)

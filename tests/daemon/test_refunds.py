@@ -14,22 +14,19 @@ the ten minutes pass in no time."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
-from dtp.daemon.refunds import (
-    LOOK_SOON,
-    OpenedBook,
-    RefundAction,
-    Refunds,
-    next_look,
-    refund_step,
-)
+from dtp.daemon.refunds import Refunds
 from dtp.daemon.state import CONNECTIONS_FILE
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.payments.refund_book import OpenedBook
 from tests.support.paid_inprocess import ident
 
 SERVER, CLIENT = ident(0x54), ident(0x55)
@@ -67,52 +64,6 @@ def open_one(ledger: LocalLedger, host: str) -> tuple[str, str]:
 
 def look(refunds: Refunds) -> float:
     return asyncio.run(refunds.look())
-
-
-# -- the decisions, sans I/O ---------------------------------------------------------------
-
-
-def test_each_state_gets_its_step(ledger: LocalLedger, host: str) -> None:
-    _, cid = open_one(ledger, host)
-    now = ledger.clock_ms()
-    assert refund_step(ledger.get_connection(cid), now).action is RefundAction.HALF_CLOSE
-    ledger.close_connection(CLIENT, cid)
-    tc = ledger.get_connection(cid)
-    waiting = refund_step(tc, now)
-    assert waiting.action is RefundAction.WAIT
-    assert waiting.at_ms == now + HALF_CLOSE_TIMEOUT_MS
-    assert refund_step(tc, now + HALF_CLOSE_TIMEOUT_MS - 1).action is RefundAction.WAIT
-    assert refund_step(tc, now + HALF_CLOSE_TIMEOUT_MS).action is RefundAction.SETTLE
-    ledger.settle(SERVER, cid)  # the provider's settlement
-    assert refund_step(ledger.get_connection(cid), now).action is RefundAction.FORGET
-    assert refund_step(None, now).action is RefundAction.FORGET  # never landed
-
-
-def test_the_next_look_comes_at_the_first_deadline_or_the_interval() -> None:
-    assert next_look([], 1000, 30.0) == 30.0
-    assert next_look([1000 + 4_000, 1000 + 90_000], 1000, 30.0) == 4.0
-    assert next_look([500], 1000, 30.0) == LOOK_SOON  # passed: soon, not in a tight loop
-
-
-def test_the_book_survives_its_file_being_closed_and_opened_again(tmp_path: Path) -> None:
-    path = tmp_path / CONNECTIONS_FILE
-    book = OpenedBook(path)
-    assert book.entries() == [] and not path.exists()  # made by the first record
-    book.record("f", "0x" + "01" * 32, None)
-    book.record("f", "0x" + "02" * 32, "0x" + "a2" * 32)
-    book.record("f", "0x" + "01" * 32, "0x" + "a1" * 32)  # the ID once the open landed
-    book.record("f", "0x" + "01" * 32, None)  # (a late repeat keeps it)
-    book.close()
-    again = OpenedBook(path)
-    try:
-        assert [(e.cap_id[-2:], e.connection_id) for e in again.entries()] == [
-            ("01", "0x" + "a1" * 32),
-            ("02", "0x" + "a2" * 32),
-        ]
-        again.forget("0x" + "01" * 32)
-        assert [e.connection_id for e in again.entries()] == ["0x" + "a2" * 32]
-    finally:
-        again.close()
 
 
 # -- the looks, on the ledger ---------------------------------------------------------------
@@ -177,9 +128,9 @@ def test_an_open_recorded_before_it_landed_is_found_by_its_cap(
     landed is forgotten."""
     book = OpenedBook(tmp_path / CONNECTIONS_FILE)
     cap, cid = open_one(ledger, host)
-    book.record("svc", cap, None)
+    book.record(cap, None, "svc")
     lost_cap = ledger.create_spending_cap(CLIENT, DEPOSIT)  # its open never went
-    book.record("svc", lost_cap, None)
+    book.record(lost_cap, None, "svc")
     book.close()
     refunds = Refunds(ledger, CLIENT, tmp_path)  # the next start
     try:
@@ -274,5 +225,51 @@ def test_the_task_looks_again_when_a_link_ends(
 
     try:
         asyncio.run(run())
+    finally:
+        refunds.close()
+
+
+def test_a_look_cancelled_as_it_settles_still_says_so(
+    tmp_path: Path,
+    ledger: LocalLedger,
+    host: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The daemon stops while a look's settlement is under way in its worker thread:
+    the stop waits for that call, and the refund it made is logged and counted, not
+    lost with the cancelled task."""
+    refunds = Refunds(ledger, CLIENT, tmp_path)
+    try:
+        attempt = refunds.attempt("svc")
+        cap, cid = open_one(ledger, host)
+        attempt(cap, cid)
+        ledger.close_connection(CLIENT, cid)
+        attempt.release()
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        entered, go = threading.Event(), threading.Event()
+        settle = ledger.settle
+
+        def slow_settle(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            go.wait(10)
+            return settle(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, "settle", slow_settle)
+
+        async def stop_mid_look() -> None:
+            task = asyncio.ensure_future(refunds.look())
+            assert await asyncio.to_thread(entered.wait, 10)
+            task.cancel()
+            await asyncio.sleep(0.05)
+            go.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        with caplog.at_level(logging.INFO, logger="dtp.daemon.refunds"):
+            asyncio.run(stop_mid_look())
+        assert ledger.get_connection(cid).settled
+        assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)
+        assert any("deposit refunded" in r.getMessage() for r in caplog.records)
     finally:
         refunds.close()

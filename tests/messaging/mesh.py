@@ -68,9 +68,14 @@ class RawPeer:
     """A hand-driven peer of mesh node ``at`` over a real DTP connection: it sends the
     frames it is given and records every frame the node sends it."""
 
-    def __init__(self, mesh: Mesh, at: int, name: str = "raw") -> None:
+    def __init__(
+        self, mesh: Mesh, at: int, name: str = "raw", identity: HostIdentity | None = None
+    ) -> None:
         self.sock = dtp.socket.create_connection(
-            mesh.servers[at].address, server_key=mesh.ids[at].noise_public, timeout=10
+            mesh.servers[at].address,
+            server_key=mesh.ids[at].noise_public,
+            timeout=10,
+            identity=identity,
         )
         node_side, _ = mesh.servers[at].accept(timeout=10)
         self.sock.settimeout(None)

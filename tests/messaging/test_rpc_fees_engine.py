@@ -413,9 +413,11 @@ def test_a_failing_fee_check_is_the_requests_internal_error() -> None:
     assert ServerCallFees.refusal(E.PaymentRequired("no receipt")) == (
         E.PAYMENT_REQUIRED,
         "no receipt",
+        None,
     )
     for exc in (OSError(28, "disk full"), TypeError("x"), RuntimeError("secret")):
-        code, message = ServerCallFees.refusal(exc)
+        code, message, data = ServerCallFees.refusal(exc)
+        assert data is None
         assert code == E.INTERNAL_ERROR
         assert message == f"internal error ({type(exc).__name__})"  # (no detail leaks)
 

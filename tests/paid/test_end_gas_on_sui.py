@@ -134,9 +134,7 @@ def _forget_refunds(ledger: Ledger) -> None:
     that leave a deposit behind look at it themselves; logged at exit, it is noise)."""
     for collector in list(dtp.payments.refunds._collectors.values()):
         if collector.ledger is ledger:
-            with collector._cond:
-                collector._waiting.clear()
-            collector.close()
+            collector.close(log_waiting=False)
 
 
 def _serve(provider: Provider, port: int, **options: Any) -> dtp.socket.PaidServer:

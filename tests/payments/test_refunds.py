@@ -7,46 +7,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import dtp.payments.refunds as refunds
-from dtp.identity.keys import HostIdentity
-from dtp.ledger.interface import Ledger
-from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.receipt import Receipt, fee
-from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.payments.refund_book import OpenedBook
 from dtp.payments.refunds import RefundCollector
 from tests.support.polling import wait_for
-from tests.support.sui_node import SuiNodeStandIn
-
-SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000)
-DEPOSIT = 10_000_000
-PORT = 80
-
-
-@dataclass
-class Place:
-    ledger: Ledger
-    node: SuiNodeStandIn | None
-    server: HostIdentity
-    client: HostIdentity
-    host: str
-    server_ledger: Ledger
-
-    def open(self, deposit: int = DEPOSIT) -> str:
-        cap = self.ledger.create_spending_cap(self.client, deposit)
-        return self.ledger.open_connection(self.client, self.host, PORT, cap, deposit).connection_id
-
-    def advance(self, ms: int) -> None:
-        if self.node is not None:
-            self.node.advance_clock(ms)
-        else:
-            assert isinstance(self.ledger, LocalLedger)
-            self.ledger.advance_clock(ms)
+from tests.support.refund_places import DEPOSIT, SLA, Place, refund_place
 
 
 @pytest.fixture(params=["local", "sui"])
@@ -55,28 +26,8 @@ def place(
 ) -> Iterator[Place]:
     monkeypatch.setattr(refunds, "POLL", 0.05)
     monkeypatch.setattr(refunds, "RETRY", 0.05)
-    server, client = HostIdentity.generate(), HostIdentity.generate()
-    if request.param == "local":
-        ledger: Ledger = LocalLedger(tmp_path / "ledger.db")
-        assert isinstance(ledger, LocalLedger)
-        for who in (server, client):
-            ledger.faucet(who.sui_address, 10**10)
-        host = ledger.create_host(server, server.noise_public)
-        ledger.add_service(server, host, PORT, "raw", SLA)
-        yield Place(ledger, None, server, client, host, ledger)
-        ledger.close()
-        return
-    with SuiNodeStandIn(clock_ms=1_000_000) as node:
-        for who in (server, client):
-            node.faucet(who.sui_address, 10**10)
-        server_ledger = SuiLedger(SuiConfig(node.url, node.package_id))
-        host = server_ledger.create_host(server, server.noise_public)
-        server_ledger.add_service(server, host, PORT, "raw", SLA)
-        ledger = SuiLedger(SuiConfig(node.url, node.package_id))
-        yield Place(ledger, node, server, client, host, server_ledger)
-        ledger.close()
-        server_ledger.close()
-        node.state.check()
+    with refund_place(request.param, tmp_path) as made:
+        yield made
 
 
 def test_a_half_closed_connection_is_settled_once_its_timeout_has_passed(place: Place) -> None:
@@ -122,22 +73,42 @@ def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place
     assert rc.refunded == [(cid, DEPOSIT - receipt.total_amount)]
 
 
+def _in_book(path: Path) -> dict[str | None, int | None]:
+    with OpenedBook(path) as book:
+        return {e.connection_id: e.due_ms for e in book.entries()}
+
+
 def test_the_connections_waiting_survive_a_restart_in_their_file(
     place: Place, tmp_path: Path
 ) -> None:
     cid = place.open()
     place.ledger.close_connection(place.client, cid)
-    path = tmp_path / "refunds.json"
+    path = tmp_path / "refunds.sqlite"
     with RefundCollector(place.ledger, place.client, path) as rc:
         rc.add(cid)
         assert wait_for(lambda: rc.pending().get(cid) is not None, 5)
-    assert cid in json.loads(path.read_text())  # (closed: kept, not logged)
+    assert cid in _in_book(path)  # (closed: kept, not logged)
     place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
     with RefundCollector(place.ledger, place.client, path) as again:
         assert cid in again
         again.start()
         assert wait_for(lambda: again.refunded, 5)
-    assert json.loads(path.read_text()) == {}
+    assert _in_book(path) == {}
+
+
+def test_a_file_of_the_first_collector_is_taken_up(place: Place, tmp_path: Path) -> None:
+    """Its JSON (connection ID -> due time) becomes a book with the same connections."""
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    path = tmp_path / "refunds.json"
+    path.write_text(json.dumps({cid: None, "not an ID": 5}))
+    place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+    with RefundCollector(place.ledger, place.client, path) as rc:
+        assert rc.pending() == {cid: None}
+        rc.start()
+        assert wait_for(lambda: rc.refunded, 5)
+    assert rc.refunded == [(cid, DEPOSIT)]
+    assert _in_book(path) == {}
 
 
 @pytest.mark.parametrize("place", ["sui"], indirect=True)

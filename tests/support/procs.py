@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.paths import ROOT
 
@@ -31,14 +32,11 @@ class ServerProc:
 
 
 @contextmanager
-def server_process(
-    mode: str, api: str = "blocking", deny: list[str] | None = None
-) -> Iterator[ServerProc]:
-    cmd = [sys.executable, "-m", "tests.support.servers", mode, "--api", api]
-    if deny:
-        cmd += ["--deny", *deny]
+def announcing(module: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``python -m module args`` run from the checkout, and the JSON line it prints once
+    ready (its stderr in the error when it prints none); killed at the end if alive."""
     proc = subprocess.Popen(
-        cmd,
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -49,11 +47,12 @@ def server_process(
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
+            proc.wait(10)
             raise RuntimeError(
-                f"test server failed to start: {proc.stderr.read() if proc.stderr else ''}"
+                f"{module} {' '.join(args)} failed to start: "
+                f"{proc.stderr.read() if proc.stderr else ''}"
             )
-        info = json.loads(line)
-        yield ServerProc(proc, info["port"], bytes.fromhex(info["key"]), info["address"])
+        yield proc, json.loads(line)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -61,6 +60,17 @@ def server_process(
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@contextmanager
+def server_process(
+    mode: str, api: str = "blocking", deny: list[str] | None = None
+) -> Iterator[ServerProc]:
+    args = [mode, "--api", api]
+    if deny:
+        args += ["--deny", *deny]
+    with announcing("tests.support.servers", *args) as (proc, info):
+        yield ServerProc(proc, info["port"], bytes.fromhex(info["key"]), info["address"])
 
 
 def rss_kib(pid: int) -> int:

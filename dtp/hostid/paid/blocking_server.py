@@ -46,7 +46,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 from dtp.errors import (
     ChainError,
@@ -58,6 +58,7 @@ from dtp.hostid.paid.blocking_server_handover import ServerHandover
 from dtp.hostid.paid.blocking_server_lifetime import ServerLifetime
 from dtp.hostid.paid.blocking_server_policy import HostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.request_billing import RequestServer, bill_for
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
     EndPhase,
@@ -118,14 +119,17 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
     integer -- but before the ledger is read or written). ``open_grace``: seconds the
     admission looks for a connection a client names whose open may still be landing,
     as :func:`dtp.socket.create_server`'s (InvalidArgument, also before the ledger is
-    read or written).
+    read or written). ``billing``: ``"bytes"`` (the connection metered by its
+    transport, the handler given a :class:`PaidSocket`) or ``"requests"`` (the handler
+    is an :class:`~dtp.messaging.rpc.RpcServer` made without ``payments``, each of its
+    requests paid by the receipt it carries: :mod:`~dtp.hostid.paid.request_billing`).
     """
 
     def __init__(
         self,
         host_id: str,
         port: int,
-        handler: Handler,
+        handler: Handler | RequestServer,
         *,
         ledger: Ledger,
         identity: HostIdentity,
@@ -139,8 +143,12 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
         open_grace: float | None = None,
+        billing: Literal["bytes", "requests"] = "bytes",
     ) -> None:
         from dtp.hostid.blocking import create_server
+
+        if billing not in ("bytes", "requests"):
+            raise ValueError(f'billing is "bytes" or "requests", not {billing!r}')
 
         options = ServerOptions.checked(
             identity,
@@ -181,6 +189,8 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         self.store, opened = open_store(receipts)
         self._own_store = closes_store(receipts)
         try:
+            #: With ``billing="requests"``: the handler, serving requests paid one by one
+            self.requests = _request_server(handler) if billing == "requests" else None
             self.receipt_writer = ReceiptWriter(self.store)
         except BaseException:
             if opened:
@@ -334,7 +344,13 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         failed = False
         try:
             paid.throttle(requests=1)  # the first stream is the first request
-            self.handler(PaidSocket(sock, paid))
+            if self.requests is not None:
+                # each RPC request pays by its receipt (request_billing), not the bytes
+                key = normalize_id(cid, "connection ID")
+                bill = bill_for(gate, key, self.store, self.ledger)
+                self.requests.serve_billed(sock, bill)
+            else:
+                cast(Handler, self.handler)(PaidSocket(sock, paid))
         except Exception as exc:
             raised = self.core.handler_raised(cid, exc, paid.terminated)
             logger.log(raised.level, raised.message, exc_info=raised.exc_info)
@@ -357,8 +373,9 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         for step in phase:
             try:
                 if step is EndStep.FINAL_RECEIPT:
-                    with contextlib.suppress(DTPError):
-                        paid.request_final_receipt()
+                    if self.requests is None:  # (per request: each receipt came first)
+                        with contextlib.suppress(DTPError):
+                            paid.request_final_receipt()
                 elif step is EndStep.TOP_UP:
                     paid.read_deposit(ending=True)
                 elif step is EndStep.ENDING:
@@ -400,3 +417,19 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         """:meth:`close` (connections still served settle after it: see
         :meth:`wait_released`)."""
         self.close()
+
+
+def _request_server(handler: object) -> RequestServer:
+    """The handler of ``billing="requests"``, made ready (TypeError for one that serves
+    no requests, ValueError for one that has fees of its own)."""
+    if not (
+        callable(getattr(handler, "bill_per_request", None))
+        and callable(getattr(handler, "serve_billed", None))
+    ):
+        raise TypeError(
+            'billing="requests" serves RPC: the handler is an RpcServer, '
+            f"not {type(handler).__name__!r}"
+        )
+    server = cast(RequestServer, handler)
+    server.bill_per_request()
+    return server

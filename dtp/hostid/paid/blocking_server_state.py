@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted
     from dtp.hostid.paid.blocking import Handler, PaidConnection
     from dtp.hostid.paid.policy import ServicePolicy
+    from dtp.hostid.paid.request_billing import RequestServer
     from dtp.hostid.paid.server_admission import PaidAdmission
     from dtp.hostid.paid.server_core import PaidServerCore
     from dtp.identity.keys import HostIdentity
@@ -36,7 +37,8 @@ class PaidServerState:
     identity: HostIdentity
     host_id: str
     port: int
-    handler: Handler
+    handler: Handler | RequestServer
+    requests: RequestServer | None
     policy: ServicePolicy
     core: PaidServerCore[PaidConnection]
     _serving: ConnectionIds

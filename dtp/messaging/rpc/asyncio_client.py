@@ -23,6 +23,7 @@ from dtp.messaging.protocol import (
     ResponseReceived,
     RpcEvent,
     RpcProtocol,
+    _check_count,
 )
 from dtp.messaging.rpc.client_base import ClientBase, check_client_options
 from dtp.messaging.rpc.engine import ClientFees
@@ -99,8 +100,12 @@ class AsyncRpcClient(ClientBase):
         *,
         timeout: float | None = DEFAULT,
         meta: Mapping[str, Any] | None = None,
+        requests: int = 1,
     ) -> Any:
-        """Call ``method`` and await its result (raises the typed error otherwise)."""
+        """Call ``method`` and await its result (raises the typed error otherwise).
+        ``requests``: with a ``meter``, how many requests of the SLA the call is
+        metered as (docs/messaging.md §2.5; 0: a free method)."""
+        _check_count("requests", requests, 0)
         self._start()
         if timeout is DEFAULT:
             timeout = self.timeout
@@ -117,7 +122,7 @@ class AsyncRpcClient(ClientBase):
             )
         else:
             check = self._can_send(method, params, timeout)
-            paid = fees.begin(extra, timeout, check)
+            paid = fees.begin(extra, timeout, check, requests)
             if paid.deposit_timeout is not None:
                 assert paid.prepay is not None
                 # (a call cancelled meanwhile leaves the escrow made to refund_due: its

@@ -13,6 +13,7 @@ from typing import Any
 
 from dtp.errors import DTPError
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import (
     AckReceived,
     NotificationReceived,
@@ -28,6 +29,7 @@ from dtp.messaging.rpc.fees import (
     stream_payments,
 )
 from dtp.messaging.rpc.server_base import (
+    ONE_REQUEST,
     CallContext,
     Handler,
     ServerBase,
@@ -69,8 +71,9 @@ class AsyncRpcServer(ServerBase):
         max_pending: int = 1024,
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
+        rules: MethodRules | None = None,
     ) -> None:
-        super().__init__(max_message_size, max_pending, payments, response_fees)
+        super().__init__(max_message_size, max_pending, payments, response_fees, rules)
         self.violations = 0
         self.served = 0
 
@@ -140,9 +143,14 @@ class AsyncRpcServer(ServerBase):
             try:
                 refused = None
                 try:
-                    for step in fees.admission(event.meta, peer) if fees.paid else ():
+                    prices = ONE_REQUEST
+                    if self.rules is not None or self.priced:
+                        # the method rules first: a refused request takes no fee
+                        # (docs/messaging.md §2.5)
+                        prices = self.request_cost(event.method, event.params, peer)
+                    for step in fees.admission(event.meta, peer, prices) if fees.paid else ():
                         if type(step) is PayRequest:
-                            await step.payments.admit_async(step.meta)
+                            await step.payments.admit_async(step.meta, step.requests)
                         else:
                             assert ctx is not None and type(step) is TakeEscrow
                             # (a request cancelled meanwhile -- its CANCEL, the
@@ -250,7 +258,9 @@ class AsyncRpcServer(ServerBase):
                                 task.cancel()
                         elif isinstance(event, NotificationReceived):
                             n_entry = self.notifications.get(event.method)
-                            if n_entry is not None:
+                            if n_entry is not None and self.notification_allowed(
+                                event.method, peer
+                            ):
                                 outcome = call_notification(n_entry, event, peer)
                                 if inspect.isawaitable(outcome):
                                     try:

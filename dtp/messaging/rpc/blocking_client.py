@@ -18,7 +18,7 @@ from typing import Any
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
-from dtp.messaging.protocol import ProtocolViolation, RpcProtocol, _check_wait
+from dtp.messaging.protocol import ProtocolViolation, RpcProtocol, _check_count, _check_wait
 from dtp.messaging.rpc.blocking_client_reads import _READ_SLICE, ClientReads
 from dtp.messaging.rpc.blocking_client_state import _deadline
 from dtp.messaging.rpc.client_base import check_client_options
@@ -141,8 +141,12 @@ class RpcClient(ClientReads):
         *,
         timeout: float | None = DEFAULT,
         meta: Mapping[str, Any] | None = None,
+        requests: int = 1,
     ) -> Any:
-        """Call ``method`` and wait for its result (raises the typed error otherwise)."""
+        """Call ``method`` and wait for its result (raises the typed error otherwise).
+        ``requests``: with a ``meter``, how many requests of the SLA the call is
+        metered as -- its method's price over the SLA's ``price_per_request``
+        (docs/messaging.md §2.5; 0: a free method)."""
         if timeout is DEFAULT:
             timeout = self.timeout
         fees = self._fees  # (the fast path: no property call)
@@ -150,7 +154,7 @@ class RpcClient(ClientReads):
             outcome = self._call_quiet(method, params, timeout)
             if outcome is not None:
                 return outcome[0]
-        return self.start(method, params, timeout=timeout, meta=meta).result()
+        return self.start(method, params, timeout=timeout, meta=meta, requests=requests).result()
 
     def start(
         self,
@@ -159,8 +163,11 @@ class RpcClient(ClientReads):
         *,
         timeout: float | None = DEFAULT,
         meta: Mapping[str, Any] | None = None,
+        requests: int = 1,
     ) -> RpcCall:
-        """Send a request and return its :class:`RpcCall` at once (pipelining)."""
+        """Send a request and return its :class:`RpcCall` at once (pipelining);
+        ``requests`` as :meth:`call`'s."""
+        _check_count("requests", requests, 0)
         if timeout is DEFAULT:
             timeout = self.timeout
         extra = meta_copy(meta)
@@ -168,7 +175,7 @@ class RpcClient(ClientReads):
         fees = self._fees
         if fees.meter is not None or fees.prepay is not None:
             with self._lock:
-                paid = fees.begin(extra, timeout, self._can_send(method, params, timeout))
+                paid = fees.begin(extra, timeout, self._can_send(method, params, timeout), requests)
             if paid.deposit_timeout is not None:
                 assert paid.prepay is not None
                 paid.deposited(paid.prepay.deposit(paid.deposit_timeout))

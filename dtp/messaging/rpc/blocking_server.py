@@ -11,11 +11,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.ledger.objects import normalize_id
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
+from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import RequestReceived, _check_count
 from dtp.messaging.rpc.blocking_server_dispatch import StreamDispatch
 from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy
@@ -29,6 +30,10 @@ from dtp.messaging.rpc.streams import (
     next_read_size,
     send_answer,
 )
+
+if TYPE_CHECKING:
+    from dtp.hostid.paid.request_billing import ConnectionBill
+    from dtp.messaging.rpc.billed import BilledConnections
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +59,9 @@ class RpcServer(ServerBase):
     wait in the pool's queue (up to ``max_pending`` per stream, then SERVER_BUSY).
     Notification handlers run in the stream's thread, in order: a slow one delays the
     requests read after it (hand long work to a thread).
-    ``payments`` / ``response_fees``: see the module docs. ``max_message_size`` and
+    ``payments`` / ``response_fees``: see the module docs. ``rules``: per-method access
+    and prices (:class:`~dtp.messaging.method_rules.MethodRules`, docs/messaging.md
+    §2.5), checked before a request's fee is taken. ``max_message_size`` and
     ``max_pending`` (ints >= 1), ``workers`` (>= 0) and those are checked here
     (TypeError / ValueError), before anything starts, not when a client connects.
 
@@ -81,11 +88,12 @@ class RpcServer(ServerBase):
         max_pending: int = 1024,
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None = None,
         response_fees: ResponseFeePolicy | None = None,
+        rules: MethodRules | None = None,
     ) -> None:
         # (before the pool is made: a bool or a float made a pool of that many threads,
         # a negative count failed inside ThreadPoolExecutor)
         _check_count("workers", workers, 0)
-        super().__init__(max_message_size, max_pending, payments, response_fees)
+        super().__init__(max_message_size, max_pending, payments, response_fees, rules)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
         self._closed = threading.Event()
         # the counters: a stream being served counts in its own attributes, written by
@@ -95,6 +103,7 @@ class RpcServer(ServerBase):
         self._live: set[_ServerStream] = set()
         self._served = 0
         self._violations = 0
+        self._billed: BilledConnections | None = None
 
     @property
     def served(self) -> int:
@@ -148,6 +157,23 @@ class RpcServer(ServerBase):
                 _ServerStream(self, sock, peer, on_stream=start).run()
             except DTPError as exc:
                 logger.debug("RPC connection ended: %s", exc)
+
+    def bill_per_request(self) -> None:
+        """Be the handler of a paid server billing per request (``dtp.socket.serve(...,
+        billing="requests")``): its checks become this server's payments source
+        (ValueError when it has ``payments`` of its own). Called by the paid server."""
+        from dtp.messaging.rpc.billed import BilledConnections
+
+        with self._stats_lock:
+            if self._billed is None:
+                self._billed = BilledConnections(self)
+
+    def serve_billed(self, sock: Any, bill: ConnectionBill) -> None:
+        """Serve a connection a paid server admitted, its requests checked against
+        ``bill`` (after :meth:`bill_per_request`)."""
+        if self._billed is None:
+            raise RuntimeError("bill_per_request() first")
+        self._billed.serve(sock, bill)
 
     def serve(self, server: Any) -> None:
         """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,

@@ -20,6 +20,7 @@ from dtp.messaging.protocol import (
 from dtp.messaging.rpc.blocking_server_replies import StreamReplies
 from dtp.messaging.rpc.engine import PayRequest, TakeEscrow
 from dtp.messaging.rpc.server_base import (
+    ONE_REQUEST,
     CallContext,
     Handler,
     call_notification,
@@ -66,6 +67,17 @@ class StreamDispatch(StreamReplies):
                 return
             fn, wants_ctx = entry
             fees = self.fees
+            prices = ONE_REQUEST
+            if server.rules is not None or server.priced:
+                # the method rules first: a refused request takes no fee
+                # (docs/messaging.md §2.5)
+                try:
+                    prices = server.request_cost(event.method, event.params, self.peer)
+                except Exception as exc:
+                    refusal = refusal_reply(event.method, exc)
+                    with self.lock:
+                        self.proto.send_error(event.request_id, *refusal, request=event)
+                    return
             ctx = None
             if fees.needs_context(wants_ctx):
                 ctx = CallContext(
@@ -73,9 +85,9 @@ class StreamDispatch(StreamReplies):
                 )
             if fees.paid:
                 try:
-                    for step in fees.admission(event.meta, self.peer):
+                    for step in fees.admission(event.meta, self.peer, prices):
                         if type(step) is PayRequest:
-                            step.payments.admit(step.meta)
+                            step.payments.admit(step.meta, step.requests)
                         else:
                             assert ctx is not None and type(step) is TakeEscrow
                             ctx.escrow_id = step.policy.admit(step.meta, step.peer)
@@ -105,7 +117,7 @@ class StreamDispatch(StreamReplies):
                 self.release_escrow(ctx)
         elif isinstance(event, NotificationReceived):
             n_entry = server.notifications.get(event.method)
-            if n_entry is not None:
+            if n_entry is not None and server.notification_allowed(event.method, self.peer):
                 call_notification(n_entry, event, self.peer)
         elif isinstance(event, RequestCancelled):
             with self.lock:

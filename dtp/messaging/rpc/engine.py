@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from dtp.errors import DTPError
 from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.messaging import errors as E
+from dtp.messaging.method_rules import requests_for
 from dtp.payments.receipts import Meter, check_next_receipt
 
 if TYPE_CHECKING:
@@ -38,10 +39,11 @@ Check = Callable[[Meta], None]
 UNTIMED_DEPOSIT = 60.0
 
 
-def sign_request(meter: Meter, now_ms: int) -> bytes | None:
-    """Count one request in ``meter``; the encoded receipt that covers it, when the
-    meter signs one now (meta ``"r"``)."""
-    receipt = meter.record(now_ms, requests=1) or meter.flush(now_ms)
+def sign_request(meter: Meter, now_ms: int, requests: int = 1) -> bytes | None:
+    """Count a request in ``meter`` as ``requests`` requests of the SLA (its method's
+    price, docs/messaging.md §2.5); the encoded receipt that covers it, when the meter
+    signs one now (meta ``"r"``)."""
+    receipt = meter.record(now_ms, requests=requests) or meter.flush(now_ms)
     return None if receipt is None else receipt.encode()
 
 
@@ -62,12 +64,13 @@ class ClientFees:
         # until the call ends: a prepay replaced meanwhile still refunds its own escrows
         self._escrows: dict[int, tuple[str, ResponsePrepay]] = {}
 
-    def begin(self, meta: Meta, timeout: float | None, check: Check) -> PaidCall:
-        """Start a paid call: ``check`` it first, so that a request that cannot be sent
-        is found out before it is paid for (no escrow made, nothing metered). Then the
-        call's :attr:`PaidCall.deposit_timeout` says whether a deposit is due."""
+    def begin(self, meta: Meta, timeout: float | None, check: Check, requests: int = 1) -> PaidCall:
+        """Start a paid call, metered as ``requests`` requests of the SLA: ``check`` it
+        first, so that a request that cannot be sent is found out before it is paid for
+        (no escrow made, nothing metered). Then the call's
+        :attr:`PaidCall.deposit_timeout` says whether a deposit is due."""
         check(meta)
-        paid = PaidCall(self, meta)
+        paid = PaidCall(self, meta, requests)
         if self.prepay is not None:
             paid.prepay = self.prepay
             paid.deposit_timeout = UNTIMED_DEPOSIT if timeout is None else timeout
@@ -115,10 +118,12 @@ class PaidCall:
     escrow under the request's ID. Whatever fails after the deposit leaves the escrow
     to ``refund_due``: a fee is never lost."""
 
-    __slots__ = ("_fees", "deposit_timeout", "escrow_id", "meta", "prepay")
+    __slots__ = ("_fees", "deposit_timeout", "escrow_id", "meta", "prepay", "requests")
 
-    def __init__(self, fees: ClientFees, meta: Meta) -> None:
+    def __init__(self, fees: ClientFees, meta: Meta, requests: int = 1) -> None:
         self._fees = fees
+        #: How many requests of the SLA the call is metered as (its method's price).
+        self.requests = requests
         #: The call's meta with its fee keys, once added.
         self.meta = meta
         #: Seconds for ``ResponsePrepay.deposit`` when the call's escrow is still to be
@@ -159,7 +164,7 @@ class PaidCall:
             check(self.meta)
             meter = self._fees.meter
             if meter is not None:
-                receipt = sign_request(meter, now_ms)
+                receipt = sign_request(meter, now_ms, self.requests)
                 if receipt is not None:
                     meta = {} if self.meta is None else self.meta
                     meta["r"] = receipt
@@ -176,11 +181,13 @@ class PaidCall:
 
 @dataclass(frozen=True, slots=True)
 class PayRequest:
-    """Admission step: check the request's receipt and count it (``payments.admit``,
-    or ``admit_async`` off an event loop); raises PaymentRequired."""
+    """Admission step: check the request's receipt and count it as ``requests``
+    requests of the SLA (``payments.admit``, or ``admit_async`` off an event loop);
+    raises PaymentRequired."""
 
     payments: RequestPayments
     meta: Mapping[str, Any] | None
+    requests: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,30 +264,39 @@ class ServerCallFees:
         return wants_ctx or self.response_fees is not None
 
     def admission(
-        self, meta: Mapping[str, Any] | None, peer: str | None
+        self,
+        meta: Mapping[str, Any] | None,
+        peer: str | None,
+        prices: tuple[int | None, ...] = (None,),
     ) -> tuple[PayRequest | TakeEscrow, ...]:
         """The steps admitting one request, in their order: the connection refused
         outright first (PaymentRequired raised here), then the per-request fee (its
-        receipt), then the response escrow (taken last: a request the receipt check
-        refuses does not hold an escrow). The driver runs each in turn."""
+        receipt; the request counted as the requests of the connection's SLA its
+        ``prices`` come to, from the server's ``request_cost``: ValueError for a price
+        no receipt can pay exactly), then
+        the response escrow (taken last: a request the receipt check refuses does not
+        hold an escrow). The driver runs each in turn."""
         if self.payments_error is not None:
             raise E.PaymentRequired(self.payments_error)
         steps: list[PayRequest | TakeEscrow] = []
         if self.payments is not None:
-            steps.append(PayRequest(self.payments, meta))
+            sla = self.payments.sla
+            requests = sum(requests_for(sla, price) for price in prices)
+            steps.append(PayRequest(self.payments, meta, requests))
         if self.response_fees is not None:
             steps.append(TakeEscrow(self.response_fees, meta, peer))
         return tuple(steps)
 
     @staticmethod
-    def refusal(exc: Exception) -> tuple[int, str]:
-        """The answer (code, message) to a request whose admission raised ``exc``: a
-        RemoteError (PaymentRequired) as it is; anything else is the fee check failing
-        itself (``on_receipt`` with the disk full, say): that request's internal error,
-        never the stream's end (the driver logs it)."""
+    def refusal(exc: Exception) -> tuple[int, str, Any]:
+        """The answer (code, message, data) to a request whose admission raised
+        ``exc``: a RemoteError (PaymentRequired, MethodNotAllowed) as it is; anything
+        else is the check failing itself (``on_receipt`` with the disk full, a method
+        priced off the SLA's step, say): that request's internal error, never the
+        stream's end (the driver logs it)."""
         if isinstance(exc, E.RemoteError):
-            return exc.code, exc.message
-        return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})"
+            return exc.code, exc.message, exc.data
+        return E.INTERNAL_ERROR, f"internal error ({type(exc).__name__})", None
 
     def ended(
         self, request_id: int, escrow_id: str | None, body: bytes | None
@@ -400,10 +416,13 @@ class RequestCover:
             self.latest = latest
         self.served = max(self.served, self.latest.total_requests)
 
-    def admit(self, raw: Any) -> Receipt | Refusal | None:
+    def admit(self, raw: Any, requests: int = 1) -> Receipt | Refusal | None:
         """Check a request's receipt (``raw``, meta ``"r"``; None: none) and count the
-        request: None when counted, the receipt when counted and paid by that receipt,
-        newly accepted (to keep), or a :class:`Refusal`.
+        request as ``requests`` requests of the SLA (a method priced at a multiple of
+        ``price_per_request``, docs/messaging.md §2.5; 0: free): None when counted, the
+        receipt when counted and paid by that receipt, newly accepted (to keep), or a
+        :class:`Refusal`, whose error's ``data`` holds ``{"requests": requests}`` -- what
+        the client's receipts must cover for it.
 
         A receipt at or below the latest one's nonce is not refused while the latest
         pays for more requests than were served: the client signed them in one order
@@ -437,18 +456,22 @@ class RequestCover:
                     return Refusal(error, beyond_deposit=receipt.total_amount > self.deposited)
                 self.latest = accepted = receipt
         paid = 0 if self.latest is None else self.latest.total_requests
-        if self.served >= paid + self.credit_requests:
-            error = E.PaymentRequired(
-                f"request {self.served + 1} is not covered (receipts cover {paid})"
-            )
-            return Refusal(error, accepted)
-        self.served += 1
+        if self.served + requests > paid + self.credit_requests:
+            if requests == 1:
+                text = f"request {self.served + 1} is not covered (receipts cover {paid})"
+            else:
+                text = (
+                    f"requests {self.served + 1}..{self.served + requests} are not covered "
+                    f"(receipts cover {paid}; this method counts as {requests})"
+                )
+            return Refusal(E.PaymentRequired(text, data={"requests": requests}), accepted)
+        self.served += requests
         return accepted
 
-    def not_served(self) -> None:
-        """A request :meth:`admit` counted was not served after all (the receipt paying
-        for it could not be kept): it counts no more."""
-        self.served -= 1
+    def not_served(self, requests: int = 1) -> None:
+        """A request :meth:`admit` counted (as ``requests``) was not served after all
+        (the receipt paying for it could not be kept): it counts no more."""
+        self.served -= requests
 
     def reread(self, now: float) -> Reread:
         """For a request refused beyond the deposit known (``now``: monotonic seconds):

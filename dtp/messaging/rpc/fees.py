@@ -228,9 +228,9 @@ class RequestPayments:
         """MIST the latest receipt lets the server claim."""
         return self._cover.earned
 
-    def admit(self, meta: Mapping[str, Any] | None) -> None:
-        """Check the request's receipt (if any) and count the request, or raise
-        PaymentRequired.
+    def admit(self, meta: Mapping[str, Any] | None, requests: int = 1) -> None:
+        """Check the request's receipt (if any) and count the request as ``requests``
+        requests of the SLA (its method's price; 0: free), or raise PaymentRequired.
 
         A receipt at or below the latest one's nonce is not refused while the latest
         pays for more requests than were served: the client signed them in one order
@@ -238,7 +238,7 @@ class RequestPayments:
         already paid for this request. A receipt beyond the known deposit has the
         escrow's deposit read again first (the client may have topped up)."""
         raw = None if meta is None else meta.get("r")
-        refused = self._first_admit(raw)
+        refused = self._first_admit(raw, None, requests)
         if refused is None:
             return
         error, step, reading = refused
@@ -251,9 +251,9 @@ class RequestPayments:
                 raise error
         else:
             raise error
-        self._readmit(raw)
+        self._readmit(raw, None, requests)
 
-    async def admit_async(self, meta: Mapping[str, Any] | None) -> None:
+    async def admit_async(self, meta: Mapping[str, Any] | None, requests: int = 1) -> None:
         """:meth:`admit` for a server on an event loop: the deposit's re-read (a
         ledger read, perhaps over the network) runs in a worker thread; requests
         waiting for it wait on the loop. ``on_receipt`` runs in a worker thread too
@@ -267,7 +267,7 @@ class RequestPayments:
         accepted: list[Receipt] = []
         counted = False
         try:
-            await self._admit_async(raw, accepted)
+            await self._admit_async(raw, accepted, requests)
             counted = True
         finally:
             if accepted and self.on_receipt is not None:
@@ -278,11 +278,11 @@ class RequestPayments:
                 except BaseException:  # (a cancellation too: _count's rule)
                     if counted:  # (refused with an internal error, or cancelled: not served)
                         with self._lock:
-                            self._cover.not_served()
+                            self._cover.not_served(requests)
                     raise
 
-    async def _admit_async(self, raw: Any, accepted: list[Receipt]) -> None:
-        refused = self._first_admit(raw, accepted)
+    async def _admit_async(self, raw: Any, accepted: list[Receipt], requests: int) -> None:
+        refused = self._first_admit(raw, accepted, requests)
         if refused is None:
             return
         error, step, reading = refused
@@ -300,17 +300,17 @@ class RequestPayments:
                 raise error from None
         else:
             raise error
-        self._readmit(raw, accepted)
+        self._readmit(raw, accepted, requests)
 
     def _first_admit(
-        self, raw: Any, accepted: list[Receipt] | None = None
+        self, raw: Any, accepted: list[Receipt] | None = None, requests: int = 1
     ) -> tuple[E.PaymentRequired, Reread, concurrent.futures.Future[None] | None] | None:
         """:meth:`_count`; for a refusal, its error and what to do about it
         (:meth:`RequestCover.reread`: read the deposit again, wait for the re-read under
         way -- the future returned -- or refuse): a receipt signed after a top-up,
         behind another one's re-read, is covered once that read is in."""
         with self._lock:
-            refused = self._count(raw, accepted)
+            refused = self._count(raw, accepted, requests)
             if refused is None:
                 return None
             if not refused.beyond_deposit or self.read_deposit is None:
@@ -344,18 +344,18 @@ class RequestPayments:
                 done.set_result(None)
         return True
 
-    def _readmit(self, raw: Any, accepted: list[Receipt] | None = None) -> None:
+    def _readmit(self, raw: Any, accepted: list[Receipt] | None = None, requests: int = 1) -> None:
         with self._lock:
-            again = self._count(raw, accepted)
+            again = self._count(raw, accepted, requests)
         if again is not None:
             raise again.error
 
-    def _count(self, raw: Any, accepted: list[Receipt] | None) -> Refusal | None:
+    def _count(self, raw: Any, accepted: list[Receipt] | None, requests: int = 1) -> Refusal | None:
         """:meth:`RequestCover.admit` (``_lock`` held): None once the request is
         counted, else why not. A receipt it accepts goes to ``on_receipt`` now -- a
         request whose receipt it fails to keep is not counted -- or into ``accepted``
         for the caller to pass on (outside the lock)."""
-        outcome = self._cover.admit(raw)
+        outcome = self._cover.admit(raw, requests)
         if outcome is None:
             return None
         refused = outcome if isinstance(outcome, Refusal) else None
@@ -368,7 +368,7 @@ class RequestPayments:
                     self.on_receipt(receipt)
                 except BaseException:
                     if refused is None:
-                        self._cover.not_served()
+                        self._cover.not_served(requests)
                     raise
         return refused
 

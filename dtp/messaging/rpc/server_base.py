@@ -9,9 +9,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Final, overload
 
 from dtp.messaging import errors as E
+from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import (
     NotificationReceived,
     RequestReceived,
@@ -114,6 +115,46 @@ class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, tuple[Handler, bool]] = {}
         self.notifications: dict[str, tuple[Handler, bool]] = {}
+        #: Per-method access and prices for the methods served here (None: every
+        #: method open to all, at the SLA's request price); docs/messaging.md §2.5.
+        self.rules: MethodRules | None = None
+        # method -> what prices its requests from their params and the client: the
+        # JSON-RPC method's, which looks inside the document (serve_jsonrpc)
+        self._pricing: dict[str, Pricing] = {}
+
+    def price(self, name: str, pricing: Pricing) -> None:
+        """Price (and admit) the requests of method ``name`` with ``pricing(params,
+        client)``: the prices of what the request asks for (MIST each, None for the
+        SLA's request price), or MethodNotAllowed. It runs before the request's fee
+        is taken (docs/messaging.md §2.5); :attr:`rules` then does not apply to it."""
+        _check_our_method(name)
+        if not callable(pricing):
+            raise TypeError(f"pricing must be callable, not {type(pricing).__name__!r}")
+        self._pricing[name] = pricing
+
+    def notification_allowed(self, method: str, client: str | None) -> bool:
+        """Whether :attr:`rules` let ``client`` send notification ``method``: one they
+        refuse is dropped, as a notification gets no answer (nor a fee: it pays none)."""
+        rules = self.rules
+        return rules is None or rules.allowed(method, client)
+
+    @property
+    def priced(self) -> bool:
+        """Whether a method of this server has its own pricing (:meth:`price`)."""
+        return bool(self._pricing)
+
+    def request_cost(self, method: str, params: Any, client: str | None) -> tuple[int | None, ...]:
+        """What a request of ``method`` costs ``client``: the prices it pays (MIST each,
+        None for the SLA's own request price; the fee engine turns them into requests of
+        the connection's SLA), or MethodNotAllowed, which answers it (-32006) before
+        any fee is taken."""
+        pricing = self._pricing.get(method)
+        if pricing is not None:
+            return tuple(pricing(params, client))
+        rules = self.rules
+        if rules is None:
+            return ONE_REQUEST
+        return (rules.check(method, client),)
 
     def register(
         self, name: str, fn: Handler, *, context: bool = False, notification: bool = False
@@ -175,6 +216,13 @@ class Registry:
         raise TypeError(f"a method name is a str, not {type(name).__name__!r}")
 
 
+#: What prices one request: the prices of what it asks for, from its params and the
+#: client's address (None: anonymous). Raises MethodNotAllowed to refuse it.
+Pricing = Callable[[Any, "str | None"], Iterable["int | None"]]
+#: The prices of a request of a method with no rule: one request of the SLA.
+ONE_REQUEST: Final[tuple[int | None, ...]] = (None,)
+
+
 def check_server_options(
     max_message_size: object, max_pending: object, payments: object, response_fees: object
 ) -> None:
@@ -219,7 +267,7 @@ def failure_reply(method: str, exc: BaseException) -> tuple[int, str, Any]:
     return error_reply(exc)
 
 
-def refusal_reply(method: str, exc: Exception) -> tuple[int, str]:
+def refusal_reply(method: str, exc: Exception) -> tuple[int, str, Any]:
     """The answer to a request of ``method`` whose fee admission raised ``exc``
     (:meth:`ServerCallFees.refusal`), logged when the check failed itself rather than
     refused (not a RemoteError): that request's failure alone."""
@@ -240,11 +288,28 @@ class ServerBase(Registry):
         max_pending: int,
         payments: RequestPayments | Callable[[str | None], RequestPayments | None] | None,
         response_fees: ResponseFeePolicy | None,
+        rules: MethodRules | None = None,
     ) -> None:
         check_server_options(max_message_size, max_pending, payments, response_fees)
+        if rules is not None and not isinstance(rules, MethodRules):
+            raise TypeError(f"rules must be MethodRules or None, not {type(rules).__name__!r}")
         super().__init__()
+        self.rules = rules
         self.max_message_size = max_message_size
         self.max_pending = max_pending
         self.payments = payments
         self._payments = PaymentsCache(payments)
         self.response_fees = response_fees
+
+    def use_payments(
+        self, payments: RequestPayments | Callable[[str | None], RequestPayments | None]
+    ) -> None:
+        """Take ``payments`` as the per-request fee source, before serving: what
+        :func:`dtp.socket.serve` does with ``billing="requests"``, handing each paid
+        connection's check over (a server made with ``payments`` of its own is refused:
+        ValueError, two sources would each count the requests)."""
+        if self.payments is not None:
+            raise ValueError("this server has its payments already")
+        check_server_options(self.max_message_size, self.max_pending, payments, None)
+        self.payments = payments
+        self._payments = PaymentsCache(payments)

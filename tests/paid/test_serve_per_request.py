@@ -1,0 +1,154 @@
+"""``dtp.socket.serve(..., billing="requests")``: the paid server bills each RPC request
+by the receipt it carries, through the RPC fee engine (no glue left to the
+application), over a real socket and a LocalLedger file. Requests at the SLA's price
+and one at a method's own price are billed exactly: the receipts kept, then the
+settlement at the connection's end -- the provider's balance grows by the fee, the
+client gets the rest of its deposit back. A request without a receipt is refused, as
+is a client its method rules refuse (nothing charged); a handler that is not an
+RpcServer, or one with payments of its own, is refused before anything is published."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dtp.socket
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import Sla
+from dtp.escrow import Meter
+from dtp.keys import HostIdentity
+from dtp.messaging import errors as E
+from dtp.messaging.method_rules import MethodRule, MethodRules
+from dtp.messaging.rpc import RpcClient, RpcServer
+from dtp.metering import MeteringConfig
+from tests.support.paid_twins import ident
+from tests.support.polling import wait_for
+
+SLA = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)
+PORT = 8545
+DEPOSIT = 1_000
+PROVIDER, ALICE, BOB = ident(0xC1), ident(0xC2), ident(0xC3)
+RULES = MethodRules(
+    [
+        MethodRule("echo"),
+        MethodRule("dear", price=125),
+        MethodRule("admin", allow=[ALICE.sui_address]),
+    ]
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host = ledger.create_host(PROVIDER, PROVIDER.noise_public)
+    ledger.add_service(PROVIDER, host, PORT, "rpc", SLA)
+    for key in (ALICE, BOB):
+        ledger.faucet(key.sui_address, 100_000)
+    rpc = RpcServer(workers=2, rules=RULES)
+    rpc.register("echo", lambda p: p)
+    rpc.register("dear", lambda p: ["dear", p])
+    rpc.register("admin", lambda p: "ok")
+    server_ledger = LocalLedger(tmp_path / "ledger.db")
+    server = dtp.socket.serve(
+        host,
+        PORT,
+        rpc,
+        ledger=server_ledger,
+        identity=PROVIDER,
+        receipts=tmp_path / "receipts.db",
+        billing="requests",
+    )
+    try:
+        yield {"ledger": ledger, "host": host, "server": server, "rpc": rpc}
+    finally:
+        server.close()
+        server.wait_released(10)
+        rpc.close()
+        server_ledger.close()
+        ledger.close()
+
+
+def _connect(world: dict[str, Any], key: HostIdentity) -> tuple[RpcClient, Meter, Any]:
+    ledger = world["ledger"]
+    sock = dtp.socket.create_connection(
+        f"dtp://{world['host']}:{PORT}",
+        ledger=ledger,
+        identity=key,
+        deposit=DEPOSIT,
+        timeout=10,
+        metering=MeteringConfig(enabled=False),
+    )
+    meter = Meter(key, ledger.receipt_scope(sock.connection_id), SLA, DEPOSIT, every_requests=1)
+    return RpcClient(sock, timeout=10, meter=meter), meter, sock
+
+
+def test_requests_are_billed_at_their_prices_and_settled(world: dict[str, Any]) -> None:
+    ledger, server = world["ledger"], world["server"]
+    provider_before = ledger.balance(PROVIDER.sui_address)
+    alice_before = ledger.balance(ALICE.sui_address)
+    client, meter, sock = _connect(world, ALICE)
+    for i in range(3):
+        assert client.call("echo", i) == i
+    assert client.call("dear", 1, requests=5) == ["dear", 1]
+    assert client.call("admin", None) == "ok"
+    assert meter.latest is not None and meter.latest.total_amount == 3 * 25 + 125 + 25
+    cid = sock.connection_id
+    client.close()
+    sock.close()
+    assert wait_for(lambda: any(c == cid for c, _ in server.settlements), 20)
+    fee = 3 * 25 + 125 + 25
+    assert ledger.balance(PROVIDER.sui_address) - provider_before == fee
+    assert alice_before - ledger.balance(ALICE.sui_address) == fee  # (the rest refunded)
+
+
+def test_unpaid_and_refused_requests_cost_nothing(world: dict[str, Any]) -> None:
+    ledger, server = world["ledger"], world["server"]
+    provider_before = ledger.balance(PROVIDER.sui_address)
+    bob_before = ledger.balance(BOB.sui_address)
+    client, meter, sock = _connect(world, BOB)
+    assert meter.latest is None
+    meter_less = RpcClient(sock.open_stream(), timeout=10)
+    with pytest.raises(E.PaymentRequired):
+        meter_less.call("echo", 1)  # (no receipt covers it)
+    with pytest.raises(E.MethodNotAllowed):
+        client.call("admin", None, requests=0)
+    with pytest.raises(E.PaymentRequired) as short:
+        client.call("dear", 1)  # (metered as one request: it counts as five)
+    assert short.value.data == {"requests": 5}
+    # the one request that receipt paid for is still the client's: served now
+    assert meter_less.call("echo", 1) == 1
+    with pytest.raises(E.PaymentRequired):
+        meter_less.call("echo", 1)
+    assert client.call("echo", 2) == 2
+    assert meter.latest is not None and meter.latest.total_requests == 2
+    cid = sock.connection_id
+    meter_less.close()
+    client.close()
+    sock.close()
+    assert wait_for(lambda: any(c == cid for c, _ in server.settlements), 20)
+    assert ledger.balance(PROVIDER.sui_address) - provider_before == 50
+    assert bob_before - ledger.balance(BOB.sui_address) == 50
+
+
+def test_the_handler_must_be_an_rpc_server_without_payments(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    host = ledger.create_host(PROVIDER, PROVIDER.noise_public)
+    ledger.add_service(PROVIDER, host, PORT, "rpc", SLA)
+    from dtp.messaging.rpc import ledger_payments
+
+    common: dict[str, Any] = {"ledger": ledger, "identity": PROVIDER, "billing": "requests"}
+    with pytest.raises(TypeError, match="RpcServer"):
+        dtp.socket.serve(host, PORT, lambda sock: None, **common)
+    paid = RpcServer(payments=ledger_payments(ledger))
+    with pytest.raises(ValueError, match="without payments"):
+        dtp.socket.serve(host, PORT, paid, **common)
+    with pytest.raises(ValueError, match="billing"):
+        dtp.socket.serve(
+            host, PORT, lambda sock: None, ledger=ledger, identity=PROVIDER, billing="minutes"
+        )  # type: ignore[arg-type]
+    assert ledger.get_host(host).endpoints == ()  # (nothing published)
+    paid.close()
+    ledger.close()
