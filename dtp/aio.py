@@ -29,12 +29,22 @@ Where these differ from asyncio's streams, on purpose:
 * a client connection whose readers and writers were all garbage-collected unclosed
   is closed without a ResourceWarning (as :mod:`dtp.socket`'s).
 
+The WebSocket carrier (docs/protocol.md §13, the ``ws`` extra) carries the same records
+for clients that cannot open a TCP socket (a browser): a server listens for it beside
+TCP (``start_server(..., websocket=("0.0.0.0", 8443), origins=[...])``, or
+``await server.listen_websocket(host, port)``), and a ``ws://`` or ``wss://`` URL
+connects over it::
+
+    reader, writer = await dtp.aio.open_connection("ws://127.0.0.1:8443/", server_key=key)
+
 This module is the face: a plain address goes to the asyncio transport
-(:mod:`dtp.transport.asyncio`), a ``dtp://`` address to :mod:`dtp.hostid.asyncio`.
+(:mod:`dtp.transport.asyncio`), a ``ws://`` / ``wss://`` URL to its WebSocket carrier, a
+``dtp://`` address to :mod:`dtp.hostid.asyncio`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from dtp.hostid import asyncio as hostid
@@ -59,6 +69,7 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
+    import ssl as _ssl
     from pathlib import Path
 
     from dtp.hostid.admission import CarrierChoice
@@ -106,8 +117,18 @@ async def open_connection(
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
     on_open: OpenJournal | None = None,
+    websocket: str | None = None,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
+
+    ``host`` may also be a WebSocket URL (``"ws://host:port/path"``, ``"wss://…"``,
+    ``port`` omitted): the connection runs over the WebSocket carrier (docs/protocol.md
+    §13; the ``ws`` extra), with ``origin`` the ``Origin`` header sent (None: none, as
+    programs send) and ``ssl`` a ``wss://`` URL's TLS context (None: the system's). A
+    DTP address reaches its service over WebSocket with ``websocket="ws://…"`` (the
+    ledger connection and its payment as ever, the carrier that URL).
 
     Arguments as :func:`dtp.socket.create_connection`: ``host`` and ``port`` name the
     carrier endpoint, or ``host`` is a DTP address (``"dtp://0x<host id>:<port>"`` or a
@@ -137,6 +158,34 @@ async def open_connection(
     """
     check_connect_timeout(timeout)
     check_limit(limit)
+    if isinstance(host, str) and host[:6].lower().startswith(("ws://", "wss://")):
+        if port is not None:
+            raise ValueError("a WebSocket URL names its port: pass no port")
+        if websocket is not None:
+            raise ValueError("the URL is the WebSocket already: pass no websocket=")
+        if (
+            ledger is not None
+            or deposit is not None
+            or cap_id
+            or carrier not in ("auto", "tcp")
+            or ledger_options is not None
+            or subscription is not None
+            or sponsor_pool is not None
+            or metering is not None
+            or on_open is not None
+        ):
+            raise ValueError("the ledger's options need a DTP address (dtp://…), not a URL")
+        return await connect.open_websocket_connection(
+            host,
+            server_key=server_key,
+            expected_server_key=expected_server_key,
+            identity=identity,
+            config=config,
+            timeout=timeout,
+            limit=limit,
+            origin=origin,
+            ssl=ssl,
+        )
     if port is None:
         return await hostid.open_connection(
             host,
@@ -155,7 +204,12 @@ async def open_connection(
             sponsor_pool=sponsor_pool,
             limit=limit,
             on_open=on_open,
+            websocket=websocket,
+            origin=origin,
+            ssl=ssl,
         )
+    if websocket is not None or origin is not None or ssl is not None:
+        raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
     if on_open is not None:
         raise ValueError("on_open is for a DTP address (a connection on the ledger)")
     if (
@@ -200,11 +254,14 @@ async def serve(
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     open_grace: float | None = None,
+    websocket: tuple[str, int] | None = None,
+    origins: Iterable[str] | None = None,
 ) -> PaidAioServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
     :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
     The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
-    ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s. Returns
+    ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s, and so
+    are ``websocket`` and ``origins`` (the WebSocket carrier beside TCP). Returns
     the running :class:`~dtp.hostid.paid.aio.PaidAioServer`; see :mod:`dtp.hostid.paid.aio`."""
     from dtp.hostid.paid.aio import serve as serve_paid
 
@@ -224,4 +281,6 @@ async def serve(
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
         open_grace=open_grace,
+        websocket=websocket,
+        origins=origins,
     )

@@ -1,7 +1,7 @@
 """The optional parts of the ``dtp`` distribution and the packages each needs.
 
 ``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Four features bring
+messaging layers, the graph store and the services daemon need. Five features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -10,6 +10,10 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
 - ``lan``: LAN discovery over mDNS (:mod:`dtp.discovery.lan`, ``dtp lan``, the daemon's
   ``lan_announce``, :func:`dtp.graph.sync_with_lan`: zeroconf, LGPL);
 - ``gun``: the Gun peer for gun.js apps (:mod:`dtp.graph.gun`: websockets);
+- ``ws``: the WebSocket carrier of DTP records, for browsers
+  (:mod:`dtp.transport.carriers.websocket`, ``listen_websocket``, ``ws://`` URLs:
+  websockets, the same package as ``gun``'s, an extra of its own so that a service
+  asks for what it uses by name);
 - ``metrics``: the daemon's Prometheus metrics (``metrics_listen``,
   :mod:`dtp.daemon.metrics`: prometheus_client).
 
@@ -33,6 +37,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "sui": ("pysui", "yaml"),
     "lan": ("zeroconf", "ifaddr"),
     "gun": ("websockets",),
+    "ws": ("websockets",),
     "metrics": ("prometheus_client",),
 }
 

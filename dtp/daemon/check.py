@@ -14,7 +14,8 @@ What is checked, in order (each line ``ok``, ``note``, ``warning`` or ``PROBLEM`
   generated at the first start;
 * the ledger spec: its package (Sui), the ledger reached (a read), the identity's gas
   or balance, a configured ``host_id`` that exists and is this identity's;
-* each listen address binds (when no daemon holds the state directory);
+* each listen address binds (``websocket_listen`` too; when no daemon holds the state
+  directory);
 * each TCP service's backends answer a connect within their ``connect_timeout`` (UDP
   backends: their host name resolves);
 * each forward's target Host exists and publishes its port (a warning when its
@@ -310,6 +311,8 @@ def _listeners(config: DaemonConfig, check: Check) -> None:
         wanted.append(("listen", settings.listen, socket.SOCK_STREAM))
     if settings.metrics_listen is not None:
         wanted.append(("metrics_listen", settings.metrics_listen, socket.SOCK_STREAM))
+    if config.services and settings.websocket_listen is not None:
+        wanted.append(("websocket_listen", settings.websocket_listen, socket.SOCK_STREAM))
     for forward in config.forwards:
         kind = socket.SOCK_DGRAM if forward.protocol == "udp" else socket.SOCK_STREAM
         wanted.append((f"forward {forward.name} listen", forward.listen, kind))

@@ -227,6 +227,13 @@ class DaemonSettings:
     batch_window: float = BATCH_WINDOW
     """Seconds an end worth a place in a batch, but not a transaction of its own, waits
     for others (0: none waits)."""
+    websocket_listen: Backend | None = None
+    """Where the services are also served over the WebSocket carrier (docs/protocol.md
+    §13), for web pages (None: TCP only; port 0: any, the ready line tells which).
+    Needs ``dtp[ws]``."""
+    websocket_origins: tuple[str, ...] = ()
+    """The web origins whose pages may connect over WebSocket (``"https://app.example"``;
+    ``"*"``: any); none by default: only clients that send no Origin (programs)."""
     metrics_listen: Backend | None = None
     """Where the Prometheus metrics and the status page are served over HTTP (None:
     not served; port 0: any, the ready line tells which). Needs ``dtp[metrics]``."""
@@ -458,6 +465,23 @@ class _Checker:
             raise self.fail(key, f"expected a share in [0, 1), got {shown(value)}")
         return share
 
+    def origins(self, doc: Mapping[str, Any], key: KeyPath) -> tuple[str, ...]:
+        """A list of web origins (``scheme://host[:port]``, as a browser sends them in
+        ``Origin``), or ``"*"``."""
+        value = doc.get(str(key[-1]), [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of origins, got {shown(value)}")
+        out: dict[str, None] = {}
+        for item in value:
+            scheme, sep, rest = item.partition("://") if isinstance(item, str) else ("", "", "")
+            ok = item == "*" or (sep and scheme and rest and "/" not in rest)
+            if not ok:
+                raise self.fail(
+                    key, f'{shown(item)} is not an origin ("https://app.example" or "*")'
+                )
+            out[item] = None
+        return tuple(out)
+
     def choice(
         self, doc: Mapping[str, Any], key: KeyPath, default: str, options: tuple[str, ...]
     ) -> str:
@@ -657,6 +681,8 @@ _DAEMON_KEYS = {
     "gas_aware_ends",
     "batch_window",
     "metrics_listen",
+    "websocket_listen",
+    "websocket_origins",
     "log_file",
     "log_max_bytes",
     "log_backups",
@@ -725,6 +751,13 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
     lan_announce = check.boolean(doc, (*k, "lan_announce"), False)
     if lan_announce:
         _require(check, (*k, "lan_announce"), "lan", "Announcing services on the LAN")
+    websocket = None
+    if "websocket_listen" in doc:
+        websocket = check.endpoint(doc, (*k, "websocket_listen"))
+        _require(check, (*k, "websocket_listen"), "ws", "The WebSocket carrier")
+    origins = check.origins(doc, (*k, "websocket_origins"))
+    if origins and websocket is None:
+        raise check.fail((*k, "websocket_origins"), "needs websocket_listen")
     return DaemonSettings(
         ledger=ledger,
         identity=check.path_value(doc, (*k, "identity"), None),
@@ -754,6 +787,8 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         metrics_listen=(
             check.endpoint(doc, (*k, "metrics_listen")) if "metrics_listen" in doc else None
         ),
+        websocket_listen=websocket,
+        websocket_origins=origins,
         log_file=check.path_value(doc, (*k, "log_file"), None) if "log_file" in doc else None,
         log_max_bytes=check.integer(doc, (*k, "log_max_bytes"), LOG_MAX_BYTES),
         log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),

@@ -325,6 +325,16 @@ class Daemon:
                 )
             except OSError as exc:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
+            if settings.websocket_listen is not None:
+                address = settings.websocket_listen
+                try:
+                    bound = await self.services.listen_websocket(
+                        address.host, address.port, settings.websocket_origins
+                    )
+                except OSError as exc:
+                    key = ("daemon", "websocket_listen")
+                    raise _bind_error(self.config, key, address, exc) from None
+                ready["websocket"] = join_host_port(*bound)
             public = settings.public_endpoint or join_host_port(*self.endpoint)
             self.host_id = await self._sync(self.config, public, self._checkpoint)
             self._checkpoint()

@@ -246,6 +246,16 @@ class ServiceHost:
         )
         return self.server.address
 
+    async def listen_websocket(
+        self, host: str, port: int, origins: tuple[str, ...] = ()
+    ) -> tuple[str, int]:
+        """Also serve over the WebSocket carrier on ``host:port`` (``[daemon]
+        websocket_listen``), the pages of ``origins`` admitted (``websocket_origins``);
+        the same admission, limits and services as the TCP listener's. Returns the
+        bound address."""
+        assert self.server is not None, "start() first"
+        return await self.server.listen_websocket(host, port, origins=origins or None, backlog=512)
+
     # -- admission ---------------------------------------------------------------------
 
     async def _admit(self, peer: PeerInfo) -> str | None:

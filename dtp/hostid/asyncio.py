@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dtp.errors import LocalProtocolError
+from dtp.extras import require
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import (
     CarrierChoice,
@@ -53,6 +55,8 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
+    import ssl as _ssl  # (annotations only: see dtp.transport.asyncio.server)
+
     from dtp.ledger.interface import Ledger
 
 
@@ -192,18 +196,34 @@ async def open_connection(
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
     on_open: OpenJournal | None = None,
+    websocket: str | None = None,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.hostid.address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
     (see there for the arguments). ``on_open``: told of the connection before its
     deposit can move (:func:`~dtp.hostid.connect.prepare_host_connection`; called in a
-    worker thread, it may block)."""
+    worker thread, it may block).
+
+    ``websocket``: reach the service over the WebSocket carrier at this URL
+    (``ws://…``, ``wss://…``; docs/protocol.md §13) instead of the Host's published
+    endpoint -- the ledger connection, its payment and the handshake are the same --
+    sending ``origin`` as its ``Origin`` and using ``ssl`` for ``wss://``."""
     check_connect_timeout(timeout)
     check_limit(limit)
     address = HostAddress.parse(host) if isinstance(host, str) else host
     if ledger is None or identity is None:
         raise ValueError("connecting to a DTP address needs ledger=... and identity=...")
+    over: Carrier | None = None
+    if websocket is not None:
+        if carrier == "ledger" or ledger_options is not None:
+            raise ValueError("websocket= and the ledger carrier exclude each other")
+        carrier = "tcp"
+        over = _websocket_carrier(websocket, origin, ssl)
+    elif origin is not None or ssl is not None:
+        raise ValueError("origin and ssl are for the WebSocket carrier (websocket=...)")
     reader, writer = await _open_by_host_id(
         address,
         ledger,
@@ -220,8 +240,29 @@ async def open_connection(
         sponsor_pool=sponsor_pool,
         limit=limit,
         on_open=on_open,
+        over=over,
     )
     return reader, writer
+
+
+Carrier = Callable[[Protocol], Awaitable[None]]
+"""What makes a connection's carrier and hands it to its protocol (``connect.open``'s
+``carrier``)."""
+
+
+def _websocket_carrier(url: str, origin: str | None, ssl: _ssl.SSLContext | None) -> Carrier:
+    """The WebSocket carrier to ``url``, as ``connect.open`` takes it (the URL checked
+    now, before the ledger is touched)."""
+    from dtp.transport.carriers.websocket import connect_websocket, parse_url
+
+    parse_url(url)
+    if ssl is not None and not url.lower().startswith("wss:"):
+        raise ValueError("ssl is for a wss:// URL")
+
+    async def carrier(proto: Protocol) -> None:
+        await connect_websocket(url, proto, origin=origin, ssl=ssl)
+
+    return carrier
 
 
 async def _open_by_host_id(
@@ -241,6 +282,7 @@ async def _open_by_host_id(
     sponsor_pool: str | None,
     limit: int,
     on_open: OpenJournal | None = None,
+    over: Carrier | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
@@ -315,7 +357,22 @@ async def _open_by_host_id(
             )
 
     try:
-        if prepared.endpoint is None:
+        if over is not None:
+            # the WebSocket carrier the caller named (its TCP connect done there)
+            if early is not None:
+                early.close()
+                early = None
+            reader, writer = await connect.open(
+                f"dtp://{address.host_id}:{address.port}",
+                None,
+                prepared.config,
+                timeout,
+                while_waiting=while_waiting,
+                writer_class=HostStreamWriter,
+                limit=limit,
+                carrier=over,
+            )
+        elif prepared.endpoint is None:
             bridge = await threaded_or_released(
                 lambda: connect_ledger_carrier(
                     ledger,
@@ -406,6 +463,8 @@ async def start_server(
     settle_on_close: bool = False,
     first_message_timeout: float = DEFAULT_FIRST_MESSAGE_TIMEOUT,
     open_grace: float | None = None,
+    websocket: tuple[str, int] | None = None,
+    origins: Iterable[str] | None = None,
 ) -> DTPServer:
     """Listen on ``host:port``; ``client_connected_cb(reader, writer)`` runs for each
     accepted client (the ``accept`` hook, sync or async, may refuse it first; then the
@@ -448,12 +507,24 @@ async def start_server(
     ``start_serving=False``: accept nothing until :meth:`DTPServer.start_serving` (or
     ``serve_forever()``), as :func:`asyncio.start_server`. ``limit``: the readers' line
     limit, as there (64 KiB).
+
+    ``websocket=(host, port)``: also listen for the WebSocket carrier there
+    (docs/protocol.md §13; the ``ws`` extra), with ``origins`` the web origins whose
+    pages may connect (see :meth:`DTPServer.listen_websocket`); ``host`` may then be
+    None for a server on WebSocket alone. Its address: ``websocket_addresses``.
     """
     check_limit(limit)
     check_open_grace_use(open_grace, ledger)
+    if origins is not None and websocket is None:
+        raise ValueError("origins are for a WebSocket listener (websocket=(host, port))")
+    if websocket is not None:
+        require("ws", "The WebSocket carrier")
     if carriers is None:
-        carriers = ("tcp",) if host is not None else ("ledger",)
-    if not carriers or not set(carriers) <= {"tcp", "ledger"}:
+        if host is not None:
+            carriers = ("tcp",)
+        else:
+            carriers = ("ledger",) if websocket is None or ledger is not None else ()
+    if (not carriers and websocket is None) or not set(carriers) <= {"tcp", "ledger"}:
         raise ValueError(f"carriers must be 'tcp' and/or 'ledger', got {carriers!r}")
     if ("tcp" in carriers) != (host is not None and port is not None):
         raise ValueError("host and port are needed for the 'tcp' carrier, and only for it")
@@ -483,6 +554,18 @@ async def start_server(
     )
     if host is not None and port is not None:
         await server.listen(host, port, backlog, start_serving=start_serving)
+    if websocket is not None:
+        try:
+            await server.listen_websocket(
+                websocket[0],
+                websocket[1],
+                origins=origins,
+                backlog=backlog,
+                start_serving=start_serving,
+            )
+        except BaseException:
+            server.close()  # (the TCP listener started first goes too)
+            raise
     if "ledger" in carriers and not start_serving:
         assert ledger is not None and host_id is not None and dtp_port is not None
         server._ledger_pending = (ledger, host_id, dtp_port, ledger_options)

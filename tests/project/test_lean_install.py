@@ -123,11 +123,42 @@ def test_open_ledger_names_the_extra(tmp_path: Path) -> None:
     assert "pip install 'dtp[sui]'" in done.stdout
 
 
+def test_the_websocket_carrier_names_the_extra(tmp_path: Path) -> None:
+    """A ws:// connect and a server's WebSocket listener, without websockets: MissingExtra
+    naming the ws extra, before anything connects or listens."""
+    code = (
+        "import asyncio\n"
+        "import dtp.aio\n"
+        "from dtp.errors import MissingExtra\n"
+        "from dtp.identity.keys import HostIdentity\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await dtp.aio.open_connection('ws://127.0.0.1:9/', timeout=1)\n"
+        "    except MissingExtra as exc:\n"
+        "        print(exc.extra, exc)\n"
+        "    try:\n"
+        "        await dtp.aio.start_server(lambda r, w: None, '127.0.0.1', 0,\n"
+        "            identity=HostIdentity.generate(), websocket=('127.0.0.1', 0))\n"
+        "    except MissingExtra as exc:\n"
+        "        print(exc.extra, exc)\n"
+        "asyncio.run(main())\n"
+    )
+    done = _run(tmp_path, "-c", code)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    for line in lines:
+        assert line.startswith("ws The WebSocket carrier") and line.endswith(
+            "pip install 'dtp[ws]'"
+        ), line
+
+
 @pytest.mark.parametrize(
     ("setting", "key", "extra"),
     [
         ('ledger = "testnet"', "daemon.ledger", "sui"),
         ('ledger = "local"\nlan_announce = true', "daemon.lan_announce", "lan"),
+        ('ledger = "local"\nwebsocket_listen = "127.0.0.1:0"', "daemon.websocket_listen", "ws"),
     ],
 )
 def test_the_daemon_config_names_the_extra(

@@ -213,7 +213,8 @@ def test_the_wheels_metadata(wheel: Path) -> None:
             name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
             extras.setdefault(found.group(1), set()).add(name)
     assert {"pysui", "pysui-fastcrypto", "pyyaml"} <= extras["sui"]
-    assert extras["lan"] == {"zeroconf", "ifaddr"} and extras["gun"] == {"websockets"}
+    assert extras["lan"] == {"zeroconf", "ifaddr"}
+    assert extras["gun"] == extras["ws"] == {"websockets"}
     assert extras["all"] == {"dtp"}
     description = meta.get_payload()
     assert isinstance(description, str)

@@ -25,6 +25,7 @@ EXTRA_MODULES = {
     "dtp.graph.gun": "gun",
     "dtp.cli.demo_browser": "gun",
     "dtp.daemon.metrics": "metrics",
+    "dtp.transport.carriers.websocket": "ws",
 }
 
 

@@ -23,7 +23,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -413,6 +413,8 @@ async def serve(
     max_handshakes_per_address: int | None = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     open_grace: float | None = None,
+    websocket: tuple[str, int] | None = None,
+    origins: Iterable[str] | None = None,
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client.
@@ -424,7 +426,9 @@ async def serve(
     TypeError for a backlog that is no integer -- but before the ledger is read or
     written). ``open_grace``: the admission's grace for an open still landing, as
     :func:`dtp.aio.start_server`'s (InvalidArgument, before the ledger is read or
-    written)."""
+    written). ``websocket=(host, port)`` and ``origins``: also serve over the WebSocket
+    carrier, as :func:`dtp.aio.start_server`'s (the Host publishes the TCP endpoint
+    only); its address is ``server.server.websocket_addresses``."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
     options = ServerOptions.checked(
@@ -438,6 +442,8 @@ async def serve(
         max_handshakes_per_address=max_handshakes_per_address,
         max_waiting_per_address=max_waiting_per_address,
         open_grace=open_grace,
+        websocket=websocket,
+        origins=origins,
     )
     store, opened = open_store(receipts)
     try:

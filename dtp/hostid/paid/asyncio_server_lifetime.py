@@ -88,6 +88,8 @@ class AioServerLifetime(PaidAioServerState):
             max_handshakes=options.max_handshakes,
             max_handshakes_per_address=options.max_handshakes_per_address,
             max_waiting_per_address=options.max_waiting_per_address,
+            websocket=options.websocket,
+            origins=options.origins,
         )
         endpoint = options.endpoint or self.address
         await asyncio.to_thread(

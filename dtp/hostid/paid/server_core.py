@@ -25,11 +25,12 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from dtp.errors import DTPError
+from dtp.extras import require
 from dtp.hostid.admission import checked_open_grace
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
@@ -88,6 +89,10 @@ class ServerOptions:
     """Connections from one address waiting for a handshake slot."""
     open_grace: float | None
     """The admission's grace for an open still landing, in seconds (None: its default)."""
+    websocket: tuple[str, int] | None = None
+    """Where to listen for the WebSocket carrier too (None: not at all)."""
+    origins: tuple[str, ...] | None = None
+    """The web origins whose pages may connect over WebSocket (None: none)."""
 
     @classmethod
     def checked(
@@ -103,6 +108,8 @@ class ServerOptions:
         max_handshakes_per_address: int | None,
         max_waiting_per_address: int,
         open_grace: float | None,
+        websocket: tuple[str, int] | None = None,
+        origins: Iterable[str] | None = None,
     ) -> ServerOptions:
         """The options, refused as the DTP server would refuse them but before anything
         reads or writes the ledger (the store's recovery claims on the ledger, so a bad
@@ -110,7 +117,9 @@ class ServerOptions:
         an ``identity`` that is no HostIdentity or an address that is no (host, port)
         tuple, ValueError or TypeError for a handshake bound (as
         :func:`dtp.socket.create_server`'s), InvalidArgument for a port out of range or
-        a bad ``open_grace``."""
+        a bad ``open_grace``; ValueError or TypeError for ``origins`` without
+        ``websocket``, or that are no list of origins; MissingExtra for ``websocket``
+        without the ``ws`` extra."""
         check_server_identity(identity)
         check_handshake_bounds(
             max_handshakes, max_handshakes_per_address, max_waiting_per_address, backlog
@@ -118,6 +127,18 @@ class ServerOptions:
         check_address(address, "address")
         if endpoint is not None:
             check_address(endpoint, "endpoint")
+        allowed = None
+        if websocket is not None:
+            check_address(websocket, "websocket")
+            require("ws", "The WebSocket carrier")
+        if origins is not None:
+            if websocket is None:
+                raise ValueError("origins are for a WebSocket listener (websocket=)")
+            if isinstance(origins, str):
+                raise TypeError("origins must be a list of origins, not one string")
+            allowed = tuple(origins)
+            if not all(isinstance(o, str) and o for o in allowed):
+                raise ValueError(f"origins must be non-empty strings: {allowed!r}")
         return cls(
             address,
             endpoint,
@@ -128,6 +149,8 @@ class ServerOptions:
             max_handshakes_per_address,
             max_waiting_per_address,
             checked_open_grace(open_grace),
+            websocket,
+            allowed,
         )
 
 

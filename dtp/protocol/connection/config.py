@@ -314,7 +314,7 @@ def parse_params(payload: bytes, *, from_client: bool = False) -> dict[str, Any]
     return out
 
 
-#: The keys of docs/protocol.md 8.2's table (its registry, section 16), by their bytes.
+#: The keys of docs/protocol.md 8.2's table (its registry, section 17), by their bytes.
 _KNOWN_PARAMS: dict[bytes, str] = {
     name.encode(): name for name in ("v", "md", "msd", "ms", "it", "auth", "cid", "port")
 }

@@ -6,9 +6,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dtp.errors import DTPTimeoutError, HandshakeError
+from dtp.errors import (
+    CarrierRefused,
+    ConnectionLost,
+    ConnectionRefused,
+    DTPTimeoutError,
+    HandshakeError,
+)
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort
@@ -20,6 +26,9 @@ from dtp.transport.session import (
     check_connect_timeout,
     connect_timed_out,
 )
+
+if TYPE_CHECKING:
+    import ssl as _ssl  # (annotations only: see dtp.transport.asyncio.server)
 
 
 async def open_connection(
@@ -44,6 +53,41 @@ async def open_connection(
     return await open(host, port, cfg, timeout, limit=limit)
 
 
+async def open_websocket_connection(
+    url: str,
+    *,
+    server_key: bytes | None = None,
+    expected_server_key: bytes | None = None,
+    identity: HostIdentity | None = None,
+    config: ConnectionConfig | None = None,
+    timeout: float | None = None,
+    limit: int = LIMIT,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    """Connect over the WebSocket carrier (docs/protocol.md §13) to ``url``
+    (``ws://host:port/path``, ``wss://…``) and return the first stream's (reader,
+    writer), as :func:`open_connection` does over TCP. ``origin``: the ``Origin`` header
+    sent, as a page at that origin would (None: none); ``ssl``: the TLS context of a
+    ``wss://`` URL (None: the system's). ``timeout`` bounds the connect, the upgrade
+    and the handshake. Needs the ``ws`` extra."""
+    from dtp.transport.carriers.websocket import connect_websocket, parse_url
+
+    check_connect_timeout(timeout)
+    check_limit(limit)
+    parse_url(url)  # (a bad URL is a ValueError before anything is made)
+    if ssl is not None and not url.lower().startswith("wss:"):
+        raise ValueError("ssl is for a wss:// URL")
+    cfg, _ = direct_client_config(
+        config, identity, server_key, expected_server_key, HostIdentity.generate
+    )
+
+    async def carrier(proto: Protocol) -> None:
+        await connect_websocket(url, proto, origin=origin, ssl=ssl)
+
+    return await open(url, None, cfg, timeout, limit=limit, carrier=carrier)
+
+
 def check_limit(limit: int) -> None:
     """Refuse a readers' line limit below 1, in :class:`asyncio.StreamReader`'s words."""
     if limit <= 0:
@@ -61,6 +105,7 @@ async def open(
     writer_class: type[DTPStreamWriter] = DTPStreamWriter,
     limit: int = LIMIT,
     peername: Any = None,
+    carrier: Callable[[Protocol], Awaitable[None]] | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Carrier connect + handshake + acceptance with a ready client config; with
     ``sock`` (a connected socket, e.g. a ledger bridge's), over that instead of TCP.
@@ -68,7 +113,9 @@ async def open(
     server works on it; what it raises fails the connect. ``writer_class``: the writer
     made (a connection by host ID's: ``HostStreamWriter``). ``limit``: the readers'
     line limit; ``peername``: what ``get_extra_info("peername")`` reports when ``sock``'s
-    own would not name the peer (a ledger bridge's ``("ledger", <connection id>)``)."""
+    own would not name the peer (a ledger bridge's ``("ledger", <connection id>)``).
+    ``carrier(protocol)``: makes the carrier and hands it to ``protocol`` instead of a
+    TCP connect (the WebSocket carrier's; ``host`` is its URL then, ``port`` None)."""
     loop = asyncio.get_running_loop()
     session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
     proto = Protocol(session, loop)
@@ -77,11 +124,17 @@ async def open(
 
     async def establish() -> None:
         try:
-            if sock is None:
+            if carrier is not None:
+                await carrier(proto)
+            elif sock is None:
                 await loop.create_connection(lambda: proto, host, port)
             else:
                 await loop.create_connection(lambda: proto, sock=sock)
+        except ConnectionRefused:
+            raise  # (a WebSocket upgrade refused: the server's answer says why)
         except OSError as exc:
+            if carrier is not None:
+                raise _websocket_error(host, exc) from exc
             raise carrier_error(host, port, exc) from exc
         if while_waiting is not None:
             await while_waiting(proto)
@@ -107,6 +160,16 @@ async def open(
         if isinstance(exc, TimeoutError):
             if timeout is None:  # (a ledger call's, in while_waiting)
                 raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
-            raise connect_timed_out(endpoint_text(host, port), timeout) from None
+            where = host if carrier is not None else endpoint_text(host, port)
+            raise connect_timed_out(where, timeout) from None
         raise
     return DTPStreamReader(proto, 0), writer_class(proto, 0, primary=True)
+
+
+def _websocket_error(url: str, exc: OSError) -> ConnectionLost:
+    """What a failed TCP connect under a WebSocket carrier raises, as
+    :func:`~dtp.transport.carriers.tcp.carrier_error` for TCP."""
+    kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
+    error = kind(f"cannot reach {url}: {exc.strerror or exc}")
+    error.errno, error.strerror = exc.errno, str(error)
+    return error

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import LocalProtocolError
 from dtp.identity.keys import HostIdentity
@@ -40,6 +41,13 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.heap_release import HeapRelease
 from dtp.transport.hooks import Listener, Reservations
 from dtp.transport.replay_guard import ReplayGuard
+
+if TYPE_CHECKING:
+    # (ssl for its annotations only: a Python whose ssl module cannot load -- no system
+    # libssl -- still serves TCP)
+    import ssl
+
+    from dtp.transport.carriers.websocket import WebSocketTransport
 
 
 class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
@@ -120,6 +128,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
+        #: The WebSocket listeners (listen_websocket)
+        self._websockets: list[asyncio.base_events.Server] = []
         self._attached: Listener | None = None  # (attach)
         self._attached_watch: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -180,6 +190,13 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         return name[0], name[1]
 
     @property
+    def websocket_addresses(self) -> tuple[tuple[str, int], ...]:
+        """The addresses the server's WebSocket listeners are bound to
+        (:meth:`listen_websocket`), in the order they were made."""
+        names = [sock.getsockname() for server in self._websockets for sock in server.sockets]
+        return tuple((name[0], name[1]) for name in names)
+
+    @property
     def attached(self) -> Listener | None:
         """The listener :meth:`attach` gave this server, if any."""
         return self._attached
@@ -235,6 +252,66 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             start_serving=start_serving,
         )
 
+    async def listen_websocket(
+        self,
+        host: str,
+        port: int,
+        *,
+        origins: Iterable[str] | None = None,
+        backlog: int = 128,
+        ssl: ssl.SSLContext | None = None,
+        start_serving: bool = True,
+    ) -> tuple[str, int]:
+        """Also accept DTP connections over WebSocket (docs/protocol.md §13) on
+        ``host:port``, any path; returns the bound address. Needs the ``ws`` extra.
+
+        A WebSocket client is admitted as a TCP one, from its TCP accept: its upgrade
+        and its first record together must come within ``first_message_timeout``, it
+        counts toward the same bounds on unproven connections and handshake slots of its
+        address, and its handshake, hooks and callback are the same. ``origins``: the
+        web origins whose pages may connect (``"https://app.example"``; ``"*"``: any);
+        by default none, only clients that send no ``Origin`` (programs, not browsers).
+        A refused upgrade (an origin not allowed, no ``dtp.v1`` subprotocol, not a
+        WebSocket request) gets its HTTP answer and counts in :attr:`handshakes_failed`.
+        ``ssl``: a TLS context for ``wss://``; ``start_serving=False``: accept nothing
+        until :meth:`start_serving`, as :meth:`listen`. May be called more than once."""
+        from dtp.transport.carriers.websocket import accept_websocket, origin_rule
+
+        if self._closed.is_set():
+            raise LocalProtocolError("this server is closed")
+        check_backlog(backlog)
+        rule = origin_rule(origins)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        server = await loop.create_server(
+            lambda: accept_websocket(
+                loop, self._websocket_arrived, self._upgrade_refused, origins=rule
+            ),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            ssl=ssl,
+            start_serving=start_serving,
+        )
+        self._websockets.append(server)
+        name = server.sockets[0].getsockname()
+        return name[0], name[1]
+
+    def _websocket_arrived(self, carrier: WebSocketTransport) -> None:
+        """A TCP connection on a WebSocket listener: admitted as a TCP client is (its
+        arrival reads its first record once the carrier's upgrade is done)."""
+        arrival = self._protocol_factory()
+        carrier.set_protocol(arrival)
+        arrival.connection_made(carrier)
+
+    def _upgrade_refused(self, carrier: WebSocketTransport, reason: str) -> None:
+        """A WebSocket upgrade refused (its HTTP answer sent): not a DTP client."""
+        arrival = carrier.get_protocol()
+        if isinstance(arrival, _Arrival):
+            self._not_dtp(arrival)
+
     def get_loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop the server runs on (as :meth:`asyncio.Server.get_loop`)."""
         return self._loop
@@ -246,6 +323,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             return False
         if self._server is not None and self._server.is_serving():
             return True
+        if any(server.is_serving() for server in self._websockets):
+            return True
         return self._attached is not None
 
     async def start_serving(self) -> None:
@@ -256,6 +335,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             return
         if self._server is not None:
             await self._server.start_serving()
+        for server in self._websockets:
+            await server.start_serving()
 
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go
@@ -263,6 +344,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         are closed)."""
         if self._server is not None:
             self._server.close()
+        for server in self._websockets:
+            server.close()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -289,6 +372,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             await self._server.wait_closed()
         else:
             await self._closed.wait()
+        for server in self._websockets:
+            await server.wait_closed()
         listener = self._attached
         if listener is not None and listener.running:
             await asyncio.to_thread(listener.close)

@@ -60,6 +60,7 @@ class ServerState:
     _admit: AdmitHook | None
     _config: ConnectionConfig
     _server: asyncio.base_events.Server | None
+    _websockets: list[asyncio.base_events.Server]
     _attached: Listener | None
     _attached_watch: asyncio.Task[None] | None
     _closed: asyncio.Event
