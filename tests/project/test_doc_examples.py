@@ -69,11 +69,6 @@ OTHER_SKIP: dict[str, tuple[str, str]] = {
         "from dtp.ledger.sui import SuiLedger, SuiConfig",
         "needs a Sui full node (DTP_SUI_RPC, DTP_SUI_PACKAGE); the live tests cover it",
     ),
-    "docs/sui.md#3": (
-        "from dtp.ledger.sui import SuiConfig, SuiLedger",
-        "imports the node stand-in from the repository's tests/ (run from the checkout); "
-        "tests/ledger/test_sui_on_standin.py does the same",
-    ),
 }
 
 

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from tests.support.loops import LoopThread, loop_in_thread
+from dtp.testing.loops import LoopThread, loop_in_thread
 
 
 class _Watched(asyncio.Protocol):

@@ -1,4 +1,5 @@
-"""A stand-in Sui full node for tests: it speaks Sui's gRPC API (``sui.rpc.v2`` over
+"""A stand-in Sui full node for tests (docs/sui.md, "The node stand-in"; docs/testing.md):
+it speaks Sui's gRPC API (``sui.rpc.v2`` over
 HTTP/2, pysui's generated messages) and executes the dtp package's transactions with
 LocalLedger's own rule code, so that SuiLedger, the daemon and the ``dtp`` command run end
 to end on a machine where no Sui node can.
@@ -16,12 +17,29 @@ In a test::
         node.faucet(identity.sui_address, 10**9)
         ledger = SuiLedger(SuiConfig(node.url, node.package_id))
 
-As a process (two daemons in two network namespaces can share it)::
+As a process of its own (two daemons in two network namespaces, or on two machines,
+can share it: ``--host 0.0.0.0``, and each names one of the URLs its ready line lists)::
 
-    python -m tests.support.sui_node --port 0 --state DIR --print-url
+    python -m dtp.testing.sui_node --port 0 --state DIR --fund 0x…=10000000000
+    python -m dtp.testing.sui_node fund http://127.0.0.1:9123/v2/gas 0x…=5000000000
 """
 
-from tests.support.sui_node.server import DEFAULT_PACKAGE, SuiNodeStandIn
-from tests.support.sui_node.state import DAY_MS
+from dtp.testing.sui_node.faucet import DEFAULT_AMOUNT, FaucetError, request_funds
+from dtp.testing.sui_node.server import (
+    DEFAULT_PACKAGE,
+    SuiNodeStandIn,
+    client_url,
+    listening_addresses,
+)
+from dtp.testing.sui_node.state import DAY_MS
 
-__all__ = ["DAY_MS", "DEFAULT_PACKAGE", "SuiNodeStandIn"]
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_AMOUNT",
+    "DEFAULT_PACKAGE",
+    "FaucetError",
+    "SuiNodeStandIn",
+    "client_url",
+    "listening_addresses",
+    "request_funds",
+]
