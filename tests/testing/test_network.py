@@ -312,3 +312,32 @@ def test_blocking_code_on_the_relay() -> None:
             assert sock.recv(100) == b"100000"
         thread.join(30)
         assert net.stats.chunks_lost > 0
+
+
+def test_the_servers_admission_deadlines_run_on_the_virtual_clock() -> None:
+    """A client that connects and never sends its first record, or sends only part of
+    it, is cut off after the server's first_message_timeout (3 s) of virtual time. (The
+    server's admission read time.monotonic, and the virtual loop's timer found its
+    deadline always ahead: the silent client was cut off some 200,000 virtual seconds
+    later, once 3 real ones had passed.)"""
+    net = _network(Link(delay=0.001))
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        server = await dtp.aio.start_server(_echo_size, "server", 7000, identity=SERVER)
+        ended = []
+        with net.host("client"):
+            for first in (b"", b"\x01\x00\x60\x00"):  # nothing; a record's header, cut
+                reader, writer = await asyncio.open_connection("server", 7000)
+                start = loop.time()
+                writer.write(first)
+                assert await reader.read() == b""  # closed by the server
+                ended.append(loop.time() - start)
+                writer.close()
+        server.close()
+        await server.wait_closed()
+        return ended
+
+    silent, half = net.run(main())
+    assert 3.0 <= silent < 3.01
+    assert 3.0 <= half < 3.01
