@@ -22,7 +22,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Settlement, Sla
 from dtp.ledger.receipt import Receipt
 from dtp.testing.identities import identity
-from dtp.testing.strategies.money import ReceiptTerms
+from dtp.testing.receipts import ReceiptTerms
 
 __all__ = ["DEFAULT_SLA", "Channel", "LedgerWorld", "WorldBroken"]
 
