@@ -1,0 +1,233 @@
+"""The pytest plugin dtp ships (dtp.testing.plugin): each fixture used as a user would, the
+seed option, and the plugin found through its pytest11 entry point by a project that is
+not this one (``pytest --fixtures`` lists the DTP fixtures there)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.testing.ledger_world import LedgerWorld
+from dtp.testing.network import Link, SimNetwork
+from dtp.testing.plugin import DTP_CLOCK_MS
+from dtp.testing.sui_node import SuiNodeStandIn, request_funds
+from dtp.transport.blocking.socket import DTPSocket
+from tests.support.paths import ROOT
+
+FIXTURES = (
+    "dtp_seed",
+    "dtp_identity",
+    "dtp_ledger",
+    "dtp_funded",
+    "dtp_world",
+    "dtp_pair",
+    "dtp_aio_pair",
+    "dtp_paid_service",
+    "dtp_daemon_pair",
+    "dtp_network",
+    "dtp_sui_node",
+)
+
+
+def test_the_ledger_fixtures(
+    dtp_ledger: LocalLedger,
+    dtp_funded: Callable[..., list[HostIdentity]],
+    dtp_world: LedgerWorld,
+    dtp_identity: Callable[[int], HostIdentity],
+) -> None:
+    assert dtp_ledger.clock_ms() == DTP_CLOCK_MS and dtp_ledger.clock_frozen()
+    alice, bob = dtp_funded(2, funds=500)
+    (carol,) = dtp_funded()
+    assert len({alice, bob, carol}) == 3
+    assert dtp_ledger.balance(alice.sui_address) == 500
+    assert dtp_ledger.balance(carol.sui_address) == 10**9
+    assert dtp_identity(3) == dtp_identity(3) != dtp_identity(4)
+    channel = dtp_world.open(0, 1_000)
+    dtp_world.claim(channel, dtp_world.sign(channel, 1024, 2))
+    dtp_world.check()
+    assert dtp_world.ledger is dtp_ledger
+
+
+def test_the_blocking_pair(dtp_pair: tuple[DTPSocket, DTPSocket]) -> None:
+    client, server = dtp_pair
+    client.sendall(b"ping")
+    assert server.recv(4) == b"ping"
+    server.sendall(b"pong")
+    assert client.recv(4) == b"pong"
+
+
+def test_the_asyncio_pair_on_a_real_loop_and_on_the_simulated_network(
+    dtp_aio_pair: Callable[..., object], dtp_network: SimNetwork
+) -> None:
+    async def exchange(**where: object) -> bytes:
+        async with dtp_aio_pair(**where) as ((_, c_writer), (s_reader, s_writer)):  # type: ignore[attr-defined]
+            c_writer.write(b"hello")
+            got: bytes = await s_reader.readexactly(5)
+            s_writer.write(b"!")
+            return got
+
+    assert asyncio.run(exchange()) == b"hello"
+    dtp_network.add_hosts("client", "server")
+    dtp_network.link("client", "server", Link(delay=0.25))
+
+    async def simulated() -> tuple[bytes, float]:
+        with dtp_network.host("client"):
+            got = await exchange(host="server", port=7000)
+        return got, asyncio.get_running_loop().time()
+
+    got, virtual = dtp_network.run(simulated())
+    assert got == b"hello" and virtual >= 1.0  # (round trips of 0.5 s, at no real cost)
+
+
+def test_the_paid_service(dtp_paid_service: Callable[..., object]) -> None:
+    service = dtp_paid_service()
+    with service.connect(deposit=5_000) as sock:  # type: ignore[attr-defined]
+        sock.sendall(b"paid bytes")
+        assert sock.recv(100) == b"paid bytes"
+    assert service.wait_settled()  # type: ignore[attr-defined]
+    service.check()  # type: ignore[attr-defined]
+    (client,) = service.clients  # type: ignore[attr-defined]
+    spent = 10**9 - service.ledger.balance(client.sui_address)  # type: ignore[attr-defined]
+    assert 0 < spent < 5_000  # the bytes and stream were paid for, the rest came back
+
+
+def test_the_network_is_seeded_by_the_test(dtp_network: SimNetwork, dtp_seed: int) -> None:
+    assert dtp_network.seed == dtp_seed
+
+
+def test_the_sui_node(
+    dtp_sui_node: SuiNodeStandIn, dtp_identity: Callable[[int], HostIdentity]
+) -> None:
+    who = dtp_identity(7).sui_address
+    assert dtp_sui_node.faucet_url is not None
+    request_funds(dtp_sui_node.faucet_url, who, 1234)
+    ledger = SuiLedger(SuiConfig(dtp_sui_node.url, dtp_sui_node.package_id))
+    try:
+        assert ledger.balance(who) == 1234
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def tcp_echo() -> Iterator[tuple[str, int]]:
+    """A plain TCP echo backend on 127.0.0.1 (threads)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_the_daemon_pair(dtp_daemon_pair: Callable[..., object], tcp_echo: tuple[str, int]) -> None:
+    pair = dtp_daemon_pair([f"{tcp_echo[0]}:{tcp_echo[1]}"])
+    with socket.create_connection(pair.forward, timeout=30) as sock:  # type: ignore[attr-defined]
+        sock.sendall(b"through two daemons")
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(1024):
+            got += chunk
+    assert got == b"through two daemons"
+    ledger = pair.ledger()  # type: ignore[attr-defined]
+    try:
+        audit = ledger.audit()
+        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
+    finally:
+        ledger.close()
+
+
+# -- the plugin seen from another project -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that stands for site-packages with dtp installed from this checkout:
+    the package and the metadata setuptools computes for it (its entry points too)."""
+    site = tmp_path_factory.mktemp("site")
+    egg = tmp_path_factory.mktemp("egg")
+    # (a copy of what setup.py reads: egg_info writes next to its sources)
+    project = tmp_path_factory.mktemp("project")
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, project / name)
+    shutil.copytree(ROOT / "dtp", project / "dtp", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "dtp_core", project / "dtp_core", ignore=shutil.ignore_patterns("*.o"))
+    shutil.copytree(ROOT / "move", project / "move", ignore=shutil.ignore_patterns("build"))
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg)],
+        cwd=project,
+        env={**os.environ, "DTP_SKIP_PREFLIGHT": "1"},
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (site / "dtp").symlink_to(ROOT / "dtp")
+    shutil.copytree(egg / "dtp.egg-info", site / "dtp.egg-info")
+    return site
+
+
+def _fresh_project(tmp_path: Path, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pytest ARGS`` in a new project directory (a test file of its own, no
+    conftest) with ``site`` first on the path."""
+    (tmp_path / "test_app.py").write_text(
+        "def test_uses_the_ledger(dtp_ledger):\n    assert dtp_ledger.clock_frozen()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_fresh_project_finds_the_fixtures_through_the_entry_point(
+    installed: Path, tmp_path: Path
+) -> None:
+    entry_points = (installed / "dtp.egg-info" / "entry_points.txt").read_text()
+    assert (
+        "[pytest11]" in entry_points and "dtp.testing.plugin = dtp.testing.plugin" in entry_points
+    )
+    listed = _fresh_project(tmp_path, installed, "--fixtures")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for name in FIXTURES:
+        assert name in listed.stdout, name
+    ran = _fresh_project(tmp_path, installed, "-q", "--dtp-seed", "4242")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "1 passed" in ran.stdout
+    header = _fresh_project(tmp_path, installed, "--dtp-seed", "4242")
+    assert "dtp: seed 4242 (replay with --dtp-seed 4242)" in header.stdout
+    off = _fresh_project(tmp_path, installed, "-q", "-p", "no:dtp.testing.plugin")
+    assert off.returncode != 0 and "fixture 'dtp_ledger' not found" in off.stdout
