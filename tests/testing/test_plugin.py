@@ -5,11 +5,8 @@ not this one (``pytest --fixtures`` lists the DTP fixtures there)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from dtp.testing.network import Link, SimNetwork
 from dtp.testing.plugin import DTP_CLOCK_MS
 from dtp.testing.sui_node import SuiNodeStandIn, request_funds
 from dtp.transport.blocking.socket import DTPSocket
-from tests.support.paths import ROOT
+from tests.testing.installed import make_site, run_in_project
 
 FIXTURES = (
     "dtp_seed",
@@ -171,28 +168,8 @@ def test_the_daemon_pair(dtp_daemon_pair: Callable[..., object], tcp_echo: tuple
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory that stands for site-packages with dtp installed from this checkout:
-    the package and the metadata setuptools computes for it (its entry points too)."""
-    site = tmp_path_factory.mktemp("site")
-    egg = tmp_path_factory.mktemp("egg")
-    # (a copy of what setup.py reads: egg_info writes next to its sources)
-    project = tmp_path_factory.mktemp("project")
-    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"):
-        shutil.copy2(ROOT / name, project / name)
-    shutil.copytree(ROOT / "dtp", project / "dtp", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "dtp_core", project / "dtp_core", ignore=shutil.ignore_patterns("*.o"))
-    shutil.copytree(ROOT / "move", project / "move", ignore=shutil.ignore_patterns("build"))
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(egg)],
-        cwd=project,
-        env={**os.environ, "DTP_SKIP_PREFLIGHT": "1"},
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (site / "dtp").symlink_to(ROOT / "dtp")
-    shutil.copytree(egg / "dtp.egg-info", site / "dtp.egg-info")
-    return site
+    """dtp as installed (tests/testing/installed.py)."""
+    return make_site(tmp_path_factory.mktemp("installed"))
 
 
 def _fresh_project(tmp_path: Path, site: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -201,16 +178,7 @@ def _fresh_project(tmp_path: Path, site: Path, *args: str) -> subprocess.Complet
     (tmp_path / "test_app.py").write_text(
         "def test_uses_the_ledger(dtp_ledger):\n    assert dtp_ledger.clock_frozen()\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["PYTHONPATH"] = str(site)
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_in_project(tmp_path, site, "-m", "pytest", "-p", "no:cacheprovider", *args)
 
 
 def test_a_fresh_project_finds_the_fixtures_through_the_entry_point(

@@ -39,7 +39,9 @@ def souls() -> st.SearchStrategy[str]:
     """Node names ``put`` takes in the shared namespace: non-empty text (any Unicode but
     lone surrogates) without ``~`` or ``#``, which put a soul under SEA's rules (a user
     space, an alias list, a content-addressed soul: docs/graph.md)."""
-    return st.text(st.characters(exclude_characters="~#"), min_size=1, max_size=24)
+    return st.text(
+        st.characters(exclude_characters="~#", exclude_categories=["Cs"]), min_size=1, max_size=24
+    )
 
 
 def field_names() -> st.SearchStrategy[str]:

@@ -1,0 +1,113 @@
+"""docs/testing.md's examples run as written, from a fresh project where dtp is installed
+(tests/testing/installed.py): each block marked ``<!-- testing-example: NAME -->`` is
+written to NAME there and run -- the test files with pytest, the script with python and
+its printed output checked. The two worked examples pass; the service that bills twice
+on retry is caught within hypothesis' default budget under several seeds, and its
+failure replays from its seed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import ROOT
+from tests.testing.installed import make_site, run_in_project
+
+DOC = ROOT / "docs" / "testing.md"
+_EXAMPLE = re.compile(r"<!-- testing-example: (\S+) -->\n```python\n(.*?)```", re.S)
+
+
+def examples() -> dict[str, str]:
+    """NAME -> code of each marked block."""
+    found = dict(_EXAMPLE.findall(DOC.read_text(encoding="utf-8")))
+    assert len(found) == DOC.read_text(encoding="utf-8").count("<!-- testing-example:")
+    return found
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(a project holding every example, dtp as installed)."""
+    site = make_site(tmp_path_factory.mktemp("installed"))
+    where = tmp_path_factory.mktemp("project")
+    for name, code in examples().items():
+        (where / name).write_text(code, encoding="utf-8")
+    return where, site
+
+
+def _pytest(project: tuple[Path, Path], *args: str) -> tuple[int, str]:
+    where, site = project
+    shutil.rmtree(where / ".hypothesis", ignore_errors=True)  # (no example database)
+    done = run_in_project(where, site, "-m", "pytest", "-p", "no:cacheprovider", *args)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_every_block_of_the_doc_is_an_example() -> None:
+    """No python block of docs/testing.md escapes this test."""
+    text = DOC.read_text(encoding="utf-8")
+    assert text.count("```python") == len(examples()) >= 8
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test_fixtures.py",
+        "test_ledger_history.py",
+        "test_my_service_machine.py",
+        "test_on_sui.py",
+        "test_paid_jsonrpc.py",
+        "test_notes_converge.py",
+    ],
+)
+def test_the_examples_pass(project: tuple[Path, Path], name: str) -> None:
+    code, output = _pytest(project, "-q", name)
+    assert code == 0, output
+    assert " passed" in output and "failed" not in output
+
+
+def test_the_network_script_prints_what_it_says(project: tuple[Path, Path]) -> None:
+    where, site = project
+    done = run_in_project(where, site, "hello_network.py")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["b'hello'"]
+
+
+def _falsified(output: str) -> str:
+    """The failing example hypothesis reports (``Failing test case: ...(...)``, in
+    earlier versions ``Falsifying example``), up to its closing parenthesis."""
+    found = re.search(
+        r"(?:Failing test case|Falsifying example):.*?\n(?:E?\s+.*\n)*?E?\s*\)\n", output
+    )
+    assert found, output[-3000:]
+    return found.group(0)
+
+
+@pytest.mark.timeout(1200)
+def test_the_eager_service_is_caught_and_replays_from_its_seed(
+    project: tuple[Path, Path],
+) -> None:
+    failures = {}
+    for seed in ("1", "2", "3"):
+        code, output = _pytest(
+            project,
+            "-q",
+            "--hypothesis-show-statistics",
+            "test_eager_service.py",
+            "--dtp-seed",
+            seed,
+        )
+        assert code == 1, output[-3000:]
+        assert "MIST for" in output and "answers" in output  # the billing assertion failed
+        # found while generating, within the default budget of 100 examples
+        generated = re.search(
+            r"during generate phase.*?- (\d+) passing, (\d+) failing", output, re.S
+        )
+        assert generated is not None, output[-3000:]
+        assert int(generated.group(1)) + int(generated.group(2)) <= 100
+        failures[seed] = _falsified(output)
+    code, again = _pytest(project, "-q", "test_eager_service.py", "--dtp-seed", "1")
+    assert code == 1
+    assert _falsified(again) == failures["1"]  # the same example, found again
