@@ -28,7 +28,7 @@ Fixtures (docs/testing.md), each closed after its test:
 ``--dtp-seed N`` replays: the seeds of ``dtp_seed`` and ``dtp_network`` come from it, and
 so does hypothesis' (as ``--hypothesis-seed N``, unless that is given), so a failing
 property found under one seed is found again, example for example, under the same one.
-A failed test's report names its seed.
+A failed test's report names the run's seed (and its own ``dtp_seed``, if it used it).
 
 Nothing heavy is imported until a fixture is used: a project with dtp installed and
 no DTP tests pays for the option and the header line only.
@@ -105,11 +105,12 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.failed and _TEST_SEED_KEY in item.stash:
+    if report.failed:
         seed = item.config.stash.get(_SEED_KEY, None)
-        report.sections.append(
-            ("dtp", f"dtp_seed {item.stash[_TEST_SEED_KEY]}: replay with --dtp-seed {seed}")
-        )
+        line = f"run seed {seed}: replay with --dtp-seed {seed}"
+        if _TEST_SEED_KEY in item.stash:
+            line += f" (this test's dtp_seed: {item.stash[_TEST_SEED_KEY]})"
+        report.sections.append(("dtp", line))
     return report
 
 

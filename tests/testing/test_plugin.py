@@ -199,3 +199,13 @@ def test_a_fresh_project_finds_the_fixtures_through_the_entry_point(
     assert "dtp: seed 4242 (replay with --dtp-seed 4242)" in header.stdout
     off = _fresh_project(tmp_path, installed, "-q", "-p", "no:dtp.testing.plugin")
     assert off.returncode != 0 and "fixture 'dtp_ledger' not found" in off.stdout
+
+
+def test_a_failed_test_names_the_seed_to_replay_it(installed: Path, tmp_path: Path) -> None:
+    (tmp_path / "test_fails.py").write_text("def test_fails(dtp_seed):\n    assert False\n")
+    done = run_in_project(
+        tmp_path, installed, "-m", "pytest", "-p", "no:cacheprovider", "--dtp-seed", "77",
+        "test_fails.py",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "run seed 77: replay with --dtp-seed 77 (this test's dtp_seed: " in done.stdout
