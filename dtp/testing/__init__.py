@@ -15,9 +15,12 @@ so that importing one costs only what it needs:
   rules (money conserved, no claim beyond a signed receipt, refunds after timeouts) and
   graph replicas that converge under any partition schedule.
 - :mod:`dtp.testing.sui_node` -- the Sui node stand-in (``python -m dtp.testing.sui_node``).
-- :mod:`dtp.testing.identities`, :mod:`dtp.testing.pairs`, :mod:`dtp.testing.services`,
-  :mod:`dtp.testing.daemons` -- funded identities, connected client/server pairs (both
-  APIs), a paid service, a pair of ``dtp daemon`` processes.
+- :mod:`dtp.testing.identities`, :mod:`dtp.testing.receipts`,
+  :mod:`dtp.testing.ledger_world` -- numbered identities and their funding, receipts made
+  for a connection, a small economy on a ledger with the escrow rules' checks.
+- :mod:`dtp.testing.pairs`, :mod:`dtp.testing.services`, :mod:`dtp.testing.daemons` --
+  connected client/server pairs (both APIs), a paid service, a pair of ``dtp daemon``
+  processes; :mod:`dtp.testing.loops`, an event loop in a thread of its own.
 - :mod:`dtp.testing.plugin` -- the pytest plugin (registered under ``pytest11``): the
   fixtures ``dtp_*`` and the ``--dtp-seed`` option.
 
@@ -30,10 +33,13 @@ from __future__ import annotations
 __all__ = [
     "daemons",
     "identities",
+    "ledger_world",
+    "loops",
     "machines",
     "network",
     "pairs",
     "plugin",
+    "receipts",
     "services",
     "strategies",
     "sui_node",

@@ -341,3 +341,13 @@ def test_the_servers_admission_deadlines_run_on_the_virtual_clock() -> None:
     silent, half = net.run(main())
     assert 3.0 <= silent < 3.01
     assert 3.0 <= half < 3.01
+
+
+def test_a_network_runs_again_from_a_clean_wire() -> None:
+    """A second run of one network starts with nothing of the first on its links (a
+    bandwidth-limited link's wire was busy until the first run's last virtual second)."""
+    net = _network(Link(delay=0.01, bandwidth=100_000))
+    first = _transfer(net, 200_000)
+    second = _transfer(net, 200_000)
+    assert first[0] == second[0] == b"200000"
+    assert second[1] == pytest.approx(first[1], rel=0.05)

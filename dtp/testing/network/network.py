@@ -278,8 +278,12 @@ class SimNetwork:
         if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
             raise SimulationError("this network runs on another event loop already")
         if self._loop is not loop:
+            # (a new run: nothing of the last one's is on the wires, whose clock may have
+            # gone far ahead of this loop's)
             self._listeners.clear()
             self._live = _Live()
+            for medium in self._media.values():
+                medium.busy_until = 0.0
         self._loop = loop
 
     @property
