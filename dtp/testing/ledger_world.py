@@ -13,6 +13,7 @@ operation sequences (:func:`dtp.testing.strategies.ledger_operations`) run on it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -55,8 +56,12 @@ class Channel:
 class LedgerWorld:
     """One server (``server``), its Host and one service on ``port`` with ``sla``, and
     ``clients`` funded identities with ``funds`` MIST and a spending cap each, on
-    ``ledger`` (a LocalLedger in memory with its clock frozen at ``clock_ms`` by default;
-    any ledger with a ``faucet``, such as one on the Sui node stand-in, will do).
+    ``ledger`` (a LocalLedger in memory with its clock frozen at ``clock_ms`` by default).
+    Another ledger needs a ``faucet(address, amount)`` to fund from: the ledger's own, or
+    ``faucet=`` (a Sui node stand-in's, for a SuiLedger on it: the server is funded too
+    then, for its gas). On Sui, gas moves balances beyond what the rules do, so checks
+    of balances before and after a call hold on LocalLedger only; :meth:`check`'s hold
+    on both.
 
     Every call is the ledger's own: a rule it breaks raises the ledger's error, which
     callers catch as they expect. :meth:`check` asserts what must hold after any of them.
@@ -74,6 +79,7 @@ class LedgerWorld:
         clock_ms: int = 0,
         cap: int = 10**12,
         first_identity: int = 1,
+        faucet: Callable[[str, int], object] | None = None,
     ) -> None:
         self.ledger: Ledger = (
             ledger if ledger is not None else LocalLedger(":memory:", clock_ms=clock_ms)
@@ -81,11 +87,16 @@ class LedgerWorld:
         self.server = server if server is not None else identity(first_identity)
         self.clients = [identity(first_identity + 1 + n) for n in range(clients)]
         self.sla, self.port = sla, port
+        if faucet is not None:
+            faucet(self.server.sui_address, funds)  # (its gas, on a ledger that charges it)
+        else:
+            faucet = getattr(self.ledger, "faucet", None)
+            if faucet is None:
+                raise TypeError(
+                    f"{type(self.ledger).__name__} has no faucet to fund the clients: pass faucet="
+                )
         self.host_id = self.ledger.create_host(self.server, self.server.noise_public)
         self.ledger.add_service(self.server, self.host_id, port, "raw", sla)
-        faucet = getattr(self.ledger, "faucet", None)
-        if faucet is None:
-            raise TypeError(f"{type(self.ledger).__name__} has no faucet to fund the clients")
         self.caps: dict[str, str] = {}
         for client in self.clients:
             faucet(client.sui_address, funds)

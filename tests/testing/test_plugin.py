@@ -209,3 +209,22 @@ def test_a_failed_test_names_the_seed_to_replay_it(installed: Path, tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 1
     assert "run seed 77: replay with --dtp-seed 77 (this test's dtp_seed: " in done.stdout
+
+
+def test_the_ledger_world_on_sui(dtp_sui_node: SuiNodeStandIn) -> None:
+    """LedgerWorld on a SuiLedger, funded by the node stand-in's faucet: a claim of a
+    signed receipt, and the invariants (conservation is checked through the node's
+    audit, which counts the gas)."""
+    ledger = SuiLedger(SuiConfig(dtp_sui_node.url, dtp_sui_node.package_id, timeout=30.0))
+    try:
+        world = LedgerWorld(ledger, clients=1, funds=10**10, faucet=dtp_sui_node.faucet)
+        channel = world.open(0, 10_000)
+        assert world.claim(channel, world.sign(channel, 2048, 1)) == 25
+        world.check()
+        audit = dtp_sui_node.audit()
+        assert (
+            audit["minted"]
+            == audit["balances"] + audit["escrows"] + audit["broadcasts"] + audit["gas"]
+        )
+    finally:
+        ledger.close()
