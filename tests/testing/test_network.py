@@ -351,3 +351,27 @@ def test_a_network_runs_again_from_a_clean_wire() -> None:
     second = _transfer(net, 200_000)
     assert first[0] == second[0] == b"200000"
     assert second[1] == pytest.approx(first[1], rel=0.05)
+
+
+def test_what_a_closed_socket_had_sent_crosses_a_healed_partition() -> None:
+    """Bytes a partition held on a stream link still go once it heals, also when their
+    writer closed meanwhile (as a kernel sends what it was given); then the FIN."""
+    net = _network(Link(delay=0.01))
+
+    async def main() -> bytes:
+        got = asyncio.get_running_loop().create_future()
+
+        async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(await reader.read())  # (to the FIN)
+            writer.close()
+
+        await asyncio.start_server(take, "server", 80)
+        with net.host("client"):
+            _, writer = await asyncio.open_connection("server", 80)
+        net.partition({"client"}, {"server"})
+        writer.write(b"held, then sent")
+        writer.close()
+        net.after(5.0, net.heal)
+        return await got
+
+    assert net.run(main()) == b"held, then sent"

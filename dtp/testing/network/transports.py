@@ -79,6 +79,7 @@ class SimTransport(asyncio.Transport):
         self._lost = False  # connection_lost delivered
         self._eof_sent = False
         self._aborted = False
+        self._reset_sent = False
         self._reading_paused = False
         # held while reading is paused or no protocol is attached yet: (chunk, counted)
         # pairs, None for the FIN
@@ -196,7 +197,10 @@ class SimTransport(asyncio.Transport):
                 self._fin_arrives()
             elif self.peer is not None:
                 self.peer._reset()
-        if queue:
+        # (a callback above may have written, and set the timer for its chunk already)
+        if queue and (self._timer is None or self._timer.when() > queue[0][0]):
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self._loop.call_at(queue[0][0], self._fire)
 
     def writelines(self, list_of_data: Any) -> None:
@@ -322,8 +326,9 @@ class SimTransport(asyncio.Transport):
 
     def _send_reset(self) -> None:
         peer = self.peer
-        if peer is None:
+        if peer is None or self._reset_sent:
             return
+        self._reset_sent = True
         self._network.stats.resets += 1
         self._push(self._loop.time() + self._direction.link.delay, "rst")
 
@@ -339,7 +344,8 @@ class SimTransport(asyncio.Transport):
             return
         self._lost = self._closing = True
         self._inbox.clear()
-        self._network.forget(self)
+        if not self._direction.held:  # (else the heal still sends it: resend_held)
+            self._network.forget(self)
         protocol = self._protocol
         if protocol is not None:
             protocol.connection_lost(exc)  # type: ignore[arg-type]
@@ -356,12 +362,16 @@ class SimTransport(asyncio.Transport):
         was sent meanwhile."""
         direction = self._direction
         held = direction.release()
-        if held and not self._lost and not self._aborted:
+        # (a socket closed meanwhile still sends what it was given, as a kernel does;
+        # an aborted one never)
+        if held and not self._aborted:
             for chunk in held:
                 self._send_chunk(chunk)
         if direction.fin_held:
             direction.fin_held = False
             self._send_fin()
+        if self._lost:
+            self._network.forget(self)
 
     def crash(self) -> None:
         """The host went down: our protocol loses the connection, the peer is reset."""
