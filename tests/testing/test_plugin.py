@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,3 +229,19 @@ def test_the_ledger_world_on_sui(dtp_sui_node: SuiNodeStandIn) -> None:
         )
     finally:
         ledger.close()
+
+
+def test_what_needs_no_hypothesis_imports_without_it() -> None:
+    """The plugin (loaded in every project with dtp) and the tools beside the strategies
+    import without hypothesis; the strategies say what to install."""
+    script = (
+        "import sys; sys.modules['hypothesis'] = None\n"
+        "import dtp.testing.plugin, dtp.testing.network, dtp.testing.ledger_world\n"
+        "import dtp.testing.pairs, dtp.testing.services, dtp.testing.daemons\n"
+        "import dtp.testing.sui_node, dtp.testing.identities, dtp.testing.receipts\n"
+        "try:\n    import dtp.testing.strategies\nexcept ImportError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "pip install 'dtp[testing]'" in done.stdout
