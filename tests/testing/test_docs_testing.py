@@ -17,7 +17,10 @@ from tests.support.paths import ROOT
 from tests.testing.installed import make_site, run_in_project
 
 DOC = ROOT / "docs" / "testing.md"
-_EXAMPLE = re.compile(r"<!-- testing-example: (\S+) -->\n```python\n(.*?)```", re.S)
+# (a doc-test marker for tests/project/test_doc_examples.py may stand between)
+_EXAMPLE = re.compile(
+    r"<!-- testing-example: (\S+) -->\n(?:<!-- doc-test:.*-->\n)?```python\n(.*?)```", re.S
+)
 
 
 def examples() -> dict[str, str]:
