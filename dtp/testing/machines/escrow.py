@@ -91,6 +91,8 @@ class EscrowMachine(RuleBasedStateMachine):
 
     @rule(client=st.integers(0, 1), deposit=st.integers(0, 20_000))
     def open(self, client: int, deposit: int) -> None:
+        """A client opens a connection: refused (nothing moves) beyond its balance or
+        below the SLA's minimum deposit, else the deposit leaves its balance whole."""
         world = self.world
         who = world.clients[client % len(world.clients)]
         have = world.ledger.balance(who.sui_address)
@@ -105,6 +107,7 @@ class EscrowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world.channels)
     @rule(data=st.data(), amount=st.integers(0, 5_000))
     def top_up(self, data: st.DataObject, amount: int) -> None:
+        """The client adds to an escrow: refused once settled or beyond its balance."""
         world, channel = self.world, self._channel(data)
         escrow = world.ledger.get_escrow(channel.escrow_id)
         if escrow.settled or amount > world.ledger.balance(channel.client.sui_address):
@@ -134,6 +137,8 @@ class EscrowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world.channels)
     @rule(data=st.data())
     def claim_a_flawed_receipt(self, data: st.DataObject) -> None:
+        """A receipt with one flaw is refused with the flaw's error (``EEscrowSettled``
+        once settled), and changes nothing."""
         world, channel = self.world, self._channel(data)
         world.refresh(channel)
         if channel.terms.claimed_usage is None or not possible_flaws(channel.terms):
@@ -148,6 +153,7 @@ class EscrowMachine(RuleBasedStateMachine):
     @precondition(lambda self: any(c.signed for c in self.world.channels))
     @rule(data=st.data())
     def replay_a_claimed_receipt(self, data: st.DataObject) -> None:
+        """A receipt claimed already is refused (``EReplayedReceipt``)."""
         world = self.world
         channel = data.draw(st.sampled_from([c for c in world.channels if c.signed]))
         escrow = world.ledger.get_escrow(channel.escrow_id)
@@ -178,6 +184,7 @@ class EscrowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world.channels)
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
+        """Anyone closes: a participant half-closes, then closes; a stranger is refused."""
         world, channel = self.world, self._channel(data)
         who = self._actor(data, channel)
         try:
@@ -191,6 +198,7 @@ class EscrowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.world.channels)
     @rule(data=st.data())
     def finalize(self, data: st.DataObject) -> None:
+        """A participant finalizes a half-closed connection, only once its timeout passed."""
         world, channel = self.world, self._channel(data)
         who = self._actor(data, channel)
         due = world.client_settles_at(channel)
@@ -242,6 +250,7 @@ class EscrowMachine(RuleBasedStateMachine):
 
     @rule(ms=st.sampled_from([1, 1_000, HALF_CLOSE_TIMEOUT_MS - 1, HALF_CLOSE_TIMEOUT_MS]))
     def time_passes(self, ms: int) -> None:
+        """The ledger's clock moves on (to the half-close timeout and past it, too)."""
         self.world.advance_clock(ms)
 
     # -- invariants -------------------------------------------------------------------------------

@@ -184,6 +184,7 @@ class SimNetwork:
         return isinstance(name, str) and (name in self._hosts or name in self._by_ip)
 
     def resolve(self, name: str | SimHost) -> SimHost:
+        """The host named or addressed ``name`` (SimulationError when there is none)."""
         if isinstance(name, SimHost):
             return name
         found = self._hosts.get(name) or self._by_ip.get(name)
@@ -372,6 +373,7 @@ class SimNetwork:
         return server
 
     def unlisten(self, server: SimServer) -> None:
+        """Forget a listener (its ``close``)."""
         if self._listeners.get((server.host.name, server.port)) is server:
             del self._listeners[(server.host.name, server.port)]
 
@@ -431,9 +433,11 @@ class SimNetwork:
     # -- bookkeeping ------------------------------------------------------------------------------
 
     def forget(self, end: SimTransport) -> None:
+        """Forget an end that is gone (its transport, once lost)."""
         self._live.ends.get(end.host.name, {}).pop(end, None)
 
     def count_sent(self, end: SimTransport, chunk: bytes, arrivals: list[float]) -> None:
+        """Count a chunk sent, and where it went (a transport, as it sends)."""
         stats = self.stats
         stats.chunks_sent += 1
         stats.bytes_sent += len(chunk)

@@ -314,6 +314,8 @@ class SuiNodeStandIn:
         self._run(set_())
 
     def unstall(self) -> None:
+        """Answer calls again (those :meth:`stall` held are answered now)."""
+
         async def clear() -> None:
             stalled, self._stalled = self._stalled, None
             if stalled is not None:
