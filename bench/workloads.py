@@ -273,3 +273,7 @@ ALL["ledger_retention_bulk"] = ledger_retention_bulk
 from bench.sui_rows import SUI_ROWS  # noqa: E402
 
 ALL.update(SUI_ROWS)
+
+from bench.query_rows import graph_query_1m  # noqa: E402
+
+ALL["graph_query_1m"] = graph_query_1m

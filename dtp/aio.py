@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from dtp.hostid.admission import CarrierChoice
+    from dtp.hostid.connect import OpenJournal
     from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
     from dtp.hostid.paid import ServicePolicy
     from dtp.hostid.paid.aio import PaidAioServer, PaidCallback
@@ -104,6 +105,7 @@ async def open_connection(
     subscription: str | None = None,
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
+    on_open: OpenJournal | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect and return the first stream's (reader, writer).
 
@@ -125,6 +127,11 @@ async def open_connection(
 
     ``limit``: the line limit of the connection's readers (readline, readuntil), as
     :func:`asyncio.open_connection`'s (64 KiB).
+
+    ``on_open(cap_id, connection_id)`` (a DTP address only): told of the ledger
+    connection before its deposit can move -- for a caller that keeps a durable record
+    of its deposits (the services daemon's forwarders) -- in a worker thread
+    (:func:`dtp.hostid.connect.prepare_host_connection`).
     """
     check_connect_timeout(timeout)
     check_limit(limit)
@@ -145,7 +152,10 @@ async def open_connection(
             subscription=subscription,
             sponsor_pool=sponsor_pool,
             limit=limit,
+            on_open=on_open,
         )
+    if on_open is not None:
+        raise ValueError("on_open is for a DTP address (a connection on the ledger)")
     if (
         isinstance(host, HostAddress)
         or ledger is not None

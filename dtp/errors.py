@@ -345,6 +345,31 @@ CLOSE_SUBSCRIPTION_ENDED: Final = 0x1405
 SUBSCRIPTION_OVER: Final = "The subscription is over"
 
 
+# -- graph privacy tiers (dtp.graph.tiers, docs/graph.md "Privacy tiers") -----------------
+
+
+class GraphAccessError(DTPError, PermissionError):
+    """A graph tier's rule forbids what was asked: writing into another author's space,
+    reading a private value without its key. A PermissionError too."""
+
+
+class NotTheAuthor(GraphAccessError):
+    """A write, or a change of readers, in a protected or private space by someone other
+    than its author (only the author's key signs there; peers refuse the rest at merge)."""
+
+
+class NotAReader(GraphAccessError):
+    """A private value read with an identity that holds no key for it: never a reader,
+    or removed before the value was written."""
+
+
+class PrivateDataError(RemoteProtocolError):
+    """A private value or wrapped key that does not authenticate: damaged, or made for
+    another soul, field or state. Carries no plaintext."""
+
+    code = ErrorCode.DECRYPT
+
+
 # -- chain ---------------------------------------------------------------------------------
 #
 # Errors of the control plane (dtp.ledger, dtp.payments). Every abort of the Move package

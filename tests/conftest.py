@@ -44,6 +44,24 @@ def backend(request: pytest.FixtureRequest) -> SimpleNamespace:
     return request.param
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_refund_collectors() -> Iterator[None]:
+    """A metered client whose server did not settle leaves its process's refund
+    collector waiting ten minutes to take the deposit back (dtp.payments.refunds), and
+    what still waits at exit is logged with its ``dtp refund`` command: right for a
+    user's program, a hundred lines of noise at the end of a test session, whose
+    ledgers are gone by then. The collectors are stopped here, silently."""
+    yield
+    from dtp.payments import refunds
+
+    with refunds._collectors_lock:
+        collectors = list(refunds._running | set(refunds._collectors.values()))
+    for collector in collectors:
+        with collector._cond:
+            collector._waiting.clear()
+        collector.close(timeout=1.0)
+
+
 @pytest.fixture
 def netns() -> Iterator[TwoMachines]:
     """Two machines: network namespaces joined by a veth pair (tests/support/netns.py), removed

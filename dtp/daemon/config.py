@@ -41,6 +41,11 @@ __all__ = [
 KeyPath = tuple[str | int, ...]
 U64 = 2**64 - 1
 
+#: ``[daemon] refund_interval`` by default: seconds between two looks at the connections
+#: the forwarders opened and no longer use, until each is settled (dtp.daemon.refunds;
+#: a link's end looks at once).
+REFUND_INTERVAL = 30.0
+
 #: ``[daemon] open_grace`` by default: seconds the admission looks for a connection a
 #: client names while its open may still be landing. The library's default
 #: (LedgerAdmission.OPEN_GRACE), repeated rather than imported: dtp.hostid.admission
@@ -56,6 +61,13 @@ OPEN_GRACE_SUI = 3.0
 #: value for TCP and UDP forwards: a UDP flow's connection opens as a TCP forward's.
 OPEN_TIMEOUT = 10.0
 OPEN_TIMEOUT_SUI = 30.0
+#: ``[daemon] batch_window`` by default, and at most: seconds a connection's end worth
+#: a place in a batch waits for one (dtp.payments.ends.BATCH_WINDOW, repeated rather
+#: than imported, as OPEN_GRACE is; tests/daemon/test_end_gas.py keeps the two equal).
+#: At most 5 minutes: well within the 10-minute half-close timeout after which a client
+#: that half-closed may settle alone.
+BATCH_WINDOW = 60.0
+MAX_BATCH_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
@@ -196,12 +208,23 @@ class DaemonSettings:
     low_gas: int | None = None
     """MIST of gas below which ``dtp status`` and the log warn (None: enough for 100
     transactions at the ledger's gas budget; no gas, no warning, on a LocalLedger)."""
+    refund_interval: float = REFUND_INTERVAL
+    """Seconds between the looks at the connections the forwarders opened and no
+    longer use, until each is settled (:mod:`dtp.daemon.refunds`)."""
     lan_announce: bool = False
     """Announce each service on the LAN over mDNS (``dtp.discovery.lan``: its Host ID,
     name, DTP port and the host's Noise key), withdrawn as it is removed or the daemon
     stops."""
     lan_interfaces: tuple[str, ...] = ()
     """The IP addresses of the interfaces to announce on (empty: every interface)."""
+    gas_aware_ends: bool = True
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): one whose fee
+    does not cover the gas of claiming it is settled with others in one transaction,
+    or left to its client. False: every end is settled. No effect on a LocalLedger
+    (no gas)."""
+    batch_window: float = BATCH_WINDOW
+    """Seconds an end worth a place in a batch, but not a transaction of its own, waits
+    for others (0: none waits)."""
 
 
 @dataclass(frozen=True)
@@ -405,6 +428,18 @@ class _Checker:
             raise self.fail(key, f"expected a positive number of seconds, got {shown(value)}")
         return seconds
 
+    def seconds_within(
+        self, doc: Mapping[str, Any], key: KeyPath, default: float, high: float
+    ) -> float:
+        """A number of seconds from 0 to ``high``."""
+        value = doc.get(str(key[-1]), default)
+        seconds = finite_float(value)
+        if seconds is None or not 0 <= seconds <= high:
+            raise self.fail(
+                key, f"expected a number of seconds from 0 to {high:g}, got {shown(value)}"
+            )
+        return seconds
+
     def share(self, doc: Mapping[str, Any], key: KeyPath, default: float) -> float:
         value = doc.get(str(key[-1]), default)
         share = finite_float(value)
@@ -605,8 +640,11 @@ _DAEMON_KEYS = {
     "sui_package",
     "open_grace",
     "low_gas",
+    "refund_interval",
     "lan_announce",
     "lan_interfaces",
+    "gas_aware_ends",
+    "batch_window",
 }
 
 
@@ -684,8 +722,13 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             doc, (*k, "open_grace"), OPEN_GRACE_SUI if ledger.is_sui else OPEN_GRACE
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
+        refund_interval=check.number(doc, (*k, "refund_interval"), REFUND_INTERVAL),
         lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
         lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
+        gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),
+        batch_window=check.seconds_within(
+            doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
+        ),
     )
 
 

@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING
 
 from dtp.errors import ChainError, DTPError
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
-from dtp.ledger.objects import ConnectionState, Sla, TransportControl
+from dtp.ledger.objects import Settlement, Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.payments.ends import EndBatch, EndChoice, EndDeferred, EndLeft, EndRule
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.receipts import ConnectionTerms, Meter, check_receipt
+from dtp.payments.settlement import end_connection, settle_deferred
 
 if TYPE_CHECKING:
     from dtp.daemon.gas import GasWatch
@@ -130,7 +132,8 @@ class ClientFees:
 class Settled:
     """The outcome of closing one connection on the ledger. Its value is what moved
     (``claimed``, ``refunded``); ``port`` and ``done`` say where to count it and whether
-    to try again, and take no part in comparisons."""
+    to try again, ``choice`` and ``fee`` what became of an end not worth its own
+    transaction; they take no part in comparisons."""
 
     claimed: int
     """MIST paid to the daemon's host by this call."""
@@ -140,9 +143,15 @@ class Settled:
     """The connection's service port, when this call read the connection on the ledger
     (always, when it claimed or refunded anything without being given the escrow)."""
     done: bool = field(default=False, compare=False)
-    """Whether the connection is settled now (here, earlier, or by its client): False
-    when a step failed and the settlement is still to do (a retry's, or the next
-    start's)."""
+    """Whether the connection is settled now (here, earlier, or by its client), or
+    left to its client, or waiting for a batch: False when a step failed and the
+    settlement is still to do (a retry's, or the next start's)."""
+    choice: EndChoice = field(default=EndChoice.SETTLE, compare=False)
+    """What became of the end: settled (or failed: see ``done``), waiting in the batch
+    (counted once the batch settles or leaves it), or left to its client (its fee
+    below the gas of claiming it: the client gets it back when it settles)."""
+    fee: int = field(default=0, compare=False)
+    """The fee of an end left to its client or waiting in the batch."""
 
 
 class ServerFees:
@@ -156,6 +165,7 @@ class ServerFees:
         path: Path,
         *,
         gas: GasWatch | None = None,
+        rule: EndRule | None = None,
     ) -> None:
         self.ledger = ledger
         self.gas = gas
@@ -165,6 +175,10 @@ class ServerFees:
         self.host_id = host_id
         self.store = ReceiptStore(path)
         self.writer = ReceiptWriter(self.store)
+        self.rule = rule or EndRule()
+        """How a connection's end is weighed against its gas."""
+        self.batch = EndBatch(self.rule)
+        """The ends waiting to be settled together (:meth:`settle_batch`)."""
         # per live connection: the newest receipt checked (perhaps not stored yet) and
         # the MIST already claimed, so a receipt is checked without a read of the store
         self._checked: dict[str, tuple[Receipt | None, int]] = {}
@@ -255,27 +269,23 @@ class ServerFees:
     async def settle(
         self, connection_id: str, escrow_id: str | None = None, *, quiet: bool = False
     ) -> Settled:
-        """Claim the latest receipt, close the connection and settle it (refunding the
-        client). Never raises (but a cancellation): a failure -- a ledger refusal, the
-        store unreadable, a bug -- is logged (a traceback for one that is no
-        :class:`DTPError`; at debug level when ``quiet``, a retry's repeat), the outcome
-        says it is not ``done``, and what it left undone stays in the store for a retry
-        or the next start's :meth:`claim_leftovers`: a receipt is marked claimed only
-        once its connection is settled, so a claim made but not followed by its
-        settlement is settled then (its claim found on the ledger, not made twice, not
-        counted twice). Raised, it would skip the caller's bookkeeping after it, and end
-        a start's recovery before the other connections."""
+        """End a connection on the ledger: claim the latest receipt and settle, refunding
+        the client the rest, in one transaction (``settle_with_receipt``; closing it
+        when still Open) -- its gas weighed first (:attr:`rule`, docs/escrow.md §7.1):
+        one whose fee does not cover the gas of that transaction waits in
+        :attr:`batch` to be settled with others, or is left to its client (no
+        transaction; the outcome's ``fee`` is the fee given up). Never raises (but a
+        cancellation): a failure -- a ledger refusal, the store unreadable, a bug -- is
+        logged (a traceback for one that is no :class:`DTPError`; at debug level when
+        ``quiet``, a retry's repeat), the outcome says it is not ``done``, and its
+        receipt stays unclaimed in the store for a retry or the next start's
+        :meth:`claim_leftovers`: a receipt is marked claimed only once its connection
+        is settled, so one an earlier run claimed without settling is settled then (its
+        claim found on the ledger, not made twice, not counted twice). Raised, it would
+        skip the caller's bookkeeping after it, and end a start's recovery before the
+        other connections. (``escrow_id``: the connection's escrow, when known; read
+        again all the same, with the connection.)"""
         level = logging.DEBUG if quiet else logging.WARNING
-        ports: list[int] = []  # the connection's port, as read on the ledger here
-
-        def read(cid: str) -> TransportControl:
-            tc = self.ledger.get_connection(cid)
-            ports.append(tc.port)
-            return tc
-
-        def outcome(claimed: int, refunded: int, done: bool) -> Settled:
-            return Settled(claimed, refunded, ports[-1] if ports else None, done)
-
         # its newest receipt on disk first, as a rule (its callbacks have run when this
         # returns), but not for long: a failing store held this up for the writer's
         # whole flush timeout, and then the claim took an older receipt. The newest,
@@ -283,107 +293,80 @@ class ServerFees:
         # its durable copy
         try:
             await asyncio.to_thread(self.writer.flush, connection_id, SETTLE_FLUSH_WAIT)
-            stored = self.writer.latest(connection_id)
+            self.writer.latest(connection_id)  # (readable, or the settlement waits)
         except Exception as exc:
             # (a ReceiptStoreError, a MalformedReceipt: its row damaged) settled without
             # its latest receipt, the client would be refunded what it owes
             _failed("settle postponed: its receipt cannot be read", connection_id, exc, level)
-            return outcome(0, 0, False)
+            return Settled(0, 0)
         finally:
             self._checked.pop(connection_id, None)
-        claimed = 0
-        mark = 0  # the claimed mark to write once the connection is settled
-        if stored is not None and stored.unclaimed > 0:
-            receipt = stored.receipt
+        ports: list[int] = []
 
-            def claim() -> int:
-                escrow = escrow_id or read(connection_id).escrow
-                return self.ledger.claim(self.identity, escrow, receipt)
-
-            try:
-                claimed = await asyncio.to_thread(claim)
-                mark = receipt.total_amount
-            except Exception as exc:
-                known = await asyncio.to_thread(self._claimed_already, read, receipt)
-                if known is None:
-                    if self.gas is not None and await self.gas.explains(exc):
-                        level = logging.DEBUG
-                    _failed("claim failed", connection_id, exc, level)
-                    return outcome(0, 0, False)
-                # the ledger has it (a run killed between the claim and its mark, or
-                # whose settlement failed after it), or the escrow is settled and pays
-                # nothing more: marked, or every start claimed it again, failed, and
-                # left the connection Open, the client's deposit held until its own
-                # timeout
-                amount, settled = known
-                if settled:
-                    self._mark_claimed(connection_id, amount)
-                    return outcome(0, 0, True)
-                mark = amount
-        refunded = await asyncio.to_thread(self._close_and_settle, read, connection_id, level)
-        if refunded is None and self.gas is not None:
-            await self.gas.check()  # (the daemon out of gas: reported once, by the watch)
-        if refunded is None:
-            # not settled: the receipt stays unclaimed in the store, for a retry or the
-            # next start to settle (its claim refused as made, then found on the
-            # ledger). Marked now, the connection would be left Open for good, its
-            # deposit held until the client's own timeout
-            return outcome(claimed, 0, False)
-        if mark:
-            self._mark_claimed(connection_id, mark)
-        return outcome(claimed, refunded, True)
-
-    def _mark_claimed(self, connection_id: str, amount: int) -> None:
-        """Mark ``amount`` claimed (queued behind the receipt's own write: a mark written
-        first was overwritten). A writer closed meanwhile (a settlement outlasting the
-        stop's wait) is logged only: the next start finds the claim on the ledger."""
-        try:
-            self.writer.mark_claimed(connection_id, amount)
-        except RuntimeError as exc:
-            logger.warning(
-                "claim not marked in the receipt store",
-                extra=kv(connection=connection_id, claimed=amount, error=str(exc)),
+        def end() -> Settlement | EndLeft | EndDeferred | None:
+            tc = self.ledger.get_connection(connection_id)
+            ports.append(tc.port)
+            return end_connection(
+                self.ledger,
+                self.identity,
+                connection_id,
+                self.writer,
+                rule=self.rule,
+                batch=self.batch,
+                now=time.monotonic(),
+                connection=tc,
             )
 
-    def _claimed_already(
-        self, read: Callable[[str], TransportControl], receipt: Receipt
-    ) -> tuple[int, bool] | None:
-        """After a refused claim: (the amount to mark ``receipt`` claimed with, whether
-        the escrow is settled) when the ledger holds it already (its escrow took this
-        nonce or a later one) or the escrow is settled; None when the refusal stands (a
-        cap, the ledger away). ``read`` reads the connection."""
         try:
-            escrow = self.ledger.get_escrow(read(receipt.connection_id).escrow)
-        except Exception:  # (the claim's own error is the one logged)
-            return None
-        if escrow.settled or escrow.latest_nonce >= receipt.nonce:
-            return max(escrow.claimed, receipt.total_amount), escrow.settled
-        return None
-
-    def _close_and_settle(
-        self, read: Callable[[str], TransportControl], connection_id: str, level: int
-    ) -> int | None:
-        """Close the connection on the ledger if still needed, then settle it: the MIST
-        refunded, or None when it is not settled (logged at ``level``, a refusal one
-        step lower). ``read`` reads the connection."""
-        try:
-            tc = read(connection_id)
-            if tc.settled:
-                return 0  # (by the client, its timeout passed): done with all the same
-            if tc.state == ConnectionState.OPEN or (
-                tc.state == ConnectionState.HALF_CLOSED and tc.half_closed_by != tc.server
-            ):
-                self.ledger.close_connection(self.identity, connection_id)
-            return self.ledger.settle(self.identity, connection_id).refunded
-        except ChainError as exc:
-            logger.log(
-                min(level, logging.INFO),
-                "settle skipped",
-                extra=kv(connection=connection_id, reason=str(exc)),
-            )
+            outcome = await asyncio.to_thread(end)
         except Exception as exc:
-            _failed("settle failed", connection_id, exc, level)
-        return None
+            if self.gas is not None and await self.gas.explains(exc):
+                level = logging.DEBUG  # (the daemon out of gas: reported once, by the watch)
+            if isinstance(exc, ChainError):
+                # (a refusal, the ledger away: the daemon's settlements warn once)
+                logger.log(
+                    min(level, logging.INFO),
+                    "settle skipped",
+                    extra=kv(connection=connection_id, reason=str(exc)),
+                )
+            else:
+                _failed("settle failed", connection_id, exc, level)
+            return Settled(0, 0, ports[-1] if ports else None, False)
+        port = ports[-1]
+        if isinstance(outcome, Settlement):
+            return Settled(outcome.paid, outcome.refunded, port, True)
+        if isinstance(outcome, EndLeft):
+            return Settled(0, 0, port, True, EndChoice.LEAVE, outcome.fee)
+        if isinstance(outcome, EndDeferred):
+            return Settled(0, 0, port, True, EndChoice.BATCH, outcome.fee)
+        return Settled(0, 0, port, True)  # (settled already, its receipt written off)
+
+    async def settle_batch(
+        self, *, final: bool = False
+    ) -> tuple[list[tuple[str, Settlement]], list[tuple[str, EndLeft]]]:
+        """The ends waiting in :attr:`batch`: settled in one transaction once their
+        fees cover its gas, left to their clients once their window ended (``final``:
+        every window, the daemon stopping). Never raises (but a cancellation): a ledger
+        that cannot be read or a batch it refuses leaves them waiting, their receipts
+        unclaimed in the store (the next start weighs them again)."""
+        if not len(self.batch):
+            return [], []
+
+        def flush() -> tuple[list[tuple[str, Settlement]], list[tuple[str, EndLeft]]]:
+            plan = self.batch.plan(time.monotonic(), self.ledger.end_gas(), final=final)
+            if not plan:
+                return [], []
+            return settle_deferred(self.ledger, self.identity, self.writer, plan, self.batch)
+
+        try:
+            return await asyncio.to_thread(flush)
+        except Exception as exc:
+            logger.warning(
+                "the ends waiting for a batch are not settled yet",
+                extra=kv(error=str(exc) or type(exc).__name__),
+                exc_info=not isinstance(exc, DTPError),
+            )
+            return [], []
 
     async def claim_leftovers(
         self,

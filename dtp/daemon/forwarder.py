@@ -4,6 +4,10 @@ tunnel (a DTP stream) to a remote ``<host id>:<port>`` service.
 All tunnels of a forwarder share one DTP connection (opened on the ledger with its
 escrow on first use, reopened if it ends or its deposit runs out). Usage of paid
 services is metered by :class:`dtp.daemon.fees.ClientFees`; receipts go on stream 0.
+A new connection is opened only once the target's endpoint answers, and backs off while
+it does not (:mod:`dtp.daemon.outage`); each one is written to the daemon's book of
+connections before its deposit moves, whose task settles it once no link uses it and
+the provider did not (:mod:`dtp.daemon.refunds`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 
 import dtp.aio
@@ -18,6 +23,14 @@ from dtp.daemon._tasks import within
 from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.fees import OWN_BILLING, RECEIPT_MS, ClientFees
 from dtp.daemon.gas import GasWatch
+from dtp.daemon.outage import (
+    PROBE_TIMEOUT,
+    BackingOff,
+    OpenBackoff,
+    TargetUnreachable,
+    probe_target,
+)
+from dtp.daemon.refunds import OpenAttempt, Refunds
 from dtp.daemon.state import ForwardStats, StatusBook
 from dtp.daemon.tunnel import TcpLeg, read_status, splice_leg
 from dtp.errors import (
@@ -40,13 +53,6 @@ from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 logger = logging.getLogger("dtp.daemon.forwarder")
 
-OPEN_BACKOFF_FIRST = 0.5
-"""Seconds after a failed open of a DTP connection before the next is tried (local
-clients coming meanwhile are refused with its error); doubled after each further
-failure, up to :data:`OPEN_BACKOFF_MAX`, and reset once a tunnel opened (a connection
-opened with a deposit too small for one tunnel fails too)."""
-OPEN_BACKOFF_MAX = 8.0
-
 
 @dataclass(eq=False)
 class _Link:
@@ -56,6 +62,8 @@ class _Link:
     reader: DTPStreamReader
     writer: DTPStreamWriter
     fees: ClientFees
+    attempt: OpenAttempt | None = None
+    """Its entry in the daemon's book of connections, released once it ended."""
     tunnels: int = 0
     paid: int = 0
     """MIST covered by the latest receipt sent."""
@@ -104,6 +112,7 @@ class Forwarder:
         book: StatusBook,
         *,
         gas: GasWatch | None = None,
+        refunds: Refunds | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -111,6 +120,9 @@ class Forwarder:
         self.book = book
         self.gas = gas
         """The daemon's gas watch: an open failing for want of gas is its to report."""
+        self.refunds = refunds
+        """The daemon's book of connections, each written there before its deposit
+        moves and settled by it once no link uses it (None: none kept)."""
         self.server: asyncio.base_events.Server | None = None
         self._link: _Link | None = None
         self._links: set[_Link] = set()
@@ -120,9 +132,8 @@ class Forwarder:
         self._retired = False
         """Retired by a reload: every connection closes once its last tunnel ended,
         those opened since for clients accepted before the retirement too."""
-        self._open_failure: BaseException | None = None
-        self._retry_at = 0.0
-        self._backoff = 0.0
+        self.backoff = OpenBackoff()
+        """When the next connection may be tried, after failures (an outage)."""
 
     @property
     def stats(self) -> ForwardStats:
@@ -178,44 +189,73 @@ class Forwarder:
             link = self._link
             if link is not None and link.usable:
                 return link
-            failure = self._open_failure
-            if failure is not None and asyncio.get_running_loop().time() < self._retry_at:
-                # the clients that queued behind a failed open, and those coming during
-                # its backoff, share its failure: each tried its own in turn, every one
-                # waiting for all those before it (open_timeout each against a silent
-                # host) and the ledger asked once per client
-                raise TunnelError(f"{failure} (tried again later)") from failure
+            # the clients that queued behind a failed open, and those coming during its
+            # backoff, share its failure: each tried its own in turn, every one waiting
+            # for all those before it (open_timeout each against a silent host) and the
+            # ledger asked once per client
+            refused = self.backoff.refusal(asyncio.get_running_loop().time())
+            if refused is not None:
+                raise refused
+            attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
             try:
-                link = await self._open_link_within()
+                link = await self._open_link_within(attempt)
             except Exception as exc:
-                # out of gas: said once by the gas watch, not at every try
-                quiet = self.gas is not None and await self.gas.explains(exc)
-                self._failed_open(exc, quiet=quiet)
+                if attempt is not None:
+                    attempt.release()  # (half-closed by the open's abandon, or never made)
+                if not isinstance(exc, TargetUnreachable):  # (counted by the probe)
+                    # out of gas: said once by the gas watch, not at every try
+                    quiet = self.gas is not None and await self.gas.explains(exc)
+                    spent = attempt is not None and attempt.spent
+                    self._failed_open(exc, quiet=quiet, spent=spent)
                 raise
             # (the backoff is kept until a tunnel opened on it: reset here, a deposit too
             # small for one tunnel backed off by the first step after every open -- a
             # paid connection on the ledger each 0.5 s, never doubling)
-            self._open_failure = None
+            self.backoff.opened()
             self._link = link
             return link
 
-    def _failed_open(self, exc: BaseException, *, quiet: bool = False) -> None:
+    def _failed_open(self, exc: BaseException, *, quiet: bool = False, spent: bool = False) -> None:
         """No new connection until the backoff after this failure has passed (logged
-        at debug level when ``quiet``)."""
-        self._open_failure = exc
-        self._backoff = min(2 * self._backoff, OPEN_BACKOFF_MAX) or OPEN_BACKOFF_FIRST
-        self._retry_at = asyncio.get_running_loop().time() + self._backoff
+        at debug level when ``quiet``); ``spent``: its transactions went through."""
+        delay = self.backoff.failed(asyncio.get_running_loop().time(), exc, spent=spent)
         logger.log(
             logging.DEBUG if quiet else logging.WARNING,
             "cannot open a connection",
             extra=kv(
                 forward=self.config.name,
                 error=str(exc) if isinstance(exc, DTPError | OSError) else repr(exc),
-                retry_in=self._backoff,
+                retry_in=delay,
             ),
         )
 
-    async def _open_link_within(self) -> _Link:
+    async def _probe(self) -> None:
+        """The look at the target before anything is spent on the ledger: raises
+        :class:`TargetUnreachable` (the backoff counted, the outage's start logged once)
+        when its endpoint does not answer."""
+        target = self.config.target
+        timeout = min(PROBE_TIMEOUT, self.config.open_timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            await probe_target(self.ledger, target, timeout)
+        except (ChainError, OSError, sqlite3.Error) as exc:
+            # the Host's read: refused (no such host: a denial, as an open's), or the
+            # ledger failing (a LocalLedger's disk): the tunnel's error, not a raw one
+            if isinstance(exc, ChainError):
+                self.stats.denials += 1
+            raise TunnelError(f"cannot connect to {target}: {exc}") from exc
+        except TargetUnreachable as exc:
+            delay, began = self.backoff.unreachable(loop.time(), exc)
+            logger.log(
+                logging.WARNING if began else logging.DEBUG,
+                "target unreachable: no connection is opened on the ledger until it answers",
+                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
+            )
+            raise
+        if self.backoff.reached():
+            logger.info("target reachable again", extra=kv(forward=self.config.name))
+
+    async def _open_link_within(self, attempt: OpenAttempt | None = None) -> _Link:
         """:meth:`_open_link` within the forward's ``open_timeout``, all of it: the
         ledger work (the Host's and the balance's reads, the spending cap, the open)
         as well as the carrier connect and the handshake, which alone
@@ -225,14 +265,15 @@ class Forwarder:
         timeout = self.config.open_timeout
         return await within(
             timeout,
-            self._open_link(),
+            self._open_link(attempt),
             self._watchers,
             f"cannot connect to {self.config.target}: no connection within the "
             f"forward's open_timeout ({timeout:g} s)",
         )
 
-    async def _open_link(self) -> _Link:
+    async def _open_link(self, attempt: OpenAttempt | None = None) -> _Link:
         target = self.config.target
+        await self._probe()
         try:
             reader, writer = await dtp.aio.open_connection(
                 target,
@@ -248,6 +289,7 @@ class Forwarder:
                 # open alone is two transactions, each seconds long under load)
                 timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
+                on_open=attempt,
             )
         except DTPError as exc:
             if isinstance(exc, ChainError | ConnectionRefused):
@@ -276,7 +318,7 @@ class Forwarder:
         fees = ClientFees(
             self.identity, connection_id, escrow.sla, escrow.deposited, self.config.receipt_every
         )
-        link = _Link(connection_id, reader, writer, fees)
+        link = _Link(connection_id, reader, writer, fees, attempt)
         self._links.add(link)
         self.stats.connections += 1
         logger.info(
@@ -308,7 +350,11 @@ class Forwarder:
         self._links.discard(link)
         if self._link is link:
             self._link = None
-        await self._close_on_ledger(link)
+        try:
+            await self._close_on_ledger(link)
+        finally:
+            if link.attempt is not None:
+                link.attempt.release()  # the book's look at it: settled, or to be
 
     async def _close_on_ledger(self, link: _Link) -> None:
         await close_on_ledger(self.ledger, self.identity, link.connection_id)
@@ -384,7 +430,7 @@ class Forwarder:
                 self._retire(link)
                 continue
             link.tunnels += 1
-            self._backoff = 0.0
+            self.backoff.tunnel_opened()
             self._send_receipt(link, link.fees.record(requests=1))
             return link, s_reader, s_writer
         raise TunnelError(f"no usable connection to {self.config.target}")
@@ -403,7 +449,10 @@ class Forwarder:
             stats.errors += 1
             self.book.touch()
             why = str(exc) if isinstance(exc, DTPError | OSError) else repr(exc)
-            logger.warning("tunnel failed", extra=kv(forward=self.config.name, error=why))
+            # (refused during a backoff: the failure it repeats was logged once, not
+            # once per local client of an outage)
+            level = logging.DEBUG if isinstance(exc, BackingOff) else logging.WARNING
+            logger.log(level, "tunnel failed", extra=kv(forward=self.config.name, error=why))
             leg.close()
             return
         holder.append(link)

@@ -12,6 +12,7 @@ from dtp.daemon.config import ForwardConfig, join_host_port
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv
+from dtp.daemon.refunds import Refunds
 from dtp.daemon.state import StatusBook
 from dtp.daemon.udp_forward import UdpForward
 from dtp.identity.keys import HostIdentity
@@ -26,12 +27,19 @@ class Forwards:
     """The forwarders of one daemon, by forward name."""
 
     def __init__(
-        self, ledger: Ledger, identity: HostIdentity, book: StatusBook, gas: GasWatch
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        book: StatusBook,
+        gas: GasWatch,
+        refunds: Refunds | None = None,
     ) -> None:
         self.ledger = ledger
         self.identity = identity
         self.book = book
         self.gas = gas
+        self.refunds = refunds
+        """The daemon's book of its forwarders' connections, which it settles."""
         self.running: dict[str, Forwarder | UdpForward] = {}
         """The forwarders serving each forward now."""
         self.retired: set[Forwarder | UdpForward] = set()
@@ -49,10 +57,11 @@ class Forwards:
         """A started forwarder, not yet registered, and its bound address; raises
         OSError when it cannot bind."""
         fwd: Forwarder | UdpForward
+        args = (forward, self.ledger, self.identity, self.book)
         if forward.protocol == "udp":
-            fwd = UdpForward(forward, self.ledger, self.identity, self.book, gas=self.gas)
+            fwd = UdpForward(*args, gas=self.gas, refunds=self.refunds)
         else:
-            fwd = Forwarder(forward, self.ledger, self.identity, self.book, gas=self.gas)
+            fwd = Forwarder(*args, gas=self.gas, refunds=self.refunds)
         host, port = await fwd.start()
         return fwd, join_host_port(host, port)
 

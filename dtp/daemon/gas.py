@@ -13,6 +13,12 @@ balance is shown, never warned about.
 
 States (``dtp status``'s ``gas.state``): ``unknown`` (not read yet, or the ledger cannot
 be read), ``ok``, ``low`` (below ``low_gas``), ``out`` (below one gas budget).
+
+What the daemon has paid in gas is shown too (``gas.spent``: in all, by kind -- the ends
+of connections, a forwarder's opens, the Host's set-up -- and over every run of the
+state directory), and at start (and at a reload that changes prices) each paid service
+whose prices cannot cover the gas of a typical connection's end is warned about, with
+the numbers (:func:`warn_prices`, docs/daemon.md "On Sui").
 """
 
 from __future__ import annotations
@@ -20,14 +26,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from dtp.daemon.logs import kv, log_failure
 from dtp.daemon.state import StatusBook
 from dtp.errors import ChainError, InsufficientFunds
+from dtp.ledger.gas import END_KINDS, EndGas, GasSpent
+from dtp.ledger.objects import Sla
+from dtp.payments.ends import TYPICAL_BYTES, TYPICAL_REQUESTS, check_prices
 
-__all__ = ["GAS_CHECK", "LOW_GAS_TRANSACTIONS", "GasWatch", "insufficient_gas"]
+if TYPE_CHECKING:
+    from dtp.daemon.config import ServiceConfig
+
+__all__ = ["GAS_CHECK", "LOW_GAS_TRANSACTIONS", "GasWatch", "insufficient_gas", "warn_prices"]
 
 logger = logging.getLogger("dtp.daemon.gas")
 
@@ -85,9 +97,14 @@ class GasWatch:
         budget: int,
         book: StatusBook,
         low: int | None = None,
+        spent: Callable[[], GasSpent] | None = None,
     ) -> None:
         self.address = address
         self.read = read
+        self.spent = spent or GasSpent
+        """What the daemon paid in gas in this run (the ledger's count)."""
+        self.spent_before = _spent_before(book.info.get("gas"))
+        """What earlier runs of the state directory paid, carried over."""
         self.budget = budget
         self.low = LOW_GAS_TRANSACTIONS * budget if low is None else low
         self.book = book
@@ -198,6 +215,23 @@ class GasWatch:
                 except Exception as exc:  # (the watch goes on: it is the status's too)
                     log_failure(logger, "gas funded: a follow-up failed", exc)
 
+    def spent_total(self) -> dict[str, int]:
+        """What the daemon has paid in gas over every run: ``total``, ``transactions``
+        and one entry per kind (``ends``, ``opens``, ``host``, ``other``)."""
+        now = self.spent()
+        shown = {"total": now.total, "transactions": now.transactions}
+        for kind in (*END_KINDS, "other"):
+            shown[kind] = now.by_kind.get(kind, 0)
+        return {key: value + self.spent_before.get(key, 0) for key, value in shown.items()}
+
+    def show_spent(self) -> None:
+        """Put what the daemon has paid in gas in the status now (a settlement's gas
+        shows at once, not at the next read of the balance)."""
+        gas = self.book.info.get("gas")
+        if isinstance(gas, dict):
+            gas["spent"] = self.spent_total()
+            self.book.touch()
+
     def _show(self) -> None:
         self.book.info["gas"] = {
             "address": self.address,
@@ -207,5 +241,52 @@ class GasWatch:
             "state": self.state,
             "error": self.error,
             "checked": self._checked,
+            "spent": self.spent_total(),
         }
         self.book.touch()
+
+
+def _spent_before(gas: object) -> dict[str, int]:
+    """What the status file of the last run said the daemon had paid (nothing when it
+    says nothing readable)."""
+    spent = gas.get("spent") if isinstance(gas, Mapping) else None
+    if not isinstance(spent, Mapping):
+        return {}
+    return {
+        str(key): value
+        for key, value in spent.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    }
+
+
+def warn_prices(services: Iterable[ServiceConfig], gas: EndGas) -> list[str]:
+    """Warn (one line each) about the paid services whose prices do not cover the gas
+    of a typical connection's end (:func:`dtp.payments.ends.check_prices`: 1 MiB in one
+    request), with the numbers and the prices that would; the names of those warned
+    about. Nothing on a ledger that charges no gas, nor for a free service."""
+    warned: list[str] = []
+    for service in services:
+        sla = Sla(service.price_per_kib, service.price_per_request, service.min_deposit)
+        check = check_prices(sla, gas)
+        if check is None or check.covered:
+            continue
+        fields: dict[str, Any] = {
+            "service": service.name,
+            "price_per_kib": service.price_per_kib,
+            "price_per_request": service.price_per_request,
+            "typical": f"{TYPICAL_BYTES // 1024} KiB in {TYPICAL_REQUESTS} request",
+            "typical_fee": check.typical_fee,
+            "end_gas": check.end_gas,
+            "gas_estimated_from": "this daemon's settlements"
+            if gas.observed
+            else "the network's gas price",
+        }
+        if check.bytes_needed is not None:
+            fields["bytes_needed"] = check.bytes_needed
+        fields["hint"] = (
+            f"price_per_request = {check.end_gas} alone covers every connection's end "
+            "(a connection makes one request at least)"
+        )
+        logger.warning("prices below the gas of a connection's end", extra=kv(**fields))
+        warned.append(service.name)
+    return warned

@@ -27,7 +27,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,15 @@ from dtp.daemon.config import (
 )
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
-from dtp.daemon.gas import GasWatch
+from dtp.daemon.gas import GasWatch, warn_prices
 from dtp.daemon.host_setup import HostSetup, HostSync
 from dtp.daemon.lan import LanAnnouncer
 from dtp.daemon.logs import kv, setup_logging
+from dtp.daemon.refunds import Refunds
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
 from dtp.daemon.state import (
+    CONNECTIONS_FILE,
     LOCK_FILE,
     RECEIPTS_FILE,
     StatusBook,
@@ -67,6 +69,7 @@ from dtp.identity.keys import HostIdentity, passphrase_from_env
 from dtp.ledger.interface import Ledger
 from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import resolve_package
+from dtp.payments.ends import EndRule
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
@@ -170,7 +173,24 @@ class Daemon:
         self.lan: LanAnnouncer | None = None
         """The services announced on the LAN (``[daemon] lan_announce``)."""
         self.host_setup = HostSetup(self.ledger, self.identity)
-        self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas)
+        try:
+            self.refunds = Refunds(
+                self.ledger,
+                self.identity,
+                settings.state_dir,
+                settings.refund_interval,
+                gas=self.gas,
+            )
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                self.ledger.close()
+            self.release_lock()
+            raise sqlite3.DatabaseError(
+                f"cannot open {settings.state_dir / CONNECTIONS_FILE}: {exc}"
+            ) from None
+        """The book of the connections the forwarders opened, settled by its task."""
+        self._refund_task: asyncio.Task[None] | None = None
+        self.forwards = Forwards(self.ledger, self.identity, self.book, self.gas, self.refunds)
         self.forwarders = self.forwards.running
         """The forwarders serving each forward now (:attr:`Forwards.running`)."""
         self._stop = asyncio.Event()
@@ -198,8 +218,15 @@ class Daemon:
                     sui.config.gas_budget,
                     self.book,
                     self.config.daemon.low_gas,
+                    spent=lambda: sui.gas_spent(address),
                 )
-        return GasWatch(address, lambda: ledger.balance(address), 0, self.book)
+        return GasWatch(
+            address,
+            lambda: ledger.balance(address),
+            0,
+            self.book,
+            spent=lambda: ledger.gas_spent(address),
+        )
 
     # -- the Host on the ledger ---------------------------------------------------------
 
@@ -251,6 +278,9 @@ class Daemon:
         # and one running low warns from its first line)
         await self.gas.check(fresh=True)
         self._gas_task = asyncio.ensure_future(self.gas.run())
+        # the forwarders' connections a previous run left are looked at from the start:
+        # settled once their half-close timeout has passed, with no command typed
+        self._refund_task = asyncio.ensure_future(self.refunds.run())
         self._checkpoint()
         if self.config.services:
             self.services = ServiceHost(
@@ -275,7 +305,12 @@ class Daemon:
             receipts = settings.state_dir / RECEIPTS_FILE
             try:
                 self.fees = ServerFees(
-                    self.ledger, self.identity, self.host_id, receipts, gas=self.gas
+                    self.ledger,
+                    self.identity,
+                    self.host_id,
+                    receipts,
+                    gas=self.gas,
+                    rule=EndRule(settings.gas_aware_ends, settings.batch_window),
                 )
             except sqlite3.Error as exc:
                 if isinstance(exc, DTPError):  # a ReceiptStoreError: it names the file
@@ -286,6 +321,7 @@ class Daemon:
                 ) from None
             self.services.host_id = self.host_id
             self.services.fees = self.fees
+            await self._warn_prices(self.config.services)
             await self._claim_leftovers()
             self._checkpoint()
             ready["host_id"] = self.host_id
@@ -318,8 +354,22 @@ class Daemon:
         ready["forward_protocols"] = protocols
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
+        self.gas.show_spent()  # (the Host's set-up, the leftovers' claims)
         self.book.save(force=True)
         return ready
+
+    async def _warn_prices(self, services: Sequence[ServiceConfig]) -> None:
+        """Warn about the paid services whose prices cannot cover the gas of a typical
+        connection's end (:func:`dtp.daemon.gas.warn_prices`); on a LocalLedger (no gas)
+        nothing is said."""
+        if not any(s.price_per_kib or s.price_per_request for s in services):
+            return
+        try:
+            gas = await asyncio.to_thread(self.ledger.end_gas)
+        except ChainError as exc:
+            logger.info("cannot weigh the prices against the gas", extra=kv(error=str(exc)))
+            return
+        warn_prices(services, gas)
 
     async def _claim_leftovers(self) -> None:
         assert self.services is not None
@@ -375,6 +425,8 @@ class Daemon:
             await self.services.configure(new.services)
             if self.lan is not None:
                 await self.lan.configure(new.services)
+            old = {s.name: _prices(s) for s in self.config.services}
+            await self._warn_prices([s for s in new.services if old.get(s.name) != _prices(s)])
         running = await self.forwards.reload(self.config.forwards, new.forwards)
         # what runs, not what the file says: a forward that kept its old listener is
         # compared against its old settings at the next reload, which then retries it;
@@ -565,6 +617,7 @@ class Daemon:
             # and the state directory locked, for another daemon of this process too
             try:
                 self.book.info["stopped"] = time.time()
+                self.gas.show_spent()  # (everything this run paid, its last ends too)
                 self.book.save(force=True)
             finally:
                 self.ledger.close()
@@ -614,6 +667,10 @@ class Daemon:
         if self.fees is not None:
             self.fees.close()
             self.fees = None
+        refunding, self._refund_task = self._refund_task, None
+        if refunding is not None and (error := await cancel_and_wait(refunding)) is not None:
+            logger.warning("refunds failed", extra=kv(error=f"{type(error).__name__}: {error}"))
+        self.refunds.close()  # (what it did not settle, the next start does)
         gas, self._gas_task = self._gas_task, None
         if gas is not None and (error := await cancel_and_wait(gas)) is not None:
             logger.warning("gas watch failed", extra=kv(error=f"{type(error).__name__}: {error}"))
@@ -671,6 +728,10 @@ def _refuse_loops(config: DaemonConfig, host_id: str | None) -> None:
                 f"{forward.target} is service {service.name!r} of this daemon, whose "
                 f"backend is this forward's own listen address {forward.listen}: a loop",
             )
+
+
+def _prices(service: ServiceConfig) -> tuple[int, int]:
+    return service.price_per_kib, service.price_per_request
 
 
 def _replace_services(config: DaemonConfig, services: tuple[ServiceConfig, ...]) -> DaemonConfig:

@@ -434,6 +434,9 @@ class ServiceHost:
         deadline = loop.time() + SETTLE_TIMEOUT
         while (running := self._handlers | self.settlements.running) and loop.time() < deadline:
             await asyncio.wait(running, timeout=deadline - loop.time())
+        # every connection has ended: the ends waiting to be settled together are, if
+        # their batch pays for itself, else left to their clients
+        await self.settlements.flush_batch(final=True)
         self.settlements.left_unsettled()
         for pool in list(self.pools.values()):
             await pool.stop()

@@ -20,6 +20,7 @@ from dtp.daemon.logs import kv, log_failure
 from dtp.daemon.served import ServedConnection, service_row
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.hostid.served import ServedConnections
+from dtp.payments.ends import EndChoice
 
 __all__ = ["SETTLE_RETRY", "SETTLE_RETRY_MAX", "Settlements", "next_settle_retry"]
 
@@ -39,6 +40,11 @@ half-close timeout ends, the last try before it came at most this long before (w
 minutes, the tries after a failure at a half-close came at 30, 90, 210, 450 and 690 s:
 a ledger back at 460 s waited past the 600 s at which the client could settle alone,
 tests/daemon/test_settlement_retry_deadline.py)."""
+
+
+BATCH_CHECK = 5.0
+"""Seconds between two looks at the ends waiting to be settled together (whether
+their batch pays for itself yet, whether a window ended)."""
 
 
 def next_settle_retry(delay: float) -> float:
@@ -106,6 +112,11 @@ class Settlements:
         self._retry_wake = asyncio.Event()
         self._held_names: set[str] = set()
         """Services whose status row counts receipts held (see :meth:`count_held`)."""
+        self.deferred: dict[str, tuple[ServiceConfig | None, int | None, bool]] = {}
+        """Connections whose end waits in the fees' batch: the service, port and
+        ``served`` their settlement is counted with once the batch settles them."""
+        self._batch_task: asyncio.Task[None] | None = None
+        self._batch_wake = asyncio.Event()
 
     def settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
         """Close and settle (refund) a ledger connection refused at admission (a receipt
@@ -149,6 +160,13 @@ class Settlements:
             del self.settling[connection_id]
             ended.set_result(None)
         self._count_settled(connection_id, settled, service, served)
+        if self.gas is not None:
+            self.gas.show_spent()
+        if settled.choice is EndChoice.BATCH:
+            self.deferred[connection_id] = (service, settled.port, served)
+            self._batch_wake.set()
+            if self._batch_task is None and not self.stopped:
+                self._batch_task = asyncio.ensure_future(self._batch_loop())
         self.follow_up(connection_id, settled, escrow_id, service, served)
         return settled
 
@@ -161,8 +179,10 @@ class Settlements:
     ) -> None:
         """Add a settlement's claim and refund to its service's status row (and, for a
         connection not ``served`` in this run, raise its ``fees_earned`` to its
-        ``fees_claimed``)."""
-        if not (settled.claimed or settled.refunded):
+        ``fees_claimed``); an end left to its client counts in ``ends_left`` and
+        ``fees_left``."""
+        left = settled.choice is EndChoice.LEAVE
+        if not (settled.claimed or settled.refunded or left):
             return
         row = self._settled_row(service, settled.port)
         if row is None:  # (a claim or a refund read the connection: not expected)
@@ -173,6 +193,9 @@ class Settlements:
                 ),
             )
             return
+        if left:
+            row.ends_left += 1
+            row.fees_left += settled.fee
         row.fees_claimed += settled.claimed
         row.refunded += settled.refunded
         if not served:
@@ -329,6 +352,43 @@ class Settlements:
                 if not attempt.cancelled() and (error := attempt.exception()) is not None:
                     log_failure(logger, "settlement retry failed", error, connection=cid)
 
+    async def _batch_loop(self) -> None:
+        """Every :data:`BATCH_CHECK` seconds while ends wait in the fees' batch: settle
+        it once it pays for itself, leave the ends whose window ended (each counted as
+        a settlement is); until :meth:`stop` cancels it."""
+        while True:
+            if not self.deferred:
+                self._batch_wake.clear()
+                await self._batch_wake.wait()
+                continue
+            await asyncio.sleep(BATCH_CHECK)
+            task = asyncio.ensure_future(self.flush_batch())
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+            await asyncio.wait({task})  # (a cancel here leaves the flush running)
+
+    async def flush_batch(self, *, final: bool = False) -> None:
+        """Settle the fees' batch if it pays, leave the ends whose window ended
+        (``final``: all of them, the daemon stopping), and count what became of each."""
+        if not self.deferred:  # (every end in the batch came through settle())
+            return
+        fees = self.fees()
+        settled, left = await fees.settle_batch(final=final)
+        for cid, settlement in settled:
+            service, port, served = self.deferred.pop(cid, (None, None, False))
+            outcome = Settled(settlement.paid, settlement.refunded, port, True)
+            self._count_settled(cid, outcome, service, served)
+        for cid, end in left:
+            service, port, served = self.deferred.pop(cid, (None, None, False))
+            outcome = Settled(0, 0, port, True, EndChoice.LEAVE, end.fee)
+            self._count_settled(cid, outcome, service, served)
+        if self.gas is not None:
+            self.gas.show_spent()
+        # (what a failed batch put back waits on; what nobody waits for is forgotten)
+        waiting = {e.connection_id for e in fees.batch.waiting()}
+        for cid in [c for c in self.deferred if c not in waiting]:
+            del self.deferred[cid]
+
     def retry_now(self) -> None:
         """The ledger is back after an outage, or the daemon's gas funded again: the
         settlements that failed meanwhile are tried again now rather than at their
@@ -346,6 +406,9 @@ class Settlements:
         :attr:`running`, which the drain waits for); one failing from now on is left
         for the next start."""
         self.stopped = True
+        batch, self._batch_task = self._batch_task, None
+        if batch is not None and (error := await cancel_and_wait(batch)) is not None:
+            log_failure(logger, "settling the batch failed", error)
         task, self._retry_task = self._retry_task, None
         # (cancel_and_wait, not "await task" in a suppress(CancelledError), which takes
         # the drain's own cancellation for the loop's, and the drain would go on)

@@ -30,6 +30,7 @@ from dtp.identity.files import write_durably
 logger = logging.getLogger("dtp.daemon")
 
 __all__ = [
+    "CONNECTIONS_FILE",
     "LOCK_FILE",
     "RECEIPTS_FILE",
     "STATUS_FILE",
@@ -44,6 +45,9 @@ __all__ = [
 STATUS_FILE = "status.json"
 RECEIPTS_FILE = "receipts.sqlite"
 """The receipt store of the daemon's paid services (:mod:`dtp.payments.receipt_store`)."""
+CONNECTIONS_FILE = "connections.sqlite"
+"""The book of the connections the daemon's forwarders opened and that are not settled
+yet (:mod:`dtp.daemon.refunds`)."""
 LOCK_FILE = "daemon.lock"
 """Held (``flock``) by the daemon using a state directory, and holding its pid."""
 
@@ -89,6 +93,11 @@ class ServiceStats:
     """MIST claimed on the ledger."""
     refunded: int = 0
     """MIST refunded to clients at settlement."""
+    ends_left: int = 0
+    """Connections whose end was left to their client: the fee they could still claim
+    was below the gas of claiming it (docs/escrow.md §7.1)."""
+    fees_left: int = 0
+    """MIST of fees those ends gave up (their clients got them back)."""
     healthy_backends: int = 0
 
 
@@ -158,6 +167,10 @@ class StatusBook:
                 book.services[name] = _revive(ServiceStats, row)
             for name, row in (forwards if isinstance(forwards, dict) else {}).items():
                 book.forwards[name] = _revive(ForwardStats, row)
+            # (what earlier runs paid in gas: dtp.daemon.gas.GasWatch adds this run's)
+            gas = previous.get("gas")
+            if isinstance(gas, dict) and isinstance(gas.get("spent"), dict):
+                book.info["gas"] = {"spent": gas["spent"]}
         return book
 
     def service(self, name: str) -> ServiceStats:

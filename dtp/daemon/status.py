@@ -30,6 +30,7 @@ _SERVICE_COLUMNS = (
     ("receipts", "receipts_held"),
     ("earned", "fees_earned"),
     ("claimed", "fees_claimed"),
+    ("left", "fees_left"),
 )
 _FORWARD_COLUMNS = (
     ("forward", "name"),
@@ -116,6 +117,9 @@ def format_table(status: dict[str, Any]) -> str:
     gas = _gas_line(status.get("gas"))
     if gas:
         out.append(gas)
+    spent = _spent_line(status.get("gas"))
+    if spent:
+        out.append(spent)
     services = status.get("services") or {}
     forwards = status.get("forwards") or {}
     if services:
@@ -155,6 +159,26 @@ def _gas_line(gas: Any) -> str | None:
     if error:
         line += f" (as last read; the ledger cannot be read: {error})"
     return line
+
+
+def _spent_line(gas: Any) -> str | None:
+    """What the daemon has paid in gas over its runs (``dtp.daemon.gas``), by kind;
+    None on a ledger that charges none (nothing paid)."""
+    spent = gas.get("spent") if isinstance(gas, dict) else None
+    if not isinstance(spent, dict) or not spent.get("total"):
+        return None
+    parts = [
+        f"{label} {_mist(spent.get(key, 0))}"
+        for key, label in (("ends", "connection ends"), ("opens", "opens"), ("host", "host"))
+        if spent.get(key)
+    ]
+    if spent.get("other"):
+        parts.append(f"other {_mist(spent['other'])}")
+    line = f"spent:  {_mist(spent.get('total'))} of gas"
+    count = spent.get("transactions")
+    if isinstance(count, int) and not isinstance(count, bool):
+        line += f" in {count:,} transaction{'s' if count != 1 else ''}"
+    return line + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def state_dir_of(config: str | None, state_dir: str | None) -> Path:

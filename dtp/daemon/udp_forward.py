@@ -1,7 +1,10 @@
 """UDP forwarders of the daemon (``[[forward]] protocol = "udp"``): a local UDP port
 whose flows reach a remote ``<host id>:<port>`` UDP service through DTP, one connection
 per source address (opened on the ledger with the forward's deposit), billed per
-datagram (docs/udp.md). Same interface as :class:`dtp.daemon.forwarder.Forwarder`.
+datagram (docs/udp.md). Same interface as :class:`dtp.daemon.forwarder.Forwarder`, and
+the same way to a new connection: the target probed first, one probe at a time, a
+backoff during an outage (:mod:`dtp.daemon.outage`), each connection in the daemon's
+book until settled (:mod:`dtp.daemon.refunds`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 
 import dtp.aio
 from dtp.daemon._tasks import within
@@ -17,8 +21,16 @@ from dtp.daemon.fees import OWN_BILLING
 from dtp.daemon.forwarder import close_on_ledger
 from dtp.daemon.gas import GasWatch
 from dtp.daemon.logs import kv
+from dtp.daemon.outage import (
+    PROBE_TIMEOUT,
+    BackingOff,
+    OpenBackoff,
+    TargetUnreachable,
+    probe_target,
+)
+from dtp.daemon.refunds import OpenAttempt, Refunds
 from dtp.daemon.state import ForwardStats, StatusBook
-from dtp.errors import ConnectionRefused, DTPError
+from dtp.errors import ChainError, ConnectionRefused, DTPError, TunnelError
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
@@ -44,6 +56,7 @@ class UdpForward:
         book: StatusBook,
         *,
         gas: GasWatch | None = None,
+        refunds: Refunds | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -51,6 +64,12 @@ class UdpForward:
         self.book = book
         self.gas = gas
         """The daemon's gas watch, told of opens failing (it reports running out)."""
+        self.refunds = refunds
+        """The daemon's book of connections (None: none kept)."""
+        self.backoff = OpenBackoff()
+        """When the next flow's connection may be tried, after failures (an outage)."""
+        self._probing = asyncio.Lock()
+        """Held by the look at the target before an open: one at a time."""
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
@@ -71,27 +90,83 @@ class UdpForward:
 
     async def _connect(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
         """A new flow's DTP connection, all of it within the forward's ``open_timeout``
-        (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the ledger work
-        too, which ``open_connection``'s ``timeout`` leaves out)."""
+        (as :meth:`dtp.daemon.forwarder.Forwarder._open_link_within`: the probe and the
+        ledger work too, which ``open_connection``'s ``timeout`` leaves out), once the
+        target answered the probe; refused at once during a backoff."""
         timeout = self.config.open_timeout
+        attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
         try:
-            return await within(
+            opened = await within(
                 timeout,
-                self._open(),
+                self._probe_and_open(attempt),
                 self._watchers,
                 f"cannot connect to {self.config.target}: no connection within the "
                 f"forward's open_timeout ({timeout:g} s)",
             )
         except ConnectionRefused:
+            self._failed(attempt, None)
             raise  # (counted as a denial)
-        except DTPError:
+        except DTPError as exc:
             # (any other failure, a give-up included: the open failing, or the read of
             # the escrow it made)
+            self._failed(attempt, exc)
             self.stats.errors += 1
             self.book.touch()
             raise
+        self.backoff.tunnel_opened()
+        return opened
 
-    async def _open(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
+    async def _probe_and_open(
+        self, attempt: OpenAttempt | None
+    ) -> tuple[DTPStreamReader, DTPStreamWriter]:
+        """The backoff's verdict and the probe, one flow at a time, then the open."""
+        async with self._probing:
+            refused = self.backoff.refusal(asyncio.get_running_loop().time())
+            if refused is not None:
+                raise refused
+            await self._probe()
+        return await self._open(attempt)
+
+    def _failed(self, attempt: OpenAttempt | None, exc: DTPError | None) -> None:
+        """An open failed (``exc``; None: refused by the host, whose refusal its log
+        line says): its connection is the book's to settle, and the next waits."""
+        if attempt is not None:
+            attempt.release()
+        if isinstance(exc, TargetUnreachable | BackingOff):
+            return  # (the probe backed off already, or the backoff refused it)
+        error = exc if exc is not None else DTPError("refused by the host")
+        spent = attempt is not None and attempt.spent
+        delay = self.backoff.failed(asyncio.get_running_loop().time(), error, spent=spent)
+        if exc is not None:
+            logger.warning(
+                "cannot open a connection",
+                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
+            )
+
+    async def _probe(self) -> None:
+        """As :meth:`dtp.daemon.forwarder.Forwarder._probe`: the target's endpoint must
+        answer before anything is spent on the ledger."""
+        timeout = min(PROBE_TIMEOUT, self.config.open_timeout)
+        loop = asyncio.get_running_loop()
+        try:
+            await probe_target(self.ledger, self.config.target, timeout)
+        except (ChainError, OSError, sqlite3.Error) as exc:
+            # the Host's read refused or failing: the flow's error, not a raw one
+            raise TunnelError(f"cannot connect to {self.config.target}: {exc}") from exc
+        except TargetUnreachable as exc:
+            delay, began = self.backoff.unreachable(loop.time(), exc)
+            logger.log(
+                logging.WARNING if began else logging.DEBUG,
+                "target unreachable: no connection is opened on the ledger until it answers",
+                extra=kv(forward=self.config.name, error=str(exc), retry_in=delay),
+            )
+            raise
+        if self.backoff.reached():
+            logger.info("target reachable again", extra=kv(forward=self.config.name))
+
+    async def _open(
+        self, attempt: OpenAttempt | None = None
+    ) -> tuple[DTPStreamReader, DTPStreamWriter]:
         stats = self.stats
         try:
             reader, writer = await dtp.aio.open_connection(
@@ -106,6 +181,7 @@ class UdpForward:
                 ),
                 timeout=self.config.open_timeout,
                 metering=OWN_BILLING,
+                on_open=attempt,
             )
         except ConnectionRefused as exc:
             stats.denials += 1
@@ -123,7 +199,7 @@ class UdpForward:
         # refused) the client could never settle: EConnectionOpen, the deposit held.
         # Watched from here, before the escrow read, so that the read's failure path
         # (the close below) half-closes it too (tests/daemon/test_udp_forward.py)
-        watcher = asyncio.ensure_future(self._close_when_ended(writer))
+        watcher = asyncio.ensure_future(self._close_when_ended(writer, attempt))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         try:
@@ -140,11 +216,17 @@ class UdpForward:
         self.book.touch()
         return reader, writer
 
-    async def _close_when_ended(self, writer: DTPStreamWriter) -> None:
+    async def _close_when_ended(
+        self, writer: DTPStreamWriter, attempt: OpenAttempt | None = None
+    ) -> None:
         with contextlib.suppress(DTPError):
             await writer.wait_closed()
         assert writer.connection_id is not None
-        await close_on_ledger(self.ledger, self.identity, writer.connection_id)
+        try:
+            await close_on_ledger(self.ledger, self.identity, writer.connection_id)
+        finally:
+            if attempt is not None:
+                attempt.release()  # the book's look at it: settled, or to be
 
     def _meter_for(self, writer: DTPStreamWriter) -> Meter | None:
         connection_id = writer.connection_id

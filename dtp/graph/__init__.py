@@ -8,6 +8,11 @@
     g.put("user/1", {"name": "alice", "friend": link("user/2")})
     g.get("user/1")                # {"name": "alice", "friend": {"#": "user/2"}}
     g.walk("user/1", "friend")     # "user/2"
+    g.query("user/1").out("friend").souls()   # ["user/2"]
+
+Privacy tiers (docs/graph.md, "Privacy tiers"): ``g.public(soul)``, ``g.protected(path,
+identity)`` (only the author writes) and ``g.private(path, identity)`` (values encrypted
+to the readers the author names) return node handles of one shape.
 
 Peers sync with :func:`dtp.graph.sync.connect` / :class:`dtp.graph.sync.GraphServer`
 (blocking) or :func:`dtp.graph.sync.sync_stream` (asyncio), and find each other on the
@@ -19,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from dtp.graph.clock import HybridClock
 from dtp.graph.namespace import owner_of, user_soul
 from dtp.graph.persist import GraphStorageError
+from dtp.graph.queries import LiveQuery
+from dtp.graph.query import Query, QueryError, QueryUpdate
 from dtp.graph.store import Change, ChangeStream, Graph, MergeReport, Subscription
 from dtp.graph.sync import (
     GraphServer,
@@ -28,6 +35,7 @@ from dtp.graph.sync import (
     sync_blocking,
     sync_stream,
 )
+from dtp.graph.tiers import PrivateNode, ProtectedNode, PublicNode
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -54,7 +62,14 @@ __all__ = [
     "GunValue",
     "HybridClock",
     "LanSync",
+    "LiveQuery",
     "MergeReport",
+    "PrivateNode",
+    "ProtectedNode",
+    "PublicNode",
+    "Query",
+    "QueryError",
+    "QueryUpdate",
     "Subscription",
     "SyncSession",
     "connect",

@@ -10,11 +10,22 @@ C merge, which validate.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 
 from dtp.errors import ErrorCode, RemoteProtocolError
+from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.types import HamUpdate
 
 _F64 = struct.Struct("<d")
 _COUNT = struct.Struct("<I")
+_HEADER = struct.Struct("<BI")
+
+#: Refused updates a filter describes at most (the rest it only counts): a batch of
+#: millions of forgeries is not copied into as many descriptions.
+MAX_DETAILS = 1024
+
+Judge = Callable[[HamUpdate], "tuple[str, str] | None"]
+"""A rule of a signed tier: None for an update it takes, else ``(reason, message)``."""
 
 Entry = tuple[bytes, bytes, float, bytes, bytes]
 """(soul, field, state, value, canonical bytes of the whole update)."""
@@ -77,4 +88,47 @@ def entries(batch: bytes) -> list[Entry]:
     return out
 
 
-__all__ = ["Entry", "batch_count", "entries"]
+def drop_refused(
+    batch: bytes,
+    found: Sequence[tuple[int, int, HamUpdate]],
+    held: Callable[[list[HamUpdate]], list[bool]] | None,
+    judge: Judge,
+    details: list[tuple[HamUpdate, str, str]] | None,
+) -> tuple[bytes, dict[str, int]]:
+    """A peer's ``batch`` without the updates ``judge`` refuses, and the count of
+    refusals per reason: what the signed tiers' filters share (dtp.graph.namespace,
+    sea, private).
+
+    ``found``: the updates the filter looks at, each with its byte span in ``batch``, in
+    batch order. ``held(updates)``, if given, tells which the table already holds
+    exactly (checked when they first came: they pass unjudged). ``details``, if given,
+    receives ``(update, reason, message)`` for each refused update while it holds fewer
+    than :data:`MAX_DETAILS`. The batch comes back as the input itself when nothing was
+    refused; otherwise the rest stays as the peer sent it, under a new count.
+    """
+    known = held([u for _, _, u in found]) if held is not None else None
+    refused: dict[str, int] = {}
+    dropped: list[tuple[int, int]] = []
+    for k, (start, end, update) in enumerate(found):
+        if known is not None and known[k]:
+            continue
+        verdict = judge(update)
+        if verdict is None:
+            continue
+        reason, message = verdict
+        refused[reason] = refused.get(reason, 0) + 1
+        dropped.append((start, end))
+        if details is not None and len(details) < MAX_DETAILS:
+            details.append((update, reason, message))
+    if not dropped:
+        return batch, {}
+    parts = [_HEADER.pack(HAM_BATCH_VERSION, batch_count(batch) - len(dropped))]
+    pos = HAM_BATCH_HEADER_LEN
+    for start, end in dropped:
+        parts.append(batch[pos:start])
+        pos = end
+    parts.append(batch[pos:])
+    return b"".join(parts), refused
+
+
+__all__ = ["MAX_DETAILS", "Entry", "Judge", "batch_count", "drop_refused", "entries"]

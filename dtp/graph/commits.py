@@ -77,6 +77,11 @@ class GraphCommits(GraphBase):
         if not n:
             return
         self.stats["applied"] += n
+        index = self._query.index
+        if index is not None:
+            # (queued before the log's buffer: a flush that it sets off writes the query
+            # tables and the log's rows together)
+            index.changed(changed, n, len(self._table))
         writeback = self._writeback
         if writeback is not None:
             writeback.append(changed)
@@ -88,6 +93,8 @@ class GraphCommits(GraphBase):
             else:
                 decoded = entries(changed)
                 view.add(decoded)
+        # live queries that read a field of the batch are due
+        decoded = self._query.touch(changed, decoded)
         for listener, owner in self._listeners:
             if owner is not origin:
                 # the change is committed: a failing sync session must not make the
@@ -117,6 +124,16 @@ class GraphCommits(GraphBase):
             changes.append(Change(soul, field, decoded_value, state))
 
     def _deliver(self, changes: list[Change]) -> None:
+        if self._query.due:
+            # (after the subscribers: a slow live query does not hold them back)
+            try:
+                self._deliver_changes(changes)
+            finally:
+                self._query.deliver()
+        else:
+            self._deliver_changes(changes)
+
+    def _deliver_changes(self, changes: list[Change]) -> None:
         if not changes:
             return
         with self._lock:

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace, sea
+from dtp.graph import namespace, private, sea
 from dtp.graph._batch import entries
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
+from dtp.graph.rules import EMPTY_BATCH, RULE, Refusal
 from dtp.graph.summaries import soul_leaf
 from dtp.native.core import zero_negative_states
 from dtp.native.types import (
@@ -65,8 +66,9 @@ class MergeReport:
     dropped: int = 0
     """Updates ahead of the clock that found the deferred queue full."""
     refused: int = 0
-    """Updates refused by the ownership rule (unsigned, badly signed, bad soul) or by a
-    rule of Gun's user spaces (:mod:`dtp.graph.sea`)."""
+    """Updates refused by the ownership rule (unsigned, badly signed, bad soul), by a
+    rule of Gun's user spaces (:mod:`dtp.graph.sea`), by the private tier's
+    (:mod:`dtp.graph.private`) or by one of the graph's own rules (:mod:`dtp.graph.rules`)."""
     dropped_leaves: Mapping[int, float] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
@@ -74,33 +76,77 @@ class MergeReport:
     updates, each with the smallest state dropped in it: a sync session asks its peer for
     those leaves again once the clock reaches that state (at most 65,536 entries,
     whatever the batch)."""
+    refusals: tuple[Refusal, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    """The refused updates, each with its reason: every one a rule refused, and up to
+    1024 of those the ownership, SEA and private-tier checks refused (:attr:`refused` counts them
+    all)."""
 
 
 class GraphMerges(GraphCommits):
     """:meth:`merge`, :meth:`advance` and what tells of the deferred updates."""
 
-    def merge(self, batch: bytes | bytearray | memoryview, *, origin: object = None) -> MergeReport:
-        """Merge a peer's HAM batch (protocol.md 6.1) after the ownership check and the
-        checks of Gun's user spaces (:func:`dtp.graph.sea.filter_batch`).
+    def merge(
+        self,
+        batch: bytes | bytearray | memoryview,
+        *,
+        origin: object = None,
+        atomic: bool = False,
+    ) -> MergeReport:
+        """Merge a peer's HAM batch (protocol.md 6.1) after the ownership check, the
+        checks of Gun's user spaces (:func:`dtp.graph.sea.filter_batch`) and of the
+        private tier (:func:`dtp.graph.private.filter_batch`), and the graph's rules
+        (:attr:`rules`, docs/graph.md "Rules").
 
         Raises RemoteProtocolError (``HAM_*`` code) for a malformed batch, before any
         change. ``origin`` (a sync session) is not sent its own changes back.
+        ``atomic``: merge nothing of the batch when any of its updates is refused (the
+        Gun endpoint takes a put whole or not at all); otherwise the rest is merged.
         """
+        return self._merge(batch, origin, atomic=atomic, final=True)
+
+    def _merge(
+        self,
+        batch: bytes | bytearray | memoryview,
+        origin: object,
+        *,
+        atomic: bool,
+        final: bool,
+    ) -> MergeReport:
+        """:meth:`merge`; with ``final`` False the rules' refusals are reported but not
+        counted in :attr:`stats` (a sync session tries them again once its peer's whole
+        exchange is in, and counts those still refused then:
+        :meth:`_count_rule_refusals`)."""
         if not isinstance(batch, bytes | bytearray | memoryview):
             # bytes(5) would be five zero bytes, bytes("x") a TypeError
             raise LocalProtocolError(
                 f"merge() takes a HAM batch as bytes, not {type(batch).__name__}", ErrorCode.ARG
             )
         data = canonical_states(bytes(batch))
-        filtered, refused = namespace.filter_batch(data, self._held)
-        filtered, sea_refused = sea.filter_batch(filtered, self._held)
+        details: list[tuple[HamUpdate, str, str]] = []
+        filtered, refused = namespace.filter_batch(data, self._held, details)
+        filtered, sea_refused = sea.filter_batch(filtered, self._held, details)
         for reason, n in sea_refused.items():
             refused[reason] = refused.get(reason, 0) + n
+        # the private tier: only the author signs there (dtp.graph.private)
+        filtered, private_refused = private.filter_batch(filtered, self._held, details)
+        for reason, n in private_refused.items():
+            refused[reason] = refused.get(reason, 0) + n
+        refusals = [Refusal.of(u, reason, message) for u, reason, message in details]
         changes: list[Change] = []
         try:
             with self._lock:
                 self._check_open()
                 self._advance_due(changes)
+                by_rules: list[Refusal] = []
+                if self.rules.active:
+                    # (under the lock: a rule sees the current value the merge compares)
+                    filtered, by_rules = self.rules.filter_batch(filtered)
+                    refusals.extend(by_rules)
+                    if by_rules and final:
+                        refused[RULE] = len(by_rules)
+                        self._count_by_rule(by_rules)
+                if atomic and (refused or by_rules):
+                    filtered = EMPTY_BATCH  # taken whole or not at all
                 result = self._table.merge(filtered, self.clock.machine_state())
                 statuses = result.statuses
                 dropped_leaves: dict[int, float] = {}
@@ -119,15 +165,16 @@ class GraphMerges(GraphCommits):
                     same=statuses.count(HAM_SAME),
                     deferred=statuses.count(HAM_DEFERRED),
                     dropped=statuses.count(HAM_REJECTED),
-                    refused=sum(refused.values()),
+                    refused=sum(refused.values()) + (0 if final else len(by_rules)),
                     dropped_leaves=dropped_leaves,
+                    refusals=tuple(refusals),
                 )
                 st = self.stats
                 st["merged_batches"] += 1
                 st["deferred"] += report.deferred
                 st["dropped"] += report.dropped
                 if refused:
-                    st["refused"] += report.refused
+                    st["refused"] += sum(refused.values())
                     by_reason = st["refused_by_reason"]
                     for reason, n in refused.items():
                         by_reason[reason] = by_reason.get(reason, 0) + n
@@ -138,6 +185,25 @@ class GraphMerges(GraphCommits):
             # malformed
             self._deliver(changes)
         return report
+
+    def _count_by_rule(self, refusals: list[Refusal]) -> None:
+        """Count the rules' refusals by rule (lock held)."""
+        by_rule = self.stats["refused_by_rule"]
+        for r in refusals:
+            if r.rule is not None:
+                by_rule[r.rule] = by_rule.get(r.rule, 0) + 1
+
+    def _count_rule_refusals(self, refusals: list[Refusal]) -> None:
+        """Count, as :meth:`merge` does, the rules' refusals a merge with ``final``
+        False left uncounted, once they are final."""
+        if not refusals:
+            return
+        with self._lock:
+            st = self.stats
+            st["refused"] += len(refusals)
+            by_reason = st["refused_by_reason"]
+            by_reason[RULE] = by_reason.get(RULE, 0) + len(refusals)
+            self._count_by_rule(refusals)
 
     def _held(self, updates: list[HamUpdate]) -> list[bool]:
         """For each update, whether the table holds exactly it (see

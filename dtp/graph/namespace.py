@@ -33,10 +33,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph._batch import batch_count
+from dtp.graph._batch import MAX_DETAILS, drop_refused
 from dtp.identity.keys import HostIdentity, sui_address_from_public_key
 from dtp.native.core import decode_ham_batch, encode_ham_batch, find_ham_souls
-from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.reference.limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 USER_SPACE = b"~0x"
@@ -55,6 +55,13 @@ UNSIGNED = "unsigned"
 BAD_SIGNATURE = "bad_signature"
 WRONG_KEY = "wrong_key"
 BAD_SOUL = "bad_soul"
+#: What each reason means, as a refused update is reported to the peer that sent it.
+MESSAGES = {
+    UNSIGNED: "a user-space field without its owner's signature",
+    BAD_SIGNATURE: "the owner's signature does not verify",
+    WRONG_KEY: "signed by a key that is not the space's owner",
+    BAD_SOUL: "user-space souls read ~0x<64 lowercase hex>[/...]",
+}
 
 
 def user_soul(owner: str | HostIdentity, path: str = "") -> str:
@@ -135,7 +142,9 @@ def check(update: HamUpdate) -> str | None:
 
 
 def filter_batch(
-    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+    batch: bytes,
+    held: Callable[[list[HamUpdate]], list[bool]] | None = None,
+    details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break the ownership rule.
 
@@ -153,6 +162,10 @@ def filter_batch(
     an update was checked when it first came, so it passes without a second Ed25519
     verification -- a batch sent again (a resync, the same change forwarded by several
     neighbours) costs a table lookup per update, not a signature check.
+
+    ``details``, if given, receives ``(update, reason, message)`` for each refused
+    update (a sync session reports them to the peer) while it holds fewer than
+    :data:`MAX_DETAILS`.
     """
     if _CLAIMED.search(batch) is None:
         return batch, {}
@@ -163,26 +176,12 @@ def filter_batch(
             claimed.append((start, end, update))
     if not claimed:
         return batch, {}
-    known = held([u for _, _, u in claimed]) if held is not None else None
-    refused: dict[str, int] = {}
-    dropped: list[tuple[int, int]] = []
-    for k, (start, end, update) in enumerate(claimed):
-        if known is not None and known[k]:
-            continue
-        reason = check(update)
-        if reason is not None:
-            refused[reason] = refused.get(reason, 0) + 1
-            dropped.append((start, end))
-    if not refused:
-        return batch, {}
-    # the batch without the refused updates' bytes: the rest stays as the peer sent it
-    parts = [_HEADER.pack(HAM_BATCH_VERSION, batch_count(batch) - len(dropped))]
-    pos = HAM_BATCH_HEADER_LEN
-    for start, end in dropped:
-        parts.append(batch[pos:start])
-        pos = end
-    parts.append(batch[pos:])
-    return b"".join(parts), refused
+    return drop_refused(batch, claimed, held, _judge, details)
+
+
+def _judge(update: HamUpdate) -> tuple[str, str] | None:
+    reason = check(update)
+    return None if reason is None else (reason, MESSAGES[reason])
 
 
 __all__ = [
@@ -190,6 +189,8 @@ __all__ = [
     "BAD_SOUL",
     "DOMAIN",
     "ENVELOPE_LEN",
+    "MAX_DETAILS",
+    "MESSAGES",
     "UNSIGNED",
     "USER_SPACE",
     "WRONG_KEY",

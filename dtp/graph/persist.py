@@ -52,6 +52,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph._batch import batch_count
@@ -64,7 +65,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, batch BLOB NOT NULL);
 """
-_GRAPH_TABLES = frozenset({"meta", "log", "sqlite_sequence"})
+_GRAPH_TABLES = frozenset({"meta", "log", "sqlite_sequence", "query_link", "query_value"})
 #: The columns of our tables, as ``PRAGMA table_info`` gives them (name, declared type,
 #: not null, primary key): a table of that name laid out otherwise is another
 #: application's, and so is its file.
@@ -98,6 +99,22 @@ _COMPACT_FLOOR = 64 << 10
 #: transaction grows it to the table's size, and SQLite otherwise keeps a WAL file at
 #: the largest size it ever reached.
 _WAL_LIMIT = 8 << 20
+
+
+class StorageTables(Protocol):
+    """Tables kept in a graph's file beside its log and written in the same transactions
+    (the query index, :mod:`dtp.graph.query_index`): the file never holds the log's
+    rows without theirs."""
+
+    @property
+    def pending(self) -> bool:
+        """Changes are queued for the next write."""
+
+    def write(self, db: sqlite3.Connection) -> None:
+        """Write them, inside the transaction that writes the log."""
+
+    def committed(self) -> None:
+        """That transaction is committed."""
 
 
 class GraphStorageError(LocalProtocolError):
@@ -205,6 +222,8 @@ class GraphStorage:
         self.log_bytes: int = int(size)
         self.flushes = 0
         self.compactions = 0
+        #: tables written with the log (the query index), once a graph has them
+        self.tables: StorageTables | None = None
         #: bytes written by compactions since the file was opened (each rewrites the table)
         self.compaction_bytes = 0
 
@@ -226,6 +245,18 @@ class GraphStorage:
         """Write one ``meta`` value at once (outside the buffered log)."""
         with self._errors("write"):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction on the file (GraphStorageError if it fails; rolled back
+        whole)."""
+        with self._errors("write"), self._transaction():
+            yield
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The file's SQLite connection (used with the graph's lock held)."""
+        return self._db
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -339,7 +370,8 @@ class GraphStorage:
     def flush(self, clock_last: float) -> None:
         """Write the buffered batches and the clock in one transaction."""
         self._last_flush = time.monotonic()
-        if not self._pending:
+        tables = self.tables
+        if not self._pending and (tables is None or not tables.pending):
             return
         rows = _rows(self._pending)
         size = sum(len(row) for (row,) in rows)
@@ -348,6 +380,10 @@ class GraphStorage:
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
             )
+            if tables is not None:
+                tables.write(self._db)
+        if tables is not None:
+            tables.committed()
         # cleared only once committed: a failed transaction (disk full, locked file)
         # keeps the batches for the next flush instead of dropping them
         self._pending, self._pending_bytes = [], 0
@@ -389,6 +425,11 @@ class GraphStorage:
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (_F64.pack(clock_last),)
             )
+            if self.tables is not None:
+                # (the export holds the buffered changes: so must the tables)
+                self.tables.write(self._db)
+        if self.tables is not None:
+            self.tables.committed()
         # cleared only once committed (as in flush): a failed compaction keeps them
         self._pending, self._pending_bytes = [], 0
         self.log_rows, self.log_bytes = len(rows), size
@@ -551,4 +592,4 @@ class _Transaction:
                 self._db.execute("ROLLBACK")
 
 
-__all__ = ["FORMAT", "GraphStorage", "GraphStorageError", "IdleFlusher"]
+__all__ = ["FORMAT", "GraphStorage", "GraphStorageError", "IdleFlusher", "StorageTables"]

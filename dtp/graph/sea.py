@@ -62,7 +62,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace
-from dtp.graph._batch import batch_count
+from dtp.graph._batch import drop_refused
 from dtp.graph.values import (
     GraphValueError,
     GunValue,
@@ -72,7 +72,7 @@ from dtp.graph.values import (
     value_text,
 )
 from dtp.native.core import decode_ham_batch, find_ham_souls
-from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
+from dtp.native.reference.limits import HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
 
 #: gun's ``pubcut``: anything but ASCII letters, digits, ``_`` and ``-`` ends a part
@@ -321,7 +321,9 @@ _HEADER_ONE = bytes([HAM_BATCH_VERSION]) + (1).to_bytes(4, "little")
 
 
 def filter_batch(
-    batch: bytes, held: Callable[[list[HamUpdate]], list[bool]] | None = None
+    batch: bytes,
+    held: Callable[[list[HamUpdate]], list[bool]] | None = None,
+    details: list[tuple[HamUpdate, str, str]] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     """Drop the updates of a peer's batch that break a SEA rule (as
     :func:`dtp.graph.namespace.filter_batch` does for dtp's own user space).
@@ -331,7 +333,9 @@ def filter_batch(
     (content-addressed): the C core finds them without decoding the rest, and a batch
     holding neither byte passes untouched. (Souls with a ``~`` or ``#`` further in,
     which gun also guards, are checked where a Gun peer writes them: the Gun endpoint.)
-    ``held`` skips updates the table already holds exactly.
+    ``held`` skips updates the table already holds exactly. ``details``, if given,
+    receives ``(update, reason, message)`` for each refused update while it holds
+    fewer than :data:`dtp.graph._batch.MAX_DETAILS`.
     """
     spans: list[tuple[int, int]] = []
     if b"~" in batch:
@@ -348,25 +352,12 @@ def filter_batch(
             found.append((start, end, update))
     if not found:
         return batch, {}
-    known = held([u for _, _, u in found]) if held is not None else None
-    refused: dict[str, int] = {}
-    dropped: list[tuple[int, int]] = []
-    for k, (start, end, update) in enumerate(found):
-        if known is not None and known[k]:
-            continue
-        refusal = check_stored(update.soul, update.field, update.state, update.value)
-        if refusal is not None:
-            refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
-            dropped.append((start, end))
-    if not dropped:
-        return batch, {}
-    parts = [bytes([HAM_BATCH_VERSION]) + (batch_count(batch) - len(dropped)).to_bytes(4, "little")]
-    pos = HAM_BATCH_HEADER_LEN
-    for start, end in dropped:
-        parts.append(batch[pos:start])
-        pos = end
-    parts.append(batch[pos:])
-    return b"".join(parts), refused
+    return drop_refused(batch, found, held, _judge, details)
+
+
+def _judge(update: HamUpdate) -> tuple[str, str] | None:
+    refusal = check_stored(update.soul, update.field, update.state, update.value)
+    return None if refusal is None else (refusal.reason, refusal.message)
 
 
 class SeaPair:

@@ -18,8 +18,9 @@ therefore costs one C merge and one SQLite row per batch.
 A graph is made of parts, one module each, over the state they share
 (:mod:`dtp.graph.store_base`): local writes (:mod:`~dtp.graph.writes`), merging what
 peers send and the deferred updates (:mod:`~dtp.graph.merges`), what follows every change
-(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), subscriptions
-(:mod:`~dtp.graph.changes`) and what sync sessions use (:mod:`~dtp.graph.sync_source`,
+(:mod:`~dtp.graph.commits`), reads (:mod:`~dtp.graph.reads`), queries
+(:mod:`~dtp.graph.queries`), subscriptions (:mod:`~dtp.graph.changes`) and what sync
+sessions use (:mod:`~dtp.graph.sync_source`,
 over the summaries of :mod:`~dtp.graph.summaries`); the SQLite file is written back by its
 own object (:mod:`~dtp.graph.writeback`). This module makes and closes a graph.
 """
@@ -40,9 +41,12 @@ from dtp.graph.changes import Change, ChangeStream, GraphSubscriptions, Subscrip
 from dtp.graph.clock import MAX_DRIFT_MS, HybridClock, wall_clock_ms
 from dtp.graph.commits import _BLIND_RETRY_MIN
 from dtp.graph.formats import Migration, migrate_batch
+from dtp.graph.history import History
 from dtp.graph.merges import GraphMerges, MergeReport, canonical_states
 from dtp.graph.persist import GraphStorage, GraphStorageError
-from dtp.graph.reads import GraphReads
+from dtp.graph.queries import GraphQueries, QueryEngine
+from dtp.graph.query_index import QueryIndex
+from dtp.graph.rules import RuleSet
 from dtp.graph.store_base import MAX_STATE, ChangeListener
 from dtp.graph.summaries import (
     FANOUT_BITS,
@@ -53,6 +57,7 @@ from dtp.graph.summaries import (
     soul_leaf,
 )
 from dtp.graph.sync_source import SyncSource
+from dtp.graph.tiers import GraphTiers
 from dtp.graph.writeback import WriteBack
 from dtp.graph.writes import GraphWrites
 from dtp.identity.keys import HostIdentity
@@ -81,7 +86,7 @@ def _check_number(
         raise ValueError(f"Graph({name}=...) must be finite, >= 0{bound}; got {repr(value)[:40]}")
 
 
-class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource):
+class Graph(GraphWrites, GraphMerges, GraphQueries, GraphSubscriptions, SyncSource, GraphTiers):
     """A replicated graph of nodes and fields, persisted in SQLite, synced over DTP.
 
     ``path``: the SQLite file (None keeps the graph in memory only). ``identity``: the
@@ -145,6 +150,7 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
         self._view: SummaryView | None = SummaryView()
         self._subs: dict[str, list[Subscription]] = {}
         self._listeners: list[tuple[ChangeListener, object]] = []
+        self._query = QueryEngine(self._lock)
         self.stats: dict[str, Any] = {
             "merged_batches": 0,
             "applied": 0,
@@ -152,8 +158,12 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
             "dropped": 0,
             "refused": 0,
             "refused_by_reason": {},
+            "refused_by_rule": {},
+            "refused_by_peers": 0,
             "view_rebuilds": 0,
         }
+        self.rules = RuleSet(self)
+        self.history = History(self)
         # When the deferred queue may hold something due, without asking the table: a
         # table.advance() walks the whole queue (and the C one allocates its size), so a
         # peer that filled it with far-future updates made every put() and merge() pay
@@ -204,6 +214,10 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                     )
                 self.migration = migration
                 self.replica_id = storage.replica_id()
+                # query tables the file has, rebuilt when out of step with its log
+                self._query.index = QueryIndex.open(
+                    storage, self._table, self._value_of, migrated=migration is not None
+                )
             except BaseException:
                 # no Graph to close() comes out of a failed constructor: close the file here
                 storage.close()
@@ -250,6 +264,7 @@ class Graph(GraphWrites, GraphMerges, GraphReads, GraphSubscriptions, SyncSource
                 return
             flusher = None if self._writeback is None else self._writeback.close()
             self._closed = True
+            self._query.close()
             ending = [sub for subs in self._subs.values() for sub in subs]
         if flusher is not None:
             # joined outside the lock: the thread may be waiting for it, and then finds

@@ -20,6 +20,9 @@ from dtp.identity.keys import HostIdentity
 if TYPE_CHECKING:
     from dtp.graph.changes import Subscription
     from dtp.graph.formats import Migration
+    from dtp.graph.history import History
+    from dtp.graph.queries import QueryEngine
+    from dtp.graph.rules import RuleSet
     from dtp.graph.writeback import WriteBack
 
 MAX_STATE = sys.float_info.max
@@ -49,6 +52,12 @@ class GraphBase:
     """Issues the states of local writes; says how far ahead a peer's state may be."""
     stats: dict[str, Any]
     """Counters of merges and what they did, and of rebuilds of the summaries."""
+    rules: RuleSet
+    """The graph's validation rules, run before every local write and every peer's
+    update merges (docs/graph.md, "Rules")."""
+    history: History
+    """The edit history of the nodes tracked: ``graph.history(soul)`` reads one
+    (docs/graph.md, "History")."""
     _lock: threading.RLock
     """Guards the table and everything below: sync sessions merge in their threads."""
     _view: SummaryView | None
@@ -62,6 +71,8 @@ class GraphBase:
     _due_untracked: bool
     _due_retry: float
     _due_backoff: float
+    _query: QueryEngine
+    """The query tables (made by the first query or index) and the live queries."""
     _writeback: WriteBack | None
     """The write-back to the SQLite file; None for an in-memory graph."""
     _closed: bool

@@ -3,18 +3,21 @@ clock, signed in the writer's own user space, merged as one batch (docs/graph.md
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from dtp.errors import ErrorCode, LocalProtocolError
-from dtp.graph import namespace, sea
+from dtp.graph import namespace, private, sea
 from dtp.graph.arguments import utf8_name
 from dtp.graph.changes import Change
 from dtp.graph.commits import GraphCommits
+from dtp.graph.rules import RuleRefused
 from dtp.graph.store_base import MAX_STATE
 from dtp.graph.values import check_field_name, encode_value, link_soul
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate
+
+_Item = TypeVar("_Item")
 
 
 class GraphWrites(GraphCommits):
@@ -35,6 +38,10 @@ class GraphWrites(GraphCommits):
         content-addressed soul). Nested mappings that reach one node's field by two paths
         (``{"b": {"c": ...}}`` and ``{"b/c": ...}``) are refused whole, even with equal
         values (LocalProtocolError, ``ARG``).
+        The graph's rules (:attr:`rules`) judge every field first: one refused raises
+        :class:`~dtp.graph.rules.RuleRefused` and nothing is written. A node whose
+        history is tracked (:attr:`history`) gets a version of this write, in the same
+        batch.
         """
         writes: list[tuple[bytes, bytes, bytes]] = []
         self._flatten(soul, data, writes, 0)
@@ -48,17 +55,33 @@ class GraphWrites(GraphCommits):
                 "(nested mappings naming the same child node)",
                 ErrorCode.ARG,
             )
+        for s, _, _ in writes:
+            if private.is_private(s):
+                # encrypted to readers and signed by the author: only the tier's API
+                # (dtp.graph.tiers) makes such values
+                raise LocalProtocolError(
+                    f"put() to the private soul {s.decode(errors='replace')[:80]!r}: write "
+                    "with graph.private(...) (docs/graph.md, 'Privacy tiers')",
+                    ErrorCode.ARG,
+                )
         changes: list[Change] = []
         try:
             with self._lock:
                 self._check_open()
                 self._advance_due(changes)
+                # a tracked node's version and heads (dtp.graph.history), written with it
+                plan = self.history.plan(writes) if self.history.tracking else None
+                touched = [(s, f) for s, f, _ in writes]
+                if plan is not None:
+                    touched.extend(plan.touched)
                 after: float | None = None
-                for s, f, _ in writes:
+                for s, f in touched:
                     current = self._table.get(s, f)
                     if current is not None and (after is None or current[0] > after):
                         after = current[0]
                 state = self.clock.next(after)
+                if plan is not None:
+                    writes = writes + plan.writes(state)
                 writeback = self._writeback
                 if writeback is not None and state > writeback.clock_reserved:
                     writeback.reserve_clock(state)
@@ -82,6 +105,13 @@ class GraphWrites(GraphCommits):
                             )
                         value = namespace.seal(self.identity, s, f, state, value)
                     updates.append(HamUpdate(s, f, state, value))
+                if self.rules.active:
+                    refused = self.rules.check_local(updates)
+                    if refused is not None:
+                        name = refused.rule or ""
+                        by_rule = self.stats["refused_by_rule"]
+                        by_rule[name] = by_rule.get(name, 0) + 1
+                        raise RuleRefused(refused)
                 result = self._table.merge(encode_ham_batch(updates), max(state, MAX_STATE))
                 self._changed(result.changed, None, changes)
         finally:
@@ -94,6 +124,53 @@ class GraphWrites(GraphCommits):
     def set(self, soul: str, field: str, value: Any) -> float:
         """Write one field (see :meth:`put`)."""
         return self.put(soul, {field: value})
+
+    def _write_sealed(
+        self,
+        writes: Sequence[tuple[bytes, bytes, _Item]],
+        seal: Callable[[bytes, bytes, float, _Item], bytes],
+    ) -> float:
+        """Write fields whose stored values depend on the state they are written at --
+        signed over it, or encrypted with it as associated data (the tiers of
+        :mod:`dtp.graph.tiers`) -- as one batch at one state, taken as :meth:`put`
+        takes it; returns the state. ``seal(soul, field, state, item)`` makes each
+        stored value, under the graph's lock; what it raises leaves the graph as it
+        was. The souls and field names are the UTF-8 bytes the table keys on; no rule
+        of :meth:`put` is applied here (the caller's seal is the rule)."""
+        changes: list[Change] = []
+        try:
+            with self._lock:
+                self._check_open()
+                self._advance_due(changes)
+                after: float | None = None
+                for s, f, _ in writes:
+                    current = self._table.get(s, f)
+                    if current is not None and (after is None or current[0] > after):
+                        after = current[0]
+                state = self.clock.next(after)
+                writeback = self._writeback
+                if writeback is not None and state > writeback.clock_reserved:
+                    writeback.reserve_clock(state)
+                updates = [HamUpdate(s, f, state, seal(s, f, state, item)) for s, f, item in writes]
+                result = self._table.merge(encode_ham_batch(updates), max(state, MAX_STATE))
+                self._changed(result.changed, None, changes)
+        finally:
+            self._deliver(changes)
+        return state
+
+    def _fields_of(self, soul: str, data: Mapping[str, Any]) -> list[tuple[bytes, bytes, bytes]]:
+        """What :meth:`put` would write for ``data``: (soul, field, the value's Gun
+        text) for the node and every nested node, checked as put() checks them."""
+        writes: list[tuple[bytes, bytes, bytes]] = []
+        self._flatten(soul, data, writes, 0)
+        twice = _field_written_twice(writes)
+        if twice is not None:
+            raise LocalProtocolError(
+                f"put() writes field {twice[1]!r} of node {twice[0]!r} twice "
+                "(nested mappings naming the same child node)",
+                ErrorCode.ARG,
+            )
+        return writes
 
     def _flatten(
         self, soul: str, data: Mapping[str, Any], out: list[tuple[bytes, bytes, bytes]], depth: int

@@ -22,6 +22,7 @@ from dtp.hostid.admission import (
     pinned_host_key,
     prepare_connecting_early,
 )
+from dtp.hostid.connect import OpenJournal
 from dtp.hostid.ledger_carrier.bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
@@ -190,11 +191,14 @@ async def open_connection(
     subscription: str | None = None,
     sponsor_pool: str | None = None,
     limit: int = LIMIT,
+    on_open: OpenJournal | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """Connect to the DTP address ``host`` (``"dtp://0x<host id>:<port>"`` or a
     :class:`~dtp.hostid.address.HostAddress`) through ``ledger``, ``identity`` paying, and return
     the first stream's (reader, writer): :func:`dtp.aio.open_connection` for a DTP address
-    (see there for the arguments)."""
+    (see there for the arguments). ``on_open``: told of the connection before its
+    deposit can move (:func:`~dtp.hostid.connect.prepare_host_connection`; called in a
+    worker thread, it may block)."""
     check_connect_timeout(timeout)
     check_limit(limit)
     address = HostAddress.parse(host) if isinstance(host, str) else host
@@ -215,6 +219,7 @@ async def open_connection(
         subscription=subscription,
         sponsor_pool=sponsor_pool,
         limit=limit,
+        on_open=on_open,
     )
     return reader, writer
 
@@ -235,6 +240,7 @@ async def _open_by_host_id(
     subscription: str | None,
     sponsor_pool: str | None,
     limit: int,
+    on_open: OpenJournal | None = None,
 ) -> tuple[DTPStreamReader, DTPStreamWriter]:
     """open_connection for a DTP address, overlapping as dtp.socket does: the TCP
     connect starts as soon as the service is resolved (while the open is signed), and
@@ -261,6 +267,7 @@ async def _open_by_host_id(
             carrier=carrier,
             subscription=subscription,
             sponsor_pool=sponsor_pool,
+            on_open=on_open,
         )
         with handover:
             if not cancelled:

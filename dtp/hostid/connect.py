@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CarrierChoice",
     "NoCarrierEndpoint",
+    "OpenJournal",
     "PreparedConnection",
     "ResolvedService",
     "abandon_host_connection",
@@ -56,6 +57,11 @@ class NoCarrierEndpoint(DTPError):
     """The host publishes no endpoint this client can reach over TCP, and the caller
     asked for the direct carrier (``carrier="tcp"``); the ledger carrier reaches it."""
 
+
+OpenJournal = Callable[[str, "str | None"], None]
+"""``on_open(cap_id, connection_id)`` of :func:`prepare_host_connection`: told of each
+connection before its deposit can move (the ID None where not yet known), and again
+with the ID once the open landed where it was not."""
 
 CarrierChoice = Literal["auto", "tcp", "ledger"]
 """How to reach a host: ``"auto"`` (its TCP endpoint if it publishes one, else the
@@ -325,6 +331,7 @@ def prepare_host_connection(
     sponsor_pool: str | None = None,
     on_resolved: Callable[[ResolvedService], None] | None = None,
     defer_open: bool = False,
+    on_open: OpenJournal | None = None,
 ) -> PreparedConnection:
     """The ledger half of connecting by host ID, shared by dtp.socket and dtp.aio.
 
@@ -352,6 +359,15 @@ def prepare_host_connection(
     executed by the caller while the server works on its first handshake message (the
     server's admission gives a connection still landing a moment:
     :attr:`LedgerAdmission.OPEN_GRACE`); its ``opened`` is None until then.
+
+    ``on_open(cap_id, connection_id)``: told of every connection before its deposit can
+    move, so that a caller keeping a durable book of them forgets none (the services
+    daemon's forwarders settle those they no longer use: docs/daemon.md): called with
+    the spending cap and the connection ID -- None where the ledger cannot tell it
+    before the open lands -- before the open's transaction (a deferred open's before it
+    executes); when it raises, nothing is opened and its error is raised. Where the ID
+    was not known, it is called again once the open landed, with it; an error then is
+    logged, not raised (the connection is open and paid: the connect goes on).
     """
     # before any ledger read, with the errors the ledger gives the same mistakes (a
     # str identity would otherwise surface as an AttributeError deep in the resolution)
@@ -441,6 +457,17 @@ def prepare_host_connection(
         cap_id = ledger.create_spending_cap(identity, max(deposit, 1))
     pending = None
     opened: OpenedConnection | None
+    if (
+        defer_open
+        and resolved.endpoint is not None
+        and subscription is None
+        and sponsor_pool is None
+    ):
+        pending = ledger.prepare_open_connection(
+            identity, address.host_id, address.port, cap_id, deposit
+        )
+    if on_open is not None:
+        on_open(cap_id, None if pending is None else pending.connection_id)
     if subscription is not None:
         opened = ledger.open_subscribed_connection(
             identity, subscription, cap_id, deposit, host_id=address.host_id
@@ -450,10 +477,6 @@ def prepare_host_connection(
             identity, sponsor_pool, cap_id, deposit, host_id=address.host_id
         )
     else:
-        if defer_open and resolved.endpoint is not None:
-            pending = ledger.prepare_open_connection(
-                identity, address.host_id, address.port, cap_id, deposit
-            )
         opened = (
             None
             if pending is not None
@@ -464,6 +487,11 @@ def prepare_host_connection(
     else:
         assert opened is not None
         connection_id, escrow_id = opened.connection_id, opened.escrow_id
+        if on_open is not None:
+            try:
+                on_open(cap_id, connection_id)
+            except Exception:
+                logger.exception("recording connection %s failed", connection_id)
     cfg = replace(
         base,
         identity=identity,

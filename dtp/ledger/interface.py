@@ -18,8 +18,9 @@ Conventions:
   Sui does; anything else raises :class:`~dtp.errors.InvalidObjectId`).
 - Money: SUI balances per address, in MIST. Deposits, top-ups and contributions are taken
   from the signer's balance; payments and refunds are added to the receiver's balance.
-  Gas is not modelled by this interface (``LocalLedger`` charges none; ``SuiLedger`` pays
-  it from the signer's gas coins on top).
+  Gas is paid on top (``SuiLedger`` from the signer's gas coins; ``LocalLedger`` charges
+  none): :meth:`Ledger.end_gas` estimates what a connection's end costs, and
+  :meth:`Ledger.gas_spent` tells what an address has paid (dtp.ledger.gas).
 - Where Move takes several related objects (a connection's escrow, its cap) the method
   takes the main ID and looks the others up; the optional keyword arguments
   ``escrow_id`` / ``cap_id`` pass a different object explicitly, which is exactly what
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, ObjectNotFound
 from dtp.ledger.economics import PaymentModels
+from dtp.ledger.gas import EndGas, GasSpent
 from dtp.ledger.objects import (
     MAX_PURE_BYTES,
     Broadcast,
@@ -73,6 +75,7 @@ __all__ = [
     "Ledger",
     "PendingOpen",
     "ResponseEscrow",
+    "SettleItem",
     "TypedReads",
     "check_event_read",
     "response_ack_message",
@@ -184,6 +187,18 @@ def _connection_view(
     if cap is not None and not isinstance(cap, SpendingCap):
         raise ObjectNotFound(f"Object {tc.spending_cap} is not a SpendingCap.")
     return ConnectionView(tc, escrow, host, cap, epoch)
+
+
+@dataclass(frozen=True)
+class SettleItem:
+    """One connection of :meth:`Ledger.settle_batch`: its ID, the receipt to claim
+    (None: nothing), and its escrow and spending cap when the caller knows them (else
+    read from the connection)."""
+
+    connection_id: str
+    receipt: Receipt | None = None
+    escrow_id: str | None = None
+    cap_id: str | None = None
 
 
 class PendingOpen:
@@ -436,6 +451,50 @@ class Ledger(PaymentModels, abc.ABC):
         cap_id: str | None = None,
     ) -> Settlement:
         """``transport_control::settle_with_receipt``: claim ``receipt``, then settle."""
+
+    def settle_batch(self, signer: HostIdentity, items: Sequence[SettleItem]) -> list[Settlement]:
+        """Several connections' settlements, each claiming its receipt first when it has
+        one (``settle_with_receipt``, else ``settle``): one :class:`Settlement` per item,
+        in order. Where the ledger can, they are one transaction, all or nothing
+        (SuiLedger: one programmable transaction, whose base gas they share:
+        docs/escrow.md §7.1); this default settles them one after the other, so that a
+        ChainError leaves the ones before the failing one settled. Either way a caller
+        whose batch failed settles each connection on its own (which finds the ones
+        settled already)."""
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise InvalidArgument(f"items must be a sequence of SettleItem, got {items!r:.60}.")
+        done: list[Settlement] = []
+        for item in items:
+            if not isinstance(item, SettleItem):
+                raise InvalidArgument(f"a batch item must be a SettleItem, got {item!r:.60}.")
+            if item.receipt is None:
+                done.append(
+                    self.settle(
+                        signer, item.connection_id, escrow_id=item.escrow_id, cap_id=item.cap_id
+                    )
+                )
+            else:
+                done.append(
+                    self.settle_with_receipt(
+                        signer,
+                        item.connection_id,
+                        item.receipt,
+                        escrow_id=item.escrow_id,
+                        cap_id=item.cap_id,
+                    )
+                )
+        return done
+
+    def end_gas(self) -> EndGas:
+        """What each transaction of a connection's end is expected to cost its sender in
+        gas (:class:`~dtp.ledger.gas.EndGas`); a ledger that charges none (this default,
+        LocalLedger) says 0 for each. May read the network (the gas price): blocking."""
+        return EndGas.free()
+
+    def gas_spent(self, address: str) -> GasSpent:
+        """The gas ``address`` has paid through this ledger object so far (this process's
+        transactions), by kind; nothing on a ledger that charges none."""
+        return GasSpent()
 
     # -- pipes (dtp::pipe, dtp::inner_pipe) -------------------------------------------------
 

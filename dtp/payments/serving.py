@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from dtp.errors import (
 )
 from dtp.ledger.objects import Escrow, Settlement, TransportControl, normalize_id
 from dtp.ledger.receipt import Receipt
+from dtp.payments.ends import EndBatch, EndDeferred, EndLeft, EndRule
 from dtp.payments.gate import (
     ConnectionIds,
 )
@@ -27,7 +29,9 @@ from dtp.payments.settlement import (
     ClaimBackoff,
     claim_and_settle,
     claimed,
+    end_connection,
     recover_unclaimed,
+    settle_deferred,
 )
 
 if TYPE_CHECKING:
@@ -51,9 +55,14 @@ def settle_ended(
     *,
     escrow: Escrow | None = None,
     connection: TransportControl | None = None,
-) -> Settlement | None:
+    rule: EndRule | None = None,
+    batch: EndBatch | None = None,
+    now: float = 0.0,
+) -> Settlement | EndLeft | EndDeferred | None:
     """A paid server's settlement of a connection that ended (:func:`claim_and_settle`;
-    ``escrow`` and ``connection`` as the server read them, if it did). The claim is made
+    ``escrow`` and ``connection`` as the server read them, if it did), its gas weighed
+    first with ``rule`` (:func:`end_connection`: left to its client, or put in ``batch``
+    at ``now``, when claiming it alone costs more gas than it pays). The claim is made
     from the receipt writer: its last receipt may still be on its way to the disk (the
     claim on the ledger does not wait for the fsync; the writer marks the claim in the
     store once the receipt is written). ``final``, the receipt the client's CLOSE came
@@ -66,17 +75,32 @@ def settle_ended(
     cap share -- goes on after it, and the receipt stays for the retry. A claimed mark the
     writer cannot take (closed meanwhile) is logged, and the settlement made returned
     all the same (:func:`claim_and_settle`)."""
-    settlement = None
+    settlement: Settlement | EndLeft | EndDeferred | None = None
     try:
-        settlement = claim_and_settle(
-            ledger,
-            identity,
-            connection_id,
-            writer,
-            escrow=escrow,
-            connection=connection,
-            final=final,
-        )
+        # (a ledger that charges no gas: every end is settled, as before gas was weighed)
+        if rule is None or not rule.weigh_gas or not ledger.end_gas().charged:
+            settlement = claim_and_settle(
+                ledger,
+                identity,
+                connection_id,
+                writer,
+                escrow=escrow,
+                connection=connection,
+                final=final,
+            )
+        else:
+            settlement = end_connection(
+                ledger,
+                identity,
+                connection_id,
+                writer,
+                rule=rule,
+                batch=batch,
+                now=now,
+                escrow=escrow,
+                connection=connection,
+                final=final,
+            )
     except (ChainError, ReceiptStoreError) as exc:
         # (a ReceiptStoreError: no final receipt, and its latest could not be read) it
         # stays for the server's retry (or the next start), which reads the store again
@@ -84,7 +108,12 @@ def settle_ended(
     except Exception:
         logger.exception("settling connection %s failed", connection_id)
     finally:
-        if final is not None and not claimed(settlement, final):
+        # (one left to its client kept its final receipt already, then wrote it off)
+        if (
+            final is not None
+            and not isinstance(settlement, EndLeft)
+            and not claimed(settlement if isinstance(settlement, Settlement) else None, final)
+        ):
             _keep_final(writer, final)
     return settlement
 
@@ -184,6 +213,7 @@ def recover_store(
     alone: bool,
     stopped: Callable[[], bool] | None = None,
     backoff: ClaimBackoff | None = None,
+    deferred: DeferredEnds | None = None,
 ) -> list[tuple[str, Settlement]]:
     """A paid server's :func:`recover_unclaimed` of what dead server runs left in its
     store (:meth:`ReceiptStore.orphaned`): at its start (``alone``, as
@@ -197,14 +227,80 @@ def recover_store(
     live server's memory of its failed claims (a call is one of its rounds): a receipt
     that failed is tried again only after 1, 2, 4 rounds... (at most
     :data:`RETRY_MAX_ROUNDS`), not in every round by every live server; the start's
-    recovery has none, and tries every receipt once."""
+    recovery has none, and tries every receipt once. With ``deferred`` (the server's
+    :class:`DeferredEnds`), each end's gas is weighed as the server weighs its own
+    connections' (:func:`dtp.payments.settlement.end_connection`)."""
     with store.orphaned(alone) as receipts:
         if backoff is not None:
             backoff.next_round()
             backoff.prune(store, receipts)
         if not receipts:
             return []
-        return recover_unclaimed(ledger, identity, store, receipts, stopped, backoff)
+        if deferred is None:
+            return recover_unclaimed(ledger, identity, store, receipts, stopped, backoff)
+        return recover_unclaimed(
+            ledger,
+            identity,
+            store,
+            receipts,
+            stopped,
+            backoff,
+            rule=deferred.batch.rule,
+            batch=deferred.batch,
+            now=time.monotonic(),
+        )
+
+
+class DeferredEnds:
+    """A live paid server's ends waiting to be settled together
+    (:attr:`~dtp.payments.ends.EndChoice.BATCH`: each worth a place in a batch, not a
+    transaction of its own): its :class:`Recovery` settles them every round once their
+    fees cover a batch's gas, and leaves those whose window ended; its release, once
+    every connection has ended, settles what pays and leaves the rest
+    (:meth:`flush`). What is settled goes to ``settlements``, what is left to ``left``.
+    The claims are marked through ``writer`` (behind the receipts still on their way to
+    the disk). Thread-safe."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        identity: HostIdentity,
+        writer: ReceiptWriter,
+        rule: EndRule,
+        settlements: deque[tuple[str, Settlement]],
+        left: deque[tuple[str, EndLeft]],
+    ) -> None:
+        self.ledger, self.identity, self.writer = ledger, identity, writer
+        self.batch = EndBatch(rule)
+        self._settlements = settlements
+        self._left = left
+        self._lock = threading.Lock()
+
+    @property
+    def rule(self) -> EndRule:
+        return self.batch.rule
+
+    def flush(self, final: bool = False) -> None:
+        """Settle the batch if it pays, leave the ends whose window ended (``final``:
+        every end, the server stopping). A ledger that cannot be read, or a batch it
+        refuses, leaves them waiting (their receipts unclaimed in the store: a restart's
+        recovery weighs them again)."""
+        with self._lock:
+            if not len(self.batch):
+                return
+            try:
+                gas = self.ledger.end_gas()
+            except ChainError as exc:
+                logger.warning("cannot weigh the ends waiting for a batch: %s", exc)
+                return
+            plan = self.batch.plan(time.monotonic(), gas, final=final)
+            if not plan:
+                return
+            settled, left = settle_deferred(
+                self.ledger, self.identity, self.writer, plan, self.batch
+            )
+            self._settlements.extend(settled)
+            self._left.extend(left)
 
 
 #: How often a live paid server looks for server runs on its receipt store that died
@@ -389,10 +485,13 @@ class Recovery:
         store: ReceiptStore,
         recovered: list[tuple[str, Settlement]],
         retries: SettlementRetries | None = None,
+        deferred: DeferredEnds | None = None,
     ) -> None:
         self.ledger, self.identity, self.store = ledger, identity, store
         self.recovered = recovered
         self.retries = retries
+        #: The server's ends waiting for a batch: settled or left in each round
+        self.deferred = deferred
         #: The dead runs' receipts whose claim failed in this server's rounds
         self.backoff = ClaimBackoff(RETRY_MAX_ROUNDS)
         self._stop = threading.Event()
@@ -409,6 +508,11 @@ class Recovery:
                     self.retries.run(self._stop.is_set)
                 except Exception:
                     logger.exception("retrying failed settlements failed")
+            if self.deferred is not None:
+                try:
+                    self.deferred.flush()
+                except Exception:
+                    logger.exception("settling the ends waiting for a batch failed")
             try:
                 self.recovered.extend(
                     recover_store(
@@ -418,6 +522,7 @@ class Recovery:
                         False,
                         self._stop.is_set,
                         self.backoff,
+                        self.deferred,
                     )
                 )
             except ReceiptStoreError as exc:

@@ -28,6 +28,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from dtp.errors import (
@@ -39,7 +40,10 @@ from dtp.errors import (
     ReplayedReceipt,
     SpendingCapExceeded,
 )
+from dtp.ledger.connections import claimable_with
+from dtp.ledger.interface import SettleItem
 from dtp.ledger.objects import (
+    HALF_CLOSE_TIMEOUT_MS,
     ConnectionState,
     Escrow,
     OpenedConnection,
@@ -47,15 +51,26 @@ from dtp.ledger.objects import (
     TransportControl,
     normalize_id,
 )
+from dtp.ledger.receipt import U64_MAX, fee
+from dtp.payments.ends import (
+    BatchPlan,
+    Deferred,
+    EndBatch,
+    EndChoice,
+    EndDeferred,
+    EndLeft,
+    EndRule,
+)
 from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.payments.receipt_store import StoredReceipt
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.refunds import collect_refund, refunds_for
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.receipt import Receipt
     from dtp.payments.receipt_store import ReceiptStore
-    from dtp.payments.receipt_writer import ReceiptWriter
 
 __all__ = [
     "ClaimBackoff",
@@ -63,8 +78,11 @@ __all__ = [
     "MeteredConnection",
     "claim_and_settle",
     "collect_refund",
+    "end_connection",
+    "leave",
     "publish_endpoint",
     "recover_unclaimed",
+    "settle_deferred",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,7 +115,10 @@ class ClientPayment:
     when nothing changed), :meth:`on_server_receipt` for RECEIPT frames from the server
     (a request for a receipt now), :meth:`closing` just before it closes the connection,
     and :meth:`finish` after, once the server closed its end of the carrier (the ledger
-    half-close, when still needed; blocking).
+    half-close, when still needed; blocking). Before a write that would take the usage
+    past :attr:`payable_bytes` it asks :meth:`refuse_write`: a write the deposit cannot
+    pay ends the connection at once (docs/escrow.md §6.1), where a server would pause it
+    and close it only after its pause timeout.
     """
 
     def __init__(
@@ -147,6 +168,14 @@ class ClientPayment:
         #: has nothing to do: an adapter's hot path may skip it.
         self.quiet_bytes = 0
         self.quiet_until = 0.0
+        # top-ups under way (top_up_on_ledger until topped_up): while there is one, no
+        # write is refused -- it waits, as the server pauses, for the deposit to grow
+        self._top_ups = 0
+        self._top_up_lock = threading.Lock()
+        #: The usage (bytes, with the requests counted so far) up to which the deposit
+        #: pays: a write that would take the usage, what is queued included, past it
+        #: asks :meth:`refuse_write` first (U64_MAX while a top-up is under way)
+        self.payable_bytes = self._payable_bytes()
 
     def tick(self, now: float) -> None:
         """Sign and queue a receipt if the cadence says so."""
@@ -165,9 +194,47 @@ class ClientPayment:
         if receipt is not None:
             conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
+        self.payable_bytes = self._payable_bytes()  # (the requests may have grown)
         quiet_bytes, due_ms = self.meter.quiet_until()
         self.quiet_bytes = quiet_bytes
         self.quiet_until = math.inf if due_ms is None else due_ms / 1000
+
+    def _payable_bytes(self) -> int:
+        """:attr:`payable_bytes` as the deposit and the requests counted stand now."""
+        if self._top_ups:
+            return U64_MAX
+        meter = self.meter.meter
+        sla = meter.sla
+        if sla.price_per_kib == 0:
+            return U64_MAX  # bytes are free: requests alone can outrun the deposit
+        # (the connection's count of requests: the meter's may not have seen the latest)
+        budget = meter.deposit - self.conn.usage[1] * sla.price_per_request
+        # the largest usage b with ceil(b * price / 1024) <= budget (Meter.affordable_bytes)
+        return max(0, budget) * 1024 // sla.price_per_kib
+
+    def refuse_write(self, nbytes: int, requests: int = 0) -> str | None:
+        """Why the connection may not send ``nbytes`` more bytes (what is queued
+        included) and open ``requests`` more streams (None: it may). A write the
+        deposit cannot pay whole is refused, with the reason the adapter ends the
+        connection with (CLOSE_PAYMENT_REQUIRED, before which it queues the final
+        receipt: :meth:`closing`) and raises as PaymentRequired: the server would only
+        pause it, then close it after its pause timeout (ServicePolicy.pause_timeout,
+        10 s by default), the deposit spent all the same. While a top-up is under way
+        (:meth:`top_up_on_ledger` until :meth:`topped_up`) nothing is refused: the
+        write goes out and waits, as the server pauses, for the deposit to grow."""
+        if self._top_ups or self.conn.closed:
+            return None
+        total_bytes, total_requests = self.conn.usage
+        meter = self.meter.meter
+        cost = fee(meter.sla, total_bytes + nbytes, total_requests + requests)
+        if cost <= meter.deposit:
+            self.payable_bytes = self._payable_bytes()
+            return None
+        return (
+            f"the deposit of connection {self.connection_id} ({meter.deposit} MIST) cannot "
+            f"pay for this write: the usage would cost {cost} MIST (connect with a larger "
+            "deposit, or top it up before it runs out)"
+        )
 
     def on_server_receipt(self, data: bytes) -> None:
         """The server asks for a receipt (it paused service): pay all usage now."""
@@ -185,6 +252,22 @@ class ClientPayment:
             raise InvalidArgument(
                 f"a top-up must be a positive int of MIST below 2**64, not {amount!r}"
             )
+        with self._top_up_lock:
+            self._top_ups += 1
+            self.payable_bytes = U64_MAX  # (writes meanwhile wait for it, as the server)
+        try:
+            self._top_up_on_ledger(amount)
+        except BaseException:
+            self._top_up_ended()
+            raise
+        # (under way until topped_up(): the receipts up to the new deposit are signed then)
+
+    def _top_up_ended(self) -> None:
+        with self._top_up_lock:
+            self._top_ups = max(0, self._top_ups - 1)
+            self.payable_bytes = self._payable_bytes()
+
+    def _top_up_on_ledger(self, amount: int) -> None:
         try:
             self.ledger.top_up(self.identity, self.escrow_id, amount)
         except SpendingCapExceeded as exc:
@@ -207,6 +290,7 @@ class ClientPayment:
             self.conn.send_receipt(receipt.encode())
             self.receipts_sent += 1
         self.quiet_bytes, self.quiet_until = 0, 0.0  # the next tick looks again
+        self._top_up_ended()
 
     def closing(self) -> None:
         """Queue the final receipt (call before the CLOSE frame is queued)."""
@@ -229,50 +313,60 @@ class ClientPayment:
         failures are logged). A paid server that saw our CLOSE closes and settles it in
         one transaction before it closes its end of the carrier, so a caller that waited
         for that end finds it settled: one read, no transaction. Otherwise our half-close
-        starts the timeout after which :func:`collect_refund` may settle without the
-        server (a server that closed the connection itself started it already)."""
+        starts the timeout after which the client may settle without the server
+        (:func:`collect_refund`), which the process's
+        :class:`~dtp.payments.refunds.RefundCollector` then does (unless
+        :attr:`collect_refunds` is False): a server whose fee did not cover the gas of
+        its settlement leaves it to us (docs/escrow.md §7.1), and so does one that
+        crashed. On a ledger that charges gas, a deposit whose remainder would not pay
+        for the half-close and the settlement is left as it is (logged)."""
         if self._finished:
             return
         self._finished = True
         try:
             if self.ledger.connection_state(self.connection_id) != ConnectionState.OPEN:
                 return
+            if not self._refund_worth_gas():
+                return
             self.ledger.close_connection(self.identity, self.connection_id)
         except ConnectionStateError as exc:
             # the server closed (and maybe settled) first: nothing left for us to do
             logger.debug("connection %s already closed on the ledger: %s", self.connection_id, exc)
+            return
         except DTPError as exc:
             logger.warning(
                 "could not close connection %s on the ledger: %s", self.connection_id, exc
             )
+            return
+        if self.collect_refunds:
+            try:
+                refunds_for(self.ledger, self.identity).add(self.connection_id)
+            except RuntimeError as exc:  # (a collector closed by its owner)
+                logger.warning(
+                    "connection %s: its refund is not collected: %s", self.connection_id, exc
+                )
 
+    #: Whether :meth:`finish` has the process's refund collector settle a connection it
+    #: half-closed once its timeout has passed.
+    collect_refunds = True
 
-def collect_refund(ledger: Ledger, identity: HostIdentity, connection_id: str) -> int:
-    """The client's refund of a connection, in MIST.
-
-    When the connection is already settled (the server settled it, the usual case),
-    returns what that settlement refunded. Otherwise half-closes it if still Open and
-    settles; that succeeds only once the half-close timeout has passed
-    (``ConnectionStateError`` ``ETimeoutNotReached`` before), which leaves the server
-    that long to claim its last receipt.
-    """
-    tc = ledger.get_connection(connection_id)
-    if tc.settled:
-        return ledger.get_escrow(tc.escrow).refunded
-    try:
-        if tc.state == ConnectionState.OPEN:
-            ledger.close_connection(identity, connection_id)
-        return ledger.settle(identity, connection_id).refunded
-    except ConnectionStateError:
-        # The server may settle between our read and our transaction (it does so as the
-        # connection ends): the close then fails as EConnectionClosed and the settle as
-        # EAlreadySettled, though the refund we came for has been paid. Report it, as
-        # when we read the connection settled; anything else (the timeout not reached)
-        # stands.
-        tc = ledger.get_connection(connection_id)
-        if tc.settled:
-            return ledger.get_escrow(tc.escrow).refunded
-        raise
+    def _refund_worth_gas(self) -> bool:
+        """Whether what the escrow would give back covers the gas of the half-close and
+        the settlement (always, on a ledger that charges none)."""
+        gas = self.ledger.end_gas()
+        if not gas.charged:
+            return True
+        balance = self.ledger.get_escrow(self.escrow_id).balance
+        if balance >= gas.client_refund:
+            return True
+        logger.info(
+            "connection %s: the %d MIST left in its escrow is less than the %d MIST of gas "
+            "its half-close and settlement cost; left on the ledger",
+            self.connection_id,
+            balance,
+            gas.client_refund,
+        )
+        return False
 
 
 def claim_and_settle(
@@ -288,7 +382,8 @@ def claim_and_settle(
     """The server's end of a connection: claim the latest stored receipt and settle (the
     client is refunded the rest at once), in one transaction that also closes the
     connection when it is still Open (the server may settle at any time, docs/escrow.md
-    §7; on a ledger whose package predates that, it half-closes first).
+    §7; on a ledger whose package predates that, it half-closes first). Whatever the gas
+    (:func:`end_connection` weighs it first).
 
     ``store``: where the connection's latest receipt is, and where the claim is marked:
     the :class:`ReceiptStore`, or the server's :class:`ReceiptWriter` (which also knows the
@@ -311,6 +406,38 @@ def claim_and_settle(
     cannot refuse the claim: the deposit was reserved on it at the open (docs/escrow.md
     §4).
     """
+    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    return _settle_end(ledger, identity, connection_id, store, end)
+
+
+@dataclass(frozen=True)
+class _End:
+    """A connection's end as read before its settlement."""
+
+    tc: TransportControl
+    stored: StoredReceipt | None
+    """The receipt to claim (the store's latest, or the final one for more)."""
+    escrow: Escrow | None
+    """Its escrow (None once settled: not read)."""
+    known: bool
+    """The escrow is the caller's (it may be stale), not read here."""
+
+    @property
+    def fee(self) -> int:
+        """MIST the receipt claims beyond what the escrow paid already."""
+        if self.stored is None or self.escrow is None:
+            return 0
+        return claimable_with(self.stored.receipt, self.escrow)
+
+
+def _read_end(
+    ledger: Ledger,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    escrow: Escrow | None,
+    connection: TransportControl | None,
+    final: Receipt | None,
+) -> _End:
     tc = _current(ledger, connection_id, connection)
     try:
         stored = store.latest(connection_id) if store is not None else None
@@ -331,18 +458,29 @@ def claim_and_settle(
         # after a failed settlement has a gate seeded from the escrow, not the store
         stored = StoredReceipt(final, 0)
     if tc.settled:
+        return _End(tc, stored, None, False)
+    if escrow is None or escrow.id != tc.escrow:
+        return _End(tc, stored, ledger.get_escrow(tc.escrow), False)
+    return _End(tc, stored, escrow, True)
+
+
+def _settle_end(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    end: _End,
+) -> Settlement | None:
+    """Settle the connection as :func:`claim_and_settle` does, from what ``end`` read."""
+    tc, stored = end.tc, end.stored
+    if tc.settled or end.escrow is None:
         _write_off(ledger, connection_id, tc, store, stored)
         return None
-    if escrow is None or escrow.id != tc.escrow:
-        escrow = ledger.get_escrow(tc.escrow)
-        known = False
-    else:
-        known = True
     try:
         try:
-            settlement = _settle(ledger, identity, tc, escrow, stored)
+            settlement = _settle(ledger, identity, tc, end.escrow, stored)
         except ReplayedReceipt:
-            if not known:
+            if not end.known:
                 raise
             # the escrow was claimed since the caller read it: read it and try again
             settlement = _settle(ledger, identity, tc, ledger.get_escrow(tc.escrow), stored)
@@ -366,6 +504,203 @@ def claim_and_settle(
         settlement.refunded,
     )
     return settlement
+
+
+def end_connection(
+    ledger: Ledger,
+    identity: HostIdentity,
+    connection_id: str,
+    store: ReceiptStore | ReceiptWriter | None,
+    *,
+    rule: EndRule,
+    batch: EndBatch | None = None,
+    now: float = 0.0,
+    escrow: Escrow | None = None,
+    connection: TransportControl | None = None,
+    final: Receipt | None = None,
+) -> Settlement | EndLeft | EndDeferred | None:
+    """A paid server's end of a connection, its gas weighed (:mod:`dtp.payments.ends`):
+    what its receipts can still claim, against what claiming and settling costs on this
+    ledger (``ledger.end_gas()``), decides between :func:`claim_and_settle` now (its
+    Settlement, or None when the connection was settled already), a place in ``batch``
+    until ``now`` + ``rule.batch_window`` (:class:`EndDeferred`; without a batch, the
+    end is left) and leaving it to its client (:class:`EndLeft`: no transaction; its
+    receipt, ``final`` included, is kept and marked written off, and a line logged).
+    The arguments are :func:`claim_and_settle`'s. A ledger that charges no gas, and
+    ``rule.weigh_gas`` False, settle every end."""
+    gas = ledger.end_gas() if rule.weigh_gas else None
+    if gas is None or not gas.charged:
+        return claim_and_settle(
+            ledger,
+            identity,
+            connection_id,
+            store,
+            escrow=escrow,
+            connection=connection,
+            final=final,
+        )
+    end = _read_end(ledger, connection_id, store, escrow, connection, final)
+    if end.tc.settled or end.escrow is None:
+        return _settle_end(ledger, identity, connection_id, store, end)
+    fee = end.fee
+    choice = rule.choose(fee, gas)
+    if choice is EndChoice.BATCH and end.stored is not None and batch is not None:
+        # (its client may be free to settle alone soon: then it is left now)
+        due = min(now + rule.batch_window, _client_may_settle(ledger, end.tc, now))
+        if due > now:
+            batch.add(
+                Deferred(
+                    end.tc.id,
+                    end.stored.receipt,
+                    fee,
+                    due,
+                    end.escrow.id,
+                    end.escrow.spending_cap,
+                )
+            )
+            logger.info(
+                "connection %s waits to be settled with others: its fee of %d MIST is "
+                "below the %d MIST of gas a settlement of its own costs",
+                connection_id,
+                fee,
+                gas.settle_claim,
+            )
+            return EndDeferred(fee, due)
+    if choice is EndChoice.SETTLE:
+        return _settle_end(ledger, identity, connection_id, store, end)
+    cost = gas.settle_claim if fee else gas.settle_refund
+    leave(store, connection_id, end.stored, fee, cost, final)
+    return EndLeft(fee, cost)
+
+
+#: Seconds before its client may settle alone by which a deferred end is settled.
+_DEADLINE_MARGIN = 60.0
+
+
+def _client_may_settle(ledger: Ledger, tc: TransportControl, now: float) -> float:
+    """When (on ``now``'s clock) the client of ``tc`` may settle alone, less a margin:
+    a deferred end is settled or left before that. Without a half-close the client
+    must make one first, and then wait the whole timeout."""
+    if tc.half_closed_at_ms is None:
+        return math.inf
+    try:
+        elapsed_ms = ledger.clock_ms() - tc.half_closed_at_ms
+    except ChainError:
+        elapsed_ms = HALF_CLOSE_TIMEOUT_MS  # (not known: no time to wait)
+    return now + (HALF_CLOSE_TIMEOUT_MS - elapsed_ms) / 1000 - _DEADLINE_MARGIN
+
+
+def leave(
+    store: ReceiptStore | ReceiptWriter | None,
+    connection_id: str,
+    stored: StoredReceipt | None,
+    fee: int,
+    gas: int,
+    final: Receipt | None = None,
+) -> None:
+    """A connection's end left to its client (:attr:`EndChoice.LEAVE`): its receipt
+    (``final``, not stored yet, kept first) is marked written off, so that no recovery
+    claims it later, and a line says why. Nothing goes to the ledger."""
+    if store is not None:
+        if final is not None:
+            _keep(store, final)
+        if stored is not None:
+            _mark_claimed(store, connection_id, stored.receipt.total_amount)
+    if fee:
+        logger.info(
+            "connection %s left to its client: its fee of %d MIST is below the %d MIST "
+            "of gas claiming it costs; the client gets it back when it settles",
+            connection_id,
+            fee,
+            gas,
+        )
+    else:
+        logger.info(
+            "connection %s left to its client: nothing to claim, and settling it costs "
+            "%d MIST of gas; the client settles it after the half-close timeout",
+            connection_id,
+            gas,
+        )
+
+
+def _keep(store: ReceiptStore | ReceiptWriter, receipt: Receipt) -> None:
+    """Store ``receipt`` (through the writer, or straight in the store)."""
+    try:
+        if isinstance(store, ReceiptWriter):
+            store.submit(receipt, lambda _: None)
+        else:
+            store.keep(receipt)
+    except (ReceiptStoreError, RuntimeError) as exc:
+        logger.warning(
+            "the receipt of connection %s, left to its client, is not stored: %s",
+            receipt.connection_id,
+            exc,
+        )
+
+
+def settle_deferred(
+    ledger: Ledger,
+    identity: HostIdentity,
+    store: ReceiptStore | ReceiptWriter | None,
+    plan: BatchPlan,
+    batch: EndBatch | None = None,
+) -> tuple[list[tuple[str, Settlement]], list[tuple[str, EndLeft]]]:
+    """Make an :class:`EndBatch`'s plan: its ends to settle in one transaction
+    (``ledger.settle_batch``), each receipt then marked claimed, and its ends to leave
+    (:func:`leave`). A batch the ledger refuses is read again: its connections settled
+    meanwhile (their clients' timeouts passed) have their receipts written off, and the
+    others go back into ``batch`` to wait on (left once their window ends), or, with no
+    batch, are left now. Returns what was settled and what was left."""
+    settled: list[tuple[str, Settlement]] = []
+    left: list[tuple[str, EndLeft]] = []
+    gas = ledger.end_gas() if plan.leave else None
+    for entry in plan.leave:
+        cost = gas.batch_claim if gas is not None else 0
+        leave(store, entry.connection_id, StoredReceipt(entry.receipt, 0), entry.fee, cost)
+        left.append((entry.connection_id, EndLeft(entry.fee, cost)))
+    if not plan.settle:
+        return settled, left
+    items = [SettleItem(e.connection_id, e.receipt, e.escrow_id, e.cap_id) for e in plan.settle]
+    try:
+        outcomes = ledger.settle_batch(identity, items)
+    except ChainError as exc:
+        logger.warning("settling %d connections in one transaction failed: %s", len(items), exc)
+        _batch_failed(ledger, store, plan.settle, batch, left)
+        return settled, left
+    for entry, settlement in zip(plan.settle, outcomes, strict=True):
+        if store is not None:
+            _mark_claimed(store, entry.connection_id, entry.receipt.total_amount)
+        settled.append((entry.connection_id, settlement))
+    logger.info(
+        "settled %d connections in one transaction: %d MIST claimed, %d refunded",
+        len(outcomes),
+        sum(s.claimed for s in outcomes),
+        sum(s.refunded for s in outcomes),
+    )
+    return settled, left
+
+
+def _batch_failed(
+    ledger: Ledger,
+    store: ReceiptStore | ReceiptWriter | None,
+    entries: Iterable[Deferred],
+    batch: EndBatch | None,
+    left: list[tuple[str, EndLeft]],
+) -> None:
+    """The ends of a refused batch: written off when settled meanwhile, else back in
+    ``batch`` (or left, without one)."""
+    for entry in entries:
+        try:
+            tc = ledger.get_connection(entry.connection_id)
+        except ChainError:
+            tc = None
+        if tc is not None and tc.settled:
+            _write_off(ledger, entry.connection_id, tc, store, StoredReceipt(entry.receipt, 0))
+        elif batch is not None:
+            batch.add(entry)
+        else:
+            leave(store, entry.connection_id, StoredReceipt(entry.receipt, 0), entry.fee, 0)
+            left.append((entry.connection_id, EndLeft(entry.fee, 0)))
 
 
 def _write_off(
@@ -559,6 +894,10 @@ def recover_unclaimed(
     receipts: Iterable[StoredReceipt] | None = None,
     stopped: Callable[[], bool] | None = None,
     backoff: ClaimBackoff | None = None,
+    *,
+    rule: EndRule | None = None,
+    batch: EndBatch | None = None,
+    now: float = 0.0,
 ) -> list[tuple[str, Settlement]]:
     """Claim and settle every connection the store holds an unclaimed receipt for (run at
     start: a previous run's connections are gone), or those of ``receipts`` (read from
@@ -569,15 +908,26 @@ def recover_unclaimed(
     no further receipt is claimed (those left stay unclaimed in the store). With
     ``backoff`` (a live server's rounds), a receipt whose last tries failed is tried
     only once due, its failures are remembered there, and only its first is logged as
-    a warning."""
+    a warning. With ``rule``, each end's gas is weighed first (:func:`end_connection`:
+    one not worth a settlement of its own goes into ``batch`` at ``now``, or is left to
+    its client); the settlements made are returned."""
+
+    def claim(cid: str) -> Settlement | None:
+        if rule is None:
+            return claim_and_settle(ledger, identity, cid, store)
+        outcome = end_connection(ledger, identity, cid, store, rule=rule, batch=batch, now=now)
+        return outcome if isinstance(outcome, Settlement) else None
+
     done: list[tuple[str, Settlement]] = []
     for stored in list(store.unclaimed() if receipts is None else receipts):
         if stopped is not None and stopped():
             break
         cid = stored.receipt.connection_id
+        if batch is not None and cid in batch:
+            continue  # (waiting for its batch already)
         if backoff is None:
             try:
-                settlement = claim_and_settle(ledger, identity, cid, store)
+                settlement = claim(cid)
             except (ChainError, ReceiptStoreError) as exc:
                 logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
                 continue
@@ -590,19 +940,19 @@ def recover_unclaimed(
         else:
             if not backoff.due(cid):
                 continue
-            settlement = _claim_with_backoff(ledger, identity, store, cid, backoff)
+            settlement = _claim_with_backoff(claim, cid, backoff)
         if settlement is not None:
             done.append((cid, settlement))
     return done
 
 
 def _claim_with_backoff(
-    ledger: Ledger, identity: HostIdentity, store: ReceiptStore, cid: str, backoff: ClaimBackoff
+    claim: Callable[[str], Settlement | None], cid: str, backoff: ClaimBackoff
 ) -> Settlement | None:
-    """:func:`claim_and_settle` of a receipt ``backoff`` found due: its failure noted
-    there (and logged), its success (or its receipt found written off) forgetting it."""
+    """``claim(cid)`` of a receipt ``backoff`` found due: its failure noted there (and
+    logged), its success (or its receipt found written off, or left) forgetting it."""
     try:
-        settlement = claim_and_settle(ledger, identity, cid, store)
+        settlement = claim(cid)
     except (ChainError, ReceiptStoreError) as exc:
         _claim_failed(backoff, cid, str(exc), trace=False)
         return None

@@ -148,6 +148,18 @@ class ConnectionHook(Protocol):
     quiet_until: float
     """...and before this time, :meth:`on_output` has nothing to do: the send paths
     skip the call."""
+    payable_bytes: int
+    """The usage (``Connection.usage``'s bytes) up to which what the layer pays covers
+    the connection: a write that would take the usage, what is queued included, past
+    it asks :meth:`refuse_write` first."""
+
+    def refuse_write(self, nbytes: int, requests: int) -> str | None:
+        """Whether the connection may send ``nbytes`` more bytes (what is queued
+        included) and open ``requests`` more streams: None, or why not. The driver then
+        ends the connection at once -- :meth:`before_close`'s frames, then CLOSE with
+        :data:`dtp.errors.CLOSE_PAYMENT_REQUIRED` and that reason -- and raises
+        :class:`dtp.errors.PaymentRequired` (docs/escrow.md §6.1)."""
+        ...
 
     def on_output(self, now: float) -> None:
         """Before the connection's output is collected: may queue frames on it (a

@@ -44,7 +44,7 @@ def test_the_example_file_is_valid() -> None:
     assert [s.port for s in config.services] == [80, 8545]
     web = config.services[0]
     assert [str(b) for b in web.backends] == ["127.0.0.1:8080", "127.0.0.1:8081"]
-    assert web.paid and web.min_deposit == 1_000_000
+    assert web.paid and web.min_deposit == 10_000_000
     assert config.forwards[0].target.port == 5432
     assert config.daemon.ledger.path == EXAMPLE.parent / "dtp-ledger.sqlite"
     assert config.firewall.deny[0].endswith("bad01")

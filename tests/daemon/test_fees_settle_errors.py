@@ -7,8 +7,10 @@
   connections;
 - a claim that went through followed by a settlement that failed was marked claimed
   at once: no start ever settled the connection (Open, the client's deposit held until
-  its own timeout). Now the mark waits for the settlement, and the next start settles
-  it, finding the claim on the ledger: claimed once, counted once;
+  its own timeout). Now the claim and the settlement are one transaction
+  (``settle_with_receipt``), the mark follows it, and a claim an earlier run made
+  without its settlement is found on the ledger by the next start, which settles the
+  connection: claimed once, counted once;
 - status.json was renamed into place unsynced (a power cut could leave it empty).
 """
 
@@ -39,8 +41,9 @@ SERVER, CLIENT = ident(0x33), ident(0x34)
 
 
 class _FailingLedger(LocalLedger):
-    """A LocalLedger whose next ``claim`` or ``settle`` (of the connections named in
-    ``fail_claims`` / ``fail_settles``) raises the error given, once."""
+    """A LocalLedger whose next claim (``claim``, or the claim and settlement of
+    ``settle_with_receipt``) or ``settle`` (of the connections named in ``fail_claims``
+    / ``fail_settles``) raises the error given, once."""
 
     fail_claims: dict[str, BaseException]
     fail_settles: dict[str, BaseException]
@@ -50,6 +53,22 @@ class _FailingLedger(LocalLedger):
         if error is not None:
             raise error
         return super().claim(signer, escrow_id, receipt)
+
+    def settle_with_receipt(
+        self,
+        signer: HostIdentity,
+        connection_id: str,
+        receipt: Receipt,
+        *,
+        escrow_id: str | None = None,
+        cap_id: str | None = None,
+    ) -> Settlement:
+        error = self.fail_claims.pop(connection_id, None)
+        if error is not None:
+            raise error
+        return super().settle_with_receipt(
+            signer, connection_id, receipt, escrow_id=escrow_id, cap_id=cap_id
+        )
 
     def settle(
         self,
@@ -154,7 +173,7 @@ def test_an_unwrapped_claim_error_does_not_end_the_recovery(
         first: Settled(0, 0),
         second: Settled(fee(SLA, 80 * 1024, 0), DEPOSIT - fee(SLA, 80 * 1024, 0)),
     }
-    failed = [r for r in caplog.records if r.getMessage() == "claim failed"]
+    failed = [r for r in caplog.records if r.getMessage() == "settle failed"]
     assert failed and failed[0].exc_info is not None and failed[0].exc_info[1] is error
     assert _unclaimed(path) == {first: fee(SLA, 40 * 1024, 0)}  # kept for the next start
     assert ledger.get_connection(first).state == ConnectionState.OPEN
@@ -167,28 +186,55 @@ def test_an_unwrapped_claim_error_does_not_end_the_recovery(
     [ChainError("ledger RPC timed out", name="Timeout", module="sui"), OSError(110, "timed out")],
     ids=["ChainError", "OSError"],
 )
-def test_a_claim_whose_settlement_failed_is_settled_at_the_next_start(
+def test_a_failed_settlement_leaves_everything_for_the_next_start(
     tmp_path: Path, error: Exception
 ) -> None:
-    """The claim went through, the settlement failed: the receipt was marked claimed at
-    once, so no later start settled the connection (closed, not settled: the deposit
-    held until the client's own timeout); an error other than a ChainError went up from
-    settle, the claim it had made not counted. Now the claim is counted by the run that
-    made it, and the next start settles the connection without claiming again."""
+    """The claim and the settlement are one transaction: one that fails claims nothing
+    and settles nothing, the receipt stays unclaimed in the store, and the next start
+    claims and settles it, once."""
     ledger, host_id = _ledger(tmp_path)
     cid, escrow_id = _open(ledger, host_id)
     receipt = _receipt(cid)
     path = tmp_path / "receipts.db"
     fees = ServerFees(ledger, SERVER, host_id, path)
     _stored(fees, ledger, receipt)
-    ledger.fail_settles[cid] = error
+    ledger.fail_claims[cid] = error
     try:
         first = asyncio.run(fees.settle(cid))
     finally:
         fees.close()
-    assert first == Settled(receipt.total_amount, 0)
+    assert first == Settled(0, 0) and not first.done
+    assert ledger.get_escrow(escrow_id).claimed == 0
     assert not ledger.get_connection(cid).settled
-    assert _unclaimed(path) == {cid: receipt.total_amount}  # the settlement still to do
+    assert _unclaimed(path) == {cid: receipt.total_amount}
+
+    fees = ServerFees(ledger, SERVER, host_id, path)  # the next start
+    try:
+        done = asyncio.run(fees.claim_leftovers())
+    finally:
+        fees.close()
+    assert done == [(cid, Settled(receipt.total_amount, DEPOSIT - receipt.total_amount))]
+    escrow = ledger.get_escrow(escrow_id)
+    assert escrow.claimed == receipt.total_amount and escrow.settled
+    assert _unclaimed(path) == {}
+    ledger.close()
+
+
+def test_a_claim_an_earlier_run_made_without_its_settlement_is_settled_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """A run claimed (a separate ``claim``, as a daemon before one-transaction ends did,
+    or ``dtp claim`` without ``--settle``) and ended before the settlement, the receipt
+    not marked. The next start settles the connection without claiming again: its claim
+    found on the ledger, counted by the run that made it, not again."""
+    ledger, host_id = _ledger(tmp_path)
+    cid, escrow_id = _open(ledger, host_id)
+    receipt = _receipt(cid)
+    path = tmp_path / "receipts.db"
+    fees = ServerFees(ledger, SERVER, host_id, path)
+    _stored(fees, ledger, receipt)
+    fees.close()
+    assert ledger.claim(SERVER, escrow_id, receipt) == receipt.total_amount
 
     fees = ServerFees(ledger, SERVER, host_id, path)  # the next start
     try:
@@ -218,13 +264,13 @@ def test_a_settlement_outlasting_the_writer_still_settles_and_counts(
     _stored(fees, ledger, receipt)
     fees.writer.close()
     try:
-        with caplog.at_level(logging.WARNING, logger="dtp.daemon.fees"):
+        with caplog.at_level(logging.WARNING):
             settled = asyncio.run(fees.settle(cid))
     finally:
         fees.store.close()
     assert settled == Settled(receipt.total_amount, DEPOSIT - receipt.total_amount)
     assert ledger.get_connection(cid).settled
-    assert "claim not marked in the receipt store" in [r.getMessage() for r in caplog.records]
+    assert any("is not marked in the receipt store" in r.getMessage() for r in caplog.records)
     ledger.close()
 
 

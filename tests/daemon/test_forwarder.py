@@ -308,7 +308,7 @@ def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
 
     monkeypatch.setattr(dtp.aio, "open_connection", failing)
     # (a short first backoff keeps the test short)
-    monkeypatch.setattr("dtp.daemon.forwarder.OPEN_BACKOFF_FIRST", 0.3, raising=False)
+    monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.3)
 
     async def refused(forwarder: Forwarder) -> None:
         reader, writer = await _client(forwarder)
@@ -426,7 +426,7 @@ def test_a_deposit_too_small_for_one_tunnel_backs_off_longer_each_time(
     open reset the backoff first, so it stayed at its first step -- a paid connection
     opened on the ledger every 0.5 s for as long as clients came (before the backoff,
     one per client)."""
-    monkeypatch.setattr("dtp.daemon.forwarder.OPEN_BACKOFF_FIRST", 0.5, raising=False)
+    monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.5)
     sla = Sla(0, 1000, 100)
 
     async def refused(forwarder: Forwarder) -> None:

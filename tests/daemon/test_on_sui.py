@@ -55,7 +55,10 @@ def node() -> Any:
 def write_config(
     tmp: Path, node: SuiNodeStandIn, name: str, body: str, extra: str = "", funds: int = 10 * SUI
 ) -> Path:
-    """A daemon config on the stand-in, its identity funded by the node's faucet."""
+    """A daemon config on the stand-in, its identity funded by the node's faucet. Every
+    end is settled, whatever its gas (``gas_aware_ends = false``): these tests follow
+    the settlements through what a network does; the gas rule's own tests are
+    tests/daemon/test_end_gas.py."""
     identity = HostIdentity.generate()
     identity.save(tmp / f"{name}.key")
     node.faucet(identity.sui_address, funds)
@@ -67,6 +70,7 @@ sui_package = "{node.package_id}"
 identity = "{name}.key"
 state_dir = "{name}-state"
 drain_timeout = 2
+gas_aware_ends = false
 {extra}
 {body}"""
     )

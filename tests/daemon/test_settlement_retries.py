@@ -30,8 +30,8 @@ The daemon's settlement retries and counters:
   landed -- the fee counted twice as earned.
 
 Real LocalLedger files, real DTP connections on 127.0.0.1 to an in-process daemon; the
-ledger's ``close_connection`` made to fail (LedgerUnavailable) by a thin wrapper, the
-store's write held by one."""
+ledger's ``settle`` (``settle_with_receipt`` for a receipt to claim: one transaction)
+made to fail (LedgerUnavailable) by a thin wrapper, the store's write held by one."""
 
 from __future__ import annotations
 
@@ -84,14 +84,13 @@ async def _store(daemon: Daemon, receipt: Receipt) -> None:
 
 
 class _Outage:
-    """The ledger's ``settle`` of the connections named: held at the call numbered in
-    ``holds[cid]`` (in flight set, until let go), then failing (LedgerUnavailable) while
-    ``fails[cid]`` counts down; ``calls`` counts them, ``most`` how many ran at once.
-    Its ``close_connection`` fails too for the connections in ``closes``."""
+    """The ledger's ``settle`` (and ``settle_with_receipt``: a settlement with a receipt
+    to claim is one transaction) of the connections named: held at the call numbered
+    in ``holds[cid]`` (in flight set, until let go), then failing (LedgerUnavailable)
+    while ``fails[cid]`` counts down; ``calls`` counts them, ``most`` how many ran at once."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fails: dict[str, int] = {}
-        self.closes: set[str] = set()
         self.holds: dict[str, tuple[int, threading.Event, threading.Event]] = {}
         self.calls: Counter[str] = Counter()
         self.busy: Counter[str] = Counter()
@@ -107,6 +106,16 @@ class _Outage:
             *,
             escrow_id: str | None = None,
             cap_id: str | None = None,
+        ) -> Settlement:
+            return settle_through(real, self, signer, connection_id, escrow_id, cap_id)
+
+        def settle_through(
+            real: Any,
+            self: LocalLedger,
+            signer: HostIdentity,
+            connection_id: str,
+            escrow_id: str | None,
+            cap_id: str | None,
         ) -> Settlement:
             with outage._lock:
                 outage.calls[connection_id] += 1
@@ -131,15 +140,35 @@ class _Outage:
                 with outage._lock:
                     outage.busy[connection_id] -= 1
 
-        real_close = LocalLedger.close_connection
+        real_with_receipt = LocalLedger.settle_with_receipt
 
-        def close_connection(self: LocalLedger, signer: HostIdentity, connection_id: str) -> None:
-            if connection_id in outage.closes:
-                raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
-            real_close(self, signer, connection_id)
+        def settle_with_receipt(
+            self: LocalLedger,
+            signer: HostIdentity,
+            connection_id: str,
+            receipt: Receipt,
+            *,
+            escrow_id: str | None = None,
+            cap_id: str | None = None,
+        ) -> Settlement:
+            # (a settlement with a receipt to claim is one transaction: the same outage)
+            def claim_then_settle(
+                self: LocalLedger,
+                signer: HostIdentity,
+                connection_id: str,
+                *,
+                escrow_id: str | None = None,
+                cap_id: str | None = None,
+            ) -> Settlement:
+                return real_with_receipt(
+                    self, signer, connection_id, receipt, escrow_id=escrow_id, cap_id=cap_id
+                )
 
+            return outage._settle(claim_then_settle, self, signer, connection_id, escrow_id, cap_id)
+
+        self._settle = settle_through
         monkeypatch.setattr(LocalLedger, "settle", settle)
-        monkeypatch.setattr(LocalLedger, "close_connection", close_connection)
+        monkeypatch.setattr(LocalLedger, "settle_with_receipt", settle_with_receipt)
 
 
 def _short_retries(monkeypatch: pytest.MonkeyPatch, first: float = 0.05, most: float = 0.1) -> None:
@@ -347,7 +376,7 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
         daemon: Daemon, client: FileLedgerClient, config: Path, backend: int
     ) -> None:
         cid = await client.open_ledger(7000)
-        outage.closes.add(cid)  # away until said otherwise (its close too: still Open)
+        outage.fails[cid] = 10**6  # away until said otherwise (still Open)
         await client.served_once(cid, 7000)
         await until(lambda: len(tried_at) >= 3, "tried again")
         writer: dtp.aio.DTPStreamWriter | None = None
@@ -357,7 +386,8 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
             with contextlib.suppress(ConnectionRefused):
                 _, writer = await client.connect(cid, 7000)
         assert await tunnel(writer) == b"ping"
-        outage.closes.clear()  # the ledger is back
+        outage.fails.clear()  # the ledger is back
+        calls = outage.calls[cid]
         tried = len(tried_at)
         loop = asyncio.get_running_loop()
         quiet_until = loop.time() + 0.5  # ten retry periods
@@ -370,7 +400,7 @@ def test_a_connection_served_again_is_left_to_its_own_settlement(
         await until(lambda: row.refunded, "settled at its end")
         assert client.connection(cid).settled
         assert row.refunded == DEPOSIT
-        assert outage.calls[cid] == 1  # the ledger's settle: its end's, at last
+        assert outage.calls[cid] == calls + 1  # the ledger's settle: its end's, at last
 
     run_with_file_client(tmp_path, lambda b: service(7000, b), scenario)
 
@@ -423,7 +453,7 @@ def test_the_stop_ends_the_retries_and_waits_for_the_one_in_flight(
 def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The connection's settlement failed (its close refused: the ledger away), so it is
+    """The connection's settlement failed (refused: the ledger away), so it is
     tried again. The retry task is made; before its first step runs, an admission of the
     same ledger connection (the client back, its ledger read done) resumes and takes the
     connection ID, as dtp.aio then serves it. Before, the retry went on and closed and
@@ -432,14 +462,16 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", 0.05)
     monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", 0.1)
     away: set[str] = set()
-    real_close = LocalLedger.close_connection
+    real_settle = LocalLedger.settle
 
-    def close_connection(self: LocalLedger, signer: HostIdentity, connection_id: str) -> None:
+    def settle(
+        self: LocalLedger, signer: HostIdentity, connection_id: str, **ids: Any
+    ) -> Settlement:
         if connection_id in away:
             raise LedgerUnavailable("ledger.sqlite: the ledger is away (a test)")
-        real_close(self, signer, connection_id)
+        return real_settle(self, signer, connection_id, **ids)
 
-    monkeypatch.setattr(LocalLedger, "close_connection", close_connection)
+    monkeypatch.setattr(LocalLedger, "settle", settle)
     armed: list[str] = []
     attempts: list[asyncio.Future[Any]] = []
 

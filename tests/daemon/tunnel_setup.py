@@ -82,10 +82,14 @@ class Setup:
         return self.start(backend(mode, port))
 
     def write_daemon(self, services: str, extra: str = "", name: str = "daemon") -> Path:
+        """A provider's config; on Sui every end is settled, whatever its gas: the tests
+        follow the fees through the settlement (the gas rule's are test_end_gas.py)."""
         path = self.tmp / f"{name}.toml"
+        gas = "" if self.node is None else "gas_aware_ends = false"
         path.write_text(
             f"""[daemon]
 {self.ledger_lines}
+{gas}
 identity = "provider.key"
 state_dir = "{name}-state"
 drain_timeout = 5

@@ -22,7 +22,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import EventFilter, Sla
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import SubscriptionExpired, WrongSubscription
-from dtp.hostid.paid import PaidServer, PaidSocket
+from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity
 from dtp.testing.sui_node import SuiNodeStandIn
 
@@ -127,6 +127,10 @@ def world(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
             ledger=open_ledger() if node is None else ledger,
             identity=provider,
             receipts=tmp_path / "receipts.db",
+            # every end settled, whatever its gas: these tests follow the payment
+            # models' money through the settlement (the gas rule's own tests are
+            # tests/paid/test_end_gas_on_sui.py)
+            policy=ServicePolicy(gas_aware_ends=False),
         )
         yield World(ledger, provider, client, host, server, node)
         server.close()

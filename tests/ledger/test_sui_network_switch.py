@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -125,6 +126,26 @@ def test_the_stand_in_as_a_process_funds_by_transfer(monkeypatch: pytest.MonkeyP
             ledger.close()
         process = network.process
     assert process.proc.poll() is not None  # stopped with the network
+
+
+def test_the_stand_in_as_a_process_with_its_state_in_files_moves_its_clock(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its state's LocalLedger file holds the clock, which the test's process moves:
+    a client of the node reads the new time (tests/daemon/test_two_machines_outage.py
+    runs its ten minutes so)."""
+    for name in REAL_NODE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with sui_network_process(state=tmp_path / "node") as network:
+        assert network.moves_clock
+        ledger = SuiLedger(SuiConfig(network.url, network.package_id))
+        try:
+            before = ledger.clock_ms()
+            moved = network.advance_clock(600_000)
+            assert moved >= before + 600_000
+            assert ledger.clock_ms() >= moved
+        finally:
+            ledger.close()
 
 
 def test_gas_from_effects_finds_every_transaction_an_address_paid_for() -> None:

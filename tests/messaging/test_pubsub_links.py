@@ -374,7 +374,11 @@ def test_a_ledger_failure_fails_the_link_cleanly(
     async def open_connection(*args: object, **kwargs: object) -> tuple[object, object]:
         return object(), writer
 
+    async def answered(*args: object) -> bool:
+        return True  # (the target's probe: this is about the escrow's read after the open)
+
     monkeypatch.setattr(dtp.aio, "open_connection", open_connection)
+    monkeypatch.setattr("dtp.daemon.forwarder.probe_target", answered)
     config = ForwardConfig("fwd", Backend("127.0.0.1", 0), HostAddress("0x" + "12" * 32, 7))
     forwarder = Forwarder(config, ledger, identity, StatusBook(tmp_path / "state"))
     records = _Records()

@@ -28,6 +28,7 @@ from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.payments.settlement import ClientPayment
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 
@@ -199,22 +200,14 @@ def test_datagrams_the_server_sends_are_in_the_clients_final_receipt(
     assert claimed == fee(SLA, total, 1) == final.total_amount
 
 
-# -- a client whose deposit runs out is paused and closed, as for stream bytes ---------------
+# -- a client whose datagrams the deposit cannot pay ---------------------------------------
 
 
-@pytest.mark.parametrize("api", APIS)
-def test_datagrams_beyond_the_deposit_pause_then_close_the_connection(
-    world: World, api: str
-) -> None:
-    """A client floods a paid datagram sink with a deposit that covers a third of it:
-    as with stream bytes, the server serves what the deposit covers, pauses, and closes
-    with CLOSE_PAYMENT_REQUIRED after the pause timeout; the exhausted meter paid the
-    whole deposit. (The datagrams flowed for free before: the server never paused and
-    the client waited for a close that never came.)"""
-    size = 8000
-    deposit = SLA.min_deposit  # 500 KiB of bytes
-    flood = 3 * deposit * 1024 // SLA.price_per_kib
-    outcome: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+def _sinks(
+    outcome: queue.Queue[tuple[int, BaseException | None]],
+) -> tuple[BlockingHandler, AioHandler]:
+    """Handlers that count the datagrams' bytes until the connection ends, then put
+    (bytes, its error) in ``outcome``."""
 
     def sink(sock: PaidSocket) -> None:
         got = 0
@@ -232,10 +225,24 @@ def test_datagrams_beyond_the_deposit_pause_then_close_the_connection(
         except DTPError as exc:
             outcome.put((got, exc))
 
+    return sink, sink_aio
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_datagrams_of_a_client_that_pays_nothing_pause_then_close_the_connection(
+    world: World, api: str
+) -> None:
+    """A client that signs no receipt floods a paid datagram sink: as with stream bytes,
+    the server serves its allowance, pauses, and closes with CLOSE_PAYMENT_REQUIRED
+    after the pause timeout, claiming nothing. (The datagrams flowed for free before:
+    the server never paused and the client waited for a close that never came.)"""
+    size = 8000
+    flood = 3 * SLA.min_deposit * 1024 // SLA.price_per_kib
+    outcome: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
     payload = os.urandom(size)
     policy = ServicePolicy(pause_timeout=1.0)
-    with paid_server(world, api, sink, sink_aio, policy):
-        sock = world.connect(deposit)
+    with paid_server(world, api, *_sinks(outcome), policy):
+        sock = world.connect(SLA.min_deposit, UNPAID)
         cid = sock.connection_id
         assert cid is not None
         sent = 0
@@ -255,11 +262,58 @@ def test_datagrams_beyond_the_deposit_pause_then_close_the_connection(
         served, error = outcome.get(timeout=WAIT)
         claimed = world.claimed_when_settled(cid)
     assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+    assert "payment required" in closed.value.reason
     assert isinstance(error, PaymentRequired)
-    # served no more than the deposit and the allowance (min_deposit) cover
-    assert fee(SLA, served, 1) <= deposit + SLA.min_deposit
+    # served no more than the allowance (min_deposit) covers
+    assert fee(SLA, served, 1) <= SLA.min_deposit
     assert served < sent
-    assert deposit - 10 <= claimed <= deposit
+    assert claimed == 0
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, api: str) -> None:
+    """A metered client floods a paid datagram sink with a deposit that covers a third
+    of it: the send its deposit cannot pay raises PaymentRequired at once, the
+    connection ended by the client (its final receipt, then CLOSE_PAYMENT_REQUIRED),
+    long before the server's pause timeout (30 s here) would have; the server's handler
+    reads the same error, and the server claims the final receipt. (Before, the client
+    waited out the server's pause.)"""
+    size = 8000
+    deposit = SLA.min_deposit  # 500 KiB of bytes
+    flood = 3 * deposit * 1024 // SLA.price_per_kib
+    outcome: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+    payload = os.urandom(size)
+    policy = ServicePolicy(pause_timeout=30.0)
+    with paid_server(world, api, *_sinks(outcome), policy):
+        sock = world.connect(deposit)
+        cid = sock.connection_id
+        payment = sock.connection_hook
+        assert cid is not None and isinstance(payment, ClientPayment)
+        sent = 0
+        with pytest.raises(PaymentRequired) as closed:
+            while sent < flood:
+                if sock.send_datagrams([payload]):
+                    sent += size
+                else:
+                    time.sleep(0.01)  # the carrier is backed up: it was dropped
+        refused_at = time.monotonic()
+        # the connection is over for every call, not only the refused one
+        with pytest.raises(PaymentRequired):
+            sock.recv_datagram(timeout=1.0)
+        served, error = outcome.get(timeout=WAIT)
+        handler_ended = time.monotonic() - refused_at
+        sock.close()
+        claimed = world.claimed_when_settled(cid)
+    assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+    assert "cannot pay for this write" in closed.value.reason
+    assert isinstance(error, PaymentRequired)
+    assert handler_ended < policy.pause_timeout / 3  # ended by the client, not the pause
+    final = payment.meter.latest
+    assert final is not None
+    # what went out is what the deposit covers, to within one datagram, and paid
+    assert deposit - fee(SLA, size, 0) < fee(SLA, sent, 1) <= deposit
+    assert served <= sent
+    assert claimed == final.total_amount == fee(SLA, sent, 1)
 
 
 def test_blocking_datagrams_to_a_client_that_pays_nothing_stop_at_the_allowance(

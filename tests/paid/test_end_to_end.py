@@ -22,7 +22,6 @@ from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
     ConnectionStateError,
-    DTPError,
     FirewallDenied,
     PaymentRequired,
     SpendingCapExceeded,
@@ -162,32 +161,27 @@ def test_denied_client_moves_no_money(world: World) -> None:
 def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
     world: World, api: str
 ) -> None:
+    """A write the deposit pays (400 KiB of the ~600 KiB it covers) whose echo runs the
+    deposit out: the client's reads go past it (a read is never refused: a top-up from
+    another thread may yet come), its meter signs for the whole deposit, and the server
+    serves up to its allowance, pauses, and closes with CLOSE_PAYMENT_REQUIRED after the
+    pause timeout."""
     client = ident(0x65)
     fund(world, client)
-    deposit = 6000  # covers ~600 KiB; the client tries to echo 2 MiB
+    deposit = 6000  # covers ~600 KiB; the echo of 400 KiB takes the usage to 800 KiB
     with paid_server(world, api=api, pause_timeout=1.0):
         sock = world.connect(client, deposit)
         cid = sock.connection_id
         assert cid is not None
         received = 0
-        failure: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                sock.sendall(os.urandom(2 << 20))
-            except DTPError as exc:
-                failure.append(exc)
-
-        sender = threading.Thread(target=send, daemon=True)
         started = time.monotonic()
-        sender.start()
+        sock.sendall(os.urandom(400 << 10))
         with pytest.raises(PaymentRequired) as closed:
             while True:
                 data = sock.recv(1 << 16)
                 assert data, "the server must not end the stream as if all were well"
                 received += len(data)
         elapsed = time.monotonic() - started
-        sender.join(10)
         sock.close()
         assert closed.value.code == CLOSE_PAYMENT_REQUIRED
         assert "payment required" in closed.value.reason
@@ -199,6 +193,51 @@ def test_deposit_runs_out_service_pauses_then_closes_with_receipts_claimed(
     assert deposit - 10 <= claimed <= deposit  # the exhausted meter paid the whole deposit
     assert world.ledger.balance(SERVER.sui_address) == claimed
     assert world.ledger.balance(client.sui_address) == 100_000 - claimed
+    assert world.conserved()
+
+
+@pytest.mark.parametrize("api", ["blocking", "asyncio"])
+def test_a_write_the_deposit_cannot_pay_fails_at_once(world: World, api: str) -> None:
+    """A client echoes 32 KiB pieces until its deposit cannot pay the next: that
+    ``sendall`` raises PaymentRequired at once, the connection ended by the client (its
+    final receipt, then CLOSE_PAYMENT_REQUIRED), with nothing of the refused piece sent,
+    long before the server's pause timeout (30 s here) would have ended it; the server
+    claims the final receipt, and the client gets the rest back. (Before, the write
+    stalled for the server's pause timeout, 10 s by default.)"""
+    client = ident(0x67)
+    fund(world, client)
+    deposit = 6000  # ~600 KiB of echo: nine pieces each way, not ten
+    piece = os.urandom(32 << 10)
+    with paid_server(world, api=api, pause_timeout=30.0):
+        sock = world.connect(client, deposit)
+        cid = sock.connection_id
+        payment = sock.connection_hook
+        assert cid is not None and payment is not None
+        pieces = 0
+        with pytest.raises(PaymentRequired) as closed:
+            while True:
+                started = time.monotonic()
+                sock.sendall(piece)
+                got = 0
+                while got < len(piece):
+                    data = sock.recv(len(piece) - got)
+                    assert data
+                    got += len(data)
+                pieces += 1
+        refused_in = time.monotonic() - started
+        with pytest.raises(PaymentRequired):  # every later call, too
+            sock.recv(1)
+        sock.close()
+        world.wait_settled(cid)
+    assert closed.value.code == CLOSE_PAYMENT_REQUIRED
+    assert "cannot pay for this write" in closed.value.reason
+    assert refused_in < 5.0  # at once, not after the pause timeout
+    used = fee(SLA, 2 * pieces * len(piece), 1)
+    assert used <= deposit < fee(SLA, (2 * pieces + 1) * len(piece), 1)
+    final = payment.meter.latest  # type: ignore[attr-defined]
+    assert final is not None and final.total_amount == used
+    assert world.claimed(cid) == used
+    assert world.ledger.balance(client.sui_address) == 100_000 - used
     assert world.conserved()
 
 

@@ -66,11 +66,13 @@ def send_topped_up_then_end(
     release: threading.Event,
     top_up: int = TOP_UP,
     refused: int | None = None,
+    sent: int = SENT,
 ) -> tuple[str, int]:
     """Top up by ``top_up`` (after a top-up of ``refused``, past the cap, is refused and
-    moves nothing), send SENT bytes (signed for beyond the old deposit), let the handler
-    end and wait for the server's end: (connection ID, the client's last receipt
-    amount)."""
+    moves nothing), send ``sent`` bytes (signed for beyond the old deposit, within the
+    new one: a write the deposit cannot pay ends the connection at once), let the
+    handler end and wait for the server's end: (connection ID, the client's last
+    receipt amount)."""
     with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
         payment = sock._engine.hook
@@ -81,7 +83,7 @@ def send_topped_up_then_end(
                 sock.top_up(refused)
             assert ledger.get_escrow(ledger.get_connection(cid).escrow).deposited == DEPOSIT
         sock.top_up(top_up)
-        sock.sendall(b"x" * SENT)
+        sock.sendall(b"x" * sent)
         assert wait_for(lambda: (payment.meter.latest or _NONE).total_amount > DEPOSIT, 30)
         release.set()
         with pytest.raises(DTPError):  # (or the end of the stream)
@@ -127,13 +129,14 @@ def test_a_top_up_does_not_lift_the_client_past_its_cap(
     """A cap of 8,000 MIST, a deposit of 5,000 (reserved on it at the open): a top-up of
     40,000 is refused by the ledger and moves nothing (SpendingCapExceeded: the cap
     reserves each top-up, docs/escrow.md §4); one of the 3,000 the cap has room for
-    goes, the client signs up to the new deposit, and the server claims that."""
+    goes, the client signs for what it sends within the new deposit (6 KiB: 6,000 MIST
+    and more), and the server claims that."""
     release = threading.Event()
     serve(*quiet_handlers(release))
     cap_max = 8000
     cap = ledger.create_spending_cap(CLIENT, cap_max)
     cid, signed = send_topped_up_then_end(
-        ledger, host_id, cap, release, top_up=cap_max - DEPOSIT, refused=TOP_UP
+        ledger, host_id, cap, release, top_up=cap_max - DEPOSIT, refused=TOP_UP, sent=6 << 10
     )
     assert DEPOSIT < signed <= cap_max
     assert wait_for(lambda: ledger.get_connection(cid).settled, 30)

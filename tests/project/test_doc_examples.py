@@ -844,6 +844,8 @@ def _undefined_names(code: str) -> set[str]:
             bound.add(node.name)
         elif isinstance(node, ast.arg):
             bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)  # (``except E as name``)
     return used - bound
 
 

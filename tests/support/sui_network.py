@@ -231,16 +231,19 @@ class SuiNetwork:
 
     @property
     def moves_clock(self) -> bool:
-        """Whether :meth:`advance_clock` can move the ledger clock (the stand-in's)."""
-        return self.node is not None
+        """Whether :meth:`advance_clock` can move the ledger clock (the stand-in's, in
+        this process or as a process keeping its state in files)."""
+        return self.node is not None or (self.process is not None and self.process.moves_clock)
 
     def advance_clock(self, ms: int) -> int:
         """Move the stand-in's clock ``ms`` forward (its new time); elsewhere (a real
-        node, the stand-in as a process) the test stops here, skipped: a network's clock
-        moves only with time."""
-        if self.node is None:
-            pytest.skip(f"the clock of the Sui node at {self.url} cannot be moved ({ms} ms)")
-        return self.node.advance_clock(ms)
+        node, the stand-in as a process keeping its state in memory) the test stops
+        here, skipped: a network's clock moves only with time."""
+        if self.node is not None:
+            return self.node.advance_clock(ms)
+        if self.process is not None and self.process.moves_clock:
+            return self.process.advance_clock(ms)
+        pytest.skip(f"the clock of the Sui node at {self.url} cannot be moved ({ms} ms)")
 
     def gas_paid(self, address: str) -> int | None:
         """Net MIST ``address`` paid in gas so far (the stand-in counts it; None on a
@@ -323,6 +326,8 @@ class StandInProcess:
             "--print-url",
             *flags,
         ]
+        self.state = state
+        """Where the process keeps its state (None: in its memory)."""
         if state is not None:
             cmd += ["--state", str(state)]
         for address, mist in (fund or {}).items():
@@ -341,6 +346,27 @@ class StandInProcess:
     @property
     def spec(self) -> str:
         return ledger_spec_for(self.url)
+
+    @property
+    def moves_clock(self) -> bool:
+        """Whether :meth:`advance_clock` can move the process's clock: its state is in
+        files, which another process may open."""
+        return self.state is not None
+
+    def advance_clock(self, ms: int) -> int:
+        """Move the process's clock ``ms`` forward (its new time), as its own knob does
+        in process (``SuiNodeStandIn.advance_clock``): its state's LocalLedger file,
+        which LocalLedger shares between processes, holds the clock, and the node reads
+        it anew for every call (its Clock object, the checkpoints, each transaction)."""
+        from dtp.chain.local import LocalLedger
+
+        if self.state is None:
+            raise RuntimeError("the stand-in keeps its state in memory: start it with state=")
+        ledger = LocalLedger(self.state / "ledger.sqlite")
+        try:
+            return ledger.advance_clock(ms)
+        finally:
+            ledger.close()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -76,12 +76,16 @@ class Recorder:
     def __init__(self) -> None:
         self.quiet_bytes = 0
         self.quiet_until = 0.0
+        self.payable_bytes = 1 << 64
         self.outputs = 0
         self.before = 0
         self.after = 0
 
     def on_output(self, now: float) -> None:
         self.outputs += 1
+
+    def refuse_write(self, nbytes: int, requests: int) -> str | None:
+        return None
 
     def before_close(self) -> None:
         self.before += 1

@@ -7,9 +7,11 @@ message for it; it calls :meth:`GunRelay.changed` with every batch the graph's t
 changed by (the graph's change listener, brought to the driver's thread).
 
 - A ``put`` is checked whole (:func:`dtp.graph.gun.wire.read_put`, then dtp's user
-  space and Gun's SEA rules, :mod:`dtp.graph.sea`) and merged as one HAM batch, as a
+  space, dtp's private tier (:mod:`dtp.graph.private`: signed ciphertexts, relayed
+  blind) and Gun's SEA rules, :mod:`dtp.graph.sea`) and merged as one HAM batch, as a
   sync peer's batch is (:meth:`Graph.merge`: HAM rules, states ahead of the clock
-  deferred): acknowledged ``ok``, or ``err`` with the reason and nothing stored.
+  deferred, the graph's own rules, :mod:`dtp.graph.rules`): acknowledged ``ok``, or
+  ``err`` with the reason and nothing stored.
 - A ``get`` is answered from the graph, and subscribes the peer to the node (or to the
   fields it asked for): every later change of it -- a write here, a Gun peer's put, a
   DTP sync peer's update -- is sent to the peer as a ``put``, but not back to the peer
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dtp.errors import DTPError
-from dtp.graph import namespace, sea
+from dtp.graph import namespace, private, sea
 from dtp.graph._batch import entries
 from dtp.graph.arguments import name_text
 from dtp.graph.gun import wire
@@ -205,9 +207,20 @@ class GunRelay:
             [HamUpdate(f.soul_bytes, f.field_bytes, f.state, f.text) for f in fields]
         )
         try:
-            report = self.graph.merge(batch, origin=peer)
+            # (atomic: a field a rule of the graph refuses keeps the whole put out)
+            report = self.graph.merge(batch, origin=peer, atomic=True)
         except DTPError as exc:  # the graph closed, or refused the batch
             self._refuse(peer, msg_id, f"Error: not stored: {exc}")
+            return
+        if report.refusals:
+            first = report.refusals[0]
+            who = f"rule {first.rule!r}" if first.rule is not None else first.reason
+            self._refuse(
+                peer,
+                msg_id,
+                f"Error: {first.soul[:80]!r}.{first.field[:80]!r} refused by {who}: "
+                f"{first.message} -- nothing of the put stored.",
+            )
             return
         if report.refused or report.dropped:
             self._refuse(
@@ -232,6 +245,16 @@ class GunRelay:
                 f"Error: {f.soul[:80]!r} is a dtp user space: only its owner's Ed25519 "
                 "key signs there (docs/graph.md, 'Signed namespaces')."
             )
+        if private.is_private(f.soul_bytes):
+            # ciphertexts relay as strings; only the author's signature lets one in
+            # (as the merge would refuse it, but refused here before any of the put)
+            reason = private.check(HamUpdate(f.soul_bytes, f.field_bytes, f.state + 0.0, f.text))
+            if reason is not None:
+                raise wire.GunWireError(
+                    f"Error: {f.soul[:80]!r} is a dtp private space: only its author's "
+                    f"Ed25519 key signs there ({reason}; docs/graph.md, 'Privacy tiers')."
+                )
+            return
         refusal = sea.check(f.soul, f.field, f.value, f.state)
         if refusal is not None:
             raise wire.GunWireError(refusal.message)

@@ -19,6 +19,9 @@ same machine:
    a third peer) is forwarded as DATA -- the live phase needs no further message.
 5. An update of the peer's dropped because the deferred queue was full is asked for
    again (WANT: the leaves to push again) once the clock reaches its state.
+6. What is refused of the peer's updates (signatures, SEA, the graph's rules) is
+   reported to it (REFUSED), to a peer that said it reads them (an empty WANT after
+   its HELLO); a final REFUSED follows the peer's END.
 
 Pushes are made as the peer reads (:meth:`SyncSession.data_to_send`, a batch at a time,
 each read from the table as it is made), so a session holds about one batch of its push
@@ -51,6 +54,7 @@ from dtp.graph.sync.messages import (
     END,
     HELLO,
     MAX_MESSAGE,
+    REFUSED,
     SMALL,
     SUM,
     VERSION,
@@ -74,6 +78,7 @@ __all__ = [
     "HELLO_TIMEOUT",
     "MAX_MESSAGE",
     "MAX_SESSIONS",
+    "REFUSED",
     "SMALL",
     "SUM",
     "VERSION",

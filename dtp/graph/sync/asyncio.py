@@ -138,7 +138,7 @@ async def sync_stream(
         while not (until_synced and session.synced):
             if out.done():
                 out.result()  # the write side failed: raise it
-            if until_synced and session.end_received:
+            if until_synced and session.peer_done:
                 # our END follows our pushes, which pump() makes as the peer reads; a
                 # peer that stays connected sends nothing more: wait for pump(), a tick
                 # at a time -- never for an END that nothing will send
@@ -153,6 +153,10 @@ async def sync_stream(
                 finally:
                     waiter.cancel()
                 continue
+            if until_synced and session.end_received:
+                # a peer that reports what it refuses sends its final REFUSED once it
+                # has read our END: read on for it (our END must be coming)
+                _check_end_coming(session)
             try:
                 data = await reader.read(1 << 20)
             except ConnectionClosed as exc:

@@ -137,7 +137,7 @@ def sync_blocking(
         while not (until_synced and session.synced):
             if failure:
                 raise failure[0]
-            if until_synced and session.end_received:
+            if until_synced and session.peer_done:
                 # the peer is done; our END follows our pushes, which the writer makes
                 # as the peer reads (each send bounded by the socket's timeout). A peer
                 # that stays connected (a live server) sends nothing more: wait for the
@@ -147,6 +147,10 @@ def sync_blocking(
                 _check_end_coming(session)
                 ended_here.wait(tick)
                 continue
+            if until_synced and session.end_received:
+                # a peer that reports what it refuses sends its final REFUSED once it
+                # has read our END: read on for it (our END must be coming)
+                _check_end_coming(session)
             try:
                 n = sock.recv_into(buf)
             except TimeoutError:

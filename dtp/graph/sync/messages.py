@@ -15,6 +15,19 @@ VERSION = 2
 text, ties in UTF-16 order, protocol.md 6.3); a peer of version 1 would pick other
 winners at ties, so the two do not sync."""
 HELLO, SUM, DATA, END, WANT = 1, 2, 3, 4, 5
+REFUSED = 6
+"""``[6, count, [[soul, field, state, reason, message], ...], final]``: updates of the
+peer's that were refused (docs/graph.md, "Sync protocol"). Sent only to a peer that
+announced it reads them: with an empty WANT (``[5, []]``) right after its HELLO, which
+peers of the first version-2 release take as asking for nothing."""
+REPORTS_PER_MESSAGE = 64
+"""Refusals described in one REFUSED message at most."""
+MAX_REPORTS = 4096
+"""Refusals a session describes to its peer at most (beyond, it only counts them)."""
+MAX_REASON = 80
+"""Characters of a REFUSED entry's reason at most (``rule:`` and a rule's name)."""
+MAX_REPORT_MESSAGE = 1024
+"""Characters of a REFUSED entry's message at most."""
 SMALL = 64
 """Nodes holding at most this many fields (both sides together) are pushed whole."""
 MAX_MESSAGE = 4 << 20

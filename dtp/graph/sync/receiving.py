@@ -1,7 +1,7 @@
 """What a sync session does with the peer's messages (:class:`~dtp.graph.sync.SyncSession`):
-each one checked and handled -- HELLO and SUM compared with our summaries, DATA merged,
-WANT queued for a push, END taken -- and the updates the merge dropped noted to be asked
-for again."""
+each one checked and handled -- HELLO and SUM compared with our summaries, DATA merged
+(:mod:`~dtp.graph.sync.refusals`: what is refused reported), WANT queued for a push, END
+taken, REFUSED read -- and the updates the merge dropped noted to be asked for again."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dtp.graph.sync.messages import (
     DATA,
     END,
     HELLO,
+    REFUSED,
     SUM,
     VERSION,
     WANT,
@@ -28,10 +29,10 @@ from dtp.graph.sync.messages import (
     _is_digest,
     _push_whole,
 )
-from dtp.graph.sync.session_state import SessionState
+from dtp.graph.sync.refusals import SessionRefusals
 
 
-class SessionInput(SessionState):
+class SessionInput(SessionRefusals):
     """The peer's messages, handled in the reader's thread (receive_data)."""
 
     def _handle(self, body: bytes) -> None:
@@ -62,7 +63,7 @@ class SessionInput(SessionState):
             if len(message) != 2 or not isinstance(message[1], bytes):
                 raise _fail("DATA is [3, batch]")
             self.stats["batches_received"] += 1
-            report = self.graph.merge(message[1], origin=self)
+            report = self._merge_data(message[1])
             if report.dropped_leaves:
                 self._note_dropped(report.dropped_leaves)
         elif kind == SUM:
@@ -79,6 +80,9 @@ class SessionInput(SessionState):
                 level, prefix = next(iter(self._sent))
                 raise _fail(f"END before the SUM for node ({level}, {prefix})")
             self.end_received = True
+            self._after_peer_end()
+        elif kind == REFUSED:
+            self._on_refused(message)
         else:
             raise _fail(f"unknown message type {kind}")
 
@@ -97,6 +101,10 @@ class SessionInput(SessionState):
         leaves = message[1] if len(message) == 2 else None
         if not isinstance(leaves, list) or len(leaves) > _LEAVES:
             raise _fail("WANT is [5, [leaf, ...]]")
+        if not leaves:
+            # (an empty WANT asks nothing: the peer says it reads REFUSED)
+            self.peer_reports = True
+            return
         for leaf in leaves:
             if type(leaf) is not int or not 0 <= leaf < _LEAVES:
                 raise _fail("bad WANT leaf")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 from dtp.errors import ErrorCode
 from dtp.graph.arguments import check_int
+from dtp.graph.rules import Refusal
 from dtp.graph.store import Graph
 from dtp.graph.sync.messages import (
     _LEN,
@@ -94,6 +95,12 @@ class SyncSession(SessionInput, SessionPushes):
         self._want_at = math.inf  # the smallest state in _wanted
         self.end_sent = False
         self.end_received = False
+        self.peer_reports = False  # the peer reads REFUSED (an empty WANT said so)
+        self.peer_report_final = False  # its final REFUSED came
+        self.peer_refusals: deque[Refusal] = deque(maxlen=1024)
+        self._held_back: list[Refusal] = []
+        self._held_back_bytes = 0
+        self._reports_sent = 0
         self.stats: dict[str, int] = {
             "bytes_sent": 0,
             "bytes_received": 0,
@@ -104,6 +111,8 @@ class SyncSession(SessionInput, SessionPushes):
             "summaries_sent": 0,
             "wants_sent": 0,
             "wants_received": 0,
+            "refused": 0,
+            "refused_by_peer": 0,
         }
 
     def start(self) -> None:
@@ -115,6 +124,9 @@ class SyncSession(SessionInput, SessionPushes):
         def hello(root: tuple[int, int]) -> None:
             digest, count = root
             self._send([HELLO, VERSION, self.graph.replica_id, count, digest])
+            # "I read REFUSED": an empty WANT, which asks nothing of a peer that does not
+            # (sent before any DATA, so the peer knows it before it merges ours)
+            self._send([WANT, []])
 
         # (HELLO queued as the listener is registered, under the graph's lock: no
         # change's DATA can go out before it)
@@ -122,8 +134,16 @@ class SyncSession(SessionInput, SessionPushes):
 
     @property
     def synced(self) -> bool:
-        """Both ENDs are through: each side has what the other had at the start."""
-        return self.end_sent and self.end_received
+        """Both ENDs are through: each side has what the other had at the start -- and,
+        with a peer that reports what it refuses, its final REFUSED is in too: it has
+        merged (or refused, and said so) everything we sent up to our END."""
+        return self.end_sent and self.peer_done
+
+    @property
+    def peer_done(self) -> bool:
+        """The peer owes nothing more of the initial exchange: its END is in, and its
+        final REFUSED when it sends one."""
+        return self.end_received and (self.peer_report_final or not self.peer_reports)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer (empties the queue).

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from dtp.graph._batch import batch_count, entries
+from dtp.graph.rules import Refusal
 from dtp.graph.store import Graph
 from dtp.graph.sync.messages import _LEN, DATA, END, Summary
 from dtp.native.reference.limits import HAM_BATCH_VERSION
@@ -78,6 +79,19 @@ class SessionState:
     """The smallest state in ``_wanted`` (math.inf: none)."""
     end_sent: bool
     end_received: bool
+    peer_reports: bool
+    """The peer reads REFUSED (it said so with an empty WANT after its HELLO): it is
+    told what of its updates was refused, and sends its final REFUSED after our END."""
+    peer_report_final: bool
+    """The peer's final REFUSED came: it has merged everything we sent up to our END."""
+    peer_refusals: deque[Refusal]
+    """What the peer refused of our updates, as it told us (the latest 1024)."""
+    _held_back: list[Refusal]
+    """Updates of the peer's that a rule refused before its END, tried again once the
+    END is in (a vote that came before its proposal); at most ``_HELD_BACK`` bytes."""
+    _held_back_bytes: int
+    _reports_sent: int
+    """Refusals described to the peer so far (at most MAX_REPORTS)."""
     stats: dict[str, int]
     """Bytes, messages, batches, summaries and WANTs sent and received."""
 

@@ -53,9 +53,11 @@ from dtp.hostid.paid.server_core import (
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
+from dtp.payments.ends import EndDeferred, EndLeft
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
+    DeferredEnds,
     Recovery,
     SettlementRetries,
     closes_store,
@@ -129,6 +131,13 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
         #: each connection ID in ``_serving`` as a DTP connection would)
         self.retries = SettlementRetries(
             ledger, identity, self.receipt_writer, self._serving, self.settlements
+        )
+        self.left = self.core.left
+        """The most recent ends left to their clients: (connection ID, fee and gas)."""
+        #: The ends waiting to be settled together (their fees below a transaction's
+        #: gas), settled or left in the recovery rounds and at the release
+        self.deferred = DeferredEnds(
+            ledger, identity, self.receipt_writer, policy.end_rule, self.settlements, self.left
         )
         self._policy_task: asyncio.Task[None] | None = None
         self._recovery: Recovery | None = None  # (started with the policy task)
@@ -353,6 +362,9 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
                 final,
                 escrow=None if known is None else known.escrow,
                 connection=None if known is None else known.connection,
+                rule=self.deferred.rule,
+                batch=self.deferred.batch,
+                now=time.monotonic(),
             ),
         )
         self.core.work_starts()
@@ -373,7 +385,7 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
         if cancelled:
             raise asyncio.CancelledError
 
-    def _settled(self, job: asyncio.Future[Settlement | None]) -> None:
+    def _settled(self, job: asyncio.Future[Settlement | EndLeft | EndDeferred | None]) -> None:
         self._done()
 
     async def __aenter__(self) -> PaidAioServer:

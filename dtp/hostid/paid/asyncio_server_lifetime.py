@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -61,7 +62,9 @@ class AioServerLifetime(PaidAioServerState):
             raise
         self.core.attached = True
         self.recovered = await asyncio.to_thread(
-            recover_store, self.ledger, self.identity, self.store, alone
+            functools.partial(
+                recover_store, self.ledger, self.identity, self.store, alone, deferred=self.deferred
+            )
         )
         # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
         # the event loop (_admit), where close() runs, and from there to the callback
@@ -93,7 +96,7 @@ class AioServerLifetime(PaidAioServerState):
         self.core.start(host, time.monotonic())
         self._policy_task = asyncio.ensure_future(self._policy_loop())
         self._recovery = Recovery(
-            self.ledger, self.identity, self.store, self.recovered, self.retries
+            self.ledger, self.identity, self.store, self.recovered, self.retries, self.deferred
         )
         self._recovery.start()
         # The server lives no longer than its event loop: asyncio.run ending with it

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
     from dtp.ledger.receipt import Receipt
+    from dtp.payments.ends import EndLeft
     from dtp.payments.gate import ConnectionIds
     from dtp.payments.ratelimit import RateLimiter
     from dtp.payments.receipt_store import ReceiptStore
     from dtp.payments.receipt_writer import ReceiptWriter
-    from dtp.payments.serving import Recovery, SettlementRetries
+    from dtp.payments.serving import DeferredEnds, Recovery, SettlementRetries
     from dtp.transport.asyncio.server import DTPServer
     from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
@@ -53,6 +54,8 @@ class PaidAioServerState:
     _callback_tasks: set[asyncio.Task[Any]]
     _serving: ConnectionIds
     retries: SettlementRetries
+    left: deque[tuple[str, EndLeft]]
+    deferred: DeferredEnds
     _policy_task: asyncio.Task[None] | None
     _recovery: Recovery | None
     _closing: asyncio.Event

@@ -74,6 +74,7 @@ from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
+    DeferredEnds,
     Recovery,
     SettlementRetries,
     closes_store,
@@ -189,18 +190,32 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         self.retries = SettlementRetries(
             ledger, identity, self.receipt_writer, self._serving, self.settlements
         )
+        self.left = self.core.left
+        """The most recent ends left to their clients: (connection ID, fee and gas)."""
+        #: The ends waiting to be settled together (their fees below a transaction's
+        #: gas), settled or left in the recovery rounds and at the release
+        self.deferred = DeferredEnds(
+            ledger,
+            identity,
+            self.receipt_writer,
+            self.policy.end_rule,
+            self.settlements,
+            self.left,
+        )
         self.server: DTPServer | None = None
         self._recovery: Recovery | None = None  # (once the start's recovery is done)
         try:
             host = served_host(ledger, self.host_id, port)
             alone = self.store.attach_server()
             self.core.attached = True
-            self.recovered = recover_store(ledger, identity, self.store, alone)
+            self.recovered = recover_store(
+                ledger, identity, self.store, alone, deferred=self.deferred
+            )
             """(connection ID, settlement) of what dead server runs left unclaimed: at
             the start, then every :data:`RECOVERY_INTERVAL` (this server's own
             settlements retried then go to :attr:`settlements`)."""
             self._recovery = recovery = Recovery(
-                ledger, identity, self.store, self.recovered, self.retries
+                ledger, identity, self.store, self.recovered, self.retries, self.deferred
             )
             # our own LedgerAdmission (what create_server would make from ledger,
             # host_id and port), remembering what it read for the gate; its count of the
@@ -371,6 +386,9 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
             final,
             escrow=None if known is None else known.escrow,
             connection=None if known is None else known.connection,
+            rule=self.deferred.rule,
+            batch=self.deferred.batch,
+            now=time.monotonic(),
         )
         if not self.core.settled(cid, settlement):
             self.retries.add(cid)

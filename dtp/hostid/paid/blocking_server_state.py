@@ -19,11 +19,12 @@ if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
     from dtp.ledger.receipt import Receipt
+    from dtp.payments.ends import EndLeft
     from dtp.payments.gate import ConnectionIds
     from dtp.payments.ratelimit import RateLimiter
     from dtp.payments.receipt_store import ReceiptStore
     from dtp.payments.receipt_writer import ReceiptWriter
-    from dtp.payments.serving import Recovery, SettlementRetries
+    from dtp.payments.serving import DeferredEnds, Recovery, SettlementRetries
     from dtp.transport.blocking.server import DTPServer
 
 
@@ -51,6 +52,8 @@ class PaidServerState:
     _own_store: bool
     receipt_writer: ReceiptWriter
     retries: SettlementRetries
+    left: deque[tuple[str, EndLeft]]
+    deferred: DeferredEnds
     server: DTPServer | None
     _recovery: Recovery | None
     recovered: list[tuple[str, Settlement]]

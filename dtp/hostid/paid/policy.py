@@ -15,6 +15,7 @@ from dtp.errors import (
 )
 from dtp.hostid.admission import Admitted
 from dtp.ledger.objects import normalize_id
+from dtp.payments.ends import BATCH_WINDOW, EndRule
 from dtp.payments.gate import (
     ReceiptGate,
 )
@@ -56,6 +57,17 @@ class ServicePolicy:
     (10 minutes) have passed since that half-close the client may settle first and
     take the whole escrow back, the usage served meanwhile unpaid: keep this well
     below it."""
+    gas_aware_ends: bool = True
+    """Weigh each connection's end against its gas (docs/escrow.md §7.1): on a ledger
+    that charges gas, a connection whose fee does not cover the gas of its claim and
+    settlement is settled with others in one transaction, or left to its client (who
+    settles after the half-close timeout and gets the unclaimed fee back). False:
+    every end is settled, whatever it costs. A LocalLedger charges no gas: every end
+    is settled either way."""
+    batch_window: float = BATCH_WINDOW
+    """Seconds an end worth a place in a batch, but not a transaction of its own, waits
+    for others (0: none waits; such ends are left). Batches go out in the server's
+    recovery rounds (every 30 s) and at its release."""
 
     def __post_init__(self) -> None:
         # Checked here, not where the values are used: a server takes its policy only
@@ -76,6 +88,16 @@ class ServicePolicy:
         _seconds("request_interval", self.request_interval, zero=False)
         _seconds("final_receipt_timeout", self.final_receipt_timeout, zero=True)
         _seconds("ledger_check_interval", self.ledger_check_interval, zero=False)
+        if not isinstance(self.gas_aware_ends, bool):
+            raise InvalidArgument(
+                f"ServicePolicy.gas_aware_ends must be a bool, got {self.gas_aware_ends!r}"
+            )
+        _seconds("batch_window", self.batch_window, zero=True)
+
+    @property
+    def end_rule(self) -> EndRule:
+        """How the server weighs a connection's end against its gas."""
+        return EndRule(self.gas_aware_ends, self.batch_window)
 
 
 def _seconds(name: str, value: object, *, zero: bool) -> None:

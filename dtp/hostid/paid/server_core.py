@@ -33,6 +33,7 @@ from dtp.errors import DTPError
 from dtp.hostid.admission import checked_open_grace
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, check_address
 from dtp.ledger.objects import normalize_id
+from dtp.payments.ends import EndDeferred, EndLeft
 from dtp.payments.gate import ConnectionIds, ledger_checks_due
 from dtp.payments.ratelimit import ClientBuckets, HostPolicy, RateLimiter
 from dtp.payments.serving import SERVED_REFUSAL
@@ -218,7 +219,9 @@ class EndStep(enum.Enum):
     the settlement goes on (docs/escrow.md §2)."""
     SETTLE = "settle"
     """Claim its latest receipt and refund the client the rest (a settlement that
-    claimed nothing is retried)."""
+    claimed nothing is retried) -- or, its fee below the gas that costs, settle it with
+    others later or leave it to its client (the policy's ``end_rule``, docs/escrow.md
+    §7.1)."""
     CLOSE = "close"
     """The server's end closes: aborted with the plan's reason, else gracefully."""
 
@@ -332,13 +335,17 @@ class PaidServerCore(Generic[_P]):
     ``serving`` holds the ledger connection IDs being served or settled: one DTP
     connection per ledger connection at a time (a second one, on a gate of its own,
     would count the first one's receipts again and take another allowance from one
-    escrow). ``settlements``: the most recent (connection ID, outcome) pairs.
+    escrow). ``settlements``: the most recent (connection ID, outcome) pairs; ``left``:
+    the ends left to their clients, their fees below the gas of claiming them.
     """
 
     def __init__(self, policy: ServicePolicy) -> None:
         self.policy = policy
         self.serving = ConnectionIds()
         self.settlements: deque[tuple[str, Settlement]] = deque(maxlen=SETTLEMENTS_KEPT)
+        #: The most recent ends left to their clients, their fee below the gas of
+        #: claiming it (docs/escrow.md §7.1)
+        self.left: deque[tuple[str, EndLeft]] = deque(maxlen=SETTLEMENTS_KEPT)
         self.host_policy: HostPolicy | None = None
         #: The Host's per-client rate limits, with each client's buckets (shared by its
         #: connections; the blocking server touches it under the lock its connections
@@ -550,13 +557,18 @@ class PaidServerCore(Generic[_P]):
         abort = CALLBACK_FAILED if failed else CLOSED_REFUSAL if cancelled else None
         return EndPlan(self.settles_first(ended), abort)
 
-    def settled(self, cid: str, settlement: Settlement | None) -> bool:
-        """A settlement of ``cid`` ended with ``settlement``, recorded; False when it
-        claimed nothing (a failure: the caller has it retried, the ID still reserved so
-        that the retry cannot start before the caller is done)."""
+    def settled(self, cid: str, settlement: Settlement | EndLeft | EndDeferred | None) -> bool:
+        """A settlement of ``cid`` ended with ``settlement``, recorded (in
+        :attr:`settlements`; an end left to its client in :attr:`left`; one waiting for a
+        batch is recorded once the batch settles it); False when it claimed nothing (a
+        failure: the caller has it retried, the ID still reserved so that the retry
+        cannot start before the caller is done)."""
         if settlement is None:
             return False
-        self.settlements.append((cid, settlement))
+        if isinstance(settlement, EndLeft):
+            self.left.append((cid, settlement))
+        elif not isinstance(settlement, EndDeferred):
+            self.settlements.append((cid, settlement))
         return True
 
     # -- work the release waits for ------------------------------------------------------

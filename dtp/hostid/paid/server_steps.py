@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from dtp.payments.receipt_writer import ReceiptWriter
     from dtp.payments.serving import Recovery
 
+#: Where the release's settlement of the ends waiting for a batch logs: with the rest of
+#: that batch's lines (dtp.payments.serving.DeferredEnds)
+_serving_logger = logging.getLogger("dtp.payments.serving")
+
 __all__ = [
     "ended_connections",
     "ended_subscriptions",
@@ -155,6 +159,13 @@ def release_store(
     closed when the server opened it (``own_store``): :func:`release_receipts`."""
     if recovery is not None:
         recovery.join(recovery_wait)
+        if recovery.deferred is not None:
+            # every connection has ended: the ends still waiting for a batch are settled
+            # now if the batch pays, else left to their clients
+            try:
+                recovery.deferred.flush(final=True)
+            except Exception:
+                _serving_logger.exception("settling the ends waiting for a batch failed")
     release_receipts(writer, store, own_store, functools.partial(_detach, core, store))
 
 

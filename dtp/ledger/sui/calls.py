@@ -6,10 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dtp.errors import InvalidArgument
-from dtp.ledger.interface import Endpoint
+from dtp.ledger.interface import Endpoint, SettleItem
 from dtp.ledger.objects import OpenedConnection, Settlement, Sla, check_signer, normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui.effects import MissingEvent
+from dtp.ledger.sui.gas import SETTLE_BATCH, SETTLE_WITH_RECEIPT
 from dtp.ledger.sui.tx import SharedRef, TxContext
 
 if TYPE_CHECKING:
@@ -332,6 +334,56 @@ class SuiCalls(SuiLedgerCore):
         settled = out.event("ConnectionSettled")
         paid = int(out.event("ReceiptClaimed")["paid"])
         return Settlement(paid, int(settled["claimed"]), int(settled["refunded"]))
+
+    def settle_batch(self, signer: HostIdentity, items: Sequence[SettleItem]) -> list[Settlement]:
+        """One programmable transaction settling every item (:func:`sui_tx.settle_batch`),
+        all or nothing: a ChainError means none was settled. One item is the
+        transaction :meth:`settle` or :meth:`settle_with_receipt` sends. What the batch
+        paid beyond one settlement, per further connection, is what
+        :meth:`end_gas` gives as ``batch_claim`` from then on."""
+        check_signer(signer)
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise InvalidArgument(f"items must be a sequence of SettleItem, got {items!r:.60}.")
+        seen: set[str] = set()
+        for item in items:
+            if not isinstance(item, SettleItem):
+                raise InvalidArgument(f"a batch item must be a SettleItem, got {item!r:.60}.")
+            if item.receipt is not None:
+                self._check_receipt(item.receipt)
+            key = normalize_id(item.connection_id, "connection ID")
+            if key in seen:
+                raise InvalidArgument(f"Connection {key} is twice in one batch of settlements.")
+            seen.add(key)
+        if len(items) > sui_tx.MAX_SETTLE_BATCH:
+            raise InvalidArgument(
+                f"A batch settles at most {sui_tx.MAX_SETTLE_BATCH} connections, not {len(items)}."
+            )
+        if len(items) <= 1:
+            return super().settle_batch(signer, items)
+        calls = [
+            (*self._settle_refs(i.connection_id, i.escrow_id, i.cap_id), i.receipt) for i in items
+        ]
+        out = self._execute(signer, SETTLE_BATCH, lambda ctx: sui_tx.settle_batch(ctx, calls))
+        settled = {str(e["connection"]): e for e in out.events if e.name == "ConnectionSettled"}
+        paid = {
+            str(e["connection"]): int(e["paid"]) for e in out.events if e.name == "ReceiptClaimed"
+        }
+        done: list[Settlement] = []
+        for (tc, _, _, _), item in zip(calls, items, strict=True):
+            event = settled.get(tc.object_id)
+            if event is None:
+                raise MissingEvent(
+                    f"Transaction {out.digest} succeeded, but the node's answer has no "
+                    f"ConnectionSettled event of {tc.object_id}.",
+                    name="MissingEvent",
+                    module="sui",
+                )
+            claimed = paid.get(tc.object_id, 0) if item.receipt is not None else 0
+            done.append(Settlement(claimed, int(event["claimed"]), int(event["refunded"])))
+        solo = self._gas_book.estimate(SETTLE_WITH_RECEIPT)
+        if solo is not None and all(i.receipt is not None for i in items):
+            self._gas_book.sample(SETTLE_BATCH, (out.gas_cost - solo) // (len(items) - 1))
+        return done
 
     # -- pipes -----------------------------------------------------------------------------
 

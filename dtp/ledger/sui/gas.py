@@ -1,5 +1,7 @@
 """Gas for SuiLedger's transactions: a pool of each signer's SUI coins, leased one
-transaction at a time, and the reference gas price, read once per epoch.
+transaction at a time, the reference gas price, read once per epoch, and what the
+transactions cost (:class:`GasBook`: what each signer paid, and what a connection's end
+is expected to cost).
 
 Sui locks an owned object for the transaction that uses it at a version: a second
 transaction signed meanwhile with the same gas coin is refused (an equivocation, which on
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -25,13 +28,16 @@ from pysui.sui.sui_bcs import bcs
 from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
 
 from dtp.errors import ChainError, InsufficientFunds
+from dtp.ledger.gas import EndGas, GasSpent, end_kind
 from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse
 from dtp.ledger.sui.effects import gas_used, sui_coins_created
 from dtp.ledger.sui.tx import OwnedRef, TxContext, encode_address, encode_u64
 
 __all__ = [
+    "COIN_STORAGE",
     "MAX_GAS_COINS",
     "POOL_TARGET",
+    "GasBook",
     "GasPool",
     "Lease",
     "PriceCache",
@@ -364,3 +370,100 @@ class PriceCache:
     def invalidate(self) -> None:
         with self._lock:
             self._price = None
+
+
+# -- what transactions cost -------------------------------------------------------------
+
+#: Sui's storage price (MIST per storage unit) and the storage units of one byte.
+STORAGE_PRICE: Final = 76
+STORAGE_UNITS_PER_BYTE: Final = 100
+#: A ``Coin<SUI>``'s contents (its UID and its balance) and what an object takes besides
+#: its contents (type, owner, previous transaction...), in bytes.
+_COIN_BYTES: Final = 40
+_OBJECT_OVERHEAD: Final = 100
+#: The storage a new SUI coin pays for (a claim's payment, a refund).
+COIN_STORAGE: Final = (_COIN_BYTES + _OBJECT_OVERHEAD) * STORAGE_UNITS_PER_BYTE * STORAGE_PRICE
+#: What the objects of a connection's end (its TransportControl, Escrow and cap) add to
+#: their storage as they are rewritten, after the rebate of what they paid before: their
+#: closing fields grow them a little.
+_REWRITE: Final = 200_000
+#: Computation units of one transaction: Sui's minimum, within which these calls stay.
+_UNITS: Final = 1_000
+#: Successful transactions of a kind whose gas the estimate is the median of.
+_SAMPLES: Final = 16
+
+#: The transactions of a connection's end, as SuiLedger names them.
+SETTLE_WITH_RECEIPT: Final = "transport_control::settle_with_receipt"
+SETTLE: Final = "transport_control::settle"
+SETTLE_BATCH: Final = "transport_control::settle_batch"
+CLOSE: Final = "transport_control::close"
+
+
+class GasBook:
+    """The gas a SuiLedger's transactions paid: per signer and kind
+    (:class:`~dtp.ledger.gas.GasSpent`, failed transactions included), and per
+    transaction of a connection's end, the last few that succeeded, which
+    :meth:`end_gas` takes the median of. Before any, an end is estimated from the gas
+    price: one transaction's minimum computation, the SUI coins it creates (the server's
+    payment, the client's refund) and a little for the objects it rewrites -- the
+    charging model of the node stand-in, which a real network's figures replace as soon
+    as this ledger has paid for one (docs/sui.md, "Gas"). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spent: dict[str, dict[str, int]] = {}
+        self._count: dict[str, int] = {}
+        self._samples: dict[str, deque[int]] = {}
+
+    def record(self, sender: str, what: str, gas: int) -> None:
+        """A transaction of ``sender`` named ``what`` executed (or failed, or was
+        cancelled: it paid all the same) and cost ``gas`` MIST."""
+        kind = end_kind(what)
+        with self._lock:
+            spent = self._spent.setdefault(sender, {})
+            spent[kind] = spent.get(kind, 0) + gas
+            self._count[sender] = self._count.get(sender, 0) + 1
+
+    def sample(self, what: str, gas: int) -> None:
+        """A successful transaction named ``what`` cost ``gas``: a sample of its kind."""
+        if gas <= 0:
+            return
+        with self._lock:
+            self._samples.setdefault(what, deque(maxlen=_SAMPLES)).append(gas)
+
+    def spent(self, address: str) -> GasSpent:
+        """What ``address`` (normalized) paid through this ledger, by kind."""
+        with self._lock:
+            by_kind = dict(self._spent.get(address, {}))
+            count = self._count.get(address, 0)
+        return GasSpent(sum(by_kind.values()), count, by_kind)
+
+    def estimate(self, what: str) -> int | None:
+        """The median gas of the last successful transactions named ``what``; None
+        before the first."""
+        with self._lock:
+            samples = sorted(self._samples.get(what, ()))
+        if not samples:
+            return None
+        return samples[len(samples) // 2]
+
+    def end_gas(self, price: int) -> EndGas:
+        """What a connection's end costs, at reference gas price ``price``: the samples
+        where there are some, else the model (see the class docs)."""
+        computation = price * _UNITS
+        model_claim = computation + 2 * COIN_STORAGE + _REWRITE
+        claim = self.estimate(SETTLE_WITH_RECEIPT)
+        refund = self.estimate(SETTLE)
+        close = self.estimate(CLOSE)
+        batch = self.estimate(SETTLE_BATCH)
+        settle_claim = model_claim if claim is None else claim
+        if batch is None:
+            # a batch pays one transaction's minimum computation once
+            batch = max(0, settle_claim - computation)
+        return EndGas(
+            settle_claim,
+            computation + COIN_STORAGE + _REWRITE if refund is None else refund,
+            batch,
+            computation + _REWRITE if close is None else close,
+            observed=None not in (claim, refund, close),
+        )

@@ -3,6 +3,7 @@ leases, executing a transaction (retried on stale inputs and congestion), reads 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -17,6 +18,7 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, WrongSigner
 from dtp.ledger.economics import ECONOMICS_MODULES, EconomicsObject
+from dtp.ledger.gas import EndGas, GasSpent
 from dtp.ledger.interface import TypedReads, check_event_read
 from dtp.ledger.objects import (
     ChainObject,
@@ -52,10 +54,19 @@ from dtp.ledger.sui.effects import (
     TxOutcome,
     cancelled_for_congestion,
     event_from_proto,
+    gas_used,
     parse_executed,
     short_type,
 )
-from dtp.ledger.sui.gas import GasPool, Lease, PriceCache, settle_from_effects, split_transaction
+from dtp.ledger.sui.gas import (
+    SETTLE_BATCH,
+    GasBook,
+    GasPool,
+    Lease,
+    PriceCache,
+    settle_from_effects,
+    split_transaction,
+)
 from dtp.ledger.sui.tx import OwnedRef, SharedRef, TxContext
 
 if TYPE_CHECKING:
@@ -146,6 +157,9 @@ class SuiLedgerCore(TypedReads):
         self._pools_lock = threading.Lock()
         self._price = PriceCache(lambda: self._node.epoch_info()[1])
         self._local = threading.local()
+        #: What this ledger's transactions paid in gas, and what an end costs
+        self._gas_book = GasBook()
+        self._end_gas: EndGas | None = None  # (the last estimate: the node may be away)
 
     @property
     def last_outcome(self) -> TxOutcome | None:
@@ -307,6 +321,26 @@ class SuiLedgerCore(TypedReads):
                 self._pools[address] = pool
             return pool
 
+    def gas_spent(self, address: str) -> GasSpent:
+        """The gas ``address`` paid through this ledger so far, by kind of transaction
+        (failed and cancelled ones included: Sui charges them)."""
+        return self._gas_book.spent(normalize_id(address, "address"))
+
+    def end_gas(self) -> EndGas:
+        """What each transaction of a connection's end costs: the median of the last
+        ones this ledger paid for, else the model at the network's gas price
+        (:class:`~dtp.ledger.sui.gas.GasBook`). The price is read from the node at most
+        once a minute; when it cannot be, the last estimate stands (a ChainError when
+        there is none)."""
+        try:
+            estimate = self._gas_book.end_gas(self._price.get())
+        except ChainError:
+            if self._end_gas is None:
+                raise
+            return self._end_gas
+        self._end_gas = estimate
+        return estimate
+
     def gas_balance(self, address: str) -> int:
         """MIST in ``address``'s SUI coins, which pay its gas (compare with
         ``config.gas_budget``, the most one transaction may cost, to see gas running low)."""
@@ -340,6 +374,8 @@ class SuiLedgerCore(TypedReads):
             if not cancelled_for_congestion(executed):
                 outcome = parse_executed(executed, self._packages, what)
                 self._local.outcome = outcome
+                if what != SETTLE_BATCH:  # (its sample is per connection: settle_batch)
+                    self._gas_book.sample(what, outcome.gas_cost)
                 return outcome
             logger.debug("%s was cancelled for congestion (attempt %d)", what, attempt + 1)
         raise SharedObjectCongestion(
@@ -430,6 +466,9 @@ class SuiLedgerCore(TypedReads):
         except BaseException:
             pool.forget(lease)
             raise
+        # paid whatever the outcome (a failed or cancelled transaction is charged too)
+        with contextlib.suppress(Exception):  # (effects a node garbled: settled below)
+            self._gas_book.record(sender, what, gas_used(executed.effects))
         settle_from_effects(pool, lease, executed, splits, split)
         return executed
 

@@ -41,6 +41,7 @@ __all__ = [
     "BUILDERS",
     "CLOCK",
     "CLOCK_ID",
+    "MAX_SETTLE_BATCH",
     "MOVE_CALLS",
     "TARGETS",
     "GasData",
@@ -86,6 +87,7 @@ __all__ = [
     "set_max_per_epoch",
     "set_noise_static_key",
     "settle",
+    "settle_batch",
     "settle_with_receipt",
     "top_up",
     "undeny",
@@ -573,8 +575,14 @@ _ENCODERS: Final[dict[str, Callable[[Any, str], bytes]]] = {
 def _build(ctx: TxContext, builder: str, *values: Any) -> bytes:
     """The transaction of ``builder``'s row of :data:`MOVE_CALLS`, given the values of its
     arguments (all but the Clock) in the order the Move call takes them."""
-    module, function, kinds = MOVE_CALLS[builder]
     tx = _Tx(ctx)
+    _add_call(tx, builder, *values)
+    return tx.finish()
+
+
+def _add_call(tx: _Tx, builder: str, *values: Any) -> None:
+    """``builder``'s Move call (its row of :data:`MOVE_CALLS`), added to ``tx``."""
+    module, function, kinds = MOVE_CALLS[builder]
     args: list[bcs.Argument] = []
     given = iter(values)
     for kind, what in kinds:
@@ -595,7 +603,6 @@ def _build(ctx: TxContext, builder: str, *values: Any) -> bytes:
         else:
             args.append(tx.pure(_ENCODERS[kind](value, what)))
     tx.call(module, function, args)
-    return tx.finish()
 
 
 # -- host ---------------------------------------------------------------------------------------
@@ -763,6 +770,36 @@ def settle_with_receipt(
     """``transport_control::settle_with_receipt(&mut tc, &mut escrow, &mut cap,
     total_bytes, total_requests, total_amount, nonce, signature, &clock)``."""
     return _build(ctx, "settle_with_receipt", connection, escrow, cap, receipt)
+
+
+#: The most connections one ``settle_batch`` transaction settles: well within Sui's
+#: limits on a programmable transaction's commands (1024), inputs (2048) and size
+#: (128 KiB; a settlement with its receipt adds about 300 bytes).
+MAX_SETTLE_BATCH: Final = 64
+
+
+def settle_batch(
+    ctx: TxContext, items: Sequence[tuple[SharedRef, SharedRef, SharedRef, Any]]
+) -> bytes:
+    """One programmable transaction of several settlements, in order: for each
+    ``(connection, escrow, cap, receipt)``, ``transport_control::settle_with_receipt``
+    (as :func:`settle_with_receipt` builds it), or ``transport_control::settle`` when
+    the receipt is None. Objects two of them share (a client's cap) are one input; the
+    Clock is one. All or nothing: one that aborts undoes the others. At most
+    :data:`MAX_SETTLE_BATCH` of them, and at least one."""
+    if not items:
+        raise InvalidArgument("A batch of settlements needs at least one.")
+    if len(items) > MAX_SETTLE_BATCH:
+        raise InvalidArgument(
+            f"A batch settles at most {MAX_SETTLE_BATCH} connections, not {len(items)}."
+        )
+    tx = _Tx(ctx)
+    for connection, escrow, cap, receipt in items:
+        if receipt is None:
+            _add_call(tx, "settle", connection, escrow, cap)
+        else:
+            _add_call(tx, "settle_with_receipt", connection, escrow, cap, receipt)
+    return tx.finish()
 
 
 # -- pipes ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
 from dtp.transport.session import (
     CARRIER_DRAIN,
@@ -363,6 +364,29 @@ def abort(proto: Protocol, code: int, reason: str) -> None:
     proto.conn.close(code, reason)
     proto.flush()
     proto.close_carrier(drain=False)
+
+
+def end_unpaid(proto: Protocol, reason: str) -> DTPError:
+    """The connection's hook refused a write (``ConnectionHook.refuse_write``: the
+    deposit cannot pay it): the connection ends at once, as a paid server would end it
+    after its pause -- the hook's last frames (the final receipt), then CLOSE with
+    CLOSE_PAYMENT_REQUIRED and ``reason`` -- and the error its calls raise from now on
+    is returned, for the caller to raise (the blocking driver's ``Engine.end_unpaid``).
+    The carrier closes as a graceful close's does; the hook's ``after_close`` runs at
+    the writer's close."""
+    session = proto.session
+    if session.terminated is None:
+        if proto.hook is not None:
+            proto.hook.before_close()
+        proto.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
+        proto.flush()
+        session.process_events()
+        # (a CLOSE of ours is a plain ConnectionClosed to our calls: this one is the
+        # client's own payment error, for every later call too)
+        session.error = PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
+        proto._notify()
+        proto.close_carrier()
+    return session.error or PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
 
 
 #: The hooks' after_close runs of abandoned connections, while they run (see

@@ -12,7 +12,7 @@ from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamReset
 from dtp.protocol.connection import CloseCode
-from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort
+from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort, end_unpaid
 from dtp.transport.blocking.checks import readable
 from dtp.transport.hooks import NOT_PAID, ConnectionHook
 from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
@@ -454,17 +454,37 @@ class DTPStreamWriter:
         transport = self._proto.transport
         return transport.get_extra_info(name, default) if transport else default
 
+    def _check_payable(self, nbytes: int, requests: int = 0) -> None:
+        """On a connection whose hook pays for it (a paid client's): raise
+        PaymentRequired, the connection ended, when what it pays cannot cover
+        ``nbytes`` more bytes and ``requests`` more streams, those queued included
+        (``ConnectionHook.refuse_write``; the blocking socket's ``_check_payable``)."""
+        proto = self._proto
+        hook = proto.hook
+        if hook is None:
+            return
+        conn = self._conn
+        queued = conn.send_buffered() + nbytes
+        if not requests and conn.usage[0] + queued <= hook.payable_bytes:
+            return
+        reason = hook.refuse_write(queued, requests)
+        if reason is not None:
+            raise end_unpaid(proto, reason)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes (call :meth:`drain` to wait for room). Anything bytes-like is
         taken (an ``array('i')``: its bytes, as a socket sends them); what is not raises
         TypeError -- a strided view BufferError, as a socket's send() -- in any state,
-        before anything is queued (asyncio's transport failed the connection then)."""
+        before anything is queued (asyncio's transport failed the connection then). On a
+        paid connection, a write its deposit cannot pay ends it: PaymentRequired."""
         view = readable(data)
         if self._closing or self._eof_sent:
             raise LocalProtocolError("write on a closed or half-closed DTP stream")
         self._session.check_writable(self._stream_id)
         if view:
             proto = self._proto
+            if proto.hook is not None:
+                self._check_payable(len(view))
             transport = proto.transport
             if transport is not None and not transport.is_closing():
                 # the lane: sealed straight from the caller's bytes into records that
@@ -740,6 +760,8 @@ class DTPStreamWriter:
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
+        if self._proto.hook is not None:
+            self._check_payable(memoryview(data).nbytes)  # (a paid client's deposit)
         transport = self._proto.transport
         backlog = 0 if transport is None else transport.get_write_buffer_size()
         if self._conn.send_datagram(data, backlog):
@@ -752,6 +774,10 @@ class DTPStreamWriter:
         session = self._session
         if session.terminated is not None:
             raise session.error or ConnectionClosed("the connection is closed")
+        if self._proto.hook is not None:
+            # (a paid client's deposit: all of them, as they go out together)
+            datagrams = list(datagrams)
+            self._check_payable(sum(memoryview(d).nbytes for d in datagrams))
         transport = self._proto.transport
         backlog = 0 if transport is None else transport.get_write_buffer_size()
         sent = self._conn.send_datagrams(datagrams, backlog)
@@ -816,6 +842,8 @@ class DTPStreamWriter:
             finally:
                 proto.stream_slot_waiters -= 1
             session.check_writable(self._stream_id)
+        if self._proto.hook is not None:
+            self._check_payable(0, requests=1)  # (a stream is a request: paid for)
         stream_id = conn.open_stream()
         self._proto.flush()
         # (a stream of a connection by host ID has a HostStreamWriter too: top_up works)

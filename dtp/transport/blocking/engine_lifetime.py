@@ -9,7 +9,7 @@ import socket as _socket
 import time
 from collections.abc import Callable
 
-from dtp.errors import DTPError
+from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking.engine_state import EngineState
 from dtp.transport.blocking.timers import TIMERS
@@ -171,6 +171,28 @@ class EngineLifetime(EngineState):
             ):
                 self._drain_closing()
             self._release()
+
+    def end_unpaid(self, reason: str) -> DTPError:
+        """The connection's hook refused a write (``ConnectionHook.refuse_write``: the
+        deposit cannot pay it), lock held: the connection ends at once, as a paid server
+        would end it after its pause -- the hook's last frames (the final receipt), then
+        CLOSE with CLOSE_PAYMENT_REQUIRED and ``reason`` -- and the error its calls raise
+        from now on is returned, for the caller to raise. The carrier is drained as an
+        abort's is (the CLOSE behind what the peer has yet to read still reaches it);
+        the hook's :meth:`after_close` runs at the socket's close, as ever."""
+        if not self.closed and self.session.terminated is None:
+            if self.hook is not None:
+                self.hook.before_close()
+            self.conn.close(CLOSE_PAYMENT_REQUIRED, reason)
+            self.flush()
+            self.session.process_events()
+            # (a CLOSE of ours is a plain ConnectionClosed to our calls: this one is the
+            # client's own payment error, for every later call too)
+            self.session.error = PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
+            if self.conn.handshake_hash is not None:
+                self._drain_closing()
+            self._release()
+        return self.session.error or PaymentRequired(reason, CLOSE_PAYMENT_REQUIRED)
 
     def take_release_hook(self) -> Callable[[], None] | None:
         """The :attr:`on_release` hook, taken (None when there is none, or it was taken)."""

@@ -344,6 +344,8 @@ class DTPSocket(StreamReads, StreamWrites, Datagrams, LayerAccess):
                 # to wait; the peer's MAX_STREAMS comes as it reads what we sent)
                 self._wait(lambda: session.terminated is not None or conn.can_open_stream())
                 session.check_writable(self._stream_id)
+            if engine.hook is not None:
+                self._check_payable(0, requests=1)  # (a stream is a request: paid for)
             stream_id = conn.open_stream()
             engine.flush()
         # (a stream of a connection by host ID is a HostSocket too: top_up works on it)

@@ -28,6 +28,8 @@ class Datagrams(StreamState):
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
+            if engine.hook is not None:
+                self._check_payable(memoryview(data).nbytes)  # (a paid client's deposit)
             if engine.conn.send_datagram(data, engine.backlog() if engine.out else 0):
                 engine.flush()
 
@@ -41,6 +43,10 @@ class Datagrams(StreamState):
         with engine.lock:
             if engine.session.terminated is not None:
                 raise engine.session.error or ConnectionClosed("the connection is closed")
+            if engine.hook is not None:
+                # (a paid client's deposit: all of them, as they go out together)
+                datagrams = list(datagrams)
+                self._check_payable(sum(memoryview(d).nbytes for d in datagrams))
             sent = engine.conn.send_datagrams(datagrams, engine.backlog() if engine.out else 0)
             if sent:
                 engine.flush()

@@ -87,6 +87,24 @@ class StreamState:
         if self._wr_shut:
             raise SendAfterShutdown("cannot send after shutdown(SHUT_WR)")
 
+    def _check_payable(self, nbytes: int, requests: int = 0) -> None:
+        """Lock held: on a connection whose hook pays for it (a paid client's), raise
+        PaymentRequired, the connection ended, when what it pays cannot cover ``nbytes``
+        more bytes and ``requests`` more streams, those queued included
+        (``ConnectionHook.refuse_write``). One comparison while the usage stays below
+        the hook's ``payable_bytes``."""
+        engine = self._engine
+        hook = engine.hook
+        if hook is None:
+            return
+        conn = engine.conn
+        queued = conn.send_buffered() + nbytes
+        if not requests and conn.usage[0] + queued <= hook.payable_bytes:
+            return
+        reason = hook.refuse_write(queued, requests)
+        if reason is not None:
+            raise engine.end_unpaid(reason)
+
     def _stream_ready_for_send(self) -> bool:
         """Whether the stream exists for sending: once the connection knows it (a
         server's first stream comes with the client's first bytes), or knew it and is

@@ -42,6 +42,8 @@ class StreamWrites(StreamState):
             return 0
         engine = self._engine
         with engine.lock:
+            if engine.hook is not None:
+                self._check_payable(len(view))  # (a paid client's deposit: PaymentRequired)
             conn = engine.conn
             sid = self._stream_id
             if engine.out and timeout != 0 and not engine.carrier_closed:
@@ -126,6 +128,8 @@ class StreamWrites(StreamState):
             watch = False
             lock.acquire()
             try:
+                if engine.hook is not None:
+                    self._check_payable(len(data))  # (a paid client's deposit)
                 if (
                     conn.lent_stream_id == self._stream_id
                     and not engine.out

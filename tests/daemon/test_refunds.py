@@ -1,0 +1,278 @@
+"""The forwarders' own settlements (dtp/daemon/refunds.py): the book of the connections
+they opened, and the looks that half-close those no link uses, settle those whose
+half-close timeout has passed, and forget those the provider settled.
+
+Before: a connection whose provider never settled it (the provider down, killed, or
+never reached) was half-closed by the forwarder and left so: nothing refunded its
+deposit after the ten-minute timeout -- neither the running forwarder nor the
+restarted provider -- though docs/daemon.md said it was; it took a ``dtp refund`` by
+hand.
+
+A LocalLedger file whose clock the test drives (frozen, moved by ``advance_clock``):
+the ten minutes pass in no time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtp.chain.local import LocalLedger
+from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.daemon.refunds import (
+    LOOK_SOON,
+    OpenedBook,
+    RefundAction,
+    Refunds,
+    next_look,
+    refund_step,
+)
+from dtp.daemon.state import CONNECTIONS_FILE
+from tests.support.paid_inprocess import ident
+
+SERVER, CLIENT = ident(0x54), ident(0x55)
+SLA = Sla(10, 5, 1000)
+DEPOSIT = 50_000
+FUNDS = 10_000_000
+START_MS = 1_700_000_000_000
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LocalLedger]:
+    ledger = LocalLedger(tmp_path / "ledger.sqlite")
+    ledger.set_clock(START_MS, allow_backwards=True)  # frozen: the test moves it
+    ledger.faucet(CLIENT.sui_address, FUNDS)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def host(ledger: LocalLedger) -> str:
+    host_id = ledger.create_host(SERVER, SERVER.noise_public, ["tcp://127.0.0.1:9"])
+    ledger.add_service(SERVER, host_id, 80, "raw", SLA)
+    return host_id
+
+
+def open_one(ledger: LocalLedger, host: str) -> tuple[str, str]:
+    """A connection of CLIENT's on the ledger, as a forward's open makes it: (its
+    spending cap, its ID)."""
+    cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
+    opened = ledger.open_connection(CLIENT, host, 80, cap, DEPOSIT)
+    return cap, opened.connection_id
+
+
+def look(refunds: Refunds) -> float:
+    return asyncio.run(refunds.look())
+
+
+# -- the decisions, sans I/O ---------------------------------------------------------------
+
+
+def test_each_state_gets_its_step(ledger: LocalLedger, host: str) -> None:
+    _, cid = open_one(ledger, host)
+    now = ledger.clock_ms()
+    assert refund_step(ledger.get_connection(cid), now).action is RefundAction.HALF_CLOSE
+    ledger.close_connection(CLIENT, cid)
+    tc = ledger.get_connection(cid)
+    waiting = refund_step(tc, now)
+    assert waiting.action is RefundAction.WAIT
+    assert waiting.at_ms == now + HALF_CLOSE_TIMEOUT_MS
+    assert refund_step(tc, now + HALF_CLOSE_TIMEOUT_MS - 1).action is RefundAction.WAIT
+    assert refund_step(tc, now + HALF_CLOSE_TIMEOUT_MS).action is RefundAction.SETTLE
+    ledger.settle(SERVER, cid)  # the provider's settlement
+    assert refund_step(ledger.get_connection(cid), now).action is RefundAction.FORGET
+    assert refund_step(None, now).action is RefundAction.FORGET  # never landed
+
+
+def test_the_next_look_comes_at_the_first_deadline_or_the_interval() -> None:
+    assert next_look([], 1000, 30.0) == 30.0
+    assert next_look([1000 + 4_000, 1000 + 90_000], 1000, 30.0) == 4.0
+    assert next_look([500], 1000, 30.0) == LOOK_SOON  # passed: soon, not in a tight loop
+
+
+def test_the_book_survives_its_file_being_closed_and_opened_again(tmp_path: Path) -> None:
+    path = tmp_path / CONNECTIONS_FILE
+    book = OpenedBook(path)
+    assert book.entries() == [] and not path.exists()  # made by the first record
+    book.record("f", "0x" + "01" * 32, None)
+    book.record("f", "0x" + "02" * 32, "0x" + "a2" * 32)
+    book.record("f", "0x" + "01" * 32, "0x" + "a1" * 32)  # the ID once the open landed
+    book.record("f", "0x" + "01" * 32, None)  # (a late repeat keeps it)
+    book.close()
+    again = OpenedBook(path)
+    try:
+        assert [(e.cap_id[-2:], e.connection_id) for e in again.entries()] == [
+            ("01", "0x" + "a1" * 32),
+            ("02", "0x" + "a2" * 32),
+        ]
+        again.forget("0x" + "01" * 32)
+        assert [e.connection_id for e in again.entries()] == ["0x" + "a2" * 32]
+    finally:
+        again.close()
+
+
+# -- the looks, on the ledger ---------------------------------------------------------------
+
+
+def test_a_connection_nobody_settled_is_refunded_once_its_timeout_passed(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    """The provider never served it (down): its link ended, the forwarder's look
+    half-closes it, waits out the ten minutes (the next look is due at their end, not
+    before), then settles it: the whole deposit back, and it leaves the book."""
+    refunds = Refunds(ledger, CLIENT, tmp_path, interval=30.0)
+    try:
+        attempt = refunds.attempt("svc")
+        cap, cid = open_one(ledger, host)
+        attempt(cap, cid)
+        assert look(refunds) == 30.0  # in use: left alone
+        assert ledger.get_connection(cid).state == ConnectionState.OPEN
+        attempt.release()
+        assert look(refunds) == 30.0  # half-closed now; the timeout is ten minutes away
+        assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS - 2_000)
+        assert look(refunds) == 2.0  # the deadline comes before the interval
+        assert not ledger.get_connection(cid).settled
+        assert ledger.balance(CLIENT.sui_address) == FUNDS - DEPOSIT
+        ledger.advance_clock(2_000)
+        look(refunds)
+        tc = ledger.get_connection(cid)
+        assert tc.settled and ledger.get_escrow(tc.escrow).refunded == DEPOSIT
+        assert ledger.balance(CLIENT.sui_address) == FUNDS
+        assert (refunds.settled, refunds.refunded) == (1, DEPOSIT)
+        assert refunds.book.entries() == []
+    finally:
+        refunds.close()
+
+
+def test_one_the_provider_settled_is_forgotten_without_a_transaction(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    refunds = Refunds(ledger, CLIENT, tmp_path)
+    try:
+        attempt = refunds.attempt("svc")
+        cap, cid = open_one(ledger, host)
+        attempt(cap, cid)
+        ledger.settle(SERVER, cid)  # the provider closes and settles as the link ends
+        attempt.release()
+        version = ledger.get_connection(cid).version
+        look(refunds)
+        assert refunds.book.entries() == []
+        assert ledger.get_connection(cid).version == version  # nothing sent
+        assert refunds.settled == 0
+    finally:
+        refunds.close()
+
+
+def test_an_open_recorded_before_it_landed_is_found_by_its_cap(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    """The daemon stopped while an open was landing (on Sui the ID comes only with the
+    open's effects): the book holds its spending cap alone. The next run finds the
+    connection among the client's by that cap, and refunds it; a cap whose open never
+    landed is forgotten."""
+    book = OpenedBook(tmp_path / CONNECTIONS_FILE)
+    cap, cid = open_one(ledger, host)
+    book.record("svc", cap, None)
+    lost_cap = ledger.create_spending_cap(CLIENT, DEPOSIT)  # its open never went
+    book.record("svc", lost_cap, None)
+    book.close()
+    refunds = Refunds(ledger, CLIENT, tmp_path)  # the next start
+    try:
+        look(refunds)
+        assert [(e.cap_id, e.connection_id) for e in refunds.book.entries()] == [(cap, cid)]
+        assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        look(refunds)
+        assert ledger.get_connection(cid).settled
+        assert refunds.book.entries() == []
+        assert ledger.balance(CLIENT.sui_address) == FUNDS
+    finally:
+        refunds.close()
+
+
+def test_a_restart_settles_what_the_previous_run_left(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    """A run opens two connections and stops (one half-closed by its link's end, one
+    still Open: the run was killed with it in use); the state directory is all that is
+    left. Ten minutes after their half-closes the next run settles both at its first
+    looks, with no command."""
+    first = Refunds(ledger, CLIENT, tmp_path)
+    ended, killed = first.attempt("svc"), first.attempt("svc")
+    cap1, cid1 = open_one(ledger, host)
+    ended(cap1, cid1)
+    cap2, cid2 = open_one(ledger, host)
+    killed(cap2, cid2)
+    ledger.close_connection(CLIENT, cid1)  # its watcher's half-close
+    ended.release()
+    first.close()  # (killed: nothing more of it)
+
+    second = Refunds(ledger, CLIENT, tmp_path)
+    try:
+        look(second)  # the start's look: the Open one is half-closed now
+        assert ledger.get_connection(cid2).state == ConnectionState.HALF_CLOSED
+        ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+        assert not ledger.get_connection(cid2).settled
+        look(second)
+        assert ledger.get_connection(cid1).settled
+        assert ledger.get_connection(cid2).settled
+        assert (second.settled, second.refunded) == (2, 2 * DEPOSIT)
+        assert ledger.balance(CLIENT.sui_address) == FUNDS
+        assert second.book.entries() == []
+    finally:
+        second.close()
+
+
+def test_an_open_given_up_that_lands_later_is_not_left_in_use(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    """The forward gave up an open (its open_timeout) and released it; the open landed
+    afterwards, in the background, and recorded its ID: the book's looks take it, as
+    no link ever will."""
+    refunds = Refunds(ledger, CLIENT, tmp_path)
+    try:
+        attempt = refunds.attempt("svc")
+        cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
+        attempt(cap, None)
+        attempt.release()  # given up
+        cid = ledger.open_connection(CLIENT, host, 80, cap, DEPOSIT).connection_id
+        attempt(cap, cid)  # landed late
+        look(refunds)
+        assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
+    finally:
+        refunds.close()
+
+
+def test_the_task_looks_again_when_a_link_ends(
+    tmp_path: Path, ledger: LocalLedger, host: str
+) -> None:
+    """Between its looks (an interval of an hour here) the task is woken by a link's
+    end, and half-closes that connection at once."""
+    refunds = Refunds(ledger, CLIENT, tmp_path, interval=3600.0)
+    attempt = refunds.attempt("svc")
+    cap, cid = open_one(ledger, host)
+    attempt(cap, cid)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(refunds.run())
+        try:
+            await asyncio.sleep(0.2)
+            assert ledger.get_connection(cid).state == ConnectionState.OPEN
+            await asyncio.to_thread(attempt.release)  # from a thread, as a watcher's may
+            for _ in range(100):
+                if ledger.get_connection(cid).state != ConnectionState.OPEN:
+                    break
+                await asyncio.sleep(0.05)
+            assert ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED
+        finally:
+            task.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        refunds.close()

@@ -1,0 +1,187 @@
+"""A client's deposits taken back once their half-close timeout has passed, with no
+command typed (dtp.payments.refunds.RefundCollector): on a LocalLedger file (clock moved
+by hand) and on the Sui node stand-in (gas charged: a refund below its gas is left)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import dtp.payments.refunds as refunds
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.ledger.receipt import Receipt, fee
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.payments.refunds import RefundCollector
+from tests.support.polling import wait_for
+from tests.support.sui_node import SuiNodeStandIn
+
+SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000)
+DEPOSIT = 10_000_000
+PORT = 80
+
+
+@dataclass
+class Place:
+    ledger: Ledger
+    node: SuiNodeStandIn | None
+    server: HostIdentity
+    client: HostIdentity
+    host: str
+    server_ledger: Ledger
+
+    def open(self, deposit: int = DEPOSIT) -> str:
+        cap = self.ledger.create_spending_cap(self.client, deposit)
+        return self.ledger.open_connection(self.client, self.host, PORT, cap, deposit).connection_id
+
+    def advance(self, ms: int) -> None:
+        if self.node is not None:
+            self.node.advance_clock(ms)
+        else:
+            assert isinstance(self.ledger, LocalLedger)
+            self.ledger.advance_clock(ms)
+
+
+@pytest.fixture(params=["local", "sui"])
+def place(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Place]:
+    monkeypatch.setattr(refunds, "POLL", 0.05)
+    monkeypatch.setattr(refunds, "RETRY", 0.05)
+    server, client = HostIdentity.generate(), HostIdentity.generate()
+    if request.param == "local":
+        ledger: Ledger = LocalLedger(tmp_path / "ledger.db")
+        assert isinstance(ledger, LocalLedger)
+        for who in (server, client):
+            ledger.faucet(who.sui_address, 10**10)
+        host = ledger.create_host(server, server.noise_public)
+        ledger.add_service(server, host, PORT, "raw", SLA)
+        yield Place(ledger, None, server, client, host, ledger)
+        ledger.close()
+        return
+    with SuiNodeStandIn(clock_ms=1_000_000) as node:
+        for who in (server, client):
+            node.faucet(who.sui_address, 10**10)
+        server_ledger = SuiLedger(SuiConfig(node.url, node.package_id))
+        host = server_ledger.create_host(server, server.noise_public)
+        server_ledger.add_service(server, host, PORT, "raw", SLA)
+        ledger = SuiLedger(SuiConfig(node.url, node.package_id))
+        yield Place(ledger, node, server, client, host, server_ledger)
+        ledger.close()
+        server_ledger.close()
+        node.state.check()
+
+
+def test_a_half_closed_connection_is_settled_once_its_timeout_has_passed(place: Place) -> None:
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    got: list[tuple[str, int]] = []
+    with RefundCollector(
+        place.ledger, place.client, on_refund=lambda c, m: got.append((c, m))
+    ) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.pending().get(cid) is not None, 5)  # (read: when)
+        at = rc.pending()[cid]
+        assert at == place.ledger.get_connection(cid).half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS
+        assert not wait_for(lambda: got, 0.3)  # not due: nothing sent
+        place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+        assert wait_for(lambda: got, 5)
+    assert got == [(cid, DEPOSIT)]
+    assert place.ledger.get_connection(cid).settled and len(rc) == 0
+
+
+def test_an_open_connection_is_half_closed_first(place: Place) -> None:
+    cid = place.open()
+    with RefundCollector(place.ledger, place.client) as rc:
+        rc.add(cid)
+        assert wait_for(
+            lambda: place.ledger.get_connection(cid).state == ConnectionState.HALF_CLOSED, 5
+        )
+        place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+        assert wait_for(lambda: place.ledger.get_connection(cid).settled, 5)
+    assert rc.refunded == [(cid, DEPOSIT)]
+
+
+def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place: Place) -> None:
+    cid = place.open()
+    receipt = Receipt(cid, 4096, 0, fee(SLA, 4096, 0), 1).sign(place.client)
+    place.ledger.close_connection(place.client, cid)
+    place.server_ledger.settle_with_receipt(place.server, cid, receipt)
+    with RefundCollector(place.ledger, place.client) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.refunded, 5)
+    assert rc.refunded == [(cid, DEPOSIT - receipt.total_amount)]
+
+
+def test_the_connections_waiting_survive_a_restart_in_their_file(
+    place: Place, tmp_path: Path
+) -> None:
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    path = tmp_path / "refunds.json"
+    with RefundCollector(place.ledger, place.client, path) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.pending().get(cid) is not None, 5)
+    assert cid in json.loads(path.read_text())  # (closed: kept, not logged)
+    place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+    with RefundCollector(place.ledger, place.client, path) as again:
+        assert cid in again
+        again.start()
+        assert wait_for(lambda: again.refunded, 5)
+    assert json.loads(path.read_text()) == {}
+
+
+@pytest.mark.parametrize("place", ["sui"], indirect=True)
+def test_a_deposit_smaller_than_the_gas_of_taking_it_back_is_left(
+    place: Place, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 000 MIST left against 2.26 M of gas for the settlement: not worth a
+    transaction (logged with the command that takes it back anyway)."""
+    cid = place.open(200_000)
+    place.ledger.close_connection(place.client, cid)
+    spent = place.ledger.gas_spent(place.client.sui_address).total
+    place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+    with (
+        caplog.at_level(logging.INFO, logger="dtp.payments.refunds"),
+        RefundCollector(place.ledger, place.client) as rc,
+    ):
+        rc.add(cid)
+        assert wait_for(lambda: len(rc) == 0, 5)
+    assert not rc.refunded and not place.ledger.get_connection(cid).settled
+    assert place.ledger.gas_spent(place.client.sui_address).total == spent
+    assert any(f"dtp refund {cid}" in r.getMessage() for r in caplog.records)
+
+
+def test_what_still_waits_at_close_is_logged_with_its_command(
+    place: Place, caplog: pytest.LogCaptureFixture
+) -> None:
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    with caplog.at_level(logging.WARNING, logger="dtp.payments.refunds"):
+        rc = RefundCollector(place.ledger, place.client)
+        rc.add(cid)
+        rc.close()
+    assert any(f"`dtp refund {cid} --wait`" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="closed"):
+        rc.add(cid)
+
+
+def test_the_process_collector_of_a_ledger_and_identity(place: Place) -> None:
+    """One per ledger object and identity while it has work; its thread ends once
+    nothing waits, and it is forgotten (no ledger held for the process)."""
+    first = refunds.refunds_for(place.ledger, place.client)
+    assert refunds.refunds_for(place.ledger, place.client) is first
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    first.add(cid)
+    place.advance(HALF_CLOSE_TIMEOUT_MS + 2_000)
+    assert wait_for(lambda: first.refunded, 5)
+    assert wait_for(lambda: first not in refunds._running, 5)
+    assert refunds.refunds_for(place.ledger, place.client) is not first
