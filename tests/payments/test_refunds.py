@@ -20,8 +20,8 @@ from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.receipt import Receipt, fee
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.payments.refunds import RefundCollector
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.polling import wait_for
-from tests.support.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000)
 DEPOSIT = 10_000_000
