@@ -94,22 +94,11 @@ def test_the_eager_service_is_caught_and_replays_from_its_seed(
 ) -> None:
     failures = {}
     for seed in ("1", "2", "3"):
-        code, output = _pytest(
-            project,
-            "-q",
-            "--hypothesis-show-statistics",
-            "test_eager_service.py",
-            "--dtp-seed",
-            seed,
-        )
+        code, output = _pytest(project, "-q", "test_eager_service.py", "--dtp-seed", seed)
         assert code == 1, output[-3000:]
-        assert "MIST for" in output and "answers" in output  # the billing assertion failed
-        # found while generating, within the default budget of 100 examples
-        generated = re.search(
-            r"during generate phase.*?- (\d+) passing, (\d+) failing", output, re.S
-        )
-        assert generated is not None, output[-3000:]
-        assert int(generated.group(1)) + int(generated.group(2)) <= 100
+        # the billing assertion failed (not an error of the run), hypothesis' default
+        # settings (no profile here: 100 examples) having found it
+        assert re.search(r"AssertionError: \d+ MIST for \d+ answers", output), output[-3000:]
         failures[seed] = _falsified(output)
     code, again = _pytest(project, "-q", "test_eager_service.py", "--dtp-seed", "1")
     assert code == 1

@@ -11,7 +11,8 @@ one connection sends one way and says when each arrives (or that it never does):
   each taking its size over the bandwidth -- shared by every connection on the link;
 - ``loss``, ``duplicate``, ``reorder`` (probabilities per chunk). On a **stream** link
   (``datagrams=False``, TCP's service) nothing is lost, duplicated or reordered: a lost
-  segment is sent again after a retransmission timeout (doubling each time), and what
+  segment is sent again after a retransmission timeout (doubling each time, up to two
+  minutes), and what
   follows waits behind it, as TCP makes loss a delay. On a **datagram** link the chunks
   are DTP records (whole: the link cuts the byte stream at record boundaries) and may be
   dropped, delivered twice, or held back so that later ones overtake them -- what a DTP
@@ -35,8 +36,9 @@ __all__ = ["RECORD_HEADER_LEN", "SEGMENT", "Direction", "Link", "Medium", "recor
 SEGMENT: Final = 16384
 #: A DTP record's header (docs/protocol.md §2): kind, flags, body length (u16le), counter.
 RECORD_HEADER_LEN: Final = 12
-#: TCP's least retransmission timeout (Linux's 200 ms).
+#: TCP's least and greatest retransmission timeouts (Linux's 200 ms and 120 s).
 MIN_RTO: Final = 0.2
+MAX_RTO: Final = 120.0
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,8 @@ class Direction:
         if not link.datagrams:
             rto = link.rto
             while link.loss and self.rng.random() < link.loss:
-                arrives += rto  # sent again after the timeout, which doubles
-                rto *= 2
+                arrives += rto  # sent again after the timeout, which doubles (to a limit)
+                rto = min(2 * rto, MAX_RTO)
                 self.lost += 1
             arrives = max(arrives, self.last_arrival)  # in order: it waits behind the rest
             self.last_arrival = arrives
