@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.workload import Workload
-from dtp.escrow import Receipt
+from dtp.escrow import Receipt, ReceiptScope
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
@@ -79,7 +79,8 @@ def sponsored_cycle() -> Workload:
     w.ledger.fund_sponsor_pool(w.server, pool, 10**14)
 
     def life(world: _World, connection_id: str, escrow_id: str) -> None:
-        receipt = Receipt(connection_id, 10_240, 4, 120, 1).sign(world.client)
+        scope = ReceiptScope(world.ledger.package_id, escrow_id, connection_id)
+        receipt = Receipt(scope, 10_240, 4, 120, 1).sign(world.client)
         world.ledger.claim(world.server, escrow_id, receipt)
         world.close_both(connection_id)
         world.ledger.settle(world.server, connection_id)

@@ -12,7 +12,7 @@ import tempfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.workload import Workload
-from dtp.escrow import Receipt, check_receipt
+from dtp.escrow import Receipt, ReceiptScope, check_receipt
 from dtp.identity import ed25519
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
@@ -28,9 +28,9 @@ def receipt_verify() -> Workload:
     """Receipts a server checks per second: decode the in-band bytes, check nonce and fee,
     verify the Ed25519 signature; peer: `cryptography` Ed25519 verify of 100-byte messages."""
     client = HostIdentity.generate()
-    conn = "0x" + os.urandom(32).hex()
+    scope = ReceiptScope(*("0x" + os.urandom(32).hex() for _ in range(3)))
     encoded = [
-        Receipt(conn, 1024 * i, i, 10 * i + 5 * i, i).sign(client).encode()
+        Receipt(scope, 1024 * i, i, 10 * i + 5 * i, i).sign(client).encode()
         for i in range(1, _BATCH + 1)
     ]
     key = client.ed25519_public
@@ -42,7 +42,7 @@ def receipt_verify() -> Workload:
         for raw in encoded:
             check_receipt(
                 Receipt.decode(raw),
-                connection_id=conn,
+                scope=scope,
                 sla=_SLA,
                 public_key=key,
                 deposited=10**12,

@@ -14,8 +14,9 @@ the ``dtp`` command); users import from the modules, as README.md shows:
   (a Sui node): the ledger, either opened from a ledger spec by
   ``dtp.ledger.open_ledger`` (``"local"``, ``"testnet"``...); ``dtp.ledger.objects`` has
   its objects (``Sla``, ...);
-- ``dtp.payments.receipts`` (``Meter``, ``Receipt``): per-byte and per-request fees;
-  ``dtp.payments`` has the rest of the money layer (metering, settlement, receipt store);
+- ``dtp.payments.receipts`` (``Meter``, ``Receipt``, ``ReceiptScope``): per-byte and
+  per-request fees; ``dtp.payments`` has the rest of the money layer (metering,
+  settlement, receipt store);
 - ``dtp.errors``: every exception the package raises;
 - ``dtp.discovery.lan`` (``announce``, ``browse``): finding DTP endpoints on the LAN
   over mDNS, with no ledger;

@@ -272,6 +272,24 @@ class KeyFileError(DTPError):
     """A key file could not be read, decrypted, or has unsafe permissions."""
 
 
+class MissingExtra(DTPError, ImportError):
+    """A feature whose Python packages come with an extra of the ``dtp`` distribution
+    that is not installed (:mod:`dtp.extras`: ``sui``, ``lan``, ``gun``). The message
+    names the feature, the missing module and the command that installs the extra,
+    ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the import it replaces
+    (``name`` is the missing module): code that tried an import and caught that goes on
+    catching it."""
+
+    def __init__(self, extra: str, feature: str, module: str) -> None:
+        self.extra = extra
+        self.feature = feature
+        super().__init__(
+            f"{feature} needs the {extra!r} extra of dtp, which is not installed "
+            f"(no module named {module!r}): pip install 'dtp[{extra}]'",
+            name=module,
+        )
+
+
 class DaemonConfigError(DTPError, ValueError):
     """A services daemon config file is invalid; the message names file:line: key."""
 
@@ -522,6 +540,36 @@ class MalformedReceipt(InvalidReceipt):
 
     name = "MalformedReceipt"
     module = "escrow"
+
+
+class UnsupportedReceiptVersion(MalformedReceipt):
+    """A receipt in-band is of a format version this DTP does not speak (its first
+    byte): a peer of another release, e.g. one signing version-1 receipts, which bind
+    the connection alone (docs/escrow.md §6). :attr:`version` is the one received."""
+
+    name = "UnsupportedReceiptVersion"
+    module = "escrow"
+
+    #: The version byte received, and the one spoken here.
+    version: int = 0
+    expected: int = 0
+
+    @classmethod
+    def of(cls, version: int, expected: int) -> UnsupportedReceiptVersion:
+        """The error for a receipt of format ``version`` where ``expected`` is spoken."""
+        older = (
+            " (version 1 signs the connection alone, not its escrow, package or chain)"
+            if version == 1
+            else ""
+        )
+        exc = cls(
+            f"Receipt format version {version} is not supported{older}; this DTP speaks "
+            f"version {expected} (docs/escrow.md §6): the peer must run a release that "
+            f"does."
+        )
+        exc.version = version
+        exc.expected = expected
+        return exc
 
 
 class SpendingCapExceeded(ChainError):

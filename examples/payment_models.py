@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from dtp.escrow import Receipt
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
-from dtp.escrow import Receipt
-from dtp.identity.keys import HostIdentity
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1_000)
 
@@ -95,7 +95,7 @@ def subscription(place: Place | None = None) -> dict[str, int]:
     offer = ledger.create_subscription_offer(provider, host, 7, price_per_epoch=100)
     sub = ledger.subscribe(client, offer, epochs=3)  # 300 MIST, epochs 0..2
     conn = ledger.open_subscribed_connection(client, sub, cap)  # no deposit needed
-    free = Receipt(conn.connection_id, 10 << 20, 500, 0, 1).sign(client)
+    free = Receipt(ledger.receipt_scope(conn.connection_id), 10 << 20, 500, 0, 1).sign(client)
     assert ledger.claim(provider, conn.escrow_id, free) == 0  # 10 MiB for nothing
     place.advance_epoch()
     earned = ledger.claim_subscription(provider, sub)  # epochs 0 and 1 have begun
@@ -114,7 +114,9 @@ def sponsored(place: Place | None = None) -> dict[str, int]:
     ledger.fund_sponsor_pool(provider, pool, 10_000)
     client_part, provider_part = ledger.get_sponsor_pool(pool).quote(120)  # shown up front
     conn = ledger.open_sponsored_connection(client, pool, cap, deposit=1_000)
-    receipt = Receipt(conn.connection_id, 10_240, 4, 120, 1).sign(client)  # fee 120
+    # a receipt names the package, the escrow and the connection it pays for
+    scope = ledger.receipt_scope(conn.connection_id)
+    receipt = Receipt(scope, 10_240, 4, 120, 1).sign(client)  # fee 120
     ledger.close_connection(client, conn.connection_id)
     ledger.settle_with_receipt(provider, conn.connection_id, receipt)
     back = ledger.reimburse(client, pool, conn.connection_id)

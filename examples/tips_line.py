@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from dtp.ledger.local import LocalLedger
 from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, seal, send_sealed
 
 #: What the newsroom pays for a tip it uses (MIST).

@@ -2,10 +2,24 @@
 # Make this checkout runnable on a fresh machine: system packages (only if missing),
 # a virtualenv in .venv, and the package with its C core built in place.
 # Safe to run again: each step is skipped when already done.
+#
+#   bash scripts/bootstrap.sh          everything the tests need: every extra (dtp[all]),
+#                                      the test, dev and bench tools, Chromium, iproute2
+#   bash scripts/bootstrap.sh --demo   only what `dtp demo` needs: a compiler, OpenSSL's
+#                                      and Python's headers, and the base install with
+#                                      dtp[gun] (the demo runs on the embedded ledger; its
+#                                      browser step serves a gun.js page)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+
+demo=0
+case "${1:-}" in
+  --demo) demo=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/bootstrap.sh [--demo]" >&2; exit 2 ;;
+esac
 
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -16,21 +30,35 @@ fi
 need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 [ -f /usr/include/openssl/evp.h ] || need_apt+=(libssl-dev)
-command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-# `ip` (iproute2): the two-machine tests run their hosts in network namespaces (tests/support/netns.py)
-{ command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ "$demo" -eq 0 ]; then
+  command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+  # `ip` (iproute2): the two-machine tests run their hosts in network namespaces (tests/support/netns.py)
+  { command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
+fi
 # headless Chromium: the Gun endpoint's test loads its demo page in a real browser
-# (tests/graph/test_gun_browser.py, driven over the DevTools protocol)
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# (tests/graph/test_gun_browser.py, driven over the DevTools protocol), and so does the
+# demo's browser step (scripts/demo.sh installs it for --demo). Wanted, not needed: where
+# apt cannot install it (a distribution without Debian's package) the rest goes on, the
+# demo's step saying what it lacks.
+want_apt=()
+if [ "$demo" -eq 0 ]; then
+  command -v chromium >/dev/null 2>&1 || want_apt+=(chromium)
+fi
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   log "installing system packages: ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ ${#want_apt[@]} -gt 0 ]; then
+  log "installing system packages: ${want_apt[*]}"
+  { $SUDO apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want_apt[@]}" >/dev/null; } \
+    || log "could not install ${want_apt[*]}: the browser tests and the demo's browser step will say so"
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -39,12 +67,20 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v '^WARNING: Location' || true
 fi
 
-# Rebuild when any C source or the builder is newer than the built extension.
+# Rebuild when any C source or the builder is newer than the built extension. The full
+# install's stamp stands for the demo's too (it holds the base install and more).
 so=$(ls dtp/_dtp_core*.so 2>/dev/null | head -n1 || true)
 stamp=.venv/.dtp-installed
+target='.[all,test,dev,bench]'
+what="dtp with every extra and the test tools"
+if [ "$demo" -eq 1 ]; then
+  target='.[gun]'
+  what="dtp with dtp[gun] (the demo's browser step)"
+  [ -f "$stamp" ] || stamp=.venv/.dtp-installed-base
+fi
 if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml setup.py -newer "$so" -type f 2>/dev/null | head -n1)" ]; then
-  log "installing dtp and its dependencies (builds the C core)"
-  PYTHONWARNINGS=ignore .venv/bin/pip install -q -e '.[test,dev,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+  log "installing $what (builds the C core)"
+  PYTHONWARNINGS=ignore .venv/bin/pip install -q -e "$target" 2>&1 | grep -v '^WARNING: Location' || true
   touch "$stamp"
 fi
 .venv/bin/python -c 'import dtp.native.core as c; assert c.HAVE_NATIVE' \

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The README's test command (and CI's): set up what is missing, then lint, type-check,
 # and then side by side: the suite on both core backends; the C tests under ASan+UBSan,
-# a brief fuzz of the decoders and the benchmark bodies. Any failure fails the whole run.
+# a brief fuzz of the decoders, the benchmark bodies and the wheel installed in fresh
+# virtualenvs (scripts/wheel.sh). Any failure fails the whole run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
+# the project's own builds of the C core (the editable install, the wheel) fail on any
+# warning; a user's `pip install` never does (dtp_core/build_ffi.py)
+export DTP_WERROR=1
 bash scripts/bootstrap.sh
 PYBIN=.venv/bin
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
@@ -15,8 +19,8 @@ $PYBIN/ruff check dtp tests bench fuzz dtp_core
 $PYBIN/ruff format --check dtp tests bench fuzz dtp_core
 $PYBIN/mypy dtp
 
-# The C core under the sanitizers, the fuzzers and the benchmark bodies: one job, run
-# beside the suite's parts (the suite waits more than it computes: sockets, timers,
+# The C core under the sanitizers, the fuzzers, the benchmark bodies and the wheel: one
+# job, run beside the suite's parts (the suite waits more than it computes: sockets, timers,
 # other processes), into build/checks.log.
 checks() {
   step "C core under AddressSanitizer + UndefinedBehaviorSanitizer"
@@ -51,9 +55,13 @@ checks() {
 
   step "benchmark bodies (run once each, no timing)"
   $PYBIN/python -m pytest -q -p no:cacheprovider bench
+
+  step "the wheel (scripts/wheel.sh): installed in fresh virtualenvs, the demo run from it"
+  # (once, here: the suite's parts leave the tests marked wheel out)
+  $PYBIN/python -m pytest -q -p no:cacheprovider -m wheel tests/project/test_wheel.py
 }
 
-step "sanitizers, fuzzers and benchmark bodies; beside them the suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
+step "sanitizers, fuzzers, benchmark bodies and the wheel; beside them the suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
 # Each backend's test files in parts of about equal time (scripts/split_tests.py, from
 # the times in tests/durations.txt; DTP_TEST_PARTS, default 3), all parts side by side:
 # much of the suite waits (sockets, timers, other processes), so together they take
@@ -86,10 +94,11 @@ for backend in c pure; do
     junit="--junitxml=build/junit-$backend-$part.xml"
     # shellcheck disable=SC2086  # (a part is a list of file names, without spaces)
     if [ "$backend" = pure ]; then
-      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" \
+      DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" "$junit" \
         ${pure_chunks[part]} >"$log" 2>&1 &
     else
-      $PYBIN/python -m pytest -q -p no:cacheprovider "$junit" ${c_chunks[part]} >"$log" 2>&1 &
+      $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" "$junit" \
+        ${c_chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done
@@ -119,8 +128,8 @@ for log in logs:
         what = "errors" if what.startswith("error") else what
         totals[what] = totals.get(what, 0) + int(count)
 shown = ", ".join(f"{n} {what}" for what, n in totals.items()) or "no test summary found"
-print(f"TOTAL (both backends, {len(logs)} parts): {shown}; sanitizers, fuzzers and "
-      f"benchmark bodies {'passed' if checks == 0 else 'FAILED'}; the whole run took "
+print(f"TOTAL (both backends, {len(logs)} parts): {shown}; sanitizers, fuzzers, "
+      f"benchmark bodies and the wheel {'passed' if checks == 0 else 'FAILED'}; the whole run took "
       f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == checks == 0 else 'FAIL'}")
 PY
 [ "$status" -eq 0 ] && [ "$checks_status" -eq 0 ]

@@ -22,7 +22,18 @@ if TYPE_CHECKING:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dtp.cli.demo import run_demo
 
-    return run_demo(quick=args.quick)
+    return run_demo(quick=args.quick, browser_wait=args.browser_wait, screenshots=args.screenshots)
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds from 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # (nan, inf and negatives)
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0: {text!r}")
+    return value
 
 
 def package_version() -> str:
@@ -72,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the guided demo (no set-up needed)")
     demo.add_argument("--quick", action="store_true", help="smaller workloads")
+    demo.add_argument(
+        "--browser-wait",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long the browser step keeps its page up for you to open (default: until "
+        "Enter at a terminal, else 5 s; 0: not at all)",
+    )
+    demo.add_argument(
+        "--screenshots",
+        metavar="DIR",
+        default=None,
+        help="save a screenshot of the browser step's page in DIR",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     version = sub.add_parser("version", help="print the version and core backend")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dtp.errors import LedgerSpecError
+from dtp.extras import require
 from dtp.ledger.objects import FirewallMode
 from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import LedgerSpec, ledger_spec_from_env, parse_ledger_spec
@@ -69,12 +70,14 @@ def ledger_spec(args: argparse.Namespace) -> LedgerSpec:
 def _uses_sui_keys(args: argparse.Namespace) -> bool:
     """Whether a command signs with a Sui key rather than a DTP identity file: no
     ``--identity``, no default identity file, and a Sui ledger (docs/sui.md, "Signing
-    keys")."""
-    return (
-        args.identity is None
-        and not os.path.lexists(identity_path(args))
-        and ledger_spec(args).is_sui
-    )
+    keys"). Raises :class:`~dtp.errors.MissingExtra` naming the spec when it does and
+    the sui extra (the keystore's reader among it) is not installed."""
+    if args.identity is not None or os.path.lexists(identity_path(args)):
+        return False
+    spec = ledger_spec(args)
+    if spec.is_sui:
+        require("sui", f"{spec.setting}: {spec.describe()}")
+    return spec.is_sui
 
 
 def _sui_key() -> Any:

@@ -78,10 +78,14 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         refused = _empty_option(
             "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}
         )
-        if refused is None:
+        if refused is None and not args.check:
             refused = _unset_for_a_new_identity(args, signals)
         if refused is not None:
             return refused
+        if args.check:
+            from dtp.daemon.check import main as check
+
+            return check(args.config, args.passphrase_env)
         from dtp.daemon.runner import main
 
         return main(
@@ -99,7 +103,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     refused = _empty_option("status", {"--config": args.config, "--state-dir": args.state_dir})
     if refused is not None:
         return refused
-    return main(args.config, args.state_dir, args.json)
+    return main(args.config, args.state_dir, args.json, live=not args.file)
 
 
 def register(sub: Any) -> None:
@@ -113,6 +117,12 @@ def register(sub: Any) -> None:
     )
     daemon.add_argument("--config", default="dtp.toml", help="config file (default dtp.toml)")
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
+    daemon.add_argument(
+        "--check",
+        action="store_true",
+        help="test the config (keys, ledger, backends, listen addresses), list every "
+        "problem, then exit: 0 when there is none (like nginx -t)",
+    )
     # the chain commands' action: it records that the option was given, for the rule
     # that a variable so named must be set when a new identity is written
     from dtp.cli.ledger import EnvNameGiven
@@ -132,4 +142,9 @@ def register(sub: Any) -> None:
     where.add_argument("--config", help="the daemon's config file (default dtp.toml)")
     where.add_argument("--state-dir", help="or the daemon's state directory")
     status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.add_argument(
+        "--file",
+        action="store_true",
+        help="read the status file the daemon last saved, not its live counters",
+    )
     status.set_defaults(func=_cmd_status)

@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from dtp.errors import ConnectionRefused, DecryptionError
+from dtp.errors import ConnectionRefused, DecryptionError, MissingExtra
 from dtp.native import core as _core
 from dtp.native.types import (
     FRAME_ACK,
@@ -453,7 +454,7 @@ def demo_udp(tour: Tour) -> None:
     from dtp.ledger.objects import Sla
     from dtp.ledger.receipt import Receipt, fee
     from dtp.payments.metering import MeteringConfig
-    from dtp.payments.receipts import Meter
+    from dtp.payments.receipts import Meter, ReceiptScope
 
     provider, client = HostIdentity.generate(), HostIdentity.generate()
     sla = Sla(price_per_kib=8, price_per_request=3, min_deposit=10_000)
@@ -505,8 +506,9 @@ def demo_udp(tour: Tour) -> None:
         meters: list[Meter] = []
 
         def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-            assert sock.connection_id is not None
-            meters.append(Meter(client, sock.connection_id, sla, 10_000))
+            assert sock.connection_id is not None and sock.escrow_id is not None
+            scope = ReceiptScope(ledger.package_id, sock.escrow_id, sock.connection_id)
+            meters.append(Meter(client, scope, sla, 10_000))
             return meters[-1]
 
         with UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for) as fwd:
@@ -550,6 +552,32 @@ def demo_graph_sync(tour: Tour) -> None:
     demo_graph_story(tour.say)
 
 
+def demo_browser(
+    tour: Tour, wait: float | None = None, screenshots: str | os.PathLike[str] | None = None
+) -> None:
+    tour.step("A browser on the graph: a gun.js page and a Python peer edit the same chat")
+    try:
+        from dtp.cli.demo_browser import interactive, run_browser_step
+    except MissingExtra as exc:
+        # (an install without dtp[gun]: the Gun endpoint and the browser's driver run on
+        # its websockets)
+        tour.say(f"skipped: {exc}; the rest of the demo goes on")
+        tour.remember(f"browser: skipped (the '{exc.extra}' extra is needed)")
+        return
+    stdin = sys.stdin if interactive() else None
+    result = run_browser_step(tour.say, tour.ok, wait=wait, stdin=stdin, screenshots=screenshots)
+    if result.skipped is not None:
+        tour.remember("browser: skipped (node, npm and the gun package are needed)")
+    elif result.headless is not None:
+        tour.remember(f"browser: the page served at {result.url}; no headless browser here")
+    else:
+        tour.remember(
+            f"browser: a gun.js page and a Python peer chatted through the Gun endpoint and "
+            f"DTP sync ({result.to_python_seconds:.2f} s to Python, "
+            f"{result.to_page_seconds:.2f} s back)"
+        )
+
+
 def demo_messaging(tour: Tour) -> None:
     tour.step("Messaging: a paid JSON-RPC call and a sealed message to an offline host")
     from dtp.messaging.demo import demo_messaging_story
@@ -582,16 +610,26 @@ def _say_interrupted(tour: Tour) -> None:
         )
 
 
-def run_demo(quick: bool = False) -> int:
-    """Run the tour; returns a process exit code."""
+def run_demo(
+    quick: bool = False,
+    browser_wait: float | None = None,
+    screenshots: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run the tour; returns a process exit code. ``browser_wait``: seconds the browser
+    step keeps its page up for a person (None: until Enter at a terminal, else a few
+    seconds); ``screenshots``: a folder for its screenshot of the page (None: none)."""
     shared: dict[str, object] = {}
-    steps: list[Callable[[Tour], None]] = [
+    story: list[Callable[[Tour], None]] = [
         lambda t: demo_daemon(t, quick),
         lambda t: demo_connection(t, quick, shared),
         lambda t: demo_ledger(t, shared),
         demo_udp,
         demo_messaging,
         demo_graph_sync,
+        lambda t: demo_browser(t, browser_wait, screenshots),
+    ]
+    steps: list[Callable[[Tour], None]] = [
+        *story,
         lambda t: demo_frames(t),
         lambda t: demo_records(t, quick),
         lambda t: demo_reassembly(t),
@@ -602,27 +640,34 @@ def run_demo(quick: bool = False) -> int:
     print(
         dim(
             "Everything runs for real on this machine, on an embedded ledger in a temporary\n"
-            "file (no node, no set-up); every number is measured now. Steps 1-6 tell the\n"
-            "story; steps 7-10 look under the hood."
+            "file (no Sui node, no set-up); every number is measured now. Steps "
+            f"1-{len(story)} tell\n"
+            f"the story; steps {len(story) + 1}-{len(steps)} look under the hood."
         )
     )
     started = time.perf_counter()
     # SIGTERM (`timeout`, a supervisor) ends the tour as Ctrl-C does, through the steps'
     # finally blocks: the daemons they started are stopped and their temporary
-    # directories (ledger, keys) removed, which the default action skipped.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    # directories (ledger, keys) removed, which the default action skipped. So does
+    # SIGHUP (the terminal closed, the SSH session gone: the browser step may be waiting
+    # there for Enter), unless it is ignored (`nohup`).
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _exit_on_sigterm)
     try:
         for step in steps:
             step(tour)
     except (KeyboardInterrupt, SystemExit):
-        # (Ctrl-C, or SIGTERM through _exit_on_sigterm) the steps' finally blocks have
+        # (Ctrl-C, or SIGTERM or SIGHUP through _exit_on_sigterm) the steps' finally blocks have
         # run by now: tell the user what is left, not just a bare prompt
         _say_interrupted(tour)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            # (None: a handler not set from Python, the default to the interpreter)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
     tour.finish_step()
     print(f"\n{bold('Summary')}  ({time.perf_counter() - started:.0f} s)")
     for line in tour.summary:
@@ -632,7 +677,9 @@ def run_demo(quick: bool = False) -> int:
         "  endpoints, Noise keys, prices and firewalls are on the ledger. Clients put a\n"
         "  deposit in escrow, prove who they are in the encrypted handshake, sign receipts\n"
         "  for what they use, and get back what they did not use. Money is never created\n"
-        "  or lost: each step checked it.\n"
-        "  Next: README.md (Using it) and docs/daemon.md to run your own services."
+        "  or lost: each step checked it. Graph peers, in Python or gun.js in a browser,\n"
+        "  edit one replicated graph, synced over DTP.\n"
+        "  Next: README.md (Using it), docs/daemon.md to run your own services and\n"
+        "  docs/graph.md for the graph and its Gun peer."
     )
     return 0

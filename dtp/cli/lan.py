@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dtp.errors import DTPError
+from dtp.errors import DTPError, MissingExtra
 
 if TYPE_CHECKING:
     from dtp.discovery.lan import LanPeer
@@ -54,9 +55,12 @@ def _cmd_lan(args: argparse.Namespace) -> int:
         print("dtp lan: --timeout must be 0..600 seconds")
         return 2
     # (here, not at the top: the parser of every dtp command imports this module, and
-    # mDNS is zeroconf's to import)
-    from dtp.discovery.lan import browse
-
+    # mDNS is zeroconf's to import, which comes with the lan extra)
+    try:
+        from dtp.discovery.lan import browse
+    except MissingExtra as exc:
+        print(f"dtp lan: {exc}", file=sys.stderr)
+        return 1
     try:
         with browse(
             graph=args.graph,

@@ -321,6 +321,8 @@ def _localnet_status(args: argparse.Namespace) -> int:
         args,
         {
             "ledger": ledger.path,
+            # what the file's receipts name (docs/escrow.md §6): its own, drawn at random
+            "package": ledger.package_id,
             "clock_ms": ledger.clock_ms(),
             "clock_frozen": ledger.clock_frozen(),
             "epoch": ledger.epoch(),

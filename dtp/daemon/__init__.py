@@ -9,7 +9,11 @@ forwards (the forwarders a daemon runs, started and reloaded); balancer (backend
 health, failover), tunnel (wire format and byte pump), fees (receipts and claims),
 state / status (counters and ``dtp status``); runner (``dtp daemon``), host_setup (the
 Host on the ledger, created and published), signals (its signal handling); the
-``dtp daemon`` command itself is :mod:`dtp.cli.daemon`.
+operator's side: ledger_calls (every ledger call timed), live (the live status and its
+history), web (the HTTP endpoint: metrics, status page, live status), control (the
+control socket's client side), metrics (the Prometheus collector), status_page (the
+page), systemd (the service manager's notify protocol), check (``dtp daemon
+--check``); the ``dtp daemon`` command itself is :mod:`dtp.cli.daemon`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dtp.errors import DaemonConfigError, InvalidObjectId, finite_float, shown
+from dtp.daemon.logs import LOG_BACKUPS, LOG_MAX_BYTES
+from dtp.errors import DaemonConfigError, InvalidObjectId, MissingExtra, finite_float, shown
+from dtp.extras import require
 from dtp.hostid.address import HostAddress
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
 from dtp.ledger.objects import (
@@ -225,6 +227,15 @@ class DaemonSettings:
     batch_window: float = BATCH_WINDOW
     """Seconds an end worth a place in a batch, but not a transaction of its own, waits
     for others (0: none waits)."""
+    metrics_listen: Backend | None = None
+    """Where the Prometheus metrics and the status page are served over HTTP (None:
+    not served; port 0: any, the ready line tells which). Needs ``dtp[metrics]``."""
+    log_file: Path | None = None
+    """The file the logs go to, rotated by size (None: stderr)."""
+    log_max_bytes: int = LOG_MAX_BYTES
+    """The size at which ``log_file`` is rotated (0: never)."""
+    log_backups: int = LOG_BACKUPS
+    """Rotated log files kept (``log_file``.1 the newest)."""
 
 
 @dataclass(frozen=True)
@@ -645,6 +656,10 @@ _DAEMON_KEYS = {
     "lan_interfaces",
     "gas_aware_ends",
     "batch_window",
+    "metrics_listen",
+    "log_file",
+    "log_max_bytes",
+    "log_backups",
 }
 
 
@@ -682,6 +697,10 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         setting=check.setting((*k, "ledger")),
         base=check.path.parent,
     )
+    if ledger.is_sui:
+        # here, not when the daemon opens the ledger: a config that cannot run on this
+        # install is refused by its line, before anything starts
+        _require(check, (*k, "ledger"), "sui", "A Sui ledger")
     package = None
     if "sui_package" in doc:
         package_key = (*k, "sui_package")
@@ -703,6 +722,9 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             "fund the daemon's address with the network's faucet (e.g. `sui client faucet`) "
             "and remove faucet",
         )
+    lan_announce = check.boolean(doc, (*k, "lan_announce"), False)
+    if lan_announce:
+        _require(check, (*k, "lan_announce"), "lan", "Announcing services on the LAN")
     return DaemonSettings(
         ledger=ledger,
         identity=check.path_value(doc, (*k, "identity"), None),
@@ -723,13 +745,28 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         ),
         low_gas=check.integer(doc, (*k, "low_gas"), 0) if "low_gas" in doc else None,
         refund_interval=check.number(doc, (*k, "refund_interval"), REFUND_INTERVAL),
-        lan_announce=check.boolean(doc, (*k, "lan_announce"), False),
+        lan_announce=lan_announce,
         lan_interfaces=check.ip_addresses(doc, (*k, "lan_interfaces")),
         gas_aware_ends=check.boolean(doc, (*k, "gas_aware_ends"), True),
         batch_window=check.seconds_within(
             doc, (*k, "batch_window"), BATCH_WINDOW, MAX_BATCH_WINDOW
         ),
+        metrics_listen=(
+            check.endpoint(doc, (*k, "metrics_listen")) if "metrics_listen" in doc else None
+        ),
+        log_file=check.path_value(doc, (*k, "log_file"), None) if "log_file" in doc else None,
+        log_max_bytes=check.integer(doc, (*k, "log_max_bytes"), LOG_MAX_BYTES),
+        log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),
     )
+
+
+def _require(check: _Checker, key: KeyPath, extra: str, feature: str) -> None:
+    """Refuse ``key`` when the feature it asks for needs ``extra`` and the extra is not
+    installed (:mod:`dtp.extras`): the message names the key and the pip command."""
+    try:
+        require(extra, feature)
+    except MissingExtra as exc:
+        raise check.fail(key, str(exc)) from None
 
 
 def _firewall(check: _Checker, doc: Any) -> FirewallConfig:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from dtp.errors import ChainError, DTPError
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE, UdpBilling
 from dtp.ledger.objects import Settlement, Sla
-from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, ReceiptScope, fee
 from dtp.payments.ends import EndBatch, EndChoice, EndDeferred, EndLeft, EndRule
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipt_store import ReceiptStore
@@ -85,7 +85,7 @@ class ClientFees:
     def __init__(
         self,
         identity: HostIdentity,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         deposit: int,
         every_bytes: int,
@@ -93,7 +93,7 @@ class ClientFees:
         self.paid = sla.price_per_kib > 0 or sla.price_per_request > 0
         self.meter = Meter(
             identity,
-            connection_id,
+            scope,
             sla,
             deposit,
             every_bytes=every_bytes,
@@ -187,7 +187,9 @@ class ServerFees:
         """A connection's fee terms: from what its admission read (``admitted``: on Sui
         every read is a round trip to the node), else read from the ledger."""
         if admitted is not None and admitted.of(connection_id):
-            return ConnectionTerms.from_objects(admitted.connection, admitted.escrow)
+            return ConnectionTerms.from_objects(
+                admitted.connection, admitted.escrow, self.ledger.package_id
+            )
         return await asyncio.to_thread(ConnectionTerms.from_ledger, self.ledger, connection_id)
 
     def accept(
@@ -206,7 +208,7 @@ class ServerFees:
         newest, claimed = known
         check_receipt(
             receipt,
-            connection_id=cid,
+            scope=terms.scope,
             sla=terms.sla,
             public_key=terms.client_public_key,
             deposited=terms.deposited,
@@ -247,7 +249,7 @@ class ServerFees:
                 logger.warning("UDP receipt not kept", extra=kv(error=str(exc)))
 
         billing = UdpBilling(
-            terms.connection_id,
+            terms.scope,
             terms.sla,
             terms.client_public_key,
             terms.deposited,  # (reserved on the client's cap: claimable whole)
@@ -257,6 +259,14 @@ class ServerFees:
             counts_when_kept=True,
         )
         return billing
+
+    def owed(self, connection_id: str) -> int:
+        """MIST the newest receipt checked of a live connection can still claim (0 for
+        one this run has no receipt of in memory): what the status calls owed."""
+        known = self._checked.get(connection_id)
+        if known is None or known[0] is None:
+            return 0
+        return max(0, known[0].total_amount - known[1])
 
     def held(self, connection_id: str) -> Receipt | None:
         """The newest receipt of a connection checked so far (stored, or being)."""

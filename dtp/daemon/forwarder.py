@@ -43,7 +43,7 @@ from dtp.errors import (
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
@@ -134,6 +134,8 @@ class Forwarder:
         those opened since for clients accepted before the retirement too."""
         self.backoff = OpenBackoff()
         """When the next connection may be tried, after failures (an outage)."""
+        self.opens_in_flight = 0
+        """New DTP connections being opened now (probe, ledger open, handshake)."""
 
     @property
     def stats(self) -> ForwardStats:
@@ -242,7 +244,7 @@ class Forwarder:
             # the Host's read: refused (no such host: a denial, as an open's), or the
             # ledger failing (a LocalLedger's disk): the tunnel's error, not a raw one
             if isinstance(exc, ChainError):
-                self.stats.denials += 1
+                self.stats.deny("ledger")
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
         except TargetUnreachable as exc:
             delay, began = self.backoff.unreachable(loop.time(), exc)
@@ -263,13 +265,17 @@ class Forwarder:
         background (the open half-closed once it landed: dtp.aio), and the local
         clients waiting for it are refused at once (DTPTimeoutError)."""
         timeout = self.config.open_timeout
-        return await within(
-            timeout,
-            self._open_link(attempt),
-            self._watchers,
-            f"cannot connect to {self.config.target}: no connection within the "
-            f"forward's open_timeout ({timeout:g} s)",
-        )
+        self.opens_in_flight += 1
+        try:
+            return await within(
+                timeout,
+                self._open_link(attempt),
+                self._watchers,
+                f"cannot connect to {self.config.target}: no connection within the "
+                f"forward's open_timeout ({timeout:g} s)",
+            )
+        finally:
+            self.opens_in_flight -= 1
 
     async def _open_link(self, attempt: OpenAttempt | None = None) -> _Link:
         target = self.config.target
@@ -292,8 +298,10 @@ class Forwarder:
                 on_open=attempt,
             )
         except DTPError as exc:
-            if isinstance(exc, ChainError | ConnectionRefused):
-                self.stats.denials += 1
+            if isinstance(exc, ConnectionRefused):
+                self.stats.deny("refused")
+            elif isinstance(exc, ChainError):
+                self.stats.deny("ledger")
             raise TunnelError(f"cannot connect to {target}: {exc}") from exc
         assert writer.connection_id is not None and writer.escrow_id is not None
         connection_id = writer.connection_id
@@ -315,8 +323,9 @@ class Forwarder:
                 raise
             await closing
             raise TunnelError(f"cannot read connection {connection_id}: {exc}") from exc
+        scope = ReceiptScope(self.ledger.package_id, escrow.id, connection_id)
         fees = ClientFees(
-            self.identity, connection_id, escrow.sla, escrow.deposited, self.config.receipt_every
+            self.identity, scope, escrow.sla, escrow.deposited, self.config.receipt_every
         )
         link = _Link(connection_id, reader, writer, fees, attempt)
         self._links.add(link)
@@ -511,6 +520,11 @@ class Forwarder:
     @property
     def active_tunnels(self) -> int:
         return len(self._clients)
+
+    @property
+    def open_connections(self) -> int:
+        """DTP connections open now (a reload's retired ones until they close)."""
+        return len(self._links)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, wait up to ``timeout`` for tunnels, then close connections."""

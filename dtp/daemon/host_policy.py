@@ -106,7 +106,7 @@ class HostPolicy:
         denied = await self._refused(host)
         for conn in list(self.conns.values()):
             if conn.client in denied:
-                service_row(self.book, conn.service).denials += 1
+                service_row(self.book, conn.service).deny("host_firewall")
                 logger.warning(
                     "the host's firewall now denies a client",
                     extra=kv(client=conn.client, connection=conn.connection_id),

@@ -1,4 +1,5 @@
-"""Structured logs of the daemon: one JSON object per line (or ``key=value`` text).
+"""Structured logs of the daemon: one JSON object per line (or ``key=value`` text), on
+stderr or in a file of their own, rotated by size (``[daemon] log_file``).
 
 Call sites pass their fields as ``extra=kv(service=..., client=...)``.
 """
@@ -8,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonFormatter", "kv", "setup_logging"]
+__all__ = ["LOG_BACKUPS", "LOG_MAX_BYTES", "JsonFormatter", "kv", "setup_logging"]
 
 
 def kv(**fields: Any) -> dict[str, Any]:
@@ -64,13 +67,37 @@ def _text_value(value: Any) -> str:
     return json.dumps(text)
 
 
-def setup_logging(fmt: str, level: str) -> None:
-    """Send the daemon's logs to stderr in ``fmt`` (``json`` or ``text``)."""
-    handler = logging.StreamHandler(sys.stderr)
+LOG_MAX_BYTES = 10 * 1024 * 1024
+"""``[daemon] log_max_bytes`` by default: a log file is rotated at this size."""
+LOG_BACKUPS = 5
+"""``[daemon] log_backups`` by default: rotated files kept (``daemon.log.1`` …)."""
+
+
+def setup_logging(
+    fmt: str,
+    level: str,
+    path: Path | None = None,
+    max_bytes: int = LOG_MAX_BYTES,
+    backups: int = LOG_BACKUPS,
+) -> None:
+    """Send the daemon's logs to stderr in ``fmt`` (``json`` or ``text``), or to the file
+    ``path``, rotated once it reaches ``max_bytes`` (0: never) with ``backups`` older
+    files kept (``path.1`` the newest of them; :class:`logging.handlers.RotatingFileHandler`).
+    Raises OSError when the file cannot be opened."""
+    handler: logging.Handler
+    if path is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = RotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, RotatingFileHandler):  # (an earlier daemon's of this process)
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.daemon._tasks import cancel_and_wait
 from dtp.daemon.config import (
@@ -44,25 +44,31 @@ from dtp.daemon.fees import ServerFees
 from dtp.daemon.forwards import Forwards, bind_failure
 from dtp.daemon.gas import GasWatch, warn_prices
 from dtp.daemon.host_setup import HostSetup, HostSync
-from dtp.daemon.lan import LanAnnouncer
+from dtp.daemon.ledger_calls import LedgerCalls, watch_ledger
+from dtp.daemon.live import History, live_status
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.refunds import Refunds
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
 from dtp.daemon.state import (
     CONNECTIONS_FILE,
+    CONTROL_SOCKET,
     LOCK_FILE,
     RECEIPTS_FILE,
     StatusBook,
     lock_holder,
     process_identity,
 )
+from dtp.daemon.status_page import PAGE
+from dtp.daemon.systemd import Notifier
 from dtp.daemon.udp_forward import UdpForward
+from dtp.daemon.web import StatusEndpoint, load_metrics
 from dtp.errors import (
     ChainError,
     DaemonConfigError,
     DTPError,
     KeyFileError,
+    MissingExtra,
 )
 from dtp.identity.files import lock_exclusive
 from dtp.identity.keys import HostIdentity, passphrase_from_env
@@ -70,6 +76,9 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import resolve_package
 from dtp.payments.ends import EndRule
+
+if TYPE_CHECKING:
+    from dtp.daemon.lan import LanAnnouncer
 
 __all__ = ["Daemon", "StopSignals", "main"]
 
@@ -161,6 +170,9 @@ class Daemon:
         try:
             self.identity = load_identity(settings.identity, passphrase, passphrase_env)
             self.ledger: Ledger = open_ledger(settings.ledger, package=package)
+            # every call timed and counted, from whichever part of the daemon it comes
+            # (the metrics' dtp_ledger_*, the status's ledger health)
+            self.ledger_calls = watch_ledger(self.ledger, LedgerCalls())
             self.book = StatusBook.open(settings.state_dir)
         except BaseException:
             self.release_lock()
@@ -201,6 +213,14 @@ class Daemon:
         """Held by a reload: two at once (SIGHUPs close together) would sync the ledger
         side by side, the slower one failing on what the other had just published, and
         publish the old settings again while the other serves the new ones."""
+        self.history = History()
+        """The counters' last ten minutes, for the status page's charts."""
+        self.notifier = Notifier()
+        """The service manager's notify socket (systemd ``Type=notify``), if any."""
+        self.web: StatusEndpoint | None = None
+        """The control socket and, with ``metrics_listen``, the metrics address."""
+        self.phase = "starting"
+        """``starting``, ``serving`` or ``stopping`` (``/healthz`` says it)."""
 
     def _gas_watch(self) -> GasWatch:
         """The watch on what the identity holds: on Sui its gas coins, against the
@@ -271,6 +291,11 @@ class Daemon:
         # starting included (it otherwise kept the previous run's pid)
         self.book.info.update(ready, config=str(self.config.path))
         self.book.info.pop("event", None)
+        # first: the live status (dtp status) and the metrics from the start on, a slow
+        # one (a Host's set-up on Sui, many transactions) included
+        metrics = await self._serve_status()
+        if metrics is not None:
+            ready["metrics"] = metrics
         self._checkpoint()
         await asyncio.to_thread(self.host_setup.fund, settings.faucet)
         self._checkpoint()
@@ -327,6 +352,9 @@ class Daemon:
             ready["host_id"] = self.host_id
             ready["endpoint"] = public
             if settings.lan_announce:
+                # (imported here: mDNS comes with the lan extra, which the config checked)
+                from dtp.daemon.lan import LanAnnouncer
+
                 self.lan = LanAnnouncer(
                     self.identity.noise_public,
                     self.host_id,
@@ -357,6 +385,59 @@ class Daemon:
         self.gas.show_spent()  # (the Host's set-up, the leftovers' claims)
         self.book.save(force=True)
         return ready
+
+    async def _serve_status(self) -> str | None:
+        """Open the control socket (``<state_dir>/control.sock``: a failure is logged,
+        ``dtp status`` then reads the file) and, with ``metrics_listen``, the metrics
+        address (a bind failure is the config error it is fixed by); returns the bound
+        metrics address, if any."""
+        settings = self.config.daemon
+        if settings.metrics_listen is not None:
+            render = load_metrics()(self).render  # (prometheus_client: checked by main())
+        else:
+            # (the control socket's /metrics: prometheus_client loaded at the first ask,
+            # if it is installed at all -- a daemon without metrics_listen never pays)
+            loaded: list[Callable[[str | None], tuple[bytes, str]]] = []
+
+            def render(accept: str | None) -> tuple[bytes, str]:
+                if not loaded:
+                    loaded.append(load_metrics()(self).render)
+                return loaded[0](accept)
+
+        self.web = StatusEndpoint(
+            lambda: live_status(self),
+            self.history.to_json,
+            render,
+            PAGE,
+            healthy=lambda: self.phase,
+        )
+        try:
+            await self.web.listen_unix(settings.state_dir / CONTROL_SOCKET)
+        except OSError as exc:
+            logger.warning(
+                "no control socket: dtp status reads the status file",
+                extra=kv(path=str(settings.state_dir / CONTROL_SOCKET), error=str(exc)),
+            )
+        if settings.metrics_listen is None:
+            return None
+        address = settings.metrics_listen
+        try:
+            host, port = await self.web.listen_tcp(address.host, address.port)
+        except OSError as exc:
+            raise _bind_error(self.config, ("daemon", "metrics_listen"), address, exc) from None
+        bound = join_host_port(host, port)
+        logger.info("metrics and status page", extra=kv(address=f"http://{bound}/"))
+        return bound
+
+    def status_line(self) -> str:
+        """One line for the service manager's ``STATUS=``: what serves."""
+        services = len(self.config.services)
+        forwards = len(self.forwarders)
+        active = sum(row.active_tunnels for row in self.book.services.values())
+        return (
+            f"serving {services} service{'s' if services != 1 else ''}, "
+            f"{forwards} forward{'s' if forwards != 1 else ''}; {active} tunnels open"
+        )
 
     async def _warn_prices(self, services: Sequence[ServiceConfig]) -> None:
         """Warn about the paid services whose prices cannot cover the gas of a typical
@@ -393,7 +474,11 @@ class Daemon:
         """Re-read the config file; keep open tunnels. A bad file changes nothing. One
         reload at a time: another waits for the one under way to end."""
         async with self._reloading:
-            await self._reload()
+            self.notifier.reloading()
+            try:
+                await self._reload()
+            finally:
+                self.notifier.reloaded(self.status_line())
 
     async def _reload(self) -> None:
         try:
@@ -527,6 +612,9 @@ class Daemon:
         actions[signal.SIGHUP] = on_hup
         watch = LoopSignals(loop, actions, signals)
         watch.start()
+        # (from the first moment, the start too: on Sui a first start may take longer
+        # than the manager's WatchdogSec)
+        pinger = loop.create_task(self._watchdog()) if self.notifier.watchdog else None
         try:
             # (after the start: a signal in between is seen twice, which a stop and a
             # reload while starting take as one, rather than not at all)
@@ -540,24 +628,32 @@ class Daemon:
             except _StartAborted:
                 ready = None
             except Exception:
-                phase = "stopping"
+                phase = self.phase = "stopping"
+                self.notifier.stopping("start failed")
                 await self._abandon_start()
                 raise
             if ready is None or self._stop.is_set():
-                phase = "stopping"
+                phase = self.phase = "stopping"
+                self.notifier.stopping("stopping before ready")
                 logger.info("stopping before ready")
                 await self.drain()
                 return
-            phase = "serving"
+            phase = self.phase = "serving"
             # only now: a script may signal the moment it reads the line
             print(json.dumps(ready), flush=True)
             logger.info("ready", extra=kv(**{k: v for k, v in ready.items() if k != "event"}))
+            shown = self.status_line()
+            self.notifier.ready(shown)
             if reload_due:
                 on_hup()
             try:
                 while not self._stop.is_set():
-                    self._refresh_live()
+                    self.refresh_live()
                     self.book.save()
+                    self.history.sample(self)
+                    if (line := self.status_line()) != shown:
+                        shown = line
+                        self.notifier.status(line)
                     # (asyncio.timeout, not wait_for: 3.11's wait_for drops a cancel of
                     # run() that arrives as the stop is set, and run() drained and
                     # returned as if not cancelled)
@@ -565,7 +661,8 @@ class Daemon:
                         async with asyncio.timeout(0.25):
                             await self._stop.wait()
             finally:
-                phase = "stopping"
+                phase = self.phase = "stopping"
+                self.notifier.stopping()
                 # a reload still running would start listeners the drain never sees, or
                 # use the ledger after it is closed: it finishes first (not cancelled:
                 # its ledger calls run in threads, which a cancel would not stop)
@@ -573,6 +670,9 @@ class Daemon:
                     await asyncio.wait(set(reloads))
                 await self.drain()
         finally:
+            if pinger is not None:
+                await cancel_and_wait(pinger)
+            self.notifier.close()
             watch.stop()
 
     async def _abandon_start(self) -> None:
@@ -587,11 +687,23 @@ class Daemon:
                 extra=kv(error=f"{type(exc).__name__}: {exc}"),
             )
         finally:
+            if self.web is not None:
+                self.web.abort()
+                self.web = None
             with contextlib.suppress(Exception):
                 self.ledger.close()
             self.release_lock()
 
-    def _refresh_live(self) -> None:
+    async def _watchdog(self) -> None:
+        """``WATCHDOG=1`` to the service manager at half its period, from this loop: a
+        loop that hangs stops it (:class:`dtp.daemon.systemd.Notifier`)."""
+        assert self.notifier.watchdog is not None
+        while True:
+            self.notifier.ping()
+            await asyncio.sleep(self.notifier.watchdog)
+
+    def refresh_live(self) -> None:
+        """Bring the live counters up to date (backends healthy, UDP forwards' counts)."""
         for fwd in self.forwarders.values():
             if isinstance(fwd, UdpForward):
                 fwd.refresh()
@@ -615,6 +727,9 @@ class Daemon:
         finally:
             # also when the shut-down is cut short (cancelled): else the ledger stays open
             # and the state directory locked, for another daemon of this process too
+            if self.web is not None:  # (the shut-down cut short)
+                self.web.abort()
+                self.web = None
             try:
                 self.book.info["stopped"] = time.time()
                 self.gas.show_spent()  # (everything this run paid, its last ends too)
@@ -674,6 +789,10 @@ class Daemon:
         gas, self._gas_task = self._gas_task, None
         if gas is not None and (error := await cancel_and_wait(gas)) is not None:
             logger.warning("gas watch failed", extra=kv(error=f"{type(error).__name__}: {error}"))
+        # last: the live status and the metrics showed the drain to its end
+        web, self.web = self.web, None
+        if web is not None:
+            await web.close()
 
     def release_lock(self) -> None:
         """Let another daemon use the state directory (once stopped)."""
@@ -775,7 +894,28 @@ def _main(
     except DaemonConfigError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         return 2
-    setup_logging(log_format or config.daemon.log_format, config.daemon.log_level)
+    settings = config.daemon
+    if settings.metrics_listen is not None:
+        try:
+            load_metrics()
+        except MissingExtra as exc:
+            print(
+                f"dtp daemon: {config.error(('daemon', 'metrics_listen'), str(exc))}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        setup_logging(
+            log_format or settings.log_format,
+            settings.log_level,
+            settings.log_file,
+            settings.log_max_bytes,
+            settings.log_backups,
+        )
+    except OSError as exc:
+        error = config.error(("daemon", "log_file"), f"cannot open it: {_os_error(exc)}")
+        print(f"dtp daemon: {error}", file=sys.stderr)
+        return 2
     if signals.stop is not None:
         # nothing is started yet, nor the state directory taken
         logger.info("stopped before start", extra=kv(signal=signal.Signals(signals.stop).name))

@@ -21,7 +21,7 @@ from dtp.daemon.settlements import Settlements
 from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import STATUS_OK, TcpLeg, refusal, splice_leg
 from dtp.errors import DTPError, InvalidReceipt, TunnelError
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import RECEIPT_ENCODING_VERSION, Receipt
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = ["UNPAID_PAUSE", "UNPAID_REQUESTS", "UNPAID_WAIT", "ServedTunnels"]
@@ -118,7 +118,7 @@ class ServedTunnels:
         def kept(receipt: Receipt) -> None:
             # on disk now: it counts (receipts of one connection are kept in order; one
             # its settlement claimed first was counted then)
-            settlements.earn(stats, conn, receipt.total_amount)
+            settlements.kept(stats, conn, receipt)
             conn.paid_bytes = receipt.total_bytes
             conn.paid_requests = receipt.total_requests
             settlements.count_held()
@@ -129,7 +129,12 @@ class ServedTunnels:
             conn.earned = conn.accepted = stored.total_amount
         while True:
             try:
-                data = await reader.readexactly(RECEIPT_SIZE)
+                # the version byte first: a forwarder of another release signs receipts
+                # of another size, and waiting for this one's would hold its first one
+                # unanswered (Receipt.decode refuses it: UnsupportedReceiptVersion)
+                data = await reader.readexactly(1)
+                if data[0] == RECEIPT_ENCODING_VERSION:
+                    data += await reader.readexactly(RECEIPT_SIZE - 1)
             except (asyncio.IncompleteReadError, DTPError):
                 return
             try:
@@ -296,7 +301,7 @@ class ServedTunnels:
         if conn.unpaid_since is None:
             conn.unpaid_since = now
         elif now - conn.unpaid_since >= UNPAID_PAUSE:
-            service_row(self.book, service).denials += 1
+            service_row(self.book, service).deny("unpaid")
             if bytes_behind:
                 raise TunnelError(
                     f"{conn.bytes - conn.paid_bytes} bytes not covered by receipts "

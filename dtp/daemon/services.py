@@ -117,6 +117,11 @@ class ServiceHost:
         self._draining = False
         """Set by :meth:`drain`: a connection registered from then on is closed (and
         settled) at once."""
+        self.admitting = 0
+        """Admissions under way now (each a handshake waiting on the ledger's word)."""
+        self.no_service = 0
+        """Connections refused because they named no configured service (they count
+        under no service's row)."""
         self.limiter = RateLimiter()
         fees = self._server_fees
         self.settlements = Settlements(book, self.services, self.conns, self._served, fees, gas)
@@ -142,6 +147,11 @@ class ServiceHost:
     @fees.setter
     def fees(self, fees: ServerFees) -> None:
         self._fees = fees
+
+    @property
+    def fees_ready(self) -> bool:
+        """Whether :attr:`fees` is set (the host is on the ledger)."""
+        return self._fees is not None
 
     # -- configuration -----------------------------------------------------------------
 
@@ -208,7 +218,7 @@ class ServiceHost:
         service = self.services.get(conn.service.port)
         if service is None or _permits(service, conn.client):
             return
-        self.stats(service).denials += 1
+        self.stats(service).deny("firewall")
         logger.warning(
             "the firewall of a service now denies a client",
             extra=kv(service=service.name, client=conn.client, connection=conn.connection_id),
@@ -239,6 +249,15 @@ class ServiceHost:
     # -- admission ---------------------------------------------------------------------
 
     async def _admit(self, peer: PeerInfo) -> str | None:
+        # (counted while under way: the handshakes that wait on the ledger, shown by
+        # the metrics as dtp_admissions_in_progress)
+        self.admitting += 1
+        try:
+            return await self._admission(peer)
+        finally:
+            self.admitting -= 1
+
+    async def _admission(self, peer: PeerInfo) -> str | None:
         if not self.host_id:
             return "the daemon is still starting"
         service = self.services.get(peer.port) if peer.port is not None else None
@@ -257,6 +276,7 @@ class ServiceHost:
                 # connection on it settled the ledger connection under the first)
                 if verdict is None and peer.connection_id not in self._served:
                     self.settlements.settle_refused(peer.connection_id)
+            self.no_service += 1
             logger.info(
                 "refused: no such service",
                 extra=kv(client=peer.address, port=peer.port, reason=why),
@@ -266,10 +286,11 @@ class ServiceHost:
             self.ledger, self.host_id, service.port, remember=True, open_grace=self.open_grace
         )
         reason = await asyncio.to_thread(admission, peer)
+        kind = "ledger"  # (what the denial counts under: state.DENIAL_REASONS)
         if reason is None and peer.connection_id in self.settlements.settling:
             # (a retry of its failed settlement, in flight: served, it would be closed
             # on the ledger under its tunnels)
-            reason = "the connection is being settled"
+            reason, kind = "the connection is being settled", "settling"
         if reason is None:
             assert peer.connection_id is not None
             # first: a second DTP connection on a ledger connection served is refused as
@@ -278,6 +299,7 @@ class ServiceHost:
             # against the connections we serve now (docs/escrow.md §2)
             served = peer.connection_id in self._served
             reason = self._reserve(peer.connection_id, peer.address, admission.limits)
+            kind = "duplicate" if served else "limit"
             if reason is not None and not served:
                 # a valid, funded connection beyond a limit: settled now, as one the
                 # service's firewall refuses below
@@ -287,13 +309,14 @@ class ServiceHost:
                 self._views[peer.connection_id] = admitted
         if reason is None and not _permits(service, peer.address):
             reason = f"the firewall of service {service.name} denies {peer.address}"
+            kind = "firewall"
             assert peer.connection_id is not None
             self._release_unclaimed(peer.connection_id)
             # a valid, funded connection we refuse: close and settle it now, so the
             # client's deposit comes back at once instead of after the close timeout
             self.settlements.settle_refused(peer.connection_id, service)
         if reason is not None:
-            self.stats(service).denials += 1
+            self.stats(service).deny(kind)
             logger.warning(
                 "denied",
                 extra=kv(service=service.name, client=peer.address, reason=reason),

@@ -20,6 +20,7 @@ from dtp.daemon.logs import kv, log_failure
 from dtp.daemon.served import ServedConnection, service_row
 from dtp.daemon.state import ServiceStats, StatusBook
 from dtp.hostid.served import ServedConnections
+from dtp.ledger.receipt import Receipt
 from dtp.payments.ends import EndChoice
 
 __all__ = ["SETTLE_RETRY", "SETTLE_RETRY_MAX", "Settlements", "next_settle_retry"]
@@ -66,6 +67,8 @@ class Retry:
     """When (the loop's clock) it is tried next."""
     served: bool = False
     """Whether its receipts were earned in this run (see :meth:`Settlements.settle`)."""
+    fee: int = 0
+    """MIST its receipt can claim, as far as this run knows (the status's fees owed)."""
 
 
 class Settlements:
@@ -117,6 +120,8 @@ class Settlements:
         ``served`` their settlement is counted with once the batch settles them."""
         self._batch_task: asyncio.Task[None] | None = None
         self._batch_wake = asyncio.Event()
+        self.unplaced_failures = 0
+        """Failed settlements whose service could not be told (no status row)."""
 
     def settle_refused(self, connection_id: str, service: ServiceConfig | None = None) -> None:
         """Close and settle (refund) a ledger connection refused at admission (a receipt
@@ -154,6 +159,7 @@ class Settlements:
             return Settled(0, 0)
         ended = asyncio.get_running_loop().create_future()
         self.settling[connection_id] = ended
+        owed = self.fees().owed(connection_id)  # (before the settlement forgets it)
         try:
             settled = await self.fees().settle(connection_id, escrow_id, quiet=retry)
         finally:
@@ -167,7 +173,7 @@ class Settlements:
             self._batch_wake.set()
             if self._batch_task is None and not self.stopped:
                 self._batch_task = asyncio.ensure_future(self._batch_loop())
-        self.follow_up(connection_id, settled, escrow_id, service, served)
+        self.follow_up(connection_id, settled, escrow_id, service, served, owed)
         return settled
 
     def _count_settled(
@@ -196,6 +202,8 @@ class Settlements:
         if left:
             row.ends_left += 1
             row.fees_left += settled.fee
+        if settled.claimed:
+            row.claims += 1
         row.fees_claimed += settled.claimed
         row.refunded += settled.refunded
         if not served:
@@ -219,6 +227,12 @@ class Settlements:
         if settled.claimed:
             self.earn(stats, conn, conn.accepted)
         return settled
+
+    def kept(self, stats: ServiceStats, conn: ServedConnection, receipt: Receipt) -> None:
+        """A receipt of ``conn`` is on disk: it counts (``receipts``, ``fees_earned``)."""
+        stats.receipts += 1
+        self.earn(stats, conn, receipt.total_amount)
+        self.book.touch()
 
     @staticmethod
     def earn(stats: ServiceStats, conn: ServedConnection, total: int) -> None:
@@ -268,10 +282,11 @@ class Settlements:
         escrow_id: str | None,
         service: ServiceConfig | None,
         served: bool = False,
+        fee: int = 0,
     ) -> None:
         """After a settlement: drop the connection from the retries when it is done;
-        otherwise schedule its next try (the first failure logged as a warning, the
-        repeats at debug level)."""
+        otherwise count the failure and schedule its next try (the first failure logged
+        as a warning, the repeats at debug level). ``fee``: what its receipt can claim."""
         entry = self.retries.get(connection_id)
         if settled.done:
             if entry is not None:
@@ -286,8 +301,9 @@ class Settlements:
                 )
             return
         now = asyncio.get_running_loop().time()
+        self._count_failure(service or (entry.service if entry else None), settled.port)
         if entry is None:
-            entry = Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served)
+            entry = Retry(escrow_id, service, SETTLE_RETRY, now + SETTLE_RETRY, served, fee)
             self.retries[connection_id] = entry
             out_of_gas = self.gas is not None and self.gas.out  # (said once, by the watch)
             logger.log(
@@ -302,6 +318,7 @@ class Settlements:
             entry.escrow_id = entry.escrow_id or escrow_id
             entry.service = entry.service or service
             entry.served = entry.served or served
+            entry.fee = max(entry.fee, fee)
             entry.delay = next_settle_retry(entry.delay)
             entry.due = now + entry.delay
             logger.debug(
@@ -312,6 +329,48 @@ class Settlements:
             if self._retry_task is None:
                 self._retry_task = asyncio.ensure_future(self._retry_loop())
             self._retry_wake.set()  # (its next try may come before the one waited for)
+
+    def _count_failure(self, service: ServiceConfig | None, port: int | None) -> None:
+        """Count a failed settlement under its service (``claim_failures``), or in
+        :attr:`unplaced_failures` when its service cannot be told (its port unread)."""
+        if service is None and port is None:
+            self.unplaced_failures += 1
+            return
+        row = self._settled_row(service, port)
+        if row is not None:
+            row.claim_failures += 1
+            self.book.touch()
+
+    def owed(self) -> dict[str, int]:
+        """MIST the daemon's receipts can still claim, by service name, as far as this
+        run knows: the connections served now, the ends waiting to be settled together,
+        the settlements waiting to be tried again. (Those a previous run left are
+        claimed at the start, before this is first asked.)"""
+        fees = self.fees()
+        owed: dict[str, int] = {}
+
+        def add(name: str, amount: int) -> None:
+            if amount > 0:
+                owed[name] = owed.get(name, 0) + amount
+
+        for conn in self.conns.values():
+            add(conn.service.name, fees.owed(conn.connection_id))
+        waiting = {d.connection_id: d.fee for d in fees.batch.waiting()}
+        for cid, (service, port, _) in self.deferred.items():
+            add(self._name(service, port), waiting.get(cid, 0))
+        for entry in self.retries.values():
+            add(self._name(entry.service, None), entry.fee)
+        return owed
+
+    def _name(self, service: ServiceConfig | None, port: int | None) -> str:
+        """The status row's name of a settlement's service (as :meth:`_settled_row`
+        finds it, without making a row)."""
+        if service is not None:
+            return service.name
+        configured = self.services.get(port) if port is not None else None
+        if configured is not None:
+            return configured.name
+        return f"port {port} (removed)" if port is not None else "unknown"
 
     async def _retry_loop(self) -> None:
         """Try the failed settlements again as they fall due, one at a time, until the

@@ -31,8 +31,12 @@ logger = logging.getLogger("dtp.daemon")
 
 __all__ = [
     "CONNECTIONS_FILE",
+    "CONTROL_SOCKET",
+    "DENIAL_REASONS",
+    "FORWARD_DENIALS",
     "LOCK_FILE",
     "RECEIPTS_FILE",
+    "SERVICE_DENIALS",
     "STATUS_FILE",
     "ForwardStats",
     "ServiceStats",
@@ -50,6 +54,9 @@ CONNECTIONS_FILE = "connections.sqlite"
 yet (:mod:`dtp.daemon.refunds`)."""
 LOCK_FILE = "daemon.lock"
 """Held (``flock``) by the daemon using a state directory, and holding its pid."""
+CONTROL_SOCKET = "control.sock"
+"""The running daemon's Unix socket: its live counters for ``dtp status``
+(:mod:`dtp.daemon.control`)."""
 
 
 def lock_holder(state_dir: Path) -> int | None:
@@ -79,6 +86,8 @@ class ServiceStats:
     """Bytes from the backends to clients."""
     denials: int = 0
     """Connections or tunnels refused (firewall, admission, unpaid usage)."""
+    denied: dict[str, int] = field(default_factory=dict)
+    """``denials`` by reason (:data:`DENIAL_REASONS`): :meth:`deny` counts both."""
     rate_limited: int = 0
     """UDP datagrams dropped over the client's rate limits (TCP tunnels wait instead)."""
     backend_errors: int = 0
@@ -99,6 +108,24 @@ class ServiceStats:
     fees_left: int = 0
     """MIST of fees those ends gave up (their clients got them back)."""
     healthy_backends: int = 0
+    receipts: int = 0
+    """Receipts accepted and kept (on disk): each one a client's signed payment."""
+    claims: int = 0
+    """Settlements that claimed a fee on the ledger."""
+    claim_failures: int = 0
+    """Settlements that failed (the ledger away, a refusal, out of gas), each try
+    counted: the failed one is tried again (docs/daemon.md, "Fees")."""
+    datagrams_in: int = 0
+    """UDP: datagrams from clients relayed to the backends."""
+    datagrams_out: int = 0
+    """UDP: datagrams from the backends relayed to clients."""
+    datagrams_dropped: dict[str, int] = field(default_factory=dict)
+    """UDP: datagrams dropped, by reason (``unpaid``, ``rate_limited``, ``oversized``,
+    ``backlog``, ``send_failed``, ``finishing``, ``no_session``)."""
+
+    def deny(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` denials for ``reason`` (one of :data:`DENIAL_REASONS`)."""
+        _deny(self, reason, count)
 
 
 @dataclass
@@ -117,11 +144,58 @@ class ForwardStats:
     """Bytes from the tunnel back to local clients."""
     denials: int = 0
     """Connections the remote side or its ledger refused."""
+    denied: dict[str, int] = field(default_factory=dict)
+    """``denials`` by reason (:data:`DENIAL_REASONS`)."""
     errors: int = 0
     """Tunnels that ended with an error (unreachable service, no backend)."""
     receipts_sent: int = 0
     fees_paid: int = 0
     """MIST covered by the receipts sent."""
+    datagrams_in: int = 0
+    """UDP: datagrams from local clients sent into the tunnel."""
+    datagrams_out: int = 0
+    """UDP: datagrams from the tunnel delivered to local clients."""
+    datagrams_dropped: dict[str, int] = field(default_factory=dict)
+    """UDP: datagrams dropped, by reason (as :attr:`ServiceStats.datagrams_dropped`)."""
+
+    def deny(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` denials for ``reason`` (one of :data:`DENIAL_REASONS`)."""
+        _deny(self, reason, count)
+
+
+DENIAL_REASONS = {
+    "firewall": "the service's own allow/deny lists refuse the client",
+    "host_firewall": "the Host's firewall, re-read while serving, now denies the client",
+    "ledger": "the ledger refused: no Open, funded connection of this client "
+    "(admission), or the target host or its connection (a forward's open)",
+    "limit": "the Host's connection limits (per client, per service)",
+    "duplicate": "a second DTP connection on a ledger connection already served",
+    "settling": "the ledger connection is being settled",
+    "refused": "the remote daemon refused the connection (a forward)",
+    "unpaid": "usage the receipts did not cover: tunnels cut, UDP datagrams dropped",
+}
+"""The reasons denials are counted under (``denied`` in the status, the ``reason``
+label of ``dtp_service_denials_total``): a small fixed set, not the refusal's text."""
+
+SERVICE_DENIALS = (
+    "firewall",
+    "host_firewall",
+    "ledger",
+    "limit",
+    "duplicate",
+    "settling",
+    "unpaid",
+)
+"""The reasons a service counts denials under."""
+FORWARD_DENIALS = ("ledger", "refused", "unpaid")
+"""The reasons a forward counts denials under."""
+
+
+def _deny(row: ServiceStats | ForwardStats, reason: str, count: int) -> None:
+    if count <= 0:
+        return
+    row.denials += count
+    row.denied[reason] = row.denied.get(reason, 0) + count
 
 
 _LIVE = {"active_tunnels", "healthy_backends", "receipts_held"}
@@ -309,6 +383,13 @@ def _revive(kind: type[Any], row: Any) -> Any:
         if isinstance(f.default, str):
             if isinstance(value, str):
                 values[f.name] = value
+        elif f.default_factory is dict:  # (counts by reason)
+            if isinstance(value, dict):
+                values[f.name] = {
+                    str(k): v
+                    for k, v in value.items()
+                    if isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                }
         elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             values[f.name] = value
     return kind(**values)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from dtp.daemon.config import load_config
-from dtp.daemon.state import STATUS_FILE, process_identity, read_status
+from dtp.daemon.control import unix_get
+from dtp.daemon.state import CONTROL_SOCKET, STATUS_FILE, process_identity, read_status
 from dtp.errors import DaemonConfigError
 
-__all__ = ["daemon_running", "format_table", "main", "state_dir_of"]
+__all__ = ["LIVE_TIMEOUT", "daemon_running", "format_table", "main", "read_live", "state_dir_of"]
 
 _SERVICE_COLUMNS = (
     ("service", "name"),
@@ -111,7 +113,16 @@ def format_table(status: dict[str, Any]) -> str:
         state = f"running (pid {pid})"
     else:
         state = f"not running (pid {pid} ended without stopping cleanly)"
+    updated = status.get("updated")
+    if status.get("source") == "live":
+        state += ", live counters"
+    elif state.startswith("running") and isinstance(updated, int | float):
+        # (a daemon that did not answer on its control socket: the file trails it)
+        state += f", counters as saved {_age(updated)}"
     out.append(f"daemon: {state}")
+    ledger = _ledger_line(status.get("ledger"))
+    if ledger:
+        out.append(ledger)
     if status.get("host_id"):
         out.append(f"host:   {status['host_id']} at {status.get('endpoint')}")
     gas = _gas_line(status.get("gas"))
@@ -128,7 +139,53 @@ def format_table(status: dict[str, Any]) -> str:
         out += ["", *_table(forwards, _FORWARD_COLUMNS)]
     if not services and not forwards:
         out.append("no services or forwarders yet")
+    alerts = _alerts(services, forwards)
+    if alerts:
+        out += ["", *alerts]
     return "\n".join(out)
+
+
+def _alerts(services: dict[str, Any], forwards: dict[str, Any]) -> list[str]:
+    """What needs a look, from a live status: backends down, forwards whose target
+    does not answer (a status read from the file knows neither)."""
+    lines = []
+    for name, row in services.items():
+        backends = row.get("backends") if isinstance(row, dict) else None
+        if isinstance(backends, dict):
+            down = [b for b, state in backends.items() if state == "down"]
+            if down:
+                lines.append(
+                    f"service {name}: backend{'s' if len(down) > 1 else ''} down: {', '.join(down)}"
+                )
+    for name, row in forwards.items():
+        state = row.get("state") if isinstance(row, dict) else None
+        if state in ("unreachable", "backing_off"):
+            lines.append(f"forward {name}: target {str(state).replace('_', ' ')}")
+    return lines
+
+
+def _age(when: float) -> str:
+    seconds = max(0.0, time.time() - when)
+    if seconds < 120:
+        return f"{seconds:.1f} s ago"
+    return f"{seconds / 60:.0f} min ago" if seconds < 7200 else f"{seconds / 3600:.1f} h ago"
+
+
+def _ledger_line(ledger: Any) -> str | None:
+    """The ledger's health as the running daemon sees it (its calls: dtp.daemon.live)."""
+    if not isinstance(ledger, dict):
+        return None
+    line = f"ledger: {ledger.get('state', 'unknown')}"
+    if ledger.get("spec"):
+        line += f" ({ledger['spec']})"
+    calls, errors, mean = ledger.get("calls"), ledger.get("errors"), ledger.get("mean_seconds")
+    if isinstance(calls, int) and isinstance(errors, int):
+        line += f", {calls:,} calls, {errors:,} failed"
+    if isinstance(mean, int | float) and not isinstance(mean, bool):
+        line += f", mean {mean * 1000:.1f} ms"
+    if ledger.get("state") == "unavailable" and ledger.get("last_error"):
+        line += f": {ledger['last_error']}"
+    return line
 
 
 def _mist(value: Any) -> str:
@@ -232,14 +289,43 @@ def _malformed(status: dict[str, Any]) -> str | None:
     return None
 
 
-def main(config: str | None, state_dir: str | None, as_json: bool) -> int:
-    """Entry point of ``dtp status``: the status on stdout, errors on stderr."""
+LIVE_TIMEOUT = 2.0
+"""Seconds ``dtp status`` waits for the running daemon's answer before it reads the
+status file instead."""
+
+
+def read_live(state_dir: Path, timeout: float = LIVE_TIMEOUT) -> dict[str, Any] | None:
+    """The running daemon's live status, asked over its control socket
+    (:mod:`dtp.daemon.control`), or None when no daemon answers there (none runs, one
+    still starting or stopping, or one too old to have the socket)."""
+    try:
+        body = unix_get(state_dir / CONTROL_SOCKET, "/status.json", timeout)
+        status = json.loads(body, parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def main(config: str | None, state_dir: str | None, as_json: bool, live: bool = True) -> int:
+    """Entry point of ``dtp status``: the status on stdout, errors on stderr. The
+    running daemon's live counters when it answers on its control socket (``live``),
+    else the status file it last wrote (``source`` in the JSON: ``live`` or ``file``)."""
     try:
         directory = state_dir_of(config, state_dir)
     except DaemonConfigError as exc:
         print(f"dtp status: {exc}", file=sys.stderr)
         return 2
-    status = read_status(directory)
+    status = read_live(directory) if live else None
+    if status is not None:
+        status["source"] = "live"
+    else:
+        status = read_status(directory)
+        if status is not None:
+            status["source"] = "file"
     if status is None:
         path = directory / STATUS_FILE
         if path.is_file() and os.access(path, os.R_OK):

@@ -22,18 +22,31 @@ from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.ledger.receipt import Receipt
 from dtp.transport.asyncio.streams import DTPStreamReader
 
-__all__ = ["UDP_TALLY", "UdpFlows"]
+__all__ = ["DROPPED", "UDP_TALLY", "UdpFlows"]
 
 logger = logging.getLogger("dtp.daemon.services")  # (the exposing side logs under one name)
 
 _UDP_ROW = {
     "bytes_in": "bytes_in",
     "bytes_out": "bytes_out",
-    "dropped_unpaid": "denials",
+    "datagrams_in": "datagrams_in",
+    "datagrams_out": "datagrams_out",
     "dropped_rate_limited": "rate_limited",
 }
 """A UDP relay's counters (:class:`dtp.hostid.udp.UdpStats`) and the service status columns
-they add to."""
+they add to; its ``dropped_*`` counters add to ``datagrams_dropped`` by reason (and
+``dropped_unpaid`` to the denials, as ``unpaid``)."""
+
+DROPPED = (
+    "unpaid",
+    "rate_limited",
+    "oversized",
+    "backlog",
+    "send_failed",
+    "finishing",
+    "no_session",
+)
+"""The reasons a UDP relay or forwarder drops a datagram (``UdpStats.dropped_<reason>``)."""
 
 UDP_TALLY = 0.5
 """Seconds between copies of a UDP flow's counters into its service's status row (the
@@ -75,9 +88,8 @@ class UdpFlows:
         if terms.sla.price_per_kib or terms.sla.price_per_request:
 
             def kept(receipt: Receipt) -> None:
-                settlements.earn(stats, conn, receipt.total_amount)
+                settlements.kept(stats, conn, receipt)
                 settlements.count_held()  # (this flow holds one now; it never showed)
-                self.book.touch()
 
             billing = self.fees().udp_billing(
                 terms, service.credit_datagrams, kept, service.loss_allowance
@@ -92,7 +104,7 @@ class UdpFlows:
         stats.active_tunnels += 1
         udp_stats = UdpStats()
         conn.finish = asyncio.Event()
-        counted = dict.fromkeys(_UDP_ROW, 0)
+        counted = dict.fromkeys([*_UDP_ROW, *(f"dropped_{r}" for r in DROPPED)], 0)
 
         def tally() -> None:
             # the flow's counters into the row as they grow, as a TCP tunnel's bytes
@@ -104,6 +116,16 @@ class UdpFlows:
                 if grown:
                     setattr(stats, row_name, getattr(stats, row_name) + grown)
                     counted[name] = snap[name]
+                    self.book.touch()
+            for reason in DROPPED:
+                name = f"dropped_{reason}"
+                grown = snap[name] - counted[name]
+                if grown:
+                    dropped = stats.datagrams_dropped
+                    dropped[reason] = dropped.get(reason, 0) + grown
+                    counted[name] = snap[name]
+                    if reason == "unpaid":
+                        stats.deny("unpaid", grown)
                     self.book.touch()
 
         async def tally_often() -> None:

@@ -30,11 +30,13 @@ from dtp.daemon.outage import (
 )
 from dtp.daemon.refunds import OpenAttempt, Refunds
 from dtp.daemon.state import ForwardStats, StatusBook
+from dtp.daemon.udp_flows import DROPPED
 from dtp.errors import ChainError, ConnectionRefused, DTPError, TunnelError
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Sla
+from dtp.ledger.receipt import ReceiptScope
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
@@ -70,15 +72,18 @@ class UdpForward:
         """When the next flow's connection may be tried, after failures (an outage)."""
         self._probing = asyncio.Lock()
         """Held by the look at the target before an open: one at a time."""
+        self.opens_in_flight = 0
+        """New flows' connections being opened now (probe, ledger open, handshake)."""
         self._forwarder: AsyncUdpForwarder | None = None
         self._slas: dict[str, Sla] = {}
         self._deposits: dict[str, int] = {}
-        # what refresh() has put in the row so far (see _now()): the
+        self._escrows: dict[str, str] = {}
+        # what refresh() has put in the row so far, by counter: the
         # row is shared by name with the forwarders a reload put in our place, or we
         # in theirs, so each adds its own changes (written whole, a forwarder started
         # on trial and closed again put its zeros over the TCP forwarder it was to
         # replace, whose open tunnel then counted -1 active tunnels when it ended)
-        self._counted = (0, 0, 0, 0, 0, 0)
+        self._counted: dict[str, int] = {}
         #: the tasks half-closing ended flows' connections on the ledger (and opens
         #: given up, unwinding: see :meth:`_connect`)
         self._watchers: set[asyncio.Task[None]] = set()
@@ -95,6 +100,7 @@ class UdpForward:
         target answered the probe; refused at once during a backoff."""
         timeout = self.config.open_timeout
         attempt = None if self.refunds is None else self.refunds.attempt(self.config.name)
+        self.opens_in_flight += 1
         try:
             opened = await within(
                 timeout,
@@ -113,6 +119,8 @@ class UdpForward:
             self.stats.errors += 1
             self.book.touch()
             raise
+        finally:
+            self.opens_in_flight -= 1
         self.backoff.tunnel_opened()
         return opened
 
@@ -184,7 +192,7 @@ class UdpForward:
                 on_open=attempt,
             )
         except ConnectionRefused as exc:
-            stats.denials += 1
+            stats.deny("refused")
             self.book.touch()
             logger.warning("refused", extra=kv(forward=self.config.name, reason=str(exc)))
             raise
@@ -211,6 +219,7 @@ class UdpForward:
             raise
         self._slas[writer.connection_id] = escrow.sla
         self._deposits[writer.connection_id] = escrow.deposited
+        self._escrows[writer.connection_id] = escrow.id
         stats.connections += 1
         stats.tunnels += 1
         self.book.touch()
@@ -233,9 +242,11 @@ class UdpForward:
         assert connection_id is not None
         sla = self._slas.pop(connection_id)
         deposit = self._deposits.pop(connection_id)
+        escrow_id = self._escrows.pop(connection_id)
         if sla.price_per_kib == 0 and sla.price_per_request == 0:
             return None
-        return Meter(self.identity, connection_id, sla, deposit, every_bytes=0)
+        scope = ReceiptScope(self.ledger.package_id, escrow_id, connection_id)
+        return Meter(self.identity, scope, sla, deposit, every_bytes=0)
 
     async def start(self) -> tuple[str, int]:
         """Bind the local UDP port; returns the bound address."""
@@ -267,23 +278,25 @@ class UdpForward:
         if self._forwarder is None:
             return
         snap = self._forwarder.stats.snapshot()
-        # (bytes_out: local clients → the tunnel)
-        now = (
-            snap["bytes_out"],
-            snap["bytes_in"],
-            self._forwarder.sessions,
-            snap["receipts_sent"],
-            snap["fees_paid"],
-            snap["dropped_unpaid"],
-        )
-        was, self._counted = self._counted, now
+        snap["sessions"] = self._forwarder.sessions
+        was, self._counted = self._counted, snap
+
+        def grown(name: str) -> int:
+            return snap[name] - was.get(name, 0)
+
         row = self.stats
-        row.bytes_in += now[0] - was[0]
-        row.bytes_out += now[1] - was[1]
-        row.active_tunnels += now[2] - was[2]
-        row.receipts_sent += now[3] - was[3]
-        row.fees_paid += now[4] - was[4]
-        row.denials += now[5] - was[5]
+        # (the forwarder's "out" is local clients → the tunnel: the row's "in")
+        row.bytes_in += grown("bytes_out")
+        row.bytes_out += grown("bytes_in")
+        row.datagrams_in += grown("datagrams_out")
+        row.datagrams_out += grown("datagrams_in")
+        row.active_tunnels += grown("sessions")
+        row.receipts_sent += grown("receipts_sent")
+        row.fees_paid += grown("fees_paid")
+        row.deny("unpaid", grown("dropped_unpaid"))
+        for reason in DROPPED:
+            if count := grown(f"dropped_{reason}"):
+                row.datagrams_dropped[reason] = row.datagrams_dropped.get(reason, 0) + count
         self.book.touch()
 
     def stop_listening(self) -> None:
@@ -303,6 +316,11 @@ class UdpForward:
     @property
     def active_tunnels(self) -> int:
         return 0 if self._forwarder is None else self._forwarder.sessions
+
+    @property
+    def open_connections(self) -> int:
+        """DTP connections open now (one per flow)."""
+        return self.active_tunnels
 
     async def drain(self, timeout: float) -> None:
         """End every flow (each settles its final receipt) and close the port; then give

@@ -9,22 +9,31 @@
 The layer sits between the public faces (:mod:`dtp.socket`, :mod:`dtp.aio`) and the
 applications (messaging, graph, daemon), which announce through it
 (docs/architecture.md).
+
+mDNS runs on zeroconf, which comes with the ``lan`` extra (``pip install 'dtp[lan]'``,
+:mod:`dtp.extras`): the names from :mod:`dtp.discovery.lan` are imported on first use.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from dtp.discovery.errors import LanDiscoveryError, LanRecordError
-from dtp.discovery.lan import (
-    Announcement,
-    AsyncBrowser,
-    Browser,
-    LanDiscovery,
-    LanEvent,
-    LanPeer,
-    LanRecord,
-    announce,
-    announce_async,
-    browse,
-    browse_async,
-)
+
+if TYPE_CHECKING:
+    from dtp.discovery.lan import (
+        Announcement,
+        AsyncBrowser,
+        Browser,
+        LanDiscovery,
+        LanEvent,
+        LanPeer,
+        LanRecord,
+        announce,
+        announce_async,
+        browse,
+        browse_async,
+    )
 
 __all__ = [
     "Announcement",
@@ -41,3 +50,13 @@ __all__ = [
     "browse",
     "browse_async",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # dtp.discovery.lan on first use: it runs on zeroconf (the lan extra), which the
+    # errors, records and peer tables do not need
+    if name in __all__:
+        from dtp.discovery import lan
+
+        return getattr(lan, name)
+    raise AttributeError(f"module 'dtp.discovery' has no attribute {name!r}")

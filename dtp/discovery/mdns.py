@@ -20,17 +20,22 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-import ifaddr
-from zeroconf import (
-    BadTypeInNameException,
-    InterfaceChoice,
-    IPVersion,
-    NonUniqueNameException,
-    ServiceInfo,
-    ServiceStateChange,
-    Zeroconf,
-)
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
+from dtp.extras import missing
+
+try:  # (the lan extra: without it, one error naming it)
+    import ifaddr
+    from zeroconf import (
+        BadTypeInNameException,
+        InterfaceChoice,
+        IPVersion,
+        NonUniqueNameException,
+        ServiceInfo,
+        ServiceStateChange,
+        Zeroconf,
+    )
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
+except ImportError as exc:
+    raise missing("lan", "LAN discovery (mDNS)", exc) from None
 
 from dtp.discovery.errors import LanDiscoveryError
 from dtp.discovery.peers import LanEvent, LanPeer, PeerTable

@@ -35,6 +35,7 @@ import json
 import sys
 from typing import Any
 
+from dtp.errors import MissingExtra
 from dtp.graph.persist import GraphStorageError
 from dtp.graph.store import Graph
 from dtp.graph.sync import GraphServer
@@ -170,8 +171,9 @@ def main(argv: list[str] | None = None) -> None:
             gun(args)
             return
         serve(args)
-    except GraphStorageError as exc:
-        # a --db that is a directory or not a graph file: one line, not a traceback
+    except (GraphStorageError, MissingExtra) as exc:
+        # a --db that is a directory or not a graph file, or `gun` or `--lan` without
+        # their extra: one line, not a traceback
         print(f"python -m dtp.graph: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

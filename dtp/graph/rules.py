@@ -102,8 +102,9 @@ class Refusal:
 
     ``reason``: ``"rule"`` for a rule's refusal (``rule`` then names it), else the
     reason of the ownership, SEA or private-tier check (``unsigned``, ``wrong_key``,
-    ``bad_signature``, ``bad_soul``, ``sea_unverified``, ``private_wrong_key``, ...). ``message``: the rule's
-    text, or what the check found. Soul and field are read as UTF-8 (errors replaced).
+    ``bad_signature``, ``bad_soul``, ``sea_unverified``, ``private_wrong_key``, ...).
+    ``message``: the rule's text, or what the check found. Soul and field are read as
+    UTF-8 (errors replaced).
     """
 
     soul: str

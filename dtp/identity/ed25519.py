@@ -139,7 +139,7 @@ public key or R of small order (never raises)."""
 # receipt when it arrives and the ledger's claim rule checks it again at settlement, in
 # the same process (LocalLedger). Ed25519 verification is deterministic, so a success for
 # the exact (key, signature, message) bytes holds for good; only successes are kept, and
-# only of short messages (receipts are 79 bytes), so the memo stays small.
+# only of short messages (receipts are 143 bytes), so the memo stays small.
 _VERIFIED_MAX: Final = 1024
 _MEMO_MESSAGE_MAX: Final = 256
 _verified: dict[tuple[bytes, bytes, bytes], None] = {}

@@ -59,7 +59,7 @@ from dtp.ledger.objects import (
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
-    from dtp.ledger.receipt import Receipt
+    from dtp.ledger.receipt import Receipt, ReceiptScope
 
 __all__ = [
     "MAX_MAIL_PAYLOAD",
@@ -246,6 +246,24 @@ class PendingOpen:
 class Ledger(PaymentModels, abc.ABC):
     """A DTP control-plane ledger (see the module docs for the conventions; the payment
     models' methods come from :class:`~dtp.ledger.economics.PaymentModels`)."""
+
+    # -- receipts (docs/escrow.md §6) ----------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def package_id(self) -> str:
+        """The dtp package's original ID (its first version's, which its types keep
+        across upgrades: what ``type_name::get_with_original_ids`` gives in Move). Every
+        receipt names it, so that one signed for another deployment of the package --
+        on this chain or another -- is refused (docs/escrow.md §6)."""
+
+    def receipt_scope(self, connection_id: str) -> ReceiptScope:
+        """What ``connection_id``'s receipts are bound to: this ledger's package, the
+        connection's escrow (one read) and the connection."""
+        from dtp.ledger.receipt import ReceiptScope
+
+        tc = self.get_connection(connection_id)
+        return ReceiptScope(self.package_id, tc.escrow, tc.id)
 
     # -- host (dtp::host) -----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from dtp.extras import require
 from dtp.ledger.interface import Ledger
 from dtp.ledger.spec import LedgerSpec, ledger_spec_from_env, parse_ledger_spec, resolve_package
 
@@ -34,7 +35,9 @@ def open_ledger(
     and ``DTP_SUI_RETRIES`` (:meth:`~dtp.ledger.sui.config.SuiConfig.for_node`); opening
     it does no I/O (the first call reaches the node). ``setting`` names a string
     ``spec`` in errors. Raises :class:`LedgerSpecError` (or the ``SuiConfigError`` of
-    a ``DTP_SUI_*`` setting) before anything is opened."""
+    a ``DTP_SUI_*`` setting) before anything is opened, and
+    :class:`~dtp.errors.MissingExtra` for a Sui spec when the ``sui`` extra is not
+    installed."""
     env = os.environ if env is None else env
     if spec is None:
         parsed = ledger_spec_from_env(env)
@@ -49,6 +52,9 @@ def open_ledger(
 
         return LocalLedger(parsed.path)
     assert parsed.node is not None
+    # before the package is resolved: "run `dtp deploy`" would send a user without
+    # pysui the wrong way
+    require("sui", f"{parsed.setting}: {parsed.describe()}")
     package_id = resolve_package(parsed, package, package_setting=package_setting, env=env)
     from dtp.ledger.sui import SuiLedger
     from dtp.ledger.sui.config import SuiConfig

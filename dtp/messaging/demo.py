@@ -9,13 +9,14 @@ from collections.abc import Callable
 import dtp.socket
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import Sla
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.ledger.receipt import Receipt
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer, ledger_payments
 from dtp.messaging.sealed import SealedInbox, seal, send_sealed
 from dtp.payments.metering import MeteringConfig
-from dtp.payments.receipts import Meter
+from dtp.payments.receipts import Meter, ReceiptScope
+from dtp.payments.refunds import collect_refund
 
 __all__ = ["demo_messaging_story"]
 
@@ -54,7 +55,8 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
     try:
         assert sock.connection_id is not None and sock.escrow_id is not None
         say(f"The user connects to dtp://{host[:10]}…:8545, depositing 100 MIST in escrow.")
-        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        scope = ReceiptScope(ledger.package_id, sock.escrow_id, sock.connection_id)
+        meter = Meter(user, scope, sla, 100, every_requests=1)
         client = JsonRpcClient(RpcClient(sock, timeout=10, meter=meter))
         block = client.call("eth_blockNumber")
         say(f"eth_blockNumber over DTP -> {block} (the request carried a signed receipt).")
@@ -64,6 +66,17 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
         sock.close()
         server.close()
         rpc.close()
+    # This server settles nothing as the connection ends: the user takes back the rest
+    # itself (docs/escrow.md §7 and §7.1). It half-closes, which leaves the server the
+    # half-close timeout to claim; after it, the user alone may settle.
+    ledger.close_connection(user, sock.connection_id)
+    ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
+    back = collect_refund(ledger, user, sock.connection_id)
+    say(
+        f"The server settles nothing at the end: the user half-closes, and once the "
+        f"{HALF_CLOSE_TIMEOUT_MS // 60_000}-minute timeout has passed (this ledger's clock "
+        f"moved on) settles alone: {back} MIST unspent come back."
+    )
 
     # a sealed message to a host that is offline
     bob = HostIdentity.generate()

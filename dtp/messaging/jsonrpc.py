@@ -26,7 +26,6 @@ import math
 import os
 import select
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
@@ -629,7 +628,10 @@ def _peer_closed(sock: socket.socket) -> bool:
     """Whether an idle kept-alive connection has something to read at once: the
     backend's end of it (EOF or reset), or bytes no request asked for; either way it
     answers no next request (an error reading it counts as closed)."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+    # a TLS socket's bytes already decrypted, which poll() cannot see (ssl.SSLSocket's
+    # pending(); ssl is not imported, so that a Python without OpenSSL imports this)
+    pending = getattr(sock, "pending", None)
+    if pending is not None and pending():
         return True
     try:
         if hasattr(select, "poll"):  # (select() refuses descriptors past FD_SETSIZE)

@@ -30,7 +30,7 @@ from dtp.errors import (
     move_error,
 )
 from dtp.ledger.objects import ConnectionState, Sla
-from dtp.ledger.receipt import U64_MAX, Receipt, fee
+from dtp.ledger.receipt import U64_MAX, Receipt, ReceiptScope, fee
 from dtp.payments.receipts import check_receipt
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class ReceiptGate:
     def __init__(
         self,
         *,
-        connection_id: str,
+        scope: ReceiptScope,
         client_public_key: bytes,
         sla: Sla,
         deposited: int,
@@ -210,7 +210,9 @@ class ReceiptGate:
     ) -> None:
         if pause_timeout_ms < 0 or (allowance is not None and allowance < 0):
             raise ValueError("allowance and pause_timeout_ms must be non-negative")
-        self.connection_id = connection_id
+        #: The package, escrow and connection the receipts must be signed for.
+        self.scope = scope
+        self.connection_id = scope.connection_id
         self.client_public_key = client_public_key
         self.sla = sla
         self.deposited = deposited
@@ -262,7 +264,7 @@ class ReceiptGate:
             try:
                 check_receipt(
                     receipt,
-                    connection_id=self.connection_id,
+                    scope=self.scope,
                     sla=self.sla,
                     public_key=self.client_public_key,
                     deposited=self.deposited,

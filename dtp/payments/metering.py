@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.ledger.objects import Sla
-from dtp.ledger.receipt import U64_MAX, Receipt
+from dtp.ledger.receipt import U64_MAX, Receipt, ReceiptScope
 from dtp.payments.receipts import Meter
 
 if TYPE_CHECKING:
@@ -107,7 +107,8 @@ class MeteringConfig:
 
 
 class ClientMeter:
-    """The client's meter of one connection.
+    """The client's meter of one connection, its receipts bound to ``scope`` (the
+    package, the escrow and the connection, docs/escrow.md §6).
 
     :meth:`update` takes the connection's cumulative usage and returns a receipt when the
     cadence says so. Usage the deposit cannot cover is not signed for: the meter then
@@ -117,7 +118,7 @@ class ClientMeter:
     def __init__(
         self,
         identity: HostIdentity,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         deposit: int,
         config: MeteringConfig | None = None,
@@ -144,7 +145,7 @@ class ClientMeter:
             every_requests = min(every_requests or quarter_requests, quarter_requests)
         self.meter = Meter(
             identity,
-            connection_id,
+            scope,
             sla,
             deposit,
             every_bytes=every_bytes,

@@ -25,6 +25,7 @@ from dtp.ledger.receipt import (
     RECEIPT_MESSAGE_SIZE,
     U64_MAX,
     Receipt,
+    ReceiptScope,
     fee,
     object_id_bytes,
     receipt_message,
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionTerms",
     "Meter",
     "Receipt",
+    "ReceiptScope",
     "check_next_receipt",
     "check_receipt",
     "fee",
@@ -55,7 +57,7 @@ __all__ = [
 def check_receipt(
     receipt: Receipt,
     *,
-    connection_id: str,
+    scope: ReceiptScope,
     sla: Sla,
     public_key: bytes,
     deposited: int,
@@ -64,35 +66,36 @@ def check_receipt(
 ) -> int:
     """The server's check of a receipt before keeping it, with ``escrow::claim``'s rules
     in its order (nonce, signature, amount, deposit, cumulative); returns what claiming it
-    would pay (``total_amount - claimed``).
+    would pay (``total_amount - claimed``). ``scope``: the package, escrow and
+    connection the server expects (its ledger's package, the connection's escrow).
 
     Raises :class:`dtp.errors.ReplayedReceipt` / :class:`dtp.errors.InvalidReceipt` with
-    the Move error names; a receipt for another connection fails as ``EBadSignature``,
-    exactly as on chain (the message binds the connection ID).
+    the Move error names; a receipt for another connection, another escrow or another
+    package fails as ``EBadSignature``, exactly as on chain (the message binds all three).
     """
     if receipt.nonce <= latest_nonce:
         raise move_error("escrow", "EReplayedReceipt", f"nonce {receipt.nonce} <= {latest_nonce}")
-    # The signature is checked over this connection's ID, but the receipt names one of its
+    # The signature is checked over the expected scope, but the receipt names one of its
     # own, and that is the one it is stored and later claimed under: a receipt signed for
     # this connection that named another would be counted here and kept under the
     # other's row, whose claim then fails on its signature -- the client's own connection
     # served on a receipt never claimable, and any other connection's genuine receipts
     # (nonces below the planted one) refused by the store for good.
-    if object_id_bytes(receipt.connection_id) != object_id_bytes(connection_id):
+    if receipt.scope != scope:
         raise move_error(
             "escrow",
             "EBadSignature",
-            f"receipt for connection {receipt.connection_id} on connection {connection_id}",
+            f"receipt for {_scope_text(receipt.scope)} on {_scope_text(scope)}",
         )
     message = receipt_message(
-        connection_id,
+        scope,
         receipt.total_bytes,
         receipt.total_requests,
         receipt.total_amount,
         receipt.nonce,
     )
     if not verify_memoized(public_key, receipt.signature, message):
-        raise move_error("escrow", "EBadSignature", f"connection {connection_id}")
+        raise move_error("escrow", "EBadSignature", f"connection {scope.connection_id}")
     expected = fee(sla, receipt.total_bytes, receipt.total_requests)
     if receipt.total_amount != expected:
         raise move_error(
@@ -113,11 +116,15 @@ def check_receipt(
     return receipt.total_amount - claimed
 
 
+def _scope_text(scope: ReceiptScope) -> str:
+    return f"connection {scope.connection_id} (escrow {scope.escrow_id}, package {scope.package})"
+
+
 def check_next_receipt(
     receipt: Receipt,
     latest: Receipt | None,
     *,
-    connection_id: str,
+    scope: ReceiptScope,
     sla: Sla,
     public_key: bytes,
     deposited: int,
@@ -127,7 +134,7 @@ def check_next_receipt(
     not go down."""
     return check_receipt(
         receipt,
-        connection_id=connection_id,
+        scope=scope,
         sla=sla,
         public_key=public_key,
         deposited=deposited,
@@ -139,7 +146,7 @@ def check_next_receipt(
 @dataclass(frozen=True)
 class ConnectionTerms:
     """What a server needs to check one ledger connection's receipts, read from its
-    TransportControl and Escrow."""
+    TransportControl and Escrow, and its ledger's package."""
 
     connection_id: str
     escrow_id: str
@@ -148,19 +155,27 @@ class ConnectionTerms:
     deposited: int
     """The deposit: what receipts may reach. It was reserved on the client's spending
     cap, so no claim within it can be refused (docs/escrow.md §4)."""
+    package: str
+    """The ledger's package (its original ID), which receipts name (docs/escrow.md §6)."""
+
+    @property
+    def scope(self) -> ReceiptScope:
+        """What the connection's receipts are bound to."""
+        return ReceiptScope(self.package, self.escrow_id, self.connection_id)
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, connection_id: str) -> ConnectionTerms:
         """Read the terms of ``connection_id`` (blocking ledger reads)."""
         tc = ledger.get_connection(connection_id)
-        return cls.from_objects(tc, ledger.get_escrow(tc.escrow))
+        return cls.from_objects(tc, ledger.get_escrow(tc.escrow), ledger.package_id)
 
     @classmethod
-    def from_objects(cls, tc: TransportControl, escrow: Escrow) -> ConnectionTerms:
+    def from_objects(cls, tc: TransportControl, escrow: Escrow, package: str) -> ConnectionTerms:
         """The terms of ``tc`` from objects already read (an admission's connection
-        view): its escrow. The whole deposit is reserved on the client's cap at open
-        (docs/escrow.md §4), so no cap needs reading."""
-        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited)
+        view): its escrow, and ``package``, the ledger's
+        (:attr:`~dtp.ledger.interface.Ledger.package_id`). The whole deposit is reserved
+        on the client's cap at open (docs/escrow.md §4), so no cap needs reading."""
+        return cls(tc.id, tc.escrow, tc.sla, escrow.client_public_key, escrow.deposited, package)
 
 
 def _meter_count(name: str, value: object) -> int:
@@ -172,16 +187,19 @@ def _meter_count(name: str, value: object) -> int:
 
 
 class Meter:
-    """The client's meter for one connection: usage in, signed cumulative receipts out.
+    """The client's meter for one connection: usage in, signed cumulative receipts out,
+    each bound to ``scope`` (the package, the connection's escrow and the connection:
+    ``ledger.receipt_scope(connection_id)``, docs/escrow.md §6).
 
     A receipt is issued when, since the last one, at least ``every_bytes`` bytes or
     ``every_requests`` requests were used or ``every_ms`` milliseconds passed with unpaid
     usage (a zero setting disables that trigger). Usage that would make the total fee
     exceed the deposit is refused with :class:`dtp.errors.InsufficientFunds` before it
     is counted: the caller must :meth:`top_up` first (after ``escrow::top_up``), so no
-    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` and increase by one
-    per receipt. Amounts and usage are integers: anything else (a float, a bool, a
-    negative number) is :class:`dtp.errors.InvalidArgument`, a ValueError.
+    receipt ever exceeds the deposit. Nonces start at ``start_nonce`` (1 by default, and
+    never 0, which no escrow can claim) and increase by one per receipt. Amounts and
+    usage are integers: anything else (a float, a bool, a negative number) is
+    :class:`dtp.errors.InvalidArgument`, a ValueError.
     ``sign_free=False``: usage of a kind the SLA prices at 0 (bytes at
     ``price_per_kib`` 0, requests at ``price_per_request`` 0) does not make a receipt
     due on its own, nor does :meth:`flush` sign for it alone: such a receipt pays
@@ -195,7 +213,7 @@ class Meter:
     def __init__(
         self,
         identity: HostIdentity,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         deposit: int,
         *,
@@ -206,7 +224,10 @@ class Meter:
         now_ms: int = 0,
         sign_free: bool = True,
     ) -> None:
-        object_id_bytes(connection_id)
+        if not isinstance(scope, ReceiptScope):
+            raise InvalidArgument(
+                f"scope must be a ReceiptScope (package, escrow, connection), got {scope!r}"
+            )
         _meter_count("deposit", deposit)
         for name, value in (
             ("every_bytes", every_bytes),
@@ -221,7 +242,8 @@ class Meter:
             # (above u64 it failed only at the first receipt, as a plain ValueError)
             raise InvalidArgument("start_nonce must be from 1 to 2**64 - 1")
         self._identity = identity
-        self.connection_id = connection_id
+        self.scope = scope
+        self.connection_id = scope.connection_id
         self.sla = sla
         self.deposit = deposit
         self.every_bytes = every_bytes
@@ -326,7 +348,7 @@ class Meter:
                 f"connection {self.connection_id} has used every receipt nonce (2**64)"
             )
         receipt = Receipt(
-            self.connection_id,
+            self.scope,
             self.total_bytes,
             self.total_requests,
             self.total_amount,

@@ -51,7 +51,7 @@ from dtp.ledger.objects import (
     TransportControl,
     normalize_id,
 )
-from dtp.ledger.receipt import U64_MAX, fee
+from dtp.ledger.receipt import U64_MAX, ReceiptScope, fee
 from dtp.payments.ends import (
     BatchPlan,
     Deferred,
@@ -158,9 +158,8 @@ class ClientPayment:
         self.escrow_id = escrow_id
         self.conn = conn
         # never sign for more than the server can claim: the deposit (a top-up raises it)
-        self.meter = ClientMeter(
-            identity, connection_id, sla, deposited, config, now_ms=int(now * 1000)
-        )
+        scope = ReceiptScope(ledger.package_id, escrow_id, connection_id)
+        self.meter = ClientMeter(identity, scope, sla, deposited, config, now_ms=int(now * 1000))
         self.receipts_sent = 0
         self._now_ms = int(now * 1000)
         self._finished = False

@@ -51,6 +51,8 @@ def test_localnet_commands(cli: Cli) -> None:
     assert cli.json("localnet", "faucet", "--amount", "500")["balance_mist"] == 500
     status = cli.json("localnet", "status")
     assert status["epoch"] == 0 and status["minted_mist"] == 500
+    with LocalLedger(cli.ledger) as ledger:  # the package the file's receipts name
+        assert status["package"] == ledger.package_id
     assert cli.json("localnet", "advance-epoch")["epoch"] == 1
     before = cli.json("localnet", "status")["clock_ms"]
     assert cli.json("localnet", "advance-clock", "60000")["clock_ms"] >= before + 60000

@@ -1,14 +1,28 @@
-"""The ``dtp`` command: the demo runs end to end and prints what it measured."""
+"""The ``dtp`` command: the demo runs end to end and prints what it measured (its
+browser step with headless Chromium where chromium and node are, as in CI)."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from bench import gun_peer
 from dtp.cli import main
+from dtp.cli.demo_browser import PAGE_TEXT, PYTHON_TEXT
 from dtp.daemon.state import StatusBook
+from tests.support.browser import chromium_path
+from tests.support.demo_output import check_demo_output
+from tests.support.paths import ROOT
+
+SHOTS = ROOT / "build" / "screenshots"
 
 
 def test_version(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -32,31 +46,48 @@ def test_no_command_prints_help(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "demo" in capsys.readouterr().out
 
 
-def test_demo_runs() -> None:
+def test_demo_runs(capsys) -> None:  # type: ignore[no-untyped-def]
+    # the browser step needs chromium and gun's files (scripts/demo.sh installs them; in
+    # CI they are here): a Python peer and headless Chromium on the demo page chat
+    browser = chromium_path() is not None and gun_peer.available()
+    if not browser and os.environ.get("CI"):
+        pytest.fail("chromium, node and npm are needed for the demo's browser step")
+    env = {**os.environ, "DTP_GUN_DIR": str(gun_peer.install())} if browser else None
+    shot = SHOTS / "demo-browser-chat.png"
+    started = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "dtp.cli", "demo", "--quick"],
+        # (no --browser-wait: with no terminal, the page stays up its few seconds and the
+        # demo goes on by itself, as in CI)
+        [sys.executable, "-m", "dtp.cli", "demo", "--quick", "--screenshots", str(SHOTS)],
         capture_output=True,
         text=True,
         timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "decoded back to the same 4 frames" in out
-    assert "replayed record" in out and "DecryptionError" in out
-    assert "in order" in out
-    assert "same graph on both" in out
-    assert "Noise IK handshake" in out and "got back b'HELLO, DTP'" in out
-    assert "ConnectionRefused" in out
-    assert "connected to dtp://0x" in out and "admitted us only after checking" in out
-    assert "claimed" in out and "refunded" in out and "conservation" in out
-    assert "converged: True" in out
-    # the daemon story: an ordinary TCP client through a forwarder, fees, a denied client
-    assert "every byte came back intact" in out and "paid nothing" in out
-    assert "provider" in out and "client" in out and "[1/10]" in out
-    # UDP billed per datagram, messaging
-    assert "queries answered through one DTP connection" in out
-    assert "eth_blockNumber over DTP" in out and "meet at noon" in out
-    assert "Summary" in out
+    assert "[7/11] A browser on the graph: a gun.js page and a Python peer" in out
+    if browser:
+        # what the Python peer received from the page, across the Gun endpoint and DTP
+        received = re.search(r"the Python peer received it over DTP sync in [\d.]+ s: (.*)", out)
+        assert received is not None, out
+        message = json.loads(received[1])
+        assert message["who"] == "chromium" and message["text"] == PAGE_TEXT
+        assert f'python: "{PYTHON_TEXT}"' in out and "the page shows it live" in out
+        assert f"a screenshot of the page: {shot}" in out
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 2000
+        assert shot.stat().st_mtime >= started - 1  # this run's
+        with capsys.disabled():
+            print(f"\n[screenshot] {shot}")
+        assert "browser: a gun.js page and a Python peer chatted" in out
+    else:
+        assert "skipped:" in out or "no headless browser" in out
+    page = re.search(r"open (http://127\.0\.0\.1:\d+/) in a browser", out)
+    assert page is not None or "skipped:" in out, out
+    assert "what you write in the next 5 s" in out or "skipped:" in out
+    check_demo_output(out)
 
 
 def test_a_reader_that_goes_away_is_no_traceback(tmp_path: Path) -> None:

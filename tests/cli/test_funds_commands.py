@@ -148,7 +148,8 @@ class Place:
         return state
 
     def receipt(self, connection: str, requests: int, nonce: int) -> Receipt:
-        return Receipt(connection, 0, requests, requests * 100, nonce).sign(self.client)
+        scope = self.world.ledger.receipt_scope(connection)
+        return Receipt(scope, 0, requests, requests * 100, nonce).sign(self.client)
 
 
 @pytest.fixture(params=["local", "sui"])
@@ -465,7 +466,7 @@ def test_claim_settle_on_a_connection_its_client_settled_meanwhile(
     opened = ledger.open_connection(client, host, 7, cap, DEPOSIT).connection_id
     store = tmp_path / "receipts.sqlite"
     with ReceiptStore(store) as receipts:
-        assert receipts.keep(Receipt(opened, 0, 2, 200, 1).sign(client))
+        assert receipts.keep(Receipt(ledger.receipt_scope(opened), 0, 2, 200, 1).sign(client))
     ledger.close_connection(client, opened)
     ledger.advance_clock(HALF_CLOSE_TIMEOUT_MS)
     ledger.client = client

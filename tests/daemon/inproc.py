@@ -234,7 +234,8 @@ class FileLedgerClient(LedgerConnector):
 
     def receipt(self, cid: str, kib: int = 40) -> Receipt:
         sla = self.ledger.get_connection(cid).sla
-        return Receipt(cid, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
+        scope = self.ledger.receipt_scope(cid)
+        return Receipt(scope, kib * 1024, 0, fee(sla, kib * 1024, 0), 1).sign(self.identity)
 
     def connection(self, cid: str) -> TransportControl:
         return self.ledger.get_connection(cid)

@@ -37,7 +37,9 @@ def test_a_connection_closed_on_the_ledger_is_closed(tmp_path: Path) -> None:
     aborted: list[str] = []
     writer = cast(dtp.aio.DTPStreamWriter, types.SimpleNamespace(abort=aborted.append))
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),))
-    terms = ConnectionTerms(cid, opened.escrow_id, sla, client.ed25519_public, 1000)
+    terms = ConnectionTerms(
+        cid, opened.escrow_id, sla, client.ed25519_public, 1000, ledger.package_id
+    )
     conn = ServedConnection(cid, service, terms, client.sui_address, writer)
     host.conns[cid] = conn
     try:

@@ -35,7 +35,7 @@ from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
 from dtp.errors import DTPError, InvalidReceipt
-from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -48,8 +48,8 @@ SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)
 DEPOSIT = 1_000_000
 
 
-def _receipt(client: HostIdentity, cid: str, total_bytes: int, nonce: int) -> Receipt:
-    return Receipt(cid, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(client)
+def _receipt(client: HostIdentity, scope: ReceiptScope, total_bytes: int, nonce: int) -> Receipt:
+    return Receipt(scope, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(client)
 
 
 def _setup(tmp_path: Path) -> tuple[LocalLedger, HostIdentity, HostIdentity, str, str]:
@@ -72,11 +72,17 @@ def test_receipts_are_checked_at_once_and_count_once_stored(tmp_path: Path) -> N
     async def run() -> list[Receipt]:
         kept: list[Receipt] = []
         for n in range(1, 6):
-            fees.accept(terms, _receipt(client, cid, n * 4096, n).encode(), kept.append)
+            fees.accept(
+                terms,
+                _receipt(client, ledger.receipt_scope(cid), n * 4096, n).encode(),
+                kept.append,
+            )
         # the newest checked receipt is known before any is on disk: a replay of an
         # older nonce is refused at once
         with pytest.raises(InvalidReceipt):
-            fees.accept(terms, _receipt(client, cid, 4096, 2).encode(), kept.append)
+            fees.accept(
+                terms, _receipt(client, ledger.receipt_scope(cid), 4096, 2).encode(), kept.append
+            )
         assert fees.held(cid) is not None and fees.held(cid).nonce == 5  # type: ignore[union-attr]
         settled = await fees.settle(cid, terms.escrow_id)
         assert settled.claimed == fee(SLA, 5 * 4096, 0)
@@ -105,7 +111,9 @@ def test_a_forged_receipt_is_refused_and_never_stored(tmp_path: Path) -> None:
 
     async def run() -> None:
         with pytest.raises(InvalidReceipt):
-            fees.accept(terms, _receipt(forger, cid, 4096, 1).encode(), lambda r: None)
+            fees.accept(
+                terms, _receipt(forger, ledger.receipt_scope(cid), 4096, 1).encode(), lambda r: None
+            )
         await asyncio.to_thread(fees.writer.flush)
 
     asyncio.run(run())
@@ -124,9 +132,15 @@ def test_a_later_receipt_for_less_is_refused_and_the_larger_one_kept(tmp_path: P
     terms = ConnectionTerms.from_ledger(ledger, cid)
 
     async def run() -> int:
-        fees.accept(terms, _receipt(client, cid, 50 * 4096, 1).encode(), lambda r: None)
+        fees.accept(
+            terms,
+            _receipt(client, ledger.receipt_scope(cid), 50 * 4096, 1).encode(),
+            lambda r: None,
+        )
         with pytest.raises(InvalidReceipt):
-            fees.accept(terms, _receipt(client, cid, 4096, 2).encode(), lambda r: None)
+            fees.accept(
+                terms, _receipt(client, ledger.receipt_scope(cid), 4096, 2).encode(), lambda r: None
+            )
         held = fees.held(cid)
         assert held is not None and held.nonce == 1
         settled = await fees.settle(cid, terms.escrow_id)
@@ -156,7 +170,7 @@ def test_a_udp_flows_receipt_pays_only_once_it_is_on_disk(tmp_path: Path) -> Non
             assert billing.may_forward(1024)
             billing.forwarded(1024)
         assert not billing.may_forward(1024)  # the credit of 4 datagrams is used
-        receipt = Receipt(cid, 4096, 4, fee(SLA, 4096, 4), 1).sign(client)
+        receipt = Receipt(terms.scope, 4096, 4, fee(SLA, 4096, 4), 1).sign(client)
         assert billing.receipt(receipt.encode())
         assert billing.checked == receipt
         await asyncio.sleep(0.3)
@@ -192,7 +206,7 @@ def test_a_claim_whose_mark_was_lost_is_settled_at_the_next_start(tmp_path: Path
         cap = ledger.create_spending_cap(CLIENT, 10 * DEPOSIT)
         opened = ledger.open_connection(CLIENT, host_id, 80, cap, DEPOSIT)
         cid = opened.connection_id
-        receipt = Receipt(cid, 40960, 0, fee(SLA, 40960, 0), 1).sign(CLIENT)
+        receipt = Receipt(ledger.receipt_scope(cid), 40960, 0, fee(SLA, 40960, 0), 1).sign(CLIENT)
 
         # the first run: the receipt stored, then claimed on the ledger -- and killed
         fees = ServerFees(ledger, SERVER, host_id, tmp_path / "receipts.db")
@@ -237,7 +251,7 @@ def test_close_leaves_the_store_open_under_a_writer_still_writing(
     real_close = ReceiptWriter.close
     monkeypatch.setattr(ReceiptWriter, "close", lambda self, timeout=30.0: real_close(self, 0.3))
     store.stall.set()
-    receipt = _receipt(client, cid, 4096, 1)
+    receipt = _receipt(client, ledger.receipt_scope(cid), 4096, 1)
     fees.writer.submit(receipt, lambda r: None)
     assert store.stalled.wait(10)
     fees.close()

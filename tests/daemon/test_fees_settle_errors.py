@@ -30,7 +30,7 @@ from dtp.chain.objects import ConnectionState, Settlement, Sla
 from dtp.daemon.fees import ServerFees, Settled
 from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.errors import ChainError
-from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from tests.support.paid_twins import ident
@@ -99,8 +99,8 @@ def _open(ledger: LocalLedger, host_id: str) -> tuple[str, str]:
     return opened.connection_id, opened.escrow_id
 
 
-def _receipt(cid: str, kib: int = 40) -> Receipt:
-    return Receipt(cid, kib * 1024, 0, fee(SLA, kib * 1024, 0), 1).sign(CLIENT)
+def _receipt(scope: ReceiptScope, kib: int = 40) -> Receipt:
+    return Receipt(scope, kib * 1024, 0, fee(SLA, kib * 1024, 0), 1).sign(CLIENT)
 
 
 def _stored(fees: ServerFees, ledger: LocalLedger, *receipts: Receipt) -> None:
@@ -130,7 +130,7 @@ def test_a_damaged_stored_receipt_is_logged_and_the_connection_left_open(
     cid, _ = _open(ledger, host_id)
     path = tmp_path / "receipts.db"
     fees = ServerFees(ledger, SERVER, host_id, path)
-    _stored(fees, ledger, _receipt(cid))
+    _stored(fees, ledger, _receipt(ledger.receipt_scope(cid)))
     with sqlite3.connect(path) as db:  # a torn block, another program's write
         db.execute("UPDATE receipts SET encoded = ?", (b"not a receipt",))
     try:
@@ -159,7 +159,12 @@ def test_an_unwrapped_claim_error_does_not_end_the_recovery(
     second, _ = _open(ledger, host_id)
     path = tmp_path / "receipts.db"
     fees = ServerFees(ledger, SERVER, host_id, path)
-    _stored(fees, ledger, _receipt(first), _receipt(second, 80))
+    _stored(
+        fees,
+        ledger,
+        _receipt(ledger.receipt_scope(first)),
+        _receipt(ledger.receipt_scope(second), 80),
+    )
     fees.close()
 
     ledger.fail_claims[first] = error
@@ -194,7 +199,7 @@ def test_a_failed_settlement_leaves_everything_for_the_next_start(
     claims and settles it, once."""
     ledger, host_id = _ledger(tmp_path)
     cid, escrow_id = _open(ledger, host_id)
-    receipt = _receipt(cid)
+    receipt = _receipt(ledger.receipt_scope(cid))
     path = tmp_path / "receipts.db"
     fees = ServerFees(ledger, SERVER, host_id, path)
     _stored(fees, ledger, receipt)
@@ -229,7 +234,7 @@ def test_a_claim_an_earlier_run_made_without_its_settlement_is_settled_at_the_ne
     found on the ledger, counted by the run that made it, not again."""
     ledger, host_id = _ledger(tmp_path)
     cid, escrow_id = _open(ledger, host_id)
-    receipt = _receipt(cid)
+    receipt = _receipt(ledger.receipt_scope(cid))
     path = tmp_path / "receipts.db"
     fees = ServerFees(ledger, SERVER, host_id, path)
     _stored(fees, ledger, receipt)
@@ -259,7 +264,7 @@ def test_a_settlement_outlasting_the_writer_still_settles_and_counts(
     neither closed nor settled and the claim was not counted."""
     ledger, host_id = _ledger(tmp_path)
     cid, _ = _open(ledger, host_id)
-    receipt = _receipt(cid)
+    receipt = _receipt(ledger.receipt_scope(cid))
     fees = ServerFees(ledger, SERVER, host_id, tmp_path / "receipts.db")
     _stored(fees, ledger, receipt)
     fees.writer.close()

@@ -13,7 +13,7 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.fees import ServerFees
 from dtp.errors import InvalidReceipt
-from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=100)
@@ -32,8 +32,8 @@ def _world(
     return ledger, server, client, host, cid
 
 
-def _receipt(client: HostIdentity, cid: str, nbytes: int) -> bytes:
-    return Receipt(cid, nbytes, 0, fee(SLA, nbytes, 0), 1).sign(client).encode()
+def _receipt(client: HostIdentity, scope: ReceiptScope, nbytes: int) -> bytes:
+    return Receipt(scope, nbytes, 0, fee(SLA, nbytes, 0), 1).sign(client).encode()
 
 
 def test_receipts_up_to_the_deposit_are_taken_whatever_the_cap(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_receipts_up_to_the_deposit_are_taken_whatever_the_cap(tmp_path: Path) -
     kept: list[Receipt] = []
 
     async def main() -> None:
-        fees.accept(terms, _receipt(client, cid, 1000 * 1024), kept.append)  # all of it
+        fees.accept(terms, _receipt(client, terms.scope, 1000 * 1024), kept.append)  # all of it
         for _ in range(200):
             if kept:
                 break
@@ -70,7 +70,7 @@ def test_a_receipt_past_the_deposit_is_refused(tmp_path: Path) -> None:
 
     async def main() -> None:
         with pytest.raises(InvalidReceipt) as refused:
-            fees.accept(terms, _receipt(client, cid, 1001 * 1024), lambda _: None)
+            fees.accept(terms, _receipt(client, terms.scope, 1001 * 1024), lambda _: None)
         assert refused.value.name == "EReceiptExceedsDeposit"
 
     try:
@@ -88,7 +88,7 @@ def test_a_cap_that_covers_the_deposit_does_not_bind(tmp_path: Path) -> None:
     kept: list[Receipt] = []
 
     async def main() -> None:
-        fees.accept(terms, _receipt(client, cid, 10 * 1024), kept.append)
+        fees.accept(terms, _receipt(client, terms.scope, 10 * 1024), kept.append)
         for _ in range(200):
             if kept:
                 break

@@ -27,6 +27,9 @@ class _Fees:
         self.release = asyncio.Event()
         self.settled: list[str] = []
 
+    def owed(self, connection_id: str) -> int:
+        return 0  # (no receipts: refunds only)
+
     async def settle(self, connection_id: str, *_: Any, **__: Any) -> Settled:
         await self.release.wait()
         self.settled.append(connection_id)

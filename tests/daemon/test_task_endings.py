@@ -49,6 +49,7 @@ from dtp.escrow import ConnectionTerms
 from dtp.hostid.address import HostAddress, InvalidAddress
 from dtp.hostid.admission import Admitted
 from dtp.ratelimit import RateLimiter, TokenBucket
+from tests.support.scopes import TEST_PACKAGE
 
 FREE = Sla(0, 0, 10_000)
 
@@ -182,7 +183,7 @@ def serve_free(
         async def terms(
             self, connection_id: str, admitted: Admitted | None = None
         ) -> ConnectionTerms:
-            return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000)
+            return ConnectionTerms(connection_id, "0x2", FREE, bytes(32), 10_000, TEST_PACKAGE)
 
     async def settle_served(conn: ServedConnection, *_: Any) -> Settled:
         settled.append(conn.connection_id)
@@ -250,7 +251,7 @@ def test_udp_flow_cancelled_while_its_refuser_ends_cleans_up_and_is_cancelled(
     async def main() -> None:
         slow = SlowEnd()
         writer = FakeWriter(slow, service.port)
-        terms = ConnectionTerms("0x1", "0x2", FREE, bytes(32), 10_000)
+        terms = ConnectionTerms("0x1", "0x2", FREE, bytes(32), 10_000, TEST_PACKAGE)
         conn = ServedConnection("0x1", service, terms, "0x3", cast(dtp.aio.DTPStreamWriter, writer))
         host.conns[conn.connection_id] = conn
         flow = asyncio.ensure_future(

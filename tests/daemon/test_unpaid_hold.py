@@ -27,6 +27,7 @@ from tests.daemon.tunnel_setup import (
     service,
     svc_row,
 )
+from tests.support.scopes import TEST_PACKAGE
 
 
 def test_tunnels_wait_for_lagging_receipts_instead_of_being_cut(setup: Setup) -> None:
@@ -55,7 +56,9 @@ def test_tunnels_wait_for_lagging_receipts_instead_of_being_cut(setup: Setup) ->
 
 def _conn(price_per_kib: int = 10) -> ServedConnection:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),), unpaid_slack=1000)
-    terms = ConnectionTerms("0x1", "0x2", Sla(price_per_kib, 0, 10_000), bytes(32), 10_000)
+    terms = ConnectionTerms(
+        "0x1", "0x2", Sla(price_per_kib, 0, 10_000), bytes(32), 10_000, TEST_PACKAGE
+    )
     writer = cast(dtp.aio.DTPStreamWriter, None)  # (not used by the hold)
     return ServedConnection("0x1", service, terms, "0x3", writer)
 

@@ -20,11 +20,12 @@ from dtp.daemon.services import ServiceHost
 from dtp.errors import TunnelError
 from dtp.escrow import ConnectionTerms
 from dtp.keys import HostIdentity
+from tests.support.scopes import TEST_PACKAGE, scope_of
 
 
 def _conn(sla: Sla) -> ServedConnection:
     service = ServiceConfig("svc", 7000, (Backend("127.0.0.1", 9),), unpaid_slack=1 << 20)
-    terms = ConnectionTerms("0x1", "0x2", sla, bytes(32), 10_000)
+    terms = ConnectionTerms("0x1", "0x2", sla, bytes(32), 10_000, TEST_PACKAGE)
     writer = cast(dtp.aio.DTPStreamWriter, None)  # (not used by the hold)
     return ServedConnection("0x1", service, terms, "0x3", writer)
 
@@ -55,7 +56,9 @@ def test_a_service_free_of_request_fees_never_holds_for_requests(host: ServiceHo
 
 def test_the_forwarder_signs_for_its_tunnels_before_the_daemon_holds_them() -> None:
     assert REQUESTS_PER_RECEIPT < UNPAID_REQUESTS
-    fees = ClientFees(HostIdentity.generate(), "0x" + "11" * 32, Sla(0, 5, 0), 10**6, 1 << 30)
+    fees = ClientFees(
+        HostIdentity.generate(), scope_of("0x" + "11" * 32), Sla(0, 5, 0), 10**6, 1 << 30
+    )
     covered = 0
     for opened in range(1, 8 * REQUESTS_PER_RECEIPT + 1):
         receipt = fees.record(requests=1)

@@ -30,6 +30,7 @@ from dtp.metering import MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import ClientPayment, claim_and_settle, recover_unclaimed
 from tests.support.paths import ROOT
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 PORT = 7000
@@ -62,7 +63,8 @@ class World:
         return opened.connection_id, opened.escrow_id
 
     def receipt(self, cid: str, nbytes: int, nonce: int, signer: HostIdentity = CLIENT) -> Receipt:
-        return Receipt(cid, nbytes, 1, fee(SLA, nbytes, 1), nonce).sign(signer)
+        scope = self.ledger.receipt_scope(cid)
+        return Receipt(scope, nbytes, 1, fee(SLA, nbytes, 1), nonce).sign(signer)
 
 
 @pytest.fixture
@@ -77,14 +79,14 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def test_memo_never_accepts_what_was_not_verified() -> None:
     cid = "0x" + "ab" * 32
-    good = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(CLIENT)
-    message = receipt_message(cid, 2048, 1, fee(SLA, 2048, 1), 7)
+    good = Receipt(scope_of(cid), 2048, 1, fee(SLA, 2048, 1), 7).sign(CLIENT)
+    message = receipt_message(scope_of(cid), 2048, 1, fee(SLA, 2048, 1), 7)
     assert memo_module.verify_memoized(CLIENT.ed25519_public, good.signature, message)
     # the good triple is remembered now: every other combination is still verified
-    forged = Receipt(cid, 2048, 1, fee(SLA, 2048, 1), 7).sign(MALLORY)
+    forged = Receipt(scope_of(cid), 2048, 1, fee(SLA, 2048, 1), 7).sign(MALLORY)
     assert not memo_module.verify_memoized(CLIENT.ed25519_public, forged.signature, message)
     assert not memo_module.verify_memoized(MALLORY.ed25519_public, good.signature, message)
-    other = receipt_message(cid, 4096, 1, fee(SLA, 4096, 1), 7)
+    other = receipt_message(scope_of(cid), 4096, 1, fee(SLA, 4096, 1), 7)
     assert not memo_module.verify_memoized(CLIENT.ed25519_public, good.signature, other)
     flipped = bytes([good.signature[0] ^ 1]) + good.signature[1:]
     assert not memo_module.verify_memoized(CLIENT.ed25519_public, flipped, message)
@@ -107,7 +109,7 @@ def test_ledger_claim_refuses_a_receipt_the_gate_never_accepted(world: World) ->
     cid, _ = world.open()
     good = world.receipt(cid, 4096, 1)
     check_receipt(
-        good, connection_id=cid, sla=SLA, public_key=CLIENT.ed25519_public, deposited=10_000
+        good, scope=good.scope, sla=SLA, public_key=CLIENT.ed25519_public, deposited=10_000
     )
     # same amounts and nonce, signed by someone else: the claim rule verifies it itself
     forged = world.receipt(cid, 4096, 1, signer=MALLORY)
@@ -312,7 +314,7 @@ def test_a_lost_claimed_mark_is_rederived_from_the_ledger(world: World, tmp_path
 
 def test_only_the_claimed_mark_skips_the_sync(tmp_path: Path) -> None:
     cid = "0x" + "cd" * 32
-    receipt = Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT)
+    receipt = Receipt(scope_of(cid), 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT)
     with ReceiptStore(tmp_path / "r.db") as store:
         full = store._db.execute("PRAGMA synchronous").fetchone()[0]
         assert full == 2  # FULL: every kept receipt is synced
@@ -559,7 +561,8 @@ def test_keeping_and_marking_from_two_threads_never_fails(tmp_path: Path) -> Non
         def keep_all() -> None:
             try:
                 for nonce, cid in enumerate(cids, 1):
-                    assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), nonce).sign(CLIENT))
+                    receipt = Receipt(scope_of(cid), 1024, 0, fee(SLA, 1024, 0), nonce)
+                    assert store.keep(receipt.sign(CLIENT))
             except BaseException as exc:
                 failures.append(exc)
 
@@ -587,11 +590,11 @@ def test_a_mark_during_an_open_read_does_not_block_the_next_keep(tmp_path: Path)
     first, second = "0x" + "e1" * 32, "0x" + "e2" * 32
     with ReceiptStore(tmp_path / "r.db") as store:
         for cid in (first, second):
-            assert store.keep(Receipt(cid, 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT))
+            assert store.keep(Receipt(scope_of(cid), 1024, 0, fee(SLA, 1024, 0), 1).sign(CLIENT))
         reading = store._db.execute("SELECT connection_id FROM receipts")
         assert reading.fetchone() is not None  # the statement stays open: a read snapshot
         store.mark_claimed(first, 1)
-        assert store.keep(Receipt(second, 2048, 0, fee(SLA, 2048, 0), 2).sign(CLIENT))
+        assert store.keep(Receipt(scope_of(second), 2048, 0, fee(SLA, 2048, 0), 2).sign(CLIENT))
         reading.close()
         stored = store.latest(second)
         assert stored is not None and stored.receipt.nonce == 2

@@ -17,6 +17,7 @@ from dtp.metering import ClientMeter, MeteringConfig
 from dtp.settlement import ClientPayment
 from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
+from tests.support.scopes import scope_of
 
 # a request costs an eighth of min_deposit (the server's default allowance): eight
 # unreceipted requests pause the connection; bytes are all but free
@@ -37,7 +38,7 @@ def _unreceipted(meter: ClientMeter, total_bytes: int, total_requests: int) -> i
 
 def test_requests_are_signed_for_within_a_quarter_of_the_allowance() -> None:
     # the default cadence (bytes, and a second): 30 requests within one millisecond
-    meter = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig())
+    meter = ClientMeter(CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig())
     worst = 0
     for requests in range(1, 31):
         meter.update(0, 10 * requests, requests)
@@ -47,18 +48,20 @@ def test_requests_are_signed_for_within_a_quarter_of_the_allowance() -> None:
     # a cadence of its own that is tighter stays; a looser one is bounded the same way
     assert (
         ClientMeter(
-            CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_requests=1)
+            CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig(every_requests=1)
         ).meter.every_requests
         == 1
     )
     assert (
         ClientMeter(
-            CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_requests=50)
+            CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig(every_requests=50)
         ).meter.every_requests
         == 2
     )
     # "pay only when asked" (every cadence 0) is left as it is
-    asked = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_bytes=0, every_ms=0))
+    asked = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig(every_bytes=0, every_ms=0)
+    )
     assert all(asked.update(0, 0, n) is None for n in range(1, 31))
     assert asked.flush(0) is not None
 

@@ -23,6 +23,7 @@ from dtp.metering import ClientMeter, MeteringConfig
 from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 
 CID = "0x" + "6e" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x45]) * 32, bytes([0x46]) * 32)
@@ -35,7 +36,7 @@ STREAMS = 12
 
 def test_free_bytes_are_not_signed_for_on_their_own() -> None:
     sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=4000)
-    meter = ClientMeter(CLIENT, CID, sla, 1 << 40, MeteringConfig(), now_ms=0)
+    meter = ClientMeter(CLIENT, scope_of(CID), sla, 1 << 40, MeteringConfig(), now_ms=0)
     assert meter.update(0, 0, 1) is None  # (a quarter of min_deposit is 100 requests)
     first = meter.flush(0)
     assert first is not None and first.total_amount == 10
@@ -60,7 +61,7 @@ def test_free_bytes_are_not_signed_for_on_their_own() -> None:
 def test_a_subscribed_connection_signs_nothing() -> None:
     # the all-zero SLA of a subscribed connection, deposit 0: no receipt ever (one a
     # second while it moved data, and one at close, each for 0 MIST)
-    meter = ClientMeter(CLIENT, CID, Sla(0, 0, 0), 0, MeteringConfig(), now_ms=0)
+    meter = ClientMeter(CLIENT, scope_of(CID), Sla(0, 0, 0), 0, MeteringConfig(), now_ms=0)
     for step in range(1, 6):
         assert meter.update(step * 1000, step << 20, step) is None
     assert meter.flush(6000) is None

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ChainError
-from dtp.escrow import Receipt, fee
+from dtp.escrow import Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 
 SLA = Sla(10, 5, 100)
@@ -257,7 +257,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 b, r = b + more_bytes, r + more_requests
             amount = fee(SLA, b, r) + (1 if kind == "mismatch" else 0)
             conn.nonce += 1
-            receipt = Receipt(conn.id, b, r, amount, conn.nonce).sign(signer)
+            receipt = Receipt(
+                ReceiptScope(self.ledger.package_id, conn.escrow, conn.id), b, r, amount, conn.nonce
+            ).sign(signer)
         # predict (settle_with_receipt first checks settled, then claim's order; an Open
         # connection is closed by the server's settlement). The cap plays no part: the
         # deposit was reserved on it.
@@ -313,7 +315,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if e.settled or b <= conn.usage[0]:
             return
         conn.nonce += 1
-        receipt = Receipt(conn.id, b, r, fee(SLA, b, r), conn.nonce).sign(conn.client)
+        scope = ReceiptScope(self.ledger.package_id, conn.escrow, conn.id)
+        receipt = Receipt(scope, b, r, fee(SLA, b, r), conn.nonce).sign(conn.client)
         paid = receipt.total_amount - e.claimed
         result = self.expect(
             lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {SERVER.sui_address: paid}

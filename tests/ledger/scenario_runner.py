@@ -210,7 +210,7 @@ class Runner:
     def receipt(self, conn: str, spec: dict[str, Any]) -> Receipt:
         assert set(spec) == {"total_bytes", "total_requests", "total_amount", "nonce", "signer"}
         return Receipt(
-            self.conns[conn],
+            self.ledger.receipt_scope(self.conns[conn]),
             spec["total_bytes"],
             spec["total_requests"],
             spec["total_amount"],

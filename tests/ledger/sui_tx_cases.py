@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
+from dtp.escrow import Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 from dtp.ledger.sui.tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
 
@@ -25,7 +25,8 @@ GAS_COIN = OwnedRef("0x" + "9a" * 32, 7, "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3
 GAS_COIN_2 = OwnedRef("0x" + "9b" * 32, 8, "8qbHbw2BbbTHBW1sbeqakYXVKRQM8Ne7pLK7m6CVfeR")
 CTX = TxContext(PACKAGE, SENDER.sui_address, GasData((GAS_COIN, GAS_COIN_2), 1000, 10_000_000))
 SLA = Sla(10, 5, 1000)
-RECEIPT = Receipt(CONN.object_id, 2048, 3, fee(SLA, 2048, 3), 4).sign(SENDER)
+SCOPE = ReceiptScope(PACKAGE, ESCROW.object_id, CONN.object_id)
+RECEIPT = Receipt(SCOPE, 2048, 3, fee(SLA, 2048, 3), 4).sign(SENDER)
 
 
 def u8(v: int) -> str:

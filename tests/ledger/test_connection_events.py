@@ -22,6 +22,7 @@ from dtp.chain.objects import Escrow, EventFilter, EventRead, Sla
 from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 from tests.support.sui_network import SuiNetwork
 
 SUI = 1_000_000_000
@@ -52,7 +53,7 @@ def _escrow(deposited: int, claimed: int = 0, latest_nonce: int = 0) -> Escrow:
 
 
 def _receipt(amount: int, nonce: int) -> Receipt:
-    return Receipt("0x" + "c1" * 32, 0, amount // 100, amount, nonce)
+    return Receipt(scope_of("0x" + "c1" * 32), 0, amount // 100, amount, nonce)
 
 
 def test_a_receipt_claims_what_it_adds_to_the_claims() -> None:
@@ -80,7 +81,9 @@ def test_a_receipt_beyond_the_deposit_is_refused_on_the_ledger(tmp_path: Path) -
     ledger.faucet(client.sui_address, SUI)
     cap = ledger.create_spending_cap(client, SUI)
     opened = ledger.open_connection(client, host, 7, cap, DEPOSIT)
-    receipt = Receipt(opened.connection_id, 0, 101, 10_100, 1).sign(client)  # 100 MIST a request
+    receipt = Receipt(ledger.receipt_scope(opened.connection_id), 0, 101, 10_100, 1).sign(
+        client
+    )  # 100 MIST a request
     escrow = ledger.get_escrow(opened.escrow_id)
     assert claimable_with(receipt, escrow) == 0
     with pytest.raises(InvalidReceipt) as info:

@@ -49,7 +49,7 @@ class Place:
         opened = ledger.open_connection(client, self.host, PORT, cap, DEPOSIT)
         cid = opened.connection_id
         amount = fee(SLA, kib * 1024, 0)
-        return cid, Receipt(cid, kib * 1024, 0, amount, 1).sign(client)
+        return cid, Receipt(ledger.receipt_scope(cid), kib * 1024, 0, amount, 1).sign(client)
 
 
 @pytest.fixture(params=["sui", "local"])

@@ -216,7 +216,7 @@ def test_wrong_signers(ledger: LocalLedger, world: World) -> None:
     assert err.name == "ENotAuthority" and world.host in str(err)
     unchanged(ledger, NotAuthorized, ledger.set_max_per_epoch, SERVER, world.cap, 5)
     conn, escrow = world.open()
-    receipt = Receipt(conn, 1024, 0, 10, 1).sign(CLIENT)
+    receipt = Receipt(ledger.receipt_scope(conn), 1024, 0, 10, 1).sign(CLIENT)
     assert (
         unchanged(ledger, NotAuthorized, ledger.claim, CLIENT, escrow, receipt).name == "ENotServer"
     )
@@ -348,17 +348,25 @@ def test_open_key_checks(ledger: LocalLedger, world: World) -> None:
 def test_claims_and_receipt_errors(ledger: LocalLedger, world: World) -> None:
     conn, escrow = world.open()
     claim = ledger.claim
-    bad_amount = Receipt(conn, 1024, 0, 11, 1).sign(CLIENT)
+    bad_amount = Receipt(ledger.receipt_scope(conn), 1024, 0, 11, 1).sign(CLIENT)
     assert (
         unchanged(ledger, InvalidReceipt, claim, SERVER, escrow, bad_amount).name
         == "EAmountMismatch"
     )
-    assert claim(SERVER, escrow, Receipt(conn, 10240, 4, 120, 5).sign(CLIENT)) == 120
+    assert (
+        claim(SERVER, escrow, Receipt(ledger.receipt_scope(conn), 10240, 4, 120, 5).sign(CLIENT))
+        == 120
+    )
     err = unchanged(
-        ledger, ReplayedReceipt, claim, SERVER, escrow, Receipt(conn, 0, 0, 0, 5).sign(CLIENT)
+        ledger,
+        ReplayedReceipt,
+        claim,
+        SERVER,
+        escrow,
+        Receipt(ledger.receipt_scope(conn), 0, 0, 0, 5).sign(CLIENT),
     )
     assert isinstance(err, InvalidReceipt)
-    lower = Receipt(conn, 0, 1, 5, 6).sign(CLIENT)
+    lower = Receipt(ledger.receipt_scope(conn), 0, 1, 5, 6).sign(CLIENT)
     assert (
         unchanged(ledger, InvalidReceipt, claim, SERVER, escrow, lower).name
         == "EReceiptNotCumulative"
@@ -368,11 +376,17 @@ def test_claims_and_receipt_errors(ledger: LocalLedger, world: World) -> None:
     assert err.name == "EWrongSpendingCap"
     # top up then claim beyond the original deposit
     ledger.top_up(CLIENT, escrow, 500)
-    assert claim(SERVER, escrow, Receipt(conn, 102400, 0, 1000, 7).sign(CLIENT)) == 880
+    assert (
+        claim(SERVER, escrow, Receipt(ledger.receipt_scope(conn), 102400, 0, 1000, 7).sign(CLIENT))
+        == 880
+    )
     e = ledger.get_escrow(escrow)
     assert (e.deposited, e.claimed, e.balance, e.latest_nonce) == (1500, 1000, 500, 7)
     # zero payment claims still count (same amount, higher nonce)
-    assert claim(SERVER, escrow, Receipt(conn, 102400, 0, 1000, 8).sign(CLIENT)) == 0
+    assert (
+        claim(SERVER, escrow, Receipt(ledger.receipt_scope(conn), 102400, 0, 1000, 8).sign(CLIENT))
+        == 0
+    )
 
 
 def test_closing_rules(ledger: LocalLedger, world: World) -> None:
@@ -417,7 +431,7 @@ def test_closing_rules(ledger: LocalLedger, world: World) -> None:
         unchanged(ledger, ConnectionStateError, ledger.top_up, CLIENT, escrow, 1).name
         == "EEscrowSettled"
     )
-    receipt = Receipt(conn, 0, 1, 5, 1).sign(CLIENT)
+    receipt = Receipt(ledger.receipt_scope(conn), 0, 1, 5, 1).sign(CLIENT)
     assert (
         unchanged(ledger, ConnectionStateError, ledger.claim, SERVER, escrow, receipt).name
         == "EEscrowSettled"

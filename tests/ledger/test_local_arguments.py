@@ -47,7 +47,7 @@ def refused(world: World, call: Callable[..., Any], *args: Any, **kwargs: Any) -
 def byte_calls(w: World, bad: Any) -> dict[str, Callable[[], Any]]:
     """Every LocalLedger call with a ``vector<u8>`` argument, given ``bad`` there."""
     L = w.ledger
-    r = Receipt(w.connection, 1024, 0, 10, 1).sign(CLIENT)
+    r = Receipt(L.receipt_scope(w.connection), 1024, 0, 10, 1).sign(CLIENT)
     calls = {
         "create_host noise_static_key": lambda: L.create_host(SERVER, bad),
         "create_host endpoint": lambda: L.create_host(SERVER, SERVER.noise_public, [bad]),
@@ -56,10 +56,10 @@ def byte_calls(w: World, bad: Any) -> dict[str, Callable[[], Any]]:
         "add_service kind": lambda: L.add_service(SERVER, w.host, 8, bad, SLA),
         "open_connection key": lambda: L.open_connection(CLIENT, w.host, 7, w.cap, 1000, bad),
         "claim signature": lambda: L.claim(
-            SERVER, w.escrow, Receipt(w.connection, 1024, 0, 10, 1, bad)
+            SERVER, w.escrow, Receipt(L.receipt_scope(w.connection), 1024, 0, 10, 1, bad)
         ),
         "settle_with_receipt signature": lambda: L.settle_with_receipt(
-            SERVER, w.connection, Receipt(r.connection_id, 1024, 0, 10, 1, bad)
+            SERVER, w.connection, Receipt(L.receipt_scope(r.connection_id), 1024, 0, 10, 1, bad)
         ),
         "pipe_send data": lambda: L.pipe_send(CLIENT, w.pipe, 0, bad),
         "create_broadcast channel": lambda: L.create_broadcast(SERVER, bad, 1, 1000),

@@ -111,7 +111,9 @@ def test_open_reserves_and_settlement_releases_on_the_cap(world: World) -> None:
     # the server claims 1005: the cap does not move (the deposit was reserved)
     from dtp.escrow import Receipt, fee
 
-    receipt = Receipt(first.connection_id, 100 * 1024, 1, fee(SLA, 100 * 1024, 1), 1)
+    receipt = Receipt(
+        ledger.receipt_scope(first.connection_id), 100 * 1024, 1, fee(SLA, 100 * 1024, 1), 1
+    )
     ledger.claim(SERVER, first.escrow_id, receipt.sign(CLIENT))
     assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
     # settled: the 995 refunded are released, the 1005 claimed count in this epoch

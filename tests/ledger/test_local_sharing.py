@@ -143,7 +143,7 @@ def test_close_and_settle_with_and_without_the_ids(ledger: LocalLedger) -> None:
     for given in (True, False):
         opened = ledger.open_connection(CLIENT, host, 7, cap, 1000)
         ledger.close_connection(CLIENT, opened.connection_id)
-        receipt = Receipt(opened.connection_id, 2048, 1, 25, 1).sign(CLIENT)
+        receipt = Receipt(ledger.receipt_scope(opened.connection_id), 2048, 1, 25, 1).sign(CLIENT)
         ids = {"escrow_id": opened.escrow_id, "cap_id": cap} if given else {}
         settled = ledger.settle_with_receipt(SERVER, opened.connection_id, receipt, **ids)
         assert (settled.paid, settled.claimed, settled.refunded) == (25, 25, 975)

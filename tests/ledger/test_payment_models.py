@@ -159,11 +159,13 @@ def test_subscribed_connection_is_unmetered_and_claims_zero(world: World) -> Non
     # The in-band meter, fed the connection's SLA as the socket layer reads it, signs
     # receipts for 0 MIST that the server can claim.
     deposited = ledger.get_escrow(opened.escrow_id).deposited
-    meter = Meter(CLIENT, opened.connection_id, tc.sla, deposited)
+    meter = Meter(CLIENT, ledger.receipt_scope(opened.connection_id), tc.sla, deposited)
     metered = meter.record(now_ms=0, nbytes=50 << 20) or meter.flush(0)
     assert metered is not None and metered.total_amount == 0
     assert ledger.claim(SERVER, opened.escrow_id, metered) == 0
-    receipt = Receipt(opened.connection_id, 10**9, 10**6, 0, metered.nonce + 1).sign(CLIENT)
+    receipt = Receipt(
+        ledger.receipt_scope(opened.connection_id), 10**9, 10**6, 0, metered.nonce + 1
+    ).sign(CLIENT)
     assert ledger.claim(SERVER, opened.escrow_id, receipt) == 0
     assert ledger.get_escrow(opened.escrow_id).claimed == 0
     assert conserved(ledger)
@@ -203,7 +205,7 @@ def test_sponsor_bad_input(world: World) -> None:
     )  # fmt: skip
     # A top-up is not sponsored: the reimbursement stops at the pledge.
     ledger.top_up(CLIENT, opened.escrow_id, 1_000)
-    receipt = Receipt(opened.connection_id, 153_600, 0, 1_500, 1).sign(CLIENT)
+    receipt = Receipt(ledger.receipt_scope(opened.connection_id), 153_600, 0, 1_500, 1).sign(CLIENT)
     ledger.close_connection(CLIENT, opened.connection_id)
     ledger.settle_with_receipt(SERVER, opened.connection_id, receipt)
     before = ledger.balance(CLIENT.sui_address)

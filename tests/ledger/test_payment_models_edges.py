@@ -266,7 +266,7 @@ def test_a_new_authority_cannot_take_the_old_providers_money(world: World) -> No
     )
     # A pledge made before the handover still binds the pool.
     world.refused(ChainError, "ENotParticipant", ledger.settle, HEIR, opened.connection_id)
-    receipt = Receipt(opened.connection_id, 0, 20, 100, 1).sign(CLIENT)
+    receipt = Receipt(ledger.receipt_scope(opened.connection_id), 0, 20, 100, 1).sign(CLIENT)
     ledger.settle_with_receipt(PROVIDER, opened.connection_id, receipt)
     assert ledger.reimburse(HEIR, pool, opened.connection_id) == 100
     p = ledger.get_sponsor_pool(pool)

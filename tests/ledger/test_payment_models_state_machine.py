@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
 from dtp.chain.objects import ConnectionState
-from dtp.escrow import Receipt
+from dtp.escrow import Receipt, ReceiptScope
 from dtp.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
 from tests.ledger.broadcast_model import BroadcastModel
@@ -253,7 +253,13 @@ class EconomicsMachine(LedgerMachine):
         e = self.ledger.get_escrow(conn.escrow)
         conn.nonce += 1
         b, r = conn.usage[0] + more, conn.usage[1] + 1
-        receipt = Receipt(conn.id, b, r, 1 if metered else 0, conn.nonce).sign(conn.client)
+        receipt = Receipt(
+            ReceiptScope(self.ledger.package_id, conn.escrow, conn.id),
+            b,
+            r,
+            1 if metered else 0,
+            conn.nonce,
+        ).sign(conn.client)
         error = "EEscrowSettled" if e.settled else "EAmountMismatch" if metered else None
         self.expect(lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {}, error)
         if error is None:

@@ -55,7 +55,9 @@ class Place:
 
     def receipt(self, conn: str, kib: int, requests: int, nonce: int) -> Receipt:
         amount = fee(SLA, kib * 1024, requests)
-        return Receipt(conn, kib * 1024, requests, amount, nonce).sign(CLIENT)
+        return Receipt(self.ledger.receipt_scope(conn), kib * 1024, requests, amount, nonce).sign(
+            CLIENT
+        )
 
     def refused(self, call: Any, *args: Any, **kwargs: Any) -> SpendingCapExceeded:
         before = self.world.snapshot()
@@ -263,7 +265,7 @@ def test_a_cap_and_escrow_stored_before_the_counts_still_work(tmp_path: Path) ->
         # read as the old rule had it: 1000 reserved in epoch 0, nothing outstanding
         assert (ledger.get_cap(cap).claimed, ledger.get_cap(cap).outstanding) == (1000, 0)
         assert ledger.get_escrow(escrow).reserved == 0
-        receipt = Receipt(conn, 10_240, 4, 120, 1).sign(CLIENT)
+        receipt = Receipt(ledger.receipt_scope(conn), 10_240, 4, 120, 1).sign(CLIENT)
         assert ledger.settle_with_receipt(SERVER, conn, receipt).refunded == 880
         assert ledger.get_cap(cap).remaining(0) == 1000  # the old reservation stays
         ledger.advance_epoch()

@@ -29,7 +29,7 @@ from dtp.chain.objects import Sla
 from dtp.chain.sui import SuiLedger
 from dtp.chain.sui_codec import decode
 from dtp.errors import InvalidArgument
-from dtp.escrow import Receipt
+from dtp.escrow import Receipt, ReceiptScope
 from dtp.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from tests.support.recording_sui_node import CONN, ESCROW, HOST, PIPE, SIGNER, TERMS, ZERO, FakeNode
@@ -60,7 +60,7 @@ def refused_before_io(node: FakeNode, call: Callable[[], Any]) -> str:
 def sui_byte_calls(led: SuiLedger, bad: Any) -> dict[str, Callable[[], Any]]:
     """Every SuiLedger call with a ``vector<u8>`` argument, given ``bad`` there."""
     s = SIGNER
-    receipt = Receipt(CONN, 1024, 0, 10, 1, bad)
+    receipt = Receipt(ReceiptScope(led.package_id, ESCROW, CONN), 1024, 0, 10, 1, bad)
     return {
         "create_host noise_static_key": lambda: led.create_host(s, bad),
         "create_host endpoint": lambda: led.create_host(s, s.noise_public, ["a:1", bad]),

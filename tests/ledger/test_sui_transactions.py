@@ -98,7 +98,7 @@ def test_every_state_changing_method_has_a_builder_and_a_case() -> None:
     readers = {
         "get_object", "get_host", "get_cap", "get_connection", "get_escrow", "get_pipe",
         "get_broadcast", "balance", "clock_ms", "epoch", "events", "wait_events",
-        "is_allowed", "is_denied", "firewall_list",
+        "is_allowed", "is_denied", "firewall_list", "package_id",
     }  # fmt: skip
     methods = {n for n in Ledger.__abstractmethods__ if n not in readers}
     assert methods == set(sui_tx.BUILDERS) == set(sui_tx.TARGETS) == set(CASES)
@@ -259,7 +259,9 @@ def _local_world() -> tuple[LocalLedger, dict[str, str]]:
     ledger.set_max_per_epoch(client, cap, 900_000)
     opened = ledger.open_connection(client, host, 7, cap, 5_000)
     ledger.top_up(client, opened.escrow_id, 100)
-    receipt = Receipt(opened.connection_id, 4096, 2, fee(SLA, 4096, 2), 1).sign(client)
+    receipt = Receipt(
+        ledger.receipt_scope(opened.connection_id), 4096, 2, fee(SLA, 4096, 2), 1
+    ).sign(client)
     ledger.claim(server, opened.escrow_id, receipt)
     pipe = ledger.create_pipe(client, opened.connection_id, 2)
     ledger.pipe_send(client, pipe, 1, b"data")
@@ -560,7 +562,7 @@ def test_live_connection_lifecycle(sui: SuiLedger) -> None:
     assert sui.get_cap(cap).remaining(sui.epoch()) == 1_000_000 - 5_000
 
     amount = fee(SLA, 10_000, 4)
-    receipt = Receipt(opened.connection_id, 10_000, 4, amount, 1).sign(client)
+    receipt = Receipt(sui.receipt_scope(opened.connection_id), 10_000, 4, amount, 1).sign(client)
     server_before = sui.balance(server.sui_address)
     assert sui.claim(server, opened.escrow_id, receipt) == amount
     gas = sui.last_outcome.gas_cost if sui.last_outcome else 0

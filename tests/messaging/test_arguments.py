@@ -30,7 +30,6 @@ import pytest
 import dtp
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.errors import InvalidObjectId
 from dtp.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import BroadcastStation
@@ -51,6 +50,7 @@ from tests.messaging.radio import CASTERS, FANS, Radio, radio_on_air
 from tests.messaging.rpc_world import Served
 from tests.messaging.sealed_world import SealedWorld, sealed_world
 from tests.support.polling import raised_within
+from tests.support.scopes import scope_of
 
 #: Bound on a refusal: the bugs waited for good (a NaN deadline); a refusal is at once.
 PROMPT = 60.0
@@ -449,7 +449,7 @@ _BAD_PAYMENTS: dict[str, tuple[type[Exception], dict[str, Any]]] = {
     "credit negative": (ValueError, {"credit_requests": -1}),
     "credit bool": (TypeError, {"credit_requests": True}),
     "on_receipt not callable": (TypeError, {"on_receipt": 5}),
-    "connection id": (InvalidObjectId, {"connection_id": "connection-1"}),
+    "scope a connection id": (TypeError, {"scope": _CID}),
 }
 
 
@@ -457,7 +457,7 @@ _BAD_PAYMENTS: dict[str, tuple[type[Exception], dict[str, Any]]] = {
 def test_request_payments_refuses_bad_options(case: str) -> None:
     error, change = _BAD_PAYMENTS[case]
     args: dict[str, Any] = {
-        "connection_id": _CID,
+        "scope": scope_of(_CID),
         "sla": _SLA,
         "client_public_key": _KEY,
         "deposited": 100,
@@ -468,8 +468,9 @@ def test_request_payments_refuses_bad_options(case: str) -> None:
 
 
 def test_request_payments_takes_good_options() -> None:
-    payments = RequestPayments("0x" + "AB" * 32, _SLA, _KEY, 0, credit_requests=3)
+    payments = RequestPayments(scope_of("0x" + "AB" * 32), _SLA, _KEY, 0, credit_requests=3)
     assert payments.connection_id == _CID  # (as receipts name it)
+    assert payments.scope == scope_of(_CID)
     assert payments.credit_requests == 3
 
 

@@ -579,11 +579,15 @@ def test_per_request_fees_from_the_sla() -> None:
     cap = ledger.create_spending_cap(client_id, 10_000)
     ledger.faucet(client_id.sui_address, 1000)
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
+    payments = RequestPayments(
+        ledger.receipt_scope(opened.connection_id), sla, client_id.ed25519_public, 50
+    )
     rpc = make_rpc(payments=payments)
     s = Served(rpc)
     try:
-        meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+        meter = Meter(
+            client_id, ledger.receipt_scope(opened.connection_id), sla, 50, every_requests=1
+        )
         client = s.connect(timeout=5, meter=meter)
         for i in range(7):
             assert client.call("echo", i) == i
@@ -669,6 +673,10 @@ def test_demo_story_runs() -> None:
     text = "\n".join(lines)
     assert "25 MIST for 1 request" in text and "'meet at noon'" in text
     assert "Delivered 1 time(s); 1 duplicate dropped." in text
+    # the server settled nothing: the user took back what it did not spend, after the
+    # half-close timeout, and no MIST is left in escrow
+    assert "75 MIST unspent come back" in text
+    assert "minted 1000 = balances 1000 + escrows 0 + broadcasts 0 MIST" in text
 
 
 def test_rpc_fees_receipts_and_prepaid_responses(rpc_driver: Callable[..., Endpoint]) -> None:
@@ -683,11 +691,13 @@ def test_rpc_fees_receipts_and_prepaid_responses(rpc_driver: Callable[..., Endpo
     cap = ledger.create_spending_cap(client_id, 10_000)
     ledger.faucet(client_id.sui_address, 1_000)
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 50)
+    payments = RequestPayments(
+        ledger.receipt_scope(opened.connection_id), sla, client_id.ed25519_public, 50
+    )
     policy = ResponseFeePolicy(ledger, server_id, min_amount=10)
     prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 10, grace_ms=200)
     served = rpc_driver(payments=payments, response_fees=policy)
-    meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+    meter = Meter(client_id, ledger.receipt_scope(opened.connection_id), sla, 50, every_requests=1)
     client = served.connect(timeout=5, meter=meter, prepay=prepay)
     assert client.call("echo", "a") == "a"
     assert client.call("echo", "b") == "b"
@@ -922,7 +932,7 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
             metering=OFF,
         )
         assert sock.connection_id is not None and sock.escrow_id is not None
-        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        meter = Meter(user, ledger.receipt_scope(sock.connection_id), sla, 100, every_requests=1)
         client = RpcClient(sock, timeout=5, meter=meter)
         assert [client.call("echo", i) for i in range(3)] == [0, 1, 2]
         # a second stream of the same connection shares the connection's count
@@ -958,7 +968,9 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
                     metering=OFF,
                 )
                 assert writer.connection_id is not None
-                ameter = Meter(user, writer.connection_id, sla, 100, every_requests=1)
+                ameter = Meter(
+                    user, ledger.receipt_scope(writer.connection_id), sla, 100, every_requests=1
+                )
                 async with AsyncRpcClient(reader, writer, timeout=5, meter=ameter) as c:
                     assert await c.call("echo", "async") == "async"
                 writer.close()

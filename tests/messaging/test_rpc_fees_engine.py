@@ -44,6 +44,7 @@ from dtp.messaging.rpc.engine import (
 )
 from dtp.messaging.rpc.server_base import end_request
 from dtp.payments.receipts import Meter
+from tests.support.scopes import scope_of, v1_receipt_bytes
 
 CONNECTION = "0x" + "ab" * 32
 PRICE = 7
@@ -54,7 +55,7 @@ LEDGER = LocalLedger(":memory:")  # (never called: the engine makes no deposit i
 
 def _meter(deposit: int = 1_000) -> Meter:
     sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
-    return Meter(CLIENT, CONNECTION, sla, deposit, every_requests=1)
+    return Meter(CLIENT, scope_of(CONNECTION), sla, deposit, every_requests=1)
 
 
 def _prepay() -> ResponsePrepay:
@@ -368,7 +369,7 @@ def test_the_engine_needs_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _payments() -> RequestPayments:
     sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
-    return RequestPayments(CONNECTION, sla, CLIENT.ed25519_public, 1_000)
+    return RequestPayments(scope_of(CONNECTION), sla, CLIENT.ed25519_public, 1_000)
 
 
 def _policy() -> ResponseFeePolicy:
@@ -517,7 +518,7 @@ def test_the_policy_keeps_only_answered_escrows(requests: list[tuple[int, bool, 
 
 def _cover(deposit: int = 1_000, credit: int = 0) -> RequestCover:
     sla = Sla(price_per_kib=0, price_per_request=PRICE, min_deposit=0)
-    return RequestCover(CONNECTION, sla, CLIENT.ed25519_public, deposit, credit)
+    return RequestCover(scope_of(CONNECTION), sla, CLIENT.ed25519_public, deposit, credit)
 
 
 def _signed(meter: Meter) -> bytes:
@@ -545,14 +546,14 @@ def test_a_receipt_that_covers_too_little_is_kept_though_its_request_is_refused(
     request is refused, and the receipt is accepted all the same (to keep: it is the
     newest the server may claim)."""
     cover = _cover()
-    cover.resume(Receipt(CONNECTION, 0, 2, 2 * PRICE, 1).sign(CLIENT))
+    cover.resume(Receipt(scope_of(CONNECTION), 0, 2, 2 * PRICE, 1).sign(CLIENT))
     assert cover.served == 2
-    same_totals = Receipt(CONNECTION, 0, 2, 2 * PRICE, 2).sign(CLIENT)
+    same_totals = Receipt(scope_of(CONNECTION), 0, 2, 2 * PRICE, 2).sign(CLIENT)
     refused = cover.admit(same_totals.encode())
     assert isinstance(refused, Refusal) and refused.accepted == same_totals
     assert "request 3 is not covered" in refused.error.message
     assert cover.latest == same_totals and cover.served == 2
-    more = Receipt(CONNECTION, 0, 3, 3 * PRICE, 3).sign(CLIENT)
+    more = Receipt(scope_of(CONNECTION), 0, 3, 3 * PRICE, 3).sign(CLIENT)
     assert cover.admit(more.encode()) == more
     assert cover.served == 3
 
@@ -584,6 +585,27 @@ def test_a_receipt_beyond_the_deposit_reads_it_again_at_most_once_a_second() -> 
     assert cover.admit(beyond) == Receipt.decode(beyond)
     cover.deposit_read(PRICE)  # (a stale read never lowers it)
     assert cover.deposited == 10 * PRICE
+
+
+def test_a_receipt_of_another_scope_or_version_is_refused() -> None:
+    """A request's receipt (meta ``"r"``) is checked as the ledger would pay it: one
+    signed for another escrow or package (docs/escrow.md §6), or in format version 1 (a
+    client of the release before), is refused with the reason, and counts nothing."""
+    cover = _cover()
+    other_escrow = scope_of(CONNECTION, escrow_id="0x" + "e1" * 32)
+    other_package = scope_of(CONNECTION, package="0x" + "e2" * 32)
+    for scope in (other_escrow, other_package):
+        receipt = Receipt(scope, 0, 1, PRICE, 1).sign(CLIENT)
+        refused = cover.admit(receipt.encode())
+        assert isinstance(refused, Refusal) and refused.accepted is None
+        assert "receipt refused" in refused.error.message
+        assert "does not verify" in refused.error.message
+    old = cover.admit(v1_receipt_bytes(CONNECTION, 0, 1, PRICE, 1, CLIENT))
+    assert isinstance(old, Refusal) and old.accepted is None
+    assert "Receipt format version 1 is not supported" in old.error.message
+    assert cover.latest is None and cover.served == 0
+    good = Receipt(scope_of(CONNECTION), 0, 1, PRICE, 1).sign(CLIENT)
+    assert cover.admit(good.encode()) == good
 
 
 def test_a_request_not_served_after_all_counts_no_more() -> None:

@@ -74,6 +74,7 @@ from tests.support import paid_top_ups as paid_world
 from tests.support.paid_top_ups import CLIENT, paid_connect, paid_open, quiet_handlers
 from tests.support.paid_top_ups import DEAR_DEPOSIT as DEPOSIT
 from tests.support.paid_top_ups import DEAR_SLA as SLA
+from tests.support.scopes import scope_of
 
 # the paid server fixtures the meter tests below run on
 ledger = paid_world.ledger
@@ -97,7 +98,7 @@ def _setup() -> tuple[LocalLedger, HostIdentity, HostIdentity, Meter]:
     ledger.add_service(server_id, host, 9, "echo", sla)
     cap = ledger.create_spending_cap(client_id, 10_000)
     opened = ledger.open_connection(client_id, host, 9, cap, 100)
-    meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
+    meter = Meter(client_id, ledger.receipt_scope(opened.connection_id), sla, 100, every_requests=1)
     return ledger, server_id, client_id, meter
 
 
@@ -239,8 +240,12 @@ def test_concurrent_metered_calls_are_all_paid() -> None:
     ledger.add_service(server_id, host, 9, "echo", sla)
     cap = ledger.create_spending_cap(client_id, 100_000)
     opened = ledger.open_connection(client_id, host, 9, cap, 10_000)
-    meter = Meter(client_id, opened.connection_id, sla, 10_000, every_requests=1)
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 10_000)
+    meter = Meter(
+        client_id, ledger.receipt_scope(opened.connection_id), sla, 10_000, every_requests=1
+    )
+    payments = RequestPayments(
+        ledger.receipt_scope(opened.connection_id), sla, client_id.ed25519_public, 10_000
+    )
     s = Served(make_rpc(payments=payments))
     client = s.connect(timeout=30, meter=meter)
     refused: list[str] = []
@@ -272,9 +277,7 @@ def test_an_overtaken_receipt_is_served_as_paid_by_the_newer_one() -> None:
     request of n is then paid by n+1; a stale receipt that nothing newer covers is
     still refused."""
     _, _, client_id, meter = _setup()
-    payments = RequestPayments(
-        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
-    )
+    payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, meter.deposit)
     r1 = meter.record(0, requests=1)
     r2 = meter.record(0, requests=1)
     assert r1 is not None and r2 is not None
@@ -376,7 +379,7 @@ def test_kept_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert connection_id is not None
         built.append(connection_id)
         _, _, client_id, meter = _setup()
-        return RequestPayments(connection_id, meter.sla, client_id.ed25519_public, 0)
+        return RequestPayments(scope_of(connection_id), meter.sla, client_id.ed25519_public, 0)
 
     cache = rpc_fees.PaymentsCache(source)
     ids = [f"0x{n:064x}" for n in range(1, 4)]
@@ -406,7 +409,7 @@ def test_a_forgotten_check_does_not_serve_old_receipts_again(
     cache = rpc_fees.PaymentsCache(
         ledger_payments(ledger, on_receipt=seen.append if on_receipt == "callable" else None)
     )
-    meter = Meter(client_id, first.connection_id, sla, 50, every_requests=1)
+    meter = Meter(client_id, ledger.receipt_scope(first.connection_id), sla, 50, every_requests=1)
     payments = cache.resolve(first.connection_id)
     assert payments is not None
     last = None
@@ -454,7 +457,7 @@ def test_replayed_receipt_after_reconnecting_over_dtp(tmp_path: Path) -> None:
         )
         cid = sock.connection_id
         assert cid is not None
-        meter = Meter(user, cid, sla, 100, every_requests=1)
+        meter = Meter(user, ledger.receipt_scope(cid), sla, 100, every_requests=1)
         client = RpcClient(sock, timeout=10, meter=meter)
         for i in range(4):
             client.call("echo", i)
@@ -496,9 +499,7 @@ def test_async_call_refused_at_max_in_flight_is_not_metered() -> None:
     """The second call passed the check, awaited its deposit, then send_request refused
     it: after the meter counted it (the client paid for a request never sent)."""
     ledger, server_id, client_id, meter = _setup()
-    payments = RequestPayments(
-        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
-    )
+    payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, meter.deposit)
     outcome: dict[str, Any] = {}
 
     async def main() -> None:
@@ -546,9 +547,7 @@ def test_async_call_refused_at_max_in_flight_is_not_metered() -> None:
 
 def test_blocking_call_refused_at_max_in_flight_is_not_metered() -> None:
     ledger, server_id, client_id, meter = _setup()
-    payments = RequestPayments(
-        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
-    )
+    payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, meter.deposit)
     s = Served(make_rpc(payments=payments))
     prepay = ResponsePrepay(ledger, client_id, server_id.sui_address, 1)
     client = s.connect(timeout=20, meter=meter, prepay=prepay, max_in_flight=1)
@@ -609,7 +608,7 @@ def test_a_topped_up_client_is_served(tmp_path: Path) -> None:
             metering=OFF,
         )
         assert sock.connection_id is not None and sock.escrow_id is not None
-        meter = Meter(user, sock.connection_id, sla, 100, every_requests=1)
+        meter = Meter(user, ledger.receipt_scope(sock.connection_id), sla, 100, every_requests=1)
         client = RpcClient(sock, timeout=10, meter=meter)
         for i in range(4):
             client.call("echo", i)
@@ -629,7 +628,7 @@ def test_the_deposit_is_read_again_at_most_once_a_second() -> None:
     """A client sending receipts beyond its deposit cannot make the server hammer the
     ledger."""
     _, _, client_id, meter = _setup()
-    payments = RequestPayments(meter.connection_id, meter.sla, client_id.ed25519_public, 7)
+    payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, 7)
     reads: list[float] = []
 
     def read() -> int:
@@ -696,7 +695,7 @@ def _echo_once(
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=server_id.noise_public, identity=client_id
             )
-            meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+            meter = Meter(client_id, payments.scope, sla, 50, every_requests=1)
             async with AsyncRpcClient(reader, writer, timeout=30, meter=meter) as client:
                 out["answer"] = await client.call("echo", "a")
                 out["after"] = after()
@@ -718,7 +717,9 @@ def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
     ledger, _, client_id, sla, host, cap = world
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
     # the server knows a deposit of 0 (read before a top-up): the first receipt is beyond
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
+    payments = RequestPayments(
+        ledger.receipt_scope(opened.connection_id), sla, client_id.ed25519_public, 0
+    )
     probe = _LoopProbe()
 
     def read_deposit() -> int:
@@ -747,7 +748,11 @@ def test_the_async_server_keeps_receipts_off_the_loop(tmp_path: Path) -> None:
         store.keep(receipt)
 
     payments = RequestPayments(
-        opened.connection_id, sla, client_id.ed25519_public, 50, on_receipt=keep
+        ledger.receipt_scope(opened.connection_id),
+        sla,
+        client_id.ed25519_public,
+        50,
+        on_receipt=keep,
     )
     try:
         # (the store read as soon as the answer came: kept before it)
@@ -766,7 +771,9 @@ def _stale_deposit_payments() -> tuple[Any, ...]:
     reads the real one back slowly (a ledger read over the network)."""
     ledger, server_id, client_id, sla, host, cap = _per_request_service()
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
-    payments = RequestPayments(opened.connection_id, sla, client_id.ed25519_public, 0)
+    payments = RequestPayments(
+        ledger.receipt_scope(opened.connection_id), sla, client_id.ed25519_public, 0
+    )
     reads: list[int] = []
 
     def read_deposit() -> int:
@@ -775,7 +782,7 @@ def _stale_deposit_payments() -> tuple[Any, ...]:
         return ledger.get_escrow(opened.escrow_id).deposited
 
     payments.read_deposit = read_deposit
-    meter = Meter(client_id, opened.connection_id, sla, 50, every_requests=1)
+    meter = Meter(client_id, ledger.receipt_scope(opened.connection_id), sla, 50, every_requests=1)
     return server_id, client_id, payments, meter, reads
 
 
@@ -1013,10 +1020,10 @@ def test_a_deposit_read_failing_untyped_refuses_the_request(
 ) -> None:
     client = HostIdentity.generate()
     sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=0)
-    meter = Meter(client, CID, sla, 1000, every_requests=1)
+    meter = Meter(client, scope_of(CID), sla, 1000, every_requests=1)
     first, second = (meter.record(0, requests=1) or meter.flush(0) for _ in range(2))
     assert first is not None and second is not None
-    payments = RequestPayments(CID, sla, client.ed25519_public, 10)  # deposit known: 10
+    payments = RequestPayments(scope_of(CID), sla, client.ed25519_public, 10)  # deposit known: 10
 
     def read_deposit() -> int:
         raise RuntimeError("the ledger client failed")  # (not a DTPError)
@@ -1033,9 +1040,7 @@ def test_a_close_during_the_metering_does_not_charge_for_an_unsent_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _ledger, _server_id, client_id, meter = _setup()
-    payments = RequestPayments(
-        meter.connection_id, meter.sla, client_id.ed25519_public, meter.deposit
-    )
+    payments = RequestPayments(meter.scope, meter.sla, client_id.ed25519_public, meter.deposit)
     served = Served(make_rpc(payments=payments))
     client = served.connect(timeout=20, meter=meter)
     real = rpc_engine.sign_request
@@ -1079,7 +1084,7 @@ def test_an_rpc_meter_on_a_transport_metered_connection_is_refused(
     with paid_connect(ledger, host_id) as sock:
         cid = sock.connection_id
         assert cid is not None
-        meter = Meter(CLIENT, cid, SLA, DEPOSIT)
+        meter = Meter(CLIENT, ledger.receipt_scope(cid), SLA, DEPOSIT)
         with pytest.raises(ValueError, match="metered by its transport"):
             RpcClient(sock, meter=meter)
 
@@ -1105,7 +1110,7 @@ def test_an_rpc_meter_on_an_unmetered_connection_is_taken(
     with paid_connect(ledger, host_id, metering=MeteringConfig(enabled=False)) as sock:
         cid = sock.connection_id
         assert cid is not None
-        client = RpcClient(sock, meter=Meter(CLIENT, cid, SLA, DEPOSIT))
+        client = RpcClient(sock, meter=Meter(CLIENT, ledger.receipt_scope(cid), SLA, DEPOSIT))
         assert client.meter is not None
         release.set()
 
@@ -1153,7 +1158,7 @@ def test_a_request_whose_receipt_cannot_be_kept_is_not_counted(path: str) -> Non
     client paid for a request it was refused.)"""
     client = HostIdentity.generate()
     sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=0)
-    meter = Meter(client, CID, sla, 1000, every_requests=1)
+    meter = Meter(client, scope_of(CID), sla, 1000, every_requests=1)
     receipt = meter.record(0, requests=1) or meter.flush(0)
     assert receipt is not None
     full = [True]
@@ -1162,7 +1167,7 @@ def test_a_request_whose_receipt_cannot_be_kept_is_not_counted(path: str) -> Non
         if full[0]:
             raise OSError(28, "disk full")
 
-    payments = RequestPayments(CID, sla, client.ed25519_public, 1000, on_receipt=keep)
+    payments = RequestPayments(scope_of(CID), sla, client.ed25519_public, 1000, on_receipt=keep)
 
     def admit(meta: dict[str, Any] | None) -> None:
         if path == "admit":
@@ -1188,7 +1193,7 @@ def test_a_request_cancelled_while_its_receipt_is_kept_is_not_counted() -> None:
     lands while ``on_receipt`` is known to run: it waits on an event."""
     client = HostIdentity.generate()
     sla = Sla(price_per_kib=0, price_per_request=10, min_deposit=0)
-    meter = Meter(client, CID, sla, 1000, every_requests=1)
+    meter = Meter(client, scope_of(CID), sla, 1000, every_requests=1)
     receipt = meter.record(0, requests=1) or meter.flush(0)
     assert receipt is not None
     keeping, release = threading.Event(), threading.Event()
@@ -1199,7 +1204,7 @@ def test_a_request_cancelled_while_its_receipt_is_kept_is_not_counted() -> None:
         assert release.wait(10)
         kept.append(got)
 
-    payments = RequestPayments(CID, sla, client.ed25519_public, 1000, on_receipt=keep)
+    payments = RequestPayments(scope_of(CID), sla, client.ed25519_public, 1000, on_receipt=keep)
 
     async def main() -> None:
         request = asyncio.ensure_future(payments.admit_async({"r": receipt.encode()}))

@@ -168,10 +168,14 @@ def test_a_failing_on_receipt_fails_its_request_not_the_stream(
             raise failure
 
     payments = RequestPayments(
-        opened.connection_id, sla, client_id.ed25519_public, 100, on_receipt=keep
+        ledger.receipt_scope(opened.connection_id),
+        sla,
+        client_id.ed25519_public,
+        100,
+        on_receipt=keep,
     )
     s = rpc_driver(workers=4, payments=payments)
-    meter = Meter(client_id, opened.connection_id, sla, 100, every_requests=1)
+    meter = Meter(client_id, ledger.receipt_scope(opened.connection_id), sla, 100, every_requests=1)
     client = s.connect(timeout=5, meter=meter)
     slow = client.start("sleep", [0.5, "slow"])
     with pytest.raises(E.InternalError):

@@ -34,6 +34,7 @@ from dtp.payments.gate import (
     ReceiptGate,
 )
 from dtp.payments.ratelimit import ClientBuckets, TokenBucket
+from tests.support.scopes import any_receipt_bytes, scope_of, v1_receipt_bytes
 
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)  # 1 MIST a byte
 CID = "0x" + "ab" * 32
@@ -46,7 +47,7 @@ def engine(
     deposited: int = 10_000, escrow: str | None = ESCROW, buckets: ClientBuckets | None = None
 ) -> PaidConnectionEngine:
     gate = ReceiptGate(
-        connection_id=CID,
+        scope=scope_of(CID),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         deposited=deposited,
@@ -60,7 +61,9 @@ def engine(
 
 
 def receipt(total_bytes: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
-    return Receipt(CID, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(signer).encode()
+    """As the client sends it, whatever the nonce (0 included)."""
+    amount = fee(SLA, total_bytes, 0)
+    return any_receipt_bytes(scope_of(CID), total_bytes, 0, amount, nonce, signer)
 
 
 def test_a_receipt_is_stored_then_counted() -> None:
@@ -95,6 +98,32 @@ def test_a_refused_receipt_closes_for_want_of_payment() -> None:
     assert "invalid receipt" in close.reason
 
 
+@pytest.mark.parametrize("what", ["version 1", "another escrow", "another package"])
+def test_a_receipt_of_another_version_or_scope_closes_for_want_of_payment(what: str) -> None:
+    """A RECEIPT frame from a client of the release before (format version 1: 129
+    bytes, docs/escrow.md §6), or signed for another escrow or package: refused, and the
+    connection closes with CLOSE_PAYMENT_REQUIRED saying why."""
+    paid = engine()
+    if what == "version 1":
+        frame = v1_receipt_bytes(CID, 800, 0, fee(SLA, 800, 0), 1, CLIENT)
+        said = "Receipt format version 1 is not supported"
+    else:
+        other = (
+            scope_of(CID, escrow_id="0x" + "e1" * 32)
+            if what == "another escrow"
+            else scope_of(CID, package="0x" + "e2" * 32)
+        )
+        frame = any_receipt_bytes(other, 800, 0, fee(SLA, 800, 0), 1, CLIENT)
+        said = "receipt for connection"
+    step, checked = paid.receipt_frame(frame, closed=False)
+    assert (step, checked) == (ReceiptStep.REFUSED, None)
+    verdict = paid.verdict((0, 0), 0.0)
+    assert verdict.state is GateState.CLOSE
+    close = paid.payment_required(verdict)
+    assert close.code == CLOSE_PAYMENT_REQUIRED and said in close.reason
+    assert paid.receipts == 0
+
+
 def test_the_credit_a_read_or_a_write_may_take_at_one_look() -> None:
     paid = engine(deposited=1 << 40)  # (the allowance, min_deposit 1000 MIST: 1000 bytes)
     assert paid.read_credit((0, 0)) == 1000
@@ -105,7 +134,7 @@ def test_the_credit_a_read_or_a_write_may_take_at_one_look() -> None:
     assert paid.write_credit((600, 0), 900) == 0
     big = PaidConnectionEngine(
         ReceiptGate(
-            connection_id=CID,
+            scope=scope_of(CID),
             client_public_key=CLIENT.ed25519_public,
             sla=SLA,
             deposited=1 << 40,

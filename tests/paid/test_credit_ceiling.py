@@ -32,6 +32,7 @@ from tests.support.paid_twins import (
     streams_forever_aio,
 )
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x89), ident(0x8A)
@@ -42,7 +43,7 @@ CID = "0x" + "c3" * 32
 
 def _gate() -> ReceiptGate:
     return ReceiptGate(
-        connection_id=CID,
+        scope=scope_of(CID),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         deposited=DEPOSIT,
@@ -50,7 +51,11 @@ def _gate() -> ReceiptGate:
 
 
 def _receipt(total_bytes: int, nonce: int) -> bytes:
-    return Receipt(CID, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT).encode()
+    return (
+        Receipt(scope_of(CID), total_bytes, 1, fee(SLA, total_bytes, 1), nonce)
+        .sign(CLIENT)
+        .encode()
+    )
 
 
 def test_the_credit_is_what_the_escrow_can_still_pay() -> None:

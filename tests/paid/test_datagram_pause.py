@@ -237,7 +237,7 @@ def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) 
         await asyncio.wait_for(until(lambda: paid.gate.pause_deadline_ms() is not None), WAIT)
         await asyncio.sleep(0)  # the read is in its wait for a receipt now
         used, requests = paid.conn.usage
-        signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+        signed = Receipt(paid.gate.scope, used, requests, fee(SLA, used, requests), 1)
         receipt = paid.gate.check(signed.sign(CLIENT).encode())
         notify = proto._notify
 
@@ -390,7 +390,7 @@ def test_a_datagram_pause_after_payment_came_is_a_new_one(tmp_path: Path) -> Non
             await asyncio.sleep(0)
         writer.send_datagram(b"d" * size)  # dropped: a pause begins
         used, requests = paid.conn.usage
-        signed = Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
+        signed = Receipt(paid.gate.scope, used, requests, fee(SLA, used, requests), 1)
         paid.on_receipt(signed.sign(CLIENT).encode())  # (as it comes off the wire)
         await until(lambda: paid.gate.latest_nonce == 1)
         await asyncio.sleep(timeout + 0.3)  # (other work, paid for)

@@ -126,9 +126,7 @@ def _signed(paid: Any, usage: tuple[int, int]) -> bytes:
     """A RECEIPT frame's receipt of the client's for ``usage`` (nonce 1)."""
     used, requests = usage
     return (
-        Receipt(paid.connection_id, used, requests, fee(SLA, used, requests), 1)
-        .sign(CLIENT)
-        .encode()
+        Receipt(paid.gate.scope, used, requests, fee(SLA, used, requests), 1).sign(CLIENT).encode()
     )
 
 

@@ -319,7 +319,7 @@ def test_a_pause_after_payment_is_a_new_one(world: World) -> None:
         paid = sock._paid
         used, requests = paid.engine.conn.usage
         total = used + extra
-        receipt = Receipt(paid.connection_id, total, requests, fee(SLA, total, requests), nonce)
+        receipt = Receipt(paid.gate.scope, total, requests, fee(SLA, total, requests), nonce)
         with paid.engine.lock:
             paid.on_receipt(receipt.sign(CLIENT).encode())  # as the client's RECEIPT frame
         deadline = time.monotonic() + WAIT

@@ -18,12 +18,13 @@ import pytest
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, TransportControl
 from dtp.errors import ConnectionStateError, InvalidReceipt, MalformedReceipt
-from dtp.escrow import Receipt, check_receipt, fee
+from dtp.escrow import Receipt, ReceiptScope, check_receipt, fee
 from dtp.keys import HostIdentity
 from dtp.payments.gate import ReceiptGate
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 DEPOSIT = 5000
@@ -49,19 +50,29 @@ def setup_host(ledger: LocalLedger) -> str:
     return host_id
 
 
+#: The receipt scopes of the connections open_for opened (others: tests.support.scopes')
+_SCOPES: dict[str, ReceiptScope] = {}
+
+
+def _scope(cid: str) -> ReceiptScope:
+    return _SCOPES.get(cid) or scope_of(cid)
+
+
 def open_for(ledger: LocalLedger, host_id: str, client: HostIdentity) -> str:
     ledger.faucet(client.sui_address, 100_000)
     cap = ledger.create_spending_cap(client, 50_000)
-    return ledger.open_connection(client, host_id, 7, cap, DEPOSIT).connection_id
+    cid = ledger.open_connection(client, host_id, 7, cap, DEPOSIT).connection_id
+    _SCOPES[cid] = ledger.receipt_scope(cid)
+    return cid
 
 
 def signed(cid: str, total_bytes: int, nonce: int, signer: HostIdentity = CLIENT) -> Receipt:
-    return Receipt(cid, total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(signer)
+    return Receipt(_scope(cid), total_bytes, 0, fee(SLA, total_bytes, 0), nonce).sign(signer)
 
 
 def gate_for(cid: str, key: HostIdentity, store: ReceiptStore) -> ReceiptGate:
     return ReceiptGate(
-        connection_id=cid,
+        scope=_scope(cid),
         client_public_key=key.ed25519_public,
         sla=SLA,
         deposited=DEPOSIT,
@@ -91,11 +102,11 @@ def test_a_receipt_naming_another_connection_is_refused_and_poisons_nothing(
     with ReceiptStore(tmp_path / "receipts.db") as store:
         assert gate_for(victim, CLIENT, store).receive(signed(victim, 100 * 1024, 1).encode())
         # Mallory signs a receipt for its own connection (the signature is checked over
-        # the gate's connection ID) but the frame names the victim's connection, with a
-        # nonce no genuine receipt of the victim's will ever pass
+        # the gate's scope) but the frame names the victim's escrow and connection, with
+        # a nonce no genuine receipt of the victim's will ever pass
         planted = signed(mine, 400 * 1024, 2**63, MALLORY)
         frame = bytearray(planted.encode())
-        frame[1:33] = bytes.fromhex(victim[2:])
+        frame[33:97] = _scope(victim).raw()[32:]  # (escrow and connection IDs)
         gate = gate_for(mine, MALLORY, store)
         with pytest.raises(InvalidReceipt) as refused:
             gate.receive(bytes(frame))
@@ -105,7 +116,7 @@ def test_a_receipt_naming_another_connection_is_refused_and_poisons_nothing(
         with pytest.raises(InvalidReceipt):
             check_receipt(
                 Receipt.decode(bytes(frame)),
-                connection_id=mine,
+                scope=_scope(mine),
                 sla=SLA,
                 public_key=MALLORY.ed25519_public,
                 deposited=DEPOSIT,
@@ -506,5 +517,5 @@ def test_a_meter_nonce_outside_u64_is_refused_when_the_meter_is_made(nonce: int)
     from dtp.escrow import Meter
 
     with pytest.raises(InvalidArgument, match="start_nonce"):
-        Meter(CLIENT, "0x" + "ab" * 32, SLA, DEPOSIT, start_nonce=nonce)
-    assert Meter(CLIENT, "0x" + "ab" * 32, SLA, DEPOSIT, start_nonce=2**64 - 1) is not None
+        Meter(CLIENT, scope_of("0x" + "ab" * 32), SLA, DEPOSIT, start_nonce=nonce)
+    assert Meter(CLIENT, scope_of("0x" + "ab" * 32), SLA, DEPOSIT, start_nonce=2**64 - 1)

@@ -46,6 +46,7 @@ from dtp.settlement import claim_and_settle, recover_unclaimed
 from tests.support.paid_twins import funded_ledger, ident
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import CONN, locked_by_another_process, receipt
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0x81)
@@ -191,7 +192,7 @@ def test_a_failed_write_of_many_connections_names_a_few_of_them(
         with locked_by_another_process(path):
             with writer._cond:  # (one batch: the thread waits while this holds its lock)
                 for cid in ids:
-                    writer.submit(Receipt(cid, 1, 0, 1, 1).sign(CLIENT), lambda r: None)
+                    writer.submit(Receipt(scope_of(cid), 1, 0, 1, 1).sign(CLIENT), lambda r: None)
             assert wait_for(lambda: _failures(caplog), 30), caplog.text
         assert writer.close(30)
         for message in _failures(caplog):
@@ -229,7 +230,9 @@ class World:
         return Opened(cid, stored)
 
     def receipt(self, cid: str, size: int, nonce: int) -> Receipt:
-        return Receipt(cid, size, 1, fee(SLA, size, 1), nonce).sign(CLIENT)
+        return Receipt(self.ledger.receipt_scope(cid), size, 1, fee(SLA, size, 1), nonce).sign(
+            CLIENT
+        )
 
     def claimed(self, cid: str) -> int:
         return self.ledger.get_escrow(self.ledger.get_connection(cid).escrow).claimed

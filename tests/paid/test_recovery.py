@@ -137,7 +137,7 @@ class World:
     def receipt(self, cap_id: str) -> Receipt:
         """A receipt of a new connection on ``cap_id``, for 100 KiB and one request."""
         cid = self.ledger.open_connection(CLIENT, self.host_id, PORT, cap_id, DEPOSIT).connection_id
-        return Receipt(cid, 102400, 1, FEE, 1).sign(CLIENT)
+        return Receipt(self.ledger.receipt_scope(cid), 102400, 1, FEE, 1).sign(CLIENT)
 
     def claimed(self, receipt: Receipt) -> int:
         tc = self.ledger.get_connection(receipt.connection_id)

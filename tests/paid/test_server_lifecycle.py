@@ -27,6 +27,7 @@ from tests.paid.servers import PORT, SERVER, SLA, hosted_world
 from tests.paid.servers import World as ServiceWorld
 from tests.support.leaks import resource_warnings
 from tests.support.paid_twins import ident
+from tests.support.scopes import scope_of
 
 CID = "0x" + "ab" * 32
 CLIENT = ident(0x62)
@@ -68,7 +69,7 @@ def assert_back_to(threads: list[str], fds: set[str], timeout: float = 10.0) -> 
 
 
 def a_receipt(nonce: int, total_bytes: int = 4096) -> Receipt:
-    return Receipt(CID, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT)
+    return Receipt(scope_of(CID), total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT)
 
 
 def echo(sock: PaidSocket) -> None:

@@ -30,7 +30,7 @@ import dtp.socket
 from dtp.chain.objects import ConnectionState, Sla
 from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.escrow import Receipt, fee, object_id_bytes
+from dtp.escrow import Receipt, ReceiptScope, fee, object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from tests.support.paid_twins import (
@@ -73,13 +73,16 @@ def _raw(address: tuple[str, int], cid: str) -> dtp.socket.DTPSocket:
     )
 
 
-def _receipt(cid: str, size: int, nonce: int) -> Receipt:
-    return Receipt(cid, size, 1, fee(SLA, size, 1), nonce).sign(CLIENT)
+def _receipt(scope: ReceiptScope, size: int, nonce: int) -> Receipt:
+    return Receipt(scope, size, 1, fee(SLA, size, 1), nonce).sign(CLIENT)
 
 
-def _first_session(address: tuple[str, int], cid: str, latest: Callable[[], object]) -> Receipt:
+def _first_session(
+    address: tuple[str, int], scope: ReceiptScope, latest: Callable[[], object]
+) -> Receipt:
     """Served, paid by a receipt the server keeps, then closed by the client."""
-    paid = _receipt(cid, PAID_BYTES, 1)
+    cid = scope.connection_id
+    paid = _receipt(scope, PAID_BYTES, 1)
     with _raw(address, cid) as sock:
         sock.sendall(b"ping")
         assert sock.recv(4) == b"ping"
@@ -200,7 +203,8 @@ def test_a_connection_whose_settlement_failed_is_not_served_again(
     ):
         writer = server.receipt_writer
         outage.down.set()  # the ledger goes away as the first session ends
-        paid = _first_session(server.address, cid, lambda: writer.latest(cid) is not None)
+        scope = world.ledger.receipt_scope(cid)
+        paid = _first_session(server.address, scope, lambda: writer.latest(cid) is not None)
         assert wait_for(lambda: outage.refused > 0 and not len(server._serving), 10)
         assert entered[0] == 1
         # still Open on the ledger, nothing claimed; the store has the receipt
@@ -235,7 +239,8 @@ def test_an_unreadable_store_refuses_a_connection_back_rather_than_seed_from_the
     ):
         writer = server.receipt_writer
         outage.down.set()
-        paid = _first_session(server.address, cid, lambda: writer.latest(cid) is not None)
+        scope = world.ledger.receipt_scope(cid)
+        paid = _first_session(server.address, scope, lambda: writer.latest(cid) is not None)
         assert wait_for(lambda: outage.refused > 0 and not len(server._serving), 10)
         assert writer.flush(cid, 10)
         outage.down.clear()

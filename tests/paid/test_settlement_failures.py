@@ -25,7 +25,7 @@ import pytest
 import dtp.payments.serving
 import dtp.socket
 from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
+from dtp.escrow import Receipt, ReceiptScope, fee
 from dtp.payments.serving import settle_ended
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
@@ -47,8 +47,8 @@ PORT = 9
 DEPOSIT = 100_000
 
 
-def _receipt(cid: str, size: int, nonce: int) -> Receipt:
-    return Receipt(cid, size, 1, fee(SLA, size, 1), nonce).sign(CLIENT)
+def _receipt(scope: ReceiptScope, size: int, nonce: int) -> Receipt:
+    return Receipt(scope, size, 1, fee(SLA, size, 1), nonce).sign(CLIENT)
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_a_closed_store_with_the_final_receipt_claims_it(
 ) -> None:
     cap = world.ledger.create_spending_cap(CLIENT, 10**9)
     cid = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, DEPOSIT).connection_id
-    final = _receipt(cid, 20480, 2)
+    final = _receipt(world.ledger.receipt_scope(cid), 20480, 2)
     writer = _closed_writer(world.tmp_path / "r.db")
     with caplog.at_level(logging.WARNING):
         settlement = settle_ended(world.server_ledger, SERVER, cid, writer, final)
@@ -146,7 +146,8 @@ def test_of_the_stored_and_the_final_receipt_the_one_for_more_is_claimed(
 
     cap = world.ledger.create_spending_cap(CLIENT, 10**9)
     cid = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, DEPOSIT).connection_id
-    big, small = _receipt(cid, 40960, 10), _receipt(cid, 1024, 11)
+    scope = world.ledger.receipt_scope(cid)
+    big, small = _receipt(scope, 40960, 10), _receipt(scope, 1024, 11)
     with ReceiptStore(world.tmp_path / "r.db") as store:
         assert store.keep(big)
         settlement = claim_and_settle(world.server_ledger, SERVER, cid, store, final=small)

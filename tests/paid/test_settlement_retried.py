@@ -49,6 +49,7 @@ from tests.support.paid_twins import (
     stop,
 )
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER = ident(0xC5)
@@ -294,7 +295,7 @@ def test_the_writer_reports_a_claim_not_yet_marked_in_the_store(tmp_path: Path) 
     for the next write: read before, a claim just made looked unclaimed, and a retry
     asked the ledger for it again."""
     cid = "0x" + "ab" * 32
-    receipt = Receipt(cid, 4096, 1, fee(SLA, 4096, 1), 1).sign(CLIENT)
+    receipt = Receipt(scope_of(cid), 4096, 1, fee(SLA, 4096, 1), 1).sign(CLIENT)
     with ReceiptStore(tmp_path / "r.db") as store:
         writer = ReceiptWriter(store)
         try:
@@ -303,7 +304,7 @@ def test_the_writer_reports_a_claim_not_yet_marked_in_the_store(tmp_path: Path) 
             writer.mark_claimed(cid, receipt.total_amount)
             stored = writer.latest(cid)
             assert stored is not None and stored.unclaimed == 0
-            newer = Receipt(cid, 8192, 2, fee(SLA, 8192, 2), 2).sign(CLIENT)
+            newer = Receipt(scope_of(cid), 8192, 2, fee(SLA, 8192, 2), 2).sign(CLIENT)
             writer.submit(newer, lambda r: None)  # waiting, above the mark
             stored = writer.latest(cid)
             assert stored is not None and stored.receipt == newer

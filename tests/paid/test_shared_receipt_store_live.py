@@ -192,7 +192,7 @@ def test_a_restart_alone_still_claims_what_the_last_run_left(
     cap = ledger.create_spending_cap(CLIENT, DEPOSIT)
     opened = ledger.open_connection(CLIENT, host_id, FIRST, cap, DEPOSIT)
     cid = opened.connection_id
-    receipt = Receipt(cid, 10240, 1, fee(SLA, 10240, 1), 1).sign(CLIENT)
+    receipt = Receipt(ledger.receipt_scope(cid), 10240, 1, fee(SLA, 10240, 1), 1).sign(CLIENT)
     path = tmp_path / "receipts.db"
     with ReceiptStore(path) as crashed:  # a run that kept a receipt, then died
         assert crashed.keep(receipt)

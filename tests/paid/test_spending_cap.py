@@ -247,12 +247,12 @@ def test_a_receipt_stays_collectable_when_the_client_spends_its_cap_elsewhere(
         gate = gate_for(ledger, a.connection_id, ServicePolicy())
         usage = (600 * 1024, 1)
         amount = fee(COLLECTABLE_SLA, *usage)  # 6005 MIST
-        receipt_a = Receipt(a.connection_id, *usage, amount, 1).sign(client)
+        receipt_a = Receipt(ledger.receipt_scope(a.connection_id), *usage, amount, 1).sign(client)
         gate.receive(receipt_a.encode())
         assert gate.payable() == amount
 
         # the other server claims as much on the same cap, and the client lowers it
-        receipt_b = Receipt(b.connection_id, *usage, amount, 1).sign(client)
+        receipt_b = Receipt(ledger.receipt_scope(b.connection_id), *usage, amount, 1).sign(client)
         assert ledger.claim(provider_b, b.escrow_id, receipt_b) == amount
         ledger.set_max_per_epoch(client, cap, 0)
 

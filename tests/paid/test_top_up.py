@@ -53,6 +53,7 @@ from tests.support.paid_top_ups import (
     paid_open,
 )
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 
 # the paid server fixtures: a funded LocalLedger file, its paid server of each kind
 ledger = paid_top_ups.ledger
@@ -197,10 +198,14 @@ def test_the_gate_keeps_a_receipt_above_the_deposit_for_the_escrow_read() -> Non
     cid = "0x" + "ab" * 32
 
     def receipt(kib: int, nonce: int) -> bytes:
-        return Receipt(cid, kib * 1024, 1, fee(SLA, kib * 1024, 1), nonce).sign(CLIENT).encode()
+        return (
+            Receipt(scope_of(cid), kib * 1024, 1, fee(SLA, kib * 1024, 1), nonce)
+            .sign(CLIENT)
+            .encode()
+        )
 
     gate = ReceiptGate(
-        connection_id=cid, client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=DEPOSIT
+        scope=scope_of(cid), client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=DEPOSIT
     )
     gate.escrow_id = "0x" + "cd" * 32
     assert not gate.wants_deposit(0, 1000 * 1024, 1)  # on credit, the deposit not reached
@@ -345,7 +350,7 @@ def test_top_up_refuses_a_bad_amount_and_an_unpaid_connection(
 def test_a_client_meter_exhausted_signs_what_it_owed_after_a_top_up() -> None:
     """Usage beyond the deposit is not signed for (the meter is exhausted); a top-up
     signs it now, as far as the new deposit covers, and the meter signs on."""
-    meter = ClientMeter(CLIENT, "0x" + "c1" * 32, SLA, 1000, METERING)
+    meter = ClientMeter(CLIENT, scope_of("0x" + "c1" * 32), SLA, 1000, METERING)
     receipt = meter.update(1, 200 << 10, 0)  # 2000 MIST of usage against 1000
     assert meter.exhausted and receipt is not None and receipt.total_amount <= 1000
     assert meter.update(2, 300 << 10, 0) is None  # exhausted: nothing more signed
@@ -356,7 +361,7 @@ def test_a_client_meter_exhausted_signs_what_it_owed_after_a_top_up() -> None:
     more = meter.update(4, 400 << 10, 0, force=True)
     assert more is not None and more.total_amount == fee(SLA, 400 << 10, 0)
     # a top-up too small for what is owed: signs what it covers, exhausted again
-    short = ClientMeter(CLIENT, "0x" + "c2" * 32, SLA, 1000, METERING)
+    short = ClientMeter(CLIENT, scope_of("0x" + "c2" * 32), SLA, 1000, METERING)
     short.update(1, 500 << 10, 0)
     topped = short.top_up(1000, 2)
     assert short.exhausted and topped is not None and topped.total_amount <= 2000

@@ -68,7 +68,10 @@ class FakeConn:
 
 
 class TopUpLedger:
-    """Only what a top-up calls: waits for ``release``, then fails when ``refuse``."""
+    """Only what a top-up calls: waits for ``release``, then fails when ``refuse``; and
+    the package its receipts are bound to (docs/escrow.md §6)."""
+
+    package_id = "0x" + "ab" * 32
 
     def __init__(self) -> None:
         self.release = threading.Event()

@@ -11,6 +11,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
+from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x75]) * 32, bytes([0x75]) * 32)
 CID = "0x" + "cd" * 32
@@ -32,7 +33,9 @@ def _counting(meter: ClientMeter) -> list[int]:
 
 def test_quiet_until_is_the_next_receipt_by_bytes() -> None:
     every = 256 << 10
-    meter = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_bytes=every, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig(every_bytes=every, every_ms=0)
+    )
     assert meter.update(0, 10, 1) is None  # the request: counted, no receipt due
     assert meter.quiet_until() == (every, None)
     calls = _counting(meter)
@@ -49,7 +52,9 @@ def test_quiet_until_is_the_next_receipt_by_bytes() -> None:
 
 def test_quiet_until_stops_at_the_first_byte_the_deposit_does_not_cover() -> None:
     deposit = 1005  # one request (5) and 100 KiB (1000) at 10 MIST/KiB
-    meter = ClientMeter(CLIENT, CID, SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0)
+    )
     assert meter.update(0, 0, 1) is None
     covered = 100 * 1024
     assert meter.quiet_until()[0] == covered + 1
@@ -61,7 +66,9 @@ def test_quiet_until_stops_at_the_first_byte_the_deposit_does_not_cover() -> Non
 
 
 def test_a_flush_covers_usage_given_below_the_bound() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 1 << 40, MeteringConfig(every_bytes=1 << 20, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 1 << 40, MeteringConfig(every_bytes=1 << 20, every_ms=0)
+    )
     assert meter.update(0, 1000, 1) is None
     assert meter.update(1, 5000, 1) is None  # below the bound: not counted yet
     receipt = meter.flush(2)

@@ -8,6 +8,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import fee
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 CID = "0x" + "cd" * 32
@@ -16,7 +17,7 @@ QUIET = MeteringConfig(every_bytes=1 << 30, every_ms=0)
 
 
 def test_requests_beyond_the_deposit_sign_as_many_as_it_covers() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 1003, QUIET)
+    meter = ClientMeter(CLIENT, scope_of(CID), SLA, 1003, QUIET)
     last = meter.update(0, 0, 500)  # 2500 MIST of requests on a deposit of 1003
     assert meter.exhausted and last is not None
     assert last.total_requests == 200  # 1000 MIST: a 201st request would not fit
@@ -25,7 +26,7 @@ def test_requests_beyond_the_deposit_sign_as_many_as_it_covers() -> None:
 
 
 def test_bytes_after_the_requests_fill_what_is_left() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 1003, QUIET)
+    meter = ClientMeter(CLIENT, scope_of(CID), SLA, 1003, QUIET)
     last = meter.update(0, 1 << 20, 150)  # 750 MIST of requests, then 253 of bytes
     assert meter.exhausted and last is not None
     assert last.total_requests == 150
@@ -34,7 +35,7 @@ def test_bytes_after_the_requests_fill_what_is_left() -> None:
 
 
 def test_after_earlier_usage_the_remainder_is_used() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 1000, QUIET)
+    meter = ClientMeter(CLIENT, scope_of(CID), SLA, 1000, QUIET)
     assert meter.update(0, 10 * 1024, 10) is None  # 100 + 50 MIST, not due yet
     assert meter.flush(0) is not None
     last = meter.update(1, 10 * 1024, 1000)

@@ -17,6 +17,7 @@ from dtp.errors import InvalidArgument
 from dtp.escrow import Meter
 from dtp.keys import HostIdentity
 from dtp.metering import ClientMeter, MeteringConfig
+from tests.support.scopes import scope_of
 
 CID = "0x" + "7a" * 32
 CLIENT = HostIdentity.from_private_bytes(bytes([0x51]) * 32, bytes([0x52]) * 32)
@@ -26,7 +27,7 @@ BY_REQUEST = Sla(price_per_kib=0, price_per_request=10, min_deposit=4000)
 
 def test_an_exhausted_meter_on_free_bytes_stays_quiet_as_long_as_before() -> None:
     # a deposit of 2 requests and a half
-    meter = ClientMeter(CLIENT, CID, BY_REQUEST, 25, MeteringConfig(), now_ms=0)
+    meter = ClientMeter(CLIENT, scope_of(CID), BY_REQUEST, 25, MeteringConfig(), now_ms=0)
     assert meter.update(0, 0, 1) is None
     first = meter.flush(0)  # (an ask of the server)
     assert first is not None and first.total_amount == 10
@@ -51,9 +52,9 @@ def test_an_exhausted_meter_on_free_bytes_stays_quiet_as_long_as_before() -> Non
 
 def test_sign_free_must_be_a_bool() -> None:
     with pytest.raises(InvalidArgument, match="sign_free"):
-        Meter(CLIENT, CID, BY_REQUEST, 100, sign_free="no")  # type: ignore[arg-type]
+        Meter(CLIENT, scope_of(CID), BY_REQUEST, 100, sign_free="no")  # type: ignore[arg-type]
     # a bool, either way: False leaves free bytes unsigned, True signs them
-    quiet = Meter(CLIENT, CID, BY_REQUEST, 100, sign_free=False)
+    quiet = Meter(CLIENT, scope_of(CID), BY_REQUEST, 100, sign_free=False)
     assert quiet.record(0, nbytes=1 << 20) is None and quiet.flush(0) is None
-    eager = Meter(CLIENT, CID, BY_REQUEST, 100, sign_free=True)
+    eager = Meter(CLIENT, scope_of(CID), BY_REQUEST, 100, sign_free=True)
     assert eager.record(0, nbytes=1 << 20) is not None

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dtp.errors import InvalidArgument
 from dtp.ledger.gas import EndGas, GasSpent, end_kind
 from dtp.ledger.objects import Sla
-from dtp.ledger.receipt import Receipt, fee
+from dtp.ledger.receipt import Receipt, ReceiptScope, fee
 from dtp.payments.ends import (
     BATCH_WINDOW,
     TYPICAL_BYTES,
@@ -39,7 +39,8 @@ def _cid(n: int) -> str:
 
 
 def _deferred(n: int, fee: int, due: float = 60.0) -> Deferred:
-    receipt = Receipt(_cid(n), 1024, 1, fee, 1, b"\x00" * 64)
+    scope = ReceiptScope(_cid(1 << 20), _cid(n + (1 << 16)), _cid(n))
+    receipt = Receipt(scope, 1024, 1, fee, 1, b"\x00" * 64)
     return Deferred(_cid(n), receipt, fee, due)
 
 

@@ -11,6 +11,7 @@ from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.escrow import U64_MAX, Meter, fee
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.from_private_bytes(bytes([3]) * 32, bytes([4]) * 32)
 CONNECTION = "0x" + "ab" * 32
@@ -19,7 +20,7 @@ NOT_COUNTS: list[Any] = [1.5, float("nan"), float("inf"), -1, True, "5", None, 1
 
 
 def meter(deposit: int = 1000, **cadence: int) -> Meter:
-    return Meter(CLIENT, CONNECTION, SLA, deposit, **cadence)
+    return Meter(CLIENT, scope_of(CONNECTION), SLA, deposit, **cadence)
 
 
 def state(m: Meter) -> tuple[Any, ...]:
@@ -80,15 +81,15 @@ def test_settings_are_non_negative_ints(setting: str, bad: Any) -> None:
     kwargs: dict[str, Any] = {"deposit": 1000, setting: bad}
     deposit = kwargs.pop("deposit")
     with pytest.raises(InvalidArgument):
-        Meter(CLIENT, CONNECTION, SLA, deposit, **kwargs)
+        Meter(CLIENT, scope_of(CONNECTION), SLA, deposit, **kwargs)
     with pytest.raises(InvalidArgument):
-        Meter(CLIENT, CONNECTION, SLA, 1000, start_nonce=0)
+        Meter(CLIENT, scope_of(CONNECTION), SLA, 1000, start_nonce=0)
 
 
 def test_a_fee_beyond_u64_is_refused_before_it_is_counted() -> None:
     # a deposit beyond u64 (no escrow holds one, but nothing stopped it) let the fee
     # pass u64; the receipt could then not be built after the usage was counted
-    m = Meter(CLIENT, CONNECTION, Sla(2**20, 0, 0), 2**80, every_bytes=1)
+    m = Meter(CLIENT, scope_of(CONNECTION), Sla(2**20, 0, 0), 2**80, every_bytes=1)
     with pytest.raises(InvalidArgument, match="beyond u64"):
         m.record(0, U64_MAX)
     assert m.total_bytes == 0

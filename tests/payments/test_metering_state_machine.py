@@ -40,6 +40,7 @@ from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle
 from tests.support.paid_twins import ident
+from tests.support.scopes import scope_of
 
 SERVER, CLIENT = ident(0xB1), ident(0xB2)
 PORT = 7100
@@ -128,7 +129,7 @@ class MeterAndGate(RuleBasedStateMachine):
         config = MeteringConfig(
             every_bytes=every_bytes, every_ms=every_ms, every_requests=every_requests
         )
-        self.meter = ClientMeter(CLIENT, self.cid, sla, deposit, config)
+        self.meter = ClientMeter(CLIENT, ledger.receipt_scope(self.cid), sla, deposit, config)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -308,7 +309,9 @@ class MeterAndGate(RuleBasedStateMachine):
             ).execute()
         except SpendingCapExceeded:
             return
-        receipt = Receipt(opened.connection_id, kib * 1024, 1, amount, 1).sign(CLIENT)
+        receipt = Receipt(
+            self.ledger.receipt_scope(opened.connection_id), kib * 1024, 1, amount, 1
+        ).sign(CLIENT)
         self.ledger.settle_with_receipt(SERVER, opened.connection_id, receipt)
 
     @precondition(lambda self: not self.ended)
@@ -404,14 +407,14 @@ def test_a_fee_past_u64_is_usage_the_deposit_cannot_cover() -> None:
     A fee past u64 is past every escrow's deposit: InsufficientFunds, and the ClientMeter
     signs for what the deposit covers."""
     cid = "0x" + "5e" * 32
-    meter = ClientMeter(CLIENT, cid, HUGE, HUGE.min_deposit, MeteringConfig(every_ms=0))
+    meter = ClientMeter(CLIENT, scope_of(cid), HUGE, HUGE.min_deposit, MeteringConfig(every_ms=0))
     receipt = meter.update(0, (16 << 20) + 4096, 0)
     assert meter.exhausted
     assert receipt is not None and receipt.total_amount == HUGE.min_deposit
     assert receipt.total_bytes == 4096  # what 2**52 MIST pay for at 2**50 a KiB
     assert meter.update(1, 32 << 20, 0, force=True) is None  # nothing more signed
     # the same at the Meter: refused as over the deposit, nothing counted
-    plain = Meter(CLIENT, cid, HUGE, HUGE.min_deposit, every_bytes=1)
+    plain = Meter(CLIENT, scope_of(cid), HUGE, HUGE.min_deposit, every_bytes=1)
     with pytest.raises(InsufficientFunds):
         plain.record(0, 16 << 20)
     assert plain.total_bytes == 0

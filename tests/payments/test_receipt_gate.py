@@ -23,6 +23,7 @@ from dtp.payments.metering import ClientMeter, MeteringConfig
 from dtp.ratelimit import HostPolicy, RateLimiter, TokenBucket
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 CID = "0x" + "ab" * 32
@@ -40,7 +41,7 @@ def gate(store: ReceiptStore | None = None, **kw: int) -> ReceiptGate:
     args: dict[str, int] = {"deposited": 10_000, "pause_timeout_ms": 1000}
     args.update(kw)
     return ReceiptGate(
-        connection_id=CID,
+        scope=scope_of(CID),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         store=store,
@@ -50,14 +51,16 @@ def gate(store: ReceiptStore | None = None, **kw: int) -> ReceiptGate:
 
 def receipt(total_bytes: int, requests: int, nonce: int, signer: HostIdentity = CLIENT) -> bytes:
     amount = fee(SLA, total_bytes, requests)
-    return Receipt(CID, total_bytes, requests, amount, nonce).sign(signer).encode()
+    return Receipt(scope_of(CID), total_bytes, requests, amount, nonce).sign(signer).encode()
 
 
 # -- client meter ---------------------------------------------------------------------------
 
 
 def test_client_meter_cadence_and_cumulative_receipts() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=0)
+    )
     assert meter.update(0, 1000, 1) is None
     assert meter.update(1, 1000, 1) is None  # nothing new
     first = meter.update(2, 5000, 1)
@@ -95,7 +98,9 @@ def test_metering_config_refuses_bad_values_when_made(bad: dict[str, object]) ->
 
 
 def test_client_meter_time_cadence() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=0, every_ms=100))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 10_000, MeteringConfig(every_bytes=0, every_ms=100)
+    )
     assert meter.update(50, 10, 0) is None
     assert meter.update(99, 10, 0) is None
     due = meter.update(100, 10, 0)
@@ -104,7 +109,9 @@ def test_client_meter_time_cadence() -> None:
 
 def test_client_meter_quiet_until_is_where_update_would_do_nothing() -> None:
     """Adapters skip update() below quiet_until(): it must never skip a receipt."""
-    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=100))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 10_000, MeteringConfig(every_bytes=4096, every_ms=100)
+    )
     assert meter.update(0, 10, 1) is None
     quiet_bytes, due_ms = meter.quiet_until()
     assert due_ms is not None
@@ -121,7 +128,9 @@ def test_client_meter_quiet_until_is_where_update_would_do_nothing() -> None:
 
 def test_client_meter_never_signs_beyond_the_deposit() -> None:
     deposit = 1005  # 100 KiB + 1 request at 10/KiB and 5/request
-    meter = ClientMeter(CLIENT, CID, SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, deposit, MeteringConfig(every_bytes=1 << 30, every_ms=0)
+    )
     last = meter.update(0, 500 * 1024, 1)
     assert meter.exhausted
     assert last is not None and last.total_amount == deposit
@@ -145,7 +154,7 @@ def test_gate_keeps_valid_receipts_durably_and_rejects_bad_ones(tmp_path: Path) 
     with pytest.raises(InvalidReceipt) as bad_sig:
         g.receive(receipt(8192, 1, 2, signer=MALLORY))
     assert bad_sig.value.name == "EBadSignature"
-    wrong_conn = Receipt(OTHER_CID, 1024, 1, 15, 3).sign(CLIENT).encode()
+    wrong_conn = Receipt(scope_of(OTHER_CID), 1024, 1, 15, 3).sign(CLIENT).encode()
     with pytest.raises(InvalidReceipt):
         g.receive(wrong_conn)
     with pytest.raises(InvalidReceipt) as beyond:
@@ -256,7 +265,7 @@ def test_recovery_claims_stored_receipts_and_refunds_the_rest(tmp_path: Path) ->
     ledger = LocalLedger(tmp_path / "l.db")
     _, cid = open_paid(ledger)
     store = ReceiptStore(tmp_path / "r.db")
-    r = Receipt(cid, 100 * 1024, 2, fee(SLA, 100 * 1024, 2), 3).sign(CLIENT)
+    r = Receipt(ledger.receipt_scope(cid), 100 * 1024, 2, fee(SLA, 100 * 1024, 2), 3).sign(CLIENT)
     assert store.keep(r)
     done = recover_unclaimed(ledger, SERVER, ReceiptStore(tmp_path / "r.db"))
     assert [c for c, _ in done] == [cid]
@@ -282,7 +291,9 @@ def test_client_refund_waits_for_the_half_close_timeout(tmp_path: Path) -> None:
 
 
 def test_client_meter_exhaustion_receipt_is_returned_even_when_the_cadence_signed_it() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 1005, MeteringConfig(every_bytes=1024, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 1005, MeteringConfig(every_bytes=1024, every_ms=0)
+    )
     assert meter.update(0, 2048, 1) is not None
     last = meter.update(1, 10 << 20, 1)  # the cadence is due too
     assert meter.exhausted and last is not None and last.total_amount == 1005
@@ -296,7 +307,7 @@ def test_a_claim_is_paid_though_the_cap_is_used_up_and_lowered(tmp_path: Path) -
     assert ledger.get_cap(cap).remaining(ledger.epoch()) == 0
     ledger.set_max_per_epoch(CLIENT, cap, 0)  # and lowered to nothing
     store = ReceiptStore(tmp_path / "r.db")
-    store.keep(Receipt(cid, 150 * 1024, 0, 1500, 1).sign(CLIENT))
+    store.keep(Receipt(ledger.receipt_scope(cid), 150 * 1024, 0, 1500, 1).sign(CLIENT))
     # the deposit was reserved at the open: the claim cannot be refused by the cap
     settlement = claim_and_settle(ledger, SERVER, cid, store)
     assert settlement is not None and (settlement.claimed, settlement.refunded) == (1500, 3500)
@@ -353,7 +364,9 @@ def test_gate_serving_is_the_verdicts_fast_path() -> None:
 
 
 def test_client_meter_counts_small_writes_in_steps_but_pays_them_when_asked() -> None:
-    meter = ClientMeter(CLIENT, CID, SLA, 10_000, MeteringConfig(every_bytes=16 * 1024, every_ms=0))
+    meter = ClientMeter(
+        CLIENT, scope_of(CID), SLA, 10_000, MeteringConfig(every_bytes=16 * 1024, every_ms=0)
+    )
     for n in range(1, 10):
         assert meter.update(n, n * 100, 1) is None  # below a step: not even counted yet
     paid = meter.update(10, 1000, 1, force=True) or meter.flush(10)

@@ -18,6 +18,7 @@ from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, fee
 from dtp.payments.gate import ReceiptGate
 from tests.support.paid_twins import ident
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 DEPOSIT = 20_000  # about 2 MiB of service
@@ -26,14 +27,16 @@ CLIENT = ident(0xB2)
 
 
 def receipt(kib: int, nonce: int) -> bytes:
-    return Receipt(CID, kib * 1024, 1, fee(SLA, kib * 1024, 1), nonce).sign(CLIENT).encode()
+    return (
+        Receipt(scope_of(CID), kib * 1024, 1, fee(SLA, kib * 1024, 1), nonce).sign(CLIENT).encode()
+    )
 
 
 def gate_with_one_waiting() -> ReceiptGate:
     """A gate that counted a receipt for 1,000 KiB and keeps one for 2,100 KiB (above
     the deposit) aside."""
     gate = ReceiptGate(
-        connection_id=CID, client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=DEPOSIT
+        scope=scope_of(CID), client_public_key=CLIENT.ed25519_public, sla=SLA, deposited=DEPOSIT
     )
     gate.escrow_id = "0x" + "cd" * 32
     gate.receive(receipt(1000, 1))

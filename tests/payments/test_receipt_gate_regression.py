@@ -10,6 +10,7 @@ from dtp.errors import InvalidReceipt
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.payments.gate import GateState, ReceiptGate
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 CID = "0x" + "ab" * 32
@@ -24,12 +25,12 @@ CLIENT = ident(0x68)
 
 def receipt(total_bytes: int, nonce: int) -> bytes:
     amount = fee(SLA, total_bytes, 1)
-    return Receipt(CID, total_bytes, 1, amount, nonce).sign(CLIENT).encode()
+    return Receipt(scope_of(CID), total_bytes, 1, amount, nonce).sign(CLIENT).encode()
 
 
 def gate() -> ReceiptGate:
     return ReceiptGate(
-        connection_id=CID,
+        scope=scope_of(CID),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         deposited=100_000,

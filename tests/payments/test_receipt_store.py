@@ -19,6 +19,7 @@ from dtp.chain.objects import Sla
 from dtp.escrow import Receipt, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import STALE_NEWLOCK, ReceiptStore
+from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.generate()
 SLA = Sla(10, 5, 1000)
@@ -27,7 +28,7 @@ OTHER = "0x" + "0d" * 32
 
 
 def receipt(nonce: int, nbytes: int, requests: int = 0, conn: str = CONN) -> Receipt:
-    return Receipt(conn, nbytes, requests, fee(SLA, nbytes, requests), nonce).sign(CLIENT)
+    return Receipt(scope_of(conn), nbytes, requests, fee(SLA, nbytes, requests), nonce).sign(CLIENT)
 
 
 def test_newest_nonce_wins_and_older_is_refused(tmp_path: Path) -> None:

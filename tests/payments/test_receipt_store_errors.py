@@ -32,6 +32,7 @@ from dtp.payments.gate import ReceiptGate
 from dtp.receipt_store import ReceiptStore, ReceiptStoreError
 from dtp.receipt_writer import ReceiptWriter
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
+from tests.support.scopes import scope_of
 
 # fee(bytes, 0) == bytes: the receipts of receipt() are priced right
 SLA = Sla(price_per_kib=1024, price_per_request=0, min_deposit=1000)
@@ -113,7 +114,7 @@ def test_every_call_on_a_closed_store_says_it_is_closed(tmp_path: Path) -> None:
 
 def gate(store: ReceiptStore) -> ReceiptGate:
     return ReceiptGate(
-        connection_id=CONN,
+        scope=scope_of(CONN),
         client_public_key=CLIENT.ed25519_public,
         sla=SLA,
         deposited=100_000,

@@ -205,10 +205,11 @@ def test_what_keep_returned_survives_a_sigkill(tmp_path: Path) -> None:
         "from dtp.escrow import Receipt\n"
         "from dtp.keys import HostIdentity\n"
         "from dtp.receipt_store import ReceiptStore\n"
+        "from tests.support.scopes import scope_of\n"
         "me = HostIdentity.generate()\n"
         f"store = ReceiptStore({str(path)!r})\n"
         "for n in itertools.count(1):\n"
-        f"    assert store.keep(Receipt({CONN!r}, n, 0, n, n).sign(me))\n"
+        f"    assert store.keep(Receipt(scope_of({CONN!r}), n, 0, n, n).sign(me))\n"
         "    print(n, flush=True)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

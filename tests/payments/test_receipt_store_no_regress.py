@@ -18,10 +18,11 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.daemon.fees import ServerFees
 from dtp.errors import InvalidReceipt
-from dtp.escrow import ConnectionTerms, Receipt, fee
+from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.support.paid_twins import ident
+from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 SERVER, CLIENT = ident(0x77), ident(0x78)
@@ -29,8 +30,9 @@ CID = "0x" + "5e" * 32
 BIG, SMALL = 50 << 20, 1024
 
 
-def receipt(total_bytes: int, nonce: int, cid: str = CID) -> Receipt:
-    return Receipt(cid, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT)
+def receipt(total_bytes: int, nonce: int, scope: ReceiptScope | None = None) -> Receipt:
+    scope = scope_of(CID) if scope is None else scope
+    return Receipt(scope, total_bytes, 1, fee(SLA, total_bytes, 1), nonce).sign(CLIENT)
 
 
 def test_the_store_keeps_the_higher_receipt(tmp_path: Path) -> None:
@@ -81,7 +83,8 @@ def test_the_daemon_claims_the_receipt_it_served_on(tmp_path: Path) -> None:
         cap = ledger.create_spending_cap(CLIENT, 10**9)
         deposit = 1_000_000
         cid = ledger.open_connection(CLIENT, host, 7, cap, deposit).connection_id
-        big, small = receipt(BIG, 1, cid), receipt(SMALL, 2, cid)
+        scope = ledger.receipt_scope(cid)
+        big, small = receipt(BIG, 1, scope), receipt(SMALL, 2, scope)
 
         async def main() -> tuple[list[int], int]:
             fees = ServerFees(ledger, SERVER, host, tmp_path / "r.db")

@@ -31,6 +31,7 @@ from dtp.escrow import Receipt
 from dtp.receipt_store import ReceiptStore
 from dtp.receipt_writer import ReceiptWriter
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
+from tests.support.scopes import scope_of
 
 OTHER = "0x" + "7a" * 32
 # long enough for a writer retrying every second to log several times
@@ -38,7 +39,7 @@ QUIET = 4.0
 
 
 def _other(nonce: int, amount: int) -> Receipt:
-    return Receipt(OTHER, amount, 0, amount, nonce).sign(CLIENT)
+    return Receipt(scope_of(OTHER), amount, 0, amount, nonce).sign(CLIENT)
 
 
 def _closed_errors(caplog: pytest.LogCaptureFixture, since: int) -> list[logging.LogRecord]:

@@ -2,35 +2,51 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dtp.chain.objects import Sla
-from dtp.errors import InsufficientFunds, InvalidReceipt, MalformedReceipt, ReplayedReceipt
+from dtp.errors import (
+    InsufficientFunds,
+    InvalidReceipt,
+    MalformedReceipt,
+    ReplayedReceipt,
+    UnsupportedReceiptVersion,
+)
 from dtp.escrow import (
     RECEIPT_ENCODED_SIZE,
+    RECEIPT_MESSAGE_SIZE,
     Meter,
     Receipt,
+    ReceiptScope,
     check_receipt,
     fee,
     receipt_message,
 )
 from dtp.keys import HostIdentity
 
+PACKAGE = "0x" + bytes(range(32)).hex()
+ESCROW = "0x" + "0" * 59 + "decaf"
 CONN = "0x" + "0" * 58 + "c0ffee"
+SCOPE = ReceiptScope(PACKAGE, ESCROW, CONN)
 CLIENT = HostIdentity.from_private_bytes(b"\x11" * 32, b"\x11" * 32)
 MALLORY = HostIdentity.from_private_bytes(b"\x22" * 32, b"\x22" * 32)
 SLA = Sla(10, 5, 1000)
 
+# docs/escrow.md §6 (tests/ledger/test_receipt_vectors.py checks them independently)
 VECTOR_MESSAGE = bytes.fromhex(
-    "0e4454502d524543454950542d5631"
+    "0e4454502d524543454950542d5632"
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "00000000000000000000000000000000000000000000000000000000000decaf"
     "0000000000000000000000000000000000000000000000000000000000c0ffee"
     "0028000000000000040000000000000078000000000000000100000000000000"
 )
 VECTOR_SIGNATURE = bytes.fromhex(
-    "90f31b93e37001ea82da2dbbeac138ea145f215761021ff89a7e4e50faf52bd6"
-    "d923c35a2d7683b2ee4cf809aea4937e86b2814bca3bd50879352f618f8b5002"
+    "abadb20ddecb20546b78e1de435492796e0dbaa38cd25e3249f49465e89d217e"
+    "f1f3f9fa364b9f0ba773e38e345eed5f99b1c0f80d7052a7210e8d4347677803"
 )
 
 
@@ -38,14 +54,37 @@ def test_receipt_vector() -> None:
     assert CLIENT.ed25519_public.hex() == (
         "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737"
     )
-    message = receipt_message(CONN, 10240, 4, 120, 1)
-    assert len(message) == 79
+    message = receipt_message(SCOPE, 10240, 4, 120, 1)
+    assert len(message) == RECEIPT_MESSAGE_SIZE == 143
     assert message == VECTOR_MESSAGE
-    receipt = Receipt(CONN, 10240, 4, 120, 1).sign(CLIENT)
+    receipt = Receipt(SCOPE, 10240, 4, 120, 1).sign(CLIENT)
     assert receipt.signature == VECTOR_SIGNATURE
     assert receipt.verify(CLIENT.ed25519_public)
     assert not receipt.verify(MALLORY.ed25519_public)
-    assert receipt_message(bytes.fromhex(CONN[2:]), 10240, 4, 120, 1) == VECTOR_MESSAGE
+    assert (receipt.package, receipt.escrow_id, receipt.connection_id) == (PACKAGE, ESCROW, CONN)
+
+
+def test_scope_ids_are_normalized() -> None:
+    short = ReceiptScope("0x" + bytes(range(32)).hex().upper(), "0xDECAF", " 0xc0ffee ")
+    assert short == SCOPE
+    assert receipt_message(short, 10240, 4, 120, 1) == VECTOR_MESSAGE
+    with pytest.raises(ValueError):
+        ReceiptScope(PACKAGE, ESCROW, "c0ffee")  # (InvalidObjectId, a ValueError)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ReceiptScope("0x1", ESCROW, CONN),
+        ReceiptScope(PACKAGE, "0x1", CONN),
+        ReceiptScope(PACKAGE, ESCROW, "0x1"),
+    ],
+)
+def test_each_part_of_the_scope_changes_the_message(other: ReceiptScope) -> None:
+    assert receipt_message(other, 10240, 4, 120, 1) != VECTOR_MESSAGE
+    signed = Receipt(SCOPE, 10240, 4, 120, 1).sign(CLIENT)
+    moved = Receipt(other, 10240, 4, 120, 1, signed.signature)
+    assert not moved.verify(CLIENT.ed25519_public)
 
 
 @pytest.mark.parametrize(
@@ -65,49 +104,100 @@ def test_fee_is_exact(nbytes: int, requests: int, price: int) -> None:
 
 def test_message_rejects_out_of_range() -> None:
     with pytest.raises(ValueError):
-        receipt_message(CONN, -1, 0, 0, 1)
+        receipt_message(SCOPE, -1, 0, 0, 1)
     with pytest.raises(ValueError):
-        receipt_message(CONN, 0, 0, 2**64, 1)
+        receipt_message(SCOPE, 0, 0, 2**64, 1)
     with pytest.raises(ValueError):
-        receipt_message("c0ffee", 0, 0, 0, 1)
+        receipt_message(SCOPE, 0, 0, 0, 2**64)
+    with pytest.raises(TypeError):
+        receipt_message(CONN, 0, 0, 0, 1)  # type: ignore[arg-type]
+
+
+def test_nonce_zero_is_no_receipt() -> None:
+    """Nonces start at 1 (an escrow's latest nonce is 0 before any claim, and a claim
+    needs one above it): a receipt with nonce 0 could never be claimed, so none is
+    signed, encoded or decoded, and a checker refuses it as the ledger does."""
+    with pytest.raises(ValueError, match="never claimable"):
+        receipt_message(SCOPE, 0, 0, 0, 0)
+    with pytest.raises(ValueError):
+        Receipt(SCOPE, 0, 0, 0, 0).sign(CLIENT)
+    with pytest.raises(ValueError):
+        Receipt(SCOPE, 0, 0, 0, 0, bytes(64)).encode()
+    raw = bytearray(Receipt(SCOPE, 0, 0, 0, 1).sign(CLIENT).encode())
+    raw[1 + 96 + 24 : 1 + 96 + 32] = bytes(8)  # the nonce, set to 0
+    with pytest.raises(MalformedReceipt, match="nonce"):
+        Receipt.decode(bytes(raw))
+    unsigned = Receipt(SCOPE, 0, 0, 0, 0, bytes(64))
+    kw = {"scope": SCOPE, "sla": SLA, "public_key": CLIENT.ed25519_public, "deposited": 1000}
+    with pytest.raises(ReplayedReceipt):
+        check_receipt(unsigned, **kw)  # type: ignore[arg-type]
 
 
 @given(
-    st.binary(min_size=32, max_size=32),
+    st.binary(min_size=96, max_size=96),
     st.integers(0, 2**64 - 1),
     st.integers(0, 2**64 - 1),
     st.integers(0, 2**64 - 1),
-    st.integers(0, 2**64 - 1),
+    st.integers(1, 2**64 - 1),
 )
-def test_encoding_round_trip(conn: bytes, b: int, r: int, a: int, n: int) -> None:
-    receipt = Receipt("0x" + conn.hex(), b, r, a, n, bytes(range(64)))
+def test_encoding_round_trip(ids: bytes, b: int, r: int, a: int, n: int) -> None:
+    scope = ReceiptScope(*("0x" + ids[i : i + 32].hex() for i in (0, 32, 64)))
+    receipt = Receipt(scope, b, r, a, n, bytes(range(64)))
     raw = receipt.encode()
-    assert len(raw) == RECEIPT_ENCODED_SIZE <= 1024
+    assert len(raw) == RECEIPT_ENCODED_SIZE == 193 <= 1024
+    assert raw[0] == 2 and raw[1:97] == ids
+    assert raw[97:129] == struct.pack("<QQQQ", b, r, a, n) and raw[129:] == bytes(range(64))
     assert Receipt.decode(raw) == receipt
     assert Receipt.decode(memoryview(raw)) == receipt
 
 
 def test_malformed_encodings() -> None:
-    raw = Receipt(CONN, 1, 2, 3, 4).sign(CLIENT).encode()
-    for bad in (b"", raw[:-1], raw + b"\0", b"\x02" + raw[1:]):
+    raw = Receipt(SCOPE, 1, 2, 3, 4).sign(CLIENT).encode()
+    for bad in (b"", raw[:-1], raw + b"\0"):
         with pytest.raises(MalformedReceipt) as info:
             Receipt.decode(bad)
         assert isinstance(info.value, InvalidReceipt)
+        assert not isinstance(info.value, UnsupportedReceiptVersion)
     with pytest.raises(ValueError):
-        Receipt(CONN, 1, 2, 3, 4).encode()  # unsigned
+        Receipt(SCOPE, 1, 2, 3, 4).encode()  # unsigned
+
+
+V1_ENCODING = bytes.fromhex(
+    "01"  # version 1: connection || totals || nonce || signature, 129 bytes
+    "0000000000000000000000000000000000000000000000000000000000c0ffee"
+    "0028000000000000040000000000000078000000000000000100000000000000"
+    "90f31b93e37001ea82da2dbbeac138ea145f215761021ff89a7e4e50faf52bd6"
+    "d923c35a2d7683b2ee4cf809aea4937e86b2814bca3bd50879352f618f8b5002"
+)
+
+
+@pytest.mark.parametrize("version", [1, 0, 3, 255])
+def test_another_format_version_is_refused_as_such(version: int) -> None:
+    """A peer of another release sends receipts of another version (a version-1 one:
+    129 bytes, bound to the connection alone): refused by its version byte, whatever
+    its size, with an error that says so (an InvalidReceipt, as any bad receipt)."""
+    raw = V1_ENCODING if version == 1 else bytes([version]) + bytes(RECEIPT_ENCODED_SIZE - 1)
+    assert len(V1_ENCODING) == 129
+    for data in (raw, raw[:1], raw + bytes(100)):
+        with pytest.raises(UnsupportedReceiptVersion) as info:
+            Receipt.decode(data)
+        assert info.value.version == version and info.value.expected == 2
+        assert isinstance(info.value, MalformedReceipt)
+        assert info.value.name == "UnsupportedReceiptVersion"
+        assert f"version {version} is not supported" in str(info.value)
 
 
 def test_check_receipt_rules() -> None:
     key = CLIENT.ed25519_public
-    good = Receipt(CONN, 10240, 4, 120, 1).sign(CLIENT)
-    kw = {"connection_id": CONN, "sla": SLA, "public_key": key, "deposited": 1000}
+    good = Receipt(SCOPE, 10240, 4, 120, 1).sign(CLIENT)
+    kw = {"scope": SCOPE, "sla": SLA, "public_key": key, "deposited": 1000}
     assert check_receipt(good, **kw) == 120  # type: ignore[arg-type]
     assert check_receipt(good, **kw, claimed=100) == 20  # type: ignore[arg-type]
     cases = [
         (good, {"latest_nonce": 1}, "EReplayedReceipt"),
-        (Receipt(CONN, 10240, 4, 120, 1).sign(MALLORY), {}, "EBadSignature"),
-        (Receipt(CONN, 10240, 4, 121, 1).sign(CLIENT), {}, "EAmountMismatch"),
-        (Receipt(CONN, 204800, 0, 2000, 1).sign(CLIENT), {}, "EReceiptExceedsDeposit"),
+        (Receipt(SCOPE, 10240, 4, 120, 1).sign(MALLORY), {}, "EBadSignature"),
+        (Receipt(SCOPE, 10240, 4, 121, 1).sign(CLIENT), {}, "EAmountMismatch"),
+        (Receipt(SCOPE, 204800, 0, 2000, 1).sign(CLIENT), {}, "EReceiptExceedsDeposit"),
         (good, {"claimed": 121}, "EReceiptNotCumulative"),
     ]
     for receipt, extra, name in cases:
@@ -116,13 +206,29 @@ def test_check_receipt_rules() -> None:
         assert info.value.name == name
     with pytest.raises(ReplayedReceipt):
         check_receipt(good, **kw, latest_nonce=5)  # type: ignore[arg-type]
-    other = "0x" + "11" * 32
-    with pytest.raises(InvalidReceipt, match="does not verify"):
-        check_receipt(good, **{**kw, "connection_id": other})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("part", ["package", "escrow_id", "connection_id"])
+def test_check_receipt_refuses_a_receipt_of_another_scope(part: str) -> None:
+    """A receipt signed for another package, escrow or connection fails as
+    ``EBadSignature``, as on chain: whether it names its own scope (and is signed for it)
+    or names the expected one (and is not)."""
+    fields = {"package": PACKAGE, "escrow_id": ESCROW, "connection_id": CONN}
+    other = ReceiptScope(**{**fields, part: "0x" + "11" * 32})
+    kw = {"sla": SLA, "public_key": CLIENT.ed25519_public, "deposited": 1000}
+    signed_for_other = Receipt(other, 10240, 4, 120, 1).sign(CLIENT)
+    with pytest.raises(InvalidReceipt, match="receipt for connection") as info:
+        check_receipt(signed_for_other, scope=SCOPE, **kw)  # type: ignore[arg-type]
+    assert info.value.name == "EBadSignature"
+    relabelled = Receipt(SCOPE, 10240, 4, 120, 1, signed_for_other.signature)
+    with pytest.raises(InvalidReceipt, match="does not verify") as info:
+        check_receipt(relabelled, scope=SCOPE, **kw)  # type: ignore[arg-type]
+    assert info.value.name == "EBadSignature"
+    assert check_receipt(signed_for_other, scope=other, **kw) == 120  # type: ignore[arg-type]
 
 
 def test_meter_cadence_and_nonces() -> None:
-    meter = Meter(CLIENT, CONN, SLA, 1000, every_bytes=4096, every_requests=3, every_ms=0)
+    meter = Meter(CLIENT, SCOPE, SLA, 1000, every_bytes=4096, every_requests=3, every_ms=0)
     assert meter.record(0, nbytes=1000) is None
     assert meter.record(1, nbytes=3096) is not None  # 4096 bytes reached
     first = meter.latest
@@ -138,7 +244,7 @@ def test_meter_cadence_and_nonces() -> None:
 
 
 def test_meter_time_cadence() -> None:
-    meter = Meter(CLIENT, CONN, SLA, 1000, every_bytes=0, every_ms=1000, now_ms=0)
+    meter = Meter(CLIENT, SCOPE, SLA, 1000, every_bytes=0, every_ms=1000, now_ms=0)
     assert meter.record(10, nbytes=10) is None
     assert meter.poll(999) is None
     receipt = meter.poll(1000)
@@ -147,7 +253,7 @@ def test_meter_time_cadence() -> None:
 
 
 def test_meter_never_exceeds_deposit() -> None:
-    meter = Meter(CLIENT, CONN, SLA, 1000, every_bytes=1)
+    meter = Meter(CLIENT, SCOPE, SLA, 1000, every_bytes=1)
     assert meter.affordable_bytes() == 102400
     meter.record(0, nbytes=102400)
     with pytest.raises(InsufficientFunds):
@@ -164,7 +270,7 @@ def test_meter_never_exceeds_deposit() -> None:
     st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 3), st.integers(0, 500)), max_size=40)
 )
 def test_meter_properties(usage: list[tuple[int, int, int]]) -> None:
-    meter = Meter(CLIENT, CONN, SLA, 20_000, every_bytes=2048, every_requests=2, every_ms=300)
+    meter = Meter(CLIENT, SCOPE, SLA, 20_000, every_bytes=2048, every_requests=2, every_ms=300)
     now = 0
     receipts = []
     for nbytes, requests, dt in usage:

@@ -9,8 +9,9 @@ import pytest
 
 from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import InvalidArgument, InvalidObjectId
-from dtp.escrow import U64_MAX, Meter, object_id_bytes
+from dtp.escrow import U64_MAX, Meter, ReceiptScope, object_id_bytes
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 
 CID = "0x" + "0" * 58 + "c0ffee"
 SLA = Sla(10, 5, 0)
@@ -23,7 +24,9 @@ def test_an_object_id_with_anything_but_hex_digits_is_refused(bad: str) -> None:
     with pytest.raises(InvalidObjectId):
         object_id_bytes(bad)
     with pytest.raises(InvalidObjectId):
-        Meter(HostIdentity.generate(), bad, SLA, 10**6)
+        ReceiptScope("0x1", "0x2", bad)
+    with pytest.raises(InvalidArgument, match="ReceiptScope"):
+        Meter(HostIdentity.generate(), bad, SLA, 10**6)  # type: ignore[arg-type]
 
 
 def test_short_and_padded_ids_still_read() -> None:
@@ -32,7 +35,9 @@ def test_short_and_padded_ids_still_read() -> None:
 
 
 def test_a_meter_past_the_last_nonce_refuses_with_a_dtp_error_and_counts_nothing() -> None:
-    meter = Meter(HostIdentity.generate(), CID, SLA, 10**6, every_bytes=1, start_nonce=U64_MAX)
+    meter = Meter(
+        HostIdentity.generate(), scope_of(CID), SLA, 10**6, every_bytes=1, start_nonce=U64_MAX
+    )
     receipt = meter.record(0, 10)
     assert receipt is not None and receipt.nonce == U64_MAX
     with pytest.raises(InvalidArgument, match="every receipt nonce"):

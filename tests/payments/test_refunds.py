@@ -111,7 +111,9 @@ def test_an_open_connection_is_half_closed_first(place: Place) -> None:
 
 def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place: Place) -> None:
     cid = place.open()
-    receipt = Receipt(cid, 4096, 0, fee(SLA, 4096, 0), 1).sign(place.client)
+    receipt = Receipt(place.ledger.receipt_scope(cid), 4096, 0, fee(SLA, 4096, 0), 1).sign(
+        place.client
+    )
     place.ledger.close_connection(place.client, cid)
     place.server_ledger.settle_with_receipt(place.server, cid, receipt)
     with RefundCollector(place.ledger, place.client) as rc:

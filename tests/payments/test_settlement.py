@@ -18,7 +18,7 @@ import pytest
 
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
+from dtp.escrow import Receipt, ReceiptScope, fee
 from dtp.keys import HostIdentity
 from dtp.receipt_store import ReceiptStore
 from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
@@ -39,7 +39,7 @@ def test_a_receipt_of_a_settled_connection_is_tried_once(
         ledger.add_service(SERVER, host, 7, "x", SLA)
         cap = ledger.create_spending_cap(CLIENT, 10**9)
         cid = ledger.open_connection(CLIENT, host, 7, cap, DEPOSIT).connection_id
-        receipt = Receipt(cid, 10240, 1, fee(SLA, 10240, 1), 1).sign(CLIENT)
+        receipt = Receipt(ledger.receipt_scope(cid), 10240, 1, fee(SLA, 10240, 1), 1).sign(CLIENT)
         with ReceiptStore(tmp_path / "r.db") as store:
             assert store.keep(receipt)
         # the server is away past the timeout: the client takes its deposit back
@@ -76,9 +76,9 @@ def _world(sla: Sla, cap_max: int) -> tuple[LocalLedger, HostIdentity, HostIdent
 
 
 def _receipt(
-    client: HostIdentity, cid: str, nbytes: int, requests: int, sla: Sla, nonce: int
+    client: HostIdentity, scope: ReceiptScope, nbytes: int, requests: int, sla: Sla, nonce: int
 ) -> Receipt:
-    return Receipt(cid, nbytes, requests, fee(sla, nbytes, requests), nonce).sign(client)
+    return Receipt(scope, nbytes, requests, fee(sla, nbytes, requests), nonce).sign(client)
 
 
 def test_a_receipt_paying_nothing_more_settles_without_a_claim() -> None:
@@ -89,7 +89,9 @@ def test_a_receipt_paying_nothing_more_settles_without_a_claim() -> None:
     # settlement depends on it
     ledger.set_max_per_epoch(client, cap, 50)
     store = ReceiptStore(":memory:")
-    store.keep(_receipt(client, second.connection_id, 0, 0, sla, 1))  # nothing used: 0 MIST
+    store.keep(
+        _receipt(client, ledger.receipt_scope(second.connection_id), 0, 0, sla, 1)
+    )  # nothing used: 0 MIST
     cursor = ledger.head_cursor()
     settlement = claim_and_settle(ledger, server, second.connection_id, store)
     assert settlement is not None and settlement.claimed == 0 and settlement.refunded == 200

@@ -42,6 +42,24 @@ def test_missing_openssl_headers_is_one_clear_sentence(tmp_path: Path) -> None:
     assert "OpenSSL's development headers" in message and "libssl-dev" in message
 
 
+@pytest.mark.parametrize(("flag", "werror"), [("1", True), ("", False), ("0", False)])
+def test_warnings_fail_the_build_only_where_asked(flag: str, werror: bool) -> None:
+    """-Werror where DTP_WERROR=1 (scripts/test.sh: the project's own builds), never in a
+    user's install, where a newer compiler's new warning would stop a correct build."""
+    code = (
+        "import sys; sys.path.insert(0, 'dtp_core'); import build_ffi\n"
+        "print(build_ffi.make_ffi()._assigned_source[3]['extra_compile_args'])"
+    )
+    env = {**os.environ, "DTP_SKIP_PREFLIGHT": "1", "DTP_WERROR": flag}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    args = done.stdout
+    assert "'-Wall'" in args and "'-Wextra'" in args
+    assert ("'-Werror'" in args) is werror
+
+
 def test_preflight_passes_here() -> None:
     result = _preflight({})
     assert result.returncode == 0, result.stderr

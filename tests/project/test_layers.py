@@ -23,6 +23,9 @@ PACKAGE = ROOT / "dtp"
 # their old flat paths are listed under the layer they move to.
 LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
+    # the extras and their checks: beside the errors they raise, below every layer that
+    # has a feature of an extra
+    "dtp.extras": "errors",
     "dtp.native": "native",
     "dtp.identity": "identity",
     "dtp.protocol": "protocol",

@@ -24,7 +24,7 @@ from tests.support.paths import ROOT
 
 #: what the sdist is built from (the rest of the checkout never reaches it)
 PROJECT_FILES = ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE")
-PROJECT_DIRS = ("dtp", "dtp_core", "move", "docs")
+PROJECT_DIRS = ("dtp", "dtp_core", "move", "docs", "licenses")
 
 #: leftovers of a checkout that has been built, tested and deployed from
 ARTIFACTS = (
@@ -127,6 +127,12 @@ def test_sdist_holds_the_move_package_the_wheel_ships(project: Path, sdist_files
     assert shipped <= sdist_files, sorted(shipped - sdist_files)
     # README.md points readers at it for the sui CLI and the Move build
     assert "move/README.md" in sdist_files
+
+
+def test_sdist_holds_the_pypi_page_and_the_licence_notices(sdist_files: set[str]) -> None:
+    """pyproject.toml's readme (the short PyPI page) and license-files: a build from the
+    sdist reads both, and the wheel's metadata carries the notices."""
+    assert {"docs/pypi.md", "LICENSE", "licenses/OpenSSL.txt"} <= sdist_files
 
 
 def test_sdist_ships_every_module_of_the_package(project: Path, sdist_files: set[str]) -> None:

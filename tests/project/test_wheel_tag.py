@@ -4,8 +4,9 @@ on every CPython the package supports, not on the one it was built with alone.
 
 setup.py is run only as far as its configuration (setuptools' ``stop_after="config"``):
 the tag and the extension's file name are what setuptools' own bdist_wheel and build_ext
-would use, and nothing is compiled. That the wheel really works on 3.12 and 3.13 was
-checked by building it and installing it there; a venv per version is too slow for here.
+would use, and nothing is compiled. That the wheel really installs and runs on each
+supported CPython is tests/project/test_wheel.py's (a virtualenv per version, in
+scripts/test.sh's checks job).
 """
 
 from __future__ import annotations

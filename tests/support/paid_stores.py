@@ -113,7 +113,9 @@ class StoreWorld:
         cid = self.ledger.open_connection(
             STORE_CLIENT, self.host_id, STORE_PORT, self.cap_id, STORE_DEPOSIT
         ).connection_id
-        return Receipt(cid, 102400, 1, fee(STORE_SLA, 102400, 1), 1).sign(STORE_CLIENT)
+        return Receipt(
+            self.ledger.receipt_scope(cid), 102400, 1, fee(STORE_SLA, 102400, 1), 1
+        ).sign(STORE_CLIENT)
 
     def settled(self, receipt: Receipt) -> bool:
         return self.ledger.get_connection(receipt.connection_id).settled

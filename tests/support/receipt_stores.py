@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dtp.escrow import Receipt
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.generate()
 CONN = "0x" + "5e" * 32
@@ -17,7 +18,7 @@ U64_MAX = 2**64 - 1
 
 
 def receipt(nonce: int, amount: int) -> Receipt:
-    return Receipt(CONN, amount, 0, amount, nonce).sign(CLIENT)
+    return Receipt(scope_of(CONN), amount, 0, amount, nonce).sign(CLIENT)
 
 
 def locked_by_another_process(path: Path) -> AbstractContextManager[None]:

@@ -42,6 +42,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.keys import HostIdentity
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID
 
@@ -163,7 +164,7 @@ def test_a_blocking_forwarder_with_an_endless_final_timeout_closes(final_timeout
         )
 
     def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-        return Meter(CLIENT, CONNECTION_ID, Sla(1, 1, 0), 10**9)
+        return Meter(CLIENT, scope_of(CONNECTION_ID), Sla(1, 1, 0), 10**9)
 
     fwd = UdpForwarder(("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=final_timeout)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

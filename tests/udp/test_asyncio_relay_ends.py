@@ -29,6 +29,7 @@ import dtp.hostid.udp.asyncio
 from dtp.chain.objects import Sla
 from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from tests.support.scopes import scope_of
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 
 BOUND = 5.0
@@ -51,7 +52,7 @@ def test_replies_after_the_finish_are_counted_as_dropped_finishing() -> None:
     and counted (``dropped_finishing``). The replies were left unread in the backend
     socket's buffer and vanished with it, counted nowhere."""
     stats = UdpStats()
-    billing = UdpBilling(CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
+    billing = UdpBilling(scope_of(CONNECTION_ID), Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -146,7 +147,7 @@ def test_a_relay_cancelled_while_it_ends_is_cancelled(monkeypatch: pytest.Monkey
         return made[-1]
 
     monkeypatch.setattr(dtp.hostid.udp.asyncio, "_open_backend", open_backend)
-    billing = UdpBilling(CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
+    billing = UdpBilling(scope_of(CONNECTION_ID), Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
 
     async def main() -> bool:
         backend = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

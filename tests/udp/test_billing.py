@@ -30,6 +30,7 @@ from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.hostid.udp.engine import control_frame
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, sign_reports
 
@@ -41,7 +42,7 @@ def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:
     sla = Sla(100, 0, 0)
     deposit = 10_000  # 100 KiB at 100 per KiB
     dns = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, sla, CLIENT.ed25519_public, deposit)
+    billing = UdpBilling(scope_of(CONNECTION_ID), sla, CLIENT.ed25519_public, deposit)
     stats = UdpStats()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
     handler = functools.partial(
@@ -53,7 +54,7 @@ def test_a_receipt_for_requests_only_does_not_buy_the_bytes() -> None:
         with dtp.socket.create_connection(
             server.address, server_key=SERVER.noise_public, timeout=5
         ) as sock:
-            meter = Meter(CLIENT, CONNECTION_ID, sla, deposit)
+            meter = Meter(CLIENT, scope_of(CONNECTION_ID), sla, deposit)
             now = int(time.time() * 1000)
             receipt = meter.record(now, requests=2**40) or meter.flush(now)
             assert receipt is not None and receipt.total_amount == 0
@@ -91,7 +92,7 @@ def test_async_relay_bounds_replies_no_receipt_covers() -> None:
     streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
     billing = UdpBilling(
-        CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**9, credit_datagrams=16
+        scope_of(CONNECTION_ID), Sla(1, 1, 0), CLIENT.ed25519_public, 10**9, credit_datagrams=16
     )
     stats = UdpStats()
 
@@ -139,7 +140,7 @@ def test_datagrams_allowed_but_not_yet_counted_leave_room_in_the_deposit() -> No
     past it (CI: owed 10370 against a deposit of 10000). Allowed now means reserved
     until counted or given back."""
     sla = Sla(1024, 0, 0)  # 1 MIST per byte
-    billing = UdpBilling(CONNECTION_ID, sla, CLIENT.ed25519_public, 1500)
+    billing = UdpBilling(scope_of(CONNECTION_ID), sla, CLIENT.ed25519_public, 1500)
     assert billing.may_forward(1000)  # reserved, on its way to the backend
     assert billing.replies_allowed([1000]) == 0  # it would take the deposit past 1500
     assert billing.replies_allowed([400, 400]) == 1  # 1000 + 400 fits, not 1800
@@ -148,7 +149,7 @@ def test_datagrams_allowed_but_not_yet_counted_leave_room_in_the_deposit() -> No
     assert billing.owed == 1400 <= 1500
     assert not billing.may_forward(200)  # 1600: beyond the deposit
     # a send that failed gives its reservation back
-    roomy = UdpBilling(CONNECTION_ID, sla, CLIENT.ed25519_public, 1500)
+    roomy = UdpBilling(scope_of(CONNECTION_ID), sla, CLIENT.ed25519_public, 1500)
     assert roomy.may_forward(1000)
     roomy.not_forwarded(1000)
     assert roomy.replies_allowed([1000]) == 1
@@ -164,7 +165,7 @@ def _lossy_flow(billing: UdpBilling, rounds: int, lose_every: int) -> int:
     """Requests of 100 bytes, each answered by a reply of 1000 that the client gets
     except every ``lose_every``-th; the client signs each report as the forwarder does
     (capped by what it sent and received). Returns the requests the relay served."""
-    account = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    account = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     served = 0
     for i in range(rounds):
         if not billing.may_forward(100):
@@ -190,10 +191,17 @@ def test_a_flow_losing_a_few_replies_is_served_on() -> None:
     it up after ~4000 requests, and then no request was served again."""
     rounds = 6000
     cut_off = UdpBilling(
-        CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=4, loss_allowance=0
+        scope_of(CONNECTION_ID),
+        SLA,
+        CLIENT.ed25519_public,
+        DEPOSIT,
+        credit_datagrams=4,
+        loss_allowance=0,
     )
     assert _lossy_flow(cut_off, rounds, 60) < rounds * 0.8  # (the behaviour before)
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=4)
+    billing = UdpBilling(
+        scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=4
+    )
     assert _lossy_flow(billing, rounds, 60) == rounds
     assert billing.latest is not None
     unpaid = billing.bytes - billing.latest.total_bytes
@@ -203,7 +211,9 @@ def test_a_flow_losing_a_few_replies_is_served_on() -> None:
 def test_a_client_claiming_every_reply_lost_gets_at_most_the_allowance_free() -> None:
     """The write-off is bounded: a client that signs for no reply at all is served
     replies only while the credit and the allowed share of them last."""
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=4)
+    billing = UdpBilling(
+        scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=4
+    )
     served = _lossy_flow(billing, 6000, 1)  # every reply "lost"
     assert served < 200
     assert billing.reply_bytes <= (billing.credit_bytes + 2000) / (1 - billing.loss_allowance)
@@ -212,7 +222,9 @@ def test_a_client_claiming_every_reply_lost_gets_at_most_the_allowance_free() ->
 @pytest.mark.parametrize("share", [-0.1, 1.0, float("nan")])
 def test_the_allowance_is_a_share_below_one(share: float) -> None:
     with pytest.raises(ValueError, match="loss_allowance"):
-        UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, loss_allowance=share)
+        UdpBilling(
+            scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT, loss_allowance=share
+        )
 
 
 @pytest.mark.parametrize("reliable", [True, False], ids=["tcp", "lossy"])
@@ -240,7 +252,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
 
     echoer = threading.Thread(target=echo, daemon=True)
     echoer.start()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT)
+    billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT)
     ended: list[float] = []
     finish, set_finish = driver.event()
 
@@ -258,7 +270,7 @@ def test_a_draining_relay_waits_a_bounded_time_for_a_receipt_short_by_lost_repli
         ):
             sock.send_datagram(b"go")
             assert sock.recv_datagrams(1, 5)  # the reply: "lost", not signed for
-            meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
+            meter = Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT)
             now = int(time.time() * 1000)
             receipt = meter.record(now, nbytes=2, requests=1) or meter.flush(now)
             assert receipt is not None
@@ -282,7 +294,7 @@ def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
     a receipt covers it -- not after the wait for one that never comes."""
     monkeypatch.setattr(dtp.hostid.udp.engine, "FINAL_RECEIPT_WAIT", 30.0)
     dns = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT)
+    billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT)
     stats = UdpStats()
     finish, set_finish = driver.event()
     ended: list[float] = []
@@ -300,7 +312,7 @@ def test_a_draining_relay_drops_what_comes_and_ends_once_paid(
         ):
             signer = threading.Thread(
                 target=sign_reports,
-                args=(sock, Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), stop),
+                args=(sock, Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT), stop),
                 daemon=True,
             )
             signer.start()

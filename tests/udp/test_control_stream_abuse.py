@@ -33,6 +33,7 @@ from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling
 from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of, v1_receipt_bytes
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend, meter
 
@@ -54,7 +55,7 @@ BAD_FOR_RELAY = {
 
 
 def _billing() -> UdpBilling:
-    return UdpBilling(CONNECTION_ID, Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
+    return UdpBilling(scope_of(CONNECTION_ID), Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
 
 
 def _closed_reason(sock: dtp.socket.DTPSocket) -> str:
@@ -105,7 +106,7 @@ def test_a_relay_closes_a_connection_that_breaks_the_control_protocol(
             assert _served(rogue, b"\x00\x02rogue")
             assert wait_for(lambda: len(billings) == 2, BOUND)
             # a receipt signed by someone else: refused, not fatal
-            stranger = Meter(SERVER, CONNECTION_ID, Sla(0, 1, 0), 10**6)
+            stranger = Meter(SERVER, scope_of(CONNECTION_ID), Sla(0, 1, 0), 10**6)
             now = int(time.time() * 1000)
             forged = stranger.record(now, requests=1) or stranger.flush(now)
             assert forged is not None
@@ -182,7 +183,7 @@ def test_a_forwarder_ends_a_flow_whose_relay_breaks_the_control_protocol(
 
 def _forged() -> bytes:
     """A receipt signed by someone other than the connection's client."""
-    stranger = Meter(SERVER, CONNECTION_ID, Sla(0, 1, 0), 10**6)
+    stranger = Meter(SERVER, scope_of(CONNECTION_ID), Sla(0, 1, 0), 10**6)
     now = int(time.time() * 1000)
     receipt = stranger.record(now, requests=1) or stranger.flush(now)
     assert receipt is not None
@@ -197,6 +198,12 @@ ABUSE = {
     "refused receipts past the bound": (
         lambda: _forged() * (_REFUSED_RECEIPTS_MAX + 1),
         "receipts refused",
+    ),
+    # a forwarder of the release before receipt format version 2: none of its receipts
+    # could ever pay, so the first one ends the flow, saying why (docs/escrow.md §6)
+    "a version-1 receipt": (
+        lambda: control_frame(b"R", v1_receipt_bytes(CONNECTION_ID, 0, 1, 1, 1, CLIENT)),
+        "Receipt format version 1 is not supported",
     ),
 }
 

@@ -27,6 +27,7 @@ from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER, DnsLikeBackend
 
@@ -235,7 +236,7 @@ def test_a_relay_that_idles_out_leaves_no_control_thread(
     left: list[bool] = []
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
-        billing = UdpBilling(CONNECTION_ID, Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
+        billing = UdpBilling(scope_of(CONNECTION_ID), Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
         relay_udp(sock, backend.address, billing=billing, idle_timeout=0.2)
         left.append(readers[id(sock)].is_alive())
 

@@ -17,10 +17,11 @@ import dtp.socket
 from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
-from dtp.escrow import Meter, Receipt, fee
+from dtp.escrow import Meter, Receipt, ReceiptScope, fee
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, billing_from_ledger, relay_udp
 from dtp.keys import HostIdentity
 from dtp.metering import MeteringConfig
+from tests.support.scopes import scope_of
 from tests.udp.world import DnsLikeBackend
 
 OFF = MeteringConfig(enabled=False)  # billed per datagram instead (UdpBilling)
@@ -171,8 +172,9 @@ def test_bulk_stream_with_exact_metering_and_claim(tmp_path: Path) -> None:
     meters: list[Meter] = []
 
     def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-        assert sock.connection_id is not None
-        meter = Meter(CLIENT, sock.connection_id, sla, 50_000, every_requests=16)
+        assert sock.connection_id is not None and sock.escrow_id is not None
+        scope = ReceiptScope(ledger.package_id, sock.escrow_id, sock.connection_id)
+        meter = Meter(CLIENT, scope, sla, 50_000, every_requests=16)
         meters.append(meter)
         return meter
 
@@ -232,7 +234,7 @@ def test_unpaid_datagrams_are_dropped_and_counted(backend: DnsLikeBackend) -> No
     """A client that sends no receipts gets credit_datagrams through, then drops."""
     connection_id = "0x" + "ab" * 32
     billing = UdpBilling(
-        connection_id, Sla(0, 1, 0), CLIENT.ed25519_public, 100, credit_datagrams=5
+        scope_of(connection_id), Sla(0, 1, 0), CLIENT.ed25519_public, 100, credit_datagrams=5
     )
     relay_stats = UdpStats()
     handler = functools.partial(
@@ -253,7 +255,7 @@ def test_unpaid_datagrams_are_dropped_and_counted(backend: DnsLikeBackend) -> No
                 time.sleep(0.01)
             assert relay_stats.dropped_unpaid == 7 and billing.datagrams == 5
             # a receipt covering 10 datagrams opens the way for 5 more (credit 5 + paid 10)
-            meter = Meter(CLIENT, connection_id, Sla(0, 1, 0), 100, every_requests=0)
+            meter = Meter(CLIENT, scope_of(connection_id), Sla(0, 1, 0), 100, every_requests=0)
             meter.record(0, requests=10)
             receipt = meter.flush(0)
             assert receipt is not None
@@ -349,8 +351,9 @@ def test_asyncio_relay_and_forwarder_paid_by_host_id(
             )
 
         def meter_for(writer: dtp.aio.DTPStreamWriter) -> Meter:
-            assert writer.connection_id is not None
-            meter = Meter(CLIENT, writer.connection_id, sla, 20_000)
+            assert writer.connection_id is not None and writer.escrow_id is not None
+            scope = ReceiptScope(ledger.package_id, writer.escrow_id, writer.connection_id)
+            meter = Meter(CLIENT, scope, sla, 20_000)
             meters.append(meter)
             return meter
 

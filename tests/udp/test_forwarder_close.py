@@ -13,6 +13,7 @@ import pytest
 import dtp.aio
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 
 
 def _udp_socket() -> socket.socket:
@@ -114,7 +115,7 @@ def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow
             return reader, writer
 
         def meter_for(writer: dtp.aio.DTPStreamWriter) -> Meter:
-            return Meter(client, "0x" + "cd" * 32, Sla(1, 1, 0), 10**9)
+            return Meter(client, scope_of("0x" + "cd" * 32), Sla(1, 1, 0), 10**9)
 
         forwarder = await AsyncUdpForwarder.start(
             ("127.0.0.1", 0), connect, meter_for=meter_for, final_timeout=30

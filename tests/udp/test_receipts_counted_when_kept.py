@@ -27,6 +27,7 @@ from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import locked_by_another_process
+from tests.support.scopes import scope_of
 from tests.udp.conftest import BlockingDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
@@ -63,7 +64,7 @@ def test_a_receipt_counts_only_once_stored_and_a_writer_thread_counts_it(
         writer.submit(receipt, stored)
 
     billing = UdpBilling(
-        CONNECTION_ID,
+        scope_of(CONNECTION_ID),
         SLA,
         CLIENT.ed25519_public,
         DEPOSIT,
@@ -120,7 +121,7 @@ def test_an_on_receipt_that_counts_at_once_does_not_deadlock_the_relay(
             billing.kept(receipt)
 
         billing = UdpBilling(
-            CONNECTION_ID,
+            scope_of(CONNECTION_ID),
             SLA,
             CLIENT.ed25519_public,
             DEPOSIT,

@@ -24,6 +24,7 @@ from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 from tests.udp.conftest import BlockingDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DnsLikeBackend, relayed
 
@@ -38,7 +39,7 @@ class _OneAtATime(UdpBilling):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(
-            CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=64, **kw
+            scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT, credit_datagrams=64, **kw
         )
         self.inside = 0
         self.overlaps = 0

@@ -25,6 +25,7 @@ from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
 from dtp.keys import HostIdentity
+from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import DnsLikeBackend
 
@@ -54,7 +55,7 @@ def _dropped(stats: UdpStats, n: int) -> Callable[[], bool]:
 
 
 def _billing() -> UdpBilling:
-    return UdpBilling(CONNECTION_ID, Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
+    return UdpBilling(scope_of(CONNECTION_ID), Sla(1, 1, 0), CLIENT.ed25519_public, 10**9)
 
 
 SENT = 30

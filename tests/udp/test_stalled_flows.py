@@ -26,6 +26,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.hostid.udp.engine import USAGE, control_frame
 from tests.support.polling import wait_for
 from tests.support.procs import server_process
+from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import CLIENT, CONNECTION_ID, DEPOSIT_DATAGRAMS, SERVER, DnsLikeBackend, meter
 
@@ -47,7 +48,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
     gone quiet held up all the others' datagrams for final_timeout."""
     release = threading.Event()
     # (billed, so that the healthy flow's end gets its final report at once)
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
+    billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, 10**6)
 
     def stalled(sock: dtp.socket.DTPSocket) -> None:  # holds the connection, answers nothing
         release.wait(120)
@@ -74,7 +75,7 @@ def test_an_idle_flow_whose_relay_stopped_answering_does_not_stall_the_others(
         )
 
     def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6)
+        return Meter(CLIENT, scope_of(CONNECTION_ID), SLA, 10**6)
 
     a, b = _client(), _client()
     fwd = UdpForwarder(
@@ -232,7 +233,7 @@ def test_a_relay_whose_client_resets_the_control_stream_ends_cleanly(driver: Udp
     saw ConnectionLost, the relay its events cut off). Both relays end alike (the
     engine's control_ended): a logged end and a clean close."""
     backend = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**9)
+    billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, 10**9)
     stats = UdpStats()
     returned: list[UdpStats] = []
     raised: list[BaseException] = []
@@ -269,7 +270,9 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     long timed the read out, which ended the reading thread: no receipt was signed after
     it, and once the relay's credit ran out it dropped every datagram as unpaid."""
     backend = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=20)
+    billing = UdpBilling(
+        scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=20
+    )
     relay_stats = UdpStats()
     handler = functools.partial(
         relay_udp, backend=backend.address, billing=billing, stats=relay_stats, report_every=4
@@ -282,7 +285,7 @@ def test_receipts_go_on_after_a_pause_longer_than_the_socket_timeout() -> None:
     )
 
     def meter_for(sock: dtp.socket.DTPSocket) -> Meter:
-        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
+        return Meter(CLIENT, scope_of(CONNECTION_ID), SLA, 10**6, every_requests=1)
 
     client = _client()
     try:
@@ -323,7 +326,7 @@ def test_a_relay_whose_connection_idles_out_ends_at_once(driver: UdpDriver) -> N
     raised again at once, forever (a core spun until relay_udp gave up waiting for the
     thread, 2 s later)."""
     backend = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6)
+    billing = UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, 10**6)
     quick = ConnectionConfig(
         identity=SERVER, is_client=False, idle_timeout=0.5, keepalive_interval=None
     )
@@ -428,14 +431,16 @@ def test_a_steady_stream_goes_on_with_a_credit_below_report_every(driver: UdpDri
     the forced one, so 16 datagrams went through and every later one was dropped as
     unpaid although the client signs whatever is reported."""
     backend = DnsLikeBackend()
-    billing = UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16)
+    billing = UdpBilling(
+        scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, 10**6, credit_datagrams=16
+    )
     relay_stats = UdpStats()
 
     def relay_kw() -> dict[str, Any]:
         return {"billing": billing, "stats": relay_stats}
 
     def meter_for(sock: object) -> Meter:
-        return Meter(CLIENT, CONNECTION_ID, SLA, 10**6, every_requests=1)
+        return Meter(CLIENT, scope_of(CONNECTION_ID), SLA, 10**6, every_requests=1)
 
     try:
         with driver.serve_relay(SERVER, backend.address, relay_kw, []) as address:

@@ -32,6 +32,7 @@ from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
 from dtp.payments.ratelimit import ClientBuckets, RateLimiter, TokenBucket, datagram_charge
 from dtp.payments.receipts import Meter
+from tests.support.scopes import scope_of
 from tests.udp.world import CLIENT, CONNECTION_ID
 
 SLA = Sla(1, 1, 0)
@@ -41,7 +42,7 @@ NOW_MS = 1_700_000_000_000
 
 
 def _billing(**kw: object) -> UdpBilling:
-    return UdpBilling(CONNECTION_ID, SLA, CLIENT.ed25519_public, DEPOSIT, **kw)  # type: ignore[arg-type]
+    return UdpBilling(scope_of(CONNECTION_ID), SLA, CLIENT.ed25519_public, DEPOSIT, **kw)  # type: ignore[arg-type]
 
 
 def _receipt_frame(meter: Meter, datagrams: int, nbytes: int) -> bytes:
@@ -108,7 +109,9 @@ def test_the_relay_keeps_a_receipt_and_answers_the_final_request_once() -> None:
     relay = RelayEngine(billing, idle_timeout=60, report_every=32)
     billing.forwarded(10)
     assert (
-        relay.control_frame(_receipt_frame(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT), 1, 10))
+        relay.control_frame(
+            _receipt_frame(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT), 1, 10)
+        )
         is None
     )
     assert billing.latest is not None and billing.paid_up
@@ -124,7 +127,7 @@ def test_a_receipt_counted_when_kept_pays_only_once_kept_through_run_kept() -> N
     queued: list[Receipt] = []
     billing = _billing(credit_datagrams=2, counts_when_kept=True, on_receipt=queued.append)
     relay = RelayEngine(billing, idle_timeout=60, report_every=32)
-    meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
+    meter = Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT)
     for _ in range(2):
         assert billing.may_forward(10)
         billing.forwarded(10)
@@ -158,7 +161,7 @@ def test_the_relay_refuses_a_frame_it_never_receives(body: bytes) -> None:
 
 def test_the_relay_ends_a_client_whose_receipts_keep_being_refused() -> None:
     relay = RelayEngine(_billing(), idle_timeout=60, report_every=32)
-    stranger = Meter(CLIENT, "0x" + "ee" * 32, SLA, DEPOSIT)  # another connection's
+    stranger = Meter(CLIENT, scope_of("0x" + "ee" * 32), SLA, DEPOSIT)  # another connection's
     for _ in range(8):
         assert relay.control_frame(_receipt_frame(stranger, 1, 1)) is None
     with pytest.raises(BadControlFrame, match="receipts refused"):
@@ -223,7 +226,7 @@ def test_a_finishing_relay_ends_once_a_receipt_covers_its_final_report() -> None
     billing.forwarded(7)
     billing.replied(3)
     relay.finish(100.0, reliable=True)
-    meter = Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)
+    meter = Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT)
     relay.control_frame(_receipt_frame(meter, 1, 7))  # short of the reply's bytes
     assert not relay.done(100.1, last=100.1)
     relay.control_frame(_receipt_frame(meter, 0, 3))
@@ -278,10 +281,10 @@ def test_a_relay_never_serves_beyond_its_credit_or_the_deposit(
     raised, and nothing stays reserved."""
     sla = Sla(1, 1, 0)
     billing = UdpBilling(
-        CONNECTION_ID, sla, CLIENT.ed25519_public, deposit, credit_datagrams=credit
+        scope_of(CONNECTION_ID), sla, CLIENT.ed25519_public, deposit, credit_datagrams=credit
     )
     relay = RelayEngine(billing, idle_timeout=60, report_every=credit)
-    meter = Meter(CLIENT, CONNECTION_ID, sla, deposit)
+    meter = Meter(CLIENT, scope_of(CONNECTION_ID), sla, deposit)
     signed = (0, 0)
     for kind, value in steps:
         if kind == "datagram":
@@ -368,12 +371,12 @@ def test_a_datagram_the_billing_refuses_does_not_hold_back_a_smaller_one() -> No
     one beyond the deposit is dropped as unpaid, and a smaller one after it that the
     deposit covers still goes (a batch of one at a time, as the asyncio relay asks,
     decides the same)."""
-    billing = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    billing = UdpBilling(scope_of(CONNECTION_ID), Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
     relay = RelayEngine(billing, idle_timeout=60, report_every=4)
     admission = relay.admit([b"a" * 60, b"b" * 60, b"c" * 30], 0.0)
     assert admission.forward == [b"a" * 60, b"c" * 30]
     assert admission.unpaid == 1
-    one_by_one = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    one_by_one = UdpBilling(scope_of(CONNECTION_ID), Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
     single = RelayEngine(one_by_one, idle_timeout=60, report_every=4)
     forwarded = [d for d in (b"a" * 60, b"b" * 60, b"c" * 30) if single.admit([d], 0.0).forward]
     assert forwarded == admission.forward
@@ -399,7 +402,7 @@ def test_replies_the_billing_refuses_are_dropped_and_those_allowed_reserved() ->
     (their bytes reserved: a datagram admitted meanwhile must leave room for them),
     the rest are unpaid; once sent, only those that went are billed and the whole
     reservation is released."""
-    billing = UdpBilling(CONNECTION_ID, Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
+    billing = UdpBilling(scope_of(CONNECTION_ID), Sla(1024, 0, 0), CLIENT.ed25519_public, 100)
     relay = RelayEngine(billing, idle_timeout=60, report_every=4)
     replies = relay.replies([b"a" * 40, b"b" * 200, b"c" * 40, b"d" * 40], 100)
     assert replies.send == [b"a" * 40, b"c" * 40]
@@ -457,7 +460,7 @@ def test_replies_sent_are_charged_to_the_clients_bytes_with_their_frame_headers(
 
 
 def test_the_forwarder_signs_a_report_capped_by_what_it_sent_and_received() -> None:
-    flow = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     out, _, _ = flow.take([b"x" * 10, b"y" * 10], 100)
     assert len(out) == 2
     flow.received_bytes = 5
@@ -475,11 +478,13 @@ def test_the_forwarder_refuses_a_frame_the_relay_never_sends(body: bytes) -> Non
     with pytest.raises(BadControlFrame, match="unexpected UDP control frame"):
         parse_report(body)
     with pytest.raises(BadControlFrame):
-        FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT)).answer(body, "here", NOW_MS)
+        FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT)).answer(
+            body, "here", NOW_MS
+        )
 
 
 def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.MonkeyPatch) -> None:
-    flow = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     flow.take([b"x"], 100)
 
     def refuse(*args: object, **kw: object) -> None:
@@ -493,7 +498,7 @@ def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.Monke
 def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> None:
     """What did not leave (the carrier backed up, or the connection ended) is uncounted
     from the flow -- no relay can bill it -- and counted as dropped."""
-    flow = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     stats = UdpStats()
     out, oversized, unpaid = flow.take([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
     assert (len(out), oversized, unpaid) == (3, 1, 0)
@@ -508,7 +513,7 @@ def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> Non
 
 
 def test_an_ending_flow_asks_for_the_final_report_only_when_metered() -> None:
-    metered = FlowAccount(Meter(CLIENT, CONNECTION_ID, SLA, DEPOSIT))
+    metered = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     assert metered.final_request() == control_frame(b"F") and metered.closed
     unmetered = FlowAccount()
     assert unmetered.final_request() is None and unmetered.closed

@@ -21,6 +21,7 @@ from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
 from dtp.keys import HostIdentity
 from dtp.ratelimit import ClientBuckets
 from tests.support.polling import wait_for
+from tests.support.scopes import scope_of
 from tests.support.udp_backends import UdpBackend
 
 if TYPE_CHECKING:  # (conftest.py, which defines the drivers, imports this module)
@@ -34,7 +35,7 @@ DEPOSIT_DATAGRAMS = 5000  # more than a stalled relay's connection takes before 
 
 def meter() -> Meter:
     """CLIENT's meter on CONNECTION_ID, billed per datagram, DEPOSIT_DATAGRAMS deposited."""
-    return Meter(CLIENT, CONNECTION_ID, Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
+    return Meter(CLIENT, scope_of(CONNECTION_ID), Sla(0, 1, 0), DEPOSIT_DATAGRAMS)
 
 
 class DnsLikeBackend(UdpBackend):
@@ -115,7 +116,7 @@ def relayed(
                     sla, deposit = signed
                     signer = threading.Thread(
                         target=sign_reports,
-                        args=(sock, Meter(CLIENT, CONNECTION_ID, sla, deposit), stop),
+                        args=(sock, Meter(CLIENT, scope_of(CONNECTION_ID), sla, deposit), stop),
                         daemon=True,
                     )
                     signer.start()

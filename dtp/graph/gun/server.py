@@ -27,10 +27,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from dtp.extras import missing
+
+try:  # (the gun extra: without it, one error naming it)
+    from websockets.asyncio.server import Server, ServerConnection, serve
+    from websockets.datastructures import Headers
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Request, Response
+except ImportError as exc:
+    raise missing("gun", "The Gun peer", exc) from None
 
 from dtp.errors import DTPTimeoutError, ErrorCode, LocalProtocolError
 from dtp.graph.gun.relay import GunRelay

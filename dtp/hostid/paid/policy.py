@@ -15,6 +15,7 @@ from dtp.errors import (
 )
 from dtp.hostid.admission import Admitted
 from dtp.ledger.objects import normalize_id
+from dtp.ledger.receipt import ReceiptScope
 from dtp.payments.ends import BATCH_WINDOW, EndRule
 from dtp.payments.gate import (
     ReceiptGate,
@@ -140,7 +141,7 @@ def gate_for(
         tc = ledger.get_connection(connection_id)
         escrow = ledger.get_escrow(tc.escrow)
     gate = ReceiptGate(
-        connection_id=tc.id,
+        scope=ReceiptScope(ledger.package_id, tc.escrow, tc.id),
         client_public_key=escrow.client_public_key,
         sla=tc.sla,
         deposited=escrow.deposited,

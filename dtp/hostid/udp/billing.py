@@ -16,4 +16,4 @@ def billing_from_ledger(ledger: Ledger, connection_id: str, **kw: Any) -> UdpBil
     """The relay's check of a ledger connection's payments: its SLA, client key and
     deposit read from ``ledger``; ``kw`` as :class:`UdpBilling` takes them."""
     terms = ConnectionTerms.from_ledger(ledger, connection_id)
-    return UdpBilling(connection_id, terms.sla, terms.client_public_key, terms.deposited, **kw)
+    return UdpBilling(terms.scope, terms.sla, terms.client_public_key, terms.deposited, **kw)

@@ -20,8 +20,9 @@ from dtp.errors import (
     DTPError,
     InsufficientFunds,
     RemoteProtocolError,
+    UnsupportedReceiptVersion,
 )
-from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, fee
+from dtp.ledger.receipt import RECEIPT_ENCODED_SIZE, Receipt, ReceiptScope, fee
 from dtp.payments.ratelimit import datagram_charge
 from dtp.payments.receipts import Meter, check_next_receipt
 
@@ -82,7 +83,7 @@ class UdpBilling:
 
     def __init__(
         self,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         client_public_key: bytes,
         deposited: int,
@@ -101,7 +102,9 @@ class UdpBilling:
             credit_bytes = credit_datagrams * _CREDIT_BYTES_PER_DATAGRAM
         if credit_bytes < 0:
             raise ValueError("credit_bytes cannot be negative")
-        self.connection_id = connection_id
+        #: The package, escrow and connection the receipts must be signed for.
+        self.scope = scope
+        self.connection_id = scope.connection_id
         self.sla = sla
         self.client_public_key = client_public_key
         self.deposited = deposited
@@ -122,6 +125,8 @@ class UdpBilling:
         #: Of ``bytes``, those of replies sent to the client.
         self.reply_bytes = 0
         self.refused_receipts = 0
+        #: Why the latest refused receipt was refused (None: none was).
+        self.last_refusal: DTPError | None = None
         #: How :meth:`kept` runs its count: ``run_kept(count)`` calls ``count`` where
         #: the relay's other calls cannot overlap it (the blocking relay: under its
         #: engine lock). None: at once, in the caller's thread.
@@ -154,7 +159,7 @@ class UdpBilling:
             check_next_receipt(
                 receipt,
                 self.checked,
-                connection_id=self.connection_id,
+                scope=self.scope,
                 sla=self.sla,
                 public_key=self.client_public_key,
                 deposited=self.deposited,
@@ -164,6 +169,7 @@ class UdpBilling:
                 self.latest = receipt
         except DTPError as exc:
             self.refused_receipts += 1
+            self.last_refusal = exc
             logger.info("UDP receipt refused on %s: %s", self.connection_id, exc)
             return False
         if self.on_receipt is not None:
@@ -331,8 +337,14 @@ _REFUSED_RECEIPTS_MAX = 8
 
 def take_receipt(billing: UdpBilling, encoded: bytes) -> None:
     """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`); raises
-    :class:`BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused."""
-    if not billing.receipt(encoded) and billing.refused_receipts > _REFUSED_RECEIPTS_MAX:
+    :class:`BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused,
+    and at once for a receipt of a format version this relay does not speak (a
+    forwarder of another release: none of its receipts could ever pay)."""
+    if billing.receipt(encoded):
+        return
+    if isinstance(billing.last_refusal, UnsupportedReceiptVersion):
+        raise BadControlFrame(str(billing.last_refusal))
+    if billing.refused_receipts > _REFUSED_RECEIPTS_MAX:
         raise BadControlFrame(f"{billing.refused_receipts} receipts refused")
 
 

@@ -131,7 +131,12 @@ class TxExecution(LedgerClock):
         return self._apply(tx, digest, handler, args)
 
     def _apply(
-        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+        self,
+        tx: Tx,
+        digest: bytes,
+        handler: Callable[..., Any],
+        args: list[Any],
+        package: str | None = None,
     ) -> TxResult:
         """Run a verified transaction: its reads and its rule first, in a read transaction
         (another writer, say another process, is not kept waiting meanwhile), then its
@@ -140,11 +145,18 @@ class TxExecution(LedgerClock):
         as "locked" and :meth:`_retry` runs the whole transaction again, reads included:
         what it writes always follows from what the ledger holds when it commits."""
         return self._retry(
-            lambda: self._transaction("BEGIN", lambda: self._apply_in(tx, digest, handler, args))
+            lambda: self._transaction(
+                "BEGIN", lambda: self._apply_in(tx, digest, handler, args, package)
+            )
         )
 
     def _apply_in(
-        self, tx: Tx, digest: bytes, handler: Callable[..., Any], args: list[Any]
+        self,
+        tx: Tx,
+        digest: bytes,
+        handler: Callable[..., Any],
+        args: list[Any],
+        package: str | None,
     ) -> TxResult:
         db = self._db
         digest_text = base58(digest)
@@ -159,7 +171,7 @@ class TxExecution(LedgerClock):
         meta = self._metas()
         now = self._now(meta)
         epoch = rules.stored_int(meta["epoch"])
-        x = rules.Exec(store, tx.sender, digest, now, epoch)
+        x = rules.Exec(store, tx.sender, digest, now, epoch, package or self._package_id)
         try:
             value = handler(x, *args)
         except SHAPE_ERRORS as exc:
@@ -232,7 +244,12 @@ class TxExecution(LedgerClock):
         return TxResult(digest_text, value, tuple(events), tuple(created), touched, epoch)
 
     def apply_verified(
-        self, sender: str, digest: bytes, run: Callable[[rules.Exec], Any]
+        self,
+        sender: str,
+        digest: bytes,
+        run: Callable[[rules.Exec], Any],
+        *,
+        package: str | None = None,
     ) -> TxResult:
         """Run ``run(x)`` -- the rule calls of one transaction that the caller has already
         verified (signature, inputs, gas) -- atomically as ``sender``'s transaction
@@ -242,12 +259,15 @@ class TxExecution(LedgerClock):
         For a node stand-in that checks Sui transactions as a node does and executes
         their Move calls with these rules (tests/sui_node). As :meth:`execute`: a
         ChainError from ``run`` changes nothing; a digest executes at most once
-        (InvalidTransaction)."""
+        (InvalidTransaction). ``package``: the package ID the rules run as (the one
+        receipts name, docs/escrow.md §6) when not this file's own -- the node's."""
         if not isinstance(digest, bytes) or len(digest) != 32:
             raise InvalidTransaction(f"A transaction digest is 32 bytes, got {digest!r:.80}.")
         # the digest is the replay key (the transactions table's nonce column)
         tx = Tx(normalize_id(sender, "address"), int.from_bytes(digest, "big"), "", "", ())
-        return self._apply(tx, digest, run, [])
+        if package is not None:
+            package = normalize_id(package, "package ID")
+        return self._apply(tx, digest, run, [], package)
 
     def _call(self, signer: HostIdentity, module: str, function: str, *args: TxValue) -> TxResult:
         return self._execute(*self._signed(signer, module, function, *args))

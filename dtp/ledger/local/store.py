@@ -15,7 +15,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Final, cast
 
-from dtp.errors import ChainError, InvalidArgument
+from dtp.errors import ChainError, InvalidArgument, InvalidObjectId
 from dtp.ledger.interface import TypedReads
 from dtp.ledger.local.call_arguments import U64_MAX as U64_MAX
 from dtp.ledger.local.call_arguments import CallArguments
@@ -34,6 +34,7 @@ from dtp.ledger.local.stored import decoded as decoded
 from dtp.ledger.local.stored import not_found as not_found
 from dtp.ledger.local.stored import stored_version as stored_version
 from dtp.ledger.local.transactions import _META_DEFAULTS, _unavailable
+from dtp.ledger.objects import normalize_id
 from dtp.ledger.spec import default_local_path
 
 _SCHEMA: Final = """
@@ -241,6 +242,27 @@ class LocalStore(TxExecution, Faucet, CallArguments, TypedReads):
             self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         for key, value in _META_DEFAULTS.items():
             self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        # The file's own package ID, drawn once, when the file is made (or first opened by
+        # a release that names one): a ledger file stands for one chain with the dtp
+        # package published on it, and every receipt names that package, so that one
+        # signed on another ledger file is refused here (docs/escrow.md §6).
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('package', ?)", ("0x" + os.urandom(32).hex(),)
+        )
+        stored = self._db.execute("SELECT value FROM meta WHERE key = 'package'").fetchone()[0]
+        try:
+            self._package_id = normalize_id(str(stored), "package ID")
+        except InvalidObjectId:
+            raise _unavailable(
+                f"cannot open the ledger {self.path}: its package ID {stored!r} is damaged"
+            ) from None
+
+    @property
+    def package_id(self) -> str:
+        """This ledger file's package ID, drawn at random when the file was made: it
+        stands for the original ID of the dtp package published on its chain, and
+        receipts name it (docs/escrow.md §6)."""
+        return self._package_id
 
     def close(self) -> None:
         """Close the database handle (again: nothing happens).

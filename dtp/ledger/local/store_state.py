@@ -27,3 +27,6 @@ class StoreState:
     """(clock_offset, ms): the latest wall-mode time this handle read (see _now)."""
     _db: sqlite3.Connection
     """The handle's SQLite connection (a stand-in once closed, or in a forked child)."""
+    _package_id: str
+    """The file's package ID, read as the file is opened (LocalStore._init_schema): the
+    package the rules run as, which receipts name (docs/escrow.md §6)."""

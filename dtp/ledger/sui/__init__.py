@@ -30,6 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dtp.extras import missing
+
+try:  # first: without the sui extra, one error naming it (and no half-imported package)
+    import pysui  # noqa: F401
+except ImportError as exc:
+    raise missing("sui", "A Sui ledger", exc) from None
+
 from dtp.errors import SuiConfigError
 from dtp.ledger.sui.calls import SuiCalls
 from dtp.ledger.sui.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls

@@ -173,6 +173,12 @@ class SuiLedgerCore(TypedReads):
         """The identity of ``DTP_SUI_KEY``, if it was set."""
         return self.config.key
 
+    @property
+    def package_id(self) -> str:
+        """The package's original ID: ``SuiConfig.type_package`` after an upgrade, else
+        ``SuiConfig.package`` (what receipts name, docs/escrow.md §6)."""
+        return self.config.type_package or self.config.package
+
     def close(self) -> None:
         self._node.close()
 

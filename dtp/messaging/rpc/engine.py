@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dtp.errors import DTPError
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.messaging import errors as E
 from dtp.payments.receipts import Meter, check_next_receipt
 
@@ -353,23 +353,24 @@ class RequestCover:
         "_deposit_read_at",
         "_rereading",
         "client_public_key",
-        "connection_id",
         "credit_requests",
         "deposited",
         "latest",
+        "scope",
         "served",
         "sla",
     )
 
     def __init__(
         self,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         client_public_key: bytes,
         deposited: int,
         credit_requests: int,
     ) -> None:
-        self.connection_id = connection_id
+        #: The package, escrow and connection the receipts must be signed for.
+        self.scope = scope
         self.sla = sla
         self.client_public_key = client_public_key
         self.deposited = deposited
@@ -380,6 +381,11 @@ class RequestCover:
         self.latest: Receipt | None = None
         self._deposit_read_at = -float("inf")
         self._rereading = False
+
+    @property
+    def connection_id(self) -> str:
+        """The connection whose escrow pays."""
+        return self.scope.connection_id
 
     @property
     def earned(self) -> int:
@@ -421,7 +427,7 @@ class RequestCover:
                     check_next_receipt(
                         receipt,
                         latest,
-                        connection_id=self.connection_id,
+                        scope=self.scope,
                         sla=self.sla,
                         public_key=self.client_public_key,
                         deposited=self.deposited,

@@ -13,13 +13,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, ObjectNotFound
 from dtp.hostid.admission import LedgerAdmission, while_opening
 from dtp.ledger.objects import Sla, normalize_id
-from dtp.ledger.receipt import Receipt
+from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import _check_count
 from dtp.messaging.rpc.engine import Refusal, RequestCover, Reread
@@ -79,7 +79,7 @@ class RequestPayments:
 
     def __init__(
         self,
-        connection_id: str,
+        scope: ReceiptScope,
         sla: Sla,
         client_public_key: bytes,
         deposited: int,
@@ -89,6 +89,11 @@ class RequestPayments:
     ) -> None:
         # (checked here: a wrong one refused every request, or let them all through,
         # only once a client came)
+        if not isinstance(scope, ReceiptScope):
+            raise TypeError(
+                "scope must be a ReceiptScope (package, escrow, connection), not "
+                f"{type(scope).__name__!r}"
+            )
         if not isinstance(sla, Sla):
             raise TypeError(f"sla must be an Sla, not {type(sla).__name__!r}")
         if type(client_public_key) is not bytes or len(client_public_key) != 32:
@@ -98,7 +103,7 @@ class RequestPayments:
         if on_receipt is not None and not callable(on_receipt):
             raise TypeError(f"on_receipt must be callable, not {type(on_receipt).__name__!r}")
         self._cover = RequestCover(
-            normalize_id(connection_id, "connection ID"),
+            scope,
             sla,
             client_public_key,
             deposited,
@@ -128,7 +133,7 @@ class RequestPayments:
         from its TransportControl and Escrow (for servers reached by host ID)."""
         terms = ConnectionTerms.from_ledger(ledger, connection_id)
         payments = cls(
-            connection_id,
+            terms.scope,
             terms.sla,
             terms.client_public_key,
             terms.deposited,
@@ -140,13 +145,22 @@ class RequestPayments:
         return payments
 
     @property
+    def scope(self) -> ReceiptScope:
+        """The package, escrow and connection the receipts must be signed for."""
+        return self._cover.scope
+
+    @scope.setter
+    def scope(self, value: ReceiptScope) -> None:
+        self._cover.scope = value
+
+    @property
     def connection_id(self) -> str:
         """The connection whose escrow pays (normalized)."""
         return self._cover.connection_id
 
     @connection_id.setter
     def connection_id(self, value: str) -> None:
-        self._cover.connection_id = normalize_id(value, "connection ID")
+        self._cover.scope = replace(self._cover.scope, connection_id=value)
 
     @property
     def sla(self) -> Sla:

@@ -64,6 +64,39 @@ class StoreHandle(ReceiptStoreState):
             if self._columns() == _OLD_COLUMNS:
                 self._db.execute("ALTER TABLE receipts ADD COLUMN run_id TEXT NOT NULL DEFAULT ''")
 
+    def _retire_old_receipts(self) -> None:
+        """Rows of an older receipt format (version 1: bound to the connection alone,
+        docs/escrow.md §6), from a release before this one. No package that takes this
+        release's receipts can claim them, and they cannot be made anew (the client
+        signed them). Those fully claimed (or written off) hold nothing more: they are
+        dropped. Should any still hold MIST unclaimed, the store is refused
+        (:class:`ReceiptStoreError`) and the file left as it is: its owner claims them
+        with the release that wrote them, against the package they were signed for, or
+        moves the file away -- silently ignored, they would be lost. In one write
+        transaction, as :meth:`_migrate`."""
+        old = "substr(encoded, 1, 1) = x'01'"
+        if self._db.execute(f"SELECT 1 FROM receipts WHERE {old} LIMIT 1").fetchone() is None:
+            return
+        with self._transaction():
+            unclaimed = self._db.execute(
+                f"SELECT connection_id, total_amount, claimed_amount FROM receipts WHERE {old} "
+                "AND total_amount > claimed_amount ORDER BY connection_id"
+            ).fetchall()
+            if unclaimed:
+                mist = sum(int(total) - int(claimed) for _, total, claimed in unclaimed)
+                named = ", ".join(str(row[0]) for row in unclaimed[:3])
+                more = f" and {len(unclaimed) - 3} more" if len(unclaimed) > 3 else ""
+                raise ReceiptStoreError(
+                    f"cannot open the receipt store {self._name}: it holds "
+                    f"{len(unclaimed)} receipt(s) of format version 1 with {mist} MIST "
+                    f"unclaimed (connections {named}{more}), which only the package they "
+                    "were signed for pays and this release cannot claim (docs/escrow.md "
+                    "§6): claim them with the release that wrote them first, or move the "
+                    "file away",
+                    self._name,
+                )
+            self._db.execute(f"DELETE FROM receipts WHERE {old}")
+
     def _check_writable(self) -> None:
         """Refuse a store that cannot be written (a read-only file, an immutable one, a
         read-only mount): it opens and reads, so a paid server would attach and serve,

@@ -54,6 +54,7 @@ class ReceiptStore(ServerRuns):
                 self._check_writable()
                 if self._columns() == _OLD_COLUMNS:
                     self._migrate()
+                self._retire_old_receipts()
         except BaseException:
             # (a file that is not a database fails here: the handle is not left open)
             self._db.close()

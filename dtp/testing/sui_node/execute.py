@@ -831,13 +831,18 @@ def execute(
             )
         else:
             try:
-                state.ledger.apply_verified(tx.sender, checked.digest, run)
+                # the rules run as the package the node stands for (the package ID
+                # receipts name, docs/escrow.md §6), not as the ledger file's own
+                state.ledger.apply_verified(tx.sender, checked.digest, run, package=state.package)
             except Failure as failure:
                 error = failure.error
         if error is not None:
             cancelled = bool(congested)
             state.ledger.apply_verified(
-                tx.sender, checked.digest, lambda x: run.charge_only(x, cancelled)
+                tx.sender,
+                checked.digest,
+                lambda x: run.charge_only(x, cancelled),
+                package=state.package,
             )
         return _record(state, checked, run, epoch, error)
 

@@ -1,7 +1,8 @@
 /// The deposit of one DTP connection, paid out against client-signed cumulative receipts.
 ///
 /// Metering happens off-chain: the client signs receipts
-/// `(connection, total_bytes, total_requests, total_amount, nonce)` and sends them in-band;
+/// `(package, escrow, connection, total_bytes, total_requests, total_amount, nonce)` and
+/// sends them in-band;
 /// the server keeps the latest and claims it here whenever it likes. A claim pays
 /// `total_amount - claimed` to the server. At settlement (see `dtp::transport_control`)
 /// whatever is left goes back to the client. MIST is conserved at every step:
@@ -13,24 +14,31 @@
 /// claims and reports them to the cap at the next top-up or the settlement, which also
 /// releases the refund (docs/escrow.md §4).
 ///
-/// Receipt message (the exact bytes the client signs with raw Ed25519, no Sui intent
-/// prefix, no hashing), 79 bytes, all integers little-endian, i.e. the concatenated BCS
-/// encodings of:
+/// Receipt message, version 2 (the exact bytes the client signs with raw Ed25519, no Sui
+/// intent prefix, no hashing), 143 bytes, all integers little-endian, i.e. the
+/// concatenated BCS encodings of:
 ///
 /// ```text
 ///  offset size  field
 ///   0      1    0x0e                 BCS length prefix (ULEB128) of the domain tag
-///   1     14    b"DTP-RECEIPT-V1"    domain tag
-///  15     32    connection ID        the TransportControl object ID
-///  47      8    total_bytes    u64
-///  55      8    total_requests u64
-///  63      8    total_amount   u64   MIST, cumulative
-///  71      8    nonce          u64   strictly increasing
+///   1     14    b"DTP-RECEIPT-V2"    domain tag
+///  15     32    package              this package's original ID (`receipt_package`)
+///  47     32    escrow ID            the Escrow's own object ID
+///  79     32    connection ID        the TransportControl object ID
+/// 111      8    total_bytes    u64
+/// 119      8    total_requests u64
+/// 127      8    total_amount   u64   MIST, cumulative
+/// 135      8    nonce          u64   strictly increasing, from 1
 /// ```
+///
+/// The package and escrow IDs bind a receipt to one escrow of one deployment on one chain:
+/// both derive from digests of transactions whose inputs exist on that chain only. Move
+/// cannot read a chain identifier, and none is signed (docs/escrow.md §6).
 module dtp::escrow;
 
 use dtp::host::{Self, Sla};
 use dtp::spending_cap::SpendingCap;
+use std::type_name;
 use sui::balance::Balance;
 use sui::bcs;
 use sui::coin::{Self, Coin};
@@ -66,8 +74,8 @@ const EKeyMismatch: vector<u8> = b"Public key does not belong to the client's ad
 
 // === Constants ===
 
-/// Domain tag at the start of every receipt message.
-const RECEIPT_DOMAIN: vector<u8> = b"DTP-RECEIPT-V1";
+/// Domain tag at the start of every receipt message (its version is the format's).
+const RECEIPT_DOMAIN: vector<u8> = b"DTP-RECEIPT-V2";
 /// Sui signature-scheme flag of Ed25519, hashed in front of the key to form an address.
 const ED25519_FLAG: u8 = 0;
 const ED25519_KEY_LENGTH: u64 = 32;
@@ -102,7 +110,8 @@ public struct Escrow has key {
     claimed: u64,
     /// Total MIST returned to the client.
     refunded: u64,
-    /// Nonce of the last claimed receipt; 0 before any claim.
+    /// Nonce of the last claimed receipt; 0 before any claim (receipt nonces start at 1,
+    /// so a nonce of 0 is never claimable).
     latest_nonce: u64,
     settled: bool,
 }
@@ -180,7 +189,8 @@ public(package) fun create(
 
 /// The server claims a receipt: pays `total_amount - claimed` to the server and returns
 /// that amount. Checks, in this order: sender is the server (`ENotServer`), not settled
-/// (`EEscrowSettled`), nonce > latest (`EReplayedReceipt`), the signature
+/// (`EEscrowSettled`), nonce > latest (`EReplayedReceipt`; nonce 0 never passes), the
+/// signature over the message for this package, this escrow and its connection
 /// (`EBadSignature`), amount == fee of bytes and requests under the SLA
 /// (`EAmountMismatch`), amount <= deposited (`EReceiptExceedsDeposit`), amount >= claimed
 /// (`EReceiptNotCumulative`). The spending cap is not involved: the deposit was reserved
@@ -195,10 +205,37 @@ public fun claim(
     signature: vector<u8>,
     ctx: &mut TxContext,
 ): u64 {
+    let signed_for = object::id(escrow);
+    escrow.claim_signed_for(
+        signed_for,
+        total_bytes,
+        total_requests,
+        total_amount,
+        nonce,
+        signature,
+        ctx,
+    )
+}
+
+/// `claim`, with the receipt's signature checked over the message for the escrow ID
+/// `signed_for`: the escrow's own, always, but in the tests (`claim_for_testing`), whose
+/// fixed signatures cannot know the IDs `sui::test_scenario` derives.
+fun claim_signed_for(
+    escrow: &mut Escrow,
+    signed_for: ID,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+    signature: vector<u8>,
+    ctx: &mut TxContext,
+): u64 {
     assert!(ctx.sender() == escrow.server, ENotServer);
     assert!(!escrow.settled, EEscrowSettled);
     assert!(nonce > escrow.latest_nonce, EReplayedReceipt);
     let message = receipt_message(
+        receipt_package(),
+        signed_for,
         escrow.connection,
         total_bytes,
         total_requests,
@@ -330,8 +367,11 @@ fun report_claims(escrow: &mut Escrow, cap: &mut SpendingCap, ctx: &TxContext) {
 
 // === Receipt bytes and keys ===
 
-/// The bytes a client signs for a receipt (layout in the module documentation).
+/// The bytes a client signs for a receipt of `package`'s `escrow` paying for
+/// `connection` (layout in the module documentation).
 public fun receipt_message(
+    package: address,
+    escrow: ID,
     connection: ID,
     total_bytes: u64,
     total_requests: u64,
@@ -339,12 +379,24 @@ public fun receipt_message(
     nonce: u64,
 ): vector<u8> {
     let mut message = bcs::to_bytes(&RECEIPT_DOMAIN);
+    message.append(bcs::to_bytes(&package));
+    message.append(bcs::to_bytes(&escrow));
     message.append(bcs::to_bytes(&connection));
     message.append(bcs::to_bytes(&total_bytes));
     message.append(bcs::to_bytes(&total_requests));
     message.append(bcs::to_bytes(&total_amount));
     message.append(bcs::to_bytes(&nonce));
     message
+}
+
+/// This package's original ID (its first version's, which its types keep across
+/// upgrades): what every receipt names. Read from the package's own type, `Escrow`, with
+/// the `type_name` functions of every framework since Sui 1.45 (later ones rename them
+/// `with_original_ids` and `address_string`, and warn of these names as deprecated).
+public fun receipt_package(): address {
+    let escrow_type = type_name::get_with_original_ids<Escrow>();
+    let address_hex = escrow_type.get_address();
+    sui::address::from_ascii_bytes(address_hex.as_bytes())
 }
 
 /// The Sui address of an Ed25519 public key: blake2b256(0x00 || key).
@@ -397,4 +449,29 @@ public fun is_settled(escrow: &Escrow): bool { escrow.settled }
 #[test_only]
 public fun set_connection_for_testing(escrow: &mut Escrow, connection: ID) {
     escrow.connection = connection;
+}
+
+/// `claim`, for a receipt signed for the escrow ID `signed_for` in place of the escrow's
+/// own, which the tests cannot know when fixed signatures are made offline (as the
+/// connection ID above). Every check and effect is `claim`'s.
+#[test_only]
+public fun claim_for_testing(
+    escrow: &mut Escrow,
+    signed_for: ID,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+    signature: vector<u8>,
+    ctx: &mut TxContext,
+): u64 {
+    escrow.claim_signed_for(
+        signed_for,
+        total_bytes,
+        total_requests,
+        total_amount,
+        nonce,
+        signature,
+        ctx,
+    )
 }

@@ -14,11 +14,105 @@ use sui::test_scenario as ts;
 
 // === Receipt bytes and keys ===
 
+/// docs/escrow.md §6's receipt vector: package 0x0001…1f, escrow 0x…decaf, connection
+/// 0x…c0ffee, 10240 bytes, 4 requests, 120 MIST, nonce 1, signed by the client's key.
+const DOCS_PACKAGE: address = @0x000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f;
+const DOCS_R1_MSG: vector<u8> = x"0e4454502d524543454950542d5632000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f00000000000000000000000000000000000000000000000000000000000decaf0000000000000000000000000000000000000000000000000000000000c0ffee0028000000000000040000000000000078000000000000000100000000000000";
+const DOCS_R1_SIG: vector<u8> = x"abadb20ddecb20546b78e1de435492796e0dbaa38cd25e3249f49465e89d217ef1f3f9fa364b9f0ba773e38e345eed5f99b1c0f80d7052a7210e8d4347677803";
+
 #[test]
 fun receipt_message_layout() {
-    let msg = escrow::receipt_message(th::connection(), 10240, 4, 120, 1);
-    assert!(msg == th::r1_msg());
-    assert!(msg.length() == 79);
+    let msg = escrow::receipt_message(
+        DOCS_PACKAGE,
+        th::escrow(),
+        th::connection(),
+        10240,
+        4,
+        120,
+        1,
+    );
+    assert!(msg == DOCS_R1_MSG);
+    assert!(msg.length() == 143);
+    let fixture = escrow::receipt_message(
+        escrow::receipt_package(),
+        th::escrow(),
+        th::connection(),
+        10240,
+        4,
+        120,
+        1,
+    );
+    assert!(fixture == th::r1_msg());
+}
+
+/// Receipts name the package's original ID, read from its own types: in unit tests, the
+/// package's address.
+#[test]
+fun receipt_package_is_this_packages_id() {
+    assert!(escrow::receipt_package() == @dtp);
+}
+
+/// Receipt nonces start at 1: an escrow's latest nonce is 0 before any claim, so a
+/// receipt with nonce 0 fails the replay check, first claim or not.
+#[test, expected_failure(abort_code = escrow::EReplayedReceipt)]
+fun nonce_zero_is_never_claimable() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 10240, 4, 120, 0, th::r1_sig());
+    th::finish(scenario, clock);
+}
+
+/// `claim` checks the signature over the escrow's own ID: the fixtures' receipts, signed
+/// for escrow 0x…decaf and right in every other respect (see `th::claim`), are refused.
+#[test, expected_failure(abort_code = escrow::EBadSignature)]
+fun receipt_for_another_escrow_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::server());
+    let mut e = scenario.take_shared<Escrow>();
+    e.claim(10240, 4, 120, 1, th::r1_sig(), scenario.ctx());
+    ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+/// So does the settlement's claim.
+#[test, expected_failure(abort_code = escrow::EBadSignature)]
+fun settlement_receipt_for_another_escrow_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    let conn = th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    scenario.next_tx(th::server());
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    tc.settle_with_receipt(
+        &mut e,
+        &mut cap,
+        10240,
+        4,
+        120,
+        1,
+        th::r1_sig(),
+        &clock,
+        scenario.ctx(),
+    );
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    ts::return_shared(cap);
+    th::finish(scenario, clock);
+}
+
+/// A receipt signed for the same escrow and connection of another package (another
+/// deployment, on this chain or another) is refused.
+#[test, expected_failure(abort_code = escrow::EBadSignature)]
+fun receipt_for_another_package_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_pinned(&mut scenario, &clock, cap_id, 1000);
+    th::claim(&mut scenario, 10240, 4, 120, 1, DOCS_R1_SIG);
+    th::finish(scenario, clock);
 }
 
 #[test]

@@ -51,26 +51,7 @@ fun settle_with_final_receipt() {
     th::close_as(&mut scenario, &clock, conn, th::server());
     th::close_as(&mut scenario, &clock, conn, th::client());
 
-    scenario.next_tx(th::server());
-    {
-        let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
-        let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
-        let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
-        tc.settle_with_receipt(
-            &mut e,
-            &mut cap,
-            10240,
-            4,
-            120,
-            1,
-            th::r1_sig(),
-            &clock,
-            scenario.ctx(),
-        );
-        ts::return_shared(tc);
-        ts::return_shared(e);
-        ts::return_shared(cap);
-    };
+    th::settle_with_receipt(&mut scenario, &clock, conn, 10240, 4, 120, 1, th::r1_sig());
     scenario.next_tx(th::server());
     assert!(th::balance_of(&scenario, th::client()) == 9880);
     assert!(th::balance_of(&scenario, th::server()) == 120);

@@ -6,19 +6,29 @@
 /// With Python's `cryptography` package (Ed25519PrivateKey.from_private_bytes):
 ///   client  key seed = 0x11 repeated 32 times, mallory key seed = 0x22 repeated 32 times;
 ///   address = blake2b-256(0x00 || public key) (Sui's Ed25519 address rule).
-/// Every receipt is signed over the exact message bytes below (see dtp::escrow for the
-/// layout), for connection ID 0x…c0ffee (32 bytes, big-endian 0xc0ffee), which the tests pin
-/// with `escrow::set_connection_for_testing` because test_scenario object IDs cannot be
-/// known offline:
+/// Every receipt is signed over the exact message bytes below (version 2, see dtp::escrow
+/// for the layout) for package 0x0 (the package's address in unit tests, which
+/// `escrow::receipt_package` reads), escrow ID 0x…decaf and connection ID 0x…c0ffee
+/// (32 bytes each, big-endian). test_scenario object IDs cannot be known offline, so the
+/// tests pin the connection with `escrow::set_connection_for_testing` and claim with
+/// `escrow::claim_for_testing`, which checks the signature over the message for escrow
+/// `escrow()` (every other check and effect is `claim`'s); `escrow::claim` itself, over
+/// the escrow's own ID, refuses these receipts (rule_tests: `EBadSignature`):
 ///
 ///   R1  bytes=10240  requests=4  amount=120  nonce=1  (client)
-///   0e4454502d524543454950542d5631 00000000000000000000000000000000000000000000000000000000 00c0ffee
+///   0e4454502d524543454950542d5632
+///   0000000000000000000000000000000000000000000000000000000000000000
+///   00000000000000000000000000000000000000000000000000000000000decaf
+///   0000000000000000000000000000000000000000000000000000000000c0ffee
 ///   0028000000000000 0400000000000000 7800000000000000 0100000000000000
 ///   R2  bytes=51200  requests=10 amount=550  nonce=2  (client)
 ///   RBIG bytes=204800 requests=0 amount=2000 nonce=3  (client)
 ///   RMISMATCH bytes=10240 requests=4 amount=999 nonce=1 (client; fee would be 120)
 ///   R1_BY_MALLORY: R1's message signed with mallory's key
 ///   RZERO bytes=0 requests=0 amount=0 nonce=5 (client; below an earlier claim of 120)
+///
+/// `tests/ledger/test_receipt_vectors.py` checks every signature here against the
+/// message it names.
 ///
 /// Fees in the fixtures: price_per_kib = 10, price_per_request = 5, so
 /// fee(10240, 4) = 100 + 20 = 120, fee(51200, 10) = 500 + 50 = 550, fee(204800, 0) = 2000.
@@ -48,6 +58,7 @@ const CLIENT_PK: vector<u8> = x"d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf
 const MALLORY_PK: vector<u8> = x"a09aa5f47a6759802ff955f8dc2d2a14a5c99d23be97f864127ff9383455a4f0";
 
 const CONNECTION: address = @0xc0ffee;
+const ESCROW: address = @0xdecaf;
 const PORT: u16 = 7;
 const PRICE_PER_KIB: u64 = 10;
 const PRICE_PER_REQUEST: u64 = 5;
@@ -56,13 +67,13 @@ const NOISE_KEY: vector<u8> = x"010101010101010101010101010101010101010101010101
 
 // === Receipt vectors ===
 
-const R1_MSG: vector<u8> = x"0e4454502d524543454950542d56310000000000000000000000000000000000000000000000000000000000c0ffee0028000000000000040000000000000078000000000000000100000000000000";
-const R1_SIG: vector<u8> = x"90f31b93e37001ea82da2dbbeac138ea145f215761021ff89a7e4e50faf52bd6d923c35a2d7683b2ee4cf809aea4937e86b2814bca3bd50879352f618f8b5002";
-const R2_SIG: vector<u8> = x"a36bb67e540b29b3496d515a95f4868380cafbdd9fd21160459040541ff87f18b9d32ab5d3e404bfac317ce03fbe2808a1051474bf820f853e0e8d283cc66004";
-const RBIG_SIG: vector<u8> = x"4075862a4553a05c4321de06e093d46e4740ee439a7dc7c3eb0d57dce9eb8f22c1fa7f8ca02f980b9a3ff819f2974514bf41071d3e28707f071c44434d6c960d";
-const RMISMATCH_SIG: vector<u8> = x"b5d8d9a3be980ca20e6613a8230b61b75f78dbabba5a30b8eb928fdb51b8fcdc60365eaf68f25f59bbc1555f616f310ac08b123b4ad4fafebd69eb5aaa4eb703";
-const RZERO_SIG: vector<u8> = x"12fcd15522dab43958ede346ca876c7d3af9bb80782e8482c3621e06afb129a19952b38364b02a32cb4bc623b5a4079cd23733683123421006fa61c2a8cdf007";
-const R1_BY_MALLORY_SIG: vector<u8> = x"e59928310c413c0939e6e849fd9edfe647574b0cb11ad6a7e98e160815eebd769a58531fc2cff13e616334893b63bb81d4920c71531c116d78ec1502ee0cd807";
+const R1_MSG: vector<u8> = x"0e4454502d524543454950542d5632000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000decaf0000000000000000000000000000000000000000000000000000000000c0ffee0028000000000000040000000000000078000000000000000100000000000000";
+const R1_SIG: vector<u8> = x"cc80bf7d324195b8ae4cc81cce914b8c214e5d7956da46497a894bd3bce2e76c543715bde1b508ac9b3a5696244877b3e5d2123141d50e719b09b4de0cfdc60d";
+const R2_SIG: vector<u8> = x"74279f0a8eae21602a027c94737a18473afcc314144f58bb0e9dac3aba2726f816deb4bb64760d71e7bda562015b40e19f5b92ed247bbbc880219c81c33db802";
+const RBIG_SIG: vector<u8> = x"bb9d4fed4b5bf1f16e41edb997595b90db12679f8963d3f89d6817678b3bf0d6fe16b367952be506832aa9805f5b60fe5ac0310367b221ad01e3c76d9d182d00";
+const RMISMATCH_SIG: vector<u8> = x"865ca84a46276ec73391daea71a6e6f5af4884329f3c62dff9ad8aa6061acfc2530cf42771f58c475d6c321f1f2afe456f1f5cc95f4191a8c3071910738c010c";
+const RZERO_SIG: vector<u8> = x"4072bab79a03a42593da4079280c6f1752f7ad0fe17a26bfb7ffc21e906f82bfc18957ba84c720b7bfd72d23cab9189ec83528223e9923dc5932106d5d7a7807";
+const R1_BY_MALLORY_SIG: vector<u8> = x"b8aafd089b2733df723665234339f806b744c260d701422736c81037da3d855e86c09514e61ae17a7ef92c9661e80d1cfc3e45cbfc116e367f398a5b4dfa1d00";
 
 public fun server(): address { SERVER }
 
@@ -81,6 +92,9 @@ public fun client_pk(): vector<u8> { CLIENT_PK }
 public fun mallory_pk(): vector<u8> { MALLORY_PK }
 
 public fun connection(): ID { object::id_from_address(CONNECTION) }
+
+/// The escrow ID the fixed receipts are signed for (see `escrow::claim_for_testing`).
+public fun escrow(): ID { object::id_from_address(ESCROW) }
 
 public fun port(): u16 { PORT }
 
@@ -192,7 +206,8 @@ public fun open_pinned(scenario: &mut Scenario, clock: &Clock, cap_id: ID, depos
     conn
 }
 
-/// SERVER claims a receipt from the most recent escrow; returns the amount paid.
+/// SERVER claims a receipt (signed for `escrow()`) from the most recent escrow; returns
+/// the amount paid.
 public fun claim(
     scenario: &mut Scenario,
     total_bytes: u64,
@@ -203,9 +218,50 @@ public fun claim(
 ): u64 {
     scenario.next_tx(SERVER);
     let mut e = scenario.take_shared<Escrow>();
-    let paid = e.claim(total_bytes, total_requests, total_amount, nonce, signature, scenario.ctx());
+    let paid = e.claim_for_testing(
+        escrow(),
+        total_bytes,
+        total_requests,
+        total_amount,
+        nonce,
+        signature,
+        scenario.ctx(),
+    );
     ts::return_shared(e);
     paid
+}
+
+/// What `transport_control::settle_with_receipt` does, in one transaction by SERVER,
+/// for a receipt signed for `escrow()`: the claim (`escrow::claim_for_testing`), then the
+/// settlement. The test of `settle_with_receipt` itself over the escrow's own ID is in
+/// rule_tests (it refuses these receipts: `EBadSignature`).
+public fun settle_with_receipt(
+    scenario: &mut Scenario,
+    clock: &Clock,
+    conn: ID,
+    total_bytes: u64,
+    total_requests: u64,
+    total_amount: u64,
+    nonce: u64,
+    signature: vector<u8>,
+) {
+    scenario.next_tx(SERVER);
+    let mut tc = scenario.take_shared_by_id<TransportControl>(conn);
+    let mut e = scenario.take_shared_by_id<Escrow>(tc.escrow_id());
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(tc.spending_cap_id());
+    e.claim_for_testing(
+        escrow(),
+        total_bytes,
+        total_requests,
+        total_amount,
+        nonce,
+        signature,
+        scenario.ctx(),
+    );
+    tc.settle(&mut e, &mut cap, clock, scenario.ctx());
+    ts::return_shared(tc);
+    ts::return_shared(e);
+    ts::return_shared(cap);
 }
 
 // === Steps ===

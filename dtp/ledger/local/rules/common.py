@@ -153,6 +153,9 @@ class Exec:
     digest: bytes
     now_ms: int
     epoch: int
+    #: The package ID the rules run as: Move's ``type_name::get_with_original_ids`` of
+    #: its own types, which receipts name (docs/escrow.md §6).
+    package: str
     objects: dict[str, Obj] = field(default_factory=dict)
     credits: dict[str, int] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)

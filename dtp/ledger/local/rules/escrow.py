@@ -124,10 +124,15 @@ def fee(sla: dict[str, int], total_bytes: int, total_requests: int) -> int:
     return result
 
 
-def receipt_message(connection: str, b: int, r: int, amount: int, nonce: int) -> bytes:
+def receipt_message(
+    package: str, escrow: str, connection: str, b: int, r: int, amount: int, nonce: int
+) -> bytes:
+    """``escrow::receipt_message``: the bytes a receipt for ``escrow`` of ``package``
+    paying for ``connection`` is signed over."""
+    from dtp.ledger.receipt import ReceiptScope
     from dtp.ledger.receipt import receipt_message as message
 
-    return message(connection, b, r, amount, nonce)
+    return message(ReceiptScope(package, escrow, connection), b, r, amount, nonce)
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
@@ -154,14 +159,18 @@ def escrow_claim(
         )
     if escrow["settled"]:
         raise move_error("escrow", "EEscrowSettled", f"escrow {escrow_id}")
+    # (nonces start at 1: latest_nonce is 0 before any claim, so nonce 0 fails here)
     if nonce <= escrow["latest_nonce"]:
         raise move_error(
             "escrow",
             "EReplayedReceipt",
             f"nonce {nonce} <= {escrow['latest_nonce']} on escrow {escrow_id}",
         )
+    # signed for this package, this escrow and its connection (Move: its own original
+    # package ID and object ID), so no receipt of another escrow, deployment or chain
+    # verifies here
     message = receipt_message(
-        escrow["connection"], total_bytes, total_requests, total_amount, nonce
+        x.package, escrow_id, escrow["connection"], total_bytes, total_requests, total_amount, nonce
     )
     if not verify(escrow["client_public_key"], signature, message):
         raise move_error(
