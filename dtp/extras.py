@@ -1,7 +1,7 @@
 """The optional parts of the ``dtp`` distribution and the packages each needs.
 
 ``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Four features bring
+messaging layers, the graph store and the services daemon need. Five features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -11,7 +11,11 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   ``lan_announce``, :func:`dtp.graph.sync_with_lan`: zeroconf, LGPL);
 - ``gun``: the Gun peer for gun.js apps (:mod:`dtp.graph.gun`: websockets);
 - ``metrics``: the daemon's Prometheus metrics (``metrics_listen``,
-  :mod:`dtp.daemon.metrics`: prometheus_client).
+  :mod:`dtp.daemon.metrics`: prometheus_client);
+- ``testing``: testing applications (docs/testing.md): the strategies and state
+  machines of :mod:`dtp.testing` (hypothesis) and its pytest plugin's fixtures (pytest).
+  The Sui node stand-in, :mod:`dtp.testing.sui_node`, speaks pysui's messages: it needs
+  ``sui``.
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -34,6 +38,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "lan": ("zeroconf", "ifaddr"),
     "gun": ("websockets",),
     "metrics": ("prometheus_client",),
+    "testing": ("hypothesis", "pytest"),
 }
 
 

@@ -43,7 +43,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import pytest
+from dtp.extras import missing
+
+try:  # (pytest loads this module, so pytest is there; an import by hand may lack it)
+    import pytest
+except ImportError as exc:
+    raise missing("testing", "The pytest plugin dtp.testing.plugin", exc) from None
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

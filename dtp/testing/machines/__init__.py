@@ -6,6 +6,13 @@ its ``TestCase``. Needs hypothesis (``pip install 'dtp[testing]'``)."""
 
 from __future__ import annotations
 
+from dtp.extras import missing
+
+try:  # first: without the testing extra, one error naming it
+    import hypothesis  # noqa: F401
+except ImportError as exc:
+    raise missing("testing", "dtp.testing.machines", exc) from None
+
 from dtp.testing.machines.escrow import EscrowMachine
 from dtp.testing.machines.graph import GraphMachine
 

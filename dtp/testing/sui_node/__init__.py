@@ -22,7 +22,17 @@ can share it: ``--host 0.0.0.0``, and each names one of the URLs its ready line 
 
     python -m dtp.testing.sui_node --port 0 --state DIR --fund 0x…=10000000000
     python -m dtp.testing.sui_node fund http://127.0.0.1:9123/v2/gas 0x…=5000000000
+
+It speaks pysui's generated messages: it needs the ``sui`` extra (``pip install
+'dtp[sui,testing]'`` for it and the rest of :mod:`dtp.testing`).
 """
+
+from dtp.extras import missing
+
+try:  # first: without the sui extra, one error naming it (and no half-imported package)
+    import pysui  # noqa: F401
+except ImportError as exc:
+    raise missing("sui", "The Sui node stand-in", exc) from None
 
 from dtp.testing.sui_node.faucet import DEFAULT_AMOUNT, FaucetError, request_funds
 from dtp.testing.sui_node.server import (
