@@ -94,6 +94,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SEED_KEY] = seed
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``--dtp-seed``, hypothesis stops at the first failing example it generates
+    (``report_multiple_bugs=False``, on top of the profile in force): otherwise it goes
+    on generating for up to ten seconds of wall-clock time, keeping the smallest failing
+    example it meets, so that what it shrinks -- and reports -- would depend on how fast
+    the machine ran that day rather than on the seed. (After the project's conftest and
+    ``--hypothesis-profile`` have chosen their profile: hence here, not at configure.)"""
+    if session.config.getoption("dtp_seed", default=None) is None:
+        return
+    try:
+        from hypothesis import settings
+    except ImportError:  # (no hypothesis: nothing of it to seed)
+        return
+    settings.register_profile("dtp-replay", parent=settings.default, report_multiple_bugs=False)
+    settings.load_profile("dtp-replay")
+
+
 def _has_option(config: pytest.Config, name: str) -> bool:
     try:
         config.getoption(name)

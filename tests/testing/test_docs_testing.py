@@ -3,31 +3,28 @@
 written to NAME there and run -- the test files with pytest, the script with python and
 its printed output checked. The two worked examples pass; the service that bills twice
 on retry is caught within hypothesis' default budget under several seeds, and its
-failure replays from its seed."""
+failure replays from its seed (the one the doc shows). tests/project/test_wheel.py runs
+them again from the wheel."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.support.paths import ROOT
-from tests.testing.installed import make_site, run_in_project
-
-DOC = ROOT / "docs" / "testing.md"
-# (a doc-test marker for tests/project/test_doc_examples.py may stand between)
-_EXAMPLE = re.compile(
-    r"<!-- testing-example: (\S+) -->\n(?:<!-- doc-test:.*-->\n)?```python\n(.*?)```", re.S
+from tests.testing.doc_examples import (
+    BROKEN,
+    DOC,
+    PASSING,
+    SCRIPT,
+    billing_failed,
+    examples,
+    falsified,
+    shown_failure,
+    write_examples,
 )
-
-
-def examples() -> dict[str, str]:
-    """NAME -> code of each marked block."""
-    found = dict(_EXAMPLE.findall(DOC.read_text(encoding="utf-8")))
-    assert len(found) == DOC.read_text(encoding="utf-8").count("<!-- testing-example:")
-    return found
+from tests.testing.installed import make_site, run_in_project
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +32,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(a project holding every example, dtp as installed)."""
     site = make_site(tmp_path_factory.mktemp("installed"))
     where = tmp_path_factory.mktemp("project")
-    for name, code in examples().items():
-        (where / name).write_text(code, encoding="utf-8")
+    write_examples(where)
     return where, site
 
 
@@ -51,20 +47,11 @@ def test_every_block_of_the_doc_is_an_example() -> None:
     """No python block of docs/testing.md escapes this test."""
     text = DOC.read_text(encoding="utf-8")
     assert text.count("```python") == len(examples()) >= 8
+    assert set(examples()) == {*PASSING, BROKEN, SCRIPT}
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize(
-    "name",
-    [
-        "test_fixtures.py",
-        "test_ledger_history.py",
-        "test_my_service_machine.py",
-        "test_on_sui.py",
-        "test_paid_jsonrpc.py",
-        "test_notes_converge.py",
-    ],
-)
+@pytest.mark.parametrize("name", PASSING)
 def test_the_examples_pass(project: tuple[Path, Path], name: str) -> None:
     code, output = _pytest(project, "-q", name)
     assert code == 0, output
@@ -73,19 +60,9 @@ def test_the_examples_pass(project: tuple[Path, Path], name: str) -> None:
 
 def test_the_network_script_prints_what_it_says(project: tuple[Path, Path]) -> None:
     where, site = project
-    done = run_in_project(where, site, "hello_network.py")
+    done = run_in_project(where, site, SCRIPT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["b'hello'"]
-
-
-def _falsified(output: str) -> str:
-    """The failing example hypothesis reports (``Failing test case: ...(...)``, in
-    earlier versions ``Falsifying example``), up to its closing parenthesis."""
-    found = re.search(
-        r"(?:Failing test case|Falsifying example):.*?\n(?:E?\s+.*\n)*?E?\s*\)\n", output
-    )
-    assert found, output[-3000:]
-    return found.group(0)
 
 
 @pytest.mark.timeout(1200)
@@ -94,12 +71,13 @@ def test_the_eager_service_is_caught_and_replays_from_its_seed(
 ) -> None:
     failures = {}
     for seed in ("1", "2", "3"):
-        code, output = _pytest(project, "-q", "test_eager_service.py", "--dtp-seed", seed)
+        code, output = _pytest(project, "-q", BROKEN, "--dtp-seed", seed)
         assert code == 1, output[-3000:]
         # the billing assertion failed (not an error of the run), hypothesis' default
         # settings (no profile here: 100 examples) having found it
-        assert re.search(r"AssertionError: \d+ MIST for \d+ answers", output), output[-3000:]
-        failures[seed] = _falsified(output)
-    code, again = _pytest(project, "-q", "test_eager_service.py", "--dtp-seed", "1")
+        assert billing_failed(output), output[-3000:]
+        failures[seed] = falsified(output)
+    code, again = _pytest(project, "-q", BROKEN, "--dtp-seed", "1")
     assert code == 1
-    assert _falsified(again) == failures["1"]  # the same example, found again
+    assert falsified(again) == failures["1"]  # the same example, found again
+    assert failures["1"] == shown_failure()  # the one the doc shows

@@ -22,21 +22,8 @@ from dtp.testing.network import Link, SimNetwork
 from dtp.testing.plugin import DTP_CLOCK_MS
 from dtp.testing.sui_node import SuiNodeStandIn, request_funds
 from dtp.transport.blocking.socket import DTPSocket
+from tests.testing.doc_examples import FIXTURES
 from tests.testing.installed import make_site, run_in_project
-
-FIXTURES = (
-    "dtp_seed",
-    "dtp_identity",
-    "dtp_ledger",
-    "dtp_funded",
-    "dtp_world",
-    "dtp_pair",
-    "dtp_aio_pair",
-    "dtp_paid_service",
-    "dtp_daemon_pair",
-    "dtp_network",
-    "dtp_sui_node",
-)
 
 
 def test_the_ledger_fixtures(
@@ -210,6 +197,72 @@ def test_a_failed_test_names_the_seed_to_replay_it(installed: Path, tmp_path: Pa
     )  # fmt: skip
     assert done.returncode == 1
     assert "run seed 77: replay with --dtp-seed 77 (this test's dtp_seed: " in done.stdout
+
+
+# -- what the plugin costs a project that does not use it ---------------------------------------
+
+
+def test_loading_the_plugin_loads_nothing_of_dtp_but_the_plugin() -> None:
+    """Loaded by every pytest run where dtp is installed (this project's own among
+    them): no C core, no ledger, no asyncio, no hypothesis until a fixture asks for one
+    (dtp.errors brings sqlite3, whose error one of its errors extends)."""
+    script = (
+        "import sys, pytest\n"
+        "before = set(sys.modules)\n"
+        "import dtp.testing.plugin\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    loaded = set(done.stdout.split())
+    ours = {name for name in loaded if name.startswith("dtp")}
+    assert ours == {"dtp", "dtp.errors", "dtp.extras", "dtp.testing", "dtp.testing.plugin"}, ours
+    assert not loaded & {"hypothesis", "cffi", "dtp._dtp_core", "asyncio"}, loaded
+
+
+def test_the_plugin_leaves_hypothesis_alone_unless_asked(installed: Path, tmp_path: Path) -> None:
+    """Without ``--dtp-seed`` hypothesis' seed and settings are the project's own (no
+    seed, or its ``--hypothesis-seed``; its profile). With it, hypothesis is seeded from
+    it unless ``--hypothesis-seed`` says otherwise, and stops at the first failing
+    example, on top of the project's profile (else the example it shrinks would depend
+    on the machine's speed: dtp.testing.plugin.pytest_sessionstart)."""
+    (tmp_path / "conftest.py").write_text(
+        "from hypothesis import settings\n"
+        "settings.register_profile('mine', max_examples=7)\n"
+        "settings.load_profile('mine')\n"
+    )
+    (tmp_path / "test_seed.py").write_text(
+        "from hypothesis import settings\n\n"
+        "def test_seed(pytestconfig):\n"
+        "    now = settings.default\n"
+        "    print('hypothesis:', pytestconfig.getoption('hypothesis_seed'),\n"
+        "          now.max_examples, now.report_multiple_bugs)\n"
+    )
+
+    def seen(*args: str) -> str:
+        done = run_in_project(
+            tmp_path, installed, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", *args
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        (line,) = [x for x in done.stdout.splitlines() if "hypothesis:" in x]
+        return line.split("hypothesis:", 1)[1].strip()
+
+    assert seen() == "None 7 True"
+    assert seen("--hypothesis-seed", "3") == "3 7 True"
+    assert seen("--dtp-seed", "9") == "9 7 False"
+    assert seen("--dtp-seed", "9", "--hypothesis-seed", "3") == "3 7 False"
+
+
+def test_a_project_naming_the_plugin_too_has_it_once(installed: Path, tmp_path: Path) -> None:
+    """A conftest's ``pytest_plugins = ["dtp.testing.plugin"]`` (this project's, which
+    runs from a checkout) beside the entry point: one plugin, one header line, the
+    fixtures working."""
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["dtp.testing.plugin"]\n')
+    done = _fresh_project(tmp_path, installed, "--dtp-seed", "5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("dtp: seed 5 (replay with --dtp-seed 5)") == 1, done.stdout
+    assert "1 passed" in done.stdout
 
 
 def test_the_ledger_world_on_sui(dtp_sui_node: SuiNodeStandIn) -> None:
