@@ -24,8 +24,10 @@ so that importing one costs only what it needs:
 - :mod:`dtp.testing.plugin` -- the pytest plugin (registered under ``pytest11``): the
   fixtures ``dtp_*`` and the ``--dtp-seed`` option.
 
-The strategies, the machines and the plugin's hypothesis fixtures need ``hypothesis``
-(``pip install 'dtp[testing]'``); the rest needs nothing beyond dtp itself.
+The strategies and the machines need hypothesis, the plugin pytest (the ``testing``
+extra: ``pip install 'dtp[testing]'``), the node stand-in pysui (the ``sui`` extra); the
+rest needs nothing beyond dtp itself. Without its extra a module raises
+:class:`~dtp.errors.MissingExtra` naming it.
 """
 
 from __future__ import annotations
