@@ -27,8 +27,10 @@ Fixtures (docs/testing.md), each closed after its test:
 
 ``--dtp-seed N`` replays: the seeds of ``dtp_seed`` and ``dtp_network`` come from it, and
 so does hypothesis' (as ``--hypothesis-seed N``, unless that is given), so a failing
-property found under one seed is found again, example for example, under the same one.
-A failed test's report names the run's seed (and its own ``dtp_seed``, if it used it).
+property found under one seed is found again, example for example, under the same one
+(hypothesis stopping at its first failure: :func:`pytest_sessionstart`).
+A failed test's report names the run's seed (and its own ``dtp_seed``, if it used it;
+for a property failed without ``--dtp-seed``, that hypothesis drew its own).
 
 Nothing heavy is imported until a fixture is used: a project with dtp installed and
 no DTP tests pays for the option and the header line only.
@@ -132,6 +134,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         line = f"run seed {seed}: replay with --dtp-seed {seed}"
         if _TEST_SEED_KEY in item.stash:
             line += f" (this test's dtp_seed: {item.stash[_TEST_SEED_KEY]})"
+        hypothesis_test = getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+        if hypothesis_test and item.config.getoption("dtp_seed", default=None) is None:
+            # (seeding hypothesis in every run would turn its example database off)
+            line += (
+                "; hypothesis drew its examples from a seed of its own in this run: its "
+                "example database replays this failure here, --dtp-seed from now on"
+            )
         report.sections.append(("dtp", line))
     return report
 

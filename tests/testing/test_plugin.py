@@ -199,6 +199,29 @@ def test_a_failed_test_names_the_seed_to_replay_it(installed: Path, tmp_path: Pa
     assert "run seed 77: replay with --dtp-seed 77 (this test's dtp_seed: " in done.stdout
 
 
+def test_a_failed_property_says_whether_its_examples_came_from_the_seed(
+    installed: Path, tmp_path: Path
+) -> None:
+    """A hypothesis test failed in a run without ``--dtp-seed`` drew its examples from
+    hypothesis' own seed: the report says so rather than promise a replay."""
+    (tmp_path / "test_prop.py").write_text(
+        "from hypothesis import given, strategies as st\n\n"
+        "@given(st.integers())\n"
+        "def test_prop(x):\n    assert x < 10\n"
+    )
+
+    def report(*args: str) -> str:
+        done = run_in_project(
+            tmp_path, installed, "-m", "pytest", "-p", "no:cacheprovider", "test_prop.py", *args
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith("run seed ")]
+        return line
+
+    assert "hypothesis drew its examples from a seed of its own" in report()
+    assert report("--dtp-seed", "8") == "run seed 8: replay with --dtp-seed 8"
+
+
 # -- what the plugin costs a project that does not use it ---------------------------------------
 
 
