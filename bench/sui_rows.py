@@ -1,4 +1,4 @@
-"""Benchmark rows on Sui: the Sui node stand-in (tests/support/sui_node) as a process of its own,
+"""Benchmark rows on Sui: the Sui node stand-in (dtp/testing/sui_node) as a process of its own,
 each transaction answered after ``--sui-latency`` seconds (compare.py's option, or
 ``$DTP_BENCH_SUI_LATENCY``; 0.3 by default, a busy network's order), against the same
 workload on a LocalLedger file.

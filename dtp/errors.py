@@ -274,11 +274,11 @@ class KeyFileError(DTPError):
 
 class MissingExtra(DTPError, ImportError):
     """A feature whose Python packages come with an extra of the ``dtp`` distribution
-    that is not installed (:mod:`dtp.extras`: ``sui``, ``lan``, ``gun``). The message
-    names the feature, the missing module and the command that installs the extra,
-    ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the import it replaces
-    (``name`` is the missing module): code that tried an import and caught that goes on
-    catching it."""
+    that is not installed (:mod:`dtp.extras`: ``sui``, ``lan``, ``gun``, ``metrics``,
+    ``testing``). The message names the feature, the missing module and the command that
+    installs the extra, ``pip install 'dtp[sui]'``. Also an :class:`ImportError`, as the
+    import it replaces (``name`` is the missing module): code that tried an import and
+    caught that goes on catching it."""
 
     def __init__(self, extra: str, feature: str, module: str) -> None:
         self.extra = extra

@@ -15,7 +15,11 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   websockets, the same package as ``gun``'s, an extra of its own so that a service
   asks for what it uses by name);
 - ``metrics``: the daemon's Prometheus metrics (``metrics_listen``,
-  :mod:`dtp.daemon.metrics`: prometheus_client).
+  :mod:`dtp.daemon.metrics`: prometheus_client);
+- ``testing``: testing applications (docs/testing.md): the strategies and state
+  machines of :mod:`dtp.testing` (hypothesis) and its pytest plugin's fixtures (pytest).
+  The Sui node stand-in, :mod:`dtp.testing.sui_node`, speaks pysui's messages: it needs
+  ``sui``.
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -39,6 +43,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "gun": ("websockets",),
     "ws": ("websockets",),
     "metrics": ("prometheus_client",),
+    "testing": ("hypothesis", "pytest"),
 }
 
 

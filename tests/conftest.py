@@ -26,6 +26,11 @@ from tests.support.netns import NetnsUnavailable, TwoMachines, two_machines
 if TYPE_CHECKING:
     from tests.support.sui_network import SuiNetwork
 
+# the fixtures dtp ships for applications' tests (dtp_ledger, dtp_pair, dtp_network, ...;
+# docs/testing.md): registered here too, where dtp is a checkout rather than installed
+# (the pytest11 entry point registers it under the same name, so never twice)
+pytest_plugins = ["dtp.testing.plugin"]
+
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -13,11 +13,11 @@ import pytest
 
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.tunnel_setup import Setup
 from tests.support.cli_runs import cli_env, run_dtp
 from tests.support.daemon_procs import Proc, backend, daemon
 from tests.support.paths import ROOT
-from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 

@@ -14,8 +14,8 @@ from dtp.chain.local import LocalLedger
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
 from dtp.keys import HostIdentity
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.tunnel_setup import Setup
-from tests.support.sui_node import SuiNodeStandIn
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ from dtp.daemon.runner import Daemon
 from dtp.errors import ConnectionLimitReached, ConnectionRefused
 from dtp.keys import HostIdentity
 from dtp.ledger.sui import ledger as sui_core
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, tunnel, until
-from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000

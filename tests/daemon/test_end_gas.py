@@ -36,8 +36,8 @@ from dtp.ledger.connections import find_connections
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.payments.refunds import collect_refund
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, echo_backend, running, through, until
-from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000

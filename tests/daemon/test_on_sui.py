@@ -1,5 +1,5 @@
 """The services daemon on Sui: in-process daemons whose ``ledger`` is the Sui node
-stand-in (tests/support/sui_node, in this process too), with what a network does that the
+stand-in (dtp/testing/sui_node, in this process too), with what a network does that the
 embedded ledger never does -- transactions that take 0.3 s, a provider whose full node
 shows a client's open late, a node that stalls or goes away, congestion cancelling
 transactions, gas running out -- and what the daemon makes of each (docs/daemon.md, "On
@@ -30,8 +30,8 @@ from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
 from dtp.keys import HostIdentity
 from dtp.ledger.sui import ledger as sui_core
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, through, tunnel, until
-from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 DEPOSIT = 20_000_000

@@ -41,6 +41,7 @@ from dtp.chain.objects import Escrow, EventFilter, Sla
 from dtp.daemon.state import RECEIPTS_FILE, read_status
 from dtp.escrow import fee
 from dtp.receipt_store import ReceiptStore
+from dtp.testing.sui_node.state import NodeState
 from tests.support.daemon_procs import (
     SUI,
     DaemonPair,
@@ -53,7 +54,6 @@ from tests.support.daemon_procs import (
 from tests.support.netns import Machine, TwoMachines
 from tests.support.netns_clients import run_client
 from tests.support.sui_network import SuiNetwork, gas_from_effects, sui_network_process
-from tests.support.sui_node.state import NodeState
 from tests.support.sui_proxies import Relay
 
 #: Prices at which a connection's fees cover the gas of its end (each tunnel a request:

@@ -16,8 +16,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.state import read_status
 from dtp.keys import HostIdentity
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.daemon_procs import Proc, backend, daemon, write_forwarder
-from tests.support.sui_node import SuiNodeStandIn
 
 SUI = 1_000_000_000
 

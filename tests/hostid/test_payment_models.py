@@ -24,7 +24,7 @@ from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import SubscriptionExpired, WrongSubscription
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.keys import HostIdentity
-from tests.support.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)
 PORT = 8080

@@ -18,8 +18,8 @@ from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ChainError
 from dtp.keys import HostIdentity
 from dtp.ledger.interface import Ledger
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.ledger.broadcast_model import BroadcastModel
-from tests.support.sui_node import SuiNodeStandIn
 
 
 def ident(seed: int) -> HostIdentity:

@@ -1,6 +1,6 @@
 """What a connection's end costs in gas, what an address paid, and batched settlements
 (dtp.ledger.gas, SuiLedger's GasBook and settle_batch), on the Sui node stand-in --
-which charges gas by an exact formula (tests/support/sui_node/execute.py) and counts
+which charges gas by an exact formula (dtp/testing/sui_node/execute.py) and counts
 what each address paid -- and on a LocalLedger, which charges none."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import ConnectionState, Sla
 from dtp.ledger.receipt import Receipt, fee
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from tests.support.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000_000)
 DEPOSIT = 5_000_000

@@ -27,10 +27,10 @@ from dtp.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.sui.client import MalformedResponse, NodeObject, SuiNode
 from dtp.ledger.sui.codec import address_field_id, host_tables
+from dtp.testing.sui_node import SuiNodeStandIn
 from dtp.transport.hooks import PeerInfo
 from tests.ledger.files import damage
 from tests.support.recording_sui_node import DIGEST, HOST, FakeNode
-from tests.support.sui_node import SuiNodeStandIn
 
 
 def ident(seed: int) -> HostIdentity:

@@ -31,7 +31,7 @@ from dtp.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
-from tests.support.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(10, 5, 100)
 PORT = 7

@@ -19,8 +19,8 @@ from dtp.chain.local import LocalLedger
 from dtp.chain.objects import Sla, SpendingCap
 from dtp.errors import ReplayedReceipt, SpendingCapExceeded
 from dtp.escrow import Receipt, fee
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.ledger.scenario_runner import ACTORS, LocalWorld, World
-from tests.support.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 SERVER, CLIENT = ACTORS["server"], ACTORS["client"]

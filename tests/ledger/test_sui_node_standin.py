@@ -1,4 +1,4 @@
-"""The Sui node stand-in itself (tests/support/sui_node): objects as a node shows them (Lamport
+"""The Sui node stand-in itself (dtp/testing/sui_node): objects as a node shows them (Lamport
 versions, digests, owners, full types, BCS contents, dynamic fields), the checks a node
 makes before executing, the mapping of PTB commands onto the rules, gas, events with
 watermarks, and the knobs (latency, rate limits, contention, outages, clock and epochs,
@@ -37,11 +37,11 @@ from dtp.errors import (
     move_error_from_abort_code,
 )
 from dtp.keys import HostIdentity
+from dtp.testing.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node.execute import gas_rates
+from dtp.testing.sui_node.objects import COIN_TYPE
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
-from tests.support.sui_node import SuiNodeStandIn
-from tests.support.sui_node.execute import gas_rates
-from tests.support.sui_node.objects import COIN_TYPE
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
 FUNDS = 10**10
@@ -514,7 +514,7 @@ def test_a_process_of_its_own_keeps_its_state_in_a_directory(tmp_path: Path) -> 
     def start() -> tuple[subprocess.Popen[str], str, str]:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "tests.support.sui_node", "--port", "0", "--state",
+                sys.executable, "-m", "dtp.testing.sui_node", "--port", "0", "--state",
                 str(tmp_path), "--clock-ms", "5000", "--print-url",
                 "--fund", f"{owner.sui_address}=1000000000",
             ],

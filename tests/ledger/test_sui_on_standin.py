@@ -1,4 +1,4 @@
-"""SuiLedger end to end on the Sui node stand-in (tests/support/sui_node): the shared ledger
+"""SuiLedger end to end on the Sui node stand-in (dtp/testing/sui_node): the shared ledger
 scenarios, as on LocalLedger, with gas accounted; and what a real network does that
 LocalLedger never does: transactions in flight side by side, congestion cancellations,
 rate limiting, outages, answers that do not decode, gas running out."""
@@ -19,9 +19,9 @@ from dtp.chain.sui_client import MalformedResponse
 from dtp.errors import InsufficientFunds, ObjectNotFound
 from dtp.keys import HostIdentity
 from dtp.ledger.sui import ledger as sui_core
+from dtp.testing.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node.objects import COIN_TYPE
 from tests.ledger.scenario_runner import ACTORS, SCENARIOS, Runner
-from tests.support.sui_node import SuiNodeStandIn
-from tests.support.sui_node.objects import COIN_TYPE
 
 #: MIST each actor gets for gas, apart from what a scenario funds.
 GAS_ALLOWANCE = 10**10

@@ -1,7 +1,7 @@
 """SuiLedger: golden transaction bytes for every builder, BCS layouts against LocalLedger,
 effects/abort parsing, configuration, offline behaviour, and live tests: on the Sui node
 configured by DTP_SUI_RPC, DTP_SUI_PACKAGE and a funded DTP_SUI_KEY when they are set,
-otherwise on the node stand-in of tests/support/sui_node (which proves the flow, not Sui).
+otherwise on the node stand-in of dtp/testing/sui_node (which proves the flow, not Sui).
 
 Regenerate the golden vectors (only after a deliberate change to the builders)::
 

@@ -37,8 +37,8 @@ from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.refunds import refunds_for
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.support.polling import wait_for
-from tests.support.sui_node import SuiNodeStandIn
 
 PORT = 8080
 DEPOSIT = 20_000_000

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from tests.support.paths import ROOT
 
-OWNED = ["README.md", "docs/protocol.md", "docs/udp.md", "docs/ledger-carrier.md", "docs/daemon.md"]
+OWNED = [
+    "README.md",
+    "docs/protocol.md",
+    "docs/udp.md",
+    "docs/ledger-carrier.md",
+    "docs/daemon.md",
+    "docs/testing.md",
+]
 READ_ONLY = ["docs/escrow.md", "docs/graph.md", "docs/messaging.md", "docs/sui.md"]
 _MARKER = re.compile(r"^\s*<!--\s*doc-test:\s*(.*?)\s*-->\s*$")
 

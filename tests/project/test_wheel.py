@@ -35,6 +35,16 @@ import pytest
 from tests.support.base_imports import extra_of
 from tests.support.demo_output import check_demo_output
 from tests.support.paths import ROOT
+from tests.testing.doc_examples import (
+    BROKEN,
+    FIXTURES,
+    PASSING,
+    SCRIPT,
+    billing_failed,
+    falsified,
+    shown_failure,
+    write_examples,
+)
 
 pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]
 
@@ -262,7 +272,7 @@ def venv(
 
 
 def _in_venv(
-    venv: Path, tmp_path: Path, *argv: str, hide_openssl: bool = False
+    venv: Path, tmp_path: Path, *argv: str, hide_openssl: bool = False, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """``argv`` run from the virtualenv's bin/ as a user runs it there, in a folder of
     its own; with the system's OpenSSL hidden if asked."""
@@ -276,7 +286,7 @@ def _in_venv(
     if hide_openssl:
         command = _hidden(command, _system_openssl(), tmp_path)
     return subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -385,3 +395,87 @@ def test_the_readmes_missing_extra_line_is_what_dtp_prints(venv: Path, tmp_path:
     assert shown is not None
     done = _in_venv(venv, tmp_path, "dtp", "balance", "--ledger", "testnet", "0x1")
     assert done.returncode == 1 and done.stderr.strip() == shown.group(1), done.stderr
+
+
+# -- testing applications with the wheel (docs/testing.md) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def testing_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv of the CPython running the suite with the wheel and its
+    ``testing`` and ``sui`` extras (pytest, hypothesis; pysui for the node stand-in), as
+    docs/testing.md has a user install it; the plugin comes in through the wheel's
+    pytest11 entry point alone."""
+    where = tmp_path_factory.mktemp("venv-testing")
+    env_dir = where / "venv"
+    python = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([python, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    env = {
+        **{k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in ("HOME", "LANG")},
+        "PATH": str(env_dir / "bin"),
+    }
+    install = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    done = subprocess.run(
+        [*install, f"{wheel}[sui,testing]"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return env_dir
+
+
+def _pytest_in(venv: Path, project: Path, *args: str) -> tuple[int, str]:
+    """``pytest ARGS`` from the virtualenv in ``project`` (no example database left)."""
+    shutil.rmtree(project / ".hypothesis", ignore_errors=True)
+    done = _in_venv(venv, project, "pytest", "-p", "no:cacheprovider", *args, timeout=1200)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_pytest_lists_the_dtp_fixtures_in_a_fresh_project(
+    testing_venv: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "test_app.py").write_text(
+        "def test_uses_the_ledger(dtp_ledger):\n    assert dtp_ledger.clock_frozen()\n"
+    )
+    code, listed = _pytest_in(testing_venv, tmp_path, "--fixtures")
+    assert code == 0, listed
+    assert "fixtures defined from dtp.testing.plugin" in listed, listed
+    for name in FIXTURES:
+        assert re.search(rf"^{name}\b", listed, re.M), name
+    code, ran = _pytest_in(testing_venv, tmp_path, "--dtp-seed", "4242")
+    assert code == 0 and "1 passed" in ran, ran
+    assert "dtp: seed 4242 (replay with --dtp-seed 4242)" in ran
+    # the plugin is the wheel's (not this checkout's)
+    where = _in_venv(
+        testing_venv, tmp_path, "python", "-c", "import dtp.testing.plugin as p; print(p.__file__)"
+    )
+    assert where.stdout.startswith(str(testing_venv)), where.stdout + where.stderr
+
+
+@pytest.fixture(scope="module")
+def examples_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project holding docs/testing.md's examples, each in the file it names."""
+    where = tmp_path_factory.mktemp("examples")
+    write_examples(where)
+    return where
+
+
+def test_the_docs_testing_examples_pass_from_the_wheel(
+    testing_venv: Path, examples_project: Path
+) -> None:
+    code, output = _pytest_in(testing_venv, examples_project, "-q", *PASSING)
+    assert code == 0, output[-5000:]
+    assert re.search(r"\b\d+ passed\b", output) and "failed" not in output, output[-3000:]
+    done = _in_venv(testing_venv, examples_project, "python", SCRIPT)
+    assert done.returncode == 0 and done.stdout.splitlines() == ["b'hello'"], done.stderr
+
+
+def test_the_service_that_bills_twice_is_caught_and_replays_from_the_wheel(
+    testing_venv: Path, examples_project: Path
+) -> None:
+    """Within hypothesis' default budget (no profile in the project); the same failing
+    example again from the same ``--dtp-seed``, the one docs/testing.md shows."""
+    code, first = _pytest_in(testing_venv, examples_project, "-q", BROKEN, "--dtp-seed", "1")
+    assert code == 1 and billing_failed(first), first[-3000:]
+    assert "run seed 1: replay with --dtp-seed 1" in first
+    code, again = _pytest_in(testing_venv, examples_project, "-q", BROKEN, "--dtp-seed", "1")
+    assert code == 1, again[-3000:]
+    assert falsified(again) == falsified(first) == shown_failure(), (first[-3000:], again[-3000:])

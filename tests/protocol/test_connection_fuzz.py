@@ -13,7 +13,7 @@ from dtp._types import (
     RawFrame,
 )
 from dtp.connection import CloseCode
-from tests.protocol.strategies import any_frame
+from dtp.testing.strategies import any_frame
 from tests.support.pairs import connect, sealed_by
 
 _FRAMES = any_frame(

@@ -52,8 +52,8 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
+from dtp.testing.strategies import any_frame
 from tests.protocol.hostile_frames import run_records, send_frames, xx_authenticated_server
-from tests.protocol.strategies import any_frame
 from tests.support.pairs import (
     CLIENT_ID,
     SERVER_ID,

@@ -26,6 +26,11 @@ EXTRA_MODULES = {
     "dtp.cli.demo_browser": "gun",
     "dtp.daemon.metrics": "metrics",
     "dtp.transport.carriers.websocket": "ws",
+    "dtp.testing.strategies": "testing",
+    "dtp.testing.machines": "testing",
+    "dtp.testing.plugin": "testing",
+    # (the node stand-in speaks pysui's messages; hypothesis and pytest it does not need)
+    "dtp.testing.sui_node": "sui",
 }
 
 

@@ -24,7 +24,7 @@ from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.metering import MeteringConfig
-from tests.support.loops import LoopThread
+from dtp.testing.loops import LoopThread
 from tests.support.paid_twins import (
     funded_ledger,
     ident,

@@ -25,7 +25,7 @@ from dtp.escrow import object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
 from dtp.keys import HostIdentity
-from tests.support.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
+from dtp.testing.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
 
 CHUNK = b"x" * (64 << 10)
 

@@ -14,7 +14,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import ConnectionState, Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from tests.support.sui_node import SuiNodeStandIn
+from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1_000)
 DEPOSIT = 10_000_000

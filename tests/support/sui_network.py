@@ -1,7 +1,7 @@
 """The Sui network of the tests that run on Sui: the node stand-in, or a real node.
 
 This module is the one switch. By default a test gets the node stand-in
-(:mod:`tests.support.sui_node`) serving in this process on 127.0.0.1: its faucet funds an
+(:mod:`dtp.testing.sui_node`) serving in this process on 127.0.0.1: its faucet funds an
 address at once and its clock can be moved. With ``DTP_SUI_RPC``, ``DTP_SUI_PACKAGE`` and
 ``DTP_SUI_KEY`` all set (``scripts/sui-localnet.sh`` sets them for a ``sui start``
 localnet it published ``move/dtp`` on), the same tests run on that node instead:
@@ -44,7 +44,7 @@ from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
     from dtp.chain.sui_tx import TxContext
-    from tests.support.sui_node import SuiNodeStandIn
+    from dtp.testing.sui_node import SuiNodeStandIn
 
 #: The variables that point the tests at a real node (all three, or none is used).
 REAL_NODE_ENV = ("DTP_SUI_RPC", "DTP_SUI_PACKAGE", "DTP_SUI_KEY")
@@ -268,7 +268,7 @@ def sui_network(**knobs: Any) -> Iterator[SuiNetwork]:
         finally:
             network.close()
         return
-    from tests.support.sui_node import SuiNodeStandIn
+    from dtp.testing.sui_node import SuiNodeStandIn
 
     with SuiNodeStandIn(**knobs) as node:
         funder = HostIdentity.generate()
@@ -306,7 +306,7 @@ def sui_network_process(
 
 
 class StandInProcess:
-    """``python -m tests.support.sui_node`` as a process of its own, serving on ``host`` (any
+    """``python -m dtp.testing.sui_node`` as a process of its own, serving on ``host`` (any
     free port) until :meth:`close`, with ``fund`` (address → MIST) funded at start and
     ``flags`` (``--tx-latency 0.3``...) passed on."""
 
@@ -320,7 +320,7 @@ class StandInProcess:
         cmd = [
             sys.executable,
             "-m",
-            "tests.support.sui_node",
+            "dtp.testing.sui_node",
             "--host",
             host,
             "--print-url",

@@ -27,7 +27,7 @@ import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.keys import HostIdentity
-from tests.support.loops import loop_in_thread
+from dtp.testing.loops import loop_in_thread
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for
 from tests.support.procs import descriptors, rss_kib, server_process

@@ -23,7 +23,7 @@ from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
 from dtp.hostid.udp.blocking import _Session
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from tests.support.loops import LoopThread
+from dtp.testing.loops import LoopThread
 from tests.udp.world import DnsLikeBackend
 
 T = TypeVar("T")

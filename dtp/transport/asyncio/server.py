@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from dtp.errors import LocalProtocolError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.protocol import LIMIT
-from dtp.transport.asyncio.server_admission import ServerAdmission
+from dtp.transport.asyncio.server_admission import ServerAdmission, loop_time
 from dtp.transport.asyncio.server_arrival import _Arrival, _waiting_gone
 from dtp.transport.asyncio.server_handshakes import ServerHandshakes
 
@@ -354,7 +353,7 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             self._heap_look = None
         # those waiting for their first record or for a slot (the slots those in the
         # server's line held free again: nobody is left to take them)
-        for arrival in self._admission.drain(time.monotonic()):
+        for arrival in self._admission.drain(loop_time(self._loop)):
             if arrival.transport is not None:
                 arrival.transport.close()
         if self._attached is not None:

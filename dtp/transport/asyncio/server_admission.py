@@ -26,6 +26,13 @@ from dtp.transport.session import Session
 logger = logging.getLogger("dtp.transport.asyncio.server")
 
 
+def loop_time(loop: asyncio.AbstractEventLoop | None) -> float:
+    """The clock the admission's deadlines are on: its event loop's, which its timers
+    run by (``time.monotonic`` on asyncio's loops; a virtual clock on
+    dtp.testing.network's), or ``time.monotonic`` before it has one."""
+    return loop.time() if loop is not None else time.monotonic()
+
+
 class ServerAdmission(ServerState):
     """The admission of :class:`~dtp.transport.asyncio.server.DTPServer` (docs/protocol.md §8)."""
 
@@ -72,12 +79,12 @@ class ServerAdmission(ServerState):
             # what it accepted once closed, rather than started after the server's end
             transport.close()
             return
-        now = time.monotonic()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()  # (made outside it: its first connection)
+        now = loop_time(self._loop)
         # the connection's own handshake timeout: a ledger connection's is longer (its
         # records take ledger transactions)
         arrival.deadline = now + arrival.config.handshake_timeout
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()  # (made outside it: its first connection)
         self._heap.connected(now)
         if self._heap_look is None:
             self._look_at_heap()
@@ -96,7 +103,7 @@ class ServerAdmission(ServerState):
 
     def _proven(self, arrival: _Arrival) -> None:
         """``arrival`` sent its complete first record: on to the handshake slots."""
-        self._admission.proven(arrival, arrival.key, arrival.deadline, time.monotonic())
+        self._admission.proven(arrival, arrival.key, arrival.deadline, loop_time(self._loop))
         self._arm_expiry()  # (it may wait in a line, until its deadline)
 
     def _not_dtp(self, arrival: _Arrival) -> None:
@@ -113,7 +120,7 @@ class ServerAdmission(ServerState):
         loop = self._loop
         if deadline is None or loop is None or not loop.is_running():
             return  # (nothing waits; or the loop is ending: close() closes them)
-        delay = max(deadline - time.monotonic(), 0.0)
+        delay = max(deadline - loop.time(), 0.0)
         if self._expiry is not None:
             if self._expiry.when() <= loop.time() + delay:
                 return  # (it fires first: then it looks again)
@@ -127,7 +134,7 @@ class ServerAdmission(ServerState):
         loop = self._loop
         if loop is None or not loop.is_running() or self._closed.is_set():
             return
-        now = time.monotonic()
+        now = loop.time()
         if self._heap.due(now):
             release_free_heap()
         look = self._heap.next_look(now)
@@ -136,7 +143,7 @@ class ServerAdmission(ServerState):
 
     def _expire(self) -> None:
         self._expiry = None
-        self._admission.expire(time.monotonic())
+        self._admission.expire(loop_time(self._loop))
         self._arm_expiry()
 
     def _begin(self, arrival: _Arrival) -> bool:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import Protocol, abort
+from dtp.transport.asyncio.server_admission import loop_time
 from dtp.transport.asyncio.server_arrival import _Arrival
 from dtp.transport.asyncio.server_state import ServerState, _being_cancelled
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
@@ -35,7 +35,7 @@ class ServerTasks(ServerState):
             if task.cancelled() and not started:
                 # cancelled before its first step (the loop shutting down): none of
                 # _serve ran, its finally blocks included
-                self._admission.ended(arrival, time.monotonic(), start_next=False)
+                self._admission.ended(arrival, loop_time(self._loop), start_next=False)
                 abort(proto, CloseCode.HANDSHAKE_FAILED, "the server is shutting down")
 
         self._tasks.add(task)
@@ -61,7 +61,7 @@ class ServerTasks(ServerState):
         finally:
             # however the handshake ended (accepted, refused, failed, timed out, an error
             # or a cancellation): its slots are free for the next connections
-            self._admission.ended(arrival, time.monotonic(), start_next=not cancelled)
+            self._admission.ended(arrival, loop_time(self._loop), start_next=not cancelled)
             if not cancelled and not self._closed.is_set():
                 self._arm_expiry()  # (those it handed on may wait in a line now)
         if not accepted:

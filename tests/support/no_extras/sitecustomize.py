@@ -11,9 +11,21 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-#: the top-level modules of dtp's extras (dtp.extras.EXTRAS) and pysui's native module
+#: the top-level modules of dtp's extras (dtp.extras.EXTRAS), pysui's native module and
+#: pytest's own package (``pytest`` is a shim over ``_pytest``)
 BLOCKED = frozenset(
-    {"pysui", "pysui_fastcrypto", "yaml", "zeroconf", "ifaddr", "websockets", "prometheus_client"}
+    {
+        "pysui",
+        "pysui_fastcrypto",
+        "yaml",
+        "zeroconf",
+        "ifaddr",
+        "websockets",
+        "prometheus_client",
+        "hypothesis",
+        "pytest",
+        "_pytest",
+    }
 )
 
 

@@ -2,8 +2,8 @@
 
 Each ``sui.rpc.v2`` method is served by a raw handler (request and answer bytes pass
 through :class:`RawCodec`): the request is parsed with pysui's generated message class,
-the answer built by :mod:`tests.support.sui_node.answers` or
-:mod:`tests.support.sui_node.execute` and serialized, unless a knob says to answer otherwise
+the answer built by :mod:`dtp.testing.sui_node.answers` or
+:mod:`dtp.testing.sui_node.execute` and serialized, unless a knob says to answer otherwise
 (an error status, garbage, nothing).
 
 The server runs on an event loop of its own in a daemon thread; state changes happen on
@@ -28,7 +28,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Cardinality, Handler, Status
@@ -36,14 +36,22 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
-from dtp.chain.local_tx import base58, tx_digest
-from tests.support.loops import LoopThread
-from tests.support.sui_node import answers, execute
-from tests.support.sui_node.objects import full_address
-from tests.support.sui_node.ptb import Refusal, parse_tx
-from tests.support.sui_node.state import DAY_MS, NodeState
+from dtp.ledger.local.tx import base58, tx_digest
+from dtp.testing.loops import LoopThread
+from dtp.testing.sui_node import answers, execute
+from dtp.testing.sui_node.faucet import FaucetServer
+from dtp.testing.sui_node.objects import full_address
+from dtp.testing.sui_node.ptb import Refusal, parse_tx
+from dtp.testing.sui_node.state import DAY_MS, NodeState
 
-__all__ = ["DEFAULT_PACKAGE", "GARBAGE", "RawCodec", "SuiNodeStandIn"]
+__all__ = [
+    "DEFAULT_PACKAGE",
+    "GARBAGE",
+    "RawCodec",
+    "SuiNodeStandIn",
+    "client_url",
+    "listening_addresses",
+]
 
 #: The package ID the stand-in is "published" at unless told otherwise.
 DEFAULT_PACKAGE: Final = "0x" + "d7" * 32
@@ -65,6 +73,37 @@ _METHODS: Final = {
     "TransactionExecutionService": ("ExecuteTransaction",),
 }
 _STREAMING: Final = frozenset({"ListEvents"})
+
+
+_WILDCARDS: Final = {"", "0.0.0.0", "::"}
+
+
+def client_url(host: str, port: int) -> str:
+    """``http://host:port`` as a client names it: a wildcard address (0.0.0.0, ::) is
+    no destination, so its loopback stands for it; IPv6 addresses go in brackets."""
+    if host in _WILDCARDS:
+        host = "::1" if host == "::" else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listening_addresses(host: str) -> list[str]:
+    """The addresses a server bound to ``host`` answers on: ``host`` itself, or for a
+    wildcard the loopback first, then every address of the machine's interfaces of that
+    family (ifaddr, as LAN discovery reads them)."""
+    if host not in _WILDCARDS:
+        return [host]
+    import ifaddr
+
+    v6 = host == "::"
+    found = ["::1" if v6 else "127.0.0.1"]
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple) != v6:
+                continue
+            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            if text not in found and not text.startswith("fe80"):
+                found.append(text)
+    return found
 
 
 def _object_key(object_id: str) -> str:
@@ -138,6 +177,7 @@ class SuiNodeStandIn:
         scan_limit: int | None = None,
         index_lag: float = 0.0,
         seed: int | None = None,
+        faucet_port: int | None = None,
     ) -> None:
         self.state = NodeState(
             state_dir, package=package, clock_ms=clock_ms, epoch_ms=epoch_ms, gas_price=gas_price
@@ -183,6 +223,10 @@ class SuiNodeStandIn:
         self._loop: LoopThread | None = None
         self._server: _Server | None = None
         self._closed = False
+        #: The HTTP faucet's port (``faucet_port`` asked for one; 0: any free one), once
+        #: started; None: no HTTP faucet (:meth:`faucet` funds in this process).
+        self.faucet_port = faucet_port
+        self._faucet: FaucetServer | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -193,12 +237,33 @@ class SuiNodeStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The URL a client on this machine reaches the node at: the address it listens
+        on, or the loopback address when it listens on every interface (0.0.0.0, ::)."""
+        return client_url(self.host, self.port)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every URL the node answers at: :attr:`url`, and when it listens on every
+        interface, one per address of this machine's interfaces (what a process in
+        another network namespace, or on another machine, names)."""
+        return [client_url(h, self.port) for h in listening_addresses(self.host)]
+
+    @property
+    def faucet_url(self) -> str | None:
+        """The HTTP faucet's URL (``…/v2/gas``, Sui's faucet API: :mod:`.faucet`), or None
+        when the node serves none."""
+        if self._faucet is None:
+            return None
+        return client_url(self.host, self._faucet.port) + "/v2/gas"
 
     def start(self) -> SuiNodeStandIn:
-        """Start serving (returns self)."""
+        """Start serving (returns self), with the HTTP faucet when ``faucet_port`` was
+        given."""
         self._loop = LoopThread()
         self.come_back()
+        if self.faucet_port is not None:
+            self._faucet = FaucetServer(self.faucet, self.host, self.faucet_port).start()
+            self.faucet_port = self._faucet.port
         return self
 
     def __enter__(self) -> SuiNodeStandIn:
@@ -233,8 +298,10 @@ class SuiNodeStandIn:
             server = _Server([self], RawCodec())
             await server.start(self.host, self.port, reuse_address=True)
             self._server = server
-            sockets = server._server.sockets if server._server is not None else ()
-            self.port = sockets[0].getsockname()[1]
+            # (grpclib's listener is the asyncio.Server loop.create_server made)
+            listening = cast("asyncio.Server | None", server._server)
+            assert listening is not None and listening.sockets
+            self.port = listening.sockets[0].getsockname()[1]
 
         self._run(serve())
 
@@ -247,6 +314,8 @@ class SuiNodeStandIn:
         self._run(set_())
 
     def unstall(self) -> None:
+        """Answer calls again (those :meth:`stall` held are answered now)."""
+
         async def clear() -> None:
             stalled, self._stalled = self._stalled, None
             if stalled is not None:
@@ -259,6 +328,8 @@ class SuiNodeStandIn:
         if self._closed:
             return
         self._closed = True
+        if self._faucet is not None:
+            self._faucet.close()
         if self._loop is not None:
             try:
                 self.unstall()

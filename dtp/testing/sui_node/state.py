@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_tx import base58
-from dtp.chain.objects import normalize_id
-from tests.support.sui_node.objects import (
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.local.tx import base58
+from dtp.ledger.objects import normalize_id
+from dtp.testing.sui_node.objects import (
     CLOCK_ID,
     CLOCK_TYPE,
     COIN_TYPE,
@@ -55,6 +55,24 @@ CREATE TABLE IF NOT EXISTS events (
     contents BLOB NOT NULL, PRIMARY KEY (checkpoint, tx_index, event_index));
 CREATE TABLE IF NOT EXISTS gas (address TEXT PRIMARY KEY, paid INTEGER NOT NULL);
 """
+
+
+def _object_row(row: Any) -> ObjectRow:
+    """An ``objects`` row (its columns in the table's order) as an :class:`ObjectRow`."""
+    ident, type_, owner_kind, owner, shared_since, version, digest, rebate, tx, balance = row[:10]
+    return ObjectRow(
+        ident,
+        type_,
+        owner_kind,
+        owner,
+        shared_since,
+        version,
+        digest,
+        rebate,
+        tx,
+        balance,
+        bytes(row[10]),
+    )
 
 
 @dataclass(frozen=True)
@@ -239,7 +257,7 @@ class NodeState:
             "storage_rebate, previous_tx, balance, contents FROM objects WHERE id = ?",
             (object_id,),
         )
-        return ObjectRow(*rows[0][:10], bytes(rows[0][10])) if rows else None
+        return _object_row(rows[0]) if rows else None
 
     def objects(self, ids: Sequence[str]) -> dict[str, ObjectRow]:
         """The live objects among ``ids``."""
@@ -269,7 +287,7 @@ class NodeState:
             query += " AND type = ?"
             args.append(type_)
         rows = self._read(query + " ORDER BY id LIMIT ?", (*args, limit))
-        return [ObjectRow(*row[:10], bytes(row[10])) for row in rows]
+        return [_object_row(row) for row in rows]
 
     def fields(self, parent: str, after: str, limit: int) -> list[ObjectRow]:
         """The dynamic fields owned by ``parent`` (a table's UID), by ID after ``after``."""
@@ -279,7 +297,7 @@ class NodeState:
             "WHERE owner_kind = 'object' AND owner = ? AND id > ? ORDER BY id LIMIT ?",
             (parent, after, limit),
         )
-        return [ObjectRow(*row[:10], bytes(row[10])) for row in rows]
+        return [_object_row(row) for row in rows]
 
     def put(self, row: ObjectRow) -> None:
         """Write ``row`` (in a :meth:`write` transaction)."""

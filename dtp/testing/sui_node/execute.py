@@ -33,11 +33,11 @@ from typing import Any, Final
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
-from dtp.chain import local_rules as rules
-from dtp.chain.local_tx import Address, TxValue, base58, tx_digest
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidArgument
-from dtp.keys import InvalidSignature, verify_transaction
-from tests.support.sui_node.objects import (
+from dtp.identity.keys import InvalidSignature, verify_transaction
+from dtp.ledger.local import rules
+from dtp.ledger.local.tx import Address, TxValue, base58, tx_digest
+from dtp.testing.sui_node.objects import (
     CLOCK_ID,
     COIN_TYPE,
     MOVE_STDLIB,
@@ -50,8 +50,8 @@ from tests.support.sui_node.objects import (
     table_names,
     table_uid,
 )
-from tests.support.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
-from tests.support.sui_node.state import NodeState, ObjectRow
+from dtp.testing.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
+from dtp.testing.sui_node.state import NodeState, ObjectRow
 
 __all__ = ["Checked", "check", "check_signature", "execute", "gas_rates"]
 
@@ -194,20 +194,20 @@ def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Che
             _check_owned(state, tx.sender, item.object_id, item.version, item.digest, "Object")
             owned[item.object_id] = (item.version, item.digest)
             continue
-        row = state.object(item.object_id)
-        if row is None:
+        found = state.object(item.object_id)
+        if found is None:
             raise _refuse(f"Could not find the referenced object {item.object_id}.")
-        if row.owner_kind != "shared":
+        if found.owner_kind != "shared":
             raise _refuse(
                 f"Invalid transaction: object {item.object_id} is not shared "
-                f"({row.owner_kind}) but is given as a shared object."
+                f"({found.owner_kind}) but is given as a shared object."
             )
-        if row.initial_shared_version != item.version:
+        if found.initial_shared_version != item.version:
             raise _refuse(
                 f"SharedObjectStartingVersionMismatch: {item.object_id} is shared since "
-                f"version {row.initial_shared_version}, not {item.version}."
+                f"version {found.initial_shared_version}, not {item.version}."
             )
-        if row.id == CLOCK_ID and item.mutable:
+        if found.id == CLOCK_ID and item.mutable:
             raise _refuse(f"Invalid transaction: ImmutableObjectMutableUsage {CLOCK_ID}.")
         shared[item.object_id] = item.mutable
     for command in tx.commands:
@@ -218,8 +218,8 @@ def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Che
                 Status.UNIMPLEMENTED,
                 "The Sui node stand-in models SplitCoins from the gas coin only.",
             )
-    digest = tx_digest(tx_bytes)
-    return Checked(tx, bytes(tx_bytes), digest, base58(digest), owned, shared)
+    tx_hash = tx_digest(tx_bytes)
+    return Checked(tx, bytes(tx_bytes), tx_hash, base58(tx_hash), owned, shared)
 
 
 def recheck(state: NodeState, checked: Checked) -> None:
@@ -704,10 +704,11 @@ class _Execution:
         self._gas_coin(0)  # placeholder balance: a coin's size does not depend on it
         for object_id in sorted(self.mutable - {c for c, _, _ in tx.gas_payment}):
             old = self.inputs[object_id]
-            obj = x.objects.get(object_id)
-            if obj is None:
+            changed = x.objects.get(object_id)
+            if changed is None:
                 self._bump(old)
                 continue
+            obj = changed
             struct = obj.type.rsplit("::", 1)[-1]
             if obj.deleted:
                 self._remove(old)

@@ -18,12 +18,12 @@ from typing import Any, Final
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError
-from tests.support.sui_node.execute import owner_message
-from tests.support.sui_node.objects import COIN_TYPE, full_address
-from tests.support.sui_node.ptb import Refusal
-from tests.support.sui_node.state import NodeState, ObjectRow, Position
+from dtp.ledger.objects import normalize_id
+from dtp.testing.sui_node.execute import owner_message
+from dtp.testing.sui_node.objects import COIN_TYPE, full_address
+from dtp.testing.sui_node.ptb import Refusal
+from dtp.testing.sui_node.state import NodeState, ObjectRow, Position
 
 __all__ = [
     "DEFAULT_MASKS",
@@ -66,6 +66,8 @@ def invalid(message: str) -> Refusal:
 
 
 def _id(value: str | None, what: str) -> str:
+    if value is None:
+        raise invalid(f"invalid {what}: None")
     try:
         return full_address(normalize_id(value, what))
     except (ChainError, AttributeError, TypeError):
