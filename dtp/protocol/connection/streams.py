@@ -120,6 +120,21 @@ def check_code(code: int) -> None:
         raise LocalProtocolError(f"error code {code} is outside 0 .. 2**62 - 1", ErrorCode.VARINT)
 
 
+#: The time's worth of a reader's rate that :meth:`_Streams.pace_credit` returns as
+#: credit at once: an eighth of a second. The sender moves each step at once, and a
+#: one-second window holds its share of the rate give or take the step a window's edge
+#: splits: 12.5 % here, 25 % at a quarter second (tests/protocol/test_credit_pacing.py).
+CREDIT_PACE_SECONDS = 0.125
+
+
+def _credit_at(window: int, step: int) -> int:
+    """How little of a ``window`` may be left before credit goes back: a quarter of it
+    used, or ``step`` bytes when smaller (0: no step)."""
+    if step <= 0 or step >= window // 4:
+        return window * 3 // 4
+    return window - step + 1
+
+
 class _Streams(_ConnectionState):
     """The streams of a :class:`~dtp.protocol.connection.core.Connection` (a mixin): the
     streams API, flow-control credit, the peer's stream frames, and stream bookkeeping.
@@ -252,11 +267,29 @@ class _Streams(_ConnectionState):
             stream.consumed += nbytes
         self._return_credit(stream)
 
+    def pace_credit(self, bytes_per_sec: float) -> None:
+        """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
+        :data:`CREDIT_PACE_SECONDS` (0: in quarter windows, the default), when the
+        application reads at that rate (a paid server's client limit): the sender is
+        then paced by the credit as the reader is by its limit. In quarter windows, a
+        4 MiB stream window read at 200,000 B/s gave a sender 1 MiB at once every 5 s
+        (tests/protocol/test_credit_pacing.py). Each update still reaches a whole window
+        past what was read; only how often they go changes."""
+        if self.lent_lane is not None:
+            self._take_back()
+        config = self.config
+        step = 0
+        if bytes_per_sec > 0:
+            step = max(1, int(bytes_per_sec * CREDIT_PACE_SECONDS))
+        self._conn_credit_at = _credit_at(config.connection_window, step)
+        self._stream_credit_at = _credit_at(config.stream_window, step)
+
     def _return_credit(self, stream: Stream | None) -> None:
         """After the application consumed bytes (of ``stream``): queue credit updates
         for the windows that are used up enough."""
-        # Credit goes back once a quarter of the window is used: a sender on a fast
-        # carrier then always has most of a window to go on while the update travels.
+        # Credit goes back once a quarter of the window is used (or a paced step of it:
+        # pace_credit): a sender on a fast carrier then always has most of a window to
+        # go on while the update travels.
         # Limits are varints: one past VARINT_MAX failed to encode (a window near it
         # reaches that once some bytes are read), so they stop there.
         if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
