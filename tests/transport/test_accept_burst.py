@@ -21,6 +21,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError, SocketClosed
 from dtp.keys import HostIdentity
 from tests.support.polling import wait_for
+from tests.support.timing import bound
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -98,11 +99,12 @@ def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() 
         dropped = [o for o in outcomes if o not in ("served", "busy", "closed")]
         assert dropped == []
         assert outcomes.count("served") == 1000 - busy - closed
-        # the accept loop keeps up with all of them on an idle machine; on a loaded one
-        # the clients' single thread sends many first messages past the server's deadline
-        # ("closed", 697 of 1,000 seen). A server turning nearly everyone away, however
-        # counted, is not what is meant: at least one in ten gets in
-        assert busy + closed <= 900, (busy, closed)
+        # the accept loop keeps up with all of them on an idle machine (the timing probe,
+        # tests/support/timing.py: none turned away); on a loaded one the clients' single
+        # thread sends many first messages past the server's deadline ("closed", 697 of
+        # 1,000 seen). A server turning nearly everyone away, however counted, is not
+        # what is meant: at least one in ten gets in
+        assert busy + closed <= bound(0, 900), (busy, closed)
         assert wait_for(lambda: len(served) == 1000 - busy - closed)
         # every client turned away is counted by the server, whichever way
         assert wait_for(
@@ -155,6 +157,8 @@ def test_a_client_nobody_takes_is_refused_busy_at_its_handshake_timeout_and_coun
             dtp.socket.create_connection(
                 server.address, timeout=10, identity=CLIENT, server_key=SERVER.noise_public
             )
-        assert 1.0 <= time.monotonic() - started <= 3.0
+        # refused by the server at its handshake timeout (1.5 s): not at once, and well
+        # before the client's own 10 s (alone: within 3 s)
+        assert 1.0 <= time.monotonic() - started <= bound(3.0, 8.0)
         assert server.busy_refused == 1
         first.close()
