@@ -72,9 +72,7 @@ def upload_shares(paced: bool = True, windows: int = WINDOWS) -> list[float]:
             pacing = contextlib.nullcontext() if paced else _unpaced()
             with (
                 pacing,
-                dtp.socket.serve(
-                    host_id, _PORT, handle, ledger=server_ledger, identity=server
-                ),
+                dtp.socket.serve(host_id, _PORT, handle, ledger=server_ledger, identity=server),
                 dtp.socket.create_connection(
                     f"dtp://{host_id}:{_PORT}",
                     timeout=30,
@@ -82,11 +80,11 @@ def upload_shares(paced: bool = True, windows: int = WINDOWS) -> list[float]:
                     identity=client,
                     deposit=1_000_000,
                 ) as sock,
+                contextlib.suppress(DTPError),  # (the server's end ends the upload)
             ):
-                with contextlib.suppress(DTPError):
-                    while True:
-                        sock.sendall(PIECE)
-                        events.append((time.monotonic(), len(PIECE)))
+                while True:
+                    sock.sendall(PIECE)
+                    events.append((time.monotonic(), len(PIECE)))
         finally:
             ledger.close()
             server_ledger.close()

@@ -127,7 +127,7 @@ def test_the_step_is_an_eighth_of_a_second_of_the_rate_and_at_most_a_quarter_win
     assert _credit_at(window, 0) == window * 3 // 4  # unpaced: a quarter window
     assert _credit_at(window, 25_000) == window - 25_000 + 1  # 25,000 read: credit
     assert _credit_at(window, window) == window * 3 // 4  # (never more than a quarter)
-    c, s, _ = connect()
+    _, s, _ = connect()
     server = s.conn
     server.pace_credit(RATE)
     assert server._stream_credit_at == server.config.stream_window - RATE // 8 + 1
