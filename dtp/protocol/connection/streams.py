@@ -180,8 +180,10 @@ class _Streams(_ConnectionState):
         update (Connection._return_credit), so while what we sent reaches beyond that
         point of the window it last gave us, its reading is not over. (A carrier closed
         under such a peer is reset by its late bytes, and the reset destroys what it has
-        not read yet: the end of our data, RFC 1122 4.2.2.13.) A lent stream's counts
-        must be taken back first."""
+        not read yet: the end of our data, RFC 1122 4.2.2.13.) A peer that paces its
+        credit at a rate limit (:meth:`pace_credit`: a paid server) updates sooner than
+        this tells; its clients' close waits for the server's end anyway
+        (``ConnectionHook.close_wait``). A lent stream's counts must be taken back first."""
         params = self._peer_params
         md, msd = params.get("md"), params.get("msd")
         if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
