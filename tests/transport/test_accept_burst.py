@@ -158,7 +158,8 @@ def test_a_client_nobody_takes_is_refused_busy_at_its_handshake_timeout_and_coun
                 server.address, timeout=10, identity=CLIENT, server_key=SERVER.noise_public
             )
         # refused by the server at its handshake timeout (1.5 s): not at once, and well
-        # before the client's own 10 s (alone: within 3 s)
+        # before the client's own 10 s (alone: within 3 s; the deadline's rule on a
+        # virtual clock: tests/transport/test_handshake_gate.py)
         assert 1.0 <= time.monotonic() - started <= bound(3.0, 8.0)
         assert server.busy_refused == 1
         first.close()

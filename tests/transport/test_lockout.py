@@ -41,7 +41,8 @@ BACKLOG = 128
 #: A genuine connect's bound. Locked out, a client is refused (counted as never) or
 #: waits for a slot until the silent connections' handshake timeout frees one (10 s);
 #: beside the rest of the suite it is allowed half of that, alone (the timing probe,
-#: tests/support/timing.py) the second the module's docstring promises.
+#: tests/support/timing.py) the second the module's docstring promises. Who gives way
+#: and who waits is checked on a virtual clock in tests/transport/test_handshake_gate.py.
 CONNECT_BOUND = bound(1.0, ConnectionConfig.handshake_timeout / 2)
 
 
