@@ -138,6 +138,15 @@ def test_the_step_is_an_eighth_of_a_second_of_the_rate_and_at_most_a_quarter_win
     assert server._stream_credit_at == server.config.stream_window * 3 // 4
 
 
+@pytest.mark.parametrize("rate", [-1, float("nan"), float("inf"), True, "200000"])
+def test_a_rate_that_is_not_a_finite_number_of_zero_or_more_is_refused(rate: object) -> None:
+    _, s, _ = connect()
+    before = s.conn._stream_credit_at
+    with pytest.raises(ValueError, match="finite number"):
+        s.conn.pace_credit(rate)  # type: ignore[arg-type]
+    assert s.conn._stream_credit_at == before
+
+
 def test_each_update_still_reaches_a_whole_window_past_what_was_read() -> None:
     # only how often credit goes changes, not how far it reaches: a sender on a long
     # path still has a whole window in flight

@@ -4,6 +4,7 @@ state of one stream (:class:`Stream`) and the close codes and reasons of the wir
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,7 +277,15 @@ class _Streams(_ConnectionState):
         then paced by the credit as the reader is by its limit. In quarter windows, a
         4 MiB stream window read at 200,000 B/s gave a sender 1 MiB at once every 5 s
         (tests/protocol/test_credit_pacing.py). Each update still reaches a whole window
-        past what was read; only how often they go changes."""
+        past what was read; only how often they go changes. A rate that is not a
+        finite number >= 0 is refused (ValueError), before anything changes."""
+        if (
+            isinstance(bytes_per_sec, bool)
+            or not isinstance(bytes_per_sec, int | float)
+            or not math.isfinite(bytes_per_sec)
+            or bytes_per_sec < 0
+        ):
+            raise ValueError(f"bytes_per_sec must be a finite number >= 0, got {bytes_per_sec!r}")
         if self.lent_lane is not None:
             self._take_back()
         config = self.config
