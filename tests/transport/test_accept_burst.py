@@ -100,11 +100,11 @@ def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() 
         assert dropped == []
         assert outcomes.count("served") == 1000 - busy - closed
         # the accept loop keeps up with all of them on an idle machine (the timing probe,
-        # tests/support/timing.py: none turned away); on a loaded one the clients' single
-        # thread sends many first messages past the server's deadline ("closed", 697 of
-        # 1,000 seen). A server turning nearly everyone away, however counted, is not
-        # what is meant: at least one in ten gets in
-        assert busy + closed <= bound(0, 900), (busy, closed)
+        # tests/support/timing.py: one in a hundred turned away at most); on a loaded one
+        # the clients' single thread sends many first messages past the server's deadline
+        # ("closed", 697 of 1,000 seen). A server turning nearly everyone away, however
+        # counted, is not what is meant: at least one in ten gets in
+        assert busy + closed <= bound(10, 900), (busy, closed)
         assert wait_for(lambda: len(served) == 1000 - busy - closed)
         # every client turned away is counted by the server, whichever way
         assert wait_for(
