@@ -81,9 +81,11 @@ async def burst(address: tuple[str, int], count: int) -> list[str]:
 def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() -> None:
     served: list[int] = []
     # no per-address cap: every client comes from 127.0.0.1, and the accept queue
-    # (max_pending, 128) alone is to decide who waits. A handshake timeout of 30 s:
-    # on a loaded machine the 1,000 clients' own handshakes (one thread) take longer
-    # than the default 10 s, and a server giving up on a slow handshake is no drop
+    # (max_pending, 128) alone is to decide who waits. A handshake timeout of 30 s,
+    # and as long for the first message: on a loaded machine the 1,000 clients' own
+    # handshakes (one thread) take longer than the default 10 s, their first messages
+    # longer than the default 3 s (all 1,000 closed so, beside the rest of the suite),
+    # and a server giving up on a slow handshake is no drop
     config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=30.0)
     with dtp.socket.create_server(
         ("127.0.0.1", 0),
@@ -91,6 +93,7 @@ def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() 
         config=config,
         max_handshakes_per_address=None,
         backlog=1024,
+        first_message_timeout=30.0,
     ) as server:
         app = threading.Thread(target=accept_loop, args=(server, served), daemon=True)
         app.start()
