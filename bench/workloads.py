@@ -277,3 +277,7 @@ ALL.update(SUI_ROWS)
 from bench.query_rows import graph_query_1m  # noqa: E402
 
 ALL["graph_query_1m"] = graph_query_1m
+
+from bench.pacing_rows import PACING_ROWS  # noqa: E402
+
+ALL.update(PACING_ROWS)

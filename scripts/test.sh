@@ -108,8 +108,15 @@ checks_status=0
 wait "$checks_pid" || checks_status=1
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 trap - EXIT INT TERM
+# the timing probe, now that the machine is quiet: the wall-clock figures of the tests
+# that check only bounds load cannot break beside the rest of the suite
+# (scripts/timing_probe.sh, tests/support/timing.py)
+probe_status=0
+bash scripts/timing_probe.sh >build/timing-probe.log 2>&1 || probe_status=1
 printf '\n-- build/checks.log --\n'
 cat build/checks.log
+printf '\n-- build/timing-probe.log --\n'
+cat build/timing-probe.log
 for log in "${logs[@]}"; do
   printf '\n-- %s --\n' "$log"
   cat "$log"
@@ -117,9 +124,10 @@ done
 printf '\n(the pure-Python core ran every test file but the %s in tests/core_independent.txt, which\nnever reach the core: the C backend ran them, checking that)\n' \
   "$(grep -c '^tests/' tests/core_independent.txt)"
 # the last line: the whole run's total (every part's pytest summary added up)
-$PYBIN/python - "$status" "$checks_status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
+$PYBIN/python - "$status" "$checks_status" "$probe_status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
 import re, sys
-status, checks, seconds, logs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+status, checks, probe, seconds = map(int, sys.argv[1:5])
+logs = sys.argv[5:]
 totals: dict[str, int] = {}
 for log in logs:
     lines = [line for line in open(log, errors="replace").read().splitlines() if line.strip()]
@@ -129,7 +137,8 @@ for log in logs:
         totals[what] = totals.get(what, 0) + int(count)
 shown = ", ".join(f"{n} {what}" for what, n in totals.items()) or "no test summary found"
 print(f"TOTAL (both backends, {len(logs)} parts): {shown}; sanitizers, fuzzers, "
-      f"benchmark bodies and the wheel {'passed' if checks == 0 else 'FAILED'}; the whole run took "
-      f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == checks == 0 else 'FAIL'}")
+      f"benchmark bodies and the wheel {'passed' if checks == 0 else 'FAILED'}; the timing probe "
+      f"{'passed' if probe == 0 else 'FAILED'}; the whole run took "
+      f"{seconds // 60} min {seconds % 60} s; {'PASS' if status == checks == probe == 0 else 'FAIL'}")
 PY
-[ "$status" -eq 0 ] && [ "$checks_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$checks_status" -eq 0 ] && [ "$probe_status" -eq 0 ]

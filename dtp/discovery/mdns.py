@@ -43,6 +43,7 @@ from dtp.discovery.records import SERVICE_TYPE, LanRecord, encode_txt, instance_
 
 __all__ = [
     "DEFAULT_TTL",
+    "RESOLVE_RETRY_MAX",
     "RESOLVE_TIMEOUT",
     "Announcement",
     "BrowseCore",
@@ -59,6 +60,12 @@ the re-queries every ~100 s costs a packet."""
 
 RESOLVE_TIMEOUT = 3.0
 """Seconds a browser waits for an instance's SRV, TXT and address records."""
+
+RESOLVE_RETRY_MAX = 30.0
+"""The longest wait, in seconds, before an instance that did not resolve is asked
+again (the waits double from :data:`RESOLVE_TIMEOUT`). Once announced, an instance
+makes no new browser event: an answer later than the timeout (a loaded machine, a
+lost packet) left it unresolved for as long as it stayed announced."""
 
 MAX_RESOLVING = 16
 """Instances resolved at once by one browser (the others wait their turn)."""
@@ -525,6 +532,7 @@ class BrowseCore:
 
     async def _resolve(self, name: str) -> None:
         assert self._slots is not None
+        retry = self.resolve_timeout
         try:
             while True:
                 self._again.discard(name)
@@ -543,8 +551,12 @@ class BrowseCore:
                             info.parsed_scoped_addresses(),
                         )
                     )
-                else:
+                elif name not in self._again:
+                    # asked again until it resolves or is removed (which cancels this)
                     logger.debug("LAN discovery: %r did not resolve in time", name[:120])
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, RESOLVE_RETRY_MAX)
+                    continue
                 if name not in self._again:
                     return
         except asyncio.CancelledError:

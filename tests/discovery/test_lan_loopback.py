@@ -131,6 +131,34 @@ def test_updates_and_goodbyes_reach_the_browser_as_events(
         announcement.update(lan.record_for(key, service="c"))
 
 
+def test_an_instance_that_did_not_resolve_in_time_is_asked_again(
+    echo_server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the first resolution of each instance times out, as a late answer on a loaded
+    # machine does: once announced an instance makes no new browser event, and it
+    # stayed unresolved -- never found -- for as long as it was announced
+    from dtp.discovery import mdns
+
+    failed: set[str] = set()
+
+    class LateFirstAnswer(mdns.AsyncServiceInfo):  # type: ignore[misc]
+        async def async_request(self, zc: object, timeout: float, *args: object) -> bool:
+            if self.name not in failed:
+                failed.add(self.name)
+                return False
+            return bool(await super().async_request(zc, timeout, *args))
+
+    monkeypatch.setattr(mdns, "AsyncServiceInfo", LateFirstAnswer)
+    key = echo_server.noise_public_key
+    with (
+        lan.announce(echo_server, interfaces=LOOPBACK, service="late") as announcement,
+        lan.browse(interfaces=LOOPBACK, key=key) as browser,
+    ):
+        peer = browser.wait_for(timeout=mdns.RESOLVE_TIMEOUT + 20)
+        assert peer.name == announcement.name
+        assert announcement.name in failed  # (found by the second try)
+
+
 def test_a_malformed_record_is_refused_and_the_browser_goes_on(
     echo_server: dtp.socket.DTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError, SocketClosed
 from dtp.keys import HostIdentity
 from tests.support.polling import wait_for
+from tests.support.timing import bound
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()
 
@@ -80,9 +81,11 @@ async def burst(address: tuple[str, int], count: int) -> list[str]:
 def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() -> None:
     served: list[int] = []
     # no per-address cap: every client comes from 127.0.0.1, and the accept queue
-    # (max_pending, 128) alone is to decide who waits. A handshake timeout of 30 s:
-    # on a loaded machine the 1,000 clients' own handshakes (one thread) take longer
-    # than the default 10 s, and a server giving up on a slow handshake is no drop
+    # (max_pending, 128) alone is to decide who waits. A handshake timeout of 30 s,
+    # and as long for the first message: on a loaded machine the 1,000 clients' own
+    # handshakes (one thread) take longer than the default 10 s, their first messages
+    # longer than the default 3 s (all 1,000 closed so, beside the rest of the suite),
+    # and a server giving up on a slow handshake is no drop
     config = ConnectionConfig(identity=SERVER, is_client=False, handshake_timeout=30.0)
     with dtp.socket.create_server(
         ("127.0.0.1", 0),
@@ -90,6 +93,7 @@ def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() 
         config=config,
         max_handshakes_per_address=None,
         backlog=1024,
+        first_message_timeout=30.0,
     ) as server:
         app = threading.Thread(target=accept_loop, args=(server, served), daemon=True)
         app.start()
@@ -98,11 +102,12 @@ def test_a_burst_of_1000_connects_to_an_accept_loop_loses_no_client_it_let_in() 
         dropped = [o for o in outcomes if o not in ("served", "busy", "closed")]
         assert dropped == []
         assert outcomes.count("served") == 1000 - busy - closed
-        # the accept loop keeps up with all of them on an idle machine; on a loaded one
+        # the accept loop keeps up with all of them on an idle machine (the timing probe,
+        # tests/support/timing.py: one in a hundred turned away at most); on a loaded one
         # the clients' single thread sends many first messages past the server's deadline
         # ("closed", 697 of 1,000 seen). A server turning nearly everyone away, however
         # counted, is not what is meant: at least one in ten gets in
-        assert busy + closed <= 900, (busy, closed)
+        assert busy + closed <= bound(10, 900), (busy, closed)
         assert wait_for(lambda: len(served) == 1000 - busy - closed)
         # every client turned away is counted by the server, whichever way
         assert wait_for(
@@ -155,6 +160,9 @@ def test_a_client_nobody_takes_is_refused_busy_at_its_handshake_timeout_and_coun
             dtp.socket.create_connection(
                 server.address, timeout=10, identity=CLIENT, server_key=SERVER.noise_public
             )
-        assert 1.0 <= time.monotonic() - started <= 3.0
+        # refused by the server at its handshake timeout (1.5 s): not at once, and well
+        # before the client's own 10 s (alone: within 3 s; the deadline's rule on a
+        # virtual clock: tests/transport/test_handshake_gate.py)
+        assert 1.0 <= time.monotonic() - started <= bound(3.0, 8.0)
         assert server.busy_refused == 1
         first.close()

@@ -17,6 +17,7 @@ import pytest
 import dtp.aio
 from dtp.transport.heap_release import AGAIN, HeapRelease, release_free_heap
 from tests.support.procs import rss_kib, server_process
+from tests.support.timing import bound
 
 CONNECTIONS = 1500
 CONCURRENCY = 64
@@ -104,7 +105,7 @@ def _rss_back_within(pid: int, bound: int, seconds: float) -> int:
         time.sleep(0.25)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # (3,000 connections: a minute beside the rest of the suite)
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
 def test_after_churn_a_server_s_memory_comes_back_near_where_it_was(api: str) -> None:
     with server_process("echo", api=api) as srv:
@@ -112,7 +113,8 @@ def test_after_churn_a_server_s_memory_comes_back_near_where_it_was(api: str) ->
         rested = _lowest_rss(srv.proc.pid, REST + 2.0)
         asyncio.run(_churn(srv.endpoint, srv.key))
         # quiet moments: the server trims (within REST of its last connection; the
-        # deadline leaves room for a loaded machine, where 1,500 more stood at +60 MiB
-        # and more, and grew with more, before dtp.transport.heap_release)
-        after = _rss_back_within(srv.proc.pid, rested + 16 * 1024, REST + 15.0)
+        # deadline leaves room for a loaded machine, where the server takes its last
+        # connection late and trims later: 1,500 more stood at +60 MiB and more, and grew
+        # with more, before dtp.transport.heap_release)
+        after = _rss_back_within(srv.proc.pid, rested + 16 * 1024, bound(REST + 15.0, REST + 45.0))
     assert after - rested < 16 * 1024, (api, rested, after)

@@ -372,9 +372,14 @@ class PaidConnection:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
         ``nbytes`` goes now, once the bytes/s limit's bucket holds it (waits until then,
         and while the requests/s limit is in debt)."""
+        core = self.core
+        if not self.buckets.bytes.rate and not core.credit_rate:
+            return nbytes
+        rate = core.credit_pace()
+        if rate is not None:
+            self.conn.pace_credit(rate)
         if not self.buckets.bytes.rate:
             return nbytes
-        core = self.core
         size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:

@@ -443,9 +443,15 @@ class PaidConnection:
         client's bytes/s limit: at most the bucket's take, once the bucket holds it
         (waits until then, and while the requests/s limit is in debt). Unlimited: all of
         it at once (no clock read, no lock). See :attr:`dtp.payments.ratelimit.TokenBucket.take`."""
+        core = self.core
+        if not self.buckets.bytes.rate and not core.credit_rate:
+            return nbytes
+        rate = core.credit_pace()
+        if rate is not None:
+            with self.engine.lock:
+                self.engine.conn.pace_credit(rate)
         if not self.buckets.bytes.rate:
             return nbytes
-        core = self.core
         size = core.pace_take(nbytes)
 
         def wait(now: float) -> float:

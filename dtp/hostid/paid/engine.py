@@ -257,6 +257,8 @@ class PaidConnectionEngine:
         #: When (the drivers' ``now``) a paused call last asked the client for a
         #: receipt; None: not in this pause (:meth:`request_due`)
         self.asked_at: float | None = None
+        #: The bytes/s limit the connection's credit is paced at (:meth:`credit_pace`)
+        self.credit_rate = 0.0
 
     # -- receipts --------------------------------------------------------------------
 
@@ -606,6 +608,18 @@ class PaidConnectionEngine:
     def debt(self, now: float) -> float:
         """Seconds until neither rate limit is in debt."""
         return max(self.buckets.bytes.delay(now), self.buckets.requests.delay(now))
+
+    def credit_pace(self) -> float | None:
+        """The bytes/s limit to pace the connection's flow-control credit at
+        (:meth:`dtp.protocol.connection.core.Connection.pace_credit`; 0: unpaced), when
+        it changed since the last call; else None. The drivers ask before each paced read
+        and give it to the connection: a client's limit, set or changed on the Host,
+        then paces what it may send as it paces what the handler reads."""
+        rate = self.buckets.bytes.rate
+        if rate == self.credit_rate:
+            return None
+        self.credit_rate = rate
+        return rate
 
     def pace_take(self, nbytes: int) -> int:
         """How much of a read or write of ``nbytes`` goes at once under the bytes/s

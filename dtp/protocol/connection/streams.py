@@ -4,6 +4,7 @@ state of one stream (:class:`Stream`) and the close codes and reasons of the wir
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,21 @@ def check_code(code: int) -> None:
         raise LocalProtocolError(f"error code {code} is outside 0 .. 2**62 - 1", ErrorCode.VARINT)
 
 
+#: The time's worth of a reader's rate that :meth:`_Streams.pace_credit` returns as
+#: credit at once: an eighth of a second. The sender moves each step at once, and a
+#: one-second window holds its share of the rate give or take the step a window's edge
+#: splits: 12.5 % here, 25 % at a quarter second (tests/protocol/test_credit_pacing.py).
+CREDIT_PACE_SECONDS = 0.125
+
+
+def _credit_at(window: int, step: int) -> int:
+    """How little of a ``window`` may be left before credit goes back: a quarter of it
+    used, or ``step`` bytes when smaller (0: no step)."""
+    if step <= 0 or step >= window // 4:
+        return window * 3 // 4
+    return window - step + 1
+
+
 class _Streams(_ConnectionState):
     """The streams of a :class:`~dtp.protocol.connection.core.Connection` (a mixin): the
     streams API, flow-control credit, the peer's stream frames, and stream bookkeeping.
@@ -165,8 +181,10 @@ class _Streams(_ConnectionState):
         update (Connection._return_credit), so while what we sent reaches beyond that
         point of the window it last gave us, its reading is not over. (A carrier closed
         under such a peer is reset by its late bytes, and the reset destroys what it has
-        not read yet: the end of our data, RFC 1122 4.2.2.13.) A lent stream's counts
-        must be taken back first."""
+        not read yet: the end of our data, RFC 1122 4.2.2.13.) A peer that paces its
+        credit at a rate limit (:meth:`pace_credit`: a paid server) updates sooner than
+        this tells; its clients' close waits for the server's end anyway
+        (``ConnectionHook.close_wait``). A lent stream's counts must be taken back first."""
         params = self._peer_params
         md, msd = params.get("md"), params.get("msd")
         if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
@@ -252,11 +270,37 @@ class _Streams(_ConnectionState):
             stream.consumed += nbytes
         self._return_credit(stream)
 
+    def pace_credit(self, bytes_per_sec: float) -> None:
+        """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
+        :data:`CREDIT_PACE_SECONDS` (0: in quarter windows, the default), when the
+        application reads at that rate (a paid server's client limit): the sender is
+        then paced by the credit as the reader is by its limit. In quarter windows, a
+        4 MiB stream window read at 200,000 B/s gave a sender 1 MiB at once every 5 s
+        (tests/protocol/test_credit_pacing.py). Each update still reaches a whole window
+        past what was read; only how often they go changes. A rate that is not a
+        finite number >= 0 is refused (ValueError), before anything changes."""
+        if (
+            isinstance(bytes_per_sec, bool)
+            or not isinstance(bytes_per_sec, int | float)
+            or not math.isfinite(bytes_per_sec)
+            or bytes_per_sec < 0
+        ):
+            raise ValueError(f"bytes_per_sec must be a finite number >= 0, got {bytes_per_sec!r}")
+        if self.lent_lane is not None:
+            self._take_back()
+        config = self.config
+        step = 0
+        if bytes_per_sec > 0:
+            step = max(1, int(bytes_per_sec * CREDIT_PACE_SECONDS))
+        self._conn_credit_at = _credit_at(config.connection_window, step)
+        self._stream_credit_at = _credit_at(config.stream_window, step)
+
     def _return_credit(self, stream: Stream | None) -> None:
         """After the application consumed bytes (of ``stream``): queue credit updates
         for the windows that are used up enough."""
-        # Credit goes back once a quarter of the window is used: a sender on a fast
-        # carrier then always has most of a window to go on while the update travels.
+        # Credit goes back once a quarter of the window is used (or a paced step of it:
+        # pace_credit): a sender on a fast carrier then always has most of a window to
+        # go on while the update travels.
         # Limits are varints: one past VARINT_MAX failed to encode (a window near it
         # reaches that once some bytes are read), so they stop there.
         if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
