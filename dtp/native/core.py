@@ -752,19 +752,14 @@ class NativeLane:
         #: The state of the stream the connection lends (``dtp_flow``): see
         #: :meth:`dtp.protocol.connection.Connection.lend`.
         self.flow = ffi.new("dtp_flow *")
-        #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap``
-        #: bytes; pages are touched only as reads fill them).
-        self._rbuf = _new_uninit("uint8_t[]", recv_cap)
+        # the carrier reads' buffers (rview, own): made by _ready_io on first use
+        self._rbuf: Any = None
         self._rbuf_cap = recv_cap
-        self.rview = memoryview(ffi.buffer(self._rbuf))
+        self._own: Any = None
+        self.own_cap = OWN_CAP
         #: The carrier I/O's context (``dtp_lane``): the buffers, and what the last
         #: :meth:`recv` / :meth:`send` did (``got``, ``end``, ``sent``, ``status``,
         #: ``err``; ``pending``: the start of a record kept at ``rview[:pending]``).
-        #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes;
-        #: pages are touched only as reads fill them).
-        self._own = _new_uninit("uint8_t[]", OWN_CAP)
-        self.own = memoryview(ffi.buffer(self._own))
-        self.own_cap = OWN_CAP
         self.io = io = ffi.new("dtp_lane *")
         io.send = self._send_ctx
         io.recv = self._recv_ctx
@@ -772,11 +767,36 @@ class NativeLane:
         io.out = self._out
         io.out_cap = seal_cap
         io.max_chunk = MAX_STREAM_CHUNK
-        io.rbuf = self._rbuf
-        io.rbuf_cap = recv_cap
         io.scratch = self._scratch
         io.scratch_cap = MAX_RECORD_PLAINTEXT
         self._err = ffi.new("int *")
+
+    #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
+    rview: memoryview
+    #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes)
+    own: memoryview
+
+    def _ready_io(self) -> None:
+        """Make the carrier reads' buffers. Only the blocking adapter reads its carrier
+        through the lane (a stream lent to it): the asyncio one, and connections whose
+        streams take the general path, never touch them, and a server keeps thousands
+        of idle connections -- each malloc'd block costs its first page at least."""
+        if self._rbuf is None:
+            self._rbuf = _new_uninit("uint8_t[]", self._rbuf_cap)
+            self.rview = memoryview(ffi.buffer(self._rbuf))
+            self._own = _new_uninit("uint8_t[]", OWN_CAP)
+            self.own = memoryview(ffi.buffer(self._own))
+            self.io.rbuf = self._rbuf
+            self.io.rbuf_cap = self._rbuf_cap
+
+    def __getattr__(self, name: str) -> memoryview:
+        # (rview and own before the first carrier read: made now; set as attributes
+        # from then on, so that this costs nothing on the paths that use them)
+        if name in ("rview", "own"):
+            self._ready_io()
+            view: memoryview = self.__dict__[name]
+            return view
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def pending(self) -> int:
@@ -953,6 +973,8 @@ class NativeLane:
         meanwhile). Returns what :meth:`recv` does; 0 with :attr:`status` WAKE (also
         when the flow changed hands: nothing was read) or WAIT after the wait alone.
         Raises OSError if the wait or the read fails."""
+        if self._rbuf is None:
+            self._ready_io()
         io = self.io
         err = self._err
         lock.release()
@@ -991,6 +1013,8 @@ class NativeLane:
         stays pending then; after DUE, only what stays :attr:`pending` is, which the
         connection takes when it takes the stream back). Raises OSError if the read
         fails."""
+        if self._rbuf is None:
+            self._ready_io()
         if type(dst) is int:
             if not 0 <= dst <= OWN_CAP:
                 raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
@@ -1009,6 +1033,8 @@ class NativeLane:
     def feed(self, n: int, dst: bytearray | memoryview) -> int:
         """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
         n]``: take them as :meth:`recv` takes what it reads (``dtp_lane_take``)."""
+        if self._rbuf is None:
+            self._ready_io()
         try:
             out = _from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
@@ -1074,6 +1100,8 @@ class NativeLane:
         write, the wait or the read fails."""
         # (wait_read inline: one Python frame for the whole exchange, which is most of
         # a small call's cost when two processes share a CPU)
+        if self._rbuf is None:
+            self._ready_io()
         io = self.io
         size_in = len(data)
         try:

@@ -433,3 +433,21 @@ def test_connection_uses_the_selected_backends_lane() -> None:
     sid = c.conn.open_stream()
     assert c.conn.seal_fast(sid, b"hello", 0.0) is not None
     assert type(c.conn._lane) is _core.Lane
+
+
+def test_the_carrier_read_buffers_are_made_on_first_use(backend: SimpleNamespace) -> None:
+    # a lane that only seals and takes (the asyncio adapter's fast paths) never reads
+    # its carrier: it holds no read buffers (an idle server connection would pay a page
+    # of each at least); the first look at one makes both, at their sizes
+    sender, lane = lane_pair(backend, os.urandom(32))
+    data = os.urandom(1000)
+    sealed, _ = sender.seal_stream(0, SID, 0, data)
+    dst = bytearray(2000)
+    assert take(lane, sealed, dst).taken == len(data)
+    lane.seal(0, SID, 0, b"x" * 100)
+    assert "rview" not in vars(lane) and "own" not in vars(lane)
+    assert lane.pending == 0
+    assert len(lane.rview) == 1 << 18 and len(lane.own) == lane.own_cap
+    assert "rview" in vars(lane) and "own" in vars(lane)
+    with pytest.raises(AttributeError):
+        lane.no_such_member  # noqa: B018
