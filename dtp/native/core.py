@@ -345,6 +345,44 @@ _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 
 
+class _FrameSlots:
+    """The result arrays of ``dtp_aead_open_frames`` (records, frames, ACK ranges),
+    grown on demand. They are read back into Python objects before the call returns,
+    so one set serves every AEAD of the process in turn (:data:`_spare_slots`) rather
+    than each connection keeping its own between reads -- several KiB for each of the
+    thousands of idle connections a server keeps."""
+
+    __slots__ = (
+        "frames",
+        "frames_len",
+        "frames_view",
+        "ranges",
+        "ranges_len",
+        "ranges_view",
+        "recs",
+        "recs_len",
+        "recs_view",
+    )
+
+    def __init__(self) -> None:
+        self.recs: Any = None
+        self.recs_len = 0
+        self.recs_view = memoryview(b"")
+        self.frames: Any = None
+        self.frames_len = 0
+        self.frames_view = memoryview(b"")
+        self.ranges: Any = None
+        self.ranges_len = 0
+        self.ranges_view = memoryview(b"")
+
+
+_SLOTS_KEPT = 4  # most spare slot sets (one per thread opening records at once)
+_SLOTS_KEEP = 4096  # largest frame or range array a spare set keeps
+# A call takes a set and gives it back (list.pop and append are atomic: the C call
+# releases the GIL, so threads opening records at once each take a set of their own).
+_spare_slots: list[_FrameSlots] = []
+
+
 class NativeAead:
     """One direction's ChaCha20-Poly1305 key and receive replay window (C core).
 
@@ -366,15 +404,6 @@ class NativeAead:
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
         self._sizes = ffi.new("size_t[4]")
-        self._recs: Any = None  # open_frames arrays, allocated on first use
-        self._recs_len = 0
-        self._recs_view: memoryview
-        self._frames: Any = None
-        self._frames_len = 0
-        self._frames_view: memoryview
-        self._ranges: Any = None
-        self._ranges_len = 0
-        self._ranges_view: memoryview
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -540,39 +569,57 @@ class NativeAead:
         self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
     ) -> OpenFramesResult:
         """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
+        try:
+            slots = _spare_slots.pop()
+        except IndexError:
+            slots = _FrameSlots()
+        try:
+            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges)
+        finally:
+            if (
+                slots.frames_len <= _SLOTS_KEEP
+                and slots.ranges_len <= _SLOTS_KEEP
+                and len(_spare_slots) < _SLOTS_KEPT
+            ):
+                _spare_slots.append(slots)
+
+    def _open_frames_into(
+        self, slots: _FrameSlots, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        """:meth:`_open_frames` with the result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)
         rcap = min(max_ranges, size)
-        if cap > self._recs_len:
-            self._recs = _new_uninit("dtp_opened_rec[]", cap)
-            self._recs_len = cap
-            self._recs_view = memoryview(ffi.buffer(self._recs))
+        if cap > slots.recs_len:
+            slots.recs = _new_uninit("dtp_opened_rec[]", cap)
+            slots.recs_len = cap
+            slots.recs_view = memoryview(ffi.buffer(slots.recs))
         # each array is stored before its length: a length is never larger than the
         # array it describes, even to a caller that breaks the one-thread rule
-        if fcap > self._frames_len or self._frames is None:
+        if fcap > slots.frames_len or slots.frames is None:
             frames_len = max(1, fcap, min(max_frames, 64))
-            self._frames = _new_uninit("dtp_frame[]", frames_len)
-            self._frames_view = memoryview(ffi.buffer(self._frames))
-            self._frames_len = frames_len
-        if rcap > self._ranges_len or self._ranges is None:
+            slots.frames = _new_uninit("dtp_frame[]", frames_len)
+            slots.frames_view = memoryview(ffi.buffer(slots.frames))
+            slots.frames_len = frames_len
+        if rcap > slots.ranges_len or slots.ranges is None:
             ranges_len = max(1, rcap, min(max_ranges, 64))
-            self._ranges = _new_uninit("dtp_ack_range[]", ranges_len)
-            self._ranges_view = memoryview(ffi.buffer(self._ranges))
-            self._ranges_len = ranges_len
+            slots.ranges = _new_uninit("dtp_ack_range[]", ranges_len)
+            slots.ranges_view = memoryview(ffi.buffer(slots.ranges))
+            slots.ranges_len = ranges_len
         plain = self._buffer(max(1, size))
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
             self._ctx,
             data,
             size,
-            self._recs,
+            slots.recs,
             cap,
             plain,
             size,
-            self._frames,
+            slots.frames,
             fcap,
-            self._ranges,
+            slots.ranges,
             rcap,
             counts,
             counts + 1,
@@ -584,16 +631,16 @@ class NativeAead:
         if n:
             view = ffi.buffer(plain, size)
             if nf == 1:
-                cframes = [_CFRAME.unpack_from(self._frames_view)]
+                cframes = [_CFRAME.unpack_from(slots.frames_view)]
             else:
-                cframes = list(_CFRAME.iter_unpack(self._frames_view[: nf * _CFRAME.size]))
+                cframes = list(_CFRAME.iter_unpack(slots.frames_view[: nf * _CFRAME.size]))
             append = records.append
-            recs = self._recs_view[: n * _OPENED_REC.size]
+            recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
                 for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
                     if ftype == t.FRAME_ACK:
-                        raw = self._ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
+                        raw = slots.ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
                         ack = tuple(_CRANGE.iter_unpack(raw))
                         out.append(_tuple_new(RawFrame, (ftype, 0, 0, c, b"", ack)))
                     else:
