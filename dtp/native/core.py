@@ -759,6 +759,14 @@ def _lane_failed(rc: int, err: int) -> NoReturn:
     raise error_for(rc, remote=False)
 
 
+_SCRATCH_KEPT = 4  # most spare take() scratch buffers (one per thread taking at once)
+# take()'s scratch (a record's whole plaintext, when its data cannot go straight to the
+# destination), borrowed for the call rather than one kept by every lane: an idle
+# connection then holds no page of it. Pop and append are atomic (the C call releases
+# the GIL: threads taking at once each borrow one of their own).
+_spare_scratch: list[Any] = []
+
+
 class NativeLane:
     """The fast path of an established stream over a reliable carrier (C core).
 
@@ -794,8 +802,9 @@ class NativeLane:
         self._counts = ffi.new("size_t[2]")
         self._counts1 = self._counts + 1
         self._rx = ffi.new("dtp_rx *")
-        self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
-        self._scratch_view = memoryview(ffi.buffer(self._scratch))
+        # flow_take's (made by _ready_io; take borrows one of _spare_scratch)
+        self._scratch: Any = None
+        self._scratch_view = memoryview(b"")
         #: The state of the stream the connection lends (``dtp_flow``): see
         #: :meth:`dtp.protocol.connection.Connection.lend`.
         self.flow = ffi.new("dtp_flow *")
@@ -814,8 +823,6 @@ class NativeLane:
         io.out = self._out
         io.out_cap = seal_cap
         io.max_chunk = MAX_STREAM_CHUNK
-        io.scratch = self._scratch
-        io.scratch_cap = MAX_RECORD_PLAINTEXT
         self._err = ffi.new("int *")
 
     #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
@@ -824,7 +831,7 @@ class NativeLane:
     own: memoryview
 
     def _ready_io(self) -> None:
-        """Make the carrier reads' buffers. Only the blocking adapter reads its carrier
+        """Make the carrier reads' buffers (and flow_take's scratch). Only the blocking adapter reads its carrier
         through the lane (a stream lent to it): the asyncio one, and connections whose
         streams take the general path, never touch them, and a server keeps thousands
         of idle connections -- each malloc'd block costs its first page at least."""
@@ -835,6 +842,10 @@ class NativeLane:
             self.own = memoryview(ffi.buffer(self._own))
             self.io.rbuf = self._rbuf
             self.io.rbuf_cap = self._rbuf_cap
+            self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+            self._scratch_view = memoryview(ffi.buffer(self._scratch))
+            self.io.scratch = self._scratch
+            self.io.scratch_cap = MAX_RECORD_PLAINTEXT
 
     def __getattr__(self, name: str) -> memoryview:
         # (rview and own before the first carrier read: made now; set as attributes
@@ -938,23 +949,30 @@ class NativeLane:
         except (TypeError, BufferError):
             del src  # (see _from)
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
-        rc = lib.dtp_rx_take(
-            self._recv_ctx,
-            src,
-            len(src),
-            rx,
-            out,
-            len(out),
-            self._scratch,
-            MAX_RECORD_PLAINTEXT,
-        )
-        del src, out  # (see _from)
-        if rc < 0:
-            raise error_for(rc, remote=False)
-        spill: bytes | memoryview = b""
-        if rx.spill_len:
-            start = rx.spill_off
-            spill = self._scratch_view[start : start + rx.spill_len]
+        try:
+            scratch = _spare_scratch.pop()
+        except IndexError:
+            scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+        try:
+            rc = lib.dtp_rx_take(
+                self._recv_ctx,
+                src,
+                len(src),
+                rx,
+                out,
+                len(out),
+                scratch,
+                MAX_RECORD_PLAINTEXT,
+            )
+            del src, out  # (see _from)
+            if rc < 0:
+                raise error_for(rc, remote=False)
+            spill: bytes | memoryview = b""
+            if rx.spill_len:  # (a copy: the scratch goes back to the others)
+                spill = ffi.buffer(scratch + rx.spill_off, rx.spill_len)[:]
+        finally:
+            if len(_spare_scratch) < _SCRATCH_KEPT:
+                _spare_scratch.append(scratch)
         return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
 
     def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
