@@ -733,8 +733,10 @@ _READY: int = lib.DTP_READY
 _WAKE: int = lib.DTP_WAKE
 _ERR_IO: int = lib.DTP_ERR_IO
 _ERR_QUEUE: int = lib.DTP_ERR_QUEUE
+_ERR_BUFFER: int = lib.DTP_ERR_BUFFER
 _MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
 OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+FIRST_OUT = 2048  # what a lane's seal output starts at (it grows to seal_cap on demand)
 _from_buffer = ffi.from_buffer
 
 
@@ -796,8 +798,12 @@ class NativeLane:
         self._recv_ctx = recv._ctx
         #: Most bytes one :meth:`seal` call takes.
         self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
-        self._out = _new_uninit("uint8_t[]", seal_cap)
-        self._out_cap = seal_cap
+        # seal's output starts small and grows to seal_cap as the seals ask for it (a
+        # small message's seal fits, and an idle connection keeps a page less); the
+        # blocking adapter's flow_seal and send get seal_cap at once (_ready_io)
+        self._seal_cap = seal_cap
+        self._out = _new_uninit("uint8_t[]", FIRST_OUT)
+        self._out_cap = FIRST_OUT
         self._out_view = memoryview(ffi.buffer(self._out))
         self._counts = ffi.new("size_t[2]")
         self._counts1 = self._counts + 1
@@ -821,7 +827,7 @@ class NativeLane:
         io.recv = self._recv_ctx
         io.flow = self.flow
         io.out = self._out
-        io.out_cap = seal_cap
+        io.out_cap = FIRST_OUT
         io.max_chunk = MAX_STREAM_CHUNK
         self._err = ffi.new("int *")
 
@@ -831,10 +837,11 @@ class NativeLane:
     own: memoryview
 
     def _ready_io(self) -> None:
-        """Make the carrier reads' buffers (and flow_take's scratch). Only the blocking adapter reads its carrier
-        through the lane (a stream lent to it): the asyncio one, and connections whose
-        streams take the general path, never touch them, and a server keeps thousands
-        of idle connections -- each malloc'd block costs its first page at least."""
+        """Make the carrier reads' buffers, flow_take's scratch and the full seal
+        output. Only the blocking adapter reads and writes its carrier through the lane
+        (a stream lent to it): the asyncio one, and connections whose streams take the
+        general path, never touch them, and a server keeps thousands of idle
+        connections -- each malloc'd block costs its first page at least."""
         if self._rbuf is None:
             self._rbuf = _new_uninit("uint8_t[]", self._rbuf_cap)
             self.rview = memoryview(ffi.buffer(self._rbuf))
@@ -846,6 +853,16 @@ class NativeLane:
             self._scratch_view = memoryview(ffi.buffer(self._scratch))
             self.io.scratch = self._scratch
             self.io.scratch_cap = MAX_RECORD_PLAINTEXT
+            self._grow_output(self._seal_cap)
+
+    def _grow_output(self, cap: int) -> None:
+        """Seal into a new buffer of ``cap`` bytes from now on (the last seal's view
+        keeps the old one alive for whoever holds it)."""
+        self._out = _new_uninit("uint8_t[]", cap)
+        self._out_cap = cap
+        self._out_view = memoryview(ffi.buffer(self._out))
+        self.io.out = self._out
+        self.io.out_cap = cap
 
     def __getattr__(self, name: str) -> memoryview:
         # (rview and own before the first carrier read: made now; set as attributes
@@ -911,6 +928,11 @@ class NativeLane:
         finally:
             del src  # (see _from)
         if rc < 0:
+            if rc == _ERR_BUFFER and self._out_cap < self._seal_cap:
+                # more than the output holds yet: grown (to at most seal_cap, which
+                # holds max_seal), the seal runs again
+                self._grow_output(min(self._seal_cap, max(2 * self._out_cap, 2 * size + 4096)))
+                return self.seal(counter, stream_id, offset, data)
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
 
@@ -918,9 +940,7 @@ class NativeLane:
         """Leave the buffer the last seal returned a view of to whoever holds that view
         and seal into a new one from now on (an asyncio transport of Python 3.12 and
         later queues what it is given as it is: the next seal must not overwrite it)."""
-        self._out = _new_uninit("uint8_t[]", self._out_cap)
-        self._out_view = memoryview(ffi.buffer(self._out))  # (the old one keeps its own)
-        self.io.out = self._out
+        self._grow_output(self._out_cap)  # (the old view keeps its own)
 
     def take(
         self,
@@ -979,6 +999,8 @@ class NativeLane:
         """Seal the start of ``data`` on the lent stream, as much as its limits allow
         (``dtp_flow_seal``); returns the records (a view valid until the next call;
         empty when nothing was sealed). ``flow.taken``: how much of ``data`` they hold."""
+        if self._rbuf is None:
+            self._ready_io()
         flow = self.flow
         src = _from_buffer(data)
         rc = lib.dtp_flow_seal(
@@ -1119,6 +1141,8 @@ class NativeLane:
         ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
         when given, for the caller to write later. Raises OSError if the write
         fails."""
+        if self._rbuf is None:
+            self._ready_io()
         if type(data) is bytes:
             size = len(data)
             n: int = _lane_send(self.io, fd, data, size)

@@ -451,3 +451,21 @@ def test_the_carrier_read_buffers_are_made_on_first_use(backend: SimpleNamespace
     assert "rview" in vars(lane) and "own" in vars(lane)
     with pytest.raises(AttributeError):
         lane.no_such_member  # noqa: B018
+
+
+def test_the_seal_output_grows_from_small_to_max_seal(backend: SimpleNamespace) -> None:
+    # the output starts small (an idle connection keeps a page less) and grows as a
+    # seal asks for more: a small seal, one of max_seal bytes, a small one again
+    key = os.urandom(32)
+    lane = backend.Lane(backend.Aead(key), backend.Aead(os.urandom(32)))
+    receiver = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
+    offset = counter = 0
+    for size in (100, lane.max_seal, 100):
+        data = os.urandom(size)
+        sealed, n = lane.seal(counter, SID, offset, data)
+        sealed = bytes(sealed)
+        dst = bytearray(size)
+        result = take(receiver, sealed, dst, offset)
+        assert result.taken == size and bytes(dst) == data
+        offset += size
+        counter += n
