@@ -345,6 +345,44 @@ _SCRATCH_KEEP = 4 << 20  # largest scratch buffer an Aead keeps between calls
 _tuple_new = tuple.__new__
 
 
+class _FrameSlots:
+    """The result arrays of ``dtp_aead_open_frames`` (records, frames, ACK ranges),
+    grown on demand. They are read back into Python objects before the call returns,
+    so one set serves every AEAD of the process in turn (:data:`_spare_slots`) rather
+    than each connection keeping its own between reads -- several KiB for each of the
+    thousands of idle connections a server keeps."""
+
+    __slots__ = (
+        "frames",
+        "frames_len",
+        "frames_view",
+        "ranges",
+        "ranges_len",
+        "ranges_view",
+        "recs",
+        "recs_len",
+        "recs_view",
+    )
+
+    def __init__(self) -> None:
+        self.recs: Any = None
+        self.recs_len = 0
+        self.recs_view = memoryview(b"")
+        self.frames: Any = None
+        self.frames_len = 0
+        self.frames_view = memoryview(b"")
+        self.ranges: Any = None
+        self.ranges_len = 0
+        self.ranges_view = memoryview(b"")
+
+
+_SLOTS_KEPT = 4  # most spare slot sets (one per thread opening records at once)
+_SLOTS_KEEP = 4096  # largest frame or range array a spare set keeps
+# A call takes a set and gives it back (list.pop and append are atomic: the C call
+# releases the GIL, so threads opening records at once each take a set of their own).
+_spare_slots: list[_FrameSlots] = []
+
+
 class NativeAead:
     """One direction's ChaCha20-Poly1305 key and receive replay window (C core).
 
@@ -366,15 +404,6 @@ class NativeAead:
         self._opened = ffi.new("dtp_opened[]", 1)
         self._opened_len = 1
         self._sizes = ffi.new("size_t[4]")
-        self._recs: Any = None  # open_frames arrays, allocated on first use
-        self._recs_len = 0
-        self._recs_view: memoryview
-        self._frames: Any = None
-        self._frames_len = 0
-        self._frames_view: memoryview
-        self._ranges: Any = None
-        self._ranges_len = 0
-        self._ranges_view: memoryview
 
     def _buffer(self, size: int) -> Any:
         """A scratch byte buffer of at least ``size`` bytes (contents undefined)."""
@@ -540,39 +569,57 @@ class NativeAead:
         self, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
     ) -> OpenFramesResult:
         """One ``dtp_aead_open_frames`` call on ``data`` (a ``_from`` buffer)."""
+        try:
+            slots = _spare_slots.pop()
+        except IndexError:
+            slots = _FrameSlots()
+        try:
+            return self._open_frames_into(slots, data, size, cap, max_frames, max_ranges)
+        finally:
+            if (
+                slots.frames_len <= _SLOTS_KEEP
+                and slots.ranges_len <= _SLOTS_KEEP
+                and len(_spare_slots) < _SLOTS_KEPT
+            ):
+                _spare_slots.append(slots)
+
+    def _open_frames_into(
+        self, slots: _FrameSlots, data: Any, size: int, cap: int, max_frames: int, max_ranges: int
+    ) -> OpenFramesResult:
+        """:meth:`_open_frames` with the result arrays of ``slots``."""
         # every frame and range takes at least one byte of plaintext: more slots than
         # input bytes never change the result
         fcap = min(max_frames, size)
         rcap = min(max_ranges, size)
-        if cap > self._recs_len:
-            self._recs = _new_uninit("dtp_opened_rec[]", cap)
-            self._recs_len = cap
-            self._recs_view = memoryview(ffi.buffer(self._recs))
+        if cap > slots.recs_len:
+            slots.recs = _new_uninit("dtp_opened_rec[]", cap)
+            slots.recs_len = cap
+            slots.recs_view = memoryview(ffi.buffer(slots.recs))
         # each array is stored before its length: a length is never larger than the
         # array it describes, even to a caller that breaks the one-thread rule
-        if fcap > self._frames_len or self._frames is None:
+        if fcap > slots.frames_len or slots.frames is None:
             frames_len = max(1, fcap, min(max_frames, 64))
-            self._frames = _new_uninit("dtp_frame[]", frames_len)
-            self._frames_view = memoryview(ffi.buffer(self._frames))
-            self._frames_len = frames_len
-        if rcap > self._ranges_len or self._ranges is None:
+            slots.frames = _new_uninit("dtp_frame[]", frames_len)
+            slots.frames_view = memoryview(ffi.buffer(slots.frames))
+            slots.frames_len = frames_len
+        if rcap > slots.ranges_len or slots.ranges is None:
             ranges_len = max(1, rcap, min(max_ranges, 64))
-            self._ranges = _new_uninit("dtp_ack_range[]", ranges_len)
-            self._ranges_view = memoryview(ffi.buffer(self._ranges))
-            self._ranges_len = ranges_len
+            slots.ranges = _new_uninit("dtp_ack_range[]", ranges_len)
+            slots.ranges_view = memoryview(ffi.buffer(slots.ranges))
+            slots.ranges_len = ranges_len
         plain = self._buffer(max(1, size))
         counts = self._sizes
         rc = lib.dtp_aead_open_frames(
             self._ctx,
             data,
             size,
-            self._recs,
+            slots.recs,
             cap,
             plain,
             size,
-            self._frames,
+            slots.frames,
             fcap,
-            self._ranges,
+            slots.ranges,
             rcap,
             counts,
             counts + 1,
@@ -584,16 +631,16 @@ class NativeAead:
         if n:
             view = ffi.buffer(plain, size)
             if nf == 1:
-                cframes = [_CFRAME.unpack_from(self._frames_view)]
+                cframes = [_CFRAME.unpack_from(slots.frames_view)]
             else:
-                cframes = list(_CFRAME.iter_unpack(self._frames_view[: nf * _CFRAME.size]))
+                cframes = list(_CFRAME.iter_unpack(slots.frames_view[: nf * _CFRAME.size]))
             append = records.append
-            recs = self._recs_view[: n * _OPENED_REC.size]
+            recs = slots.recs_view[: n * _OPENED_REC.size]
             for counter, _off, _plen, status, first, count in _OPENED_REC.iter_unpack(recs):
                 out: list[RawFrame] = []
                 for ftype, data_len, data_off, a, b, c in cframes[first : first + count]:
                     if ftype == t.FRAME_ACK:
-                        raw = self._ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
+                        raw = slots.ranges_view[a * _CRANGE.size : (a + b) * _CRANGE.size]
                         ack = tuple(_CRANGE.iter_unpack(raw))
                         out.append(_tuple_new(RawFrame, (ftype, 0, 0, c, b"", ack)))
                     else:
@@ -686,8 +733,10 @@ _READY: int = lib.DTP_READY
 _WAKE: int = lib.DTP_WAKE
 _ERR_IO: int = lib.DTP_ERR_IO
 _ERR_QUEUE: int = lib.DTP_ERR_QUEUE
+_ERR_BUFFER: int = lib.DTP_ERR_BUFFER
 _MAX_RECORD = RECORD_OVERHEAD + MAX_RECORD_PLAINTEXT  # the largest record, on the wire
 OWN_CAP = 1 << 16  # the lane's own receive buffer (Lane.own)
+FIRST_OUT = 2048  # what a lane's seal output starts at (it grows to seal_cap on demand)
 _from_buffer = ffi.from_buffer
 
 
@@ -710,6 +759,14 @@ def _lane_failed(rc: int, err: int) -> NoReturn:
     if rc == _ERR_IO:
         raise OSError(err, os.strerror(err))
     raise error_for(rc, remote=False)
+
+
+_SCRATCH_KEPT = 4  # most spare take() scratch buffers (one per thread taking at once)
+# take()'s scratch (a record's whole plaintext, when its data cannot go straight to the
+# destination), borrowed for the call rather than one kept by every lane: an idle
+# connection then holds no page of it. Pop and append are atomic (the C call releases
+# the GIL: threads taking at once each borrow one of their own).
+_spare_scratch: list[Any] = []
 
 
 class NativeLane:
@@ -741,42 +798,80 @@ class NativeLane:
         self._recv_ctx = recv._ctx
         #: Most bytes one :meth:`seal` call takes.
         self.max_seal = (seal_cap // per_record) * MAX_STREAM_CHUNK
-        self._out = _new_uninit("uint8_t[]", seal_cap)
-        self._out_cap = seal_cap
+        # seal's output starts small and grows to seal_cap as the seals ask for it (a
+        # small message's seal fits, and an idle connection keeps a page less); the
+        # blocking adapter's flow_seal and send get seal_cap at once (_ready_io)
+        self._seal_cap = seal_cap
+        self._out = _new_uninit("uint8_t[]", FIRST_OUT)
+        self._out_cap = FIRST_OUT
         self._out_view = memoryview(ffi.buffer(self._out))
         self._counts = ffi.new("size_t[2]")
         self._counts1 = self._counts + 1
         self._rx = ffi.new("dtp_rx *")
-        self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
-        self._scratch_view = memoryview(ffi.buffer(self._scratch))
+        # flow_take's (made by _ready_io; take borrows one of _spare_scratch)
+        self._scratch: Any = None
+        self._scratch_view = memoryview(b"")
         #: The state of the stream the connection lends (``dtp_flow``): see
         #: :meth:`dtp.protocol.connection.Connection.lend`.
         self.flow = ffi.new("dtp_flow *")
-        #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap``
-        #: bytes; pages are touched only as reads fill them).
-        self._rbuf = _new_uninit("uint8_t[]", recv_cap)
+        # the carrier reads' buffers (rview, own): made by _ready_io on first use
+        self._rbuf: Any = None
         self._rbuf_cap = recv_cap
-        self.rview = memoryview(ffi.buffer(self._rbuf))
+        self._own: Any = None
+        self.own_cap = OWN_CAP
         #: The carrier I/O's context (``dtp_lane``): the buffers, and what the last
         #: :meth:`recv` / :meth:`send` did (``got``, ``end``, ``sent``, ``status``,
         #: ``err``; ``pending``: the start of a record kept at ``rview[:pending]``).
-        #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes;
-        #: pages are touched only as reads fill them).
-        self._own = _new_uninit("uint8_t[]", OWN_CAP)
-        self.own = memoryview(ffi.buffer(self._own))
-        self.own_cap = OWN_CAP
         self.io = io = ffi.new("dtp_lane *")
         io.send = self._send_ctx
         io.recv = self._recv_ctx
         io.flow = self.flow
         io.out = self._out
-        io.out_cap = seal_cap
+        io.out_cap = FIRST_OUT
         io.max_chunk = MAX_STREAM_CHUNK
-        io.rbuf = self._rbuf
-        io.rbuf_cap = recv_cap
-        io.scratch = self._scratch
-        io.scratch_cap = MAX_RECORD_PLAINTEXT
         self._err = ffi.new("int *")
+
+    #: Where the adapter reads the carrier for :meth:`flow_take` (``recv_cap`` bytes)
+    rview: memoryview
+    #: A buffer of the lane's own for :meth:`recv` to read into (``OWN_CAP`` bytes)
+    own: memoryview
+
+    def _ready_io(self) -> None:
+        """Make the carrier reads' buffers, flow_take's scratch and the full seal
+        output. Only the blocking adapter reads and writes its carrier through the lane
+        (a stream lent to it): the asyncio one, and connections whose streams take the
+        general path, never touch them, and a server keeps thousands of idle
+        connections -- each malloc'd block costs its first page at least."""
+        if self._rbuf is None:
+            self._rbuf = _new_uninit("uint8_t[]", self._rbuf_cap)
+            self.rview = memoryview(ffi.buffer(self._rbuf))
+            self._own = _new_uninit("uint8_t[]", OWN_CAP)
+            self.own = memoryview(ffi.buffer(self._own))
+            self.io.rbuf = self._rbuf
+            self.io.rbuf_cap = self._rbuf_cap
+            self._scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+            self._scratch_view = memoryview(ffi.buffer(self._scratch))
+            self.io.scratch = self._scratch
+            self.io.scratch_cap = MAX_RECORD_PLAINTEXT
+            self._grow_output(self._seal_cap)
+
+    def _grow_output(self, cap: int) -> None:
+        """Seal into a new buffer of ``cap`` bytes from now on (the last seal's view
+        keeps the old one alive for whoever holds it)."""
+        self._out = _new_uninit("uint8_t[]", cap)
+        self._out_cap = cap
+        self._out_view = memoryview(ffi.buffer(self._out))
+        self.io.out = self._out
+        self.io.out_cap = cap
+
+    def __getattr__(self, name: str) -> memoryview:
+        # (rview and own before the first carrier read: made now; set as attributes
+        # from then on, so that this costs nothing on the paths that use them)
+        if name in ("rview", "own"):
+            self._ready_io()
+            view: memoryview = self.__dict__[name]
+            return view
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def pending(self) -> int:
@@ -833,6 +928,11 @@ class NativeLane:
         finally:
             del src  # (see _from)
         if rc < 0:
+            if rc == _ERR_BUFFER and self._out_cap < self._seal_cap:
+                # more than the output holds yet: grown (to at most seal_cap, which
+                # holds max_seal), the seal runs again
+                self._grow_output(min(self._seal_cap, max(2 * self._out_cap, 2 * size + 4096)))
+                return self.seal(counter, stream_id, offset, data)
             raise error_for(rc, remote=False)
         return self._out_view[: counts[0]], counts[1]
 
@@ -840,9 +940,7 @@ class NativeLane:
         """Leave the buffer the last seal returned a view of to whoever holds that view
         and seal into a new one from now on (an asyncio transport of Python 3.12 and
         later queues what it is given as it is: the next seal must not overwrite it)."""
-        self._out = _new_uninit("uint8_t[]", self._out_cap)
-        self._out_view = memoryview(ffi.buffer(self._out))  # (the old one keeps its own)
-        self.io.out = self._out
+        self._grow_output(self._out_cap)  # (the old view keeps its own)
 
     def take(
         self,
@@ -871,29 +969,38 @@ class NativeLane:
         except (TypeError, BufferError):
             del src  # (see _from)
             raise LocalProtocolError("the destination is read-only", ErrorCode.ARG) from None
-        rc = lib.dtp_rx_take(
-            self._recv_ctx,
-            src,
-            len(src),
-            rx,
-            out,
-            len(out),
-            self._scratch,
-            MAX_RECORD_PLAINTEXT,
-        )
-        del src, out  # (see _from)
-        if rc < 0:
-            raise error_for(rc, remote=False)
-        spill: bytes | memoryview = b""
-        if rx.spill_len:
-            start = rx.spill_off
-            spill = self._scratch_view[start : start + rx.spill_len]
+        try:
+            scratch = _spare_scratch.pop()
+        except IndexError:
+            scratch = _new_uninit("uint8_t[]", MAX_RECORD_PLAINTEXT)
+        try:
+            rc = lib.dtp_rx_take(
+                self._recv_ctx,
+                src,
+                len(src),
+                rx,
+                out,
+                len(out),
+                scratch,
+                MAX_RECORD_PLAINTEXT,
+            )
+            del src, out  # (see _from)
+            if rc < 0:
+                raise error_for(rc, remote=False)
+            spill: bytes | memoryview = b""
+            if rx.spill_len:  # (a copy: the scratch goes back to the others)
+                spill = ffi.buffer(scratch + rx.spill_off, rx.spill_len)[:]
+        finally:
+            if len(_spare_scratch) < _SCRATCH_KEPT:
+                _spare_scratch.append(scratch)
         return _tuple_new(TakeResult, (rc, rx.consumed, rx.records, rx.taken, spill))
 
     def flow_seal(self, data: bytes | bytearray | memoryview, now: float) -> memoryview:
         """Seal the start of ``data`` on the lent stream, as much as its limits allow
         (``dtp_flow_seal``); returns the records (a view valid until the next call;
         empty when nothing was sealed). ``flow.taken``: how much of ``data`` they hold."""
+        if self._rbuf is None:
+            self._ready_io()
         flow = self.flow
         src = _from_buffer(data)
         rc = lib.dtp_flow_seal(
@@ -953,6 +1060,8 @@ class NativeLane:
         meanwhile). Returns what :meth:`recv` does; 0 with :attr:`status` WAKE (also
         when the flow changed hands: nothing was read) or WAIT after the wait alone.
         Raises OSError if the wait or the read fails."""
+        if self._rbuf is None:
+            self._ready_io()
         io = self.io
         err = self._err
         lock.release()
@@ -991,6 +1100,8 @@ class NativeLane:
         stays pending then; after DUE, only what stays :attr:`pending` is, which the
         connection takes when it takes the stream back). Raises OSError if the read
         fails."""
+        if self._rbuf is None:
+            self._ready_io()
         if type(dst) is int:
             if not 0 <= dst <= OWN_CAP:
                 raise LocalProtocolError("more than the lane's own buffer", ErrorCode.ARG)
@@ -1009,6 +1120,8 @@ class NativeLane:
     def feed(self, n: int, dst: bytearray | memoryview) -> int:
         """The carrier's next ``n`` bytes were written at ``rview[pending : pending +
         n]``: take them as :meth:`recv` takes what it reads (``dtp_lane_take``)."""
+        if self._rbuf is None:
+            self._ready_io()
         try:
             out = _from_buffer(_U8, dst, True)
         except (TypeError, BufferError):
@@ -1028,6 +1141,8 @@ class NativeLane:
         ``flow.written`` bytes went out; the rest (a copy) is appended to ``queue``,
         when given, for the caller to write later. Raises OSError if the write
         fails."""
+        if self._rbuf is None:
+            self._ready_io()
         if type(data) is bytes:
             size = len(data)
             n: int = _lane_send(self.io, fd, data, size)
@@ -1074,6 +1189,8 @@ class NativeLane:
         write, the wait or the read fails."""
         # (wait_read inline: one Python frame for the whole exchange, which is most of
         # a small call's cost when two processes share a CPU)
+        if self._rbuf is None:
+            self._ready_io()
         io = self.io
         size_in = len(data)
         try:

@@ -433,3 +433,39 @@ def test_connection_uses_the_selected_backends_lane() -> None:
     sid = c.conn.open_stream()
     assert c.conn.seal_fast(sid, b"hello", 0.0) is not None
     assert type(c.conn._lane) is _core.Lane
+
+
+def test_the_carrier_read_buffers_are_made_on_first_use(backend: SimpleNamespace) -> None:
+    # a lane that only seals and takes (the asyncio adapter's fast paths) never reads
+    # its carrier: it holds no read buffers (an idle server connection would pay a page
+    # of each at least); the first look at one makes both, at their sizes
+    sender, lane = lane_pair(backend, os.urandom(32))
+    data = os.urandom(1000)
+    sealed, _ = sender.seal_stream(0, SID, 0, data)
+    dst = bytearray(2000)
+    assert take(lane, sealed, dst).taken == len(data)
+    lane.seal(0, SID, 0, b"x" * 100)
+    assert "rview" not in vars(lane) and "own" not in vars(lane)
+    assert lane.pending == 0
+    assert len(lane.rview) == 1 << 18 and len(lane.own) == lane.own_cap
+    assert "rview" in vars(lane) and "own" in vars(lane)
+    with pytest.raises(AttributeError):
+        lane.no_such_member  # noqa: B018
+
+
+def test_the_seal_output_grows_from_small_to_max_seal(backend: SimpleNamespace) -> None:
+    # the output starts small (an idle connection keeps a page less) and grows as a
+    # seal asks for more: a small seal, one of max_seal bytes, a small one again
+    key = os.urandom(32)
+    lane = backend.Lane(backend.Aead(key), backend.Aead(os.urandom(32)))
+    receiver = backend.Lane(backend.Aead(os.urandom(32)), backend.Aead(key))
+    offset = counter = 0
+    for size in (100, lane.max_seal, 100):
+        data = os.urandom(size)
+        sealed, n = lane.seal(counter, SID, offset, data)
+        sealed = bytes(sealed)
+        dst = bytearray(size)
+        result = take(receiver, sealed, dst, offset)
+        assert result.taken == size and bytes(dst) == data
+        offset += size
+        counter += n

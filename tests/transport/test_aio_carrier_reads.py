@@ -149,3 +149,49 @@ def test_a_connection_busy_once_gives_its_big_buffer_back() -> None:
         asyncio.run(main())
     finally:
         mp.undo()
+
+
+def test_idle_connections_share_one_first_size_buffer() -> None:
+    # a server keeps thousands of idle connections: on a loop that reads synchronously
+    # (selector loops), none holds a read buffer of its own; both sides' bytes still
+    # arrive intact through the one buffer of the thread
+    identity = HostIdentity.generate()
+    protos: list[Protocol] = []
+    made = Protocol.connection_made
+
+    def recording(self: Protocol, transport: asyncio.BaseTransport) -> None:
+        protos.append(self)
+        made(self, transport)
+
+    async def main() -> None:
+        async def handler(r: daio.DTPStreamReader, w: daio.DTPStreamWriter) -> None:
+            while data := await r.read(1 << 20):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        server = await daio.start_server(handler, "127.0.0.1", 0, identity=identity)
+        async with server:
+            pairs = [
+                await daio.open_connection(
+                    *server.address, server_key=identity.noise_public, timeout=10
+                )
+                for _ in range(3)
+            ]
+            for i, (_, w) in enumerate(pairs):
+                w.write(bytes([i]) * 1000)
+            for i, (r, _) in enumerate(pairs):
+                assert await asyncio.wait_for(r.readexactly(1000), 10) == bytes([i]) * 1000
+            buffers = {id(p.get_buffer(-1).obj) for p in protos}
+            assert len(protos) == 6 and len(buffers) == 1, (len(protos), len(buffers))
+            assert all(p._rbuf is None for p in protos)
+            for _, w in pairs:
+                w.close()
+                await w.wait_closed()
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(Protocol, "connection_made", recording)
+    try:
+        asyncio.run(main())
+    finally:
+        mp.undo()

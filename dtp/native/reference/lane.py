@@ -154,10 +154,7 @@ class Lane:
             raise LocalProtocolError("seal buffer below one record", ErrorCode.ARG)
         if recv_cap <= _MAX_RECORD:
             raise LocalProtocolError("receive buffer not above one record", ErrorCode.ARG)
-        #: Where the adapter reads the carrier for :meth:`flow_take`.
-        self.rview = memoryview(bytearray(recv_cap))
-        #: A buffer of the lane's own for :meth:`recv` to read into.
-        self.own = memoryview(bytearray(OWN_CAP))
+        self._recv_cap = recv_cap  # (rview and own: made on first use, see __getattr__)
         self.own_cap = OWN_CAP
         self._send = send
         self._recv = recv
@@ -165,6 +162,22 @@ class Lane:
         self.flow = Flow()
         self.io = Io()
         self._spill: bytes = b""
+
+    #: Where the adapter reads the carrier for :meth:`flow_take`.
+    rview: memoryview
+    #: A buffer of the lane's own for :meth:`recv` to read into.
+    own: memoryview
+
+    def __getattr__(self, name: str) -> memoryview:
+        # the carrier reads' buffers, made on first use as the C core's are (only the
+        # blocking adapter reads its carrier through the lane: an idle connection of
+        # the asyncio one should not hold 320 KiB of zeroed buffers)
+        if name in ("rview", "own"):
+            self.rview = memoryview(bytearray(self._recv_cap))
+            self.own = memoryview(bytearray(OWN_CAP))
+            view: memoryview = self.__dict__[name]
+            return view
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def seal(
         self, counter: int, stream_id: int, offset: int, data: bytes | bytearray | memoryview

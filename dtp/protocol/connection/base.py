@@ -44,7 +44,6 @@ class _ConnectionState:
     _send_counter: int
     _lane: Any
     _lane_sid: int | None
-    _lane_buf: memoryview | None
     lent_lane: Any
     lent_stream_id: int | None
     lent_timer: float | None

@@ -32,7 +32,7 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol.connection.config import ConnectionConfig
-from dtp.protocol.connection.fast_receive import _FastReceive
+from dtp.protocol.connection.fast_receive import _FastReceive, give_back, lane_buffer
 from dtp.protocol.connection.fast_send import _FastSend
 from dtp.protocol.connection.handshake import _Handshake
 from dtp.protocol.connection.inbound import _Inbound
@@ -99,7 +99,6 @@ class Connection(
         self._send_counter = 0
         self._lane: Any = None  # _core.Lane, made on first use
         self._lane_sid: int | None = None  # the stream that got data last (lane's guess)
-        self._lane_buf: memoryview | None = None
         #: The lane while a stream is lent to it (:meth:`lend`), else None; with the
         #: stream's ID and a time no later than the connection's next timer.
         self.lent_lane: Any = None
@@ -282,7 +281,11 @@ class Connection(
                 and stream.recv_state is RecvState.OPEN
                 and stream.recv_highest == stream.delivered
             ):
-                self._lane_feed(memoryview(data), stream, self._lane_buffer(len(data)), now, True)
+                buf = lane_buffer(len(data))
+                try:
+                    self._lane_feed(memoryview(data), stream, buf, now, True)
+                finally:
+                    give_back(buf)
                 return
         self._receive(data, now)
 

@@ -13,7 +13,32 @@ from dtp.protocol.connection.streams import Stream
 from dtp.protocol.events import StreamDataReceived
 from dtp.protocol.state import ConnState, RecvState
 
-_LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer a connection keeps between reads
+_LANE_BUFFER_KEEP = 1 << 20  # largest lane buffer kept between reads
+_SPARES_KEPT = 4  # most lane buffers kept between reads (one per thread feeding at once)
+# The buffers the lane opens records into for the handler, kept between reads for
+# every connection of the process rather than one per connection (an idle connection
+# holds none: 16 KiB or more each, a server keeps thousands). A read takes one and
+# gives it back (list.pop and append: atomic, so threads and a handler that feeds
+# another connection each get a buffer of their own).
+_spare_buffers: list[memoryview] = []
+
+
+def lane_buffer(size: int) -> memoryview:
+    """A buffer the lane opens the records of a read of ``size`` bytes into for the
+    handler (at most the read plus the record it completes); give it back with
+    :func:`give_back` once the handler returned."""
+    size += MAX_RECORD_PLAINTEXT
+    try:
+        buf = _spare_buffers.pop()
+    except IndexError:
+        return memoryview(bytearray(size))
+    return buf if len(buf) >= size else memoryview(bytearray(size))
+
+
+def give_back(buf: memoryview) -> None:
+    """Keep ``buf`` for the next :func:`lane_buffer` (unless enough are kept)."""
+    if len(buf) <= _LANE_BUFFER_KEEP and len(_spare_buffers) < _SPARES_KEPT:
+        _spare_buffers.append(buf)
 
 
 class _FastReceive(_ConnectionState):
@@ -91,17 +116,6 @@ class _FastReceive(_ConnectionState):
             or self._pending_stream_credit
             or (keepalive and now >= self._last_sent + keepalive)
         )
-
-    def _lane_buffer(self, size: int) -> memoryview:
-        """The buffer the lane opens records into for the handler (a run of a read
-        is at most the read plus the record it completes)."""
-        size += MAX_RECORD_PLAINTEXT
-        buf = self._lane_buf
-        if buf is None or len(buf) < size:
-            buf = memoryview(bytearray(size))
-            if size <= _LANE_BUFFER_KEEP:
-                self._lane_buf = buf
-        return buf
 
     def _lane_feed(
         self, view: memoryview, stream: Stream, dst: memoryview, now: float, deliver: bool

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import weakref
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,28 @@ logger = logging.getLogger(__name__)
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
 LIMIT = 2**16  # asyncio.StreamReader's default line limit
+
+
+# The first-size read buffer, one per thread, shared by the connections of the event
+# loop running there: an idle server connection then holds no read buffer of its own
+# (FIRST_RECV_CHUNK each was a third of what one cost). Sharing is safe where the loop
+# reads synchronously -- get_buffer(), recv_into(), buffer_updated() in one callback,
+# the bytes consumed before it returns -- as selector loops and uvloop do; a proactor
+# loop keeps the buffer through an overlapped read, so there each connection has its own.
+_shared = threading.local()
+
+
+def _shared_first_buffer() -> memoryview:
+    buf: memoryview | None = getattr(_shared, "rbuf", None)
+    if buf is None:
+        buf = _shared.rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
+    return buf
+
+
+def _reads_synchronously(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` fills a protocol's buffer and calls ``buffer_updated`` in one
+    go (so that a buffer shared by its connections is never read into twice at once)."""
+    return isinstance(loop, BaseSelectorEventLoop) or type(loop).__module__.startswith("uvloop")
 
 
 class _Owner:
@@ -58,8 +82,12 @@ class Protocol(asyncio.BufferedProtocol):
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
         # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
-        # for the rest of its life: a server keeps thousands)
-        self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
+        # for the rest of its life: a server keeps thousands). None: the thread's
+        # shared first-size buffer (_shared_first_buffer), where the loop allows it
+        self._shares_rbuf = _reads_synchronously(loop)
+        self._rbuf: memoryview | None = (
+            None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
+        )
         self.closed_future: asyncio.Future[None] = loop.create_future()
         self.hook: ConnectionHook | None = None  # a layer above (a metered client: dtp.hostid)
         #: Keep the carrier open once the session ended, until its owner closes it (a
@@ -96,17 +124,17 @@ class Protocol(asyncio.BufferedProtocol):
                 raise  # (SystemExit, KeyboardInterrupt: they end the loop, as anywhere)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rbuf
+        return self._rbuf or _shared_first_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._rbuf
+        view = self._rbuf or _shared_first_buffer()
         size = len(view)
         if nbytes == size:
             if size < RECV_CHUNK:
                 # the next read may bring more (this one's bytes stay in ``view``)
                 self._rbuf = memoryview(bytearray(min(2 * size, RECV_CHUNK)))
         elif nbytes < size >> 3 and size > FIRST_RECV_CHUNK:
-            self._rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
+            self._rbuf = None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
         self.data_received(view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:

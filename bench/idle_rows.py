@@ -1,0 +1,117 @@
+"""The ``idle_memory_10k`` row of bench/compare.py: what an idle server connection
+costs in resident memory -- 10,000 connections open at once, each having made one echo
+of 100 bytes and then left idle -- ours (``dtp.aio``) against asyncio + TLS 1.3
+(Python's ``ssl``), each server in a process of its own (bench/netpeers.py, ``echo``:
+the handler waits in ``reader.read``). The figure is the server's RSS with the
+connections open less its RSS before them (after a few warm-up connections, so that
+lazy imports and first-use caches are not counted), over the count, in KiB; the ratio is
+TLS's over ours, higher is better, bar 10. ``--quick`` opens 2,000."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import dtp.aio
+from bench.churn_rows import server_rss_mib
+from bench.net import Peer
+from bench.workload import Workload
+
+CONNECTIONS = 10_000
+CONCURRENCY = 64
+WARM_UP = 32  # connections made and closed before the baseline
+SETTLE = 2.0  # seconds between the last connection and the look at the server's memory
+PAYLOAD = b"i" * 100
+
+Stream = tuple[
+    asyncio.StreamReader | dtp.aio.DTPStreamReader, asyncio.StreamWriter | dtp.aio.DTPStreamWriter
+]
+
+
+async def _open(peer: Peer, dtp_side: bool) -> Stream:
+    """One connection, one echo; left open."""
+    if dtp_side:
+        reader, writer = await dtp.aio.open_connection(
+            *peer.endpoint, server_key=peer.key, timeout=120
+        )
+    else:
+        reader, writer = await asyncio.open_connection(  # type: ignore[assignment]
+            *peer.endpoint, ssl=peer.tls_context(), server_hostname="localhost"
+        )
+    writer.write(PAYLOAD)
+    await writer.drain()
+    assert await reader.readexactly(len(PAYLOAD)) == PAYLOAD
+    return reader, writer
+
+
+async def _close(streams: list[Stream]) -> None:
+    for _, writer in streams:
+        writer.close()
+    for _, writer in streams:
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.wait_closed()
+
+
+async def _open_many(peer: Peer, dtp_side: bool, count: int) -> list[Stream]:
+    turns = asyncio.Semaphore(CONCURRENCY)
+
+    async def one() -> Stream:
+        async with turns:
+            return await _open(peer, dtp_side)
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def _measure(peer: Peer, dtp_side: bool, count: int) -> float:
+    await _close(await _open_many(peer, dtp_side, WARM_UP))
+    await asyncio.sleep(SETTLE)
+    before = server_rss_mib(peer.proc.pid)
+    streams = await _open_many(peer, dtp_side, count)
+    await asyncio.sleep(SETTLE)
+    after = server_rss_mib(peer.proc.pid)
+    await _close(streams)
+    return (after - before) * 1024 / count
+
+
+def idle_kib_per_connection(kind: str, connections: int) -> float:
+    """Start a ``kind`` echo server (``dtp-asyncio`` or ``tls-asyncio``), hold
+    ``connections`` idle connections to it and return the RSS each adds, in KiB."""
+    peer = Peer(kind, "echo")
+    try:
+        return asyncio.run(_measure(peer, kind.startswith("dtp"), connections))
+    finally:
+        peer.close()
+
+
+def idle_memory_10k(connections: int = CONNECTIONS) -> Workload:
+    count = connections
+    return Workload(
+        "idle_memory_10k",
+        "KiB/conn",
+        1,
+        lambda: idle_kib_per_connection("dtp-asyncio", count),
+        lambda: idle_kib_per_connection("tls-asyncio", count),
+        measured=True,
+        lower_is_better=True,
+        rounds=1,
+        bar=10,
+        note=(
+            f"server RSS per idle connection, {count:,} open at once (one echo each): "
+            "asyncio+TLS's / ours (dtp.aio)"
+        ),
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m bench.idle_rows dtp-asyncio|tls-asyncio [CONNECTIONS]: one side alone
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else CONNECTIONS
+    start = time.perf_counter()
+    print(
+        sys.argv[1],
+        n,
+        f"{idle_kib_per_connection(sys.argv[1], n):.1f} KiB/conn",
+        f"({time.perf_counter() - start:.0f} s)",
+    )
