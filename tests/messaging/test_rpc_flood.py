@@ -24,6 +24,7 @@ from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient
 from dtp.messaging.rpc import blocking_client as rpc_client
 from dtp.messaging.rpc import blocking_client_writes as client_writes
+from tests.support.timing import bound
 
 #: Empty frames: the costliest bytes to take (each is a violation).
 JUNK = b"\x00\x00\x00\x00" * 16384
@@ -98,8 +99,9 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
 
     # a loop held by the flood holds every call 1-2.5 s; a fair one answers in about
     # 0.15 s. The median of the ten, so that one call slowed by a loaded machine (1.2 s
-    # seen) does not decide
-    assert asyncio.run(main()) < 0.6
+    # seen) does not decide; beside the rest of the suite a fair median reaches 0.75 s
+    # (tests/support/timing.py: the probe checks the quiet figure)
+    assert asyncio.run(main()) < bound(0.6, 0.95)
 
 
 #: For junk, the work a call did past its deadline, in CPU seconds of its thread: a
