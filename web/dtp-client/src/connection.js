@@ -136,7 +136,7 @@ export class Connection {
     if (header.kind !== RecordKind.HS_RESP || header.counter !== 0n) {
       throw this._failHandshake(new HandshakeError(`expected HS_RESP with counter 0, got kind ${header.kind}`));
     }
-    this._backlog = [];
+    this._checkOpen();
     const message2 = record.subarray(12);
     const overhead = NOISE_OVERHEAD[this.pattern][1];
     if (message2.length - overhead > MAX_PAYLOAD) throw this._failHandshake(new HandshakeError('message 2 payload too large'));
@@ -177,6 +177,7 @@ export class Connection {
       for (const r of outgoing) this._sendRaw(r);
       this._sendFrames([frame(FrameType.CONTROL, { a: CONTROL_AUTH, data: proof })]);
     }
+    this._checkOpen();
     this.state = State.AWAITING_VERDICT;
     this._armIdle();
     // records that came with message 2 (the ACCEPT or a CLOSE) are in the backlog
@@ -238,6 +239,8 @@ export class Connection {
         if (header.kind === RecordKind.DATA) {
           waiter.reject(this._failHandshake(new HandshakeError('a DATA record before the handshake completed')));
         } else {
+          // what arrives behind message 2 waits until its keys (and, in XX, the proof) are ready
+          this._backlog = [];
           waiter.resolve([header, record]);
         }
       } else {
