@@ -5,9 +5,14 @@ scripts/bootstrap.sh runs), and a dtp.aio echo server on the WebSocket carrier f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import http.server
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,3 +114,56 @@ async def start_echo(
     )
     host, port = server.websocket_addresses[0]
     return server, f"ws://{host}:{port}/dtp"
+
+
+class ServedEcho:
+    """An echo server on its own event loop in a thread, for tests that block (a browser
+    driven over DevTools): ``with ServedEcho(service, identity, origins=[...]) as url``."""
+
+    def __init__(self, service: EchoService, identity: HostIdentity, **options: Any) -> None:
+        self.service = service
+        self.identity = identity
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: dtp.aio.DTPServer | None = None
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            start_echo(self.service, self.identity, **self.options), self.loop
+        )
+        self.server, url = future.result(30)
+        return url
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def served_package() -> Iterator[str]:
+    """The package folder (its demo page, sources and node_modules) over HTTP on
+    127.0.0.1: yields the base URL, ``http://127.0.0.1:<port>``."""
+    handler = functools.partial(_QuietHandler, directory=str(PACKAGE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
