@@ -13,7 +13,10 @@ import asyncio
 import json
 import subprocess
 
+import pytest
+
 from dtp.identity.keys import HostIdentity, sui_address_from_public_key
+from dtp.protocol.connection import ConnectionConfig
 from tests.web.browser_client import PACKAGE, EchoService, need_client, node_command, start_echo
 
 SEED = bytes(range(32))
@@ -28,13 +31,24 @@ def _address(seed: bytes) -> str:
     return sui_address_from_public_key(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
-def test_the_js_client_handshakes_echoes_and_closes_over_websocket() -> None:
+@pytest.mark.parametrize("window", [None, 64 * 1024], ids=["default-windows", "small-windows"])
+def test_the_js_client_handshakes_echoes_and_closes_over_websocket(window: int | None) -> None:
+    """With the server's small windows (64 KiB) the client's 3 MiB stays within the
+    server's credit only by waiting for its MAX_DATA and MAX_STREAM_DATA."""
     need_client()
     server_identity = HostIdentity.generate()
     service = EchoService(denied={_address(DENIED_SEED)})
+    options: dict[str, object] = {}
+    if window is not None:
+        options["config"] = ConnectionConfig(
+            identity=server_identity,
+            is_client=False,
+            stream_window=window,
+            connection_window=window,
+        )
 
     async def main() -> dict[str, object]:
-        server, url = await start_echo(service, server_identity)
+        server, url = await start_echo(service, server_identity, **options)
         job = {
             "url": url,
             "serverKey": server_identity.noise_public.hex(),

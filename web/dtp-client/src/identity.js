@@ -83,7 +83,9 @@ export async function makeProof(signer, message) {
   return proof;
 }
 
-/** Checks a proof as a verifier would (section 8.4), returning the Sui address it proves. */
+/** Checks a proof's shape and signature (RFC 8032, cofactorless), returning the Sui
+ * address it proves: for tests and diagnostics. A server does the full checks of
+ * section 8.4 (small-order keys included); this client never verifies its own proofs. */
 export function verifyProof(proof, message) {
   if (proof.length !== PROOF_SIZE || proof[0] !== ED25519_FLAG) throw new HandshakeError('malformed proof');
   const signature = proof.subarray(1, 65);
