@@ -8,10 +8,10 @@ import { describe, test } from 'node:test';
 import { fromHex, hex, utf8 } from '../src/bytes.js';
 import { Connection } from '../src/connection.js';
 import { CloseCode, ConnectionRefused, HandshakeError } from '../src/errors.js';
-import { decodeFrames } from '../src/frames.js';
+import { FrameType, decodeFrames, encodeFrames, frame } from '../src/frames.js';
 import { ed25519Signer } from '../src/identity.js';
 import { keyPair } from '../src/noise.js';
-import { openRecord } from '../src/record.js';
+import { openRecord, sealRecord } from '../src/record.js';
 import { RecordingCarrier, loadTranscript, settle } from './support.js';
 
 /** Runs the client through a transcript; returns what the test checks afterwards. */
@@ -172,6 +172,67 @@ describe('the client holds the server to the rules', () => {
     const { t, connection } = await acceptedIK();
     connection._onRecord(fromHex(t.steps[1].records[0].hex));
     assert.equal(connection.closeInfo.code, CloseCode.PROTOCOL_VIOLATION);
+  });
+
+  /** A record from the server, sealed with the transcript's server -> client key after
+   * the ACCEPT (counter 0). */
+  function fromServer(t, counter, frames) {
+    return sealRecord(fromHex(t.server_to_client), counter, encodeFrames(frames));
+  }
+
+  test('stream data past the stream window is FLOW_CONTROL_ERROR', async () => {
+    const { t, connection } = await acceptedIK();
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM, { a: 0, b: 4194304, data: Uint8Array.of(1) })]));
+    assert.equal(connection.closeInfo.code, CloseCode.FLOW_CONTROL_ERROR);
+  });
+
+  test('a gap in a stream on an in-order carrier is PROTOCOL_VIOLATION', async () => {
+    const { t, connection } = await acceptedIK();
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM, { a: 0, b: 5, data: Uint8Array.of(1) })]));
+    assert.equal(connection.closeInfo.code, CloseCode.PROTOCOL_VIOLATION);
+  });
+
+  test('a client stream never opened, or a server stream past the limit, is PROTOCOL_VIOLATION', async () => {
+    let { t, connection } = await acceptedIK();
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM, { a: 2, b: 0 })]));
+    assert.equal(connection.closeInfo.code, CloseCode.PROTOCOL_VIOLATION);
+    ({ t, connection } = await acceptedIK());
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM, { a: 2 * 128 + 1, b: 0 })]));
+    assert.equal(connection.closeInfo.code, CloseCode.PROTOCOL_VIOLATION);
+  });
+
+  test('a server stream opens the lower ones; each is accepted in order', async () => {
+    const { t, connection } = await acceptedIK();
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM_FIN, { a: 5, b: 0, data: utf8('five') })]));
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push((await connection.acceptStream()).id);
+    assert.deepEqual(ids, [1, 3, 5]);
+    assert.equal(new TextDecoder().decode(await connection.streams.get(5).readAll()), 'five');
+  });
+
+  test('a write is cut into records of at most 16384 plaintext bytes, within credit', async () => {
+    const { carrier, connection } = await acceptedIK();
+    const stream = await connection.openStream();
+    const before = carrier.sent.length;
+    await stream.end(new Uint8Array(40000).fill(3));
+    const key = connection.protection.sendKey;
+    const frames = carrier.sent.slice(before).map((r) => {
+      const plaintext = openRecord(key, fromHex(r));
+      assert.ok(plaintext.length <= 16384);
+      return decodeFrames(plaintext);
+    }).flat();
+    assert.deepEqual(frames.map((f) => f.type), [8, 8, 9]);
+    assert.equal(frames.reduce((n, f) => n + f.data.length, 0), 40000);
+    assert.deepEqual(frames.map((f) => f.b), [0, frames[0].data.length, frames[0].data.length * 2]);
+  });
+
+  test('a CLOSE from the server ends streams: stream 0 cleanly on NO_ERROR', async () => {
+    const { t, connection } = await acceptedIK();
+    const stream = await connection.openStream();
+    connection._onRecord(fromServer(t, 1, [frame(FrameType.STREAM, { a: 0, b: 0, data: utf8('part') })]));
+    connection._onRecord(fromServer(t, 2, [frame(FrameType.CLOSE, { a: 0, data: utf8('done') })]));
+    assert.equal(new TextDecoder().decode(await stream.readAll()), 'part');
+    assert.deepEqual({ ...(await connection.closed), error: undefined }, { code: 0, reason: 'done', byPeer: true, error: undefined });
   });
 
   test('a wrong server key fails the IK handshake with nothing sent', async () => {
