@@ -85,3 +85,16 @@ if [ ! -f "$stamp" ] || [ -z "$so" ] || [ -n "$(find dtp_core pyproject.toml set
 fi
 .venv/bin/python -c 'import dtp.native.core as c; assert c.HAVE_NATIVE' \
   || { echo "the C core did not build; see the pip output above" >&2; exit 1; }
+
+# The browser client (web/dtp-client): its pinned npm packages (@noble/curves, ciphers,
+# hashes; package-lock.json), for its tests (tests/web, and `npm test` in the folder).
+# Wanted, not needed: without npm the tests say what they lack.
+if [ "$demo" -eq 0 ]; then
+  if command -v npm >/dev/null 2>&1; then
+    log "installing the browser client's npm packages (web/dtp-client)"
+    sh web/dtp-client/scripts/install.sh \
+      || log "could not install web/dtp-client's npm packages: its tests will say so"
+  else
+    log "npm is not installed: the browser client's tests (tests/web) will be skipped"
+  fi
+fi

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install this package's pinned npm dependencies (package-lock.json) into its
+# node_modules, once: the Python interop test and the browser test run the client from
+# here. Runs side by side (the two core backends' test suites) take turns.
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+installed="$here/node_modules/.dtp-installed"
+[ -f "$installed" ] && exit 0
+if ! command -v npm >/dev/null 2>&1; then
+    echo "dtp-client: npm is not installed; cannot fetch the @noble packages" >&2
+    exit 3
+fi
+exec 9>"$here/.install-lock"
+if command -v flock >/dev/null 2>&1; then
+    flock 9
+fi
+if [ ! -f "$installed" ]; then
+    (cd "$here" && npm ci --silent --no-audit --no-fund >&2)
+    : >"$installed"
+fi

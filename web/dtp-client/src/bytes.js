@@ -1,0 +1,83 @@
+// Byte helpers: hex, concatenation and the fixed-width little-endian integers of
+// docs/protocol.md section 1.
+
+export function hex(bytes) {
+  let out = '';
+  for (const b of bytes) out += b.toString(16).padStart(2, '0');
+  return out;
+}
+
+export function fromHex(text) {
+  if (text.length % 2 !== 0 || /[^0-9a-fA-F]/.test(text)) throw new TypeError(`not hex: ${text}`);
+  const out = new Uint8Array(text.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+export function concat(...parts) {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+export function equal(a, b) {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+export function u16le(n) {
+  return Uint8Array.of(n & 0xff, (n >>> 8) & 0xff);
+}
+
+/** u64le of a Number or BigInt in 0 ..= 2^64 - 1. */
+export function u64le(n) {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(n), true);
+  return out;
+}
+
+export function readU16le(bytes, at) {
+  return bytes[at] | (bytes[at + 1] << 8);
+}
+
+/** The u64le at `at`, as a BigInt (counters reach 2^64 - 2). */
+export function readU64le(bytes, at) {
+  return new DataView(bytes.buffer, bytes.byteOffset + at, 8).getBigUint64(0, true);
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: false });
+
+export function utf8(text) {
+  return encoder.encode(text);
+}
+
+export function fromUtf8(bytes) {
+  return decoder.decode(bytes);
+}
+
+/** Any binary the platform hands over (ArrayBuffer, a view, a Node Buffer) as a Uint8Array. */
+export function asBytes(data) {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError('expected bytes (Uint8Array or ArrayBuffer)');
+}
+
+export function base64Decode(text) {
+  if (typeof atob === 'function') {
+    const raw = atob(text);
+    const out = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+    return out;
+  }
+  return new Uint8Array(Buffer.from(text, 'base64'));
+}

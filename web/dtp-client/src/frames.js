@@ -1,0 +1,196 @@
+// Frames, the plaintext of a DATA record (docs/protocol.md section 3): encoding (3.3) and
+// decoding of complete record bodies (3.2). A frame is {type, a, b, c, data, ranges}, the
+// slots of section 3; ACK ranges are [[lo, hi], ...], largest first.
+
+import { concat } from './bytes.js';
+import { ProtocolError, CloseCode } from './errors.js';
+import { VARINT_MAX, decodeVarint, encodeVarint, narrow } from './varint.js';
+
+export const FrameType = Object.freeze({
+  PADDING: 0x00,
+  PING: 0x01,
+  ACK: 0x02,
+  MAX_DATA: 0x03,
+  MAX_STREAM_DATA: 0x04,
+  RESET_STREAM: 0x05,
+  STOP_SENDING: 0x06,
+  MAX_STREAMS: 0x07,
+  STREAM: 0x08,
+  STREAM_FIN: 0x09,
+  CLOSE: 0x0a,
+  RECEIPT: 0x0b,
+  CONTROL: 0x0c,
+  DATAGRAM: 0x0d,
+});
+
+export const MAX_FRAME_DATA = 16384;
+export const MAX_CLOSE_REASON = 1024;
+export const MAX_RECEIPT = 1024;
+export const MAX_ACK_RANGES = 256;
+
+/** CONTROL kinds of the handshake (section 8.4); 16 and up belong to the layers above. */
+export const CONTROL_AUTH = 1;
+export const CONTROL_ACCEPT = 2;
+
+// type -> [number of varint slots, data cap or null]
+const SHAPES = {
+  0x01: [0, null],
+  0x03: [1, null],
+  0x04: [2, null],
+  0x05: [3, null],
+  0x06: [2, null],
+  0x07: [1, null],
+  0x08: [2, MAX_FRAME_DATA],
+  0x09: [2, MAX_FRAME_DATA],
+  0x0a: [1, MAX_CLOSE_REASON],
+  0x0b: [0, MAX_RECEIPT],
+  0x0c: [1, MAX_FRAME_DATA],
+  0x0d: [0, MAX_FRAME_DATA],
+};
+
+const EMPTY = new Uint8Array(0);
+
+function fail(detail, message) {
+  return new ProtocolError(detail, message, CloseCode.FRAME_ENCODING_ERROR);
+}
+
+function valueError(message) {
+  // FRAME_VALUE is a protocol violation once the record is authenticated (section 11)
+  return new ProtocolError('FRAME_VALUE', message, CloseCode.PROTOCOL_VIOLATION);
+}
+
+/** A frame with the unused slots filled in. */
+export function frame(type, fields = {}) {
+  return { type, a: 0, b: 0, c: 0, data: EMPTY, ranges: [], ...fields };
+}
+
+function toBig(v) {
+  return typeof v === 'bigint' ? v : BigInt(v);
+}
+
+function checkVarint(v) {
+  if (!(typeof v === 'bigint' || Number.isInteger(v)) || toBig(v) < 0n || toBig(v) > VARINT_MAX) {
+    throw new ProtocolError('VARINT', `${v} is not in 0 ..= 2^62 - 1`);
+  }
+}
+
+/** Encodes frames in order (section 3.3); the first invalid frame throws and nothing is returned. */
+export function encodeFrames(frames) {
+  const parts = [];
+  for (const f of frames) parts.push(encodeFrame(f));
+  return concat(...parts);
+}
+
+export function encodeFrame(f) {
+  const { type } = f;
+  const a = f.a ?? 0;
+  const b = f.b ?? 0;
+  const c = f.c ?? 0;
+  const data = f.data ?? EMPTY;
+  const ranges = f.ranges ?? [];
+  if (!Number.isInteger(type) || type < 0 || type > 0x0d) throw fail('FRAME_TYPE', `type ${type}`);
+  if (type === FrameType.PADDING) {
+    if (b != 0 || c != 0 || data.length || ranges.length) throw valueError('PADDING uses only a');
+    if (!Number.isInteger(a) || a < 1 || a > MAX_FRAME_DATA) throw valueError(`PADDING run ${a}`);
+    return new Uint8Array(a);
+  }
+  if (type === FrameType.ACK) {
+    if (a != 0 || b != 0 || data.length) throw valueError('ACK uses c and ranges only');
+    checkVarint(c);
+    if (ranges.length === 0) throw valueError('ACK without ranges');
+    if (ranges.length > MAX_ACK_RANGES) throw fail('FRAME_SIZE', `${ranges.length} ACK ranges`);
+    let prevLo = null;
+    const parts = [Uint8Array.of(type)];
+    for (const [loRaw, hiRaw] of ranges) {
+      const lo = toBig(loRaw);
+      const hi = toBig(hiRaw);
+      if (lo < 0n || lo > hi || hi > VARINT_MAX) throw valueError(`ACK range ${lo}..${hi}`);
+      if (prevLo === null) {
+        parts.push(encodeVarint(hi), encodeVarint(c), encodeVarint(ranges.length), encodeVarint(hi - lo));
+      } else {
+        if (hi > prevLo - 2n) throw valueError('ACK ranges overlap or touch');
+        parts.push(encodeVarint(prevLo - hi - 2n), encodeVarint(hi - lo));
+      }
+      prevLo = lo;
+    }
+    return concat(...parts);
+  }
+  const [slots, cap] = SHAPES[type];
+  const values = [a, b, c];
+  for (let i = slots; i < 3; i++) if (values[i] != 0) throw valueError(`slot ${'abc'[i]} unused by type ${type}`);
+  if (ranges.length) throw valueError('only an ACK has ranges');
+  if (cap === null && data.length) throw valueError(`type ${type} carries no data`);
+  for (let i = 0; i < slots; i++) checkVarint(values[i]);
+  if (cap !== null && data.length > cap) throw fail('FRAME_SIZE', `${data.length} bytes of data`);
+  if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && toBig(b) + BigInt(data.length) > VARINT_MAX) {
+    throw valueError('stream offset + length beyond 2^62 - 1');
+  }
+  const parts = [Uint8Array.of(type)];
+  for (let i = 0; i < slots; i++) parts.push(encodeVarint(values[i]));
+  if (cap !== null) parts.push(encodeVarint(data.length), data);
+  return concat(...parts);
+}
+
+/** Decodes a complete record body into its frames (section 3.2); any error throws a
+ * ProtocolError whose `detail` is the section's code. */
+export function decodeFrames(body) {
+  const frames = [];
+  let at = 0;
+  const truncated = () => fail('FRAME_TRUNCATED', 'the body ends inside a frame');
+  const read = () => {
+    const r = decodeVarint(body, at);
+    if (r === null) throw truncated();
+    at = r[1];
+    return r[0];
+  };
+  while (at < body.length) {
+    const type = body[at];
+    if (type === 0) {
+      let end = at;
+      while (end < body.length && body[end] === 0) end++;
+      frames.push(frame(0, { a: end - at }));
+      at = end;
+      continue;
+    }
+    if (type > 0x0d) throw fail('FRAME_TYPE', `type 0x${type.toString(16)}`);
+    at++;
+    if (type === FrameType.ACK) {
+      const largest = toBig(read());
+      const delay = read();
+      const count = read();
+      if (count === 0) throw valueError('ACK range count 0');
+      if (count > MAX_ACK_RANGES) throw fail('FRAME_SIZE', `${count} ACK ranges`);
+      const first = toBig(read());
+      if (first > largest) throw valueError('ACK first range below 0');
+      const ranges = [[narrow(largest - first), narrow(largest)]];
+      let lo = largest - first;
+      for (let i = 1; i < count; i++) {
+        const gap = toBig(read());
+        if (lo < gap + 2n) throw valueError('ACK gap below 0');
+        const hi = lo - gap - 2n;
+        const len = toBig(read());
+        if (len > hi) throw valueError('ACK range below 0');
+        lo = hi - len;
+        ranges.push([narrow(lo), narrow(hi)]);
+      }
+      frames.push(frame(type, { c: delay, ranges }));
+      continue;
+    }
+    const [slots, cap] = SHAPES[type];
+    const values = [0, 0, 0];
+    for (let i = 0; i < slots; i++) values[i] = read();
+    let data = EMPTY;
+    if (cap !== null) {
+      const len = read();
+      if (len > cap) throw fail('FRAME_SIZE', `${len} bytes of data (at most ${cap})`);
+      if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && toBig(values[1]) + BigInt(len) > VARINT_MAX) {
+        throw valueError('stream offset + length beyond 2^62 - 1');
+      }
+      if (at + len > body.length) throw truncated();
+      data = body.slice(at, at + len);
+      at += len;
+    }
+    frames.push(frame(type, { a: values[0], b: values[1], c: values[2], data }));
+  }
+  return frames;
+}

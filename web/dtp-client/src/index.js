@@ -1,0 +1,18 @@
+// A DTP client for web pages (and Node), written from docs/protocol.md: records (section
+// 2), frames (3), record protection (4), the Noise IK/XX handshake with the client's Sui
+// identity proof (8), streams (10), close (11), over the WebSocket carrier (13).
+
+export { connect, WebSocketCarrier, SUBPROTOCOL } from './websocket.js';
+export { Connection, State } from './connection.js';
+export { Stream } from './stream.js';
+export { ed25519Signer, walletSigner, suiAddress, personalMessageDigest, proofMessage, verifyProof } from './identity.js';
+export {
+  CloseCode, DTPError, ProtocolError, DecryptionError, HandshakeError, ConnectionRefused, ConnectionClosed,
+  StreamReset, TimeoutError,
+} from './errors.js';
+export { FrameType, encodeFrames, decodeFrames, frame } from './frames.js';
+export { RecordKind, sealRecord, openRecord, parseHeader } from './record.js';
+export { encodeParams, decodeParams, DEFAULT_PARAMS } from './params.js';
+export { Initiator, ikBinding, keyPair, PROTOCOL_IK, PROTOCOL_XX, PROLOGUE } from './noise.js';
+export { encodeVarint, decodeVarint } from './varint.js';
+export { hex, fromHex, utf8 } from './bytes.js';

@@ -1,0 +1,104 @@
+// Records (docs/protocol.md section 2) and their protection (section 4): a 12-byte header,
+// then a body; DATA bodies are ChaCha20-Poly1305 with the header as associated data and
+// the counter, from the header, as the nonce.
+
+import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
+import { concat, readU16le, readU64le, u16le, u64le } from './bytes.js';
+import { CloseCode, DecryptionError, ProtocolError } from './errors.js';
+
+export const RecordKind = Object.freeze({ HS_INIT: 1, HS_RESP: 2, HS_FINAL: 3, DATA: 16 });
+export const HEADER_SIZE = 12;
+export const MAX_RECORD_PLAINTEXT = 16384;
+export const TAG_SIZE = 16;
+export const MAX_HANDSHAKE_BODY = 4096;
+/** The largest record: a DATA record of 16384 plaintext bytes (section 13: a WebSocket
+ * message above it is refused). */
+export const MAX_RECORD = HEADER_SIZE + MAX_RECORD_PLAINTEXT + TAG_SIZE;
+const LAST_COUNTER = (1n << 64n) - 1n; // reserved, never used (section 4.1)
+
+export function encodeHeader(kind, bodyLength, counter) {
+  return concat(Uint8Array.of(kind, 0), u16le(bodyLength), u64le(counter));
+}
+
+function headerError(detail, message) {
+  return new ProtocolError(detail, message, CloseCode.FRAME_ENCODING_ERROR);
+}
+
+/** Parses and checks a header in the order of section 2: kind, flags, body length.
+ * Returns {kind, flags, bodyLength, counter (BigInt)}. */
+export function parseHeader(bytes) {
+  if (bytes.length < HEADER_SIZE) throw headerError('RECORD_SIZE', 'shorter than a header');
+  const kind = bytes[0];
+  if (kind !== RecordKind.DATA && (kind < 1 || kind > 3)) throw headerError('RECORD_KIND', `kind ${kind}`);
+  if (bytes[1] !== 0) throw headerError('RECORD_FLAGS', `flags ${bytes[1]}`);
+  const bodyLength = readU16le(bytes, 2);
+  const ok = kind === RecordKind.DATA
+    ? bodyLength >= TAG_SIZE && bodyLength <= MAX_RECORD_PLAINTEXT + TAG_SIZE
+    : bodyLength >= 1 && bodyLength <= MAX_HANDSHAKE_BODY;
+  if (!ok) throw headerError('RECORD_SIZE', `body length ${bodyLength} for kind ${kind}`);
+  return { kind, flags: 0, bodyLength, counter: readU64le(bytes, 4) };
+}
+
+/** A handshake record: counter 0, flags 0 (section 8.1). */
+export function handshakeRecord(kind, body) {
+  if (body.length < 1 || body.length > MAX_HANDSHAKE_BODY) {
+    throw new ProtocolError('RECORD_SIZE', `handshake body of ${body.length} bytes`);
+  }
+  return concat(encodeHeader(kind, body.length, 0), body);
+}
+
+function nonce(counter) {
+  return concat(new Uint8Array(4), u64le(counter));
+}
+
+/** Seals one DATA record (section 4.1). */
+export function sealRecord(key, counter, plaintext) {
+  const n = BigInt(counter);
+  if (n < 0n || n >= LAST_COUNTER) throw new ProtocolError('COUNTER', `counter ${counter}`);
+  if (plaintext.length > MAX_RECORD_PLAINTEXT) {
+    throw new ProtocolError('RECORD_SIZE', `${plaintext.length} plaintext bytes`);
+  }
+  const header = encodeHeader(RecordKind.DATA, plaintext.length + TAG_SIZE, n);
+  return concat(header, chacha20poly1305(key, nonce(n), header).encrypt(plaintext));
+}
+
+/** Opens one whole DATA record (header already parsed): its plaintext, or DecryptionError. */
+export function openRecord(key, record, header = parseHeader(record)) {
+  if (header.counter === LAST_COUNTER) throw new DecryptionError();
+  try {
+    return chacha20poly1305(key, nonce(header.counter), record.subarray(0, HEADER_SIZE))
+      .decrypt(record.subarray(HEADER_SIZE, HEADER_SIZE + header.bodyLength));
+  } catch {
+    throw new DecryptionError();
+  }
+}
+
+/** One direction's keys over an in-order carrier (sections 4.3, 8.3): the sender numbers
+ * records 0, 1, 2, ...; the receiver takes exactly the next counter and nothing else. */
+export class RecordProtection {
+  constructor(sendKey, receiveKey) {
+    this.sendKey = sendKey;
+    this.receiveKey = receiveKey;
+    this.sendCounter = 0n;
+    this.receiveNext = 0n;
+  }
+
+  seal(plaintext) {
+    const record = sealRecord(this.sendKey, this.sendCounter, plaintext);
+    this.sendCounter += 1n;
+    return record;
+  }
+
+  /** The plaintext of the next DATA record; a counter out of order is REPLAY_DETECTED,
+   * checked before decrypting (section 4.2, step 7). */
+  open(record, header) {
+    if (header.counter === LAST_COUNTER) throw new DecryptionError();
+    if (header.counter !== this.receiveNext) {
+      throw new ProtocolError('REPLAY', `record counter ${header.counter}, expected ${this.receiveNext}`,
+        CloseCode.REPLAY_DETECTED);
+    }
+    const plaintext = openRecord(this.receiveKey, record, header);
+    this.receiveNext += 1n;
+    return plaintext;
+  }
+}

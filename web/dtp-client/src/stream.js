@@ -1,0 +1,149 @@
+// One stream of a connection (docs/protocol.md section 10): an ordered byte stream each
+// way. Reads hand out what arrived, in order; writes wait for flow-control credit.
+
+import { concat } from './bytes.js';
+import { ConnectionClosed, StreamReset } from './errors.js';
+
+export class Stream {
+  constructor(connection, id, { sendLimit, receiveWindow }) {
+    this.connection = connection;
+    this.id = id;
+    // receiving
+    this.chunks = [];
+    this.received = 0; // bytes received, in order (the next offset expected)
+    this.consumed = 0; // bytes the application read
+    this.finalSize = null; // set by STREAM_FIN or RESET_STREAM
+    this.receiveWindow = receiveWindow;
+    this.receiveLimit = receiveWindow; // what the peer may send up to
+    this.resetByPeer = null; // StreamReset
+    this.readers = [];
+    this.readEnded = false; // FIN read by the application, or the half given up
+    // sending
+    this.sendLimit = sendLimit;
+    this.sent = 0;
+    this.queue = []; // {data, fin, resolve, reject}
+    this.finQueued = false;
+    this.finSent = false;
+    this.resetSent = false;
+    this.stopCode = null;
+    this.announced = false;
+    this.failure = null; // the connection's end, once it ended
+  }
+
+  /** The next bytes of the stream (at most `max`), or null at its end. */
+  read(max = Infinity) {
+    return new Promise((resolve, reject) => {
+      this.readers.push({ max, resolve, reject });
+      this._serveReaders();
+    });
+  }
+
+  /** Everything up to the end of the stream, as one Uint8Array. */
+  async readAll() {
+    const parts = [];
+    for (;;) {
+      const chunk = await this.read();
+      if (chunk === null) return concat(...parts);
+      parts.push(chunk);
+    }
+  }
+
+  async *[Symbol.asyncIterator]() {
+    for (;;) {
+      const chunk = await this.read();
+      if (chunk === null) return;
+      yield chunk;
+    }
+  }
+
+  /** Queues `data`; resolves once every byte of it went out (flow control permitting). */
+  write(data) {
+    return this._enqueue(data, false);
+  }
+
+  /** Ends this side of the stream (STREAM_FIN), after `data` if given. */
+  end(data = new Uint8Array(0)) {
+    return this._enqueue(data, true);
+  }
+
+  /** Abandons this side (RESET_STREAM with an application error code). */
+  reset(errorCode = 0) {
+    this.connection._resetStream(this, errorCode);
+  }
+
+  /** Asks the peer to stop sending (STOP_SENDING); what it sent is dropped. */
+  stopSending(errorCode = 0) {
+    this.connection._stopSending(this, errorCode);
+  }
+
+  get writable() {
+    return !this.finQueued && !this.resetSent && this.failure === null;
+  }
+
+  _enqueue(data, fin) {
+    if (typeof data === 'string') data = new TextEncoder().encode(data);
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.resetSent || this.stopCode !== null) {
+      return Promise.reject(new StreamReset(this.id, this.stopCode ?? 0));
+    }
+    if (this.finQueued) return Promise.reject(new Error(`stream ${this.id} was ended`));
+    if (fin) this.finQueued = true;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ data, fin, resolve, reject });
+      this.connection._pump();
+    });
+  }
+
+  _deliver(data) {
+    if (data.length) this.chunks.push(data);
+    this._serveReaders();
+  }
+
+  _serveReaders() {
+    while (this.readers.length) {
+      const reader = this.readers[0];
+      if (this.resetByPeer) {
+        this.readers.shift().reject(this.resetByPeer);
+        continue;
+      }
+      if (this.chunks.length) {
+        let chunk = this.chunks[0];
+        if (chunk.length > reader.max) {
+          this.chunks[0] = chunk.subarray(reader.max);
+          chunk = chunk.subarray(0, reader.max);
+        } else {
+          this.chunks.shift();
+        }
+        this.readers.shift();
+        this.consumed += chunk.length;
+        this.connection._consumed(this, chunk.length);
+        reader.resolve(chunk);
+        continue;
+      }
+      if (this.finalSize !== null && this.consumed === this.finalSize) {
+        this.readers.shift().resolve(null);
+        if (!this.readEnded) {
+          this.readEnded = true;
+          this.connection._maybeDone(this);
+        }
+        continue;
+      }
+      if (this.failure) {
+        this.readers.shift().reject(this.failure);
+        continue;
+      }
+      break;
+    }
+  }
+
+  /** The connection ended: stream 0 ends cleanly on a NO_ERROR close; any other stream
+   * still receiving gives what it buffered, then the error (section 3.1, CLOSE). */
+  _connectionEnded(error, clean) {
+    this.failure = error;
+    if (clean && this.finalSize === null) this.finalSize = this.received;
+    for (const item of this.queue.splice(0)) item.reject(error);
+    this._serveReaders();
+  }
+}
+
+export { ConnectionClosed };
