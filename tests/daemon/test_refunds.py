@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from dtp.daemon.refunds import (
     LOOK_SOON,
     OpenedBook,
@@ -30,6 +28,8 @@ from dtp.daemon.refunds import (
     refund_step,
 )
 from dtp.daemon.state import CONNECTIONS_FILE
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
 from tests.support.paid_inprocess import ident
 
 SERVER, CLIENT = ident(0x54), ident(0x55)

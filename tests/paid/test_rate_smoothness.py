@@ -1,6 +1,6 @@
 """A client's bytes/s limit arrives smoothly: every one-second window within 20 % of the
 limit, over 10 s of sustained transfer, both ways, on both paid servers
-(:attr:`dtp.ratelimit.TokenBucket.take`). Before, a read took whatever had arrived and
+(:attr:`dtp.payments.ratelimit.TokenBucket.take`). Before, a read took whatever had arrived and
 paid for it afterwards: at 200,000 B/s a handler's ``recv(4 MiB)`` got 1.1 MB at once
 and then waited 5.5 s -- 5.6 times the limit in that second, nothing in the next five.
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ratelimit import TokenBucket
+from dtp.ledger.objects import Sla
+from dtp.payments.ratelimit import TokenBucket
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 RATE = 200_000  # B/s: the issue's limit

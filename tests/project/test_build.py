@@ -84,7 +84,7 @@ def test_backend_switch(flag: str, expected: str) -> None:
 def test_bad_core_lib_path_is_explained() -> None:
     env = {**os.environ, "DTP_CORE_LIB": "/nonexistent/_dtp_core.so"}
     result = subprocess.run(
-        [sys.executable, "-c", "import dtp._core"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", "import dtp.native.core"], env=env, capture_output=True, text=True
     )
     assert result.returncode != 0
     assert "DTP_CORE_LIB='/nonexistent/_dtp_core.so' does not exist" in result.stderr

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from hypothesis import strategies as st
 
-from dtp._types import (
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_CONTROL,

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 import dtp.aio
-import dtp.connection
 import dtp.errors
+import dtp.protocol.connection
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.hooks import (
     ConnectionHook,
@@ -266,7 +266,7 @@ def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
         async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
             writer.close()
 
-        config = dtp.connection.ConnectionConfig(identity=SERVER, is_client=False)
+        config = dtp.protocol.connection.ConnectionConfig(identity=SERVER, is_client=False)
         server = dtp.aio.DTPServer(serve, SERVER, None, config)
         assert server.connection_config is config
         assert server.attached is None and not server.closed

@@ -26,7 +26,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.loops import loop_in_thread
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for

@@ -1,4 +1,4 @@
-"""Paid connections by host ID (docs/escrow.md §6.1): what ``dtp.paid`` held, the blocking
+"""Paid connections by host ID (docs/escrow.md §6.1): what ``dtp.hostid.paid`` held, the blocking
 paid server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
 
 ``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they

@@ -1,4 +1,4 @@
-"""Paid connections by host ID on asyncio: what ``dtp.paid_aio`` held, re-exported from
+"""Paid connections by host ID on asyncio: what ``dtp.hostid.paid.aio`` held, re-exported from
 :mod:`dtp.hostid.paid.asyncio` and :mod:`dtp.hostid.paid.asyncio_server`."""
 
 from dtp.hostid.paid.asyncio import PaidCallback, PaidReader, PaidWriter

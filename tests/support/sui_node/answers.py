@@ -18,8 +18,8 @@ from typing import Any, Final
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import ChainError
+from dtp.ledger.objects import normalize_id
 from tests.support.sui_node.execute import owner_message
 from tests.support.sui_node.objects import COIN_TYPE, full_address
 from tests.support.sui_node.ptb import Refusal

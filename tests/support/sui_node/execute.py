@@ -33,10 +33,10 @@ from typing import Any, Final
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
-from dtp.chain import local_rules as rules
-from dtp.chain.local_tx import Address, TxValue, base58, tx_digest
 from dtp.errors import MOVE_ERRORS, ChainError, InvalidArgument
-from dtp.keys import InvalidSignature, verify_transaction
+from dtp.identity.keys import InvalidSignature, verify_transaction
+from dtp.ledger.local import rules
+from dtp.ledger.local.tx import Address, TxValue, base58, tx_digest
 from tests.support.sui_node.objects import (
     CLOCK_ID,
     COIN_TYPE,

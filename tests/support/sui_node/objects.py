@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from dtp._uleb128 import bcs_uleb128
-from dtp.chain.local_tx import base58
-from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
+from dtp.identity.bcs import bcs_uleb128
+from dtp.ledger.local.tx import base58
+from dtp.ledger.sui import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
 from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, TABLE_VALUE_LAYOUTS, Layout, encode
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 from grpclib.const import Status
 from pysui.sui.sui_bcs import bcs
 
-from dtp.chain.local_tx import Address, TxValue
+from dtp.ledger.local.tx import Address, TxValue
 from dtp.ledger.sui.codec import BcsDecodeError, decode
 
 __all__ = [
@@ -104,7 +104,7 @@ def _address(value: Any) -> str:
 
 
 def _digest(value: Any) -> str:
-    from dtp.chain.local_tx import base58
+    from dtp.ledger.local.tx import base58
 
     raw = bytes(value.serialize())
     return base58(raw[1:])  # a length byte, then the 32 bytes

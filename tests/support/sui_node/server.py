@@ -36,7 +36,7 @@ from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
-from dtp.chain.local_tx import base58, tx_digest
+from dtp.ledger.local.tx import base58, tx_digest
 from tests.support.loops import LoopThread
 from tests.support.sui_node import answers, execute
 from tests.support.sui_node.objects import full_address

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_tx import base58
-from dtp.chain.objects import normalize_id
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.local.tx import base58
+from dtp.ledger.objects import normalize_id
 from tests.support.sui_node.objects import (
     CLOCK_ID,
     CLOCK_TYPE,
