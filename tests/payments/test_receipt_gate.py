@@ -1,6 +1,6 @@
 """Sans-I/O parts of paid connections: the client meter, the server's receipt gate, the
-token buckets and the host policy (dtp.payments.metering, dtp.payments.ratelimit), plus the ledger-side
-helpers of dtp.payments.settlement on a LocalLedger file."""
+token buckets and the host policy (dtp.payments.metering, dtp.payments.ratelimit), plus the
+ledger-side helpers of dtp.payments.settlement on a LocalLedger file."""
 
 from __future__ import annotations
 

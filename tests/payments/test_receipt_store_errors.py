@@ -1,7 +1,7 @@
 """The receipt store's error handling, finished (dtp.payments.receipt_store).
 
 - :class:`ReceiptStoreError` lives in :mod:`dtp.errors` with the other DTP errors (and
-  is still importable from dtp.payments.receipt_store); its opening errors name the file too.
+  imports from dtp.payments.receipt_store too); its opening errors name the file too.
 - ``ReceiptStore.close()`` did not wait for a write in progress: it closed the handle
   under a writer thread mid-transaction, whose batch then failed and was retried against
   the closed store every second, an error logged each time, the receipt never counted.

@@ -1,4 +1,5 @@
-"""dtp.payments.receipts: the receipt vector of docs/escrow.md, fees, encoding, check_receipt, Meter."""
+"""dtp.payments.receipts: the receipt vector of docs/escrow.md, fees, encoding, check_receipt,
+Meter."""
 
 from __future__ import annotations
 

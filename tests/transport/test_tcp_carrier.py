@@ -5,7 +5,7 @@ The TCP carrier's two-half connect (PendingTcp) against a host that never answer
 its timeout bounds the whole wait.
 
 The TCP carrier's connects (dtp.transport.carriers.tcp), the one-holder lock
-(dtp.identity.files) and the durable replace (dtp.identity.files):
+and the durable replace (dtp.identity.files):
 
 - a published endpoint whose name the IDNA codec refuses (``a..b``, a label past 63
   characters) raised a bare UnicodeError: connect_any stopped there instead of trying
@@ -426,7 +426,7 @@ def test_a_bracketed_ipv6_host_is_not_bracketed_twice() -> None:
     assert "[[" not in str(error)
 
 
-# -- dtp.identity.files / dtp.identity.files ----------------------------------------------------------
+# -- dtp.identity.files: the lock and the durable replace ---------------------------------
 
 
 def _refuse_fchmod(monkeypatch: pytest.MonkeyPatch) -> None:
