@@ -130,3 +130,35 @@ def test_the_face_on_the_base_install() -> None:
     done = _fresh(code, no_extras=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["LocalLedger", "HostIdentity", "Graph", "extra", "sui"]
+
+
+def test_the_blocking_face_lists_no_internals() -> None:
+    """dtp.socket's __all__ is what applications use: the engine's tuning constants and
+    the read helpers stay in the transport's modules."""
+    import dtp.socket
+
+    internals = {
+        "DRAIN_QUIET",
+        "FIRST_RECV_CHUNK",
+        "LOSSY_LINGER",
+        "READ_FIRST_SKIP",
+        "RECV_CHUNK",
+        "recv_into_target",
+    }
+    assert not internals & set(dtp.socket.__all__)
+    assert not [name for name in internals if hasattr(dtp.socket, name)]
+    for name in dtp.socket.__all__:
+        assert getattr(dtp.socket, name) is not None, name
+
+
+def test_the_upper_layers_hooks_are_not_public_on_the_streams() -> None:
+    """A payment riding on a connection is set by the host-ID layer (dtp.hostid), not
+    by applications: the members that set it are private on both drivers' streams."""
+    from dtp.aio import DTPStreamWriter
+    from dtp.socket import DTPSocket
+
+    for cls in (DTPSocket, DTPStreamWriter):
+        assert not hasattr(cls, "set_connection_hook"), cls
+        assert hasattr(cls, "_set_connection_hook"), cls
+    assert not hasattr(DTPSocket, "start_timer")
+    assert hasattr(DTPSocket, "_start_timer")
