@@ -533,6 +533,9 @@ def _run_block(key: str, block: Block, chain: list[Block], tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DTP_SUI", "PYTEST"))}
     env["HOME"] = str(tmp_path)  # identity files and the like land in tmp_path
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    # this checkout's dtp, not whichever one is installed (an editable install may point
+    # at another checkout)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-X", "dev", str(script)],
         cwd=tmp_path,
