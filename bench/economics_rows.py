@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.workload import Workload
-from dtp.escrow import Receipt, ReceiptScope
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Receipt, ReceiptScope
 
 __all__ = ["sponsored_cycle", "subscribed_open_close"]
 

@@ -33,7 +33,7 @@ from dtp.ledger.interface import Ledger
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
 
 if TYPE_CHECKING:
     from tests.support.sui_network import StandInProcess

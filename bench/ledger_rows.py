@@ -12,11 +12,11 @@ import tempfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.workload import Workload
-from dtp.escrow import Receipt, ReceiptScope, check_receipt
 from dtp.identity import ed25519
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Receipt, ReceiptScope, check_receipt
 
 __all__ = ["ledger_open_close", "receipt_verify"]
 

@@ -39,11 +39,7 @@ from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking import LINGER, AcceptHook, AdmitHook
 from dtp.transport.blocking import connect as blocking_connect
-from dtp.transport.blocking.checks import (
-    recv_into_target,
-)
 from dtp.transport.blocking.connect import DEFAULT_TIMEOUT
-from dtp.transport.blocking.engine import DRAIN_QUIET, LOSSY_LINGER, READ_FIRST_SKIP
 from dtp.transport.blocking.files import FileStream, stream_file
 from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
 from dtp.transport.handshake_slots import (
@@ -51,7 +47,7 @@ from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
-from dtp.transport.session import FIRST_RECV_CHUNK, RECV_CHUNK, check_connect_timeout
+from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,13 +58,8 @@ if TYPE_CHECKING:
     from dtp.payments.receipt_store import ReceiptStore
 
 __all__ = [
-    "DRAIN_QUIET",
-    "FIRST_RECV_CHUNK",
     "LINGER",
-    "LOSSY_LINGER",
     "PAID_CLOSE_WAIT",
-    "READ_FIRST_SKIP",
-    "RECV_CHUNK",
     "SEND_HIGH_WATER",
     "SHUT_RD",
     "SHUT_RDWR",
@@ -81,7 +72,6 @@ __all__ = [
     "PeerInfo",
     "create_connection",
     "create_server",
-    "recv_into_target",
     "serve",
     "stream_file",
 ]

@@ -1,5 +1,5 @@
 """Shared fixtures. ``backend`` runs a test once per core backend: the C extension
-(``dtp._core`` native names) and the pure-Python twin (``dtp._reference``).
+(``dtp.native.core`` native names) and the pure-Python twin (``dtp.native.reference``).
 
 The files listed in ``tests/core_independent.txt`` never reach the core (ledger rules,
 the Sui codec, command lines, docs): they are marked ``core_independent``, and
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from dtp import _core
+from dtp.native import core as _core
 from tests.support.backends import BACKENDS
 from tests.support.netns import NetnsUnavailable, TwoMachines, two_machines
 
@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class _CountedCore:
-    """dtp._core's ``lib`` with each entry point looked up recorded, except by threads that
+    """dtp.native.core's ``lib`` with each entry point looked up recorded, except by threads that
     were running before the test began (a server an earlier test left closing is not this
     test's doing), other than the test's own thread."""
 

@@ -5,8 +5,7 @@ client only when the connection ID it named in its handshake is an Open Transpor
 of this client, host and port whose escrow is funded, the host's firewall (read
 afresh) still permits the client, and the subscription it was opened with, if any, is
 not over; and what a hook's verdict means. The client side is
-:mod:`dtp.hostid.connect`, whose names this module re-exports (the old ``dtp.admission``
-held both).
+:mod:`dtp.hostid.connect`, whose names this module re-exports.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from dtp.errors import (
     subscription_refusal,
 )
 
-# the client side, re-exported: ``dtp.admission`` (this module's old name) held both
+# the client side, re-exported
 from dtp.hostid.connect import (
     CarrierChoice,
     NoCarrierEndpoint,

@@ -420,7 +420,7 @@ async def _open_by_host_id(
     writer.connection_id = prepared.connection_id
     writer.escrow_id = prepared.escrow_id
     if payments:
-        writer.set_connection_hook(payments[0], payments[0].on_receipt_frame)
+        writer._set_connection_hook(payments[0], payments[0].on_receipt_frame)
     return reader, writer
 
 

@@ -143,8 +143,8 @@ def connect_by_host_id(
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
     if payments:
-        sock.set_connection_hook(payments[0], payments[0].on_receipt_frame)
-    sock.start_timer()  # (after the payment: a metered engine's passes come sooner)
+        sock._set_connection_hook(payments[0], payments[0].on_receipt_frame)
+    sock._start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
 
 

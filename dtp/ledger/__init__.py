@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dtp.ledger import spec as _spec
 from dtp.ledger.economics import (
     RetainedRecord,
     RetentionTerms,
@@ -50,11 +49,6 @@ from dtp.ledger.spec import LedgerSpec, parse_ledger_spec
 
 if TYPE_CHECKING:
     from dtp.ledger.local import LocalLedger
-
-# open_ledger was defined in dtp.ledger.spec before it moved to dtp.ledger.open; spec cannot
-# import it back (open imports spec), so the package, which every import of spec runs
-# first, hands it to spec for code that still imports it from there.
-vars(_spec).setdefault("open_ledger", open_ledger)
 
 __all__ = [
     "Broadcast",

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
 from dtp.cli.ledger import register
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
 from tests.support.sui_network import SuiNetwork
 
 

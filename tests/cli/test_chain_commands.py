@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.cli.ledger import SUI_INSTALL_HINT
 from dtp.errors import ChainError
+from dtp.ledger.local import LocalLedger
 from tests.cli.chain_cli import Cli, make_parser
 from tests.support.daemon_procs import ENV, SUI
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import LedgerUnavailable
+from dtp.ledger.local import LocalLedger
 from tests.cli.chain_cli import Cli, make_parser
 
 NEW_AUTHORITY = "0x" + "00" * 31 + "aa"

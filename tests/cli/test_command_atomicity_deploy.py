@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.cli.localnet_place import a_host, dtp, fake_sui
 from tests.cli.localnet_place import place as place  # the fixture
 from tests.support.daemon_procs import ENV, ROOT

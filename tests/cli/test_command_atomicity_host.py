@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dtp.cli import main
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.paths import ROOT
 
 #: A host ID that names nothing on the test's ledger.

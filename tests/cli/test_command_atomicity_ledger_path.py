@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.objects import MAX_ENDPOINTS, normalize_id
 from dtp.cli import main
+from dtp.ledger.objects import MAX_ENDPOINTS, normalize_id
 
 #: A host ID that names nothing on the test's ledger.
 NO_HOST = "0x" + "ab" * 32

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.cli import main
+from dtp.ledger.local import LocalLedger
 from tests.cli.localnet_place import a_host, dtp, fake_sui
 from tests.cli.localnet_place import place as place  # the fixture
 from tests.support.daemon_procs import ENV

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.chain.sui import SuiLedger
 from dtp.errors import ChainError, InvalidArgument, InvalidObjectId, LedgerUnavailable
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import SuiLedger
 from tests.cli.chain_cli import Cli, make_parser
 from tests.cli.deploy_runs import PUBLISHED, deploy, fake_sui
 from tests.support.recording_sui_node import (  # noqa: F401 - sui is a fixture

@@ -50,12 +50,12 @@ from pathlib import Path
 import pytest
 
 import dtp.cli.demo as demo
-from dtp.chain.objects import Sla
 from dtp.cli import demo_daemon
 from dtp.cli.demo_daemon import run_daemon_step
 from dtp.daemon.status import _table
 from dtp.daemon.tunnel import TcpLeg
-from dtp.escrow import fee
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import fee
 from tests.support.paths import ROOT
 
 

@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 
 import dtp
-from dtp._filelock import lock_exclusive
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, Sla
 from dtp.cli.funds import sui_text
-from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
-from dtp.receipt_store import ReceiptStore
+from dtp.identity.files import lock_exclusive
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt
 from tests.support.daemon_procs import ENV, ROOT, daemon
 from tests.support.sui_network import SuiNetwork
 

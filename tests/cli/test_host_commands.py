@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.hostid.connect import tcp_endpoints
+from dtp.ledger.local import LocalLedger
 
 
 def _dtp(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import FirewallMode
 from dtp.cli import main
 from dtp.cli.ledger import register
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import FirewallMode
 from tests.support.cli_runs import child_env, cli_env, error_lines, run_dtp
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.tunnel_setup import Setup
 

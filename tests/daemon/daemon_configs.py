@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI
 
 FAKE_HOST = "0x" + "ab" * 32

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import dtp.aio
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import TransportControl
-from dtp.connection import ConnectionConfig
 from dtp.daemon.config import load_config
 from dtp.daemon.runner import Daemon
 from dtp.daemon.tunnel import read_status
 from dtp.errors import DTPError
-from dtp.escrow import Receipt, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import TransportControl
+from dtp.payments.receipts import Receipt, fee
+from dtp.protocol.connection import ConnectionConfig
 
 BOUND = 20.0
 """Seconds: a generous bound on waits that take well under one."""

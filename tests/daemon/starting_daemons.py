@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.support.daemon_procs import ENV, ROOT, SUI, wait_until
 
 ALLOWED = 1000

@@ -38,8 +38,6 @@ from typing import Any
 import pytest
 
 import dtp.daemon.state as state_module
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import MAX_PURE_BYTES, Sla
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, parse_config
 from dtp.daemon.logs import setup_logging
@@ -47,7 +45,9 @@ from dtp.daemon.signals import CAUGHT_SIGNALS, LoopSignals
 from dtp.daemon.state import STATUS_FILE, StatusBook, process_identity
 from dtp.daemon.status import daemon_running
 from dtp.errors import DaemonConfigError, DTPError, TunnelError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import MAX_PURE_BYTES, Sla
 from tests.support.daemon_procs import ENV, ROOT, run_daemon
 from tests.support.ports import free_port
 from tests.support.tcp_blackhole import unanswered_address

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import cast
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.served import ServedConnection
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
-from dtp.escrow import ConnectionTerms
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import ConnectionTerms
 
 
 def test_a_connection_closed_on_the_ledger_is_closed(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI, daemon, run_daemon, wait_until
 from tests.support.ports import free_port
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from dtp.connection import ConnectionConfig
 from dtp.daemon.config import (
     MIN_UNPAID_SLACK,
     ForwardConfig,
@@ -25,7 +24,8 @@ from dtp.daemon.state import StatusBook, process_identity
 from dtp.daemon.status import daemon_running, format_table
 from dtp.daemon.status import main as status_main
 from dtp.errors import DaemonConfigError, KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.daemon_procs import ENV, ROOT, daemon
 
 EXAMPLE = ROOT / "examples" / "dtp.toml"

@@ -22,14 +22,14 @@ from typing import Any
 
 import pytest
 
-from dtp.chain import sui_client
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.runner import Daemon
 from dtp.errors import ConnectionLimitReached, ConnectionRefused
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.ledger.sui import client as sui_client
 from dtp.ledger.sui import ledger as sui_core
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, tunnel, until

@@ -32,7 +32,7 @@ from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import LedgerUnavailable
 from dtp.hostid.udp import UdpStats
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 BOUND = 4.0
 

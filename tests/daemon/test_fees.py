@@ -30,15 +30,15 @@ import pytest
 
 import dtp.daemon.fees as fees_mod
 import dtp.daemon.udp_flows as udp_flows_mod
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
 from dtp.errors import DTPError, InvalidReceipt
-from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.daemon.inproc import RETRY_BOUND, FileLedgerClient, run_with_file_client, until
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import ident

@@ -25,14 +25,14 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Settlement, Sla
 from dtp.daemon.fees import ServerFees, Settled
 from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.errors import ChainError
-from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
-from dtp.receipt_store import ReceiptStore
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Settlement, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=1000)

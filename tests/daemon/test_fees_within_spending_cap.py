@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.daemon.fees import ServerFees
 from dtp.errors import InvalidReceipt
-from dtp.escrow import ConnectionTerms, Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import ConnectionTerms, Receipt, ReceiptScope, fee
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=100)
 

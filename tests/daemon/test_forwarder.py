@@ -44,17 +44,17 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.connection import ConnectionConfig
 from dtp.daemon.config import Backend, ForwardConfig
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import STATUS_OK
 from dtp.errors import ChainError
-from dtp.escrow import fee
 from dtp.hostid.address import HostAddress
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.receipts import fee
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_inprocess import ident
 
 

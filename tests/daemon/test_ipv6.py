@@ -10,7 +10,7 @@ import pytest
 
 from dtp.daemon.config import Backend, parse_config
 from dtp.errors import DaemonConfigError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.daemon_procs import SUI, Proc, daemon, write_forwarder
 
 

@@ -22,13 +22,13 @@ import dtp.daemon.gas as gas_mod
 import dtp.daemon.host_policy as host_policy_mod
 import dtp.daemon.host_setup as host_setup_mod
 import dtp.daemon.settlements as settlements_mod
-from dtp.chain import sui_client
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.runner import Daemon
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ConnectionRefused
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.ledger.sui import client as sui_client
 from dtp.ledger.sui import ledger as sui_core
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import BOUND, Client, echo_backend, running, through, tunnel, until

@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 
 import dtp.daemon.forwarder
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
 from dtp.daemon.config import Backend, ForwardConfig
 from dtp.daemon.forwarder import Forwarder
 from dtp.daemon.outage import (
@@ -40,6 +38,8 @@ from dtp.daemon.refunds import Refunds
 from dtp.daemon.state import StatusBook
 from dtp.errors import ChainError, TunnelError
 from dtp.hostid.address import HostAddress
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
 from tests.support.paid_inprocess import ident
 
 SERVER, CLIENT = ident(0x44), ident(0x45)

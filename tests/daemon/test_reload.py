@@ -10,9 +10,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from dtp.chain.local import LocalLedger
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.daemon.tcp_backends import echo_server
 from tests.support.daemon_procs import SUI, Proc, daemon, forward_address, wait_until
 

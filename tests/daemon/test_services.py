@@ -39,15 +39,15 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState
 from dtp.daemon.config import load_config
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
 from dtp.errors import ChainError, ConnectionRefused, DTPError
-from dtp.escrow import ConnectionTerms
 from dtp.hostid.admission import Admitted
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState
+from dtp.payments.receipts import ConnectionTerms
 from tests.daemon.inproc import (
     SUI,
     LedgerConnector,

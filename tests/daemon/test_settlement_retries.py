@@ -50,14 +50,14 @@ import dtp.aio
 import dtp.daemon.fees as fees_mod
 import dtp.daemon.services as services_mod
 import dtp.daemon.settlements as settlements_mod
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Settlement, TransportControl
 from dtp.daemon.fees import ServerFees
 from dtp.daemon.runner import Daemon
 from dtp.errors import ChainError, ConnectionRefused, LedgerUnavailable
-from dtp.escrow import ConnectionTerms, Receipt
-from dtp.keys import HostIdentity
-from dtp.receipt_store import ReceiptStore
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Settlement, TransportControl
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import ConnectionTerms, Receipt
 from tests.daemon.inproc import (
     DEPOSIT,
     RETRY_BOUND,

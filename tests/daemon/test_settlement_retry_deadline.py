@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS
 from dtp.daemon.fees import Settled
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.settlements import SETTLE_RETRY
 from dtp.daemon.state import StatusBook
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
 
 CID = "0x" + "c1" * 32
 TIMEOUT = HALF_CLOSE_TIMEOUT_MS / 1000

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import FirewallMode
 from dtp.daemon.config import load_config
 from dtp.daemon.runner import Daemon
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import FirewallMode
 from tests.daemon.starting_daemons import ALLOWED, stop_daemon_script, write_slow_config
 from tests.support.daemon_procs import ENV, ROOT, SUI, wait_until
 

@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 
 import dtp.daemon.state as state_module
-from dtp.chain.local import LocalLedger
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import LoopSignals
 from dtp.daemon.state import STATUS_FILE, StatusBook
 from dtp.daemon.status import main as status_main
 from dtp.errors import TunnelError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.support.cli_runs import child_env
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState
 from dtp.daemon.state import read_status
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState
 from tests.daemon.daemon_configs import write_provider
 from tests.support.daemon_procs import (
     SUI,

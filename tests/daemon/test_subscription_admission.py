@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.state import StatusBook
 from dtp.errors import SubscriptionRefused, refusal_error
 from dtp.hostid.admission import PeerInfo
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.protocol.state import CloseCode
 
 

@@ -36,7 +36,6 @@ import pytest
 
 import dtp.aio
 import dtp.daemon.udp_flows as udp_flows_module
-from dtp.chain.objects import Sla
 from dtp.daemon._tasks import cancel_and_wait, end_for_cleanup
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ServiceConfig, parse_config
@@ -45,10 +44,11 @@ from dtp.daemon.served import ServedConnection
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.settlements import Retry
 from dtp.errors import DaemonConfigError
-from dtp.escrow import ConnectionTerms
 from dtp.hostid.address import HostAddress, InvalidAddress
 from dtp.hostid.admission import Admitted
-from dtp.ratelimit import RateLimiter, TokenBucket
+from dtp.ledger.objects import Sla
+from dtp.payments.ratelimit import RateLimiter, TokenBucket
+from dtp.payments.receipts import ConnectionTerms
 from tests.support.scopes import TEST_PACKAGE
 
 FREE = Sla(0, 0, 10_000)

@@ -30,8 +30,6 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Escrow, Sla, TransportControl
 from dtp.daemon.balancer import BackendPool
 from dtp.daemon.config import Backend, ForwardConfig, parse_config
 from dtp.daemon.forwarder import Forwarder
@@ -39,7 +37,9 @@ from dtp.daemon.state import StatusBook
 from dtp.daemon.tunnel import TcpLeg, refusal, splice_leg
 from dtp.errors import ChainError, DaemonConfigError, TunnelError
 from dtp.hostid.address import HostAddress
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Escrow, Sla, TransportControl
 from tests.support.paid_inprocess import ident
 
 BOUND = 15.0  # seconds: generous, for a loaded machine; the fixed code takes ~1-2 s

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from dtp.receipt_store import ReceiptStore
+from dtp.payments.receipt_store import ReceiptStore
 from tests.daemon.tunnel_setup import (
     PAID,
     Setup,

@@ -37,10 +37,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dtp.chain.objects import Escrow, EventFilter, Sla
 from dtp.daemon.state import RECEIPTS_FILE, read_status
-from dtp.escrow import fee
-from dtp.receipt_store import ReceiptStore
+from dtp.ledger.objects import Escrow, EventFilter, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import fee
 from dtp.testing.sui_node.state import NodeState
 from tests.support.daemon_procs import (
     SUI,

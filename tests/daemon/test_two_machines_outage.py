@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter
-from dtp.escrow import fee
 from dtp.ledger.connections import find_connections
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter
+from dtp.payments.receipts import fee
 from tests.daemon import test_two_machines as two
 from tests.daemon.test_two_machines import DEPOSIT, SLA, log_lines, post, row, rpc, start_on_sui
 from tests.support.daemon_procs import daemon, wait_until

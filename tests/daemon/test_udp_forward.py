@@ -23,14 +23,14 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter, Sla
 from dtp.daemon.config import Backend, ForwardConfig
 from dtp.daemon.state import StatusBook
 from dtp.daemon.udp_forward import UdpForward
 from dtp.errors import ChainError, DTPError
 from dtp.hostid.address import HostAddress
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, EventFilter, Sla
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for
 

@@ -22,12 +22,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument, TunnelError
-from dtp.escrow import fee
 from dtp.hostid.udp import UdpForwarder, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import fee
 from tests.daemon.tunnel_setup import Setup, conserved, ledger_connections, status
 from tests.support.daemon_procs import Proc, wait_until
 from tests.support.polling import wait_for

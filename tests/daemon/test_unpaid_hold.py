@@ -11,13 +11,13 @@ from typing import cast
 import pytest
 
 import dtp.aio
-from dtp.chain.objects import Sla
 from dtp.daemon.config import MIN_UNPAID_SLACK, Backend, ServiceConfig
 from dtp.daemon.served import ServedConnection
 from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_WAIT
 from dtp.daemon.services import ServiceHost
 from dtp.errors import TunnelError
-from dtp.escrow import ConnectionTerms
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import ConnectionTerms
 from tests.daemon.tunnel_setup import (
     PAID,
     Setup,

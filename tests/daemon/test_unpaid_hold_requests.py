@@ -11,15 +11,15 @@ from typing import cast
 import pytest
 
 import dtp.aio
-from dtp.chain.objects import Sla
 from dtp.daemon.config import Backend, ServiceConfig
 from dtp.daemon.fees import REQUESTS_PER_RECEIPT, ClientFees
 from dtp.daemon.served import ServedConnection
 from dtp.daemon.served_tunnels import UNPAID_PAUSE, UNPAID_REQUESTS, UNPAID_WAIT
 from dtp.daemon.services import ServiceHost
 from dtp.errors import TunnelError
-from dtp.escrow import ConnectionTerms
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import ConnectionTerms
 from tests.support.scopes import TEST_PACKAGE, scope_of
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph, Query, link, link_soul
 from dtp.graph.values import encode_value
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 
 SOULS = ["a", "b", "c", "d", "s/1", "é"]
 FIELDS = ["x", "y", "t", "m"]

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from dtp._reference.ham import decode_ham_batch
-from dtp.chain.local import LocalLedger
 from dtp.errors import DTPError, InvalidArgument, LocalProtocolError
 from dtp.graph import Graph
+from dtp.ledger.local import LocalLedger
+from dtp.native.reference.ham import decode_ham_batch
 from tests.support.object_world import CLIENT, SERVER, SLA, World
 
 

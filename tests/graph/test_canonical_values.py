@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, SyncSession
 from dtp.graph.values import decode_value, encode_value
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.leaks import open_fds
 
 HAMS = ["c", "python"]
@@ -275,7 +275,7 @@ def test_a_signed_update_at_negative_zero_is_refused_alike_everywhere() -> None:
     -0.0 fails on every peer alike (before, it was taken with the -0.0 kept, and a peer
     that held 0.0 for the field never converged with it)."""
     from dtp.graph import namespace, user_soul
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     owner = HostIdentity.generate()
     soul = user_soul(owner, "doc").encode()

@@ -16,9 +16,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.paths import ROOT
 
 

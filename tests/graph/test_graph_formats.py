@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph, GraphStorageError, SyncSession, namespace
 from dtp.graph.persist import FORMAT, GraphStorage
 from dtp.graph.values import gun_value, is_gun_value
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.paths import GOLDEN
 
 HAMS = ["c", "python"]

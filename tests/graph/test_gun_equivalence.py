@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from bench import gun_ham
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph
 from dtp.graph.values import encode_value, gun_value, link, value_text
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 
 needs_node = pytest.mark.skipif(
     not gun_ham.available(), reason="node and npm are needed to run GunDB (tools/gun-ham)"

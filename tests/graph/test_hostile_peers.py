@@ -15,11 +15,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph, GraphSyncError, SyncSession, sync_blocking, sync_stream
 from dtp.graph.sync import HELLO, SUM, VERSION
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 
 
 def _frame(message: object) -> bytes:

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Graph, GraphStorageError, QueryError, link, link_soul
 from dtp.graph.query import comparable
 from dtp.graph.values import encode_value
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.paths import ROOT
 
 HAMS = ["c", "python"]

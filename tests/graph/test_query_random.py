@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph, link
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.graph.query_model import (
     FIELDS,
     OPS,

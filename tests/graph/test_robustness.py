@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Change, Graph, GraphServer, connect
 from dtp.graph.persist import GraphStorageError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.leaks import open_fds
 from tests.support.paths import ROOT
 

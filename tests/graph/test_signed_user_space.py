@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from dtp._core import decode_ham_batch, encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.graph import Graph, namespace
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import decode_ham_batch, encode_ham_batch
+from dtp.native.types import HamUpdate
 
 
 @pytest.fixture

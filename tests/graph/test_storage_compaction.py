@@ -47,14 +47,14 @@ from pathlib import Path
 
 import pytest
 
-from dtp import _reference
-from dtp._core import NativeHamGraph, encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph import Graph
 from dtp.graph.clock import HybridClock
 from dtp.graph.persist import GraphStorage
 from dtp.graph.values import GraphValueError, encode_value
+from dtp.native import reference as _reference
+from dtp.native.core import NativeHamGraph, encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.paths import ROOT
 
 HAMS = ["c", "python"]

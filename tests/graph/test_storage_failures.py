@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError
 from dtp.graph import Change, Graph, GraphStorageError
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.leaks import open_fds
 from tests.support.paths import ROOT
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import dtp
-from dtp._core import HamUpdate, encode_ham_batch
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import Graph
 from dtp.graph.persist import GraphStorageError
 from dtp.graph.values import decode_value, encode_value
+from dtp.native.core import HamUpdate, encode_ham_batch
 
 
 def _nested(depth: int, inner: object = 1) -> object:

@@ -31,8 +31,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import LocalProtocolError, RemoteProtocolError
 from dtp.graph import (
     Change,
@@ -47,7 +45,9 @@ from dtp.graph import (
 )
 from dtp.graph.clock import STEP, HybridClock
 from dtp.graph.persist import GraphStorageError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 
 HAMS = ["c", "python"]
 

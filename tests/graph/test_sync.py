@@ -29,12 +29,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dtp.aio
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import DTPError, RemoteProtocolError
 from dtp.graph import Graph, GraphServer, GraphSyncError, SyncSession, connect, sync_stream
 from dtp.graph.sync import DATA, END, HELLO, SUM, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.support.paths import ROOT
 
 T0 = 1_000_000.0

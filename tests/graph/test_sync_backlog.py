@@ -22,7 +22,7 @@ import dtp.aio
 import dtp.socket
 from dtp.graph import Graph, GraphServer, SyncSession, sync_stream
 from dtp.graph.sync import HELLO, VERSION, SyncBacklogExceeded
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 BIG = "x" * 1_000_000  # values of about 1 MB: a table of 12 MB is 3x the stream window
 

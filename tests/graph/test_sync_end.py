@@ -30,11 +30,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError
 from dtp.graph import Graph, GraphSyncError, SyncSession, connect, sync_blocking, sync_stream
 from dtp.graph.sync import END, HELLO, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 
 
 def _hello_with_fields() -> bytes:

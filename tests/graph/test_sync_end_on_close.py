@@ -24,7 +24,7 @@ import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.graph import Graph, GraphSyncError, SyncSession, sync_blocking, sync_stream
 from dtp.graph.sync import HELLO, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER = HostIdentity.generate()
 BOUND = 10.0

@@ -24,7 +24,7 @@ import dtp.aio
 from dtp.errors import DTPError
 from dtp.graph import Graph, GraphSyncError, sync_stream
 from dtp.graph.sync import DATA, HELLO, HELLO_TIMEOUT, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.graph.wire import frame
 
 Outcome = asyncio.Future[Any]  # sync_stream's session, or the exception it raised

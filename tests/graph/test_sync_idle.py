@@ -26,7 +26,7 @@ import dtp.socket
 from dtp.errors import DTPTimeoutError, LocalProtocolError
 from dtp.graph import Graph, GraphServer, SyncSession, connect, sync_blocking
 from dtp.graph.sync import HELLO, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.polling import wait_for
 
 SOCKET_TIMEOUT = 1.5

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import DTPError
 from dtp.graph import Graph, GraphServer, connect, link, user_soul
 from dtp.graph.sync import DATA, HELLO, VERSION, SyncSession, sync_blocking
 from dtp.graph.values import encode_value
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
 from dtp.native.reference.limits import HAM_BATCH_VERSION
+from dtp.native.types import HamUpdate
 from tests.graph.wire import frame
 from tests.support.backends import require_native
 from tests.support.paths import ROOT

@@ -25,8 +25,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp._core import encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.graph import (
     Graph,
@@ -39,7 +37,9 @@ from dtp.graph import (
 )
 from dtp.graph.store import soul_leaf
 from dtp.graph.sync import HELLO, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native.core import encode_ham_batch
+from dtp.native.types import HamUpdate
 
 WANT = 5  # the message type (docs/graph.md)
 T0 = 1.75e12

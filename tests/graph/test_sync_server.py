@@ -35,11 +35,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.graph import Graph, GraphServer, SyncSession, connect, sync_blocking
 from dtp.graph.sync import HELLO, VERSION
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.graph.wire import frame
 from tests.support.polling import wait_for
 

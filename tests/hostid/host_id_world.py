@@ -14,10 +14,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import ConnectionConfig
 
 SLA = Sla(10, 5, 1000)
 PORT = 443

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
 from dtp.errors import ChainError, ConnectionLost, DTPError, ObjectNotFound
 from dtp.hostid.ledger_carrier.bridge import (
     LedgerBridge,
     LedgerCarrierOptions,
     connect_ledger_carrier,
 )
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, PORT, SERVER, SLA
 
 

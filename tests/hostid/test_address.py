@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.chain.objects import normalize_id
 from dtp.errors import InvalidObjectId
 from dtp.hostid.address import HostAddress, InvalidAddress, is_dtp_address
+from dtp.ledger.objects import normalize_id
 
 FULL = "0x" + "ab" * 32
 

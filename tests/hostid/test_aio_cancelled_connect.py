@@ -16,8 +16,8 @@ import pytest
 
 import dtp.aio
 import dtp.hostid.asyncio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.transport.asyncio.threads import threaded_or_released
 from tests.support.ledger_server import identity_from_seed
 from tests.support.polling import wait_for

@@ -10,9 +10,6 @@ import msgpack
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, FirewallMode
-from dtp.connection import _parse_params
 from dtp.errors import (
     ConnectionRefused,
     FirewallDenied,
@@ -24,6 +21,9 @@ from dtp.errors import (
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
 from dtp.hostid.connect import NoCarrierEndpoint, resolve_service, tcp_endpoints
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, FirewallMode
+from dtp.protocol.connection import _parse_params
 from tests.hostid.host_id_world import (
     CLIENT,
     MALLORY,

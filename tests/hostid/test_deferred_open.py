@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.ledger import PendingOpen
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter
 from dtp.errors import ConnectionRefused, InvalidTransaction, NotAuthorized, ObjectNotFound
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
+from dtp.ledger.interface import PendingOpen
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter
 from tests.hostid.host_id_world import (
     APIS,
     CLIENT,

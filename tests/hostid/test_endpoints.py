@@ -18,10 +18,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ConnectionLost
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

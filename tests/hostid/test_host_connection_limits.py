@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 443

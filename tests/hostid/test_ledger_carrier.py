@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ObjectNotFound, WrongSigner
 from dtp.hostid.ledger_carrier.carrier import (
     KIND_FRAGMENT,
@@ -25,6 +23,8 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Event, EventFilter
 from tests.hostid.ledger_carrier_pairs import (
     PORT,
     SLA,

@@ -48,10 +48,7 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import ChainError
-from dtp.events import DatagramReceived, PeerAuthenticated
 from dtp.hostid.ledger_carrier import bridge as ledger_bridge
 from dtp.hostid.ledger_carrier.bridge import (
     _MAX_UNSENT,
@@ -73,6 +70,9 @@ from dtp.hostid.ledger_carrier.carrier import (
     LedgerLink,
     frame_record,
 )
+from dtp.ledger.interface import Ledger
+from dtp.protocol.connection import Connection, ConnectionConfig
+from dtp.protocol.events import DatagramReceived, PeerAuthenticated
 from tests.hostid.ledger_carrier_pairs import World
 from tests.hostid.outages import (
     OutageWorld,

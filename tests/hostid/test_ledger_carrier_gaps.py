@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ConnectionClosed
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import CarrierState, LedgerCarrier, confirm_records
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Event, EventFilter
 from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 

@@ -27,12 +27,7 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
-from dtp.connection import ConnectionConfig
 from dtp.errors import ChainError, ConnectionLost, DTPError
-from dtp.escrow import object_id_bytes
 from dtp.hostid.ledger_carrier import bridge as ledger_bridge
 from dtp.hostid.ledger_carrier.bridge import (
     _MAX_UNSENT,
@@ -42,6 +37,11 @@ from dtp.hostid.ledger_carrier.bridge import (
     connect_ledger_carrier,
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD, KIND_SYNC, LedgerCarrier
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
+from dtp.payments.receipts import object_id_bytes
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.session import Session
 from tests.hostid.outages import (
     AbortingEcho,

@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
 from dtp.errors import NotAuthorized, PaymentModelError, WrongObject
 from dtp.hostid.ledger_carrier.bridge import LEDGER_HANDSHAKE_TIMEOUT, LedgerCarrierOptions
 from dtp.hostid.ledger_carrier.carrier import (
@@ -26,6 +24,8 @@ from dtp.hostid.ledger_carrier.carrier import (
     confirm_retained,
     reclaim_retained,
 )
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from tests.hostid.ledger_carrier_pairs import ImpairedLedger, frozen_clock, run_exchange
 from tests.hostid.retention_world import PRICE, RETENTION_MS, SLA, World
 from tests.support.ledger_carrier_world import (

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
 from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
+from dtp.ledger.local import LocalLedger
 from tests.hostid.retention_world import World
 from tests.support.pairs import CLIENT_ID, SERVER_ID
 

@@ -19,9 +19,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter
 from dtp.errors import (
     ConnectionRefused,
     DTPTimeoutError,
@@ -40,6 +37,9 @@ from dtp.hostid.ledger_carrier.bridge import (
     connect_ledger_carrier,
 )
 from dtp.hostid.ledger_carrier.carrier import KIND_RECORD
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter
 from dtp.transport.blocking import connect as blocking_connect
 from tests.support.ledger_carrier_world import (
     CLIENT,

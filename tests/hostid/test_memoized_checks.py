@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionStateError, InvalidReceipt, LedgerUnavailable, move_error
-from dtp.escrow import Receipt, check_receipt, fee, receipt_message
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy, gate_for
 from dtp.identity import ed25519 as memo_module
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
-from dtp.settlement import ClientPayment, claim_and_settle, recover_unclaimed
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt, check_receipt, fee, receipt_message
+from dtp.payments.settlement import ClientPayment, claim_and_settle, recover_unclaimed
 from tests.support.paths import ROOT
 from tests.support.scopes import scope_of
 
@@ -262,8 +262,8 @@ def test_settle_reads_the_connection_once_and_conserves(world: World, tmp_path: 
 _KEEP_AND_DIE = textwrap.dedent(
     """
     import os, sys
-    from dtp.escrow import Receipt
-    from dtp.receipt_store import ReceiptStore
+    from dtp.payments.receipts import Receipt
+    from dtp.payments.receipt_store import ReceiptStore
     store = ReceiptStore(sys.argv[1])
     assert store.keep(Receipt.decode(bytes.fromhex(sys.argv[2])))
     os._exit(0)  # no close, no checkpoint: what keep() committed must be there
@@ -620,7 +620,7 @@ class _BlockedStore(ReceiptStore):
 def test_the_writer_knows_receipts_on_their_way_and_marks_after_them(
     world: World, tmp_path: Path
 ) -> None:
-    from dtp.receipt_writer import ReceiptWriter
+    from dtp.payments.receipt_writer import ReceiptWriter
 
     cid, _ = world.open()
     receipt = world.receipt(cid, 4096, 1)
@@ -655,7 +655,7 @@ class _CountingReads(_CountingLedger):
 
 
 def test_settling_from_the_writer_with_the_admitted_escrow(world: World, tmp_path: Path) -> None:
-    from dtp.receipt_writer import ReceiptWriter
+    from dtp.payments.receipt_writer import ReceiptWriter
 
     cid, escrow_id = world.open()
     escrow = world.ledger.get_escrow(escrow_id)  # as admission read it
@@ -710,8 +710,8 @@ def test_keep_many_keeps_newer_receipts_and_marks_after_them(world: World, tmp_p
 def test_claimed_marks_go_with_the_next_receipt_write(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp import receipt_writer
-    from dtp.receipt_writer import ReceiptWriter
+    from dtp.payments import receipt_writer
+    from dtp.payments.receipt_writer import ReceiptWriter
 
     monkeypatch.setattr(receipt_writer, "MARK_DELAY", 0.3)
     first, _ = world.open()

@@ -1,6 +1,6 @@
 """Two costs cut from every ledger call and every paid admission, and what they must not
 cost in safety: LocalLedger no longer verifies again a transaction signature a
-HostIdentity of this process just made (dtp.keys' own-signature memo), and a paid
+HostIdentity of this process just made (dtp.identity.keys' own-signature memo), and a paid
 server waiting for a client's open watches LocalLedger's change marker instead of
 reading the connection again and again."""
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp import _ed25519, keys
-from dtp.chain.local import LocalLedger
 from dtp.errors import WrongSigner
 from dtp.hostid.admission import while_opening
-from dtp.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.identity import ed25519 as _ed25519
+from dtp.identity import keys
+from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
+from dtp.ledger.local import LocalLedger
 
 
 def ident(seed: int) -> HostIdentity:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 
 # 1 MIST per KiB; an allowance far above any receipt interval here, so the meter's

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.escrow import fee
-from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, MeteringConfig
-from dtp.settlement import ClientPayment
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipts import fee
+from dtp.payments.settlement import ClientPayment
 from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.scopes import scope_of

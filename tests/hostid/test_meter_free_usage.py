@@ -16,10 +16,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
-from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipts import Receipt, fee
 from tests.hostid.paid_handlers import echo_streams
 from tests.support.paid_inprocess import ident, paid_service
 from tests.support.polling import wait_for

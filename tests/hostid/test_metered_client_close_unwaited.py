@@ -14,10 +14,10 @@ from pathlib import Path
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.metering import MeteringConfig
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 7

@@ -14,11 +14,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 
 SERVER = HostIdentity.generate()

@@ -24,12 +24,12 @@ import pytest
 import dtp.aio
 import dtp.daemon.config as daemon_config
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, InvalidArgument
-from dtp.escrow import object_id_bytes
 from dtp.hostid.admission import LedgerAdmission
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import object_id_bytes
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import echo, echo_aio, ident, loop_in_thread, stop
 
 PORT = 443

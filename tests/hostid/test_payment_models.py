@@ -17,13 +17,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import SubscriptionExpired, WrongSubscription
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(price_per_kib=10, price_per_request=0, min_deposit=50_000)

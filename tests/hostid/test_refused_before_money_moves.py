@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain import local_rules as rules
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, HandshakeError, InvalidArgument
 from dtp.hostid.admission import LedgerAdmission
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger, rules
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from tests.support.polling import wait_for
 
 PORT = 443

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
 from dtp.errors import PaymentModelError, SponsorUnfunded
 from dtp.hostid.connect import pinned_host_key
+from dtp.ledger.local import LocalLedger
+from dtp.protocol.connection import MAX_STREAM_FRAME_OVERHEAD, ConnectionConfig
 from tests.hostid.money import (
     ADAPTERS,
     CLIENT,

@@ -29,11 +29,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import ConnectionLimitReached, ConnectionStateError
 from dtp.hostid.served import ServedConnections
-from dtp.settlement import collect_refund
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
+from dtp.payments.settlement import collect_refund
 from tests.support.ledger_server import identity_from_seed
 from tests.support.paid_twins import loop_in_thread
 from tests.support.polling import wait_for

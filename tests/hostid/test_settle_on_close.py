@@ -19,11 +19,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.connection import ConnectionConfig
 from dtp.hostid.served import reservations_of
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.server import DTPServer as AsyncioTransportServer
 from dtp.transport.blocking.server import DTPServer as BlockingTransportServer
 from dtp.transport.hooks import PeerInfo

@@ -1,5 +1,5 @@
 """Adversarial checks of the handshake's key handling: no ephemeral key outlives
-its handshake (in the Handshake object or in the DH results dtp.keys_ahead made for
+its handshake (in the Handshake object or in the DH results dtp.identity.ahead made for
 it), and a passphrase that has no UTF-8 form is a clear error that does not quote it."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.socket
-from dtp import keys_ahead
-from dtp.crypto import Handshake
 from dtp.errors import HandshakeError, KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity import ahead as keys_ahead
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import Handshake
 from dtp.transport.handshake_slots import AddressSlots, address_key
 from tests.support.procs import server_process
 
@@ -59,7 +59,7 @@ def _holds_key(root: object, private: bytes) -> bool:
 
 
 def _pair(ik: bool, made_ahead: bool) -> tuple[Handshake, Handshake, bytes, bytes]:
-    if made_ahead:  # the key pair comes from dtp.keys_ahead, as in every connect
+    if made_ahead:  # the key pair comes from dtp.identity.ahead, as in every connect
         keys_ahead.prepare_ephemeral_key()
         keys_ahead.prepare_ephemeral_key()
     client_e, server_e = keys_ahead.new_ephemeral_key(), keys_ahead.new_ephemeral_key()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.identity.other_users import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")

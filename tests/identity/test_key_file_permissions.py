@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import KeyFileError
-from dtp.keys import HostIdentity, default_identity_path
+from dtp.identity.keys import HostIdentity, default_identity_path
 from tests.identity.other_users import run_as
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permissions and owners")

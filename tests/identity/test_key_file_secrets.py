@@ -24,10 +24,15 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 import dtp
-from dtp.chain.local import LocalLedger
 from dtp.cli import main
 from dtp.errors import KeyFileError
-from dtp.keys import IDENTITY_FILE_KIND, IDENTITY_FILE_VERSION, HostIdentity, _associated_data
+from dtp.identity.keys import (
+    IDENTITY_FILE_KIND,
+    IDENTITY_FILE_VERSION,
+    HostIdentity,
+    _associated_data,
+)
+from dtp.ledger.local import LocalLedger
 from tests.support.cli_runs import cli_env, error_lines, run_dtp
 
 #: Stands for secret key material in a damaged secret part.

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dtp.errors import KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 PASSPHRASE = "correct horse"
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtp.errors import DTPError, KeyFileError
-from dtp.keys import (
+from dtp.identity.keys import (
     HostIdentity,
     InvalidSignature,
     default_identity_path,

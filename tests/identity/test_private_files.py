@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from dtp._filelock import lock_exclusive
 from dtp.daemon.config import parse_config
 from dtp.daemon.host_setup import recorded_host_id
 from dtp.daemon.runner import load_identity, lock_state_dir
 from dtp.daemon.state import read_status
 from dtp.errors import DaemonConfigError, HostConfigError, KeyFileError
-from dtp.keys import HostIdentity
+from dtp.identity.files import lock_exclusive
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.errors import SealedError
 from dtp.messaging.sealed import SealedInbox
 

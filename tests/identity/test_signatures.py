@@ -1,8 +1,8 @@
-"""Sui personal-message signatures (dtp.keys): round trips, rejections, and keys of
+"""Sui personal-message signatures (dtp.identity.keys): round trips, rejections, and keys of
 small order, which prove no one. (That the two Ed25519 verifiers agree is
 tests/identity/test_ed25519.py's.)
 
-dtp.keys' signing and verifying helpers: arguments that are not bytes-like.
+dtp.identity.keys' signing and verifying helpers: arguments that are not bytes-like.
 
 ``bytes(5)`` is five zero bytes, so before the fix an int given where bytes belong was
 taken as that many zero bytes: ``sign(64)`` signed 64 zero bytes, a message of ``5``
@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp import keys
 from dtp.errors import KeyFileError
-from dtp.keys import (
+from dtp.identity import keys
+from dtp.identity.keys import (
     SUI_SIGNATURE_SIZE,
     HostIdentity,
     InvalidSignature,
@@ -47,7 +47,7 @@ def test_personal_message_round_trip_and_rejections() -> None:
 
 
 # The eight points of small order, canonically encoded (y, with the sign of x on top),
-# written out independently of dtp.keys' own derivation.
+# written out independently of dtp.identity.keys' own derivation.
 _P = 2**255 - 19
 _ORDER_8_Y = 0x05FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826
 SMALL_ORDER = [y.to_bytes(32, "little") for y in (1, _P - 1, 0, _ORDER_8_Y, _P - _ORDER_8_Y)] + [

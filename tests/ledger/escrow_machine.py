@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ChainError
-from dtp.escrow import Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.receipts import Receipt, ReceiptScope, fee
 
 SLA = Sla(10, 5, 100)
 TIMEOUT = 600_000

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 
-from dtp.chain.objects import Sla
-from dtp.chain.sui import execution_error
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import execution_error
 from tests.ledger.sui_tx_cases import PACKAGE
 
 SLA = Sla(10, 5, 1000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.sui.tx import CLOCK_ID, SharedRef
 
 # the connection's objects are those of the transport's golden transactions

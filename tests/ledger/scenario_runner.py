@@ -10,12 +10,12 @@ from typing import Any, Protocol
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, Sla
 from dtp.errors import ChainError, ObjectNotFound
-from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Event, Sla
+from dtp.payments.receipts import Receipt
 from tests.support.paths import SCENARIOS
 
 SCENARIO_DIR = SCENARIOS

@@ -7,10 +7,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
 from dtp.ledger.sui.tx import CLOCK_ID, GasData, OwnedRef, SharedRef, TxContext
+from dtp.payments.receipts import Receipt, ReceiptScope, fee
 
 PACKAGE = "0x" + "d7" * 32
 SENDER = HostIdentity.from_private_bytes(bytes(range(32)), bytes(range(32, 64)))

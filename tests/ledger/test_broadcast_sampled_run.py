@@ -13,11 +13,11 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.ledger.broadcast_model import BroadcastModel
 

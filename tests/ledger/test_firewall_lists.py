@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import MAX_FIREWALL_ENTRIES, FirewallMode, Sla
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import FirewallDenied, HostConfigError, InvalidArgument, ObjectNotFound
 from dtp.hostid.admission import LedgerAdmission
 from dtp.hostid.connect import resolve_service
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import MAX_FIREWALL_ENTRIES, FirewallMode, Sla
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.ledger.sui.client import MalformedResponse, NodeObject, SuiNode
 from dtp.ledger.sui.codec import address_field_id, host_tables
 from dtp.testing.sui_node import SuiNodeStandIn

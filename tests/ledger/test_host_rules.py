@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import HostConfigError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 
 P = 2**255 - 19
 # Small-order u-coordinates of Curve25519: 0, 1, the two points of order 8, p - 1, p, p + 1.

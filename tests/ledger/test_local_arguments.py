@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from dtp.chain import sui_tx
-from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError, InvalidArgument
-from dtp.escrow import Receipt
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.sui import tx as sui_tx
+from dtp.payments.receipts import Receipt
 from tests.support.object_world import CLIENT, SERVER, SLA, World
 
 # what sui_tx.encode_bytes refuses; bytes(32) == 32 zero bytes is the case that mattered

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import dtp.ledger.local.clock as local
-from dtp.chain.local import CLOCK_MAX_MS, LocalLedger
-from dtp.chain.local_tx import Address
-from dtp.chain.objects import MAX_PURE_BYTES, Sla
 from dtp.errors import ChainError, InvalidArgument
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import CLOCK_MAX_MS, LocalLedger
+from dtp.ledger.local.tx import Address
+from dtp.ledger.objects import MAX_PURE_BYTES, Sla
 
 U64_MAX = 2**64 - 1
 
@@ -182,7 +182,7 @@ def test_raw_transaction_with_an_oversized_string_changes_nothing(
 def test_advance_clock_moves_on_after_the_wall_clock_stepped_back(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+    from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 
     with LocalLedger(path) as first, LocalLedger(path) as second:
         assert not first.clock_frozen()
@@ -236,7 +236,7 @@ MAX_OBJECT = 250 * 1024
 
 def _host_size(ledger: LocalLedger, host: str) -> int:
     """The Host's BCS contents, by the codec SuiLedger reads Hosts with."""
-    from dtp.chain import sui_codec
+    from dtp.ledger.sui import codec as sui_codec
 
     return len(sui_codec.encode_object(ledger.get_host(host)))
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import dtp.ledger.local.checkpoints as checkpoints
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.ledger.files import SlowCheckpoints
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x64]) * 32, bytes([0x64]) * 32)

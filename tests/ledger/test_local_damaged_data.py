@@ -20,11 +20,10 @@ import pytest
 
 import dtp.ledger.local.checkpoints as checkpoints
 import dtp.ledger.local.store as local_module
-from dtp.chain import local_rules as rules
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger, rules
+from dtp.ledger.objects import Sla
 from tests.ledger.files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)

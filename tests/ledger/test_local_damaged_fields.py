@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain import local_rules as rules
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger, rules
+from dtp.ledger.objects import Sla
 from tests.ledger.files import damage
 
 SLA = Sla(10, 5, 1000)

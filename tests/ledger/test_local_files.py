@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import dtp.ledger.local.transactions as transactions
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_tx import Address, decode_tx
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.local.tx import Address, decode_tx
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x63]) * 32, bytes([0x63]) * 32)
 

@@ -17,10 +17,10 @@ import pytest
 
 import dtp.ledger.local.checkpoints as checkpoints
 import dtp.ledger.local.clock as clock
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
 from tests.ledger.files import SlowCheckpoints, damage
 
 SLA = Sla(10, 5, 1000)

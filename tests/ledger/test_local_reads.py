@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_tx import base58
-from dtp.chain.objects import Escrow, Host, Sla, SpendingCap, TransportControl
 from dtp.errors import InvalidTransaction, ObjectNotFound
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
 from dtp.ledger.local.checkpoints import _CHECKPOINT_EVERY, _Checkpointer
+from dtp.ledger.local.tx import base58
+from dtp.ledger.objects import Escrow, Host, Sla, SpendingCap, TransportControl
 
 SLA = Sla(10, 5, 1000)
 
@@ -109,7 +109,7 @@ def test_open_reserves_and_settlement_releases_on_the_cap(world: World) -> None:
     first = ledger.open_connection(CLIENT, world.host, 7, world.cap, 2000)
     assert ledger.get_cap(world.cap).remaining(ledger.epoch()) == 50_000 - 2000
     # the server claims 1005: the cap does not move (the deposit was reserved)
-    from dtp.escrow import Receipt, fee
+    from dtp.payments.receipts import Receipt, fee
 
     receipt = Receipt(
         ledger.receipt_scope(first.connection_id), 100 * 1024, 1, fee(SLA, 100 * 1024, 1), 1

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import dtp.ledger.local.transactions as transactions
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ObjectNotFound
-from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.receipts import Receipt
 
 SLA = Sla(10, 5, 1000)
 SERVER = HostIdentity.from_private_bytes(bytes([0x61]) * 32, bytes([0x61]) * 32)
@@ -190,7 +190,7 @@ def test_a_transaction_whose_reads_went_stale_runs_again(
     """A transaction reads and runs its rule before it takes the write lock: when
     another writer commits in between, its first write fails and the whole transaction
     runs again on what the ledger holds then (no lost update)."""
-    from dtp.chain import local_rules as rules
+    from dtp.ledger.local import rules
 
     host = ledger.create_host(SERVER, b"\x01" * 32)
     ledger.add_service(SERVER, host, 7, "raw", SLA)

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-from dtp.chain import sui_tx
-from dtp.chain.ledger import (
+from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import (
     RESPONSE_ESCROW_PAID,
     response_ack_message,
 )
-from dtp.chain.local import LocalLedger
-from dtp.errors import MOVE_ERRORS, ChainError, InvalidReceipt, NotAuthorized
-from dtp.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.sui import tx as sui_tx
 from tests.ledger.messaging_tx_cases import SUI_CASES
 from tests.ledger.sui_tx_cases import CTX, SENDER
 from tests.support.paths import ROOT
@@ -190,7 +190,7 @@ def build_messaging() -> dict[str, str]:
 
 
 def test_messaging_builders_cover_the_new_ledger_methods() -> None:
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
 
     new = {
         "mailbox_send",
@@ -218,7 +218,7 @@ def test_messaging_golden_bytes(name: str) -> None:
 
 
 def test_messaging_event_layouts_match_local_ledger_events() -> None:
-    from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS
+    from dtp.ledger.sui import MESSAGING_EVENT_LAYOUTS
     from dtp.ledger.sui.codec import decode, encode
 
     ledger = LocalLedger(":memory:", clock_ms=0)

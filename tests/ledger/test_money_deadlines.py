@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -27,10 +24,12 @@ from dtp.errors import (
     PaymentModelError,
     WrongObject,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
 from dtp.ledger.interface import Ledger
-from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
 
 SLA = Sla(10, 5, 100)

@@ -33,8 +33,8 @@ from pysui.sui.sui_bcs import bcs
 import tests.ledger.messaging_tx_cases as msg_cases
 import tests.ledger.payment_model_cases as econ_cases
 import tests.ledger.sui_tx_cases as sui_cases
-from dtp.chain import sui_tx
 from dtp.errors import InvalidArgument
+from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.tx import CLOCK_ID
 from tests.support.paths import MOVE_SOURCES
 
@@ -443,8 +443,8 @@ def test_16381_bytes_fit_one_pure_argument() -> None:
 
 
 def test_largest_accepted_data_fits_one_pure_argument() -> None:
-    from dtp.chain.ledger import MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH
-    from dtp.chain.objects import MAX_DATA_LENGTH
+    from dtp.ledger.interface import MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH
+    from dtp.ledger.objects import MAX_DATA_LENGTH
 
     largest = max(MAX_DATA_LENGTH, MAX_MAIL_PAYLOAD, MAX_RESPONSE_LENGTH)
     for name, raw in _byte_string_builders(largest).items():

@@ -15,11 +15,11 @@ from pathlib import Path
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.chain.sui import execution_error
 from dtp.errors import ChainError, InvalidArgument
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import execution_error
 from tests.ledger.move_parity import (
     NOT_UTF8,
     OTHER,

@@ -18,12 +18,6 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-from dtp.chain import sui_tx
-from dtp.chain.economics import PaymentModels, sponsor_split
-from dtp.chain.ledger import Ledger
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
-from dtp.chain.sui import event_from_proto
 from dtp.errors import (
     AlreadyRefunded,
     ChainError,
@@ -37,13 +31,19 @@ from dtp.errors import (
     SubscriptionExpired,
     WrongObject,
 )
-from dtp.escrow import Meter, Receipt
+from dtp.ledger.economics import PaymentModels, sponsor_split
+from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
+from dtp.ledger.sui import event_from_proto
+from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.codec import encode
 from dtp.ledger.sui.economics import (
     ECONOMICS_EVENT_LAYOUTS,
     ECONOMICS_OBJECT_LAYOUTS,
     decode_economics_object,
 )
+from dtp.payments.receipts import Meter, Receipt
 from tests.ledger.payment_model_cases import CASES, CLIENT, OTHER, OWN, SERVER, S, ident
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
 from tests.support.paths import GOLDEN as GOLDEN_DIR
@@ -548,8 +548,8 @@ def _proto_event(module: str, name: str, raw: bytes) -> Any:
 
 
 def test_sui_ledger_payment_models_need_a_node() -> None:
-    from dtp.chain.sui import SuiConfig, SuiLedger
     from dtp.errors import InvalidArgument
+    from dtp.ledger.sui import SuiConfig, SuiLedger
     from dtp.ledger.sui.client import LedgerUnavailable
     from tests.support.ports import free_port
 

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.economics import BPS, sponsor_split
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import (
     ChainError,
     InvalidArgument,
     NotAuthorized,
     PaymentModelError,
 )
-from dtp.escrow import Receipt
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.economics import BPS, sponsor_split
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Receipt
 
 U64_MAX = 2**64 - 1
 SLA = Sla(10, 5, 100)

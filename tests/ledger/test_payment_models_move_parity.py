@@ -16,9 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain import sui_tx
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import MAX_PURE_BYTES
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -30,6 +27,9 @@ from dtp.errors import (
 )
 from dtp.hostid.address import HostAddress
 from dtp.hostid.connect import prepare_host_connection
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import MAX_PURE_BYTES
+from dtp.ledger.sui import tx as sui_tx
 from tests.ledger.move_parity import CLIENT, NOT_UTF8, OTHER, SERVER, SLA, sui_string_abort
 from tests.ledger.sui_tx_cases import CTX
 

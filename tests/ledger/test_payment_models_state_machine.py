@@ -39,10 +39,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from dtp.chain.objects import ConnectionState
-from dtp.escrow import Receipt, ReceiptScope
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
+from dtp.ledger.objects import ConnectionState
+from dtp.payments.receipts import Receipt, ReceiptScope
 from tests.ledger.broadcast_model import BroadcastModel
 from tests.ledger.escrow_machine import (
     CLIENTS,

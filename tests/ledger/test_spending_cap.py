@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla, SpendingCap
 from dtp.errors import ReplayedReceipt, SpendingCapExceeded
-from dtp.escrow import Receipt, fee
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla, SpendingCap
+from dtp.payments.receipts import Receipt, fee
 from dtp.testing.sui_node import SuiNodeStandIn
 from tests.ledger.scenario_runner import ACTORS, LocalWorld, World
 

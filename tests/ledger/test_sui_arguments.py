@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-from dtp.chain import sui_tx
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.chain.sui import SuiLedger
-from dtp.chain.sui_codec import decode
 from dtp.errors import InvalidArgument
-from dtp.escrow import Receipt, ReceiptScope
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import SuiLedger
+from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui.codec import decode
+from dtp.payments.receipts import Receipt, ReceiptScope
 from tests.support.recording_sui_node import CONN, ESCROW, HOST, PIPE, SIGNER, TERMS, ZERO, FakeNode
 from tests.support.recording_sui_node import sui as sui  # the fixture
 

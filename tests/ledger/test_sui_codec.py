@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from dtp.chain import sui_codec, sui_tx
-from dtp.chain.sui_codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, BcsDecodeError, decode, encode
-from dtp.chain.sui_tx import GasData, OwnedRef, SharedRef, TxContext
 from dtp.errors import ChainError, InvalidArgument
+from dtp.ledger.sui import codec as sui_codec
+from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, BcsDecodeError, decode, encode
+from dtp.ledger.sui.tx import GasData, OwnedRef, SharedRef, TxContext
 
 PACKAGE = "0x" + "d7" * 32
 SENDER = "0x" + "16" * 32

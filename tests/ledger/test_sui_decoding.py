@@ -16,12 +16,12 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain.sui import SuiConfig, SuiLedger, event_from_proto, execution_error, parse_executed
-from dtp.chain.sui_client import EventPage, LedgerUnavailable, MalformedResponse, SuiNode
-from dtp.chain.sui_codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import ChainError, FirewallDenied, InvalidArgument, InvalidObjectId
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.sui import SuiConfig, SuiLedger, event_from_proto, execution_error, parse_executed
+from dtp.ledger.sui.client import EventPage, LedgerUnavailable, MalformedResponse, SuiNode
+from dtp.ledger.sui.codec import OBJECT_LAYOUTS, BcsDecodeError, decode_object, encode
+from dtp.ledger.sui.tx import OwnedRef
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x71]) * 32)

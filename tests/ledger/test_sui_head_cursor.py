@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.chain.sui_client import MalformedResponse, SuiNode
+from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
+from dtp.ledger.sui.client import MalformedResponse, SuiNode
 
 PACKAGE = "0x" + "d7" * 32
 RPC = "http://127.0.0.1:9"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from tests.support.daemon_procs import ENV, ROOT
 from tests.support.sui_network import (
     REAL_NODE_ENV,

@@ -24,11 +24,6 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 from grpclib.const import Status
 
-from dtp.chain.objects import Pipe
-from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
-from dtp.chain.sui_client import LedgerUnavailable, MalformedResponse, SuiNode
-from dtp.chain.sui_codec import encode_object
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
@@ -37,7 +32,12 @@ from dtp.errors import (
     InvalidTransaction,
     WrongSigner,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Pipe
+from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
+from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
+from dtp.ledger.sui.codec import encode_object
+from dtp.ledger.sui.tx import OwnedRef
 from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, Http2Status, constant_answer, error_answer
 
 PACKAGE = "0x" + "d7" * 32

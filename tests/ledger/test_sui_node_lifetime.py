@@ -31,9 +31,9 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain import sui_client
-from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.chain.sui_client import LedgerUnavailable, SuiNode
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.ledger.sui import client as sui_client
+from dtp.ledger.sui.client import LedgerUnavailable, SuiNode
 from tests.ledger.sui_tx_cases import PACKAGE
 from tests.support.grpc_nodes import JOIN, NODE_TIMEOUT, constant_answer
 from tests.support.leaks import resource_warnings

@@ -19,9 +19,9 @@ import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from dtp.chain import sui_client
-from dtp.chain.sui import SuiConfig, SuiConfigError, SuiLedger
 from dtp.errors import ChainError, ObjectNotFound
+from dtp.ledger.sui import SuiConfig, SuiConfigError, SuiLedger
+from dtp.ledger.sui import client as sui_client
 from dtp.ledger.sui.client import LedgerUnavailable, MalformedResponse, SuiNode
 from tests.ledger.sui_tx_cases import PACKAGE
 from tests.support.grpc_nodes import (

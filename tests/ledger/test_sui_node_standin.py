@@ -18,15 +18,6 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain import local_rules as rules
-from dtp.chain import sui_tx
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_tx import tx_digest
-from dtp.chain.objects import Sla
-from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.chain.sui_client import LedgerUnavailable, SuiNode
-from dtp.chain.sui_codec import decode_object
-from dtp.chain.sui_tx import GasData, SharedRef, TxContext
 from dtp.errors import (
     ChainError,
     InsufficientFunds,
@@ -36,7 +27,15 @@ from dtp.errors import (
     WrongSigner,
     move_error_from_abort_code,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger, rules
+from dtp.ledger.local.tx import tx_digest
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.ledger.sui import tx as sui_tx
+from dtp.ledger.sui.client import LedgerUnavailable, SuiNode
+from dtp.ledger.sui.codec import decode_object
+from dtp.ledger.sui.tx import GasData, SharedRef, TxContext
 from dtp.testing.sui_node import SuiNodeStandIn
 from dtp.testing.sui_node.execute import gas_rates
 from dtp.testing.sui_node.objects import COIN_TYPE
@@ -349,7 +348,7 @@ def test_the_call_mapping_follows_the_rule_table(
 def test_split_coins_transferred_become_coins_of_the_recipient(
     node: SuiNodeStandIn, client: SuiNode
 ) -> None:
-    from dtp.chain.sui_gas import split_transaction
+    from dtp.ledger.sui.gas import split_transaction
 
     signer = funded(node)
     executed = send(client, signer, split_transaction(ctx_for(client, node, signer), [10**9] * 3))

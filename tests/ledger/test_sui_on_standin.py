@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 import dtp.errors
-from dtp.chain import sui_client
-from dtp.chain.objects import Sla
-from dtp.chain.sui import SharedObjectCongestion, SuiConfig, SuiLedger
-from dtp.chain.sui_client import MalformedResponse
 from dtp.errors import InsufficientFunds, ObjectNotFound
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.ledger.sui import SharedObjectCongestion, SuiConfig, SuiLedger
+from dtp.ledger.sui import client as sui_client
 from dtp.ledger.sui import ledger as sui_core
+from dtp.ledger.sui.client import MalformedResponse
 from dtp.testing.sui_node import SuiNodeStandIn
 from dtp.testing.sui_node.objects import COIN_TYPE
 from tests.ledger.scenario_runner import ACTORS, SCENARIOS, Runner

@@ -10,8 +10,8 @@ the same bytes (Sui has no nonce: the second would get the first's effects as it
 
 from __future__ import annotations
 
-from dtp.chain.sui import DEFAULT_GAS_BUDGET
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.sui import DEFAULT_GAS_BUDGET
 from dtp.ledger.sui.ledger import _unique_budget
 from tests.support.sui_network import SuiNetwork
 

@@ -19,17 +19,6 @@ import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 from pysui.sui.sui_bcs import bcs
 
-from dtp.chain import sui_tx
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.chain.sui import (
-    SuiConfig,
-    SuiConfigError,
-    SuiLedger,
-    event_from_proto,
-    execution_error,
-    parse_executed,
-)
 from dtp.errors import (
     ChainError,
     ConnectionStateError,
@@ -40,8 +29,18 @@ from dtp.errors import (
     ObjectNotFound,
     WrongSigner,
 )
-from dtp.escrow import Receipt, fee
-from dtp.keys import HostIdentity, verify_transaction
+from dtp.identity.keys import HostIdentity, verify_transaction
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.ledger.sui import (
+    SuiConfig,
+    SuiConfigError,
+    SuiLedger,
+    event_from_proto,
+    execution_error,
+    parse_executed,
+)
+from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.client import LedgerUnavailable, parse_endpoint
 from dtp.ledger.sui.codec import (
     EVENT_LAYOUTS,
@@ -54,6 +53,7 @@ from dtp.ledger.sui.codec import (
     encode_object,
 )
 from dtp.ledger.sui.tx import CLOCK_ID, GasData, SharedRef, TxContext
+from dtp.payments.receipts import Receipt, fee
 from tests.ledger.sui_tx_cases import (
     CAP,
     CASES,
@@ -93,7 +93,7 @@ def load_golden() -> dict[str, str]:
 
 
 def test_every_state_changing_method_has_a_builder_and_a_case() -> None:
-    from dtp.chain.ledger import Ledger
+    from dtp.ledger.interface import Ledger
 
     readers = {
         "get_object", "get_host", "get_cap", "get_connection", "get_escrow", "get_pipe",
@@ -604,7 +604,7 @@ def test_live_firewall_and_events(sui: SuiLedger) -> None:
     cap = sui.create_spending_cap(client, 1_000)
     with pytest.raises(FirewallDenied):
         sui.open_connection(client, host, 9, cap, 5_000)
-    from dtp.chain.objects import EventFilter
+    from dtp.ledger.objects import EventFilter
 
     events, _ = sui.wait_events(cursor, 60, EventFilter(object_id=host))
     assert events and events[0].name in ("HostCreated", "ServiceAdded", "HostUpdated")

@@ -20,11 +20,12 @@ import pytest
 
 import dtp.ledger.local.transactions as transactions
 from dtp import errors
-from dtp.chain import local_rules, sui_client
-from dtp.chain.local import LocalLedger
-from dtp.chain.sui import LedgerUnavailable as SuiLedgerUnavailable
-from dtp.chain.sui import SuiConfig, SuiLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.local import rules as local_rules
+from dtp.ledger.sui import LedgerUnavailable as SuiLedgerUnavailable
+from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.ledger.sui import client as sui_client
 from dtp.ledger.sui.client import SuiNode
 from tests.ledger.files import damage
 from tests.ledger.sui_tx_cases import PACKAGE
@@ -150,7 +151,7 @@ def test_a_sui_node_refusing_connections_is_caught_as_ledger_unavailable() -> No
             assert caught.value.name == "LedgerUnavailable"
             assert caught.value.module == "sui"
             assert endpoint in str(caught.value)
-            # the class of dtp.chain.sui(_client) is still the one raised
+            # the class of dtp.ledger.sui(_client) is still the one raised
             assert isinstance(caught.value, sui_client.LedgerUnavailable)
     finally:
         node.close()

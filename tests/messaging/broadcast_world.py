@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging.broadcast import (
     HELLO,
     BroadcastListener,

@@ -9,7 +9,7 @@ import threading
 import time
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode
 

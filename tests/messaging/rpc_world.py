@@ -11,11 +11,11 @@ from typing import Any
 
 import dtp.errors
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import CallContext, RpcClient, RpcServer
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
 
 OFF = MeteringConfig(enabled=False)  # billed per request instead (RequestPayments)
 

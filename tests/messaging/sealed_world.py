@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 
 SealedWorld = tuple[LocalLedger, HostIdentity, HostIdentity, str]
 """(ledger, alice the sender, bob the recipient, bob's host ID)"""

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 
 class Streams:

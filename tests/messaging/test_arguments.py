@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 
 import dtp
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import BroadcastStation
 from dtp.messaging.discovery import DiscoveryGossip, list_services

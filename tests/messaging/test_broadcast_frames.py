@@ -15,8 +15,8 @@ import socket
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging.broadcast import (
     MAX_PAYLOAD,
     BroadcastListener,

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Broadcast
 from dtp.errors import ChainError, InvalidObjectId
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import (
     MESSAGE,

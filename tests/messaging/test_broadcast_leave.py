@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import BroadcastError
+from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import BroadcastListener, BroadcastMessage, BroadcastStation
 from tests.messaging.radio import CASTERS, FANS, PRICE, SLOT_MS, Radio, radio_on_air

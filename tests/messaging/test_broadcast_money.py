@@ -35,10 +35,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Broadcast
 from dtp.errors import BroadcastError, ChainError, InsufficientFunds
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import AirChange, BroadcastListener, BroadcastMessage, BroadcastStation
 from tests.ledger.broadcast_model import BroadcastModel as Model

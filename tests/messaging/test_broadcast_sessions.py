@@ -44,9 +44,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Broadcast
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Broadcast
 from dtp.messaging import errors as E
 from dtp.messaging.broadcast import (
     AIR,

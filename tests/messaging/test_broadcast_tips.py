@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging.broadcast import BroadcastListener, BroadcastStation
 from dtp.messaging.errors import StationError
 from tests.messaging.broadcast_world import PRICE, SLOT_MS, World

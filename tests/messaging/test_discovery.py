@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 
-from dtp.chain.ledger import Sla
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Sla
+from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging.discovery import (
     MAX_CLOCK_SKEW_MS,

@@ -19,9 +19,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging.discovery import (
     DEFAULT_TOPIC,

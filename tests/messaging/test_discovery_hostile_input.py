@@ -29,11 +29,11 @@ import msgpack
 import pytest
 
 import dtp.socket
-from dtp.chain.ledger import Sla
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Event, EventFilter
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import Sla
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Event, EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging.discovery import (
     _DOMAIN,

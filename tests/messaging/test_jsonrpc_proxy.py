@@ -38,8 +38,8 @@ from typing import Any, cast
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import (
     MAX_JSON,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, JsonRpcHttpProxy, serve_jsonrpc
 from dtp.messaging.rpc import RpcClient, RpcServer

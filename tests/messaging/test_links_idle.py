@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging.broadcast import BroadcastListener, BroadcastMessage, BroadcastStation
 from dtp.messaging.pubsub import PubSubNode
 from tests.messaging.broadcast_world import PRICE, SLOT_MS

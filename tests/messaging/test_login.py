@@ -17,7 +17,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import AccessDenied
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.login import LOGIN_ANSWER, LOGIN_CHALLENGE, LoginServer, login, login_async
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer

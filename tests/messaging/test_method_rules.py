@@ -20,11 +20,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import AccessDenied, ChainError
-from dtp.escrow import Meter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.method_rules import LedgerList, MethodRule, MethodRules, requests_for
@@ -35,6 +34,7 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
+from dtp.payments.receipts import Meter
 from tests.messaging.rpc_world import OFF
 
 SLA = Sla(price_per_kib=0, price_per_request=25, min_deposit=100)

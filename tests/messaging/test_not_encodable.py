@@ -14,7 +14,7 @@ import pytest
 
 import dtp.aio
 from dtp.errors import DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol

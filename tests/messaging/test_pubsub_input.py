@@ -31,7 +31,7 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RpcProtocol

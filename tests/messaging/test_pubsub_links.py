@@ -33,7 +33,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import TunnelError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import pubsub
 from dtp.messaging.framing import decode_body, read_frames
 from dtp.messaging.pubsub import PubSubNode
@@ -356,11 +356,11 @@ def test_a_ledger_failure_fails_the_link_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     import dtp.aio
-    from dtp.chain.ledger import Ledger
     from dtp.daemon.config import Backend, ForwardConfig
     from dtp.daemon.forwarder import Forwarder, close_on_ledger
     from dtp.daemon.state import StatusBook
     from dtp.hostid.address import HostAddress
+    from dtp.ledger.interface import Ledger
 
     identity = HostIdentity.generate()
     ledger = cast(Ledger, _BrokenLedger(error))

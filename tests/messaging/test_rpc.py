@@ -25,15 +25,14 @@ import pytest
 import dtp.aio
 import dtp.errors
 import dtp.socket
-from dtp.chain.ledger import (
+from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, PaymentError
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import (
     RESPONSE_ESCROW_PAID,
     RESPONSE_ESCROW_REFUNDED,
 )
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.errors import DTPError, InsufficientFunds, InvalidObjectId, PaymentError
-from dtp.escrow import Meter, Receipt
-from dtp.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.errors import RpcConnectionLost
 from dtp.messaging.framing import FrameDecoder, Oversized, encode_frame
@@ -66,6 +65,7 @@ from dtp.messaging.rpc import (
     RpcServer,
     ledger_payments,
 )
+from dtp.payments.receipts import Meter, Receipt
 from tests.messaging.rpc_world import OFF, PROMPT, ScriptedPeer, Served, make_rpc
 from tests.support.polling import wait_for
 
@@ -1041,9 +1041,9 @@ def test_claim_all_claims_each_fee_on_its_own() -> None:
     """One failed claim loses no other acknowledged fee: a refusal for good drops that
     one ack, a passing failure keeps it for the next claim_all, and an outage keeps the
     ones not tried yet."""
-    from dtp.chain.ledger import response_ack_message
-    from dtp.chain.sui_client import LedgerUnavailable
     from dtp.errors import ChainError
+    from dtp.ledger.interface import response_ack_message
+    from dtp.ledger.sui.client import LedgerUnavailable
     from dtp.messaging.rpc import response_hash
 
     base = LocalLedger(":memory:", clock_ms=0)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
@@ -446,7 +446,7 @@ def test_async_calls_leave_no_protocol_timers_behind() -> None:
 def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund() -> None:
     """The deposit runs in a thread the cancellation cannot stop: the escrow it made
     was lost (its fee locked until someone found it); now it waits in ``unanswered``."""
-    from dtp.chain.local import LocalLedger
+    from dtp.ledger.local import LocalLedger
     from dtp.messaging.rpc import ResponsePrepay
 
     ledger = LocalLedger(":memory:", clock_ms=1_000)

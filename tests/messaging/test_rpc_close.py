@@ -18,7 +18,7 @@ import pytest
 import dtp.aio
 import dtp.errors
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer

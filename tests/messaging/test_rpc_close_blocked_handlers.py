@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from tests.messaging.rpc_world import Served

@@ -18,7 +18,7 @@ import msgpack
 import pytest
 
 import dtp.aio
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcServer

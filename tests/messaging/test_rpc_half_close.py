@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
-import dtp.keys
+import dtp.identity.keys
 import dtp.socket
 from dtp.messaging.protocol import ResponseReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcServer
@@ -135,7 +135,7 @@ def test_the_asyncio_server_cancels_long_handlers_when_the_client_closes_for_goo
             await asyncio.Event().wait()
 
         rpc.register("forever", forever)
-        identity = dtp.keys.HostIdentity.generate()
+        identity = dtp.identity.keys.HostIdentity.generate()
         done = asyncio.Event()
 
         async def serve(reader: Any, writer: Any) -> None:

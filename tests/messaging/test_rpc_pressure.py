@@ -20,7 +20,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import DTPTimeoutError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import ErrorReceived, ProtocolViolation, RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient, RpcServer

@@ -47,12 +47,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import InsufficientFunds, InvalidArgument
-from dtp.escrow import Meter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import (
     AsyncRpcClient,
@@ -66,8 +64,10 @@ from dtp.messaging.rpc import (
 )
 from dtp.messaging.rpc import engine as rpc_engine
 from dtp.messaging.rpc import fees as rpc_fees
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Meter
+from dtp.protocol.connection import ConnectionConfig
 from tests.messaging.conftest import Endpoint
 from tests.messaging.rpc_world import OFF, Served, make_rpc
 from tests.support import paid_top_ups as paid_world

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ResponseFeePolicy, ResponsePrepay
 from tests.messaging.conftest import Endpoint
@@ -147,9 +147,9 @@ def test_a_failing_on_receipt_fails_its_request_not_the_stream(
     through the read loop: the connection closed, every call in flight failed. A fee
     check failing so is that request's internal error on both servers, whatever it
     raised (the asyncio server answered a TypeError as the caller's invalid params)."""
-    from dtp.chain.objects import Sla
-    from dtp.escrow import Meter
+    from dtp.ledger.objects import Sla
     from dtp.messaging.rpc import RequestPayments
+    from dtp.payments.receipts import Meter
 
     ledger = LocalLedger(":memory:", clock_ms=0)
     server_id, client_id = HostIdentity.generate(), HostIdentity.generate()

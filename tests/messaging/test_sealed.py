@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.ledger import MAX_MAIL_PAYLOAD
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
 from dtp.errors import ChainError, InvalidArgument, ObjectNotFound, RemoteProtocolError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.interface import MAX_MAIL_PAYLOAD
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging.framing import FrameDecoder, encode_frame, read_frames
 from dtp.messaging.rpc import RpcClient, RpcServer

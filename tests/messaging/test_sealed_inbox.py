@@ -34,9 +34,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging import sealed as sealed_module
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal
@@ -440,8 +440,8 @@ REPO = ROOT
 # signals through a file and sleeps until the test kills it (SIGKILL).
 CHILD = r"""
 import os, sys, time
-from dtp.chain.local import LocalLedger
-from dtp.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.identity.keys import HostIdentity
 from dtp.messaging.sealed import SealedInbox
 
 ledger_path, state, store, ready, keystring, noise, host, kill_at = sys.argv[1:]
@@ -632,7 +632,7 @@ def test_a_failure_after_the_state_is_written_does_not_undo_it(
     truncation) is logged, not raised: raised, the inbox undid in memory the cursor and
     ids the file held already, and the batch the caller never got was lost at the next
     start."""
-    import dtp.keys
+    import dtp.identity.keys
 
     me = HostIdentity.generate()
     inbox = SealedInbox(me, HOST, state_path=tmp_path / "inbox.json")
@@ -641,7 +641,7 @@ def test_a_failure_after_the_state_is_written_does_not_undo_it(
     def failing(path: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(dtp.keys, "_fsync_directory", failing)
+    monkeypatch.setattr(dtp.identity.keys, "_fsync_directory", failing)
     inbox._settle_all([message_id], True, cursor="after-the-batch")
     assert inbox.cursor == "after-the-batch" and message_id in inbox._seen
     inbox.close()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
 from dtp.errors import ChainError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import SealedInbox, open_sealed, seal, send_sealed

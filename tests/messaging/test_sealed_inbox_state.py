@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 from dtp.messaging.sealed import OpenedMessage, SealedInbox, open_sealed, seal, send_sealed
@@ -288,7 +288,7 @@ def test_fetch_with_the_wrong_identity_leaves_the_mail_unread(world: tuple, tmp_
 
 
 def _other_host(ledger: object) -> str:
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     carol = HostIdentity.generate()
     return ledger.create_host(carol, carol.noise_public)  # type: ignore[attr-defined, no-any-return]

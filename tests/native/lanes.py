@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp._types import TakeResult
+from dtp.native.types import TakeResult
 
 SID = 4
 BIG = 1 << 40

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from noise.backends.default.ciphers import ChaCha20Cipher
 
-from dtp._types import FULL, NEED_MORE, OK, REC_DATA, REC_HS_INIT, STOP, OpenResult
 from dtp.errors import (
     DecryptionError,
     ErrorCode,
@@ -21,6 +20,7 @@ from dtp.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from dtp.native.types import FULL, NEED_MORE, OK, REC_DATA, REC_HS_INIT, STOP, OpenResult
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.vectors import load_vectors
 
@@ -572,8 +572,8 @@ def frames_summary(result: Any) -> tuple[Any, ...]:
 
 
 def test_seal_stream_is_seal_of_encoded_stream_frames(backend: SimpleNamespace) -> None:
-    from dtp._reference.frames import encode_frames
-    from dtp._types import FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
+    from dtp.native.reference.frames import encode_frames
+    from dtp.native.types import FRAME_STREAM, FRAME_STREAM_FIN, RawFrame
 
     key = os.urandom(32)
     data = os.urandom(40000)
@@ -624,8 +624,8 @@ def test_seal_stream_bad_input(backend: SimpleNamespace, args: tuple[Any, ...], 
 
 
 def test_open_frames_statuses_and_errors(backend: SimpleNamespace) -> None:
-    from dtp._reference.frames import encode_frames
-    from dtp._types import FRAME_ACK, FRAME_PING, RawFrame
+    from dtp.native.reference.frames import encode_frames
+    from dtp.native.types import FRAME_ACK, FRAME_PING, RawFrame
 
     key = os.urandom(32)
     sealer = REFERENCE.Aead(key)
@@ -690,8 +690,8 @@ def test_differential_seal_stream(
 def frame_record_streams(draw: st.DrawFn) -> tuple[bytes, bytes, int, int, int]:
     """Records whose plaintexts are frames (valid, malformed, padding, ACKs), some
     replayed, tampered or foreign, with a possible truncation."""
-    from dtp._reference.frames import encode_frames
-    from dtp._types import FRAME_ACK, FRAME_CLOSE, FRAME_PING, FRAME_STREAM, RawFrame
+    from dtp.native.reference.frames import encode_frames
+    from dtp.native.types import FRAME_ACK, FRAME_CLOSE, FRAME_PING, FRAME_STREAM, RawFrame
 
     key = draw(st.binary(min_size=32, max_size=32))
     sealer = REFERENCE.Aead(key)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dtp._reference.ham import encode_ham_batch
-from dtp._types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.native.reference.ham import encode_ham_batch
+from dtp.native.types import FRAME_DATAGRAM, FRAME_PING, HamUpdate, RawFrame
 from tests.support.backends import BACKENDS
 
 KEY = bytes(range(32))

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from dtp import _core
-from dtp._types import FRAME_STREAM_FIN
 from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.native import core as _core
+from dtp.native.types import FRAME_STREAM_FIN
 from tests.support.backends import BACKENDS, require_native
 
 KEY = os.urandom(32)

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._core import MAX_STREAM_CHUNK
-from dtp._types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
-from dtp.connection import Connection
 from dtp.errors import LocalProtocolError
-from dtp.events import StreamDataReceived
+from dtp.native import core as _core
+from dtp.native.core import MAX_STREAM_CHUNK
+from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, STOP, WAIT, WAKE
+from dtp.protocol.connection import Connection
+from dtp.protocol.events import StreamDataReceived
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect
 
@@ -623,7 +623,7 @@ def test_loans_move_between_threads_and_streams_without_loss() -> None:
     import hashlib
 
     import dtp.socket
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
 
     identity = HostIdentity.generate()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)

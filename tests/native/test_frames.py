@@ -11,15 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._reference.limits import (
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from dtp.native import core as _core
+from dtp.native.reference.limits import (
     MAX_ACK_RANGES,
     MAX_CLOSE_REASON,
     MAX_FRAME_DATA,
     MAX_RECEIPT,
     VARINT_MAX,
 )
-from dtp._types import (
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_CONTROL,
@@ -39,7 +40,6 @@ from dtp._types import (
     OK,
     RawFrame,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.vectors import load_vectors
 

@@ -20,10 +20,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._reference.ham import decode_ham_batch, encode_ham_batch, update_size
-from dtp._reference.limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
-from dtp._types import (
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from dtp.native import core as _core
+from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch, update_size
+from dtp.native.reference.limits import HAM_EXPORT_MAX_BATCH, HAM_MAX_VALUE
+from dtp.native.types import (
     FULL,
     HAM_APPLIED,
     HAM_DEFERRED,
@@ -33,7 +34,6 @@ from dtp._types import (
     OK,
     HamUpdate,
 )
-from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from tests.native import ham_vectors
 from tests.native.ham_batches import BAD_BATCHES, F1, GOOD, header, outcome, raw_update
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._reference.ham import decode_ham_batch, encode_ham_batch
-from dtp._types import HamUpdate
 from dtp.errors import ErrorCode, RemoteProtocolError
 from dtp.graph import Graph, namespace
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.native import core as _core
+from dtp.native.reference.ham import decode_ham_batch, encode_ham_batch
+from dtp.native.types import HamUpdate
 from tests.native.ham_batches import BAD_BATCHES, F1, header, outcome, raw_update
 from tests.support.backends import BACKENDS, NATIVE, REFERENCE, require_native
 
@@ -258,7 +258,7 @@ def test_c_zero_states_contract() -> None:
 def test_a_graph_merges_a_batch_with_negative_zero_in_values_without_python_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import dtp._reference.ham as reference
+    import dtp.native.reference.ham as reference
 
     calls: list[int] = []
     real = reference._walk

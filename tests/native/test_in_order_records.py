@@ -16,10 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from dtp._types import OK, STOP
-from dtp.connection import CloseCode
 from dtp.errors import LocalProtocolError
-from dtp.events import ControlReceived
+from dtp.native.types import OK, STOP
+from dtp.protocol.connection import CloseCode
+from dtp.protocol.events import ControlReceived
 from tests.native.lanes import SID, take
 from tests.support.backends import BACKENDS
 from tests.support.pairs import Side, connect

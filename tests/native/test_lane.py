@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._core import MAX_STREAM_CHUNK
-from dtp._types import (
+from dtp.errors import DecryptionError, LocalProtocolError
+from dtp.native import core as _core
+from dtp.native.core import MAX_STREAM_CHUNK
+from dtp.native.types import (
     FRAME_MAX_DATA,
     FRAME_STREAM,
     FULL,
@@ -25,9 +26,8 @@ from dtp._types import (
     STOP,
     RawFrame,
 )
-from dtp.connection import Connection
-from dtp.errors import DecryptionError, LocalProtocolError
-from dtp.events import StreamDataReceived
+from dtp.protocol.connection import Connection
+from dtp.protocol.events import StreamDataReceived
 from tests.native.lanes import SID, take
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.pairs import connect

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp._types import FULL, NEED_MORE, OK, REC_DATA, REC_HS_INIT
 from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from dtp.native.types import FULL, NEED_MORE, OK, REC_DATA, REC_HS_INIT
 from tests.support.backends import NATIVE, REFERENCE, require_native
 from tests.support.vectors import load_vectors
 

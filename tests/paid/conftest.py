@@ -20,12 +20,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid.aio import PaidAioServer
 from dtp.hostid.paid.blocking_server import PaidServer
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from tests.support.paid_twins import (
     echo,
     echo_aio,

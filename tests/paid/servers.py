@@ -27,13 +27,13 @@ from typing import Any
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
 from tests.support.paths import ROOT
 from tests.support.servers import blocking_handler
 

@@ -17,13 +17,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, PaymentRequired
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import fee
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 

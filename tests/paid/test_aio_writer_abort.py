@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 7

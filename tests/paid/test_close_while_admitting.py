@@ -22,11 +22,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import ConnectionRefused, DTPError
 from dtp.hostid.admission import ConnectionLimits, LedgerAdmission, PeerInfo
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.ledger.objects import ConnectionState, Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import fee
+from dtp.protocol.connection import ConnectionConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import PaidWorld, hosted_ledgers
 from tests.support.polling import wait_for

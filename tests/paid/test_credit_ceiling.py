@@ -17,12 +17,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter, Sla
 from dtp.errors import DTPError, SpendingCapExceeded
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter, Sla
 from dtp.payments.gate import GateState, ReceiptGate
+from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import (
     funded_ledger,
     ident,

@@ -43,12 +43,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.payments.receipts import Receipt, fee
 from tests.paid.world import CLIENT, SERVER, SLA, World
 
 WAIT = 20.0  # bound on anything waited for (the defects' waits are unbounded)

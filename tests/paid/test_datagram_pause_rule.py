@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Receipt, fee
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

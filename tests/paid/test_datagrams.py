@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import DTPTimeoutError
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -197,7 +197,7 @@ RATE = 100  # bytes/s: a burst of 25 bytes
 def test_datagram_charge_counts_the_frame_header() -> None:
     """A datagram costs its payload and its DATAGRAM frame's type byte and varint
     length (docs/protocol.md)."""
-    from dtp.ratelimit import datagram_charge  # (new: the other tests run without it)
+    from dtp.payments.ratelimit import datagram_charge  # (new: the other tests run without it)
 
     assert [datagram_charge(n) for n in (0, 1, 63, 64, 16383, 16384)] == [
         2,

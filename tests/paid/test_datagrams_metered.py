@@ -22,12 +22,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, PaymentRequired
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.payments.receipts import fee
 from dtp.payments.settlement import ClientPayment
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for

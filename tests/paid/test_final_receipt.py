@@ -22,11 +22,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import ConnectionState
 from dtp.errors import DTPError, LocalProtocolError, StreamReset
-from dtp.escrow import fee
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import ConnectionState
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import fee
 from tests.paid.conftest import Driver
 from tests.paid.world import PORT, SERVER, SLA, World
 

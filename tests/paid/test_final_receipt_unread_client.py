@@ -26,11 +26,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.payment_hook import METERED_MAX_WAIT
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import fee
 from dtp.transport.blocking.timers import TIMERS
 from tests.support.paid_inprocess import PaidService, ident, paid_service
 

@@ -19,11 +19,11 @@ import pytest
 
 import dtp.hostid.paid.asyncio as paid_asyncio
 import dtp.hostid.paid.blocking as blocking
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED, MeteringConfig
 from tests.paid.conftest import Driver, exchange
 from tests.support.paid_inprocess import ident
 from tests.support.paid_twins import funded_ledger

@@ -19,12 +19,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import PaymentRequired
-from dtp.escrow import fee, object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import fee, object_id_bytes
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 from tests.support.scopes import v1_receipt_bytes

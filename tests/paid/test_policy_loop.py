@@ -33,11 +33,11 @@ import pytest
 import dtp.aio
 import dtp.payments.receipt_store.store
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Host, Sla
 from dtp.errors import ConnectionClosed, LedgerUnavailable
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import CLOSE_FIREWALL_DENIED
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Host, Sla
+from dtp.payments.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import (
     echo_aio,
     echo_server,

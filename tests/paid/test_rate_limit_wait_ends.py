@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import funded_ledger, ident
 
@@ -50,7 +50,7 @@ def _client_reads_then_closes(ledger: LocalLedger, host_id: str) -> str:
     ) as sock:
         sock.sendall(b"go")
         got = 0
-        # the bytes come at the limit (dtp.ratelimit's takes): a second's worth, and the
+        # the bytes come at the limit (dtp.payments.ratelimit's takes): a second's worth, and the
         # client leaves with the handler in the midst of the first chunk's wait
         while got < RATE:
             got += len(sock.recv(1 << 16))

@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

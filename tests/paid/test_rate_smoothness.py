@@ -1,6 +1,6 @@
 """A client's bytes/s limit arrives smoothly: every one-second window within 20 % of the
 limit, over 10 s of sustained transfer, both ways, on both paid servers
-(:attr:`dtp.ratelimit.TokenBucket.take`), and the client's own ``sendall`` of an upload
+(:attr:`dtp.payments.ratelimit.TokenBucket.take`), and the client's own ``sendall`` of an upload
 keeps to it too, its credit returned in steps of the rate (``Connection.pace_credit``).
 Before, a read took whatever had arrived and paid for it afterwards: at 200,000 B/s a
 handler's ``recv(4 MiB)`` got 1.1 MB at once and then waited 5.5 s -- 5.6 times the
@@ -34,11 +34,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.ratelimit import TokenBucket
+from dtp.ledger.objects import Sla
+from dtp.payments.ratelimit import TokenBucket
 from dtp.transport.blocking.socket import SEND_HIGH_WATER
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.timing import bound

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, TransportControl
 from dtp.errors import ConnectionStateError, InvalidReceipt, MalformedReceipt
-from dtp.escrow import Receipt, ReceiptScope, check_receipt, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState, Sla, TransportControl
 from dtp.payments.gate import ReceiptGate
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt, ReceiptScope, check_receipt, fee
+from dtp.payments.settlement import claim_and_settle, collect_refund, recover_unclaimed
 from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)
@@ -514,7 +514,7 @@ def test_a_failed_server_lock_leaves_the_store_free_for_the_next_server(
 @pytest.mark.parametrize("nonce", [0, 2**64, -1])
 def test_a_meter_nonce_outside_u64_is_refused_when_the_meter_is_made(nonce: int) -> None:
     from dtp.errors import InvalidArgument
-    from dtp.escrow import Meter
+    from dtp.payments.receipts import Meter
 
     with pytest.raises(InvalidArgument, match="start_nonce"):
         Meter(CLIENT, scope_of("0x" + "ab" * 32), SLA, DEPOSIT, start_nonce=nonce)

@@ -24,15 +24,15 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, PaymentRequired
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import fee
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7000

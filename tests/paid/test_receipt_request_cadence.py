@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
 from dtp.payments.gate import RECEIPT_REQUEST
+from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection.core import Connection
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident

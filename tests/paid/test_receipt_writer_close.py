@@ -1,5 +1,5 @@
-"""The paid server's durable receipts as it closes (dtp.receipt_writer,
-dtp.receipt_store, dtp.settlement, dtp.hostid.paid).
+"""The paid server's durable receipts as it closes (dtp.payments.receipt_writer,
+dtp.payments.receipt_store, dtp.payments.settlement, dtp.hostid.paid).
 
 - A receipt still failing to be written as the writer closed (a store locked by another
   process past the busy timeout) got one last try, then was dropped with only its
@@ -34,15 +34,15 @@ from pathlib import Path
 import pytest
 
 import dtp.payments.receipt_store.store
+import dtp.payments.receipt_writer
 import dtp.payments.serving
-import dtp.receipt_writer
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipt_store import ReceiptStore, ReceiptStoreError
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt, fee
 from dtp.payments.serving import release_receipts, settle_ended
-from dtp.receipt_store import ReceiptStore, ReceiptStoreError
-from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import claim_and_settle, recover_unclaimed
+from dtp.payments.settlement import claim_and_settle, recover_unclaimed
 from tests.support.paid_twins import funded_ledger, ident
 from tests.support.polling import wait_for
 from tests.support.receipt_stores import CONN, locked_by_another_process, receipt
@@ -60,7 +60,7 @@ def quick_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked store fails a write after 0.05 s (not 30), and a failed write is tried
     again after 0.1 s (not 1): the behaviour is tested, not those lengths."""
     monkeypatch.setattr(dtp.payments.receipt_store.store, "BUSY_TIMEOUT", 0.05)
-    monkeypatch.setattr(dtp.receipt_writer, "RETRY_DELAY", 0.1)
+    monkeypatch.setattr(dtp.payments.receipt_writer, "RETRY_DELAY", 0.1)
 
 
 def _failures(caplog: pytest.LogCaptureFixture, since: float = 0.0) -> list[str]:
@@ -150,7 +150,7 @@ def test_the_release_counts_the_receipts_given_up_and_closes_the_store(
     # gives the receipt up; the store stays locked until it has stopped (on a loaded
     # machine a try can outlast the 3 s, and the release then finishes in the writer's
     # thread, as it stops)
-    monkeypatch.setattr(dtp.receipt_writer, "RETRY_DELAY", 0.5)
+    monkeypatch.setattr(dtp.payments.receipt_writer, "RETRY_DELAY", 0.5)
     monkeypatch.setattr(dtp.payments.serving, "RELEASE_WRITER_WAIT", 3.0)
     caplog.set_level(logging.INFO)
     path = tmp_path / "r.db"

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import DTPError
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import MeteringConfig
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.metering import MeteringConfig
 from tests.paid.conftest import Driver
 from tests.support.paid_twins import again, funded_ledger, ident
 from tests.support.polling import wait_for

@@ -33,12 +33,12 @@ import pytest
 import dtp.aio
 import dtp.payments.serving
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Settlement, Sla
-from dtp.escrow import Receipt, fee
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Settlement, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt, fee
 from dtp.payments.serving import Recovery, recover_store
-from dtp.receipt_store import ReceiptStore
-from dtp.settlement import recover_unclaimed
+from dtp.payments.settlement import recover_unclaimed
 from tests.support.paid_stores import kill, server_run
 from tests.support.paid_twins import (
     OutageLedger,

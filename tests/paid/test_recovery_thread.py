@@ -22,11 +22,11 @@ import pytest
 import dtp.hostid.paid
 import dtp.hostid.paid.blocking_server_lifetime
 import dtp.payments.serving
-import dtp.settlement
+import dtp.payments.settlement
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
 from tests.support.paid_stores import STORE_CLIENT as CLIENT
 from tests.support.paid_stores import STORE_PORT as PORT
 from tests.support.paid_stores import STORE_SERVER as SERVER
@@ -44,7 +44,7 @@ def _slow_claims(
     monkeypatch: pytest.MonkeyPatch, seconds: float, started: threading.Event | None = None
 ) -> None:
     """Each claim takes ``seconds`` more (``started`` set as one begins)."""
-    real = dtp.settlement.claim_and_settle
+    real = dtp.payments.settlement.claim_and_settle
 
     def slow(*args: Any, **kwargs: Any) -> Any:
         if started is not None:
@@ -52,7 +52,7 @@ def _slow_claims(
         time.sleep(seconds)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dtp.settlement, "claim_and_settle", slow)
+    monkeypatch.setattr(dtp.payments.settlement, "claim_and_settle", slow)
 
 
 def _serve(ledger: Any, tmp_path: Path, **options: Any) -> tuple[World, dtp.hostid.paid.PaidServer]:

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import Meter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
 from dtp.messaging.method_rules import MethodRule, MethodRules
 from dtp.messaging.rpc import RpcClient, RpcServer
-from dtp.metering import MeteringConfig
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Meter
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import DTPError
-from dtp.escrow import fee
-from dtp.receipt_store import ReceiptStore
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import fee
 from tests.paid.servers import SERVER, SLA, World, fund, hosted_world, paid_server
 from tests.support.paid_twins import ident
 from tests.support.polling import wait_for

@@ -18,11 +18,11 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import InvalidArgument, ReceiptStoreError, ServiceNotFound
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt, fee
 from tests.paid.servers import PORT, SERVER, SLA, hosted_world
 from tests.paid.servers import World as ServiceWorld
 from tests.support.leaks import resource_warnings

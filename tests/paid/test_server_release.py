@@ -18,11 +18,11 @@ import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.payments.serving
 import dtp.socket
-from dtp.chain.objects import ConnectionState, Sla
 from dtp.errors import LocalProtocolError
 from dtp.hostid.paid import Handler, PaidServer, PaidSocket, ServicePolicy
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
 from tests.paid.conftest import Driver, exchange
 from tests.support.paid_stores import StallingStore
 from tests.support.paid_twins import PaidWorld, echo, hosted_ledgers, ident

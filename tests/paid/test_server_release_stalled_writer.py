@@ -24,14 +24,14 @@ import pytest
 import dtp.hostid.paid
 import dtp.payments.serving
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.connection import Connection, ConnectionConfig
 from dtp.errors import LedgerUnavailable
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import MeteringConfig
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import recover_store
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.protocol.connection import Connection, ConnectionConfig
 from dtp.transport.carriers.memory import MemoryLink
 from tests.paid.conftest import exchange
 from tests.support.paid_stores import StallingStore

@@ -27,12 +27,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.escrow import Receipt, ReceiptScope, fee, object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.receipts import Receipt, ReceiptScope, fee, object_id_bytes
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import (
     OutageLedger,
     PaidWorld,

@@ -24,11 +24,11 @@ import pytest
 
 import dtp.payments.serving
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, ReceiptScope, fee
+from dtp.ledger.objects import Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt, ReceiptScope, fee
 from dtp.payments.serving import settle_ended
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
 from tests.support.paid_twins import (
     PaidWorld,
     echo,
@@ -142,7 +142,7 @@ def test_of_the_stored_and_the_final_receipt_the_one_for_more_is_claimed(
     """A final receipt with a higher nonce but a lower amount than the stored one (a
     ledger connection served again after a failed settlement: its gate was seeded from
     the escrow) took the stored one's place, and the client was refunded the rest."""
-    from dtp.settlement import claim_and_settle
+    from dtp.payments.settlement import claim_and_settle
 
     cap = world.ledger.create_spending_cap(CLIENT, 10**9)
     cid = world.ledger.open_connection(CLIENT, world.host_id, PORT, cap, DEPOSIT).connection_id

@@ -29,14 +29,14 @@ import dtp.hostid.paid.aio
 import dtp.hostid.paid.blocking_server_lifetime
 import dtp.payments.serving
 import dtp.socket
-from dtp.chain.objects import ConnectionState, Settlement, Sla
 from dtp.errors import ConnectionStateError
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidServer
 from dtp.hostid.paid.aio import PaidAioServer
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
-from dtp.settlement import collect_refund
+from dtp.ledger.objects import ConnectionState, Settlement, Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt, fee
+from dtp.payments.settlement import collect_refund
 from tests.paid.conftest import exchange
 from tests.support.paid_twins import (
     OutageLedger,

@@ -1,4 +1,4 @@
-"""Two or more paid servers on one receipt store, one of them killed (dtp.receipt_store's
+"""Two or more paid servers on one receipt store, one of them killed (dtp.payments.receipt_store's
 server runs, dtp.payments.serving.recover_store, the servers' policy loops).
 
 A server killed while another was live on the same store left its unclaimed receipts
@@ -12,7 +12,7 @@ Real SQLite files, a real LocalLedger, real processes killed with SIGKILL, real 
 servers (blocking and asyncio).
 
 The receipt store's private files and orphan adoption
-(dtp.receipt_store).
+(dtp.payments.receipt_store).
 
 - A server starting alone on the store lists the rows of every run but the live ones
   it found beside the store, and now gives those of no run with a lock file to a dead
@@ -45,13 +45,13 @@ import pytest
 
 import dtp.aio
 import dtp.hostid.paid
+import dtp.payments.receipt_store as receipt_store
 import dtp.payments.serving
-import dtp.receipt_store as receipt_store
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
+from dtp.payments.receipt_store import ReceiptStore, StoredReceipt
 from dtp.payments.receipt_store import runs as store_runs
 from dtp.payments.serving import recover_store
-from dtp.receipt_store import ReceiptStore, StoredReceipt
 from tests.support.paid_stores import STORE_PORT as PORT
 from tests.support.paid_stores import STORE_SERVER as SERVER
 from tests.support.paid_stores import StoreWorld as World

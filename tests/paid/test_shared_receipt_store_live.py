@@ -18,12 +18,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, Sla
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import MeteringConfig
-from dtp.receipt_store import ReceiptStore
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop, streams_forever
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
@@ -163,7 +163,7 @@ def test_a_store_tells_live_servers_apart_across_handles_and_processes(
         [
             sys.executable,
             "-c",
-            "import sys; from dtp.receipt_store import ReceiptStore\n"
+            "import sys; from dtp.payments.receipt_store import ReceiptStore\n"
             "s = ReceiptStore(sys.argv[1]); assert s.attach_server()\n"
             "print('held', flush=True); sys.stdin.read(); s.close()",
             str(path),

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket
+from dtp.ledger.objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)
@@ -122,8 +122,8 @@ def test_the_asyncio_reader_takes_sizes_as_dtp_aio_does(tmp_path: Path) -> None:
     import asyncio
 
     import dtp.aio
-    from dtp.chain.local import LocalLedger
     from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
+    from dtp.ledger.local import LocalLedger
     from tests.support.paid_twins import funded_ledger, loop_in_thread, stop
 
     seen: dict[str, Any] = {}

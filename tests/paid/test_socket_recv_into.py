@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.policy import CALL_COST
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
 from tests.support.paid_inprocess import ident, paid_service
 
 SLA = Sla(price_per_kib=1, price_per_request=0, min_deposit=1 << 30)

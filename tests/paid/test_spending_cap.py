@@ -16,14 +16,14 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, SpendingCapExceeded
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy, gate_for
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import funded_ledger, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 

@@ -22,8 +22,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
 from dtp.errors import (
     CLOSE_SUBSCRIPTION_ENDED,
     LedgerUnavailable,
@@ -33,6 +31,8 @@ from dtp.errors import (
 from dtp.hostid.admission import LedgerAdmission, PeerInfo
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.server_steps import ended_subscriptions
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
 from dtp.payments.gate import subscriptions_over
 from tests.paid.conftest import Driver
 from tests.support.paid_inprocess import ident

@@ -23,8 +23,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import (
     DTPError,
     InvalidArgument,
@@ -32,14 +30,16 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
-from dtp.escrow import Receipt, fee
 from dtp.hostid.paid import ServicePolicy
-from dtp.metering import (
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import (
     DEPOSIT_LAG_MS,
     DEPOSIT_READ_INTERVAL_MS,
     ClientMeter,
     ReceiptGate,
 )
+from dtp.payments.receipts import Receipt, fee
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (
     CLIENT,

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
 from dtp.errors import (
     ConnectionClosed,
     DTPError,
@@ -32,7 +31,8 @@ from dtp.errors import (
     LocalProtocolError,
     SpendingCapExceeded,
 )
-from dtp.settlement import ClientPayment
+from dtp.ledger.local import LocalLedger
+from dtp.payments.settlement import ClientPayment
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (
     CLIENT,

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import OpenedConnection, Sla
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, InsufficientFunds, PaymentRequired
-from dtp.escrow import fee
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import OpenedConnection, Sla
 from dtp.ledger.receipt import U64_MAX
+from dtp.payments.receipts import fee
 from dtp.payments.settlement import ClientPayment
 from tests.support import paid_top_ups
 from tests.support.paid_top_ups import (

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import dtp.aio
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidServer, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from tests.support.ledger_server import identity_from_seed
 
 PORT = 7

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dtp.chain.objects import Sla
-from dtp.escrow import fee
-from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipts import fee
 from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.from_private_bytes(bytes([0x75]) * 32, bytes([0x75]) * 32)

@@ -4,10 +4,10 @@ server was paid less than the deposit allowed)."""
 
 from __future__ import annotations
 
-from dtp.chain.objects import Sla
-from dtp.escrow import fee
-from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipts import fee
 from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
-from dtp.escrow import Meter
-from dtp.keys import HostIdentity
-from dtp.metering import ClientMeter, MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import ClientMeter, MeteringConfig
+from dtp.payments.receipts import Meter
 from tests.support.scopes import scope_of
 
 CID = "0x" + "7a" * 32

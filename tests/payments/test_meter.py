@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.errors import InsufficientFunds, InvalidArgument
-from dtp.escrow import U64_MAX, Meter, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import U64_MAX, Meter, fee
 from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.from_private_bytes(bytes([3]) * 32, bytes([4]) * 32)

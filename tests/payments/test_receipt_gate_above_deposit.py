@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidReceipt
-from dtp.escrow import Receipt, fee
+from dtp.ledger.objects import Sla
 from dtp.payments.gate import ReceiptGate
+from dtp.payments.receipts import Receipt, fee
 from tests.support.paid_twins import ident
 from tests.support.scopes import scope_of
 

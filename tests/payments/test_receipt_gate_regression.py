@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidReceipt
-from dtp.escrow import Receipt, fee
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
 from dtp.payments.gate import GateState, ReceiptGate
+from dtp.payments.receipts import Receipt, fee
 from tests.support.scopes import scope_of
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=1000)

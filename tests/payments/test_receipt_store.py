@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, fee
-from dtp.keys import HostIdentity
-from dtp.receipt_store import STALE_NEWLOCK, ReceiptStore
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipt_store import STALE_NEWLOCK, ReceiptStore
+from dtp.payments.receipts import Receipt, fee
 from tests.support.scopes import scope_of
 
 CLIENT = HostIdentity.generate()
@@ -61,7 +61,7 @@ def test_survives_restart_and_lists_unclaimed(tmp_path: Path) -> None:
         store.mark_claimed(OTHER, fee(SLA, 1024, 0))
     # a fresh process sees what the first one kept
     code = (
-        "from dtp.receipt_store import ReceiptStore\n"
+        "from dtp.payments.receipt_store import ReceiptStore\n"
         f"s = ReceiptStore({str(path)!r})\n"
         "print([(r.receipt.nonce, r.unclaimed) for r in s.unclaimed()])\n"
     )

@@ -1,7 +1,7 @@
-"""The receipt store's error handling, finished (dtp.receipt_store).
+"""The receipt store's error handling, finished (dtp.payments.receipt_store).
 
 - :class:`ReceiptStoreError` lives in :mod:`dtp.errors` with the other DTP errors (and
-  is still importable from dtp.receipt_store); its opening errors name the file too.
+  imports from dtp.payments.receipt_store too); its opening errors name the file too.
 - ``ReceiptStore.close()`` did not wait for a write in progress: it closed the handle
   under a writer thread mid-transaction, whose batch then failed and was retried against
   the closed store every second, an error logged each time, the receipt never counted.
@@ -25,12 +25,12 @@ import pytest
 
 import dtp.errors
 import dtp.payments.receipt_store.store
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, InvalidReceipt
-from dtp.escrow import Receipt
+from dtp.ledger.objects import Sla
 from dtp.payments.gate import ReceiptGate
-from dtp.receipt_store import ReceiptStore, ReceiptStoreError
-from dtp.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_store import ReceiptStore, ReceiptStoreError
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 from tests.support.scopes import scope_of
 

@@ -1,4 +1,4 @@
-"""How a paid server keeps and settles receipts (dtp.receipt_store).
+"""How a paid server keeps and settles receipts (dtp.payments.receipt_store).
 
 - A new store file, its ``-wal`` and ``-shm`` files and its lock files were made with
   the umask's mode (0o644): every local user could read every client's receipts, and --
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from dtp.escrow import Receipt
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt
 from dtp.payments.serving import recover_store
-from dtp.receipt_store import ReceiptStore
-from dtp.settlement import ClaimBackoff
+from dtp.payments.settlement import ClaimBackoff
 from tests.support.paid_stores import STORE_SERVER as SERVER
 from tests.support.paid_stores import StoreWorld as World
 from tests.support.paid_stores import store_world

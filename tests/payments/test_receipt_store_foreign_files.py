@@ -1,5 +1,5 @@
 """The paid server's durable receipts against files it did not
-make (dtp.receipt_store, dtp.receipt_writer).
+make (dtp.payments.receipt_store, dtp.payments.receipt_writer).
 
 - A SQLite file whose ``receipts`` table another program made opened as a store, and
   every keep failed after it ("no column named ..."): the writer retried it for good and
@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from dtp.errors import DTPError
-from dtp.escrow import Receipt
+from dtp.payments.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
 from dtp.payments.receipt_store import store as store_module
-from dtp.receipt_store import BUSY_TIMEOUT, ReceiptStore, ReceiptStoreError
-from dtp.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import (
     CONN,
     U64_MAX,
@@ -202,9 +202,9 @@ def test_what_keep_returned_survives_a_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "r.db"
     code = (
         "import itertools\n"
-        "from dtp.escrow import Receipt\n"
-        "from dtp.keys import HostIdentity\n"
-        "from dtp.receipt_store import ReceiptStore\n"
+        "from dtp.payments.receipts import Receipt\n"
+        "from dtp.identity.keys import HostIdentity\n"
+        "from dtp.payments.receipt_store import ReceiptStore\n"
         "from tests.support.scopes import scope_of\n"
         "me = HostIdentity.generate()\n"
         f"store = ReceiptStore({str(path)!r})\n"

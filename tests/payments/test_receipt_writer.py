@@ -1,4 +1,4 @@
-"""The receipt writer against a closed receipt store (dtp.receipt_writer).
+"""The receipt writer against a closed receipt store (dtp.payments.receipt_writer).
 
 A store closed while the writer still held receipts (its owner closed it first: the
 wrong shutdown order) failed every write with "it is closed", and the writer retried the
@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 import dtp.payments.receipt_store.store
-from dtp.escrow import Receipt
-from dtp.receipt_store import ReceiptStore
-from dtp.receipt_writer import ReceiptWriter
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipt_writer import ReceiptWriter
+from dtp.payments.receipts import Receipt
 from tests.support.receipt_stores import CLIENT, CONN, locked_by_another_process, receipt
 from tests.support.scopes import scope_of
 

@@ -1,4 +1,5 @@
-"""dtp.escrow: the receipt vector of docs/escrow.md, fees, encoding, check_receipt, Meter."""
+"""dtp.payments.receipts: the receipt vector of docs/escrow.md, fees, encoding, check_receipt,
+Meter."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtp.chain.objects import Sla
 from dtp.errors import (
     InsufficientFunds,
     InvalidReceipt,
@@ -16,7 +16,9 @@ from dtp.errors import (
     ReplayedReceipt,
     UnsupportedReceiptVersion,
 )
-from dtp.escrow import (
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import (
     RECEIPT_ENCODED_SIZE,
     RECEIPT_MESSAGE_SIZE,
     Meter,
@@ -26,7 +28,6 @@ from dtp.escrow import (
     fee,
     receipt_message,
 )
-from dtp.keys import HostIdentity
 
 PACKAGE = "0x" + bytes(range(32)).hex()
 ESCROW = "0x" + "0" * 59 + "decaf"

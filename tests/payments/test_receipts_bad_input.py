@@ -1,4 +1,4 @@
-"""Bad input to dtp.escrow: an object ID with whitespace between its
+"""Bad input to dtp.payments.receipts: an object ID with whitespace between its
 digits was read as a shorter ID (bytes.fromhex skips whitespace; the chain's parser
 refuses it), and a meter past the last receipt nonce (a typed error, not a bare
 ValueError)."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from dtp.chain.objects import Sla, normalize_id
 from dtp.errors import InvalidArgument, InvalidObjectId
-from dtp.escrow import U64_MAX, Meter, ReceiptScope, object_id_bytes
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla, normalize_id
+from dtp.payments.receipts import U64_MAX, Meter, ReceiptScope, object_id_bytes
 from tests.support.scopes import scope_of
 
 CID = "0x" + "0" * 58 + "c0ffee"

@@ -1,6 +1,6 @@
 """A stored receipt whose connection was settled without it (the client settled after
-the close timeout while the server was away) is done with (dtp.settlement,
-dtp.receipt_store; docs/escrow.md §6.1, §7). It was marked with the escrow's claims
+the close timeout while the server was away) is done with (dtp.payments.settlement,
+dtp.payments.receipt_store; docs/escrow.md §6.1, §7). It was marked with the escrow's claims
 only, so it stayed "unclaimed" in the store for good: every start of the server read the
 ledger for it and warned again, and the store reported MIST to claim that no claim could
 ever get. Real LocalLedger and store files.
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import Receipt, ReceiptScope, fee
-from dtp.keys import HostIdentity
-from dtp.receipt_store import ReceiptStore
-from dtp.settlement import claim_and_settle, collect_refund, recover_unclaimed
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import Receipt, ReceiptScope, fee
+from dtp.payments.settlement import claim_and_settle, collect_refund, recover_unclaimed
 from tests.support.paid_twins import ident
 
 SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)

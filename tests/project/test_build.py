@@ -68,7 +68,7 @@ def test_preflight_passes_here() -> None:
 @pytest.mark.parametrize(("flag", "expected"), [("1", "python"), ("", "c")])
 def test_backend_switch(flag: str, expected: str) -> None:
     code = (
-        "from dtp import _core, _reference\n"
+        "from dtp.native import core as _core; from dtp.native import reference as _reference\n"
         "print(_core.BACKEND)\n"
         "print(_core.Aead is _reference.Aead, _core.HamGraph is _reference.HamGraph,"
         " _core.decode_frames is _reference.decode_frames)\n"
@@ -84,7 +84,7 @@ def test_backend_switch(flag: str, expected: str) -> None:
 def test_bad_core_lib_path_is_explained() -> None:
     env = {**os.environ, "DTP_CORE_LIB": "/nonexistent/_dtp_core.so"}
     result = subprocess.run(
-        [sys.executable, "-c", "import dtp._core"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", "import dtp.native.core"], env=env, capture_output=True, text=True
     )
     assert result.returncode != 0
     assert "DTP_CORE_LIB='/nonexistent/_dtp_core.so' does not exist" in result.stderr

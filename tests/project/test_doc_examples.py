@@ -417,8 +417,8 @@ def _free_names() -> dict[str, Any]:
     """Names the fragments use without defining them, typed as their text describes."""
     import dtp.aio
     import dtp.socket
-    from dtp.chain.local import LocalLedger
-    from dtp.keys import HostIdentity
+    from dtp.identity.keys import HostIdentity
+    from dtp.ledger.local import LocalLedger
 
     me = Inst(HostIdentity)
     return {
@@ -450,8 +450,8 @@ def test_checker_finds_what_it_should() -> None:
     """The static check catches wrong keywords, missing names and missing methods."""
     bad = (
         "import dtp.socket\n"
-        "from dtp.chain.local import LocalLedger\n"
-        "from dtp.keys import HostIdentity, NoSuchThing\n"
+        "from dtp.ledger.local import LocalLedger\n"
+        "from dtp.identity.keys import HostIdentity, NoSuchThing\n"
         "led = LocalLedger(':memory:')\n"
         "me = HostIdentity.generate()\n"
         "led.open_connection(me, 'h', 1, 'c', depos=1)\n"
@@ -475,7 +475,7 @@ def test_checker_finds_what_it_should() -> None:
         assert any(expected in p for p in problems), (expected, problems)
     good = (
         "import dtp.socket\n"
-        "from dtp.keys import HostIdentity\n"
+        "from dtp.identity.keys import HostIdentity\n"
         "me = HostIdentity.generate()\n"
         "print(me.sui_address, me.noise_public)\n"
         "srv = dtp.socket.create_server(('127.0.0.1', 0), identity=me)\n"

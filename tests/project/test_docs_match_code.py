@@ -43,11 +43,11 @@ def _claims() -> list[tuple[str, str, Any, Any]]:
     """(doc, a phrase it contains, what the code has, what the phrase says)."""
     import dtp.aio
     import dtp.socket
-    from dtp.connection import ConnectionConfig
     from dtp.graph import Graph, connect, sync_blocking, sync_stream
     from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
     from dtp.hostid.ledger_carrier.carrier import LedgerCarrier
-    from dtp.metering import MeteringConfig
+    from dtp.payments.metering import MeteringConfig
+    from dtp.protocol.connection import ConnectionConfig
 
     opts = LedgerCarrierOptions()
     config_defaults = {f.name: f.default for f in dataclasses.fields(ConnectionConfig)}
@@ -320,7 +320,7 @@ ON_SUI: list[tuple[str, str, str]] = [
 _GAS = 10**9
 _PRELUDE = f"""\
 import atexit, contextlib
-from dtp.chain import open_ledger
+from dtp.ledger import open_ledger
 from tests.support.sui_network import sui_network
 _stack = contextlib.ExitStack()
 atexit.register(_stack.close)

@@ -14,13 +14,11 @@ import ast
 import functools
 from pathlib import Path
 
-import dtp
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "dtp"
 
-# Which layer a module belongs to: the longest matching prefix wins. Modules still at
-# their old flat paths are listed under the layer they move to.
+# Which layer a module belongs to: the longest matching prefix wins.
 LAYER_OF: dict[str, str] = {
     "dtp.errors": "errors",
     # the extras and their checks: beside the errors they raise, below every layer that
@@ -97,7 +95,6 @@ def import_graph() -> dict[str, set[str]]:
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
     def known(name: str) -> str | None:
-        name = dtp.moved_to(name) or name  # (an old path counts as the module it names)
         while name and name not in paths:
             name = name.rpartition(".")[0]
         return name or None

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.ledger import Ledger
-from dtp.chain.sui import SuiLedger
+from dtp.ledger.interface import Ledger
+from dtp.ledger.sui import SuiLedger
 from tests.support.paths import ROOT
 from tests.support.sui_network import SuiNetwork, sui_network
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import EventFilter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import EventFilter
 from dtp.messaging.sealed import seal, send_sealed
 from tests.support.paths import ROOT
 

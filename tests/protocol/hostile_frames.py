@@ -3,10 +3,10 @@ side of an in-memory pair (tests/support/pairs.py), for the protocol tests."""
 
 from __future__ import annotations
 
-from dtp import _core
-from dtp._state import ConnState
-from dtp._types import RawFrame
-from dtp.connection import Connection, ConnectionTerminated
+from dtp.native import core as _core
+from dtp.native.types import RawFrame
+from dtp.protocol.connection import Connection, ConnectionTerminated
+from dtp.protocol.state import ConnState
 from tests.support.pairs import Side, connect, make_pair, sealed_by
 
 

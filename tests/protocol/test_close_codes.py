@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from dtp import metering
-from dtp.connection import CloseCode
+from dtp.payments import metering
+from dtp.protocol.connection import CloseCode
 from tests.support.pairs import connect
 from tests.support.paths import PROTOCOL_MD
 

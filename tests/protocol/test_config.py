@@ -23,10 +23,10 @@ from fractions import Fraction
 
 import pytest
 
-from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
-from dtp.connection import CloseCode, Connection, ConnectionConfig
 from dtp.errors import LocalProtocolError
-from dtp.events import DatagramReceived, StreamResetReceived
+from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM_FIN
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig
+from dtp.protocol.events import DatagramReceived, StreamResetReceived
 from tests.protocol.hostile_frames import frames_sent_by_client
 from tests.support.pairs import CLIENT_ID, SERVER_ID, Side, connect, make_pair, run
 

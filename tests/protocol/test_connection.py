@@ -10,9 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dtp import _core
-from dtp._types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
-from dtp.connection import CloseCode, Connection, error_for_termination
 from dtp.errors import (
     ConnectionClosed,
     ConnectionRefused,
@@ -24,7 +21,12 @@ from dtp.errors import (
     PaymentRequired,
     RemoteProtocolError,
 )
-from dtp.events import (
+from dtp.identity.keys import HostIdentity
+from dtp.native import core as _core
+from dtp.native.types import FRAME_RESET_STREAM, FRAME_STREAM, RawFrame
+from dtp.payments.metering import CLOSE_PAYMENT_REQUIRED
+from dtp.protocol.connection import CloseCode, Connection, error_for_termination
+from dtp.protocol.events import (
     ConnectionAccepted,
     ConnectionTerminated,
     ControlReceived,
@@ -36,8 +38,6 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.keys import HostIdentity
-from dtp.metering import CLOSE_PAYMENT_REQUIRED
 from dtp.transport.carriers.memory import MemoryLink
 from tests.support.pairs import (
     CLIENT_ID,

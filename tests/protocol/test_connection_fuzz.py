@@ -8,11 +8,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp import _core
-from dtp._types import (
+from dtp.native import core as _core
+from dtp.native.types import (
     RawFrame,
 )
-from dtp.connection import CloseCode
+from dtp.protocol.connection import CloseCode
 from dtp.testing.strategies import any_frame
 from tests.support.pairs import connect, sealed_by
 

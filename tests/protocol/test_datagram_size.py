@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import LocalProtocolError
-from dtp.events import DatagramReceived
 from dtp.hostid.ledger_carrier.bridge import LEDGER_RECORD_PLAINTEXT
+from dtp.protocol.connection import ConnectionConfig
+from dtp.protocol.events import DatagramReceived
 from tests.support.ledger_carrier_world import CLIENT, DEPOSIT, Host, server_in_thread
 from tests.support.ledger_carrier_world import host as host
 from tests.support.pairs import connect, run

@@ -11,18 +11,18 @@ import struct
 import msgpack
 import pytest
 
-from dtp import _core
-from dtp._types import FRAME_CONTROL, REC_DATA, RawFrame
-from dtp.connection import (
+from dtp.errors import HandshakeError
+from dtp.identity.noise import Handshake, make_auth_proof
+from dtp.native import core as _core
+from dtp.native.types import FRAME_CONTROL, REC_DATA, RawFrame
+from dtp.protocol.connection import (
     CloseCode,
     Connection,
     ConnectionConfig,
     _parse_params,
     error_for_termination,
 )
-from dtp.crypto import Handshake, make_auth_proof
-from dtp.errors import HandshakeError
-from dtp.events import PeerAuthenticated
+from dtp.protocol.events import PeerAuthenticated
 from tests.support.pairs import CLIENT_ID, SERVER_ID, make_pair, sealed_by
 
 

@@ -5,7 +5,7 @@ Connections (real handshake) in memory, as tests/protocol/test_protocol_abuse.py
 
 from __future__ import annotations
 
-from dtp._types import (
+from dtp.native.types import (
     FRAME_MAX_STREAM_DATA,
     FRAME_RESET_STREAM,
     FRAME_STOP_SENDING,
@@ -13,7 +13,7 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.events import StreamDataReceived
+from dtp.protocol.events import StreamDataReceived
 from tests.protocol.hostile_frames import send_frames
 from tests.support.pairs import connect
 

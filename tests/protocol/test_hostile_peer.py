@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 import msgpack
 import pytest
 
-from dtp import _core, _recovery
-from dtp._recovery import LossRecovery, SentRecord
-from dtp._state import ControlKind
-from dtp._types import (
+from dtp.errors import HandshakeError, LocalProtocolError
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_CONTROL,
     FRAME_DATAGRAM,
     FRAME_PING,
@@ -25,7 +24,8 @@ from dtp._types import (
     REC_HS_RESP,
     RawFrame,
 )
-from dtp.connection import (
+from dtp.protocol import recovery as _recovery
+from dtp.protocol.connection import (
     MAX_PENDING_EARLY_RECORDS,
     CloseCode,
     Connection,
@@ -33,8 +33,7 @@ from dtp.connection import (
     ConnectionTerminated,
     _parse_params,
 )
-from dtp.errors import HandshakeError, LocalProtocolError
-from dtp.events import (
+from dtp.protocol.events import (
     ControlReceived,
     DatagramReceived,
     PeerAuthenticated,
@@ -42,6 +41,8 @@ from dtp.events import (
     StreamDataReceived,
     StreamResetReceived,
 )
+from dtp.protocol.recovery import LossRecovery, SentRecord
+from dtp.protocol.state import ControlKind
 from tests.protocol.hostile_frames import xx_authenticated_server
 from tests.support.pairs import CLIENT_ID, Side, connect, make_pair, sealed_by
 

@@ -18,9 +18,9 @@ from dataclasses import replace
 import pytest
 
 import dtp.socket
-from dtp.connection import MIN_KEEPALIVE, Connection, ConnectionConfig
-from dtp.events import PeerAuthenticated
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import MIN_KEEPALIVE, Connection, ConnectionConfig
+from dtp.protocol.events import PeerAuthenticated
 from dtp.transport.carriers.memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()

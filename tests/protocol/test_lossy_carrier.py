@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dtp.connection import Connection, ConnState
+from dtp.protocol.connection import Connection, ConnState
 from tests.support.pairs import connect, run
 
 # what happens to each record: 0 deliver, 1 drop, 2 duplicate, 3 hold back (delivered

@@ -21,13 +21,13 @@ from collections.abc import Callable
 
 import pytest
 
-from dtp import _core
-from dtp._types import REC_HS_INIT
-from dtp.connection import CloseCode, Connection, ConnState
-from dtp.crypto import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
 from dtp.errors import HandshakeError
-from dtp.events import PeerAuthenticated
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import MAX_MESSAGE_SIZE, PATTERN_IK, PATTERN_XX, Handshake
+from dtp.native import core as _core
+from dtp.native.types import REC_HS_INIT
+from dtp.protocol.connection import CloseCode, Connection, ConnState
+from dtp.protocol.events import PeerAuthenticated
 from dtp.transport.carriers.memory import MemoryLink
 from tests.support.pairs import SERVER_ID, Side, make_pair
 
@@ -258,7 +258,7 @@ def test_reliable_carrier_still_fails_on_a_record_that_does_not_parse() -> None:
 def test_the_overhead_table_the_payload_cap_is_checked_with_is_exact(pattern: int) -> None:
     # the cap is checked on the message size before Noise reads it (a failed read must
     # change nothing): it relies on knowing what Noise adds to each message
-    from dtp.crypto import _NOISE_OVERHEAD
+    from dtp.identity.noise import _NOISE_OVERHEAD
 
     initiator, responder = _pair(pattern)
     sides = (initiator, responder)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from dtp.connection import _parse_params
 from dtp.errors import HandshakeError
+from dtp.protocol.connection import _parse_params
 
 PARAMS = {"v": 1, "md": 1 << 20, "msd": 1 << 20, "ms": 8, "it": 60000}
 BASE = msgpack.packb(PARAMS)

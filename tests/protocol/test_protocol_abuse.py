@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dtp.socket
-from dtp import _core
-from dtp._state import ConnState
-from dtp._types import (
+from dtp.errors import ConnectionLost, DTPError, RemoteProtocolError
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_CONTROL,
@@ -37,21 +37,21 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.connection import (
+from dtp.protocol.connection import (
     CloseCode,
     Connection,
     ConnectionConfig,
     ConnectionTerminated,
     error_for_termination,
 )
-from dtp.errors import ConnectionLost, DTPError, RemoteProtocolError
-from dtp.events import (
+from dtp.protocol.events import (
     ControlReceived,
     DatagramReceived,
     ReceiptReceived,
     StreamDataReceived,
     StreamResetReceived,
 )
+from dtp.protocol.state import ConnState
 from dtp.testing.strategies import any_frame
 from tests.protocol.hostile_frames import run_records, send_frames, xx_authenticated_server
 from tests.support.pairs import (

@@ -11,9 +11,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from dtp import _core
-from dtp._recovery import SentRecord
-from dtp._types import (
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_MAX_DATA,
     FRAME_MAX_STREAM_DATA,
@@ -24,8 +23,9 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.connection import CloseCode, Connection, ConnectionConfig
-from dtp.events import SendWindowOpened
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig
+from dtp.protocol.events import SendWindowOpened
+from dtp.protocol.recovery import SentRecord
 from dtp.transport.session import Session
 from tests.support.pairs import CLIENT_ID, SERVER_ID, connect, sealed_by
 
@@ -327,7 +327,7 @@ def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:
     is given the idle timeout (docs/protocol.md section 9)."""
     import heapq
 
-    from dtp.events import PeerAuthenticated
+    from dtp.protocol.events import PeerAuthenticated
     from dtp.transport.carriers.memory import MemoryLink
     from tests.support.pairs import Side
 

@@ -8,13 +8,13 @@ import dataclasses
 
 import pytest
 
-from dtp import _core
-from dtp._state import CloseCode, ConnState, RecvState, SendState
-from dtp._types import FRAME_DATAGRAM, FRAME_STREAM, RawFrame
-from dtp.connection import ConnectionConfig
 from dtp.errors import HandshakeError
-from dtp.events import DatagramReceived
 from dtp.identity.noise import Handshake
+from dtp.native import core as _core
+from dtp.native.types import FRAME_DATAGRAM, FRAME_STREAM, RawFrame
+from dtp.protocol.connection import ConnectionConfig
+from dtp.protocol.events import DatagramReceived
+from dtp.protocol.state import CloseCode, ConnState, RecvState, SendState
 from tests.protocol.hostile_frames import xx_authenticated_server
 from tests.support.pairs import CLIENT_ID, connect, sealed_by
 from tests.support.paths import ROOT

@@ -12,9 +12,10 @@ from typing import Any, cast
 
 import pytest
 
-from dtp import _core
-from dtp._state import ControlKind
-from dtp._types import (
+from dtp.errors import LocalProtocolError
+from dtp.identity.noise import make_auth_proof
+from dtp.native import core as _core
+from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
     FRAME_CONTROL,
@@ -29,10 +30,9 @@ from dtp._types import (
     FRAME_STREAM_FIN,
     RawFrame,
 )
-from dtp.connection import CloseCode, Connection, ConnectionConfig, _split_records
-from dtp.crypto import make_auth_proof
-from dtp.errors import LocalProtocolError
-from dtp.events import ConnectionTerminated, ControlReceived, StopSendingReceived
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, _split_records
+from dtp.protocol.events import ConnectionTerminated, ControlReceived, StopSendingReceived
+from dtp.protocol.state import ControlKind
 from dtp.transport.carriers.memory import MemoryLink
 from dtp.transport.session import Session, StreamSink
 from tests.protocol.hostile_frames import frames_sent_by_client

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dtp import _core, _reference
+from dtp.native import core as _core
+from dtp.native import reference as _reference
 
 NATIVE = SimpleNamespace(
     name="c",

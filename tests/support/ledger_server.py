@@ -17,9 +17,9 @@ import os
 import sys
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
 from tests.support.ledger_faults import impair
 
 

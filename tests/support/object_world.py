@@ -4,9 +4,9 @@ subscription and a sponsor pool -- for the tests that bad arguments are refused.
 
 from __future__ import annotations
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 
 
 def ident(seed: int) -> HostIdentity:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 
 
 def ident(seed: int) -> HostIdentity:

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.escrow import fee
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
+from dtp.payments.receipts import fee
 from tests.support.paid_twins import funded_ledger, ident
 
 
@@ -59,8 +59,8 @@ STORE_SERVER, STORE_CLIENT = ident(0x91), ident(0x92)
 # (hex) as its live connections' and holds on until killed (or its stdin closes).
 _RUN = (
     "import sys\n"
-    "from dtp.escrow import Receipt\n"
-    "from dtp.receipt_store import ReceiptStore\n"
+    "from dtp.payments.receipts import Receipt\n"
+    "from dtp.payments.receipt_store import ReceiptStore\n"
     "store = ReceiptStore(sys.argv[1])\n"
     "store.attach_server()\n"
     "for encoded in sys.argv[2:]:\n"

@@ -19,11 +19,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.metering import MeteringConfig
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
 from dtp.testing.loops import LoopThread
 from tests.support.paid_twins import (
     funded_ledger,

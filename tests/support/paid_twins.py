@@ -17,14 +17,14 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, LedgerUnavailable
-from dtp.escrow import object_id_bytes
 from dtp.hostid.paid import PaidServer, PaidSocket
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import object_id_bytes
+from dtp.protocol.connection import ConnectionConfig
 from dtp.testing.loops import loop_in_thread as loop_in_thread  # (its users import it here too)
 
 CHUNK = b"x" * (64 << 10)

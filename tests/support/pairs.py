@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from dtp.carriers.memory import MemoryLink
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import ConnectionRefused
-from dtp.events import Event, PeerAuthenticated, StreamDataReceived, StreamOpened
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.protocol.events import Event, PeerAuthenticated, StreamDataReceived, StreamOpened
+from dtp.transport.carriers.memory import MemoryLink
 
 CLIENT_ID = HostIdentity.generate()
 SERVER_ID = HostIdentity.generate()

@@ -11,13 +11,13 @@ from typing import Any
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 import pytest
 
-from dtp.chain.sui import MESSAGING_EVENT_LAYOUTS, SuiConfig, SuiLedger
-from dtp.chain.sui_client import NodeObject
-from dtp.chain.sui_codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, encode
-from dtp.chain.sui_economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
-from dtp.chain.sui_tx import OwnedRef
 from dtp.errors import ObjectNotFound
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.sui import MESSAGING_EVENT_LAYOUTS, SuiConfig, SuiLedger
+from dtp.ledger.sui.client import NodeObject
+from dtp.ledger.sui.codec import EVENT_LAYOUTS, OBJECT_LAYOUTS, encode
+from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
+from dtp.ledger.sui.tx import OwnedRef
 
 PACKAGE = "0x" + "d7" * 32
 SIGNER = HostIdentity.from_private_bytes(bytes([0x71]) * 32, bytes([0x72]) * 32)

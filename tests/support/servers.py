@@ -22,7 +22,7 @@ from typing import Any
 
 import dtp.aio
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 #: A blocking server's handler: it gets each connection's socket.
 Handler = Callable[[Any], None]

@@ -10,7 +10,7 @@ that move the ledger clock are skipped there, saying so (a network's clock is it
 
 Tests reach the network through a :class:`SuiNetwork`: ``args`` for a ``dtp`` command
 (``--ledger localnet@URL --sui-package 0x…``), ``spec``/``package_id`` (``daemon_toml``)
-for a daemon's config or :func:`dtp.chain.open_ledger`, :meth:`SuiNetwork.ledger` for a
+for a daemon's config or :func:`dtp.ledger.open_ledger`, :meth:`SuiNetwork.ledger` for a
 ``SuiLedger``, :meth:`SuiNetwork.fund`, :meth:`SuiNetwork.advance_clock`. The fixture
 ``sui_network`` (tests/conftest.py) yields one per test; :func:`sui_network` is the same
 as a context manager, with the stand-in's knobs; :func:`sui_network_process` serves the
@@ -36,14 +36,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dtp.chain.objects import normalize_id
-from dtp.chain.sui import SuiConfig, SuiLedger
 from dtp.errors import ObjectNotFound
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import normalize_id
+from dtp.ledger.sui import SuiConfig, SuiLedger
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
-    from dtp.chain.sui_tx import TxContext
+    from dtp.ledger.sui.tx import TxContext
     from dtp.testing.sui_node import SuiNodeStandIn
 
 #: The variables that point the tests at a real node (all three, or none is used).
@@ -114,7 +114,7 @@ def gas_from_effects(ledger: SuiLedger, address: str) -> dict[str, int]:
     call, a system transaction)."""
     from pysui.sui.sui_grpc import pgrpc_requests as rq
 
-    from dtp.chain.sui_effects import gas_used
+    from dtp.ledger.sui.effects import gas_used
 
     address = normalize_id(address, "address")
     # (SuiNode has no call listing coins' previous transactions or reading effects by
@@ -358,7 +358,7 @@ class StandInProcess:
         in process (``SuiNodeStandIn.advance_clock``): its state's LocalLedger file,
         which LocalLedger shares between processes, holds the clock, and the node reads
         it anew for every call (its Clock object, the checkpoints, each transaction)."""
-        from dtp.chain.local import LocalLedger
+        from dtp.ledger.local import LocalLedger
 
         if self.state is None:
             raise RuntimeError("the stand-in keeps its state in memory: start it with state=")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.handshake_slots import AddressSlots
 from tests.transport.half_handshakes import echo
 

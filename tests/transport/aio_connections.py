@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import dtp.aio
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 Pair = tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]
 

@@ -10,8 +10,8 @@ import socket
 import time
 
 import dtp.socket
-from dtp.connection import Connection, ConnectionConfig
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import Connection, ConnectionConfig
 
 _CLIENT = HostIdentity.generate()
 

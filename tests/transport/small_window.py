@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER_ID = HostIdentity.generate()
 WINDOW = 64 << 10

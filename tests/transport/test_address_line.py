@@ -40,12 +40,12 @@ import pytest
 import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.hostid.paid import PaidSocket
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking.server_arrival import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.support.polling import wait_for

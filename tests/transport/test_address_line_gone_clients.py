@@ -24,7 +24,7 @@ import pytest
 import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking.server import check_handshake_bounds
 from dtp.transport.handshake_slots import AddressSlots
 from tests.support.polling import wait_for

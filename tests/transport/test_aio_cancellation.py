@@ -29,12 +29,12 @@ import pytest
 
 import dtp.aio
 import dtp.transport.asyncio.streams
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPError, DTPTimeoutError
 from dtp.hostid.ledger_carrier.bridge import ledger_config
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
 from dtp.hostid.paid.asyncio import PaidConnection
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.protocol import Protocol
 from dtp.transport.asyncio.server_arrival import _Arrival
 from tests.support.leaks import resource_warnings

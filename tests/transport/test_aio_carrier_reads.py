@@ -18,7 +18,7 @@ import os
 import pytest
 
 import dtp.aio as daio
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.asyncio.protocol import Protocol
 from dtp.transport.session import FIRST_RECV_CHUNK, RECV_CHUNK
 

@@ -12,7 +12,7 @@ import contextlib
 
 import dtp.aio
 from dtp.errors import DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER = HostIdentity.generate()
 SIZE = 3_000_000

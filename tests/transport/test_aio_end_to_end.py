@@ -16,7 +16,7 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.leaks import resource_warnings
 from tests.support.procs import server_process
 
@@ -187,7 +187,7 @@ def test_stream_sink_pushes_bytes_holds_credit_and_ends() -> None:
     """set_sink: bytes already buffered come first, then each chunk as it arrives; a
     paused sink holds flow-control credit (the sender stops at its window) until
     resumed; the end of the stream (or its reset) ends the sink once."""
-    from dtp.connection import ConnectionConfig
+    from dtp.protocol.connection import ConnectionConfig
 
     async def main() -> None:
         identity = HostIdentity.generate()

@@ -38,13 +38,13 @@ import pytest
 import dtp.aio
 import dtp.socket
 import dtp.transport.carriers.tcp
-from dtp.chain.objects import Sla
-from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, HandshakeError
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidAioServer, PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SERVER_ID = HostIdentity.generate()

@@ -37,10 +37,10 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionRefused, DTPError
 from dtp.hostid.ledger_carrier.bridge import ledger_config
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.handshake_slots import AddressSlots
 from tests.support.polling import async_wait_for
 from tests.transport.half_handshakes import first_record

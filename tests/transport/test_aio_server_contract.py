@@ -35,9 +35,9 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, LocalProtocolError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.ledger_carrier_world import (
     PORT,
     SERVER,

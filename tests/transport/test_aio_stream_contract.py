@@ -33,9 +33,9 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError, StreamReset
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 
 Handler = Callable[[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter], Awaitable[None]]
 

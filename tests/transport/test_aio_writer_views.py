@@ -19,7 +19,7 @@ import pytest
 
 import dtp.aio as daio
 import dtp.transport.asyncio.streams as streams
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 CHUNK, COUNT = 64 * 1024, 64  # 4 MiB: within the flow-control window
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import PaidSocket, ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
-from dtp.metering import CLOSE_FIREWALL_DENIED
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import CLOSE_FIREWALL_DENIED
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 from tests.support.polling import wait_for
 

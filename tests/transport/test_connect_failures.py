@@ -16,9 +16,9 @@ from dataclasses import replace
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionLost, HandshakeError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 
 
 def test_a_server_key_noise_cannot_use_fails_the_connect_and_closes_the_carrier() -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.session import Session
 
 SERVER = HostIdentity.generate()

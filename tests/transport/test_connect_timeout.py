@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dtp import aio
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPTimeoutError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.socket import create_connection
 
 

@@ -12,8 +12,8 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import DATAGRAM_SEND_BACKLOG
 from dtp.errors import LocalProtocolError
+from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG
 from tests.support.procs import server_process
 
 PAYLOAD = b"u" * 4000

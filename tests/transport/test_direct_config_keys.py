@@ -4,7 +4,7 @@ arguments -- None when not given -- so a config pinning a server connected by XX
 server, and one carrying our keys connected as a fresh anonymous identity.
 
 A connect to a carrier endpoint keeping the config's keys
-(dtp.connection.direct_client_config): server keys that are bytes-like but not bytes,
+(dtp.protocol.connection.direct_client_config): server keys that are bytes-like but not bytes,
 keys that are not 32 bytes, and a server key and a pin that name different servers."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig, direct_client_config
 from dtp.errors import HandshakeError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig, direct_client_config
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
@@ -131,7 +131,7 @@ def test_a_key_given_both_ways_must_agree() -> None:
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])
 def test_a_bytes_like_server_key_connects_blocking(kind: type) -> None:
-    # the blocking adapter's keys made ahead (dtp.keys_ahead) took bytes alone: a
+    # the blocking adapter's keys made ahead (dtp.identity.ahead) took bytes alone: a
     # bytearray or memoryview server key failed with a TypeError from the crypto
     with server() as (srv, peers):
         key = kind(SERVER.noise_public)

@@ -38,12 +38,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.local_rules import DamagedData
-from dtp.chain.objects import ConnectionState, EventFilter, Sla
-from dtp.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
 from dtp.errors import ConnectionLost, ConnectionRefused, LocalProtocolError, ObjectNotFound
-from dtp.events import (
+from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.local.rules import DamagedData
+from dtp.ledger.objects import ConnectionState, EventFilter, Sla
+from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, error_for_termination
+from dtp.protocol.events import (
     ConnectionAccepted,
     ConnectionTerminated,
     ControlReceived,
@@ -56,8 +58,6 @@ from dtp.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
-from dtp.keys import HostIdentity
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.carriers.memory import MemoryLink
 from tests.support.ledger_faults import impair
@@ -223,7 +223,7 @@ class _FakeEngine:
 
 
 def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> None:
-    from dtp import keys_ahead
+    from dtp.identity import ahead as keys_ahead
 
     server = HostIdentity.generate()
     client = HostIdentity.generate()
@@ -243,8 +243,9 @@ def test_next_connect_keys_stop_when_the_reply_is_here_and_finish_later() -> Non
 
 
 def test_next_connect_keys_skip_the_static_dh_dtp_crypto_keeps() -> None:
-    from dtp import crypto, keys_ahead
-    from dtp.crypto import Handshake, static_secret_kept
+    from dtp.identity import ahead as keys_ahead
+    from dtp.identity import noise as crypto
+    from dtp.identity.noise import Handshake, static_secret_kept
 
     # (the registry starts over once 16 static keys are in it: with 15 from earlier
     # tests, the server's key below would start it over and drop the client's result)
@@ -271,7 +272,7 @@ def test_a_connect_whose_verdict_comes_with_the_reply_still_leaves_the_next_keys
     # a server without hooks answers and accepts in one flight: the steps the wait for
     # the reply did not reach are left to the connection's next wait (here its close's,
     # for the server's end), not dropped
-    from dtp import keys_ahead
+    from dtp.identity import ahead as keys_ahead
 
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     accepted: list[tuple[dtp.socket.DTPSocket, str]] = []

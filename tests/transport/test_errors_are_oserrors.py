@@ -9,7 +9,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ConnectionClosed, DTPError, HandshakeError, PaymentError, PaymentRequired
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER_ID = HostIdentity.generate()
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking import engine_lifetime, engine_output, engine_reads, timers
 from dtp.transport.blocking import socket as blocking_socket
 from tests.transport.client_processes import run_client_process

@@ -39,9 +39,9 @@ import pytest
 import dtp.aio
 import dtp.socket
 import dtp.transport.asyncio.server_arrival
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.carriers.tcp import PendingTcp
 from dtp.transport.poll import wait_ready
 

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 import dtp.aio
-import dtp.connection
 import dtp.errors
+import dtp.protocol.connection
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.hooks import (
     ConnectionHook,
@@ -115,11 +115,11 @@ def test_the_blocking_driver_calls_a_connection_hook(monkeypatch: pytest.MonkeyP
         )
         recorder = Recorder()
         receipts: list[bytes] = []
-        sock.set_connection_hook(_as_hook(recorder), receipts.append)
+        sock._set_connection_hook(_as_hook(recorder), receipts.append)
         assert sock.connection_hook is recorder
         added: list[object] = []
         monkeypatch.setattr(TIMERS, "add", added.append)
-        sock.start_timer()  # (started by connect already: a second start changes nothing)
+        sock._start_timer()  # (started by connect already: a second start changes nothing)
         assert added == []  # (a second heap entry would double the connection's passes)
         sock.sendall(SENT)
         sock.check_live()  # (open: nothing raised)
@@ -161,7 +161,7 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
             )
             recorder = Recorder()
             receipts: list[bytes] = []
-            writer.set_connection_hook(_as_hook(recorder), receipts.append)
+            writer._set_connection_hook(_as_hook(recorder), receipts.append)
             assert writer.connection_hook is recorder
             writer.write(SENT)
             await writer.drain()
@@ -266,7 +266,7 @@ def test_the_asyncio_server_listens_when_told_and_shows_its_state() -> None:
         async def serve(reader: dtp.aio.StreamReader, writer: dtp.aio.StreamWriter) -> None:
             writer.close()
 
-        config = dtp.connection.ConnectionConfig(identity=SERVER, is_client=False)
+        config = dtp.protocol.connection.ConnectionConfig(identity=SERVER, is_client=False)
         server = dtp.aio.DTPServer(serve, SERVER, None, config)
         assert server.connection_config is config
         assert server.attached is None and not server.closed

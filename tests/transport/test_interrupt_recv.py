@@ -29,7 +29,7 @@ import dtp.messaging.rpc.blocking_client as rpc_client_module
 import dtp.messaging.rpc.blocking_client_reads as rpc_client_reads
 import dtp.socket
 from dtp.errors import DTPTimeoutError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.messaging import errors as E
 from dtp.messaging.rpc import RpcClient, RpcServer
 

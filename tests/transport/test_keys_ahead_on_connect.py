@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp import keys_ahead
-from dtp.connection import ConnectionConfig
-from dtp.crypto import prepare_handshake
-from dtp.keys import HostIdentity
+from dtp.identity import ahead as keys_ahead
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import prepare_handshake
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.blocking import engine as blocking_engine
 from dtp.transport.poll import wait_ready

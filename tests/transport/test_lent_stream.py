@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 
 @pytest.fixture

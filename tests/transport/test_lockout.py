@@ -25,9 +25,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.testing.loops import loop_in_thread
 from tests.support.paths import ROOT
 from tests.support.polling import wait_for

@@ -34,7 +34,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import DTPTimeoutError, StreamReset
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from dtp.transport.blocking import timers
 from tests.support.polling import wait_for
 from tests.transport.client_processes import run_client_process

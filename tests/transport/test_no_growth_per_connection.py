@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import threading
 
-import dtp.crypto
+import dtp.identity.noise
 import dtp.socket
 from dtp.errors import DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.polling import wait_for
 
 SERVER_ID = HostIdentity.generate()
@@ -32,7 +32,7 @@ def _echo(sock: dtp.socket.DTPSocket) -> None:
 
 def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
     """Each anonymous connect prepares the next one's Noise IK state under a fresh
-    identity (dtp.crypto.prepare_handshake); once taken, its key used to stay in the
+    identity (dtp.identity.noise.prepare_handshake); once taken, its key used to stay in the
     module's dict with an empty list, one entry per connection for ever."""
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     serving = threading.Thread(target=server.serve_forever, args=(_echo,), daemon=True)
@@ -51,7 +51,7 @@ def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
             ) as client:
                 client.sendall(b"hi")
                 assert client.recv(10) == b"hi"
-        assert len(dtp.crypto._STARTED) <= 8  # (was ROUNDS + 10 and more)
+        assert len(dtp.identity.noise._STARTED) <= 8  # (was ROUNDS + 10 and more)
         # the handler threads end once they read the clients' end
         assert wait_for(lambda: threading.active_count() <= threads + 2, timeout=30)
         assert wait_for(lambda: _open_fds() <= fds + 4, timeout=30)

@@ -17,9 +17,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import CloseCode
 from dtp.errors import ConnectionClosed, DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import CloseCode
 
 SERVER = HostIdentity.generate()
 BOUND = 10.0  # how long the test waits for anything

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking.timers import TIMERS
 from tests.support.polling import wait_for
 from tests.transport.small_window import (

@@ -38,13 +38,13 @@ from typing import Any, cast
 import pytest
 
 import dtp.socket
-from dtp._state import ConnState
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import Connection, ConnectionConfig
-from dtp.crypto import PATTERN_IK
 from dtp.errors import ConnectionRefused, DTPError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.identity.noise import PATTERN_IK
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import Connection, ConnectionConfig
+from dtp.protocol.state import ConnState
 from dtp.socket import DTPSocket
 from dtp.transport.replay_guard import DEFAULT_CAPACITY, ReplayGuard
 from tests.support.polling import wait_for

@@ -13,7 +13,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import DTPTimeoutError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER_ID = HostIdentity.generate()
 DATA = os.urandom((3 << 20) + 12345)  # several chunks and a ragged end

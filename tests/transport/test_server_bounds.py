@@ -16,10 +16,10 @@ import pytest
 
 import dtp.hostid.served
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.hostid.served import ServedConnections
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking.engine import Engine
 
 SERVER, CLIENT = HostIdentity.generate(), HostIdentity.generate()

@@ -24,7 +24,7 @@ import pytest
 
 import dtp.socket
 from dtp.errors import ConnectionClosed, HandshakeError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 

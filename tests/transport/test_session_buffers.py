@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dtp.connection import ConnectionConfig
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.carriers.memory import MemoryLink
 from dtp.transport.session import Session
 from tests.support.pairs import CLIENT_ID, SERVER_ID

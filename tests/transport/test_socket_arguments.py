@@ -28,9 +28,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPTimeoutError, LocalProtocolError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()

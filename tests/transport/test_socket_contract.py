@@ -42,7 +42,6 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import (
     CarrierRefused,
     ConnectionLost,
@@ -52,7 +51,8 @@ from dtp.errors import (
     SocketClosed,
     StreamReset,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.paid_twins import loop_in_thread
 from tests.support.polling import raised_within
 from tests.support.ports import free_port

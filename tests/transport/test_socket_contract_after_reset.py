@@ -27,9 +27,6 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
-from dtp.connection import CloseCode
 from dtp.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -37,7 +34,10 @@ from dtp.errors import (
     DTPTimeoutError,
     StreamReset,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.protocol.connection import CloseCode
 from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()

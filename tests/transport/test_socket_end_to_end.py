@@ -15,7 +15,6 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import (
     ConnectionLost,
     ConnectionRefused,
@@ -24,7 +23,8 @@ from dtp.errors import (
     HandshakeError,
     LocalProtocolError,
 )
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 from tests.support.procs import server_process
 

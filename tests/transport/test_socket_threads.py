@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import dtp.socket
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost, DTPTimeoutError, LocalProtocolError
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 from tests.transport.half_handshakes import half_handshake, silent
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import dtp.socket
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER_ID = HostIdentity.generate()
 

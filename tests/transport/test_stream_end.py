@@ -19,12 +19,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
 from dtp.hostid.paid import ServicePolicy
 from dtp.hostid.paid.aio import PaidReader, PaidWriter
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from tests.support.paid_twins import ident
 
 SERVER = HostIdentity.generate()

@@ -11,7 +11,7 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import StreamReset
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 
 SERVER_ID = HostIdentity.generate()
 

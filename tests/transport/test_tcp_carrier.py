@@ -5,7 +5,7 @@ The TCP carrier's two-half connect (PendingTcp) against a host that never answer
 its timeout bounds the whole wait.
 
 The TCP carrier's connects (dtp.transport.carriers.tcp), the one-holder lock
-(dtp._filelock) and the durable replace (dtp._durable):
+and the durable replace (dtp.identity.files):
 
 - a published endpoint whose name the IDNA codec refuses (``a..b``, a label past 63
   characters) raised a bare UnicodeError: connect_any stopped there instead of trying
@@ -58,12 +58,11 @@ import pytest
 import dtp.messaging.discovery as discovery
 import dtp.socket
 import dtp.transport.carriers.tcp as tcp
-from dtp._durable import write_durably
-from dtp._filelock import lock_exclusive
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
-from dtp.keys import HostIdentity
+from dtp.identity.files import lock_exclusive, write_durably
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
 from dtp.messaging.discovery import Announcement, DiscoveryGossip
 from dtp.messaging.pubsub import PubSubNode
 from dtp.transport.carriers.tcp import (
@@ -308,7 +307,7 @@ def test_an_ipv6_endpoint_is_named_in_brackets() -> None:
     assert f"[::1]:{port}" in str(failed.value)
 
 
-# -- dtp._filelock -----------------------------------------------------------------------
+# -- dtp.identity.files -----------------------------------------------------------------------
 
 
 def test_a_lock_file_is_created_private(tmp_path: Path) -> None:
@@ -377,7 +376,7 @@ def _another_user_tries(path: Path) -> None:
             os.close(end)
 
 
-# -- dtp._durable --------------------------------------------------------------------------
+# -- dtp.identity.files --------------------------------------------------------------------------
 
 
 def test_a_replaced_file_keeps_its_mode(tmp_path: Path) -> None:
@@ -427,7 +426,7 @@ def test_a_bracketed_ipv6_host_is_not_bracketed_twice() -> None:
     assert "[[" not in str(error)
 
 
-# -- dtp._filelock / dtp._durable ----------------------------------------------------------
+# -- dtp.identity.files: the lock and the durable replace ---------------------------------
 
 
 def _refuse_fchmod(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
-from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 from tests.support.polling import wait_for
 from tests.transport.small_window import (
     SERVER_ID,

@@ -24,9 +24,9 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.connection import CloseCode, ConnectionConfig
 from dtp.errors import ConnectionClosed, ConnectionLost
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 
 SERVER_ID = HostIdentity.generate()
 CLIENT_ID = HostIdentity.generate()

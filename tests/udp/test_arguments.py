@@ -34,12 +34,12 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import InvalidArgument
-from dtp.escrow import Meter
 from dtp.hostid.udp import UdpForwarder
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Meter
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of

@@ -26,9 +26,9 @@ import pytest
 
 import dtp.aio
 import dtp.hostid.udp.asyncio
-from dtp.chain.objects import Sla
 from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.ledger.objects import Sla
 from tests.support.scopes import scope_of
 from tests.udp.world import CLIENT, CONNECTION_ID, SERVER
 

@@ -22,13 +22,13 @@ import dtp.aio
 import dtp.hostid.udp.asyncio
 import dtp.hostid.udp.engine
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import DTPError
-from dtp.escrow import Meter
 from dtp.hostid.udp import FlowAccount, UdpBilling, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import relay_udp_async
 from dtp.hostid.udp.engine import control_frame
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Meter
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver

@@ -27,11 +27,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import ConnectionClosed, DTPError
-from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling
 from dtp.hostid.udp.engine import _REFUSED_RECEIPTS_MAX, USAGE, control_frame
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Meter
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of, v1_receipt_bytes
 from tests.udp.conftest import UdpDriver

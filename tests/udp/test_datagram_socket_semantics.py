@@ -21,10 +21,10 @@ import dtp.hostid.udp.asyncio
 import dtp.hostid.udp.blocking
 import dtp.hostid.udp.sockets
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
+from dtp.ledger.objects import Sla
 from tests.support.leaks import resource_warnings
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of

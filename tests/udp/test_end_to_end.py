@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 import dtp.socket
-from dtp.chain.local import LocalLedger
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError
-from dtp.escrow import Meter, Receipt, ReceiptScope, fee
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, billing_from_ledger, relay_udp
-from dtp.keys import HostIdentity
-from dtp.metering import MeteringConfig
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.ledger.objects import Sla
+from dtp.payments.metering import MeteringConfig
+from dtp.payments.receipts import Meter, Receipt, ReceiptScope, fee
 from tests.support.scopes import scope_of
 from tests.udp.world import DnsLikeBackend
 

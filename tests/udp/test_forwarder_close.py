@@ -12,7 +12,7 @@ import pytest
 
 import dtp.aio
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
 from tests.support.scopes import scope_of
 
 
@@ -88,8 +88,8 @@ def test_a_close_cancelled_while_a_flow_awaits_its_final_receipt_closes_the_flow
     """A metered flow's end waits for the relay's final totals (up to final_timeout);
     a close() cancelled then still closes the flow's connection. The flow was gone
     from the table, its connection open and its reply task waiting for good."""
-    from dtp.chain.objects import Sla
-    from dtp.escrow import Meter
+    from dtp.ledger.objects import Sla
+    from dtp.payments.receipts import Meter
 
     async def main() -> None:
         identity = HostIdentity.generate()

@@ -20,8 +20,8 @@ import pytest
 
 import dtp.payments.receipt_store.store
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.hostid.udp import UdpBilling, UdpStats
+from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter

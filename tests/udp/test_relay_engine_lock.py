@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from dtp.chain.objects import Sla
 from dtp.hostid.udp import UdpBilling, UdpStats
+from dtp.ledger.objects import Sla
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter

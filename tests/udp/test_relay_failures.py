@@ -20,11 +20,11 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import TunnelError
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.keys import HostIdentity
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
 from tests.support.scopes import scope_of
 from tests.udp.conftest import UdpDriver
 from tests.udp.world import DnsLikeBackend

@@ -17,13 +17,13 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-from dtp.chain.objects import Sla
-from dtp.connection import ConnectionConfig
 from dtp.errors import ConnectionClosed, DTPError
-from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder
 from dtp.hostid.udp.engine import USAGE, control_frame
+from dtp.ledger.objects import Sla
+from dtp.payments.receipts import Meter
+from dtp.protocol.connection import ConnectionConfig
 from tests.support.polling import wait_for
 from tests.support.procs import server_process
 from tests.support.scopes import scope_of

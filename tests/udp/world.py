@@ -13,13 +13,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dtp.socket
-from dtp.chain.objects import Sla
 from dtp.errors import DTPError
-from dtp.escrow import Meter
 from dtp.hostid.udp import UdpBilling, UdpStats
 from dtp.hostid.udp.engine import USAGE, ControlDecoder, control_frame
-from dtp.keys import HostIdentity
-from dtp.ratelimit import ClientBuckets
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.objects import Sla
+from dtp.payments.ratelimit import ClientBuckets
+from dtp.payments.receipts import Meter
 from tests.support.polling import wait_for
 from tests.support.scopes import scope_of
 from tests.support.udp_backends import UdpBackend

@@ -1,5 +1,5 @@
-"""Paid connections by host ID (docs/escrow.md §6.1): what ``dtp.paid`` held, the blocking
-paid server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
+"""Paid connections by host ID (docs/escrow.md §6.1): the blocking paid
+server and its streams; the asyncio ones are in :mod:`dtp.hostid.paid.aio`.
 
 ``policy`` has what both drivers apply, ``engine`` and ``server_core`` the rules they
 both pump (sans-I/O); the drivers: ``blocking`` the paid stream, ``blocking_server`` the

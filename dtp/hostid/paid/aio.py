@@ -1,5 +1,5 @@
-"""Paid connections by host ID on asyncio: what ``dtp.paid_aio`` held, re-exported from
-:mod:`dtp.hostid.paid.asyncio` and :mod:`dtp.hostid.paid.asyncio_server`."""
+"""Paid connections by host ID on asyncio, re-exported from :mod:`dtp.hostid.paid.asyncio`
+and :mod:`dtp.hostid.paid.asyncio_server`."""
 
 from dtp.hostid.paid.asyncio import PaidCallback, PaidReader, PaidWriter
 from dtp.hostid.paid.asyncio_server import PaidAioServer, serve

@@ -7,7 +7,7 @@
 
 :class:`PaidServer` publishes its endpoint and Noise key in the Host, claims whatever
 receipts a previous run left unclaimed, and admits a client only through
-:class:`~dtp.admission.LedgerAdmission`. Each handler gets a :class:`PaidSocket`: the
+:class:`~dtp.hostid.admission.LedgerAdmission`. Each handler gets a :class:`PaidSocket`: the
 connection's first stream, which before every read and write
 
 - checks the client's receipts (:class:`~dtp.payments.metering.ReceiptGate`): when the usage no
@@ -27,7 +27,7 @@ the rest (:func:`~dtp.payments.settlement.claim_and_settle`).
 
 The Host's connection limits (``max_connections_per_client``, a service's
 ``max_connections``) are counted over the connections being served
-(:mod:`dtp.served`): one counts until it ends, not until its settlement is done, and a
+(:mod:`dtp.hostid.served`): one counts until it ends, not until its settlement is done, and a
 client refused at a limit has its ledger connection settled at once, its deposit
 refunded whole (docs/escrow.md §2).
 

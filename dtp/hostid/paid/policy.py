@@ -131,7 +131,7 @@ def gate_for(
 ) -> ReceiptGate:
     """A :class:`ReceiptGate` for an admitted connection, from its ledger objects: the
     escrow's key, deposit, claims and nonce. ``admitted``: the connection and escrow as
-    admission just read them (:meth:`~dtp.admission.LedgerAdmission.take_admitted`), so
+    admission just read them (:meth:`~dtp.hostid.admission.LedgerAdmission.take_admitted`), so
     that they are not read again. The client's spending cap is not read: the deposit was
     reserved on it at the open, so every receipt up to the deposit can be claimed
     (docs/escrow.md §4)."""

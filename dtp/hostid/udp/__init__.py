@@ -1,6 +1,6 @@
-"""UDP flows through DTP by host ID (docs/udp.md): what ``dtp.udp`` held, the blocking
-relay and forwarder (:mod:`dtp.hostid.udp.blocking`) pumping the rules both drivers
-share (:mod:`dtp.hostid.udp.engine`, :mod:`dtp.hostid.udp.flow_table`) over the UDP side
+"""UDP flows through DTP by host ID (docs/udp.md): the blocking relay and forwarder
+(:mod:`dtp.hostid.udp.blocking`) pumping the rules both drivers share
+(:mod:`dtp.hostid.udp.engine`, :mod:`dtp.hostid.udp.flow_table`) over the UDP side
 (:mod:`dtp.hostid.udp.sockets`, the counters in :mod:`dtp.hostid.udp.stats`, the
 billing read from the ledger in :mod:`dtp.hostid.udp.billing`); the asyncio driver is
 :mod:`dtp.hostid.udp.asyncio`.

@@ -365,7 +365,7 @@ class DTPStreamWriter:
         metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
         return self._proto.hook
 
-    def set_connection_hook(
+    def _set_connection_hook(
         self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
     ) -> None:
         """Have ``hook`` ride on this connection (the driver calls it as

@@ -22,7 +22,7 @@ class LayerAccess(StreamState):
         metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
         return self._engine.hook
 
-    def set_connection_hook(
+    def _set_connection_hook(
         self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
     ) -> None:
         """Have ``hook`` ride on this connection (the driver calls it as
@@ -33,7 +33,7 @@ class LayerAccess(StreamState):
             engine.hook = hook
             engine.session.on_receipt = on_receipt
 
-    def start_timer(self) -> None:
+    def _start_timer(self) -> None:
         """Start the connection's timer, on a socket connected with ``timer=False``
         (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
         self._engine.start_timer()
