@@ -1,7 +1,7 @@
 """The optional parts of the ``dtp`` distribution and the packages each needs.
 
 ``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Five features bring
+messaging layers, the graph store and the services daemon need. Six features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -15,7 +15,9 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   websockets, the same package as ``gun``'s, an extra of its own so that a service
   asks for what it uses by name);
 - ``metrics``: the daemon's Prometheus metrics (``metrics_listen``,
-  :mod:`dtp.daemon.metrics`: prometheus_client).
+  :mod:`dtp.daemon.metrics`: prometheus_client);
+- ``fast``: uvloop, the event loop the daemon and :func:`dtp.aio.run` take when it is
+  installed (:mod:`dtp.eventloop`; ``[daemon] event_loop`` chooses).
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -39,6 +41,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "gun": ("websockets",),
     "ws": ("websockets",),
     "metrics": ("prometheus_client",),
+    "fast": ("uvloop",),
 }
 
 

@@ -70,6 +70,7 @@ from dtp.errors import (
     KeyFileError,
     MissingExtra,
 )
+from dtp.eventloop import loop_factory, loop_name
 from dtp.identity.files import lock_exclusive
 from dtp.identity.keys import HostIdentity, passphrase_from_env
 from dtp.ledger.interface import Ledger
@@ -287,6 +288,8 @@ class Daemon:
             "pid": os.getpid(),
             "process": process_identity(os.getpid()),
             "address": self.identity.sui_address,
+            # which loop serves ([daemon] event_loop: uvloop when installed, by default)
+            "event_loop": loop_name(),
         }
         # the status file names this process from the first save on, a stop while
         # starting included (it otherwise kept the previous run's pid)
@@ -958,7 +961,8 @@ def _main(
         asyncio.get_running_loop().set_default_executor(_signal_free_executor())
         await daemon.run(signals)
 
-    runner = asyncio.Runner()
+    # (checked with the config: "uvloop" without it installed is refused there)
+    runner = asyncio.Runner(loop_factory=loop_factory(settings.event_loop))
     try:
         runner.run(go())
     except DaemonConfigError as exc:

@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from dtp.errors import DTPError, TunnelError
 from dtp.protocol.connection import close_reason_bytes
@@ -114,7 +114,9 @@ class TcpLeg(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if self._close_when_made:
             transport.close()

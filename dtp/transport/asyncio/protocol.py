@@ -8,7 +8,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
@@ -82,7 +82,9 @@ class Protocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         try:
             tune_transport(transport)
