@@ -42,7 +42,7 @@ def uvloop_installed() -> bool:
 def _check(name: str, setting: str) -> EventLoopName:
     if name not in EVENT_LOOPS:
         raise ValueError(f"{setting} must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
-    return cast(EventLoopName, name)
+    return name
 
 
 def loop_factory(

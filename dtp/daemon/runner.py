@@ -396,6 +396,10 @@ class Daemon:
         ready["forward_protocols"] = protocols
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
+        # read again after the Host's set-up and the leftovers' claims, which paid gas:
+        # the read before them was `dtp status`'s gas for up to GAS_CHECK (30 s) after
+        # the ready line, more than the daemon then held
+        await self.gas.check(fresh=True)
         self.gas.show_spent()  # (the Host's set-up, the leftovers' claims)
         self.book.save(force=True)
         return ready

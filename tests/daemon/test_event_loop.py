@@ -39,5 +39,5 @@ def test_auto_is_uvloop_when_installed(setup: Setup) -> None:
 
 def test_an_unknown_loop_is_a_config_error(tmp_path: Path) -> None:
     text = '[daemon]\nledger = "l.sqlite"\nevent_loop = "trio"\n'
-    with pytest.raises(DaemonConfigError, match="event_loop.*auto, asyncio, uvloop"):
+    with pytest.raises(DaemonConfigError, match=r"event_loop.*auto, asyncio, uvloop"):
         parse_config(text, tmp_path / "dtp.toml")
