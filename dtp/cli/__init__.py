@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # PYTHONIOENCODING=ascii) gets it escaped, as stderr does, not a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        parser.print_help()
         return EXIT_USAGE
     try:
         return int(args.func(args))
