@@ -139,7 +139,7 @@ def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     early = _early_stop_signals(sys.argv[1:] if argv is None else list(argv))
-    from dtp.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, error_line
+    from dtp.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, print_error
     from dtp.errors import DaemonConfigError, DTPError, LedgerSpecError
 
     try:
@@ -171,12 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except DTPError as exc:
-        # what a command did not catch itself: one line naming the typed error, not a
-        # traceback (-vv: the traceback too, for a bug report)
+        # what a command did not catch itself: one line (with --json naming the typed
+        # error), not a traceback (-vv logs the traceback too, for a bug report)
         logging.getLogger("dtp.cli").debug("the command failed", exc_info=exc)
-        print(f"dtp {args.command}: {error_line(exc)}", file=sys.stderr)
         usage = isinstance(exc, DaemonConfigError | LedgerSpecError)
-        return EXIT_USAGE if usage else EXIT_FAILURE
+        status = EXIT_USAGE if usage else EXIT_FAILURE
+        as_json = bool(getattr(args, "json", False))
+        return print_error(exc, status, as_json=as_json, command=args.command)
     except BrokenPipeError:
         # the reader went away (`dtp status | head -1`): stop quietly, as other tools do;
         # stdout goes to devnull so the interpreter's final flush cannot fail again

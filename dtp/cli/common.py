@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "duration",
     "emit",
     "env_passphrase",
+    "error_kind",
     "error_line",
     "firewall_mode",
     "firewall_mode_name",
@@ -42,6 +44,7 @@ __all__ = [
     "ledger",
     "ledger_spec",
     "plain",
+    "print_error",
 ]
 
 _T = TypeVar("_T")
@@ -153,19 +156,37 @@ def add_json(parser: argparse.ArgumentParser, what: str = "machine-readable outp
 
 
 def error_line(exc: BaseException) -> str:
-    """An error as the one line a command prints (after ``dtp:`` or ``dtp COMMAND:``):
-    a typed error of :mod:`dtp.errors` by its name, then its message; the command
-    line's own errors by their message alone."""
-    if isinstance(exc, CliError):
-        return str(exc)
-    from dtp.errors import DTPError
-
-    if isinstance(exc, DTPError):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, OSError) and exc.strerror:
+    """An error as the one line a command prints after ``dtp:`` (or ``dtp COMMAND:``):
+    its message (an OSError by its strerror and file name)."""
+    if isinstance(exc, OSError) and not isinstance(exc, CliError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc) or type(exc).__name__
+
+
+def error_kind(exc: BaseException) -> str:
+    """What ``--json`` names an error by: the class of a typed error of
+    :mod:`dtp.errors` (``ObjectNotFound``, ``LedgerSpecError``...), ``UsageError`` or
+    ``CommandError`` for the command line's own, else the exception's class."""
+    if isinstance(exc, UsageError):
+        return "UsageError"
+    if isinstance(exc, CliError):
+        return "CommandError"
+    return type(exc).__name__
+
+
+def print_error(exc: BaseException, status: int, *, as_json: bool, command: str = "") -> int:
+    """Print ``exc`` as one line on stderr and return ``status``: ``dtp: MESSAGE`` (``dtp
+    COMMAND: MESSAGE``), or with ``--json`` one JSON object, ``{"error": KIND, "message":
+    MESSAGE, "exit_status": STATUS}`` (:func:`error_kind`), for scripts that branch on
+    the kind of failure."""
+    message = error_line(exc)
+    if as_json:
+        data = {"error": error_kind(exc), "message": message, "exit_status": status}
+        print(json.dumps(data, sort_keys=True), file=sys.stderr)
+    else:
+        print(f"dtp{' ' + command if command else ''}: {message}", file=sys.stderr)
+    return status
 
 
 def given_path(text: str | None, option: str, what: str = "a file") -> Path | None:

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from dtp.cli.common import EXIT_FAILURE, EXIT_USAGE, duration, error_line
+from dtp.cli.common import EXIT_FAILURE, EXIT_USAGE, duration, print_error
 from dtp.errors import DTPError, MissingExtra
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ def _cmd_lan(args: argparse.Namespace) -> int:
     try:
         from dtp.discovery.lan import browse
     except MissingExtra as exc:
-        print(f"dtp lan: {error_line(exc)}", file=sys.stderr)
-        return EXIT_FAILURE
+        return print_error(exc, EXIT_FAILURE, as_json=args.json, command="lan")
     try:
         with browse(
             graph=args.graph,
@@ -83,8 +82,8 @@ def _cmd_lan(args: argparse.Namespace) -> int:
     except (ValueError, DTPError) as exc:  # (LanDiscoveryError is a DTPError)
         # (an --interface that is no address: the command line's)
         usage = isinstance(exc, ValueError) and not isinstance(exc, DTPError)
-        print(f"dtp lan: {error_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE if usage else EXIT_FAILURE
+        status = EXIT_USAGE if usage else EXIT_FAILURE
+        return print_error(exc, status, as_json=args.json, command="lan")
     for peer in peers:
         seen = describe(peer)
         if args.json:

@@ -33,13 +33,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dtp.cli.common import EXIT_FAILURE, EXIT_USAGE
 from dtp.cli.common import CliError as _CliError
 from dtp.cli.common import UsageError as _UsageError
 from dtp.cli.common import amount as _amount
 from dtp.cli.common import duration as _duration
 from dtp.cli.common import emit as _emit
 from dtp.cli.common import env_passphrase as _env_passphrase
-from dtp.cli.common import error_line as _error_line
 from dtp.cli.common import firewall_mode as _firewall_mode
 from dtp.cli.common import given_path as _given_path
 from dtp.cli.common import identity as _identity
@@ -47,6 +47,7 @@ from dtp.cli.common import identity_path as _identity_path
 from dtp.cli.common import ledger as _ledger
 from dtp.cli.common import ledger_spec as _spec
 from dtp.cli.common import plain as _plain
+from dtp.cli.common import print_error as _print_error
 from dtp.cli.progress import progress
 from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
 from dtp.identity.files import write_durably
@@ -171,20 +172,16 @@ def _run(handler: Handler) -> Handler:
         except (_UsageError, LedgerSpecError) as exc:
             # (a ledger spec, package or key setting: the command line or environment
             # cannot be used as given)
-            print(f"dtp: {_error_line(exc)}", file=sys.stderr)
-            return 2
+            return _print_error(exc, EXIT_USAGE, as_json=args.json)
         except (_CliError, DTPError) as exc:
-            print(f"dtp: {_error_line(exc)}", file=sys.stderr)
-            return 1
+            return _print_error(exc, EXIT_FAILURE, as_json=args.json)
         except BrokenPipeError:
             # the reader of stdout went away (`dtp host show ID | head -1`): dtp's main
             # stops quietly (exit 141), as for its other commands; as an OSError below it
             # printed "dtp: Broken pipe" and exited 1
             raise
         except OSError as exc:  # a file the command reads or writes
-            where = f": {exc.filename}" if exc.filename else ""
-            print(f"dtp: {exc.strerror or exc}{where}", file=sys.stderr)
-            return 1
+            return _print_error(exc, EXIT_FAILURE, as_json=args.json)
 
     return wrapped
 
@@ -232,7 +229,7 @@ def _parse_gas_budget(text: str) -> int:
         value = 0
     if not 0 < value < 2**64:
         raise argparse.ArgumentTypeError(
-            f"expected an integer from 1 to 2**64-1 (MIST; or SUI as 0.5sui), got {text!r}"
+            f"expected an integer from 1 to 2**64-1 (MIST), got {text!r}"
         )
     return value
 

@@ -110,6 +110,9 @@ class TcpLeg(asyncio.Protocol):
         self._close_when_made = False
         self._on_writable: Callable[[], None] | None = None
         """Set while a pushing DTP stream is paused for our transport's buffer."""
+        self._early: list[bytes] = []
+        """What was read before :meth:`attach` (uvloop reads on from connection_made)."""
+        self._early_eof = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -125,7 +128,14 @@ class TcpLeg(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
-        assert sink is not None
+        if sink is None:
+            # read before attach(): uvloop starts reading after connection_made returns,
+            # so its pause there does not hold (asyncio's does). Kept for attach(), and
+            # paused again: nothing more is read until there is a DTP stream to take it
+            self._early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         try:
             hold = self._count(len(data))
             sink.write(data)
@@ -174,7 +184,9 @@ class TcpLeg(asyncio.Protocol):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
-        if self._sink is not None:
+        if self._sink is None:
+            self._early_eof = True  # (passed on by attach(), after the bytes before it)
+        else:
             with contextlib.suppress(DTPError, RuntimeError):
                 self._sink.write_eof()
         self._finish(self.read_done)
@@ -224,9 +236,21 @@ class TcpLeg(asyncio.Protocol):
             future.set_result(None)
 
     def attach(self, sink: _DTPWriter) -> None:
-        """Start reading into ``sink``."""
+        """Start reading into ``sink`` (what was read before, first)."""
         self._sink = sink
-        if self.transport is not None and not self.transport.is_closing():
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+        if self._early_eof:
+            with contextlib.suppress(DTPError, RuntimeError):
+                sink.write_eof()
+            return
+        if (
+            self.transport is not None
+            and not self.transport.is_closing()
+            and not self._draining
+            and not self._throttled
+        ):
             self.transport.resume_reading()
 
     def close(self) -> None:

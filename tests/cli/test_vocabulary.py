@@ -152,14 +152,27 @@ def test_usage_errors_exit_2(home: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert "Traceback" not in err and out == "", argv
 
 
-def test_a_failure_is_one_line_naming_the_typed_error(
+def test_a_failure_is_one_line_and_json_names_its_type(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _run(capsys, "keys", "new", "--json")[0] == 0
     assert _run(capsys, "localnet", "faucet", "--amount", "1sui")[0] == 0
-    code, out, err = _run(capsys, "host", "show", "0x" + "ab" * 32)
+    missing = "0x" + "ab" * 32
+    code, out, err = _run(capsys, "host", "show", missing)
     assert (code, out) == (1, "")
-    assert err.count("\n") == 1 and err.startswith("dtp: ObjectNotFound: "), err
+    assert err == f"dtp: No Host with ID {missing} exists on this ledger.\n"
+    # with --json, the error too is JSON, naming its type (dtp.errors) and the status
+    code, out, err = _run(capsys, "host", "show", missing, "--json")
+    assert (code, out) == (1, "") and err.count("\n") == 1
+    assert json.loads(err) == {
+        "error": "ObjectNotFound",
+        "message": f"No Host with ID {missing} exists on this ledger.",
+        "exit_status": 1,
+    }
+    code, _, err = _run(capsys, "balance", "0x1", "--ledger", "sui:", "--json")
+    assert code == 2 and json.loads(err)["error"] == "LedgerSpecError"
+    code, _, err = _run(capsys, "localnet", "faucet", "--amount", "-1", "--json")
+    assert code == 1 and json.loads(err)["error"] == "CommandError"
 
 
 def test_json_output_parses(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

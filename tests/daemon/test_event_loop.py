@@ -17,16 +17,20 @@ from tests.support.daemon_procs import SUI, write_forwarder
 pytest.importorskip("uvloop", reason="the fast extra (uvloop) is a test dependency")
 
 
-def test_a_daemon_on_uvloop_serves_one_on_asyncio(setup: Setup) -> None:
+@pytest.mark.parametrize(
+    ("provider", "forwarder"), [("uvloop", "asyncio"), ("asyncio", "uvloop"), ("uvloop", "uvloop")]
+)
+def test_daemons_on_either_loop_carry_a_tunnel(setup: Setup, provider: str, forwarder: str) -> None:
     b = setup.backend()
-    d = setup.daemon(setup.write_daemon(service([b.info["port"]]), 'event_loop = "uvloop"'))
-    assert d.info["event_loop"] == "uvloop"
-    lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "asyncio"'
+    d = setup.daemon(setup.write_daemon(service([b.info["port"]]), f'event_loop = "{provider}"'))
+    assert d.info["event_loop"] == provider
+    lines = f'ledger = "ledger.sqlite"\nfaucet = {10 * SUI}\nevent_loop = "{forwarder}"'
     f = setup.daemon(write_forwarder(setup.tmp, d.info["host_id"], 7000, ledger=lines))
-    assert f.info["event_loop"] == "asyncio"
+    assert f.info["event_loop"] == forwarder
     host, port = f.info["forwards"]["svc"].rsplit(":", 1)
-    data = os.urandom(1 << 20)
-    assert echo_roundtrip((host, int(port)), data) == data
+    for size in (0, 1, 1 << 20):
+        data = os.urandom(size)
+        assert echo_roundtrip((host, int(port)), data) == data
     assert f.stop() == 0 and d.stop() == 0
 
 
