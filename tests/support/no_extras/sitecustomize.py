@@ -13,7 +13,16 @@ from types import ModuleType
 
 #: the top-level modules of dtp's extras (dtp.extras.EXTRAS) and pysui's native module
 BLOCKED = frozenset(
-    {"pysui", "pysui_fastcrypto", "yaml", "zeroconf", "ifaddr", "websockets", "prometheus_client", "uvloop"}
+    {
+        "pysui",
+        "pysui_fastcrypto",
+        "yaml",
+        "zeroconf",
+        "ifaddr",
+        "websockets",
+        "prometheus_client",
+        "uvloop",
+    }
 )
 
 
