@@ -309,4 +309,4 @@ class TxExecution(LedgerClock):
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:
         opened = next(e for e in result.events if e.name == "ConnectionOpened")
-        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+        return OpenedConnection.from_event(opened.fields)

@@ -28,7 +28,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from dtp.extras import missing
 
@@ -149,7 +149,9 @@ class _TcpSide(asyncio.Protocol):
         self.carrier = carrier
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.carrier._tcp_made(transport)
 
     def data_received(self, data: bytes) -> None:
