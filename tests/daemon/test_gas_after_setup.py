@@ -8,9 +8,9 @@ import asyncio
 from pathlib import Path
 
 from dtp.daemon.state import read_status
+from dtp.testing.sui_node import SuiNodeStandIn
 from tests.daemon.inproc import echo_backend, running
 from tests.daemon.test_on_sui import node, quick_retries, service, write_config  # noqa: F401
-from tests.support.sui_node import SuiNodeStandIn
 
 
 def test_the_gas_shown_at_ready_is_read_after_the_hosts_set_up(
