@@ -25,25 +25,25 @@ use sui::vec_set::{Self, VecSet};
 
 // === Errors ===
 
-#[error(code = 240)]
+#[error(code = 130)]
 const ENotRegistryOwner: vector<u8> = b"Only the registry's owner can do this";
-#[error(code = 241)]
+#[error(code = 131)]
 const ENotMember: vector<u8> = b"Sender is not a member of the registry";
-#[error(code = 242)]
+#[error(code = 132)]
 const EInvalidDuration: vector<u8> = b"A lease lasts from 1 ms to MAX_LEASE_MS";
-#[error(code = 243)]
+#[error(code = 133)]
 const ELeaseHeld: vector<u8> = b"The lease is held until it expires";
-#[error(code = 244)]
+#[error(code = 134)]
 const EStaleToken: vector<u8> = b"The fencing token is not the lease's current one";
-#[error(code = 245)]
+#[error(code = 135)]
 const ENotHolder: vector<u8> = b"Only the lease's holder can do this";
-#[error(code = 246)]
+#[error(code = 136)]
 const ELeaseExpired: vector<u8> = b"The lease has expired or was released";
-#[error(code = 247)]
+#[error(code = 137)]
 const EInvalidEntry: vector<u8> = b"A name or key is 1 to 64 bytes, a holder at most 64, a value at most 512";
-#[error(code = 248)]
+#[error(code = 138)]
 const ERegistryFull: vector<u8> = b"The registry already holds its most names, keys or members";
-#[error(code = 249)]
+#[error(code = 139)]
 const ENoLease: vector<u8> = b"No lease of this name exists";
 
 // === Limits ===
