@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from dtp.errors import InvalidArgument
+
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
@@ -28,6 +30,7 @@ __all__ = [
     "LeaseState",
     "RegistryEntry",
     "RegistryState",
+    "text",
 ]
 
 #: Longest lease (``registry::MAX_LEASE_MS``, 1 hour).
@@ -117,6 +120,17 @@ class RegistryState:
     def is_member(self, address: str) -> bool:
         """Whether ``address`` may acquire leases and write (the owner or a member)."""
         return address == self.owner or address in self.members
+
+
+def text(value: str, what: str) -> bytes:
+    """The UTF-8 of a name, key or holder label (a ``str``; Move checks the length)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"The {what} must be a str, got {type(value).__name__}.")
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        # a lone surrogate: no UTF-8 exists for it
+        raise InvalidArgument(f"The {what} {value!r:.40} has no UTF-8 form.") from None
 
 
 def _missing(ledger: object) -> NotImplementedError:

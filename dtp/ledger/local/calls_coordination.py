@@ -3,25 +3,14 @@ a mixin."""
 
 from __future__ import annotations
 
-from dtp.errors import InvalidArgument, ObjectNotFound
+from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
-from dtp.ledger.coordination import RegistryState
+from dtp.ledger.coordination import RegistryState, text
 from dtp.ledger.local import rules
 from dtp.ledger.local.call_arguments import u64
 from dtp.ledger.local.store import LocalStore
 from dtp.ledger.local.stored import SHAPE_ERRORS, SqlStore
 from dtp.ledger.objects import as_bytes, normalize_id
-
-
-def text(value: str, what: str) -> bytes:
-    """The UTF-8 of a name, key or holder label (a ``str``; Move checks the length)."""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"The {what} must be a str, got {type(value).__name__}.")
-    try:
-        return value.encode()
-    except UnicodeEncodeError:
-        # a lone surrogate: no UTF-8 exists for it
-        raise InvalidArgument(f"The {what} {value!r:.40} has no UTF-8 form.") from None
 
 
 class CoordinationCalls(LocalStore):
