@@ -1213,7 +1213,13 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
     ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
     ("registry", "ENotRegistryOwner", 130, NotAuthorized, "Only the registry's owner can do this"),
     ("registry", "ENotMember", 131, NotAuthorized, "Sender is not a member of the registry"),
-    ("registry", "EInvalidDuration", 132, InvalidArgument, "A lease lasts from 1 ms to MAX_LEASE_MS"),
+    (
+        "registry",
+        "EInvalidDuration",
+        132,
+        InvalidArgument,
+        "A lease lasts from 1 ms to MAX_LEASE_MS",
+    ),
     ("registry", "ELeaseHeld", 133, LeaseHeld, "The lease is held until it expires"),
     (
         "registry",
