@@ -279,7 +279,8 @@ class Registry:
         self.ledger = ledger
         self.id = registry_id
         self.signer = signer
-        self.holder = holder if holder is not None else signer.sui_address
+        # by default the signer's address, its 64 hex digits (a label is at most 64 bytes)
+        self.holder = holder if holder is not None else signer.sui_address[2:]
         self.clock_skew = _seconds(clock_skew, "clock_skew")
         self.poll_interval = max(0.001, _seconds(poll_interval, "poll_interval"))
 
