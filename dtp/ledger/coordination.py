@@ -5,7 +5,7 @@ leases with fencing tokens and a small key-value registry, the typed view of a
 :class:`Coordination` is mixed into :class:`~dtp.ledger.interface.Ledger`; its methods
 raise NotImplementedError unless a ledger implements them (both built-in ledgers do).
 The servers' side, leases that renew themselves, locks and watches, is
-:mod:`dtp.coordination`.
+:mod:`dtp.messaging.coordination`.
 """
 
 from __future__ import annotations

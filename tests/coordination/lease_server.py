@@ -13,9 +13,9 @@ import json
 import sys
 import threading
 
-from dtp.coordination import Registry
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
+from dtp.messaging.coordination import Registry
 
 
 def open_ledger(spec: str) -> Ledger:

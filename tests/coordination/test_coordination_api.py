@@ -1,4 +1,4 @@
-"""dtp.coordination on LocalLedger: leases and locks that renew themselves, watches that
+"""dtp.messaging.coordination on LocalLedger: leases and locks that renew themselves, watches that
 wake on a change and on a lease's expiry, a holder cut off from the ledger that stops
 believing it holds the lease by its local deadline, fenced writes; the asyncio side
 driven by the same engines."""
@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
-from dtp.coordination import (
+from dtp.errors import DTPTimeoutError, FencedOut, InvalidArgument, LedgerUnavailable
+from dtp.identity.keys import HostIdentity
+from dtp.ledger.local import LocalLedger
+from dtp.messaging.coordination import (
     AsyncRegistry,
     Change,
     Lease,
@@ -21,9 +24,6 @@ from dtp.coordination import (
     Registry,
     WatchEngine,
 )
-from dtp.errors import DTPTimeoutError, FencedOut, InvalidArgument, LedgerUnavailable
-from dtp.identity.keys import HostIdentity
-from dtp.ledger.local import LocalLedger
 
 
 def ident(seed: int) -> HostIdentity:
