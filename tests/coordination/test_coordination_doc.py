@@ -20,5 +20,5 @@ def test_the_example_prints_what_it_says() -> None:
     ]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, str(DOC), "exec"), {})  # noqa: S102
+        exec(compile(block, str(DOC), "exec"), {})
     assert out.getvalue().splitlines() == expected

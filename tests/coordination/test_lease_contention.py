@@ -12,9 +12,10 @@ clock in tests/ledger/test_coordination_rules.py)."""
 from __future__ import annotations
 
 import json
-import selectors
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,14 @@ OWNER = identity(0x50)
 
 
 class Servers:
+    """The three server processes, each line they print read by a thread of its own (a
+    select on a buffered pipe would miss a line read ahead with the one before)."""
+
     def __init__(self, spec: str, registry_id: str) -> None:
         self.procs: dict[int, subprocess.Popen[str]] = {}
+        self.lines: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
         for seed in SEEDS:
-            self.procs[seed] = subprocess.Popen(
+            proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -54,50 +59,39 @@ class Servers:
                 ],
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
                 text=True,
             )
-        for seed in SEEDS:
-            assert "ready" in self.line(seed, 60)
+            self.procs[seed] = proc
+            threading.Thread(target=self._read, args=(seed, proc), daemon=True).start()
 
-    def line(self, seed: int, timeout: float) -> dict[str, Any]:
-        proc = self.procs[seed]
+    def _read(self, seed: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise AssertionError(f"server {seed:#x} said nothing in {timeout} s")
-        text = proc.stdout.readline()
-        if not text:
-            raise AssertionError(
-                f"server {seed:#x} exited: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        return dict(json.loads(text))
+        for text in proc.stdout:
+            self.lines.put((seed, dict(json.loads(text))))
+        self.lines.put((seed, None))  # exited
+
+    def next(self, timeout: float) -> tuple[int, dict[str, Any] | None]:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no server said anything in {timeout} s") from None
 
     def first_holder(self, among: tuple[int, ...], timeout: float) -> tuple[int, dict[str, Any]]:
-        sel = selectors.DefaultSelector()
-        for seed in among:
-            stdout = self.procs[seed].stdout
-            assert stdout is not None
-            sel.register(stdout, selectors.EVENT_READ, seed)
         end = time.monotonic() + timeout
         while True:
-            left = end - time.monotonic()
-            ready = sel.select(max(0.0, left))
-            if not ready:
-                raise AssertionError(f"no server took the lease in {timeout} s")
-            for key, _ in ready:
-                message = self.line(key.data, 1)
+            seed, message = self.next(max(0.0, end - time.monotonic()))
+            if seed in among:
+                assert message is not None, f"server {seed:#x} exited"
                 if "held" in message:
-                    return key.data, message
+                    return seed, message
 
     def close(self) -> None:
         for proc in self.procs.values():
             proc.kill()
             proc.wait(10)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def _registry(ledger: Ledger) -> str:
