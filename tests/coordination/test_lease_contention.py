@@ -110,7 +110,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ledg
         ledger.close()
         return
     from dtp.ledger.sui import SuiConfig, SuiLedger
-    from tests.support.sui_node import SuiNodeStandIn
+    from dtp.testing.sui_node import SuiNodeStandIn
 
     with SuiNodeStandIn() as node:
         for seed in (0x50, *SEEDS):

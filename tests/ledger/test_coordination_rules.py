@@ -45,10 +45,10 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.local.rules import from_json
 from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.coordination import decode_registry
+from dtp.testing.sui_node.objects import object_contents
 from tests.ledger.coordination_tx_cases import CASES
 from tests.ledger.sui_tx_cases import CTX, PACKAGE, SENDER
 from tests.support.paths import GOLDEN as GOLDEN_DIR
-from tests.support.sui_node.objects import object_contents
 
 
 def ident(seed: int) -> HostIdentity:
