@@ -25,15 +25,21 @@ Asyncio side: :class:`AsyncRegistry`, :class:`AsyncLease`, :class:`AsyncLock` an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dtp.errors import ChainError, DTPTimeoutError, FencedOut, InvalidArgument, LeaseHeld
+from dtp.errors import (
+    ChainError,
+    DTPTimeoutError,
+    FencedOut,
+    InvalidArgument,
+    LeaseHeld,
+    NotAuthorized,
+)
 from dtp.ledger.coordination import MAX_LEASE_MS, RegistryEntry, RegistryState
 from dtp.ledger.objects import Event, EventFilter
 
@@ -47,6 +53,7 @@ __all__ = [
     "AsyncLease",
     "AsyncLock",
     "AsyncRegistry",
+    "AsyncWatch",
     "Change",
     "Lease",
     "LeaseEngine",
@@ -147,10 +154,13 @@ class LeaseEngine:
         self.renewed_at: float | None = None
         #: The ledger refused the tenure (a newer token, an expiry): it is over.
         self.lost = False
+        #: A tenure was acquired and not released since.
+        self.owes_release = False
 
     def acquired(self, token: int, sent: float) -> None:
         self.token = token
         self.lost = False
+        self.owes_release = True
         self.renewed_at = sent
         self.deadline = sent + self.duration - self.clock_skew
 
@@ -165,8 +175,14 @@ class LeaseEngine:
         self.lost = True
         self.deadline = None
 
-    def released(self) -> None:
+    def take_release(self) -> tuple[int | None, bool]:
+        """The token to release (None: nothing to release), and whether the tenure was
+        lost already (its release then only frees the name early, if it still can)."""
+        if not self.owes_release:
+            return None, self.lost
+        self.owes_release = False
         self.deadline = None
+        return self.token, self.lost
 
     def held(self, now: float) -> bool:
         """Whether the holder may act as holder at local time ``now``."""
@@ -459,19 +475,26 @@ class Lease:
             self.engine.renewed(sent)
 
     def release(self) -> None:
-        """Stop renewing and give the lease up (a lease already lost is left as is)."""
+        """Stop renewing and give the lease up: at once free for the next holder. A lease
+        already lost is released if the ledger still lets it (a revoked member's); the
+        failure to is then only logged."""
         self._stop.set()
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
         self._renewer = None
-        token = self.engine.token
-        if token is None or self.engine.lost:
+        with self._lock:
+            token, lost = self.engine.take_release()
+        if token is None:
             return
         r = self.registry
-        with self._lock:
-            self.engine.released()
-        with contextlib.suppress(FencedOut):  # a newer tenure began: nothing to release
+        try:
             r.ledger.release_lease(r.signer, r.id, self.name, token)
+        except FencedOut:
+            pass  # a newer tenure began: nothing of ours to release
+        except ChainError as exc:
+            if not lost:
+                raise
+            logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
 
     # fenced writes
 
@@ -512,6 +535,10 @@ class Lease:
             try:
                 self.renew()
             except FencedOut:
+                return
+            except (NotAuthorized, InvalidArgument) as exc:  # revoked: it will not pass
+                logger.warning("lease %r lost: %s", self.name, exc)
+                self._lose()
                 return
             except ChainError as exc:  # unreachable, congested: try again while it holds
                 if not self.held:
@@ -589,22 +616,58 @@ class AsyncRegistry:
     ) -> AsyncLock:
         return AsyncLock(self, name, duration, **options)
 
-    async def watch(
-        self, key: str | None = None, *, lease: str | None = None
-    ) -> AsyncGenerator[Change, None]:
+    def watch(self, key: str | None = None, *, lease: str | None = None) -> AsyncWatch:
         """``async for change in registry.watch(key)``: :meth:`Registry.watch`."""
-        ledger = self.ledger
-        engine = WatchEngine(self.id, key, lease)
-        cursor = await asyncio.to_thread(ledger.head_cursor)
-        engine.start(await self.state())
-        poll = self.sync.poll_interval
-        while True:
+        return AsyncWatch(self, key, lease)
+
+
+class AsyncWatch:
+    """:class:`Watch` for asyncio code: ``async for``, or :meth:`wait` with a timeout. It
+    reports the changes after :meth:`start` (called by the first wait if not before)."""
+
+    def __init__(self, registry: AsyncRegistry, key: str | None, lease: str | None) -> None:
+        self.registry = registry
+        self.engine = WatchEngine(registry.id, key, lease)
+        self.cursor: str | None = None
+        self._started = False
+        self._pending: list[Change] = []
+
+    async def start(self) -> None:
+        """Take what the ledger holds now: later changes are reported."""
+        if self._started:
+            return
+        ledger = self.registry.ledger
+        self.cursor = await asyncio.to_thread(ledger.head_cursor)
+        self.engine.start(await self.registry.state())
+        self._started = True
+
+    async def wait(self, timeout: float | None = None) -> Change | None:
+        """The next change, or None once ``timeout`` seconds passed without one."""
+        await self.start()
+        ledger = self.registry.ledger
+        end = None if timeout is None else time.monotonic() + _seconds(timeout, "timeout")
+        while not self._pending:
             now_ms = await asyncio.to_thread(ledger.clock_ms)
-            events, cursor = await ledger.wait_events_async(
-                cursor, engine.wait_slice(now_ms, poll), engine.filter
+            wait = self.engine.wait_slice(now_ms, self.registry.sync.poll_interval)
+            if end is not None:
+                wait = min(wait, max(0.0, end - time.monotonic()))
+            events, self.cursor = await ledger.wait_events_async(
+                self.cursor, wait, self.engine.filter
             )
-            for change in engine.changes(events, await asyncio.to_thread(ledger.clock_ms)):
-                yield change
+            now_ms = await asyncio.to_thread(ledger.clock_ms)
+            self._pending.extend(self.engine.changes(events, now_ms))
+            if not self._pending and end is not None and time.monotonic() >= end:
+                return None
+        return self._pending.pop(0)
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Change:
+        while True:
+            change = await self.wait()
+            if change is not None:
+                return change
 
 
 class AsyncLease:
@@ -661,12 +724,12 @@ class AsyncLease:
 
     async def acquire(self, timeout: float | None = None) -> int:
         async def attempt() -> int:
+            # the watch starts first: a release between a refused try and the watch's
+            # start would otherwise go unseen
             watch = self.registry.watch(lease=self.name)
-            try:
-                while not await self.try_acquire():
-                    await anext(watch)
-            finally:
-                await watch.aclose()
+            await watch.start()
+            while not await self.try_acquire():
+                await watch.wait()
             assert self.engine.token is not None
             return self.engine.token
 
@@ -697,13 +760,18 @@ class AsyncLease:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        token = self.engine.token
-        if token is None or self.engine.lost:
+        token, lost = self.engine.take_release()
+        if token is None:
             return
-        self.engine.released()
         r = self.registry.sync
-        with contextlib.suppress(FencedOut):
+        try:
             await asyncio.to_thread(r.ledger.release_lease, r.signer, r.id, self.name, token)
+        except FencedOut:
+            pass
+        except ChainError as exc:
+            if not lost:
+                raise
+            logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
 
     async def put(self, key: str, value: bytes) -> int:
         r = self.registry.sync
@@ -733,6 +801,10 @@ class AsyncLease:
             try:
                 await self.renew()
             except FencedOut:
+                return
+            except (NotAuthorized, InvalidArgument) as exc:
+                logger.warning("lease %r lost: %s", self.name, exc)
+                self._lose()
                 return
             except ChainError as exc:
                 if not self.held:

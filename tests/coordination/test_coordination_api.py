@@ -178,6 +178,21 @@ def test_a_put_that_finds_the_lease_taken_marks_it_lost(tmp_path: Path) -> None:
     assert seen == [lease] and not lease.held
 
 
+def test_a_revoked_member_loses_its_lease_at_its_next_renewal(tmp_path: Path) -> None:
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    owner = Registry.create(ledger, OWNER)
+    owner.admit(A.sui_address)
+    lost = threading.Event()
+    a = Registry(ledger, owner.id, A, clock_skew=0.1)
+    lease = a.lease("leader", duration=0.6, on_lost=lambda _lease: lost.set())
+    lease.acquire(5)
+    owner.revoke(A.sui_address)
+    assert lost.wait(5)  # at the first renewal (0.2 s), not at the deadline
+    assert not lease.held
+    lease.release()  # a revoked member may still release: the name is free at once
+    assert ledger.get_registry(owner.id).leases["leader"].expires_at_ms == 0
+
+
 # -- asyncio ------------------------------------------------------------------------------------
 
 
@@ -191,8 +206,8 @@ def test_the_asyncio_side(tmp_path: Path) -> None:
         a = AsyncRegistry(ledger, owner.id, A, poll_interval=0.02, clock_skew=0.1)
         b = AsyncRegistry(ledger, owner.id, B, poll_interval=0.02, clock_skew=0.1)
         watch = b.watch("config")
+        await watch.start()
         first = asyncio.ensure_future(anext(watch))
-        await asyncio.sleep(0.2)  # the watch has begun
         async with a.lock("leader", duration=0.6) as lock:
             await asyncio.sleep(1.3)  # renewed by its task
             assert lock.held
@@ -204,7 +219,7 @@ def test_the_asyncio_side(tmp_path: Path) -> None:
         assert await waiting == (token or 0) + 1
         change = await asyncio.wait_for(first, 5)
         assert (change.kind, change.value) == ("put", b"v1")
-        await watch.aclose()
+        assert await watch.wait(0.05) is None
         assert await b.get("config") == b"v1"
         with pytest.raises(DTPTimeoutError):
             await a.lease("leader", 0.6).acquire(timeout=0.2)
