@@ -48,28 +48,10 @@ from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.carriers.websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
+from tests.support.aio_echo import echo_every_stream as echo
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
-
-
-async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-    """Echo every stream of the connection until its end."""
-
-    async def one(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-        w.close()
-
-    streams = [asyncio.ensure_future(one(reader, writer))]
-    try:
-        while True:
-            r, w = await writer.accept_stream()
-            streams.append(asyncio.ensure_future(one(r, w)))
-    except DTPError:
-        pass
-    await asyncio.gather(*streams, return_exceptions=True)
 
 
 async def ws_server(callback: Any = echo, **options: Any) -> tuple[dtp.aio.DTPServer, str]:
