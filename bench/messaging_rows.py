@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -291,6 +292,13 @@ def _fanout(messages: int, subscribers: int) -> tuple[Callable[[], None], Callab
         hub.attach(side)
         nodes.append(node)
         subs.append(node.subscribe("bench", maxsize=messages * 2))
+    # the hub forwards only to links whose SUBSCRIBE it has read: publishing before then
+    # would drop messages the row then waits for
+    deadline = time.monotonic() + 10
+    while not all("bench" in (link.remote or {}) for link in hub.links):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the subscribers' interest did not reach the hub in 10 s")
+        time.sleep(0.005)
 
     def op() -> None:
         for _ in range(messages):

@@ -37,6 +37,10 @@ connects over it::
 
     reader, writer = await dtp.aio.open_connection("ws://127.0.0.1:8443/", server_key=key)
 
+``dtp.aio.run(main())`` runs a program on uvloop when it is installed (``dtp[fast]``),
+else on asyncio's loop (:mod:`dtp.eventloop`; ``$DTP_EVENT_LOOP`` or ``loop=`` chooses);
+the API itself works on whichever loop calls it.
+
 This module is the face: a plain address goes to the asyncio transport
 (:mod:`dtp.transport.asyncio`), a ``ws://`` / ``wss://`` URL to its WebSocket carrier, a
 ``dtp://`` address to :mod:`dtp.hostid.asyncio`.
@@ -47,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from dtp.eventloop import run
 from dtp.hostid import asyncio as hostid
 from dtp.hostid.address import HostAddress
 from dtp.hostid.asyncio import DTPServer, start_server
@@ -93,6 +98,7 @@ __all__ = [
     "DTPStreamReader",
     "DTPStreamWriter",
     "open_connection",
+    "run",
     "serve",
     "start_server",
 ]

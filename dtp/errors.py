@@ -637,6 +637,19 @@ class AlreadyRefunded(PaymentModelError):
     """The refund or reimbursement was already paid."""
 
 
+class CoordinationError(ChainError):
+    """A registry refuses a lease or a write in its current state (docs/coordination.md)."""
+
+
+class LeaseHeld(CoordinationError):
+    """The lease is held by someone (its holder included) until it expires."""
+
+
+class FencedOut(CoordinationError):
+    """The lease was lost: the fencing token is not the name's current one, or the lease
+    ran out. A holder that sees it must stop acting as the holder."""
+
+
 class MoveErrorInfo:
     """One row of :data:`MOVE_ERRORS`: a Move error constant and the class it raises."""
 
@@ -1198,6 +1211,40 @@ _MOVE_ERROR_ROWS: tuple[tuple[str, str, int, type[ChainError], str], ...] = (
     ),
     ("payment", "EZeroPayment", 230, InvalidArgument, "Payment must be positive"),
     ("payment", "EMemoTooLong", 231, InvalidArgument, "Memo exceeds 256 bytes"),
+    ("registry", "ENotRegistryOwner", 130, NotAuthorized, "Only the registry's owner can do this"),
+    ("registry", "ENotMember", 131, NotAuthorized, "Sender is not a member of the registry"),
+    (
+        "registry",
+        "EInvalidDuration",
+        132,
+        InvalidArgument,
+        "A lease lasts from 1 ms to MAX_LEASE_MS",
+    ),
+    ("registry", "ELeaseHeld", 133, LeaseHeld, "The lease is held until it expires"),
+    (
+        "registry",
+        "EStaleToken",
+        134,
+        FencedOut,
+        "The fencing token is not the lease's current one",
+    ),
+    ("registry", "ENotHolder", 135, NotAuthorized, "Only the lease's holder can do this"),
+    ("registry", "ELeaseExpired", 136, FencedOut, "The lease has expired or was released"),
+    (
+        "registry",
+        "EInvalidEntry",
+        137,
+        InvalidArgument,
+        "A name or key is 1 to 64 bytes, a holder at most 64, a value at most 512",
+    ),
+    (
+        "registry",
+        "ERegistryFull",
+        138,
+        CoordinationError,
+        "The registry already holds its most names, keys or members",
+    ),
+    ("registry", "ENoLease", 139, FencedOut, "No lease of this name exists"),
 )
 
 #: Every Move error of the dtp package, keyed by ``(module, name)``. Names are unique per

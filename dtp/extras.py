@@ -1,7 +1,7 @@
 """The optional parts of the ``dtp`` distribution and the packages each needs.
 
 ``pip install dtp`` installs what the protocol, the embedded ledger (LocalLedger), the
-messaging layers, the graph store and the services daemon need. Five features bring
+messaging layers, the graph store and the services daemon need. Six features bring
 packages of their own, installed as extras (pyproject.toml, README.md "Install"):
 
 - ``sui``: ledgers on a Sui network (:mod:`dtp.ledger.sui`: pysui and its gRPC stack,
@@ -20,6 +20,8 @@ packages of their own, installed as extras (pyproject.toml, README.md "Install")
   machines of :mod:`dtp.testing` (hypothesis) and its pytest plugin's fixtures (pytest).
   The Sui node stand-in, :mod:`dtp.testing.sui_node`, speaks pysui's messages: it needs
   ``sui``.
+- ``fast``: uvloop, the event loop the daemon and :func:`dtp.aio.run` take when it is
+  installed (:mod:`dtp.eventloop`; ``[daemon] event_loop`` chooses).
 
 Asked for without its extra, a feature raises :class:`~dtp.errors.MissingExtra`, whose
 message ends with the command that installs it. The modules of a feature check on
@@ -44,6 +46,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "ws": ("websockets",),
     "metrics": ("prometheus_client",),
     "testing": ("hypothesis", "pytest"),
+    "fast": ("uvloop",),
 }
 
 

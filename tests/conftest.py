@@ -38,6 +38,19 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("sanitizer", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
+# DTP_TEST_LOOP=uvloop: every asyncio.run (and asyncio.Runner) of the tests makes uvloop's
+# loop, so the asyncio tests run on it too (scripts/test.sh: the C backend's parts)
+if os.environ.get("DTP_TEST_LOOP") == "uvloop":
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+elif os.environ.get("DTP_TEST_LOOP", "asyncio") != "asyncio":
+    raise RuntimeError(
+        f"DTP_TEST_LOOP must be asyncio or uvloop, not {os.environ['DTP_TEST_LOOP']!r}"
+    )
+
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
 def backend(request: pytest.FixtureRequest) -> SimpleNamespace:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from dtp import __version__
 
+# (dtp.cli.common, the errors and the subcommands are imported once ``main`` runs:
+# ``dtp daemon`` catches its stop signals first, _early_stop_signals)
+
 if TYPE_CHECKING:
     from dtp.daemon.signals import StopSignals
 
@@ -23,17 +27,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from dtp.cli.demo import run_demo
 
     return run_demo(quick=args.quick, browser_wait=args.browser_wait, screenshots=args.screenshots)
-
-
-def _seconds(text: str) -> float:
-    """A number of seconds from 0 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):  # (nan, inf and negatives)
-        raise argparse.ArgumentTypeError(f"not a number of seconds from 0: {text!r}")
-    return value
 
 
 def package_version() -> str:
@@ -66,13 +59,28 @@ class _VersionAction(argparse.Action):
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
+    import platform
+
+    from dtp.eventloop import uvloop_installed
     from dtp.native import core as _core
 
+    if args.json:
+        data = {
+            "version": package_version(),
+            "core_backend": _core.BACKEND,
+            "python": platform.python_version(),
+            # the loop dtp.aio.run and the daemon take by default ("auto")
+            "event_loop": "uvloop" if uvloop_installed() else "asyncio",
+        }
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 0
     print(f"dtp {package_version()} (core backend: {_core.BACKEND})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dtp.cli.common import add_json, duration
+
     parser = argparse.ArgumentParser(
         prog="dtp",
         description="DTP: encrypted, paid, TCP-like connections between Sui hosts.",
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="smaller workloads")
     demo.add_argument(
         "--browser-wait",
-        type=_seconds,
+        type=duration("s"),
         default=None,
         metavar="SECONDS",
         help="how long the browser step keeps its page up for you to open (default: until "
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     version = sub.add_parser("version", help="print the version and core backend")
+    add_json(version)
     version.set_defaults(func=_cmd_version)
 
     from dtp.cli.daemon import register as register_daemon
@@ -130,6 +139,9 @@ def _early_stop_signals(argv: Sequence[str]) -> StopSignals | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     early = _early_stop_signals(sys.argv[1:] if argv is None else list(argv))
+    from dtp.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, print_error
+    from dtp.errors import DaemonConfigError, DTPError, LedgerSpecError
+
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -153,11 +165,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except DTPError as exc:
+        # what a command did not catch itself: one line (with --json naming the typed
+        # error), not a traceback (-vv logs the traceback too, for a bug report)
+        logging.getLogger("dtp.cli").debug("the command failed", exc_info=exc)
+        usage = isinstance(exc, DaemonConfigError | LedgerSpecError)
+        status = EXIT_USAGE if usage else EXIT_FAILURE
+        as_json = bool(getattr(args, "json", False))
+        return print_error(exc, status, as_json=as_json, command=args.command)
     except BrokenPipeError:
         # the reader went away (`dtp status | head -1`): stop quietly, as other tools do;
         # stdout goes to devnull so the interpreter's final flush cannot fail again

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict, is_dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from dtp.errors import LedgerSpecError
 from dtp.extras import require
@@ -19,20 +21,172 @@ from dtp.ledger.open import open_ledger
 from dtp.ledger.spec import LedgerSpec, ledger_spec_from_env, parse_ledger_spec
 
 __all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "FIREWALL_MODES",
     "CliError",
     "UsageError",
+    "add_json",
     "address",
+    "amount",
+    "duration",
     "emit",
     "env_passphrase",
+    "error_kind",
+    "error_line",
+    "firewall_mode",
+    "firewall_mode_name",
     "given_path",
     "identity",
     "identity_path",
     "ledger",
     "ledger_spec",
     "plain",
+    "print_error",
 ]
 
 _T = TypeVar("_T")
+
+# -- the vocabulary every command shares (docs/cli.md "Exit status", "Values") ---------
+
+#: Exit statuses (docs/cli.md): done; the command ran and failed (a ledger's refusal, a
+#: node out of reach, a file that cannot be read); the command line, a config file or
+#: the environment cannot be used as given (nothing was done); stopped by Ctrl-C.
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+#: The firewall modes by their one name, as the daemon's ``[firewall] mode`` spells
+#: them; ``host set --firewall`` and ``host show`` use the same words.
+FIREWALL_MODES: Final = {"open": FirewallMode.ALLOW_ALL, "allowlist": FirewallMode.ALLOW_LISTED}
+#: Older spellings ``host set --firewall`` still takes (docs/cli.md, deprecated).
+_FIREWALL_ALIASES: Final = {"allow-all": "open", "allow-listed": "allowlist"}
+
+_MIST_PER_SUI: Final = 1_000_000_000
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def firewall_mode(text: str) -> FirewallMode:
+    """A ``--firewall`` (argparse type): ``open`` or ``allowlist`` (the old ``allow-all``
+    and ``allow-listed`` too)."""
+    name = _FIREWALL_ALIASES.get(text, text)
+    if name not in FIREWALL_MODES:
+        raise argparse.ArgumentTypeError(f"expected open or allowlist, got {text!r}")
+    return FIREWALL_MODES[name]
+
+
+def firewall_mode_name(mode: int) -> str:
+    """``open`` or ``allowlist`` for a ledger's mode number."""
+    for name, value in FIREWALL_MODES.items():
+        if value == mode:
+            return name
+    return str(mode)
+
+
+def amount(text: str) -> int:
+    """An amount of SUI (argparse type), in MIST: ``1500``, ``1500mist`` or ``1.5sui``
+    (exact: a SUI amount finer than a MIST is refused). The range is the command's to
+    check (each says which option, in the ledger's words)."""
+    raw = text.strip().lower().replace("_", "")
+    try:
+        if raw.endswith("sui"):
+            try:
+                mist = Decimal(raw[:-3].strip()) * _MIST_PER_SUI
+            except InvalidOperation:
+                raise ValueError(text) from None
+            if not mist.is_finite() or mist != mist.to_integral_value():
+                raise ValueError(text)
+            return int(mist)
+        return int(raw.removesuffix("mist").strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an amount in MIST (1500, 1500mist) or SUI (1.5sui), got {text!r}"
+        ) from None
+
+
+def duration(unit: str, *, whole: bool = False) -> Any:
+    """A duration's argparse type: a number in ``unit`` (``"s"`` or ``"ms"``), or one with
+    its own unit (``1500ms``, ``90s``, ``5m``, ``2h``), as a number of ``unit``; from 0.
+    ``whole``: an integer of ``unit`` (a ledger's milliseconds), its range the command's
+    to check, in the ledger's words, as for amounts."""
+
+    def parse(text: str) -> float:
+        raw = text.strip().lower()
+        number, scale = raw, 1.0
+        for suffix in sorted(_DURATION_UNITS, key=len, reverse=True):
+            if raw.endswith(suffix) and raw[: -len(suffix)].strip():
+                number = raw[: -len(suffix)].strip()
+                scale = _DURATION_UNITS[suffix] / _DURATION_UNITS[unit]
+                break
+        if whole:
+            try:
+                exact = Decimal(number) * Decimal(str(scale))
+            except InvalidOperation:
+                exact = Decimal("NaN")
+            if exact.is_finite() and exact == exact.to_integral_value():
+                return int(exact)
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of {_UNIT_WORDS[unit]} or a duration with its "
+                f"unit (1500ms, 90s, 5m, 2h), got {text!r}"
+            )
+        try:
+            value = float(number) * scale
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):  # (nan, inf and negatives)
+            raise argparse.ArgumentTypeError(
+                f"expected a duration from 0: a number of {_UNIT_WORDS[unit]} or one with "
+                f"its unit (1500ms, 90s, 5m, 2h), got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "duration"  # (argparse names the type in its errors)
+    return parse
+
+
+_UNIT_WORDS: Final = {"s": "seconds", "ms": "milliseconds"}
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "machine-readable output") -> None:
+    """``--json``, the one spelling of machine-readable output."""
+    parser.add_argument("--json", action="store_true", help=what)
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as the one line a command prints after ``dtp:`` (or ``dtp COMMAND:``):
+    its message (an OSError by its strerror and file name)."""
+    if isinstance(exc, OSError) and not isinstance(exc, CliError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc) or type(exc).__name__
+
+
+def error_kind(exc: BaseException) -> str:
+    """What ``--json`` names an error by: the class of a typed error of
+    :mod:`dtp.errors` (``ObjectNotFound``, ``LedgerSpecError``...), ``UsageError`` or
+    ``CommandError`` for the command line's own, else the exception's class."""
+    if isinstance(exc, UsageError):
+        return "UsageError"
+    if isinstance(exc, CliError):
+        return "CommandError"
+    return type(exc).__name__
+
+
+def print_error(exc: BaseException, status: int, *, as_json: bool, command: str = "") -> int:
+    """Print ``exc`` as one line on stderr and return ``status``: ``dtp: MESSAGE`` (``dtp
+    COMMAND: MESSAGE``), or with ``--json`` one JSON object, ``{"error": KIND, "message":
+    MESSAGE, "exit_status": STATUS}`` (:func:`error_kind`), for scripts that branch on
+    the kind of failure."""
+    message = error_line(exc)
+    if as_json:
+        data = {"error": error_kind(exc), "message": message, "exit_status": status}
+        print(json.dumps(data, sort_keys=True), file=sys.stderr)
+    else:
+        print(f"dtp{' ' + command if command else ''}: {message}", file=sys.stderr)
+    return status
 
 
 def given_path(text: str | None, option: str, what: str = "a file") -> Path | None:
@@ -116,7 +270,12 @@ def identity(args: argparse.Namespace) -> Any:
         return _sui_key()
     passphrase = env_passphrase(args)
     try:
-        return HostIdentity.load(identity_path(args), passphrase)
+        if passphrase is None:
+            return HostIdentity.load(identity_path(args), passphrase)
+        from dtp.cli.progress import progress
+
+        with progress("decrypting the identity"):  # (a slow KDF, on purpose)
+            return HostIdentity.load(identity_path(args), passphrase)
     except KeyFileError as exc:
         # The library cannot know where a command line takes its passphrase from: say it,
         # or the user is left to find --passphrase-env in --help.
@@ -191,7 +350,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, FirewallMode):
-        return value.name.lower().replace("_", "-")
+        return firewall_mode_name(value)
     return value
 
 

@@ -82,10 +82,17 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             refused = _unset_for_a_new_identity(args, signals)
         if refused is not None:
             return refused
+        if args.json and not args.check:
+            print(
+                "dtp daemon: --json goes with --check (the daemon's output is JSON "
+                'already: its ready line, and its logs with log_format = "json").',
+                file=sys.stderr,
+            )
+            return 2
         if args.check:
             from dtp.daemon.check import main as check
 
-            return check(args.config, args.passphrase_env)
+            return check(args.config, args.passphrase_env, as_json=args.json)
         from dtp.daemon.runner import main
 
         return main(
@@ -118,6 +125,12 @@ def register(sub: Any) -> None:
     daemon.add_argument("--config", default="dtp.toml", help="config file (default dtp.toml)")
     daemon.add_argument("--log-format", choices=["json", "text"], help="override the config")
     daemon.add_argument(
+        "--json",
+        action="store_true",
+        help="with --check: the findings as one JSON object (the daemon's own output, its "
+        "ready line and logs, is JSON already: [daemon] log_format)",
+    )
+    daemon.add_argument(
         "--check",
         action="store_true",
         help="test the config (keys, ledger, backends, listen addresses), list every "
@@ -141,7 +154,7 @@ def register(sub: Any) -> None:
     where = status.add_mutually_exclusive_group()
     where.add_argument("--config", help="the daemon's config file (default dtp.toml)")
     where.add_argument("--state-dir", help="or the daemon's state directory")
-    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
         "--file",
         action="store_true",

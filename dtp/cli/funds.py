@@ -217,7 +217,15 @@ def _refund(args: argparse.Namespace) -> int:
         step = refund_step(tc, now)
         if step.action is RefundAction.FORGET:
             refunded = ledger.get_escrow(tc.escrow).refunded
-            _emit(args, {"connection": cid, "refunded_mist": refunded, "already_settled": True})
+            _emit(
+                args,
+                {
+                    "connection": cid,
+                    "refunded_mist": refunded,
+                    "settled": True,
+                    "already_settled": True,
+                },
+            )
             return 0
         if step.action is RefundAction.HALF_CLOSE:
             # (the server may close it meanwhile: its close started the timeout)
@@ -229,17 +237,35 @@ def _refund(args: argparse.Namespace) -> int:
         at = step.at_ms
         if step.action is RefundAction.WAIT and at is not None:
             if not args.wait:
+                # done what can be done now: not a failure (exit 0), but not refunded
+                # either: "settled": false, and when, on stdout; the sentence on stderr
                 state = "half-closed" if tc.state == ConnectionState.HALF_CLOSED else "closed"
-                raise _CliError(
-                    f"Connection {cid} is {state}; its client may settle from "
+                print(
+                    f"dtp: Connection {cid} is {state}; its client may settle from "
                     f"{format_ms(at)} on (in {_duration(at - now)}, ledger time): run "
-                    f"`dtp refund {cid}` again then, or pass --wait."
+                    f"`dtp refund {cid}` again then, or pass --wait.",
+                    file=sys.stderr,
                 )
+                _emit(
+                    args,
+                    {
+                        "connection": cid,
+                        "refunded_mist": 0,
+                        "settled": False,
+                        "already_settled": False,
+                        "state": state,
+                        "settles_at_ms": at,
+                    },
+                )
+                return 0
             _wait_for(ledger, at)
         refunded = collect_refund(ledger, identity, cid)
     finally:
         ledger.close()
-    _emit(args, {"connection": cid, "refunded_mist": refunded, "already_settled": False})
+    _emit(
+        args,
+        {"connection": cid, "refunded_mist": refunded, "settled": True, "already_settled": False},
+    )
     return 0
 
 
@@ -251,10 +277,15 @@ def _duration(ms: int) -> str:
 
 def _wait_for(ledger: Any, at_ms: int) -> None:
     """Sleep until the ledger clock reaches ``at_ms`` (looked at again at least every
-    :data:`_WAIT_POLL` seconds)."""
+    :data:`_WAIT_POLL` seconds), a bar on a terminal meanwhile."""
+    from dtp.cli.progress import progress
+
     print(f"dtp: waiting until {format_ms(at_ms)} (ledger time) to settle", file=sys.stderr)
-    while (now := ledger.clock_ms()) < at_ms:
-        time.sleep(min(_WAIT_POLL, max(0.05, (at_ms - now) / 1000)))
+    start = ledger.clock_ms()
+    with progress("waiting for the half-close timeout", total=max(1, at_ms - start)) as shown:
+        while (now := ledger.clock_ms()) < at_ms:
+            shown.update(now - start, f"{_duration(at_ms - now)} left")
+            time.sleep(min(_WAIT_POLL, max(0.05, (at_ms - now) / 1000)))
 
 
 # -- claim ---------------------------------------------------------------------------------

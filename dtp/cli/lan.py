@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from dtp.cli.common import EXIT_FAILURE, EXIT_USAGE, duration, print_error
 from dtp.errors import DTPError, MissingExtra
 
 if TYPE_CHECKING:
@@ -23,14 +24,22 @@ def register(sub: Any) -> None:
         "services) for a few seconds, then list them. What they announce is unchecked: "
         "a connection holds each to its key.",
     )
-    lan.add_argument("--timeout", type=float, default=3.0, help="seconds to browse (3)")
+    lan.add_argument(
+        "--timeout",
+        type=duration("s"),
+        default=3.0,
+        metavar="SECONDS",
+        help="how long to browse: seconds, or a duration (1500ms, 5s); default 3, at most 600",
+    )
     lan.add_argument("--graph", metavar="NAMESPACE", help="graph peers of this namespace only")
     lan.add_argument("--service", metavar="NAME", help="this service only")
     lan.add_argument("--host", metavar="HOST_ID", help="endpoints claiming this Host only")
     lan.add_argument(
         "--interface", action="append", metavar="IP", help="browse on this address (repeatable)"
     )
-    lan.add_argument("--json", action="store_true", help="one JSON object a line")
+    lan.add_argument(
+        "--json", action="store_true", help="machine-readable output: one object a line"
+    )
     lan.set_defaults(func=_cmd_lan)
 
 
@@ -52,15 +61,14 @@ def describe(peer: LanPeer) -> dict[str, Any]:
 
 def _cmd_lan(args: argparse.Namespace) -> int:
     if not 0 < args.timeout <= 600:
-        print("dtp lan: --timeout must be 0..600 seconds")
-        return 2
+        print("dtp lan: --timeout must be above 0 and at most 600 seconds", file=sys.stderr)
+        return EXIT_USAGE
     # (here, not at the top: the parser of every dtp command imports this module, and
     # mDNS is zeroconf's to import, which comes with the lan extra)
     try:
         from dtp.discovery.lan import browse
     except MissingExtra as exc:
-        print(f"dtp lan: {exc}", file=sys.stderr)
-        return 1
+        return print_error(exc, EXIT_FAILURE, as_json=args.json, command="lan")
     try:
         with browse(
             graph=args.graph,
@@ -72,8 +80,10 @@ def _cmd_lan(args: argparse.Namespace) -> int:
             peers = sorted(browser.peers(), key=lambda p: p.name)
             refused = browser.refused
     except (ValueError, DTPError) as exc:  # (LanDiscoveryError is a DTPError)
-        print(f"dtp lan: {exc}")
-        return 1
+        # (an --interface that is no address: the command line's)
+        usage = isinstance(exc, ValueError) and not isinstance(exc, DTPError)
+        status = EXIT_USAGE if usage else EXIT_FAILURE
+        return print_error(exc, status, as_json=args.json, command="lan")
     for peer in peers:
         seen = describe(peer)
         if args.json:

@@ -28,26 +28,32 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from dtp.cli.common import EXIT_FAILURE, EXIT_USAGE
 from dtp.cli.common import CliError as _CliError
 from dtp.cli.common import UsageError as _UsageError
+from dtp.cli.common import amount as _amount
+from dtp.cli.common import duration as _duration
 from dtp.cli.common import emit as _emit
 from dtp.cli.common import env_passphrase as _env_passphrase
+from dtp.cli.common import firewall_mode as _firewall_mode
 from dtp.cli.common import given_path as _given_path
 from dtp.cli.common import identity as _identity
 from dtp.cli.common import identity_path as _identity_path
 from dtp.cli.common import ledger as _ledger
 from dtp.cli.common import ledger_spec as _spec
 from dtp.cli.common import plain as _plain
+from dtp.cli.common import print_error as _print_error
+from dtp.cli.progress import progress
 from dtp.errors import DTPError, LedgerSpecError, ObjectNotFound, move_error
 from dtp.identity.files import write_durably
 from dtp.ledger.objects import (
     MAX_ENDPOINT_LENGTH,
     MAX_ENDPOINTS,
-    FirewallMode,
     Sla,
     as_bytes_list,
     is_low_order_noise_key,
@@ -166,20 +172,16 @@ def _run(handler: Handler) -> Handler:
         except (_UsageError, LedgerSpecError) as exc:
             # (a ledger spec, package or key setting: the command line or environment
             # cannot be used as given)
-            print(f"dtp: {exc}", file=sys.stderr)
-            return 2
+            return _print_error(exc, EXIT_USAGE, as_json=args.json)
         except (_CliError, DTPError) as exc:
-            print(f"dtp: {exc}", file=sys.stderr)
-            return 1
+            return _print_error(exc, EXIT_FAILURE, as_json=args.json)
         except BrokenPipeError:
             # the reader of stdout went away (`dtp host show ID | head -1`): dtp's main
             # stops quietly (exit 141), as for its other commands; as an OSError below it
             # printed "dtp: Broken pipe" and exited 1
             raise
         except OSError as exc:  # a file the command reads or writes
-            where = f": {exc.filename}" if exc.filename else ""
-            print(f"dtp: {exc.strerror or exc}{where}", file=sys.stderr)
-            return 1
+            return _print_error(exc, EXIT_FAILURE, as_json=args.json)
 
     return wrapped
 
@@ -222,8 +224,8 @@ def _parse_gas_budget(text: str) -> int:
     """A ``--gas-budget``: MIST, a u64 above zero (``sui client publish`` refuses any
     other, after the build, in its own words)."""
     try:
-        value = int(text)
-    except ValueError:
+        value = _amount(text)
+    except argparse.ArgumentTypeError:
         value = 0
     if not 0 < value < 2**64:
         raise argparse.ArgumentTypeError(
@@ -273,7 +275,9 @@ def _keys_new(args: argparse.Namespace) -> int:
         raise _UsageError(unset)
     identity = HostIdentity.generate()
     try:
-        identity.save(path, passphrase, overwrite=args.force)
+        # (a passphrase is stretched by a slow KDF: a second or more)
+        with progress("encrypting the new identity") if passphrase else nullcontext():
+            identity.save(path, passphrase, overwrite=args.force)
     except ValueError as exc:
         # a passphrase the environment holds as bytes that are not UTF-8 (os.environ
         # gives them as lone surrogates): a traceback before
@@ -454,8 +458,8 @@ def _host_set(args: argparse.Namespace) -> int:
         steps.append(
             ("endpoints", lambda: ledger.set_endpoints(identity, args.host, args.endpoint or []))
         )
-    if args.firewall:
-        mode = FirewallMode.ALLOW_ALL if args.firewall == "allow-all" else FirewallMode.ALLOW_LISTED
+    if args.firewall is not None:  # (a FirewallMode: "open" is 0, so not truth-tested)
+        mode = args.firewall
         steps.append(
             ("firewall mode", lambda: ledger.set_firewall_mode(identity, args.host, int(mode)))
         )
@@ -705,7 +709,7 @@ def _sui(
     finally:
         if stop is not None:
             stop.holding = False
-    with process:
+    with process, progress(f"sui {' '.join(argv[:2])}"):
         try:
             if stop is not None:
                 stop.raise_held()
@@ -953,10 +957,14 @@ def register(subparsers: Any) -> None:
     leaf(local_sub, "status", _localnet_status, "clock, epoch, objects and events")
     faucet = leaf(local_sub, "faucet", _localnet_faucet, "mint test SUI")
     faucet.add_argument("--to", help="address (default: the identity's)")
-    faucet.add_argument("--amount", type=int, default=_DEFAULT_FAUCET, help="MIST (default 10 SUI)")
+    faucet.add_argument(
+        "--amount", type=_amount, default=_DEFAULT_FAUCET, help="MIST, or 1.5sui (default 10 SUI)"
+    )
     leaf(local_sub, "advance-epoch", _localnet_advance_epoch, "start the next epoch")
     clock = leaf(local_sub, "advance-clock", _localnet_advance_clock, "move the clock forward")
-    clock.add_argument("ms", type=int, help="milliseconds")
+    clock.add_argument(
+        "ms", type=_duration("ms", whole=True), help="milliseconds, or a duration (90s, 5m, 2h)"
+    )
 
     host = subparsers.add_parser("host", help="create, show and configure hosts")
     host_sub = host.add_subparsers(dest="host_command", metavar="ACTION", required=True)
@@ -985,7 +993,13 @@ def register(subparsers: Any) -> None:
         help="replace the endpoints, host:port (repeatable)",
     )
     endpoints.add_argument("--clear-endpoints", action="store_true", help="publish no endpoints")
-    hset.add_argument("--firewall", choices=("allow-all", "allow-listed"), help="firewall mode")
+    hset.add_argument(
+        "--firewall",
+        type=_firewall_mode,
+        metavar="{open,allowlist}",
+        help="firewall mode: open (everyone not denied) or allowlist (those allowed only), "
+        "as the daemon's [firewall] mode",
+    )
     for name in ("allow", "disallow", "deny", "undeny"):
         hset.add_argument(f"--{name}", action="append", metavar="ADDRESS", help=f"{name} a client")
     for name in ("max-connections-per-client", "max-bytes-per-sec", "max-requests-per-sec"):
@@ -997,15 +1011,15 @@ def register(subparsers: Any) -> None:
     add.add_argument("host", help="host ID")
     add.add_argument("port", type=int, help="port (0-65535)")
     add.add_argument("--kind", default="raw", type=_parse_kind, help="service kind (default raw)")
-    add.add_argument("--price-per-kib", type=int, default=0, help="MIST per KiB")
-    add.add_argument("--price-per-request", type=int, default=0, help="MIST per request")
-    add.add_argument("--min-deposit", type=int, default=0, help="smallest deposit, MIST")
+    add.add_argument("--price-per-kib", type=_amount, default=0, help="MIST per KiB")
+    add.add_argument("--price-per-request", type=_amount, default=0, help="MIST per request")
+    add.add_argument("--min-deposit", type=_amount, default=0, help="smallest deposit, MIST")
     add.add_argument("--max-connections", type=int, default=0, help="0 = unlimited")
 
     offer = leaf(service_sub, "subscription", _service_subscription, "sell access by the epoch")
     offer.add_argument("host", help="host ID")
     offer.add_argument("port", type=int, help="port of the service")
-    offer.add_argument("--price-per-epoch", type=int, required=True, help="MIST per epoch")
+    offer.add_argument("--price-per-epoch", type=_amount, required=True, help="MIST per epoch")
     offer.add_argument("--period-epochs", type=int, default=1, help="sold in multiples of")
     sponsor = leaf(service_sub, "sponsor", _service_sponsor, "pay a share of clients' fees")
     sponsor.add_argument("host", help="host ID")
@@ -1013,16 +1027,21 @@ def register(subparsers: Any) -> None:
     sponsor.add_argument("--share-bps", type=int, required=True, help="1..10000 basis points")
     sponsor.add_argument(
         "--max-pledge",
-        type=int,
+        type=_amount,
         required=True,
         help="most MIST the pool pledges to one connection (so no client locks it all)",
     )
-    sponsor.add_argument("--fund", type=int, default=0, help="MIST to put in the pool")
+    sponsor.add_argument("--fund", type=_amount, default=0, help="MIST to put in the pool")
     keep = leaf(service_sub, "retention", _service_retention, "retain ledger-carried data")
     keep.add_argument("host", help="host ID")
     keep.add_argument("port", type=int, help="port of the service")
-    keep.add_argument("--retention-ms", type=int, required=True, help="how long to keep data")
-    keep.add_argument("--storage-price-per-byte", type=int, default=0, help="MIST per byte")
+    keep.add_argument(
+        "--retention-ms",
+        type=_duration("ms", whole=True),
+        required=True,
+        help="how long to keep data: milliseconds, or a duration (90s, 5m, 2h)",
+    )
+    keep.add_argument("--storage-price-per-byte", type=_amount, default=0, help="MIST per byte")
 
     subscription = subparsers.add_parser("subscription", help="pre-paid service access")
     sub_sub = subscription.add_subparsers(

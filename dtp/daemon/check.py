@@ -27,6 +27,7 @@ Exit status 0 when there is no PROBLEM, 1 otherwise, 2 for a config file with an
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import socket
 import stat
@@ -384,19 +385,27 @@ def _resolver(backend: Backend) -> Callable[[], str | None]:
     return resolve
 
 
-def main(config_path: str, passphrase_env: str = "DTP_PASSPHRASE") -> int:
+def main(config_path: str, passphrase_env: str = "DTP_PASSPHRASE", as_json: bool = False) -> int:
     """Entry point of ``dtp daemon --check``: the findings on stdout, a summary line
-    last; exit status 0 (no problem), 1 (problems) or 2 (the file has an error)."""
+    last (``as_json``: one JSON object, ``{"config", "ok", "problems", "findings":
+    [{"level", "subject", "text"}]}``, the summary still on stderr); exit status 0 (no
+    problem), 1 (problems) or 2 (the file has an error)."""
     try:
         config = load_config(config_path)
     except DaemonConfigError as exc:
         print(f"dtp daemon: {exc}", file=sys.stderr)
         print(f"dtp daemon: {config_path}: test failed", file=sys.stderr)
         return 2
-    print(f"dtp daemon: checking {config.path}")
+    if not as_json:
+        print(f"dtp daemon: checking {config.path}")
     check = check_config(config, passphrase_env)
-    check.print(sys.stdout)
     problems = len(check.problems)
+    if as_json:
+        findings = [{"level": lv, "subject": sub, "text": text} for lv, sub, text in check.findings]
+        report = {"config": str(config.path), "ok": not problems, "problems": problems}
+        print(json.dumps({**report, "findings": findings}, indent=2, sort_keys=True))
+    else:
+        check.print(sys.stdout)
     if problems:
         print(
             f"dtp daemon: {config.path}: test failed: {problems} "
@@ -404,5 +413,6 @@ def main(config_path: str, passphrase_env: str = "DTP_PASSPHRASE") -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"dtp daemon: {config.path}: test is successful")
+    if not as_json:
+        print(f"dtp daemon: {config.path}: test is successful")
     return 0

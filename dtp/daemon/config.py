@@ -16,6 +16,7 @@ from typing import Any
 
 from dtp.daemon.logs import LOG_BACKUPS, LOG_MAX_BYTES
 from dtp.errors import DaemonConfigError, InvalidObjectId, MissingExtra, finite_float, shown
+from dtp.eventloop import EVENT_LOOPS
 from dtp.extras import require
 from dtp.hostid.address import HostAddress
 from dtp.hostid.udp import DEFAULT_LOSS_ALLOWANCE
@@ -243,6 +244,10 @@ class DaemonSettings:
     """The size at which ``log_file`` is rotated (0: never)."""
     log_backups: int = LOG_BACKUPS
     """Rotated log files kept (``log_file``.1 the newest)."""
+    event_loop: str = "auto"
+    """The event loop the daemon runs on (:mod:`dtp.eventloop`): ``"auto"`` (uvloop
+    when installed, else asyncio's), ``"uvloop"`` (needs ``dtp[fast]``) or
+    ``"asyncio"``."""
 
 
 @dataclass(frozen=True)
@@ -686,6 +691,7 @@ _DAEMON_KEYS = {
     "log_file",
     "log_max_bytes",
     "log_backups",
+    "event_loop",
 }
 
 
@@ -755,6 +761,9 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
     if "websocket_listen" in doc:
         websocket = check.endpoint(doc, (*k, "websocket_listen"))
         _require(check, (*k, "websocket_listen"), "ws", "The WebSocket carrier")
+    event_loop = check.choice(doc, (*k, "event_loop"), "auto", EVENT_LOOPS)
+    if event_loop == "uvloop":
+        _require(check, (*k, "event_loop"), "fast", "The uvloop event loop")
     origins = check.origins(doc, (*k, "websocket_origins"))
     if origins and websocket is None:
         raise check.fail((*k, "websocket_origins"), "needs websocket_listen")
@@ -792,6 +801,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         log_file=check.path_value(doc, (*k, "log_file"), None) if "log_file" in doc else None,
         log_max_bytes=check.integer(doc, (*k, "log_max_bytes"), LOG_MAX_BYTES),
         log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),
+        event_loop=event_loop,
     )
 
 

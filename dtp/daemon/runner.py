@@ -70,6 +70,7 @@ from dtp.errors import (
     KeyFileError,
     MissingExtra,
 )
+from dtp.eventloop import loop_factory, loop_name
 from dtp.identity.files import lock_exclusive
 from dtp.identity.keys import HostIdentity, passphrase_from_env
 from dtp.ledger.interface import Ledger
@@ -287,6 +288,8 @@ class Daemon:
             "pid": os.getpid(),
             "process": process_identity(os.getpid()),
             "address": self.identity.sui_address,
+            # which loop serves ([daemon] event_loop: uvloop when installed, by default)
+            "event_loop": loop_name(),
         }
         # the status file names this process from the first save on, a stop while
         # starting included (it otherwise kept the previous run's pid)
@@ -393,6 +396,10 @@ class Daemon:
         ready["forward_protocols"] = protocols
         self.book.info.update(ready, started=time.time(), config=str(self.config.path))
         self.book.info.pop("event", None)
+        # read again after the Host's set-up and the leftovers' claims, which paid gas:
+        # the read before them was `dtp status`'s gas for up to GAS_CHECK (30 s) after
+        # the ready line, more than the daemon then held
+        await self.gas.check(fresh=True)
         self.gas.show_spent()  # (the Host's set-up, the leftovers' claims)
         self.book.save(force=True)
         return ready
@@ -958,7 +965,8 @@ def _main(
         asyncio.get_running_loop().set_default_executor(_signal_free_executor())
         await daemon.run(signals)
 
-    runner = asyncio.Runner()
+    # (checked with the config: "uvloop" without it installed is refused there)
+    runner = asyncio.Runner(loop_factory=loop_factory(settings.event_loop))
     try:
         runner.run(go())
     except DaemonConfigError as exc:

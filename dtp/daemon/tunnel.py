@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from dtp.errors import DTPError, TunnelError
 from dtp.protocol.connection import close_reason_bytes
@@ -110,11 +110,16 @@ class TcpLeg(asyncio.Protocol):
         self._close_when_made = False
         self._on_writable: Callable[[], None] | None = None
         """Set while a pushing DTP stream is paused for our transport's buffer."""
+        self._early: list[bytes] = []
+        """What was read before :meth:`attach` (uvloop reads on from connection_made)."""
+        self._early_eof = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         if self._close_when_made:
             transport.close()
@@ -123,7 +128,14 @@ class TcpLeg(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
-        assert sink is not None
+        if sink is None:
+            # read before attach(): uvloop starts reading after connection_made returns,
+            # so its pause there does not hold (asyncio's does). Kept for attach(), and
+            # paused again: nothing more is read until there is a DTP stream to take it
+            self._early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         try:
             hold = self._count(len(data))
             sink.write(data)
@@ -172,7 +184,9 @@ class TcpLeg(asyncio.Protocol):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
-        if self._sink is not None:
+        if self._sink is None:
+            self._early_eof = True  # (passed on by attach(), after the bytes before it)
+        else:
             with contextlib.suppress(DTPError, RuntimeError):
                 self._sink.write_eof()
         self._finish(self.read_done)
@@ -222,9 +236,21 @@ class TcpLeg(asyncio.Protocol):
             future.set_result(None)
 
     def attach(self, sink: _DTPWriter) -> None:
-        """Start reading into ``sink``."""
+        """Start reading into ``sink`` (what was read before, first)."""
         self._sink = sink
-        if self.transport is not None and not self.transport.is_closing():
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+        if self._early_eof:
+            with contextlib.suppress(DTPError, RuntimeError):
+                sink.write_eof()
+            return
+        if (
+            self.transport is not None
+            and not self.transport.is_closing()
+            and not self._draining
+            and not self._throttled
+        ):
             self.transport.resume_reading()
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, ObjectNotFound
+from dtp.ledger.coordination import Coordination
 from dtp.ledger.economics import PaymentModels
 from dtp.ledger.gas import EndGas, GasSpent
 from dtp.ledger.objects import (
@@ -243,9 +244,10 @@ class PendingOpen:
         return opened
 
 
-class Ledger(PaymentModels, abc.ABC):
+class Ledger(PaymentModels, Coordination, abc.ABC):
     """A DTP control-plane ledger (see the module docs for the conventions; the payment
-    models' methods come from :class:`~dtp.ledger.economics.PaymentModels`)."""
+    models' methods come from :class:`~dtp.ledger.economics.PaymentModels`, the
+    registry's from :class:`~dtp.ledger.coordination.Coordination`)."""
 
     # -- receipts (docs/escrow.md §6) ----------------------------------------------------
 

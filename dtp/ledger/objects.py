@@ -552,6 +552,19 @@ class OpenedConnection:
     deposit: int | None = None
     """The MIST deposited into the new escrow (same event), when reported."""
 
+    @classmethod
+    def from_event(cls, fields: Mapping[str, Any]) -> OpenedConnection:
+        """From a ``ConnectionOpened`` event's fields (``transport_control``; the
+        subscription's and sponsor's opens emit it too): IDs, SLA and deposit, on every
+        ledger alike."""
+        sla = fields["sla"]
+        return cls(
+            str(fields["connection"]),
+            str(fields["escrow"]),
+            Sla(int(sla["price_per_kib"]), int(sla["price_per_request"]), int(sla["min_deposit"])),
+            int(fields["deposit"]),
+        )
+
 
 @dataclass(frozen=True)
 class Settlement:

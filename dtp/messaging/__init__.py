@@ -1,3 +1,5 @@
 """Messaging on top of DTP connections: RPC (:mod:`.rpc`, JSON-RPC in :mod:`.jsonrpc`),
 pub/sub (:mod:`.pubsub`), sealed messages to a host (:mod:`.sealed`), paid broadcast
-(:mod:`.broadcast`) and discovery (:mod:`.discovery`). Wire format: docs/messaging.md."""
+(:mod:`.broadcast`), discovery (:mod:`.discovery`) and coordination on the ledger: leases,
+locks with fencing tokens, a small key-value registry and watches (:mod:`.coordination`,
+docs/coordination.md). Wire format: docs/messaging.md."""

@@ -765,29 +765,50 @@ def serve_jsonrpc(
 class _Decisions:
     """The rules' verdicts on each entry of a document, from its pricing to its
     handler: keyed by the params object the server hands both (kept meanwhile, so its
-    id is not reused); at most :data:`_KEPT_DECISIONS`, the oldest dropped (a request
-    refused for its fee, or cancelled, never reaches the handler)."""
+    id is not reused); at most :data:`_KEPT_DECISIONS` of them and
+    :data:`_KEPT_DECISION_BYTES` of the documents they keep, the oldest dropped (a
+    request refused for its fee, or cancelled, never reaches the handler: without the
+    byte bound, a client sending unpaid 1 MiB documents made the server keep 4 GiB)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[int, tuple[Any, list[bool]]] = {}
+        self._kept: dict[int, tuple[Any, list[bool], int]] = {}
+        self._bytes = 0
 
     def put(self, params: Any, allowed: list[bool]) -> None:
+        size = len(params) if isinstance(params, bytes | str) else 0
         with self._lock:
-            self._kept[id(params)] = (params, allowed)
-            while len(self._kept) > _KEPT_DECISIONS:
-                del self._kept[next(iter(self._kept))]
+            old = self._kept.pop(id(params), None)
+            if old is not None:
+                self._bytes -= old[2]
+            self._kept[id(params)] = (params, allowed, size)
+            self._bytes += size
+            while len(self._kept) > _KEPT_DECISIONS or self._bytes > _KEPT_DECISION_BYTES:
+                dropped = self._kept.pop(next(iter(self._kept)))
+                self._bytes -= dropped[2]
 
     def take(self, params: Any) -> list[bool] | None:
         with self._lock:
             kept = self._kept.pop(id(params), None)
+            if kept is not None:
+                self._bytes -= kept[2]
         if kept is None or kept[0] is not params:
             return None
         return kept[1]
 
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the documents kept for their handlers."""
+        return self._bytes
+
 
 #: Most pricing verdicts waiting for their handler (requests in flight, at most).
 _KEPT_DECISIONS: Final = 4096
+#: Most bytes of documents those verdicts keep alive (their handler's params).
+_KEPT_DECISION_BYTES: Final = 32 << 20
 
 
 def _method_of(entry: Any) -> str | None:

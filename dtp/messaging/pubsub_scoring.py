@@ -38,8 +38,9 @@ class Verdict(enum.Enum):
 
     #: Deliver and forward it; the peer that brought it first gets credit.
     ACCEPT = "accept"
-    #: Drop it (neither delivered nor forwarded), without penalty: e.g. a message the
-    #: application cannot judge yet, or a duplicate at its level.
+    #: Drop it (neither delivered nor forwarded), without penalty, for good: the verdict
+    #: stays in the seen cache, so later copies are dropped unjudged (e.g. a duplicate
+    #: at the application's level, or a message too old to pass on).
     IGNORE = "ignore"
     #: Drop it and count it against every peer that sends it: the message is invalid.
     REJECT = "reject"

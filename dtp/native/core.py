@@ -347,10 +347,8 @@ _tuple_new = tuple.__new__
 
 class _FrameSlots:
     """The result arrays of ``dtp_aead_open_frames`` (records, frames, ACK ranges),
-    grown on demand. They are read back into Python objects before the call returns,
-    so one set serves every AEAD of the process in turn (:data:`_spare_slots`) rather
-    than each connection keeping its own between reads -- several KiB for each of the
-    thousands of idle connections a server keeps."""
+    grown on demand and read back before the call returns: one set serves every AEAD in
+    turn (:data:`_spare_slots`), not one per connection (KiB per idle connection)."""
 
     __slots__ = (
         "frames",

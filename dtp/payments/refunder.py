@@ -325,7 +325,7 @@ class Refunder:
         try:
             return self.ledger.get_escrow(escrow_id).refunded
         except ChainError:
-            return 0
+            return None  # (not read: FoundSettled.refunded says so, not "0 refunded")
 
     def _forget(self, entry: Opened) -> None:
         self.book.forget(entry)

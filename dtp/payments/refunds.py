@@ -220,6 +220,8 @@ class RefundCollector:
         self.refunded.append((cid, refunded))
         if isinstance(event, refund.Settled):
             logger.info("connection %s settled by its client: %d MIST refunded", cid, refunded)
+        elif event.refunded is None:
+            logger.info("connection %s found settled (what it refunded could not be read)", cid)
         else:
             logger.info("connection %s found settled: %d MIST refunded", cid, refunded)
         if self.on_refund is not None:

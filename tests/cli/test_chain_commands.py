@@ -94,7 +94,7 @@ def test_host_and_service_commands(chain_cli: Cli) -> None:
     shown = cli.json("host", "show", host)
     assert shown["authority"] == address
     assert shown["endpoints"] == ["tcp://127.0.0.1:7000"]
-    assert shown["firewall"]["mode"] == "allow-listed"
+    assert shown["firewall"]["mode"] == "allowlist"  # the daemon config's word
     assert shown["firewall"]["allow"] == [address]
     assert shown["firewall"]["max_connections_per_client"] == 2
     assert shown["services"]["7"]["sla"]["price_per_kib"] == 10

@@ -277,27 +277,48 @@ def test_connections_half_closed_settled_and_a_bounded_scan(place: Place) -> Non
 # -- refund ------------------------------------------------------------------------------------
 
 
+def _pending(place: Place, opened: str) -> tuple[str, dict[str, object]]:
+    """``dtp refund`` before the timeout: exit status 0 (the half-close, all it can do
+    now, was done: no failure), ``settled: false`` and when on stdout, the sentence
+    saying when on stderr."""
+    code, out, err = place.run("refund", opened, "--json")
+    assert code == 0, err
+    assert err.count("\n") == 1 and err.startswith("dtp: "), err
+    return err[len("dtp: ") : -1], json.loads(out)
+
+
 def test_refund_half_closes_then_says_when(place: Place) -> None:
     opened = place.open()
     ledger = place.world.ledger
-    message = place.fails("refund", opened)
+    message, result = _pending(place, opened)
     tc = ledger.get_connection(opened)
     assert tc.half_closed_by == place.client.sui_address  # it half-closed
     assert message.startswith(f"Connection {opened} is half-closed; its client may ")
     assert "or pass --wait." in message
+    settles_at = tc.half_closed_at_ms + HALF_CLOSE_TIMEOUT_MS
+    assert result == {
+        "connection": opened,
+        "refunded_mist": 0,
+        "settled": False,
+        "already_settled": False,
+        "state": "half-closed",
+        "settles_at_ms": settles_at,
+    }
     # again, before the timeout: the same answer, nothing more done
     # (what follows "(in" is the time left: the ledger clock runs meanwhile)
     when = message.split(" (in ")[0]
-    assert place.fails("refund", opened).split(" (in ")[0] == when
+    assert _pending(place, opened)[0].split(" (in ")[0] == when
     # the server closing its end too changes nothing of the client's timeout
     ledger.close_connection(place.server, opened)
-    closed = place.fails("refund", opened).split(" (in ")[0]
-    assert closed == when.replace("is half-closed;", "is closed;")
+    closed, result = _pending(place, opened)
+    assert closed.split(" (in ")[0] == when.replace("is half-closed;", "is closed;")
+    assert result["state"] == "closed" and result["settles_at_ms"] == settles_at
     place.world.advance_clock(HALF_CLOSE_TIMEOUT_MS)
     done = place.json("refund", opened)
     assert done == {
         "connection": opened,
         "refunded_mist": DEPOSIT,
+        "settled": True,
         "already_settled": False,
     }
     tc = ledger.get_connection(opened)

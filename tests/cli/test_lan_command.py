@@ -45,6 +45,11 @@ def test_dtp_lan_lists_an_announced_server(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_dtp_lan_refuses_what_it_cannot_do(capsys: pytest.CaptureFixture[str]) -> None:
+    # both the command line's: exit status 2, one line on stderr (docs/cli.md)
     assert main(["lan", "--timeout", "0"]) == 2
-    assert main(["lan", "--interface", "eth0", "--timeout", "0.1"]) == 1
-    assert "not an IP address" in capsys.readouterr().out
+    assert capsys.readouterr().err == (
+        "dtp lan: --timeout must be above 0 and at most 600 seconds\n"
+    )
+    assert main(["lan", "--interface", "eth0", "--timeout", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "not an IP address" in err and len(err.splitlines()) == 1

@@ -212,3 +212,13 @@ def test_read_events_says_where_the_end_is(place: Place) -> None:
     rest = place.ledger.read_events(first.cursor, wanted, 5)
     assert len(rest.events) == 1 and rest.at_end
     assert place.ledger.events(first.cursor, wanted, 5)[0] == rest.events
+
+
+def test_an_open_reports_its_sla_and_deposit_on_every_ledger(place: Place) -> None:
+    """``open_connection`` returns the SLA and deposit of its ConnectionOpened event on
+    Sui as on LocalLedger (on Sui they were None, so a client metering the connection
+    had to read them back)."""
+    opened = place.ledger.open_connection(place.client, place.host, 7, place.cap, DEPOSIT)
+    assert (opened.sla, opened.deposit) == (SLA, DEPOSIT)
+    tc = place.ledger.get_connection(opened.connection_id)
+    assert tc.escrow == opened.escrow_id

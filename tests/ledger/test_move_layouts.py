@@ -26,6 +26,7 @@ from dtp.ledger.sui.codec import (
     OBJECT_LAYOUTS,
     RESPONSE_ESCROW_LAYOUT,
 )
+from dtp.ledger.sui.coordination import COORDINATION_EVENT_LAYOUTS, COORDINATION_OBJECT_LAYOUTS
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 from tests.support.paths import MOVE_SOURCES
 
@@ -134,9 +135,15 @@ def _normal(layout: Any) -> Any:
 OBJECTS = {
     **OBJECT_LAYOUTS,
     **ECONOMICS_OBJECT_LAYOUTS,
+    **COORDINATION_OBJECT_LAYOUTS,
     "ResponseEscrow": RESPONSE_ESCROW_LAYOUT,
 }
-EVENTS = {**EVENT_LAYOUTS, **ECONOMICS_EVENT_LAYOUTS, **MESSAGING_EVENT_LAYOUTS}
+EVENTS = {
+    **EVENT_LAYOUTS,
+    **ECONOMICS_EVENT_LAYOUTS,
+    **COORDINATION_EVENT_LAYOUTS,
+    **MESSAGING_EVENT_LAYOUTS,
+}
 
 
 def test_the_parse_found_the_package() -> None:

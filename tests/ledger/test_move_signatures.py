@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from pysui.sui.sui_bcs import bcs
 
+import tests.ledger.coordination_tx_cases as coord_cases
 import tests.ledger.messaging_tx_cases as msg_cases
 import tests.ledger.payment_model_cases as econ_cases
 import tests.ledger.sui_tx_cases as sui_cases
@@ -162,6 +163,7 @@ OBJECT_TYPES: dict[str, str] = {
     econ_cases.SALE.object_id: "TicketSale",
     econ_cases.TERMS.object_id: "RetentionTerms",
     econ_cases.RECORD.object_id: "RetainedRecord",
+    coord_cases.REGISTRY.object_id: "Registry",
     CLOCK_ID: "Clock",
 }
 
@@ -174,6 +176,8 @@ def _built() -> dict[str, bytes]:
         out[name] = sui_tx.ECONOMICS_BUILDERS[name](sui_cases.CTX, *args)
     for name, args in msg_cases.SUI_CASES.items():
         out[name] = sui_tx.MESSAGING_BUILDERS[name](sui_cases.CTX, *args)
+    for name, (args, _, _) in coord_cases.CASES.items():
+        out[name] = sui_tx.COORDINATION_BUILDERS[name](sui_cases.CTX, *args)
     return out
 
 
@@ -182,7 +186,7 @@ BUILT = _built()
 
 def test_every_builder_is_covered() -> None:
     builders = set(sui_tx.BUILDERS) | set(sui_tx.ECONOMICS_BUILDERS)
-    builders |= set(sui_tx.MESSAGING_BUILDERS)
+    builders |= set(sui_tx.MESSAGING_BUILDERS) | set(sui_tx.COORDINATION_BUILDERS)
     assert builders == set(BUILT)
 
 

@@ -25,6 +25,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
+from dtp.messaging import jsonrpc
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.method_rules import LedgerList, MethodRule, MethodRules, requests_for
 from dtp.messaging.rpc import (
@@ -489,3 +490,24 @@ def test_what_was_charged_is_what_is_forwarded(world: World) -> None:
     finally:
         alice.close()
         sock.close()
+
+
+def test_verdicts_waiting_for_their_handler_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a request priced and then refused for its fee never reaches its handler: the
+    # verdict kept for it (and the document it keeps alive) must not pile up
+    monkeypatch.setattr(jsonrpc, "_KEPT_DECISION_BYTES", 4 << 20)
+    decisions = jsonrpc._Decisions()
+    documents = [bytes([i]) * (1 << 20) for i in range(10)]
+    for document in documents:
+        decisions.put(document, [True])
+    assert decisions.kept_bytes <= 4 << 20 and len(decisions) == 4
+    assert decisions.take(documents[0]) is None  # (the oldest went first)
+    assert decisions.take(documents[-1]) == [True]
+    assert decisions.kept_bytes == 3 << 20 and len(decisions) == 3
+    small = [f"[{i}]".encode() for i in range(5000)]  # (distinct objects)
+    for document in small:
+        decisions.put(document, [False])
+    assert len(decisions) == jsonrpc._KEPT_DECISIONS
+    assert decisions.take(small[-1]) == [False]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import dtp.payments.refunds as refunds
+from dtp.errors import ChainError
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
 from dtp.ledger.receipt import Receipt, fee
 from dtp.payments.refund_book import OpenedBook
@@ -71,6 +72,29 @@ def test_a_connection_its_server_settled_is_reported_with_what_it_refunded(place
         rc.add(cid)
         assert wait_for(lambda: rc.refunded, 5)
     assert rc.refunded == [(cid, DEPOSIT - receipt.total_amount)]
+
+
+def test_a_settlement_whose_refund_cannot_be_read_is_not_logged_as_zero(
+    place: Place, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the connection is found settled, but the escrow's read fails: the log says the
+    # refund is unknown rather than "0 MIST refunded"
+    cid = place.open()
+    place.ledger.close_connection(place.client, cid)
+    place.server_ledger.settle(place.server, cid)
+
+    def unreadable(escrow_id: str) -> object:
+        raise ChainError("the node is away")
+
+    monkeypatch.setattr(place.ledger, "get_escrow", unreadable)
+    caplog.set_level(logging.INFO, logger="dtp.payments.refunds")
+    with RefundCollector(place.ledger, place.client) as rc:
+        rc.add(cid)
+        assert wait_for(lambda: rc.refunded, 5)
+    assert rc.refunded == [(cid, 0)]
+    said = [r.getMessage() for r in caplog.records if cid in r.getMessage()]
+    assert any("could not be read" in line for line in said), said
+    assert not any("0 MIST refunded" in line for line in said), said
 
 
 def _in_book(path: Path) -> dict[str | None, int | None]:

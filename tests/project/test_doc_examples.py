@@ -419,11 +419,13 @@ def _free_names() -> dict[str, Any]:
     import dtp.socket
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.local import LocalLedger
+    from dtp.testing.network import SimNetwork
 
     me = Inst(HostIdentity)
     return {
         "dtp": dtp,
         "ledger": Inst(LocalLedger),
+        "net": Inst(SimNetwork),  # (docs/testing.md: the simulated network)
         "me": me,
         "identity": me,
         "host_key": me,

@@ -456,9 +456,9 @@ def test_status_on_a_terminal_without_the_characters(tmp_path: Path) -> None:
     [
         (("bogus",), 2, "invalid choice"),
         (("demo", "--bogus"), 2, "unrecognized arguments"),
-        (("demo", "--browser-wait", "-1"), 2, "not a number of seconds from 0"),
-        (("demo", "--browser-wait", "nan"), 2, "not a number of seconds from 0"),
-        (("localnet", "faucet", "--amount", "abc"), 2, "invalid int value"),
+        (("demo", "--browser-wait", "-1"), 2, "expected a duration from 0"),
+        (("demo", "--browser-wait", "nan"), 2, "expected a duration from 0"),
+        (("localnet", "faucet", "--amount", "abc"), 2, "expected an amount in MIST"),
         (("host", "show", "zz"), 1, "No ledger at"),
         (("host", "create"), 1, "no identity file"),
         (("status", "--config", "missing.toml"), 2, "cannot read the config file"),

@@ -30,6 +30,8 @@ LAYER_OF: dict[str, str] = {
     "dtp.ledger": "ledger",
     "dtp.payments": "payments",
     "dtp.transport": "transport",
+    # the event loop the asyncio side runs on (asyncio or uvloop): chosen below the faces
+    "dtp.eventloop": "transport",
     "dtp.hostid": "hostid",
     "dtp.hostid.paid": "paid",
     "dtp.hostid.udp": "udp",

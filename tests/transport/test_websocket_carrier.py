@@ -31,7 +31,14 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import dtp.aio
-from dtp.errors import CarrierRefused, ConnectionLost, ConnectionRefused, DTPError
+from dtp.errors import (
+    CarrierRefused,
+    ConnectionLost,
+    ConnectionRefused,
+    DTPError,
+    DTPTimeoutError,
+    HandshakeError,
+)
 from dtp.errors import ConnectionClosed as ConnectionClosed_
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local.ledger import LocalLedger
@@ -39,29 +46,12 @@ from dtp.ledger.objects import Sla
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ledger_payments
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
+from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.carriers.websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
+from tests.support.aio_echo import echo_every_stream as echo
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()
-
-
-async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-    """Echo every stream of the connection until its end."""
-
-    async def one(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-        w.close()
-
-    streams = [asyncio.ensure_future(one(reader, writer))]
-    try:
-        while True:
-            r, w = await writer.accept_stream()
-            streams.append(asyncio.ensure_future(one(r, w)))
-    except DTPError:
-        pass
-    await asyncio.gather(*streams, return_exceptions=True)
 
 
 async def ws_server(callback: Any = echo, **options: Any) -> tuple[dtp.aio.DTPServer, str]:
@@ -612,5 +602,51 @@ def test_the_dtp_close_reaches_a_client_still_sending() -> None:
             await asyncio.wait_for(ended_here.wait(), 5)
         finally:
             await closed(server)
+
+    asyncio.run(main())
+
+
+def test_an_upgrade_never_answered_ends_at_the_handshake_timeout() -> None:
+    # a server that takes the TCP connection and says nothing: with no caller timeout,
+    # the connect ends at the config's handshake_timeout, as over TCP, not never
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+        ended: list[asyncio.Future[bytes]] = []
+
+        async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            accepted.append(w)
+            read = asyncio.ensure_future(r.read())  # (until the client gives up)
+            ended.append(read)
+            await read
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = ConnectionConfig(
+            identity=CLIENT,
+            is_client=True,
+            server_static=SERVER.noise_public,
+            handshake_timeout=0.5,
+        )
+        try:
+            started = time.monotonic()
+            with pytest.raises(HandshakeError, match="upgrade timed out"):
+                await asyncio.wait_for(
+                    dtp.aio.open_connection(f"ws://127.0.0.1:{port}/", config=config), 30
+                )
+            assert time.monotonic() - started < 15
+            # a caller's timeout still says DTPTimeoutError, as over TCP
+            with pytest.raises(DTPTimeoutError):
+                await dtp.aio.open_connection(
+                    f"ws://127.0.0.1:{port}/", server_key=SERVER.noise_public, timeout=0.5
+                )
+            # each client closed its TCP connection as it gave up (after its request)
+            done, _ = await asyncio.wait(ended, timeout=5)
+            assert len(ended) == 2 and len(done) == 2
+            assert all(read.result().startswith(b"GET / HTTP/1.1") for read in done)
+        finally:
+            for w in accepted:
+                w.close()
+            server.close()
+            await server.wait_closed()
 
     asyncio.run(main())

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.errors import DTPError
 from dtp.identity.keys import HostIdentity
+from tests.support.aio_echo import echo_every_stream
 from tests.support.paths import ROOT
 
 PACKAGE = ROOT / "web" / "dtp-client"
@@ -82,21 +82,7 @@ class EchoService:
     async def echo(self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
         """Echo every stream of the connection until its end."""
         self.seen.append(writer.get_extra_info("peer_address"))
-
-        async def one(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-            w.close()
-
-        streams = [asyncio.ensure_future(one(reader, writer))]
-        try:
-            while True:
-                r, w = await writer.accept_stream()
-                streams.append(asyncio.ensure_future(one(r, w)))
-        except DTPError:
-            pass
-        await asyncio.gather(*streams, return_exceptions=True)
+        await echo_every_stream(reader, writer)
 
 
 async def start_echo(

@@ -13,6 +13,7 @@ from dtp.identity.keys import HostIdentity, InvalidSignature, verify_transaction
 from dtp.ledger.local import rules
 from dtp.ledger.local.call_arguments import U64_MAX, u64
 from dtp.ledger.local.clock import LedgerClock
+from dtp.ledger.local.rules import coordination as local_coordination
 from dtp.ledger.local.rules import economics as local_economics
 from dtp.ledger.local.stored import SHAPE_ERRORS, SqlStore
 from dtp.ledger.local.transactions import _UPSERT_BALANCE
@@ -27,6 +28,9 @@ _DIRECT_ARGS_MAX: Final = 16
 # The payment models' rules (docs/escrow.md §13-16) join the call table.
 rules.FUNCTIONS.update(local_economics.FUNCTIONS)
 rules.OBJECT_TYPES.update(local_economics.OBJECT_TYPES)
+# So do the registry's (docs/escrow.md §21).
+rules.FUNCTIONS.update(local_coordination.FUNCTIONS)
+rules.OBJECT_TYPES.update(local_coordination.OBJECT_TYPES)
 
 
 def _tx_value(value: Any, depth: int) -> TxValue:
@@ -309,4 +313,4 @@ class TxExecution(LedgerClock):
     @staticmethod
     def _opened(result: TxResult) -> OpenedConnection:
         opened = next(e for e in result.events if e.name == "ConnectionOpened")
-        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+        return OpenedConnection.from_event(opened.fields)

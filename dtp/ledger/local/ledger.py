@@ -10,6 +10,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Endpoint, PendingOpen
 from dtp.ledger.local.call_arguments import u64
 from dtp.ledger.local.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
+from dtp.ledger.local.calls_coordination import CoordinationCalls
 from dtp.ledger.local.reads import LedgerReads
 from dtp.ledger.local.store import LocalStore
 from dtp.ledger.local.tx import Address, TxValue, derive_object_id, tx_digest
@@ -28,7 +29,9 @@ def _endpoints(values: Sequence[Endpoint]) -> list[TxValue]:
     return list[TxValue](as_bytes_list(values))
 
 
-class LocalLedger(BroadcastCalls, MessagingCalls, PaymentModelCalls, LedgerReads, LocalStore):
+class LocalLedger(
+    BroadcastCalls, MessagingCalls, PaymentModelCalls, CoordinationCalls, LedgerReads, LocalStore
+):
     """The embedded ledger (see :mod:`dtp.ledger.local`). ``path`` is a file (created if missing)
     or ``":memory:"``: a ``str`` or ``os.PathLike`` (TypeError otherwise);
     ``clock_ms`` freezes the clock at that time when given. Bad arguments are refused

@@ -40,6 +40,7 @@ except ImportError as exc:
 from dtp.errors import SuiConfigError
 from dtp.ledger.sui.calls import SuiCalls
 from dtp.ledger.sui.calls_apps import BroadcastCalls, MessagingCalls, PaymentModelCalls
+from dtp.ledger.sui.calls_coordination import CoordinationCalls
 from dtp.ledger.sui.client import LedgerUnavailable, SharedObjectCongestion
 from dtp.ledger.sui.codec import MESSAGING_EVENT_LAYOUTS, RESPONSE_ESCROW_LAYOUT
 from dtp.ledger.sui.config import DEFAULT_GAS_BUDGET, SuiConfig
@@ -72,7 +73,14 @@ __all__ = [
 ]
 
 
-class SuiLedger(BroadcastCalls, MessagingCalls, PaymentModelCalls, SuiCalls, SuiLedgerCore):
+class SuiLedger(
+    BroadcastCalls,
+    MessagingCalls,
+    PaymentModelCalls,
+    CoordinationCalls,
+    SuiCalls,
+    SuiLedgerCore,
+):
     """The ledger on a Sui network (see the module docs)."""
 
     @classmethod

@@ -230,12 +230,9 @@ class SuiCalls(SuiLedgerCore):
             lambda ctx: sui_tx.open_connection(ctx, host, port, cap, deposit, key),
             spend=deposit,
         )
-        connection = out.created_of("TransportControl")
-        escrow = out.created_of("Escrow")
-        if connection is None or escrow is None:
-            opened = out.event("ConnectionOpened")
-            connection, escrow = str(opened["connection"]), str(opened["escrow"])
-        return OpenedConnection(connection, escrow)
+        # the ConnectionOpened event: IDs, SLA and deposit, as LocalLedger reports them
+        # (the created objects alone gave sla=None, deposit=None here)
+        return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
 
     def top_up(
         self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None

@@ -24,6 +24,7 @@ from dtp.errors import (
 from dtp.ledger.objects import Event, normalize_id
 from dtp.ledger.sui.client import _node_id, timestamp_ms
 from dtp.ledger.sui.codec import EVENT_LAYOUTS, MESSAGING_EVENT_LAYOUTS, decode
+from dtp.ledger.sui.coordination import COORDINATION_EVENT_LAYOUTS
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS
 from dtp.ledger.sui.tx import OwnedRef
 
@@ -119,6 +120,7 @@ def event_from_proto(
     layout = (
         MESSAGING_EVENT_LAYOUTS.get((module, name))
         or ECONOMICS_EVENT_LAYOUTS.get((module, name))
+        or COORDINATION_EVENT_LAYOUTS.get((module, name))
         or EVENT_LAYOUTS.get((module, name))
     )
     if layout is None:

@@ -506,8 +506,8 @@ class SuiLedgerCore(TypedReads):
         return decode_economics_object(struct, obj.version, obj.contents, entries)
 
     def _opened(self, out: TxOutcome) -> OpenedConnection:
-        opened = out.event("ConnectionOpened")
-        return OpenedConnection(str(opened["connection"]), str(opened["escrow"]))
+        # (the event carries the SLA and deposit too, as LocalLedger reports them)
+        return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -530,6 +530,37 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "pay",
         (("coin", "the amount"), ("address", "recipient"), ("bytes", "memo")),
     ),
+    "create_registry": ("registry", "create", ()),
+    "registry_admit": ("registry", "admit", (_MUT, ("address", "member address"))),
+    "registry_revoke": ("registry", "revoke", (_MUT, ("address", "member address"))),
+    "acquire_lease": (
+        "registry",
+        "acquire",
+        (_MUT, ("bytes", "lease name"), ("bytes", "holder"), ("u64", "duration_ms"), _CLOCK),
+    ),
+    "renew_lease": (
+        "registry",
+        "renew",
+        (_MUT, ("bytes", "lease name"), ("u64", "token"), ("u64", "duration_ms"), _CLOCK),
+    ),
+    "release_lease": ("registry", "release", (_MUT, ("bytes", "lease name"), ("u64", "token"))),
+    "registry_put": (
+        "registry",
+        "put",
+        (
+            _MUT,
+            ("bytes", "lease name"),
+            ("u64", "token"),
+            ("bytes", "key"),
+            ("bytes", "value"),
+            _CLOCK,
+        ),
+    ),
+    "registry_remove": (
+        "registry",
+        "remove",
+        (_MUT, ("bytes", "lease name"), ("u64", "token"), ("bytes", "key"), _CLOCK),
+    ),
     "buy_tickets": ("tickets", "buy", (_MUT, ("u64", "count"), ("coin", "the payment"), _CLOCK)),
     "go_on_air": ("tickets", "go_on_air", (_MUT, _CLOCK)),
     "cancel_ticket_sale": ("tickets", "cancel", (_MUT,)),
@@ -1127,6 +1158,79 @@ def confirm_consumed(ctx: TxContext, record: SharedRef) -> bytes:
 def delete_retained(ctx: TxContext, record: SharedRef) -> bytes:
     """``retention::delete(record, &clock)`` (by value: the shared record is deleted)."""
     return _build(ctx, "delete_retained", record)
+
+
+# -- registry (docs/escrow.md §21) --------------------------------------------------------------
+
+
+def create_registry(ctx: TxContext) -> bytes:
+    """``registry::create()``."""
+    return _build(ctx, "create_registry")
+
+
+def registry_admit(ctx: TxContext, registry: SharedRef, member: str) -> bytes:
+    """``registry::admit(&mut registry, member)``."""
+    return _build(ctx, "registry_admit", registry, member)
+
+
+def registry_revoke(ctx: TxContext, registry: SharedRef, member: str) -> bytes:
+    """``registry::revoke(&mut registry, member)``."""
+    return _build(ctx, "registry_revoke", registry, member)
+
+
+def acquire_lease(
+    ctx: TxContext, registry: SharedRef, name: bytes, holder: bytes, duration_ms: int
+) -> bytes:
+    """``registry::acquire(&mut registry, name, holder, duration_ms, &clock)``."""
+    return _build(ctx, "acquire_lease", registry, name, holder, duration_ms)
+
+
+def renew_lease(
+    ctx: TxContext, registry: SharedRef, name: bytes, token: int, duration_ms: int
+) -> bytes:
+    """``registry::renew(&mut registry, name, token, duration_ms, &clock)``."""
+    return _build(ctx, "renew_lease", registry, name, token, duration_ms)
+
+
+def release_lease(ctx: TxContext, registry: SharedRef, name: bytes, token: int) -> bytes:
+    """``registry::release(&mut registry, name, token)``."""
+    return _build(ctx, "release_lease", registry, name, token)
+
+
+def registry_put(
+    ctx: TxContext, registry: SharedRef, name: bytes, token: int, key: bytes, value: bytes
+) -> bytes:
+    """``registry::put(&mut registry, name, token, key, value, &clock)``."""
+    return _build(ctx, "registry_put", registry, name, token, key, value)
+
+
+def registry_remove(
+    ctx: TxContext, registry: SharedRef, name: bytes, token: int, key: bytes
+) -> bytes:
+    """``registry::remove(&mut registry, name, token, key, &clock)``."""
+    return _build(ctx, "registry_remove", registry, name, token, key)
+
+
+#: Builders of the registry's entry points (dtp.ledger.coordination.Coordination), kept
+#: apart from :data:`BUILDERS` as the payment models' are.
+COORDINATION_BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
+    fn.__name__: fn
+    for fn in (
+        create_registry,
+        registry_admit,
+        registry_revoke,
+        acquire_lease,
+        renew_lease,
+        release_lease,
+        registry_put,
+        registry_remove,
+    )
+}
+
+#: Ledger method name -> the Move function its transaction calls (registry).
+COORDINATION_TARGETS: Final[dict[str, tuple[str, str]]] = {
+    name: MOVE_CALLS[name][:2] for name in COORDINATION_BUILDERS
+}
 
 
 #: Ledger method name -> the Move function its transaction calls (payment models).

@@ -26,6 +26,7 @@ from dtp.ledger.sui.codec import (
     Layout,
     encode,
 )
+from dtp.ledger.sui.coordination import COORDINATION_EVENT_LAYOUTS, COORDINATION_OBJECT_LAYOUTS
 from dtp.ledger.sui.economics import ECONOMICS_EVENT_LAYOUTS, ECONOMICS_OBJECT_LAYOUTS
 
 __all__ = [
@@ -57,12 +58,14 @@ CLOCK_TYPE: Final = f"{SUI_FRAMEWORK}::clock::Clock"
 _OBJECT_LAYOUTS: Final[dict[str, Layout]] = {
     **OBJECT_LAYOUTS,
     **ECONOMICS_OBJECT_LAYOUTS,
+    **COORDINATION_OBJECT_LAYOUTS,
     "ResponseEscrow": RESPONSE_ESCROW_LAYOUT,
 }
 #: Payloads of every event of the package, by (module, struct).
 _EVENT_LAYOUTS: Final[dict[tuple[str, str], Layout]] = {
     **EVENT_LAYOUTS,
     **ECONOMICS_EVENT_LAYOUTS,
+    **COORDINATION_EVENT_LAYOUTS,
     **MESSAGING_EVENT_LAYOUTS,
 }
 

@@ -70,7 +70,9 @@ async def open_websocket_connection(
     writer), as :func:`open_connection` does over TCP. ``origin``: the ``Origin`` header
     sent, as a page at that origin would (None: none); ``ssl``: the TLS context of a
     ``wss://`` URL (None: the system's). ``timeout`` bounds the connect, the upgrade
-    and the handshake. Needs the ``ws`` extra."""
+    and the handshake; with none, the connect and the upgrade are bounded by the
+    config's ``handshake_timeout`` (HandshakeError), as the handshake is. Needs the
+    ``ws`` extra."""
     from dtp.transport.carriers.websocket import connect_websocket, parse_url
 
     check_connect_timeout(timeout)
@@ -117,7 +119,8 @@ async def open(
     ``carrier(protocol)``: makes the carrier and hands it to ``protocol`` instead of a
     TCP connect (the WebSocket carrier's; ``host`` is its URL then, ``port`` None)."""
     loop = asyncio.get_running_loop()
-    session = Session(bounded_by_caller(cfg, timeout), now=loop.time())
+    bounded = bounded_by_caller(cfg, timeout)
+    session = Session(bounded, now=loop.time())
     proto = Protocol(session, loop)
     proto.limit = limit
     proto.peername = peername
@@ -125,13 +128,23 @@ async def open(
     async def establish() -> None:
         try:
             if carrier is not None:
-                await carrier(proto)
+                # the connection's handshake timer starts when the carrier is handed
+                # over, after the WebSocket upgrade: the upgrade is bounded by the same
+                # timeout here, or a server that never answers it held an unbounded
+                # connect for good (over TCP, the timer covers that wait)
+                try:
+                    async with asyncio.timeout(bounded.handshake_timeout):
+                        await carrier(proto)
+                except TimeoutError:
+                    raise HandshakeError(
+                        f"{host}: the WebSocket upgrade timed out ({bounded.handshake_timeout:g} s)"
+                    ) from None
             elif sock is None:
                 await loop.create_connection(lambda: proto, host, port)
             else:
                 await loop.create_connection(lambda: proto, sock=sock)
-        except ConnectionRefused:
-            raise  # (a WebSocket upgrade refused: the server's answer says why)
+        except (ConnectionRefused, HandshakeError):
+            raise  # (a WebSocket upgrade refused, or not answered in time: said why)
         except OSError as exc:
             if carrier is not None:
                 raise _websocket_error(host, exc) from exc

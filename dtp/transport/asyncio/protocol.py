@@ -10,7 +10,7 @@ import threading
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
@@ -110,7 +110,9 @@ class Protocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         try:
             tune_transport(transport)

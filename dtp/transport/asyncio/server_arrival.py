@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.protocol import Protocol, tune_transport
@@ -49,7 +49,9 @@ class _Arrival(asyncio.Protocol):
         self.gave_way = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         try:
             tune_transport(transport)

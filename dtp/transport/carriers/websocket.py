@@ -28,7 +28,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from dtp.extras import missing
 
@@ -46,7 +46,6 @@ except ImportError as exc:
     raise missing("ws", "The WebSocket carrier", exc) from None
 
 from dtp.errors import ConnectionLost, ConnectionRefused
-from dtp.identity.noise import MAX_MESSAGE_SIZE
 from dtp.native.core import MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ SUBPROTOCOL: Final = "dtp.v1"
 """The WebSocket subprotocol (``Sec-WebSocket-Protocol``) a DTP carrier agrees on."""
 MAX_MESSAGE: Final = RECORD_HEADER_LEN + MAX_RECORD_PLAINTEXT + 16
 """The largest message: one DATA record of 16384 plaintext bytes (16412 bytes)."""
-_MAX_HANDSHAKE_RECORD = RECORD_HEADER_LEN + MAX_MESSAGE_SIZE
 
 #: The WebSocket close codes of the carrier (RFC 6455 §7.4.1). A DTP connection's own
 #: end travels in its CLOSE record, before the carrier closes with CLOSE_NORMAL.
@@ -149,7 +147,9 @@ class _TcpSide(asyncio.Protocol):
         self.carrier = carrier
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
+        # subclasses, so an isinstance check refused every connection on uvloop)
+        transport = cast(asyncio.Transport, transport)
         self.carrier._tcp_made(transport)
 
     def data_received(self, data: bytes) -> None:

@@ -25,6 +25,7 @@ BLOCKED = frozenset(
         "hypothesis",
         "pytest",
         "_pytest",
+        "uvloop",
     }
 )
 

@@ -3,7 +3,7 @@
 
 import { asBytes } from './bytes.js';
 import { Connection } from './connection.js';
-import { HandshakeError } from './errors.js';
+import { CloseCode, HandshakeError, TimeoutError } from './errors.js';
 import { HEADER_SIZE, MAX_RECORD } from './record.js';
 
 export const SUBPROTOCOL = 'dtp.v1';
@@ -64,7 +64,10 @@ export class WebSocketCarrier {
   }
 }
 
-function openWebSocket(url, WebSocketImpl) {
+// The opening handshake is bounded by the connection's handshake timeout: the DTP
+// handshake's timer starts once the WebSocket is open, and a server that accepts the
+// TCP connection but never answers the upgrade would otherwise hold connect() for good.
+function openWebSocket(url, WebSocketImpl, timeout) {
   return new Promise((resolve, reject) => {
     let ws;
     try {
@@ -74,6 +77,17 @@ function openWebSocket(url, WebSocketImpl) {
       return;
     }
     ws.binaryType = 'arraybuffer';
+    const timer = setTimeout(() => {
+      cleanup();
+      try {
+        ws.close();
+      } catch {
+        // (closing a WebSocket still connecting may throw in some implementations)
+      }
+      // (a TimeoutError, as when the DTP handshake after it does not finish in time)
+      reject(new TimeoutError(`the WebSocket upgrade to ${url} timed out (${timeout} ms)`,
+        CloseCode.HANDSHAKE_FAILED));
+    }, timeout);
     const onOpen = () => {
       cleanup();
       if (ws.protocol !== SUBPROTOCOL) {
@@ -88,6 +102,7 @@ function openWebSocket(url, WebSocketImpl) {
       reject(new HandshakeError(`the WebSocket to ${url} failed${event?.code ? ` (${event.code})` : ''}`));
     };
     const cleanup = () => {
+      clearTimeout(timer);
       ws.removeEventListener('open', onOpen);
       ws.removeEventListener('error', onFail);
       ws.removeEventListener('close', onFail);
@@ -106,7 +121,7 @@ function openWebSocket(url, WebSocketImpl) {
 export async function connect(url, options = {}) {
   const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
   if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass options.WebSocket');
-  const ws = await openWebSocket(url, WebSocketImpl);
+  const ws = await openWebSocket(url, WebSocketImpl, options.handshakeTimeout ?? 10000);
   const carrier = new WebSocketCarrier(ws);
   let connection;
   try {
