@@ -33,8 +33,9 @@ not installed (``SuiLedger``) raises :class:`~dtp.errors.MissingExtra` when used
 The rest is in the layer folders (docs/architecture.md): ``dtp.messaging`` (pub/sub,
 sealed messages, broadcast, discovery on the ledger), ``dtp.graph`` (sync, the Gun
 peer), ``dtp.discovery.lan`` (mDNS), ``dtp.hostid.udp`` (UDP through DTP),
-``dtp.payments`` (metering, settlement, the receipt store), ``dtp.daemon``. The module
-paths of earlier versions are retired (CHANGES.md has the table, old to new).
+``dtp.payments`` (metering, settlement, the receipt store), ``dtp.daemon``. The public
+module paths of earlier versions import until 0.3.0 with a ``DeprecationWarning``; the
+private ones are gone (CHANGES.md has the table, old to new; :mod:`dtp._retired`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ if TYPE_CHECKING:
     from dtp.socket import create_connection, create_server, serve
 
 __version__ = "0.1.0"
+
+# the public module paths of 0.0.x import, with a DeprecationWarning, until 0.3.0
+from dtp import _retired  # noqa: E402
+
+_retired.install()
 
 # Where each name of the face is defined: a module's path, or None for a submodule of
 # the package itself. Read by __getattr__; tests/project/test_public_face.py pins it.

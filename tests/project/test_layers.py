@@ -200,8 +200,13 @@ def cycles(graph: dict[str, set[str]]) -> set[tuple[str, ...]]:
     return found
 
 
+# the package root and the finder of its deprecated paths (dtp/_retired.py), which
+# imports no layer (violations() says so if it does): anyone may import them
+ROOT_MODULES = {"dtp", "dtp._retired"}
+
+
 def test_every_module_has_a_layer() -> None:
-    unplaced = sorted(m for m in import_graph() if m != "dtp" and layer(m) is None)
+    unplaced = sorted(m for m in import_graph() if m not in ROOT_MODULES and layer(m) is None)
     assert not unplaced, f"modules with no layer in LAYER_OF: {unplaced}"
 
 

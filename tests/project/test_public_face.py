@@ -50,8 +50,11 @@ FACE = {
     "PaymentError": "dtp.errors",
 }
 
-# what `import dtp` may load besides the package itself (nothing, today)
+# what `import dtp` may load besides the package itself: dtp._retired, the finder of the
+# deprecated old paths (about 0.2 ms with its bytecode cached), and nothing of the stdlib
+# that the interpreter has not loaded already
 MAX_NEW_MODULES = 3
+LOADED_WITH_DTP = ["dtp", "dtp._retired"]
 
 
 def test_the_face_is_pinned() -> None:
@@ -108,7 +111,7 @@ def test_import_dtp_loads_nothing_else() -> None:
     done = _fresh(code)
     assert done.returncode == 0, done.stderr
     new: list[str] = json.loads(done.stdout)
-    assert [name for name in new if name.startswith("dtp")] == ["dtp"], new
+    assert [name for name in new if name.startswith("dtp")] == LOADED_WITH_DTP, new
     assert len(new) <= MAX_NEW_MODULES, new
     extras = {module for modules in EXTRAS.values() for module in modules}
     assert not [name for name in new if name.partition(".")[0] in extras], new
