@@ -161,9 +161,19 @@ class MembershipConfig:
     dead_retention: float = 3600.0
     #: Most members a view holds (more are refused and counted).
     max_members: int = 1024
+    #: The drivers' bound on opening a connection (carrier and handshake). Not tied to
+    #: probe_timeout: a connect cut short while a busy peer works through handshakes
+    #: is retried, adding to its load, and a group can talk itself into suspicion.
+    connect_timeout: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("probe_interval", "probe_timeout", "suspicion_timeout", "sync_interval"):
+        for name in (
+            "probe_interval",
+            "probe_timeout",
+            "suspicion_timeout",
+            "sync_interval",
+            "connect_timeout",
+        ):
             value = getattr(self, name)
             if type(value) not in (int, float) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a finite number of seconds above 0")

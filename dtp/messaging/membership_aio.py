@@ -40,7 +40,7 @@ from dtp.messaging.membership import (
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
-__all__ = ["AsyncMemberNode", "join_async"]
+__all__ = ["AsyncMemberNode", "Route", "join_async"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ LINK_QUEUE: Final = 64
 EVENT_QUEUE: Final = 1024
 
 _Address = tuple[str, int, "bytes | None"]
+#: ``route(host, port)``: where to connect to reach a member that advertises ``host:port``
+#: (a NAT's or a tunnel's mapping); by default the address itself.
+Route = Callable[[str, int], tuple[str, int]]
 
 
 async def join_async(
@@ -63,11 +66,12 @@ async def join_async(
     seeds: Sequence[Seed] = (),
     config: MembershipConfig | None = None,
     rng: random.Random | None = None,
+    route: Route | None = None,
 ) -> AsyncMemberNode:
     """Start a member: serve on ``host:port`` (0: any free port), tell others to reach it
     at ``advertise`` (default: the address served) and join through ``seeds`` (none: a
-    group of one, that others join)."""
-    node = AsyncMemberNode(identity, config or MembershipConfig())
+    group of one, that others join). ``route``: see :data:`Route`."""
+    node = AsyncMemberNode(identity, config or MembershipConfig(), route)
     await node._start(member_id, host, port, advertise, seeds, rng)
     return node
 
@@ -75,8 +79,11 @@ async def join_async(
 class AsyncMemberNode:
     """One member of a group, on the running event loop (:func:`join_async` makes one)."""
 
-    def __init__(self, identity: HostIdentity, config: MembershipConfig) -> None:
+    def __init__(
+        self, identity: HostIdentity, config: MembershipConfig, route: Route | None = None
+    ) -> None:
         self.identity = identity
+        self._route = route
         self.config = config
         self.engine: Membership
         self._server: dtp.aio.DTPServer | None = None
@@ -280,12 +287,13 @@ class AsyncMemberNode:
                     return
                 try:
                     if writer is None:
+                        there = self._route(host, port) if self._route else (host, port)
                         _, writer = await dtp.aio.open_connection(
-                            host,
-                            port,
+                            there[0],
+                            there[1],
                             server_key=key,
                             identity=self.identity,
-                            timeout=self.config.probe_timeout,
+                            timeout=self.config.connect_timeout,
                         )
                     writer.write(data)
                     async with asyncio.timeout(self.config.probe_interval):
