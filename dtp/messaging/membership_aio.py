@@ -8,7 +8,7 @@ receiver checks each message's sender against the key the handshake proved. A me
 that cannot go out promptly (the peer unreachable, its queue full) is dropped, as a
 datagram would be: the protocol's timeouts make up for it.
 
-    node = await join_async("a", identity, seeds=[Seed("10.0.0.7", 7946, key)])
+    node = await join_group_async("a", identity, seeds=[Seed("10.0.0.7", 7946, key)])
     async for event in node.events():
         print(event.kind, event.member.id)
 """
@@ -40,7 +40,7 @@ from dtp.messaging.membership import (
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
-__all__ = ["AsyncMemberNode", "Route", "join_async"]
+__all__ = ["AsyncMemberNode", "Route", "join_group_async"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _Address = tuple[str, int, "bytes | None"]
 Route = Callable[[str, int], tuple[str, int]]
 
 
-async def join_async(
+async def join_group_async(
     member_id: str,
     identity: HostIdentity,
     *,
@@ -77,7 +77,7 @@ async def join_async(
 
 
 class AsyncMemberNode:
-    """One member of a group, on the running event loop (:func:`join_async` makes one)."""
+    """One member of a group, on the running event loop (:func:`join_group_async` makes one)."""
 
     def __init__(
         self, identity: HostIdentity, config: MembershipConfig, route: Route | None = None

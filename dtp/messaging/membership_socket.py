@@ -7,7 +7,7 @@ connection that comes in), fires the engine's timers in one thread, and sends ov
 outgoing connection per member, each with its writer thread and a bounded queue; a
 message that cannot go out promptly is dropped, as a datagram would be.
 
-    with join("a", identity, seeds=[Seed("10.0.0.7", 7946, key)]) as node:
+    with join_group("a", identity, seeds=[Seed("10.0.0.7", 7946, key)]) as node:
         for event in node.events(timeout=60):
             print(event.kind, event.member.id)
 """
@@ -41,7 +41,7 @@ from dtp.messaging.membership import (
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
 
-__all__ = ["MemberNode", "Route", "join"]
+__all__ = ["MemberNode", "Route", "join_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ Route = Callable[[str, int], tuple[str, int]]
 _STOP: Final = b""
 
 
-def join(
+def join_group(
     member_id: str,
     identity: HostIdentity,
     *,
@@ -69,7 +69,7 @@ def join(
     rng: random.Random | None = None,
     route: Route | None = None,
 ) -> MemberNode:
-    """Start a member (arguments as :func:`~dtp.messaging.membership_aio.join_async`;
+    """Start a member (arguments as :func:`~dtp.messaging.membership_aio.join_group_async`;
     ``route``: see :data:`Route`)."""
     return MemberNode(
         member_id,

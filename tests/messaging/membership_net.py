@@ -13,8 +13,8 @@ from typing import Any
 
 from dtp.identity.keys import HostIdentity
 from dtp.messaging.membership import Member, MembershipConfig, MembershipEvent, Seed
-from dtp.messaging.membership_aio import AsyncMemberNode, join_async
-from dtp.messaging.membership_socket import MemberNode, join
+from dtp.messaging.membership_aio import AsyncMemberNode, join_group_async
+from dtp.messaging.membership_socket import MemberNode, join_group
 from tests.support.loops import LoopThread
 
 
@@ -122,12 +122,12 @@ class Group:
             loop = self.loop
 
             async def start() -> AsyncMemberNode:
-                node = await join_async(f"m{i}", HostIdentity.generate(), **kw)
+                node = await join_group_async(f"m{i}", HostIdentity.generate(), **kw)
                 node.on_event(self.events[i].append)
                 return node
 
             return loop.run(start())
-        node: MemberNode = join(f"m{i}", HostIdentity.generate(), **kw)
+        node: MemberNode = join_group(f"m{i}", HostIdentity.generate(), **kw)
         node.on_event(self.events[i].append)
         return node
 

@@ -5,12 +5,18 @@ never declared dead; a member that leaves is seen to leave."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
 import pytest
 
+import dtp.socket
+from dtp.identity.keys import HostIdentity
+from dtp.messaging.framing import encode_frame
 from dtp.messaging.membership import MembershipConfig, MemberState
+from dtp.messaging.membership_aio import join_group_async
+from dtp.messaging.membership_socket import join_group
 from tests.messaging.membership_net import Group, states
 
 pytestmark = pytest.mark.timeout(120)
@@ -117,3 +123,60 @@ def test_a_member_that_leaves_is_seen_to_leave(make_group) -> None:  # type: ign
     for i in sorted(group.alive):
         kinds = [e.kind for e in group.events[i] if e.member.id == "m2"]
         assert kinds == ["joined", "left"], (i, kinds)
+
+
+def test_junk_sent_to_a_member_is_refused_and_the_group_goes_on(make_group) -> None:  # type: ignore[no-untyped-def]
+    group: Group = make_group(3)
+    assert group.wait_all(all_alive(3), timeout=20)
+    target = group.nodes[1]
+    with dtp.socket.create_connection(
+        target.address, server_key=target.me.key, identity=HostIdentity.generate(), timeout=10
+    ) as sock:
+        sock.sendall(encode_frame([1, 2, 3]) + encode_frame("x") + b"\x00\x00\x00\x02\xc1\xc1")
+        forged = [1, 1, ["m0", "127.0.0.1", group.nodes[0].me.port, group.nodes[0].me.key, 9, 0], 1, "m1", []]
+        sock.sendall(encode_frame(forged))  # m0's record, from another key
+        deadline = time.monotonic() + 10
+        while target.engine.refused < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert target.engine.refused == 4
+    assert group.view(1)[0].incarnation == 0  # the forged record changed nothing
+    time.sleep(2 * CONFIG.probe_interval)
+    assert group.wait_all(all_alive(3), timeout=5)
+    assert not any(e.kind != "joined" for events in group.events for e in events)
+
+
+def test_events_come_as_an_iterator_on_both_drivers() -> None:
+    config = CONFIG
+    first = join_group("a", HostIdentity.generate(), config=config)
+    try:
+        got: list[tuple[str, str]] = []
+        second = join_group("b", HostIdentity.generate(), config=config, seeds=[first.seed()])
+        for event in first.events(timeout=5):
+            got.append((event.kind, event.member.id))
+            if event.kind == "joined":
+                assert second.wait_until(lambda ms: len(ms) == 2, 5)  # b knows a
+                second.leave()
+            if event.kind == "left":
+                break
+        assert got == [("joined", "b"), ("left", "b")]
+    finally:
+        first.close()
+
+    async def on_the_loop() -> list[tuple[str, str]]:
+        a = await join_group_async("a", HostIdentity.generate(), config=config)
+        seen: list[tuple[str, str]] = []
+        try:
+            b = await join_group_async("b", HostIdentity.generate(), config=config, seeds=[a.seed()])
+            async with asyncio.timeout(10):
+                async for event in a.events():
+                    seen.append((event.kind, event.member.id))
+                    if event.kind == "joined":
+                        assert await b.wait_until(lambda ms: len(ms) == 2, 5)
+                        await b.leave()
+                    if event.kind == "left":
+                        break
+        finally:
+            await a.close()
+        return seen
+
+    assert asyncio.run(on_the_loop()) == [("joined", "b"), ("left", "b")]
