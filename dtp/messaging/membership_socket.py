@@ -107,9 +107,7 @@ class MemberNode:
         where = advertise or self._server.address
         me = Member(member_id, where[0], where[1], identity.noise_public, 0, MemberState.ALIVE)
         self._lock = threading.Condition()
-        self.engine = Membership(
-            me, time.monotonic(), config=self.config, rng=rng, seeds=seeds
-        )
+        self.engine = Membership(me, time.monotonic(), config=self.config, rng=rng, seeds=seeds)
         self._links: dict[_Address, queue.Queue[bytes]] = {}
         self._socks: set[dtp.socket.DTPSocket] = set()
         self._callbacks: list[Callable[[MembershipEvent], object]] = []
@@ -226,9 +224,7 @@ class MemberNode:
     # -- the driver -------------------------------------------------------------------------
 
     def _start(self, target: Callable[..., None], name: str, *args: object) -> None:
-        thread = threading.Thread(
-            target=target, args=args, name=f"membership-{name}", daemon=True
-        )
+        thread = threading.Thread(target=target, args=args, name=f"membership-{name}", daemon=True)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._threads.append(thread)
         thread.start()

@@ -122,16 +122,27 @@ def engine(i: int = 0, **kw: object) -> Membership:
     return Membership(member(i), 0.0, config=CONFIG, rng=random.Random(i), **kw)  # type: ignore[arg-type]
 
 
-def message(kind: int, sender: Member, seq: int, target: str | None, records: list[Member]) -> bytes:
+def message(
+    kind: int, sender: Member, seq: int, target: str | None, records: list[Member]
+) -> bytes:
     wire = [[m.id, m.host, m.port, m.key, m.incarnation, int(m.state)] for m in records]
-    body = [1, kind, [sender.id, sender.host, sender.port, sender.key, sender.incarnation, int(sender.state)], seq, target, wire]
+    body = [
+        1,
+        kind,
+        [sender.id, sender.host, sender.port, sender.key, sender.incarnation, int(sender.state)],
+        seq,
+        target,
+        wire,
+    ]
     return encode_frame(body)[4:]
 
 
 def with_state(m: Member, state: MemberState, incarnation: int | None = None) -> Member:
     from dataclasses import replace
 
-    return replace(m, state=state, incarnation=m.incarnation if incarnation is None else incarnation)
+    return replace(
+        m, state=state, incarnation=m.incarnation if incarnation is None else incarnation
+    )
 
 
 def test_a_member_told_it_is_suspect_refutes_with_a_higher_incarnation() -> None:
@@ -200,13 +211,13 @@ def test_a_suspect_member_is_pinged_every_period_with_the_suspicion_first() -> N
     me = engine(0)
     for i in (1, 2, 3):
         me.receive(message(NOTICE, member(i), 0, None, []), 0.0)
-    me.receive(message(NOTICE, member(2), 0, None, [with_state(member(1), MemberState.SUSPECT)]), 0.0)
+    me.receive(
+        message(NOTICE, member(2), 0, None, [with_state(member(1), MemberState.SUSPECT)]), 0.0
+    )
     me.messages_to_send()
     for period in range(1, 6):
         me.handle_timer(period * T)
-        pings = [
-            msgpack.unpackb(o.data[4:]) for o in me.messages_to_send() if o.to == "m1"
-        ]
+        pings = [msgpack.unpackb(o.data[4:]) for o in me.messages_to_send() if o.to == "m1"]
         assert any(p[1] == PING and p[5][0][0] == "m1" and p[5][0][5] == 1 for p in pings)
         me.handle_timer(period * T + CONFIG.probe_timeout)
         me.messages_to_send()
@@ -221,11 +232,21 @@ def test_a_sender_whose_key_is_not_the_connections_is_refused() -> None:
 
 
 @settings(max_examples=300)
-@given(data=st.binary(max_size=200) | st.builds(lambda v: msgpack.packb(v), st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=40),
-    lambda inner: st.lists(inner, max_size=7),
-    max_leaves=30,
-)))
+@given(
+    data=st.binary(max_size=200)
+    | st.builds(
+        lambda v: msgpack.packb(v),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.text(max_size=20)
+            | st.binary(max_size=40),
+            lambda inner: st.lists(inner, max_size=7),
+            max_leaves=30,
+        ),
+    )
+)
 def test_any_input_is_taken_or_refused_as_malformed(data: bytes) -> None:
     me = engine(0)
     before = me.all_members()

@@ -133,7 +133,14 @@ def test_junk_sent_to_a_member_is_refused_and_the_group_goes_on(make_group) -> N
         target.address, server_key=target.me.key, identity=HostIdentity.generate(), timeout=10
     ) as sock:
         sock.sendall(encode_frame([1, 2, 3]) + encode_frame("x") + b"\x00\x00\x00\x02\xc1\xc1")
-        forged = [1, 1, ["m0", "127.0.0.1", group.nodes[0].me.port, group.nodes[0].me.key, 9, 0], 1, "m1", []]
+        forged = [
+            1,
+            1,
+            ["m0", "127.0.0.1", group.nodes[0].me.port, group.nodes[0].me.key, 9, 0],
+            1,
+            "m1",
+            [],
+        ]
         sock.sendall(encode_frame(forged))  # m0's record, from another key
         deadline = time.monotonic() + 10
         while target.engine.refused < 4 and time.monotonic() < deadline:
@@ -166,7 +173,9 @@ def test_events_come_as_an_iterator_on_both_drivers() -> None:
         a = await join_group_async("a", HostIdentity.generate(), config=config)
         seen: list[tuple[str, str]] = []
         try:
-            b = await join_group_async("b", HostIdentity.generate(), config=config, seeds=[a.seed()])
+            b = await join_group_async(
+                "b", HostIdentity.generate(), config=config, seeds=[a.seed()]
+            )
             async with asyncio.timeout(10):
                 async for event in a.events():
                     seen.append((event.kind, event.member.id))
