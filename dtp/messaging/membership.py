@@ -69,6 +69,8 @@ _MAX_HOST: Final = 255
 MAX_MESSAGE: Final = 1 << 20
 #: Pings sent per period to members held suspect (each carries the suspicion).
 _MAX_SUSPECT_PINGS: Final = 16
+#: PING-REQs served at once.
+_MAX_RELAYS: Final = 256
 
 
 class MemberState(enum.IntEnum):
@@ -378,7 +380,8 @@ class Membership:
                 )  # fmt: skip
         elif kind == PING_REQ:
             entry = self._table.get(target) if target is not None else None
-            if entry is not None and entry.member.live:
+            # (bounded: each relay lives one period; a flood of requests is dropped)
+            if entry is not None and entry.member.live and len(self._relays) < _MAX_RELAYS:
                 self._seq += 1
                 requester = Outgoing(sender.host, sender.port, sender.key, b"", sender.id)
                 expires = now + self.config.probe_interval

@@ -107,6 +107,7 @@ class MemberNode:
         where = advertise or self._server.address
         me = Member(member_id, where[0], where[1], identity.noise_public, 0, MemberState.ALIVE)
         self._lock = threading.Condition()
+        self._dispatch = threading.RLock()
         self.engine = Membership(me, time.monotonic(), config=self.config, rng=rng, seeds=seeds)
         self._links: dict[_Address, queue.Queue[bytes]] = {}
         self._socks: set[dtp.socket.DTPSocket] = set()
@@ -243,7 +244,13 @@ class MemberNode:
             self._flush()
 
     def _flush(self) -> None:
-        """Carry out what the engine produced (outside the lock: callbacks may call in)."""
+        """Carry out what the engine produced (outside the engine's lock: callbacks may
+        call in; under the dispatch lock, so events reach them in order whichever
+        thread took them)."""
+        with self._dispatch:
+            self._flush_in_order()
+
+    def _flush_in_order(self) -> None:
         with self._lock:
             out = self.engine.messages_to_send()
             events = []

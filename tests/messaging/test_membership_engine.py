@@ -17,6 +17,7 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.membership import (
     ACK,
     NOTICE,
+    PING_REQ,
     PING,
     Member,
     Membership,
@@ -292,3 +293,17 @@ def test_the_view_is_bounded() -> None:
 def test_a_bad_config_is_refused(kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         MembershipConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_a_flood_of_ping_requests_is_bounded() -> None:
+    me = engine(0)
+    for i in (1, 2):
+        me.receive(message(NOTICE, member(i), 0, None, []), 0.0)
+    me.messages_to_send()
+    for seq in range(1000):
+        me.receive(message(PING_REQ, member(1), seq, "m2", []), 0.5)
+    pings = [o for o in me.messages_to_send() if o.to == "m2"]
+    assert len(pings) == 256
+    me.handle_timer(0.5 + T)  # each relay lives one period
+    me.receive(message(PING_REQ, member(1), 5000, "m2", []), 1.6)
+    assert [o.to for o in me.messages_to_send()].count("m2") >= 1
