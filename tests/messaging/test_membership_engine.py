@@ -17,8 +17,8 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.membership import (
     ACK,
     NOTICE,
-    PING_REQ,
     PING,
+    PING_REQ,
     Member,
     Membership,
     MembershipConfig,
