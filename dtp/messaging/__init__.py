@@ -1,3 +1,4 @@
 """Messaging on top of DTP connections: RPC (:mod:`.rpc`, JSON-RPC in :mod:`.jsonrpc`),
 pub/sub (:mod:`.pubsub`), sealed messages to a host (:mod:`.sealed`), paid broadcast
-(:mod:`.broadcast`) and discovery (:mod:`.discovery`). Wire format: docs/messaging.md."""
+(:mod:`.broadcast`), discovery and group membership (:mod:`.discovery`; the membership
+engine in :mod:`.membership`). Wire format: docs/messaging.md."""
