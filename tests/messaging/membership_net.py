@@ -37,17 +37,23 @@ class Forwarders:
 
     async def _listen(self, i: int, j: int) -> asyncio.Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.add(writer)  # (closed however this ends: a cancel included)
+            up_writer: asyncio.StreamWriter | None = None
             try:
                 up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.ports[j])
+                self.writers.add(up_writer)
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, i, j),
+                    self._pipe(up_reader, writer, i, j),
+                    return_exceptions=True,
+                )
             except OSError:
-                writer.close()
-                return
-            self.writers |= {writer, up_writer}
-            await asyncio.gather(
-                self._pipe(reader, up_writer, i, j),
-                self._pipe(up_reader, writer, i, j),
-                return_exceptions=True,
-            )
+                pass
+            finally:
+                for w in (writer, up_writer):
+                    if w is not None:
+                        self.writers.discard(w)
+                        w.close()
 
         return await asyncio.start_server(handle, "127.0.0.1", 0)
 
@@ -61,7 +67,6 @@ class Forwarders:
                 writer.write(data)
                 await writer.drain()
         finally:
-            self.writers.discard(writer)
             writer.close()
 
     def address(self, i: int, j: int) -> tuple[str, int]:
@@ -80,8 +85,12 @@ class Forwarders:
         async def stop() -> None:
             for server in self.servers.values():
                 server.close()
+            # a connection accepted just now has a handler task that has not run yet: a
+            # cancel before its first step would skip its finally, its transport unclosed
+            await asyncio.sleep(0.05)
             for writer in list(self.writers):
                 writer.close()
+            await asyncio.sleep(0.05)  # (the transports' close callbacks)
 
         with contextlib.suppress(Exception):
             self.loop.run(stop())
