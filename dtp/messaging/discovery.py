@@ -22,6 +22,12 @@ would only fit by pushing out records that outlive it is refused (counted in
 
 **On the LAN**, with no ledger, endpoints announce themselves over mDNS:
 :mod:`dtp.discovery.lan` (docs/messaging.md §6.1).
+
+**Membership** (docs/messaging.md §6.2): a group of servers that know who is alive,
+SWIM-style -- probes, indirect probes, suspicion refuted by incarnation, a bounded
+detection time -- with join / suspect / alive / dead / left events.
+:func:`join_group` (threads) and :func:`join_group_async` (asyncio) drive one engine,
+:class:`~dtp.messaging.membership.Membership`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,16 @@ from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger.objects import EventFilter, normalize_id
 from dtp.messaging import errors as E
 from dtp.messaging.framing import decode_body
+from dtp.messaging.membership import (
+    Member,
+    Membership,
+    MembershipConfig,
+    MembershipEvent,
+    MemberState,
+    Seed,
+)
+from dtp.messaging.membership_aio import AsyncMemberNode, join_group_async
+from dtp.messaging.membership_socket import MemberNode, join_group
 from dtp.messaging.protocol import _check_count, _check_wait
 
 if TYPE_CHECKING:
@@ -54,8 +70,18 @@ __all__ = [
     "MAX_CLOCK_SKEW_MS",
     "MAX_TTL_MS",
     "Announcement",
+    "AsyncMemberNode",
     "DiscoveryGossip",
+    "Member",
+    "MemberNode",
+    "MemberState",
+    "Membership",
+    "MembershipConfig",
+    "MembershipEvent",
+    "Seed",
     "ServiceRecord",
+    "join_group",
+    "join_group_async",
     "list_services",
     "lookup_host",
     "publish_service",
