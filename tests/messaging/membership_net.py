@@ -15,7 +15,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.messaging.membership import Member, MembershipConfig, MembershipEvent, Seed
 from dtp.messaging.membership_aio import AsyncMemberNode, join_group_async
 from dtp.messaging.membership_socket import MemberNode, join_group
-from tests.support.loops import LoopThread
+from dtp.testing.loops import LoopThread
 
 
 class Forwarders:
