@@ -124,7 +124,10 @@ def test_a_member_that_leaves_is_seen_to_leave(make_group) -> None:  # type: ign
     assert group.wait_all(lambda i, ms: states(ms)["m2"] == MemberState.LEFT, timeout=5)
     for i in sorted(group.alive):
         kinds = [e.kind for e in group.events[i] if e.member.id == "m2"]
-        assert kinds == ["joined", "left"], (i, kinds)
+        # joined, then left, never dead; a suspicion refuted on the way (a probe late on
+        # a loaded machine: suspect, alive) is SWIM at work, not an error
+        assert kinds[0] == "joined" and kinds[-1] == "left", (i, kinds)
+        assert "dead" not in kinds and kinds.count("left") == 1, (i, kinds)
 
 
 def test_junk_sent_to_a_member_is_refused_and_the_group_goes_on(make_group) -> None:  # type: ignore[no-untyped-def]
