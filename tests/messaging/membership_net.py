@@ -50,10 +50,12 @@ class Forwarders:
             except OSError:
                 pass
             finally:
+                # abort, not close: a close waits to flush to a peer that may never read
+                # again (a killed member), and the transport outlives the test "closing"
                 for w in (writer, up_writer):
                     if w is not None:
                         self.writers.discard(w)
-                        w.close()
+                        w.transport.abort()
 
         return await asyncio.start_server(handle, "127.0.0.1", 0)
 
@@ -89,7 +91,7 @@ class Forwarders:
             # cancel before its first step would skip its finally, its transport unclosed
             await asyncio.sleep(0.05)
             for writer in list(self.writers):
-                writer.close()
+                writer.transport.abort()
             await asyncio.sleep(0.05)  # (the transports' close callbacks)
 
         with contextlib.suppress(Exception):
