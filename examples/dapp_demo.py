@@ -1,6 +1,7 @@
 """A Web3 frontend on DTP, end to end (docs/web-frontend.md): a page whose wallet calls a
 JSON-RPC backend through a paid DTP service over WebSocket, each call billed per request
-from an escrow the page opened on the ledger.
+from an escrow the page opened on the ledger, its receipts signed by a session key the
+wallet authorised in the open (docs/escrow.md §6.2).
 
 What runs here, on 127.0.0.1:
 
@@ -48,6 +49,7 @@ WALLET_SEED = bytes(range(32))
 DENIED_SEED = bytes([7] * 32)
 FAUCET_MIST = 1_000_000
 MAX_BODY = 64 * 1024
+OPEN_WITH_SESSION_KEY = "transport_control::open_with_session_key"
 
 
 def backend(request: dict[str, Any], caller: str) -> dict[str, Any]:
@@ -149,7 +151,11 @@ class Bridge:
                 return {"value": _jsonable(result.value), "events": events}
             if name == "escrow":
                 escrow = self.ledger.get_escrow(str(body["id"]))
-                return {"deposited": escrow.deposited, "claimed": escrow.claimed}
+                return {
+                    "deposited": escrow.deposited,
+                    "claimed": escrow.claimed,
+                    "receiptKey": escrow.client_public_key.hex(),
+                }
             if name == "connection":
                 connection = self.ledger.get_connection(str(body["id"]))
                 return {"state": connection.state.name, "client": connection.client}
@@ -160,7 +166,7 @@ class Bridge:
         if body.get("call") == "spending_cap::create":
             cap_limit = int(body["max_per_epoch"])
             return self.ledger.build_tx(sender, "spending_cap", "create", [cap_limit])
-        if body.get("call") == "transport_control::open":
+        if body.get("call") in ("transport_control::open", OPEN_WITH_SESSION_KEY):
             args: list[TxValue] = [
                 Address(normalize_id(str(body["host"]))),
                 int(body["port"]),
@@ -168,9 +174,11 @@ class Bridge:
                 bytes.fromhex(str(body["public_key"])),
                 int(body["deposit"]),
             ]
-            return self.ledger.build_tx(sender, "transport_control", "open", args)
+            function = str(body["call"]).split("::")[1]
+            return self.ledger.build_tx(sender, "transport_control", function, args)
         raise ValueError(
-            "the bridge builds spending_cap::create and transport_control::open, "
+            "the bridge builds spending_cap::create and transport_control::open "
+            "(or open_with_session_key), "
             f"not {body.get('call')!r}"
         )
 
@@ -215,6 +223,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 def _address(seed: bytes) -> str:
     return HostIdentity.from_private_bytes(seed, bytes(32)).sui_address
+
+
+def wallet_public_key() -> bytes:
+    """The demo wallet's Ed25519 public key."""
+    return HostIdentity.from_private_bytes(WALLET_SEED, bytes(32)).ed25519_public
 
 
 class DappDemo:

@@ -37,6 +37,9 @@ def _check(report: dict[str, Any], demo: Any) -> None:
     # what the page read back from the ledger, and the ledger itself
     assert report["claimed"] == 4 * price
     assert demo.claimed(report["escrow"]["escrow"]) == 4 * price
+    # the receipts were the session key's: the escrow's receipt key, not the wallet's
+    wallet_key = load().wallet_public_key()
+    assert report["receiptKey"] == report["sessionKey"] != wallet_key.hex()
     denied = report["denied"]
     assert denied["address"] == demo.denied_address
     assert denied["ledger"].startswith("FirewallDenied:"), denied

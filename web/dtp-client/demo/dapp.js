@@ -6,15 +6,17 @@
 //
 // The wallet is a test key (an Ed25519 seed) standing in for a browser wallet: it signs
 // personal messages (the DTP identity proof) and transactions (sui:signTransaction's
-// stand-in, over LocalLedger's transaction bytes). It also signs the receipts, because the
-// escrow's client key is the wallet's own key today; docs/escrow.md 6.2 has the session
-// key a real wallet would authorise instead.
+// stand-in, over LocalLedger's transaction bytes), and nothing else. The receipts are
+// signed by a session key the page makes and the wallet authorises once, in the open
+// transaction (transport_control::open_with_session_key, docs/escrow.md 6.2): per
+// connection the wallet is asked for that transaction and the identity proof, whatever
+// the number of calls.
 
 import { ed25519 } from '@noble/curves/ed25519.js';
 import { blake2b } from '@noble/hashes/blake2.js';
 import { concat, fromHex, hex, utf8, fromUtf8 } from '../src/bytes.js';
 import { ed25519Signer } from '../src/identity.js';
-import { Payment, receiptKey } from '../src/receipt.js';
+import { Payment, sessionKey } from '../src/receipt.js';
 import { connect } from '../src/websocket.js';
 
 const INTENT_TRANSACTION = Uint8Array.of(0, 0, 0);
@@ -59,15 +61,16 @@ export class Bridge {
     return this.call('execute', { tx, signature: hex(signature) });
   }
 
-  /** spending_cap::create then transport_control::open: the connection and its escrow. */
-  async openEscrow(wallet, info, deposit) {
+  /** spending_cap::create then transport_control::open_with_session_key: the connection
+   * and its escrow, whose receipts `session` signs. */
+  async openEscrow(wallet, info, deposit, session) {
     const cap = await this.transact(wallet, { call: 'spending_cap::create', max_per_epoch: deposit * 10 });
     const opened = await this.transact(wallet, {
-      call: 'transport_control::open',
+      call: 'transport_control::open_with_session_key',
       host: info.host,
       port: info.port,
       cap: cap.value,
-      public_key: hex(wallet.publicKey),
+      public_key: hex(session.publicKey),
       deposit,
     });
     const event = opened.events.find((e) => e.name === 'ConnectionOpened');
@@ -90,8 +93,10 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
   const wallet = testWallet(seed);
   log(`wallet ${wallet.address}`);
   await bridge.call('faucet', { address: wallet.address });
-  const escrow = await bridge.openEscrow(wallet, info, deposit);
-  log(`escrow ${escrow.escrow} opened with ${deposit} MIST (connection ${escrow.connection})`);
+  const session = sessionKey();
+  report.sessionKey = session.publicKeyHex;
+  const escrow = await bridge.openEscrow(wallet, info, deposit, session);
+  log(`escrow ${escrow.escrow} opened with ${deposit} MIST (connection ${escrow.connection}), session key ${session.publicKeyHex}`);
   const connection = await connect(info.url, {
     signer: wallet,
     serverKey: info.serverKey,
@@ -103,7 +108,7 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
     scope: { package: info.package, escrow: escrow.escrow, connection: escrow.connection },
     sla: info.sla,
     deposit,
-    key: receiptKey(wallet.seed),
+    key: session,
     onreceipt: (r) => {
       report.receipts.push({ requests: Number(r.totalRequests), amount: Number(r.totalAmount), nonce: Number(r.nonce) });
       log(`receipt #${r.nonce}: ${r.totalRequests} requests, ${r.totalAmount} MIST`);
@@ -111,14 +116,14 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
   });
   // stream 0, which the handshake opened, stays open for the connection's life: a dtp.aio
   // service sees its end as the connection's end; each call goes on a stream of its own
-  const session = await connection.openStream();
+  const first = await connection.openStream();
   report.whoami = (await rpc(payment, 1, 'whoami', [])).result;
   log(`whoami -> ${report.whoami}`);
   report.add = (await rpc(payment, 2, 'add', [2, 40])).result;
   log(`add(2, 40) -> ${report.add}`);
   report.echo = (await rpc(payment, 3, 'echo', ['gm'])).result;
   log(`echo("gm") -> ${JSON.stringify(report.echo)}`);
-  await session.end();
+  await first.end();
   const closed = await payment.close();
   report.closed = closed.code;
   report.escrow = escrow;
@@ -126,6 +131,7 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
   for (let i = 0; i < 100; i++) {
     const state = await bridge.call('escrow', { id: escrow.escrow });
     report.claimed = state.claimed;
+    report.receiptKey = state.receiptKey;
     if (state.claimed > 0) break;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -137,7 +143,7 @@ export async function dappReport({ base, seed, deniedSeed, deposit = 1000 }, log
   await bridge.call('faucet', { address: denied.address });
   report.denied = { address: denied.address };
   try {
-    await bridge.openEscrow(denied, info, deposit);
+    await bridge.openEscrow(denied, info, deposit, sessionKey());
     report.denied.ledger = 'opened';
   } catch (err) {
     report.denied.ledger = `${err.name}: ${err.message}`;
