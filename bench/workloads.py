@@ -285,3 +285,7 @@ ALL["graph_query_1m"] = graph_query_1m
 from bench.pacing_rows import PACING_ROWS  # noqa: E402
 
 ALL.update(PACING_ROWS)
+
+from bench.web_rows import WEB_ROWS  # noqa: E402
+
+ALL.update(WEB_ROWS)

@@ -411,6 +411,21 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         until claimed or refunded (docs/escrow.md §4; the Host is only read).
         ``client_public_key`` defaults to the signer's Ed25519 key."""
 
+    @abc.abstractmethod
+    def open_session_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        session_public_key: bytes,
+    ) -> OpenedConnection:
+        """``transport_control::open_with_session_key``: :meth:`open_connection` whose
+        receipts are signed by ``session_public_key`` (32 bytes, any Ed25519 key: a key
+        the signer's page holds, docs/escrow.md §6.2) rather than by the signer's key. The
+        connection's client is the signer."""
+
     def prepare_open_connection(
         self,
         signer: HostIdentity,

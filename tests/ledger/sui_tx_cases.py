@@ -110,6 +110,15 @@ CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
             "splits": 1,
         },
     ),
+    "open_session_connection": (
+        (HOST, 7, CAP, 5000, bytes(range(32))),
+        {
+            "args": [S, "pure", S, "pure", "coin", S],
+            "pure": [u16(7), vec(bytes(range(32))), u64(5000)],
+            "mutable": {HOST.object_id: False, CAP.object_id: True, CLOCK_ID: False},
+            "splits": 1,
+        },
+    ),
     "top_up": (
         (ESCROW, CAP, 250),
         {

@@ -174,6 +174,34 @@ class LocalLedger(
         )
         return pending.execute()
 
+    def open_session_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        session_public_key: bytes,
+    ) -> OpenedConnection:
+        check_signer(signer)
+        result = self._call(
+            signer,
+            "transport_control",
+            "open_with_session_key",
+            self._id(host_id),
+            self._port(port),
+            self._id(cap_id),
+            as_bytes(session_public_key, "session_public_key"),
+            u64(deposit, "the deposit"),
+        )
+        opened = next(e for e in result.events if e.name == "ConnectionOpened")
+        return OpenedConnection(
+            str(result.value),
+            str(opened["escrow"]),
+            Sla.from_fields(opened["sla"]),
+            int(opened["deposit"]),
+        )
+
     def prepare_open_connection(
         self,
         signer: HostIdentity,

@@ -234,6 +234,29 @@ class SuiCalls(SuiLedgerCore):
         # (the created objects alone gave sla=None, deposit=None here)
         return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
 
+    def open_session_connection(
+        self,
+        signer: HostIdentity,
+        host_id: str,
+        port: int,
+        cap_id: str,
+        deposit: int,
+        session_public_key: bytes,
+    ) -> OpenedConnection:
+        check_signer(signer)
+        self._check_port(port)
+        self._amount(deposit, "the deposit")
+        key = sui_tx.as_bytes(session_public_key, "session_public_key")
+        host = self._shared(host_id, "Host")
+        cap = self._shared(cap_id, "SpendingCap")
+        out = self._execute(
+            signer,
+            "transport_control::open_with_session_key",
+            lambda ctx: sui_tx.open_session_connection(ctx, host, port, cap, deposit, key),
+            spend=deposit,
+        )
+        return OpenedConnection.from_event(out.event("ConnectionOpened").fields)
+
     def top_up(
         self, signer: HostIdentity, escrow_id: str, amount: int, *, cap_id: str | None = None
     ) -> None:

@@ -77,6 +77,7 @@ __all__ = [
     "encode_vec_bytes",
     "finalize",
     "open_connection",
+    "open_session_connection",
     "pipe_send",
     "pipe_sync",
     "remove_service",
@@ -415,6 +416,11 @@ MOVE_CALLS: Final[dict[str, tuple[str, str, tuple[tuple[str, str], ...]]]] = {
         "transport_control",
         "open",
         (_IMM, _PORT, _MUT, ("bytes", "client_public_key"), ("coin", "the deposit"), _CLOCK),
+    ),
+    "open_session_connection": (
+        "transport_control",
+        "open_with_session_key",
+        (_IMM, _PORT, _MUT, ("bytes", "session_public_key"), ("coin", "the deposit"), _CLOCK),
     ),
     "top_up": ("escrow", "top_up", (_MUT, _MUT, ("coin", "the top-up amount"))),
     "claim": ("escrow", "claim", (_MUT, _RECEIPT)),
@@ -756,6 +762,19 @@ def open_connection(
     ``transport_control::open(&host, port, &mut cap, client_public_key, coin, &clock)``:
     the Host read-only, so that opens of one host run concurrently on Sui."""
     return _build(ctx, "open_connection", host, port, cap, client_public_key, deposit)
+
+
+def open_session_connection(
+    ctx: TxContext,
+    host: SharedRef,
+    port: int,
+    cap: SharedRef,
+    deposit: int,
+    session_public_key: bytes,
+) -> bytes:
+    """``SplitCoins(GasCoin, [deposit])`` then ``transport_control::open_with_session_key(
+    &host, port, &mut cap, session_public_key, coin, &clock)`` (docs/escrow.md §6.2)."""
+    return _build(ctx, "open_session_connection", host, port, cap, session_public_key, deposit)
 
 
 def top_up(ctx: TxContext, escrow: SharedRef, cap: SharedRef, amount: int) -> bytes:
@@ -1313,6 +1332,7 @@ BUILDERS: Final[dict[str, Callable[..., bytes]]] = {
         create_spending_cap,
         set_max_per_epoch,
         open_connection,
+        open_session_connection,
         top_up,
         claim,
         close_connection,

@@ -147,12 +147,14 @@ public struct EscrowRefunded has copy, drop {
 // === Creation (by dtp::transport_control) ===
 
 /// Create and share the escrow of a new connection, whose whole deposit was reserved on
-/// `spending_cap` in the current epoch. Checks that `client_public_key` is the Ed25519
-/// key of `client`: address == blake2b256(0x00 || key).
+/// `spending_cap` in the current epoch. Checks that `client_public_key` is 32 bytes and,
+/// when `key_of_client`, the Ed25519 key of `client`: address == blake2b256(0x00 || key)
+/// (a session key, `transport_control::open_with_session_key`, is any key).
 public(package) fun create(
     connection: ID,
     client: address,
     client_public_key: vector<u8>,
+    key_of_client: bool,
     server: address,
     spending_cap: ID,
     sla: Sla,
@@ -160,7 +162,7 @@ public(package) fun create(
     ctx: &mut TxContext,
 ): ID {
     assert!(client_public_key.length() == ED25519_KEY_LENGTH, EInvalidPublicKey);
-    assert!(ed25519_address(&client_public_key) == client, EKeyMismatch);
+    assert!(!key_of_client || ed25519_address(&client_public_key) == client, EKeyMismatch);
     let deposited = deposit.value();
     let escrow = Escrow {
         id: object::new(ctx),

@@ -150,7 +150,27 @@ public fun open(
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
-    open_with(host, port, cap, client_public_key, deposit, option::none(), clock, ctx)
+    open_with(host, port, cap, client_public_key, deposit, option::none(), true, clock, ctx)
+}
+
+/// `open` with a session key (docs/escrow.md §6.2): `session_public_key` is any Ed25519
+/// public key the sender chose -- an ephemeral key its page holds -- and receipts are
+/// verified against it instead of the sender's own key. Signing this transaction is the
+/// sender's one authorisation of the key: for this connection's escrow alone, up to its
+/// deposit, until it is settled. The connection's client is the sender, as with `open`.
+/// The same checks as `open`, but for `EKeyMismatch` (the key is 32 bytes,
+/// `EInvalidPublicKey`). Returns the connection ID.
+public fun open_with_session_key(
+    host: &Host,
+    port: u16,
+    cap: &mut SpendingCap,
+    session_public_key: vector<u8>,
+    deposit: Coin<SUI>,
+    clock: &Clock,
+    ctx: &mut TxContext,
+): ID {
+    let none = option::none();
+    open_with(host, port, cap, session_public_key, deposit, none, false, clock, ctx)
 }
 
 /// `open` for a holder of a live subscription (`dtp::subscription::open_connection`):
@@ -168,7 +188,7 @@ public(package) fun open_prepaid(
     ctx: &mut TxContext,
 ): ID {
     let sub = option::some(subscription);
-    open_with(host, port, cap, client_public_key, deposit, sub, clock, ctx)
+    open_with(host, port, cap, client_public_key, deposit, sub, true, clock, ctx)
 }
 
 fun open_with(
@@ -178,6 +198,7 @@ fun open_with(
     client_public_key: vector<u8>,
     deposit: Coin<SUI>,
     subscription: Option<ID>,
+    key_of_client: bool,
     clock: &Clock,
     ctx: &mut TxContext,
 ): ID {
@@ -196,6 +217,7 @@ fun open_with(
         connection,
         client,
         client_public_key,
+        key_of_client,
         server,
         object::id(cap),
         sla,

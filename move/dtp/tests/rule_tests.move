@@ -525,6 +525,28 @@ fun open_with_foreign_key_rejected() {
     th::finish(scenario, clock);
 }
 
+#[test]
+fun open_with_session_key_takes_another_key() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_session_as(&mut scenario, &clock, th::client(), th::mallory_pk(), cap_id, 1000);
+    scenario.next_tx(th::client());
+    let e = scenario.take_shared<Escrow>();
+    // the client is the sender; only the receipt key is the session key
+    assert!(e.client() == th::client());
+    assert!(e.client_public_key() == th::mallory_pk());
+    ts::return_shared(e);
+    th::finish(scenario, clock);
+}
+
+#[test, expected_failure(abort_code = escrow::EInvalidPublicKey)]
+fun open_with_session_key_short_key_rejected() {
+    let (mut scenario, clock) = th::start();
+    let cap_id = th::setup(&mut scenario, 0, 1_000_000, 10_000);
+    th::open_session_as(&mut scenario, &clock, th::client(), x"d04a", cap_id, 1000);
+    th::finish(scenario, clock);
+}
+
 #[test, expected_failure(abort_code = escrow::EInvalidPublicKey)]
 fun open_with_short_key_rejected() {
     let (mut scenario, clock) = th::start();

@@ -195,6 +195,34 @@ public fun open_as(
     conn
 }
 
+/// `who` opens a connection whose receipts `session_pk` signs (`open_with_session_key`).
+public fun open_session_as(
+    scenario: &mut Scenario,
+    clock: &Clock,
+    who: address,
+    session_pk: vector<u8>,
+    cap_id: ID,
+    deposit: u64,
+): ID {
+    scenario.next_tx(who);
+    let h = scenario.take_shared<Host>();
+    let mut cap = scenario.take_shared_by_id<SpendingCap>(cap_id);
+    let payment = take(scenario, who, deposit);
+    let ctx = scenario.ctx();
+    let conn = transport_control::open_with_session_key(
+        &h,
+        PORT,
+        &mut cap,
+        session_pk,
+        payment,
+        clock,
+        ctx,
+    );
+    ts::return_shared(h);
+    ts::return_shared(cap);
+    conn
+}
+
 /// CLIENT opens a connection with `deposit`, and the escrow's connection ID is pinned to
 /// the fixed CONNECTION so the offline signatures apply.
 public fun open_pinned(scenario: &mut Scenario, clock: &Clock, cap_id: ID, deposit: u64): ID {

@@ -86,6 +86,7 @@ export class Connection {
     this.receivedTotal = 0;
     this.consumedTotal = 0;
     this.lastMaxData = 0;
+    this.datagramBytes = 0; // DATAGRAM payloads sent and received (metered, docs/escrow.md 6.1)
     this.closeInfo = null;
     this.ondatagram = null;
     this.oncontrol = null;
@@ -309,6 +310,7 @@ export class Connection {
         this._onControl(Number(f.a), f.data);
         return;
       case FrameType.DATAGRAM:
+        this.datagramBytes += f.data.length;
         this.ondatagram?.(f.data);
         return;
       case FrameType.RECEIPT:
@@ -621,6 +623,21 @@ export class Connection {
   sendDatagram(data) {
     this._checkOpen();
     this._sendFrames([frame(FrameType.DATAGRAM, { data })]);
+    this.datagramBytes += data.length;
+  }
+
+  /** Sends a RECEIPT frame (docs/protocol.md 3.1): a signed receipt's encoding, made by a
+   * Payment (receipt.js). */
+  sendReceipt(encoded) {
+    this._checkOpen();
+    this._sendFrames([frame(FrameType.RECEIPT, { data: encoded })]);
+  }
+
+  /** What a paid service meters (docs/escrow.md 6.1): application bytes both ways (new
+   * stream bytes sent and received, datagram payloads) and requests (the streams the
+   * client opened, the first one included). */
+  get usage() {
+    return { bytes: this.sentTotal + this.receivedTotal + this.datagramBytes, requests: this.localStreamsOpened };
   }
 
   /** Sends a CONTROL message of an application kind (16 and up). */

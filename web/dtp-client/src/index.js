@@ -1,6 +1,7 @@
 // A DTP client for web pages (and Node), written from docs/protocol.md: records (section
 // 2), frames (3), record protection (4), the Noise IK/XX handshake with the client's Sui
-// identity proof (8), streams (10), close (11), over the WebSocket carrier (13).
+// identity proof (8), streams (10), close (11), over the WebSocket carrier (13); and the
+// receipts a paid service takes (docs/escrow.md 6).
 
 export { connect, WebSocketCarrier, SUBPROTOCOL } from './websocket.js';
 export { Connection, State } from './connection.js';
@@ -10,6 +11,10 @@ export {
   CloseCode, DTPError, ProtocolError, DecryptionError, HandshakeError, ConnectionRefused, ConnectionClosed,
   StreamReset, TimeoutError,
 } from './errors.js';
+export {
+  Payment, PaymentRequired, fee, receiptMessage, encodeReceipt, signReceipt, receiptKey, sessionKey, objectIdBytes,
+  RECEIPT_VERSION, RECEIPT_MESSAGE_SIZE, RECEIPT_ENCODED_SIZE,
+} from './receipt.js';
 export { FrameType, encodeFrames, decodeFrames, frame } from './frames.js';
 export { RecordKind, sealRecord, openRecord, parseHeader } from './record.js';
 export { encodeParams, decodeParams, DEFAULT_PARAMS } from './params.js';

@@ -80,6 +80,7 @@ from dtp.ledger.local.rules.transport_control import (
     tc_close,
     tc_finalize,
     tc_open,
+    tc_open_with_session_key,
     tc_settle,
     tc_settle_with_receipt,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "tc_close",
     "tc_finalize",
     "tc_open",
+    "tc_open_with_session_key",
     "tc_settle",
     "tc_settle_with_receipt",
     "to_json",
@@ -174,6 +176,10 @@ FUNCTIONS: Final[dict[tuple[str, str], tuple[tuple[str, ...], Handler]]] = {
     ("transport_control", "open"): (
         ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
         tc_open,
+    ),
+    ("transport_control", "open_with_session_key"): (
+        ("obj:Host", "u16", "obj:SpendingCap", "bytes", "coin"),
+        tc_open_with_session_key,
     ),
     ("escrow", "top_up"): (("obj:Escrow", "obj:SpendingCap", "coin"), escrow_top_up),
     ("escrow", "claim"): (

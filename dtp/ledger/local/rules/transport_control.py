@@ -17,6 +17,14 @@ from dtp.ledger.local.rules.host import admit, new_sla
 from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS
 
 
+def tc_open_with_session_key(
+    x: Exec, host_id: str, port: int, cap_id: str, public_key: bytes, amount: int
+) -> str:
+    """``transport_control::open_with_session_key``: ``open`` whose receipt key is a
+    session key the sender chose (docs/escrow.md §6.2)."""
+    return tc_open(x, host_id, port, cap_id, public_key, amount, key_of_client=False)
+
+
 def tc_open(
     x: Exec,
     host_id: str,
@@ -26,10 +34,12 @@ def tc_open(
     amount: int,
     *,
     subscription: str | None = None,
+    key_of_client: bool = True,
 ) -> str:
     """``transport_control::open``; with ``subscription`` it is ``open_prepaid`` (all-zero
-    SLA, the subscription recorded; used by ``subscription::open_connection``). The host
-    is only read."""
+    SLA, the subscription recorded; used by ``subscription::open_connection``); with
+    ``key_of_client=False`` it is ``open_with_session_key`` (the key need not be the
+    sender's, docs/escrow.md §6.2). The host is only read."""
     host = x.load(host_id, "Host")
     cap = x.load(cap_id, "SpendingCap")
     x.take_coin(amount)
@@ -49,7 +59,7 @@ def tc_open(
     server = host["authority"]
     if len(public_key) != 32:
         raise move_error("escrow", "EInvalidPublicKey", f"got {len(public_key)} bytes")
-    if sui_address_from_public_key(public_key) != client:
+    if key_of_client and sui_address_from_public_key(public_key) != client:
         raise move_error("escrow", "EKeyMismatch", f"the key's address is not {client}")
     escrow_id = x.create(
         "Escrow",
