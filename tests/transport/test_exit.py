@@ -21,7 +21,7 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking import engine_lifetime, engine_output, engine_reads, timers
+from dtp.transport.blocking import engine, timers
 from dtp.transport.blocking import socket as blocking_socket
 from tests.transport.client_processes import run_client_process
 
@@ -84,10 +84,8 @@ def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = timers.TimerService()
-    # (the engine's parts and the socket's close each look it up in their own module;
-    # the socket's writes look it up in socket_writes, which this test never reaches)
-    for part in (engine_lifetime, engine_output, engine_reads):
-        monkeypatch.setattr(part, "TIMERS", service)
+    # (the engine and the socket each look it up in their own module)
+    monkeypatch.setattr(engine, "TIMERS", service)
     monkeypatch.setattr(blocking_socket, "TIMERS", service)
     sock = dtp.socket.create_connection(
         server.address, timeout=10, server_key=SERVER_ID.noise_public

@@ -1,8 +1,5 @@
 """The blocking transport: DTP connections driven by the calling thread, as :mod:`ssl`
-sockets are (``engine``: one connection over its carrier, with its parts
-``engine_state``, ``engine_output``, ``engine_reads``, ``engine_waits`` and
-``engine_lifetime``; ``socket``: its streams, with its parts ``socket_state``,
-``socket_reads``, ``socket_writes``, ``socket_datagrams`` and ``layer_access``;
+sockets are (``engine``: one connection over its carrier; ``socket``: its streams;
 ``timers``: keepalives and idle timeouts; ``connect`` and ``server``: the two ends, the
 server with its parts ``server_state``, ``server_arrival``, ``server_admission``,
 ``server_threads``, ``server_handshakes`` and ``server_accept_queue``). The public face

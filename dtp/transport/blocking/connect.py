@@ -22,7 +22,6 @@ from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, direct_client_config
 from dtp.transport.blocking.engine import Engine
-from dtp.transport.blocking.engine_state import EngineState
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import connect_tcp, endpoint_text
 from dtp.transport.poll import wait_ready
@@ -114,7 +113,7 @@ def connect(
             # until the reply is here), betting it goes to the same server
             if while_waiting is not None:
                 while_waiting(engine.conn)
-            keys.make(engine)
+            keys.make(engine.sock)
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
@@ -127,7 +126,7 @@ def connect(
                 if not session.accepted:
                     # (the rest of them while the verdict comes: an IK server answers
                     # before its hooks decide)
-                    keys.make(engine)
+                    keys.make(engine.sock)
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
                 engine.pump(
                     lambda: session.accepted or session.terminated is not None,
@@ -182,8 +181,8 @@ class NextConnectKeys:
         """Whether every step is made."""
         return not self._steps
 
-    def make(self, engine: EngineState | None = None) -> bool:
-        """Make the steps left, stopping early once ``engine``'s carrier has something
+    def make(self, carrier: _socket.socket | None = None) -> bool:
+        """Make the steps left, stopping early once the ``carrier`` socket has something
         to read (every step when it is None); whether all are made (or given up).
 
         A step that fails gives up the rest: they are a bet on a next connect, made
@@ -192,7 +191,7 @@ class NextConnectKeys:
         carrier. The next connect makes its own keys (and meets the failure itself)."""
         steps = self._steps
         while steps:
-            if engine is not None and has_input(engine):
+            if carrier is not None and has_input(carrier):
                 return False
             step = steps.pop(0)
             try:
@@ -224,9 +223,9 @@ class NextConnectKeys:
             prepare_auth_proof(self._identity, server_key, ephemeral)
 
 
-def has_input(engine: EngineState) -> bool:
-    """Whether ``engine``'s carrier has bytes to read now (a look, no wait)."""
+def has_input(carrier: _socket.socket) -> bool:
+    """Whether ``carrier`` has bytes to read now (a look, no wait)."""
     try:
-        return bool(wait_ready([engine.sock], [], 0)[0])
+        return bool(wait_ready([carrier], [], 0)[0])
     except (OSError, ValueError):  # closed meanwhile: the pump says how
         return True

@@ -1,31 +1,49 @@
 """The blocking DTP socket: one stream of a connection, with the :mod:`socket` module's
 calls (send, recv, makefile, sendfile, shutdown, timeouts) and DTP's own (more streams,
-datagrams). :class:`DTPSocket` holds its identity, timeouts, closing and streams, and is
-made of its parts: ``socket_state`` (what it knows of itself), ``socket_reads``,
-``socket_writes``, ``socket_datagrams`` and ``layer_access`` (the members for the layers
-above)."""
+datagrams). :class:`DTPSocket` is here whole: what it knows of itself, its identity,
+timeouts, closing and streams, its reads, writes and datagrams, and the members for the
+layers above."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import operator
 import socket as _socket
 import time
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
-from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError
+from dtp.errors import (
+    ConnectionClosed,
+    DTPError,
+    DTPTimeoutError,
+    LocalProtocolError,
+    SendAfterShutdown,
+    SocketClosed,
+)
+from dtp.native.types import WAIT
 from dtp.protocol.connection import CloseCode
-from dtp.transport.blocking.checks import checked_timeout
+from dtp.transport.blocking.checks import (
+    OWN,
+    SSIZE_MAX,
+    Own,
+    checked_flags,
+    checked_size,
+    checked_timeout,
+    readable,
+    recv_into_target,
+    writable,
+)
+from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.files import stream_file
-from dtp.transport.blocking.layer_access import LayerAccess
-from dtp.transport.blocking.socket_datagrams import Datagrams
-from dtp.transport.blocking.socket_reads import StreamReads
-from dtp.transport.blocking.socket_writes import SEND_HIGH_WATER as SEND_HIGH_WATER
-from dtp.transport.blocking.socket_writes import StreamWrites
 from dtp.transport.blocking.timers import TIMERS
-from dtp.transport.hooks import NOT_PAID
+from dtp.transport.hooks import NOT_PAID, ConnectionHook
+
+SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +56,109 @@ SHUT_RDWR = _socket.SHUT_RDWR
 _DEAD_FD = 2**31 - 1
 
 
-class DTPSocket(StreamReads, StreamWrites, Datagrams, LayerAccess):
+class DTPSocket:
     """One stream of a DTP connection, with the blocking socket API.
 
     A stream is not a file descriptor: many streams share one carrier, whose bytes are
     decrypted and buffered here, so the carrier being readable says nothing about a
     stream. :meth:`fileno` therefore raises, and ``select`` / ``selectors`` do not apply:
     wait in threads (timeouts, :meth:`interrupt_recv`), or use :mod:`dtp.aio`."""
+
+    # -- what it knows -------------------------------------------------------------------------
+
+    _engine: Engine
+    """The connection's I/O driver, shared by all its streams' sockets."""
+    _stream_id: int
+    _primary: bool
+    """The connection's first stream: closing it closes the connection."""
+    _timeout: float | None
+    """Seconds a blocking call may wait (None: forever, 0: non-blocking)."""
+    _closed: bool
+    _io_refs: int
+    """Files from makefile() still open: close() waits for them, as a socket's close()
+    does (the stream closes with the last of them)."""
+    _close_deferred: bool
+    """close() was called while files were open: the last of them closes the stream."""
+    _files: weakref.WeakSet[Any]
+    """The files makefile() made, as the application holds them (buffered, text)."""
+    _wr_shut: bool
+    _rd_shut: bool
+    _fast_read: bool
+    """Whether reads may take the lent stream's fast path, as far as this socket goes
+    (open, not shut for reading, blocking): one check there."""
+    _fast_write: bool
+    """Whether writes may take the lent stream's fast path (open, not shut for writing)."""
+    _existed: bool
+    """The connection has known the stream (see _stream_ready_for_send)."""
+
+    def __init__(self, engine: Engine, stream_id: int, primary: bool) -> None:
+        self._engine = engine
+        self._stream_id = stream_id
+        self._primary = primary
+        self._timeout = _socket.getdefaulttimeout()
+        self._closed = False
+        self._io_refs = 0
+        self._close_deferred = False
+        self._files = weakref.WeakSet()
+        self._wr_shut = False
+        self._rd_shut = False
+        self._fast_read = self._timeout != 0
+        self._fast_write = True
+        self._existed = stream_id in engine.conn._streams
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SocketClosed("operation on a closed DTP socket")
+
+    def _wait(self, ready: Callable[[], bool], timeout: float | Own | None = OWN) -> None:
+        """Wait until ``ready()``: for ``timeout`` seconds (by default the socket's; 0:
+        BlockingIOError at once unless it is ready after one look)."""
+        engine = self._engine
+        if isinstance(timeout, Own):
+            timeout = self._timeout
+        if timeout == 0:
+            if not ready():
+                engine.poll()
+                if not ready():
+                    raise BlockingIOError(errno.EAGAIN, "operation would block")
+            return
+        engine.pump(ready, timeout)
+
+    def _check_sendable(self) -> None:
+        """Raise when this socket sends no more: closed, or shut for writing (also by
+        another thread while this one waited to send, as a socket's send() then fails
+        with EPIPE)."""
+        if self._closed:
+            raise SocketClosed("operation on a closed DTP socket")
+        if self._wr_shut:
+            raise SendAfterShutdown("cannot send after shutdown(SHUT_WR)")
+
+    def _check_payable(self, nbytes: int, requests: int = 0) -> None:
+        """Lock held: on a connection whose hook pays for it (a paid client's), raise
+        PaymentRequired, the connection ended, when what it pays cannot cover ``nbytes``
+        more bytes and ``requests`` more streams, those queued included
+        (``ConnectionHook.refuse_write``). One comparison while the usage stays below
+        the hook's ``payable_bytes``."""
+        engine = self._engine
+        hook = engine.hook
+        if hook is None:
+            return
+        conn = engine.conn
+        queued = conn.send_buffered() + nbytes
+        if not requests and conn.usage[0] + queued <= hook.payable_bytes:
+            return
+        reason = hook.refuse_write(queued, requests)
+        if reason is not None:
+            raise engine.end_unpaid(reason)
+
+    def _stream_ready_for_send(self) -> bool:
+        """Whether the stream exists for sending: once the connection knows it (a
+        server's first stream comes with the client's first bytes), or knew it and is
+        done with it (both halves ended: nothing is waited for then)."""
+        if self._stream_id in self._engine.conn._streams:
+            self._existed = True
+            return True
+        return self._existed or self._engine.session.terminated is not None
 
     # A connection by host ID (dtp.hostid.blocking.HostSocket) names its ledger objects;
     # a plain one has none.
@@ -393,3 +507,707 @@ class DTPSocket(StreamReads, StreamWrites, Datagrams, LayerAccess):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<DTPSocket stream={self._stream_id} {state} peer={self.getpeername()}>"
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Up to ``bufsize`` bytes; b"" once the peer half-closed its side. ``flags``
+        must be 0 (a DTP stream has no MSG_PEEK, MSG_OOB ...)."""
+        if (
+            flags
+            or type(bufsize) is not int
+            or type(flags) is not int
+            or not 0 <= bufsize <= SSIZE_MAX
+        ):
+            # checked before either path, so that the lent one (which would hand the
+            # lane a float) and the general one raise alike, as a socket does
+            bufsize = checked_size(bufsize, "recv")
+            checked_flags(flags)
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if conn.lent_stream_id == sid and self._fast_read and bufsize > 0:
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight into a buffer
+            # of its own (acquire / release: cheaper than a with block)
+            lock = engine.lock
+            lock.acquire()
+            try:
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    data = self._read_lent(conn.lent_lane, bufsize)
+                    if data is not None:
+                        return data
+                    lent = True
+            finally:
+                lock.release()
+        return self._recv_general(bufsize, lent)
+
+    def _read_lent(self, lane: Any, bufsize: int) -> bytes | None:
+        """A read of up to ``bufsize`` bytes through the lent ``lane`` (lock held); None
+        when it took nothing (the general path goes on)."""
+        engine = self._engine
+        if bufsize <= lane.own_cap:
+            n = engine.read_lent(lane, self._stream_id, bufsize, self._timeout)
+            if n:
+                data: bytes = lane.own[:n].tobytes()
+                return data
+            return None
+        view = engine.recv_scratch(bufsize)
+        n = engine.read_lent(lane, self._stream_id, view, self._timeout)
+        return view[:n].tobytes() if n else None
+
+    def _recv_general(self, bufsize: int, lent: bool) -> bytes:
+        """:meth:`recv` past its lent fast path (``lent``: it was tried)."""
+        engine = self._engine
+        sid = self._stream_id
+        if self._closed:
+            raise SocketClosed("operation on a closed DTP socket")
+        if bufsize < 0:
+            raise ValueError("negative buffer size")
+        if self._rd_shut or bufsize == 0:
+            return b""  # (recv(0) returns at once, as on a socket)
+        session = engine.session
+        with engine.lock:
+            buf = session.streams.get(sid)
+            if (
+                session.terminated is None
+                and (
+                    buf is None
+                    or not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
+                )
+                and bufsize
+            ):
+                # nothing buffered (Session.readable, inline)
+                view = engine.recv_scratch(bufsize)
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
+                if n or (
+                    not session.readable(sid)
+                    and (n := engine.read_fast(sid, view) or self._read_direct(view))
+                ):
+                    return view[:n].tobytes()
+            if self._rd_shut:
+                # shut (or closed) by another thread while this one waited: its buffer
+                # may be gone already (Session.forget)
+                return b""
+            data = session.take(sid, bufsize)
+            engine.flush()  # flow-control credit goes back promptly
+            return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Read into a writable buffer; returns the number of bytes read (``flags``: 0).
+        The buffer's bytes past that count are unspecified afterwards (a record that
+        failed authentication may have been decrypted there), as with any recv_into."""
+        if nbytes or flags or type(nbytes) is not int or type(flags) is not int:
+            # checked before either path, as a socket does (both raise alike); the lane
+            # reads into all it is given: a shorter view, and the common
+            # recv_into(buf, n) takes the same one-call path as recv_into(buf)
+            buffer = recv_into_target(buffer, nbytes, flags)
+            nbytes = 0
+        elif type(buffer) is not bytearray:
+            buffer = writable(buffer)  # (a TypeError now, not after a wait)
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        lent = False
+        if (
+            conn.lent_stream_id == sid
+            and self._fast_read
+            and len(buffer)  # (an empty one returns at once, below, as a socket's does)
+        ):
+            # the usual case once the stream carries data: it is lent, so nothing is
+            # buffered for it (Engine.lend), and the lane reads straight in
+            lock = engine.lock
+            lock.acquire()
+            try:
+                if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
+                    n: int = engine.read_lent(conn.lent_lane, sid, buffer, self._timeout)
+                    if n:
+                        return n
+                    lent = True
+            finally:
+                lock.release()
+        if self._closed:
+            raise SocketClosed("operation on a closed DTP socket")
+        view = memoryview(buffer).cast("B")
+        if self._rd_shut or not len(view):
+            return 0
+        session = engine.session
+        with engine.lock:
+            buf = session.streams.get(sid)
+            if session.terminated is None and (
+                buf is None
+                or not (buf.data or buf.eof or buf.reset_code is not None or buf.discarded)
+            ):
+                # nothing buffered (Session.readable, inline): read straight in,
+                # through the lent lane when the connection lends it -- unless the
+                # general path took over and buffered the stream's next bytes
+                n = 0
+                if self._timeout != 0 and not lent:
+                    n = engine.recv_lent(sid, view, self._timeout)
+                if n or (
+                    not session.readable(sid)
+                    and (n := engine.read_fast(sid, view) or self._read_direct(view))
+                ):
+                    return n
+            if self._rd_shut:
+                return 0  # (as in recv)
+            n = session.take_into(sid, view)
+            engine.flush()
+            return n
+
+    def _read_direct(self, view: memoryview) -> int:
+        """Nothing is buffered for this stream and nothing came with a first read
+        (lock held): wait for the carrier as the timeout allows and read it, with the
+        stream's next bytes going straight into ``view``. Returns how many did; 0 when
+        they went to the stream's buffer instead or the connection ended (the caller
+        takes from the buffer, or reports)."""
+        engine = self._engine
+        session = engine.session
+        sid = self._stream_id
+        deadline: float | None = None
+        while True:
+            if session.readable(sid) or self._rd_shut:
+                return 0
+            if engine.carrier_closed and not engine.out:
+                return 0
+            if self._timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "operation would block")
+            if engine.interrupted:
+                engine.take_interrupt(sid)
+            if deadline is None and self._timeout is not None:
+                deadline = time.monotonic() + self._timeout
+            engine.wait_io(deadline)
+            if session.readable(sid) or self._rd_shut:
+                return 0  # another thread read the carrier meanwhile: buffered bytes first
+            n = engine.read_fast(sid, view)
+            if n:
+                return n
+
+    def send_recv(self, data: Any, bufsize: int, *, release: Any = None) -> bytes | None:
+        """:meth:`sendall` ``data``, then :meth:`recv` up to ``bufsize`` bytes (a request,
+        then its answer; or an answer, then the next request), under one hold of the
+        connection's lock, when the stream is lent (the usual case once it carries
+        data). The send never waits: what flow control does not let out at once is
+        queued for the connection to send, so a TimeoutError is the read's. Returns
+        None, with nothing sent, when the stream is not lent now (call :meth:`sendall`
+        and :meth:`recv`).
+
+        ``release``: a lock the caller holds to keep other writers off the stream
+        (``acquire`` / ``release``), released as soon as ``data`` is on its way -- before
+        the read waits -- or when this raises first; kept when None is returned.
+
+        Bad arguments raise as :meth:`sendall` and :meth:`recv` would, whether or not
+        the stream is lent, and before anything is sent."""
+        try:
+            if type(data) is not bytes:
+                data = readable(data)  # (the lane counts bytes: an array('i') by its items)
+            if type(bufsize) is not int or not 0 <= bufsize <= SSIZE_MAX:
+                bufsize = checked_size(bufsize, "recv")
+            if self._closed or self._wr_shut:
+                self._check_sendable()  # (None would send the caller to sendall to be told)
+        except BaseException:
+            if release is not None:
+                release.release()  # (raising first: the caller's lock is let go of)
+            raise
+        engine = self._engine
+        conn = engine.conn
+        sid = self._stream_id
+        if not (
+            conn.lent_stream_id == sid
+            and self._fast_write
+            and self._fast_read
+            and bufsize > 0
+            and engine.hook is None
+        ):
+            return None
+        lock = engine.lock
+        owed = release  # until the lane has it
+        try:
+            lock.acquire()
+            try:
+                if (
+                    conn.lent_stream_id != sid
+                    or engine.out
+                    or engine.carrier_closed
+                    or engine.pumping
+                ):
+                    owed = None
+                    return None
+                lane: Any = conn.lent_lane
+                lent = False
+                deadline = None if self._timeout is None else time.monotonic() + self._timeout
+                if bufsize <= lane.own_cap:
+                    # the send and the wait for what comes back in one call (the usual case)
+                    until = conn.lent_timer
+                    if deadline is not None and (until is None or deadline < until):
+                        until = deadline
+                    ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                    engine.pumping = True  # (others see it only while the wait lets go of lock)
+                    owed = None
+                    try:
+                        n: int = lane.exchange(
+                            lock,
+                            engine._fd,
+                            engine._wake_fd,
+                            data,
+                            engine.out,
+                            release,
+                            ms,
+                            bufsize,
+                            sid,
+                        )
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        n = -1  # the general path reports it
+                    finally:
+                        engine.pumping = False
+                        if engine.waiters:
+                            engine.cond.notify_all()
+                    if n > 0:
+                        got: bytes = lane.own[:n].tobytes()
+                        return got
+                    if n == 0:
+                        n = engine._recv_lent_wait(lane, sid, bufsize, deadline, lane.status)
+                        if n:
+                            got = lane.own[:n].tobytes()
+                            return got
+                        lent = True
+                    elif n < -1:
+                        # out of credit: the rest is queued (this takes the stream back)
+                        conn.send_stream_data(sid, memoryview(data).cast("B")[n + 1 :])
+                        engine.flush()
+                else:
+                    owed = None
+                    try:
+                        left: int = lane.send(engine._fd, data, engine.out)
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        left = 0  # lost with the carrier: the read reports it
+                    finally:
+                        if release is not None:
+                            release.release()
+                    if left:
+                        conn.send_stream_data(sid, memoryview(data).cast("B")[-left:])
+                        engine.flush()
+                    elif not engine.out and conn.lent_stream_id == sid and conn.lent_can_recv:
+                        view = engine.recv_scratch(bufsize)
+                        n = engine._recv_lent_wait(lane, sid, view, deadline, WAIT)
+                        if n:
+                            return view[:n].tobytes()
+                        lent = True
+            finally:
+                lock.release()
+        finally:
+            if owed is not None:
+                owed.release()
+        return self._recv_general(bufsize, lent)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Queue as much of ``data`` as fits; returns the count (blocks while none fits,
+        up to the socket's timeout). ``flags``: 0, or ``socket.MSG_DONTWAIT`` to take
+        only what fits now, whatever the timeout (BlockingIOError when nothing does)."""
+        timeout = self._timeout
+        if flags or type(flags) is not int:
+            if operator.index(flags) != _socket.MSG_DONTWAIT:  # (TypeError for 1.5)
+                checked_flags(flags)
+            else:
+                timeout = 0.0
+        n = self._send(data, timeout)
+        self._engine.leave_queued(self._stream_id)
+        return n
+
+    def _send(self, data: Any, timeout: float | None) -> int:
+        """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
+        self._check_sendable()
+        view = readable(data)
+        if not len(view):
+            return 0
+        engine = self._engine
+        with engine.lock:
+            if engine.hook is not None:
+                self._check_payable(len(view))  # (a paid client's deposit: PaymentRequired)
+            conn = engine.conn
+            sid = self._stream_id
+            if engine.out and timeout != 0 and not engine.carrier_closed:
+                # the carrier is full: wait (reading meanwhile) until it has taken what
+                # is queued, rather than seal more behind it -- copies that only wait
+                self._wait(
+                    lambda: not engine.out or engine.carrier_closed or self._wr_shut, timeout
+                )
+                self._check_sendable()
+            lane = conn.lent_lane if conn.lent_stream_id == sid else engine.lend(sid)
+            if lane is not None and not engine.out and not engine.carrier_closed:
+                try:
+                    n: int = len(view) - lane.send(engine._fd, view, engine.out)
+                except OSError as exc:
+                    engine._carrier_failed(exc)
+                    n = len(view)  # lost with the carrier: the next call reports it
+                if n:
+                    if engine.out and engine.pumping:
+                        engine._wake()  # the carrier is full: the pumping thread writes
+                    if engine.hook is not None:
+                        engine.tick_meter()
+                    return n
+            sealed = conn.seal_fast(sid, view, time.monotonic())
+            if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
+                # out of credit, perhaps only because a sender never reads: the peer's
+                # credit update may be waiting in the socket already
+                engine.poll()
+                sealed = conn.seal_fast(sid, view, time.monotonic())
+            if sealed is not None:
+                records, n = sealed
+                engine.write(records, reused=True)
+                if engine.hook is not None:
+                    # what the hook has to send, when it may have some: a flush on
+                    # every such write also built and sent records the plain path
+                    # leaves to batch (ACKs, credit), a cost only connections with a hook bore
+                    engine.tick_meter()
+                return n
+            if engine.session.terminated is None and conn.send_buffered(sid) == 0:
+                # the common case: the stream exists (or it would have nothing
+                # buffered only if it was never opened) and has room
+                engine.session.check_writable(sid)
+                if sid in conn._streams:
+                    n = min(len(view), SEND_HIGH_WATER)
+                    conn.send_stream_data(sid, view if n == len(view) else view[:n])
+                    engine.flush()
+                    return n
+            self._wait(lambda: self._stream_ready_for_send() or self._wr_shut, timeout)
+            self._check_sendable()
+            engine.session.check_writable(self._stream_id)
+
+            def room() -> bool:
+                return (
+                    engine.conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
+                    or engine.session.terminated is not None
+                    or self._wr_shut
+                )
+
+            self._wait(room, timeout)
+            self._check_sendable()
+            engine.session.check_writable(self._stream_id)
+            n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
+            engine.conn.send_stream_data(self._stream_id, view[:n])
+            engine.flush()
+            return n
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        """Send all of ``data`` (waits while the peer or the network is slow; ``flags``:
+        0). The socket's timeout bounds the whole call, as for a socket: then
+        DTPTimeoutError, with an unknown part of ``data`` sent."""
+        if flags or type(flags) is not int:
+            checked_flags(flags)
+        if type(data) is not bytes:
+            # the errors of a socket's (a str: TypeError; a strided view: BufferError)
+            # before either path, and the bytes of an array('i'), not its items
+            data = readable(data)
+        engine = self._engine
+        conn = engine.conn
+        if conn.lent_stream_id == self._stream_id and self._fast_write:
+            # the stream is lent (the usual case once it carries data): the whole of
+            # a small write in one call (acquire / release: cheaper than a with block)
+            lock = engine.lock
+            watch = False
+            lock.acquire()
+            try:
+                if engine.hook is not None:
+                    self._check_payable(len(data))  # (a paid client's deposit)
+                if (
+                    conn.lent_stream_id == self._stream_id
+                    and not engine.out
+                    and not engine.carrier_closed
+                ):
+                    lane = conn.lent_lane
+                    try:
+                        left: int = lane.send(engine._fd, data, engine.out)
+                    except OSError as exc:
+                        engine._carrier_failed(exc)
+                        return  # lost with the carrier: the next call reports it
+                    full = bool(engine.out)
+                    if full and engine.pumping:
+                        engine._wake()  # the carrier is full: the pumping thread writes
+                        full = False
+                    hook = engine.hook
+                    if hook is not None:
+                        # tick_meter's first check, in place (once per send): the
+                        # usage as Connection.usage counts it, against the meter's
+                        # quiet bounds; the clock the lane stamped this send with
+                        f = lane.flow
+                        if (
+                            f.conn_sent + f.rx.conn_received + conn.datagram_bytes
+                            >= hook.quiet_bytes
+                            or f.last_sent >= hook.quiet_until
+                        ):
+                            engine.tick_meter()
+                    if not left:
+                        watch = full  # nobody pumps: the timer thread writes
+                        return
+                    data = memoryview(data).cast("B")[-left:]
+            finally:
+                lock.release()
+                if watch:
+                    TIMERS.watch(engine)
+        view = readable(data)
+        if not view:
+            # (an empty sendall sends nothing, so only this tells a closed or shut
+            # socket, as a socket's sendall(b"") raises EBADF / EPIPE, and send(b"") here
+            # does; any other goes through _send's checks)
+            self._check_sendable()
+        timeout = self._timeout
+        if not timeout:  # None (no limit) or 0 (non-blocking: each send takes what fits)
+            while len(view):
+                n = self._send(view, timeout)
+                view = view[n:]
+        else:
+            # the timeout bounds the whole call, as socket.sendall's does (Python 3.5+),
+            # not each wait: a peer that reads slowly cannot stretch it without end
+            deadline = time.monotonic() + timeout
+            while len(view):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DTPTimeoutError("timed out")
+                n = self._send(view, remaining)
+                view = view[n:]
+        engine.leave_queued(self._stream_id)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send ``file`` (opened in binary mode) from ``offset`` until its end, or
+        ``count`` bytes, as :meth:`socket.socket.sendfile` does; returns the bytes sent
+        and leaves the file's position after the last of them. The socket's timeout
+        bounds the whole call, as for :meth:`sendall`. Non-blocking sockets are not
+        supported (ValueError, as for a socket)."""
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            # (as a socket's: TypeError for 1.5)
+            raise TypeError(f"offset must be a non-negative integer, not {offset!r}")
+        if offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, not {offset!r}")
+        if count is not None:
+            if not isinstance(count, int) or isinstance(count, bool):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        timeout = self._timeout
+        if timeout == 0:
+            raise ValueError("non-blocking sockets are not supported")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if offset:
+            file.seek(offset)
+        chunk = bytearray(min(SEND_HIGH_WATER, count or SEND_HIGH_WATER))
+        readinto = getattr(file, "readinto", None)
+        sent = 0
+        try:
+            while count is None or sent < count:
+                want = len(chunk) if count is None else min(len(chunk), count - sent)
+                if readinto is not None:
+                    n = readinto(memoryview(chunk)[:want])
+                    data = memoryview(chunk)[:n] if n else b""
+                else:
+                    data = file.read(want)
+                if not data:
+                    break
+                view = memoryview(data).cast("B")
+                while len(view):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise DTPTimeoutError("timed out")
+                    n = self._send(view, remaining)
+                    view = view[n:]
+                    sent += n
+        finally:
+            if sent and hasattr(file, "seek"):
+                file.seek(offset + sent)
+            self._engine.leave_queued(self._stream_id)
+        return sent
+
+    # -- datagrams -----------------------------------------------------------------------------
+
+    def send_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one unreliable datagram on this connection (not on a stream): it arrives
+        whole or not at all, unordered, never retransmitted. At most
+        ``ConnectionConfig.max_datagram_size`` bytes (else LocalProtocolError). Never
+        blocks: while more than ``dtp.protocol.connection.DATAGRAM_SEND_BACKLOG`` bytes (1 MiB),
+        or 256 writes, wait for the carrier (the peer is stalled or slow), the datagram
+        is dropped and counted in :attr:`datagrams_send_dropped`, as UDP drops what
+        does not fit its socket buffer."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+            if engine.hook is not None:
+                self._check_payable(memoryview(data).nbytes)  # (a paid client's deposit)
+            if engine.conn.send_datagram(data, engine.backlog() if engine.out else 0):
+                engine.flush()
+
+    def send_datagrams(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> int:
+        """:meth:`send_datagram` for many at once (sealed and written together). When
+        one of them is not bytes-like (TypeError) or too large (LocalProtocolError),
+        none is sent; those that do not fit the backlog are dropped and counted.
+        Returns how many went out: the first ones."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+            if engine.hook is not None:
+                # (a paid client's deposit: all of them, as they go out together)
+                datagrams = list(datagrams)
+                self._check_payable(sum(memoryview(d).nbytes for d in datagrams))
+            sent = engine.conn.send_datagrams(datagrams, engine.backlog() if engine.out else 0)
+            if sent:
+                engine.flush()
+            return sent
+
+    def recv_datagrams(
+        self, max_count: int = 1024, timeout: float | Literal["socket"] | None = "socket"
+    ) -> list[bytes]:
+        """Wait as :meth:`recv_datagram` does, then return every queued datagram (at
+        most ``max_count``, which is at least 1)."""
+        max_count = operator.index(max_count)
+        if max_count < 1:
+            raise ValueError(f"max_count must be at least 1, not {max_count}")
+        first = self.recv_datagram(timeout)
+        out = [first]
+        queue = self._engine.session.datagrams
+        with self._engine.lock:
+            while queue and len(out) < max_count:
+                out.append(queue.popleft())
+        return out
+
+    def recv_datagram(self, timeout: float | Literal["socket"] | None = "socket") -> bytes:
+        """Wait for the connection's next datagram: up to ``timeout`` seconds (None:
+        forever; 0: one look), then DTPTimeoutError. By default the socket's timeout
+        applies, as for :meth:`recv`: a non-blocking socket (timeout 0) raises
+        BlockingIOError at once when none is queued, as the socket module's do.
+        Datagrams not read in time are dropped oldest first (``datagrams_dropped``).
+        A ``timeout`` :meth:`settimeout` refuses raises as there (TypeError when not a
+        number, ValueError when negative or NaN, OverflowError when too long), before
+        any wait."""
+        if timeout != "socket":
+            # (a negative one was taken for "one look": a typo such as -1 for None then
+            # looked like a quiet peer)
+            timeout = checked_timeout(timeout)
+        self._check_open()
+        engine = self._engine
+        session = engine.session
+        with engine.lock:
+            if not session.datagrams:
+
+                def ready() -> bool:
+                    return bool(session.datagrams) or session.terminated is not None
+
+                if timeout == "socket":
+                    self._wait(ready)
+                elif timeout == 0:
+                    engine.poll()
+                    if not ready():
+                        raise DTPTimeoutError("no datagram")
+                else:
+                    engine.pump(ready, timeout)
+            if not session.datagrams:
+                raise session.error or ConnectionClosed("the connection is closed")
+            return session.datagrams.popleft()
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram :meth:`send_datagram` takes (over the ledger carrier,
+        less than the config's ``max_datagram_size``: a datagram fits one record)."""
+        return self._engine.conn.max_datagram_size
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams that arrived but were dropped because they were not read in time."""
+        return self._engine.session.datagrams_dropped
+
+    @property
+    def datagrams_send_dropped(self) -> int:
+        """Datagrams :meth:`send_datagram` / :meth:`send_datagrams` dropped because the
+        carrier was backed up (for the whole connection)."""
+        return self._engine.conn.datagrams_send_dropped
+
+    # -- the members for the layers above ------------------------------------------------------
+
+    @property
+    def connection_hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
+        return self._engine.hook
+
+    def _set_connection_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        engine = self._engine
+        with engine.lock:
+            engine.hook = hook
+            engine.session.on_receipt = on_receipt
+
+    def _start_timer(self) -> None:
+        """Start the connection's timer, on a socket connected with ``timer=False``
+        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
+        self._engine.start_timer()
+
+    def check_live(self) -> None:
+        """Raise SocketClosed when this socket is closed, and the connection's error
+        (ConnectionClosed, ...) once the connection has ended."""
+        self._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` with the connection's lock held (it may queue frames: a
+        hook's), then send what it queued, unless the connection is closed."""
+        engine = self._engine
+        with engine.lock:
+            action()
+            if not engine.closed:
+                engine.flush()
+
+    @property
+    def connection_ended(self) -> bool:
+        """Whether the connection has ended (closed, aborted or timed out): a loop
+        reading this socket stops on it, where a read that timed out may only be a
+        pause (after an idle timeout every read raises DTPTimeoutError at once)."""
+        return self._engine.session.terminated is not None
+
+    @property
+    def reliable_carrier(self) -> bool:
+        """Whether the connection's carrier is reliable and ordered (TCP), so that the
+        connection itself does not acknowledge or retransmit
+        (``ConnectionConfig.reliable_carrier``)."""
+        return self._engine.conn.config.reliable_carrier
+
+    @property
+    def connection_driver(self) -> Engine:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection under the driver's lock (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
+        return self._engine
+
+    def wake(self) -> None:
+        """Wake the thread waiting on the connection's carrier, so that it looks at its
+        conditions again (from any thread, without the connection's lock)."""
+        self._engine._wake()
+
+    def interrupt_recv(self) -> None:
+        """End a blocking read of this stream that another thread is waiting in -- or,
+        when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,
+        as if its timeout had passed (nothing is lost: what arrives stays for the next
+        read). For a reader that must look at something another thread changed, such
+        as an RPC client whose call was cancelled or which was closed: without it, a
+        read ends only with data, its timeout or the connection."""
+        engine = self._engine
+        with engine.lock:
+            engine.interrupted.add(self._stream_id)
+            engine.wake_waiters()

@@ -15,14 +15,49 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dtp.protocol.connection import CloseCode
 from dtp.transport.blocking import LINGER
 
 if TYPE_CHECKING:
-    from dtp.transport.blocking.engine_state import EngineState
-    from dtp.transport.blocking.socket import DTPSocket
+    from dtp.protocol.connection import Connection
+    from dtp.transport.hooks import ConnectionHook
+    from dtp.transport.session import Session
+
+
+class TimedEngine(Protocol):
+    """What the timer thread reads and calls of a connection's engine
+    (:class:`~dtp.transport.blocking.engine.Engine`, which imports this module)."""
+
+    _fd: int
+    lock: threading.Lock
+    closed: bool
+    carrier_closed: bool
+    pumping: bool
+    name: str
+    conn: Connection
+    session: Session
+    hook: ConnectionHook | None
+    out: list[memoryview]
+
+    def flush(self) -> None: ...
+    def poll(self) -> None: ...
+    def queued_output(self) -> bool: ...
+    def _release(self, closing: bool = False) -> None: ...
+
+
+class Closable(Protocol):
+    """A stream's socket, as the timer thread closes it (``DTPSocket``, which imports
+    this module): its close, and the files it may have left open at exit."""
+
+    _close_deferred: bool
+    _closed: bool
+    _io_refs: int
+
+    def close(self) -> None: ...
+    def _flush_files(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +82,7 @@ class TimerService:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._heap: list[tuple[float, int, weakref.ref[EngineState]]] = []
+        self._heap: list[tuple[float, int, weakref.ref[TimedEngine]]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
         # made with the service (at import), not with the thread: a process that forks
@@ -58,23 +93,23 @@ class TimerService:
         # after finding a caller busy with it -- the caller drives its I/O meanwhile, and
         # the number of the last watch() call, so that a pass that found nothing queued
         # does not forget an engine a write watched meanwhile)
-        self._watched: dict[int, tuple[weakref.ref[EngineState], float, float, int]] = {}
+        self._watched: dict[int, tuple[weakref.ref[TimedEngine], float, float, int]] = {}
         self._watches = 0
-        self._closing: deque[DTPSocket] = deque()  # close_later()'s sockets
+        self._closing: deque[Closable] = deque()  # close_later()'s sockets
         # release hooks of engines whose first socket was garbage-collected unclosed
         # (DTPSocket.__del__, which takes no lock: release_later)
         self._releases: deque[Callable[[], None]] = deque()
         # ... closing in threads of their own, with their lingers
         self._closers: dict[threading.Thread, float] = {}
         # closed with a file still open: closed at exit if no file's close did it
-        self._deferred: weakref.WeakSet[DTPSocket] = weakref.WeakSet()
+        self._deferred: weakref.WeakSet[Closable] = weakref.WeakSet()
         # carriers abandoned with the peer still reading (Engine._drain_detached) or
         # still sending (Engine._drain_closing): their output written, then half-closed,
         # read and discarded until the peer closes its side or the deadline, then closed
         self._draining: dict[int, tuple[_socket.socket, float, list[memoryview]]] = {}
         self._drain_buf = bytearray(64 * 1024)  # (the thread's alone)
 
-    def add(self, engine: EngineState) -> None:
+    def add(self, engine: TimedEngine) -> None:
         with self._lock:
             head = self._heap[0][0] if self._heap else None
             self._push(engine, time.monotonic())
@@ -95,7 +130,7 @@ class TimerService:
         self._thread.start()
         return False
 
-    def watch(self, engine: EngineState) -> None:
+    def watch(self, engine: TimedEngine) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
         key = id(engine)
         with self._lock:
@@ -109,7 +144,7 @@ class TimerService:
                 self._watched[key] = (weakref.ref(engine), 0.0, 0.0, self._watches)
             self._wake()
 
-    def close_later(self, sock: DTPSocket) -> None:
+    def close_later(self, sock: Closable) -> None:
         """Run ``sock.close()`` in a thread of its own, soon. Safe in a finalizer: a
         deque append and a pipe write (the timer thread starts the closing thread).
         At interpreter exit, :meth:`finish_closes` waits for these closes a while."""
@@ -205,14 +240,14 @@ class TimerService:
                 self._guarded(sock.close)  # here, then: late but closed
             del sock, thread
 
-    def _close(self, sock: DTPSocket) -> None:
+    def _close(self, sock: Closable) -> None:
         try:
             self._guarded(sock.close)
         finally:
             with self._lock:
                 self._closers.pop(threading.current_thread(), None)
 
-    def defer_close(self, sock: DTPSocket) -> None:
+    def defer_close(self, sock: Closable) -> None:
         """``sock.close()`` was called with a file of it still open: the exit closes it
         if no file's close did by then (:meth:`finish_closes`)."""
         with self._lock:
@@ -271,7 +306,7 @@ class TimerService:
             with contextlib.suppress(OSError):  # (a full pipe wakes the thread anyway)
                 os.write(self._wake_fds[1], b"\0")
 
-    def _push(self, engine: EngineState, now: float, min_wait: float = 0.0) -> None:
+    def _push(self, engine: TimedEngine, now: float, min_wait: float = 0.0) -> None:
         timer = engine.conn.get_timer()
         latest = now + (self.MAX_WAIT if engine.hook is None else engine.hook.max_timer_wait)
         due = latest if timer is None else min(latest, timer)
@@ -287,9 +322,9 @@ class TimerService:
                 self._start_closes()
             if self._releases:
                 self._run_releases()
-            due: weakref.ref[EngineState] | None = None
+            due: weakref.ref[TimedEngine] | None = None
             until: float | None = None
-            watched: dict[int, EngineState] = {}
+            watched: dict[int, TimedEngine] = {}
             poller = select.poll()
             poller.register(wake_fd, select.POLLIN)
             with self._lock:
@@ -330,7 +365,7 @@ class TimerService:
             del watched
 
     @staticmethod
-    def _fail(engine: EngineState, exc: BaseException) -> None:
+    def _fail(engine: TimedEngine, exc: BaseException) -> None:
         """A pass on ``engine`` raised ``exc`` (its lock held): abort the connection.
 
         Left as it is, it would live on half-alive: never scheduled again, so none of its
@@ -365,7 +400,7 @@ class TimerService:
         except Exception:
             logger.exception("dtp timer thread: %s failed", getattr(fn, "__name__", fn))
 
-    def _tick(self, ref: weakref.ref[EngineState]) -> None:
+    def _tick(self, ref: weakref.ref[TimedEngine]) -> None:
         """A due engine: one non-blocking pass, then its next turn."""
         engine = ref()
         if engine is None or engine.closed:
@@ -388,7 +423,7 @@ class TimerService:
             if queued:
                 self.watch(engine)
 
-    def _serve(self, engine: EngineState) -> None:
+    def _serve(self, engine: TimedEngine) -> None:
         """A watched engine's carrier is ready: read and write what it allows."""
         key = id(engine)
         with self._lock:
