@@ -8,6 +8,7 @@ run and on every machine) and funded on a ledger.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -22,9 +23,17 @@ _DOMAIN = b"dtp.testing.identity"
 def identity(number: int) -> HostIdentity:
     """The identity numbered ``number`` (any int): its Ed25519 seed and X25519 key are
     BLAKE2b hashes of the number, so a test that names ``identity(3)`` gets the same
-    Sui address in every run. Not for anything but tests: anyone can derive the keys."""
+    Sui address in every run. Not for anything but tests: anyone can derive the keys.
+
+    The same number gives the same (immutable) object: state machines make their
+    worlds' identities at every run, and deriving the keys is most of that."""
     if isinstance(number, bool) or not isinstance(number, int):
         raise TypeError(f"an identity's number is an int, got {type(number).__name__}")
+    return _derive(number)
+
+
+@functools.lru_cache(maxsize=4096)
+def _derive(number: int) -> HostIdentity:
     raw = str(number).encode()
     seed = hashlib.blake2b(raw, digest_size=32, person=b"dtp-ed25519", key=_DOMAIN).digest()
     noise = hashlib.blake2b(raw, digest_size=32, person=b"dtp-x25519", key=_DOMAIN).digest()

@@ -1,11 +1,12 @@
 """dtp.graph sync: convergence of replicas (hypothesis, against a reference model), the
 sans-I/O session (efficiency, bad input), and real peers over DTP on 127.0.0.1.
 
-Replicas converge: three to five graphs in a ring or a star of live sync sessions
-(sans-I/O, bytes delivered in random splits), writer threads putting on random
-replicas meanwhile, links cut at random (what was in flight is lost) and reconnected.
-Once the writers are done and every link has drained, every replica holds the same
-table (compared by export)."""
+Replicas converge: dtp.testing's GraphMachine -- graphs in a ring or a star of live
+sync sessions (sans-I/O, bytes delivered in random splits), links cut at random (what
+was in flight is lost) and joined again, puts of every value type, deferred and tying
+updates -- on replicas of both HAM implementations, with writer threads putting on
+random replicas while the links carry bytes. Once every link has drained, every
+replica holds the same table and summary."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import rule
 
 import dtp.aio
 from dtp.errors import DTPError, RemoteProtocolError
@@ -35,6 +37,7 @@ from dtp.graph.sync import DATA, END, HELLO, SUM, VERSION
 from dtp.identity.keys import HostIdentity
 from dtp.native.core import encode_ham_batch
 from dtp.native.types import HamUpdate
+from dtp.testing.machines import GraphMachine
 from tests.support.paths import ROOT
 
 T0 = 1_000_000.0
@@ -436,75 +439,52 @@ def test_a_peer_that_does_not_read_cannot_grow_the_live_queue() -> None:
     assert issubclass(SyncBacklogExceeded, DTPError)
 
 
-Link = tuple[SyncSession, SyncSession]
+class WritersRaceTheLinks(GraphMachine):
+    """dtp.testing's GraphMachine (the replicas, the links, their cuts and the
+    convergence check) on replicas of both HAM implementations, with a rule of its own:
+    writer threads put on any replica while the links carry bytes."""
 
+    replicas_count = 4
 
-def _link(a: Graph, b: Graph) -> Link:
-    left, right = SyncSession(a), SyncSession(b)
-    left.start()
-    right.start()
-    return left, right
+    def make_replicas(self, count: int) -> list[Graph]:
+        hams = ("c", "python")
+        return [
+            Graph(None, now_ms=self.clock, max_drift_ms=1000.0, ham=hams[i % 2])
+            for i in range(count)
+        ]
 
+    @rule(seed=st.integers(0, 2**32 - 1), writers=st.integers(1, 3))
+    def writers_race_the_links(self, seed: int, writers: int) -> None:
+        rnd = random.Random(seed)
+        written: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(writers)]
 
-def _deliver(link: Link, rnd: random.Random) -> bool:
-    moved = False
-    for sender, receiver in (link, link[::-1]):
-        data = sender.data_to_send()
-        if data:
-            cut = rnd.randrange(len(data) + 1)
-            receiver.receive_data(data[:cut])
-            receiver.receive_data(data[cut:])
-            moved = True
-    return moved
+        def writer(k: int) -> None:
+            r = random.Random(seed + k)
+            for _ in range(50):
+                soul, fields = f"node/{r.randrange(6)}", {f"f{r.randrange(4)}": r.randrange(1000)}
+                self.replicas[r.randrange(len(self.replicas))].put(soul, fields)
+                written[k].append((soul, fields))
 
-
-@settings(max_examples=12, derandomize=True, deadline=None)
-@given(
-    replicas=st.integers(3, 5),
-    star=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_replicas_converge_through_partitions_and_concurrent_writers(
-    replicas: int, star: bool, seed: int
-) -> None:
-    rnd = random.Random(seed)
-    graphs = [Graph(ham=rnd.choice(["c", "python"])) for _ in range(replicas)]
-    edges = (
-        [(0, i) for i in range(1, replicas)]
-        if star
-        else [(i, (i + 1) % replicas) for i in range(replicas)]
-    )
-    links = [_link(graphs[i], graphs[j]) for i, j in edges]
-
-    def writer(k: int) -> None:
-        r = random.Random(seed + k)
-        for _ in range(150):
-            graph = graphs[r.randrange(replicas)]
-            graph.put(f"node/{r.randrange(6)}", {f"f{r.randrange(4)}": r.randrange(1000)})
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        for _ in range(40):
-            for _ in range(10):
-                _deliver(rnd.choice(links), rnd)
-            if rnd.random() < 0.3:  # a partition: the link drops, in-flight bytes lost
-                i = rnd.randrange(len(links))
-                for session in links[i]:
-                    session.close()
-                links[i] = _link(links[i][0].graph, links[i][1].graph)
-    finally:
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
         for thread in threads:
-            thread.join()
-    while any([_deliver(link, rnd) for link in links]):
-        pass
-    tables = [graph.snapshot() for graph in graphs]
-    assert all(table == tables[0] for table in tables[1:])
-    assert len({graph.root_summary() for graph in graphs}) == 1
-    for link in links:
-        for session in link:
-            assert session.failed is None
-            session.close()
-    for graph in graphs:
-        graph.close()
+            thread.start()
+        try:
+            while any(thread.is_alive() for thread in threads):
+                self.deliver(rnd.randrange(len(self.links)), rnd.random())
+        finally:
+            for thread in threads:
+                thread.join()
+        for writes in written:
+            for soul, fields in writes:
+                self.wrote(soul, fields)
+
+
+class WritersRaceTheLinksInAStar(WritersRaceTheLinks):
+    replicas_count = 5
+    star = True
+
+
+TestWritersRaceTheLinks = WritersRaceTheLinks.TestCase
+TestWritersRaceTheLinks.settings = settings(max_examples=5, stateful_step_count=20, deadline=None)
+TestWritersRaceTheLinksInAStar = WritersRaceTheLinksInAStar.TestCase
+TestWritersRaceTheLinksInAStar.settings = TestWritersRaceTheLinks.settings

@@ -1,6 +1,13 @@
 """The escrow rules of LocalLedger as a hypothesis state machine (LedgerMachine): what each
 rule and invariant checks is told in tests/ledger/test_escrow_state_machine.py, which
-runs it; tests/ledger/test_payment_models_state_machine.py extends it."""
+runs it; tests/ledger/test_payment_models_state_machine.py extends it.
+
+It runs on dtp.testing's public tools, as an application's machine would: a
+``LedgerWorld`` holds the server, its service, the funded clients and their spending
+caps, every connection is one of the world's channels, receipts are made by its
+``ReceiptTerms`` (the client's through ``LedgerWorld.sign``, noted as signed) and
+``LedgerWorld.check`` is an invariant -- on top of what this machine predicts itself
+(each call's exact outcome and the spending caps' counts, docs/escrow.md §4)."""
 
 from __future__ import annotations
 
@@ -13,21 +20,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
-from dtp.ledger.objects import ConnectionState, Sla
-from dtp.payments.receipts import Receipt, ReceiptScope, fee
+from dtp.ledger.objects import HALF_CLOSE_TIMEOUT_MS, ConnectionState
+from dtp.payments.receipts import Receipt, fee
+from dtp.testing.identities import identities, identity
+from dtp.testing.ledger_world import DEFAULT_SLA, Channel, LedgerWorld
+from dtp.testing.receipts import ReceiptTerms
 
-SLA = Sla(10, 5, 100)
-TIMEOUT = 600_000
+SLA = DEFAULT_SLA  # 10 MIST a KiB, 5 a request, a deposit of at least 100
+TIMEOUT = HALF_CLOSE_TIMEOUT_MS
+FUNDS, CAP = 4_000, 2_000  # each client's, at the start
 
-
-def ident(seed: int) -> HostIdentity:
-    return HostIdentity.from_private_bytes(bytes([seed]) * 32, bytes([seed]) * 32)
-
-
-SERVER, MALLORY = ident(0x33), ident(0x22)
-CLIENTS = [ident(0x11), ident(0x12)]
+# (LedgerWorld numbers its server 1 and its clients 2 and 3)
+SERVER, CLIENTS, MALLORY = identity(1), identities(2, start=2), identity(4)
 EVERYONE = [SERVER, MALLORY, *CLIENTS]
-STATS = {"claims": 0}
 
 
 @dataclass
@@ -54,31 +59,75 @@ class EscrowModel:
 
 @dataclass
 class Conn:
-    id: str
-    escrow: str
-    client: HostIdentity
-    cap: str
+    """One of the world's channels, and what the machine knows of it beyond the world:
+    the usage claimed last, the last nonce signed, the receipts claimed."""
+
+    channel: Channel
     usage: tuple[int, int] = (0, 0)
     nonce: int = 0
     claimed_receipts: list[Receipt] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.channel.connection_id
+
+    @property
+    def escrow(self) -> str:
+        return self.channel.escrow_id
+
+    @property
+    def client(self) -> HostIdentity:
+        return self.channel.client
+
+    @property
+    def cap(self) -> str:
+        return self.channel.cap_id
 
 
 class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ledger = LocalLedger(":memory:", clock_ms=0)
-        self.host = self.ledger.create_host(SERVER, b"\x01" * 32)
-        self.ledger.add_service(SERVER, self.host, 7, "raw", SLA)
-        self.caps = {c.sui_address: self.ledger.create_spending_cap(c, 2_000) for c in CLIENTS}
+        self.world = LedgerWorld(
+            self.ledger, clients=len(CLIENTS), funds=FUNDS, sla=SLA, port=7, cap=CAP
+        )
+        assert (self.world.server, self.world.clients) == (SERVER, CLIENTS)
+        self.host = self.world.host_id
+        self.caps = self.world.caps
         self.conns: list[Conn] = []
-        for client in CLIENTS:
-            self.ledger.faucet(client.sui_address, 4_000)
         # our own bookkeeping of the caps' counts (docs/escrow.md §4)
         self.cap_models = {cap: CapModel() for cap in self.caps.values()}
         self.escrow_models: dict[str, EscrowModel] = {}  # by connection id
         self.host_version = self.ledger.object_ref(self.host).version
 
     # helpers
+
+    def track(self, connection_id: str, escrow_id: str, who: HostIdentity) -> Conn:
+        """A connection opened other than by ``LedgerWorld.open`` (a sponsored or
+        subscribed one), made one of the world's channels so that its checks cover it."""
+        terms = ReceiptTerms.of(self.ledger, connection_id, who)
+        channel = Channel(who, connection_id, escrow_id, self.caps[who.sui_address], terms)
+        self.world.channels.append(channel)
+        return Conn(channel)
+
+    def receipt(
+        self,
+        conn: Conn,
+        total_bytes: int,
+        total_requests: int,
+        amount: int,
+        signer: HostIdentity | None = None,
+    ) -> Receipt:
+        """``conn``'s next receipt (its nonce moves on): signed by its client through
+        the world (noted as signed: no claim may go beyond it) or by ``signer``."""
+        conn.nonce += 1
+        if signer is None or signer is conn.client:
+            return self.world.sign(
+                conn.channel, total_bytes, total_requests, amount=amount, nonce=conn.nonce
+            )
+        return conn.channel.terms.receipt(
+            total_bytes, total_requests, amount, conn.nonce, signer=signer
+        )
 
     def balances(self) -> dict[str, int]:
         return {p.sui_address: self.ledger.balance(p.sui_address) for p in EVERYONE}
@@ -187,12 +236,10 @@ class LedgerMachine(RuleBasedStateMachine):
             else None
         )
         result = self.expect(
-            lambda: self.ledger.open_connection(who, self.host, 7, cap, deposit),
-            {who.sui_address: -deposit},
-            error,
+            lambda: self.world.open(who, deposit), {who.sui_address: -deposit}, error
         )
         if error is None:
-            self.conns.append(Conn(result.connection_id, result.escrow_id, who, cap))
+            self.conns.append(Conn(result))
             self.reserve(result.connection_id, cap, deposit, top_up=False)
 
     @precondition(lambda self: self.conns)
@@ -256,10 +303,7 @@ class LedgerMachine(RuleBasedStateMachine):
             else:
                 b, r = b + more_bytes, r + more_requests
             amount = fee(SLA, b, r) + (1 if kind == "mismatch" else 0)
-            conn.nonce += 1
-            receipt = Receipt(
-                ReceiptScope(self.ledger.package_id, conn.escrow, conn.id), b, r, amount, conn.nonce
-            ).sign(signer)
+            receipt = self.receipt(conn, b, r, amount, signer)
         # predict (settle_with_receipt first checks settled, then claim's order; an Open
         # connection is closed by the server's settlement). The cap plays no part: the
         # deposit was reserved on it.
@@ -300,7 +344,6 @@ class LedgerMachine(RuleBasedStateMachine):
             self.claimed(conn.id, conn.cap, paid)
             if final:
                 self.release(conn.id, conn.cap, e.balance - paid)
-            STATS["claims"] += 1
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data(), kib=st.integers(1, 100))
@@ -314,9 +357,7 @@ class LedgerMachine(RuleBasedStateMachine):
         b = min(b + kib * 1024, covered)
         if e.settled or b <= conn.usage[0]:
             return
-        conn.nonce += 1
-        scope = ReceiptScope(self.ledger.package_id, conn.escrow, conn.id)
-        receipt = Receipt(scope, b, r, fee(SLA, b, r), conn.nonce).sign(conn.client)
+        receipt = self.receipt(conn, b, r, fee(SLA, b, r))
         paid = receipt.total_amount - e.claimed
         result = self.expect(
             lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {SERVER.sui_address: paid}
@@ -375,20 +416,11 @@ class LedgerMachine(RuleBasedStateMachine):
     # invariants
 
     @invariant()
-    def conserved(self) -> None:
-        audit = self.ledger.audit()
-        assert audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"]
-
-    @invariant()
-    def escrows_balance(self) -> None:
-        for conn in self.conns:
-            e = self.ledger.get_escrow(conn.escrow)
-            assert e.balance == e.deposited - e.claimed - e.refunded >= 0
-            assert e.claimed <= e.deposited
-            tc = self.ledger.get_connection(conn.id)
-            assert tc.settled == e.settled
-            if e.settled:
-                assert e.balance == 0 and tc.state is ConnectionState.CLOSED
+    def the_worlds_rules_hold(self) -> None:
+        # LedgerWorld.check: MIST conserved; on every connection (the world's channels),
+        # the escrow's books balance, nothing is claimed beyond the deposit or beyond a
+        # receipt its client signed, and a settled escrow is empty, its connection Closed
+        self.world.check()
 
     @invariant()
     def host_untouched(self) -> None:

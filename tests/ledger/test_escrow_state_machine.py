@@ -5,7 +5,9 @@ top-ups, epochs, cap changes and clock moves.
 Each claim's outcome is predicted independently (docs/escrow.md §6 check order) and
 compared; every failed call must leave the whole ledger unchanged; balances may change
 only as the rules say; a top-up of 0 is never refused by the cap, however far a lowering
-took it. Invariants: MIST conserved, escrow balance == deposited − claimed − refunded,
+took it. It runs on dtp.testing's LedgerWorld (tests/ledger/escrow_machine.py).
+Invariants: LedgerWorld.check (MIST conserved, escrow balance == deposited − claimed −
+refunded, no claim beyond a receipt the client signed, a settled escrow empty),
 every cap holds exactly the deposits outstanding and the claims counted in its epoch
 (and each escrow its part of them) as docs/escrow.md §4 tells, no epoch's claims --
 what servers were paid in it plus all its escrows could still pay -- exceed the limit in

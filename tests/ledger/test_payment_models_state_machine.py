@@ -42,7 +42,7 @@ from hypothesis.stateful import invariant, precondition, rule
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.economics import MAX_RETENTION_MS
 from dtp.ledger.objects import ConnectionState
-from dtp.payments.receipts import Receipt, ReceiptScope
+from dtp.testing.identities import identity
 from tests.ledger.broadcast_model import BroadcastModel
 from tests.ledger.escrow_machine import (
     CLIENTS,
@@ -51,13 +51,12 @@ from tests.ledger.escrow_machine import (
     TIMEOUT,
     Conn,
     LedgerMachine,
-    ident,
 )
 
 PRICE = 50  # per epoch
 SHARE_BPS = 5_000
 MAX_PLEDGE = 600  # the pool's limit per connection at first: deposits above 1200 hit it
-HEIR = ident(0x53)  # the host's authority for a while (change_authority)
+HEIR = identity(5)  # the host's authority for a while (change_authority)
 STORAGE_PRICE = 2  # per byte
 RETENTION_MS = 1_000
 TICKET = 30
@@ -241,7 +240,7 @@ class EconomicsMachine(LedgerMachine):
             lambda: self.ledger.open_subscribed_connection(who, sub_id, cap), {}, error
         )
         if error is None:
-            self.free.append(Conn(result.connection_id, result.escrow_id, who, cap))
+            self.free.append(self.track(result.connection_id, result.escrow_id, who))
             self.reserve(result.connection_id, cap, 0, top_up=False)
 
     @precondition(lambda self: self.free)
@@ -251,15 +250,8 @@ class EconomicsMachine(LedgerMachine):
         nothing), any other amount does not match the connection's fee."""
         conn = data.draw(st.sampled_from(self.free))
         e = self.ledger.get_escrow(conn.escrow)
-        conn.nonce += 1
         b, r = conn.usage[0] + more, conn.usage[1] + 1
-        receipt = Receipt(
-            ReceiptScope(self.ledger.package_id, conn.escrow, conn.id),
-            b,
-            r,
-            1 if metered else 0,
-            conn.nonce,
-        ).sign(conn.client)
+        receipt = self.receipt(conn, b, r, 1 if metered else 0)
         error = "EEscrowSettled" if e.settled else "EAmountMismatch" if metered else None
         self.expect(lambda: self.ledger.claim(SERVER, conn.escrow, receipt), {}, error)
         if error is None:
@@ -293,7 +285,7 @@ class EconomicsMachine(LedgerMachine):
         self.subs.append((sub_id, who))
         opened = self.expect(lambda: self.ledger.open_subscribed_connection(who, sub_id, cap), {})
         assert self.ledger.get_connection(opened.connection_id).subscription == sub_id
-        self.free.append(Conn(opened.connection_id, opened.escrow_id, who, cap))
+        self.free.append(self.track(opened.connection_id, opened.escrow_id, who))
         self.reserve(opened.connection_id, cap, 0, top_up=False)
 
     def _sub_of(self, conn: Conn) -> str:
@@ -375,7 +367,7 @@ class EconomicsMachine(LedgerMachine):
             error,
         )
         if error is None:
-            self.conns.append(Conn(result.connection_id, result.escrow_id, who, cap))
+            self.conns.append(self.track(result.connection_id, result.escrow_id, who))
             self.reserve(result.connection_id, cap, deposit, top_up=False)
             self.pledges[result.connection_id] = pledge
             assert self.ledger.get_sponsor_pool(self.pool).reserved == pool.reserved + pledge

@@ -68,6 +68,29 @@ def falsified(output: str) -> str:
     return found.group(0)
 
 
+def failing_call(falsified_text: str) -> str:
+    """The failing example of :func:`falsified`'s text, as one line of code: without the
+    comments hypothesis' explain phase adds (``# or any other generated value``), its
+    line breaks and its trailing commas -- so that a run without that phase reads as the
+    same example as one with it."""
+    lines = [re.sub(r"^E?\s*", "", line) for line in falsified_text.splitlines()]
+    code = "".join(re.sub(r"\s*#.*$", "", line) for line in lines)
+    return re.sub(r",\)", ")", re.sub(r"\s+", "", code))
+
+
+#: A pytest plugin (``-p skip_explain``) that loads a hypothesis profile without the
+#: explain phase. That phase runs after shrinking and reruns the shrunk failure many
+#: times under a line tracer (sys.settrace before Python 3.12) to comment which of its
+#: parts did not matter: about nine tenths of a failing seeded run of the eager service.
+#: Which example fails, how it shrinks and its replay are the phases before it.
+SKIP_EXPLAIN = (
+    "from hypothesis import Phase, settings\n\n"
+    "PHASES = [phase for phase in Phase if phase is not Phase.explain]\n"
+    'settings.register_profile("skip-explain", phases=PHASES)\n'
+    'settings.load_profile("skip-explain")\n'
+)
+
+
 def billing_failed(output: str) -> bool:
     """Whether the broken service's billing assertion is what failed (not an error of
     the run)."""

@@ -17,6 +17,7 @@ import pytest
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.sui import SuiConfig, SuiLedger
+from dtp.testing.identities import identity
 from dtp.testing.ledger_world import LedgerWorld
 from dtp.testing.network import Link, SimNetwork
 from dtp.testing.plugin import DTP_CLOCK_MS
@@ -43,6 +44,13 @@ def test_the_ledger_fixtures(
     dtp_world.claim(channel, dtp_world.sign(channel, 1024, 2))
     dtp_world.check()
     assert dtp_world.ledger is dtp_ledger
+
+
+def test_numbered_identities_are_made_once() -> None:
+    assert identity(5) is identity(5)  # (derived once: a machine's worlds ask at every run)
+    assert identity(5).sui_address != identity(-5).sui_address
+    with pytest.raises(TypeError, match="an int, got bool"):
+        identity(True)  # (never identity(1), which equals it as a cache key)
 
 
 def test_the_blocking_pair(dtp_pair: tuple[DTPSocket, DTPSocket]) -> None:
