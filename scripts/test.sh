@@ -79,6 +79,11 @@ for chunk in "${c_chunks[@]}" "${pure_chunks[@]}"; do
 done
 [ "${#c_chunks[@]}" -eq "$parts" ] && [ "${#pure_chunks[@]}" -eq "$parts" ] \
   || { echo "scripts/split_tests.py did not split the test files in $parts parts" >&2; exit 2; }
+# the CPUs' busy and idle ticks (/proc/stat's first line), read again once the parts end:
+# how busy the machine was says whether more parts would end sooner (it waited) or not
+cpu_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+read -r busy_before idle_before < <(cpu_ticks)
+parts_started=$SECONDS
 pids=()
 logs=()
 # (the checks job in a process group of its own: an interrupted run ends its children too)
@@ -108,6 +113,9 @@ checks_status=0
 wait "$checks_pid" || checks_status=1
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 trap - EXIT INT TERM
+read -r busy_after idle_after < <(cpu_ticks)
+cpu_busy=$(( 100 * (busy_after - busy_before) / (busy_after - busy_before + idle_after - idle_before + 1) ))
+parts_took=$((SECONDS - parts_started))
 # the timing probe, now that the machine is quiet: the wall-clock figures of the tests
 # that check only bounds load cannot break beside the rest of the suite
 # (scripts/timing_probe.sh, tests/support/timing.py)
@@ -123,6 +131,8 @@ for log in "${logs[@]}"; do
 done
 printf '\n(the pure-Python core ran every test file but the %s in tests/core_independent.txt, which\nnever reach the core: the C backend ran them, checking that)\n' \
   "$(grep -c '^tests/' tests/core_independent.txt)"
+printf '(the parts and the checks took %d min %d s, the %d CPUs %d%% busy meanwhile)\n' \
+  "$((parts_took / 60))" "$((parts_took % 60))" "$(nproc)" "$cpu_busy"
 # the last line: the whole run's total (every part's pytest summary added up)
 $PYBIN/python - "$status" "$checks_status" "$probe_status" "$((SECONDS - started))" "${logs[@]}" <<'PY'
 import re, sys
