@@ -1,7 +1,7 @@
 """``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
 ``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
-docs/escrow.md §13-16, ``service retire-retention`` takes retention terms back; ``balance``, ``connections``, ``refund`` and ``claim`` live in
-:mod:`dtp.cli.funds`).
+docs/escrow.md §13-16, ``service retire-retention`` takes retention terms back;
+``balance``, ``connections``, ``refund`` and ``claim`` live in :mod:`dtp.cli.funds`).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
 ``--ledger SPEC`` (a ledger spec, :mod:`dtp.ledger.spec`: ``local``, the embedded
