@@ -67,12 +67,14 @@ fun ack_message_layout() {
     let msg = response_escrow::ack_message(DOCS_PACKAGE, th::escrow(), DOCS_ACK_HASH);
     assert!(msg == DOCS_ACK_MSG);
     assert!(msg.length() == 112);
-    assert!(ed25519::ed25519_verify(&DOCS_ACK_SIG, &th::client_pk(), &msg));
+    let signature = DOCS_ACK_SIG;
+    let key = th::client_pk();
+    assert!(ed25519::ed25519_verify(&signature, &key, &msg));
     // the same acknowledgement for this package (the unit tests' address) is other bytes
     let package = escrow::receipt_package();
     let here = response_escrow::ack_message(package, th::escrow(), DOCS_ACK_HASH);
     assert!(here != msg);
-    assert!(!ed25519::ed25519_verify(&DOCS_ACK_SIG, &th::client_pk(), &here));
+    assert!(!ed25519::ed25519_verify(&signature, &key, &here));
 }
 
 /// Receipt nonces start at 1: an escrow's latest nonce is 0 before any claim, so a
