@@ -197,7 +197,8 @@ public fun claim(
         ed25519::ed25519_verify(&signature, &e.requester_public_key, &message),
         EBadSignature,
     );
-    let amount = pay_out(e, e.server, STATE_PAID, ctx);
+    let to = e.server; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_PAID, ctx);
     event::emit(ResponseFeeClaimed {
         escrow: object::id(e),
         server: e.server,
@@ -223,7 +224,8 @@ public fun deliver(
     assert!(clock.timestamp_ms() <= e.deadline_ms, EDeadlinePassed);
     assert!(response.length() > 0, EEmptyResponse);
     assert!(response.length() <= MAX_RESPONSE_LENGTH, EResponseTooLarge);
-    let amount = pay_out(e, e.server, STATE_DELIVERED, ctx);
+    let to = e.server; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_DELIVERED, ctx);
     event::emit(ResponseDelivered {
         escrow: object::id(e),
         requester: e.requester,
@@ -240,7 +242,8 @@ public fun refund(e: &mut ResponseEscrow, clock: &Clock, ctx: &mut TxContext): u
     assert!(ctx.sender() == e.requester, ENotRequester);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(clock.timestamp_ms() > e.deadline_ms, EDeadlineNotReached);
-    let amount = pay_out(e, e.requester, STATE_REFUNDED, ctx);
+    let to = e.requester; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_REFUNDED, ctx);
     event::emit(ResponseFeeRefunded { escrow: object::id(e), requester: e.requester, amount });
     amount
 }
