@@ -1,7 +1,7 @@
 """``dtp keys|localnet|host|service|subscription|deploy``: the chain commands of the
 ``dtp`` CLI (``service subscription|sponsor|retention`` publish the payment models of
-docs/escrow.md §13-16; ``balance``, ``connections``, ``refund`` and ``claim`` live in
-:mod:`dtp.cli.funds`).
+docs/escrow.md §13-16, ``service retire-retention`` takes retention terms back;
+``balance``, ``connections``, ``refund`` and ``claim`` live in :mod:`dtp.cli.funds`).
 
 :func:`register` adds them to the ``dtp`` command's subparsers. Every command takes
 ``--ledger SPEC`` (a ledger spec, :mod:`dtp.ledger.spec`: ``local``, the embedded
@@ -608,6 +608,8 @@ def _service_sponsor(args: argparse.Namespace) -> int:
 
 def _service_retention(args: argparse.Namespace) -> int:
     ledger = _ledger(args, create=False)
+    if args.replace is not None:
+        return _replace_retention(args, ledger)
     terms = _naming_host(
         ledger,
         args.host,
@@ -617,6 +619,46 @@ def _service_retention(args: argparse.Namespace) -> int:
     )
     shown = _read_back(
         f"Created the retention terms {terms}", lambda: ledger.get_retention_terms(terms)
+    )
+    _emit(args, {"terms": shown})
+    return 0
+
+
+def _replace_retention(args: argparse.Namespace, ledger: Any) -> int:
+    """``service retention HOST PORT --replace OLD``: ``retention::replace_terms``, the old
+    terms retired and the new ones published in one transaction (docs/escrow.md §16), so
+    that the port is neither left without terms nor offered both. The old terms must be
+    the ones of HOST and PORT: the command says what it changes, and a mistyped ID is
+    caught before anything is paid."""
+    old = ledger.get_retention_terms(args.replace)
+    if (normalize_id(old.host), old.port) != (normalize_id(args.host), args.port):
+        raise _CliError(
+            f"The retention terms {old.id} are for host {old.host} port {old.port}, not "
+            f"host {normalize_id(args.host)} port {args.port}; nothing was done."
+        )
+    terms = ledger.replace_retention_terms(
+        _identity(args), old.id, args.retention_ms, args.storage_price_per_byte
+    )
+    shown = _read_back(
+        f"Retired the retention terms {old.id} and created {terms}",
+        lambda: ledger.get_retention_terms(terms),
+    )
+    _emit(args, {"terms": shown, "replaced": old.id})
+    return 0
+
+
+def _service_retire_retention(args: argparse.Namespace) -> int:
+    """``retention::retire_terms``: sends refuse the terms from now on; records kept
+    under them keep their deadlines (docs/escrow.md §16)."""
+    ledger = _ledger(args, create=False)
+    try:
+        ledger.retire_retention_terms(_identity(args), args.terms)
+    except ObjectNotFound:
+        # named as retention terms ("No RetentionTerms with ID ..."), not as an object
+        ledger.get_retention_terms(args.terms)
+        raise
+    shown = _read_back(
+        f"Retired the retention terms {args.terms}", lambda: ledger.get_retention_terms(args.terms)
     )
     _emit(args, {"terms": shown})
     return 0
@@ -1042,6 +1084,18 @@ def register(subparsers: Any) -> None:
         help="how long to keep data: milliseconds, or a duration (90s, 5m, 2h)",
     )
     keep.add_argument("--storage-price-per-byte", type=_amount, default=0, help="MIST per byte")
+    keep.add_argument(
+        "--replace",
+        metavar="TERMS",
+        help="retire these terms of the port in the same transaction (RetentionTerms ID)",
+    )
+    retire = leaf(
+        service_sub,
+        "retire-retention",
+        _service_retire_retention,
+        "stop offering retention terms (sends refuse them; kept records keep their deadlines)",
+    )
+    retire.add_argument("terms", help="RetentionTerms ID")
 
     subscription = subparsers.add_parser("subscription", help="pre-paid service access")
     sub_sub = subscription.add_subparsers(

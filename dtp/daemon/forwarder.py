@@ -44,6 +44,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState
 from dtp.ledger.receipt import Receipt, ReceiptScope
+from dtp.payments.refund_engine import RefundAction, refund_cost
 from dtp.protocol.connection import ConnectionConfig
 
 __all__ = ["Forwarder"]
@@ -75,16 +76,34 @@ class _Link:
         return not self.retired and not self.closed.is_set() and not self.writer.is_closing()
 
 
-async def close_on_ledger(ledger: Ledger, identity: HostIdentity, connection_id: str) -> None:
+async def close_on_ledger(
+    ledger: Ledger, identity: HostIdentity, connection_id: str, *, weigh_gas: bool = False
+) -> None:
     """Half-close a connection of ours that ended, on the ledger, unless it is closed
     already or we half-closed it (in a thread; refusals are logged): the daemon claims
     and settles, refunding the rest of the deposit -- and where it does not (killed, a
-    claim refused), the half-close started the timeout after which we may settle."""
+    claim refused), the half-close started the timeout after which we may settle.
+
+    ``weigh_gas`` (``gas_aware_ends``): not when what the escrow holds is below the gas
+    of the half-close and of the settlement after it, the refund rule of the book's
+    looks (:func:`dtp.payments.refund_engine.worth_gas`): that half-close would buy
+    nothing back. The connection is left Open (the provider may still settle it), and
+    the book's look at it logs it with the ``dtp refund`` command that takes it back."""
 
     def close() -> None:
         tc = ledger.get_connection(connection_id)
-        if tc.state != ConnectionState.CLOSED and tc.half_closed_by != identity.sui_address:
-            ledger.close_connection(identity, connection_id)
+        if tc.state == ConnectionState.CLOSED or tc.half_closed_by == identity.sui_address:
+            return
+        if weigh_gas:
+            cost = refund_cost(RefundAction.HALF_CLOSE, ledger.end_gas())
+            balance = ledger.get_escrow(tc.escrow).balance if cost else 0
+            if cost and balance < cost:
+                logger.debug(
+                    "ledger close skipped: the deposit left does not cover its gas",
+                    extra=kv(connection=connection_id, balance=balance, gas=cost),
+                )
+                return
+        ledger.close_connection(identity, connection_id)
 
     try:
         await asyncio.to_thread(close)
@@ -366,7 +385,8 @@ class Forwarder:
                 link.attempt.release()  # the book's look at it: settled, or to be
 
     async def _close_on_ledger(self, link: _Link) -> None:
-        await close_on_ledger(self.ledger, self.identity, link.connection_id)
+        weigh = self.refunds is not None and self.refunds.weigh_gas
+        await close_on_ledger(self.ledger, self.identity, link.connection_id, weigh_gas=weigh)
 
     def _send_receipt(self, link: _Link, receipt: Receipt | None) -> None:
         if receipt is None or link.closed.is_set():

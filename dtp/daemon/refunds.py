@@ -59,6 +59,8 @@ class Refunds:
     ) -> None:
         self.gas = gas
         self.interval = interval
+        self.weigh_gas = weigh_gas
+        """``gas_aware_ends``: the forwarders' half-closes are weighed the same way."""
         self.book = OpenedBook(state_dir / CONNECTIONS_FILE)
         engine = RefundEngine(interval=interval, retry=interval, weigh_gas=weigh_gas)
         self.refunder = Refunder(ledger, identity, self.book, engine, wake=self._wake_up)

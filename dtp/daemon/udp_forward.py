@@ -232,7 +232,8 @@ class UdpForward:
             await writer.wait_closed()
         assert writer.connection_id is not None
         try:
-            await close_on_ledger(self.ledger, self.identity, writer.connection_id)
+            weigh = self.refunds is not None and self.refunds.weigh_gas
+            await close_on_ledger(self.ledger, self.identity, writer.connection_id, weigh_gas=weigh)
         finally:
             if attempt is not None:
                 attempt.release()  # the book's look at it: settled, or to be

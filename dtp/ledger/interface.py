@@ -101,13 +101,16 @@ RESPONSE_ESCROW_OPEN: Final = 0
 RESPONSE_ESCROW_PAID: Final = 1
 RESPONSE_ESCROW_DELIVERED: Final = 2
 RESPONSE_ESCROW_REFUNDED: Final = 3
-#: Domain tag of response acknowledgements.
-RESPONSE_ACK_DOMAIN: Final = b"DTP-RESPONSE-V1"
+#: Domain tag of response acknowledgements (version 2: the package is signed too).
+RESPONSE_ACK_DOMAIN: Final = b"DTP-RESPONSE-V2"
 
 
-def response_ack_message(escrow_id: str, response_hash: bytes) -> bytes:
-    """The 80 bytes a requester signs (raw Ed25519) to acknowledge a response: BCS of
-    ``RESPONSE_ACK_DOMAIN`` (length-prefixed) || escrow ID (32) || response hash (32)."""
+def response_ack_message(package: str, escrow_id: str, response_hash: bytes) -> bytes:
+    """The 112 bytes a requester signs (raw Ed25519) to acknowledge a response: BCS of
+    ``RESPONSE_ACK_DOMAIN`` (length-prefixed) || package (32: the dtp package's original
+    ID, ``Ledger.package_id``) || escrow ID (32) || response hash (32). The tag and the
+    package are its domain, as a receipt's (docs/escrow.md §6, §12): an acknowledgement
+    verifies for one escrow of one deployment of the package."""
     from dtp.ledger.receipt import object_id_bytes
 
     if len(response_hash) != 32:
@@ -115,6 +118,7 @@ def response_ack_message(escrow_id: str, response_hash: bytes) -> bytes:
     return (
         bytes([len(RESPONSE_ACK_DOMAIN)])
         + RESPONSE_ACK_DOMAIN
+        + object_id_bytes(package)
         + object_id_bytes(escrow_id)
         + bytes(response_hash)
     )
@@ -627,7 +631,8 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         self, signer: HostIdentity, escrow_id: str, response_hash: bytes, signature: bytes
     ) -> int:
         """``response_escrow::claim`` (server): paid with the requester's acknowledgement
-        (signature over :func:`response_ack_message`). Returns the MIST paid."""
+        (signature over :func:`response_ack_message` for this ledger's ``package_id``).
+        Returns the MIST paid."""
         raise NotImplementedError(f"{type(self).__name__} has no response escrow")
 
     def response_escrow_deliver(self, signer: HostIdentity, escrow_id: str, response: bytes) -> int:

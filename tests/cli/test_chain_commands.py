@@ -122,7 +122,8 @@ def test_host_command_errors_are_one_line(chain_cli: Cli) -> None:
 
 def test_payment_model_commands(chain_cli: Cli) -> None:
     """``service subscription|sponsor|retention`` publish the payment models of
-    docs/escrow.md §13-16; ``subscription buy|renew|show`` buy access by the epoch."""
+    docs/escrow.md §13-16 (``retention --replace`` and ``retire-retention`` take retention
+    terms back); ``subscription buy|renew|show`` buy access by the epoch."""
     cli = chain_cli
     address = cli.json("keys", "new")["sui_address"]
     funds = 10_000 if cli.network is None else SUI  # (gas, on Sui)
@@ -152,7 +153,26 @@ def test_payment_model_commands(chain_cli: Cli) -> None:
         "service", "retention", host, "7", "--retention-ms", "60000",
         "--storage-price-per-byte", "2",
     )["terms"]  # fmt: skip
-    assert terms["retention_ms"] == 60000
+    assert terms["retention_ms"] == 60000 and terms["retired"] is False
+    # replaced in one transaction: the old terms retired, new ones for the same port
+    other = cli.json(
+        "service", "retention", host, "7", "--retention-ms", "30s", "--replace", terms["id"],
+    )  # fmt: skip
+    assert other["replaced"] == terms["id"] and other["terms"]["retention_ms"] == 30_000
+    assert cli.json("service", "retire-retention", other["terms"]["id"])["terms"]["retired"]
+    ledger = cli.open_ledger()
+    assert ledger.get_retention_terms(terms["id"]).retired
+    assert ledger.get_retention_terms(other["terms"]["id"]).retired
+    ledger.close()
+    again = cli("service", "retire-retention", terms["id"], code=1)
+    assert again.startswith("dtp: ") and "retired" in again and again.count("\n") == 1
+    elsewhere = cli(
+        "service", "retention", host, "8", "--retention-ms", "1000", "--replace", terms["id"],
+        code=1,
+    )  # fmt: skip
+    assert "are for host" in elsewhere and "port 7, not" in elsewhere
+    missing = cli("service", "retire-retention", "0x" + "12" * 32, code=1)
+    assert missing.startswith("dtp: No RetentionTerms with ID")
     ledger = cli.open_ledger()
     before = ledger.epoch()  # (a real network's epoch may end meanwhile)
     sub = cli.json("subscription", "buy", offer["id"], "--epochs", "2")["subscription"]

@@ -93,6 +93,8 @@ OBJECT = "0x" + "ab" * 32
         ("service", "subscription", OBJECT, "80", "--price-per-epoch", "5"),
         ("service", "sponsor", OBJECT, "80", "--share-bps", "5", "--max-pledge", "1000"),
         ("service", "retention", OBJECT, "80", "--retention-ms", "5"),
+        ("service", "retention", OBJECT, "80", "--retention-ms", "5", "--replace", OBJECT),
+        ("service", "retire-retention", OBJECT),
         ("subscription", "buy", OBJECT, "--epochs", "1"),
         ("subscription", "renew", OBJECT, "--epochs", "1"),
     ],

@@ -91,13 +91,13 @@ health_interval = 30
 """
 
 
-def _forward(daemon: Daemon, port: int = 7000) -> str:
+def _forward(daemon: Daemon, port: int = 7000, deposit: int = DEPOSIT) -> str:
     return f"""
 [[forward]]
 name = "fwd"
 listen = "127.0.0.1:0"
 target = "dtp://{daemon.host_id}:{port}"
-deposit = {DEPOSIT}
+deposit = {deposit}
 """
 
 
@@ -186,6 +186,50 @@ def test_a_profitable_connections_end_is_claimed_in_one_transaction(
         assert f"connection ends {ends:,} MIST" in table
 
     asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["gas_aware_ends", "every_end"])
+def test_a_forwarder_does_not_half_close_what_would_not_pay_for_it(
+    node: SuiNodeStandIn, tmp_path: Path, aware: bool
+) -> None:
+    """A deposit of 3 M MIST, used for a few dozen: its half-close and the settlement
+    after it would cost the client about 3.5 M MIST of gas on the stand-in, more than
+    they would take back. With ``gas_aware_ends`` the forwarder sends no half-close as
+    the connection ends (left Open: the provider may still settle it, ``dtp refund``
+    takes it back by hand); with ``gas_aware_ends = false`` it half-closes as ever."""
+    deposit = 3_000_000
+
+    async def main() -> str:
+        async with echo_backend() as backend:
+            provider = _config(tmp_path, node, "provider", _service("svc", 7000, backend, CHEAP))
+            async with running(provider) as daemon:
+                extra = "" if aware else "gas_aware_ends = false"
+                body = _forward(daemon, deposit=deposit)
+                client = _config(tmp_path, node, "client", body, extra)
+                async with running(client) as forwarder:
+                    fwd = forwarder.forwarders["fwd"]
+                    assert fwd.server is not None
+                    address = fwd.server.sockets[0].getsockname()[:2]
+                    assert await through(address, b"x" * 4096) == b"x" * 4096
+                    gas = await asyncio.to_thread(forwarder.ledger.end_gas)
+                    assert gas.client_refund > deposit  # (what the test is about)
+                # (the forwarder drained: its connection ended)
+                return _connection_of(daemon)
+
+    cid = asyncio.run(asyncio.wait_for(main(), 6 * BOUND))
+    client = HostIdentity.load(tmp_path / "client.key")
+    ledger = SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
+    try:
+        tc = ledger.get_connection(cid)
+        escrow = ledger.get_escrow(tc.escrow)
+    finally:
+        ledger.close()
+    assert not tc.settled and escrow.balance == deposit  # (the provider left its end)
+    if aware:
+        assert tc.state == ConnectionState.OPEN and tc.half_closed_by is None
+    else:
+        assert tc.state == ConnectionState.HALF_CLOSED
+        assert tc.half_closed_by == client.sui_address
 
 
 def test_on_a_local_ledger_every_end_is_settled_at_once(tmp_path: Path) -> None:

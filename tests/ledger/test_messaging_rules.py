@@ -129,17 +129,27 @@ def test_error_table_matches_move_sources() -> None:
 
 
 def test_ack_message_layout_and_claim_with_real_ack() -> None:
-    message = response_ack_message("0x" + "ab" * 32, b"\x01" * 32)
-    assert len(message) == 80 and message[:16] == b"\x0fDTP-RESPONSE-V1"
+    message = response_ack_message("0x" + "cd" * 32, "0x" + "ab" * 32, b"\x01" * 32)
+    assert len(message) == 112 and message[:16] == b"\x0fDTP-RESPONSE-V2"
+    assert message[16:48] == b"\xcd" * 32 and message[48:80] == b"\xab" * 32
     ledger = LocalLedger(":memory:", clock_ms=0)
+    package = ledger.package_id
     client, server, mallory = ACTORS["client"], ACTORS["server"], ACTORS["mallory"]
     ledger.faucet(client.sui_address, 50)
     escrow = ledger.response_escrow_deposit(client, server.sui_address, b"r", 20, 100)
     digest = b"\x09" * 32
-    forged = mallory.sign(response_ack_message(escrow, digest))
+    forged = mallory.sign(response_ack_message(package, escrow, digest))
     with pytest.raises(InvalidReceipt):
         ledger.response_escrow_claim(server, escrow, digest, forged)
-    ack = client.sign(response_ack_message(escrow, digest))
+    # the requester's own signature, but for another deployment of the package, or in
+    # version 1's layout (the escrow alone): refused alike
+    elsewhere = client.sign(response_ack_message("0x" + "cd" * 32, escrow, digest))
+    with pytest.raises(InvalidReceipt):
+        ledger.response_escrow_claim(server, escrow, digest, elsewhere)
+    v1 = b"\x0fDTP-RESPONSE-V1" + bytes.fromhex(escrow[2:].rjust(64, "0")) + digest
+    with pytest.raises(InvalidReceipt):
+        ledger.response_escrow_claim(server, escrow, digest, client.sign(v1))
+    ack = client.sign(response_ack_message(package, escrow, digest))
     with pytest.raises(NotAuthorized):
         ledger.response_escrow_claim(mallory, escrow, digest, ack)
     assert ledger.response_escrow_claim(server, escrow, digest, ack) == 20
@@ -230,7 +240,10 @@ def test_messaging_event_layouts_match_local_ledger_events() -> None:
     b = ledger.response_escrow_deposit(client, server.sui_address, b"b", 10, 100)
     c = ledger.response_escrow_deposit(client, server.sui_address, b"c", 10, 100)
     ledger.response_escrow_claim(
-        server, a, b"\x01" * 32, client.sign(response_ack_message(a, b"\x01" * 32))
+        server,
+        a,
+        b"\x01" * 32,
+        client.sign(response_ack_message(ledger.package_id, a, b"\x01" * 32)),
     )
     ledger.response_escrow_deliver(server, b, b"answer")
     ledger.advance_clock(200)

@@ -27,6 +27,9 @@ pass, then each record's sender takes its deposit back, anyone ends the connecti
 subscriptions that are over (nothing owed), every client settles its connections after
 the half-close timeout and the provider claims every subscription's earnings -- each of
 those must succeed, and afterwards no record, escrow or subscription holds a MIST.
+
+tests/ledger/test_economics_on_sui.py runs the same machine on SuiLedger over the node
+stand-in, and compares its calls' outcomes with LocalLedger's for the same draws.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class Record:
 
 
 class EconomicsMachine(LedgerMachine):
+    SIGNERS = (*LedgerMachine.SIGNERS, HEIR)
+
     def __init__(self) -> None:
         super().__init__()
         ledger = self.ledger

@@ -196,3 +196,47 @@ def test_the_move_tests_messages_and_keys() -> None:
     assert "const CONNECTION: address = @0xc0ffee;" in helpers
     assert "const ESCROW: address = @0xdecaf;" in helpers
     assert 'dtp = "0x0"' in (ROOT / "move" / "dtp" / "Move.toml").read_text()
+
+
+# -- response acknowledgements (docs/escrow.md §12, version 2) --------------------------------
+
+
+class _AckMessage(bcs.canoser.Struct):  # type: ignore[misc]
+    _fields = [  # noqa: RUF012 (canoser's declaration)
+        ("domain", [bcs.canoser.Uint8]),
+        ("package", bcs.Address),
+        ("escrow", bcs.Address),
+    ]
+
+
+def _ack_vector() -> dict[str, bytes]:
+    """The ``body``/``hash``/``message``/``signature`` lines of docs/escrow.md §12."""
+    text = ESCROW_DOC.read_text()
+    section = text[text.index("Acknowledgement message (112 bytes") :]
+    block = section[section.index("```text") : section.index("```", section.index("```text") + 7)]
+    found = dict(re.findall(r"^(body|hash|message|signature)\s+([0-9a-f]+)$", block, re.M))
+    assert set(found) == {"body", "hash", "message", "signature"}, block
+    return {k: bytes.fromhex(v) for k, v in found.items()}
+
+
+def test_the_acknowledgement_vector() -> None:
+    """The docs' acknowledgement: its body is msgpack ``[1, 7, "answer", nil]``, its hash
+    BLAKE2b-256 of it, its message the independent BCS encoding (tag, package, escrow)
+    followed by the hash, its signature RFC 8032's; the code and the Move test's
+    constants agree with all of them."""
+    from dtp.ledger.interface import response_ack_message
+    from dtp.messaging.rpc import response_hash
+
+    vector = _ack_vector()
+    assert vector["body"] == b"\x94\x01\x07\xa6answer\xc0"
+    assert vector["hash"] == hashlib.blake2b(vector["body"], digest_size=32).digest()
+    fields = (bcs.Address.from_str(x) for x in (DOCS_PACKAGE, ESCROW))
+    head: bytes = _AckMessage(list(b"DTP-RESPONSE-V2"), *fields).serialize()
+    message = head + vector["hash"]
+    assert len(message) == 112 and vector["message"] == message
+    assert vector["signature"] == rfc8032_sign(CLIENT_SEED, message)
+    assert response_ack_message(DOCS_PACKAGE, ESCROW, response_hash(vector["body"])) == message
+    constants = _move_constants("rule_tests.move")
+    assert constants["DOCS_ACK_HASH"] == vector["hash"]
+    assert constants["DOCS_ACK_MSG"] == message
+    assert constants["DOCS_ACK_SIG"] == vector["signature"]

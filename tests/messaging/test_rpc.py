@@ -1062,7 +1062,7 @@ def test_claim_all_claims_each_fee_on_its_own() -> None:
     for i, escrow_id in enumerate(escrows):
         body = msgpack.packb([1, i, f"answer {i}", None])
         policy.responded(escrow_id, body)
-        sig = client_id.sign(response_ack_message(escrow_id, response_hash(body)))
+        sig = client_id.sign(response_ack_message(base.package_id, escrow_id, response_hash(body)))
         assert policy.acknowledged(escrow_id, sig)
     # escrow 2 is refunded under the server's feet: its claim aborts in Move
     base.advance_clock(2_000)

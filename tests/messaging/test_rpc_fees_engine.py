@@ -170,7 +170,7 @@ def test_answered_signs_the_acknowledgement_once() -> None:
     body = b"\x93\x01\x02\x03"
     signature = fees.answered(5, body)
     assert signature is not None
-    message = response_ack_message("0xe1", response_hash(body))
+    message = response_ack_message(LEDGER.package_id, "0xe1", response_hash(body))
     assert verify_memoized(CLIENT.ed25519_public, signature, message)
     assert fees.answered(5, body) is None  # (a second answer is not acknowledged)
     fees.unanswered(5)  # (nor refunded: the server may claim it)

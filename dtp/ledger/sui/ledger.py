@@ -491,7 +491,14 @@ class SuiLedgerCore(TypedReads):
             raise InvalidArgument(f"A port is a u16 (0..65535), got {port!r}.")
 
     def _model_object(self, object_id: str, struct: str) -> NodeObject:
-        obj = self._node.get_object(normalize_id(object_id))
+        object_id = normalize_id(object_id)
+        try:
+            obj = self._node.get_object(object_id)
+        except ObjectNotFound:
+            # named as _load names the others, and LocalLedger all of them
+            raise ObjectNotFound(
+                f"No {struct} with ID {object_id} exists on this network."
+            ) from None
         if short_type(obj.type, self._packages) != f"dtp::{ECONOMICS_MODULES[struct]}::{struct}":
             raise ObjectNotFound(f"Object {obj.object_id} is a {obj.type}, not a {struct}.")
         return obj

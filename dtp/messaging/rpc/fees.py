@@ -618,7 +618,7 @@ class ResponsePrepay:
         the server claims the escrow with it (docs/escrow.md). Both clients sign so."""
         from dtp.ledger.interface import response_ack_message
 
-        message = response_ack_message(escrow_id, response_hash(body))
+        message = response_ack_message(self.ledger.package_id, escrow_id, response_hash(body))
         return self.identity.sign(message)
 
 
@@ -740,7 +740,7 @@ class ResponseFeePolicy:
             # response stays answered, for deliver_unacknowledged
             logger.info("cannot check the acknowledgement for %s: %s", escrow_id, exc)
             return False
-        message = response_ack_message(escrow_id, entry[0])
+        message = response_ack_message(self.ledger.package_id, escrow_id, entry[0])
         if not verify_memoized(esc.requester_public_key, signature, message):
             return False
         with self._lock:

@@ -13,15 +13,19 @@
 /// - the requester takes the fee back with `refund` once the deadline has passed and
 ///   neither happened.
 ///
-/// Acknowledgement message (80 bytes, the concatenated BCS encodings of):
+/// Acknowledgement message (112 bytes, the concatenated BCS encodings of):
 ///
 /// ```text
 ///  offset size  field
 ///   0      1    0x0f                 BCS length prefix of the domain tag
-///   1     15    b"DTP-RESPONSE-V1"   domain tag
-///  16     32    escrow ID            the ResponseEscrow object ID
-///  48     32    response hash        BLAKE2b-256 of the RESPONSE frame's msgpack body
+///   1     15    b"DTP-RESPONSE-V2"   domain tag
+///  16     32    package              this package's original ID (`escrow::receipt_package`)
+///  48     32    escrow ID            the ResponseEscrow object ID
+///  80     32    response hash        BLAKE2b-256 of the RESPONSE frame's msgpack body
 /// ```
+///
+/// The tag and the package are the acknowledgement's domain, as a receipt's: it verifies
+/// for one escrow of one deployment of the package (version 1 signed the escrow alone).
 module dtp::response_escrow;
 
 use dtp::escrow;
@@ -66,7 +70,7 @@ const EEmptyResponse: vector<u8> = b"A delivered response must not be empty";
 
 // === Constants ===
 
-const ACK_DOMAIN: vector<u8> = b"DTP-RESPONSE-V1";
+const ACK_DOMAIN: vector<u8> = b"DTP-RESPONSE-V2";
 const MAX_REQUEST_ID_LENGTH: u64 = 64;
 // the most one pure argument can carry on Sui (see inner_pipe::MAX_DATA_LENGTH)
 const MAX_RESPONSE_LENGTH: u64 = 16_381;
@@ -188,12 +192,13 @@ public fun claim(
     assert!(ctx.sender() == e.server, ENotServer);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(response_hash.length() == HASH_LENGTH, EInvalidHash);
-    let message = ack_message(object::id(e), response_hash);
+    let message = ack_message(escrow::receipt_package(), object::id(e), response_hash);
     assert!(
         ed25519::ed25519_verify(&signature, &e.requester_public_key, &message),
         EBadSignature,
     );
-    let amount = pay_out(e, e.server, STATE_PAID, ctx);
+    let to = e.server; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_PAID, ctx);
     event::emit(ResponseFeeClaimed {
         escrow: object::id(e),
         server: e.server,
@@ -219,7 +224,8 @@ public fun deliver(
     assert!(clock.timestamp_ms() <= e.deadline_ms, EDeadlinePassed);
     assert!(response.length() > 0, EEmptyResponse);
     assert!(response.length() <= MAX_RESPONSE_LENGTH, EResponseTooLarge);
-    let amount = pay_out(e, e.server, STATE_DELIVERED, ctx);
+    let to = e.server; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_DELIVERED, ctx);
     event::emit(ResponseDelivered {
         escrow: object::id(e),
         requester: e.requester,
@@ -236,7 +242,8 @@ public fun refund(e: &mut ResponseEscrow, clock: &Clock, ctx: &mut TxContext): u
     assert!(ctx.sender() == e.requester, ENotRequester);
     assert!(e.state == STATE_OPEN, EEscrowClosed);
     assert!(clock.timestamp_ms() > e.deadline_ms, EDeadlineNotReached);
-    let amount = pay_out(e, e.requester, STATE_REFUNDED, ctx);
+    let to = e.requester; // (read before `e` is lent to pay_out)
+    let amount = pay_out(e, to, STATE_REFUNDED, ctx);
     event::emit(ResponseFeeRefunded { escrow: object::id(e), requester: e.requester, amount });
     amount
 }
@@ -253,9 +260,15 @@ fun pay_out(e: &mut ResponseEscrow, to: address, state: u8, ctx: &mut TxContext)
     amount
 }
 
-/// The bytes a requester signs to acknowledge a response (layout in the module docs).
-public fun ack_message(escrow_id: ID, response_hash: vector<u8>): vector<u8> {
+/// The bytes a requester signs to acknowledge a response (layout in the module docs);
+/// `claim` builds them for this package's original ID.
+public fun ack_message(
+    package: address,
+    escrow_id: ID,
+    response_hash: vector<u8>,
+): vector<u8> {
     let mut message = bcs::to_bytes(&ACK_DOMAIN);
+    message.append(bcs::to_bytes(&package));
     message.append(bcs::to_bytes(&escrow_id));
     message.append(response_hash);
     message

@@ -7,9 +7,11 @@ use dtp::escrow::{Self, Escrow};
 use dtp::host::{Self, Host};
 use dtp::inner_pipe;
 use dtp::pipe::{Self, Pipe};
+use dtp::response_escrow;
 use dtp::spending_cap::{Self, SpendingCap};
 use dtp::test_helpers as th;
 use dtp::transport_control::{Self, TransportControl};
+use sui::ed25519;
 use sui::test_scenario as ts;
 
 // === Receipt bytes and keys ===
@@ -50,6 +52,29 @@ fun receipt_message_layout() {
 #[test]
 fun receipt_package_is_this_packages_id() {
     assert!(escrow::receipt_package() == @dtp);
+}
+
+/// docs/escrow.md §12's acknowledgement vector: package 0x0001…1f, escrow 0x…decaf, the
+/// BLAKE2b-256 of the response body `[1, 7, "answer", nil]`, signed by the client's key.
+const DOCS_ACK_HASH: vector<u8> = x"3b118496576aacb282a771e135570d77c7b8baed4452960634513fc1ec84b930";
+const DOCS_ACK_MSG: vector<u8> = x"0f4454502d524553504f4e53452d5632000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f00000000000000000000000000000000000000000000000000000000000decaf3b118496576aacb282a771e135570d77c7b8baed4452960634513fc1ec84b930";
+const DOCS_ACK_SIG: vector<u8> = x"181078e235961eb99a989a511304c89475437e1f4b3d737852faafa90c2323e7990ed6d0f1f453b63e1ec378cd986082f9fae191497a570041617764c039e709";
+
+/// An acknowledgement signs the package as well as the escrow (version 2): the message
+/// `claim` checks is the docs' layout, and the docs' signature verifies over it.
+#[test]
+fun ack_message_layout() {
+    let msg = response_escrow::ack_message(DOCS_PACKAGE, th::escrow(), DOCS_ACK_HASH);
+    assert!(msg == DOCS_ACK_MSG);
+    assert!(msg.length() == 112);
+    let signature = DOCS_ACK_SIG;
+    let key = th::client_pk();
+    assert!(ed25519::ed25519_verify(&signature, &key, &msg));
+    // the same acknowledgement for this package (the unit tests' address) is other bytes
+    let package = escrow::receipt_package();
+    let here = response_escrow::ack_message(package, th::escrow(), DOCS_ACK_HASH);
+    assert!(here != msg);
+    assert!(!ed25519::ed25519_verify(&signature, &key, &here));
 }
 
 /// Receipt nonces start at 1: an escrow's latest nonce is 0 before any claim, so a

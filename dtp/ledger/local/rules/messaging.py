@@ -105,7 +105,7 @@ def response_escrow_claim(x: Exec, escrow_id: str, response_hash: bytes, signatu
     e = _open_response_escrow(x, escrow_id, "server")
     if len(response_hash) != 32:
         raise move_error("response_escrow", "EInvalidHash", f"{len(response_hash)} bytes")
-    message = response_ack_message(escrow_id, response_hash)
+    message = response_ack_message(x.package, escrow_id, response_hash)
     if not verify(e["requester_public_key"], signature, message):
         raise move_error("response_escrow", "EBadSignature", f"response escrow {escrow_id}")
     amount = _pay_out(x, e, e["server"], RESPONSE_ESCROW_PAID)
