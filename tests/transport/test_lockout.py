@@ -83,10 +83,15 @@ SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio":
 
 @contextmanager
 def attack(
-    address: tuple[str, int], seconds: float, keep_open: int = 400, rate: float = 200.0
-) -> Iterator[None]:
+    address: tuple[str, int],
+    seconds: float,
+    keep_open: int = 400,
+    rate: float = 200.0,
+    kinds: str = "silent,partial,half",
+) -> Iterator[dict[str, int]]:
     """tests/transport/lockout_attack.py against ``address`` for up to ``seconds``, its
-    connections up before the block runs."""
+    connections up before the block runs; the dict it yields gets the attacker's counts
+    ("opened", "closed-by-server") once it ended (empty if it was killed)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -94,25 +99,28 @@ def attack(
             "tests.transport.lockout_attack",
             *map(str, address),
             str(seconds),
-            *("--open", str(keep_open), "--rate", str(rate)),
+            *("--open", str(keep_open), "--rate", str(rate), "--kinds", kinds),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
+    counts: dict[str, int] = {}
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        yield
+        yield counts
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            out, _ = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:  # (a loaded machine: not the server's to answer)
             proc.kill()
-            proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+            out, _ = proc.communicate(timeout=10)
+        words = out.split()
+        for name in ("opened", "closed-by-server"):
+            if name in words[:-1]:
+                counts[name] = int(words[words.index(name) + 1])
 
 
 def connect_and_echo(address: tuple[str, int]) -> float:
