@@ -47,17 +47,17 @@ CONNECT_BOUND = bound(1.0, ConnectionConfig.handshake_timeout / 2)
 
 
 @contextmanager
-def blocking_server() -> Iterator[Any]:
+def blocking_server(backlog: int = BACKLOG) -> Iterator[Any]:
     def echo(sock: dtp.socket.DTPSocket) -> None:
         sock.sendall(sock.recv(64))
 
-    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, backlog=BACKLOG) as server:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, backlog=backlog) as server:
         threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
         yield server
 
 
 @contextmanager
-def asyncio_server() -> Iterator[Any]:
+def asyncio_server(backlog: int = BACKLOG) -> Iterator[Any]:
     async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
         writer.write(await reader.read(64))
         await writer.drain()
@@ -65,7 +65,7 @@ def asyncio_server() -> Iterator[Any]:
 
     with loop_in_thread() as loop:
         server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=BACKLOG), loop
+            dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=backlog), loop
         ).result(10)
         try:
             yield server
@@ -78,7 +78,7 @@ def asyncio_server() -> Iterator[Any]:
             asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
 
 
-SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
+SERVERS: dict[str, Callable[..., Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
 
 
 @contextmanager
