@@ -252,9 +252,8 @@ def widen_listen_queue(listener: Any, backlog: int) -> None:
     ``backlog``. asyncio listens with ``backlog`` and accepts up to as many a loop tick;
     a duplicate of the descriptor, listened on again, makes the kernel's queue longer
     while the tick's batch stays ``backlog``."""
-    if backlog >= LISTEN_QUEUE:
-        return
-    with socket.socket(
-        listener.family, socket.SOCK_STREAM, fileno=os.dup(listener.fileno())
-    ) as dup:
+    fd = listener.fileno()
+    if backlog >= LISTEN_QUEUE or fd < 0:
+        return  # (long enough; or no descriptor: a simulated network's listener)
+    with socket.socket(listener.family, socket.SOCK_STREAM, fileno=os.dup(fd)) as dup:
         dup.listen(listen_queue(backlog))
