@@ -49,7 +49,7 @@ This module is the face: a plain address goes to the asyncio transport
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from dtp.eventloop import run
 from dtp.hostid import asyncio as hostid
@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
     from dtp.hostid.paid import ServicePolicy
     from dtp.hostid.paid.aio import PaidAioServer, PaidCallback
+    from dtp.hostid.paid.request_billing import AsyncRequestServer
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.payments.metering import MeteringConfig
@@ -246,7 +247,7 @@ async def open_connection(
 async def serve(
     host_id: str,
     port: int,
-    callback: PaidCallback,
+    callback: PaidCallback | AsyncRequestServer,
     *,
     ledger: Ledger,
     identity: HostIdentity,
@@ -262,13 +263,17 @@ async def serve(
     open_grace: float | None = None,
     websocket: tuple[str, int] | None = None,
     origins: Iterable[str] | None = None,
+    billing: Literal["bytes", "requests"] = "bytes",
 ) -> PaidAioServer:
     """Serve a paid DTP service on ``port`` of the Host ``host_id`` (as
     :func:`dtp.socket.serve`); ``callback(reader, writer)`` gets a paid stream pair.
     The handshake bounds (``max_handshakes``, ``backlog``, ``max_handshakes_per_address``,
     ``max_waiting_per_address``) and ``open_grace`` are :func:`start_server`'s, and so
-    are ``websocket`` and ``origins`` (the WebSocket carrier beside TCP). Returns
-    the running :class:`~dtp.hostid.paid.aio.PaidAioServer`; see :mod:`dtp.hostid.paid.aio`."""
+    are ``websocket`` and ``origins`` (the WebSocket carrier beside TCP). ``billing``
+    as :func:`dtp.socket.serve`'s: ``"requests"`` bills each RPC request by the receipt
+    it carries, ``callback`` then an :class:`~dtp.messaging.rpc.AsyncRpcServer` made
+    without ``payments``. Returns the running
+    :class:`~dtp.hostid.paid.aio.PaidAioServer`; see :mod:`dtp.hostid.paid.aio`."""
     from dtp.hostid.paid.aio import serve as serve_paid
 
     return await serve_paid(
@@ -289,4 +294,5 @@ async def serve(
         open_grace=open_grace,
         websocket=websocket,
         origins=origins,
+        billing=billing,
     )

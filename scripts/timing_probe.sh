@@ -10,6 +10,7 @@ PYBIN=${PYBIN:-.venv/bin}
 files=(
   tests/paid/test_rate_smoothness.py
   tests/transport/test_lockout.py
+  tests/transport/test_reconnect_flood.py
   tests/transport/test_accept_burst.py
   tests/transport/test_memory_churn.py
   tests/daemon/test_lan_announce.py

@@ -14,6 +14,19 @@ connect, so it is never the oldest for long, while a silent one ages (a bound th
 refused the newcomer instead would let silent connections lock everyone out, as the
 handshake slots they took did: 0 of 75 clients got in).
 
+An address whose connections keep ending unproven -- gave way, timed out, sent what is
+not DTP, or hung up before their first record -- is *suspect* (:class:`Strikes`: a
+second such end within :data:`STRIKE_HALF_LIFE` seconds of the first; forgiven as they
+decay, by half every half-life). Its new connections
+wait apart: when the server's bound is reached they give way first, oldest first, and a
+suspect newcomer that finds only others' connections waiting is refused at once rather
+than make one of them give way. A reconnect flood -- silent connections reopened as
+fast as they are closed, thousands a second from a few hundred addresses -- thus churns
+through its own connections only, and a genuine client's connect, waiting for the
+server to read its first record, is never the one closed (tests/transport/
+test_reconnect_flood.py: before, 5 of 200 such connects to the asyncio server and 1 of
+200 to the blocking one were).
+
 A proven connection takes the server's handshake slots (:mod:`dtp.transport.handshake_slots`).
 When they are all taken, the *half-handshakes* -- connections whose handshake waits for
 the client's next message (XX after message 2), not for the server's own work (its
@@ -46,12 +59,17 @@ from dtp.transport.handshake_slots import AddressSlots, ServerSlots, Verdict
 __all__ = [
     "DEFAULT_FIRST_MESSAGE_TIMEOUT",
     "ENDINGS",
+    "MAX_STRIKE_SCORE",
+    "MAX_STRUCK_ADDRESSES",
+    "STRIKE_HALF_LIFE",
+    "SUSPECT_STRIKES",
     "Admission",
     "Ending",
     "FirstMessage",
     "HalfHandshakes",
     "Outcome",
     "Progress",
+    "Strikes",
     "Unproven",
     "Why",
     "checked_first_message_timeout",
@@ -149,6 +167,67 @@ class FirstMessage:
         return data
 
 
+STRIKE_HALF_LIFE = 30.0
+"""Seconds over which an address's strikes (:class:`Strikes`) fall by half."""
+
+SUSPECT_STRIKES = 1.5
+"""Strikes at which an address is suspect: one connection that ends unproven is bad
+luck (a port scan, a client that gave up); a second one within the half-life is not
+(one strike, halved, plus one)."""
+
+MAX_STRIKE_SCORE = 12.0
+"""The most strikes an address holds: a flooding address is suspect again within
+three half-lives of stopping, however long it flooded."""
+
+MAX_STRUCK_ADDRESSES = 4096
+"""Addresses :class:`Strikes` remembers, the least recently struck forgotten first: its
+memory does not grow with the addresses that ever connected."""
+
+
+class Strikes:
+    """Per client address, how many of its connections ended unproven recently: a score
+    that gains one for each and falls by half every ``half_life`` seconds (at most
+    :data:`MAX_STRIKE_SCORE`, for at most ``limit`` addresses). An address with
+    :data:`SUSPECT_STRIKES` or more is suspect (:class:`Unproven`). Not thread-safe:
+    :class:`Unproven` calls it under its lock."""
+
+    __slots__ = ("_scores", "half_life", "limit")
+
+    def __init__(
+        self, half_life: float = STRIKE_HALF_LIFE, limit: int = MAX_STRUCK_ADDRESSES
+    ) -> None:
+        self.half_life = half_life
+        self.limit = max(limit, 1)
+        # address -> (score, when it was last struck); insertion order is strike order
+        self._scores: dict[str, tuple[float, float]] = {}
+
+    def score(self, key: str, now: float) -> float:
+        """``key``'s strikes at ``now``."""
+        entry = self._scores.get(key)
+        if entry is None:
+            return 0.0
+        score, then = entry
+        if now <= then:
+            return score
+        decay: float = 0.5 ** ((now - then) / self.half_life)
+        return score * decay
+
+    def strike(self, key: str, now: float) -> None:
+        """One of ``key``'s connections ended unproven at ``now``."""
+        score = min(self.score(key, now) + 1.0, MAX_STRIKE_SCORE)
+        entry = self._scores.pop(key, None)  # (to the end: the most recently struck)
+        self._scores[key] = (score, now if entry is None else max(now, entry[1]))
+        while len(self._scores) > self.limit:
+            del self._scores[next(iter(self._scores))]
+
+    def suspect(self, key: str, now: float) -> bool:
+        """Whether ``key`` is suspect at ``now``."""
+        return self.score(key, now) >= SUSPECT_STRIKES
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+
 class Unproven(Generic[T]):
     """Connections that have not sent their complete first record yet: at most ``cap``
     on the server and ``per_address`` from one address, each until its deadline. A
@@ -157,56 +236,84 @@ class Unproven(Generic[T]):
     HAProxy's and nginx's per-source limits: a client that sends its first record with
     its connect holds one at a time, so while any address holds more, it never gives
     way -- not even when the server was too busy to read that record yet).
-    :meth:`arrived` returns those that gave way, to close. Thread-safe (the blocking
-    server's accepting thread adds, its reader thread proves and expires)."""
 
-    def __init__(self, cap: int, per_address: int, timeout: float) -> None:
+    Connections from a suspect address (:class:`Strikes`, struck each time one of its
+    connections ends here unproven) are held apart: beyond the server's bound the
+    oldest of them gives way first, and a suspect newcomer finding none of them is
+    refused -- closed at once, never making another's connection give way.
+    :meth:`arrived` returns those that gave way (and a refused newcomer), to close.
+    Thread-safe (the blocking server's accepting thread adds, its reader thread proves
+    and expires)."""
+
+    def __init__(
+        self, cap: int, per_address: int, timeout: float, strikes: Strikes | None = None
+    ) -> None:
         self.cap = max(cap, 1)
         self.per_address = max(per_address, 1)
         self.timeout = timeout
+        self.strikes = Strikes() if strikes is None else strikes
         # insertion order is age order: the first is the oldest
         self._all: dict[T, tuple[str | None, float]] = {}
         self._by_address: dict[str, dict[T, None]] = {}
+        # those that came from a suspect address, oldest first (a part of _all)
+        self._suspects: dict[T, None] = {}
         self._lock = threading.Lock()
 
     def arrived(self, item: T, key: str | None, now: float) -> list[T]:
         """A new connection ``item`` from address ``key`` (None: not capped by address,
         a ledger bridge), its deadline ``now`` plus the timeout: the older connections
-        that give way to it (the caller closes them; they are no longer here)."""
+        that give way to it (the caller closes them; they are no longer here) -- or,
+        last, ``item`` itself, refused: it is suspect, and the server's bound is
+        reached with nobody else's suspect connections to give way."""
         gone: list[T] = []
         with self._lock:
+            suspect = key is not None and self.strikes.suspect(key, now)
             if key is not None:
                 mine = self._by_address.setdefault(key, {})
                 while len(mine) >= self.per_address:
-                    gone.append(self._drop(next(iter(mine))))
+                    gone.append(self._drop(next(iter(mine)), now))
             while len(self._all) >= self.cap:
-                gone.append(self._drop(self._heaviest_oldest()))
+                if self._suspects:
+                    gone.append(self._drop(next(iter(self._suspects)), now))
+                elif suspect:
+                    assert key is not None
+                    if not self._by_address.get(key):
+                        self._by_address.pop(key, None)  # (made above, for nothing)
+                    self.strikes.strike(key, now)
+                    gone.append(item)
+                    return gone
+                else:
+                    gone.append(self._drop(self._heaviest_oldest(), now))
             self._all[item] = (key, now + self.timeout)
             if key is not None:
                 # (set again: the address's table went with its last connection, when
                 # that one gave way above)
                 self._by_address.setdefault(key, {})[item] = None
+            if suspect:
+                self._suspects[item] = None
         return gone
 
-    def left(self, item: T) -> bool:
-        """``item`` proved itself, failed or closed: not waiting any more. Whether it was
+    def left(self, item: T, struck_at: float | None = None) -> bool:
+        """``item`` proved itself, failed or closed: not waiting any more -- unproven,
+        its address struck, when ``struck_at`` (the time) is given. Whether it was
         (False: it gave way, or expired, already)."""
         with self._lock:
             if item not in self._all:
                 return False
-            self._drop(item)
+            self._drop(item, struck_at)
             return True
 
     def expired(self, now: float) -> list[T]:
         """The connections whose deadline has passed, taken out (the caller closes
-        them). Deadlines grow with age, so this looks at the oldest ones only."""
+        them; their addresses are struck). Deadlines grow with age, so this looks at
+        the oldest ones only."""
         out: list[T] = []
         with self._lock:
             while self._all:
                 item, (_, deadline) = next(iter(self._all.items()))
                 if deadline > now:
                     break
-                out.append(self._drop(item))
+                out.append(self._drop(item, now))
         return out
 
     def next_deadline(self) -> float | None:
@@ -222,6 +329,7 @@ class Unproven(Generic[T]):
             items = list(self._all)
             self._all.clear()
             self._by_address.clear()
+            self._suspects.clear()
         return items
 
     def __len__(self) -> int:
@@ -241,13 +349,27 @@ class Unproven(Generic[T]):
             return next(iter(heaviest))
         return next(iter(self._all))
 
-    def _drop(self, item: T) -> T:
+    def strike(self, key: str, now: float) -> None:
+        """Strike ``key`` for a connection that ended unproven without waiting here."""
+        with self._lock:
+            self.strikes.strike(key, now)
+
+    def suspects(self) -> int:
+        """Connections from suspect addresses waiting now."""
+        with self._lock:
+            return len(self._suspects)
+
+    def _drop(self, item: T, struck_at: float | None = None) -> T:
+        """``item`` out (lock held); its address struck at ``struck_at`` if given."""
         key, _ = self._all.pop(item)
+        self._suspects.pop(item, None)
         if key is not None:
             mine = self._by_address[key]
             del mine[item]
             if not mine:
                 del self._by_address[key]
+            if struck_at is not None:
+                self.strikes.strike(key, struck_at)
         return item
 
 
@@ -409,18 +531,28 @@ class Admission(Generic[T]):
 
     # -- before the first record --------------------------------------------------------
 
-    def arrived(self, item: T, key: str | None, now: float) -> None:
+    def arrived(self, item: T, key: str | None, now: float) -> bool:
         """A new connection from address ``key`` (None: not capped by address): it waits
-        for its first record; the oldest give way to it where it finds no room."""
+        for its first record; the oldest give way to it where it finds no room. False
+        when it was refused instead (a suspect address's, :class:`Unproven`): closed
+        already ("gave way")."""
         gave_way = self.unproven.arrived(item, key, now)
         if gave_way:
             self._close(gave_way, "gave way")
+        return not gave_way or gave_way[-1] is not item
 
-    def dropped(self, item: T) -> bool:
-        """An unproven connection sent what is not DTP, or closed: forgotten (the driver
-        closes it). Whether it was still waiting (False: closed already, as it gave way
-        or timed out)."""
-        return self.unproven.left(item)
+    def dropped(self, item: T, now: float | None = None) -> bool:
+        """An unproven connection sent what is not DTP, or closed, at ``now``: forgotten
+        (the driver closes it), its address struck. Whether it was still waiting
+        (False: closed already, as it gave way or timed out)."""
+        return self.unproven.left(item, now)
+
+    def struck(self, key: str | None, now: float) -> None:
+        """A connection from ``key`` that never waited among the unproven (what it sent
+        with its connect was not DTP, or it hung up at once) ended unproven: ``key`` is
+        struck as if it had."""
+        if key is not None:
+            self.unproven.strike(key, now)
 
     def expire(self, now: float) -> None:
         """Close the unproven connections whose first-message timeout has passed, and
@@ -451,14 +583,17 @@ class Admission(Generic[T]):
 
     # -- proven: the slots ------------------------------------------------------------------
 
-    def proven(self, item: T, key: str | None, deadline: float, now: float) -> bool:
+    def proven(
+        self, item: T, key: str | None, deadline: float, now: float, *, waited: bool = True
+    ) -> bool:
         """``item`` sent its complete first record: its handshake starts once it holds
         its address's slot and one of the server's, at once or in its turn in their
         lines, until ``deadline`` (its accept plus its handshake timeout; then it is
-        closed "busy"). A connection that over a lossy carrier never was unproven (a
-        ledger bridge) comes here directly. False when it gave way or timed out already
-        (it is closed)."""
-        if not self.unproven.left(item) and key is not None:
+        closed "busy"). A connection that never was unproven comes here directly: one
+        whose record came with its connect, read as it was accepted (``waited``
+        False), or a ledger bridge's (``key`` None). False when it gave way or timed
+        out already (it is closed)."""
+        if not self.unproven.left(item) and key is not None and waited:
             return False
         slots = self.address_slots
         if key is not None and slots is not None:

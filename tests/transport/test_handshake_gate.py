@@ -15,11 +15,14 @@ from hypothesis import strategies as st
 from dtp.protocol.connection import CloseCode
 from dtp.transport.handshake_gate import (
     ENDINGS,
+    MAX_STRIKE_SCORE,
+    STRIKE_HALF_LIFE,
     Admission,
     FirstMessage,
     HalfHandshakes,
     Outcome,
     Progress,
+    Strikes,
     Unproven,
     Why,
     checked_first_message_timeout,
@@ -145,15 +148,112 @@ def test_the_pool_never_holds_more_than_its_bounds(steps: list[tuple[int, bool]]
     pool: Unproven[int] = Unproven(cap=7, per_address=3, timeout=1.0)
     held: set[int] = set()
     for n, (address, leaves) in enumerate(steps):
-        for gone in pool.arrived(n, str(address), float(n)):
-            held.discard(gone)
         held.add(n)
+        for gone in pool.arrived(n, str(address), float(n)):
+            held.discard(gone)  # (n itself, refused: a suspect address's)
         if leaves and held:
             victim = min(held)
             assert pool.left(victim)
             held.discard(victim)
         assert len(pool) == len(held) <= 7
         assert all(pool.from_address(str(a)) <= 3 for a in range(6))
+
+
+# -- Strikes: suspect addresses --------------------------------------------------------
+
+
+def test_an_address_is_suspect_after_two_unproven_ends_and_forgiven_with_time() -> None:
+    strikes = Strikes()
+    strikes.strike("A", 0.0)
+    assert not strikes.suspect("A", 0.0)  # (one is bad luck)
+    strikes.strike("A", 1.0)
+    assert strikes.suspect("A", 1.0)
+    assert not strikes.suspect("A", 1.0 + STRIKE_HALF_LIFE)  # (halved: below two)
+    assert not strikes.suspect("B", 1.0)
+    for i in range(1000):  # a long flood
+        strikes.strike("A", 2.0 + i / 1000)
+    assert strikes.score("A", 2.999) == MAX_STRIKE_SCORE
+    # capped: suspect no more within three half-lives of its end
+    assert strikes.suspect("A", 2.999 + 3 * STRIKE_HALF_LIFE - 1)
+    assert not strikes.suspect("A", 2.999 + 3 * STRIKE_HALF_LIFE + 1)
+
+
+def test_strikes_remember_a_bounded_number_of_addresses_the_latest_struck() -> None:
+    strikes = Strikes(limit=3)
+    for key in "ABCD":
+        strikes.strike(key, 0.0)
+    strikes.strike("B", 0.5)  # (B again: the most recent)
+    strikes.strike("E", 1.0)
+    assert len(strikes) == 3
+    assert strikes.score("A", 1.0) == strikes.score("C", 1.0) == 0.0  # forgotten
+    assert strikes.score("B", 1.0) > 1.0 and strikes.score("E", 1.0) == 1.0
+
+
+def suspect_pool(cap: int) -> Unproven[str]:
+    """A pool whose address "X" is suspect (two of its connections timed out)."""
+    pool: Unproven[str] = Unproven(cap=cap, per_address=100, timeout=3.0)
+    pool.arrived("x-old1", "X", 0.0)
+    pool.arrived("x-old2", "X", 0.0)
+    assert pool.expired(3.0) == ["x-old1", "x-old2"]
+    assert pool.strikes.suspect("X", 3.0)
+    return pool
+
+
+def test_a_suspect_address_s_connections_give_way_first_however_young() -> None:
+    pool = suspect_pool(cap=3)
+    pool.arrived("me", "genuine", 4.0)  # the oldest now, alone from its address
+    pool.arrived("x1", "X", 4.1)
+    pool.arrived("x2", "X", 4.2)
+    assert pool.suspects() == 2
+    assert pool.arrived("you", "other", 4.3) == ["x1"]  # not "me", the oldest
+    assert pool.arrived("x3", "X", 4.4) == ["x2"]  # X's newcomers churn X's own
+    assert pool.left("me") and pool.left("you")
+
+
+def test_a_suspect_newcomer_is_refused_rather_than_make_others_give_way() -> None:
+    pool = suspect_pool(cap=2)
+    pool.arrived("me", "genuine", 4.0)
+    pool.arrived("you", "other", 4.1)
+    before = pool.strikes.score("X", 4.2)
+    assert pool.arrived("x1", "X", 4.2) == ["x1"]  # refused at once: nobody gave way
+    assert len(pool) == 2 and pool.from_address("X") == 0
+    assert pool.strikes.score("X", 4.2) == before + 1  # and struck
+    assert not pool.left("x1")
+
+
+def test_an_address_is_struck_for_what_ends_unproven_never_for_a_proof() -> None:
+    pool: Unproven[str] = Unproven(cap=10, per_address=10, timeout=3.0)
+    for name in ("a1", "a2", "a3"):
+        pool.arrived(name, "A", 0.0)
+    assert pool.left("a1")  # proved itself: no strike
+    assert pool.strikes.score("A", 0.0) == 0.0
+    assert pool.left("a2", 0.5)  # sent what is not DTP, or hung up
+    assert pool.strikes.score("A", 0.5) == 1.0
+    pool.drain()  # the server closing: no strike
+    assert pool.strikes.score("A", 0.5) == 1.0
+
+
+def test_an_admission_refusing_a_suspect_newcomer_says_so_and_closes_it() -> None:
+    driver = Driver()
+    gate = admission(driver, max_unproven=1)
+    for name in ("s1", "s2"):  # X's silent connections time out: X is suspect
+        assert gate.arrived(name, "X", 0.0)
+        gate.expire(3.0)
+    assert gate.arrived("me", "A", 4.0)
+    assert not gate.arrived("x", "X", 4.1)
+    assert driver.closed[-1] == ("x", "gave way")
+    assert gate.proven("me", "A", 10.0, 4.2) and driver.started == ["me"]
+
+
+def test_a_record_that_came_with_the_connect_goes_on_without_waiting() -> None:
+    driver = Driver()
+    gate = admission(driver, max_unproven=1)
+    gate.arrived("s1", "X", 0.0)  # the pool is full
+    assert gate.proven("me", "A", 10.0, 0.1, waited=False)
+    assert driver.started == ["me"] and driver.closed == []  # s1 kept: nobody gave way
+    gate.struck("B", 0.2)
+    gate.struck("B", 0.3)
+    assert gate.unproven.strikes.suspect("B", 0.3)
 
 
 # -- HalfHandshakes ----------------------------------------------------------------------

@@ -47,17 +47,17 @@ CONNECT_BOUND = bound(1.0, ConnectionConfig.handshake_timeout / 2)
 
 
 @contextmanager
-def blocking_server() -> Iterator[Any]:
+def blocking_server(backlog: int = BACKLOG) -> Iterator[Any]:
     def echo(sock: dtp.socket.DTPSocket) -> None:
         sock.sendall(sock.recv(64))
 
-    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, backlog=BACKLOG) as server:
+    with dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER, backlog=backlog) as server:
         threading.Thread(target=server.serve_forever, args=(echo,), daemon=True).start()
         yield server
 
 
 @contextmanager
-def asyncio_server() -> Iterator[Any]:
+def asyncio_server(backlog: int = BACKLOG) -> Iterator[Any]:
     async def echo(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
         writer.write(await reader.read(64))
         await writer.drain()
@@ -65,7 +65,7 @@ def asyncio_server() -> Iterator[Any]:
 
     with loop_in_thread() as loop:
         server = asyncio.run_coroutine_threadsafe(
-            dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=BACKLOG), loop
+            dtp.aio.start_server(echo, "127.0.0.1", 0, identity=SERVER, backlog=backlog), loop
         ).result(10)
         try:
             yield server
@@ -78,15 +78,20 @@ def asyncio_server() -> Iterator[Any]:
             asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
 
 
-SERVERS: dict[str, Callable[[], Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
+SERVERS: dict[str, Callable[..., Any]] = {"blocking": blocking_server, "asyncio": asyncio_server}
 
 
 @contextmanager
 def attack(
-    address: tuple[str, int], seconds: float, keep_open: int = 400, rate: float = 200.0
-) -> Iterator[None]:
+    address: tuple[str, int],
+    seconds: float,
+    keep_open: int = 400,
+    rate: float = 200.0,
+    kinds: str = "silent,partial,half",
+) -> Iterator[dict[str, int]]:
     """tests/transport/lockout_attack.py against ``address`` for up to ``seconds``, its
-    connections up before the block runs."""
+    connections up before the block runs; the dict it yields gets the attacker's counts
+    ("opened", "closed-by-server") once it ended (empty if it was killed)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -94,25 +99,28 @@ def attack(
             "tests.transport.lockout_attack",
             *map(str, address),
             str(seconds),
-            *("--open", str(keep_open), "--rate", str(rate)),
+            *("--open", str(keep_open), "--rate", str(rate), "--kinds", kinds),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
+    counts: dict[str, int] = {}
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        yield
+        yield counts
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            out, _ = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:  # (a loaded machine: not the server's to answer)
             proc.kill()
-            proc.wait(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
+            out, _ = proc.communicate(timeout=10)
+        words = out.split()
+        for name in ("opened", "closed-by-server"):
+            if name in words[:-1]:
+                counts[name] = int(words[words.index(name) + 1])
 
 
 def connect_and_echo(address: tuple[str, int]) -> float:

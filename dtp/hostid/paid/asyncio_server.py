@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import (
     ChainError,
@@ -43,6 +43,13 @@ from dtp.hostid.paid.asyncio_server_handover import AioServerHandover
 from dtp.hostid.paid.asyncio_server_lifetime import AioServerLifetime
 from dtp.hostid.paid.asyncio_server_policy import AioHostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
+from dtp.hostid.paid.request_billing import (
+    AsyncRequestServer,
+    Billing,
+    bill_for,
+    checked_billing,
+    request_server,
+)
 from dtp.hostid.paid.server_admission import PaidAdmission
 from dtp.hostid.paid.server_core import (
     EndPhase,
@@ -93,7 +100,7 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
         self,
         host_id: str,
         port: int,
-        callback: PaidCallback,
+        callback: PaidCallback | AsyncRequestServer,
         *,
         ledger: Ledger,
         identity: HostIdentity,
@@ -101,7 +108,15 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
         policy: ServicePolicy,
         close_store: bool = False,
         open_grace: float | None = None,
+        billing: Billing = "bytes",
     ) -> None:
+        #: With ``billing="requests"``: the callback, an AsyncRpcServer serving requests
+        #: paid one by one (checked first: nothing is made for a handler refused)
+        self.requests: AsyncRequestServer | None = (
+            request_server(callback, asynchronous=True)
+            if checked_billing(billing) == "requests"
+            else None
+        )
         self.ledger = ledger
         self._open_grace = checked_open_grace(open_grace)  # (the admission's, made in _start)
         self.identity = identity
@@ -235,9 +250,17 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
             self._callback_tasks.add(task)
         try:
             await paid.throttle(requests=1)
-            result = self.callback(PaidReader(reader, paid), PaidWriter(writer, paid))
-            if inspect.isawaitable(result):
-                await result
+            if self.requests is not None:
+                # each RPC request pays by its receipt (request_billing), not the bytes
+                # (the store read in a thread: the loop never waits on the disk)
+                key = normalize_id(cid, "connection ID")
+                bill = await asyncio.to_thread(bill_for, paid.gate, key, self.store, self.ledger)
+                await self.requests.serve_billed(reader, writer, bill)
+            else:
+                callback = cast(PaidCallback, self.callback)
+                result = callback(PaidReader(reader, paid), PaidWriter(writer, paid))
+                if inspect.isawaitable(result):
+                    await result
         except Exception as exc:
             raised = self.core.handler_raised(cid, exc, proto.session.terminated)
             logger.log(raised.level, raised.message, exc_info=raised.exc_info)
@@ -282,7 +305,8 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
     ) -> None:
         proto = paid.proto
         if step is EndStep.FINAL_RECEIPT:
-            await self._final_receipt(paid)
+            if self.requests is None:  # (per request: each receipt came first)
+                await self._final_receipt(paid)
         elif step is EndStep.TOP_UP:
             # (a read a datagram send started ends first: what it finds counts, and the
             # settlement and the release come after it)
@@ -399,7 +423,7 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
 async def serve(
     host_id: str,
     port: int,
-    callback: PaidCallback,
+    callback: PaidCallback | AsyncRequestServer,
     *,
     ledger: Ledger,
     identity: HostIdentity,
@@ -415,9 +439,19 @@ async def serve(
     open_grace: float | None = None,
     websocket: tuple[str, int] | None = None,
     origins: Iterable[str] | None = None,
+    billing: Billing = "bytes",
 ) -> PaidAioServer:
     """The asyncio twin of :func:`dtp.socket.serve`: a started :class:`PaidAioServer`;
     ``callback(reader, writer)`` runs per admitted client.
+
+    ``billing``: as :func:`dtp.socket.serve`'s. ``"bytes"`` (the default) meters each
+    connection by its transport and ``callback`` gets a paid stream pair;
+    ``"requests"`` bills per request: ``callback`` is an
+    :class:`~dtp.messaging.rpc.AsyncRpcServer` made without ``payments``, each of its
+    requests paid by the receipt it carries (docs/messaging.md §2.5), kept before it is
+    served and claimed when the connection ends. TypeError / ValueError for a callback
+    that is not such a server (a blocking RpcServer included), before the ledger is
+    read or written.
 
     ``max_handshakes``, ``backlog`` (the longest line of connections waiting for one of
     those handshakes to end), ``max_handshakes_per_address`` and
@@ -431,6 +465,7 @@ async def serve(
     only); its address is ``server.server.websocket_addresses``."""
     # every option checked before the ledger is read or written (as dtp.socket.serve):
     # the store's recovery claims on it (tests/paid/test_server_options.py)
+    checked_billing(billing)  # (the callback is checked with it as the server is made)
     options = ServerOptions.checked(
         identity,
         address=address,
@@ -457,6 +492,7 @@ async def serve(
             policy=options.policy,
             close_store=closes_store(receipts),
             open_grace=options.open_grace,
+            billing=billing,
         )
     except BaseException:
         if opened:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from dtp.hostid.admission import Admitted, PeerInfo
     from dtp.hostid.paid.asyncio import PaidCallback, PaidConnection
     from dtp.hostid.paid.policy import ServicePolicy
+    from dtp.hostid.paid.request_billing import AsyncRequestServer
     from dtp.hostid.paid.server_admission import PaidAdmission
     from dtp.hostid.paid.server_core import PaidServerCore
     from dtp.identity.keys import HostIdentity
@@ -39,7 +40,8 @@ class PaidAioServerState:
     identity: HostIdentity
     host_id: str
     port: int
-    callback: PaidCallback
+    callback: PaidCallback | AsyncRequestServer
+    requests: AsyncRequestServer | None
     store: ReceiptStore
     _own_store: bool
     receipt_writer: ReceiptWriter

@@ -58,7 +58,12 @@ from dtp.hostid.paid.blocking_server_handover import ServerHandover
 from dtp.hostid.paid.blocking_server_lifetime import ServerLifetime
 from dtp.hostid.paid.blocking_server_policy import HostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
-from dtp.hostid.paid.request_billing import RequestServer, bill_for
+from dtp.hostid.paid.request_billing import (
+    RequestServer,
+    bill_for,
+    checked_billing,
+    request_server,
+)
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
     EndPhase,
@@ -147,8 +152,7 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
     ) -> None:
         from dtp.hostid.blocking import create_server
 
-        if billing not in ("bytes", "requests"):
-            raise ValueError(f'billing is "bytes" or "requests", not {billing!r}')
+        checked_billing(billing)
 
         options = ServerOptions.checked(
             identity,
@@ -190,7 +194,9 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         self._own_store = closes_store(receipts)
         try:
             #: With ``billing="requests"``: the handler, serving requests paid one by one
-            self.requests = _request_server(handler) if billing == "requests" else None
+            self.requests = (
+                request_server(handler, asynchronous=False) if billing == "requests" else None
+            )
             self.receipt_writer = ReceiptWriter(self.store)
         except BaseException:
             if opened:
@@ -417,19 +423,3 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         """:meth:`close` (connections still served settle after it: see
         :meth:`wait_released`)."""
         self.close()
-
-
-def _request_server(handler: object) -> RequestServer:
-    """The handler of ``billing="requests"``, made ready (TypeError for one that serves
-    no requests, ValueError for one that has fees of its own)."""
-    if not (
-        callable(getattr(handler, "bill_per_request", None))
-        and callable(getattr(handler, "serve_billed", None))
-    ):
-        raise TypeError(
-            'billing="requests" serves RPC: the handler is an RpcServer, '
-            f"not {type(handler).__name__!r}"
-        )
-    server = cast(RequestServer, handler)
-    server.bill_per_request()
-    return server

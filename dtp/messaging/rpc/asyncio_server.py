@@ -9,7 +9,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
@@ -49,6 +49,10 @@ from dtp.messaging.rpc.streams import (
 )
 from dtp.transport.asyncio.threads import threaded_or_released
 
+if TYPE_CHECKING:
+    from dtp.hostid.paid.request_billing import ConnectionBill
+    from dtp.messaging.rpc.billed import BilledConnections
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,6 +80,23 @@ class AsyncRpcServer(ServerBase):
         super().__init__(max_message_size, max_pending, payments, response_fees, rules)
         self.violations = 0
         self.served = 0
+        self._billed: BilledConnections | None = None
+
+    def bill_per_request(self) -> None:
+        """Be the handler of a paid server billing per request (``dtp.aio.serve(...,
+        billing="requests")``): its checks become this server's payments source
+        (ValueError when it has ``payments`` of its own). Called by the paid server."""
+        from dtp.messaging.rpc.billed import BilledConnections
+
+        if self._billed is None:
+            self._billed = BilledConnections(self)
+
+    async def serve_billed(self, reader: Any, writer: Any, bill: ConnectionBill) -> None:
+        """Serve a connection a paid server admitted, its requests checked against
+        ``bill`` (after :meth:`bill_per_request`), until its first stream ends."""
+        if self._billed is None:
+            raise RuntimeError("bill_per_request() first")
+        await self._billed.serve_async(reader, writer, bill)
 
     async def serve_connection(self, reader: Any, writer: Any) -> None:
         """:meth:`serve` on the connection's first stream and on every stream the client

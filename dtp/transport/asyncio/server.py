@@ -27,6 +27,7 @@ from dtp.transport.asyncio.server_state import AdmitHook as AdmitHook
 from dtp.transport.asyncio.server_state import ClientCallback as ClientCallback
 from dtp.transport.asyncio.server_tasks import ServerTasks
 from dtp.transport.blocking.server import check_backlog
+from dtp.transport.carriers.tcp import widen_listen_queue
 from dtp.transport.handshake_gate import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
     Admission,
@@ -58,9 +59,11 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
     * until it has sent its complete first handshake record, within
       ``first_message_timeout`` (3 s), a connection holds only its socket: at most
       ``backlog`` of them on the server and ``max_handshakes_per_address +
-      max_waiting_per_address`` from one address, the oldest (of the address holding
-      the most) closed to make room for a newcomer (counted in :attr:`unproven_closed`,
-      as those that time out);
+      max_waiting_per_address`` from one address, the oldest (of a suspect address --
+      one whose connections keep ending unproven -- first, else of the address holding
+      the most) closed to make room for a newcomer, a suspect newcomer refused rather
+      than displace another's (counted in :attr:`unproven_closed`, as those that time
+      out);
     * then it takes one of the ``max_handshakes`` (32) slots of the server and one of
       the ``max_handshakes_per_address`` (8) of its IP address (an IPv6 /64; None lifts
       that cap), or waits for them, unread, in a line of at most ``backlog`` (the
@@ -127,6 +130,8 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
         self._admit = admit
         self._config = config
         self._server: asyncio.base_events.Server | None = None
+        #: each listener's backlog (its accept queue is widened as it starts serving)
+        self._backlogs: dict[asyncio.base_events.Server, int] = {}
         #: The WebSocket listeners (listen_websocket)
         self._websockets: list[asyncio.base_events.Server] = []
         self._attached: Listener | None = None  # (attach)
@@ -250,6 +255,9 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             reuse_address=True,
             start_serving=start_serving,
         )
+        self._backlogs[self._server] = backlog
+        if start_serving:
+            self._widen(self._server)
 
     async def listen_websocket(
         self,
@@ -294,6 +302,9 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             ssl=ssl,
             start_serving=start_serving,
         )
+        self._backlogs[server] = backlog
+        if start_serving:
+            self._widen(server)
         self._websockets.append(server)
         name = server.sockets[0].getsockname()
         return name[0], name[1]
@@ -334,8 +345,16 @@ class DTPServer(ServerTasks, ServerHandshakes, ServerAdmission):
             return
         if self._server is not None:
             await self._server.start_serving()
+            self._widen(self._server)
         for server in self._websockets:
             await server.start_serving()
+            self._widen(server)
+
+    def _widen(self, server: asyncio.base_events.Server) -> None:
+        """Once ``server`` listens (asyncio listens as it starts serving, with its
+        backlog), its accept queue made :func:`~dtp.transport.carriers.tcp.listen_queue`'s."""
+        for listener in server.sockets:
+            widen_listen_queue(listener, self._backlogs.get(server, 128))
 
     def close(self) -> None:
         """Stop listening (handshakes in progress and connections already accepted go

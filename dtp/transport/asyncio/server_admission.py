@@ -101,6 +101,10 @@ class ServerAdmission(ServerState):
         self._admission.arrived(arrival, arrival.key, now)
         self._arm_expiry()
 
+    def _now(self) -> float:
+        """The admission's clock (:func:`loop_time`)."""
+        return loop_time(self._loop)
+
     def _proven(self, arrival: _Arrival) -> None:
         """``arrival`` sent its complete first record: on to the handshake slots."""
         self._admission.proven(arrival, arrival.key, arrival.deadline, loop_time(self._loop))
@@ -108,7 +112,7 @@ class ServerAdmission(ServerState):
 
     def _not_dtp(self, arrival: _Arrival) -> None:
         """``arrival``'s first bytes are not a DTP handshake record: closed, no reply."""
-        if self._admission.dropped(arrival):
+        if self._admission.dropped(arrival, self._now()):
             self.handshakes_failed += 1
         if arrival.transport is not None:
             arrival.transport.close()

@@ -75,7 +75,8 @@ class _Arrival(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.server._admission.dropped(self)
+        # (a client that hung up before its first record: its address is struck)
+        self.server._admission.dropped(self, self.server._now())
 
 
 def _waiting_gone(arrival: _Arrival) -> bool:

@@ -115,8 +115,11 @@ class DTPServer(AcceptQueue, ServerHandshakes, ServerThreads, ServerAdmission):
       ``first_message_timeout`` (3 s), a connection holds only its socket (one reader
       thread watches them all): at most ``backlog`` of them on the server and
       ``max_handshakes_per_address + max_waiting_per_address`` from one address, the
-      oldest (of the address holding the most) closed to make room for a newcomer
-      (counted in :attr:`unproven_closed`, as those that time out). The
+      oldest (of a suspect address -- one whose connections keep ending unproven --
+      first, else of the address holding the most) closed to make room for a
+      newcomer, a suspect newcomer refused rather than displace another's (counted in
+      :attr:`unproven_closed`, as those that time out). A record that came with the
+      connect is read as it is accepted: that connection never waits here. The
       accepting thread never waits for a slot: silent connections cannot hold the
       listen backlog, nor the handshake slots, against clients that speak;
     * then it takes one of the ``max_handshakes`` (32) slots of the server and one of

@@ -33,24 +33,36 @@ class ServerAdmission(ServerState):
 
     def _take_in(self, arrival: _Arrival) -> None:
         """A new TCP connection: its first record is read now if it came with the
-        connect (as a genuine client's does), else the reader thread waits for it."""
+        connect (as a genuine client's does) -- then it goes on to the slots without
+        waiting among the unproven, where it could make another give way -- else it
+        waits there, the reader thread reading it."""
         now = time.monotonic()
         arrival.deadline = now + arrival.config.handshake_timeout
-        self._admission.arrived(arrival, arrival.key, now)
         self._heap.connected(now)
         progress = _read_first(arrival)
         if progress is Progress.NEED_MORE:
-            self._watch(arrival)
-        else:
-            self._first_read(arrival, progress)
-
-    def _first_read(self, arrival: _Arrival, progress: Progress | None) -> None:
-        """``arrival``'s first record is in (COMPLETE: on to the slots), or is not DTP
-        (INVALID), or its client left first (None): closed."""
-        if progress is Progress.COMPLETE:
-            self._admission.proven(arrival, arrival.key, arrival.deadline, time.monotonic())
+            if self._admission.arrived(arrival, arrival.key, now):
+                self._watch(arrival)
             return
-        if self._admission.dropped(arrival) and progress is Progress.INVALID:
+        self._first_read(arrival, progress, waited=False)
+
+    def _first_read(
+        self, arrival: _Arrival, progress: Progress | None, *, waited: bool = True
+    ) -> None:
+        """``arrival``'s first record is in (COMPLETE: on to the slots), or is not DTP
+        (INVALID), or its client left first (None): closed, its address struck.
+        ``waited``: whether it waited among the unproven (else it came with its
+        connect, and was never there)."""
+        now = time.monotonic()
+        if progress is Progress.COMPLETE:
+            self._admission.proven(arrival, arrival.key, arrival.deadline, now, waited=waited)
+            return
+        if waited:
+            counted = self._admission.dropped(arrival, now)
+        else:
+            counted = True
+            self._admission.struck(arrival.key, now)
+        if counted and progress is Progress.INVALID:
             with self._stats_lock:
                 self.handshakes_failed += 1
         arrival.tcp.close()

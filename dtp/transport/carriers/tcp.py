@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 from dtp.errors import CarrierRefused, ConnectionLost, DTPTimeoutError
 from dtp.transport.poll import wait_ready
@@ -219,7 +221,39 @@ def connect_any(
     raise error from last
 
 
+LISTEN_QUEUE = 1024
+"""The shortest accept queue a DTP server's listener asks the kernel for, whatever its
+``backlog`` (which bounds what the server itself holds: the connections waiting for
+their first record and for a handshake slot). A connection in the kernel's queue costs
+no descriptor, but a full queue drops the next SYN, and the client's connect then waits
+for its retransmission, a second later: a reconnect flood of a few hundred sockets kept
+a queue of 128 full (tests/transport/test_reconnect_flood.py). The kernel caps it at
+``net.core.somaxconn`` (4096 on Linux since 5.4)."""
+
+
+def listen_queue(backlog: int) -> int:
+    """The accept queue a server of ``backlog`` listens with: :data:`LISTEN_QUEUE` at
+    least."""
+    return max(backlog, LISTEN_QUEUE)
+
+
 def listen_tcp(address: tuple[str, int], backlog: int = 128) -> socket.socket:
-    """A listening TCP socket (SO_REUSEADDR, so restarts do not wait for TIME_WAIT)."""
+    """A listening TCP socket (SO_REUSEADDR, so restarts do not wait for TIME_WAIT),
+    its accept queue :func:`listen_queue`'s for ``backlog``."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    return socket.create_server(address, family=family, backlog=backlog, reuse_port=False)
+    return socket.create_server(
+        address, family=family, backlog=listen_queue(backlog), reuse_port=False
+    )
+
+
+def widen_listen_queue(listener: Any, backlog: int) -> None:
+    """Have ``listener`` (an asyncio server's listening socket, or anything with a
+    ``fileno()`` and ``family``) listen with :func:`listen_queue`'s queue for
+    ``backlog``. asyncio listens with ``backlog`` and accepts up to as many a loop tick;
+    a duplicate of the descriptor, listened on again, makes the kernel's queue longer
+    while the tick's batch stays ``backlog``."""
+    fd = listener.fileno()
+    if backlog >= LISTEN_QUEUE or fd < 0:
+        return  # (long enough; or no descriptor: a simulated network's listener)
+    with socket.socket(listener.family, socket.SOCK_STREAM, fileno=os.dup(fd)) as dup:
+        dup.listen(listen_queue(backlog))
