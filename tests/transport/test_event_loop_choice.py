@@ -76,3 +76,23 @@ def test_asyncio_is_the_standard_librarys_loop_whatever_the_policy() -> None:
             loop.close()
     finally:
         asyncio.set_event_loop_policy(before)
+
+
+def test_this_folder_runs_on_the_loop_the_suite_says() -> None:
+    """tests/transport is in tests/uvloop.txt: under scripts/test.sh's C parts
+    (DTP_TEST_LOOP=uvloop-listed) its asyncio tests run on uvloop, on asyncio's loop
+    elsewhere (tests/conftest.py)."""
+    import os
+
+    chosen = os.environ.get("DTP_TEST_LOOP", "asyncio")
+    expected = "asyncio" if chosen == "asyncio" else "uvloop"
+
+    async def which() -> str:
+        return loop_name()
+
+    assert asyncio.run(which()) == expected
+    runner = asyncio.Runner()
+    try:
+        assert runner.run(which()) == expected
+    finally:
+        runner.close()
