@@ -252,7 +252,7 @@ def _ledger_reads(
                         "problem",
                         "gas",
                         f"{address} holds {balance:,} MIST, less than one transaction's "
-                        f"budget ({budget:,}): fund it (e.g. `sui client faucet`)",
+                        f"budget ({budget:,}): fund it (`dtp fund`, `dtp transfer`)",
                     )
                 elif balance < low:
                     check.add("warning", "gas", f"{balance:,} MIST, below low_gas ({low:,})")
