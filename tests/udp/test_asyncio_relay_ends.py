@@ -47,7 +47,6 @@ async def _until(check: Any, timeout: float = BOUND) -> bool:
     return True
 
 
-
 async def _recvfrom(sock: socket.socket, timeout: float) -> tuple[bytes, Any]:
     """One datagram of the non-blocking ``sock`` (``loop.sock_recvfrom`` is asyncio's
     alone: uvloop has none, and these tests run on both loops)."""
