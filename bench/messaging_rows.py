@@ -8,6 +8,10 @@ runs a benchmark server (prints one JSON line {"port", "key"} once listening).
 - ``rpc_roundtrip``: sequential ``echo`` calls with 100-byte payloads, both processes on
   CPU 0; peer: Python ``ssl`` ping-pong of 100 bytes (bar 0.7).
 - ``rpc_roundtrip_zmq``: the same calls; peer: pyzmq REQ/REP with CURVE (bar 2).
+- ``rpc_roundtrip_uvloop``: the same calls through the asyncio API
+  (:class:`AsyncRpcClient` to an :class:`AsyncRpcServer`) with every side on uvloop;
+  peer: asyncio's TLS streams ping-ponging 100 bytes on uvloop; both servers and this
+  process on CPU 0 (report).
 - ``rpc_raw_frame``: the same server answering one pre-framed ``echo`` request written
   straight on the socket, so the client does no RPC work; peer: the same ``ssl``
   ping-pong (report: what the server and the transports leave for the client's RPC
@@ -20,6 +24,7 @@ runs a benchmark server (prints one JSON line {"port", "key"} once listening).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -146,6 +152,68 @@ def rpc_roundtrip(rounds: int = 1000) -> Workload:
         client,
         "sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
         bar=0.7,
+    )
+
+
+def rpc_roundtrip_uvloop(rounds: int = 1000) -> Workload:
+    """Sequential asyncio RPC calls vs asyncio TLS ping-pong, all on uvloop, one CPU."""
+    import asyncio
+
+    import dtp.aio
+    from dtp.eventloop import loop_factory
+    from dtp.messaging.rpc import AsyncRpcClient
+
+    restore = _pin(0)
+    ours = Peer("dtp-asyncio", "rpc", 0, loop="uvloop")
+    tls = Peer("tls-asyncio", "echo", 0, loop="uvloop")
+    # one uvloop loop in this process for the row's life: each round's calls run on it,
+    # on connections made once (as rpc_roundtrip's)
+    runner = asyncio.Runner(loop_factory=loop_factory("uvloop"))
+
+    async def connect() -> tuple[Any, AsyncRpcClient, Any, Any]:
+        r, w = await dtp.aio.open_connection("127.0.0.1", ours.port, server_key=ours.key)
+        tr, tw = await asyncio.open_connection(
+            "127.0.0.1", tls.port, ssl=tls.tls_context(), server_hostname="localhost"
+        )
+        return w, AsyncRpcClient(r, w, timeout=30), tr, tw
+
+    writer, client, tls_reader, tls_writer = runner.run(connect())
+
+    async def calls() -> None:
+        for _ in range(rounds):
+            await client.call("echo", PAYLOAD)
+
+    async def pingpong() -> None:
+        for _ in range(rounds):
+            tls_writer.write(PAYLOAD)
+            await tls_writer.drain()
+            await tls_reader.readexactly(len(PAYLOAD))
+
+    async def hang_up() -> None:
+        await client.close()
+        for w in (writer, tls_writer):
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+
+    def close() -> None:
+        try:
+            runner.run(hang_up())
+        finally:
+            runner.close()
+            ours.close()
+            tls.close()
+            restore()
+
+    return Workload(
+        "rpc_roundtrip_uvloop",
+        "calls/s",
+        rounds,
+        lambda: runner.run(calls()),
+        lambda: runner.run(pingpong()),
+        note="sequential 100-byte echo calls (asyncio API) vs asyncio TLS ping-pong, all on "
+        "uvloop, CPU 0",
+        close=close,
     )
 
 

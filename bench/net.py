@@ -1,5 +1,7 @@
 """Network rows of bench/compare.py: DTP against Python's ``ssl`` (TLS 1.3), each
-server in its own process on 127.0.0.1 (bench/netpeers.py)."""
+server in its own process on 127.0.0.1 (bench/netpeers.py). The ``*_uvloop`` rows run
+both sides of both pairs on uvloop (``dtp[fast]``): ours on uvloop against asyncio's
+TLS streams on uvloop, in the same run."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import dtp.aio
+import dtp.eventloop
 import dtp.socket
 from bench.netpeers import client_tls_context
 from bench.workload import Workload
@@ -26,10 +30,12 @@ CHUNK = 64 * 1024
 class Peer:
     """A benchmark server process."""
 
-    def __init__(self, kind: str, mode: str, cpu: int | None = None) -> None:
+    def __init__(self, kind: str, mode: str, cpu: int | None = None, loop: str = "asyncio") -> None:
         cmd = [sys.executable, str(ROOT / "bench" / "netpeers.py"), kind, mode]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        if loop != "asyncio":
+            cmd += ["--loop", loop]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -76,12 +82,13 @@ def _with_peers(
     make_peer: Callable[[Peer], Callable[[], object]],
     units: float,
     unit: str,
-    bar: float,
+    bar: float | None,
     note: str,
     cpu: int | None = None,
+    loop: str = "asyncio",
 ) -> Workload:
-    ours_srv = Peer(ours_kind, mode, cpu)
-    peer_srv = Peer(peer_kind, mode, cpu)
+    ours_srv = Peer(ours_kind, mode, cpu, loop)
+    peer_srv = Peer(peer_kind, mode, cpu, loop)
     previous_affinity = os.sched_getaffinity(0)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -145,13 +152,21 @@ async def _async_bulk(reader: object, writer: object, total: int) -> None:
     await writer.wait_closed()  # type: ignore[attr-defined]
 
 
-def tcp_bulk_asyncio(total: int = 256 << 20) -> Workload:
+def run_on(loop: str, main: Coroutine[Any, Any, object]) -> object:
+    """``asyncio.run(main)`` on ``loop``: ``"asyncio"`` as asyncio.run does it, else that
+    loop (dtp.eventloop: ``"uvloop"``)."""
+    if loop == "asyncio":
+        return asyncio.run(main)
+    return dtp.eventloop.run(main, loop=loop)
+
+
+def _tcp_bulk_aio(name: str, loop: str, total: int, note: str, bar: float | None) -> Workload:
     def ours(peer: Peer) -> Callable[[], object]:
         async def run() -> None:
             r, w = await dtp.aio.open_connection("127.0.0.1", peer.port, server_key=peer.key)
             await _async_bulk(r, w, total)
 
-        return lambda: asyncio.run(run())
+        return lambda: run_on(loop, run())
 
     def tls(peer: Peer) -> Callable[[], object]:
         ctx = peer.tls_context()
@@ -162,10 +177,10 @@ def tcp_bulk_asyncio(total: int = 256 << 20) -> Workload:
             )
             await _async_bulk(r, w, total)
 
-        return lambda: asyncio.run(run())
+        return lambda: run_on(loop, run())
 
     return _with_peers(
-        "tcp_bulk_asyncio",
+        name,
         "dtp-asyncio",
         "tls-asyncio",
         "sink",
@@ -173,8 +188,30 @@ def tcp_bulk_asyncio(total: int = 256 << 20) -> Workload:
         tls,
         total / MB,
         "MB/s",
-        1.0,
+        bar,
+        note,
+        loop=loop,
+    )
+
+
+def tcp_bulk_asyncio(total: int = 256 << 20) -> Workload:
+    return _tcp_bulk_aio(
+        "tcp_bulk_asyncio",
+        "asyncio",
+        total,
         "one-way 256 MiB through dtp.aio vs asyncio streams with TLS",
+        1.0,
+    )
+
+
+def tcp_bulk_uvloop(total: int = 256 << 20) -> Workload:
+    """tcp_bulk_asyncio with every side on uvloop (report: no bar yet)."""
+    return _tcp_bulk_aio(
+        "tcp_bulk_uvloop",
+        "uvloop",
+        total,
+        "one-way 256 MiB through dtp.aio vs asyncio streams with TLS, both on uvloop",
+        None,
     )
 
 
@@ -259,6 +296,7 @@ def connect_rate(per_op: int = 20) -> Workload:
 NET_ROWS: dict[str, Callable[[], Workload]] = {
     "tcp_bulk_blocking": tcp_bulk_blocking,
     "tcp_bulk_asyncio": tcp_bulk_asyncio,
+    "tcp_bulk_uvloop": tcp_bulk_uvloop,
     "pingpong_100b": pingpong_100b,
     "connect_rate": connect_rate,
 }

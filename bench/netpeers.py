@@ -1,10 +1,13 @@
 """Network benchmark servers, run as separate processes by bench/workloads.py:
 
-    python bench/netpeers.py {dtp,tls}-{blocking,asyncio} {sink,echo} [--cpu N]
+    python bench/netpeers.py {dtp,tls}-{blocking,asyncio} {sink,echo,rpc} [--cpu N]
+                             [--loop {asyncio,uvloop}]
 
 Prints one JSON line {"port", "key"} once listening. ``sink`` reads a connection to
 its end and answers with the byte count; ``echo`` answers each read with the same
-bytes (for ping-pong and connect+round-trip measurements).
+bytes (for ping-pong and connect+round-trip measurements); ``rpc`` (dtp-asyncio only)
+answers ``echo`` calls of :class:`dtp.messaging.rpc.AsyncRpcClient`. ``--loop``: the
+event loop the asyncio servers run on (the ``*_uvloop`` rows: uvloop on both sides).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import dtp.aio
@@ -146,13 +149,35 @@ async def _sink_async(reader: object) -> int:
     return total
 
 
-def serve_dtp_asyncio(mode: str) -> None:
+def _run(main: Any, loop: str) -> None:
+    """``asyncio.run(main)`` on asyncio's loop, or on uvloop's (imported only then, as
+    in a program that runs on it)."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main)
+        return
+    asyncio.run(main)
+
+
+def serve_dtp_asyncio(mode: str, loop: str = "asyncio") -> None:
     import dtp.aio
     from dtp.identity.keys import HostIdentity
 
     identity = HostIdentity.generate()
 
     async def main() -> None:
+        if mode == "rpc":
+            from dtp.messaging.rpc import AsyncRpcServer
+
+            rpc = AsyncRpcServer()
+            rpc.register("echo", lambda payload: payload)
+            server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+            _announce(server.address[1], identity.noise_public)
+            await server.serve_forever()
+            return
+
         async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
             if mode == "sink":
                 writer.write(str(await _sink_async(reader)).encode())
@@ -168,7 +193,7 @@ def serve_dtp_asyncio(mode: str) -> None:
         _announce(server.address[1], identity.noise_public)
         await server.serve_forever()
 
-    asyncio.run(main())
+    _run(main(), loop)
 
 
 def serve_tls_blocking(mode: str) -> None:
@@ -197,7 +222,7 @@ def _safe(fn: object, arg: object) -> None:
         fn(arg)  # type: ignore[operator]
 
 
-def serve_tls_asyncio(mode: str) -> None:
+def serve_tls_asyncio(mode: str, loop: str = "asyncio") -> None:
     server_ctx, cert = make_tls_context()
 
     async def main() -> None:
@@ -219,7 +244,7 @@ def serve_tls_asyncio(mode: str) -> None:
         _announce(server.sockets[0].getsockname()[1], extra={"cert": cert})
         await server.serve_forever()
 
-    asyncio.run(main())
+    _run(main(), loop)
 
 
 def main() -> None:
@@ -227,17 +252,23 @@ def main() -> None:
     parser.add_argument(
         "kind", choices=["dtp-blocking", "dtp-asyncio", "tls-blocking", "tls-asyncio"]
     )
-    parser.add_argument("mode", choices=["sink", "echo"])
+    parser.add_argument("mode", choices=["sink", "echo", "rpc"])
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="the asyncio servers' loop"
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    {
-        "dtp-blocking": serve_dtp_blocking,
-        "dtp-asyncio": serve_dtp_asyncio,
-        "tls-blocking": serve_tls_blocking,
-        "tls-asyncio": serve_tls_asyncio,
-    }[args.kind](args.mode)
+    if args.mode == "rpc" and args.kind != "dtp-asyncio":
+        parser.error("mode rpc is dtp-asyncio's")
+    if args.kind.endswith("-asyncio"):
+        serve = serve_dtp_asyncio if args.kind == "dtp-asyncio" else serve_tls_asyncio
+        serve(args.mode, args.loop)
+        return
+    if args.loop != "asyncio":
+        parser.error("--loop is the asyncio servers'")
+    {"dtp-blocking": serve_dtp_blocking, "tls-blocking": serve_tls_blocking}[args.kind](args.mode)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from bench.workload import Workload, run_side
 ROWS: dict[str, Callable[[], Workload]] = {
     "rpc_roundtrip": lambda: messaging_rows.rpc_roundtrip(50),
     "rpc_roundtrip_zmq": lambda: messaging_rows.rpc_roundtrip_zmq(50),
+    "rpc_roundtrip_uvloop": lambda: messaging_rows.rpc_roundtrip_uvloop(50),
     "rpc_raw_frame": lambda: messaging_rows.rpc_raw_frame(50),
     "rpc_pipelined": lambda: messaging_rows.rpc_pipelined(200, 16),
 }

@@ -15,6 +15,7 @@ from bench.workloads import Workload
 ROWS: dict[str, Callable[[], Workload]] = {
     "tcp_bulk_blocking": lambda: net.tcp_bulk_blocking(16 << 20),
     "tcp_bulk_asyncio": lambda: net.tcp_bulk_asyncio(16 << 20),
+    "tcp_bulk_uvloop": lambda: net.tcp_bulk_uvloop(16 << 20),
     "pingpong_100b": lambda: net.pingpong_100b(200),
     "connect_rate": lambda: net.connect_rate(5),
     "udp_tunnel_pps": lambda: udp_rows.udp_tunnel_pps(256),

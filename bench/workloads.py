@@ -225,6 +225,7 @@ from bench.messaging_rows import (  # noqa: E402
     rpc_pipelined,
     rpc_raw_frame,
     rpc_roundtrip,
+    rpc_roundtrip_uvloop,
     rpc_roundtrip_zmq,
 )
 from bench.net import NET_ROWS  # noqa: E402
@@ -238,6 +239,7 @@ ALL["ham_merge_vs_gun"] = ham_merge_vs_gun
 ALL["gun_relay_puts"] = gun_relay_puts
 ALL["rpc_roundtrip"] = rpc_roundtrip
 ALL["rpc_roundtrip_zmq"] = rpc_roundtrip_zmq
+ALL["rpc_roundtrip_uvloop"] = rpc_roundtrip_uvloop
 ALL["rpc_raw_frame"] = rpc_raw_frame
 ALL["rpc_pipelined"] = rpc_pipelined
 ALL["pubsub_fanout"] = pubsub_fanout

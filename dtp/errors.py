@@ -455,6 +455,15 @@ class LedgerUnavailable(ChainError):
     module = "ledger"
 
 
+class FaucetError(ChainError):
+    """A faucet (the Sui faucet service of a localnet or devnet, ``dtp fund``) refused
+    a request, with its reason, or could not be reached, or answered something that is
+    no faucet's answer. The message names the faucet's URL. Nothing was received."""
+
+    name = "FaucetError"
+    module = "sui"
+
+
 class SuiConfigError(ChainError):
     """``SuiLedger`` is not configured (missing or invalid settings); the message names
     the setting."""

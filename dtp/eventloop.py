@@ -19,7 +19,15 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from dtp.errors import MissingExtra
 
-__all__ = ["EVENT_LOOPS", "EventLoopName", "loop_factory", "loop_name", "run", "uvloop_installed"]
+__all__ = [
+    "EVENT_LOOPS",
+    "EventLoopName",
+    "asyncio_loop",
+    "loop_factory",
+    "loop_name",
+    "run",
+    "uvloop_installed",
+]
 
 EventLoopName = Literal["auto", "asyncio", "uvloop"]
 #: The accepted names, in the order docs list them.
@@ -45,6 +53,15 @@ def _check(name: str, setting: str) -> EventLoopName:
     return name
 
 
+def asyncio_loop() -> asyncio.AbstractEventLoop:
+    """A new loop of the standard library's own (the selector loop; the proactor on
+    Windows), whatever event loop policy the program installed: after
+    ``uvloop.install()`` (or ``asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())``),
+    ``asyncio.new_event_loop()`` makes a uvloop loop, so ``"asyncio"`` asked for uvloop's
+    (tests/transport/test_event_loop_choice.py)."""
+    return asyncio.DefaultEventLoopPolicy().new_event_loop()
+
+
 def loop_factory(
     name: str = "auto", *, setting: str = "event_loop"
 ) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -54,12 +71,12 @@ def loop_factory(
     :class:`~dtp.errors.MissingExtra` for ``"uvloop"`` without uvloop installed."""
     chosen = _check(name, setting)
     if chosen == "asyncio":
-        return asyncio.new_event_loop
+        return asyncio_loop
     try:
         import uvloop
     except ImportError:
         if chosen == "auto":
-            return asyncio.new_event_loop
+            return asyncio_loop
         raise MissingExtra("fast", f"{setting} = uvloop", "uvloop") from None
     return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
 

@@ -61,7 +61,7 @@ checks() {
   $PYBIN/python -m pytest -q -p no:cacheprovider -m wheel tests/project/test_wheel.py
 }
 
-step "sanitizers, fuzzers, benchmark bodies and the wheel; beside them the suite on both core backends, the C core and pure Python (DTP_PUREPYTHON=1), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
+step "sanitizers, fuzzers, benchmark bodies and the wheel; beside them the suite on both core backends, the C core (the asyncio tests of tests/uvloop.txt's folders on uvloop) and pure Python (DTP_PUREPYTHON=1, asyncio's loop), in $((2 * ${DTP_TEST_PARTS:-3})) processes"
 # Each backend's test files in parts of about equal time (scripts/split_tests.py, from
 # the times in tests/durations.txt; DTP_TEST_PARTS, default 3), all parts side by side:
 # much of the suite waits (sockets, timers, other processes), so together they take
@@ -69,7 +69,10 @@ step "sanitizers, fuzzers, benchmark bodies and the wheel; beside them the suite
 # all ended, and a JUnit report (build/junit-*.xml: `python scripts/split_tests.py
 # --record build/junit-*.xml` refreshes the times); any failing fails the run. The files
 # in tests/core_independent.txt never reach the core: the C backend runs them (and checks
-# that), the pure-Python one leaves them out.
+# that), the pure-Python one leaves them out. The C backend's parts run the asyncio tests
+# of the folders tests/uvloop.txt lists on uvloop (DTP_TEST_LOOP=uvloop-listed,
+# tests/conftest.py), the pure-Python parts on asyncio's loop: each of those tests runs
+# on both loops, the suite taking no longer.
 mkdir -p build
 parts=${DTP_TEST_PARTS:-3}
 mapfile -t c_chunks < <($PYBIN/python scripts/split_tests.py "$parts")
@@ -102,8 +105,8 @@ for backend in c pure; do
       DTP_PUREPYTHON=1 $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" "$junit" \
         ${pure_chunks[part]} >"$log" 2>&1 &
     else
-      $PYBIN/python -m pytest -q -p no:cacheprovider -m "not wheel" "$junit" \
-        ${c_chunks[part]} >"$log" 2>&1 &
+      DTP_TEST_LOOP=uvloop-listed $PYBIN/python -m pytest -q -p no:cacheprovider \
+        -m "not wheel" "$junit" ${c_chunks[part]} >"$log" 2>&1 &
     fi
     pids+=($!)
   done

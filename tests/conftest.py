@@ -38,18 +38,23 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("sanitizer", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
-# DTP_TEST_LOOP=uvloop: every asyncio.run (and asyncio.Runner) of the tests makes uvloop's
-# loop, so the asyncio tests run on it too (scripts/test.sh: the C backend's parts)
-if os.environ.get("DTP_TEST_LOOP") == "uvloop":
+# The event loop the asyncio tests run on, DTP_TEST_LOOP: "asyncio" (the default);
+# "uvloop", every asyncio.run (and asyncio.Runner) of every test making uvloop's loop;
+# or "uvloop-listed", the tests under the paths tests/uvloop.txt lists on uvloop and the
+# rest on asyncio's (_event_loop_of_the_test). scripts/test.sh runs its C backend's
+# parts with "uvloop-listed" and its pure-Python parts on asyncio, so every listed
+# asyncio test runs on both loops, the suite taking no longer. (A listed file of
+# tests/core_independent.txt, which runs on the C backend only, stays on asyncio.)
+TEST_LOOPS = ("asyncio", "uvloop", "uvloop-listed")
+TEST_LOOP = os.environ.get("DTP_TEST_LOOP", "asyncio")
+if TEST_LOOP not in TEST_LOOPS:
+    raise RuntimeError(f"DTP_TEST_LOOP must be one of {', '.join(TEST_LOOPS)}, not {TEST_LOOP!r}")
+if TEST_LOOP == "uvloop":
     import asyncio
 
     import uvloop
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-elif os.environ.get("DTP_TEST_LOOP", "asyncio") != "asyncio":
-    raise RuntimeError(
-        f"DTP_TEST_LOOP must be asyncio or uvloop, not {os.environ['DTP_TEST_LOOP']!r}"
-    )
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
@@ -97,25 +102,65 @@ def sui_network() -> Iterator[SuiNetwork]:
 
 
 CORE_INDEPENDENT = Path(__file__).resolve().parent / "core_independent.txt"
+UVLOOP_LISTED = Path(__file__).resolve().parent / "uvloop.txt"
 
 
-def _core_independent_files(root: Path) -> set[Path]:
+def _listed_paths(listing: Path, root: Path) -> set[Path]:
+    """The paths (files or folders) ``listing`` names, one a line, ``#`` comments."""
     listed: set[Path] = set()
-    for line in CORE_INDEPENDENT.read_text().splitlines():
+    for line in listing.read_text().splitlines():
         name = line.split("#", 1)[0].strip()
         if name:
             path = (root / name).resolve()
             if not path.exists():
-                raise pytest.UsageError(f"{CORE_INDEPENDENT} names {name}, which does not exist")
+                raise pytest.UsageError(f"{listing} names {name}, which does not exist")
             listed.add(path)
     return listed
 
 
+def _core_independent_files(root: Path) -> set[Path]:
+    return _listed_paths(CORE_INDEPENDENT, root)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     listed = _core_independent_files(Path(config.rootpath))
+    on_uvloop = _listed_paths(UVLOOP_LISTED, Path(config.rootpath))
     for item in items:
-        if Path(item.path).resolve() in listed:
+        path = Path(item.path).resolve()
+        if path in listed:
             item.add_marker("core_independent")
+        elif TEST_LOOP == "uvloop-listed" and (
+            path in on_uvloop or not on_uvloop.isdisjoint(path.parents)
+        ):
+            item.add_marker("uvloop_listed")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = {
+        "asyncio": "asyncio's",
+        "uvloop": "uvloop",
+        "uvloop-listed": f"uvloop for the tests under {UVLOOP_LISTED.name}'s paths, else asyncio's",
+    }
+    return f"event loop (DTP_TEST_LOOP={TEST_LOOP}): {where[TEST_LOOP]}"
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_of_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under DTP_TEST_LOOP=uvloop-listed, a listed test's asyncio.run, asyncio.Runner and
+    new_event_loop make uvloop's loop while it runs (its fixtures' too); asyncio's
+    default policy again after it."""
+    if request.node.get_closest_marker("uvloop_listed") is None:
+        yield
+        return
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 class _CountedCore:

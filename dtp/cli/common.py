@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import asdict, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -180,13 +179,9 @@ def print_error(exc: BaseException, status: int, *, as_json: bool, command: str 
     COMMAND: MESSAGE``), or with ``--json`` one JSON object, ``{"error": KIND, "message":
     MESSAGE, "exit_status": STATUS}`` (:func:`error_kind`), for scripts that branch on
     the kind of failure."""
-    message = error_line(exc)
-    if as_json:
-        data = {"error": error_kind(exc), "message": message, "exit_status": status}
-        print(json.dumps(data, sort_keys=True), file=sys.stderr)
-    else:
-        print(f"dtp{' ' + command if command else ''}: {message}", file=sys.stderr)
-    return status
+    from dtp.daemon.reporting import report
+
+    return report(command, status, error_line(exc), as_json=as_json, kind=error_kind(exc))
 
 
 def given_path(text: str | None, option: str, what: str = "a file") -> Path | None:

@@ -10,9 +10,9 @@ parser has imported by then.)
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
+from dtp.daemon.reporting import report
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, StopSignals
 
 # (the signal names live in dtp.daemon.signals; listed here for the old import path)
@@ -26,7 +26,7 @@ _INSTEAD: dict[str, str] = {
 }
 
 
-def _empty_option(command: str, values: dict[str, str | None]) -> int | None:
+def _empty_option(command: str, values: dict[str, str | None], as_json: bool) -> int | None:
     """Exit status 2 after a one-line usage error if an option was given empty, else
     None. ``--config "$UNSET"`` would otherwise read ``.`` (``dtp daemon``: "cannot
     read the config file: Is a directory") or fall back to ./dtp.toml (``dtp status``:
@@ -34,11 +34,8 @@ def _empty_option(command: str, values: dict[str, str | None]) -> int | None:
     no passphrase and blame a variable with no name ("set $")."""
     for option, value in values.items():
         if value == "":
-            print(
-                f"dtp {command}: {option} is empty: {_INSTEAD[option]}, or leave it out.",
-                file=sys.stderr,
-            )
-            return 2
+            message = f"{option} is empty: {_INSTEAD[option]}, or leave it out."
+            return report(command, 2, message, as_json=as_json)
     return None
 
 
@@ -64,8 +61,7 @@ def _unset_for_a_new_identity(args: argparse.Namespace, signals: StopSignals) ->
     # as dtp.daemon.runner.load_identity decides to generate one
     if config.daemon.identity.exists():
         return None
-    print(f"dtp daemon: {unset}", file=sys.stderr)
-    return 2
+    return report("daemon", 2, unset, as_json=args.json)
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
@@ -76,19 +72,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     signals.install()
     try:
         refused = _empty_option(
-            "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}
+            "daemon", {"--config": args.config, "--passphrase-env": args.passphrase_env}, args.json
         )
         if refused is None and not args.check:
             refused = _unset_for_a_new_identity(args, signals)
         if refused is not None:
             return refused
-        if args.json and not args.check:
-            print(
-                "dtp daemon: --json goes with --check (the daemon's output is JSON "
-                'already: its ready line, and its logs with log_format = "json").',
-                file=sys.stderr,
-            )
-            return 2
         if args.check:
             from dtp.daemon.check import main as check
 
@@ -96,7 +85,12 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         from dtp.daemon.runner import main
 
         return main(
-            args.config, args.log_format, args.passphrase_env, exiting=True, signals=signals
+            args.config,
+            args.log_format,
+            args.passphrase_env,
+            exiting=True,
+            signals=signals,
+            as_json=args.json,
         )
     finally:
         # the process ends once this returns: signals stay caught (then ignored) to the
@@ -107,7 +101,9 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from dtp.daemon.status import main
 
-    refused = _empty_option("status", {"--config": args.config, "--state-dir": args.state_dir})
+    refused = _empty_option(
+        "status", {"--config": args.config, "--state-dir": args.state_dir}, args.json
+    )
     if refused is not None:
         return refused
     return main(args.config, args.state_dir, args.json, live=not args.file)
@@ -127,8 +123,9 @@ def register(sub: Any) -> None:
     daemon.add_argument(
         "--json",
         action="store_true",
-        help="with --check: the findings as one JSON object (the daemon's own output, its "
-        "ready line and logs, is JSON already: [daemon] log_format)",
+        help="a failure as one JSON object on stderr, as every command's --json; with "
+        "--check, the findings too (the daemon's own output, its ready line and logs, "
+        "is JSON already: [daemon] log_format)",
     )
     daemon.add_argument(
         "--check",
@@ -154,7 +151,9 @@ def register(sub: Any) -> None:
     where = status.add_mutually_exclusive_group()
     where.add_argument("--config", help="the daemon's config file (default dtp.toml)")
     where.add_argument("--state-dir", help="or the daemon's state directory")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--json", action="store_true", help="machine-readable output (and errors: one JSON object)"
+    )
     status.add_argument(
         "--file",
         action="store_true",

@@ -1,7 +1,13 @@
-"""``dtp balance|connections|refund|claim``: what an identity holds and is owed on the
-ledger, and getting it back (docs/cli.md).
+"""``dtp balance|fund|transfer|connections|refund|claim``: what an identity holds and is
+owed on the ledger, getting SUI and moving it, and getting back what is owed
+(docs/cli.md).
 
 - ``balance [ADDRESS]``: SUI in MIST and in SUI (on Sui, the number of gas coins too);
+- ``fund [ADDRESS]``: test SUI from a faucet: the embedded ledger's own, or on Sui the
+  faucet ``--faucet`` (``$DTP_SUI_FAUCET``) names, else the network's
+  (:mod:`dtp.ledger.faucet`: localnet's and devnet's);
+- ``transfer ADDRESS --amount AMOUNT``: SUI from the identity to an address (a plain Sui
+  transfer: :meth:`~dtp.ledger.interface.Ledger.transfer`), one's own other key included;
 - ``connections``: the identity's connections as a client, or a host's (``--host``),
   with deposit, claims, refunds, what is claimable and refundable, and when
   (:mod:`dtp.ledger.connections`);
@@ -30,11 +36,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from dtp.cli.common import CliError as _CliError
+from dtp.cli.common import UsageError as _UsageError
 from dtp.cli.common import address as _address
+from dtp.cli.common import amount as _amount
 from dtp.cli.common import emit as _emit
 from dtp.cli.common import given_path as _given_path
 from dtp.cli.common import identity as _identity
 from dtp.cli.common import ledger as _ledger
+from dtp.cli.common import ledger_spec as _ledger_spec
 from dtp.ledger.connections import (
     ConnectionReport,
     find_connections,
@@ -45,6 +54,9 @@ from dtp.ledger.objects import ConnectionState, normalize_id
 __all__ = ["register"]
 
 MIST_PER_SUI: Final = 1_000_000_000
+#: What ``dtp fund`` mints on the embedded ledger without ``--amount`` (10 SUI, as
+#: ``dtp localnet faucet`` and Sui's faucets give).
+FUND_DEFAULT: Final = 10 * MIST_PER_SUI
 #: Longest sleep between two looks at the ledger clock while ``refund --wait`` waits:
 #: a clock that is not the wall clock (a LocalLedger's, advanced by hand) is seen to
 #: move within it.
@@ -92,6 +104,83 @@ def _balance(args: argparse.Namespace) -> int:
     if coins is not None:
         data["gas_coins"] = coins
     _emit(args, data)
+    return 0
+
+
+# -- fund and transfer -------------------------------------------------------------------
+
+
+def _mist(value: int, option: str) -> int:
+    """An amount of MIST a faucet or a transfer moves: 1 to 2**64-1 (checked before the
+    ledger is opened: a refused amount creates no ledger file)."""
+    if not 0 < value < 2**64:
+        raise _UsageError(f"{option} must be from 1 MIST to 2**64-1 MIST, got {value}.")
+    return value
+
+
+def _fund(args: argparse.Namespace) -> int:
+    """Test SUI to ``ADDRESS`` (default: the identity's): the embedded ledger mints it;
+    on Sui a faucet sends it (Sui's faucets give their own fixed amount)."""
+    spec = _ledger_spec(args)
+    amount = None if args.amount is None else _mist(args.amount, "--amount")
+    if spec.is_sui:
+        from dtp.ledger.faucet import faucet_url, request_sui
+
+        url = faucet_url(args.faucet, spec.network)
+        address = args.address if args.address is not None else _address(args)
+        gift = request_sui(url, address, amount)
+        data: dict[str, Any] = {
+            "address": address,
+            "faucet": url,
+            "coin": gift.coin_id,
+            "received_mist": gift.amount,
+        }
+        if gift.digest:
+            data["digest"] = gift.digest
+        _emit(args, data)
+        return 0
+    if args.faucet is not None:
+        raise _UsageError(
+            f"--faucet names a Sui faucet, and {spec.setting} names {spec.describe()}: the "
+            "embedded ledger mints test SUI itself (leave --faucet out)."
+        )
+    # the address (the identity read) before the ledger is opened, as `dtp localnet
+    # faucet` does: a missing identity creates no ledger file
+    address = args.address if args.address is not None else _address(args)
+    amount = FUND_DEFAULT if amount is None else amount
+    ledger = _ledger(args)
+    try:
+        balance = ledger.faucet(address, amount)
+    finally:
+        ledger.close()
+    _emit(
+        args,
+        {
+            "address": address,
+            "faucet": "embedded",
+            "received_mist": amount,
+            "balance_mist": balance,
+        },
+    )
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    """``amount`` MIST from the identity to ``ADDRESS`` (on Sui, plus the gas the
+    identity pays). Refused whole when the balance cannot cover it: nothing moves."""
+    amount = _mist(args.amount, "--amount")
+    identity = _identity(args)
+    sender = str(identity.sui_address)
+    ledger = _ledger(args, create=False)
+    try:
+        ledger.transfer(identity, args.address, amount)
+        balance = ledger.balance(sender)
+    finally:
+        ledger.close()
+    _emit(
+        args,
+        {"from": sender, "to": args.address, "sent_mist": amount, "balance_mist": balance},
+    )
     return 0
 
 
@@ -413,11 +502,35 @@ def _settled(settlement: Any) -> dict[str, Any]:
 
 
 def register(subparsers: Any, leaf: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``balance``, ``connections``, ``refund`` and ``claim`` to ``subparsers``
-    (``leaf(group, name, handler, help)`` adds one with the common ledger options)."""
+    """Add ``balance``, ``fund``, ``transfer``, ``connections``, ``refund`` and ``claim``
+    to ``subparsers`` (``leaf(group, name, handler, help)`` adds one with the common
+    ledger options)."""
     balance = leaf(subparsers, "balance", _balance, "SUI balance of the identity or ADDRESS")
     balance.add_argument(
         "address", nargs="?", type=_parse_id("address"), help="address (default: the identity's)"
+    )
+
+    fund = leaf(subparsers, "fund", _fund, "get test SUI from a faucet (embedded, localnet's)")
+    fund.add_argument(
+        "address", nargs="?", type=_parse_id("address"), help="address (default: the identity's)"
+    )
+    fund.add_argument(
+        "--amount",
+        type=_amount,
+        help="MIST, or 1.5sui (default: 10 SUI on the embedded ledger, the faucet's own "
+        "amount on Sui, whose faucets give a fixed one)",
+    )
+    fund.add_argument(
+        "--faucet",
+        metavar="URL",
+        help="on Sui: the faucet to ask (default $DTP_SUI_FAUCET, else the network's: "
+        "localnet's http://127.0.0.1:9123, devnet's)",
+    )
+
+    transfer = leaf(subparsers, "transfer", _transfer, "send SUI from the identity to an address")
+    transfer.add_argument("address", type=_parse_id("address"), help="the recipient's address")
+    transfer.add_argument(
+        "--amount", type=_amount, required=True, help="MIST, or 1.5sui (the gas is paid besides)"
     )
 
     conns = leaf(subparsers, "connections", _connections, "list ledger connections")

@@ -75,7 +75,7 @@ _DEFAULT_FAUCET: Final = 10_000_000_000  # 10 SUI
 _ON_SUI: Final = {
     "status": "read the network's state with `sui client` or an explorer (dtp balance, "
     "dtp host show and dtp connections work there)",
-    "faucet": "use the network's faucet, e.g. `sui client faucet`",
+    "faucet": "fund an address with `dtp fund`, which asks the network's faucet",
     "advance-epoch": "epochs end on the network's schedule (about a day)",
     "advance-clock": "the clock is the network's",
 }

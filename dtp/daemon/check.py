@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dtp.daemon.config import Backend, DaemonConfig, ForwardConfig, load_config
+from dtp.daemon.reporting import report
 from dtp.daemon.state import LOCK_FILE, lock_holder
 from dtp.errors import ChainError, DaemonConfigError, DTPError, KeyFileError, MissingExtra
 from dtp.identity.keys import HostIdentity, passphrase_from_env
@@ -251,7 +252,7 @@ def _ledger_reads(
                         "problem",
                         "gas",
                         f"{address} holds {balance:,} MIST, less than one transaction's "
-                        f"budget ({budget:,}): fund it (e.g. `sui client faucet`)",
+                        f"budget ({budget:,}): fund it (`dtp fund`, `dtp transfer`)",
                     )
                 elif balance < low:
                     check.add("warning", "gas", f"{balance:,} MIST, below low_gas ({low:,})")
@@ -388,11 +389,15 @@ def _resolver(backend: Backend) -> Callable[[], str | None]:
 def main(config_path: str, passphrase_env: str = "DTP_PASSPHRASE", as_json: bool = False) -> int:
     """Entry point of ``dtp daemon --check``: the findings on stdout, a summary line
     last (``as_json``: one JSON object, ``{"config", "ok", "problems", "findings":
-    [{"level", "subject", "text"}]}``, the summary still on stderr); exit status 0 (no
-    problem), 1 (problems) or 2 (the file has an error)."""
+    [{"level", "subject", "text"}]}``, and a failure on stderr as the JSON error every
+    command prints with ``--json``: :func:`dtp.daemon.reporting.report`, its ``error``
+    ``DaemonConfigError`` for a file with an error, ``ConfigCheckFailed`` for
+    problems); exit status 0 (no problem), 1 (problems) or 2 (the file has an error)."""
     try:
         config = load_config(config_path)
     except DaemonConfigError as exc:
+        if as_json:
+            return report("daemon", 2, exc, as_json=True)
         print(f"dtp daemon: {exc}", file=sys.stderr)
         print(f"dtp daemon: {config_path}: test failed", file=sys.stderr)
         return 2
@@ -402,17 +407,18 @@ def main(config_path: str, passphrase_env: str = "DTP_PASSPHRASE", as_json: bool
     problems = len(check.problems)
     if as_json:
         findings = [{"level": lv, "subject": sub, "text": text} for lv, sub, text in check.findings]
-        report = {"config": str(config.path), "ok": not problems, "problems": problems}
-        print(json.dumps({**report, "findings": findings}, indent=2, sort_keys=True))
+        summary = {"config": str(config.path), "ok": not problems, "problems": problems}
+        print(json.dumps({**summary, "findings": findings}, indent=2, sort_keys=True), flush=True)
     else:
         check.print(sys.stdout)
     if problems:
-        print(
-            f"dtp daemon: {config.path}: test failed: {problems} "
-            f"problem{'s' if problems != 1 else ''}",
-            file=sys.stderr,
+        return report(
+            "daemon",
+            1,
+            f"{config.path}: test failed: {problems} problem{'s' if problems != 1 else ''}",
+            as_json=as_json,
+            kind="ConfigCheckFailed",
         )
-        return 1
     if not as_json:
         print(f"dtp daemon: {config.path}: test is successful")
     return 0

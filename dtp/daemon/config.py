@@ -751,7 +751,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         raise check.fail(
             (*k, "faucet"),
             f"only the embedded ledger has a faucet, and ledger names {ledger.describe()}: "
-            "fund the daemon's address with the network's faucet (e.g. `sui client faucet`) "
+            "fund the daemon's address with `dtp fund` (the network's faucet) or `dtp transfer`, "
             "and remove faucet",
         )
     lan_announce = check.boolean(doc, (*k, "lan_announce"), False)

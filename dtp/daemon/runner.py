@@ -24,11 +24,11 @@ import os
 import signal
 import sqlite3
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from dtp.daemon.ledger_calls import LedgerCalls, watch_ledger
 from dtp.daemon.live import History, live_status
 from dtp.daemon.logs import kv, setup_logging
 from dtp.daemon.refunds import Refunds
+from dtp.daemon.reporting import USAGE_ERROR, report
 from dtp.daemon.services import ServiceHost
 from dtp.daemon.signals import CAUGHT_SIGNALS, STOP_SIGNALS, LoopSignals, StopSignals
 from dtp.daemon.state import (
@@ -882,6 +883,7 @@ def main(
     *,
     exiting: bool = False,
     signals: StopSignals | None = None,
+    as_json: bool = False,
 ) -> int:
     """Entry point of ``dtp daemon``; returns the exit status. The identity's passphrase,
     if it has one, is read from the environment variable ``passphrase_env``.
@@ -891,12 +893,14 @@ def main(
     this module): a stop before the daemon is ready ends its start cleanly, with exit
     status 0. On return their handlers are put back, or, when ``exiting`` (the process
     ends next: ``dtp daemon``), the signals are ignored for the rest of the process's
-    life."""
+    life. ``as_json``: a failure is reported as one JSON object on stderr
+    (:func:`dtp.daemon.reporting.report`), as ``dtp daemon --json`` asks."""
     if signals is None:
         signals = StopSignals()
         signals.install()
     try:
-        return _main(config_path, log_format, passphrase_env, signals)
+        fail = partial(report, "daemon", as_json=as_json)
+        return _main(config_path, log_format, passphrase_env, signals, fail)
     finally:
         if exiting:
             signals.ignore()
@@ -905,23 +909,22 @@ def main(
 
 
 def _main(
-    config_path: str, log_format: str | None, passphrase_env: str, signals: StopSignals
+    config_path: str,
+    log_format: str | None,
+    passphrase_env: str,
+    signals: StopSignals,
+    fail: Callable[..., int],
 ) -> int:
     try:
         config = load_config(config_path)
     except DaemonConfigError as exc:
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
     settings = config.daemon
     if settings.metrics_listen is not None:
         try:
             load_metrics()
         except MissingExtra as exc:
-            print(
-                f"dtp daemon: {config.error(('daemon', 'metrics_listen'), str(exc))}",
-                file=sys.stderr,
-            )
-            return 2
+            return fail(2, config.error(("daemon", "metrics_listen"), str(exc)))
     try:
         setup_logging(
             log_format or settings.log_format,
@@ -931,9 +934,7 @@ def _main(
             settings.log_backups,
         )
     except OSError as exc:
-        error = config.error(("daemon", "log_file"), f"cannot open it: {_os_error(exc)}")
-        print(f"dtp daemon: {error}", file=sys.stderr)
-        return 2
+        return fail(2, config.error(("daemon", "log_file"), f"cannot open it: {_os_error(exc)}"))
     if signals.stop is not None:
         # nothing is started yet, nor the state directory taken
         logger.info("stopped before start", extra=kv(signal=signal.Signals(signals.stop).name))
@@ -941,25 +942,20 @@ def _main(
     try:
         passphrase = passphrase_from_env(passphrase_env)
     except ValueError as exc:  # (set but empty)
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc, kind=USAGE_ERROR)
     try:
         daemon = Daemon(config, passphrase, passphrase_env)
     except DaemonConfigError as exc:  # the state directory is in use
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
     except KeyFileError as exc:
         hint = (
             f" (set ${passphrase_env})" if passphrase is None and "passphrase" in str(exc) else ""
         )
-        print(f"dtp daemon: {exc}{hint}", file=sys.stderr)
-        return 1
+        return fail(1, f"{exc}{hint}", kind=type(exc).__name__)
     except ChainError as exc:
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 1
+        return fail(1, exc)
     except OSError as exc:  # the state directory
-        print(f"dtp daemon: {_os_error(exc)}", file=sys.stderr)
-        return 1
+        return fail(1, _os_error(exc), kind=type(exc).__name__)
 
     async def go() -> None:
         asyncio.get_running_loop().set_default_executor(_signal_free_executor())
@@ -970,17 +966,13 @@ def _main(
     try:
         runner.run(go())
     except DaemonConfigError as exc:
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
     except (ChainError, KeyFileError) as exc:
-        print(f"dtp daemon: {exc}", file=sys.stderr)
-        return 1
+        return fail(1, exc)
     except OSError as exc:
-        print(f"dtp daemon: {_os_error(exc)}", file=sys.stderr)
-        return 1
+        return fail(1, _os_error(exc), kind=type(exc).__name__)
     except sqlite3.Error as exc:  # the ledger or the receipt store, while running
-        print(f"dtp daemon: database error: {exc}", file=sys.stderr)
-        return 1
+        return fail(1, f"database error: {exc}", kind=type(exc).__name__)
     finally:
         _close_keeping_signals(runner, signals)
         daemon.release_lock()  # a failed start never reached drain()

@@ -7,11 +7,13 @@ import os
 import sys
 import time
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dtp.daemon.config import load_config
 from dtp.daemon.control import unix_get
+from dtp.daemon.reporting import report
 from dtp.daemon.state import CONTROL_SOCKET, STATUS_FILE, process_identity, read_status
 from dtp.errors import DaemonConfigError
 
@@ -311,14 +313,15 @@ def _no_constant(name: str) -> Any:
 
 
 def main(config: str | None, state_dir: str | None, as_json: bool, live: bool = True) -> int:
-    """Entry point of ``dtp status``: the status on stdout, errors on stderr. The
-    running daemon's live counters when it answers on its control socket (``live``),
-    else the status file it last wrote (``source`` in the JSON: ``live`` or ``file``)."""
+    """Entry point of ``dtp status``: the status on stdout, errors on stderr (with
+    ``as_json``, as one JSON object: :func:`dtp.daemon.reporting.report`). The running
+    daemon's live counters when it answers on its control socket (``live``), else the
+    status file it last wrote (``source`` in the JSON: ``live`` or ``file``)."""
+    fail = partial(report, "status", as_json=as_json)
     try:
         directory = state_dir_of(config, state_dir)
     except DaemonConfigError as exc:
-        print(f"dtp status: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, exc)
     status = read_live(directory) if live else None
     if status is not None:
         status["source"] = "live"
@@ -329,17 +332,11 @@ def main(config: str | None, state_dir: str | None, as_json: bool, live: bool = 
     if status is None:
         path = directory / STATUS_FILE
         if path.is_file() and os.access(path, os.R_OK):
-            print(f"dtp status: {path} is damaged: not a JSON object", file=sys.stderr)
-        else:
-            print(
-                f"dtp status: no daemon status in {directory} (has the daemon run?)",
-                file=sys.stderr,
-            )
-        return 1
+            return fail(1, f"{path} is damaged: not a JSON object", kind="StatusFileDamaged")
+        return fail(1, f"no daemon status in {directory} (has the daemon run?)", kind="NoStatus")
     problem = _malformed(status)
     if problem is not None:
-        print(f"dtp status: {directory / STATUS_FILE} is damaged: {problem}", file=sys.stderr)
-        return 1
+        return fail(1, f"{directory / STATUS_FILE} is damaged: {problem}", kind="StatusFileDamaged")
     if as_json:
         print(json.dumps({**status, "running": daemon_running(status)}, indent=2, sort_keys=True))
     else:

@@ -605,6 +605,20 @@ class Ledger(PaymentModels, Coordination, abc.ABC):
         carried by its ``PaymentSent`` event: a tip, a reward, a bounty."""
         raise NotImplementedError(f"{type(self).__name__} has no payment call")
 
+    # -- plain transfers (Sui's, no dtp package call) ------------------------------------------
+    # Not abstract either; both built-in ledgers implement it.
+
+    def transfer(self, signer: HostIdentity, recipient: str, amount: int) -> None:
+        """Move ``amount`` MIST (1 to 2**64-1) of the signer's SUI to the address
+        ``recipient``: on Sui a plain transfer (``SplitCoins`` of the gas coin and
+        ``TransferObjects``, as ``sui client transfer-sui``; no Move call, no event), its
+        gas paid by the signer besides; on LocalLedger the balance moves, nothing else.
+        Raises :class:`~dtp.errors.InvalidObjectId` for a malformed ``recipient``,
+        :class:`~dtp.errors.InvalidArgument` for an amount outside that range and
+        :class:`~dtp.errors.InsufficientFunds` when the signer's balance cannot cover it
+        (and the gas, on Sui); nothing moves then. ``dtp transfer`` is its command."""
+        raise NotImplementedError(f"{type(self).__name__} has no transfer call")
+
     # -- mailbox and response escrow (dtp::mailbox, dtp::response_escrow) ---------------------
     # Not abstract: ledgers written before these modules keep working; both built-in
     # ledgers implement them.

@@ -31,6 +31,17 @@ def check_signer(signer: object) -> None:
             raise InvalidArgument(f"signer must be a HostIdentity, got {type(signer).__name__}.")
 
 
+def check_transfer_amount(amount: object) -> int:
+    """A plain transfer's amount (:meth:`~dtp.ledger.interface.Ledger.transfer`): MIST,
+    from 1 to 2**64-1 (a transfer of nothing would make an empty coin, or nothing, and
+    still cost gas: refused on both ledgers before anything is signed)."""
+    if type(amount) is not int or not 1 <= amount <= 2**64 - 1:
+        raise InvalidArgument(
+            f"A transfer's amount must be an integer of MIST from 1 to 2**64-1, got {amount!r}."
+        )
+    return amount
+
+
 def as_bytes(value: bytes | bytearray | memoryview | str, what: str) -> bytes:
     """The bytes a ``vector<u8>`` argument carries (both ledgers' rule): those of a
     ``bytes``, ``bytearray`` or ``memoryview`` (all of them: a view of wider items gives

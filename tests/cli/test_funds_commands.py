@@ -537,7 +537,7 @@ def test_claim_is_refused_while_a_daemon_runs_on_the_state_dir(place: Place) -> 
 @LOCAL_ONLY
 def test_localnet_commands_on_a_sui_spec_say_so(place: Place) -> None:
     for action, hint in (
-        ("faucet", "use the network's faucet, e.g. `sui client faucet`."),
+        ("faucet", "fund an address with `dtp fund`, which asks the network's faucet."),
         ("advance-epoch", "epochs end on the network's schedule (about a day)."),
         ("status", "dtp connections work there)."),
     ):

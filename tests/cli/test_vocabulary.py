@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,14 @@ import pytest
 from dtp.cli import build_parser, main
 from dtp.cli.common import amount, duration, firewall_mode
 from dtp.ledger.objects import FirewallMode
+from tests.support.paths import ROOT
 
 #: What every chain command takes (docs/cli.md "Options every chain command takes").
 CHAIN_OPTIONS = {"--ledger", "--ledger-path", "--sui-package", "--identity", "--passphrase-env"}
-#: Commands that print no data of their own (a guided demo; the daemon, whose output is
-#: its JSON ready line and logs): the only ones without --json.
-NO_JSON = {("demo",), ("daemon",)}
+#: Commands that print no data of their own (a guided demo): the only ones without
+#: --json (the daemon's output is its JSON ready line and logs, and its --json makes
+#: its errors and --check's findings JSON too).
+NO_JSON = {("demo",)}
 
 
 def _leaves(
@@ -209,6 +213,81 @@ def test_daemon_check_json(home: Path, capsys: pytest.CaptureFixture[str]) -> No
     problems = [f for f in report["findings"] if f["level"] == "problem"]
     assert report["problems"] == len(problems) and report["ok"] == (not problems)
     assert {f["level"] for f in report["findings"]} <= {"ok", "note", "warning", "problem"}
-    # --json is for --check: the daemon's own output is JSON already
-    code, out, err = _run(capsys, "daemon", "--json", "--config", str(config))
-    assert (code, out) == (2, "") and "--json goes with --check" in err
+    if not report["ok"]:
+        # and the summary of a failed test is the JSON error every command prints
+        assert json.loads(err) == {
+            "error": "ConfigCheckFailed",
+            "message": f"{config}: test failed: {report['problems']} problem"
+            + ("s" if report["problems"] != 1 else ""),
+            "exit_status": 1,
+        }
+
+
+def _json_error(err: str, kind: str, status: int) -> str:
+    """The message of the one JSON error line ``err`` holds, checked to be ``kind``."""
+    assert err.count("\n") == 1, err
+    error = json.loads(err)
+    assert (error["error"], error["exit_status"]) == (kind, status), error
+    return str(error["message"])
+
+
+def test_daemon_and_status_errors_are_json_with_json(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(home / "missing.toml")
+    broken = home / "broken.toml"
+    broken.write_text("[daemon\n")
+    # dtp daemon: its command line, a config it cannot read, --check of a broken one
+    for argv, kind, status, says in [
+        (["daemon", "--config", ""], "UsageError", 2, "--config is empty"),
+        (["daemon", "--passphrase-env", "", "--check"], "UsageError", 2, "is empty"),
+        (["daemon", "--config", missing], "DaemonConfigError", 2, "missing.toml"),
+        (["daemon", "--check", "--config", str(broken)], "DaemonConfigError", 2, "broken.toml"),
+    ]:
+        code, out, err = _run(capsys, *argv, "--json")
+        assert (code, out) == (status, ""), (argv, err)
+        assert says in _json_error(err, kind, status), (argv, err)
+        # and without --json, the one line it always was
+        code, out, err = _run(capsys, *argv)
+        assert (code, out) == (status, "") and err.startswith("dtp daemon: "), (argv, err)
+        assert says in err and not err.startswith("{"), err
+    # dtp status: no state directory to read, none there, a damaged status file
+    state = home / "state"
+    state.mkdir()
+    for argv, kind, status, says in [
+        (["status", "--state-dir", ""], "UsageError", 2, "--state-dir is empty"),
+        (["status", "--config", missing], "DaemonConfigError", 2, "missing.toml"),
+        (["status", "--state-dir", str(state)], "NoStatus", 1, "has the daemon run?"),
+    ]:
+        code, out, err = _run(capsys, *argv, "--json")
+        assert (code, out) == (status, ""), (argv, err)
+        assert says in _json_error(err, kind, status), (argv, err)
+        code, out, err = _run(capsys, *argv)
+        assert (code, out) == (status, "") and err.startswith("dtp status: "), (argv, err)
+    # a start the daemon itself refuses (its identity file is no identity), in a
+    # process of its own: the runner's failures take the same form
+    config = home / "dtp.toml"
+    config.write_text(
+        '[daemon]\nledger = "l.sqlite"\nidentity = "id.key"\nstate_dir = "st"\n'
+        '[[service]]\nname = "svc"\nport = 7000\nbackends = ["127.0.0.1:9"]\n'
+    )
+    (home / "id.key").write_text("not a key")
+    (home / "id.key").chmod(0o600)
+    for extra in (["--json"], []):
+        done = subprocess.run(
+            [sys.executable, "-m", "dtp", "daemon", "--config", str(config), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert (done.returncode, done.stdout) == (1, ""), done.stderr
+        if extra:
+            assert "not a DTP identity file" in _json_error(done.stderr, "KeyFileError", 1)
+        else:
+            assert done.stderr.startswith("dtp daemon: ") and "identity" in done.stderr
+
+    (state / "status.json").write_text("[1, 2]")
+    code, out, err = _run(capsys, "status", "--state-dir", str(state), "--json", "--file")
+    assert (code, out) == (1, "")
+    assert "damaged" in _json_error(err, "StatusFileDamaged", 1)

@@ -320,12 +320,18 @@ def test_status_of_a_killed_daemon_says_not_running(tmp_path: Path) -> None:
 
 
 def test_status_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert status_main(None, str(tmp_path / "nowhere"), as_json=True) == 1
+    assert status_main(None, str(tmp_path / "nowhere"), as_json=False) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("dtp status: no daemon status in ")
+    # with --json, one JSON object naming the kind of failure
+    assert status_main(None, str(tmp_path / "nowhere"), as_json=True) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and json.loads(err)["error"] == "NoStatus"
     assert status_main(str(tmp_path / "none.toml"), None, as_json=True) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "cannot read the config file" in err
+    error = json.loads(err)
+    assert out == "" and "cannot read the config file" in error["message"]
+    assert (error["error"], error["exit_status"]) == ("DaemonConfigError", 2)
     for damaged, problem in (
         ({"services": {"a": 5}}, "services['a'] is not an object"),
         ({"forwards": ["x"]}, "'forwards' is not an object"),

@@ -77,7 +77,7 @@ def test_a_sui_network_with_its_package() -> None:
             head("devnet", "faucet = 5"),
             "etc/dtp.toml:4: daemon.faucet: only the embedded ledger has a faucet, and ledger "
             "names Sui devnet at https://fullnode.devnet.sui.io:443: fund the daemon's address "
-            "with the network's faucet (e.g. `sui client faucet`) and remove faucet",
+            "with `dtp fund` (the network's faucet) or `dtp transfer`, and remove faucet",
         ),
     ],
 )

@@ -84,10 +84,14 @@ def test_dtp_status_on_a_file_that_is_not_json(
     """NaN/Infinity were read and printed back by --json (output no JSON reader takes);
     a file that is not a JSON object was reported as missing ("has the daemon run?")."""
     (tmp_path / STATUS_FILE).write_text(text)
+    message = f"{tmp_path / STATUS_FILE} is damaged: not a JSON object"
+    assert status_main(None, str(tmp_path), as_json=False) == 1
+    assert capsys.readouterr() == ("", f"dtp status: {message}\n")
+    # with --json, the error too is one JSON object (docs/cli.md, "Errors")
     assert status_main(None, str(tmp_path), as_json=True) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"dtp status: {tmp_path / STATUS_FILE} is damaged: not a JSON object\n"
+    assert json.loads(err) == {"error": "StatusFileDamaged", "message": message, "exit_status": 1}
 
 
 @pytest.mark.parametrize("as_json", [True, False])

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -43,7 +42,6 @@ from dtp.ledger.sui import SuiConfig, SuiLedger
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
-    from dtp.ledger.sui.tx import TxContext
     from dtp.testing.sui_node import SuiNodeStandIn
 
 #: The variables that point the tests at a real node (all three, or none is used).
@@ -70,35 +68,9 @@ def ledger_spec_for(url: str) -> str:
 
 
 def transfer(ledger: SuiLedger, funder: HostIdentity, to: str, amount: int) -> None:
-    """Move ``amount`` MIST from ``funder`` to the address ``to``, as a Sui transfer
-    does: ``SplitCoins(GasCoin, [amount])`` and ``TransferObjects`` to ``to``."""
-    from pysui.sui.sui_bcs import bcs
-    from pysui.sui.sui_common.txn_transaction_builder import ProgrammableTransactionBuilder
-
-    def build(ctx: TxContext) -> bytes:
-        ptb = ProgrammableTransactionBuilder()
-        coin = ptb.split_coin(
-            bcs.Argument("GasCoin"), [bcs.BuilderArg("Pure", list(struct.pack("<Q", amount)))]
-        )
-        ptb.transfer_objects(bcs.BuilderArg("Pure", list(bytes.fromhex(to[2:]))), [coin])
-        data = bcs.TransactionData(
-            "V1",
-            bcs.TransactionDataV1(
-                ptb.finish_for_inspect(),
-                bcs.Address.from_str(ctx.sender),
-                bcs.GasData(
-                    [p.to_bcs() for p in ctx.gas.payment],
-                    bcs.Address.from_str(ctx.sender),
-                    ctx.gas.price,
-                    ctx.gas.budget,
-                ),
-                bcs.TransactionExpiration("None"),
-            ),
-        )
-        return bytes(data.serialize())
-
-    # (SuiLedger has no transfer of its own: dtp moves SUI only through its package)
-    ledger._execute(funder, "fund", build, spend=amount)
+    """Move ``amount`` MIST from ``funder`` to the address ``to``: a Sui transfer
+    (:meth:`SuiLedger.transfer <dtp.ledger.interface.Ledger.transfer>`)."""
+    ledger.transfer(funder, to, amount)
 
 
 def gas_from_effects(ledger: SuiLedger, address: str) -> dict[str, int]:

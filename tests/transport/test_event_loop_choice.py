@@ -9,7 +9,7 @@ import pytest
 
 import dtp.aio
 from dtp.errors import MissingExtra
-from dtp.eventloop import loop_factory, loop_name
+from dtp.eventloop import asyncio_loop, loop_factory, loop_name
 from dtp.identity.keys import HostIdentity
 
 pytest.importorskip("uvloop", reason="the fast extra (uvloop) is a test dependency")
@@ -57,4 +57,42 @@ def test_bad_choices_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvloop", None)  # (as if not installed)
     with pytest.raises(MissingExtra, match=r"dtp\[fast\]"):
         loop_factory("uvloop")
-    assert loop_factory("auto") is asyncio.new_event_loop
+    assert loop_factory("auto") is asyncio_loop
+
+
+def test_asyncio_is_the_standard_librarys_loop_whatever_the_policy() -> None:
+    # a program that installed uvloop's policy still gets asyncio's loop when it asks
+    # for "asyncio" (the daemon's event_loop = "asyncio", dtp.aio.run(loop="asyncio"))
+    import uvloop
+
+    before = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        assert dtp.aio.run(_echo_round_trip(), loop="asyncio") == ("asyncio", b"ping")
+        loop = loop_factory("asyncio")()
+        try:
+            assert isinstance(loop, asyncio.BaseEventLoop) and loop_name(loop) == "asyncio"
+        finally:
+            loop.close()
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+def test_this_folder_runs_on_the_loop_the_suite_says() -> None:
+    """tests/transport is in tests/uvloop.txt: under scripts/test.sh's C parts
+    (DTP_TEST_LOOP=uvloop-listed) its asyncio tests run on uvloop, on asyncio's loop
+    elsewhere (tests/conftest.py)."""
+    import os
+
+    chosen = os.environ.get("DTP_TEST_LOOP", "asyncio")
+    expected = "asyncio" if chosen == "asyncio" else "uvloop"
+
+    async def which() -> str:
+        return loop_name()
+
+    assert asyncio.run(which()) == expected
+    runner = asyncio.Runner()
+    try:
+        assert runner.run(which()) == expected
+    finally:
+        runner.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import websockets.frames
@@ -96,13 +96,14 @@ class _Wire(asyncio.Protocol):
     """Collects what a carrier hands its protocol: one entry per data_received."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.chunks: list[bytes] = []
         self.more = asyncio.Event()
         self.lost = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # a stream transport, cast (uvloop's are no asyncio.Transport subclasses)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(bytes(data))
@@ -224,52 +225,64 @@ async def _carry(transcript: dict[str, Any], carrier: str) -> dict[str, Any]:
         relay = _Relay(listener.sockets[0].getsockname()[:2])
         host, port = await relay.start()
         await connect_websocket(f"ws://{host}:{port}/", wires["client"])
-    await asyncio.wait_for(made.wait(), 10)
-    conns = {side: _connection(side, transcript) for side in ("client", "server")}
-    taken = {"client": 0, "server": 0}  # chunks each side's connection was fed
-    expected = {"client": 0, "server": 0}  # bytes sent to each side so far
-    sent_records: dict[str, list[bytes]] = {"client": [], "server": []}
+    try:
+        await asyncio.wait_for(made.wait(), 10)
+        conns = {side: _connection(side, transcript) for side in ("client", "server")}
+        taken = {"client": 0, "server": 0}  # chunks each side's connection was fed
+        expected = {"client": 0, "server": 0}  # bytes sent to each side so far
+        sent_records: dict[str, list[bytes]] = {"client": [], "server": []}
 
-    async def feed(side: str, now: float) -> None:
-        wire = wires[side]
-        await wire.until(expected[side])
-        for chunk in wire.chunks[taken[side] :]:
-            conns[side].receive_data(chunk, now)
-        taken[side] = len(wire.chunks)
-        while conns[side].next_event() is not None:
-            pass
+        async def feed(side: str, now: float) -> None:
+            wire = wires[side]
+            await wire.until(expected[side])
+            for chunk in wire.chunks[taken[side] :]:
+                conns[side].receive_data(chunk, now)
+            taken[side] = len(wire.chunks)
+            while conns[side].next_event() is not None:
+                pass
 
-    for step in transcript["steps"]:
-        side, now = step["side"], step["now"]
-        await feed(side, now)
-        for action in step["actions"]:
-            _act(conns[side], action)
-        out = conns[side].data_to_send(now)
-        records = [bytes.fromhex(r["hex"]) for r in step["records"]]
-        assert out == b"".join(records)  # the transcript's records, as over any carrier
-        sent_records[side] += records
-        transport = wires[side].transport
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(out)  # one write per step, as the asyncio driver writes a batch
-        other = "server" if side == "client" else "client"
-        expected[other] += len(out)
-    for side in ("client", "server"):
-        await feed(side, transcript["steps"][-1]["now"])
-    result: dict[str, Any] = {
-        "received": {side: list(wires[side].chunks) for side in wires},
-        "sent": sent_records,
-    }
-    for wire in wires.values():
-        assert wire.transport is not None
-        wire.transport.close()
-    for wire in wires.values():
-        await asyncio.wait_for(wire.lost.wait(), 10)
-    if relay is not None:
-        await relay.close()
-        result["seen"] = {k: bytes(v) for k, v in relay.seen.items()}
-    listener.close()
-    await listener.wait_closed()
-    return result
+        for step in transcript["steps"]:
+            side, now = step["side"], step["now"]
+            await feed(side, now)
+            for action in step["actions"]:
+                _act(conns[side], action)
+            out = conns[side].data_to_send(now)
+            records = [bytes.fromhex(r["hex"]) for r in step["records"]]
+            assert out == b"".join(records)  # the transcript's records, as over any carrier
+            sent_records[side] += records
+            # (any stream transport: uvloop's are no asyncio.Transport subclasses)
+            transport = wires[side].transport
+            assert transport is not None
+            transport.write(out)  # one write per step, as the asyncio driver writes a batch
+            other = "server" if side == "client" else "client"
+            expected[other] += len(out)
+        for side in ("client", "server"):
+            await feed(side, transcript["steps"][-1]["now"])
+        result: dict[str, Any] = {
+            "received": {side: list(wires[side].chunks) for side in wires},
+            "sent": sent_records,
+        }
+        for wire in wires.values():
+            assert wire.transport is not None
+            wire.transport.close()
+        for wire in wires.values():
+            await asyncio.wait_for(wire.lost.wait(), 10)
+        if relay is not None:
+            await relay.close()
+            result["seen"] = {k: bytes(v) for k, v in relay.seen.items()}
+        listener.close()
+        await listener.wait_closed()
+        return result
+    except BaseException:
+        # a failed step leaves no socket open: a loop closed with a server and its
+        # connections still open hung in uvloop's close (the suite stopped there)
+        for wire in wires.values():
+            if wire.transport is not None:
+                wire.transport.abort()
+        if relay is not None:
+            relay.server.close()
+        listener.close()
+        raise
 
 
 @pytest.mark.parametrize("pattern", ["IK", "XX"])

@@ -266,6 +266,13 @@ class _AdapterEnd(socket.socket):
         error.__cause__ = self.failure
         return error
 
+    def lost_error(self) -> ConnectionLost | None:
+        """The failure as the reads would raise it, None while the bridge has not
+        failed: asked by the asyncio driver as its transport ends
+        (:func:`dtp.transport.asyncio.protocol.carrier_failure`), since uvloop's
+        transports use the descriptor and never call the methods below."""
+        return None if self.failure is None else self._lost()
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data = super().recv(bufsize, flags)
         if not data and bufsize and self.failure is not None:

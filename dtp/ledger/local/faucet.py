@@ -1,17 +1,21 @@
-"""The local ledger's test money (:class:`Faucet`): minting it, and auditing where every
-MIST is (conservation: docs/escrow.md)."""
+"""The local ledger's test money (:class:`Faucet`): minting it, moving it between
+addresses (a plain transfer, Sui's ``transfer-sui``), and auditing where every MIST is
+(conservation: docs/escrow.md)."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from dtp.errors import InvalidArgument
+from dtp.errors import InsufficientFunds, InvalidArgument
 from dtp.ledger.local import rules
 from dtp.ledger.local.call_arguments import U64_MAX, u64
 from dtp.ledger.local.rules import economics as local_economics
 from dtp.ledger.local.stored import SHAPE_ERRORS, SqlStore, _balance
 from dtp.ledger.local.transactions import _UPSERT_BALANCE, SqliteTransactions
-from dtp.ledger.objects import normalize_id
+from dtp.ledger.objects import check_signer, check_transfer_amount, normalize_id
+
+if TYPE_CHECKING:
+    from dtp.identity.keys import HostIdentity
 
 #: Escrow-like money holders of the payment models: Move type -> the balance field.
 _ESCROW_LIKE: Final = {
@@ -43,6 +47,32 @@ class Faucet(SqliteTransactions):
             return new
 
         return self._write(apply)
+
+    def transfer(self, signer: HostIdentity, recipient: str, amount: int) -> None:
+        """Move ``amount`` MIST from the signer's balance to ``recipient``'s
+        (:meth:`dtp.ledger.interface.Ledger.transfer`): what a Sui transfer of SUI does,
+        without gas (LocalLedger charges none) and without an event (Sui's has none).
+        The total minted stays as it was: the audit still balances."""
+        check_signer(signer)
+        sender = normalize_id(signer.sui_address, "address")
+        to = normalize_id(recipient, "recipient address")
+        check_transfer_amount(amount)
+
+        def apply() -> None:
+            store = SqlStore(self._db)
+            held = store.balance(sender)
+            if amount > held:
+                # in Sui's words for a coin split beyond its balance (the rules' take_coin)
+                raise InsufficientFunds(
+                    f"Address {sender} has {held} MIST, {amount} are needed.",
+                    name="InsufficientCoinBalance",
+                    module="sui",
+                )
+            if to != sender:
+                self._db.execute(_UPSERT_BALANCE, (sender, str(held - amount)))
+                self._db.execute(_UPSERT_BALANCE, (to, str(store.balance(to) + amount)))
+
+        self._write(apply)
 
     def minted(self) -> int:
         """Total MIST ever minted by the faucet."""

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 from dtp.errors import ObjectNotFound, move_error
 from dtp.ledger.economics import Subscription
 from dtp.ledger.interface import ResponseEscrow
-from dtp.ledger.objects import OpenedConnection, check_signer, normalize_id
+from dtp.ledger.objects import (
+    OpenedConnection,
+    check_signer,
+    check_transfer_amount,
+    normalize_id,
+)
 from dtp.ledger.sui import tx as sui_tx
 from dtp.ledger.sui.client import NodeObject
 from dtp.ledger.sui.codec import RESPONSE_ESCROW_LAYOUT, decode
@@ -200,6 +205,14 @@ class MessagingCalls(SuiLedgerCore):
         to = normalize_id(recipient, "recipient address")
         raw = sui_tx.as_bytes(memo, "memo")
         self._execute(signer, "payment::pay", lambda ctx: sui_tx.pay(ctx, to, amount, raw), amount)
+
+    def transfer(self, signer: HostIdentity, recipient: str, amount: int) -> None:
+        check_signer(signer)
+        to = normalize_id(recipient, "recipient address")
+        check_transfer_amount(amount)
+        # (the pool leases coins covering the budget and the amount, or raises
+        # InsufficientFunds saying what the address holds: nothing is sent then)
+        self._execute(signer, "transfer", lambda ctx: sui_tx.transfer_sui(ctx, to, amount), amount)
 
     def mailbox_send(self, signer: HostIdentity, host_id: str, payload: bytes) -> None:
         check_signer(signer)

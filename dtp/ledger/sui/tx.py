@@ -19,7 +19,9 @@ builder's values into the transaction.
 Coins: deposits, top-ups and contributions are ``SplitCoins(GasCoin, [amount])`` and the
 new coin goes straight into the Move call, which consumes it. No function of ``move/dtp``
 returns a ``Coin`` (claims, refunds and withdrawals transfer inside Move), so no builder
-needs a ``TransferObjects``; unused return values (``ID``, ``u64``) have ``drop``.
+needs a ``TransferObjects`` -- but :func:`transfer_sui`, a plain transfer of SUI between
+addresses, which calls no Move function; unused return values (``ID``, ``u64``) have
+``drop``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ __all__ = [
     "settle_batch",
     "settle_with_receipt",
     "top_up",
+    "transfer_sui",
     "undeny",
     "update_service",
 ]
@@ -1104,6 +1107,17 @@ def create_ticketed_broadcast(
 def pay(ctx: TxContext, recipient: str, amount: int, memo: bytes) -> bytes:
     """``SplitCoins(GasCoin, [amount])`` then ``payment::pay(coin, recipient, memo)``."""
     return _build(ctx, "pay", amount, recipient, memo)
+
+
+def transfer_sui(ctx: TxContext, recipient: str, amount: int) -> bytes:
+    """``SplitCoins(GasCoin, [amount])`` then ``TransferObjects([coin], recipient)``: a
+    plain transfer of SUI, as ``sui client transfer-sui`` makes, no Move call (so no
+    package and no event; :func:`pay` is the package's, with its ``PaymentSent``)."""
+    tx = _Tx(ctx)
+    coin = tx.coin(amount, "the amount")
+    to = tx.pure(encode_address(recipient, "recipient address"))
+    tx.ptb.command(bcs.Command("TransferObjects", bcs.TransferObjects([coin], to)))
+    return tx.finish()
 
 
 def buy_tickets(ctx: TxContext, sale: SharedRef, count: int, payment: int) -> bytes:

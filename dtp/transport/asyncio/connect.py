@@ -17,7 +17,7 @@ from dtp.errors import (
 )
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
-from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort
+from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, carrier_failure
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.carriers.tcp import carrier_error, endpoint_text
 from dtp.transport.session import (
@@ -124,6 +124,8 @@ async def open(
     proto = Protocol(session, loop)
     proto.limit = limit
     proto.peername = peername
+    if sock is not None:
+        proto.carrier_failure = carrier_failure(sock)
 
     async def establish() -> None:
         try:

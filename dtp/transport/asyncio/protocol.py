@@ -64,6 +64,14 @@ class _Owner:
     __slots__ = ("__weakref__",)
 
 
+def carrier_failure(sock: Any) -> Callable[[], BaseException | None] | None:
+    """What says why ``sock``, a carrier socket handed over (``sock=``), ended when it
+    keeps its own account: a ``lost_error()`` method (the ledger bridge's end,
+    :class:`dtp.hostid.ledger_carrier.bridge`), else None."""
+    method = getattr(sock, "lost_error", None)
+    return method if callable(method) else None
+
+
 class Protocol(asyncio.BufferedProtocol):
     """The carrier side of one connection: TCP bytes in and out of the Session."""
 
@@ -99,6 +107,9 @@ class Protocol(asyncio.BufferedProtocol):
         self.peername: Any = None
         #: The readers' line limit (``limit`` of open_connection / start_server)
         self.limit = LIMIT
+        #: Why the carrier ended, from the carrier socket's own account when it keeps
+        #: one (:func:`carrier_failure`: a ledger bridge's ledger error), else None
+        self.carrier_failure: Callable[[], BaseException | None] | None = None
         self._owner: weakref.ref[_Owner] | None = None
         #: Keeps the connection open with no reader or writer left: a server's (as
         #: asyncio's server protocol holds its writer), one whose bytes go to a sink
@@ -151,6 +162,13 @@ class Protocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         try:
             if self.session.terminated is None:
+                failed = self.carrier_failure() if self.carrier_failure is not None else None
+                if failed is not None:
+                    # the socket's account of its end over the transport's: uvloop's
+                    # transports read and write its descriptor in C, and saw only an
+                    # EOF or EPIPE where asyncio's, calling the socket's methods, got
+                    # its error (tests/hostid/test_ledger_carrier_outage.py)
+                    exc = failed if isinstance(failed, Exception) else exc
                 reason = f"carrier error: {exc}" if exc else "the peer vanished"
                 self.session.carrier_lost(reason, exc)  # (the cause of what our calls raise)
             self.session.process_events()

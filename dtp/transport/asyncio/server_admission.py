@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.asyncio.protocol import Protocol, abort
+from dtp.transport.asyncio.protocol import Protocol, abort, carrier_failure
 from dtp.transport.asyncio.server_arrival import _Arrival, _waiting_gone
 from dtp.transport.asyncio.server_state import ServerState
 from dtp.transport.handshake_gate import ENDINGS, Outcome, Why, unserved_counts
@@ -47,6 +47,7 @@ class ServerAdmission(ServerState):
             # by_address=False: the bridge is a local socket, not the client's IP
             arrival = self._protocol_factory(config, by_address=False)
             arrival.peername = peername
+            arrival.carrier_failure = carrier_failure(sock)
             return arrival
 
         async def attach() -> None:
@@ -166,6 +167,7 @@ class ServerAdmission(ServerState):
             proto = Protocol(session, loop)
             proto.limit = self._limit
             proto.peername = arrival.peername
+            proto.carrier_failure = arrival.carrier_failure
             arrival.proto = proto
             transport.set_protocol(proto)
             proto.connection_made(transport)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.protocol.connection import ConnectionConfig
@@ -40,6 +41,8 @@ class _Arrival(asyncio.Protocol):
         #: capped by the client's address (TCP); else a ledger bridge, a local socket
         self.by_address = by_address
         self.peername = peername
+        #: Protocol.carrier_failure of the connection (a handed-off ledger bridge's)
+        self.carrier_failure: Callable[[], BaseException | None] | None = None
         self.transport: asyncio.Transport | None = None
         self.reader = FirstMessage()
         self.key: str | None = None
