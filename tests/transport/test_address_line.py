@@ -46,7 +46,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.blocking.server_arrival import _Arrival, _waiting_gone
+from dtp.transport.blocking.server import _Arrival, _waiting_gone
 from dtp.transport.poll import wait_ready
 from tests.support.polling import wait_for
 from tests.transport.address_lines import Held, held_address, holding

@@ -36,7 +36,7 @@ from dtp.hostid.paid.asyncio import PaidConnection
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.protocol import Protocol
-from dtp.transport.asyncio.server_arrival import _Arrival
+from dtp.transport.asyncio.server import _Arrival
 from tests.support.leaks import resource_warnings
 from tests.support.procs import ServerProc, server_process
 

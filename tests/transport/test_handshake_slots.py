@@ -38,7 +38,7 @@ import pytest
 
 import dtp.aio
 import dtp.socket
-import dtp.transport.asyncio.server_arrival
+import dtp.transport.asyncio.server
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
@@ -602,7 +602,7 @@ def test_aio_a_connection_that_cannot_be_served_gives_its_address_slot_back(
             real = server._start_serving
             failures: list[str | None] = []
 
-            def fails_once(arrival: dtp.transport.asyncio.server_arrival._Arrival) -> None:
+            def fails_once(arrival: dtp.transport.asyncio.server._Arrival) -> None:
                 if not failures:
                     failures.append(arrival.key)
                     # (what a loop that no longer takes tasks raises)

@@ -1,8 +1,6 @@
 """The asyncio transport: DTP connections to a carrier address, and the asyncio server,
-as stream pairs (:class:`DTPStreamReader`, :class:`DTPStreamWriter`); the server with its
-parts ``server_state``, ``server_arrival``, ``server_admission``, ``server_tasks`` and
-``server_handshakes``. Users import :mod:`dtp.aio`, the face that also connects by host
-ID (:mod:`dtp.hostid.asyncio`)."""
+as stream pairs (:class:`DTPStreamReader`, :class:`DTPStreamWriter`). Users import
+:mod:`dtp.aio`, the face that also connects by host ID (:mod:`dtp.hostid.asyncio`)."""
 
 from dtp.transport.asyncio.connect import open_connection
 from dtp.transport.asyncio.server import DTPServer

@@ -1,8 +1,7 @@
 """The blocking transport: DTP connections driven by the calling thread, as :mod:`ssl`
 sockets are (``engine``: one connection over its carrier; ``socket``: its streams;
-``timers``: keepalives and idle timeouts; ``connect`` and ``server``: the two ends, the
-server with its parts ``server_state``, ``server_arrival``, ``server_admission``,
-``server_threads``, ``server_handshakes`` and ``server_accept_queue``). The public face
+``timers``: keepalives and idle timeouts; ``connect`` and ``server``: the two ends).
+The public face
 is :mod:`dtp.socket`; this package holds what its modules share."""
 
 from __future__ import annotations

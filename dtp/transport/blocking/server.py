@@ -1,17 +1,19 @@
-"""The blocking transport's server: :class:`DTPServer` (its settings, counters and
-closing), made of its parts: ``server_state`` (what it knows of itself),
-``server_arrival`` (a new connection until its handshake starts), ``server_admission``
-(first records and the lines for handshake slots: dtp.transport.handshake_gate),
-``server_threads`` (the accepting and the connection threads), ``server_handshakes``
-and ``server_accept_queue`` (:meth:`~DTPServer.accept`, :meth:`~DTPServer.serve_forever`).
-Also the checks of a server's settings that the servers of the layers above make before
-they start."""
+"""The blocking transport's server: :class:`DTPServer`, whole -- its settings, counters
+and closing; a new connection until its handshake starts (``_Arrival``); admission, the
+first records and the lines for handshake slots (the rules are
+:mod:`dtp.transport.handshake_gate`'s); the accepting and the connection threads; the
+handshakes; and the accept() queue (:meth:`~DTPServer.accept`,
+:meth:`~DTPServer.serve_forever`). Also the checks of a server's settings that the
+servers of the layers above make before they start."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import operator
 import queue
+import select
 import socket as _socket
 import struct
 import threading
@@ -21,35 +23,148 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from dtp.errors import LocalProtocolError
+from dtp.errors import DTPError, DTPTimeoutError, LocalProtocolError, SocketClosed
+from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
-from dtp.protocol.connection import ConnectionConfig
+from dtp.identity.noise import prepare_handshake
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 from dtp.transport.blocking import AcceptHook, AdmitHook
+from dtp.transport.blocking.checks import OWN, Own, checked_timeout
 from dtp.transport.blocking.engine import Engine
-from dtp.transport.blocking.server_accept_queue import AcceptQueue
-from dtp.transport.blocking.server_admission import ServerAdmission
-from dtp.transport.blocking.server_arrival import _Arrival, _waiting_gone
-from dtp.transport.blocking.server_handshakes import ServerHandshakes
-from dtp.transport.blocking.server_state import _ACCEPT_TURN, _Job
-from dtp.transport.blocking.server_threads import ServerThreads
 from dtp.transport.blocking.socket import DTPSocket
-from dtp.transport.carriers.tcp import listen_tcp
+from dtp.transport.carriers.tcp import listen_tcp, tune
 from dtp.transport.handshake_gate import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    ENDINGS,
     Admission,
+    FirstMessage,
+    Outcome,
+    Progress,
+    Why,
     checked_first_message_timeout,
+    unserved_counts,
 )
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
+    SERVER_BUSY,
     AddressSlots,
     ServerSlots,
+    address_key,
     check_count,
 )
-from dtp.transport.heap_release import HeapRelease
-from dtp.transport.hooks import Listener, Reservations
+from dtp.transport.heap_release import HeapRelease, release_free_heap
+from dtp.transport.hooks import (
+    HOOK_FAILED,
+    Listener,
+    PeerInfo,
+    Reservations,
+    hook_calls,
+    refusal_reason,
+)
+from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
+from dtp.transport.session import CALLBACK_FAILED, Session
+
+
+class _Arrival:
+    """A blocking server's new connection until its handshake starts (dtp.transport.handshake_gate):
+    its first record is read (by the accepting thread, or the server's reader thread),
+    then it waits for its handshake slots unread, holding its socket and what the
+    client sent -- no thread, engine or Noise state. It stays the connection's entry in
+    the server's :class:`~dtp.transport.handshake_gate.Admission` (its handshake's end releases
+    its slots by it)."""
+
+    __slots__ = ("config", "deadline", "engine", "gave_way", "key", "peer", "reader", "tcp")
+
+    def __init__(
+        self, tcp: _socket.socket, peer: Any, config: ConnectionConfig, key: str | None
+    ) -> None:
+        self.tcp = tcp
+        self.peer = peer
+        self.config = config
+        self.key = key  # its address's (None: a ledger bridge, not capped)
+        self.deadline = 0.0  # its accept plus its handshake timeout (monotonic)
+        self.reader = FirstMessage()
+        self.engine: Engine | None = None  # made as its handshake starts
+        self.gave_way = False
+
+
+def _read_first(arrival: _Arrival) -> Progress | None:
+    """Read what has come of ``arrival``'s first record, without waiting: its progress,
+    or None when the client closed (or reset) its end first."""
+    tcp = arrival.tcp
+    try:
+        while arrival.reader.state is Progress.NEED_MORE:
+            data = tcp.recv(max(arrival.reader.wanted, 1))
+            if not data:
+                return None
+            arrival.reader.feed(data)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        return None
+    return arrival.reader.state
+
+
+def _waiting_gone(arrival: _Arrival) -> bool:
+    """Whether the client of a connection waiting, unread, in a line for a handshake
+    slot has left already: it closed its end (a peek reads end of file) or reset it.
+    Nothing is consumed (its handshake reads what came, in its turn), and nothing waits
+    -- it runs under the line's lock: a look with no timeout first, as a peek on a
+    socket with a timeout would wait for data up to that timeout. The peek itself runs
+    with the socket's timeout at 0: with one, a peek that finds no data (poll woke for
+    a TCP urgent byte alone, which a peek skips) waits for some up to that timeout,
+    MSG_DONTWAIT or not, and then counted the live client as gone."""
+    tcp = arrival.tcp
+    try:
+        if not wait_ready([tcp], [], 0)[0]:
+            return False  # nothing came yet: still there
+        timeout = tcp.gettimeout()
+        if timeout:
+            tcp.settimeout(0.0)
+        try:
+            # (more bytes, or the FIN that ends them: one byte tells which)
+            return tcp.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT) == b""
+        finally:
+            if timeout:
+                tcp.settimeout(timeout)
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):  # reset (ConnectionResetError), or otherwise broken
+        return True
+
+
+class _AcceptTurn:
+    """The job of a DTPServer connection thread whose turn it is to accept on the
+    listener (there is one such job per listening server)."""
+
+
+_ACCEPT_TURN = _AcceptTurn()
+
+# what a connection thread is given: the turn to accept, or a connection whose handshake
+# may start (it holds its slots)
+_Job = _AcceptTurn | _Arrival
+
+logger = logging.getLogger("dtp.transport.blocking.server")
+
+_EXPIRY_POLL = 0.25
+"""Seconds at most between two looks for connections waiting in a line for a slot past
+their deadline (DTPServer._read_loop): they are closed at most this late."""
+
+_ACCEPT_POLL = 0.5
+"""Seconds at most the accepting thread waits before it looks whether the server was
+closed (DTPServer._accept_next)."""
+
+_REFUSAL_MARGIN = 0.5
+"""Seconds (a quarter of the handshake timeout at most) before its handshake timeout
+that a client still waiting for a place in the accept() queue is refused "server busy":
+at the timeout itself the connection would end with no reply."""
+
+_PLACE_POLL = 0.05
+"""Seconds between two looks for a free place in the accept() queue, while a client
+waits in its handshake for one (DTPServer._take_place)."""
 
 # the largest listen() backlog: it takes a C int (OverflowError beyond)
 _C_INT_MAX = 2 ** (8 * struct.calcsize("i") - 1) - 1
@@ -97,7 +212,7 @@ def check_backlog(backlog: int) -> None:
         raise OverflowError("signed integer is less than minimum")
 
 
-class DTPServer(AcceptQueue, ServerHandshakes, ServerThreads, ServerAdmission):
+class DTPServer:
     """A listening DTP endpoint. Each connection's handshake runs in a thread of its
     own, so a slow or hostile client cannot stall :meth:`accept` for others; under
     :meth:`serve_forever` that thread then runs the handler. A connection whose first
@@ -137,6 +252,44 @@ class DTPServer(AcceptQueue, ServerHandshakes, ServerThreads, ServerAdmission):
     Accepted connections wait for :meth:`accept` in a queue of ``max_pending`` (128):
     a client the queue has no room for waits in its handshake, and is refused "server
     busy" at its handshake timeout (:meth:`_take_place`)."""
+
+    WORKER_IDLE: float
+    identity: HostIdentity
+    handshakes_failed: int
+    refused: int
+    busy_refused: int
+    unproven_closed: int
+    half_handshakes_evicted: int
+    _admission: Admission[_Arrival]
+    _address_slots: AddressSlots[_Arrival] | None
+    _reading: dict[int, _Arrival]
+    _heap: HeapRelease
+    _local: threading.local
+    _accept_hook: AcceptHook | None
+    _admit_hook: AdmitHook | None
+    _serving: Reservations | None
+    _config: ConnectionConfig
+    _listener: _socket.socket | None
+    _address: tuple[str, int] | None
+    _attached: Listener | None
+    _ready: queue.Queue[DTPSocket | None]
+    _places: threading.BoundedSemaphore
+    _timeout: float | None
+    _dispatch: Callable[[DTPSocket], None] | None
+    _closed: threading.Event
+    _jobs: queue.SimpleQueue[_Job | None]
+    _idle: int
+    _idle_lock: threading.Lock
+    _turn_left: bool
+    _orphans: deque[_Arrival]
+    _orphan_wake: _socket.socket
+    _orphan_sender: _socket.socket
+    _stats_lock: threading.Lock
+    _handshaking: set[Engine]
+    _replays: ReplayGuard
+    _reader_wake: _socket.socket
+    _reader_waker: _socket.socket
+    _reader: threading.Thread
 
     WORKER_IDLE = 2.0
     """Seconds a connection thread with nothing to do waits for a new connection."""
@@ -367,3 +520,597 @@ class DTPServer(AcceptQueue, ServerHandshakes, ServerThreads, ServerAdmission):
         # as a listening socket's: a copy shared the listener and threads, and its
         # close() stopped the original's serving
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    # -- admission: first records, the lines for handshake slots -------------------------------
+
+    def _take_in(self, arrival: _Arrival) -> None:
+        """A new TCP connection: its first record is read now if it came with the
+        connect (as a genuine client's does) -- then it goes on to the slots without
+        waiting among the unproven, where it could make another give way -- else it
+        waits there, the reader thread reading it."""
+        now = time.monotonic()
+        arrival.deadline = now + arrival.config.handshake_timeout
+        self._heap.connected(now)
+        progress = _read_first(arrival)
+        if progress is Progress.NEED_MORE:
+            if self._admission.arrived(arrival, arrival.key, now):
+                self._watch(arrival)
+            return
+        self._first_read(arrival, progress, waited=False)
+
+    def _first_read(
+        self, arrival: _Arrival, progress: Progress | None, *, waited: bool = True
+    ) -> None:
+        """``arrival``'s first record is in (COMPLETE: on to the slots), or is not DTP
+        (INVALID), or its client left first (None): closed, its address struck.
+        ``waited``: whether it waited among the unproven (else it came with its
+        connect, and was never there)."""
+        now = time.monotonic()
+        if progress is Progress.COMPLETE:
+            self._admission.proven(arrival, arrival.key, arrival.deadline, now, waited=waited)
+            return
+        if waited:
+            counted = self._admission.dropped(arrival, now)
+        else:
+            counted = True
+            self._admission.struck(arrival.key, now)
+        if counted and progress is Progress.INVALID:
+            with self._stats_lock:
+                self.handshakes_failed += 1
+        arrival.tcp.close()
+
+    def _watch(self, arrival: _Arrival) -> None:
+        """Leave ``arrival``'s first record to the reader thread."""
+        with self._stats_lock:
+            if self._closed.is_set():
+                arrival.tcp.close()
+                return
+            self._reading[arrival.tcp.fileno()] = arrival
+        with contextlib.suppress(OSError):
+            self._reader_waker.send(b"\0")
+
+    def _read_loop(self) -> None:
+        """The reader thread: the first records of the connections that are still
+        sending theirs, read as they come, until their first-message timeout; and the
+        connections waiting in a line for a slot, closed once past their deadline
+        (looked at every :data:`_EXPIRY_POLL` seconds at most)."""
+        wake = self._reader_wake
+        try:
+            while not self._closed.is_set():
+                poller = select.poll()
+                poller.register(wake, select.POLLIN)
+                with self._stats_lock:
+                    for fd in self._reading:
+                        poller.register(fd, select.POLLIN)
+                deadline = self._admission.next_deadline()
+                wait = _EXPIRY_POLL
+                if deadline is not None:
+                    wait = min(max(deadline - time.monotonic(), 0.0), wait)
+                for fd, _ in poller.poll(wait * 1000.0 + 1):
+                    if fd == wake.fileno():
+                        with contextlib.suppress(OSError):
+                            wake.recv(4096)
+                        continue
+                    with self._stats_lock:
+                        arrival = self._reading.get(fd)
+                    if arrival is None:
+                        continue  # (closed meanwhile: it gave way, or timed out)
+                    progress = _read_first(arrival)
+                    if progress is not Progress.NEED_MORE:
+                        with self._stats_lock:
+                            self._reading.pop(fd, None)
+                        self._guarded_first_read(arrival, progress)
+                now = time.monotonic()
+                try:
+                    self._admission.expire(now)
+                except Exception:  # (as _guarded_first_read: never the thread)
+                    logger.exception("closing connections past their first-message timeout")
+                if self._heap.due(now):
+                    # (after churn, at a quiet moment: dtp.transport.heap_release)
+                    release_free_heap()
+        except Exception:
+            # (its end would leave the first records unread and the lines unexpired)
+            logger.exception("the admission thread failed")
+            raise
+        finally:
+            self._reader_waker.close()
+            wake.close()
+
+    def _guarded_first_read(self, arrival: _Arrival, progress: Progress | None) -> None:
+        """:meth:`_first_read` in the reader thread: what it raises (a thread that could
+        not start, say) closes that connection, never the thread."""
+        try:
+            self._first_read(arrival, progress)
+        except Exception:
+            logger.exception("a connection from %s could not be taken in", arrival.peer)
+            arrival.tcp.close()
+
+    def _begin(self, arrival: _Arrival) -> bool:
+        """The admission's ``start``: ``arrival`` holds its slots; its handshake begins
+        in a connection thread -- this one, when the accepting thread asked for it
+        (:meth:`_accept_next`). False when it cannot (the server closed, the client
+        left, no thread): closed."""
+        if self._closed.is_set():
+            arrival.tcp.close()
+            return False
+        mine: list[_Arrival] | None = getattr(self._local, "mine", None)
+        if mine is not None and not mine:
+            mine.append(arrival)
+            return True
+        try:
+            self._give(arrival)
+        except RuntimeError as exc:
+            # the process is out of threads: the first thread free serves it -- the
+            # accepting one, woken for it, at the latest (as it serves what it accepts).
+            # A ledger connection is closed: a server on the ledger alone has no
+            # accepting thread, and its client's ledger connection is not held meanwhile
+            logger.warning("no thread for a connection from %s: %s", arrival.peer, exc)
+            if arrival.key is None:
+                arrival.tcp.close()
+                return False
+            with self._idle_lock:
+                self._orphans.append(arrival)
+            with contextlib.suppress(OSError):
+                self._orphan_sender.send(b"\0")
+        return True
+
+    def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
+        """The admission's ``close``: connections it turned away (``why``)."""
+        if not arrivals:
+            return
+        busy, unproven = unserved_counts(why, len(arrivals))
+        with self._stats_lock:
+            self.busy_refused += busy
+            self.unproven_closed += unproven
+            for arrival in arrivals:
+                with contextlib.suppress(OSError):
+                    self._reading.pop(arrival.tcp.fileno(), None)
+        for arrival in arrivals:
+            logger.debug("closed a connection from %s unserved: %s", arrival.peer, why)
+            arrival.tcp.close()
+
+    def _give_way(self, arrival: _Arrival) -> None:
+        """The admission's ``give_way``: end a half-handshake, for a proven connection
+        waiting for a slot (its thread ends it, and its slot goes on)."""
+        with self._stats_lock:
+            self.half_handshakes_evicted += 1
+        arrival.gave_way = True
+        engine = arrival.engine
+        if engine is not None:
+            engine._wake()  # its pump looks at gave_way
+
+    def handoff(self, carrier: _socket.socket, peer: Any, config: ConnectionConfig) -> bool:
+        """Serve a carrier connection that came from elsewhere (a ledger bridge: an
+        :meth:`attach`-ed listener's, from any thread): it
+        waits for a handshake slot as a proven TCP connection does, until ``config``'s
+        handshake timeout (a ledger connection's is longer, as its records take ledger
+        transactions), holding no thread meanwhile. False (the carrier closed) once the
+        server is closed, when the server's line is full, or when no thread can be
+        started for it."""
+        if self._closed.is_set():
+            carrier.close()
+            return False
+        # no IP address to cap by: the ledger bridge is a local socket
+        arrival = _Arrival(carrier, peer, config, None)
+        now = time.monotonic()
+        arrival.deadline = now + config.handshake_timeout
+        self._heap.connected(now)
+        self._admission.proven(arrival, None, arrival.deadline, now)
+        return carrier.fileno() >= 0  # (closed: no thread for it, or its line was full)
+
+    # -- the accepting and the connection threads ----------------------------------------------
+
+    def _accept_next(self) -> _Arrival | None:
+        """The accepting thread's turn: the next TCP connection whose handshake may
+        start at once (its first record came with its connect, and its slots were
+        free), for this thread to serve; the others go to the reader thread, or to the
+        lines, and this thread accepts on. None once the server is closed."""
+        listener = self._listener
+        assert listener is not None
+        while not self._closed.is_set():
+            with self._idle_lock:
+                if self._orphans:
+                    return self._orphans.popleft()
+            try:
+                # (woken by a connection, by an orphan, or by close()'s shutdown; and
+                # every _ACCEPT_POLL at the latest: close() closes what this waits on,
+                # whose numbers a new descriptor may take before this poll begins)
+                ready = wait_ready([listener, self._orphan_wake], [], _ACCEPT_POLL)[0]
+                if listener not in ready:
+                    with contextlib.suppress(OSError):
+                        self._orphan_wake.recv(4096)
+                    continue
+                tcp, peer = listener.accept()
+            except BlockingIOError:
+                continue  # (another took it: none here)
+            except (OSError, ValueError):
+                if self._closed.is_set():
+                    return None
+                time.sleep(0.05)
+                continue
+            try:
+                tcp.setblocking(False)
+                tune(tcp)
+            except OSError:
+                tcp.close()  # (reset already)
+                continue
+            arrival = _Arrival(tcp, peer, self._config, address_key(str(peer[0])))
+            mine: list[_Arrival] = []
+            self._local.mine = mine
+            try:
+                self._take_in(arrival)
+            except Exception:
+                # (a fault of ours at one connection: it goes, the accepting goes on --
+                # escaping, it ended this thread and all accepting with it)
+                logger.exception("a connection from %s could not be taken in", peer)
+                tcp.close()
+                continue
+            finally:
+                self._local.mine = None
+            if mine:
+                return mine[0]
+        return None
+
+    def _give(self, job: _Job) -> None:
+        """Hand ``job`` to a waiting connection thread, or to a new one."""
+        with self._idle_lock:
+            if self._idle:
+                self._idle -= 1  # that waiting thread is promised this job
+                self._jobs.put(job)
+                return
+        thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
+        thread.start()
+
+    def _work(self, job: _Job | None) -> None:
+        """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
+        With the turn to accept, it accepts one connection, passes the turn on and
+        serves that connection itself."""
+        while job is not None:
+            if isinstance(job, _AcceptTurn):
+                accepted = self._accept_next()
+                if accepted is None:
+                    return  # closed: nobody accepts any more
+                try:
+                    self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                except RuntimeError as exc:
+                    # the process is out of threads. Lost, the turn stopped all
+                    # accepting for good; kept by us, serving this connection, it
+                    # stopped it for as long as that lasted (under serve_forever, the
+                    # handler's whole run): left for whichever thread is free first --
+                    # we, or one whose connection ends sooner
+                    logger.warning("no thread to pass the accepting on to: %s", exc)
+                    with self._idle_lock:
+                        if self._idle:  # one became free meanwhile (and waits)
+                            self._idle -= 1
+                            self._jobs.put(_ACCEPT_TURN)
+                        else:
+                            self._turn_left = True
+                job = accepted
+            self._serve_one(job)
+            with self._idle_lock:
+                if self._orphans:  # (one no thread could be started for)
+                    job = self._orphans.popleft()
+                    continue
+                if self._turn_left:
+                    self._turn_left = False
+                    job = _ACCEPT_TURN
+                    continue
+                if self._closed.is_set():
+                    return
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=self.WORKER_IDLE)
+            except queue.Empty:
+                with self._idle_lock:
+                    if self._idle:
+                        self._idle -= 1  # no job promised to us: leave
+                        return
+                # every waiting thread was promised a job, we included: it is queued
+                job = self._jobs.get()
+
+    def _serve_one(self, arrival: _Arrival) -> None:
+        """One connection's thread: the handshake, then (under serve_forever) the
+        handler, with no thread hand-off between them. It holds its handshake slots
+        until the handshake ends."""
+        try:
+            sock = self._handshake(arrival)
+        finally:
+            # however the handshake ended: its slots are free for the next client
+            self._admission.ended(arrival, time.monotonic())
+        if sock is None:
+            return
+        if self._closed.is_set():
+            sock.abort("the server is closed")  # nobody will take it now
+            return
+        dispatch = self._dispatch
+        if dispatch is not None:
+            if sock._engine.holds_place:  # (serve_forever began during its handshake)
+                sock._engine.holds_place = False
+                self._places.release()
+            dispatch(sock)
+            return
+        self._ready.put(sock)  # (its place was taken before its client was told it is in)
+        if self._closed.is_set():
+            self._drain_ready()  # close() ran meanwhile and may have missed it
+
+    # -- handshakes: the handshake, the hooks, the verdict -------------------------------------
+
+    def _handshake(self, arrival: _Arrival) -> DTPSocket | None:
+        tcp, peer = arrival.tcp, arrival.peer
+        session = Session(arrival.config)
+        try:
+            engine = Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
+        except OSError as exc:
+            # (its wake socketpair: out of descriptors, say) escaping, it ended the
+            # thread with a traceback, uncounted, the carrier left to the collector
+            logger.warning("handshake with %s not started: %s", peer, exc)
+            with self._stats_lock:
+                self.handshakes_failed += ENDINGS[Outcome.FAILED].failed
+            tcp.close()
+            return None
+        engine.peername = peer
+        arrival.engine = engine
+        with self._stats_lock:
+            self._handshaking.add(engine)
+        try:
+            # (close() sets _closed before it wakes what it finds in _handshaking)
+            if self._closed.is_set():
+                outcome, verdict = Outcome.CLOSED, ""
+            else:
+                outcome, verdict = self._authenticate(engine, arrival)
+        except DTPError as exc:
+            logger.debug("handshake with %s failed: %s", peer, exc)
+            outcome, verdict = Outcome.FAILED, ""
+        except Exception:
+            logger.exception("handshake with %s failed", peer)
+            engine.abort(CloseCode.INTERNAL_ERROR, "internal error")
+            return None
+        finally:
+            with self._stats_lock:
+                self._handshaking.discard(engine)
+        # the engine's lock is not held here: abort() and friends take it themselves
+        ending = ENDINGS[outcome]
+        if ending.failed or ending.refused:
+            with self._stats_lock:
+                self.handshakes_failed += ending.failed
+                self.refused += ending.refused
+        if ending.code is not None:
+            engine.abort(ending.code, verdict if ending.reason is None else ending.reason)
+            return None
+        engine.start_timer()
+        return DTPSocket(engine, 0, primary=True)
+
+    def _authenticate(self, engine: Engine, arrival: _Arrival) -> tuple[Outcome, str]:
+        """Run the handshake and the accept hook: its outcome, and the refusal's reason
+        (REFUSED, BUSY; else "": :data:`~dtp.transport.handshake_gate.ENDINGS` holds it)."""
+        session = engine.session
+        conn = session.conn
+        # (a wait for a place ends a little before the connection's own handshake timer,
+        # so that the refusal still goes out: _take_place)
+        timeout = conn.config.handshake_timeout
+        deadline = time.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
+        with engine.lock:
+            first = arrival.reader.take()
+            if first:
+                # (the first record, read before the slots: the handshake's first input)
+                conn.receive_data(first, time.monotonic())
+                engine._after_io()
+            # IK: the client's proof comes with its first message and our reply waits
+            # for the verdict; XX: the proof comes after the three messages
+            closed = self._closed
+            if arrival.key is not None and session.authenticated_address is None:
+                # its first record, read, got our reply: its client's next message is
+                # due. (A ledger bridge's first record comes over the ledger, slowly: it
+                # passed the ledger carrier's own admission, and never gives way)
+                self._admission.waiting_for_client(arrival)
+            engine.pump(
+                lambda: (
+                    session.authenticated_address is not None
+                    or session.terminated is not None
+                    or closed.is_set()
+                    or arrival.gave_way
+                ),
+                conn.config.handshake_timeout,
+            )
+            self._admission.authenticated(arrival)
+            if closed.is_set():
+                return Outcome.CLOSED, ""
+            if arrival.gave_way:
+                return Outcome.GAVE_WAY, ""
+            if session.terminated is not None or session.authenticated_address is None:
+                return Outcome.FAILED, ""
+            # before the hooks: a replay must not reserve the client's ledger connection
+            if self._replays.is_replay(conn, engine.peername):
+                return Outcome.REPLAYED, ""
+            if self._accept_hook is not None or self._admit_hook is not None:
+                # IK: message 2 goes now, and the client works on it while the hooks
+                # (the ledger admission) decide; the verdict follows it. Without hooks
+                # the verdict is at once: both go in one flight, as one wake-up
+                conn.answer()
+                engine.flush()
+            peer = session.peer_info()
+            verdict = self._run_hook(peer)
+            if verdict is None and self._serving is not None:
+                # (what the admission counts while the connection is served: hooks.Reservations)
+                verdict, release = self._serving.take(peer)
+                if release is not None:
+                    engine.on_release.append(release)
+            outcome = Outcome.REFUSED
+            if verdict is None and not self._take_place(engine, deadline):
+                outcome, verdict = Outcome.BUSY, SERVER_BUSY
+                with self._stats_lock:  # (counted before the client can read it)
+                    self.busy_refused += 1
+            if verdict is not None:
+                session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
+                engine.flush()
+                engine.pump(lambda: not engine.out, 1.0)
+                return outcome, verdict
+            session.conn.accept()
+            self._replays.accepted(conn)
+            engine.flush()
+            session.process_events()
+            # our reply is out and the client works on it: make the next connection's
+            # ephemeral key and start its Noise state meanwhile
+            prepare_ephemeral_key()
+            prepare_handshake(conn.config.identity.noise_private_bytes(), initiator=False)
+            return Outcome.ACCEPTED, ""
+
+    def _run_hook(self, peer: PeerInfo) -> str | None:
+        """None to accept, or the refusal reason."""
+        for call in hook_calls(peer, self._accept_hook, self._admit_hook):
+            try:
+                verdict = call.hook(call.arg)
+            except Exception:
+                logger.exception("accept hook failed for %s", peer.address)
+                return HOOK_FAILED
+            reason = refusal_reason(verdict)
+            if reason is not None:
+                return reason
+        return None
+
+    # -- the accept() queue --------------------------------------------------------------------
+
+    def settimeout(self, timeout: float | None) -> None:
+        """The seconds :meth:`accept` waits when called without a timeout, as a
+        listening socket's timeout (None, the initial value: forever; 0: non-blocking,
+        BlockingIOError at once when no connection is ready)."""
+        self._timeout = checked_timeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        """The timeout :meth:`settimeout` set (None: none; 0: non-blocking)."""
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        """Blocking (timeout None) or non-blocking (timeout 0) accept(), as for a socket
+        (whose ``flag`` is an integer: TypeError for "x", None or 1.5)."""
+        self._timeout = None if operator.index(flag) else 0.0
+
+    def getblocking(self) -> bool:
+        """False in non-blocking mode (timeout 0), as for a socket."""
+        return self._timeout != 0
+
+    def accept(self, timeout: float | Own | None = OWN) -> tuple[DTPSocket, str]:
+        """Wait for the next accepted connection: (its first stream, client address).
+        ``timeout``: seconds (None: forever), then DTPTimeoutError; by default the
+        server's own (:meth:`settimeout`), with which 0 raises BlockingIOError. A
+        ``timeout`` :meth:`settimeout` refuses raises as there."""
+        own = isinstance(timeout, Own)
+        # (checked first: NaN would wait for good, and a negative one raise queue's error)
+        wait = self._timeout if isinstance(timeout, Own) else checked_timeout(timeout)
+        if self._closed.is_set():
+            raise SocketClosed("accept() on a closed server")
+        try:
+            sock = self._ready.get(block=wait != 0, timeout=wait)
+        except queue.Empty:
+            if own and wait == 0:
+                raise BlockingIOError(errno.EAGAIN, "no connection ready") from None
+            raise DTPTimeoutError("no connection within the timeout") from None
+        if sock is None:
+            # the end-of-server mark stays for the next waiter: every thread blocked in
+            # accept() wakes, not only the first
+            self._ready.put_nowait(None)
+            raise SocketClosed("the server was closed")
+        self._give_place(sock)  # (the next client may be told it is in)
+        assert sock.peer_address is not None
+        return sock, sock.peer_address
+
+    def serve_forever(self, handler: Callable[[DTPSocket], None]) -> None:
+        """Accept connections until closed, running ``handler(sock)`` in a thread each.
+        The socket is closed when the handler returns; when it raises, the connection
+        is aborted instead (the client reads ConnectionClosed "internal error", as from
+        a :func:`dtp.aio.start_server` callback that raises) and the error is logged."""
+
+        def run(sock: DTPSocket) -> None:
+            failed = True
+            try:
+                handler(sock)
+                failed = False
+            except DTPError as exc:
+                logger.info("connection from %s ended: %s", sock.peer_address, exc)
+            except Exception:
+                logger.exception("handler failed for %s", sock.peer_address)
+            finally:
+                # a clean close would let the client take a reply cut short by the
+                # failure for a complete one
+                if failed:
+                    sock.abort(CALLBACK_FAILED)  # (dtp.aio's reason and code)
+                else:
+                    sock.close()
+
+        def start(sock: DTPSocket) -> None:
+            try:
+                threading.Thread(target=run, args=(sock,), daemon=True).start()
+            except RuntimeError as exc:
+                # out of threads: the client reads "server busy" (and this loop goes
+                # on, where the error ended serve_forever with the socket left open)
+                logger.warning("no thread for a connection from %s: %s", sock.peer_address, exc)
+                sock.abort("server busy")
+
+        # From now on, each connection's handshake thread goes on to run its handler
+        # (no thread hand-off); the loop below serves what was queued before.
+        self._dispatch = run
+        while not self._closed.is_set():
+            try:
+                sock, _ = self.accept(timeout=0.5)
+            except DTPTimeoutError:
+                continue
+            except LocalProtocolError:
+                return
+            start(sock)
+
+    def _take_place(self, engine: Engine, deadline: float) -> bool:
+        """Before a client is told it is in: one of the ``max_pending`` places in the
+        queue :meth:`accept` takes from (none is needed under :meth:`serve_forever`,
+        whose handler runs in this thread). While none is free -- the application takes
+        connections slower than they come -- the client waits in its handshake, until
+        ``deadline`` (its handshake timeout): False then, and it is refused "server
+        busy". Told it was in and then dropped, a client of a burst died on its first
+        write (42-55 % of 1,000 connects to an accept() loop, uncounted); and this
+        handshake's slot, held meanwhile, holds the next clients in the listen backlog.
+        Lock held (the engine's: pumped while waiting, so a client that gives up is
+        seen)."""
+        if self._dispatch is not None:
+            return True
+        session = engine.session
+        if self._places.acquire(blocking=False):
+            engine.holds_place = True
+            return True
+        # (IK without hooks: message 2 waited for the verdict; the client works on it
+        # while we wait. A no-op where it went already)
+        session.conn.answer()
+        engine.flush()
+        while not self._places.acquire(blocking=False):
+            if self._dispatch is not None:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed.is_set() or session.terminated is not None:
+                return False
+            with contextlib.suppress(DTPTimeoutError):
+                engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
+        engine.holds_place = True
+        return True
+
+    def _give_place(self, sock: DTPSocket) -> None:
+        """``sock`` left the accept() queue: its place is free for the next client."""
+        engine = sock._engine
+        if engine.holds_place:
+            engine.holds_place = False
+            self._places.release()
+
+    def _drain_ready(self) -> None:
+        """Close the connections that completed their handshake but that accept() never
+        took (the server is closed: nobody will); a waiting accept() still gets the
+        end-of-server mark."""
+        ended = False
+        while True:
+            try:
+                sock = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if sock is None:
+                ended = True
+            else:
+                self._give_place(sock)
+                sock.abort("the server is closed")
+        if ended:
+            self._ready.put_nowait(None)
