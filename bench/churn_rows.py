@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 
-import dtp.aio
+from bench.echo_memory import at_most, echo_once, server_rss_mib, with_echo_server
 from bench.net import Peer
 from bench.workload import Workload
 
@@ -24,53 +23,25 @@ REST = 5.0  # seconds between the last connection and the look at the server's m
 PAYLOAD = b"m" * 100
 
 
-def server_rss_mib(pid: int) -> float:
-    """The resident memory of process ``pid`` (VmRSS), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
 async def _one(peer: Peer, dtp_side: bool) -> None:
     """One connection: connect, one echo, close."""
-    if dtp_side:
-        reader, writer = await dtp.aio.open_connection(
-            *peer.endpoint, server_key=peer.key, timeout=60
-        )
-    else:
-        reader, writer = await asyncio.open_connection(  # type: ignore[assignment]
-            *peer.endpoint, ssl=peer.tls_context(), server_hostname="localhost"
-        )
-    writer.write(PAYLOAD)
-    await writer.drain()
-    assert await reader.readexactly(len(PAYLOAD)) == PAYLOAD
+    _, writer = await echo_once(peer, dtp_side, PAYLOAD, timeout=60)
     writer.close()
     with contextlib.suppress(OSError, ConnectionError):
         await writer.wait_closed()
-
-
-async def _churn(peer: Peer, dtp_side: bool, connections: int, concurrency: int) -> None:
-    turns = asyncio.Semaphore(concurrency)
-
-    async def one() -> None:
-        async with turns:
-            await _one(peer, dtp_side)
-
-    await asyncio.gather(*(one() for _ in range(connections)))
 
 
 def rss_after_churn(kind: str, connections: int, concurrency: int = CONCURRENCY) -> float:
     """Start a ``kind`` echo server (``dtp-asyncio`` or ``tls-asyncio``), put
     ``connections`` through it, at most ``concurrency`` connecting at once, rest
     :data:`REST` seconds, and return its RSS in MiB."""
-    peer = Peer(kind, "echo")
-    try:
-        asyncio.run(_churn(peer, kind.startswith("dtp"), connections, concurrency))
+
+    def measure(peer: Peer, dtp_side: bool) -> float:
+        asyncio.run(at_most(concurrency, connections, lambda: _one(peer, dtp_side)))
         time.sleep(REST)
         return server_rss_mib(peer.proc.pid)
-    finally:
-        peer.close()
+
+    return with_echo_server(kind, measure)
 
 
 def churn_memory(quick: bool = False, connections: int | None = None) -> Workload:

@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import time
 
-import dtp.aio
-from bench.churn_rows import server_rss_mib
+from bench.echo_memory import Stream, at_most, echo_once, server_rss_mib, with_echo_server
 from bench.net import Peer
 from bench.workload import Workload
 
@@ -23,26 +22,6 @@ CONCURRENCY = 64
 WARM_UP = 32  # connections made and closed before the baseline
 SETTLE = 2.0  # seconds between the last connection and the look at the server's memory
 PAYLOAD = b"i" * 100
-
-Stream = tuple[
-    asyncio.StreamReader | dtp.aio.DTPStreamReader, asyncio.StreamWriter | dtp.aio.DTPStreamWriter
-]
-
-
-async def _open(peer: Peer, dtp_side: bool) -> Stream:
-    """One connection, one echo; left open."""
-    if dtp_side:
-        reader, writer = await dtp.aio.open_connection(
-            *peer.endpoint, server_key=peer.key, timeout=120
-        )
-    else:
-        reader, writer = await asyncio.open_connection(  # type: ignore[assignment]
-            *peer.endpoint, ssl=peer.tls_context(), server_hostname="localhost"
-        )
-    writer.write(PAYLOAD)
-    await writer.drain()
-    assert await reader.readexactly(len(PAYLOAD)) == PAYLOAD
-    return reader, writer
 
 
 async def _close(streams: list[Stream]) -> None:
@@ -54,13 +33,8 @@ async def _close(streams: list[Stream]) -> None:
 
 
 async def _open_many(peer: Peer, dtp_side: bool, count: int) -> list[Stream]:
-    turns = asyncio.Semaphore(CONCURRENCY)
-
-    async def one() -> Stream:
-        async with turns:
-            return await _open(peer, dtp_side)
-
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    """``count`` connections, each after one echo; left open."""
+    return await at_most(CONCURRENCY, count, lambda: echo_once(peer, dtp_side, PAYLOAD, 120))
 
 
 async def _measure(peer: Peer, dtp_side: bool, count: int) -> float:
@@ -77,11 +51,9 @@ async def _measure(peer: Peer, dtp_side: bool, count: int) -> float:
 def idle_kib_per_connection(kind: str, connections: int) -> float:
     """Start a ``kind`` echo server (``dtp-asyncio`` or ``tls-asyncio``), hold
     ``connections`` idle connections to it and return the RSS each adds, in KiB."""
-    peer = Peer(kind, "echo")
-    try:
-        return asyncio.run(_measure(peer, kind.startswith("dtp"), connections))
-    finally:
-        peer.close()
+    return with_echo_server(
+        kind, lambda peer, dtp_side: asyncio.run(_measure(peer, dtp_side, connections))
+    )
 
 
 def idle_memory_10k(connections: int = CONNECTIONS) -> Workload:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dtp import __version__
 
 if TYPE_CHECKING:
-    from dtp.daemon.runner import Daemon
+    from dtp.daemon.view import DaemonView
 
 __all__ = ["HISTORY_SAMPLES", "HISTORY_STEP", "History", "live_status"]
 
@@ -45,7 +45,7 @@ FORWARD_FIELDS = ("connections_open", "active_tunnels", "bytes", "datagrams", "f
 """What a history sample holds of each forward."""
 
 
-def live_status(daemon: Daemon) -> dict[str, Any]:
+def live_status(daemon: DaemonView) -> dict[str, Any]:
     """The status record as ``status.json`` holds it, taken now, plus ``live`` (True),
     ``version``, ``ledger`` (its health: :meth:`LedgerCalls.health`), ``listener``
     (the DTP listener's handshakes), ``settlements``, and in each service's row
@@ -128,7 +128,7 @@ class History:
         self.samples: deque[dict[str, Any]] = deque(maxlen=size)
         self._due = 0.0
 
-    def sample(self, daemon: Daemon, now: float | None = None) -> bool:
+    def sample(self, daemon: DaemonView, now: float | None = None) -> bool:
         """Take a sample when one is due (``now``: monotonic seconds); whether it did."""
         now = time.monotonic() if now is None else now
         if now < self._due:

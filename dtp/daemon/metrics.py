@@ -42,7 +42,7 @@ from dtp.daemon.state import FORWARD_DENIALS, SERVICE_DENIALS, ForwardStats, Ser
 from dtp.daemon.udp_flows import DROPPED
 
 if TYPE_CHECKING:
-    from dtp.daemon.runner import Daemon
+    from dtp.daemon.view import DaemonView
 
 __all__ = ["DaemonCollector", "Metrics"]
 
@@ -51,7 +51,7 @@ class DaemonCollector:
     """The collector of one daemon (see the module docs); ``collect`` runs on the
     daemon's event loop."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
 
     def describe(self) -> list[Metric]:
@@ -517,7 +517,7 @@ def _by_reason(counted: dict[str, int], known: tuple[str, ...]) -> dict[str, int
 class Metrics:
     """The ``/metrics`` endpoint of one daemon: a registry holding its collector."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
 

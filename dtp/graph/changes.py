@@ -146,6 +146,9 @@ class ChangeStream:
 class GraphSubscriptions(GraphBase):
     """The graph's subscriptions: callbacks and async iterators of its changes."""
 
+    _subs: dict[str, list[Subscription]]
+    """Subscriptions by soul."""
+
     def subscribe(
         self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
     ) -> Subscription:

@@ -10,7 +10,8 @@ import logging
 from dtp.errors import DTPError
 from dtp.graph._batch import Entry, batch_count, entries
 from dtp.graph.arguments import name_text
-from dtp.graph.changes import Change
+from dtp.graph.changes import Change, Subscription
+from dtp.graph.queries import QueryEngine
 from dtp.graph.store_base import GraphBase
 
 _VIEW_DROP = 2048  # a changed batch larger than this and a quarter of the table drops the view
@@ -25,6 +26,10 @@ logger = logging.getLogger("dtp.graph.store")
 class GraphCommits(GraphBase):
     """The steps after a merge that changed the table (lock held), and the deferred
     updates' schedule that every write and merge asks first."""
+
+    # (set by Graph.__init__; declared by the parts that own them)
+    _subs: dict[str, list[Subscription]]
+    _query: QueryEngine
 
     def _track_deferred(self, states: list[float]) -> None:
         """Note the states of updates the table just deferred (lock held)."""

@@ -41,12 +41,13 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from dtp.errors import DTPError
 from dtp.graph import namespace
 from dtp.graph.arguments import name_text, utf8_name
-from dtp.graph.rules import Update
+from dtp.graph.rules import RuleSet, Update
+from dtp.graph.summaries import SummaryView
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -56,9 +57,7 @@ from dtp.graph.values import (
     link_soul,
     value_text,
 )
-
-if TYPE_CHECKING:
-    from dtp.graph.store_base import GraphBase
+from dtp.identity.keys import HostIdentity
 
 HISTORY = "/.history"
 """What a node's history souls add to its soul: ``<soul>/.history`` (its heads) and
@@ -227,11 +226,30 @@ class _Plan:
         return out
 
 
+class HistoryGraph(Protocol):
+    """What a history reads of its graph (:class:`~dtp.graph.store_base.GraphBase`)."""
+
+    @property
+    def identity(self) -> HostIdentity | None: ...
+    @property
+    def rules(self) -> RuleSet: ...
+    @property
+    def _lock(self) -> threading.RLock: ...
+    @property
+    def _table(self) -> Any: ...
+
+    def _check_open(self) -> None: ...
+
+    def _value_of(self, soul: bytes, stored: bytes) -> JSON: ...
+
+    def _ensure_view(self) -> SummaryView: ...
+
+
 class History:
     """A graph's edit history (``graph.history``): :meth:`track` which nodes keep one,
     ``graph.history(soul)`` to read it (see the module docstring)."""
 
-    def __init__(self, graph: GraphBase) -> None:
+    def __init__(self, graph: HistoryGraph) -> None:
         self._graph = graph
         self._prefixes: dict[str, str] = {}  # tracked prefix -> its rule's name
         self._edit = threading.Lock()
@@ -418,7 +436,7 @@ class History:
 
 
 def _read_version(
-    graph: GraphBase, vsoul: bytes, soul: str, vid: str, stored: bytes
+    graph: HistoryGraph, vsoul: bytes, soul: str, vid: str, stored: bytes
 ) -> _Record | None:
     """A version's record, when it is sound: its text hashes to its id and names its
     node."""

@@ -4,14 +4,12 @@ SQLite tables of :mod:`dtp.graph.query_index` and the live queries to re-evaluat
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
-from dtp.errors import DTPError
 from dtp.graph._batch import Entry, entries
 from dtp.graph.query import (
+    LiveQuery,
     Query,
     QueryError,
     QueryUpdate,
@@ -23,99 +21,6 @@ from dtp.graph.query import (
 from dtp.graph.query_index import QueryIndex, ReadSet, explain
 from dtp.graph.reads import GraphReads
 from dtp.graph.values import JSON, GunValue
-
-# (every part of a Graph logs as dtp.graph.store, the module users know it by)
-logger = logging.getLogger("dtp.graph.store")
-
-
-class _LiveRunner(Protocol):
-    """What a live query needs of its graph."""
-
-    def _evaluate_live(self, live: LiveQuery) -> tuple[str, ...]: ...
-
-    def _forget_live(self, live: LiveQuery) -> None: ...
-
-
-class LiveQuery:
-    """A query whose callback runs each time its result changes (made by
-    :meth:`Query.live <dtp.graph.query.Query.live>`); :meth:`cancel` stops it.
-
-    The callback gets a :class:`~dtp.graph.query.QueryUpdate`: the whole new result,
-    and what was added and removed. Each result is the query evaluated on one state of
-    the graph, after the change that prompted it (docs/graph.md, "Live queries").
-    """
-
-    def __init__(
-        self,
-        graph: _LiveRunner,
-        query: Query,
-        callback: Callable[[QueryUpdate], None],
-        souls: tuple[str, ...],
-        reads: ReadSet,
-    ) -> None:
-        self.query = query
-        self.callback = callback
-        self.souls = souls
-        """The result the callback last heard of (at first, the result when it was made)."""
-        self.active = True
-        self.evaluations = 0
-        """How many times a change made the query be evaluated again."""
-        self._graph = graph
-        self._reads = reads  # (read and replaced with the graph's lock held)
-        self._state = threading.Lock()
-        self._dirty = False
-        self._running = False
-
-    def cancel(self) -> None:
-        """Stop calling back (idempotent). A callback running in another thread may
-        still finish."""
-        if self.active:
-            self.active = False
-            self._graph._forget_live(self)
-
-    def __enter__(self) -> LiveQuery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cancel()
-
-    def _run(self) -> None:
-        """Evaluate again and call back if the result changed. One thread at a time
-        runs this loop: a change meanwhile (from any thread) makes it go round once more,
-        so callbacks never overlap, come in order, and the last one tells the result
-        after the last change."""
-        with self._state:
-            self._dirty = True
-            if self._running:
-                return
-            self._running = True
-        while True:
-            with self._state:
-                if not self._dirty or not self.active:
-                    self._running = False
-                    return
-                self._dirty = False
-            try:
-                souls = self._graph._evaluate_live(self)
-            except DTPError as exc:
-                # the file cannot be written (the next change tries again), or the graph
-                # closed meanwhile (which made this query inactive: nothing to tell)
-                if self.active:
-                    logger.warning("graph: a live query could not be evaluated: %s", exc)
-                continue
-            self.evaluations += 1
-            if souls == self.souls:
-                continue
-            before, after = set(self.souls), set(souls)
-            update = QueryUpdate(
-                souls, tuple(sorted(after - before)), tuple(sorted(before - after))
-            )
-            self.souls = souls
-            try:
-                self.callback(update)
-            except Exception:
-                # (as a subscriber's: the change is committed, the others still hear)
-                logger.exception("graph: live query callback %r raised", self.callback)
 
 
 class QueryEngine:
@@ -169,6 +74,9 @@ class QueryEngine:
 
 class GraphQueries(GraphReads):
     """The graph's queries: :meth:`query`, :meth:`find`, and the indexes they use."""
+
+    _query: QueryEngine
+    """The query tables (made by the first query or index) and the live queries."""
 
     def query(self, *souls: str) -> Query:
         """A query starting at ``souls`` (see :class:`~dtp.graph.query.Query`), as in

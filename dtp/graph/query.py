@@ -23,12 +23,15 @@ included), and so is one with a missing field.
 
 from __future__ import annotations
 
+import logging
 import operator
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.errors import DTPError, ErrorCode, LocalProtocolError
+from dtp.graph._batch import Entry
 from dtp.graph.values import (
     JSON,
     GraphValueError,
@@ -38,8 +41,8 @@ from dtp.graph.values import (
     value_text,
 )
 
-if TYPE_CHECKING:
-    from dtp.graph.queries import LiveQuery
+# (every part of a Graph logs as dtp.graph.store, the module users know it by)
+logger = logging.getLogger("dtp.graph.store")
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 """The comparisons :meth:`Query.where` takes."""
@@ -289,9 +292,107 @@ class QueryUpdate:
     """Souls of the previous result that are no longer in it, sorted."""
 
 
+class FieldsRead(Protocol):
+    """The fields a live query's result was read from
+    (:class:`~dtp.graph.query_index.ReadSet`)."""
+
+    def touched_by(self, changed: Iterable[Entry]) -> bool: ...
+
+
+class _LiveRunner(Protocol):
+    """What a live query needs of its graph."""
+
+    def _evaluate_live(self, live: LiveQuery) -> tuple[str, ...]: ...
+
+    def _forget_live(self, live: LiveQuery) -> None: ...
+
+
+class LiveQuery:
+    """A query whose callback runs each time its result changes (made by
+    :meth:`Query.live <dtp.graph.query.Query.live>`); :meth:`cancel` stops it.
+
+    The callback gets a :class:`~dtp.graph.query.QueryUpdate`: the whole new result,
+    and what was added and removed. Each result is the query evaluated on one state of
+    the graph, after the change that prompted it (docs/graph.md, "Live queries").
+    """
+
+    def __init__(
+        self,
+        graph: _LiveRunner,
+        query: Query,
+        callback: Callable[[QueryUpdate], None],
+        souls: tuple[str, ...],
+        reads: FieldsRead,
+    ) -> None:
+        self.query = query
+        self.callback = callback
+        self.souls = souls
+        """The result the callback last heard of (at first, the result when it was made)."""
+        self.active = True
+        self.evaluations = 0
+        """How many times a change made the query be evaluated again."""
+        self._graph = graph
+        self._reads = reads  # (read and replaced with the graph's lock held)
+        self._state = threading.Lock()
+        self._dirty = False
+        self._running = False
+
+    def cancel(self) -> None:
+        """Stop calling back (idempotent). A callback running in another thread may
+        still finish."""
+        if self.active:
+            self.active = False
+            self._graph._forget_live(self)
+
+    def __enter__(self) -> LiveQuery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def _run(self) -> None:
+        """Evaluate again and call back if the result changed. One thread at a time
+        runs this loop: a change meanwhile (from any thread) makes it go round once more,
+        so callbacks never overlap, come in order, and the last one tells the result
+        after the last change."""
+        with self._state:
+            self._dirty = True
+            if self._running:
+                return
+            self._running = True
+        while True:
+            with self._state:
+                if not self._dirty or not self.active:
+                    self._running = False
+                    return
+                self._dirty = False
+            try:
+                souls = self._graph._evaluate_live(self)
+            except DTPError as exc:
+                # the file cannot be written (the next change tries again), or the graph
+                # closed meanwhile (which made this query inactive: nothing to tell)
+                if self.active:
+                    logger.warning("graph: a live query could not be evaluated: %s", exc)
+                continue
+            self.evaluations += 1
+            if souls == self.souls:
+                continue
+            before, after = set(self.souls), set(souls)
+            update = QueryUpdate(
+                souls, tuple(sorted(after - before)), tuple(sorted(before - after))
+            )
+            self.souls = souls
+            try:
+                self.callback(update)
+            except Exception:
+                # (as a subscriber's: the change is committed, the others still hear)
+                logger.exception("graph: live query callback %r raised", self.callback)
+
+
 __all__ = [
     "OPERATORS",
     "Each",
+    "LiveQuery",
     "Out",
     "Query",
     "QueryError",

@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dtp.errors import DTPError, ErrorCode, LocalProtocolError
 from dtp.graph import namespace, sea
@@ -45,9 +45,6 @@ from dtp.graph.values import JSON, decode_value
 from dtp.native.core import decode_ham_batch, find_ham_souls
 from dtp.native.reference.limits import HAM_BATCH_HEADER_LEN, HAM_BATCH_VERSION
 from dtp.native.types import HamUpdate
-
-if TYPE_CHECKING:
-    from dtp.graph.store_base import GraphBase
 
 logger = logging.getLogger("dtp.graph.rules")
 
@@ -192,6 +189,16 @@ def _unwrap_sea(value: JSON) -> JSON:
     return value
 
 
+class RuledGraph(Protocol):
+    """What the rules read of their graph (:class:`~dtp.graph.store_base.GraphBase`):
+    its table and a stored value's decoding."""
+
+    @property
+    def _table(self) -> Any: ...
+
+    def _value_of(self, soul: bytes, stored: bytes) -> JSON: ...
+
+
 class RuleSet:
     """The rules of one graph (``graph.rules``): :meth:`add`, :meth:`remove`, and the
     checks the graph runs on every path in.
@@ -199,7 +206,7 @@ class RuleSet:
     Thread-safe: rules may be added and removed while sync sessions merge (a merge uses
     the rules registered when it began)."""
 
-    def __init__(self, graph: GraphBase) -> None:
+    def __init__(self, graph: RuledGraph) -> None:
         self._graph = graph
         self._rules: dict[str, Rule] = {}
         self._by_prefix: dict[bytes, tuple[Rule, ...]] = {}

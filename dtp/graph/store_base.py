@@ -18,10 +18,8 @@ from dtp.graph.values import JSON, decode_value
 from dtp.identity.keys import HostIdentity
 
 if TYPE_CHECKING:
-    from dtp.graph.changes import Subscription
     from dtp.graph.formats import Migration
     from dtp.graph.history import History
-    from dtp.graph.queries import QueryEngine
     from dtp.graph.rules import RuleSet
     from dtp.graph.writeback import WriteBack
 
@@ -62,8 +60,6 @@ class GraphBase:
     """Guards the table and everything below: sync sessions merge in their threads."""
     _view: SummaryView | None
     """The soul index and summaries, None while a large merge left them to rebuild."""
-    _subs: dict[str, list[Subscription]]
-    """Subscriptions by soul."""
     _listeners: list[tuple[ChangeListener, object]]
     """Sync sessions' change listeners, each with its owner (not sent its own changes)."""
     # when the deferred queue may hold something due (Graph.__init__ says how)
@@ -71,8 +67,6 @@ class GraphBase:
     _due_untracked: bool
     _due_retry: float
     _due_backoff: float
-    _query: QueryEngine
-    """The query tables (made by the first query or index) and the live queries."""
     _writeback: WriteBack | None
     """The write-back to the SQLite file; None for an in-memory graph."""
     _closed: bool

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -41,10 +41,38 @@ from dtp.graph.store_base import GraphBase
 from dtp.graph.values import JSON, decode_value
 from dtp.identity.keys import HostIdentity, noise_key_object
 
-if TYPE_CHECKING:
-    from dtp.graph.store import Graph
-
 logger = logging.getLogger("dtp.graph.store")
+
+_Sealed = TypeVar("_Sealed")
+
+
+class TieredGraph(Protocol):
+    """What a tier's handles use of their graph (a :class:`~dtp.graph.store.Graph`)."""
+
+    def put(self, soul: str, data: Mapping[str, Any]) -> float: ...
+
+    def get(self, soul: str) -> dict[str, JSON] | None: ...
+
+    def get_field(self, soul: str, field: str, default: Any = None) -> JSON: ...
+
+    def state_of(self, soul: str, field: str) -> float | None: ...
+
+    def stored_node(self, soul: str) -> list[tuple[bytes, float, bytes]]: ...
+
+    def subscribe(
+        self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
+    ) -> Subscription: ...
+
+    def _fields_of(
+        self, soul: str, data: Mapping[str, Any]
+    ) -> list[tuple[bytes, bytes, bytes]]: ...
+
+    def _write_sealed(
+        self,
+        writes: Sequence[tuple[bytes, bytes, _Sealed]],
+        seal: Callable[[bytes, bytes, float, _Sealed], bytes],
+    ) -> float: ...
+
 
 PUBLIC = "public"
 PROTECTED = "protected"
@@ -103,7 +131,7 @@ class _Node:
 
     tier: ClassVar[str]
 
-    def __init__(self, graph: Graph, soul: str) -> None:
+    def __init__(self, graph: TieredGraph, soul: str) -> None:
         self.graph = graph
         self.soul = soul
         """The node's soul, as :class:`~dtp.graph.store.Graph` names it."""
@@ -146,7 +174,9 @@ class ProtectedNode(_Node):
 
     tier = PROTECTED
 
-    def __init__(self, graph: Graph, soul: str, author: str, identity: HostIdentity | None) -> None:
+    def __init__(
+        self, graph: TieredGraph, soul: str, author: str, identity: HostIdentity | None
+    ) -> None:
         super().__init__(graph, soul)
         self.author = author
         """The author's Sui address."""
@@ -225,7 +255,9 @@ class _Space:
     """One private space as one identity sees it: its souls, the content keys that
     identity has unwrapped (cached), and the author's writes."""
 
-    def __init__(self, graph: Graph, author: str, name: str, identity: HostIdentity | None) -> None:
+    def __init__(
+        self, graph: TieredGraph, author: str, name: str, identity: HostIdentity | None
+    ) -> None:
         self.graph = graph
         self.author = author
         self.name = name
@@ -596,7 +628,7 @@ class GraphTiers(GraphBase):
                 "(docs/graph.md, 'Privacy tiers')",
                 ErrorCode.ARG,
             )
-        return PublicNode(cast("Graph", self), soul)
+        return PublicNode(cast("TieredGraph", self), soul)
 
     def protected(
         self, path: str = "", identity: HostIdentity | None = None, *, author: str | None = None
@@ -609,7 +641,7 @@ class GraphTiers(GraphBase):
         if not isinstance(path, str):
             raise LocalProtocolError("a protected node's path is a string", ErrorCode.ARG)
         soul = namespace.user_soul(writer, path)
-        return ProtectedNode(cast("Graph", self), soul, writer, ident)
+        return ProtectedNode(cast("TieredGraph", self), soul, writer, ident)
 
     def private(
         self, path: str, identity: HostIdentity | None = None, *, author: str | None = None
@@ -622,7 +654,7 @@ class GraphTiers(GraphBase):
         ident = _identity(identity, "identity") or self.identity
         writer = _author(ident, author)
         name, rest = _check_path(path)
-        space = _Space(cast("Graph", self), writer, name, ident)
+        space = _Space(cast("TieredGraph", self), writer, name, ident)
         return PrivateNode(space, space.root + (f"/{rest}" if rest else ""))
 
 

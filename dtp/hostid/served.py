@@ -35,7 +35,6 @@ from dtp.payments.settlement import claim_and_settle
 from dtp.transport.hooks import Reservations
 
 if TYPE_CHECKING:
-    from dtp.hostid.admission import ConnectionLimits
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
@@ -44,6 +43,16 @@ if TYPE_CHECKING:
 __all__ = ["ServedConnections", "SettlingReservations", "reservations_of"]
 
 logger = logging.getLogger(__name__)
+
+
+class ServiceLimits(Protocol):
+    """The connection limits of the service a connection is admitted to
+    (:class:`dtp.hostid.admission.ConnectionLimits`)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def refusal(self, client: str, of_client: int, of_service: int) -> str | None: ...
 
 
 class ServedConnections:
@@ -73,7 +82,7 @@ class ServedConnections:
         #: Where :meth:`take` reads the Host's connection limits: the admission that
         #: admitted the client, as it last read them (``LedgerAdmission.reservations``
         #: sets it).
-        self.limits_of: Callable[[], ConnectionLimits | None] | None = None
+        self.limits_of: Callable[[], ServiceLimits | None] | None = None
         #: What :meth:`take` calls with the ID of a connection it refused: the admission
         #: drops what it remembered of it, which nobody would take now
         #: (``LedgerAdmission.reservations`` sets its ``take_admitted``).
@@ -109,7 +118,7 @@ class ServedConnections:
         self,
         connection_id: str,
         client: str | None = None,
-        limits: ConnectionLimits | None = None,
+        limits: ServiceLimits | None = None,
     ) -> str | None:
         """Take ``connection_id`` for a DTP connection of ``client``: None, or the refusal
         to give the client when a DTP connection is already served on it, or when

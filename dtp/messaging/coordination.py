@@ -25,12 +25,13 @@ Asyncio side: :class:`AsyncRegistry`, :class:`AsyncLease`, :class:`AsyncLock` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from dtp.errors import (
     ChainError,
@@ -197,6 +198,87 @@ class LeaseEngine:
     def retry_delay(self) -> float:
         """Seconds before a failed renewal (the ledger unreachable) is tried again."""
         return max(0.01, self.duration * self.renew_fraction / 4)
+
+
+class LeaseSteps:
+    """The steps a lease holder takes, the same in :class:`Lease` (threads) and
+    :class:`AsyncLease` (asyncio): what it reports, how it writes fenced, and what a
+    failed renewal or release means. The two differ only in how they wait and call the
+    ledger."""
+
+    name: str
+    engine: LeaseEngine
+    on_lost: Callable[[Self], None] | None
+    # guards the engine against the renewer (a thread); asyncio needs none
+    _engine_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the tenure held or last held."""
+        return self.engine.token
+
+    @property
+    def held(self) -> bool:
+        """Whether this server may act as the holder now."""
+        return self.engine.held(time.monotonic())
+
+    def check(self) -> int:
+        """The token, if the lease is held now; else :class:`FencedOut` (raised here,
+        before anything is sent)."""
+        if not self.held or self.engine.token is None:
+            raise FencedOut(
+                f"The lease {self.name!r} is not held (token {self.engine.token}).",
+                name="ELeaseExpired",
+                module="registry",
+            )
+        return self.engine.token
+
+    def _renewing(self) -> int:
+        """The token a renewal sends (:class:`FencedOut` before the first acquire)."""
+        token = self.engine.token
+        if token is None:
+            raise FencedOut(f"The lease {self.name!r} was never acquired.", name="ENoLease")
+        return token
+
+    def _renewal_failed(self, exc: ChainError) -> bool:
+        """A renewal raised ``exc``: whether the renewer stops (the lease is lost: fenced,
+        revoked, or its local deadline passed with the ledger unreachable) rather than
+        try again after :meth:`LeaseEngine.retry_delay`."""
+        if isinstance(exc, FencedOut):
+            return True  # (renew() lost it already)
+        if isinstance(exc, NotAuthorized | InvalidArgument):  # revoked: it will not pass
+            logger.warning("lease %r lost: %s", self.name, exc)
+            self._lose()
+            return True
+        if not self.held:  # unreachable, congested: tried again while it holds
+            logger.warning("lease %r lost: could not renew in time (%s)", self.name, exc)
+            self._lose()
+            return True
+        logger.info("lease %r: renewal failed (%s), retrying", self.name, exc)
+        return False
+
+    def _release_failed(self, exc: ChainError, lost: bool) -> None:
+        """A release raised ``exc``: a newer tenure began (nothing of ours to release), or
+        a lease lost already could not be freed early (it runs out); else it raises."""
+        if isinstance(exc, FencedOut):
+            return
+        if not lost:
+            raise exc
+        logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
+
+    def _lose(self: Self) -> None:
+        """The tenure is over: the renewer stops and ``on_lost`` is called, once."""
+        with self._engine_lock:
+            if self.engine.lost:
+                return
+            self.engine.fenced()
+        self._stop_renewing()
+        logger.warning("lease %r lost (token %s)", self.name, self.engine.token)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def _stop_renewing(self) -> None:
+        """Stop the renewer once the lease is lost (the asyncio one ends by itself)."""
 
 
 class WatchEngine:
@@ -374,7 +456,7 @@ class Watch:
                 yield change
 
 
-class Lease:
+class Lease(LeaseSteps):
     """A named lease of a registry, held by this server: acquired, renewed in the
     background every third of its ``duration``, released on exit.
 
@@ -402,32 +484,9 @@ class Lease:
         self.on_lost = on_lost
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
 
-    # state
-
-    @property
-    def token(self) -> int | None:
-        """The fencing token of the tenure held or last held."""
-        return self.engine.token
-
-    @property
-    def held(self) -> bool:
-        """Whether this server may act as the holder now."""
-        return self.engine.held(time.monotonic())
-
-    def check(self) -> int:
-        """The token, if the lease is held now; else :class:`FencedOut` (raised here,
-        before anything is sent)."""
-        if not self.held or self.engine.token is None:
-            raise FencedOut(
-                f"The lease {self.name!r} is not held (token {self.engine.token}).",
-                name="ELeaseExpired",
-                module="registry",
-            )
-        return self.engine.token
-
-    # acquiring
+    # acquiring (its state, check() and the failures' meaning: LeaseSteps)
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free now; False if someone holds it."""
@@ -439,7 +498,7 @@ class Lease:
             )
         except LeaseHeld:
             return False
-        with self._lock:
+        with self._engine_lock:
             self.engine.acquired(token, sent)
         logger.info("lease %r acquired by %s, token %d", self.name, r.holder, token)
         self._start_renewer()
@@ -462,16 +521,14 @@ class Lease:
     def renew(self) -> None:
         """Renew now; :class:`FencedOut` when the ledger says the tenure is over."""
         r = self.registry
-        token = self.engine.token
-        if token is None:
-            raise FencedOut(f"The lease {self.name!r} was never acquired.", name="ENoLease")
+        token = self._renewing()
         sent = time.monotonic()
         try:
             r.ledger.renew_lease(r.signer, r.id, self.name, token, self.engine.duration_ms)
         except FencedOut:
             self._lose()
             raise
-        with self._lock:
+        with self._engine_lock:
             self.engine.renewed(sent)
 
     def release(self) -> None:
@@ -482,19 +539,15 @@ class Lease:
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
         self._renewer = None
-        with self._lock:
+        with self._engine_lock:
             token, lost = self.engine.take_release()
         if token is None:
             return
         r = self.registry
         try:
             r.ledger.release_lease(r.signer, r.id, self.name, token)
-        except FencedOut:
-            pass  # a newer tenure began: nothing of ours to release
         except ChainError as exc:
-            if not lost:
-                raise
-            logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
+            self._release_failed(exc, lost)
 
     # fenced writes
 
@@ -534,30 +587,12 @@ class Lease:
                 return
             try:
                 self.renew()
-            except FencedOut:
-                return
-            except (NotAuthorized, InvalidArgument) as exc:  # revoked: it will not pass
-                logger.warning("lease %r lost: %s", self.name, exc)
-                self._lose()
-                return
-            except ChainError as exc:  # unreachable, congested: try again while it holds
-                if not self.held:
-                    logger.warning("lease %r lost: could not renew in time (%s)", self.name, exc)
-                    self._lose()
-                    return
-                logger.info("lease %r: renewal failed (%s), retrying", self.name, exc)
-                if stop.wait(self.engine.retry_delay()):
+            except ChainError as exc:
+                if self._renewal_failed(exc) or stop.wait(self.engine.retry_delay()):
                     return
 
-    def _lose(self) -> None:
-        with self._lock:
-            if self.engine.lost:
-                return
-            self.engine.fenced()
+    def _stop_renewing(self) -> None:
         self._stop.set()
-        logger.warning("lease %r lost (token %s)", self.name, self.engine.token)
-        if self.on_lost is not None:
-            self.on_lost(self)
 
     def __enter__(self) -> Lease:
         self.acquire(self.timeout)
@@ -670,7 +705,7 @@ class AsyncWatch:
                 return change
 
 
-class AsyncLease:
+class AsyncLease(LeaseSteps):
     """:class:`Lease` for asyncio code: the renewals run as a task of the loop."""
 
     def __init__(
@@ -690,23 +725,6 @@ class AsyncLease:
         self.auto_renew = auto_renew
         self.on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def token(self) -> int | None:
-        return self.engine.token
-
-    @property
-    def held(self) -> bool:
-        return self.engine.held(time.monotonic())
-
-    def check(self) -> int:
-        if not self.held or self.engine.token is None:
-            raise FencedOut(
-                f"The lease {self.name!r} is not held (token {self.engine.token}).",
-                name="ELeaseExpired",
-                module="registry",
-            )
-        return self.engine.token
 
     async def try_acquire(self) -> bool:
         r = self.registry.sync
@@ -742,9 +760,7 @@ class AsyncLease:
 
     async def renew(self) -> None:
         r = self.registry.sync
-        token = self.engine.token
-        if token is None:
-            raise FencedOut(f"The lease {self.name!r} was never acquired.", name="ENoLease")
+        token = self._renewing()
         sent = time.monotonic()
         try:
             await asyncio.to_thread(
@@ -766,12 +782,8 @@ class AsyncLease:
         r = self.registry.sync
         try:
             await asyncio.to_thread(r.ledger.release_lease, r.signer, r.id, self.name, token)
-        except FencedOut:
-            pass
         except ChainError as exc:
-            if not lost:
-                raise
-            logger.info("lease %r: its release failed (%s); it runs out", self.name, exc)
+            self._release_failed(exc, lost)
 
     async def put(self, key: str, value: bytes) -> int:
         r = self.registry.sync
@@ -800,26 +812,10 @@ class AsyncLease:
                 return
             try:
                 await self.renew()
-            except FencedOut:
-                return
-            except (NotAuthorized, InvalidArgument) as exc:
-                logger.warning("lease %r lost: %s", self.name, exc)
-                self._lose()
-                return
             except ChainError as exc:
-                if not self.held:
-                    logger.warning("lease %r lost: could not renew in time (%s)", self.name, exc)
-                    self._lose()
+                if self._renewal_failed(exc):
                     return
                 await asyncio.sleep(self.engine.retry_delay())
-
-    def _lose(self) -> None:
-        if self.engine.lost:
-            return
-        self.engine.fenced()
-        logger.warning("lease %r lost (token %s)", self.name, self.engine.token)
-        if self.on_lost is not None:
-            self.on_lost(self)
 
     async def __aenter__(self) -> AsyncLease:
         await self.acquire(self.timeout)

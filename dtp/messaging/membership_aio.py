@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import dtp.aio
 from dtp.errors import DTPError
@@ -36,6 +36,7 @@ from dtp.messaging.membership import (
     Outgoing,
     Seed,
 )
+from dtp.messaging.membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -43,17 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncMemberNode", "Route", "join_group_async"]
 
 logger = logging.getLogger(__name__)
-
-#: Messages waiting for one peer's connection; past it new ones are dropped (stale
-#: pings are worth nothing).
-LINK_QUEUE: Final = 64
-#: Events held for an ``events()`` reader that does not read (older ones dropped).
-EVENT_QUEUE: Final = 1024
-
-_Address = tuple[str, int, "bytes | None"]
-#: ``route(host, port)``: where to connect to reach a member that advertises ``host:port``
-#: (a NAT's or a tunnel's mapping); by default the address itself.
-Route = Callable[[str, int], tuple[str, int]]
 
 
 async def join_group_async(
@@ -76,13 +66,14 @@ async def join_group_async(
     return node
 
 
-class AsyncMemberNode:
+class AsyncMemberNode(NodeFace):
     """One member of a group, on the running event loop (:func:`join_group_async` makes one)."""
 
     def __init__(
         self, identity: HostIdentity, config: MembershipConfig, route: Route | None = None
     ) -> None:
         self.identity = identity
+        self._log = logger
         self._route = route
         self.config = config
         self.engine: Membership
@@ -116,22 +107,13 @@ class AsyncMemberNode:
         self.engine = Membership(me, loop.time(), config=self.config, rng=rng, seeds=seeds)
         self._spawn(self._pump())
 
-    # -- the face ---------------------------------------------------------------------------
-
-    @property
-    def me(self) -> Member:
-        """This member's own record."""
-        return self.engine.me
+    # -- the face (and NodeFace's) -----------------------------------------------------------
 
     @property
     def address(self) -> tuple[str, int]:
         """The address served."""
         assert self._server is not None
         return self._server.address
-
-    def seed(self) -> Seed:
-        """A :class:`Seed` for others to join through this member."""
-        return Seed(self.me.host, self.me.port, self.me.key)
 
     def members(self, *, include_self: bool = True) -> list[Member]:
         """The live member list (alive and suspect), by id."""
@@ -140,11 +122,6 @@ class AsyncMemberNode:
     def member(self, member_id: str) -> Member | None:
         """The record held of ``member_id`` (dead and left ones for a while too)."""
         return self.engine.member(member_id)
-
-    def on_event(self, callback: Callable[[MembershipEvent], object]) -> None:
-        """Call ``callback(event)`` on the loop for every change (an exception it raises is
-        logged, and the others still run)."""
-        self._callbacks.append(callback)
 
     async def events(self) -> AsyncIterator[MembershipEvent]:
         """Every change from now on, until the node stops (a reader that falls
@@ -248,11 +225,7 @@ class AsyncMemberNode:
         changed = False
         while (event := self.engine.next_event()) is not None:
             changed = True
-            for callback in list(self._callbacks):
-                try:
-                    callback(event)
-                except Exception:
-                    logger.exception("a membership callback failed")
+            self._tell_callbacks(event)
             for queue in self._listeners:
                 if queue.qsize() >= EVENT_QUEUE:
                     queue.get_nowait()
@@ -277,7 +250,7 @@ class AsyncMemberNode:
         (it is stale by the next attempt) and ends the link, idle ones end too."""
         host, port, key = address
         writer: dtp.aio.DTPStreamWriter | None = None
-        idle = max(self.config.sync_interval, 10 * self.config.probe_interval) * 2
+        idle = self._link_idle()
         try:
             while True:
                 try:
@@ -287,7 +260,7 @@ class AsyncMemberNode:
                     return
                 try:
                     if writer is None:
-                        there = self._route(host, port) if self._route else (host, port)
+                        there = self._where(host, port)
                         _, writer = await dtp.aio.open_connection(
                             there[0],
                             there[1],

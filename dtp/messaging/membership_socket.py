@@ -37,6 +37,7 @@ from dtp.messaging.membership import (
     Outgoing,
     Seed,
 )
+from dtp.messaging.membership_node import EVENT_QUEUE, LINK_QUEUE, NodeFace, Route, _Address
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
@@ -45,15 +46,6 @@ __all__ = ["MemberNode", "Route", "join_group"]
 
 logger = logging.getLogger(__name__)
 
-#: Messages waiting for one peer's connection (newer ones are dropped past it).
-LINK_QUEUE: Final = 64
-#: Events held for an ``events()`` reader that does not read (older ones dropped).
-EVENT_QUEUE: Final = 1024
-
-_Address = tuple[str, int, "bytes | None"]
-#: ``route(host, port)``: where to connect to reach a member that advertises ``host:port``
-#: (a NAT's or a tunnel's mapping); by default the address itself.
-Route = Callable[[str, int], tuple[str, int]]
 _STOP: Final = b""
 
 
@@ -84,7 +76,7 @@ def join_group(
     )
 
 
-class MemberNode:
+class MemberNode(NodeFace):
     """One member of a group, driven by threads; a context manager that leaves on exit."""
 
     def __init__(
@@ -101,6 +93,7 @@ class MemberNode:
         route: Route | None = None,
     ) -> None:
         self.identity = identity
+        self._log = logger
         self._route = route
         self.config = config or MembershipConfig()
         self._server = dtp.socket.create_server((host, port), identity=identity)
@@ -121,21 +114,12 @@ class MemberNode:
         self._start(self._accept, "accept")
         self._flush()
 
-    # -- the face ---------------------------------------------------------------------------
-
-    @property
-    def me(self) -> Member:
-        """This member's own record."""
-        return self.engine.me
+    # -- the face (and NodeFace's) -----------------------------------------------------------
 
     @property
     def address(self) -> tuple[str, int]:
         """The address served."""
         return self._server.address
-
-    def seed(self) -> Seed:
-        """A :class:`Seed` for others to join through this member."""
-        return Seed(self.me.host, self.me.port, self.me.key)
 
     def members(self, *, include_self: bool = True) -> list[Member]:
         """The live member list (alive and suspect), by id."""
@@ -146,11 +130,6 @@ class MemberNode:
         """The record held of ``member_id`` (dead and left ones for a while too)."""
         with self._lock:
             return self.engine.member(member_id)
-
-    def on_event(self, callback: Callable[[MembershipEvent], object]) -> None:
-        """Call ``callback(event)`` for every change, in one of the node's threads (an
-        exception it raises is logged, and the others still run)."""
-        self._callbacks.append(callback)
 
     def events(self, timeout: float | None = None) -> Iterator[MembershipEvent]:
         """Every change from now on, until the node stops or ``timeout`` s pass with none
@@ -263,11 +242,7 @@ class MemberNode:
         for message in out:
             self._send(message)
         for event in events:
-            for callback in list(self._callbacks):
-                try:
-                    callback(event)
-                except Exception:
-                    logger.exception("a membership callback failed")
+            self._tell_callbacks(event)
             for listener in list(self._listeners):
                 if listener.qsize() >= EVENT_QUEUE:
                     with contextlib.suppress(queue.Empty):
@@ -291,7 +266,7 @@ class MemberNode:
         ends the link, idle ones end too."""
         host, port, key = address
         sock: dtp.socket.DTPSocket | None = None
-        idle = max(self.config.sync_interval, 10 * self.config.probe_interval) * 2
+        idle = self._link_idle()
         try:
             while not self._stop.is_set():
                 try:
@@ -302,7 +277,7 @@ class MemberNode:
                     return
                 try:
                     if sock is None:
-                        there = self._route(host, port) if self._route else (host, port)
+                        there = self._where(host, port)
                         sock = dtp.socket.create_connection(
                             there,
                             server_key=key,

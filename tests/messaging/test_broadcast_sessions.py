@@ -1,8 +1,8 @@
 """Broadcast (docs/messaging.md §5):
 
 1. Station sessions: a restarted station numbered its messages from 1 again and signed
-   only (broadcast, channel, seq, payload), so a relay passed the seq 1 of an earlier session
-   off as the new one's; and the HELLO was unsigned, so a relay rewound ``next_seq`` and
+   only (broadcast, channel, seq, payload), so a relay passed the seq 1 of an earlier station
+   instance off as the new one's; and the HELLO was unsigned, so a relay rewound ``next_seq`` and
    replayed what was sent before the listener joined. The HELLO is now signed and names
    the session (nonce, start time), which every message's signature covers.
 2. An AIR frame (a cancel, off air) was dropped like a message for a listener whose

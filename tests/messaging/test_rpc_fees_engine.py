@@ -27,18 +27,15 @@ from dtp.messaging.rpc import (
     ResponsePrepay,
     response_hash,
 )
+from dtp.messaging.rpc.cover import DEPOSIT_REREAD, Refusal, RequestCover, Reread
 from dtp.messaging.rpc.engine import (
-    DEPOSIT_REREAD,
     UNTIMED_DEPOSIT,
     ClientFees,
     KeepResponse,
     Meta,
     PaidCall,
     PayRequest,
-    Refusal,
     ReleaseEscrow,
-    RequestCover,
-    Reread,
     ServerCallFees,
     TakeEscrow,
 )

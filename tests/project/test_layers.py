@@ -1,11 +1,14 @@
 """The layers of ``dtp/`` import only downward (docs/architecture.md, "Layout").
 
 The import graph is read from the source with ``ast``: every ``import`` in a module counts,
-lazy ones inside functions included (they are how a cycle hides), except those under
-``if TYPE_CHECKING:``, which carry no arrow at run time. The test fails on an import cycle
-among dtp modules and on an import that the layer table forbids, unless the allow-list
-names it; and it fails on an allow-listed entry that no longer exists, so the list only
-shrinks.
+lazy ones inside functions included (they are how a cycle hides), and those under
+``if TYPE_CHECKING:`` too: they carry no arrow at run time, but a reader and a type checker
+still walk them, so a part types against a small ``typing.Protocol`` of its own layer
+instead of naming the module that imports it. The one exception is the package root
+``dtp/__init__.py``, whose type-only imports name the public face it loads lazily (PEP 562)
+and which no dtp module imports. The test fails on an import cycle among dtp modules and on
+an import that the layer table forbids, unless the allow-list names it; and it fails on an
+allow-listed entry that no longer exists, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -91,22 +94,26 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-@functools.cache
-def import_graph() -> dict[str, set[str]]:
-    """Each dtp module's run-time imports of other dtp modules (read once per run)."""
-    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+# modules whose ``if TYPE_CHECKING:`` imports do not count: the package root names the
+# public face it imports on first use (PEP 562), and no dtp module imports the root
+TYPING_EXEMPT = {"dtp"}
 
-    def known(name: str) -> str | None:
-        while name and name not in paths:
-            name = name.rpartition(".")[0]
-        return name or None
 
-    graph: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        # the body of ``if TYPE_CHECKING:`` only (its else, and a test that also asks
-        # something else, run)
-        typing_only = {
+def imports_of(name: str, source: str, *, is_package: bool, modules: set[str]) -> set[str]:
+    """The dtp modules (of ``modules``) that module ``name`` imports, given its source:
+    lazy imports and ``if TYPE_CHECKING:`` ones included (unless ``name`` is in
+    :data:`TYPING_EXEMPT`)."""
+
+    def known(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    tree = ast.parse(source)
+    # the body of ``if TYPE_CHECKING:`` only (its else, and a test that also asks
+    # something else, run): skipped for the exempt modules alone
+    typing_only = (
+        {
             id(inner)
             for node in ast.walk(tree)
             if isinstance(node, ast.If)
@@ -114,22 +121,39 @@ def import_graph() -> dict[str, set[str]]:
             for statement in node.body
             for inner in ast.walk(statement)
         }
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets: set[str | None] = set()
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.Import):
-                targets.update(known(alias.name) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join(up + ([base] if base else []))
-                for alias in node.names:
-                    targets.add(known(f"{base}.{alias.name}") or known(base))
-        graph[name] = {target for target in targets if target and target != name}
-    return graph
+        if name in TYPING_EXEMPT
+        else set()
+    )
+    package = name if is_package else name.rpartition(".")[0]
+    targets: set[str | None] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets.update(known(alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([base] if base else []))
+            for alias in node.names:
+                targets.add(known(f"{base}.{alias.name}") or known(base))
+    return {target for target in targets if target and target != name}
+
+
+@functools.cache
+def import_graph() -> dict[str, set[str]]:
+    """Each dtp module's imports of other dtp modules (read once per run)."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {
+        name: imports_of(
+            name,
+            path.read_text(encoding="utf-8"),
+            is_package=path.name == "__init__.py",
+            modules=set(paths),
+        )
+        for name, path in paths.items()
+    }
 
 
 def layer(module: str) -> str | None:
@@ -231,8 +255,9 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_checks_see_what_they_look_for() -> None:
-    """The walker finds a lazy import, skips a TYPE_CHECKING one, and reports a cycle and
-    an upward arrow, so a silent pass means a clean tree and not a blind test."""
+    """The walker finds a lazy import and a TYPE_CHECKING one (skipping the latter only in
+    the package root), and reports a cycle and an upward arrow, so a silent pass means a
+    clean tree and not a blind test."""
     graph = {
         "dtp.protocol.connection": {"dtp.ledger.objects"},
         "dtp.ledger.objects": {"dtp.protocol.connection"},
@@ -246,4 +271,29 @@ def test_the_checks_see_what_they_look_for() -> None:
     # lazy: cli.main imports the C core's wrapper inside a function, to report its backend
     assert "dtp.native.core" in real["dtp.cli"]
     # typing only: served.py names the Ledger under TYPE_CHECKING and imports it nowhere else
-    assert "dtp.ledger.interface" not in real["dtp.hostid.served"]
+    assert "dtp.ledger.interface" in real["dtp.hostid.served"]
+    # the root's lazy face is exempt: it names dtp.graph only under TYPE_CHECKING
+    assert "dtp.graph" not in real["dtp"]
+
+
+def test_a_type_only_import_makes_a_cycle() -> None:
+    """A part that names, under ``if TYPE_CHECKING:``, the module that imports it is a
+    cycle (the shape every part once had before it typed against a Protocol)."""
+    modules = {"dtp.graph.store", "dtp.graph.tiers", "dtp.graph.values"}
+    tiers = (
+        "from __future__ import annotations\n"
+        "from typing import TYPE_CHECKING\n"
+        "from dtp.graph.values import JSON\n"
+        "if TYPE_CHECKING:\n"
+        "    from dtp.graph.store import Graph\n"
+    )
+    store = "from dtp.graph.tiers import GraphTiers\n"
+    graph = {
+        "dtp.graph.tiers": imports_of("dtp.graph.tiers", tiers, is_package=False, modules=modules),
+        "dtp.graph.store": imports_of("dtp.graph.store", store, is_package=False, modules=modules),
+        "dtp.graph.values": set(),
+    }
+    assert graph["dtp.graph.tiers"] == {"dtp.graph.store", "dtp.graph.values"}
+    assert cycles(graph) == {("dtp.graph.store", "dtp.graph.tiers")}
+    # the same lines in the exempt root count no arrow
+    assert imports_of("dtp", tiers, is_package=True, modules=modules) == {"dtp.graph.values"}

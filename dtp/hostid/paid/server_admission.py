@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from dtp.hostid.admission import LedgerAdmission
 from dtp.hostid.paid.server_core import PaidServerCore
-from dtp.hostid.served import ServedConnections
+from dtp.hostid.served import ServedConnections, ServiceLimits
 from dtp.ledger.objects import normalize_id
 
 if TYPE_CHECKING:
-    from dtp.hostid.admission import Admitted, ConnectionLimits, PeerInfo
+    from dtp.hostid.admission import Admitted, PeerInfo
     from dtp.ledger.interface import Ledger
 
 __all__ = ["PaidAdmission", "ReportedConnections"]
@@ -53,7 +53,7 @@ class ReportedConnections(ServedConnections):
         self,
         connection_id: str,
         client: str | None = None,
-        limits: ConnectionLimits | None = None,
+        limits: ServiceLimits | None = None,
     ) -> str | None:
         refusal = super().reserve(connection_id, client, limits)
         if self._reserved is not None:

@@ -8,14 +8,14 @@ station session, sequence number and payload, so a message can be checked by any
 knows the broadcaster's Sui address, whoever relayed it. A *session* is one station
 instance: a random 16-byte nonce and its start time, announced in a HELLO the broadcaster
 signs (with the sequence number the listener starts from), so a restarted station, which
-numbers its messages from 1 again, cannot have the messages of an earlier session passed
-off as its own, nor can a relay rewind a listener that is listening. A HELLO carries no
+numbers its messages from 1 again, cannot have the messages of an earlier station instance
+passed off as its own, nor can a relay rewind a listener that is listening. A HELLO carries no
 time of its own, though: a relay that recorded one, and what followed it, can replay
-that to a listener joining later (of the current session or an earlier one), as it can delay
-anything; ``session_started_ms`` tells the listener how old the session is.
+that to a listener joining later (of the current station instance or an earlier one), as it
+can delay anything; ``session_started_ms`` tells the listener how long the station has run.
 :class:`BroadcastListener`
 verifies the HELLO and each message and rejects forged ones
-(:class:`~dtp.messaging.errors.ForgedBroadcast`: the messages of another session too) and
+(:class:`~dtp.messaging.errors.ForgedBroadcast`: the messages of another station instance too) and
 replayed or out-of-order ones (:class:`~dtp.messaging.errors.ReplayedBroadcast`); it
 counts both and never delivers them.
 

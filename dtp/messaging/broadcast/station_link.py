@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
@@ -15,7 +15,6 @@ from dtp.messaging.framing import Oversized, decode_body, read_frames
 from dtp.messaging.pubsub import _PatientReads
 
 if TYPE_CHECKING:
-    from dtp.messaging.broadcast.station_listeners import StationListeners
     from dtp.messaging.rpc import BlockingStream
 
 logger = logging.getLogger(__name__)
@@ -27,12 +26,21 @@ _Q_MESSAGE: Final = 1
 _Q_AIR: Final = 2
 
 
+class LinkedStation(Protocol):
+    """What a link calls back in its station
+    (:class:`~dtp.messaging.broadcast.station_listeners.StationListeners`)."""
+
+    def _handle(self, link: _StationLink, message: Any) -> None: ...
+
+    def _detach(self, link: _StationLink) -> None: ...
+
+
 class _StationLink:
     """One listener of a station: a reader thread (tips, requests) and a writer thread with
     a bounded queue of frames."""
 
     def __init__(
-        self, station: StationListeners, stream: BlockingStream, name: str, maxsize: int
+        self, station: LinkedStation, stream: BlockingStream, name: str, maxsize: int
     ) -> None:
         self.station = station
         self.stream = stream

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.messaging.broadcast.station_link import _StationLink
-    from dtp.messaging.broadcast.tips import _TipIds
 
 
 class StationState:
@@ -54,7 +53,6 @@ class StationState:
     # tips
     _tip_state: str | None
     _tipped: dict[str, int]
-    _tip_ids: dict[str, _TipIds]
     _save_lock: threading.Lock
     _saving: dict[str, int]
     _tip_saved: threading.Condition

@@ -36,6 +36,9 @@ _TIP_READ_TRUST: Final = 1.0
 class StationTips(StationTipState):
     """The tip checks of :class:`~dtp.messaging.broadcast.station.BroadcastStation`."""
 
+    _tip_ids: dict[str, _TipIds]
+    """Each tipper's tip IDs accepted (set by the station's constructor)."""
+
     def _check_tip(self, message: list[Any]) -> Tip:
         arrived = time.monotonic()
         _, tip_id, amount, text, public, signature = message

@@ -64,8 +64,8 @@ def signed_message(
 ) -> bytes:
     """The bytes a broadcaster signs for one message: a domain tag, then the broadcast ID,
     channel, station session nonce, sequence number and payload, each length-prefixed or
-    fixed-size. (The session is what keeps a restarted station's seq 1 from verifying
-    as seq 1 of an earlier session.)"""
+    fixed-size. (The session nonce is what keeps a restarted station's seq 1 from
+    verifying as seq 1 of an earlier instance of the station.)"""
     return (
         _MSG_DOMAIN
         + _field(broadcast_id.lower().encode())

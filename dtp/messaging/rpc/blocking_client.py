@@ -1,7 +1,8 @@
 """The blocking RPC client (:class:`RpcClient`) and its calls (:class:`RpcCall`): the
 socket work is done in the calling threads (leader/follower). The client's face is here
 with its calls and the quiet call's one send and read; its parts, each built on the one
-before: ``blocking_client_state`` (what it knows), ``blocking_client_events`` (what settles
+before: ``blocking_client_state`` (what it knows, and the :class:`RpcCall` future),
+``blocking_client_events`` (what settles
 calls), ``blocking_client_writes``, ``blocking_client_reads`` (the leader/follower
 reading and waits)."""
 
@@ -18,8 +19,9 @@ from typing import Any
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
-from dtp.messaging.protocol import ProtocolViolation, RpcProtocol, _check_count, _check_wait
+from dtp.messaging.protocol import ProtocolViolation, RpcProtocol, _check_count
 from dtp.messaging.rpc.blocking_client_reads import _READ_SLICE, ClientReads
+from dtp.messaging.rpc.blocking_client_state import RpcCall as RpcCall
 from dtp.messaging.rpc.blocking_client_state import _deadline
 from dtp.messaging.rpc.client_base import check_client_options
 from dtp.messaging.rpc.engine import ClientFees
@@ -36,46 +38,6 @@ from dtp.messaging.rpc.streams import (
 from dtp.messaging.rpc.streams import RECV_SIZE as RECV_SIZE
 from dtp.payments.receipts import Meter
 from dtp.socket import DTPSocket
-
-
-class RpcCall:
-    """A call in flight on an :class:`RpcClient` (a small future)."""
-
-    __slots__ = ("_client", "_error", "_event", "_result", "done", "escrow_id", "request_id")
-
-    def __init__(self, client: RpcClient, request_id: int) -> None:
-        self._client = client
-        self.request_id = request_id
-        self.done = False
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._event: threading.Event | None = None
-        #: The ResponseEscrow this call prepaid, if any (the client's fee engine
-        #: holds what becomes of it: ClientFees).
-        self.escrow_id: str | None = None
-
-    def _finish(self, result: Any, error: BaseException | None) -> None:
-        self._result, self._error, self.done = result, error, True
-        if self._event is not None:
-            self._event.set()
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the answer: the result, or the call's typed error. When ``timeout``
-        (seconds) passes first the call itself ends in :class:`RpcTimeout` (the peer is
-        told, as at the call's own deadline): a later ``result()`` raises it too."""
-        if timeout is not None:
-            _check_wait(timeout)
-        self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def cancel(self) -> bool:
-        """Cancel the call (the peer is told); False if it already finished. A thread
-        waiting in :meth:`result` sees it at once, also one reading the stream for
-        everybody when the stream is a DTPSocket (its read is interrupted); on another
-        stream that one sees it at the end of its read, within about a second."""
-        return self._client._cancel(self)
 
 
 class RpcClient(ClientReads):

@@ -23,7 +23,7 @@ from dtp.messaging.protocol import (
 from dtp.messaging.rpc.blocking_client_state import ClientState
 
 if TYPE_CHECKING:
-    from dtp.messaging.rpc.blocking_client import RpcCall
+    from dtp.messaging.rpc.blocking_client_state import RpcCall
 
 # the client's public module names the logger: a handler's failure is logged where it was
 logger = logging.getLogger("dtp.messaging.rpc.blocking_client")

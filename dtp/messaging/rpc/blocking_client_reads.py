@@ -13,7 +13,7 @@ from dtp.messaging.rpc.blocking_client_writes import ClientWrites
 from dtp.messaging.rpc.streams import RECV_SIZE, TAKE_PIECE, BlockingStream
 
 if TYPE_CHECKING:
-    from dtp.messaging.rpc.blocking_client import RpcCall
+    from dtp.messaging.rpc.blocking_client_state import RpcCall
 
 #: The longest a client's read waits (seconds) before it looks whether the client was
 #: closed (it does not own the stream, so it cannot end a read in progress).

@@ -209,6 +209,8 @@ class _ServerStream(StreamDispatch):
     worker pool, handlers answer from the pool's threads (``lock`` guards the protocol
     and the sending role, :meth:`flush`)."""
 
+    server: RpcServer  # (the parts below type it as a StreamServer)
+
     def run(self) -> None:
         server = self.server
         with server._stats_lock:

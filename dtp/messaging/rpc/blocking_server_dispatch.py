@@ -1,5 +1,5 @@
 """The dispatch of a stream a blocking RPC server serves (:class:`StreamDispatch`): each
-event to its handler -- inline or through the worker pool (:class:`_Job`), the fees'
+event to its handler -- inline or through the worker pool (a ``_Job``), the fees'
 admission first -- cancellations, acknowledgements and violations."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dtp.messaging.protocol import (
     RpcEvent,
 )
 from dtp.messaging.rpc.blocking_server_replies import StreamReplies
+from dtp.messaging.rpc.blocking_server_state import _Job
 from dtp.messaging.rpc.engine import PayRequest, TakeEscrow
 from dtp.messaging.rpc.server_base import (
     ONE_REQUEST,
@@ -32,26 +33,6 @@ from dtp.messaging.rpc.server_base import (
 
 # the logger is named after the public module, which applications configure
 logger = logging.getLogger("dtp.messaging.rpc.blocking_server")
-
-
-class _Job:
-    """A request handed to the worker pool (RpcServer.run_in_pool), while it waits in
-    the pool's queue. A request that ends there (cancelled, or its deadline passed)
-    lets go of its event -- params and all -- at once, and its job counts against
-    ``max_pending`` (RpcProtocol.held_incoming) until a worker takes it off the queue:
-    its slot was free again at once, so a client sending requests and cancelling them
-    filled the queue without bound while the workers were busy (nothing answered, so
-    nothing held up the reading either)."""
-
-    __slots__ = ("ctx", "event", "fn", "wants_ctx")
-
-    def __init__(
-        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
-    ) -> None:
-        self.fn = fn
-        self.wants_ctx = wants_ctx
-        self.event: RequestReceived | None = event
-        self.ctx = ctx
 
 
 class StreamDispatch(StreamReplies):

@@ -7,18 +7,63 @@ from __future__ import annotations
 import socket as _socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
-from dtp.messaging.protocol import RpcProtocol
+from dtp.messaging.method_rules import MethodRules
+from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc.engine import ServerCallFees
-from dtp.messaging.rpc.fees import stream_payments
-from dtp.messaging.rpc.server_base import CallContext
+from dtp.messaging.rpc.fees import PaymentsCache, ResponseFeePolicy, stream_payments
+from dtp.messaging.rpc.server_base import CallContext, Handler
 from dtp.messaging.rpc.streams import BlockingStream
 from dtp.socket import DTPSocket
 
-if TYPE_CHECKING:
-    from dtp.messaging.rpc.blocking_server import RpcServer
-    from dtp.messaging.rpc.blocking_server_dispatch import _Job
+
+class StreamServer(Protocol):
+    """What a served stream uses of its :class:`~dtp.messaging.rpc.RpcServer`: the
+    registry and bounds every server keeps (``server_base.ServerBase``), its worker pool,
+    its closing and its count of requests served."""
+
+    methods: dict[str, tuple[Handler, bool]]
+    notifications: dict[str, tuple[Handler, bool]]
+    rules: MethodRules | None
+    max_message_size: int
+    max_pending: int
+    response_fees: ResponseFeePolicy | None
+    _payments: PaymentsCache
+    _pool: ThreadPoolExecutor | None
+    _closed: threading.Event
+    _stats_lock: threading.Lock
+    _served: int
+
+    @property
+    def priced(self) -> bool: ...
+
+    def notification_allowed(self, method: str, client: str | None) -> bool: ...
+
+    def request_cost(
+        self, method: str, params: Any, client: str | None
+    ) -> tuple[int | None, ...]: ...
+
+
+class _Job:
+    """A request handed to the worker pool (RpcServer.run_in_pool), while it waits in
+    the pool's queue. A request that ends there (cancelled, or its deadline passed)
+    lets go of its event -- params and all -- at once, and its job counts against
+    ``max_pending`` (RpcProtocol.held_incoming) until a worker takes it off the queue:
+    its slot was free again at once, so a client sending requests and cancelling them
+    filled the queue without bound while the workers were busy (nothing answered, so
+    nothing held up the reading either)."""
+
+    __slots__ = ("ctx", "event", "fn", "wants_ctx")
+
+    def __init__(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        self.fn = fn
+        self.wants_ctx = wants_ctx
+        self.event: RequestReceived | None = event
+        self.ctx = ctx
 
 
 class ServedStreamState:
@@ -27,7 +72,7 @@ class ServedStreamState:
 
     def __init__(
         self,
-        server: RpcServer,
+        server: StreamServer,
         stream: BlockingStream,
         peer: str | None,
         *,

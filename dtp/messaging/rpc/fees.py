@@ -22,7 +22,7 @@ from dtp.ledger.objects import Sla, normalize_id
 from dtp.ledger.receipt import Receipt, ReceiptScope
 from dtp.messaging import errors as E
 from dtp.messaging.protocol import _check_count
-from dtp.messaging.rpc.engine import Refusal, RequestCover, Reread
+from dtp.messaging.rpc.cover import Refusal, RequestCover, Reread
 from dtp.payments.receipts import ConnectionTerms, Meter
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class RequestPayments:
     otherwise it fails with :class:`~dtp.messaging.errors.PaymentRequired`. Claim
     :attr:`latest` on the ledger whenever convenient.
 
-    The rules are :class:`~dtp.messaging.rpc.engine.RequestCover`'s (sans-I/O); this
+    The rules are :class:`~dtp.messaging.rpc.cover.RequestCover`'s (sans-I/O); this
     holds it under a lock for a server's threads and streams, and does its I/O: the
     clock, the deposit's re-read on the ledger, ``on_receipt``.
     """

@@ -1,23 +1,86 @@
-"""``_ConnectionState``: the attributes ``Connection.__init__`` sets, and the methods one
-mixin of :class:`~dtp.protocol.connection.core.Connection` calls in another, declared once
-so that each mixin type-checks on its own. Declarations only: at run time the class is
-empty, and every attribute lives in the connection's own ``__dict__`` as before."""
+"""What the parts of :class:`~dtp.protocol.connection.core.Connection` share: the state of
+one stream (:class:`Stream`), what a sent record carried (``_Item``: kept to send again if
+it is lost), and ``_ConnectionState``: the attributes ``Connection.__init__`` sets, and the
+methods one mixin calls in another, declared once so that each mixin type-checks on its
+own. Declarations only: at run time ``_ConnectionState`` is empty, and every attribute
+lives in the connection's own ``__dict__`` as before."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from dtp.native.types import RawFrame
+from dtp.protocol.recovery import RangeSet
+from dtp.protocol.state import RecvState, SendState
 
 if TYPE_CHECKING:
     from dtp.identity.noise import Handshake
-    from dtp.native.types import OpenedFrames, RawFrame
+    from dtp.native.types import OpenedFrames
     from dtp.protocol.connection.config import ConnectionConfig
-    from dtp.protocol.connection.records import _Item
-    from dtp.protocol.connection.streams import Stream
     from dtp.protocol.events import ConnectionTerminated, Event
     from dtp.protocol.recovery import AckTracker, LossRecovery, SentRecord
     from dtp.protocol.state import CloseCode, ConnState
+
+
+@dataclass
+class Stream:
+    """One stream's state: its sending half and its receiving half."""
+
+    stream_id: int
+    # sending half: buf holds bytes from base_offset (unacked or unsent)
+    send_state: SendState = SendState.OPEN
+    send_buf: bytearray = field(default_factory=bytearray)
+    base_offset: int = 0
+    next_offset: int = 0  # first byte never sent
+    send_credit: int = 0  # peer's MAX_STREAM_DATA
+    retransmit: RangeSet = field(default_factory=RangeSet)  # offsets to send again
+    acked: RangeSet = field(default_factory=RangeSet)
+    fin_pending_resend: bool = False
+    fin_acked: bool = False
+    announce: bool = False  # opened by us: tell the peer even before any data
+    # receiving half
+    recv_state: RecvState = RecvState.OPEN
+    delivered: int = 0  # bytes handed to the application (in events)
+    consumed: int = 0  # bytes the application has read (acknowledge_read)
+    recv_highest: int = 0  # highest offset + 1 seen (flow-control accounting)
+    recv_limit: int = 0  # our advertised MAX_STREAM_DATA
+    final_size: int | None = None
+    reasm: Any = None  # C reassembly buffer, lossy carriers only
+
+    @property
+    def end_offset(self) -> int:
+        return self.base_offset + len(self.send_buf)
+
+    def unsent(self) -> int:
+        return self.end_offset - self.next_offset
+
+
+class _StreamChunk(NamedTuple):
+    """Stream bytes a record carried (sent again from the stream's buffer if lost)."""
+
+    stream_id: int
+    offset: int
+    length: int
+    fin: bool
+
+
+class _ResendFrame(NamedTuple):
+    """A control frame sent again as it was."""
+
+    frame: RawFrame
+
+
+class _ResendCredit(NamedTuple):
+    """A flow-control credit frame (MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS)."""
+
+    frame_type: int
+    stream_id: int
+
+
+_Item = _StreamChunk | _ResendFrame | _ResendCredit
 
 
 class _ConnectionState:

@@ -7,9 +7,8 @@ C call, into the application's buffer or into one buffer for one handler call.""
 from __future__ import annotations
 
 from dtp.native.types import FULL, REC_DATA, STOP, TakeResult
-from dtp.protocol.connection.base import _ConnectionState
+from dtp.protocol.connection.base import Stream, _ConnectionState
 from dtp.protocol.connection.config import MAX_RECORD_PLAINTEXT
-from dtp.protocol.connection.streams import Stream
 from dtp.protocol.events import StreamDataReceived
 from dtp.protocol.state import ConnState, RecvState
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dtp.native import core as _core
-from dtp.protocol.connection.base import _ConnectionState
-from dtp.protocol.connection.streams import Stream
+from dtp.protocol.connection.base import Stream, _ConnectionState
 from dtp.protocol.state import ConnState, SendState
 
 

@@ -5,7 +5,6 @@ lossy carrier's acknowledgements and losses do to them: :mod:`.retransmit`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.native import core as _core
@@ -27,7 +26,14 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol.buffers import bytes_like
-from dtp.protocol.connection.base import _ConnectionState
+from dtp.protocol.connection.base import (
+    Stream,
+    _ConnectionState,
+    _Item,
+    _ResendCredit,
+    _ResendFrame,
+    _StreamChunk,
+)
 from dtp.protocol.connection.config import (
     DATAGRAM_SEND_BACKLOG,
     MAX_RECEIPT,
@@ -35,34 +41,8 @@ from dtp.protocol.connection.config import (
     MAX_STREAM_FRAME_OVERHEAD,
     VARINT_MAX,
 )
-from dtp.protocol.connection.streams import Stream
 from dtp.protocol.recovery import SentRecord
 from dtp.protocol.state import ConnState, ControlKind, RecvState, SendState
-
-
-class _StreamChunk(NamedTuple):
-    """Stream bytes a record carried (sent again from the stream's buffer if lost)."""
-
-    stream_id: int
-    offset: int
-    length: int
-    fin: bool
-
-
-class _ResendFrame(NamedTuple):
-    """A control frame sent again as it was."""
-
-    frame: RawFrame
-
-
-class _ResendCredit(NamedTuple):
-    """A flow-control credit frame (MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS)."""
-
-    frame_type: int
-    stream_id: int
-
-
-_Item = _StreamChunk | _ResendFrame | _ResendCredit
 
 
 def _frame_bound(frame: RawFrame) -> int:

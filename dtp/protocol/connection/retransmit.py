@@ -8,9 +8,13 @@ which records were acknowledged or lost)."""
 from __future__ import annotations
 
 from dtp.native.types import FRAME_CONTROL, FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA
-from dtp.protocol.connection.base import _ConnectionState
-from dtp.protocol.connection.records import _ResendCredit, _ResendFrame, _StreamChunk
-from dtp.protocol.connection.streams import Stream
+from dtp.protocol.connection.base import (
+    Stream,
+    _ConnectionState,
+    _ResendCredit,
+    _ResendFrame,
+    _StreamChunk,
+)
 from dtp.protocol.recovery import SentRecord
 from dtp.protocol.state import ControlKind, SendState
 

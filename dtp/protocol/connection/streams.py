@@ -1,12 +1,11 @@
 """The streams of a connection (:class:`_Streams`): opening, sending, resetting and
-reading them, flow-control credit, and the peer's STREAM and RESET_STREAM frames; the
-state of one stream (:class:`Stream`) and the close codes and reasons of the wire."""
+reading them, flow-control credit, and the peer's STREAM and RESET_STREAM frames, and the
+close codes and reasons of the wire (the state of one stream, :class:`Stream`, is in
+:mod:`.base`, which every part shares)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 from dtp.errors import (
     ConnectionClosed,
@@ -17,6 +16,7 @@ from dtp.errors import (
 )
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
+from dtp.protocol.connection.base import Stream as Stream
 from dtp.protocol.connection.base import _ConnectionState
 from dtp.protocol.connection.config import MAX_CLOSE_REASON, VARINT_MAX
 from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
@@ -28,39 +28,6 @@ from dtp.protocol.state import (
     SendState,
     stream_initiator_is_client,
 )
-
-
-@dataclass
-class Stream:
-    """One stream's state: its sending half and its receiving half."""
-
-    stream_id: int
-    # sending half: buf holds bytes from base_offset (unacked or unsent)
-    send_state: SendState = SendState.OPEN
-    send_buf: bytearray = field(default_factory=bytearray)
-    base_offset: int = 0
-    next_offset: int = 0  # first byte never sent
-    send_credit: int = 0  # peer's MAX_STREAM_DATA
-    retransmit: RangeSet = field(default_factory=RangeSet)  # offsets to send again
-    acked: RangeSet = field(default_factory=RangeSet)
-    fin_pending_resend: bool = False
-    fin_acked: bool = False
-    announce: bool = False  # opened by us: tell the peer even before any data
-    # receiving half
-    recv_state: RecvState = RecvState.OPEN
-    delivered: int = 0  # bytes handed to the application (in events)
-    consumed: int = 0  # bytes the application has read (acknowledge_read)
-    recv_highest: int = 0  # highest offset + 1 seen (flow-control accounting)
-    recv_limit: int = 0  # our advertised MAX_STREAM_DATA
-    final_size: int | None = None
-    reasm: Any = None  # C reassembly buffer, lossy carriers only
-
-    @property
-    def end_offset(self) -> int:
-        return self.base_offset + len(self.send_buf)
-
-    def unsent(self) -> int:
-        return self.end_offset - self.next_offset
 
 
 class _FlowControlViolation(RemoteProtocolError):

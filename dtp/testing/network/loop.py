@@ -27,14 +27,45 @@ import concurrent.futures
 import selectors
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from dtp.testing.network.network import SimNetwork
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["SimulationDeadlock", "VirtualEventLoop"]
 
 T = TypeVar("T")
+
+
+class _Host(Protocol):
+    @property
+    def ip(self) -> str: ...
+
+
+_H = TypeVar("_H", bound=_Host)
+
+
+class LoopNetwork(Protocol[_H]):
+    """What the loop asks of its network (:class:`~dtp.testing.network.SimNetwork`, whose
+    hosts are ``_H``): its connects, servers and names go there."""
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    def knows(self, name: object) -> bool: ...
+
+    def resolve(self, name: str) -> _H: ...
+
+    def host_to_listen_on(self, host: object) -> _H | None: ...
+
+    async def connect(
+        self, host: str, port: int, protocol_factory: Callable[[], asyncio.BaseProtocol]
+    ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]: ...
+
+    async def listen(
+        self,
+        host: _H,
+        port: int,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        start_serving: bool = True,
+    ) -> asyncio.AbstractServer: ...
 
 
 class SimulationDeadlock(RuntimeError):
@@ -96,7 +127,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
     def __init__(
         self,
-        network: SimNetwork | None = None,
+        network: LoopNetwork[Any] | None = None,
         *,
         start: float = 0.0,
         threads: bool = False,

@@ -21,12 +21,9 @@ import itertools
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from dtp.testing.network.links import Direction
-
-if TYPE_CHECKING:
-    from dtp.testing.network.network import SimHost, SimNetwork
 
 __all__ = ["SOCKET_BUFFER", "SimServer", "SimSocket", "SimTransport"]
 
@@ -34,6 +31,37 @@ __all__ = ["SOCKET_BUFFER", "SimServer", "SimSocket", "SimTransport"]
 #: before the writer's own buffer grows.
 SOCKET_BUFFER: Final = 256 * 1024
 _HIGH: Final = 64 * 1024
+
+
+class _Counts(Protocol):
+    """What the ends count in the network's stats (:class:`~dtp.testing.network.NetworkStats`)."""
+
+    resets: int
+
+
+class Wiring(Protocol):
+    """What a transport and a server use of their network
+    (:class:`~dtp.testing.network.SimNetwork`)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def stats(self) -> _Counts: ...
+
+    def count_sent(self, end: SimTransport, chunk: bytes, arrivals: list[float]) -> None: ...
+
+    def forget(self, end: SimTransport) -> None: ...
+
+    def unlisten(self, server: SimServer) -> None: ...
+
+
+class Addressed(Protocol):
+    """A host as its ends name it (:class:`~dtp.testing.network.SimHost`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ip(self) -> str: ...
 
 
 class SimSocket:
@@ -61,8 +89,8 @@ class SimTransport(asyncio.Transport):
 
     def __init__(
         self,
-        network: SimNetwork,
-        host: SimHost,
+        network: Wiring,
+        host: Addressed,
         local: tuple[str, int],
         remote: tuple[str, int],
         direction: Direction,
@@ -395,8 +423,8 @@ class SimServer(asyncio.AbstractServer):
 
     def __init__(
         self,
-        network: SimNetwork,
-        host: SimHost,
+        network: Wiring,
+        host: Addressed,
         port: int,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         start_serving: bool,

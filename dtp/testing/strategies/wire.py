@@ -24,13 +24,9 @@ from typing import Final
 
 from dtp.errors import ErrorCode
 from dtp.native.core import encode_frames
-from dtp.native.reference.limits import (
-    MAX_CLOSE_REASON,
-    MAX_FRAME_DATA,
-    MAX_HANDSHAKE_RECORD,
-    MAX_RECEIPT,
-    VARINT_MAX,
-)
+from dtp.native.reference.frames import KNOWN_TYPES, LAYOUTS, Layout
+from dtp.native.reference.limits import MAX_FRAME_DATA, MAX_HANDSHAKE_RECORD, VARINT_MAX
+from dtp.native.reference.varint import varint_encode
 from dtp.native.types import (
     FRAME_ACK,
     FRAME_CLOSE,
@@ -93,6 +89,11 @@ def _ack_ranges(highest: int) -> st.SearchStrategy[tuple[tuple[int, int], ...]]:
     return build()
 
 
+# the types whose first field (``a``) is a stream ID (the reference's LAYOUTS give each
+# type's fields and data cap; what a field means is docs/protocol.md §3.3)
+_STREAM_FIRST = frozenset((FRAME_MAX_STREAM_DATA, FRAME_RESET_STREAM, FRAME_STOP_SENDING))
+
+
 def frames(
     *,
     types: Sequence[int] | None = None,
@@ -116,43 +117,42 @@ def frames(
 
         return build()
 
+    def laid_out(kind: int, layout: Layout) -> st.SearchStrategy[RawFrame]:
+        """A frame of ``kind`` as its layout has it: its varint fields, then its data
+        (within the type's cap) when it carries any."""
+        fields = [stream if n == 0 and kind in _STREAM_FIRST else big for n in range(layout.fields)]
+        payload = (
+            st.just(b"")
+            if layout.data_cap is None
+            else st.binary(max_size=min(max_data, layout.data_cap))
+        )
+
+        def make(values: tuple[int, ...], body: bytes) -> RawFrame:
+            a, b, c = (*values, 0, 0, 0)[:3]
+            return RawFrame(kind, a, b, c, body)
+
+        return st.builds(make, st.tuples(*fields), payload)
+
     makers = {
         FRAME_PADDING: st.builds(lambda n: RawFrame(FRAME_PADDING, n), st.integers(1, 300)),
-        FRAME_PING: st.just(RawFrame(FRAME_PING)),
         FRAME_ACK: st.builds(
             lambda ranges, delay: RawFrame(FRAME_ACK, c=delay, ranges=ranges),
             _ack_ranges(highest_ack),
             big,
         ),
-        FRAME_MAX_DATA: st.builds(lambda m: RawFrame(FRAME_MAX_DATA, m), big),
-        FRAME_MAX_STREAM_DATA: st.builds(
-            lambda s, m: RawFrame(FRAME_MAX_STREAM_DATA, s, m), stream, big
-        ),
-        FRAME_RESET_STREAM: st.builds(
-            lambda s, e, f: RawFrame(FRAME_RESET_STREAM, s, e, f), stream, big, big
-        ),
-        FRAME_STOP_SENDING: st.builds(lambda s, e: RawFrame(FRAME_STOP_SENDING, s, e), stream, big),
-        FRAME_MAX_STREAMS: st.builds(lambda m: RawFrame(FRAME_MAX_STREAMS, m), big),
-        FRAME_STREAM: streamed(FRAME_STREAM),
-        FRAME_STREAM_FIN: streamed(FRAME_STREAM_FIN),
-        FRAME_CLOSE: st.builds(
-            lambda c, r: RawFrame(FRAME_CLOSE, c, data=r),
-            big,
-            st.binary(max_size=min(max_data, MAX_CLOSE_REASON)),
-        ),
-        FRAME_RECEIPT: st.builds(
-            lambda r: RawFrame(FRAME_RECEIPT, data=r),
-            st.binary(max_size=min(max_data, MAX_RECEIPT)),
-        ),
-        FRAME_CONTROL: st.builds(lambda k, d: RawFrame(FRAME_CONTROL, k, data=d), big, data),
-        FRAME_DATAGRAM: st.builds(lambda d: RawFrame(FRAME_DATAGRAM, data=d), data),
+        **{
+            kind: streamed(kind)
+            if kind in (FRAME_STREAM, FRAME_STREAM_FIN)
+            else laid_out(kind, layout)
+            for kind, layout in LAYOUTS.items()
+        },
     }
     chosen = list(makers) if types is None else list(types)
     if not padding and types is None:
         chosen.remove(FRAME_PADDING)
     unknown = [t for t in chosen if t not in makers]
     if unknown:
-        raise ValueError(f"no frame type {unknown[0]!r} (types are 0..13)")
+        raise ValueError(f"no frame type {unknown[0]!r} (types are {sorted(KNOWN_TYPES)})")
     return st.one_of(*(makers[t] for t in chosen))
 
 
@@ -228,10 +228,10 @@ class HostileBody:
 
 def _varint(value: int) -> bytes:
     """``value`` as a minimal varint (docs/protocol.md §1)."""
-    for prefix, size in ((0, 1), (1, 2), (2, 4), (3, 8)):
-        if value < 1 << (8 * size - 2):
-            return (value | prefix << (8 * size - 2)).to_bytes(size, "big")
-    raise ValueError(f"{value} is beyond a varint")
+    encoded = varint_encode(value)
+    if encoded is None:
+        raise ValueError(f"{value} is beyond a varint")
+    return encoded
 
 
 def hostile_frame_bodies() -> st.SearchStrategy[HostileBody]:
@@ -245,25 +245,25 @@ def hostile_frame_bodies() -> st.SearchStrategy[HostileBody]:
     def bad(draw: st.DrawFn) -> tuple[bytes, ErrorCode]:
         kind = draw(st.sampled_from(["type", "cut", "size", "ack_count", "ack_range", "offset"]))
         if kind == "type":
-            return bytes([draw(st.integers(FRAME_DATAGRAM + 1, 255))]), ErrorCode.FRAME_TYPE
+            unknown = st.integers(0, 255).filter(lambda t: t not in KNOWN_TYPES)
+            return bytes([draw(unknown)]), ErrorCode.FRAME_TYPE
         if kind == "cut":
             whole = encode_frames([draw(frames(padding=False, max_data=64))])
             if len(whole) < 2:
                 whole = encode_frames([RawFrame(FRAME_MAX_DATA, 2**40)])
             return whole[: draw(st.integers(1, len(whole) - 1))], ErrorCode.FRAME_TRUNCATED
         if kind == "size":
-            cap_type, cap = draw(
+            # (a type that carries data, its fields 0, a length past its cap: the length
+            # is checked before anything it would cover)
+            cap_type, layout = draw(
                 st.sampled_from(
-                    [
-                        (FRAME_DATAGRAM, MAX_FRAME_DATA),
-                        (FRAME_RECEIPT, MAX_RECEIPT),
-                        (FRAME_CLOSE, MAX_CLOSE_REASON),
-                    ]
+                    [(t, lay) for t, lay in LAYOUTS.items() if lay.data_cap is not None]
                 )
             )
-            length = draw(st.integers(cap + 1, VARINT_MAX))
-            code = b"\x00" if cap_type == FRAME_CLOSE else b""
-            return bytes([cap_type]) + code + _varint(length), ErrorCode.FRAME_SIZE
+            assert layout.data_cap is not None
+            length = draw(st.integers(layout.data_cap + 1, VARINT_MAX))
+            fields = b"\x00" * layout.fields
+            return bytes([cap_type]) + fields + _varint(length), ErrorCode.FRAME_SIZE
         if kind == "ack_count":
             return bytes([FRAME_ACK]) + _varint(5) + _varint(0) + _varint(0), ErrorCode.FRAME_VALUE
         if kind == "ack_range":

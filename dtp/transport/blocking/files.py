@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any, Protocol
+import weakref
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from dtp.transport.blocking.socket import DTPSocket
+
+class FileOwner(Protocol):
+    """The DTP socket a file is made of (:class:`~dtp.transport.blocking.socket.DTPSocket`):
+    it knows its files, and its close waits until the last one is closed."""
+
+    _files: weakref.WeakSet[Any]
+    _io_refs: int
+
+    def _release_file(self) -> None: ...
 
 
 class FileStream(Protocol):
@@ -25,7 +33,7 @@ def stream_file(
     errors: str | None = None,
     newline: str | None = None,
     *,
-    owner: DTPSocket | None = None,
+    owner: FileOwner | None = None,
 ) -> Any:
     """A file object over ``sock``'s ``recv_into`` and ``send``, as
     :meth:`socket.socket.makefile` makes one (``mode`` of r, w and b; neither r nor w:
@@ -56,7 +64,7 @@ def stream_file(
     return _held(text, owner)
 
 
-def _held(file: Any, owner: DTPSocket | None) -> Any:
+def _held(file: Any, owner: FileOwner | None) -> Any:
     """``file``, known to ``owner`` (which flushes it at the interpreter's exit)."""
     if owner is not None:
         owner._files.add(file)
@@ -76,7 +84,7 @@ class _StreamIO(io.RawIOBase):
     passes: what went then is the count)."""
 
     def __init__(
-        self, sock: FileStream, reading: bool, writing: bool, owner: DTPSocket | None
+        self, sock: FileStream, reading: bool, writing: bool, owner: FileOwner | None
     ) -> None:
         super().__init__()
         self._sock = sock
