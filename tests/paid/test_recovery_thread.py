@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import dtp.hostid.paid
-import dtp.hostid.paid.blocking_server_lifetime
+import dtp.hostid.paid.blocking_server
 import dtp.payments.serving
 import dtp.payments.settlement
 import dtp.socket
@@ -123,7 +123,7 @@ def test_close_does_not_wait_for_a_slow_claim(
     Recovery version joined it without limit: a ledger that stalled hung close()), and
     the release follows the claim: wait_released() is True once it has."""
     monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2)
-    monkeypatch.setattr(dtp.hostid.paid.blocking_server_lifetime, "RECOVERY_CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid.blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
     with funded_ledger(tmp_path, CLIENT) as ledger:
         world, server = _serve(ledger, tmp_path)
         lost = world.receipt()

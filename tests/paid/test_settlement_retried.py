@@ -26,7 +26,7 @@ import pytest
 
 import dtp.aio
 import dtp.hostid.paid.aio
-import dtp.hostid.paid.blocking_server_lifetime
+import dtp.hostid.paid.blocking_server
 import dtp.payments.serving
 import dtp.socket
 from dtp.errors import ConnectionStateError
@@ -240,7 +240,7 @@ def test_close_stops_the_retries_between_claims(
     """close() during a retry's claim: the claim under way ends, no other is made (the
     other kept receipt is claimed by the next start), and the blocking close() does not
     wait for the claim."""
-    monkeypatch.setattr(dtp.hostid.paid.blocking_server_lifetime, "RECOVERY_CLOSE_WAIT", 0.2)
+    monkeypatch.setattr(dtp.hostid.paid.blocking_server, "RECOVERY_CLOSE_WAIT", 0.2)
     receipts = world.tmp_path / "receipts.db"
     outage = OutageLedger(world.server_ledger)
     started = threading.Event()

@@ -7,12 +7,9 @@ back meanwhile, so the client's writes block), and ``write()`` lets out only wha
 receipt gate allows, holding the rest until payment comes. Ledger calls and
 receipt-store writes run in threads, never on the event loop.
 
-:class:`PaidAioServer` is made of parts, each in a module of its own over the attributes
-:mod:`~dtp.hostid.paid.asyncio_server_state` declares: the admission and handing over
-(:mod:`~dtp.hostid.paid.asyncio_server_handover`), the host's policy refresh
-(:mod:`~dtp.hostid.paid.asyncio_server_policy`) and the lifetime, its start included
-(:mod:`~dtp.hostid.paid.asyncio_server_lifetime`); this module has the constructor, the
-serving and end of a connection, and :func:`serve`.
+:class:`PaidAioServer` is here whole: its constructor, the serving and end of a
+connection, the admission's verdicts and handing over, the host's policy refresh, and its
+lifetime, its start included; then :func:`serve`.
 """
 
 from __future__ import annotations
@@ -22,14 +19,17 @@ import contextlib
 import functools
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import (
     ChainError,
     DTPError,
+    LocalProtocolError,
 )
 from dtp.hostid.admission import Admitted, checked_open_grace
 from dtp.hostid.paid.asyncio import (
@@ -39,9 +39,6 @@ from dtp.hostid.paid.asyncio import (
     PaidWriter,
     protocol_of,
 )
-from dtp.hostid.paid.asyncio_server_handover import AioServerHandover
-from dtp.hostid.paid.asyncio_server_lifetime import AioServerLifetime
-from dtp.hostid.paid.asyncio_server_policy import AioHostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.request_billing import (
     AsyncRequestServer,
@@ -50,13 +47,24 @@ from dtp.hostid.paid.request_billing import (
     checked_billing,
     request_server,
 )
-from dtp.hostid.paid.server_admission import PaidAdmission
+from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
+    AdmitStep,
     EndPhase,
     EndStep,
     HandleStep,
     PaidServerCore,
     ServerOptions,
+)
+from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    ended_subscriptions,
+    host_to_refresh,
+    refresh_failed,
+    refused_clients,
+    release_store,
+    served_host,
+    writer_done,
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
@@ -64,14 +72,17 @@ from dtp.payments.ends import EndDeferred, EndLeft
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
+    RECOVERY_CLOSE_WAIT,
     DeferredEnds,
     Recovery,
     SettlementRetries,
     closes_store,
     open_store,
+    recover_store,
     served_refusal,
     settle_ended,
 )
+from dtp.payments.settlement import publish_endpoint
 from dtp.transport.handshake_slots import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -79,22 +90,60 @@ from dtp.transport.handshake_slots import (
 )
 
 if TYPE_CHECKING:
+    from dtp.hostid.admission import Admitted, PeerInfo
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
     from dtp.ledger.objects import Settlement
+    from dtp.payments.gate import ConnectionIds
+    from dtp.payments.ratelimit import RateLimiter
     from dtp.protocol.connection import ConnectionConfig
     from dtp.transport.asyncio.protocol import Protocol as _Protocol
     from dtp.transport.asyncio.server import DTPServer
     from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
+# the server's own logger, where an operator filters for its lines
+# (tests/paid/test_policy_loop.py)
+logger = logging.getLogger("dtp.hostid.paid.asyncio_server")
 
-logger = logging.getLogger(__name__)
+# seconds between wait_released()'s looks at a receipt writer still writing after the
+# release (a stalled disk: rare, and then long)
+_WRITER_POLL = 0.05
 
 _LINGER = 5.0  # seconds dtp.aio's close waits for queued data to leave
 
 
-class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
+class PaidAioServer:
     """The asyncio paid server (see :func:`serve`)."""
+
+    ledger: Ledger
+    _open_grace: float | None
+    identity: HostIdentity
+    host_id: str
+    port: int
+    callback: PaidCallback | AsyncRequestServer
+    requests: AsyncRequestServer | None
+    store: ReceiptStore
+    _own_store: bool
+    receipt_writer: ReceiptWriter
+    policy: ServicePolicy
+    core: PaidServerCore[PaidConnection]
+    server: DTPServer | None
+    admission: PaidAdmission[Awaitable[str | None]] | None
+    _refunds: set[asyncio.Task[None]]
+    limiter: RateLimiter
+    recovered: list[tuple[str, Settlement]]
+    settlements: deque[tuple[str, Settlement]]
+    _callback_tasks: set[asyncio.Task[Any]]
+    _serving: ConnectionIds
+    retries: SettlementRetries
+    left: deque[tuple[str, EndLeft]]
+    deferred: DeferredEnds
+    _policy_task: asyncio.Task[None] | None
+    _recovery: Recovery | None
+    _closing: asyncio.Event
+    _lifetime: asyncio.Task[bool] | None
+    _loop_ending: bool
+    _released: asyncio.Event
 
     def __init__(
         self,
@@ -418,6 +467,320 @@ class PaidAioServer(AioServerHandover, AioHostPolicyRefresh, AioServerLifetime):
     async def __aexit__(self, *exc: object) -> None:
         self.close()
         await self.wait_closed()
+
+    # -- handing over: the admission's verdicts, a connection nobody will serve ----------------
+
+    async def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` on the loop (``check``, the ledger's verdict, in a
+        thread), counted as work the release waits for. Admitted as the server closes,
+        nobody will serve it: it is settled at once (nothing claimed, the whole deposit
+        refunded) and refused, rather than left Open until the half-close timeout."""
+        if not self.core.admission_starts():
+            return CLOSED_REFUSAL
+        try:
+            verdict = await asyncio.to_thread(check, peer)
+            step = self.core.admitted(verdict, peer.connection_id)
+            if step is not AdmitStep.SETTLE_AND_REFUSE or peer.connection_id is None:
+                # (the callback, _handle, counts it next without yielding to the loop)
+                return verdict
+            await self._settle_unserved(peer.connection_id, self._take_admitted(peer.connection_id))
+            return CLOSED_REFUSAL
+        finally:
+            self._done()
+
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        return None if self.admission is None else self.admission.take_view(cid)
+
+    async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve (``admitted``: what admission read of it, taken; no
+        receipt came on it: nothing is claimed), unless another DTP connection on it is
+        being served or settled (its settlement closes it)."""
+        key = self.core.reserve_unserved(cid)
+        if key is None:
+            return
+        try:
+            await self._settle(key, None, admitted)
+        finally:
+            self._serving.release(key)
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
+        loop, in the step that ran the admission): a valid, funded connection nobody
+        will serve, settled now, nothing claimed, so that the client's deposit comes
+        back whole at once rather than after the half-close timeout (docs/escrow.md §2,
+        as the daemon does). Counted until settled: the release waits for it."""
+        self.core.work_starts()
+        # taken now, before the DTPServer's refusal drops what admission read of it
+        task = asyncio.ensure_future(self._settle_refused(cid, self._take_admitted(cid)))
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
+
+    async def _settle_refused(self, cid: str, admitted: Admitted | None) -> None:
+        try:
+            await self._settle_unserved(cid, admitted)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        if self.core.work_ends():
+            self._release()
+
+    # -- the host's policy refresh -------------------------------------------------------------
+
+    async def _policy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.refresh_interval)
+            try:
+                await self.refresh_policy()
+            except Exception:  # (not the end of the task: see refresh_failed)
+                # (nobody retrieves the task's exception; a cancellation passes)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+
+    async def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        host = await asyncio.to_thread(host_to_refresh, self.ledger, self.host_id, logger)
+        if host is None:
+            return
+        clients = frozenset(paid.client for paid in self.core.live())
+        denied = (
+            await asyncio.to_thread(refused_clients, self.ledger, host, clients, logger)
+            if clients
+            else frozenset()
+        )
+        now = time.monotonic()
+        refresh = self.core.refresh(host, now, denied)
+        for paid in refresh.denied:
+            paid.deny()
+        due = refresh.ledger_checks
+        if not due:
+            return
+        ended = await asyncio.to_thread(ended_connections, self.ledger, due, logger)
+        for paid in ended:
+            paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in due if paid not in ended]
+        if any(paid.subscription is not None for paid in open_ones):
+            over = await asyncio.to_thread(ended_subscriptions, self.ledger, open_ones, logger)
+            for paid, why in over:
+                paid.subscription_ended(why)
+
+    @property
+    def open_connections(self) -> int:
+        return self.core.open_connections
+
+    # -- lifetime: start, close, the release ---------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return self.server.address
+
+    async def _start(self, options: ServerOptions) -> None:
+        """Recover the store, listen on the ``options``' address (with their handshake
+        bounds, as :func:`dtp.aio.start_server`'s) and publish the endpoint."""
+        from dtp.hostid.asyncio import start_server
+
+        host = await asyncio.to_thread(served_host, self.ledger, self.host_id, self.port)
+        # In a thread: it may wait up to BUSY_TIMEOUT for another process holding the
+        # store's lock file, and the loop serves on meanwhile. Shielded: a cancellation
+        # cannot stop the thread, so an attach it makes after we stopped waiting is
+        # undone when it ends (else the store would count this server for good).
+        attaching = asyncio.ensure_future(asyncio.to_thread(self.store.attach_server))
+        try:
+            alone = await asyncio.shield(attaching)
+        except asyncio.CancelledError:
+            attaching.add_done_callback(self._attached_too_late)
+            raise
+        self.core.attached = True
+        self.recovered = await asyncio.to_thread(
+            functools.partial(
+                recover_store, self.ledger, self.identity, self.store, alone, deferred=self.deferred
+            )
+        )
+        # a coroutine per verdict, which the DTPServer awaits: the verdict is given on
+        # the event loop (_admit), where close() runs, and from there to the callback
+        # nothing yields to the loop, so close() cannot come between the two
+        self.admission = PaidAdmission(
+            self._admit,
+            ReportedConnections(self._refused_at_limit),
+            self.ledger,
+            self.host_id,
+            self.port,
+            self._open_grace,
+        )
+        self.server = await start_server(
+            self._handle,
+            options.address[0],
+            options.address[1],
+            identity=self.identity,
+            config=options.config,
+            admit=self.admission,
+            backlog=options.backlog,
+            max_handshakes=options.max_handshakes,
+            max_handshakes_per_address=options.max_handshakes_per_address,
+            max_waiting_per_address=options.max_waiting_per_address,
+            websocket=options.websocket,
+            origins=options.origins,
+        )
+        endpoint = options.endpoint or self.address
+        await asyncio.to_thread(
+            publish_endpoint, self.ledger, self.identity, self.host_id, endpoint
+        )
+        self.core.start(host, time.monotonic())
+        self._policy_task = asyncio.ensure_future(self._policy_loop())
+        self._recovery = Recovery(
+            self.ledger, self.identity, self.store, self.recovered, self.retries, self.deferred
+        )
+        self._recovery.start()
+        # The server lives no longer than its event loop: asyncio.run ending with it
+        # open (this task cancelled) closes it as close() does, or its receipt writer's
+        # thread would run on, and the store it opened stay open. The connections' tasks,
+        # cancelled with it, still settle (_end waits for the settlement through the
+        # cancellation, then re-raises it).
+        self._lifetime = asyncio.ensure_future(self._closing.wait())
+        self._lifetime.add_done_callback(self._lifetime_ended)
+
+    def _lifetime_ended(self, lifetime: asyncio.Task[bool]) -> None:
+        """close() was called, or the loop is ending (the task cancelled): then the
+        release runs on the loop at once, so that the store is closed before the loop
+        is (in a thread, it raced the loop's end)."""
+        if lifetime.cancelled():
+            self._loop_ending = True
+        self.close()
+
+    def _attached_too_late(self, attaching: asyncio.Future[bool]) -> None:
+        """The start was cancelled while attach_server() ran in its thread: what it
+        attached, nobody detaches at the release, so it is detached here."""
+        if not attaching.cancelled() and attaching.exception() is None:
+            self.store.detach_server()
+
+    def close(self) -> None:
+        """Stop accepting and refreshing. Open connections finish and settle; once the
+        last has (at once when there are none), the receipt writer writes what it holds
+        and stops (waited for in a thread, not on the event loop; inline only when the
+        loop is ending), and a store :func:`serve` opened from ``receipts`` (a path) is
+        closed. A :class:`ReceiptStore` passed in stays open: the caller's to close, once
+        :meth:`wait_released` returned True. A client admitted as the server closes is
+        refused and its ledger connection settled at once, nothing claimed, before the
+        release."""
+        release_now = self.core.close()
+        if release_now is None:
+            return
+        self._closing.set()
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+        if self._recovery is not None:
+            self._recovery.stop()
+        if self.server is not None:
+            self.server.close()
+        if release_now:
+            self._release()
+        else:
+            # what is waiting is written now (the last connection to end stops the
+            # writer). Waited for in a thread: a commit held up (a stalled disk, another
+            # process holding the store's lock) froze the loop, every connection's I/O
+            # and timers with it, for the flush's timeout.
+            threading.Thread(
+                target=self.receipt_writer.flush,
+                kwargs={"timeout": 5.0},
+                name="dtp-paid-aio-flush",
+                daemon=True,
+            ).start()
+
+    def _release(self) -> None:
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more): in the loop's executor (joining
+        the writer may wait for a stalled commit, up to RELEASE_WRITER_WAIT; asyncio.run
+        waits for the executor's jobs before it returns, so the store is closed by
+        then -- unless the writer is still writing after that wait: then its thread
+        detaches and closes, once it stops), which sets ``_released`` when done; inline
+        when no loop runs or it is ending (its executor shut down)."""
+        job: asyncio.Future[None] | None = None
+        if not self._loop_ending:
+            with contextlib.suppress(RuntimeError):  # no loop, or its executor shut down
+                job = asyncio.get_running_loop().run_in_executor(None, self._release_store)
+        if job is None:
+            try:
+                self._release_store(inline=True)
+            finally:
+                # (as the executor's job: set when it failed too, the failure raised
+                # here where the job's is logged; unset, wait_released() said False)
+                self._released.set()
+        else:
+            job.add_done_callback(self._store_released)
+
+    def _store_released(self, job: asyncio.Future[None]) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            logger.error("releasing the receipt store failed", exc_info=job.exception())
+        self._released.set()
+
+    def _release_store(self, inline: bool = False) -> None:
+        # (the wait for a recovery under way bounded inline, for the loop's own thread
+        # runs this when the loop is ending: a claim that takes longer has its
+        # "claimed" mark logged as not written, the claim made)
+        release_store(
+            self.core,
+            self.receipt_writer,
+            self.store,
+            self._own_store,
+            self._recovery,
+            RECOVERY_CLOSE_WAIT if inline else None,
+        )
+
+    async def wait_closed(self) -> None:
+        """Wait until the listener is closed (connections being served go on: see
+        :meth:`wait_released`)."""
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def wait_released(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open, and for a receipt writer the release left
+        still writing. (False at once when the server is not closed.)
+
+        Not from a callback: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`, as the blocking server's; raised by
+        the call itself, so ``asyncio.wait_for(server.wait_released(), t)`` there is
+        refused too). A task the callback started (an admin "stop": close, wait, exit)
+        may call it: it waits for the callback's connection too, which ends once the
+        callback returns. So a callback must not await such a task: it would wait
+        until ``timeout``."""
+        # (checked at the call, in the caller's task: wait_for() on Python 3.11 runs
+        # the coroutine in a task of its own)
+        try:
+            caller = asyncio.current_task()
+        except RuntimeError:  # (made off the loop, for run_coroutine_threadsafe())
+            caller = None
+        if caller is not None and caller in self._callback_tasks:
+            raise LocalProtocolError("wait_released() in a callback waits for its own connection")
+        return self._await_released(timeout)
+
+    async def _await_released(self, timeout: float | None) -> bool:
+        if not self.core.closed:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), timeout)
+        if not self._released.is_set():
+            return False
+        # (writer_done(…, 0) only looks: the writer's thread is told to stop already)
+        while not writer_done(self.receipt_writer, 0):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_WRITER_POLL)
+        return True
+
+    async def serve_forever(self) -> None:
+        assert self.server is not None
+        await self.server.serve_forever()
 
 
 async def serve(

@@ -31,12 +31,8 @@ The Host's connection limits (``max_connections_per_client``, a service's
 client refused at a limit has its ledger connection settled at once, its deposit
 refunded whole (docs/escrow.md §2).
 
-:class:`PaidServer` is made of parts, each in a module of its own over the attributes
-:mod:`~dtp.hostid.paid.blocking_server_state` declares: the admission and handing over
-(:mod:`~dtp.hostid.paid.blocking_server_handover`), the host's policy refresh
-(:mod:`~dtp.hostid.paid.blocking_server_policy`) and the lifetime
-(:mod:`~dtp.hostid.paid.blocking_server_lifetime`); this module has the constructor and
-the serving and end of a connection.
+:class:`PaidServer` is here whole: its constructor, the serving and end of a connection,
+the admission's verdicts and handing over, the host's policy refresh, and its lifetime.
 """
 
 from __future__ import annotations
@@ -45,18 +41,18 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 from dtp.errors import (
     ChainError,
     DTPError,
+    LocalProtocolError,
 )
 from dtp.hostid.admission import Admitted
 from dtp.hostid.paid.blocking import Handler, PaidConnection, PaidSocket
-from dtp.hostid.paid.blocking_server_handover import ServerHandover
-from dtp.hostid.paid.blocking_server_lifetime import ServerLifetime
-from dtp.hostid.paid.blocking_server_policy import HostPolicyRefresh
 from dtp.hostid.paid.policy import CLOSED_REFUSAL, ServicePolicy, gate_for
 from dtp.hostid.paid.request_billing import (
     RequestServer,
@@ -66,6 +62,7 @@ from dtp.hostid.paid.request_billing import (
 )
 from dtp.hostid.paid.server_admission import PaidAdmission, ReportedConnections
 from dtp.hostid.paid.server_core import (
+    AdmitStep,
     EndPhase,
     EndStep,
     HandleStep,
@@ -73,13 +70,21 @@ from dtp.hostid.paid.server_core import (
     ServerOptions,
 )
 from dtp.hostid.paid.server_steps import (
+    ended_connections,
+    ended_subscriptions,
+    host_to_refresh,
+    refresh_failed,
+    refused_clients,
+    release_store,
     served_host,
+    writer_done,
 )
 from dtp.ledger.objects import normalize_id
 from dtp.ledger.receipt import Receipt
 from dtp.payments.receipt_store import ReceiptStore
 from dtp.payments.receipt_writer import ReceiptWriter
 from dtp.payments.serving import (
+    RECOVERY_CLOSE_WAIT,
     DeferredEnds,
     Recovery,
     SettlementRetries,
@@ -99,17 +104,27 @@ from dtp.transport.handshake_slots import (
 )
 
 if TYPE_CHECKING:
+    from dtp.hostid.admission import Admitted, PeerInfo
     from dtp.identity.keys import HostIdentity
     from dtp.ledger.interface import Ledger
+    from dtp.ledger.objects import Settlement
+    from dtp.payments.ends import EndLeft
+    from dtp.payments.gate import ConnectionIds
+    from dtp.payments.ratelimit import RateLimiter
     from dtp.protocol.connection import ConnectionConfig
     from dtp.transport.blocking.server import DTPServer
     from dtp.transport.blocking.socket import DTPSocket
 
+# the server's own logger, where an operator filters for its lines
+# (tests/paid/test_policy_loop.py)
+logger = logging.getLogger("dtp.hostid.paid.blocking_server")
 
-logger = logging.getLogger(__name__)
+#: How long one wait of :meth:`PaidServer.wait_released` without a timeout lasts for a
+#: receipt writer still writing, before it waits again (seconds).
+_WRITER_WAIT = 60.0
 
 
-class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
+class PaidServer:
     """A paid service on ``port`` of the Host ``host_id`` (see the module docs); serving
     in background threads from construction until :meth:`close`.
 
@@ -129,6 +144,35 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
     is an :class:`~dtp.messaging.rpc.RpcServer` made without ``payments``, each of its
     requests paid by the receipt it carries: :mod:`~dtp.hostid.paid.request_billing`).
     """
+
+    ledger: Ledger
+    identity: HostIdentity
+    host_id: str
+    port: int
+    handler: Handler | RequestServer
+    requests: RequestServer | None
+    policy: ServicePolicy
+    core: PaidServerCore[PaidConnection]
+    _serving: ConnectionIds
+    _live_lock: threading.Lock
+    _limit_lock: threading.Lock
+    limiter: RateLimiter
+    _closed: threading.Event
+    _released: threading.Event
+    _in_handler: threading.local
+    _threads: list[threading.Thread]
+    settlements: deque[tuple[str, Settlement]]
+    store: ReceiptStore
+    _own_store: bool
+    receipt_writer: ReceiptWriter
+    retries: SettlementRetries
+    left: deque[tuple[str, EndLeft]]
+    deferred: DeferredEnds
+    server: DTPServer | None
+    _recovery: Recovery | None
+    recovered: list[tuple[str, Settlement]]
+    admission: PaidAdmission[str | None]
+    address: tuple[str, int]
 
     def __init__(
         self,
@@ -423,3 +467,220 @@ class PaidServer(ServerHandover, HostPolicyRefresh, ServerLifetime):
         """:meth:`close` (connections still served settle after it: see
         :meth:`wait_released`)."""
         self.close()
+
+    # -- handing over: the admission's verdicts, a connection nobody will serve ----------------
+
+    def _admit(self, peer: PeerInfo, check: Callable[[PeerInfo], str | None]) -> str | None:
+        """The admission of ``peer`` (``check``: the ledger's verdict). Counted until
+        the DTP connection it admits ends (:meth:`_unreserved`), so that the release
+        cannot stop the receipt writer before that connection is served or settled."""
+        with self._live_lock:
+            if not self.core.admission_starts():
+                return CLOSED_REFUSAL
+        carried = False
+        try:
+            verdict = check(peer)
+            with self._live_lock:
+                step = self.core.admitted(verdict, peer.connection_id)
+            if step is AdmitStep.VERDICT or peer.connection_id is None:
+                return verdict
+            if step is AdmitStep.SERVE:
+                # the DTPServer reserves the connection ID next, in this thread, and the
+                # count goes on with that reservation (_reserved)
+                carried = True
+                return None
+            # Settled before the refusal goes out, so the client finds its deposit refunded.
+            self._settle_unserved(peer.connection_id, self._take_admitted(peer.connection_id))
+            return CLOSED_REFUSAL
+        finally:
+            if not carried:
+                self._done()
+
+    def _reserved(self, cid: str, reserved: bool) -> None:
+        """The DTPServer reserved ``cid`` for the DTP connection just admitted, or
+        refused it -- one is served on it already, or the Host's connection limits
+        leave no room for it (:meth:`_refused_at_limit` has its settlement under way
+        then) -- and the admission's count ends here."""
+        with self._live_lock:
+            last = self.core.reserved(cid, reserved)
+        if last:
+            self._release()
+
+    def _unreserved(self, cid: str) -> None:
+        """The engine of an admitted DTP connection is released (under its lock, in
+        whichever thread ended it). Never served -- its handshake finished as the server
+        closed, and it was aborted -- it is settled now, in a thread of its own (a
+        ledger transaction); the admission's count ends once it is."""
+        with self._live_lock:
+            unserved = self.core.unreserved(cid)
+        if not unserved:
+            self._done()
+            return
+        self._settle_aside(cid, self._take_admitted(cid))
+
+    def _refused_at_limit(self, cid: str) -> None:
+        """The DTPServer refused ``cid`` at one of the Host's connection limits (in the
+        handshake's thread, the admission still counted): a valid, funded connection
+        nobody will serve, settled now, nothing claimed, in a thread of its own, so that
+        the client's deposit comes back whole at once rather than after the half-close
+        timeout (docs/escrow.md §2, as the daemon does)."""
+        with self._live_lock:
+            self.core.work_starts()  # (the release waits for the settlement)
+        # taken now, before the DTPServer's refusal drops what admission read of it
+        self._settle_aside(cid, self._take_admitted(cid))
+
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        return self.admission.take_view(cid)
+
+    def _settle_aside(self, cid: str, admitted: Admitted | None) -> None:
+        """:meth:`_settle_dropped` in a thread of its own (a ledger transaction)."""
+        try:
+            threading.Thread(
+                target=self._settle_dropped,
+                args=(cid, admitted),
+                name="dtp-paid-settle",
+                daemon=True,
+            ).start()
+        except RuntimeError:  # the process is out of threads
+            self._settle_dropped(cid, admitted)
+
+    def _settle_dropped(self, cid: str, admitted: Admitted | None) -> None:
+        try:
+            self._settle_unserved(cid, admitted)
+        finally:
+            self._done()
+
+    def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve (``admitted``: what admission read of it, taken): no
+        receipt came on it, so nothing is claimed and the client is refunded its whole
+        deposit at once. Left alone when another DTP connection on it is being served
+        or settled (that one's settlement closes it)."""
+        with self._live_lock:
+            key = self.core.reserve_unserved(cid)
+        if key is None:
+            return
+        try:
+            self._settle(cid, admitted)
+        finally:
+            self._serving.release(key)
+
+    def _done(self) -> None:
+        """One _handle call, admission or settlement ended: the last one after close()
+        releases the server."""
+        with self._live_lock:
+            last = self.core.work_ends()
+        if last:
+            self._release()
+
+    # -- the host's policy refresh -------------------------------------------------------------
+
+    def _policy_loop(self) -> None:
+        while not self._closed.wait(self.policy.refresh_interval):
+            try:
+                self.refresh_policy()
+            except Exception:  # (not the end of the loop: see refresh_failed)
+                refresh_failed(self.host_id, self.policy.refresh_interval, logger)
+
+    def refresh_policy(self) -> None:
+        """Read the Host now and apply its firewall to open connections."""
+        host = host_to_refresh(self.ledger, self.host_id, logger)
+        if host is None:
+            return
+        # (a connection served from now on was admitted by a firewall read after this)
+        with self._live_lock:
+            clients = frozenset(paid.client for paid in self.core.live())
+        denied = refused_clients(self.ledger, host, clients, logger)
+        now = time.monotonic()
+        with self._live_lock, self._limit_lock:
+            refresh = self.core.refresh(host, now, denied)
+        for paid in refresh.denied:
+            paid.deny()
+        ended = ended_connections(self.ledger, refresh.ledger_checks, logger)
+        for paid in ended:
+            paid.closed_on_ledger()
+        # a connection opened with a subscription ends with it (docs/escrow.md §13)
+        open_ones = [paid for paid in refresh.ledger_checks if paid not in ended]
+        for paid, why in ended_subscriptions(self.ledger, open_ones, logger):
+            paid.subscription_ended(why)
+
+    @property
+    def open_connections(self) -> int:
+        with self._live_lock:
+            return self.core.open_connections
+
+    # -- lifetime: start, close, the release ---------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close`."""
+        self._closed.wait()
+
+    def close(self) -> None:
+        """Stop accepting and refreshing. Open connections finish and settle (in their
+        own threads, after this returns); once the last has (at once when there are
+        none), the receipt writer writes what it holds and stops, and a store the server
+        opened from ``receipts`` (a path) is closed. A :class:`ReceiptStore` passed in
+        stays open: the caller's to close, once :meth:`wait_released` returned True.
+        A client whose admission or handshake ends as the server closes is refused (or
+        its connection aborted) and its ledger connection settled at once, nothing
+        claimed, before the release. May be called from a handler (its own connection
+        is then one still served)."""
+        with self._live_lock:
+            idle = self.core.close()
+            if idle is None:
+                return
+            self._closed.set()
+        if self._recovery is not None:
+            self._recovery.stop()
+        if self.server is not None:
+            self.server.close()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(5.0)
+        if idle:
+            if self._recovery is None or self._recovery.join(RECOVERY_CLOSE_WAIT):
+                self._release()
+            else:
+                # a claim under way takes longer (a ledger slow to answer): released
+                # once it ends, in a thread of its own -- close() returns, and
+                # wait_released() is the wait with a bound of the caller's choosing
+                threading.Thread(target=self._release, name="dtp-paid-release", daemon=True).start()
+        else:
+            # what is waiting is written now; the last connection to end stops the writer
+            self.receipt_writer.flush(timeout=5.0)
+
+    def _release(self) -> None:
+        """Stop the receipt writer and close our own store (once, when the server is
+        closed and no connection can write any more)."""
+        try:
+            release_store(
+                self.core, self.receipt_writer, self.store, self._own_store, self._recovery
+            )
+        finally:
+            # also when the detach (or the store's close) raised: the writer has stopped
+            # all the same, and unset, wait_released() said False for good (while the
+            # same failure in the writer's last step is only logged)
+            self._released.set()
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """After :meth:`close`: wait until every connection the server was serving
+        ended and settled and the receipt writer stopped (True), or ``timeout`` seconds
+        (False). Then a :class:`ReceiptStore` passed in may be closed: closed before,
+        a settlement still to come failed on it, its fees unclaimed. Waits as long as a
+        client keeps its connection open. (False at once when the server is not
+        closed.) Not from a handler: it would wait for its own connection
+        (:class:`~dtp.errors.LocalProtocolError`)."""
+        if getattr(self._in_handler, "active", False):
+            raise LocalProtocolError("wait_released() in a handler waits for its own connection")
+        if not self._closed.is_set():
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._released.wait(timeout):
+            return False
+        while True:
+            left = _WRITER_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+            if writer_done(self.receipt_writer, left):
+                return True
+            if deadline is not None:
+                return False
