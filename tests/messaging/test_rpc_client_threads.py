@@ -28,7 +28,6 @@ from dtp.messaging.framing import encode_frame
 from dtp.messaging.protocol import RequestReceived
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, CallContext, RpcClient, RpcServer
 from dtp.messaging.rpc import blocking_client as rpc_client
-from dtp.messaging.rpc import blocking_client_reads as client_reads
 from tests.messaging.rpc_world import ScriptedPeer, Served
 from tests.support.polling import wait_for
 
@@ -497,9 +496,8 @@ def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund
 def setup(monkeypatch: pytest.MonkeyPatch) -> Any:
     # reads of 10 minutes: a call that waited for the end of the reader's read would
     # wait that long, so the bounds below need no tighter than "not held up"
-    # (the quiet call's first read and the leader's reads each look up their own)
+    # (the quiet call's first read and the leader's reads)
     monkeypatch.setattr(rpc_client, "_READ_SLICE", 600.0)
-    monkeypatch.setattr(client_reads, "_READ_SLICE", 600.0)
     gate = threading.Event()
     cancelled = threading.Event()
     rpc = RpcServer(workers=4)

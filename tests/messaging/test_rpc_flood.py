@@ -23,7 +23,6 @@ from dtp.messaging import errors as E
 from dtp.messaging.protocol import RequestReceived, RpcProtocol
 from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, RpcClient
 from dtp.messaging.rpc import blocking_client as rpc_client
-from dtp.messaging.rpc import blocking_client_writes as client_writes
 from tests.support.timing import bound
 
 #: Empty frames: the costliest bytes to take (each is a violation).
@@ -405,7 +404,7 @@ def test_answers_to_a_peer_that_never_reads_are_bounded(
     """Malformed requests (each answered by its id) from a peer that never reads: the
     answers the stream would not take piled up in memory without bound while a call
     waited; past the cap every call fails, clearly."""
-    monkeypatch.setattr(client_writes, "UNSENT_CAP", 256 * 1024)  # (RpcClient's flush)
+    monkeypatch.setattr(rpc_client, "UNSENT_CAP", 256 * 1024)  # (RpcClient's flush)
     chunk = b"".join(frame([0, i, "m"]) for i in range(1, 2001))
     f = flood_of(chunk)
     client = RpcClient(f.client)

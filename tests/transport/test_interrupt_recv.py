@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import pytest
 
+import dtp.messaging.rpc.blocking_client as blocking_client
 import dtp.messaging.rpc.blocking_client as rpc_client_module
-import dtp.messaging.rpc.blocking_client_reads as rpc_client_reads
 import dtp.socket
 from dtp.errors import DTPTimeoutError
 from dtp.identity.keys import HostIdentity
@@ -103,7 +103,7 @@ def test_an_interruption_with_no_read_waiting_ends_the_next_one(
 @pytest.fixture
 def rpc_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[RpcClient]:
     monkeypatch.setattr(rpc_client_module, "_READ_SLICE", 600.0)
-    monkeypatch.setattr(rpc_client_reads, "_READ_SLICE", 600.0)  # (the leader's reads)
+    monkeypatch.setattr(blocking_client, "_READ_SLICE", 600.0)  # (the leader's reads)
     rpc = RpcServer(workers=4)
     rpc.register("sleep", lambda p: threading.Event().wait(p) or "slept")
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)

@@ -1,14 +1,13 @@
 """The blocking RPC client (:class:`RpcClient`) and its calls (:class:`RpcCall`): the
-socket work is done in the calling threads (leader/follower). The client's face is here
-with its calls and the quiet call's one send and read; its parts, each built on the one
-before: ``blocking_client_state`` (what it knows, and the :class:`RpcCall` future),
-``blocking_client_events`` (what settles
-calls), ``blocking_client_writes``, ``blocking_client_reads`` (the leader/follower
-reading and waits)."""
+socket work is done in the calling threads (leader/follower). The client is here whole:
+what it knows, its face with its calls and the quiet call's one send and read, what
+settles calls (the protocol's events, deadlines, a failure), its writes, and the
+leader/follower reading and waits."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket as _socket
 import threading
 import time
@@ -19,28 +18,100 @@ from typing import Any
 from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
-from dtp.messaging.protocol import ProtocolViolation, RpcProtocol, _check_count
-from dtp.messaging.rpc.blocking_client_reads import _READ_SLICE, ClientReads
-from dtp.messaging.rpc.blocking_client_state import RpcCall as RpcCall
-from dtp.messaging.rpc.blocking_client_state import _deadline
-from dtp.messaging.rpc.client_base import check_client_options
+from dtp.messaging.protocol import (
+    ErrorReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestReceived,
+    RequestTimedOut,
+    ResponseReceived,
+    RpcEvent,
+    RpcProtocol,
+    _check_count,
+    _check_wait,
+)
+from dtp.messaging.rpc.client_base import ClientBase, check_client_options
 from dtp.messaging.rpc.engine import ClientFees
 from dtp.messaging.rpc.fees import ResponsePrepay, check_one_meter
 from dtp.messaging.rpc.streams import (
     DEFAULT,
     QUICK_RECV_SIZE,
+    RECV_SIZE,
+    TAKE_PIECE,
+    UNSENT_CAP,
     BlockingStream,
     check_blocking_stream,
     meta_copy,
     next_read_size,
     send_failed,
+    send_nowait,
 )
-from dtp.messaging.rpc.streams import RECV_SIZE as RECV_SIZE
 from dtp.payments.receipts import Meter
 from dtp.socket import DTPSocket
 
 
-class RpcClient(ClientReads):
+def _deadline(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` value ``timeout`` seconds from now (None: none)."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class RpcCall:
+    """A call in flight on an :class:`~dtp.messaging.rpc.RpcClient` (a small future)."""
+
+    __slots__ = ("_client", "_error", "_event", "_result", "done", "escrow_id", "request_id")
+
+    def __init__(self, client: RpcClient, request_id: int) -> None:
+        self._client = client
+        self.request_id = request_id
+        self.done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._event: threading.Event | None = None
+        #: The ResponseEscrow this call prepaid, if any (the client's fee engine
+        #: holds what becomes of it: ClientFees).
+        self.escrow_id: str | None = None
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        self._result, self._error, self.done = result, error, True
+        if self._event is not None:
+            self._event.set()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the answer: the result, or the call's typed error. When ``timeout``
+        (seconds) passes first the call itself ends in :class:`RpcTimeout` (the peer is
+        told, as at the call's own deadline): a later ``result()`` raises it too."""
+        if timeout is not None:
+            _check_wait(timeout)
+        self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> bool:
+        """Cancel the call (the peer is told); False if it already finished. A thread
+        waiting in :meth:`result` sees it at once, also one reading the stream for
+        everybody when the stream is a DTPSocket (its read is interrupted); on another
+        stream that one sees it at the end of its read, within about a second."""
+        return self._client._cancel(self)
+
+
+# the client's public module names the logger: a handler's failure is logged where it was
+logger = logging.getLogger("dtp.messaging.rpc.blocking_client")
+
+#: Most answers a client keeps queued for a peer that does not take them (refusals of
+#: the peer's requests: a client serves nothing); beyond, the peer's requests are dropped
+#: unanswered, so a peer that sends requests and never reads cannot grow our memory.
+_MAX_QUEUED_OUT = 256
+
+#: How long one wait of a blocked write lasts (seconds) before it looks at its deadline.
+_SEND_STEP = 0.25
+
+#: The longest a client's read waits (seconds) before it looks whether the client was
+#: closed (it does not own the stream, so it cannot end a read in progress).
+_READ_SLICE = 1.0
+
+
+class RpcClient(ClientBase):
     """Blocking RPC client over one stream (thread-safe; many calls may be in flight).
 
     ``timeout``: default seconds per call (None: wait forever). ``meter``: attach a
@@ -48,6 +119,34 @@ class RpcClient(ClientReads):
     fee into a ResponseEscrow. The client does not own the stream: :meth:`close` fails the
     calls in flight and leaves the stream open unless ``close_stream`` is set.
     """
+
+    _stream: BlockingStream
+    timeout: float | None
+    """Default seconds per call (None: wait forever)."""
+    on_notification: Callable[[str, Any], None] | None
+    _close_stream: bool
+    _output: Any
+    """The protocol's queue of output (whether output waits is asked without a call)."""
+    _calls: dict[int, RpcCall]
+    _lock: threading.Lock
+    """Protocol state and ``_calls``."""
+    _cond: threading.Condition
+    _wlock: threading.Lock
+    """The order of bytes on the stream."""
+    _reading: bool
+    """A thread is reading for everybody."""
+    _followers: int
+    """Threads waiting in ``_cond`` for the reader."""
+    _current_timeout: float | object | None
+    """The timeout last set on the stream (``DEFAULT``: unknown)."""
+    _read_size: int
+    _backlog: bytes
+    _dontwait: bool
+    _send_recv: Callable[..., bytes | None] | None
+    _notes: deque[tuple[str, Any]]
+    _note_lock: threading.Lock
+    violations: list[ProtocolViolation]
+    """Frames from the peer that broke the format (skipped)."""
 
     def __init__(
         self,
@@ -336,3 +435,370 @@ class RpcClient(ClientReads):
         self._calls[request_id] = call
         self._proto.track(request_id)
         return call
+
+    # -- what settles calls: the protocol's events, deadlines, a failure -----------------------
+
+    def _fail_all(self, error: BaseException) -> None:
+        """(lock held)"""
+        if self._closed is None:
+            self._closed = error
+        calls, self._calls = self._calls, {}
+        self._fees.all_unanswered()
+        for call in calls.values():
+            call._finish(None, error)
+        self._wake_followers()
+
+    def _interrupt_reader(self) -> None:
+        """End the read another thread waits in for everybody, so that it sees what
+        changed (a call cancelled, the client closed) now rather than at the end of
+        its read slice: a DTPSocket stream can (``interrupt_recv``); on another
+        stream the read ends with its slice (up to ``_READ_SLICE``)."""
+        interrupt = getattr(self._stream, "interrupt_recv", None)
+        if interrupt is not None:
+            with contextlib.suppress(DTPError, OSError):
+                interrupt()
+
+    def _dispatch(self, events: list[RpcEvent]) -> None:
+        """Hand events to their calls (lock held)."""
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                # whether it is acknowledged is the fee engine's rule (ClientFees.answered)
+                ack = self._fees.answered(event.request_id, event.body)
+                if ack is not None:
+                    self._proto.send_ack(event.request_id, ack)
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    call._finish(event.result, None)
+            elif isinstance(event, ErrorReceived):
+                self._fees.unanswered(event.request_id)
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    call._finish(None, event.error)
+            elif isinstance(event, RequestTimedOut):
+                call = self._calls.pop(event.request_id, None)
+                if call is not None:
+                    self._fees.unanswered(call.request_id)
+                    call._finish(None, E.RpcTimeout(f"no answer to call {event.request_id}"))
+            elif isinstance(event, NotificationReceived):
+                if self.on_notification is not None:
+                    # run by _run_notes once the lock is let go of: a handler that calls
+                    # this client would wait for the lock its own thread holds
+                    self._notes.append((event.method, event.params))
+            elif isinstance(event, ProtocolViolation):
+                if len(self.violations) < 1000:
+                    self.violations.append(event)
+            elif isinstance(event, RequestReceived):
+                # this client serves nothing: say so, keep the stream usable -- while the
+                # peer takes our answers (it may send requests and never read)
+                if len(self._output) < _MAX_QUEUED_OUT:
+                    self._refuse(event)
+                else:
+                    self._proto.drop_request(event.request_id)
+        self._wake_followers()
+
+    def _run_notes(self, limit: float | None = None) -> None:
+        """Run ``on_notification`` for the notifications read (``_lock`` not held), in
+        the order they came: one thread at a time runs them, so one that finds another
+        running them (or a handler of its own thread calling this client) leaves its
+        own to it. Once ``limit`` (``time.monotonic()``: the deadline the thread reads
+        for) has passed, it leaves the rest to the next reader: a peer that sends
+        notifications faster than the handler takes them must not hold a call past
+        its deadline. Once the client is closed (or its stream failed) it runs no
+        more: the thread's call failed, and nobody reads for the rest."""
+        notes, note_lock = self._notes, self._note_lock
+        while notes:
+            if not note_lock.acquire(False):
+                return
+            try:
+                while notes:
+                    if self._closed is not None:
+                        # the thread's call has failed: a slow handler and a read's
+                        # worth of notifications would hold it (for minutes), and a
+                        # handler that closed the client would go on being called
+                        return
+                    method, params = notes.popleft()
+                    handler = self.on_notification
+                    if handler is None:
+                        continue
+                    try:
+                        handler(method, params)
+                    except Exception:
+                        logger.exception("notification handler failed")
+                    if limit is not None and time.monotonic() >= limit:
+                        return
+            finally:
+                note_lock.release()
+
+    def _wake_followers(self) -> None:
+        """Wake the threads waiting for the reader (lock held), if there are any."""
+        if self._followers:
+            self._cond.notify_all()
+
+    def _expire(self, call: RpcCall, deadline: float | None) -> None:
+        """A wait ran out (lock held): the protocol's timers due are handled (calls whose
+        own deadline passed time out), and ``call`` times out when ``deadline`` (its
+        ``result(timeout)``) has passed."""
+        now = time.monotonic()
+        timer = self._proto.get_timer()
+        if timer is not None and timer <= now:
+            self._proto.handle_timer(now)
+            self._dispatch(self._proto.events())
+        if not call.done and deadline is not None and now >= deadline:
+            self._proto.cancel(call.request_id)
+            self._calls.pop(call.request_id, None)
+            self._fees.unanswered(call.request_id)
+            call._finish(None, E.RpcTimeout(f"no answer to call {call.request_id}"))
+
+    # -- writes: a frame whole by its deadline -------------------------------------------------
+
+    def _send(self, data: bytes, deadline: float | None) -> None:
+        """Write ``data`` (``_wlock`` held), waiting for the peer's flow control until
+        ``deadline`` (``time.monotonic()``; None: no limit). Past it the stream may hold
+        part of a frame, so every call fails."""
+        if not data:
+            return
+        try:
+            self._write(data, deadline)
+        except (DTPError, OSError) as exc:
+            error = send_failed(exc)
+            with self._lock:
+                self._fail_all(error)
+            raise error from exc
+
+    def _write(self, data: bytes, deadline: float | None) -> None:
+        """``stream.sendall(data)`` by ``deadline`` (TimeoutError past it), whatever
+        timeout the last read left on the stream: the timeout is shared by reads and
+        writes, and reads set short ones to keep deadlines, which a write held up by the
+        peer's flow control must not end at with a frame half sent."""
+        stream = self._stream
+        send = getattr(stream, "send", None)
+        if send is None:  # only sendall: its own timeout applies
+            stream.sendall(data)
+            return
+        current = self._current_timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if not (isinstance(current, float | int) and current <= left + 0.05):
+                # the stream's timeout (None, unknown or longer) would outlast the deadline
+                step = min(max(left, 1e-3), _SEND_STEP)
+                stream.settimeout(step)
+                self._current_timeout = step
+        elif not isinstance(current, float | int):
+            # none or unknown: a write the peer holds up waits in steps, to see close()
+            stream.settimeout(_SEND_STEP)
+            self._current_timeout = _SEND_STEP
+        view = memoryview(data)
+        while view:
+            try:
+                n: int = send(view)  # a timeout means nothing of this call was taken
+            except TimeoutError:
+                if self._closed is not None:  # close(): no thread is left waiting
+                    raise self._closed_error() from None
+                step = _SEND_STEP
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise
+                    step = min(remaining, _SEND_STEP)
+                # wait on in steps (the last read's timeout may be a fraction of a ms)
+                stream.settimeout(step)
+                self._current_timeout = step
+                continue
+            view = view[n:]
+
+    def _flush_soon(self) -> None:
+        """Send queued protocol output (CANCELs, ACKs, refusals) if no writer is busy (it
+        would send it anyway). It does not wait for the peer when the stream can say so
+        (MSG_DONTWAIT): what the peer does not take now goes back to the head of the
+        queue, for the next write (a call's, which waits up to its deadline) or flush. A
+        reader waiting here for a peer that does not read would keep its call, and every
+        call it reads for, past their deadlines (for good without a client timeout)."""
+        while True:
+            if not self._wlock.acquire(blocking=False):
+                return
+            try:
+                with self._lock:
+                    data = self._proto.data_to_send()
+                if data:
+                    if self._dontwait:
+                        rest = self._send_nowait(data)
+                        if rest:
+                            with self._lock:  # first: it may hold part of a frame
+                                self._proto.put_back(rest)
+                                if len(rest) > UNSENT_CAP:
+                                    # a peer that sends malformed requests (each answered
+                                    # by its id) and never reads: our memory is bounded
+                                    self._fail_all(
+                                        E.RpcConnectionLost(
+                                            "the peer takes none of our answers to its "
+                                            f"requests ({len(rest)} bytes wait)"
+                                        )
+                                    )
+                            return
+                    else:
+                        with contextlib.suppress(E.RpcConnectionLost):
+                            self._send(data, _deadline(self.timeout))
+            finally:
+                self._wlock.release()
+            with self._lock:
+                if not self._output:
+                    return
+
+    def _send_nowait(self, data: bytes) -> bytes:
+        """Send what the stream takes of ``data`` now (``_wlock`` held); returns the
+        rest. A failed stream fails every call, as in :meth:`_send`."""
+        try:
+            return send_nowait(self._stream, data)
+        except (DTPError, OSError) as exc:
+            with self._lock:
+                self._fail_all(send_failed(exc))
+        return b""
+
+    # -- reads: the leader/follower reading and waits ------------------------------------------
+
+    def _absorb(
+        self,
+        data: bytes | None,
+        failed: BaseException | None,
+        timer: float | None,
+        call: RpcCall,
+        deadline: float | None,
+    ) -> None:
+        """Act on a read (lock held, the reader flag cleared): ``data`` (None: the read
+        timed out; b"": the peer closed) or the error ``failed``; ``timer`` is the
+        protocol timer the read waited for."""
+        proto = self._proto
+        if failed is not None:
+            self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+            return
+        if data == b"":
+            self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
+            return
+        now = time.monotonic()
+        if data:
+            if timer is not None and len(data) > TAKE_PIECE:
+                now = self._take(data, now, timer)
+            else:
+                proto.receive_data(data, now)
+        # what was read only settles or adds deadlines after ``now``: only the timer
+        # that was due before can be due
+        if timer is not None and timer <= now:
+            proto.handle_timer(now)
+        self._dispatch(proto.events())  # wakes the followers
+        if not call.done and deadline is not None and now >= deadline:
+            self._expire(call, deadline)
+
+    def _take(self, data: bytes, now: float, limit: float) -> float:
+        """Feed a large read to the protocol piece by piece (lock held, the reader flag
+        cleared) until ``limit`` (the timer the read waited for) passes; what is left
+        then is the backlog, which the next reader takes before it reads the stream (in
+        order: nobody reads meanwhile). Returns the time of the last look."""
+        proto, end = self._proto, len(data)
+        pos = 0
+        while pos < end:
+            proto.receive_data(data[pos : pos + TAKE_PIECE], now)
+            pos += TAKE_PIECE
+            now = time.monotonic()
+            if now >= limit and pos < end:
+                self._backlog = data[pos:]
+                break
+        return now
+
+    @staticmethod
+    def _read(stream: BlockingStream, size: int) -> tuple[bytes | None, BaseException | None]:
+        """One read for everybody (the reader flag set): ``(data, None)`` -- b"" when
+        the peer closed -- or ``(None, None)`` when the read timed out, ``(None, the
+        error)`` when it failed (what :meth:`_absorb` takes)."""
+        try:
+            return stream.recv(size), None
+        except TimeoutError:
+            return None, None
+        except (DTPError, OSError) as exc:
+            return None, exc
+
+    def _read_timeout(self, stream: BlockingStream, timeout: float | None) -> None:
+        """Give the stream's reads ``timeout``, unless the one already set is as good: a
+        little shorter (the wait ends a moment early and the loop comes back) or at most
+        a millisecond longer (a deadline is late by that much at worst)."""
+        current = self._current_timeout
+        if timeout != current and not (
+            timeout is not None
+            and type(current) is float
+            and timeout - 0.05 <= current <= timeout + 0.001
+        ):
+            stream.settimeout(timeout)
+            self._current_timeout = timeout
+
+    def _wait(self, call: RpcCall, deadline: float | None) -> None:
+        """Wait until ``call`` is done, reading for everybody while nobody else does."""
+        stream, proto, lock = self._stream, self._proto, self._lock
+        monotonic = time.monotonic
+        while True:
+            with lock:
+                while not call.done and self._reading:
+                    wait = self._wait_time(deadline)
+                    if wait is not None and wait <= 0:
+                        # a deadline passed while another thread reads: it is kept here,
+                        # not at the end of that read (which began, perhaps before this
+                        # call was made, with up to _READ_SLICE to wait)
+                        self._expire(call, deadline)
+                        continue
+                    self._followers += 1
+                    try:
+                        self._cond.wait(wait)
+                    finally:
+                        self._followers -= 1
+                if call.done:
+                    # (the CANCEL of a call that timed out here goes now, not with the
+                    # next write: the peer stops working for it)
+                    pending_out = bool(self._output)
+                    break
+                self._reading = True
+                timer = proto.get_timer()
+                backlog, self._backlog = self._backlog, b""
+            leading = True
+            try:
+                if deadline is not None and (timer is None or deadline < timer):
+                    timer = deadline
+                data: bytes | None
+                failed: BaseException | None
+                if backlog:  # a reader before us left it: it comes before the stream
+                    data, failed = backlog, None
+                else:
+                    # a slice at most: close() fails the calls, and the wait sees it
+                    wait = (
+                        _READ_SLICE
+                        if timer is None
+                        else min(max(timer - monotonic(), 1e-4), _READ_SLICE)
+                    )
+                    self._read_timeout(stream, wait)
+                    data, failed = self._read(stream, RECV_SIZE)
+                with lock:
+                    self._reading = leading = False
+                    self._absorb(data, failed, timer, call, deadline)
+                    if failed is not None or data == b"":
+                        return
+                    pending_out = bool(self._output)
+                if pending_out:
+                    self._flush_soon()
+                if self._notes:
+                    self._run_notes(timer)
+            except BaseException:
+                with lock:  # let another thread read, and re-check
+                    if leading:
+                        self._reading = False
+                    self._wake_followers()
+                raise
+            if call.done:
+                return
+        if pending_out:
+            self._flush_soon()
+
+    def _wait_time(self, deadline: float | None) -> float | None:
+        """Seconds until the first of ``deadline`` and the protocol's next timer (the
+        deadline of a call in flight) comes due: at most 0 once it has, None when there
+        is neither (lock held)."""
+        timer = self._proto.get_timer()
+        if deadline is not None and (timer is None or deadline < timer):
+            timer = deadline
+        return None if timer is None else timer - time.monotonic()

@@ -1,12 +1,13 @@
 """The blocking RPC server (:class:`RpcServer`, a thread per stream) and the read loops of
-a stream it serves; what the asyncio server shares with it is in
-:mod:`dtp.messaging.rpc.server_base`. The served stream is built on parts, each over the
-one before: ``blocking_server_state`` (what it knows), ``blocking_server_replies`` (its
-sending and error answers), ``blocking_server_dispatch`` (events to handlers, the pool)."""
+a stream it serves (``_ServerStream``, whole: what it knows, its read loops, its sending
+and error answers, and the events handed to handlers inline or through the pool); what
+the asyncio server shares with it is in :mod:`dtp.messaging.rpc.server_base`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket as _socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,32 +16,84 @@ from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.ledger.objects import normalize_id
+from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.method_rules import MethodRules
-from dtp.messaging.protocol import RequestReceived, _check_count
-from dtp.messaging.rpc.blocking_server_dispatch import StreamDispatch
-from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy
-from dtp.messaging.rpc.server_base import ServerBase, tell_client_ended
+from dtp.messaging.protocol import (
+    AckReceived,
+    NotificationReceived,
+    ProtocolViolation,
+    RequestCancelled,
+    RequestReceived,
+    RpcEvent,
+    RpcProtocol,
+    _check_count,
+)
+from dtp.messaging.rpc.engine import PayRequest, ServerCallFees, TakeEscrow
+from dtp.messaging.rpc.fees import (
+    RequestPayments,
+    ResponseFeePolicy,
+    stream_payments,
+)
+from dtp.messaging.rpc.server_base import (
+    ONE_REQUEST,
+    CallContext,
+    Handler,
+    ServerBase,
+    call_notification,
+    end_request,
+    error_reply,
+    failure_reply,
+    refusal_reply,
+    refuse_missing,
+    tell_client_ended,
+)
 from dtp.messaging.rpc.streams import (
     DEFAULT,
     QUICK_RECV_SIZE,
     RECV_SIZE,
+    UNSENT_CAP,
     BlockingStream,
     check_blocking_stream,
     next_read_size,
     send_answer,
+    send_nowait,
 )
+from dtp.socket import DTPSocket
 
 if TYPE_CHECKING:
     from dtp.hostid.paid.request_billing import ConnectionBill
     from dtp.messaging.rpc.billed import BilledConnections
 
-logger = logging.getLogger(__name__)
 
+class _Job:
+    """A request handed to the worker pool (RpcServer.run_in_pool), while it waits in
+    the pool's queue. A request that ends there (cancelled, or its deadline passed)
+    lets go of its event -- params and all -- at once, and its job counts against
+    ``max_pending`` (RpcProtocol.held_incoming) until a worker takes it off the queue:
+    its slot was free again at once, so a client sending requests and cancelling them
+    filled the queue without bound while the workers were busy (nothing answered, so
+    nothing held up the reading either)."""
+
+    __slots__ = ("ctx", "event", "fn", "wants_ctx")
+
+    def __init__(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        self.fn = fn
+        self.wants_ctx = wants_ctx
+        self.event: RequestReceived | None = event
+        self.ctx = ctx
+
+
+# the logger is named after the public module, which applications configure
+
+logger = logging.getLogger(__name__)
 
 #: A connection's first stream looks for streams the client opened at most this often
 #: (seconds) while requests flow; when idle, at growing intervals up to ACCEPT_POLL_MAX.
 ACCEPT_POLL_MIN = 0.005
+
 ACCEPT_POLL_MAX = 0.1
 
 
@@ -204,12 +257,52 @@ class RpcServer(ServerBase):
             self._pool.shutdown(wait=False)
 
 
-class _ServerStream(StreamDispatch):
+class _ServerStream:
     """One stream being served: the reading loop runs in the stream's thread; with a
     worker pool, handlers answer from the pool's threads (``lock`` guards the protocol
     and the sending role, :meth:`flush`)."""
 
-    server: RpcServer  # (the parts below type it as a StreamServer)
+    def __init__(
+        self,
+        server: RpcServer,
+        stream: BlockingStream,
+        peer: str | None,
+        *,
+        on_stream: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        #: takes the streams the client opens (the connection's first stream only)
+        self.on_stream = on_stream
+        self.proto = RpcProtocol(
+            max_message_size=server.max_message_size, max_incoming=server.max_pending
+        )
+        # (kept: looked up per request, in dropped(), without a call for it)
+        self.unanswered = self.proto.unanswered
+        self.lock = threading.Lock()
+        #: (``lock``) a thread is sending what the protocol queued: the others leave it
+        #: what they queue (it looks again before it stops)
+        self.sending = False
+        #: the stream's send takes MSG_DONTWAIT (a DTPSocket, a socket): answers from
+        #: the pool never wait for the client
+        self.dontwait = isinstance(stream, _socket.socket | DTPSocket)
+        self.contexts: dict[int, CallContext] = {}
+        #: (``lock``) request id -> its job while it waits in the pool's queue
+        self.queued: dict[int, _Job] = {}
+        self.connection_id: str | None = getattr(stream, "peer_connection_id", None)
+        #: the stream's fees (engine.ServerCallFees), its connection's check resolved now
+        self.fees = ServerCallFees(*stream_payments(server._payments, stream), server.response_fees)
+        #: set when a pool worker or the writer thread is done with an answer (for
+        #: finish_answers); ``failed``: sending failed, the stream is done for
+        self.progress = threading.Event()
+        self.failed = False
+        #: requests answered by the stream's own thread, and frames that broke the
+        #: format (RpcServer.served / .violations: this thread alone writes them)
+        self.served = 0
+        self.violations = 0
+
+    server: RpcServer  # (the parts below type it as a RpcServer)
 
     def run(self) -> None:
         server = self.server
@@ -412,3 +505,298 @@ class _ServerStream(StreamDispatch):
                 return False  # the connection ended
             self.on_stream(stream)
         return False
+
+    # -- replies: answers sent without waiting, the writer thread ------------------------------
+
+    def flush(self) -> None:
+        """Send what the protocol queued without waiting for the client: what it does
+        not take now is left to a writer thread of the stream's, which waits for it.
+        So a client that does not read its answers holds up neither a pool worker
+        (nor, through the pool, other connections) nor the stream's reading."""
+        with self.lock:
+            if self.sending:
+                return
+            data = self.proto.data_to_send()
+            if not data or self.failed:  # (failed: it cannot be sent, and is let go)
+                return
+            self.sending = True
+        try:
+            while True:
+                rest = self._send_now(data)
+                if rest:
+                    threading.Thread(
+                        target=self._send_rest, args=(rest,), name="dtp-rpc-writer", daemon=True
+                    ).start()
+                    return  # the writer is the sender now
+                with self.lock:
+                    data = self.proto.data_to_send()
+                    if not data:
+                        self.sending = False
+                        return
+        except BaseException:
+            with self.lock:
+                self.sending = False
+            raise
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Send what the stream takes of ``data`` now; returns the rest."""
+        if not self.dontwait:
+            send_answer(self.stream, data, self.server._closed)
+            return b""
+        return send_nowait(self.stream, data)
+
+    def _send_rest(self, data: bytes) -> None:
+        """The writer thread: send ``data`` however long the client takes (until the
+        server closes or the stream fails), then what was queued meanwhile."""
+        try:
+            while True:
+                send_answer(self.stream, data, self.server._closed)
+                self.progress.set()  # (a read loop held up by backed_up() goes on)
+                with self.lock:
+                    data = self.proto.data_to_send()
+                    if not data:
+                        self.sending = False
+                        return
+        except (DTPError, OSError) as exc:
+            # the stream is done for: its reading ends too (run_general), and what was
+            # queued meanwhile, or is later, is let go (flush): left with the sending
+            # role, the read loop would go on taking requests and queuing their answers
+            # for good
+            logger.debug("RPC answers not sent: %s", exc)
+            with self.lock:
+                self.failed = True
+                self.sending = False
+                self.proto.clear_output()
+        except BaseException:
+            with self.lock:
+                self.sending = False
+            raise
+        finally:
+            self.progress.set()
+
+    def backed_up(self) -> bool:
+        """Whether the writer thread waits for the client with more than the cap of
+        answers queued behind it (:data:`UNSENT_CAP`, or two messages of the cap)."""
+        if not self.sending:  # (the usual case, without the lock: a stale answer is
+            return False  # corrected at the next read)
+        with self.lock:
+            if not self.sending or self.failed:
+                return False
+            self.progress.clear()
+            queued = self.proto.queued_bytes
+        return queued > max(UNSENT_CAP, 2 * self.server.max_message_size)
+
+    def forget_context(self, request_id: int, ctx: CallContext | None) -> None:
+        """(``lock`` held) Forget ``ctx``, the context of a request that ended -- not a
+        later request's of the same id (the client may reuse the id of a request it
+        cancelled, or whose deadline passed, while that one's handler still runs)."""
+        if ctx is not None and self.contexts.get(request_id) is ctx:
+            del self.contexts[request_id]
+
+    def release_escrow(self, ctx: CallContext | None) -> None:
+        """The request of ``ctx`` ended with no response: the ResponseFeePolicy forgets
+        its prepaid escrow (it kept it to stop a second request using it meanwhile)."""
+        if ctx is not None and ctx.escrow_id is not None:
+            end_request(self.fees, ctx.request_id, ctx.escrow_id, None)
+
+    def answer_error(self, request: list[Any], exc: BaseException) -> bytes:
+        """The frame answering a request from RpcProtocol.take_request whose plain
+        handler raised ``exc`` (the stream's thread only, no pool, no fees)."""
+        code, message, data = failure_reply(request[2], exc)
+        return self.proto.error_frame(request[1], code, message, data)
+
+    def fail_fatally(
+        self, event: RequestReceived, ctx: CallContext | None, exc: BaseException
+    ) -> None:
+        """A handler raised ``exc``, a BaseException that is not an Exception
+        (KeyboardInterrupt, SystemExit...): answer its request as any failure and send
+        what is queued now, before ``exc`` goes on up (RpcServer's class doc)."""
+        code, message, data = error_reply(exc)
+        with self.lock:
+            self.forget_context(event.request_id, ctx)
+            self.proto.send_error(event.request_id, code, message, data, request=event)
+        with contextlib.suppress(DTPError, OSError):
+            self.flush()
+
+    # -- dispatch: events to handlers, inline or through the pool ------------------------------
+
+    def handle(self, event: RpcEvent) -> None:
+        server = self.server
+        if isinstance(event, RequestReceived):
+            entry = server.methods.get(event.method)
+            if entry is None:
+                with self.lock:
+                    refuse_missing(self.proto, event)
+                return
+            fn, wants_ctx = entry
+            fees = self.fees
+            prices = ONE_REQUEST
+            if server.rules is not None or server.priced:
+                # the method rules first: a refused request takes no fee
+                # (docs/messaging.md §2.5)
+                try:
+                    prices = server.request_cost(event.method, event.params, self.peer)
+                except Exception as exc:
+                    refusal = refusal_reply(event.method, exc)
+                    with self.lock:
+                        self.proto.send_error(event.request_id, *refusal, request=event)
+                    return
+            ctx = None
+            if fees.needs_context(wants_ctx):
+                ctx = CallContext(
+                    event.request_id, event.method, event.deadline, event.meta, self.peer
+                )
+            if fees.paid:
+                try:
+                    for step in fees.admission(event.meta, self.peer, prices):
+                        if type(step) is PayRequest:
+                            step.payments.admit(step.meta, step.requests)
+                        else:
+                            assert ctx is not None and type(step) is TakeEscrow
+                            ctx.escrow_id = step.policy.admit(step.meta, step.peer)
+                except Exception as exc:
+                    refusal = refusal_reply(event.method, exc)
+                    with self.lock:
+                        self.proto.send_error(event.request_id, *refusal, request=event)
+                    return
+            if server._pool is None:
+                self.run_handler(fn, wants_ctx, event, ctx)
+                return
+            job = _Job(fn, wants_ctx, event, ctx)
+            with self.lock:
+                if ctx is not None:
+                    self.contexts[event.request_id] = ctx
+                self.queued[event.request_id] = job
+            try:
+                server._pool.submit(self.run_in_pool, job)
+            except RuntimeError:  # pool shut down
+                with self.lock:
+                    if self.queued.get(event.request_id) is job:
+                        del self.queued[event.request_id]
+                    self.forget_context(event.request_id, ctx)
+                    self.proto.send_error(
+                        event.request_id, E.SERVER_BUSY, "shutting down", request=event
+                    )
+                self.release_escrow(ctx)
+        elif isinstance(event, NotificationReceived):
+            n_entry = server.notifications.get(event.method)
+            if n_entry is not None and server.notification_allowed(event.method, self.peer):
+                call_notification(n_entry, event, self.peer)
+        elif isinstance(event, RequestCancelled):
+            with self.lock:
+                ctx_found = self.contexts.pop(event.request_id, None)
+                ended = self.queued.pop(event.request_id, None)
+                if ended is not None:  # still queued: it never runs (_Job)
+                    ended.event = ended.ctx = None
+                    self.proto.held_incoming += 1
+            if ctx_found is not None:
+                ctx_found.cancelled.set()
+                if ended is not None:
+                    self.release_escrow(ctx_found)
+        elif isinstance(event, AckReceived):
+            ack = self.fees.acked(event.request_id, event.signature)
+            if ack is not None:
+                ack.policy.acknowledged(ack.escrow_id, ack.signature)
+        elif isinstance(event, ProtocolViolation):
+            self.violations += 1
+
+    def dropped(self, event: RequestReceived, ctx: CallContext | None) -> bool:
+        """Whether the request of ``event`` ended before its handler started (the
+        client cancelled it, or its deadline passed: a request queued behind others,
+        in the pool or in a batch read); it is then forgotten, unanswered (the client
+        stopped waiting). Its handler must not run: the client was told the call was
+        cancelled or timed out, so it runs no side effects for it. (A dict lookup
+        without the lock, and a clock read for a request with a deadline, per
+        request.)"""
+        deadline = event.deadline
+        if self.unanswered.get(event.request_id) is event and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            return False
+        with self.lock:
+            self.forget_context(event.request_id, ctx)
+            self.proto.drop_request(event.request_id, request=event)
+        self.release_escrow(ctx)
+        return True
+
+    def run_handler(
+        self, fn: Handler, wants_ctx: bool, event: RequestReceived, ctx: CallContext | None
+    ) -> None:
+        request_id = event.request_id
+        if self.dropped(event, ctx):
+            return
+        try:
+            result = fn(event.params, ctx) if wants_ctx else fn(event.params)
+        except Exception as exc:
+            code, message, data = failure_reply(event.method, exc)
+            with self.lock:
+                self.forget_context(request_id, ctx)
+                self.proto.send_error(request_id, code, message, data, request=event)
+            self.release_escrow(ctx)
+            return
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+            self.fail_fatally(event, ctx, exc)
+            self.release_escrow(ctx)
+            raise
+        with self.lock:
+            self.forget_context(request_id, ctx)
+            # (only its own request: the client may have ended it and reused its id)
+            body = self.proto.send_response(request_id, result, request=event)
+            if ctx is not None and ctx.escrow_id is not None:
+                # before the lock is let go: any flush may send the response from then
+                # on, and the client's ACK must find its escrow answered (body None:
+                # cancelled, past its deadline, or its result not encodable)
+                end_request(self.fees, request_id, ctx.escrow_id, body)
+        if self.server._pool is None:  # this stream's thread
+            self.served += 1
+        else:  # a worker's: several may finish at once, and after the stream ended
+            with self.server._stats_lock:
+                self.server._served += 1
+
+    def answer_plain(self, fn: Handler, event: RequestReceived) -> None:
+        """Run a handler that takes no context inline and queue its answer (the stream's
+        thread only, no pool, no fees)."""
+        if self.dropped(event, None):
+            return
+        try:
+            result = fn(event.params)
+        except Exception as exc:
+            code, message, data = failure_reply(event.method, exc)
+            self.proto.send_error(event.request_id, code, message, data, request=event)
+            return
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit...
+            self.fail_fatally(event, None, exc)
+            raise
+        self.proto.send_response(event.request_id, result, request=event)
+        self.served += 1
+
+    def run_in_pool(self, job: _Job) -> None:
+        with self.lock:
+            event, ctx = job.event, job.ctx
+            if event is None:  # it ended while queued: its slot is free now (_Job)
+                self.proto.held_incoming -= 1
+            elif self.queued.get(event.request_id) is job:
+                del self.queued[event.request_id]
+        if event is None:
+            return
+        if self.server._closed.is_set():
+            # queued when the server closed: refused, as requests read after it are
+            with self.lock:
+                self.forget_context(event.request_id, ctx)
+                self.proto.send_error(
+                    event.request_id, E.SERVER_BUSY, "shutting down", request=event
+                )
+            self.release_escrow(ctx)
+        else:
+            try:
+                self.run_handler(job.fn, job.wants_ctx, event, ctx)
+            except BaseException:
+                # answered (run_handler); a worker has no caller to raise it to: a pool's
+                # future would keep it unseen
+                logger.exception("handler %s raised", event.method)
+        try:
+            self.flush()
+        except (DTPError, OSError) as exc:
+            logger.debug("RPC reply not sent: %s", exc)
+            self.failed = True
+        self.progress.set()
