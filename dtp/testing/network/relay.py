@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from dtp.testing.loops import LoopThread
 from dtp.testing.network.network import _CURRENT, SimNetwork
@@ -53,8 +53,9 @@ class _Splice(asyncio.Protocol):
         self._early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (a stream transport: uvloop's do not derive from asyncio.Transport, so no
+        # isinstance check -- it refused every connection on uvloop)
+        self.transport = cast(asyncio.Transport, transport)
 
     def join(self, other: _Splice) -> None:
         self.other, other.other = other, self
