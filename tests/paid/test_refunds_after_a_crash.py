@@ -13,7 +13,6 @@ next run); the ten minutes pass by moving the file's clock."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from dtp.payments.refund_book import OpenedBook
 from dtp.payments.refunds import RefundCollector
 from tests.support.paid_inprocess import ident
 from tests.support.polling import wait_for
-from tests.support.procs import announcing
+from tests.support.procs import announcing, stop
 
 MODULE = "tests.support.refund_procs"
 SERVER_SEED, CLIENT_SEED = 0x61, 0x62
@@ -56,7 +55,7 @@ def test_a_killed_clients_deposit_comes_back_through_its_book(
             cid = opened["connection_id"]
             # the server frozen first, so that it never sees the client go (it would
             # settle), then both killed: neither settles nor half-closes anything now
-            server_proc.send_signal(signal.SIGSTOP)
+            stop(server_proc)
             client_proc.kill()
             client_proc.wait(10)
             server_proc.kill()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +31,27 @@ class ServerProc:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """SIGSTOP ``proc`` and return once every thread of it is stopped: kill() returns
+    as soon as the signal is pending, and a thread busy on the other CPU runs on a
+    little, long enough to act on what another process does next."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while time.monotonic() < deadline:
+        states = []
+        for task in tasks.iterdir():
+            try:
+                # the state follows the ")" closing the command name (proc(5))
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"process {proc.pid} did not stop within {timeout} s")
 
 
 @contextmanager
