@@ -82,7 +82,7 @@ class PaidConnection:
         # the engine is the connection's I/O driver; the paid layer waits on it while
         # paused, as the socket's own calls do (the one place it is taken from the
         # socket: the rest goes through ended(), wake(), abort() and attach())
-        self.engine = sock.connection_driver
+        self.engine = sock.layer.driver
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
@@ -122,7 +122,7 @@ class PaidConnection:
 
     def wake(self) -> None:
         """Wake the calls waiting on the connection (a paused one looks again)."""
-        self.sock.wake()
+        self.sock.layer.wake()
 
     def abort(self, close: Close) -> None:
         """End the connection as the engine decided (``close``: code and reason)."""

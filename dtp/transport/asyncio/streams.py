@@ -357,34 +357,13 @@ class DTPStreamWriter:
         topped up."""
         raise LocalProtocolError(NOT_PAID)
 
-    # -- a layer above riding on the connection (dtp.transport.hooks) ----------------------
+    # -- what the layers above use ------------------------------------------------------------
 
     @property
-    def connection_hook(self) -> ConnectionHook | None:
-        """What a layer above has riding on this connection (a connection by host ID's
-        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
-        return self._proto.hook
-
-    def _set_connection_hook(
-        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
-    ) -> None:
-        """Have ``hook`` ride on this connection (the driver calls it as
-        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
-        RECEIPT frame's payload as it arrives (without one they queue, bounded). Call it
-        from the event loop."""
-        self._proto.hook = hook
-        self._session.on_receipt = on_receipt
-
-    def check_live(self) -> None:
-        """Raise the connection's error (ConnectionClosed, ...) once it has ended."""
-        if self._session.terminated is not None:
-            raise self._session.error or ConnectionClosed("the connection is closed")
-
-    def run_and_flush(self, action: Callable[[], None]) -> None:
-        """Run ``action`` (it may queue frames on the connection: a hook's), then send
-        what it queued; from the event loop."""
-        action()
-        self._proto.flush()
+    def layer(self) -> ConnectionLayer:
+        """What a layer above this one (a connection by host ID's payment, a paid
+        server's receipt gate) uses to ride on the connection: not for applications."""
+        return ConnectionLayer(self)
 
     @property
     def connection_ended(self) -> bool:
@@ -397,13 +376,6 @@ class DTPStreamWriter:
         connection itself does not acknowledge or retransmit
         (``ConnectionConfig.reliable_carrier``)."""
         return self._conn.config.reliable_carrier
-
-    @property
-    def connection_driver(self) -> Protocol:
-        """The connection's I/O driver, for a layer above that runs its own rules on the
-        connection (a paid server's receipt gate:
-        :class:`dtp.hostid.paid.asyncio.PaidConnection`); from the event loop."""
-        return self._proto
 
     def connection_closed(self) -> asyncio.Future[None]:
         """A future done once the connection and its carrier are closed, to await or to
@@ -880,3 +852,53 @@ def _keeps_views(transport: asyncio.BaseTransport) -> bool:
 
 
 _VIEWS_KEPT = sys.version_info >= (3, 12)
+
+
+class ConnectionLayer:
+    """The members a layer above the transport uses on an asyncio connection
+    (:attr:`DTPStreamWriter.layer`), from the event loop: its hook
+    (:class:`~dtp.transport.hooks.ConnectionHook`) and its driver. Kept off the
+    writer's own face, which is the application's."""
+
+    __slots__ = ("_proto", "_session")
+
+    def __init__(self, writer: DTPStreamWriter) -> None:
+        self._proto = writer._proto
+        self._session = writer._session
+
+    @property
+    def hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment), or None."""
+        return self._proto.hook
+
+    def set_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        self._proto.hook = hook
+        self._session.on_receipt = on_receipt
+
+    def check_live(self) -> None:
+        """Raise the connection's error (ConnectionClosed, ...) once it has ended."""
+        if self._session.terminated is not None:
+            raise self._session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (it may queue frames on the connection: a hook's), then send
+        what it queued."""
+        action()
+        self._proto.flush()
+
+    @property
+    def driver(self) -> Protocol:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.asyncio.PaidConnection`)."""
+        return self._proto
+
+    def wake(self) -> None:
+        """Have a paused reader or a waiting drain() look at their conditions again."""
+        self._proto.wake()

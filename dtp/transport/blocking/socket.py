@@ -1132,47 +1132,13 @@ class DTPSocket:
         carrier was backed up (for the whole connection)."""
         return self._engine.conn.datagrams_send_dropped
 
-    # -- the members for the layers above ------------------------------------------------------
+    # -- what the layers above use ------------------------------------------------------------
 
     @property
-    def connection_hook(self) -> ConnectionHook | None:
-        """What a layer above has riding on this connection (a connection by host ID's
-        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
-        return self._engine.hook
-
-    def _set_connection_hook(
-        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
-    ) -> None:
-        """Have ``hook`` ride on this connection (the driver calls it as
-        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
-        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
-        engine = self._engine
-        with engine.lock:
-            engine.hook = hook
-            engine.session.on_receipt = on_receipt
-
-    def _start_timer(self) -> None:
-        """Start the connection's timer, on a socket connected with ``timer=False``
-        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
-        self._engine.start_timer()
-
-    def check_live(self) -> None:
-        """Raise SocketClosed when this socket is closed, and the connection's error
-        (ConnectionClosed, ...) once the connection has ended."""
-        self._check_open()
-        engine = self._engine
-        with engine.lock:
-            if engine.session.terminated is not None:
-                raise engine.session.error or ConnectionClosed("the connection is closed")
-
-    def run_and_flush(self, action: Callable[[], None]) -> None:
-        """Run ``action`` with the connection's lock held (it may queue frames: a
-        hook's), then send what it queued, unless the connection is closed."""
-        engine = self._engine
-        with engine.lock:
-            action()
-            if not engine.closed:
-                engine.flush()
+    def layer(self) -> ConnectionLayer:
+        """What a layer above this one (a connection by host ID's payment, a paid
+        server's receipt gate) uses to ride on the connection: not for applications."""
+        return ConnectionLayer(self)
 
     @property
     def connection_ended(self) -> bool:
@@ -1188,18 +1154,6 @@ class DTPSocket:
         (``ConnectionConfig.reliable_carrier``)."""
         return self._engine.conn.config.reliable_carrier
 
-    @property
-    def connection_driver(self) -> Engine:
-        """The connection's I/O driver, for a layer above that runs its own rules on the
-        connection under the driver's lock (a paid server's receipt gate:
-        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
-        return self._engine
-
-    def wake(self) -> None:
-        """Wake the thread waiting on the connection's carrier, so that it looks at its
-        conditions again (from any thread, without the connection's lock)."""
-        self._engine._wake()
-
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
         when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,
@@ -1211,3 +1165,68 @@ class DTPSocket:
         with engine.lock:
             engine.interrupted.add(self._stream_id)
             engine.wake_waiters()
+
+
+class ConnectionLayer:
+    """The members a layer above the transport uses on a blocking connection
+    (:attr:`DTPSocket.layer`): its hook (:class:`~dtp.transport.hooks.ConnectionHook`),
+    its timer, its lock and its waits. Kept off the socket's own face, which is the
+    application's."""
+
+    __slots__ = ("_engine", "_sock")
+
+    def __init__(self, sock: DTPSocket) -> None:
+        self._sock = sock
+        self._engine = sock._engine
+
+    @property
+    def hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment), or None."""
+        return self._engine.hook
+
+    def set_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        engine = self._engine
+        with engine.lock:
+            engine.hook = hook
+            engine.session.on_receipt = on_receipt
+
+    def start_timer(self) -> None:
+        """Start the connection's timer, on a socket connected with ``timer=False``
+        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
+        self._engine.start_timer()
+
+    def check_live(self) -> None:
+        """Raise SocketClosed when the socket is closed, and the connection's error
+        (ConnectionClosed, ...) once the connection has ended."""
+        self._sock._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` with the connection's lock held (it may queue frames: a
+        hook's), then send what it queued, unless the connection is closed."""
+        engine = self._engine
+        with engine.lock:
+            action()
+            if not engine.closed:
+                engine.flush()
+
+    @property
+    def driver(self) -> Engine:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection under the driver's lock (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
+        return self._engine
+
+    def wake(self) -> None:
+        """Wake the thread waiting on the connection's carrier, so that it looks at its
+        conditions again (from any thread, without the connection's lock)."""
+        self._engine._wake()
