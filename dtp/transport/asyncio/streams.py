@@ -71,7 +71,7 @@ class DTPStreamReader:
         self._session.resume_sink(self._stream_id)
         self._proto.flush()
 
-    def _take(self, n: int) -> bytes:
+    def _take_from_stream(self, n: int) -> bytes:
         data = self._session.take(self._stream_id, n)
         if data:
             self._proto.flush()  # return flow-control credit promptly
@@ -155,7 +155,7 @@ class DTPStreamReader:
             try:
                 while True:
                     await self._wait_readable("read")
-                    chunk = self._take(1 << 30)
+                    chunk = self._take_from_stream(1 << 30)
                     if not chunk:
                         return b"".join(chunks)
                     chunks.append(chunk)
@@ -167,7 +167,7 @@ class DTPStreamReader:
                 raise
         if not self._session.readable(self._stream_id):
             await self._wait_readable("read")
-        return self._take(n)
+        return self._take_from_stream(n)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
@@ -183,7 +183,7 @@ class DTPStreamReader:
         if n == 0:
             return b""  # (as asyncio's: at once, whatever the stream's state)
         if len(self._buffer()) >= n:
-            return self._take(n)
+            return self._take_from_stream(n)
         return await self._gather(n)
 
     async def _gather(self, n: int) -> bytes:
@@ -204,7 +204,7 @@ class DTPStreamReader:
                 self._unread(b"".join(chunks))
                 raise
             if self._buffer():
-                chunk = self._take(need)
+                chunk = self._take_from_stream(need)
                 chunks.append(chunk)
                 need -= len(chunk)
                 if not need:
@@ -269,7 +269,7 @@ class DTPStreamReader:
                 # as asyncio's: the limit is on what comes before the separator
                 if index > limit:
                     raise asyncio.LimitOverrunError("separator found past the limit", index)
-                return self._take(index + len(separator))
+                return self._take_from_stream(index + len(separator))
             if len(buf) + 1 - len(separator) > limit:
                 raise asyncio.LimitOverrunError(
                     "separator not found within the limit", len(buf) + 1 - len(separator)
@@ -278,7 +278,9 @@ class DTPStreamReader:
                 failure = self._failure()
                 if failure is not None:
                     raise failure  # (consuming nothing, as asyncio's)
-                raise asyncio.IncompleteReadError(self._take(len(buf)) if buf else b"", None)
+                raise asyncio.IncompleteReadError(
+                    self._take_from_stream(len(buf)) if buf else b"", None
+                )
             start = max(0, len(buf) - len(separator) + 1)
             # What is buffered stays (a cancelled or failing readuntil consumes nothing,
             # and a LimitOverrunError leaves it, as asyncio's), but its credit goes back
@@ -307,7 +309,9 @@ class DTPStreamReader:
             # keeping the line would raise on every later call: `async for line in
             # reader` could never get past it
             buf = self._buffer()
-            self._take(exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf))
+            self._take_from_stream(
+                exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf)
+            )
             raise ValueError(exc.args[0]) from exc
 
     def __aiter__(self) -> DTPStreamReader:

@@ -365,11 +365,11 @@ class DTPServer:
         self._closed = threading.Event()
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
-        # (see _give and _work)
+        # (see _hand_to_thread and _connection_thread)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
-        self._turn_left = False  # the accepting, for the next thread free (_work)
+        self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
         # connections whose handshake may start but no thread could be started for: the
         # next thread free serves them (the accepting one is woken for it)
         self._orphans: deque[_Arrival] = deque()
@@ -406,7 +406,7 @@ class DTPServer:
         self._reader = threading.Thread(target=self._read_loop, name="dtp-admission", daemon=True)
         self._reader.start()
         if self._listener is not None:
-            self._give(_ACCEPT_TURN)
+            self._hand_to_thread(_ACCEPT_TURN)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -517,7 +517,7 @@ class DTPServer:
 
     # -- admission: first records, the lines for handshake slots -------------------------------
 
-    def _take_in(self, arrival: _Arrival) -> None:
+    def _admit_arrival(self, arrival: _Arrival) -> None:
         """A new TCP connection: its first record is read now if it came with the
         connect (as a genuine client's does) -- then it goes on to the slots without
         waiting among the unproven, where it could make another give way -- else it
@@ -632,7 +632,7 @@ class DTPServer:
             mine.append(arrival)
             return True
         try:
-            self._give(arrival)
+            self._hand_to_thread(arrival)
         except RuntimeError as exc:
             # the process is out of threads: the first thread free serves it -- the
             # accepting one, woken for it, at the latest (as it serves what it accepts).
@@ -732,7 +732,7 @@ class DTPServer:
             mine: list[_Arrival] = []
             self._local.mine = mine
             try:
-                self._take_in(arrival)
+                self._admit_arrival(arrival)
             except Exception:
                 # (a fault of ours at one connection: it goes, the accepting goes on --
                 # escaping, it ended this thread and all accepting with it)
@@ -745,17 +745,19 @@ class DTPServer:
                 return mine[0]
         return None
 
-    def _give(self, job: _Job) -> None:
+    def _hand_to_thread(self, job: _Job) -> None:
         """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
             if self._idle:
                 self._idle -= 1  # that waiting thread is promised this job
                 self._jobs.put(job)
                 return
-        thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
+        thread = threading.Thread(
+            target=self._connection_thread, args=(job,), name="dtp-handshake", daemon=True
+        )
         thread.start()
 
-    def _work(self, job: _Job | None) -> None:
+    def _connection_thread(self, job: _Job | None) -> None:
         """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
@@ -765,7 +767,7 @@ class DTPServer:
                 if accepted is None:
                     return  # closed: nobody accepts any more
                 try:
-                    self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                    self._hand_to_thread(_ACCEPT_TURN)  # the next client need not wait for this one
                 except RuntimeError as exc:
                     # the process is out of threads. Lost, the turn stopped all
                     # accepting for good; kept by us, serving this connection, it
