@@ -746,13 +746,14 @@ class DTPSocket:
                     return None
                 lane: Any = conn.lent_lane
                 lent = False
-                deadline = None if self._timeout is None else time.monotonic() + self._timeout
+                now = time.monotonic()  # (one clock read for the deadline and the wait)
+                deadline = None if self._timeout is None else now + self._timeout
                 if bufsize <= lane.own_cap:
                     # the send and the wait for what comes back in one call (the usual case)
                     until = conn.lent_timer
                     if deadline is not None and (until is None or deadline < until):
                         until = deadline
-                    ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                    ms = -1 if until is None else max(0, int((until - now) * 1000) + 1)
                     engine.pumping = True  # (others see it only while the wait lets go of lock)
                     owed = None
                     try:
