@@ -1,6 +1,14 @@
 """CPU time per round trip of the one-CPU rows, each side measured on its own.
 
     python bench/cpu_per_call.py [--rounds N] [--rows pingpong,pingpong_tls,rpc,rpc_tls]
+    python bench/cpu_per_call.py --rounds 300 --rows connect,connect_tls,hostid_connect
+
+The ``connect`` rows count one connection (connect, handshake, one 100-byte round trip,
+close) as the operation: ``connect`` with a known key, ``connect_tls`` an ``ssl`` connect,
+``hostid_connect`` by host ID through a LocalLedger file (``connect_rate`` and
+``hostid_connect_rate``'s operations; the paid server on CPU 0 too). The ``ssl`` peer
+serves each connection on a thread that ends with it, and an ended thread leaves
+``/proc/PID/task``: read its server's usr + sys columns, not the schedstat figure.
 
 A wall-clock ratio moves with whatever else the machine runs; the CPU a round trip
 costs each process moves much less, so this is the figure to compare before and after
@@ -46,7 +54,7 @@ def _user_sys(pid: int) -> tuple[float, float]:
 
 
 def measure(op: Callable[[int], None], server_pid: int, rounds: int) -> dict[str, float]:
-    op(min(rounds, 500))  # (warm up)
+    op(max(1, min(rounds // 5, 500)))  # (warm up)
     me = os.getpid()
     before = _cpu_ns(me), _cpu_ns(server_pid), _user_sys(me), _user_sys(server_pid)
     start = time.perf_counter()
@@ -104,6 +112,37 @@ def row(name: str, rounds: int) -> dict[str, float]:
                 tsock.close()
         finally:
             peer.close()
+    if name in ("connect", "connect_tls"):
+        peer = Peer("dtp-blocking" if name == "connect" else "tls-blocking", "echo", 0)
+
+        def connects(n: int) -> None:
+            for _ in range(n):
+                if name == "connect":
+                    s: object = dtp.socket.create_connection(peer.endpoint, server_key=peer.key)
+                else:
+                    s = _tls_connect(peer)
+                with s:  # type: ignore[attr-defined]
+                    _pingpong(s, 1)
+
+        try:
+            return measure(connects, peer.proc.pid, rounds)
+        finally:
+            peer.close()
+    if name == "hostid_connect":
+        from bench.hostid_rows import _PaidPeer
+
+        paid = _PaidPeer("echo")
+        os.sched_setaffinity(paid.proc.pid, {0})
+
+        def paid_connects(n: int) -> None:
+            for _ in range(n):
+                with paid.connect() as s:
+                    _pingpong(s, 1)
+
+        try:
+            return measure(paid_connects, paid.proc.pid, rounds)
+        finally:
+            paid.close()
     raise SystemExit(f"unknown row {name}")
 
 
