@@ -14,6 +14,18 @@ PYBIN=.venv/bin
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# Bytecode, written and kept: the suite starts hundreds of Python processes (`dtp`
+# commands, daemons, backends, stand-in nodes, pytest runs of their own), and where no
+# current .pyc is found each one compiles every module it imports again (about half of a
+# daemon's start, 0.3 s of CPU each time); pytest rewrites the asserts of the tests and of
+# every module of its plugins' distributions it imports (dtp's, hypothesis', anyio's: 240
+# for one ledger test file) in each of its processes, 0.8 s of CPU before a trivial test,
+# unless it may keep what it rewrote. So PYTHONDONTWRITEBYTECODE (which stops both) is
+# unset for the run, and the checkout compiled once before the parts start side by side
+# (only missing or stale files; __pycache__ is ignored by git).
+unset PYTHONDONTWRITEBYTECODE
+$PYBIN/python -m compileall -q -j0 dtp tests bench fuzz >/dev/null
+
 step "lint (ruff) and types (mypy)"
 $PYBIN/ruff check dtp tests bench fuzz dtp_core
 $PYBIN/ruff format --check dtp tests bench fuzz dtp_core

@@ -83,11 +83,23 @@ def failing_call(falsified_text: str) -> str:
 #: times under a line tracer (sys.settrace before Python 3.12) to comment which of its
 #: parts did not matter: about nine tenths of a failing seeded run of the eager service.
 #: Which example fails, how it shrinks and its replay are the phases before it.
+#: Without the per-example deadline too (see NO_DEADLINE).
 SKIP_EXPLAIN = (
     "from hypothesis import Phase, settings\n\n"
     "PHASES = [phase for phase in Phase if phase is not Phase.explain]\n"
-    'settings.register_profile("skip-explain", phases=PHASES)\n'
+    'settings.register_profile("skip-explain", phases=PHASES, deadline=None)\n'
     'settings.load_profile("skip-explain")\n'
+)
+
+#: A pytest plugin (``-p no_deadline``) that loads a hypothesis profile without the
+#: per-example deadline (200 ms by default), for the passing examples' runs: on a loaded
+#: machine a process waits that long for a CPU now and then, and hypothesis fails the
+#: example that waited (test_ledger_history.py: "took 305.67ms", then 1.29 ms when
+#: retried). The examples drawn, and how many, are the same.
+NO_DEADLINE = (
+    "from hypothesis import settings\n\n"
+    'settings.register_profile("no-deadline", deadline=None)\n'
+    'settings.load_profile("no-deadline")\n'
 )
 
 

@@ -7,7 +7,8 @@ failure replays from its seed (the one the doc shows). tests/project/test_wheel.
 them again from the wheel, and there compares the broken service's whole report with the
 doc's, explain phase and all; here its runs skip that phase (doc_examples.SKIP_EXPLAIN:
 nine tenths of such a run), which leaves the examples tried, the failure found, its
-shrinking and its replay as they are."""
+shrinking and its replay as they are. Every run here is without hypothesis' per-example
+deadline, a wall-clock bound a loaded machine breaks (doc_examples.NO_DEADLINE)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from tests.testing.doc_examples import (
     BROKEN,
     DOC,
+    NO_DEADLINE,
     PASSING,
     SCRIPT,
     SKIP_EXPLAIN,
@@ -39,6 +41,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     where = tmp_path_factory.mktemp("project")
     write_examples(where)
     (where / "skip_explain.py").write_text(SKIP_EXPLAIN, encoding="utf-8")
+    (where / "no_deadline.py").write_text(NO_DEADLINE, encoding="utf-8")
     return where, site
 
 
@@ -59,7 +62,7 @@ def test_every_block_of_the_doc_is_an_example() -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", PASSING)
 def test_the_examples_pass(project: tuple[Path, Path], name: str) -> None:
-    code, output = _pytest(project, "-q", name)
+    code, output = _pytest(project, "-q", "-p", "no_deadline", name)
     assert code == 0, output
     assert " passed" in output and "failed" not in output
 
