@@ -232,8 +232,6 @@ class _ClosedConnection:
     """Held by a closed LocalLedger in place of its SQLite connection: any use raises a
     typed error naming the ledger (not sqlite3.ProgrammingError); closing again is fine."""
 
-    # -- the file: opened, shared across handles and forks, closed -------------------------
-
     def __init__(self, path: str) -> None:
         self._path = path
 
@@ -285,6 +283,8 @@ class LocalStore(TypedReads):
     clock's stored state, executing a transaction as one SQLite transaction, and test
     money (the calls are in :class:`~dtp.ledger.local.ledger.LocalLedger` and its
     mixins)."""
+
+    # -- the file: opened, shared across handles and forks, closed -------------------------
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, clock_ms: int | None = None):
         if not isinstance(path, str | os.PathLike):
