@@ -1,6 +1,7 @@
 """What subscribers of a graph get: each changed field as a :class:`Change`, delivered to
-a callback (:class:`Subscription`) or queued for an async iterator (:class:`ChangeStream`),
-and the graph's part that registers them (docs/graph.md, "Subscriptions")."""
+a callback (:class:`Subscription`) or queued for an async iterator (:class:`ChangeStream`)
+(docs/graph.md, "Subscriptions"; :meth:`Graph.subscribe <dtp.graph.store.Graph.subscribe>`
+registers them)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from dtp.errors import ErrorCode, LocalProtocolError
 from dtp.graph.arguments import check_names
-from dtp.graph.store_base import GraphBase
 from dtp.graph.values import JSON
 
 
@@ -29,12 +29,22 @@ class Change:
     """Its HAM state (ms since the epoch, from the writer's hybrid clock)."""
 
 
+class SubscribedGraph(Protocol):
+    """What subscriptions use of their graph (a :class:`~dtp.graph.store.Graph`)."""
+
+    def subscribe(
+        self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
+    ) -> Subscription: ...
+
+    def _unsubscribe(self, sub: Subscription) -> None: ...
+
+
 class Subscription:
     """A registered change callback; :meth:`cancel` removes it."""
 
     def __init__(
         self,
-        graph: GraphSubscriptions,
+        graph: SubscribedGraph,
         soul: str,
         field: str | None,
         callback: Callable[[Change], None],
@@ -69,9 +79,7 @@ class ChangeStream:
     iteration ends, once drained, at :meth:`close` or when the graph is closed.
     """
 
-    def __init__(
-        self, graph: GraphSubscriptions, soul: str, field: str | None, maxsize: int
-    ) -> None:
+    def __init__(self, graph: SubscribedGraph, soul: str, field: str | None, maxsize: int) -> None:
         if type(maxsize) is not int or maxsize < 1:
             raise ValueError(f"changes(maxsize=...) must be an int >= 1, not {maxsize!r}")
         # a bad soul or field is reported as such, not as "no running event loop"
@@ -141,40 +149,3 @@ class ChangeStream:
 
     async def aclose(self) -> None:
         self.close()
-
-
-class GraphSubscriptions(GraphBase):
-    """The graph's subscriptions: callbacks and async iterators of its changes."""
-
-    _subs: dict[str, list[Subscription]]
-    """Subscriptions by soul."""
-
-    def subscribe(
-        self, soul: str, callback: Callable[[Change], None], *, field: str | None = None
-    ) -> Subscription:
-        """Call ``callback(change)`` for every change of node ``soul`` (or of one field),
-        local or from a peer. Callbacks run in the thread that made the change, after
-        the graph's lock is released: changes committed at once in several threads may
-        arrive out of order (compare ``change.state``; see docs/graph.md)."""
-        check_names(soul, field)
-        if not callable(callback):
-            raise LocalProtocolError("subscribe() needs a callable callback", ErrorCode.ARG)
-        sub = Subscription(self, soul, field, callback)
-        with self._lock:
-            self._check_open()
-            self._subs.setdefault(soul, []).append(sub)
-        return sub
-
-    def _unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
-            subs = self._subs.get(sub.soul, [])
-            if sub in subs:
-                subs.remove(sub)
-            if not subs:
-                self._subs.pop(sub.soul, None)
-
-    def changes(self, soul: str, *, field: str | None = None, maxsize: int = 1024) -> ChangeStream:
-        """An async iterator of :class:`Change` for a node or a field (call it from a
-        running event loop); ``close()`` it when done. It holds at most ``maxsize``
-        changes (>= 1, else ValueError), dropping the oldest beyond that."""
-        return ChangeStream(self, soul, field, maxsize)

@@ -227,7 +227,7 @@ class _Plan:
 
 
 class HistoryGraph(Protocol):
-    """What a history reads of its graph (:class:`~dtp.graph.store_base.GraphBase`)."""
+    """What a history reads of its graph (:class:`~dtp.graph.store.Graph`)."""
 
     @property
     def identity(self) -> HostIdentity | None: ...

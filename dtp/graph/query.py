@@ -41,7 +41,7 @@ from dtp.graph.values import (
     value_text,
 )
 
-# (every part of a Graph logs as dtp.graph.store, the module users know it by)
+# (logs as dtp.graph.store, the module users know the graph by)
 logger = logging.getLogger("dtp.graph.store")
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
@@ -184,7 +184,7 @@ def check_soul(soul: object, what: str) -> str:
 
 
 class QueryRunner(Protocol):
-    """What a query needs of its graph (:class:`~dtp.graph.queries.GraphQueries`)."""
+    """What a query needs of its graph (:class:`~dtp.graph.store.Graph`)."""
 
     def _run_query(self, query: Query) -> list[str]: ...
 

@@ -40,7 +40,7 @@ from dtp.graph.persist import GraphStorage, GraphStorageError
 from dtp.graph.query import LINK, NUMBER, STRING, Each, Key, Out, Step, Where, comparable
 from dtp.graph.values import JSON, link_soul
 
-# (every part of a Graph logs as dtp.graph.store, the module users know it by)
+# (logs as dtp.graph.store, the module users know the graph by)
 logger = logging.getLogger("dtp.graph.store")
 
 TABLES = ("query_link", "query_value")

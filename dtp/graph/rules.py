@@ -190,7 +190,7 @@ def _unwrap_sea(value: JSON) -> JSON:
 
 
 class RuledGraph(Protocol):
-    """What the rules read of their graph (:class:`~dtp.graph.store_base.GraphBase`):
+    """What the rules read of their graph (:class:`~dtp.graph.store.Graph`):
     its table and a stored value's decoding."""
 
     @property

@@ -1,11 +1,13 @@
 """The graph's privacy tiers, one API shape for the three (docs/graph.md, "Privacy
 tiers"):
 
-- **public** (:meth:`GraphTiers.public`): anyone reads and writes -- plain souls;
-- **protected** (:meth:`GraphTiers.protected`): anyone reads, only the author writes --
-  the signed user space ``~0x<address>/...`` (:mod:`dtp.graph.namespace`);
-- **private** (:meth:`GraphTiers.private`): values encrypted to readers the author
-  names; only the author writes -- ``%0x<address>/<space>/...``
+- **public** (:meth:`Graph.public <dtp.graph.store.Graph.public>`): anyone reads and
+  writes -- plain souls;
+- **protected** (:meth:`Graph.protected <dtp.graph.store.Graph.protected>`): anyone
+  reads, only the author writes -- the signed user space ``~0x<address>/...``
+  (:mod:`dtp.graph.namespace`);
+- **private** (:meth:`Graph.private <dtp.graph.store.Graph.private>`): values encrypted
+  to readers the author names; only the author writes -- ``%0x<address>/<space>/...``
   (:mod:`dtp.graph.private` holds the format and the rule every peer applies).
 
 Each returns a node handle with ``soul``, ``tier``, ``put(fields)``, ``get()``,
@@ -37,7 +39,6 @@ from dtp.errors import ErrorCode, LocalProtocolError, NotAReader, NotTheAuthor, 
 from dtp.graph import namespace, private, sea
 from dtp.graph.arguments import name_text, utf8_name
 from dtp.graph.changes import Change, Subscription
-from dtp.graph.store_base import GraphBase
 from dtp.graph.values import JSON, decode_value
 from dtp.identity.keys import HostIdentity, noise_key_object
 
@@ -48,6 +49,9 @@ _Sealed = TypeVar("_Sealed")
 
 class TieredGraph(Protocol):
     """What a tier's handles use of their graph (a :class:`~dtp.graph.store.Graph`)."""
+
+    @property
+    def identity(self) -> HostIdentity | None: ...
 
     def put(self, soul: str, data: Mapping[str, Any]) -> float: ...
 
@@ -612,57 +616,56 @@ def _check_path(path: object) -> tuple[str, str]:
     return name, rest
 
 
-class GraphTiers(GraphBase):
-    """:meth:`public`, :meth:`protected` and :meth:`private`: handles on nodes of the
-    three tiers (see the module docstring)."""
+def public_node(graph: TieredGraph, soul: str) -> PublicNode:
+    """:meth:`Graph.public <dtp.graph.store.Graph.public>`: the handle, once ``soul`` is
+    known to be of the public tier."""
+    s = utf8_name(soul, "a soul")
+    if not s:
+        raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
+    if namespace.is_user_space(s) or private.is_private(s) or sea.is_guarded(soul):
+        raise LocalProtocolError(
+            f"{soul[:80]!r} is no public soul: use graph.protected() or graph.private() "
+            "(docs/graph.md, 'Privacy tiers')",
+            ErrorCode.ARG,
+        )
+    return PublicNode(graph, soul)
 
-    def public(self, soul: str) -> PublicNode:
-        """The public node ``soul``: anyone reads and writes. LocalProtocolError for a
-        soul of another tier (``~0x...`` protected, ``%0x...`` private, a Gun user's)."""
-        s = utf8_name(soul, "a soul")
-        if not s:
-            raise LocalProtocolError("a soul is a non-empty string", ErrorCode.ARG)
-        if namespace.is_user_space(s) or private.is_private(s) or sea.is_guarded(soul):
-            raise LocalProtocolError(
-                f"{soul[:80]!r} is no public soul: use graph.protected() or graph.private() "
-                "(docs/graph.md, 'Privacy tiers')",
-                ErrorCode.ARG,
-            )
-        return PublicNode(cast("TieredGraph", self), soul)
 
-    def protected(
-        self, path: str = "", identity: HostIdentity | None = None, *, author: str | None = None
-    ) -> ProtectedNode:
-        """The node ``~<author>/<path>`` (``~<author>`` for path ""): anyone reads, only
-        the author writes. ``identity`` (the graph's by default) signs writes and names
-        the author unless ``author`` (a Sui address) does; reading needs neither."""
-        ident = _identity(identity, "identity") or self.identity
-        writer = _author(ident, author)
-        if not isinstance(path, str):
-            raise LocalProtocolError("a protected node's path is a string", ErrorCode.ARG)
-        soul = namespace.user_soul(writer, path)
-        return ProtectedNode(cast("TieredGraph", self), soul, writer, ident)
+def protected_node(
+    graph: TieredGraph, path: str, identity: HostIdentity | None, author: str | None
+) -> ProtectedNode:
+    """:meth:`Graph.protected <dtp.graph.store.Graph.protected>`: the handle, its
+    arguments checked."""
+    ident, writer = _signer_and_author(graph, identity, author)
+    if not isinstance(path, str):
+        raise LocalProtocolError("a protected node's path is a string", ErrorCode.ARG)
+    return ProtectedNode(graph, namespace.user_soul(writer, path), writer, ident)
 
-    def private(
-        self, path: str, identity: HostIdentity | None = None, *, author: str | None = None
-    ) -> PrivateNode:
-        """The node ``%<author>/<path>`` of a private space: ``path`` is the space's
-        name (1..64 of ``A-Z a-z 0-9 _ . -``), then optionally ``/`` and the node's
-        path in it. ``identity`` (the graph's by default) reads with its Noise key
-        and, when it is the author, writes; ``author`` (a Sui address) names another
-        author's space."""
-        ident = _identity(identity, "identity") or self.identity
-        writer = _author(ident, author)
-        name, rest = _check_path(path)
-        space = _Space(cast("TieredGraph", self), writer, name, ident)
-        return PrivateNode(space, space.root + (f"/{rest}" if rest else ""))
+
+def private_node(
+    graph: TieredGraph, path: str, identity: HostIdentity | None, author: str | None
+) -> PrivateNode:
+    """:meth:`Graph.private <dtp.graph.store.Graph.private>`: the handle on a node of
+    the space ``path`` names."""
+    ident, writer = _signer_and_author(graph, identity, author)
+    name, rest = _check_path(path)
+    space = _Space(graph, writer, name, ident)
+    return PrivateNode(space, space.root + (f"/{rest}" if rest else ""))
+
+
+def _signer_and_author(
+    graph: TieredGraph, identity: object, author: object
+) -> tuple[HostIdentity | None, str]:
+    """The identity a handle uses (``identity``, else the graph's) and the author it
+    names (``author``, else that identity's address)."""
+    ident = _identity(identity, "identity") or graph.identity
+    return ident, _author(ident, author)
 
 
 __all__ = [
     "PRIVATE",
     "PROTECTED",
     "PUBLIC",
-    "GraphTiers",
     "PrivateNode",
     "PrivateSubscription",
     "ProtectedNode",

@@ -17,7 +17,7 @@ from dtp.graph.persist import GraphStorage, GraphStorageError, IdleFlusher
 _CLOCK_RESERVE = 250.0  # ms of states persisted ahead of the clock (see WriteBack.reserve_clock)
 _COMPACT_RETRY = 60.0  # s before a compaction that failed is tried again (its flush was done)
 
-# (every part of a Graph logs as dtp.graph.store, the module users know it by)
+# (logs as dtp.graph.store, the module users know the graph by)
 logger = logging.getLogger("dtp.graph.store")
 
 

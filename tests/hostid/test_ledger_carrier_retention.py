@@ -383,7 +383,7 @@ def test_the_records_offered_are_remembered_up_to_a_bound(
     """The set of records offered for confirmation grew for a connection's whole life;
     only the newest MAX_OFFERED_RETAINED are kept now, and every record is still
     confirmed once."""
-    import dtp.hostid.ledger_carrier.retention as retention_module
+    import dtp.hostid.ledger_carrier.carrier as retention_module
 
     monkeypatch.setattr(retention_module, "MAX_OFFERED_RETAINED", 8)
     world = World(tmp_path / "ledger.db")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.clock as local
+import dtp.ledger.local.store as local
 from dtp.errors import ChainError, InvalidArgument
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import CLOCK_MAX_MS, LocalLedger

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.transactions as transactions
+import dtp.ledger.local.store as transactions
 from dtp.errors import ChainError, InvalidArgument, InvalidTransaction, WrongSigner
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import dtp.ledger.local.checkpoints as checkpoints
-import dtp.ledger.local.clock as clock
+import dtp.ledger.local.store as clock
 from dtp.errors import ChainError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

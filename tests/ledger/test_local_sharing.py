@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.transactions as transactions
+import dtp.ledger.local.store as transactions
 from dtp.errors import ObjectNotFound
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

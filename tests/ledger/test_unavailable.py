@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import dtp.ledger.local.transactions as transactions
+import dtp.ledger.local.store as transactions
 from dtp import errors
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger

@@ -61,8 +61,8 @@ from dtp.messaging.broadcast import (
     signed_message,
     signed_tip,
 )
-from dtp.messaging.broadcast import tip_state as tip_state_module
-from dtp.messaging.broadcast import tips as tips_module
+from dtp.messaging.broadcast import station as tip_state_module
+from dtp.messaging.broadcast import station as tips_module
 from dtp.messaging.discovery import DiscoveryGossip, encode_announcement
 from dtp.messaging.framing import decode_body, encode_frame, read_frames
 from dtp.messaging.pubsub import PubSubNode

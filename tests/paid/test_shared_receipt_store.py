@@ -50,7 +50,7 @@ import dtp.payments.serving
 import dtp.socket
 from dtp.hostid.paid import ServicePolicy
 from dtp.payments.receipt_store import ReceiptStore, StoredReceipt
-from dtp.payments.receipt_store import runs as store_runs
+from dtp.payments.receipt_store import store as store_runs
 from dtp.payments.serving import recover_store
 from tests.support.paid_stores import STORE_PORT as PORT
 from tests.support.paid_stores import STORE_SERVER as SERVER

@@ -73,32 +73,25 @@ window drops those.)
 :class:`LedgerLink` drives two connections over two carriers with a virtual clock, like
 :class:`dtp.transport.carriers.memory.MemoryLink`.
 
-:class:`LedgerCarrier` holds its options, its snapshot and its closing, and is made of its
-parts: ``carrier_fields`` (what a carrier holds, declared once), ``carrier_sending``,
-``carrier_receiving``, ``carrier_timers`` (gaps given up, SYNCs and ``pipe::sync``) and
-``retention``; ``framing`` holds the payload format, ``lanes`` what the receiver has seen
-of one inner pipe.
+:class:`LedgerCarrier` is one class read top to bottom: its options, snapshot and closing;
+sending; its timers (gaps given up, SYNCs and ``pipe::sync``); receiving; retained records.
+``framing`` holds the payload format, ``lanes`` what the receiver has seen of one inner
+pipe, and ``retention`` the ledger calls that confirm and reclaim retained records, also
+without a carrier.
 """
 
 from __future__ import annotations
 
 import secrets
+import struct
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from dtp.errors import ChainError
-from dtp.hostid.ledger_carrier.carrier_fields import _check_int as _check_int
-from dtp.hostid.ledger_carrier.carrier_fields import _check_number as _check_number
-from dtp.hostid.ledger_carrier.carrier_receiving import MAX_CLASHED_IDS as MAX_CLASHED_IDS
-from dtp.hostid.ledger_carrier.carrier_receiving import MAX_FOREIGN_PIPES as MAX_FOREIGN_PIPES
-from dtp.hostid.ledger_carrier.carrier_receiving import MAX_ORPHAN_BYTES as MAX_ORPHAN_BYTES
-from dtp.hostid.ledger_carrier.carrier_receiving import MAX_ORPHAN_EVENTS as MAX_ORPHAN_EVENTS
-from dtp.hostid.ledger_carrier.carrier_receiving import MAX_PARTIAL_RECORDS as MAX_PARTIAL_RECORDS
-from dtp.hostid.ledger_carrier.carrier_receiving import MIN_PAGE, CarrierReceiving
-from dtp.hostid.ledger_carrier.carrier_sending import CarrierClosed
+from dtp.errors import ChainError, ConnectionClosed, ConnectionStateError, PipeError
 from dtp.hostid.ledger_carrier.framing import (
     _FRAG_HEADER,
     _MAX_FRAGMENTS,
@@ -110,12 +103,17 @@ from dtp.hostid.ledger_carrier.framing import (
 )
 from dtp.hostid.ledger_carrier.framing import MAX_DTP_RECORD as MAX_DTP_RECORD
 from dtp.hostid.ledger_carrier.lanes import _Lane
-from dtp.hostid.ledger_carrier.retention import MAX_OFFERED_RETAINED as MAX_OFFERED_RETAINED
-from dtp.hostid.ledger_carrier.retention import MAX_PENDING_RETAINED as MAX_PENDING_RETAINED
-from dtp.hostid.ledger_carrier.retention import confirm_records, confirm_retained, reclaim_retained
+from dtp.hostid.ledger_carrier.retention import (
+    confirm_records,
+    confirm_retained,
+    reclaim_records,
+    reclaim_retained,
+)
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import Event, EventFilter
+from dtp.ledger.receipt import object_id_bytes
+from dtp.protocol.buffers import bytes_like
 from dtp.protocol.connection import Connection
 
 __all__ = [
@@ -140,6 +138,46 @@ __all__ = [
 _RESUME_JUMP_MIN = 1 << 20
 _RESUME_JUMP_SPAN = (1 << 31) - _RESUME_JUMP_MIN
 
+#: Incomplete fragmented records kept at once (the oldest is dropped beyond this).
+MAX_PARTIAL_RECORDS = 64
+#: Fragment ids found carrying two records remembered (their later pieces are dropped).
+MAX_CLASHED_IDS = 64
+#: The smallest page ``receive(max_bytes=...)`` reads (events), however little room is
+#: left: pages of one event made a reader whose peer is a busy host (most events other
+#: connections') read the ledger once per event.
+MIN_PAGE = 8
+#: PipeDataSent events of not-yet-known pipes kept in case their PipeCreated comes later
+#: (at most this many, and this many bytes of payload).
+MAX_ORPHAN_EVENTS = 1024
+MAX_ORPHAN_BYTES = 1 << 20
+#: Pipes of the peer's other connections remembered (their data events are skipped).
+MAX_FOREIGN_PIPES = 4096
+#: The peer's RecordRetained events whose payload was not seen yet, kept at once.
+MAX_PENDING_RETAINED = 65_536
+#: Records offered for confirmation that a carrier remembers (the newest), to skip a
+#: repeated RetainedRecord event.
+MAX_OFFERED_RETAINED = 65_536
+
+
+def _check_int(name: str, value: object) -> None:
+    """TypeError unless ``value`` is an integer (a bool is none here: True passed as 1),
+    the carrier options' type check (their range is a ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__!r}")
+
+
+def _check_number(name: str, value: object) -> None:
+    """TypeError unless ``value`` is a number of seconds (a bool is none here), the
+    carrier options' type check (their range is a ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__!r}")
+
+
+class CarrierClosed(ConnectionClosed, RuntimeError):
+    """A send on a carrier that was closed (:meth:`LedgerCarrier.close`): a
+    :class:`~dtp.errors.ConnectionClosed`, as a write on a closed connection raises, and
+    a RuntimeError too, for callers that catch that."""
+
 
 @dataclass
 class CarrierState:
@@ -162,7 +200,7 @@ class CarrierState:
     to_confirm: list[str] = field(default_factory=list)
 
 
-class LedgerCarrier(CarrierReceiving):
+class LedgerCarrier:
     """One side's ledger carrier for connection ``connection_id`` (see the module docs).
 
     ``identity`` signs our transactions (it must be a participant of the connection);
@@ -372,6 +410,472 @@ class LedgerCarrier(CarrierReceiving):
     def destroyed(self) -> bool:
         """Whether :meth:`close` is done with our pipe (destroyed, or refused for good)."""
         return self._destroyed
+
+    # -- sending: records framed into payloads, posted on the least loaded inner -----------
+
+    @property
+    def inner_count(self) -> int:
+        """How many inner pipes our pipe has."""
+        return len(self._sent)
+
+    def in_flight(self) -> list[int]:
+        """Per inner of our pipe: payloads sent and not yet acknowledged by the peer."""
+        return [s - a for s, a in zip(self._sent, self._acked, strict=True)]
+
+    def _pick_inner(self) -> int:
+        loads = self.in_flight()
+        best = min(loads)
+        n = len(loads)
+        for step in range(n):
+            i = (self._rr + step) % n
+            if loads[i] == best:
+                self._rr = (i + 1) % n
+                return i
+        raise AssertionError("unreachable")
+
+    def _post(self, payload: bytes, *, data: bool = False) -> None:
+        with self._post_lock:
+            inner = self._pick_inner()
+            if data and self.retention_terms is not None and not self.retention_over:
+                try:
+                    record = self.ledger.send_retained(
+                        self.identity, self.pipe_id, self.retention_terms, inner, payload
+                    )
+                except ConnectionStateError as exc:
+                    if exc.name != "EConnectionNotOpen":
+                        raise
+                    # closed on the ledger (a half-close, a settlement): records are
+                    # kept only on an Open connection (docs/escrow.md §16), but the
+                    # last payloads (a CLOSE) still go, plainly, as SYNCs do
+                    self.retention_over = True
+                else:
+                    with self._retained_lock:
+                        self.retained.append(record)
+                    self.retained_sent += 1
+                    # we own the pipe: retention::send took the inner's next seq
+                    self._sent[inner] += 1
+                    self.payloads_sent += 1
+                    return
+            seq = self.ledger.pipe_send(self.identity, self.pipe_id, inner, payload)
+            self._sent[inner] = max(self._sent[inner], seq + 1)
+            self.payloads_sent += 1
+
+    def send(self, records: Sequence[bytes]) -> None:
+        """Post whole DTP records (each as one payload, or fragments when too large).
+        Ledger errors propagate: nothing is dropped silently. Safe to call from another
+        thread than :meth:`receive`. A record that is not bytes-like (TypeError) or
+        needs more than 255 fragments (ValueError) refuses the call, nothing posted."""
+        if self.closed:
+            raise CarrierClosed("the carrier is closed")
+        # checked before anything is posted: bytes passed as the list posted one
+        # zero-filled "record" per byte (``bytes(97)``), a transaction each, and an int
+        # record as many zero bytes
+        if isinstance(records, bytes | bytearray | memoryview | str):
+            raise TypeError(
+                f"records must be a sequence of byte strings, not {type(records).__name__}"
+            )
+        # (any buffer, as a socket takes: an array.array record was taken before the
+        # type check, which then refused it as "not bytes-like")
+        whole = [bytes_like(record) for record in records]
+        with self._post_lock:
+            # all framed first: a record too large for 255 fragments is refused before
+            # the records ahead of it are posted (they were, then the ValueError)
+            fid = self._next_fragment_id
+            framed: list[list[bytes]] = []
+            for record in whole:
+                framed.append(frame_record(record, fid, self.max_payload))
+                if len(framed[-1]) > 1:
+                    fid = (fid + 1) & 0xFFFFFFFF
+            self._next_fragment_id = fid
+            for payloads in framed:
+                for payload in payloads:
+                    self._post(payload, data=True)
+
+    # -- timers: SYNCs posted, gaps given up, our pipe synced ------------------------------
+
+    def get_timer(self) -> float | None:
+        """When :meth:`poll` has something to do next (None: nothing pending)."""
+        if self.closed:
+            return None
+        times = [
+            lane.gap_since + self.gap_timeout
+            for lanes in self._lanes.values()
+            for lane in lanes
+            if lane.gap_since is not None
+        ]
+        if self._first_unreported_at is not None:
+            times.append(self._first_unreported_at + self.sync_interval)
+        if self._retained_pending:
+            oldest = next(iter(self._retained_pending.values()))
+            times.append(oldest[3] + self.gap_timeout)
+        return min(times) if times else None
+
+    def poll(self, now: float | None = None) -> None:
+        """Give up expired gaps, ``pipe::sync`` what the peer acknowledged and post a
+        SYNC when one is due (no ledger reads). A ledger error leaves both due."""
+        now = self.clock() if now is None else now
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                if lane.gap_since is not None and now >= lane.gap_since + self.gap_timeout:
+                    self.gaps_given_up += lane.give_up_gap(now)
+                    self._note_data(now)
+        if self._retained_pending:
+            self._settle_retained(now)
+        if self.closed:
+            return
+        self._sync_pipe()
+        due = self._unreported >= self.sync_every or (
+            self._first_unreported_at is not None
+            and now >= self._first_unreported_at + self.sync_interval
+        )
+        if due:
+            self._report()
+
+    def _note_data(self, now: float) -> None:
+        self._unreported += 1
+        if self._first_unreported_at is None:
+            self._first_unreported_at = now
+
+    def _report(self) -> None:
+        for pid, lanes in self._lanes.items():
+            prefixes = [lane.prefix for lane in lanes]
+            # (a pipe with nothing seen has nothing to acknowledge: a SYNC, a transaction
+            # of ours, went to each idle pipe the peer created)
+            if self._last_reported.get(pid, [0] * len(prefixes)) == prefixes:
+                continue
+            payload = (
+                bytes([KIND_SYNC])
+                + object_id_bytes(pid)
+                + bytes([len(prefixes)])
+                + struct.pack(f"<{len(prefixes)}Q", *prefixes)
+            )
+            self._post(payload)
+            self._last_reported[pid] = prefixes
+            self.syncs_sent += 1
+        # (only now: a SYNC the ledger did not take is due again at the next poll)
+        self._unreported = 0
+        self._first_unreported_at = None
+
+    def _sync_pipe(self) -> None:
+        """``pipe::sync`` the inners the peer reported more of. A call the ledger did
+        not answer leaves its target, so a later poll tries again."""
+        for inner, acked in enumerate(self._ack_target):
+            if acked <= self._acked[inner]:
+                continue
+            try:
+                self.ledger.pipe_sync(self.identity, self.pipe_id, inner, acked)
+            except PipeError:
+                # another carrier on this pipe (an adopted pipe) moved it: re-read it
+                lane = self.ledger.get_pipe(self.pipe_id).inners[inner]
+                with self._post_lock:  # (a send in another thread moves _sent too)
+                    self._sent[inner] = max(self._sent[inner], lane.next_seq)
+                self._acked[inner] = max(self._acked[inner], lane.acked)
+                # (refused, not unanswered: not tried again at every poll)
+                self._ack_target[inner] = self._acked[inner]
+                continue
+            self._acked[inner] = acked
+            self.pipe_syncs += 1
+
+    # -- receiving: the peer's pipes learnt, its payloads joined into records, its SYNCs ---
+
+    @property
+    def peer_pipes(self) -> tuple[str, ...]:
+        """The peer's pipes for this connection, as discovered so far."""
+        return tuple(self._peer_pipes)
+
+    def receive(
+        self, timeout: float = 0.0, now: float | None = None, *, max_bytes: int | None = None
+    ) -> list[bytes]:
+        """DTP records the peer posted since the last call (waiting up to ``timeout``
+        seconds for the first: events that carry none, such as the peer's SYNC, do not
+        end the wait, the peer destroying its pipe does). Also posts our SYNC and calls
+        ``pipe::sync`` as due.
+
+        ``max_bytes`` (a consumer's room, e.g. the bridge's buffer below its high-water
+        mark): stop reading once the records read come to that many bytes, leaving the
+        rest on the ledger for a later call; the records returned may exceed it by
+        about :data:`MIN_PAGE` payloads (see the module docs). None: read every page
+        the ledger has.
+
+        Ledger errors propagate, but nothing read is lost: records read before a failed
+        read are handed back by the next call, and when a SYNC or ``pipe::sync`` fails
+        after records were read, the records are returned and the failed call, still
+        due, is tried (and raises) again later."""
+        if max_bytes is not None:
+            _check_int("max_bytes", max_bytes)
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
+        # (checked before the records held back are taken: a timeout that failed its
+        # comparison lost them, and the lanes have seen them, so they never came again)
+        _check_number("timeout", timeout)
+        given_now = now
+        now = self.clock() if now is None else now
+        out, self._undelivered = self._undelivered, []
+        held = sum(map(len, out))
+        # waiting (records to hand back: none): until a record comes or the timeout
+        # passes. (Only the first read waited: the peer's SYNC, or its other
+        # connections' events, ended the wait with nothing, the record a moment later.)
+        deadline = time.monotonic() + timeout if timeout > 0 and not out else None
+        try:
+            while max_bytes is None or held < max_bytes:
+                limit = self.page_size
+                if max_bytes is not None:
+                    # a payload yields at most MAX_PIPE_DATA bytes of records (or
+                    # completes one held in pieces): read no more than the room takes
+                    room = (max_bytes - held) // MAX_PIPE_DATA
+                    limit = min(self.page_size, max(MIN_PAGE, room))
+                wait = 0.0 if deadline is None or out else deadline - time.monotonic()
+                if wait > 0:
+                    events, cursor = self.ledger.wait_events(self.cursor, wait, self._filter, limit)
+                    if given_now is None:
+                        now = self.clock()  # (what came, came now: not when the wait began)
+                else:
+                    events, cursor = self.ledger.events(self.cursor, self._filter, limit)
+                self.cursor = cursor
+                start = len(out)
+                # pipes first: a batch may come reordered, data before its PipeCreated
+                for event in sorted(events, key=lambda e: e.name != "PipeCreated"):
+                    self._on_event(event, now, out)
+                held += sum(len(record) for record in out[start:])
+                # (the peer destroyed its pipe: nothing more is coming, so the wait ends
+                # here rather than going on past record-less events; a caller reading
+                # until peer_closed would sit out its whole timeout)
+                if len(events) < limit and (
+                    out or deadline is None or self.peer_closed or time.monotonic() >= deadline
+                ):
+                    break
+        except BaseException:
+            # the lanes have seen these: dropped here, they were never handed back
+            self._undelivered = out
+            raise
+        try:
+            self.poll(now)
+        except ChainError:
+            # (raised, the records read went with it: a ledger that took reads but no
+            # transaction lost every one.) The SYNC or pipe::sync stays due: the next
+            # call with nothing to hand back raises
+            if not out:
+                raise
+        return out
+
+    def _on_event(self, event: Event, now: float, out: list[bytes]) -> None:
+        name = event.name
+        fields = event.fields
+        if name == "PipeCreated":
+            pipe = fields["pipe"]
+            if (
+                fields.get("connection") == self.connection_id
+                and fields.get("owner") == self.peer_address
+                and pipe not in self._peer_pipes
+            ):
+                self._learn_pipe(pipe, int(fields["inners"]), now, out)
+            elif pipe not in self._peer_pipes:
+                self._note_foreign(pipe)
+        elif name == "PipeDestroyed":
+            if fields.get("pipe") in self._peer_pipes:
+                self.peer_closed = True
+        elif name == "RecordRetained":
+            self._on_retained(fields, now)
+        elif name == "PipeDataSent":
+            pipe = fields.get("pipe", "")
+            lanes = self._lanes.get(pipe)
+            inner = int(fields.get("inner", -1))
+            if lanes is None:
+                self._keep_orphan(event)
+                return
+            if not 0 <= inner < len(lanes):
+                return
+            lane = lanes[inner]
+            if not lane.see(int(fields["seq"]), now):
+                self.duplicates += 1
+                return
+            self.payloads_received += 1
+            self._on_payload(fields["pipe"], bytes(fields["data"]), now, out)
+
+    def _learn_pipe(self, pipe: str, inners: int, now: float, out: list[bytes]) -> None:
+        """A pipe of the peer's for this connection: read from now on, with the data
+        events that came before we knew it."""
+        self._peer_pipes.append(pipe)
+        self._lanes[pipe] = [_Lane() for _ in range(inners)]
+        orphans = [e for e in self._orphans if e.fields.get("pipe") == pipe]
+        if orphans:
+            self._orphans = deque(e for e in self._orphans if e.fields.get("pipe") != pipe)
+            self._orphan_bytes -= sum(len(e.fields.get("data", b"")) for e in orphans)
+            for orphan in orphans:
+                self._on_event(orphan, now, out)
+
+    def _note_foreign(self, pipe: str) -> None:
+        self._foreign[pipe] = None
+        self._foreign.move_to_end(pipe)
+        while len(self._foreign) > MAX_FOREIGN_PIPES:
+            self._foreign.popitem(last=False)
+
+    def _keep_orphan(self, event: Event) -> None:
+        """A data event of a pipe we do not know. The peer's other connections share its
+        sender address, so most are theirs: a pipe whose PipeCreated named another
+        connection is skipped, and the others are kept (in case their PipeCreated comes
+        later, on a ledger that reorders) within MAX_ORPHAN_EVENTS and
+        MAX_ORPHAN_BYTES, oldest dropped first. Kept by count alone, a client of a busy
+        host held up to 1024 payloads of other connections, 16 MiB, per connection."""
+        pipe = event.fields.get("pipe", "")
+        if pipe in self._foreign:
+            return
+        self._orphans.append(event)
+        self._orphan_bytes += len(event.fields.get("data", b""))
+        while len(self._orphans) > MAX_ORPHAN_EVENTS or self._orphan_bytes > MAX_ORPHAN_BYTES:
+            dropped = self._orphans.popleft()
+            self._orphan_bytes -= len(dropped.fields.get("data", b""))
+
+    def _on_payload(self, pipe: str, payload: bytes, now: float, out: list[bytes]) -> None:
+        if not payload:
+            self.malformed += 1
+            return
+        kind = payload[0]
+        if kind == KIND_RECORD:
+            self._note_data(now)
+            out.append(payload[1:])
+        elif kind == KIND_FRAGMENT and len(payload) > _FRAG_HEADER.size:
+            self._note_data(now)
+            _, fid, index, count = _FRAG_HEADER.unpack_from(payload)
+            if not index < count:
+                self.malformed += 1
+                return
+            key = (pipe, fid)
+            if key in self._clashed:
+                self.fragment_clashes += 1
+                return
+            count_seen, parts = self._partial.setdefault(key, (count, {}))
+            if count_seen != count:
+                # pieces of one id that disagree on their count are no record: without
+                # this check a piece could be missing when the count is reached
+                del self._partial[key]
+                self.malformed += 1
+                return
+            piece = payload[_FRAG_HEADER.size :]
+            if parts.get(index, piece) != piece:
+                # two records under one id (two writers on the pipe, e.g. an older peer
+                # whose carriers all counted from 0): joined, their pieces made one
+                # garbled record; dropped now, and the id's later pieces with them
+                del self._partial[key]
+                self.fragment_clashes += 1 + len(parts)
+                self._clashed[key] = None
+                while len(self._clashed) > MAX_CLASHED_IDS:
+                    self._clashed.popitem(last=False)
+                return
+            parts[index] = piece
+            if sum(map(len, parts.values())) > self.max_record:
+                # (kept, a peer posting 255 full pieces under each of 64 ids held 267 MB
+                # of a bridge's, whose records are at most 16 KiB: 1 MiB now)
+                del self._partial[key]
+                self.malformed += 1
+                return
+            if len(parts) == count:
+                del self._partial[key]
+                out.append(b"".join(parts[i] for i in range(count)))
+            while len(self._partial) > MAX_PARTIAL_RECORDS:
+                self._partial.popitem(last=False)
+                self.fragments_dropped += 1
+        elif kind == KIND_SYNC and len(payload) >= 34:
+            self._on_sync(payload)
+        else:
+            self.malformed += 1
+
+    def _on_sync(self, payload: bytes) -> None:
+        if self.closed or payload[1:33] != object_id_bytes(self.pipe_id):
+            return  # closed: our pipe is gone, nothing to sync (a lingering read)
+        n = payload[33]
+        if len(payload) < 34 + 8 * n:
+            return
+        prefixes = struct.unpack_from(f"<{n}Q", payload, 34)
+        for inner, seen in enumerate(prefixes[: self.inner_count]):
+            # (capped now: a report of more than we had sent acknowledges nothing later)
+            self._ack_target[inner] = max(self._ack_target[inner], min(seen, self._sent[inner]))
+
+    # -- retained records: ours to reclaim, the peer's to confirm (docs/escrow.md §16) -----
+
+    def _on_retained(self, fields: Mapping[str, Any], now: float) -> None:
+        record = str(fields.get("record", ""))
+        if (
+            fields.get("receiver") != self.identity.sui_address
+            or fields.get("connection") != self.connection_id
+            or record in self._offered
+            or record in self._retained_pending
+        ):
+            return
+        where = (str(fields.get("pipe", "")), int(fields["inner"]), int(fields["seq"]), now)
+        self._retained_pending[record] = where
+        while len(self._retained_pending) > MAX_PENDING_RETAINED:
+            self._retained_pending.popitem(last=False)
+
+    def _settle_retained(self, now: float) -> None:
+        """Offer the pending records whose payload the lanes have passed, or whose data
+        event did not come within ``gap_timeout`` of their RecordRetained (both come from
+        one transaction, so it is lost to us: given up like a gap)."""
+        done: list[str] = []
+        for record, (pipe, inner, seq, since) in self._retained_pending.items():
+            lanes = self._lanes.get(pipe)
+            if now >= since + self.gap_timeout:
+                done.append(record)
+                continue
+            if lanes is None or not 0 <= inner < len(lanes):
+                continue
+            lane = lanes[inner]
+            if seq < lane.prefix or seq in lane.above:
+                done.append(record)
+        for record in done:
+            del self._retained_pending[record]
+            self._offer(record)
+            self._to_confirm.append(record)
+
+    def _offer(self, record: str) -> None:
+        self._offered[record] = None
+        while len(self._offered) > MAX_OFFERED_RETAINED:
+            self._offered.popitem(last=False)
+
+    @property
+    def peer_retains(self) -> bool:
+        """Whether the peer sent us retained records on this connection."""
+        return bool(self._offered or self._retained_pending)
+
+    def give_up_retained(self) -> None:
+        """Offer every pending record for confirmation now, its data seen or not (the
+        connection is over: we will never need it)."""
+        self._to_confirm += self._retained_pending
+        for record in self._retained_pending:
+            self._offer(record)
+        self._retained_pending.clear()
+
+    def take_confirmations(self) -> list[str]:
+        """The peer's RetainedRecords (addressed to us) whose payload we handed on or
+        gave up since the last call; each record is offered once, however many times
+        its events arrive."""
+        out, self._to_confirm = self._to_confirm, []
+        return out
+
+    def confirm_retained(self) -> int:
+        """Confirm what :meth:`take_confirmations` gives, here and now (ledger calls);
+        returns how many were confirmed."""
+        n = confirm_records(self.ledger, self.identity, self.take_confirmations())
+        self.confirmed += n
+        return n
+
+    def reclaim_storage(self, now_ms: int | None = None) -> int:
+        """Delete our RetainedRecords that are consumed and past their retention time,
+        or unconfirmed and past twice it (at ledger time ``now_ms``, default the
+        ledger's clock); returns the MIST refunded. Records not deletable yet stay for
+        a later call."""
+        now_ms = self.ledger.clock_ms() if now_ms is None else now_ms
+        with self._retained_lock:
+            records = list(self.retained)
+        refunded, kept = reclaim_records(self.ledger, self.identity, records, now_ms)
+        gone = set(records).difference(kept)
+        with self._retained_lock:
+            # only what went: spliced as ``kept`` and what followed ``records``, two
+            # reclaims overlapping a send dropped the records sent meanwhile, never
+            # reclaimed then (the later one's ``records`` were not a prefix any more)
+            self.retained = [record for record in self.retained if record not in gone]
+            self.reclaimed += refunded
+        return refunded
 
 
 class LedgerLink:

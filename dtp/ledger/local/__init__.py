@@ -34,10 +34,8 @@ What it models of Sui:
   Clock and epoch are ledger state, shared by all processes.
 """
 
-from dtp.ledger.local.clock import CLOCK_MAX_MS
-from dtp.ledger.local.execution import TxResult
 from dtp.ledger.local.ledger import LocalLedger
-from dtp.ledger.local.store import default_ledger_path
+from dtp.ledger.local.store import CLOCK_MAX_MS, TxResult, default_ledger_path
 from dtp.ledger.objects import normalize_id
 
 __all__ = ["CLOCK_MAX_MS", "LocalLedger", "TxResult", "default_ledger_path", "normalize_id"]

@@ -9,9 +9,8 @@ from typing import Any, Final
 from dtp.errors import InvalidArgument, ObjectNotFound
 from dtp.ledger.interface import ConnectionView, _connection_view, check_event_read
 from dtp.ledger.local import rules
-from dtp.ledger.local.store import LocalStore
+from dtp.ledger.local.store import LocalStore, T
 from dtp.ledger.local.stored import SEQ_MAX, SqlStore, build, decoded, not_found, stored_version
-from dtp.ledger.local.transactions import T
 from dtp.ledger.objects import (
     FIREWALL_LISTS,
     Broadcast,

@@ -59,7 +59,6 @@ from dtp.messaging.broadcast.events import AirChange, BroadcastMessage, Listener
 from dtp.messaging.broadcast.listener import BroadcastListener
 from dtp.messaging.broadcast.station import BroadcastStation
 from dtp.messaging.broadcast.station_link import _StationLink as _StationLink
-from dtp.messaging.broadcast.tips import TIP_SKEW_US, TIP_WINDOW
 from dtp.messaging.broadcast.wire import AIR as AIR
 from dtp.messaging.broadcast.wire import DENIED as DENIED
 from dtp.messaging.broadcast.wire import HELLO as HELLO
@@ -68,6 +67,8 @@ from dtp.messaging.broadcast.wire import (
     MAX_REQUEST,
     MAX_TIP_MESSAGE,
     SESSION_BYTES,
+    TIP_SKEW_US,
+    TIP_WINDOW,
     signed_hello,
     signed_message,
     signed_tip,

@@ -28,7 +28,7 @@ _Q_AIR: Final = 2
 
 class LinkedStation(Protocol):
     """What a link calls back in its station
-    (:class:`~dtp.messaging.broadcast.station_listeners.StationListeners`)."""
+    (:class:`~dtp.messaging.broadcast.station.BroadcastStation`)."""
 
     def _handle(self, link: _StationLink, message: Any) -> None: ...
 

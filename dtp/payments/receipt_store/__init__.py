@@ -17,8 +17,7 @@ store.
 from __future__ import annotations
 
 from dtp.errors import ReceiptStoreError
-from dtp.payments.receipt_store.runs import STALE_NEWLOCK
-from dtp.payments.receipt_store.store import BUSY_TIMEOUT, ReceiptStore
+from dtp.payments.receipt_store.store import BUSY_TIMEOUT, STALE_NEWLOCK, ReceiptStore
 from dtp.payments.receipt_store.table import StoredReceipt
 
 __all__ = ["BUSY_TIMEOUT", "STALE_NEWLOCK", "ReceiptStore", "ReceiptStoreError", "StoredReceipt"]

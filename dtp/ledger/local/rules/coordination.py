@@ -1,7 +1,7 @@
 """LocalLedger rules of ``dtp::registry`` (move/dtp/sources/registry.move; docs/escrow.md
 §21, docs/coordination.md): leases with fencing tokens and fenced writes of a small
 key-value registry, with the checks in the order of the ``.move`` file. Registered into
-:data:`dtp.ledger.local.rules.FUNCTIONS` by :mod:`dtp.ledger.local.execution`.
+:data:`dtp.ledger.local.rules.FUNCTIONS` by :mod:`dtp.ledger.local.store`.
 
 A Registry's data: ``owner``; ``members``, a list (Move's ``VecSet``); ``leases`` and
 ``entries``, dicts keyed by the name or key (Move's ``VecMap<String, _>``).

@@ -2,7 +2,7 @@
 ``dtp::tickets`` (and the ticketed ``broadcast::create_ticketed``), ``dtp::retention`` and
 ``dtp::payment`` (docs/escrow.md §9, §13-16, §20), with the checks in the order of the
 ``.move`` files. Registered into :data:`dtp.ledger.local.rules.FUNCTIONS` by
-:mod:`dtp.ledger.local.execution`.
+:mod:`dtp.ledger.local.store`.
 
 Balances (``funds``, ``deposit``) are plain ints, like the other rules' balances. Tables
 (a SponsorPool's pledges, a TicketSale's holders) are dicts keyed by ID or address.
