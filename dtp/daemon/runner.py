@@ -524,18 +524,20 @@ class Daemon:
         )
         return context
 
-    def _renew_websocket_tls(self) -> None:
+    async def _renew_websocket_tls(self) -> None:
         """A reload reads the certificate and key again (the paths as started): a renewed
         certificate serves the connections accepted from now on; files that do not serve
-        are logged and the certificate in force kept."""
+        are logged and the certificate in force kept. (Checked in a worker thread; loaded
+        on the loop's, which makes the TLS connections from the context.)"""
         settings = self.config.daemon
-        if self._tls is None or settings.websocket_cert is None or settings.websocket_key is None:
+        cert, key = settings.websocket_cert, settings.websocket_key
+        if self._tls is None or cert is None or key is None:
             return
         from dtp.daemon.ws_tls import TlsFileError, load, read_certificate
 
         try:
-            info = read_certificate(settings.websocket_cert, settings.websocket_key)
-            load(self._tls, settings.websocket_cert, settings.websocket_key)
+            info = await asyncio.to_thread(read_certificate, cert, key)
+            load(self._tls, cert, key)
         except TlsFileError as exc:
             logger.error(
                 "websocket certificate not renewed: the one in force is kept",
@@ -548,7 +550,7 @@ class Daemon:
         )
 
     async def _reload(self) -> None:
-        await asyncio.to_thread(self._renew_websocket_tls)
+        await self._renew_websocket_tls()
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except DaemonConfigError as exc:
