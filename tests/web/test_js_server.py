@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import urllib.parse
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 import dtp.aio
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
+from dtp.testing.loops import LoopThread
 from tests.support.browser import Chromium, chromium_path
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client, node_command, served_package
@@ -71,7 +71,7 @@ def test_the_python_client_talks_to_the_js_server_through_a_relay() -> None:
     denied = HostIdentity.generate()
 
     async def main() -> tuple[list[bytes], list[dict[str, object]], int]:
-        relay = Relay()
+        relay = Relay(wait=30)
         base = await relay.start()
         job = {
             "relay": f"{base}/listen/echo",
@@ -127,20 +127,17 @@ class _RelayThread:
     over DevTools): ``with _RelayThread() as (relay, base_url)``."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.relay = Relay()
+        self.thread = LoopThread()
+        self.relay = Relay(wait=30)
 
     def __enter__(self) -> tuple[Relay, str]:
-        self.thread.start()
-        base = asyncio.run_coroutine_threadsafe(self.relay.start(), self.loop).result(30)
-        return self.relay, base
+        return self.relay, self.thread.run(self.relay.start())
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.relay.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        try:
+            self.thread.run(self.relay.stop())
+        finally:
+            self.thread.close(cancel=True)
 
 
 def test_the_python_client_talks_to_a_server_in_a_chromium_page(

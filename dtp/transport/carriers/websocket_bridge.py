@@ -40,6 +40,12 @@ if TYPE_CHECKING:
 
 __all__ = ["open_websocket_carrier"]
 
+#: Passes the bridge loop runs once its last carrier ended, before it stops.
+SETTLE_PASSES = 10
+#: Seconds the pair stays half-closed after the WebSocket ended, for the engine to read
+#: what it holds and close its end (it does at once: this bounds one never closed).
+PAIR_LINGER = 30.0
+
 
 class _EngineEnd(socket.socket):
     """The engine's end of the pair. When the WebSocket ended for a reason (a breach of
@@ -114,7 +120,15 @@ class _BridgeLoop:
             if _BridgeLoop._current is self:
                 _BridgeLoop._current = None
         with contextlib.suppress(RuntimeError):  # (closed already)
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            asyncio.run_coroutine_threadsafe(self._settle_and_stop(), self.loop)
+
+    async def _settle_and_stop(self) -> None:
+        # a few more passes first: a transport closed in the last one (a refused
+        # upgrade's TCP connection) still runs its connection_lost, which a closed loop
+        # would leave undone (a ResourceWarning wherever the collector finds it)
+        for _ in range(SETTLE_PASSES):
+            await asyncio.sleep(0)
+        self.loop.stop()
 
 
 class _PairSide(asyncio.Protocol):
@@ -131,13 +145,21 @@ class _PairSide(asyncio.Protocol):
             ws.write(data)
 
     def eof_received(self) -> bool:
-        self.bridge.close_ws()
+        bridge = self.bridge
+        bridge.engine_ended = True
+        if bridge.ws_ended and bridge.pair is not None:
+            bridge.pair.close()  # (both ends done)
+        else:
+            bridge.close_ws()
         return True  # (the pair stays open for what the peer still sends, until the ws ends)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.pair_lost = True
-        self.bridge.close_ws()
-        self.bridge.maybe_release()
+        bridge = self.bridge
+        bridge.pair_lost = True
+        if bridge.linger is not None:
+            bridge.linger.cancel()
+        bridge.close_ws()
+        bridge.maybe_release()
 
     def pause_writing(self) -> None:
         # the engine reads slower than the WebSocket brings records: stop reading it
@@ -188,6 +210,8 @@ class _Bridge:
         self.ws: WebSocketTransport | None = None
         self.pair_lost = False
         self.ws_ended = False
+        self.engine_ended = False  # (the engine's end of the stream came)
+        self.linger: asyncio.TimerHandle | None = None
         self.released = False
 
     async def open(
@@ -213,8 +237,20 @@ class _Bridge:
         failure = getattr(self.ws, "_error", None)  # (the carrier's account of a breach)
         if isinstance(failure, ConnectionLost):
             self.near.failure = failure
-        if self.pair is not None and not self.pair.is_closing():
-            self.pair.close()  # (after what it holds for the engine; pair_lost follows)
+        pair = self.pair
+        if pair is not None and not pair.is_closing():
+            if self.engine_ended or not pair.can_write_eof():
+                pair.close()  # (after what it holds for the engine; pair_lost follows)
+            else:
+                # half-closed, as a TCP peer's FIN: the engine reads the end of its
+                # stream after what the pair holds, and what it writes meanwhile is read
+                # and dropped. A pair closed whole fails the engine's next write (EPIPE)
+                # before it read the records that came last -- a refusal's CLOSE behind
+                # message 2, taken for a lost carrier. Closed whole once the engine ends
+                # its side, or after PAIR_LINGER.
+                pair.write_eof()
+                loop = asyncio.get_running_loop()
+                self.linger = loop.call_later(PAIR_LINGER, pair.close)
         self.maybe_release()
 
     def maybe_release(self) -> None:
