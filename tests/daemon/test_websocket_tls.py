@@ -34,9 +34,9 @@ from dtp.errors import ConnectionLost, DaemonConfigError
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local.ledger import LocalLedger
 from tests.daemon.inproc import BOUND, echo_backend, service, tunnel, write_config
+from tests.support.cert_authority import TestCa
 from tests.support.cli_runs import cli_env, run_dtp
 from tests.support.paths import ROOT
-from tests.support.cert_authority import TestCa
 
 HEAD = '[daemon]\nledger = "l.sqlite"\nidentity = "k.key"\nwebsocket_listen = "127.0.0.1:0"\n'
 SVC = '\n[[service]]\nname = "a"\nport = 80\nbackends = ["127.0.0.1:8080"]\n'
