@@ -50,6 +50,7 @@ from dtp.transport.handshake_slots import (
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:
+    import ssl as _ssl
     from pathlib import Path
 
     from dtp.hostid.paid import PaidServer, PaidSocket, ServicePolicy
@@ -94,10 +95,18 @@ def create_connection(
     subscription: str | None = None,
     sponsor_pool: str | None = None,
     on_open: OpenJournal | None = None,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> DTPSocket:
     """Connect to a DTP server and return the connection's first stream.
 
-    ``address``: the server's carrier endpoint ``(host, port)``, or a DTP address
+    ``address``: the server's carrier endpoint ``(host, port)``, a WebSocket URL
+    (``"ws://host:port/path"``, ``"wss://…"``: the WebSocket carrier, docs/protocol.md
+    §13; the ``ws`` extra; ``origin`` the ``Origin`` header sent, None for none as
+    programs send, and ``ssl`` a ``wss://`` URL's TLS context, None for the system's;
+    ``timeout`` bounds the connect, the upgrade and the handshake, and with none the
+    upgrade is bounded by the config's ``handshake_timeout``, as with
+    :func:`dtp.aio.open_connection`), or a DTP address
     (``"dtp://0x<host id>:<port>"`` or a :class:`~dtp.hostid.address.HostAddress`). ``server_key``:
     its Noise static public key (32 bytes) if known — the handshake is then Noise IK and a
     server without that key cannot answer; without it the handshake is Noise XX and
@@ -154,6 +163,31 @@ def create_connection(
         # others do): the process's default socket timeout
         timeout = _socket.getdefaulttimeout()
     check_connect_timeout(timeout)
+    if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://")):
+        if (
+            ledger is not None
+            or deposit is not None
+            or cap_id is not None
+            or carrier not in ("auto", "tcp")
+            or ledger_options is not None
+            or subscription is not None
+            or sponsor_pool is not None
+            or metering is not None
+            or on_open is not None
+        ):
+            raise ValueError("the ledger's options need a DTP address (dtp://…), not a URL")
+        return blocking_connect.create_websocket_connection(
+            address,
+            timeout,
+            server_key=server_key,
+            expected_server_key=expected_server_key,
+            identity=identity,
+            config=config,
+            origin=origin,
+            ssl=ssl,
+        )
+    if origin is not None or ssl is not None:
+        raise ValueError("origin and ssl are for a WebSocket URL (ws://…, wss://…)")
     if isinstance(address, (str, HostAddress)):
         return connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,

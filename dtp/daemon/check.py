@@ -6,8 +6,9 @@ What is checked, in order (each line ``ok``, ``note``, ``warning`` or ``PROBLEM`
 
 * the file itself (its syntax and every value: a mistake there is the one error
   ``dtp daemon`` would stop at, exit 2, and nothing else is checked);
-* what the keys need installed (``metrics_listen``: ``dtp[metrics]``), and the log
-  file's directory;
+* what the keys need installed (``metrics_listen``: ``dtp[metrics]``), the log
+  file's directory, and the certificate ``websocket_cert`` serves (whom it names, how
+  long it is valid: expired is a problem, within 14 days a warning);
 * the state directory (its owner and mode, as the daemon refuses them; whether a
   running daemon holds it -- then the listen addresses are its, and not tried);
 * the identity: it loads (with the passphrase from ``--passphrase-env``), or will be
@@ -99,6 +100,8 @@ def _extras(config: DaemonConfig, check: Check) -> None:
             check.add("problem", "metrics_listen", str(exc))
         else:
             check.add("ok", "metrics_listen", f"http://{settings.metrics_listen}/")
+    if settings.websocket_cert is not None and settings.websocket_key is not None:
+        _websocket_tls(settings.websocket_cert, settings.websocket_key, check)
     if settings.log_file is not None:
         target = settings.log_file
         where = target if target.exists() else target.parent
@@ -113,6 +116,37 @@ def _extras(config: DaemonConfig, check: Check) -> None:
                 f"{target} (rotated at {settings.log_max_bytes:,} bytes, "
                 f"{settings.log_backups} kept)",
             )
+
+
+def _websocket_tls(cert: Path, key: Path, check: Check) -> None:
+    """The certificate ``wss://`` serves: it loads with its key (the config's parse
+    checked that once), whom it names, and how long it is valid."""
+    from dtp.daemon.ws_tls import EXPIRY_WARNING_DAYS, TlsFileError, read_certificate
+
+    try:
+        info = read_certificate(cert, key)
+    except TlsFileError as exc:
+        check.add("problem", exc.key, str(exc))
+        return
+    until = info.not_after.strftime("%Y-%m-%d %H:%M UTC")
+    days = info.days_left()
+    if days < 0:
+        check.add("problem", "websocket_cert", f"{cert} expired on {until}: browsers refuse it")
+    elif days < EXPIRY_WARNING_DAYS:
+        check.add("warning", "websocket_cert", f"{cert} expires on {until}, in {days:.0f} days")
+    if not info.names:
+        check.add(
+            "warning",
+            "websocket_cert",
+            f"{cert} names no host (no subject alternative name): browsers refuse it",
+        )
+    if days >= 0:
+        chain = f", {info.chain - 1} intermediate(s)" if info.chain > 1 else ""
+        check.add(
+            "ok",
+            "websocket_cert",
+            f"wss:// for {', '.join(info.names) or info.subject}, valid until {until}{chain}",
+        )
 
 
 def _state_dir(config: DaemonConfig, check: Check) -> int | None:

@@ -235,6 +235,11 @@ class DaemonSettings:
     websocket_origins: tuple[str, ...] = ()
     """The web origins whose pages may connect over WebSocket (``"https://app.example"``;
     ``"*"``: any); none by default: only clients that send no Origin (programs)."""
+    websocket_cert: Path | None = None
+    """The PEM certificate chain served on ``websocket_listen`` (``wss://``; None:
+    ``ws://``): dtp.daemon.ws_tls."""
+    websocket_key: Path | None = None
+    """The unencrypted PEM private key of ``websocket_cert``."""
     metrics_listen: Backend | None = None
     """Where the Prometheus metrics and the status page are served over HTTP (None:
     not served; port 0: any, the ready line tells which). Needs ``dtp[metrics]``."""
@@ -688,6 +693,8 @@ _DAEMON_KEYS = {
     "metrics_listen",
     "websocket_listen",
     "websocket_origins",
+    "websocket_cert",
+    "websocket_key",
     "log_file",
     "log_max_bytes",
     "log_backups",
@@ -767,6 +774,7 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
     origins = check.origins(doc, (*k, "websocket_origins"))
     if origins and websocket is None:
         raise check.fail((*k, "websocket_origins"), "needs websocket_listen")
+    cert, key = _websocket_tls(check, doc, k, websocket is not None)
     return DaemonSettings(
         ledger=ledger,
         identity=check.path_value(doc, (*k, "identity"), None),
@@ -798,11 +806,38 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
         ),
         websocket_listen=websocket,
         websocket_origins=origins,
+        websocket_cert=cert,
+        websocket_key=key,
         log_file=check.path_value(doc, (*k, "log_file"), None) if "log_file" in doc else None,
         log_max_bytes=check.integer(doc, (*k, "log_max_bytes"), LOG_MAX_BYTES),
         log_backups=check.integer(doc, (*k, "log_backups"), LOG_BACKUPS, 0, 1000),
         event_loop=event_loop,
     )
+
+
+def _websocket_tls(
+    check: _Checker, doc: Mapping[str, Any], k: KeyPath, listening: bool
+) -> tuple[Path | None, Path | None]:
+    """``websocket_cert`` and ``websocket_key``: both or neither, with
+    ``websocket_listen``, and files that serve (read here, so that the start and
+    ``--check`` name the file and what is wrong with it)."""
+    given = [name for name in ("websocket_cert", "websocket_key") if name in doc]
+    if not given:
+        return None, None
+    if not listening:
+        raise check.fail((*k, given[0]), "needs websocket_listen")
+    if len(given) == 1:
+        other = "websocket_key" if given[0] == "websocket_cert" else "websocket_cert"
+        raise check.fail((*k, given[0]), f"needs {other} too (wss:// takes both)")
+    cert = check.path_value(doc, (*k, "websocket_cert"), None)
+    key = check.path_value(doc, (*k, "websocket_key"), None)
+    from dtp.daemon.ws_tls import TlsFileError, read_certificate
+
+    try:
+        read_certificate(cert, key)
+    except TlsFileError as exc:
+        raise check.fail((*k, exc.key), str(exc)) from None
+    return cert, key
 
 
 def _require(check: _Checker, key: KeyPath, extra: str, feature: str) -> None:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sqlite3
+import ssl
 import stat
 import threading
 import time
@@ -212,6 +213,8 @@ class Daemon:
         self._stopping = threading.Event()
         """Set with ``_stop``; read by the start's ledger work in its worker thread."""
         self.endpoint: tuple[str, int] | None = None
+        self._tls: ssl.SSLContext | None = None
+        """The WebSocket listener's TLS context (``websocket_cert``), renewed by reloads."""
         self._reloading = asyncio.Lock()
         """Held by a reload: two at once (SIGHUPs close together) would sync the ledger
         side by side, the slower one failing on what the other had just published, and
@@ -331,14 +334,17 @@ class Daemon:
                 raise _bind_error(self.config, ("daemon", "listen"), settings.listen, exc) from None
             if settings.websocket_listen is not None:
                 address = settings.websocket_listen
+                tls = self._websocket_tls()
                 try:
                     bound = await self.services.listen_websocket(
-                        address.host, address.port, settings.websocket_origins
+                        address.host, address.port, settings.websocket_origins, ssl=tls
                     )
                 except OSError as exc:
                     key = ("daemon", "websocket_listen")
                     raise _bind_error(self.config, key, address, exc) from None
                 ready["websocket"] = join_host_port(*bound)
+                scheme = "wss" if tls is not None else "ws"
+                ready["websocket_url"] = f"{scheme}://{join_host_port(*bound)}/"
             public = settings.public_endpoint or join_host_port(*self.endpoint)
             self.host_id = await self._sync(self.config, public, self._checkpoint)
             self._checkpoint()
@@ -499,7 +505,52 @@ class Daemon:
             finally:
                 self.notifier.reloaded(self.status_line())
 
+    def _websocket_tls(self) -> ssl.SSLContext | None:
+        """The TLS context of the WebSocket listener (``websocket_cert``), kept for the
+        reloads to renew; None for ``ws://``."""
+        settings = self.config.daemon
+        if settings.websocket_cert is None or settings.websocket_key is None:
+            return None
+        from dtp.daemon.ws_tls import TlsFileError, server_context
+
+        try:
+            context, info = server_context(settings.websocket_cert, settings.websocket_key)
+        except TlsFileError as exc:
+            raise self.config.error(("daemon", exc.key), str(exc)) from None
+        self._tls = context
+        logger.info(
+            "websocket certificate",
+            extra=kv(subject=info.subject, names=list(info.names), not_after=str(info.not_after)),
+        )
+        return context
+
+    async def _renew_websocket_tls(self) -> None:
+        """A reload reads the certificate and key again (the paths as started): a renewed
+        certificate serves the connections accepted from now on; files that do not serve
+        are logged and the certificate in force kept. (Checked in a worker thread; loaded
+        on the loop's, which makes the TLS connections from the context.)"""
+        settings = self.config.daemon
+        cert, key = settings.websocket_cert, settings.websocket_key
+        if self._tls is None or cert is None or key is None:
+            return
+        from dtp.daemon.ws_tls import TlsFileError, load, read_certificate
+
+        try:
+            info = await asyncio.to_thread(read_certificate, cert, key)
+            load(self._tls, cert, key)
+        except TlsFileError as exc:
+            logger.error(
+                "websocket certificate not renewed: the one in force is kept",
+                extra=kv(error=str(exc)),
+            )
+            return
+        logger.info(
+            "websocket certificate read again",
+            extra=kv(subject=info.subject, not_after=str(info.not_after)),
+        )
+
     async def _reload(self) -> None:
+        await self._renew_websocket_tls()
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except DaemonConfigError as exc:

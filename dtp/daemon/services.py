@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dtp.aio
 from dtp.daemon.balancer import BackendPool
@@ -43,6 +43,9 @@ from dtp.payments.ratelimit import RateLimiter
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio.server import DTPServer
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["ServiceHost"]
 
@@ -247,14 +250,21 @@ class ServiceHost:
         return self.server.address
 
     async def listen_websocket(
-        self, host: str, port: int, origins: tuple[str, ...] = ()
+        self,
+        host: str,
+        port: int,
+        origins: tuple[str, ...] = (),
+        *,
+        ssl: _ssl.SSLContext | None = None,
     ) -> tuple[str, int]:
         """Also serve over the WebSocket carrier on ``host:port`` (``[daemon]
         websocket_listen``), the pages of ``origins`` admitted (``websocket_origins``);
-        the same admission, limits and services as the TCP listener's. Returns the
-        bound address."""
+        the same admission, limits and services as the TCP listener's; ``wss://`` with
+        ``ssl`` (``websocket_cert``). Returns the bound address."""
         assert self.server is not None, "start() first"
-        return await self.server.listen_websocket(host, port, origins=origins or None, backlog=512)
+        return await self.server.listen_websocket(
+            host, port, origins=origins or None, backlog=512, ssl=ssl
+        )
 
     # -- admission ---------------------------------------------------------------------
 

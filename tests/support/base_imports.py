@@ -26,6 +26,7 @@ EXTRA_MODULES = {
     "dtp.cli.demo_browser": "gun",
     "dtp.daemon.metrics": "metrics",
     "dtp.transport.carriers.websocket": "ws",
+    "dtp.transport.carriers.websocket_bridge": "ws",
     "dtp.testing.strategies": "testing",
     "dtp.testing.machines": "testing",
     "dtp.testing.plugin": "testing",

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dtp.errors import (
-    CarrierRefused,
     ConnectionLost,
     ConnectionRefused,
     DTPTimeoutError,
@@ -19,7 +18,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig, direct_client_config
 from dtp.transport.asyncio.protocol import LIMIT, Protocol, abort, carrier_failure
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
-from dtp.transport.carriers.tcp import carrier_error, endpoint_text
+from dtp.transport.carriers.tcp import carrier_error, endpoint_text, unreachable
 from dtp.transport.session import (
     Session,
     bounded_by_caller,
@@ -184,7 +183,4 @@ async def open(
 def _websocket_error(url: str, exc: OSError) -> ConnectionLost:
     """What a failed TCP connect under a WebSocket carrier raises, as
     :func:`~dtp.transport.carriers.tcp.carrier_error` for TCP."""
-    kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
-    error = kind(f"cannot reach {url}: {exc.strerror or exc}")
-    error.errno, error.strerror = exc.errno, str(error)
-    return error
+    return unreachable(url, exc)

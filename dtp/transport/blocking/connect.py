@@ -8,7 +8,7 @@ import logging
 import socket as _socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtp.errors import DTPTimeoutError, HandshakeError
 from dtp.identity.ahead import (
@@ -31,6 +31,9 @@ from dtp.transport.session import (
     check_connect_timeout,
     connect_timed_out,
 )
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,65 @@ def create_connection(
         config, identity, server_key, expected_server_key, take_anonymous_identity
     )
     return connect(address, timeout, cfg, anonymous=anonymous)
+
+
+def create_websocket_connection(
+    url: str,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    server_key: bytes | None = None,
+    expected_server_key: bytes | None = None,
+    identity: HostIdentity | None = None,
+    config: ConnectionConfig | None = None,
+    origin: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> DTPSocket:
+    """Connect over the WebSocket carrier (docs/protocol.md §13) to ``url``
+    (``ws://host:port/path``, ``wss://…``) and return the first stream, as
+    :func:`create_connection` does over TCP, with the errors and timeouts of
+    :func:`dtp.aio.open_connection`'s WebSocket connect: ``timeout`` bounds the TCP (TLS)
+    connect, the upgrade and the handshake (DTPTimeoutError); with none, the connect and
+    the upgrade are bounded by the config's ``handshake_timeout`` (HandshakeError), as the
+    handshake is. ``origin``: the ``Origin`` header sent (None: none, as programs send);
+    ``ssl``: a ``wss://`` URL's TLS context (None: the system's defaults). Needs the ``ws``
+    extra. The carrier is :mod:`dtp.transport.carriers.websocket_bridge`'s."""
+    from dtp.transport.carriers.websocket import parse_url
+    from dtp.transport.carriers.websocket_bridge import (
+        open_websocket_carrier,
+        websocket_connect_error,
+    )
+
+    if timeout is DEFAULT_TIMEOUT:
+        timeout = _socket.getdefaulttimeout()
+    check_connect_timeout(timeout)
+    wsuri = parse_url(url)  # (a bad URL is a ValueError before anything is made)
+    if ssl is not None and not wsuri.secure:
+        raise ValueError("ssl is for a wss:// URL")
+    cfg, anonymous = direct_client_config(
+        config, identity, server_key, expected_server_key, take_anonymous_identity
+    )
+    start = time.monotonic()
+    upgrade_bound = bounded_by_caller(cfg, timeout).handshake_timeout
+    if timeout is not None:
+        upgrade_bound = min(upgrade_bound, timeout)
+    try:
+        carrier = open_websocket_carrier(url, origin=origin, ssl=ssl, bound=upgrade_bound)
+    except BaseException as exc:
+        if isinstance(exc, TimeoutError) and timeout is not None and upgrade_bound >= timeout:
+            raise connect_timed_out(url, timeout) from None
+        error = websocket_connect_error(url, exc, upgrade_bound)
+        if error is exc:
+            raise
+        raise error from exc
+    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+    try:
+        sock = connect((wsuri.host, wsuri.port), remaining, cfg, url, carrier, anonymous=anonymous)
+    except DTPTimeoutError:
+        if timeout is None:
+            raise
+        raise connect_timed_out(url, timeout) from None  # (the whole bound, not what was left)
+    sock.settimeout(timeout)
+    return sock
 
 
 def connect(

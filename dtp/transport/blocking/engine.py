@@ -445,6 +445,11 @@ class Engine:
             return
         self.carrier_closed = True
         self.out.clear()
+        if exc is None:
+            # a carrier that keeps its own account of why it ended (a bridge's end, the
+            # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end
+            lost = getattr(self.sock, "lost_error", None)
+            exc = lost() if callable(lost) else None
         if self.closed:  # (only DTPSocket.__del__ leaves a closed engine's carrier open)
             what = "the connection's first socket was garbage-collected without close()"
         elif exc:

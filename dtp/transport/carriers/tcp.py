@@ -67,8 +67,13 @@ def _tuned(sock: socket.socket) -> socket.socket:
 def carrier_error(host: object, port: object, exc: OSError) -> ConnectionLost:
     """What a failed carrier connect to ``host:port`` raises: CarrierRefused for a
     refusal (a closed port), else ConnectionLost; the OS's reason in the message."""
+    return unreachable(endpoint_text(host, port), exc)
+
+
+def unreachable(target: str, exc: OSError) -> ConnectionLost:
+    """:func:`carrier_error` for a ``target`` named otherwise (a WebSocket carrier's URL)."""
     kind = CarrierRefused if isinstance(exc, ConnectionRefusedError) else ConnectionLost
-    error = kind(f"cannot reach {endpoint_text(host, port)}: {exc.strerror or exc}")
+    error = kind(f"cannot reach {target}: {exc.strerror or exc}")
     # (the OS's errno, as a socket's error carries it: retry code compares it)
     error.errno, error.strerror = exc.errno, str(error)
     return error

@@ -52,7 +52,9 @@ export class Connection {
    * to replay fixed transcripts); `logger` (console-like, optional).
    */
   constructor(carrier, options = {}) {
-    if (!options.signer) throw new TypeError('a signer ({address, signPersonalMessage}) is required');
+    // (a ServerConnection, server.js, is this class with the responder's handshake)
+    const client = new.target === Connection;
+    if (client && !options.signer) throw new TypeError('a signer ({address, signPersonalMessage}) is required');
     this.carrier = carrier;
     this.options = options;
     this.signer = options.signer;
@@ -62,7 +64,7 @@ export class Connection {
     this.serverKey = serverKey ?? null;
     this.localParams = { ...DEFAULT_PARAMS, ...(options.params ?? {}), v: TRANSPORT_VERSION };
     this.peerParams = null;
-    this.noise = new Initiator({
+    this.noise = client && new Initiator({
       pattern: this.pattern,
       remoteStatic: this.serverKey,
       ...(options.staticKey ? { staticKey: options.staticKey } : {}),
@@ -370,7 +372,7 @@ export class Connection {
   _streamFor(id, opens) {
     const existing = this.streams.get(id);
     if (existing) return existing;
-    if (id % 2 === 0) {
+    if (id % 2 === this.nextLocalStream % 2) {
       // ours: one we never opened is a violation
       throw new ProtocolError('STREAM_ID', `stream ${id} was never opened`);
     }
@@ -495,7 +497,7 @@ export class Connection {
   /** A peer's stream both of whose halves ended, and that the application took, is done
    * with: the peer may open one more (MAX_STREAMS, section 10.1). */
   _maybeDone(stream) {
-    if (stream.done || stream.id % 2 === 0 || !stream.accepted) return;
+    if (stream.done || stream.id % 2 === this.nextLocalStream % 2 || !stream.accepted) return;
     const sendEnded = stream.finSent || stream.resetSent;
     if (!stream.readEnded || !sendEnded) return;
     stream.done = true;

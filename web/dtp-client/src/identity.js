@@ -95,3 +95,34 @@ export function verifyProof(proof, message) {
   }
   return suiAddress(publicKey);
 }
+
+function smallOrder(bytes) {
+  // any encoding of any of the eight small-order points (section 8.4): decoded leniently
+  // (ZIP-215 takes non-canonical encodings), so no encoding of one slips past
+  try {
+    return ed25519.Point.fromBytes(bytes, true).isSmallOrder();
+  } catch {
+    return false; // not a point at all: the signature check refuses it
+  }
+}
+
+/** A server's check of a client's proof (section 8.4): 97 bytes, flag 0x00, neither the
+ * public key nor the signature's R of small order, and the signature verifying over
+ * `message` (RFC 8032, cofactorless). Returns the proven Sui address; throws
+ * HandshakeError saying which check failed. */
+export function checkProof(proof, message) {
+  if (proof.length !== PROOF_SIZE) throw new HandshakeError(`a proof of ${proof.length} bytes, not ${PROOF_SIZE}`);
+  if (proof[0] !== ED25519_FLAG) throw new HandshakeError(`signature scheme flag ${proof[0]} is not Ed25519`);
+  const signature = proof.subarray(1, 65);
+  const publicKey = proof.subarray(65);
+  if (smallOrder(publicKey)) throw new HandshakeError('a public key of small order');
+  if (smallOrder(signature.subarray(0, 32))) throw new HandshakeError('a signature whose R is of small order');
+  let ok = false;
+  try {
+    ok = ed25519.verify(signature, personalMessageDigest(message), publicKey, { zip215: false });
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new HandshakeError('Sui signature does not verify');
+  return suiAddress(publicKey);
+}

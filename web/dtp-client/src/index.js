@@ -1,12 +1,15 @@
 // A DTP client for web pages (and Node), written from docs/protocol.md: records (section
 // 2), frames (3), record protection (4), the Noise IK/XX handshake with the client's Sui
 // identity proof (8), streams (10), close (11), over the WebSocket carrier (13); and the
-// receipts a paid service takes (docs/escrow.md 6).
+// receipts a paid service takes (docs/escrow.md 6). The server's side too (server.js:
+// the Noise responder), served through a relay (relay.js), since a page cannot listen.
 
 export { connect, WebSocketCarrier, SUBPROTOCOL } from './websocket.js';
 export { Connection, State } from './connection.js';
 export { Stream } from './stream.js';
-export { ed25519Signer, walletSigner, suiAddress, personalMessageDigest, proofMessage, verifyProof } from './identity.js';
+export { ServerConnection } from './server.js';
+export { acceptWebSocket, serveThroughRelay } from './relay.js';
+export { ed25519Signer, walletSigner, suiAddress, personalMessageDigest, proofMessage, verifyProof, checkProof } from './identity.js';
 export {
   CloseCode, DTPError, ProtocolError, DecryptionError, HandshakeError, ConnectionRefused, ConnectionClosed,
   StreamReset, TimeoutError,
@@ -18,6 +21,6 @@ export {
 export { FrameType, encodeFrames, decodeFrames, frame } from './frames.js';
 export { RecordKind, sealRecord, openRecord, parseHeader } from './record.js';
 export { encodeParams, decodeParams, DEFAULT_PARAMS } from './params.js';
-export { Initiator, ikBinding, keyPair, PROTOCOL_IK, PROTOCOL_XX, PROLOGUE } from './noise.js';
+export { Initiator, Responder, ikBinding, keyPair, PROTOCOL_IK, PROTOCOL_XX, PROLOGUE } from './noise.js';
 export { encodeVarint, decodeVarint } from './varint.js';
 export { hex, fromHex, utf8 } from './bytes.js';

@@ -1,5 +1,5 @@
-// The Noise handshake of docs/protocol.md section 8 (Noise spec revision 34), initiator
-// side: Noise_IK_25519_ChaChaPoly_BLAKE2s when the server's static key is known, else
+// The Noise handshake of docs/protocol.md section 8 (Noise spec revision 34), both sides
+// (the client is the initiator, a server the responder): Noise_IK_25519_ChaChaPoly_BLAKE2s when the server's static key is known, else
 // Noise_XX_25519_ChaChaPoly_BLAKE2s; prologue "DTP/1".
 
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
@@ -181,6 +181,95 @@ export class Initiator {
     return this.sym.split();
   }
 
+  get remoteStatic() {
+    return this.rs;
+  }
+}
+
+/**
+ * The responder's handshake state (a server's side). The pattern comes from message 1's
+ * pattern byte (section 8.1), so `pattern` is given once that byte is read; `staticKey`
+ * is the server's X25519 key pair (IK's `<- s` pre-message), `ephemeralKey` random
+ * unless a transcript fixes it.
+ */
+export class Responder {
+  constructor({ pattern, staticKey, ephemeralKey = keyPair(), prologue = PROLOGUE }) {
+    if (pattern !== 'IK' && pattern !== 'XX') throw new TypeError(`unknown pattern ${pattern}`);
+    if (!staticKey || staticKey.publicKey?.length !== DHLEN) throw new TypeError('a responder needs its X25519 static key pair');
+    this.pattern = pattern;
+    this.s = staticKey;
+    this.e = ephemeralKey;
+    this.rs = null;
+    this.re = null;
+    this.sym = new SymmetricState(pattern === 'IK' ? PROTOCOL_IK : PROTOCOL_XX);
+    this.sym.mixHash(prologue);
+    if (pattern === 'IK') this.sym.mixHash(staticKey.publicKey); // pre-message: <- s
+    this.step = 1;
+  }
+
+  /** Reads message 1 (IK `e, es, s, ss`; XX `e`) and returns its payload. */
+  readMessage1(message) {
+    if (this.step !== 1) throw new Error('message 1 out of turn');
+    const fixed = this.pattern === 'IK' ? DHLEN + DHLEN + TAGLEN + TAGLEN : DHLEN;
+    if (message.length < fixed) throw new HandshakeError('message 1 is too short');
+    this.re = message.slice(0, DHLEN);
+    this.sym.mixHash(this.re);
+    let at = DHLEN;
+    if (this.pattern === 'IK') {
+      this.sym.mixKey(dh(this.s.privateKey, this.re));
+      this.rs = this.sym.decryptAndHash(message.slice(at, at + DHLEN + TAGLEN));
+      at += DHLEN + TAGLEN;
+      this.sym.mixKey(dh(this.s.privateKey, this.rs));
+    }
+    const payload = this.sym.decryptAndHash(message.slice(at));
+    this.step = 2;
+    return payload;
+  }
+
+  /** Message 2: IK `e, ee, se` + payload; XX `e, ee, s, es` + payload. */
+  writeMessage2(payload) {
+    if (this.step !== 2) throw new Error('message 2 out of turn');
+    const parts = [this.e.publicKey];
+    this.sym.mixHash(this.e.publicKey);
+    this.sym.mixKey(dh(this.e.privateKey, this.re));
+    if (this.pattern === 'IK') {
+      this.sym.mixKey(dh(this.e.privateKey, this.rs));
+    } else {
+      parts.push(this.sym.encryptAndHash(this.s.publicKey));
+      this.sym.mixKey(dh(this.s.privateKey, this.re));
+    }
+    parts.push(this.sym.encryptAndHash(payload));
+    this.step = this.pattern === 'IK' ? 0 : 3;
+    return concat(...parts);
+  }
+
+  /** Reads XX message 3 (`s, se`) and returns its payload. */
+  readMessage3(message) {
+    if (this.step !== 3) throw new Error('message 3 out of turn');
+    if (message.length < DHLEN + TAGLEN + TAGLEN) throw new HandshakeError('message 3 is too short');
+    this.rs = this.sym.decryptAndHash(message.slice(0, DHLEN + TAGLEN));
+    this.sym.mixKey(dh(this.e.privateKey, this.rs));
+    const payload = this.sym.decryptAndHash(message.slice(DHLEN + TAGLEN));
+    this.step = 0;
+    return payload;
+  }
+
+  get complete() {
+    return this.step === 0;
+  }
+
+  get handshakeHash() {
+    return this.sym.h;
+  }
+
+  /** [client -> server key, server -> client key] (section 8.3): a server receives with
+   * the first and sends with the second. */
+  split() {
+    if (!this.complete) throw new Error('the handshake is not complete');
+    return this.sym.split();
+  }
+
+  /** The client's static key (IK: from message 1; XX: from message 3). */
   get remoteStatic() {
     return this.rs;
   }

@@ -1,0 +1,202 @@
+"""The other direction of the browser interop: this implementation's client against the
+JavaScript server side (web/dtp-client/src/server.js, the Noise responder written from
+docs/protocol.md alone). A page cannot listen on a port, so the JS server is reached
+through a WebSocket relay (tests/web/ws_relay.py; src/relay.js on the JS side), run here
+by node: dtp.aio's client connects to the relay's URL over the WebSocket carrier, in IK
+and in XX, echoes on the first stream and on a second one (1 MiB: many records, credit
+both ways), closes; and a wallet the JS server's decide hook denies is refused with its
+reason. The JS server reports the address it proved from the Python client's proof. The
+same runs with the server in a page (demo/serve.html) in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.parse
+
+import pytest
+
+import dtp.aio
+from dtp.errors import ConnectionRefused
+from dtp.identity.keys import HostIdentity
+from dtp.testing.loops import LoopThread
+from tests.support.browser import Chromium, chromium_path
+from tests.support.paths import ROOT
+from tests.web.browser_client import need_client, node_command, served_package
+from tests.web.ws_relay import Relay
+
+SHOTS = ROOT / "build" / "screenshots"
+
+BIG = 1024 * 1024 + 77
+
+
+async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
+    assert proc.stdout is not None
+    raw = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert raw, "the node server ended early"
+    line: dict[str, object] = json.loads(raw)
+    return line
+
+
+async def _echo(url: str, server_key: bytes, identity: HostIdentity, *, ik: bool) -> bytes:
+    reader, writer = await dtp.aio.open_connection(
+        url,
+        server_key=server_key if ik else None,
+        expected_server_key=None if ik else server_key,
+        identity=identity,
+        timeout=30,
+    )
+    try:
+        writer.write(b"hello over " + (b"IK" if ik else b"XX"))
+        writer.write_eof()
+        first = await asyncio.wait_for(reader.read(), 30)
+        r2, w2 = await writer.open_stream()
+        payload = os.urandom(BIG)
+        w2.write(payload)
+        await w2.drain()
+        w2.write_eof()
+        echoed = await asyncio.wait_for(r2.readexactly(BIG), 60)
+        assert echoed == payload
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return first
+
+
+def test_the_python_client_talks_to_the_js_server_through_a_relay() -> None:
+    need_client()
+    server_identity = HostIdentity.generate()
+    client = HostIdentity.generate()
+    denied = HostIdentity.generate()
+
+    async def main() -> tuple[list[bytes], list[dict[str, object]], int]:
+        relay = Relay(wait=30)
+        base = await relay.start()
+        job = {
+            "relay": f"{base}/listen/echo",
+            "staticKey": server_identity.noise_private_bytes().hex(),
+            "denied": [denied.sui_address],
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *node_command("scripts/echo-server.mjs"),
+            json.dumps(job),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert await _line(proc) == {"listening": True}
+            url = f"{base}/echo"
+            firsts = [
+                await _echo(url, server_identity.noise_public, client, ik=True),
+                await _echo(url, server_identity.noise_public, client, ik=False),
+            ]
+            reports = [await _line(proc), await _line(proc)]
+            with pytest.raises(ConnectionRefused) as refused:
+                await dtp.aio.open_connection(
+                    url, server_key=server_identity.noise_public, identity=denied, timeout=30
+                )
+            assert "this wallet is not on the allow list" in str(refused.value)
+            reports.append(await _line(proc))
+            return firsts, reports, relay.paired
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            await relay.stop()
+
+    firsts, reports, paired = asyncio.run(main())
+    assert firsts == [b"hello over IK", b"hello over XX"]
+    for report, pattern in zip(reports[:2], ("IK", "XX"), strict=True):
+        assert report == {
+            "address": client.sui_address,
+            "pattern": pattern,
+            "streams": [[0, len(f"hello over {pattern}")], [2, BIG]],
+            "closed": 0,
+        }
+    assert reports[2] == {"error": "this wallet is not on the allow list", "code": 11}
+    assert paired == 3
+
+
+class _RelayThread:
+    """The relay on an event loop of its own, for a test that blocks (a browser driven
+    over DevTools): ``with _RelayThread() as (relay, base_url)``."""
+
+    def __init__(self) -> None:
+        self.thread = LoopThread()
+        self.relay = Relay(wait=30)
+
+    def __enter__(self) -> tuple[Relay, str]:
+        return self.relay, self.thread.run(self.relay.start())
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.thread.run(self.relay.stop())
+        finally:
+            self.thread.close(cancel=True)
+
+
+def test_the_python_client_talks_to_a_server_in_a_chromium_page(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same echo with the server in demo/serve.html, in headless Chromium."""
+    if chromium_path() is None:
+        reason = "chromium is needed for the browser test (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    need_client()
+    server_identity = HostIdentity.generate()
+    client = HostIdentity.generate()
+    denied = HostIdentity.generate()
+    with served_package() as base, _RelayThread() as (relay, relay_url), Chromium() as browser:
+        query = urllib.parse.urlencode(
+            {
+                "relay": f"{relay_url}/listen/echo",
+                "staticKey": server_identity.noise_private_bytes().hex(),
+                "denied": denied.sui_address,
+            }
+        )
+        page = browser.new_page()
+        page.goto(f"{base}/demo/serve.html?{query}")
+        page.wait_for("document.body.dataset.listening", timeout=60)
+        assert page.evaluate("document.body.dataset.listening") == "ok", page.evaluate(
+            "window.reports"
+        )
+
+        async def clients() -> list[bytes]:
+            url = f"{relay_url}/echo"
+            firsts = [
+                await _echo(url, server_identity.noise_public, client, ik=True),
+                await _echo(url, server_identity.noise_public, client, ik=False),
+            ]
+            with pytest.raises(ConnectionRefused, match="not on the allow list"):
+                await dtp.aio.open_connection(
+                    url, server_key=server_identity.noise_public, identity=denied, timeout=30
+                )
+            return firsts
+
+        firsts = asyncio.run(clients())
+        page.wait_for("window.reports.length >= 4", timeout=60)
+        reports = page.evaluate("window.reports")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shot = page.screenshot(SHOTS / "dtp-client-serve.png")
+        with capsys.disabled():
+            print(f"\n[screenshot] {shot}")
+    assert firsts == [b"hello over IK", b"hello over XX"]
+    assert reports[0] == {"listening": True}
+    by_pattern = {r.get("pattern"): r for r in reports[1:] if "pattern" in r}
+    for pattern in ("IK", "XX"):
+        assert by_pattern[pattern] == {
+            "address": client.sui_address,
+            "pattern": pattern,
+            "streams": [[0, len(f"hello over {pattern}")], [2, BIG]],
+            "closed": 0,
+        }
+    assert {"error": "this wallet is not on the allow list", "code": 11} in reports
+    assert relay.paired == 3
+    assert shot.read_bytes().startswith(b"\x89PNG")
