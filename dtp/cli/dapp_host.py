@@ -120,7 +120,8 @@ async def serve_jsonrpc(reader: PaidReader, writer: PaidWriter) -> None:
             )
         except ValueError:
             answer = _rpc_error(None, -32700, "parse error")
-        w.write(json.dumps(answer).encode())
+        # the answer and the stream's end in one record: the page gets one message
+        w.write_eof(json.dumps(answer).encode())
         await w.drain()
         w.close()
 

@@ -90,7 +90,7 @@ export class Stream {
     if (fin) this.finQueued = true;
     return new Promise((resolve, reject) => {
       this.queue.push({ data, fin, resolve, reject });
-      this.connection._pump();
+      this.connection._queued(this);
     });
   }
 
