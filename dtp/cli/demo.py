@@ -583,8 +583,8 @@ def demo_dapp(
 ) -> None:
     tour.step("A dApp: a wallet-identified page calls a paid JSON-RPC backend over DTP")
     try:
-        from dtp.cli.demo_browser import interactive
         from dtp.cli.demo_dapp import run_dapp_step
+        from dtp.cli.person import interactive
 
         stdin = sys.stdin if interactive() else None
         result = run_dapp_step(tour.say, tour.ok, wait=wait, stdin=stdin, screenshots=screenshots)

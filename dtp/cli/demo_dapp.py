@@ -37,7 +37,7 @@ from dtp.cli.dapp_host import (
     DappDemo,
     missing_client,
 )
-from dtp.cli.demo_browser import PERSON_WAIT, SHORT_WAIT, wait_for_person
+from dtp.cli.person import PERSON_WAIT, SHORT_WAIT, wait_for_person
 
 __all__ = ["FLOW_TIMEOUT", "DappStepResult", "node_command", "run_dapp_step"]
 

@@ -13,12 +13,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+import dtp.cli.demo as demo
 from dtp.cli import dapp_host, demo_dapp
 from dtp.cli.demo_dapp import DappStepResult, run_dapp_step
 from tests.support.browser import chromium_path
@@ -208,3 +210,26 @@ def test_an_interrupt_in_the_step_leaves_no_browser_and_no_files(
         for pid in _under(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+
+
+def test_without_websockets_the_step_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base install (no websockets: the WebSocket carrier's and the browser driver's):
+    the step is skipped naming the extra, not a traceback that ends the demo, and it
+    leaves nothing running."""
+    for name in list(sys.modules):
+        if name == "websockets" or name.startswith(
+            ("websockets.", "dtp.transport.carriers.websocket", "dtp.cli.chromium")
+        ):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "websockets", None)  # (import websockets: not found)
+    lines: list[str] = []
+    tour = demo.Tour()
+    tour.say = lines.append  # type: ignore[method-assign]
+    threads = threading.active_count()
+    demo.demo_dapp(tour, wait=0)
+    assert lines and lines[-1].startswith("skipped: "), lines
+    assert "The WebSocket carrier needs the 'ws' extra" in lines[-1]
+    assert "pip install 'dtp[ws]'" in lines[-1]
+    assert lines[-1].endswith("; the rest of the demo goes on")
+    assert tour.summary == ["dapp: skipped (the 'ws' extra is needed)"]
+    assert threading.active_count() <= threads
