@@ -32,6 +32,7 @@ export class Stream {
 
   /** The next bytes of the stream (at most `max`), or null at its end. */
   read(max = Infinity) {
+    if (!this.announced) this.connection._announce(this);
     return new Promise((resolve, reject) => {
       this.readers.push({ max, resolve, reject });
       this._serveReaders();

@@ -5,43 +5,19 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, mock, test } from 'node:test';
 import { fromHex, hex, utf8 } from '../src/bytes.js';
-import { Connection } from '../src/connection.js';
 import { CloseCode } from '../src/errors.js';
 import { FrameType, decodeFrames } from '../src/frames.js';
-import { ed25519Signer } from '../src/identity.js';
-import { keyPair } from '../src/noise.js';
 import { openRecord } from '../src/record.js';
-import { RecordingCarrier, loadTranscript } from './support.js';
+import { acceptedIK, sentFrames as framesOf } from './accepted.js';
+import { loadTranscript } from './support.js';
 
 const KEEPALIVE_MS = 15000; // the server's `it` is 60000: a PING after 15 s without a record
 
-/** Lets promises and microtasks run (setImmediate: the mock clock leaves it alone). */
-async function flush(rounds = 5) {
-  for (let i = 0; i < rounds; i++) await new Promise((resolve) => setImmediate(resolve));
-}
-
-/** An IK connection accepted by the transcript's server, on the mock clock from 0. */
-async function accepted() {
-  mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 0 });
-  const t = loadTranscript('ik');
-  const carrier = new RecordingCarrier();
-  const connection = new Connection(carrier, {
-    signer: ed25519Signer(fromHex(t.keys.client_ed25519_seed)),
-    serverKey: fromHex(t.public.server_static),
-    staticKey: keyPair(fromHex(t.keys.client_static_private)),
-    ephemeralKey: keyPair(fromHex(t.keys.client_ephemeral_private)),
-  });
-  const opened = connection.open();
-  await flush();
-  for (const r of t.steps[1].records) connection._onRecord(fromHex(r.hex));
-  await opened;
-  return { t, connection, carrier };
-}
+const accepted = () => acceptedIK({ mockClock: true });
 
 /** The frame types of the records the client sent from index `from` on. */
 function sentFrames(t, carrier, from) {
-  const key = fromHex(t.client_to_server);
-  return carrier.sent.slice(from).map((r) => decodeFrames(openRecord(key, fromHex(r))).map((f) => f.type));
+  return framesOf(t, carrier, from).map((record) => record.map(([type]) => type));
 }
 
 describe('keepalive and idle timeout', () => {
