@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dtp.socket
+from bench.deposits import take_back_deposits
 from bench.net import MB, Peer, _pingpong, _send_bulk, _tls_connect
 from bench.workload import Workload
 from dtp.identity.keys import HostIdentity
@@ -103,6 +104,7 @@ class _PaidPeer:
             self.proc.wait(10)
             if self.proc.stdout:
                 self.proc.stdout.close()
+        take_back_deposits(self.ledger, self.client)
         self.ledger.close()
         if self.node is not None:
             self.node.close()
@@ -133,7 +135,7 @@ def hostid_connect_rate(per_op: int = 10) -> Workload:
         per_op,
         ours,
         peer,
-        bar=0.5,
+        bar=0.8,
         note="dtp:// connect incl. ledger open/close, receipt, 1 round trip vs ssl connect",
         close=close,
     )

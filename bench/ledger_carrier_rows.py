@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dtp.socket
+from bench.deposits import take_back_deposits
 from bench.workload import Workload
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
@@ -124,6 +125,7 @@ def ledger_carrier_bulk(total: int = 4 << 20) -> Workload:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+        take_back_deposits(ledger, client)
         ledger.close()
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -6,7 +6,7 @@ server in its own process on 127.0.0.1.
 runs a benchmark server (prints one JSON line {"port", "key"} once listening).
 
 - ``rpc_roundtrip``: sequential ``echo`` calls with 100-byte payloads, both processes on
-  CPU 0; peer: Python ``ssl`` ping-pong of 100 bytes (bar 0.7).
+  CPU 0; peer: Python ``ssl`` ping-pong of 100 bytes (bar 1).
 - ``rpc_roundtrip_zmq``: the same calls; peer: pyzmq REQ/REP with CURVE (bar 2).
 - ``rpc_roundtrip_uvloop``: the same calls through the asyncio API
   (:class:`AsyncRpcClient` to an :class:`AsyncRpcServer`) with every side on uvloop;
@@ -151,7 +151,7 @@ def rpc_roundtrip(rounds: int = 1000) -> Workload:
         rounds,
         client,
         "sequential 100-byte echo calls vs ssl ping-pong, both processes on CPU 0",
-        bar=0.7,
+        bar=1.0,
     )
 
 

@@ -135,7 +135,7 @@ def tcp_bulk_blocking(total: int = 256 << 20) -> Workload:
         tls,
         total / MB,
         "MB/s",
-        1.0,
+        1.3,
         "one-way 256 MiB, 64 KiB writes, blocking API vs ssl (TLS 1.3)",
     )
 
@@ -246,7 +246,7 @@ def pingpong_100b(rounds: int = 2000) -> Workload:
         tls,
         rounds,
         "rt/s",
-        0.8,
+        1.0,
         "100-byte round trips on one connection, both processes on CPU 0",
         cpu=0,
     )
@@ -288,7 +288,7 @@ def connect_rate(per_op: int = 20) -> Workload:
         tls,
         per_op,
         "conn/s",
-        1.0,
+        1.5,
         "connect + handshake + one 100-byte round trip vs ssl",
     )
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from unittest import mock
 
 import dtp.socket
+from bench.deposits import take_back_deposits
 from bench.workload import Workload
 from dtp.errors import DTPError
 from dtp.hostid.paid import PaidSocket
@@ -86,6 +87,7 @@ def upload_shares(paced: bool = True, windows: int = WINDOWS) -> list[float]:
                     sock.sendall(PIECE)
                     events.append((time.monotonic(), len(PIECE)))
         finally:
+            take_back_deposits(ledger, client)
             ledger.close()
             server_ledger.close()
     return _shares_past(events, _STREAM_WINDOW + SEND_HIGH_WATER, windows)

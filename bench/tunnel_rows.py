@@ -123,7 +123,7 @@ def tunnel_bulk(total: int = 256 << 20) -> Workload:
         total / MB,
         lambda: _bulk(paths.ours, total),
         lambda: _bulk(paths.peer, total),
-        bar=1.0,
+        bar=1.2,
         note="one-way 256 MiB: forwarder→DTP→daemon→backend vs TLS relay pair",
         close=paths.close,
     )
@@ -160,7 +160,7 @@ def tunnel_requests(count: int = 2000) -> Workload:
         count,
         make("ours"),
         make("peer"),
-        bar=1.0,
+        bar=1.2,
         note="HTTP/1.1 keep-alive POSTs through forwarder→DTP→daemon vs TLS relay pair",
         close=close,
     )

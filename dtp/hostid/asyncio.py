@@ -72,17 +72,18 @@ class HostStreamWriter(DTPStreamWriter):
         then sign receipts up to the new deposit. Cancelling the wait does not cancel
         a transaction under way: once it lands, the receipts are signed all the same
         (the deposit is on the ledger either way)."""
-        payment = self.connection_hook
+        layer = self.layer
+        payment = layer.hook
         if not isinstance(payment, MeteredClient):
             return await super().top_up(amount)  # (raises: NOT_PAID)
-        self.check_live()
+        layer.check_live()
 
         def landed(job: asyncio.Future[None]) -> None:
             # (a callback, not code after the await: a caller cancelled while the
             # transaction ran would leave the deposit raised and the meter not)
             if job.cancelled() or job.exception() is not None:
                 return
-            self.run_and_flush(lambda: payment.topped_up(amount))
+            layer.run_and_flush(lambda: payment.topped_up(amount))
 
         job = asyncio.ensure_future(asyncio.to_thread(payment.top_up_on_ledger, amount))
         job.add_done_callback(landed)
@@ -420,7 +421,7 @@ async def _open_by_host_id(
     writer.connection_id = prepared.connection_id
     writer.escrow_id = prepared.escrow_id
     if payments:
-        writer._set_connection_hook(payments[0], payments[0].on_receipt_frame)
+        writer.layer.set_hook(payments[0], payments[0].on_receipt_frame)
     return reader, writer
 
 

@@ -142,9 +142,10 @@ def connect_by_host_id(
     assert isinstance(sock, HostSocket)
     sock.connection_id = prepared.connection_id
     sock.escrow_id = prepared.escrow_id
+    layer = sock.layer
     if payments:
-        sock._set_connection_hook(payments[0], payments[0].on_receipt_frame)
-    sock._start_timer()  # (after the payment: a metered engine's passes come sooner)
+        layer.set_hook(payments[0], payments[0].on_receipt_frame)
+    layer.start_timer()  # (after the payment: a metered engine's passes come sooner)
     return sock
 
 
@@ -166,12 +167,13 @@ class HostSocket(DTPSocket):
         refund --, InvalidArgument for an amount that is not a positive int, and what
         the ledger raises (InsufficientFunds: the balance is short; nothing was added
         then)."""
-        payment = self.connection_hook
+        layer = self.layer
+        payment = layer.hook
         if not isinstance(payment, MeteredClient):
             return super().top_up(amount)  # (raises SocketClosed when closed, else NOT_PAID)
-        self.check_live()
+        layer.check_live()
         payment.top_up_on_ledger(amount)  # (without the lock: a ledger transaction)
-        self.run_and_flush(lambda: payment.topped_up(amount))
+        layer.run_and_flush(lambda: payment.topped_up(amount))
 
 
 class DTPServer(TransportServer):

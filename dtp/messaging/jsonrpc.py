@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, cast
 
 from dtp.messaging import errors as E
@@ -716,32 +716,32 @@ def serve_jsonrpc(
     if rules is not None and not isinstance(rules, MethodRules):
         raise TypeError(f"rules must be MethodRules or None, not {type(rules).__name__!r}")
 
-    decisions = _Decisions()
-
-    def answer(params: Any, client: str | None) -> bytes | None:
+    def answer(params: Any, ctx: CallContext) -> bytes | None:
         if rules is None:
             return backend(_document(params))
-        allowed = decisions.take(params)
-        return _answer_within_rules(_document(params), backend, rules, client, allowed)
+        # what was charged is what is forwarded: the verdicts of the request's pricing,
+        # which the server hands on in the context (the rules asked again could answer
+        # otherwise by now: a Host list read anew)
+        cost = ctx.cost
+        allowed = cost.allowed if isinstance(cost, _Priced) else None
+        return _answer_within_rules(_document(params), backend, rules, ctx.peer_address, allowed)
 
     if isinstance(server, AsyncRpcServer):
         # (the backend blocks -- an HTTP exchange -- so not on the event loop)
         async def handle_async(params: Any, ctx: CallContext) -> bytes | None:
-            return await asyncio.to_thread(answer, params, ctx.peer_address)
+            return await asyncio.to_thread(answer, params, ctx)
 
         server.register(JSONRPC_METHOD, handle_async, context=True)
     else:
-        server.register(
-            JSONRPC_METHOD, lambda params, ctx: answer(params, ctx.peer_address), context=True
-        )
+        server.register(JSONRPC_METHOD, answer, context=True)
     if rules is None:
         return
 
-    def pricing(params: Any, client: str | None) -> list[int | None]:
+    def pricing(params: Any, client: str | None) -> _Priced:
         try:
             request = _loads(_document(params))
         except (E.RemoteError, ValueError, RecursionError):
-            return []  # (answered as an error, free)
+            return _Priced((), [])  # (answered as an error, free)
         prices: list[int | None] = []
         allowed: list[bool] = []
         for entry in request if isinstance(request, list) else [request]:
@@ -754,61 +754,22 @@ def serve_jsonrpc(
                 allowed.append(True)
             except E.MethodNotAllowed:
                 allowed.append(False)
-        # what was charged is what is forwarded: the handler does not ask the rules
-        # again (a Host list read anew in between could say otherwise)
-        decisions.put(params, allowed)
-        return prices
+        return _Priced(prices, allowed)
 
     server.price(JSONRPC_METHOD, pricing)
 
 
-class _Decisions:
-    """The rules' verdicts on each entry of a document, from its pricing to its
-    handler: keyed by the params object the server hands both (kept meanwhile, so its
-    id is not reused); at most :data:`_KEPT_DECISIONS` of them and
-    :data:`_KEPT_DECISION_BYTES` of the documents they keep, the oldest dropped (a
-    request refused for its fee, or cancelled, never reaches the handler: without the
-    byte bound, a client sending unpaid 1 MiB documents made the server keep 4 GiB)."""
+class _Priced(tuple[int | None, ...]):
+    """A JSON-RPC document's prices (one per entry the rules allow) with the verdict on
+    each of its entries, which the server hands to the handler with the request
+    (:attr:`CallContext.cost`): the handler forwards exactly what was charged."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._kept: dict[int, tuple[Any, list[bool], int]] = {}
-        self._bytes = 0
+    allowed: list[bool]
 
-    def put(self, params: Any, allowed: list[bool]) -> None:
-        size = len(params) if isinstance(params, bytes | str) else 0
-        with self._lock:
-            old = self._kept.pop(id(params), None)
-            if old is not None:
-                self._bytes -= old[2]
-            self._kept[id(params)] = (params, allowed, size)
-            self._bytes += size
-            while len(self._kept) > _KEPT_DECISIONS or self._bytes > _KEPT_DECISION_BYTES:
-                dropped = self._kept.pop(next(iter(self._kept)))
-                self._bytes -= dropped[2]
-
-    def take(self, params: Any) -> list[bool] | None:
-        with self._lock:
-            kept = self._kept.pop(id(params), None)
-            if kept is not None:
-                self._bytes -= kept[2]
-        if kept is None or kept[0] is not params:
-            return None
-        return kept[1]
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    @property
-    def kept_bytes(self) -> int:
-        """Bytes of the documents kept for their handlers."""
-        return self._bytes
-
-
-#: Most pricing verdicts waiting for their handler (requests in flight, at most).
-_KEPT_DECISIONS: Final = 4096
-#: Most bytes of documents those verdicts keep alive (their handler's params).
-_KEPT_DECISION_BYTES: Final = 32 << 20
+    def __new__(cls, prices: Iterable[int | None], allowed: list[bool]) -> _Priced:
+        priced = super().__new__(cls, prices)
+        priced.allowed = allowed
+        return priced
 
 
 def _method_of(entry: Any) -> str | None:

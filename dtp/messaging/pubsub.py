@@ -203,7 +203,7 @@ class Subscription:
             self._missed = 0
             self.delivered += 1
 
-    def _take(self, item: Delivery | None) -> Delivery:
+    def _delivered(self, item: Delivery | None) -> Delivery:
         if item is None:
             self._queue.put_nowait(None)  # for the next get(), in this thread or another
             raise E.PubSubError(f"the subscription to {self.topic!r} is closed")
@@ -217,10 +217,10 @@ class Subscription:
         its queue drained)."""
         if timeout is not None:
             _check_wait(timeout)
-        return self._take(self._queue.get(timeout=timeout))
+        return self._delivered(self._queue.get(timeout=timeout))
 
     def get_nowait(self) -> Delivery:
-        return self._take(self._queue.get_nowait())
+        return self._delivered(self._queue.get_nowait())
 
     def qsize(self) -> int:
         """Messages waiting (the end-of-subscription marker is not one)."""

@@ -1070,14 +1070,16 @@ class NativeLane:
         if rc == _READY:
             flow = self.flow
             if flow.stream_id == stream_id and flow.can_recv:
-                if type(dst) is int:
-                    return self.recv(fd, dst)
-                try:
-                    out = _from_buffer(_U8, dst, True)
-                except (TypeError, BufferError):
-                    return self.recv(fd, dst)  # (raises)
-                n: int = _lane_recv(io, fd, out, len(out))
-                del out  # (see _from)
+                if type(dst) is int and 0 <= dst <= OWN_CAP:
+                    # (recv's read into own, inline: a frame less per waited read)
+                    n: int = _lane_recv(io, fd, self._own, dst)
+                else:
+                    try:
+                        out = _from_buffer(_U8, dst, True)
+                    except (TypeError, BufferError):
+                        return self.recv(fd, dst)  # (raises; an int out of range too)
+                    n = _lane_recv(io, fd, out, len(out))
+                    del out  # (see _from)
                 if n < 0:
                     _lane_failed(n, io.err)
                 return n
@@ -1145,7 +1147,10 @@ class NativeLane:
             size = len(data)
             n: int = _lane_send(self.io, fd, data, size)
         else:
-            buf = _bytes_like(data)
+            try:
+                buf = _from_buffer(data)
+            except TypeError:
+                buf = _bytes_like(data)  # (raises a socket's TypeError)
             size = len(buf)
             n = _lane_send(self.io, fd, buf, size)
             del buf  # (see _from)

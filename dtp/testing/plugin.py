@@ -29,8 +29,10 @@ Fixtures (docs/testing.md), each closed after its test:
 so does hypothesis' (as ``--hypothesis-seed N``, unless that is given), so a failing
 property found under one seed is found again, example for example, under the same one
 (hypothesis stopping at its first failure: :func:`pytest_sessionstart`).
-A failed test's report names the run's seed (and its own ``dtp_seed``, if it used it;
-for a property failed without ``--dtp-seed``, that hypothesis drew its own).
+A failed test's report names the run's seed when the seed had a part in it: the test
+used a ``dtp_`` fixture, or the run was given ``--dtp-seed`` (the report then adds the
+test's own ``dtp_seed``, if it used it; for a property failed without ``--dtp-seed``,
+that hypothesis drew its own). Other projects' failures are reported as without dtp.
 
 Nothing heavy is imported until a fixture is used: a project with dtp installed and
 no DTP tests pays for the option and the header line only.
@@ -129,7 +131,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.failed:
+    if report.failed and _seed_had_a_part(item):
         seed = item.config.stash.get(_SEED_KEY, None)
         line = f"run seed {seed}: replay with --dtp-seed {seed}"
         if _TEST_SEED_KEY in item.stash:
@@ -143,6 +145,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             )
         report.sections.append(("dtp", line))
     return report
+
+
+def _seed_had_a_part(item: pytest.Item) -> bool:
+    """Whether the run's seed could have shaped ``item``'s run: it used a fixture of this
+    plugin (each draws from the seed), or the run was given ``--dtp-seed`` (hypothesis
+    then draws from it too). Otherwise a seed line would be noise in a failure that dtp
+    had no part in."""
+    if item.config.getoption("dtp_seed", default=None) is not None:
+        return True
+    return any(name.startswith("dtp_") for name in getattr(item, "fixturenames", ()))
 
 
 # -- seeds and identities ------------------------------------------------------------------------

@@ -32,18 +32,24 @@ MOST_READS = 45  # what LOOK_SPREAD allows in a grace of 1 to 2 s, with room
 
 
 class Counted:
-    """A read that finds nothing until :meth:`land`, counting its calls."""
+    """A read that finds nothing until :meth:`land` (or, with ``lands_after``, until
+    that many seconds after it was made: a landing at a set moment that no thread's
+    scheduling can delay), counting its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, lands_after: float | None = None) -> None:
         self.reads = 0
         self.landed_at: float | None = None
         self.found_at: float | None = None
+        self._lands_at = None if lands_after is None else time.monotonic() + lands_after
 
     def land(self) -> None:
         self.landed_at = time.monotonic()
 
     def __call__(self) -> str | None:
         self.reads += 1
+        lands_at = self._lands_at
+        if self.landed_at is None and lands_at is not None and time.monotonic() >= lands_at:
+            self.landed_at = lands_at
         if self.landed_at is None:
             return None
         self.found_at = time.monotonic()
@@ -111,13 +117,8 @@ def test_a_quiet_ledger_is_read_now_and_then_only(ledger: LocalLedger) -> None:
 def test_the_end_of_the_grace_is_read_whatever_the_marker_says() -> None:
     """A landing the marker misses (here it never moves) in the grace's last moments is
     found by the read made at its end."""
-    read = Counted()
-    timer = threading.Timer(GRACE * 0.97, read.land)
-    timer.start()
-    try:
-        assert while_opening(read, GRACE, lambda: 0) == "found"
-    finally:
-        timer.cancel()
+    read = Counted(lands_after=GRACE * 0.97)
+    assert while_opening(read, GRACE, lambda: 0) == "found"
 
 
 def test_an_open_landing_under_load_is_found_soon(ledger: LocalLedger, tmp_path: Path) -> None:
@@ -143,13 +144,8 @@ def test_an_open_landing_under_load_is_found_soon(ledger: LocalLedger, tmp_path:
 def test_an_open_landing_late_in_the_grace_is_still_found(
     ledger: LocalLedger, marker: bool
 ) -> None:
-    read = Counted()
-    timer = threading.Timer(GRACE * 0.8, read.land)
-    timer.start()
-    try:
-        found = while_opening(read, GRACE, ledger.change_marker if marker else None)
-    finally:
-        timer.cancel()
+    read = Counted(lands_after=GRACE * 0.8)
+    found = while_opening(read, GRACE, ledger.change_marker if marker else None)
     assert found == "found"
     assert read.reads <= MOST_READS
 

@@ -25,7 +25,6 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.messaging import errors as E
-from dtp.messaging import jsonrpc
 from dtp.messaging.jsonrpc import JsonRpcClient, JsonRpcHandler, serve_jsonrpc
 from dtp.messaging.method_rules import LedgerList, MethodRule, MethodRules, requests_for
 from dtp.messaging.rpc import (
@@ -492,22 +491,30 @@ def test_what_was_charged_is_what_is_forwarded(world: World) -> None:
         sock.close()
 
 
-def test_verdicts_waiting_for_their_handler_are_bounded_in_bytes(
-    monkeypatch: pytest.MonkeyPatch,
+def test_what_was_priced_free_is_not_forwarded_when_the_rules_change_their_mind(
+    world: World,
 ) -> None:
-    # a request priced and then refused for its fee never reaches its handler: the
-    # verdict kept for it (and the document it keeps alive) must not pile up
-    monkeypatch.setattr(jsonrpc, "_KEPT_DECISION_BYTES", 4 << 20)
-    decisions = jsonrpc._Decisions()
-    documents = [bytes([i]) * (1 << 20) for i in range(10)]
-    for document in documents:
-        decisions.put(document, [True])
-    assert decisions.kept_bytes <= 4 << 20 and len(decisions) == 4
-    assert decisions.take(documents[0]) is None  # (the oldest went first)
-    assert decisions.take(documents[-1]) == [True]
-    assert decisions.kept_bytes == 3 << 20 and len(decisions) == 3
-    small = [f"[{i}]".encode() for i in range(5000)]  # (distinct objects)
-    for document in small:
-        decisions.put(document, [False])
-    assert len(decisions) == jsonrpc._KEPT_DECISIONS
-    assert decisions.take(small[-1]) == [False]
+    """A batch entry the rules refused as the batch was priced (so nothing was charged
+    for it) stays refused when the list allows it by the time the handler runs: the
+    handler forwards what the pricing's verdicts say, handed to it with the request,
+    never what the rules answer later (uncharged, it would have been served free)."""
+    answers = iter([False, True, True])
+    rules = MethodRules(
+        [MethodRule("eth_call", allow=["@flip"]), MethodRule("eth_chainId")],
+        lists={"flip": lambda a: next(answers)},
+    )
+    world.serve(rules)
+    alice, meter, sock = world.connect(ALICE_KEY)
+    try:
+        batch = [
+            {"jsonrpc": "2.0", "method": "eth_call", "params": [1], "id": 1},
+            {"jsonrpc": "2.0", "method": "eth_chainId", "id": 2},
+        ]
+        raw = alice.call("jsonrpc", json.dumps(batch).encode(), requests=1)
+        answers_by_id = {a["id"]: a for a in json.loads(raw)}
+        assert answers_by_id[1]["error"]["code"] == -32006
+        assert answers_by_id[2]["result"] == "0x1"
+        assert meter.latest is not None and meter.latest.total_requests == 1
+    finally:
+        alice.close()
+        sock.close()

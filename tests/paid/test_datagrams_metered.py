@@ -287,7 +287,7 @@ def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, a
     with paid_server(world, api, *_sinks(outcome), policy):
         sock = world.connect(deposit)
         cid = sock.connection_id
-        payment = sock.connection_hook
+        payment = sock.layer.hook
         assert cid is not None and isinstance(payment, ClientPayment)
         sent = 0
         with pytest.raises(PaymentRequired) as closed:

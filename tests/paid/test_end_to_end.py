@@ -212,7 +212,7 @@ def test_a_write_the_deposit_cannot_pay_fails_at_once(world: World, api: str) ->
     with paid_server(world, api=api, pause_timeout=30.0):
         sock = world.connect(client, deposit)
         cid = sock.connection_id
-        payment = sock.connection_hook
+        payment = sock.layer.hook
         assert cid is not None and payment is not None
         pieces = 0
         with pytest.raises(PaymentRequired) as closed:

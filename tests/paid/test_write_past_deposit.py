@@ -201,7 +201,7 @@ def test_a_blocking_write_past_the_deposit_ends_the_connection_at_once(
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
     with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
-        pay = sock.connection_hook
+        pay = sock.layer.hook
         assert cid is not None and isinstance(pay, ClientPayment)
         sock.sendall(b"x" * 4096)
         started = time.monotonic()
@@ -234,7 +234,7 @@ def test_an_asyncio_write_past_the_deposit_ends_the_connection_at_once(
         reader, writer = await paid_open(ledger, host_id, cap)
         try:
             assert writer.connection_id is not None
-            pay = writer.connection_hook
+            pay = writer.layer.hook
             assert isinstance(pay, ClientPayment)
             writer.write(b"x" * 4096)
             await writer.drain()
@@ -272,7 +272,7 @@ def test_a_write_past_the_deposit_waits_for_a_top_up_under_way(
     release = threading.Event()
     with paid_connect(ledger, host_id, cap) as sock:
         cid = sock.connection_id
-        pay = sock.connection_hook
+        pay = sock.layer.hook
         assert cid is not None and isinstance(pay, ClientPayment)
         real = pay.ledger
 

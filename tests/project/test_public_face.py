@@ -156,12 +156,18 @@ def test_the_blocking_face_lists_no_internals() -> None:
 
 def test_the_upper_layers_hooks_are_not_public_on_the_streams() -> None:
     """A payment riding on a connection is set by the host-ID layer (dtp.hostid), not
-    by applications: the members that set it are private on both drivers' streams."""
+    by applications: what the layers above use is behind one ``layer`` accessor on both
+    drivers' streams, not among the members an application calls."""
     from dtp.aio import DTPStreamWriter
     from dtp.socket import DTPSocket
+    from dtp.transport.asyncio.streams import ConnectionLayer as AsyncLayer
+    from dtp.transport.blocking.socket import ConnectionLayer
 
-    for cls in (DTPSocket, DTPStreamWriter):
-        assert not hasattr(cls, "set_connection_hook"), cls
-        assert hasattr(cls, "_set_connection_hook"), cls
-    assert not hasattr(DTPSocket, "start_timer")
-    assert hasattr(DTPSocket, "_start_timer")
+    upper = {"hook", "set_hook", "start_timer", "check_live", "run_and_flush", "driver", "wake"}
+    for cls, layer in ((DTPSocket, ConnectionLayer), (DTPStreamWriter, AsyncLayer)):
+        assert isinstance(vars(cls)["layer"], property), cls
+        names = {n for n in dir(cls) if not n.startswith("_")}
+        assert not names & (upper | {"connection_hook", "connection_driver"}), cls
+        assert not [n for n in names if "connection_hook" in n], cls
+        assert upper - {"start_timer"} <= set(dir(layer)), layer
+    assert "start_timer" in dir(ConnectionLayer)  # (an asyncio connection starts its own)

@@ -213,21 +213,29 @@ def test_a_failed_property_says_whether_its_examples_came_from_the_seed(
     """A hypothesis test failed in a run without ``--dtp-seed`` drew its examples from
     hypothesis' own seed: the report says so rather than promise a replay."""
     (tmp_path / "test_prop.py").write_text(
-        "from hypothesis import given, strategies as st\n\n"
+        "from hypothesis import HealthCheck, given, settings, strategies as st\n\n"
         "@given(st.integers())\n"
-        "def test_prop(x):\n    assert x < 10\n"
+        "def test_prop(x):\n    assert x < 10\n\n"
+        "@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])\n"
+        "@given(st.integers())\n"
+        "def test_prop_uses_dtp(dtp_identity, x):\n    assert x < 10\n"
     )
 
-    def report(*args: str) -> str:
+    def report(*args: str) -> str | None:
         done = run_in_project(
             tmp_path, installed, "-m", "pytest", "-p", "no:cacheprovider", "test_prop.py", *args
         )
         assert done.returncode == 1, done.stdout + done.stderr
-        (line,) = [x for x in done.stdout.splitlines() if x.startswith("run seed ")]
-        return line
+        lines = [x for x in done.stdout.splitlines() if x.startswith("run seed ")]
+        assert len(lines) <= 1, lines
+        return lines[0] if lines else None
 
-    assert "hypothesis drew its examples from a seed of its own" in report()
-    assert report("--dtp-seed", "8") == "run seed 8: replay with --dtp-seed 8"
+    alone = "not uses_dtp"
+    assert report("-k", alone, "--dtp-seed", "8") == "run seed 8: replay with --dtp-seed 8"
+    assert "hypothesis drew its examples from a seed of its own" in report("-k", "uses_dtp")
+    # a failure that no dtp fixture and no --dtp-seed had a part in is reported as
+    # without dtp: in a project that has dtp installed, its seed would be noise
+    assert report("-k", alone) is None
 
 
 # -- what the plugin costs a project that does not use it ---------------------------------------

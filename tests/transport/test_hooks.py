@@ -115,16 +115,16 @@ def test_the_blocking_driver_calls_a_connection_hook(monkeypatch: pytest.MonkeyP
         )
         recorder = Recorder()
         receipts: list[bytes] = []
-        sock._set_connection_hook(_as_hook(recorder), receipts.append)
-        assert sock.connection_hook is recorder
+        sock.layer.set_hook(_as_hook(recorder), receipts.append)
+        assert sock.layer.hook is recorder
         added: list[object] = []
         monkeypatch.setattr(TIMERS, "add", added.append)
-        sock._start_timer()  # (started by connect already: a second start changes nothing)
+        sock.layer.start_timer()  # (started by connect already: a second start changes nothing)
         assert added == []  # (a second heap entry would double the connection's passes)
         sock.sendall(SENT)
-        sock.check_live()  # (open: nothing raised)
+        sock.layer.check_live()  # (open: nothing raised)
         ran: list[int] = []
-        sock.run_and_flush(lambda: ran.append(1))
+        sock.layer.run_and_flush(lambda: ran.append(1))
         assert ran == [1]
         with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
             sock.top_up(5)  # (a hook is no deposit)
@@ -139,7 +139,7 @@ def test_the_blocking_driver_calls_a_connection_hook(monkeypatch: pytest.MonkeyP
     assert recorder.before == 1
     assert recorder.after >= 1  # (after_close is idempotent: close() and the engine call it)
     with pytest.raises(dtp.errors.SocketClosed):
-        sock.check_live()
+        sock.layer.check_live()
 
 
 def test_the_asyncio_driver_calls_a_connection_hook() -> None:
@@ -161,20 +161,20 @@ def test_the_asyncio_driver_calls_a_connection_hook() -> None:
             )
             recorder = Recorder()
             receipts: list[bytes] = []
-            writer._set_connection_hook(_as_hook(recorder), receipts.append)
-            assert writer.connection_hook is recorder
+            writer.layer.set_hook(_as_hook(recorder), receipts.append)
+            assert writer.layer.hook is recorder
             writer.write(SENT)
             await writer.drain()
-            writer.check_live()  # (open: nothing raised)
+            writer.layer.check_live()  # (open: nothing raised)
             ran: list[int] = []
-            writer.run_and_flush(lambda: ran.append(1))
+            writer.layer.run_and_flush(lambda: ran.append(1))
             assert ran == [1]
             with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
                 await writer.top_up(5)  # (a hook is no deposit)
             writer.close()
             await writer.wait_closed()
             with pytest.raises(dtp.errors.ConnectionClosed):
-                writer.check_live()
+                writer.layer.check_live()
             await asyncio.wait_for(done.wait(), 10)
         finally:
             server.close()
@@ -214,7 +214,7 @@ def test_without_a_hook_top_up_is_refused_as_on_any_plain_connection() -> None:
             server.address, timeout=10, server_key=SERVER.noise_public, identity=CLIENT
         )
         with sock:
-            assert sock.connection_hook is None
+            assert sock.layer.hook is None
             with pytest.raises(dtp.errors.LocalProtocolError, match="not a paid connection"):
                 sock.top_up(5)
 
@@ -312,14 +312,14 @@ def test_a_blocking_socket_tells_its_end_and_carrier_and_wakes_its_waiter() -> N
         )
         assert sock.reliable_carrier is True  # (TCP)
         assert sock.connection_ended is False
-        driver = sock.connection_driver
+        driver = sock.layer.driver
         sock.sendall(b"abc")
         with driver.lock:
             assert driver.conn.usage[0] >= 3  # (the connection this socket sends on)
         # A thread waiting on the connection for a condition another thread sets looks
         # again on wake(): without it, nothing arrives and it looks only at its deadline.
         flag: list[bool] = []
-        timer = threading.Timer(0.2, lambda: (flag.append(True), sock.wake()))
+        timer = threading.Timer(0.2, lambda: (flag.append(True), sock.layer.wake()))
         timer.start()
         start = time.monotonic()
         with driver.lock:
@@ -334,7 +334,7 @@ def test_a_blocking_socket_tells_its_end_and_carrier_and_wakes_its_waiter() -> N
 def test_an_asyncio_protocol_wakes_its_waiting_tasks() -> None:
     async def main() -> None:
         async with _aio_connection() as writer:
-            proto = writer.connection_driver
+            proto = writer.layer.driver
             # A task waiting on the connection for a condition set outside it looks again
             # on wake(): without it, nothing arrives and it waits for good (the timeout).
             flag: list[bool] = []
@@ -354,7 +354,7 @@ def test_an_asyncio_writer_tells_its_end_and_carrier_and_hands_out_its_closed_fu
         async with _aio_connection() as writer:
             assert writer.reliable_carrier is True  # (TCP)
             assert writer.connection_ended is False
-            assert writer.connection_driver.session.terminated is None
+            assert writer.layer.driver.session.terminated is None
             closed = writer.connection_closed()
             # each call hands out a new future: cancelling one (a cancelled wait)
             # leaves the connection's own, and so the others and wait_closed(), alone

@@ -329,7 +329,7 @@ def test_serve_forever_out_of_threads_refuses_a_queued_connection_and_goes_on(
         # serve_forever's loop does, handing it to a thread of its own
         queued = _connect(server)
         try:
-            assert wait_for(lambda: server._ready.qsize() == 1, BOUND)
+            assert wait_for(lambda: len(server._queue) == 1, BOUND)
             monkeypatch.setattr(threading.Thread, "start", start)
             refusing.set()
             serving = threading.Thread(

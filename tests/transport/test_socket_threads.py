@@ -161,8 +161,8 @@ def test_close_wakes_every_thread_blocked_in_accept() -> None:
     others waited for good."""
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     calls = [Call(server.accept) for _ in range(3)]
-    assert wait_for(lambda: server._ready.not_empty._waiters)  # type: ignore[attr-defined]
-    assert wait_for(lambda: len(server._ready.not_empty._waiters) == 3)  # type: ignore[attr-defined]
+    assert wait_for(lambda: server._queue._ready.not_empty._waiters)  # type: ignore[attr-defined]
+    assert wait_for(lambda: len(server._queue._ready.not_empty._waiters) == 3)  # type: ignore[attr-defined]
     server.close()
     for call in calls:
         assert call.join(5)

@@ -442,7 +442,7 @@ def protocol_of(writer: DTPStreamWriter) -> _Protocol:
     """The connection's I/O driver behind ``writer`` (the gate waits on it, and it
     holds the connection's state): the one place the paid layer takes it from a
     writer."""
-    return writer.connection_driver
+    return writer.layer.driver
 
 
 def _first_stream(writer: DTPStreamWriter) -> bool:

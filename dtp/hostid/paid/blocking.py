@@ -82,7 +82,7 @@ class PaidConnection:
         # the engine is the connection's I/O driver; the paid layer waits on it while
         # paused, as the socket's own calls do (the one place it is taken from the
         # socket: the rest goes through ended(), wake(), abort() and attach())
-        self.engine = sock.connection_driver
+        self.engine = sock.layer.driver
         self.client = sock.peer_address or ""
         self.connection_id = sock.peer_connection_id or ""
         self.gate = gate
@@ -122,7 +122,7 @@ class PaidConnection:
 
     def wake(self) -> None:
         """Wake the calls waiting on the connection (a paused one looks again)."""
-        self.sock.wake()
+        self.sock.layer.wake()
 
     def abort(self, close: Close) -> None:
         """End the connection as the engine decided (``close``: code and reason)."""
@@ -164,7 +164,7 @@ class PaidConnection:
         engine = self.engine
         # the test, the judgment and the clear under the engine lock, which a waiting
         # datagram send holds from its step's read of the pause's start to its use
-        # (_look): a step never judges by a start from before a payment that ended
+        # (_look_at_gate): a step never judges by a start from before a payment that ended
         # that pause (tests/paid/test_datagram_pause_rule.py)
         with engine.lock:
             self.core.datagrams_covered_again(
@@ -189,11 +189,11 @@ class PaidConnection:
         ``sock``: the socket whose call waits, and ``timeout`` the call's own
         (``"socket"``: ``sock``'s, as for recv; a number or None: recv_datagram's): a
         pause is waited out within it, then raises as the unpaid call would when nothing
-        comes (:meth:`_look`). The gate's pause clock goes on across such calls:
+        comes (:meth:`_look_at_gate`). The gate's pause clock goes on across such calls:
         the connection closes once paused ``pause_timeout``, at the next call that looks."""
         if self.credit.read > 0:
             return  # within what the gate allowed at its last look
-        self._look(False, 0, sock, timeout)
+        self._look_at_gate(False, 0, sock, timeout)
 
     def wait_send(self, sock: DTPSocket) -> None:
         """:meth:`wait_paid` for a write on ``sock`` (then :meth:`reserve`). Waiting for
@@ -203,10 +203,10 @@ class PaidConnection:
         if self.credit.send > 0:
             return
         start = time.monotonic()
-        while not self._look(True, 0, sock, "socket", start):
+        while not self._look_at_gate(True, 0, sock, "socket", start):
             _timed_out(sock, start)
 
-    def _look(
+    def _look_at_gate(
         self,
         writing: bool,
         whole: int = 0,
@@ -378,7 +378,7 @@ class PaidConnection:
                 return count, taken
             if self.ended():
                 return 0, 0
-            if not self._look(True, first, sock, "socket", began):
+            if not self._look_at_gate(True, first, sock, "socket", began):
                 _timed_out(sock, began)
 
     def sent(self, reserved: int) -> None:

@@ -169,6 +169,8 @@ class AsyncRpcServer(ServerBase):
                         # the method rules first: a refused request takes no fee
                         # (docs/messaging.md §2.5)
                         prices = self.request_cost(event.method, event.params, peer)
+                        if ctx is not None:
+                            ctx.cost = prices
                     for step in fees.admission(event.meta, peer, prices) if fees.paid else ():
                         if type(step) is PayRequest:
                             await step.payments.admit_async(step.meta, step.requests)

@@ -646,6 +646,7 @@ class _ServerStream:
                 ctx = CallContext(
                     event.request_id, event.method, event.deadline, event.meta, self.peer
                 )
+                ctx.cost = prices
             if fees.paid:
                 try:
                     for step in fees.admission(event.meta, self.peer, prices):

@@ -42,7 +42,8 @@ def check_one_meter(meter: Meter | None, stream: Any) -> None:
     if meter is None:
         return
     # (a DTPSocket's or a dtp.aio writer's hook: the transport's metered payment)
-    if getattr(stream, "connection_hook", None) is not None:
+    layer = getattr(stream, "layer", None)
+    if layer is not None and layer.hook is not None:
         raise ValueError(
             "meter=: this connection is metered by its transport already (connected by "
             "host ID): its receipts and the meter's would compete for one escrow. Pay "

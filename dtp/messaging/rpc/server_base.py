@@ -51,6 +51,11 @@ class CallContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     #: The ResponseEscrow this request prepaid, if any.
     escrow_id: str | None = None
+    #: The prices the request was charged (:meth:`RpcServerBase.request_cost`), as its
+    #: method's pricing returned them: what a handler forwards must be what was priced,
+    #: even if the rules would answer otherwise by now (serve_jsonrpc's per-entry
+    #: verdicts ride on it).
+    cost: tuple[int | None, ...] = (None,)
 
 
 Handler = Callable[..., Any]
@@ -150,7 +155,9 @@ class Registry:
         any fee is taken."""
         pricing = self._pricing.get(method)
         if pricing is not None:
-            return tuple(pricing(params, client))
+            cost = pricing(params, client)
+            # (a tuple as it is, a subclass's own fields with it: CallContext.cost)
+            return cost if isinstance(cost, tuple) else tuple(cost)
         rules = self.rules
         if rules is None:
             return ONE_REQUEST

@@ -71,7 +71,7 @@ class DTPStreamReader:
         self._session.resume_sink(self._stream_id)
         self._proto.flush()
 
-    def _take(self, n: int) -> bytes:
+    def _take_from_stream(self, n: int) -> bytes:
         data = self._session.take(self._stream_id, n)
         if data:
             self._proto.flush()  # return flow-control credit promptly
@@ -155,7 +155,7 @@ class DTPStreamReader:
             try:
                 while True:
                     await self._wait_readable("read")
-                    chunk = self._take(1 << 30)
+                    chunk = self._take_from_stream(1 << 30)
                     if not chunk:
                         return b"".join(chunks)
                     chunks.append(chunk)
@@ -167,7 +167,7 @@ class DTPStreamReader:
                 raise
         if not self._session.readable(self._stream_id):
             await self._wait_readable("read")
-        return self._take(n)
+        return self._take_from_stream(n)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or IncompleteReadError at end of stream (the stream's
@@ -183,7 +183,7 @@ class DTPStreamReader:
         if n == 0:
             return b""  # (as asyncio's: at once, whatever the stream's state)
         if len(self._buffer()) >= n:
-            return self._take(n)
+            return self._take_from_stream(n)
         return await self._gather(n)
 
     async def _gather(self, n: int) -> bytes:
@@ -204,7 +204,7 @@ class DTPStreamReader:
                 self._unread(b"".join(chunks))
                 raise
             if self._buffer():
-                chunk = self._take(need)
+                chunk = self._take_from_stream(need)
                 chunks.append(chunk)
                 need -= len(chunk)
                 if not need:
@@ -269,7 +269,7 @@ class DTPStreamReader:
                 # as asyncio's: the limit is on what comes before the separator
                 if index > limit:
                     raise asyncio.LimitOverrunError("separator found past the limit", index)
-                return self._take(index + len(separator))
+                return self._take_from_stream(index + len(separator))
             if len(buf) + 1 - len(separator) > limit:
                 raise asyncio.LimitOverrunError(
                     "separator not found within the limit", len(buf) + 1 - len(separator)
@@ -278,7 +278,9 @@ class DTPStreamReader:
                 failure = self._failure()
                 if failure is not None:
                     raise failure  # (consuming nothing, as asyncio's)
-                raise asyncio.IncompleteReadError(self._take(len(buf)) if buf else b"", None)
+                raise asyncio.IncompleteReadError(
+                    self._take_from_stream(len(buf)) if buf else b"", None
+                )
             start = max(0, len(buf) - len(separator) + 1)
             # What is buffered stays (a cancelled or failing readuntil consumes nothing,
             # and a LimitOverrunError leaves it, as asyncio's), but its credit goes back
@@ -307,7 +309,9 @@ class DTPStreamReader:
             # keeping the line would raise on every later call: `async for line in
             # reader` could never get past it
             buf = self._buffer()
-            self._take(exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf))
+            self._take_from_stream(
+                exc.consumed + 1 if buf.startswith(b"\n", exc.consumed) else len(buf)
+            )
             raise ValueError(exc.args[0]) from exc
 
     def __aiter__(self) -> DTPStreamReader:
@@ -357,34 +361,13 @@ class DTPStreamWriter:
         topped up."""
         raise LocalProtocolError(NOT_PAID)
 
-    # -- a layer above riding on the connection (dtp.transport.hooks) ----------------------
+    # -- what the layers above use ------------------------------------------------------------
 
     @property
-    def connection_hook(self) -> ConnectionHook | None:
-        """What a layer above has riding on this connection (a connection by host ID's
-        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
-        return self._proto.hook
-
-    def _set_connection_hook(
-        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
-    ) -> None:
-        """Have ``hook`` ride on this connection (the driver calls it as
-        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
-        RECEIPT frame's payload as it arrives (without one they queue, bounded). Call it
-        from the event loop."""
-        self._proto.hook = hook
-        self._session.on_receipt = on_receipt
-
-    def check_live(self) -> None:
-        """Raise the connection's error (ConnectionClosed, ...) once it has ended."""
-        if self._session.terminated is not None:
-            raise self._session.error or ConnectionClosed("the connection is closed")
-
-    def run_and_flush(self, action: Callable[[], None]) -> None:
-        """Run ``action`` (it may queue frames on the connection: a hook's), then send
-        what it queued; from the event loop."""
-        action()
-        self._proto.flush()
+    def layer(self) -> ConnectionLayer:
+        """What a layer above this one (a connection by host ID's payment, a paid
+        server's receipt gate) uses to ride on the connection: not for applications."""
+        return ConnectionLayer(self)
 
     @property
     def connection_ended(self) -> bool:
@@ -397,13 +380,6 @@ class DTPStreamWriter:
         connection itself does not acknowledge or retransmit
         (``ConnectionConfig.reliable_carrier``)."""
         return self._conn.config.reliable_carrier
-
-    @property
-    def connection_driver(self) -> Protocol:
-        """The connection's I/O driver, for a layer above that runs its own rules on the
-        connection (a paid server's receipt gate:
-        :class:`dtp.hostid.paid.asyncio.PaidConnection`); from the event loop."""
-        return self._proto
 
     def connection_closed(self) -> asyncio.Future[None]:
         """A future done once the connection and its carrier are closed, to await or to
@@ -891,3 +867,53 @@ def _keeps_views(transport: asyncio.BaseTransport) -> bool:
 
 
 _VIEWS_KEPT = sys.version_info >= (3, 12)
+
+
+class ConnectionLayer:
+    """The members a layer above the transport uses on an asyncio connection
+    (:attr:`DTPStreamWriter.layer`), from the event loop: its hook
+    (:class:`~dtp.transport.hooks.ConnectionHook`) and its driver. Kept off the
+    writer's own face, which is the application's."""
+
+    __slots__ = ("_proto", "_session")
+
+    def __init__(self, writer: DTPStreamWriter) -> None:
+        self._proto = writer._proto
+        self._session = writer._session
+
+    @property
+    def hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment), or None."""
+        return self._proto.hook
+
+    def set_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        self._proto.hook = hook
+        self._session.on_receipt = on_receipt
+
+    def check_live(self) -> None:
+        """Raise the connection's error (ConnectionClosed, ...) once it has ended."""
+        if self._session.terminated is not None:
+            raise self._session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (it may queue frames on the connection: a hook's), then send
+        what it queued."""
+        action()
+        self._proto.flush()
+
+    @property
+    def driver(self) -> Protocol:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.asyncio.PaidConnection`)."""
+        return self._proto
+
+    def wake(self) -> None:
+        """Have a paused reader or a waiting drain() look at their conditions again."""
+        self._proto.wake()

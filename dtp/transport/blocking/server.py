@@ -2,8 +2,8 @@
 and closing; a new connection until its handshake starts (``_Arrival``); admission, the
 first records and the lines for handshake slots (the rules are
 :mod:`dtp.transport.handshake_gate`'s); the accepting and the connection threads; the
-handshakes; and the accept() queue (:meth:`~DTPServer.accept`,
-:meth:`~DTPServer.serve_forever`). Also the checks of a server's settings that the
+handshakes; :meth:`~DTPServer.accept` and :meth:`~DTPServer.serve_forever`, over the
+:class:`AcceptQueue` the server holds. Also the checks of a server's settings that the
 servers of the layers above make before they start."""
 
 from __future__ import annotations
@@ -272,8 +272,7 @@ class DTPServer:
     _listener: _socket.socket | None
     _address: tuple[str, int] | None
     _attached: Listener | None
-    _ready: queue.Queue[DTPSocket | None]
-    _places: threading.BoundedSemaphore
+    _queue: AcceptQueue
     _timeout: float | None
     _dispatch: Callable[[DTPSocket], None] | None
     _closed: threading.Event
@@ -360,21 +359,17 @@ class DTPServer:
             host, tcp_port = self._listener.getsockname()[:2]
             self._address = (str(host), int(tcp_port))
         self._attached: Listener | None = None  # (attach)
-        # connections accept() may take; each holds one of max_pending places, taken
-        # before its client is told it is in (_take_place) and given back as accept()
-        # takes it (the queue itself is unbounded: its end-of-server mark always fits)
-        self._ready: queue.Queue[DTPSocket | None] = queue.Queue()
-        self._places = threading.BoundedSemaphore(max_pending)
+        self._queue = AcceptQueue(max_pending)
         self._timeout: float | None = None  # accept()'s by default (settimeout)
         self._dispatch: Callable[[DTPSocket], None] | None = None  # set by serve_forever
         self._closed = threading.Event()
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
-        # (see _give and _work)
+        # (see _hand_to_thread and _connection_thread)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
-        self._turn_left = False  # the accepting, for the next thread free (_work)
+        self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
         # connections whose handshake may start but no thread could be started for: the
         # next thread free serves them (the accepting one is woken for it)
         self._orphans: deque[_Arrival] = deque()
@@ -411,7 +406,7 @@ class DTPServer:
         self._reader = threading.Thread(target=self._read_loop, name="dtp-admission", daemon=True)
         self._reader.start()
         if self._listener is not None:
-            self._give(_ACCEPT_TURN)
+            self._hand_to_thread(_ACCEPT_TURN)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -507,8 +502,7 @@ class DTPServer:
             self._orphan_sender.send(b"\0")
         for end in (self._orphan_sender, self._orphan_wake):
             end.close()
-        self._drain_ready()
-        self._ready.put_nowait(None)
+        self._queue.close()
 
     def __enter__(self) -> DTPServer:
         return self
@@ -523,7 +517,7 @@ class DTPServer:
 
     # -- admission: first records, the lines for handshake slots -------------------------------
 
-    def _take_in(self, arrival: _Arrival) -> None:
+    def _admit_arrival(self, arrival: _Arrival) -> None:
         """A new TCP connection: its first record is read now if it came with the
         connect (as a genuine client's does) -- then it goes on to the slots without
         waiting among the unproven, where it could make another give way -- else it
@@ -638,7 +632,7 @@ class DTPServer:
             mine.append(arrival)
             return True
         try:
-            self._give(arrival)
+            self._hand_to_thread(arrival)
         except RuntimeError as exc:
             # the process is out of threads: the first thread free serves it -- the
             # accepting one, woken for it, at the latest (as it serves what it accepts).
@@ -738,7 +732,7 @@ class DTPServer:
             mine: list[_Arrival] = []
             self._local.mine = mine
             try:
-                self._take_in(arrival)
+                self._admit_arrival(arrival)
             except Exception:
                 # (a fault of ours at one connection: it goes, the accepting goes on --
                 # escaping, it ended this thread and all accepting with it)
@@ -751,17 +745,19 @@ class DTPServer:
                 return mine[0]
         return None
 
-    def _give(self, job: _Job) -> None:
+    def _hand_to_thread(self, job: _Job) -> None:
         """Hand ``job`` to a waiting connection thread, or to a new one."""
         with self._idle_lock:
             if self._idle:
                 self._idle -= 1  # that waiting thread is promised this job
                 self._jobs.put(job)
                 return
-        thread = threading.Thread(target=self._work, args=(job,), name="dtp-handshake", daemon=True)
+        thread = threading.Thread(
+            target=self._connection_thread, args=(job,), name="dtp-handshake", daemon=True
+        )
         thread.start()
 
-    def _work(self, job: _Job | None) -> None:
+    def _connection_thread(self, job: _Job | None) -> None:
         """A connection thread: do ``job``, then wait up to WORKER_IDLE for another.
         With the turn to accept, it accepts one connection, passes the turn on and
         serves that connection itself."""
@@ -771,7 +767,7 @@ class DTPServer:
                 if accepted is None:
                     return  # closed: nobody accepts any more
                 try:
-                    self._give(_ACCEPT_TURN)  # the next client need not wait for this one
+                    self._hand_to_thread(_ACCEPT_TURN)  # the next client need not wait for this one
                 except RuntimeError as exc:
                     # the process is out of threads. Lost, the turn stopped all
                     # accepting for good; kept by us, serving this connection, it
@@ -824,14 +820,12 @@ class DTPServer:
             return
         dispatch = self._dispatch
         if dispatch is not None:
-            if sock._engine.holds_place:  # (serve_forever began during its handshake)
-                sock._engine.holds_place = False
-                self._places.release()
+            self._queue.give_place(sock._engine)  # (serve_forever began meanwhile)
             dispatch(sock)
             return
-        self._ready.put(sock)  # (its place was taken before its client was told it is in)
+        self._queue.put(sock)  # (its place was taken before its client was told it is in)
         if self._closed.is_set():
-            self._drain_ready()  # close() ran meanwhile and may have missed it
+            self._queue.close()  # close() ran meanwhile and may have missed it
 
     # -- handshakes: the handshake, the hooks, the verdict -------------------------------------
 
@@ -1000,17 +994,13 @@ class DTPServer:
         if self._closed.is_set():
             raise SocketClosed("accept() on a closed server")
         try:
-            sock = self._ready.get(block=wait != 0, timeout=wait)
+            sock = self._queue.take(wait)
         except queue.Empty:
             if own and wait == 0:
                 raise BlockingIOError(errno.EAGAIN, "no connection ready") from None
             raise DTPTimeoutError("no connection within the timeout") from None
         if sock is None:
-            # the end-of-server mark stays for the next waiter: every thread blocked in
-            # accept() wakes, not only the first
-            self._ready.put_nowait(None)
             raise SocketClosed("the server was closed")
-        self._give_place(sock)  # (the next client may be told it is in)
         assert sock.peer_address is not None
         return sock, sock.peer_address
 
@@ -1072,14 +1062,13 @@ class DTPServer:
         if self._dispatch is not None:
             return True
         session = engine.session
-        if self._places.acquire(blocking=False):
-            engine.holds_place = True
+        if self._queue.take_place(engine):
             return True
         # (IK without hooks: message 2 waited for the verdict; the client works on it
         # while we wait. A no-op where it went already)
         session.conn.answer()
         engine.flush()
-        while not self._places.acquire(blocking=False):
+        while not self._queue.take_place(engine):
             if self._dispatch is not None:
                 return True
             left = deadline - time.monotonic()
@@ -1087,30 +1076,66 @@ class DTPServer:
                 return False
             with contextlib.suppress(DTPTimeoutError):
                 engine.pump(lambda: session.terminated is not None, min(left, _PLACE_POLL))
+        return True
+
+
+class AcceptQueue:
+    """The connections :meth:`DTPServer.accept` may take, in the order their handshakes
+    completed. Each holds one of ``max_pending`` places, taken before its client is told
+    it is in (:meth:`take_place`) and given back as accept() takes it: a client is never
+    told it is in with no room left for it. The queue itself is unbounded, so that the
+    end-of-server mark (None) always fits; once closed, every waiting and later
+    :meth:`take` gets it."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._ready: queue.Queue[DTPSocket | None] = queue.Queue()
+        self._places = threading.BoundedSemaphore(max_pending)
+
+    def take_place(self, engine: Engine) -> bool:
+        """A place for ``engine``'s connection if one is free now (marked on the engine,
+        so that exactly one :meth:`give_place` returns it)."""
+        if not self._places.acquire(blocking=False):
+            return False
         engine.holds_place = True
         return True
 
-    def _give_place(self, sock: DTPSocket) -> None:
-        """``sock`` left the accept() queue: its place is free for the next client."""
-        engine = sock._engine
+    def give_place(self, engine: Engine) -> None:
+        """``engine``'s connection needs its place no more (taken by accept(), handed to
+        serve_forever's handler, or closed): the next client may be told it is in."""
         if engine.holds_place:
             engine.holds_place = False
             self._places.release()
 
-    def _drain_ready(self) -> None:
-        """Close the connections that completed their handshake but that accept() never
-        took (the server is closed: nobody will); a waiting accept() still gets the
-        end-of-server mark."""
-        ended = False
+    def __len__(self) -> int:
+        """Connections (and the end-of-server mark, once closed) waiting to be taken."""
+        return self._ready.qsize()
+
+    def put(self, sock: DTPSocket) -> None:
+        """Queue a connection whose place was taken (:meth:`take_place`)."""
+        self._ready.put(sock)
+
+    def take(self, wait: float | None) -> DTPSocket | None:
+        """The next connection, its place given back; None once the queue is closed.
+        Waits ``wait`` seconds (None: forever, 0: not at all), then queue.Empty."""
+        sock = self._ready.get(block=wait != 0, timeout=wait)
+        if sock is None:
+            # the end-of-server mark stays for the next waiter: every thread blocked in
+            # accept() wakes, not only the first
+            self._ready.put_nowait(None)
+            return None
+        self.give_place(sock._engine)
+        return sock
+
+    def close(self) -> None:
+        """Abort the connections queued that accept() never took (the server is closed:
+        nobody will) and leave the end-of-server mark for every taker. Safe to call
+        again, for a connection queued while the server closed."""
         while True:
             try:
                 sock = self._ready.get_nowait()
             except queue.Empty:
                 break
-            if sock is None:
-                ended = True
-            else:
-                self._give_place(sock)
+            if sock is not None:
+                self.give_place(sock._engine)
                 sock.abort("the server is closed")
-        if ended:
-            self._ready.put_nowait(None)
+        self._ready.put_nowait(None)

@@ -535,9 +535,17 @@ class DTPSocket:
             lock.acquire()
             try:
                 if conn.lent_stream_id == sid and conn.lent_can_recv and not engine.pumping:
-                    data = self._read_lent(conn.lent_lane, bufsize)
-                    if data is not None:
-                        return data
+                    lane = conn.lent_lane
+                    if bufsize <= lane.own_cap:
+                        # (_read_lent's usual case, inline: a frame less per read)
+                        n: int = engine.read_lent(lane, sid, bufsize, self._timeout)
+                        if n:
+                            data: bytes = lane.own[:n].tobytes()
+                            return data
+                    else:
+                        got = self._read_lent(lane, bufsize)
+                        if got is not None:
+                            return got
                     lent = True
             finally:
                 lock.release()
@@ -738,13 +746,14 @@ class DTPSocket:
                     return None
                 lane: Any = conn.lent_lane
                 lent = False
-                deadline = None if self._timeout is None else time.monotonic() + self._timeout
+                now = time.monotonic()  # (one clock read for the deadline and the wait)
+                deadline = None if self._timeout is None else now + self._timeout
                 if bufsize <= lane.own_cap:
                     # the send and the wait for what comes back in one call (the usual case)
                     until = conn.lent_timer
                     if deadline is not None and (until is None or deadline < until):
                         until = deadline
-                    ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                    ms = -1 if until is None else max(0, int((until - now) * 1000) + 1)
                     engine.pumping = True  # (others see it only while the wait lets go of lock)
                     owed = None
                     try:
@@ -902,9 +911,12 @@ class DTPSocket:
         DTPTimeoutError, with an unknown part of ``data`` sent."""
         if flags or type(flags) is not int:
             checked_flags(flags)
-        if type(data) is not bytes:
+        if type(data) is not bytes and not (
+            type(data) is memoryview and data.format == "B" and data.c_contiguous
+        ):
             # the errors of a socket's (a str: TypeError; a strided view: BufferError)
-            # before either path, and the bytes of an array('i'), not its items
+            # before either path, and the bytes of an array('i'), not its items (a
+            # view of bytes, as an echo's memoryview(buf)[:n], is taken as it is)
             data = readable(data)
         engine = self._engine
         conn = engine.conn
@@ -915,24 +927,23 @@ class DTPSocket:
             watch = False
             lock.acquire()
             try:
-                if engine.hook is not None:
+                hook = engine.hook
+                if hook is not None:
                     self._check_payable(len(data))  # (a paid client's deposit)
-                if (
-                    conn.lent_stream_id == self._stream_id
-                    and not engine.out
-                    and not engine.carrier_closed
-                ):
+                out = engine.out
+                if conn.lent_stream_id == self._stream_id and not out and not engine.carrier_closed:
                     lane = conn.lent_lane
                     try:
-                        left: int = lane.send(engine._fd, data, engine.out)
+                        left: int = lane.send(engine._fd, data, out)
                     except OSError as exc:
                         engine._carrier_failed(exc)
                         return  # lost with the carrier: the next call reports it
-                    full = bool(engine.out)
-                    if full and engine.pumping:
-                        engine._wake()  # the carrier is full: the pumping thread writes
-                        full = False
-                    hook = engine.hook
+                    full = False
+                    if out:  # (the records the full carrier did not take)
+                        if engine.pumping:
+                            engine._wake()  # the pumping thread writes them
+                        else:
+                            full = True
                     if hook is not None:
                         # tick_meter's first check, in place (once per send): the
                         # usage as Connection.usage counts it, against the meter's
@@ -1132,47 +1143,13 @@ class DTPSocket:
         carrier was backed up (for the whole connection)."""
         return self._engine.conn.datagrams_send_dropped
 
-    # -- the members for the layers above ------------------------------------------------------
+    # -- what the layers above use ------------------------------------------------------------
 
     @property
-    def connection_hook(self) -> ConnectionHook | None:
-        """What a layer above has riding on this connection (a connection by host ID's
-        metered payment: :class:`~dtp.transport.hooks.ConnectionHook`), or None."""
-        return self._engine.hook
-
-    def _set_connection_hook(
-        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
-    ) -> None:
-        """Have ``hook`` ride on this connection (the driver calls it as
-        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
-        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
-        engine = self._engine
-        with engine.lock:
-            engine.hook = hook
-            engine.session.on_receipt = on_receipt
-
-    def _start_timer(self) -> None:
-        """Start the connection's timer, on a socket connected with ``timer=False``
-        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
-        self._engine.start_timer()
-
-    def check_live(self) -> None:
-        """Raise SocketClosed when this socket is closed, and the connection's error
-        (ConnectionClosed, ...) once the connection has ended."""
-        self._check_open()
-        engine = self._engine
-        with engine.lock:
-            if engine.session.terminated is not None:
-                raise engine.session.error or ConnectionClosed("the connection is closed")
-
-    def run_and_flush(self, action: Callable[[], None]) -> None:
-        """Run ``action`` with the connection's lock held (it may queue frames: a
-        hook's), then send what it queued, unless the connection is closed."""
-        engine = self._engine
-        with engine.lock:
-            action()
-            if not engine.closed:
-                engine.flush()
+    def layer(self) -> ConnectionLayer:
+        """What a layer above this one (a connection by host ID's payment, a paid
+        server's receipt gate) uses to ride on the connection: not for applications."""
+        return ConnectionLayer(self)
 
     @property
     def connection_ended(self) -> bool:
@@ -1188,18 +1165,6 @@ class DTPSocket:
         (``ConnectionConfig.reliable_carrier``)."""
         return self._engine.conn.config.reliable_carrier
 
-    @property
-    def connection_driver(self) -> Engine:
-        """The connection's I/O driver, for a layer above that runs its own rules on the
-        connection under the driver's lock (a paid server's receipt gate:
-        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
-        return self._engine
-
-    def wake(self) -> None:
-        """Wake the thread waiting on the connection's carrier, so that it looks at its
-        conditions again (from any thread, without the connection's lock)."""
-        self._engine._wake()
-
     def interrupt_recv(self) -> None:
         """End a blocking read of this stream that another thread is waiting in -- or,
         when none is, the next one -- at once with :class:`~dtp.errors.DTPTimeoutError`,
@@ -1211,3 +1176,68 @@ class DTPSocket:
         with engine.lock:
             engine.interrupted.add(self._stream_id)
             engine.wake_waiters()
+
+
+class ConnectionLayer:
+    """The members a layer above the transport uses on a blocking connection
+    (:attr:`DTPSocket.layer`): its hook (:class:`~dtp.transport.hooks.ConnectionHook`),
+    its timer, its lock and its waits. Kept off the socket's own face, which is the
+    application's."""
+
+    __slots__ = ("_engine", "_sock")
+
+    def __init__(self, sock: DTPSocket) -> None:
+        self._sock = sock
+        self._engine = sock._engine
+
+    @property
+    def hook(self) -> ConnectionHook | None:
+        """What a layer above has riding on this connection (a connection by host ID's
+        metered payment), or None."""
+        return self._engine.hook
+
+    def set_hook(
+        self, hook: ConnectionHook | None, on_receipt: Callable[[bytes], None] | None = None
+    ) -> None:
+        """Have ``hook`` ride on this connection (the driver calls it as
+        :class:`~dtp.transport.hooks.ConnectionHook` says), and ``on_receipt`` take each
+        RECEIPT frame's payload as it arrives (without one they queue, bounded)."""
+        engine = self._engine
+        with engine.lock:
+            engine.hook = hook
+            engine.session.on_receipt = on_receipt
+
+    def start_timer(self) -> None:
+        """Start the connection's timer, on a socket connected with ``timer=False``
+        (:func:`dtp.transport.blocking.connect.connect`) once its hook is set."""
+        self._engine.start_timer()
+
+    def check_live(self) -> None:
+        """Raise SocketClosed when the socket is closed, and the connection's error
+        (ConnectionClosed, ...) once the connection has ended."""
+        self._sock._check_open()
+        engine = self._engine
+        with engine.lock:
+            if engine.session.terminated is not None:
+                raise engine.session.error or ConnectionClosed("the connection is closed")
+
+    def run_and_flush(self, action: Callable[[], None]) -> None:
+        """Run ``action`` with the connection's lock held (it may queue frames: a
+        hook's), then send what it queued, unless the connection is closed."""
+        engine = self._engine
+        with engine.lock:
+            action()
+            if not engine.closed:
+                engine.flush()
+
+    @property
+    def driver(self) -> Engine:
+        """The connection's I/O driver, for a layer above that runs its own rules on the
+        connection under the driver's lock (a paid server's receipt gate:
+        :class:`dtp.hostid.paid.blocking.PaidConnection`)."""
+        return self._engine
+
+    def wake(self) -> None:
+        """Wake the thread waiting on the connection's carrier, so that it looks at its
+        conditions again (from any thread, without the connection's lock)."""
+        self._engine._wake()
