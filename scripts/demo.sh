@@ -8,8 +8,9 @@ bash scripts/bootstrap.sh --demo
 
 log() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
-# The browser step (a gun.js page in headless Chromium beside a Python peer) needs node
-# and npm, to fetch the gun package, and chromium. They
+# The browser steps (a gun.js page in headless Chromium beside a Python peer; the dApp
+# page, whose wallet calls a paid JSON-RPC service over DTP) need node and npm, to fetch
+# the gun package and the browser client's @noble packages, and chromium. They
 # are installed when missing and the machine allows (apt, as root or through sudo);
 # without them the step says what it lacks and the rest of the demo runs.
 need=()
@@ -38,5 +39,10 @@ fi
 # gun's browser files, which the demo page loads (pinned by tools/gun-peer/package-lock.json)
 if command -v npm >/dev/null 2>&1 && ! sh tools/gun-peer/run.sh --install; then
   log "could not fetch the gun npm package: the browser step will say so"
+fi
+# the browser client's pinned npm packages (web/dtp-client/package-lock.json), which the
+# dApp page loads
+if command -v npm >/dev/null 2>&1 && ! sh web/dtp-client/scripts/install.sh; then
+  log "could not fetch the browser client's npm packages: the dApp step will say so"
 fi
 exec .venv/bin/dtp demo --screenshots build/screenshots "$@"

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,9 +80,10 @@ class BrowserError(RuntimeError):
 
 class Chromium:
     """One headless Chromium process and its DevTools connection (``timeout``: seconds
-    for it to start, and for each command's answer)."""
+    for it to start, and for each command's answer; ``flags``: more command-line flags,
+    after :data:`FLAGS`)."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, flags: Sequence[str] = ()) -> None:
         binary = chromium_path()
         if binary is None:
             raise BrowserError("chromium is not installed (apt-get install -y chromium)")
@@ -92,7 +94,7 @@ class Chromium:
         self._ws: ClientConnection | None = None
         try:
             self.process = subprocess.Popen(
-                [binary, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
+                [binary, *FLAGS, *flags, f"--user-data-dir={self._profile}", "about:blank"],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -578,6 +578,31 @@ def demo_browser(
         )
 
 
+def demo_dapp(
+    tour: Tour, wait: float | None = None, screenshots: str | os.PathLike[str] | None = None
+) -> None:
+    tour.step("A dApp: a wallet-identified page calls a paid JSON-RPC backend over DTP")
+    try:
+        from dtp.cli.demo_dapp import run_dapp_step
+        from dtp.cli.person import interactive
+
+        stdin = sys.stdin if interactive() else None
+        result = run_dapp_step(tour.say, tour.ok, wait=wait, stdin=stdin, screenshots=screenshots)
+    except MissingExtra as exc:
+        # (an install without websockets: the WebSocket carrier and the browser's driver)
+        tour.say(f"skipped: {exc}; the rest of the demo goes on")
+        tour.remember(f"dapp: skipped (the '{exc.extra}' extra is needed)")
+        return
+    if result.report is None:
+        tour.remember(f"dapp: skipped ({result.skipped})")
+    else:
+        tour.remember(
+            f"dapp: a wallet-identified page (run by {result.runner}) made three paid "
+            f"JSON-RPC calls over DTP's WebSocket carrier; the provider claimed "
+            f"{result.claimed} MIST; a wallet off the allow list was refused"
+        )
+
+
 def demo_messaging(tour: Tour) -> None:
     tour.step("Messaging: a paid JSON-RPC call and a sealed message to an offline host")
     from dtp.messaging.demo import demo_messaging_story
@@ -627,6 +652,7 @@ def run_demo(
         demo_messaging,
         demo_graph_sync,
         lambda t: demo_browser(t, browser_wait, screenshots),
+        lambda t: demo_dapp(t, browser_wait, screenshots),
     ]
     steps: list[Callable[[Tour], None]] = [
         *story,

@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dtp.cli.chromium import BrowserError, Chromium, Page, chromium_path
+from dtp.cli.person import PERSON_WAIT, SHORT_WAIT, interactive, wait_for_person
 from dtp.errors import DTPError
 from dtp.graph.gun.server import find_gun_dir, serve_in_thread
 from dtp.graph.store import Graph
@@ -54,17 +53,11 @@ __all__ = [
 
 ROOM = "dtp-demo/chat"
 """The chat's node: the demo page's default room (dtp/graph/gun/demo/demo.js)."""
-SHORT_WAIT = 5.0
-"""Seconds the page stays up for a person when nobody can press Enter (output to a
-pipe or a file, CI)."""
-PERSON_WAIT = 600.0
-"""The longest wait for Enter at a terminal: a demo left alone still ends."""
 EXCHANGE_TIMEOUT = 20.0
 """Seconds each hop of the exchange may take before the step fails."""
 PAGE_TEXT = "hello from a browser (gun.js in headless Chromium)"
 PYTHON_TEXT = "hello back from a Python peer, over DTP sync"
 _TOOL = Path(__file__).resolve().parents[2] / "tools" / "gun-peer" / "run.sh"
-_POLL = 0.1
 
 
 @dataclass
@@ -103,16 +96,6 @@ class BrowserStepResult:
             and PAGE_TEXT in texts
             and PYTHON_TEXT in texts
         )
-
-
-def interactive() -> bool:
-    """A person is at a terminal: stdin and stdout are terminals, and no CI runs us."""
-    if os.environ.get("CI"):
-        return False
-    try:
-        return sys.stdin.isatty() and sys.stdout.isatty()
-    except (AttributeError, ValueError):  # (a closed or replaced stream)
-        return False
 
 
 def _messages(graph: Graph) -> dict[str, dict[str, object]]:
@@ -182,36 +165,6 @@ def missing_gun() -> str | None:
         f"{_TOOL.relative_to(_TOOL.parents[2])} --install" if _TOOL.is_file() else "npm install gun"
     )
     return f"the gun npm package is not installed: the page runs gun.js ({how} fetches it)"
-
-
-def wait_for_person(
-    seconds: float,
-    stdin: TextIO | None,
-    on_tick: Callable[[], None],
-) -> str:
-    """Keep the page up for a person: ``seconds`` at most, or until a line (Enter) or
-    end of input on ``stdin`` (None: a person cannot answer; only time ends it).
-    ``on_tick`` runs about every 0.1 s meanwhile. Returns ``"enter"`` or ``"time"``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        on_tick()
-        # (to a pipe, stdout is block-buffered: the address and what people write must
-        # show while the page is up, not after)
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stdout.flush()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "time"
-        if stdin is None:
-            time.sleep(min(_POLL, left))
-            continue
-        try:
-            ready, _, _ = select.select([stdin], [], [], min(_POLL, left))
-            if ready:
-                stdin.readline()  # (Enter, or "" at end of input: either ends the wait)
-                return "enter"
-        except (OSError, ValueError):  # (a terminal that went away: time alone ends it)
-            stdin = None
 
 
 class _Follower:

@@ -217,7 +217,7 @@ def test_the_steps_lines_come_before_the_interrupted_message(
     sys.stdout.flush()  # (what the interpreter's exit does)
     text = "".join(log)
     said = text.find("a line said just before Ctrl-C")
-    told = text.find("Interrupted in step 1/11 (the first step)")
+    told = text.find("Interrupted in step 1/12 (the first step)")
     assert said != -1 and told != -1, text
     assert said < told, text
 
@@ -290,7 +290,7 @@ def test_an_interrupted_demo_says_where_and_what_is_left(
     with pytest.raises(_Stop):
         demo.run_demo(quick=True)
     err = capsys.readouterr().err
-    assert "Interrupted in step 1/11 (the first step)" in err
+    assert "Interrupted in step 1/12 (the first step)" in err
     assert "nothing is left behind" in err
 
 

@@ -224,11 +224,16 @@ def test_without_node_and_npm_the_step_says_so_and_the_demo_goes_on(
     monkeypatch.setattr(demo_browser.shutil, "which", lambda name: None)
     assert demo.run_demo(quick=True, browser_wait=0) == 0
     out = capsys.readouterr().out
-    assert "[7/11] A browser on the graph" in out
+    assert "[7/12] A browser on the graph" in out
     assert "skipped: node and npm are not installed" in out
     assert "apt-get install nodejs npm" in out and "the rest of the demo goes on" in out
-    assert "[11/11]" in out and "Summary" in out
+    assert "[12/12]" in out and "Summary" in out
     assert "browser: skipped (node, npm and the gun package are needed)" in out
+    # the dApp step after it: no chromium and no node either (no program is found), so
+    # its page is served for a person and the step says why it makes no calls
+    assert "[8/12] A dApp: a wallet-identified page calls a paid JSON-RPC backend" in out
+    assert "the calls are skipped: no headless browser" in out or "skipped: the browser" in out
+    assert "dapp: skipped (" in out
 
 
 def test_without_the_gun_package_the_step_says_how_to_fetch_it(
@@ -358,7 +363,7 @@ def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0
-        assert "Interrupted in step 7/11 (A browser on the graph" in err
+        assert "Interrupted in step 7/12 (A browser on the graph" in err
         deadline = time.monotonic() + 10
         while _processes_under(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.05)

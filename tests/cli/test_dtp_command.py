@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import gun_peer
-from dtp.cli import main
+from dtp.cli import dapp_host, main
 from dtp.cli.demo_browser import PAGE_TEXT, PYTHON_TEXT
 from dtp.daemon.state import StatusBook
 from tests.support.browser import chromium_path
@@ -67,7 +67,7 @@ def test_demo_runs(capsys) -> None:  # type: ignore[no-untyped-def]
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "[7/11] A browser on the graph: a gun.js page and a Python peer" in out
+    assert "[7/12] A browser on the graph: a gun.js page and a Python peer" in out
     if browser:
         # what the Python peer received from the page, across the Gun endpoint and DTP
         received = re.search(r"the Python peer received it over DTP sync in [\d.]+ s: (.*)", out)
@@ -87,6 +87,20 @@ def test_demo_runs(capsys) -> None:  # type: ignore[no-untyped-def]
     page = re.search(r"open (http://127\.0\.0\.1:\d+/) in a browser", out)
     assert page is not None or "skipped:" in out, out
     assert "what you write in the next 5 s" in out or "skipped:" in out
+    # the dApp step: the page's address for a person, and a wallet-identified paid call
+    assert "[8/12] A dApp: a wallet-identified page calls a paid JSON-RPC backend" in out
+    dapp = re.search(r"open (http://127\.0\.0\.1:\d+/demo/dapp\.html) in a browser", out)
+    if browser and dapp_host.missing_client() is None:
+        assert dapp is not None, out
+        wallet = re.search(r"a wallet-identified call: whoami -> (0x[0-9a-f]{64})", out)
+        assert wallet is not None, out
+        assert f"the wallet {wallet[1]} opened escrow" in out  # the page's own wallet
+        assert "the provider claimed 100 MIST from the escrow (read from the ledger)" in out
+        assert "the ledger refused its escrow (FirewallDenied)" in out
+        assert "dapp: a wallet-identified page (run by chromium) made three paid" in out
+        assert (SHOTS / "demo-dapp.png").stat().st_mtime >= started - 1
+    else:
+        assert "dapp: " in out and ("skipped" in out or "run by node" in out)
     check_demo_output(out)
 
 

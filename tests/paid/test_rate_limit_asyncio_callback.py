@@ -84,3 +84,50 @@ def test_a_callback_that_does_not_drain_is_held_to_the_rate(
     assert got == TOTAL
     # all but the burst at the limit: (256 KiB - 25 kB) / 100 kB/s = 2.4 s (it took 2 ms)
     assert took >= 0.8 * (TOTAL - RATE / 4) / RATE
+
+
+def test_write_eof_with_the_last_bytes_is_held_to_the_rate_and_ends_after_them(
+    tmp_path: Path,
+) -> None:
+    """``write_eof(data)`` (the answer and the stream's end in one record where the limit
+    lets it go at once): under a bytes/s limit its bytes are held as a write's are, and
+    the end follows the last of them."""
+    ledger = LocalLedger(tmp_path / "ledger.db")
+    ledger.faucet(CLIENT.sui_address, 10_000_000)
+    host_id = ledger.create_host(SERVER, SERVER.noise_public)
+    ledger.add_service(SERVER, host_id, PORT, "download", SLA)
+    ledger.set_client_limits(SERVER, host_id, 0, RATE, 0)
+
+    def download() -> tuple[bytes, float]:
+        with dtp.socket.create_connection(
+            f"dtp://{host_id}:{PORT}", timeout=60, ledger=ledger, identity=CLIENT, deposit=10**6
+        ) as sock:
+            sock.sendall(b"go")
+            start, got = time.monotonic(), bytearray()
+            while data := sock.recv(1 << 16):  # (until the end: b"")
+                got += data
+            return bytes(got), time.monotonic() - start
+
+    async def main() -> tuple[bytes, float]:
+        async def handler(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+            await reader.readexactly(2)
+            writer.write_eof(b"y" * 8 + b"x" * (TOTAL - 8))
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await dtp.aio.serve(
+            host_id, PORT, handler, ledger=ledger, identity=SERVER, receipts=tmp_path / "r.db"
+        )
+        try:
+            return await asyncio.to_thread(download)
+        finally:
+            server.close()
+            await server.wait_released(10)
+
+    try:
+        got, took = asyncio.run(main())
+    finally:
+        ledger.close()
+    assert got == b"y" * 8 + b"x" * (TOTAL - 8)
+    assert took >= 0.8 * (TOTAL - RATE / 4) / RATE

@@ -292,6 +292,52 @@ def test_a_stream_limit_stops_at_the_varint_maximum() -> None:
     assert [f.data for f in sent if f.type == FRAME_CONTROL] == [b"important"]
 
 
+def _records_sent(sender: Connection, receiver: Connection) -> list[list[RawFrame]]:
+    """The frames of each record ``sender`` sends now, opened as ``receiver`` would (its
+    receiving state moves on: the records are not fed to it again)."""
+    sealed = sender.data_to_send(0.0)
+    opened = receiver._recv_aead.open_frames(bytearray(sealed))
+    return [list(record.frames) for record in opened.records]
+
+
+@pytest.mark.parametrize("answer", [b"", b'{"jsonrpc":"2.0","id":1,"result":42}'])
+def test_the_fin_that_ends_a_peers_stream_carries_its_max_streams(answer: bytes) -> None:
+    """A reply on a stream of its own (a JSON-RPC call): the FIN -- with the last bytes,
+    or alone -- and the MAX_STREAMS that returns the stream's place go in one record, not
+    two (a browser's client pays per record: bench/web_rows.py)."""
+    c, s, _ = connect()
+    sid = c.conn.open_stream()
+    if sid == 0:  # (IK: the ACCEPT opened stream 0; a call goes on a stream of its own)
+        sid = c.conn.open_stream()
+    c.conn.send_stream_data(sid, b"request", end_stream=True)
+    s.conn.receive_data(c.conn.data_to_send(0.0), 0.0)
+    s.drain()
+    assert bytes(s.data[sid]) == b"request" and sid in s.eof
+    limit = c.conn._peer_max_streams
+    before = s.conn.records_sent
+    s.conn.send_stream_data(sid, answer, end_stream=True)
+    sealed = s.conn.data_to_send(0.0)
+    assert len(_split_records(sealed)) == 1 and s.conn.records_sent == before + 1
+    # the client reads the answer and its end, and may open one more stream
+    c.conn.receive_data(sealed, 0.0)
+    c.drain()
+    assert bytes(c.data.get(sid, b"")) == answer and sid in c.eof
+    assert c.conn._peer_max_streams == limit + 1
+    assert c.conn.termination is None
+
+
+def test_a_fin_on_a_stream_still_receiving_goes_alone() -> None:
+    """The stream's receiving half is open: its end frees nothing yet, and the FIN goes
+    as before (no MAX_STREAMS)."""
+    c, s, _ = connect()
+    frames = [RawFrame(FRAME_STREAM, 2, 0, 0, b"part")]
+    s.conn.receive_data(sealed_by(c.conn, _core.encode_frames(frames)), 0.0)
+    s.drain()
+    s.conn.send_stream_data(2, b"answer", end_stream=True)
+    records = _records_sent(s.conn, c.conn)
+    assert [[f.type for f in r] for r in records] == [[FRAME_STREAM_FIN]]
+
+
 def test_frames_queued_stay_queued_when_encoding_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # (whatever the cause: nothing is let go before it is encoded)
     c, s, _ = connect()

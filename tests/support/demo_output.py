@@ -19,7 +19,7 @@ def check_demo_output(out: str) -> None:
     assert "converged: True" in out
     # the daemon story: an ordinary TCP client through a forwarder, fees, a denied client
     assert "every byte came back intact" in out and "paid nothing" in out
-    assert "provider" in out and "client" in out and "[1/11]" in out
+    assert "provider" in out and "client" in out and "[1/12]" in out
     # UDP billed per datagram, messaging
     assert "queries answered through one DTP connection" in out
     assert "eth_blockNumber over DTP" in out and "meet at noon" in out

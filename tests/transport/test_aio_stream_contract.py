@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 import dtp.aio
-from dtp.errors import DTPError, StreamReset
+from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 
@@ -644,3 +644,37 @@ def test_a_read_cancelled_as_its_stream_closes_gives_nothing_back(read: Read) ->
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_write_eof_with_the_last_bytes_sends_them_and_the_end_in_one_record() -> None:
+    """``write_eof(data)``: a reply on a stream of its own (a JSON-RPC call) is one record
+    -- the bytes, the FIN and the MAX_STREAMS its end frees -- where ``write()`` then
+    ``write_eof()`` sent the bytes and the FIN apart. The reader sees the same bytes and
+    end; after it, writes raise as after ``write_eof()``."""
+
+    async def main() -> None:
+        server, first, (reader, writer), (peer_reader, peer_writer) = await _second_stream()
+        try:
+            writer.write_eof()  # the request's end: the server's stream is done reading
+            assert await asyncio.wait_for(peer_reader.read(), 5) == b""
+            conn = peer_writer._conn
+            before = conn.records_sent
+            peer_writer.write_eof(bytearray(b"the answer"))
+            assert conn.records_sent == before + 1
+            assert await asyncio.wait_for(reader.read(), 5) == b"the answer"
+            assert reader.at_eof()
+            with pytest.raises(LocalProtocolError):
+                peer_writer.write_eof(b"more")
+            with pytest.raises(LocalProtocolError):
+                peer_writer.write(b"more")
+            peer_writer.write_eof()  # (an end already sent: nothing, as asyncio's)
+            with pytest.raises(TypeError):
+                writer.write_eof("text")  # type: ignore[arg-type]
+            peer_writer.close()
+        finally:
+            first.close()
+            await asyncio.wait_for(first.wait_closed(), 5)
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

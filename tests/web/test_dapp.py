@@ -1,4 +1,4 @@
-"""The dApp demo (examples/dapp_demo.py, web/dtp-client/demo/dapp.js) end to end: a
+"""The dApp demo (dtp/cli/dapp_host.py, web/dtp-client/demo/dapp.js) end to end: a
 wallet opens an escrow on a LocalLedger through the demo's HTTP bridge (transactions its
 own key signed), calls the JSON-RPC backend behind the provider's paid DTP service over
 WebSocket, each call paid by a receipt of the JS client; the provider's settlement claims
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from dtp.cli import dapp_host
 from tests.support.browser import Chromium, chromium_path
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client, node_command
-from tests.web.dapp_demo import load
 
 SHOTS = ROOT / "build" / "screenshots"
 
@@ -29,7 +29,7 @@ def _check(report: dict[str, Any], demo: Any) -> None:
     assert report["add"] == 42 and report["echo"] == ["gm"]
     assert report["closed"] == 0
     # stream 0 (held for the connection's life) and the three calls: four requests at 25
-    price = load().SLA.price_per_request
+    price = dapp_host.SLA.price_per_request
     receipts = report["receipts"]
     assert [r["nonce"] for r in receipts] == list(range(1, len(receipts) + 1))
     assert [r["requests"] for r in receipts][:3] == [2, 3, 4]
@@ -38,7 +38,7 @@ def _check(report: dict[str, Any], demo: Any) -> None:
     assert report["claimed"] == 4 * price
     assert demo.claimed(report["escrow"]["escrow"]) == 4 * price
     # the receipts were the session key's: the escrow's receipt key, not the wallet's
-    wallet_key = load().wallet_public_key()
+    wallet_key = dapp_host.wallet_public_key()
     assert report["receiptKey"] == report["sessionKey"] != wallet_key.hex()
     denied = report["denied"]
     assert denied["address"] == demo.denied_address
@@ -49,12 +49,11 @@ def _check(report: dict[str, Any], demo: Any) -> None:
 
 def test_the_dapp_flow_from_node() -> None:
     need_client()
-    module = load()
-    with module.DappDemo() as demo:
+    with dapp_host.DappDemo() as demo:
         job = {
             "base": demo.base,
-            "seed": module.WALLET_SEED.hex(),
-            "deniedSeed": module.DENIED_SEED.hex(),
+            "seed": dapp_host.WALLET_SEED.hex(),
+            "deniedSeed": dapp_host.DENIED_SEED.hex(),
         }
         out = subprocess.run(
             node_command("scripts/dapp-client.mjs"),
@@ -73,8 +72,7 @@ def test_the_dapp_page_in_chromium(capsys: pytest.CaptureFixture[str]) -> None:
             pytest.fail(reason)
         pytest.skip(reason)
     need_client()
-    module = load()
-    with module.DappDemo() as demo, Chromium() as browser:
+    with dapp_host.DappDemo() as demo, Chromium() as browser:
         page = browser.new_page()
         page.goto(demo.page_url)
         page.wait_for("document.body.dataset.done", timeout=90)

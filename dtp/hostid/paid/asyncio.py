@@ -710,7 +710,19 @@ class PaidWriter:
             await self._paid.wait_limits()
         await self._paid.wait_paid()
 
-    def write_eof(self) -> None:
+    def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
+        """As :meth:`dtp.aio.DTPStreamWriter.write_eof`: with ``data``, those last bytes
+        and the end in one record where the rate limits let them go at once (else they
+        are held, as :meth:`write` holds them, and the end follows them)."""
+        if data:
+            if self._closing is not None:
+                raise LocalProtocolError("write on a closed or half-closed DTP stream")
+            view = memoryview(data).cast("B")
+            if self._releasing is None and self._paid.write_now(len(view)) == len(view):
+                self._writer.write_eof(view)
+                self._charged(len(view))
+                return
+            self.write(view)
         if self._releasing is not None:
             self._eof_after = True
         else:

@@ -10,8 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from dtp.native import core as _core
+from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN
 from dtp.protocol.connection.base import Stream, _ConnectionState
-from dtp.protocol.state import ConnState, SendState
+from dtp.protocol.connection.config import MAX_STREAM_FRAME_OVERHEAD, VARINT_MAX
+from dtp.protocol.connection.records import _varint
+from dtp.protocol.state import ConnState, RecvState, SendState
+
+_FIN = bytes([FRAME_STREAM_FIN])
+_MAX_STREAMS = bytes([FRAME_MAX_STREAMS])
 
 
 class _FastSend(_ConnectionState):
@@ -51,6 +57,9 @@ class _FastSend(_ConnectionState):
             return data
         offset = stream.next_offset
         view = data if n == size else memoryview(data)[:n]
+        if fin and self._frees_a_stream(stream, n):
+            self._seal_last(stream, offset, view)
+            return b""
         sealed, records = self._send_aead.seal_stream(
             self._send_counter, stream.stream_id, offset, view, fin
         )
@@ -66,6 +75,45 @@ class _FastSend(_ConnectionState):
             self._maybe_forget(stream)
             return b""
         return b"" if n == size else memoryview(data)[n:]
+
+    def _frees_a_stream(self, stream: Stream, n: int) -> bool:
+        """Whether the FIN about to be sealed on the peer's ``stream`` ends it (its
+        receiving half ended, the application took it): then the MAX_STREAMS that
+        returns its place goes in the same record (a reply to a request on a stream of
+        its own -- a JSON-RPC call -- is one record, not two). Only where the stream
+        frame and the credit fit one record."""
+        return (
+            not self._is_ours(stream.stream_id)
+            and stream.recv_state in (RecvState.DONE, RecvState.RESET)
+            and (self._untaken is None or stream.stream_id not in self._untaken)
+            and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
+        )
+
+    def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
+        """Seal ``view`` as the FIN of ``stream`` at ``offset`` with the MAX_STREAMS
+        its end frees, in one record (:meth:`_frees_a_stream`)."""
+        n = len(view)
+        stream.announce = False
+        stream.next_offset = stream.base_offset = offset + n
+        self._conn_sent += n
+        stream.send_state = SendState.FIN_SENT
+        stream.fin_acked = True
+        self._maybe_forget(stream)  # (raises the MAX_STREAMS count: its credit is due)
+        # (the frames' bytes as _emit_stream_chunk and _build_records make them)
+        plaintext = b"".join(
+            (
+                _FIN,
+                _varint(stream.stream_id),
+                _varint(offset),
+                _varint(n),
+                view,
+            )
+        )
+        if self._pending_max_streams:
+            limit = min(self._local_max_streams + self._peer_streams_done, VARINT_MAX)
+            plaintext += _MAX_STREAMS + _varint(limit)
+            self._pending_max_streams = False
+        self._seal_plaintexts([plaintext], [[]], [True], 0.0)
 
     def _get_lane(self) -> Any:
         if self._lane is None:

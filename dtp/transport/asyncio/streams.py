@@ -500,13 +500,24 @@ class DTPStreamWriter:
             "start_tls() does not apply to a DTP stream: it is end-to-end encrypted already"
         )
 
-    def write_eof(self) -> None:
+    def write_eof(self, data: bytes | bytearray | memoryview = b"") -> None:
         """Half-close: the peer reads EOF after what was written (nothing to do once
-        closed, as asyncio's)."""
-        if self._eof_sent or self._closing or self._session.terminated is not None:
+        closed, as asyncio's). With ``data``, those last bytes first, in the same frame
+        as the end: a short answer then takes one record, where ``write()`` then
+        ``write_eof()`` take two (a request-response service's reply: the peer gets one
+        message, not two). ``data`` is checked as :meth:`write` checks it, and raises as
+        it does on a closed or half-closed stream."""
+        view = readable(data)
+        if view:
+            if self._closing or self._eof_sent:
+                raise LocalProtocolError("write on a closed or half-closed DTP stream")
+            self._session.check_writable(self._stream_id)
+            if self._proto.hook is not None:
+                self._check_payable(len(view))
+        elif self._eof_sent or self._closing or self._session.terminated is not None:
             return
         self._eof_sent = True
-        self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
+        self._conn.send_stream_data(self._stream_id, view if view else b"", end_stream=True)
         self._proto.flush()
 
     def is_closing(self) -> bool:

@@ -73,6 +73,7 @@ export class Connection {
     this.protection = null;
     this.handshakeHash = null;
     this.streams = new Map();
+    this.sending = new Set(); // streams with something queued (_pump's work list)
     this.nextLocalStream = 0; // client streams are even
     this.nextPeerStream = 1; // server streams are odd
     this.localStreamsOpened = 0;
@@ -326,9 +327,11 @@ export class Connection {
     const id = Number(f.a);
     switch (f.type) {
       case FrameType.STREAM:
-      case FrameType.STREAM_FIN:
-        this._onStreamData(this._streamFor(id, true), Number(f.b), f.data, f.type === FrameType.STREAM_FIN);
+      case FrameType.STREAM_FIN: {
+        const stream = this._streamFor(id, true);
+        if (stream) this._onStreamData(stream, Number(f.b), f.data, f.type === FrameType.STREAM_FIN);
         return;
+      }
       case FrameType.RESET_STREAM:
         this._onReset(this._streamFor(id, true), Number(f.b), Number(f.c));
         return;
@@ -373,7 +376,9 @@ export class Connection {
     const existing = this.streams.get(id);
     if (existing) return existing;
     if (id % 2 === this.nextLocalStream % 2) {
-      // ours: one we never opened is a violation
+      // ours: one we opened and are done with is forgotten (_maybeDone), what comes for
+      // it is let go; one we never opened is a violation
+      if (id < this.nextLocalStream) return null;
       throw new ProtocolError('STREAM_ID', `stream ${id} was never opened`);
     }
     if (id < this.nextPeerStream) return null; // forgotten (never happens: streams are kept)
@@ -495,14 +500,24 @@ export class Connection {
   }
 
   /** A peer's stream both of whose halves ended, and that the application took, is done
-   * with: the peer may open one more (MAX_STREAMS, section 10.1). */
-  _maybeDone(stream) {
-    if (stream.done || stream.id % 2 === this.nextLocalStream % 2 || !stream.accepted) return;
+   * with: the peer may open one more (MAX_STREAMS, section 10.1), sent at once or, given
+   * `into`, added to the frames of the record under way. */
+  _maybeDone(stream, into = null) {
+    if (stream.done || !stream.accepted) return;
     const sendEnded = stream.finSent || stream.resetSent;
     if (!stream.readEnded || !sendEnded) return;
+    if (stream.id % 2 === this.nextLocalStream % 2) {
+      // ours, ended both ways: forgotten, or a connection making a call a stream (a
+      // dApp's JSON-RPC calls) would keep every stream it ever opened
+      stream.done = true;
+      this.streams.delete(stream.id);
+      return;
+    }
     stream.done = true;
     this.peerStreamsDone += 1;
-    this._sendFrames([frame(FrameType.MAX_STREAMS, { a: this.localParams.ms + this.peerStreamsDone })]);
+    const more = frame(FrameType.MAX_STREAMS, { a: this.localParams.ms + this.peerStreamsDone });
+    if (into) into.push(more);
+    else this._sendFrames([more]);
   }
 
   // ---- streams -----------------------------------------------------------------------
@@ -535,17 +550,20 @@ export class Connection {
       await new Promise((resolve) => this.streamWaiters.push(resolve));
       this._checkOpen();
     }
-    const stream = this._newLocalStream();
-    // announced by an empty STREAM frame unless the application writes to it in the same
-    // turn of the event loop (section 10.1): a timer, so that `await openStream()` and a
-    // write right after it send the data frame alone
-    setTimeout(() => {
-      if (!stream.announced && this._canSend()) {
-        stream.announced = true;
-        this._sendFrames([frame(FrameType.STREAM, { a: stream.id, b: 0 })]);
-      }
-    }, 0);
-    return stream;
+    // opened on the wire by its first frame: what the application writes, or, read
+    // before anything was written, an empty STREAM frame (section 10.1; _announce). (A
+    // timer per stream that announced it unless written in the same turn cost more than
+    // the rest of a short call's work in the client: bench/web_rows.py.)
+    return this._newLocalStream();
+  }
+
+  /** A stream of ours read before anything was written to it: the peer learns of it by
+   * an empty STREAM frame (section 10.1), as it would have from a first write. */
+  _announce(stream) {
+    if (stream.announced || stream.queue.length || stream.finSent || stream.resetSent) return;
+    if (stream.id % 2 !== this.nextLocalStream % 2 || !this._canSend()) return;
+    stream.announced = true;
+    this._sendFrames([frame(FrameType.STREAM, { a: stream.id, b: 0 })]);
   }
 
   /** The next stream the server opened. */
@@ -565,9 +583,19 @@ export class Connection {
     return this.protection !== null && (this.state === State.OPEN || this.state === State.AWAITING_VERDICT);
   }
 
+  /** A stream queued something: send what credit allows. */
+  _queued(stream) {
+    this.sending.add(stream);
+    this._pump();
+  }
+
   _pump() {
-    if (!this._canSend()) return;
-    for (const stream of this.streams.values()) {
+    if (!this._canSend() || this.sending.size === 0) return;
+    for (const stream of this.sending) {
+      if (stream.queue.length === 0) {
+        this.sending.delete(stream);
+        continue;
+      }
       while (stream.queue.length) {
         const item = stream.queue[0];
         const credit = Math.min(stream.sendLimit - stream.sent, this.sendLimit - this.sentTotal);
@@ -576,21 +604,25 @@ export class Connection {
         const last = n === item.data.length;
         const fin = last && item.fin;
         const chunk = item.data.subarray(0, n);
-        this._sendFrames([frame(fin ? FrameType.STREAM_FIN : FrameType.STREAM, { a: stream.id, b: stream.sent, data: chunk })]);
+        const frames = [frame(fin ? FrameType.STREAM_FIN : FrameType.STREAM, { a: stream.id, b: stream.sent, data: chunk })];
         stream.announced = true;
         stream.sent += n;
         this.sentTotal += n;
+        if (fin) {
+          stream.finSent = true;
+          // a FIN that ends a peer's stream carries its MAX_STREAMS in the same record
+          // (section 12's transcripts: the answer to a call is one record)
+          this._maybeDone(stream, frames);
+        }
+        this._sendFrames(frames);
         if (last) {
           stream.queue.shift();
-          if (fin) {
-            stream.finSent = true;
-            this._maybeDone(stream);
-          }
           item.resolve();
         } else {
           item.data = item.data.subarray(n);
         }
       }
+      if (stream.queue.length === 0) this.sending.delete(stream);
     }
   }
 
@@ -660,26 +692,54 @@ export class Connection {
     this._sendRaw(this.protection.seal(encodeFrames(frames)));
   }
 
+  // The keepalive and the idle timeout are deadlines that each record sent (received)
+  // moves: a timer armed once checks its deadline when it fires and re-arms itself for
+  // what is left. (Re-arming on every record cost a setTimeout and a clearTimeout per
+  // record each way, the largest cost of a short call in a browser after the WebSocket
+  // itself: bench/web_rows.py.)
+
   _armKeepalive() {
     if (!this.peerParams || this.state === State.CLOSED) return;
-    clearTimeout(this.timers.keepalive);
+    this._lastSent = Date.now();
+    if (this.timers.keepalive === undefined) this._keepaliveIn(this._keepaliveInterval());
+  }
+
+  _keepaliveInterval() {
     const peerIdle = this.peerParams.it;
-    const interval = peerIdle < 2 * KEEPALIVE_MS ? Math.max(1000, peerIdle / 2) : KEEPALIVE_MS;
+    return peerIdle < 2 * KEEPALIVE_MS ? Math.max(1000, peerIdle / 2) : KEEPALIVE_MS;
+  }
+
+  _keepaliveIn(delay) {
     this.timers.keepalive = setTimeout(() => {
-      if (this.state !== State.CLOSED && this.protection) this._sendFrames([frame(FrameType.PING)]);
-    }, interval);
+      this.timers.keepalive = undefined;
+      if (this.state === State.CLOSED || !this.protection) return;
+      const left = this._lastSent + this._keepaliveInterval() - Date.now();
+      if (left > 0) this._keepaliveIn(left);
+      else this._sendFrames([frame(FrameType.PING)]); // (which arms the next)
+    }, delay);
     unref(this.timers.keepalive);
   }
 
   _armIdle() {
     if (this.state === State.CLOSED || this.state === State.HANDSHAKE) return;
-    clearTimeout(this.timers.idle);
     const idle = this.localParams.it;
     if (idle <= 0) return;
+    this._idleFrom = Date.now();
+    if (this.timers.idle === undefined) this._idleIn(idle);
+  }
+
+  _idleIn(delay) {
     this.timers.idle = setTimeout(() => {
+      this.timers.idle = undefined;
+      if (this.state === State.CLOSED) return;
+      const left = this._idleFrom + this.localParams.it - Date.now();
+      if (left > 0) {
+        this._idleIn(left);
+        return;
+      }
       // an idle timeout closes the carrier silently on an in-order carrier (section 11)
       this._end(new ConnectionClosed(CloseCode.IDLE_TIMEOUT, 'idle timeout', false), { sendClose: false });
-    }, idle);
+    }, delay);
     unref(this.timers.idle);
   }
 

@@ -288,7 +288,11 @@ export class ServerConnection extends Connection {
   async openStream() {
     this._checkOpen();
     if (this.state !== State.OPEN) throw new Error('a server opens streams once it accepted the client');
-    return super.openStream();
+    // announced at once (an empty STREAM frame), as section 12's server does: a server's
+    // stream is opened for the client to read
+    const stream = await super.openStream();
+    this._announce(stream);
+    return stream;
   }
 
   close(code = CloseCode.NO_ERROR, reason = '') {

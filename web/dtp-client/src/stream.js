@@ -32,6 +32,7 @@ export class Stream {
 
   /** The next bytes of the stream (at most `max`), or null at its end. */
   read(max = Infinity) {
+    if (!this.announced) this.connection._announce(this);
     return new Promise((resolve, reject) => {
       this.readers.push({ max, resolve, reject });
       this._serveReaders();
@@ -90,7 +91,7 @@ export class Stream {
     if (fin) this.finQueued = true;
     return new Promise((resolve, reject) => {
       this.queue.push({ data, fin, resolve, reject });
-      this.connection._pump();
+      this.connection._queued(this);
     });
   }
 
