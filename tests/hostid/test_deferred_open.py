@@ -69,8 +69,8 @@ def test_admission_waits_for_a_connection_still_landing(world: World) -> None:
     pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
     admission = LedgerAdmission(world.ledger, world.host_id, PORT)
     lands = threading.Timer(0.05, pending.execute)
+    start = time.monotonic()  # (before the timer starts: it cannot land sooner than 0.05 s on)
     lands.start()
-    start = time.monotonic()
     peer = PeerInfo(CLIENT.sui_address, pending.connection_id, PORT)
     assert admission(peer) is None
     assert 0.04 < time.monotonic() - start < admission.OPEN_GRACE
@@ -93,8 +93,8 @@ def test_rpc_payments_wait_for_a_connection_still_landing(world: World) -> None:
     pending = world.ledger.prepare_open_connection(CLIENT, world.host_id, PORT, cap, 5000)
     source = ledger_payments(world.ledger)
     lands = threading.Timer(0.05, pending.execute)
+    start = time.monotonic()  # (before the timer starts: it cannot land sooner than 0.05 s on)
     lands.start()
-    start = time.monotonic()
     payments = source(pending.connection_id)
     assert 0.04 < time.monotonic() - start < LedgerAdmission.OPEN_GRACE
     lands.join(5)

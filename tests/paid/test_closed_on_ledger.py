@@ -42,7 +42,7 @@ PORT = 7091
 
 def _half_close_while_served(ledger: LocalLedger, sock: dtp.socket.DTPSocket) -> tuple[str, int]:
     """Read a while on ``sock`` (paying by receipts), half-close on the ledger and read
-    on until the server closes (or 3 s: served on, as before); then, the ledger's clock
+    on until the server closes (or 15 s: served on, as before); then, the ledger's clock
     moved past the half-close timeout, the client collects its refund -- settling itself
     when the server has not -- and closes the socket. (connection ID, bytes read before
     the half-close)."""
@@ -52,7 +52,9 @@ def _half_close_while_served(ledger: LocalLedger, sock: dtp.socket.DTPSocket) ->
     while got < 256 << 10:
         got += len(sock.recv(1 << 16))
     ledger.close_connection(CLIENT, cid)  # while still served
-    until = time.monotonic() + 3.0
+    # (a bound for a starved server: one that reacts ends this loop at once, so only a
+    # server that serves on waits it all)
+    until = time.monotonic() + 15.0
     # the server's CLOSE, or -- when the server's close found its carrier full of
     # what it was streaming, the CLOSE record queued behind -- the carrier's reset
     with contextlib.suppress(ConnectionClosed, ConnectionLost):
