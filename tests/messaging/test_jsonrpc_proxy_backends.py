@@ -77,11 +77,11 @@ def call(proxy: JsonRpcHttpProxy, method: str) -> Any:
 
 
 def test_proxy_never_resends_a_request_the_backend_is_slow_to_answer() -> None:
-    # a read timeout used to be retried like a stale connection: the backend ran the
-    # call twice (eth_sendRawTransaction!) and the caller waited twice the timeout
-    # the backend answers after 4 s: a caller that waited for it (not the 0.5 s
-    # timeout) fails the bound below, and a resend shows in the posts
-    backend = Backend(delay=4.0)
+    # a read timeout is not a stale connection: a resend would run the call twice
+    # (eth_sendRawTransaction!) and make the caller wait twice the timeout. The backend
+    # answers after 6 s: a caller that waited for it (not for the 0.5 s timeout) fails
+    # the bound below, which leaves a starved machine 4 s, and a resend shows in the posts
+    backend = Backend(delay=6.0)
     proxy = JsonRpcHttpProxy(backend.url, timeout=0.5)
     try:
         for kept_alive in (False, True):
@@ -90,10 +90,10 @@ def test_proxy_never_resends_a_request_the_backend_is_slow_to_answer() -> None:
                 assert call(proxy, "eth_blockNumber")["result"] == 1
                 assert backend.done.acquire(timeout=5)
                 backend.posts.clear()
-                backend.delay = 4.0
+                backend.delay = 6.0
             start = time.monotonic()
             assert call(proxy, "eth_sendRawTransaction")["error"]["code"] == E.INTERNAL_ERROR
-            assert time.monotonic() - start < 2.5
+            assert time.monotonic() - start < 4.5
             assert backend.done.acquire(timeout=10)
             time.sleep(0.2)  # a resend would have arrived by now
             assert len(backend.posts) == 1
