@@ -250,8 +250,15 @@ def test_close_stops_the_retries_between_claims(
     claims: list[bool] = []  # per claim held: whether the close let it go (else its bound)
     real = dtp.payments.serving.claim_and_settle
 
+    # a claim begun under the outage runs whole with it (the gate held): one that saw
+    # the outage here and then reached a ledger already back would settle unheld
+    gate = threading.Lock()
+
     def held(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread().name == "dtp-paid-recovery" and not outage.down.is_set():
+        if threading.current_thread().name == "dtp-paid-recovery":
+            with gate:
+                if outage.down.is_set():
+                    return real(*args, **kwargs)
             started.set()
             claims.append(closed.wait(CLAIM_HELD))
         return real(*args, **kwargs)
@@ -261,7 +268,8 @@ def test_close_stops_the_retries_between_claims(
         outage.down.set()
         first, _ = _failed_settlement(world, server, outage)
         second, _ = _failed_settlement(world, server, outage)
-        outage.down.clear()
+        with gate:
+            outage.down.clear()
         assert started.wait(10)
         if api == "blocking":
             server.close()
