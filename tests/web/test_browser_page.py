@@ -12,6 +12,7 @@ import urllib.parse
 
 import pytest
 
+from dtp.cli.chromium import BrowserError
 from dtp.identity.keys import HostIdentity
 from tests.support.browser import Chromium, chromium_path
 from tests.support.paths import ROOT
@@ -43,7 +44,12 @@ def test_the_demo_page_echoes_through_dtp_in_chromium(capsys: pytest.CaptureFixt
         with Chromium() as browser:
             page = browser.new_page()
             page.goto(f"{base}/demo/index.html?{query}")
-            page.wait_for("document.body.dataset.done", timeout=60)
+            try:
+                page.wait_for("document.body.dataset.done", timeout=60)
+            except BrowserError as exc:
+                # what the page got to, for the log: the step it hangs in
+                text = page.evaluate("document.body.innerText")
+                raise AssertionError(f"{exc}; the page shows:\n{str(text)[:3000]}") from exc
             report = page.evaluate("window.report")
             SHOTS.mkdir(parents=True, exist_ok=True)
             shot = page.screenshot(SHOTS / "dtp-client-echo.png")
