@@ -236,6 +236,51 @@ def test_the_stand_in_serves_each_entry_as_a_dynamic_field(sui_world: World) -> 
         reader.close()
 
 
+def test_a_change_rewrites_its_own_entry_only(sui_world: World) -> None:
+    """A call on a Host writes the entry it changes (created or deleted with it), not
+    the list: the other entries keep their versions, and after any mix of changes the
+    node's entries are exactly the lists, each ``Field { id, name: address, value: true }``
+    owned by its table."""
+    led, h, node = sui_world.ledger, sui_world.host, sui_world.node
+    assert node is not None
+    host = node.state.object(h)
+    assert host is not None
+    allow, deny = host_tables(host.contents)
+
+    def entries() -> dict[str, tuple[str, int, bytes]]:
+        return {
+            row.id: (row.owner, row.version, row.contents)
+            for table in (allow, deny)
+            for row in node.state.fields(table, "", 10_000)
+        }
+
+    for n in range(1, 9):
+        led.deny(SERVER, h, address(n))
+    led.allow(SERVER, h, address(1))  # on both lists
+    before = entries()
+    led.undeny(SERVER, h, address(3))
+    led.deny(SERVER, h, address(2))  # listed already: nothing to write
+    led.allow(SERVER, h, address(9))
+    led.disallow(SERVER, h, address(1))
+    led.allow(SERVER, h, address(4))
+    after = entries()
+    lists = {deny: [1, 2, 4, 5, 6, 7, 8], allow: [9, 4]}
+    expected = {
+        address_field_id(table, address(n)): (table, address(n))
+        for table, ns in lists.items()
+        for n in ns
+    }
+    assert set(after) == set(expected)
+    for field, (table, client) in expected.items():
+        owner, version, contents = after[field]
+        assert owner == table
+        assert contents == bytes.fromhex(field[2:] + client[2:] + "01")
+        if field in before:
+            assert version == before[field][1]  # not rewritten
+        else:
+            assert version > max(v for _, v, _ in before.values())
+
+
 def test_a_lookup_reads_the_entry_only(sui_world: World) -> None:
     """A SuiLedger that has read the Host decides with one GetObject per list looked up,
     whatever the list's length; an allow-all firewall with an empty deny list needs none."""

@@ -218,6 +218,17 @@ def test_executing_a_transaction_again_returns_its_effects(
     first = client.execute(tx, signature)
     again = client.execute(tx, signature)
     assert first.digest == again.digest and bytes(first.effects) == bytes(again.effects)
+    # the record kept (the answer with its checkpoint and time appended) is the message's
+    # own encoding, as if it were parsed, completed and encoded again
+    found = node.state.transaction(first.digest)
+    assert found is not None
+    seq, kept = found
+    stored = sui_prot.ExecutedTransaction.parse(kept)
+    assert bytes(stored) == kept
+    assert stored.checkpoint == seq and bytes(stored.effects) == bytes(first.effects)
+    checkpoint = node.state.checkpoint(seq)
+    assert checkpoint is not None and stored.timestamp is not None
+    assert stored.timestamp.timestamp() * 1000 == checkpoint[2]
     assert node.state.gas_paid(signer.sui_address) == (
         first.effects.gas_used.computation_cost
         + first.effects.gas_used.storage_cost

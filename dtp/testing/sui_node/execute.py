@@ -46,9 +46,7 @@ from dtp.testing.sui_node.objects import (
     event_contents,
     move_type,
     object_contents,
-    table_fields,
-    table_names,
-    table_uid,
+    tables,
 )
 from dtp.testing.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
 from dtp.testing.sui_node.state import NodeState, ObjectRow
@@ -71,6 +69,8 @@ MIN_BUDGET_UNITS: Final = 1_000
 #: struct constructors, with the arguments their result stands for.
 CONSTRUCTORS: Final = {("host", "new_sla"): ("u64", "u64", "u64")}
 _KINDS = sui_prot.ExecutionErrorExecutionErrorKind
+#: What an entry a table did not hold compares unequal to.
+_GONE: Final = object()
 _ARG_ERRORS = sui_prot.CommandArgumentErrorCommandArgumentErrorKind
 
 
@@ -640,29 +640,47 @@ class _Execution:
             old,
         )
 
-    def _tables(self, struct: str, object_id: str, data: dict[str, Any] | None) -> None:
-        """Write the dynamic fields of an object's Tables that changed."""
-        new = (
-            {}
-            if data is None
-            else {f.field_id: f for f in table_fields(self.state.package, struct, object_id, data)}
+    def _tables(
+        self, struct: str, object_id: str, before: str | None, data: dict[str, Any] | None
+    ) -> None:
+        """Write the dynamic fields of an object's Tables that changed from ``before`` (the
+        object's data as stored when the transaction loaded it, None for an object it
+        created) to ``data`` (None for an object it deleted).
+
+        Only the entries whose value changed are encoded, read and written: an entry the
+        transaction left alone is in the node as the transaction that last wrote it left
+        it, so a call on a Host with a full firewall list costs what one on an empty list
+        does. The order of the effects is the node's: the entries written, table by
+        table in key order, then those removed, table by table in field-ID order."""
+        package, state = self.state.package, self.state
+        old_tables = tables(
+            package, struct, object_id, None if before is None else rules.from_json(before)
         )
-        old: dict[str, ObjectRow] = {}
-        for field_name in table_names(struct):
-            table = table_uid(object_id, field_name)
-            for row in self.state.fields(table, "", 1 << 30):
-                old[row.id] = row
-        for field_id, entry in new.items():
-            previous = old.get(field_id)
-            if previous is not None and previous.contents == entry.contents:
-                continue
-            self._write(
-                self._row(field_id, entry.type, "object", entry.table_id, None, entry.contents),
-                previous,
-            )
-        for field_id, previous in old.items():
-            if field_id not in new:
-                self._remove(previous)
+        removed: list[ObjectRow] = []
+        for old, new in zip(old_tables, tables(package, struct, object_id, data), strict=True):
+            if old.entries == new.entries:
+                continue  # (most calls change one table of an object, if any)
+            changed = [e for e, v in new.entries.items() if old.entries.get(e, _GONE) != v]
+            for entry in sorted(changed):
+                written = new.field(entry, new.entries[entry])
+                previous = state.object(written.field_id)
+                if previous is not None and previous.contents == written.contents:
+                    continue
+                self._write(
+                    self._row(
+                        written.field_id,
+                        written.type,
+                        "object",
+                        written.table_id,
+                        None,
+                        written.contents,
+                    ),
+                    previous,
+                )
+            gone = state.objects([old.field_id(e) for e in old.entries.keys() - new.entries])
+            removed.extend(gone[field_id] for field_id in sorted(gone))
+        for previous in removed:
+            self._remove(previous)
 
     def _gas_coin(self, balance: int) -> None:
         """The first gas coin (holding all the payment coins' MIST: the others are merged
@@ -712,7 +730,7 @@ class _Execution:
             struct = obj.type.rsplit("::", 1)[-1]
             if obj.deleted:
                 self._remove(old)
-                self._tables(struct, object_id, None)
+                self._tables(struct, object_id, obj.before, None)
                 continue
             kind = "shared" if obj.owner == rules.SHARED else "address"
             owner = "" if kind == "shared" else obj.owner
@@ -721,7 +739,7 @@ class _Execution:
                 self._row(object_id, old.type, kind, owner, old.initial_shared_version, contents),
                 old,
             )
-            self._tables(struct, object_id, obj.data)
+            self._tables(struct, object_id, obj.before, obj.data)
         for obj in x.objects.values():
             if obj.before is not None or obj.deleted:
                 continue
@@ -738,7 +756,7 @@ class _Execution:
                 ),
                 None,
             )
-            self._tables(struct, obj.id, obj.data)
+            self._tables(struct, obj.id, None, obj.data)
         # coins: one per TransferObjects'd split, one per recipient of the Move calls'
         # payments (the sender's: what it was credited beyond what it spent)
         paid = dict(x.credits)
@@ -920,11 +938,14 @@ def _record(
             effects=effects,
             events=sui_prot.TransactionEvents(events=events) if events else None,
         )
-        # as read back later: with its checkpoint (an execution's answer has none yet)
-        stored = sui_prot.ExecutedTransaction.parse(bytes(executed))
-        stored.checkpoint = seq
-        stored.timestamp = _timestamp(now)
-        state.record_transaction(checked.digest_text, seq, tx.sender, bytes(stored))
+        # as read back later: with its checkpoint (an execution's answer has none yet).
+        # Those fields come after every field the answer sets, so the message kept is the
+        # answer's bytes followed by theirs, without parsing and encoding it all again
+        # (the bytes of parsing the answer and setting them: test_sui_node_standin.py)
+        where = sui_prot.ExecutedTransaction(checkpoint=seq, timestamp=_timestamp(now))
+        state.record_transaction(
+            checked.digest_text, seq, tx.sender, bytes(executed) + bytes(where)
+        )
     return executed
 
 

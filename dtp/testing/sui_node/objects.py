@@ -34,6 +34,7 @@ __all__ = [
     "CLOCK_TYPE",
     "COIN_TYPE",
     "SUI_FRAMEWORK",
+    "Table",
     "TableField",
     "coin_contents",
     "event_contents",
@@ -42,9 +43,8 @@ __all__ = [
     "object_contents",
     "object_digest",
     "object_fields",
-    "table_fields",
-    "table_names",
     "table_uid",
+    "tables",
 ]
 
 #: The Sui framework package (``0x2``) and the standard library (``0x1``), in full.
@@ -187,32 +187,51 @@ def _tables(layout: Layout, data: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def table_names(struct: str) -> list[str]:
-    """The field names of the ``Table``s in an object struct (unique within it)."""
-    return [field for field, _ in _tables(_OBJECT_LAYOUTS[struct], None)]
+@dataclass(frozen=True)
+class Table:
+    """One ``Table`` inside an object: its UID, the type of its entries' dynamic-field
+    objects, and its entries (key -> value) as LocalLedger keeps them."""
+
+    uid: str
+    #: ``"address"`` or ``"id"`` (``0x2::object::ID``): what its keys are.
+    key: str
+    type: str
+    value_layout: Layout
+    entries: Mapping[str, Any]
+
+    def field_id(self, entry: str) -> str:
+        """The ID of the dynamic field holding ``entry``."""
+        return _field_id(self.uid, bytes.fromhex(entry[2:]), self.key)
+
+    def field(self, entry: str, value: Any) -> TableField:
+        """The dynamic-field object of ``entry`` holding ``value``."""
+        name = bytes.fromhex(entry[2:])
+        return TableField(
+            _field_id(self.uid, name, self.key),
+            self.uid,
+            self.type,
+            name,
+            encode(self.value_layout, value),
+        )
 
 
-def table_fields(
-    package: str, struct: str, object_id: str, data: Mapping[str, Any]
-) -> list[TableField]:
-    """The dynamic-field objects of the ``Table``s inside an object."""
-    out: list[TableField] = []
+def tables(
+    package: str, struct: str, object_id: str, data: Mapping[str, Any] | None
+) -> list[Table]:
+    """The ``Table``s inside an object, in the struct's field order (``data`` None: each
+    with no entries, as for an object deleted)."""
+    out: list[Table] = []
     for field, entries in _tables(_OBJECT_LAYOUTS[struct], data):
-        table = table_uid(object_id, field)
         key = _TABLE_KEYS.get(field, "address")
         value_name, value_layout = _TABLE_VALUES.get(field, ("u64", "u64"))
         key_type = "address" if key == "address" else f"{SUI_FRAMEWORK}::object::ID"
         value_type = value_name if "::" not in value_name else f"{package}::{value_name}"
         type_ = f"{SUI_FRAMEWORK}::dynamic_field::Field<{key_type}, {value_type}>"
-        if isinstance(entries, list):
+        if entries is None:
+            entries = {}
+        elif isinstance(entries, list):
             entries = dict.fromkeys(entries, True)  # a firewall list of an old ledger file
-        for entry, value in sorted(entries.items()):
-            name = bytes.fromhex(entry[2:])
-            out.append(
-                TableField(
-                    _field_id(table, name, key), table, type_, name, encode(value_layout, value)
-                )
-            )
+        out.append(Table(table_uid(object_id, field), key, type_, value_layout, entries))
     return out
 
 
