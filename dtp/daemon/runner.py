@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sqlite3
-import ssl
 import stat
 import threading
 import time
@@ -81,6 +80,10 @@ from dtp.ledger.spec import resolve_package
 from dtp.payments.ends import EndRule
 
 if TYPE_CHECKING:
+    # (ssl for annotations only: it loads where wss:// is served, so a system whose
+    # libssl is missing still runs the daemon over TCP and ws://)
+    import ssl
+
     from dtp.daemon.lan import LanAnnouncer
 
 __all__ = ["Daemon", "StopSignals", "main"]
