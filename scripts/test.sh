@@ -156,7 +156,10 @@ logs = sys.argv[5:]
 totals: dict[str, int] = {}
 for log in logs:
     lines = [line for line in open(log, errors="replace").read().splitlines() if line.strip()]
-    summary = lines[-1] if lines else ""
+    # pytest's summary line: the last one, unless something printed after it (an
+    # unraisable warning at the process's exit)
+    summaries = [line for line in lines if re.search(r" in [0-9.]+s( \(|$)", line)]
+    summary = summaries[-1] if summaries else ""
     for count, what in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary):
         what = "errors" if what.startswith("error") else what
         totals[what] = totals.get(what, 0) + int(count)
