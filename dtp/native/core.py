@@ -1,13 +1,9 @@
-"""Typed wrappers over the C core. The only module that touches cffi's ``lib``/``ffi``.
-
-Every public name here has a pure-Python twin in :mod:`dtp.native.reference` with the same
-signature and results. ``DTP_PUREPYTHON=1`` makes the public names below *be* the
-twins (the extension is then not needed); the ``Native*``/``native_*`` names always
-refer to the C code, so tests can compare both backends in one process.
-
-``DTP_CORE_LIB=/path/to/_dtp_core.so`` loads a specific build of the extension (the
-sanitizer build used by CI) instead of the installed one.
-"""
+"""Typed wrappers over the C core, the only module that touches cffi's ``lib``/``ffi``.
+Every public name has a pure-Python twin in :mod:`dtp.native.reference` (same signature
+and results); ``DTP_PUREPYTHON=1`` makes the public names *be* the twins (no extension
+needed), while the ``Native*``/``native_*`` names always refer to the C code, so tests
+compare both backends in one process. ``DTP_CORE_LIB=/path/to/_dtp_core.so`` loads a
+specific build of the extension (the sanitizer build CI uses) instead of the installed one."""
 
 from __future__ import annotations
 
