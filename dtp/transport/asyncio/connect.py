@@ -171,6 +171,8 @@ async def open(
             await establish()
     except BaseException as exc:
         abort(proto, CloseCode.HANDSHAKE_FAILED, "client gave up")
+        if isinstance(exc, (ConnectionRefused, HandshakeError)):
+            await _carrier_closed(proto)
         if isinstance(exc, TimeoutError):
             if timeout is None:  # (a ledger call's, in while_waiting)
                 raise DTPTimeoutError(f"connecting to {host}:{port} timed out") from None
@@ -178,6 +180,25 @@ async def open(
             raise connect_timed_out(where, timeout) from None
         raise
     return DTPStreamReader(proto, 0), writer_class(proto, 0, primary=True)
+
+
+REFUSED_CLOSE_WAIT = 1.0
+"""Seconds a refused connect waits for its carrier to close before it raises."""
+
+
+async def _carrier_closed(proto: Protocol) -> None:
+    """Wait for the carrier of a connection the server refused to close, aborting it
+    after :data:`REFUSED_CLOSE_WAIT`: the error is raised with nothing left open. A TCP
+    carrier closes within a loop iteration, but a WebSocket one waits for the peer's
+    half of its close handshake, a round trip: a program that ends its loop on the
+    error (``asyncio.run``) left that carrier's TCP connection open until collected."""
+    if proto.transport is None or proto.closed_future.done():
+        return
+    try:
+        async with asyncio.timeout(REFUSED_CLOSE_WAIT):
+            await asyncio.shield(proto.closed_future)
+    except TimeoutError:
+        proto.transport.abort()
 
 
 def _websocket_error(url: str, exc: OSError) -> ConnectionLost:
