@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import ipaddress
 import ssl
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from dtp.messaging.rpc import AsyncRpcClient, AsyncRpcServer, ledger_payments
 from dtp.payments.metering import MeteringConfig
 from dtp.payments.receipts import Meter
 from dtp.protocol.connection import ConnectionConfig
+from dtp.testing.loops import LoopThread
 from dtp.transport.carriers.websocket import MAX_MESSAGE, MAX_REQUEST_HEAD, SUBPROTOCOL
 from tests.support.aio_echo import echo_every_stream as echo
 
@@ -604,6 +607,28 @@ def test_the_dtp_close_reaches_a_client_still_sending() -> None:
             await closed(server)
 
     asyncio.run(main())
+
+
+def test_a_refused_connect_raises_with_its_carrier_closed() -> None:
+    """The refusal is raised once the WebSocket's close handshake is done: a program
+    that ends its loop on the error (asyncio.run) leaves no TCP connection open. (The
+    server runs on a loop of its own, so its close frame takes a real round trip.)"""
+    thread = LoopThread()
+    try:
+        server, url = thread.run(ws_server(accept=lambda addr: addr != CLIENT.sui_address))
+        try:
+            for _ in range(5):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ResourceWarning)
+                    with pytest.raises(ConnectionRefused, match="refused by the server"):
+                        asyncio.run(dtp.aio.open_connection(url, identity=CLIENT, timeout=10))
+                    gc.collect()
+                leaked = [w for w in caught if issubclass(w.category, ResourceWarning)]
+                assert not leaked, [str(w.message) for w in leaked]
+        finally:
+            thread.run(closed(server))
+    finally:
+        thread.close()
 
 
 def test_an_upgrade_never_answered_ends_at_the_handshake_timeout() -> None:
