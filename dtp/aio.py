@@ -55,6 +55,7 @@ from dtp.eventloop import run
 from dtp.hostid import asyncio as hostid
 from dtp.hostid.address import HostAddress
 from dtp.hostid.asyncio import DTPServer, start_server
+from dtp.hostid.connect import refuse_ledger_options
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
@@ -170,18 +171,18 @@ async def open_connection(
             raise ValueError("a WebSocket URL names its port: pass no port")
         if websocket is not None:
             raise ValueError("the URL is the WebSocket already: pass no websocket=")
-        if (
-            ledger is not None
-            or deposit is not None
-            or cap_id
-            or carrier not in ("auto", "tcp")
-            or ledger_options is not None
-            or subscription is not None
-            or sponsor_pool is not None
-            or metering is not None
-            or on_open is not None
-        ):
-            raise ValueError("the ledger's options need a DTP address (dtp://…), not a URL")
+        refuse_ledger_options(
+            "a WebSocket URL",
+            ledger=ledger,
+            deposit=deposit,
+            cap_id=cap_id or None,
+            carrier=carrier,
+            ledger_options=ledger_options,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+            metering=metering,
+            on_open=on_open,
+        )
         return await connect.open_websocket_connection(
             host,
             server_key=server_key,
@@ -217,21 +218,20 @@ async def open_connection(
         )
     if websocket is not None or origin is not None or ssl is not None:
         raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
-    if on_open is not None:
-        raise ValueError("on_open is for a DTP address (a connection on the ledger)")
-    if (
-        isinstance(host, HostAddress)
-        or ledger is not None
-        or deposit is not None
-        or cap_id
-        or carrier == "ledger"
-        or ledger_options is not None
-        or subscription is not None
-        or sponsor_pool is not None
-    ):
-        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
-    if metering is not None:
-        raise ValueError("metering applies only to a DTP address (dtp://…)")
+    if isinstance(host, HostAddress):
+        raise ValueError("a HostAddress names its port: pass no port")
+    refuse_ledger_options(
+        "a carrier address",
+        ledger=ledger,
+        deposit=deposit,
+        cap_id=cap_id or None,
+        carrier=carrier,
+        ledger_options=ledger_options,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+        metering=metering,
+        on_open=on_open,
+    )
     return await connect.open_connection(
         host,
         port,

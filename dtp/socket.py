@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Literal
 from dtp.hostid.address import HostAddress
 from dtp.hostid.admission import PeerInfo
 from dtp.hostid.blocking import DTPServer, connect_by_host_id, create_server
-from dtp.hostid.connect import CarrierChoice, OpenJournal, pinned_host_key
+from dtp.hostid.connect import (
+    CarrierChoice,
+    OpenJournal,
+    pinned_host_key,
+    refuse_ledger_options,
+)
 from dtp.hostid.ledger_carrier.bridge import LedgerCarrierOptions
 from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
 from dtp.identity.keys import HostIdentity
@@ -164,18 +169,18 @@ def create_connection(
         timeout = _socket.getdefaulttimeout()
     check_connect_timeout(timeout)
     if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://")):
-        if (
-            ledger is not None
-            or deposit is not None
-            or cap_id is not None
-            or carrier not in ("auto", "tcp")
-            or ledger_options is not None
-            or subscription is not None
-            or sponsor_pool is not None
-            or metering is not None
-            or on_open is not None
-        ):
-            raise ValueError("the ledger's options need a DTP address (dtp://…), not a URL")
+        refuse_ledger_options(
+            "a WebSocket URL",
+            ledger=ledger,
+            deposit=deposit,
+            cap_id=cap_id,
+            carrier=carrier,
+            ledger_options=ledger_options,
+            subscription=subscription,
+            sponsor_pool=sponsor_pool,
+            metering=metering,
+            on_open=on_open,
+        )
         return blocking_connect.create_websocket_connection(
             address,
             timeout,
@@ -205,18 +210,18 @@ def create_connection(
             sponsor_pool=sponsor_pool,
             on_open=on_open,
         )
-    if on_open is not None:
-        raise ValueError("on_open is for a DTP address (a connection on the ledger)")
-    if (
-        ledger is not None
-        or deposit is not None
-        or cap_id is not None
-        or carrier == "ledger"
-        or ledger_options is not None
-        or subscription is not None
-        or sponsor_pool is not None
-    ):
-        raise ValueError("ledger, deposit, cap_id and the ledger carrier need a DTP address")
+    refuse_ledger_options(
+        "a carrier address",
+        ledger=ledger,
+        deposit=deposit,
+        cap_id=cap_id,
+        carrier=carrier,
+        ledger_options=ledger_options,
+        subscription=subscription,
+        sponsor_pool=sponsor_pool,
+        metering=metering,
+        on_open=on_open,
+    )
     return blocking_connect.create_connection(
         address,
         timeout,

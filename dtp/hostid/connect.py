@@ -282,6 +282,45 @@ def pinned_host_key(server_key: bytes | None, expected_server_key: bytes | None)
     return key if key is not None else pin
 
 
+def refuse_ledger_options(
+    address: str,
+    *,
+    ledger: object = None,
+    deposit: object = None,
+    cap_id: object = None,
+    carrier: str = "auto",
+    ledger_options: object = None,
+    subscription: object = None,
+    sponsor_pool: object = None,
+    metering: object = None,
+    on_open: object = None,
+) -> None:
+    """ValueError naming the ledger's options given to a connect whose ``address`` (what
+    it is: "a WebSocket URL", "a carrier address") is not a DTP address: they open and
+    pay a connection on the ledger, which only a host ID (dtp://…) has. The one check of
+    ``dtp.socket.create_connection`` and ``dtp.aio.open_connection``."""
+    given = [
+        name
+        for name, value in (
+            ("ledger", ledger),
+            ("deposit", deposit),
+            ("cap_id", cap_id),
+            ("ledger_options", ledger_options),
+            ("subscription", subscription),
+            ("sponsor_pool", sponsor_pool),
+            ("metering", metering),
+            ("on_open", on_open),
+        )
+        if value is not None
+    ]
+    if carrier not in ("auto", "tcp"):
+        given.append(f"carrier={carrier!r}")
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: the ledger's options need a DTP address (dtp://…), not {address}"
+        )
+
+
 def check_connect_options(metering: object, ledger_options: object) -> None:
     """The adapters' own arguments to a connect by host ID (``metering``,
     ``ledger_options``), checked before :func:`prepare_host_connection` writes to the
