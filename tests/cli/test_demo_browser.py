@@ -33,25 +33,17 @@ from dtp.cli.demo_browser import (
     run_browser_step,
     wait_for_person,
 )
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium, need, need_chromium
 from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
 
 
-def _need(what: str, present: bool) -> None:
-    if not present:
-        message = f"{what} is needed for the demo's browser step"
-        if os.environ.get("CI"):  # scripts/bootstrap.sh installs it: missing is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture
 def browser_ready(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Chromium and gun's files are here (gun installed on first use); the gun folder."""
-    _need("chromium (apt-get install -y chromium)", chromium_path() is not None)
-    _need("node and npm", gun_peer.available())
+    need_chromium()
+    need("node and npm", gun_peer.available())
     gun_dir = gun_peer.install()
     monkeypatch.setenv("DTP_GUN_DIR", str(gun_dir))
     return gun_dir
@@ -250,7 +242,7 @@ def test_without_the_gun_package_the_step_says_how_to_fetch_it(
 def test_without_chromium_the_page_is_served_for_a_person(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _need("node and npm", gun_peer.available())
+    need("node and npm", gun_peer.available())
     monkeypatch.setenv("DTP_GUN_DIR", str(gun_peer.install()))
     monkeypatch.setattr(demo_browser, "chromium_path", lambda: None)
     pages: list[bytes] = []
@@ -274,7 +266,7 @@ def test_without_chromium_the_page_is_served_for_a_person(
 def test_a_chromium_that_cannot_start_is_said_and_left(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    _need("node and npm", gun_peer.available())
+    need("node and npm", gun_peer.available())
     monkeypatch.setenv("DTP_GUN_DIR", str(gun_peer.install()))
     monkeypatch.setenv("DTP_CHROMIUM", str(tmp_path / "no-such-chromium"))
     monkeypatch.setattr(demo_browser.tempfile, "tempdir", str(tmp_path / "tmp"))

@@ -23,20 +23,12 @@ import pytest
 import dtp.cli.demo as demo
 from dtp.cli import dapp_host, demo_dapp
 from dtp.cli.demo_dapp import DappStepResult, run_dapp_step
-from tests.support.browser import chromium_path
+from tests.support.browser import need_chromium
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client
 
 SHOTS = ROOT / "build" / "screenshots"
 PRICE = dapp_host.SLA.price_per_request
-
-
-def _need_chromium() -> None:
-    if chromium_path() is None:
-        reason = "chromium is needed for the dApp step's browser (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 def _run(wait: float, **options: object) -> tuple[DappStepResult, list[str]]:
@@ -67,7 +59,7 @@ def _check_calls(result: DappStepResult, lines: list[str]) -> None:
 def test_headless_chromium_makes_a_wallet_identified_paid_call(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _need_chromium()
+    need_chromium()
     need_client()
     started = time.time()
     result, lines = _run(wait=0, screenshots=SHOTS)
@@ -170,7 +162,7 @@ def _under(path: Path) -> list[str]:
 def test_an_interrupt_in_the_step_leaves_no_browser_and_no_files(
     tmp_path: Path, after: str
 ) -> None:
-    _need_chromium()
+    need_chromium()
     need_client()
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     env["PYTHONUNBUFFERED"] = "1"

@@ -7,14 +7,13 @@ build/screenshots/)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.daemon.metrics_scrape import metered_pair, streaming
 from tests.daemon.tunnel_setup import PAID, Setup, service
-from tests.support.browser import Chromium, Page, chromium_path
+from tests.support.browser import Chromium, Page, need_chromium
 from tests.support.daemon_procs import wait_until
 from tests.support.paths import ROOT
 
@@ -23,11 +22,7 @@ SHOTS = ROOT / "build" / "screenshots"
 
 @pytest.fixture
 def browser() -> Chromium:
-    if chromium_path() is None:
-        message = "chromium (apt-get install -y chromium) is needed for the browser test"
-        if os.environ.get("CI"):  # scripts/bootstrap.sh installs it: missing is a failure
-            pytest.fail(message)
-        pytest.skip(message)
+    need_chromium()
     return Chromium()
 
 

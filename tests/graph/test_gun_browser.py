@@ -8,7 +8,6 @@ paths, under build/screenshots/)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,25 +19,17 @@ from bench import gun_peer
 from dtp.errors import DTPError
 from dtp.graph import Graph, connect
 from dtp.graph.values import link_soul
-from tests.support.browser import Chromium, Page, chromium_path
+from tests.support.browser import Chromium, Page, need, need_chromium
 from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
 ROOM = "dtp-demo/chat"
 
 
-def _need(what: str, present: bool) -> None:
-    if not present:
-        message = f"{what} is needed for the browser test"
-        if os.environ.get("CI"):  # scripts/bootstrap.sh installs it: missing is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture
 def endpoint(tmp_path: Path) -> Iterator[gun_peer.EndpointProcess]:
-    _need("chromium (apt-get install -y chromium)", chromium_path() is not None)
-    _need("node and npm", gun_peer.available())
+    need_chromium()
+    need("node and npm", gun_peer.available())
     gun_dir = gun_peer.install()
     with gun_peer.EndpointProcess(
         "--db", str(tmp_path / "relay.db"), "--sync", "127.0.0.1:0", "--gun-dir", str(gun_dir)

@@ -12,6 +12,25 @@ The driver is :mod:`dtp.cli.chromium`, which the demo's browser step uses too:
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from dtp.cli.chromium import FLAGS, BrowserError, Chromium, Page, chromium_path
 
-__all__ = ["FLAGS", "BrowserError", "Chromium", "Page", "chromium_path"]
+__all__ = ["FLAGS", "BrowserError", "Chromium", "Page", "chromium_path", "need", "need_chromium"]
+
+
+def need(what: str, present: bool) -> None:
+    """Skip the test when ``what`` (a program and how to install it) is not present;
+    fail it under CI instead, where scripts/bootstrap.sh installs it."""
+    if not present:
+        message = f"{what} is needed for this test"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def need_chromium() -> None:
+    """:func:`need` for headless Chromium."""
+    need("chromium (apt-get install -y chromium)", chromium_path() is not None)

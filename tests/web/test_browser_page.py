@@ -7,14 +7,13 @@ goes into the test log (its path, under build/screenshots/)."""
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 
 import pytest
 
 from dtp.cli.chromium import BrowserError
 from dtp.identity.keys import HostIdentity
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
 from tests.web.browser_client import EchoService, ServedEcho, need_client, served_package
 from tests.web.test_browser_client import DENIED_SEED, SEED, _address
@@ -23,11 +22,7 @@ SHOTS = ROOT / "build" / "screenshots"
 
 
 def test_the_demo_page_echoes_through_dtp_in_chromium(capsys: pytest.CaptureFixture[str]) -> None:
-    if chromium_path() is None:
-        reason = "chromium is needed for the browser test (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    need_chromium()
     need_client()
     identity = HostIdentity.generate()
     service = EchoService(denied={_address(DENIED_SEED)})

@@ -9,14 +9,13 @@ headless Chromium, whose screenshot goes into the test log (build/screenshots/).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from typing import Any
 
 import pytest
 
 from dtp.cli import dapp_host
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client, node_command
 
@@ -66,11 +65,7 @@ def test_the_dapp_flow_from_node() -> None:
 
 
 def test_the_dapp_page_in_chromium(capsys: pytest.CaptureFixture[str]) -> None:
-    if chromium_path() is None:
-        reason = "chromium is needed for the browser test (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    need_chromium()
     need_client()
     with dapp_host.DappDemo() as demo, Chromium() as browser:
         page = browser.new_page()

@@ -21,7 +21,7 @@ import dtp.aio
 from dtp.errors import ConnectionRefused
 from dtp.identity.keys import HostIdentity
 from dtp.testing.loops import LoopThread
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client, node_command, served_package
 from tests.web.ws_relay import Relay
@@ -144,11 +144,7 @@ def test_the_python_client_talks_to_a_server_in_a_chromium_page(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The same echo with the server in demo/serve.html, in headless Chromium."""
-    if chromium_path() is None:
-        reason = "chromium is needed for the browser test (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    need_chromium()
     need_client()
     server_identity = HostIdentity.generate()
     client = HostIdentity.generate()
