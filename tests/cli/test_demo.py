@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import signal
 import socket
@@ -56,7 +55,7 @@ from dtp.daemon.status import _table
 from dtp.daemon.tunnel import TcpLeg
 from dtp.ledger.objects import Sla
 from dtp.payments.receipts import fee
-from tests.support.paths import ROOT
+from tests.support.interrupts import dtp_main, left_under, run_until
 
 
 def test_demo_step_moves_data_and_settles_exact_fees() -> None:
@@ -80,22 +79,6 @@ def test_demo_step_moves_data_and_settles_exact_fees() -> None:
     assert result.denied and result.denied_paid_nothing
 
 
-def _processes_under(path: Path) -> list[str]:
-    """Command lines of live processes that name ``path`` (the demo's daemons do)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if str(path) in cmd:
-            found.append(f"{pid}: {cmd}")
-    return found
-
-
 @pytest.mark.parametrize(
     ("signum", "after"),
     [
@@ -108,42 +91,12 @@ def _processes_under(path: Path) -> list[str]:
 def test_an_interrupted_demo_leaves_no_daemon_and_no_files(
     tmp_path: Path, signum: int, after: str
 ) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    # (SIGINT is restored to Python's default in the child: a shell starting this suite
-    # in the background, as CI may, has it ignored, and ignored signals are inherited)
-    start = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "sys.argv = ['dtp', 'demo', '--quick']; runpy.run_module('dtp', run_name='__main__')"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", start],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if after in line:
-                break
-        else:
-            pytest.fail("the demo ended before the daemon step")
+    with run_until(dtp_main("demo", "--quick"), tmp_path, after, stderr=subprocess.DEVNULL) as proc:
         proc.send_signal(signum)
         proc.communicate(timeout=60)
         assert proc.returncode != 0  # interrupted, and says so
-        deadline = time.monotonic() + 10
-        while _processes_under(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _processes_under(tmp_path) == []
+        assert left_under(tmp_path) == []
         assert list(tmp_path.iterdir()) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for line in _processes_under(tmp_path):  # (a failed run must not leave them)
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
 
 
 def test_status_prints_ports_plainly() -> None:

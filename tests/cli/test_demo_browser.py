@@ -8,7 +8,6 @@ lacks and the demo goes on; an interrupt in the step leaves no browser and no fi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pty
@@ -34,9 +33,11 @@ from dtp.cli.demo_browser import (
     wait_for_person,
 )
 from tests.support.browser import Chromium, need, need_chromium
+from tests.support.interrupts import dtp_main, left_under, processes_under, run_until
 from tests.support.paths import ROOT
 
 SHOTS = ROOT / "build" / "screenshots"
+DEMO = dtp_main("demo", "--quick", "--browser-wait", "60")
 
 
 @pytest.fixture
@@ -278,62 +279,6 @@ def test_a_chromium_that_cannot_start_is_said_and_left(
     assert list((tmp_path / "tmp").iterdir()) == []  # no profile left behind
 
 
-def _processes_under(path: Path) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if str(path) in cmd:
-            found.append(f"{pid}: {cmd[:200]}")
-    return found
-
-
-def _demo_until(tmp_path: Path, after: str, hup: object) -> subprocess.Popen[str]:
-    """``dtp demo`` with its temporary files in ``tmp_path``, read until the line with
-    ``after`` (``hup``: the SIGHUP handler it starts with)."""
-    # (unbuffered: each line as it is printed, the signal where the test means it)
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    env["PYTHONUNBUFFERED"] = "1"
-    start = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        f"signal.signal(signal.SIGHUP, signal.{hup}); "
-        "sys.argv = ['dtp', 'demo', '--quick', '--browser-wait', '60']; "
-        "runpy.run_module('dtp', run_name='__main__')"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", start],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    seen: list[str] = []
-    for line in proc.stdout:
-        seen.append(line)
-        if after in line:
-            return proc
-    _, err = proc.communicate(timeout=60)
-    pytest.fail(f"the demo ended before the browser step:\n{''.join(seen)}\n{err}")
-
-
-def _end(proc: subprocess.Popen[str], tmp_path: Path) -> None:
-    """(a failed test leaves no demo and no browser running)"""
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
-    for line in _processes_under(tmp_path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-
-
 @pytest.mark.parametrize(
     ("signum", "after"),
     [
@@ -347,35 +292,26 @@ def _end(proc: subprocess.Popen[str], tmp_path: Path) -> None:
 def test_an_interrupt_in_the_browser_step_leaves_no_browser_and_no_files(
     browser_ready: Path, tmp_path: Path, signum: int, after: str
 ) -> None:
-    proc = _demo_until(tmp_path, after, "SIG_DFL")
-    try:
+    with run_until(DEMO, tmp_path, after) as proc:
         assert list(tmp_path.iterdir()), "the step's files are in TMPDIR"
         if "Chromium" in after:
-            assert _processes_under(tmp_path), "the browser runs, its profile in TMPDIR"
+            assert processes_under(tmp_path), "the browser runs, its profile in TMPDIR"
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0
         assert "Interrupted in step 7/12 (A browser on the graph" in err
-        deadline = time.monotonic() + 10
-        while _processes_under(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _processes_under(tmp_path) == []
+        assert left_under(tmp_path) == []
         assert list(tmp_path.iterdir()) == []
-    finally:
-        _end(proc, tmp_path)
 
 
 def test_a_demo_run_under_nohup_goes_on_after_a_hangup(browser_ready: Path, tmp_path: Path) -> None:
-    proc = _demo_until(tmp_path, "open http://", "SIG_IGN")
-    try:
+    with run_until(DEMO, tmp_path, "open http://", hup="SIG_IGN") as proc:
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.0)
         assert proc.poll() is None  # still keeping the page up
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
         assert list(tmp_path.iterdir()) == []
-    finally:
-        _end(proc, tmp_path)
 
 
 def test_the_address_shows_through_a_pipe_while_the_page_is_up(browser_ready: Path) -> None:

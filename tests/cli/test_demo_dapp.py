@@ -7,11 +7,8 @@ on; an interrupt in the step leaves no browser, server or file."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +21,7 @@ import dtp.cli.demo as demo
 from dtp.cli import dapp_host, demo_dapp
 from dtp.cli.demo_dapp import DappStepResult, run_dapp_step
 from tests.support.browser import need_chromium
+from tests.support.interrupts import left_under, run_until
 from tests.support.paths import ROOT
 from tests.web.browser_client import need_client
 
@@ -144,64 +142,20 @@ def test_a_page_that_reports_a_wrong_answer_fails_the_step(
         _run(wait=0)
 
 
-def _under(path: Path) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(path).encode() in raw:
-            found.append(pid)
-    return found
-
-
 @pytest.mark.parametrize("after", ["headless Chromium opened the page", "open http://"])
 def test_an_interrupt_in_the_step_leaves_no_browser_and_no_files(
     tmp_path: Path, after: str
 ) -> None:
     need_chromium()
     need_client()
-    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    env["PYTHONUNBUFFERED"] = "1"
-    code = (
-        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from dtp.cli.demo_dapp import run_dapp_step; run_dapp_step(print, print, wait=60)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if after in line:
-                break
-        else:
-            pytest.fail(f"the step ended before {after!r}: {proc.communicate(timeout=60)}")
+    code = "from dtp.cli.demo_dapp import run_dapp_step; run_dapp_step(print, print, wait=60)"
+    with run_until(code, tmp_path, after) as proc:
         assert list(tmp_path.iterdir()), "the step's files are in TMPDIR"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode != 0 and "KeyboardInterrupt" in err
-        deadline = time.monotonic() + 10
-        while _under(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _under(tmp_path) == []
+        assert left_under(tmp_path) == []
         assert list(tmp_path.iterdir()) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        for pid in _under(tmp_path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
 
 
 def test_without_websockets_the_step_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
