@@ -147,7 +147,7 @@ def register(sub: Any) -> None:
     daemon.set_defaults(func=_cmd_daemon)
 
     status = sub.add_parser("status", help="show the services daemon's counters")
-    # one or the other: given both, the config file was ignored without a word
+    # one or the other: argparse refuses the two together
     where = status.add_mutually_exclusive_group()
     where.add_argument("--config", help="the daemon's config file (default dtp.toml)")
     where.add_argument("--state-dir", help="or the daemon's state directory")

@@ -1026,7 +1026,7 @@ def register(subparsers: Any) -> None:
         "--authority", help="hand the host to this address (done after the other changes)"
     )
     hset.add_argument("--noise-key", type=_parse_hex32, help="new Noise static key (hex)")
-    # one or the other: given both, --clear-endpoints was ignored without a word
+    # one or the other: argparse refuses the two together
     endpoints = hset.add_mutually_exclusive_group()
     endpoints.add_argument(
         "--endpoint",

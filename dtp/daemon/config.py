@@ -514,15 +514,15 @@ class _Checker:
         if bracketed:
             host = host[1:-1]
             if not _is_ipv6(host):
-                # brackets are for an IPv6 address alone: "[[::1]]:80" (strip() took
-                # every bracket off) and "[localhost]:80" were taken, and published
-                # so, no client's URL parser takes them (admission.tcp_endpoint)
+                # brackets are for an IPv6 address alone: "[[::1]]:80" and
+                # "[localhost]:80", published, would be taken by no client's URL parser
+                # (admission.tcp_endpoint)
                 raise self.fail(
                     key, f"expected an IPv6 address in the brackets, got {host!r} in {text!r}"
                 )
         if not bracketed and ":" in host and "/" not in host and not _is_ipv6(host):
-            # "::1" or "2001:db8::1" with the port left out parsed as the host ":" (or
-            # "2001:db8:") and port 1: accepted, and every connect to it failed
+            # "::1" or "2001:db8::1" with the port left out would parse as the host ":"
+            # (or "2001:db8:") and port 1, to which no connect can succeed
             raise self.fail(
                 key, f'expected "host:port" (an IPv6 address in brackets: "[::1]:80"), got {text!r}'
             )
@@ -533,8 +533,8 @@ class _Checker:
         if not port.isdigit():
             raise self.fail(key, f'expected "host:port", got {text!r}')
         if any(ch.isspace() or not ch.isprintable() for ch in host):
-            # no host name or address holds one: " 127.0.0.1" or "web 1" were taken,
-            # and every connect to them (or bind) failed in getaddrinfo at run time
+            # no host name or address holds one: " 127.0.0.1" or "web 1" is refused
+            # here, not by getaddrinfo at every connect (or bind) at run time
             raise self.fail(
                 key,
                 f"{host!r} is no valid host name (it holds a space or a "
@@ -548,7 +548,7 @@ class _Checker:
             host.encode("idna")
         except UnicodeError as exc:
             # getaddrinfo encodes the name so and raises UnicodeError, not a socket
-            # error: every connect to it failed in a way the daemon did not expect
+            # error: checked here, where the file, line and key can be named
             why = exc.__cause__ or exc  # (the codec's words: "label empty or too long")
             raise self.fail(key, f"{host!r} is no valid host name ({why}), in {text!r}") from None
         if not 0 <= int(digits) <= 0xFFFF:
@@ -717,15 +717,15 @@ def _settings(check: _Checker, doc: Mapping[str, Any]) -> DaemonSettings:
             # one too long is refused for its length, not for the long label it may hold
             published = check.endpoint(doc, (*k, "public_endpoint"))
             if published.port == 0:
-                # port 0 is "any" to bind, never one to connect to: published, every
-                # client's connect to the host over TCP failed
+                # port 0 is "any" to bind, never one to connect to: no client could
+                # reach a host that published it
                 raise check.fail(
                     (*k, "public_endpoint"), f"port 0 in {public!r} is no port to connect to"
                 )
             if ":" in published.host and "[" not in public:
                 public = str(published)  # "::1:7700" is published as "[::1]:7700"
         if len(public.encode()) > MAX_ENDPOINT_LENGTH:
-            # the ledger refuses it: the start failed (exit 1) naming no key
+            # the ledger refuses it: refused here, naming the key, before any ledger call
             raise check.fail(
                 (*k, "public_endpoint"),
                 f"is {len(public.encode())} bytes long; the ledger takes at most "
@@ -857,8 +857,8 @@ def _firewall(check: _Checker, doc: Any) -> FirewallConfig:
     check.table(doc, k, {"mode", "allow", "deny", *limits})
     return FirewallConfig(
         mode=check.choice(doc, (*k, "mode"), "open", ("open", "allowlist")),
-        # published on the Host, whose lists the ledger caps: a longer one failed the
-        # start (exit 1) after a thousand transactions, or a reload half-way
+        # published on the Host, whose lists the ledger caps: a longer one is refused
+        # before the first of the start's (or a reload's) transactions
         allow=check.addresses(doc, (*k, "allow"), MAX_FIREWALL_ENTRIES),
         deny=check.addresses(doc, (*k, "deny"), MAX_FIREWALL_ENTRIES),
         max_connections_per_client=check.integer(doc, (*k, limits[0]), 0),
@@ -931,7 +931,7 @@ def _kind(check: _Checker, doc: Mapping[str, Any], key: KeyPath) -> str:
     size = len(kind.encode())
     if size > MAX_PURE_BYTES:
         # published by host::add_service, whose argument the ledger refuses at this
-        # length: the start failed (exit 1) naming no file, line or key
+        # length: refused here, naming the file, line and key
         raise check.fail(key, f"is {size} bytes long; the ledger takes at most {MAX_PURE_BYTES}")
     return kind
 

@@ -906,10 +906,10 @@ class JsonRpcClient:
             raise E.MalformedMessage("the JSON-RPC service answered invalid JSON") from None
         if not isinstance(answer, dict):
             raise E.MalformedMessage("the JSON-RPC answer is not an object")
-        # JSON-RPC 2.0 §5: exactly one of result and error (none was read as a null
-        # result, both as the error), and the request's id: another's answer (a
-        # backend that mixed up its connections) was taken for this call's. An error
-        # may have id null, as when the service could not read the request's id.
+        # JSON-RPC 2.0 §5: exactly one of result and error, and the request's id, so
+        # that another's answer (a backend that mixed up its connections) is never
+        # taken for this call's. An error may have id null, as when the service could
+        # not read the request's id.
         if "result" not in answer and "error" not in answer:
             raise E.MalformedMessage("the JSON-RPC answer holds neither result nor error")
         if "result" in answer and "error" in answer:

@@ -474,8 +474,7 @@ class LedgerCarrier:
             raise TypeError(
                 f"records must be a sequence of byte strings, not {type(records).__name__}"
             )
-        # (any buffer, as a socket takes: an array.array record was taken before the
-        # type check, which then refused it as "not bytes-like")
+        # (any buffer, as a socket takes: an array.array record too)
         whole = [bytes_like(record) for record in records]
         with self._post_lock:
             # all framed first: a record too large for 255 fragments is refused before
