@@ -45,11 +45,11 @@ def need_client() -> None:
         reason = "node is not installed (apt-get install -y nodejs npm)"
     elif major < 20:
         reason = f"node {major} is too old: the client needs node 20.19 or later"
+    elif shutil.which("npm") is not None:
+        # (at once when the packages installed match package-lock.json: install.sh's stamp)
+        subprocess.run(["sh", str(PACKAGE / "scripts" / "install.sh")], check=True, timeout=600)
     elif not INSTALLED.exists():
-        if shutil.which("npm") is None:
-            reason = "the client's npm packages are not installed and npm is not here"
-        else:
-            subprocess.run(["sh", str(PACKAGE / "scripts" / "install.sh")], check=True, timeout=600)
+        reason = "the client's npm packages are not installed and npm is not here"
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason)
