@@ -138,6 +138,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def translate_path(self, path: str) -> str:
+        # a path without its ".js": @protobuf-ts's ES modules (which @mysten/sui loads,
+        # demo/sui.html) import their siblings so, as bundlers and dev servers accept
+        found = super().translate_path(path)
+        if not os.path.exists(found) and os.path.isfile(found + ".js"):
+            return found + ".js"
+        return found
+
 
 @contextlib.contextmanager
 def served_package() -> Iterator[str]:

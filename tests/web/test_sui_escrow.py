@@ -15,21 +15,26 @@ import asyncio
 import json
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dtp.aio
+from dtp.cli.chromium import BrowserError
 from dtp.cli.dapp_host import serve_jsonrpc
 from dtp.hostid.paid import ServicePolicy
 from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import Sla
 from dtp.ledger.sui import SuiConfig, SuiLedger
 from dtp.testing.sui_node import SuiNodeStandIn
+from tests.support.browser import Chromium, need_chromium
+from tests.support.paths import ROOT
 from tests.support.polling import wait_for
-from tests.web.browser_client import PACKAGE, need_client, node_command
+from tests.web.browser_client import PACKAGE, need_client, node_command, served_package
 
 PORT = 8
 #: On Sui the provider claims only a fee above the gas its claim costs (about 3.3 M MIST
@@ -39,6 +44,7 @@ DEPOSIT = 20_000_000
 WALLET_SEED = bytes(range(1, 33))
 DENIED_SEED = bytes([9] * 32)
 GAS = 10**10
+SHOTS = ROOT / "build" / "screenshots"
 
 
 def need_sdk() -> None:
@@ -51,7 +57,7 @@ class Provider:
     """The provider's Host on the node (port 8: ``jsonrpc`` at :data:`SLA`, the wallet
     allow-listed) and its paid dtp.aio server on the WebSocket carrier, in a loop thread."""
 
-    def __init__(self, node: SuiNodeStandIn, folder: Path, wallet: str) -> None:
+    def __init__(self, node: SuiNodeStandIn, folder: Path, wallet: str, origins: list[str]) -> None:
         self.identity = HostIdentity.generate()
         node.faucet(self.identity.sui_address, GAS)
         self.ledger = SuiLedger(SuiConfig(node.url, node.package_id, timeout=30.0))
@@ -73,6 +79,7 @@ class Provider:
                 policy=ServicePolicy(),
                 address=("127.0.0.1", 0),
                 websocket=("127.0.0.1", 0),
+                origins=origins,
             ),
             self.loop,
         ).result(60)
@@ -93,44 +100,22 @@ class Provider:
             self.ledger.close()
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[SuiNodeStandIn, Provider, str]]:
-    wallet = HostIdentity.from_private_bytes(WALLET_SEED, bytes(32)).sui_address
-    with SuiNodeStandIn(tmp_path / "node", grpc_web_port=0) as node:
-        node.faucet(wallet, GAS)
-        node.faucet(HostIdentity.from_private_bytes(DENIED_SEED, bytes(32)).sui_address, GAS)
-        provider = Provider(node, tmp_path, wallet)
-        try:
-            yield node, provider, wallet
-        finally:
-            provider.close()
+@dataclass
+class World:
+    node: SuiNodeStandIn
+    provider: Provider
+    wallet: str
+    base: str  # the package folder over HTTP (the page's origin)
 
-
-def run_client(job: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        node_command("scripts/sui-escrow-client.mjs"),
-        input=json.dumps(job).encode(),
-        capture_output=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr.decode()[-3000:]
-    report: dict[str, Any] = json.loads(out.stdout)
-    return report
-
-
-def test_a_wallet_opens_its_escrow_on_sui_from_js_and_pays_per_request(
-    world: tuple[SuiNodeStandIn, Provider, str],
-) -> None:
-    need_sdk()
-    node, provider, wallet = world
-    report = run_client(
-        {
-            "node": node.grpc_web_url,
-            "package": node.package_id,
-            "host": provider.host_id,
+    def job(self) -> dict[str, Any]:
+        """What the JS flow (demo/sui-escrow.js) takes."""
+        return {
+            "node": self.node.grpc_web_url,
+            "package": self.node.package_id,
+            "host": self.provider.host_id,
             "port": PORT,
-            "url": provider.url,
-            "serverKey": provider.identity.noise_public.hex(),
+            "url": self.provider.url,
+            "serverKey": self.provider.identity.noise_public.hex(),
             "sla": {
                 "pricePerKib": SLA.price_per_kib,
                 "pricePerRequest": SLA.price_per_request,
@@ -140,7 +125,29 @@ def test_a_wallet_opens_its_escrow_on_sui_from_js_and_pays_per_request(
             "deniedSeed": DENIED_SEED.hex(),
             "deposit": DEPOSIT,
         }
-    )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    need_sdk()
+    wallet = HostIdentity.from_private_bytes(WALLET_SEED, bytes(32)).sui_address
+    with (
+        served_package() as base,
+        SuiNodeStandIn(tmp_path / "node", grpc_web_port=0) as node,
+    ):
+        node.faucet(wallet, GAS)
+        node.faucet(HostIdentity.from_private_bytes(DENIED_SEED, bytes(32)).sui_address, GAS)
+        provider = Provider(node, tmp_path, wallet, origins=[base])
+        try:
+            yield World(node, provider, wallet, base)
+        finally:
+            provider.close()
+
+
+def check(report: dict[str, Any], world: World) -> None:
+    """What the JS flow reported, and what the ledger says of it."""
+    assert "error" not in report, report
+    node, provider, wallet = world.node, world.provider, world.wallet
     # the SDK's address of the seed is the one DTP proved and the backend saw
     assert report["wallet"] == report["address"] == report["whoami"] == wallet
     assert report["add"] == 42 and report["closed"] == 0
@@ -182,3 +189,36 @@ def test_a_wallet_opens_its_escrow_on_sui_from_js_and_pays_per_request(
     assert (
         audit["minted"] == audit["balances"] + audit["escrows"] + audit["broadcasts"] + audit["gas"]
     )
+
+
+def test_a_wallet_opens_its_escrow_on_sui_from_node_and_pays_per_request(world: World) -> None:
+    out = subprocess.run(
+        node_command("scripts/sui-escrow-client.mjs"),
+        input=json.dumps(world.job()).encode(),
+        capture_output=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    check(json.loads(out.stdout), world)
+
+
+def test_the_page_opens_its_escrow_on_sui_in_chromium(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_chromium()
+    fragment = urllib.parse.quote(json.dumps(world.job()))
+    with Chromium() as browser:
+        page = browser.new_page()
+        page.goto(f"{world.base}/demo/sui.html#{fragment}")
+        try:
+            page.wait_for("document.body.dataset.done", timeout=120)
+        except BrowserError as exc:
+            text = page.evaluate("document.body.innerText")
+            raise AssertionError(f"{exc}; the page shows:\n{str(text)[:3000]}") from exc
+        report = page.evaluate("window.report")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shot = page.screenshot(SHOTS / "dtp-sui-escrow.png")
+        with capsys.disabled():
+            print(f"\n[screenshot] {shot}")
+    check(report, world)
+    assert shot.read_bytes().startswith(b"\x89PNG")
