@@ -8,10 +8,10 @@ It prints one line once it serves, and serves until SIGTERM or SIGINT:
 listens on every interface, ``--host 0.0.0.0``; ``also=`` then lists the URLs of the
 machine's other addresses, for processes in other network namespaces or on other
 machines). With ``--grpc-web-port`` it also serves gRPC-web, what a browser and Mysten's
-TypeScript SDK speak, on a port of its own (``web=URL``). With ``--print-url`` the line is just ``URL PACKAGE``. With ``--state DIR``
-its state (objects, coins, events, clock) lives in DIR and survives a restart. SIGUSR1
-makes it go away (refuse connections, drop the open ones) and SIGUSR2 come back, state
-kept.
+TypeScript SDK speak, on a port of its own (``web=URL``). With ``--print-url`` the line
+is just ``URL PACKAGE``. With ``--state DIR`` its state (objects, coins, events, clock)
+lives in DIR and survives a restart. SIGUSR1 makes it go away (refuse connections, drop
+the open ones) and SIGUSR2 come back, state kept.
 
 Funding: ``--fund ADDRESS=MIST`` (repeat it for more addresses) at start; afterwards,
 through the HTTP faucet the ready line names (Sui's faucet API: ``POST /v2/gas``), from
