@@ -135,6 +135,15 @@ def test_refusals_and_knobs_come_back_as_grpc_statuses(node: SuiNodeStandIn) -> 
     assert "grpc-status" not in headers and b"grpc-status: 0" in frames(body)[-1][1]
 
 
+def test_a_node_gone_away_is_unavailable_there_too(node: SuiNodeStandIn) -> None:
+    node.go_away()
+    _, headers, _ = post(node, "/sui.rpc.v2.LedgerService/GetEpoch", frame(b""))
+    assert headers["grpc-status"] == "14"  # UNAVAILABLE
+    node.come_back()
+    _, headers, body = post(node, "/sui.rpc.v2.LedgerService/GetEpoch", frame(b""))
+    assert "grpc-status" not in headers and b"grpc-status: 0" in frames(body)[-1][1]
+
+
 def test_a_browser_preflight_is_allowed(node: SuiNodeStandIn) -> None:
     status, headers, body = post(node, BATCH, b"", method="OPTIONS")
     assert status == 204 and body == b""

@@ -18,7 +18,8 @@ A refused call is a "trailers-only" answer: status 200 with ``grpc-status`` and
 (CORS), as a public full node's does, so that a page on another origin can call it.
 Unary calls only: ``ListEvents`` (a server stream) is UNIMPLEMENTED here, as the SDK's
 core API needs no stream. A real node serves gRPC and gRPC-web on one port; this front
-listens on a second one, :attr:`SuiNodeStandIn.grpc_web_url`.
+listens on a second one, :attr:`SuiNodeStandIn.grpc_web_url`, which answers UNAVAILABLE
+while the node is gone away (:meth:`SuiNodeStandIn.go_away`).
 """
 
 from __future__ import annotations

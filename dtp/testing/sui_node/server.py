@@ -476,6 +476,9 @@ class SuiNodeStandIn:
         included."""
 
         async def handle() -> bytes:
+            if self._server is None:
+                # gone away (go_away): as a proxy in front of a node that is down answers
+                raise Refusal(Status.UNAVAILABLE, "the node is not serving")
             self.calls[name] += 1
             if self._stalled is not None:
                 await self._stalled.wait()
