@@ -87,7 +87,8 @@ fi
   || { echo "the C core did not build; see the pip output above" >&2; exit 1; }
 
 # The browser client (web/dtp-client): its pinned npm packages (@noble/curves, ciphers,
-# hashes; package-lock.json), for its tests (tests/web, and `npm test` in the folder).
+# hashes; @mysten/sui, a dev dependency, for the Sui escrow path; package-lock.json), for
+# its tests (tests/web, and `npm test` in the folder).
 # Wanted, not needed: without npm the tests say what they lack.
 if [ "$demo" -eq 0 ]; then
   if command -v npm >/dev/null 2>&1; then

@@ -45,11 +45,11 @@ def need_client() -> None:
         reason = "node is not installed (apt-get install -y nodejs npm)"
     elif major < 20:
         reason = f"node {major} is too old: the client needs node 20.19 or later"
+    elif shutil.which("npm") is not None:
+        # (at once when the packages installed match package-lock.json: install.sh's stamp)
+        subprocess.run(["sh", str(PACKAGE / "scripts" / "install.sh")], check=True, timeout=600)
     elif not INSTALLED.exists():
-        if shutil.which("npm") is None:
-            reason = "the client's npm packages are not installed and npm is not here"
-        else:
-            subprocess.run(["sh", str(PACKAGE / "scripts" / "install.sh")], check=True, timeout=600)
+        reason = "the client's npm packages are not installed and npm is not here"
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(reason)
@@ -137,6 +137,14 @@ class ServedEcho:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def translate_path(self, path: str) -> str:
+        # a path without its ".js": @protobuf-ts's ES modules (which @mysten/sui loads,
+        # demo/sui.html) import their siblings so, as bundlers and dev servers accept
+        found = super().translate_path(path)
+        if not os.path.exists(found) and os.path.isfile(found + ".js"):
+            return found + ".js"
+        return found
 
 
 @contextlib.contextmanager

@@ -7,10 +7,11 @@ It prints one line once it serves, and serves until SIGTERM or SIGINT:
 ``url`` is one a client on this machine can use (the loopback address when the node
 listens on every interface, ``--host 0.0.0.0``; ``also=`` then lists the URLs of the
 machine's other addresses, for processes in other network namespaces or on other
-machines). With ``--print-url`` the line is just ``URL PACKAGE``. With ``--state DIR``
-its state (objects, coins, events, clock) lives in DIR and survives a restart. SIGUSR1
-makes it go away (refuse connections, drop the open ones) and SIGUSR2 come back, state
-kept.
+machines). With ``--grpc-web-port`` it also serves gRPC-web, what a browser and Mysten's
+TypeScript SDK speak, on a port of its own (``web=URL``). With ``--print-url`` the line
+is just ``URL PACKAGE``. With ``--state DIR`` its state (objects, coins, events, clock)
+lives in DIR and survives a restart. SIGUSR1 makes it go away (refuse connections, drop
+the open ones) and SIGUSR2 come back, state kept.
 
 Funding: ``--fund ADDRESS=MIST`` (repeat it for more addresses) at start; afterwards,
 through the HTTP faucet the ready line names (Sui's faucet API: ``POST /v2/gas``), from
@@ -90,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
         help="port of the HTTP faucet (Sui's faucet API, POST /v2/gas; 0: any free one)",
     )
     p.add_argument("--no-faucet", action="store_true", help="serve no HTTP faucet")
+    p.add_argument(
+        "--grpc-web-port",
+        type=int,
+        default=None,
+        help="also serve gRPC-web (what Mysten's TypeScript SDK speaks) on this port "
+        "(0: any free one); the ready line names it web=URL",
+    )
     p.add_argument("--print-url", action="store_true", help="print only 'URL PACKAGE' when ready")
     return p
 
@@ -137,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         contention=args.contention,
         index_lag=args.index_lag,
         faucet_port=None if args.no_faucet else args.faucet_port,
+        grpc_web_port=args.grpc_web_port,
     )
     stop = threading.Event()
     requests: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -154,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             line = f"ready url={node.url} package={node.package_id}"
             if node.faucet_url is not None:
                 line += f" faucet={node.faucet_url}"
+            if node.grpc_web_url is not None:
+                line += f" web={node.grpc_web_url}"
             others = node.urls[1:]
             if others:
                 line += " also=" + ",".join(others)

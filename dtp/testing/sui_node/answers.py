@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+import pysui.sui.sui_grpc.suimsgs.google.rpc as google_rpc
 import pysui.sui.sui_grpc.suimsgs.sui.rpc.v2 as sui_prot
 from grpclib.const import Status
 
@@ -28,6 +29,7 @@ from dtp.testing.sui_node.state import NodeState, ObjectRow, Position
 __all__ = [
     "DEFAULT_MASKS",
     "balance",
+    "batch_get_objects",
     "checkpoint",
     "dynamic_fields",
     "epoch",
@@ -43,6 +45,7 @@ __all__ = [
 #: Read masks a node applies when the request has none (sui.rpc.v2 documentation).
 DEFAULT_MASKS: Final = {
     "GetObject": ("object_id", "version", "digest"),
+    "BatchGetObjects": ("object_id", "version", "digest"),
     "GetCheckpoint": ("sequence_number", "digest"),
     "GetEpoch": ("epoch",),
     "ListDynamicFields": ("parent", "field_id"),
@@ -149,14 +152,49 @@ def object_message(row: ObjectRow) -> sui_prot.Object:
     )
 
 
-def get_object(state: NodeState, request: sui_prot.GetObjectRequest) -> sui_prot.GetObjectResponse:
+def get_object(
+    state: NodeState, request: sui_prot.GetObjectRequest, method: str = "GetObject"
+) -> sui_prot.GetObjectResponse:
     object_id = _id(request.object_id, "object_id")
     row = state.object(object_id)
     if row is None or (request.version is not None and request.version != row.version):
         at = "" if request.version is None else f" at version {request.version}"
         raise Refusal(Status.NOT_FOUND, f"Object {object_id}{at} not found")
-    obj = masked(object_message(row), request.read_mask, "GetObject")
+    obj = masked(object_message(row), request.read_mask, method)
     return sui_prot.GetObjectResponse(object=obj)
+
+
+#: Objects one BatchGetObjects may ask for (a full node's limit; Mysten's SDK sends 50).
+MAX_BATCH_OBJECTS: Final = 1000
+
+
+def batch_get_objects(
+    state: NodeState,
+    request: sui_prot.BatchGetObjectsRequest,
+    hidden: Callable[[str], bool] = lambda _: False,
+) -> sui_prot.BatchGetObjectsResponse:
+    """One ``GetObjectResult`` per request, in order: the object (under the batch's read
+    mask), or the error GetObject would have answered, as a ``google.rpc.Status`` (the
+    batch itself fails only for a bad request: too many objects, a malformed ID).
+    ``hidden(id)``: an object the node has not indexed yet (``index_lag``)."""
+    if len(request.requests) > MAX_BATCH_OBJECTS:
+        raise invalid(f"at most {MAX_BATCH_OBJECTS} objects per BatchGetObjects")
+    results = []
+    for one in request.requests:
+        single = sui_prot.GetObjectRequest(
+            object_id=one.object_id, version=one.version, read_mask=request.read_mask
+        )
+        try:
+            if hidden(one.object_id or ""):
+                raise Refusal(Status.NOT_FOUND, f"Object {one.object_id} not found")
+            found = get_object(state, single, "BatchGetObjects").object
+            results.append(sui_prot.GetObjectResult(object=found))
+        except Refusal as refusal:
+            if refusal.status == Status.INVALID_ARGUMENT:
+                raise
+            status = google_rpc.Status(code=refusal.status.value, message=refusal.message)
+            results.append(sui_prot.GetObjectResult(error=status))
+    return sui_prot.BatchGetObjectsResponse(objects=results)
 
 
 def _page_token(token: bytes | None) -> str:

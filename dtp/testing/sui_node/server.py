@@ -40,6 +40,7 @@ from dtp.ledger.local.tx import base58, tx_digest
 from dtp.testing.loops import LoopThread
 from dtp.testing.sui_node import answers, execute
 from dtp.testing.sui_node.faucet import FaucetServer
+from dtp.testing.sui_node.grpc_web import GrpcWebError, GrpcWebServer
 from dtp.testing.sui_node.objects import full_address
 from dtp.testing.sui_node.ptb import Refusal, parse_tx
 from dtp.testing.sui_node.state import DAY_MS, NodeState
@@ -64,6 +65,7 @@ _METHODS: Final = {
     "LedgerService": (
         "GetServiceInfo",
         "GetObject",
+        "BatchGetObjects",
         "GetTransaction",
         "GetCheckpoint",
         "GetEpoch",
@@ -178,6 +180,7 @@ class SuiNodeStandIn:
         index_lag: float = 0.0,
         seed: int | None = None,
         faucet_port: int | None = None,
+        grpc_web_port: int | None = None,
     ) -> None:
         self.state = NodeState(
             state_dir, package=package, clock_ms=clock_ms, epoch_ms=epoch_ms, gas_price=gas_price
@@ -227,6 +230,10 @@ class SuiNodeStandIn:
         #: started; None: no HTTP faucet (:meth:`faucet` funds in this process).
         self.faucet_port = faucet_port
         self._faucet: FaucetServer | None = None
+        #: The gRPC-web front's port (``grpc_web_port`` asked for one; 0: any free one),
+        #: once started; None: gRPC (HTTP/2) only.
+        self.grpc_web_port = grpc_web_port
+        self._grpc_web: GrpcWebServer | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -256,14 +263,33 @@ class SuiNodeStandIn:
             return None
         return client_url(self.host, self._faucet.port) + "/v2/gas"
 
+    @property
+    def grpc_web_url(self) -> str | None:
+        """The gRPC-web front's URL (what ``SuiGrpcClient({baseUrl})`` of Mysten's
+        TypeScript SDK takes: :mod:`.grpc_web`), or None when the node serves none."""
+        if self._grpc_web is None:
+            return None
+        return client_url(self.host, self._grpc_web.port)
+
     def start(self) -> SuiNodeStandIn:
         """Start serving (returns self), with the HTTP faucet when ``faucet_port`` was
-        given."""
+        given and the gRPC-web front when ``grpc_web_port`` was."""
         self._loop = LoopThread()
         self.come_back()
         if self.faucet_port is not None:
             self._faucet = FaucetServer(self.faucet, self.host, self.faucet_port).start()
             self.faucet_port = self._faucet.port
+        if self.grpc_web_port is not None:
+            methods = {f"{s}/{n}": n for s, names in _METHODS.items() for n in names}
+            for name in _STREAMING:
+                del methods[f"LedgerService/{name}"]
+            self._grpc_web = GrpcWebServer(
+                lambda name, data: self._web_answer(name, data, "grpc-web"),
+                methods,
+                self.host,
+                self.grpc_web_port,
+            ).start()
+            self.grpc_web_port = self._grpc_web.port
         return self
 
     def __enter__(self) -> SuiNodeStandIn:
@@ -330,6 +356,8 @@ class SuiNodeStandIn:
         self._closed = True
         if self._faucet is not None:
             self._faucet.close()
+        if self._grpc_web is not None:
+            self._grpc_web.close()
         if self._loop is not None:
             try:
                 self.unstall()
@@ -442,6 +470,31 @@ class SuiNodeStandIn:
 
         return handle
 
+    def _web_answer(self, name: str, data: bytes, peer: object) -> bytes:
+        """A unary call that came over gRPC-web (:mod:`.grpc_web`, on its own thread),
+        answered on the serving loop as :meth:`_handler` answers it over gRPC, knobs
+        included."""
+
+        async def handle() -> bytes:
+            if self._server is None:
+                # gone away (go_away): as a proxy in front of a node that is down answers
+                raise Refusal(Status.UNAVAILABLE, "the node is not serving")
+            self.calls[name] += 1
+            if self._stalled is not None:
+                await self._stalled.wait()
+            if self._take(self._refuse_next, name) or self._over_rate():
+                raise Refusal(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
+            if name != "ExecuteTransaction" and self.read_latency > 0:
+                await asyncio.sleep(self.read_latency)
+            garble = self._take(self._garble_next, name)
+            answer = await self._answer(name, data, peer)
+            return GARBAGE if garble else bytes(answer)
+
+        try:
+            return cast(bytes, self._run(handle()))
+        except Refusal as refusal:
+            raise GrpcWebError(refusal.status, refusal.message) from None
+
     @staticmethod
     def _peer(stream: Any) -> object:
         """Which client connection (standing for which full node) a call came on."""
@@ -485,6 +538,7 @@ class SuiNodeStandIn:
         requests = {
             "GetServiceInfo": sui_prot.GetServiceInfoRequest,
             "GetObject": sui_prot.GetObjectRequest,
+            "BatchGetObjects": sui_prot.BatchGetObjectsRequest,
             "GetTransaction": sui_prot.GetTransactionRequest,
             "GetCheckpoint": sui_prot.GetCheckpointRequest,
             "GetEpoch": sui_prot.GetEpochRequest,
@@ -501,6 +555,10 @@ class SuiNodeStandIn:
                 return answers.service_info(state)
             if name == "GetObject":
                 return answers.get_object(state, request)
+            if name == "BatchGetObjects":
+                return answers.batch_get_objects(
+                    state, request, lambda i: self._not_indexed_yet(i, peer)
+                )
             if name == "GetTransaction":
                 return self._transaction(request)
             if name == "GetCheckpoint":
