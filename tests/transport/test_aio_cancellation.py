@@ -329,19 +329,13 @@ class _RateLimited:
     def room(self, nbytes: int) -> int:
         return nbytes
 
-    def send_room(self, nbytes: int) -> int:
-        return nbytes
-
     def write_now(self, nbytes: int) -> int:  # (no bytes/s limit: a write goes whole)
         return nbytes
 
     async def pace(self, nbytes: int) -> int:
         return nbytes
 
-    def send_slice(self) -> int:
-        return 1 << 18
-
-    def charge(self, nbytes: int) -> bool:
+    def charge_sent(self, nbytes: int) -> bool:
         self.charged += nbytes
         return False
 
