@@ -349,8 +349,8 @@ class _RateLimited:
 @pytest.mark.parametrize("method", ["read", "readexactly", "readline", "readuntil"])
 def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) -> None:
     """dtp.hostid.paid.aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
-    after it took its bytes puts them back, charged once (they were lost: the stream
-    went on without them)."""
+    after it took its bytes puts them back, charged once (dropped, they would be lost:
+    the stream would go on without them)."""
 
     async def main() -> None:
 

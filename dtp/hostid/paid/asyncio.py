@@ -182,8 +182,8 @@ class PaidConnection:
                 return
             if step.ask:
                 self.ask_for_receipt()
-            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
-            # result in place of a cancel that came as the receipt did)
+            # (asyncio.timeout, not wait_for: Python 3.11's wait_for can return the
+            # wait's result in place of a cancel that comes with it, and lose the cancel)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(step.wait):
                     await self.proto.wait_for(
@@ -799,11 +799,10 @@ class PaidWriter:
         proto = self._paid.proto
         if _first_stream(self._writer) and proto.hold_carrier:
             # The server holds its end of the carrier until it settled, which it does
-            # once the callback returned: the wrapped wait (for the carrier's end) waited
-            # for this very callback -- the canonical echo's close() + wait_closed() after
-            # the client's close stalled until the client gave up waiting for the
-            # settlement and half-closed on the ledger itself. Done once the session
-            # ended (and our own close, if any, did its part); the carrier follows.
+            # once the callback returned: the wrapped wait (for the carrier's end) would
+            # wait for this very callback, and an echo's close() + wait_closed() would
+            # hold until the client gave up on the settlement. So this waits for the
+            # session's end (and our own close's part, if any); the carrier follows.
             session = proto.session
             await proto.wait_for(lambda: session.terminated is not None)
             task = getattr(self._writer, "_close_task", None)
