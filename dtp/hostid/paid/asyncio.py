@@ -268,9 +268,8 @@ class PaidConnection:
         queued bytes hold all of it. (No write is under way here: one event loop, each
         write's bytes in the usage or the queue as it returns.)"""
         conn = self.conn
-        step = self.core.refill_send(
-            self.credit, conn.usage, conn.send_buffered(), 0, ended=self.ended()
-        )
+        ended = self.proto.session.terminated is not None  # (ended(), inline)
+        step = self.core.refill_send(self.credit, conn.usage, conn.send_buffered(), 0, ended=ended)
         return step is RefillStep.GO
 
     def reserve(self, nbytes: int) -> int:
