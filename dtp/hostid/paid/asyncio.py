@@ -147,6 +147,7 @@ class PaidConnection:
         settlement instead of written first (as dtp.hostid.paid's)."""
         return self.core.final
 
+    # (asyncio only: the receipt writer's thread hands the count to the loop)
     def _stored(self, receipt: Receipt) -> None:
         """In the writer thread: hand the stored receipt to the event loop."""
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to resume
@@ -198,6 +199,7 @@ class PaidConnection:
             self.abort(step.close)
             raise PaymentRequired(step.close.reason, step.close.code)
 
+    # (asyncio only: the blocking driver sends the request under its engine lock, inline)
     def ask_for_receipt(self) -> None:
         """Send the client RECEIPT_REQUEST (an ended connection sends nothing)."""
         with contextlib.suppress(DTPError):
@@ -248,6 +250,7 @@ class PaidConnection:
         if pending is not None:
             self.on_receipt(pending.encode())  # the usual path now
 
+    # (asyncio only: only a datagram send that never waits starts a read in the background)
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
         under way, and let no send start another. (Left running, the settlement would go
@@ -277,6 +280,7 @@ class PaidConnection:
         taken from the send credit until :meth:`sent`."""
         return self.credit.reserve(nbytes)
 
+    # (asyncio only: a datagram send never waits (the blocking one does: reserve_datagrams))
     def datagrams_now(self, sizes: list[int]) -> int:
         """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
         the rest dropped and counted (the engine's
@@ -309,6 +313,7 @@ class PaidConnection:
                 self._deposit_task.add_done_callback(_log_failure)
         return take
 
+    # (asyncio only: what datagrams_now would send, asked without sending)
     def datagram_room(self, sizes: list[int]) -> int:
         """How many datagrams of ``sizes`` (the first ones) may go now, each whole, on
         the gate's credit for writes; 0 when the gate does not serve."""
@@ -349,6 +354,7 @@ class PaidConnection:
         core = self.core
         await self._hold(core.charge(nbytes, requests, time.monotonic()), core.debt)
 
+    # (asyncio only: a write never waits (the blocking one does: wait_send, pace, reserve))
     def write_now(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` (which never waits) goes at once, the rest
         held (the engine's
@@ -358,6 +364,7 @@ class PaidConnection:
         now = time.monotonic() if self.buckets.bytes.rate else None
         return core.write_now(conn.usage, conn.send_buffered(), nbytes, now)
 
+    # (asyncio only: what went without a wait is charged after it (blocking: limit, first))
     def charge_sent(self, nbytes: int) -> bool:
         """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
         client's bytes/s limit now, without waiting: the debt holds back the client's
@@ -365,6 +372,7 @@ class PaidConnection:
         it."""
         return self.core.charge_sent(nbytes, time.monotonic())
 
+    # (asyncio only: the debt charge_sent left is waited for at drain())
     async def wait_limits(self) -> None:
         """Wait while the client's rate limits are in debt (what :meth:`charge_sent` counted;
         a :meth:`throttle` of nothing does not wait for it)."""
@@ -407,6 +415,7 @@ class PaidConnection:
                 return
             delay = again(time.monotonic())
 
+    # (asyncio only: a read or an accept cancelled after its charge puts back what it took)
     def charged_already(self, datagram: bytes) -> bool:
         """Whether ``datagram``, just read, is one a cancelled read put back, charged
         already (forgotten now)."""
