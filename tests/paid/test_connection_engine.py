@@ -675,32 +675,32 @@ def test_a_call_waits_for_payment_within_its_own_timeout() -> None:
 
 
 def test_a_datagram_send_that_never_waits_takes_what_is_covered() -> None:
-    """datagram_send, the asyncio send: the datagrams the credit covers go; the rest are
+    """datagrams_now, the asyncio send: the datagrams the credit covers go; the rest are
     dropped, a pause (whose step datagrams_dropped gives: asking for a receipt, closing
     at its timeout); none go while the bytes/s limit is in debt, which is no pause; a
     batch that goes whole ends the pause, an empty one does not
     (tests/paid/test_datagram_pause.py). Without a bytes/s limit no ``now`` is needed."""
     paid = engine()  # (allowance 1000 bytes, pause_timeout 1 s)
-    assert not paid.paced
-    assert paid.datagram_send((0, 0), 0, [400, 400], None) == (2, False)
-    assert paid.datagram_send((800, 0), 0, [100, 200], None) == (1, True)
+    assert not paid.buckets.bytes.rate
+    assert paid.datagrams_now((0, 0), 0, [400, 400], None) == (2, False)
+    assert paid.datagrams_now((800, 0), 0, [100, 200], None) == (1, True)
     step = paid.datagrams_dropped((800, 0), 0.0, 200)
     assert step == PauseStep(PauseAction.WAIT, ask=True)
     assert paid.unpaid_datagrams_since == 0.0 and paid.unpaid_size == 200
-    assert paid.datagram_send((800, 0), 0, [], None) == (0, False)  # empty: still paused
+    assert paid.datagrams_now((800, 0), 0, [], None) == (0, False)  # empty: still paused
     assert paid.unpaid_datagrams_since == 0.0
-    assert paid.datagram_send((900, 0), 0, [200], None) == (0, True)
+    assert paid.datagrams_now((900, 0), 0, [200], None) == (0, True)
     step = paid.datagrams_dropped((900, 0), 1.0, 200)
     assert step.action is PauseAction.CLOSE
-    assert paid.datagram_send((0, 0), 0, [10], None) == (1, False)
+    assert paid.datagrams_now((0, 0), 0, [10], None) == (1, False)
     assert paid.unpaid_datagrams_since is None  # went whole: that pause is over
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
-    assert limited.paced
-    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (1, False)
+    assert limited.buckets.bytes.rate
+    assert limited.datagrams_now((0, 0), 0, [10], 0.0) == (1, False)
     limited.charge_sent(750, 0.0)  # in debt
-    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)  # dropped, no pause
+    assert limited.datagrams_now((0, 0), 0, [10], 0.0) == (0, False)  # dropped, no pause
     assert limited.unpaid_datagrams_since is None
-    assert limited.datagram_send((0, 0), 0, [10], 1.0) == (1, False)  # paid off by then
+    assert limited.datagrams_now((0, 0), 0, [10], 1.0) == (1, False)  # paid off by then
 
 
 def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
@@ -721,7 +721,7 @@ def test_a_write_that_never_waits_lets_out_a_slice_of_what_is_covered() -> None:
 
 
 def test_no_clock_under_a_bytes_rate_limit_is_refused() -> None:
-    """``now`` None means "no bytes/s limit" to write_now and datagram_send: under a
+    """``now`` None means "no bytes/s limit" to write_now and datagrams_now: under a
     limit it is refused with a clear error, and nothing is decided (no charge, no
     pause), rather than the limit silently skipped."""
     limited = engine(buckets=ClientBuckets(TokenBucket(1000, 0.0), TokenBucket(0, 0.0)))
@@ -730,14 +730,14 @@ def test_no_clock_under_a_bytes_rate_limit_is_refused() -> None:
     assert owed > 0
     with pytest.raises(LocalProtocolError, match=r"write_now: now is required .* bytes/s"):
         limited.write_now((0, 0), 0, 600, None)
-    with pytest.raises(LocalProtocolError, match=r"datagram_send: now is required"):
-        limited.datagram_send((0, 0), 0, [10], None)
+    with pytest.raises(LocalProtocolError, match=r"datagrams_now: now is required"):
+        limited.datagrams_now((0, 0), 0, [10], None)
     with pytest.raises(LocalProtocolError):
-        limited.datagram_send((900, 0), 0, [200], None)  # (uncovered: no pause begins)
+        limited.datagrams_now((900, 0), 0, [200], None)  # (uncovered: no pause begins)
     assert limited.unpaid_datagrams_since is None and limited.asked_at is None
     assert limited.debt(0.0) == owed
     assert limited.write_now((0, 0), 0, 600, 0.0) == 0  # the debt as it was
-    assert limited.datagram_send((0, 0), 0, [10], 0.0) == (0, False)
+    assert limited.datagrams_now((0, 0), 0, [10], 0.0) == (0, False)
 
 
 def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
@@ -766,22 +766,21 @@ def test_the_final_receipt_wait_ends_once_paid_or_ended() -> None:
 def test_nothing_moves_while_the_gate_does_not_serve(
     used: int, queued: int, nbytes: int, sizes: list[int]
 ) -> None:
-    """room, send_room and datagram_room, what the asyncio driver asks before a read, a
-    write and a datagram send: 0 whenever the gate does not serve the usage (but 1 for
-    a write once the connection ended: the write reports how); serving, a
-    read takes 1 byte at least, and neither a write nor the datagrams go past the
-    gate's credit (a write of 1 byte when nothing is queued: the gate said serve)."""
+    """read_room, write_now and datagram_room, what a driver asks before a read, a write
+    that never waits and a datagram send: nothing is written and no datagram goes
+    whenever the gate does not serve the usage (a read then takes the 1 byte that
+    reports how the connection ended); serving, a read takes 1 byte at least, and
+    neither a write nor the datagrams go past the gate's credit (a write of 1 byte when
+    nothing is queued: the gate said serve)."""
     paid = engine()  # (allowance 1000 bytes)
     usage = (used, 0)
-    room = paid.room(usage, nbytes)
-    send = paid.send_room(usage, queued, nbytes)
+    room = paid.read_room(usage, nbytes)[0]
+    send = paid.write_now(usage, queued, nbytes, None)
     count = paid.datagram_room(usage, queued, sizes)
-    # once the connection ended a write goes on (it reports how): 1 byte at least
-    assert paid.send_room(usage, queued, nbytes, ended=True) == max(send, 1)
-    if not paid.gate.serving(*usage):
-        assert room == send == count == 0
-        return
     assert 1 <= room <= nbytes
+    if not paid.gate.serving(*usage):
+        assert room == 1 and send == count == 0
+        return
     credit = paid.write_credit(usage, queued)
     assert send <= nbytes and (send <= credit or (send == 1 and not queued))
     assert sum(sizes[:count]) <= credit

@@ -329,19 +329,13 @@ class _RateLimited:
     def room(self, nbytes: int) -> int:
         return nbytes
 
-    def send_room(self, nbytes: int) -> int:
-        return nbytes
-
     def write_now(self, nbytes: int) -> int:  # (no bytes/s limit: a write goes whole)
         return nbytes
 
     async def pace(self, nbytes: int) -> int:
         return nbytes
 
-    def send_slice(self) -> int:
-        return 1 << 18
-
-    def charge(self, nbytes: int) -> bool:
+    def charge_sent(self, nbytes: int) -> bool:
         self.charged += nbytes
         return False
 
@@ -355,8 +349,8 @@ class _RateLimited:
 @pytest.mark.parametrize("method", ["read", "readexactly", "readline", "readuntil"])
 def test_a_paid_read_cancelled_while_rate_limited_consumes_nothing(method: str) -> None:
     """dtp.hostid.paid.aio: a read cancelled (asyncio.wait_for) while the rate limits hold it
-    after it took its bytes puts them back, charged once (they were lost: the stream
-    went on without them)."""
+    after it took its bytes puts them back, charged once (dropped, they would be lost:
+    the stream would go on without them)."""
 
     async def main() -> None:
 

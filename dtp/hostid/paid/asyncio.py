@@ -20,8 +20,21 @@ from dtp.errors import (
     LocalProtocolError,
     PaymentRequired,
 )
-from dtp.hostid.paid.engine import PaidConnectionEngine, PauseAction, ReceiptStep
-from dtp.hostid.paid.policy import CREDIT_MAX, ServicePolicy, datagram_sizes, not_forwarded
+from dtp.hostid.paid.engine import (
+    Close,
+    Credit,
+    PaidConnectionEngine,
+    PauseAction,
+    ReceiptStep,
+    RefillStep,
+)
+from dtp.hostid.paid.policy import (
+    CREDIT_MAX,
+    SEND_SLICE,
+    ServicePolicy,
+    datagram_sizes,
+    not_forwarded,
+)
 from dtp.ledger.receipt import Receipt
 from dtp.payments.gate import (
     RECEIPT_REQUEST,
@@ -75,6 +88,9 @@ class PaidConnection:
         self.policy = policy
         #: When (monotonic) the connection's state on the ledger is read next
         self.ledger_check_due = time.monotonic() + policy.ledger_check_interval
+        #: The send credit a held write takes from (:meth:`wait_send`, :meth:`reserve`,
+        #: :meth:`sent`); reads ask the gate at each call, one event loop needing no cache
+        self.credit = Credit()
         #: PaidWriter tasks letting out what was written beyond the gate's credit
         self.releasing: set[asyncio.Task[None]] = set()
         #: The first stream's close (PaidWriter.close): the end phase waits for it
@@ -88,10 +104,34 @@ class PaidConnection:
         #: already (any writer of the connection may accept one next)
         self.charged_streams: set[int] = set()
         #: The escrow read a datagram send dropped for want of credit started (a top-up
-        #: may be what covers them: :meth:`datagrams_to_send`)
+        #: may be what covers them: :meth:`datagrams_now`)
         self._deposit_task: asyncio.Task[None] | None = None
         #: The end phase waited for that read: no datagram send starts another
         self._deposit_reads_over = False
+
+    # -- the connection's I/O driver -------------------------------------------------
+
+    def attach(self) -> None:
+        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
+        that came before first."""
+        session = self.proto.session
+        session.on_receipt = self.on_receipt
+        while session.receipts:
+            self.on_receipt(session.receipts.popleft())
+
+    def ended(self) -> bool:
+        """Whether the connection has ended (its session)."""
+        return self.proto.session.terminated is not None
+
+    def wake(self) -> None:
+        """Wake the tasks waiting on the connection (each looks again)."""
+        self.proto.wake()
+
+    def abort(self, close: Close) -> None:
+        """End the connection as the engine decided (``close``: code and reason)."""
+        self.conn.close(close.code, close.reason)
+        self.proto.flush()
+        self.proto.close_carrier()
 
     def on_receipt(self, data: bytes) -> None:
         """A RECEIPT frame: checked here, stored by the writer thread (never on the event
@@ -107,6 +147,7 @@ class PaidConnection:
         settlement instead of written first (as dtp.hostid.paid's)."""
         return self.core.final
 
+    # (asyncio only: the receipt writer's thread hands the count to the loop)
     def _stored(self, receipt: Receipt) -> None:
         """In the writer thread: hand the stored receipt to the event loop."""
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to resume
@@ -117,49 +158,16 @@ class PaidConnection:
         self.credit_grew()
         self.wake()  # a paused reader or drain() looks again
 
-    # -- the connection's I/O driver -------------------------------------------------
-
-    def attach(self) -> None:
-        """Take the connection's RECEIPT frames from now on (:meth:`on_receipt`), those
-        that came before first."""
-        session = self.proto.session
-        session.on_receipt = self.on_receipt
-        while session.receipts:
-            self.on_receipt(session.receipts.popleft())
-
-    def wake(self) -> None:
-        """Wake the tasks waiting on the connection (each looks again)."""
-        self.proto.wake()
-
-    def put_back_datagram(self, data: bytes) -> None:
-        """``data``, read and charged to the rate limits by a read then cancelled, is
-        the next datagram to read again (charged already: not again), and a task
-        waiting for one is woken: it found the queue empty, and dtp.aio wakes it only
-        when the connection changes (which may be never: a client waiting for its
-        reply)."""
-        self.proto.session.datagrams.appendleft(data)
-        if len(data) > 1:
-            # (known by identity, and CPython shares its empty and one-byte bytes
-            # objects: those are charged again, three bytes at most)
-            self.charged_datagrams.append(data)
-        self.wake()
-
-    def put_back_stream(self, stream_id: int) -> None:
-        """Stream ``stream_id``, accepted and charged by an accept then cancelled, goes
-        back for the next accept (dropped, it would be lost, its client waiting on it
-        for good), charged already; a task waiting to accept one is woken (as
-        :meth:`put_back_datagram`)."""
-        self.proto.session.incoming_streams.appendleft(stream_id)
-        self.charged_streams.add(stream_id)
-        self.wake()
+    def credit_grew(self) -> None:
+        """Payment came (a receipt kept, a top-up read): a pause of
+        datagram sends ends once the credit covers the datagram a send last dropped
+        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
+        as the blocking driver's)."""
+        conn = self.conn
+        self.core.datagrams_covered_again(conn.usage, conn.send_buffered() + self.credit.sending)
 
     def verdict(self) -> GateVerdict:
         return self.core.verdict(self.conn.usage, time.monotonic())
-
-    def close(self, code: int, reason: str) -> None:
-        self.conn.close(code, reason)
-        self.proto.flush()
-        self.proto.close_carrier()
 
     async def wait_paid(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid` (the engine's
@@ -175,8 +183,8 @@ class PaidConnection:
                 return
             if step.ask:
                 self.ask_for_receipt()
-            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for returned the wait's
-            # result in place of a cancel that came as the receipt did)
+            # (asyncio.timeout, not wait_for: Python 3.11's wait_for can return the
+            # wait's result in place of a cancel that comes with it, and lose the cancel)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(step.wait):
                     await self.proto.wait_for(
@@ -188,14 +196,33 @@ class PaidConnection:
             await self.read_deposit()
             verdict = self.verdict()
         if step.close is not None:
-            self.close(step.close.code, step.close.reason)
+            self.abort(step.close)
             raise PaymentRequired(step.close.reason, step.close.code)
 
+    # (asyncio only: the blocking driver sends the request under its engine lock, inline)
     def ask_for_receipt(self) -> None:
         """Send the client RECEIPT_REQUEST (an ended connection sends nothing)."""
         with contextlib.suppress(DTPError):
             self.conn.send_receipt(RECEIPT_REQUEST)
         self.proto.flush()
+
+    async def wait_send(self) -> None:
+        """Wait until a held write may go (then :meth:`reserve`): the client paid, or
+        read bytes queued for it; at once once the connection ended (the write then
+        reports how)."""
+        conn = self.conn
+        while True:
+            await self.wait_paid()
+            if self._refill():
+                return
+            # the queued bytes hold the credit: they go as the client reads (its window
+            # opening notifies the protocol), or a receipt comes (_kept notifies); the
+            # end of the connection gives room too (_refill)
+
+            def moved(queued: int = conn.send_buffered()) -> bool:
+                return conn.send_buffered() < queued or self._refill()
+
+            await self.proto.wait_for(moved)
 
     async def read_deposit(self, *, ending: bool = False) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.read_deposit`: the escrow
@@ -223,72 +250,7 @@ class PaidConnection:
         if pending is not None:
             self.on_receipt(pending.encode())  # the usual path now
 
-    def room(self, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` may go now: what the gate still allows on the
-        usage seen (at most CREDIT_MAX, so a read takes a bounded chunk per look), at
-        least 1 byte when it serves, 0 when it does not."""
-        return self.core.room(self.conn.usage, nbytes)
-
-    def send_room(self, nbytes: int) -> int:
-        """How much of a write of ``nbytes`` may go now
-        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_room`, on the usage
-        plus the bytes queued beyond the client's window); 0 when the gate does not
-        serve, or when queued bytes hold all of its credit (:meth:`wait_send` then waits
-        for the client to read them), but at least 1 once the connection ended."""
-        conn = self.conn
-        return self.core.send_room(
-            conn.usage,
-            conn.send_buffered(),
-            nbytes,
-            ended=self.proto.session.terminated is not None,
-        )
-
-    def datagram_room(self, sizes: list[int]) -> int:
-        """How many datagrams of ``sizes`` (the first ones) may go now, each whole, as
-        :meth:`send_room` judges a write; 0 when the gate does not serve."""
-        conn = self.conn
-        return self.core.datagram_room(conn.usage, conn.send_buffered(), sizes)
-
-    def datagrams_to_send(self, sizes: list[int]) -> int:
-        """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
-        the rest dropped and counted (the engine's
-        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagram_send`). Those
-        dropped for want of payment are a pause: the client is asked for a receipt, the
-        escrow read again when a top-up would help (in a task), and once the pause
-        timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
-        conn = self.conn
-        core = self.core
-        now = time.monotonic() if core.paced else None
-        take, unpaid = core.datagram_send(conn.usage, conn.send_buffered(), sizes, now)
-        if take < len(sizes):
-            conn.datagrams_send_dropped += len(sizes) - take
-        if not unpaid:
-            return take
-        if now is None:
-            now = time.monotonic()
-        step = core.datagrams_dropped(conn.usage, now, sizes[take])
-        if step.close is not None:
-            self.close(step.close.code, step.close.reason)
-            raise PaymentRequired(step.close.reason, step.close.code)
-        if step.ask:
-            self.ask_for_receipt()
-        task = self._deposit_task
-        reading = task is not None and not task.done()
-        if not reading and not self._deposit_reads_over and self.ledger is not None:
-            escrow_id = core.escrow_to_read(conn.usage, now)
-            if escrow_id is not None:
-                self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
-                self._deposit_task.add_done_callback(_log_failure)
-        return take
-
-    def credit_grew(self) -> None:
-        """Payment came (a receipt kept, a top-up read): a pause of
-        datagram sends ends once the credit covers the datagram a send last dropped
-        (:meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_covered_again`,
-        as the blocking driver's)."""
-        conn = self.conn
-        self.core.datagrams_covered_again(conn.usage, conn.send_buffered())
-
+    # (asyncio only: only a datagram send that never waits starts a read in the background)
     async def deposit_reads_ended(self) -> None:
         """The end phase: wait for the escrow read a datagram send started, if one is
         under way, and let no send start another. (Left running, the settlement would go
@@ -302,35 +264,83 @@ class PaidConnection:
         with contextlib.suppress(Exception):  # (logged by _log_failure)
             await _shielded(task)
 
-    async def wait_send(self, nbytes: int) -> int:
-        """Wait until some of a held write of ``nbytes`` may go (the client paid, or
-        read bytes queued for it): how much, as :meth:`send_room`; at least 1 once the
-        connection ended (the write then reports how)."""
+    def _refill(self) -> bool:
+        """Set the send credit to what the gate allows on the usage and the bytes queued
+        beyond the client's window (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.refill_send`): False when the
+        queued bytes hold all of it. (No write is under way here: one event loop, each
+        write's bytes in the usage or the queue as it returns.)"""
         conn = self.conn
-        while True:
-            await self.wait_paid()
-            if room := self.send_room(nbytes):
-                return room
+        ended = self.proto.session.terminated is not None  # (ended(), inline)
+        step = self.core.refill_send(self.credit, conn.usage, conn.send_buffered(), 0, ended=ended)
+        return step is RefillStep.GO
 
-            # the queued bytes hold the credit: they go as the client reads (its window
-            # opening notifies the protocol), or a receipt comes (_kept notifies); the
-            # end of the connection gives room too (send_room)
-            def moved(queued: int = conn.send_buffered()) -> bool:
-                return conn.send_buffered() < queued or self.send_room(1) > 0
+    def reserve(self, nbytes: int) -> int:
+        """How much of a held write of ``nbytes`` may go now (after :meth:`wait_send`),
+        taken from the send credit until :meth:`sent`."""
+        return self.credit.reserve(nbytes)
 
-            await self.proto.wait_for(moved)
+    # (asyncio only: a datagram send never waits (the blocking one does: reserve_datagrams))
+    def datagrams_now(self, sizes: list[int]) -> int:
+        """How many of the datagrams of ``sizes`` a send (which never waits) sends now,
+        the rest dropped and counted (the engine's
+        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.datagrams_now`). Those
+        dropped for want of payment are a pause: the client is asked for a receipt, the
+        escrow read again when a top-up would help (in a task), and once the pause
+        timed out the connection closes (:class:`~dtp.errors.PaymentRequired`)."""
+        conn = self.conn
+        core = self.core
+        now = time.monotonic() if self.buckets.bytes.rate else None
+        take, unpaid = core.datagrams_now(conn.usage, conn.send_buffered(), sizes, now)
+        if take < len(sizes):
+            conn.datagrams_send_dropped += len(sizes) - take
+        if not unpaid:
+            return take
+        if now is None:
+            now = time.monotonic()
+        step = core.datagrams_dropped(conn.usage, now, sizes[take])
+        if step.close is not None:
+            self.abort(step.close)
+            raise PaymentRequired(step.close.reason, step.close.code)
+        if step.ask:
+            self.ask_for_receipt()
+        task = self._deposit_task
+        reading = task is not None and not task.done()
+        if not reading and not self._deposit_reads_over and self.ledger is not None:
+            escrow_id = core.escrow_to_read(conn.usage, now)
+            if escrow_id is not None:
+                self._deposit_task = asyncio.ensure_future(self._read_escrow(escrow_id))
+                self._deposit_task.add_done_callback(_log_failure)
+        return take
+
+    # (asyncio only: what datagrams_now would send, asked without sending)
+    def datagram_room(self, sizes: list[int]) -> int:
+        """How many datagrams of ``sizes`` (the first ones) may go now, each whole, on
+        the gate's credit for writes; 0 when the gate does not serve."""
+        conn = self.conn
+        return self.core.datagram_room(conn.usage, conn.send_buffered(), sizes)
+
+    def sent(self, reserved: int) -> None:
+        """A write :meth:`reserve` made room for went: its bytes are in the usage."""
+        self.credit.sent(reserved)
+
+    def room(self, nbytes: int) -> int:
+        """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): what the
+        gate still allows on the usage seen (at most CREDIT_MAX, so a read takes a
+        bounded chunk per look), at least 1 byte (the gate said serve, or the connection
+        ended: the read reports how)."""
+        return self.core.read_room(self.conn.usage, nbytes)[0]
 
     async def request_final_receipt(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.request_final_receipt`."""
-        session = self.proto.session
         core = self.core
 
         def done() -> bool:
-            return core.final_receipt_over(self.conn.usage, ended=session.terminated is not None)
+            return core.final_receipt_over(self.conn.usage, ended=self.ended())
 
         deadline = core.final_receipt_deadline(time.monotonic())
         while wait := core.final_receipt_step(
-            self.conn.usage, time.monotonic(), deadline, ended=session.terminated is not None
+            self.conn.usage, time.monotonic(), deadline, ended=self.ended()
         ):
             self.ask_for_receipt()
             with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see wait_paid)
@@ -344,29 +354,31 @@ class PaidConnection:
         core = self.core
         await self._hold(core.charge(nbytes, requests, time.monotonic()), core.debt)
 
-    def charged_already(self, datagram: bytes) -> bool:
-        """Whether ``datagram``, just read, is one a cancelled read put back, charged
-        already (forgotten now)."""
-        kept = self.charged_datagrams
-        for i, item in enumerate(kept):
-            if item is datagram:
-                del kept[i]
-                return True
-        return False
-
-    def send_slice(self) -> int:
-        """The most bytes to let out between two looks at the rate limits (the engine's
-        :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.send_slice`)."""
-        return self.core.send_slice()
-
+    # (asyncio only: a write never waits (the blocking one does: wait_send, pace, reserve))
     def write_now(self, nbytes: int) -> int:
         """How much of a write of ``nbytes`` (which never waits) goes at once, the rest
         held (the engine's
         :meth:`~dtp.hostid.paid.engine.PaidConnectionEngine.write_now`)."""
         conn = self.conn
         core = self.core
-        now = time.monotonic() if core.paced else None
+        now = time.monotonic() if self.buckets.bytes.rate else None
         return core.write_now(conn.usage, conn.send_buffered(), nbytes, now)
+
+    # (asyncio only: what went without a wait is charged after it (blocking: limit, first))
+    def charge_sent(self, nbytes: int) -> bool:
+        """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
+        client's bytes/s limit now, without waiting: the debt holds back the client's
+        next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
+        it."""
+        return self.core.charge_sent(nbytes, time.monotonic())
+
+    # (asyncio only: the debt charge_sent left is waited for at drain())
+    async def wait_limits(self) -> None:
+        """Wait while the client's rate limits are in debt (what :meth:`charge_sent` counted;
+        a :meth:`throttle` of nothing does not wait for it)."""
+        if not self.buckets.bytes.rate and not self.buckets.requests.rate:
+            return
+        await self._hold(self.core.debt(time.monotonic()), self.core.debt)
 
     async def pace(self, nbytes: int) -> int:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.pace`: how much of a read or write of
@@ -388,20 +400,6 @@ class PaidConnection:
         await self._hold(wait(time.monotonic()), wait)
         return size
 
-    def charge(self, nbytes: int) -> bool:
-        """Charge ``nbytes`` sent by a call that never waits (a write, datagrams) to the
-        client's bytes/s limit now, without waiting: the debt holds back the client's
-        next read or write, and :meth:`wait_limits` waits for it. Whether a limit took
-        it."""
-        return self.core.charge_sent(nbytes, time.monotonic())
-
-    async def wait_limits(self) -> None:
-        """Wait while the client's rate limits are in debt (what :meth:`charge` counted;
-        a :meth:`throttle` of nothing does not wait for it)."""
-        if not self.buckets.bytes.rate and not self.buckets.requests.rate:
-            return
-        await self._hold(self.core.debt(time.monotonic()), self.core.debt)
-
     async def _hold(self, delay: float, again: Callable[[float], float]) -> None:
         """Wait ``delay`` seconds, and then as long as ``again(now)`` says."""
         # as the blocking driver's _hold: the connection's end cuts the wait short (the
@@ -417,15 +415,46 @@ class PaidConnection:
                 return
             delay = again(time.monotonic())
 
+    # (asyncio only: a read or an accept cancelled after its charge puts back what it took)
+    def charged_already(self, datagram: bytes) -> bool:
+        """Whether ``datagram``, just read, is one a cancelled read put back, charged
+        already (forgotten now)."""
+        kept = self.charged_datagrams
+        for i, item in enumerate(kept):
+            if item is datagram:
+                del kept[i]
+                return True
+        return False
+
+    def put_back_datagram(self, data: bytes) -> None:
+        """``data``, read and charged to the rate limits by a read then cancelled, is
+        the next datagram to read again (charged already: not again), and a task
+        waiting for one is woken: it found the queue empty, and dtp.aio wakes it only
+        when the connection changes (which may be never: a client waiting for its
+        reply)."""
+        self.proto.session.datagrams.appendleft(data)
+        if len(data) > 1:
+            # (known by identity, and CPython shares its empty and one-byte bytes
+            # objects: those are charged again, three bytes at most)
+            self.charged_datagrams.append(data)
+        self.wake()
+
+    def put_back_stream(self, stream_id: int) -> None:
+        """Stream ``stream_id``, accepted and charged by an accept then cancelled, goes
+        back for the next accept (dropped, it would be lost, its client waiting on it
+        for good), charged already; a task waiting to accept one is woken (as
+        :meth:`put_back_datagram`)."""
+        self.proto.session.incoming_streams.appendleft(stream_id)
+        self.charged_streams.add(stream_id)
+        self.wake()
+
     def deny(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.deny`."""
-        close = self.core.denied()
-        self.close(close.code, close.reason)
+        self.abort(self.core.denied())
 
     def closed_on_ledger(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.closed_on_ledger`."""
-        close = self.core.closed_on_ledger()
-        self.close(close.code, close.reason)
+        self.abort(self.core.closed_on_ledger())
 
     @property
     def subscription(self) -> str | None:
@@ -434,8 +463,7 @@ class PaidConnection:
 
     def subscription_ended(self, why: str) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.subscription_ended`."""
-        close = self.core.subscription_ended(why)
-        self.close(close.code, close.reason)
+        self.abort(self.core.subscription_ended(why))
 
 
 def protocol_of(writer: DTPStreamWriter) -> _Protocol:
@@ -489,7 +517,7 @@ class PaidReader:
         paid = self._paid
         await paid.wait_paid()
         # the connection may have ended while paused: a read of 1 reports it
-        data = await self._reader.read(await paid.pace(paid.room(n) or 1))
+        data = await self._reader.read(await paid.pace(paid.room(n)))
         return await self._throttled(data)
 
     async def _throttled(self, data: bytes) -> bytes:
@@ -645,7 +673,7 @@ class PaidWriter:
     def _charged(self, nbytes: int) -> None:
         """``nbytes`` went out now: charged to the bytes/s limit, whose debt the next
         write, drain() and the close wait for."""
-        if self._paid.charge(nbytes):
+        if self._paid.charge_sent(nbytes):
             self._limits_charged = True
 
     async def _release(self) -> None:
@@ -659,12 +687,16 @@ class PaidWriter:
                 # client has one, each after the debt is paid (wait_send waits for
                 # payment only): the backlog keeps to the rate, not paid for by a wait
                 # after it went (tests/paid/test_rate_limit_asyncio_callback.py)
-                paced = await paid.pace(min(len(self._held) - start, paid.send_slice()))
-                n = await paid.wait_send(paced)
+                paced = await paid.pace(min(len(self._held) - start, SEND_SLICE))
+                await paid.wait_send()
+                n = paid.reserve(paced)
                 # the writer seals or copies what it is given before it returns, and the
                 # views are let go of before the next write() may grow _held
-                with memoryview(self._held) as held, held[start : start + n] as piece:
-                    writer.write(piece)
+                try:
+                    with memoryview(self._held) as held, held[start : start + n] as piece:
+                        writer.write(piece)
+                finally:
+                    paid.sent(n)
                 self._held_from = start + n
                 await paid.throttle(n)
                 await writer.drain()
@@ -775,11 +807,10 @@ class PaidWriter:
         proto = self._paid.proto
         if _first_stream(self._writer) and proto.hold_carrier:
             # The server holds its end of the carrier until it settled, which it does
-            # once the callback returned: the wrapped wait (for the carrier's end) waited
-            # for this very callback -- the canonical echo's close() + wait_closed() after
-            # the client's close stalled until the client gave up waiting for the
-            # settlement and half-closed on the ledger itself. Done once the session
-            # ended (and our own close, if any, did its part); the carrier follows.
+            # once the callback returned: the wrapped wait (for the carrier's end) would
+            # wait for this very callback, and an echo's close() + wait_closed() would
+            # hold until the client gave up on the settlement. So this waits for the
+            # session's end (and our own close's part, if any); the carrier follows.
             session = proto.session
             await proto.wait_for(lambda: session.terminated is not None)
             task = getattr(self._writer, "_close_task", None)
@@ -837,13 +868,13 @@ class PaidWriter:
         items = list(datagrams)
         sizes = datagram_sizes(items, self._writer.max_datagram_size)
         paid = self._paid
-        take = paid.datagrams_to_send(sizes)  # (after pause_timeout: PaymentRequired)
+        take = paid.datagrams_now(sizes)  # (after pause_timeout: PaymentRequired)
         if not take:
             return 0
         sent = self._writer.send_datagrams(items[:take])
         # charged now, not at drain(): a sender that never drains keeps to its bytes/s
         # limit too
-        if sent and paid.charge(sum(map(datagram_charge, sizes[:sent]))):
+        if sent and paid.charge_sent(sum(map(datagram_charge, sizes[:sent]))):
             self._limits_charged = True
         return sent
 

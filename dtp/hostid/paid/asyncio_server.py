@@ -488,23 +488,6 @@ class PaidAioServer:
         finally:
             self._done()
 
-    def _take_admitted(self, cid: str) -> Admitted | None:
-        """What admission read of ledger connection ``cid``, taken (None: read again)."""
-        return None if self.admission is None else self.admission.take_view(cid)
-
-    async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
-        """Close and settle the ledger connection of an admitted DTP connection the
-        server will not serve (``admitted``: what admission read of it, taken; no
-        receipt came on it: nothing is claimed), unless another DTP connection on it is
-        being served or settled (its settlement closes it)."""
-        key = self.core.reserve_unserved(cid)
-        if key is None:
-            return
-        try:
-            await self._settle(key, None, admitted)
-        finally:
-            self._serving.release(key)
-
     def _refused_at_limit(self, cid: str) -> None:
         """The DTPServer refused ``cid`` at one of the Host's connection limits (on the
         loop, in the step that ran the admission): a valid, funded connection nobody
@@ -522,6 +505,23 @@ class PaidAioServer:
             await self._settle_unserved(cid, admitted)
         finally:
             self._done()
+
+    def _take_admitted(self, cid: str) -> Admitted | None:
+        """What admission read of ledger connection ``cid``, taken (None: read again)."""
+        return None if self.admission is None else self.admission.take_view(cid)
+
+    async def _settle_unserved(self, cid: str, admitted: Admitted | None) -> None:
+        """Close and settle the ledger connection of an admitted DTP connection the
+        server will not serve (``admitted``: what admission read of it, taken; no
+        receipt came on it: nothing is claimed), unless another DTP connection on it is
+        being served or settled (its settlement closes it)."""
+        key = self.core.reserve_unserved(cid)
+        if key is None:
+            return
+        try:
+            await self._settle(key, None, admitted)
+        finally:
+            self._serving.release(key)
 
     def _done(self) -> None:
         """One _handle call, admission or settlement ended: the last one after close()
@@ -658,6 +658,10 @@ class PaidAioServer:
         if not attaching.cancelled() and attaching.exception() is None:
             self.store.detach_server()
 
+    async def serve_forever(self) -> None:
+        assert self.server is not None
+        await self.server.serve_forever()
+
     def close(self) -> None:
         """Stop accepting and refreshing. Open connections finish and settle; once the
         last has (at once when there are none), the receipt writer writes what it holds
@@ -777,10 +781,6 @@ class PaidAioServer:
                 return False
             await asyncio.sleep(_WRITER_POLL)
         return True
-
-    async def serve_forever(self) -> None:
-        assert self.server is not None
-        await self.server.serve_forever()
 
 
 async def serve(

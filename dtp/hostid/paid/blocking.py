@@ -110,6 +110,7 @@ class PaidConnection:
             while engine.session.receipts:
                 self.on_receipt(engine.session.receipts.popleft())
 
+    # (blocking only: the server reads the session's end here; asyncio's reads it off proto)
     @property
     def terminated(self) -> ConnectionTerminated | None:
         """How the connection's session ended (None: not yet)."""
@@ -206,6 +207,7 @@ class PaidConnection:
         while not self._look_at_gate(True, 0, sock, "socket", start):
             _timed_out(sock, start)
 
+    # (blocking only: wait_paid and wait_send share one look, the credit cached between looks)
     def _look_at_gate(
         self,
         writing: bool,
@@ -355,6 +357,7 @@ class PaidConnection:
         with self._cond:
             return self.credit.reserve(nbytes)
 
+    # (blocking only: a datagram send waits for credit (asyncio's drops: datagrams_now))
     def reserve_datagrams(self, sock: DTPSocket, sizes: list[int], start: int) -> tuple[int, int]:
         """Wait until the credit covers the datagram of ``sizes[start]`` bytes whole
         (a datagram cannot go in part: its bytes are metered as they go), pausing for a
@@ -427,6 +430,7 @@ class PaidConnection:
             self.credit.spent(nbytes)
         self.limit(nbytes, requests)
 
+    # (blocking only: throttle less the read credit's count: a send took its bytes already)
     def limit(self, nbytes: int = 0, requests: int = 0) -> None:
         """Charge the client's rate limits and wait as long as they say."""
         buckets = self.buckets

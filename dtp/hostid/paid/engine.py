@@ -149,16 +149,17 @@ class PausedCall:
 
 
 class RefillStep(enum.Enum):
-    """What a write does after a look at the gate that serves, on the driver's cached
-    credit (:meth:`PaidConnectionEngine.refill_send`; the blocking driver's: its
-    writers share the credit across threads)."""
+    """What a write does after a look at the gate that serves, on the driver's send
+    credit (:meth:`PaidConnectionEngine.refill_send`; the blocking driver's writers
+    share it across threads, asyncio's take it one at a time)."""
 
     GO = "go"
     """The send credit is set: the write takes from it (:meth:`Credit.reserve`)."""
     WRITES = "writes"
     """Writes of other threads under way hold the credit, nothing is queued: wait (a
     request interval at most) for one of them to end (:meth:`Credit.sent`), then look
-    again."""
+    again. (Blocking only: an asyncio write's bytes are in the usage or the queue as it
+    returns.)"""
     QUEUE = "queue"
     """Bytes queued beyond the client's flow-control window hold it: drive the I/O (a
     request interval at most) until fewer are queued -- they go as the client reads --,
@@ -166,8 +167,10 @@ class RefillStep(enum.Enum):
 
 
 class Credit:
-    """The credit a driver keeps between looks at the gate (the blocking driver's,
-    under its own lock: the connection's streams may be driven from several threads).
+    """The credit a driver keeps between looks at the gate: the blocking driver's reads
+    and writes, under its own lock (the connection's streams may be driven from several
+    threads); asyncio's held writes, which refill it at each look (its reads ask
+    :meth:`PaidConnectionEngine.read_room` at each call).
 
     ``read`` is what may still move before the gate is asked again: what it allowed at
     its last look (at most CREDIT_MAX), less every read and write since, each counted
@@ -415,25 +418,11 @@ class PaidConnectionEngine:
             return RefillStep.GO
         return RefillStep.QUEUE if queued else RefillStep.WRITES
 
-    def room(self, usage: Usage, nbytes: int) -> int:
-        """How much of a read of ``nbytes`` may go now on ``usage``: its
-        :meth:`read_room`, 0 when the gate does not serve (nothing moves then)."""
-        return self.read_room(usage, nbytes)[0] if self.gate.serving(*usage) else 0
-
-    def send_room(self, usage: Usage, queued: int, nbytes: int, *, ended: bool = False) -> int:
-        """How much of a write of ``nbytes`` may go now on ``usage`` and the ``queued``
-        bytes, nothing under way (one event loop: each write takes its room as it
-        goes): its :meth:`write_room`; 0 when the gate does not serve or the queued
-        bytes hold all of its credit (the writer waits for the client to read or pay),
-        but at least 1 once the connection ``ended`` (the write then reports how, as
-        :meth:`refill_send` lets it)."""
-        room = self.write_room(usage, queued, 0, nbytes) if self.gate.serving(*usage) else 0
-        return 1 if ended and not room else room
-
     def read_room(self, usage: Usage, nbytes: int) -> tuple[int, int]:
         """How much of a read of ``nbytes`` may go at one look on ``usage``: (that, the
-        credit it was judged on, :meth:`read_credit`); at least 1 byte, the gate serving
-        (the credit of 0 then says it does not)."""
+        credit it was judged on, :meth:`read_credit`); at least 1 byte (the gate serving,
+        or the read that reports how the connection ended; the credit of 0 then says the
+        gate does not serve)."""
         credit = self.read_credit(usage)
         return (nbytes if nbytes <= credit else max(1, credit)), credit
 
@@ -528,13 +517,13 @@ class PaidConnectionEngine:
             self.unpaid_datagrams_since = since = now
         return since
 
-    def datagram_send(
+    def datagrams_now(
         self, usage: Usage, queued: int, sizes: list[int], now: float | None
     ) -> tuple[int, bool]:
         """A datagram send that never waits (asyncio's) of datagrams of ``sizes``: how
         many of them go (the first ones), and whether the rest are dropped for want of
         payment (a pause: the driver takes its step from :meth:`datagrams_dropped`).
-        ``now`` is needed only under a bytes/s limit (:attr:`paced`; else None: an
+        ``now`` is needed only under a bytes/s limit (``buckets.bytes.rate``; else None: an
         unlimited sender reads no clock per send). None go while that limit is in debt,
         which is no pause (its debt is waited for by a drain, which a sender of
         datagrams alone need never call: sent, they went past the limit for good). A
@@ -543,7 +532,7 @@ class PaidConnectionEngine:
         refused (:class:`~dtp.errors.LocalProtocolError`): it would skip the limit."""
         if now is None:
             if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
-                raise _clock_needed("datagram_send")
+                raise _clock_needed("datagrams_now")
         elif self.in_debt(now):
             return 0, False
         take = self.datagram_room(usage, queued, sizes)
@@ -591,13 +580,6 @@ class PaidConnectionEngine:
     # (its token buckets, shared by its connections: the blocking driver calls these
     # under the limiter's lock; a driver checks ``buckets.*.rate`` itself first, so that
     # an unlimited client costs no call)
-
-    @property
-    def paced(self) -> bool:
-        """Whether the client has a bytes/s limit: only then do :meth:`write_now` and
-        :meth:`datagram_send` need ``now`` (an unlimited client's write or datagram send
-        costs no clock read: bench/compare.py paid_bulk)."""
-        return bool(self.buckets.bytes.rate)
 
     def charge(self, nbytes: int, requests: int, now: float) -> float:
         """Charge ``nbytes`` and ``requests`` to the rate limits at ``now``: the seconds
@@ -675,14 +657,16 @@ class PaidConnectionEngine:
         bucket has not refilled for a piece (:meth:`held_back`), else its
         :meth:`write_room`, one :meth:`write_slice` at most (so a large write keeps to
         the limit: tests/paid/test_rate_limit_asyncio_callback.py). ``now`` is needed
-        only under a bytes/s limit (:attr:`paced`; else None: no clock read per write);
+        only under a bytes/s limit (``buckets.bytes.rate``; else None: no clock read per write);
         None under one is refused (:class:`~dtp.errors.LocalProtocolError`)."""
         if now is None:
             if self.buckets.bytes.rate:  # (looked at only when the driver read no clock)
                 raise _clock_needed("write_now")
         elif self.held_back(nbytes, now):
             return 0
-        return min(self.send_room(usage, queued, nbytes), self.write_slice())
+        if not self.gate.serving(*usage):
+            return 0
+        return min(self.write_room(usage, queued, 0, nbytes), self.write_slice())
 
     def held_back(self, nbytes: int, now: float) -> bool:
         """Whether the bytes/s limit holds back a write of ``nbytes`` at ``now``: its
@@ -722,9 +706,8 @@ class PaidConnectionEngine:
 
 def _clock_needed(method: str) -> LocalProtocolError:
     """The error for a driver that called ``method`` with ``now`` None under a bytes/s
-    limit (:attr:`PaidConnectionEngine.paced`): without the time the limit would be
+    limit (``buckets.bytes.rate``): without the time the limit would be
     skipped, so nothing is decided."""
     return LocalProtocolError(
-        f"{method}: now is required while the client has a bytes/s limit (paced is True);"
-        " None would skip the limit"
+        f"{method}: now is required while the client has a bytes/s limit; None would skip the limit"
     )
