@@ -76,7 +76,7 @@ class Engine:
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._fd = sock.fileno()
         self._read_first_skip = 0  # reads to go before recv_lent tries one without waiting
-        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r, self._wake_w = sched.socketpair()
         self._wake_r.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
         self._wake_w.setblocking(False)

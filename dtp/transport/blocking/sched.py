@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue as _queue
 import select as _select
+import socket as _socket
 import threading as _threading
 import time as _time
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ NAMES = (
     "SimpleQueue",
     "connect_tcp",
     "listen_tcp",
+    "socketpair",
     "lending",
     "timers",
 )
@@ -51,8 +53,10 @@ class Scheduler(Protocol):
     """What a scheduler provides: the clock (``monotonic``, ``sleep``), the waits
     (``wait_ready``, ``poll``, and the ``Lock``, ``Condition``, ``Queue`` and
     ``SimpleQueue`` classes), the threads (``Thread``), the carriers (``connect_tcp``,
-    ``listen_tcp``, as :mod:`dtp.transport.carriers.tcp`'s), and ``lending``: whether an
-    engine may lend a stream to the lane (whose C code reads the system's clock)."""
+    ``listen_tcp``, as :mod:`dtp.transport.carriers.tcp`'s) and the wake-up pairs
+    (``socketpair``), the timer service engines register with (``timers``), and
+    ``lending``: whether an engine may lend a stream to the lane (whose C code reads the
+    system's clock)."""
 
     @property
     def monotonic(self) -> Any: ...
@@ -88,6 +92,9 @@ class Scheduler(Protocol):
     def listen_tcp(self) -> Any: ...
 
     @property
+    def socketpair(self) -> Any: ...
+
+    @property
     def lending(self) -> bool: ...
 
     @property
@@ -108,6 +115,7 @@ class _Real:
     SimpleQueue = _queue.SimpleQueue
     connect_tcp = staticmethod(_connect_tcp)
     listen_tcp = staticmethod(_listen_tcp)
+    socketpair = staticmethod(_socket.socketpair)
     lending = True
     timers: Any = None  # (the process's TimerService, set by its module)
 
@@ -125,6 +133,7 @@ Queue = _queue.Queue
 SimpleQueue = _queue.SimpleQueue
 connect_tcp = _connect_tcp
 listen_tcp = _listen_tcp
+socketpair = _socket.socketpair
 lending = True
 timers: Any = None
 

@@ -371,7 +371,7 @@ class DTPServer:
         # connections whose handshake may start but no thread could be started for: the
         # next thread free serves them (the accepting one is woken for it)
         self._orphans: deque[_Arrival] = deque()
-        self._orphan_wake, self._orphan_sender = _socket.socketpair()
+        self._orphan_wake, self._orphan_sender = sched.socketpair()
         self._orphan_wake.setblocking(False)
         self._orphan_sender.setblocking(False)
         # connection threads count at once: += on an attribute is a read and a write,
@@ -398,7 +398,7 @@ class DTPServer:
         # one thread reads the first records still coming and closes what waited too
         # long (for its first record, or in a line for a slot); made last, so that a
         # listener that failed leaves none of it behind
-        self._reader_wake, self._reader_waker = _socket.socketpair()
+        self._reader_wake, self._reader_waker = sched.socketpair()
         self._reader_wake.setblocking(False)
         self._reader_waker.setblocking(False)
         self._reader = sched.Thread(target=self._read_loop, name="dtp-admission", daemon=True)

@@ -129,6 +129,14 @@ class TimerService:
         self._thread.start()
         return False
 
+    def close(self) -> None:
+        """Close the wake pipe of a service whose thread has ended (a simulated run's:
+        dtp.testing.network.blocking); the process's own service is never closed."""
+        fds, self._wake_fds = self._wake_fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
+
     def watch(self, engine: TimedEngine) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
         key = id(engine)
