@@ -35,6 +35,7 @@ import contextlib
 import contextvars
 import errno
 import itertools
+import math
 import queue
 import random
 import select
@@ -50,6 +51,7 @@ from dtp.transport.carriers.tcp import connect_error
 from dtp.transport.poll import wait_ready as _real_wait_ready
 
 if TYPE_CHECKING:
+    from dtp.testing.network.loop import VirtualEventLoop
     from dtp.testing.network.network import SimHost, SimNetwork
     from dtp.testing.network.transports import SimServer
 
@@ -89,7 +91,7 @@ class BlockingScheduler:
 
     lending = False
 
-    def __init__(self, network: SimNetwork, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, network: SimNetwork, loop: VirtualEventLoop) -> None:
         from dtp.transport.blocking.timers import TimerService
 
         self.network = network
@@ -150,14 +152,19 @@ class BlockingScheduler:
         task.check = check
         self._waiting[task] = None
         if timeout is not None:
-            task.timer = self.loop.call_at(self.loop.time() + timeout, self._expire, task)
+            now = self.loop.time()
+            # (at least the next representable time: a wait for 1e-16 s must see the
+            # clock move, or a caller waiting for its timer would wait again for ever)
+            deadline = now + timeout if timeout <= 0 else max(now + timeout, _after(now))
+            task.timer = self.loop.call_at(deadline, self._expire, task, deadline)
         self._baton.release()
         task.gate.acquire()
         if task.ending:
             raise SimulationEnded
 
-    def _expire(self, task: _Task) -> None:
+    def _expire(self, task: _Task, deadline: float) -> None:
         task.timer = None
+        self.loop.reach(deadline)
         if task in self._waiting:
             del self._waiting[task]
             self._make_ready(task)
@@ -312,6 +319,10 @@ class BlockingScheduler:
         if task is None or host is None:
             return sched.REAL.listen_tcp(address, backlog)  # type: ignore[no-any-return]
         return _SimListener.open(self, task, host, int(address[1]), backlog)
+
+
+def _after(now: float) -> float:
+    return math.nextafter(now, math.inf)
 
 
 def _never() -> bool:
