@@ -38,6 +38,7 @@ import itertools
 import math
 import queue
 import random
+import re
 import select
 import socket
 import threading
@@ -212,7 +213,9 @@ class BlockingScheduler:
     # -- threads ------------------------------------------------------------------------------
 
     def _started(self, thread: threading.Thread) -> _Task:
-        task = _Task(next(self._serial), thread.name)
+        serial = next(self._serial)
+        # (a default name counts the process's threads: the run's own count, in traces)
+        task = _Task(serial, re.sub(r"^Thread-\d+", f"Thread-{serial}", thread.name))
         self._all.append(task)
         return task
 
