@@ -345,6 +345,7 @@ class _Bridge(asyncio.Protocol):
         self.inbox = bytearray()  # delivered, not yet taken by the program's end
         self.eof = False  # the peer's end came: passed on once the inbox is
         self.wrote_eof = False
+        self.read_eof = False  # the program's end shut its side
         scheduler._bridges.append(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -381,26 +382,24 @@ class _Bridge(asyncio.Protocol):
             self.wrote_eof = True
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-        while True:
+        while not self.read_eof:
             try:
                 data = sock.recv(_CHUNK)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 data = b""
             transport = self.transport
             if not data:
+                # the program's end is shut (or closed: a later send fails, and closes)
+                self.read_eof = True
                 if transport is not None and not transport.is_closing():
-                    transport.close()
-                if self.wrote_eof or transport is None:
-                    self.close()
-                else:
-                    self.sock = None
-                    self.scheduler._bridges.remove(self)
-                    sock.close()
-                return
+                    transport.write_eof()
+                break
             if transport is not None and not transport.is_closing():
                 transport.write(data)
+        if self.read_eof and (self.wrote_eof or self.transport is None):
+            self.close()
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
