@@ -110,12 +110,27 @@ class BlockingScheduler:
         # every socket made for the program: closed at the end if it left them open
         self._sockets: list[weakref.ref[socket.socket]] = []
         self.timers = TimerService()
-        self.Thread = _thread_class(self)
-        self.Lock = lambda: _Lock(self)
-        self.Condition = lambda lock=None: _Condition(self, lock)
-        self.Queue = lambda maxsize=0: _Queue(self)
-        self.SimpleQueue = lambda: _Queue(self)
-        self.poll = lambda: _Poll(self)
+        # (made by a thread not of the run -- the process's own, using DTP meanwhile --
+        # they are the operating system's, as outside a run)
+        sim_thread = self._sim_thread = _thread_class(self)
+
+        def of_run() -> bool:
+            return threading.get_ident() in self._tasks
+
+        self.Thread: Callable[..., Any] = lambda *a, **k: (
+            sim_thread if of_run() else threading.Thread
+        )(*a, **k)
+        self.Lock: Callable[..., Any] = lambda: _Lock(self) if of_run() else threading.Lock()
+        self.Condition: Callable[..., Any] = lambda lock=None: (
+            _Condition(self, lock) if of_run() else threading.Condition(lock)
+        )
+        self.Queue: Callable[..., Any] = lambda maxsize=0: (
+            _Queue(self) if of_run() else queue.Queue(maxsize)
+        )
+        self.SimpleQueue: Callable[..., Any] = lambda: (
+            _Queue(self) if of_run() else queue.SimpleQueue()
+        )
+        self.poll: Callable[..., Any] = lambda: _Poll(self) if of_run() else select.poll()
 
     # -- the clock --------------------------------------------------------------------------
 
@@ -232,7 +247,7 @@ class BlockingScheduler:
     def spawn(self, fn: Callable[..., Any], *args: Any, name: str = "main") -> _Task:
         """Start ``fn(*args)`` as a thread of the program (from the loop, in the
         current context: its host); its task's ``future`` is done when it ends."""
-        thread = self.Thread(target=fn, args=args, name=name, daemon=True)
+        thread = self._sim_thread(target=fn, args=args, name=name, daemon=True)
         thread.start()
         task: _Task = thread._sim_task  # type: ignore[attr-defined]
         task.future = self.loop.create_future()
@@ -285,6 +300,8 @@ class BlockingScheduler:
 
     def socketpair(self) -> tuple[socket.socket, socket.socket]:
         a, b = socket.socketpair()
+        if threading.get_ident() not in self._tasks:
+            return a, b
         return self._made(a), self._made(b)
 
     # -- carriers -----------------------------------------------------------------------------
