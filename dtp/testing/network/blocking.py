@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dtp.transport.blocking import sched
 from dtp.transport.carriers.tcp import connect_error
@@ -53,7 +53,6 @@ from dtp.transport.poll import wait_ready as _real_wait_ready
 
 if TYPE_CHECKING:
     from dtp.testing.network.loop import VirtualEventLoop
-    from dtp.testing.network.network import SimHost, SimNetwork
     from dtp.testing.network.transports import SimServer
 
 __all__ = ["BlockingScheduler", "SimulationEnded"]
@@ -62,6 +61,36 @@ T = TypeVar("T")
 S = TypeVar("S", bound=socket.socket)
 
 _CHUNK = 1 << 16
+
+
+class _Host(Protocol):
+    @property
+    def ip(self) -> str: ...
+
+
+class _Network(Protocol):
+    """What the scheduler asks of its network (:class:`~dtp.testing.network.SimNetwork`,
+    which imports this module to run blocking code)."""
+
+    seed: int
+
+    def knows(self, name: object) -> bool: ...
+
+    def resolve(self, name: str) -> Any: ...
+
+    def current_host(self) -> Any: ...
+
+    def host_to_listen_on(self, host: object) -> Any: ...
+
+    async def connect(
+        self, host: str, port: int, protocol_factory: Callable[[], asyncio.BaseProtocol]
+    ) -> tuple[Any, asyncio.BaseProtocol]: ...
+
+    async def listen(
+        self, host: Any, port: int, protocol_factory: Callable[[], asyncio.BaseProtocol]
+    ) -> SimServer: ...
+
+    def _note(self, what: str) -> None: ...
 
 
 class SimulationEnded(BaseException):
@@ -92,7 +121,7 @@ class BlockingScheduler:
 
     lending = False
 
-    def __init__(self, network: SimNetwork, loop: VirtualEventLoop) -> None:
+    def __init__(self, network: _Network, loop: VirtualEventLoop) -> None:
         from dtp.transport.blocking.timers import TimerService
 
         self.network = network
@@ -472,7 +501,7 @@ class _SimListener(socket.socket):
 
     @classmethod
     def open(
-        cls, scheduler: BlockingScheduler, task: _Task, host: SimHost, port: int, backlog: int
+        cls, scheduler: BlockingScheduler, task: _Task, host: _Host, port: int, backlog: int
     ) -> _SimListener:
         listener = cls(socket.AF_UNIX, socket.SOCK_STREAM)
         path = f"\0dtp-sim-{id(scheduler):x}-{next(_LISTENERS)}"
