@@ -143,3 +143,47 @@ def test_threads_that_wait_for_each_other_are_a_deadlock() -> None:
     with pytest.raises(SimulationDeadlock, match="main"):
         net.run_blocking(main, host="a")
     assert sched.installed() is sched.REAL
+
+
+def race(seed: int) -> tuple[list[bytes], list[str]]:
+    """Two client threads connect to one server at the same virtual moment, on perfect
+    links: the order the server hears them in is the threads' turns' (the seed's)."""
+    net = SimNetwork(seed=seed, trace=True)
+    net.add_hosts("a", "b", "server")
+
+    def client(name: bytes) -> None:
+        with dtp.socket.create_connection(
+            ("server", 7000), server_key=SERVER_KEY.noise_public
+        ) as sock:
+            sock.sendall(name)
+            sock.recv(1)
+
+    def main() -> list[bytes]:
+        heard = []
+        with dtp.socket.create_server(("server", 7000), identity=SERVER_KEY) as srv:
+            threads = []
+            for host in ("a", "b"):
+                with net.host(host):
+                    threads.append(sched.Thread(target=client, args=(host.encode(),)))
+            for thread in threads:
+                thread.start()
+            for _ in threads:
+                sock, _ = srv.accept()
+                with sock:
+                    heard.append(sock.recv(10))
+                    sock.sendall(b"k")
+            for thread in threads:
+                thread.join()
+        return heard
+
+    return net.run_blocking(main, host="server"), net.events
+
+
+def test_the_seed_orders_the_threads_turns() -> None:
+    orders = {}
+    for seed in range(8):
+        heard, trace = race(seed)
+        assert sorted(heard) == [b"a", b"b"]
+        assert race(seed) == (heard, trace)
+        orders[seed] = heard
+    assert len({tuple(heard) for heard in orders.values()}) == 2  # both orders, by seed
