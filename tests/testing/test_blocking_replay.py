@@ -187,3 +187,45 @@ def test_the_seed_orders_the_threads_turns() -> None:
         assert race(seed) == (heard, trace)
         orders[seed] = heard
     assert len({tuple(heard) for heard in orders.values()}) == 2  # both orders, by seed
+
+
+def test_a_partition_holds_a_blocking_exchange_until_it_heals() -> None:
+    net = SimNetwork(seed=1)
+    net.add_hosts("client", "server")
+    net.link("client", "server", Link(delay=0.02, datagrams=True))
+
+    def serve(srv: dtp.socket.DTPServer) -> None:
+        sock, _ = srv.accept()
+        with sock:
+            while data := sock.recv(100):
+                sock.sendall(data.upper())
+
+    def main() -> tuple[list[bytes], float]:
+        with net.host("server"):
+            srv = dtp.socket.create_server(
+                ("server", 7000), identity=SERVER_KEY, config=lossy(SERVER_KEY, server=True)
+            )
+            server = sched.Thread(target=serve, args=(srv,), name="serve")
+            server.start()
+        got = []
+        with (
+            srv,
+            dtp.socket.create_connection(
+                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+            ) as sock,
+        ):
+            sock.sendall(b"one")
+            got.append(sock.recv(100))
+            net.partition({"client"}, {"server"})  # (the program changes the network)
+            net.after(5.0, net.heal)
+            start = sched.monotonic()
+            sock.sendall(b"two")
+            got.append(sock.recv(100))  # (the records lost meanwhile are sent again)
+            waited = sched.monotonic() - start
+        server.join()
+        return got, waited
+
+    got, waited = net.run_blocking(main, host="client")
+    assert got == [b"ONE", b"TWO"]
+    assert waited > 5.0  # virtual seconds: the answer came after the heal
+    assert net.stats.chunks_lost > 0
