@@ -4,6 +4,7 @@ with its threads and the blocking engine's, over a lossy, reordering datagram li
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -14,7 +15,14 @@ from hypothesis import strategies as st
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.testing.identities import identity
-from dtp.testing.network import Link, NetworkStats, SimNetwork, SimulationDeadlock, lossy
+from dtp.testing.network import (
+    Link,
+    NetworkStats,
+    SimNetwork,
+    SimulationDeadlock,
+    SimulationEnded,
+    lossy,
+)
 from dtp.transport.blocking import sched
 from dtp.transport.poll import wait_ready
 
@@ -229,3 +237,26 @@ def test_a_partition_holds_a_blocking_exchange_until_it_heals() -> None:
     assert got == [b"ONE", b"TWO"]
     assert waited > 5.0  # virtual seconds: the answer came after the heal
     assert net.stats.chunks_lost > 0
+
+
+def test_threads_left_waiting_are_ended_with_the_run() -> None:
+    net = SimNetwork(seed=1)
+    net.add_hosts("a")
+    ended: list[str] = []
+
+    def wait_for_ever(jobs: queue.SimpleQueue[None]) -> None:
+        try:
+            jobs.get()
+        except SimulationEnded:
+            ended.append("ended")
+            raise
+
+    def main() -> str:
+        jobs = sched.SimpleQueue()
+        sched.Thread(target=wait_for_ever, args=(jobs,), name="worker").start()
+        sched.sleep(1.0)
+        return "done"
+
+    assert net.run_blocking(main, host="a", settle=10.0) == "done"
+    assert ended == ["ended"]
+    assert sched.installed() is sched.REAL

@@ -133,6 +133,7 @@ class BlockingScheduler:
         self._waiting: dict[_Task, None] = {}  # in the order they began to wait
         self._ready: list[_Task] = []
         self._dispatching = False
+        self._ended = False  # (end() ran: no thread gets a turn any more)
         self._baton = threading.Semaphore(0)  # the loop's turn
         self._bridges: list[_Bridge] = []
         self._listeners: list[_SimListener] = []
@@ -219,6 +220,8 @@ class BlockingScheduler:
             task.timer.cancel()
             task.timer = None
         task.check = None
+        if self._ended:
+            return
         self._ready.append(task)
         if not self._dispatching:
             self._dispatching = True
@@ -228,7 +231,7 @@ class BlockingScheduler:
         """Give the turn to one thread whose wait is over (the seed picks which), then
         move what it wrote and see whose waits that ended."""
         self._dispatching = False
-        if not self._ready:
+        if not self._ready or self._ended:
             return
         task = self._ready.pop(self._rng.randrange(len(self._ready)))
         self.network._note(f"thread {task.name} runs")
@@ -303,6 +306,8 @@ class BlockingScheduler:
     def end(self) -> None:
         """End every thread still waiting (SimulationEnded raised in it), in the order
         they started, and close the carriers left."""
+        self._ended = True
+        self._ready.clear()
         for task in self._all:
             if task.done:
                 continue
