@@ -260,3 +260,21 @@ def test_threads_left_waiting_are_ended_with_the_run() -> None:
     assert net.run_blocking(main, host="a", settle=10.0) == "done"
     assert ended == ["ended"]
     assert sched.installed() is sched.REAL
+
+
+def test_a_thread_that_keeps_its_turn_fails_the_run() -> None:
+    net = SimNetwork(seed=1)
+    net.add_hosts("a")
+    release = threading.Event()
+
+    def main() -> None:
+        release.wait(30)  # a wait of its own: no other thread may run meanwhile
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="the thread main kept its turn"):
+            net.run_blocking(main, host="a", turn_limit=0.5)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 20  # (generous: the limit is half a second)
+    assert sched.installed() is sched.REAL

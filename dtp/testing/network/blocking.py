@@ -121,7 +121,9 @@ class BlockingScheduler:
 
     lending = False
 
-    def __init__(self, network: _Network, loop: VirtualEventLoop) -> None:
+    def __init__(
+        self, network: _Network, loop: VirtualEventLoop, *, turn_limit: float = 60.0
+    ) -> None:
         from dtp.transport.blocking.timers import TimerService
 
         self.network = network
@@ -134,6 +136,11 @@ class BlockingScheduler:
         self._ready: list[_Task] = []
         self._dispatching = False
         self._ended = False  # (end() ran: no thread gets a turn any more)
+        #: Real seconds a thread may take over its turn before the run fails (a wait of
+        #: its own, outside the scheduler, holds every other thread up).
+        self.turn_limit = turn_limit
+        #: Why the run failed (a thread kept its turn), once it has.
+        self.failure: BaseException | None = None
         self._baton = threading.Semaphore(0)  # the loop's turn
         self._bridges: list[_Bridge] = []
         self._listeners: list[_SimListener] = []
@@ -236,7 +243,15 @@ class BlockingScheduler:
         task = self._ready.pop(self._rng.randrange(len(self._ready)))
         self.network._note(f"thread {task.name} runs")
         task.gate.release()
-        self._baton.acquire()
+        if not self._baton.acquire(timeout=self.turn_limit):
+            self.failure = RuntimeError(
+                f"the thread {task.name} kept its turn for {self.turn_limit} s of real time: "
+                "a wait of its own, outside dtp.transport.blocking.sched (threading's "
+                "Thread or Event, time.sleep, a real socket), holds the simulation up"
+            )
+            self._ended = True
+            self.loop.stop()
+            return
         self.step()
         if self._ready and not self._dispatching:
             self._dispatching = True
@@ -271,8 +286,9 @@ class BlockingScheduler:
 
     def _finished(self, task: _Task) -> None:
         task.done = True
-        if task.future is not None and not task.future.done():
-            task.future.set_result(None)
+        future = task.future
+        if future is not None and not future.done() and not self.loop.is_closed():
+            future.set_result(None)
         self._tasks.pop(threading.get_ident(), None)
         self._baton.release()
 
@@ -316,7 +332,10 @@ class BlockingScheduler:
             if task.timer is not None:
                 task.timer.cancel()
             task.gate.release()
-            self._baton.acquire()
+            if self.failure is not None:
+                self._baton.acquire(timeout=1.0)  # (the thread holding the turn may not)
+            else:
+                self._baton.acquire()
         for bridge in list(self._bridges):
             bridge.close()
         for listener in list(self._listeners):

@@ -328,6 +328,7 @@ class SimNetwork:
         host: str | None = None,
         limit: float = 3600.0,
         settle: float = 60.0,
+        turn_limit: float = 60.0,
     ) -> T:
         """Run the blocking function ``main(*args)`` to its end on a new
         :class:`VirtualEventLoop` of this network, with every thread it starts, the
@@ -342,13 +343,16 @@ class SimNetwork:
         Once ``main`` has returned, the threads it left (closes lingering, a server's
         workers going idle) run on for up to ``settle`` seconds of virtual time;
         :class:`~dtp.testing.network.blocking.SimulationEnded` is raised in those
-        still waiting then, and the carriers left are closed."""
+        still waiting then, and the carriers left are closed. A thread that keeps its
+        turn for ``turn_limit`` real seconds -- waiting on something of its own, which
+        no other thread can bring while it holds the turn -- fails the run
+        (RuntimeError)."""
         from dtp.testing.network.blocking import BlockingScheduler
         from dtp.testing.network.loop import SimulationDeadlock, VirtualEventLoop
         from dtp.transport.blocking import sched
 
         loop = VirtualEventLoop(self)
-        scheduler = BlockingScheduler(self, loop)
+        scheduler = BlockingScheduler(self, loop, turn_limit=turn_limit)
         context = contextvars.copy_context()
         if host is not None:
             context.run(_CURRENT.set, self.resolve(host))
@@ -373,7 +377,16 @@ class SimNetwork:
                     f"the blocking program still runs after {limit} s of virtual time "
                     f"(its threads: {waiting})"
                 ) from None
-            loop.run_until_complete(_settle(loop, scheduler, settle))
+            except RuntimeError:  # (the loop stopped: a thread kept its turn)
+                if scheduler.failure is None:
+                    raise
+                raise scheduler.failure from None
+            try:
+                loop.run_until_complete(_settle(loop, scheduler, settle))
+            except RuntimeError:
+                if scheduler.failure is None:
+                    raise
+                raise scheduler.failure from None
         finally:
             try:
                 scheduler.end()
