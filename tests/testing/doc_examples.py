@@ -37,6 +37,7 @@ PASSING = (
     "test_ledger_history.py",
     "test_my_service_machine.py",
     "test_on_sui.py",
+    "test_blocking_echo.py",
     "test_paid_jsonrpc.py",
     "test_notes_converge.py",
 )

@@ -21,8 +21,7 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking import engine, timers
-from dtp.transport.blocking import socket as blocking_socket
+from dtp.transport.blocking import sched, timers
 from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()
@@ -84,9 +83,8 @@ def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service = timers.TimerService()
-    # (the engine and the socket each look it up in their own module)
-    monkeypatch.setattr(engine, "TIMERS", service)
-    monkeypatch.setattr(blocking_socket, "TIMERS", service)
+    # (an engine takes the scheduler's timer service as it is made, for its socket too)
+    monkeypatch.setattr(sched, "timers", service)
     sock = dtp.socket.create_connection(
         server.address, timeout=10, server_key=SERVER_ID.noise_public
     )

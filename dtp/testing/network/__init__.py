@@ -5,13 +5,15 @@ partitions (:class:`Link`, :class:`SimNetwork`), driven by a virtual clock
 (:class:`VirtualEventLoop`) and a seed, so that a failing property replays exactly.
 The asyncio API (``dtp.aio``, and asyncio's own streams) runs on it unchanged: a
 connect or a server on one of its hosts reaches it instead of the operating system.
+So does the blocking API (``dtp.socket``), under :meth:`SimNetwork.run_blocking`, whose
+:class:`~dtp.testing.network.blocking.BlockingScheduler` runs every thread of the
+program in turn on the virtual clock: its runs replay exactly too.
 
-Blocking code (``dtp.socket``, processes, daemons) runs on the same links in real time
-through :class:`~dtp.testing.network.relay.Relay`: real sockets on 127.0.0.1 whose
-bytes cross the simulated links. Its draws come from the seed too, but a blocking
-program's threads, its clock reads and the operating system's timing are not the
-simulation's to fix, so a run there does not replay exactly (docs/testing.md says what
-the blocking engine lacks for that).
+Processes (daemons, a Sui node stand-in) and blocking code in real threads reach the
+same links in real time through :class:`~dtp.testing.network.relay.Relay`: real
+sockets on 127.0.0.1 whose bytes cross the simulated links. Its draws come from the
+seed too, but the operating system's timing is not the simulation's to fix, so a run
+there does not replay exactly (docs/testing.md §3).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
+from dtp.testing.network.blocking import BlockingScheduler, SimulationEnded
 from dtp.testing.network.links import Link
 from dtp.testing.network.loop import SimulationDeadlock, VirtualEventLoop
 from dtp.testing.network.network import NetworkStats, SimHost, SimNetwork, SimulationError
@@ -27,6 +30,7 @@ from dtp.testing.network.relay import Relay
 from dtp.testing.network.transports import SimServer, SimTransport
 
 __all__ = [
+    "BlockingScheduler",
     "Link",
     "NetworkStats",
     "Relay",
@@ -35,6 +39,7 @@ __all__ = [
     "SimServer",
     "SimTransport",
     "SimulationDeadlock",
+    "SimulationEnded",
     "SimulationError",
     "VirtualEventLoop",
     "lossy",

@@ -321,6 +321,83 @@ class SimNetwork:
         with asyncio.Runner(loop_factory=lambda: VirtualEventLoop(self, threads=threads)) as runner:
             return runner.run(main, context=context)
 
+    def run_blocking(
+        self,
+        main: Callable[..., T],
+        *args: Any,
+        host: str | None = None,
+        limit: float = 3600.0,
+        settle: float = 60.0,
+        turn_limit: float = 60.0,
+    ) -> T:
+        """Run the blocking function ``main(*args)`` to its end on a new
+        :class:`VirtualEventLoop` of this network, with every thread it starts, the
+        blocking transport's included, scheduled by the simulation one at a time on the
+        virtual clock (:mod:`dtp.testing.network.blocking`), so that it replays exactly
+        from the seed; on ``host`` when given (a thread runs on the host it was started
+        on). Returns what ``main`` returns, or raises what it raised;
+        :class:`SimulationDeadlock` when every thread waits for what will not come,
+        ``TimeoutError`` when ``main`` is still running after ``limit`` seconds of
+        virtual time (a server that polls keeps the clock going for ever).
+
+        Once ``main`` has returned, the threads it left (closes lingering, a server's
+        workers going idle) run on for up to ``settle`` seconds of virtual time;
+        :class:`~dtp.testing.network.blocking.SimulationEnded` is raised in those
+        still waiting then, and the carriers left are closed. A thread that keeps its
+        turn for ``turn_limit`` real seconds -- waiting on something of its own, which
+        no other thread can bring while it holds the turn -- fails the run
+        (RuntimeError)."""
+        from dtp.testing.network.blocking import BlockingScheduler
+        from dtp.testing.network.loop import SimulationDeadlock, VirtualEventLoop
+        from dtp.transport.blocking import sched
+
+        loop = VirtualEventLoop(self)
+        scheduler = BlockingScheduler(self, loop, turn_limit=turn_limit)
+        context = contextvars.copy_context()
+        if host is not None:
+            context.run(_CURRENT.set, self.resolve(host))
+        previous = sched.install(scheduler)
+        try:
+            task = context.run(scheduler.spawn, main, *args)
+            assert task.future is not None
+            try:
+                loop.run_until_complete(asyncio.wait_for(asyncio.shield(task.future), limit))
+            except SimulationDeadlock as exc:
+                waiting = ", ".join(scheduler.alive())
+                raise SimulationDeadlock(f"{exc} (the program's threads: {waiting})") from None
+            except TimeoutError:
+                waiting = ", ".join(scheduler.alive())
+                if scheduler.stuck():
+                    raise SimulationDeadlock(
+                        f"at virtual time {loop.time():.6f} s every thread of the program "
+                        f"waits, without a timeout, for what has not come in {limit} s "
+                        f"(its threads: {waiting})"
+                    ) from None
+                raise TimeoutError(
+                    f"the blocking program still runs after {limit} s of virtual time "
+                    f"(its threads: {waiting})"
+                ) from None
+            except RuntimeError:  # (the loop stopped: a thread kept its turn)
+                if scheduler.failure is None:
+                    raise
+                raise scheduler.failure from None
+            try:
+                loop.run_until_complete(_settle(loop, scheduler, settle))
+            except RuntimeError:
+                if scheduler.failure is None:
+                    raise
+                raise scheduler.failure from None
+        finally:
+            try:
+                scheduler.end()
+            finally:
+                sched.install(previous)
+                _close_loop(loop)
+        if task.error is not None:
+            raise task.error
+        result: T = task.result
+        return result
+
     # -- connecting and listening ------------------------------------------------------------
 
     def current_host(self) -> SimHost:
@@ -460,3 +537,24 @@ class SimNetwork:
         if host is not None:
             return list(self._live.ends.get(self.resolve(host).name, {}))
         return [e for ends in self._live.ends.values() for e in ends]
+
+
+async def _settle(loop: asyncio.AbstractEventLoop, scheduler: Any, limit: float) -> None:
+    """Let the threads a blocking program left end (the timer service's aside, which
+    never does), for up to ``limit`` seconds of virtual time."""
+    end = loop.time() + limit
+    while loop.time() < end and [n for n in scheduler.alive() if n != "dtp-timers"]:
+        await asyncio.sleep(0.05)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on ``loop`` and close it, as :class:`asyncio.Runner` does."""
+    try:
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()

@@ -24,7 +24,9 @@ real address, hand the other side the relay's.
 
 The link model's draws come from the network's seed, but when a write happens and how
 the operating system splits it are the program's and the kernel's: runs on the relay do
-not replay exactly. Only the asyncio API on a :class:`VirtualEventLoop` does.
+not replay exactly. The asyncio API on a :class:`VirtualEventLoop` does, and so does
+blocking code under :meth:`SimNetwork.run_blocking
+<dtp.testing.network.SimNetwork.run_blocking>`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import socket as _socket
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +20,10 @@ from dtp.identity.ahead import (
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_auth_proof, prepare_handshake, static_secret_kept
 from dtp.protocol.connection import CloseCode, Connection, ConnectionConfig, direct_client_config
+from dtp.transport.blocking import sched
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.socket import DTPSocket
-from dtp.transport.carriers.tcp import connect_tcp, endpoint_text
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import endpoint_text
 from dtp.transport.session import (
     Session,
     bounded_by_caller,
@@ -102,7 +101,7 @@ def create_websocket_connection(
     cfg, anonymous = direct_client_config(
         config, identity, server_key, expected_server_key, take_anonymous_identity
     )
-    start = time.monotonic()
+    start = sched.monotonic()
     upgrade_bound = bounded_by_caller(cfg, timeout).handshake_timeout
     if timeout is not None:
         upgrade_bound = min(upgrade_bound, timeout)
@@ -115,7 +114,7 @@ def create_websocket_connection(
         if error is exc:
             raise
         raise error from exc
-    remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+    remaining = None if timeout is None else max(0.0, timeout - (sched.monotonic() - start))
     try:
         sock = connect((wsuri.host, wsuri.port), remaining, cfg, url, carrier, anonymous=anonymous)
     except DTPTimeoutError:
@@ -146,11 +145,13 @@ def connect(
     the caller starts the engine's timers (``Engine.start_timer``) once it has set the
     engine up (a metered client's payment: its passes come more often).
     ``socket_class``: the socket made (a connection by host ID's: ``HostSocket``)."""
-    start = time.monotonic()
+    start = sched.monotonic()
     cfg = bounded_by_caller(cfg, timeout)
-    tcp = connect_tcp(address, timeout) if carrier is None else carrier
+    tcp = sched.connect_tcp(address, timeout) if carrier is None else carrier
     try:
-        session = Session(cfg)  # (starts the handshake: a bad server key fails here)
+        session = Session(
+            cfg, now=sched.monotonic()
+        )  # (starts the handshake: a bad server key fails here)
         engine = Engine(tcp, session, name=name or f"client-{address[0]}:{address[1]}")
     except BaseException:
         tcp.close()
@@ -176,7 +177,7 @@ def connect(
             if while_waiting is not None:
                 while_waiting(engine.conn)
             keys.make(engine.sock)
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            remaining = None if timeout is None else max(0.0, timeout - (sched.monotonic() - start))
             engine.pump(
                 lambda: session.conn.handshake_hash is not None or session.terminated is not None,
                 remaining,
@@ -189,7 +190,7 @@ def connect(
                     # (the rest of them while the verdict comes: an IK server answers
                     # before its hooks decide)
                     keys.make(engine.sock)
-                remaining = None if timeout is None else timeout - (time.monotonic() - start)
+                remaining = None if timeout is None else timeout - (sched.monotonic() - start)
                 engine.pump(
                     lambda: session.accepted or session.terminated is not None,
                     None if remaining is None else max(0.0, remaining),
@@ -288,6 +289,6 @@ class NextConnectKeys:
 def has_input(carrier: _socket.socket) -> bool:
     """Whether ``carrier`` has bytes to read now (a look, no wait)."""
     try:
-        return bool(wait_ready([carrier], [], 0)[0])
+        return bool(sched.wait_ready([carrier], [], 0)[0])
     except (OSError, ValueError):  # closed meanwhile: the pump says how
         return True

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket as _socket
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,9 +16,7 @@ from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, DTPTimeoutError, Paymen
 from dtp.native.types import DUE, EOF, FULL, NEED_MORE, OK, WAIT, WAKE
 from dtp.protocol.connection import DATAGRAM_SEND_BACKLOG, CloseCode
 from dtp.protocol.state import SendState
-from dtp.transport.blocking import LINGER
-from dtp.transport.blocking.timers import TIMERS
-from dtp.transport.poll import wait_ready
+from dtp.transport.blocking import LINGER, sched, timers  # noqa: F401 (timers: sched.timers)
 from dtp.transport.session import CARRIER_DRAIN, FIRST_RECV_CHUNK, RECV_CHUNK, UNSENT, Session
 
 if TYPE_CHECKING:
@@ -63,8 +59,12 @@ class Engine:
         self.conn = session.conn
         self.name = name
         session.name = name  # (its logs name the connection)
-        self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        # its locks, its timer service and its lending: the scheduler's (sched), the
+        # operating system's unless a simulation installed its own
+        self.timers = sched.timers
+        self.lending = sched.lending
+        self.lock = sched.Lock()
+        self.cond = sched.Condition(self.lock)
         self.pumping = False
         self.out: list[memoryview] = []
         self.carrier_closed = False
@@ -76,7 +76,7 @@ class Engine:
         self._recv_scratch: memoryview | None = None  # recv()'s buffer, made on first use
         self._fd = sock.fileno()
         self._read_first_skip = 0  # reads to go before recv_lent tries one without waiting
-        self._wake_r, self._wake_w = _socket.socketpair()
+        self._wake_r, self._wake_w = sched.socketpair()
         self._wake_r.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
         self._wake_w.setblocking(False)
@@ -144,7 +144,7 @@ class Engine:
 
     def flush(self) -> None:
         """Collect the connection's output and write what fits; lock held."""
-        now = time.monotonic()
+        now = sched.monotonic()
         if self.hook is not None:
             self.hook.on_output(now)
         data = self.conn.data_to_send(now)
@@ -205,7 +205,7 @@ class Engine:
         with self.lock:
             queued = not self.closed and self.queued_output()
         if queued:
-            TIMERS.watch(self)
+            self.timers.watch(self)
 
     def tick_meter(self) -> None:
         """A connection with a hook after a send (lock held): let the hook act when it
@@ -214,7 +214,7 @@ class Engine:
         back on every send."""
         hook = self.hook
         assert hook is not None
-        now = time.monotonic()
+        now = sched.monotonic()
         # (the usage, datagrams included: the lane's counts alone would miss those)
         if self.conn.usage[0] < hook.quiet_bytes and now < hook.quiet_until:
             return
@@ -243,7 +243,7 @@ class Engine:
                 self._carrier_failed(None)
                 return True
             got = True
-            self.conn.receive_data(view[:n], time.monotonic())
+            self.conn.receive_data(view[:n], sched.monotonic())
             if n < len(buf):
                 return True
             if len(buf) < RECV_CHUNK:
@@ -276,7 +276,7 @@ class Engine:
         view = self._rview
         if n == len(view) and n < RECV_CHUNK:
             self._grow_rbuf()  # the next read may take more (this one is still in view)
-        taken, attention = self.conn.take_fast(view[:n], stream_id, dst, time.monotonic())
+        taken, attention = self.conn.take_fast(view[:n], stream_id, dst, sched.monotonic())
         if attention:
             self._after_io()
             if self.pumping:
@@ -303,11 +303,11 @@ class Engine:
         conn = self.conn
         if conn.lent_stream_id == stream_id:
             return conn.lent_lane
-        if self.carrier_closed or self.closed:
-            return None
+        if self.carrier_closed or self.closed or not self.lending:
+            return None  # (not lending: a simulation's clock, which the lane's C code cannot read)
         # the lane takes the stream's bytes only while nothing is buffered for it (the
         # buffer's bytes come first), so a lent stream that may receive has none
-        return conn.lend(stream_id, time.monotonic(), not self.session.readable(stream_id))
+        return conn.lend(stream_id, sched.monotonic(), not self.session.readable(stream_id))
 
     def recv_lent(self, stream_id: int, dst: Any, timeout: float | None) -> int:
         """Wait for the carrier and read it (lock held), with ``stream_id``'s next bytes
@@ -351,7 +351,7 @@ class Engine:
             status = lane.status
             if status == WAIT:
                 self._read_first_skip = READ_FIRST_SKIP
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else sched.monotonic() + timeout
         return self._recv_lent_wait(lane, stream_id, dst, deadline, status)
 
     def _recv_lent_wait(
@@ -372,7 +372,7 @@ class Engine:
                 until = conn.lent_timer
                 if deadline is not None and (until is None or deadline < until):
                     until = deadline
-                ms = -1 if until is None else max(0, int((until - time.monotonic()) * 1000) + 1)
+                ms = -1 if until is None else max(0, int((until - sched.monotonic()) * 1000) + 1)
                 # the lock is released for the wait only; meanwhile other threads leave
                 # the carrier to us (pumping) but may end the loan: the read then takes
                 # nothing
@@ -391,7 +391,7 @@ class Engine:
                 status = lane.status
                 if status in _WAITED:
                     # the wait timed out, was interrupted, or brought part of a record
-                    now = time.monotonic()
+                    now = sched.monotonic()
                     if deadline is not None and now >= deadline:
                         raise DTPTimeoutError("timed out")
                     if until is not None and now >= until:
@@ -411,7 +411,7 @@ class Engine:
                     # the general path reads and not call again for a long time
                     self._send_some()
                     if self.out:
-                        TIMERS.watch(self)
+                        self.timers.watch(self)
                 return 0
             if status == EOF:
                 self._carrier_failed(None)
@@ -424,10 +424,10 @@ class Engine:
                 # all taken, but credit is owed: the connection sends it (what the lane
                 # keeps pending of a record goes to the connection, and comes back
                 # with the next loan)
-                conn.take_back(time.monotonic())
+                conn.take_back(sched.monotonic())
             else:
                 spill = lane.flow_spill() if status == FULL and rx.spill_len else b""
-                conn.take_back(time.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
+                conn.take_back(sched.monotonic(), spill, lane.rview[rx.consumed : lane.io.end])
             self._after_io()
             return taken
 
@@ -482,7 +482,7 @@ class Engine:
         """Wait (lock held on entry and exit) until the carrier may have bytes to read,
         a timer is due or another thread changed something; the caller reads.
         Raises DTPTimeoutError once ``deadline`` has passed."""
-        now = time.monotonic()
+        now = sched.monotonic()
         if deadline is not None and now >= deadline:
             raise DTPTimeoutError("timed out")
         if self.pumping:
@@ -499,11 +499,11 @@ class Engine:
 
         Raises DTPTimeoutError when ``timeout`` (seconds) passes first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else sched.monotonic() + timeout
         while not ready():
             if self.carrier_closed and not self.out:
                 return  # nothing more will happen; the caller reports the outcome
-            now = time.monotonic()
+            now = sched.monotonic()
             if deadline is not None and now >= deadline:
                 raise DTPTimeoutError("timed out")
             if self.pumping:
@@ -532,12 +532,12 @@ class Engine:
             timer = self.conn.get_timer()
             if deadline is not None and (timer is None or deadline < timer):
                 timer = deadline
-            wait = None if timer is None else max(0.0, timer - time.monotonic())
+            wait = None if timer is None else max(0.0, timer - sched.monotonic())
             wlist = [self.sock] if self.out and not self.carrier_closed else []
             rlist = [self._wake_r] + ([] if self.carrier_closed else [self.sock])
             self.lock.release()
             try:
-                r, w = wait_ready(rlist, wlist, wait)
+                r, w = sched.wait_ready(rlist, wlist, wait)
             except (OSError, ValueError) as exc:
                 r, w = [], []
                 if not self.carrier_closed:
@@ -566,7 +566,7 @@ class Engine:
         conn = self.conn
         timer = conn.get_timer()
         if timer is not None:
-            now = time.monotonic()
+            now = sched.monotonic()
             if now >= timer:
                 conn.handle_timer(now)
         self.session.process_events()
@@ -623,7 +623,7 @@ class Engine:
         after its pass, so a second add would double the passes for good."""
         if not self.timer_started:
             self.timer_started = True
-            TIMERS.add(self)
+            self.timers.add(self)
 
     def shutdown(self, linger: float) -> None:
         """Close gracefully: wait up to ``linger`` for queued data, then CLOSE. After
@@ -636,7 +636,7 @@ class Engine:
             if self.closed:
                 return
             if self.session.terminated is None:
-                end = time.monotonic() + linger  # (the drain's patience comes out of it)
+                end = sched.monotonic() + linger  # (the drain's patience comes out of it)
                 with contextlib.suppress(DTPError):
                     self.pump(
                         lambda: (
@@ -649,7 +649,7 @@ class Engine:
                     # the hook's last frames go out before CLOSE, in the same write:
                     # the server wakes once for both
                     self.hook.before_close()
-                self.conn.take_back(time.monotonic())  # (a lent stream's counts)
+                self.conn.take_back(sched.monotonic())  # (a lent stream's counts)
                 unread = self.conn.peer_may_send_credit()
                 if (
                     (self.hook is None or not self.hook.keeps_clean_close)
@@ -667,7 +667,7 @@ class Engine:
                     self.pump(lambda: not self.out, min(linger, 1.0))
                 # the server's end of the carrier closes once its layer above is done
                 # with the connection (ConnectionHook.close_wait)
-                left = end - time.monotonic()
+                left = end - sched.monotonic()
                 if unread and left > DRAIN_QUIET:
                     patience: float | None = left
                 elif self.hook is not None:
@@ -702,7 +702,7 @@ class Engine:
         except OSError:
             return
         patient = patience is not None
-        deadline = time.monotonic() + (patience if patience is not None else timeout)
+        deadline = sched.monotonic() + (patience if patience is not None else timeout)
         while True:
             try:
                 if not self.sock.recv_into(self._rbuf):
@@ -712,7 +712,7 @@ class Engine:
                 pass
             except OSError:
                 return
-            left = deadline - time.monotonic()
+            left = deadline - sched.monotonic()
             if left <= 0:
                 return
             if self.ahead is not None:
@@ -723,7 +723,7 @@ class Engine:
             if not patient:
                 left = min(left, DRAIN_QUIET)
             try:
-                if not wait_ready([self.sock], [], left)[0]:
+                if not sched.wait_ready([self.sock], [], left)[0]:
                     if patient:
                         return  # (the deadline)
                     return  # quiet: nothing more is coming that a reset could cut off
@@ -743,7 +743,7 @@ class Engine:
             carrier = self.sock.dup()
         except OSError:
             return
-        TIMERS.drain(carrier, patience)
+        self.timers.drain(carrier, patience)
 
     def abort(self, code: int, reason: str) -> None:
         """Close the connection at once with ``code`` and ``reason``, dropping queued
@@ -808,7 +808,7 @@ class Engine:
         except OSError:
             return  # (out of descriptors: closed at once, as before)
         out, self.out = self.out, []
-        TIMERS.drain(carrier, CARRIER_DRAIN, out)
+        self.timers.drain(carrier, CARRIER_DRAIN, out)
 
     def _release(self, closing: bool = False) -> None:
         """Close the carrier and wake every waiter (lock held). ``closing``: the

@@ -17,7 +17,6 @@ import select
 import socket as _socket
 import struct
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,11 +27,11 @@ from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_handshake
 from dtp.protocol.connection import CloseCode, ConnectionConfig
-from dtp.transport.blocking import AcceptHook, AdmitHook
+from dtp.transport.blocking import AcceptHook, AdmitHook, sched
 from dtp.transport.blocking.checks import OWN, Own, checked_timeout
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.socket import DTPSocket
-from dtp.transport.carriers.tcp import listen_tcp, tune
+from dtp.transport.carriers.tcp import tune
 from dtp.transport.handshake_gate import (
     DEFAULT_FIRST_MESSAGE_TIMEOUT,
     ENDINGS,
@@ -63,7 +62,6 @@ from dtp.transport.hooks import (
     hook_calls,
     refusal_reason,
 )
-from dtp.transport.poll import wait_ready
 from dtp.transport.replay_guard import ReplayGuard
 from dtp.transport.session import CALLBACK_FAILED, Session
 
@@ -119,7 +117,7 @@ def _waiting_gone(arrival: _Arrival) -> bool:
     MSG_DONTWAIT or not, and then counted the live client as gone."""
     tcp = arrival.tcp
     try:
-        if not wait_ready([tcp], [], 0)[0]:
+        if not sched.wait_ready([tcp], [], 0)[0]:
             return False  # nothing came yet: still there
         timeout = tcp.gettimeout()
         if timeout:
@@ -350,7 +348,7 @@ class DTPServer:
         self._serving = reservations
         base = config or ConnectionConfig(identity=identity, is_client=False)
         self._config = replace(base, identity=identity, is_client=False)
-        self._listener = None if address is None else listen_tcp(address, backlog)
+        self._listener = None if address is None else sched.listen_tcp(address, backlog)
         if self._listener is not None:
             # (the accepting thread waits for it and for orphans at once: _accept_next)
             self._listener.setblocking(False)
@@ -366,14 +364,14 @@ class DTPServer:
         # connection threads waiting for work (a carrier to serve, or the turn to
         # accept on the listener): _idle counts those not yet promised a job from _jobs
         # (see _hand_to_thread and _connection_thread)
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = sched.SimpleQueue()
         self._idle = 0
         self._idle_lock = threading.Lock()
         self._turn_left = False  # the accepting, for the next thread free (_connection_thread)
         # connections whose handshake may start but no thread could be started for: the
         # next thread free serves them (the accepting one is woken for it)
         self._orphans: deque[_Arrival] = deque()
-        self._orphan_wake, self._orphan_sender = _socket.socketpair()
+        self._orphan_wake, self._orphan_sender = sched.socketpair()
         self._orphan_wake.setblocking(False)
         self._orphan_sender.setblocking(False)
         # connection threads count at once: += on an attribute is a read and a write,
@@ -400,10 +398,10 @@ class DTPServer:
         # one thread reads the first records still coming and closes what waited too
         # long (for its first record, or in a line for a slot); made last, so that a
         # listener that failed leaves none of it behind
-        self._reader_wake, self._reader_waker = _socket.socketpair()
+        self._reader_wake, self._reader_waker = sched.socketpair()
         self._reader_wake.setblocking(False)
         self._reader_waker.setblocking(False)
-        self._reader = threading.Thread(target=self._read_loop, name="dtp-admission", daemon=True)
+        self._reader = sched.Thread(target=self._read_loop, name="dtp-admission", daemon=True)
         self._reader.start()
         if self._listener is not None:
             self._hand_to_thread(_ACCEPT_TURN)
@@ -472,7 +470,7 @@ class DTPServer:
         for engine in handshaking:
             engine._wake()  # its pump sees _closed and gives up (_authenticate)
         # those waiting for their first record or for a slot (never served)
-        for arrival in self._admission.drain(time.monotonic()):
+        for arrival in self._admission.drain(sched.monotonic()):
             arrival.tcp.close()
         with self._stats_lock:
             self._reading.clear()
@@ -486,7 +484,7 @@ class DTPServer:
             self._jobs.put(None)  # waiting connection threads end now
         for arrival in orphans:  # (no thread came free for them: never served)
             arrival.tcp.close()
-            self._admission.ended(arrival, time.monotonic())
+            self._admission.ended(arrival, sched.monotonic())
         if self._attached is not None:
             self._attached.close()
         if self._listener is not None:
@@ -522,7 +520,7 @@ class DTPServer:
         connect (as a genuine client's does) -- then it goes on to the slots without
         waiting among the unproven, where it could make another give way -- else it
         waits there, the reader thread reading it."""
-        now = time.monotonic()
+        now = sched.monotonic()
         arrival.deadline = now + arrival.config.handshake_timeout
         self._heap.connected(now)
         progress = _read_first(arrival)
@@ -539,7 +537,7 @@ class DTPServer:
         (INVALID), or its client left first (None): closed, its address struck.
         ``waited``: whether it waited among the unproven (else it came with its
         connect, and was never there)."""
-        now = time.monotonic()
+        now = sched.monotonic()
         if progress is Progress.COMPLETE:
             self._admission.proven(arrival, arrival.key, arrival.deadline, now, waited=waited)
             return
@@ -571,7 +569,7 @@ class DTPServer:
         wake = self._reader_wake
         try:
             while not self._closed.is_set():
-                poller = select.poll()
+                poller = sched.poll()
                 poller.register(wake, select.POLLIN)
                 with self._stats_lock:
                     for fd in self._reading:
@@ -579,7 +577,7 @@ class DTPServer:
                 deadline = self._admission.next_deadline()
                 wait = _EXPIRY_POLL
                 if deadline is not None:
-                    wait = min(max(deadline - time.monotonic(), 0.0), wait)
+                    wait = min(max(deadline - sched.monotonic(), 0.0), wait)
                 for fd, _ in poller.poll(wait * 1000.0 + 1):
                     if fd == wake.fileno():
                         with contextlib.suppress(OSError):
@@ -594,7 +592,7 @@ class DTPServer:
                         with self._stats_lock:
                             self._reading.pop(fd, None)
                         self._guarded_first_read(arrival, progress)
-                now = time.monotonic()
+                now = sched.monotonic()
                 try:
                     self._admission.expire(now)
                 except Exception:  # (as _guarded_first_read: never the thread)
@@ -686,7 +684,7 @@ class DTPServer:
             return False
         # no IP address to cap by: the ledger bridge is a local socket
         arrival = _Arrival(carrier, peer, config, None)
-        now = time.monotonic()
+        now = sched.monotonic()
         arrival.deadline = now + config.handshake_timeout
         self._heap.connected(now)
         self._admission.proven(arrival, None, arrival.deadline, now)
@@ -709,7 +707,7 @@ class DTPServer:
                 # (woken by a connection, by an orphan, or by close()'s shutdown; and
                 # every _ACCEPT_POLL at the latest: close() closes what this waits on,
                 # whose numbers a new descriptor may take before this poll begins)
-                ready = wait_ready([listener, self._orphan_wake], [], _ACCEPT_POLL)[0]
+                ready = sched.wait_ready([listener, self._orphan_wake], [], _ACCEPT_POLL)[0]
                 if listener not in ready:
                     with contextlib.suppress(OSError):
                         self._orphan_wake.recv(4096)
@@ -720,7 +718,7 @@ class DTPServer:
             except (OSError, ValueError):
                 if self._closed.is_set():
                     return None
-                time.sleep(0.05)
+                sched.sleep(0.05)
                 continue
             try:
                 tcp.setblocking(False)
@@ -752,7 +750,7 @@ class DTPServer:
                 self._idle -= 1  # that waiting thread is promised this job
                 self._jobs.put(job)
                 return
-        thread = threading.Thread(
+        thread = sched.Thread(
             target=self._connection_thread, args=(job,), name="dtp-handshake", daemon=True
         )
         thread.start()
@@ -812,7 +810,7 @@ class DTPServer:
             sock = self._handshake(arrival)
         finally:
             # however the handshake ended: its slots are free for the next client
-            self._admission.ended(arrival, time.monotonic())
+            self._admission.ended(arrival, sched.monotonic())
         if sock is None:
             return
         if self._closed.is_set():
@@ -831,7 +829,7 @@ class DTPServer:
 
     def _handshake(self, arrival: _Arrival) -> DTPSocket | None:
         tcp, peer = arrival.tcp, arrival.peer
-        session = Session(arrival.config)
+        session = Session(arrival.config, now=sched.monotonic())
         try:
             engine = Engine(tcp, session, name=f"server-{peer[0]}:{peer[1]}")
         except OSError as exc:
@@ -882,12 +880,12 @@ class DTPServer:
         # (a wait for a place ends a little before the connection's own handshake timer,
         # so that the refusal still goes out: _take_place)
         timeout = conn.config.handshake_timeout
-        deadline = time.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
+        deadline = sched.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
         with engine.lock:
             first = arrival.reader.take()
             if first:
                 # (the first record, read before the slots: the handshake's first input)
-                conn.receive_data(first, time.monotonic())
+                conn.receive_data(first, sched.monotonic())
                 engine._after_io()
             # IK: the client's proof comes with its first message and our reply waits
             # for the verdict; XX: the proof comes after the three messages
@@ -1029,7 +1027,7 @@ class DTPServer:
 
         def start(sock: DTPSocket) -> None:
             try:
-                threading.Thread(target=run, args=(sock,), daemon=True).start()
+                sched.Thread(target=run, args=(sock,), daemon=True).start()
             except RuntimeError as exc:
                 # out of threads: the client reads "server busy" (and this loop goes
                 # on, where the error ended serve_forever with the socket left open)
@@ -1071,7 +1069,7 @@ class DTPServer:
         while not self._queue.take_place(engine):
             if self._dispatch is not None:
                 return True
-            left = deadline - time.monotonic()
+            left = deadline - sched.monotonic()
             if left <= 0 or self._closed.is_set() or session.terminated is not None:
                 return False
             with contextlib.suppress(DTPTimeoutError):
@@ -1088,7 +1086,7 @@ class AcceptQueue:
     :meth:`take` gets it."""
 
     def __init__(self, max_pending: int) -> None:
-        self._ready: queue.Queue[DTPSocket | None] = queue.Queue()
+        self._ready: queue.Queue[DTPSocket | None] = sched.Queue()
         self._places = threading.BoundedSemaphore(max_pending)
 
     def take_place(self, engine: Engine) -> bool:

@@ -12,7 +12,6 @@ import io
 import logging
 import operator
 import socket as _socket
-import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -27,6 +26,7 @@ from dtp.errors import (
 )
 from dtp.native.types import WAIT
 from dtp.protocol.connection import CloseCode
+from dtp.transport.blocking import sched
 from dtp.transport.blocking.checks import (
     OWN,
     SSIZE_MAX,
@@ -40,7 +40,6 @@ from dtp.transport.blocking.checks import (
 )
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.files import stream_file
-from dtp.transport.blocking.timers import TIMERS
 from dtp.transport.hooks import NOT_PAID, ConnectionHook
 
 SEND_HIGH_WATER = 512 * 1024  # bytes queued per stream before writers wait
@@ -207,7 +206,7 @@ class DTPSocket:
         engine = self._engine
         conn = engine.conn
         with engine.lock:
-            conn.take_back(time.monotonic())  # the counts of a lent stream
+            conn.take_back(sched.monotonic())  # the counts of a lent stream
         return {
             "bytes_sent": conn.bytes_sent,
             "bytes_received": conn.bytes_received,
@@ -311,7 +310,7 @@ class DTPSocket:
             return
         if self._io_refs > 0:
             self._close_deferred = True
-            TIMERS.defer_close(self)
+            self._engine.timers.defer_close(self)
             return
         if self._primary:
             self._engine.shutdown(self._engine.linger)
@@ -386,7 +385,7 @@ class DTPSocket:
         if self._io_refs > 0:
             self._io_refs -= 1
         if self._close_deferred and self._io_refs == 0 and not self._closed:
-            TIMERS.close_later(self)
+            self._engine.timers.close_later(self)
 
     def abort(self, reason: str = "aborted") -> None:
         """Close the whole connection at once, dropping queued data."""
@@ -434,7 +433,7 @@ class DTPSocket:
             # would hold its place under the Host's connection limits for good
             hook = engine.take_release_hook()
             if hook is not None:
-                TIMERS.release_later(hook)
+                engine.timers.release_later(hook)
         else:
             # another stream: the connection closes it at its next I/O (an append to a
             # deque is safe from here; the timer's next look at the latest)
@@ -686,7 +685,7 @@ class DTPSocket:
             if engine.interrupted:
                 engine.take_interrupt(sid)
             if deadline is None and self._timeout is not None:
-                deadline = time.monotonic() + self._timeout
+                deadline = sched.monotonic() + self._timeout
             engine.wait_io(deadline)
             if session.readable(sid) or self._rd_shut:
                 return 0  # another thread read the carrier meanwhile: buffered bytes first
@@ -746,7 +745,7 @@ class DTPSocket:
                     return None
                 lane: Any = conn.lent_lane
                 lent = False
-                now = time.monotonic()  # (one clock read for the deadline and the wait)
+                now = sched.monotonic()  # (one clock read for the deadline and the wait)
                 deadline = None if self._timeout is None else now + self._timeout
                 if bufsize <= lane.own_cap:
                     # the send and the wait for what comes back in one call (the usual case)
@@ -862,12 +861,12 @@ class DTPSocket:
                     if engine.hook is not None:
                         engine.tick_meter()
                     return n
-            sealed = conn.seal_fast(sid, view, time.monotonic())
+            sealed = conn.seal_fast(sid, view, sched.monotonic())
             if sealed is None and not engine.out and conn.send_buffered(sid) == 0:
                 # out of credit, perhaps only because a sender never reads: the peer's
                 # credit update may be waiting in the socket already
                 engine.poll()
-                sealed = conn.seal_fast(sid, view, time.monotonic())
+                sealed = conn.seal_fast(sid, view, sched.monotonic())
             if sealed is not None:
                 records, n = sealed
                 engine.write(records, reused=True)
@@ -962,7 +961,7 @@ class DTPSocket:
             finally:
                 lock.release()
                 if watch:
-                    TIMERS.watch(engine)
+                    engine.timers.watch(engine)
         view = readable(data)
         if not view:
             # (an empty sendall sends nothing, so only this tells a closed or shut
@@ -977,9 +976,9 @@ class DTPSocket:
         else:
             # the timeout bounds the whole call, as socket.sendall's does (Python 3.5+),
             # not each wait: a peer that reads slowly cannot stretch it without end
-            deadline = time.monotonic() + timeout
+            deadline = sched.monotonic() + timeout
             while len(view):
-                remaining = deadline - time.monotonic()
+                remaining = deadline - sched.monotonic()
                 if remaining <= 0:
                     raise DTPTimeoutError("timed out")
                 n = self._send(view, remaining)
@@ -1007,7 +1006,7 @@ class DTPSocket:
         timeout = self._timeout
         if timeout == 0:
             raise ValueError("non-blocking sockets are not supported")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else sched.monotonic() + timeout
         if offset:
             file.seek(offset)
         chunk = bytearray(min(SEND_HIGH_WATER, count or SEND_HIGH_WATER))
@@ -1025,7 +1024,7 @@ class DTPSocket:
                     break
                 view = memoryview(data).cast("B")
                 while len(view):
-                    remaining = None if deadline is None else deadline - time.monotonic()
+                    remaining = None if deadline is None else deadline - sched.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise DTPTimeoutError("timed out")
                     n = self._send(view, remaining)

@@ -11,14 +11,13 @@ import os
 import select
 import socket as _socket
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dtp.protocol.connection import CloseCode
-from dtp.transport.blocking import LINGER
+from dtp.transport.blocking import LINGER, sched
 
 if TYPE_CHECKING:
     from dtp.protocol.connection import Connection
@@ -112,7 +111,7 @@ class TimerService:
     def add(self, engine: TimedEngine) -> None:
         with self._lock:
             head = self._heap[0][0] if self._heap else None
-            self._push(engine, time.monotonic())
+            self._push(engine, sched.monotonic())
             # (a thread just started needs no wake; one asleep until the old head is
             # woken only for an earlier one: every connect would wake it, on both sides)
             if self._started() and (head is None or self._heap[0][0] < head):
@@ -126,9 +125,17 @@ class TimerService:
             # (a forked child: the pipe it inherited is its parent's thread's too)
             self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="dtp-timers", daemon=True)
+        self._thread = sched.Thread(target=self._run, name="dtp-timers", daemon=True)
         self._thread.start()
         return False
+
+    def close(self) -> None:
+        """Close the wake pipe of a service whose thread has ended (a simulated run's:
+        dtp.testing.network.blocking); the process's own service is never closed."""
+        fds, self._wake_fds = self._wake_fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
 
     def watch(self, engine: TimedEngine) -> None:
         """Wait on ``engine``'s carrier from now on, until its queued output is out."""
@@ -161,7 +168,7 @@ class TimerService:
         if not pending and not self._half_close(carrier):
             return
         with self._lock:
-            self._draining[carrier.fileno()] = (carrier, time.monotonic() + patience, pending)
+            self._draining[carrier.fileno()] = (carrier, sched.monotonic() + patience, pending)
             self._started()  # (a refused client's engine never started it)
         self._wake()
 
@@ -227,7 +234,7 @@ class TimerService:
                     sock = self._closing.popleft()
                 except IndexError:  # (finish_closes may have taken the last one)
                     return
-                thread = threading.Thread(target=self._close, args=(sock,), name="dtp-close")
+                thread = sched.Thread(target=self._close, args=(sock,), name="dtp-close")
                 thread.daemon = True
                 self._closers[thread] = _linger_of(sock)
                 try:
@@ -276,7 +283,7 @@ class TimerService:
             sock._io_refs = 0  # (its files are closed by the teardown, after this)
             self._closing.append(sock)
         self._start_closes()
-        start = time.monotonic()
+        start = sched.monotonic()
         while True:
             with self._lock:
                 threads = list(self._closers.items())
@@ -287,13 +294,13 @@ class TimerService:
                 limit = max((linger for _, linger in threads), default=LINGER) + 1.0
             else:
                 limit = timeout
-            left = start + limit - time.monotonic()
+            left = start + limit - sched.monotonic()
             if left <= 0:
                 return
             if not threads:
                 # a carrier the timer thread drains for a reset stream (_drain_detached):
                 # cut off, the peer lost what it had not read, the reset and the CLOSE
-                time.sleep(min(left, 0.02))
+                sched.sleep(min(left, 0.02))
                 continue
             thread = threads[0][0]
             thread.join(left)
@@ -325,10 +332,10 @@ class TimerService:
             due: weakref.ref[TimedEngine] | None = None
             until: float | None = None
             watched: dict[int, TimedEngine] = {}
-            poller = select.poll()
+            poller = sched.poll()
             poller.register(wake_fd, select.POLLIN)
             with self._lock:
-                now = time.monotonic()
+                now = sched.monotonic()
                 if self._heap and self._heap[0][0] <= now:
                     _, _, due = heapq.heappop(self._heap)
                 else:
@@ -419,7 +426,7 @@ class TimerService:
             with self._lock:
                 # a due timer that a busy caller is about to handle: look again
                 # shortly rather than spin
-                self._push(engine, time.monotonic(), self.MIN_WAIT)
+                self._push(engine, sched.monotonic(), self.MIN_WAIT)
             if queued:
                 self.watch(engine)
 
@@ -454,12 +461,13 @@ class TimerService:
                 # a caller drives it now; look again later, less often the longer it is
                 # busy (the caller's own write re-arms this when it leaves)
                 backoff = min(self.MAX_WAIT, max(self.MIN_WAIT, 2 * entry[2]))
-                self._watched[key] = (entry[0], time.monotonic() + backoff, backoff, watches)
+                self._watched[key] = (entry[0], sched.monotonic() + backoff, backoff, watches)
             elif not queued or engine.closed or engine.carrier_closed:
                 del self._watched[key]
 
 
 TIMERS = TimerService()
+sched.set_default_timers(TIMERS)  # (the one engines use unless a simulation's is installed)
 # closes queued by files' finalizers, finished before the interpreter stops their threads
 atexit.register(TIMERS.finish_closes)
 
