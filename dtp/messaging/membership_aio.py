@@ -45,6 +45,11 @@ __all__ = ["AsyncMemberNode", "Route", "join_group_async"]
 
 logger = logging.getLogger(__name__)
 
+#: The longest :meth:`AsyncMemberNode.close` waits for its connections' carriers to
+#: close: each ends within the transport's own bounds (a half-closed carrier's wait for
+#: its peer, then the grace for what it still holds: 3 s), this is a guard against a hang.
+CLOSE_WAIT = 10.0
+
 
 async def join_group_async(
     member_id: str,
@@ -80,7 +85,6 @@ class AsyncMemberNode(NodeFace):
         self._server: dtp.aio.DTPServer | None = None
         self._links: dict[_Address, asyncio.Queue[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._readers: set[dtp.aio.DTPStreamWriter] = set()
         self._callbacks: list[Callable[[MembershipEvent], object]] = []
         self._listeners: list[asyncio.Queue[MembershipEvent | None]] = []
         self._wake = asyncio.Event()
@@ -163,7 +167,10 @@ class AsyncMemberNode(NodeFace):
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once, saying nothing: to the others this member has failed."""
+        """Stop at once, saying nothing: to the others this member has failed. Every
+        connection of the member ends, those whose handshake is still in progress too,
+        and it returns once their carriers are closed (at most :data:`CLOSE_WAIT` s):
+        an event loop closed right after finds none of them open."""
         if self._closed:
             return
         self._closed = True
@@ -173,16 +180,18 @@ class AsyncMemberNode(NodeFace):
             task.cancel()
         if self._server is not None:
             self._server.close()  # (first: no connection comes in after the aborts)
-        for writer in list(self._readers):
-            writer.abort("member stopped")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=1.0)
-        if self._server is not None:
-            # (bounded: handshakes in progress go on past close(), and end by their own
-            # timeout: the callback aborts what they bring)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
+            # the connections it serves and those in their handshake (which went on past
+            # close() until their own timeout, open after a loop closed right after)
+            self._server.abort_clients()
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                # the links' tasks end once their carriers closed (_link's finally)
+                if self._tasks:
+                    await asyncio.wait(list(self._tasks))
+                if self._server is not None:
                     await self._server.wait_closed()
+        except TimeoutError:
+            logger.warning("membership: connections still open %s s after close", CLOSE_WAIT)
 
     async def __aenter__(self) -> AsyncMemberNode:
         return self
@@ -281,6 +290,9 @@ class AsyncMemberNode(NodeFace):
             self.dropped += queue.qsize()
             if writer is not None:
                 writer.abort("membership link closed")
+                # (cancelled by close() too: it waits for this task, so for the carrier)
+                with contextlib.suppress(DTPError, OSError):
+                    await writer.wait_closed()
 
     async def _serve_peer(
         self, reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter
@@ -292,7 +304,6 @@ class AsyncMemberNode(NodeFace):
         if self._closed:
             writer.abort("member stopped")
             return
-        self._readers.add(writer)
         try:
             while data := await reader.read(65536):
                 for body in decoder.frames(data):
@@ -307,5 +318,4 @@ class AsyncMemberNode(NodeFace):
         except DTPError:
             pass  # the peer went away: its messages so far were taken
         finally:
-            self._readers.discard(writer)
             writer.abort("membership link closed")

@@ -213,6 +213,8 @@ class DTPServer:
     _attached_watch: asyncio.Task[None] | None
     _closed: asyncio.Event
     _tasks: set[asyncio.Task[None]]
+    _connections: set[Protocol]
+    _aborted: list[asyncio.Future[None]]
     _loop: asyncio.AbstractEventLoop | None
     _replays: ReplayGuard
 
@@ -274,6 +276,11 @@ class DTPServer:
         self._attached_watch: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: every connection from its handshake's start until its carrier closed
+        #: (abort_clients ends them)
+        self._connections: set[Protocol] = set()
+        #: the carriers abort_clients ended, for wait_closed to wait for
+        self._aborted: list[asyncio.Future[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):  # (made outside a loop: get_loop() None)
             self._loop = asyncio.get_running_loop()
@@ -518,16 +525,42 @@ class DTPServer:
             self._attached.close(timeout=0)
         self._closed.set()
 
+    def abort_clients(self) -> None:
+        """End every connection of the server at once, as
+        :meth:`asyncio.Server.abort_clients` (Python 3.13) does: those waiting for their
+        first record or a handshake slot (closed unserved), the handshakes in progress
+        and the connections served (each sent CLOSE, its carrier aborted: what it could
+        not write yet is dropped). :meth:`wait_closed` then waits until their carriers
+        are closed, so that an event loop closed right after finds none of them open.
+        Call :meth:`close` first: until then new connections still come."""
+        for arrival in self._admission.drain(self._now()):
+            if arrival.transport is not None:
+                arrival.transport.abort()
+        for proto in list(self._connections):
+            ending = CloseCode.APPLICATION if proto.session.accepted else CloseCode.HANDSHAKE_FAILED
+            abort(proto, ending, "the server is shutting down")  # (its CLOSE written)
+            if proto.transport is not None:
+                # at once: not half-closed waiting for the peer's end, nor for a peer
+                # that stopped reading to take what is still queued
+                proto.transport.abort()
+            proto._notify()  # (a handshake waiting on it ends now)
+            self._aborted.append(proto.closed_future)
+
     async def wait_closed(self) -> None:
         """Wait until the server is closed (as :meth:`asyncio.Server.wait_closed`, at
-        once when it is already), its ledger listener's thread ended too (up to 5 s).
-        A server on the ledger carrier alone returned at once however open it was."""
+        once when it is already), its ledger listener's thread ended too (up to 5 s),
+        and the carriers :meth:`abort_clients` ended are closed. A server on the ledger
+        carrier alone returned at once however open it was."""
         if self._server is not None:
             await self._server.wait_closed()
         else:
             await self._closed.wait()
         for server in self._websockets:
             await server.wait_closed()
+        while self._aborted:
+            # (shielded: a cancelled wait must not cancel the connection's own future;
+            # each ends within CARRIER_GRACE, dtp.transport.asyncio.protocol)
+            await asyncio.shield(self._aborted.pop())
         listener = self._attached
         if listener is not None and listener.running:
             await asyncio.to_thread(listener.close)
@@ -693,6 +726,7 @@ class DTPServer:
             proto.peername = arrival.peername
             proto.carrier_failure = arrival.carrier_failure
             arrival.proto = proto
+            self._hold(proto)
             transport.set_protocol(proto)
             proto.connection_made(transport)
             first = arrival.reader.take()
@@ -707,6 +741,11 @@ class DTPServer:
                 transport.close()
             return False
         return True
+
+    def _hold(self, proto: Protocol) -> None:
+        """Count ``proto`` among the server's connections until its carrier closes."""
+        self._connections.add(proto)
+        proto.closed_future.add_done_callback(lambda _: self._connections.discard(proto))
 
     def _close_unserved(self, arrivals: list[_Arrival], why: Why) -> None:
         """The admission's ``close``: connections it turned away (``why``)."""
