@@ -298,7 +298,8 @@ def test_a_second_waiting_read_raises_runtime_error(second: str) -> None:
 
         async with _connected(handle) as (reader, _writer):
             first = asyncio.ensure_future(reader.readexactly(3))
-            await _until(lambda: bool(reader._proto._waiters))  # it waits for bytes
+            # it waits for bytes (a read waits on its stream's changes)
+            await _until(lambda: bool(reader._proto._keyed.get(reader.stream_id)))
             calls = {
                 "read": lambda: reader.read(10),
                 "readexactly": lambda: reader.readexactly(3),
