@@ -156,10 +156,10 @@ def _between_frames(ws: WsProtocol) -> bool:
     read, its header perhaps consumed already -- the next bytes are that frame's, for
     websockets to parse. (A websockets whose parser is built otherwise never matches:
     every frame then goes through it, as before.)"""
-    reader = getattr(ws, "reader", None)
-    if _AT_EOF is None or getattr(reader, "buffer", b"?"):
+    held: Any = getattr(getattr(ws, "reader", None), "buffer", None)
+    if _AT_EOF is None or held is None or len(held):
         return False
-    gen = getattr(ws, "parser", None)
+    gen: Any = getattr(ws, "parser", None)
     for _ in range(8):
         inner = getattr(gen, "gi_yieldfrom", None)
         if inner is None:
