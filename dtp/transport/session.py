@@ -45,6 +45,8 @@ MAX_QUEUED_EXTRAS = 1024
 #: The connection's first stream (the client opens it; both APIs' connect and accept
 #: return it): the connection's clean close is its end (see Session.cut_short).
 PRIMARY_STREAM = 0
+#: :meth:`Session.take_changes`'s mark for "the peer opened a stream" (no stream's ID)
+ACCEPT_KEY = -1
 #: The reason a connection closes with (CloseCode.APPLICATION) when close() gave up
 #: waiting for queued data: the peer must read an error, not the clean end of a stream
 #: cut short.
@@ -201,6 +203,11 @@ class Session:
         #: When set, each datagram goes to it as it arrives instead of to :attr:`datagrams`.
         self.datagram_sink: Callable[[bytes], None] | None = None
         self._data_arrived = False
+        # what changed, for an adapter that wakes only the waiters a change concerns
+        # (track_changes, take_changes): off unless one asks
+        self._tracking = False
+        self._touched: set[int] = set()
+        self._broad = False
         #: What log messages call this connection (the adapter may name it)
         self.name = ""
         # the first push callback that raised, and which: the connection closes with
@@ -236,6 +243,8 @@ class Session:
         if end:
             buf.eof = True
         self._data_arrived = True
+        if self._tracking:
+            self._touched.add(stream_id)
 
     def _to_sink(
         self, stream_id: int, sink: StreamSink, data: bytes | memoryview, end: bool
@@ -255,6 +264,7 @@ class Session:
         if end:
             self._end_sink(stream_id, sink, None)
         self._data_arrived = True
+        self._broad = True
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
         """End ``sink`` (the stream finished, was reset or the connection ended): it is
@@ -413,11 +423,44 @@ class Session:
         while (event := self.conn.next_event()) is not None:
             changed = True
             self._apply(event)
+            if self._tracking:
+                self._track(event)
         if self._failure is not None:
             self._close_failed()
             self._failure = None
             changed = True
+            self._broad = True
         return changed
+
+    # -- what changed (an adapter's targeted wake-ups) -------------------------------------
+
+    def track_changes(self) -> None:
+        """Record what changes from now on, for :meth:`take_changes`."""
+        self._tracking = True
+
+    def _track(self, event: Event) -> None:
+        kind = type(event)
+        if kind is StreamDataReceived or kind is StreamResetReceived:
+            self._touched.add(event.stream_id)  # type: ignore[attr-defined]
+        elif kind is StreamOpened:
+            self._touched.add(event.stream_id)  # type: ignore[attr-defined]
+            self._touched.add(ACCEPT_KEY)
+        else:
+            self._broad = True
+
+    def take_changes(self) -> set[int] | None:
+        """What changed since the last call (:meth:`track_changes` on): the streams whose
+        reads may have become possible (bytes, their end, a reset, their opening or
+        :meth:`discard`) and :data:`ACCEPT_KEY` when the peer opened one; None when
+        anything else changed (the connection's end, a datagram, credit, ...), which
+        concerns every waiter."""
+        touched = self._touched
+        if self._broad:
+            self._broad = False
+            touched.clear()
+            return None
+        self._touched = set()
+        return touched
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, StreamDataReceived):
@@ -511,6 +554,8 @@ class Session:
             if owed:
                 self.conn.acknowledge_read(stream_id, owed)
         self._data_arrived = True
+        if self._tracking:
+            self._touched.add(stream_id)
 
     def unread(self, stream_id: int, data: bytes) -> None:
         """Put ``data``, taken by a read that did not complete, back in front of

@@ -298,7 +298,8 @@ def test_a_second_waiting_read_raises_runtime_error(second: str) -> None:
 
         async with _connected(handle) as (reader, _writer):
             first = asyncio.ensure_future(reader.readexactly(3))
-            await _until(lambda: bool(reader._proto._waiters))  # it waits for bytes
+            # it waits for bytes (a read waits on its stream's changes)
+            await _until(lambda: bool(reader._proto._keyed.get(reader.stream_id)))
             calls = {
                 "read": lambda: reader.read(10),
                 "readexactly": lambda: reader.readexactly(3),
@@ -676,5 +677,47 @@ def test_write_eof_with_the_last_bytes_sends_them_and_the_end_in_one_record() ->
             await asyncio.wait_for(first.wait_closed(), 5)
             server.close()
             await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_a_change_on_one_stream_wakes_only_what_waits_on_it() -> None:
+    """A read waits on its own stream: calls made a stream each beside it (a JSON-RPC
+    service's) neither wake it nor a waiting accept_stream() that has nothing to
+    accept, and each still wakes for its own change -- the read when its bytes come, the
+    accept when the peer opens a stream, both when the connection ends."""
+
+    async def main() -> None:
+        go = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            for _ in range(3):  # three calls, a stream each
+                r, w = await writer.accept_stream()
+                w.write_eof(await r.read())
+                w.close()
+            await go.wait()
+            writer.write(b"first")  # the first stream's bytes, at last
+            await reader.read()
+            writer.close()
+
+        async with _connected(handle) as (reader, writer):
+            proto = reader._proto
+            first = asyncio.ensure_future(reader.read(100))
+            accept = asyncio.ensure_future(writer.accept_stream())  # (the server opens none)
+            await _until(lambda: 0 in proto._keyed and -1 in proto._keyed)
+            waiting = proto._keyed[0][0], proto._keyed[-1][0]
+            for n in range(3):
+                r, w = await writer.open_stream()
+                w.write_eof(b"call %d" % n)
+                assert await asyncio.wait_for(r.read(), 5) == b"call %d" % n
+                w.close()
+            assert (proto._keyed[0][0], proto._keyed[-1][0]) == waiting  # (never woken)
+            assert not first.done() and not accept.done()
+            go.set()
+            assert await asyncio.wait_for(first, 5) == b"first"
+            assert not accept.done()
+            writer.close()
+            with pytest.raises(DTPError):
+                await asyncio.wait_for(accept, 5)  # (the connection's end wakes it)
 
     asyncio.run(main())

@@ -57,7 +57,15 @@ def _frame_bound(frame: RawFrame) -> int:
 _RETRANSMITTED_CONTROL = {FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_CONTROL, FRAME_RECEIPT}
 
 
+_SHORT_VARINTS = tuple(bytes((v,)) for v in range(64))
+
+
 def _varint(value: int) -> bytes:
+    # (the one- and two-byte forms inline: a short reply's stream ID, offset and length)
+    if 0 <= value < 64:
+        return _SHORT_VARINTS[value]
+    if 64 <= value < 16384:
+        return (0x4000 | value).to_bytes(2, "big")
     encoded = varint_encode(value)
     if encoded is None:
         raise LocalProtocolError("value out of varint range", ErrorCode.VARINT)

@@ -9,7 +9,7 @@ import logging
 import threading
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
@@ -80,7 +80,12 @@ class Protocol(asyncio.BufferedProtocol):
         self.conn = session.conn
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        # the tasks waiting for a change: on any change (_waiters), or on a change to one
+        # stream's reads or to the streams the peer opened (_keyed, by stream ID or
+        # ACCEPT_KEY), which wake only when that changed (_notify_some)
         self._waiters: list[asyncio.Future[None]] = []
+        self._keyed: dict[int, list[asyncio.Future[None]]] = {}
+        session.track_changes()
         self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
@@ -208,15 +213,18 @@ class Protocol(asyncio.BufferedProtocol):
         self._schedule_timer()
 
     def _after_io(self) -> None:
-        changed = self.session.process_events()
+        session = self.session
+        changed = session.process_events()
         self.flush()
-        if (
-            self.session.terminated is not None
-            and self.transport is not None
-            and not self.hold_carrier
-        ):
+        if session.terminated is not None and self.transport is not None and not self.hold_carrier:
             self.close_carrier()
-        if changed or (self.stream_slot_waiters and self.conn.can_open_stream()):
+        if changed:
+            touched = session.take_changes()
+            if touched is None:
+                self._notify()
+            else:
+                self._notify_some(touched)
+        elif self.stream_slot_waiters and self.conn.can_open_stream():
             self._notify()
 
     def close_carrier(self, drain: bool = True) -> None:
@@ -344,10 +352,37 @@ class Protocol(asyncio.BufferedProtocol):
         self._notify()
 
     def _notify(self) -> None:
+        """Wake every waiting task, each to look again at its condition."""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        if self._keyed:
+            keyed, self._keyed = self._keyed, {}
+            for some in keyed.values():
+                for waiter in some:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def _notify_some(self, keys: Iterable[int]) -> None:
+        """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
+        and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
+        stream's reads and the streams the peer opened change only with those
+        (Session.take_changes): the other readers and acceptors would only look again
+        and wait on -- a connection serving a call a stream, with a reader on its first
+        stream, woke both on every call, twice."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        keyed = self._keyed
+        if keyed:
+            for key in keys:
+                some = keyed.pop(key, None)
+                if some is not None:
+                    for waiter in some:
+                        if not waiter.done():
+                            waiter.set_result(None)
 
     def wake(self) -> None:
         """Wake every task waiting on the connection (:meth:`wait_change`), each to look
@@ -355,22 +390,42 @@ class Protocol(asyncio.BufferedProtocol):
         connection (a receipt stored in another thread, say)."""
         self._notify()
 
-    async def wait_change(self) -> None:
-        """Wait until anything happens on the connection."""
+    async def wait_change(self, key: int | None = None) -> None:
+        """Wait until anything happens on the connection; with ``key`` (a stream's ID,
+        or ACCEPT_KEY), until something happens that may let that stream be read (or a
+        stream be accepted): see :meth:`_notify_some`."""
         # one future per waiter: a waiter cancelled (e.g. by asyncio.wait_for) cancels
         # only its own, never the others' wake-up
         waiter = self.loop.create_future()
-        self._waiters.append(waiter)
+        if key is None:
+            self._waiters.append(waiter)
+        else:
+            some = self._keyed.get(key)
+            if some is None:
+                self._keyed[key] = [waiter]
+            else:
+                some.append(waiter)
         try:
             await waiter
         finally:
             if not waiter.done() or waiter.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                # (still listed, if no wake-up took it: where the list is now)
+                if key is None:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                else:
+                    some = self._keyed.get(key)
+                    if some is not None:
+                        with contextlib.suppress(ValueError):
+                            some.remove(waiter)
+                        if not some:
+                            del self._keyed[key]
 
-    async def wait_for(self, ready: Callable[[], bool]) -> None:
+    async def wait_for(self, ready: Callable[[], bool], key: int | None = None) -> None:
+        """Wait until ``ready()``; ``key`` as for :meth:`wait_change` (a condition on
+        that stream's reads, or on the streams the peer opened, and nothing else)."""
         while not ready():
-            await self.wait_change()
+            await self.wait_change(key)
 
     @property
     def write_paused(self) -> bool:

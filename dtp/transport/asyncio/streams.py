@@ -15,7 +15,7 @@ from dtp.protocol.connection import CloseCode
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort, end_unpaid
 from dtp.transport.blocking.checks import readable
 from dtp.transport.hooks import NOT_PAID, ConnectionHook
-from dtp.transport.session import CARRIER_DRAIN, UNSENT, StreamSink
+from dtp.transport.session import ACCEPT_KEY, CARRIER_DRAIN, UNSENT, StreamSink
 
 SEND_HIGH_WATER = 512 * 1024
 #: How long ``close()`` on a connection's first stream waits for queued data to leave
@@ -120,7 +120,9 @@ class DTPStreamReader:
             return
         self._claim_wait(name)
         try:
-            await self._proto.wait_for(lambda: self._session.readable(self._stream_id))
+            await self._proto.wait_for(
+                lambda: self._session.readable(self._stream_id), self._stream_id
+            )
         finally:
             self._waiting = None
 
@@ -610,7 +612,9 @@ class DTPStreamWriter:
             # blocking API's): kept, a connection carrying many short streams (the
             # daemon's tunnels) would hold one for each, for good
             session.forget(self._stream_id)
-            self._proto._notify()
+            # (what waits on this stream's reads, or on any change; not the readers of
+            # the other streams, nor accept_stream(): nothing of theirs changed)
+            self._proto._notify_some((self._stream_id,))
             self._proto.flush()
 
     def reset(self, code: int = 0) -> None:
@@ -847,7 +851,7 @@ class DTPStreamWriter:
                 session.incoming_streams.popleft()
             return bool(session.incoming_streams) or session.terminated is not None
 
-        await self._proto.wait_for(ready)
+        await self._proto.wait_for(ready, ACCEPT_KEY)
         if not session.incoming_streams:
             raise session.error or ConnectionClosed("the connection is closed")
         stream_id = session.incoming_streams.popleft()

@@ -38,12 +38,17 @@ try:  # (the ws extra: without it, one error naming it)
     from websockets.frames import Frame, Opcode
     from websockets.http11 import Request, Response
     from websockets.protocol import Protocol as WsProtocol
-    from websockets.protocol import State
+    from websockets.protocol import Side, State
     from websockets.server import ServerProtocol
+    from websockets.streams import StreamReader
     from websockets.typing import Origin, Subprotocol
     from websockets.uri import WebSocketURI, parse_uri
 except ImportError as exc:
     raise missing("ws", "The WebSocket carrier", exc) from None
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # (websockets built without its C speedups)
+    from websockets.utils import apply_mask
 
 from dtp.errors import ConnectionLost, ConnectionRefused
 from dtp.native.core import MAX_RECORD_PLAINTEXT, RECORD_HEADER_LEN
@@ -138,6 +143,29 @@ def origin_rule(origins: Iterable[str] | None) -> list[Origin | None] | None:
     if "*" in allowed:
         return None
     return [None, *(Origin(origin) for origin in allowed)]
+
+
+#: What websockets' parser waits in between two frames: StreamReader.at_eof
+_AT_EOF = getattr(getattr(StreamReader, "at_eof", None), "__code__", None)
+
+
+def _between_frames(ws: WsProtocol) -> bool:
+    """Whether ``ws``'s parser waits for the first byte of a frame, holding nothing: the
+    generator it runs (``parse``, each ``yield from`` followed down) waits in
+    ``StreamReader.at_eof`` with an empty buffer. Not between two frames -- part of one
+    read, its header perhaps consumed already -- the next bytes are that frame's, for
+    websockets to parse. (A websockets whose parser is built otherwise never matches:
+    every frame then goes through it, as before.)"""
+    held: Any = getattr(getattr(ws, "reader", None), "buffer", None)
+    if _AT_EOF is None or held is None or len(held):
+        return False
+    gen: Any = getattr(ws, "parser", None)
+    for _ in range(8):
+        inner = getattr(gen, "gi_yieldfrom", None)
+        if inner is None:
+            break
+        gen = inner
+    return getattr(gen, "gi_code", None) is _AT_EOF
 
 
 class _TcpSide(asyncio.Protocol):
@@ -259,6 +287,8 @@ class WebSocketTransport(asyncio.Transport):
         ws = self._ws
         if ws.state is not State.OPEN:
             return  # (closing: websockets would raise InvalidState)
+        if self._frames_out(records):
+            return
         for record in records:
             ws.send_binary(record)
         self._flush()
@@ -307,6 +337,8 @@ class WebSocketTransport(asyncio.Transport):
 
     def _receive(self, data: bytes) -> None:
         ws = self._ws
+        if self._upgraded and self._frame_in(data):
+            return
         if not self._upgraded and isinstance(ws, ServerProtocol):
             self._head += len(data)
             if self._head > MAX_REQUEST_HEAD and ws.state is State.CONNECTING:
@@ -416,6 +448,83 @@ class WebSocketTransport(asyncio.Transport):
         on_upgrade, self._on_upgrade = self._on_upgrade, None
         if on_upgrade is not None:
             on_upgrade(self, refusal)
+
+    # -- the common frames, without the sans-I/O layer's generators -------------------------
+    #
+    # Nearly every read of an open carrier is one whole binary message in one unfragmented
+    # frame, and every write a few records: websockets' parser (generators, a Frame and an
+    # events list a message) and serializer cost more than the DTP record inside
+    # (bench/web_rows.py). On a server these two are framed here, as RFC 6455 section 5.2
+    # frames them; everything else -- fragments, control frames, a read holding more or
+    # less than one frame, a read while websockets holds part of one, a closing carrier,
+    # the client's masked writes -- goes through websockets as before.
+
+    def _frame_in(self, data: bytes) -> bool:
+        """Hand over ``data`` as a message if it is exactly one final, unmasked-here
+        binary frame (masked from a client, as RFC 6455 requires of it) and nothing is
+        buffered before it; False to have websockets parse it."""
+        size = len(data)
+        if size < 2 or data[0] != 0x82 or self._closing or self._peer_closed:
+            return False  # (0x82: FIN, no RSV bits, a binary frame)
+        ws = self._ws
+        masked = ws.side is Side.SERVER
+        head2 = data[1]
+        if bool(head2 & 0x80) is not masked:
+            return False  # (websockets fails it: incorrect masking)
+        length = head2 & 0x7F
+        at = 2
+        if length == 126:
+            if size < 4:
+                return False
+            length = data[2] << 8 | data[3]
+            at = 4
+        elif length == 127:
+            return False  # (above MAX_MESSAGE, whatever it says: websockets fails it)
+        if at + (4 if masked else 0) + length != size or length > MAX_MESSAGE:
+            return False
+        if (
+            ws.state is not State.OPEN
+            or ws.extensions
+            or getattr(ws, "current_size", 0) is not None  # (a fragmented message open)
+            or self._fragments is not None
+            or not _between_frames(ws)
+        ):
+            return False
+        # (a client's frames are masked; a server's, to a client carrier, are not)
+        payload = apply_mask(memoryview(data)[at + 4 :], data[at : at + 4]) if masked else data[at:]
+        self._message(payload)
+        if self._closing or self._peer_closed:
+            self._arm_close_timer()
+        return True
+
+    def _frames_out(self, records: list[bytes]) -> bool:
+        """Write ``records`` to the TCP transport, one unmasked binary frame each, when
+        this is a server's open carrier with nothing of websockets' own waiting to go
+        (else False: websockets frames them)."""
+        ws = self._ws
+        tcp = self._tcp
+        if (
+            ws.side is not Side.SERVER
+            or tcp is None
+            or tcp.is_closing()
+            or ws.extensions
+            or getattr(ws, "expect_continuation_frame", True)
+            or getattr(ws, "writes", True)
+        ):
+            return False
+        out = bytearray()
+        for record in records:
+            length = len(record)
+            if length < 126:
+                out += bytes((0x82, length))
+            elif length < 65536:
+                out += bytes((0x82, 126, length >> 8, length & 0xFF))
+            else:
+                return False  # (above MAX_MESSAGE: no DTP record is)
+            out += record
+        if out:
+            tcp.write(out)
+        return True
 
     # -- messages --------------------------------------------------------------------------
 

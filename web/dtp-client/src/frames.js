@@ -76,13 +76,71 @@ function checkVarint(v) {
 
 /** Encodes frames in order (section 3.3); the first invalid frame throws and nothing is returned. */
 export function encodeFrames(frames) {
+  if (frames.length === 1) return encodeFrame(frames[0]);
   const parts = [];
   for (const f of frames) parts.push(encodeFrame(f));
   return concat(...parts);
 }
 
+/** The size of a varint of a Number known to be in 0 ..= 2^53 - 1 (section 1). */
+function sizeOf(v) {
+  return v < 64 ? 1 : v < 16384 ? 2 : v < 1073741824 ? 4 : 8;
+}
+
+/** Writes `v` (a Number in 0 ..= 2^53 - 1) at `at` as a varint of `size` bytes. */
+function putVarint(out, at, v, size) {
+  if (size === 1) {
+    out[at] = v;
+  } else if (size === 2) {
+    out[at] = 0x40 | (v >>> 8);
+    out[at + 1] = v & 0xff;
+  } else if (size === 4) {
+    out[at] = 0x80 | (v >>> 24);
+    out[at + 1] = (v >>> 16) & 0xff;
+    out[at + 2] = (v >>> 8) & 0xff;
+    out[at + 3] = v & 0xff;
+  } else {
+    const hi = Math.floor(v / 4294967296);
+    const lo = v >>> 0;
+    out[at] = 0xc0 | (hi >>> 24);
+    out[at + 1] = (hi >>> 16) & 0xff;
+    out[at + 2] = (hi >>> 8) & 0xff;
+    out[at + 3] = hi & 0xff;
+    out[at + 4] = lo >>> 24;
+    out[at + 5] = (lo >>> 16) & 0xff;
+    out[at + 6] = (lo >>> 8) & 0xff;
+    out[at + 7] = lo & 0xff;
+  }
+}
+
+function isCount(v) {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** A STREAM or STREAM_FIN frame whose ID and offset are Numbers (every stream's, short of
+ * 2^53 bytes): the bytes encodeFrame's general path makes, written into one buffer. */
+function encodeStreamFrame(type, id, offset, data) {
+  if (data.length > MAX_FRAME_DATA) throw fail('FRAME_SIZE', `${data.length} bytes of data`);
+  if (!Number.isSafeInteger(offset + data.length)) return null; // (the general path judges it)
+  const sa = sizeOf(id);
+  const sb = sizeOf(offset);
+  const sl = sizeOf(data.length);
+  const out = new Uint8Array(1 + sa + sb + sl + data.length);
+  out[0] = type;
+  putVarint(out, 1, id, sa);
+  putVarint(out, 1 + sa, offset, sb);
+  putVarint(out, 1 + sa + sb, data.length, sl);
+  out.set(data, 1 + sa + sb + sl);
+  return out;
+}
+
 export function encodeFrame(f) {
   const { type } = f;
+  if ((type === FrameType.STREAM || type === FrameType.STREAM_FIN) && isCount(f.a) && isCount(f.b ?? 0)
+      && !f.c && !(f.ranges?.length)) {
+    const fast = encodeStreamFrame(type, f.a, f.b ?? 0, f.data ?? EMPTY);
+    if (fast !== null) return fast;
+  }
   const a = f.a ?? 0;
   const b = f.b ?? 0;
   const c = f.c ?? 0;
@@ -138,6 +196,17 @@ export function decodeFrames(body) {
   let at = 0;
   const truncated = () => fail('FRAME_TRUNCATED', 'the body ends inside a frame');
   const read = () => {
+    // (the one- and two-byte forms, nearly every varint of a short call, inline)
+    const first = body[at];
+    const size = 1 << (first >> 6);
+    if (size === 1 && at < body.length) {
+      at += 1;
+      return first;
+    }
+    if (size === 2 && at + 2 <= body.length) {
+      at += 2;
+      return ((first & 0x3f) << 8) | body[at - 1];
+    }
     const r = decodeVarint(body, at);
     if (r === null) throw truncated();
     at = r[1];
@@ -190,7 +259,7 @@ export function decodeFrames(body) {
       data = body.slice(at, at + len);
       at += len;
     }
-    frames.push(frame(type, { a: values[0], b: values[1], c: values[2], data }));
+    frames.push({ type, a: values[0], b: values[1], c: values[2], data, ranges: [] });
   }
   return frames;
 }

@@ -47,26 +47,38 @@ export function handshakeRecord(kind, body) {
   return concat(encodeHeader(kind, body.length, 0), body);
 }
 
-function nonce(counter) {
-  return concat(new Uint8Array(4), u64le(counter));
+/** The nonce of section 4.1: four zero bytes, then the counter as u64le -- the header's
+ * last eight bytes, taken from there. */
+function nonceOf(record) {
+  const nonce = new Uint8Array(12);
+  nonce.set(record.subarray(4, HEADER_SIZE), 4);
+  return nonce;
 }
 
-/** Seals one DATA record (section 4.1). */
+/** Seals one DATA record (section 4.1): the header and the ciphertext are written into
+ * the one buffer the record is (no copy of the ciphertext into a second one). */
 export function sealRecord(key, counter, plaintext) {
   const n = BigInt(counter);
   if (n < 0n || n >= LAST_COUNTER) throw new ProtocolError('COUNTER', `counter ${counter}`);
   if (plaintext.length > MAX_RECORD_PLAINTEXT) {
     throw new ProtocolError('RECORD_SIZE', `${plaintext.length} plaintext bytes`);
   }
-  const header = encodeHeader(RecordKind.DATA, plaintext.length + TAG_SIZE, n);
-  return concat(header, chacha20poly1305(key, nonce(n), header).encrypt(plaintext));
+  const bodyLength = plaintext.length + TAG_SIZE;
+  const record = new Uint8Array(HEADER_SIZE + bodyLength);
+  record[0] = RecordKind.DATA; // (flags, record[1], stay 0)
+  record[2] = bodyLength & 0xff;
+  record[3] = bodyLength >>> 8;
+  new DataView(record.buffer).setBigUint64(4, n, true);
+  chacha20poly1305(key, nonceOf(record), record.subarray(0, HEADER_SIZE))
+    .encrypt(plaintext, record.subarray(HEADER_SIZE));
+  return record;
 }
 
 /** Opens one whole DATA record (header already parsed): its plaintext, or DecryptionError. */
 export function openRecord(key, record, header = parseHeader(record)) {
   if (header.counter === LAST_COUNTER) throw new DecryptionError();
   try {
-    return chacha20poly1305(key, nonce(header.counter), record.subarray(0, HEADER_SIZE))
+    return chacha20poly1305(key, nonceOf(record), record.subarray(0, HEADER_SIZE))
       .decrypt(record.subarray(HEADER_SIZE, HEADER_SIZE + header.bodyLength));
   } catch {
     throw new DecryptionError();
