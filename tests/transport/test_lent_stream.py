@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 import dtp.socket
+from dtp.errors import DTPTimeoutError
 from dtp.identity.keys import HostIdentity
 
 
@@ -98,3 +99,32 @@ def test_the_woken_lent_reader_writes_what_a_sender_queued(
     with engine.lock:
         assert not engine.out  # written by the reader the sender woke
     assert not _wake_pending(client)
+
+
+def test_a_lent_read_waits_out_its_timeout_and_the_next_one_reads(
+    pair: tuple[dtp.socket.DTPSocket, dtp.socket.DTPSocket],
+) -> None:
+    """A lent read that finds nothing waits in Engine.read_lent's own turn of the wait:
+    bytes that come during it are returned, silence ends it at the socket's timeout
+    (DTPTimeoutError, nothing lost), and the stream stays lent for the next read."""
+    client, server = pair
+    client.sendall(b"a")
+    assert server.recv(10) == b"a"  # the stream is lent now
+    engine = server._engine
+    assert engine.conn.lent_stream_id is not None
+    with engine.lock:
+        engine._read_first_skip = 8  # (as after a read first that found nothing: it waits)
+    timer = threading.Timer(0.1, client.sendall, (b"b",))
+    timer.start()
+    try:
+        assert server.recv(10) == b"b"  # came during the wait
+    finally:
+        timer.join()
+    server.settimeout(0.2)
+    start = time.monotonic()
+    with pytest.raises(DTPTimeoutError):
+        server.recv(10)
+    assert time.monotonic() - start >= 0.19
+    assert engine.conn.lent_stream_id is not None
+    client.sendall(b"c")
+    assert server.recv(10) == b"c"
