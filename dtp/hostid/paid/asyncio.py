@@ -156,6 +156,16 @@ class PaidConnection:
     def verdict(self) -> GateVerdict:
         return self.core.verdict(self.conn.usage, time.monotonic())
 
+    def ended(self) -> bool:
+        """Whether the connection ended (the session knows it)."""
+        return self.proto.session.terminated is not None
+
+    def unpaid_end(self) -> bool:
+        """Whether the connection ended while the gate does not serve its usage: what
+        is still buffered is unpaid, and no read serves it (:meth:`wait_paid` returns
+        at such an end, paused)."""
+        return self.ended() and not self.gate.serving(*self.conn.usage)
+
     def close(self, code: int, reason: str) -> None:
         self.conn.close(code, reason)
         self.proto.flush()
@@ -488,9 +498,24 @@ class PaidReader:
         """One gated read of up to ``n`` bytes (b"" at EOF)."""
         paid = self._paid
         await paid.wait_paid()
-        # the connection may have ended while paused: a read of 1 reports it
-        data = await self._reader.read(await paid.pace(paid.room(n) or 1))
+        room = paid.room(n)
+        if not room and paid.ended():
+            return self._unpaid_end()
+        data = await self._reader.read(await paid.pace(room or 1))
         return await self._throttled(data)
+
+    def _unpaid_end(self) -> bytes:
+        """What a read returns when the connection ended while paused for payment:
+        the stream's failure raised, else b"" -- as the wrapped read with nothing
+        buffered. What is still buffered came beyond what the client paid for and is
+        never served. (Read a byte at a time, unpaid, those bytes kept a handler's
+        ``while await reader.read(n)`` from ever waiting: a megabyte of them held the
+        event loop, and every connect to the server, for the whole pause timeout:
+        tests/paid/test_unpaid_end.py.)"""
+        failure = self._reader.exception()
+        if failure is not None:
+            raise failure
+        return b""
 
     async def _throttled(self, data: bytes) -> bytes:
         """``data`` once the rate limits let it go (it was just read). A read cancelled
@@ -551,10 +576,15 @@ class PaidReader:
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         # one look for at most 64 KiB (the reader's limit), as one recv()
         await self._paid.wait_paid()
+        if self._paid.unpaid_end():
+            self._unpaid_end()
+            raise asyncio.IncompleteReadError(b"", None)  # (as at the stream's end)
         return await self._throttled(await self._reader.readuntil(separator))
 
     async def readline(self) -> bytes:
         await self._paid.wait_paid()
+        if self._paid.unpaid_end():
+            return self._unpaid_end()
         return await self._throttled(await self._reader.readline())
 
     def __aiter__(self) -> PaidReader:
