@@ -196,6 +196,9 @@ class _AlwaysPaid:
     async def wait_paid(self) -> None:
         return None
 
+    def unpaid_end(self) -> bool:  # (the gate serves: never an end unpaid)
+        return False
+
     def room(self, nbytes: int) -> int:
         return nbytes
 
@@ -325,6 +328,9 @@ class _RateLimited:
 
     async def wait_paid(self) -> None:
         return None
+
+    def unpaid_end(self) -> bool:  # (the gate serves: never an end unpaid)
+        return False
 
     def room(self, nbytes: int) -> int:
         return nbytes

@@ -444,6 +444,43 @@ def test_the_count_returns_to_zero_however_a_handshake_ends(server_driver: Serve
     assert served_once(driver, b"still fine") == b"still fine"
 
 
+def test_established_connections_hold_no_handshake_slot(server_driver: Serve) -> None:
+    """A connection's handshake slot is free once its handshake is over: with one slot
+    per address and no line (a second handshake of 127.0.0.1 under way at once would be
+    closed "busy"), three clients of that address connect one after another and stay
+    connected together, each at once; a client the accept hook refuses holds none
+    either while its carrier drains (its CLOSE is delivered first)."""
+    driver = server_driver(
+        lambda address: address != DENIED.sui_address,
+        max_handshakes_per_address=1,
+        max_waiting_per_address=0,
+    )
+    server = driver.server
+    slots = server._address_slots
+    assert slots is not None
+    held = []
+    try:
+        for i in range(3):
+            began = time.monotonic()
+            with pytest.raises(ConnectionRefused):
+                dtp.socket.create_connection(
+                    driver.address, timeout=10, server_key=driver.noise_public_key, identity=DENIED
+                )
+            sock = dtp.socket.create_connection(
+                driver.address, timeout=10, server_key=driver.noise_public_key, identity=CLIENT
+            )
+            held.append(sock)
+            sock.sendall(b"c%d" % i)
+            assert time.monotonic() - began < 5  # (a connect waiting for a slot: 10 s)
+            assert wait_for(lambda: slots.in_progress("127.0.0.1") == 0)
+        assert server.busy_refused == 0
+        assert server.refused == 3
+    finally:
+        for sock in held:
+            sock.close()
+    assert sorted(driver.served(10)[1] for _ in range(3)) == [b"c0", b"c1", b"c2"]
+
+
 def test_ledger_handoffs_are_not_capped_by_address(server_driver: Serve) -> None:
     # a ledger-carrier connection reaches the server as a local socket (no client IP)
     driver = server_driver(max_handshakes_per_address=1)

@@ -169,6 +169,12 @@ class PaidConnection:
     def verdict(self) -> GateVerdict:
         return self.core.verdict(self.conn.usage, time.monotonic())
 
+    def unpaid_end(self) -> bool:
+        """Whether the connection ended while the gate does not serve its usage: what
+        is still buffered is unpaid, and no read serves it (:meth:`wait_paid` returns
+        at such an end, paused)."""
+        return self.ended() and not self.gate.serving(*self.conn.usage)
+
     async def wait_paid(self) -> None:
         """As :meth:`dtp.hostid.paid.blocking.PaidConnection.wait_paid` (the engine's
         :meth:`~dtp.hostid.paid.engine.PausedCall.step` at each look)."""
@@ -328,7 +334,10 @@ class PaidConnection:
         """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): what the
         gate still allows on the usage seen (at most CREDIT_MAX, so a read takes a
         bounded chunk per look), at least 1 byte (the gate said serve, or the connection
-        ended: the read reports how)."""
+        ended: the read reports how); 0 once it ended while the gate does not serve
+        (:meth:`unpaid_end`: nothing buffered is served)."""
+        if self.unpaid_end():
+            return 0
         return self.core.read_room(self.conn.usage, nbytes)[0]
 
     async def request_final_receipt(self) -> None:
@@ -516,9 +525,23 @@ class PaidReader:
         """One gated read of up to ``n`` bytes (b"" at EOF)."""
         paid = self._paid
         await paid.wait_paid()
-        # the connection may have ended while paused: a read of 1 reports it
-        data = await self._reader.read(await paid.pace(paid.room(n)))
+        room = paid.room(n)
+        if not room:
+            return self._unpaid_end()
+        data = await self._reader.read(await paid.pace(room))
         return await self._throttled(data)
+
+    def _unpaid_end(self) -> bytes:
+        """What a read returns when the connection ended while paused for payment:
+        the stream's failure raised, else b"" -- as the wrapped read with nothing
+        buffered. What is still buffered came beyond what the client paid for and is
+        never served: a handler's ``while await reader.read(n)`` loop ends at once
+        rather than spinning through them with the event loop held
+        (tests/paid/test_unpaid_end.py)."""
+        failure = self._reader.exception()
+        if failure is not None:
+            raise failure
+        return b""
 
     async def _throttled(self, data: bytes) -> bytes:
         """``data`` once the rate limits let it go (it was just read). A read cancelled
@@ -579,10 +602,15 @@ class PaidReader:
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         # one look for at most 64 KiB (the reader's limit), as one recv()
         await self._paid.wait_paid()
+        if self._paid.unpaid_end():
+            self._unpaid_end()
+            raise asyncio.IncompleteReadError(b"", None)  # (as at the stream's end)
         return await self._throttled(await self._reader.readuntil(separator))
 
     async def readline(self) -> bytes:
         await self._paid.wait_paid()
+        if self._paid.unpaid_end():
+            return self._unpaid_end()
         return await self._throttled(await self._reader.readline())
 
     def __aiter__(self) -> PaidReader:

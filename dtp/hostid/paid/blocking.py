@@ -393,13 +393,19 @@ class PaidConnection:
 
     def room(self, nbytes: int) -> int:
         """How much of a read of ``nbytes`` may go now (after :meth:`wait_paid`): no more
-        than the gate's credit, at least 1 byte (the gate said serve). Short of the
-        cached credit, the gate is asked again before the read is cut
-        (tests/paid/test_receipt_gate_read_room.py)."""
+        than the gate's credit, at least 1 byte (the gate said serve; 0 once the
+        connection ended while it does not). Short of the cached credit, the gate is
+        asked again before the read is cut (tests/paid/test_receipt_gate_read_room.py)."""
         credit = self.credit
         if nbytes <= credit.read:
             return nbytes
-        room, credit.read = self.core.read_room(self.engine.conn.usage, nbytes)
+        usage = self.engine.conn.usage
+        if self.ended() and not self.gate.serving(*usage):
+            # the connection ended while paused for payment (wait_paid returns then):
+            # what is still buffered is unpaid, and no read serves it, so a handler's
+            # recv loop ends with its connection (tests/paid/test_unpaid_end.py)
+            return 0
+        room, credit.read = self.core.read_room(usage, nbytes)
         return room
 
     def request_final_receipt(self) -> None:
@@ -570,7 +576,10 @@ class PaidSocket:
         paid = self._paid
         if paid.credit.read <= 0:
             paid.wait_paid(self._sock)
-        data = self._sock.recv(paid.pace(paid.room(bufsize)), flags)
+        room = paid.room(bufsize)
+        if not room and bufsize:
+            return b""  # (ended unpaid, see room(): nothing buffered is served)
+        data = self._sock.recv(paid.pace(room), flags)
         paid.throttle(len(data))
         return data
 
@@ -593,6 +602,8 @@ class PaidSocket:
             # would escape them: tests/paid/test_socket_recv_into.py)
             recv_into_target(buffer, nbytes, flags)
             size = paid.room(size)
+            if not size:
+                return 0  # (ended unpaid, see room(): a size of 0 is the whole buffer)
         buckets = paid.buckets
         if buckets.bytes.rate:
             paced = paid.pace(size)

@@ -74,7 +74,17 @@ class _Arrival:
     the server's :class:`~dtp.transport.handshake_gate.Admission` (its handshake's end releases
     its slots by it)."""
 
-    __slots__ = ("config", "deadline", "engine", "gave_way", "key", "peer", "reader", "tcp")
+    __slots__ = (
+        "config",
+        "deadline",
+        "engine",
+        "gave_way",
+        "key",
+        "peer",
+        "reader",
+        "slots_freed",
+        "tcp",
+    )
 
     def __init__(
         self, tcp: _socket.socket, peer: Any, config: ConnectionConfig, key: str | None
@@ -87,6 +97,7 @@ class _Arrival:
         self.reader = FirstMessage()
         self.engine: Engine | None = None  # made as its handshake starts
         self.gave_way = False
+        self.slots_freed = False  # its handshake ended: its slots went on (_handshake_over)
 
 
 def _read_first(arrival: _Arrival) -> Progress | None:
@@ -810,7 +821,7 @@ class DTPServer:
             sock = self._handshake(arrival)
         finally:
             # however the handshake ended: its slots are free for the next client
-            self._admission.ended(arrival, sched.monotonic())
+            self._handshake_over(arrival)
         if sock is None:
             return
         if self._closed.is_set():
@@ -824,6 +835,12 @@ class DTPServer:
         self._queue.put(sock)  # (its place was taken before its client was told it is in)
         if self._closed.is_set():
             self._queue.close()  # close() ran meanwhile and may have missed it
+
+    def _handshake_over(self, arrival: _Arrival) -> None:
+        """``arrival``'s handshake ended: its slots go to the next in line (once)."""
+        if not arrival.slots_freed:
+            arrival.slots_freed = True
+            self._admission.ended(arrival, sched.monotonic())
 
     # -- handshakes: the handshake, the hooks, the verdict -------------------------------------
 
@@ -932,6 +949,11 @@ class DTPServer:
                 outcome, verdict = Outcome.BUSY, SERVER_BUSY
                 with self._stats_lock:  # (counted before the client can read it)
                     self.busy_refused += 1
+            # The verdict is in: the slots go on before the client can read it. Freed
+            # after (at this thread's end), a client that connected again as soon as it
+            # read it -- refused, or in -- found them still taken, and was closed "busy"
+            # or waited in line (tests/transport/test_handshake_slots.py)
+            self._handshake_over(arrival)
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)
                 engine.flush()
