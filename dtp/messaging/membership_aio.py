@@ -180,8 +180,8 @@ class AsyncMemberNode(NodeFace):
             task.cancel()
         if self._server is not None:
             self._server.close()  # (first: no connection comes in after the aborts)
-            # the connections it serves and those in their handshake (which went on past
-            # close() until their own timeout, open after a loop closed right after)
+            # the connections it serves and those in their handshake: close() leaves
+            # them to their own timeouts, past a loop that may close right after
             self._server.abort_clients()
         try:
             async with asyncio.timeout(CLOSE_WAIT):

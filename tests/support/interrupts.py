@@ -19,8 +19,8 @@ from tests.support.paths import ROOT
 
 
 def processes_under(path: Path) -> list[str]:
-    """``"<pid>: <command line>"`` of each live process whose command line names
-    ``path``."""
+    """``"<pid>: <command line>"`` of each live process whose command line names a
+    file under ``path``."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -30,7 +30,7 @@ def processes_under(path: Path) -> list[str]:
         except OSError:
             continue
         cmd = raw.replace(b"\0", b" ").decode(errors="replace")
-        if str(path) in cmd:
+        if f"{path}{os.sep}" in cmd:  # (a file under it: not a folder named alike)
             found.append(f"{pid}: {cmd[:200]}")
     return found
 

@@ -35,7 +35,7 @@ import pytest
 import dtp.aio
 from dtp.errors import DTPError, LocalProtocolError, StreamReset
 from dtp.identity.keys import HostIdentity
-from dtp.protocol.connection import ConnectionConfig
+from dtp.protocol.connection import CloseCode, ConnectionConfig
 
 Handler = Callable[[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter], Awaitable[None]]
 
@@ -719,5 +719,39 @@ def test_a_change_on_one_stream_wakes_only_what_waits_on_it() -> None:
             writer.close()
             with pytest.raises(DTPError):
                 await asyncio.wait_for(accept, 5)  # (the connection's end wakes it)
+
+    asyncio.run(main())
+
+
+def test_a_streams_close_wakes_what_the_connections_end_concerns() -> None:
+    """Closing a stream applies what the session holds (its buffer is forgotten): a
+    connection's end applied then wakes the readers of the other streams, not only the
+    closed stream's -- with no input coming (reading paused), nothing else would."""
+
+    async def main() -> None:
+        hold = asyncio.Event()
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            await hold.wait()
+
+        async with _connected(handle) as (reader, writer):
+            _, w1 = await writer.open_stream()
+            r2, w2 = await writer.open_stream()
+            w1.write(b"x")
+            w2.write(b"y")
+            await w2.drain()
+            second = asyncio.ensure_future(r2.read(10))
+            proto = reader._proto
+            await _until(lambda: w2._stream_id in proto._keyed)
+            assert proto.transport is not None
+            proto.transport.pause_reading()  # (only what close() wakes)
+            proto.conn.close(CloseCode.APPLICATION, "bye")  # (not applied yet)
+            w1.close()
+            try:
+                with pytest.raises(DTPError):
+                    await asyncio.wait_for(second, 5)
+            finally:
+                proto.transport.resume_reading()
+                hold.set()
 
     asyncio.run(main())

@@ -128,7 +128,10 @@ class GrpcWebServer:
             def do_POST(self) -> None:
                 kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
                 self.text = kind in _TEXT
-                length = int(self.headers.get("Content-Length") or -1)
+                try:
+                    length = int(self.headers.get("Content-Length") or -1)
+                except ValueError:
+                    length = -1
                 if not 0 <= length <= MAX_BODY:
                     # (without a length the body cannot be skipped: close the connection)
                     self.close_connection = True
@@ -155,6 +158,8 @@ class GrpcWebServer:
                         self._trailers_only(Status.INVALID_ARGUMENT, str(exc))
                     except GrpcWebError as exc:
                         self._trailers_only(exc.status, exc.message)
+                    except Exception as exc:  # (a fault of the stand-in: said, as a node would)
+                        self._trailers_only(Status.INTERNAL, f"{type(exc).__name__}: {exc}")
                     else:
                         trailers = b"grpc-status: 0\r\ngrpc-message: \r\n"
                         self._reply(frame(data) + frame(trailers, trailer=True), ())

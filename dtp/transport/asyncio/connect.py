@@ -188,17 +188,21 @@ REFUSED_CLOSE_WAIT = 1.0
 
 async def _carrier_closed(proto: Protocol) -> None:
     """Wait for the carrier of a connection the server refused to close, aborting it
-    after :data:`REFUSED_CLOSE_WAIT`: the error is raised with nothing left open. A TCP
-    carrier closes within a loop iteration, but a WebSocket one waits for the peer's
-    half of its close handshake, a round trip: a program that ends its loop on the
-    error (``asyncio.run``) left that carrier's TCP connection open until collected."""
-    if proto.transport is None or proto.closed_future.done():
+    after :data:`REFUSED_CLOSE_WAIT` (or when the wait is cancelled): the error is raised
+    with nothing left open. A TCP carrier closes within a loop iteration, but a
+    WebSocket one waits for the peer's half of its close handshake, a round trip, which
+    a program that ends its loop on the error (``asyncio.run``) would not wait for."""
+    transport = proto.transport
+    if transport is None or proto.closed_future.done():
         return
     try:
         async with asyncio.timeout(REFUSED_CLOSE_WAIT):
             await asyncio.shield(proto.closed_future)
     except TimeoutError:
-        proto.transport.abort()
+        transport.abort()
+    except asyncio.CancelledError:
+        transport.abort()
+        raise
 
 
 def _websocket_error(url: str, exc: OSError) -> ConnectionLost:

@@ -219,11 +219,7 @@ class Protocol(asyncio.BufferedProtocol):
         if session.terminated is not None and self.transport is not None and not self.hold_carrier:
             self.close_carrier()
         if changed:
-            touched = session.take_changes()
-            if touched is None:
-                self._notify()
-            else:
-                self._notify_some(touched)
+            self.notify_changes()
         elif self.stream_slot_waiters and self.conn.can_open_stream():
             self._notify()
 
@@ -364,13 +360,23 @@ class Protocol(asyncio.BufferedProtocol):
                     if not waiter.done():
                         waiter.set_result(None)
 
+    def notify_changes(self, *keys: int) -> None:
+        """Wake the tasks that what the session applied since the last look concerns
+        (:meth:`Session.take_changes`), and those waiting on ``keys``: after any
+        ``process_events()``, or a change applied then reaches no keyed waiter."""
+        touched = self.session.take_changes()
+        if touched is None:
+            self._notify()
+        else:
+            self._notify_some(touched.union(keys) if keys else touched)
+
     def _notify_some(self, keys: Iterable[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
         and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
         stream's reads and the streams the peer opened change only with those
         (Session.take_changes): the other readers and acceptors would only look again
-        and wait on -- a connection serving a call a stream, with a reader on its first
-        stream, woke both on every call, twice."""
+        and wait on (a connection serving a call a stream, with a reader on its first
+        stream)."""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():

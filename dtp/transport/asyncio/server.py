@@ -543,6 +543,7 @@ class DTPServer:
                 # at once: not half-closed waiting for the peer's end, nor for a peer
                 # that stopped reading to take what is still queued
                 proto.transport.abort()
+            proto.session.process_events()
             proto._notify()  # (a handshake waiting on it ends now)
             self._aborted.append(proto.closed_future)
 
@@ -558,9 +559,12 @@ class DTPServer:
         for server in self._websockets:
             await server.wait_closed()
         while self._aborted:
-            # (shielded: a cancelled wait must not cancel the connection's own future;
-            # each ends within CARRIER_GRACE, dtp.transport.asyncio.protocol)
-            await asyncio.shield(self._aborted.pop())
+            # (shielded: a cancelled wait must not cancel the connection's own future,
+            # nor forget it; each ends within CARRIER_GRACE, dtp.transport.asyncio.protocol)
+            carrier_closed = self._aborted[-1]
+            await asyncio.shield(carrier_closed)
+            with contextlib.suppress(ValueError):  # (another wait_closed() took it)
+                self._aborted.remove(carrier_closed)
         listener = self._attached
         if listener is not None and listener.running:
             await asyncio.to_thread(listener.close)

@@ -612,9 +612,9 @@ class DTPStreamWriter:
             # blocking API's): kept, a connection carrying many short streams (the
             # daemon's tunnels) would hold one for each, for good
             session.forget(self._stream_id)
-            # (what waits on this stream's reads, or on any change; not the readers of
-            # the other streams, nor accept_stream(): nothing of theirs changed)
-            self._proto._notify_some((self._stream_id,))
+            # (what waits on this stream's reads, and whatever forget()'s processing of
+            # the session's events concerns: the connection's end, say)
+            self._proto.notify_changes(self._stream_id)
             self._proto.flush()
 
     def reset(self, code: int = 0) -> None:

@@ -949,10 +949,9 @@ class DTPServer:
                 outcome, verdict = Outcome.BUSY, SERVER_BUSY
                 with self._stats_lock:  # (counted before the client can read it)
                     self.busy_refused += 1
-            # The verdict is in: the slots go on before the client can read it. Freed
-            # after (at this thread's end), a client that connected again as soon as it
-            # read it -- refused, or in -- found them still taken, and was closed "busy"
-            # or waited in line (tests/transport/test_handshake_slots.py)
+            # The verdict is in: the slots go on before the client can read it, so a
+            # client that connects again as soon as it reads it -- refused, or in --
+            # finds them free (tests/transport/test_handshake_slots.py)
             self._handshake_over(arrival)
             if verdict is not None:
                 session.conn.refuse(verdict)  # sends CLOSE(REFUSED, reason)

@@ -155,7 +155,7 @@ def _between_frames(ws: WsProtocol) -> bool:
     ``StreamReader.at_eof`` with an empty buffer. Not between two frames -- part of one
     read, its header perhaps consumed already -- the next bytes are that frame's, for
     websockets to parse. (A websockets whose parser is built otherwise never matches:
-    every frame then goes through it, as before.)"""
+    every frame then goes through it.)"""
     held: Any = getattr(getattr(ws, "reader", None), "buffer", None)
     if _AT_EOF is None or held is None or len(held):
         return False
@@ -457,7 +457,7 @@ class WebSocketTransport(asyncio.Transport):
     # (bench/web_rows.py). On a server these two are framed here, as RFC 6455 section 5.2
     # frames them; everything else -- fragments, control frames, a read holding more or
     # less than one frame, a read while websockets holds part of one, a closing carrier,
-    # the client's masked writes -- goes through websockets as before.
+    # the client's masked writes -- goes through websockets.
 
     def _frame_in(self, data: bytes) -> bool:
         """Hand over ``data`` as a message if it is exactly one final, unmasked-here

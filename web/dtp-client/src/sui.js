@@ -151,7 +151,13 @@ export class SuiEscrows {
     }
     // the wallet answers with the digest and the effects' BCS; the events are read back
     // from the node (which may index the transaction a moment after it ran)
-    const done = await this.client.core.waitForTransaction({ digest, include: { effects: true, events: true } });
+    let done;
+    try {
+      done = await this.client.core.waitForTransaction({ digest, include: { effects: true, events: true } });
+    } catch (err) {
+      // executed, perhaps: the digest lets the page find the deposit again
+      throw new SuiLedgerError(`${what}: ${digest} not read back: ${err.message}`, { digest, cause: err });
+    }
     const executed = done.Transaction ?? done.FailedTransaction;
     if (!executed.effects.status.success) {
       const error = executed.effects.status.error;
@@ -186,6 +192,10 @@ export class SuiEscrows {
    * `{connection, escrow, cap, deposit, digest}` (IDs as 0x hex).
    */
   async openEscrow({ host, port, deposit, session, cap, maxPerEpoch }) {
+    if (BigInt(deposit) > BigInt(Number.MAX_SAFE_INTEGER)) {
+      // (the payment counts MIST as numbers: refused before any money moves)
+      throw new RangeError(`a deposit above ${Number.MAX_SAFE_INTEGER} MIST is not counted exactly here`);
+    }
     let capRef = cap;
     if (capRef === undefined) {
       capRef = await this.createSpendingCap(maxPerEpoch ?? BigInt(deposit) * 10n);
