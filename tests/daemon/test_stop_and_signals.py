@@ -106,10 +106,13 @@ def test_sighup_while_stopping_is_ignored(tmp_path: Path, procs: list[Proc]) -> 
         # (answered, and the daemon still draining, before the second SIGTERM: sent at
         # once, the stop could overtake the handler's line on a loaded machine)
         wait_until(
-            lambda: "reload ignored: the daemon is stopping" in d.log(), what="the SIGHUP's answer"
+            lambda: "reload ignored: the daemon is stopping" in d.log(),
+            timeout=30,
+            what="the SIGHUP's answer",
         )
         assert d.proc.poll() is None
-        assert d.stop(signal.SIGTERM) == 0
+        # (the drain's 5 s, then the tunnel cut and its connection settled on the ledger)
+        assert d.stop(signal.SIGTERM, timeout=90) == 0
     assert_settled(tmp_path)
 
 
