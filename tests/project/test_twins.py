@@ -192,6 +192,7 @@ ORDERED = [
         "hostid/paid/asyncio_server.py",
         "PaidAioServer",
     ),
+    ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
 ]
 
 
