@@ -193,6 +193,12 @@ ORDERED = [
         "PaidAioServer",
     ),
     ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
+    (
+        "messaging/rpc/blocking_client.py",
+        "RpcClient",
+        "messaging/rpc/asyncio_client.py",
+        "AsyncRpcClient",
+    ),
 ]
 
 
