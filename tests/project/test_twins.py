@@ -199,6 +199,12 @@ ORDERED = [
         "messaging/rpc/asyncio_client.py",
         "AsyncRpcClient",
     ),
+    (
+        "messaging/rpc/blocking_server.py",
+        "RpcServer",
+        "messaging/rpc/asyncio_server.py",
+        "AsyncRpcServer",
+    ),
 ]
 
 
