@@ -124,7 +124,7 @@ TWINS = [
         "hostid/udp/asyncio.py",
         "hostid/udp/engine.py",
         ("RelayEngine", "FlowAccount", "UdpBilling"),
-        ("engine", "billing", "session", "flow", "self"),
+        ("engine", "billing", "flow", "self"),
         {
             "run_kept": (
                 BLOCKING,
@@ -192,6 +192,7 @@ ORDERED = [
         "hostid/paid/asyncio_server.py",
         "PaidAioServer",
     ),
+    ("hostid/udp/blocking.py", "relay_udp", "hostid/udp/asyncio.py", "relay_udp_async"),
     ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
     (
         "messaging/rpc/blocking_client.py",
