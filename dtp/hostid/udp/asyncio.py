@@ -66,9 +66,9 @@ async def _read_control(reader: DTPStreamReader, decoder: ControlDecoder) -> byt
 
 
 async def _open_backend(backend: tuple[str, int]) -> socket.socket:
-    """:func:`dtp.hostid.udp.sockets.backend_socket`, its name looked up off the event loop: a
-    blocking lookup (connect() on a host name) held up every flow and tunnel of the
-    daemon for as long as DNS took. Raises :class:`~dtp.errors.TunnelError` as it does."""
+    """:func:`dtp.hostid.udp.sockets.backend_socket`, its name looked up off the event loop
+    (a blocking lookup would hold up every flow and tunnel of the daemon for as long
+    as DNS takes). Raises :class:`~dtp.errors.TunnelError` as it does."""
     check_backend(backend)
     # the family the blocking version used (a name resolves to IPv4 there), so that a
     # backend "localhost:53" listening on 127.0.0.1 only is still reached
@@ -119,8 +119,8 @@ async def relay_udp_async(
     loop = asyncio.get_running_loop()
     limit = writer.max_datagram_size
     try:
-        # (checked before the backend socket is made: a None idle_timeout raised a
-        # TypeError past it, its reader and the connection, all left open)
+        # checked before the backend socket is made: a bad argument leaves nothing
+        # open but for the connection, closed below (tests/udp/test_arguments.py)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
         udp = await _open_backend(backend)
@@ -160,8 +160,9 @@ async def relay_udp_async(
             writer.write(frame)
         except DTPError as exc:
             # the client reset the control stream: no more usage reports, so the
-            # relay ends, as relay_udp does. (Raised in the connection's datagram
-            # sink, this aborted the carrier without a CLOSE.)
+            # relay ends, as relay_udp does. Not raised: this may run in the
+            # connection's datagram sink, where an error aborts the carrier without
+            # a CLOSE (test_a_relay_whose_client_resets_the_control_stream_ends_cleanly)
             logger.info("UDP relay ended: %s", exc)
             end_control()
             writer.set_datagram_sink(drop_unpaid)  # (until the loop below ends)
@@ -173,8 +174,7 @@ async def relay_udp_async(
         stats.add(dropped_finishing=1)  # after the final report: nobody would pay
 
     def drop_finishing_replies() -> None:
-        # read and counted, as the client's datagrams are: left unread, they vanished
-        # with the socket, counted nowhere (docs/udp.md counts them)
+        # read and counted as dropped, as the client's datagrams are (docs/udp.md)
         stats.add(dropped_finishing=len(drain(udp)))
 
     async def read_control() -> None:
@@ -235,7 +235,7 @@ async def relay_udp_async(
                 break
             # wake for the connection's end, a pause in traffic or the finish, not per
             # datagram
-            # (the first to end wakes the loop: waiting for all, only the timeout did)
+            # (FIRST_COMPLETED: the first of them to end wakes the loop)
             waits = [ended, stop, *([asked] if asked is not None and not engine.finishing else [])]
             await asyncio.wait(waits, timeout=engine.wait, return_when=asyncio.FIRST_COMPLETED)
             send_control(engine.paused(loop.time(), last[0]))
@@ -324,8 +324,8 @@ class AsyncUdpForwarder(FlowTable):
         self._sweeper: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
         # every flow's tasks (connect, replies, control) until they are done: close()
-        # waits for those it cancels (a connect cancelled was still unwinding when it
-        # returned, as a flow's failed connect closing what it had made was)
+        # waits for those it cancels to unwind, a connect closing what it made among
+        # them (test_close_waits_for_a_connect_it_cancels_to_unwind)
         self._flow_tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None  # done when a close() ends
         self._closer: asyncio.Task[Any] | None = None  # the task of the close() at work
@@ -433,7 +433,7 @@ class AsyncUdpForwarder(FlowTable):
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
+        out, oversized, unpaid = flow.admit(batch, writer.max_datagram_size)
         try:
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
@@ -468,7 +468,8 @@ class AsyncUdpForwarder(FlowTable):
         writer.set_datagram_sink(on_reply)
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
-            # the connection's own closed future (its wait_closed() raised CancelledError)
+            # the connection's own closed future (its wait_closed() would raise
+            # CancelledError)
             await writer.connection_closed()
         finally:
             writer.set_datagram_sink(None)
@@ -502,9 +503,9 @@ class AsyncUdpForwarder(FlowTable):
                 try:
                     flow.writer.write(answer.receipt)
                 except DTPError as exc:
-                    # the relay reset the stream: no receipt can go (this task died
-                    # with the error, and the flow's end waited final_timeout for
-                    # nothing)
+                    # the relay reset the stream: no receipt can go, and the loop
+                    # ends so that the flow's end waits for no final report
+                    # (tests/udp/test_stalled_flows.py)
                     logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
                     break
                 self.stats.add(**flow.signed(answer.paid_before))
@@ -522,16 +523,15 @@ class AsyncUdpForwarder(FlowTable):
                 if flow.writer is not None and self.idle(flow.last, now)
             ]
             # each in a task of its own: an end waits for its relay's final report (up
-            # to final_timeout). One after the other, a quiet relay's flows held their
-            # places (and max_sessions) for final_timeout each; awaited here together,
-            # a flow going idle just after this sweep waited for the next one, up to
-            # final_timeout late
+            # to final_timeout), and neither the other idle flows nor the next sweep
+            # wait for it (test_async_idle_flows_of_a_quiet_relay_end_together,
+            # test_async_a_flow_idle_while_another_ends_is_swept_on_time)
             for flow in idle:
                 self._end_later(flow)
 
     def _end_later(self, flow: _Flow) -> None:
-        """End ``flow`` in a task of its own, which close() waits for (untracked, the
-        loop held it only weakly, and a close() returned with it still at work)."""
+        """End ``flow`` in a task of its own, which close() waits for (held here: the
+        loop holds its tasks only weakly)."""
         task = asyncio.get_running_loop().create_task(self._end(flow))
         self._ending.add(task)
         task.add_done_callback(self._forget_ending)
@@ -571,8 +571,8 @@ class AsyncUdpForwarder(FlowTable):
                 self.stats.add(sessions_closed=1)
             current = asyncio.current_task()
             for task in flow.tasks:
-                # (nor a close()'s, from connect(): it ends flows in gather()'s tasks,
-                # and cancelled midway, the others' ends and connects were cut short)
+                # (nor a close()'s, from connect(): it ends the flows in gather()'s
+                # tasks, and cancelling it would cut the others' ends and connects short)
                 if task is not current and task is not self._closer:
                     task.cancel()
 
@@ -608,20 +608,19 @@ class AsyncUdpForwarder(FlowTable):
         current = self._closer = asyncio.current_task()
         try:
             # together, as the sweeper ends idle flows: each waits up to final_timeout
-            # for its relay's final report, and one after the other a close() with many
-            # flows to a relay gone quiet took final_timeout per flow (the daemon's
-            # drain gave up midway, leaving the later flows' connections open)
+            # for its relay's final report, so a close() takes final_timeout in all,
+            # not per flow (test_close_ends_the_flows_together)
             await asyncio.gather(*(self._end(flow) for flow in list(self._flows.values())))
             if self._ending:
-                # idle flows still settling: their ends are bounded (final_timeout, then
-                # the connection's close), and returning first left them open
+                # idle flows still settling: close() returns after their ends, which
+                # are bounded (final_timeout, then the connection's close)
                 await asyncio.wait(list(self._ending))
             # the flows' tasks still at work: those of ended flows, cancelled and
             # unwinding (a connect closing what it made), or a failed connect's closing
             # its connection, or a flow ending on its own (its connection ended)
             left = [task for task in self._flow_tasks if task is not current]
             for task in left:
-                if not task.cancelling():  # (cancelled again, its unwinding was cut)
+                if not task.cancelling():  # (a second cancel would cut its unwinding)
                     task.cancel()
             if left:
                 # (bounded as the blocking close's wait for connects: a connect that
@@ -629,7 +628,8 @@ class AsyncUdpForwarder(FlowTable):
                 await asyncio.wait(left, timeout=CLOSE_WAIT)
         finally:
             self._closer = None
-            # nothing uses it once taken (replies find no socket and are dropped): a
-            # close() cancelled before this line left it open for good
+            # nothing uses it once taken (replies find no socket and are dropped), and
+            # a close() cancelled midway closes it too
+            # (test_a_cancelled_close_still_closes_the_local_socket)
             if sock is not None:
                 sock.close()

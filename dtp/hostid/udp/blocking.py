@@ -92,8 +92,8 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
             if sock.connection_ended:
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
-            # control stream, not its end. Giving up here stopped the receipts for good
-            # once traffic paused that long (the relay then dropped all as unpaid).
+            # control stream, not its end; receipts go on after it
+            # (tests/udp/test_stalled_flows.py, a pause longer than the socket timeout)
             continue
         if not data:
             return
@@ -144,8 +144,8 @@ def relay_udp(
     as :func:`dtp.hostid.udp.asyncio.relay_udp_async` does."""
     stats = stats if stats is not None else UdpStats()
     try:
-        # (before the backend socket: a None idle_timeout failed in the relay's loop,
-        # its reply thread left running on the socket)
+        # checked before the backend socket is made: a bad argument leaves nothing
+        # open (tests/udp/test_arguments.py)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
         udp = backend_socket(backend)
@@ -285,13 +285,13 @@ def relay_udp(
                 thread.join(2)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
-        # a control thread still reading (the peer had not closed) ends with the close:
-        # returned before it did, the relay left it behind
+        # a control thread still reading (the peer has not closed) ends with the close,
+        # and the relay returns after it (test_a_relay_that_idles_out_leaves_no_control_thread)
         for thread in threads:
             thread.join(2)
         if engine.finishing:
-            # the replies come since the last read, counted as the client's are: left
-            # unread, they vanished with the socket, counted nowhere
+            # the replies that came since the last read count as dropped, as the
+            # client's datagrams do (docs/udp.md)
             with contextlib.suppress(OSError):
                 stats.add(dropped_finishing=len(drain(udp)))
         udp.close()
@@ -374,14 +374,13 @@ class UdpForwarder(FlowTable):
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
         # the reply and control threads of each flow, while they run: close() waits for
-        # them (they end once its connection is closed), and returned with them still
-        # alive
+        # them (they end once its connection is closed: test_close_leaves_no_session_thread)
         self._flow_tasks: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         # set when a close() has finished: a close() called while another is at work
-        # waits for it, as AsyncUdpForwarder.close() does (returning at once, it left
-        # the port bound and the flows open behind a caller that took them as closed)
+        # waits for it, as AsyncUdpForwarder.close() does, so that when any returns the
+        # port is closed and the flows settled (test_a_second_close_waits_for_the_first)
         self._close_done = threading.Event()
         self._thread = threading.Thread(
             target=self._read_local, name="dtp-udp-forwarder", daemon=True
@@ -505,7 +504,7 @@ class UdpForwarder(FlowTable):
         try:
             thread.start()
         except BaseException:
-            # (never started: close() joining it raised RuntimeError)
+            # (never started: close() must not join it, which raises RuntimeError)
             with self._lock:
                 self._flow_tasks.discard(thread)
             raise
@@ -525,7 +524,7 @@ class UdpForwarder(FlowTable):
             self.stats.add(dropped_no_session=len(batch))
             return False
         flow.last = time.monotonic()
-        out, oversized, unpaid = flow.take(batch, flow.sock.max_datagram_size)
+        out, oversized, unpaid = flow.admit(batch, flow.sock.max_datagram_size)
         try:
             sent = flow.sock.send_datagrams(out) if out else 0
         except DTPError as exc:
@@ -626,8 +625,8 @@ class UdpForwarder(FlowTable):
     def _end_all(self, flows: list[_Flow]) -> None:
         """End these sessions (those still open), together: each asks its relay for
         the final report and all wait for theirs at once, up to ``final_timeout`` in
-        all. One after the other, a close() with many flows to a relay gone quiet took
-        ``final_timeout`` per flow (256 flows: over 8 minutes)."""
+        all, not per flow, however many flows a quiet relay has
+        (tests/udp/test_relay_and_forwarder_ends.py, close ends the flows together)."""
         with self._lock:
             mine = [s for s in flows if self._flows.get(s.source) is s]
             for flow in mine:
@@ -644,10 +643,9 @@ class UdpForwarder(FlowTable):
                     asked.append(flow)
         deadline = time.monotonic() + self.final_timeout
         for flow in asked:
-            # at most what a thread can wait for: an infinite final_timeout
-            # (check_seconds: "never" gives up), or a finite one past TIMEOUT_MAX, made
-            # Event.wait raise OverflowError, and close() failed past every flow and
-            # the local port, all left open
+            # at most what a thread can wait for: final_timeout may be infinite
+            # (check_seconds) and Event.wait raises OverflowError past TIMEOUT_MAX
+            # (test_a_blocking_forwarder_with_an_endless_final_timeout_closes)
             left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
             if not flow.final.wait(left):
                 logger.info("UDP flow from %s: no final report from the relay", flow.source)
