@@ -165,18 +165,20 @@ def trace_byte_general() -> set[str]:
         return trace.of(_main)
 
 
+HELD = threading.Event()  # what the "hold" method waits for
+
+
 @contextmanager
 def _rpc() -> Iterator[RpcClient]:
-    rpc = RpcServer()
+    rpc = RpcServer(workers=2)  # (one handler holds, the other answers)
 
     @rpc.method()
     def add(params: list[int]) -> int:
         return sum(params)
 
     @rpc.method()
-    def wait(params: float) -> float:
-        time.sleep(params)
-        return params
+    def hold(params: None) -> None:
+        assert HELD.wait(60.0)
 
     with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
         serving = threading.Thread(target=rpc.serve, args=(srv,), name="test-rpc-serve")
@@ -208,16 +210,23 @@ def trace_call_busy() -> set[str]:
     """``RpcClient.call`` while another thread's call is in flight: the request is
     queued, and whichever waiting thread reads settles the call (leader/follower); the
     client's threads count."""
+    HELD.clear()
     with _rpc() as client, Trace().installed() as trace:
         other = threading.Thread(
-            target=client.call, args=("wait", 0.5), name="test-rpc-other", daemon=True
+            target=client.call, args=("hold", None), name="test-rpc-other", daemon=True
         )
-        trace.on = True
         other.start()
-        time.sleep(0.1)
-        assert client.call("add", [2, 40]) == 42
-        other.join(30.0)
-        trace.on = False
+        try:
+            deadline = time.monotonic() + 30.0
+            while not client._reading:  # (the other call reads for its answer)
+                assert time.monotonic() < deadline, "the other call never began"
+                time.sleep(0.01)
+            trace.on = True
+            assert client.call("add", [2, 40]) == 42
+            trace.on = False
+        finally:
+            HELD.set()
+            other.join(30.0)
         assert not other.is_alive()
         return trace.of(lambda t: _main(t) or t == "test-rpc-other")
 
