@@ -181,7 +181,7 @@ def _rpc() -> Iterator[RpcClient]:
         assert HELD.wait(60.0)
 
     with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
-        serving = threading.Thread(target=rpc.serve, args=(srv,), name="test-rpc-serve")
+        serving = threading.Thread(target=rpc.serve_forever, args=(srv,), name="test-rpc-serve")
         serving.start()
         try:
             with dtp.socket.create_connection(srv.address, server_key=srv.noise_public_key) as sock:
