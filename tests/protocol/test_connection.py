@@ -488,7 +488,7 @@ class StreamsMachine(RuleBasedStateMachine):
     @rule(who=st.sampled_from(["client", "server"]))
     def open_stream(self, who: str) -> None:
         conn = self.sides[who].conn
-        if conn._opened_by_us < conn._peer_max_streams:
+        if conn.streams.opened_by_us < conn.streams.peer_max:
             sid = conn.open_stream()
             self.written[(who, sid)] = bytearray()
 

@@ -69,8 +69,8 @@ def test_closing_many_streams_the_connection_still_tracks_is_linear() -> None:
     # N**2 / 2 = 2,001,000 checks for N = 2000 (now at most 3 per call).
     n = 2000
     client, _server, _link, _step = _session_link()
-    table = _CountingStreams(client.conn._streams)
-    client.conn._streams = table
+    table = _CountingStreams(client.conn.streams.by_id)
+    client.conn.streams.by_id = client.conn._streams = table
     sids = []
     for _ in range(n):
         sid = client.conn.open_stream()

@@ -39,8 +39,8 @@ from dtp.protocol.connection.inbound import _Inbound
 from dtp.protocol.connection.lending import _Lending
 from dtp.protocol.connection.records import _Records
 from dtp.protocol.connection.retransmit import _Retransmit
+from dtp.protocol.connection.stream_table import Stream, StreamTable
 from dtp.protocol.connection.streams import (
-    Stream,
     _Streams,
     check_code,
     close_code_for,
@@ -113,10 +113,15 @@ class Connection(
         self.peer_public_key: bytes | None = None
         self._auth_proof: bytes | None = None
         self.pattern: str | None = None
-        # streams and flow control
-        self._streams: dict[int, Stream] = {}
+        # streams and flow control: which streams exist, and how many each side may
+        # open, is the table's; its dict is bound here too, for the per-record paths
+        self.streams = StreamTable(
+            is_client=self.is_client,
+            max_streams=config.max_streams,
+            stream_window=config.stream_window,
+        )
+        self._streams: dict[int, Stream] = self.streams.by_id
         self._streams_dirty = False  # some stream may have something to send
-        self._next_stream_id = 0 if self.is_client else 1
         self._peer_params: dict[str, Any] = {}
         self._conn_send_credit = 0
         self._conn_sent = 0  # new bytes sent over all streams
@@ -126,16 +131,6 @@ class Connection(
         # credit updates go out when less than this much of a window is left
         self._conn_credit_at = config.connection_window * 3 // 4
         self._stream_credit_at = config.stream_window * 3 // 4
-        self._peer_max_streams = 0  # how many streams we may open in total
-        self._opened_by_us = 0
-        self._local_max_streams = config.max_streams  # total peer-opened streams allowed
-        self._peer_opened = 0
-        self._peer_streams_done = 0
-        # peer streams the application has not taken yet (None: not tracked, their
-        # credit returns as they end; see defer_stream_credit)
-        self._untaken: set[int] | None = None
-        # client, IK: stream 0 was opened by the acceptance; open_stream() hands it out
-        self._first_stream_unclaimed = False
         # frames waiting for the next record
         self._ctrl: list[RawFrame] = []
         self._pending_max_data = False
@@ -223,7 +218,7 @@ class Connection(
         plus received -- stream bytes over all streams, and datagram payloads as they are
         queued to go out or accepted from an authenticated record; streams opened by the
         client)."""
-        client_streams = self._opened_by_us if self.is_client else self._peer_opened
+        client_streams = self.streams.client_streams()
         if self.lent_lane is not None:
             # read where the loan keeps them, without ending it: metering threads read
             # this without the adapter's lock (datagrams never move on the lane)

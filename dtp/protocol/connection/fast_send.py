@@ -12,9 +12,9 @@ from typing import Any
 from dtp.native import core as _core
 from dtp.native.types import FRAME_MAX_STREAMS, FRAME_STREAM_FIN
 from dtp.protocol.connection.base import Stream, _ConnectionState
-from dtp.protocol.connection.config import MAX_STREAM_FRAME_OVERHEAD, VARINT_MAX
+from dtp.protocol.connection.config import MAX_STREAM_FRAME_OVERHEAD
 from dtp.protocol.connection.records import _varint
-from dtp.protocol.state import ConnState, RecvState, SendState
+from dtp.protocol.state import ConnState, SendState
 
 _FIN = bytes([FRAME_STREAM_FIN])
 _MAX_STREAMS = bytes([FRAME_MAX_STREAMS])
@@ -83,10 +83,8 @@ class _FastSend(_ConnectionState):
         its own -- a JSON-RPC call -- is one record, not two). Only where the stream
         frame and the credit fit one record."""
         return (
-            not self._is_ours(stream.stream_id)
-            and stream.recv_state in (RecvState.DONE, RecvState.RESET)
-            and (self._untaken is None or stream.stream_id not in self._untaken)
-            and n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
+            n <= self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD - 16
+            and self.streams.frees_a_place(stream)
         )
 
     def _seal_last(self, stream: Stream, offset: int, view: Any) -> None:
@@ -110,8 +108,7 @@ class _FastSend(_ConnectionState):
             )
         )
         if self._pending_max_streams:
-            limit = min(self._local_max_streams + self._peer_streams_done, VARINT_MAX)
-            plaintext += _MAX_STREAMS + _varint(limit)
+            plaintext += _MAX_STREAMS + _varint(self.streams.max_streams_limit())
             self._pending_max_streams = False
         self._seal_plaintexts([plaintext], [[]], [True], 0.0)
 

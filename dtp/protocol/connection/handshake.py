@@ -51,9 +51,7 @@ class _Handshake(_ConnectionState):
     ``_hs``, ``_hs_messages``, ``_hs_resend_at``, ``_hs_resend_interval``, ``_hs_init``,
     ``_send_aead``, ``_recv_aead``, ``lent_lane``, ``_early_records``, ``peer_static``,
     ``handshake_hash``, ``peer_address``, ``peer_public_key``, ``_auth_proof``,
-    ``pattern``, ``_streams``, ``_next_stream_id``, ``_peer_params``,
-    ``_conn_send_credit``, ``_peer_max_streams``, ``_opened_by_us``,
-    ``_local_max_streams``, ``_peer_opened``, ``_first_stream_unclaimed``, ``_ctrl``,
+    ``pattern``, ``streams``, ``_peer_params``, ``_conn_send_credit``, ``_ctrl``,
     ``_held_events``, ``_held_bytes``.
     """
 
@@ -220,6 +218,7 @@ class _Handshake(_ConnectionState):
             # other, which anyone can forge, would have us send message 2 on demand
             self._hs_init = body
             self._peer_params = params
+            self.streams.send_window = params.get("msd", 0)
             if self._hs.pattern == PATTERN_IK:
                 assert proof is not None
                 self._authenticated(proof, address)
@@ -239,6 +238,7 @@ class _Handshake(_ConnectionState):
             if expected_key is not None and self._hs.remote_static != expected_key:
                 raise HandshakeError("the server's static key is not the expected one")
             self._peer_params = parse_params(payload)
+            self.streams.send_window = self._peer_params.get("msd", 0)
             if not self._hs.complete:
                 final = self._hs.write_message(b"")
                 self._hs_messages.clear()
@@ -271,7 +271,7 @@ class _Handshake(_ConnectionState):
         self.pattern = "IK" if self._hs.pattern == PATTERN_IK else "XX"
         params = self._peer_params
         self._conn_send_credit = params["md"]
-        self._peer_max_streams = params["ms"]
+        self.streams.peer_max = params["ms"]
         if self._keepalive:
             # a PING at half the peer's idle timeout, or a quiet connection (or one we
             # only send on, whose peer may answer nothing) dies at its end: the peer
@@ -309,20 +309,17 @@ class _Handshake(_ConnectionState):
         """IK, on acceptance: the client's stream 0 opens on both sides with no frame of
         its own, so that either side may send on it first (the server's first bytes can
         arrive in the client's very read that brings the ACCEPT)."""
-        if self.pattern != "IK" or 0 in self._streams:
+        table = self.streams
+        if self.pattern != "IK" or 0 in table.by_id:
             return
-        if not self.is_client and self._peer_opened:
+        if not self.is_client and table.peer_opened:
             # the client opened it already, with frames of its own (before the hooks
             # decided), and may have ended it since: opened again, the peer's next ID
             # was past it and the server's task died on an AssertionError
             return
         if self.is_client:
-            if self._next_stream_id == 0 and self._peer_max_streams > 0:
-                self._get_stream(0, create=True)
-                self._next_stream_id = 2
-                self._opened_by_us = 1
-                self._first_stream_unclaimed = True
-        elif self._local_max_streams > 0:
+            table.open_first()
+        elif table.local_max > 0:
             self._open_peer_streams_up_to(0)
 
     def _authenticated(self, proof: bytes, address: str) -> None:

@@ -226,18 +226,18 @@ class _Inbound(_ConnectionState):
                 self._streams_dirty = True
                 self._events.append(SendWindowOpened(None))
         elif ftype == FRAME_MAX_STREAM_DATA:
-            self._check_not_unopened(frame.a)
+            self.streams.check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
             if stream is not None and frame.b > stream.send_credit:
                 stream.send_credit = frame.b
                 self._streams_dirty = True
                 self._events.append(SendWindowOpened(frame.a))
         elif ftype == FRAME_MAX_STREAMS:
-            self._peer_max_streams = max(self._peer_max_streams, frame.a)
+            self.streams.peer_max = max(self.streams.peer_max, frame.a)
         elif ftype == FRAME_RESET_STREAM:
             self._on_reset(frame.a, frame.b, frame.c)
         elif ftype == FRAME_STOP_SENDING:
-            self._check_not_unopened(frame.a)
+            self.streams.check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
             # Nothing to stop once our sending is done (RFC 9000 3.5, "Data Recvd"):
             # the peer has every byte and the FIN, and ignores a RESET_STREAM then

@@ -39,7 +39,6 @@ from dtp.protocol.connection.config import (
     MAX_RECEIPT,
     MAX_RECORD_PLAINTEXT,
     MAX_STREAM_FRAME_OVERHEAD,
-    VARINT_MAX,
 )
 from dtp.protocol.recovery import SentRecord
 from dtp.protocol.state import ConnState, ControlKind, RecvState, SendState
@@ -80,8 +79,8 @@ class _Records(_ConnectionState):
 
     Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
     ``_state``, ``_out``, ``_send_aead``, ``_send_counter``, ``lent_lane``,
-    ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
-    ``_conn_recv_limit``, ``_local_max_streams``, ``_peer_streams_done``, ``_ctrl``,
+    ``streams``, ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
+    ``_conn_recv_limit``, ``_ctrl``,
     ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
     ``_ping_pending``, ``_close_frame``, ``_closing``, ``_closing_until``, ``_acks``,
     ``_ack_lead``, ``_recovery``, ``_unacked``, ``_unacked_blocked``, ``records_sent``,
@@ -219,12 +218,7 @@ class _Records(_ConnectionState):
                 if stream is not None and stream.recv_state is RecvState.OPEN:
                     frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
         if self._pending_max_streams:
-            frames_now.append(
-                RawFrame(
-                    FRAME_MAX_STREAMS,
-                    min(self._local_max_streams + self._peer_streams_done, VARINT_MAX),
-                )
-            )
+            frames_now.append(RawFrame(FRAME_MAX_STREAMS, self.streams.max_streams_limit()))
         frames_now.extend(self._ctrl)
         if self._ping_pending:
             frames_now.append(RawFrame(FRAME_PING))
