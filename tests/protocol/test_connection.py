@@ -143,7 +143,7 @@ def test_refused_client_sees_reason_and_server_app_sees_no_data() -> None:
     # the client optimistically sends data right after its proof
     def client_sends() -> None:
         step()
-        if client.handshake_hash and not client.closed and not client._streams:
+        if client.handshake_hash and not client.closed and not client.streams.by_id:
             sid = client.open_stream()
             client.send_stream_data(sid, b"secret request")
 

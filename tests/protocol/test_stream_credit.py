@@ -394,7 +394,7 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
     for i in range(1024):
         frames = [RawFrame(FRAME_STREAM, sid, 3 + 2 * i, 0, b"y")]
         server.receive_datagram(sealed_by(c.conn, _core.encode_frames(frames)), link.now)
-    stream = server._streams[sid]
+    stream = server.streams.by_id[sid]
     assert stream.reasm is not None and stream.reasm.buffered == 1024
     received, highest = server._conn_received, stream.recv_highest
     assert server._acks is not None
@@ -516,7 +516,7 @@ def test_stop_sending_after_our_fin_was_acknowledged_sends_no_reset(reliable: bo
     c.conn.send_stream_data(done, b"hello", end_stream=True)
 
     def acknowledged() -> bool:
-        stream = c.conn._streams[done]
+        stream = c.conn.streams.by_id[done]
         return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
 
     assert run(link, c, s, until=acknowledged)
@@ -554,7 +554,7 @@ def test_a_fin_sealed_with_the_data_is_sent_once() -> None:
         if f.type == FRAME_STREAM_FIN
     ]
     assert fins == [(sid, 0, b"hello")]
-    assert c.conn._streams[sid].send_state.value == "fin-sent"
+    assert c.conn.streams.by_id[sid].send_state.value == "fin-sent"
 
 
 def test_a_connection_keeps_its_streams_in_its_stream_table() -> None:
