@@ -654,7 +654,7 @@ class Session:
         done with cost O(N**2); this way each waiting stream is looked at again within
         as many calls as there are streams waiting, and its buffer goes then.)"""
         self.process_events()  # (what is queued for it arrives before it goes)
-        live = self.conn._streams
+        live = self.conn.streams.by_id
         # The connection tells us of no stream it is done with (no event): streams
         # closed earlier are looked at again here, a few per call, oldest first.
         queue, waiting = self._closed_queue, self._closed_streams

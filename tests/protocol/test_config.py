@@ -124,7 +124,7 @@ def test_resetting_a_stream_whose_fin_was_acknowledged_sends_nothing(reliable: b
     c.conn.send_stream_data(done, b"hello", end_stream=True)
 
     def acknowledged() -> bool:
-        stream = c.conn._streams[done]
+        stream = c.conn.streams.by_id[done]
         return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
 
     assert run(link, c, s, until=acknowledged)
@@ -132,13 +132,13 @@ def test_resetting_a_stream_whose_fin_was_acknowledged_sends_nothing(reliable: b
     c.conn.reset_stream(done, 5)
     c.conn.reset_stream(done, 6)
     assert _resets(frames_sent_by_client(c, s, reliable, link.now)) == []
-    assert c.conn._streams[done].send_state.value == "fin-sent"
+    assert c.conn.streams.by_id[done].send_state.value == "fin-sent"
     # the receiving half is as it was: the server's bytes on it still arrive
     s.conn.send_stream_data(done, b"answer", end_stream=True)
     assert run(link, c, s, until=lambda: done in c.eof)
     assert bytes(c.data[done]) == b"answer"
     assert not s.of(StreamResetReceived)
-    assert done not in c.conn._streams  # both halves done: forgotten, as ever
+    assert done not in c.conn.streams.by_id  # both halves done: forgotten, as ever
     with pytest.raises(LocalProtocolError, match="no stream"):
         c.conn.reset_stream(done, 7)
     # a stream still sending is reset once, however often the application asks

@@ -143,7 +143,7 @@ def test_refused_client_sees_reason_and_server_app_sees_no_data() -> None:
     # the client optimistically sends data right after its proof
     def client_sends() -> None:
         step()
-        if client.handshake_hash and not client.closed and not client._streams:
+        if client.handshake_hash and not client.closed and not client.streams.by_id:
             sid = client.open_stream()
             client.send_stream_data(sid, b"secret request")
 
@@ -488,7 +488,7 @@ class StreamsMachine(RuleBasedStateMachine):
     @rule(who=st.sampled_from(["client", "server"]))
     def open_stream(self, who: str) -> None:
         conn = self.sides[who].conn
-        if conn._opened_by_us < conn._peer_max_streams:
+        if conn.streams.opened_by_us < conn.streams.peer_max:
             sid = conn.open_stream()
             self.written[(who, sid)] = bytearray()
 

@@ -1,6 +1,7 @@
-"""``Connection`` is one class put together from mixins (dtp/protocol/connection/): each
-method is defined once, so no mixin's method hides another's, and the shared base only
-declares what the mixins use."""
+"""``Connection`` is one class with three mixins (dtp/protocol/connection/) and the
+objects it holds (its ``StreamTable``): each method is defined once, so no mixin's method
+hides another's, the shared base only declares what the mixins use, and the table calls
+nothing of the connection's."""
 
 from __future__ import annotations
 
@@ -15,16 +16,7 @@ def _own_names(cls: type) -> set[str]:
 
 def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
     parts = [cls for cls in Connection.__mro__ if cls not in (Connection, _ConnectionState, object)]
-    assert [cls.__name__ for cls in parts] == [
-        "_Handshake",
-        "_Streams",
-        "_FastSend",
-        "_FastReceive",
-        "_Lending",
-        "_Records",
-        "_Retransmit",
-        "_Inbound",
-    ]
+    assert [cls.__name__ for cls in parts] == ["_Streams", "_FastPaths", "_Records"]
     seen: dict[str, str] = {}
     for cls in (Connection, *parts):
         for name in _own_names(cls):
@@ -79,3 +71,64 @@ def test_the_package_gives_the_old_module_names() -> None:
         assert getattr(package, name) is not None, name
     assert package.Connection is Connection
     assert package._parse_params is package.config.parse_params
+
+
+def test_the_stream_table_is_an_object_the_connection_holds() -> None:
+    # it imports no part of the connection (so it can call none back) ...
+    import ast
+    import inspect
+
+    import dtp.protocol.connection.stream_table as table_module
+
+    tree = ast.parse(inspect.getsource(table_module))
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    parts = {m for m in imported if m.startswith("dtp.protocol.connection")}
+    assert parts == {"dtp.protocol.connection.config"}, parts
+    # (tests/protocol/test_stream_credit.py checks a connection keeps its streams there)
+
+
+def test_the_stream_table_opens_counts_and_forgets_streams() -> None:
+    import pytest
+
+    from dtp.errors import LocalProtocolError, RemoteProtocolError
+    from dtp.protocol.connection.stream_table import StreamTable
+    from dtp.protocol.state import RecvState, SendState
+
+    client = StreamTable(is_client=True, max_streams=2, stream_window=1000)
+    client.send_window = 500
+    with pytest.raises(LocalProtocolError):
+        client.open()  # the peer allowed none yet
+    client.peer_max = 2
+    assert client.can_open()
+    assert [client.open(), client.open()] == [0, 2]
+    assert not client.can_open()
+    with pytest.raises(LocalProtocolError):
+        client.open()
+    assert client.get(2).send_credit == 500 and client.get(2).recv_limit == 1000
+    with pytest.raises(LocalProtocolError):
+        client.get(4)
+    # a peer (server) stream ID opens every lower one, within our limit of 2
+    assert list(client.open_peer_up_to(3)) == [1, 3]
+    assert client.peer_next_id() == 5 and client.client_streams() == 2
+    with pytest.raises(RemoteProtocolError):
+        client.open_peer_up_to(5)
+    assert list(client.by_id) == [0, 2, 1, 3]
+    # a stream is forgotten once both halves ended; a peer stream's place goes back
+    peer_stream = client.get(3)
+    peer_stream.send_state = SendState.RESET
+    assert not client.forget_if_done(peer_stream)  # still receiving
+    peer_stream.recv_state = RecvState.DONE
+    assert client.forget_if_done(peer_stream)
+    assert 3 not in client.by_id and client.ended(3) and not client.ended(5)
+    assert client.max_streams_limit() == 3
+    ours = client.get(0)
+    ours.send_state, ours.recv_state = SendState.RESET, RecvState.RESET
+    assert not client.forget_if_done(ours)  # forgotten, but no place of the peer's
+    assert client.ended(0) and not client.ended(4)
+    with pytest.raises(RemoteProtocolError):
+        client.check_not_unopened(4)
+    client.check_not_unopened(2)

@@ -97,7 +97,7 @@ def test_lossy_both_ways_delivers_exactly(
     # a window's worth of full records, the datagram and control records, and slack
     assert peak <= window // 1000 + 2 * datagrams + 16
     for side in (c, s):
-        for stream in side.conn._streams.values():
+        for stream in side.conn.streams.by_id.values():
             assert len(stream.retransmit.ranges) <= window // 1000
 
 

@@ -201,7 +201,7 @@ def test_frames_on_streams_of_ours_that_were_opened_or_forgotten_are_taken(
     frames = [RawFrame(FRAME_MAX_STREAM_DATA, sid, 1 << 30), RawFrame(FRAME_STOP_SENDING, sid, 4)]
     assert send_frames(c, s, frames, link.now) is None
     assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 0)], link.now) is None
-    assert sid not in s.conn._streams  # both halves ended: forgotten
+    assert sid not in s.conn.streams.by_id  # both halves ended: forgotten
     late = [RawFrame(FRAME_STOP_SENDING, sid, 4), RawFrame(FRAME_RESET_STREAM, sid, 0, 0)]
     assert send_frames(c, s, late, link.now) is None
 
@@ -399,7 +399,7 @@ def _check_windows(conn: Connection, unread: int) -> None:
     assert conn._conn_received <= conn._conn_recv_limit
     assert conn._conn_recv_limit - conn._conn_consumed <= cfg.connection_window
     held = unread
-    for stream in conn._streams.values():
+    for stream in conn.streams.by_id.values():
         assert stream.recv_highest <= stream.recv_limit
         assert stream.recv_limit - stream.consumed <= cfg.stream_window
         if stream.reasm is not None:

@@ -123,23 +123,23 @@ def test_a_drained_reassembly_ring_is_let_go() -> None:
             s.drain()  # (reads all: credit goes back)
             server.datagrams_to_send(now)
         assert bytes(s.data[sid]) == payload
-        assert server._streams[sid].reasm is None
+        assert server.streams.by_id[sid].reasm is None
     # a stream whose bytes come in order never needs one
     frames = [RawFrame(FRAME_STREAM, 6, 0, 0, b"in order")]
     server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
     s.drain()
-    assert bytes(s.data[6]) == b"in order" and server._streams[6].reasm is None
+    assert bytes(s.data[6]) == b"in order" and server.streams.by_id[6].reasm is None
     # a gap still waits in one, and what fills it comes out in order
     for offset, data in ((14, b"end"), (17, b"!")):
         frames = [RawFrame(FRAME_STREAM, 6, offset, 0, data)]
         server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
-    assert server._streams[6].reasm is not None
+    assert server.streams.by_id[6].reasm is not None
     s.drain()
     assert bytes(s.data[6]) == b"in order"
     frames = [RawFrame(FRAME_STREAM, 6, 8, 0, b", the ")]
     server.receive_datagram(sealed_by(client, _core.encode_frames(frames)), now)
     s.drain()
-    assert bytes(s.data[6]) == b"in order, the end!" and server._streams[6].reasm is None
+    assert bytes(s.data[6]) == b"in order, the end!" and server.streams.by_id[6].reasm is None
 
 
 class _CountingTable(OrderedDict[int, SentRecord]):
@@ -221,12 +221,12 @@ def test_unacknowledged_stream_data_is_capped_at_our_connection_window() -> None
             )
         server.handle_timer(now)
         wire += sum(map(len, server.datagrams_to_send(now)))
-        stream = server._streams[0]
+        stream = server.streams.by_id[0]
         assert len(stream.send_buf) <= window + high_water + len(chunk)
     assert not server.closed
     assert wire < 2 * window  # sent once, and a few probes
     # acknowledged, the bytes make room: the sender says so and sends more
-    stream = server._streams[0]
+    stream = server.streams.by_id[0]
     acked_up_to = stream.next_offset
     recovery = server._recovery
     assert recovery is not None

@@ -313,7 +313,7 @@ def test_the_fin_that_ends_a_peers_stream_carries_its_max_streams(answer: bytes)
     s.conn.receive_data(c.conn.data_to_send(0.0), 0.0)
     s.drain()
     assert bytes(s.data[sid]) == b"request" and sid in s.eof
-    limit = c.conn._peer_max_streams
+    limit = c.conn.streams.peer_max
     before = s.conn.records_sent
     s.conn.send_stream_data(sid, answer, end_stream=True)
     sealed = s.conn.data_to_send(0.0)
@@ -322,7 +322,7 @@ def test_the_fin_that_ends_a_peers_stream_carries_its_max_streams(answer: bytes)
     c.conn.receive_data(sealed, 0.0)
     c.drain()
     assert bytes(c.data.get(sid, b"")) == answer and sid in c.eof
-    assert c.conn._peer_max_streams == limit + 1
+    assert c.conn.streams.peer_max == limit + 1
     assert c.conn.termination is None
 
 
@@ -394,7 +394,7 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
     for i in range(1024):
         frames = [RawFrame(FRAME_STREAM, sid, 3 + 2 * i, 0, b"y")]
         server.receive_datagram(sealed_by(c.conn, _core.encode_frames(frames)), link.now)
-    stream = server._streams[sid]
+    stream = server.streams.by_id[sid]
     assert stream.reasm is not None and stream.reasm.buffered == 1024
     received, highest = server._conn_received, stream.recv_highest
     assert server._acks is not None
@@ -516,7 +516,7 @@ def test_stop_sending_after_our_fin_was_acknowledged_sends_no_reset(reliable: bo
     c.conn.send_stream_data(done, b"hello", end_stream=True)
 
     def acknowledged() -> bool:
-        stream = c.conn._streams[done]
+        stream = c.conn.streams.by_id[done]
         return done in s.eof and stream.fin_acked and stream.base_offset == stream.end_offset
 
     assert run(link, c, s, until=acknowledged)
@@ -554,4 +554,16 @@ def test_a_fin_sealed_with_the_data_is_sent_once() -> None:
         if f.type == FRAME_STREAM_FIN
     ]
     assert fins == [(sid, 0, b"hello")]
-    assert c.conn._streams[sid].send_state.value == "fin-sent"
+    assert c.conn.streams.by_id[sid].send_state.value == "fin-sent"
+
+
+def test_a_connection_keeps_its_streams_in_its_stream_table() -> None:
+    c, s, link = connect()
+    stream_id = c.conn.open_stream()
+    c.conn.send_stream_data(stream_id, b"hello", end_stream=True)
+    run(link, c, s, until=lambda: s.eof)
+    assert s.data[stream_id] == b"hello"
+    assert s.conn._streams is s.conn.streams.by_id
+    assert s.conn.streams.peer_opened == 1 and c.conn.streams.opened_by_us == 1
+    assert c.conn.streams.ended(stream_id) is False  # the server has not ended its half
+    assert s.conn.usage == (5, 1)

@@ -69,8 +69,8 @@ def test_closing_many_streams_the_connection_still_tracks_is_linear() -> None:
     # N**2 / 2 = 2,001,000 checks for N = 2000 (now at most 3 per call).
     n = 2000
     client, _server, _link, _step = _session_link()
-    table = _CountingStreams(client.conn._streams)
-    client.conn._streams = table
+    table = _CountingStreams(client.conn.streams.by_id)
+    client.conn.streams.by_id = client.conn._streams = table
     sids = []
     for _ in range(n):
         sid = client.conn.open_stream()
@@ -105,11 +105,13 @@ def test_buffers_of_closed_streams_go_once_the_connection_is_done_with_them() ->
         # the server has not ended its side: the connection is not done with them
         _close(client, sid)
     for sid in lingering:
-        assert sid in client.conn._streams
+        assert sid in client.conn.streams.by_id
         assert client.streams[sid].discarded
     for sid in lingering:
         server.conn.send_stream_data(sid, b"reply", end_stream=True)
-    assert link.run(lambda: not any(s in client.conn._streams for s in lingering), on_round=step)
+    assert link.run(
+        lambda: not any(s in client.conn.streams.by_id for s in lingering), on_round=step
+    )
     for sid in lingering:
         assert client.readable(sid)
         assert client.take(sid, 100) == b""
@@ -122,7 +124,7 @@ def test_buffers_of_closed_streams_go_once_the_connection_is_done_with_them() ->
         client.conn.send_stream_data(sid, b"request", end_stream=True)
         link.run(None, on_round=step)
         server.conn.send_stream_data(sid, b"reply", end_stream=True)
-        assert link.run(lambda sid=sid: sid not in client.conn._streams, on_round=step)
+        assert link.run(lambda sid=sid: sid not in client.conn.streams.by_id, on_round=step)
         _close(client, sid)
         short.append(sid)
     left = sorted(sid for sid in client.streams if sid in lingering + short)

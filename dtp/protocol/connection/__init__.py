@@ -30,12 +30,12 @@ reliable, ordered carrier (TCP) records are not acknowledged; over any other car
 (:mod:`dtp.protocol.recovery`), and reorders stream data with the C reassembly buffer.
 
 Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transport
-parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself),
-:mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
-:mod:`~dtp.protocol.connection.fast_send`, :mod:`~dtp.protocol.connection.fast_receive`,
-:mod:`~dtp.protocol.connection.lending`, :mod:`~dtp.protocol.connection.records`,
-:mod:`~dtp.protocol.connection.retransmit` and :mod:`~dtp.protocol.connection.inbound`
-(its mixins). Import from here.
+parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself: the state
+machine, the sans-I/O interface, the handshake and the dispatch of what arrives),
+:mod:`~dtp.protocol.connection.stream_table` (the streams by ID and the stream limits, an
+object the connection holds), and its mixins :mod:`~dtp.protocol.connection.streams`,
+:mod:`~dtp.protocol.connection.fast_paths` and :mod:`~dtp.protocol.connection.records`.
+Import from here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,18 @@
-"""The connection itself: :class:`Connection` (its state, and the sans-I/O interface: the
-carrier's bytes in and out, events, timers and close; what arrives is dispatched by its
-mixin :mod:`~dtp.protocol.connection.inbound`) and :func:`error_for_termination`. The
-life of a connection is told in :mod:`dtp.protocol.connection`."""
+"""The connection itself: :class:`Connection` -- its state machine, the sans-I/O interface
+(the carrier's bytes in and out, events, timers and close), the handshake and the
+server's verdict, and the dispatch of what arrives -- and :func:`error_for_termination`.
+The life of a connection is told in :mod:`dtp.protocol.connection`.
+
+What has state of its own is an object the connection holds and calls one way:
+:class:`~dtp.protocol.connection.stream_table.StreamTable` (``self.streams``: which
+streams exist, how many each side may open). The rest of the connection's behaviour is
+in three mixins, each over fields of the connection itself (declared once in
+:mod:`~dtp.protocol.connection.base`): :mod:`~dtp.protocol.connection.streams` (the
+streams API and flow-control credit), :mod:`~dtp.protocol.connection.fast_paths` (the
+per-record fast paths and the lane) and :mod:`~dtp.protocol.connection.records`
+(building, sealing, acknowledging and retransmitting records). Those stay mixins, not
+objects: the fast paths read and write the flow-control counts and the send counter per
+record, and an object between them would cost an attribute lookup on every one."""
 
 from __future__ import annotations
 
@@ -10,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from dtp.errors import (
     CLOSE_PAYMENT_REQUIRED,
     CLOSE_SUBSCRIPTION_ENDED,
@@ -17,59 +30,150 @@ from dtp.errors import (
     ConnectionLost,
     DecryptionError,
     DTPError,
+    ErrorCode,
     HandshakeError,
+    LocalProtocolError,
     PaymentRequired,
     RemoteProtocolError,
     ReplayError,
     SubscriptionEnded,
     refusal_error,
 )
-from dtp.identity.noise import Handshake
+from dtp.identity.noise import PATTERN_IK, Handshake, make_auth_proof, verify_auth_proof
 from dtp.native import core as _core
 from dtp.native.types import (
+    FRAME_ACK,
     FRAME_CLOSE,
+    FRAME_CONTROL,
+    FRAME_DATAGRAM,
+    FRAME_MAX_DATA,
+    FRAME_MAX_STREAM_DATA,
+    FRAME_MAX_STREAMS,
+    FRAME_PADDING,
+    FRAME_PING,
+    FRAME_RECEIPT,
+    FRAME_RESET_STREAM,
+    FRAME_STOP_SENDING,
+    FRAME_STREAM,
+    FRAME_STREAM_FIN,
+    FULL,
+    REC_DATA,
+    REC_HS_FINAL,
     REC_HS_INIT,
+    REC_HS_RESP,
+    STOP,
+    OpenedFrames,
     RawFrame,
 )
-from dtp.protocol.connection.config import ConnectionConfig
-from dtp.protocol.connection.fast_receive import _FastReceive, give_back, lane_buffer
-from dtp.protocol.connection.fast_send import _FastSend
-from dtp.protocol.connection.handshake import _Handshake
-from dtp.protocol.connection.inbound import _Inbound
-from dtp.protocol.connection.lending import _Lending
+from dtp.protocol.connection.config import (
+    MAX_PENDING_EARLY_RECORDS,
+    MIN_KEEPALIVE,
+    TRANSPORT_VERSION,
+    ConnectionConfig,
+    parse_params,
+)
+from dtp.protocol.connection.fast_paths import _FastPaths, give_back, lane_buffer
 from dtp.protocol.connection.records import _Records
-from dtp.protocol.connection.retransmit import _Retransmit
+from dtp.protocol.connection.stream_table import Stream, StreamTable, send_done
 from dtp.protocol.connection.streams import (
-    Stream,
     _Streams,
     check_code,
     close_code_for,
     close_reason_bytes,
 )
 from dtp.protocol.events import (
+    ConnectionAccepted,
     ConnectionTerminated,
+    ControlReceived,
+    DatagramReceived,
     Event,
+    HandshakeCompleted,
+    PeerAuthenticated,
+    ReceiptReceived,
+    SendWindowOpened,
+    StopSendingReceived,
 )
 from dtp.protocol.recovery import MAX_PTO_COUNT, AckTracker, LossRecovery
-from dtp.protocol.state import CloseCode, ConnState, RecvState
+from dtp.protocol.state import CloseCode, ConnState, ControlKind, RecvState, SendState, transition
 
 # one logger for the package, by its name (docs/architecture.md lists it)
 logger = logging.getLogger("dtp.protocol.connection")
 
 
-class Connection(
-    _Handshake, _Streams, _FastSend, _FastReceive, _Lending, _Records, _Retransmit, _Inbound
-):
+# core statuses for a record header that does not parse: before any authentication
+_BAD_HEADER = frozenset({ErrorCode.RECORD_KIND, ErrorCode.RECORD_FLAGS, ErrorCode.RECORD_SIZE})
+
+
+_STREAM_FRAMES = frozenset(
+    {FRAME_STREAM, FRAME_STREAM_FIN, FRAME_RESET_STREAM, FRAME_STOP_SENDING, FRAME_MAX_STREAM_DATA}
+)
+
+
+def _stream_frame_before_accept(frames: list[RawFrame]) -> bool:
+    """Whether a frame about a stream comes before any ACCEPT in ``frames``."""
+    for frame in frames:
+        if frame.type == FRAME_CONTROL and frame.a == ControlKind.ACCEPT:
+            return False
+        if frame.type in _STREAM_FRAMES:
+            return True
+    return False
+
+
+#: The frames an XX server takes before the client's AUTH (section 8 of the spec).
+_BEFORE_AUTH = frozenset({FRAME_ACK, FRAME_PADDING, FRAME_PING, FRAME_CLOSE})
+
+
+def _allowed_before_auth(frames: list[RawFrame]) -> bool:
+    """Whether every frame before the first AUTH in ``frames`` (all of them if there is
+    none) is one a server takes from a client not yet authenticated."""
+    for frame in frames:
+        if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
+            return True
+        if frame.type not in _BEFORE_AUTH:
+            return False
+    return True
+
+
+#: Frames whose effect is the same when a copy comes again: what a record holds before
+#: a STREAM frame it is dropped at may be taken twice (the record is sent again).
+#: (RESET_STREAM and STOP_SENDING are no-ops once taken; a DATAGRAM is never resent.)
+_REPEAT_SAFE = frozenset(
+    {
+        FRAME_PADDING,
+        FRAME_PING,
+        FRAME_ACK,
+        FRAME_STREAM,
+        FRAME_STREAM_FIN,
+        FRAME_MAX_DATA,
+        FRAME_MAX_STREAM_DATA,
+        FRAME_MAX_STREAMS,
+        FRAME_RESET_STREAM,
+        FRAME_STOP_SENDING,
+        FRAME_DATAGRAM,
+    }
+)
+
+
+def _repeat_safe_before(frames: list[RawFrame], failed: RawFrame) -> bool:
+    """Whether every frame of ``frames`` before ``failed`` is in :data:`_REPEAT_SAFE`."""
+    for frame in frames:
+        if frame is failed:
+            return True
+        if frame.type not in _REPEAT_SAFE:
+            return False
+    return False
+
+
+class Connection(_Streams, _FastPaths, _Records):
     """One DTP connection, either side. See :mod:`dtp.protocol.connection`.
 
-    This class holds its state (``__init__``, the public properties) and its sans-I/O
+    This class holds its state (``__init__``, the public properties), its sans-I/O
     interface (:meth:`receive_data`, :meth:`data_to_send`, :meth:`next_event`, the
-    timers, :meth:`close`); the rest is in its mixins, each in a module of its own:
-    :mod:`~dtp.protocol.connection.handshake`, :mod:`~dtp.protocol.connection.streams`,
-    the fast paths (:mod:`~dtp.protocol.connection.fast_send`,
-    :mod:`~dtp.protocol.connection.fast_receive`, :mod:`~dtp.protocol.connection.lending`),
-    :mod:`~dtp.protocol.connection.records`, :mod:`~dtp.protocol.connection.retransmit`
-    and :mod:`~dtp.protocol.connection.inbound`.
+    timers, :meth:`close`), the handshake (:meth:`accept`, :meth:`answer`,
+    :meth:`refuse`) and the dispatch of what arrives; the table of its streams is
+    :attr:`streams`; the rest is in its mixins
+    :mod:`~dtp.protocol.connection.streams`, :mod:`~dtp.protocol.connection.fast_paths`
+    and :mod:`~dtp.protocol.connection.records`.
     """
 
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
@@ -113,10 +217,15 @@ class Connection(
         self.peer_public_key: bytes | None = None
         self._auth_proof: bytes | None = None
         self.pattern: str | None = None
-        # streams and flow control
-        self._streams: dict[int, Stream] = {}
+        # streams and flow control: which streams exist, and how many each side may
+        # open, is the table's; its dict is bound here too, for the per-record paths
+        self.streams = StreamTable(
+            is_client=self.is_client,
+            max_streams=config.max_streams,
+            stream_window=config.stream_window,
+        )
+        self._streams: dict[int, Stream] = self.streams.by_id
         self._streams_dirty = False  # some stream may have something to send
-        self._next_stream_id = 0 if self.is_client else 1
         self._peer_params: dict[str, Any] = {}
         self._conn_send_credit = 0
         self._conn_sent = 0  # new bytes sent over all streams
@@ -126,16 +235,6 @@ class Connection(
         # credit updates go out when less than this much of a window is left
         self._conn_credit_at = config.connection_window * 3 // 4
         self._stream_credit_at = config.stream_window * 3 // 4
-        self._peer_max_streams = 0  # how many streams we may open in total
-        self._opened_by_us = 0
-        self._local_max_streams = config.max_streams  # total peer-opened streams allowed
-        self._peer_opened = 0
-        self._peer_streams_done = 0
-        # peer streams the application has not taken yet (None: not tracked, their
-        # credit returns as they end; see defer_stream_credit)
-        self._untaken: set[int] | None = None
-        # client, IK: stream 0 was opened by the acceptance; open_stream() hands it out
-        self._first_stream_unclaimed = False
         # frames waiting for the next record
         self._ctrl: list[RawFrame] = []
         self._pending_max_data = False
@@ -223,7 +322,7 @@ class Connection(
         plus received -- stream bytes over all streams, and datagram payloads as they are
         queued to go out or accepted from an authenticated record; streams opened by the
         client)."""
-        client_streams = self._opened_by_us if self.is_client else self._peer_opened
+        client_streams = self.streams.client_streams()
         if self.lent_lane is not None:
             # read where the loan keeps them, without ending it: metering threads read
             # this without the adapter's lock (datagrams never move on the lane)
@@ -481,6 +580,581 @@ class Connection(
                 FRAME_CLOSE, int(error_code), 0, 0, close_reason_bytes(reason)
             )
         self._terminate(int(error_code), reason, by_peer=False, now=None)
+
+    # ==================================================================================
+    # The handshake: Noise handshake records and their resends, the transport
+    # parameters, the client's identity proof, and the server's verdict (accept, answer,
+    # refuse) with the events held until it.
+
+    # ----------------------------------------------------------------------------------
+    # the server's verdict
+
+    def accept(self) -> None:
+        """Server: let the authenticated client in (after PeerAuthenticated)."""
+        if self.lent_lane is not None:
+            self._take_back()
+        if self.is_client or self._state not in (
+            ConnState.AUTHENTICATING,
+            ConnState.SERVER_DECIDING,
+        ):
+            raise LocalProtocolError("accept() is for a server whose client has authenticated")
+        if self.peer_address is None:
+            raise LocalProtocolError("the client has not proved its identity yet")
+        if self._state is ConnState.SERVER_DECIDING:
+            self._answer_hello()
+            self._finish_handshake(ConnState.ESTABLISHED)
+        else:
+            self._state = transition(self._state, ConnState.ESTABLISHED)
+        self._ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
+        self._events.append(ConnectionAccepted(self.peer_address))
+        self._events.extend(self._held_events)
+        self._held_events.clear()
+        self._open_first_stream()
+
+    def answer(self) -> None:
+        """Server, IK: send message 2 now, before the verdict, so that the client works
+        on it (two Diffie-Hellman operations and the key derivation) while the server
+        decides; :meth:`accept` or :meth:`refuse` then adds only the verdict. It gives
+        the client nothing the verdict would not: a refusal sends message 2 as well, so
+        that its reason travels under the connection's transport keys. Nothing happens in any other
+        state (XX answers as the messages come)."""
+        if self.is_client or self._state is not ConnState.SERVER_DECIDING:
+            return
+        self._answer_hello()
+        self._finish_handshake(ConnState.AUTHENTICATING)
+
+    def refuse(self, reason: str = "refused", code: int = CloseCode.REFUSED) -> None:
+        """Server: turn the client away; it sees ConnectionRefused with ``reason``."""
+        if self.lent_lane is not None:
+            self._take_back()
+        if self.is_client:
+            raise LocalProtocolError("refuse() is for servers")
+        self._held_events.clear()
+        if self._state is ConnState.SERVER_DECIDING:
+            # IK: the verdict goes out as a CLOSE right behind message 2, so that the
+            # client reads the reason under the connection's transport keys
+            self._answer_hello()
+            self._finish_handshake(ConnState.AUTHENTICATING)
+        self.close(code, reason)
+
+    def _handle_late_handshake_record(self, now: float) -> None:
+        batch = _core.parse_records(self._inbuf, max_records=1)
+        if not batch.records:
+            return
+        record = batch.records[0]
+        start = record.offset + 12
+        body = bytes(self._inbuf[start : start + record.body_len])
+        del self._inbuf[: 12 + record.body_len]
+        if self.config.reliable_carrier:
+            raise RemoteProtocolError("handshake record after the handshake", ErrorCode.ARG)
+        # a lossy carrier repeated a handshake message: answer a repeated first message
+        if (
+            not self.is_client
+            and record.kind == REC_HS_INIT
+            and record.counter == 0
+            and body == self._hs_init
+        ):
+            self._resend_handshake()
+
+    def _resend_handshake(self) -> None:
+        for kind, message in self._hs_messages:
+            self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+
+    def _process_handshake_records(self, now: float) -> bool:
+        try:
+            batch = _core.parse_records(self._inbuf, max_records=1)
+        except RemoteProtocolError as exc:
+            if self.config.reliable_carrier:
+                raise
+            # a datagram that does not parse (forged or damaged): dropped, like a
+            # handshake message that fails Noise; the handshake goes on
+            logger.debug("dropping a datagram that does not parse: %s", exc)
+            self._inbuf = bytearray()  # rebind, not clear(): the parser's view may live on
+            return False
+        if not batch.records:
+            return False
+        record = batch.records[0]
+        start = record.offset + 12
+        body = bytes(self._inbuf[start : start + record.body_len])
+        if record.kind == REC_DATA:
+            # a lossy carrier may deliver the client's first DATA record before the
+            # XX final message; hold a few, and reject them on ordered carriers
+            if self.config.reliable_carrier:
+                raise RemoteProtocolError("data before the handshake finished", ErrorCode.ARG)
+            if len(self._early_records) < MAX_PENDING_EARLY_RECORDS:
+                self._early_records.append(bytes(self._inbuf[: batch.consumed]))
+            # else dropped, as lossy carriers drop what they cannot take: anyone can
+            # forge unauthenticated records, and failing here let a few dozen of them
+            # end a handshake in progress
+            del self._inbuf[: batch.consumed]
+            return True
+        del self._inbuf[: batch.consumed]
+        if record.counter != 0:
+            # docs/protocol.md 8.1: a handshake record's counter is 0, like a reserved
+            # field; anything else is a damaged or forged handshake message
+            if self.config.reliable_carrier:
+                raise HandshakeError(
+                    f"handshake record with counter {record.counter} (it must be 0)"
+                )
+            logger.debug("dropping a handshake record with counter %d", record.counter)
+            return True
+        self._handle_handshake_message(record.kind, body, now)
+        return True
+
+    def _handle_handshake_message(self, kind: int, body: bytes, now: float) -> None:
+        expected = {
+            ConnState.SERVER_WAIT: REC_HS_INIT,
+            ConnState.CLIENT_HELLO: REC_HS_RESP,
+            ConnState.SERVER_FINAL: REC_HS_FINAL,
+        }.get(self._state)
+        if kind != expected:
+            if not self.config.reliable_carrier:
+                if not self.is_client and kind == REC_HS_INIT and body == self._hs_init:
+                    self._resend_handshake()  # our reply was lost: the client repeats
+                return  # any other stray repeat on a lossy carrier
+            raise HandshakeError(f"unexpected handshake record kind {kind}")
+        if self.config.reliable_carrier:
+            payload = self._hs.read_message(body)
+        else:
+            # anyone can slip a forged or damaged message in before the genuine one: it
+            # is dropped, the handshake left as it was for the genuine one (or its resend)
+            try:
+                payload = self._hs.read_message(body, keep_state=True)
+            except HandshakeError as exc:
+                logger.debug("dropping a handshake message that failed: %s", exc)
+                return
+        self._last_received = now  # an authentic message (lossy carriers wait for one)
+        if kind == REC_HS_INIT:
+            try:
+                params = parse_params(payload, from_client=True)
+                proof = params.pop("auth", None)
+                if self._hs.pattern == PATTERN_IK:
+                    if proof is None:
+                        raise HandshakeError("IK message 1 carries no identity proof")
+                    address = verify_auth_proof(proof, self._hs.auth_binding, early=True)
+                elif proof is not None:
+                    raise HandshakeError(
+                        "an identity proof in XX message 1 (it goes after message 3)"
+                    )
+            except HandshakeError as exc:
+                if self.config.reliable_carrier:
+                    raise
+                # Noise took it, but an XX message 1 is not authenticated at all (and an
+                # IK one only says its sender knows our key): a forgery or damage must
+                # not end the handshake the genuine message 1, or its resend, comes for
+                logger.debug("dropping a handshake message 1 whose payload fails: %s", exc)
+                self._hs.unread_first_message()
+                return
+            # only a copy of this very message is answered again (lossy carriers): any
+            # other, which anyone can forge, would have us send message 2 on demand
+            self._hs_init = body
+            self._peer_params = params
+            self.streams.send_window = params.get("msd", 0)
+            if self._hs.pattern == PATTERN_IK:
+                assert proof is not None
+                self._authenticated(proof, address)
+                self.peer_static = self._hs.remote_static
+                # message 2 waits for the application's verdict (accept / refuse)
+                self._state = transition(self._state, ConnState.SERVER_DECIDING)
+                return
+            reply = self._hs.write_message(self._transport_params())
+            self._send_handshake(REC_HS_RESP, reply, now, resend=False)
+            if self._hs.complete:
+                self._finish_handshake(ConnState.AUTHENTICATING)
+            else:
+                self._state = transition(self._state, ConnState.SERVER_FINAL)
+        elif kind == REC_HS_RESP:
+            # before XX message 3, which carries our static key: an impostor gets nothing
+            expected_key = self.config.expected_server_static
+            if expected_key is not None and self._hs.remote_static != expected_key:
+                raise HandshakeError("the server's static key is not the expected one")
+            self._peer_params = parse_params(payload)
+            self.streams.send_window = self._peer_params.get("msd", 0)
+            if not self._hs.complete:
+                final = self._hs.write_message(b"")
+                self._hs_messages.clear()
+                self._send_handshake(REC_HS_FINAL, final, now)
+            else:
+                self._hs_messages.clear()
+                self._hs_resend_at = None
+            self._finish_handshake(ConnState.AUTHENTICATING)
+            if self.pattern == "XX":  # in IK the proof went in message 1
+                proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
+                self._ctrl.insert(0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof))
+        else:  # REC_HS_FINAL
+            self._finish_handshake(ConnState.AUTHENTICATING)
+        early, self._early_records = self._early_records, []
+        for blob in early:
+            self._inbuf[:0] = blob
+
+    def _finish_handshake(self, new_state: ConnState) -> None:
+        send_key, recv_key = self._hs.transport_keys()
+        self._send_aead = _core.Aead(send_key)
+        self._recv_aead = _core.Aead(recv_key)
+        if self.config.reliable_carrier:
+            # records come as they were sent (0, 1, 2, ...): one missing or moved was
+            # removed or moved on the way, which a window of unseen counters would not
+            # notice (an application CONTROL message, a DATAGRAM or a RESET_STREAM,
+            # dropped from the byte stream without a trace)
+            self._recv_aead.set_in_order()
+        self.peer_static = self._hs.remote_static
+        self.handshake_hash = self._hs.handshake_hash
+        self.pattern = "IK" if self._hs.pattern == PATTERN_IK else "XX"
+        params = self._peer_params
+        self._conn_send_credit = params["md"]
+        self.streams.peer_max = params["ms"]
+        if self._keepalive:
+            # a PING at half the peer's idle timeout, or a quiet connection (or one we
+            # only send on, whose peer may answer nothing) dies at its end: the peer
+            # hears nothing from us for our whole interval. Not below MIN_KEEPALIVE,
+            # whatever the peer asks (a PING every millisecond would be its to order)
+            peer_idle = params["it"] / 1000
+            self._keepalive = min(self._keepalive, max(peer_idle / 2, MIN_KEEPALIVE))
+        self._state = transition(self._state, new_state)
+        assert self.peer_static is not None and self.handshake_hash is not None
+        self._events.append(HandshakeCompleted(self.pattern, self.peer_static, self.handshake_hash))
+
+    def _on_control(self, kind: int, data: bytes) -> None:
+        lossy = not self.config.reliable_carrier
+        if kind == ControlKind.AUTH:
+            if lossy and self.peer_address is not None and data == self._auth_proof:
+                return  # a retransmitted copy of the proof we already accepted
+            if self.is_client or self.peer_address is not None:
+                raise RemoteProtocolError("unexpected AUTH frame", ErrorCode.FRAME_VALUE)
+            assert self.handshake_hash is not None
+            self._authenticated(data, verify_auth_proof(data, self.handshake_hash))
+        elif kind == ControlKind.ACCEPT:
+            if lossy and self.is_client and self._state is ConnState.ESTABLISHED:
+                return  # a retransmitted copy
+            if not self.is_client or self._state is not ConnState.AUTHENTICATING:
+                raise RemoteProtocolError("unexpected ACCEPT frame", ErrorCode.FRAME_VALUE)
+            self._state = transition(self._state, ConnState.ESTABLISHED)
+            self._events.append(ConnectionAccepted(None))
+            self._open_first_stream()
+        elif kind >= ControlKind.APPLICATION:
+            self._deliver(ControlReceived(kind, data))
+        else:
+            raise RemoteProtocolError(f"unknown control kind {kind}", ErrorCode.FRAME_VALUE)
+
+    def _open_first_stream(self) -> None:
+        """IK, on acceptance: the client's stream 0 opens on both sides with no frame of
+        its own, so that either side may send on it first (the server's first bytes can
+        arrive in the client's very read that brings the ACCEPT)."""
+        table = self.streams
+        if self.pattern != "IK" or 0 in table.by_id:
+            return
+        if not self.is_client and table.peer_opened:
+            # the client opened it already, with frames of its own (before the hooks
+            # decided), and may have ended it since: opened again, the peer's next ID
+            # was past it and the server's task died on an AssertionError
+            return
+        if self.is_client:
+            table.open_first()
+        elif table.local_max > 0:
+            self._open_peer_streams_up_to(0)
+
+    def _authenticated(self, proof: bytes, address: str) -> None:
+        """The client's identity proof checked out: it is ``address``."""
+        self.peer_address = address
+        self.peer_public_key = proof[65:97]
+        self._auth_proof = proof
+        self._events.append(PeerAuthenticated(address, proof[65:97]))
+
+    def _answer_hello(self) -> None:
+        """Server, IK: message 2, which completes the handshake (sent with the verdict)."""
+        reply = self._hs.write_message(self._transport_params())
+        self._send_handshake(REC_HS_RESP, reply, None, resend=False)
+
+    def _deliver(self, event: Event) -> None:
+        """Application-facing events wait for accept() on the server."""
+        if not self.is_client and self._state is ConnState.AUTHENTICATING:
+            if isinstance(event, (DatagramReceived, ControlReceived, ReceiptReceived)):
+                # flow control bounds held stream bytes, nothing these: a client could
+                # fill the server's memory while the application decides on it
+                self._held_bytes += len(event.data) + 64
+            else:
+                # every other event weighs too. Flow control bounds the held stream
+                # bytes, not the events that carry them (one-byte frames held a hundred
+                # times the connection window); and a stream the client opened, reset
+                # and had us stop sending on is forgotten, which gives it a new stream
+                # in MAX_STREAMS: unweighed, that cycle held three events per stream for
+                # as long as the application decided, without end
+                self._held_bytes += 64
+            if self._held_bytes > self.config.connection_window:
+                if isinstance(event, DatagramReceived):
+                    return  # unreliable anyway: dropped, as a full carrier would
+                raise RemoteProtocolError(
+                    "too many frames before the server accepted", ErrorCode.FRAME_VALUE
+                )
+            self._held_events.append(event)
+        else:
+            self._events.append(event)
+
+    # ----------------------------------------------------------------------------------
+    # what the handshake sends
+
+    def _transport_params(self) -> bytes:
+        params: dict[str, Any] = {
+            "v": TRANSPORT_VERSION,
+            "md": self.config.connection_window,
+            "msd": self.config.stream_window,
+            "ms": self.config.max_streams,
+            "it": int(min(self.config.idle_timeout * 1000, 2**62 - 1)),
+        }
+        if self.is_client:
+            if self._hs.pattern == PATTERN_IK:
+                params["auth"] = make_auth_proof(
+                    self.config.identity, self._hs.auth_binding, early=True
+                )
+            # optional binding to a ledger connection: part of message 1's payload, which
+            # only the holder of the ephemeral key the identity proof names can write
+            if self.config.connection_id is not None:
+                params["cid"] = bytes(self.config.connection_id)
+            if self.config.port is not None:
+                params["port"] = self.config.port
+        packed: bytes = msgpack.packb(params)
+        return packed
+
+    def _send_handshake(
+        self, kind: int, message: bytes, now: float | None, resend: bool = True
+    ) -> None:
+        record = _core.write_record_header(kind, 0, len(message), 0) + message
+        self._out.append(record)
+        if resend:
+            self._hs_messages.append((kind, message))
+        else:
+            self._hs_messages = [(kind, message)]
+        if not self.config.reliable_carrier and self.is_client:
+            assert now is not None  # only the client resends on its own
+            self._hs_resend_at = now + self._hs_resend_interval
+
+    # ==================================================================================
+    # What arrives: records opened from the carrier's bytes and their frames dispatched
+    # to the parts that act on them (:meth:`_process_input`, :meth:`_handle_records`,
+    # :meth:`_handle_record`, :meth:`_handle_frame`), input after our CLOSE on a lossy
+    # carrier, and the failures and termination that end a connection.
+
+    def _input_while_closing(self, now: float) -> None:
+        """Lossy carriers: something arrived after our CLOSE went out. The peer sends on
+        because the CLOSE was lost, perhaps: it goes again (alone, in a new record), as
+        QUIC's closing state does -- without it the peer ended only at its idle timeout,
+        never learning the code and reason. For about three probe timeouts, and
+        rate-limited: after the 1st, 2nd, 4th, 8th... input, whatever it is (what
+        arrives is not opened: anyone could have sent it)."""
+        if now >= self._closing_until:
+            self._closing = None  # the closing period is over
+            return
+        self._closing_inputs += 1
+        if self._closing_inputs < self._closing_next:
+            return
+        self._closing_next *= 2
+        assert self._closing is not None
+        self._seal_plaintexts([self._closing], [[]], [False], now)
+
+    def _process_input(self, now: float) -> None:
+        while self._inbuf and self._state is not ConnState.CLOSED:
+            if self._recv_aead is None:
+                if not self._process_handshake_records(now):
+                    return
+                continue
+            result = self._recv_aead.open_frames(self._inbuf)
+            if not self._handle_records(result.records, now):
+                return
+            del self._inbuf[: result.consumed]
+            if result.error is not None:
+                if not self.config.reliable_carrier:
+                    if isinstance(result.error, DecryptionError):
+                        # damage on a lossy carrier: drop the record, keep the connection
+                        self._drop_bad_record()
+                        continue
+                    if result.status in _BAD_HEADER:
+                        # a header that does not parse (anyone can send a datagram, and
+                        # nothing in it is authenticated): the rest of the datagram is
+                        # dropped, as a lossy carrier drops what it cannot take
+                        logger.debug("dropping a datagram: %s", result.error)
+                        self._inbuf = bytearray()  # rebind: the parser's view may live on
+                        return
+                raise result.error
+            if result.status == STOP:
+                self._handle_late_handshake_record(now)
+                continue
+            if result.status == FULL:
+                continue
+            return
+
+    def _drop_bad_record(self) -> None:
+        batch = _core.parse_records(self._inbuf, max_records=1)
+        skip = (12 + batch.records[0].body_len) if batch.records else len(self._inbuf)
+        del self._inbuf[:skip]
+
+    def _handle_records(self, records: list[OpenedFrames], now: float) -> bool:
+        """Act on opened records; False if one of them ended the connection.
+
+        Records holding one in-order STREAM frame (the bulk of any transfer) are
+        delivered right here when :meth:`_fast_stream_frame` would accept them; every
+        other record goes through :meth:`_handle_record`."""
+        lossy = self._acks is not None
+        fast = not lossy and self.stream_data_handler is not None
+        for record in records:
+            if record.replayed:
+                if self.config.reliable_carrier:
+                    raise ReplayError(
+                        f"record {record.counter} out of order on an in-order carrier "
+                        "(replayed, or records before it removed or moved on the way)"
+                    )
+                continue  # lossy carriers duplicate records: drop silently
+            self.records_received += 1
+            if lossy:
+                self._last_received = now
+            frames = record.frames
+            if fast and len(frames) == 1:
+                frame = frames[0]
+                if frame.type == FRAME_STREAM and self._fast_stream_frame(
+                    frame.a, frame.b, frame.data
+                ):
+                    continue
+            self._handle_record(record.counter, frames, now)
+            if self._state is ConnState.CLOSED:  # a frame in the record ended it
+                return False
+        return True
+
+    def _handle_record(self, counter: int, frames: list[RawFrame], now: float) -> None:
+        """Act on one opened record's frames (their data may be views into the AEAD's
+        scratch buffer: whatever outlives this call is copied)."""
+        if self.is_client and self._hs_resend_at is not None:
+            # the server answered with sealed data: our handshake messages arrived
+            self._hs_resend_at = None
+            self._hs_messages.clear()
+        if self._state is ConnState.AUTHENTICATING:
+            if self.is_client:
+                if self._acks is not None and _stream_frame_before_accept(frames):
+                    # a lossy carrier lost the ACCEPT's record or brought it late: the
+                    # server's first stream frames got here first. Dropped
+                    # unacknowledged, they are sent again; taken, stream data would be
+                    # data before authentication, and a reset of stream 0 (not open
+                    # before the ACCEPT) would be lost.
+                    return
+            elif self.peer_address is None and not _allowed_before_auth(frames):
+                # XX: the client's first DATA record opens with its AUTH. Taken, what
+                # comes before it had us answer (a STOP_SENDING's reset) a peer not yet
+                # authenticated, and reach the application after accept() as if the
+                # authenticated client had sent it.
+                if self._acks is None:
+                    raise RemoteProtocolError(
+                        "a frame before the client's AUTH", ErrorCode.FRAME_VALUE
+                    )
+                # A lossy carrier lost the AUTH's record or brought it late: this one is
+                # dropped whole and unacknowledged, so the client sends its frames again.
+                return
+        ack_eliciting = False
+        try:
+            for frame in frames:
+                ftype = frame.type
+                if ftype not in (FRAME_ACK, FRAME_PADDING):
+                    ack_eliciting = True
+                if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                    continue
+                self._handle_frame(frame, now)
+                if self._state is ConnState.CLOSED:
+                    return
+        except RemoteProtocolError as exc:
+            if not (
+                exc.code == ErrorCode.REASM_FRAGMENTED
+                and self._acks is not None
+                and _repeat_safe_before(frames, frame)
+            ):
+                raise
+            # A lossy carrier: an honest sender with many small records in flight,
+            # some of them lost, outran the reassembly's range limit. The record is
+            # dropped unacknowledged (its STREAM frame changed nothing, and what came
+            # before it in the record is harmless to take again), so the sender sends
+            # it again -- by then the gaps before it are filled. The limit still bounds
+            # what a peer can make us buffer.
+            self.records_dropped_fragmented += 1
+            return
+        if self._acks is not None:
+            self._acks.on_record(counter, ack_eliciting, now)
+
+    def _handle_frame(self, frame: RawFrame, now: float) -> None:
+        ftype = frame.type
+        if frame.data and type(frame.data) is not bytes:
+            frame = frame._replace(data=bytes(frame.data))  # a view into scratch space
+        if ftype in (FRAME_STREAM, FRAME_STREAM_FIN):
+            self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
+        elif ftype == FRAME_ACK:
+            if self._recovery is not None:
+                if frame.ranges and frame.ranges[0][1] >= self._send_counter:
+                    # recovery clips it harmlessly, but no honest peer acknowledges a
+                    # record we never sealed (QUIC's PROTOCOL_VIOLATION as well)
+                    raise RemoteProtocolError(
+                        f"ACK of record {frame.ranges[0][1]}, which was never sent",
+                        ErrorCode.FRAME_VALUE,
+                    )
+                acked, lost = self._recovery.on_ack(frame.ranges, frame.c, now)
+                if acked:
+                    unacked = self._unacked
+                    self._on_acked(acked)
+                    if self._unacked_blocked and self._unacked < unacked:
+                        self._unacked_blocked = False
+                        self._streams_dirty = True
+                        self._events.append(SendWindowOpened(None))
+                self._requeue(lost)
+        elif ftype == FRAME_MAX_DATA:
+            if frame.a > self._conn_send_credit:
+                self._conn_send_credit = frame.a
+                self._streams_dirty = True
+                self._events.append(SendWindowOpened(None))
+        elif ftype == FRAME_MAX_STREAM_DATA:
+            self.streams.check_not_unopened(frame.a)
+            stream = self._streams.get(frame.a)
+            if stream is not None and frame.b > stream.send_credit:
+                stream.send_credit = frame.b
+                self._streams_dirty = True
+                self._events.append(SendWindowOpened(frame.a))
+        elif ftype == FRAME_MAX_STREAMS:
+            self.streams.peer_max = max(self.streams.peer_max, frame.a)
+        elif ftype == FRAME_RESET_STREAM:
+            self._on_reset(frame.a, frame.b, frame.c)
+        elif ftype == FRAME_STOP_SENDING:
+            self.streams.check_not_unopened(frame.a)
+            stream = self._streams.get(frame.a)
+            # Nothing to stop once our sending is done (RFC 9000 3.5, "Data Recvd"):
+            # the peer has every byte and the FIN, and ignores a RESET_STREAM then
+            if (
+                stream is not None
+                and stream.send_state is not SendState.RESET
+                and not send_done(stream)
+            ):
+                self.reset_stream(frame.a, frame.b)
+                self._deliver(StopSendingReceived(frame.a, frame.b))
+        elif ftype == FRAME_CONTROL:
+            self._on_control(frame.a, frame.data)
+        elif ftype == FRAME_CLOSE:
+            reason = frame.data.decode("utf-8", "replace")
+            self._terminate(frame.a, reason, by_peer=True, now=now)
+        elif ftype == FRAME_RECEIPT:
+            self._deliver(ReceiptReceived(frame.data))
+        elif ftype == FRAME_DATAGRAM:
+            # metered here, before any queue drops it: the sender counted it as sent, and
+            # both sides' usage must agree for receipts to match what the server saw
+            self.datagram_bytes += len(frame.data)
+            self._deliver(DatagramReceived(frame.data))
+        # PING and PADDING need nothing beyond the idle timer and the ACK
+
+    def _fail(self, code: int, reason: str, now: float, send: bool = True) -> None:
+        logger.debug("closing connection: %s (%s)", reason, code)
+        if send and self._send_aead is not None:
+            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, close_reason_bytes(reason))
+        self._terminate(code, reason, by_peer=False, now=now)
+
+    def _terminate(self, code: int, reason: str, by_peer: bool, now: float | None) -> None:
+        if self._state is ConnState.CLOSED:
+            return
+        self._state = ConnState.CLOSED
+        self._held_events.clear()
+        self._inbuf = bytearray()  # rebind, not clear(): a decoder may still view the old one
+        self._terminated = ConnectionTerminated(code, reason, by_peer)
+        self._events.append(self._terminated)
 
 
 def _split_records(blob: bytes) -> list[bytes]:

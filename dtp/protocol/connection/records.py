@@ -1,6 +1,10 @@
 """The records a connection sends (:class:`_Records`): control frames, receipts and
-datagrams queued, packed with stream data into records and sealed in batches (what a
-lossy carrier's acknowledgements and losses do to them: :mod:`.retransmit`)."""
+datagrams queued, packed with stream data into records and sealed in batches; and, on
+lossy carriers, what acknowledgements and losses do to them -- acknowledged stream bytes
+leave the streams' send buffers, and what a lost record carried is queued to go again:
+stream ranges not acknowledged since, control frames as they were, flow-control credits
+as they are now (:mod:`dtp.protocol.recovery` tells which records were acknowledged or
+lost)."""
 
 from __future__ import annotations
 
@@ -39,7 +43,6 @@ from dtp.protocol.connection.config import (
     MAX_RECEIPT,
     MAX_RECORD_PLAINTEXT,
     MAX_STREAM_FRAME_OVERHEAD,
-    VARINT_MAX,
 )
 from dtp.protocol.recovery import SentRecord
 from dtp.protocol.state import ConnState, ControlKind, RecvState, SendState
@@ -74,14 +77,13 @@ def _varint(value: int) -> bytes:
 
 class _Records(_ConnectionState):
     """Building and sealing the records of a
-    :class:`~dtp.protocol.connection.core.Connection` (a mixin); what acknowledgements
-    and losses do to them on lossy carriers is in
-    :mod:`~dtp.protocol.connection.retransmit`.
+    :class:`~dtp.protocol.connection.core.Connection` (a mixin), and on lossy carriers
+    what acknowledgements and losses do to them (:meth:`_on_acked`, :meth:`_requeue`).
 
     Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
     ``_state``, ``_out``, ``_send_aead``, ``_send_counter``, ``lent_lane``,
-    ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
-    ``_conn_recv_limit``, ``_local_max_streams``, ``_peer_streams_done``, ``_ctrl``,
+    ``streams``, ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
+    ``_conn_recv_limit``, ``_ctrl``,
     ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
     ``_ping_pending``, ``_close_frame``, ``_closing``, ``_closing_until``, ``_acks``,
     ``_ack_lead``, ``_recovery``, ``_unacked``, ``_unacked_blocked``, ``records_sent``,
@@ -219,12 +221,7 @@ class _Records(_ConnectionState):
                 if stream is not None and stream.recv_state is RecvState.OPEN:
                     frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
         if self._pending_max_streams:
-            frames_now.append(
-                RawFrame(
-                    FRAME_MAX_STREAMS,
-                    min(self._local_max_streams + self._peer_streams_done, VARINT_MAX),
-                )
-            )
+            frames_now.append(RawFrame(FRAME_MAX_STREAMS, self.streams.max_streams_limit()))
         frames_now.extend(self._ctrl)
         if self._ping_pending:
             frames_now.append(RawFrame(FRAME_PING))
@@ -498,3 +495,70 @@ class _Records(_ConnectionState):
                 self._maybe_forget(stream)
         else:
             self._unacked += length
+
+    # ----------------------------------------------------------------------------------
+    # acknowledged and lost records (lossy carriers only: a reliable carrier
+    # acknowledges nothing)
+
+    def _on_acked(self, records: list[SentRecord]) -> None:
+        for record in records:
+            for item in record.items:
+                if not isinstance(item, _StreamChunk):
+                    continue
+                stream = self._streams.get(item.stream_id)
+                if stream is None:
+                    continue
+                if item.length:
+                    stream.acked.add(item.offset, item.offset + item.length - 1)
+                    self._advance_acked(stream)
+                if item.fin:
+                    stream.fin_acked = True
+                    self._maybe_forget(stream)
+
+    def _advance_acked(self, stream: Stream) -> None:
+        ranges = stream.acked.ranges
+        if ranges and ranges[0][0] <= stream.base_offset:
+            new_base = min(ranges[0][1] + 1, stream.next_offset)
+            if new_base > stream.base_offset:
+                self._unacked -= new_base - stream.base_offset
+                del stream.send_buf[: new_base - stream.base_offset]
+                stream.base_offset = new_base
+
+    def _requeue(self, lost: list[SentRecord]) -> None:
+        for record in lost:
+            for item in record.items:
+                if isinstance(item, _StreamChunk):
+                    self._requeue_chunk(item)
+                elif isinstance(item, _ResendFrame):
+                    frame = item.frame
+                    if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
+                        # An XX server drops a record with frames before the AUTH: sent
+                        # again behind frames queued since, it went with them each time.
+                        self._ctrl.insert(0, frame)
+                    else:
+                        self._ctrl.append(frame)
+                elif isinstance(item, _ResendCredit):
+                    if item.frame_type == FRAME_MAX_DATA:
+                        self._pending_max_data = True
+                    elif item.frame_type == FRAME_MAX_STREAM_DATA:
+                        self._pending_stream_credit.add(item.stream_id)
+                    else:
+                        self._pending_max_streams = True
+
+    def _requeue_chunk(self, item: _StreamChunk) -> None:
+        stream = self._streams.get(item.stream_id)
+        if stream is None or stream.send_state is SendState.RESET:
+            return
+        self._streams_dirty = True
+        if item.length:
+            lo = max(item.offset, stream.base_offset)
+            hi = item.offset + item.length - 1
+            for alo, ahi in stream.acked.ranges:
+                if alo <= lo and hi <= ahi:
+                    lo = hi + 1
+            if lo <= hi:
+                stream.retransmit.add(lo, hi)
+        if item.fin and not stream.fin_acked:
+            stream.fin_pending_resend = True
+        if not item.length and not item.fin:
+            stream.announce = True  # the lost record only opened the stream

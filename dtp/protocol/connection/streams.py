@@ -1,7 +1,7 @@
-"""The streams of a connection (:class:`_Streams`): opening, sending, resetting and
-reading them, flow-control credit, and the peer's STREAM and RESET_STREAM frames, and the
-close codes and reasons of the wire (the state of one stream, :class:`Stream`, is in
-:mod:`.base`, which every part shares)."""
+"""The streams API of a connection (:class:`_Streams`): opening, sending, resetting and
+reading streams, flow-control credit, and the peer's STREAM and RESET_STREAM frames, and
+the close codes and reasons of the wire. Which streams exist (and the state of one) is
+the connection's :class:`~dtp.protocol.connection.stream_table.StreamTable`."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from dtp.errors import (
 )
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
-from dtp.protocol.connection.base import Stream as Stream
 from dtp.protocol.connection.base import _ConnectionState
 from dtp.protocol.connection.config import MAX_CLOSE_REASON, VARINT_MAX
+from dtp.protocol.connection.stream_table import Stream as Stream
+from dtp.protocol.connection.stream_table import send_done as send_done
 from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
 from dtp.protocol.recovery import RangeSet
 from dtp.protocol.state import (
@@ -26,7 +27,6 @@ from dtp.protocol.state import (
     ConnState,
     RecvState,
     SendState,
-    stream_initiator_is_client,
 )
 
 
@@ -49,18 +49,6 @@ def close_code_for(exc: ProtocolError) -> CloseCode:
     ):
         return CloseCode.FRAME_ENCODING_ERROR
     return CloseCode.PROTOCOL_VIOLATION
-
-
-def send_done(stream: Stream) -> bool:
-    """Whether ``stream``'s FIN and every byte before it were acknowledged (RFC 9000's
-    "Data Recvd"; on a reliable carrier, handed to it). On a lossy carrier the FIN's
-    record can be acknowledged before a resent chunk, hence the other checks."""
-    return (
-        stream.send_state is SendState.FIN_SENT
-        and stream.fin_acked
-        and stream.base_offset == stream.end_offset
-        and not stream.retransmit
-    )
 
 
 def close_reason_bytes(reason: str, limit: int = MAX_CLOSE_REASON) -> bytes:
@@ -104,16 +92,16 @@ def _credit_at(window: int, step: int) -> int:
 
 
 class _Streams(_ConnectionState):
-    """The streams of a :class:`~dtp.protocol.connection.core.Connection` (a mixin): the
-    streams API, flow-control credit, the peer's stream frames, and stream bookkeeping.
+    """The streams API of a :class:`~dtp.protocol.connection.core.Connection` (a
+    mixin): sending, resetting and reading streams, flow-control credit, and the peer's
+    stream frames. Which streams exist and how many each side may open is the
+    :class:`StreamTable` the connection holds (``streams``).
 
     Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
     ``_state``, ``_send_aead``, ``_lane_sid``, ``lent_lane``, ``peer_address``,
-    ``_streams``, ``_streams_dirty``, ``_next_stream_id``, ``_peer_params``,
+    ``streams``, ``_streams`` (the table's dict), ``_streams_dirty``, ``_peer_params``,
     ``_conn_send_credit``, ``_conn_sent``, ``_conn_recv_limit``, ``_conn_received``,
-    ``_conn_consumed``, ``_conn_credit_at``, ``_stream_credit_at``,
-    ``_peer_max_streams``, ``_opened_by_us``, ``_local_max_streams``, ``_peer_opened``,
-    ``_peer_streams_done``, ``_untaken``, ``_first_stream_unclaimed``, ``_ctrl``,
+    ``_conn_consumed``, ``_conn_credit_at``, ``_stream_credit_at``, ``_ctrl``,
     ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
     ``_unacked``, ``stream_data_handler``.
     """
@@ -121,24 +109,14 @@ class _Streams(_ConnectionState):
     def can_open_stream(self) -> bool:
         """True when :meth:`open_stream` would not hit the peer's stream limit (a
         read-only look: the adapters wait on it for a stream slot to free)."""
-        return self._first_stream_unclaimed or self._opened_by_us < self._peer_max_streams
+        return self.streams.can_open()
 
     def open_stream(self) -> int:
         """Open a new stream; returns its ID."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        if self._first_stream_unclaimed:
-            self._first_stream_unclaimed = False
-            return 0
-        if self._opened_by_us >= self._peer_max_streams:
-            raise LocalProtocolError(
-                f"peer allows {self._peer_max_streams} streams; wait for one to finish"
-            )
-        stream_id = self._next_stream_id
-        self._next_stream_id += 2
-        self._opened_by_us += 1
-        self._get_stream(stream_id, create=True).announce = True
+        stream_id = self.streams.open()
         self._streams_dirty = True
         return stream_id
 
@@ -174,7 +152,7 @@ class _Streams(_ConnectionState):
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        stream = self._get_stream(stream_id, create=False)
+        stream = self.streams.get(stream_id)
         if stream.send_state is not SendState.OPEN:
             raise LocalProtocolError(f"stream {stream_id} is closed for sending")
         if not stream.send_buf and self._can_seal_now():
@@ -200,7 +178,7 @@ class _Streams(_ConnectionState):
             self._take_back()
         self._require_open()
         check_code(error_code)
-        stream = self._get_stream(stream_id, create=False)
+        stream = self.streams.get(stream_id)
         # Nothing to abandon once our sending is reset already, or done (RFC 9000 3.1,
         # "Data Recvd": the peer has every byte and the FIN, and a RESET_STREAM then
         # is only a frame to send and drop), as for the peer's STOP_SENDING
@@ -221,7 +199,7 @@ class _Streams(_ConnectionState):
             self._take_back()
         self._require_open()
         check_code(error_code)
-        stream = self._get_stream(stream_id, create=False)
+        stream = self.streams.get(stream_id)
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
             self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
 
@@ -293,21 +271,22 @@ class _Streams(_ConnectionState):
         stream until the application accepts it, and a peer that opened a stream,
         finished it at once and had us stop sending on it (the connection then forgets
         it) would otherwise get its place back while that buffer stays -- without end."""
-        if self._untaken is None:
-            self._untaken = set()
+        if self.streams.untaken is None:
+            self.streams.untaken = set()
 
     def stream_taken(self, stream_id: int) -> None:
         """The application took the peer's stream ``stream_id`` (after
         :meth:`defer_stream_credit`): if it ended already, its place in the stream
         limit goes back to the peer now."""
-        untaken = self._untaken
+        table = self.streams
+        untaken = table.untaken
         if untaken is None or stream_id not in untaken:
             return
         untaken.discard(stream_id)
-        if stream_id not in self._streams and self._state is not ConnState.CLOSED:
+        if stream_id not in table.by_id and self._state is not ConnState.CLOSED:
             if self.lent_lane is not None:
                 self._take_back()
-            self._peer_streams_done += 1
+            table.peer_done += 1
             self._pending_max_streams = True
 
     def send_buffered(self, stream_id: int | None = None) -> int:
@@ -322,10 +301,11 @@ class _Streams(_ConnectionState):
             raise RemoteProtocolError("stream data before authentication", ErrorCode.FRAME_VALUE)
         stream = self._streams.get(stream_id)
         if stream is None:
-            if self._is_ours(stream_id):
-                self._check_not_unopened(stream_id)
+            table = self.streams
+            if table.is_ours(stream_id):
+                table.check_not_unopened(stream_id)
                 return  # a late frame for a stream we already forgot
-            if stream_id < self._peer_next_id():
+            if stream_id < table.peer_next_id():
                 return  # a late frame for a finished peer stream
             stream = self._open_peer_streams_up_to(stream_id)
         end = offset + len(data)
@@ -396,8 +376,9 @@ class _Streams(_ConnectionState):
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
-            self._check_not_unopened(stream_id)
-            if self._is_ours(stream_id) or stream_id < self._peer_next_id():
+            table = self.streams
+            table.check_not_unopened(stream_id)
+            if table.is_ours(stream_id) or stream_id < table.peer_next_id():
                 return
             stream = self._open_peer_streams_up_to(stream_id)
         if stream.final_size is not None and final_size != stream.final_size:
@@ -441,67 +422,19 @@ class _Streams(_ConnectionState):
         if self._send_aead is None:
             raise LocalProtocolError("the handshake has not finished")
 
-    def _is_ours(self, stream_id: int) -> bool:
-        return stream_initiator_is_client(stream_id) == self.is_client
-
     def stream_ended(self, stream_id: int) -> bool:
         """Whether ``stream_id`` was opened (by either side) and the connection is done
         with it (forgotten: both ways ended)."""
-        if stream_id in self._streams or stream_id < 0:
-            return False
-        if self._is_ours(stream_id):
-            return stream_id < self._next_stream_id
-        return stream_id < self._peer_next_id()
-
-    def _check_not_unopened(self, stream_id: int) -> None:
-        """A frame naming a stream of our own parity that we never opened: no honest
-        peer can know of it (STREAM on one always failed; the other stream frames were
-        dropped unnoticed)."""
-        if self._is_ours(stream_id) and stream_id >= self._next_stream_id:
-            raise RemoteProtocolError(
-                f"a frame on stream {stream_id}, which we never opened", ErrorCode.FRAME_VALUE
-            )
-
-    def _peer_next_id(self) -> int:
-        first = 1 if self.is_client else 0
-        return first + 2 * self._peer_opened
+        return self.streams.ended(stream_id)
 
     def _open_peer_streams_up_to(self, stream_id: int) -> Stream:
-        """A peer stream ID implicitly opens every lower peer stream ID (as in QUIC)."""
-        new_total = (stream_id - (1 if self.is_client else 0)) // 2 + 1
-        if new_total > self._local_max_streams + self._peer_streams_done:
-            raise RemoteProtocolError("peer opened too many streams", ErrorCode.FRAME_VALUE)
-        stream: Stream | None = None
-        untaken = self._untaken
-        for sid in range(self._peer_next_id(), stream_id + 1, 2):
-            stream = self._get_stream(sid, create=True)
-            self._peer_opened += 1
-            if untaken is not None:
-                untaken.add(sid)
-            self._deliver(StreamOpened(sid))
-        assert stream is not None
-        return stream
-
-    def _get_stream(self, stream_id: int, create: bool) -> Stream:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            if not create:
-                raise LocalProtocolError(f"no stream {stream_id}")
-            stream = Stream(
-                stream_id,
-                send_credit=self._peer_params.get("msd", 0),
-                recv_limit=self.config.stream_window,
-            )
-            self._streams[stream_id] = stream
-        return stream
+        """The peer's ``stream_id``, opened with every lower peer stream ID (reported
+        in a StreamOpened each)."""
+        deliver = self._deliver
+        for sid in self.streams.open_peer_up_to(stream_id):
+            deliver(StreamOpened(sid))
+        return self._streams[stream_id]
 
     def _maybe_forget(self, stream: Stream) -> None:
-        done_sending = stream.send_state is SendState.RESET or send_done(stream)
-        recv_done = stream.recv_state in (RecvState.DONE, RecvState.RESET)
-        if done_sending and recv_done and stream.stream_id in self._streams:
-            del self._streams[stream.stream_id]
-            if not self._is_ours(stream.stream_id) and (
-                self._untaken is None or stream.stream_id not in self._untaken
-            ):
-                self._peer_streams_done += 1
-                self._pending_max_streams = True
+        if self.streams.forget_if_done(stream):
+            self._pending_max_streams = True

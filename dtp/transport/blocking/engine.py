@@ -625,7 +625,7 @@ class Engine:
         while self.dropped:
             sid = self.dropped.popleft()
             if session.terminated is None:
-                stream = conn._streams.get(sid)
+                stream = conn.streams.by_id.get(sid)
                 if stream is not None and stream.send_state is SendState.OPEN:
                     with contextlib.suppress(DTPError):
                         conn.send_stream_data(sid, b"", end_stream=True)

@@ -103,7 +103,7 @@ class DTPSocket:
         self._rd_shut = False
         self._fast_read = self._timeout != 0
         self._fast_write = True
-        self._existed = stream_id in engine.conn._streams
+        self._existed = stream_id in engine.conn.streams.by_id
 
     def _check_open(self) -> None:
         if self._closed:
@@ -154,7 +154,7 @@ class DTPSocket:
         """Whether the stream exists for sending: once the connection knows it (a
         server's first stream comes with the client's first bytes), or knew it and is
         done with it (both halves ended: nothing is waited for then)."""
-        if self._stream_id in self._engine.conn._streams:
+        if self._stream_id in self._engine.conn.streams.by_id:
             self._existed = True
             return True
         return self._existed or self._engine.session.terminated is not None
@@ -268,7 +268,7 @@ class DTPSocket:
                     self._wait(self._stream_ready_for_send)
                     if (
                         engine.session.terminated is None
-                        and self._stream_id in engine.conn._streams
+                        and self._stream_id in engine.conn.streams.by_id
                     ):
                         # (a stream the connection is done with already has its end;
                         # one reset -- by reset(), or at the peer's STOP_SENDING --
@@ -880,7 +880,7 @@ class DTPSocket:
                 # the common case: the stream exists (or it would have nothing
                 # buffered only if it was never opened) and has room
                 engine.session.check_writable(sid)
-                if sid in conn._streams:
+                if sid in conn.streams.by_id:
                     n = min(len(view), SEND_HIGH_WATER)
                     conn.send_stream_data(sid, view if n == len(view) else view[:n])
                     engine.flush()
