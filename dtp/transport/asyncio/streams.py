@@ -468,7 +468,7 @@ class DTPStreamWriter:
                 # the lane: sealed straight from the caller's bytes into records that
                 # go to the transport at once; what it cannot send now it keeps
                 while view:
-                    sealed = self._conn.seal_fast(self._stream_id, view, proto.loop.time())
+                    sealed = self._conn.seal_fast(self._stream_id, view, proto.now())
                     if sealed is None:
                         break
                     transport.write(sealed[0])
