@@ -10,12 +10,13 @@ import threading
 import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
 from dtp.transport.session import (
+    ACCEPT_KEY,
     CARRIER_DRAIN,
     FIRST_RECV_CHUNK,
     RECV_CHUNK,
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
 LIMIT = 2**16  # asyncio.StreamReader's default line limit
+#: A key of :meth:`Protocol.wait_change` that no stream's change reaches: only a change
+#: that concerns every waiter (the connection's end among them) wakes it
+BROAD_KEY = -2
 
 
 # The first-size read buffer, one per thread, shared by the connections of the event
@@ -135,6 +139,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: How many open_stream() calls wait for the peer to allow another stream: its
         #: MAX_STREAMS frame makes no event, so nothing else would wake them
         self.stream_slot_waiters = 0
+        #: Takes each stream the peer opens, as its opening is applied
+        #: (DTPStreamWriter.serve_streams), or None: accept_stream() takes them
+        self.stream_handler: Callable[[int], None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -362,8 +369,19 @@ class Protocol(asyncio.BufferedProtocol):
             self.transport.abort()  # (connection_lost follows: wait_closed() returns)
         self._notify()
 
+    def start_streams(self) -> None:
+        """Hand the streams the peer opened to :attr:`stream_handler`, in order."""
+        handler = self.stream_handler
+        incoming = self.session.incoming_streams
+        while incoming and handler is not None and self.stream_handler is handler:
+            stream_id = incoming.popleft()
+            if stream_id != 0:  # (the first stream is the connection's own: accept_stream)
+                handler(stream_id)
+
     def _notify(self) -> None:
         """Wake every waiting task, each to look again at its condition."""
+        if self.stream_handler is not None:
+            self.start_streams()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -385,13 +403,15 @@ class Protocol(asyncio.BufferedProtocol):
         else:
             self._notify_some(touched.union(keys) if keys else touched)
 
-    def _notify_some(self, keys: Iterable[int]) -> None:
+    def _notify_some(self, keys: set[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
         and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
         stream's reads and the streams the peer opened change only with those
         (Session.take_changes): the other readers and acceptors would only look again
         and wait on (a connection serving a call a stream, with a reader on its first
         stream)."""
+        if self.stream_handler is not None and ACCEPT_KEY in keys:
+            self.start_streams()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():

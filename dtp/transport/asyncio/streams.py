@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import operator
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamReset
 from dtp.protocol.connection import CloseCode
-from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort, end_unpaid
+from dtp.transport.asyncio.protocol import BROAD_KEY, CARRIER_GRACE, Protocol, abort, end_unpaid
 from dtp.transport.blocking.checks import readable
 from dtp.transport.hooks import NOT_PAID, ConnectionHook
 from dtp.transport.session import ACCEPT_KEY, CARRIER_DRAIN, UNSENT, StreamSink
@@ -843,8 +843,11 @@ class DTPStreamWriter:
         )
 
     async def accept_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
-        """Wait for the peer to open a stream."""
+        """Wait for the peer to open a stream (RuntimeError while :meth:`serve_streams`
+        takes them)."""
         session = self._session
+        if self._proto.stream_handler is not None:
+            raise RuntimeError("accept_stream() while serve_streams() takes the streams")
 
         def ready() -> bool:
             while session.incoming_streams and session.incoming_streams[0] == 0:
@@ -858,6 +861,69 @@ class DTPStreamWriter:
         return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
+
+    async def serve_streams(
+        self, handler: Callable[[DTPStreamReader, DTPStreamWriter], Awaitable[object]]
+    ) -> None:
+        """Serve each stream the peer opens with ``handler(reader, writer)``, in a task
+        of its own, until the connection ends; then wait for the handlers still
+        running, and return. The streams waiting to be accepted go first.
+
+        What an ``accept_stream()`` loop that starts a task per stream does, a loop
+        pass sooner: each task is started as the stream's opening is read, not by a
+        task woken to accept it (a call a stream answers in two passes of the loop,
+        not three). The writer is closed when the handler returns, if it did not close
+        it; a handler that raises has its exception passed to the loop's exception
+        handler and its stream reset (code 0: the peer reads StreamReset, not a clean
+        end). Cancelled, it cancels the handlers' tasks. One at a time on a connection;
+        :meth:`accept_stream` raises RuntimeError meanwhile."""
+        proto = self._proto
+        if proto.stream_handler is not None:
+            raise RuntimeError("serve_streams() is running already on this connection")
+        session = self._session
+        loop = proto.loop
+        # the handlers' tasks by stream: each takes itself off as it ends (a done
+        # callback would cost a callback of the loop of its own, often a pass)
+        tasks: dict[int, asyncio.Task[None]] = {}
+        kind = type(self)
+
+        async def serve(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+            try:
+                await handler(reader, writer)
+            except Exception as exc:
+                loop.call_exception_handler(
+                    {
+                        "message": "a serve_streams() handler raised",
+                        "exception": exc,
+                        "stream_id": writer.stream_id,
+                    }
+                )
+                writer.reset(0)
+            else:
+                if not writer._closing:
+                    writer.close()
+            finally:
+                tasks.pop(writer.stream_id, None)
+
+        def start(stream_id: int) -> None:
+            reader = DTPStreamReader(proto, stream_id)
+            writer = kind(proto, stream_id, primary=False)
+            tasks[stream_id] = loop.create_task(serve(reader, writer))
+
+        proto.stream_handler = start
+        try:
+            proto.start_streams()
+            while session.terminated is None:
+                await proto.wait_change(BROAD_KEY)
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        finally:
+            if proto.stream_handler is start:
+                proto.stream_handler = None
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"<DTPStreamWriter stream={self._stream_id} peer={self.get_extra_info('peername')}>"
