@@ -595,8 +595,12 @@ class DTPStreamWriter:
             self._close_task = task
             self._proto._notify()  # (a drain() waiting raises now: see there)
         else:
+            # (whether this queues anything for the peer: a stream whose both ends are
+            # done -- a request answered with write_eof() -- queues nothing, and its
+            # close needs no flush)
+            queued = not self._eof_sent
             with contextlib.suppress(DTPError):
-                if not self._eof_sent:
+                if queued:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
             # asked to stop sending, and what is unread (and what comes before it stops)
@@ -605,8 +609,13 @@ class DTPStreamWriter:
             session = self._session
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
+                queued = True
                 with contextlib.suppress(DTPError):
                     self._conn.stop_sending(self._stream_id, self._stop_code)
+            if buf is not None and buf.data:
+                queued = True  # (discard returns their credit)
+            if session.process_events():
+                queued = True  # (what they applied may have queued credit)
             session.discard(self._stream_id)
             # its buffer goes once the connection is done with the stream too (as the
             # blocking API's): kept, a connection carrying many short streams (the
@@ -615,7 +624,8 @@ class DTPStreamWriter:
             # (what waits on this stream's reads, and whatever forget()'s processing of
             # the session's events concerns: the connection's end, say)
             self._proto.notify_changes(self._stream_id)
-            self._proto.flush()
+            if queued:
+                self._proto.flush()
 
     def reset(self, code: int = 0) -> None:
         """Abandon this stream, as a TCP reset does: what is unsent is dropped and the
