@@ -20,6 +20,7 @@ side's CPU goes per call: this process (the servers) and the browser's processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import http.server
 import json
@@ -55,7 +56,8 @@ def _answer(body: bytes | str) -> bytes:
 
 
 async def _dtp_service(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
-    """One JSON-RPC call a stream; the first stream lives as long as the connection."""
+    """One JSON-RPC call a stream, each in a task of its own (serve_streams); the first
+    stream lives as long as the connection."""
 
     async def call(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
         # the answer and the stream's end in one frame (one record, one message)
@@ -64,18 +66,12 @@ async def _dtp_service(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStrea
         w.close()
 
     async def first(r: dtp.aio.DTPStreamReader, w: dtp.aio.DTPStreamWriter) -> None:
-        while await r.read(4096):
-            pass
+        with contextlib.suppress(DTPError):
+            while await r.read(4096):
+                pass
         w.close()
 
-    tasks = [asyncio.ensure_future(first(reader, writer))]
-    try:
-        while True:
-            tasks.append(asyncio.ensure_future(call(*await writer.accept_stream())))
-            tasks = [t for t in tasks if not t.done()]
-    except DTPError:
-        pass
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(first(reader, writer), writer.serve_streams(call))
 
 
 async def _ws_service(websocket: Any) -> None:

@@ -9,7 +9,10 @@ behave like :class:`asyncio.StreamReader` / :class:`asyncio.StreamWriter`.
     await writer.wait_closed()
 
 Each connection carries many streams: ``await writer.open_stream()`` opens another
-(reader, writer) pair, ``await writer.accept_stream()`` waits for one the peer opens.
+(reader, writer) pair, ``await writer.accept_stream()`` waits for one the peer opens,
+and ``await writer.serve_streams(handler)`` serves each one the peer opens with
+``handler(reader, writer)`` in a task of its own (a request a stream: a loop pass a
+request fewer than an ``accept_stream()`` loop starting the tasks).
 
 Where these differ from asyncio's streams, on purpose:
 

@@ -160,3 +160,44 @@ def test_written_records_are_the_frames_websockets_writes(carrier: Any) -> None:
     assert bytes(tcp.out) == b"".join(
         Frame(Opcode.BINARY, r).serialize(mask=False) for r in records
     )
+
+
+def test_every_write_frames_as_websockets_does(carrier: Any) -> None:
+    """Writes one record each, several, and records split across writes (held until
+    whole): the frames are websockets' own, whichever path framed them."""
+    transport, tcp, _protocol = carrier
+    records = [record(28), record(125), record(126), record(MAX_MESSAGE), record(40)]
+    for r in records:
+        transport.write(r)
+    transport.write(b"".join(records))
+    joined = b"".join(records)
+    for cut in (5, 12, 30, len(joined) - 3):
+        transport.write(memoryview(joined)[:cut])
+        transport.write(memoryview(joined)[cut:])
+    assert bytes(tcp.out) == b"".join(
+        Frame(Opcode.BINARY, r).serialize(mask=False) for r in records * 6
+    )
+
+
+def test_a_ping_between_messages_keeps_both_paths_right(carrier: Any) -> None:
+    """Control frames go through websockets (its answer goes out before what is
+    written after); the messages around them are handed over whole and in order."""
+    transport, tcp, protocol = carrier
+    mask = b"\x01\x02\x03\x04"
+    messages = [record(30, 1), record(31, 2), record(32, 3)]
+    transport._receive(_masked(Opcode.BINARY, messages[0], mask))
+    transport.write(messages[0])
+    transport._receive(_masked(Opcode.PING, b"p", mask))
+    transport.write(messages[1])
+    transport._receive(_masked(Opcode.BINARY, messages[1], mask))
+    transport._receive(_masked(Opcode.BINARY, messages[2], mask))
+    transport.write(messages[2])
+    assert protocol.records == messages
+    assert bytes(tcp.out) == b"".join(
+        [
+            Frame(Opcode.BINARY, messages[0]).serialize(mask=False),
+            Frame(Opcode.PONG, b"p").serialize(mask=False),
+            Frame(Opcode.BINARY, messages[1]).serialize(mask=False),
+            Frame(Opcode.BINARY, messages[2]).serialize(mask=False),
+        ]
+    )

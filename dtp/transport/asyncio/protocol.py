@@ -7,14 +7,16 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import weakref
 from asyncio.selector_events import BaseSelectorEventLoop
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from dtp.errors import CLOSE_PAYMENT_REQUIRED, DTPError, PaymentRequired
 from dtp.protocol.connection import CloseCode
 from dtp.transport.session import (
+    ACCEPT_KEY,
     CARRIER_DRAIN,
     FIRST_RECV_CHUNK,
     RECV_CHUNK,
@@ -33,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: most a second for that in all.)
 CARRIER_GRACE = 1.0
 LIMIT = 2**16  # asyncio.StreamReader's default line limit
+#: A key of :meth:`Protocol.wait_change` that no stream's change reaches: only a change
+#: that concerns every waiter (the connection's end among them) wakes it
+BROAD_KEY = -2
 
 
 # The first-size read buffer, one per thread, shared by the connections of the event
@@ -49,6 +54,15 @@ def _shared_first_buffer() -> memoryview:
     if buf is None:
         buf = _shared.rbuf = memoryview(bytearray(FIRST_RECV_CHUNK))
     return buf
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or the clock it reads where that is plain asyncio's (its
+    ``time()`` returns ``time.monotonic()``): the same times, a Python call fewer at
+    each of the several reads of a record's way in and out."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 def _reads_synchronously(loop: asyncio.AbstractEventLoop) -> bool:
@@ -79,6 +93,8 @@ class Protocol(asyncio.BufferedProtocol):
         self.session = session
         self.conn = session.conn
         self.loop = loop
+        #: The loop's clock (:func:`loop_clock`)
+        self.now = loop_clock(loop)
         self.transport: asyncio.Transport | None = None
         # the tasks waiting for a change: on any change (_waiters), or on a change to one
         # stream's reads or to the streams the peer opened (_keyed, by stream ID or
@@ -87,6 +103,7 @@ class Protocol(asyncio.BufferedProtocol):
         self._keyed: dict[int, list[asyncio.Future[None]]] = {}
         session.track_changes()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # (when _timer fires)
         self._abort_timer: asyncio.TimerHandle | None = None
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
         #: closes its side, or when this fires
@@ -122,6 +139,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: How many open_stream() calls wait for the peer to allow another stream: its
         #: MAX_STREAMS frame makes no event, so nothing else would wake them
         self.stream_slot_waiters = 0
+        #: Takes each stream the peer opens, as its opening is applied
+        #: (DTPStreamWriter.serve_streams), or None: accept_stream() takes them
+        self.stream_handler: Callable[[int], None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -158,7 +178,7 @@ class Protocol(asyncio.BufferedProtocol):
     def data_received(self, data: bytes | memoryview) -> None:
         """Bytes from the carrier (also a server's first bytes, read before this
         protocol took the transport over); the connection keeps none of ``data``."""
-        self.conn.receive_data(data, self.loop.time())
+        self.conn.receive_data(data, self.now())
         self._after_io()
 
     def eof_received(self) -> bool | None:
@@ -202,14 +222,15 @@ class Protocol(asyncio.BufferedProtocol):
     # -- driving ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if self.transport is None or self.transport.is_closing() or self._drain_timer is not None:
+        transport = self.transport
+        if transport is None or self._drain_timer is not None or transport.is_closing():
             return  # (half-closed: nothing more may be written)
-        now = self.loop.time()
+        now = self.now()
         if self.hook is not None:
             self.hook.on_output(now)
         data = self.conn.data_to_send(now)
         if data:
-            self.transport.write(data)
+            transport.write(data)
         self._schedule_timer()
 
     def _after_io(self) -> None:
@@ -306,17 +327,18 @@ class Protocol(asyncio.BufferedProtocol):
             # Most writes push the deadline later (idle, keepalive): a timer armed for
             # an earlier time is kept — when it fires, handle_timer finds nothing due and
             # we re-arm once — instead of a cancel and a new TimerHandle per write.
-            if deadline is not None and self._timer.when() <= deadline + 0.001:
+            if deadline is not None and self._timer_at <= deadline + 0.001:
                 return
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
             self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
         try:
-            self.conn.handle_timer(self.loop.time())
+            self.conn.handle_timer(self.now())
             self._after_io()
         except BaseException as exc:
             self._fail(exc)
@@ -347,8 +369,19 @@ class Protocol(asyncio.BufferedProtocol):
             self.transport.abort()  # (connection_lost follows: wait_closed() returns)
         self._notify()
 
+    def start_streams(self) -> None:
+        """Hand the streams the peer opened to :attr:`stream_handler`, in order."""
+        handler = self.stream_handler
+        incoming = self.session.incoming_streams
+        while incoming and handler is not None and self.stream_handler is handler:
+            stream_id = incoming.popleft()
+            if stream_id != 0:  # (the first stream is the connection's own: accept_stream)
+                handler(stream_id)
+
     def _notify(self) -> None:
         """Wake every waiting task, each to look again at its condition."""
+        if self.stream_handler is not None:
+            self.start_streams()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -370,13 +403,15 @@ class Protocol(asyncio.BufferedProtocol):
         else:
             self._notify_some(touched.union(keys) if keys else touched)
 
-    def _notify_some(self, keys: Iterable[int]) -> None:
+    def _notify_some(self, keys: set[int]) -> None:
         """Wake the tasks a change to ``keys`` concerns: those waiting on any change,
         and those waiting on one of ``keys`` (a stream's reads, or ACCEPT_KEY). A
         stream's reads and the streams the peer opened change only with those
         (Session.take_changes): the other readers and acceptors would only look again
         and wait on (a connection serving a call a stream, with a reader on its first
         stream)."""
+        if self.stream_handler is not None and ACCEPT_KEY in keys:
+            self.start_streams()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():

@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import operator
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from dtp.errors import ConnectionClosed, DTPError, LocalProtocolError, StreamReset
 from dtp.protocol.connection import CloseCode
-from dtp.transport.asyncio.protocol import CARRIER_GRACE, Protocol, abort, end_unpaid
+from dtp.transport.asyncio.protocol import BROAD_KEY, CARRIER_GRACE, Protocol, abort, end_unpaid
 from dtp.transport.blocking.checks import readable
 from dtp.transport.hooks import NOT_PAID, ConnectionHook
 from dtp.transport.session import ACCEPT_KEY, CARRIER_DRAIN, UNSENT, StreamSink
@@ -468,7 +468,7 @@ class DTPStreamWriter:
                 # the lane: sealed straight from the caller's bytes into records that
                 # go to the transport at once; what it cannot send now it keeps
                 while view:
-                    sealed = self._conn.seal_fast(self._stream_id, view, proto.loop.time())
+                    sealed = self._conn.seal_fast(self._stream_id, view, proto.now())
                     if sealed is None:
                         break
                     transport.write(sealed[0])
@@ -595,8 +595,12 @@ class DTPStreamWriter:
             self._close_task = task
             self._proto._notify()  # (a drain() waiting raises now: see there)
         else:
+            # (whether this queues anything for the peer: a stream whose both ends are
+            # done -- a request answered with write_eof() -- queues nothing, and its
+            # close needs no flush)
+            queued = not self._eof_sent
             with contextlib.suppress(DTPError):
-                if not self._eof_sent:
+                if queued:
                     self._conn.send_stream_data(self._stream_id, b"", end_stream=True)
             # Closed both ways, as asyncio's close() and the blocking API's: the peer is
             # asked to stop sending, and what is unread (and what comes before it stops)
@@ -605,8 +609,13 @@ class DTPStreamWriter:
             session = self._session
             buf = session.streams.get(self._stream_id)
             if not (buf is not None and (buf.eof or buf.reset_code is not None)):
+                queued = True
                 with contextlib.suppress(DTPError):
                     self._conn.stop_sending(self._stream_id, self._stop_code)
+            if buf is not None and buf.data:
+                queued = True  # (discard returns their credit)
+            if session.process_events():
+                queued = True  # (what they applied may have queued credit)
             session.discard(self._stream_id)
             # its buffer goes once the connection is done with the stream too (as the
             # blocking API's): kept, a connection carrying many short streams (the
@@ -615,7 +624,8 @@ class DTPStreamWriter:
             # (what waits on this stream's reads, and whatever forget()'s processing of
             # the session's events concerns: the connection's end, say)
             self._proto.notify_changes(self._stream_id)
-            self._proto.flush()
+            if queued:
+                self._proto.flush()
 
     def reset(self, code: int = 0) -> None:
         """Abandon this stream, as a TCP reset does: what is unsent is dropped and the
@@ -843,8 +853,11 @@ class DTPStreamWriter:
         )
 
     async def accept_stream(self) -> tuple[DTPStreamReader, DTPStreamWriter]:
-        """Wait for the peer to open a stream."""
+        """Wait for the peer to open a stream (RuntimeError while :meth:`serve_streams`
+        takes them)."""
         session = self._session
+        if self._proto.stream_handler is not None:
+            raise RuntimeError("accept_stream() while serve_streams() takes the streams")
 
         def ready() -> bool:
             while session.incoming_streams and session.incoming_streams[0] == 0:
@@ -858,6 +871,69 @@ class DTPStreamWriter:
         return DTPStreamReader(self._proto, stream_id), type(self)(
             self._proto, stream_id, primary=False
         )
+
+    async def serve_streams(
+        self, handler: Callable[[DTPStreamReader, DTPStreamWriter], Awaitable[object]]
+    ) -> None:
+        """Serve each stream the peer opens with ``handler(reader, writer)``, in a task
+        of its own, until the connection ends; then wait for the handlers still
+        running, and return. The streams waiting to be accepted go first.
+
+        What an ``accept_stream()`` loop that starts a task per stream does, a loop
+        pass sooner: each task is started as the stream's opening is read, not by a
+        task woken to accept it (a call a stream answers in two passes of the loop,
+        not three). The writer is closed when the handler returns, if it did not close
+        it; a handler that raises has its exception passed to the loop's exception
+        handler and its stream reset (code 0: the peer reads StreamReset, not a clean
+        end). Cancelled, it cancels the handlers' tasks. One at a time on a connection;
+        :meth:`accept_stream` raises RuntimeError meanwhile."""
+        proto = self._proto
+        if proto.stream_handler is not None:
+            raise RuntimeError("serve_streams() is running already on this connection")
+        session = self._session
+        loop = proto.loop
+        # the handlers' tasks by stream: each takes itself off as it ends (a done
+        # callback would cost a callback of the loop of its own, often a pass)
+        tasks: dict[int, asyncio.Task[None]] = {}
+        kind = type(self)
+
+        async def serve(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
+            try:
+                await handler(reader, writer)
+            except Exception as exc:
+                loop.call_exception_handler(
+                    {
+                        "message": "a serve_streams() handler raised",
+                        "exception": exc,
+                        "stream_id": writer.stream_id,
+                    }
+                )
+                writer.reset(0)
+            else:
+                if not writer._closing:
+                    writer.close()
+            finally:
+                tasks.pop(writer.stream_id, None)
+
+        def start(stream_id: int) -> None:
+            reader = DTPStreamReader(proto, stream_id)
+            writer = kind(proto, stream_id, primary=False)
+            tasks[stream_id] = loop.create_task(serve(reader, writer))
+
+        proto.stream_handler = start
+        try:
+            proto.start_streams()
+            while session.terminated is None:
+                await proto.wait_change(BROAD_KEY)
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        finally:
+            if proto.stream_handler is start:
+                proto.stream_handler = None
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"<DTPStreamWriter stream={self._stream_id} peer={self.get_extra_info('peername')}>"

@@ -126,6 +126,37 @@ def split_records(data: bytes | bytearray | memoryview, held: bytearray) -> list
     return records
 
 
+def _framed(data: bytes | bytearray | memoryview) -> bytes | bytearray | None:
+    """``data``, whole records as a DTP connection writes them, each in one unmasked
+    final binary frame (RFC 6455 section 5.2), ready for a server's TCP transport; None
+    when ``data`` does not end at a record's end, or holds one above MAX_MESSAGE (none
+    of a DTP connection's is: websockets frames it)."""
+    size = len(data)
+    if size >= RECORD_HEADER_LEN and RECORD_HEADER_LEN + (data[2] | data[3] << 8) == size:
+        # one record (most writes): its frame in one piece
+        if size < 126:
+            return bytes((0x82, size)) + data
+        if size > MAX_MESSAGE:
+            return None
+        return bytes((0x82, 126, size >> 8, size & 0xFF)) + data
+    view = memoryview(data)
+    out = bytearray()
+    at = 0
+    while at < size:
+        if size - at < RECORD_HEADER_LEN:
+            return None
+        length = RECORD_HEADER_LEN + (view[at + 2] | view[at + 3] << 8)
+        if at + length > size or length > MAX_MESSAGE:
+            return None
+        if length < 126:
+            out += bytes((0x82, length))
+        else:
+            out += bytes((0x82, 126, length >> 8, length & 0xFF))
+        out += view[at : at + length]
+        at += length
+    return out
+
+
 def origin_rule(origins: Iterable[str] | None) -> list[Origin | None] | None:
     """``websockets``' ``origins`` for a server's allow list: None (the default) admits
     only upgrades with no ``Origin`` header (clients that are not browsers); a list of
@@ -173,6 +204,8 @@ class _TcpSide(asyncio.Protocol):
 
     def __init__(self, carrier: WebSocketTransport) -> None:
         self.carrier = carrier
+        # every read goes straight to the carrier (no call of this class's in between)
+        self.data_received = carrier._receive  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (a stream transport, asyncio's or uvloop's: uvloop's are no asyncio.Transport
@@ -230,6 +263,15 @@ class WebSocketTransport(asyncio.Transport):
         self._told_lost = False
         self._error: Exception | None = None  # why the carrier failed, for the protocol
         self._close_timer: asyncio.TimerHandle | None = None
+        #: The protocol's data_received (set_protocol), or None
+        self._deliver_to: Callable[[bytes], object] | None = None
+        #: websockets' side of the carrier was found open, with no extension, between two
+        #: frames and holding nothing (_frame_in): true until it is handed bytes, or told
+        #: to close, again -- it changes only then, and the fast path need not look at it
+        self._ws_idle = False
+        #: The same for writes: websockets' side was found open, a server's with no
+        #: extension, no message begun and nothing of its own to send (_frames_out)
+        self._ws_out_idle = False
         #: The request path, the Origin and the subprotocol, once the upgrade is done
         self.path: str | None = None
         self.origin: str | None = None
@@ -251,6 +293,7 @@ class WebSocketTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._deliver_to = getattr(protocol, "data_received", None)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None
@@ -280,6 +323,13 @@ class WebSocketTransport(asyncio.Transport):
             # (as asyncio's transports: nothing goes out after close(); nor after the
             # peer's close frame, past which a WebSocket carries no data)
             return
+        if self._ws_out_idle and not self._held:
+            tcp = self._tcp
+            if tcp is not None and not tcp.is_closing():
+                framed = _framed(data)
+                if framed is not None:
+                    tcp.write(framed)
+                    return
         records = split_records(data, self._held)
         if not self._upgraded:
             self._early += records
@@ -289,6 +339,7 @@ class WebSocketTransport(asyncio.Transport):
             return  # (closing: websockets would raise InvalidState)
         if self._frames_out(records):
             return
+        self._ws_out_idle = False
         for record in records:
             ws.send_binary(record)
         self._flush()
@@ -343,6 +394,7 @@ class WebSocketTransport(asyncio.Transport):
             self._head += len(data)
             if self._head > MAX_REQUEST_HEAD and ws.state is State.CONNECTING:
                 return self._refuse_head()
+        self._ws_idle = self._ws_out_idle = False
         ws.receive_data(data)
         events = ws.events_received()
         if ws.parser_exc is not None and self._error is None:
@@ -362,6 +414,7 @@ class WebSocketTransport(asyncio.Transport):
             self._arm_close_timer()
 
     def _receive_eof(self) -> None:
+        self._ws_idle = self._ws_out_idle = False
         self._ws.receive_eof()
         self._flush()
 
@@ -482,17 +535,31 @@ class WebSocketTransport(asyncio.Transport):
             return False  # (above MAX_MESSAGE, whatever it says: websockets fails it)
         if at + (4 if masked else 0) + length != size or length > MAX_MESSAGE:
             return False
-        if (
-            ws.state is not State.OPEN
-            or ws.extensions
-            or getattr(ws, "current_size", 0) is not None  # (a fragmented message open)
-            or self._fragments is not None
-            or not _between_frames(ws)
-        ):
-            return False
+        if not self._ws_idle:
+            if (
+                ws.state is not State.OPEN
+                or ws.extensions
+                or getattr(ws, "current_size", 0) is not None  # (a fragmented message open)
+                or self._fragments is not None
+                or not _between_frames(ws)
+            ):
+                return False
+            self._ws_idle = True
         # (a client's frames are masked; a server's, to a client carrier, are not)
         payload = apply_mask(memoryview(data)[at + 4 :], data[at : at + 4]) if masked else data[at:]
-        self._message(payload)
+        deliver = self._deliver_to
+        n = len(payload)
+        if (
+            deliver is not None
+            and self._reading
+            and not self._pending
+            and n >= RECORD_HEADER_LEN
+            and RECORD_HEADER_LEN + (payload[2] | payload[3] << 8) == n
+        ):
+            # one record, nothing waiting before it: to the protocol at once (_message)
+            deliver(payload)
+        else:
+            self._message(payload)
         if self._closing or self._peer_closed:
             self._arm_close_timer()
         return True
@@ -512,6 +579,7 @@ class WebSocketTransport(asyncio.Transport):
             or getattr(ws, "writes", True)
         ):
             return False
+        self._ws_out_idle = True
         out = bytearray()
         for record in records:
             length = len(record)
@@ -564,7 +632,7 @@ class WebSocketTransport(asyncio.Transport):
         pause its reading, or hand the transport to another protocol, in between)."""
         pending = self._pending
         while pending and self._reading and not self._closing:
-            receive = getattr(self._protocol, "data_received", None)
+            receive = self._deliver_to  # (the protocol's now: it may change in between)
             if receive is None:
                 return  # (a client's, before its upgrade is done)
             receive(pending.popleft())
@@ -578,6 +646,7 @@ class WebSocketTransport(asyncio.Transport):
         if self._closing:
             return
         self._broken(reason, code)
+        self._ws_idle = self._ws_out_idle = False
         self._ws.fail(code, reason)
         self._flush()
         if self._tcp is not None and not self._tcp.is_closing():
@@ -601,6 +670,7 @@ class WebSocketTransport(asyncio.Transport):
             self._tell_lost(None)
             return
         if self._ws.state is State.OPEN:
+            self._ws_idle = self._ws_out_idle = False
             self._ws.send_close(code, reason)
             self._flush()
             if not self._reading and not tcp.is_closing():
