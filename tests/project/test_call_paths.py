@@ -181,7 +181,7 @@ def _rpc() -> Iterator[RpcClient]:
         assert HELD.wait(60.0)
 
     with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
-        serving = threading.Thread(target=rpc.serve, args=(srv,), name="test-rpc-serve")
+        serving = threading.Thread(target=rpc.serve_forever, args=(srv,), name="test-rpc-serve")
         serving.start()
         try:
             with dtp.socket.create_connection(srv.address, server_key=srv.noise_public_key) as sock:
@@ -282,8 +282,6 @@ def test_the_doc_names_the_files_a_path_crosses(path: str, traced: dict[str, set
 # The paths that cross more than six files still, and why: each is a failure expected
 # (strict: one that passes fails, so that its entry goes once it is fixed).
 OVER = {
-    "call": "ten: the general way adds the message checks, framing and fee engine of "
-    "messaging/ and the engine's lane to the quiet way's four",
     "accept": "seven: the server, the TCP carrier, admission, the session, the engine, "
     "the socket and the protocol",
 }

@@ -832,7 +832,14 @@ class DTPSocket:
     def _send(self, data: Any, timeout: float | None) -> int:
         """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
         self._check_sendable()
-        view = readable(data)
+        # bytes and views of bytes go as they are (what sendall takes them as); anything
+        # else as a socket sends it (readable: an array('i') by its bytes, or the error)
+        if type(data) is bytes or (
+            type(data) is memoryview and data.format == "B" and data.ndim == 1 and data.c_contiguous
+        ):
+            view = data
+        else:
+            view = readable(data)
         if not len(view):
             return 0
         engine = self._engine
@@ -962,7 +969,7 @@ class DTPSocket:
                 lock.release()
                 if watch:
                     engine.timers.watch(engine)
-        view = readable(data)
+        view = memoryview(data).cast("B")  # (bytes or a contiguous view: checked above)
         if not view:
             # (an empty sendall sends nothing, so only this tells a closed or shut
             # socket, as a socket's sendall(b"") raises EBADF / EPIPE, and send(b"") here
