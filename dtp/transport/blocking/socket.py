@@ -889,7 +889,7 @@ class DTPSocket:
                 engine.session.check_writable(sid)
                 if sid in conn._streams:
                     n = min(len(view), SEND_HIGH_WATER)
-                    conn.send_stream_data(sid, view if n == len(view) else view[:n])
+                    conn.send_stream_data(sid, view if n == len(view) else memoryview(view)[:n])
                     engine.flush()
                     return n
             self._wait(lambda: self._stream_ready_for_send() or self._wr_shut, timeout)
@@ -907,7 +907,7 @@ class DTPSocket:
             self._check_sendable()
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
-            engine.conn.send_stream_data(self._stream_id, view[:n])
+            engine.conn.send_stream_data(self._stream_id, memoryview(view)[:n])  # (no copy)
             engine.flush()
             return n
 
