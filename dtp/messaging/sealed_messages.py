@@ -21,7 +21,7 @@ from dtp.identity.keys import sui_address_from_public_key
 from dtp.ledger.objects import MAX_PURE_BYTES
 from dtp.messaging import errors as E
 from dtp.messaging.framing import bytes_like
-from dtp.messaging.protocol_messages import _check_our_timeout
+from dtp.messaging.protocol import _check_our_timeout
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

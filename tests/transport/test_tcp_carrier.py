@@ -93,6 +93,38 @@ def test_a_started_connect_finishes_connected_and_tuned() -> None:
         listener.close()
 
 
+def test_the_connections_a_listener_accepts_come_tuned() -> None:
+    """listen_tcp tunes the listener, and each connection it accepts inherits its
+    TCP_NODELAY: the blocking server tunes none of them itself."""
+    listener = listen_tcp(("127.0.0.1", 0))
+    try:
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with socket.create_connection(listener.getsockname()[:2], timeout=5.0):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        listener.close()
+
+
+def test_a_blocking_servers_connections_are_tuned() -> None:
+    """The carrier of a connection a blocking DTPServer accepted has TCP_NODELAY (the
+    listener's: DTPServer._accept_next sets nothing)."""
+    identity = HostIdentity.generate()
+    with (
+        dtp.socket.create_server(("127.0.0.1", 0), identity=identity) as server,
+        dtp.socket.create_connection(
+            server.address, server_key=identity.noise_public, timeout=10.0
+        ) as client,
+    ):
+        served, _ = server.accept(timeout=10.0)
+        with served:
+            carrier = served._engine.sock
+            assert carrier.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            client.sendall(b"x")
+            assert served.recv(1) == b"x"
+
+
 def test_a_failed_connect_raises_what_connect_tcp_raises() -> None:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

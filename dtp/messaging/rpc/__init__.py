@@ -27,7 +27,8 @@ response fee into a ledger ``ResponseEscrow`` per request; the server checks it
 (:class:`ResponseFeePolicy`), the client acknowledges each response with a signature, and
 the server claims with it — or the client takes the fee back after the deadline.
 
-The modules: ``streams`` (what a stream must have, read sizes, sending), ``fees`` (the
+The modules: ``streams`` (what a stream must have, sending; the read sizes are
+``dtp.messaging.protocol``'s), ``fees`` (the
 money above, with its locks and ledger reads), ``engine`` (the sans-I/O order of the fee
 steps, which both clients and both servers run), ``client_base`` and ``server_base``
 (what both drivers' clients and servers share), and the drivers: ``blocking_client``,
@@ -35,6 +36,7 @@ steps, which both clients and both servers run), ``client_base`` and ``server_ba
 their public API.
 """
 
+from dtp.messaging.protocol import QUICK_RECV_SIZE, RECV_SIZE
 from dtp.messaging.rpc.asyncio_client import AsyncRpcClient
 from dtp.messaging.rpc.asyncio_server import AsyncRpcServer
 from dtp.messaging.rpc.blocking_client import RpcCall, RpcClient
@@ -47,7 +49,7 @@ from dtp.messaging.rpc.fees import (
     response_hash,
 )
 from dtp.messaging.rpc.server_base import CallContext, Handler
-from dtp.messaging.rpc.streams import QUICK_RECV_SIZE, RECV_SIZE, BlockingStream
+from dtp.messaging.rpc.streams import BlockingStream
 
 __all__ = [
     "ACCEPT_POLL_MAX",

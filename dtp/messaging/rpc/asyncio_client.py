@@ -16,6 +16,7 @@ from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
+    RECV_SIZE,
     ErrorReceived,
     NotificationReceived,
     ProtocolViolation,
@@ -24,6 +25,7 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
     _check_count,
+    meta_copy,
 )
 from dtp.messaging.rpc.client_base import ClientBase, check_client_options
 from dtp.messaging.rpc.engine import ClientFees
@@ -33,11 +35,9 @@ from dtp.messaging.rpc.fees import (
 )
 from dtp.messaging.rpc.streams import (
     DEFAULT,
-    RECV_SIZE,
     TAKE_PIECE,
     TAKE_TIME,
     check_async_streams,
-    meta_copy,
     send_failed,
 )
 from dtp.payments.receipts import Meter
@@ -291,10 +291,12 @@ class AsyncRpcClient(ClientBase):
     def _dispatch(self, event: RpcEvent) -> None:
         if isinstance(event, ResponseReceived):
             future = self._futures.pop(event.request_id, None)
-            # whether it is acknowledged is the fee engine's rule (ClientFees.answered)
-            ack = self._fees.answered(event.request_id, event.body)
-            if ack is not None:
-                self._proto.send_ack(event.request_id, ack)
+            # whether it is acknowledged is the fee engine's rule (ClientFees.answered),
+            # asked when a call holds an escrow
+            if self._fees.escrows:
+                ack = self._fees.answered(event.request_id, event.body)
+                if ack is not None:
+                    self._proto.send_ack(event.request_id, ack)
             if future is not None and not future.done():
                 future.set_result(event.result)
         elif isinstance(event, ErrorReceived):

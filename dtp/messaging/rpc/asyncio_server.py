@@ -16,6 +16,7 @@ from dtp.errors import DTPError
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import (
+    RECV_SIZE,
     AckReceived,
     NotificationReceived,
     ProtocolViolation,
@@ -43,11 +44,7 @@ from dtp.messaging.rpc.server_base import (
     refuse_missing,
     tell_client_ended,
 )
-from dtp.messaging.rpc.streams import (
-    RECV_SIZE,
-    TAKE_PIECE,
-    TAKE_TIME,
-)
+from dtp.messaging.rpc.streams import TAKE_PIECE, TAKE_TIME
 from dtp.transport.asyncio.threads import threaded_or_released
 
 if TYPE_CHECKING:

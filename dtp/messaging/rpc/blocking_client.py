@@ -19,6 +19,8 @@ from dtp.errors import DTPError
 from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.protocol import (
+    QUICK_RECV_SIZE,
+    RECV_SIZE,
     ErrorReceived,
     NotificationReceived,
     ProtocolViolation,
@@ -29,20 +31,18 @@ from dtp.messaging.protocol import (
     RpcProtocol,
     _check_count,
     _check_wait,
+    meta_copy,
+    next_read_size,
 )
 from dtp.messaging.rpc.client_base import ClientBase, check_client_options
 from dtp.messaging.rpc.engine import ClientFees
 from dtp.messaging.rpc.fees import ResponsePrepay, check_one_meter
 from dtp.messaging.rpc.streams import (
     DEFAULT,
-    QUICK_RECV_SIZE,
-    RECV_SIZE,
     TAKE_PIECE,
     UNSENT_CAP,
     BlockingStream,
     check_blocking_stream,
-    meta_copy,
-    next_read_size,
     send_failed,
     send_nowait,
 )
@@ -655,10 +655,12 @@ class RpcClient(ClientBase):
         """Hand events to their calls (lock held)."""
         for event in events:
             if isinstance(event, ResponseReceived):
-                # whether it is acknowledged is the fee engine's rule (ClientFees.answered)
-                ack = self._fees.answered(event.request_id, event.body)
-                if ack is not None:
-                    self._proto.send_ack(event.request_id, ack)
+                # whether it is acknowledged is the fee engine's rule (ClientFees.answered),
+                # asked when a call holds an escrow
+                if self._fees.escrows:
+                    ack = self._fees.answered(event.request_id, event.body)
+                    if ack is not None:
+                        self._proto.send_ack(event.request_id, ack)
                 call = self._calls.pop(event.request_id, None)
                 if call is not None:
                     call._finish(event.result, None)

@@ -21,6 +21,8 @@ from dtp.messaging import errors as E
 from dtp.messaging.framing import DEFAULT_MAX_MESSAGE
 from dtp.messaging.method_rules import MethodRules
 from dtp.messaging.protocol import (
+    QUICK_RECV_SIZE,
+    RECV_SIZE,
     AckReceived,
     NotificationReceived,
     ProtocolViolation,
@@ -29,6 +31,7 @@ from dtp.messaging.protocol import (
     RpcEvent,
     RpcProtocol,
     _check_count,
+    next_read_size,
 )
 from dtp.messaging.rpc.engine import PayRequest, ServerCallFees, TakeEscrow
 from dtp.messaging.rpc.fees import (
@@ -51,12 +54,9 @@ from dtp.messaging.rpc.server_base import (
 )
 from dtp.messaging.rpc.streams import (
     DEFAULT,
-    QUICK_RECV_SIZE,
-    RECV_SIZE,
     UNSENT_CAP,
     BlockingStream,
     check_blocking_stream,
-    next_read_size,
     send_answer,
     send_nowait,
 )

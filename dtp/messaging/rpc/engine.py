@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from dtp.messaging.rpc.fees import RequestPayments, ResponseFeePolicy, ResponsePrepay
 
 #: What a call's meta is while the engine adds its fee keys ("r", "re") to it: the
-#: driver's own copy of the caller's meta (``streams.meta_copy``), or None for none.
+#: driver's own copy of the caller's meta (``protocol.meta_copy``), or None for none.
 Meta = dict[str, Any] | None
 #: The driver's "can this request be sent now?": raises as sending it would (the stream
 #: closed, too many in flight, too large with the fee's meta), queues nothing.
@@ -50,14 +50,16 @@ class ClientFees:
     :meth:`all_unanswered` when every call fails at once (the stream lost, closed).
     Every escrow made is acknowledged or put to refund exactly once."""
 
-    __slots__ = ("_escrows", "meter", "prepay")
+    __slots__ = ("escrows", "meter", "prepay")
 
     def __init__(self, meter: Meter | None, prepay: ResponsePrepay | None) -> None:
         self.meter = meter
         self.prepay = prepay
-        # request ID -> (the escrow its call prepaid, the ResponsePrepay that made it),
-        # until the call ends: a prepay replaced meanwhile still refunds its own escrows
-        self._escrows: dict[int, tuple[str, ResponsePrepay]] = {}
+        #: request ID -> (the escrow its call prepaid, the ResponsePrepay that made it),
+        #: until the call ends: a prepay replaced meanwhile still refunds its own escrows.
+        #: Empty, no answer has anything to acknowledge: the drivers ask :meth:`answered`
+        #: only when it is not (a call without fees costs no call into the engine).
+        self.escrows: dict[int, tuple[str, ResponsePrepay]] = {}
 
     def begin(self, meta: Meta, timeout: float | None, check: Check, requests: int = 1) -> PaidCall:
         """Start a paid call, metered as ``requests`` requests of the SLA: ``check`` it
@@ -79,7 +81,7 @@ class ClientFees:
         (:meth:`unanswered`: timed out, cancelled, failed) is never acknowledged -- its
         caller never saw it, and its escrow waits for refund; a server that answered
         before the ledger deadline is paid by ``deliver`` instead (docs/escrow.md)."""
-        entry = self._escrows.pop(request_id, None)
+        entry = self.escrows.pop(request_id, None)
         if entry is None:
             return None
         escrow_id, prepay = entry
@@ -89,21 +91,21 @@ class ClientFees:
         """The call ``request_id`` ended with no response (failed, timed out,
         cancelled): its escrow, if it prepaid one, waits for
         :meth:`ResponsePrepay.refund_due`. A second report of the same call does nothing."""
-        entry = self._escrows.pop(request_id, None)
+        entry = self.escrows.pop(request_id, None)
         if entry is not None:
             entry[1].unanswered.append(entry[0])
 
     def all_unanswered(self) -> None:
         """Every call in flight ended with no response (the stream failed or the client
         closed): their escrows wait for refund."""
-        escrows, self._escrows = self._escrows, {}
+        escrows, self.escrows = self.escrows, {}
         for escrow_id, prepay in escrows.values():
             prepay.unanswered.append(escrow_id)
 
     @property
     def prepaid(self) -> int:
         """How many calls in flight hold a prepaid escrow."""
-        return len(self._escrows)
+        return len(self.escrows)
 
 
 class PaidCall:
@@ -170,7 +172,7 @@ class PaidCall:
                 self.orphaned(self.escrow_id)
             raise
         if self.escrow_id is not None and self.prepay is not None:
-            self._fees._escrows[request_id] = (self.escrow_id, self.prepay)
+            self._fees.escrows[request_id] = (self.escrow_id, self.prepay)
         return request_id
 
 

@@ -1,6 +1,7 @@
 """The streams RPC runs on: what the blocking client and server need of one
-(:class:`BlockingStream`), the checks of what they are given, read sizes and sending;
-shared by the blocking and asyncio clients and servers."""
+(:class:`BlockingStream`), the checks of what they are given, and sending; shared by
+the blocking and asyncio clients and servers (the read sizes are the protocol's,
+:func:`dtp.messaging.protocol.next_read_size`)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,9 @@ import select
 import socket as _socket
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from dtp.messaging import errors as E
-
-RECV_SIZE = 256 * 1024
-#: The fast paths' reads (the quiet call's answer, the inline server's next request)
-#: while messages are small: a DTPSocket reads up to 64 KiB into its lane's own buffer,
-#: cheaper than a read into a buffer of the caller's size (about 4 us a call both sides
-#: together on one CPU). After a message that did not come whole in one short read they
-#: read RECV_SIZE, which takes large messages faster (what does not fit a read goes
-#: through the general path), until one comes whole and short again.
-QUICK_RECV_SIZE = 64 * 1024
-
-
-def next_read_size(data: bytes, whole: bool) -> int:
-    """A fast path's next read size after the read ``data`` was (``whole``) or was not
-    one whole message."""
-    return QUICK_RECV_SIZE if whole and len(data) < QUICK_RECV_SIZE else RECV_SIZE
-
 
 DEFAULT: Any = object()
 
@@ -40,15 +24,6 @@ class BlockingStream(Protocol):
     def recv(self, bufsize: int, /) -> bytes: ...
 
     def settimeout(self, timeout: float | None, /) -> None: ...
-
-
-def meta_copy(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A call's ``meta`` to add to (None when empty); TypeError when not a mapping."""
-    if meta is None:
-        return None
-    if not isinstance(meta, Mapping):
-        raise TypeError(f"meta is a mapping or None, not {type(meta).__name__!r}")
-    return dict(meta) if meta else None
 
 
 def check_blocking_stream(stream: object) -> None:

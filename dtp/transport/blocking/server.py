@@ -53,7 +53,6 @@ from dtp.transport.blocking import AcceptHook, AdmitHook, sched
 from dtp.transport.blocking.checks import OWN, Own, checked_timeout
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.socket import DTPSocket
-from dtp.transport.carriers.tcp import tune
 from dtp.transport.hooks import Listener, PeerInfo, Reservations
 from dtp.transport.session import CALLBACK_FAILED, HOOK_FAILED, Session, hook_calls, refusal_reason
 
@@ -709,9 +708,13 @@ class DTPServer:
             try:
                 # (woken by a connection, by an orphan, or by close()'s shutdown; and
                 # every _ACCEPT_POLL at the latest: close() closes what this waits on,
-                # whose numbers a new descriptor may take before this poll begins)
-                ready = sched.wait_ready([listener, self._orphan_wake], [], _ACCEPT_POLL)[0]
-                if listener not in ready:
+                # whose numbers a new descriptor may take before this poll begins. A
+                # closed one: a ValueError here, or POLLNVAL, whose accept or recv fails)
+                poller = sched.poll()
+                fd = listener.fileno()
+                poller.register(fd, select.POLLIN)
+                poller.register(self._orphan_wake, select.POLLIN)
+                if not any(ready == fd for ready, _ in poller.poll(_ACCEPT_POLL * 1000.0)):
                     with contextlib.suppress(OSError):
                         self._orphan_wake.recv(4096)
                     continue
@@ -724,8 +727,7 @@ class DTPServer:
                 sched.sleep(0.05)
                 continue
             try:
-                tcp.setblocking(False)
-                tune(tcp)
+                tcp.setblocking(False)  # (tuned already: it has the listener's TCP_NODELAY)
             except OSError:
                 tcp.close()  # (reset already)
                 continue

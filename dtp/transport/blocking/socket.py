@@ -832,7 +832,14 @@ class DTPSocket:
     def _send(self, data: Any, timeout: float | None) -> int:
         """:meth:`send`, waiting up to ``timeout`` seconds (None: for good; 0: not)."""
         self._check_sendable()
-        view = readable(data)
+        # bytes and views of bytes go as they are (what sendall takes them as); anything
+        # else as a socket sends it (readable: an array('i') by its bytes, or the error)
+        if type(data) is bytes or (
+            type(data) is memoryview and data.format == "B" and data.ndim == 1 and data.c_contiguous
+        ):
+            view = data
+        else:
+            view = readable(data)
         if not len(view):
             return 0
         engine = self._engine
@@ -882,7 +889,7 @@ class DTPSocket:
                 engine.session.check_writable(sid)
                 if sid in conn.streams.by_id:
                     n = min(len(view), SEND_HIGH_WATER)
-                    conn.send_stream_data(sid, view if n == len(view) else view[:n])
+                    conn.send_stream_data(sid, view if n == len(view) else memoryview(view)[:n])
                     engine.flush()
                     return n
             self._wait(lambda: self._stream_ready_for_send() or self._wr_shut, timeout)
@@ -900,7 +907,7 @@ class DTPSocket:
             self._check_sendable()
             engine.session.check_writable(self._stream_id)
             n = min(len(view), SEND_HIGH_WATER - engine.conn.send_buffered(self._stream_id))
-            engine.conn.send_stream_data(self._stream_id, view[:n])
+            engine.conn.send_stream_data(self._stream_id, memoryview(view)[:n])  # (no copy)
             engine.flush()
             return n
 
@@ -962,7 +969,7 @@ class DTPSocket:
                 lock.release()
                 if watch:
                     engine.timers.watch(engine)
-        view = readable(data)
+        view = memoryview(data).cast("B")  # (bytes or a contiguous view: checked above)
         if not view:
             # (an empty sendall sends nothing, so only this tells a closed or shut
             # socket, as a socket's sendall(b"") raises EBADF / EPIPE, and send(b"") here

@@ -305,11 +305,13 @@ def listen_queue(backlog: int) -> int:
 
 def listen_tcp(address: tuple[str, int], backlog: int = 128) -> socket.socket:
     """A listening TCP socket (SO_REUSEADDR, so restarts do not wait for TIME_WAIT),
-    its accept queue :func:`listen_queue`'s for ``backlog``."""
+    its accept queue :func:`listen_queue`'s for ``backlog``, tuned (:func:`tune`): the
+    connections it accepts inherit its TCP_NODELAY (Linux copies it to each, as the BSDs
+    do), so the blocking server tunes none of them one by one
+    (tests/transport/test_tcp_carrier.py)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    return socket.create_server(
-        address, family=family, backlog=listen_queue(backlog), reuse_port=False
-    )
+    queue = listen_queue(backlog)
+    return _tuned(socket.create_server(address, family=family, backlog=queue, reuse_port=False))
 
 
 def widen_listen_queue(listener: Any, backlog: int) -> None:
