@@ -169,13 +169,23 @@ async def open_connection(
     """
     check_connect_timeout(timeout)
     check_limit(limit)
-    if isinstance(host, str) and host[:6].lower().startswith(("ws://", "wss://")):
+    websocket_url = (
+        host if isinstance(host, str) and host[:6].lower().startswith(("ws://", "wss://")) else None
+    )
+    if websocket_url is not None:
         if port is not None:
             raise ValueError("a WebSocket URL names its port: pass no port")
         if websocket is not None:
             raise ValueError("the URL is the WebSocket already: pass no websocket=")
+    elif port is not None:
+        if websocket is not None or origin is not None or ssl is not None:
+            raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
+        if isinstance(host, HostAddress):
+            raise ValueError("a HostAddress names its port: pass no port")
+    if websocket_url is not None or port is not None:
+        # the ledger's options belong to a DTP address only
         refuse_ledger_options(
-            "a WebSocket URL",
+            "a WebSocket URL" if websocket_url is not None else "a carrier address",
             ledger=ledger,
             deposit=deposit,
             cap_id=cap_id or None,
@@ -186,8 +196,9 @@ async def open_connection(
             metering=metering,
             on_open=on_open,
         )
+    if websocket_url is not None:
         return await connect.open_websocket_connection(
-            host,
+            websocket_url,
             server_key=server_key,
             expected_server_key=expected_server_key,
             identity=identity,
@@ -219,22 +230,7 @@ async def open_connection(
             origin=origin,
             ssl=ssl,
         )
-    if websocket is not None or origin is not None or ssl is not None:
-        raise ValueError("websocket, origin and ssl need a DTP address or a WebSocket URL")
-    if isinstance(host, HostAddress):
-        raise ValueError("a HostAddress names its port: pass no port")
-    refuse_ledger_options(
-        "a carrier address",
-        ledger=ledger,
-        deposit=deposit,
-        cap_id=cap_id or None,
-        carrier=carrier,
-        ledger_options=ledger_options,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-        metering=metering,
-        on_open=on_open,
-    )
+    assert not isinstance(host, HostAddress)  # (refused with a port above)
     return await connect.open_connection(
         host,
         port,

@@ -168,9 +168,17 @@ def create_connection(
         # others do): the process's default socket timeout
         timeout = _socket.getdefaulttimeout()
     check_connect_timeout(timeout)
-    if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://")):
+    websocket_url = (
+        address
+        if isinstance(address, str) and address[:6].lower().startswith(("ws://", "wss://"))
+        else None
+    )
+    if websocket_url is None and (origin is not None or ssl is not None):
+        raise ValueError("origin and ssl are for a WebSocket URL (ws://…, wss://…)")
+    if websocket_url is not None or not isinstance(address, (str, HostAddress)):
+        # the ledger's options belong to a DTP address only
         refuse_ledger_options(
-            "a WebSocket URL",
+            "a WebSocket URL" if websocket_url is not None else "a carrier address",
             ledger=ledger,
             deposit=deposit,
             cap_id=cap_id or None,
@@ -181,8 +189,9 @@ def create_connection(
             metering=metering,
             on_open=on_open,
         )
+    if websocket_url is not None:
         return blocking_connect.create_websocket_connection(
-            address,
+            websocket_url,
             timeout,
             server_key=server_key,
             expected_server_key=expected_server_key,
@@ -191,8 +200,6 @@ def create_connection(
             origin=origin,
             ssl=ssl,
         )
-    if origin is not None or ssl is not None:
-        raise ValueError("origin and ssl are for a WebSocket URL (ws://…, wss://…)")
     if isinstance(address, (str, HostAddress)):
         return connect_by_host_id(
             HostAddress.parse(address) if isinstance(address, str) else address,
@@ -210,18 +217,6 @@ def create_connection(
             sponsor_pool=sponsor_pool,
             on_open=on_open,
         )
-    refuse_ledger_options(
-        "a carrier address",
-        ledger=ledger,
-        deposit=deposit,
-        cap_id=cap_id or None,
-        carrier=carrier,
-        ledger_options=ledger_options,
-        subscription=subscription,
-        sponsor_pool=sponsor_pool,
-        metering=metering,
-        on_open=on_open,
-    )
     return blocking_connect.create_connection(
         address,
         timeout,

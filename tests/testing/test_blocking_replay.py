@@ -4,9 +4,11 @@ with its threads and the blocking engine's, over a lossy, reordering datagram li
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +36,40 @@ LINK = Link(delay=0.02, jitter=0.01, loss=0.15, duplicate=0.05, reorder=0.2, dat
 Outcome = tuple[list[bytes], float, NetworkStats]
 
 
+@contextlib.contextmanager
+def echo_pair(net: SimNetwork, *, close_may_be_lost: bool) -> Iterator[dtp.socket.DTPSocket]:
+    """In a program of ``net.run_blocking`` on host "client": a dtp.socket echo server
+    (upper case) on host "server", in a thread of its own, and a client connected to it,
+    both configured for a datagram link (``lossy``); the server's thread is joined once
+    the client closed. ``close_may_be_lost``: a DTPError ends the server quietly."""
+
+    def serve(srv: dtp.socket.DTPServer) -> None:
+        sock, _ = srv.accept()
+        with sock:
+            try:
+                while data := sock.recv(100):
+                    sock.sendall(data.upper())
+            except DTPError:
+                if not close_may_be_lost:
+                    raise
+                # (the client's close lost on the link: its carrier's end tells)
+
+    with net.host("server"):
+        srv = dtp.socket.create_server(
+            ("server", 7000), identity=SERVER_KEY, config=lossy(SERVER_KEY, server=True)
+        )
+        server = sched.Thread(target=serve, args=(srv,), name="serve")
+        server.start()
+    with (
+        srv,
+        dtp.socket.create_connection(
+            ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+        ) as sock,
+    ):
+        yield sock
+    server.join()
+
+
 def exchange(seed: int, rounds: int = 4) -> tuple[Outcome, list[str]]:
     """A blocking echo exchange on a network seeded with ``seed``: (what the client got,
     when it was done, the network's counts), and the network's trace."""
@@ -41,36 +77,12 @@ def exchange(seed: int, rounds: int = 4) -> tuple[Outcome, list[str]]:
     net.add_hosts("client", "server")
     net.link("client", "server", LINK)
 
-    def serve(srv: dtp.socket.DTPServer) -> int:
-        sock, _ = srv.accept()
-        served = 0
-        with sock:
-            try:
-                while data := sock.recv(100):
-                    sock.sendall(data.upper())
-                    served += len(data)
-            except DTPError:
-                pass  # (the client's close lost on the link: its carrier's end tells)
-        return served
-
     def main() -> tuple[list[bytes], float]:
-        with net.host("server"):
-            srv = dtp.socket.create_server(
-                ("server", 7000), identity=SERVER_KEY, config=lossy(SERVER_KEY, server=True)
-            )
-            server = sched.Thread(target=serve, args=(srv,), name="serve")
-            server.start()
         got = []
-        with (
-            srv,
-            dtp.socket.create_connection(
-                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-            ) as sock,
-        ):
+        with echo_pair(net, close_may_be_lost=True) as sock:
             for i in range(rounds):
                 sock.sendall(b"hello %d" % i)
                 got.append(sock.recv(100))
-        server.join()
         return got, sched.monotonic()
 
     got, done = net.run_blocking(main, host="client")
@@ -202,26 +214,9 @@ def test_a_partition_holds_a_blocking_exchange_until_it_heals() -> None:
     net.add_hosts("client", "server")
     net.link("client", "server", Link(delay=0.02, datagrams=True))
 
-    def serve(srv: dtp.socket.DTPServer) -> None:
-        sock, _ = srv.accept()
-        with sock:
-            while data := sock.recv(100):
-                sock.sendall(data.upper())
-
     def main() -> tuple[list[bytes], float]:
-        with net.host("server"):
-            srv = dtp.socket.create_server(
-                ("server", 7000), identity=SERVER_KEY, config=lossy(SERVER_KEY, server=True)
-            )
-            server = sched.Thread(target=serve, args=(srv,), name="serve")
-            server.start()
         got = []
-        with (
-            srv,
-            dtp.socket.create_connection(
-                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-            ) as sock,
-        ):
+        with echo_pair(net, close_may_be_lost=False) as sock:
             sock.sendall(b"one")
             got.append(sock.recv(100))
             net.partition({"client"}, {"server"})  # (the program changes the network)
@@ -230,7 +225,6 @@ def test_a_partition_holds_a_blocking_exchange_until_it_heals() -> None:
             sock.sendall(b"two")
             got.append(sock.recv(100))  # (the records lost meanwhile are sent again)
             waited = sched.monotonic() - start
-        server.join()
         return got, waited
 
     got, waited = net.run_blocking(main, host="client")

@@ -15,15 +15,14 @@ answers the same. A bad request gets 400 with ``{"status": {"Failure": {"interna
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from dtp.errors import InvalidObjectId
 from dtp.ledger.objects import normalize_id
+from dtp.testing.sui_node.http_server import QuietHandler, ThreadedHttpServer
 
 __all__ = ["DEFAULT_AMOUNT", "FaucetError", "FaucetServer", "request_funds"]
 
@@ -39,39 +38,18 @@ class FaucetError(RuntimeError):
     """The faucet refused a request (its reason), or could not be reached."""
 
 
-class FaucetServer:
+class FaucetServer(ThreadedHttpServer):
     """Serves ``pay(address, amount) -> coin ID`` as Sui's faucet API on ``host:port``
     (port 0: any free one) in a daemon thread, from :meth:`start` until :meth:`close`."""
 
     def __init__(self, pay: Callable[[str, int], str], host: str, port: int = 0) -> None:
         self._pay = pay
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler(), host, port, "sui-node-faucet")
 
-    @property
-    def port(self) -> int:
-        """The port it listens on."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> FaucetServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sui-node-faucet", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(10)
-            self._thread = None
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         pay = self._pay
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 if self.path not in _PATHS:
                     self._answer(404, _failure(f"no such path {self.path!r} (POST /v2/gas)"))
@@ -98,9 +76,6 @@ class FaucetServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # (a test's output stays its own)
 
         return Handler
 

@@ -27,13 +27,13 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import quote
 
 from grpclib.const import Status
+
+from dtp.testing.sui_node.http_server import QuietHandler, ThreadedHttpServer
 
 __all__ = ["GrpcWebServer", "frame", "unframe"]
 
@@ -76,41 +76,20 @@ def unframe(body: bytes) -> bytes:
     return body[5:]
 
 
-class GrpcWebServer:
+class GrpcWebServer(ThreadedHttpServer):
     """Serves ``answer`` for the methods in ``methods`` (``"Service/Method"`` →
     method name) on ``host:port`` (0: any free one) in a daemon thread."""
 
     def __init__(self, answer: Answer, methods: dict[str, str], host: str, port: int = 0):
         self._answer = answer
         self._methods = methods
-        self._server = ThreadingHTTPServer((host, port), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        super().__init__(self._handler(), host, port, "sui-node-grpc-web")
 
-    @property
-    def port(self) -> int:
-        """The port it listens on."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> GrpcWebServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="sui-node-grpc-web", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(10)
-            self._thread = None
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         answer = self._answer
         methods = self._methods
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as fetch expects
             text = False  # this request is in the text form (base64)
 
@@ -182,8 +161,5 @@ class GrpcWebServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # (a test's output stays its own)
 
         return Handler

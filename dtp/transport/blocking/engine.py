@@ -361,41 +361,9 @@ class Engine:
             elif status != NEED_MORE:
                 deadline = None if timeout is None else sched.monotonic() + timeout
                 return self._recv_lent_wait(lane, stream_id, dst, deadline, status)
-        # nothing (or the start of a record) came: the first turn of _recv_lent_wait's
-        # loop, inline (a frame less per waited read, most of a small read's cost)
-        conn = self.conn
-        until = conn.lent_timer
-        if timeout is None and until is None:
-            deadline = None
-            ms = -1
-        else:
-            now = sched.monotonic()
-            deadline = None if timeout is None else now + timeout
-            if deadline is not None and (until is None or deadline < until):
-                until = deadline
-            ms = max(0, int((until - now) * 1000) + 1)  # type: ignore[operator]
-        if self.interrupted or self.ahead is not None:
-            return self._recv_lent_wait(lane, stream_id, dst, deadline, WAIT)
-        self.pumping = True  # (see _recv_lent_wait)
-        try:
-            n = lane.wait_read(self.lock, self._fd, self._wake_fd, ms, dst, stream_id)
-        except OSError as exc:
-            self._carrier_failed(exc)
-            return 0
-        finally:
-            self.pumping = False
-            if self.waiters:
-                self.cond.notify_all()
-        if n:
-            return n
-        status = lane.status
-        if status in _WAITED:
-            now = sched.monotonic()
-            if deadline is not None and now >= deadline:
-                raise DTPTimeoutError("timed out")
-            if until is not None and now >= until:
-                return 0  # a timer is due
-        return self._recv_lent_wait(lane, stream_id, dst, deadline, status)
+        # nothing (or the start of a record) came: wait
+        deadline = None if timeout is None else sched.monotonic() + timeout
+        return self._recv_lent_wait(lane, stream_id, dst, deadline, WAIT)
 
     def _recv_lent_wait(
         self, lane: Any, stream_id: int, dst: Any, deadline: float | None, status: int
