@@ -72,6 +72,21 @@ class _Inbound(_ConnectionState):
         assert self._closing is not None
         self._seal_plaintexts([self._closing], [[]], [False], now)
 
+    def _closing_timer(self, now: float) -> None:
+        """Lossy carriers, our CLOSE out: the closing period ends at ``_closing_until``;
+        before it, the CLOSE goes again (alone, in a new record) at every probe timeout,
+        whatever arrives or not. A peer with nothing to send, which would never make
+        :meth:`_input_while_closing` answer, still gets it, unless the carrier loses
+        each copy (docs/protocol.md 3.1)."""
+        if now >= self._closing_until:
+            self._closing = None
+            return
+        if now < self._closing_resend_at:
+            return
+        self._closing_resend_at = now + self._closing_interval
+        assert self._closing is not None
+        self._seal_plaintexts([self._closing], [[]], [False], now)
+
     def _process_input(self, now: float) -> None:
         while self._inbuf and self._state is not ConnState.CLOSED:
             if self._recv_aead is None:
