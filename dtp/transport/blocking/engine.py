@@ -700,6 +700,7 @@ class Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
+                self._linger_closing(linger)
                 # the server's end of the carrier closes once its layer above is done
                 # with the connection (ConnectionHook.close_wait)
                 left = end - sched.monotonic()
@@ -715,8 +716,19 @@ class Engine:
                     self._drain_carrier(min(linger, 1.0), patience)
                 if self.hook is not None:
                     self.hook.after_close()
+            else:
+                self._linger_closing(linger)  # (a CLOSE of ours that ended it)
             self.session.process_events()
             self._release(closing=True)
+
+    def _linger_closing(self, linger: float) -> None:
+        """Lossy carriers: keep the carrier open, read and its timers run while our
+        CLOSE may still be sent again (Connection.closing, docs/protocol.md 3.1), up to
+        ``linger``; the peer closing its side ends the wait. Closed at once, the carrier's
+        end could reach the peer without the CLOSE, which reads a lost connection."""
+        if self.conn.closing and not self.carrier_closed:
+            with contextlib.suppress(DTPError):
+                self.pump(lambda: not self.conn.closing, linger)
 
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
