@@ -1,5 +1,5 @@
-"""A client's orderly close reaches the server over a lossy datagram link, on both APIs:
-the server's read ends cleanly (b""), not with ConnectionLost. The one record with the
+"""An orderly close reaches the peer over a lossy datagram link, on both APIs, whichever
+side closes: the peer's read ends cleanly (b""), not with ConnectionLost. The one record with the
 CLOSE may be lost while the carrier's end still arrives, so the closing side keeps its
 carrier open for the closing period and sends the CLOSE again at each probe timeout
 (docs/protocol.md 3.1). Swept over seeds on the simulated network, each run replayed
@@ -116,10 +116,95 @@ def _asyncio_run(seed: int) -> tuple[str, int]:
     return net.run(main()), net.stats.chunks_lost
 
 
-def test_an_orderly_close_survives_a_lossy_datagram_link(api: str) -> None:
+def test_a_clients_orderly_close_survives_a_lossy_datagram_link(api: str) -> None:
     run = _blocking_run if api == "blocking" else _asyncio_run
     outcomes = {seed: run(seed) for seed in SEEDS}
     assert sum(lost for _, lost in outcomes.values()) > len(SEEDS)  # (the link loses)
     unclean = {seed: end for seed, (end, _) in outcomes.items() if end != "eof"}
     assert unclean == {}
     assert run(SEEDS[0]) == outcomes[SEEDS[0]]  # (each run replays from its seed)
+
+
+def _blocking_server_closes(seed: int) -> tuple[str, int]:
+    """The server answers one request and closes: how the client's reads ended."""
+    net = _network(seed)
+
+    def serve(srv: dtp.socket.DTPServer) -> None:
+        sock, _ = srv.accept()
+        with sock:
+            sock.sendall(sock.recv(100).upper())
+
+    def main() -> str:
+        with net.host("server"):
+            srv = dtp.socket.create_server(
+                ("server", 7000),
+                identity=SERVER_KEY,
+                config=lossy(SERVER_KEY, server=True),
+                first_message_timeout=FIRST_MESSAGE_TIMEOUT,
+            )
+            server = sched.Thread(target=serve, args=(srv,), name="serve")
+            server.start()
+        with (
+            srv,
+            dtp.socket.create_connection(
+                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+            ) as sock,
+        ):
+            sock.sendall(b"hello")
+            got = b""
+            try:
+                while data := sock.recv(100):
+                    got += data
+                end = "eof"
+            except DTPError as exc:
+                end = repr(exc)
+            assert got == b"HELLO"
+        server.join()
+        return end
+
+    return net.run_blocking(main, host="client"), net.stats.chunks_lost
+
+
+def _asyncio_server_closes(seed: int) -> tuple[str, int]:
+    """:func:`_blocking_server_closes` on dtp.aio."""
+    net = _network(seed)
+
+    async def serve(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+        writer.write((await reader.read(100)).upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> str:
+        server = await dtp.aio.start_server(
+            serve,
+            "server",
+            7000,
+            identity=SERVER_KEY,
+            config=lossy(SERVER_KEY, server=True),
+            first_message_timeout=FIRST_MESSAGE_TIMEOUT,
+        )
+        async with server:
+            with net.host("client"):
+                reader, writer = await dtp.aio.open_connection(
+                    "server", 7000, server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+                )
+            writer.write(b"hello")
+            try:
+                assert await reader.read() == b"HELLO"  # (to the end)
+                end = "eof"
+            except DTPError as exc:
+                end = repr(exc)
+            writer.close()
+            await writer.wait_closed()
+            return end
+
+    return net.run(main()), net.stats.chunks_lost
+
+
+def test_a_servers_orderly_close_survives_a_lossy_datagram_link(api: str) -> None:
+    run = _blocking_server_closes if api == "blocking" else _asyncio_server_closes
+    outcomes = {seed: run(seed) for seed in SEEDS}
+    assert sum(lost for _, lost in outcomes.values()) > len(SEEDS) // 2  # (the link loses)
+    unclean = {seed: end for seed, (end, _) in outcomes.items() if end != "eof"}
+    assert unclean == {}
