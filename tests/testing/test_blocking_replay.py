@@ -50,7 +50,7 @@ def exchange(seed: int, rounds: int = 4) -> tuple[Outcome, list[str]]:
                     sock.sendall(data.upper())
                     served += len(data)
             except DTPError:
-                pass  # (the client's close lost on the link: its carrier's end tells)
+                pass  # (the link lost each copy of the client's CLOSE)
         return served
 
     def main() -> tuple[list[bytes], float]:
