@@ -474,7 +474,6 @@ def test_replayed_receipt_after_reconnecting_over_dtp(tmp_path: Path) -> None:
             config=ConnectionConfig(
                 identity=user, is_client=True, connection_id=bytes.fromhex(cid[2:])
             ),
-            metering=OFF,
         )
         second = RpcClient(again, timeout=10)
         served = 0

@@ -1,7 +1,7 @@
 """The blocking and asyncio drivers of a feature stay twins (docs/architecture.md, the
 engines): each pair calls the same set of its sans-I/O engine's methods, and their twin
-classes define the methods both have in the same order, so that one reads against the
-other.
+classes (or twin functions, by the functions they define) define the methods both have
+in the same order, so that one reads against the other.
 
 The calls are read from the source with ``ast``: an attribute of one of the engine's
 classes (a method, a property, a field its ``__init__`` sets) taken on a name that holds
@@ -182,8 +182,8 @@ TWINS = [
     ),
 ]
 
-#: Twin classes whose shared methods come in the same order: (blocking module, class,
-#: asyncio module, class)
+#: Twin classes whose shared methods come in the same order, or twin functions whose
+#: shared inner functions do: (blocking module, class or function, asyncio module, its twin)
 ORDERED = [
     ("hostid/paid/blocking.py", "PaidConnection", "hostid/paid/asyncio.py", "PaidConnection"),
     (
@@ -192,6 +192,20 @@ ORDERED = [
         "hostid/paid/asyncio_server.py",
         "PaidAioServer",
     ),
+    ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
+    (
+        "messaging/rpc/blocking_client.py",
+        "RpcClient",
+        "messaging/rpc/asyncio_client.py",
+        "AsyncRpcClient",
+    ),
+    (
+        "messaging/rpc/blocking_server.py",
+        "RpcServer",
+        "messaging/rpc/asyncio_server.py",
+        "AsyncRpcServer",
+    ),
+    ("graph/sync/blocking.py", "sync_blocking", "graph/sync/asyncio.py", "sync_stream"),
 ]
 
 
@@ -283,9 +297,17 @@ def test_twin_classes_keep_one_order(pair: tuple[str, str, str, str]) -> None:
     blocking_module, blocking_class, aio_module, aio_class = pair
 
     def methods(module: str, name: str) -> list[str]:
+        """The functions defined in the body of the class or function ``name``."""
+        scopes = [
+            node
+            for node in _tree(module).body
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name == name
+        ]
+        assert len(scopes) == 1, f"dtp/{module} defines no one {name}"
         return [
             item.name
-            for item in _class(module, name).body
+            for item in scopes[0].body
             if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
         ]
 

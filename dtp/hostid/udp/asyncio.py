@@ -379,19 +379,6 @@ class AsyncUdpForwarder(FlowTable):
             return
         self._send(flow, batch)
 
-    def _send(self, flow: _Flow, batch: list[bytes]) -> None:
-        writer = flow.writer
-        assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
-        try:
-            sent = writer.send_datagrams(out) if out else 0
-        except DTPError as exc:
-            logger.info("UDP flow from %s ended: %s", flow.source, exc)
-            self.stats.add(**flow.count_send(out, None, oversized, unpaid))
-            self._end_later(flow)
-            return
-        self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
-
     async def _open(self, flow: _Flow) -> None:
         writer: DTPStreamWriter | None = None
         try:
@@ -435,6 +422,19 @@ class AsyncUdpForwarder(FlowTable):
         flow.tasks.append(task)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _send(self, flow: _Flow, batch: list[bytes]) -> None:
+        writer = flow.writer
+        assert writer is not None
+        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
+        try:
+            sent = writer.send_datagrams(out) if out else 0
+        except DTPError as exc:
+            logger.info("UDP flow from %s ended: %s", flow.source, exc)
+            self.stats.add(**flow.count_send(out, None, oversized, unpaid))
+            self._end_later(flow)
+            return
+        self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
 
     async def _replies(self, flow: _Flow) -> None:
         """Replies are pushed by the connection straight to the flow's source; this
@@ -502,6 +502,38 @@ class AsyncUdpForwarder(FlowTable):
             if answer.final:
                 flow.final.set()
 
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            now = time.monotonic()
+            self.sweep(now)
+            idle = [
+                flow
+                for flow in self._flows.values()
+                if flow.writer is not None and self.idle(flow.last, now)
+            ]
+            # each in a task of its own: an end waits for its relay's final report (up
+            # to final_timeout). One after the other, a quiet relay's flows held their
+            # places (and max_sessions) for final_timeout each; awaited here together,
+            # a flow going idle just after this sweep waited for the next one, up to
+            # final_timeout late
+            for flow in idle:
+                self._end_later(flow)
+
+    def _end_later(self, flow: _Flow) -> None:
+        """End ``flow`` in a task of its own, which close() waits for (untracked, the
+        loop held it only weakly, and a close() returned with it still at work)."""
+        task = asyncio.get_running_loop().create_task(self._end(flow))
+        self._ending.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._ending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error(
+                "UDP forwarder on %s: ending an idle flow failed", self.address, exc_info=exc
+            )
+
     async def _end(self, flow: _Flow) -> None:
         if flow.closed:
             return
@@ -536,38 +568,6 @@ class AsyncUdpForwarder(FlowTable):
     def _drop_pending(self, flow: _Flow) -> None:
         self.stats.add(dropped_no_session=len(flow.pending))
         flow.pending = []
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_every)
-            now = time.monotonic()
-            self.sweep(now)
-            idle = [
-                flow
-                for flow in self._flows.values()
-                if flow.writer is not None and self.idle(flow.last, now)
-            ]
-            # each in a task of its own: an end waits for its relay's final report (up
-            # to final_timeout). One after the other, a quiet relay's flows held their
-            # places (and max_sessions) for final_timeout each; awaited here together,
-            # a flow going idle just after this sweep waited for the next one, up to
-            # final_timeout late
-            for flow in idle:
-                self._end_later(flow)
-
-    def _end_later(self, flow: _Flow) -> None:
-        """End ``flow`` in a task of its own, which close() waits for (untracked, the
-        loop held it only weakly, and a close() returned with it still at work)."""
-        task = asyncio.get_running_loop().create_task(self._end(flow))
-        self._ending.add(task)
-        task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._ending.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error(
-                "UDP forwarder on %s: ending an idle flow failed", self.address, exc_info=exc
-            )
 
     async def close(self) -> None:
         """Stop forwarding; each flow settles its final receipt and closes. Cancelled

@@ -82,22 +82,6 @@ class AsyncRpcServer(ServerBase):
         self.served = 0
         self._billed: BilledConnections | None = None
 
-    def bill_per_request(self) -> None:
-        """Be the handler of a paid server billing per request (``dtp.aio.serve(...,
-        billing="requests")``): its checks become this server's payments source
-        (ValueError when it has ``payments`` of its own). Called by the paid server."""
-        from dtp.messaging.rpc.billed import BilledConnections
-
-        if self._billed is None:
-            self._billed = BilledConnections(self)
-
-    async def serve_billed(self, reader: Any, writer: Any, bill: ConnectionBill) -> None:
-        """Serve a connection a paid server admitted, its requests checked against
-        ``bill`` (after :meth:`bill_per_request`), until its first stream ends."""
-        if self._billed is None:
-            raise RuntimeError("bill_per_request() first")
-        await self._billed.serve_async(reader, writer, bill)
-
     async def serve_connection(self, reader: Any, writer: Any) -> None:
         """:meth:`serve` on the connection's first stream and on every stream the client
         opens on it (``writer.accept_stream()``), until the first stream ends; a
@@ -123,6 +107,22 @@ class AsyncRpcServer(ServerBase):
                 task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(acceptor, *streams, return_exceptions=True)
+
+    def bill_per_request(self) -> None:
+        """Be the handler of a paid server billing per request (``dtp.aio.serve(...,
+        billing="requests")``): its checks become this server's payments source
+        (ValueError when it has ``payments`` of its own). Called by the paid server."""
+        from dtp.messaging.rpc.billed import BilledConnections
+
+        if self._billed is None:
+            self._billed = BilledConnections(self)
+
+    async def serve_billed(self, reader: Any, writer: Any, bill: ConnectionBill) -> None:
+        """Serve a connection a paid server admitted, its requests checked against
+        ``bill`` (after :meth:`bill_per_request`), until its first stream ends."""
+        if self._billed is None:
+            raise RuntimeError("bill_per_request() first")
+        await self._billed.serve_async(reader, writer, bill)
 
     async def serve(self, reader: Any, writer: Any) -> None:
         """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
