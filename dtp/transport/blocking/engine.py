@@ -480,11 +480,14 @@ class Engine:
             return
         self.carrier_closed = True
         self.out.clear()
-        if exc is None:
-            # a carrier that keeps its own account of why it ended (a bridge's end, the
-            # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end
-            lost = getattr(self.sock, "lost_error", None)
-            exc = lost() if callable(lost) else None
+        # a carrier that keeps its own account of why it ended (a bridge's end, the
+        # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end: an
+        # EOF, or a reset (a bridge that failed with our bytes unread in its end), as
+        # the asyncio driver's connection_lost prefers it
+        lost = getattr(self.sock, "lost_error", None)
+        failure = lost() if callable(lost) else None
+        if failure is not None:
+            exc = failure
         if self.closed:  # (only DTPSocket.__del__ leaves a closed engine's carrier open)
             what = "the connection's first socket was garbage-collected without close()"
         elif exc:
