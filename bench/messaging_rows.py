@@ -400,7 +400,7 @@ def serve(kind: str) -> None:
         rpc = RpcServer(workers=0)
         rpc.register("echo", lambda p: p)
         _announce(server.address[1], identity.noise_public)
-        rpc.serve(server)
+        rpc.serve_forever(server)
     elif kind == "zmq":
         import zmq
 

@@ -173,7 +173,7 @@ def serve_dtp_asyncio(mode: str, loop: str = "asyncio") -> None:
 
             rpc = AsyncRpcServer()
             rpc.register("echo", lambda payload: payload)
-            server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+            server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
             _announce(server.address[1], identity.noise_public)
             await server.serve_forever()
             return

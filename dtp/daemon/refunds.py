@@ -96,8 +96,8 @@ class Refunds:
             try:
                 wait = await self.look()
             except Exception:
-                # (a fault, not the ledger's: with its traceback) Let out, it ended the
-                # task, and no deposit was refunded again until the next start
+                # (a fault, not the ledger's: with its traceback) caught, so that the
+                # task goes on refunding deposits until the daemon stops
                 logger.exception("looking at the forwarders' connections failed")
                 wait = self.interval
             with contextlib.suppress(TimeoutError):

@@ -844,8 +844,8 @@ class Daemon:
             try:
                 await self.services.drain(timeout)
             except Exception as exc:
-                # (its firewall watcher died of a ledger's surprise, say) Let out, it
-                # ended the shut-down past the fees' close -- the receipt writer's last
+                # (its firewall watcher died of a ledger's surprise, say) caught: the
+                # shut-down goes on to the fees' close -- the receipt writer's last
                 # receipts -- the status save, the ledger's close and the lock's release
                 logger.error(
                     "draining the services failed",

@@ -85,8 +85,8 @@ class ServedTunnels:
             # the cleanup below is done)
             errors, cancelled = await end_for_cleanup(acceptor)
             for error in errors:
-                # logged, not raised: raised, the connection went unsettled. Dropped, as
-                # it was, a fault that stopped the connection's tunnels said nothing
+                # logged, not raised: the connection is still settled after it, and a
+                # fault that stopped the connection's tunnels is still told
                 log_failure(
                     logger,
                     "tunnel acceptor failed",

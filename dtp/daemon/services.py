@@ -405,9 +405,9 @@ class ServiceHost:
         conn.buckets = self.limiter.acquire(client, time.monotonic())
         self.conns[connection_id] = conn
         if self._draining:
-            # it read its terms while the drain closed the connections: closed now (it
-            # was served on through the stop, its handler waited on for SETTLE_TIMEOUT
-            # and the receipt store closed under it, the ledger connection left Open)
+            # it read its terms while the drain closed the connections: closed now, as
+            # they were, so that no connection is served through the stop (its handler
+            # waited on for SETTLE_TIMEOUT, the receipt store closed under it)
             writer.close()
         else:
             self._close_if_denied(conn)  # (a reload meanwhile)

@@ -247,8 +247,8 @@ class Settlements:
         """Set each service's ``receipts_held``: its connections served now that hold a
         receipt not claimed yet."""
         held = dict.fromkeys((s.name for s in self.services.values()), 0)
-        # and the services a reload removed that still had some: their count went to
-        # 0 never, and the status showed receipts held after all were claimed
+        # and the services a reload removed that still had some: their count goes to
+        # 0 once all are claimed, as a configured service's does
         held.update(dict.fromkeys(self._held_names - held.keys(), 0))
         for conn in self.conns.values():
             if conn.paid_bytes or self.fees().held(conn.connection_id) is not None:

@@ -108,8 +108,8 @@ class UdpFlows:
 
         def tally() -> None:
             # the flow's counters into the row as they grow, as a TCP tunnel's bytes
-            # are: added only when the flow ended, a flow of an hour showed nothing
-            # for an hour (and nothing at all when the daemon was killed)
+            # are, so that a long flow shows in the status while it runs (and a killed
+            # daemon's row holds what passed)
             snap = udp_stats.snapshot()
             for name, row_name in _UDP_ROW.items():
                 grown = snap[name] - counted[name]
@@ -161,10 +161,10 @@ class UdpFlows:
             )
         finally:
             # a cancel of this flow while they end is raised once the cleanup below is
-            # done (raised at once, the flow went unsettled, its counts wrong)
+            # done, so that the flow is settled and its counts are whole
             errors, cancelled = await end_for_cleanup(refuser, tallying)
             for error in errors:
-                # logged, not raised: raised, the flow went unsettled
+                # logged, not raised: the flow is still settled after it
                 log_failure(
                     logger,
                     "udp flow helper failed",

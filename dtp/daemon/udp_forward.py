@@ -332,8 +332,8 @@ class UdpForward:
                 async with asyncio.timeout(max(timeout, 1.0)):
                     await self._forwarder.close()
             except TimeoutError:
-                # (the close, cancelled, still closed the port) Let out, it ended the
-                # daemon's shut-down past the services' drain, their settlements, the
+                # (the close, cancelled, still closed the port) caught: the daemon's
+                # shut-down goes on to the services' drain, their settlements, the
                 # status save, the ledger's close and the state lock's release
                 logger.warning(
                     "UDP forward did not close within the drain timeout",

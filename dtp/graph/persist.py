@@ -347,8 +347,8 @@ class GraphStorage:
         with self._errors("read"):
             for (batch,) in self._db.execute("SELECT batch FROM log ORDER BY seq"):
                 if type(batch) is not bytes:
-                    # (NULL from a file cut short mid-page, TEXT from another tool: bytes()
-                    # of either was a TypeError out of Graph(path))
+                    # (NULL from a file cut short mid-page, TEXT from another tool): a
+                    # corrupt file's typed error, not bytes()'s TypeError
                     raise self._corrupt("a log entry is not a blob")
                 yield batch
 

@@ -228,13 +228,14 @@ class Graph:
         """The edit history of the nodes tracked: ``graph.history(soul)`` reads one
         (docs/graph.md, "History")."""
         # When the deferred queue may hold something due, without asking the table: a
-        # table.advance() walks the whole queue (and the C one allocates its size), so a
-        # peer that filled it with far-future updates made every put() and merge() pay
-        # for that walk -- 22 ms each at the default cap. ``_due``: states of the queue,
-        # sorted (at most _DUE_TRACKED, the smallest of those seen; ``_due_untracked``
-        # when the queue holds more); ``_due_retry``: no untracked one is due before
-        # this machine state (their smallest when they were dropped from ``_due``, then
-        # past each advance -- backing off while such asks find nothing).
+        # table.advance() walks the whole queue (and the C one allocates its size), and a
+        # peer that fills it with far-future updates must not make every put() and
+        # merge() pay for that walk (about 22 ms each at the default cap). ``_due``:
+        # states of the queue, sorted (at most _DUE_TRACKED, the smallest of those seen;
+        # ``_due_untracked`` when the queue holds more); ``_due_retry``: no untracked
+        # one is due before this machine state (their smallest when they were dropped
+        # from ``_due``, then past each advance -- backing off while such asks find
+        # nothing).
         self._due: list[float] = []
         self._due_untracked = False
         self._due_retry = 0.0

@@ -47,7 +47,7 @@ def demo_messaging_story(say: Callable[[str], None]) -> None:
         ("127.0.0.1", 0), identity=provider, ledger=ledger, host_id=host, port=8545
     )
     ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
         f"dtp://{host}:8545", ledger=ledger, identity=user, deposit=100, timeout=10, metering=OFF

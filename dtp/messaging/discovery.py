@@ -235,7 +235,7 @@ def encode_announcement(
     of ``[1, host_id, ed25519_public, issued_ms, expires_ms, [[port, name]...],
     [endpoint...]]`` and the signature covers the domain tag and ``body``."""
     # refuse here what every receiver's decode_announcement would (a bool port, a float
-    # time, a long host ID...): such an announcement was signed, gossiped and dropped
+    # time, a long host ID...): such an announcement is never signed nor gossiped
     if type(ttl_ms) is not int or not 0 < ttl_ms <= MAX_TTL_MS:
         raise E.DiscoveryError(f"the lifetime is 1..{MAX_TTL_MS} ms (an int)")
     if type(issued_ms) is not int or not 0 <= issued_ms < 1 << 63:
@@ -427,10 +427,10 @@ class DiscoveryGossip:
         self._sizes: dict[str, int] = {}
         self._bytes = 0
         self._lock = threading.Condition()
-        # one announce() at a time, from its issue time to its record: two at once read
-        # the same cached one and were issued in the same millisecond, the second
-        # dropped as a duplicate (here, and by peers which took the other first) while
-        # returned (not the gossip lock: the ledger is asked meanwhile)
+        # one announce() at a time, from its issue time to its record: two at once
+        # would read the same cached one and issue theirs in the same millisecond, and
+        # one of them would be dropped as a duplicate (not the gossip lock: the ledger
+        # is asked meanwhile; test_a_re_announcement_in_the_same_millisecond_is_...)
         self._announcing = threading.Lock()
         self._records: dict[str, Announcement] = {}
         self.accepted = 0

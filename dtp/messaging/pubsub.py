@@ -1164,8 +1164,9 @@ class PubSubNode:
                     self.duplicates += 1
                     # a copy with more hops left than the first goes on (not delivered
                     # again): on a mesh the first copy may come the long way round with
-                    # fewer hops left, and was the only one forwarded, so subscribers
-                    # the short path reached within the hop limit missed the message
+                    # fewer hops left, and every subscriber within the hop limit of the
+                    # short path still gets the message (docs/messaging.md §4,
+                    # test_a_copy_with_more_hops_left_goes_on_after_a_hop_limited_one)
                     if hops <= before or hops <= 1:
                         return
                 if hops <= 1:

@@ -521,8 +521,8 @@ class SealedInbox:
             raise E.SealedError("this inbox has no ledger")
         self._check_open()
         if not self._key_checked:
-            # (once per inbox) with another identity than the host's, every mail failed to
-            # open and was skipped, the cursor moving (and saved) past all of it for good
+            # (once per inbox) with another identity than the host's, no mail would open:
+            # refused before the cursor moves (and is saved) past any of it
             published = self.ledger.get_host(self.host_id).noise_static_key
             if published != self.identity.noise_public:
                 raise E.SealedError(

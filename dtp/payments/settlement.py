@@ -935,9 +935,8 @@ def recover_unclaimed(
                 logger.warning("could not claim the stored receipt of %s: %s", cid, exc)
                 continue
             except Exception:
-                # (a bug, a ledger's surprise: with its traceback) Let out, it ended the
-                # recovery -- the receipts after it unclaimed -- and the server's start,
-                # on every restart alike
+                # (a bug, a ledger's surprise: with its traceback) caught: the recovery
+                # goes on to the receipts after it, and the server starts
                 logger.exception("could not claim the stored receipt of %s", cid)
                 continue
         else:

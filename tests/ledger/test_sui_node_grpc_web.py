@@ -155,3 +155,187 @@ def test_a_browser_preflight_is_allowed(node: SuiNodeStandIn) -> None:
 def test_without_the_front_there_is_no_url() -> None:
     with SuiNodeStandIn() as node:
         assert node.grpc_web_url is None
+
+
+# -- SimulateTransaction (dtp/testing/sui_node/simulate.py) ---------------------------------
+
+SIMULATE = "/sui.rpc.v2.TransactionExecutionService/SimulateTransaction"
+_ARG = sui_prot.ArgumentArgumentKind
+_INPUT = sui_prot.InputInputKind
+
+
+def structured(
+    node: SuiNodeStandIn, sender: str, *commands: sui_prot.Command, inputs: list[sui_prot.Input]
+) -> sui_prot.Transaction:
+    """A transaction in the structured form the SDK sends, with no gas data."""
+    return sui_prot.Transaction(
+        version=1,
+        kind=sui_prot.TransactionKind(
+            kind=sui_prot.TransactionKindKind.PROGRAMMABLE_TRANSACTION,
+            programmable_transaction=sui_prot.ProgrammableTransaction(
+                inputs=inputs, commands=list(commands)
+            ),
+        ),
+        sender=sender,
+        gas_payment=sui_prot.GasPayment(objects=[], owner=sender),
+    )
+
+
+def create_cap(node: SuiNodeStandIn, sender: str, max_per_epoch: int) -> sui_prot.Transaction:
+    return structured(
+        node,
+        sender,
+        sui_prot.Command(
+            move_call=sui_prot.MoveCall(
+                package=node.package_id,
+                module="spending_cap",
+                function="create",
+                arguments=[sui_prot.Argument(kind=_ARG.INPUT, input=0)],
+            )
+        ),
+        inputs=[sui_prot.Input(kind=_INPUT.PURE, pure=max_per_epoch.to_bytes(8, "little"))],
+    )
+
+
+def simulated(
+    node: SuiNodeStandIn, request: sui_prot.SimulateTransactionRequest
+) -> sui_prot.SimulateTransactionResponse:
+    status, headers, body = post(node, SIMULATE, frame(bytes(request)))
+    assert status == 200 and "grpc-status" not in headers, headers
+    (_, message), (_, trailers) = frames(body)
+    assert b"grpc-status: 0" in trailers
+    return sui_prot.SimulateTransactionResponse.parse(message)
+
+
+def test_simulate_selects_the_gas_and_budgets_what_the_run_used_keeping_nothing(
+    node: SuiNodeStandIn,
+) -> None:
+    small = node.faucet(OWNER, 10**8)
+    large = node.faucet(OWNER, 5 * 10**9)
+    before = {i: node.state.object(i) for i in (small, large)}
+    answer = simulated(
+        node,
+        sui_prot.SimulateTransactionRequest(
+            transaction=create_cap(node, OWNER, 10**6), do_gas_selection=True
+        ),
+    )
+    executed = answer.transaction
+    assert executed is not None and executed.transaction is not None
+    assert executed.effects is not None and executed.effects.status is not None
+    assert executed.effects.status.success, executed.effects.status
+    gas = executed.transaction.gas_payment
+    assert gas is not None and gas.price == 1000 and gas.owner == OWNER
+    # the sender's coins, largest first
+    assert [o.object_id for o in gas.objects] == [large, small]
+    assert [o.version for o in gas.objects] == [before[large].version, before[small].version]
+    used = executed.effects.gas_used
+    assert used is not None and used.computation_cost and used.storage_cost
+    margin = 1000 * 1000
+    # the computation with its margin and the storage before rebates (what execution
+    # requires the budget to cover)
+    assert gas.budget == used.computation_cost + margin + used.storage_cost
+    # the resolved transaction as the SDK reads it back; a created cap in the effects
+    assert executed.transaction.sender == OWNER
+    kind = executed.transaction.kind
+    assert kind is not None and kind.programmable_transaction is not None
+    assert kind.programmable_transaction.inputs[0].pure == (10**6).to_bytes(8, "little")
+    assert executed.events is not None
+    assert executed.events.events[0].event_type.endswith("::spending_cap::SpendingCapCreated")
+    assert answer.suggested_gas_price == 1000
+    # nothing was kept: the coins as they were, no cap, no gas paid, no transaction
+    for object_id, row in before.items():
+        assert node.state.object(object_id) == row
+    assert node.state.gas_paid(OWNER) == 0
+    assert node.state.transaction(executed.effects.transaction_digest or "") is None
+    # the same transaction with that budget executes, and uses what was simulated
+    # (tests/web/test_sui_escrow.py signs and executes SDK-built ones)
+
+
+def test_simulate_with_a_read_mask_and_a_given_gas(node: SuiNodeStandIn) -> None:
+    coin = node.faucet(OWNER, 10**9)
+    row = node.state.object(coin)
+    assert row is not None
+    tx = create_cap(node, OWNER, 7)
+    tx.gas_payment = sui_prot.GasPayment(
+        objects=[sui_prot.ObjectReference(object_id=coin, version=row.version, digest=row.digest)],
+        owner=OWNER,
+        price=1000,
+        budget=10**7,
+    )
+    answer = simulated(
+        node,
+        sui_prot.SimulateTransactionRequest(
+            transaction=tx,
+            read_mask=pb.FieldMask(
+                paths=["transaction.effects.status", "transaction.transaction.gas_payment"]
+            ),
+        ),
+    )
+    executed = answer.transaction
+    assert executed is not None and executed.effects is not None
+    assert executed.effects.status is not None and executed.effects.status.success
+    assert executed.effects.gas_used is None  # (not in the mask)
+    assert executed.transaction is not None and executed.transaction.sender is None
+    assert executed.transaction.gas_payment is not None
+    assert executed.transaction.gas_payment.budget == 10**7  # (given: kept)
+
+
+def test_a_failing_transaction_simulates_to_its_failed_effects(node: SuiNodeStandIn) -> None:
+    node.faucet(OWNER, 10**9)
+    tx = structured(
+        node,
+        OWNER,
+        sui_prot.Command(
+            split_coins=sui_prot.SplitCoins(
+                coin=sui_prot.Argument(kind=_ARG.GAS),
+                amounts=[sui_prot.Argument(kind=_ARG.INPUT, input=0)],
+            )
+        ),
+        sui_prot.Command(
+            transfer_objects=sui_prot.TransferObjects(
+                objects=[sui_prot.Argument(kind=_ARG.RESULT, result=0, subresult=0)],
+                address=sui_prot.Argument(kind=_ARG.INPUT, input=1),
+            )
+        ),
+        inputs=[
+            sui_prot.Input(kind=_INPUT.PURE, pure=(10**12).to_bytes(8, "little")),
+            sui_prot.Input(kind=_INPUT.PURE, pure=bytes.fromhex(OWNER[2:])),
+        ],
+    )
+    answer = simulated(
+        node, sui_prot.SimulateTransactionRequest(transaction=tx, do_gas_selection=True)
+    )
+    executed = answer.transaction
+    assert executed is not None and executed.effects is not None
+    assert executed.effects.status is not None and not executed.effects.status.success
+    assert executed.effects.status.error is not None
+    assert node.state.gas_paid(OWNER) == 0
+
+
+def test_simulate_refuses_what_it_cannot_run(node: SuiNodeStandIn) -> None:
+    broke = "0x" + "33" * 32
+    checks = sui_prot.SimulateTransactionRequestTransactionChecks
+    for request, code in [
+        # a sender with no SUI to pay gas with
+        (
+            sui_prot.SimulateTransactionRequest(
+                transaction=create_cap(node, broke, 1), do_gas_selection=True
+            ),
+            "3",
+        ),
+        # no gas and no selection asked: MissingGasPayment, as at execution
+        (sui_prot.SimulateTransactionRequest(transaction=create_cap(node, OWNER, 1)), "3"),
+        # the checks disabled: not modelled
+        (
+            sui_prot.SimulateTransactionRequest(
+                transaction=create_cap(node, OWNER, 1), checks=checks.DISABLED
+            ),
+            "12",
+        ),
+        # no transaction
+        (sui_prot.SimulateTransactionRequest(), "3"),
+    ]:
+        _, headers, body = post(node, SIMULATE, frame(bytes(request)))
+        assert (headers.get("grpc-status"), body) == (code, b""), unquote(
+            headers.get("grpc-message", "")
+        )

@@ -126,7 +126,7 @@ class AsyncServed:
 
         async def start() -> Any:
             return await dtp.aio.start_server(
-                self.rpc.serve, "127.0.0.1", 0, identity=self.identity
+                self.rpc.serve_stream, "127.0.0.1", 0, identity=self.identity
             )
 
         self.server = self._loop.run(start())

@@ -31,7 +31,7 @@ class Served:
         self.identity = HostIdentity.generate()
         self.server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
         self.rpc = rpc
-        self.thread = threading.Thread(target=rpc.serve, args=(self.server,), daemon=True)
+        self.thread = threading.Thread(target=rpc.serve_forever, args=(self.server,), daemon=True)
         self.thread.start()
         self.socks: list[dtp.socket.DTPSocket] = []
 

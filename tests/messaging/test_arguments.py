@@ -415,7 +415,7 @@ def test_async_rpc_server_at_the_lowest_limits_serves() -> None:
     async def main() -> None:
         rpc = AsyncRpcServer(max_pending=1, payments=lambda connection_id: None)
         rpc.register("echo", _echo)
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         try:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public

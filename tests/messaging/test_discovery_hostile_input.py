@@ -402,7 +402,7 @@ def test_the_client_refuses_an_answer_without_a_result() -> None:
     rpc = RpcServer()
     serve_jsonrpc(rpc, lambda doc: next(a for k, a in answers.items() if k in doc))
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
         server.address, server_key=identity.noise_public, timeout=BOUND

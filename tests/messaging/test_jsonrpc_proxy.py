@@ -134,7 +134,7 @@ def test_cut_backend_answer_over_dtp_is_typed_and_the_connection_stays_usable(
     rpc = RpcServer()
     serve_jsonrpc(rpc, proxy)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
         server.address, server_key=identity.noise_public, timeout=30
@@ -236,7 +236,7 @@ def test_a_trickling_backend_leaves_the_dtp_connection_usable() -> None:
     rpc = RpcServer()
     serve_jsonrpc(rpc, proxy)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(
         server.address, server_key=identity.noise_public, timeout=30

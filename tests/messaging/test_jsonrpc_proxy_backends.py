@@ -183,7 +183,7 @@ def test_client_refuses_an_answer_with_repeated_names() -> None:
     rpc = RpcServer()
     serve_jsonrpc(rpc, lambda doc: b'{"jsonrpc": "2.0", "result": 1, "result": 2, "id": 1}')
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=identity.noise_public, timeout=5)
     try:
@@ -201,7 +201,7 @@ def test_handler_answers_over_dtp() -> None:
     rpc = RpcServer()
     serve_jsonrpc(rpc, HANDLER)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=identity.noise_public, timeout=5)
     try:

@@ -54,7 +54,7 @@ class Served:
             self.login.serve(rpc)
             rpc.register("whoami", whoami, context=True)
             server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.identity)
-            thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+            thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
             thread.start()
             self.address = server.address
 

@@ -197,7 +197,7 @@ class World:
 
     def start_blocking(self, rpc: RpcServer) -> None:
         server = dtp.socket.create_server(("127.0.0.1", 0), identity=self.provider)
-        thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+        thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
         thread.start()
         self.rpc, self.address = rpc, server.address
 

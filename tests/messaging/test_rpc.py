@@ -470,7 +470,7 @@ def test_async_rpc_concurrency_and_errors() -> None:
         rpc.register("sleep", sleep_then)
         rpc.register("echo", lambda p: p)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         try:
             host, port = server.address
             reader, writer = await dtp.aio.open_connection(
@@ -730,7 +730,7 @@ def test_rpc_fees_receipts_and_prepaid_responses(rpc_driver: Callable[..., Endpo
 
 
 def test_rpc_served_on_every_stream_the_client_opens() -> None:
-    """RpcServer.serve / AsyncRpcServer.serve_connection answer on extra streams too."""
+    """RpcServer.serve_forever / AsyncRpcServer.serve_connection answer on extra streams too."""
     s = Served(make_rpc())
     try:
         client = s.connect(timeout=5)
@@ -920,7 +920,7 @@ def test_paid_rpc_by_host_id_blocking_and_asyncio(tmp_path: Path) -> None:
     rpc = make_rpc(payments=payments)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
     ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     try:
         sock = dtp.socket.create_connection(
@@ -1218,7 +1218,7 @@ def test_a_client_on_a_stream_another_client_used_gets_its_own_answers(workers: 
         return value
 
     with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
-        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        threading.Thread(target=rpc.serve_forever, args=(srv,), daemon=True).start()
         with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
             old = RpcClient(s, timeout=30)
             old.start("slow")
@@ -1286,7 +1286,7 @@ def test_a_lost_rpc_stream_is_a_connection_error_as_a_lost_connection_is() -> No
         return value
 
     with dtp.socket.create_server(("127.0.0.1", 0), identity=HostIdentity.generate()) as srv:
-        threading.Thread(target=rpc.serve, args=(srv,), daemon=True).start()
+        threading.Thread(target=rpc.serve_forever, args=(srv,), daemon=True).start()
         with dtp.socket.create_connection(srv.address, 30, server_key=srv.noise_public_key) as s:
             client = RpcClient(s, timeout=30)
             assert client.call("echo", "x") == "x"

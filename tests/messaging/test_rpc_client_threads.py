@@ -424,7 +424,7 @@ def test_async_calls_leave_no_protocol_timers_behind() -> None:
 
         rpc.register("slow", slow)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         async with server:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public
@@ -464,7 +464,7 @@ def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund
     async def main() -> None:
         rpc = AsyncRpcServer()
         rpc.register("echo", lambda p: p)
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=server_id)
         reader, writer = await dtp.aio.open_connection(
             *server.address, server_key=server_id.noise_public
         )

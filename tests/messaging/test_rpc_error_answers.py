@@ -74,7 +74,7 @@ def test_asyncio_server_answers() -> None:
         rpc = AsyncRpcServer()
         rpc.register("bad", _bad)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         try:
             host, port = server.address
             reader, writer = await dtp.aio.open_connection(
@@ -133,7 +133,7 @@ def test_asyncio_caller_gets_response_too_large() -> None:
         rpc = AsyncRpcServer(max_message_size=CAP)
         rpc.register("big", lambda n: b"x" * n)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         try:
             host, port = server.address
             reader, writer = await dtp.aio.open_connection(

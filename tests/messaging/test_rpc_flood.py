@@ -42,7 +42,7 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             served.append(asyncio.current_task())  # type: ignore[arg-type]
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 writer.close()
 

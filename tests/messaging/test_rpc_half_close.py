@@ -75,7 +75,7 @@ def test_a_half_closed_client_gets_its_answers_from_the_asyncio_server() -> None
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             served.append(asyncio.current_task())  # type: ignore[arg-type]
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 writer.close()
 
@@ -140,7 +140,7 @@ def test_the_asyncio_server_cancels_long_handlers_when_the_client_closes_for_goo
 
         async def serve(reader: Any, writer: Any) -> None:
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 done.set()
 

@@ -275,7 +275,7 @@ def test_async_handlers_own_cancelled_error_is_answered() -> None:
         rpc.register("slow", slow)
         rpc.register("echo", lambda p: p)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         async with server:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public
@@ -311,7 +311,7 @@ def test_async_requests_past_their_deadline_do_not_make_the_server_busy() -> Non
         rpc.register("slow", slow)
         rpc.register("echo", lambda p: p)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         async with server:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public

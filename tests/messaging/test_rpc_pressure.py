@@ -163,7 +163,7 @@ def test_async_handler_raising_timeouterror_is_answered() -> None:
         rpc.register("stimeout", sync_timeout)
         rpc.register("echo", lambda p: p)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         async with server:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public
@@ -302,7 +302,7 @@ def test_async_client_on_a_closed_writer_or_after_close() -> None:
         rpc = AsyncRpcServer()
         rpc.register("echo", lambda p: p)
         identity = HostIdentity.generate()
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=identity)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=identity)
         async with server:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public

@@ -445,7 +445,7 @@ def test_replayed_receipt_after_reconnecting_over_dtp(tmp_path: Path) -> None:
     rpc = make_rpc(payments=ledger_payments(ledger))
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
     ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
-    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True).start()
     try:
         sock = dtp.socket.create_connection(
             f"dtp://{host}:8545",
@@ -513,7 +513,7 @@ def test_async_call_refused_at_max_in_flight_is_not_metered() -> None:
 
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             try:
-                await rpc.serve(r, w)
+                await rpc.serve_stream(r, w)
             finally:
                 w.close()
                 served.set()
@@ -593,7 +593,7 @@ def test_a_topped_up_client_is_served(tmp_path: Path) -> None:
     rpc = make_rpc(payments=ledger_payments(ledger))
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=provider)
     ledger.set_endpoints(provider, host, [f"tcp://127.0.0.1:{server.address[1]}"])
-    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True).start()
     try:
         # a cap with room for the top-up (one of the deposit alone would refuse it)
         cap = ledger.create_spending_cap(user, 200)
@@ -689,7 +689,7 @@ def _echo_once(
         rpc = AsyncRpcServer(payments=payments)
         rpc.register("echo", lambda p: p)
         watcher = asyncio.ensure_future(probe.watch())
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=server_id)
         try:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=server_id.noise_public, identity=client_id
@@ -848,7 +848,7 @@ def test_the_async_server_serves_pipelined_calls_after_a_top_up() -> None:
     async def main() -> None:
         rpc = AsyncRpcServer(payments=payments)
         rpc.register("echo", lambda p: p)
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=server_id)
         try:
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=server_id.noise_public, identity=client_id
@@ -997,7 +997,7 @@ def test_a_stream_cancelled_while_its_payments_resolve_is_released() -> None:
     writer = types.SimpleNamespace(peer_connection_id=CID, peer_address="0x01")
 
     async def main() -> None:
-        task = asyncio.ensure_future(server.serve(types.SimpleNamespace(), writer))
+        task = asyncio.ensure_future(server.serve_stream(types.SimpleNamespace(), writer))
         while not calls:
             await asyncio.sleep(0.01)
         task.cancel()

@@ -57,7 +57,7 @@ def test_a_prepaid_call_failed_by_close_keeps_its_escrow_for_refund() -> None:
             # to their requester)
             writer.peer_address = client_id.sui_address  # type: ignore[attr-defined]
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 writer.close()
 
@@ -246,7 +246,7 @@ def test_a_request_cancelled_during_its_fee_check_leaves_no_entry() -> None:
     rpc.register("echo", lambda p: p)
 
     async def main() -> None:
-        server = await dtp.aio.start_server(rpc.serve, "127.0.0.1", 0, identity=server_id)
+        server = await dtp.aio.start_server(rpc.serve_stream, "127.0.0.1", 0, identity=server_id)
         host, port = server.sockets[0].getsockname()[:2]
         reader, writer = await dtp.aio.open_connection(
             host, port, server_key=server_id.noise_public, identity=client_id

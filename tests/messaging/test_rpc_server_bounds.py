@@ -275,7 +275,7 @@ def test_the_asyncio_server_can_cancel_a_request_reusing_a_cancelled_ones_id() -
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 writer.close()
 
@@ -390,7 +390,7 @@ def test_the_asyncio_servers_no_method_error_answers_only_its_own_request() -> N
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await rpc.serve(reader, writer)
+                await rpc.serve_stream(reader, writer)
             finally:
                 writer.close()
 

@@ -171,7 +171,7 @@ def test_direct_delivery_and_fallback(world: tuple) -> None:
     rpc = RpcServer()
     inbox.register(rpc, received.append)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
     try:
@@ -221,7 +221,7 @@ def test_a_message_whose_handler_failed_is_delivered_when_resent(world: tuple) -
     rpc = RpcServer(workers=4)
     inbox.register(rpc, on_message)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     socks = [
         dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)

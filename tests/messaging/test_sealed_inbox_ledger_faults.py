@@ -159,7 +159,7 @@ def test_a_message_the_recipient_refused_does_not_go_to_the_mailbox(world: tuple
     rpc = RpcServer()
     inbox.register(rpc, lambda message: None)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
     try:

@@ -129,7 +129,7 @@ def test_a_closed_inbox_delivers_nothing(world: tuple, tmp_path: Path) -> None:
     received: list[OpenedMessage] = []
     rpc = RpcServer()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     with SealedInbox(bob, hb, ledger, state_path=state) as old:
         old.register(rpc, received.append)
     thread.start()
@@ -174,7 +174,7 @@ def test_a_handler_reading_the_mailbox_does_not_wait_for_itself(world: tuple) ->
     rpc = RpcServer()
     inbox.register(rpc, on_message)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=bob)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
     try:

@@ -1,7 +1,8 @@
 """The blocking and asyncio drivers of a feature stay twins (docs/architecture.md, the
 engines): each pair calls the same set of its sans-I/O engine's methods, and their twin
 classes (or twin functions, by the functions they define) define the methods both have
-in the same order, so that one reads against the other.
+in the same order, and a class that plays one role in both has one name, so that one
+reads against the other.
 
 The calls are read from the source with ``ast``: an attribute of one of the engine's
 classes (a method, a property, a field its ``__init__`` sets) taken on a name that holds
@@ -124,7 +125,7 @@ TWINS = [
         "hostid/udp/asyncio.py",
         "hostid/udp/engine.py",
         ("RelayEngine", "FlowAccount", "UdpBilling"),
-        ("engine", "billing", "session", "flow", "self"),
+        ("engine", "billing", "flow", "self"),
         {
             "run_kept": (
                 BLOCKING,
@@ -192,6 +193,7 @@ ORDERED = [
         "hostid/paid/asyncio_server.py",
         "PaidAioServer",
     ),
+    ("hostid/udp/blocking.py", "relay_udp", "hostid/udp/asyncio.py", "relay_udp_async"),
     ("hostid/udp/blocking.py", "UdpForwarder", "hostid/udp/asyncio.py", "AsyncUdpForwarder"),
     (
         "messaging/rpc/blocking_client.py",
@@ -206,6 +208,13 @@ ORDERED = [
         "AsyncRpcServer",
     ),
     ("graph/sync/blocking.py", "sync_blocking", "graph/sync/asyncio.py", "sync_stream"),
+]
+
+
+#: Classes that play one role in both twins, under one name: (blocking module, asyncio
+#: module, the classes both define)
+SAME_CLASSES = [
+    ("hostid/udp/blocking.py", "hostid/udp/asyncio.py", ("_Flow",)),
 ]
 
 
@@ -316,6 +325,14 @@ def test_twin_classes_keep_one_order(pair: tuple[str, str, str, str]) -> None:
     shared = set(blocking) & set(aio)
     assert len(shared) > 1
     assert [m for m in blocking if m in shared] == [m for m in aio if m in shared]
+
+
+@pytest.mark.parametrize("pair", SAME_CLASSES, ids=[p[0] for p in SAME_CLASSES])
+def test_twins_name_a_class_of_one_role_alike(pair: tuple[str, str, tuple[str, ...]]) -> None:
+    blocking_module, aio_module, names = pair
+    for name in names:
+        _class(blocking_module, name)
+        _class(aio_module, name)
 
 
 def test_a_step_one_twin_stops_calling_is_drift() -> None:

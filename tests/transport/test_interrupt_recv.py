@@ -107,7 +107,7 @@ def rpc_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[RpcClient]:
     rpc = RpcServer(workers=4)
     rpc.register("sleep", lambda p: threading.Event().wait(p) or "slept")
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER)
-    thread = threading.Thread(target=rpc.serve, args=(server,), daemon=True)
+    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
     thread.start()
     sock = dtp.socket.create_connection(server.address, server_key=SERVER.noise_public)
     client = RpcClient(sock)
@@ -224,7 +224,7 @@ def test_cancels_while_another_thread_reads_large_answers_leave_the_stream_whole
         return value
 
     big = bytes(range(256)) * 400  # 100 KiB
-    threading.Thread(target=rpc.serve, args=(server,), daemon=True).start()
+    threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True).start()
     with dtp.socket.create_connection(
         server.address, 30, server_key=server.noise_public_key
     ) as sock:

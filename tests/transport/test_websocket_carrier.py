@@ -458,7 +458,7 @@ def test_a_paid_per_request_call_over_websocket(tmp_path: Path) -> None:
         rpc = AsyncRpcServer(payments=ledger_payments(ledger, on_receipt=kept.append))
         rpc.register("echo", lambda p: p)
         server = await dtp.aio.start_server(
-            rpc.serve, "127.0.0.1", 0, identity=provider, websocket=("127.0.0.1", 0)
+            rpc.serve_stream, "127.0.0.1", 0, identity=provider, websocket=("127.0.0.1", 0)
         )
         try:
             await asyncio.to_thread(

@@ -20,7 +20,7 @@ import dtp.aio
 import dtp.socket
 from dtp.hostid.udp import UdpForwarder, UdpStats, relay_udp
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, _Flow, relay_udp_async
-from dtp.hostid.udp.blocking import _Session
+from dtp.hostid.udp.blocking import _Flow as _BlockingFlow
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
 from dtp.testing.loops import LoopThread
@@ -175,7 +175,7 @@ class BlockingDriver(UdpDriver):
     def abort_flows(self, fwd: Forwarder) -> None:
         assert isinstance(fwd, UdpForwarder)
         with fwd._lock:
-            socks = [session.sock for session in fwd._sessions.values()]
+            socks = [flow.sock for flow in fwd._flows.values()]
         for sock in socks:
             sock.abort()
 
@@ -186,10 +186,10 @@ class BlockingDriver(UdpDriver):
         with UdpForwarder(("127.0.0.1", 0), no_connect) as fwd:
             sock = dtp.socket.create_connection(address, server_key=server_key, timeout=5)
             sock.close()
-            session = _Session(("127.0.0.1", 9), sock, None, fwd.stats)
-            with session.lock:
-                assert fwd._send_locked(session, batch) is False
-            return fwd.stats.dropped_no_session, session.sent_datagrams, session.sent_bytes
+            flow = _BlockingFlow(("127.0.0.1", 9), sock, None)
+            with flow.lock:
+                assert fwd._send_locked(flow, batch) is False
+            return fwd.stats.dropped_no_session, flow.sent_datagrams, flow.sent_bytes
 
 
 class AsyncioDriver(UdpDriver):

@@ -220,31 +220,27 @@ def test_close_leaves_no_session_thread(backend: DnsLikeBackend) -> None:
             assert set(_flow_threads()) - before == set()
 
 
-def test_a_relay_that_idles_out_leaves_no_control_thread(
-    backend: DnsLikeBackend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The billed relay waited for its control thread before closing the connection,
-    not after: one still reading (the client had not closed) was left behind."""
-    readers: dict[int, threading.Thread] = {}
-    run = dtp.hostid.udp.blocking._RelayControl.run
+def test_a_relay_that_idles_out_leaves_no_control_thread(backend: DnsLikeBackend) -> None:
+    """The billed relay closes the connection before it waits for its control thread
+    (which ends with the close): it returns with no control thread left reading, the
+    client still connected. One client at a time, so that the control threads alive
+    when a relay returns are its own."""
+    left: list[set[threading.Thread]] = []
 
-    def control_run(self: dtp.hostid.udp.blocking._RelayControl) -> None:
-        readers[id(self.sock)] = threading.current_thread()
-        run(self)
-
-    monkeypatch.setattr(dtp.hostid.udp.blocking._RelayControl, "run", control_run)
-    left: list[bool] = []
+    def control_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "dtp-udp-control"}
 
     def handler(sock: dtp.socket.DTPSocket) -> None:
+        before = control_threads()
         billing = UdpBilling(scope_of(CONNECTION_ID), Sla(0, 1, 0), CLIENT.ed25519_public, 10**6)
         relay_udp(sock, backend.address, billing=billing, idle_timeout=0.2)
-        left.append(readers[id(sock)].is_alive())
+        left.append(control_threads() - before)
 
     with _server(handler) as server, contextlib.ExitStack() as clients:
-        for _ in range(4):
+        for served in range(1, 5):
             clients.enter_context(_connect(server))
-        assert wait_for(lambda: len(left) == 4, BOUND)
-    assert left == [False] * 4
+            assert wait_for(lambda served=served: len(left) == served, BOUND)
+    assert left == [set()] * 4
 
 
 def test_a_second_close_waits_for_the_first() -> None:

@@ -22,9 +22,9 @@ import pytest
 import dtp.aio
 import dtp.socket
 from dtp.errors import TunnelError
-from dtp.hostid.udp import UdpForwarder, UdpStats
+from dtp.hostid.udp import UdpForwarder
 from dtp.hostid.udp.asyncio import AsyncUdpForwarder, relay_udp_async
-from dtp.hostid.udp.blocking import _Session
+from dtp.hostid.udp.blocking import _Flow
 from dtp.socket import DTPSocket
 from tests.support.polling import wait_for
 from tests.udp.conftest import UdpDriver
@@ -199,13 +199,13 @@ def test_a_flow_that_is_ending_sends_nothing_more() -> None:
     sock: Any = types.SimpleNamespace(max_datagram_size=1200, send_datagrams=send_datagrams)
     fwd = _forwarder()
     try:
-        session = _Session(("127.0.0.1", 9), cast(DTPSocket, sock), None, UdpStats())
-        with session.lock:
-            assert fwd._send_locked(session, [b"a", b"b"])
+        flow = _Flow(("127.0.0.1", 9), cast(DTPSocket, sock), None)
+        with flow.lock:
+            assert fwd._send_locked(flow, [b"a", b"b"])
         assert sent == [[b"a", b"b"]]
-        with session.lock:
-            session.closed = True  # (as _end_all marks it, before the final request)
-            assert not fwd._send_locked(session, [b"c"])
+        with flow.lock:
+            flow.closed = True  # (as _end_all marks it, before the final request)
+            assert not fwd._send_locked(flow, [b"c"])
         assert sent == [[b"a", b"b"]]
         assert fwd.stats.snapshot()["dropped_no_session"] == 1
     finally:

@@ -461,7 +461,7 @@ def test_replies_sent_are_charged_to_the_clients_bytes_with_their_frame_headers(
 
 def test_the_forwarder_signs_a_report_capped_by_what_it_sent_and_received() -> None:
     flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
-    out, _, _ = flow.take([b"x" * 10, b"y" * 10], 100)
+    out, _, _ = flow.admit([b"x" * 10, b"y" * 10], 100)
     assert len(out) == 2
     flow.received_bytes = 5
     answer = flow.answer(b"U" + USAGE.pack(9, 999), "here", NOW_MS)
@@ -485,7 +485,7 @@ def test_the_forwarder_refuses_a_frame_the_relay_never_sends(body: bytes) -> Non
 
 def test_a_report_the_deposit_cannot_pay_is_not_signed(monkeypatch: pytest.MonkeyPatch) -> None:
     flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
-    flow.take([b"x"], 100)
+    flow.admit([b"x"], 100)
 
     def refuse(*args: object, **kw: object) -> None:
         raise InsufficientFunds("the deposit is spent")
@@ -500,13 +500,13 @@ def test_a_batch_the_connection_took_in_part_is_counted_once_either_way() -> Non
     from the flow -- no relay can bill it -- and counted as dropped."""
     flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
     stats = UdpStats()
-    out, oversized, unpaid = flow.take([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
+    out, oversized, unpaid = flow.admit([b"a" * 3, b"b" * 300, b"c" * 5, b"d" * 7], 100)
     assert (len(out), oversized, unpaid) == (3, 1, 0)
     stats.add(**flow.count_send(out, 2, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert (stats.datagrams_out, stats.bytes_out, stats.dropped_backlog) == (2, 8, 1)
     assert stats.dropped_oversized == 1
-    out, oversized, unpaid = flow.take([b"e" * 11], 100)
+    out, oversized, unpaid = flow.admit([b"e" * 11], 100)
     stats.add(**flow.count_send(out, None, oversized, unpaid))
     assert (flow.sent_datagrams, flow.sent_bytes) == (2, 8)
     assert stats.dropped_no_session == 1 and stats.datagrams_out == 2

@@ -11,11 +11,13 @@ same runs with the server in a page (demo/serve.html) in headless Chromium."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import urllib.parse
 
 import pytest
+from websockets.typing import Subprotocol
 
 import dtp.aio
 from dtp.errors import ConnectionRefused
@@ -23,6 +25,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.testing.loops import LoopThread
 from tests.support.browser import Chromium, need_chromium
 from tests.support.paths import ROOT
+from tests.transport.half_handshakes import first_record
 from tests.web.browser_client import need_client, node_command, served_package
 from tests.web.ws_relay import Relay
 
@@ -196,3 +199,67 @@ def test_the_python_client_talks_to_a_server_in_a_chromium_page(
     assert {"error": "this wallet is not on the allow list", "code": 11} in reports
     assert relay.paired == 3
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+async def _first_answer(url: str, record: bytes) -> list[bytes]:
+    """Sends ``record`` (a client's first handshake record) on a WebSocket of its own to
+    ``url`` and returns what comes back until the server closes it, or 2 messages came."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    got: list[bytes] = []
+    async with connect(url, subprotocols=[Subprotocol("dtp.v1")], open_timeout=30) as ws:
+        await ws.send(record)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            while len(got) < 2:
+                got.append(bytes(await asyncio.wait_for(ws.recv(), 30)))
+    return got
+
+
+def test_the_js_server_refuses_a_replayed_ik_first_message_of_the_python_client() -> None:
+    """The Python client's IK message 1, sent again, is refused by the JS server's replay
+    guard (src/replay-guard.js, the rule of docs/protocol.md section 8) before its decide
+    hook: no message 2 for the replayer, and the server reports HANDSHAKE_FAILED."""
+    need_client()
+    server_identity = HostIdentity.generate()
+    client = HostIdentity.generate()
+    record = first_record(server_identity.noise_public, client)
+
+    async def main() -> tuple[list[bytes], list[bytes], list[dict[str, object]]]:
+        relay = Relay(wait=30)
+        base = await relay.start()
+        job = {
+            "relay": f"{base}/listen/echo",
+            "staticKey": server_identity.noise_private_bytes().hex(),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *node_command("scripts/echo-server.mjs"),
+            json.dumps(job),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert await _line(proc) == {"listening": True}
+            original = await _first_answer(f"{base}/echo", record)
+            first_report = await _line(proc)
+            replayed = await _first_answer(f"{base}/echo", record)
+            return original, replayed, [first_report, await _line(proc)]
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            await relay.stop()
+
+    original, replayed, reports = asyncio.run(main())
+    # the original: message 2 (HS_RESP), then the ACCEPT (a DATA record); its client
+    # went away without a record of its own
+    assert [m[0] for m in original] == [2, 16]
+    assert reports[0]["address"] == client.sui_address
+    assert reports[0]["pattern"] == "IK"
+    # the replay: authenticated again, refused before the verdict, with nothing sent
+    assert replayed == []
+    assert reports[1] == {"error": "a replayed handshake first message", "code": 10}

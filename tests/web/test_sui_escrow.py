@@ -107,9 +107,11 @@ class World:
     wallet: str
     base: str  # the package folder over HTTP (the page's origin)
 
-    def job(self) -> dict[str, Any]:
-        """What the JS flow (demo/sui-escrow.js) takes."""
+    def job(self, gas: str = "sdk") -> dict[str, Any]:
+        """What the JS flow (demo/sui-escrow.js) takes; ``gas``: who picks each
+        transaction's gas, the SDK through the node's SimulateTransaction or the wallet."""
         return {
+            "gas": gas,
             "node": self.node.grpc_web_url,
             "package": self.node.package_id,
             "host": self.provider.host_id,
@@ -144,7 +146,7 @@ def world(tmp_path: Path) -> Iterator[World]:
             provider.close()
 
 
-def check(report: dict[str, Any], world: World) -> None:
+def check(report: dict[str, Any], world: World, gas: str = "sdk") -> None:
     """What the JS flow reported, and what the ledger says of it."""
     assert "error" not in report, report
     node, provider, wallet = world.node, world.provider, world.wallet
@@ -178,11 +180,19 @@ def check(report: dict[str, Any], world: World) -> None:
     assert report["second"]["cap"] == second.spending_cap == opened["cap"]
     assert second.deposited == second.balance == DEPOSIT and second.claimed == 0
     # a wallet off the allow list: the ledger refused its open (host's EFirewallDenied,
-    # docs/escrow.md §10), and it lost nothing but the gas of its two transactions
+    # docs/escrow.md §10), and it lost nothing but the gas of its transactions
     denied = HostIdentity.from_private_bytes(DENIED_SEED, bytes(32)).sui_address
     assert report["denied"]["name"] == "SuiLedgerError", report["denied"]
     assert report["denied"]["abort"] == {"module": "host", "code": 8, "name": "EFirewallDenied"}
     assert ledger.balance(denied) + node.gas_paid(denied) == GAS
+    if gas == "sdk":
+        # the SDK picked each transaction's gas through the node's simulation (the cap,
+        # two opens, the denied wallet's cap and open), and the denied open was refused
+        # there, before it was signed (its wallet paid the gas of its cap alone)
+        assert node.calls["SimulateTransaction"] >= 5
+        assert "Transaction resolution failed" in report["denied"]["message"]
+    else:
+        assert node.calls["SimulateTransaction"] == 0
     # the JS calls reached the node through the SDK's gRPC-web client
     assert node.calls["BatchGetObjects"] >= 2 and node.calls["ExecuteTransaction"] >= 3
     audit = node.audit()
@@ -194,19 +204,20 @@ def check(report: dict[str, Any], world: World) -> None:
 def test_a_wallet_opens_its_escrow_on_sui_from_node_and_pays_per_request(world: World) -> None:
     out = subprocess.run(
         node_command("scripts/sui-escrow-client.mjs"),
-        input=json.dumps(world.job()).encode(),
+        input=json.dumps(world.job("sdk")).encode(),
         capture_output=True,
         timeout=180,
     )
     assert out.returncode == 0, out.stderr.decode()[-3000:]
-    check(json.loads(out.stdout), world)
+    check(json.loads(out.stdout), world, "sdk")
 
 
 def test_the_page_opens_its_escrow_on_sui_in_chromium(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     need_chromium()
-    fragment = urllib.parse.quote(json.dumps(world.job()))
+    # (the test wallet picks the gas here: the node's run above has the SDK pick it)
+    fragment = urllib.parse.quote(json.dumps(world.job("wallet")))
     with Chromium() as browser:
         page = browser.new_page()
         page.goto(f"{world.base}/demo/sui.html#{fragment}")
@@ -220,5 +231,5 @@ def test_the_page_opens_its_escrow_on_sui_in_chromium(
         shot = page.screenshot(SHOTS / "dtp-sui-escrow.png")
         with capsys.disabled():
             print(f"\n[screenshot] {shot}")
-    check(report, world)
+    check(report, world, "wallet")
     assert shot.read_bytes().startswith(b"\x89PNG")

@@ -147,12 +147,11 @@ class LedgerCarrierOptions:
     records are confirmed whatever this says."""
 
     def __post_init__(self) -> None:
-        # refused here, before any money moves: a poll_min of 0 never grew while idle
-        # (0 doubled is 0), so the bridge spun on the ledger at a full core per connection
-        # (and the counts must be integers, as the carrier wants them: a float or a bool
-        # passed here and failed only once a connection was made, on a server in its
-        # listener thread, logged for every connection). A wrong type is a TypeError, a
-        # value out of range a ValueError, as the messaging options' checks
+        # refused here, before any money moves: poll_min is > 0, since the idle poll
+        # interval doubles from it (from 0 it would stay 0 and poll the ledger without
+        # a pause), and the counts are integers, as the carrier wants them (checked on a
+        # server here, not in its listener thread per connection). A wrong type is a
+        # TypeError, a value out of range a ValueError, as the messaging options' checks
         for name in ("inner_count", "sync_every", "max_payload"):
             _check_int(name, getattr(self, name))
         if not 1 <= self.inner_count <= 8:
@@ -515,9 +514,9 @@ class LedgerBridge:
                     if not _unavailable(exc):
                         raise
                     failure = exc  # (reading goes on: what comes in still goes up)
-                    # only what the ledger did not take is cut to the newest: cut as it
-                    # was read, a read of more than _MAX_UNSENT records (a 256 KiB
-                    # window's worth is 16) lost its oldest with the ledger answering
+                    # only what the ledger did not take is cut to the newest: a read of
+                    # more than _MAX_UNSENT records (a 256 KiB window's worth is 16) goes
+                    # up whole while the ledger answers
                     del unsent[:-_MAX_UNSENT]
             try:
                 if w and out and not self._write_out(out):

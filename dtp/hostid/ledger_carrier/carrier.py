@@ -869,9 +869,8 @@ class LedgerCarrier:
         refunded, kept = reclaim_records(self.ledger, self.identity, records, now_ms)
         gone = set(records).difference(kept)
         with self._retained_lock:
-            # only what went: spliced as ``kept`` and what followed ``records``, two
-            # reclaims overlapping a send dropped the records sent meanwhile, never
-            # reclaimed then (the later one's ``records`` were not a prefix any more)
+            # only what went is removed: records sent while the reclaim ran stay
+            # retained, whether or not another reclaim overlaps this one
             self.retained = [record for record in self.retained if record not in gone]
             self.reclaimed += refunded
         return refunded

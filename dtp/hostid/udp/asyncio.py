@@ -66,9 +66,9 @@ async def _read_control(reader: DTPStreamReader, decoder: ControlDecoder) -> byt
 
 
 async def _open_backend(backend: tuple[str, int]) -> socket.socket:
-    """:func:`dtp.hostid.udp.sockets.backend_socket`, its name looked up off the event loop: a
-    blocking lookup (connect() on a host name) held up every flow and tunnel of the
-    daemon for as long as DNS took. Raises :class:`~dtp.errors.TunnelError` as it does."""
+    """:func:`dtp.hostid.udp.sockets.backend_socket`, its name looked up off the event loop
+    (a blocking lookup would hold up every flow and tunnel of the daemon for as long
+    as DNS takes). Raises :class:`~dtp.errors.TunnelError` as it does."""
     check_backend(backend)
     # the family the blocking version used (a name resolves to IPv4 there), so that a
     # backend "localhost:53" listening on 127.0.0.1 only is still reached
@@ -119,8 +119,8 @@ async def relay_udp_async(
     loop = asyncio.get_running_loop()
     limit = writer.max_datagram_size
     try:
-        # (checked before the backend socket is made: a None idle_timeout raised a
-        # TypeError past it, its reader and the connection, all left open)
+        # checked before the backend socket is made: a bad argument leaves nothing
+        # open but for the connection, closed below (tests/udp/test_arguments.py)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
         udp = await _open_backend(backend)
@@ -132,7 +132,7 @@ async def relay_udp_async(
     )
     last = [loop.time()]  # (after the lookup: it may have taken a while)
 
-    def on_replies() -> None:
+    def relay_replies() -> None:
         # every reply waiting, sealed and written to DTP together
         try:
             went, frame = pass_replies(drain(udp), limit, writer.send_datagrams, stats, engine)
@@ -142,57 +142,57 @@ async def relay_udp_async(
             return
         last[0] = loop.time()
         if frame is not None:  # (replies alone may make a report due)
-            send(frame)
+            send_control(frame)
 
-    loop.add_reader(udp.fileno(), on_replies)
+    loop.add_reader(udp.fileno(), relay_replies)
 
     stop = loop.create_future()  # done when the control stream ended: the relay ends
 
-    def stopped() -> None:
+    def end_control() -> None:
         engine.control_ended = True
         if not stop.done():
             stop.set_result(None)
 
-    def send(frame: bytes | None) -> None:
+    def send_control(frame: bytes | None) -> None:
         if frame is None or stop.done():
             return
         try:
             writer.write(frame)
         except DTPError as exc:
             # the client reset the control stream: no more usage reports, so the
-            # relay ends, as relay_udp does. (Raised in the connection's datagram
-            # sink, this aborted the carrier without a CLOSE.)
+            # relay ends, as relay_udp does. Not raised: this may run in the
+            # connection's datagram sink, where an error aborts the carrier without
+            # a CLOSE (test_a_relay_whose_client_resets_the_control_stream_ends_cleanly)
             logger.info("UDP relay ended: %s", exc)
-            stopped()
-            writer.set_datagram_sink(unpaid)  # (until the loop below ends)
+            end_control()
+            writer.set_datagram_sink(drop_unpaid)  # (until the loop below ends)
 
-    def unpaid(data: bytes) -> None:
+    def drop_unpaid(data: bytes) -> None:
         stats.add(dropped_unpaid=1)  # no usage can be reported for it
 
-    def finishing(data: bytes) -> None:
+    def drop_finishing(data: bytes) -> None:
         stats.add(dropped_finishing=1)  # after the final report: nobody would pay
 
-    def replies_finishing() -> None:
-        # read and counted, as the client's datagrams are: left unread, they vanished
-        # with the socket, counted nowhere (docs/udp.md counts them)
+    def drop_finishing_replies() -> None:
+        # read and counted as dropped, as the client's datagrams are (docs/udp.md)
         stats.add(dropped_finishing=len(drain(udp)))
 
-    async def control() -> None:
+    async def read_control() -> None:
         decoder = ControlDecoder()
         try:
             while (body := await _read_control(reader, decoder)) is not None:
-                send(engine.control_frame(body))
+                send_control(engine.control_frame(body))
         except BadControlFrame as exc:
             abort_control(writer, exc)
         except DTPError:
             pass  # (the connection ended, or the client reset the stream)
         finally:
             # no receipt can come any more: the relay ends (docs/udp.md)
-            stopped()
+            end_control()
 
     gated = engine.gated
 
-    def on_datagram(data: bytes) -> None:
+    def relay_datagram(data: bytes) -> None:
         # pushed by the connection as each datagram arrives: no task wake-up per
         # datagram, and each is a batch of one for the engine, asked only when gated
         # (ungated, it drops and bills nothing: no engine call per datagram at all)
@@ -218,34 +218,34 @@ async def relay_udp_async(
         stats.datagrams_in += 1
         stats.bytes_in += nbytes
         if gated and (frame := engine.delivered(1, nbytes, 1, nbytes)) is not None:
-            send(frame)
+            send_control(frame)
 
-    control_task = loop.create_task(control()) if billing is not None else None
-    writer.set_datagram_sink(on_datagram)
+    control_task = loop.create_task(read_control()) if billing is not None else None
+    writer.set_datagram_sink(relay_datagram)
     asked = loop.create_task(finish.wait()) if finish is not None else None
     try:
         ended = writer.connection_closed()
         while not ended.done() and not writer.connection_ended:
             now = loop.time()
             if asked is not None and asked.done() and not engine.finishing:
-                writer.set_datagram_sink(finishing)
-                loop.add_reader(udp.fileno(), replies_finishing)  # (in place of on_replies)
-                send(engine.finish(now, reliable=writer.reliable_carrier))
+                writer.set_datagram_sink(drop_finishing)
+                loop.add_reader(udp.fileno(), drop_finishing_replies)  # (in place of relay_replies)
+                send_control(engine.finish(now, reliable=writer.reliable_carrier))
             if engine.done(now, last[0]):
                 break
             # wake for the connection's end, a pause in traffic or the finish, not per
             # datagram
-            # (the first to end wakes the loop: waiting for all, only the timeout did)
+            # (FIRST_COMPLETED: the first of them to end wakes the loop)
             waits = [ended, stop, *([asked] if asked is not None and not engine.finishing else [])]
             await asyncio.wait(waits, timeout=engine.wait, return_when=asyncio.FIRST_COMPLETED)
-            send(engine.paused(loop.time(), last[0]))
+            send_control(engine.paused(loop.time(), last[0]))
     finally:
         if asked is not None:
             asked.cancel()
         writer.set_datagram_sink(None)
         loop.remove_reader(udp.fileno())
         if engine.finishing:
-            replies_finishing()  # (those come since the last read)
+            drop_finishing_replies()  # (those come since the last read)
         udp.close()
         try:
             if control_task is not None:
@@ -324,9 +324,9 @@ class AsyncUdpForwarder(FlowTable):
         self._sweeper: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # idle flows the sweeper ends
         # every flow's tasks (connect, replies, control) until they are done: close()
-        # waits for those it cancels (a connect cancelled was still unwinding when it
-        # returned, as a flow's failed connect closing what it had made was)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # waits for those it cancels to unwind, a connect closing what it made among
+        # them (test_close_waits_for_a_connect_it_cancels_to_unwind)
+        self._flow_tasks: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None  # done when a close() ends
         self._closer: asyncio.Task[Any] | None = None  # the task of the close() at work
         self.address: tuple[str, int] = ("", 0)
@@ -344,7 +344,7 @@ class AsyncUdpForwarder(FlowTable):
         sock = bind_udp(listen, blocking=False)
         forwarder._sock = sock
         forwarder.address = sock.getsockname()[:2]
-        loop.add_reader(sock.fileno(), forwarder._readable)
+        loop.add_reader(sock.fileno(), forwarder._read_local)
         forwarder._sweeper = loop.create_task(forwarder._sweep())
         return forwarder
 
@@ -355,13 +355,15 @@ class AsyncUdpForwarder(FlowTable):
 
     # -- datagrams from local clients ---------------------------------------------------
 
-    def _readable(self) -> None:
+    def _read_local(self) -> None:
         """Every datagram waiting, grouped by source: one seal and write per flow."""
         assert self._sock is not None
         for source, batch in drain_by_source(self._sock, _BATCH).items():
-            self._datagrams_from(source, batch)
+            self._forward(source, batch)
 
-    def _datagrams_from(self, source: tuple[str, int], batch: list[bytes]) -> None:
+    def _forward(self, source: tuple[str, int], batch: list[bytes]) -> None:
+        """Send a batch from ``source`` on its flow, or hold it for the flow's connect
+        (starting the connect if none is in progress)."""
         flow = self._flows.get(source)
         if flow is None:
             if not self.may_open(source, len(self._flows), time.monotonic()):
@@ -369,17 +371,22 @@ class AsyncUdpForwarder(FlowTable):
                 return
             flow = _Flow(source)
             self._flows[source] = flow
-            self._spawn(flow, self._open(flow))
+            self._start_flow_task(flow, self._open(flow))
         flow.last = time.monotonic()
         if flow.writer is None:
-            room = self.room(len(flow.pending), len(batch))
-            flow.pending.extend(batch[:room])
-            if len(batch) > room:
-                self.stats.add(dropped_no_session=len(batch) - room)
+            self._hold_pending(flow, batch)
             return
         self._send(flow, batch)
 
+    def _hold_pending(self, flow: _Flow, batch: list[bytes]) -> None:
+        """Keep a batch for a flow still connecting, up to ``max_pending``."""
+        room = self.room(len(flow.pending), len(batch))
+        flow.pending.extend(batch[:room])
+        if len(batch) > room:
+            self.stats.add(dropped_no_session=len(batch) - room)
+
     async def _open(self, flow: _Flow) -> None:
+        """Connect a new source (in a task of its own), then send what it queued."""
         writer: DTPStreamWriter | None = None
         try:
             reader, writer = await self._connect()
@@ -410,23 +417,23 @@ class AsyncUdpForwarder(FlowTable):
         flow.reader, flow.writer = reader, writer
         flow.meter = meter
         self.stats.add(sessions_opened=1)
-        self._spawn(flow, self._replies(flow))
+        self._start_flow_task(flow, self._replies(flow))
         if flow.meter is not None:
-            self._spawn(flow, self._control(flow))
+            self._start_flow_task(flow, self._control(flow))
         pending, flow.pending = flow.pending, []
         self._send(flow, pending)
 
-    def _spawn(self, flow: _Flow, work: Coroutine[Any, Any, None]) -> None:
+    def _start_flow_task(self, flow: _Flow, work: Coroutine[Any, Any, None]) -> None:
         """Run one of ``flow``'s tasks, which its end cancels and close() waits for."""
         task = asyncio.get_running_loop().create_task(work)
         flow.tasks.append(task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._flow_tasks.add(task)
+        task.add_done_callback(self._flow_tasks.discard)
 
     def _send(self, flow: _Flow, batch: list[bytes]) -> None:
         writer = flow.writer
         assert writer is not None
-        out, oversized, unpaid = flow.take(batch, writer.max_datagram_size)
+        out, oversized, unpaid = flow.admit(batch, writer.max_datagram_size)
         try:
             sent = writer.send_datagrams(out) if out else 0
         except DTPError as exc:
@@ -461,7 +468,8 @@ class AsyncUdpForwarder(FlowTable):
         writer.set_datagram_sink(on_reply)
         try:
             # shielded: this task is cancelled when the flow ends, which must not cancel
-            # the connection's own closed future (its wait_closed() raised CancelledError)
+            # the connection's own closed future (its wait_closed() would raise
+            # CancelledError)
             await writer.connection_closed()
         finally:
             writer.set_datagram_sink(None)
@@ -469,9 +477,11 @@ class AsyncUdpForwarder(FlowTable):
             await self._end(flow)
 
     async def _control(self, flow: _Flow) -> None:
+        """Usage reports in, receipts out, until the control stream ends; then the
+        flow's end waits for no final report."""
         assert flow.reader is not None
         try:
-            await self._control_loop(flow)
+            await self._answer_reports(flow)
         except DTPError as exc:
             if not isinstance(exc, BadControlFrame):
                 # (signing failed otherwise than for the deposit: no receipt can go)
@@ -482,9 +492,9 @@ class AsyncUdpForwarder(FlowTable):
                 abort_control(flow.writer, exc)
         flow.final.set()
 
-    async def _control_loop(self, flow: _Flow) -> None:
-        """(_control's loop) Raises :class:`dtp.hostid.udp.engine.BadControlFrame` for a frame the
-        relay never sends."""
+    async def _answer_reports(self, flow: _Flow) -> None:
+        """(:meth:`_control`'s loop) Raises :class:`~dtp.hostid.udp.engine.BadControlFrame`
+        for a frame the relay never sends."""
         assert flow.reader is not None
         decoder = ControlDecoder()
         while (body := await _read_control(flow.reader, decoder)) is not None:
@@ -493,9 +503,9 @@ class AsyncUdpForwarder(FlowTable):
                 try:
                     flow.writer.write(answer.receipt)
                 except DTPError as exc:
-                    # the relay reset the stream: no receipt can go (this task died
-                    # with the error, and the flow's end waited final_timeout for
-                    # nothing)
+                    # the relay reset the stream: no receipt can go, and the loop
+                    # ends so that the flow's end waits for no final report
+                    # (tests/udp/test_stalled_flows.py)
                     logger.info("UDP flow from %s: control stream ended: %s", flow.source, exc)
                     break
                 self.stats.add(**flow.signed(answer.paid_before))
@@ -513,21 +523,22 @@ class AsyncUdpForwarder(FlowTable):
                 if flow.writer is not None and self.idle(flow.last, now)
             ]
             # each in a task of its own: an end waits for its relay's final report (up
-            # to final_timeout). One after the other, a quiet relay's flows held their
-            # places (and max_sessions) for final_timeout each; awaited here together,
-            # a flow going idle just after this sweep waited for the next one, up to
-            # final_timeout late
+            # to final_timeout), and neither the other idle flows nor the next sweep
+            # wait for it (test_async_idle_flows_of_a_quiet_relay_end_together,
+            # test_async_a_flow_idle_while_another_ends_is_swept_on_time)
             for flow in idle:
                 self._end_later(flow)
 
     def _end_later(self, flow: _Flow) -> None:
-        """End ``flow`` in a task of its own, which close() waits for (untracked, the
-        loop held it only weakly, and a close() returned with it still at work)."""
+        """End ``flow`` in a task of its own, which close() waits for (held here: the
+        loop holds its tasks only weakly)."""
         task = asyncio.get_running_loop().create_task(self._end(flow))
         self._ending.add(task)
-        task.add_done_callback(self._ended)
+        task.add_done_callback(self._forget_ending)
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
+    def _forget_ending(self, task: asyncio.Task[None]) -> None:
+        """``task`` has ended its flow: :meth:`close` no longer waits for it (a failure
+        is logged)."""
         self._ending.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error(
@@ -560,8 +571,8 @@ class AsyncUdpForwarder(FlowTable):
                 self.stats.add(sessions_closed=1)
             current = asyncio.current_task()
             for task in flow.tasks:
-                # (nor a close()'s, from connect(): it ends flows in gather()'s tasks,
-                # and cancelled midway, the others' ends and connects were cut short)
+                # (nor a close()'s, from connect(): it ends the flows in gather()'s
+                # tasks, and cancelling it would cut the others' ends and connects short)
                 if task is not current and task is not self._closer:
                     task.cancel()
 
@@ -597,20 +608,19 @@ class AsyncUdpForwarder(FlowTable):
         current = self._closer = asyncio.current_task()
         try:
             # together, as the sweeper ends idle flows: each waits up to final_timeout
-            # for its relay's final report, and one after the other a close() with many
-            # flows to a relay gone quiet took final_timeout per flow (the daemon's
-            # drain gave up midway, leaving the later flows' connections open)
+            # for its relay's final report, so a close() takes final_timeout in all,
+            # not per flow (test_close_ends_the_flows_together)
             await asyncio.gather(*(self._end(flow) for flow in list(self._flows.values())))
             if self._ending:
-                # idle flows still settling: their ends are bounded (final_timeout, then
-                # the connection's close), and returning first left them open
+                # idle flows still settling: close() returns after their ends, which
+                # are bounded (final_timeout, then the connection's close)
                 await asyncio.wait(list(self._ending))
             # the flows' tasks still at work: those of ended flows, cancelled and
             # unwinding (a connect closing what it made), or a failed connect's closing
             # its connection, or a flow ending on its own (its connection ended)
-            left = [task for task in self._tasks if task is not current]
+            left = [task for task in self._flow_tasks if task is not current]
             for task in left:
-                if not task.cancelling():  # (cancelled again, its unwinding was cut)
+                if not task.cancelling():  # (a second cancel would cut its unwinding)
                     task.cancel()
             if left:
                 # (bounded as the blocking close's wait for connects: a connect that
@@ -618,7 +628,8 @@ class AsyncUdpForwarder(FlowTable):
                 await asyncio.wait(left, timeout=CLOSE_WAIT)
         finally:
             self._closer = None
-            # nothing uses it once taken (replies find no socket and are dropped): a
-            # close() cancelled before this line left it open for good
+            # nothing uses it once taken (replies find no socket and are dropped), and
+            # a close() cancelled midway closes it too
+            # (test_a_cancelled_close_still_closes_the_local_socket)
             if sock is not None:
                 sock.close()

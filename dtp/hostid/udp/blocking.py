@@ -92,8 +92,8 @@ def _control_frames(sock: DTPSocket) -> Iterator[bytes]:
             if sock.connection_ended:
                 raise
             # the socket's timeout (a client's is its connect timeout): a pause on the
-            # control stream, not its end. Giving up here stopped the receipts for good
-            # once traffic paused that long (the relay then dropped all as unpaid).
+            # control stream, not its end; receipts go on after it
+            # (tests/udp/test_stalled_flows.py, a pause longer than the socket timeout)
             continue
         if not data:
             return
@@ -104,39 +104,6 @@ def _under(lock: threading.RLock, count: Callable[[], None]) -> None:
     """``count`` under the blocking relay's engine lock (its billing's ``run_kept``)."""
     with lock:
         count()
-
-
-class _RelayControl:
-    """The relay's end of the control stream, in a thread of its own: the forwarder's
-    frames in, :class:`RelayEngine`'s answers and reports out. ``lock`` is the relay's
-    engine lock (the engine is sans-I/O and lock-free: the relay's threads share it)."""
-
-    def __init__(self, sock: DTPSocket, engine: RelayEngine, lock: threading.RLock) -> None:
-        self.sock = sock
-        self.engine = engine
-        self.lock = lock
-        self.wlock = threading.Lock()
-
-    def send(self, frame: bytes | None) -> None:
-        """Write a frame the engine returned (None: nothing to write)."""
-        if frame is not None:
-            with self.wlock:
-                self.sock.sendall(frame)
-
-    def run(self) -> None:
-        try:
-            for body in _control_frames(self.sock):
-                with self.lock:
-                    frame = self.engine.control_frame(body)
-                self.send(frame)
-        except BadControlFrame as exc:
-            abort_control(self.sock, exc)
-        except (DTPError, OSError):
-            pass
-        finally:
-            # no receipt can come any more: the relay ends (docs/udp.md)
-            with self.lock:
-                self.engine.control_ended = True
 
 
 def relay_udp(
@@ -177,8 +144,8 @@ def relay_udp(
     as :func:`dtp.hostid.udp.asyncio.relay_udp_async` does."""
     stats = stats if stats is not None else UdpStats()
     try:
-        # (before the backend socket: a None idle_timeout failed in the relay's loop,
-        # its reply thread left running on the socket)
+        # checked before the backend socket is made: a bad argument leaves nothing
+        # open (tests/udp/test_arguments.py)
         check_seconds("idle_timeout", idle_timeout)
         check_count("report_every", report_every, 1)
         udp = backend_socket(backend)
@@ -198,7 +165,8 @@ def relay_udp(
     lock = threading.RLock()
     if billing is not None:
         billing.run_kept = functools.partial(_under, lock)
-    control = None if billing is None else _RelayControl(sock, engine, lock)
+    # the control stream's writes (frames the engine returned), apart from the engine lock
+    control_lock = threading.Lock()
     # held while replies pass and while the drain starts: no reply goes after the
     # final report, which would leave it short of what was served (taken before
     # `lock`, never while holding it)
@@ -206,7 +174,8 @@ def relay_udp(
 
     limit = sock.max_datagram_size
 
-    def replies() -> None:
+    def relay_replies() -> None:
+        """The backend's replies to the client, until the relay ends (a thread)."""
         with contextlib.suppress(OSError, DTPError):
             while not done.is_set():
                 ready, _ = wait_ready([udp], [], 0.2)
@@ -222,12 +191,34 @@ def relay_udp(
                     if not went:
                         continue
                 last[0] = time.monotonic()
-                if control is not None:
-                    control.send(frame)  # (replies alone may make a report due)
+                send_control(frame)  # (replies alone may make a report due)
 
-    threads = [threading.Thread(target=replies, name="dtp-udp-replies", daemon=True)]
-    if control is not None:
-        threads.append(threading.Thread(target=control.run, name="dtp-udp-control", daemon=True))
+    def send_control(frame: bytes | None) -> None:
+        """Write a control frame the engine returned (None: nothing to write)."""
+        if frame is not None:
+            with control_lock:
+                sock.sendall(frame)
+
+    def read_control() -> None:
+        """The forwarder's control frames in, the engine's answers out, until the
+        stream ends (a thread); then no receipt can come and the relay ends
+        (docs/udp.md)."""
+        try:
+            for body in _control_frames(sock):
+                with lock:
+                    frame = engine.control_frame(body)
+                send_control(frame)
+        except BadControlFrame as exc:
+            abort_control(sock, exc)
+        except (DTPError, OSError):
+            pass
+        finally:
+            with lock:
+                engine.control_ended = True
+
+    threads = [threading.Thread(target=relay_replies, name="dtp-udp-replies", daemon=True)]
+    if billing is not None:
+        threads.append(threading.Thread(target=read_control, name="dtp-udp-control", daemon=True))
     for thread in threads:
         thread.start()
     try:
@@ -237,8 +228,7 @@ def relay_udp(
                 reliable = sock.reliable_carrier
                 with passing, lock:
                     frame = engine.finish(now, reliable=reliable)
-                if control is not None:
-                    control.send(frame)
+                send_control(frame)
             with lock:
                 over = engine.done(now, last[0])
             if over:
@@ -248,10 +238,10 @@ def relay_udp(
             except TimeoutError:
                 if sock.connection_ended:
                     break  # (its idle timeout)
-                if control is not None:
+                if billing is not None:
                     with lock:
                         frame = engine.paused(time.monotonic(), last[0])
-                    control.send(frame)
+                    send_control(frame)
                 continue
             except DTPError:
                 break  # the connection ended
@@ -281,8 +271,7 @@ def relay_udp(
                 dropped_rate_limited=admission.rate_limited,
                 dropped_send_failed=len(admission.forward) - sent,
             )
-            if control is not None:
-                control.send(frame)
+            send_control(frame)
     except (DTPError, OSError) as exc:
         logger.info("UDP relay ended: %s", exc)
     finally:
@@ -296,13 +285,13 @@ def relay_udp(
                 thread.join(2)
         with contextlib.suppress(DTPError, OSError):
             sock.close()
-        # a control thread still reading (the peer had not closed) ends with the close:
-        # returned before it did, the relay left it behind
+        # a control thread still reading (the peer has not closed) ends with the close,
+        # and the relay returns after it (test_a_relay_that_idles_out_leaves_no_control_thread)
         for thread in threads:
             thread.join(2)
         if engine.finishing:
-            # the replies come since the last read, counted as the client's are: left
-            # unread, they vanished with the socket, counted nowhere
+            # the replies that came since the last read count as dropped, as the
+            # client's datagrams do (docs/udp.md)
             with contextlib.suppress(OSError):
                 stats.add(dropped_finishing=len(drain(udp)))
         udp.close()
@@ -312,47 +301,20 @@ def relay_udp(
 # -- the client side -----------------------------------------------------------------------
 
 
-class _Session(FlowAccount):
+class _Flow(FlowAccount):
     """One source address's DTP connection, and what it owes."""
 
-    def __init__(
-        self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None, stats: UdpStats
-    ) -> None:
+    def __init__(self, source: tuple[str, int], sock: DTPSocket, meter: Meter | None) -> None:
         super().__init__(meter)
         self.source = source
         self.sock = sock
-        self.stats = stats  # the forwarder's
         self.last = time.monotonic()
         self.lock = threading.Lock()  # counters, meter
         # the control stream's writes, apart: a send held up by a relay that stopped
         # reading stream 0 would otherwise hold `lock` too, and with it every datagram of
-        # the forwarder (its loop waits for the lock of each session) and close()
+        # the forwarder (its loop waits for the lock of each flow) and close()
         self.wlock = threading.Lock()
         self.final = threading.Event()
-
-    def read_control(self) -> None:
-        """Usage reports in, receipts out, until the stream ends."""
-        try:
-            for body in _control_frames(self.sock):
-                now_ms = wall_ms()
-                with self.lock:
-                    answer = self.answer(body, self.source, now_ms)
-                if answer.receipt is not None:
-                    # (this thread alone signs: its receipts go out in nonce order)
-                    with self.wlock:
-                        self.sock.sendall(answer.receipt)
-                    with self.lock:
-                        counts = self.signed(answer.paid_before)
-                    self.stats.add(**counts)
-                if answer.final:
-                    self.final.set()
-        except BadControlFrame as exc:
-            # the flow is aborted (its reply reader ends it): serving on, the relay
-            # billed reports nobody signed until its credit ran out
-            abort_control(self.sock, exc)
-        except (DTPError, OSError):
-            pass
-        self.final.set()
 
 
 class _Connecting:
@@ -371,7 +333,7 @@ class UdpForwarder(FlowTable):
     ``functools.partial`` of :func:`dtp.socket.create_connection` with a ``dtp://``
     address). ``meter_for(sock)`` returns the :class:`~dtp.payments.receipts.Meter` of a new
     connection (None: unmetered): the forwarder signs the relay's usage reports with it
-    and asks for a final one when a session ends (waiting up to ``final_timeout``).
+    and asks for a final one when a flow ends (waiting up to ``final_timeout``).
     Datagrams the deposit cannot cover are dropped (``dropped_unpaid``). Runs in
     threads from construction until :meth:`close`.
 
@@ -408,36 +370,40 @@ class UdpForwarder(FlowTable):
         self.stats = UdpStats()
         self._udp = bind_udp(listen, blocking=True)
         self.address: tuple[str, int] = self._udp.getsockname()[:2]
-        self._sessions: dict[tuple[str, int], _Session] = {}
+        self._flows: dict[tuple[str, int], _Flow] = {}
         self._connecting: dict[tuple[str, int], _Connecting] = {}
         self._ending: set[threading.Thread] = set()  # idle sessions being ended
-        # the reply and control threads of each session, while they run: close() waits for
-        # them (they end once its connection is closed), and returned with them still
-        # alive
-        self._workers: set[threading.Thread] = set()
+        # the reply and control threads of each flow, while they run: close() waits for
+        # them (they end once its connection is closed: test_close_leaves_no_session_thread)
+        self._flow_tasks: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
         # set when a close() has finished: a close() called while another is at work
-        # waits for it, as AsyncUdpForwarder.close() does (returning at once, it left
-        # the port bound and the flows open behind a caller that took them as closed)
+        # waits for it, as AsyncUdpForwarder.close() does, so that when any returns the
+        # port is closed and the flows settled (test_a_second_close_waits_for_the_first)
         self._close_done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dtp-udp-forwarder", daemon=True)
+        self._thread = threading.Thread(
+            target=self._read_local, name="dtp-udp-forwarder", daemon=True
+        )
         self._thread.start()
 
     @property
     def sessions(self) -> int:
         """Open sessions (source addresses with a DTP connection)."""
         with self._lock:
-            return len(self._sessions)
+            return len(self._flows)
 
-    def _run(self) -> None:
+    def _read_local(self) -> None:
+        """Every datagram waiting, grouped by source: one seal and write per flow (this
+        thread, until :meth:`close`); and the sweep for idle flows every
+        :attr:`sweep_every` seconds."""
         next_sweep = time.monotonic() + self.sweep_every
         while not self._closed.is_set():
             try:
                 ready, _ = wait_ready([self._udp], [], 0.2)
                 if ready:
                     for source, batch in drain_by_source(self._udp).items():
-                        self._forward(batch, source)
+                        self._forward(source, batch)
             except OSError:
                 if self._closed.is_set():
                     return
@@ -448,20 +414,21 @@ class UdpForwarder(FlowTable):
                 self._sweep()
                 next_sweep = time.monotonic() + self.sweep_every
 
-    def _forward(self, batch: list[bytes], source: tuple[str, int]) -> None:
+    def _forward(self, source: tuple[str, int], batch: list[bytes]) -> None:
+        """Send a batch from ``source`` on its flow, or hold it for the flow's connect."""
         with self._lock:
-            session = self._sessions.get(source)
-            if session is None:
-                self._hold(batch, source)
+            flow = self._flows.get(source)
+            if flow is None:
+                self._hold_pending(source, batch)
                 return
-        self._send(session, batch)
+        self._send(flow, batch)
 
-    def _hold(self, batch: list[bytes], source: tuple[str, int]) -> None:
-        """Keep a batch from a source without a session until its connection is made,
+    def _hold_pending(self, source: tuple[str, int], batch: list[bytes]) -> None:
+        """Keep a batch from a source without a flow until its connection is made,
         starting the connect if none is in progress (called holding ``_lock``)."""
         connecting = self._connecting.get(source)
         if connecting is None:
-            flows = len(self._sessions) + len(self._connecting)
+            flows = len(self._flows) + len(self._connecting)
             if self._closed.is_set() or not self.may_open(source, flows, time.monotonic()):
                 self.stats.add(dropped_no_session=len(batch))
                 return
@@ -497,15 +464,15 @@ class UdpForwarder(FlowTable):
                 dropped = len(connecting.pending)
             self.stats.add(dropped_no_session=dropped)
             return
-        session = _Session(source, sock, meter, self.stats)
+        flow = _Flow(source, sock, meter)
         # held until the queued datagrams are sent: later ones from this source wait
         # for them in _send, so the flow keeps its order
-        with session.lock:
+        with flow.lock:
             with self._lock:
                 del self._connecting[source]
                 closed = self._closed.is_set()
                 if not closed:
-                    self._sessions[source] = session
+                    self._flows[source] = flow
                 pending, connecting.pending = connecting.pending, []
             if closed:
                 # close() has taken its list of sessions: this one is ours to close
@@ -514,62 +481,62 @@ class UdpForwarder(FlowTable):
                 self.stats.add(dropped_no_session=len(pending))
                 return
             self.stats.add(sessions_opened=1)
-            self._start_worker(functools.partial(self._replies, session), "dtp-udp-session")
+            self._start_flow_task(functools.partial(self._replies, flow), "dtp-udp-session")
             if meter is not None:
-                self._start_worker(session.read_control, "dtp-udp-control")
-            sent = self._send_locked(session, pending)
+                self._start_flow_task(functools.partial(self._control, flow), "dtp-udp-control")
+            sent = self._send_locked(flow, pending)
         if not sent:
-            self._end(session)
+            self._end(flow)
 
-    def _start_worker(self, target: Callable[[], None], name: str) -> None:
-        """Run ``target`` of a session in a thread :meth:`close` waits for."""
+    def _start_flow_task(self, target: Callable[[], None], name: str) -> None:
+        """Run ``target`` of a flow in a thread :meth:`close` waits for."""
 
         def run() -> None:
             try:
                 target()
             finally:
                 with self._lock:
-                    self._workers.discard(threading.current_thread())
+                    self._flow_tasks.discard(threading.current_thread())
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         with self._lock:
-            self._workers.add(thread)
+            self._flow_tasks.add(thread)
         try:
             thread.start()
         except BaseException:
-            # (never started: close() joining it raised RuntimeError)
+            # (never started: close() must not join it, which raises RuntimeError)
             with self._lock:
-                self._workers.discard(thread)
+                self._flow_tasks.discard(thread)
             raise
 
-    def _send(self, session: _Session, batch: list[bytes]) -> None:
-        with session.lock:
-            sent = self._send_locked(session, batch)
+    def _send(self, flow: _Flow, batch: list[bytes]) -> None:
+        with flow.lock:
+            sent = self._send_locked(flow, batch)
         if not sent:
-            self._end(session)
+            self._end(flow)
 
-    def _send_locked(self, session: _Session, batch: list[bytes]) -> bool:
-        """Send a batch on a session (holding ``session.lock``); False when its
+    def _send_locked(self, flow: _Flow, batch: list[bytes]) -> bool:
+        """Send a batch on a flow (holding ``flow.lock``); False when its
         connection has ended."""
-        if session.closed:
+        if flow.closed:
             # ending: its final report was asked for, and what went after it would
             # never be paid for
             self.stats.add(dropped_no_session=len(batch))
             return False
-        session.last = time.monotonic()
-        out, oversized, unpaid = session.take(batch, session.sock.max_datagram_size)
+        flow.last = time.monotonic()
+        out, oversized, unpaid = flow.admit(batch, flow.sock.max_datagram_size)
         try:
-            sent = session.sock.send_datagrams(out) if out else 0
+            sent = flow.sock.send_datagrams(out) if out else 0
         except DTPError as exc:
-            logger.info("UDP flow from %s ended: %s", session.source, exc)
-            self.stats.add(**session.count_send(out, None, oversized, unpaid))
+            logger.info("UDP flow from %s ended: %s", flow.source, exc)
+            self.stats.add(**flow.count_send(out, None, oversized, unpaid))
             return False
-        self.stats.add(**session.count_send(out, sent, oversized, unpaid))
+        self.stats.add(**flow.count_send(out, sent, oversized, unpaid))
         return True
 
-    def _replies(self, session: _Session) -> None:
-        sock = session.sock
-        while not session.closed:
+    def _replies(self, flow: _Flow) -> None:
+        sock = flow.sock
+        while not flow.closed:
             try:
                 batch = sock.recv_datagrams(256, 0.5)
             except TimeoutError:
@@ -578,83 +545,119 @@ class UdpForwarder(FlowTable):
                 continue
             except DTPError:
                 break
-            session.last = time.monotonic()
-            with session.lock:
-                session.received_bytes += sum(map(len, batch))
+            flow.last = time.monotonic()
+            with flow.lock:
+                flow.received_bytes += sum(map(len, batch))
             delivered = nbytes = failed = 0
             for data in batch:
                 try:
-                    self._udp.sendto(data, session.source)
+                    self._udp.sendto(data, flow.source)
                 except OSError:
                     failed += 1
                     continue
                 delivered += 1
                 nbytes += len(data)
             self.stats.add(datagrams_in=delivered, bytes_in=nbytes, dropped_send_failed=failed)
-        self._end(session)
+        self._end(flow)
+
+    def _control(self, flow: _Flow) -> None:
+        """Usage reports in, receipts out, until the control stream ends; then the
+        flow's end waits for no final report."""
+        try:
+            self._answer_reports(flow)
+        except BadControlFrame as exc:
+            # the flow is aborted (its reply reader ends it): serving on, the relay
+            # billed reports nobody signed until its credit ran out
+            abort_control(flow.sock, exc)
+        except (DTPError, OSError):
+            pass
+        flow.final.set()
+
+    def _answer_reports(self, flow: _Flow) -> None:
+        """(:meth:`_control`'s loop) Raises :class:`~dtp.hostid.udp.engine.BadControlFrame`
+        for a frame the relay never sends."""
+        for body in _control_frames(flow.sock):
+            now_ms = wall_ms()
+            with flow.lock:
+                answer = flow.answer(body, flow.source, now_ms)
+            if answer.receipt is not None:
+                # (this thread alone signs: its receipts go out in nonce order)
+                with flow.wlock:
+                    flow.sock.sendall(answer.receipt)
+                with flow.lock:
+                    counts = flow.signed(answer.paid_before)
+                self.stats.add(**counts)
+            if answer.final:
+                flow.final.set()
 
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
-            idle = [s for s in self._sessions.values() if self.idle(s.last, now)]
+            idle = [s for s in self._flows.values() if self.idle(s.last, now)]
             self.sweep(now)
-        for session in idle:
+        for flow in idle:
             # ending waits for the relay's final report (up to final_timeout) and for
             # the close: not in this thread, which forwards every other flow meanwhile
-            thread = threading.Thread(
-                target=self._end_idle, args=(session,), name="dtp-udp-end", daemon=True
-            )
-            with self._lock:
-                self._ending.add(thread)
-            thread.start()
+            self._end_later(flow)
 
-    def _end_idle(self, session: _Session) -> None:
-        try:
-            self._end(session)
-        finally:
-            with self._lock:
-                self._ending.discard(threading.current_thread())
+    def _end_later(self, flow: _Flow) -> None:
+        """End ``flow`` in a thread of its own, which :meth:`close` waits for."""
 
-    def _end(self, session: _Session) -> None:
-        self._end_all([session])
+        def end() -> None:
+            try:
+                self._end(flow)
+            finally:
+                self._forget_ending(threading.current_thread())
 
-    def _end_all(self, sessions: list[_Session]) -> None:
+        thread = threading.Thread(target=end, name="dtp-udp-end", daemon=True)
+        with self._lock:
+            self._ending.add(thread)
+        thread.start()
+
+    def _forget_ending(self, thread: threading.Thread) -> None:
+        """``thread`` has ended its flow: :meth:`close` no longer waits for it."""
+        with self._lock:
+            self._ending.discard(thread)
+
+    def _end(self, flow: _Flow) -> None:
+        self._end_all([flow])
+
+    def _end_all(self, flows: list[_Flow]) -> None:
         """End these sessions (those still open), together: each asks its relay for
         the final report and all wait for theirs at once, up to ``final_timeout`` in
-        all. One after the other, a close() with many flows to a relay gone quiet took
-        ``final_timeout`` per flow (256 flows: over 8 minutes)."""
+        all, not per flow, however many flows a quiet relay has
+        (tests/udp/test_relay_and_forwarder_ends.py, close ends the flows together)."""
         with self._lock:
-            mine = [s for s in sessions if self._sessions.get(s.source) is s]
-            for session in mine:
-                del self._sessions[session.source]
-        asked: list[_Session] = []
-        for session in mine:
-            with session.lock:  # (a batch being sent goes out before the final report)
-                final = session.final_request()
+            mine = [s for s in flows if self._flows.get(s.source) is s]
+            for flow in mine:
+                del self._flows[flow.source]
+        asked: list[_Flow] = []
+        for flow in mine:
+            with flow.lock:  # (a batch being sent goes out before the final report)
+                final = flow.final_request()
             if final is not None:
                 # the relay's final count, signed, before the connection goes
                 with contextlib.suppress(DTPError, OSError):
-                    with session.wlock:
-                        session.sock.sendall(final)
-                    asked.append(session)
+                    with flow.wlock:
+                        flow.sock.sendall(final)
+                    asked.append(flow)
         deadline = time.monotonic() + self.final_timeout
-        for session in asked:
-            # at most what a thread can wait for: an infinite final_timeout
-            # (check_seconds: "never" gives up), or a finite one past TIMEOUT_MAX, made
-            # Event.wait raise OverflowError, and close() failed past every session and
-            # the local port, all left open
+        for flow in asked:
+            # at most what a thread can wait for: final_timeout may be infinite
+            # (check_seconds) and Event.wait raises OverflowError past TIMEOUT_MAX
+            # (test_a_blocking_forwarder_with_an_endless_final_timeout_closes)
             left = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
-            if not session.final.wait(left):
-                logger.info("UDP flow from %s: no final report from the relay", session.source)
-        for session in mine:
+            if not flow.final.wait(left):
+                logger.info("UDP flow from %s: no final report from the relay", flow.source)
+        for flow in mine:
             with contextlib.suppress(DTPError, OSError):
-                session.sock.close()
+                flow.sock.close()
             self.stats.add(sessions_closed=1)
 
     def close(self) -> None:
-        """Stop forwarding; each session settles its final receipt and closes. Connects
+        """Stop forwarding; each flow settles its final receipt and closes. Connects
         in progress are waited for (up to 10 s) and their connections closed; so are the
-        idle sessions still ending, and the threads of every session. A close() called while
+        idle sessions still ending, and the threads of every flow. A close() called while
         another is at work waits for it."""
         if self._closed.is_set():
             if not self._own_thread():
@@ -672,7 +675,9 @@ class UdpForwarder(FlowTable):
         current = threading.current_thread()
         with self._lock:
             connects = {c.thread for c in self._connecting.values()}
-            return current is self._thread or current in (self._workers | self._ending | connects)
+            return current is self._thread or current in (
+                self._flow_tasks | self._ending | connects
+            )
 
     def _close(self) -> None:
         # none of the joins below is of this thread: a close() from connect() (or from
@@ -682,24 +687,24 @@ class UdpForwarder(FlowTable):
         if self._thread is not current:
             self._thread.join(5)
         with self._lock:
-            # no session is added after this: a connect that returns sees _closed
-            sessions = list(self._sessions.values())
+            # no flow is added after this: a connect that returns sees _closed
+            flows = list(self._flows.values())
             connects = [
                 c.thread
                 for c in self._connecting.values()
                 if c.thread is not None and c.thread is not current
             ]
-            # the reader has stopped: no session starts ending after this
+            # the reader has stopped: no flow starts ending after this
             ending = list(self._ending - {current})
         deadline = time.monotonic() + CLOSE_WAIT
         for thread in connects:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._end_all(sessions)
+        self._end_all(flows)
         for thread in ending:
             thread.join()  # (bounded: final_timeout and the connection's close)
         self._udp.close()
         with self._lock:
-            workers = list(self._workers - {current})
+            workers = list(self._flow_tasks - {current})
         # (each ends once its connection is closed: a read fails at once)
         deadline = time.monotonic() + CLOSE_WAIT
         for thread in workers:

@@ -335,7 +335,7 @@ def check_control_size(size: int) -> None:
 _REFUSED_RECEIPTS_MAX = 8
 
 
-def take_receipt(billing: UdpBilling, encoded: bytes) -> None:
+def keep_receipt(billing: UdpBilling, encoded: bytes) -> None:
     """A relay's receipt from the control stream (:meth:`UdpBilling.receipt`); raises
     :class:`BadControlFrame` once more than :data:`_REFUSED_RECEIPTS_MAX` were refused,
     and at once for a receipt of a format version this relay does not speak (a
@@ -555,13 +555,13 @@ class RelayEngine:
         the final report (``Z``) for its request (``F``). Raises
         :class:`BadControlFrame` for any other frame (a usage report sent back at the
         relay, say), a second ``F``, or too many refused receipts: the driver aborts
-        the connection with it (returning quietly left the relay forwarding with
-        nobody reading the receipts: the client was served on credit, then dropped as
-        unpaid for good)."""
+        the connection with it, since a relay whose receipts nobody reads can only
+        serve on credit and then drop everything as unpaid
+        (tests/udp/test_control_stream_abuse.py)."""
         billing = self.billing
         assert billing is not None, "an unbilled relay reads no control stream"
         if body[:1] == b"R":
-            take_receipt(billing, body[1:])
+            keep_receipt(billing, body[1:])
             return None
         if body == b"F":
             self._finals += 1
@@ -687,7 +687,7 @@ class FlowAccount:
         )
         return total <= meter.deposit
 
-    def take(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
+    def admit(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
         """The datagrams of ``batch`` to send (counted as sent from here: the relay may
         bill each), and how many were too large (over ``limit``) or beyond the deposit."""
         out: list[bytes] = []
@@ -703,7 +703,7 @@ class FlowAccount:
                 self.sent_bytes += len(data)
         if unpaid and not self._warned_unpaid and self.meter is not None:
             # once per flow: a deposit too small for the service (a paid SLA whose
-            # min_deposit is 0, say) dropped every datagram, and nothing said so
+            # min_deposit is 0, say) drops every datagram, and the log says why
             self._warned_unpaid = True
             logger.warning(
                 "UDP flow %s: datagrams dropped: the deposit of %d MIST cannot pay for "
@@ -716,7 +716,7 @@ class FlowAccount:
     def count_send(
         self, out: list[bytes], sent: int | None, oversized: int, unpaid: int
     ) -> dict[str, int]:
-        """Count a batch :meth:`take` split: ``sent`` of its ``out`` left (the rest were
+        """Count a batch :meth:`admit` split: ``sent`` of its ``out`` left (the rest were
         dropped, the carrier backed up), or None when the connection had ended and
         none did -- then they are dropped (``dropped_no_session``), not sent: a relay's
         final report may not bill them. Returns the counts for the driver's
@@ -739,7 +739,7 @@ class FlowAccount:
         }
 
     def unsent(self, dropped: list[bytes]) -> None:
-        """Uncount datagrams :meth:`take` gave that the connection then dropped unsent
+        """Uncount datagrams :meth:`admit` gave that the connection then dropped unsent
         (its carrier backed up): they never left, so no relay can bill them, and the
         deposit they were counted against is still there for later ones."""
         self.sent_datagrams -= len(dropped)

@@ -58,8 +58,8 @@ class SuiConfig:
                 )
         except ChainError as exc:
             raise SuiConfigError(f"DTP_SUI_PACKAGE: {exc}") from None
-        # an int: a float passed here and failed every transaction later, after the node
-        # had been asked for gas (encode_u64), and True was a budget of 1 MIST
+        # an int (not a bool), checked here: encode_u64 would refuse a float only in
+        # each transaction, after the node was asked for gas; True would be 1 MIST
         if (
             not isinstance(self.gas_budget, int)
             or isinstance(self.gas_budget, bool)

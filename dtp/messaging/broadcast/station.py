@@ -404,8 +404,8 @@ class BroadcastStation:
             message = [MESSAGE, self.channel, seq, payload, signature]
             try:
                 # the listeners' cap: a long channel name (it is in every frame) leaves
-                # less room for the payload, and a frame above the cap was skipped by
-                # every listener while send() returned as if it had gone
+                # less room for the payload, and send() refuses a frame above the cap,
+                # which every listener would skip
                 frame = encode_frame(message, _FRAME_CAP)
             except E.PayloadTooLarge:
                 raise E.PayloadTooLarge(

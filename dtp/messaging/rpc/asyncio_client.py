@@ -153,7 +153,7 @@ class AsyncRpcClient(ClientBase):
             if not deadline.expired():
                 raise
             self._futures.pop(request_id, None)
-            self._give_up(request_id)
+            self._cancel_at_peer(request_id)
             if future.done() and not future.cancelled():
                 return future.result()  # it came as the deadline passed
             self._fees.unanswered(request_id)
@@ -161,14 +161,14 @@ class AsyncRpcClient(ClientBase):
         except asyncio.CancelledError:
             self._futures.pop(request_id, None)
             self._fees.unanswered(request_id)
-            self._give_up(request_id)
+            self._cancel_at_peer(request_id)
             if future.done() and not future.cancelled():
                 future.exception()  # seen: no 'Future exception was never retrieved'
             if self._ended_by_close():
                 raise self._closed_error() from None
             raise
 
-    def _give_up(self, request_id: int) -> None:
+    def _cancel_at_peer(self, request_id: int) -> None:
         """Cancel our request at the peer (CANCEL) without waiting for the peer's flow
         control: the writer buffers the frame, and the next write's drain waits for it
         (a call that gave up, for its deadline or cancelled, must not wait on)."""
@@ -240,6 +240,7 @@ class AsyncRpcClient(ClientBase):
             await self._writer.drain()
 
     async def _read_loop(self) -> None:
+        """Read for every call until the stream ends or fails, which fails the calls."""
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -251,7 +252,7 @@ class AsyncRpcClient(ClientBase):
                     for event in self._proto.events():
                         self._dispatch(event)
                 else:
-                    await self._take(data, loop)
+                    await self._receive_in_pieces(data, loop)
                 await self._flush()
         except (DTPError, OSError, asyncio.IncompleteReadError) as exc:
             error = exc if isinstance(exc, E.RpcConnectionLost) else E.RpcConnectionLost(str(exc))
@@ -267,7 +268,7 @@ class AsyncRpcClient(ClientBase):
                     self._fail_all(E.RpcConnectionLost(f"reading failed: {exc!r}"))
             raise
 
-    async def _take(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    async def _receive_in_pieces(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         """Take a large read, or one that may hold notifications, letting the loop run
         (the calls' deadlines among others) every :data:`TAKE_PIECE` bytes and every
         :data:`TAKE_TIME` seconds of notification handlers: a peer that sends frames

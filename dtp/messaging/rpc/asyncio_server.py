@@ -8,6 +8,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,9 +61,9 @@ class AsyncRpcServer(ServerBase):
     """asyncio RPC server: handlers may be coroutines or plain functions; each request
     runs as its own task, so answers go out in completion order. Notifications are
     handled in order by the stream's reading loop (an async notification handler is
-    awaited there: a slow one delays the requests behind it). Use :meth:`serve` as a
-    :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``), or
-    :meth:`serve_connection` to also answer on every stream the client opens.
+    awaited there: a slow one delays the requests behind it). Use :meth:`serve_stream`
+    as a :func:`dtp.aio.start_server` callback (or call it on any ``(reader, writer)``),
+    or :meth:`serve_connection` to also answer on every stream the client opens.
 
     ``payments`` / ``response_fees`` as for :class:`RpcServer`; their ledger reads run in
     a worker thread. The options are checked here, as :class:`RpcServer`'s are.
@@ -83,7 +84,7 @@ class AsyncRpcServer(ServerBase):
         self._billed: BilledConnections | None = None
 
     async def serve_connection(self, reader: Any, writer: Any) -> None:
-        """:meth:`serve` on the connection's first stream and on every stream the client
+        """:meth:`serve_stream` on the connection's first stream and on every stream the client
         opens on it (``writer.accept_stream()``), until the first stream ends; a
         :func:`dtp.aio.start_server` callback."""
         streams: set[asyncio.Task[None]] = set()
@@ -94,13 +95,13 @@ class AsyncRpcServer(ServerBase):
                     r, w = await writer.accept_stream()
                 except (DTPError, OSError):
                     return
-                task = asyncio.get_running_loop().create_task(self.serve(r, w))
+                task = asyncio.get_running_loop().create_task(self.serve_stream(r, w))
                 streams.add(task)
                 task.add_done_callback(streams.discard)
 
         acceptor = asyncio.get_running_loop().create_task(accept_streams())
         try:
-            await self.serve(reader, writer)
+            await self.serve_stream(reader, writer)
         finally:
             acceptor.cancel()
             for task in list(streams):
@@ -124,8 +125,9 @@ class AsyncRpcServer(ServerBase):
             raise RuntimeError("bill_per_request() first")
         await self._billed.serve_async(reader, writer, bill)
 
-    async def serve(self, reader: Any, writer: Any) -> None:
-        """Answer requests from ``reader``/``writer`` until the peer closes the stream."""
+    async def serve_stream(self, reader: Any, writer: Any) -> None:
+        """Answer requests from ``reader``/``writer`` until the peer closes the stream;
+        a :func:`dtp.aio.start_server` callback that serves the first stream only."""
         proto = RpcProtocol(max_message_size=self.max_message_size, max_incoming=self.max_pending)
         tasks: dict[int, asyncio.Task[None]] = {}
         # the running handlers' contexts, for the end of the client's side
@@ -260,7 +262,7 @@ class AsyncRpcServer(ServerBase):
                 if timer is not None and timer <= now:
                     proto.handle_timer(now)
                 # a large read is taken in pieces, the loop running in between (as in
-                # AsyncRpcClient._take): frames costly to take (junk, a flood of tiny
+                # AsyncRpcClient._receive_in_pieces): frames costly to take (junk, a flood of tiny
                 # ones) held the loop, and every other stream it serves, for a whole read
                 pieces = len(data) > TAKE_PIECE
                 for pos in range(0, len(data), TAKE_PIECE):
@@ -310,3 +312,14 @@ class AsyncRpcServer(ServerBase):
             self._payments.release(connection_id)
             for task in list(tasks.values()):
                 task.cancel()
+
+    async def serve(self, reader: Any, writer: Any) -> None:
+        """Deprecated alias of :meth:`serve_stream` (removed in 0.3.0): the blocking
+        server's ``serve`` accepted connections, where this one serves one stream."""
+        warnings.warn(
+            "AsyncRpcServer.serve(reader, writer) is deprecated (removed in 0.3.0): use "
+            "serve_stream",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        await self.serve_stream(reader, writer)

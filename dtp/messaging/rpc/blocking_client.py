@@ -82,7 +82,7 @@ class RpcCall:
         told, as at the call's own deadline): a later ``result()`` raises it too."""
         if timeout is not None:
             _check_wait(timeout)
-        self._client._wait(self, None if timeout is None else time.monotonic() + timeout)
+        self._client._read_loop(self, None if timeout is None else time.monotonic() + timeout)
         if self._error is not None:
             raise self._error
         return self._result
@@ -181,7 +181,7 @@ class RpcClient(ClientBase):
         self._current_timeout: float | object | None = DEFAULT
         self._read_size = QUICK_RECV_SIZE  # the quiet call's (see next_read_size)
         # (_lock, reader) bytes read but not yet taken: a reader whose deadline passed
-        # while it took a large read left them to the next reader (_take)
+        # while it took a large read left them to the next reader (_receive_in_pieces)
         self._backlog = b""
         # the stream's send takes MSG_DONTWAIT (a DTPSocket, a socket): the reader's
         # flush of our control frames never waits for the peer (_flush_soon)
@@ -311,7 +311,7 @@ class RpcClient(ClientBase):
             if quiet:
                 request_id, frame = proto.begin_request(method, params, time.monotonic(), timeout)
                 # we read for everybody until the answer: calls other threads start
-                # meanwhile wait for us (RpcClient._wait), as for any reader
+                # meanwhile wait for us (RpcClient._read_loop), as for any reader
                 self._reading = True
         except BaseException:
             wlock.release()
@@ -355,7 +355,7 @@ class RpcClient(ClientBase):
                 wlock.release()
             with lock:
                 self._reading = False
-                self._adopt(request_id)  # a later reader settles it
+                self._track_call(request_id)  # a later reader settles it
                 self._wake_followers()
             raise
         if failed is not None and not sent:
@@ -374,9 +374,9 @@ class RpcClient(ClientBase):
                     if self._followers:
                         self._cond.notify_all()
                     return got
-            call = self._adopt(request_id)
+            call = self._track_call(request_id)
             timer = proto.get_timer()
-            self._absorb(data, failed, timer, call, None)  # wakes the followers
+            self._handle_read(data, failed, timer, call, None)  # wakes the followers
             pending_out = bool(self._output)
         finally:
             lock.release()
@@ -386,7 +386,7 @@ class RpcClient(ClientBase):
             self._run_notes(timer)
         return (call.result(),)
 
-    def _adopt(self, request_id: int) -> RpcCall:
+    def _track_call(self, request_id: int) -> RpcCall:
         """Make a request from :meth:`_call_quiet` an ordinary call (lock held): what
         settles it reaches it through the protocol's events, or its timer."""
         call = RpcCall(self, request_id)
@@ -501,81 +501,9 @@ class RpcClient(ClientBase):
 
     # -- reads: the leader/follower reading and waits ------------------------------------------
 
-    def _absorb(
-        self,
-        data: bytes | None,
-        failed: BaseException | None,
-        timer: float | None,
-        call: RpcCall,
-        deadline: float | None,
-    ) -> None:
-        """Act on a read (lock held, the reader flag cleared): ``data`` (None: the read
-        timed out; b"": the peer closed) or the error ``failed``; ``timer`` is the
-        protocol timer the read waited for."""
-        proto = self._proto
-        if failed is not None:
-            self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
-            return
-        if data == b"":
-            self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
-            return
-        now = time.monotonic()
-        if data:
-            if timer is not None and len(data) > TAKE_PIECE:
-                now = self._take(data, now, timer)
-            else:
-                proto.receive_data(data, now)
-        # what was read only settles or adds deadlines after ``now``: only the timer
-        # that was due before can be due
-        if timer is not None and timer <= now:
-            proto.handle_timer(now)
-        self._dispatch(proto.events())  # wakes the followers
-        if not call.done and deadline is not None and now >= deadline:
-            self._expire(call, deadline)
-
-    def _take(self, data: bytes, now: float, limit: float) -> float:
-        """Feed a large read to the protocol piece by piece (lock held, the reader flag
-        cleared) until ``limit`` (the timer the read waited for) passes; what is left
-        then is the backlog, which the next reader takes before it reads the stream (in
-        order: nobody reads meanwhile). Returns the time of the last look."""
-        proto, end = self._proto, len(data)
-        pos = 0
-        while pos < end:
-            proto.receive_data(data[pos : pos + TAKE_PIECE], now)
-            pos += TAKE_PIECE
-            now = time.monotonic()
-            if now >= limit and pos < end:
-                self._backlog = data[pos:]
-                break
-        return now
-
-    @staticmethod
-    def _read(stream: BlockingStream, size: int) -> tuple[bytes | None, BaseException | None]:
-        """One read for everybody (the reader flag set): ``(data, None)`` -- b"" when
-        the peer closed -- or ``(None, None)`` when the read timed out, ``(None, the
-        error)`` when it failed (what :meth:`_absorb` takes)."""
-        try:
-            return stream.recv(size), None
-        except TimeoutError:
-            return None, None
-        except (DTPError, OSError) as exc:
-            return None, exc
-
-    def _read_timeout(self, stream: BlockingStream, timeout: float | None) -> None:
-        """Give the stream's reads ``timeout``, unless the one already set is as good: a
-        little shorter (the wait ends a moment early and the loop comes back) or at most
-        a millisecond longer (a deadline is late by that much at worst)."""
-        current = self._current_timeout
-        if timeout != current and not (
-            timeout is not None
-            and type(current) is float
-            and timeout - 0.05 <= current <= timeout + 0.001
-        ):
-            stream.settimeout(timeout)
-            self._current_timeout = timeout
-
-    def _wait(self, call: RpcCall, deadline: float | None) -> None:
-        """Wait until ``call`` is done, reading for everybody while nobody else does."""
+    def _read_loop(self, call: RpcCall, deadline: float | None) -> None:
+        """Wait until ``call`` is done, reading for everybody while nobody else does
+        (the leader reads, :meth:`_read_once`, and hands it on, :meth:`_handle_read`)."""
         stream, proto, lock = self._stream, self._proto, self._lock
         monotonic = time.monotonic
         while True:
@@ -617,10 +545,10 @@ class RpcClient(ClientBase):
                         else min(max(timer - monotonic(), 1e-4), _READ_SLICE)
                     )
                     self._read_timeout(stream, wait)
-                    data, failed = self._read(stream, RECV_SIZE)
+                    data, failed = self._read_once(stream, RECV_SIZE)
                 with lock:
                     self._reading = leading = False
-                    self._absorb(data, failed, timer, call, deadline)
+                    self._handle_read(data, failed, timer, call, deadline)
                     if failed is not None or data == b"":
                         return
                     pending_out = bool(self._output)
@@ -647,6 +575,79 @@ class RpcClient(ClientBase):
         if deadline is not None and (timer is None or deadline < timer):
             timer = deadline
         return None if timer is None else timer - time.monotonic()
+
+    def _handle_read(
+        self,
+        data: bytes | None,
+        failed: BaseException | None,
+        timer: float | None,
+        call: RpcCall,
+        deadline: float | None,
+    ) -> None:
+        """Act on a read (lock held, the reader flag cleared): ``data`` (None: the read
+        timed out; b"": the peer closed) or the error ``failed``; ``timer`` is the
+        protocol timer the read waited for."""
+        proto = self._proto
+        if failed is not None:
+            self._fail_all(E.RpcConnectionLost(f"the stream failed: {failed}"))
+            return
+        if data == b"":
+            self._fail_all(E.RpcConnectionLost("the peer closed the stream"))
+            return
+        now = time.monotonic()
+        if data:
+            if timer is not None and len(data) > TAKE_PIECE:
+                now = self._receive_in_pieces(data, now, timer)
+            else:
+                proto.receive_data(data, now)
+        # what was read only settles or adds deadlines after ``now``: only the timer
+        # that was due before can be due
+        if timer is not None and timer <= now:
+            proto.handle_timer(now)
+        self._dispatch(proto.events())  # wakes the followers
+        if not call.done and deadline is not None and now >= deadline:
+            self._expire(call, deadline)
+
+    def _receive_in_pieces(self, data: bytes, now: float, limit: float) -> float:
+        """Feed a large read to the protocol piece by piece (lock held, the reader flag
+        cleared) until ``limit`` (the timer the read waited for) passes; what is left
+        then is the backlog, which the next reader takes before it reads the stream (in
+        order: nobody reads meanwhile). Returns the time of the last look."""
+        proto, end = self._proto, len(data)
+        pos = 0
+        while pos < end:
+            proto.receive_data(data[pos : pos + TAKE_PIECE], now)
+            pos += TAKE_PIECE
+            now = time.monotonic()
+            if now >= limit and pos < end:
+                self._backlog = data[pos:]
+                break
+        return now
+
+    @staticmethod
+    def _read_once(stream: BlockingStream, size: int) -> tuple[bytes | None, BaseException | None]:
+        """One read for everybody (the reader flag set): ``(data, None)`` -- b"" when
+        the peer closed -- or ``(None, None)`` when the read timed out, ``(None, the
+        error)`` when it failed (what :meth:`_handle_read` takes)."""
+        try:
+            return stream.recv(size), None
+        except TimeoutError:
+            return None, None
+        except (DTPError, OSError) as exc:
+            return None, exc
+
+    def _read_timeout(self, stream: BlockingStream, timeout: float | None) -> None:
+        """Give the stream's reads ``timeout``, unless the one already set is as good: a
+        little shorter (the wait ends a moment early and the loop comes back) or at most
+        a millisecond longer (a deadline is late by that much at worst)."""
+        current = self._current_timeout
+        if timeout != current and not (
+            timeout is not None
+            and type(current) is float
+            and timeout - 0.05 <= current <= timeout + 0.001
+        ):
+            stream.settimeout(timeout)
+            self._current_timeout = timeout
 
     # -- what settles calls: the protocol's events, deadlines, a cancel, a failure, close ------
 

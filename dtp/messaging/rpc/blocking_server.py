@@ -10,6 +10,7 @@ import logging
 import socket as _socket
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -143,8 +144,8 @@ class RpcServer(ServerBase):
         response_fees: ResponseFeePolicy | None = None,
         rules: MethodRules | None = None,
     ) -> None:
-        # (before the pool is made: a bool or a float made a pool of that many threads,
-        # a negative count failed inside ThreadPoolExecutor)
+        # checked before the pool is made: a count is an int >= 0, not a bool or a
+        # float (tests/messaging/test_arguments.py)
         _check_count("workers", workers, 0)
         super().__init__(max_message_size, max_pending, payments, response_fees, rules)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="rpc") if workers else None
@@ -169,19 +170,6 @@ class RpcServer(ServerBase):
         """Frames from clients that broke the format (skipped), on every stream."""
         with self._stats_lock:
             return self._violations + sum(s.violations for s in self._live)
-
-    def serve_stream(self, stream: BlockingStream, *, peer_address: str | None = None) -> None:
-        """Answer requests on ``stream`` until the peer closes it (or it fails).
-        ``peer_address``: the client's Sui address handlers see (CallContext), by
-        default the stream's own; InvalidObjectId when it is not an address."""
-        check_blocking_stream(stream)
-        if peer_address is None:
-            peer_address = getattr(stream, "peer_address", None)
-        else:
-            # (it reached handlers as given: an int, or an address in another form
-            # than the one the handshake gives)
-            peer_address = normalize_id(peer_address, "peer address")
-        _ServerStream(self, stream, peer_address).run()
 
     def serve_connection(self, sock: Any) -> None:
         """Answer requests on a connection's first stream ``sock`` and on every stream
@@ -228,9 +216,22 @@ class RpcServer(ServerBase):
             raise RuntimeError("bill_per_request() first")
         self._billed.serve(sock, bill)
 
-    def serve(self, server: Any) -> None:
-        """Accept connections from a :class:`dtp.socket.DTPServer` until it closes,
-        serving each with :meth:`serve_connection` in its own thread."""
+    def serve_stream(self, stream: BlockingStream, *, peer_address: str | None = None) -> None:
+        """Answer requests on ``stream`` until the peer closes it (or it fails).
+        ``peer_address``: the client's Sui address handlers see (CallContext), by
+        default the stream's own; InvalidObjectId when it is not an address."""
+        check_blocking_stream(stream)
+        if peer_address is None:
+            peer_address = getattr(stream, "peer_address", None)
+        else:
+            # (it reached handlers as given: an int, or an address in another form
+            # than the one the handshake gives)
+            peer_address = normalize_id(peer_address, "peer address")
+        _ServerStream(self, stream, peer_address).run()
+
+    def serve_forever(self, server: Any) -> None:
+        """Accept connections from a :class:`dtp.socket.DTPServer` until it closes (or
+        :meth:`close`), serving each with :meth:`serve_connection` in its own thread."""
         while not self._closed.is_set():
             try:
                 sock, _ = server.accept(timeout=0.5)
@@ -240,8 +241,18 @@ class RpcServer(ServerBase):
                 return
             threading.Thread(target=self.serve_connection, args=(sock,), daemon=True).start()
 
+    def serve(self, server: Any) -> None:
+        """Deprecated alias of :meth:`serve_forever` (removed in 0.3.0): the asyncio
+        server's ``serve`` served one stream, where this one accepts connections."""
+        warnings.warn(
+            "RpcServer.serve(server) is deprecated (removed in 0.3.0): use serve_forever",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.serve_forever(server)
+
     def close(self) -> None:
-        """Stop :meth:`serve` (no new connections, within half a second; nor new streams
+        """Stop :meth:`serve_forever` (no new connections, within half a second; nor new streams
         on the connections served) and the worker pool. It returns at once: it waits
         for no handler, and a handler running goes on (its answer is still sent).
         Connections being served stay open, as with :meth:`asyncio.Server.close`: inline
@@ -428,7 +439,7 @@ class _ServerStream:
                 until = next_poll
             wait = None if until is None else max(1e-3, until - now)
             if wait != current and not (
-                # as in RpcClient._wait: a timeout a little shorter, or at most a
+                # as in RpcClient._read_loop: a timeout a little shorter, or at most a
                 # millisecond longer, than the one wanted does as well
                 wait is not None
                 and type(current) is float

@@ -333,8 +333,9 @@ class RequestPayments:
             logger.info("cannot read the deposit of %s again: %s", self.connection_id, exc)
             return False
         except Exception:
-            # a failing read refuses the request as it was, as a typed one does: raised,
-            # it reached a cancelled request's shielded wait, never retrieved
+            # a failing read refuses the request as it is, as a typed one does, and is
+            # logged, never raised into a cancelled request's shielded wait
+            # (test_a_deposit_read_failing_untyped_refuses_the_request)
             logger.exception("reading the deposit of %s again failed", self.connection_id)
             return False
         finally:
@@ -569,8 +570,8 @@ class ResponsePrepay:
             or not math.isfinite(timeout)
             or timeout < 0
         ):
-            # (nan and inf failed in int() untyped, a negative one made a deadline
-            # already past)
+            # (a timeout is finite and >= 0: int() of nan or inf raises untyped, and a
+            # negative one is a deadline already past)
             raise InvalidArgument(f"timeout must be finite seconds >= 0, not {timeout!r}")
         deadline = self.ledger.clock_ms() + int(timeout * 1000) + self.grace_ms
         return self.ledger.response_escrow_deposit(

@@ -156,7 +156,7 @@ def send_nowait(stream: Any, data: bytes) -> bytes:
 #: read's worth of work. What is left when the deadline passes waits for the next reader.
 TAKE_PIECE = 16 * 1024
 #: The asyncio client and server let the loop run after this long (seconds) of taking
-#: one read (notification handlers, a read's pieces): AsyncRpcClient._take.
+#: one read (notification handlers, a read's pieces): AsyncRpcClient._receive_in_pieces.
 TAKE_TIME = 0.01
 #: Bytes of answers a server queues for a client that does not take them before it
 #: reads no more of its requests (_ServerStream.backed_up).

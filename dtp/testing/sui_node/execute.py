@@ -25,6 +25,7 @@ x 100 units per byte of every object written (contents + 100 bytes of header);
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from dtp.testing.sui_node.objects import (
 from dtp.testing.sui_node.ptb import Arg, ObjectInput, ParsedTx, Refusal, decode_pure, parse_tx
 from dtp.testing.sui_node.state import NodeState, ObjectRow
 
-__all__ = ["Checked", "check", "check_signature", "execute", "gas_rates"]
+__all__ = ["Checked", "check", "check_signature", "check_unsigned", "execute", "gas_rates"]
 
 #: Computation units charged per command (Sui's minimum per transaction is 1000).
 UNITS_PER_COMMAND: Final = 1_000
@@ -154,6 +155,12 @@ def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Che
     """Everything a node checks before it executes (see the module docs)."""
     tx = parse_tx(tx_bytes)
     check_signature(tx, tx_bytes, signatures)
+    return check_unsigned(state, tx, tx_bytes, tx_digest(tx_bytes))
+
+
+def check_unsigned(state: NodeState, tx: ParsedTx, tx_bytes: bytes, tx_hash: bytes) -> Checked:
+    """What :func:`check` checks but the signature: of a transaction signed already, or
+    simulated (SimulateTransaction: :mod:`.simulate`). ``tx_hash``: its 32-byte digest."""
     epoch = state.epoch()
     if tx.expiration is not None and tx.expiration < epoch:
         raise _refuse("Transaction Expired.")
@@ -218,7 +225,6 @@ def check(state: NodeState, tx_bytes: bytes, signatures: Sequence[bytes]) -> Che
                 Status.UNIMPLEMENTED,
                 "The Sui node stand-in models SplitCoins from the gas coin only.",
             )
-    tx_hash = tx_digest(tx_bytes)
     return Checked(tx, bytes(tx_bytes), tx_hash, base58(tx_hash), owned, shared)
 
 
@@ -821,16 +827,21 @@ def _digest_of(*parts: bytes) -> str:
     return base58(h.digest())
 
 
+class _Simulated(Exception):
+    """Ends a simulated run of the rules: its ledger transaction is rolled back."""
+
+
 def execute(
-    state: NodeState, checked: Checked, congested: Sequence[str] = ()
+    state: NodeState, checked: Checked, congested: Sequence[str] = (), *, commit: bool = True
 ) -> sui_prot.ExecutedTransaction:
     """Execute ``checked`` (cancelled for congestion on ``congested`` objects if any)
     and record it; returns the ``ExecutedTransaction`` (executing it again returns the
-    same effects, as a node does)."""
+    same effects, as a node does). ``commit`` False simulates it: the same rules run and
+    the same effects come back, and nothing is kept (SimulateTransaction)."""
     tx = checked.tx
     with state.lock:
         done = state.transaction(checked.digest_text)
-        if done is not None:
+        if done is not None and commit:
             return sui_prot.ExecutedTransaction.parse(done[1])
         recheck(state, checked)
         epoch = state.epoch()
@@ -851,18 +862,29 @@ def execute(
             try:
                 # the rules run as the package the node stands for (the package ID
                 # receipts name, docs/escrow.md §6), not as the ledger file's own
-                state.ledger.apply_verified(tx.sender, checked.digest, run, package=state.package)
+                _apply(state, checked, run, commit)
             except Failure as failure:
                 error = failure.error
         if error is not None:
             cancelled = bool(congested)
-            state.ledger.apply_verified(
-                tx.sender,
-                checked.digest,
-                lambda x: run.charge_only(x, cancelled),
-                package=state.package,
-            )
-        return _record(state, checked, run, epoch, error)
+            _apply(state, checked, lambda x: run.charge_only(x, cancelled), commit)
+        return _record(state, checked, run, epoch, error, commit)
+
+
+def _apply(state: NodeState, checked: Checked, run: Any, commit: bool) -> None:
+    """Run ``run`` as ``checked``'s ledger transaction; rolled back unless ``commit``."""
+    if commit:
+        state.ledger.apply_verified(checked.tx.sender, checked.digest, run, package=state.package)
+        return
+
+    def simulated(x: rules.Exec) -> None:
+        run(x)
+        raise _Simulated
+
+    with contextlib.suppress(_Simulated):
+        state.ledger.apply_verified(
+            checked.tx.sender, checked.digest, simulated, package=state.package
+        )
 
 
 def _record(
@@ -871,22 +893,26 @@ def _record(
     run: _Execution,
     epoch: int,
     error: sui_prot.ExecutionError | None,
+    commit: bool = True,
 ) -> sui_prot.ExecutedTransaction:
     tx, plan = checked.tx, run.plan
     now = state.clock_ms()
     events: list[sui_prot.Event] = []
-    with state.write():
-        seq = state.new_checkpoint(now)
-        for row in plan.deleted:
+    # (simulated: the effects and events as they would be, nothing written; a checkpoint
+    # is what the next one would be)
+    with state.write() if commit else contextlib.nullcontext():
+        seq = state.new_checkpoint(now) if commit else None
+        for row in plan.deleted if commit else ():
             state.delete(row.id)
-        for row in plan.rows:
+        for row in plan.rows if commit else ():
             state.put(row)
         for index, (local_type, fields, module) in enumerate(plan.events if error is None else []):
             type_ = move_type(state.package, local_type)
             contents = event_contents(local_type, fields)
-            state.record_event(
-                (seq, 0, index), checked.digest_text, tx.sender, type_, module, contents
-            )
+            if seq is not None:
+                state.record_event(
+                    (seq, 0, index), checked.digest_text, tx.sender, type_, module, contents
+                )
             events.append(
                 sui_prot.Event(
                     package_id=state.package,
@@ -900,7 +926,8 @@ def _record(
                     event_index=index,
                 )
             )
-        state.add_gas_paid(tx.sender, plan.net)
+        if commit:
+            state.add_gas_paid(tx.sender, plan.net)
         kinds = sui_prot.UnchangedConsensusObjectUnchangedConsensusObjectKind
         cancelled = error is not None and error.congested_objects is not None
         unchanged = [
@@ -942,10 +969,12 @@ def _record(
         # Those fields come after every field the answer sets, so the message kept is the
         # answer's bytes followed by theirs, without parsing and encoding it all again
         # (the bytes of parsing the answer and setting them: test_sui_node_standin.py)
-        where = sui_prot.ExecutedTransaction(checkpoint=seq, timestamp=_timestamp(now))
-        state.record_transaction(
-            checked.digest_text, seq, tx.sender, bytes(executed) + bytes(where)
-        )
+        if commit:
+            assert seq is not None
+            where = sui_prot.ExecutedTransaction(checkpoint=seq, timestamp=_timestamp(now))
+            state.record_transaction(
+                checked.digest_text, seq, tx.sender, bytes(executed) + bytes(where)
+            )
     return executed
 
 

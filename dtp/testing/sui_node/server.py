@@ -2,9 +2,9 @@
 
 Each ``sui.rpc.v2`` method is served by a raw handler (request and answer bytes pass
 through :class:`RawCodec`): the request is parsed with pysui's generated message class,
-the answer built by :mod:`dtp.testing.sui_node.answers` or
-:mod:`dtp.testing.sui_node.execute` and serialized, unless a knob says to answer otherwise
-(an error status, garbage, nothing).
+the answer built by :mod:`dtp.testing.sui_node.answers`,
+:mod:`dtp.testing.sui_node.execute` or :mod:`dtp.testing.sui_node.simulate` and
+serialized, unless a knob says to answer otherwise (an error status, garbage, nothing).
 
 The server runs on an event loop of its own in a daemon thread; state changes happen on
 that thread or under the state's lock. ``ExecuteTransaction`` waits ``tx_latency``
@@ -38,7 +38,7 @@ from grpclib.server import Server
 
 from dtp.ledger.local.tx import base58, tx_digest
 from dtp.testing.loops import LoopThread
-from dtp.testing.sui_node import answers, execute
+from dtp.testing.sui_node import answers, execute, simulate
 from dtp.testing.sui_node.faucet import FaucetServer
 from dtp.testing.sui_node.grpc_web import GrpcWebError, GrpcWebServer
 from dtp.testing.sui_node.objects import full_address
@@ -72,7 +72,7 @@ _METHODS: Final = {
         "ListEvents",
     ),
     "StateService": ("ListOwnedObjects", "GetBalance", "ListDynamicFields"),
-    "TransactionExecutionService": ("ExecuteTransaction",),
+    "TransactionExecutionService": ("ExecuteTransaction", "SimulateTransaction"),
 }
 _STREAMING: Final = frozenset({"ListEvents"})
 
@@ -535,6 +535,8 @@ class SuiNodeStandIn:
         state = self.state
         if name == "ExecuteTransaction":
             return await self._execute(data, peer)
+        if name == "SimulateTransaction":
+            return simulate.simulate(state, data)
         requests = {
             "GetServiceInfo": sui_prot.GetServiceInfoRequest,
             "GetObject": sui_prot.GetObjectRequest,

@@ -19,16 +19,18 @@ async function rpc(payment, id, method, params) {
 }
 
 /**
- * `job`: `{node, package, host, port, url, serverKey, sla, seed, deposit}`: the Sui node's
+ * `job`: `{node, package, host, port, url, serverKey, sla, seed, deposit, gas}`: the Sui node's
  * gRPC(-web) URL and the dtp package's ID there, the provider's Host (its object ID) and
  * service port, its DTP WebSocket URL and Noise key, the service's SLA, the test wallet's
  * Ed25519 seed (hex), the deposit in MIST, and optionally `deniedSeed`, a wallet the
- * host's firewall refuses. Resolves to what happened.
+ * host's firewall refuses, and `gas` ('sdk', the default: the SDK has the node simulate
+ * each transaction to pick its gas; or 'wallet': the test wallet picks it). Resolves to
+ * what happened.
  */
 export async function suiEscrowReport(job, log = () => {}) {
   const client = new SuiGrpcClient({ network: 'localnet', baseUrl: job.node });
   const seed = fromHex(job.seed);
-  const wallet = testSuiWallet(Ed25519Keypair.fromSecretKey(seed), client);
+  const wallet = testSuiWallet(Ed25519Keypair.fromSecretKey(seed), client, { gas: job.gas ?? 'sdk' });
   log(`wallet ${wallet.address}`);
   const escrows = new SuiEscrows({ client, wallet, packageId: job.package });
   const session = sessionKey();
@@ -73,7 +75,7 @@ export async function suiEscrowReport(job, log = () => {}) {
 
   // a wallet the host's firewall does not admit: the ledger refuses its open
   if (job.deniedSeed) {
-    const denied = testSuiWallet(Ed25519Keypair.fromSecretKey(fromHex(job.deniedSeed)), client);
+    const denied = testSuiWallet(Ed25519Keypair.fromSecretKey(fromHex(job.deniedSeed)), client, { gas: job.gas ?? 'sdk' });
     const refused = new SuiEscrows({ client, wallet: denied, packageId: job.package });
     try {
       await refused.openEscrow({ host: job.host, port: job.port, deposit: job.deposit, session: sessionKey() });

@@ -9,6 +9,7 @@ export { Connection, State } from './connection.js';
 export { Stream } from './stream.js';
 export { ServerConnection } from './server.js';
 export { acceptWebSocket, serveThroughRelay } from './relay.js';
+export { ReplayGuard, DEFAULT_CAPACITY as REPLAY_GUARD_CAPACITY } from './replay-guard.js';
 export { ed25519Signer, walletSigner, suiAddress, personalMessageDigest, proofMessage, verifyProof, checkProof } from './identity.js';
 export {
   CloseCode, DTPError, ProtocolError, DecryptionError, HandshakeError, ConnectionRefused, ConnectionClosed,

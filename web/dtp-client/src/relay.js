@@ -6,6 +6,7 @@
 // handshake's clear parts. The page learns it was paired from the first message (the
 // client's HS_INIT), runs a ServerConnection on that WebSocket and opens the next one.
 
+import { ReplayGuard } from './replay-guard.js';
 import { ServerConnection } from './server.js';
 import { SUBPROTOCOL, WebSocketCarrier } from './websocket.js';
 
@@ -27,12 +28,16 @@ export function acceptWebSocket(ws, options, firstMessage = null) {
  * Serves DTP through a relay at `url` (ws:// or wss://, the relay's listening path for
  * this service). `onConnection(connection)` is called with each accepted
  * ServerConnection; a client that fails its handshake or is refused goes to `onError`
- * (options.onError, optional). Options as ServerConnection's, plus `WebSocket` (the class;
+ * (options.onError, optional). Options as ServerConnection's (a ReplayGuard made for
+ * this server unless `replayGuard` is given, or null), plus `WebSocket` (the class;
  * the global one by default) and `retryMs` (1000: the wait before reopening a listening
  * WebSocket the relay closed). Resolves, once the first listening WebSocket is open, to
  * `{close()}`, which stops listening (connections already accepted go on).
  */
 export async function serveThroughRelay(url, options, onConnection) {
+  // one replay guard for every connection this server accepts (ServerConnection's
+  // `replayGuard`: a replayed IK first message is refused); null turns it off
+  if (options.replayGuard === undefined) options = { ...options, replayGuard: new ReplayGuard() };
   const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
   if (!WebSocketImpl) throw new TypeError('no WebSocket here: pass options.WebSocket');
   const retryMs = options.retryMs ?? 1000;

@@ -16,6 +16,7 @@ import { checkProof, proofMessage } from './identity.js';
 import { NOISE_OVERHEAD, Responder, ikBinding, keyPair } from './noise.js';
 import { TRANSPORT_VERSION, decodeParams, encodeParams } from './params.js';
 import { HEADER_SIZE, RecordKind, RecordProtection, handshakeRecord, parseHeader } from './record.js';
+import { ReplayGuard } from './replay-guard.js';
 
 const MAX_PAYLOAD = 3968; // section 8.1
 const PATTERNS = Object.freeze({ 1: 'IK', 2: 'XX' });
@@ -40,12 +41,21 @@ export class ServerConnection extends Connection {
    * `keyPair()`; clients pin its public half, `serverStaticKey`); `decide` (called once
    * the client proved who it is with `{address, pattern, params, clientStatic}`; resolves
    * to `true` to accept, or `{code, reason}` to refuse: code 11 `REFUSED` unless given;
-   * the default accepts everyone); `params`, `handshakeTimeout` (ms, 10000), `logger` as
-   * for a client; `ephemeralKey` (only to replay fixed transcripts).
+   * the default accepts everyone); `replayGuard` (a ReplayGuard, replay-guard.js, shared
+   * by the connections of one server: an IK first message it saw before is refused with
+   * HANDSHAKE_FAILED before `decide` runs; serveThroughRelay makes one); `params`,
+   * `handshakeTimeout` (ms, 10000), `logger` as for a client; `ephemeralKey` (only to
+   * replay fixed transcripts).
    */
   constructor(carrier, options = {}) {
     super(carrier, options);
     this.staticKey = asKeyPair(options.staticKey);
+    if (options.replayGuard != null && !(options.replayGuard instanceof ReplayGuard)) {
+      throw new TypeError('replayGuard is a ReplayGuard (replay-guard.js)');
+    }
+    this.replayGuard = options.replayGuard ?? null;
+    /** The client's first handshake message as read (its pattern byte, then Noise's). */
+    this.firstHandshakeMessage = null;
     this.noise = null;
     this.pattern = null; // from message 1's pattern byte
     this.nextLocalStream = 1; // server streams are odd
@@ -101,6 +111,7 @@ export class ServerConnection extends Connection {
       throw this._fail(`expected HS_INIT with counter 0, got kind ${header.kind}`);
     }
     const body = record.subarray(HEADER_SIZE);
+    this.firstHandshakeMessage = body;
     const pattern = PATTERNS[body[0]];
     if (!pattern) throw this._fail(`unknown pattern byte ${body[0]}`);
     this.pattern = pattern;
@@ -128,6 +139,12 @@ export class ServerConnection extends Connection {
         this.clientAddress = checkProof(params.auth, proofMessage('IK', ikBinding(this.staticKey.publicKey, this.noise.re)));
       } catch (err) {
         throw this._fail(`identity proof rejected: ${err.message}`);
+      }
+      // a message 1 seen before is a replay: refused before anything is decided on it
+      // (docs/protocol.md section 8, "Replayed IK first messages")
+      if (this.replayGuard?.isReplay(this)) {
+        this.options.logger?.info?.(`dtp: refused a replayed handshake first message (${this.clientAddress})`);
+        throw this._fail('a replayed handshake first message');
       }
     }
     this.clientParams = params;
@@ -194,6 +211,7 @@ export class ServerConnection extends Connection {
 
   _acceptClient() {
     this.state = State.OPEN;
+    this.replayGuard?.accepted(this);
     this._sendFrames([frame(FrameType.CONTROL, { a: CONTROL_ACCEPT })]);
     if (this.pattern === 'IK' && this.localParams.ms >= 1 && this.nextPeerStream === 0) {
       // the ACCEPT opens the client's stream 0 on both sides, unannounced (section 10.1)

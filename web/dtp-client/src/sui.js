@@ -147,7 +147,9 @@ export class SuiEscrows {
         chain: this.chain,
       }));
     } catch (err) {
-      throw new SuiLedgerError(`${what}: ${err.message}`, { cause: err });
+      // (a transaction the node's simulation saw abort, while the SDK picked its gas:
+      // refused before it was signed, the abort named as an executed one's is)
+      throw new SuiLedgerError(`${what}: ${err.message}`, { cause: err, abort: moveAbort(err.executionError) });
     }
     // the wallet answers with the digest and the effects' BCS; the events are read back
     // from the node (which may index the transaction a moment after it ran)
@@ -235,11 +237,15 @@ export function connectionCid(connection) {
  * in the gas, signs it, executes it) and answers as the wallet standard says,
  * `{bytes, signature, digest, effects}` (base64 BCS).
  *
- * It picks the gas itself (the reference gas price, its largest SUI coin, the page's
- * budget) rather than leaving it to the SDK, whose gRPC client would ask the node to
- * simulate the transaction (SimulateTransaction), which the node stand-in does not serve.
+ * `gas`: 'sdk' (the default) leaves what the page did not set of the gas to the SDK's
+ * build, as a wallet does: its gRPC client asks the node to simulate the transaction
+ * (SimulateTransaction, with gas selection), which picks the price, the coins and a
+ * budget from what the run used, and a transaction that aborts is refused there, before
+ * it is signed; 'wallet' picks them here (the reference gas price, its largest SUI coin,
+ * `gasBudget` unless the page set one) and leaves nothing to the simulation.
  */
-export function testSuiWallet(keypair, client, { gasBudget = 50_000_000 } = {}) {
+export function testSuiWallet(keypair, client, { gas = 'sdk', gasBudget = 50_000_000 } = {}) {
+  if (gas !== 'sdk' && gas !== 'wallet') throw new TypeError(`gas is 'sdk' or 'wallet', got ${gas}`);
   const address = keypair.getPublicKey().toSuiAddress();
   return {
     address,
@@ -248,12 +254,12 @@ export function testSuiWallet(keypair, client, { gasBudget = 50_000_000 } = {}) 
       const tx = Transaction.from(await transaction.toJSON());
       tx.setSenderIfNotSet(address);
       const data = tx.getData();
-      if (!data.gasData.budget) tx.setGasBudget(gasBudget);
-      if (!data.gasData.price) {
+      if (gas === 'wallet' && !data.gasData.budget) tx.setGasBudget(gasBudget);
+      if (gas === 'wallet' && !data.gasData.price) {
         const { referenceGasPrice } = await client.core.getReferenceGasPrice();
         tx.setGasPrice(BigInt(referenceGasPrice));
       }
-      if (!data.gasData.payment) {
+      if (gas === 'wallet' && !data.gasData.payment) {
         const { objects } = await client.core.listCoins({ owner: address, coinType: '0x2::sui::SUI' });
         if (objects.length === 0) throw new SuiLedgerError(`${address} has no SUI to pay gas with`);
         const coin = objects.reduce((a, b) => (BigInt(b.balance) > BigInt(a.balance) ? b : a));
