@@ -57,6 +57,11 @@ from dtp.hostid.address import HostAddress
 from dtp.hostid.asyncio import DTPServer, start_server
 from dtp.hostid.connect import refuse_ledger_options
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import CARRIER_GRACE, LIMIT
@@ -66,11 +71,6 @@ from dtp.transport.asyncio.streams import (
     SEND_HIGH_WATER,
     DTPStreamReader,
     DTPStreamWriter,
-)
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
 )
 from dtp.transport.session import check_connect_timeout
 

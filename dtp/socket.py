@@ -42,16 +42,16 @@ from dtp.hostid.payment_hook import PAID_CLOSE_WAIT
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.transport.blocking import LINGER, AcceptHook, AdmitHook
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.blocking.connect import DEFAULT_TIMEOUT
 from dtp.transport.blocking.files import FileStream, stream_file
 from dtp.transport.blocking.socket import SEND_HIGH_WATER, SHUT_RD, SHUT_RDWR, SHUT_WR, DTPSocket
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:

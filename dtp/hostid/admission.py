@@ -44,7 +44,8 @@ from dtp.ledger.objects import ConnectionState, Escrow, Host, TransportControl, 
 
 # what the transport's servers give and take of an admission hook, re-exported: this is
 # where admission hooks were written against
-from dtp.transport.hooks import HOOK_FAILED, PeerInfo, peer_info, refusal_reason
+from dtp.transport.hooks import PeerInfo
+from dtp.transport.session import HOOK_FAILED, peer_info, refusal_reason
 
 if TYPE_CHECKING:
     from dtp.identity.keys import HostIdentity

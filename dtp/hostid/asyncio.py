@@ -38,6 +38,12 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.objects import OpenedConnection
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.transport.asyncio import connect
 from dtp.transport.asyncio.connect import check_limit
 from dtp.transport.asyncio.protocol import LIMIT, Protocol
@@ -46,12 +52,6 @@ from dtp.transport.asyncio.server import DTPServer as TransportServer
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.asyncio.threads import threaded_or_released
 from dtp.transport.carriers.tcp import PendingTcp, connect_any
-from dtp.transport.handshake_gate import DEFAULT_FIRST_MESSAGE_TIMEOUT
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
 from dtp.transport.session import check_connect_timeout
 
 if TYPE_CHECKING:

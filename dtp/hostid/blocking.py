@@ -29,18 +29,18 @@ from dtp.hostid.served import reservations_of
 from dtp.identity.keys import HostIdentity
 from dtp.payments.metering import MeteringConfig
 from dtp.protocol.connection import Connection, ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+)
 from dtp.transport.blocking import AcceptHook, AdmitHook
 from dtp.transport.blocking.checks import checked_timeout
 from dtp.transport.blocking.connect import connect
 from dtp.transport.blocking.server import DTPServer as TransportServer
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import connect_any
-from dtp.transport.handshake_gate import DEFAULT_FIRST_MESSAGE_TIMEOUT
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-)
 
 if TYPE_CHECKING:
     from dtp.ledger.interface import Ledger

@@ -38,7 +38,7 @@ from dtp.messaging import errors as E
 from dtp.messaging.method_rules import MethodRules, requests_for
 from dtp.messaging.protocol import _check_count, _check_our_timeout
 from dtp.messaging.rpc import AsyncRpcServer, CallContext, RpcClient, RpcServer
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 
 __all__ = [
     "JSONRPC_METHOD",

@@ -1,26 +1,22 @@
 """The seam between the transport and the layers above it: what a server's admission
-hook is given and may answer, and what the drivers call on a connection a layer above
-rides on. The transport defines these and calls them; it imports nothing of the ledger,
-of payments or of host IDs (``dtp.hostid`` implements them: docs/architecture.md).
+hook is given (:mod:`dtp.transport.session` calls the hooks and reads their verdict), and
+what the drivers call on a connection a layer above rides on. The transport defines these
+and calls them; it imports nothing of the ledger, of payments or of host IDs
+(``dtp.hostid`` implements them: docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 __all__ = [
-    "HOOK_FAILED",
     "NOT_PAID",
     "ConnectionHook",
-    "HookCall",
     "Listener",
     "PeerInfo",
     "Reservations",
-    "hook_calls",
-    "peer_info",
-    "refusal_reason",
 ]
 
 
@@ -38,64 +34,9 @@ class PeerInfo:
     """The client's Noise static key."""
 
 
-def peer_info(
-    address: str, connection_id: bytes | None, port: int | None, public_key: bytes | None
-) -> PeerInfo:
-    """A :class:`PeerInfo` from what the handshake carried."""
-    return PeerInfo(
-        address=address,
-        connection_id=None if connection_id is None else "0x" + connection_id.hex(),
-        port=port,
-        public_key=public_key,
-    )
-
-
 NOT_PAID = "top_up: not a paid connection (connect by host ID with a deposit)"
 """What ``top_up()`` raises (LocalProtocolError) on a connection with no deposit: the
 drivers' stub, and a connection by host ID whose deposit is not metered."""
-
-HOOK_FAILED = "internal error in the server's accept hook"
-"""The refusal a client gets when an accept or admit hook raised."""
-
-
-def refusal_reason(verdict: object) -> str | None:
-    """What an accept/admit hook's verdict means: None (or True) accepts; False refuses
-    with a generic reason; anything else refuses with itself as the reason."""
-    if verdict is None or verdict is True:
-        return None
-    if verdict is False:
-        return "refused by the server"
-    return str(verdict)
-
-
-@dataclass(frozen=True)
-class HookCall:
-    """One hook call a server makes for a client it authenticated (:func:`hook_calls`)."""
-
-    hook: Callable[[Any], Any]
-    """The hook."""
-    arg: object
-    """What it is given: the client's address (``accept``) or its :class:`PeerInfo`
-    (``admit``)."""
-    admit: bool
-    """Whether it is the ``admit`` hook (the asyncio server runs a plain one in a thread:
-    it may call the ledger)."""
-
-
-def hook_calls(
-    peer: PeerInfo,
-    accept: Callable[[Any], Any] | None,
-    admit: Callable[[Any], Any] | None,
-) -> list[HookCall]:
-    """The hook calls for ``peer``, in the order both servers make them: ``accept`` first,
-    then ``admit``. The first refusal (:func:`refusal_reason`) is the verdict and the
-    rest are not called; a hook that raises refuses with :data:`HOOK_FAILED`."""
-    calls = []
-    if accept is not None:
-        calls.append(HookCall(accept, peer.address, admit=False))
-    if admit is not None:
-        calls.append(HookCall(admit, peer, admit=True))
-    return calls
 
 
 class Reservations(Protocol):

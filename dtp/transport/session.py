@@ -1,5 +1,7 @@
 """What the blocking and asyncio adapters share: a :class:`Connection` plus the
-per-stream receive buffers the application reads from, fed by the connection's events.
+per-stream receive buffers the application reads from, fed by the connection's events;
+and, on a server, the accept and admit hooks' calls on the peer it authenticated
+(:func:`hook_calls`, :func:`refusal_reason`).
 
 The adapters own the carrier and the waiting (threads or the event loop); this class
 owns the bookkeeping, so both behave the same: bytes are buffered per stream until
@@ -17,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dtp.errors import ConnectionClosed, DTPError, DTPTimeoutError, StreamReset
 from dtp.identity.ahead import new_ephemeral_key
@@ -37,7 +39,7 @@ from dtp.protocol.events import (
     StreamOpened,
     StreamResetReceived,
 )
-from dtp.transport.hooks import PeerInfo, peer_info
+from dtp.transport.hooks import PeerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,64 @@ def connect_timed_out(target: str, timeout: float) -> DTPTimeoutError:
     """What a connect to ``target`` raises when the caller's ``timeout`` passed (both
     APIs, the carrier connect and the handshake alike)."""
     return DTPTimeoutError(f"connecting to {target} timed out after {timeout:g} s")
+
+
+def peer_info(
+    address: str, connection_id: bytes | None, port: int | None, public_key: bytes | None
+) -> PeerInfo:
+    """A :class:`PeerInfo` from what the handshake carried."""
+    return PeerInfo(
+        address=address,
+        connection_id=None if connection_id is None else "0x" + connection_id.hex(),
+        port=port,
+        public_key=public_key,
+    )
+
+
+# -- a server's hooks on the client it authenticated (the verdict both servers read) --
+
+HOOK_FAILED = "internal error in the server's accept hook"
+"""The refusal a client gets when an accept or admit hook raised."""
+
+
+def refusal_reason(verdict: object) -> str | None:
+    """What an accept/admit hook's verdict means: None (or True) accepts; False refuses
+    with a generic reason; anything else refuses with itself as the reason."""
+    if verdict is None or verdict is True:
+        return None
+    if verdict is False:
+        return "refused by the server"
+    return str(verdict)
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One hook call a server makes for a client it authenticated (:func:`hook_calls`)."""
+
+    hook: Callable[[Any], Any]
+    """The hook."""
+    arg: object
+    """What it is given: the client's address (``accept``) or its :class:`PeerInfo`
+    (``admit``)."""
+    admit: bool
+    """Whether it is the ``admit`` hook (the asyncio server runs a plain one in a thread:
+    it may call the ledger)."""
+
+
+def hook_calls(
+    peer: PeerInfo,
+    accept: Callable[[Any], Any] | None,
+    admit: Callable[[Any], Any] | None,
+) -> list[HookCall]:
+    """The hook calls for ``peer``, in the order both servers make them: ``accept`` first,
+    then ``admit``. The first refusal (:func:`refusal_reason`) is the verdict and the
+    rest are not called; a hook that raises refuses with :data:`HOOK_FAILED`."""
+    calls = []
+    if accept is not None:
+        calls.append(HookCall(accept, peer.address, admit=False))
+    if admit is not None:
+        calls.append(HookCall(admit, peer, admit=True))
+    return calls
 
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from dtp.errors import HandshakeError, KeyFileError
 from dtp.identity import ahead as keys_ahead
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import Handshake
-from dtp.transport.handshake_slots import AddressSlots, address_key
+from dtp.transport.admission import AddressSlots, address_key
 from tests.support.procs import server_process
 
 SERVER = HostIdentity.generate()

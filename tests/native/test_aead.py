@@ -146,6 +146,36 @@ def test_record_body_is_noise_encrypt_of_header(
         assert pos == len(sealed)
 
 
+# Around ChaCha20's 64-byte blocks and Poly1305's 16-byte ones, and the sizes at which
+# OpenSSL's vector code changes width (up to 16 blocks at a time), to the largest record.
+EDGE_SIZES = sorted(
+    {n + d for n in (16, 64, 128, 256, 512, 1024, 4096, MAX - 16) for d in (-1, 0, 1)} | {0, 1, MAX}
+)
+
+
+def test_sizes_match_cryptography(backend: SimpleNamespace) -> None:
+    """Each size both ways against `cryptography`'s ChaCha20-Poly1305 (OpenSSL through
+    EVP, where the C core calls the provider's functions itself), and a flipped tag bit
+    refused."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    key = os.urandom(32)
+    ours, theirs = backend.Aead(key), ChaCha20Poly1305(key)
+    for i, size in enumerate(EDGE_SIZES):
+        counter = (i * 0x0101010101) % (2**64 - 1)
+        nonce = counter.to_bytes(8, "little").rjust(12, b"\0")
+        ad, plaintext = os.urandom(i % 20), os.urandom(size)
+        expected = theirs.encrypt(nonce, plaintext, ad)
+        assert ours.encrypt(counter, ad, plaintext) == expected, size
+        assert ours.decrypt(counter, ad, expected) == plaintext, size
+        forged = bytearray(expected)
+        forged[-1 - i % 16] ^= 1 << (i % 8)
+        with pytest.raises(DecryptionError):
+            ours.decrypt(counter, ad, bytes(forged))
+        header = HEADER.pack(REC_DATA, 0, size + 16, counter)
+        assert ours.seal(counter, [plaintext]) == header + theirs.encrypt(nonce, plaintext, header)
+
+
 def test_protocol_vectors(backend: SimpleNamespace) -> None:
     vectors = load_vectors("aead-record")
     assert vectors

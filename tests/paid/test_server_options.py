@@ -17,7 +17,7 @@ import dtp.socket
 from dtp.errors import InvalidArgument
 from dtp.hostid.paid import PaidServer, ServicePolicy
 from dtp.hostid.paid.server_core import ServerOptions
-from dtp.transport.handshake_slots import (
+from dtp.transport.admission import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,

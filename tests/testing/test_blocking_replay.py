@@ -24,7 +24,7 @@ from dtp.testing.network import (
     lossy,
 )
 from dtp.transport.blocking import sched
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 
 SERVER_KEY = identity(1)
 CLIENT_KEY = identity(2)

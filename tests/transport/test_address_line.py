@@ -18,7 +18,7 @@ The blocking server's waits for one of its ``max_handshakes`` slots had no deadl
 connection handed on from its address's line held a thread (and its address's slot)
 until a slot came free or the server closed, and a ledger carrier connection held the
 ledger listener's thread as long. Each now waits in the server's line, holding no
-thread (dtp.transport.handshake_gate), until its connection's deadline (its accept plus its
+thread (dtp.transport.admission), until its connection's deadline (its accept plus its
 handshake timeout): closed unserved, counted in ``busy_refused``, its address slot
 handed on. And the paid servers' ``serve()`` take the handshake bounds the plain
 servers take. Real servers and sockets on 127.0.0.1 (the waiting connections from
@@ -47,7 +47,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import Sla
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking.server import _Arrival, _waiting_gone
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 from tests.support.polling import wait_for
 from tests.transport.address_lines import Held, held_address, holding
 from tests.transport.half_handshakes import closed_by_peer, idle

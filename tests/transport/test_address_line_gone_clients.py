@@ -25,8 +25,8 @@ import dtp.aio
 import dtp.hostid.paid.aio
 import dtp.socket
 from dtp.identity.keys import HostIdentity
+from dtp.transport.admission import AddressSlots
 from dtp.transport.blocking.server import check_handshake_bounds
-from dtp.transport.handshake_slots import AddressSlots
 from tests.support.polling import wait_for
 from tests.transport.address_lines import HOST, SERVER, held_address
 from tests.transport.half_handshakes import closed_by_peer, idle

@@ -21,7 +21,9 @@ import pytest
 
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking import sched, timers
+from dtp.transport.blocking import engine as blocking_engine
+from dtp.transport.blocking import sched
+from dtp.transport.blocking.engine import TimerService
 from tests.transport.client_processes import run_client_process
 
 SERVER_ID = HostIdentity.generate()
@@ -82,7 +84,7 @@ def test_a_file_left_open_at_exit_ends_the_connection_cleanly(
 def test_a_socket_whose_last_file_closed_is_not_closed_again_at_exit(
     server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = timers.TimerService()
+    service = TimerService()
     # (an engine takes the scheduler's timer service as it is made, for its socket too)
     monkeypatch.setattr(sched, "timers", service)
     sock = dtp.socket.create_connection(
@@ -118,7 +120,7 @@ class _SlowClose:
 def test_the_exit_waits_for_a_close_taken_off_the_queue_and_not_registered_yet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    service = timers.TimerService()
+    service = TimerService()
     closing = _SlowClose(0.3)
     real_init = threading.Thread.__init__
 
@@ -141,8 +143,8 @@ def test_the_exit_waits_for_each_close_up_to_its_own_linger(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At exit a close over the ledger carrier (30 s linger) was given LINGER + 1 s."""
-    monkeypatch.setattr(timers, "LINGER", 0.1)
-    service = timers.TimerService()
+    monkeypatch.setattr(blocking_engine, "LINGER", 0.1)
+    service = TimerService()
     closing = _SlowClose(1.5, linger=2.0)
     service._closing.append(closing)  # type: ignore[arg-type]
     service.finish_closes()

@@ -1,7 +1,7 @@
 """The per-address cap on handshakes in progress (slowloris hardening) and the line its
 further connections wait in: the AddressSlots helper, then the blocking and asyncio
 servers over real sockets. A connection takes a slot once it has sent its first
-handshake record (dtp.transport.handshake_gate): the idle connections here are half-handshakes
+handshake record (dtp.transport.admission): the idle connections here are half-handshakes
 (that record, then nothing).
 
 Linux routes all of 127.0.0.0/8 to loopback, so idle connections bound to 127.0.0.2
@@ -42,15 +42,15 @@ import dtp.transport.asyncio.server
 from dtp.errors import ConnectionRefused, DTPError, HandshakeError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.handshake_slots import (
+from dtp.transport.admission import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     AddressSlots,
+    ReplayGuard,
     ServerSlots,
     Verdict,
     address_key,
     check_count,
 )
-from dtp.transport.replay_guard import ReplayGuard
 from tests.support.polling import async_wait_for, wait_for
 from tests.transport.half_handshakes import (
     closed_by_peer,

@@ -19,14 +19,9 @@ import dtp.errors
 import dtp.protocol.connection
 import dtp.socket
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking.timers import TIMERS
-from dtp.transport.hooks import (
-    ConnectionHook,
-    PeerInfo,
-    hook_calls,
-    peer_info,
-    refusal_reason,
-)
+from dtp.transport.blocking.engine import TIMERS
+from dtp.transport.hooks import ConnectionHook, PeerInfo
+from dtp.transport.session import hook_calls, peer_info, refusal_reason
 
 SERVER = HostIdentity.generate()
 CLIENT = HostIdentity.generate()

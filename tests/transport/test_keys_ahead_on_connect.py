@@ -17,7 +17,7 @@ from dtp.identity.noise import prepare_handshake
 from dtp.protocol.connection import ConnectionConfig
 from dtp.transport.blocking import connect as blocking_connect
 from dtp.transport.blocking import engine as blocking_engine
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 from tests.support.pairs import SERVER_ID
 
 

@@ -1,5 +1,5 @@
 """Silent and half-handshake connections from 200 addresses cannot lock a server's
-clients out (docs/protocol.md §8, "Admission"; dtp.transport.handshake_gate): a connection costs
+clients out (docs/protocol.md §8, "Admission"; dtp.transport.admission): a connection costs
 a handshake slot only once it has sent its complete first handshake record, the oldest
 of those still silent give way to newcomers, and the oldest half-handshakes give way
 to clients that proved themselves. Both servers, an attacker in a process of its own

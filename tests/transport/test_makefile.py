@@ -35,7 +35,7 @@ import pytest
 import dtp.socket
 from dtp.errors import DTPTimeoutError, StreamReset
 from dtp.identity.keys import HostIdentity
-from dtp.transport.blocking import timers
+from dtp.transport.blocking.engine import TimerService
 from tests.support.polling import wait_for
 from tests.transport.client_processes import run_client_process
 
@@ -308,7 +308,7 @@ def test_the_exit_waits_for_a_close_whose_thread_is_still_starting(
     """finish_closes (at exit) joined a closer the timer thread had registered but not
     started yet: join() raised RuntimeError, the exit's wait ended at once and the close
     was cut off mid-linger (the CI failure of the test above, 1 run in 25 under load)."""
-    service = timers.TimerService()
+    service = TimerService()
     closed = threading.Event()
 
     class SlowClose:

@@ -11,7 +11,7 @@ made the oldest give way to each newcomer, and at thousands a second a genuine
 client's connection was the oldest before the server had read the first record it sent
 with its connect: closed (HandshakeError). Now an address whose connections keep ending
 unproven is suspect, and its connections give way first, or are refused
-(dtp.transport.handshake_gate.Strikes; the rule on a virtual clock in
+(dtp.transport.admission.Strikes; the rule on a virtual clock in
 tests/transport/test_handshake_gate.py). And the kernel's accept queue, as long as the
 backlog (128), overflowed: the kernel dropped the genuine client's SYN, and its connect
 took the retransmission's second. Now it is at least

@@ -61,7 +61,7 @@ from dtp.identity.keys import HostIdentity
 from dtp.ledger.interface import Ledger
 from dtp.ledger.objects import ConnectionState, Event, EventFilter, normalize_id
 from dtp.protocol.connection import ConnectionConfig
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 
 __all__ = [
     "LEDGER_HANDSHAKE_TIMEOUT",

@@ -97,7 +97,7 @@ from dtp.payments.serving import (
 from dtp.payments.settlement import (
     publish_endpoint,
 )
-from dtp.transport.handshake_slots import (
+from dtp.transport.admission import (
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_WAITING_PER_ADDRESS,

@@ -69,7 +69,7 @@ from dtp.hostid.udp.sockets import (
 )
 from dtp.hostid.udp.stats import UdpStats
 from dtp.payments.receipts import Meter
-from dtp.transport.poll import wait_ready
+from dtp.transport.carriers.tcp import wait_ready
 
 if TYPE_CHECKING:
     from dtp.payments.ratelimit import ClientBuckets

@@ -210,7 +210,7 @@ class Connection(
     @property
     def first_handshake_message(self) -> bytes | None:
         """Server: the handshake message 1 it answered, as it came (pattern byte first;
-        :mod:`dtp.transport.replay_guard` reads its ephemeral key); None before one came, and
+        :mod:`dtp.transport.admission` reads its ephemeral key); None before one came, and
         always on a client."""
         return self._hs_init
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dtp.transport.blocking import sched
 from dtp.transport.carriers.tcp import connect_error
-from dtp.transport.poll import wait_ready as _real_wait_ready
+from dtp.transport.carriers.tcp import wait_ready as _real_wait_ready
 
 if TYPE_CHECKING:
     from dtp.testing.network.loop import VirtualEventLoop
@@ -124,7 +124,7 @@ class BlockingScheduler:
     def __init__(
         self, network: _Network, loop: VirtualEventLoop, *, turn_limit: float = 60.0
     ) -> None:
-        from dtp.transport.blocking.timers import TimerService
+        from dtp.transport.blocking.engine import TimerService
 
         self.network = network
         self.loop = loop

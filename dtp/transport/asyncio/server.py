@@ -1,7 +1,7 @@
 """The asyncio DTP server: :class:`DTPServer`, whole -- its settings, counters,
 listening, serving and closing; the hooks and the callback it is given; a new connection
 until its handshake starts (``_Arrival``); admission, the first records and the lines
-for handshake slots (the rules are :mod:`dtp.transport.handshake_gate`'s); each
+for handshake slots (the rules are :mod:`dtp.transport.admission`'s); each
 connection's task (its handshake, then the client callback); and the handshakes."""
 
 from __future__ import annotations
@@ -17,6 +17,26 @@ from typing import TYPE_CHECKING, Any, cast
 from dtp.errors import DTPError, LocalProtocolError
 from dtp.identity.keys import HostIdentity
 from dtp.protocol.connection import CloseCode, ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+    ENDINGS,
+    AddressSlots,
+    Admission,
+    FirstMessage,
+    HeapRelease,
+    Outcome,
+    Progress,
+    ReplayGuard,
+    ServerSlots,
+    Why,
+    address_key,
+    checked_first_message_timeout,
+    release_free_heap,
+    unserved_counts,
+)
 from dtp.transport.asyncio.protocol import (
     LIMIT,
     Protocol,
@@ -28,36 +48,8 @@ from dtp.transport.asyncio.protocol import (
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 from dtp.transport.blocking.server import check_backlog
 from dtp.transport.carriers.tcp import widen_listen_queue
-from dtp.transport.handshake_gate import (
-    DEFAULT_FIRST_MESSAGE_TIMEOUT,
-    ENDINGS,
-    Admission,
-    FirstMessage,
-    Outcome,
-    Progress,
-    Why,
-    checked_first_message_timeout,
-    unserved_counts,
-)
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-    AddressSlots,
-    ServerSlots,
-    address_key,
-)
-from dtp.transport.heap_release import HeapRelease, release_free_heap
-from dtp.transport.hooks import (
-    HOOK_FAILED,
-    Listener,
-    PeerInfo,
-    Reservations,
-    hook_calls,
-    refusal_reason,
-)
-from dtp.transport.replay_guard import ReplayGuard
-from dtp.transport.session import Session
+from dtp.transport.hooks import Listener, PeerInfo, Reservations
+from dtp.transport.session import HOOK_FAILED, Session, hook_calls, refusal_reason
 
 if TYPE_CHECKING:
     # (ssl for its annotations only: a Python whose ssl module cannot load -- no system
@@ -87,10 +79,10 @@ logger = logging.getLogger("dtp.transport.asyncio.server")
 
 
 class _Arrival(asyncio.Protocol):
-    """A server's new connection until its handshake starts (dtp.transport.handshake_gate): it
+    """A server's new connection until its handshake starts (dtp.transport.admission): it
     reads the client's first record, then waits for its handshake slots unread. It
     holds its socket and what the client sent -- no Session, task or timer -- and is the
-    connection's entry in the server's :class:`~dtp.transport.handshake_gate.Admission` for good
+    connection's entry in the server's :class:`~dtp.transport.admission.Admission` for good
     (its handshake's end releases its slots by it). Once the handshake may start, the
     transport goes to the connection's :class:`Protocol` (:meth:`DTPServer._begin`)."""
 
@@ -163,7 +155,7 @@ class DTPServer:
     """A listening asyncio DTP server (see :func:`start_server`).
 
     New connections are admitted as :class:`dtp.socket.DTPServer` admits them, by the
-    same engine (:class:`dtp.transport.handshake_gate.Admission`, docs/protocol.md §8):
+    same engine (:class:`dtp.transport.admission.Admission`, docs/protocol.md §8):
 
     * until it has sent its complete first handshake record, within
       ``first_message_timeout`` (3 s), a connection holds only its socket: at most
@@ -257,7 +249,7 @@ class DTPServer:
         self._handshake_slots = self._admission.server_slots
         self._address_slots = self._admission.address_slots
         self._expiry: asyncio.TimerHandle | None = None  # the admission's next deadline
-        # the heap's free pages go back to the system after churn (dtp.transport.heap_release)
+        # the heap's free pages go back to the system after churn (dtp.transport.admission)
         self._heap = HeapRelease()
         self._heap_look: asyncio.TimerHandle | None = None
         self._serving = reservations
@@ -296,7 +288,7 @@ class DTPServer:
         #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
         self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.transport.replay_guard)
+        # never holds a client's ledger connection (dtp.transport.admission)
         self._replays = ReplayGuard()
 
     @property
@@ -318,7 +310,7 @@ class DTPServer:
     @property
     def replays_refused(self) -> int:
         """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.transport.replay_guard`."""
+        :attr:`handshakes_failed`): see :mod:`dtp.transport.admission`."""
         return self._replays.refused
 
     @property
@@ -694,7 +686,7 @@ class DTPServer:
         self._expiry = loop.call_later(delay, self._expire)
 
     def _look_at_heap(self) -> None:
-        """Trim the heap when :class:`~dtp.transport.heap_release.HeapRelease` says so, and look
+        """Trim the heap when :class:`~dtp.transport.admission.HeapRelease` says so, and look
         again when it says (one timer, made only while connections come)."""
         self._heap_look = None
         loop = self._loop
@@ -937,7 +929,7 @@ class DTPServer:
 
     def _end(self, proto: Protocol, outcome: Outcome) -> bool:
         """Count a handshake that ended with ``outcome`` and close it as
-        :data:`~dtp.transport.handshake_gate.ENDINGS` says: False (not accepted)."""
+        :data:`~dtp.transport.admission.ENDINGS` says: False (not accepted)."""
         ending = ENDINGS[outcome]
         self.handshakes_failed += ending.failed
         self.refused += ending.refused

@@ -11,7 +11,7 @@ blocking program replays exactly from a seed (docs/testing.md §3).
 
 A scheduler replaces all of them at once (:class:`Scheduler` lists them); what a
 replacement must keep is the meaning each has here: ``wait_ready`` and ``poll`` as
-:func:`dtp.transport.poll.wait_ready` and :func:`select.poll`, ``Queue`` as
+:func:`dtp.transport.carriers.tcp.wait_ready` and :func:`select.poll`, ``Queue`` as
 :class:`queue.Queue` (``get``, ``get_nowait``, ``put``, ``empty``), and so on.
 """
 
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from dtp.transport.carriers.tcp import connect_tcp as _connect_tcp
 from dtp.transport.carriers.tcp import listen_tcp as _listen_tcp
-from dtp.transport.poll import wait_ready as _wait_ready
+from dtp.transport.carriers.tcp import wait_ready as _wait_ready
 
 __all__ = ["REAL", "Scheduler", "install", "installed"]
 
@@ -160,7 +160,7 @@ def install(scheduler: Scheduler) -> Scheduler:
 
 
 def set_default_timers(service: Any) -> None:
-    """The process's timer service (``dtp.transport.blocking.timers.TIMERS``), which the
+    """The process's timer service (``dtp.transport.blocking.engine.TIMERS``), which the
     default scheduler gives engines."""
     global timers
     _Real.timers = service

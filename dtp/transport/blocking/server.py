@@ -1,7 +1,7 @@
 """The blocking transport's server: :class:`DTPServer`, whole -- its settings, counters
 and closing; a new connection until its handshake starts (``_Arrival``); admission, the
 first records and the lines for handshake slots (the rules are
-:mod:`dtp.transport.handshake_gate`'s); the accepting and the connection threads; the
+:mod:`dtp.transport.admission`'s); the accepting and the connection threads; the
 handshakes; :meth:`~DTPServer.accept` and :meth:`~DTPServer.serve_forever`, over the
 :class:`AcceptQueue` the server holds. Also the checks of a server's settings that the
 servers of the layers above make before they start."""
@@ -27,51 +27,43 @@ from dtp.identity.ahead import prepare_ephemeral_key
 from dtp.identity.keys import HostIdentity
 from dtp.identity.noise import prepare_handshake
 from dtp.protocol.connection import CloseCode, ConnectionConfig
+from dtp.transport.admission import (
+    DEFAULT_FIRST_MESSAGE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_WAITING_PER_ADDRESS,
+    ENDINGS,
+    SERVER_BUSY,
+    AddressSlots,
+    Admission,
+    FirstMessage,
+    HeapRelease,
+    Outcome,
+    Progress,
+    ReplayGuard,
+    ServerSlots,
+    Why,
+    address_key,
+    check_count,
+    checked_first_message_timeout,
+    release_free_heap,
+    unserved_counts,
+)
 from dtp.transport.blocking import AcceptHook, AdmitHook, sched
 from dtp.transport.blocking.checks import OWN, Own, checked_timeout
 from dtp.transport.blocking.engine import Engine
 from dtp.transport.blocking.socket import DTPSocket
 from dtp.transport.carriers.tcp import tune
-from dtp.transport.handshake_gate import (
-    DEFAULT_FIRST_MESSAGE_TIMEOUT,
-    ENDINGS,
-    Admission,
-    FirstMessage,
-    Outcome,
-    Progress,
-    Why,
-    checked_first_message_timeout,
-    unserved_counts,
-)
-from dtp.transport.handshake_slots import (
-    DEFAULT_MAX_HANDSHAKES,
-    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-    SERVER_BUSY,
-    AddressSlots,
-    ServerSlots,
-    address_key,
-    check_count,
-)
-from dtp.transport.heap_release import HeapRelease, release_free_heap
-from dtp.transport.hooks import (
-    HOOK_FAILED,
-    Listener,
-    PeerInfo,
-    Reservations,
-    hook_calls,
-    refusal_reason,
-)
-from dtp.transport.replay_guard import ReplayGuard
-from dtp.transport.session import CALLBACK_FAILED, Session
+from dtp.transport.hooks import Listener, PeerInfo, Reservations
+from dtp.transport.session import CALLBACK_FAILED, HOOK_FAILED, Session, hook_calls, refusal_reason
 
 
 class _Arrival:
-    """A blocking server's new connection until its handshake starts (dtp.transport.handshake_gate):
+    """A blocking server's new connection until its handshake starts (dtp.transport.admission):
     its first record is read (by the accepting thread, or the server's reader thread),
     then it waits for its handshake slots unread, holding its socket and what the
     client sent -- no thread, engine or Noise state. It stays the connection's entry in
-    the server's :class:`~dtp.transport.handshake_gate.Admission` (its handshake's end releases
+    the server's :class:`~dtp.transport.admission.Admission` (its handshake's end releases
     its slots by it)."""
 
     __slots__ = (
@@ -232,7 +224,7 @@ class DTPServer:
     costs no thread start each. ``address`` None: no TCP listener (the
     connections come from an :meth:`attach`-ed listener).
 
-    New connections are admitted by :class:`dtp.transport.handshake_gate.Admission`, as the
+    New connections are admitted by :class:`dtp.transport.admission.Admission`, as the
     asyncio server admits them (docs/protocol.md §8):
 
     * until it has sent its complete first handshake record, within
@@ -348,7 +340,7 @@ class DTPServer:
         self._address_slots = self._admission.address_slots
         # unproven connections the reader thread watches, by descriptor (_read_loop)
         self._reading: dict[int, _Arrival] = {}
-        # the heap's free pages go back to the system after churn (dtp.transport.heap_release)
+        # the heap's free pages go back to the system after churn (dtp.transport.admission)
         self._heap = HeapRelease()
         # the accepting thread's own next connection, when the admission starts it at
         # once (leader/follower: _accept_next)
@@ -404,7 +396,7 @@ class DTPServer:
         #: for proven connections waiting for a slot (also in :attr:`handshakes_failed`)
         self.half_handshakes_evicted = 0
         # IK first messages seen: a replayed one is turned away before the hooks, so it
-        # never holds a client's ledger connection (dtp.transport.replay_guard)
+        # never holds a client's ledger connection (dtp.transport.admission)
         self._replays = ReplayGuard()
         # one thread reads the first records still coming and closes what waited too
         # long (for its first record, or in a line for a slot); made last, so that a
@@ -466,7 +458,7 @@ class DTPServer:
     @property
     def replays_refused(self) -> int:
         """Replayed IK first messages turned away (also counted in
-        :attr:`handshakes_failed`): see :mod:`dtp.transport.replay_guard`."""
+        :attr:`handshakes_failed`): see :mod:`dtp.transport.admission`."""
         return self._replays.refused
 
     def close(self) -> None:
@@ -609,7 +601,7 @@ class DTPServer:
                 except Exception:  # (as _guarded_first_read: never the thread)
                     logger.exception("closing connections past their first-message timeout")
                 if self._heap.due(now):
-                    # (after churn, at a quiet moment: dtp.transport.heap_release)
+                    # (after churn, at a quiet moment: dtp.transport.admission)
                     release_free_heap()
         except Exception:
             # (its end would leave the first records unread and the lines unexpired)
@@ -891,7 +883,7 @@ class DTPServer:
 
     def _authenticate(self, engine: Engine, arrival: _Arrival) -> tuple[Outcome, str]:
         """Run the handshake and the accept hook: its outcome, and the refusal's reason
-        (REFUSED, BUSY; else "": :data:`~dtp.transport.handshake_gate.ENDINGS` holds it)."""
+        (REFUSED, BUSY; else "": :data:`~dtp.transport.admission.ENDINGS` holds it)."""
         session = engine.session
         conn = session.conn
         # (a wait for a place ends a little before the connection's own handshake timer,

@@ -10,7 +10,7 @@ connection, and ``websockets``' sans-I/O protocol (:class:`websockets.server.Ser
 sans-I/O layer, not ``websockets``' own server, because a server must count a WebSocket
 client from its TCP accept, as it counts a TCP client: the upgrade is the first thing
 the client sends, so the server's first-message timeout, its bounds on unproven
-connections and its per-address lines (dtp.transport.handshake_gate) cover the upgrade
+connections and its per-address lines (dtp.transport.admission) cover the upgrade
 and the first record together, and a client that never upgrades holds only its socket.
 
 Carrier rules (each breach ends the carrier with a WebSocket close code, the DTP
@@ -88,7 +88,7 @@ CLOSE_TOO_BIG: Final = 1009  # a message above MAX_MESSAGE (websockets' own chec
 MAX_REQUEST_HEAD = 16 << 10
 """The most bytes a server reads of a client's upgrade request (a browser's is under a
 few KiB, cookies included): an unproven connection holds no more than that, as a TCP
-one holds no more than its first record (dtp.transport.handshake_gate). Beyond it the
+one holds no more than its first record (dtp.transport.admission). Beyond it the
 upgrade is refused (HTTP 431)."""
 CLOSE_TIMEOUT = 2.0
 """Seconds a closing carrier waits for the peer's half of the close handshake before its
