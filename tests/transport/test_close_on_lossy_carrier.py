@@ -8,6 +8,8 @@ exactly from its seed (docs/testing.md 3)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 
 import dtp.aio
 import dtp.socket
@@ -33,42 +35,57 @@ def _network(seed: int) -> SimNetwork:
     return net
 
 
+@contextlib.contextmanager
+def _blocking_pair(
+    net: SimNetwork, serve: Callable[[dtp.socket.DTPSocket], None]
+) -> Iterator[dtp.socket.DTPSocket]:
+    """In a blocking program on host "client": a server on host "server" that hands its
+    one connection to ``serve`` in a thread, and a client connected to it; the thread is
+    joined once the client closed."""
+
+    def accept(srv: dtp.socket.DTPServer) -> None:
+        sock, _ = srv.accept()
+        with sock:
+            serve(sock)
+
+    with net.host("server"):
+        srv = dtp.socket.create_server(
+            ("server", 7000),
+            identity=SERVER_KEY,
+            config=lossy(SERVER_KEY, server=True),
+            first_message_timeout=FIRST_MESSAGE_TIMEOUT,
+        )
+        server = sched.Thread(target=accept, args=(srv,), name="serve")
+        server.start()
+    with (
+        srv,
+        dtp.socket.create_connection(
+            ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+        ) as sock,
+    ):
+        yield sock
+    server.join()
+
+
 def _blocking_run(seed: int) -> tuple[str, int]:
     """A blocking echo exchange, then the client's close: how the server's reads ended
     ("eof" or the error), and how many records the link lost."""
     net = _network(seed)
     ended: list[str] = []
 
-    def serve(srv: dtp.socket.DTPServer) -> None:
-        sock, _ = srv.accept()
-        with sock:
-            try:
-                while data := sock.recv(100):
-                    sock.sendall(data.upper())
-                ended.append("eof")
-            except DTPError as exc:
-                ended.append(repr(exc))
+    def serve(sock: dtp.socket.DTPSocket) -> None:
+        try:
+            while data := sock.recv(100):
+                sock.sendall(data.upper())
+            ended.append("eof")
+        except DTPError as exc:
+            ended.append(repr(exc))
 
     def main() -> None:
-        with net.host("server"):
-            srv = dtp.socket.create_server(
-                ("server", 7000),
-                identity=SERVER_KEY,
-                config=lossy(SERVER_KEY, server=True),
-                first_message_timeout=FIRST_MESSAGE_TIMEOUT,
-            )
-            server = sched.Thread(target=serve, args=(srv,), name="serve")
-            server.start()
-        with (
-            srv,
-            dtp.socket.create_connection(
-                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-            ) as sock,
-        ):
+        with _blocking_pair(net, serve) as sock:
             for i in range(ROUNDS):
                 sock.sendall(b"hello %d" % i)
                 assert sock.recv(100) == b"HELLO %d" % i
-        server.join()
 
     net.run_blocking(main, host="client")
     return ended[0], net.stats.chunks_lost
@@ -129,27 +146,11 @@ def _blocking_server_closes(seed: int) -> tuple[str, int]:
     """The server answers one request and closes: how the client's reads ended."""
     net = _network(seed)
 
-    def serve(srv: dtp.socket.DTPServer) -> None:
-        sock, _ = srv.accept()
-        with sock:
-            sock.sendall(sock.recv(100).upper())
+    def serve(sock: dtp.socket.DTPSocket) -> None:
+        sock.sendall(sock.recv(100).upper())
 
     def main() -> str:
-        with net.host("server"):
-            srv = dtp.socket.create_server(
-                ("server", 7000),
-                identity=SERVER_KEY,
-                config=lossy(SERVER_KEY, server=True),
-                first_message_timeout=FIRST_MESSAGE_TIMEOUT,
-            )
-            server = sched.Thread(target=serve, args=(srv,), name="serve")
-            server.start()
-        with (
-            srv,
-            dtp.socket.create_connection(
-                ("server", 7000), server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-            ) as sock,
-        ):
+        with _blocking_pair(net, serve) as sock:
             sock.sendall(b"hello")
             got = b""
             try:
@@ -159,7 +160,6 @@ def _blocking_server_closes(seed: int) -> tuple[str, int]:
             except DTPError as exc:
                 end = repr(exc)
             assert got == b"HELLO"
-        server.join()
         return end
 
     return net.run_blocking(main, host="client"), net.stats.chunks_lost
