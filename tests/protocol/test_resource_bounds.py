@@ -11,6 +11,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from dtp.native import core as _core
 from dtp.native.types import (
     FRAME_ACK,
@@ -317,6 +319,46 @@ def test_a_lost_close_is_sent_again_while_the_peer_goes_on() -> None:
     for _ in range(64):
         client.receive_datagram(junk, later)
         assert not client.datagrams_to_send(later)
+
+
+def test_a_lost_close_is_sent_again_at_each_probe_timeout_of_the_closing_period() -> None:
+    # A peer with nothing to send gives no input to answer: the CLOSE goes again on the
+    # closing side's own timer, every probe timeout until the period (3 PTO) ends
+    # (docs/protocol.md 3.1)
+    c, s, link = connect(reliable_carrier=False, idle_timeout=60.0)
+    client, server = c.conn, s.conn
+    start = link.now
+    client.close(16, "bye")
+    assert client.datagrams_to_send(start)  # lost
+    assert client._recovery is not None
+    pto = client._recovery.pto_interval()
+    assert client.closing
+    resends = []
+    now = start
+    while (timer := client.get_timer()) is not None:
+        assert timer > now  # (each call moves it on: no spinning)
+        now = timer
+        client.handle_timer(now)
+        copies = client.datagrams_to_send(now)
+        if copies:
+            resends.append((round(now - start, 9), len(copies)))
+            last = copies
+    assert resends == [(round(pto, 9), 1), (round(2 * pto, 9), 1)]
+    assert not client.closing and now == pytest.approx(start + 3 * pto)
+    client.handle_timer(now + 10 * pto)
+    assert not client.datagrams_to_send(now + 10 * pto)
+    # each copy is a whole CLOSE the peer takes
+    for record in last:
+        server.receive_datagram(record, now)
+    term = server.termination
+    assert term is not None and (term.error_code, term.reason, term.by_peer) == (16, "bye", True)
+    assert not server.closing and server.get_timer() is None  # (it closed nothing itself)
+
+    # over a reliable carrier none of this runs: the closed connection has no timer
+    c, s, link = connect()
+    c.conn.close()
+    assert c.conn.data_to_send(link.now)
+    assert not c.conn.closing and c.conn.get_timer() is None
 
 
 def test_a_short_outage_both_ways_does_not_give_up_an_idle_connection() -> None:

@@ -52,7 +52,7 @@ def echo_pair(net: SimNetwork, *, close_may_be_lost: bool) -> Iterator[dtp.socke
             except DTPError:
                 if not close_may_be_lost:
                     raise
-                # (the client's close lost on the link: its carrier's end tells)
+                # (the link lost each copy of the client's CLOSE)
 
     with net.host("server"):
         srv = dtp.socket.create_server(

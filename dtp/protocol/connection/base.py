@@ -107,6 +107,8 @@ class _ConnectionState:
     _close_frame: RawFrame | None
     _closing: bytes | None
     _closing_until: float
+    _closing_resend_at: float
+    _closing_interval: float
     _closing_inputs: int
     _closing_next: int
     _terminated: ConnectionTerminated | None

@@ -245,10 +245,13 @@ class Connection(_Streams, _FastPaths, _Records):
         self._ping_pending = False
         self._close_frame: RawFrame | None = None
         # lossy carriers, after our CLOSE went out (QUIC's closing state): its plaintext,
-        # sealed again in reply to what still arrives until _closing_until, after the
-        # 1st, 2nd, 4th, 8th... input (_closing_next)
+        # sealed again until _closing_until in reply to what still arrives, after the
+        # 1st, 2nd, 4th, 8th... input (_closing_next), and at _closing_resend_at, every
+        # _closing_interval (a probe timeout) when nothing does (docs/protocol.md 3.1)
         self._closing: bytes | None = None
         self._closing_until = 0.0
+        self._closing_resend_at = 0.0
+        self._closing_interval = 0.0
         self._closing_inputs = 0
         self._closing_next = 1
         self._terminated: ConnectionTerminated | None = None
@@ -346,6 +349,17 @@ class Connection(_Streams, _FastPaths, _Records):
     @property
     def closed(self) -> bool:
         return self._state is ConnState.CLOSED
+
+    @property
+    def closing(self) -> bool:
+        """Lossy carriers: our CLOSE went out and is still sent again, at each probe
+        timeout and in reply to what arrives, until the closing period ends (at a
+        :meth:`handle_timer` call; docs/protocol.md 3.1). Meanwhile a driver keeps the
+        carrier open, reads it and runs the timers: closed, a carrier that signals its
+        end would tell the peer of the end, and not the CLOSE it may have lost. The peer
+        closing its side ends the wait: it has the CLOSE, or closed too. Always False
+        over a reliable carrier."""
+        return self._closing is not None
 
     @property
     def termination(self) -> ConnectionTerminated | None:
@@ -472,6 +486,8 @@ class Connection(_Streams, _FastPaths, _Records):
             # and read-only: timer threads ask without the adapter's lock
             return self.lent_timer
         if self._state is ConnState.CLOSED:
+            if self._closing is not None:
+                return min(self._closing_resend_at, self._closing_until)
             return None
         config = self.config
         if (
@@ -505,6 +521,8 @@ class Connection(_Streams, _FastPaths, _Records):
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED:
+            if self._closing is not None:
+                self._closing_timer(now)
             return
         if now >= self._last_received + self.config.idle_timeout:
             self._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False, now=now)
@@ -948,6 +966,21 @@ class Connection(_Streams, _FastPaths, _Records):
         if self._closing_inputs < self._closing_next:
             return
         self._closing_next *= 2
+        assert self._closing is not None
+        self._seal_plaintexts([self._closing], [[]], [False], now)
+
+    def _closing_timer(self, now: float) -> None:
+        """Lossy carriers, our CLOSE out: the closing period ends at ``_closing_until``;
+        before it, the CLOSE goes again (alone, in a new record) at every probe timeout,
+        whatever arrives or not. A peer with nothing to send, which would never make
+        :meth:`_input_while_closing` answer, still gets it, unless the carrier loses
+        each copy (docs/protocol.md 3.1)."""
+        if now >= self._closing_until:
+            self._closing = None
+            return
+        if now < self._closing_resend_at:
+            return
+        self._closing_resend_at = now + self._closing_interval
         assert self._closing is not None
         self._seal_plaintexts([self._closing], [[]], [False], now)
 

@@ -85,7 +85,7 @@ class _Records(_ConnectionState):
     ``streams``, ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
     ``_conn_recv_limit``, ``_ctrl``,
     ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
-    ``_ping_pending``, ``_close_frame``, ``_closing``, ``_closing_until``, ``_acks``,
+    ``_ping_pending``, ``_close_frame``, ``_closing`` and its ``_closing_*`` fields, ``_acks``,
     ``_ack_lead``, ``_recovery``, ``_unacked``, ``_unacked_blocked``, ``records_sent``,
     ``datagrams_send_dropped``, ``datagram_bytes``.
     """
@@ -275,9 +275,13 @@ class _Records(_ConnectionState):
             close = _core.encode_frames([self._close_frame])
             self._close_frame = None
             if self._recovery is not None:
-                # a lossy carrier may lose it: kept to be sent again (_input_while_closing)
+                # a lossy carrier may lose it: kept to be sent again for the closing
+                # period (_input_while_closing, _closing_timer; docs/protocol.md 3.1)
+                pto = self._recovery.pto_interval()
                 self._closing = close
-                self._closing_until = now + 3 * self._recovery.pto_interval()
+                self._closing_until = now + 3 * pto
+                self._closing_interval = pto
+                self._closing_resend_at = now + pto
             plaintexts.append(close)
             items_per_record.append([])
             eliciting.append(False)

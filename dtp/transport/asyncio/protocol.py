@@ -108,6 +108,9 @@ class Protocol(asyncio.BufferedProtocol):
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
         #: closes its side, or when this fires
         self._drain_timer: asyncio.TimerHandle | None = None
+        # close_carrier() came while our CLOSE may still go again (Connection.closing):
+        # the carrier closes once that ends (_after_io)
+        self._close_after_closing = False
         self._write_paused = False
         # the carrier reads into this one buffer (see RECV_CHUNK): it starts small,
         # doubles whenever a read fills it, and starts small again after a read that
@@ -237,7 +240,11 @@ class Protocol(asyncio.BufferedProtocol):
         session = self.session
         changed = session.process_events()
         self.flush()
-        if session.terminated is not None and self.transport is not None and not self.hold_carrier:
+        if (
+            session.terminated is not None
+            and self.transport is not None
+            and (not self.hold_carrier or self._close_after_closing)
+        ):
             self.close_carrier()
         if changed:
             self.notify_changes()
@@ -253,10 +260,15 @@ class Protocol(asyncio.BufferedProtocol):
         for CARRIER_GRACE seconds (a peer that stopped reading kept the socket open, and
         wait_closed() waiting, for good; a slow one is given the time it takes).
         ``drain`` False (an abort, the loop ending): closed at once, a half-closed
-        carrier too."""
+        carrier too. Over a lossy carrier, while our CLOSE may still go again
+        (Connection.closing), nothing is closed yet: the carrier stays open, read and
+        timed, and closes when that ends (:meth:`_after_io`) or the peer closes it."""
         transport = self.transport
         if transport is None:
             return
+        self._close_after_closing = drain and self.conn.closing and not transport.is_closing()
+        if self._close_after_closing:
+            return  # (docs/protocol.md 3.1: its end could reach the peer without the CLOSE)
         if self._drain_timer is not None:
             if not drain:
                 self._close_transport()

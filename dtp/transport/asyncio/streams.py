@@ -22,6 +22,10 @@ SEND_HIGH_WATER = 512 * 1024
 #: over a reliable carrier (TCP) before it closes anyway (the peer then sees an error,
 #: not a clean end)
 CLOSE_LINGER = 5.0
+#: The same over a lossy carrier (the ledger), where data has left only once
+#: acknowledged; and the bound on the closing period's wait for the carrier's end
+#: (docs/protocol.md 3.1)
+LOSSY_CLOSE_LINGER = 30.0
 
 
 class DTPStreamReader:
@@ -675,7 +679,7 @@ class DTPStreamWriter:
             # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
             # not wait_for: on Python 3.11 wait_for swallows a cancel that comes as a
             # change does, and the close would go on for those 30 s, the loop's end with it.)
-            deadline = self._proto.loop.time() + 30.0
+            deadline = self._proto.loop.time() + LOSSY_CLOSE_LINGER
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
             ):
@@ -706,10 +710,12 @@ class DTPStreamWriter:
                 async with asyncio.timeout(hook.close_wait):
                     await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
-        # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN): a
-        # loop ending meanwhile cancels this task, and the cancel closes it at once
+        # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN; over a
+        # lossy carrier, after the closing period too): a loop ending meanwhile cancels
+        # this task, and the cancel closes it at once
+        wait = CARRIER_DRAIN + CARRIER_GRACE + (LOSSY_CLOSE_LINGER if conn.closing else 0.0)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CARRIER_DRAIN + CARRIER_GRACE):
+            async with asyncio.timeout(wait):
                 await asyncio.shield(self._proto.closed_future)
         if hook is not None:
             await asyncio.to_thread(hook.after_close)  # half-close on the ledger, if needed

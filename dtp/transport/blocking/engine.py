@@ -456,11 +456,14 @@ class Engine:
             return
         self.carrier_closed = True
         self.out.clear()
-        if exc is None:
-            # a carrier that keeps its own account of why it ended (a bridge's end, the
-            # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end
-            lost = getattr(self.sock, "lost_error", None)
-            exc = lost() if callable(lost) else None
+        # a carrier that keeps its own account of why it ended (a bridge's end, the
+        # WebSocket carrier's: websocket_bridge) says so, whichever read saw the end: an
+        # EOF, or a reset (a bridge that failed with our bytes unread in its end), as
+        # the asyncio driver's connection_lost prefers it
+        lost = getattr(self.sock, "lost_error", None)
+        failure = lost() if callable(lost) else None
+        if failure is not None:
+            exc = failure
         if self.closed:  # (only DTPSocket.__del__ leaves a closed engine's carrier open)
             what = "the connection's first socket was garbage-collected without close()"
         elif exc:
@@ -676,6 +679,7 @@ class Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
+                self._linger_closing(linger)
                 # the server's end of the carrier closes once its layer above is done
                 # with the connection (ConnectionHook.close_wait)
                 left = end - sched.monotonic()
@@ -691,8 +695,19 @@ class Engine:
                     self._drain_carrier(min(linger, 1.0), patience)
                 if self.hook is not None:
                     self.hook.after_close()
+            else:
+                self._linger_closing(linger)  # (a CLOSE of ours that ended it)
             self.session.process_events()
             self._release(closing=True)
+
+    def _linger_closing(self, linger: float) -> None:
+        """Lossy carriers: keep the carrier open, read and its timers run while our
+        CLOSE may still be sent again (Connection.closing, docs/protocol.md 3.1), up to
+        ``linger``; the peer closing its side ends the wait. Closed at once, the carrier's
+        end could reach the peer without the CLOSE, which reads a lost connection."""
+        if self.conn.closing and not self.carrier_closed:
+            with contextlib.suppress(DTPError):
+                self.pump(lambda: not self.conn.closing, linger)
 
     def _drain_carrier(self, timeout: float, patience: float | None = None) -> None:
         """Before closing the carrier: half-close it and read (discarding) until the peer
