@@ -891,21 +891,26 @@ class DTPStreamWriter:
         not three). The writer is closed when the handler returns, if it did not close
         it; a handler that raises has its exception passed to the loop's exception
         handler and its stream reset (code 0: the peer reads StreamReset, not a clean
-        end). Cancelled, it cancels the handlers' tasks. One at a time on a connection;
+        end). Cancelled, it resets the streams still served (code 0) and cancels their
+        handlers' tasks, as a handler cancelled otherwise resets its stream: the peer's
+        reads end in StreamReset rather than wait. One at a time on a connection;
         :meth:`accept_stream` raises RuntimeError meanwhile."""
         proto = self._proto
         if proto.stream_handler is not None:
             raise RuntimeError("serve_streams() is running already on this connection")
         session = self._session
         loop = proto.loop
-        # the handlers' tasks by stream: each takes itself off as it ends (a done
-        # callback would cost a callback of the loop of its own, often a pass)
-        tasks: dict[int, asyncio.Task[None]] = {}
+        # the handlers' tasks and writers by stream: each takes itself off as it ends
+        # (a done callback would cost a callback of the loop of its own, often a pass)
+        tasks: dict[int, tuple[asyncio.Task[None], DTPStreamWriter]] = {}
         kind = type(self)
 
         async def serve(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
             try:
                 await handler(reader, writer)
+            except asyncio.CancelledError:
+                writer.reset(0)  # (else the peer's read() on it would wait forever)
+                raise
             except Exception as exc:
                 loop.call_exception_handler(
                     {
@@ -924,7 +929,7 @@ class DTPStreamWriter:
         def start(stream_id: int) -> None:
             reader = DTPStreamReader(proto, stream_id)
             writer = kind(proto, stream_id, primary=False)
-            tasks[stream_id] = loop.create_task(serve(reader, writer))
+            tasks[stream_id] = (loop.create_task(serve(reader, writer)), writer)
 
         proto.stream_handler = start
         try:
@@ -932,14 +937,16 @@ class DTPStreamWriter:
             while session.terminated is None:
                 await proto.wait_change(BROAD_KEY)
         except BaseException:
-            for task in tasks.values():
+            # reset first: a task cancelled before its first step never runs serve()
+            for task, writer in list(tasks.values()):
+                writer.reset(0)
                 task.cancel()
             raise
         finally:
             if proto.stream_handler is start:
                 proto.stream_handler = None
         if tasks:
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*(task for task, _ in tasks.values()), return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"<DTPStreamWriter stream={self._stream_id} peer={self.get_extra_info('peername')}>"
