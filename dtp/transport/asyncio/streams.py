@@ -23,8 +23,8 @@ SEND_HIGH_WATER = 512 * 1024
 #: not a clean end)
 CLOSE_LINGER = 5.0
 #: The same over a lossy carrier (the ledger), where data has left only once
-#: acknowledged; and the bound on the closing period's wait for the carrier's end
-#: (docs/protocol.md 3.1)
+#: acknowledged; the closing period's wait for the carrier's end (docs/protocol.md 3.1)
+#: comes out of it too: the close waits at most this, CARRIER_DRAIN and CARRIER_GRACE
 LOSSY_CLOSE_LINGER = 30.0
 
 
@@ -667,6 +667,7 @@ class DTPStreamWriter:
 
     async def _close_connection(self) -> None:
         conn = self._conn
+        deadline = self._proto.loop.time() + LOSSY_CLOSE_LINGER  # (lossy carriers only)
         if conn.config.reliable_carrier:
             # (asyncio.timeout, not wait_for: see below)
             with contextlib.suppress(TimeoutError, DTPError):
@@ -679,7 +680,6 @@ class DTPStreamWriter:
             # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
             # not wait_for: on Python 3.11 wait_for swallows a cancel that comes as a
             # change does, and the close would go on for those 30 s, the loop's end with it.)
-            deadline = self._proto.loop.time() + LOSSY_CLOSE_LINGER
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
             ):
@@ -711,9 +711,12 @@ class DTPStreamWriter:
                     await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
         # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN; over a
-        # lossy carrier, after the closing period too): a loop ending meanwhile cancels
-        # this task, and the cancel closes it at once
-        wait = CARRIER_DRAIN + CARRIER_GRACE + (LOSSY_CLOSE_LINGER if conn.closing else 0.0)
+        # lossy carrier, after the closing period too, out of what is left of
+        # LOSSY_CLOSE_LINGER): a loop ending meanwhile cancels this task, and the cancel
+        # closes it at once
+        wait = CARRIER_DRAIN + CARRIER_GRACE
+        if conn.closing:
+            wait += max(0.0, deadline - self._proto.loop.time())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await asyncio.shield(self._proto.closed_future)
