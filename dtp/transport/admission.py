@@ -1058,7 +1058,7 @@ class Admission(Generic[H]):
             verdict = slots.take_or_wait(key, item, deadline)
             if verdict is Verdict.WAITING and slots.waiting_total() > self._max_address_waiting:
                 # (the addresses' lines together hold at most as many as the server's:
-                # 200 addresses' lines of 64 each were 12,800 descriptors)
+                # 200 addresses' lines of 64 each would hold 12,800 descriptors)
                 expired, _ = slots.purge(key, now, lambda waiting: waiting is item)
                 self._close(expired, "busy")
                 verdict = Verdict.FULL

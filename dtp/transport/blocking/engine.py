@@ -1038,10 +1038,10 @@ class TimerService:
         """Start a closing thread for each socket close_later() queued."""
         while True:
             # taken off the queue and started under the lock: finish_closes (at exit, in
-            # another thread) sees a close either queued or running. Taken off outside
-            # it, the exit could find neither and not wait; a closer it saw before it
-            # ran made its join() raise RuntimeError. Either way the close was cut off
-            # mid-linger, and the peer read a reset
+            # another thread) must see each close either queued (it starts those) or
+            # with its closer started (it joins those: a thread not started cannot be
+            # joined), or the exit would cut the close off mid-linger, and the peer
+            # would read a reset
             with self._lock:
                 try:
                     sock = self._closing.popleft()
