@@ -72,6 +72,11 @@ RETIRED: dict[str, str] = {
     "dtp.handshake_gate": "dtp.transport.admission",
     "dtp.replay_guard": "dtp.transport.admission",
     "dtp.heap_release": "dtp.transport.admission",
+    # (the paths 0.1.0's table sent the four above to, merged since)
+    "dtp.transport.handshake_slots": "dtp.transport.admission",
+    "dtp.transport.handshake_gate": "dtp.transport.admission",
+    "dtp.transport.replay_guard": "dtp.transport.admission",
+    "dtp.transport.heap_release": "dtp.transport.admission",
     "dtp.carriers": "dtp.transport.carriers",
     "dtp.carriers.ledger": "dtp.hostid.ledger_carrier.carrier",
     "dtp.carriers.ledger_bridge": "dtp.hostid.ledger_carrier.bridge",

@@ -74,12 +74,16 @@ struct dtp_aead {
 
 #define CHACHA_NAME "ChaCha20-Poly1305"
 
+/* ASCII lower case (the names are ASCII; no locale, and OPENSSL_strncasecmp is 3.0.3+). */
+static char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c; }
+
 /* 1 if the alias at p (up to ':' or the end) is CHACHA_NAME (names are case-insensitive in
  * OpenSSL). */
 static int alias_is(const char *p) {
     const size_t want = sizeof CHACHA_NAME - 1;
-    return (*p | 0x20) == 'c' && OPENSSL_strncasecmp(p, CHACHA_NAME, want) == 0 &&
-           (p[want] == ':' || p[want] == '\0');
+    for (size_t i = 0; i < want; i++)  /* (a shorter p stops at its '\0': no match) */
+        if (ascii_lower(p[i]) != ascii_lower(CHACHA_NAME[i])) return 0;
+    return p[want] == ':' || p[want] == '\0';
 }
 
 /* 1 if the provider's colon-separated name list `names` holds CHACHA_NAME: first names

@@ -1,12 +1,10 @@
 """What a server does with a new connection before it is served, sans I/O, both servers
-alike: the admission policy (which connections get a handshake), the handshake slots it
-hands out, the replay guard on first messages, and when the freed heap goes back.
+alike: the admission policy (which connections get a handshake: docs/protocol.md §8,
+"Admission"), the handshake slots it hands out, the replay guard on first messages, and
+when the freed heap goes back.
 
 The admission policy
 --------------------
-
-Which connections a server spends a handshake on: the admission policy both servers
-share (docs/protocol.md §8, "Admission"), sans I/O.
 
 A TCP connection proves it speaks DTP by sending its complete first handshake record
 (an ``HS_INIT`` of at most :data:`~dtp.identity.noise.MAX_MESSAGE_SIZE` bytes, whose first byte
@@ -18,21 +16,18 @@ and HAProxy's ``timeout http-request`` bound a request's head the same way). At 
 (:func:`~dtp.transport.admission.address_key`); a newcomer beyond either bound makes the
 oldest of them give way, closed -- a genuine client sends its first message with its
 connect, so it is never the oldest for long, while a silent one ages (a bound that
-refused the newcomer instead would let silent connections lock everyone out, as the
-handshake slots they took did: 0 of 75 clients got in).
+refused the newcomer instead would let silent connections lock everyone out).
 
 An address whose connections keep ending unproven -- gave way, timed out, sent what is
 not DTP, or hung up before their first record -- is *suspect* (:class:`Strikes`: a
 second such end within :data:`STRIKE_HALF_LIFE` seconds of the first; forgiven as they
-decay, by half every half-life). Its new connections
-wait apart: when the server's bound is reached they give way first, oldest first, and a
-suspect newcomer that finds only others' connections waiting is refused at once rather
-than make one of them give way. A reconnect flood -- silent connections reopened as
-fast as they are closed, thousands a second from a few hundred addresses -- thus churns
-through its own connections only, and a genuine client's connect, waiting for the
-server to read its first record, is never the one closed (tests/transport/
-test_reconnect_flood.py: before, 5 of 200 such connects to the asyncio server and 1 of
-200 to the blocking one were).
+decay, by half every half-life). Its new connections wait apart: when the server's
+bound is reached they give way first, oldest first, and a suspect newcomer that finds
+only others' connections waiting is refused at once rather than make one of them give
+way. A reconnect flood -- silent connections reopened as fast as they are closed,
+thousands a second from a few hundred addresses -- thus churns through its own
+connections only, never a genuine client's connect (tests/transport/
+test_reconnect_flood.py).
 
 A proven connection takes the server's handshake slots (below).
 When they are all taken, the *half-handshakes* -- connections whose handshake waits for
@@ -91,15 +86,14 @@ and replay it. Only accepted connections push accepted keys out -- on a server t
 admits through the ledger, each one a funded ledger connection of its own.
 
 While a connection's admission is being decided (the ledger read, up to its grace), its
-key is held in a third set that nothing pushes out: in the unaccepted pool meanwhile, a
-flood of :data:`DEFAULT_CAPACITY` throw-away handshakes in that window would push it out
-before :meth:`ReplayGuard.accepted` could keep it, and let its replay through. That set
-holds one key per admission in progress, which the blocking server bounds
-(``max_handshakes``); a key whose connection was decided -- accepted, refused, failed or
-gone -- leaves it for the pool of its verdict, found by looking at the oldest two keys
-held each time one comes in or is accepted (the servers do not say when they refuse).
-It holds about twice the admissions in progress at their peak, and drains by one or two
-keys per handshake after a burst. Each step is a few dict operations.
+key is held in a third set that nothing pushes out (in the unaccepted pool, a flood of
+throw-away handshakes in that window could push it out before
+:meth:`ReplayGuard.accepted` kept it, and let its replay through). That set holds one
+key per admission in progress, which the blocking server bounds (``max_handshakes``); a
+decided key -- accepted, refused, failed or gone -- moves to the pool of its verdict,
+found by looking at the oldest two keys held each time one comes in or is accepted (the
+servers do not say when they refuse): about twice the admissions in progress at their
+peak, a few dict operations a step.
 
 The heap given back
 -------------------
@@ -107,11 +101,9 @@ The heap given back
 Each connection allocates and frees a few hundred kilobytes (its Session, the carrier's
 read buffers, Noise state) among small objects that outlive it (the replay guard's
 keys, the caches of keys made ahead). glibc's malloc keeps the freed pages between
-those survivors for the next allocations rather than returning them: after 80,000
-connections (at most ~93 open at once) an asyncio server held 420 MiB resident with
-5-6 MiB in use, where an asyncio + TLS server held 45 MiB. ``malloc_trim(0)`` returns
-the free pages, in the middle of the heap too (``MADV_DONTNEED``), and -- after a
-collection of the reference cycles the connections left -- brought it back to 50 MiB.
+those survivors rather than return them (80,000 connections left an asyncio server
+420 MiB resident, 5-6 MiB in use); ``malloc_trim(0)`` returns them, in the middle of the
+heap too (``MADV_DONTNEED``), after a collection of the connections' reference cycles.
 
 :class:`HeapRelease` decides when, sans I/O: at a quiet moment -- no new connection for
 :data:`QUIET` seconds after at least :data:`MIN_CHURN` of them, and once more
@@ -1058,7 +1050,7 @@ class Admission(Generic[H]):
             verdict = slots.take_or_wait(key, item, deadline)
             if verdict is Verdict.WAITING and slots.waiting_total() > self._max_address_waiting:
                 # (the addresses' lines together hold at most as many as the server's:
-                # 200 addresses' lines of 64 each were 12,800 descriptors)
+                # 200 addresses' lines of 64 each would hold 12,800 descriptors)
                 expired, _ = slots.purge(key, now, lambda waiting: waiting is item)
                 self._close(expired, "busy")
                 verdict = Verdict.FULL

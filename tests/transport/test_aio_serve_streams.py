@@ -118,13 +118,17 @@ def test_the_end_waits_for_the_handlers_and_a_cancel_cancels_them() -> None:
         release.clear()
         server, (_, client), (_, server_writer) = await served_connection()
         serving = asyncio.ensure_future(server_writer.serve_streams(slow))
-        await client.open_stream()
+        cancelled_reader, _cw = await client.open_stream()
         await asyncio.wait_for(started.wait(), 5)
         serving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await serving
         await asyncio.sleep(0)
         assert finished == ["done", "cancelled"]
+        # the cancelled handler's stream was reset: the client's read ends, not waits
+        with pytest.raises(StreamReset):
+            async with asyncio.timeout(5):
+                await cancelled_reader.read()
         _r, w = await client.open_stream()
         w.write_eof(b"x")
         sr, _sw = await asyncio.wait_for(server_writer.accept_stream(), 5)

@@ -471,6 +471,14 @@ def test_the_forwarder_signs_a_report_capped_by_what_it_sent_and_received() -> N
     assert final == (type(answer)(None, True, flow.paid))
 
 
+def test_take_is_a_deprecated_alias_of_admit() -> None:
+    flow = FlowAccount(Meter(CLIENT, scope_of(CONNECTION_ID), SLA, DEPOSIT))
+    with pytest.warns(DeprecationWarning, match="removed in 0.3.0"):
+        out, oversized, unpaid = flow.take([b"x" * 10, b"y" * 200], 100)
+    assert (out, oversized, unpaid) == ([b"x" * 10], 1, 0)
+    assert (flow.sent_datagrams, flow.sent_bytes) == (1, 10)
+
+
 @pytest.mark.parametrize(
     "body", [b"R" + b"\x00" * 16, b"F", b"U" + USAGE.pack(1, 1) + b"!", b"U"], ids=repr
 )

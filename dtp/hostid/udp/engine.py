@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -712,6 +713,15 @@ class FlowAccount:
                 self.meter.deposit,
             )
         return out, oversized, unpaid
+
+    def take(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
+        """Deprecated alias of :meth:`admit` (removed in 0.3.0)."""
+        warnings.warn(
+            "FlowAccount.take is deprecated (removed in 0.3.0): use admit",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.admit(batch, limit)
 
     def count_send(
         self, out: list[bytes], sent: int | None, oversized: int, unpaid: int

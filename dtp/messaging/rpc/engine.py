@@ -76,8 +76,9 @@ class ClientFees:
     def answered(self, request_id: int, body: bytes) -> bytes | None:
         """The call ``request_id`` was answered with ``body``: the signature
         acknowledging it, for the driver to send back in an ACK (the server claims the
-        escrow with it); None when the call prepaid nothing or ended already. Both
-        drivers ask this for every response: an answer reaching a call that ended
+        escrow with it); None when the call prepaid nothing or ended already. The
+        drivers ask this for each response while ``escrows`` is not empty (with none
+        it would return None): an answer reaching a call that ended
         (:meth:`unanswered`: timed out, cancelled, failed) is never acknowledged -- its
         caller never saw it, and its escrow waits for refund; a server that answered
         before the ledger deadline is paid by ``deliver`` instead (docs/escrow.md)."""

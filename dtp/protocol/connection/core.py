@@ -885,8 +885,8 @@ class Connection(_Streams, _FastPaths, _Records):
             return
         if not self.is_client and table.peer_opened:
             # the client opened it already, with frames of its own (before the hooks
-            # decided), and may have ended it since: opened again, the peer's next ID
-            # was past it and the server's task died on an AssertionError
+            # decided), and may have ended it since: it is not opened again, since the
+            # peer's next stream ID is past it already
             return
         if self.is_client:
             table.open_first()

@@ -23,8 +23,8 @@ SEND_HIGH_WATER = 512 * 1024
 #: not a clean end)
 CLOSE_LINGER = 5.0
 #: The same over a lossy carrier (the ledger), where data has left only once
-#: acknowledged; and the bound on the closing period's wait for the carrier's end
-#: (docs/protocol.md 3.1)
+#: acknowledged; the closing period's wait for the carrier's end (docs/protocol.md 3.1)
+#: comes out of it too: the close waits at most this, CARRIER_DRAIN and CARRIER_GRACE
 LOSSY_CLOSE_LINGER = 30.0
 
 
@@ -671,6 +671,7 @@ class DTPStreamWriter:
 
     async def _close_connection(self) -> None:
         conn = self._conn
+        deadline = self._proto.loop.time() + LOSSY_CLOSE_LINGER  # (lossy carriers only)
         if conn.config.reliable_carrier:
             # (asyncio.timeout, not wait_for: see below)
             with contextlib.suppress(TimeoutError, DTPError):
@@ -683,7 +684,6 @@ class DTPStreamWriter:
             # an ACK is no event: look again every 50 ms, for up to 30 s. (asyncio.timeout,
             # not wait_for: on Python 3.11 wait_for swallows a cancel that comes as a
             # change does, and the close would go on for those 30 s, the loop's end with it.)
-            deadline = self._proto.loop.time() + LOSSY_CLOSE_LINGER
             while self._session.terminated is None and (
                 conn.send_buffered() or conn.awaiting_acks()
             ):
@@ -715,9 +715,12 @@ class DTPStreamWriter:
                     await asyncio.shield(self._proto.closed_future)
         self._proto.close_carrier()
         # until the carrier is closed (the peer closed its side, or CARRIER_DRAIN; over a
-        # lossy carrier, after the closing period too): a loop ending meanwhile cancels
-        # this task, and the cancel closes it at once
-        wait = CARRIER_DRAIN + CARRIER_GRACE + (LOSSY_CLOSE_LINGER if conn.closing else 0.0)
+        # lossy carrier, after the closing period too, out of what is left of
+        # LOSSY_CLOSE_LINGER): a loop ending meanwhile cancels this task, and the cancel
+        # closes it at once
+        wait = CARRIER_DRAIN + CARRIER_GRACE
+        if conn.closing:
+            wait += max(0.0, deadline - self._proto.loop.time())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await asyncio.shield(self._proto.closed_future)
@@ -895,21 +898,26 @@ class DTPStreamWriter:
         not three). The writer is closed when the handler returns, if it did not close
         it; a handler that raises has its exception passed to the loop's exception
         handler and its stream reset (code 0: the peer reads StreamReset, not a clean
-        end). Cancelled, it cancels the handlers' tasks. One at a time on a connection;
+        end). Cancelled, it resets the streams still served (code 0) and cancels their
+        handlers' tasks, as a handler cancelled otherwise resets its stream: the peer's
+        reads end in StreamReset rather than wait. One at a time on a connection;
         :meth:`accept_stream` raises RuntimeError meanwhile."""
         proto = self._proto
         if proto.stream_handler is not None:
             raise RuntimeError("serve_streams() is running already on this connection")
         session = self._session
         loop = proto.loop
-        # the handlers' tasks by stream: each takes itself off as it ends (a done
-        # callback would cost a callback of the loop of its own, often a pass)
-        tasks: dict[int, asyncio.Task[None]] = {}
+        # the handlers' tasks and writers by stream: each takes itself off as it ends
+        # (a done callback would cost a callback of the loop of its own, often a pass)
+        tasks: dict[int, tuple[asyncio.Task[None], DTPStreamWriter]] = {}
         kind = type(self)
 
         async def serve(reader: DTPStreamReader, writer: DTPStreamWriter) -> None:
             try:
                 await handler(reader, writer)
+            except asyncio.CancelledError:
+                writer.reset(0)  # (else the peer's read() on it would wait forever)
+                raise
             except Exception as exc:
                 loop.call_exception_handler(
                     {
@@ -928,7 +936,7 @@ class DTPStreamWriter:
         def start(stream_id: int) -> None:
             reader = DTPStreamReader(proto, stream_id)
             writer = kind(proto, stream_id, primary=False)
-            tasks[stream_id] = loop.create_task(serve(reader, writer))
+            tasks[stream_id] = (loop.create_task(serve(reader, writer)), writer)
 
         proto.stream_handler = start
         try:
@@ -936,14 +944,16 @@ class DTPStreamWriter:
             while session.terminated is None:
                 await proto.wait_change(BROAD_KEY)
         except BaseException:
-            for task in tasks.values():
+            # reset first: a task cancelled before its first step never runs serve()
+            for task, writer in list(tasks.values()):
+                writer.reset(0)
                 task.cancel()
             raise
         finally:
             if proto.stream_handler is start:
                 proto.stream_handler = None
         if tasks:
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*(task for task, _ in tasks.values()), return_exceptions=True)
 
     def __repr__(self) -> str:
         return f"<DTPStreamWriter stream={self._stream_id} peer={self.get_extra_info('peername')}>"

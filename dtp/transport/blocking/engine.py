@@ -640,7 +640,9 @@ class Engine:
             self.timers.add(self)
 
     def shutdown(self, linger: float) -> None:
-        """Close gracefully: wait up to ``linger`` for queued data, then CLOSE. After
+        """Close gracefully: wait up to ``linger`` for queued data, then CLOSE; over a
+        lossy carrier, the closing period's resends of CLOSE are waited for out of what
+        is left of the same ``linger`` (_linger_closing), not a fresh one. After
         ``abandoned`` (the first stream was reset: DTPSocket.reset, a TCP reset's
         counterpart) the peer's reading is not waited for here, as the patient drain of
         _drain_carrier would (up to the whole linger, with a peer that does not read):
@@ -679,7 +681,8 @@ class Engine:
                 self.flush()
                 with contextlib.suppress(DTPError):
                     self.pump(lambda: not self.out, min(linger, 1.0))
-                self._linger_closing(linger)
+                # (what is left of the linger: the close as a whole stays within it)
+                self._linger_closing(max(0.0, end - sched.monotonic()))
                 # the server's end of the carrier closes once its layer above is done
                 # with the connection (ConnectionHook.close_wait)
                 left = end - sched.monotonic()
@@ -1035,10 +1038,10 @@ class TimerService:
         """Start a closing thread for each socket close_later() queued."""
         while True:
             # taken off the queue and started under the lock: finish_closes (at exit, in
-            # another thread) sees a close either queued or running. Taken off outside
-            # it, the exit could find neither and not wait; a closer it saw before it
-            # ran made its join() raise RuntimeError. Either way the close was cut off
-            # mid-linger, and the peer read a reset
+            # another thread) must see each close either queued (it starts those) or
+            # with its closer started (it joins those: a thread not started cannot be
+            # joined), or the exit would cut the close off mid-linger, and the peer
+            # would read a reset
             with self._lock:
                 try:
                     sock = self._closing.popleft()

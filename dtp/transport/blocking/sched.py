@@ -12,7 +12,10 @@ blocking program replays exactly from a seed (docs/testing.md §3).
 A scheduler replaces all of them at once (:class:`Scheduler` lists them); what a
 replacement must keep is the meaning each has here: ``wait_ready`` and ``poll`` as
 :func:`dtp.transport.carriers.tcp.wait_ready` and :func:`select.poll`, ``Queue`` as
-:class:`queue.Queue` (``get``, ``get_nowait``, ``put``, ``empty``), and so on.
+:class:`queue.Queue` (``get``, ``get_nowait``, ``put``, ``empty``), and so on. A
+replacement ``listen_tcp`` returns a tuned listener (TCP_NODELAY set, as
+:func:`dtp.transport.carriers.tcp.listen_tcp`'s): the blocking server does not tune the
+sockets it accepts, which inherit the listener's setting.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ import { SUBPROTOCOL, WebSocketCarrier } from './websocket.js';
  * Runs the server side of DTP on an open WebSocket (`ws`, subprotocol "dtp.v1" agreed)
  * whose first message is the client's first record, or is still to come. Resolves to the
  * accepted ServerConnection (options as ServerConnection's).
+ *
+ * It makes no replay guard: a server built on it passes one shared `replayGuard` (a
+ * ReplayGuard per server, shared by all its connections) in `options`, or a replayed IK
+ * first message is not refused (serveThroughRelay makes one for its connections).
  */
 export function acceptWebSocket(ws, options, firstMessage = null) {
   const carrier = new WebSocketCarrier(ws);
