@@ -462,28 +462,6 @@ class Connection(_Streams, _FastPaths, _Records):
         self.bytes_sent += len(joined)
         return joined
 
-    def flush_due(self) -> bool:
-        """Whether a driver's flush (:meth:`data_to_send`, then :meth:`get_timer`) may
-        have anything to do. False only with nothing queued to send on an established
-        connection over a reliable carrier: its only deadlines (idle timeout, keepalive)
-        then move later as records come and go, so a driver whose timer was armed in
-        this state may skip the flush (the timer, if early, finds nothing due and is
-        armed again). Attribute reads only: asked before every flush."""
-        return not (
-            self._state is ConnState.ESTABLISHED
-            and self._acks is None
-            and self._hs_resend_at is None
-            and self.lent_lane is None
-            and not self._out
-            and not self._streams_dirty
-            and not self._ctrl
-            and not self._pending_max_data
-            and not self._pending_stream_credit
-            and not self._pending_max_streams
-            and not self._ping_pending
-            and self._close_frame is None
-        )
-
     def datagrams_to_send(self, now: float) -> list[bytes]:
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
         if self.lent_lane is not None:

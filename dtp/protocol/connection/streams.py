@@ -203,20 +203,17 @@ class _Streams(_ConnectionState):
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
             self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
 
-    def acknowledge_read(self, stream_id: int, nbytes: int) -> bool:
-        """The application consumed ``nbytes`` of a stream: return flow-control credit.
-        True when that queued a credit update (the caller's next flush has it to send;
-        False: it queued nothing, and a flush for its sake may be skipped)."""
-        took_back = self.lent_lane is not None
-        if took_back:
-            self._take_back()  # (what the lane did may be due to go: True then)
+    def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
+        """The application consumed ``nbytes`` of a stream: return flow-control credit."""
+        if self.lent_lane is not None:
+            self._take_back()
         if nbytes <= 0 or self._state is ConnState.CLOSED:
-            return took_back
+            return
         self._conn_consumed += nbytes
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.consumed += nbytes
-        return self._return_credit(stream) or took_back
+        self._return_credit(stream)
 
     def pace_credit(self, bytes_per_sec: float) -> None:
         """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
@@ -243,20 +240,19 @@ class _Streams(_ConnectionState):
         self._conn_credit_at = _credit_at(config.connection_window, step)
         self._stream_credit_at = _credit_at(config.stream_window, step)
 
-    def _return_credit(self, stream: Stream | None) -> bool:
+    def _return_credit(self, stream: Stream | None) -> None:
         """After the application consumed bytes (of ``stream``): queue credit updates
-        for the windows that are used up enough (True when it queued one)."""
+        for the windows that are used up enough."""
         # Credit goes back once a quarter of the window is used (or a paced step of it:
         # pace_credit): a sender on a fast carrier then always has most of a window to
         # go on while the update travels.
         # Limits are varints: one past VARINT_MAX failed to encode (a window near it
         # reaches that once some bytes are read), so they stop there.
-        queued = False
         if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
             limit = min(self._conn_consumed + self.config.connection_window, VARINT_MAX)
             if limit > self._conn_recv_limit:
                 self._conn_recv_limit = limit
-                self._pending_max_data = queued = True
+                self._pending_max_data = True
         if (
             stream is not None
             and stream.recv_state is RecvState.OPEN
@@ -266,8 +262,6 @@ class _Streams(_ConnectionState):
             if limit > stream.recv_limit:
                 stream.recv_limit = limit
                 self._pending_stream_credit.add(stream.stream_id)
-                queued = True
-        return queued
 
     def defer_stream_credit(self) -> None:
         """From now on a stream the peer opens is given back to its stream limit

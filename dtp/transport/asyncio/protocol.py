@@ -104,10 +104,6 @@ class Protocol(asyncio.BufferedProtocol):
         session.track_changes()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # (when _timer fires)
-        # _timer was armed with the connection settled (Connection.flush_due False):
-        # its deadlines only move later from then on, so a flush with nothing to send
-        # is skipped
-        self._timer_settled = False
         self._abort_timer: asyncio.TimerHandle | None = None
         #: Set once the carrier is half-closed (close_carrier): it closes when the peer
         #: closes its side, or when this fires
@@ -230,17 +226,8 @@ class Protocol(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         transport = self.transport
-        if transport is None or self._drain_timer is not None:
+        if transport is None or self._drain_timer is not None or transport.is_closing():
             return  # (half-closed: nothing more may be written)
-        if (
-            self._timer_settled
-            and self._timer is not None
-            and self.hook is None
-            and not self.conn.flush_due()
-        ):
-            return  # nothing to send, and the timer armed is not late (see there)
-        if transport.is_closing():
-            return
         now = self.now()
         if self.hook is not None:
             self.hook.on_output(now)
@@ -353,15 +340,12 @@ class Protocol(asyncio.BufferedProtocol):
             # an earlier time is kept — when it fires, handle_timer finds nothing due and
             # we re-arm once — instead of a cancel and a new TimerHandle per write.
             if deadline is not None and self._timer_at <= deadline + 0.001:
-                if not self._timer_settled:
-                    self._timer_settled = not self.conn.flush_due()
                 return
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
             self._timer = self.loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline
-            self._timer_settled = not self.conn.flush_due()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -545,26 +545,22 @@ class DTPStreamWriter:
         after it waits as before). A drain() already waiting when the close comes raises
         then too."""
 
-        session = self._session
-        if not self._closing and (
-            self._proto.write_paused or self._conn.send_buffered(self._stream_id) >= SEND_HIGH_WATER
-        ):
-            # (with room already -- the common case -- no wait is built)
-
-            def room() -> bool:
-                # (a close here ends the wait: what is queued is wait_closed()'s to wait
-                # for, and a peer not reading would hold a writing task's drain() for
-                # good, or for the first stream's CLOSE_LINGER)
-                return (
-                    self._closing
-                    or self._session.terminated is not None
-                    or (
-                        not self._proto.write_paused
-                        and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
-                    )
+        def room() -> bool:
+            # (a close here ends the wait: what is queued is wait_closed()'s to wait for,
+            # and a peer not reading would hold a writing task's drain() for good, or for
+            # the first stream's CLOSE_LINGER)
+            return (
+                self._closing
+                or self._session.terminated is not None
+                or (
+                    not self._proto.write_paused
+                    and self._conn.send_buffered(self._stream_id) < SEND_HIGH_WATER
                 )
+            )
 
+        if not self._closing:
             await self._proto.wait_for(room)
+        session = self._session
         buf = session.streams.get(self._stream_id)
         if buf is not None and buf.send_stopped is not None:
             # the peer stopped reading this stream: what was unsent is dropped, and the
