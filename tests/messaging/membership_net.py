@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -88,8 +89,15 @@ class Forwarders:
             for server in self.servers.values():
                 server.close()
             # a connection accepted just now has a handler task that has not run yet: a
-            # cancel before its first step would skip its finally, its transport unclosed
-            await asyncio.sleep(0.05)
+            # cancel before its first step would skip its finally, its transport unclosed;
+            # each is let start (and register its writer) first, however loaded the machine
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while loop.time() < deadline and any(
+                inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED  # type: ignore[arg-type]
+                for task in asyncio.all_tasks()
+            ):
+                await asyncio.sleep(0.01)
             for writer in list(self.writers):
                 writer.transport.abort()
             await asyncio.sleep(0.05)  # (the transports' close callbacks)
