@@ -743,8 +743,8 @@ def _sui(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             # sui speaks UTF-8 whatever the locale; a byte that is not (a path in a
-            # compiler diagnostic) raised UnicodeDecodeError, a traceback, after a publish
-            # too, its package ID lost
+            # compiler diagnostic) is replaced, never a UnicodeDecodeError that would
+            # lose a publish's package ID
             encoding="utf-8",
             errors="replace",
         )

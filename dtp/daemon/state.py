@@ -319,9 +319,8 @@ class StatusBook:
             try:
                 self._write(*snapshot)
             except Exception as exc:
-                # a fault, not the disk's (tried again after the interval, as a failed
-                # write): raised, it ended the thread with this one recorded as the
-                # writer, and no periodic write happened again
+                # a fault, not the disk's: tried again after the interval, as a failed
+                # write is; the thread goes on writing (tests/daemon/test_status_file.py)
                 error = repr(exc)
                 with self._disk:
                     if error != self._save_error:  # (logged once, as a disk's error)

@@ -368,7 +368,8 @@ def send_sealed(
                     "to use the mailbox"
                 ) from exc
     if ledger is None or signer is None:
-        # (only without a client: a failed direct try without a ledger raised its error)
+        # (only without a client: a failed direct try without a ledger raises its own
+        # error above)
         raise E.SealedError("neither a client (direct delivery) nor a ledger mailbox was given")
     ledger.mailbox_send(signer, recipient_host, data)
     return "mailbox"

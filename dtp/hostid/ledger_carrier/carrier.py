@@ -261,8 +261,8 @@ class LedgerCarrier:
         self.gap_timeout = gap_timeout
         self.max_payload = max_payload
         if max_record is not None:
-            # (unchecked, a wrong type failed in receive() at the peer's first fragment,
-            # skipping the rest of that page of events)
+            # (checked here: a wrong type must fail now, not in receive() at the peer's
+            # first fragment, where it would skip the rest of that page of events)
             _check_int("max_record", max_record)
             if max_record < 1:
                 raise ValueError(f"max_record must be a positive integer, not {max_record!r}")

@@ -815,7 +815,7 @@ class SuiNode:
         (``system_state.reference_gas_price``, a second GetEpoch). Neither there (or 0,
         which no network accepts as a gas price): :class:`MalformedResponse` naming the
         field, rather than a gas price of 0 that makes every transaction fail. An answer
-        without the epoch number is :class:`MalformedResponse` too (it was taken as 0)."""
+        without the epoch number is :class:`MalformedResponse` too (never taken as epoch 0)."""
 
         async def call() -> tuple[int, int]:
             resp = await self._unary(rq.GetEpoch(field_mask=["epoch", "reference_gas_price"]))

@@ -1067,11 +1067,10 @@ class DTPServer:
         whose handler runs in this thread). While none is free -- the application takes
         connections slower than they come -- the client waits in its handshake, until
         ``deadline`` (its handshake timeout): False then, and it is refused "server
-        busy". Told it was in and then dropped, a client of a burst died on its first
-        write (42-55 % of 1,000 connects to an accept() loop, uncounted); and this
-        handshake's slot, held meanwhile, holds the next clients in the listen backlog.
-        Lock held (the engine's: pumped while waiting, so a client that gives up is
-        seen)."""
+        busy". A client told it is in is never dropped for want of room
+        (tests/transport/test_accept_burst.py); this handshake's slot, held meanwhile,
+        holds the next clients in the listen backlog. Lock held (the engine's: pumped
+        while waiting, so a client that gives up is seen)."""
         if self._dispatch is not None:
             return True
         session = engine.session
