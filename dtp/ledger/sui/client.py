@@ -487,7 +487,7 @@ class SuiNode:
                 self._finalizer.atexit = False
             # queued under the lock close() takes to drop the runner: a call is either
             # queued before close()'s shutdown (which then cancels it) or goes to a new
-            # runner, never to a loop that is stopping (it waited there for ever) or
+            # runner, never to a loop that is stopping (it would wait there for ever) or
             # closed (RuntimeError)
             future = asyncio.run_coroutine_threadsafe(
                 self._guard(runner, make, what, executes), runner.loop

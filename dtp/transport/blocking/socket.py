@@ -1108,8 +1108,8 @@ class DTPSocket:
         number, ValueError when negative or NaN, OverflowError when too long), before
         any wait."""
         if timeout != "socket":
-            # (a negative one was taken for "one look": a typo such as -1 for None then
-            # looked like a quiet peer)
+            # (a negative one is refused, not taken for "one look": a typo such as -1
+            # for None would look like a quiet peer)
             timeout = checked_timeout(timeout)
         self._check_open()
         engine = self._engine
