@@ -64,8 +64,8 @@ def test_a_call_after_a_timeout_opens_a_new_connection_and_closes_the_stuck_one(
     grpc_node: Any,
 ) -> None:
     """The first connection never answers: the call times out (1 s). The next call, with
-    a budget of 30 s, used to go down the same stuck connection and time out too; now it
-    opens a new one, which reaches the node, and the stuck one is closed."""
+    a budget of 30 s, does not go down the same stuck connection: it opens a new one,
+    which reaches the node, and the stuck one is closed."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=1)
     client = SuiNode(proxy.url, timeout=1.0)
@@ -271,8 +271,8 @@ def test_close_after_the_node_was_used_again_still_stops_the_new_loop(grpc_node:
 
 def test_a_second_close_returns_only_once_the_loop_thread_ended(grpc_node: Any) -> None:
     """A call in flight takes its time to end when cancelled (until the test releases it);
-    one thread's close() waits for it. A second close() used to return at once, the loop
-    thread still running; now it returns once that thread ended."""
+    one thread's close() waits for it, and so does a second close(): it returns once the
+    loop thread ended, not at once."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     started, release = threading.Event(), threading.Event()

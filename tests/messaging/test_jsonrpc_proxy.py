@@ -114,11 +114,10 @@ def test_proxy_answer_cut_short_is_an_error_and_the_next_call_works(
     try:
         first = proxy(DOC)
         assert first is not None
-        # the half answer used to come back as the backend's
+        # the half answer never comes back as the backend's
         assert first != ANSWER[: len(ANSWER) // 2]
         assert json.loads(first)["error"]["code"] == E.INTERNAL_ERROR
-        # the next call on this thread used to go over the cut connection: sent, then
-        # "backend unreachable"
+        # the next call on this thread opens a new connection, not the cut one
         second = proxy(DOC)
         assert second == ANSWER
     finally:

@@ -44,7 +44,7 @@ def test_a_torn_journal_line_does_not_corrupt_the_next_start(world: tuple, tmp_p
     second = seal(bob.noise_public, b"second")
     with SealedInbox(bob, hb, state_path=state) as inbox:
         assert inbox.accept(second) is not None  # appended after the torn bytes
-    # the torn bytes and the next id used to form one corrupt line: SealedError here
+    # the next id starts a line of its own, never one corrupt line with the torn bytes
     with SealedInbox(bob, hb, state_path=state) as inbox:
         assert inbox.accept(first) is None and inbox.accept(second) is None
     assert journal.read_bytes().endswith(b"\n")
@@ -137,8 +137,8 @@ def test_a_closed_inbox_delivers_nothing(world: tuple, tmp_path: Path) -> None:
     sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
     try:
         message = seal(bob.noise_public, b"hello")
-        # the closed inbox's method, still registered, used to deliver it (and write the
-        # state file its successor owns): the successor then delivered it a second time
+        # a closed inbox delivers nothing (nor writes the state file its successor
+        # owns), so the successor's delivery is the only one
         with pytest.raises(E.SealedError, match="closed"):
             old.accept(message)
         with pytest.raises(E.SealedError, match="closed"):
