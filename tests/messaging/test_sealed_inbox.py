@@ -523,8 +523,8 @@ def test_a_recipient_killed_while_handling_mail_gets_each_message_once(
     before = store.read_bytes().split() if store.exists() else []
     assert before == bodies[: int(kill_at[1:])]
     _run_recipient(tmp_path, bob, hb, "never", expect_kill=False)
-    # nothing lost, nothing twice (fetch used to save the batch before the handler ran,
-    # so the killed message and the rest of its batch were never delivered)
+    # nothing lost, nothing twice (fetch saves a batch only after the handler ran, so
+    # the killed message and the rest of its batch are delivered again)
     assert store.read_bytes().split() == bodies
     with SealedInbox(bob, hb, ledger, state_path=tmp_path / "inbox.json") as inbox:
         assert inbox.fetch() == []
