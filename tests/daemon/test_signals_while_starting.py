@@ -174,7 +174,7 @@ def test_stop_while_opening_the_ledger(tmp_path: Path, procs: list[Starting]) ->
 
 
 def test_sighup_while_starting_reloads_once_ready(tmp_path: Path, procs: list[Starting]) -> None:
-    """SIGHUP's default action killed a starting daemon (exit -1). Now the start goes
+    """A SIGHUP does not kill a starting daemon (its default action): the start goes
     on and the reload happens once it is ready."""
     config = write_slow_config(tmp_path)
     proc = Starting(config)
@@ -279,10 +279,10 @@ def test_reload_refused_by_the_ledger_part_way_is_undone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A reload whose ledger sync fails in the middle (here the ledger refuses one
-    allow): the daemon kept its old settings but the ledger kept the transactions
-    before the refused one, a new service published (clients paying into connections
-    refused at once) and part of an allowlist. Now the settings in force are published
-    again. The ledger's refusal is the one edge faked here."""
+    allow): the daemon keeps its old settings and publishes them again, so that the
+    ledger does not keep the transactions before the refused one (a new service that
+    clients would pay into, part of an allowlist). The ledger's refusal is the one edge
+    faked here."""
     config = _provider_config(tmp_path, f"faucet = {SUI}")
     first, second = f"0x{1:064x}", f"0x{2:064x}"
     base = config.read_text()
