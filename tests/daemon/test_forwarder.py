@@ -295,9 +295,8 @@ def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ledger fails every open (after 0.2 s, as an RPC timing out). Eight local
-    clients come at once. Before: each one, queued behind the others, tried its own open
-    in turn (eight attempts, the last client closed after 1.6 s; against a silent host
-    10 s each). Now the clients waiting on a failed open share its failure, and the
+    clients come at once. The clients waiting on a failed open share its failure (not
+    one open each in turn: eight attempts, 10 s each against a silent host), and the
     next attempt comes after a backoff; one comes then."""
     attempts: list[float] = []
 

@@ -173,11 +173,10 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Three SIGHUPs within a moment, the reload adding two services (slowed: each
-    add_service takes 0.3 s). Before: three reloads synced the ledger side by side, the
-    slower ones failed on the services the first added ("reload refused by the ledger")
-    and published the old settings again, taking those services off the ledger while
-    the daemon served them. Now one reload runs, then one more for the SIGHUPs that came
-    meanwhile."""
+    add_service takes 0.3 s). One reload runs, then one more for the SIGHUPs that came
+    meanwhile: reloads never sync the ledger side by side, where the slower ones would
+    fail on the services the first added and take them off the ledger while the daemon
+    serves them."""
     real_add = LocalLedger.add_service
 
     def slow_add(self: LocalLedger, *args: Any, **kwargs: Any) -> None:

@@ -318,8 +318,8 @@ def test_a_call_ignoring_its_cancellation_ends_typed_once_close_gave_up(
     grpc_node: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """close() waits a bounded time (here 0.5 s) for a call that ignores its cancellation,
-    then stops the loop. The call's caller used to wait for ever on a loop that no longer
-    ran; now it gets LedgerUnavailable saying the connection was closed."""
+    then stops the loop. The call's caller gets LedgerUnavailable saying the connection
+    was closed, never a wait for ever on a loop that no longer runs."""
     monkeypatch.setattr(sui_client, "_CLOSE_WAIT", 0.5)
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)

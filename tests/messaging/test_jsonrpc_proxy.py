@@ -421,9 +421,9 @@ def test_a_document_the_backend_read_is_not_sent_again() -> None:
 
 
 def test_an_idle_connection_the_backend_closed_is_not_used() -> None:
-    # the backend ends its side after the first answer (FIN) but still reads: the old
-    # proxy sent the next document on it (read by the backend), saw no answer and sent
-    # it again on a new connection; now the closed connection is found before sending
+    # the backend ends its side after the first answer (FIN) but still reads: the
+    # proxy finds the closed connection before sending, so the next document goes once,
+    # on a new connection (never on the closed one, then again)
     closed = threading.Event()
 
     def handler(backend: RawBackend, sock: socket.socket, rfile: Any) -> None:

@@ -443,8 +443,8 @@ def test_async_calls_leave_no_protocol_timers_behind() -> None:
 
 
 def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund() -> None:
-    """The deposit runs in a thread the cancellation cannot stop: the escrow it made
-    was lost (its fee locked until someone found it); now it waits in ``unanswered``."""
+    """The deposit runs in a thread the cancellation cannot stop: the escrow it makes
+    waits in ``unanswered`` for its refund, never lost with its fee locked."""
     from dtp.ledger.local import LocalLedger
     from dtp.messaging.rpc import ResponsePrepay
 

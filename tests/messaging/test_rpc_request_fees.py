@@ -709,9 +709,8 @@ def _echo_once(
 
 
 def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
-    """AsyncRpcServer admitted on the event loop, so the
-    deposit's re-read (a ledger read, over the network on Sui) froze every connection
-    the loop serves while it lasted. Now the loop runs during the read."""
+    """AsyncRpcServer re-reads the deposit (a ledger read, over the network on Sui) off
+    the event loop: the loop, and every connection it serves, runs during the read."""
     world = _per_request_service()
     ledger, _, client_id, sla, host, cap = world
     opened = ledger.open_connection(client_id, host, 9, cap, 50)
