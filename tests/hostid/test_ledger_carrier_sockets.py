@@ -355,8 +355,8 @@ def test_server_arguments() -> None:
 
 
 def test_a_listener_for_a_host_it_cannot_serve_fails_at_start(host: Host) -> None:
-    # it started, skipped every connection in the background, and its clients saw only
-    # a handshake timeout; now the server does not start, and leaves nothing behind
+    # the server does not start (its clients would see only a handshake timeout), and
+    # leaves nothing behind
     fds = open_fds()
     threads = {t.ident for t in threading.enumerate()}
     for address, carriers in ((None, ("ledger",)), (("127.0.0.1", 0), ("tcp", "ledger"))):

@@ -212,8 +212,8 @@ def test_a_handler_accepting_what_a_waiting_fetch_holds_does_not_deadlock(world:
             inbox._settle(second_id, delivered=False)
 
     threading.Thread(target=watchdog, daemon=True).start()
-    # the handler is given a copy of "first": it waited for the fetch, which waited
-    # for the handler; now it is a duplicate (the fetch delivers it)
+    # the handler is given a copy of "first": a duplicate (the fetch delivers it), at
+    # once, not a wait for the fetch, which waits for the handler
     started = time.monotonic()
     assert inbox.accept(first) is None
     assert time.monotonic() - started < 5
