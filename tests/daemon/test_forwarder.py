@@ -236,9 +236,8 @@ def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
     tmp_path: Path,
 ) -> None:
     """The host allows 3 streams per connection (stream 0 and two tunnels); two tunnels
-    stay open and a third client comes. Before: its open_stream() waited for a slot,
-    the client hung (until one of the first two ended); docs/daemon.md: a new
-    connection is opened."""
+    stay open and a third client comes: a new connection is opened for it
+    (docs/daemon.md), not a wait for a slot until one of the first two ends."""
 
     async def run() -> None:
         host = _Host(max_streams=3)
@@ -251,9 +250,9 @@ def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
 def test_a_connection_opened_as_the_forwarder_retires_closes_after_its_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reload retires the forwarder while a local client's connection is being opened.
-    Before: the new connection was the forwarder's current one, not retired: it stayed
-    open after the tunnel ended (keepalives), Open on the ledger with its deposit."""
+    """A reload retires the forwarder while a local client's connection is being opened:
+    the new connection is retired with it, and closes after its tunnel ends (not kept
+    open by keepalives, Open on the ledger with its deposit)."""
     real = dtp.aio.open_connection
     entered, gate = asyncio.Event(), asyncio.Event()
 
@@ -339,11 +338,10 @@ def test_the_final_receipt_of_a_drain_covers_the_cancelled_tunnels_usage(
     tmp_path: Path,
 ) -> None:
     """A paid tunnel receiving without pause when the daemon stops: drain() cut it and
-    sent the connection's final receipt. Before: the receipt went out before the
-    cancelled tunnel ended, which went on counting what arrived in the meantime (a
-    receipt's worth, 256 KiB, never signed for: the host claimed less than it served).
-    It takes bytes arriving in the same turn of the loop as the drain's last wake-up:
-    about every other time, so five rounds."""
+    sent the connection's final receipt, after the cancelled tunnel ended, so that it
+    covers what arrived in the meantime (up to a receipt's worth, 256 KiB: the host
+    claims what it served). It takes bytes arriving in the same turn of the loop as
+    the drain's last wake-up: about every other time, so five rounds."""
     sla = Sla(1, 1, 1000)  # 1 MIST per KiB and per tunnel
 
     async def round_(path: Path) -> None:
@@ -399,7 +397,7 @@ def test_tunnels_below_the_stream_limit_share_one_connection_and_the_next_spills
     tunnels one after the other, then rounds of three at once, all take the first
     connection (open_stream() does not suspend with a slot free, so the timeout of 0
     around it never fires there); with three held open, a fourth client is served on a
-    second connection. Before: it waited for a slot, for good behind the held ones."""
+    second connection, not left waiting for a slot behind the held ones."""
 
     async def run() -> None:
         host = _Host(max_streams=4)
@@ -421,10 +419,9 @@ def test_a_deposit_too_small_for_one_tunnel_backs_off_longer_each_time(
 ) -> None:
     """The deposit (100 MIST) cannot pay for one tunnel (1000 MIST a request): each
     connection opened for a client is retired at once, and the next open waits for a
-    backoff doubling after each such failure. Before: the fresh connection's successful
-    open reset the backoff first, so it stayed at its first step -- a paid connection
-    opened on the ledger every 0.5 s for as long as clients came (before the backoff,
-    one per client)."""
+    backoff doubling after each such failure: the fresh connection's successful open
+    does not reset the backoff, which would keep it at its first step (a paid
+    connection opened on the ledger every 0.5 s for as long as clients come)."""
     monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.5)
     sla = Sla(0, 1000, 100)
 

@@ -103,8 +103,8 @@ async def _closed(writer: dtp.aio.DTPStreamWriter) -> str | None:
 
 
 def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: Path) -> None:
-    """Before: both were admitted and served; the first's end settled the ledger
-    connection while the second went on carrying tunnels."""
+    """The second is refused: one ledger connection carries one DTP connection, so the
+    first's end settles a ledger connection nothing else carries tunnels on."""
 
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
@@ -131,9 +131,9 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: P
 def test_a_drain_closes_a_connection_admitted_as_it_began(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: the drain's close loop missed the connection reading its terms; it was
-    served through the stop, the drain waited SETTLE_TIMEOUT (30 s) for its handler and
-    the ledger connection was left Open."""
+    """The drain's close loop also closes the connection still reading its terms: it is
+    not served through the stop, the drain does not wait SETTLE_TIMEOUT (30 s) for its
+    handler, and the ledger connection is settled."""
     reading = asyncio.Event()
     go_on = asyncio.Event()
     real_terms = ServerFees.terms
@@ -216,8 +216,8 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
 
 
 def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -> None:
-    """Before: the service's own lists were checked at admission only; the client went
-    on opening tunnels after the reload that denied it, for good."""
+    """The service's own lists hold after admission too: the reload that denies the
+    client closes its open connections, and it opens no more tunnels."""
 
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
@@ -241,7 +241,7 @@ def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -
 def test_a_connection_whose_terms_cannot_be_read_is_settled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: cut, never settled (Open on the ledger, the deposit locked)."""
+    """Cut, and settled: never left Open on the ledger with the deposit locked."""
     failed: list[str] = []
     real_terms = ServerFees.terms
 
@@ -270,7 +270,7 @@ def test_a_connection_whose_service_was_removed_while_admitted_is_settled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reload removes the service while the ledger admits a connection to it (held
-    here until the reload is done). Before: cut, never settled."""
+    here until the reload is done): cut, and settled."""
     admitting = threading.Event()
     go_on = threading.Event()
     held: list[str] = []
