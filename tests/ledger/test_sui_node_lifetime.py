@@ -3,10 +3,10 @@
 The node is real over 127.0.0.1: the grpclib server of
 ``tests/support/grpc_nodes.py`` (``GrpcNode``), behind a TCP proxy here whose
 first connection is accepted and never answered (an HTTP/2 connection that stopped
-answering). Before, a call that timed out left its stuck channel in place for every
-later call, and a call racing close() could open a channel on a loop being stopped,
-which the next loop then used (MalformedResponse for a good answer, a RuntimeError from
-close(), a caller waiting for ever).
+answering). A call that times out leaves no stuck channel for later calls, and a call
+racing close() never opens a channel on a loop being stopped (which the next loop
+would use: MalformedResponse for a good answer, a RuntimeError from close(), a caller
+waiting for ever).
 
 SuiNode's loop when the node is dropped, closed twice at once, or stuck in a call that
 ignores its cancellation.
@@ -115,9 +115,8 @@ def test_calls_racing_close_end_typed_and_leave_no_channel_or_thread(grpc_node: 
     """Four threads call while close() is called again and again. Each call answers or
     raises LedgerUnavailable saying the connection was closed; none hangs; close() never
     raises; afterwards no loop thread runs, nothing is left unclosed, and the node still
-    works. Before, a call could open its channel after close() took the old one: that
-    channel outlived its loop and the next loop used it (MalformedResponse for a good
-    answer, RuntimeError 'Event loop is closed' from close(), a caller stuck for ever)."""
+    works: no call opens its channel after close() took the old one, so no channel
+    outlives its loop."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     stop = threading.Event()
@@ -201,8 +200,8 @@ def _call_in_thread(client: SuiNode, make: Any) -> tuple[threading.Thread, list[
 
 def test_a_dropped_node_stops_its_loop_and_closes_its_connection(grpc_node: Any) -> None:
     """A SuiNode that served a call and is dropped without close(): once collected, its
-    loop thread ends and its connection is closed. Before, both lived until the process
-    exited. The finalizer must not keep the node alive either."""
+    loop thread ends and its connection is closed, not at the process's exit. The
+    finalizer must not keep the node alive either."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=0)  # forwards every connection
     try:

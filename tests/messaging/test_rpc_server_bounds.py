@@ -192,9 +192,8 @@ def test_a_stream_whose_answers_cannot_be_sent_stops_taking_requests() -> None:
 
 def test_a_pool_server_answers_a_reused_id_with_its_own_request() -> None:
     """Request 5 runs; the client cancels it and sends a new request 5 (an id no longer
-    in flight may be used again). Before, the first handler's result went out as the
-    answer to the second, and its end took the second's context with it (a CANCEL of
-    the second never reached its handler)."""
+    in flight may be used again). Each gets its own handler's answer, and the first's
+    end leaves the second's context (a CANCEL of the second reaches its handler)."""
     rpc = RpcServer(workers=2)
     a_started, b_started, gate = threading.Event(), threading.Event(), threading.Event()
     outcome: list[bool] = []
@@ -311,9 +310,9 @@ def test_the_asyncio_server_can_cancel_a_request_reusing_a_cancelled_ones_id() -
 
 def test_a_client_not_reading_on_a_plain_socket_does_not_hold_a_pool_worker() -> None:
     """A's answer is larger than the sockets hold, and A never reads; the stream's
-    timeout is A's deadline (the read loop keeps it). Before, the worker's send with
-    MSG_DONTWAIT waited that timeout for room first (a socket with a timeout does),
-    holding the only worker: B's call on another stream waited ~8 s behind it."""
+    timeout is A's deadline (the read loop keeps it). The worker's send never waits
+    that timeout for room (as MSG_DONTWAIT on a socket with a timeout would), so the
+    only worker is free for B's call on another stream."""
     rpc = RpcServer(workers=1)
     a_srv, a_cli = _tcp_pair(small_buffers=True)
 

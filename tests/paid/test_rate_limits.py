@@ -87,10 +87,10 @@ def debt_of(server: PaidAioServer | PaidServer) -> float:
 def test_a_datagram_a_cancelled_read_put_back_reaches_a_waiting_reader(world: World) -> None:
     """Task A reads the client's datagram and waits for the rate limit; task B waits in
     recv_datagram meanwhile; A is cancelled and puts the datagram back. B gets it once
-    the limit lets it (the debt of reading it twice: about 10 s). Before, B was not
-    woken: it waited until the connection moved again -- here for good, the client
-    signing no receipts and the Host not being read again. (asyncio only: a read
-    cancelled while it waits is asyncio's concern.)"""
+    the limit lets it (the debt of reading it twice: about 10 s), without waiting for
+    the connection to move again (here it never would: the client signs no receipts
+    and the Host is not read again). (asyncio only: a read cancelled while it waits is
+    asyncio's concern.)"""
     size, rate = 16_000, 3000  # 16 kB at 3 kB/s: A is held about 5 s
     server_box: list[PaidAioServer] = []
     outcome: queue.Queue[bytes | BaseException] = queue.Queue()
@@ -134,10 +134,10 @@ def test_blocking_datagrams_the_backlog_dropped_are_not_charged_to_the_rate_limi
 ) -> None:
     """A handler sends datagrams to a client that stopped reading, until the carrier's
     backlog drops them, then offers 600 s worth of the client's bytes/s limit more: all
-    of them dropped, the call returns at once, and the limit holds no debt for them.
-    (Before, every one offered was charged: the call waited 600 s for bytes that never
-    went.) Blocking only: its send_datagrams waits for the limit, the asyncio one never
-    waits and drops what the limit's debt holds back (the test below)."""
+    of them dropped, the call returns at once, and the limit holds no debt for them
+    (only what goes is charged). Blocking only: its send_datagrams waits for the limit,
+    the asyncio one never waits and drops what the limit's debt holds back (the test
+    below)."""
     rate = 4_000_000  # bytes/s: the backlog (some MB) fills in a few seconds
     outcome: queue.Queue[tuple[float, int, int, float] | BaseException] = queue.Queue()
     server_box: list[PaidServer] = []
