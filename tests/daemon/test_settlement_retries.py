@@ -248,9 +248,9 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
 def test_the_starts_recovery_counts_every_claim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """A run left a receipt unclaimed; the next start claims it. Before, the claim was
-    not counted when the connection's service was no longer configured, or when its
-    state could not be read once more after the settlement."""
+    """A run left a receipt unclaimed; the next start claims it, and counts the claim
+    also when the connection's service is no longer configured, or when its state
+    cannot be read once more after the settlement."""
     port = 7001 if path == "service-removed" else 7000
     left: dict[str, Any] = {}
 

@@ -58,9 +58,8 @@ def _sync(ga: Graph, gb: Graph) -> tuple[SyncSession, SyncSession]:
 @pytest.mark.parametrize("ham", HAMS)
 def test_a_state_of_negative_zero_converges_with_zero(ham: str) -> None:
     """One peer holds a field at state -0.0, the other the same value at 0.0: HAM finds
-    them equal (SAME both ways). Before, each kept its bits, the summaries differed for
-    ever and every sync sent the field again; now both hold 0.0 and a second sync is
-    quiet."""
+    them equal (SAME both ways), both hold 0.0, and a second sync is quiet (the
+    summaries agree: the field is not sent again)."""
     a, b = Graph(ham=ham), Graph(ham=ham)
     a.merge(encode_ham_batch([HamUpdate(b"n", b"f", -0.0, b"1")]))
     b.merge(encode_ham_batch([HamUpdate(b"n", b"f", 0.0, b"1")]))

@@ -171,9 +171,7 @@ def test_a_full_disk_gives_the_typed_error_and_keeps_the_changes(tmp_path: Path)
 
 def test_a_write_that_cannot_reach_the_file_still_reaches_the_graph(tmp_path: Path) -> None:
     """Another SQLite client holds the file's write lock: the flush that a put makes due
-    fails. Before, put() raised sqlite3.OperationalError after the table had changed,
-    and the view, the sync sessions and the subscribers never heard of the change (get()
-    left it out, the summary missed it). Now put() returns, everything sees the change,
+    fails: put() returns, the view, the sync sessions and the subscribers see the change,
     and it reaches the file once the lock is released."""
     path = tmp_path / "g.db"
     g = Graph(path, flush_interval=3600)

@@ -282,8 +282,8 @@ class _AddedAtTheEnd(list[str]):
 
 def test_refund_due_keeps_an_escrow_added_as_it_finishes() -> None:
     """An escrow another thread adds to ``unanswered`` just as ``refund_due`` ends its
-    pass stays there for the next pass (and is refunded by it). Before: the list was
-    replaced whole by the escrows kept, and that one was never refunded."""
+    pass stays there for the next pass (and is refunded by it): the list is never
+    replaced whole by the escrows kept."""
     ledger = LocalLedger(":memory:", clock_ms=1_000)
     client, server = HostIdentity.generate(), HostIdentity.generate()
     ledger.faucet(client.sui_address, 1_000)

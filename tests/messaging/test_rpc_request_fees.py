@@ -24,9 +24,8 @@ Two edges of RPC's per-request fees.
   cancelled request no longer retrieves.
 
 A metered blocking RPC call that the client's close() overtakes is either counted
-and sent, or neither: the meter used to count it (and sign the receipt that pays for
-it) with the stream's lock let go, and a close() landing then refused the request,
-which the next receipt of the meter paid for all the same."""
+and sent, or neither: the meter counts it (and signs the receipt that pays for it)
+under the stream's lock, so no receipt pays for a request a close() refused."""
 
 from __future__ import annotations
 
