@@ -408,7 +408,7 @@ def test_head_cursor_is_after_the_newest_event(host: Host) -> None:
 
 def test_no_ack_only_records_while_blocked_by_flow_control() -> None:
     """A lossy-carrier sender whose stream waits for credit sends nothing on further
-    flushes (it used to send an ACK-only record on every one: a storm on the ledger)."""
+    flushes (an ACK-only record on every one would be a storm on the ledger)."""
     from tests.support.pairs import connect, run
 
     c, s, link = connect(reliable_carrier=False, stream_window=32 * 1024)

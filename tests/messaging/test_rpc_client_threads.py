@@ -6,9 +6,9 @@ the loop shutting down. Real DTP connections on 127.0.0.1.
 
 Deadlines of calls whose thread waits while another thread reads the stream for
 everybody (a follower): the call's own deadline ends it on time, and the CANCEL of a
-call that timed out so leaves at once. Before, both waited for the end of the reader's
-current read, which may have begun before the call was made with up to a second to
-wait."""
+call that timed out so leaves at once, neither waiting for the end of the reader's
+current read (which may have begun before the call was made, with up to a second to
+wait)."""
 
 from __future__ import annotations
 

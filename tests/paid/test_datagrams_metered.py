@@ -279,8 +279,7 @@ def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, a
     of it: the send its deposit cannot pay raises PaymentRequired at once, the
     connection ended by the client (its final receipt, then CLOSE_PAYMENT_REQUIRED),
     long before the server's pause timeout (30 s here) would have; the server's handler
-    reads the same error, and the server claims the final receipt. (Before, the client
-    waited out the server's pause.)"""
+    reads the same error, and the server claims the final receipt."""
     size = 8000
     deposit = SLA.min_deposit  # 500 KiB of bytes
     flood = 3 * deposit * 1024 // SLA.price_per_kib
