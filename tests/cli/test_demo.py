@@ -277,7 +277,7 @@ def test_a_second_interrupt_while_the_daemons_stop_leaves_none_running(
         assert [proc.poll() for proc in started].count(None) == 0
         assert list(tmp_path.iterdir()) == []
     finally:
-        for proc in started:  # (the old code left them: not past the test)
+        for proc in started:  # (any left running must not outlive the test)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)

@@ -59,7 +59,7 @@ from tests.daemon.inproc import (
     write_config,
 )
 
-BOUND = 10.0  # seconds: generous for a loaded machine; the fixed code takes well under 1 s
+BOUND = 10.0  # seconds: generous for a loaded machine; each step takes well under 1 s
 
 
 class _Client(LedgerConnector):
@@ -112,7 +112,7 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: P
         assert await tunnel(first) == b"ping"
         with pytest.raises(ConnectionRefused, match="already served: one DTP connection per"):
             _, second = await client.connect(cid, 7000)
-            second.close()  # (admitted: the old code's way)
+            second.close()  # (in case it was admitted after all)
         assert await tunnel(first, b"still") == b"still"  # the first one goes on
         first.close()
         # its end settles the ledger connection, and gives the ID back: a new DTP

@@ -42,7 +42,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import ConnectionState, Escrow, Sla, TransportControl
 from tests.support.paid_inprocess import ident
 
-BOUND = 15.0  # seconds: generous, for a loaded machine; the fixed code takes ~1-2 s
+BOUND = 15.0  # seconds: generous, for a loaded machine; each end takes ~1-2 s
 
 
 # -- a tunnel whose TCP peer resets after its EOF ---------------------------------------

@@ -96,7 +96,7 @@ def test_connect_raises_at_once_when_the_peer_ends_before_its_sum() -> None:
     finally:
         release.set()
         server.close()
-        graph.close()  # (ends the runner's wait on the old code: its writer fails)
+        graph.close()  # (also ends a runner's wait that did not end: its writer fails)
         thread.join(5)
 
 

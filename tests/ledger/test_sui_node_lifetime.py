@@ -295,7 +295,7 @@ def test_a_second_close_returns_only_once_the_loop_thread_ended(grpc_node: Any) 
             threading.Event().wait(0.01)
         assert client._runner is None
         second.start()
-        second.join(2.0)  # the bug: it returns here, with the loop thread alive
+        second.join(2.0)  # it must not return here, with the loop thread alive
         release.set()
         second.join(JOIN)
         first.join(JOIN)

@@ -25,8 +25,8 @@ from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for
 
-#: How long anything here may take once closed (seconds): the bugs held calls for good
-#: or for many minutes; a call ends within about a second now.
+#: How long anything here may take once closed (seconds): a call ends within about a
+#: second, never held for good or for many minutes.
 PROMPT = 30.0
 
 

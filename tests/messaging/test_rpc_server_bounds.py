@@ -128,7 +128,7 @@ def test_requests_ended_in_the_pools_queue_keep_counting_against_max_pending(
                 batch = [frame([0, i, "work", params, 1, None]) for i in ids]
             cli.sendall(b"".join(batch))
             # (a pause for the deadlines to pass: requests read together before they
-            # did were refused SERVER_BUSY, the old code's slots all taken)
+            # do would be refused SERVER_BUSY, whatever the slots)
             time.sleep(0.003)
         cli.sendall(frame([3, "mark", None, None]))  # read once all the above was
         assert marked.wait(10)

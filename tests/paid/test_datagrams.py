@@ -10,8 +10,8 @@ socket's timeout, and what datagrams cost the rate limits.
 Real paid servers on 127.0.0.1 and real LocalLedger files.
 
 A paid handler's recv_datagram(timeout) waits at most ``timeout`` in all: the wait
-for payment comes out of it. It waited out a pause and then the whole timeout again for
-the datagram (here 2.5 s for a 1.5 s timeout on the old code)."""
+for payment comes out of it, not a pause and then the whole timeout again for the
+datagram."""
 
 from __future__ import annotations
 
@@ -209,8 +209,8 @@ def test_datagram_charge_counts_the_frame_header() -> None:
 
 def test_empty_datagrams_read_are_charged_to_the_rate_limit(world: World) -> None:
     """The client sends 300 empty datagrams; the handler reads for 1 s under a limit of
-    100 bytes/s: each costs its frame's 2 bytes, so it reads some 60 of them. (Before,
-    each cost nothing: it read all 300 at once.)"""
+    100 bytes/s: each costs its frame's 2 bytes, so it reads some 60 of them, not all
+    300 at once."""
     out: queue.Queue[int | BaseException] = queue.Queue()
 
     def handler(sock: PaidSocket) -> None:
@@ -384,5 +384,5 @@ def test_the_pause_for_payment_comes_out_of_the_datagram_timeout(world: World, h
         server.close()
     assert outcome == "DTPTimeoutError"
     assert paid  # the pause ended within the timeout: the wait for the datagram followed
-    # (the old code took TIMEOUT + the pause: about 2.5 s)
+    # (not TIMEOUT + the pause: about 2.5 s)
     assert took < TIMEOUT + PAYS_AFTER / 2, took

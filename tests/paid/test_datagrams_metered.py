@@ -37,7 +37,7 @@ PORT = 7
 SERVER = ident(0xA1)
 CLIENT = ident(0xA2)
 DEPOSIT = 200_000
-WAIT = 30.0  # bound on anything the test waits for (the bugs' hangs are unbounded)
+WAIT = 30.0  # bound on anything the test waits for (a hang would be unbounded)
 APIS = ["blocking", "asyncio"]
 ALLOWANCE = 100  # MIST on credit: 9.5 KiB after the first request
 STINGY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=1.0)

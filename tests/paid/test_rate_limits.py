@@ -38,7 +38,7 @@ SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7
 SERVER = ident(0xB1)
 CLIENT = ident(0xB2)
-WAIT = 60.0  # bound on anything the tests wait for (the bugs' waits are 600 s or more)
+WAIT = 60.0  # bound on anything the tests wait for (a missed wake-up waits 600 s or more)
 #: A client that signs no receipts: none comes to wake a waiting task by the way
 UNPAID = MeteringConfig(enabled=False)
 #: No Host refresh during a test: each one wakes every waiting task of the connection
@@ -111,7 +111,7 @@ def test_a_datagram_a_cancelled_read_put_back_reaches_a_waiting_reader(world: Wo
             with pytest.raises(asyncio.CancelledError):
                 await first
             outcome.put(await asyncio.wait_for(second, WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 
@@ -187,9 +187,8 @@ def test_asyncio_datagrams_sent_without_drain_are_charged_to_the_rate_limit(
 ) -> None:
     """A handler sends 600 s worth of the client's bytes/s limit as datagrams, never
     draining (send_datagram never waits): the limit is charged as they go, so the
-    client's bucket is in debt for them, and the next drain() waits for it. (Before,
-    they were charged only at a drain(): the bucket held no debt for them, and a sender
-    that never drained sent past its limit for good.) asyncio only: drain() is its own,
+    client's bucket is in debt for them, and the next drain() waits for it: a sender
+    that never drains does not send past its limit. asyncio only: drain() is its own,
     and the blocking send_datagrams waits for the limit before it sends (the test
     above)."""
     rate = 100  # bytes/s

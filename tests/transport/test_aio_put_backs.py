@@ -47,7 +47,7 @@ from dtp.protocol.connection import CloseCode, ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SERVER_ID = HostIdentity.generate()
-#: Bound on anything the tests wait for; the bugs' waits are 600 s or for good
+#: Bound on anything the tests wait for; a put-back that wakes no one waits 600 s or for good
 WAIT = 60.0
 #: What the opener and the server would wait for the handshake, had the fault hung it
 LONG = 600.0
@@ -262,7 +262,7 @@ def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: Wo
                 await first
             stream_reader, _ = await asyncio.wait_for(second, WAIT / 2)
             outcome.put(await asyncio.wait_for(stream_reader.readexactly(2), WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 
@@ -300,7 +300,7 @@ def test_a_stream_put_back_is_not_charged_again_through_another_writer(world: Wo
                 await first
             stream_reader, _ = await asyncio.wait_for(other_writer.accept_stream(), WAIT / 2)
             outcome.put(await asyncio.wait_for(stream_reader.readexactly(2), WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 
