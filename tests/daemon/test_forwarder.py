@@ -4,18 +4,17 @@ closed and the failure counted, instead of the client waiting forever.
 The forwarder: its DTP connections, against a host in this
 process.
 
-* At the host's limit of streams per connection, ``open_stream()`` waits for a slot
-  (since the asyncio streams changed to do so), so the forwarder's spill-over to a new
-  connection (its ``LocalProtocolError`` path) was dead: a local client beyond the
-  limit waited until another tunnel ended, for good behind long-lived ones.
-* A forwarder retired by a reload while one of its connections was being opened kept
-  that connection once its tunnels ended: paid and open (keepalives) until the daemon
-  stopped, its deposit locked.
-* A target that cannot be reached was tried once per local client, one after the
-  other: clients queued behind a failing open each waited for their own attempt (10 s
-  each against a silent host), and the ledger saw an attempt per client.
-* drain() sent the final receipts before the tunnels it cancelled had ended: the bytes
-  they counted meanwhile were never signed for.
+* At the host's limit of streams per connection, where ``open_stream()`` waits for a
+  slot, the forwarder spills over to a new connection: a local client beyond the limit
+  does not wait for another tunnel to end.
+* A forwarder retired by a reload while one of its connections is being opened retires
+  that connection too once its tunnels end: not left paid and open (keepalives) until
+  the daemon stops.
+* A target that cannot be reached is tried once for all the local clients queued
+  behind a failing open, not once each (10 s each against a silent host, an attempt
+  per client on the ledger).
+* drain() sends the final receipts after the tunnels it cancelled have ended, so the
+  bytes they counted meanwhile are signed for.
 
 Real sockets on 127.0.0.1, a real DTP server published on a LocalLedger file; the host
 speaks the tunnel protocol itself (status byte, echo).
@@ -23,10 +22,10 @@ speaks the tunnel protocol itself (status byte, echo).
 The forwarder's connections (its spill-over, retirement
 and open backoff), against a host in this process.
 
-* A deposit too small to pay for one tunnel backed the next open off, but always by
-  the first step (0.5 s): the successful open of the fresh connection just before had
-  reset the backoff, so the doubling never happened and a forwarder with a bad deposit
-  opened (and paid the ledger for) a connection every half second while clients came.
+* A deposit too small to pay for one tunnel backs the next open off, doubling each
+  time: the successful open of the fresh connection just before does not reset the
+  backoff, so a forwarder with a bad deposit does not open (and pay the ledger for) a
+  connection every half second while clients come.
 * Tunnels below the host's stream limit, one after another or several at once, stay on
   one connection (the spill-over's timeout of 0 fires only at the limit).
 

@@ -1,22 +1,18 @@
 """The services daemon (dtp/daemon/services.py and runner.py):
 
-* Several DTP connections on one ledger connection were all served: dtp.aio keeps one
-  per ledger connection for a LedgerAdmission hook only, and the daemon's hook is its
-  own. They shared one key of the daemon's connections, and the first to end settled the
-  ledger connection while the others went on being served, unpaid, out of the drain's
-  sight. The second is refused now, as dtp.aio refuses it.
+* One DTP connection per ledger connection: a second is refused, as dtp.aio refuses it
+  (which it does for a LedgerAdmission hook only; the daemon's hook is its own), so the
+  first's end never settles a ledger connection others are still served on, unpaid.
 * A connection between its admission and its registration (reading its terms on the
-  ledger) when the drain started was never closed: it was served through the stop, the
-  drain waited 30 s for it, closed the receipt store under it and left the ledger
-  connection Open.
-* Two SIGHUPs close together ran two reloads side by side: the slower failed on what
-  the faster had just published, was "refused by the ledger" and published the old
-  settings again, while the faster configured the new ones: services served that were
-  not on the ledger.
-* A reload that changed a service's own ``allow``/``deny`` left the client it no longer
-  permits served on its open connections.
-* A connection whose terms could not be read, or whose service a reload removed while it
-  was being admitted, was cut but never settled: its deposit stayed in escrow until the
+  ledger) when the drain starts is closed too: not served through the stop, its
+  receipt store not closed under it, the ledger connection settled.
+* Two SIGHUPs close together run one reload after the other, never side by side (the
+  slower would fail on what the faster just published and publish the old settings
+  again: services served that are not on the ledger).
+* A reload that changes a service's own ``allow``/``deny`` closes the open connections
+  of the clients it no longer permits.
+* A connection whose terms cannot be read, or whose service a reload removes while it
+  is being admitted, is cut and settled: its deposit does not wait in escrow for the
   client's own timeout.
 
 Real LocalLedger files, real DTP connections on 127.0.0.1 to an in-process daemon; the

@@ -1,18 +1,17 @@
-"""The services daemon: tunnels that never ended, a paid connection
-left open, and backend host names that broke the balancer.
+"""The services daemon: tunnels that end, a paid connection closed, and backend host
+names the balancer survives.
 
-* A TCP peer that half-closed (its request complete), did not read a large response
-  and then reset hung its tunnel for good: the DTP -> TCP direction, paused for the
-  peer's full buffer, was never told the transport was lost, so the far side stayed
-  blocked in ``drain()``. With the far side idle, the reset was not even seen (after
-  EOF asyncio reads no more): the tunnel stayed open until the far side next sent.
+* A TCP peer that half-closes (its request complete), does not read a large response
+  and then resets ends its tunnel: the DTP -> TCP direction, paused for the peer's
+  full buffer, is told the transport was lost, and the far side's ``drain()`` ends.
+  With the far side idle the reset is seen too (the transport still reads after EOF).
 * The forwarder's ledger read right after opening a DTP connection (its escrow)
-  raising left that connection open and never closed on the ledger: the paid
-  connection and its deposit leaked.
-* A backend host name with an empty label or one over 63 bytes passed the config, and
-  ``getaddrinfo`` raises ``UnicodeError`` for it (not a socket error): it killed the
-  health checks, escaped a tunnel's connect (the stream was never answered) and then
-  the pool's ``stop()``.
+  failing closes that connection, on the ledger too: no paid connection, no deposit
+  left behind.
+* A backend host name with an empty label or one over 63 bytes, for which
+  ``getaddrinfo`` raises ``UnicodeError`` (not a socket error), is an unreachable
+  backend: the health checks go on, the tunnel is answered, and the pool's ``stop()``
+  returns.
 
 Real sockets on 127.0.0.1 and real LocalLedger files; the one fake is a ledger whose
 first read of a connection's escrow fails (a ledger RPC timing out).
