@@ -60,9 +60,9 @@ from tests.support.paid_inprocess import ident
 def test_an_unexpected_error_opening_the_connection_closes_the_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found with 1100 local clients at once: past 1024 descriptors the TCP carrier's
-    select() raises ValueError; the tunnel task died with it ("Task exception was never
-    retrieved"), its local client hung and its socket stayed open for good."""
+    """As with 1100 local clients at once, past 1024 descriptors, where the TCP
+    carrier's select() raises ValueError: the tunnel task ends the local client and
+    closes its socket, never dying with an exception nobody retrieves."""
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("filedescriptor out of range in select()")

@@ -196,7 +196,7 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
     """A receipt of the connection is in the store (an earlier run ended before its
     settlement); the client comes back and is refused (its service's deny list; its
     service removed by a reload) or cut (its terms unreadable). Its settlement claims
-    the receipt: before, the claim and the refund were never counted."""
+    the receipt, and the claim and the refund are counted."""
     port = 7001 if path == "service-removed" else 7000
     failed_terms: list[str] = []
     if path == "terms-unreadable":

@@ -122,8 +122,8 @@ def test_tunnel_abandoned_before_the_backend_answered_closes_it(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """Tunnels held back by the client's request rate when its forwarder dies: the
-    backend connections the daemon makes for them afterwards are closed (they stayed
-    open for good: the status write raised and nobody closed them)."""
+    backend connections the daemon makes for them afterwards are closed, whatever the
+    status write raises."""
 
     def handler(sock: socket.socket) -> None:
         sock.settimeout(20)

@@ -159,8 +159,8 @@ def test_distinct_keys_still_decode() -> None:
 def test_a_closed_graph_refuses_len_in_and_the_rest(
     tmp_path: Path, call: Callable[..., Any]
 ) -> None:
-    """Writes and most reads raised the typed error after close(); len(), ``in``,
-    deferred_count, flush() and add_listener() went on (answering from the table, or,
+    """After close(), len(), ``in``, deferred_count, flush() and add_listener() raise the
+    typed error, as writes and the other reads do (never answering from the table, or,
     for flush(), touching a closed SQLite connection)."""
     g = Graph(tmp_path / "g.db")
     g.put("a", {"f": 1})

@@ -229,9 +229,9 @@ def test_a_failed_compaction_keeps_what_was_buffered(tmp_path: Path) -> None:
     ],
 )
 def test_a_corrupt_meta_row_gives_the_typed_error(tmp_path: Path, key: str, value: bytes) -> None:
-    """An infinite stored clock made every later state infinite (each put() then failed
-    with HAM_STATE, for good); a replica id of the wrong length was sent in HELLO, which
-    every peer refuses. Both are a corrupt file, said at open."""
+    """An infinite stored clock (every later state infinite, each put() failing with
+    HAM_STATE) and a replica id of the wrong length (sent in HELLO, which every peer
+    refuses) are a corrupt file, said at open."""
     path = tmp_path / "g.db"
     with Graph(path) as g:
         g.put("a", {"v": 1})
