@@ -746,7 +746,7 @@ def test_the_newest_air_change_reaches_an_application_past_the_slack(world: Worl
             items.append(listener.get(timeout=PROMPT))
         assert isinstance(items[0], BroadcastMessage)
         assert all(isinstance(item, AirChange) for item in items[1:])
-        # the old listener's last one was "covered": the application stayed on air
+        # the last one is the cancel, not "covered", so the application goes off air
         assert items[-1] == AirChange(False, "cancelled", 2)
         assert not listener.on_air
     finally:

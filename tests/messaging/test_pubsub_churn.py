@@ -1,11 +1,10 @@
 """Pub/sub: churn on a mesh, and a stream attached twice.
 
-A node attached a stream that one of its links read without a word: a second attach of
-the same stream, or a re-attach after the node (or the link) was closed. Two readers
-then split the stream's frames between them, and a closed link's reader discards what it
-reads next, frames and part of one: the new link skipped or misread nearly every frame
-and stayed up (1 message of 100 got through). Such an attach is now refused
-(PubSubError); a node rejoins a peer on a new stream."""
+A node refuses (PubSubError) to attach a stream that one of its links reads: a second
+attach of the same stream, or a re-attach after the node (or the link) was closed. Two
+readers would split the stream's frames between them, and a closed link's reader
+discards what it reads next, frames and part of one, so the new link would skip or
+misread nearly every frame. A node rejoins a peer on a new stream."""
 
 from __future__ import annotations
 

@@ -329,7 +329,7 @@ def test_a_peer_that_sends_requests_and_never_reads_does_not_hang_the_client(
     client.close()  # (ends a caller still stuck in a write, within a step)
     caller.join(5)
     assert not hung, "a call waited for good on a peer that does not read"
-    # (wall time, generously: the old fault was a wait for good, not work)
+    # (wall time, generously: what this holds off is a wait for good, not work)
     assert len(outcome) == 4 and all(isinstance(x, float) and x < HUNG for x in outcome)
     assert len(client._proto._out) <= 257  # bounded: not one refusal per request
 

@@ -60,7 +60,8 @@ def test_a_failed_state_write_loses_no_mail(world: tuple, tmp_path: Path) -> Non
         with pytest.raises(OSError):
             inbox.fetch()
         blocker.rmdir()
-        # the batch's ids and the cursor were kept in memory: the mail was never seen
+        # the batch's ids and the cursor are not kept in memory when the journal fails,
+        # so the mail is fetched again
         assert [m.body for m in inbox.fetch()] == [b"mail"]
         assert inbox.fetch() == []
         # a direct message whose journal line cannot be written is not lost either
@@ -105,7 +106,7 @@ def test_a_failed_state_write_wakes_a_thread_waiting_for_the_same_message(
         journal.mkdir()
         with pytest.raises(OSError):
             inbox._settle(message_id, delivered=True)
-        # the copy was left waiting for a wake-up that never came
+        # the copy waiting on it is woken, not left waiting
         waiter.join(5)
         assert not waiter.is_alive()
         assert len(outcome) == 1 and isinstance(outcome[0], OSError)  # its own write failed
@@ -246,7 +247,8 @@ def test_a_state_file_serves_the_host_it_was_written_for(world: tuple, tmp_path:
     state = tmp_path / "inbox.json"
     with SealedInbox(alice, ha, ledger, state_path=state) as inbox:
         assert [m.body for m in inbox.fetch()] == [b"for alice"]
-    # bob's inbox took over alice's cursor, past bob's mail: fetch found nothing, for good
+    # bob's inbox must not take over alice's cursor (past bob's mail: fetch would find
+    # nothing, for good)
     with pytest.raises(E.SealedError, match="belongs to host"):
         SealedInbox(bob, hb, ledger, state_path=state)
     with SealedInbox(bob, hb, ledger, state_path=tmp_path / "bob.json") as inbox:
@@ -279,7 +281,8 @@ def test_fetch_with_the_wrong_identity_leaves_the_mail_unread(world: tuple, tmp_
     ledger, alice, bob, hb = world
     ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
     state = tmp_path / "inbox.json"
-    # every mail failed to open and was skipped, the saved cursor moving past it for good
+    # the fetch fails, rather than skip every mail it cannot open and save a cursor
+    # past it for good
     wrong = SealedInbox(HostIdentity.generate(), hb, ledger, state_path=state)
     with wrong, pytest.raises(E.SealedError, match="another Noise key"):
         wrong.fetch()
