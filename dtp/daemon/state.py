@@ -338,12 +338,12 @@ class StatusBook:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 # synced before and after its rename (two fsyncs, at most one save per
                 # interval): renamed unsynced, a power cut could leave an empty file,
-                # read back as damaged (`dtp status` failed, the next start lost the
+                # read back as damaged (`dtp status` failing, the next start losing the
                 # counters)
                 write_durably(target, data)
             except OSError as exc:
                 # the counters are for `dtp status`: a full disk or a broken file must
-                # not stop the daemon serving (it did: the error ended the run loop)
+                # not stop the daemon serving: logged here, never out into the run loop
                 self._failed = True
                 where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
                 if isinstance(where, str) and Path(where).name.startswith(f".{STATUS_FILE}."):

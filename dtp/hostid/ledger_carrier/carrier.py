@@ -478,7 +478,7 @@ class LedgerCarrier:
         whole = [bytes_like(record) for record in records]
         with self._post_lock:
             # all framed first: a record too large for 255 fragments is refused before
-            # the records ahead of it are posted (they were, then the ValueError)
+            # any record ahead of it is posted
             fid = self._next_fragment_id
             framed: list[list[bytes]] = []
             for record in whole:
