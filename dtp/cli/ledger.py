@@ -445,8 +445,8 @@ def _host_set(args: argparse.Namespace) -> int:
         value = getattr(args, option.replace("-", "_"))
         if value is not None:
             _check_u64(value, f"--{option}")
-    # and the endpoints: too many, or one that is not UTF-8, were refused after the noise
-    # key was changed
+    # and the endpoints (too many, or one that is not UTF-8): refused before the first
+    # transaction, so that a refusal never comes after the noise key was changed
     _check_endpoints(args.endpoint)
     # (what, the transaction): each is its own transaction, run in this order
     steps: list[tuple[str, Callable[[], None]]] = []
@@ -743,8 +743,8 @@ def _sui(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             # sui speaks UTF-8 whatever the locale; a byte that is not (a path in a
-            # compiler diagnostic) raised UnicodeDecodeError, a traceback, after a publish
-            # too, its package ID lost
+            # compiler diagnostic) is replaced, never a UnicodeDecodeError that would
+            # lose a publish's package ID
             encoding="utf-8",
             errors="replace",
         )

@@ -56,7 +56,8 @@ class BackendPool:
             # cancelled, or timed out, during this wait would go on as if nothing happened)
             exc = await cancel_and_wait(task)
             if exc is not None:
-                # the checks died of a fault: raised here, it cut the daemon's drain short
+                # the checks died of a fault: logged, not raised, so that the daemon's
+                # drain goes on to its end
                 logger.error("health checks failed", extra=kv(service=self.name, error=repr(exc)))
 
     @property

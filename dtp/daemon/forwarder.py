@@ -112,8 +112,8 @@ async def close_on_ledger(
     except Exception as exc:
         # the ledger itself failing (an OSError, a sqlite3 error of a LocalLedger): this
         # close is a best effort that its callers neither expect to fail nor can act
-        # on. Raised, it took the place of _open_link's TunnelError, and left a
-        # watcher's task ending in an exception nobody retrieved
+        # on: logged, never raised, so that _open_link's TunnelError stays the error
+        # and no watcher's task ends in an exception nobody retrieves
         logger.warning(
             "ledger close failed",
             extra=kv(connection=connection_id, error=f"{type(exc).__name__}: {exc}"),

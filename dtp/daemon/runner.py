@@ -823,8 +823,8 @@ class Daemon:
             fwd.stop_listening()
         if self.services is not None:
             self.services.stop_listening()
-        # each forwarder's failure logged, not let out: one that raised ended the
-        # shut-down past the services' drain (their settlements) and what follows it
+        # each forwarder's failure logged, not let out: the shut-down goes on to the
+        # services' drain (their settlements) and what follows it, whatever one raises
         drained = await asyncio.gather(
             *(f.drain(timeout) for f in forwarders), return_exceptions=True
         )

@@ -289,8 +289,8 @@ class ServedTunnels:
         sla = conn.terms.sla
         bytes_behind = sla.price_per_kib > 0 and conn.bytes - conn.paid_bytes > service.unpaid_slack
         # (each tunnel is a request, and its receipt comes right behind it: a few may be
-        # on their way; a service priced by the request served every tunnel free, and a
-        # mixed one took receipts for the bytes alone)
+        # on their way; a service priced by the request, or mixed, counts the unpaid
+        # requests too, not the bytes alone)
         requests_behind = (
             sla.price_per_request > 0 and conn.requests - conn.paid_requests > UNPAID_REQUESTS
         )

@@ -472,7 +472,7 @@ class Settlements:
         # (cancel_and_wait, not "await task" in a suppress(CancelledError), which takes
         # the drain's own cancellation for the loop's, and the drain would go on)
         if task is not None and (error := await cancel_and_wait(task)) is not None:
-            # logged, not raised: raised, it cut the drain short, its settlements unmade
+            # logged, not raised: the drain goes on to make its settlements
             log_failure(logger, "settlement retries failed", error)
 
     def left_unsettled(self) -> None:

@@ -319,9 +319,8 @@ class StatusBook:
             try:
                 self._write(*snapshot)
             except Exception as exc:
-                # a fault, not the disk's (tried again after the interval, as a failed
-                # write): raised, it ended the thread with this one recorded as the
-                # writer, and no periodic write happened again
+                # a fault, not the disk's: tried again after the interval, as a failed
+                # write is; the thread goes on writing (tests/daemon/test_status_file.py)
                 error = repr(exc)
                 with self._disk:
                     if error != self._save_error:  # (logged once, as a disk's error)
@@ -339,12 +338,12 @@ class StatusBook:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 # synced before and after its rename (two fsyncs, at most one save per
                 # interval): renamed unsynced, a power cut could leave an empty file,
-                # read back as damaged (`dtp status` failed, the next start lost the
+                # read back as damaged (`dtp status` failing, the next start losing the
                 # counters)
                 write_durably(target, data)
             except OSError as exc:
                 # the counters are for `dtp status`: a full disk or a broken file must
-                # not stop the daemon serving (it did: the error ended the run loop)
+                # not stop the daemon serving: logged here, never out into the run loop
                 self._failed = True
                 where = exc.filename2 or exc.filename  # os.replace: the target is the 2nd
                 if isinstance(where, str) and Path(where).name.startswith(f".{STATUS_FILE}."):

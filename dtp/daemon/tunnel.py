@@ -429,8 +429,8 @@ def reset_tcp(transport: asyncio.Transport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None:
         # a connection already closed: OSError on asyncio's socket; uvloop's pseudo-socket
-        # makes a socket of the closed descriptor, -1: ValueError, which escaped, and
-        # the abort below never ran (tests/daemon/test_tunnel_resets.py on uvloop)
+        # makes a socket of the closed descriptor, -1: ValueError. Both suppressed, so
+        # that the abort below always runs (tests/daemon/test_tunnel_resets.py, uvloop)
         with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()

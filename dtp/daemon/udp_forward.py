@@ -80,9 +80,9 @@ class UdpForward:
         self._escrows: dict[str, str] = {}
         # what refresh() has put in the row so far, by counter: the
         # row is shared by name with the forwarders a reload put in our place, or we
-        # in theirs, so each adds its own changes (written whole, a forwarder started
-        # on trial and closed again put its zeros over the TCP forwarder it was to
-        # replace, whose open tunnel then counted -1 active tunnels when it ended)
+        # in theirs, so each adds its own changes, never the whole row (a forwarder
+        # started on trial and closed again must not put its zeros over the TCP
+        # forwarder it was to replace, whose open tunnels it would then count as -1)
         self._counted: dict[str, int] = {}
         #: the tasks half-closing ended flows' connections on the ledger (and opens
         #: given up, unwinding: see :meth:`_connect`)

@@ -64,8 +64,8 @@ RESOLVE_TIMEOUT = 3.0
 RESOLVE_RETRY_MAX = 30.0
 """The longest wait, in seconds, before an instance that did not resolve is asked
 again (the waits double from :data:`RESOLVE_TIMEOUT`). Once announced, an instance
-makes no new browser event: an answer later than the timeout (a loaded machine, a
-lost packet) left it unresolved for as long as it stayed announced."""
+makes no new browser event, so an answer later than the timeout (a loaded machine, a
+lost packet) is asked for again here, or it would stay unresolved while announced."""
 
 MAX_RESOLVING = 16
 """Instances resolved at once by one browser (the others wait their turn)."""

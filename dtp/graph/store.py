@@ -1159,8 +1159,8 @@ class Graph:
         """Register a listener (as :meth:`add_listener`) and return the root summary,
         atomically: every change after the summary reaches the listener. ``then(root)``
         runs inside that, before any change can reach the listener (a sync session
-        queues its HELLO there: queued after, a change committed in between went out
-        first, and the peer refused it as a message before HELLO)."""
+        queues its HELLO there, so that no change committed in between goes out first,
+        which the peer would refuse as a message before HELLO)."""
         check_listener(listener)
         with self._lock:
             self._check_open()

@@ -330,8 +330,9 @@ def decode_value(data: bytes | bytearray | memoryview) -> JSON:
             ErrorCode.HAM_MALFORMED,
         )
     if b"\\u" in raw and _lone_surrogate(value):
-        # json reads "\\ud800" as a str no UTF-8 can hold: print() or a write of it
-        # raised UnicodeEncodeError in the application, and put() of it refused it
+        # json reads "\\ud800" as a str no UTF-8 can hold (printing or writing it raises
+        # UnicodeEncodeError, put() refuses it): refused here, as a malformed value
+        # (tests/graph/test_robustness.py)
         raise RemoteProtocolError(
             "graph value holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
             ErrorCode.HAM_MALFORMED,

@@ -425,7 +425,7 @@ def prepare_host_connection(
         # subscription or sponsor pool) the deposit moved, with nothing half-closed
         raise TypeError(f"config must be a ConnectionConfig or None, got {type(config).__name__}")
     # the keys the caller was told the host has: each must be the one it publishes (the
-    # handshake runs IK to the published key, so one not compared was dropped unseen)
+    # handshake runs IK to the published key, so a key not compared here goes unchecked)
     pins = [
         (
             "the server key given (server_key / expected_server_key)",

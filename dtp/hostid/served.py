@@ -161,8 +161,8 @@ class ServedConnections:
         """The DTP connection on ``connection_id`` ended: it no longer counts against
         the connection limits, while its ID stays taken until :meth:`release` (a server
         that settles the connection first calls this as it ends: a settlement is three
-        transactions on Sui, and its client, reconnecting at once, was refused as over
-        its limit by the very connection it had closed)."""
+        transactions on Sui, and its client, reconnecting at once, must not be refused
+        as over its limit by the very connection it has closed)."""
         with self._live_lock:
             self._live.pop(connection_id, None)
 

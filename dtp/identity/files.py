@@ -119,7 +119,7 @@ def write_durably(path: Path, data: bytes) -> None:
             if old is not None and stat.S_ISREG(old.st_mode):
                 # a file system that refuses modes (vfat, some FUSE or CIFS mounts:
                 # EPERM) gives every file its mount's, the old one's too: the write goes
-                # on, as it did before modes were kept
+                # on with the mount's mode
                 with contextlib.suppress(OSError):
                     os.fchmod(out.fileno(), stat.S_IMODE(old.st_mode) & 0o777)
             out.write(data)

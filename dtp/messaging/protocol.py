@@ -295,8 +295,8 @@ class RpcProtocol:
         max_incoming: int = 4096,
         first_id: int | None = None,
     ) -> None:
-        # (0 made every call fail later with LocalProtocolError, a str failed at the first
-        # comparison, deep inside)
+        # (checked here, so that 0 or a str is a ValueError now, not a failure of every
+        # later call deep inside: tests/messaging/test_arguments.py)
         _check_count("max_message_size", max_message_size, 1)
         _check_count("max_outgoing", max_outgoing, 1)
         _check_count("max_incoming", max_incoming, 1)

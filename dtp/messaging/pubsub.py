@@ -1112,9 +1112,10 @@ class PubSubNode:
         """(lock held) Note that the message of ``key`` (:func:`_message_key`; brought by
         ``owner``: a link or _LOCAL) goes on with ``hops`` left; the most hops it had
         before (None: new). A full cache forgets the oldest key of the owner holding
-        the most: forgetting the oldest of all, a peer sending PUBLISH frames with fresh
-        ids pushed every real id out, and a copy still circling a loop was delivered
-        again. Now a peer can only push the others down to as many keys as it holds."""
+        the most, so that a peer sending PUBLISH frames with fresh ids can push the
+        others down only to as many keys as it holds (forgetting the oldest of all, it
+        would push every real id out, and a copy still circling a loop would be
+        delivered again)."""
         before = self._seen.get(key)
         if before is not None:
             if hops > before:

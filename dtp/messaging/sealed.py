@@ -153,7 +153,7 @@ class SealedInbox:
         if isinstance(count, float) and count.is_integer():
             count = int(count)  # 1e5
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            # (-1 raised KeyError from an empty dict, "10" TypeError, at the first message)
+            # (checked here: -1 or "10" would fail only at the first message, and untyped)
             raise ValueError(f"max_seen must be a number of ids (an int >= 0), not {max_seen!r}")
         self.max_age = max_age
         self.identity = identity

@@ -277,8 +277,8 @@ def open_sealed(
     address = sui_address_from_public_key(public_key)
     if sender_host is not None:
         # as the ledger spells it (after the proof, which signs the sender's spelling):
-        # the ledger takes "0X00AB" for "0xab", and an application comparing the host it
-        # was given with a list of hosts (blocked, allowed) was told "0X00AB"
+        # the ledger takes "0X00AB" for "0xab", and an application compares the host it
+        # is given with its lists of hosts (blocked, allowed) in the canonical spelling
         sender_host = _canonical(sender_host)
     if sender_host is not None and ledger is not None:
         from dtp.errors import InvalidObjectId, ObjectNotFound
@@ -368,7 +368,8 @@ def send_sealed(
                     "to use the mailbox"
                 ) from exc
     if ledger is None or signer is None:
-        # (only without a client: a failed direct try without a ledger raised its error)
+        # (only without a client: a failed direct try without a ledger raises its own
+        # error above)
         raise E.SealedError("neither a client (direct delivery) nor a ledger mailbox was given")
     ledger.mailbox_send(signer, recipient_host, data)
     return "mailbox"

@@ -164,7 +164,7 @@ class ReceiptWriter:
                 self._cond.notify_all()
             return self._cond.wait_for(idle, timeout)
 
-    def _take(self) -> tuple[dict[str, tuple[Receipt, Done]], dict[str, int]] | None:
+    def _next_batch(self) -> tuple[dict[str, tuple[Receipt, Done]], dict[str, int]] | None:
         """The next batch to write (lock held; waits for one); None once closed and
         drained."""
         while True:
@@ -226,7 +226,7 @@ class ReceiptWriter:
         _lower_priority(WRITER_NICE)
         while True:
             with self._cond:
-                taken = self._take()
+                taken = self._next_batch()
             if taken is None:
                 return
             batch, marks = taken

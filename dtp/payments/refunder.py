@@ -191,9 +191,9 @@ class Refunder:
         with self._looking:
             if self._stopping:
                 return Look([], self.engine.interval)
-            return self._look()
+            return self._look_at_all()
 
-    def _look(self) -> Look:
+    def _look_at_all(self) -> Look:
         events: list[LookEvent] = []
         now = time.monotonic()
         now_ms: int | None = None

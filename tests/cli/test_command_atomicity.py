@@ -1,12 +1,11 @@
 """The chain CLI when a command makes several transactions, or sui talks too much.
 
-Before: ``dtp host set --authority X --firewall ...`` handed the host over first, so
-every later change was refused (the sender no longer its authority) with nothing said
-about the hand-over; ``service sponsor --fund`` created the pool, then a failed funding
-left only the funding error, never the pool's ID; ``dtp deploy`` parsed
-``sui client publish --json`` from the first ``{``, so compiler warnings before the JSON
-(Sui CLI <= 1.64 prints them on stdout) lost a paid publish; an argument that is not
-UTF-8 ended in a UnicodeEncodeError traceback. All run against a real LocalLedger file.
+``dtp host set --authority X --firewall ...`` hands the host over last, after every
+change its sender may still make; ``service sponsor --fund`` whose funding fails still
+gives the pool's ID; ``dtp deploy`` finds the JSON of ``sui client publish --json``
+after compiler warnings (Sui CLI <= 1.64 prints them on stdout), so a paid publish is
+never lost; an argument that is not UTF-8 is a usage error, not a traceback. All run
+against a real LocalLedger file.
 """
 
 from __future__ import annotations

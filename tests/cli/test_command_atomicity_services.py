@@ -1,15 +1,14 @@
 """The chain commands that pay and then read back: the ID of what was paid for is never lost.
 
-Before: ``service sponsor [--fund]``, ``service subscription``, ``service retention``
-and ``subscription buy|renew`` made the paid transaction, then read the new object back
-for the output; when that read failed (LedgerUnavailable: ordinary on Sui, a timeout or a
-node not caught up with its own write) only the read's error was printed, and the ID of
-what was paid for was lost (needed later to fund, withdraw or use it). Several SuiLedger
-calls checked their numbers (ports, prices, epochs, counts, deadlines) and the response
-escrow's server address only after asking the node for objects and gas, though a27fb0d
-had them checked as LocalLedger does, before any node I/O. A deployments.json, or a line
-of ``sui client publish`` output, nested past the stack escaped ``dtp deploy`` as a
-RecursionError traceback (the latter after the publish had been paid for).
+``service sponsor [--fund]``, ``service subscription``, ``service retention`` and
+``subscription buy|renew`` make the paid transaction, then read the new object back for
+the output; when that read fails (LedgerUnavailable: ordinary on Sui, a timeout or a
+node not caught up with its own write) the error still gives the ID of what was paid
+for (needed later to fund, withdraw or use it). SuiLedger calls check their numbers
+(ports, prices, epochs, counts, deadlines) and the response escrow's server address as
+LocalLedger does, before any node I/O. A deployments.json, or a line of ``sui client
+publish`` output, nested past the stack is a clear error of ``dtp deploy``, not a
+RecursionError traceback.
 """
 
 from __future__ import annotations

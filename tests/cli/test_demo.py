@@ -8,30 +8,26 @@ ports, not as amounts (8,545).
 
 An interrupted ``dtp demo``:
 
-- interrupted before its first step printed "Interrupted in step 0/10 ()";
-- to a pipe or a file (``dtp demo 2>&1 | tee log``) stdout is block-buffered: the
-  interrupted step's last lines came out after the "Interrupted" message (at exit), not
-  before it;
-- the message went out unguarded: a stderr whose reader had gone turned the interrupt
-  into a BrokenPipeError (exit 141, not 130).
+- interrupted before its first step, it says so ("Interrupted before the first step");
+- to a pipe or a file (``dtp demo 2>&1 | tee log``), where stdout is block-buffered, the
+  interrupted step's last lines come out before the "Interrupted" message, not at exit;
+- the message is guarded: a stderr whose reader has gone does not turn the interrupt
+  into a BrokenPipeError (exit 130, not 141);
+- it says where it stopped and what is left.
 
 ``dtp demo`` and the daemon's byte tunnel:
 
-- the paid-service step: an interrupt mid-transfer (Ctrl-C) took 3 s or more, as the
-  provider's sink spun on the end of the stream (``recv`` gave b"" and it went on adding
-  0), never settled, and the client's close waited its PAID_CLOSE_WAIT for it; the
-  server was not closed on the way out.
-- the same step printed "the provider kept the latest: nonce 3, 13,007,078 MIST" beside
-  "the provider claimed 16,384,008": the final receipt is claimed, not stored. It now
-  shows the claim's nonce, the bytes it pays for (both ways) and the price, checked.
-- the daemon step named 10 MIST/KiB but the claim also had 100 MIST per tunnel.
-- a second interrupt while the daemon step stopped its daemons (Ctrl-C twice, a
-  supervisor's second SIGTERM) left the daemons not yet stopped running, after the
-  demo had removed their directory (they recreated part of it).
-- an interrupted demo said nothing: now it says where it stopped and what is left.
-- TcpLeg: a tunnel held for its count (the client's receipts lagging) that ended went
-  on asking the count every few ms, each time a status write, and counted a denial
-  for a tunnel already gone."""
+- the paid-service step: an interrupt mid-transfer (Ctrl-C) ends at once: the provider's
+  sink stops at the end of the stream (``recv`` gives b""), settles, and the server is
+  closed on the way out;
+- the same step shows the final receipt as claimed (its nonce, the bytes it pays for
+  both ways, and the price, checked), not as the latest stored;
+- the daemon step names both of the claim's prices: per KiB and per tunnel;
+- a second interrupt while the daemon step stops its daemons (Ctrl-C twice, a
+  supervisor's second SIGTERM) still stops every one, before the demo removes their
+  directory;
+- TcpLeg: a tunnel held for its count (the client's receipts lagging) that ends stops
+  asking the count, and counts no denial for a tunnel already gone."""
 
 from __future__ import annotations
 
@@ -281,7 +277,7 @@ def test_a_second_interrupt_while_the_daemons_stop_leaves_none_running(
         assert [proc.poll() for proc in started].count(None) == 0
         assert list(tmp_path.iterdir()) == []
     finally:
-        for proc in started:  # (the old code left them: not past the test)
+        for proc in started:  # (any left running must not outlive the test)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)

@@ -49,8 +49,8 @@ def chain(tmp_path: Path) -> tuple[str, ...]:
 def test_host_create_refuses_an_endpoint_clients_skip(
     tmp_path: Path, chain: tuple[str, ...], endpoint: str
 ) -> None:
-    """Exit 0 and a Host whose only endpoint every client skipped (a port beyond 65535,
-    none at all): unreachable, with nothing said. Now a usage error, and no Host."""
+    """An endpoint every client skips (a port beyond 65535, none at all) is a usage
+    error, and no Host is made (not an unreachable one, with nothing said)."""
     done = _dtp("host", "create", "--endpoint", endpoint, *chain, cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr

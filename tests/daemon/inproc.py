@@ -196,7 +196,7 @@ class Client(LedgerConnector):
 
 
 DEPOSIT = 1_000_000
-RETRY_BOUND = 5.0  # seconds: the fixed code takes well under 1 s for each wait
+RETRY_BOUND = 5.0  # seconds: each wait takes well under 1 s
 
 
 class FileLedgerClient(LedgerConnector):

@@ -1,6 +1,6 @@
-"""Config values that used to escape validation and crash `dtp daemon` with a traceback:
-a NUL in a path or a host, ``~user`` for an unknown user, arrays nested too deep for
-tomllib, a half-bracketed IPv6 host.
+"""Config values that validation refuses with a clear error, never a traceback of
+`dtp daemon`: a NUL in a path or a host, ``~user`` for an unknown user, arrays nested
+too deep for tomllib, a half-bracketed IPv6 host.
 
 Config edge cases of the services daemon met only once it runs: a forward looping
 through this very daemon's service."""

@@ -1,19 +1,18 @@
 """The daemon's shut-down going on past a forward's failed drain:
 
-* a services' drain that raised (its firewall watcher died of a ledger's surprise, which
-  the drain's await let out) still ended the daemon's shut-down there: the fees' close
-  (the receipt writer's last receipts), the status save, the ledger's close and the
-  state lock's release were all skipped;
-* a daemon drain cancelled midway left the ledger open and the state directory locked;
+* a services' drain that raises (its firewall watcher died of a ledger's surprise) does
+  not end the daemon's shut-down there: the fees' close (the receipt writer's last
+  receipts), the status save, the ledger's close and the state lock's release follow;
+* a daemon drain cancelled midway still closes the ledger and unlocks the state
+  directory;
 * a forward whose own drain ended cancelled (its CancelledError, not the shut-down's)
-  was taken for the shut-down's cancellation and re-raised: the services were never
-  drained, their connections never settled.
+  is not taken for the shut-down's cancellation: the services are drained, their
+  connections settled.
 
-A daemon UDP forward whose forwarder took longer to close than the drain
-timeout (a connect's ledger clean-up, flows waiting for final reports) let the wait's
-TimeoutError out of ``UdpForward.drain``, and with it out of the daemon's shut-down:
-the services' drain (their settlements), the status save, the ledger's close and the
-state lock's release were all skipped. The drain now logs it and goes on."""
+A daemon UDP forward whose forwarder takes longer to close than the drain timeout (a
+connect's ledger clean-up, flows waiting for final reports) is logged, and the
+shut-down goes on: the services' drain (their settlements), the status save, the
+ledger's close and the state lock's release."""
 
 from __future__ import annotations
 

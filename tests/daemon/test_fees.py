@@ -5,17 +5,16 @@ only once stored; a settle claims the newest one on the ledger.
 The daemon settles, at its next start, a connection whose claim reached the ledger
 but whose "claimed" mark did not reach the receipt store.
 
-The daemon claims, then closes and settles, in separate transactions, and the mark
-waits for the writer's next write: killed in between, its restart claimed the receipt
-again, was refused (the escrow had that nonce), and stopped there -- the connection left
-Open (the client's deposit held until its own timeout) and the receipt "unclaimed" for
-every later start to fail on again. (A SIGKILL right after the
-claim leaves it so); here the claim is made on the ledger directly, as the killed run left it.
+A claim on the ledger whose mark is lost (a SIGKILL right after the claim leaves it so)
+is found by the next start, which settles the connection rather than claim the receipt
+again (refused: the escrow has that nonce) and leave it Open, the client's deposit held
+until its own timeout. Here the claim is made on the ledger directly, as the killed run
+left it.
 
 The daemon's ServerFees.close() leaves the receipt store open under a writer still
-writing, as a paid server's release does: it closed the store after the writer's wait
-whatever the writer said, and a receipt still on its way to a slow disk was dropped
-(this test failed so on the old code)."""
+writing, as a paid server's release does: a receipt still on its way to a slow disk is
+written, not dropped with a store closed after the writer's wait whatever the writer
+said."""
 
 from __future__ import annotations
 

@@ -1,17 +1,14 @@
 """The daemon's settlements (dtp.daemon.fees.ServerFees.settle) and its status file.
 
-- settle caught ChainError only: a damaged stored receipt, an error the ledger did not
-  wrap, or the writer closed under it (a settlement outlasting the stop's wait) went up
-  through the connection's handler, skipping its bookkeeping (its claim uncounted, its
-  close and settlement not made), and ended a start's recovery before the other
-  connections;
-- a claim that went through followed by a settlement that failed was marked claimed
-  at once: no start ever settled the connection (Open, the client's deposit held until
-  its own timeout). Now the claim and the settlement are one transaction
-  (``settle_with_receipt``), the mark follows it, and a claim an earlier run made
-  without its settlement is found on the ledger by the next start, which settles the
-  connection: claimed once, counted once;
-- status.json was renamed into place unsynced (a power cut could leave it empty).
+- settle catches more than ChainError: a damaged stored receipt, an error the ledger
+  did not wrap, or the writer closed under it (a settlement outlasting the stop's wait)
+  stays in the settlement, its bookkeeping done (its claim counted, its close and
+  settlement made), and a start's recovery goes on to the other connections;
+- the claim and the settlement are one transaction (``settle_with_receipt``) and the
+  mark follows it; a claim an earlier run made without its settlement is found on the
+  ledger by the next start, which settles the connection: claimed once, counted once;
+- status.json is synced before it is renamed into place (a power cut never leaves it
+  empty).
 """
 
 from __future__ import annotations

@@ -4,18 +4,17 @@ closed and the failure counted, instead of the client waiting forever.
 The forwarder: its DTP connections, against a host in this
 process.
 
-* At the host's limit of streams per connection, ``open_stream()`` waits for a slot
-  (since the asyncio streams changed to do so), so the forwarder's spill-over to a new
-  connection (its ``LocalProtocolError`` path) was dead: a local client beyond the
-  limit waited until another tunnel ended, for good behind long-lived ones.
-* A forwarder retired by a reload while one of its connections was being opened kept
-  that connection once its tunnels ended: paid and open (keepalives) until the daemon
-  stopped, its deposit locked.
-* A target that cannot be reached was tried once per local client, one after the
-  other: clients queued behind a failing open each waited for their own attempt (10 s
-  each against a silent host), and the ledger saw an attempt per client.
-* drain() sent the final receipts before the tunnels it cancelled had ended: the bytes
-  they counted meanwhile were never signed for.
+* At the host's limit of streams per connection, where ``open_stream()`` waits for a
+  slot, the forwarder spills over to a new connection: a local client beyond the limit
+  does not wait for another tunnel to end.
+* A forwarder retired by a reload while one of its connections is being opened retires
+  that connection too once its tunnels end: not left paid and open (keepalives) until
+  the daemon stops.
+* A target that cannot be reached is tried once for all the local clients queued
+  behind a failing open, not once each (10 s each against a silent host, an attempt
+  per client on the ledger).
+* drain() sends the final receipts after the tunnels it cancelled have ended, so the
+  bytes they counted meanwhile are signed for.
 
 Real sockets on 127.0.0.1, a real DTP server published on a LocalLedger file; the host
 speaks the tunnel protocol itself (status byte, echo).
@@ -23,10 +22,10 @@ speaks the tunnel protocol itself (status byte, echo).
 The forwarder's connections (its spill-over, retirement
 and open backoff), against a host in this process.
 
-* A deposit too small to pay for one tunnel backed the next open off, but always by
-  the first step (0.5 s): the successful open of the fresh connection just before had
-  reset the backoff, so the doubling never happened and a forwarder with a bad deposit
-  opened (and paid the ledger for) a connection every half second while clients came.
+* A deposit too small to pay for one tunnel backs the next open off, doubling each
+  time: the successful open of the fresh connection just before does not reset the
+  backoff, so a forwarder with a bad deposit does not open (and pay the ledger for) a
+  connection every half second while clients come.
 * Tunnels below the host's stream limit, one after another or several at once, stay on
   one connection (the spill-over's timeout of 0 fires only at the limit).
 
@@ -61,9 +60,9 @@ from tests.support.paid_inprocess import ident
 def test_an_unexpected_error_opening_the_connection_closes_the_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Found with 1100 local clients at once: past 1024 descriptors the TCP carrier's
-    select() raises ValueError; the tunnel task died with it ("Task exception was never
-    retrieved"), its local client hung and its socket stayed open for good."""
+    """As with 1100 local clients at once, past 1024 descriptors, where the TCP
+    carrier's select() raises ValueError: the tunnel task ends the local client and
+    closes its socket, never dying with an exception nobody retrieves."""
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("filedescriptor out of range in select()")
@@ -236,9 +235,8 @@ def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
     tmp_path: Path,
 ) -> None:
     """The host allows 3 streams per connection (stream 0 and two tunnels); two tunnels
-    stay open and a third client comes. Before: its open_stream() waited for a slot,
-    the client hung (until one of the first two ended); docs/daemon.md: a new
-    connection is opened."""
+    stay open and a third client comes: a new connection is opened for it
+    (docs/daemon.md), not a wait for a slot until one of the first two ends."""
 
     async def run() -> None:
         host = _Host(max_streams=3)
@@ -251,9 +249,9 @@ def test_a_tunnel_past_the_hosts_stream_limit_spills_over_to_a_new_connection(
 def test_a_connection_opened_as_the_forwarder_retires_closes_after_its_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reload retires the forwarder while a local client's connection is being opened.
-    Before: the new connection was the forwarder's current one, not retired: it stayed
-    open after the tunnel ended (keepalives), Open on the ledger with its deposit."""
+    """A reload retires the forwarder while a local client's connection is being opened:
+    the new connection is retired with it, and closes after its tunnel ends (not kept
+    open by keepalives, Open on the ledger with its deposit)."""
     real = dtp.aio.open_connection
     entered, gate = asyncio.Event(), asyncio.Event()
 
@@ -295,9 +293,8 @@ def test_a_failing_open_is_not_tried_again_for_each_waiting_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ledger fails every open (after 0.2 s, as an RPC timing out). Eight local
-    clients come at once. Before: each one, queued behind the others, tried its own open
-    in turn (eight attempts, the last client closed after 1.6 s; against a silent host
-    10 s each). Now the clients waiting on a failed open share its failure, and the
+    clients come at once. The clients waiting on a failed open share its failure (not
+    one open each in turn: eight attempts, 10 s each against a silent host), and the
     next attempt comes after a backoff; one comes then."""
     attempts: list[float] = []
 
@@ -340,11 +337,10 @@ def test_the_final_receipt_of_a_drain_covers_the_cancelled_tunnels_usage(
     tmp_path: Path,
 ) -> None:
     """A paid tunnel receiving without pause when the daemon stops: drain() cut it and
-    sent the connection's final receipt. Before: the receipt went out before the
-    cancelled tunnel ended, which went on counting what arrived in the meantime (a
-    receipt's worth, 256 KiB, never signed for: the host claimed less than it served).
-    It takes bytes arriving in the same turn of the loop as the drain's last wake-up:
-    about every other time, so five rounds."""
+    sent the connection's final receipt, after the cancelled tunnel ended, so that it
+    covers what arrived in the meantime (up to a receipt's worth, 256 KiB: the host
+    claims what it served). It takes bytes arriving in the same turn of the loop as
+    the drain's last wake-up: about every other time, so five rounds."""
     sla = Sla(1, 1, 1000)  # 1 MIST per KiB and per tunnel
 
     async def round_(path: Path) -> None:
@@ -400,7 +396,7 @@ def test_tunnels_below_the_stream_limit_share_one_connection_and_the_next_spills
     tunnels one after the other, then rounds of three at once, all take the first
     connection (open_stream() does not suspend with a slot free, so the timeout of 0
     around it never fires there); with three held open, a fourth client is served on a
-    second connection. Before: it waited for a slot, for good behind the held ones."""
+    second connection, not left waiting for a slot behind the held ones."""
 
     async def run() -> None:
         host = _Host(max_streams=4)
@@ -422,10 +418,9 @@ def test_a_deposit_too_small_for_one_tunnel_backs_off_longer_each_time(
 ) -> None:
     """The deposit (100 MIST) cannot pay for one tunnel (1000 MIST a request): each
     connection opened for a client is retired at once, and the next open waits for a
-    backoff doubling after each such failure. Before: the fresh connection's successful
-    open reset the backoff first, so it stayed at its first step -- a paid connection
-    opened on the ledger every 0.5 s for as long as clients came (before the backoff,
-    one per client)."""
+    backoff doubling after each such failure: the fresh connection's successful open
+    does not reset the backoff, which would keep it at its first step (a paid
+    connection opened on the ledger every 0.5 s for as long as clients come)."""
     monkeypatch.setattr("dtp.daemon.outage.OPEN_BACKOFF_FIRST", 0.5)
     sla = Sla(0, 1000, 100)
 

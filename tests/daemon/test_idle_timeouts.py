@@ -1,13 +1,12 @@
 """The services daemon: its connections' idle timeout, port swaps in a reload, the ready line.
 
 * The idle timeout of the daemon's DTP connections (its service listener's, and each
-  forward's to its target) was fixed at 60 s in code: now ``[daemon]
-  connection_idle_timeout`` and ``[[forward]] connection_idle_timeout``, validated like
-  the other time settings and taken by a reload.
-* Two forwards swapping their listen ports in one reload: the new listener of each
-  could not bind while the other's old one held its port, so both kept their old
-  ports. Now the old listeners of reused ports are released first.
-* The ready line did not tell which forwards are UDP: now ``forward_protocols``.
+  forward's to its target) is set by ``[daemon] connection_idle_timeout`` and
+  ``[[forward]] connection_idle_timeout`` (60 s by default), validated like the other
+  time settings and taken by a reload.
+* Two forwards swapping their listen ports in one reload both move: the old listeners
+  of reused ports are released before the new ones bind.
+* The ready line tells which forwards are UDP: ``forward_protocols``.
 
 Each case runs real ``dtp daemon`` processes on a LocalLedger file, with real sockets.
 """

@@ -3,12 +3,10 @@ OpenBackoff, sans I/O: the clock is the test's), and the forwarder through an ou
 its target: the endpoint that does not answer is found by a probe, before anything is
 spent on the ledger.
 
-Before: while the provider was down, every local client that came after the retry
-delay (8 s at most) made the forwarder create a spending cap and open a ledger
-connection with the whole deposit (about 11 M MIST of gas each on the Sui stand-in)
-before its connect found the endpoint refusing; then the connection was half-closed and
-its deposit locked until someone settled it by hand. An hour-long outage locked about
-450 deposits."""
+While the provider is down, a local client coming after the retry delay (8 s at most)
+costs no spending cap and no ledger connection (about 11 M MIST of gas each on the Sui
+stand-in, and a deposit locked until settled): the probe finds the endpoint refusing
+first."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ clock past them (LocalLedger's clock, shared by every process on the file: the t
 minutes pass in no time) and starts the forwarder again: its first look at the book of
 connections (``connections.sqlite``) settles it, the whole deposit back.
 
-Before: nothing refunded such a deposit, neither the running forwarder nor a restart;
-it took ``dtp refund`` by hand."""
+No ``dtp refund`` by hand is needed (tests/daemon/test_refunds.py: the running
+forwarder does the same)."""
 
 from __future__ import annotations
 

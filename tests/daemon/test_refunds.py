@@ -2,11 +2,9 @@
 they opened, and the looks that half-close those no link uses, settle those whose
 half-close timeout has passed, and forget those the provider settled.
 
-Before: a connection whose provider never settled it (the provider down, killed, or
-never reached) was half-closed by the forwarder and left so: nothing refunded its
-deposit after the ten-minute timeout -- neither the running forwarder nor the
-restarted provider -- though docs/daemon.md said it was; it took a ``dtp refund`` by
-hand.
+A connection whose provider never settles it (the provider down, killed, or never
+reached) is half-closed by the forwarder, which settles it once the ten-minute timeout
+has passed: its deposit comes back without a ``dtp refund`` by hand (docs/daemon.md).
 
 A LocalLedger file whose clock the test drives (frozen, moved by ``advance_clock``):
 the ten minutes pass in no time."""

@@ -1,22 +1,18 @@
 """The services daemon (dtp/daemon/services.py and runner.py):
 
-* Several DTP connections on one ledger connection were all served: dtp.aio keeps one
-  per ledger connection for a LedgerAdmission hook only, and the daemon's hook is its
-  own. They shared one key of the daemon's connections, and the first to end settled the
-  ledger connection while the others went on being served, unpaid, out of the drain's
-  sight. The second is refused now, as dtp.aio refuses it.
+* One DTP connection per ledger connection: a second is refused, as dtp.aio refuses it
+  (which it does for a LedgerAdmission hook only; the daemon's hook is its own), so the
+  first's end never settles a ledger connection others are still served on, unpaid.
 * A connection between its admission and its registration (reading its terms on the
-  ledger) when the drain started was never closed: it was served through the stop, the
-  drain waited 30 s for it, closed the receipt store under it and left the ledger
-  connection Open.
-* Two SIGHUPs close together ran two reloads side by side: the slower failed on what
-  the faster had just published, was "refused by the ledger" and published the old
-  settings again, while the faster configured the new ones: services served that were
-  not on the ledger.
-* A reload that changed a service's own ``allow``/``deny`` left the client it no longer
-  permits served on its open connections.
-* A connection whose terms could not be read, or whose service a reload removed while it
-  was being admitted, was cut but never settled: its deposit stayed in escrow until the
+  ledger) when the drain starts is closed too: not served through the stop, its
+  receipt store not closed under it, the ledger connection settled.
+* Two SIGHUPs close together run one reload after the other, never side by side (the
+  slower would fail on what the faster just published and publish the old settings
+  again: services served that are not on the ledger).
+* A reload that changes a service's own ``allow``/``deny`` closes the open connections
+  of the clients it no longer permits.
+* A connection whose terms cannot be read, or whose service a reload removes while it
+  is being admitted, is cut and settled: its deposit does not wait in escrow for the
   client's own timeout.
 
 Real LocalLedger files, real DTP connections on 127.0.0.1 to an in-process daemon; the
@@ -59,7 +55,7 @@ from tests.daemon.inproc import (
     write_config,
 )
 
-BOUND = 10.0  # seconds: generous for a loaded machine; the fixed code takes well under 1 s
+BOUND = 10.0  # seconds: generous for a loaded machine; each step takes well under 1 s
 
 
 class _Client(LedgerConnector):
@@ -103,8 +99,8 @@ async def _closed(writer: dtp.aio.DTPStreamWriter) -> str | None:
 
 
 def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: Path) -> None:
-    """Before: both were admitted and served; the first's end settled the ledger
-    connection while the second went on carrying tunnels."""
+    """The second is refused: one ledger connection carries one DTP connection, so the
+    first's end settles a ledger connection nothing else carries tunnels on."""
 
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
@@ -112,7 +108,7 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: P
         assert await tunnel(first) == b"ping"
         with pytest.raises(ConnectionRefused, match="already served: one DTP connection per"):
             _, second = await client.connect(cid, 7000)
-            second.close()  # (admitted: the old code's way)
+            second.close()  # (in case it was admitted after all)
         assert await tunnel(first, b"still") == b"still"  # the first one goes on
         first.close()
         # its end settles the ledger connection, and gives the ID back: a new DTP
@@ -131,9 +127,9 @@ def test_a_second_dtp_connection_on_one_ledger_connection_is_refused(tmp_path: P
 def test_a_drain_closes_a_connection_admitted_as_it_began(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: the drain's close loop missed the connection reading its terms; it was
-    served through the stop, the drain waited SETTLE_TIMEOUT (30 s) for its handler and
-    the ledger connection was left Open."""
+    """The drain's close loop also closes the connection still reading its terms: it is
+    not served through the stop, the drain does not wait SETTLE_TIMEOUT (30 s) for its
+    handler, and the ledger connection is settled."""
     reading = asyncio.Event()
     go_on = asyncio.Event()
     real_terms = ServerFees.terms
@@ -173,11 +169,10 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Three SIGHUPs within a moment, the reload adding two services (slowed: each
-    add_service takes 0.3 s). Before: three reloads synced the ledger side by side, the
-    slower ones failed on the services the first added ("reload refused by the ledger")
-    and published the old settings again, taking those services off the ledger while
-    the daemon served them. Now one reload runs, then one more for the SIGHUPs that came
-    meanwhile."""
+    add_service takes 0.3 s). One reload runs, then one more for the SIGHUPs that came
+    meanwhile: reloads never sync the ledger side by side, where the slower ones would
+    fail on the services the first added and take them off the ledger while the daemon
+    serves them."""
     real_add = LocalLedger.add_service
 
     def slow_add(self: LocalLedger, *args: Any, **kwargs: Any) -> None:
@@ -217,8 +212,8 @@ def test_two_sighups_close_together_leave_the_ledger_as_served(
 
 
 def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -> None:
-    """Before: the service's own lists were checked at admission only; the client went
-    on opening tunnels after the reload that denied it, for good."""
+    """The service's own lists hold after admission too: the reload that denies the
+    client closes its open connections, and it opens no more tunnels."""
 
     async def scenario(daemon: Daemon, client: _Client, config: Path, port: int) -> None:
         cid = await client.open_ledger(7000)
@@ -242,7 +237,7 @@ def test_a_reload_denying_a_client_closes_its_open_connections(tmp_path: Path) -
 def test_a_connection_whose_terms_cannot_be_read_is_settled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: cut, never settled (Open on the ledger, the deposit locked)."""
+    """Cut, and settled: never left Open on the ledger with the deposit locked."""
     failed: list[str] = []
     real_terms = ServerFees.terms
 
@@ -271,7 +266,7 @@ def test_a_connection_whose_service_was_removed_while_admitted_is_settled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A reload removes the service while the ledger admits a connection to it (held
-    here until the reload is done). Before: cut, never settled."""
+    here until the reload is done): cut, and settled."""
     admitting = threading.Event()
     go_on = threading.Event()
     held: list[str] = []

@@ -196,7 +196,7 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
     """A receipt of the connection is in the store (an earlier run ended before its
     settlement); the client comes back and is refused (its service's deny list; its
     service removed by a reload) or cut (its terms unreadable). Its settlement claims
-    the receipt: before, the claim and the refund were never counted."""
+    the receipt, and the claim and the refund are counted."""
     port = 7001 if path == "service-removed" else 7000
     failed_terms: list[str] = []
     if path == "terms-unreadable":
@@ -248,9 +248,9 @@ def test_a_connection_settled_unserved_counts_what_an_earlier_run_left(
 def test_the_starts_recovery_counts_every_claim(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """A run left a receipt unclaimed; the next start claims it. Before, the claim was
-    not counted when the connection's service was no longer configured, or when its
-    state could not be read once more after the settlement."""
+    """A run left a receipt unclaimed; the next start claims it, and counts the claim
+    also when the connection's service is no longer configured, or when its state
+    cannot be read once more after the settlement."""
     port = 7001 if path == "service-removed" else 7000
     left: dict[str, Any] = {}
 
@@ -309,10 +309,9 @@ def test_a_failed_settlement_is_tried_again_within_the_run(
     caplog: pytest.LogCaptureFixture,
     paid: bool,
 ) -> None:
-    """The connection's settlement fails three times (the ledger away): before, it
-    waited for the next start (and a free connection, with no receipt in the store, for
-    its client's timeout). Now it is tried again with a backoff, the first failure a
-    warning and the repeats at debug level; its claim and refund counted once."""
+    """The connection's settlement fails three times (the ledger away): it is tried again
+    with a backoff (not left for the next start), the first failure a warning and the
+    repeats at debug level; its claim and refund counted once."""
     outage = _Outage(monkeypatch)
     _short_retries(monkeypatch)
 
@@ -456,9 +455,9 @@ def test_an_admission_resuming_before_a_retrys_first_step_is_not_settled_under(
     """The connection's settlement failed (refused: the ledger away), so it is
     tried again. The retry task is made; before its first step runs, an admission of the
     same ledger connection (the client back, its ledger read done) resumes and takes the
-    connection ID, as dtp.aio then serves it. Before, the retry went on and closed and
-    settled the ledger connection under the client being served; now it leaves it to
-    that connection (tried again once it is no longer served), settled once."""
+    connection ID, as dtp.aio then serves it. The retry leaves it to that connection
+    (tried again once it is no longer served) rather than settle it under the client
+    being served: settled once."""
     monkeypatch.setattr(settlements_mod, "SETTLE_RETRY", 0.05)
     monkeypatch.setattr(settlements_mod, "SETTLE_RETRY_MAX", 0.1)
     away: set[str] = set()
@@ -531,9 +530,8 @@ def test_a_claim_of_a_receipt_still_being_written_is_earned_once(
 ) -> None:
     """A paid connection sends one receipt and closes; the store's write of it is slow
     (held past the settlement's wait for it), so the settlement claims it from the
-    writer's queue. Before, the claim raised fees_earned to fees_claimed and the
-    receipt's "kept" callback, once the write landed, added it again: earned twice the
-    fee. Now it is earned once, claimed once."""
+    writer's queue. The fee is earned once, claimed once: the receipt's "kept"
+    callback, once the write lands, does not add again what the claim counted."""
     monkeypatch.setattr(fees_mod, "SETTLE_FLUSH_WAIT", 0.05)
     hold, held, let_go = threading.Event(), threading.Event(), threading.Event()
     real_keep_many = ReceiptStore.keep_many

@@ -174,7 +174,7 @@ def test_stop_while_opening_the_ledger(tmp_path: Path, procs: list[Starting]) ->
 
 
 def test_sighup_while_starting_reloads_once_ready(tmp_path: Path, procs: list[Starting]) -> None:
-    """SIGHUP's default action killed a starting daemon (exit -1). Now the start goes
+    """A SIGHUP does not kill a starting daemon (its default action): the start goes
     on and the reload happens once it is ready."""
     config = write_slow_config(tmp_path)
     proc = Starting(config)
@@ -188,7 +188,7 @@ def test_sighup_while_starting_reloads_once_ready(tmp_path: Path, procs: list[St
     assert status == 0, proc.log()
 
 
-# -- config errors the ledger used to report (exit 1, naming no key) --------------------
+# -- config errors the ledger would refuse: named by their key before the start -------
 
 
 def _provider_config(tmp: Path, extra_daemon: str = "", extra: str = "") -> Path:
@@ -213,10 +213,10 @@ health_interval = 30
 
 
 def test_firewall_list_over_the_ledger_cap_is_a_config_error(tmp_path: Path) -> None:
-    """1025 allowed addresses: the ledger takes 1024 per list. The start failed after
-    1024 transactions with the ledger's "firewall list already holds its maximum"
-    (exit 1, no line, no key); a reload failed half-way. A repeated address counts
-    once."""
+    """1025 allowed addresses: the ledger takes 1024 per list. A config error (exit 2,
+    its line and key) before any transaction, not the ledger's "firewall list already
+    holds its maximum" after 1024 of them, nor a reload failing half-way. A repeated
+    address counts once."""
     config = write_slow_config(tmp_path, entries=0)
     text = config.read_text()
     many = ", ".join(f'"0x{i:064x}"' for i in range(1, 1026))
@@ -235,8 +235,8 @@ def test_firewall_list_over_the_ledger_cap_is_a_config_error(tmp_path: Path) -> 
 
 
 def test_public_endpoint_too_long_is_a_config_error(tmp_path: Path) -> None:
-    """A public_endpoint over the ledger's 256 bytes: exit 1 with "Too many endpoints
-    or an endpoint is too long", after the listener was up; now exit 2 naming the key."""
+    """A public_endpoint over the ledger's 256 bytes: exit 2 naming the key, before the
+    listener is up (not the ledger's "Too many endpoints or an endpoint is too long")."""
     config = _provider_config(tmp_path, f'public_endpoint = "{"h" * 260}:80"')
     done = run(config)
     assert done.returncode == 2, done.stderr
@@ -244,8 +244,8 @@ def test_public_endpoint_too_long_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_host_not_on_the_ledger_names_its_source(tmp_path: Path) -> None:
-    """A host_id (config, or host.json) the ledger does not hold: the error was the
-    ledger's bare "No Host with ID … exists on this ledger." (exit 1)."""
+    """A host_id (config, or host.json) the ledger does not hold: the error names where
+    the ID came from, not only the ledger's bare "No Host with ID … exists"."""
     missing = f"0x{'2' * 64}"
     config = _provider_config(tmp_path, f'host_id = "{missing}"')
     done = run(config)
@@ -279,10 +279,10 @@ def test_reload_refused_by_the_ledger_part_way_is_undone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A reload whose ledger sync fails in the middle (here the ledger refuses one
-    allow): the daemon kept its old settings but the ledger kept the transactions
-    before the refused one, a new service published (clients paying into connections
-    refused at once) and part of an allowlist. Now the settings in force are published
-    again. The ledger's refusal is the one edge faked here."""
+    allow): the daemon keeps its old settings and publishes them again, so that the
+    ledger does not keep the transactions before the refused one (a new service that
+    clients would pay into, part of an allowlist). The ledger's refusal is the one edge
+    faked here."""
     config = _provider_config(tmp_path, f"faucet = {SUI}")
     first, second = f"0x{1:064x}", f"0x{2:064x}"
     base = config.read_text()
@@ -324,10 +324,9 @@ def test_reload_refused_by_the_ledger_part_way_is_undone(
 
 
 def test_status_with_a_config_broken_elsewhere(tmp_path: Path, procs: list[Starting]) -> None:
-    """`dtp status --config` refused to show anything while the file held an error
-    unrelated to the state directory (the edit a running daemon had just refused at
-    its reload). It shows the status now, the config's error on stderr; a file that
-    does not say where the state is still fails."""
+    """`dtp status --config` shows the status while the file holds an error unrelated
+    to the state directory (the edit a running daemon has just refused at its reload),
+    the config's error on stderr; a file that does not say where the state is fails."""
     config = _provider_config(tmp_path, f"faucet = {SUI}\ndrain_timeout = 1")
     proc = Starting(config)
     procs.append(proc)

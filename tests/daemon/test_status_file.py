@@ -142,10 +142,9 @@ def _join_writers() -> None:
 def test_a_fault_in_a_status_write_does_not_end_the_periodic_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A write failing with anything but an OSError killed the writer thread and left
-    it recorded as running: every later periodic save only left its snapshot for a
-    thread that was gone, and the status file was never written again (nor was the
-    failed write tried again, as one failing with an OSError is)."""
+    """A write failing with anything but an OSError does not end the writer thread: the
+    failed write is tried again, as one failing with an OSError is, and the later
+    periodic saves are written."""
     real = state_module.write_durably
     failed, written = threading.Event(), threading.Event()
 
@@ -212,10 +211,9 @@ def _refused_port() -> int:
 def test_a_renamed_service_counts_its_backend_errors_under_its_new_name(
     tmp_path: Path,
 ) -> None:
-    """A reload renaming a service (same port, same backends) kept its BackendPool: the
-    pool's health logs went on under the old name, and its failure callback counted
-    backend errors into the old name's status row (its healthy backends, too, stayed
-    there for a service no longer served under that name)."""
+    """A reload renaming a service (same port, same backends) gives it a BackendPool
+    under the new name: its health logs, its backend errors and its healthy backends
+    count in the new name's status row, none in the old one's."""
     backends = (Backend("127.0.0.1", _refused_port()),)
     ledger = LocalLedger(tmp_path / "ledger.sqlite")
     book = StatusBook(tmp_path / "state")

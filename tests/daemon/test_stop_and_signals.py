@@ -85,9 +85,8 @@ def start_daemons(
 
 def test_stop_settles_a_connection_whose_tunnel_is_stuck(tmp_path: Path, procs: list[Proc]) -> None:
     """SIGTERM with a tunnel blocked on a backend that never reads: after the drain
-    timeout the tunnel is cut and the connection claimed, closed and settled. The
-    daemon used to wait one second for the connection's handler (itself waiting on
-    the tunnel), then exit 0 with the deposit still in escrow."""
+    timeout the tunnel is cut and the connection claimed, closed and settled before the
+    daemon exits: the deposit does not stay in escrow."""
     with stuck_tunnel(tmp_path, procs) as d:
         assert d.stop(signal.SIGTERM) == 0
         log = d.log()

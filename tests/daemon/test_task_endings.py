@@ -1,28 +1,27 @@
 """The daemon's own tasks, ended.
 
-* ServiceHost's drain, connection handlers and UDP flows cancelled a helper task (the
-  settlement retries, the firewall refresh, a connection's tunnel acceptor, a UDP flow's
-  refuser) and awaited it in a ``suppress(CancelledError)``: a cancel of the *caller*
-  while it waited was passed on to the helper, whose CancelledError was then swallowed,
-  and the caller went on as if never cancelled (a drain cancelled or timed out went on
-  draining; a handler went on to settle) -- the defect the fix mended in
-  ``BackendPool.stop``, now one helper (``dtp.daemon._tasks.cancel_and_wait``).
-* A rate of thousands of digits: its repr, taken for the error, raised a ValueError of
-  its own ("Exceeds the limit (4300 digits)") that named no rate.
-* A port with thousands of leading zeros out of range was shown whole in the config
-  error (and the address error showed its zeros, not its digits).
+* ServiceHost's drain, connection handlers and UDP flows cancel a helper task (the
+  settlement retries, the firewall refresh, a connection's tunnel acceptor, a UDP
+  flow's refuser) with one helper, ``dtp.daemon._tasks.cancel_and_wait``, as
+  ``BackendPool.stop`` does: a cancel of the *caller* while it waits stays the
+  caller's, never swallowed with the helper's CancelledError (where a drain cancelled
+  or timed out would go on draining, a handler go on to settle).
+* A rate of thousands of digits is named in the error, not lost to a ValueError of its
+  repr ("Exceeds the limit (4300 digits)").
+* A port with thousands of leading zeros out of range is shown by its digits in the
+  config and address errors, not whole.
 
 The daemon's task endings (dtp.daemon._tasks).
 
-* The settlement retries waited for their wake in ``asyncio.wait_for``, which on
-  Python 3.11 returns the wake's result when the cancel comes as the wake is set: the
-  drain's cancel was swallowed, the loop went on, and the drain waited for it for good.
-* A backend connect in ``asyncio.wait_for`` swallowed the tunnel's cancel (the drain
-  cutting it) when it came as the connect ended: the tunnel went on.
-* A connection's tunnel acceptor dying of a fault said nothing (the UDP flow's helpers
-  were logged).
-* A helper still ending when its waiter was cancelled ended unwatched: an error it died
-  of then was lost (asyncio's "Task exception was never retrieved" at best)."""
+* The settlement retries' wait for their wake ends on the drain's cancel, also on
+  Python 3.11, whose ``asyncio.wait_for`` returns the wake's result when the cancel
+  comes as the wake is set.
+* A backend connect ends on the tunnel's cancel (the drain cutting it), also when the
+  cancel comes as the connect ends.
+* A connection's tunnel acceptor dying of a fault is logged, as the UDP flow's helpers
+  are.
+* A helper still ending when its waiter is cancelled is watched to its end: an error it
+  dies of then is logged, not lost."""
 
 from __future__ import annotations
 
@@ -371,7 +370,7 @@ def test_backend_connect_cancelled_as_it_connects_is_cancelled() -> None:
         connected.set_result(None)  # the connect ends ...
         tunnel.cancel()  # ... as the drain cuts the tunnel
         await asyncio.wait({tunnel}, timeout=BOUND)
-        assert tunnel.cancelled()  # (old: it returned the connection, and went on)
+        assert tunnel.cancelled()  # (not the connection returned, the tunnel going on)
         assert transport.closed
 
     asyncio.run(main())

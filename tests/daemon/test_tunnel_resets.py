@@ -1,18 +1,17 @@
-"""The services daemon: tunnels that never ended, a paid connection
-left open, and backend host names that broke the balancer.
+"""The services daemon: tunnels that end, a paid connection closed, and backend host
+names the balancer survives.
 
-* A TCP peer that half-closed (its request complete), did not read a large response
-  and then reset hung its tunnel for good: the DTP -> TCP direction, paused for the
-  peer's full buffer, was never told the transport was lost, so the far side stayed
-  blocked in ``drain()``. With the far side idle, the reset was not even seen (after
-  EOF asyncio reads no more): the tunnel stayed open until the far side next sent.
+* A TCP peer that half-closes (its request complete), does not read a large response
+  and then resets ends its tunnel: the DTP -> TCP direction, paused for the peer's
+  full buffer, is told the transport was lost, and the far side's ``drain()`` ends.
+  With the far side idle the reset is seen too (the transport still reads after EOF).
 * The forwarder's ledger read right after opening a DTP connection (its escrow)
-  raising left that connection open and never closed on the ledger: the paid
-  connection and its deposit leaked.
-* A backend host name with an empty label or one over 63 bytes passed the config, and
-  ``getaddrinfo`` raises ``UnicodeError`` for it (not a socket error): it killed the
-  health checks, escaped a tunnel's connect (the stream was never answered) and then
-  the pool's ``stop()``.
+  failing closes that connection, on the ledger too: no paid connection, no deposit
+  left behind.
+* A backend host name with an empty label or one over 63 bytes, for which
+  ``getaddrinfo`` raises ``UnicodeError`` (not a socket error), is an unreachable
+  backend: the health checks go on, the tunnel is answered, and the pool's ``stop()``
+  returns.
 
 Real sockets on 127.0.0.1 and real LocalLedger files; the one fake is a ledger whose
 first read of a connection's escrow fails (a ledger RPC timing out).
@@ -42,7 +41,7 @@ from dtp.ledger.local import LocalLedger
 from dtp.ledger.objects import ConnectionState, Escrow, Sla, TransportControl
 from tests.support.paid_inprocess import ident
 
-BOUND = 15.0  # seconds: generous, for a loaded machine; the fixed code takes ~1-2 s
+BOUND = 15.0  # seconds: generous, for a loaded machine; each end takes ~1-2 s
 
 
 # -- a tunnel whose TCP peer resets after its EOF ---------------------------------------
@@ -132,14 +131,14 @@ async def _stay_idle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamW
 
 
 def test_a_reset_after_eof_ends_a_tunnel_paused_for_its_full_buffer() -> None:
-    """Before: the leg's connection_lost woke no one; the DTP -> TCP direction, paused
-    for the transport's buffer, waited for good, and so did the far side's drain()."""
+    """The leg's connection_lost wakes the DTP -> TCP direction, paused for the
+    transport's buffer, and the far side's drain(): the tunnel ends."""
     asyncio.run(asyncio.wait_for(_tunnel_then_reset(_stream_forever), 4 * BOUND))
 
 
 def test_a_reset_after_eof_ends_a_tunnel_whose_far_side_is_idle() -> None:
-    """Before: after the EOF the transport read no more, so the reset went unseen; the
-    tunnel stayed open until the far side sent again."""
+    """After the EOF the transport still reads, so the reset is seen and the tunnel ends
+    without waiting for the far side to send again."""
     asyncio.run(asyncio.wait_for(_tunnel_then_reset(_stay_idle), 4 * BOUND))
 
 
@@ -177,9 +176,9 @@ async def _plain_host_and_forwarder(
 
 
 def test_a_failed_ledger_read_after_opening_closes_the_connection(tmp_path: Path) -> None:
-    """Before: the connection stayed Open on the ledger, its deposit locked (no link held
-    it, no watcher closed it; its writer was left to the garbage collector). The host
-    is a plain DTP server that never touches the ledger: what the ledger shows is the
+    """The forwarder closes the connection on the ledger, never leaves it Open with its
+    deposit locked (no link holding it, no watcher to close it). The host is a plain DTP
+    server that never touches the ledger: what the ledger shows is the
     forwarder's doing."""
     ledger = _FlakyReads(tmp_path / "ledger.sqlite")
     ledger.read_ids = []
@@ -229,8 +228,8 @@ def test_a_failed_ledger_read_after_opening_closes_the_connection(tmp_path: Path
 def test_a_drain_while_the_tunnel_waits_for_its_status_closes_the_local_client(
     tmp_path: Path,
 ) -> None:
-    """The host never answers the tunnel's status; drain() cancels the tunnel there.
-    Before: the local client was left open (and reading paused) until the loop ended."""
+    """The host never answers the tunnel's status; drain() cancels the tunnel there and
+    closes the local client, not left open (its reading paused) until the loop ends."""
     ledger = LocalLedger(tmp_path / "ledger.sqlite")
     ledger.faucet(CLIENT.sui_address, 1 << 40)
 
@@ -281,8 +280,9 @@ class _Kept(asyncio.Protocol):
 
 @pytest.mark.parametrize("host", BAD_HOSTS)
 def test_the_pool_survives_a_host_name_getaddrinfo_cannot_encode(host: str) -> None:
-    """Before: connect raised UnicodeError (the tunnel was never answered), the health
-    checks died of it and stop() raised it, cutting the daemon's drain short."""
+    """A host name getaddrinfo cannot encode makes that backend unreachable, as any
+    other: the connect fails over (or says no backend is reachable), the health checks
+    go on, and stop() returns."""
     good = socket.create_server(("127.0.0.1", 0))
 
     async def run() -> None:
@@ -314,8 +314,8 @@ def test_the_pool_survives_a_host_name_getaddrinfo_cannot_encode(host: str) -> N
 
 
 def test_stop_survives_health_checks_that_died() -> None:
-    """Whatever killed the checks, stop() logs it and returns: raised, it cut the
-    daemon's drain short."""
+    """Whatever killed the checks, stop() logs it and returns, so that the daemon's
+    drain goes on."""
 
     async def run() -> None:
         pool = BackendPool("svc", (Backend("127.0.0.1", 9),), 60.0, 1.0)

@@ -74,7 +74,7 @@ def test_backend_reset_mid_response_resets_the_client(tmp_path: Path, procs: lis
                 assert chunk, "the tunnel ended before the backend's bytes"
                 got += len(chunk)
             client.sendall(b"ok")
-            # the old code: recv() returned b"" (a clean end after 50,000 bytes)
+            # a reset, not b"" (which would read as a clean end after 50,000 bytes)
             with pytest.raises(ConnectionResetError):
                 while client.recv(65536):
                     pass
@@ -122,8 +122,8 @@ def test_tunnel_abandoned_before_the_backend_answered_closes_it(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     """Tunnels held back by the client's request rate when its forwarder dies: the
-    backend connections the daemon makes for them afterwards are closed (they stayed
-    open for good: the status write raised and nobody closed them)."""
+    backend connections the daemon makes for them afterwards are closed, whatever the
+    status write raises."""
 
     def handler(sock: socket.socket) -> None:
         sock.settimeout(20)
@@ -140,7 +140,7 @@ def test_tunnel_abandoned_before_the_backend_answered_closes_it(
             # the first tunnel at once, the next two 0.5 s and 1 s later
             wait_until(lambda: server.open >= 1, what="the first tunnel")
             f.kill()
-            # (the old code logged nothing: the task ended with the write's error)
+            # (logged, not a task ending silently with the write's error)
             wait_until(
                 lambda: d.log().count("tunnel abandoned") == 2,
                 timeout=5,

@@ -75,9 +75,9 @@ def ledger(tmp_path: Path) -> Iterator[tuple[LocalLedger, str]]:
 def test_a_flow_whose_escrow_cannot_be_read_closes_its_connection(
     ledger: tuple[LocalLedger, str], tmp_path: Path
 ) -> None:
-    """The escrow read after the connect failed: the error reached the forwarder, which
-    never saw the connection, and the connection stayed open for good (its keepalives
-    kept it alive, its deposit locked)."""
+    """The escrow read after the connect fails: the connection is closed, not left to
+    the forwarder that never saw it, kept alive by its keepalives with its deposit
+    locked."""
     book, host_id = ledger
     ended = threading.Event()
     accepted = threading.Event()
@@ -132,10 +132,9 @@ def test_a_flow_whose_escrow_cannot_be_read_is_half_closed_on_the_ledger(
     ledger: tuple[LocalLedger, str], tmp_path: Path
 ) -> None:
     """The escrow read's failure path closes the connection, and the ledger half-close
-    follows it there too: watched only once the read had succeeded, the connection
-    stayed open on the ledger and the client could never settle (EConnectionOpen, its
-    deposit held). Settled afterwards, the deposit comes back whole: nothing was
-    served."""
+    follows it there too (it is watched from the connect, not only once the read
+    succeeded), so the client can settle (no EConnectionOpen, its deposit held).
+    Settled afterwards, the deposit comes back whole: nothing was served."""
     book, host_id = ledger
     server_ledger = LocalLedger(book.path)
     server = dtp.socket.create_server(

@@ -101,10 +101,9 @@ def row(state_dir: Path, kind: str, name: str) -> dict[str, Any]:
 def test_a_stop_right_after_traffic_claims_every_datagram(
     setup: Setup, echoes: list[EchoBackend]
 ) -> None:
-    """50 echoed datagrams, then SIGTERM at once: the relay was cut without a last
-    usage report, so the datagrams since the last one (every 32) were served and
-    never paid (39 MIST claimed of 60). Now the drain asks the flow for its final
-    usage and waits for the client's receipt: the claim covers everything."""
+    """50 echoed datagrams, then SIGTERM at once: the drain asks the flow for its final
+    usage and waits for the client's receipt, so the claim covers every datagram, also
+    those since the last usage report (one every 32)."""
     echo = EchoBackend()
     echoes.append(echo)
     d, f, address = udp_pair(setup, echo.port)

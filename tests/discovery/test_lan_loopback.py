@@ -135,8 +135,8 @@ def test_an_instance_that_did_not_resolve_in_time_is_asked_again(
     echo_server: dtp.socket.DTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the first resolution of each instance times out, as a late answer on a loaded
-    # machine does: once announced an instance makes no new browser event, and it
-    # stayed unresolved -- never found -- for as long as it was announced
+    # machine does: once announced an instance makes no new browser event, so it is
+    # asked again (dtp.discovery.mdns.RESOLVE_RETRY_MAX), not left unresolved
     from dtp.discovery import mdns
 
     failed: set[str] = set()

@@ -2,12 +2,11 @@
 a typed error at the entry point, and change nothing: the graph's table and file, the
 ledger's dump() stay as they were, and both keep working.
 
-Before: ``Graph.walk(None)`` returned None; ``subscribe("")`` registered a subscription no
-change can reach; ``changes(3)`` outside an event loop said "no running event loop";
-``add_listener``/``listen`` took a non-callable (failing later, in the thread of a sync
-session); ``Graph(path)`` of another application's SQLite file switched it to WAL and
-added the graph's tables to it. LocalLedger calls given ``signer=None`` (or a str) raised
-AttributeError from deep inside.
+Among them: ``Graph.walk(None)``; ``subscribe("")``, which no change could reach;
+``changes(3)`` outside an event loop; a non-callable given to ``add_listener``/``listen``
+(refused there, not in the thread of a sync session); ``Graph(path)`` of another
+application's SQLite file (left as it is: no WAL switch, no tables added); LocalLedger
+calls given ``signer=None`` (or a str).
 """
 
 from __future__ import annotations

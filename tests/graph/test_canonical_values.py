@@ -58,9 +58,8 @@ def _sync(ga: Graph, gb: Graph) -> tuple[SyncSession, SyncSession]:
 @pytest.mark.parametrize("ham", HAMS)
 def test_a_state_of_negative_zero_converges_with_zero(ham: str) -> None:
     """One peer holds a field at state -0.0, the other the same value at 0.0: HAM finds
-    them equal (SAME both ways). Before, each kept its bits, the summaries differed for
-    ever and every sync sent the field again; now both hold 0.0 and a second sync is
-    quiet."""
+    them equal (SAME both ways), both hold 0.0, and a second sync is quiet (the
+    summaries agree: the field is not sent again)."""
     a, b = Graph(ham=ham), Graph(ham=ham)
     a.merge(encode_ham_batch([HamUpdate(b"n", b"f", -0.0, b"1")]))
     b.merge(encode_ham_batch([HamUpdate(b"n", b"f", 0.0, b"1")]))
@@ -160,8 +159,8 @@ def test_distinct_keys_still_decode() -> None:
 def test_a_closed_graph_refuses_len_in_and_the_rest(
     tmp_path: Path, call: Callable[..., Any]
 ) -> None:
-    """Writes and most reads raised the typed error after close(); len(), ``in``,
-    deferred_count, flush() and add_listener() went on (answering from the table, or,
+    """After close(), len(), ``in``, deferred_count, flush() and add_listener() raise the
+    typed error, as writes and the other reads do (never answering from the table, or,
     for flush(), touching a closed SQLite connection)."""
     g = Graph(tmp_path / "g.db")
     g.put("a", {"f": 1})

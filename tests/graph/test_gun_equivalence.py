@@ -4,7 +4,7 @@
 ``dtp.graph`` graph on each HAM backend, and after every step of the clock both hold
 the same graph -- the same state and the same value text for every field.
 
-The stream is built so that what used to part the two happens often: updates at equal
+The stream is built so that what could part the two happens often: updates at equal
 states (ties), every value type Gun accepts (null, booleans, numbers, strings, links),
 strings beyond the BMP and around U+E000..U+FFFF (where UTF-16 order and byte order
 part), numbers around 1e-7, 1e-6, 1e16, 2**53 and 1e21 (where JavaScript writes them

@@ -84,10 +84,9 @@ def test_a_graph_file_reached_through_a_symlink_is_still_one_graph(tmp_path: Pat
 
 
 def test_a_protocol_error_ends_the_session_object_too() -> None:
-    """GraphSyncError means the session is over -- but the sans-I/O session went on: the
-    next receive_data() handled the bytes after the bad message (a DATA the peer sent
-    after breaking the protocol was merged) and local changes were still queued for
-    that peer. Now the session stops listening and refuses further input."""
+    """GraphSyncError means the session is over, the sans-I/O session too: it stops
+    listening and refuses further input (a DATA the peer sends after breaking the
+    protocol is not merged), and no local change is queued for that peer any more."""
     g = Graph()
     session = SyncSession(g)
     session.start()

@@ -446,8 +446,8 @@ def test_a_peer_that_stops_reading_and_then_breaks_the_protocol_ends_its_session
 
 def test_closing_the_graph_ends_a_live_sync_with_a_quiet_peer() -> None:
     """A live connect() (until_synced=False) whose graph is closed while the peer is
-    quiet ends with the graph's error: before, its reader stayed blocked until the peer
-    spoke or closed."""
+    quiet ends with the graph's error: its reader does not wait for the peer to speak
+    or close."""
     a, b = Graph(), Graph()
     a.put("x", {"y": 1})
     outcome: list[BaseException] = []

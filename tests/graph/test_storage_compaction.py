@@ -24,10 +24,10 @@ A compaction that fails does not fail the flush, nor close().
 
 A graph flushes its buffered changes to the log, then compacts the log when it has
 grown (rewrites it as the table's export). On a nearly full disk the small append fits
-and the compaction -- a transaction as large as the log -- does not. The old code raised
-that compaction's GraphStorageError from flush() and close(), though every change was on
-disk already; close() then left the graph open, for good while the disk stayed full,
-and every later flush exported the whole table again. Here the file size limit
+and the compaction -- a transaction as large as the log -- does not: every change is on
+disk already, so neither flush() nor close() raises that compaction's GraphStorageError,
+close() closes the graph, and a later flush does not export the whole table again at
+once (a warning says the compaction failed). Here the file size limit
 (RLIMIT_FSIZE, in a child process) is the full disk: real SQLite writes fail with
 EFBIG."""
 
@@ -354,7 +354,7 @@ CHILD = textwrap.dedent(
     graph.put("soul/after", {"n": -2})
     graph.flush()  # not tried again at once: nothing more is logged
     assert sum("compacting the log failed" in w for w in warnings) == 1, warnings
-    graph.close()  # closes (the old code raised here too, and stayed open)
+    graph.close()  # closes, without raising
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
     again = Graph(path)
     assert again.get("soul/last") == {"n": -1}, again.get("soul/last")

@@ -90,10 +90,9 @@ def _held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_a_file_open_in_another_process_is_refused(tmp_path: Path) -> None:
-    """Two processes on one file ran two tables over one log: the first to compact it
-    replaced the log by its own export and the other's writes were gone at the next
-    open (and both shared one replica id). Now the second open is refused with the
-    typed error, and works once the first process has closed the graph."""
+    """One file, one process: a second open is refused with the typed error (two tables
+    over one log would lose one's writes at the other's compaction, and share one
+    replica id), and works once the first process has closed the graph."""
     path = tmp_path / "g.db"
     with _held_by_another_process(path):
         _assert_open_refused(path, "already open")
@@ -127,8 +126,8 @@ def test_a_file_open_in_another_graph_of_this_process_is_refused(tmp_path: Path)
 
 def test_a_corrupt_page_met_while_replaying_gives_the_typed_error(tmp_path: Path) -> None:
     """The checks made at open read the log's row headers only; a corrupt overflow page
-    of a large batch was met by the replay, and sqlite3.DatabaseError came out of
-    Graph(). Now it is the graph's typed error, and the file is closed."""
+    of a large batch, met by the replay, is the graph's typed error (not
+    sqlite3.DatabaseError out of Graph()), and the file is closed."""
     path = tmp_path / "g.db"
     with Graph(path) as g:
         value = b'"' + b"x" * 200 + b'"'
@@ -172,9 +171,7 @@ def test_a_full_disk_gives_the_typed_error_and_keeps_the_changes(tmp_path: Path)
 
 def test_a_write_that_cannot_reach_the_file_still_reaches_the_graph(tmp_path: Path) -> None:
     """Another SQLite client holds the file's write lock: the flush that a put makes due
-    fails. Before, put() raised sqlite3.OperationalError after the table had changed,
-    and the view, the sync sessions and the subscribers never heard of the change (get()
-    left it out, the summary missed it). Now put() returns, everything sees the change,
+    fails: put() returns, the view, the sync sessions and the subscribers see the change,
     and it reaches the file once the lock is released."""
     path = tmp_path / "g.db"
     g = Graph(path, flush_interval=3600)
@@ -232,9 +229,9 @@ def test_a_failed_compaction_keeps_what_was_buffered(tmp_path: Path) -> None:
     ],
 )
 def test_a_corrupt_meta_row_gives_the_typed_error(tmp_path: Path, key: str, value: bytes) -> None:
-    """An infinite stored clock made every later state infinite (each put() then failed
-    with HAM_STATE, for good); a replica id of the wrong length was sent in HELLO, which
-    every peer refuses. Both are a corrupt file, said at open."""
+    """An infinite stored clock (every later state infinite, each put() failing with
+    HAM_STATE) and a replica id of the wrong length (sent in HELLO, which every peer
+    refuses) are a corrupt file, said at open."""
     path = tmp_path / "g.db"
     with Graph(path) as g:
         g.put("a", {"v": 1})
@@ -280,9 +277,8 @@ def _read_only(path: Path) -> Iterator[None]:
 
 
 def test_a_read_only_file_is_refused_at_open(tmp_path: Path) -> None:
-    """A graph file SQLite can only read opened and read fine; the first flush failed,
-    then close() failed too and left the graph open (its finalizer failing again at
-    exit). Now the open says so, with the typed error, and leaves nothing open."""
+    """A graph file SQLite can only read is refused at open, with the typed error, and
+    leaves nothing open (not a failing first flush, then a failing close())."""
     path = tmp_path / "g.db"
     with Graph(path) as g:
         g.put("a", {"v": 1})

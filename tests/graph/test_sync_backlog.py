@@ -1,10 +1,10 @@
 """Graph sync against a peer that never reads: a session whose live backlog overflows
 ends (SyncBacklogExceeded) even while its writer is blocked sending to that peer.
 
-Before, the writer only looked at ``lagging`` between sends: blocked in sendall /
-drain() on a peer that does not read (the first exchange is not bounded by the backlog),
-it never came back, and the session -- thread or task, connection, buffers -- lived for
-as long as the peer stayed connected."""
+The writer watches ``lagging`` also while blocked in sendall / drain() on a peer that
+does not read (the first exchange is not bounded by the backlog), so the session --
+thread or task, connection, buffers -- does not live for as long as the peer stays
+connected."""
 
 from __future__ import annotations
 

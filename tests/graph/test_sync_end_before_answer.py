@@ -1,14 +1,12 @@
 """Graph sync: a peer's END before its answers, and pushes made a batch at a time.
 
-- A peer's END that came before its answer to one of our SUMs was taken: the runners
-  stopped reading at it and waited for our own END, which waits for that answer -- a
-  one-shot catch-up (``connect()``, ``sync_stream(until_synced=True)``) hung for good,
-  whatever the socket's timeout. Such an END is now a protocol error (GraphSyncError).
-- A push of summary nodes (and of the leaves a peer asked for again, WANT) was made
-  whole in one step: every value of up to 4096 fields -- a leaf of more taken whole --
-  copied under the graph's lock and queued at once (100 MiB for one soul of 200 fields
-  of 512 KiB). It is now made a batch of about 1 MiB at a time, each read from the table
-  as it is made.
+- A peer's END that comes before its answer to one of our SUMs is a protocol error
+  (GraphSyncError): taken, the runners would stop reading at it and wait for our own
+  END, which waits for that answer, and a one-shot catch-up (``connect()``,
+  ``sync_stream(until_synced=True)``) would wait for good, whatever the socket's timeout.
+- A push of summary nodes (and of the leaves a peer asked for again, WANT) is made a
+  batch of about 1 MiB at a time, each read from the table as it is made, never whole
+  in one step under the graph's lock (100 MiB for one soul of 200 fields of 512 KiB).
 """
 
 from __future__ import annotations
@@ -96,7 +94,7 @@ def test_connect_raises_at_once_when_the_peer_ends_before_its_sum() -> None:
     finally:
         release.set()
         server.close()
-        graph.close()  # (ends the runner's wait on the old code: its writer fails)
+        graph.close()  # (also ends a runner's wait that did not end: its writer fails)
         thread.join(5)
 
 

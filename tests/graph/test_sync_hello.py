@@ -270,10 +270,10 @@ def test_a_session_cancelled_before_the_deadline_leaves_the_stream_alone() -> No
 
 
 def test_a_peer_breaking_the_protocol_learns_why() -> None:
-    """sync_blocking aborts the stream of a peer that broke the protocol with the reason
-    "graph sync protocol error"; sync_stream left it open, so the peer saw only the
-    caller's plain close, and a write side blocked on a peer that does not read stayed
-    blocked until then."""
+    """sync_stream, as sync_blocking does, aborts the stream of a peer that broke the
+    protocol with the reason "graph sync protocol error": the peer learns why (not only
+    from the caller's plain close), and a write side blocked on a peer that does not
+    read ends."""
 
     async def main() -> None:
         graph = Graph()

@@ -14,12 +14,10 @@
 
 ``GraphServer.close()`` ends the sessions it runs.
 
-It used to stop accepting only: every live session went on in its thread, holding its
-connection and writing to the graph, after ``close()`` and after a ``with GraphServer``
-block -- the graph could not be closed safely, and nothing could end those sessions but
-their peers. Now the connection of each running session is closed (its peer sees the server
-leave: a live sync returns), and ``close()`` waits up to ``timeout`` for the session
-threads to be done with the graph.
+It does more than stop accepting: the connection of each running session is closed (its
+peer sees the server leave: a live sync returns), and ``close()`` waits up to ``timeout``
+for the session threads to be done with the graph, so that no session goes on writing
+to it after ``close()`` or a ``with GraphServer`` block, and the graph can be closed.
 
 Real DTP connections on 127.0.0.1, real SQLite graphs. What must happen has 60 s."""
 

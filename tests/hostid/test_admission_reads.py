@@ -2,14 +2,12 @@
 ledger reads.
 
 Anyone who completes a handshake may name any connection ID, and the admission looks
-for it again for two seconds (the client's open may still be landing). Each such name
-cost about 110 reads (every 20 ms once the first looks were made; with LocalLedger's
-change marker, every 5 ms while other writes moved it) -- on a Sui ledger, as many RPC
-calls. Now a read comes no sooner than a quarter of the time looked so far (some 30 to
-40 reads at most), an open that lands in the grace is still found, soon after it lands,
-and the grace's last moment is always read. The read-count tests failed on the old
-code; the others guard what the bound must not cost (a first version of it found an open
-landing under load 150 ms late, and missed one landing in the grace's last 0.2 s)."""
+for it again for two seconds (the client's open may still be landing). A read comes no
+sooner than a quarter of the time looked so far (some 30 to 40 reads at most, not a
+read every 5-20 ms: on a Sui ledger each is an RPC call), an open that lands in the
+grace is still found soon after it lands, and the grace's last moment is always read.
+The read-count tests hold the bound; the others hold what it must not cost (an open
+landing under load found late, or one landing in the grace's last 0.2 s missed)."""
 
 from __future__ import annotations
 

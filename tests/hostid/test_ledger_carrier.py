@@ -374,9 +374,9 @@ def _held(carrier: LedgerCarrier) -> int:
 
 def test_data_of_the_peers_other_connections_is_not_kept() -> None:
     """The peer's other connections share its sender address, so a carrier reads their
-    data events too; it kept each (up to 1024 payloads, 16 MiB per connection) in case
-    a PipeCreated of its own connection came later. Now a pipe whose PipeCreated named
-    another connection is skipped, and what is kept of unknown pipes is within 1 MiB."""
+    data events too. A pipe whose PipeCreated names another connection is skipped, and
+    what is kept of unknown pipes (in case a PipeCreated of its own connection comes
+    later) is within 1 MiB."""
     world = World()
     other = world.ledger.open_connection(CLIENT_ID, world.host, PORT, world.cap, 1000)
     reader = LedgerCarrier(

@@ -1,21 +1,20 @@
 """The ledger carrier's reassembly of fragmented records holds no more than a record's
 worth per fragment id: a hostile peer posting full-size pieces under a fragment id with
-255 of them made the carrier keep up to 255 x 16 KiB per id (64 ids: 267 MB), for a
+255 of them cannot make the carrier keep 255 x 16 KiB per id (64 ids: 267 MB), for a
 DTP record that can be at most 16 KiB (the bridge's carriers are given that bound;
 others keep taking any record 255 fragments carry). A LocalLedger in memory.
 
 The ledger carrier when two carriers write to one pipe, and when its reader is slow.
 
-- Fragment ids: every carrier counted its fragment ids from 0, and the reader joins
-  pieces by (pipe, id). A pipe has two writers when a carrier adopts its side's pipe
-  (``pipe_id=``) while the old one still posts, or resumes from a snapshot (``state=``)
-  that is older than what the old one sent: their pieces under one id were joined into
-  one garbled record (or a record was lost). Ids now start at random (a resumed carrier:
-  a random jump past its snapshot's), and the reader drops, never joins, pieces of an id
-  that carries two records.
-- Backpressure: the bridge stops reading beyond 4 MiB it holds for its adapter, but one
-  ``receive()`` read every event on the ledger, so a backlog came in whole as soon as
-  the adapter took a byte. ``receive(max_bytes=...)`` now stops at the room left.
+- Fragment ids: the reader joins pieces by (pipe, id). A pipe has two writers when a
+  carrier adopts its side's pipe (``pipe_id=``) while the old one still posts, or
+  resumes from a snapshot (``state=``) that is older than what the old one sent. Ids
+  start at random (a resumed carrier: a random jump past its snapshot's), and the
+  reader drops, never joins, pieces of an id that carries two records: no garbled
+  record, none lost to a clash.
+- Backpressure: the bridge stops reading beyond 4 MiB it holds for its adapter, and
+  ``receive(max_bytes=...)`` stops at the room left, so a backlog never comes in whole
+  as soon as the adapter takes a byte.
 
 Real LocalLedger files (tmp_path) and real DTP connections over the carrier.
 
@@ -26,10 +25,9 @@ the bridge's last reads.
   across the wrap arrive whole and in order (no fault found; kept as a guard).
 * A room smaller than one record still delivers it, whole, once (no fault found).
 * After our side ended, a bridge whose peer retains its records reads the peer's last
-  ones to confirm them: it read them with ``receive(0.0)``, every page the ledger had
-  in one call, so a backlog went into memory whole (each record kept until the call
-  returned). Now it reads in portions no larger than the bridge's buffer, one after
-  the other without waiting, so it still reads to the end before its deadline.
+  ones to confirm them, in portions no larger than the bridge's buffer (never a backlog
+  into memory whole), one after the other without waiting, so it still reads to the
+  end before its deadline.
 
 Everything real: a LocalLedger on a SQLite file, real carriers and bridges."""
 
@@ -217,11 +215,9 @@ class _TakingTurns:
 def test_two_carriers_posting_on_one_pipe_at_once_never_garble_a_record(world: OutageWorld) -> None:
     """The client's carrier is made again for its connection, adopting its pipe, while
     the old one still posts the connection's last records: both post at once, payload
-    by payload. Both counted fragment ids from 0, so the server's carrier joined pieces
-    of two records into one (a record the client never sent: here 3 of them, and
-    pieces of 3 more left over) and the connection had to retransmit both. Now every
-    record handed to the server's connection is one the client's produced, none is
-    lost to a clash, and the streams arrive exact."""
+    by payload. Every record handed to the server's connection is one the client's
+    produced (never pieces of two records joined into one), none is lost to a clash,
+    and the streams arrive exact."""
     turns = _TakingTurns(world.ledger)
     old = _carrier(turns, world, "client", max_payload=SMALL_PAYLOAD)
     sc = _carrier(world.ledger, world, "server", max_payload=SMALL_PAYLOAD)
@@ -272,10 +268,9 @@ def test_a_carrier_resumed_from_an_old_snapshot_does_not_reuse_its_fragment_ids(
 ) -> None:
     """A carrier snapshotted, went on posting (a record cut off after its first
     piece: the process died), and was resumed from the snapshot. Resumed at the
-    snapshot's ``next_fragment_id``, its first fragmented record took the id of that
-    cut-off record and, of another length, was dropped with it (or, as long, could
-    be joined with its first piece). Now it starts a random jump past the snapshot's
-    id; the snapshot still records the id, and round-trips as plain data."""
+    snapshot's ``next_fragment_id``, its first fragmented record would take the id of
+    that cut-off record, so it starts a random jump past the snapshot's id; the
+    snapshot still records the id, and round-trips as plain data."""
     ledger = world.ledger
     reader = _carrier(ledger, world, "server")
     old = _carrier(ledger, world, "client", max_payload=SMALL_PAYLOAD)

@@ -1,17 +1,16 @@
 """The ledger carrier: gaps, resuming, reclaiming, options.
 
-* Gaps: a lane gave up one gap per ``gap_timeout`` (up to the smallest seq seen) and
-  started the next timer afresh, so under steady loss the seen-above sets grew without
-  bound and the acknowledged prefix fell ever further behind. Now every seq still missing
-  below the largest one seen when the timer started goes at once.
-* Resuming (``state=``): a gap pending in the snapshot got no timer, so it was never given
-  up; and the peer's retained records waiting to be confirmed were not in the snapshot,
-  so they were never confirmed (the sender's deposits stayed).
-* ``reclaim_storage``: two reclaims overlapping a send dropped the records sent meanwhile
-  from ``retained`` (never reclaimed then), and two deleting one record raised.
-* ``LedgerCarrierOptions`` took counts that are no integers (1.5, True), refused only by
-  the carrier once a connection was made; a send on a closed carrier raised a bare
-  RuntimeError, no ConnectionClosed.
+* Gaps: when a lane's ``gap_timeout`` fires, every seq still missing below the largest
+  one seen when the timer started is given up at once (not one gap per timeout), so
+  under steady loss the seen-above sets stay bounded and the acknowledged prefix keeps
+  up.
+* Resuming (``state=``): a gap pending in the snapshot gets its timer, and the peer's
+  retained records waiting to be confirmed are in the snapshot, so they are confirmed
+  (the sender's deposits come back).
+* ``reclaim_storage``: two reclaims overlapping a send keep the records sent meanwhile
+  in ``retained``, and two deleting one record do not raise.
+* ``LedgerCarrierOptions`` refuses counts that are no integers (1.5, True) when made,
+  not once a connection is; a send on a closed carrier raises ConnectionClosed.
 
 Everything real: a LocalLedger on a SQLite file (tmp_path), real carriers; the only
 stand-ins are wrappers that drop chosen events or pause a chosen call.

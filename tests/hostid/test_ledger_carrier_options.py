@@ -3,8 +3,7 @@ before any connection (and any money) is attempted; a listener rides out a ledge
 fails it once.
 
 LedgerCarrierOptions refuses a seconds option that is not a number, by its name: True
-was taken as 1 s, and a string failed at a comparison with a TypeError naming no option
-(the old code: no error for True, a bare TypeError for the string)."""
+is not taken as 1 s, and a string is not a bare TypeError naming no option."""
 
 from __future__ import annotations
 

@@ -125,73 +125,57 @@ def test_blocking_a_failed_ledger_bridge_says_why(host: Host) -> None:
     says_why(lost.value)
 
 
+def _client_bridges_gone() -> bool:
+    return not [t for t in bridge_threads() if "client" in t.name]
+
+
+def _aio_error_after_the_bridge_fails(host: Host, *, write_after: bool) -> BaseException:
+    """An asyncio client on the ledger carrier echoes "hi" with an AbortingEcho server,
+    then its bridge fails: the ConnectionLost its next read raises. ``write_after``:
+    once the client's bridge threads are gone, it writes a byte first."""
+    options, made = _options()
+    echo = AbortingEcho()
+
+    async def main() -> BaseException:
+        reader, writer = await dtp.aio.open_connection(
+            host.address,
+            ledger=host.ledger,
+            identity=CLIENT,
+            deposit=DEPOSIT,
+            timeout=10,
+            ledger_options=options,
+        )
+        try:
+            writer.write(b"hi")
+            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"hi"
+            made[0].broken = True
+            if write_after:
+                # (a thread's wait: the loop must not look at the carrier meanwhile)
+                assert wait_for(_client_bridges_gone, 10)
+                writer.write(b"x")  # the transport sends at once
+            with pytest.raises(ConnectionLost) as lost:
+                await asyncio.wait_for(reader.read(2), 10)
+            return lost.value
+        finally:
+            writer.close()
+            with contextlib.suppress(DTPError):
+                await asyncio.wait_for(writer.wait_closed(), 10)
+
+    with server_in_thread(host, echo):
+        try:
+            return asyncio.run(main())
+        finally:
+            echo.abort()
+
+
 def test_asyncio_a_write_after_the_bridge_failed_says_why(host: Host) -> None:
     """The write side: once the bridge ended, a write meets its closed end (EPIPE)
     before the read side sees the end."""
-    options, made = _options()
-    echo = AbortingEcho()
-
-    async def main() -> BaseException:
-        reader, writer = await dtp.aio.open_connection(
-            host.address,
-            ledger=host.ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            timeout=10,
-            ledger_options=options,
-        )
-        try:
-            writer.write(b"hi")
-            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"hi"
-            made[0].broken = True
-            # (a thread's wait: the loop must not look at the carrier meanwhile)
-            assert wait_for(lambda: not [t for t in bridge_threads() if "client" in t.name], 10)
-            writer.write(b"x")  # the transport sends at once
-            with pytest.raises(ConnectionLost) as lost:
-                await asyncio.wait_for(reader.read(2), 10)
-            return lost.value
-        finally:
-            writer.close()
-            with contextlib.suppress(DTPError):
-                await asyncio.wait_for(writer.wait_closed(), 10)
-
-    with server_in_thread(host, echo):
-        try:
-            says_why(asyncio.run(main()))
-        finally:
-            echo.abort()
+    says_why(_aio_error_after_the_bridge_fails(host, write_after=True))
 
 
 def test_asyncio_a_failed_ledger_bridge_says_why(host: Host) -> None:
-    options, made = _options()
-    echo = AbortingEcho()
-
-    async def main() -> BaseException:
-        reader, writer = await dtp.aio.open_connection(
-            host.address,
-            ledger=host.ledger,
-            identity=CLIENT,
-            deposit=DEPOSIT,
-            timeout=10,
-            ledger_options=options,
-        )
-        try:
-            writer.write(b"hi")
-            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"hi"
-            made[0].broken = True
-            with pytest.raises(ConnectionLost) as lost:
-                await asyncio.wait_for(reader.read(2), 10)
-            return lost.value
-        finally:
-            writer.close()
-            with contextlib.suppress(DTPError):
-                await asyncio.wait_for(writer.wait_closed(), 10)
-
-    with server_in_thread(host, echo):
-        try:
-            says_why(asyncio.run(main()))
-        finally:
-            echo.abort()
+    says_why(_aio_error_after_the_bridge_fails(host, write_after=False))
 
 
 @pytest.mark.parametrize("cause", [None, ConnectionLost("the ledger carrier failed: X")])

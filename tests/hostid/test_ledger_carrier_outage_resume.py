@@ -3,7 +3,7 @@
 not be posted meanwhile is lost as on a lossy link and retransmitted by the connection,
 and reading resumes where it stopped. Only an outage longer than
 ``LedgerCarrierOptions.outage_timeout`` ends the connection, with the ledger's error as
-the cause. Before, the first failed call ended it."""
+the cause; a single failed call does not."""
 
 from __future__ import annotations
 

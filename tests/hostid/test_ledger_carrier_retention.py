@@ -162,7 +162,7 @@ def test_an_unconfirmed_record_comes_back_after_twice_its_retention_time(
     """The receiver never confirms (gone, or holding the deposit hostage): once twice
     the retention time has passed the sender deletes its records anyway, with a carrier
     (reclaim_storage) or by events alone (reclaim_retained), and gets every deposit
-    back. Before, such a deposit stayed for good."""
+    back: no deposit stays for good."""
     world = World(tmp_path / "ledger.db")
     ledger = world.ledger
     before = ledger.balance(CLIENT_ID.sui_address)

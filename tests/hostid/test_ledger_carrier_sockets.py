@@ -355,8 +355,8 @@ def test_server_arguments() -> None:
 
 
 def test_a_listener_for_a_host_it_cannot_serve_fails_at_start(host: Host) -> None:
-    # it started, skipped every connection in the background, and its clients saw only
-    # a handshake timeout; now the server does not start, and leaves nothing behind
+    # the server does not start (its clients would see only a handshake timeout), and
+    # leaves nothing behind
     fds = open_fds()
     threads = {t.ident for t in threading.enumerate()}
     for address, carriers in ((None, ("ledger",)), (("127.0.0.1", 0), ("tcp", "ledger"))):
@@ -408,7 +408,7 @@ def test_head_cursor_is_after_the_newest_event(host: Host) -> None:
 
 def test_no_ack_only_records_while_blocked_by_flow_control() -> None:
     """A lossy-carrier sender whose stream waits for credit sends nothing on further
-    flushes (it used to send an ACK-only record on every one: a storm on the ledger)."""
+    flushes (an ACK-only record on every one would be a storm on the ledger)."""
     from tests.support.pairs import connect, run
 
     c, s, link = connect(reliable_carrier=False, stream_window=32 * 1024)

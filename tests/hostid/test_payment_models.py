@@ -240,10 +240,10 @@ def test_a_cancelled_asyncio_connect_abandons_the_connection_it_opened(
     world: World, tmp_path: Path
 ) -> None:
     """Paying through a sponsor pool, the open happens while the connect prepares, in a
-    worker thread that a cancel cannot stop. A connect cancelled then (wait_for) used to
-    leave that connection Open, its deposit and the pool's pledge locked, and its ID
-    unknown to the caller; now it is half-closed once the open lands, so the refund
-    can follow."""
+    worker thread that a cancel cannot stop. A connect cancelled then (wait_for) does not
+    leave that connection Open, its deposit and the pool's pledge locked and its ID
+    unknown to the caller: it is half-closed once the open lands, so the refund can
+    follow."""
     ledger, client, provider = world.ledger, world.client, world.provider
     pool = ledger.create_sponsor_pool(provider, world.host, PORT, share_bps=2_500, max_pledge=10**9)
     ledger.fund_sponsor_pool(provider, pool, 100_000)

@@ -163,8 +163,9 @@ def test_a_connection_beyond_a_limit_is_refused_by_the_hosts_admission(
 
 @pytest.mark.parametrize("port", ["443", 443.0, True, -1, 65536])
 def test_a_server_port_that_is_not_a_u16_is_refused_when_made(tmp_path: Path, port: object) -> None:
-    """Before, create_server(port="443") served, refusing every client with "this
-    server serves port 443, not 443" (the str never equals the port a client names)."""
+    """create_server(port="443") is refused when made, not a server refusing every
+    client with "this server serves port 443, not 443" (a str never equals the port a
+    client names)."""
     with LocalLedger(tmp_path / "ledger.db") as ledger:
         host_id = ledger.create_host(SERVER, SERVER.noise_public)
         with pytest.raises(InvalidArgument, match="u16"):

@@ -94,8 +94,8 @@ def alice() -> HostIdentity:
 
 
 def test_an_int_signature_is_no_transaction_signature(alice: HostIdentity) -> None:
-    # Before: 97 zero bytes, the all-zero key's all-zero signature, which verifies under
-    # Sui's (ZIP-215) rules: the call returned that key's address instead of raising.
+    # an int is never taken for that many zero bytes: 97 of them are the all-zero key's
+    # all-zero signature, which verifies under Sui's (ZIP-215) rules
     with pytest.raises(TypeError, match="a Sui signature must be a bytes-like object"):
         verify_transaction(TX, SUI_SIGNATURE_SIZE)
     # bytes-likes of every kind are still read as the bytes they hold
@@ -106,7 +106,7 @@ def test_an_int_signature_is_no_transaction_signature(alice: HostIdentity) -> No
 
 
 def test_signing_an_int_is_a_type_error(alice: HostIdentity) -> None:
-    # Before: each returned a signature over that many zero bytes.
+    # an int is never signed as that many zero bytes
     with pytest.raises(TypeError, match="the message must be a bytes-like object, not 'int'"):
         alice.sign(64)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="the message must be a bytes-like object"):
@@ -122,7 +122,7 @@ def test_signing_an_int_is_a_type_error(alice: HostIdentity) -> None:
 
 def test_an_int_message_does_not_verify_as_zero_bytes(alice: HostIdentity) -> None:
     proof = alice.sign_personal_message(bytes(5))
-    # Before: returned alice's address, as if she had signed the message 5.
+    # 5 is not bytes(5): alice did not sign "the message 5"
     with pytest.raises(TypeError, match="the message must be a bytes-like object"):
         verify_personal_message(5, proof)  # type: ignore[arg-type]
     assert verify_personal_message(bytes(5), proof) == alice.sui_address
@@ -130,8 +130,8 @@ def test_an_int_message_does_not_verify_as_zero_bytes(alice: HostIdentity) -> No
 
 def test_a_wallet_base64_signature_string_is_named_as_such(alice: HostIdentity) -> None:
     text = base64.b64encode(alice.sign_personal_message(b"hello")).decode()
-    # Before: "string argument without an encoding", which names neither the argument
-    # nor what it should be.
+    # the error names the argument and what it should be (not bytes()'s "string
+    # argument without an encoding")
     with pytest.raises(TypeError, match="a Sui signature must be a bytes-like object, not 'str'"):
         verify_personal_message(b"hello", text)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="a Sui signature must be a bytes-like object"):

@@ -2,9 +2,9 @@
 its handle refuses a bad path or clock before creating anything, survives fork() and
 fails typed after close(); events() honours its limit and refuses malformed cursors.
 
-Before, plain ``bytes(x)`` turned an int into that many zero bytes (an all-zero Noise key
-published on the host) and a str given as the whole endpoint list became one endpoint per
-character; sui_tx refuses both, so a program tested against LocalLedger broke on Sui.
+An int is never taken for that many zero bytes (an all-zero Noise key published on the
+host), nor a str given as the whole endpoint list for one endpoint per character:
+sui_tx refuses both, so a program tested against LocalLedger works on Sui.
 """
 
 from __future__ import annotations

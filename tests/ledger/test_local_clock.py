@@ -172,11 +172,11 @@ def test_raw_transaction_with_an_oversized_string_changes_nothing(
 
 # -- advance_clock in wall mode ---------------------------------------------------------------
 #
-# In wall mode advance_clock added its step to the offset from the wall clock. The clock
-# never reads below its floor (the time of the last transaction), so when the wall clock
-# had stepped back (a VM resumed, a clock corrected) by more than the step, the clock
-# stayed where it was: advance_clock(HALF_CLOSE_TIMEOUT_MS) returned the old time and a
-# finalize right after it was refused with ETimeoutNotReached.
+# In wall mode advance_clock moves the clock its step past what it reads now, its floor
+# (the time of the last transaction) included: after the wall clock stepped back (a VM
+# resumed, a clock corrected) by more than the step, advance_clock(HALF_CLOSE_TIMEOUT_MS)
+# still returns a time that much later, and a finalize right after it is not refused
+# with ETimeoutNotReached.
 
 
 def test_advance_clock_moves_on_after_the_wall_clock_stepped_back(

@@ -20,10 +20,9 @@ CLIENT = HostIdentity.from_private_bytes(bytes([0x64]) * 32, bytes([0x64]) * 32)
 def test_close_waits_for_a_running_checkpoint_and_leaves_no_wal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A checkpoint thread still holding its connection when close() ran kept that close
-    from being the file's last one: the WAL (with commits in it) stayed beside the file
-    and the checkpoint went on writing the file after close returned (CI: a test that
-    damaged the file right after a close and a reopen saw no damage)."""
+    """close() waits for a checkpoint thread still holding its connection, so that the
+    close is the file's last one: no WAL (with commits in it) stays beside the file, and
+    no checkpoint writes the file after close returns."""
     path = tmp_path / "ledger.sqlite"
     # a copy that takes long, holding its connection as the real one does
     slow = SlowCheckpoints(monkeypatch, lambda: time.sleep(1.0))

@@ -174,10 +174,9 @@ def test_a_fork_while_a_checkpoint_runs_leaves_both_processes_writing(
 def test_close_waits_for_the_checkpoint_that_a_transaction_running_meanwhile_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """close() looked for a running checkpoint before it took the handle's lock: a
-    transaction another thread was running meanwhile could commit the write that starts
-    one, and close() then closed while that checkpoint still held its connection, so the
-    WAL (commits in it) stayed beside the file and the copying went on after close()."""
+    """close() looks for a running checkpoint under the handle's lock, so that a
+    checkpoint a transaction of another thread starts meanwhile is waited for too: no
+    WAL (commits in it) stays beside the file, and no copying goes on after close()."""
     path = tmp_path / "ledger.sqlite"
     looked = threading.Event()
     real_wait = checkpoints._CHECKPOINTER.wait

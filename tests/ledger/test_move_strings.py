@@ -1,8 +1,8 @@
 """Every ``vector<u8>`` a Move function turns into a String with ``string::utf8`` aborts
 in ``std::string`` on LocalLedger as on Sui when it is not UTF-8, where the Move code calls
 it: ``host::add_service``'s kind (after the authority and ``EServiceExists`` checks) and
-``broadcast::create``'s channel (after ``EInvalidSlot``). LocalLedger refused both before
-the call as InvalidArgument; these tests failed on the old code.
+``broadcast::create``'s channel (after ``EInvalidSlot``): in that order, not refused
+before the call as InvalidArgument.
 
 LocalLedger's money rules: bad input to the transaction builder is refused with a
 typed error."""

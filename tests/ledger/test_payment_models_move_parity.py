@@ -81,7 +81,7 @@ def test_a_title_is_decoded_after_the_terms_check_and_bounded_before_the_call(
     # a UTF-8 title given as bytes is the text it encodes
     sale = ledger.create_ticket_sale(SERVER, "café".encode(), 10, 1, 0, 1000)  # type: ignore[arg-type]
     assert ledger.get_ticket_sale(sale).title == "café"
-    # the old code's message for the refusal (before the call) is gone
+    # the refusal is the Move abort, not a refusal before the call
     with pytest.raises(ChainError) as info:
         ledger.create_ticket_sale(SERVER, NOT_UTF8, 10, 1, 0, 1000)  # type: ignore[arg-type]
     assert not isinstance(info.value, InvalidArgument)

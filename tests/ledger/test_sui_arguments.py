@@ -1,14 +1,14 @@
 """SuiLedger checks its arguments as LocalLedger does, before it asks the node anything.
 
-Before: byte arguments went through ``bytes(x)``, so an int N was signed and sent as N
-zero bytes (gas paid) and text failed as a bare TypeError after the node had been asked
-for objects and gas; one endpoint given as a str became one endpoint per character (and
-None a TypeError); a tuple for an Sla, None for a Receipt or a signer failed as an
-AttributeError; ``send_retained`` priced the storage deposit on ``len()`` of a buffer
-whose items are wider than a byte (retention::send then aborts EWrongDeposit, gas spent);
-text that is not UTF-8 (lone surrogates from argv) raised UnicodeEncodeError in both
-ledgers. The node here is a stand-in that serves canned objects and gas and keeps the
-transaction bytes it is given: they are real pysui BCS, read back to check what was sent.
+Byte arguments are bytes-like (an int is never taken for that many zero bytes, text
+is refused before the node is asked for objects and gas); one endpoint given as a str
+is one endpoint, not one per character (and None is refused); a tuple for an Sla, None
+for a Receipt or a signer are typed errors; ``send_retained`` prices the storage
+deposit on the buffer's bytes, whatever its item size (else retention::send aborts
+EWrongDeposit, gas spent); text that is not UTF-8 (lone surrogates from argv) is
+refused as such in both ledgers. The node here is a stand-in that serves canned objects
+and gas and keeps the transaction bytes it is given: they are real pysui BCS, read back
+to check what was sent.
 """
 
 from __future__ import annotations

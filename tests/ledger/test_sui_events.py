@@ -1,16 +1,14 @@
 """SuiLedger reading events, the head cursor, node answers missing a
 field, configuration checks, and what an unreadable ExecuteTransaction answer says.
 
-Before: ``events()`` read a checkpoint timestamp (one GetCheckpoint each) for every event
-of the page, also those its filter dropped and those of types it skips; ``head_cursor``
-(the generic "read until the cursor stops moving") never ended on a live network, whose
-``ListEvents`` watermark advances over checkpoints without dtp events; an event frame
-without a watermark got the cursor ``""`` (a reader resuming from it starts over from the
-first event); a float or ``True`` gas budget passed ``SuiConfig`` (and failed every
-transaction after the node had been asked for gas), a non-str endpoint raised
-AttributeError, ``SuiNode(timeout=True)`` was one second; an owned object the node sent
-without a version was signed and sent at version 0; an unreadable answer to
-ExecuteTransaction (or one without effects) did not say the transaction may have run.
+``events()`` reads a checkpoint timestamp only for the events it returns;
+``head_cursor`` ends on a live network, whose ``ListEvents`` watermark advances over
+checkpoints without dtp events; an event frame without a watermark never gets the
+cursor ``""`` (from which a reader would start over); ``SuiConfig`` refuses a float or
+``True`` gas budget and a non-str endpoint, ``SuiNode`` a timeout of ``True``; an owned
+object the node sends without a version is a malformed answer, never signed at version
+0; an unreadable answer to ExecuteTransaction (or one without effects) says the
+transaction may have run.
 """
 
 from __future__ import annotations

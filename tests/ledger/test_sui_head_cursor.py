@@ -1,13 +1,12 @@
 """SuiLedger: the head cursor's read of a node whose watermark
 goes back, and configuration numbers too large for a float.
 
-Before: ``SuiLedger.head_cursor`` read for ever from a node whose ``ListEvents``
-watermark went back to a cursor already passed (it stopped only on the node's tip or a
-cursor that did not move); ``SuiConfig(timeout=10**400)`` (or ``poll_interval``) and
-``SuiNode(timeout=10**400)`` raised a bare OverflowError from ``math.isfinite`` instead
-of the configuration error naming the setting; a gas budget out of range did not name
-``DTP_SUI_GAS_BUDGET`` as the other settings name theirs; an integer past 4300 digits
-in any numeric setting (or as the endpoint) raised the ValueError of its own repr.
+``SuiLedger.head_cursor`` ends on a node whose ``ListEvents`` watermark goes back to a
+cursor already passed; ``SuiConfig(timeout=10**400)`` (or ``poll_interval``) and
+``SuiNode(timeout=10**400)`` raise the configuration error naming the setting, not a
+bare OverflowError; a gas budget out of range names ``DTP_SUI_GAS_BUDGET`` as the
+other settings name theirs; an integer past 4300 digits in any numeric setting (or as
+the endpoint) is refused by that error too, not by the ValueError of its own repr.
 """
 
 from __future__ import annotations

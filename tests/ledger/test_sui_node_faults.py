@@ -49,8 +49,8 @@ DIGEST = "4vJ9JU1bJJE96FWSJKvHsmmFADCg4gpZQff4P3bkLKi"  # base58 of 32 bytes
 
 
 def test_close_while_a_call_waits_ends_the_call() -> None:
-    """close() used to stop the loop under a pending call: the caller's future was never
-    resolved and it waited for ever. Now the call is cancelled and raises."""
+    """close() while a call is pending cancels the call, which raises: the caller's
+    future is resolved, never left waiting for ever under a stopped loop."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -93,7 +93,7 @@ def test_close_while_a_call_waits_ends_the_call() -> None:
 
 
 def test_undecodable_answer_is_a_typed_error(grpc_node: Any, sui_node: Any) -> None:
-    """A truncated protobuf used to escape as betterproto's EOFError."""
+    """A truncated protobuf is MalformedResponse, not betterproto's EOFError."""
     node = grpc_node({"GetEpoch": lambda _r: b"\x0a\x05\x08"})
     with pytest.raises(MalformedResponse) as info:
         sui_node(node.url).epoch_info()
@@ -101,7 +101,7 @@ def test_undecodable_answer_is_a_typed_error(grpc_node: Any, sui_node: Any) -> N
 
 
 def test_object_without_an_id_is_the_nodes_fault(grpc_node: Any, sui_node: Any) -> None:
-    """It used to raise InvalidObjectId, the error of a bad *caller* argument."""
+    """MalformedResponse, not InvalidObjectId (the error of a bad *caller* argument)."""
     answer = sui_prot.GetObjectResponse(object=sui_prot.Object(version=3, digest=DIGEST))
     node = grpc_node({"GetObject": constant_answer(answer)})
     with pytest.raises(MalformedResponse) as info:
@@ -110,7 +110,7 @@ def test_object_without_an_id_is_the_nodes_fault(grpc_node: Any, sui_node: Any) 
 
 
 def test_gas_coin_with_a_bad_digest_is_refused_when_read(grpc_node: Any, sui_node: Any) -> None:
-    """It used to be accepted, and failed later in pysui (binascii.Error) while building."""
+    """Refused as the node's fault when read, not later in pysui (binascii.Error)."""
     coin = sui_prot.Object(object_id="0x5", version=4, digest="not-base58!!", balance=10**9)
     answer = sui_prot.ListOwnedObjectsResponse(objects=[coin])
     node = grpc_node({"ListOwnedObjects": constant_answer(answer)})
@@ -134,8 +134,8 @@ def test_good_gas_coins_still_read(grpc_node: Any, sui_node: Any) -> None:
 
 
 def test_owned_pipe_with_a_bad_digest_fails_before_any_transaction(grpc_node: Any) -> None:
-    """pipe_send reads the Pipe (owned), then builds: the bad digest used to surface as
-    pysui's binascii.Error from inside the builder."""
+    """pipe_send reads the Pipe (owned), then builds: the bad digest is refused as it is
+    read, not as pysui's binascii.Error from inside the builder."""
     pipe = Pipe("0x" + "ab" * 32, 1, "0x" + "cd" * 32, SIGNER.sui_address, ())
     obj = sui_prot.Object(
         object_id=pipe.id,
@@ -304,7 +304,7 @@ def test_a_rate_limited_execution_is_not_sent_again(
     grpc_node: Any, sui_node: Any, text: str
 ) -> None:
     """A rate-limited ExecuteTransaction may or may not have run: LedgerUnavailable that
-    says so, asked once. The second text used to be read as InsufficientFunds."""
+    says so, asked once; neither text is read as InsufficientFunds."""
     node = grpc_node({"ExecuteTransaction": error_answer(Status.RESOURCE_EXHAUSTED, text)})
     with pytest.raises(LedgerUnavailable) as info:
         _execute(sui_node(node.url))

@@ -3,10 +3,10 @@
 The node is real over 127.0.0.1: the grpclib server of
 ``tests/support/grpc_nodes.py`` (``GrpcNode``), behind a TCP proxy here whose
 first connection is accepted and never answered (an HTTP/2 connection that stopped
-answering). Before, a call that timed out left its stuck channel in place for every
-later call, and a call racing close() could open a channel on a loop being stopped,
-which the next loop then used (MalformedResponse for a good answer, a RuntimeError from
-close(), a caller waiting for ever).
+answering). A call that times out leaves no stuck channel for later calls, and a call
+racing close() never opens a channel on a loop being stopped (which the next loop
+would use: MalformedResponse for a good answer, a RuntimeError from close(), a caller
+waiting for ever).
 
 SuiNode's loop when the node is dropped, closed twice at once, or stuck in a call that
 ignores its cancellation.
@@ -64,8 +64,8 @@ def test_a_call_after_a_timeout_opens_a_new_connection_and_closes_the_stuck_one(
     grpc_node: Any,
 ) -> None:
     """The first connection never answers: the call times out (1 s). The next call, with
-    a budget of 30 s, used to go down the same stuck connection and time out too; now it
-    opens a new one, which reaches the node, and the stuck one is closed."""
+    a budget of 30 s, does not go down the same stuck connection: it opens a new one,
+    which reaches the node, and the stuck one is closed."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=1)
     client = SuiNode(proxy.url, timeout=1.0)
@@ -115,9 +115,8 @@ def test_calls_racing_close_end_typed_and_leave_no_channel_or_thread(grpc_node: 
     """Four threads call while close() is called again and again. Each call answers or
     raises LedgerUnavailable saying the connection was closed; none hangs; close() never
     raises; afterwards no loop thread runs, nothing is left unclosed, and the node still
-    works. Before, a call could open its channel after close() took the old one: that
-    channel outlived its loop and the next loop used it (MalformedResponse for a good
-    answer, RuntimeError 'Event loop is closed' from close(), a caller stuck for ever)."""
+    works: no call opens its channel after close() took the old one, so no channel
+    outlives its loop."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     stop = threading.Event()
@@ -201,8 +200,8 @@ def _call_in_thread(client: SuiNode, make: Any) -> tuple[threading.Thread, list[
 
 def test_a_dropped_node_stops_its_loop_and_closes_its_connection(grpc_node: Any) -> None:
     """A SuiNode that served a call and is dropped without close(): once collected, its
-    loop thread ends and its connection is closed. Before, both lived until the process
-    exited. The finalizer must not keep the node alive either."""
+    loop thread ends and its connection is closed, not at the process's exit. The
+    finalizer must not keep the node alive either."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     proxy = SilentFirstProxy(node.port, silent=0)  # forwards every connection
     try:
@@ -271,8 +270,8 @@ def test_close_after_the_node_was_used_again_still_stops_the_new_loop(grpc_node:
 
 def test_a_second_close_returns_only_once_the_loop_thread_ended(grpc_node: Any) -> None:
     """A call in flight takes its time to end when cancelled (until the test releases it);
-    one thread's close() waits for it. A second close() used to return at once, the loop
-    thread still running; now it returns once that thread ended."""
+    one thread's close() waits for it, and so does a second close(): it returns once the
+    loop thread ended, not at once."""
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)
     started, release = threading.Event(), threading.Event()
@@ -296,7 +295,7 @@ def test_a_second_close_returns_only_once_the_loop_thread_ended(grpc_node: Any) 
             threading.Event().wait(0.01)
         assert client._runner is None
         second.start()
-        second.join(2.0)  # the bug: it returns here, with the loop thread alive
+        second.join(2.0)  # it must not return here, with the loop thread alive
         release.set()
         second.join(JOIN)
         first.join(JOIN)
@@ -318,8 +317,8 @@ def test_a_call_ignoring_its_cancellation_ends_typed_once_close_gave_up(
     grpc_node: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """close() waits a bounded time (here 0.5 s) for a call that ignores its cancellation,
-    then stops the loop. The call's caller used to wait for ever on a loop that no longer
-    ran; now it gets LedgerUnavailable saying the connection was closed."""
+    then stops the loop. The call's caller gets LedgerUnavailable saying the connection
+    was closed, never a wait for ever on a loop that no longer runs."""
     monkeypatch.setattr(sui_client, "_CLOSE_WAIT", 0.5)
     node = grpc_node({"GetEpoch": constant_answer(EPOCH)})
     client = SuiNode(node.url, timeout=NODE_TIMEOUT)

@@ -1,11 +1,10 @@
 """A ledger that does not answer, or whose storage fails, raises one public class,
 ``dtp.errors.LedgerUnavailable``, whichever ledger it is.
 
-Before, LocalLedger raised a plain ChainError whose ``name`` was "LedgerUnavailable" and
-SuiLedger a class of ``dtp.ledger.sui.client``: user code could only test ``.name``. Every
-case here is a real failure: a closed or foreign SQLite file, a row rewritten behind the
-ledger's back, a writer holding the file's lock, a Sui endpoint on 127.0.0.1 that refuses
-connections (one that never answers is tests/ledger/test_sui_node_faults.py's close test). ``.name``
+User code tests the class, on either ledger (not only ``.name``). Every case here is a
+real failure: a closed or foreign SQLite file, a row rewritten behind the ledger's back,
+a writer holding the file's lock, a Sui endpoint on 127.0.0.1 that refuses connections
+(one that never answers is tests/ledger/test_sui_node_faults.py's close test). ``.name``
 and ``.module`` stay what they were.
 """
 

@@ -52,7 +52,7 @@ from tests.messaging.sealed_world import SealedWorld, sealed_world
 from tests.support.polling import raised_within
 from tests.support.scopes import scope_of
 
-#: Bound on a refusal: the bugs waited for good (a NaN deadline); a refusal is at once.
+#: Bound on a refusal, which is at once: a NaN deadline taken would wait for good.
 PROMPT = 60.0
 
 

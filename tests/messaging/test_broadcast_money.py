@@ -613,8 +613,8 @@ class _CancelDuringRead(LocalLedger):
 
 
 def test_station_stays_off_air_after_a_cancel_racing_a_check(tmp_path: Path) -> None:
-    """A check that read the broadcast (covered) just before cancel() ran used to put the
-    station back on air after its AIR "cancelled", and send() then went out for the rest
+    """A check that read the broadcast (covered) just before cancel() ran does not put the
+    station back on air after its AIR "cancelled": send() does not go out for the rest
     of the slot, unpaid (the slot in progress at a cancel is never paid)."""
     ledger = _CancelDuringRead(str(tmp_path / "ledger.db"), clock_ms=0)
     gen = radio_on_air(ledger)

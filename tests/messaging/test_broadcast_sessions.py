@@ -1,35 +1,31 @@
 """Broadcast (docs/messaging.md §5):
 
-1. Station sessions: a restarted station numbered its messages from 1 again and signed
-   only (broadcast, channel, seq, payload), so a relay passed the seq 1 of an earlier station
-   instance off as the new one's; and the HELLO was unsigned, so a relay rewound ``next_seq`` and
-   replayed what was sent before the listener joined. The HELLO is now signed and names
-   the session (nonce, start time), which every message's signature covers.
-2. An AIR frame (a cancel, off air) was dropped like a message for a listener whose
-   queue was full, and never sent again: the listener stayed on air for good. The same
-   on the listener's own queue: the AirChange was dropped.
-3. The station remembered every accepted tip ID (one entry per 1-MIST tip, for its
-   whole life); now the newest :data:`TIP_WINDOW` per tipper, and a floor.
-4. A tip was accepted again by a restarted station; tips are now signed for the session,
-   and ``tipped`` / ``tip_state`` carry the per-tipper totals over a restart.
-5. A full tips or requests queue dropped the newest item (the docs say the oldest).
+1. Station sessions: the HELLO is signed and names the session (nonce, start time),
+   which every message's signature covers, so a relay can neither pass an earlier
+   station instance's seq 1 off as the new one's nor rewind ``next_seq`` to replay what
+   was sent before the listener joined.
+2. An AIR frame (a cancel, off air) is never dropped like a message for a listener whose
+   queue is full, nor is the AirChange on the listener's own queue: no listener stays on
+   air for good.
+3. The station remembers the newest :data:`TIP_WINDOW` tip IDs per tipper, and a floor,
+   not every accepted tip ID for its whole life.
+4. Tips are signed for the session, and ``tipped`` / ``tip_state`` carry the per-tipper
+   totals over a restart: a restarted station does not accept a tip again.
+5. A full tips or requests queue drops the oldest item, as the docs say.
 
 Broadcast and discovery (docs/messaging.md §5, §6):
 
-1. Discovery: a full cache took an announcement in, then evicted the soonest to expire,
-   which could be that one: counted accepted and returned by ``receive`` (recorded,
-   said ``announce``), it was gone at once. Anyone could fill the cache with day-long
-   announcements and every genuine host was dropped on arrival. Now it is refused
-   (``evicted``), and ``announce`` makes room for the node's own.
-2. Each TIP frame cost the station a ledger read, even one signed by a fresh key (free
-   to make) and refused; reads now begin at most every ``_TIP_READ_GAP`` and serve every
-   tip waiting, and a tip is still checked on a read begun after it arrived.
-3. Past its slack, a listener dropped the newest AirChange: the application ended on a
-   stale air state. It now replaces the newest queued one.
-4. A default link name counted the links open, so a newcomer took the name of a
-   listener still there once another had left.
-5. Listener waits and the station monitor's interval took NaN, inf or a str unchecked.
-6. A damaged tip state file raised bare JSON / UTF-8 / ValueErrors."""
+1. Discovery: an announcement a full cache would evict at once (the soonest to expire)
+   is refused (``evicted``), not counted accepted and gone, so day-long announcements
+   cannot crowd out every genuine host; ``announce`` makes room for the node's own.
+2. A TIP frame does not cost the station a ledger read of its own (a fresh key is free
+   to make): reads begin at most every ``_TIP_READ_GAP`` and serve every tip waiting,
+   and a tip is still checked on a read begun after it arrived.
+3. Past its slack, a listener replaces the newest queued AirChange, so the application
+   never ends on a stale air state.
+4. A default link name is never that of a listener still there, whoever has left.
+5. Listener waits and the station monitor's interval refuse NaN, inf or a str.
+6. A damaged tip state file is a typed error, not a bare JSON / UTF-8 / ValueError."""
 
 from __future__ import annotations
 
@@ -750,7 +746,7 @@ def test_the_newest_air_change_reaches_an_application_past_the_slack(world: Worl
             items.append(listener.get(timeout=PROMPT))
         assert isinstance(items[0], BroadcastMessage)
         assert all(isinstance(item, AirChange) for item in items[1:])
-        # the old listener's last one was "covered": the application stayed on air
+        # the last one is the cancel, not "covered", so the application goes off air
         assert items[-1] == AirChange(False, "cancelled", 2)
         assert not listener.on_air
     finally:

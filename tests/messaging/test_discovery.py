@@ -155,8 +155,8 @@ def test_gossip_thread_ends_when_its_node_closes() -> None:
 
 
 def test_announcements_issued_in_the_future_are_refused() -> None:
-    # one issued a year ahead used to be kept: live for a year, not a day, and the
-    # host's real announcements (issued earlier) counted as duplicates of it
+    # one issued a year ahead is refused: kept, it would live for a year, not a day,
+    # and the host's real announcements (issued earlier) would count as its duplicates
     now = [1_000_000_000]
     g = DiscoveryGossip(PubSubNode("alone"), clock_ms=lambda: now[0])
     host = "0x" + "ab" * 32

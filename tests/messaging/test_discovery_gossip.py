@@ -257,7 +257,7 @@ def _sentinel(gossip: DiscoveryGossip, node: PubSubNode) -> None:
 
 def test_announce_records_the_announcement_before_it_returns() -> None:
     provider = HostIdentity.generate()
-    for _ in range(5):  # the bug was a race the gossip thread always lost: 20 of 20
+    for _ in range(5):  # (five rounds: a race with the gossip thread would show in each)
         node = PubSubNode()
         gossip = DiscoveryGossip(node)
         try:

@@ -123,7 +123,8 @@ def test_list_services_never_answers_with_part_of_the_ledger(ledger: LocalLedger
         ServiceRecord(hb, 443, "https", ()),
     ]
     assert list_services(ledger, "https") == [ServiceRecord(hb, 443, "https", ())]
-    # past max_events: the old code answered with alice's service only, bob's unread
+    # past max_events: an error, never a partial answer (alice's service only, bob's
+    # unread)
     with pytest.raises(E.DiscoveryError, match="1000"):
         list_services(ledger, max_events=1000)
 

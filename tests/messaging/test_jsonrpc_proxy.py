@@ -28,6 +28,7 @@ with the name repeated ({1: "a", "1": "b"}), a document the client refuses."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -114,23 +115,23 @@ def test_proxy_answer_cut_short_is_an_error_and_the_next_call_works(
     try:
         first = proxy(DOC)
         assert first is not None
-        # the half answer used to come back as the backend's
+        # the half answer never comes back as the backend's
         assert first != ANSWER[: len(ANSWER) // 2]
         assert json.loads(first)["error"]["code"] == E.INTERNAL_ERROR
-        # the next call on this thread used to go over the cut connection: sent, then
-        # "backend unreachable"
+        # the next call on this thread opens a new connection, not the cut one
         second = proxy(DOC)
         assert second == ANSWER
     finally:
         proxy.close()
 
 
-def test_cut_backend_answer_over_dtp_is_typed_and_the_connection_stays_usable(
-    backend: CuttingBackend,
-) -> None:
+@contextlib.contextmanager
+def _proxied_over_dtp(proxy: JsonRpcHttpProxy, call_timeout: float) -> Iterator[JsonRpcClient]:
+    """A JSON-RPC client over a real DTP connection to an RpcServer that hands every call
+    to ``proxy``, its handlers inline (the default): every call reaches the proxy in the
+    stream's thread, the one that holds the proxy's connection. All closed on exit, the
+    proxy too."""
     identity = HostIdentity.generate()
-    proxy = JsonRpcHttpProxy(backend.url, timeout=30)
-    # handlers inline: both calls reach the proxy in the thread that holds its connection
     rpc = RpcServer()
     serve_jsonrpc(rpc, proxy)
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
@@ -140,17 +141,23 @@ def test_cut_backend_answer_over_dtp_is_typed_and_the_connection_stays_usable(
         server.address, server_key=identity.noise_public, timeout=30
     )
     try:
-        client = JsonRpcClient(RpcClient(sock, timeout=60))
-        with pytest.raises(E.InternalError):
-            client.call("m")
-        # (a new client: its first call has id 1, the id of the backend's answer)
-        assert JsonRpcClient(client.client).call("m") == "x" * 200
+        yield JsonRpcClient(RpcClient(sock, timeout=call_timeout))
     finally:
         sock.close()
         server.close()
         rpc.close()
         proxy.close()
         thread.join(5)
+
+
+def test_cut_backend_answer_over_dtp_is_typed_and_the_connection_stays_usable(
+    backend: CuttingBackend,
+) -> None:
+    with _proxied_over_dtp(JsonRpcHttpProxy(backend.url, timeout=30), 60) as client:
+        with pytest.raises(E.InternalError):
+            client.call("m")
+        # (a new client: its first call has id 1, the id of the backend's answer)
+        assert JsonRpcClient(client.client).call("m") == "x" * 200
 
 
 class TricklingBackend(HttpBackend):
@@ -208,9 +215,9 @@ class TricklingBackend(HttpBackend):
 
 @pytest.mark.parametrize("where", ["status", "body"])
 def test_proxy_timeout_bounds_a_trickling_answer(where: str) -> None:
-    # the timeout was each read's: a backend that sends a byte now and then held the
-    # caller (an RpcServer's stream thread: every later call on that DTP connection)
-    # for as long as it liked, here 600 s
+    # the timeout bounds the whole answer, not each read: a backend that sends a byte
+    # now and then cannot hold the caller (an RpcServer's stream thread: every later
+    # call on that DTP connection) for as long as it likes, here 600 s
     backend = TricklingBackend(where)
     proxy = JsonRpcHttpProxy(backend.url, timeout=1.0)
     answers: list[bytes | None] = []
@@ -228,32 +235,18 @@ def test_proxy_timeout_bounds_a_trickling_answer(where: str) -> None:
 
 
 def test_a_trickling_backend_leaves_the_dtp_connection_usable() -> None:
-    # handlers inline (the default): the stream's thread, held by the proxy, read no
-    # other request on that DTP connection until the backend was done (600 s)
+    # handlers inline (the default): the stream's thread, held by the proxy, is free
+    # for the next request on that DTP connection at the proxy's timeout, not when the
+    # backend is done (600 s)
     backend = TricklingBackend("body", first_only=True)
-    identity = HostIdentity.generate()
-    proxy = JsonRpcHttpProxy(backend.url, timeout=1.0)
-    rpc = RpcServer()
-    serve_jsonrpc(rpc, proxy)
-    server = dtp.socket.create_server(("127.0.0.1", 0), identity=identity)
-    thread = threading.Thread(target=rpc.serve_forever, args=(server,), daemon=True)
-    thread.start()
-    sock = dtp.socket.create_connection(
-        server.address, server_key=identity.noise_public, timeout=30
-    )
     try:
-        client = JsonRpcClient(RpcClient(sock, timeout=40))
-        with pytest.raises(E.InternalError):
-            client.call("m")
-        # (a new client: its first call has id 1, the id of the backend's answer)
-        assert JsonRpcClient(client.client).call("m") == "x" * 200
+        with _proxied_over_dtp(JsonRpcHttpProxy(backend.url, timeout=1.0), 40) as client:
+            with pytest.raises(E.InternalError):
+                client.call("m")
+            # (a new client: its first call has id 1, the id of the backend's answer)
+            assert JsonRpcClient(client.client).call("m") == "x" * 200
     finally:
-        sock.close()
-        server.close()
-        rpc.close()
         backend.close()
-        proxy.close()
-        thread.join(5)
 
 
 class _AddedAtTheEnd(list[str]):
@@ -283,8 +276,8 @@ class _AddedAtTheEnd(list[str]):
 
 def test_refund_due_keeps_an_escrow_added_as_it_finishes() -> None:
     """An escrow another thread adds to ``unanswered`` just as ``refund_due`` ends its
-    pass stays there for the next pass (and is refunded by it). Before: the list was
-    replaced whole by the escrows kept, and that one was never refunded."""
+    pass stays there for the next pass (and is refunded by it): the list is never
+    replaced whole by the escrows kept."""
     ledger = LocalLedger(":memory:", clock_ms=1_000)
     client, server = HostIdentity.generate(), HostIdentity.generate()
     ledger.faucet(client.sui_address, 1_000)
@@ -422,9 +415,9 @@ def test_a_document_the_backend_read_is_not_sent_again() -> None:
 
 
 def test_an_idle_connection_the_backend_closed_is_not_used() -> None:
-    # the backend ends its side after the first answer (FIN) but still reads: the old
-    # proxy sent the next document on it (read by the backend), saw no answer and sent
-    # it again on a new connection; now the closed connection is found before sending
+    # the backend ends its side after the first answer (FIN) but still reads: the
+    # proxy finds the closed connection before sending, so the next document goes once,
+    # on a new connection (never on the closed one, then again)
     closed = threading.Event()
 
     def handler(backend: RawBackend, sock: socket.socket, rfile: Any) -> None:

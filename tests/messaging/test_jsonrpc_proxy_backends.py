@@ -137,8 +137,8 @@ HANDLER = JsonRpcHandler(
 
 
 def test_a_result_that_is_not_json_fails_only_its_own_answer() -> None:
-    # json.dumps of the whole answer used to raise: the DTP caller got InvalidParams with
-    # the json library's message, and a batch lost every other answer
+    # an answer json.dumps cannot write is an INTERNAL_ERROR of its own id: not the
+    # json library's message as InvalidParams, nor a batch losing every other answer
     for method in ("bytes", "nan", "bad_data"):
         answer = json.loads(HANDLER(doc({"jsonrpc": "2.0", "method": method, "id": 7})) or b"")
         assert answer["id"] == 7 and answer["error"]["code"] == E.INTERNAL_ERROR

@@ -1,27 +1,26 @@
 """JsonRpcHttpProxy.close() closes every kept-alive backend connection of the proxy,
 whichever thread used it (a pool's workers, stream threads), not only the closing
-thread's: the others stayed open until their threads ended, then were dropped unclosed
+thread's: none stays open until its thread ends, to be dropped unclosed
 (ResourceWarning).
 
 JsonRpcHttpProxy.close() cuts short a call still connecting to its backend: the
 proxy's sockets are noted before they connect, so close() shuts the connecting one
-down and the connect ends at once. A backend that did not answer the SYN (a full
-accept queue, a firewall that drops) held the call, and so close(), for the whole
-timeout.
+down and the connect ends at once: a backend that does not answer the SYN (a full
+accept queue, a firewall that drops) does not hold the call, and so close(), for the
+whole timeout.
 
 JsonRpcHttpProxy.close() against a call in each stage of connecting, and a proxy
 dropped without close().
 
 - close() just before the connect starts (its socket noted, connect(2) not called yet):
-  a blocking connect started after the shutdown went on regardless, for the kernel's
-  whole SYN retries with ``timeout=None``; the connect now waits in poll, which the
-  shutdown ends.
-- close() during an HTTPS connection's TLS handshake: the TLS wrapping takes the noted
-  socket object's descriptor over first, so its shutdown did nothing and the handshake
-  went on to the timeout; a duplicate of the socket is noted instead.
+  the connect waits in poll, which the shutdown ends (a blocking connect started after
+  the shutdown would go on for the kernel's whole SYN retries with ``timeout=None``).
+- close() during an HTTPS connection's TLS handshake: a duplicate of the socket is
+  noted, since the TLS wrapping takes the socket object's descriptor over first, so
+  the shutdown ends the handshake rather than leave it to the timeout.
 - A proxy dropped without close() closes its idle connections when its last reference
-  goes (a bound method on each connection made a reference cycle that kept them until
-  the cyclic collector ran)."""
+  goes (no bound method on a connection makes a reference cycle that would keep them
+  until the cyclic collector runs)."""
 
 from __future__ import annotations
 

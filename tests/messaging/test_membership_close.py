@@ -2,10 +2,9 @@
 carriers are closed (docs/messaging.md §6.2): its links to the others, the connections
 it serves -- one from a peer on another thread that never closes its side -- and one
 still in its handshake, so that the event loop closed right after finds none of them
-open. Before, a handshake in progress went on past close() until its own timeout, and a
-served connection waited half-closed for its peer: a loop closed then was refused by
-uvloop (OSError EBUSY, or a close that hung), and asyncio's warned of the transports
-wherever they were collected. Real sockets on 127.0.0.1, on both loops."""
+open: uvloop refuses to close a loop with one (OSError EBUSY, or a close that hangs),
+and asyncio's warns of the transports wherever they are collected. Real sockets on
+127.0.0.1, on both loops."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Values msgpack cannot encode, given to the messaging APIs: a typed
 :class:`~dtp.messaging.errors.NotEncodable` (a TypeError), nothing sent, the connection
-usable. Before, an int beyond 64 bits came out of RpcClient.call / notify as msgpack's
-bare ``OverflowError: Integer value out of range``, which named neither the value nor
-the limit, and was no error of dtp's."""
+usable. An int beyond 64 bits given to RpcClient.call / notify is such an error, naming
+the value and the limit, not msgpack's bare ``OverflowError``."""
 
 from __future__ import annotations
 

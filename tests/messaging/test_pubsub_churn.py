@@ -1,11 +1,10 @@
 """Pub/sub: churn on a mesh, and a stream attached twice.
 
-A node attached a stream that one of its links read without a word: a second attach of
-the same stream, or a re-attach after the node (or the link) was closed. Two readers
-then split the stream's frames between them, and a closed link's reader discards what it
-reads next, frames and part of one: the new link skipped or misread nearly every frame
-and stayed up (1 message of 100 got through). Such an attach is now refused
-(PubSubError); a node rejoins a peer on a new stream."""
+A node refuses (PubSubError) to attach a stream that one of its links reads: a second
+attach of the same stream, or a re-attach after the node (or the link) was closed. Two
+readers would split the stream's frames between them, and a closed link's reader
+discards what it reads next, frames and part of one, so the new link would skip or
+misread nearly every frame. A node rejoins a peer on a new stream."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from dtp.messaging.pubsub import Subscription
 from tests.messaging.mesh import Mesh
 
 
-def _take(sub: Subscription, expected: list[bytes], timeout: float = 45.0) -> list[bytes]:
+def _collect_all(sub: Subscription, expected: list[bytes], timeout: float = 45.0) -> list[bytes]:
     """What ``sub`` gets until every one of ``expected`` came, then whatever else arrives
     within 0.3 s (a duplicate would)."""
     out: list[bytes] = []
@@ -59,7 +58,7 @@ def test_a_stream_attached_twice_is_refused_and_its_link_keeps_every_frame() -> 
         sent = [os.urandom(100_000) for _ in range(100)]
         for data in sent:
             mesh.nodes[1].publish("t", data)
-        assert _take(sub, sent) == sent
+        assert _collect_all(sub, sent) == sent
         assert mesh.nodes[0].links[0].violations == 0
     finally:
         mesh.close()
@@ -102,7 +101,7 @@ def test_a_node_leaves_and_rejoins_while_messages_flow_and_one_is_killed() -> No
         subs[4] = mesh.nodes[4].subscribe("c", 100_000)
         mesh.settle("c")
         for i in range(3):
-            got = _take(subs[i], before)
+            got = _collect_all(subs[i], before)
             assert sorted(got) == sorted(before), f"node {i} before the rejoin"
         # node 3 is killed (its streams aborted) while messages flow
         after = _publish(mesh, [0, 1, 2], "after", 100)
@@ -110,7 +109,7 @@ def test_a_node_leaves_and_rejoins_while_messages_flow_and_one_is_killed() -> No
         for link in mesh.nodes[3].links:
             link.stream.abort("killed")  # type: ignore[attr-defined]
         for i in (0, 1, 2, 4):
-            got = _take(subs[i], after)
+            got = _collect_all(subs[i], after)
             assert _once(got, after), f"node {i} after the rejoin"
         assert all(link.violations == 0 for node in mesh.nodes for link in node.links)
     finally:

@@ -6,9 +6,9 @@ the loop shutting down. Real DTP connections on 127.0.0.1.
 
 Deadlines of calls whose thread waits while another thread reads the stream for
 everybody (a follower): the call's own deadline ends it on time, and the CANCEL of a
-call that timed out so leaves at once. Before, both waited for the end of the reader's
-current read, which may have begun before the call was made with up to a second to
-wait."""
+call that timed out so leaves at once, neither waiting for the end of the reader's
+current read (which may have begun before the call was made, with up to a second to
+wait)."""
 
 from __future__ import annotations
 
@@ -443,8 +443,8 @@ def test_async_calls_leave_no_protocol_timers_behind() -> None:
 
 
 def test_an_async_call_cancelled_during_its_deposit_leaves_the_escrow_for_refund() -> None:
-    """The deposit runs in a thread the cancellation cannot stop: the escrow it made
-    was lost (its fee locked until someone found it); now it waits in ``unanswered``."""
+    """The deposit runs in a thread the cancellation cannot stop: the escrow it makes
+    waits in ``unanswered`` for its refund, never lost with its fee locked."""
     from dtp.ledger.local import LocalLedger
     from dtp.messaging.rpc import ResponsePrepay
 
@@ -526,7 +526,7 @@ def test_a_calls_own_deadline(setup: tuple[RpcClient, threading.Event]) -> None:
     started = time.monotonic()
     with pytest.raises(E.RpcTimeout):
         client.call("wait_cancel", None, timeout=0.1)
-    assert time.monotonic() - started < 30  # (the old code: the read slice, 600 s here)
+    assert time.monotonic() - started < 30  # (not the read slice, 600 s here)
 
 
 def test_a_result_timeouts_cancel_leaves_at_once(

@@ -25,8 +25,8 @@ from dtp.messaging.rpc import AsyncRpcClient, RpcClient, RpcServer
 from tests.messaging.rpc_world import Served
 from tests.support.polling import wait_for
 
-#: How long anything here may take once closed (seconds): the bugs held calls for good
-#: or for many minutes; a call ends within about a second now.
+#: How long anything here may take once closed (seconds): a call ends within about a
+#: second, never held for good or for many minutes.
 PROMPT = 30.0
 
 
@@ -145,8 +145,8 @@ class NotifyingPeer:
 def test_close_stops_the_notification_handlers_a_call_runs(closer: str) -> None:
     """The thread of a call (no timeout) runs the notifications it read; a slow
     handler, and the client closed from another thread or from the handler itself:
-    the thread ran every notification left (1200 of 0.5 s: ten minutes) before its
-    call raised. Now it stops after the handler running at close()."""
+    the thread stops after the handler running at close(), not after every
+    notification left (1200 of 0.5 s: ten minutes)."""
     peer = NotifyingPeer(1200)
     sock = peer.connect()
     ended = threading.Event()  # the test's end: handlers left run at once
@@ -218,8 +218,7 @@ def test_async_close_ends_calls_and_notifications_the_peer_does_not_take(
     inline_blocked: Blocked,
 ) -> None:
     """Requests and notifications (no timeout) waiting in drain() for a peer that
-    reads no more: close() failed only the calls' futures, and each send went on
-    waiting, for good. Now each ends with RpcConnectionLost."""
+    reads no more: close() ends each, the sends too, with RpcConnectionLost."""
 
     async def main() -> None:
         client, _, writer = await _connect(inline_blocked.served, max_message_size=4 << 20)

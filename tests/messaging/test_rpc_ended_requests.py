@@ -1,8 +1,7 @@
 """A request that ends before its handler starts -- the client cancelled it, or its
 deadline passed while it waited behind others (in the worker pool's queue, or in a
-batch read by an inline server) -- is dropped: its handler never runs. Before, the
-handler ran anyway, side effects and all, for a caller that had been told its call was
-cancelled or timed out."""
+batch read by an inline server) -- is dropped: its handler never runs, side effects
+and all, for a caller told its call was cancelled or timed out."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """A handler's RemoteError whose ``data`` msgpack cannot encode with a TypeError -- an
 int beyond 64 bits raises OverflowError -- is still answered (without its data), on
-every server. Before, the exception went up through the server: inline it ended the
-stream (every call on it failed), with a pool or on asyncio the request was never
-answered (the caller waited for its deadline, or for good).
+every server: the exception does not go up through the server (inline it would end the
+stream; with a pool or on asyncio the caller would wait for its deadline, or for good).
 
 A handler result over the server's size cap reaches the caller as ResponseTooLarge
-(a RequestTooLarge subclass, which it was raised as before), on the blocking server
-inline and with a pool, and on the asyncio server; a request over the cap stays a plain
-RequestTooLarge."""
+(a RequestTooLarge subclass, so that ``except RequestTooLarge`` still catches it), on
+the blocking server inline and with a pool, and on the asyncio server; a request over
+the cap stays a plain RequestTooLarge."""
 
 from __future__ import annotations
 

@@ -30,9 +30,8 @@ JUNK = b"\x00\x00\x00\x00" * 16384
 
 
 def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
-    """Before, the flooding stream's coroutine took read after read without the loop
-    running (its reader's buffer never empty): another client's echo took ~1-2.5 s
-    (now ~0.15 s)."""
+    """The flooding stream's coroutine lets the loop run between reads (its reader's
+    buffer is never empty), so another client's echo comes in ~0.15 s, not seconds."""
 
     async def main() -> float:
         rpc = AsyncRpcServer()
@@ -103,20 +102,20 @@ def test_a_junk_flood_does_not_hold_other_clients_calls() -> None:
     assert asyncio.run(main()) < bound(0.6, 0.95)
 
 
-#: For junk, the work a call did past its deadline, in CPU seconds of its thread: a
-#: piece of a read now (16 KiB, ~16 ms), a whole read before (0.4-0.8 s). CPU time, not
-#: wall time: on a machine busy with other processes a call is also late for want of
-#: the CPU (0.43 s wall was seen that way), not for work it should not do.
+#: For junk, the work a call does past its deadline, in CPU seconds of its thread: a
+#: piece of a read (16 KiB, ~16 ms), never a whole read (0.4-0.8 s). CPU time, not wall
+#: time: on a machine busy with other processes a call is also late for want of the
+#: CPU (by 0.4 s of wall time and more), not for work it should not do.
 LATE_CPU = 0.25
 #: A generous wall bound on top, for a call that hangs.
 HUNG = 10.0
 
-#: For notifications, how many handlers a call's reader began past the call's deadline
-#: before the call ended: now the reader leaves the rest at the deadline (the blocking
+#: For notifications, how many handlers a call's reader begins past the call's deadline
+#: before the call ends: the reader leaves the rest at the deadline (the blocking
 #: client runs one more at most per read; the asyncio one lets the loop run every
-#: 10 ms of handlers), before it ran a whole read's worth (hundreds to a thousand). A
-#: count, not a time: the handlers sleep, so their old cost was wall time, which a
-#: machine busy with other processes stretches as well.
+#: 10 ms of handlers), never a whole read's worth (hundreds to a thousand). A count,
+#: not a time: the handlers sleep, so their cost is wall time, which a machine busy
+#: with other processes stretches as well.
 LATE_NOTES = 50
 
 
@@ -217,9 +216,9 @@ def _notes_past_deadline(starts: list[float], begun: float, ended: float, timeou
 def test_a_flood_of_junk_does_not_hold_a_call_past_its_deadline(
     flood_of: Callable[[bytes], Flood], how: str
 ) -> None:
-    """Junk frames as fast as the peer can write: each read took up to ~0.4 s to take
-    whole, and the call ended that late; now a large read is taken in pieces and what
-    is left when the deadline passes waits for the next reader."""
+    """Junk frames as fast as the peer can write: a large read is taken in pieces (whole,
+    it takes up to ~0.4 s), and what is left when the deadline passes waits for the
+    next reader, so the call ends at its deadline."""
     f = flood_of(JUNK)
     client = RpcClient(f.client)
     try:
@@ -305,9 +304,9 @@ def test_a_peer_that_sends_requests_and_never_reads_does_not_hang_the_client(
     flood_of: Callable[[bytes], Flood],
 ) -> None:
     """The client refuses each request of the peer (it serves nothing); a peer that
-    never reads fills the stream, and the reader waited for it to take the refusals
-    for good (no client timeout): a call with timeout=0.3 never returned. Now the
-    refusals go out only as the stream takes them, and a bounded number are kept."""
+    never reads fills the stream. The refusals go out only as the stream takes them,
+    and a bounded number are kept: the reader never waits for the peer to take them,
+    and a call with timeout=0.3 returns."""
     chunk = b"".join(frame([0, i, "m", None, 0, None]) for i in range(1, 2001))
     f = flood_of(chunk)
     client = RpcClient(f.client)
@@ -330,7 +329,7 @@ def test_a_peer_that_sends_requests_and_never_reads_does_not_hang_the_client(
     client.close()  # (ends a caller still stuck in a write, within a step)
     caller.join(5)
     assert not hung, "a call waited for good on a peer that does not read"
-    # (wall time, generously: the old fault was a wait for good, not work)
+    # (wall time, generously: what this holds off is a wait for good, not work)
     assert len(outcome) == 4 and all(isinstance(x, float) and x < HUNG for x in outcome)
     assert len(client._proto._out) <= 257  # bounded: not one refusal per request
 

@@ -100,9 +100,8 @@ def _raw_exchange(sock: Any, proto: RpcProtocol, count: int, timeout: float = 5.
 def test_inline_handler_base_exception_is_answered_then_ends_serving(
     exc_type: type[BaseException], context: bool
 ) -> None:
-    """Inline: the request was never answered (the exception went up with it, and the
-    client waited for its deadline, or for good); now it is answered INTERNAL_ERROR,
-    then the exception ends serve_stream as documented."""
+    """Inline: the request is answered INTERNAL_ERROR (its client does not wait for its
+    deadline), then the exception ends serve_stream as documented."""
     rpc = RpcServer(workers=0)
     rpc.register("die", _raiser(exc_type), context=context)
     rpc.register("echo", lambda p: p)

@@ -363,9 +363,9 @@ def test_a_handlers_own_typeerror_text_stays_private(workers: int) -> None:
 
 
 def test_a_pool_server_stops_reading_for_a_client_that_takes_no_answers() -> None:
-    """Before, the pool answered every request and its stream queued the answers for the
-    writer thread (stuck on the client): 1000 requests of 50 kB went in within a second
-    and 50 MB of answers sat in memory, growing as fast as the client sent."""
+    """The pool stops reading while the stream's answers wait for a writer thread stuck
+    on the client: 1000 requests of 50 kB do not put 50 MB of answers in memory,
+    growing as fast as the client sends."""
     rpc = RpcServer(workers=4)
     rpc.register("echo", lambda p: p)
     s = Served(rpc)

@@ -24,9 +24,8 @@ Two edges of RPC's per-request fees.
   cancelled request no longer retrieves.
 
 A metered blocking RPC call that the client's close() overtakes is either counted
-and sent, or neither: the meter used to count it (and sign the receipt that pays for
-it) with the stream's lock let go, and a close() landing then refused the request,
-which the next receipt of the meter paid for all the same."""
+and sent, or neither: the meter counts it (and signs the receipt that pays for it)
+under the stream's lock, so no receipt pays for a request a close() refused."""
 
 from __future__ import annotations
 
@@ -709,9 +708,8 @@ def _echo_once(
 
 
 def test_the_async_server_reads_the_deposit_again_off_the_loop() -> None:
-    """AsyncRpcServer admitted on the event loop, so the
-    deposit's re-read (a ledger read, over the network on Sui) froze every connection
-    the loop serves while it lasted. Now the loop runs during the read."""
+    """AsyncRpcServer re-reads the deposit (a ledger read, over the network on Sui) off
+    the event loop: the loop, and every connection it serves, runs during the read."""
     world = _per_request_service()
     ledger, _, client_id, sla, host, cap = world
     opened = ledger.open_connection(client_id, host, 9, cap, 50)

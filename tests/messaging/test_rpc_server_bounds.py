@@ -98,10 +98,9 @@ def test_requests_ended_in_the_pools_queue_keep_counting_against_max_pending(
     ending: str,
 ) -> None:
     """The only worker is busy; the client sends 400 requests of 10 kB, each cancelled
-    at once (or with a 1 ms deadline). Before, every one stayed in the pool's queue
-    (400 items, their params with them: a client grew the server's memory without
-    bound); now the ones ended there count against ``max_pending`` until a worker takes
-    them off the queue, the rest are refused ``SERVER_BUSY``, and once the worker is
+    at once (or with a 1 ms deadline). The ones ended in the pool's queue count against
+    ``max_pending`` until a worker takes them off it (a client cannot grow the server's
+    memory without bound), the rest are refused ``SERVER_BUSY``, and once the worker is
     free their slots are free again."""
     max_pending = 8
     rpc = RpcServer(workers=1, max_pending=max_pending)
@@ -129,7 +128,7 @@ def test_requests_ended_in_the_pools_queue_keep_counting_against_max_pending(
                 batch = [frame([0, i, "work", params, 1, None]) for i in ids]
             cli.sendall(b"".join(batch))
             # (a pause for the deadlines to pass: requests read together before they
-            # did were refused SERVER_BUSY, the old code's slots all taken)
+            # do would be refused SERVER_BUSY, whatever the slots)
             time.sleep(0.003)
         cli.sendall(frame([3, "mark", None, None]))  # read once all the above was
         assert marked.wait(10)
@@ -161,9 +160,8 @@ def test_requests_ended_in_the_pools_queue_keep_counting_against_max_pending(
 def test_a_stream_whose_answers_cannot_be_sent_stops_taking_requests() -> None:
     """An answer too large to go at once is left to the stream's writer thread; the
     client stops reading (its sends fail at the server) and goes on sending requests.
-    Before, the writer's failure left the stream "sending" for good: flush() sent
-    nothing, backed_up() said no (failed), and the read loop went on answering,
-    queuing megabytes without bound. Now the stream ends."""
+    The writer's failure ends the stream: the read loop does not go on answering,
+    queuing megabytes without bound."""
     rpc = RpcServer(workers=2, max_message_size=8 << 20)
     rpc.register("big", lambda p: b"x" * (6 << 20))
     rpc.register("small", lambda p: b"y" * (100 << 10))
@@ -194,9 +192,8 @@ def test_a_stream_whose_answers_cannot_be_sent_stops_taking_requests() -> None:
 
 def test_a_pool_server_answers_a_reused_id_with_its_own_request() -> None:
     """Request 5 runs; the client cancels it and sends a new request 5 (an id no longer
-    in flight may be used again). Before, the first handler's result went out as the
-    answer to the second, and its end took the second's context with it (a CANCEL of
-    the second never reached its handler)."""
+    in flight may be used again). Each gets its own handler's answer, and the first's
+    end leaves the second's context (a CANCEL of the second reaches its handler)."""
     rpc = RpcServer(workers=2)
     a_started, b_started, gate = threading.Event(), threading.Event(), threading.Event()
     outcome: list[bool] = []
@@ -313,9 +310,9 @@ def test_the_asyncio_server_can_cancel_a_request_reusing_a_cancelled_ones_id() -
 
 def test_a_client_not_reading_on_a_plain_socket_does_not_hold_a_pool_worker() -> None:
     """A's answer is larger than the sockets hold, and A never reads; the stream's
-    timeout is A's deadline (the read loop keeps it). Before, the worker's send with
-    MSG_DONTWAIT waited that timeout for room first (a socket with a timeout does),
-    holding the only worker: B's call on another stream waited ~8 s behind it."""
+    timeout is A's deadline (the read loop keeps it). The worker's send never waits
+    that timeout for room (as MSG_DONTWAIT on a socket with a timeout would), so the
+    only worker is free for B's call on another stream."""
     rpc = RpcServer(workers=1)
     a_srv, a_cli = _tcp_pair(small_buffers=True)
 
@@ -357,9 +354,9 @@ def test_a_client_not_reading_on_a_plain_socket_does_not_hold_a_pool_worker() ->
     ids=["oversized", "wrong-length"],
 )
 def test_a_broken_request_naming_one_in_progress_leaves_it_its_answer(bad: bytes) -> None:
-    """Before, the broken frame's error went out by the id, and the request in progress
-    was dropped: its handler's answer was never sent. Now it is complained about without
-    an id (as a frame msgpack cannot decode is), and the first request is answered."""
+    """A broken frame naming the id of a request in progress is complained about
+    without an id (as a frame msgpack cannot decode is), and the first request keeps
+    its answer."""
     proto = RpcProtocol(max_message_size=1000)
     proto.receive_data(frame([0, 7, "m", None, 0, None]))
     proto.events()

@@ -48,8 +48,9 @@ def test_the_protocol_fails_our_call_on_an_undecodable_answer() -> None:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_calls_with_tuple_keys_fail_at_once_both_ways(workers: int) -> None:
-    """Before, the server complained with a nil id and the call waited for its deadline
-    (for good without one); a result with a tuple key did the same to the client."""
+    """A request with a tuple key fails its call at once (not a complaint with a nil id,
+    the call waiting for its deadline); so does a result with a tuple key, at the
+    client."""
     rpc = RpcServer(workers=workers)
     rpc.register("echo", lambda p: p)
     rpc.register("tuple_key", lambda p: {(1, 2): 3})

@@ -40,8 +40,8 @@ def _frame(body: bytes) -> bytes:
     ],
 )
 def test_a_broken_answer_to_our_request_fails_that_call(answer: list[Any]) -> None:
-    """Before, the answer was only a violation: the call it named waited for its
-    deadline, or for good without one."""
+    """The call the answer names fails at once: not only a violation, leaving the call
+    to wait for its deadline, or for good without one."""
     client = RpcProtocol()
     other = client.send_request("other", None)
     rid = client.send_request("m", None)

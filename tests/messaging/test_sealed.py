@@ -201,8 +201,8 @@ def test_direct_delivery_and_fallback(world: tuple) -> None:
 
 
 def test_a_message_whose_handler_failed_is_delivered_when_resent(world: tuple) -> None:
-    # the id used to be marked seen before on_message ran: when it raised, the sender's
-    # retry was answered "duplicate" and the application never got the message
+    # the id is marked seen only once on_message returned: when it raised, the sender's
+    # retry is delivered, not answered "duplicate"
     _, _, bob, _, hb = world
     inbox = SealedInbox(bob, hb)
     received: list[bytes] = []

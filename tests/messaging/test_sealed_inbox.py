@@ -212,8 +212,8 @@ def test_a_handler_accepting_what_a_waiting_fetch_holds_does_not_deadlock(world:
             inbox._settle(second_id, delivered=False)
 
     threading.Thread(target=watchdog, daemon=True).start()
-    # the handler is given a copy of "first": it waited for the fetch, which waited
-    # for the handler; now it is a duplicate (the fetch delivers it)
+    # the handler is given a copy of "first": a duplicate (the fetch delivers it), at
+    # once, not a wait for the fetch, which waits for the handler
     started = time.monotonic()
     assert inbox.accept(first) is None
     assert time.monotonic() - started < 5
@@ -523,8 +523,8 @@ def test_a_recipient_killed_while_handling_mail_gets_each_message_once(
     before = store.read_bytes().split() if store.exists() else []
     assert before == bodies[: int(kill_at[1:])]
     _run_recipient(tmp_path, bob, hb, "never", expect_kill=False)
-    # nothing lost, nothing twice (fetch used to save the batch before the handler ran,
-    # so the killed message and the rest of its batch were never delivered)
+    # nothing lost, nothing twice (fetch saves a batch only after the handler ran, so
+    # the killed message and the rest of its batch are delivered again)
     assert store.read_bytes().split() == bodies
     with SealedInbox(bob, hb, ledger, state_path=tmp_path / "inbox.json") as inbox:
         assert inbox.fetch() == []

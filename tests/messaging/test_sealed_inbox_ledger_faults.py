@@ -195,7 +195,8 @@ def test_a_delivery_appends_to_the_journal_instead_of_rewriting_the_state(
     direct = [seal(bob.noise_public, b"direct %d" % i) for i in range(5)]
     for message in direct:
         assert inbox.accept(message) is not None
-    # each delivery used to rewrite the whole file (86 ms per message at 100 000 ids)
+    # each delivery appends to the journal, never rewrites the whole file (which costs
+    # 86 ms per message at 100 000 ids)
     assert state.stat().st_ino == snapshot.st_ino and state.stat().st_size == snapshot.st_size
     assert len(journal.read_bytes().splitlines()) == 2 + 5
     # a restarted inbox knows all six

@@ -44,7 +44,7 @@ def test_a_torn_journal_line_does_not_corrupt_the_next_start(world: tuple, tmp_p
     second = seal(bob.noise_public, b"second")
     with SealedInbox(bob, hb, state_path=state) as inbox:
         assert inbox.accept(second) is not None  # appended after the torn bytes
-    # the torn bytes and the next id used to form one corrupt line: SealedError here
+    # the next id starts a line of its own, never one corrupt line with the torn bytes
     with SealedInbox(bob, hb, state_path=state) as inbox:
         assert inbox.accept(first) is None and inbox.accept(second) is None
     assert journal.read_bytes().endswith(b"\n")
@@ -60,7 +60,8 @@ def test_a_failed_state_write_loses_no_mail(world: tuple, tmp_path: Path) -> Non
         with pytest.raises(OSError):
             inbox.fetch()
         blocker.rmdir()
-        # the batch's ids and the cursor were kept in memory: the mail was never seen
+        # the batch's ids and the cursor are not kept in memory when the journal fails,
+        # so the mail is fetched again
         assert [m.body for m in inbox.fetch()] == [b"mail"]
         assert inbox.fetch() == []
         # a direct message whose journal line cannot be written is not lost either
@@ -105,7 +106,7 @@ def test_a_failed_state_write_wakes_a_thread_waiting_for_the_same_message(
         journal.mkdir()
         with pytest.raises(OSError):
             inbox._settle(message_id, delivered=True)
-        # the copy was left waiting for a wake-up that never came
+        # the copy waiting on it is woken, not left waiting
         waiter.join(5)
         assert not waiter.is_alive()
         assert len(outcome) == 1 and isinstance(outcome[0], OSError)  # its own write failed
@@ -137,8 +138,8 @@ def test_a_closed_inbox_delivers_nothing(world: tuple, tmp_path: Path) -> None:
     sock = dtp.socket.create_connection(server.address, server_key=bob.noise_public, timeout=5)
     try:
         message = seal(bob.noise_public, b"hello")
-        # the closed inbox's method, still registered, used to deliver it (and write the
-        # state file its successor owns): the successor then delivered it a second time
+        # a closed inbox delivers nothing (nor writes the state file its successor
+        # owns), so the successor's delivery is the only one
         with pytest.raises(E.SealedError, match="closed"):
             old.accept(message)
         with pytest.raises(E.SealedError, match="closed"):
@@ -246,7 +247,8 @@ def test_a_state_file_serves_the_host_it_was_written_for(world: tuple, tmp_path:
     state = tmp_path / "inbox.json"
     with SealedInbox(alice, ha, ledger, state_path=state) as inbox:
         assert [m.body for m in inbox.fetch()] == [b"for alice"]
-    # bob's inbox took over alice's cursor, past bob's mail: fetch found nothing, for good
+    # bob's inbox must not take over alice's cursor (past bob's mail: fetch would find
+    # nothing, for good)
     with pytest.raises(E.SealedError, match="belongs to host"):
         SealedInbox(bob, hb, ledger, state_path=state)
     with SealedInbox(bob, hb, ledger, state_path=tmp_path / "bob.json") as inbox:
@@ -279,7 +281,8 @@ def test_fetch_with_the_wrong_identity_leaves_the_mail_unread(world: tuple, tmp_
     ledger, alice, bob, hb = world
     ledger.mailbox_send(alice, hb, seal(bob.noise_public, b"mail"))
     state = tmp_path / "inbox.json"
-    # every mail failed to open and was skipped, the saved cursor moving past it for good
+    # the fetch fails, rather than skip every mail it cannot open and save a cursor
+    # past it for good
     wrong = SealedInbox(HostIdentity.generate(), hb, ledger, state_path=state)
     with wrong, pytest.raises(E.SealedError, match="another Noise key"):
         wrong.fetch()

@@ -2,9 +2,9 @@
 yields the original stream, and every error leaves the buffer unchanged.
 
 The reorder buffer's cost stays linear when a peer trickles small chunks behind a
-missing first byte, onto the end of a long run or under its start: the twin used to
-copy the whole run for every chunk that joined it (quadratic: a 4 MiB window of 64-byte
-chunks meant over 100 GB of copying on the pure-Python backend)."""
+missing first byte, onto the end of a long run or under its start: the twin never
+copies the whole run for every chunk that joins it (quadratic: a 4 MiB window of
+64-byte chunks would mean over 100 GB of copying on the pure-Python backend)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""A client whose handshake completes as a paid server closes: admitted by the ledger, it
-was aborted unserved and its ledger connection left Open, the whole deposit locked
-until the half-close timeout (10 minutes), for the client to collect by hand. Now the
+"""A client whose handshake completes as a paid server closes, admitted by the ledger: the
 server closes and settles it at once -- nothing claimed, the deposit refunded whole --
-through its own settlement path, which wait_released() waits for.
+through its own settlement path, which wait_released() waits for, rather than leave its
+ledger connection Open, the deposit locked until the half-close timeout (10 minutes).
 
 The race (close() between the client's admission and its dispatch) is made certain at
 a seam: the admission's ledger read (LedgerAdmission._check) or the DTPServer's

@@ -29,7 +29,7 @@ SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7
 SERVER = ident(0xB1)
 CLIENT = ident(0xB2)
-WAIT = 30.0  # bound on anything the test waits for (the bug's hang is unbounded)
+WAIT = 30.0  # bound on anything the test waits for (a hang would be unbounded)
 # 100 MIST on credit: about 9.5 KiB, so a 15,000-byte datagram (147 MIST) never fits
 STINGY = ServicePolicy(allowance=100, pause_timeout=1.0)
 TOO_BIG = 15_000

@@ -104,8 +104,7 @@ def run_go(
 def test_datagrams_sent_alone_stay_within_the_bytes_limit(tmp_path: Path) -> None:
     """A handler sends a datagram every couple of milliseconds for a second and a half,
     never draining or reading, to a client limited to 20 kB/s: what goes stays within
-    the rate (and its burst); the rest is dropped and counted. (Before: some 700 kB
-    went, the limit charged but never waited for.)"""
+    the rate (and its burst); the rest is dropped and counted."""
     rate, size, burst = 20_000, 1000, 5000  # burst: a quarter second's worth
     w = World(tmp_path)
     w.book.set_client_limits(SERVER, w.host_id, 0, rate, 0)
@@ -144,8 +143,7 @@ def test_datagrams_to_a_client_that_pays_nothing_close_after_the_pause(
     """A handler sends datagrams alone to a client that pays nothing: past the
     allowance they are dropped, and once they have been for the pause timeout the
     connection closes with CLOSE_PAYMENT_REQUIRED, the send raising PaymentRequired, as
-    the blocking send does. (Before: dropped for as long as the handler went on, the
-    connection never closed.)"""
+    the blocking send does."""
     w = World(tmp_path)
     out: dict[str, Any] = {}
 
@@ -183,8 +181,7 @@ def test_datagrams_to_a_client_that_pays_on_request_go_on_after_the_pause(
 ) -> None:
     """A client that pays only when asked: the handler's datagrams, dropped once the
     allowance is spent, ask it for a receipt, and go on once it came -- all of them
-    reach the client, the connection never closed. (Before: nothing asked, the client
-    never paid, and every datagram past the allowance was dropped.)"""
+    reach the client, the connection never closed."""
     w = World(tmp_path)
     out: dict[str, Any] = {}
     count, size = 100, 1000  # 100 kB: a thousand MIST, the allowance is 300
@@ -223,9 +220,8 @@ def test_datagrams_to_a_client_that_pays_on_request_go_on_after_the_pause(
 def test_a_cancel_as_a_receipt_resumes_a_paused_read_cancels_it(tmp_path: Path) -> None:
     """A read paused for payment is cancelled in the very loop turn in which a receipt
     resumes it (as asyncio.wait_for's timeout, or the loop's end, may): it ends
-    cancelled. (Before: the wait for the receipt, an asyncio.wait_for, returned its
-    result instead of the cancel on Python 3.11, and the read went on waiting for bytes
-    that never came -- a task the loop's end cancelled held the loop for good.)"""
+    cancelled, on Python 3.11 too, where asyncio.wait_for may return the result instead
+    of the cancel (a read waiting on would hold the loop's end for good)."""
     w = World(tmp_path)
     out: dict[str, Any] = {}
 
@@ -312,9 +308,7 @@ def test_the_escrow_read_a_datagram_started_ends_before_the_settlement(
 ) -> None:
     """A client's datagrams take its usage past the deposit, and the handler's datagram
     is dropped: the escrow is read again in a task (a slow ledger here). The handler
-    returns: the settlement comes after that read ended, not while it is under way.
-    (Before: the read was left running -- the connection settled meanwhile, and what
-    the read found came after the settlement.)"""
+    returns: the settlement comes after that read ended, not while it is under way."""
     w = World(tmp_path, Sla(1000, 5, 5000))  # 5000 MIST of deposit: some 5 KiB
     # a cap above the deposit: a top-up could be served, so the deposit is what holds
     cap = w.book.create_spending_cap(CLIENT, 1_000_000)
@@ -418,8 +412,7 @@ def test_a_datagram_pause_after_payment_came_is_a_new_one(tmp_path: Path) -> Non
 def test_an_empty_batch_does_not_end_a_datagram_pause(tmp_path: Path) -> None:
     """A handler sends datagrams to a client that pays nothing, a batch of none between
     each: once dropped for the pause timeout, the connection closes with
-    PaymentRequired. (Before: the empty batch, "sent whole", ended the pause each time:
-    never closed.)"""
+    PaymentRequired (an empty batch, "sent whole", does not end the pause)."""
     w = World(tmp_path)
     out: dict[str, Any] = {}
 

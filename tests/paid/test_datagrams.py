@@ -10,8 +10,8 @@ socket's timeout, and what datagrams cost the rate limits.
 Real paid servers on 127.0.0.1 and real LocalLedger files.
 
 A paid handler's recv_datagram(timeout) waits at most ``timeout`` in all: the wait
-for payment comes out of it. It waited out a pause and then the whole timeout again for
-the datagram (here 2.5 s for a 1.5 s timeout on the old code)."""
+for payment comes out of it, not a pause and then the whole timeout again for the
+datagram."""
 
 from __future__ import annotations
 
@@ -127,8 +127,7 @@ def test_a_paused_call_on_a_non_blocking_socket_raises_blocking_io_error(
 ) -> None:
     """Paused for payment, a non-blocking handler's recv, send and accept_stream raise
     BlockingIOError at once, as with nothing to move; the pause goes on meanwhile, and
-    a handler trying again is closed once paused the pause timeout. (Before, each call
-    blocked for the whole pause timeout, then closed the connection.)"""
+    a handler trying again is closed once paused the pause timeout."""
 
     def handler(sock: PaidSocket) -> tuple[list[tuple[float, str]], float, str]:
         sock.setblocking(False)
@@ -157,8 +156,7 @@ def test_a_paused_call_on_a_non_blocking_socket_raises_blocking_io_error(
 def test_a_paused_call_with_a_timeout_raises_timeout_error(world: World) -> None:
     """Paused for payment, a handler's recv and send with a socket timeout of 0.2 s,
     and recv_datagram with its own timeout (0 and 0.2 s), raise DTPTimeoutError once it
-    passed, as with nothing to move. (Before, each blocked for the whole pause timeout,
-    then closed the connection.)"""
+    passed, as with nothing to move (not at the pause timeout)."""
 
     def handler(sock: PaidSocket) -> list[tuple[float, str]]:
         sock.settimeout(0.2)
@@ -211,8 +209,8 @@ def test_datagram_charge_counts_the_frame_header() -> None:
 
 def test_empty_datagrams_read_are_charged_to_the_rate_limit(world: World) -> None:
     """The client sends 300 empty datagrams; the handler reads for 1 s under a limit of
-    100 bytes/s: each costs its frame's 2 bytes, so it reads some 60 of them. (Before,
-    each cost nothing: it read all 300 at once.)"""
+    100 bytes/s: each costs its frame's 2 bytes, so it reads some 60 of them, not all
+    300 at once."""
     out: queue.Queue[int | BaseException] = queue.Queue()
 
     def handler(sock: PaidSocket) -> None:
@@ -243,7 +241,7 @@ def test_empty_datagrams_read_are_charged_to_the_rate_limit(world: World) -> Non
 
 def test_empty_datagrams_sent_are_charged_to_the_rate_limit(world: World) -> None:
     """The handler sends 100 empty datagrams under a limit of 100 bytes/s: 200 bytes
-    charged, the call waits for most of it (some 1.75 s). (Before: none, at once.)"""
+    charged, the call waits for most of it (some 1.75 s)."""
     out: queue.Queue[float | BaseException] = queue.Queue()
 
     def handler(sock: PaidSocket) -> None:
@@ -267,7 +265,7 @@ def test_empty_datagrams_sent_are_charged_to_the_rate_limit(world: World) -> Non
 def test_asyncio_empty_datagrams_are_charged_to_the_rate_limit(world: World) -> None:
     """asyncio: the handler reads 60 empty datagrams the client sent (120 bytes charged:
     the reads wait for most of them, some 0.95 s), then sends 100 (200 bytes, charged
-    as they go): the client's bytes/s limit holds debt for them. (Before: neither.)"""
+    as they go): the client's bytes/s limit holds debt for them."""
     done: queue.Queue[tuple[float, float] | BaseException] = queue.Queue()
     server_box: list[PaidAioServer] = []
 
@@ -386,5 +384,5 @@ def test_the_pause_for_payment_comes_out_of_the_datagram_timeout(world: World, h
         server.close()
     assert outcome == "DTPTimeoutError"
     assert paid  # the pause ended within the timeout: the wait for the datagram followed
-    # (the old code took TIMEOUT + the pause: about 2.5 s)
+    # (not TIMEOUT + the pause: about 2.5 s)
     assert took < TIMEOUT + PAYS_AFTER / 2, took

@@ -37,7 +37,7 @@ PORT = 7
 SERVER = ident(0xA1)
 CLIENT = ident(0xA2)
 DEPOSIT = 200_000
-WAIT = 30.0  # bound on anything the test waits for (the bugs' hangs are unbounded)
+WAIT = 30.0  # bound on anything the test waits for (a hang would be unbounded)
 APIS = ["blocking", "asyncio"]
 ALLOWANCE = 100  # MIST on credit: 9.5 KiB after the first request
 STINGY = ServicePolicy(allowance=ALLOWANCE, pause_timeout=1.0)
@@ -279,8 +279,7 @@ def test_datagrams_beyond_the_deposit_end_the_connection_at_once(world: World, a
     of it: the send its deposit cannot pay raises PaymentRequired at once, the
     connection ended by the client (its final receipt, then CLOSE_PAYMENT_REQUIRED),
     long before the server's pause timeout (30 s here) would have; the server's handler
-    reads the same error, and the server claims the final receipt. (Before, the client
-    waited out the server's pause.)"""
+    reads the same error, and the server claims the final receipt."""
     size = 8000
     deposit = SLA.min_deposit  # 500 KiB of bytes
     flood = 3 * deposit * 1024 // SLA.price_per_kib

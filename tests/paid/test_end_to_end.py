@@ -203,8 +203,7 @@ def test_a_write_the_deposit_cannot_pay_fails_at_once(world: World, api: str) ->
     ``sendall`` raises PaymentRequired at once, the connection ended by the client (its
     final receipt, then CLOSE_PAYMENT_REQUIRED), with nothing of the refused piece sent,
     long before the server's pause timeout (30 s here) would have ended it; the server
-    claims the final receipt, and the client gets the rest back. (Before, the write
-    stalled for the server's pause timeout, 10 s by default.)"""
+    claims the final receipt, and the client gets the rest back."""
     client = ident(0x67)
     fund(world, client)
     deposit = 6000  # ~600 KiB of echo: nine pieces each way, not ten

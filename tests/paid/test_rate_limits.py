@@ -38,7 +38,7 @@ SLA = Sla(price_per_kib=10, price_per_request=5, min_deposit=5000)
 PORT = 7
 SERVER = ident(0xB1)
 CLIENT = ident(0xB2)
-WAIT = 60.0  # bound on anything the tests wait for (the bugs' waits are 600 s or more)
+WAIT = 60.0  # bound on anything the tests wait for (a missed wake-up waits 600 s or more)
 #: A client that signs no receipts: none comes to wake a waiting task by the way
 UNPAID = MeteringConfig(enabled=False)
 #: No Host refresh during a test: each one wakes every waiting task of the connection
@@ -87,10 +87,10 @@ def debt_of(server: PaidAioServer | PaidServer) -> float:
 def test_a_datagram_a_cancelled_read_put_back_reaches_a_waiting_reader(world: World) -> None:
     """Task A reads the client's datagram and waits for the rate limit; task B waits in
     recv_datagram meanwhile; A is cancelled and puts the datagram back. B gets it once
-    the limit lets it (the debt of reading it twice: about 10 s). Before, B was not
-    woken: it waited until the connection moved again -- here for good, the client
-    signing no receipts and the Host not being read again. (asyncio only: a read
-    cancelled while it waits is asyncio's concern.)"""
+    the limit lets it (the debt of reading it twice: about 10 s), without waiting for
+    the connection to move again (here it never would: the client signs no receipts
+    and the Host is not read again). (asyncio only: a read cancelled while it waits is
+    asyncio's concern.)"""
     size, rate = 16_000, 3000  # 16 kB at 3 kB/s: A is held about 5 s
     server_box: list[PaidAioServer] = []
     outcome: queue.Queue[bytes | BaseException] = queue.Queue()
@@ -111,7 +111,7 @@ def test_a_datagram_a_cancelled_read_put_back_reaches_a_waiting_reader(world: Wo
             with pytest.raises(asyncio.CancelledError):
                 await first
             outcome.put(await asyncio.wait_for(second, WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 
@@ -134,10 +134,10 @@ def test_blocking_datagrams_the_backlog_dropped_are_not_charged_to_the_rate_limi
 ) -> None:
     """A handler sends datagrams to a client that stopped reading, until the carrier's
     backlog drops them, then offers 600 s worth of the client's bytes/s limit more: all
-    of them dropped, the call returns at once, and the limit holds no debt for them.
-    (Before, every one offered was charged: the call waited 600 s for bytes that never
-    went.) Blocking only: its send_datagrams waits for the limit, the asyncio one never
-    waits and drops what the limit's debt holds back (the test below)."""
+    of them dropped, the call returns at once, and the limit holds no debt for them
+    (only what goes is charged). Blocking only: its send_datagrams waits for the limit,
+    the asyncio one never waits and drops what the limit's debt holds back (the test
+    below)."""
     rate = 4_000_000  # bytes/s: the backlog (some MB) fills in a few seconds
     outcome: queue.Queue[tuple[float, int, int, float] | BaseException] = queue.Queue()
     server_box: list[PaidServer] = []
@@ -187,9 +187,8 @@ def test_asyncio_datagrams_sent_without_drain_are_charged_to_the_rate_limit(
 ) -> None:
     """A handler sends 600 s worth of the client's bytes/s limit as datagrams, never
     draining (send_datagram never waits): the limit is charged as they go, so the
-    client's bucket is in debt for them, and the next drain() waits for it. (Before,
-    they were charged only at a drain(): the bucket held no debt for them, and a sender
-    that never drained sent past its limit for good.) asyncio only: drain() is its own,
+    client's bucket is in debt for them, and the next drain() waits for it: a sender
+    that never drains does not send past its limit. asyncio only: drain() is its own,
     and the blocking send_datagrams waits for the limit before it sends (the test
     above)."""
     rate = 100  # bytes/s

@@ -2,10 +2,10 @@
 limit, over 10 s of sustained transfer, both ways, on both paid servers
 (:attr:`dtp.payments.ratelimit.TokenBucket.take`), and the client's own ``sendall`` of an upload
 keeps to it too, its credit returned in steps of the rate (``Connection.pace_credit``).
-Before, a read took whatever had arrived and paid for it afterwards: at 200,000 B/s a
-handler's ``recv(4 MiB)`` got 1.1 MB at once and then waited 5.5 s -- 5.6 times the
-limit in that second, nothing in the next five; and credit going back in quarter
-windows let the uploader's ``sendall`` move 1 MiB at once every 5 s.
+A read pays before it takes: a handler's ``recv(4 MiB)`` at 200,000 B/s never gets
+1.1 MB at once and then waits 5.5 s (5.6 times the limit in one second, nothing in the
+next five); nor does credit going back in quarter windows let the uploader's
+``sendall`` move 1 MiB at once every 5 s.
 
 The 20 % rule both ways is checked on a simulated clock: the bucket alone here, the
 credit between two connections in tests/protocol/test_credit_pacing.py. End to end, on

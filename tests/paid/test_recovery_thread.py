@@ -102,7 +102,7 @@ def test_recovery_holds_up_neither_the_policy_nor_close(
         assert claimed < LOST  # (stopped between claims: the rest waits for a restart)
         assert closed_in < 2 * CLAIM + 1.0  # the claim under way, not a 5 s join
         gaps = [b - a for a, b in itertools.pairwise(refreshes)]
-        # refreshed all along (the old code: no refresh for the round's LOST claims)
+        # refreshed all along, the round's LOST claims included
         assert gaps and max(gaps) < 3 * CLAIM
     # the dead run's lock file stays for the receipts left, so a later server claims them
     with ReceiptStore(world.store_path) as store, store.orphaned() as receipts:

@@ -84,8 +84,8 @@ def test_a_paid_server_at_one_request_a_second_answers_the_first_at_once(
                 sock.sendall(b"hi")
                 assert sock.recv(16) == b"hi"
                 took.append(time.monotonic() - start)
-    # before: 0.75 s for the first request of the first connection (rate 1/s is the
-    # least there is, so the bug's wait cannot be made longer; just below it)
+    # the first request of the first connection is not held for the rate (at 1/s, the
+    # least there is, that would be 0.75 s; the bound is just below it)
     assert took[0] < 0.7
     assert took[1] >= 0.5  # the second, within the same second, waits for the rate
     audit = ledger.audit()

@@ -353,7 +353,7 @@ def test_service_policy_takes_edge_values() -> None:
 @pytest.mark.parametrize("api", ["blocking", "asyncio"])
 def test_a_bad_policy_or_address_starts_nothing(world: World, api: str) -> None:
     """Refused before the server listens or publishes anything (a zero refresh interval
-    used to be found only after both, leaving that server running)."""
+    too): no server is left running."""
     threads, fds = dtp_threads(), open_fds()
 
     def start(**kw: object) -> None:

@@ -1,12 +1,11 @@
 """A live paid server retries its own failed settlements. A connection whose
 settlement failed as it ended (the ledger briefly unavailable)
-stays Open on the ledger, its final receipt kept in the store; the recovery thread
-claimed only the receipts of dead server runs, so the kept one waited for the server's
-next start -- while the client, which half-closed the connection as it left, could
-settle alone once the half-close timeout had passed and take the whole deposit back,
-the receipted fee with it. Now each recovery round also retries the settlements of the
-server's own connections that claimed nothing (SettlementRetries), with a backoff and
-one warning, never one being served, and not after close().
+stays Open on the ledger, its final receipt kept in the store. Each recovery round
+retries the settlements of the server's own connections that claimed nothing
+(SettlementRetries), not only the receipts of dead server runs, with a backoff and one
+warning, never one being served, and not after close(): the kept receipt does not wait
+for the server's next start, while the client, which half-closed the connection as it
+left, could settle alone and take the receipted fee back with its deposit.
 
 Real LocalLedger files, real receipt stores, real paid servers on 127.0.0.1 and real SDK
 clients (metered, half-closing on the ledger); the outage is a ledger wrapper raising

@@ -100,7 +100,7 @@ def test_a_restart_beside_a_live_server_claims_what_the_killed_run_left(world: W
 def test_a_live_server_claims_what_a_run_killed_beside_it_left(
     world: World, monkeypatch: pytest.MonkeyPatch, api: str
 ) -> None:
-    # (raising=False: the old code had no such interval, nor any recovery while live)
+    # (raising=False: the test holds whether or not the module names this interval)
     monkeypatch.setattr(dtp.payments.serving, "RECOVERY_INTERVAL", 0.2, raising=False)
     policy = ServicePolicy(refresh_interval=0.05)
     options = {

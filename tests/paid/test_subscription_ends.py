@@ -5,8 +5,7 @@ fixture: ``dtp.socket.serve`` and ``dtp.aio.serve``) refuse one at its handshake
 (:class:`~dtp.errors.SubscriptionRefused`, and the client ends it on the ledger at once,
 its deposit back) and close one they serve once a ledger check finds the subscription
 over (``CLOSE_SUBSCRIPTION_ENDED``, raised as :class:`~dtp.errors.SubscriptionEnded`),
-settling it: nothing owed. Before, the connection went on being served free for as
-long as the client kept it.
+settling it: nothing owed, and nothing served free after the subscription ended.
 """
 
 from __future__ import annotations

@@ -108,8 +108,7 @@ def test_a_receipt_above_the_old_deposit_is_claimed_when_the_connection_ends(
 ) -> None:
     """The client tops up and signs for about 20,000 MIST against the 5,000 the server
     read at admission; the server never paused, and the connection ends: its settlement
-    claims the newest receipt (the escrow pays it). Before: the receipts above 5,000
-    waited unjudged and the settlement claimed one below 5,000."""
+    claims the newest receipt (the escrow pays it), not one below 5,000."""
     release = threading.Event()
     serve(*quiet_handlers(release))
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)
@@ -169,7 +168,7 @@ def test_top_up_on_an_ended_connection_is_refused_before_the_ledger(
     """Once the server ended the connection, ``top_up`` raises the connection's end
     (ConnectionClosed, a DTPError) and sends no transaction: what it added would only come
     back in the refund, or the ledger would refuse it (the escrow settled). On a closed
-    socket it is LocalProtocolError. Before: the transaction went to the ledger."""
+    socket it is LocalProtocolError."""
     release = threading.Event()
     release.set()  # the handlers end the connection once the client said "go"
     serve(*quiet_handlers(release))
@@ -228,8 +227,8 @@ def test_an_asyncio_top_up_cancelled_while_its_transaction_runs_still_signs(
 ) -> None:
     """The caller of ``await writer.top_up()`` is cancelled while the ledger transaction
     runs (in a thread, which goes on): once it lands, the client's meter rises to the new
-    deposit all the same. Before: the code after the await never ran, and the client
-    signed on to the old deposit with the new one on the ledger."""
+    deposit all the same (never signing on to the old deposit with the new one on the
+    ledger)."""
     release = threading.Event()
     serve(*quiet_handlers(release))
     cap = ledger.create_spending_cap(CLIENT, 1_000_000)

@@ -2,9 +2,9 @@
 
 The client knows its deposit: a write (stream bytes, datagrams, a stream opened) that
 would take the connection's usage past what it pays ends the connection at once with
-PaymentRequired -- the final receipt, then CLOSE_PAYMENT_REQUIRED -- where the write
-used to go out and stall until the server's pause timeout (10 s by default) closed the
-connection, the deposit spent all the same. While a top-up is under way the write is
+PaymentRequired -- the final receipt, then CLOSE_PAYMENT_REQUIRED -- rather than go out
+and stall until the server's pause timeout (10 s by default) closes the connection,
+the deposit spent all the same. While a top-up is under way the write is
 not refused: it goes out and waits, as the server pauses, for the deposit to grow.
 
 First the rule itself, sans I/O (:class:`dtp.payments.settlement.ClientPayment`), then

@@ -1,17 +1,16 @@
 """What the asyncio layer puts back, and what it does when a connection's start fails.
 
-- ``connection_made`` that raised (tuning the socket, the first flush, a server's
-  ``on_connected``) was left to asyncio's log, the connection half-made: a client's
-  first handshake message never went and its open waited for its timeout; a server's
-  connection was never served and its client waited as long. Now it is aborted as a
-  timer fault is (``_Protocol._fail``): the opener reads a typed error at once.
-- a paid ``accept_stream`` cancelled while the request rate held it put its stream back
-  without waking a task waiting in ``accept_stream`` meanwhile (as ``recv_datagram``'s
-  put-back does): that one waited until the connection moved again.
-- a paid ``recv_datagram`` cancelled while the bytes rate held it put its datagram back,
-  and the next read charged its bytes to the rate limit a second time.
-- a stream a cancelled paid ``accept_stream`` put back was known as charged only to its
-  writer: accepted through another writer of the connection, it was charged again.
+- a connection whose ``connection_made`` raises (tuning the socket, the first flush, a
+  server's ``on_connected``) is aborted as a timer fault is (``_Protocol._fail``), not
+  left half-made: the opener reads a typed error at once, rather than wait for its
+  timeout.
+- a paid ``accept_stream`` cancelled while the request rate holds it puts its stream
+  back and wakes a task waiting in ``accept_stream`` meanwhile (as ``recv_datagram``'s
+  put-back does).
+- a paid ``recv_datagram`` cancelled while the bytes rate holds it puts its datagram
+  back, and the next read does not charge its bytes to the rate limit a second time.
+- a stream a cancelled paid ``accept_stream`` puts back is known as charged to the
+  connection: accepted through another writer of it, it is not charged again.
 
 The last two live in ``dtp/hostid/paid/asyncio.py`` (``PaidWriter``), not in
 ``dtp/aio.py``, whose own ``accept_stream`` / ``recv_datagram`` take the item with no await
@@ -48,7 +47,7 @@ from dtp.protocol.connection import CloseCode, ConnectionConfig
 from tests.support.paid_twins import PaidWorld, hosted_ledgers, ident, loop_in_thread, stop
 
 SERVER_ID = HostIdentity.generate()
-#: Bound on anything the tests wait for; the bugs' waits are 600 s or for good
+#: Bound on anything the tests wait for; a put-back that wakes no one waits 600 s or for good
 WAIT = 60.0
 #: What the opener and the server would wait for the handshake, had the fault hung it
 LONG = 600.0
@@ -95,9 +94,8 @@ async def _close(writer: dtp.aio.DTPStreamWriter) -> None:
 
 def test_a_server_connection_whose_start_raises_is_aborted_not_left_unserved() -> None:
     """The server's taking in of a new connection (its admission, its handshake slot,
-    its task) raises: the client reads a HandshakeError at once. Before, the connection
-    was never served nor closed: the client waited out its 600 s. The server goes on
-    serving."""
+    its task) raises: the client reads a HandshakeError at once, not at its timeout
+    (600 s). The server goes on serving."""
     fault = RuntimeError("a fault as the connection starts")
     raised: list[BaseException] = []
 
@@ -133,8 +131,7 @@ def test_a_client_connection_whose_start_raises_fails_its_open_at_once(
 ) -> None:
     """The client's ``connection_made`` raises (here the socket's tuning, before its
     first handshake message goes): ``open_connection`` raises ConnectionClosed
-    (INTERNAL_ERROR, the fault its cause) at once. Before, the message never went, no
-    timer was armed, and the open waited out its 600 s."""
+    (INTERNAL_ERROR, the fault its cause) at once, not at its timeout (600 s)."""
     fault = RuntimeError("a fault as the connection starts")
     raised: list[BaseException] = []
     tune = dtp.transport.carriers.tcp.tune
@@ -244,9 +241,9 @@ def _in_request_debt(server: PaidAioServer) -> list[float]:
 def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: World) -> None:
     """Task A accepts the client's second stream and waits for the request rate (600 s
     in debt); task B waits in accept_stream meanwhile; A is cancelled and puts the
-    stream back. B gets it at once (charged already). Before, B was not woken: it
-    waited until the connection moved again -- here for good, the client signing no
-    receipts and the Host not being read again."""
+    stream back. B gets it at once (charged already), without waiting for the
+    connection to move again (here it never would: the client signs no receipts and the
+    Host is not read again)."""
     server_box: list[PaidAioServer] = []
     outcome: queue.Queue[bytes | BaseException] = queue.Queue()
 
@@ -265,7 +262,7 @@ def test_a_stream_a_cancelled_accept_put_back_reaches_a_waiting_accept(world: Wo
                 await first
             stream_reader, _ = await asyncio.wait_for(second, WAIT / 2)
             outcome.put(await asyncio.wait_for(stream_reader.readexactly(2), WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 
@@ -303,7 +300,7 @@ def test_a_stream_put_back_is_not_charged_again_through_another_writer(world: Wo
                 await first
             stream_reader, _ = await asyncio.wait_for(other_writer.accept_stream(), WAIT / 2)
             outcome.put(await asyncio.wait_for(stream_reader.readexactly(2), WAIT))
-        except BaseException as exc:  # (TimeoutError: the bug)
+        except BaseException as exc:  # (TimeoutError: a put-back that woke no one)
             outcome.put(exc)
             raise
 

@@ -46,7 +46,7 @@ def test_readexactly_refused_for_a_waiting_read_keeps_the_bytes_it_took() -> Non
         assert isinstance(failure, RuntimeError)
         with pytest.raises(RuntimeError):
             await b
-        server_writer.write(b"def")  # (so that the old code's A returns at all)
+        server_writer.write(b"def")  # (so that A returns even if it went on waiting)
         await server_writer.drain()
         assert await asyncio.wait_for(a, 5) == b"abc"
         assert await asyncio.wait_for(reader.readexactly(3), 5) == b"def"

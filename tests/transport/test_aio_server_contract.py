@@ -15,16 +15,15 @@ connections on 127.0.0.1.
 dtp.aio against asyncio's StreamWriter and Server contracts, over real
 DTP connections on 127.0.0.1.
 
-* A ``drain()`` waiting (the peer not reading) when its own writer was closed went on
-  waiting: for good on a stream other than the first, for CLOSE_LINGER on the first,
-  though a drain() after close() raises ConnectionClosed at once. A writing task whose
-  stream another task closed hung.
-* A client callback that misused a live stream (a write after ``write_eof()``) raised
-  LocalProtocolError, which went to dtp.aio's logger at INFO: nobody saw the bug, the
-  client only read an abort. asyncio.start_server reports it to the loop's exception
-  handler, as dtp.aio does any other exception of the callback.
-* ``serve_forever()`` on a closed server on the ledger carrier alone returned at once
-  (asyncio's raises RuntimeError, as dtp.aio's TCP server did)."""
+* A ``drain()`` waiting (the peer not reading) when its own writer is closed raises
+  ConnectionClosed at once, as a drain() after close() does, on every stream: a
+  writing task whose stream another task closes does not hang.
+* A client callback that misuses a live stream (a write after ``write_eof()``) has its
+  LocalProtocolError reported to the loop's exception handler, as asyncio.start_server
+  reports it and dtp.aio any other exception of the callback (not only an abort the
+  client reads).
+* ``serve_forever()`` on a closed server raises RuntimeError, as asyncio's does, on the
+  ledger carrier alone too."""
 
 from __future__ import annotations
 
@@ -299,7 +298,7 @@ def test_a_callbacks_misuse_of_a_live_stream_goes_to_the_exception_handler() -> 
             reader, writer = await dtp.aio.open_connection(
                 *server.address, server_key=identity.noise_public, timeout=5
             )
-            await asyncio.wait_for(seen.wait(), 2)  # (never, on the old code)
+            await asyncio.wait_for(seen.wait(), 2)  # (reported to the loop's handler)
             assert len(reported) == 1
             assert reported[0]["message"] == "Unhandled exception in client_connected_cb"
             assert isinstance(reported[0]["exception"], LocalProtocolError)

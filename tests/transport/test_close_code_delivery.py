@@ -1,10 +1,10 @@
 """A server that closes a connection for a reason delivers its CLOSE, whatever the client
 is doing: the carrier is half-closed behind the CLOSE and drained (what the client
 still sends is read and dropped) until the client closes its side or the linger ends,
-instead of closed with the client's bytes unread -- whose reset overtook the CLOSE.
-Before, a client the host denied while it was busy in a ``sendall`` loop read a bare
-ConnectionLost (reset, or broken pipe) every time; one blocked in ``recv()`` read the
-firewall's code. Both paid servers, on a LocalLedger file."""
+instead of closed with the client's bytes unread, whose reset would overtake the CLOSE.
+A client the host denies while it is busy in a ``sendall`` loop reads the firewall's
+code, as one blocked in ``recv()`` does, not a bare ConnectionLost. Both paid servers,
+on a LocalLedger file."""
 
 from __future__ import annotations
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import dtp.aio
 import dtp.socket
 from dtp.errors import DTPError
 from dtp.testing.identities import identity
 from dtp.testing.network import Link, SimNetwork, lossy
+from dtp.transport.asyncio.server import ClientCallback
 from dtp.transport.blocking import sched
 
 SERVER_KEY, CLIENT_KEY = identity(1), identity(2)
@@ -67,6 +68,29 @@ def _blocking_pair(
     server.join()
 
 
+@contextlib.asynccontextmanager
+async def _asyncio_pair(
+    net: SimNetwork, serve: ClientCallback
+) -> AsyncIterator[tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]]:
+    """:func:`_blocking_pair` on dtp.aio: a server on host "server" that hands each
+    connection to ``serve``, and a client on host "client" connected to it; the server
+    closes on exit (the caller closes the client first)."""
+    server = await dtp.aio.start_server(
+        serve,
+        "server",
+        7000,
+        identity=SERVER_KEY,
+        config=lossy(SERVER_KEY, server=True),
+        first_message_timeout=FIRST_MESSAGE_TIMEOUT,
+    )
+    async with server:
+        with net.host("client"):
+            reader, writer = await dtp.aio.open_connection(
+                "server", 7000, server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
+            )
+        yield reader, writer
+
+
 def _blocking_run(seed: int) -> tuple[str, int]:
     """A blocking echo exchange, then the client's close: how the server's reads ended
     ("eof" or the error), and how many records the link lost."""
@@ -109,19 +133,7 @@ def _asyncio_run(seed: int) -> tuple[str, int]:
             finally:
                 writer.close()
 
-        server = await dtp.aio.start_server(
-            serve,
-            "server",
-            7000,
-            identity=SERVER_KEY,
-            config=lossy(SERVER_KEY, server=True),
-            first_message_timeout=FIRST_MESSAGE_TIMEOUT,
-        )
-        async with server:
-            with net.host("client"):
-                reader, writer = await dtp.aio.open_connection(
-                    "server", 7000, server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-                )
+        async with _asyncio_pair(net, serve) as (reader, writer):
             for i in range(ROUNDS):
                 writer.write(b"hello %d" % i)
                 await writer.drain()
@@ -176,19 +188,7 @@ def _asyncio_server_closes(seed: int) -> tuple[str, int]:
         await writer.wait_closed()
 
     async def main() -> str:
-        server = await dtp.aio.start_server(
-            serve,
-            "server",
-            7000,
-            identity=SERVER_KEY,
-            config=lossy(SERVER_KEY, server=True),
-            first_message_timeout=FIRST_MESSAGE_TIMEOUT,
-        )
-        async with server:
-            with net.host("client"):
-                reader, writer = await dtp.aio.open_connection(
-                    "server", 7000, server_key=SERVER_KEY.noise_public, config=lossy(CLIENT_KEY)
-                )
+        async with _asyncio_pair(net, serve) as (reader, writer):
             writer.write(b"hello")
             try:
                 assert await reader.read() == b"HELLO"  # (to the end)

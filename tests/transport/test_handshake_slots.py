@@ -9,20 +9,19 @@ come from a second client address while real clients connect from 127.0.0.1.
 
 A 6to4 address (2002:V4ADDR::/48) is counted by its IPv4 address for the per-address
 handshake cap: the owner of one IPv4 address holds the whole /48, and counted by /64 it
-had a cap for each of 65536 networks (the old code's keys differed for each /64).
+would have a cap for each of 65536 networks.
 
 The handshake's server-side bounds: the per-address handshake cap, its
 waiting line and the replay guard's capacity take ints only.
 
-Each was checked with a bare comparison (``cap < 1``, ``max_waiting < 0``,
-``capacity < 1``), which a NaN passes, as it then passed every "at the cap" / "line
-full" / "more than the capacity" comparison after it: a server given
-``max_handshakes_per_address=float("nan")`` ran with no per-address cap at all (one
-address could hold every ``max_handshakes`` slot, the stall the cap exists to stop),
-``max_waiting_per_address=float("nan")`` with an unbounded line, and a
-``ReplayGuard(float("nan"))`` never forgot a key (its pools grew without bound); a
-float cap such as 1.5 quietly let two handshakes in. ``max_handshakes`` (ServerSlots)
-already refused anything but an int. Each test here failed on the old code."""
+A bare comparison (``cap < 1``, ``max_waiting < 0``, ``capacity < 1``) lets a NaN
+pass, and then every "at the cap" / "line full" / "more than the capacity" comparison
+after it: ``max_handshakes_per_address=float("nan")`` would be no per-address cap at
+all (one address holding every ``max_handshakes`` slot, the stall the cap exists to
+stop), ``max_waiting_per_address=float("nan")`` an unbounded line, and
+``ReplayGuard(float("nan"))`` a guard that never forgets a key; a float cap such as
+1.5 would let two handshakes in. So each is refused unless an int, as
+``max_handshakes`` (ServerSlots) is."""
 
 from __future__ import annotations
 
@@ -588,7 +587,7 @@ def test_a_per_address_cap_that_is_no_int_is_refused(cap: object) -> None:
 
 
 def test_a_nan_cap_no_longer_lets_one_address_take_every_slot() -> None:
-    # what the old code did with it: every try_take succeeded, however many
+    # a NaN cap taken would let every try_take succeed, however many
     try:
         slots: AddressSlots[str] = AddressSlots(NAN)  # type: ignore[arg-type]
     except ValueError:

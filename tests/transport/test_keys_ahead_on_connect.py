@@ -57,7 +57,7 @@ def test_a_step_that_fails_after_connect_breaks_neither_the_read_nor_the_close(
     read: bool,
 ) -> None:
     # the step is reached by the read's wait, or (nothing read) by the close's wait for
-    # the peer's end: the old code raised there, its carrier never released
+    # the peer's end: it must not raise there, its carrier never released
     server, _accepted = served
     keys_ahead._forget_all()
     real = blocking_connect.has_input
@@ -133,7 +133,7 @@ def test_the_close_drain_ends_at_its_deadline_when_the_keys_never_get_their_turn
         try:
             assert done.wait(3), "the drain did not end at its deadline"
         finally:
-            monkeypatch.undo()  # (lets the old code's loop end too)
+            monkeypatch.undo()  # (lets a loop that missed its deadline end too)
             thread.join(10)
     assert draining.ahead is keys and len(keys._steps) == 4  # (put off, not made)
 

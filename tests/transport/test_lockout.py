@@ -6,9 +6,8 @@ to clients that proved themselves. Both servers, an attacker in a process of its
 (tests/transport/lockout_attack.py), a genuine client connecting 50 times meanwhile: each in
 under a second, and the server's descriptors and memory bounded throughout.
 
-Before, 160 silent connections over 20 addresses, reopened as the handshake timeout
-freed them, filled the 32 handshake slots and the lines behind them: the asyncio server
-refused every client at once (0 of 75 got in), the blocking one let them time out."""
+160 silent connections over 20 addresses, reopened as the handshake timeout frees them,
+do not fill the 32 handshake slots and the lines behind them for the genuine client."""
 
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ def _echo(sock: dtp.socket.DTPSocket) -> None:
 
 def test_anonymous_connects_leave_no_started_handshake_behind() -> None:
     """Each anonymous connect prepares the next one's Noise IK state under a fresh
-    identity (dtp.identity.noise.prepare_handshake); once taken, its key used to stay in the
-    module's dict with an empty list, one entry per connection for ever."""
+    identity (dtp.identity.noise.prepare_handshake); once taken, its key leaves the
+    module's dict: no entry per connection stays for ever."""
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     serving = threading.Thread(target=server.serve_forever, args=(_echo,), daemon=True)
     serving.start()

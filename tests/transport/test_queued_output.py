@@ -57,8 +57,8 @@ def test_bytes_held_by_flow_control_follow_the_credit_while_the_writer_is_away(
             # the client's thread now does nothing with the connection
             got, took = _read_all(peer, size)
     assert got == size
-    # each credit update used to wait for the timer's tick: about seven seconds (7.0 s
-    # measured with watch() disabled), so 5 s leaves a loaded machine room
+    # no credit update waits for the timer's tick (that takes about seven seconds, as
+    # with watch() disabled), so 5 s leaves a loaded machine room
     assert took < 5.0, f"{size} bytes took {took:.2f} s to arrive"
 
 

@@ -6,21 +6,15 @@ connect (and one echo) within a second, against both servers; and the two parts 
 the fix alone: a suspect address's newcomer refused on a real server, and the accept
 queue holding hundreds of connects nobody accepted yet.
 
-Two things made such connects fail. The unproven connections' bound (``backlog``)
-made the oldest give way to each newcomer, and at thousands a second a genuine
-client's connection was the oldest before the server had read the first record it sent
-with its connect: closed (HandshakeError). Now an address whose connections keep ending
-unproven is suspect, and its connections give way first, or are refused
-(dtp.transport.admission.Strikes; the rule on a virtual clock in
-tests/transport/test_handshake_gate.py). And the kernel's accept queue, as long as the
-backlog (128), overflowed: the kernel dropped the genuine client's SYN, and its connect
-took the retransmission's second. Now it is at least
-:data:`~dtp.transport.carriers.tcp.LISTEN_QUEUE` long.
-
-Before: 195 of 200 connects to the asyncio server in under a second (5 closed), 198 or
-199 of 200 to the blocking one (one closed, or 1.01-1.07 s after a dropped SYN). After:
-200 of 200 on both, the slowest 0.26 s (asyncio, on a loaded machine) and 0.06 s
-(blocking)."""
+Two rules hold it. The unproven connections' bound (``backlog``) makes the oldest give
+way to each newcomer; so that a genuine client's connection is not the oldest at
+thousands a second before the server reads its first record, an address whose
+connections keep ending unproven is suspect, and its connections give way first, or are
+refused (dtp.transport.admission.Strikes; the rule on a virtual clock in
+tests/transport/test_handshake_gate.py). And the kernel's accept queue is at least
+:data:`~dtp.transport.carriers.tcp.LISTEN_QUEUE` long, beyond the backlog (128), so
+that the kernel does not drop the genuine client's SYN (a connect then takes the
+retransmission's second)."""
 
 from __future__ import annotations
 

@@ -272,8 +272,8 @@ def test_a_replayed_first_message_does_not_hold_the_ledger_connection(
     first = recorded_first_message(driver, opened)
     replayed = replay(driver.address, first)
     try:
-        # the server has decided on the replay: turned it away, or (the bug) reserved
-        # the client's ledger connection for it
+        # the server has decided on the replay: turned it away (never reserving the
+        # client's ledger connection for it)
         assert wait_for(
             lambda: getattr(server, "replays_refused", 0) == 1 or len(server._serving) == 1,
             BOUND,

@@ -1,11 +1,10 @@
-"""The blocking server's bounds: connections nobody accepts
-beyond ``max_pending`` each held a thread and descriptors for the handshake timeout
-(the handshake slots freed, without bound; now they wait in their handshakes, each
-holding its slot, and are refused "server busy" -- tests/transport/test_accept_burst.py);
-bad ``max_handshakes`` / ``max_pending`` values were taken (0 served nobody; a queue of
-0 or less is unbounded); an engine that could not be made (out of descriptors) ended
-its thread with a traceback, uncounted; and a settling thread that could not start
-left ServedConnections busy for good. Real connections on 127.0.0.1."""
+"""The blocking server's bounds: connections nobody accepts beyond ``max_pending`` wait
+in their handshakes, each holding its slot, and are refused "server busy"
+(tests/transport/test_accept_burst.py), never a thread and descriptors each without
+bound; bad ``max_handshakes`` / ``max_pending`` values are refused (0 would serve
+nobody; a queue of 0 or less would be unbounded); an engine that cannot be made (out of
+descriptors) is counted and its thread ends cleanly; and a settling thread that cannot
+start does not leave ServedConnections busy for good. Real connections on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -6,13 +6,10 @@ close() and (all but the one accepting) after WORKER_IDLE without work.
 Out of threads, a blocking server's accepting is not held by one long handler.
 
 The thread that accepts a connection passes the accepting on to another thread and
-serves the connection. When no thread could be started for the turn, it kept the turn
-and accepted again only after serving its connection -- under serve_forever, after the
-handler's whole run: one long handler stopped all accepting. Now the turn goes to the
-first thread free (any whose connection ends sooner). And serve_forever's own hand-off
-of a connection queued before it ran, out of threads, ended serve_forever with the
-RuntimeError and the socket left open; now that client reads "server busy" and
-serve_forever goes on. Both tests failed on the old code."""
+serves the connection. When no thread can be started for the turn, the turn goes to
+the first thread free (any whose connection ends sooner), so one long handler does not
+stop all accepting. And out of threads, serve_forever's own hand-off of a connection
+queued before it ran tells that client "server busy" and goes on serving."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_closing_many_streams_the_connection_still_tracks_is_linear() -> None:
 
 
 def test_buffers_of_closed_streams_go_once_the_connection_is_done_with_them() -> None:
-    # (passes on the old code too: the behaviour the change keeps)
+    # (a behaviour kept as it is: the buffers go once the connection is done)
     k = 10
     client, server, link, step = _session_link()
     lingering = []

@@ -5,9 +5,8 @@ a timeout as a listening socket does (``settimeout`` / ``setblocking``: accept()
 that long, or raises BlockingIOError at once when non-blocking).
 
 The blocking DTPSocket.open_stream() waits at the peer's stream limit, within the
-socket's timeout, as dtp.aio's does now: it raised LocalProtocolError ("wait for one to
-finish") with no way to wait, and kept raising after a slot was free until some other
-read happened to take in the peer's MAX_STREAMS (the old code failed each test here).
+socket's timeout, as dtp.aio's does, and opens as soon as a slot is free: never a
+LocalProtocolError ("wait for one to finish") with no way to wait.
 
 The blocking socket API (``dtp.socket``) held to what :mod:`socket` promises:
 
@@ -128,7 +127,7 @@ def test_a_non_blocking_server_accept_raises_blockingioerror_at_once(
     server.setblocking(False)
     assert server.gettimeout() == 0.0
     assert not server.getblocking()
-    # on the old code accept() ignored the mode and waited forever: a thread bounds it
+    # (in a thread, so that an accept() ignoring the mode fails the test, not hangs it)
     result: list[BaseException | object] = []
 
     def accept() -> None:

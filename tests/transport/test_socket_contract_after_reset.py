@@ -42,7 +42,7 @@ from tests.support.polling import raised_within
 
 SERVER_ID = HostIdentity.generate()
 WAIT = 60.0  # seconds any call of these tests may take at most (a loaded machine)
-PATIENT = 600.0  # a timeout the bugs would have waited out: far beyond WAIT
+PATIENT = 600.0  # a timeout a call that missed the reset would wait out: far beyond WAIT
 BULK = b"x" * (1 << 20)
 
 

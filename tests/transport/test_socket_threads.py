@@ -93,11 +93,10 @@ def test_streams_of_a_garbage_collected_connection_fail_typed_and_touch_no_reuse
     pair: Pair,
 ) -> None:
     """Dropping the first socket unclosed closes the carrier (as a collected
-    socket.socket does); the connection's other streams then fail with ConnectionLost.
-    They used to go on reading the carrier's old descriptor number through the C
-    lane -- a number the process may already have handed to another socket, whose
-    bytes they stole -- and otherwise raised BlockingIOError from a blocking recv()
-    and let sendall() drop data silently."""
+    socket.socket does); the connection's other streams then fail with ConnectionLost,
+    never reading the carrier's old descriptor number through the C lane (a number the
+    process may have handed to another socket already), never BlockingIOError from a
+    blocking recv(), never a sendall() that drops data silently."""
     stream, _ = _lent_stream(pair)
     assert pair.client is not None
     old_fd = pair.client._engine.sock.fileno()
@@ -157,8 +156,7 @@ def test_a_stream_blocked_while_its_connection_is_collected_ends_typed(
 
 
 def test_close_wakes_every_thread_blocked_in_accept() -> None:
-    """Only the first of several threads in accept() used to wake at close(); the
-    others waited for good."""
+    """close() wakes every thread blocked in accept(), not only the first."""
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
     calls = [Call(server.accept) for _ in range(3)]
     assert wait_for(lambda: server._queue._ready.not_empty._waiters)  # type: ignore[attr-defined]
@@ -180,8 +178,8 @@ def _handshake_threads() -> list[threading.Thread]:
 def test_close_ends_handshakes_in_progress_at_once() -> None:
     """A TCP client that connected but has not finished its handshake (its first record,
     then nothing), and one that has sent nothing yet: close() ends both at once, with
-    the thread serving the first and their descriptors. They used to stay until the
-    handshake timeout (10 s), nobody left to accept the connection."""
+    the thread serving the first and their descriptors, not at the handshake timeout
+    (10 s) with nobody left to accept the connection."""
     assert wait_for(lambda: not _handshake_threads())
     fds = _fds()
     server = dtp.socket.create_server(("127.0.0.1", 0), identity=SERVER_ID)
@@ -207,8 +205,8 @@ def test_shutdown_rd_or_close_wakes_a_thread_blocked_reading_the_stream(
     pair: Pair, how: str
 ) -> None:
     """As on a socket, shutdown(SHUT_RD) (or close()) in one thread ends a recv()
-    blocked on the stream in another, at once. It used to go on waiting for the peer
-    to answer the STOP_SENDING (reset the stream): for good, with a peer that did not."""
+    blocked on the stream in another, at once: it does not wait for the peer to answer
+    the STOP_SENDING (reset the stream), which a peer may never do."""
     stream, _ = _lent_stream(pair)
     stream.settimeout(None)
     call = Call(lambda: stream.recv(100))
@@ -304,8 +302,8 @@ def _assert_a_third_stream_is_not_stalled(p: Pair) -> None:
 @pytest.mark.parametrize("how", ["shutdown", "close"])
 def test_bytes_a_stream_leaves_unread_give_the_connection_its_credit_back(how: str) -> None:
     """Streams shut (SHUT_RD) or closed with bytes unread: those bytes, and those that
-    come before the peer stops, no longer count against the connection's window. They
-    used to hold it for good: two such streams here stalled every other stream."""
+    come before the peer stops, do not count against the connection's window: two such
+    streams here leave the other streams room to go on."""
     with _two_window_pair() as p:
         for _ in range(2):
             _stream, peer = _fill_a_stream_window(p)  # (our end kept until the next)
@@ -379,7 +377,7 @@ def test_shutdown_wr_or_close_fails_a_thread_blocked_sending(
     """As a socket's send() fails with EPIPE once another thread shuts it for writing,
     a sendall() blocked on a peer that reads nothing ends when another thread calls
     shutdown(SHUT_WR) or close() (of a second stream: closing the first closes the
-    connection). It used to wait on for credit that never came."""
+    connection), rather than wait on for credit that never comes."""
     if which == "first":
         assert pair.client is not None
         stream = pair.client
@@ -404,8 +402,8 @@ def test_shutdown_wr_or_close_fails_a_thread_blocked_sending(
 
 def test_sendall_timeout_bounds_the_whole_call(pair: Pair) -> None:
     """socket.sendall's timeout is the most the whole call takes (Python 3.5+), not a
-    limit on each wait: a peer that reads, but slowly, used to stretch a sendall()
-    with a 0.5 s timeout to as long as the data took (here about 20 s)."""
+    limit on each wait: a peer that reads, but slowly, does not stretch a sendall()
+    with a 0.5 s timeout to as long as the data takes (here about 20 s)."""
     stop = threading.Event()
     peer = pair.peer
     peer.settimeout(5)

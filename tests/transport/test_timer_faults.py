@@ -1,10 +1,10 @@
 """A connection whose pass in the process's timer thread raises is aborted, as a
 server's handshake thread aborts one its code failed on: the peer reads INTERNAL_ERROR,
 the carrier is released, and the application's calls raise ConnectionClosed (one too
-broken even to close ends as a lost carrier: ConnectionLost). It used to live on
-half-alive -- never scheduled again, so none of its timers ran (keepalive, idle
-timeout, retransmission) and its carrier stayed open for good. The thread goes on
-serving the other connections, and goes back to sleep.
+broken even to close ends as a lost carrier: ConnectionLost). It never lives on
+half-alive, unscheduled, with none of its timers running (keepalive, idle timeout,
+retransmission) and its carrier open for good. The thread goes on serving the other
+connections, and goes back to sleep.
 
 The fault is injected where it cannot be made to happen for real: the connection's
 one non-blocking pass (``Engine.poll``) is replaced by one that raises.
@@ -32,7 +32,7 @@ from tests.transport.small_window import (
     thread_cpu_seconds,
 )
 
-#: How long the broken connection may take to end: it used to never end
+#: How long the broken connection may take to end (generous, for a loaded machine)
 BOUND = 30.0
 
 

@@ -2,10 +2,10 @@
 sockets' timer thread aborts one (tests/transport/test_timer_faults.py): the peer reads
 INTERNAL_ERROR, the carrier is released, and the application's calls raise
 ConnectionClosed with the fault as its cause (one too broken even to close ends as a
-lost carrier: ConnectionLost). It used to live on half-alive: asyncio logged the fault,
-and the timer, cleared before the pass, was armed again only by the next write or
-input -- a silent peer was never timed out, and ``wait_closed()`` or a read waited
-for good. The loop's other connections go on.
+lost carrier: ConnectionLost). It never lives on half-alive, its timer cleared and
+armed again only by the next write or input, where a silent peer would never time out
+and ``wait_closed()`` or a read would wait for good. The loop's other connections go
+on.
 
 The fault is injected where it cannot be made to happen for real: the connection's
 ``handle_timer`` is replaced by one that raises. Real sockets on 127.0.0.1.
@@ -30,7 +30,7 @@ from dtp.protocol.connection import CloseCode, ConnectionConfig
 
 SERVER_ID = HostIdentity.generate()
 CLIENT_ID = HostIdentity.generate()
-#: How long the broken connection may take to end: it used to never end
+#: How long the broken connection may take to end (generous, for a loaded machine)
 BOUND = 30.0
 Pair = tuple[dtp.aio.DTPStreamReader, dtp.aio.DTPStreamWriter]
 

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import urllib.parse
+from collections.abc import AsyncIterator
 
 import pytest
 from websockets.typing import Subprotocol
@@ -40,6 +41,45 @@ async def _line(proc: asyncio.subprocess.Process) -> dict[str, object]:
     assert raw, "the node server ended early"
     line: dict[str, object] = json.loads(raw)
     return line
+
+
+@contextlib.asynccontextmanager
+async def _js_echo_server(
+    server_identity: HostIdentity, *, denied: list[str] | None = None
+) -> AsyncIterator[tuple[Relay, asyncio.subprocess.Process, str]]:
+    """The relay, and the JS echo server (scripts/echo-server.mjs) listening through it as
+    "echo" with ``server_identity``'s key, its decide hook denying the ``denied``
+    addresses: the relay, the node process (its reports: :func:`_line`) and the relay's
+    base URL, once the server said it listens. On exit the server is told to end (its
+    stdin closed; killed after 30 s), then the relay stops."""
+    relay = Relay(wait=30)
+    base = await relay.start()
+    job: dict[str, object] = {
+        "relay": f"{base}/listen/echo",
+        "staticKey": server_identity.noise_private_bytes().hex(),
+    }
+    if denied is not None:
+        job["denied"] = denied
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *node_command("scripts/echo-server.mjs"),
+            json.dumps(job),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert await _line(proc) == {"listening": True}
+            yield relay, proc, base
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    finally:
+        await relay.stop()
 
 
 async def _echo(url: str, server_key: bytes, identity: HostIdentity, *, ik: bool) -> bytes:
@@ -74,21 +114,11 @@ def test_the_python_client_talks_to_the_js_server_through_a_relay() -> None:
     denied = HostIdentity.generate()
 
     async def main() -> tuple[list[bytes], list[dict[str, object]], int]:
-        relay = Relay(wait=30)
-        base = await relay.start()
-        job = {
-            "relay": f"{base}/listen/echo",
-            "staticKey": server_identity.noise_private_bytes().hex(),
-            "denied": [denied.sui_address],
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *node_command("scripts/echo-server.mjs"),
-            json.dumps(job),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert await _line(proc) == {"listening": True}
+        async with _js_echo_server(server_identity, denied=[denied.sui_address]) as (
+            relay,
+            proc,
+            base,
+        ):
             url = f"{base}/echo"
             firsts = [
                 await _echo(url, server_identity.noise_public, client, ik=True),
@@ -102,15 +132,6 @@ def test_the_python_client_talks_to_the_js_server_through_a_relay() -> None:
             assert "this wallet is not on the allow list" in str(refused.value)
             reports.append(await _line(proc))
             return firsts, reports, relay.paired
-        finally:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            await relay.stop()
 
     firsts, reports, paired = asyncio.run(main())
     assert firsts == [b"hello over IK", b"hello over XX"]
@@ -226,33 +247,11 @@ def test_the_js_server_refuses_a_replayed_ik_first_message_of_the_python_client(
     record = first_record(server_identity.noise_public, client)
 
     async def main() -> tuple[list[bytes], list[bytes], list[dict[str, object]]]:
-        relay = Relay(wait=30)
-        base = await relay.start()
-        job = {
-            "relay": f"{base}/listen/echo",
-            "staticKey": server_identity.noise_private_bytes().hex(),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *node_command("scripts/echo-server.mjs"),
-            json.dumps(job),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert await _line(proc) == {"listening": True}
+        async with _js_echo_server(server_identity) as (_, proc, base):
             original = await _first_answer(f"{base}/echo", record)
             first_report = await _line(proc)
             replayed = await _first_answer(f"{base}/echo", record)
             return original, replayed, [first_report, await _line(proc)]
-        finally:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            await relay.stop()
 
     original, replayed, reports = asyncio.run(main())
     # the original: message 2 (HS_RESP), then the ACCEPT (a DATA record); its client

@@ -65,14 +65,14 @@ class Relay:
                 self.listening[name].remove(ws)
             return
         name = path.lstrip("/")
-        server = await self._take(name)
+        server = await self._wait_for_listener(name)
         if server is None:
             await ws.close(1013, "no server is listening")
             return
         self.paired += 1
         await asyncio.gather(_pipe(ws, server), _pipe(server, ws))
 
-    async def _take(self, name: str) -> ServerConnection | None:
+    async def _wait_for_listener(self, name: str) -> ServerConnection | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         while True:

@@ -104,8 +104,9 @@ async def sync_stream(
                 # ours, as sync_blocking's writer takes it -- the reader reads the end,
                 # and the session ends as the peer's leaving ends it. A catch-up is not
                 # done then, even with both ENDs through (ours may be among what did
-                # not go): GraphSyncError below, as sync_blocking raises. (It raised
-                # this ConnectionClosed, whose code 0 says a clean end.)
+                # not go): GraphSyncError below, as sync_blocking raises, never this
+                # ConnectionClosed, whose code 0 says a clean end
+                # (tests/graph/test_sync_end.py)
                 cut_off.append(exc)
                 return
             # the reader may wait for as long as the peer is quiet (the graph closed,

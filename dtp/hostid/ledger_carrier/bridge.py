@@ -159,8 +159,8 @@ class LedgerCarrierOptions:
         if self.sync_every < 1:
             raise ValueError(f"sync_every must be a positive integer, not {self.sync_every!r}")
         for name in _SECONDS_FIELDS:
-            # (True passed as 1 s, and a string failed at the first comparison below
-            # with a TypeError naming no option)
+            # (a bool is not a number of seconds, and a string fails here naming its
+            # option, not at a comparison below with a bare TypeError)
             _check_number(name, getattr(self, name))
         positive = {
             "sync_interval": self.sync_interval,
@@ -171,8 +171,8 @@ class LedgerCarrierOptions:
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         if not _MIN_PAYLOAD <= self.max_payload <= MAX_PIPE_DATA:
-            # (smaller, a full-size record needs more than 255 fragments: its send
-            # raised ValueError and ended the bridge)
+            # (any smaller, a full-size record would need more than 255 fragments, and
+            # its send would end the bridge)
             raise ValueError(
                 f"max_payload must be in {_MIN_PAYLOAD}..{MAX_PIPE_DATA}, not {self.max_payload}"
             )

@@ -261,8 +261,8 @@ class LedgerCarrier:
         self.gap_timeout = gap_timeout
         self.max_payload = max_payload
         if max_record is not None:
-            # (unchecked, a wrong type failed in receive() at the peer's first fragment,
-            # skipping the rest of that page of events)
+            # (checked here: a wrong type must fail now, not in receive() at the peer's
+            # first fragment, where it would skip the rest of that page of events)
             _check_int("max_record", max_record)
             if max_record < 1:
                 raise ValueError(f"max_record must be a positive integer, not {max_record!r}")
@@ -283,8 +283,8 @@ class LedgerCarrier:
         self._retained_lock = threading.Lock()
         self.retention_over = False
         # held while posting: send() in one thread and a receive() posting a SYNC (or a
-        # second sender) in another lost updates of the sent counts, and two records
-        # could take one fragment id
+        # second sender) in another must not lose updates of the sent counts, nor give
+        # two records one fragment id
         self._post_lock = threading.RLock()
         if state is not None:
             self.retained = list(state.retained)
@@ -478,7 +478,7 @@ class LedgerCarrier:
         whole = [bytes_like(record) for record in records]
         with self._post_lock:
             # all framed first: a record too large for 255 fragments is refused before
-            # the records ahead of it are posted (they were, then the ValueError)
+            # any record ahead of it is posted
             fid = self._next_fragment_id
             framed: list[list[bytes]] = []
             for record in whole:
@@ -604,8 +604,8 @@ class LedgerCarrier:
             _check_int("max_bytes", max_bytes)
             if max_bytes < 1:
                 raise ValueError(f"max_bytes must be a positive integer or None, not {max_bytes!r}")
-        # (checked before the records held back are taken: a timeout that failed its
-        # comparison lost them, and the lanes have seen them, so they never came again)
+        # (checked before the records held back are taken: the lanes have seen them,
+        # so a bad timeout failing after would lose them for good)
         _check_number("timeout", timeout)
         given_now = now
         now = self.clock() if now is None else now
@@ -650,9 +650,9 @@ class LedgerCarrier:
         try:
             self.poll(now)
         except ChainError:
-            # (raised, the records read went with it: a ledger that took reads but no
-            # transaction lost every one.) The SYNC or pipe::sync stays due: the next
-            # call with nothing to hand back raises
+            # (the records read are handed back first: raised with them, a ledger that
+            # takes reads but no transaction would lose every one.) The SYNC or
+            # pipe::sync stays due: the next call with nothing to hand back raises
             if not out:
                 raise
         return out

@@ -754,7 +754,7 @@ class PaidWriter:
         wrapped writer's queue, the rate limits and payment. After this writer's
         close() it raises at once, as the wrapped one's does (the first stream's
         close() closes the wrapped writer only once the final receipt came, and one
-        with bytes held only once they went out: meanwhile it returned)."""
+        with bytes held only once they went out: meanwhile this raises all the same)."""
         if self._closing is not None or self._close_after:
             if self._failed is not None:
                 raise self._failed

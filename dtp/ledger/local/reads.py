@@ -336,7 +336,7 @@ class LedgerReads(LocalStore):
         if cursor is None:
             return 0
         # the decimal positions events() hands out; int() alone would take " 3", "-0"
-        # and "1_0", and a value past SQLite's 64-bit INTEGER raised OverflowError
+        # and "1_0", and SQLite refuses a value past its 64-bit INTEGER (OverflowError)
         if (
             not isinstance(cursor, str)
             or not (cursor.isascii() and cursor.isdecimal())

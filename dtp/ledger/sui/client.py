@@ -487,7 +487,7 @@ class SuiNode:
                 self._finalizer.atexit = False
             # queued under the lock close() takes to drop the runner: a call is either
             # queued before close()'s shutdown (which then cancels it) or goes to a new
-            # runner, never to a loop that is stopping (it waited there for ever) or
+            # runner, never to a loop that is stopping (it would wait there for ever) or
             # closed (RuntimeError)
             future = asyncio.run_coroutine_threadsafe(
                 self._guard(runner, make, what, executes), runner.loop
@@ -815,7 +815,7 @@ class SuiNode:
         (``system_state.reference_gas_price``, a second GetEpoch). Neither there (or 0,
         which no network accepts as a gas price): :class:`MalformedResponse` naming the
         field, rather than a gas price of 0 that makes every transaction fail. An answer
-        without the epoch number is :class:`MalformedResponse` too (it was taken as 0)."""
+        without the epoch number is :class:`MalformedResponse` too (never taken as epoch 0)."""
 
         async def call() -> tuple[int, int]:
             resp = await self._unary(rq.GetEpoch(field_mask=["epoch", "reference_gas_price"]))

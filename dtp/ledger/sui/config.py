@@ -71,7 +71,7 @@ class SuiConfig:
             )
         # NaN never fires in asyncio.wait_for and infinity never ends: a silent node
         # would hang every call; zero or less fails every call at once; an int too large
-        # for a float raised OverflowError here rather than this error
+        # for a float is refused by this error, not an OverflowError
         for value, what in (
             (self.timeout, "DTP_SUI_TIMEOUT"),
             (self.poll_interval, "poll_interval"),

@@ -310,8 +310,8 @@ class BroadcastListener:
                 sui_address_from_public_key(public), broadcaster
             ):
                 raise E.ForgedBroadcast("the station's key is not the broadcaster's")
-            # signed: unsigned, a relay rewrote next_seq (replaying what was sent before
-            # the listener joined) or passed another session off as this one
+            # signed: unsigned, a relay could rewrite next_seq (replaying what was sent
+            # before the listener joined) or pass another session off as this one
             if not _verify(
                 public, signature, signed_hello(b_id, channel, session, started, next_seq)
             ):

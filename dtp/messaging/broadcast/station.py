@@ -370,9 +370,9 @@ class BroadcastStation:
         with self._lock:
             if self._cancelled:
                 # a cancel is final on the ledger: a check that read the broadcast just
-                # before cancel() ran put the station back on air ("covered") after its
-                # AIR "cancelled", and sends went out for the rest of the slot, which
-                # no one pays for (the slot in progress at a cancel is never paid)
+                # before cancel() ran does not put the station back on air ("covered")
+                # after its AIR "cancelled", or sends would go out for the rest of the
+                # slot, which no one pays for (the slot in progress at a cancel never is)
                 return False
             self._checked_slot = slot
             cancelled = reason == "cancelled"
@@ -583,9 +583,8 @@ class BroadcastStation:
         ``_TIP_READ_TRUST`` old of the broadcast not cancelled is taken as it is when it
         shows ``need`` or more (contributions only grow until a cancel or a leave); else
         the tip waits for a read begun after it arrived, which serves every tip waiting then,
-        and reads begin at most every ``_TIP_READ_GAP`` seconds. (Each tip cost a read,
-        a network call on Sui, before it was refused: tips signed by fresh keys, free to
-        make, kept the ledger busy.)"""
+        and reads begin at most every ``_TIP_READ_GAP`` seconds, so that tips signed by
+        fresh keys, free to make, cannot cost a read (a network call on Sui) each."""
         with self._reads:
             while True:
                 now = time.monotonic()

@@ -427,7 +427,7 @@ class SuiNodeStandIn:
                 )
         return out
 
-    def _take(self, counter: Counter[str], name: str) -> bool:
+    def _consume_knob(self, counter: Counter[str], name: str) -> bool:
         with self._knob_lock:
             for key in (name, "*"):
                 if counter[key] > 0:
@@ -452,11 +452,11 @@ class SuiNodeStandIn:
             self.calls[name] += 1
             if self._stalled is not None:
                 await self._stalled.wait()
-            if self._take(self._refuse_next, name) or self._over_rate():
+            if self._consume_knob(self._refuse_next, name) or self._over_rate():
                 raise GRPCError(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
             if name != "ExecuteTransaction" and self.read_latency > 0:
                 await asyncio.sleep(self.read_latency)
-            garble = self._take(self._garble_next, name)
+            garble = self._consume_knob(self._garble_next, name)
             try:
                 if streaming:
                     async for frame in self._list_events(data):
@@ -482,11 +482,11 @@ class SuiNodeStandIn:
             self.calls[name] += 1
             if self._stalled is not None:
                 await self._stalled.wait()
-            if self._take(self._refuse_next, name) or self._over_rate():
+            if self._consume_knob(self._refuse_next, name) or self._over_rate():
                 raise Refusal(Status.RESOURCE_EXHAUSTED, "Too many requests: rate limited")
             if name != "ExecuteTransaction" and self.read_latency > 0:
                 await asyncio.sleep(self.read_latency)
-            garble = self._take(self._garble_next, name)
+            garble = self._consume_knob(self._garble_next, name)
             answer = await self._answer(name, data, peer)
             return GARBAGE if garble else bytes(answer)
 

@@ -731,7 +731,7 @@ class DTPStreamWriter:
         asyncio's does for a transport that cannot flush.)"""
         if self._primary:
             # shielded: a cancelled wait (asyncio.wait_for) must not cancel the shared
-            # future (every later wait_closed() raised CancelledError) or the close
+            # future (every later wait_closed() would raise CancelledError) or the close
             await asyncio.shield(self._proto.closed_future)
             if self._close_task is not None:
                 await asyncio.shield(self._close_task)

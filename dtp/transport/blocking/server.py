@@ -164,7 +164,7 @@ at the timeout itself the connection would end with no reply."""
 
 _PLACE_POLL = 0.05
 """Seconds between two looks for a free place in the accept() queue, while a client
-waits in its handshake for one (DTPServer._take_place)."""
+waits in its handshake for one (DTPServer._wait_for_accept_place)."""
 
 # the largest listen() backlog: it takes a C int (OverflowError beyond)
 _C_INT_MAX = 2 ** (8 * struct.calcsize("i") - 1) - 1
@@ -251,7 +251,7 @@ class DTPServer:
     Connections over the ledger carrier skip the first step and the address cap.
     Accepted connections wait for :meth:`accept` in a queue of ``max_pending`` (128):
     a client the queue has no room for waits in its handshake, and is refused "server
-    busy" at its handshake timeout (:meth:`_take_place`)."""
+    busy" at its handshake timeout (:meth:`_wait_for_accept_place`)."""
 
     WORKER_IDLE: float
     identity: HostIdentity
@@ -889,7 +889,7 @@ class DTPServer:
         session = engine.session
         conn = session.conn
         # (a wait for a place ends a little before the connection's own handshake timer,
-        # so that the refusal still goes out: _take_place)
+        # so that the refusal still goes out: _wait_for_accept_place)
         timeout = conn.config.handshake_timeout
         deadline = sched.monotonic() + timeout - min(_REFUSAL_MARGIN, timeout / 4)
         with engine.lock:
@@ -939,7 +939,7 @@ class DTPServer:
                 if release is not None:
                     engine.on_release.append(release)
             outcome = Outcome.REFUSED
-            if verdict is None and not self._take_place(engine, deadline):
+            if verdict is None and not self._wait_for_accept_place(engine, deadline):
                 outcome, verdict = Outcome.BUSY, SERVER_BUSY
                 with self._stats_lock:  # (counted before the client can read it)
                     self.busy_refused += 1
@@ -1061,17 +1061,16 @@ class DTPServer:
                 return
             start(sock)
 
-    def _take_place(self, engine: Engine, deadline: float) -> bool:
+    def _wait_for_accept_place(self, engine: Engine, deadline: float) -> bool:
         """Before a client is told it is in: one of the ``max_pending`` places in the
         queue :meth:`accept` takes from (none is needed under :meth:`serve_forever`,
         whose handler runs in this thread). While none is free -- the application takes
         connections slower than they come -- the client waits in its handshake, until
         ``deadline`` (its handshake timeout): False then, and it is refused "server
-        busy". Told it was in and then dropped, a client of a burst died on its first
-        write (42-55 % of 1,000 connects to an accept() loop, uncounted); and this
-        handshake's slot, held meanwhile, holds the next clients in the listen backlog.
-        Lock held (the engine's: pumped while waiting, so a client that gives up is
-        seen)."""
+        busy". A client told it is in is never dropped for want of room
+        (tests/transport/test_accept_burst.py); this handshake's slot, held meanwhile,
+        holds the next clients in the listen backlog. Lock held (the engine's: pumped
+        while waiting, so a client that gives up is seen)."""
         if self._dispatch is not None:
             return True
         session = engine.session

@@ -453,8 +453,8 @@ class DTPSocket:
         with engine.lock:
             session.check_writable(self._stream_id)
             if not conn.can_open_stream():
-                # (it raised LocalProtocolError, "wait for one to finish", with no way
-                # to wait; the peer's MAX_STREAMS comes as it reads what we sent)
+                # (waits, as connect() does, rather than a LocalProtocolError the caller
+                # cannot act on; the peer's MAX_STREAMS comes as it reads what we sent)
                 self._wait(lambda: session.terminated is not None or conn.can_open_stream())
                 session.check_writable(self._stream_id)
             if engine.hook is not None:
@@ -1108,8 +1108,8 @@ class DTPSocket:
         number, ValueError when negative or NaN, OverflowError when too long), before
         any wait."""
         if timeout != "socket":
-            # (a negative one was taken for "one look": a typo such as -1 for None then
-            # looked like a quiet peer)
+            # (a negative one is refused, not taken for "one look": a typo such as -1
+            # for None would look like a quiet peer)
             timeout = checked_timeout(timeout)
         self._check_open()
         engine = self._engine
