@@ -107,7 +107,9 @@ def missing() -> str | None:
 
     if chromium_path() is None:
         return "ws_rpc_roundtrip needs chromium (apt-get install -y chromium)"
-    if not (PACKAGE / "node_modules" / "@noble" / "curves").is_dir():
+    modules = PACKAGE / "node_modules"
+    # (libsodium-wrappers too: without it the page seals records with @noble/ciphers)
+    if not ((modules / "@noble" / "curves").is_dir() and (modules / "libsodium-wrappers").is_dir()):
         try:
             subprocess.run(
                 ["sh", str(PACKAGE / "scripts" / "install.sh")],
