@@ -107,7 +107,9 @@ def missing() -> str | None:
 
     if chromium_path() is None:
         return "ws_rpc_roundtrip needs chromium (apt-get install -y chromium)"
-    if not (PACKAGE / "node_modules" / "@noble" / "curves").is_dir():
+    modules = PACKAGE / "node_modules"
+    # (libsodium-wrappers too: without it the page seals records with @noble/ciphers)
+    if not ((modules / "@noble" / "curves").is_dir() and (modules / "libsodium-wrappers").is_dir()):
         try:
             subprocess.run(
                 ["sh", str(PACKAGE / "scripts" / "install.sh")],
@@ -200,6 +202,8 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
             f"'{server_identity.noise_public.hex()}', '{SEED.hex()}')"
         )
         wss_port = state["plain"].sockets[0].getsockname()[1]
+        # (libsodium, or @noble/ciphers where the page could not load it: web/dtp-client)
+        aead = page.evaluate("import('/src/record.js').then((m) => m.RECORD_AEAD.name)")
         page.evaluate(f"rpcBench.openPlain('wss://127.0.0.1:{wss_port}/')")
     except BaseException:
         close()
@@ -218,7 +222,10 @@ def ws_rpc_roundtrip(calls: int = 200) -> Workload:
         ours=side("dtpCalls"),
         peer=side("plainCalls"),
         bar=0.8,
-        note="headless Chromium: DTP over WebSocket (stream a call) vs JSON-RPC over wss://",
+        note=(
+            "headless Chromium: DTP over WebSocket (stream a call) vs JSON-RPC over wss://"
+            f" (the page's records: {aead})"
+        ),
         close=close,
     )
     workload.browser_pid = browser.process.pid  # type: ignore[attr-defined]

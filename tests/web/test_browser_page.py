@@ -46,11 +46,14 @@ def test_the_demo_page_echoes_through_dtp_in_chromium(capsys: pytest.CaptureFixt
                 text = page.evaluate("document.body.innerText")
                 raise AssertionError(f"{exc}; the page shows:\n{str(text)[:3000]}") from exc
             report = page.evaluate("window.report")
+            # the records went through libsodium's AEAD: the page maps the package in
+            aead = page.evaluate("import('/src/record.js').then((m) => m.RECORD_AEAD.name)")
             SHOTS.mkdir(parents=True, exist_ok=True)
             shot = page.screenshot(SHOTS / "dtp-client-echo.png")
             with capsys.disabled():
                 print(f"\n[screenshot] {shot}")
     assert "error" not in report, report
+    assert aead == "libsodium"
     address = _address(SEED)
     for pattern in ("IK", "XX"):
         run = report[pattern.lower()]

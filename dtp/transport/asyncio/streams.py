@@ -558,7 +558,9 @@ class DTPStreamWriter:
                 )
             )
 
-        if not self._closing:
+        if not room():
+            # (with room already, the common case, no wait is built: the same answer,
+            # a coroutine fewer a drain)
             await self._proto.wait_for(room)
         session = self._session
         buf = session.streams.get(self._stream_id)

@@ -9,9 +9,11 @@ import { decodeFrames, encodeFrames } from '../src/frames.js';
 import { ed25519Signer, personalMessageDigest, proofMessage, suiAddress, verifyProof } from '../src/identity.js';
 import { ikBinding } from '../src/noise.js';
 import { decodeParams, encodeParams } from '../src/params.js';
-import { encodeHeader, openRecord, parseHeader, sealRecord } from '../src/record.js';
+import { NOBLE_AEAD, RECORD_AEAD, SODIUM_AEAD, encodeHeader, openRecord, parseHeader, sealRecord } from '../src/record.js';
 import { decodeVarint, encodeVarint } from '../src/varint.js';
 import { loadVectors } from './support.js';
+
+const HEADER_AT_BODY = 12; // (the first byte after the header)
 
 function framesOf(vector) {
   return vector.frames.map((f) => ({ ...f, data: fromHex(f.data), ranges: f.ranges }));
@@ -98,19 +100,44 @@ describe('protocol.md vectors', () => {
     assert.throws(() => encodeFrames([{ type: 1, a: 1, b: 0, c: 0, data: new Uint8Array(0), ranges: [] }]), /FRAME_VALUE/);
   });
 
-  for (const v of loadVectors('aead-record')) {
-    test(v.name, () => {
-      const key = fromHex(v.key);
-      // JSON.parse rounds the counter past 2^53: the exact one is in the sealed header
-      const counter = readU64le(fromHex(v.sealed), 4);
-      if (Number.isSafeInteger(v.counter)) assert.equal(counter, BigInt(v.counter));
-      assert.equal(hex(sealRecord(key, counter, fromHex(v.plaintext))), v.sealed);
-      assert.equal(hex(openRecord(key, fromHex(v.sealed))), v.plaintext);
-      const forged = fromHex(v.sealed);
-      forged[forged.length - 1] ^= 1;
-      assert.throws(() => openRecord(key, forged), /authentication/);
-    });
+  test('records are sealed with libsodium here (a dependency), @noble/ciphers where it does not load', () => {
+    assert.ok(SODIUM_AEAD !== null, 'libsodium-wrappers did not load');
+    assert.equal(RECORD_AEAD, SODIUM_AEAD);
+  });
+
+  // each AEAD the records may use makes and opens the vectors' bytes
+  for (const aead of [NOBLE_AEAD, SODIUM_AEAD].filter(Boolean)) {
+    for (const v of loadVectors('aead-record')) {
+      test(`${v.name} (${aead.name})`, () => {
+        const key = fromHex(v.key);
+        // JSON.parse rounds the counter past 2^53: the exact one is in the sealed header
+        const counter = readU64le(fromHex(v.sealed), 4);
+        if (Number.isSafeInteger(v.counter)) assert.equal(counter, BigInt(v.counter));
+        assert.equal(hex(sealRecord(key, counter, fromHex(v.plaintext), aead)), v.sealed);
+        const sealed = fromHex(v.sealed);
+        assert.equal(hex(openRecord(key, sealed, parseHeader(sealed), aead)), v.plaintext);
+        // a changed counter (the nonce, and associated data), ciphertext or tag: refused
+        for (const at of [4, HEADER_AT_BODY, sealed.length - 1]) {
+          const forged = fromHex(v.sealed);
+          forged[at] ^= 1;
+          assert.throws(() => openRecord(key, forged, parseHeader(forged), aead), /authentication/);
+        }
+      });
+    }
   }
+
+  test('the two AEADs make the same records and open each other\'s, an empty plaintext too', () => {
+    if (SODIUM_AEAD === null) return;
+    const key = Uint8Array.from({ length: 32 }, (_, i) => i * 7);
+    for (const size of [0, 1, 150, 16384]) {
+      const plaintext = Uint8Array.from({ length: size }, (_, i) => i & 0xff);
+      const a = sealRecord(key, 41, plaintext, NOBLE_AEAD);
+      const b = sealRecord(key, 41, plaintext, SODIUM_AEAD);
+      assert.equal(hex(a), hex(b), `${size} bytes`);
+      assert.equal(hex(openRecord(key, a, parseHeader(a), SODIUM_AEAD)), hex(plaintext));
+      assert.equal(hex(openRecord(key, b, parseHeader(b), NOBLE_AEAD)), hex(plaintext));
+    }
+  });
 
   for (const v of loadVectors('transport-params')) {
     test(v.name, () => {
