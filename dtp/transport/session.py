@@ -282,6 +282,10 @@ class Session:
         self._closed_streams: set[int] = set()
         # stream bytes skip the event queue: one copy, straight into the stream's buffer
         self.conn.stream_data_handler = self._on_stream_data
+        # and so do datagrams, gathered here until process_events hands them on (ahead of
+        # the events, which the connection queues only behind them: see datagram_handler)
+        self._datagrams_in: list[bytes] = []
+        self.conn.datagram_handler = self._datagrams_in.append
         # a stream's buffer lives until the application accepts it: its place in the
         # stream limit must too, or max_streams bounded nothing held here
         self.conn.defer_stream_credit()
@@ -480,6 +484,9 @@ class Session:
         """Apply every pending event; True if anything a waiter cares about changed."""
         changed = self._data_arrived
         self._data_arrived = False
+        if self._datagrams_in:
+            changed = True
+            self._take_datagrams()
         while (event := self.conn.next_event()) is not None:
             changed = True
             self._apply(event)
@@ -491,6 +498,28 @@ class Session:
             changed = True
             self._broad = True
         return changed
+
+    def _take_datagrams(self) -> None:
+        """The datagrams the connection handed over (:attr:`Connection.datagram_handler`),
+        each to :attr:`datagram_sink` or the bounded queue, as a DatagramReceived event's
+        would go."""
+        arrived = self._datagrams_in[:]
+        self._datagrams_in.clear()  # (the same list: it is the connection's handler)
+        if self._tracking:
+            self._broad = True
+        for data in arrived:
+            # (read each time: a sink may replace itself midway, as a relay whose
+            # control stream failed does)
+            sink = self.datagram_sink
+            if sink is not None:
+                try:
+                    sink(data)
+                except Exception as exc:
+                    self._callback_failed("the datagram sink", exc)
+                continue
+            if len(self.datagrams) >= MAX_QUEUED_EXTRAS:
+                self.datagrams_dropped += 1
+            _bounded_append(self.datagrams, data)
 
     # -- what changed (an adapter's targeted wake-ups) -------------------------------------
 

@@ -216,6 +216,35 @@ def relay_udp(
             with lock:
                 engine.control_ended = True
 
+    def relay_datagram(batch: list[bytes]) -> None:
+        """The client's datagrams to the backend, as one read of the connection returned
+        them (the asyncio twin's step takes each as the connection pushes it): one
+        engine call before the batch and one after, under the engine lock, never
+        around the sends."""
+        last[0] = time.monotonic()
+        with lock:
+            admission = engine.admit(batch, last[0])
+        sent = nbytes = 0
+        for data in admission.forward:
+            try:
+                udp.send(data)
+            except OSError:
+                # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on this
+                # send, which the kernel then discards -- nothing to bill
+                continue
+            sent += 1
+            nbytes += len(data)
+        with lock:
+            frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
+        stats.add(
+            datagrams_in=sent,
+            bytes_in=nbytes,
+            dropped_unpaid=admission.unpaid,
+            dropped_rate_limited=admission.rate_limited,
+            dropped_send_failed=len(admission.forward) - sent,
+        )
+        send_control(frame)
+
     threads = [threading.Thread(target=relay_replies, name="dtp-udp-replies", daemon=True)]
     if billing is not None:
         threads.append(threading.Thread(target=read_control, name="dtp-udp-control", daemon=True))
@@ -249,29 +278,7 @@ def relay_udp(
                 # after the final report: nobody would pay for these
                 stats.add(dropped_finishing=len(batch))
                 continue
-            last[0] = time.monotonic()
-            with lock:
-                admission = engine.admit(batch, last[0])
-            sent = nbytes = 0
-            for data in admission.forward:
-                try:
-                    udp.send(data)
-                except OSError:
-                    # e.g. ECONNREFUSED: an earlier datagram's ICMP error, reported on
-                    # this send, which the kernel then discards -- nothing to bill
-                    continue
-                sent += 1
-                nbytes += len(data)
-            with lock:
-                frame = engine.delivered(len(admission.forward), admission.nbytes, sent, nbytes)
-            stats.add(
-                datagrams_in=sent,
-                bytes_in=nbytes,
-                dropped_unpaid=admission.unpaid,
-                dropped_rate_limited=admission.rate_limited,
-                dropped_send_failed=len(admission.forward) - sent,
-            )
-            send_control(frame)
+            relay_datagram(batch)
     except (DTPError, OSError) as exc:
         logger.info("UDP relay ended: %s", exc)
     finally:

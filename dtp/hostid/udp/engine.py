@@ -691,7 +691,14 @@ class FlowAccount:
     def admit(self, batch: list[bytes], limit: int) -> tuple[list[bytes], int, int]:
         """The datagrams of ``batch`` to send (counted as sent from here: the relay may
         bill each), and how many were too large (over ``limit``) or beyond the deposit."""
-        out: list[bytes] = []
+        out: list[bytes]
+        if self.meter is None:
+            # unmetered: only the size decides (no deposit to ask per datagram)
+            out = [data for data in batch if len(data) <= limit]
+            self.sent_datagrams += len(out)
+            self.sent_bytes += sum(map(len, out))
+            return out, len(batch) - len(out), 0
+        out = []
         oversized = unpaid = 0
         for data in batch:
             if len(data) > limit:

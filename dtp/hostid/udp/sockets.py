@@ -242,5 +242,7 @@ def drain_by_source(udp: _socket.socket, limit: int = 256) -> dict[tuple[str, in
     with contextlib.suppress(BlockingIOError, InterruptedError):
         for _ in range(limit):
             data, source = udp.recvfrom(MAX_UDP_PAYLOAD, _socket.MSG_DONTWAIT)
-            flows.setdefault((source[0], source[1]), []).append(data)
+            # (an IPv6 source's flowinfo and scope go: one flow per host and port)
+            key = source if len(source) == 2 else (source[0], source[1])
+            flows.setdefault(key, []).append(data)
     return flows

@@ -118,6 +118,7 @@ class _ConnectionState:
     _unacked: int
     _unacked_blocked: bool
     stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None
+    datagram_handler: Callable[[bytes], None] | None
     bytes_sent: int
     bytes_received: int
     records_sent: int

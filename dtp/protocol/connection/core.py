@@ -272,6 +272,11 @@ class Connection(_Streams, _FastPaths, _Records):
         """When set (by the I/O adapters' Session), in-order stream bytes go straight to
         ``handler(stream_id, data, end_stream)`` instead of becoming StreamDataReceived
         events; ``data`` may be a view that is only valid during the call."""
+        self.datagram_handler: Callable[[bytes], None] | None = None
+        """When set (by the I/O adapters' Session), each DATAGRAM frame of an established
+        connection goes straight to ``handler(data)`` instead of becoming a
+        DatagramReceived event -- while no event waits, so that the order of datagrams
+        and events holds for a handler whose datagrams are taken before the events."""
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -1080,12 +1085,22 @@ class Connection(_Streams, _FastPaths, _Records):
                 # dropped whole and unacknowledged, so the client sends its frames again.
                 return
         ack_eliciting = False
+        datagrams = self.datagram_handler if self._state is ConnState.ESTABLISHED else None
+        events = self._events
         try:
             for frame in frames:
                 ftype = frame.type
                 if ftype not in (FRAME_ACK, FRAME_PADDING):
                     ack_eliciting = True
                 if ftype == FRAME_STREAM and self._fast_stream_frame(frame.a, frame.b, frame.data):
+                    continue
+                if ftype == FRAME_DATAGRAM and datagrams is not None and not events:
+                    # metered as _handle_frame meters it; no event object, no dispatch
+                    data = frame.data
+                    if type(data) is not bytes:
+                        data = bytes(data)  # a view into scratch space
+                    self.datagram_bytes += len(data)
+                    datagrams(data)
                     continue
                 self._handle_frame(frame, now)
                 if self._state is ConnState.CLOSED:

@@ -160,11 +160,13 @@ class _Records(_ConnectionState):
         frames = []
         size = 0
         for data in datagrams:
-            body = bytes_like(data)
-            if len(body) > limit:
-                raise LocalProtocolError(f"datagram of {len(body)} bytes exceeds {limit}")
+            # (bytes as they are: bytes_like would copy each through a memoryview)
+            body = data if type(data) is bytes else bytes_like(data)
+            n = len(body)
+            if n > limit:
+                raise LocalProtocolError(f"datagram of {n} bytes exceeds {limit}")
             frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
-            size += len(body)
+            size += n
         if backlog + size > DATAGRAM_SEND_BACKLOG:
             room = DATAGRAM_SEND_BACKLOG - backlog
             kept = size = 0
@@ -338,7 +340,9 @@ class _Records(_ConnectionState):
         bound = 0
         any_eliciting = False
         for frame in frames:
-            cost = _frame_bound(frame)
+            ftype = frame.type
+            # (a datagram's bound inline: a burst of them is most of what comes here)
+            cost = 33 + len(frame.data) if ftype == FRAME_DATAGRAM else _frame_bound(frame)
             if group and bound + cost > limit:
                 plaintexts.append(_core.encode_frames(group))
                 items_per_record.append(items)
@@ -346,11 +350,14 @@ class _Records(_ConnectionState):
                 group, items, bound, any_eliciting = [], [], 0, False
             group.append(frame)
             bound += cost
-            if frame.type != FRAME_ACK:
+            if ftype == FRAME_DATAGRAM:
                 any_eliciting = True
-            if frame.type in _RETRANSMITTED_CONTROL:
+                continue  # (never resent: nothing to keep for it)
+            if ftype != FRAME_ACK:
+                any_eliciting = True
+            if ftype in _RETRANSMITTED_CONTROL:
                 items.append(_ResendFrame(frame))
-            elif frame.type in (FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA, FRAME_MAX_STREAMS):
+            elif ftype in (FRAME_MAX_DATA, FRAME_MAX_STREAM_DATA, FRAME_MAX_STREAMS):
                 # credit is re-sent with its newest value, not the lost one
                 items.append(_ResendCredit(frame.type, frame.a))
         if group:
