@@ -411,7 +411,7 @@ class Session:
                 data = bytes(buf.data)
                 buf.data.clear()
                 owed = buf.uncredited(len(data))
-                sink.on_data(data)
+                sink.on_data(memoryview(data) if sink.views else data)
                 if sink.paused:
                     sink.held += owed
                 elif owed:

@@ -54,6 +54,7 @@ def test_a_sink_with_views_gets_views_and_wakes_no_other_waiter() -> None:
                 ended.append(error)
                 done.set()
 
+            await asyncio.sleep(0.05)  # (what is buffered first comes as views too)
             reader.set_sink(on_data, on_end, views=True)
             await asyncio.wait_for(done.wait(), 10)
             accepting.cancel()
