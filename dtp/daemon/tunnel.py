@@ -14,11 +14,13 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from dtp.errors import DTPError, TunnelError
 from dtp.protocol.connection import close_reason_bytes
+from dtp.transport.asyncio.protocol import reads_synchronously
 from dtp.transport.asyncio.streams import DTPStreamReader, DTPStreamWriter
 
 __all__ = [
@@ -43,7 +45,7 @@ class _Reader(Protocol):
 
 
 class _Writer(Protocol):
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
 
     def write_eof(self) -> None: ...
 
@@ -84,12 +86,55 @@ class _DTPWriter(_Writer, Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
-class TcpLeg(asyncio.Protocol):
+READ_CHUNK = 256 * 1024
+"""The TCP side's read size (uvloop's own read buffer is as large)."""
+
+_shared = threading.local()
+
+
+def _shared_read_buffer() -> memoryview:
+    """One read buffer per thread, shared by the tunnels of the loop running there: the
+    loop reads into it and hands it to :meth:`TcpLeg.buffer_updated` in one callback,
+    whose bytes are sealed (or copied) before it returns, so an idle tunnel holds none."""
+    buf: memoryview | None = getattr(_shared, "rbuf", None)
+    if buf is None:
+        buf = _shared.rbuf = memoryview(bytearray(READ_CHUNK))
+    return buf
+
+
+# The stream transports whose descriptor carries the bytes as written (no TLS record
+# layer in between): asyncio's socket transport, uvloop's TCP and Unix ones.
+_PLAIN_TRANSPORTS = frozenset(
+    {
+        ("asyncio.selector_events", "_SelectorSocketTransport"),
+        ("uvloop.loop", "TCPTransport"),
+        ("uvloop.loop", "UnixTransport"),
+    }
+)
+
+
+def _plain_descriptor(transport: asyncio.BaseTransport) -> int:
+    """The socket descriptor a chunk may be written to directly while ``transport``
+    holds nothing unsent, or -1 (a TLS transport, or one we do not know)."""
+    if (type(transport).__module__, type(transport).__name__) not in _PLAIN_TRANSPORTS:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return -1 if sock is None else int(sock.fileno())
+    except (OSError, ValueError):
+        return -1
+
+
+class TcpLeg(asyncio.BufferedProtocol):
     """The TCP side of a tunnel as a protocol: bytes from the TCP peer go straight into
     the DTP stream (no StreamReader buffer and no task switch per chunk); reading
     pauses while the DTP stream holds more than :data:`HIGH_WATER` unsent bytes.
 
-    Until :meth:`attach` names the DTP stream, reading is paused.
+    The loop reads into a buffer shared by the thread's tunnels (where it reads
+    synchronously, as selector loops and uvloop do), sealed into records from there: no
+    bytes object per chunk. Bytes from the DTP stream are written to the socket
+    straight from the connection's read buffer while the transport holds nothing unsent
+    (:meth:`write_chunk`). Until :meth:`attach` names the DTP stream, reading is paused.
     """
 
     def __init__(self, count: Callable[[int], float | None]) -> None:
@@ -113,6 +158,11 @@ class TcpLeg(asyncio.Protocol):
         self._early: list[bytes] = []
         """What was read before :meth:`attach` (uvloop reads on from connection_made)."""
         self._early_eof = False
+        self._rbuf: memoryview | None = (
+            None if reads_synchronously(self._loop) else memoryview(bytearray(READ_CHUNK))
+        )
+        self._fd = -1
+        """The plain socket's descriptor (:func:`_plain_descriptor`), or -1."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -121,18 +171,29 @@ class TcpLeg(asyncio.Protocol):
         # subclasses, so an isinstance check refused every connection on uvloop)
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
+        self._fd = _plain_descriptor(transport)
         if self._close_when_made:
             transport.close()
         elif self._sink is None:
             transport.pause_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rbuf or _shared_read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = (self._rbuf or _shared_read_buffer())[:nbytes]
+        if type(self._sink) is DTPStreamWriter:
+            self.data_received(view)  # (it seals the bytes at once, or copies them)
+        else:
+            self.data_received(bytes(view))  # (another writer may keep what it is given)
+
+    def data_received(self, data: bytes | memoryview) -> None:
         sink = self._sink
         if sink is None:
             # read before attach(): uvloop starts reading after connection_made returns,
             # so its pause there does not hold (asyncio's does). Kept for attach(), and
             # paused again: nothing more is read until there is a DTP stream to take it
-            self._early.append(data)
+            self._early.append(bytes(data))
             if self.transport is not None:
                 self.transport.pause_reading()
             return
@@ -267,6 +328,21 @@ class TcpLeg(asyncio.Protocol):
             reset_tcp(self.transport)  # cut short: not the clean end of the transfer
         self._finish(self.read_done)
 
+    def write_chunk(self, transport: asyncio.Transport, data: memoryview) -> None:
+        """Write ``data``, a view valid only now, to the TCP peer: straight to the
+        socket while the transport holds nothing unsent (the order kept, no copy), and
+        what the socket does not take now a copy queued on the transport (which may
+        keep what it is given: uvloop's does). An error of the direct write is left to
+        the transport's own write, which reports it as it always does."""
+        sent = 0
+        if self._fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self._fd, data)
+            except OSError:
+                sent = 0
+        if sent < len(data):
+            transport.write(bytes(data[sent:]))
+
     async def copy_from(self, source: _Reader, count: Callable[[int], float | None]) -> None:
         """Copy the DTP stream ``source`` to the TCP peer until EOF, then half-close.
 
@@ -310,7 +386,7 @@ class TcpLeg(asyncio.Protocol):
                 if not holds and not done.done():
                     source.resume_sink()
 
-        def on_data(data: bytes) -> None:
+        def on_data(data: memoryview) -> None:
             if done.done():
                 return  # the tunnel is cut: what arrives before the reset goes nowhere
             transport = self.transport
@@ -325,7 +401,7 @@ class TcpLeg(asyncio.Protocol):
                 # with every other tunnel on it (logged as an error with a traceback)
                 done.set_exception(exc)
                 return
-            transport.write(data)
+            self.write_chunk(transport, data)
             if not self._writable.is_set():
                 hold("writable")
                 self._on_writable = lambda: release("writable")
@@ -355,7 +431,7 @@ class TcpLeg(asyncio.Protocol):
             else:
                 done.set_result(None)
 
-        source.set_sink(on_data, on_end)
+        source.set_sink(on_data, on_end, views=True)
         try:
             await done
         finally:

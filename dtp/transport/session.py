@@ -213,22 +213,28 @@ class StreamSink:
     """A consumer that takes a stream's bytes as they arrive, instead of a buffer the
     application reads (e.g. a tunnel writing straight to a TCP transport).
 
-    ``on_data(chunk)`` gets each chunk; ``on_end(error)`` is called once, with None at
-    the end of the stream or the error that ended it (reset, connection failure).
+    ``on_data(chunk)`` gets each chunk: bytes, or with ``views`` a memoryview of the
+    connection's read buffer, valid only during the call (no copy per chunk: a relay
+    writing it on at once; what it keeps it copies). ``on_end(error)`` is called once,
+    with None at the end of the stream or the error that ended it (reset, connection
+    failure).
     Flow-control credit is returned as bytes are delivered, except while
     :attr:`paused`: then it is held, so the sender stops once its window is used, and
     returned by :meth:`Session.resume_sink`.
     """
 
-    __slots__ = ("ended", "held", "on_data", "on_end", "paused")
+    __slots__ = ("ended", "held", "on_data", "on_end", "paused", "views")
 
     def __init__(
         self,
-        on_data: Callable[[bytes], None],
+        on_data: Callable[[bytes], None] | Callable[[memoryview], None],
         on_end: Callable[[BaseException | None], None],
+        *,
+        views: bool = False,
     ) -> None:
-        self.on_data = on_data
+        self.on_data: Callable[[Any], None] = on_data
         self.on_end = on_end
+        self.views = views
         self.paused = False
         self.held = 0
         self.ended = False
@@ -318,17 +324,24 @@ class Session:
         n = len(data)
         if n:
             try:
-                sink.on_data(bytes(data))  # a copy: the view's buffer is reused
+                # a copy (the view's buffer is reused), unless the sink takes views
+                sink.on_data(memoryview(data) if sink.views else bytes(data))
             except Exception as exc:
                 self._callback_failed(f"the sink of stream {stream_id}", exc)
             if sink.paused:
                 sink.held += n
             else:
                 self.conn.acknowledge_read(stream_id, n)
+        self._data_arrived = True
         if end:
             self._end_sink(stream_id, sink, None)
-        self._data_arrived = True
-        self._broad = True
+            self._broad = True
+        elif self._tracking:
+            # pushed bytes make no read possible (nobody reads a stream with a sink):
+            # a change of that stream's only, not one every waiting task looks at (a
+            # server's accept_stream() and its first stream's reader woke at each
+            # chunk of every tunnel it carries)
+            self._touched.add(stream_id)
 
     def _end_sink(self, stream_id: int, sink: StreamSink, error: BaseException | None) -> None:
         """End ``sink`` (the stream finished, was reset or the connection ended): it is
@@ -402,7 +415,7 @@ class Session:
                 data = bytes(buf.data)
                 buf.data.clear()
                 owed = buf.uncredited(len(data))
-                sink.on_data(data)
+                sink.on_data(memoryview(data) if sink.views else data)
                 if sink.paused:
                     sink.held += owed
                 elif owed:

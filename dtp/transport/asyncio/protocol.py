@@ -65,7 +65,7 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     return loop.time
 
 
-def _reads_synchronously(loop: asyncio.AbstractEventLoop) -> bool:
+def reads_synchronously(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``loop`` fills a protocol's buffer and calls ``buffer_updated`` in one
     go (so that a buffer shared by its connections is never read into twice at once)."""
     return isinstance(loop, BaseSelectorEventLoop) or type(loop).__module__.startswith("uvloop")
@@ -117,7 +117,7 @@ class Protocol(asyncio.BufferedProtocol):
         # fills less than an eighth (a connection busy once does not hold RECV_CHUNK
         # for the rest of its life: a server keeps thousands). None: the thread's
         # shared first-size buffer (_shared_first_buffer), where the loop allows it
-        self._shares_rbuf = _reads_synchronously(loop)
+        self._shares_rbuf = reads_synchronously(loop)
         self._rbuf: memoryview | None = (
             None if self._shares_rbuf else memoryview(bytearray(FIRST_RECV_CHUNK))
         )

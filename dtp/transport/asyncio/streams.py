@@ -47,16 +47,19 @@ class DTPStreamReader:
 
     def set_sink(
         self,
-        on_data: Callable[[bytes], None],
+        on_data: Callable[[bytes], None] | Callable[[memoryview], None],
         on_end: Callable[[BaseException | None], None],
+        *,
+        views: bool = False,
     ) -> StreamSink:
         """Have this stream's bytes pushed to ``on_data`` as they arrive (what is
         buffered first), instead of read; ``on_end(error)`` follows once (None at the
         end of the stream). For relays: no task wake-up and no buffer per chunk. Pause
         with :meth:`pause_sink` when the consumer is backed up (the peer then stops at
         its flow-control window) and resume with :meth:`resume_sink`. Do not read the
-        stream afterwards."""
-        sink = StreamSink(on_data, on_end)
+        stream afterwards. With ``views``, ``on_data`` gets a memoryview valid only
+        during the call instead of a copy (:class:`~dtp.transport.session.StreamSink`)."""
+        sink = StreamSink(on_data, on_end, views=views)
         self._proto.pinned = self._owner  # its consumer may hold no reader or writer
         # (what a cancelled read put back, credited already, is counted by the stream's
         # buffer: attach_sink returns only the credit still owed)

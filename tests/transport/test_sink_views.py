@@ -1,0 +1,129 @@
+"""Push delivery without a copy or a wake-up per chunk (the tunnels' forwarding path):
+a sink set with ``views=True`` gets memoryviews of the connection's read buffer, and
+bytes pushed to a sink wake no task waiting on the connection for something else (a
+server's accept_stream() woke, looked and waited again at every chunk of every tunnel).
+The tunnel's TCP side writes such a view straight to its socket and queues a copy of
+only what the socket did not take (:meth:`dtp.daemon.tunnel.TcpLeg.write_chunk`).
+In-process server and client on 127.0.0.1, a socket pair for the TCP side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import dtp.aio
+from dtp.daemon.tunnel import TcpLeg, _plain_descriptor
+from dtp.identity.keys import HostIdentity
+
+CHUNKS = 40
+CHUNK = 1000
+
+
+def test_a_sink_with_views_gets_views_and_wakes_no_other_waiter() -> None:
+    async def main() -> None:
+        identity = HostIdentity.generate()
+        report: asyncio.Future[tuple[bytes, set[type], int, list[Any]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        async def handle(reader: dtp.aio.DTPStreamReader, writer: dtp.aio.DTPStreamWriter) -> None:
+            proto = writer._proto
+            looks = 0
+            plain_wait = proto.wait_change
+
+            async def counted(key: int | None = None) -> None:
+                nonlocal looks
+                looks += 1
+                await plain_wait(key)
+
+            proto.wait_change = counted  # type: ignore[method-assign]
+            accepting = asyncio.ensure_future(writer.accept_stream())
+            await asyncio.sleep(0)  # (it waits now: one look)
+            got: list[bytes] = []
+            kinds: set[type] = set()
+            ended: list[Any] = []
+            done = asyncio.Event()
+
+            def on_data(view: memoryview) -> None:
+                kinds.add(type(view))
+                got.append(bytes(view))  # (valid during the call only: copied to keep)
+
+            def on_end(error: BaseException | None) -> None:
+                ended.append(error)
+                done.set()
+
+            await asyncio.sleep(0.05)  # (what is buffered first comes as views too)
+            reader.set_sink(on_data, on_end, views=True)
+            await asyncio.wait_for(done.wait(), 10)
+            accepting.cancel()
+            report.set_result((b"".join(got), kinds, looks, ended))
+
+        server = await dtp.aio.start_server(handle, "127.0.0.1", 0, identity=identity)
+        async with server:
+            _, writer = await dtp.aio.open_connection(
+                *server.address, server_key=identity.noise_public
+            )
+            sent = bytearray()
+            for i in range(CHUNKS):
+                chunk = bytes([i]) * CHUNK
+                writer.write(chunk)
+                sent += chunk
+                await writer.drain()
+                await asyncio.sleep(0.005)  # (each its own record, most likely)
+            writer.write_eof()
+            data, kinds, looks, ended = await asyncio.wait_for(report, 10)
+            writer.close()
+            await writer.wait_closed()
+        assert data == bytes(sent)
+        assert kinds == {memoryview}
+        assert ended == [None]
+        # the accept_stream() waiter looked once when it started, and at most once more
+        # (the stream's end concerns every waiter): not once per chunk
+        assert looks <= 3, looks
+
+    asyncio.run(main())
+
+
+def test_write_chunk_queues_a_copy_of_what_the_socket_did_not_take() -> None:
+    """A view larger than the socket takes: the rest is queued as a copy (the buffer
+    behind the view is reused at once), and the next chunk goes after it, in order."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        theirs.setblocking(False)
+        transport, leg = await loop.connect_accepted_socket(lambda: TcpLeg(lambda n: None), ours)
+        try:
+            assert _plain_descriptor(transport) >= 0
+            buf = bytearray(os.urandom(2 << 20))
+            first = bytes(buf)
+            leg.write_chunk(transport, memoryview(buf))
+            assert transport.get_write_buffer_size() > 0  # (the socket took only part)
+            buf[:] = bytes(len(buf))  # the buffer reused: the queued rest is a copy
+            second = os.urandom(1000)
+            leg.write_chunk(transport, memoryview(bytearray(second)))
+            got = bytearray()
+            want = len(first) + len(second)
+            async with asyncio.timeout(20):
+                while len(got) < want:
+                    data = await loop.sock_recv(theirs, 1 << 20)
+                    assert data
+                    got += data
+            assert bytes(got) == first + second
+        finally:
+            transport.close()
+            theirs.close()
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def test_only_plain_stream_transports_are_written_directly() -> None:
+    class _Other:
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            raise AssertionError("not asked: the transport's kind says no first")
+
+    assert _plain_descriptor(_Other()) == -1  # type: ignore[arg-type]
