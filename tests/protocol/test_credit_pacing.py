@@ -159,7 +159,7 @@ def test_each_update_still_reaches_a_whole_window_past_what_was_read() -> None:
     link.run()
     s.drain()
     server.acknowledge_read(sid, 24_999)
-    assert not server._pending_stream_credit  # short of a step: nothing yet
+    assert not server.records.pending_stream_credit  # short of a step: nothing yet
     server.acknowledge_read(sid, 1)
-    assert sid in server._pending_stream_credit
+    assert sid in server.records.pending_stream_credit
     assert server.streams.by_id[sid].recv_limit == 25_000 + server.config.stream_window

@@ -98,12 +98,11 @@ class _Streams(_ConnectionState):
     :class:`StreamTable` the connection holds (``streams``).
 
     Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
-    ``_state``, ``_send_aead``, ``_lane_sid``, ``lent_lane``, ``peer_address``,
-    ``streams``, ``_streams`` (the table's dict), ``_streams_dirty``, ``_peer_params``,
-    ``_conn_send_credit``, ``_conn_sent``, ``_conn_recv_limit``, ``_conn_received``,
-    ``_conn_consumed``, ``_conn_credit_at``, ``_stream_credit_at``, ``_ctrl``,
-    ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
-    ``_unacked``, ``stream_data_handler``.
+    ``_state``, ``_lane_sid``, ``lent_lane``, ``peer_address``, ``streams`` (and its
+    ``conn_*`` flow-control counts), ``_streams`` (the table's dict), ``records`` (what
+    waits for the next record: control frames, credit due, ``streams_dirty``),
+    ``_peer_params``, ``_conn_credit_at``, ``_stream_credit_at``,
+    ``stream_data_handler``.
     """
 
     def can_open_stream(self) -> bool:
@@ -117,7 +116,7 @@ class _Streams(_ConnectionState):
             self._take_back()
         self._require_open()
         stream_id = self.streams.open()
-        self._streams_dirty = True
+        self.records.streams_dirty = True
         return stream_id
 
     def peer_may_send_credit(self) -> bool:
@@ -132,7 +131,10 @@ class _Streams(_ConnectionState):
         (``ConnectionHook.close_wait``). A lent stream's counts must be taken back first."""
         params = self._peer_params
         md, msd = params.get("md"), params.get("msd")
-        if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
+        if (
+            isinstance(md, int)
+            and self.streams.conn_sent > self.streams.conn_send_credit - md * 3 // 4
+        ):
             return True
         if isinstance(msd, int):
             at = msd * 3 // 4
@@ -168,7 +170,7 @@ class _Streams(_ConnectionState):
             stream.send_buf += data
         if end_stream:
             stream.send_state = SendState.FIN_QUEUED
-        self._streams_dirty = True
+        self.records.streams_dirty = True
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped. Nothing is sent when
@@ -186,11 +188,11 @@ class _Streams(_ConnectionState):
             return
         stream.send_state = SendState.RESET
         final = stream.next_offset
-        self._unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
+        self.records.unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
         stream.send_buf.clear()
         stream.base_offset = final
         stream.retransmit = RangeSet()
-        self._ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
+        self.records.ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
         self._maybe_forget(stream)
 
     def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
@@ -201,7 +203,7 @@ class _Streams(_ConnectionState):
         check_code(error_code)
         stream = self.streams.get(stream_id)
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
-            self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
+            self.records.ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
 
     def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
         """The application consumed ``nbytes`` of a stream: return flow-control credit."""
@@ -209,7 +211,7 @@ class _Streams(_ConnectionState):
             self._take_back()
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
-        self._conn_consumed += nbytes
+        self.streams.conn_consumed += nbytes
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.consumed += nbytes
@@ -248,11 +250,11 @@ class _Streams(_ConnectionState):
         # go on while the update travels.
         # Limits are varints: one past VARINT_MAX failed to encode (a window near it
         # reaches that once some bytes are read), so they stop there.
-        if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
-            limit = min(self._conn_consumed + self.config.connection_window, VARINT_MAX)
-            if limit > self._conn_recv_limit:
-                self._conn_recv_limit = limit
-                self._pending_max_data = True
+        if self.streams.conn_recv_limit - self.streams.conn_consumed < self._conn_credit_at:
+            limit = min(self.streams.conn_consumed + self.config.connection_window, VARINT_MAX)
+            if limit > self.streams.conn_recv_limit:
+                self.streams.conn_recv_limit = limit
+                self.records.pending_max_data = True
         if (
             stream is not None
             and stream.recv_state is RecvState.OPEN
@@ -261,7 +263,7 @@ class _Streams(_ConnectionState):
             limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
             if limit > stream.recv_limit:
                 stream.recv_limit = limit
-                self._pending_stream_credit.add(stream.stream_id)
+                self.records.pending_stream_credit.add(stream.stream_id)
 
     def defer_stream_credit(self) -> None:
         """From now on a stream the peer opens is given back to its stream limit
@@ -287,7 +289,7 @@ class _Streams(_ConnectionState):
             if self.lent_lane is not None:
                 self._take_back()
             table.peer_done += 1
-            self._pending_max_streams = True
+            self.records.pending_max_streams = True
 
     def send_buffered(self, stream_id: int | None = None) -> int:
         """Bytes queued but not yet sent (on one stream, or on all)."""
@@ -324,7 +326,7 @@ class _Streams(_ConnectionState):
         if end > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
         grown = end - stream.recv_highest
-        if grown > 0 and self._conn_received + grown > self._conn_recv_limit:
+        if grown > 0 and self.streams.conn_received + grown > self.streams.conn_recv_limit:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         reasm = None
         if self.config.reliable_carrier:
@@ -341,7 +343,7 @@ class _Streams(_ConnectionState):
                 # changes nothing, and its record is dropped (see _handle_record).
                 reasm.push(offset, data)
         if grown > 0:
-            self._conn_received += grown
+            self.streams.conn_received += grown
             stream.recv_highest = end
         if fin:
             stream.final_size = end
@@ -396,8 +398,8 @@ class _Streams(_ConnectionState):
         if final_size > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
         unsent = final_size - stream.recv_highest
-        self._conn_received += unsent
-        if self._conn_received > self._conn_recv_limit:
+        self.streams.conn_received += unsent
+        if self.streams.conn_received > self.streams.conn_recv_limit:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         stream.recv_highest = final_size
         stream.final_size = final_size  # later frames past it are violations
@@ -408,7 +410,7 @@ class _Streams(_ConnectionState):
         undelivered = final_size - stream.delivered
         stream.reasm = None
         if undelivered:
-            self._conn_consumed += undelivered
+            self.streams.conn_consumed += undelivered
             self._return_credit(None)
         self._deliver(StreamResetReceived(stream_id, error_code))
         self._maybe_forget(stream)
@@ -419,7 +421,7 @@ class _Streams(_ConnectionState):
     def _require_open(self) -> None:
         if self._state is ConnState.CLOSED:
             raise ConnectionClosed("the connection is closed")
-        if self._send_aead is None:
+        if self.records.send_aead is None:
             raise LocalProtocolError("the handshake has not finished")
 
     def stream_ended(self, stream_id: int) -> bool:
@@ -437,4 +439,4 @@ class _Streams(_ConnectionState):
 
     def _maybe_forget(self, stream: Stream) -> None:
         if self.streams.forget_if_done(stream):
-            self._pending_max_streams = True
+            self.records.pending_max_streams = True
