@@ -49,8 +49,6 @@ class _ConnectionState:
     _peer_params: dict[str, Any]
     records: RecordLayer
     _lossy: bool
-    _conn_credit_at: int
-    _stream_credit_at: int
     _held_events: list[Event]
     _held_bytes: int
     stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None
@@ -73,9 +71,6 @@ class _ConnectionState:
 
         # defined in streams.py
         def acknowledge_read(self, stream_id: int, nbytes: int) -> None: ...
-        def _return_credit(self, stream: Stream | None) -> None: ...
-        def _require_open(self) -> None: ...
-        def _maybe_forget(self, stream: Stream) -> None: ...
 
         # defined in fast_paths.py
         def _can_seal_now(self) -> bool: ...

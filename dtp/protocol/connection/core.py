@@ -230,9 +230,6 @@ class Connection(_Streams, _FastPaths):
         # a lossy carrier: records are acknowledged and sent again (read per record)
         self._lossy = not config.reliable_carrier
         self._peer_params: dict[str, Any] = {}
-        # credit updates go out when less than this much of a window is left
-        self._conn_credit_at = config.connection_window * 3 // 4
-        self._stream_credit_at = config.stream_window * 3 // 4
         self._held_events: list[Event] = []  # server: data before accept()
         self._held_bytes = 0  # what the held datagrams, controls and receipts weigh
         self._terminated: ConnectionTerminated | None = None

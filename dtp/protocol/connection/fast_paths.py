@@ -117,7 +117,7 @@ class _FastPaths(_ConnectionState):
         if fin:
             stream.send_state = SendState.FIN_SENT
             stream.fin_acked = True
-            self._maybe_forget(stream)
+            self.records.forget_if_done(stream)
             return b""
         return b"" if n == size else memoryview(data)[n:]
 
@@ -141,7 +141,7 @@ class _FastPaths(_ConnectionState):
         self.streams.conn_sent += n
         stream.send_state = SendState.FIN_SENT
         stream.fin_acked = True
-        self._maybe_forget(stream)  # (raises the MAX_STREAMS count: its credit is due)
+        self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
         # (the frames' bytes as the record layer's _emit_stream_chunk and build make them)
         plaintext = b"".join(
             (
@@ -284,10 +284,10 @@ class _FastPaths(_ConnectionState):
         self.records_received += result.records
         self._lane_sid = stream_id
         if (
-            table.conn_recv_limit - table.conn_consumed < self._conn_credit_at
-            or stream.recv_limit - stream.consumed < self._stream_credit_at
+            table.conn_recv_limit - table.conn_consumed < table.conn_credit_at
+            or stream.recv_limit - stream.consumed < table.stream_credit_at
         ):
-            self._return_credit(stream)
+            self.records.return_credit(stream)
         keepalive = self._keepalive
         rl = self.records
         return n, bool(
@@ -558,13 +558,14 @@ class _FastPaths(_ConnectionState):
         rx.stream_limit = stream.recv_limit
         rx.conn_received = self.streams.conn_received
         rx.conn_limit = self.streams.conn_recv_limit
-        # credit is due (see _return_credit) once what is read leaves less than the
+        # credit is due (see RecordLayer.return_credit) once what is read leaves less than the
         # *_credit_at of a window; reads here are taken as read at once
         f.credit_offset = stream.delivered + max(
-            0, stream.recv_limit - stream.consumed - self._stream_credit_at
+            0, stream.recv_limit - stream.consumed - self.streams.stream_credit_at
         )
         f.credit_conn = self.streams.conn_received + max(
-            0, self.streams.conn_recv_limit - self.streams.conn_consumed - self._conn_credit_at
+            0,
+            self.streams.conn_recv_limit - self.streams.conn_consumed - self.streams.conn_credit_at,
         )
         self.lent_lane = lane
         self.lent_stream_id = stream_id
@@ -633,4 +634,4 @@ class _FastPaths(_ConnectionState):
             self.bytes_received += f.wire_received
             self._last_received = f.last_received
             self._lane_sid = stream.stream_id
-            self._return_credit(stream)
+            self.records.return_credit(stream)

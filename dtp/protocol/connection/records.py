@@ -43,6 +43,7 @@ from dtp.protocol.connection.config import (
     MAX_RECEIPT,
     MAX_RECORD_PLAINTEXT,
     MAX_STREAM_FRAME_OVERHEAD,
+    VARINT_MAX,
     ConnectionConfig,
 )
 from dtp.protocol.connection.stream_table import Stream, StreamTable
@@ -382,11 +383,35 @@ class RecordLayer:
     # ----------------------------------------------------------------------------------
     # building and sealing records
 
-    def _forget_if_done(self, stream: Stream) -> None:
-        # a stream both of whose halves ended leaves the table; a peer stream's place
-        # going back to the peer makes a MAX_STREAMS due
+    def forget_if_done(self, stream: Stream) -> None:
+        """A stream both of whose halves ended leaves the table; a peer stream's place
+        going back to the peer makes a MAX_STREAMS due."""
         if self.streams.forget_if_done(stream):
             self.pending_max_streams = True
+
+    def return_credit(self, stream: Stream | None) -> None:
+        """After the application consumed bytes (of ``stream``): queue credit updates
+        for the windows that are used up enough."""
+        # Credit goes back once a quarter of the window is used (or a paced step of it:
+        # Connection.pace_credit): a sender on a fast carrier then always has most of a
+        # window to go on while the update travels.
+        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
+        # reaches that once some bytes are read), so they stop there.
+        table = self.streams
+        if table.conn_recv_limit - table.conn_consumed < table.conn_credit_at:
+            limit = min(table.conn_consumed + self.config.connection_window, VARINT_MAX)
+            if limit > table.conn_recv_limit:
+                table.conn_recv_limit = limit
+                self.pending_max_data = True
+        if (
+            stream is not None
+            and stream.recv_state is RecvState.OPEN
+            and stream.recv_limit - stream.consumed < table.stream_credit_at
+        ):
+            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
+            if limit > stream.recv_limit:
+                stream.recv_limit = limit
+                self.pending_stream_credit.add(stream.stream_id)
 
     def build(self, now: float, streams_may_go: bool) -> None:
         """Build and seal (into :attr:`out`) the records of everything queued: the ACK
@@ -650,7 +675,7 @@ class RecordLayer:
         if fin:
             stream.send_state = SendState.FIN_SENT
             stream.fin_acked = True
-            self._forget_if_done(stream)
+            self.forget_if_done(stream)
 
     def _emit_stream_chunk(
         self,
@@ -699,7 +724,7 @@ class RecordLayer:
             stream.base_offset = end
             if fin:
                 stream.fin_acked = True
-                self._forget_if_done(stream)
+                self.forget_if_done(stream)
         else:
             self.unacked += length
 
@@ -720,7 +745,7 @@ class RecordLayer:
                     self._advance_acked(stream)
                 if item.fin:
                     stream.fin_acked = True
-                    self._forget_if_done(stream)
+                    self.forget_if_done(stream)
 
     def _advance_acked(self, stream: Stream) -> None:
         ranges = stream.acked.ranges

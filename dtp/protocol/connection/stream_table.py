@@ -76,6 +76,7 @@ class StreamTable:
     __slots__ = (
         "by_id",
         "conn_consumed",
+        "conn_credit_at",
         "conn_received",
         "conn_recv_limit",
         "conn_send_credit",
@@ -89,6 +90,7 @@ class StreamTable:
         "peer_max",
         "peer_opened",
         "send_window",
+        "stream_credit_at",
         "stream_window",
         "untaken",
     )
@@ -117,6 +119,10 @@ class StreamTable:
         self.conn_recv_limit = connection_window  # our MAX_DATA
         self.conn_received = 0  # highest offsets received, summed
         self.conn_consumed = 0  # bytes the application read, summed
+        # credit updates go out when less than this much of a window is left
+        # (Connection.pace_credit changes them)
+        self.conn_credit_at = connection_window * 3 // 4
+        self.stream_credit_at = stream_window * 3 // 4
 
     def is_ours(self, stream_id: int) -> bool:
         return stream_initiator_is_client(stream_id) == self.is_client

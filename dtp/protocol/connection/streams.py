@@ -17,7 +17,7 @@ from dtp.errors import (
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
 from dtp.protocol.connection.base import _ConnectionState
-from dtp.protocol.connection.config import MAX_CLOSE_REASON, VARINT_MAX
+from dtp.protocol.connection.config import MAX_CLOSE_REASON
 from dtp.protocol.connection.stream_table import Stream as Stream
 from dtp.protocol.connection.stream_table import send_done as send_done
 from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
@@ -101,7 +101,7 @@ class _Streams(_ConnectionState):
     ``_state``, ``_lane_sid``, ``lent_lane``, ``peer_address``, ``streams`` (and its
     ``conn_*`` flow-control counts), ``_streams`` (the table's dict), ``records`` (what
     waits for the next record: control frames, credit due, ``streams_dirty``),
-    ``_peer_params``, ``_conn_credit_at``, ``_stream_credit_at``,
+    ``_peer_params``,
     ``stream_data_handler``.
     """
 
@@ -122,7 +122,7 @@ class _Streams(_ConnectionState):
     def peer_may_send_credit(self) -> bool:
         """Whether the peer, as it reads what we sent, will still send flow-control
         credit: it does each time it has read a quarter of a window past its last
-        update (Connection._return_credit), so while what we sent reaches beyond that
+        update (RecordLayer.return_credit), so while what we sent reaches beyond that
         point of the window it last gave us, its reading is not over. (A carrier closed
         under such a peer is reset by its late bytes, and the reset destroys what it has
         not read yet: the end of our data, RFC 1122 4.2.2.13.) A peer that paces its
@@ -193,7 +193,7 @@ class _Streams(_ConnectionState):
         stream.base_offset = final
         stream.retransmit = RangeSet()
         self.records.ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
-        self._maybe_forget(stream)
+        self.records.forget_if_done(stream)
 
     def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
         """Ask the peer to stop sending on a stream (we will not read it)."""
@@ -215,7 +215,7 @@ class _Streams(_ConnectionState):
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.consumed += nbytes
-        self._return_credit(stream)
+        self.records.return_credit(stream)
 
     def pace_credit(self, bytes_per_sec: float) -> None:
         """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
@@ -239,31 +239,8 @@ class _Streams(_ConnectionState):
         step = 0
         if bytes_per_sec > 0:
             step = max(1, int(bytes_per_sec * CREDIT_PACE_SECONDS))
-        self._conn_credit_at = _credit_at(config.connection_window, step)
-        self._stream_credit_at = _credit_at(config.stream_window, step)
-
-    def _return_credit(self, stream: Stream | None) -> None:
-        """After the application consumed bytes (of ``stream``): queue credit updates
-        for the windows that are used up enough."""
-        # Credit goes back once a quarter of the window is used (or a paced step of it:
-        # pace_credit): a sender on a fast carrier then always has most of a window to
-        # go on while the update travels.
-        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
-        # reaches that once some bytes are read), so they stop there.
-        if self.streams.conn_recv_limit - self.streams.conn_consumed < self._conn_credit_at:
-            limit = min(self.streams.conn_consumed + self.config.connection_window, VARINT_MAX)
-            if limit > self.streams.conn_recv_limit:
-                self.streams.conn_recv_limit = limit
-                self.records.pending_max_data = True
-        if (
-            stream is not None
-            and stream.recv_state is RecvState.OPEN
-            and stream.recv_limit - stream.consumed < self._stream_credit_at
-        ):
-            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
-            if limit > stream.recv_limit:
-                stream.recv_limit = limit
-                self.records.pending_stream_credit.add(stream.stream_id)
+        self.streams.conn_credit_at = _credit_at(config.connection_window, step)
+        self.streams.stream_credit_at = _credit_at(config.stream_window, step)
 
     def defer_stream_credit(self) -> None:
         """From now on a stream the peer opens is given back to its stream limit
@@ -373,7 +350,7 @@ class _Streams(_ConnectionState):
             else:
                 self._deliver(StreamDataReceived(stream_id, chunk, done))
             if done:
-                self._maybe_forget(stream)
+                self.records.forget_if_done(stream)
 
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
         stream = self._streams.get(stream_id)
@@ -411,9 +388,9 @@ class _Streams(_ConnectionState):
         stream.reasm = None
         if undelivered:
             self.streams.conn_consumed += undelivered
-            self._return_credit(None)
+            self.records.return_credit(None)
         self._deliver(StreamResetReceived(stream_id, error_code))
-        self._maybe_forget(stream)
+        self.records.forget_if_done(stream)
 
     # ----------------------------------------------------------------------------------
     # stream bookkeeping
@@ -436,7 +413,3 @@ class _Streams(_ConnectionState):
         for sid in self.streams.open_peer_up_to(stream_id):
             deliver(StreamOpened(sid))
         return self._streams[stream_id]
-
-    def _maybe_forget(self, stream: Stream) -> None:
-        if self.streams.forget_if_done(stream):
-            self.records.pending_max_streams = True
