@@ -169,3 +169,23 @@ def test_the_record_layer_is_an_object_the_connection_holds() -> None:
         name for name in vars(Connection) if callable(getattr(Connection, name, None))
     }
     assert not (used - set(RecordLayer.__slots__)) & connection_methods - set(vars(RecordLayer))
+
+
+def test_the_fast_paths_call_nothing_of_the_streams_api() -> None:
+    # the streams API seals at once through the fast paths (and takes a lent stream
+    # back first); the other way round, the fast paths count a read themselves
+    import ast
+    import inspect
+
+    import dtp.protocol.connection.fast_paths as fast_module
+    from dtp.protocol.connection.streams import _Streams
+
+    tree = ast.parse(inspect.getsource(fast_module))
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    assert not used & set(vars(_Streams)), used & set(vars(_Streams))

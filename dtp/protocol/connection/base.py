@@ -57,9 +57,10 @@ class _ConnectionState:
     records_received: int
 
     if TYPE_CHECKING:
-        # the methods one mixin calls in the connection or the other mixin (and only
-        # those): the fast paths hand records to the general path and back, and the
-        # streams API takes a lent stream back before it acts
+        # the methods a mixin calls outside itself (and only those): the fast paths
+        # hand records to the general path and back (core.py), and the streams API
+        # seals at once or takes a lent stream back first (fast_paths.py); the fast
+        # paths call nothing of streams.py
 
         # defined in core.py (Connection itself)
         def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None: ...
@@ -68,9 +69,6 @@ class _ConnectionState:
         def _process_input(self, now: float) -> None: ...
         def _handle_records(self, records: list[OpenedFrames], now: float) -> bool: ...
         def _deliver(self, event: Event) -> None: ...
-
-        # defined in streams.py
-        def acknowledge_read(self, stream_id: int, nbytes: int) -> None: ...
 
         # defined in fast_paths.py
         def _can_seal_now(self) -> bool: ...

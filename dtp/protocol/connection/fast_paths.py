@@ -414,8 +414,13 @@ class _FastPaths(_ConnectionState):
                 general = True
                 break
         self._lane_sid = stream_id
-        if taken and not deliver:
-            self.acknowledge_read(stream_id, taken)
+        if taken and not deliver and self._state is not ConnState.CLOSED:
+            # what dst holds counts as read (as acknowledge_read would count it)
+            table.conn_consumed += taken
+            read = self._streams.get(stream_id)
+            if read is not None:
+                read.consumed += taken
+            self.records.return_credit(read)
         if not attention:
             keepalive = self._keepalive
             rl = self.records
