@@ -16,9 +16,12 @@ as the general path, with fewer calls and copies.
   bookkeeping here; every other entry point takes it back first (``_take_back``), so
   the connection never acts on stale fields, and the adapter only ever sees the lane.
 
-One module, as they share the lane and the state a loan moves: each of them reads and
-writes the connection's own fields directly (an attribute of the connection, not of an
-object it holds), as the per-record cost of these paths is what they are for."""
+One module, as they share the lane and the state a loan moves. Code of the connection
+(a mixin), not an object of its own: each of them moves, per record, the counts of
+both objects the connection holds (the stream table's flow control, the record layer's
+send counter and output) and the connection's own (bytes, times, the lane), reading
+each object into a local once. They call nothing of the streams API
+(tests/protocol/test_connection_parts.py)."""
 
 from __future__ import annotations
 
