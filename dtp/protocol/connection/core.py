@@ -413,9 +413,11 @@ class Connection(_Streams, _FastPaths):
         """Bytes to hand to the carrier now (possibly empty)."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is not ConnState.CLOSED or self.records.close_frame is not None:
-            self.records.build(now, self._streams_may_go())
-        out = self.records.out
+        records = self.records
+        if self._state is not ConnState.CLOSED or records.close_frame is not None:
+            # (the state is asked only when some stream has something to send)
+            records.build(now, records.streams_dirty and self._streams_may_go())
+        out = records.out
         if not out:
             return b""
         if len(out) == 1:
@@ -433,10 +435,11 @@ class Connection(_Streams, _FastPaths):
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is not ConnState.CLOSED or self.records.close_frame is not None:
-            self.records.build(now, self._streams_may_go())
-        out = [piece for blob in self.records.out for piece in _split_records(blob)]
-        self.records.out.clear()
+        records = self.records
+        if self._state is not ConnState.CLOSED or records.close_frame is not None:
+            records.build(now, records.streams_dirty and self._streams_may_go())
+        out = [piece for blob in records.out for piece in _split_records(blob)]
+        records.out.clear()
         if out:
             self._last_sent = now
             self.bytes_sent += sum(map(len, out))

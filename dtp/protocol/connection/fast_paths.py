@@ -78,13 +78,22 @@ class _FastPaths(_ConnectionState):
     # sending
 
     def _can_seal_now(self) -> bool:
+        # (RecordLayer.waiting, inline: this runs on every send)
+        rl = self.records
         return (
             not self._lossy
             and (
                 self._state is ConnState.ESTABLISHED
                 or (self.is_client and self._state is ConnState.AUTHENTICATING)
             )
-            and not self.records.waiting()
+            and not (
+                rl.ctrl
+                or rl.pending_max_data
+                or rl.pending_stream_credit
+                or rl.pending_max_streams
+                or rl.ping_pending
+                or rl.close_frame is not None
+            )
         )
 
     def _seal_stream_now(
