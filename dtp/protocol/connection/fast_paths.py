@@ -561,11 +561,12 @@ class _FastPaths(_ConnectionState):
         f.stream_id = stream_id
         f.can_send = can_send
         f.can_recv = can_recv
+        table = self.streams
         f.send_counter = self.records.send_counter
         f.send_offset = stream.next_offset
         f.send_limit = max(stream.send_credit, stream.next_offset)
-        f.conn_sent = self.streams.conn_sent
-        f.conn_send_limit = max(self.streams.conn_send_credit, self.streams.conn_sent)
+        f.conn_sent = table.conn_sent
+        f.conn_send_limit = max(table.conn_send_credit, table.conn_sent)
         f.records_sent = f.wire_sent = f.records_received = f.wire_received = 0
         f.last_sent = self._last_sent
         f.last_received = self._last_received
@@ -573,16 +574,15 @@ class _FastPaths(_ConnectionState):
         rx.stream_id = stream_id
         rx.offset = stream.delivered
         rx.stream_limit = stream.recv_limit
-        rx.conn_received = self.streams.conn_received
-        rx.conn_limit = self.streams.conn_recv_limit
-        # credit is due (see RecordLayer.return_credit) once what is read leaves less than the
-        # *_credit_at of a window; reads here are taken as read at once
+        rx.conn_received = table.conn_received
+        rx.conn_limit = table.conn_recv_limit
+        # credit is due (see RecordLayer.return_credit) once what is read leaves less
+        # than the *_credit_at of a window; reads here are taken as read at once
         f.credit_offset = stream.delivered + max(
-            0, stream.recv_limit - stream.consumed - self.streams.stream_credit_at
+            0, stream.recv_limit - stream.consumed - table.stream_credit_at
         )
-        f.credit_conn = self.streams.conn_received + max(
-            0,
-            self.streams.conn_recv_limit - self.streams.conn_consumed - self.streams.conn_credit_at,
+        f.credit_conn = table.conn_received + max(
+            0, table.conn_recv_limit - table.conn_consumed - table.conn_credit_at
         )
         self.lent_lane = lane
         self.lent_stream_id = stream_id
@@ -631,24 +631,26 @@ class _FastPaths(_ConnectionState):
             # the start of a record the lane kept: the general path completes it
             self._inbuf += lane.rview[:pending]
             lane.pending = 0
-        self.records.send_counter = f.send_counter
+        records = self.records
+        records.send_counter = f.send_counter
         if f.send_offset != stream.next_offset:
             stream.announce = False
             stream.next_offset = stream.base_offset = f.send_offset
             self.streams.conn_sent = f.conn_sent
-            self.records.records_sent += f.records_sent
+            records.records_sent += f.records_sent
             self.bytes_sent += f.wire_sent
             self._last_sent = f.last_sent
         rx = f.rx
         got = rx.offset - stream.delivered
         if got:
+            table = self.streams
             stream.delivered = stream.recv_highest = rx.offset
-            self.streams.conn_received = rx.conn_received
+            table.conn_received = rx.conn_received
             read = got - unread
             stream.consumed += read
-            self.streams.conn_consumed += read
+            table.conn_consumed += read
             self.records_received += f.records_received
             self.bytes_received += f.wire_received
             self._last_received = f.last_received
             self._lane_sid = stream.stream_id
-            self.records.return_credit(stream)
+            records.return_credit(stream)
