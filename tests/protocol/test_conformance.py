@@ -247,10 +247,10 @@ def _act(conn: Connection, action: dict[str, Any]) -> None:
         conn.refuse(action["reason"], action["code"])
     elif do == "corrupt_auth":
         # the AUTH frame queued behind message 3, its signature's last byte flipped
-        auth = conn._ctrl[0]
+        auth = conn.records.ctrl[0]
         assert (auth.type, auth.a) == (0x0C, 1)
         proof = bytes(auth.data[:64]) + bytes([auth.data[64] ^ 1]) + bytes(auth.data[65:])
-        conn._ctrl[0] = auth._replace(data=proof)
+        conn.records.ctrl[0] = auth._replace(data=proof)
     else:  # pragma: no cover - a scenario typo
         raise AssertionError(f"unknown action {do!r}")
 

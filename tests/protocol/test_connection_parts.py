@@ -1,7 +1,7 @@
-"""``Connection`` is one class with three mixins (dtp/protocol/connection/) and the
-objects it holds (its ``StreamTable``): each method is defined once, so no mixin's method
-hides another's, the shared base only declares what the mixins use, and the table calls
-nothing of the connection's."""
+"""``Connection`` is one class with two mixins (dtp/protocol/connection/) and the
+objects it holds (its ``StreamTable`` and its ``RecordLayer``): each method is defined
+once, so no mixin's method hides another's, the shared base only declares what the
+mixins use, and neither object calls anything of the connection's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _own_names(cls: type) -> set[str]:
 
 def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
     parts = [cls for cls in Connection.__mro__ if cls not in (Connection, _ConnectionState, object)]
-    assert [cls.__name__ for cls in parts] == ["_Streams", "_FastPaths", "_Records"]
+    assert [cls.__name__ for cls in parts] == ["_Streams", "_FastPaths"]
     seen: dict[str, str] = {}
     for cls in (Connection, *parts):
         for name in _own_names(cls):
@@ -36,7 +36,6 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "lend",
         "send_datagrams",
         "send_receipt",
-        "_build_records",
         "_handle_frame",
         "_handle_record",
         "_handle_records",
@@ -50,8 +49,9 @@ def test_each_method_of_connection_is_defined_in_one_class_only() -> None:
         "_fast_stream_frame",
         "_process_direct",
         "_take_run",
-        "_on_acked",
-        "_requeue",
+        "awaiting_acks",
+        "send_control",
+        "records_sent",
         "_finish_handshake",
         "usage",
         "max_datagram_size",
@@ -98,7 +98,7 @@ def test_the_stream_table_opens_counts_and_forgets_streams() -> None:
     from dtp.protocol.connection.stream_table import StreamTable
     from dtp.protocol.state import RecvState, SendState
 
-    client = StreamTable(is_client=True, max_streams=2, stream_window=1000)
+    client = StreamTable(is_client=True, max_streams=2, stream_window=1000, connection_window=4000)
     client.send_window = 500
     with pytest.raises(LocalProtocolError):
         client.open()  # the peer allowed none yet
@@ -132,3 +132,60 @@ def test_the_stream_table_opens_counts_and_forgets_streams() -> None:
     with pytest.raises(RemoteProtocolError):
         client.check_not_unopened(4)
     client.check_not_unopened(2)
+
+
+def test_the_record_layer_is_an_object_the_connection_holds() -> None:
+    # it imports no part of the connection but the config and the stream table (so it
+    # can call nothing of the connection back), and names no method of the connection
+    import ast
+    import inspect
+
+    import dtp.protocol.connection.records as records_module
+    from dtp.protocol.connection.records import RecordLayer
+
+    tree = ast.parse(inspect.getsource(records_module))
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    }
+    parts = {m for m in imported if m.startswith("dtp.protocol.connection")}
+    assert parts == {
+        "dtp.protocol.connection.config",
+        "dtp.protocol.connection.stream_table",
+    }, parts
+    # every attribute it reaches through self is its own (slots and methods), or one
+    # of the objects it is handed (the config, the stream table)
+    own = set(RecordLayer.__slots__) | set(vars(RecordLayer))
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    assert used <= own, used - own
+    connection_methods = {
+        name for name in vars(Connection) if callable(getattr(Connection, name, None))
+    }
+    assert not (used - set(RecordLayer.__slots__)) & connection_methods - set(vars(RecordLayer))
+
+
+def test_the_fast_paths_call_nothing_of_the_streams_api() -> None:
+    # the streams API seals at once through the fast paths (and takes a lent stream
+    # back first); the other way round, the fast paths count a read themselves
+    import ast
+    import inspect
+
+    import dtp.protocol.connection.fast_paths as fast_module
+    from dtp.protocol.connection.streams import _Streams
+
+    tree = ast.parse(inspect.getsource(fast_module))
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+    assert not used & set(vars(_Streams)), used & set(vars(_Streams))

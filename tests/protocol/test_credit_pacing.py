@@ -130,21 +130,21 @@ def test_the_step_is_an_eighth_of_a_second_of_the_rate_and_at_most_a_quarter_win
     _, s, _ = connect()
     server = s.conn
     server.pace_credit(RATE)
-    assert server._stream_credit_at == server.config.stream_window - RATE // 8 + 1
-    assert server._conn_credit_at == server.config.connection_window - RATE // 8 + 1
+    assert server.streams.stream_credit_at == server.config.stream_window - RATE // 8 + 1
+    assert server.streams.conn_credit_at == server.config.connection_window - RATE // 8 + 1
     server.pace_credit(4)  # below 8 B/s: one byte a step
-    assert server._stream_credit_at == server.config.stream_window
+    assert server.streams.stream_credit_at == server.config.stream_window
     server.pace_credit(0)  # the limit lifted: quarter windows again
-    assert server._stream_credit_at == server.config.stream_window * 3 // 4
+    assert server.streams.stream_credit_at == server.config.stream_window * 3 // 4
 
 
 @pytest.mark.parametrize("rate", [-1, float("nan"), float("inf"), True, "200000"])
 def test_a_rate_that_is_not_a_finite_number_of_zero_or_more_is_refused(rate: object) -> None:
     _, s, _ = connect()
-    before = s.conn._stream_credit_at
+    before = s.conn.streams.stream_credit_at
     with pytest.raises(ValueError, match="finite number"):
         s.conn.pace_credit(rate)  # type: ignore[arg-type]
-    assert s.conn._stream_credit_at == before
+    assert s.conn.streams.stream_credit_at == before
 
 
 def test_each_update_still_reaches_a_whole_window_past_what_was_read() -> None:
@@ -159,7 +159,7 @@ def test_each_update_still_reaches_a_whole_window_past_what_was_read() -> None:
     link.run()
     s.drain()
     server.acknowledge_read(sid, 24_999)
-    assert not server._pending_stream_credit  # short of a step: nothing yet
+    assert not server.records.pending_stream_credit  # short of a step: nothing yet
     server.acknowledge_read(sid, 1)
-    assert sid in server._pending_stream_credit
+    assert sid in server.records.pending_stream_credit
     assert server.streams.by_id[sid].recv_limit == 25_000 + server.config.stream_window

@@ -220,7 +220,7 @@ def test_an_xx_auth_whose_proof_fails_is_answered_with_close_10(proof: str) -> N
         good[10] ^= 1
         data = bytes(good)
     auth = _core.encode_frames([RawFrame(FRAME_CONTROL, 1, 0, 0, data)])
-    client._send_counter = 0  # the AUTH's record is the client's first DATA record
+    client.records.send_counter = 0  # the AUTH's record is the client's first DATA record
     server.receive_data(sealed_by(client, auth), 0.0)
     term = server.termination
     assert term is not None and term.error_code == CloseCode.HANDSHAKE_FAILED, term

@@ -118,7 +118,7 @@ def test_records_in_flight_stay_bounded_when_the_peer_never_acknowledges(
             server.handle_timer(now)
         now += 0.001
     assert server.termination is None
-    assert server._recovery is not None and len(server._recovery.in_flight) <= 64
+    assert server.records.recovery is not None and len(server.records.recovery.in_flight) <= 64
     # what was given up is sent again: the stream still reaches the peer whole
     client_side = Side(c.conn)
     for _ in range(200):
@@ -143,10 +143,12 @@ def test_datagrams_alone_to_a_silent_peer_do_not_pile_up(
     for _ in range(100):
         s.conn.send_datagram(b"d")
         s.conn.data_to_send(link.now)
-    assert s.conn._recovery is not None and len(s.conn._recovery.in_flight) <= 32
+    assert s.conn.records.recovery is not None and len(s.conn.records.recovery.in_flight) <= 32
     # the datagrams given up are not sent again
     send_frames(c, s, [RawFrame(FRAME_DATAGRAM, 0, 0, 0, b"x")], link.now)
-    assert all(f.type != FRAME_DATAGRAM for f in s.conn._ctrl)  # nothing requeued for resending
+    assert all(
+        f.type != FRAME_DATAGRAM for f in s.conn.records.ctrl
+    )  # nothing requeued for resending
 
 
 def test_a_probe_behind_lost_datagrams_still_recovers_the_stream() -> None:
@@ -309,7 +311,7 @@ def test_lossy_reset_gives_back_the_credit_of_bytes_held_behind_a_gap() -> None:
         assert send_frames(c, s, stream, link.now) is None
         assert send_frames(c, s, [RawFrame(FRAME_RESET_STREAM, sid, 0, 16001)], link.now) is None
         s.conn.data_to_send(link.now)  # the credit update goes out
-    assert s.conn._conn_consumed == s.conn._conn_received == 8 * 16001
+    assert s.conn.streams.conn_consumed == s.conn.streams.conn_received == 8 * 16001
     assert not s.of(StreamDataReceived)
 
 

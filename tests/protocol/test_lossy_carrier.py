@@ -26,8 +26,8 @@ _FATES = st.lists(st.integers(0, 3), min_size=1, max_size=64)
 
 
 def _in_flight(conn: Connection) -> int:
-    assert conn._recovery is not None
-    return len(conn._recovery.in_flight)
+    assert conn.records.recovery is not None
+    return len(conn.records.recovery.in_flight)
 
 
 @settings(max_examples=25, deadline=None)
@@ -132,3 +132,40 @@ def test_a_bad_header_still_ends_a_reliable_connection() -> None:
     _c, s, link = connect()
     s.conn.receive_data(JUNK["unknown kind"], link.now)
     assert s.conn.closed
+
+
+def test_the_record_layer_seals_and_resends_on_its_own() -> None:
+    # driven without a connection: frames queued, built into sealed records, a loss
+    # requeues what the lost record carried, an ACK of a record never sent is refused
+    import pytest
+
+    from dtp.errors import LocalProtocolError, RemoteProtocolError
+    from dtp.native import core as native
+    from dtp.protocol.connection.config import ConnectionConfig
+    from dtp.protocol.connection.records import RecordLayer
+    from dtp.protocol.connection.stream_table import StreamTable
+    from tests.support.pairs import CLIENT_ID
+
+    config = ConnectionConfig(identity=CLIENT_ID, is_client=True, reliable_carrier=False)
+    table = StreamTable(is_client=True, max_streams=4, stream_window=1000, connection_window=4000)
+    layer = RecordLayer(config, table, now=0.0)
+    layer.build(0.0, streams_may_go=True)
+    assert layer.out == []  # no keys yet: nothing is sealed
+    layer.send_aead = native.Aead(bytes(32))
+    with pytest.raises(LocalProtocolError):
+        layer.queue_control(3, b"")  # a kind reserved for DTP
+    layer.queue_control(20, b"hello")
+    assert layer.waiting()
+    layer.build(0.0, streams_may_go=True)
+    assert not layer.waiting() and layer.send_counter == 1 and len(layer.out) == 1
+    assert layer.recovery is not None and list(layer.recovery.in_flight) == [0]
+    assert layer.awaiting_acks()
+    with pytest.raises(RemoteProtocolError):
+        layer.on_ack(((5, 5),), 0, 0.1)  # never sent
+    # lost (by the probe timeout): the control frame is queued again, and a PING
+    assert layer.on_timer(10.0, config.idle_timeout)
+    assert [f.a for f in layer.ctrl] == [20] and layer.ping_pending
+    layer.build(10.0, streams_may_go=True)
+    assert layer.send_counter == 2
+    assert not layer.on_ack(((1, 1),), 0, 10.1)
+    assert not layer.awaiting_acks()

@@ -221,7 +221,7 @@ def test_an_ack_of_records_never_sent_is_a_protocol_violation(
     # recovery clipped such ranges to what was in flight and said nothing: a peer
     # acknowledging records it cannot have received went unnoticed
     c, s, link = connect(reliable_carrier=False)
-    sent = s.conn._send_counter
+    sent = s.conn.records.send_counter
     assert sent < 40
     send_frames(c, s, [RawFrame(FRAME_ACK, c=2**62 - 1, ranges=ranges)], link.now)
     _assert_closed_with(c, s, CloseCode.PROTOCOL_VIOLATION, link.now)
@@ -232,7 +232,7 @@ def test_acks_of_records_sent_are_taken_in_any_shape() -> None:
     for _ in range(6):
         s.conn.send_datagram(b"d")
         s.conn.datagrams_to_send(link.now)
-    top = s.conn._send_counter - 1
+    top = s.conn.records.send_counter - 1
     for ranges in [((top, top),), ((top - 1, top), (0, 1)), ((0, top),), ((0, 0),)]:
         assert send_frames(c, s, [RawFrame(FRAME_ACK, c=0, ranges=ranges)], link.now) is None
 
@@ -396,8 +396,8 @@ _BURST = st.integers(1, 60).map(lambda n: [RawFrame(FRAME_STREAM, 0, i, 0, b"b")
 def _check_windows(conn: Connection, unread: int) -> None:
     """What the receiver holds stays inside the windows it advertised."""
     cfg = conn.config
-    assert conn._conn_received <= conn._conn_recv_limit
-    assert conn._conn_recv_limit - conn._conn_consumed <= cfg.connection_window
+    assert conn.streams.conn_received <= conn.streams.conn_recv_limit
+    assert conn.streams.conn_recv_limit - conn.streams.conn_consumed <= cfg.connection_window
     held = unread
     for stream in conn.streams.by_id.values():
         assert stream.recv_highest <= stream.recv_limit

@@ -170,7 +170,7 @@ def test_each_ack_frame_costs_what_it_acknowledges_not_the_table() -> None:
     server.receive_datagram(sealed_by(client, _core.encode_frames(credit)), now)
     server.send_stream_data(0, os.urandom(3000 * 40))
     server.datagrams_to_send(now)
-    recovery = server._recovery
+    recovery = server.records.recovery
     assert recovery is not None
     table = _CountingTable(recovery.in_flight)
     recovery.in_flight = table
@@ -230,7 +230,7 @@ def test_unacknowledged_stream_data_is_capped_at_our_connection_window() -> None
     # acknowledged, the bytes make room: the sender says so and sends more
     stream = server.streams.by_id[0]
     acked_up_to = stream.next_offset
-    recovery = server._recovery
+    recovery = server.records.recovery
     assert recovery is not None
     counters = list(recovery.in_flight)
     while server.next_event() is not None:
@@ -314,8 +314,8 @@ def test_a_lost_close_is_sent_again_while_the_peer_goes_on() -> None:
         client.receive_datagram(junk, now)
         sent.append(len(client.datagrams_to_send(now)))
     assert sent.count(1) == 7 and set(sent) == {0, 1}
-    assert client._recovery is not None
-    later = now + 3 * client._recovery.pto_interval()
+    assert client.records.recovery is not None
+    later = now + 3 * client.records.recovery.pto_interval()
     for _ in range(64):
         client.receive_datagram(junk, later)
         assert not client.datagrams_to_send(later)
@@ -330,8 +330,8 @@ def test_a_lost_close_is_sent_again_at_each_probe_timeout_of_the_closing_period(
     start = link.now
     client.close(16, "bye")
     assert client.datagrams_to_send(start)  # lost
-    assert client._recovery is not None
-    pto = client._recovery.pto_interval()
+    assert client.records.recovery is not None
+    pto = client.records.recovery.pto_interval()
     assert client.closing
     resends = []
     now = start

@@ -112,7 +112,7 @@ def test_a_paused_sink_returns_its_credit_when_its_stream_finishes() -> None:
         assert ended == [None], f"stream {sid} stalled"
         server.resume_sink(sid)  # (what the tunnel does once TCP drains: nothing now)
         assert sink.held == 0
-        assert server.conn._conn_consumed == server.conn._conn_received
+        assert server.conn.streams.conn_consumed == server.conn.streams.conn_received
 
 
 def test_a_paused_sink_returns_its_credit_when_its_stream_is_reset() -> None:
@@ -123,12 +123,12 @@ def test_a_paused_sink_returns_its_credit_when_its_stream_is_reset() -> None:
     server.attach_sink(sid, _pausing_sink(ended))
     client.conn.send_stream_data(sid, b"x" * 30000)
     link.run(None, on_round=step, max_time=5)
-    assert server.conn._conn_consumed == 0
+    assert server.conn.streams.conn_consumed == 0
     reset = _core.encode_frames([RawFrame(FRAME_RESET_STREAM, sid, 7, 30000)])
     server.conn.receive_data(sealed_by(client.conn, reset), 0.0)
     server.process_events()
     assert len(ended) == 1 and ended[0] is not None
-    assert server.conn._conn_consumed == 30000
+    assert server.conn.streams.conn_consumed == 30000
 
 
 # -- 2. frames an XX server takes before the client's AUTH ------------------------------
@@ -170,7 +170,7 @@ def test_an_xx_server_refuses_frames_before_the_clients_auth(name: str) -> None:
     # to a peer not yet authenticated, and all of them reached the application after
     # accept() as if the authenticated client had sent them.
     client, server, _ = _xx_awaiting_auth(lossy=False)
-    client._send_counter = 0  # (the withheld AUTH record had counter 0)
+    client.records.send_counter = 0  # (the withheld AUTH record had counter 0)
     frames = [RawFrame(FRAME_PING), BEFORE_AUTH[name]]
     server.receive_data(sealed_by(client, _core.encode_frames(frames)), 0.0)
     term = server.termination
@@ -182,7 +182,7 @@ def test_an_xx_server_refuses_frames_before_the_clients_auth(name: str) -> None:
 def test_an_xx_server_takes_frames_behind_the_auth_in_its_record() -> None:
     # (a client may send right behind its AUTH, which opens its first DATA record)
     client, server, _ = _xx_awaiting_auth(lossy=False)
-    client._send_counter = 0
+    client.records.send_counter = 0
     proof = make_auth_proof(CLIENT_ID, client.handshake_hash)  # type: ignore[arg-type]
     frames = [
         RawFrame(FRAME_PING),
@@ -193,7 +193,7 @@ def test_an_xx_server_takes_frames_behind_the_auth_in_its_record() -> None:
     assert server.termination is None and server.peer_address is not None
     # a record before the AUTH's that is refused still ends the connection
     client2, server2, _ = _xx_awaiting_auth(lossy=False)
-    client2._send_counter = 0
+    client2.records.send_counter = 0
     server2.receive_data(sealed_by(client2, _core.encode_frames([BEFORE_AUTH["CONTROL"]])), 0.0)
     assert server2.closed
 
@@ -207,7 +207,7 @@ def test_a_lossy_xx_server_drops_a_record_ahead_of_the_auth_unacknowledged() -> 
     for record in early:
         server.receive_datagram(record, 0.001)
     assert not server.closed
-    assert server._acks is not None and not server._acks.received
+    assert server.records.acks is not None and not server.records.acks.received
     for record in withheld:
         server.receive_datagram(record, 0.002)
     s = Side(server)
@@ -231,11 +231,11 @@ def test_a_lossy_xx_client_sends_a_lost_auth_ahead_of_what_was_queued_since() ->
     client.send_control(20, b"queued")
     now = 0.0
     for _ in range(10):
-        if any(frame.a == ControlKind.AUTH for frame in client._ctrl):
+        if any(frame.a == ControlKind.AUTH for frame in client.records.ctrl):
             break
         now = client.get_timer()  # type: ignore[assignment]
         client.handle_timer(now)  # the probe timeout: the AUTH is sent again
-    assert [frame.a for frame in client._ctrl] == [ControlKind.AUTH, 20]
+    assert [frame.a for frame in client.records.ctrl] == [ControlKind.AUTH, 20]
     s, c = Side(server), Side(client)
     link = MemoryLink(client, server, now=now)
 
@@ -274,7 +274,7 @@ def test_a_connection_limit_stops_at_the_varint_maximum() -> None:
     assert [(f.type, f.a, f.data) for f in sent if f.type == FRAME_CONTROL] == [
         (FRAME_CONTROL, 20, b"important")
     ]
-    assert s.conn._conn_recv_limit <= VARINT_MAX
+    assert s.conn.streams.conn_recv_limit <= VARINT_MAX
     assert all(f.a <= VARINT_MAX for f in sent if f.type == FRAME_MAX_DATA)
 
 
@@ -343,7 +343,7 @@ def test_frames_queued_stay_queued_when_encoding_fails(monkeypatch: pytest.Monke
     c, s, _ = connect()
     s.conn.send_control(20, b"important")
     s.conn.ping()
-    s.conn._pending_max_data = True
+    s.conn.records.pending_max_data = True
 
     def failing(frames: list[RawFrame]) -> bytes:
         raise LocalProtocolError("no")
@@ -396,9 +396,9 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
         server.receive_datagram(sealed_by(c.conn, _core.encode_frames(frames)), link.now)
     stream = server.streams.by_id[sid]
     assert stream.reasm is not None and stream.reasm.buffered == 1024
-    received, highest = server._conn_received, stream.recv_highest
-    assert server._acks is not None
-    counter = c.conn._send_counter
+    received, highest = server.streams.conn_received, stream.recv_highest
+    assert server.records.acks is not None
+    counter = c.conn.records.send_counter
     frames = [
         RawFrame(FRAME_STREAM, sid, 5000, 0, b"z"),
         RawFrame(FRAME_CONTROL, 20, 0, 0, b"after"),
@@ -408,8 +408,8 @@ def test_a_record_past_the_range_limit_is_dropped_whole() -> None:
     assert server.termination is None
     assert not s.of(ControlReceived)
     assert stream.reasm.buffered == 1024
-    assert (server._conn_received, stream.recv_highest) == (received, highest)
-    assert counter not in server._acks.received
+    assert (server.streams.conn_received, stream.recv_highest) == (received, highest)
+    assert counter not in server.records.acks.received
 
 
 # -- 5. ACK records on a lossy carrier --------------------------------------------------

@@ -127,6 +127,6 @@ def assert_refused(c: Side, s: Side, reason: str) -> None:
 
 def sealed_by(conn: Connection, plaintext: bytes) -> bytes:
     """``plaintext`` sealed as ``conn``'s next record would be (its send counter taken)."""
-    counter = conn._send_counter
-    conn._send_counter += 1
-    return conn._send_aead.seal(counter, [plaintext])  # type: ignore[no-any-return]
+    counter = conn.records.send_counter
+    conn.records.send_counter += 1
+    return conn.records.send_aead.seal(counter, [plaintext])  # type: ignore[no-any-return]

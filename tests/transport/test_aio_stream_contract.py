@@ -429,7 +429,7 @@ def run(handler: Handler, client: Client, **kwargs: Any) -> Any:
 def credit_balance(writer: dtp.aio.DTPStreamWriter) -> int:
     """Credit returned beyond what arrived: > 0 means some byte's went back twice."""
     conn = writer._conn
-    return int(conn._conn_consumed - conn._conn_received)
+    return int(conn.streams.conn_consumed - conn.streams.conn_received)
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])

@@ -32,9 +32,11 @@ reliable, ordered carrier (TCP) records are not acknowledged; over any other car
 Its parts: :mod:`~dtp.protocol.connection.config` (the config, limits and transport
 parameters), :mod:`~dtp.protocol.connection.core` (:class:`Connection` itself: the state
 machine, the sans-I/O interface, the handshake and the dispatch of what arrives),
-:mod:`~dtp.protocol.connection.stream_table` (the streams by ID and the stream limits, an
-object the connection holds), and its mixins :mod:`~dtp.protocol.connection.streams`,
-:mod:`~dtp.protocol.connection.fast_paths` and :mod:`~dtp.protocol.connection.records`.
+:mod:`~dtp.protocol.connection.stream_table` (the streams by ID, the stream limits and
+the connection-level flow-control counts) and :mod:`~dtp.protocol.connection.records`
+(the record layer: records built, sealed, acknowledged and sent again), objects the
+connection holds, and its mixins :mod:`~dtp.protocol.connection.streams` and
+:mod:`~dtp.protocol.connection.fast_paths`.
 Import from here.
 """
 

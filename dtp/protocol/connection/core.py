@@ -5,20 +5,21 @@ The life of a connection is told in :mod:`dtp.protocol.connection`.
 
 What has state of its own is an object the connection holds and calls one way:
 :class:`~dtp.protocol.connection.stream_table.StreamTable` (``self.streams``: which
-streams exist, how many each side may open). The rest of the connection's behaviour is
-in three mixins, each over fields of the connection itself (declared once in
+streams exist, how many each side may open, and the connection-level flow-control
+counts) and :class:`~dtp.protocol.connection.records.RecordLayer` (``self.records``:
+what waits for the next record, building and sealing records under the send counter,
+and on lossy carriers acknowledgements, losses and probes). Neither calls back: the
+connection acts on what they return. The rest of the connection's behaviour is in two
+mixins over fields of the connection itself (declared once in
 :mod:`~dtp.protocol.connection.base`): :mod:`~dtp.protocol.connection.streams` (the
-streams API and flow-control credit), :mod:`~dtp.protocol.connection.fast_paths` (the
-per-record fast paths and the lane) and :mod:`~dtp.protocol.connection.records`
-(building, sealing, acknowledging and retransmitting records). Those stay mixins, not
-objects: the fast paths read and write the flow-control counts and the send counter per
-record, and an object between them would cost an attribute lookup on every one."""
+streams API and flow-control credit) and :mod:`~dtp.protocol.connection.fast_paths`
+(the per-record fast paths and the lane)."""
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -73,7 +74,7 @@ from dtp.protocol.connection.config import (
     parse_params,
 )
 from dtp.protocol.connection.fast_paths import _FastPaths, give_back, lane_buffer
-from dtp.protocol.connection.records import _Records
+from dtp.protocol.connection.records import RecordLayer
 from dtp.protocol.connection.stream_table import Stream, StreamTable, send_done
 from dtp.protocol.connection.streams import (
     _Streams,
@@ -93,7 +94,7 @@ from dtp.protocol.events import (
     SendWindowOpened,
     StopSendingReceived,
 )
-from dtp.protocol.recovery import MAX_PTO_COUNT, AckTracker, LossRecovery
+from dtp.protocol.recovery import MAX_PTO_COUNT
 from dtp.protocol.state import CloseCode, ConnState, ControlKind, RecvState, SendState, transition
 
 # one logger for the package, by its name (docs/architecture.md lists it)
@@ -164,16 +165,15 @@ def _repeat_safe_before(frames: list[RawFrame], failed: RawFrame) -> bool:
     return False
 
 
-class Connection(_Streams, _FastPaths, _Records):
+class Connection(_Streams, _FastPaths):
     """One DTP connection, either side. See :mod:`dtp.protocol.connection`.
 
     This class holds its state (``__init__``, the public properties), its sans-I/O
     interface (:meth:`receive_data`, :meth:`data_to_send`, :meth:`next_event`, the
     timers, :meth:`close`), the handshake (:meth:`accept`, :meth:`answer`,
     :meth:`refuse`) and the dispatch of what arrives; the table of its streams is
-    :attr:`streams`; the rest is in its mixins
-    :mod:`~dtp.protocol.connection.streams`, :mod:`~dtp.protocol.connection.fast_paths`
-    and :mod:`~dtp.protocol.connection.records`.
+    :attr:`streams`, its record layer :attr:`records`; the rest is in its mixins
+    :mod:`~dtp.protocol.connection.streams` and :mod:`~dtp.protocol.connection.fast_paths`.
     """
 
     def __init__(self, config: ConnectionConfig, *, ephemeral_key: bytes, now: float) -> None:
@@ -185,7 +185,6 @@ class Connection(_Streams, _FastPaths, _Records):
         self.is_client = config.is_client
         self._state = ConnState.CLIENT_HELLO if self.is_client else ConnState.SERVER_WAIT
         self._events: deque[Event] = deque()
-        self._out: list[bytes] = []
         self._inbuf = bytearray()
         self._created = now
         self._last_received = now
@@ -198,9 +197,7 @@ class Connection(_Streams, _FastPaths, _Records):
         self._hs_resend_at: float | None = None
         self._hs_resend_interval = 0.5
         self._hs_init: bytes | None = None  # server: the message 1 it answered
-        self._send_aead: Any = None
         self._recv_aead: Any = None
-        self._send_counter = 0
         self._lane: Any = None  # _core.Lane, made on first use
         self._lane_sid: int | None = None  # the stream that got data last (lane's guess)
         #: The lane while a stream is lent to it (:meth:`lend`), else None; with the
@@ -217,57 +214,25 @@ class Connection(_Streams, _FastPaths, _Records):
         self.peer_public_key: bytes | None = None
         self._auth_proof: bytes | None = None
         self.pattern: str | None = None
-        # streams and flow control: which streams exist, and how many each side may
-        # open, is the table's; its dict is bound here too, for the per-record paths
+        # streams and connection-level flow control: which streams exist, how many each
+        # side may open, and the conn_* counts are the table's; its dict is bound here
+        # too, for the per-record paths
         self.streams = StreamTable(
             is_client=self.is_client,
             max_streams=config.max_streams,
             stream_window=config.stream_window,
+            connection_window=config.connection_window,
         )
         self._streams: dict[int, Stream] = self.streams.by_id
-        self._streams_dirty = False  # some stream may have something to send
+        # the records we send: what waits for the next one, sealing and the send
+        # counter, and on lossy carriers acknowledgements, losses and probes
+        self.records = RecordLayer(config, self.streams, now)
+        # a lossy carrier: records are acknowledged and sent again (read per record)
+        self._lossy = not config.reliable_carrier
         self._peer_params: dict[str, Any] = {}
-        self._conn_send_credit = 0
-        self._conn_sent = 0  # new bytes sent over all streams
-        self._conn_recv_limit = config.connection_window
-        self._conn_received = 0  # highest offsets received, summed
-        self._conn_consumed = 0
-        # credit updates go out when less than this much of a window is left
-        self._conn_credit_at = config.connection_window * 3 // 4
-        self._stream_credit_at = config.stream_window * 3 // 4
-        # frames waiting for the next record
-        self._ctrl: list[RawFrame] = []
-        self._pending_max_data = False
-        self._pending_stream_credit: set[int] = set()
-        self._pending_max_streams = False
         self._held_events: list[Event] = []  # server: data before accept()
         self._held_bytes = 0  # what the held datagrams, controls and receipts weigh
-        self._ping_pending = False
-        self._close_frame: RawFrame | None = None
-        # lossy carriers, after our CLOSE went out (QUIC's closing state): its plaintext,
-        # sealed again until _closing_until in reply to what still arrives, after the
-        # 1st, 2nd, 4th, 8th... input (_closing_next), and at _closing_resend_at, every
-        # _closing_interval (a probe timeout) when nothing does (docs/protocol.md 3.1)
-        self._closing: bytes | None = None
-        self._closing_until = 0.0
-        self._closing_resend_at = 0.0
-        self._closing_interval = 0.0
-        self._closing_inputs = 0
-        self._closing_next = 1
         self._terminated: ConnectionTerminated | None = None
-        # lossy carriers
-        self._acks: AckTracker | None = None if config.reliable_carrier else AckTracker()
-        # an ACK frame (encoded) that goes in the next stream record it fits in, while
-        # _build_records packs the streams (lossy carriers)
-        self._ack_lead: bytes | None = None
-        self._recovery: LossRecovery | None = None if config.reliable_carrier else LossRecovery()
-        if self._recovery is not None:
-            self._recovery.last_ack_time = now
-        # stream bytes sent and not acknowledged yet (kept for resending), over all
-        # streams: packing stops at our own connection window of them, whatever credit
-        # the peer grants (docs/protocol.md, section 9)
-        self._unacked = 0
-        self._unacked_blocked = False  # packing stopped there: an ACK making room says so
         self.stream_data_handler: Callable[[int, bytes | memoryview, bool], None] | None = None
         """When set (by the I/O adapters' Session), in-order stream bytes go straight to
         ``handler(stream_id, data, end_stream)`` instead of becoming StreamDataReceived
@@ -280,7 +245,6 @@ class Connection(_Streams, _FastPaths, _Records):
         # statistics
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.records_sent = 0
         self.records_received = 0
         #: Datagrams dropped instead of sent because the carrier was backed up
         self.datagrams_send_dropped = 0
@@ -336,7 +300,10 @@ class Connection(_Streams, _FastPaths, _Records):
             # this without the adapter's lock (datagrams never move on the lane)
             f = self.lent_lane.flow
             return f.conn_sent + f.rx.conn_received + self.datagram_bytes, client_streams
-        return self._conn_sent + self._conn_received + self.datagram_bytes, client_streams
+        return (
+            self.streams.conn_sent + self.streams.conn_received + self.datagram_bytes,
+            client_streams,
+        )
 
     @property
     def peer_connection_id(self) -> bytes | None:
@@ -364,7 +331,7 @@ class Connection(_Streams, _FastPaths, _Records):
         end would tell the peer of the end, and not the CLOSE it may have lost. The peer
         closing its side ends the wait: it has the CLOSE, or closed too. Always False
         over a reliable carrier."""
-        return self._closing is not None
+        return self.records.closing is not None
 
     @property
     def termination(self) -> ConnectionTerminated | None:
@@ -376,10 +343,10 @@ class Connection(_Streams, _FastPaths, _Records):
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED or not data:
-            if self._closing is not None and data:
-                self._input_while_closing(now)
+            if self.records.closing is not None and data:
+                self.records.input_while_closing(now)
             return
-        if self._acks is None:
+        if not self._lossy:
             # lossy carriers count only what authenticates (_handle_records): anyone can
             # send a datagram, and forged ones would hold off the idle timeout for good
             self._last_received = now
@@ -388,7 +355,7 @@ class Connection(_Streams, _FastPaths, _Records):
         if (
             sid is not None
             and self.stream_data_handler is not None
-            and self._acks is None
+            and not self._lossy
             and self._state is ConnState.ESTABLISHED
         ):
             # the stream that got data last probably gets this too: the lane opens its
@@ -438,8 +405,8 @@ class Connection(_Streams, _FastPaths, _Records):
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED:
-            if self._closing is not None:
-                self._input_while_closing(now)
+            if self.records.closing is not None:
+                self.records.input_while_closing(now)
             return
         self.receive_data(datagram, now)
         if self._inbuf and not self.closed:
@@ -451,9 +418,11 @@ class Connection(_Streams, _FastPaths, _Records):
         """Bytes to hand to the carrier now (possibly empty)."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is not ConnState.CLOSED or self._close_frame is not None:
-            self._build_records(now)
-        out = self._out
+        records = self.records
+        if self._state is not ConnState.CLOSED or records.close_frame is not None:
+            # (the state is asked only when some stream has something to send)
+            records.build(now, records.streams_dirty and self._streams_may_go())
+        out = records.out
         if not out:
             return b""
         if len(out) == 1:
@@ -471,10 +440,11 @@ class Connection(_Streams, _FastPaths, _Records):
         """Like :meth:`data_to_send`, but as separate records for datagram carriers."""
         if self.lent_lane is not None:
             self._take_back()
-        if self._state is not ConnState.CLOSED or self._close_frame is not None:
-            self._build_records(now)
-        out = [piece for blob in self._out for piece in _split_records(blob)]
-        self._out.clear()
+        records = self.records
+        if self._state is not ConnState.CLOSED or records.close_frame is not None:
+            records.build(now, records.streams_dirty and self._streams_may_go())
+        out = [piece for blob in records.out for piece in _split_records(blob)]
+        records.out.clear()
         if out:
             self._last_sent = now
             self.bytes_sent += sum(map(len, out))
@@ -491,15 +461,9 @@ class Connection(_Streams, _FastPaths, _Records):
             # and read-only: timer threads ask without the adapter's lock
             return self.lent_timer
         if self._state is ConnState.CLOSED:
-            if self._closing is not None:
-                return min(self._closing_resend_at, self._closing_until)
-            return None
+            return self.records.closing_deadline()
         config = self.config
-        if (
-            self._state is ConnState.ESTABLISHED
-            and self._acks is None
-            and self._hs_resend_at is None
-        ):
+        if self._state is ConnState.ESTABLISHED and not self._lossy and self._hs_resend_at is None:
             # the common case, without building a list: idle timeout and keepalive
             idle = self._last_received + config.idle_timeout
             if self._keepalive:
@@ -513,12 +477,10 @@ class Connection(_Streams, _FastPaths, _Records):
             deadlines.append(self._last_sent + self._keepalive)
         if self._hs_resend_at is not None:
             deadlines.append(self._hs_resend_at)
-        if self._acks is not None and self._acks.ack_deadline is not None:
-            deadlines.append(self._acks.ack_deadline)
-        if self._recovery is not None:
-            for d in (self._recovery.loss_deadline(), self._recovery.pto_deadline()):
-                if d is not None:
-                    deadlines.append(d)
+        if self._lossy:
+            deadline = self.records.deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -526,8 +488,8 @@ class Connection(_Streams, _FastPaths, _Records):
         if self.lent_lane is not None:
             self._take_back()
         if self._state is ConnState.CLOSED:
-            if self._closing is not None:
-                self._closing_timer(now)
+            if self.records.closing is not None:
+                self.records.closing_timer(now)
             return
         if now >= self._last_received + self.config.idle_timeout:
             self._terminate(CloseCode.IDLE_TIMEOUT, "idle timeout", by_peer=False, now=now)
@@ -542,48 +504,90 @@ class Connection(_Streams, _FastPaths, _Records):
             and self._keepalive
             and now >= self._last_sent + self._keepalive
         ):
-            self._ping_pending = True
+            self.records.ping_pending = True
         if self._hs_resend_at is not None and now >= self._hs_resend_at:
             self._resend_handshake()
             self._hs_resend_interval = min(self._hs_resend_interval * 2, 8.0)
             self._hs_resend_at = now + self._hs_resend_interval
-        if self._recovery is not None:
-            lost = self._recovery.detect_lost(now)
-            pto = self._recovery.pto_deadline()
-            if pto is not None and now >= pto:
-                recovery = self._recovery
-                if recovery.pto_count == 0:
-                    recovery.probing_since = now
-                # (the idle timeout counted from when the probing began, too: counted
-                # from the last acknowledgement alone, a side that had sent nothing to
-                # acknowledge for a while closed a few seconds into a short outage)
-                if recovery.pto_count >= MAX_PTO_COUNT and now >= (
-                    max(recovery.last_ack_time, recovery.probing_since) + self.config.idle_timeout
-                ):
-                    # A peer that goes on sending (its PINGs keep the idle timer alive)
-                    # but acknowledges nothing of ours is as gone as a silent one: held
-                    # on, our data would be probed for, and kept, for good. (Never
-                    # before the idle timeout: a link down both ways gets as long.)
-                    self._fail(
-                        CloseCode.IDLE_TIMEOUT,
-                        f"nothing acknowledged through {MAX_PTO_COUNT} probe timeouts "
-                        f"and {self.config.idle_timeout:g} s",
-                        now,
-                    )
-                    return
-                lost += self._recovery.on_pto()
-                # the probe must elicit an ACK even when the records it gives up held
-                # nothing to send again (datagrams, ACK-only): else nothing goes out,
-                # the next probe waits twice as long, and data behind them stalls
-                self._ping_pending = True
-            self._requeue(lost)
+        if self._lossy and not self.records.on_timer(now, self.config.idle_timeout):
+            # a peer that goes on sending but acknowledges nothing of ours is gone
+            self._fail(
+                CloseCode.IDLE_TIMEOUT,
+                f"nothing acknowledged through {MAX_PTO_COUNT} probe timeouts "
+                f"and {self.config.idle_timeout:g} s",
+                now,
+            )
+
+    def _streams_may_go(self) -> bool:
+        """Whether stream data may go out in the next records: once established, and
+        on a client right behind its AUTH frame (the server holds it until it accepts),
+        but only where records cannot overtake each other."""
+        state = self._state
+        return state is ConnState.ESTABLISHED or (
+            self.is_client and state is ConnState.AUTHENTICATING and self.config.reliable_carrier
+        )
+
+    @property
+    def records_sent(self) -> int:
+        """Records sealed so far (a statistic)."""
+        return self.records.records_sent
+
+    def awaiting_acks(self) -> bool:
+        """Lossy carriers: whether something we sent may still have to be sent again (a
+        record not yet acknowledged, or lost and queued for retransmission). Always
+        False over a reliable carrier. Graceful closes wait for this to clear."""
+        return self.records.awaiting_acks()
+
+    def send_control(self, kind: int, data: bytes = b"") -> None:
+        """Send an application CONTROL frame (kind >= 16)."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        self.records.queue_control(kind, data)
+
+    def send_receipt(self, receipt: bytes) -> None:
+        """Send a RECEIPT frame (a signed cumulative fee receipt)."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        self.records.queue_receipt(receipt)
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram :meth:`send_datagrams` takes: ``max_datagram_size`` of the
+        config, or less where a DATAGRAM frame (3 bytes of header) must fit a smaller
+        record (lossy carriers: ``max_record_plaintext``)."""
+        return self.records.max_datagram_size()
+
+    def send_datagram(self, data: bytes | bytearray | memoryview, backlog: int = 0) -> int:
+        """Send an unreliable datagram (never retransmitted); see :meth:`send_datagrams`."""
+        return self.send_datagrams((data,), backlog)
+
+    def send_datagrams(
+        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int = 0
+    ) -> int:
+        """Send unreliable datagrams: all of them, or (on a TypeError or
+        LocalProtocolError for any one) none. ``backlog``: bytes the I/O adapter holds
+        that the carrier has not taken yet. Those that would take it past
+        DATAGRAM_SEND_BACKLOG are dropped and counted in :attr:`datagrams_send_dropped`
+        instead (never a wait: a late datagram is worth less than a lost one). Returns
+        how many were queued."""
+        if self.lent_lane is not None:
+            self._take_back()
+        self._require_open()
+        queued, dropped, size = self.records.queue_datagrams(datagrams, backlog)
+        self.datagrams_send_dropped += dropped
+        # metered as they are framed to go (dropped ones never are): over an ordered
+        # carrier the peer counts exactly these as it accepts them
+        self.datagram_bytes += size
+        return queued
 
     def ping(self) -> None:
         """Send a PING (keeps the peer's idle timer alive)."""
         if self.lent_lane is not None:
             self._take_back()
         self._require_open()
-        self._ping_pending = True
+        self.records.ping_pending = True
 
     def carrier_lost(self, reason: str = "the peer vanished") -> None:
         """The carrier failed or was closed under us: end the connection at once."""
@@ -598,8 +602,8 @@ class Connection(_Streams, _FastPaths, _Records):
         if self._state is ConnState.CLOSED:
             return
         check_code(error_code)
-        if self._send_aead is not None:
-            self._close_frame = RawFrame(
+        if self.records.send_aead is not None:
+            self.records.close_frame = RawFrame(
                 FRAME_CLOSE, int(error_code), 0, 0, close_reason_bytes(reason)
             )
         self._terminate(int(error_code), reason, by_peer=False, now=None)
@@ -628,7 +632,7 @@ class Connection(_Streams, _FastPaths, _Records):
             self._finish_handshake(ConnState.ESTABLISHED)
         else:
             self._state = transition(self._state, ConnState.ESTABLISHED)
-        self._ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
+        self.records.ctrl.append(RawFrame(FRAME_CONTROL, int(ControlKind.ACCEPT)))
         self._events.append(ConnectionAccepted(self.peer_address))
         self._events.extend(self._held_events)
         self._held_events.clear()
@@ -681,7 +685,7 @@ class Connection(_Streams, _FastPaths, _Records):
 
     def _resend_handshake(self) -> None:
         for kind, message in self._hs_messages:
-            self._out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
+            self.records.out.append(_core.write_record_header(kind, 0, len(message), 0) + message)
 
     def _process_handshake_records(self, now: float) -> bool:
         try:
@@ -803,7 +807,9 @@ class Connection(_Streams, _FastPaths, _Records):
             self._finish_handshake(ConnState.AUTHENTICATING)
             if self.pattern == "XX":  # in IK the proof went in message 1
                 proof = make_auth_proof(self.config.identity, self._hs.handshake_hash)
-                self._ctrl.insert(0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof))
+                self.records.ctrl.insert(
+                    0, RawFrame(FRAME_CONTROL, int(ControlKind.AUTH), 0, 0, proof)
+                )
         else:  # REC_HS_FINAL
             self._finish_handshake(ConnState.AUTHENTICATING)
         early, self._early_records = self._early_records, []
@@ -812,7 +818,7 @@ class Connection(_Streams, _FastPaths, _Records):
 
     def _finish_handshake(self, new_state: ConnState) -> None:
         send_key, recv_key = self._hs.transport_keys()
-        self._send_aead = _core.Aead(send_key)
+        self.records.send_aead = _core.Aead(send_key)
         self._recv_aead = _core.Aead(recv_key)
         if self.config.reliable_carrier:
             # records come as they were sent (0, 1, 2, ...): one missing or moved was
@@ -824,7 +830,7 @@ class Connection(_Streams, _FastPaths, _Records):
         self.handshake_hash = self._hs.handshake_hash
         self.pattern = "IK" if self._hs.pattern == PATTERN_IK else "XX"
         params = self._peer_params
-        self._conn_send_credit = params["md"]
+        self.streams.conn_send_credit = params["md"]
         self.streams.peer_max = params["ms"]
         if self._keepalive:
             # a PING at half the peer's idle timeout, or a quiet connection (or one we
@@ -942,7 +948,7 @@ class Connection(_Streams, _FastPaths, _Records):
         self, kind: int, message: bytes, now: float | None, resend: bool = True
     ) -> None:
         record = _core.write_record_header(kind, 0, len(message), 0) + message
-        self._out.append(record)
+        self.records.out.append(record)
         if resend:
             self._hs_messages.append((kind, message))
         else:
@@ -956,38 +962,6 @@ class Connection(_Streams, _FastPaths, _Records):
     # to the parts that act on them (:meth:`_process_input`, :meth:`_handle_records`,
     # :meth:`_handle_record`, :meth:`_handle_frame`), input after our CLOSE on a lossy
     # carrier, and the failures and termination that end a connection.
-
-    def _input_while_closing(self, now: float) -> None:
-        """Lossy carriers: something arrived after our CLOSE went out. The peer sends on
-        because the CLOSE was lost, perhaps: it goes again (alone, in a new record), as
-        QUIC's closing state does -- without it the peer ended only at its idle timeout,
-        never learning the code and reason. For about three probe timeouts, and
-        rate-limited: after the 1st, 2nd, 4th, 8th... input, whatever it is (what
-        arrives is not opened: anyone could have sent it)."""
-        if now >= self._closing_until:
-            self._closing = None  # the closing period is over
-            return
-        self._closing_inputs += 1
-        if self._closing_inputs < self._closing_next:
-            return
-        self._closing_next *= 2
-        assert self._closing is not None
-        self._seal_plaintexts([self._closing], [[]], [False], now)
-
-    def _closing_timer(self, now: float) -> None:
-        """Lossy carriers, our CLOSE out: the closing period ends at ``_closing_until``;
-        before it, the CLOSE goes again (alone, in a new record) at every probe timeout,
-        whatever arrives or not. A peer with nothing to send, which would never make
-        :meth:`_input_while_closing` answer, still gets it, unless the carrier loses
-        each copy (docs/protocol.md 3.1)."""
-        if now >= self._closing_until:
-            self._closing = None
-            return
-        if now < self._closing_resend_at:
-            return
-        self._closing_resend_at = now + self._closing_interval
-        assert self._closing is not None
-        self._seal_plaintexts([self._closing], [[]], [False], now)
 
     def _process_input(self, now: float) -> None:
         while self._inbuf and self._state is not ConnState.CLOSED:
@@ -1031,7 +1005,7 @@ class Connection(_Streams, _FastPaths, _Records):
         Records holding one in-order STREAM frame (the bulk of any transfer) are
         delivered right here when :meth:`_fast_stream_frame` would accept them; every
         other record goes through :meth:`_handle_record`."""
-        lossy = self._acks is not None
+        lossy = self._lossy
         fast = not lossy and self.stream_data_handler is not None
         for record in records:
             if record.replayed:
@@ -1065,7 +1039,7 @@ class Connection(_Streams, _FastPaths, _Records):
             self._hs_messages.clear()
         if self._state is ConnState.AUTHENTICATING:
             if self.is_client:
-                if self._acks is not None and _stream_frame_before_accept(frames):
+                if self._lossy and _stream_frame_before_accept(frames):
                     # a lossy carrier lost the ACCEPT's record or brought it late: the
                     # server's first stream frames got here first. Dropped
                     # unacknowledged, they are sent again; taken, stream data would be
@@ -1077,7 +1051,7 @@ class Connection(_Streams, _FastPaths, _Records):
                 # comes before it had us answer (a STOP_SENDING's reset) a peer not yet
                 # authenticated, and reach the application after accept() as if the
                 # authenticated client had sent it.
-                if self._acks is None:
+                if not self._lossy:
                     raise RemoteProtocolError(
                         "a frame before the client's AUTH", ErrorCode.FRAME_VALUE
                     )
@@ -1108,7 +1082,7 @@ class Connection(_Streams, _FastPaths, _Records):
         except RemoteProtocolError as exc:
             if not (
                 exc.code == ErrorCode.REASM_FRAGMENTED
-                and self._acks is not None
+                and self._lossy
                 and _repeat_safe_before(frames, frame)
             ):
                 raise
@@ -1120,8 +1094,9 @@ class Connection(_Streams, _FastPaths, _Records):
             # what a peer can make us buffer.
             self.records_dropped_fragmented += 1
             return
-        if self._acks is not None:
-            self._acks.on_record(counter, ack_eliciting, now)
+        acks = self.records.acks
+        if acks is not None:
+            acks.on_record(counter, ack_eliciting, now)
 
     def _handle_frame(self, frame: RawFrame, now: float) -> None:
         ftype = frame.type
@@ -1130,34 +1105,19 @@ class Connection(_Streams, _FastPaths, _Records):
         if ftype in (FRAME_STREAM, FRAME_STREAM_FIN):
             self._on_stream_frame(frame.a, frame.b, frame.data, ftype == FRAME_STREAM_FIN)
         elif ftype == FRAME_ACK:
-            if self._recovery is not None:
-                if frame.ranges and frame.ranges[0][1] >= self._send_counter:
-                    # recovery clips it harmlessly, but no honest peer acknowledges a
-                    # record we never sealed (QUIC's PROTOCOL_VIOLATION as well)
-                    raise RemoteProtocolError(
-                        f"ACK of record {frame.ranges[0][1]}, which was never sent",
-                        ErrorCode.FRAME_VALUE,
-                    )
-                acked, lost = self._recovery.on_ack(frame.ranges, frame.c, now)
-                if acked:
-                    unacked = self._unacked
-                    self._on_acked(acked)
-                    if self._unacked_blocked and self._unacked < unacked:
-                        self._unacked_blocked = False
-                        self._streams_dirty = True
-                        self._events.append(SendWindowOpened(None))
-                self._requeue(lost)
+            if self._lossy and self.records.on_ack(frame.ranges, frame.c, now):
+                self._events.append(SendWindowOpened(None))
         elif ftype == FRAME_MAX_DATA:
-            if frame.a > self._conn_send_credit:
-                self._conn_send_credit = frame.a
-                self._streams_dirty = True
+            if frame.a > self.streams.conn_send_credit:
+                self.streams.conn_send_credit = frame.a
+                self.records.streams_dirty = True
                 self._events.append(SendWindowOpened(None))
         elif ftype == FRAME_MAX_STREAM_DATA:
             self.streams.check_not_unopened(frame.a)
             stream = self._streams.get(frame.a)
             if stream is not None and frame.b > stream.send_credit:
                 stream.send_credit = frame.b
-                self._streams_dirty = True
+                self.records.streams_dirty = True
                 self._events.append(SendWindowOpened(frame.a))
         elif ftype == FRAME_MAX_STREAMS:
             self.streams.peer_max = max(self.streams.peer_max, frame.a)
@@ -1191,8 +1151,10 @@ class Connection(_Streams, _FastPaths, _Records):
 
     def _fail(self, code: int, reason: str, now: float, send: bool = True) -> None:
         logger.debug("closing connection: %s (%s)", reason, code)
-        if send and self._send_aead is not None:
-            self._close_frame = RawFrame(FRAME_CLOSE, int(code), 0, 0, close_reason_bytes(reason))
+        if send and self.records.send_aead is not None:
+            self.records.close_frame = RawFrame(
+                FRAME_CLOSE, int(code), 0, 0, close_reason_bytes(reason)
+            )
         self._terminate(code, reason, by_peer=False, now=now)
 
     def _terminate(self, code: int, reason: str, by_peer: bool, now: float | None) -> None:

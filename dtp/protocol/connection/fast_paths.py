@@ -16,9 +16,12 @@ as the general path, with fewer calls and copies.
   bookkeeping here; every other entry point takes it back first (``_take_back``), so
   the connection never acts on stale fields, and the adapter only ever sees the lane.
 
-One module, as they share the lane and the state a loan moves: each of them reads and
-writes the connection's own fields directly (an attribute of the connection, not of an
-object it holds), as the per-record cost of these paths is what they are for."""
+One module, as they share the lane and the state a loan moves. Code of the connection
+(a mixin), not an object of its own: each of them moves, per record, the counts of
+both objects the connection holds (the stream table's flow control, the record layer's
+send counter and output) and the connection's own (bytes, times, the lane), reading
+each object into a local once. They call nothing of the streams API
+(tests/protocol/test_connection_parts.py)."""
 
 from __future__ import annotations
 
@@ -75,19 +78,21 @@ class _FastPaths(_ConnectionState):
     # sending
 
     def _can_seal_now(self) -> bool:
+        # (RecordLayer.waiting, inline: this runs on every send)
+        rl = self.records
         return (
-            self._acks is None
+            not self._lossy
             and (
                 self._state is ConnState.ESTABLISHED
                 or (self.is_client and self._state is ConnState.AUTHENTICATING)
             )
             and not (
-                self._ctrl
-                or self._pending_max_data
-                or self._pending_stream_credit
-                or self._pending_max_streams
-                or self._ping_pending
-                or self._close_frame is not None
+                rl.ctrl
+                or rl.pending_max_data
+                or rl.pending_stream_credit
+                or rl.pending_max_streams
+                or rl.ping_pending
+                or rl.close_frame is not None
             )
         )
 
@@ -98,8 +103,9 @@ class _FastPaths(_ConnectionState):
         goes out with the last byte when everything fits; otherwise it stays for the
         caller to queue."""
         size = len(data)
+        table = self.streams
         credit = min(
-            stream.send_credit - stream.next_offset, self._conn_send_credit - self._conn_sent
+            stream.send_credit - stream.next_offset, table.conn_send_credit - table.conn_sent
         )
         n = size if size <= credit else max(credit, 0)
         fin = end_stream and n == size
@@ -110,19 +116,20 @@ class _FastPaths(_ConnectionState):
         if fin and self._frees_a_stream(stream, n):
             self._seal_last(stream, offset, view)
             return b""
-        sealed, records = self._send_aead.seal_stream(
-            self._send_counter, stream.stream_id, offset, view, fin
+        rl = self.records
+        sealed, records = rl.send_aead.seal_stream(
+            rl.send_counter, stream.stream_id, offset, view, fin
         )
-        self._send_counter += records
-        self.records_sent += records
-        self._out.append(sealed)
+        rl.send_counter += records
+        rl.records_sent += records
+        rl.out.append(sealed)
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
-        self._conn_sent += n
+        table.conn_sent += n
         if fin:
             stream.send_state = SendState.FIN_SENT
             stream.fin_acked = True
-            self._maybe_forget(stream)
+            self.records.forget_if_done(stream)
             return b""
         return b"" if n == size else memoryview(data)[n:]
 
@@ -143,11 +150,11 @@ class _FastPaths(_ConnectionState):
         n = len(view)
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
-        self._conn_sent += n
+        self.streams.conn_sent += n
         stream.send_state = SendState.FIN_SENT
         stream.fin_acked = True
-        self._maybe_forget(stream)  # (raises the MAX_STREAMS count: its credit is due)
-        # (the frames' bytes as _emit_stream_chunk and _build_records make them)
+        self.records.forget_if_done(stream)  # (raises the MAX_STREAMS count: its credit is due)
+        # (the frames' bytes as the record layer's _emit_stream_chunk and build make them)
         plaintext = b"".join(
             (
                 _FIN,
@@ -157,28 +164,29 @@ class _FastPaths(_ConnectionState):
                 view,
             )
         )
-        if self._pending_max_streams:
+        if self.records.pending_max_streams:
             plaintext += _MAX_STREAMS + _varint(self.streams.max_streams_limit())
-            self._pending_max_streams = False
-        self._seal_plaintexts([plaintext], [[]], [True], 0.0)
+            self.records.pending_max_streams = False
+        self.records.seal([plaintext], [[]], [True], 0.0)
 
     def _get_lane(self) -> Any:
         if self._lane is None:
-            self._lane = _core.Lane(self._send_aead, self._recv_aead)
+            self._lane = _core.Lane(self.records.send_aead, self._recv_aead)
         return self._lane
 
     def _nothing_goes_first(self) -> bool:
         """Whether the lane may move stream bytes now: an established connection over a
         reliable carrier with no records or control frames waiting to go first."""
+        rl = self.records
         return not (
             self._state is not ConnState.ESTABLISHED
-            or self._acks is not None  # a lossy carrier: records are tracked for resending
-            or self._out
-            or self._ctrl
-            or self._pending_max_data
-            or self._pending_stream_credit
-            or self._pending_max_streams
-            or self._ping_pending
+            or self._lossy  # a lossy carrier: records are tracked for resending
+            or rl.out
+            or rl.ctrl
+            or rl.pending_max_data
+            or rl.pending_stream_credit
+            or rl.pending_max_streams
+            or rl.ping_pending
         )
 
     def seal_fast(
@@ -200,21 +208,23 @@ class _FastPaths(_ConnectionState):
         ):
             return None
         offset = stream.next_offset
-        credit = min(stream.send_credit - offset, self._conn_send_credit - self._conn_sent)
+        table = self.streams
+        credit = min(stream.send_credit - offset, table.conn_send_credit - table.conn_sent)
         if credit <= 0 or not data:
             return None
         lane = self._lane or self._get_lane()
         n = min(len(data), credit, lane.max_seal)
+        rl = self.records
         sealed, records = lane.seal(
-            self._send_counter, stream_id, offset, data if n == len(data) else data[:n]
+            rl.send_counter, stream_id, offset, data if n == len(data) else data[:n]
         )
-        self._send_counter += records
-        self.records_sent += records
+        rl.send_counter += records
+        rl.records_sent += records
         self.bytes_sent += len(sealed)
         self._last_sent = now
         stream.announce = False
         stream.next_offset = stream.base_offset = offset + n
-        self._conn_sent += n
+        table.conn_sent += n
         return sealed, n
 
     def sealed_kept(self) -> None:
@@ -251,7 +261,7 @@ class _FastPaths(_ConnectionState):
             or stream.recv_state is not RecvState.OPEN
             or stream.recv_highest != stream.delivered
             or self._state is not ConnState.ESTABLISHED
-            or self._acks is not None
+            or self._lossy
             or not len(dst)
         ):
             self.receive_data(data, now)
@@ -261,13 +271,14 @@ class _FastPaths(_ConnectionState):
         if self._inbuf:
             return self._lane_feed(memoryview(data), stream, memoryview(dst), now, False)
         lane = self._lane or self._get_lane()
+        table = self.streams
         result = lane.take(
             data,
             stream_id,
             stream.delivered,
             stream.recv_limit,
-            self._conn_received,
-            self._conn_recv_limit,
+            table.conn_received,
+            table.conn_recv_limit,
             dst,
         )
         if result.consumed != len(data) or result.spill:
@@ -280,20 +291,21 @@ class _FastPaths(_ConnectionState):
         n = result.taken
         stream.delivered = stream.recv_highest = stream.delivered + n
         stream.consumed += n
-        self._conn_received += n
-        self._conn_consumed += n
+        table.conn_received += n
+        table.conn_consumed += n
         self.records_received += result.records
         self._lane_sid = stream_id
         if (
-            self._conn_recv_limit - self._conn_consumed < self._conn_credit_at
-            or stream.recv_limit - stream.consumed < self._stream_credit_at
+            table.conn_recv_limit - table.conn_consumed < table.conn_credit_at
+            or stream.recv_limit - stream.consumed < table.stream_credit_at
         ):
-            self._return_credit(stream)
+            self.records.return_credit(stream)
         keepalive = self._keepalive
+        rl = self.records
         return n, bool(
             self._events
-            or self._pending_max_data
-            or self._pending_stream_credit
+            or rl.pending_max_data
+            or rl.pending_stream_credit
             or (keepalive and now >= self._last_sent + keepalive)
         )
 
@@ -354,6 +366,7 @@ class _FastPaths(_ConnectionState):
         attention = general = False
         out = dst if type(dst) is memoryview else memoryview(dst)
         handler = self.stream_data_handler
+        table = self.streams
         while view:
             if result is None:
                 result = lane.take(
@@ -361,8 +374,8 @@ class _FastPaths(_ConnectionState):
                     stream_id,
                     stream.delivered,
                     stream.recv_limit,
-                    self._conn_received,
-                    self._conn_recv_limit,
+                    table.conn_received,
+                    table.conn_recv_limit,
                     out[taken:] if taken and not deliver else out,
                 )
             if result.records:
@@ -370,7 +383,7 @@ class _FastPaths(_ConnectionState):
                 spill = result.spill
                 got = n + len(spill)
                 stream.delivered = stream.recv_highest = stream.delivered + got
-                self._conn_received += got
+                table.conn_received += got
                 self.records_received += result.records
                 taken += n
                 if deliver and n and handler is not None:
@@ -413,14 +426,20 @@ class _FastPaths(_ConnectionState):
                 general = True
                 break
         self._lane_sid = stream_id
-        if taken and not deliver:
-            self.acknowledge_read(stream_id, taken)
+        if taken and not deliver and self._state is not ConnState.CLOSED:
+            # what dst holds counts as read (as acknowledge_read would count it)
+            table.conn_consumed += taken
+            read = self._streams.get(stream_id)
+            if read is not None:
+                read.consumed += taken
+            self.records.return_credit(read)
         if not attention:
             keepalive = self._keepalive
+            rl = self.records
             attention = bool(
                 self._events
-                or self._pending_max_data
-                or self._pending_stream_credit
+                or rl.pending_max_data
+                or rl.pending_stream_credit
                 or (keepalive and now >= self._last_sent + keepalive)
             )
         return taken, attention, general
@@ -476,7 +495,7 @@ class _FastPaths(_ConnectionState):
             or stream is None
             or stream.recv_state is not RecvState.OPEN
             or offset != stream.delivered
-            or self._acks is not None
+            or self._lossy
             or self._state is not ConnState.ESTABLISHED
         ):
             return False
@@ -485,9 +504,10 @@ class _FastPaths(_ConnectionState):
             return False
         grown = end - stream.recv_highest
         if grown > 0:
-            if self._conn_received + grown > self._conn_recv_limit:
+            table = self.streams
+            if table.conn_received + grown > table.conn_recv_limit:
                 return False
-            self._conn_received += grown
+            table.conn_received += grown
             stream.recv_highest = end
         if data:
             stream.delivered = end
@@ -541,11 +561,12 @@ class _FastPaths(_ConnectionState):
         f.stream_id = stream_id
         f.can_send = can_send
         f.can_recv = can_recv
-        f.send_counter = self._send_counter
+        table = self.streams
+        f.send_counter = self.records.send_counter
         f.send_offset = stream.next_offset
         f.send_limit = max(stream.send_credit, stream.next_offset)
-        f.conn_sent = self._conn_sent
-        f.conn_send_limit = max(self._conn_send_credit, self._conn_sent)
+        f.conn_sent = table.conn_sent
+        f.conn_send_limit = max(table.conn_send_credit, table.conn_sent)
         f.records_sent = f.wire_sent = f.records_received = f.wire_received = 0
         f.last_sent = self._last_sent
         f.last_received = self._last_received
@@ -553,15 +574,15 @@ class _FastPaths(_ConnectionState):
         rx.stream_id = stream_id
         rx.offset = stream.delivered
         rx.stream_limit = stream.recv_limit
-        rx.conn_received = self._conn_received
-        rx.conn_limit = self._conn_recv_limit
-        # credit is due (see _return_credit) once what is read leaves less than the
-        # *_credit_at of a window; reads here are taken as read at once
+        rx.conn_received = table.conn_received
+        rx.conn_limit = table.conn_recv_limit
+        # credit is due (see RecordLayer.return_credit) once what is read leaves less
+        # than the *_credit_at of a window; reads here are taken as read at once
         f.credit_offset = stream.delivered + max(
-            0, stream.recv_limit - stream.consumed - self._stream_credit_at
+            0, stream.recv_limit - stream.consumed - table.stream_credit_at
         )
-        f.credit_conn = self._conn_received + max(
-            0, self._conn_recv_limit - self._conn_consumed - self._conn_credit_at
+        f.credit_conn = table.conn_received + max(
+            0, table.conn_recv_limit - table.conn_consumed - table.conn_credit_at
         )
         self.lent_lane = lane
         self.lent_stream_id = stream_id
@@ -610,24 +631,26 @@ class _FastPaths(_ConnectionState):
             # the start of a record the lane kept: the general path completes it
             self._inbuf += lane.rview[:pending]
             lane.pending = 0
-        self._send_counter = f.send_counter
+        records = self.records
+        records.send_counter = f.send_counter
         if f.send_offset != stream.next_offset:
             stream.announce = False
             stream.next_offset = stream.base_offset = f.send_offset
-            self._conn_sent = f.conn_sent
-            self.records_sent += f.records_sent
+            self.streams.conn_sent = f.conn_sent
+            records.records_sent += f.records_sent
             self.bytes_sent += f.wire_sent
             self._last_sent = f.last_sent
         rx = f.rx
         got = rx.offset - stream.delivered
         if got:
+            table = self.streams
             stream.delivered = stream.recv_highest = rx.offset
-            self._conn_received = rx.conn_received
+            table.conn_received = rx.conn_received
             read = got - unread
             stream.consumed += read
-            self._conn_consumed += read
+            table.conn_consumed += read
             self.records_received += f.records_received
             self.bytes_received += f.wire_received
             self._last_received = f.last_received
             self._lane_sid = stream.stream_id
-            self._return_credit(stream)
+            records.return_credit(stream)

@@ -1,16 +1,24 @@
-"""The records a connection sends (:class:`_Records`): control frames, receipts and
-datagrams queued, packed with stream data into records and sealed in batches; and, on
-lossy carriers, what acknowledgements and losses do to them -- acknowledged stream bytes
-leave the streams' send buffers, and what a lost record carried is queued to go again:
-stream ranges not acknowledged since, control frames as they were, flow-control credits
-as they are now (:mod:`dtp.protocol.recovery` tells which records were acknowledged or
-lost)."""
+"""The record layer of a connection (:class:`RecordLayer`): control frames, receipts and
+datagrams queued, packed with stream data into records and sealed in batches under the
+send counter; and, on lossy carriers, what acknowledgements and losses do to them --
+acknowledged stream bytes leave the streams' send buffers, and what a lost record carried
+is queued to go again: stream ranges not acknowledged since, control frames as they
+were, flow-control credits as they are now (:mod:`dtp.protocol.recovery` tells which
+records were acknowledged or lost, and when a probe is due).
+
+An object the connection holds (``Connection.records``), not a part of it: it imports
+nothing of :mod:`~dtp.protocol.connection.core` and calls no method of the connection.
+It works on the stream table it is given (the streams' send buffers and the
+connection-level flow-control counts), and what the connection must do after it acted
+(report a window opened, give up on a peer that acknowledges nothing) it reads from the
+return values (tests/protocol/test_connection_parts.py checks this)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, NamedTuple
 
-from dtp.errors import ErrorCode, LocalProtocolError
+from dtp.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from dtp.native import core as _core
 from dtp.native.reference.varint import varint_encode
 from dtp.native.types import (
@@ -30,22 +38,42 @@ from dtp.native.types import (
     RawFrame,
 )
 from dtp.protocol.buffers import bytes_like
-from dtp.protocol.connection.base import (
-    Stream,
-    _ConnectionState,
-    _Item,
-    _ResendCredit,
-    _ResendFrame,
-    _StreamChunk,
-)
 from dtp.protocol.connection.config import (
     DATAGRAM_SEND_BACKLOG,
     MAX_RECEIPT,
     MAX_RECORD_PLAINTEXT,
     MAX_STREAM_FRAME_OVERHEAD,
+    VARINT_MAX,
+    ConnectionConfig,
 )
-from dtp.protocol.recovery import SentRecord
-from dtp.protocol.state import ConnState, ControlKind, RecvState, SendState
+from dtp.protocol.connection.stream_table import Stream, StreamTable
+from dtp.protocol.recovery import MAX_PTO_COUNT, AckTracker, LossRecovery, SentRecord
+from dtp.protocol.state import ControlKind, RecvState, SendState
+
+
+class _StreamChunk(NamedTuple):
+    """Stream bytes a record carried (sent again from the stream's buffer if lost)."""
+
+    stream_id: int
+    offset: int
+    length: int
+    fin: bool
+
+
+class _ResendFrame(NamedTuple):
+    """A control frame sent again as it was."""
+
+    frame: RawFrame
+
+
+class _ResendCredit(NamedTuple):
+    """A flow-control credit frame (MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS)."""
+
+    frame_type: int
+    stream_id: int
+
+
+_Item = _StreamChunk | _ResendFrame | _ResendCredit
 
 
 def _frame_bound(frame: RawFrame) -> int:
@@ -75,88 +103,149 @@ def _varint(value: int) -> bytes:
     return encoded
 
 
-class _Records(_ConnectionState):
-    """Building and sealing the records of a
-    :class:`~dtp.protocol.connection.core.Connection` (a mixin), and on lossy carriers
-    what acknowledgements and losses do to them (:meth:`_on_acked`, :meth:`_requeue`).
+class RecordLayer:
+    """The records one connection sends: what waits for the next record (control
+    frames, credit, a PING, a CLOSE), the send counter and the sealing, and on lossy
+    carriers the ACK ranges to send (:attr:`acks`), the records in flight and the probe
+    timeout (:attr:`recovery`), and what a lost record carried, queued again.
 
-    Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
-    ``_state``, ``_out``, ``_send_aead``, ``_send_counter``, ``lent_lane``,
-    ``streams``, ``_streams``, ``_streams_dirty``, ``_conn_send_credit``, ``_conn_sent``,
-    ``_conn_recv_limit``, ``_ctrl``,
-    ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
-    ``_ping_pending``, ``_close_frame``, ``_closing`` and its ``_closing_*`` fields, ``_acks``,
-    ``_ack_lead``, ``_recovery``, ``_unacked``, ``_unacked_blocked``, ``records_sent``,
-    ``datagrams_send_dropped``, ``datagram_bytes``.
+    The fast paths of the connection seal stream records themselves, through the same
+    fields (:attr:`send_aead`, :attr:`send_counter`, :attr:`out`, :attr:`records_sent`).
     """
+
+    __slots__ = (
+        "ack_lead",
+        "acks",
+        "by_id",
+        "close_frame",
+        "closing",
+        "closing_inputs",
+        "closing_interval",
+        "closing_next",
+        "closing_resend_at",
+        "closing_until",
+        "config",
+        "ctrl",
+        "out",
+        "pending_max_data",
+        "pending_max_streams",
+        "pending_stream_credit",
+        "ping_pending",
+        "records_sent",
+        "recovery",
+        "send_aead",
+        "send_counter",
+        "streams",
+        "streams_dirty",
+        "unacked",
+        "unacked_blocked",
+    )
+
+    def __init__(self, config: ConnectionConfig, streams: StreamTable, now: float) -> None:
+        self.config = config
+        self.streams = streams
+        self.by_id = streams.by_id  # (bound once: the packing loops read it per stream)
+        self.send_aead: Any = None  # set when the handshake gives the transport keys
+        self.send_counter = 0
+        self.out: list[bytes] = []  # sealed records (and handshake messages) to go
+        self.records_sent = 0
+        self.streams_dirty = False  # some stream may have something to send
+        # frames waiting for the next record
+        self.ctrl: list[RawFrame] = []
+        self.pending_max_data = False
+        self.pending_stream_credit: set[int] = set()
+        self.pending_max_streams = False
+        self.ping_pending = False
+        self.close_frame: RawFrame | None = None
+        # lossy carriers, after our CLOSE went out (QUIC's closing state): its plaintext,
+        # sealed again until closing_until in reply to what still arrives, after the
+        # 1st, 2nd, 4th, 8th... input (closing_next), and at closing_resend_at, every
+        # closing_interval (a probe timeout) when nothing does (docs/protocol.md 3.1)
+        self.closing: bytes | None = None
+        self.closing_until = 0.0
+        self.closing_resend_at = 0.0
+        self.closing_interval = 0.0
+        self.closing_inputs = 0
+        self.closing_next = 1
+        # lossy carriers
+        lossy = not config.reliable_carrier
+        self.acks: AckTracker | None = AckTracker() if lossy else None
+        # an ACK frame (encoded) that goes in the next stream record it fits in, while
+        # build() packs the streams
+        self.ack_lead: bytes | None = None
+        self.recovery: LossRecovery | None = LossRecovery() if lossy else None
+        if self.recovery is not None:
+            self.recovery.last_ack_time = now
+        # stream bytes sent and not acknowledged yet (kept for resending), over all
+        # streams: packing stops at our own connection window of them, whatever credit
+        # the peer grants (docs/protocol.md, section 9)
+        self.unacked = 0
+        self.unacked_blocked = False  # packing stopped there: an ACK making room says so
+
+    def waiting(self) -> bool:
+        """Whether frames wait for the next record (the fast paths seal stream data at
+        once only when nothing must go before it)."""
+        return bool(
+            self.ctrl
+            or self.pending_max_data
+            or self.pending_stream_credit
+            or self.pending_max_streams
+            or self.ping_pending
+            or self.close_frame is not None
+        )
 
     def awaiting_acks(self) -> bool:
         """Lossy carriers: whether something we sent may still have to be sent again (a
         record not yet acknowledged, or lost and queued for retransmission). Always
-        False over a reliable carrier. Graceful closes wait for this to clear."""
-        recovery = self._recovery
+        False over a reliable carrier."""
+        recovery = self.recovery
         if recovery is None:
             return False
         if any(r.ack_eliciting for r in recovery.in_flight.values()):
             return True
-        return any(s.retransmit or s.fin_pending_resend for s in self._streams.values())
+        return any(s.retransmit or s.fin_pending_resend for s in self.by_id.values())
 
-    def send_control(self, kind: int, data: bytes = b"") -> None:
-        """Send an application CONTROL frame (kind >= 16)."""
-        if self.lent_lane is not None:
-            self._take_back()
-        self._require_open()
-        if kind < ControlKind.APPLICATION:
-            raise LocalProtocolError("control kinds below 16 are reserved for DTP")
-        body = bytes(data)
-        # checked here, not when data_to_send seals it (which failed, losing the frames
-        # queued with it): the frame must fit one record
-        room = self._record_room() - 1 - len(_varint(kind)) - 2
-        if len(body) > room:
-            raise LocalProtocolError(f"control body of {len(body)} bytes exceeds {room}")
-        self._ctrl.append(RawFrame(FRAME_CONTROL, kind, 0, 0, body))
+    # ----------------------------------------------------------------------------------
+    # frames queued for the next record (the connection checks it is open first)
 
-    def send_receipt(self, receipt: bytes) -> None:
-        """Send a RECEIPT frame (a signed cumulative fee receipt)."""
-        if self.lent_lane is not None:
-            self._take_back()
-        self._require_open()
-        body = bytes(receipt)
-        room = min(MAX_RECEIPT, self._record_room() - 3)
-        if len(body) > room:
-            raise LocalProtocolError(f"receipt of {len(body)} bytes exceeds {room}")
-        self._ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, body))
-
-    def _record_room(self) -> int:
+    def record_room(self) -> int:
         """The largest plaintext of a record we may send one frame in."""
         if self.config.reliable_carrier:
             return MAX_RECORD_PLAINTEXT
         return self.config.max_record_plaintext
 
-    @property
     def max_datagram_size(self) -> int:
-        """The largest datagram :meth:`send_datagrams` takes: ``max_datagram_size`` of the
-        config, or less where a DATAGRAM frame (3 bytes of header) must fit a smaller
-        record (lossy carriers: ``max_record_plaintext``)."""
-        return min(self.config.max_datagram_size, self._record_room() - 3)
+        """The largest datagram :meth:`queue_datagrams` takes (a DATAGRAM frame has 3
+        bytes of header, and must fit one record)."""
+        return min(self.config.max_datagram_size, self.record_room() - 3)
 
-    def send_datagram(self, data: bytes | bytearray | memoryview, backlog: int = 0) -> int:
-        """Send an unreliable datagram (never retransmitted); see :meth:`send_datagrams`."""
-        return self.send_datagrams((data,), backlog)
+    def queue_control(self, kind: int, data: bytes) -> None:
+        """Queue an application CONTROL frame (kind >= 16)."""
+        if kind < ControlKind.APPLICATION:
+            raise LocalProtocolError("control kinds below 16 are reserved for DTP")
+        body = bytes(data)
+        # checked here, not when build() seals it (which failed, losing the frames
+        # queued with it): the frame must fit one record
+        room = self.record_room() - 1 - len(_varint(kind)) - 2
+        if len(body) > room:
+            raise LocalProtocolError(f"control body of {len(body)} bytes exceeds {room}")
+        self.ctrl.append(RawFrame(FRAME_CONTROL, kind, 0, 0, body))
 
-    def send_datagrams(
-        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int = 0
-    ) -> int:
-        """Send unreliable datagrams: all of them, or (on a TypeError or
-        LocalProtocolError for any one) none. ``backlog``: bytes the I/O adapter holds
-        that the carrier has not taken yet. Those that would take it past
-        DATAGRAM_SEND_BACKLOG are dropped and counted in :attr:`datagrams_send_dropped`
-        instead (never a wait: a late datagram is worth less than a lost one). Returns
-        how many were queued."""
-        if self.lent_lane is not None:
-            self._take_back()
-        self._require_open()
-        limit = self.max_datagram_size
+    def queue_receipt(self, receipt: bytes) -> None:
+        """Queue a RECEIPT frame (a signed cumulative fee receipt)."""
+        body = bytes(receipt)
+        room = min(MAX_RECEIPT, self.record_room() - 3)
+        if len(body) > room:
+            raise LocalProtocolError(f"receipt of {len(body)} bytes exceeds {room}")
+        self.ctrl.append(RawFrame(FRAME_RECEIPT, 0, 0, 0, body))
+
+    def queue_datagrams(
+        self, datagrams: Iterable[bytes | bytearray | memoryview], backlog: int
+    ) -> tuple[int, int, int]:
+        """Queue DATAGRAM frames: all of them, or (on a TypeError or LocalProtocolError
+        for any one) none; those that would take ``backlog`` past DATAGRAM_SEND_BACKLOG
+        are dropped instead. Returns (queued, dropped, payload bytes queued)."""
+        limit = self.max_datagram_size()
         frames = []
         size = 0
         for data in datagrams:
@@ -167,6 +256,7 @@ class _Records(_ConnectionState):
                 raise LocalProtocolError(f"datagram of {n} bytes exceeds {limit}")
             frames.append(RawFrame(FRAME_DATAGRAM, 0, 0, 0, body))
             size += n
+        dropped = 0
         if backlog + size > DATAGRAM_SEND_BACKLOG:
             room = DATAGRAM_SEND_BACKLOG - backlog
             kept = size = 0
@@ -176,30 +266,174 @@ class _Records(_ConnectionState):
                     break
                 size += len(frame.data)
                 kept += 1
-            self.datagrams_send_dropped += len(frames) - kept
+            dropped = len(frames) - kept
             del frames[kept:]
-        # metered as they are framed to go (dropped ones never are): over an ordered
-        # carrier the peer counts exactly these as it accepts them
-        self.datagram_bytes += size
-        self._ctrl.extend(frames)
-        return len(frames)
+        self.ctrl.extend(frames)
+        return len(frames), dropped, size
 
-    def _build_records(self, now: float) -> None:
-        if self._send_aead is None:
+    # ----------------------------------------------------------------------------------
+    # acknowledgements, losses and probes (lossy carriers only)
+
+    def on_ack(self, ranges: tuple[tuple[int, int], ...], delay: int, now: float) -> bool:
+        """An ACK frame arrived: acknowledged stream bytes leave the send buffers, and
+        what the records it shows lost carried is queued again. Returns whether packing
+        had stopped at our window of unacknowledged bytes and now has room (a
+        SendWindowOpened is due)."""
+        recovery = self.recovery
+        if recovery is None:
+            return False
+        if ranges and ranges[0][1] >= self.send_counter:
+            # recovery clips it harmlessly, but no honest peer acknowledges a record we
+            # never sealed (QUIC's PROTOCOL_VIOLATION as well)
+            raise RemoteProtocolError(
+                f"ACK of record {ranges[0][1]}, which was never sent", ErrorCode.FRAME_VALUE
+            )
+        acked, lost = recovery.on_ack(ranges, delay, now)
+        opened = False
+        if acked:
+            unacked = self.unacked
+            self._on_acked(acked)
+            if self.unacked_blocked and self.unacked < unacked:
+                self.unacked_blocked = False
+                self.streams_dirty = True
+                opened = True
+        self.requeue(lost)
+        return opened
+
+    def deadline(self) -> float | None:
+        """The earliest of the ACK, loss and probe deadlines (None: none is set)."""
+        deadlines = []
+        if self.acks is not None and self.acks.ack_deadline is not None:
+            deadlines.append(self.acks.ack_deadline)
+        if self.recovery is not None:
+            for d in (self.recovery.loss_deadline(), self.recovery.pto_deadline()):
+                if d is not None:
+                    deadlines.append(d)
+        return min(deadlines) if deadlines else None
+
+    def on_timer(self, now: float, idle_timeout: float) -> bool:
+        """Records declared lost by time, and a probe at the probe timeout, queued to go.
+        Returns False when the peer is to be given up for acknowledging nothing through
+        MAX_PTO_COUNT probes and ``idle_timeout`` seconds (nothing is queued then)."""
+        recovery = self.recovery
+        if recovery is None:
+            return True
+        lost = recovery.detect_lost(now)
+        pto = recovery.pto_deadline()
+        if pto is not None and now >= pto:
+            if recovery.pto_count == 0:
+                recovery.probing_since = now
+            # (the idle timeout counted from when the probing began, too: counted from
+            # the last acknowledgement alone, a side that had sent nothing to
+            # acknowledge for a while closed a few seconds into a short outage)
+            if recovery.pto_count >= MAX_PTO_COUNT and now >= (
+                max(recovery.last_ack_time, recovery.probing_since) + idle_timeout
+            ):
+                # A peer that goes on sending (its PINGs keep the idle timer alive) but
+                # acknowledges nothing of ours is as gone as a silent one: held on, our
+                # data would be probed for, and kept, for good. (Never before the idle
+                # timeout: a link down both ways gets as long.)
+                return False
+            lost += recovery.on_pto()
+            # the probe must elicit an ACK even when the records it gives up held
+            # nothing to send again (datagrams, ACK-only): else nothing goes out, the
+            # next probe waits twice as long, and data behind them stalls
+            self.ping_pending = True
+        self.requeue(lost)
+        return True
+
+    # ----------------------------------------------------------------------------------
+    # our CLOSE on a lossy carrier (QUIC's closing state, docs/protocol.md 3.1)
+
+    def closing_deadline(self) -> float | None:
+        """When :meth:`closing_timer` is due (None: not closing)."""
+        if self.closing is None:
+            return None
+        return min(self.closing_resend_at, self.closing_until)
+
+    def input_while_closing(self, now: float) -> None:
+        """Something arrived after our CLOSE went out. The peer sends on because the
+        CLOSE was lost, perhaps: it goes again (alone, in a new record), as QUIC's
+        closing state does -- without it the peer ended only at its idle timeout, never
+        learning the code and reason. For about three probe timeouts, and rate-limited:
+        after the 1st, 2nd, 4th, 8th... input, whatever it is (what arrives is not
+        opened: anyone could have sent it)."""
+        if now >= self.closing_until:
+            self.closing = None  # the closing period is over
             return
-        if self._acks is None and not (
-            self._streams_dirty
-            or self._ctrl
-            or self._pending_max_data
-            or self._pending_stream_credit
-            or self._pending_max_streams
-            or self._ping_pending
-            or self._close_frame is not None
+        self.closing_inputs += 1
+        if self.closing_inputs < self.closing_next:
+            return
+        self.closing_next *= 2
+        assert self.closing is not None
+        self.seal([self.closing], [[]], [False], now)
+
+    def closing_timer(self, now: float) -> None:
+        """The closing period ends at ``closing_until``; before it, the CLOSE goes again
+        (alone, in a new record) at every probe timeout, whatever arrives or not. A peer
+        with nothing to send, which would never make :meth:`input_while_closing` answer,
+        still gets it, unless the carrier loses each copy."""
+        if now >= self.closing_until:
+            self.closing = None
+            return
+        if now < self.closing_resend_at:
+            return
+        self.closing_resend_at = now + self.closing_interval
+        assert self.closing is not None
+        self.seal([self.closing], [[]], [False], now)
+
+    # ----------------------------------------------------------------------------------
+    # building and sealing records
+
+    def forget_if_done(self, stream: Stream) -> None:
+        """A stream both of whose halves ended leaves the table; a peer stream's place
+        going back to the peer makes a MAX_STREAMS due."""
+        if self.streams.forget_if_done(stream):
+            self.pending_max_streams = True
+
+    def return_credit(self, stream: Stream | None) -> None:
+        """After the application consumed bytes (of ``stream``): queue credit updates
+        for the windows that are used up enough."""
+        # Credit goes back once a quarter of the window is used (or a paced step of it:
+        # Connection.pace_credit): a sender on a fast carrier then always has most of a
+        # window to go on while the update travels.
+        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
+        # reaches that once some bytes are read), so they stop there.
+        table = self.streams
+        if table.conn_recv_limit - table.conn_consumed < table.conn_credit_at:
+            limit = min(table.conn_consumed + self.config.connection_window, VARINT_MAX)
+            if limit > table.conn_recv_limit:
+                table.conn_recv_limit = limit
+                self.pending_max_data = True
+        if (
+            stream is not None
+            and stream.recv_state is RecvState.OPEN
+            and stream.recv_limit - stream.consumed < table.stream_credit_at
+        ):
+            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
+            if limit > stream.recv_limit:
+                stream.recv_limit = limit
+                self.pending_stream_credit.add(stream.stream_id)
+
+    def build(self, now: float, streams_may_go: bool) -> None:
+        """Build and seal (into :attr:`out`) the records of everything queued: the ACK
+        due, credit, control frames, a PING, stream data (where ``streams_may_go``: the
+        connection's state lets stream data out) and a CLOSE."""
+        if self.send_aead is None:
+            return
+        if self.acks is None and not (
+            self.streams_dirty
+            or self.ctrl
+            or self.pending_max_data
+            or self.pending_stream_credit
+            or self.pending_max_streams
+            or self.ping_pending
+            or self.close_frame is not None
         ):
             return  # nothing to send (the common case after a fast-path seal)
         frames_now: list[RawFrame] = []
         ack: RawFrame | None = None
-        acks = self._acks
+        acks = self.acks
         if (
             acks is not None
             and acks.ack_deadline is not None
@@ -215,35 +449,26 @@ class _Records(_ConnectionState):
             if ranges:
                 ack = RawFrame(FRAME_ACK, c=delay, ranges=ranges)
                 frames_now.append(ack)
-        if self._pending_max_data:
-            frames_now.append(RawFrame(FRAME_MAX_DATA, self._conn_recv_limit))
-        if self._pending_stream_credit:
-            for sid in sorted(self._pending_stream_credit):
-                stream = self._streams.get(sid)
+        if self.pending_max_data:
+            frames_now.append(RawFrame(FRAME_MAX_DATA, self.streams.conn_recv_limit))
+        if self.pending_stream_credit:
+            for sid in sorted(self.pending_stream_credit):
+                stream = self.by_id.get(sid)
                 if stream is not None and stream.recv_state is RecvState.OPEN:
                     frames_now.append(RawFrame(FRAME_MAX_STREAM_DATA, sid, stream.recv_limit))
-        if self._pending_max_streams:
+        if self.pending_max_streams:
             frames_now.append(RawFrame(FRAME_MAX_STREAMS, self.streams.max_streams_limit()))
-        frames_now.extend(self._ctrl)
-        if self._ping_pending:
+        frames_now.extend(self.ctrl)
+        if self.ping_pending:
             frames_now.append(RawFrame(FRAME_PING))
 
         plaintexts: list[bytes] = []
         items_per_record: list[list[_Item]] = []
         eliciting: list[bool] = []
-        # A client may send data right behind its AUTH frame (the server holds it until
-        # it accepts), but only where records cannot overtake each other.
-        pack_streams = self._streams_dirty and (
-            self._state is ConnState.ESTABLISHED
-            or (
-                self.is_client
-                and self._state is ConnState.AUTHENTICATING
-                and self.config.reliable_carrier
-            )
-        )
+        pack_streams = self.streams_dirty and streams_may_go
         if ack is not None and pack_streams and len(frames_now) == 1:
             # an ACK alone rides in a stream record where it fits (_emit_stream_chunk)
-            self._ack_lead = _core.encode_frames(frames_now)
+            self.ack_lead = _core.encode_frames(frames_now)
             frames_now.clear()
         # control frames first, packed into as few records as fit
         if frames_now:
@@ -252,77 +477,80 @@ class _Records(_ConnectionState):
         # lost it all (every frame queued with the one that failed), and raised. (Let
         # go with nothing encoded too: credit for streams no longer open sends nothing,
         # and kept, it made every later call skip the early return above.)
-        self._pending_max_data = False
-        self._pending_stream_credit.clear()
-        self._pending_max_streams = False
-        self._ctrl.clear()
-        self._ping_pending = False
-        if frames_now and self._acks is None:
+        self.pending_max_data = False
+        self.pending_stream_credit.clear()
+        self.pending_max_streams = False
+        self.ctrl.clear()
+        self.ping_pending = False
+        if frames_now and self.acks is None:
             # reliable carriers: stream data is sealed straight from the send buffers
             # below, so the control records must be sealed before it
-            self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+            self.seal(plaintexts, items_per_record, eliciting, now)
             plaintexts, items_per_record, eliciting = [], [], []
         if pack_streams:
             # packing sends everything that flow control allows, so the streams are
             # clean until new data, new credit or a loss marks them dirty again
-            self._streams_dirty = False
+            self.streams_dirty = False
             self._pack_streams(plaintexts, items_per_record, eliciting)
-            if self._ack_lead is not None:
+            if self.ack_lead is not None:
                 # no stream record had room for it (or none went): a record of its own
-                plaintexts.append(self._ack_lead)
+                plaintexts.append(self.ack_lead)
                 items_per_record.append([])
                 eliciting.append(False)
-                self._ack_lead = None
-        if self._close_frame is not None:
-            close = _core.encode_frames([self._close_frame])
-            self._close_frame = None
-            if self._recovery is not None:
+                self.ack_lead = None
+        if self.close_frame is not None:
+            close = _core.encode_frames([self.close_frame])
+            self.close_frame = None
+            if self.recovery is not None:
                 # a lossy carrier may lose it: kept to be sent again for the closing
-                # period (_input_while_closing, _closing_timer; docs/protocol.md 3.1)
-                pto = self._recovery.pto_interval()
-                self._closing = close
-                self._closing_until = now + 3 * pto
-                self._closing_interval = pto
-                self._closing_resend_at = now + pto
+                # period (input_while_closing, closing_timer; docs/protocol.md 3.1)
+                pto = self.recovery.pto_interval()
+                self.closing = close
+                self.closing_until = now + 3 * pto
+                self.closing_interval = pto
+                self.closing_resend_at = now + pto
             plaintexts.append(close)
             items_per_record.append([])
             eliciting.append(False)
-        self._seal_plaintexts(plaintexts, items_per_record, eliciting, now)
+        self.seal(plaintexts, items_per_record, eliciting, now)
 
-    def _seal_plaintexts(
+    def seal(
         self,
         plaintexts: list[bytes],
         items_per_record: list[list[_Item]],
         eliciting: list[bool],
         now: float,
     ) -> None:
+        """Seal ``plaintexts`` (one record each) into :attr:`out`; on a lossy carrier
+        those ``eliciting`` an ACK are tracked with the items they carried, to be sent
+        again if lost."""
         if not plaintexts:
             return
-        first = self._send_counter
-        sealed = self._send_aead.seal(first, plaintexts)
-        self._send_counter += len(plaintexts)
+        first = self.send_counter
+        sealed = self.send_aead.seal(first, plaintexts)
+        self.send_counter += len(plaintexts)
         self.records_sent += len(plaintexts)
-        self._out.append(sealed)
-        if self._recovery is not None:
+        self.out.append(sealed)
+        if self.recovery is not None:
             for i, items in enumerate(items_per_record):
                 if eliciting[i]:
-                    evicted = self._recovery.on_sent(SentRecord(first + i, now, items, True))
+                    evicted = self.recovery.on_sent(SentRecord(first + i, now, items, True))
                     if evicted is not None:
-                        self._requeue([evicted])
+                        self.requeue([evicted])
 
     def _has_outgoing(self) -> bool:
         """Whether the next records will carry something an ACK can ride along with.
         Stream data blocked by flow control does not count: an ACK frame would then
         travel alone, on every call, while the peer's credit is awaited."""
-        if self._ctrl or self._ping_pending:
+        if self.ctrl or self.ping_pending:
             return True
         conn_credit = (
-            self._conn_send_credit > self._conn_sent
-            and self._unacked < self.config.connection_window
+            self.streams.conn_send_credit > self.streams.conn_sent
+            and self.unacked < self.config.connection_window
         )
         return any(
             s.retransmit or (s.unsent() and conn_credit and s.send_credit > s.next_offset)
-            for s in self._streams.values()
+            for s in self.by_id.values()
         )
 
     def _pack_control(
@@ -372,8 +600,8 @@ class _Records(_ConnectionState):
         eliciting: list[bool],
     ) -> None:
         budget = self.config.max_record_plaintext - MAX_STREAM_FRAME_OVERHEAD
-        lossy = self._acks is not None
-        for stream in list(self._streams.values()):
+        lossy = self.acks is not None
+        for stream in list(self.by_id.values()):
             if stream.send_state is SendState.RESET:
                 continue
             # retransmissions first (lossy carriers only)
@@ -398,18 +626,18 @@ class _Records(_ConnectionState):
                 unsent = stream.unsent()
                 credit = min(
                     stream.send_credit - stream.next_offset,
-                    self._conn_send_credit - self._conn_sent,
+                    self.streams.conn_send_credit - self.streams.conn_sent,
                 )
                 if lossy:
-                    room = self.config.connection_window - self._unacked
+                    room = self.config.connection_window - self.unacked
                     if room < credit:
                         credit = room
                         if unsent and room <= 0:
-                            self._unacked_blocked = True
+                            self.unacked_blocked = True
                 wants_fin = stream.send_state is SendState.FIN_QUEUED and unsent <= max(credit, 0)
                 if unsent and credit > 0:
                     length = min(unsent, credit, budget)
-                    if self._acks is None:
+                    if self.acks is None:
                         # reliable carrier: all that flow control allows in one call
                         self._seal_queued(stream, min(unsent, credit))
                         if stream.send_state is SendState.FIN_SENT:
@@ -440,21 +668,21 @@ class _Records(_ConnectionState):
         fin = stream.send_state is SendState.FIN_QUEUED and end == stream.end_offset
         start = offset - stream.base_offset
         with memoryview(stream.send_buf) as view:
-            sealed, records = self._send_aead.seal_stream(
-                self._send_counter, stream.stream_id, offset, view[start : start + length], fin
+            sealed, records = self.send_aead.seal_stream(
+                self.send_counter, stream.stream_id, offset, view[start : start + length], fin
             )
-        self._send_counter += records
+        self.send_counter += records
         self.records_sent += records
-        self._out.append(sealed)
+        self.out.append(sealed)
         stream.announce = False
         stream.next_offset = end
-        self._conn_sent += length
+        self.streams.conn_sent += length
         del stream.send_buf[: end - stream.base_offset]
         stream.base_offset = end
         if fin:
             stream.send_state = SendState.FIN_SENT
             stream.fin_acked = True
-            self._maybe_forget(stream)
+            self.forget_if_done(stream)
 
     def _emit_stream_chunk(
         self,
@@ -474,12 +702,12 @@ class _Records(_ConnectionState):
         )
         header = bytes([FRAME_STREAM_FIN if fin else FRAME_STREAM])
         header += _varint(stream.stream_id) + _varint(offset) + _varint(length)
-        lead = self._ack_lead
+        lead = self.ack_lead
         if lead is not None and (
             len(lead) + len(header) + length <= self.config.max_record_plaintext
         ):
             plaintexts.append(lead + header + data)  # the ACK due rides along
-            self._ack_lead = None
+            self.ack_lead = None
         else:
             plaintexts.append(header + data)
         stream.announce = False
@@ -494,7 +722,7 @@ class _Records(_ConnectionState):
                     stream.retransmit.ranges[0][0] = end
             return
         stream.next_offset = end
-        self._conn_sent += length
+        self.streams.conn_sent += length
         if fin:
             stream.send_state = SendState.FIN_SENT
         if self.config.reliable_carrier:
@@ -503,9 +731,9 @@ class _Records(_ConnectionState):
             stream.base_offset = end
             if fin:
                 stream.fin_acked = True
-                self._maybe_forget(stream)
+                self.forget_if_done(stream)
         else:
-            self._unacked += length
+            self.unacked += length
 
     # ----------------------------------------------------------------------------------
     # acknowledged and lost records (lossy carriers only: a reliable carrier
@@ -516,7 +744,7 @@ class _Records(_ConnectionState):
             for item in record.items:
                 if not isinstance(item, _StreamChunk):
                     continue
-                stream = self._streams.get(item.stream_id)
+                stream = self.by_id.get(item.stream_id)
                 if stream is None:
                     continue
                 if item.length:
@@ -524,18 +752,18 @@ class _Records(_ConnectionState):
                     self._advance_acked(stream)
                 if item.fin:
                     stream.fin_acked = True
-                    self._maybe_forget(stream)
+                    self.forget_if_done(stream)
 
     def _advance_acked(self, stream: Stream) -> None:
         ranges = stream.acked.ranges
         if ranges and ranges[0][0] <= stream.base_offset:
             new_base = min(ranges[0][1] + 1, stream.next_offset)
             if new_base > stream.base_offset:
-                self._unacked -= new_base - stream.base_offset
+                self.unacked -= new_base - stream.base_offset
                 del stream.send_buf[: new_base - stream.base_offset]
                 stream.base_offset = new_base
 
-    def _requeue(self, lost: list[SentRecord]) -> None:
+    def requeue(self, lost: list[SentRecord]) -> None:
         for record in lost:
             for item in record.items:
                 if isinstance(item, _StreamChunk):
@@ -545,22 +773,22 @@ class _Records(_ConnectionState):
                     if frame.type == FRAME_CONTROL and frame.a == ControlKind.AUTH:
                         # An XX server drops a record with frames before the AUTH: sent
                         # again behind frames queued since, it went with them each time.
-                        self._ctrl.insert(0, frame)
+                        self.ctrl.insert(0, frame)
                     else:
-                        self._ctrl.append(frame)
+                        self.ctrl.append(frame)
                 elif isinstance(item, _ResendCredit):
                     if item.frame_type == FRAME_MAX_DATA:
-                        self._pending_max_data = True
+                        self.pending_max_data = True
                     elif item.frame_type == FRAME_MAX_STREAM_DATA:
-                        self._pending_stream_credit.add(item.stream_id)
+                        self.pending_stream_credit.add(item.stream_id)
                     else:
-                        self._pending_max_streams = True
+                        self.pending_max_streams = True
 
     def _requeue_chunk(self, item: _StreamChunk) -> None:
-        stream = self._streams.get(item.stream_id)
+        stream = self.by_id.get(item.stream_id)
         if stream is None or stream.send_state is SendState.RESET:
             return
-        self._streams_dirty = True
+        self.streams_dirty = True
         if item.length:
             lo = max(item.offset, stream.base_offset)
             hi = item.offset + item.length - 1

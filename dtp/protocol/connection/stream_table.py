@@ -66,11 +66,21 @@ class StreamTable:
     ours and the peer's, forgetting those done, and the stream limits (MAX_STREAMS) both
     ways. An object the connection holds (``Connection.streams``); it never calls back
     into the connection: what the connection must do after a change (an event, a
-    MAX_STREAMS to send) it learns from the return values. Flow-control credit stays
-    with the connection, whose fast paths count it per record."""
+    MAX_STREAMS to send) it learns from the return values.
+
+    It also holds the connection-level flow-control counts (``conn_*``: the peer's
+    MAX_DATA and the new stream bytes sent against it; our MAX_DATA, the bytes received
+    and those the application read), the sums over its streams that the connection, its
+    fast paths and the record layer each move as bytes go and come."""
 
     __slots__ = (
         "by_id",
+        "conn_consumed",
+        "conn_credit_at",
+        "conn_received",
+        "conn_recv_limit",
+        "conn_send_credit",
+        "conn_sent",
         "first_unclaimed",
         "is_client",
         "local_max",
@@ -80,11 +90,14 @@ class StreamTable:
         "peer_max",
         "peer_opened",
         "send_window",
+        "stream_credit_at",
         "stream_window",
         "untaken",
     )
 
-    def __init__(self, *, is_client: bool, max_streams: int, stream_window: int) -> None:
+    def __init__(
+        self, *, is_client: bool, max_streams: int, stream_window: int, connection_window: int
+    ) -> None:
         self.by_id: dict[int, Stream] = {}
         self.is_client = is_client
         self.stream_window = stream_window  # our MAX_STREAM_DATA for a new stream
@@ -100,6 +113,16 @@ class StreamTable:
         self.untaken: set[int] | None = None
         # client, IK: stream 0 was opened by the acceptance; open() hands it out
         self.first_unclaimed = False
+        # connection-level flow control (docs/protocol.md, section 9)
+        self.conn_send_credit = 0  # the peer's MAX_DATA
+        self.conn_sent = 0  # new bytes sent over all streams
+        self.conn_recv_limit = connection_window  # our MAX_DATA
+        self.conn_received = 0  # highest offsets received, summed
+        self.conn_consumed = 0  # bytes the application read, summed
+        # credit updates go out when less than this much of a window is left
+        # (Connection.pace_credit changes them)
+        self.conn_credit_at = connection_window * 3 // 4
+        self.stream_credit_at = stream_window * 3 // 4
 
     def is_ours(self, stream_id: int) -> bool:
         return stream_initiator_is_client(stream_id) == self.is_client

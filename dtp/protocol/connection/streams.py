@@ -17,7 +17,7 @@ from dtp.errors import (
 from dtp.native import core as _core
 from dtp.native.types import FRAME_RESET_STREAM, FRAME_STOP_SENDING, RawFrame
 from dtp.protocol.connection.base import _ConnectionState
-from dtp.protocol.connection.config import MAX_CLOSE_REASON, VARINT_MAX
+from dtp.protocol.connection.config import MAX_CLOSE_REASON
 from dtp.protocol.connection.stream_table import Stream as Stream
 from dtp.protocol.connection.stream_table import send_done as send_done
 from dtp.protocol.events import StreamDataReceived, StreamOpened, StreamResetReceived
@@ -98,12 +98,11 @@ class _Streams(_ConnectionState):
     :class:`StreamTable` the connection holds (``streams``).
 
     Attributes of ``Connection.__init__`` it uses: ``config``, ``is_client``,
-    ``_state``, ``_send_aead``, ``_lane_sid``, ``lent_lane``, ``peer_address``,
-    ``streams``, ``_streams`` (the table's dict), ``_streams_dirty``, ``_peer_params``,
-    ``_conn_send_credit``, ``_conn_sent``, ``_conn_recv_limit``, ``_conn_received``,
-    ``_conn_consumed``, ``_conn_credit_at``, ``_stream_credit_at``, ``_ctrl``,
-    ``_pending_max_data``, ``_pending_stream_credit``, ``_pending_max_streams``,
-    ``_unacked``, ``stream_data_handler``.
+    ``_state``, ``_lane_sid``, ``lent_lane``, ``peer_address``, ``streams`` (and its
+    ``conn_*`` flow-control counts), ``_streams`` (the table's dict), ``records`` (what
+    waits for the next record: control frames, credit due, ``streams_dirty``),
+    ``_peer_params``,
+    ``stream_data_handler``.
     """
 
     def can_open_stream(self) -> bool:
@@ -117,13 +116,13 @@ class _Streams(_ConnectionState):
             self._take_back()
         self._require_open()
         stream_id = self.streams.open()
-        self._streams_dirty = True
+        self.records.streams_dirty = True
         return stream_id
 
     def peer_may_send_credit(self) -> bool:
         """Whether the peer, as it reads what we sent, will still send flow-control
         credit: it does each time it has read a quarter of a window past its last
-        update (Connection._return_credit), so while what we sent reaches beyond that
+        update (RecordLayer.return_credit), so while what we sent reaches beyond that
         point of the window it last gave us, its reading is not over. (A carrier closed
         under such a peer is reset by its late bytes, and the reset destroys what it has
         not read yet: the end of our data, RFC 1122 4.2.2.13.) A peer that paces its
@@ -132,7 +131,10 @@ class _Streams(_ConnectionState):
         (``ConnectionHook.close_wait``). A lent stream's counts must be taken back first."""
         params = self._peer_params
         md, msd = params.get("md"), params.get("msd")
-        if isinstance(md, int) and self._conn_sent > self._conn_send_credit - md * 3 // 4:
+        if (
+            isinstance(md, int)
+            and self.streams.conn_sent > self.streams.conn_send_credit - md * 3 // 4
+        ):
             return True
         if isinstance(msd, int):
             at = msd * 3 // 4
@@ -168,7 +170,7 @@ class _Streams(_ConnectionState):
             stream.send_buf += data
         if end_stream:
             stream.send_state = SendState.FIN_QUEUED
-        self._streams_dirty = True
+        self.records.streams_dirty = True
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         """Abandon sending on a stream; unsent bytes are dropped. Nothing is sent when
@@ -186,12 +188,12 @@ class _Streams(_ConnectionState):
             return
         stream.send_state = SendState.RESET
         final = stream.next_offset
-        self._unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
+        self.records.unacked -= final - stream.base_offset  # (always 0 on a reliable carrier)
         stream.send_buf.clear()
         stream.base_offset = final
         stream.retransmit = RangeSet()
-        self._ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
-        self._maybe_forget(stream)
+        self.records.ctrl.append(RawFrame(FRAME_RESET_STREAM, stream_id, error_code, final))
+        self.records.forget_if_done(stream)
 
     def stop_sending(self, stream_id: int, error_code: int = 0) -> None:
         """Ask the peer to stop sending on a stream (we will not read it)."""
@@ -201,7 +203,7 @@ class _Streams(_ConnectionState):
         check_code(error_code)
         stream = self.streams.get(stream_id)
         if stream.recv_state in (RecvState.OPEN, RecvState.FIN_RECEIVED):
-            self._ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
+            self.records.ctrl.append(RawFrame(FRAME_STOP_SENDING, stream_id, error_code))
 
     def acknowledge_read(self, stream_id: int, nbytes: int) -> None:
         """The application consumed ``nbytes`` of a stream: return flow-control credit."""
@@ -209,11 +211,11 @@ class _Streams(_ConnectionState):
             self._take_back()
         if nbytes <= 0 or self._state is ConnState.CLOSED:
             return
-        self._conn_consumed += nbytes
+        self.streams.conn_consumed += nbytes
         stream = self._streams.get(stream_id)
         if stream is not None:
             stream.consumed += nbytes
-        self._return_credit(stream)
+        self.records.return_credit(stream)
 
     def pace_credit(self, bytes_per_sec: float) -> None:
         """Return flow-control credit in steps of what ``bytes_per_sec`` allows in
@@ -237,31 +239,8 @@ class _Streams(_ConnectionState):
         step = 0
         if bytes_per_sec > 0:
             step = max(1, int(bytes_per_sec * CREDIT_PACE_SECONDS))
-        self._conn_credit_at = _credit_at(config.connection_window, step)
-        self._stream_credit_at = _credit_at(config.stream_window, step)
-
-    def _return_credit(self, stream: Stream | None) -> None:
-        """After the application consumed bytes (of ``stream``): queue credit updates
-        for the windows that are used up enough."""
-        # Credit goes back once a quarter of the window is used (or a paced step of it:
-        # pace_credit): a sender on a fast carrier then always has most of a window to
-        # go on while the update travels.
-        # Limits are varints: one past VARINT_MAX failed to encode (a window near it
-        # reaches that once some bytes are read), so they stop there.
-        if self._conn_recv_limit - self._conn_consumed < self._conn_credit_at:
-            limit = min(self._conn_consumed + self.config.connection_window, VARINT_MAX)
-            if limit > self._conn_recv_limit:
-                self._conn_recv_limit = limit
-                self._pending_max_data = True
-        if (
-            stream is not None
-            and stream.recv_state is RecvState.OPEN
-            and stream.recv_limit - stream.consumed < self._stream_credit_at
-        ):
-            limit = min(stream.consumed + self.config.stream_window, VARINT_MAX)
-            if limit > stream.recv_limit:
-                stream.recv_limit = limit
-                self._pending_stream_credit.add(stream.stream_id)
+        self.streams.conn_credit_at = _credit_at(config.connection_window, step)
+        self.streams.stream_credit_at = _credit_at(config.stream_window, step)
 
     def defer_stream_credit(self) -> None:
         """From now on a stream the peer opens is given back to its stream limit
@@ -287,7 +266,7 @@ class _Streams(_ConnectionState):
             if self.lent_lane is not None:
                 self._take_back()
             table.peer_done += 1
-            self._pending_max_streams = True
+            self.records.pending_max_streams = True
 
     def send_buffered(self, stream_id: int | None = None) -> int:
         """Bytes queued but not yet sent (on one stream, or on all)."""
@@ -324,7 +303,7 @@ class _Streams(_ConnectionState):
         if end > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
         grown = end - stream.recv_highest
-        if grown > 0 and self._conn_received + grown > self._conn_recv_limit:
+        if grown > 0 and self.streams.conn_received + grown > self.streams.conn_recv_limit:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         reasm = None
         if self.config.reliable_carrier:
@@ -341,7 +320,7 @@ class _Streams(_ConnectionState):
                 # changes nothing, and its record is dropped (see _handle_record).
                 reasm.push(offset, data)
         if grown > 0:
-            self._conn_received += grown
+            self.streams.conn_received += grown
             stream.recv_highest = end
         if fin:
             stream.final_size = end
@@ -371,7 +350,7 @@ class _Streams(_ConnectionState):
             else:
                 self._deliver(StreamDataReceived(stream_id, chunk, done))
             if done:
-                self._maybe_forget(stream)
+                self.records.forget_if_done(stream)
 
     def _on_reset(self, stream_id: int, error_code: int, final_size: int) -> None:
         stream = self._streams.get(stream_id)
@@ -396,8 +375,8 @@ class _Streams(_ConnectionState):
         if final_size > stream.recv_limit:
             raise _FlowControlViolation(f"stream {stream_id} exceeded its flow-control window")
         unsent = final_size - stream.recv_highest
-        self._conn_received += unsent
-        if self._conn_received > self._conn_recv_limit:
+        self.streams.conn_received += unsent
+        if self.streams.conn_received > self.streams.conn_recv_limit:
             raise _FlowControlViolation("connection exceeded its flow-control window")
         stream.recv_highest = final_size
         stream.final_size = final_size  # later frames past it are violations
@@ -408,10 +387,10 @@ class _Streams(_ConnectionState):
         undelivered = final_size - stream.delivered
         stream.reasm = None
         if undelivered:
-            self._conn_consumed += undelivered
-            self._return_credit(None)
+            self.streams.conn_consumed += undelivered
+            self.records.return_credit(None)
         self._deliver(StreamResetReceived(stream_id, error_code))
-        self._maybe_forget(stream)
+        self.records.forget_if_done(stream)
 
     # ----------------------------------------------------------------------------------
     # stream bookkeeping
@@ -419,7 +398,7 @@ class _Streams(_ConnectionState):
     def _require_open(self) -> None:
         if self._state is ConnState.CLOSED:
             raise ConnectionClosed("the connection is closed")
-        if self._send_aead is None:
+        if self.records.send_aead is None:
             raise LocalProtocolError("the handshake has not finished")
 
     def stream_ended(self, stream_id: int) -> bool:
@@ -434,7 +413,3 @@ class _Streams(_ConnectionState):
         for sid in self.streams.open_peer_up_to(stream_id):
             deliver(StreamOpened(sid))
         return self._streams[stream_id]
-
-    def _maybe_forget(self, stream: Stream) -> None:
-        if self.streams.forget_if_done(stream):
-            self._pending_max_streams = True
